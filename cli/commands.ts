@@ -1,0 +1,10 @@
+/**
+ * The command table. Each command lives in its own module under `cli/`; add one line here.
+ *
+ * @module
+ */
+
+import type { Command } from "./context.ts";
+
+/** Every subcommand, in the order `passthrough --help` lists them. */
+export const COMMANDS: Command[] = [];

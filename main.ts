@@ -1,0 +1,84 @@
+/**
+ * The `passthrough` command line: parses the subcommand, wires `lib/` to `ffi/`, prints, and
+ * chooses the exit code (0 ok, 1 runtime error, 2 usage error or, with `plan
+ * --detailed-exitcode`, changes pending).
+ *
+ * @module
+ */
+
+import { type CliIo, type Command, UsageError } from "./cli/context.ts";
+import { COMMANDS } from "./cli/commands.ts";
+import { defaultIo } from "./cli/io.ts";
+
+const VERSION = "0.1.0";
+
+function usage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  const lines = COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
+  return [
+    `passthrough ${VERSION}: PCI device passthrough for libvirt VMs`,
+    "",
+    "Usage: passthrough <command> [options]",
+    "",
+    "Commands:",
+    ...lines,
+    "",
+    "Run 'passthrough <command> --help' for a command's options.",
+    "",
+  ].join("\n");
+}
+
+/** Runs the CLI with `args` (without the program name) and returns the exit code. */
+export async function main(args: string[], io: CliIo = defaultIo()): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    io.out(usage());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "version") {
+    io.out(`passthrough ${VERSION}\n`);
+    return 0;
+  }
+  const command: Command | undefined = COMMANDS.find((c) => c.name === name);
+  if (command === undefined) {
+    io.err(`passthrough: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    io.out(command.help);
+    return 0;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err(`passthrough ${command.name}: ${error.message}\n\n${command.help}`);
+      return 2;
+    }
+    io.err(`passthrough ${command.name}: ${describeError(error)}\n`);
+    return 1;
+  }
+}
+
+/** One readable paragraph for any error, with its causes; never a stack trace. */
+export function describeError(error: unknown): string {
+  const parts: string[] = [];
+  let current: unknown = error;
+  while (current !== undefined && parts.length < 5) {
+    if (
+      current instanceof Deno.errors.NotCapable || current instanceof Deno.errors.PermissionDenied
+    ) {
+      parts.push(`${(current as Error).message} (see README, "Permissions")`);
+    } else if (current instanceof Error) {
+      parts.push(current.message);
+    } else {
+      parts.push(String(current));
+    }
+    current = current instanceof Error ? current.cause : undefined;
+  }
+  return parts.join(": ");
+}
+
+if (import.meta.main) {
+  Deno.exitCode = await main(Deno.args);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what passthrough needs, idempotently: Deno (pinned in package-lock.json, from npm) and,
+# when running as root, the Debian packages (libvirt, lspci, the QEMU driver for the e2e tests).
+# Usage: scripts/setup.sh [runtime|test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${1:-runtime}
+
+if [ ! -x node_modules/.bin/deno ]; then
+  command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first)" >&2; exit 1; }
+  echo "setup: installing Deno from npm (pinned in package-lock.json)" >&2
+  npm ci --no-audit --no-fund --loglevel=error >&2
+fi
+
+runtime_pkgs=(libvirt0 pciutils)
+test_pkgs=(libvirt-clients libxml2-utils libvirt-daemon qemu-system-x86 util-linux)
+pkgs=("${runtime_pkgs[@]}")
+[ "$profile" = test ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  else
+    echo "setup: missing Debian packages: ${missing[*]}" >&2
+    echo "setup: run as root, or: sudo apt-get install --no-install-recommends ${missing[*]}" >&2
+    exit 1
+  fi
+fi
