@@ -7,3 +7,5 @@
 
 export type * from "./types.ts";
 export type * from "./plan_types.ts";
+export type * from "./libvirt_port.ts";
+export * from "./pci_address.ts";

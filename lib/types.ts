@@ -78,4 +78,21 @@ export interface HostTopology {
   groups: IommuGroup[];
   /** The kernel command line when known (to spot ACS override), else `null`. */
   kernelCmdline: string | null;
+  /**
+   * Devices the running host is using right now (only known on a live host or a snapshot of one):
+   * the controller of a mounted filesystem, the NIC carrying the default route, the boot VGA
+   * behind the console. Planning refuses to hand these to a guest.
+   */
+  hostUse: HostUse[];
+}
+
+/** Why the host needs a device right now. */
+export type HostUseReason = "mounted-filesystem" | "default-route" | "console-vga";
+
+/** One device the running host is using. */
+export interface HostUse {
+  address: PciAddress;
+  reason: HostUseReason;
+  /** What was seen: `/ on nvme0n1p2`, `default route via enp5s0`, `boot_vga=1 with fbcon`. */
+  detail: string;
 }

@@ -1,0 +1,41 @@
+/**
+ * What `lib/` needs from libvirt, as an interface. `ffi/port.ts` implements it over the real
+ * `libvirt.so.0`; planning and applying take it as a parameter so they never touch pointers.
+ *
+ * @module
+ */
+
+/** A domain as listed. */
+export interface DomainSummary {
+  name: string;
+  uuid: string;
+  active: boolean;
+  persistent: boolean;
+}
+
+/** Flags for hot-plug: `live` changes the running guest, `config` the persistent definition. */
+export interface DeviceChangeOptions {
+  live: boolean;
+  config: boolean;
+}
+
+/** The libvirt operations passthrough uses. Every method throws `LibvirtError` on failure. */
+export interface LibvirtPort {
+  /** The canonical URI of the open connection (`qemu:///system`, `test:///...`). */
+  readonly uri: string;
+  /** Every domain, running or defined, sorted by name. */
+  listDomains(): DomainSummary[];
+  /**
+   * The persistent definition (`VIR_DOMAIN_XML_INACTIVE`); `secure` adds secrets and must be set
+   * when the XML is written back.
+   */
+  getPersistentXml(name: string, options?: { secure?: boolean }): string;
+  /** Whether the domain is running now. */
+  isActive(name: string): boolean;
+  /** Defines (or redefines) a domain with `VIR_DOMAIN_DEFINE_VALIDATE`. */
+  define(xml: string): void;
+  /** Hot-plugs a device (`virDomainAttachDeviceFlags`). */
+  attachDevice(name: string, deviceXml: string, options: DeviceChangeOptions): void;
+  /** Hot-unplugs a device (`virDomainDetachDeviceFlags`). */
+  detachDevice(name: string, deviceXml: string, options: DeviceChangeOptions): void;
+}
