@@ -1,6 +1,14 @@
 /**
  * libvirt's C API bound with `Deno.dlopen`. The only folder of this project that touches pointers.
+ * Nothing is loaded at import time; the first `Connection.open` loads `libvirt.so.0` (or
+ * `PASSTHROUGH_LIBVIRT_PATH`).
  *
  * @module
  */
-export {};
+export * from "./connection.ts";
+export * from "./domain.ts";
+export * from "./node_device.ts";
+export * from "./errors.ts";
+export * from "./port.ts";
+export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
+// export * from "./libc_fs.ts";

@@ -1,0 +1,275 @@
+/**
+ * `virConnectPtr` as a class: the entry point to libvirt.
+ *
+ * @module
+ */
+
+import { Domain } from "./domain.ts";
+import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
+import { cString, libc, libvirt, takeCString } from "./library.ts";
+import { NodeDevice } from "./node_device.ts";
+import {
+  VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
+  VIR_DOMAIN_DEFINE_VALIDATE,
+} from "./symbols.ts";
+
+/** Options for {@link Connection.open}. */
+export interface ConnectionOpenOptions {
+  /** Open with `virConnectOpenReadOnly`: enough for listing and reading XML. */
+  readOnly?: boolean;
+}
+
+/** Options for {@link Connection.defineDomain}. */
+export interface DefineDomainOptions {
+  /**
+   * Validate against libvirt's RNG schema (`VIR_DOMAIN_DEFINE_VALIDATE`), default `true`. Without
+   * it libvirt silently drops unknown elements.
+   */
+  validate?: boolean;
+}
+
+/** Options for {@link Connection.listNodeDevices}. */
+export interface ListNodeDevicesOptions {
+  /** Only devices with this capability. */
+  cap?: "pci";
+}
+
+// Connections the caller forgot to close are closed when collected; explicit close() stays the
+// rule, this only stops a slow leak of sockets.
+const finalizer = new FinalizationRegistry<Deno.PointerObject>((pointer) => {
+  libvirt().virConnectClose(pointer);
+});
+
+/**
+ * A connection to a libvirt driver. Close it with `close()` or `using`.
+ *
+ * @example
+ * ```ts
+ * import { Connection } from "./connection.ts";
+ * using conn = Connection.open("test:///default", { readOnly: true });
+ * const names = conn.listDomains().map((dom) => {
+ *   using owned = dom;
+ *   return owned.name;
+ * });
+ * if (names.join() !== "test") throw new Error(`unexpected domains: ${names}`);
+ * ```
+ */
+export class Connection {
+  #handle: Deno.PointerObject | null;
+  #uri: string;
+  readonly #readOnly: boolean;
+
+  private constructor(handle: Deno.PointerObject, readOnly: boolean) {
+    this.#handle = handle;
+    this.#readOnly = readOnly;
+    this.#uri = "";
+    finalizer.register(this, handle, this);
+    this.#uri = takeCString(
+      checkPointer(libvirt().virConnectGetURI(handle), {
+        operation: "virConnectGetURI",
+        context: "Cannot read the connection URI",
+      }),
+    ) ?? "";
+  }
+
+  /**
+   * Opens `uri`; `null` or omitted lets libvirt choose (`LIBVIRT_DEFAULT_URI`, then its default).
+   * Throws `LibvirtError` when the driver or daemon is unreachable.
+   */
+  static open(uri?: string | null, options: ConnectionOpenOptions = {}): Connection {
+    const lib = libvirt();
+    const name = uri === undefined || uri === null ? null : cString(uri);
+    const readOnly = options.readOnly ?? false;
+    const handle = readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name);
+    const shown = uri ?? "the default URI";
+    const connection = new Connection(
+      checkPointer(handle, {
+        operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
+        context: `Cannot connect to libvirt at "${shown}"`,
+      }),
+      readOnly,
+    );
+    return connection;
+  }
+
+  /** The raw `virConnectPtr`, or `null` once closed. */
+  get unsafeHandle(): Deno.PointerObject | null {
+    return this.#handle;
+  }
+
+  /** The canonical URI libvirt reports (`test:///default`, `qemu:///system`). */
+  get uri(): string {
+    return this.#uri;
+  }
+
+  /** Whether the connection was opened read-only. */
+  get readOnly(): boolean {
+    return this.#readOnly;
+  }
+
+  /** Whether {@link Connection.close} was called. */
+  get closed(): boolean {
+    return this.#handle === null;
+  }
+
+  #live(operation: string): Deno.PointerObject {
+    if (this.#handle === null) {
+      throw new ClosedHandleError({ kind: "connection", label: this.#uri, operation });
+    }
+    return this.#handle;
+  }
+
+  /** The version of the libvirt library in use, `major.minor.release` (`9.0.0`). */
+  get libVersion(): string {
+    const out = new BigUint64Array(1);
+    checkInt(libvirt().virConnectGetLibVersion(this.#live("libVersion"), out), {
+      operation: "virConnectGetLibVersion",
+      context: "Cannot read the libvirt version",
+    });
+    const version = Number(out[0] ?? 0n);
+    return `${Math.floor(version / 1_000_000)}.${Math.floor(version / 1000) % 1000}.${
+      version % 1000
+    }`;
+  }
+
+  /** Every domain, running or defined, sorted by name. The caller frees each. */
+  listDomains(): Domain[] {
+    const out = new BigUint64Array(1);
+    const count = checkInt(libvirt().virConnectListAllDomains(this.#live("listDomains"), out, 0), {
+      operation: "virConnectListAllDomains",
+      context: `Cannot list the domains of "${this.#uri}"`,
+    });
+    const domains = adoptArray(out, count, {
+      wrap: (pointer) => new Domain(pointer),
+      release: (pointer) => libvirt().virDomainFree(pointer),
+    });
+    return domains.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /** The domain called `name`. Throws `LibvirtError` with `VIR_ERR_NO_DOMAIN` when absent. */
+  lookupDomainByName(name: string): Domain {
+    const pointer = libvirt().virDomainLookupByName(
+      this.#live("lookupDomainByName"),
+      cString(name),
+    );
+    return new Domain(checkPointer(pointer, {
+      operation: "virDomainLookupByName",
+      context: `Cannot find domain "${name}"`,
+    }));
+  }
+
+  /** The domain with this UUID (text form). Throws `LibvirtError` with `VIR_ERR_NO_DOMAIN`. */
+  lookupDomainByUuid(uuid: string): Domain {
+    const pointer = libvirt().virDomainLookupByUUIDString(
+      this.#live("lookupDomainByUuid"),
+      cString(uuid),
+    );
+    return new Domain(checkPointer(pointer, {
+      operation: "virDomainLookupByUUIDString",
+      context: `Cannot find domain with UUID "${uuid}"`,
+    }));
+  }
+
+  /**
+   * Defines or redefines a domain from its XML (keep the `<uuid>` when redefining). Validates
+   * against the schema unless `validate: false`.
+   */
+  defineDomain(xml: string, options: DefineDomainOptions = {}): Domain {
+    const flags = (options.validate ?? true) ? VIR_DOMAIN_DEFINE_VALIDATE : 0;
+    const pointer = libvirt().virDomainDefineXMLFlags(
+      this.#live("defineDomain"),
+      cString(xml),
+      flags,
+    );
+    return new Domain(checkPointer(pointer, {
+      operation: "virDomainDefineXMLFlags",
+      context: `Cannot define domain${domainNameHint(xml)}`,
+    }));
+  }
+
+  /** Node devices (all, or only PCI with `cap: "pci"`), sorted by name. The caller frees each. */
+  listNodeDevices(options: ListNodeDevicesOptions = {}): NodeDevice[] {
+    const out = new BigUint64Array(1);
+    const flags = options.cap === "pci" ? VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV : 0;
+    const count = checkInt(
+      libvirt().virConnectListAllNodeDevices(this.#live("listNodeDevices"), out, flags),
+      {
+        operation: "virConnectListAllNodeDevices",
+        context: `Cannot list the node devices of "${this.#uri}"`,
+      },
+    );
+    const devices = adoptArray(out, count, {
+      wrap: (pointer) => new NodeDevice(pointer),
+      release: (pointer) => libvirt().virNodeDeviceFree(pointer),
+    });
+    return devices.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  /** The node device called `name` (`pci_0000_01_00_0`). */
+  lookupNodeDevice(name: string): NodeDevice {
+    const pointer = libvirt().virNodeDeviceLookupByName(
+      this.#live("lookupNodeDevice"),
+      cString(name),
+    );
+    return new NodeDevice(checkPointer(pointer, {
+      operation: "virNodeDeviceLookupByName",
+      context: `Cannot find node device "${name}"`,
+    }));
+  }
+
+  /** Closes the connection. Idempotent. Domains still held keep libvirt's side alive. */
+  close(): void {
+    const handle = this.#handle;
+    if (handle === null) return;
+    this.#handle = null;
+    finalizer.unregister(this);
+    libvirt().virConnectClose(handle);
+  }
+
+  /** Same as {@link Connection.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `Connection { uri: "test:///default", readOnly: false, closed: false }`. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return `Connection { uri: ${JSON.stringify(this.#uri)}, readOnly: ${this.#readOnly}, closed: ${
+      this.#handle === null
+    } }`;
+  }
+}
+
+/**
+ * Wraps each element of a `virConnectListAll*` array, then frees the array itself. If wrapping
+ * fails midway, the wrapped objects and the remaining raw handles are released before rethrowing.
+ */
+function adoptArray<T extends { free(): void }>(
+  out: BigUint64Array,
+  count: number,
+  handlers: { wrap(pointer: Deno.PointerObject): T; release(pointer: Deno.PointerObject): void },
+): T[] {
+  const array = Deno.UnsafePointer.create(out[0] ?? 0n);
+  if (array === null) return [];
+  const view = new Deno.UnsafePointerView(array);
+  const pointers: Deno.PointerObject[] = [];
+  for (let i = 0; i < count; i++) {
+    const pointer = Deno.UnsafePointer.create(view.getBigUint64(i * 8));
+    if (pointer !== null) pointers.push(pointer);
+  }
+  libc().free(array);
+  const wrapped: T[] = [];
+  try {
+    for (const pointer of pointers) wrapped.push(handlers.wrap(pointer));
+  } catch (error) {
+    for (const item of wrapped) item.free();
+    for (const pointer of pointers.slice(wrapped.length)) handlers.release(pointer);
+    throw error;
+  }
+  return wrapped;
+}
+
+/** ` "name"` from the XML's first `<name>`, so define errors say which domain failed. */
+function domainNameHint(xml: string): string {
+  const match = /<name>\s*([^<]*?)\s*<\/name>/.exec(xml);
+  return match?.[1] ? ` "${match[1]}"` : "";
+}

@@ -1,0 +1,148 @@
+/**
+ * Loads `libvirt.so.0` and libc lazily, once per process. Nothing is opened at import time, so
+ * modules that only need types or pure logic never require `--allow-ffi` or an installed libvirt.
+ *
+ * @module
+ */
+
+import { ERROR_FUNC_DEFINITION, LIBC_SYMBOLS, LIBVIRT_SYMBOLS } from "./symbols.ts";
+
+/** The default soname; the plain `libvirt.so` link only exists with `libvirt-dev`. */
+export const DEFAULT_LIBVIRT_PATH = "libvirt.so.0";
+
+/** Environment variable naming another libvirt library file to load. */
+export const LIBVIRT_PATH_ENV = "PASSTHROUGH_LIBVIRT_PATH";
+
+/** The bound libvirt functions. */
+export type LibvirtSymbols = Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>["symbols"];
+
+/** The bound libc functions. */
+export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
+
+/** An opened libvirt with its silencing error callback; `close()` releases both. */
+export interface LibvirtLibrary {
+  /** The path it was opened from. */
+  readonly path: string;
+  readonly symbols: LibvirtSymbols;
+  close(): void;
+}
+
+/** libvirt (or libc) could not be loaded: the package is missing or the path is wrong. */
+export class LibvirtLoadError extends Error {
+  override name = "LibvirtLoadError";
+  /** The path handed to `Deno.dlopen`. */
+  readonly path: string;
+
+  constructor(path: string, options?: ErrorOptions) {
+    super(
+      `Cannot load libvirt from "${path}": install the Debian package "libvirt0" or set ${LIBVIRT_PATH_ENV}`,
+      options,
+    );
+    this.path = path;
+  }
+}
+
+/**
+ * Opens libvirt from `path` and installs a no-op error callback, so libvirt never prints errors to
+ * stderr itself (they come back as exceptions instead). Not memoised: most callers want
+ * {@link libvirt}.
+ *
+ * @example
+ * ```ts
+ * import { openLibvirtLibrary } from "./library.ts";
+ * const lib = openLibvirtLibrary("libvirt.so.0");
+ * lib.close();
+ * ```
+ */
+export function openLibvirtLibrary(path: string): LibvirtLibrary {
+  let library: Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>;
+  try {
+    library = Deno.dlopen(path, LIBVIRT_SYMBOLS);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw error;
+    }
+    throw new LibvirtLoadError(path, { cause: error });
+  }
+  // libvirt calls this from whatever thread hit the error; all our calls are synchronous on the
+  // main thread, so a plain (non-threadsafe) callback is enough. It must outlive every call.
+  const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
+  library.symbols.virSetErrorFunc(null, silence.pointer);
+  let closed = false;
+  return {
+    path,
+    symbols: library.symbols,
+    close() {
+      if (closed) return;
+      closed = true;
+      library.close();
+      silence.close();
+    },
+  };
+}
+
+let cachedLibvirt: LibvirtLibrary | undefined;
+let cachedLibc: LibcSymbols | undefined;
+
+function configuredPath(): string {
+  // Without env permission the override cannot be read; fall back rather than fail so a run with
+  // narrow permissions still works against the system library.
+  const state = Deno.permissions.querySync({ name: "env", variable: LIBVIRT_PATH_ENV }).state;
+  if (state !== "granted") return DEFAULT_LIBVIRT_PATH;
+  const value = Deno.env.get(LIBVIRT_PATH_ENV);
+  return value === undefined || value === "" ? DEFAULT_LIBVIRT_PATH : value;
+}
+
+/**
+ * The process-wide libvirt, opened on first use from `PASSTHROUGH_LIBVIRT_PATH` or
+ * `libvirt.so.0`. Throws {@link LibvirtLoadError} when it cannot be loaded.
+ */
+export function libvirt(): LibvirtSymbols {
+  cachedLibvirt ??= openLibvirtLibrary(configuredPath());
+  return cachedLibvirt.symbols;
+}
+
+/** The process-wide libc (for `free()`), opened on first use. */
+export function libc(): LibcSymbols {
+  if (cachedLibc === undefined) {
+    try {
+      cachedLibc = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
+    } catch (error) {
+      if (
+        error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+      ) {
+        throw error;
+      }
+      throw new Error(`Cannot load libc from "libc.so.6"`, { cause: error });
+    }
+  }
+  return cachedLibc;
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * A NUL-terminated copy of `text` for a `const char*` parameter. Throws `TypeError` when `text`
+ * holds a NUL, which C would silently truncate at.
+ */
+export function cString(text: string): Uint8Array<ArrayBuffer> {
+  if (text.includes("\0")) {
+    throw new TypeError(`String contains a NUL character: "${text.replaceAll("\0", "\\0")}"`);
+  }
+  return encoder.encode(text + "\0");
+}
+
+/** Reads a `char*` the caller owns and releases it with libc `free()`; `null` stays `null`. */
+export function takeCString(pointer: Deno.PointerValue): string | null {
+  if (pointer === null) return null;
+  try {
+    return Deno.UnsafePointerView.getCString(pointer);
+  } finally {
+    libc().free(pointer);
+  }
+}
+
+/** Reads a `const char*` libvirt owns (never freed here); `null` stays `null`. */
+export function borrowCString(pointer: Deno.PointerValue): string | null {
+  return pointer === null ? null : Deno.UnsafePointerView.getCString(pointer);
+}

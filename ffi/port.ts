@@ -1,0 +1,72 @@
+/**
+ * The {@link LibvirtPort} that `lib/` plans and applies against, implemented over the real
+ * `libvirt.so.0` through {@link Connection}.
+ *
+ * @module
+ */
+
+import type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/libvirt_port.ts";
+import { Connection, type ConnectionOpenOptions } from "./connection.ts";
+
+/** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
+export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };
+
+/**
+ * Opens `uri` (libvirt's default when `null` or omitted) and returns a port over it. Every
+ * method throws `LibvirtError` on failure (`VIR_ERR_NO_DOMAIN` for an unknown name).
+ *
+ * @example
+ * ```ts
+ * import { openLibvirtPort } from "./port.ts";
+ * using port = openLibvirtPort("test:///default");
+ * const xml = port.getPersistentXml("test");
+ * if (!xml.includes("<name>test</name>")) throw new Error("unexpected XML");
+ * ```
+ */
+export function openLibvirtPort(
+  uri?: string | null,
+  options: ConnectionOpenOptions = {},
+): OpenLibvirtPort {
+  const conn = Connection.open(uri, options);
+  return {
+    get uri() {
+      return conn.uri;
+    },
+    listDomains(): DomainSummary[] {
+      return conn.listDomains().map((dom) => {
+        using owned = dom;
+        return {
+          name: owned.name,
+          uuid: owned.uuid,
+          active: owned.isActive(),
+          persistent: owned.isPersistent(),
+        };
+      });
+    },
+    getPersistentXml(name: string, xmlOptions: { secure?: boolean } = {}): string {
+      using dom = conn.lookupDomainByName(name);
+      return dom.xml({ inactive: true, secure: xmlOptions.secure ?? false });
+    },
+    isActive(name: string): boolean {
+      using dom = conn.lookupDomainByName(name);
+      return dom.isActive();
+    },
+    define(xml: string): void {
+      using _dom = conn.defineDomain(xml, { validate: true });
+    },
+    attachDevice(name: string, deviceXml: string, change: DeviceChangeOptions): void {
+      using dom = conn.lookupDomainByName(name);
+      dom.attachDevice(deviceXml, change);
+    },
+    detachDevice(name: string, deviceXml: string, change: DeviceChangeOptions): void {
+      using dom = conn.lookupDomainByName(name);
+      dom.detachDevice(deviceXml, change);
+    },
+    close(): void {
+      conn.close();
+    },
+    [Symbol.dispose](): void {
+      conn.close();
+    },
+  };
+}
