@@ -1,0 +1,645 @@
+/**
+ * Lossless reading and editing of a libvirt domain's persistent XML.
+ *
+ * A parse-then-serialise round trip is not byte-exact (quote style, `<a></a>`, wrapped start
+ * tags), so edits are splices into the original text: only a removed or added PCI `<hostdev>`
+ * and our metadata element change, and everything else stays byte-identical. Elements are
+ * located by {@link scanXml}; values are read with fast-xml-parser through `lib/xml.ts`.
+ *
+ * @module
+ */
+
+import type { PciAddress } from "./types.ts";
+import type { DeviceIdentity, HostdevSpec } from "./plan_types.ts";
+import {
+  canonicalPciAddress,
+  pciAddressFromLibvirt,
+  pciAddressFromParts,
+  pciAddressToLibvirt,
+} from "./pci_address.ts";
+import {
+  checkWellFormed,
+  escapeXmlAttribute,
+  lineColumnAt,
+  readXmlElement,
+  scanXml,
+  spanAttribute,
+  type XmlElement,
+  type XmlSpan,
+  XmlSyntaxError,
+} from "./xml.ts";
+
+/** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
+export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
+
+/** One `<hostdev mode='subsystem' type='pci'>` of a domain. */
+export interface DomainHostdev {
+  /** Host source address (`source/address`), canonical. */
+  address: PciAddress;
+  /** `managed='yes'`. */
+  managed: boolean;
+  /** Listed in our metadata (the tool manages it); hand-added ones are `false`. */
+  owned: boolean;
+  /** The element's exact original text. */
+  xml: string;
+}
+
+/** What {@link parseDomainXml} reads from a domain. */
+export interface ParsedDomain {
+  name: string;
+  uuid: string | null;
+  /** `<hostdev mode='subsystem' type='pci'>` only, in document order. */
+  hostdevs: DomainHostdev[];
+  /** Identities recorded in our metadata. */
+  records: DeviceIdentity[];
+}
+
+/** The change {@link editDomainXml} makes. */
+export interface DomainEdit {
+  /** Owned hostdevs to delete (by host address). */
+  remove: PciAddress[];
+  /** Hostdevs to append to `<devices>`. */
+  add: HostdevSpec[];
+  /** The full new set of records (replaces our metadata; `[]` removes it). */
+  records: DeviceIdentity[];
+}
+
+/** Malformed domain XML, or a domain this module cannot safely read or edit. */
+export class DomainXmlError extends SyntaxError {
+  /** 1-based line of the problem (1 when it is not tied to a place). */
+  line: number;
+  /** 1-based column of the problem. */
+  column: number;
+  /** Builds the error; the message should already name the position when it has one. */
+  constructor(
+    message: string,
+    position: { line: number; column: number },
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "DomainXmlError";
+    this.line = position.line;
+    this.column = position.column;
+  }
+}
+
+/** A request {@link editDomainXml} refuses: it would touch a hostdev the tool does not own. */
+export class DomainEditError extends Error {
+  /** The host address concerned. */
+  address: PciAddress;
+  /** Builds the error. */
+  constructor(message: string, address: PciAddress) {
+    super(message);
+    this.name = "DomainEditError";
+    this.address = address;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+interface HostdevSite {
+  hostdev: DomainHostdev;
+  span: XmlSpan;
+}
+
+interface OurMetadata {
+  /** Our `<passthrough:hostdevs>` element. */
+  span: XmlSpan;
+  /** The `created` marker it carries (see {@link editDomainXml}), or `null`. */
+  created: string | null;
+}
+
+interface Located {
+  root: XmlSpan;
+  name: string;
+  uuid: string | null;
+  devices: XmlSpan | null;
+  hostdevs: HostdevSite[];
+  metadata: XmlSpan | null;
+  ours: OurMetadata | null;
+  records: DeviceIdentity[];
+}
+
+function errorAt(xml: string, index: number, message: string, cause?: unknown): DomainXmlError {
+  const position = lineColumnAt(xml, index);
+  return new DomainXmlError(
+    `${message}: at line ${position.line}, column ${position.column}`,
+    position,
+    cause === undefined ? {} : { cause },
+  );
+}
+
+function read(xml: string, span: XmlSpan): XmlElement {
+  try {
+    return readXmlElement(xml.slice(span.start, span.end));
+  } catch (error) {
+    throw errorAt(xml, span.start, `Cannot read "<${span.name}>"`, error);
+  }
+}
+
+function attribute(xml: string, span: XmlSpan, name: string): string | undefined {
+  try {
+    return spanAttribute(span, name);
+  } catch (error) {
+    throw errorAt(xml, span.start, `Cannot read attribute "${name}" of "<${span.name}>"`, error);
+  }
+}
+
+/** Whether `span` is our `<hostdevs>` element: declared with our namespace, on any prefix. */
+function isOurElement(xml: string, span: XmlSpan): boolean {
+  const colon = span.name.indexOf(":");
+  const local = colon === -1 ? span.name : span.name.slice(colon + 1);
+  if (local !== "hostdevs") return false;
+  const declaration = colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`;
+  return attribute(xml, span, declaration) === METADATA_NAMESPACE;
+}
+
+function locate(xml: string): Located {
+  let root: XmlSpan;
+  try {
+    checkWellFormed(xml);
+    root = scanXml(xml);
+  } catch (error) {
+    if (error instanceof XmlSyntaxError) {
+      throw new DomainXmlError(error.message, error, { cause: error });
+    }
+    throw error;
+  }
+  if (root.name !== "domain") {
+    throw errorAt(xml, root.start, `Expected a "<domain>" root element, found "<${root.name}>"`);
+  }
+  const child = (name: string) => root.children.find((c) => c.name === name) ?? null;
+  const nameSpan = child("name");
+  const name = nameSpan ? read(xml, nameSpan).text.trim() : "";
+  if (name === "") throw errorAt(xml, root.start, `Domain has no "<name>"`);
+  const uuidSpan = child("uuid");
+  const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
+
+  const metadata = child("metadata");
+  let ours: OurMetadata | null = null;
+  let records: DeviceIdentity[] = [];
+  for (const candidate of metadata?.children ?? []) {
+    if (!isOurElement(xml, candidate)) continue;
+    if (ours !== null) {
+      throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");
+    }
+    ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
+    records = readRecords(xml, candidate);
+  }
+  const owned = new Set(records.map((r) => r.address));
+
+  const devices = child("devices");
+  const hostdevs: HostdevSite[] = [];
+  for (const span of devices?.children ?? []) {
+    if (span.name !== "hostdev") continue;
+    const mode = attribute(xml, span, "mode") ?? "subsystem";
+    if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") continue;
+    const element = read(xml, span);
+    const source = element.children.find((c) => c.name === "source");
+    const address = source?.children.find((c) => c.name === "address");
+    const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
+    if (canonical === null) {
+      throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
+    }
+    hostdevs.push({
+      span,
+      hostdev: {
+        address: canonical,
+        managed: element.attributes.managed === "yes",
+        owned: owned.has(canonical),
+        xml: xml.slice(span.start, span.end),
+      },
+    });
+  }
+  return { root, name, uuid, devices, hostdevs, metadata, ours, records };
+}
+
+const RECORD_ATTRIBUTES = {
+  address: "address",
+  vendorId: "vendor",
+  deviceId: "device",
+  subsystemVendorId: "subsystem-vendor",
+  subsystemDeviceId: "subsystem-device",
+  classCode: "class",
+  serial: "serial",
+  driver: "driver",
+  rule: "rule",
+} as const satisfies Record<keyof DeviceIdentity, string>;
+
+function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
+  const element = read(xml, ours);
+  const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
+  const records: DeviceIdentity[] = [];
+  for (const device of element.children) {
+    if (device.name !== `${prefix}device`) continue;
+    const a = device.attributes;
+    const required = (key: "address" | "vendorId" | "deviceId" | "classCode" | "rule") => {
+      const value = a[RECORD_ATTRIBUTES[key]];
+      if (value === undefined) {
+        throw errorAt(
+          xml,
+          ours.start,
+          `Passthrough record lacks attribute "${RECORD_ATTRIBUTES[key]}"`,
+        );
+      }
+      return value;
+    };
+    const address = canonicalPciAddress(required("address"));
+    if (address === null) {
+      throw errorAt(xml, ours.start, `Passthrough record has a bad address "${a.address}"`);
+    }
+    records.push({
+      address,
+      vendorId: required("vendorId"),
+      deviceId: required("deviceId"),
+      subsystemVendorId: a[RECORD_ATTRIBUTES.subsystemVendorId] ?? null,
+      subsystemDeviceId: a[RECORD_ATTRIBUTES.subsystemDeviceId] ?? null,
+      classCode: required("classCode"),
+      serial: a[RECORD_ATTRIBUTES.serial] ?? null,
+      driver: a[RECORD_ATTRIBUTES.driver] ?? null,
+      rule: required("rule"),
+    });
+  }
+  return records;
+}
+
+/**
+ * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
+ * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) and
+ * `<interface type='hostdev'>` are not listed.
+ *
+ * Throws {@link DomainXmlError} (with line, column) on malformed XML, a DOCTYPE, a root other than
+ * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev without a valid source address.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const xml = `<domain type='kvm'><name>vm</name><devices>
+ *   <hostdev mode='subsystem' type='pci' managed='yes'>
+ *     <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+ *   </hostdev>
+ * </devices></domain>`;
+ * const parsed = parseDomainXml(xml);
+ * assertEquals(parsed.name, "vm");
+ * assertEquals(parsed.hostdevs.map((h) => [h.address, h.managed, h.owned]), [
+ *   ["0000:01:00.0", true, false],
+ * ]);
+ * ```
+ */
+export function parseDomainXml(xml: string): ParsedDomain {
+  const located = locate(xml);
+  return {
+    name: located.name,
+    uuid: located.uuid,
+    hostdevs: located.hostdevs.map((site) => site.hostdev),
+    records: located.records,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/** `<devices>`'s children and `<metadata>`'s children get this much more indentation by default. */
+const DEFAULT_UNIT = "  ";
+
+/** The whitespace that starts the line `index` is on, when only whitespace precedes it there. */
+function lineIndent(xml: string, index: number): string | null {
+  const lineStart = xml.lastIndexOf("\n", index - 1) + 1;
+  const before = xml.slice(lineStart, index);
+  return /^[ \t]*$/.test(before) ? before : null;
+}
+
+/**
+ * The range to delete to remove `span`: with its own line's indentation and newline when it sits
+ * alone on its lines, so that removing an element we inserted restores the original exactly.
+ */
+function removalRange(xml: string, span: { start: number; end: number }): [number, number] {
+  const indent = lineIndent(xml, span.start);
+  if (indent === null) return [span.start, span.end];
+  const rest = /^[ \t]*(\r?\n|$)/.exec(xml.slice(span.end, span.end + 200));
+  if (rest === null) return [span.start, span.end];
+  return [span.start - indent.length, span.end + rest[0].length];
+}
+
+/** Indentation of an element's children and the unit it adds, guessed from the document. */
+function childIndent(xml: string, parent: XmlSpan, root: XmlSpan): string {
+  for (const child of parent.children) {
+    const indent = lineIndent(xml, child.start);
+    if (indent !== null && xml.lastIndexOf("\n", child.start) > parent.start) return indent;
+  }
+  const own = lineIndent(xml, parent.start) ?? "";
+  return own + indentUnit(xml, root);
+}
+
+function indentUnit(xml: string, root: XmlSpan): string {
+  const first = root.children[0];
+  if (first !== undefined) {
+    const indent = lineIndent(xml, first.start);
+    const rootIndent = lineIndent(xml, root.start) ?? "";
+    if (indent !== null && indent.length > rootIndent.length && indent.startsWith(rootIndent)) {
+      return indent.slice(rootIndent.length);
+    }
+  }
+  return DEFAULT_UNIT;
+}
+
+/** Lines of one hostdev in libvirt's own style (single quotes, two-space nesting). */
+function hostdevLines(spec: HostdevSpec): string[] {
+  const address = canonicalPciAddress(spec.address);
+  if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+  const a = pciAddressToLibvirt(address);
+  const lines = [
+    `<hostdev mode='subsystem' type='pci' managed='${spec.managed ? "yes" : "no"}'>`,
+    `  <source>`,
+    `    <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>`,
+    `  </source>`,
+  ];
+  // libvirt formats device info in this order: boot, alias, rom, address.
+  if (spec.bootOrder !== undefined) {
+    if (!Number.isInteger(spec.bootOrder) || spec.bootOrder < 1) {
+      throw new RangeError(`Boot order must be a positive integer: "${spec.bootOrder}"`);
+    }
+    lines.push(`  <boot order='${spec.bootOrder}'/>`);
+  }
+  if (spec.rom !== undefined && (spec.rom.bar !== undefined || spec.rom.file !== undefined)) {
+    const bar = spec.rom.bar === undefined ? "" : ` bar='${spec.rom.bar}'`;
+    const file = spec.rom.file === undefined ? "" : ` file='${escapeXmlAttribute(spec.rom.file)}'`;
+    lines.push(`  <rom${bar}${file}/>`);
+  }
+  if (spec.guestAddress !== undefined) {
+    const { multifunction, ...parts } = spec.guestAddress;
+    const g = pciAddressToLibvirt(pciAddressFromParts(parts));
+    const multi = multifunction === undefined
+      ? ""
+      : ` multifunction='${multifunction ? "on" : "off"}'`;
+    lines.push(
+      `  <address type='pci' domain='${g.domain}' bus='${g.bus}' slot='${g.slot}' function='${g.function}'${multi}/>`,
+    );
+  }
+  lines.push(`</hostdev>`);
+  return lines;
+}
+
+/** Lines of our metadata element. */
+function metadataLines(records: DeviceIdentity[], created: string | null): string[] {
+  const marker = created === null ? "" : ` created='${escapeXmlAttribute(created)}'`;
+  const lines = [`<passthrough:hostdevs xmlns:passthrough='${METADATA_NAMESPACE}'${marker}>`];
+  for (const record of records) {
+    let attrs = "";
+    for (const [key, name] of Object.entries(RECORD_ATTRIBUTES)) {
+      const value = record[key as keyof DeviceIdentity];
+      if (value !== null) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
+    }
+    lines.push(`  <passthrough:device${attrs}/>`);
+  }
+  lines.push(`</passthrough:hostdevs>`);
+  return lines;
+}
+
+function recordsKey(records: DeviceIdentity[]): string {
+  return JSON.stringify(
+    records
+      .map((r) => Object.keys(RECORD_ATTRIBUTES).map((k) => r[k as keyof DeviceIdentity]))
+      .sort((x, y) => (JSON.stringify(x) < JSON.stringify(y) ? -1 : 1)),
+  );
+}
+
+interface Splice {
+  start: number;
+  end: number;
+  text: string;
+}
+
+/** Joins lines for insertion at `indent`, each line after the first prefixed with it. */
+function indentLines(lines: string[], indent: string, newline: string): string {
+  return lines.join(newline + indent);
+}
+
+/**
+ * Text to insert `lines` as the last child of `parent` (after `after`, its last kept element
+ * child, if any). Returns a splice, or a replacement of a self-closing parent.
+ */
+function appendChild(
+  xml: string,
+  located: Located,
+  { parent, after, lines }: { parent: XmlSpan; after: XmlSpan | null; lines: string[] },
+): Splice {
+  const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+  const indent = childIndent(xml, parent, located.root);
+  if (parent.selfClosing) {
+    // `<devices/>` becomes `<devices>…</devices>`; the original form is not restored on removal.
+    const own = lineIndent(xml, parent.start) ?? "";
+    const startTag = xml.slice(parent.start, parent.end).replace(/\s*\/>$/, ">");
+    return {
+      start: parent.start,
+      end: parent.end,
+      text: `${startTag}${newline}${indent}${
+        indentLines(lines, indent, newline)
+      }${newline}${own}</${parent.name}>`,
+    };
+  }
+  if (after !== null && lineIndent(xml, after.start) !== null) {
+    const siblingIndent = lineIndent(xml, after.start) ?? indent;
+    return {
+      start: after.end,
+      end: after.end,
+      text: `${newline}${siblingIndent}${indentLines(lines, siblingIndent, newline)}`,
+    };
+  }
+  const closeIndent = lineIndent(xml, parent.endTagStart);
+  if (closeIndent !== null && xml.lastIndexOf("\n", parent.endTagStart) >= parent.startTagEnd) {
+    const at = parent.endTagStart - closeIndent.length;
+    return {
+      start: at,
+      end: at,
+      text: `${indent}${indentLines(lines, indent, newline)}${newline}`,
+    };
+  }
+  // Everything on one line: insert compactly so removal (which then removes exactly the element)
+  // restores the original.
+  const at = after !== null ? after.end : parent.endTagStart;
+  return { start: at, end: at, text: lines.map((l) => l.trim()).join("") };
+}
+
+function applySplices(xml: string, splices: Splice[]): string {
+  splices.sort((a, b) => a.start - b.start || a.end - b.end);
+  let out = "";
+  let at = 0;
+  for (const s of splices) {
+    if (s.start < at) throw new Error("Internal error: overlapping domain XML edits");
+    out += xml.slice(at, s.start) + s.text;
+    at = s.end;
+  }
+  return out + xml.slice(at);
+}
+
+/**
+ * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
+ * `edit.remove` are deleted together with their line, `edit.add` hostdevs are appended after the
+ * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
+ * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
+ * byte-identical, and an edit with nothing to do returns `xml` itself.
+ *
+ * When it has to create `<metadata>`, our element carries `created='metadata'` so that removing
+ * the last record later removes that `<metadata>` too, restoring the original text exactly.
+ *
+ * Throws {@link DomainXmlError} for XML {@link parseDomainXml} refuses, and
+ * {@link DomainEditError} when asked to remove a hostdev that is absent or not owned, or to add
+ * one the domain already has.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const xml = "<domain type='kvm'>\n  <name>vm</name>\n  <devices>\n  </devices>\n</domain>\n";
+ * const record = {
+ *   address: "0000:01:00.0", vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
+ *   subsystemDeviceId: null, classCode: "030000", serial: null, driver: "nouveau", rule: "gpu",
+ * };
+ * const added = editDomainXml(xml, {
+ *   remove: [], add: [{ address: "0000:01:00.0", managed: true }], records: [record],
+ * });
+ * assertEquals(parseDomainXml(added).hostdevs[0]?.owned, true);
+ * assertEquals(editDomainXml(added, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
+ * ```
+ */
+export function editDomainXml(xml: string, edit: DomainEdit): string {
+  const located = locate(xml);
+  const splices: Splice[] = [];
+  const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+
+  const removing = new Set<PciAddress>();
+  for (const raw of edit.remove) {
+    const address = canonicalPciAddress(raw);
+    if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
+    const sites = located.hostdevs.filter((s) => s.hostdev.address === address);
+    if (sites.length === 0) {
+      throw new DomainEditError(
+        `Cannot remove hostdev "${address}" from "${located.name}": the domain does not have it`,
+        address,
+      );
+    }
+    for (const site of sites) {
+      if (!site.hostdev.owned) {
+        throw new DomainEditError(
+          `Cannot remove hostdev "${address}" from "${located.name}": it was not added by passthrough`,
+          address,
+        );
+      }
+      if (removing.has(address)) continue;
+      const [start, end] = removalRange(xml, site.span);
+      splices.push({ start, end, text: "" });
+    }
+    removing.add(address);
+  }
+
+  if (edit.add.length > 0) {
+    const present = new Set(
+      located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
+    );
+    const lines: string[] = [];
+    for (const spec of edit.add) {
+      const address = canonicalPciAddress(spec.address);
+      if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+      if (present.has(address)) {
+        throw new DomainEditError(
+          `Cannot add hostdev "${address}" to "${located.name}": the domain already has it`,
+          address,
+        );
+      }
+      present.add(address);
+      lines.push(...hostdevLines(spec));
+    }
+    if (located.devices === null) {
+      // No <devices>: create one as the root's last child.
+      const unit = indentUnit(xml, located.root);
+      const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
+      splices.push(
+        appendChild(xml, located, { parent: located.root, after: null, lines: wrapped }),
+      );
+    } else {
+      const hostdevSpans = located.devices.children.filter((c) =>
+        c.name === "hostdev" &&
+        !located.hostdevs.some((s) => s.span === c && removing.has(s.hostdev.address))
+      );
+      splices.push(
+        appendChild(xml, located, {
+          parent: located.devices,
+          after: hostdevSpans.at(-1) ?? null,
+          lines,
+        }),
+      );
+    }
+  }
+
+  const changedRecords = located.ours === null
+    ? edit.records.length > 0
+    : recordsKey(edit.records) !== recordsKey(located.records);
+  if (changedRecords) splices.push(...metadataSplices(xml, located, edit.records, newline));
+  if (splices.length === 0) return xml;
+  return applySplices(xml, splices);
+}
+
+function metadataSplices(
+  xml: string,
+  located: Located,
+  records: DeviceIdentity[],
+  newline: string,
+): Splice[] {
+  const { ours, metadata } = located;
+  if (ours !== null) {
+    if (records.length > 0) {
+      const indent = lineIndent(xml, ours.span.start) ?? "";
+      return [{
+        start: ours.span.start,
+        end: ours.span.end,
+        text: indentLines(metadataLines(records, ours.created), indent, newline),
+      }];
+    }
+    // Remove our element; and the <metadata> we created, when nothing else is left in it.
+    if (
+      ours.created === "metadata" && metadata !== null && metadata.children.length === 1 &&
+      xml.slice(metadata.startTagEnd, ours.span.start).trim() === "" &&
+      xml.slice(ours.span.end, metadata.endTagStart).trim() === ""
+    ) {
+      const [start, end] = removalRange(xml, metadata);
+      return [{ start, end, text: "" }];
+    }
+    const [start, end] = removalRange(xml, ours.span);
+    return [{ start, end, text: "" }];
+  }
+  if (records.length === 0) return [];
+  if (metadata !== null) {
+    const after = metadata.children.at(-1) ?? null;
+    return [
+      appendChild(xml, located, { parent: metadata, after, lines: metadataLines(records, null) }),
+    ];
+  }
+  // libvirt's schema interleaves <domain>'s children, so any place is valid; libvirt itself
+  // writes <metadata> after the identity elements, so we put it there.
+  const root = located.root;
+  const anchor = root.children.filter((c) =>
+    ["name", "uuid", "genid", "title", "description"].includes(c.name)
+  ).at(-1);
+  const lines = [
+    "<metadata>",
+    ...metadataLines(records, "metadata").map((l) => DEFAULT_UNIT + l),
+    "</metadata>",
+  ];
+  if (anchor === undefined) {
+    return [appendChild(xml, located, { parent: root, after: null, lines })];
+  }
+  const unit = indentUnit(xml, root);
+  const adjusted = unit === DEFAULT_UNIT
+    ? lines
+    : lines.map((l) => l.replace(/^( {2})+/, (m) => unit.repeat(m.length / 2)));
+  const siblingIndent = lineIndent(xml, anchor.start);
+  if (siblingIndent === null) {
+    return [{ start: anchor.end, end: anchor.end, text: adjusted.map((l) => l.trim()).join("") }];
+  }
+  return [{
+    start: anchor.end,
+    end: anchor.end,
+    text: `${newline}${siblingIndent}${indentLines(adjusted, siblingIndent, newline)}`,
+  }];
+}
