@@ -1,0 +1,145 @@
+/**
+ * A {@link SysfsReader} over libc's `open`/`read`/`close`/`readlink`/`opendir`/`readdir`/
+ * `closedir`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses `Deno.readFile` under
+ * `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going through libc needs only
+ * `--allow-ffi`, so the documented permission set can read the real host.
+ *
+ * @module
+ */
+
+import type { SysfsReader } from "../lib/sysfs.ts";
+
+const SYMBOLS = {
+  // int open(const char *pathname, int flags);
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  // ssize_t read(int fd, void *buf, size_t count);
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // int close(int fd);
+  close: { parameters: ["i32"], result: "i32" },
+  // ssize_t readlink(const char *pathname, char *buf, size_t bufsiz);
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // DIR *opendir(const char *name);
+  opendir: { parameters: ["buffer"], result: "pointer" },
+  // struct dirent *readdir(DIR *dirp);
+  readdir: { parameters: ["pointer"], result: "pointer" },
+  // int closedir(DIR *dirp);
+  closedir: { parameters: ["pointer"], result: "i32" },
+  // int *__errno_location(void);
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+const O_RDONLY = 0;
+const O_CLOEXEC = 0o2000000;
+/** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
+const DIRENT_NAME_OFFSET = 19;
+/** errno values that mean "not there" for an optional sysfs attribute. */
+const MISSING_ERRNO = new Set([
+  2, /* ENOENT */
+  6, /* ENXIO */
+  19, /* ENODEV */
+  20, /* ENOTDIR */
+  21, /* EISDIR */
+  22, /* EINVAL: readlink on a non-link */
+  61, /* ENODATA */
+  5, /* EIO: some sysfs attributes fail reads on devices that lack them */
+]);
+const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 13: "EACCES", 24: "EMFILE" };
+
+let libc: Libc | null = null;
+
+/** Opens libc lazily (so importing this module needs no permission) and memoises it. */
+function load(): Libc {
+  libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  return libc;
+}
+
+/** Raised when libc reports a failure that is not "missing" (e.g. `EACCES`). */
+export class LibcFsError extends Error {
+  override name = "LibcFsError";
+  /** The path that failed. */
+  readonly path: string;
+  /** The C `errno`. */
+  readonly errno: number;
+  constructor(operation: string, path: string, errno: number) {
+    super(`Cannot ${operation} "${path}": ${ERRNO_NAMES[errno] ?? `errno ${errno}`}`);
+    this.path = path;
+    this.errno = errno;
+  }
+}
+
+/**
+ * A {@link SysfsReader} that reads through libc. Needs `--allow-ffi` only.
+ *
+ * @example
+ * ```ts
+ * import { assertOk } from "../tests/helpers/assert.ts";
+ * const reader = libcSysfsReader();
+ * assertOk(reader.listDir("/sys/bus/pci/devices") !== null);
+ * ```
+ */
+export function libcSysfsReader(): SysfsReader {
+  const lib = load();
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  let buffer = new Uint8Array(16384);
+  const cString = (path: string) => encoder.encode(`${path}\0`);
+  const errno = () => {
+    const pointer = lib.__errno_location();
+    return pointer === null ? 0 : new Deno.UnsafePointerView(pointer).getInt32(0);
+  };
+  const fail = (operation: string, path: string): null => {
+    const code = errno();
+    if (MISSING_ERRNO.has(code)) return null;
+    throw new LibcFsError(operation, path, code);
+  };
+  const readAll = (path: string, maxBytes: number): Uint8Array | null => {
+    const fd = lib.open(cString(path), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail("open", path);
+    try {
+      if (buffer.length < maxBytes) buffer = new Uint8Array(maxBytes);
+      let length = 0;
+      while (length < maxBytes) {
+        const n = Number(lib.read(fd, buffer.subarray(length), BigInt(maxBytes - length)));
+        if (n < 0) return fail("read", path);
+        if (n === 0) break;
+        length += n;
+      }
+      return buffer.slice(0, length);
+    } finally {
+      lib.close(fd);
+    }
+  };
+  return {
+    listDir(path) {
+      const dir = lib.opendir(cString(path));
+      if (dir === null) return fail("open directory", path);
+      const names: string[] = [];
+      try {
+        for (;;) {
+          const entry = lib.readdir(dir);
+          if (entry === null) break;
+          const name = new Deno.UnsafePointerView(entry).getCString(DIRENT_NAME_OFFSET);
+          if (name !== "." && name !== "..") names.push(name);
+        }
+      } finally {
+        lib.closedir(dir);
+      }
+      return names;
+    },
+    readText(path) {
+      const bytes = readAll(path, 65536);
+      return bytes === null ? null : decoder.decode(bytes);
+    },
+    readBytes(path, maxBytes) {
+      return readAll(path, maxBytes);
+    },
+    readLink(path) {
+      const target = new Uint8Array(4096);
+      const n = Number(lib.readlink(cString(path), target, BigInt(target.length)));
+      if (n < 0) return fail("read link", path);
+      return decoder.decode(target.subarray(0, n));
+    },
+  };
+}

@@ -1,0 +1,345 @@
+/**
+ * Host discovery: a sysfs-shaped tree (the real `/sys` or a captured one) read through an
+ * injected {@link SysfsReader}, plus one `lspci` run for what sysfs lacks. Sysfs is the truth for
+ * IDs, class, driver, group, NUMA node, SR-IOV links and `boot_vga`; lspci adds names, modules,
+ * FLR, the serial number and the physical slot.
+ *
+ * @module
+ */
+
+import type {
+  HostTopology,
+  HostUse,
+  HostUseReason,
+  IommuGroup,
+  PciAddress,
+  PciDevice,
+} from "./types.ts";
+import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
+import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
+import {
+  commandLspciRunner,
+  lspciArgs,
+  type LspciRecord,
+  type LspciRunner,
+  parseLspci,
+  pciIdsVendorNames,
+  splitVendorName,
+  type VendorNames,
+} from "./lspci.ts";
+
+/** Options of {@link discoverHost}. */
+export interface DiscoverOptions {
+  /** The sysfs root: `/sys` (default) or a captured tree with the same shape. */
+  root?: string;
+  /** How files are read. Default: plain Deno file access (pass `libcSysfsReader()` for `/sys`). */
+  reader?: SysfsReader;
+  /** How lspci runs; `null` skips it (names, modules, FLR and serial stay unknown). */
+  lspci?: LspciRunner | null;
+  /** Vendor name lookup for splitting lspci's joined names. Default: `pci.ids`. */
+  vendorNames?: VendorNames;
+  /**
+   * Whether `root` is the running host's own sysfs, so `/proc` may be read for the kernel
+   * command line and host use. Default: `root` is `/sys`.
+   */
+  live?: boolean;
+  /** Where `/proc` is for a live host. Default `/proc`. */
+  procRoot?: string;
+}
+
+/** Raised when the sysfs root has no PCI devices directory at all. */
+export class SysfsRootError extends Error {
+  override name = "SysfsRootError";
+  /** The root that was given. */
+  readonly root: string;
+  constructor(root: string) {
+    super(`Not a sysfs tree: "${root}": no bus/pci/devices directory`);
+    this.root = root;
+  }
+}
+
+/**
+ * Discovers the host's PCI devices and IOMMU groups.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { buildHostTree } from "./host_tree.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:01:00.0", group: 3, class: "0x030000",
+ *   vendor: "0x10de", device: "0x1b80", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "nouveau", revision: "0xa1" }] }, dir);
+ * const host = await discoverHost({ root: dir, lspci: null });
+ * assertEquals(host.groups.map((g) => g.group), [3]);
+ * assertEquals(host.devices[0]?.driver, "nouveau");
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export async function discoverHost(options: DiscoverOptions = {}): Promise<HostTopology> {
+  const root = (options.root ?? "/sys").replace(/(.)\/+$/, "$1");
+  const reader = options.reader ?? denoFsReader();
+  const live = options.live ?? root === "/sys";
+  const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
+  // Start lspci first so it runs while sysfs is read.
+  const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
+  const devices = readSysfsDevices(reader, root);
+  const lspci = parseLspci((await lspciText) ?? "");
+  const vendorNames = options.vendorNames ?? pciIdsVendorNames();
+  for (const device of devices) {
+    const record = lspci.get(device.address);
+    if (record !== undefined) mergeLspci(device, record, vendorNames);
+  }
+  const groups = groupDevices(devices);
+  const procRoot = options.procRoot ?? "/proc";
+  const kernelCmdline = live
+    ? readAttribute(reader, `${procRoot}/cmdline`)
+    : readAttribute(reader, `${root}/cmdline`);
+  const hostUse = live
+    ? liveHostUse(reader, { sysRoot: root, procRoot, devices })
+    : treeHostUse(reader, root);
+  return {
+    source: root,
+    iommu: groups.length > 0 ? "enabled" : "absent",
+    devices,
+    groups,
+    kernelCmdline: kernelCmdline === "" ? null : kernelCmdline,
+    hostUse,
+  };
+}
+
+function hexId(text: string | null, width: number): string | null {
+  if (text === null) return null;
+  const m = /^(?:0x)?([0-9a-f]+)$/i.exec(text.trim());
+  if (!m) return null;
+  return (m[1] ?? "").toLowerCase().padStart(width, "0").slice(-width);
+}
+
+/**
+ * Reads every PCI function from sysfs alone (no lspci): IDs, class, driver, group, NUMA node,
+ * SR-IOV links, `boot_vga` and the bridge flag. Sorted by address.
+ */
+export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[] {
+  const base = `${root}/bus/pci/devices`;
+  const names = reader.listDir(base);
+  if (names === null) throw new SysfsRootError(root);
+  const devices: PciDevice[] = [];
+  for (const name of names) {
+    const address = canonicalPciAddress(name);
+    if (address === null) continue;
+    const dir = `${base}/${name}`;
+    const attr = (file: string) => readAttribute(reader, `${dir}/${file}`);
+    const classCode = hexId(attr("class"), 6) ?? "000000";
+    const config = reader.readBytes(`${dir}/config`, 64);
+    // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
+    // class code says otherwise.
+    const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
+    const driverLink = reader.readLink(`${dir}/driver`);
+    const groupLink = reader.readLink(`${dir}/iommu_group`);
+    const group = groupLink === null ? NaN : Number(baseName(groupLink));
+    const numa = attr("numa_node");
+    const numaNumber = numa === null ? NaN : Number(numa);
+    const bootVga = attr("boot_vga");
+    const physfnLink = reader.readLink(`${dir}/physfn`);
+    // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
+    const modules = attr("modules");
+    const virtfns: PciAddress[] = [];
+    const numVfs = Number(attr("sriov_numvfs") ?? "0");
+    for (let i = 0; i < numVfs; i++) {
+      const link = reader.readLink(`${dir}/virtfn${i}`);
+      const vf = link === null ? null : canonicalPciAddress(baseName(link));
+      if (vf !== null) virtfns.push(vf);
+    }
+    virtfns.sort(comparePciAddress);
+    devices.push({
+      address,
+      vendorId: hexId(attr("vendor"), 4) ?? "ffff",
+      deviceId: hexId(attr("device"), 4) ?? "ffff",
+      subsystemVendorId: hexId(attr("subsystem_vendor"), 4),
+      subsystemDeviceId: hexId(attr("subsystem_device"), 4),
+      classCode,
+      revision: hexId(attr("revision"), 2),
+      vendorName: null,
+      deviceName: null,
+      className: null,
+      driver: driverLink === null ? null : baseName(driverLink),
+      modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
+      iommuGroup: Number.isInteger(group) ? group : null,
+      numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
+      physicalSlot: null,
+      isBridge: classCode.startsWith("0604") || headerType === 1,
+      physfn: physfnLink === null ? null : canonicalPciAddress(baseName(physfnLink)),
+      virtfns,
+      bootVga: bootVga === null ? null : bootVga === "1",
+      flr: null,
+      serial: null,
+    });
+  }
+  devices.sort((a, b) => comparePciAddress(a.address, b.address));
+  return devices;
+}
+
+/** Fills what sysfs lacks from lspci's record; sysfs values are never overwritten. */
+function mergeLspci(device: PciDevice, record: LspciRecord, vendorNames: VendorNames): void {
+  const split = splitVendorName(record.vendorDeviceName, vendorNames(device.vendorId));
+  device.vendorName = split.vendorName;
+  device.deviceName = split.deviceName;
+  device.className = record.className;
+  if (record.modules.length > 0) device.modules = record.modules;
+  device.physicalSlot = record.physicalSlot;
+  device.flr = record.flr;
+  device.serial = record.serial;
+  device.numaNode ??= record.numaNode;
+}
+
+function groupDevices(devices: PciDevice[]): IommuGroup[] {
+  const byGroup = new Map<number, PciDevice[]>();
+  for (const device of devices) {
+    if (device.iommuGroup === null) continue;
+    const members = byGroup.get(device.iommuGroup) ?? [];
+    members.push(device);
+    byGroup.set(device.iommuGroup, members);
+  }
+  return [...byGroup.entries()].sort(([a], [b]) => a - b).map(([group, members]) => ({
+    group,
+    devices: members,
+  }));
+}
+
+const HOST_USE_REASONS: readonly HostUseReason[] = [
+  "mounted-filesystem",
+  "default-route",
+  "console-vga",
+];
+
+/** A captured tree's `host_use.json` (written by `snapshot`), or `[]` when absent. */
+function treeHostUse(reader: SysfsReader, root: string): HostUse[] {
+  const text = reader.readText(`${root}/host_use.json`);
+  if (text === null) return [];
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new SyntaxError(`Cannot parse "${root}/host_use.json": ${(error as Error).message}`);
+  }
+  if (!Array.isArray(data)) {
+    throw new SyntaxError(`Cannot parse "${root}/host_use.json": not an array`);
+  }
+  const uses: HostUse[] = [];
+  for (const item of data as Record<string, unknown>[]) {
+    const address = typeof item.address === "string" ? canonicalPciAddress(item.address) : null;
+    const reason = item.reason as HostUseReason;
+    if (address === null || !HOST_USE_REASONS.includes(reason)) {
+      throw new SyntaxError(
+        `Cannot parse "${root}/host_use.json": bad entry ${JSON.stringify(item)}`,
+      );
+    }
+    uses.push({ address, reason, detail: typeof item.detail === "string" ? item.detail : "" });
+  }
+  return sortHostUse(uses);
+}
+
+function sortHostUse(uses: HostUse[]): HostUse[] {
+  const seen = new Set<string>();
+  return uses
+    .filter((u) => {
+      const key = `${u.address} ${u.reason} ${u.detail}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    })
+    .sort((a, b) =>
+      comparePciAddress(a.address, b.address) || a.reason.localeCompare(b.reason) ||
+      a.detail.localeCompare(b.detail)
+    );
+}
+
+/** The PCI function a sysfs device path hangs under (the last PCI address component). */
+export function pciAncestor(path: string): PciAddress | null {
+  const parts = path.split("/");
+  for (let i = parts.length - 1; i >= 0; i--) {
+    const address = canonicalPciAddress(parts[i] ?? "");
+    if (address !== null && /^[0-9a-f]{4,}:/i.test(parts[i] ?? "")) return address;
+  }
+  return null;
+}
+
+/** Block device names behind `name`, following device-mapper/md `slaves` down to disks. */
+function blockPciDevices(
+  reader: SysfsReader,
+  sysRoot: string,
+  name: string,
+  depth = 0,
+): PciAddress[] {
+  if (depth > 8) return [];
+  const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+  if (link === null) return [];
+  const direct = pciAncestor(link);
+  if (direct !== null) return [direct];
+  const slaves = reader.listDir(`${sysRoot}/class/block/${name}/slaves`) ?? [];
+  return slaves.flatMap((slave) => blockPciDevices(reader, sysRoot, slave, depth + 1));
+}
+
+/** The block device name for a mount source (`/dev/nvme0n1p2`, `/dev/mapper/vg-root`). */
+function blockName(reader: SysfsReader, source: string): string | null {
+  if (!source.startsWith("/dev/")) return null;
+  const link = reader.readLink(source);
+  // /dev/mapper/* and /dev/disk/by-* are links to ../dm-0 and the like.
+  return baseName(link ?? source);
+}
+
+/**
+ * What the running host uses: controllers of mounted filesystems, the NIC carrying the default
+ * route, and the boot VGA when a framebuffer console is bound.
+ */
+function liveHostUse(
+  reader: SysfsReader,
+  options: { sysRoot: string; procRoot: string; devices: PciDevice[] },
+): HostUse[] {
+  const { sysRoot, procRoot, devices } = options;
+  const uses: HostUse[] = [];
+  const known = new Set(devices.map((d) => d.address));
+  const mounts = reader.readText(`${procRoot}/self/mounts`) ?? "";
+  for (const line of mounts.split("\n")) {
+    const [source, target] = line.split(" ");
+    if (source === undefined || target === undefined) continue;
+    const name = blockName(reader, source);
+    if (name === null) continue;
+    for (const address of blockPciDevices(reader, sysRoot, name)) {
+      if (known.has(address)) {
+        uses.push({
+          address,
+          reason: "mounted-filesystem",
+          detail: `${target.replace(/\\040/g, " ")} on ${name}`,
+        });
+      }
+    }
+  }
+  const routes = reader.readText(`${procRoot}/net/route`) ?? "";
+  for (const line of routes.split("\n").slice(1)) {
+    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
+    if (iface === undefined || destination !== "00000000" || mask !== "00000000") continue;
+    const link = reader.readLink(`${sysRoot}/class/net/${iface}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address !== null && known.has(address)) {
+      uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
+    }
+  }
+  const consoles = reader.listDir(`${sysRoot}/class/vtconsole`) ?? [];
+  const fbcon = consoles.some((c) =>
+    readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
+    /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
+  );
+  const fb = (reader.readText(`${procRoot}/fb`) ?? "").trim() !== "";
+  if (fbcon || fb) {
+    for (const device of devices) {
+      if (device.bootVga === true) {
+        uses.push({
+          address: device.address,
+          reason: "console-vga",
+          detail: `boot_vga=1 with ${fbcon ? "fbcon" : "a framebuffer"}`,
+        });
+      }
+    }
+  }
+  return sortHostUse(uses);
+}

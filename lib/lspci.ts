@@ -1,0 +1,234 @@
+/**
+ * One `lspci -vvvnnkD` run and its parser. Discovery takes IDs, class, driver and groups from
+ * sysfs (the truth) and only what sysfs lacks from here: human names, kernel modules, FLR,
+ * Device Serial Number and the physical slot name.
+ *
+ * Why `-vvvnnkD` and not `-vmmnnkD`: the machine-readable form prints vendor and device names
+ * apart but never capabilities, and FLR and the serial live in capabilities. The verbose form
+ * joins the vendor and device names, so {@link splitVendorName} separates them with the vendor
+ * table of the same `pci.ids` file lspci reads.
+ *
+ * @module
+ */
+
+import type { PciAddress } from "./types.ts";
+import { canonicalPciAddress } from "./pci_address.ts";
+
+/** Runs `lspci` with an argument array and resolves to its standard output. */
+export type LspciRunner = (args: string[]) => Promise<string>;
+
+/** What one device's `lspci -vvvnnkD` paragraph says. */
+export interface LspciRecord {
+  address: PciAddress;
+  className: string | null;
+  classId: string;
+  /** Vendor and device names as lspci joins them (`NVIDIA Corporation GP104 [GeForce GTX 1080]`). */
+  vendorDeviceName: string | null;
+  vendorId: string;
+  deviceId: string;
+  revision: string | null;
+  physicalSlot: string | null;
+  numaNode: number | null;
+  iommuGroup: number | null;
+  driver: string | null;
+  modules: string[];
+  /** `true` FLReset+ (or AF FLR+), `false` capabilities read without FLR, `null` not readable. */
+  flr: boolean | null;
+  serial: string | null;
+}
+
+/** Raised when `lspci` cannot run or fails. */
+export class LspciError extends Error {
+  override name = "LspciError";
+  /** The arguments lspci was run with. */
+  readonly args: string[];
+  constructor(message: string, args: string[], options?: ErrorOptions) {
+    super(message, options);
+    this.args = args;
+  }
+}
+
+/** The flags discovery runs lspci with (plus `-O sysfs.path=ROOT/bus/pci` for a tree). */
+export const LSPCI_FLAGS: readonly string[] = ["-vvvnnkD"];
+
+/** The argument array for one discovery run over `root` (`/sys` or a captured tree). */
+export function lspciArgs(root: string): string[] {
+  const args = [...LSPCI_FLAGS];
+  if (root.replace(/\/+$/, "") !== "/sys") args.unshift("-O", `sysfs.path=${root}/bus/pci`);
+  return args;
+}
+
+/**
+ * The default runner: `Deno.Command("lspci", { args })`, an argument array, never a shell.
+ * stderr is read and only shown when lspci fails (it prints a harmless libkmod warning on hosts
+ * without `/lib/modules`).
+ */
+export function commandLspciRunner(program = "lspci"): LspciRunner {
+  return async (args) => {
+    let output: Deno.CommandOutput;
+    try {
+      output = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" })
+        .output();
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) {
+        throw new LspciError(`Cannot run "${program}": not found: install pciutils`, args, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    if (!output.success) {
+      const stderr = new TextDecoder().decode(output.stderr).trim();
+      throw new LspciError(
+        `"${program} ${args.join(" ")}" failed with exit code ${output.code}: ${stderr}`,
+        args,
+      );
+    }
+    return new TextDecoder().decode(output.stdout);
+  };
+}
+
+const HEADER =
+  /^(\S+) (.*?) ?\[([0-9a-f]{4})\]: (.*?) ?\[([0-9a-f]{4}):([0-9a-f]{4})\](?: \(rev ([0-9a-f]{2})\))?(?: \(prog-if [0-9a-f]{2}(?: \[.*\])?\))?\s*$/i;
+
+/**
+ * Parses `lspci -vvvnnkD` output into one record per device, keyed by canonical address.
+ * Unknown lines are ignored, so newer lspci versions that print more still parse.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const text = [
+ *   "0000:01:00.0 VGA compatible controller [0300]: NVIDIA Corporation GP104 [10de:1b80] (rev a1)",
+ *   "\tKernel driver in use: vfio-pci",
+ *   "\tKernel modules: nouveau",
+ *   "",
+ * ].join("\n");
+ * const record = parseLspci(text).get("0000:01:00.0");
+ * assertEquals(record?.driver, "vfio-pci");
+ * assertEquals(record?.modules, ["nouveau"]);
+ * ```
+ */
+export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
+  const records = new Map<PciAddress, LspciRecord>();
+  for (const paragraph of text.split(/\n(?=\S)/)) {
+    const lines = paragraph.split("\n");
+    const header = HEADER.exec(lines[0] ?? "");
+    if (!header) continue;
+    const address = canonicalPciAddress(header[1] ?? "");
+    if (address === null) continue;
+    const className = (header[2] ?? "").trim();
+    const joined = (header[4] ?? "").trim();
+    const record: LspciRecord = {
+      address,
+      className: className === "" || className === "Class" ? null : className,
+      classId: (header[3] ?? "").toLowerCase(),
+      vendorDeviceName: joined === "" || joined === "Device" ? null : joined,
+      vendorId: (header[5] ?? "").toLowerCase(),
+      deviceId: (header[6] ?? "").toLowerCase(),
+      revision: header[7]?.toLowerCase() ?? null,
+      physicalSlot: null,
+      numaNode: null,
+      iommuGroup: null,
+      driver: null,
+      modules: [],
+      flr: null,
+      serial: null,
+    };
+    let capabilitiesSeen = false;
+    let capabilitiesDenied = false;
+    let inDevCap = false;
+    let flr = false;
+    for (const line of lines.slice(1)) {
+      const depth = /^\t*/.exec(line)?.[0].length ?? 0;
+      const body = line.trim();
+      if (depth === 1) {
+        inDevCap = false;
+        let m: RegExpExecArray | null;
+        if ((m = /^Physical Slot: (.+)$/.exec(body))) record.physicalSlot = m[1] ?? null;
+        else if ((m = /^NUMA node: (-?\d+)$/.exec(body))) {
+          const n = Number(m[1]);
+          record.numaNode = n < 0 ? null : n;
+        } else if ((m = /^IOMMU group: (\d+)$/.exec(body))) record.iommuGroup = Number(m[1]);
+        else if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;
+        else if ((m = /^Kernel modules: (.+)$/.exec(body))) {
+          record.modules = (m[1] ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
+        } else if (body.startsWith("Capabilities:")) {
+          if (body.includes("<access denied>")) capabilitiesDenied = true;
+          else {
+            capabilitiesSeen = true;
+            const dsn = /Device Serial Number ([0-9a-f]{2}(?:-[0-9a-f]{2}){7})/i.exec(body);
+            if (dsn) record.serial = (dsn[1] ?? "").toLowerCase();
+          }
+        } else if (/^Status:.*\bCap-/.test(body)) {
+          // No capability list at all: FLR is impossible, not unknown.
+          capabilitiesSeen = true;
+        }
+      } else if (depth === 2) {
+        inDevCap = body.startsWith("DevCap:");
+        if (inDevCap && /\bFLReset\+/.test(body)) flr = true;
+        if (body.startsWith("AFCap:") && /\bFLR\+/.test(body)) flr = true;
+      } else if (depth >= 3 && inDevCap && /\bFLReset\+/.test(body)) {
+        flr = true;
+      }
+    }
+    record.flr = flr ? true : capabilitiesDenied ? null : capabilitiesSeen ? false : null;
+    records.set(address, record);
+  }
+  return records;
+}
+
+/** Vendor ID → name, from the `pci.ids` file lspci uses. */
+export type VendorNames = (vendorId: string) => string | null;
+
+const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
+
+/**
+ * Looks vendor names up in `pci.ids` (vendor lines only), read once and searched by index so
+ * discovery does not parse the whole 1.3 MB file. Returns a lookup that always answers `null`
+ * when no file is readable.
+ */
+export function pciIdsVendorNames(paths: readonly string[] = PCI_IDS_PATHS): VendorNames {
+  let text: string | null | undefined;
+  const cache = new Map<string, string | null>();
+  return (vendorId) => {
+    if (text === undefined) {
+      text = null;
+      for (const path of paths) {
+        try {
+          text = Deno.readTextFileSync(path);
+          break;
+        } catch {
+          // Try the next location; names are optional.
+        }
+      }
+    }
+    if (text === null) return null;
+    const id = vendorId.toLowerCase();
+    if (cache.has(id)) return cache.get(id) ?? null;
+    const start = text.indexOf(`\n${id}  `);
+    let name: string | null = null;
+    if (start >= 0) {
+      const end = text.indexOf("\n", start + 1);
+      name = text.slice(start + 7, end < 0 ? undefined : end).trim();
+    }
+    cache.set(id, name);
+    return name;
+  };
+}
+
+/**
+ * Splits lspci's joined `VENDOR DEVICE` name with a known vendor name. When the vendor is
+ * unknown the whole text is taken as the device name; lspci's placeholder `Device` becomes null.
+ */
+export function splitVendorName(
+  joined: string | null,
+  vendorName: string | null,
+): { vendorName: string | null; deviceName: string | null } {
+  if (joined === null) return { vendorName, deviceName: null };
+  if (vendorName !== null && (joined === vendorName || joined.startsWith(`${vendorName} `))) {
+    const rest = joined.slice(vendorName.length).trim();
+    return { vendorName, deviceName: rest === "" || rest === "Device" ? null : rest };
+  }
+  return { vendorName, deviceName: joined };
+}
