@@ -1,0 +1,564 @@
+/**
+ * Loads `passthrough_config.yaml`: parses it with source positions, validates it against
+ * {@link CONFIG_SCHEMA} (collecting every problem, each with `file:line:col` and a hint), and
+ * normalises it into {@link Config} (IDs lower-case without `0x`, class names as prefixes,
+ * defaults filled in, rule names derived).
+ *
+ * Parsing needs the env permission for `LOG_TOKENS` and `LOG_STREAM` (npm `yaml` reads them).
+ *
+ * @module
+ */
+
+import { isAlias, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
+import {
+  CLASS_NAMES,
+  CONFIG_SCHEMA,
+  FORMAT_PATTERNS,
+  type RawConfig,
+  type RawMatch,
+  type RawRule,
+  type Schema,
+  type StringFormat,
+} from "./config_schema.ts";
+import { canonicalPciAddress } from "./pci_address.ts";
+import type { PciAddress } from "./types.ts";
+
+/** One problem in the config file, located in the source. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  /** The file as given to the loader. */
+  file: string;
+  /** 1-based line and column of the offending node. */
+  line: number;
+  column: number;
+  /** Where in the document: `vms.win10.devices[0].match.vendor_id` (empty for the root). */
+  path: string;
+  /** What would fix it (`did you mean "vendor_id"?`), or `null`. */
+  hint: string | null;
+
+  constructor(
+    detail: string,
+    where: { file: string; line: number; column: number; path: string; hint?: string | null },
+  ) {
+    const hint = where.hint ?? null;
+    super(
+      `${where.file}:${where.line}:${where.column}: ${detail}${
+        where.path ? ` at "${where.path}"` : ""
+      }${hint ? ` (${hint})` : ""}`,
+    );
+    this.file = where.file;
+    this.line = where.line;
+    this.column = where.column;
+    this.path = where.path;
+    this.hint = hint;
+  }
+}
+
+/** Every problem found in one config file; thrown by {@link parseConfig} when there is any. */
+export class ConfigErrors extends AggregateError {
+  override name = "ConfigErrors";
+  /** Each problem, in source order. */
+  declare errors: ConfigError[];
+  /** The file as given to the loader. */
+  file: string;
+
+  constructor(file: string, errors: ConfigError[]) {
+    super(
+      errors,
+      `Invalid config "${file}": ${errors.length} ${
+        errors.length === 1 ? "problem" : "problems"
+      }\n` +
+        errors.map((e) => `  ${e.message}`).join("\n"),
+    );
+    this.file = file;
+  }
+}
+
+/** The normalised `match` block: IDs are 4 lower-case hex digits without `0x`. */
+export interface MatchCriteria {
+  vendorId?: string;
+  deviceId?: string;
+  driver?: string;
+  subsystemVendorId?: string;
+  subsystemDeviceId?: string;
+  /** Class-code prefixes (any of them matches), from hex digits or a class name. */
+  classPrefixes?: string[];
+  /** The class as written, for messages. */
+  classText?: string;
+  slot?: string;
+  /** Lower-case, dash-separated like lspci prints it. */
+  serial?: string;
+  numaNode?: number;
+  address?: PciAddress;
+}
+
+/** One normalised rule. */
+export interface DeviceRule {
+  /** Unique within its VM. */
+  name: string;
+  vm: string;
+  /** `file:line:col` of the rule. */
+  location: string;
+  match: MatchCriteria;
+  /** How many cards (IOMMU groups) the rule resolves to, or every match. */
+  count: number | "all";
+  iommuGroup: boolean;
+  managed: boolean;
+  rom?: { bar?: "on" | "off"; file?: string };
+  bootOrder?: number;
+  multifunction: boolean;
+  allowHostCritical: boolean;
+  allowNoFlr: boolean;
+}
+
+/** One VM of the config. */
+export interface VmConfig {
+  name: string;
+  location: string;
+  rules: DeviceRule[];
+}
+
+/** A validated, normalised config. */
+export interface Config {
+  file: string;
+  version: 1;
+  /** In file order. */
+  vms: VmConfig[];
+}
+
+/** Edit distance, for "did you mean" hints. */
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return row[b.length]!;
+}
+
+/** The closest of `options` to `word`, when close enough to be a plausible typo. */
+function nearest(word: string, options: readonly string[]): string | null {
+  let best: string | null = null;
+  let bestDistance = Infinity;
+  for (const option of options) {
+    const d = editDistance(word.toLowerCase(), option);
+    if (d < bestDistance) [best, bestDistance] = [option, d];
+  }
+  return best !== null && bestDistance <= Math.max(2, Math.floor(word.length / 2)) ? best : null;
+}
+
+interface Context {
+  file: string;
+  lines: LineCounter;
+  errors: ConfigError[];
+}
+
+function report(
+  ctx: Context,
+  node: { range?: [number, number, number] | null } | null | undefined,
+  path: string,
+  detail: string,
+  hint: string | null = null,
+  fallbackOffset = 0,
+): void {
+  const offset = node?.range?.[0] ?? fallbackOffset;
+  const pos = ctx.lines.linePos(offset);
+  ctx.errors.push(
+    new ConfigError(detail, { file: ctx.file, line: pos.line, column: pos.col, path, hint }),
+  );
+}
+
+function describeNode(node: unknown): string {
+  if (node === null || node === undefined) return "nothing";
+  if (isMap(node)) return "a mapping";
+  if (isSeq(node)) return "a list";
+  if (isScalar(node)) {
+    const v = node.value;
+    if (v === null) return "null";
+    if (typeof v === "string") return `the string "${v}"`;
+    return `${typeof v} ${JSON.stringify(v)}`;
+  }
+  return "an unsupported value";
+}
+
+/** Normalises a value of a string format, or returns `null` when it does not fit. */
+function normaliseFormat(format: StringFormat, text: string): string | null {
+  const value = text.trim();
+  if (format === "class") {
+    const name = value.toLowerCase();
+    if (name in CLASS_NAMES) return name;
+  }
+  if (format === "slot") return new RegExp(FORMAT_PATTERNS.slot).test(value) ? value : null;
+  if (!new RegExp(FORMAT_PATTERNS[format]).test(value)) return null;
+  const hex = (s: string) => s.replace(/^0x/i, "").toLowerCase();
+  switch (format) {
+    case "pci-id":
+      return hex(value).padStart(4, "0");
+    case "vendor-device": {
+      const [v, d] = value.split(":") as [string, string];
+      return `${hex(v).padStart(4, "0")}:${hex(d).padStart(4, "0")}`;
+    }
+    case "class":
+      return hex(value);
+    case "pci-address":
+      return canonicalPciAddress(value);
+    case "serial": {
+      const digits = value.replace(/[-:]/g, "").toLowerCase();
+      return digits.match(/../g)!.join("-");
+    }
+  }
+  return null;
+}
+
+const FORMAT_HINTS: Record<StringFormat, string> = {
+  "pci-id": 'expected up to 4 hex digits such as "10de" or "0x10de"',
+  "vendor-device": 'expected "vendor:device" in hex such as "10de:2684"',
+  "class": `expected 2, 4 or 6 hex digits ("03", "0c03") or a class name (${
+    Object.keys(CLASS_NAMES).join(", ")
+  })`,
+  "pci-address": 'expected a PCI address such as "0000:0b:00.0" or "0b:00.0"',
+  "serial": 'expected a device serial number such as "00-11-22-ff-ff-33-44-55"',
+  "slot": "expected a non-empty slot name",
+};
+
+function validate(node: unknown, schema: Schema, path: string, ctx: Context): unknown {
+  if (isAlias(node)) {
+    report(ctx, node as Node, path, "YAML aliases are not supported", "write the value out");
+    return undefined;
+  }
+  const n = node as Node | null | undefined;
+  const wrongType = (expected: string, hint: string | null = null) => {
+    report(ctx, n, path, `Expected ${expected}, found ${describeNode(n)}`, hint);
+    return undefined;
+  };
+  switch (schema.type) {
+    case "string": {
+      if (!isScalar(n)) return wrongType("a string");
+      let value = n.value;
+      // `slot: 3` is read by YAML as a number; it names slot "3".
+      if (schema.format === "slot" && typeof value === "number" && Number.isInteger(value)) {
+        value = String(value);
+      }
+      if (typeof value !== "string") {
+        return wrongType(
+          "a string",
+          schema.format === "pci-id" || schema.format === "class"
+            ? 'quote hex values, e.g. "0300", or YAML may read them as numbers'
+            : null,
+        );
+      }
+      if (schema.enum) {
+        if (!schema.enum.includes(value)) {
+          const near = nearest(value, schema.enum);
+          report(
+            ctx,
+            n,
+            path,
+            `Invalid value "${value}": expected one of ${
+              schema.enum.map((e) => `"${e}"`).join(", ")
+            }`,
+            near ? `did you mean "${near}"?` : null,
+          );
+          return undefined;
+        }
+        return value;
+      }
+      if (schema.format) {
+        const normal = normaliseFormat(schema.format, value);
+        if (normal === null) {
+          const near = schema.format === "class" ? nearest(value, Object.keys(CLASS_NAMES)) : null;
+          report(
+            ctx,
+            n,
+            path,
+            `Invalid ${schema.format} "${value}"`,
+            near ? `did you mean "${near}"?` : FORMAT_HINTS[schema.format],
+          );
+          return undefined;
+        }
+        return normal;
+      }
+      return value;
+    }
+    case "integer": {
+      if (!isScalar(n) || typeof n.value !== "number" || !Number.isInteger(n.value)) {
+        return wrongType("an integer");
+      }
+      if (schema.const !== undefined && n.value !== schema.const) {
+        report(ctx, n, path, `Unsupported value ${n.value}: expected ${schema.const}`);
+        return undefined;
+      }
+      if (schema.minimum !== undefined && n.value < schema.minimum) {
+        report(ctx, n, path, `Value ${n.value} is too small: the minimum is ${schema.minimum}`);
+        return undefined;
+      }
+      return n.value;
+    }
+    case "boolean": {
+      if (!isScalar(n) || typeof n.value !== "boolean") return wrongType("true or false");
+      if (schema.const !== undefined && n.value !== schema.const) {
+        report(
+          ctx,
+          n,
+          path,
+          `Unsupported value ${n.value}: expected ${schema.const}`,
+          "omit the key",
+        );
+        return undefined;
+      }
+      return n.value;
+    }
+    case "array": {
+      if (!isSeq(n)) return wrongType("a list", 'start each item with "- "');
+      return n.items.map((item, i) => validate(item, schema.items, `${path}[${i}]`, ctx));
+    }
+    case "map": {
+      if (!isMap(n)) return wrongType("a mapping");
+      const out: Record<string, unknown> = {};
+      const pattern = new RegExp(schema.keyPattern);
+      for (const pair of n.items) {
+        const key = isScalar(pair.key) ? pair.key.value : undefined;
+        const keyNode = pair.key as Node;
+        if (typeof key !== "string" || !pattern.test(key)) {
+          report(
+            ctx,
+            keyNode,
+            path,
+            `Invalid name ${describeNode(keyNode)}`,
+            "use the libvirt domain name",
+          );
+          continue;
+        }
+        out[key] = validate(pair.value, schema.values, path ? `${path}.${key}` : key, ctx);
+      }
+      return out;
+    }
+    case "object": {
+      if (!isMap(n)) return wrongType("a mapping");
+      const out: Record<string, unknown> = {};
+      const known = Object.keys(schema.properties);
+      for (const pair of n.items) {
+        const keyNode = pair.key as Node;
+        const key = isScalar(keyNode) ? keyNode.value : undefined;
+        if (typeof key !== "string") {
+          report(ctx, keyNode, path, `Invalid key ${describeNode(keyNode)}`);
+          continue;
+        }
+        const sub = schema.properties[key];
+        const subPath = path ? `${path}.${key}` : key;
+        if (sub === undefined) {
+          const near = nearest(key, known);
+          report(
+            ctx,
+            keyNode,
+            subPath,
+            `Unknown key "${key}"`,
+            near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`,
+          );
+          continue;
+        }
+        out[key] = validate(pair.value, sub, subPath, ctx);
+      }
+      for (const required of schema.required ?? []) {
+        if (!n.items.some((p) => isScalar(p.key) && p.key.value === required)) {
+          report(ctx, n, path, `Missing key "${required}"`);
+        }
+      }
+      if (schema.minProperties !== undefined && n.items.length < schema.minProperties) {
+        report(ctx, n, path, "Empty mapping", `give at least one of ${known.join(", ")}`);
+      }
+      for (const [a, b] of schema.exclusive ?? []) {
+        if (a in out && b in out) {
+          report(ctx, n, path, `Keys "${a}" and "${b}" exclude each other`, `keep one of them`);
+        }
+      }
+      return out;
+    }
+  }
+}
+
+function location(ctx: Context, node: unknown): string {
+  const offset = (node as Node | null)?.range?.[0] ?? 0;
+  const pos = ctx.lines.linePos(offset);
+  return `${ctx.file}:${pos.line}:${pos.col}`;
+}
+
+function deriveRuleName(match: RawMatch): string {
+  if (match.vendor_device_id) return match.vendor_device_id;
+  const parts: string[] = [];
+  if (match.vendor_id || match.device_id) {
+    parts.push(`${match.vendor_id ?? "*"}:${match.device_id ?? "*"}`);
+  }
+  if (match.class) parts.push(match.class);
+  if (match.driver) parts.push(match.driver);
+  if (match.address) parts.push(match.address);
+  if (match.slot) parts.push(`slot-${match.slot}`);
+  if (match.serial) parts.push(match.serial);
+  if (parts.length === 0) parts.push("device");
+  return parts.join("-");
+}
+
+function normaliseMatch(
+  raw: RawMatch,
+  matchNode: unknown,
+  path: string,
+  ctx: Context,
+): MatchCriteria {
+  const m: MatchCriteria = {};
+  if (raw.vendor_device_id) {
+    const [v, d] = raw.vendor_device_id.split(":") as [string, string];
+    m.vendorId = v;
+    m.deviceId = d;
+  }
+  const conflict = (key: string, a: string, b: string) =>
+    report(
+      ctx,
+      matchNode as Node,
+      `${path}.${key}`,
+      `Conflicting criteria: "${key}" is "${a}" but "vendor_device_id" says "${b}"`,
+      "give the ID once",
+    );
+  if (raw.vendor_id !== undefined) {
+    if (m.vendorId !== undefined && m.vendorId !== raw.vendor_id) {
+      conflict("vendor_id", raw.vendor_id, m.vendorId);
+    }
+    m.vendorId = raw.vendor_id;
+  }
+  if (raw.device_id !== undefined) {
+    if (m.deviceId !== undefined && m.deviceId !== raw.device_id) {
+      conflict("device_id", raw.device_id, m.deviceId);
+    }
+    m.deviceId = raw.device_id;
+  }
+  if (raw.driver !== undefined) m.driver = raw.driver;
+  if (raw.subsystem_vendor_id !== undefined) m.subsystemVendorId = raw.subsystem_vendor_id;
+  if (raw.subsystem_device_id !== undefined) m.subsystemDeviceId = raw.subsystem_device_id;
+  if (raw.class !== undefined) {
+    m.classText = raw.class;
+    m.classPrefixes = [...(CLASS_NAMES[raw.class] ?? [raw.class])];
+  }
+  if (raw.slot !== undefined) m.slot = raw.slot;
+  if (raw.serial !== undefined) m.serial = raw.serial;
+  if (raw.numa_node !== undefined) m.numaNode = raw.numa_node;
+  if (raw.address !== undefined) m.address = raw.address;
+  return m;
+}
+
+/**
+ * Parses and validates config text. Throws {@link ConfigErrors} listing every problem.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const config = parseConfig(
+ *   'version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "10DE:0x2684" }\n',
+ *   { file: "example.yaml" },
+ * );
+ * assertEquals(config.vms[0]?.rules[0]?.match, { vendorId: "10de", deviceId: "2684" });
+ * assertEquals(config.vms[0]?.rules[0]?.location, "example.yaml:5:9");
+ * ```
+ */
+export function parseConfig(text: string, options: { file: string }): Config {
+  const ctx: Context = { file: options.file, lines: new LineCounter(), errors: [] };
+  const doc = parseDocument(text, {
+    lineCounter: ctx.lines,
+    uniqueKeys: true,
+    prettyErrors: false,
+  });
+  for (const error of doc.errors) {
+    const detail = error.message.replace(/ at line \d+, column \d+:[\s\S]*$/, "");
+    const pos = error.linePos?.[0] ?? ctx.lines.linePos(error.pos[0]);
+    ctx.errors.push(
+      new ConfigError(
+        error.code === "DUPLICATE_KEY" ? "Duplicate key: each key may appear once" : detail,
+        {
+          file: ctx.file,
+          line: pos.line,
+          column: pos.col,
+          path: "",
+          hint: error.code === "DUPLICATE_KEY" ? "merge the two entries" : null,
+        },
+      ),
+    );
+  }
+  if (ctx.errors.length > 0) throw new ConfigErrors(ctx.file, ctx.errors);
+  if (doc.contents === null) {
+    report(ctx, null, "", "Empty config", 'start with "version: 1" and "vms:"');
+    throw new ConfigErrors(ctx.file, ctx.errors);
+  }
+  const raw = validate(doc.contents, CONFIG_SCHEMA, "", ctx) as RawConfig | undefined;
+  const config: Config = { file: ctx.file, version: 1, vms: [] };
+  if (raw?.vms && isMap(doc.contents)) {
+    const vmsNode = doc.contents.get("vms", true);
+    for (const [vmName, rawVm] of Object.entries(raw.vms)) {
+      const vmNode = isMap(vmsNode) ? vmsNode.get(vmName, true) : null;
+      const vmPair = isMap(vmsNode)
+        ? vmsNode.items.find((p) => isScalar(p.key) && p.key.value === vmName)
+        : undefined;
+      const vm: VmConfig = { name: vmName, location: location(ctx, vmPair?.key), rules: [] };
+      config.vms.push(vm);
+      const devicesNode = isMap(vmNode) ? vmNode.get("devices", true) : null;
+      const rules = (rawVm?.devices ?? []) as (RawRule | undefined)[];
+      const seen = new Set<string>();
+      rules.forEach((rawRule, i) => {
+        if (rawRule?.match === undefined) return;
+        const ruleNode = isSeq(devicesNode) ? devicesNode.items[i] : null;
+        const path = `vms.${vmName}.devices[${i}]`;
+        const matchNode = isMap(ruleNode) ? ruleNode.get("match", true) : null;
+        const match = normaliseMatch(rawRule.match, matchNode, `${path}.match`, ctx);
+        let name = rawRule.name ?? deriveRuleName(rawRule.match);
+        if (rawRule.name !== undefined && seen.has(name)) {
+          report(
+            ctx,
+            isMap(ruleNode) ? ruleNode.get("name", true) as Node : null,
+            `${path}.name`,
+            `Duplicate rule name "${name}" in VM "${vmName}"`,
+            "give each rule of a VM its own name",
+          );
+        } else if (seen.has(name)) {
+          // Two unnamed rules with the same criteria: number them so records stay distinct.
+          let k = 2;
+          while (seen.has(`${name}#${k}`)) k++;
+          name = `${name}#${k}`;
+        }
+        seen.add(name);
+        const rule: DeviceRule = {
+          name,
+          vm: vmName,
+          location: location(ctx, ruleNode),
+          match,
+          count: rawRule.all ? "all" : rawRule.count ?? 1,
+          iommuGroup: rawRule.iommu_group ?? true,
+          managed: rawRule.managed ?? true,
+          multifunction: rawRule.multifunction ?? false,
+          allowHostCritical: rawRule.allow_host_critical ?? false,
+          allowNoFlr: rawRule.allow_no_flr ?? false,
+        };
+        if (rawRule.rom !== undefined) {
+          const rom: { bar?: "on" | "off"; file?: string } = {};
+          if (rawRule.rom.bar !== undefined) rom.bar = rawRule.rom.bar;
+          if (rawRule.rom.file !== undefined) rom.file = rawRule.rom.file;
+          rule.rom = rom;
+        }
+        if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
+        vm.rules.push(rule);
+      });
+    }
+  }
+  if (ctx.errors.length > 0) {
+    ctx.errors.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw new ConfigErrors(ctx.file, ctx.errors);
+  }
+  return config;
+}
+
+/** Reads and parses a config file. Throws {@link ConfigErrors}, or the read error. */
+export async function loadConfig(path: string): Promise<Config> {
+  const text = await Deno.readTextFile(path);
+  return parseConfig(text, { file: path });
+}
