@@ -475,14 +475,23 @@ function applySplices(xml: string, splices: Splice[]): string {
 }
 
 /**
+ * Containers an edit created, recorded in our element's `created` attribute (space-separated) so
+ * that removing the last record later restores the original text exactly: `metadata` and
+ * `devices` (we added the element), `metadata-self-closing` and `devices-self-closing` (it was
+ * `<metadata/>` or `<devices/>` and we opened it).
+ */
+type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-self-closing";
+
+/**
  * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
  * `edit.remove` are deleted together with their line, `edit.add` hostdevs are appended after the
  * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
  * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
  * byte-identical, and an edit with nothing to do returns `xml` itself.
  *
- * When it has to create `<metadata>`, our element carries `created='metadata'` so that removing
- * the last record later removes that `<metadata>` too, restoring the original text exactly.
+ * When it has to create `<metadata>` or `<devices>` (or open a self-closing one), our element
+ * records that in a `created` attribute, so that removing the last record later removes (or
+ * closes) that container again when nothing else is in it.
  *
  * Throws {@link DomainXmlError} for XML {@link parseDomainXml} refuses, and
  * {@link DomainEditError} when asked to remove a hostdev that is absent or not owned, or to add
@@ -505,13 +514,20 @@ function applySplices(xml: string, splices: Splice[]): string {
  */
 export function editDomainXml(xml: string, edit: DomainEdit): string {
   const located = locate(xml);
-  const splices: Splice[] = [];
+  const { devices } = located;
   const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+  const created = new Set(
+    (located.ours?.created ?? "").split(/\s+/).filter((t) => t !== "") as CreatedToken[],
+  );
+  const createdBefore = [...created].sort().join(" ");
+  const splices: Splice[] = [];
 
   const removing = new Set<PciAddress>();
+  const removedSpans = new Set<XmlSpan>();
   for (const raw of edit.remove) {
     const address = canonicalPciAddress(raw);
     if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
+    if (removing.has(address)) continue;
     const sites = located.hostdevs.filter((s) => s.hostdev.address === address);
     if (sites.length === 0) {
       throw new DomainEditError(
@@ -526,120 +542,157 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
           address,
         );
       }
-      if (removing.has(address)) continue;
-      const [start, end] = removalRange(xml, site.span);
-      splices.push({ start, end, text: "" });
+      removedSpans.add(site.span);
     }
     removing.add(address);
   }
 
-  if (edit.add.length > 0) {
-    const present = new Set(
-      located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
-    );
-    const lines: string[] = [];
-    for (const spec of edit.add) {
-      const address = canonicalPciAddress(spec.address);
-      if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
-      if (present.has(address)) {
-        throw new DomainEditError(
-          `Cannot add hostdev "${address}" to "${located.name}": the domain already has it`,
-          address,
-        );
-      }
-      present.add(address);
-      lines.push(...hostdevLines(spec));
+  const present = new Set(
+    located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
+  );
+  const lines: string[] = [];
+  for (const spec of edit.add) {
+    const address = canonicalPciAddress(spec.address);
+    if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+    if (present.has(address)) {
+      throw new DomainEditError(
+        `Cannot add hostdev "${address}" to "${located.name}": the domain already has it`,
+        address,
+      );
     }
-    if (located.devices === null) {
-      // No <devices>: create one as the root's last child.
+    present.add(address);
+    lines.push(...hostdevLines(spec));
+  }
+
+  if (
+    edit.records.length === 0 && devices !== null && lines.length === 0 &&
+    (created.has("devices") || created.has("devices-self-closing")) &&
+    onlyWhitespaceBesides(xml, devices, removedSpans)
+  ) {
+    // The <devices> we created or opened is left empty: restore its original form.
+    if (created.has("devices")) {
+      const [start, end] = removalRange(xml, devices);
+      splices.push({ start, end, text: "" });
+    } else {
+      splices.push({ start: devices.start, end: devices.end, text: `<${devices.name}/>` });
+    }
+  } else {
+    for (const span of removedSpans) {
+      const [start, end] = removalRange(xml, span);
+      splices.push({ start, end, text: "" });
+    }
+  }
+
+  if (lines.length > 0) {
+    if (devices === null) {
       const unit = indentUnit(xml, located.root);
       const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
       splices.push(
         appendChild(xml, located, { parent: located.root, after: null, lines: wrapped }),
       );
+      created.add("devices");
     } else {
-      const hostdevSpans = located.devices.children.filter((c) =>
-        c.name === "hostdev" &&
-        !located.hostdevs.some((s) => s.span === c && removing.has(s.hostdev.address))
-      );
+      if (devices.selfClosing) created.add("devices-self-closing");
+      const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
       splices.push(
-        appendChild(xml, located, {
-          parent: located.devices,
-          after: hostdevSpans.at(-1) ?? null,
-          lines,
-        }),
+        appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines }),
       );
     }
   }
 
-  const changedRecords = located.ours === null
+  const recordsChanged = located.ours === null
     ? edit.records.length > 0
     : recordsKey(edit.records) !== recordsKey(located.records);
-  if (changedRecords) splices.push(...metadataSplices(xml, located, edit.records, newline));
+  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
+  if (recordsChanged || markerChanged) {
+    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
+  }
   if (splices.length === 0) return xml;
   return applySplices(xml, splices);
 }
 
+/** Whether `parent` holds nothing but whitespace and the `removed` children. */
+function onlyWhitespaceBesides(xml: string, parent: XmlSpan, removed: Set<XmlSpan>): boolean {
+  if (parent.selfClosing) return true;
+  let at = parent.startTagEnd;
+  for (const child of parent.children) {
+    if (!removed.has(child)) return false;
+    if (xml.slice(at, child.start).trim() !== "") return false;
+    at = child.end;
+  }
+  return xml.slice(at, parent.endTagStart).trim() === "";
+}
+
 function metadataSplices(
   xml: string,
-  located: Located,
-  records: DeviceIdentity[],
-  newline: string,
+  { located, records, created, newline }: {
+    located: Located;
+    records: DeviceIdentity[];
+    created: Set<CreatedToken>;
+    newline: string;
+  },
 ): Splice[] {
-  const { ours, metadata } = located;
+  const { ours, metadata, root } = located;
+  const marker = () => {
+    const tokens = [...created].sort().join(" ");
+    return tokens === "" ? null : tokens;
+  };
   if (ours !== null) {
     if (records.length > 0) {
       const indent = lineIndent(xml, ours.span.start) ?? "";
       return [{
         start: ours.span.start,
         end: ours.span.end,
-        text: indentLines(metadataLines(records, ours.created), indent, newline),
+        text: indentLines(metadataLines(records, marker()), indent, newline),
       }];
     }
-    // Remove our element; and the <metadata> we created, when nothing else is left in it.
-    if (
-      ours.created === "metadata" && metadata !== null && metadata.children.length === 1 &&
-      xml.slice(metadata.startTagEnd, ours.span.start).trim() === "" &&
-      xml.slice(ours.span.end, metadata.endTagStart).trim() === ""
-    ) {
-      const [start, end] = removalRange(xml, metadata);
-      return [{ start, end, text: "" }];
+    // Remove our element; and restore the <metadata> we created or opened, when it is left empty.
+    if (metadata !== null && onlyWhitespaceBesides(xml, metadata, new Set([ours.span]))) {
+      if (created.has("metadata")) {
+        const [start, end] = removalRange(xml, metadata);
+        return [{ start, end, text: "" }];
+      }
+      if (created.has("metadata-self-closing")) {
+        return [{ start: metadata.start, end: metadata.end, text: `<${metadata.name}/>` }];
+      }
     }
     const [start, end] = removalRange(xml, ours.span);
     return [{ start, end, text: "" }];
   }
   if (records.length === 0) return [];
   if (metadata !== null) {
+    if (metadata.selfClosing) created.add("metadata-self-closing");
     const after = metadata.children.at(-1) ?? null;
     return [
-      appendChild(xml, located, { parent: metadata, after, lines: metadataLines(records, null) }),
+      appendChild(xml, located, {
+        parent: metadata,
+        after,
+        lines: metadataLines(records, marker()),
+      }),
     ];
   }
+  created.add("metadata");
+  const unit = indentUnit(xml, root);
+  const lines = [
+    "<metadata>",
+    ...metadataLines(records, marker()).map((l) => unit + l),
+    "</metadata>",
+  ];
   // libvirt's schema interleaves <domain>'s children, so any place is valid; libvirt itself
   // writes <metadata> after the identity elements, so we put it there.
-  const root = located.root;
   const anchor = root.children.filter((c) =>
     ["name", "uuid", "genid", "title", "description"].includes(c.name)
   ).at(-1);
-  const lines = [
-    "<metadata>",
-    ...metadataLines(records, "metadata").map((l) => DEFAULT_UNIT + l),
-    "</metadata>",
-  ];
   if (anchor === undefined) {
     return [appendChild(xml, located, { parent: root, after: null, lines })];
   }
-  const unit = indentUnit(xml, root);
-  const adjusted = unit === DEFAULT_UNIT
-    ? lines
-    : lines.map((l) => l.replace(/^( {2})+/, (m) => unit.repeat(m.length / 2)));
   const siblingIndent = lineIndent(xml, anchor.start);
   if (siblingIndent === null) {
-    return [{ start: anchor.end, end: anchor.end, text: adjusted.map((l) => l.trim()).join("") }];
+    return [{ start: anchor.end, end: anchor.end, text: lines.map((l) => l.trim()).join("") }];
   }
   return [{
     start: anchor.end,
     end: anchor.end,
-    text: `${newline}${siblingIndent}${indentLines(adjusted, siblingIndent, newline)}`,
+    text: `${newline}${siblingIndent}${indentLines(lines, siblingIndent, newline)}`,
   }];
 }
