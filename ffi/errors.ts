@@ -30,7 +30,7 @@ export const VIR_ERR_XML_ERROR = 27;
 /** `VIR_ERR_XML_DETAIL`: malformed XML. */
 export const VIR_ERR_XML_DETAIL = 35;
 /** `VIR_ERR_OPERATION_DENIED`: e.g. a write on a read-only connection. */
-export const VIR_ERR_OPERATION_DENIED = 37;
+export const VIR_ERR_OPERATION_DENIED = 29;
 /** `VIR_ERR_SYSTEM_ERROR`: an OS call failed (e.g. the daemon socket is missing). */
 export const VIR_ERR_SYSTEM_ERROR = 38;
 /** `VIR_ERR_NO_DOMAIN`: no domain with that name or UUID. */
@@ -38,7 +38,7 @@ export const VIR_ERR_NO_DOMAIN = 42;
 /** `VIR_ERR_OPERATION_INVALID`: not valid in the domain's current state. */
 export const VIR_ERR_OPERATION_INVALID = 55;
 /** `VIR_ERR_NO_NODE_DEVICE`. */
-export const VIR_ERR_NO_NODE_DEVICE = 58;
+export const VIR_ERR_NO_NODE_DEVICE = 53;
 /** `VIR_ERR_CONFIG_UNSUPPORTED`. */
 export const VIR_ERR_CONFIG_UNSUPPORTED = 67;
 /** `VIR_ERR_XML_INVALID_SCHEMA`: `VIR_DOMAIN_DEFINE_VALIDATE` rejected the XML. */

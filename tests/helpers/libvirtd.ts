@@ -1,0 +1,190 @@
+/**
+ * A real `libvirtd` (QEMU driver) for end-to-end tests, private to one test: its own socket
+ * directory, and (when `unshare` works) its own mount namespace in which `/etc/libvirt/qemu`,
+ * `/run/libvirt`, `/var/lib/libvirt/qemu` and `/var/cache/libvirt/qemu` are bind-mounted from the
+ * temporary directory. That keeps definitions out of the host's `/etc/libvirt/qemu` (where they
+ * would persist across daemons) and lets several daemons run at once without fighting over the
+ * QEMU driver's lock in `/run/libvirt/qemu`.
+ *
+ * Needs root, `libvirtd` (Debian `libvirt-daemon`) and `qemu-system-x86_64`. Tests call
+ * {@link libvirtdUnavailable} for their `ignore:` option.
+ *
+ * @module
+ */
+
+const LIBVIRTD = "/usr/sbin/libvirtd";
+const QEMU = "/usr/bin/qemu-system-x86_64";
+
+/** Overlaid in the daemon's private mount namespace, each by a directory in the temp dir. */
+const PRIVATE_DIRS = [
+  "/run/libvirt",
+  "/etc/libvirt/qemu",
+  "/var/lib/libvirt/qemu",
+  "/var/cache/libvirt/qemu",
+] as const;
+
+/** A running private daemon. `stop()` (or `await using`) kills it and removes its directory. */
+export interface Libvirtd extends AsyncDisposable {
+  /** `qemu:///system?socket=DIR/libvirt-sock`. */
+  uri: string;
+  /** The temporary directory holding socket, config, log and (isolated) state. */
+  dir: string;
+  pid: number;
+  /** Whether definitions are isolated from the host's `/etc/libvirt/qemu`. */
+  isolated: boolean;
+  /** The daemon's log so far (for failure messages). */
+  log(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a real daemon cannot run here, or `null` when it can. Synchronous, for `Deno.test`'s
+ * `ignore:` option.
+ */
+export function libvirtdUnavailable(): string | null {
+  if (Deno.build.os !== "linux") return "libvirtd tests need Linux";
+  if (Deno.uid() !== 0) return "libvirtd tests need root (the QEMU system driver runs as root)";
+  if (!exists(LIBVIRTD)) return `libvirtd tests need "${LIBVIRTD}" (Debian package libvirt-daemon)`;
+  if (!exists(QEMU)) return `libvirtd tests need "${QEMU}" (Debian package qemu-system-x86)`;
+  return null;
+}
+
+async function run(cmd: string, args: string[]): Promise<Deno.CommandOutput> {
+  return await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+}
+
+async function ensureQemuUser(): Promise<void> {
+  // The QEMU driver refuses to start without its unprivileged user ("Failed to parse user").
+  if ((await run("getent", ["group", "libvirt-qemu"])).code !== 0) {
+    await run("groupadd", ["-r", "libvirt-qemu"]);
+  }
+  if ((await run("getent", ["passwd", "libvirt-qemu"])).code !== 0) {
+    const out = await run("useradd", [
+      "-r",
+      "-g",
+      "libvirt-qemu",
+      "-d",
+      "/var/lib/libvirt",
+      "-s",
+      "/usr/sbin/nologin",
+      "libvirt-qemu",
+    ]);
+    if (out.code !== 0 && (await run("getent", ["passwd", "libvirt-qemu"])).code !== 0) {
+      throw new Error(
+        `Cannot create user "libvirt-qemu": ${new TextDecoder().decode(out.stderr).trim()}`,
+      );
+    }
+  }
+}
+
+async function unshareWorks(): Promise<boolean> {
+  if (!exists("/usr/bin/unshare")) return false;
+  const out = await run("unshare", ["-m", "--propagation", "private", "true"]);
+  return out.code === 0;
+}
+
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // A zombie has exited; the container's init may be slow to reap it.
+    return !/^\d+ \(.*\) Z /.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Starts a private `libvirtd` (`-d` returns once the socket is up; `-t 600` makes a forgotten
+ * daemon exit by itself after ten idle minutes).
+ */
+export async function startLibvirtd(): Promise<Libvirtd> {
+  const reason = libvirtdUnavailable();
+  if (reason !== null) throw new Error(`Cannot start libvirtd: ${reason}`);
+  await ensureQemuUser();
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirtd-" });
+  const conf = `${dir}/libvirtd.conf`;
+  const pidFile = `${dir}/libvirtd.pid`;
+  await Deno.writeTextFile(
+    conf,
+    [
+      `unix_sock_dir = "${dir}"`,
+      `auth_unix_rw = "none"`,
+      `auth_unix_ro = "none"`,
+      `log_outputs = "3:file:${dir}/libvirtd.log"`,
+      "",
+    ].join("\n"),
+  );
+  const daemon = [LIBVIRTD, "-d", "-t", "600", "-f", conf, "-p", pidFile].map(shellQuote).join(" ");
+  const isolated = await unshareWorks();
+  let output: Deno.CommandOutput;
+  if (isolated) {
+    const mounts: string[] = [];
+    for (const [i, target] of PRIVATE_DIRS.entries()) {
+      const source = `${dir}/state-${i}`;
+      await Deno.mkdir(source);
+      // The mount point must exist on the host; an empty directory there is harmless.
+      await Deno.mkdir(target, { recursive: true });
+      mounts.push(`mount --bind ${shellQuote(source)} ${shellQuote(target)}`);
+    }
+    output = await run("unshare", [
+      "-m",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      [...mounts, `exec ${daemon}`].join(" && "),
+    ]);
+  } else {
+    output = await run("sh", ["-c", `exec ${daemon}`]);
+  }
+  const log = () => Deno.readTextFile(`${dir}/libvirtd.log`).catch(() => "");
+  if (output.code !== 0) {
+    const detail = new TextDecoder().decode(output.stderr).trim() || (await log()).trim();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw new Error(`Cannot start libvirtd: exit code ${output.code}: ${detail}`);
+  }
+  const pid = parseInt((await Deno.readTextFile(pidFile)).trim(), 10);
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    try {
+      Deno.kill(pid, "SIGTERM");
+    } catch {
+      // Already gone (the idle timeout, or a test killed it on purpose).
+    }
+    for (let i = 0; i < 100 && alive(pid); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    if (alive(pid)) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch {
+        // Gone between the check and the kill.
+      }
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  return {
+    uri: `qemu:///system?socket=${dir}/libvirt-sock`,
+    dir,
+    pid,
+    isolated,
+    log,
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}
