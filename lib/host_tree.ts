@@ -7,7 +7,8 @@
  *   discovery reports `null` again (config space holds 0 there).
  * - `driver` `null`: no `driver` link (unbound).
  * - `group` `null` on every device: no `kernel/iommu_groups` (a host without IOMMU).
- * - `numa_node` absent: `-1` (unknown). `boot_vga` absent: no file (`bootVga: null`).
+ * - `numa_node` absent or null: `-1` (unknown). `boot_vga` absent: no file (`bootVga: null`).
+ * - `slot`: a `bus/pci/slots/NAME/address` file. `cmdline`: a `cmdline` file at the root. `host_use`: a `host_use.json` at the root.
  * - `flr` and `serial` both absent: a 64-byte `config` with a capability pointer, exactly what an
  *   unprivileged read of a real device returns, so lspci prints `<access denied>` and FLR stays
  *   unknown (`null`). `flr` given: a PCI Express capability with DevCap FLReset±. `serial`
@@ -23,7 +24,7 @@
 import type { HostUse, PciAddress } from "./types.ts";
 import { canonicalPciAddress, pciAddressParts } from "./pci_address.ts";
 
-/** One device of a host description. */
+/** One device of a host description: the shared format plus optional extras. */
 export interface HostDeviceDescription {
   bdf: string;
   group: number | null;
@@ -38,15 +39,16 @@ export interface HostDeviceDescription {
   class_name?: string | null;
   name?: string | null;
   /** Device Serial Number as lspci prints it: `00-11-22-ff-ff-33-44-55`. */
-  serial?: string;
+  serial?: string | null;
   /** Physical slot name (`bus/pci/slots/NAME/address`). */
-  slot?: string;
-  numa_node?: number;
+  slot?: string | null;
+  numa_node?: number | null;
   /** For a virtual function: its physical function's address. */
-  physfn?: string;
-  flr?: boolean;
-  boot_vga?: boolean;
-  modules?: string[];
+  physfn?: string | null;
+  flr?: boolean | null;
+  boot_vga?: boolean | null;
+  /** Kernel modules (kept in a `modules` file: lspci needs libkmod and `/lib/modules`). */
+  modules?: string[] | null;
 }
 
 /** A host description: the shared format plus optional extras. */
@@ -56,7 +58,7 @@ export interface HostDescription {
   notes?: string;
   devices: HostDeviceDescription[];
   /** Written as `cmdline` at the tree root (discovery's `kernelCmdline`). */
-  cmdline?: string;
+  cmdline?: string | null;
   /** Written as `host_use.json` at the tree root. */
   host_use?: HostUse[];
 }
@@ -98,8 +100,9 @@ function configSpace(
   d: HostDeviceDescription,
   ids: { vendor: number; device: number; classCode: number; revision: number; bridge: boolean },
 ): Uint8Array {
-  const capabilities = d.flr !== undefined || d.serial !== undefined;
-  const bytes = new Uint8Array(d.serial !== undefined ? 4096 : capabilities ? 256 : 64);
+  const serial = d.serial ?? null;
+  const capabilities = (d.flr ?? null) !== null || serial !== null;
+  const bytes = new Uint8Array(serial !== null ? 4096 : capabilities ? 256 : 64);
   const view = new DataView(bytes.buffer);
   view.setUint16(0x00, ids.vendor, true);
   view.setUint16(0x02, ids.device, true);
@@ -116,10 +119,10 @@ function configSpace(
     view.setUint8(0x19, Math.min(bus + 1, 0xff));
     view.setUint8(0x1a, Math.min(bus + 1, 0xff));
   } else {
-    if (d.subsystem_vendor !== null) {
+    if (d.subsystem_vendor != null) {
       view.setUint16(0x2c, hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff), true);
     }
-    if (d.subsystem_device !== null) {
+    if (d.subsystem_device != null) {
       view.setUint16(0x2e, hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff), true);
     }
   }
@@ -130,11 +133,11 @@ function configSpace(
     view.setUint16(0x42, 0x0002 | ((ids.bridge ? 4 : 0) << 4), true);
     view.setUint32(0x44, d.flr === true ? 1 << 28 : 0, true);
   }
-  if (d.serial !== undefined) {
+  if (serial !== null) {
     const m =
       /^([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})$/i
-        .exec(d.serial);
-    if (!m) throw new HostDescriptionError(`Invalid serial "${d.serial}" for device "${d.bdf}"`);
+        .exec(serial);
+    if (!m) throw new HostDescriptionError(`Invalid serial "${serial}" for device "${d.bdf}"`);
     const b = m.slice(1).map((x) => parseInt(x, 16));
     view.setUint32(0x100, 0x00010003, true); // DSN extended capability, version 1, last
     view.setUint32(0x104, ((b[4]! << 24) | (b[5]! << 16) | (b[6]! << 8) | b[7]!) >>> 0, true);
@@ -186,7 +189,7 @@ export function buildHostTree(
     const vendor = hexNumber(d.vendor, d.bdf, "vendor", 0xffff);
     const device = hexNumber(d.device, d.bdf, "device", 0xffff);
     const classCode = hexNumber(d.class, d.bdf, "class", 0xffffff);
-    const revision = d.revision === null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
+    const revision = d.revision == null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
     const bridge = classCode >> 8 === 0x0604;
     const path = `${devicesDir}/${address}`;
     Deno.mkdirSync(path, { recursive: true });
@@ -194,26 +197,26 @@ export function buildHostTree(
     write("vendor", `${hex(vendor, 4)}\n`);
     write("device", `${hex(device, 4)}\n`);
     write("class", `${hex(classCode, 6)}\n`);
-    if (d.subsystem_vendor !== null) {
+    if (d.subsystem_vendor != null) {
       write(
         "subsystem_vendor",
         `${hex(hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff), 4)}\n`,
       );
     }
-    if (d.subsystem_device !== null) {
+    if (d.subsystem_device != null) {
       write(
         "subsystem_device",
         `${hex(hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff), 4)}\n`,
       );
     }
-    if (d.revision !== null) write("revision", `${hex(revision, 2)}\n`);
+    if (d.revision != null) write("revision", `${hex(revision, 2)}\n`);
     write("irq", "0\n");
     write("resource", "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".repeat(13));
     write("numa_node", `${d.numa_node ?? -1}\n`);
-    if (d.boot_vga !== undefined) write("boot_vga", d.boot_vga ? "1\n" : "0\n");
+    if (d.boot_vga != null) write("boot_vga", d.boot_vga ? "1\n" : "0\n");
     if (options.modalias ?? true) {
-      const sub = (v: string | null) =>
-        v === null ? "*" : hex(hexNumber(v, d.bdf, "subsystem", 0xffff), 8).slice(2).toUpperCase();
+      const sub = (v: string | null | undefined) =>
+        v == null ? "*" : hex(hexNumber(v, d.bdf, "subsystem", 0xffff), 8).slice(2).toUpperCase();
       const up = (n: number, w: number) => n.toString(16).padStart(w, "0").toUpperCase();
       write(
         "modalias",
@@ -224,12 +227,12 @@ export function buildHostTree(
         }\n`,
       );
     }
-    if (d.modules !== undefined) write("modules", `${d.modules.join(",")}\n`);
+    if (d.modules != null) write("modules", `${d.modules.join(",")}\n`);
     Deno.writeFileSync(
       `${path}/config`,
       configSpace(d, { vendor, device, classCode, revision, bridge }),
     );
-    if (d.driver !== null) {
+    if (d.driver != null) {
       Deno.mkdirSync(`${dir}/bus/pci/drivers/${d.driver}`, { recursive: true });
       Deno.symlinkSync(`../../drivers/${d.driver}`, `${path}/driver`);
     }
@@ -240,12 +243,12 @@ export function buildHostTree(
       Deno.symlinkSync(`../../../../kernel/iommu_groups/${d.group}`, `${path}/iommu_group`);
       Deno.symlinkSync(`../../../../bus/pci/devices/${address}`, `${groupDir}/${address}`);
     }
-    if (d.slot !== undefined) {
+    if (d.slot != null) {
       const slotDir = `${dir}/bus/pci/slots/${d.slot}`;
       Deno.mkdirSync(slotDir, { recursive: true });
       Deno.writeTextFileSync(`${slotDir}/address`, `${address.slice(0, -2)}\n`);
     }
-    if (d.physfn !== undefined) {
+    if (d.physfn != null) {
       const pf = canonicalPciAddress(d.physfn);
       if (pf === null) throw new HostDescriptionError(`Invalid physfn "${d.physfn}"`, d.bdf);
       Deno.symlinkSync(`../${pf}`, `${path}/physfn`);
@@ -259,7 +262,7 @@ export function buildHostTree(
     Deno.writeTextFileSync(`${path}/sriov_numvfs`, `${vfs.length}\n`);
     Deno.writeTextFileSync(`${path}/sriov_totalvfs`, `${vfs.length}\n`);
   }
-  if (description.cmdline !== undefined) {
+  if (description.cmdline != null) {
     Deno.writeTextFileSync(`${dir}/cmdline`, `${description.cmdline}\n`);
   }
   if (description.host_use !== undefined) {
