@@ -216,7 +216,7 @@ Deno.test("a temporary world keeps its state per connection", async () => {
 </node>`);
   {
     using conn = Connection.open(world.uri);
-    using dom = conn.defineDomain(testDomainXml("beta"));
+    using _beta = conn.defineDomain(testDomainXml("beta"));
     assertEquals(names(conn.listDomains()), ["alpha", "beta"]);
   }
   using fresh = Connection.open(world.uri);
