@@ -5,6 +5,11 @@
  */
 
 import type { Command } from "./context.ts";
+import { devicesCommand } from "./devices.ts";
+import { groupsCommand } from "./groups.ts";
 
 /** Every subcommand, in the order `passthrough --help` lists them. */
-export const COMMANDS: Command[] = [];
+export const COMMANDS: Command[] = [
+  devicesCommand,
+  groupsCommand,
+];

@@ -1,0 +1,33 @@
+/**
+ * The `--sysfs DIR` option shared by `devices`, `groups`, `snapshot` and `doctor`, and how a
+ * command turns it into a discovered {@link HostTopology}.
+ *
+ * @module
+ */
+
+import type { HostTopology } from "../lib/types.ts";
+import { discoverHost } from "../lib/discovery.ts";
+import { denoFsReader, type SysfsReader } from "../lib/sysfs.ts";
+import { libcSysfsReader } from "../ffi/libc_fs.ts";
+
+/** The real sysfs root. */
+export const LIVE_SYSFS = "/sys";
+
+/**
+ * The reader for `root`: libc for the real `/sys` (Deno refuses `/sys` and `/proc` without
+ * `--allow-all`), plain Deno reads for a captured tree (needs only `--allow-read`).
+ */
+export function readerFor(root: string): SysfsReader {
+  return isLiveRoot(root) ? libcSysfsReader() : denoFsReader();
+}
+
+/** Whether `root` is this host's own sysfs. */
+export function isLiveRoot(root: string): boolean {
+  return root.replace(/(.)\/+$/, "$1") === LIVE_SYSFS;
+}
+
+/** Discovers the host at `root` (default `/sys`) with the reader that suits it. */
+export function loadHost(root: string | undefined): Promise<HostTopology> {
+  const sysfs = root ?? LIVE_SYSFS;
+  return discoverHost({ root: sysfs, reader: readerFor(sysfs), live: isLiveRoot(sysfs) });
+}
