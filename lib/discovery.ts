@@ -82,6 +82,8 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
   // Start lspci first so it runs while sysfs is read.
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
+  // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
+  lspciText.catch(() => {});
   const devices = readSysfsDevices(reader, root);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
