@@ -7,40 +7,10 @@
  */
 
 import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
-import type { HostTopology, HostUse, IommuGroup, PciDevice } from "./types.ts";
+import type { HostTopology, IommuGroup, PciDevice } from "./types.ts";
+import type { HostDescription } from "./host_tree.ts";
 
-/** One function as the host JSON files describe it. */
-export interface HostDeviceDescription {
-  bdf: string;
-  group: number | null;
-  /** `0x030000` */
-  class: string;
-  vendor: string;
-  device: string;
-  subsystem_vendor?: string | null;
-  subsystem_device?: string | null;
-  driver?: string | null;
-  revision?: string | null;
-  class_name?: string | null;
-  name?: string | null;
-  /** Extensions beyond the published listings (generated hosts, tests). */
-  numa_node?: number | null;
-  physical_slot?: string | null;
-  serial?: string | null;
-  flr?: boolean | null;
-  boot_vga?: boolean | null;
-  physfn?: string | null;
-}
-
-/** A whole host JSON file. */
-export interface HostDescription {
-  source?: string;
-  partial?: boolean;
-  notes?: string;
-  kernel_cmdline?: string | null;
-  host_use?: HostUse[];
-  devices: HostDeviceDescription[];
-}
+export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
 
 function hexId(text: string | null | undefined, width: number): string | null {
   if (text === null || text === undefined) return null;
@@ -55,7 +25,10 @@ function hexId(text: string | null | undefined, width: number): string | null {
  * ```ts
  * import { assertEquals } from "../tests/helpers/assert.ts";
  * const host = topologyFromDescription({
- *   devices: [{ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10DE", device: "0x1b80" }],
+ *   devices: [{
+ *     bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10DE", device: "0x1b80",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null,
+ *   }],
  * }, { source: "example" });
  * assertEquals(host.groups[0]?.devices[0]?.vendorId, "10de");
  * ```
@@ -84,10 +57,10 @@ export function topologyFromDescription(
       deviceName: name,
       className: d.class_name ?? null,
       driver: d.driver ?? null,
-      modules: [],
+      modules: d.modules ?? [],
       iommuGroup: d.group,
       numaNode: d.numa_node ?? null,
-      physicalSlot: d.physical_slot ?? null,
+      physicalSlot: d.slot ?? null,
       isBridge: classCode.startsWith("0604"),
       physfn: d.physfn ? canonicalPciAddress(d.physfn) : null,
       virtfns: [],
@@ -116,7 +89,7 @@ export function topologyFromDescription(
     iommu: groups.length > 0 ? "enabled" : "absent",
     devices,
     groups,
-    kernelCmdline: description.kernel_cmdline ?? null,
+    kernelCmdline: description.cmdline ?? null,
     hostUse: description.host_use ?? [],
   };
 }

@@ -95,7 +95,8 @@ export function failedCriteria(
  * import { assertEquals } from "../tests/helpers/assert.ts";
  * import { topologyFromDescription } from "./host_description.ts";
  * const host = topologyFromDescription({ devices: [
- *   { bdf: "0000:0b:00.0", group: 30, class: "0x030000", vendor: "0x10de", device: "0x1b06" },
+ *   { bdf: "0000:0b:00.0", group: 30, class: "0x030000", vendor: "0x10de", device: "0x1b06",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
  * ] }, { source: "example" });
  * assertEquals(deviceMatches(host.devices[0]!, { vendorId: "10de", classPrefixes: ["03"] }), true);
  * ```
@@ -203,8 +204,10 @@ function unitsOf(devices: readonly PciDevice[]): MatchUnit[] {
  * import { parseConfig } from "./config.ts";
  * import { topologyFromDescription } from "./host_description.ts";
  * const host = topologyFromDescription({ devices: [
- *   { bdf: "0000:08:00.1", group: 23, class: "0x0c0330", vendor: "0x1022", device: "0x149c" },
- *   { bdf: "0000:0e:00.3", group: 35, class: "0x0c0330", vendor: "0x1022", device: "0x149c" },
+ *   { bdf: "0000:08:00.1", group: 23, class: "0x0c0330", vendor: "0x1022", device: "0x149c",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
+ *   { bdf: "0000:0e:00.3", group: 35, class: "0x0c0330", vendor: "0x1022", device: "0x149c",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
  * ] }, { source: "example" });
  * const config = parseConfig(
  *   "version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: 1022:149c }\n",
@@ -239,7 +242,9 @@ export function resolveRule(
       : `needs ${wanted} IOMMU groups but matches ${units.length}`;
     const closest = nearest.length > 0
       ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
-        nearest.map((s) => `${s.d.address} (${s.failed.join(", ")} differ)`).join(", ")
+        nearest.map((s) =>
+          `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
+        ).join(", ")
       }`
       : "";
     const candidates = units.length > 0 ? matched : nearest.map((s) => s.d);
@@ -268,10 +273,11 @@ export function resolveRule(
       units: [],
       issue: {
         code: "ambiguous",
-        message:
-          `Rule "${rule.name}" of VM "${rule.vm}" matches ${units.length} devices in different IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
-            separators.map((s) => `"${s}"`).join(" or ")
-          }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
+        message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
+          matched.length === 1 ? "device" : "devices"
+        } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
+          separators.map((s) => `"${s}"`).join(" or ")
+        }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
         ...base,
         devices: matched.map((d) => d.address),
         candidates: matched.map(toCandidate),

@@ -1,0 +1,554 @@
+/**
+ * The planner: config + host topology + libvirt's persistent definitions in, a {@link Plan} out.
+ * Planning never changes anything; it is plain data the CLI renders and `apply` executes.
+ *
+ * Decisions worth knowing:
+ * - Only hostdevs listed in our metadata (owned) are ever removed or rewritten. A rule that
+ *   resolves to a device the VM already has as a hand-added hostdev keeps that element byte for
+ *   byte and does not take it over (no record, so dropping the rule later never removes what the
+ *   user wrote by hand); the reasoning says so. It is never duplicated.
+ * - An owned hostdev whose card now sits at another address (same IDs and serial, or same IDs
+ *   when the card is the only candidate) is moved (`VmPlan.move`, not listed in add/remove).
+ * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
+ *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
+ *   wrong device is never kept silently.
+ * - Domains not named in the config are never planned, but the devices they hold count for group
+ *   conflicts.
+ *
+ * @module
+ */
+
+import type { Config, DeviceRule } from "./config.ts";
+import {
+  type ClosedDevice,
+  closeOverGroups,
+  type ClosureResult,
+  findGroupConflicts,
+  type GroupClaim,
+} from "./closure.ts";
+import { cardOf } from "./host_critical.ts";
+import type { LibvirtPort } from "./libvirt_port.ts";
+import {
+  recordedDriver,
+  resolveRule,
+  type RuleResolution,
+  sameIdentity,
+  VFIO_DRIVERS,
+} from "./match.ts";
+import {
+  type DomainHostdev,
+  editDomainXml,
+  type ParsedDomain,
+  parseDomainXml,
+} from "./domain_xml.ts";
+import { pciAddressFromLibvirt, pciAddressParts } from "./pci_address.ts";
+import type {
+  DeviceIdentity,
+  HostdevSpec,
+  MovedHostdev,
+  Plan,
+  PlanIssue,
+  PlannedHostdev,
+  VmPlan,
+} from "./plan_types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
+
+/** What one VM's rules resolve to on a host, before looking at its domain XML. */
+export interface VmResolution {
+  vm: string;
+  rules: RuleResolution[];
+  closure: ClosureResult;
+  /** Rule issues, closure refusals and cross-VM conflicts. */
+  errors: PlanIssue[];
+  warnings: PlanIssue[];
+}
+
+/** Inputs of {@link resolveConfig} beyond the config and host. */
+export interface ResolveOptions {
+  /** Per VM: identities recorded in its domain (keeps `driver:` rules matching after vfio). */
+  records?: ReadonlyMap<string, readonly DeviceIdentity[]>;
+  /** Per VM: the host addresses its definition holds now. */
+  current?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /** Devices held now by domains the config does not name (they count for group conflicts). */
+  foreign?: ReadonlyMap<string, readonly PciAddress[]>;
+}
+
+/** The whole-host issues: `no-iommu` (an error) and `acs-override` (a warning). */
+export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings: PlanIssue[] } {
+  const errors: PlanIssue[] = [];
+  const warnings: PlanIssue[] = [];
+  if (host.iommu === "absent") {
+    errors.push({
+      code: "no-iommu",
+      message:
+        `Host "${host.source}" has no IOMMU groups: enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on or amd_iommu=on; no device can be passed safely without it`,
+    });
+  }
+  if (host.kernelCmdline !== null && /\bpcie_acs_override=/.test(host.kernelCmdline)) {
+    warnings.push({
+      code: "acs-override",
+      message:
+        `The kernel runs with pcie_acs_override: its IOMMU groups are not real isolation boundaries, a guest may reach devices outside its group`,
+    });
+  }
+  return { errors, warnings };
+}
+
+/**
+ * Resolves every VM's rules against `host`, closes them over IOMMU groups and checks the VMs
+ * against each other. Pure: no libvirt.
+ */
+export function resolveConfig(
+  config: Config,
+  host: HostTopology,
+  options: ResolveOptions = {},
+): Map<string, VmResolution> {
+  const out = new Map<string, VmResolution>();
+  const claims: GroupClaim[] = [];
+  const groupOf = new Map<PciAddress, number | null>(
+    host.devices.map((d) => [d.address, d.iommuGroup]),
+  );
+  for (const vm of config.vms) {
+    const records = options.records?.get(vm.name) ?? [];
+    const rules = vm.rules.map((rule) => resolveRule(rule, host, { records }));
+    const current = options.current?.get(vm.name);
+    const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
+    const errors = [
+      ...rules.flatMap((r) => r.issue ? [r.issue] : []),
+      ...closure.errors,
+    ];
+    out.set(vm.name, { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings] });
+    const byGroup = new Map<number, GroupClaim>();
+    for (const c of closure.devices) {
+      if (c.device.iommuGroup === null) continue;
+      const claim = byGroup.get(c.device.iommuGroup) ??
+        { vm: vm.name, group: c.device.iommuGroup, addresses: [], matched: [], source: "config" };
+      claim.addresses.push(c.device.address);
+      if (c.reason === "matched") claim.matched.push(c.device.address);
+      byGroup.set(c.device.iommuGroup, claim);
+    }
+    claims.push(...byGroup.values());
+  }
+  for (const [vm, addresses] of options.foreign ?? []) {
+    if (out.has(vm)) continue;
+    const byGroup = new Map<number, PciAddress[]>();
+    for (const address of addresses) {
+      const group = groupOf.get(address);
+      if (group === null || group === undefined) continue;
+      byGroup.set(group, [...(byGroup.get(group) ?? []), address]);
+    }
+    for (const [group, list] of byGroup) {
+      claims.push({ vm, group, addresses: list, matched: list, source: "domain" });
+    }
+  }
+  for (const [vm, issues] of findGroupConflicts(claims)) out.get(vm)?.errors.push(...issues);
+  return out;
+}
+
+/** Options of {@link planHostdevs}. */
+export interface PlanOptions {
+  config: Config;
+  host: HostTopology;
+  libvirt: LibvirtPort;
+  /** Plan only these VMs (each must be in the config); default every VM of the config. */
+  vms?: string[];
+}
+
+function identityOf(
+  device: PciDevice,
+  rule: string,
+  records: readonly DeviceIdentity[],
+): DeviceIdentity {
+  // Once libvirt has moved the card to vfio-pci, keep the driver it was first resolved with.
+  const driver = device.driver !== null && VFIO_DRIVERS.has(device.driver)
+    ? recordedDriver(device, records) ?? device.driver
+    : device.driver;
+  return {
+    address: device.address,
+    vendorId: device.vendorId,
+    deviceId: device.deviceId,
+    subsystemVendorId: device.subsystemVendorId,
+    subsystemDeviceId: device.subsystemDeviceId,
+    classCode: device.classCode,
+    serial: device.serial,
+    driver,
+    rule,
+  };
+}
+
+function describe(device: PciDevice): string {
+  return `${device.vendorId}:${device.deviceId} ${device.className ?? `class ${device.classCode}`}`;
+}
+
+/** The parts of an existing hostdev element the planner writes (guest addresses excluded). */
+function specOfXml(hostdev: DomainHostdev): string {
+  const xml = hostdev.xml;
+  const boot = /<boot\b[^>]*\border=['"](\d+)['"]/.exec(xml)?.[1] ?? "";
+  const rom = /<rom\b([^>]*)\/?>/.exec(xml)?.[1] ?? "";
+  const bar = /\bbar=['"](on|off)['"]/.exec(rom)?.[1] ?? "";
+  const file = /\bfile=['"]([^'"]*)['"]/.exec(rom)?.[1] ?? "";
+  return JSON.stringify([hostdev.managed, boot, bar, file]);
+}
+
+function specKey(spec: HostdevSpec): string {
+  return JSON.stringify([
+    spec.managed,
+    spec.bootOrder === undefined ? "" : String(spec.bootOrder),
+    spec.rom?.bar ?? "",
+    (spec.rom?.file ?? "").replace(/&/g, "&amp;").replace(/'/g, "&apos;").replace(/</g, "&lt;"),
+  ]);
+}
+
+/** Guest slots on bus 0 the definition already uses (`<address type='pci' ...>` anywhere). */
+function usedGuestSlots(xml: string): Set<number> {
+  const used = new Set<number>();
+  for (const m of xml.matchAll(/<address\b([^>]*)>/g)) {
+    const attrs: Record<string, string> = {};
+    for (const a of m[1]!.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)) attrs[a[1]!] = a[2]!;
+    if (attrs.type !== "pci") continue;
+    const address = pciAddressFromLibvirt({ ...attrs, function: attrs.function ?? "0" });
+    if (address === null) continue;
+    const p = pciAddressParts(address);
+    if (p.domain === 0 && p.bus === 0) used.add(p.slot);
+  }
+  return used;
+}
+
+function specFor(
+  closed: ClosedDevice,
+  firstMatched: ReadonlySet<PciAddress>,
+): HostdevSpec {
+  const rule: DeviceRule = closed.rule;
+  const spec: HostdevSpec = { address: closed.device.address, managed: rule.managed };
+  // ROM and boot settings describe the device the user named, not the group members it drags in;
+  // boot order must be unique in a domain, so only the rule's first matched device gets it.
+  if (closed.reason === "matched" && rule.rom !== undefined) spec.rom = { ...rule.rom };
+  if (rule.bootOrder !== undefined && firstMatched.has(closed.device.address)) {
+    spec.bootOrder = rule.bootOrder;
+  }
+  return spec;
+}
+
+function emptyVmPlan(name: string, xml: string): VmPlan {
+  return {
+    name,
+    hostdevs: [],
+    add: [],
+    remove: [],
+    keep: [],
+    move: [],
+    reasoning: [],
+    warnings: [],
+    errors: [],
+    active: null,
+    currentXml: xml,
+    desiredXml: xml,
+    changed: false,
+  };
+}
+
+/**
+ * Computes the plan. Reads each configured VM's persistent XML (and every other domain's, for
+ * group conflicts); changes nothing.
+ *
+ * @example
+ * ```ts ignore
+ * const plan = planHostdevs({ config, host, libvirt: openLibvirtPort("qemu:///system") });
+ * for (const vm of plan.vms) console.log(vm.name, vm.changed, vm.errors.map((e) => e.code));
+ * ```
+ */
+export function planHostdevs(options: PlanOptions): Plan {
+  const { config, host, libvirt } = options;
+  const global = hostIssues(host);
+  const plan: Plan = {
+    config: config.file,
+    host: host.source,
+    uri: libvirt.uri,
+    vms: [],
+    errors: global.errors,
+    warnings: global.warnings,
+  };
+  const configured = new Set(config.vms.map((v) => v.name));
+  const domains = new Map(libvirt.listDomains().map((d) => [d.name, d]));
+  const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
+  const foreign = new Map<string, PciAddress[]>();
+  for (const name of domains.keys()) {
+    const xml = libvirt.getPersistentXml(name);
+    let domain: ParsedDomain;
+    try {
+      domain = parseDomainXml(xml);
+    } catch (error) {
+      if (configured.has(name)) throw error;
+      continue;
+    }
+    if (configured.has(name)) parsed.set(name, { xml, domain });
+    else foreign.set(name, domain.hostdevs.map((h) => h.address));
+  }
+  const records = new Map([...parsed].map(([n, p]) => [n, p.domain.records]));
+  const current = new Map(
+    [...parsed].map(([n, p]) => [n, new Set(p.domain.hostdevs.map((h) => h.address))]),
+  );
+  const resolved = resolveConfig(config, host, { records, current, foreign });
+  const byAddress = new Map(host.devices.map((d) => [d.address, d]));
+
+  const selected = options.vms ?? config.vms.map((v) => v.name);
+  for (const name of selected) {
+    const entry = parsed.get(name);
+    const resolution = resolved.get(name);
+    if (resolution === undefined || entry === undefined) {
+      const vmPlan = emptyVmPlan(name, entry?.xml ?? "");
+      const vmConfig = config.vms.find((v) => v.name === name);
+      vmPlan.errors.push({
+        code: "unknown-vm",
+        message: resolution === undefined
+          ? `VM "${name}" is not in config "${config.file}"`
+          : `VM "${name}" is not defined in libvirt ("${libvirt.uri}"): define it first or fix the name in the config`,
+        vm: name,
+        ...(vmConfig ? { location: vmConfig.location } : {}),
+      });
+      plan.vms.push(vmPlan);
+      continue;
+    }
+    plan.vms.push(planVm(entry.xml, entry.domain, resolution, {
+      host,
+      byAddress,
+      globalErrors: plan.errors,
+      active: domains.get(name)?.active ?? null,
+    }));
+  }
+  return plan;
+}
+
+function planVm(
+  xml: string,
+  domain: ParsedDomain,
+  resolution: VmResolution,
+  context: {
+    host: HostTopology;
+    byAddress: ReadonlyMap<PciAddress, PciDevice>;
+    globalErrors: readonly PlanIssue[];
+    active: boolean | null;
+  },
+): VmPlan {
+  const vm = resolution.vm;
+  const plan = emptyVmPlan(vm, xml);
+  plan.active = context.active;
+  plan.reasoning.push(...resolution.closure.reasoning);
+  plan.warnings.push(...resolution.warnings);
+  plan.errors.push(...context.globalErrors.map((e) => ({ ...e, vm })), ...resolution.errors);
+  const currentAddresses = domain.hostdevs.map((h) => h.address);
+  if (plan.errors.length > 0) {
+    // A refused VM keeps its definition exactly as it is.
+    plan.hostdevs = [...currentAddresses].sort();
+    plan.keep = [...plan.hostdevs];
+    return plan;
+  }
+
+  const desired = new Map(resolution.closure.devices.map((c) => [c.device.address, c]));
+  const existing = new Map(domain.hostdevs.map((h) => [h.address, h]));
+  const recordAt = new Map(domain.records.map((r) => [r.address, r]));
+  const firstMatched = new Set(
+    resolution.rules.flatMap((r) => r.devices.length > 0 ? [r.devices[0]!.address] : []),
+  );
+  const newRecords: DeviceIdentity[] = [];
+  const toAdd: ClosedDevice[] = [];
+  const removeSet = new Set<PciAddress>();
+
+  for (const [address, closed] of desired) {
+    const have = existing.get(address);
+    if (have === undefined) {
+      toAdd.push(closed);
+      continue;
+    }
+    if (!have.owned) {
+      plan.reasoning.push(
+        `${address} (rule "${closed.rule.name}") is already in "${vm}" as a hand-added hostdev: kept as written, not taken over`,
+      );
+      continue;
+    }
+    const record = recordAt.get(address);
+    if (record !== undefined && !sameIdentity(record, closed.device)) {
+      plan.warnings.push({
+        code: "drift",
+        message:
+          `Hostdev ${address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
+            record.serial ? ` serial ${record.serial}` : ""
+          } but the address now holds ${describe(closed.device)}${
+            closed.device.serial ? ` serial ${closed.device.serial}` : ""
+          }: rule "${closed.rule.name}" matches the new device, so it stays and its record is updated`,
+        vm,
+        rule: closed.rule.name,
+        devices: [address],
+      });
+    }
+    newRecords.push(identityOf(closed.device, closed.rule.name, domain.records));
+    const spec = specFor(closed, firstMatched);
+    if (specOfXml(have) !== specKey(spec)) {
+      // Settings changed (managed, ROM, boot order): rewrite the element.
+      removeSet.add(address);
+      toAdd.push(closed);
+      plan.reasoning.push(`${address}: settings of rule "${closed.rule.name}" changed, rewritten`);
+    }
+  }
+
+  // Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address.
+  const claimedTargets = new Set<PciAddress>();
+  for (const have of domain.hostdevs) {
+    if (!have.owned || desired.has(have.address)) continue;
+    const record = recordAt.get(have.address);
+    const now = context.byAddress.get(have.address);
+    if (record !== undefined) {
+      const targets = toAdd.filter((c) =>
+        !claimedTargets.has(c.device.address) && c.rule.name === record.rule &&
+        sameIdentity(record, c.device)
+      );
+      const sameCardElsewhere = context.host.devices.filter((d) =>
+        d.address !== have.address && sameIdentity(record, d)
+      );
+      const target = record.serial !== null
+        ? targets[0]
+        : targets.length === 1 && sameCardElsewhere.length === 1
+        ? targets[0]
+        : undefined;
+      const stillThere = now !== undefined && sameIdentity(record, now);
+      if (target !== undefined && !stillThere) {
+        claimedTargets.add(target.device.address);
+        plan.move.push(
+          {
+            from: have.address,
+            to: target.device.address,
+            rule: target.rule.name,
+            evidence: record.serial !== null
+              ? "same IDs and serial"
+              : "same IDs and subsystem, the only such device on the host",
+          } satisfies MovedHostdev,
+        );
+        plan.reasoning.push(
+          `Moved from ${have.address} to ${target.device.address}, ${
+            record.serial !== null ? "same IDs and serial" : "same IDs, the only such device"
+          } (rule "${target.rule.name}")`,
+        );
+        removeSet.add(have.address);
+        continue;
+      }
+      if (!stillThere) {
+        plan.warnings.push({
+          code: "drift",
+          message:
+            `Hostdev ${have.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
+              record.serial ? ` serial ${record.serial}` : ""
+            } (rule "${record.rule}") but the address now holds ${
+              now === undefined ? "nothing" : describe(now)
+            }: it is removed`,
+          vm,
+          rule: record.rule,
+          devices: [have.address],
+        });
+      }
+    }
+    removeSet.add(have.address);
+  }
+
+  const movedTo = new Set(plan.move.map((m) => m.to));
+  for (const closed of toAdd) {
+    if (!removeSet.has(closed.device.address)) {
+      newRecords.push(identityOf(closed.device, closed.rule.name, domain.records));
+    }
+  }
+  const specs = assignGuestSlots(toAdd, firstMatched, xml, plan.reasoning);
+  for (const closed of toAdd) {
+    const spec = specs.get(closed.device.address)!;
+    if (movedTo.has(closed.device.address) || removeSet.has(closed.device.address)) continue;
+    plan.add.push(
+      {
+        address: closed.device.address,
+        rule: closed.rule.name,
+        reason: closed.reason,
+        group: closed.device.iommuGroup,
+        spec,
+        identity: identityOf(closed.device, closed.rule.name, domain.records),
+        description: describe(closed.device),
+      } satisfies PlannedHostdev,
+    );
+  }
+  plan.remove = [...removeSet].filter((a) => !plan.move.some((m) => m.from === a)).sort();
+  // Rewritten elements are listed as both removed and added; keep lists what stays untouched.
+  plan.keep = currentAddresses.filter((a) => !removeSet.has(a)).sort();
+  const rewritten = toAdd.filter((c) => removeSet.has(c.device.address));
+  for (const closed of rewritten) {
+    plan.add.push({
+      address: closed.device.address,
+      rule: closed.rule.name,
+      reason: closed.reason,
+      group: closed.device.iommuGroup,
+      spec: specs.get(closed.device.address)!,
+      identity: identityOf(closed.device, closed.rule.name, domain.records),
+      description: describe(closed.device),
+    });
+  }
+  plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
+  newRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  plan.desiredXml = editDomainXml(xml, {
+    remove: [...removeSet],
+    add: toAdd.map((c) => specs.get(c.device.address)!),
+    records: newRecords,
+  });
+  plan.changed = plan.desiredXml !== plan.currentXml;
+  if (plan.changed && context.active === true) {
+    plan.warnings.push({
+      code: "vm-running",
+      message:
+        `VM "${vm}" is running: the new definition takes effect the next time it is powered off and started`,
+      vm,
+    });
+  }
+  return plan;
+}
+
+/**
+ * Host specs for the devices being added; for rules with `multifunction: true`, a card's
+ * functions get guest addresses in one free slot of guest bus 0, function numbers preserved.
+ */
+function assignGuestSlots(
+  adding: readonly ClosedDevice[],
+  firstMatched: ReadonlySet<PciAddress>,
+  xml: string,
+  reasoning: string[],
+): Map<PciAddress, HostdevSpec> {
+  const specs = new Map<PciAddress, HostdevSpec>();
+  for (const c of adding) specs.set(c.device.address, specFor(c, firstMatched));
+  const cards = new Map<string, ClosedDevice[]>();
+  for (const c of adding) {
+    if (!c.rule.multifunction) continue;
+    const key = `${c.rule.name}@${cardOf(c.device.address)}`;
+    cards.set(key, [...(cards.get(key) ?? []), c]);
+  }
+  if (cards.size === 0) return specs;
+  const used = usedGuestSlots(xml);
+  // Slots from 0x10 up leave the low ones to the devices libvirt places itself.
+  let next = 0x10;
+  for (const members of cards.values()) {
+    while (next <= 0x1f && used.has(next)) next++;
+    const card = cardOf(members[0]!.device.address);
+    if (next > 0x1f) {
+      reasoning.push(`${card}: no free slot on guest bus 0 for multifunction, libvirt places it`);
+      continue;
+    }
+    const slot = next++;
+    const hasFunctionZero = members.some((m) => pciAddressParts(m.device.address).function === 0);
+    for (const m of members) {
+      const fn = pciAddressParts(m.device.address).function;
+      const spec = specs.get(m.device.address)!;
+      spec.guestAddress = { domain: 0, bus: 0, slot, function: fn };
+      if (fn === 0) spec.guestAddress.multifunction = true;
+    }
+    reasoning.push(
+      `${card}: ${members.length} function${
+        members.length > 1 ? "s" : ""
+      } kept together in guest slot 0000:00:${slot.toString(16).padStart(2, "0")} (multifunction)${
+        hasFunctionZero ? "" : "; function 0 is not passed, the guest may not see them"
+      }`,
+    );
+  }
+  return specs;
+}

@@ -1,0 +1,121 @@
+/**
+ * Every request of `tests/fixtures/hosts/cases.json` (real hosts' IOMMU listings with the outcome
+ * a correct tool reaches) through config → match → closure, asserting exactly the expected
+ * devices, errors, candidates and warnings.
+ */
+
+import { assertEquals, assertOk } from "./helpers/assert.ts";
+import { parseConfig } from "../lib/config.ts";
+import { topologyFromDescription } from "../lib/host_description.ts";
+import type { HostDescription } from "../lib/host_tree.ts";
+import { resolveConfig } from "../lib/plan.ts";
+import type { HostTopology } from "../lib/types.ts";
+
+const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
+
+interface CaseMatch {
+  vendor_id: string;
+  device_id: string;
+  bdf?: string;
+}
+
+interface Case {
+  id: string;
+  host: string;
+  vm: string;
+  match: CaseMatch;
+  other_requests?: { vm: string; match: CaseMatch }[];
+  expect: {
+    devices?: string[];
+    no_warn?: boolean;
+    warn?: string;
+    error?: string;
+    candidates?: string[];
+    vms?: string[];
+    group?: number;
+  };
+  why: string;
+}
+
+const cases = JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+const hosts = new Map<string, HostTopology>();
+
+function host(name: string): HostTopology {
+  let topology = hosts.get(name);
+  if (topology === undefined) {
+    const description = JSON.parse(
+      Deno.readTextFileSync(new URL(`${name}.json`, HOSTS)),
+    ) as HostDescription;
+    topology = topologyFromDescription(description, { source: name });
+    hosts.set(name, topology);
+  }
+  return topology;
+}
+
+function ruleYaml(match: CaseMatch, extra: string): string {
+  const address = match.bdf ? `, address: "${match.bdf}"` : "";
+  return `      - match: { vendor_id: "${match.vendor_id}", device_id: "${match.device_id}"${address} }${extra}\n`;
+}
+
+function configFor(c: Case, extra = ""): string {
+  const vms = new Map<string, string[]>([[c.vm, [ruleYaml(c.match, extra)]]]);
+  for (const other of c.other_requests ?? []) {
+    vms.set(other.vm, [...(vms.get(other.vm) ?? []), ruleYaml(other.match, "")]);
+  }
+  let text = "version: 1\nvms:\n";
+  for (const [vm, rules] of vms) text += `  ${vm}:\n    devices:\n${rules.join("")}`;
+  return text;
+}
+
+function run(c: Case, extra = "") {
+  const config = parseConfig(configFor(c, extra), { file: `${c.id}.yaml` });
+  const resolved = resolveConfig(config, host(c.host));
+  const vm = resolved.get(c.vm);
+  assertOk(vm, `VM "${c.vm}" resolved`);
+  return vm;
+}
+
+Deno.test("cases.json holds the cases this suite expects", () => {
+  assertOk(cases.length >= 25, `${cases.length} cases`);
+});
+
+for (const c of cases) {
+  Deno.test(`case ${c.id}: ${c.why.split(":")[0]!.slice(0, 80)}`, () => {
+    const vm = run(c);
+    const codes = (issues: { code: string }[]) => issues.map((i) => i.code);
+    if (c.expect.error !== undefined) {
+      const error = vm.errors.find((e) => e.code === c.expect.error);
+      assertOk(error, `expected ${c.expect.error}, got ${JSON.stringify(codes(vm.errors))}`);
+      assertOk(error.message.length > 0);
+      if (c.expect.candidates) {
+        assertEquals(
+          error.candidates?.map((x) => x.address).sort(),
+          [...c.expect.candidates].sort(),
+        );
+      }
+      if (c.expect.vms) assertEquals(error.vms, c.expect.vms);
+      if (c.expect.group !== undefined) assertEquals(error.group, c.expect.group);
+      return;
+    }
+    if (c.expect.warn === "group-contains-host-critical") {
+      // Refused by default, naming the override ...
+      const refusal = vm.errors.find((e) => e.code === c.expect.warn);
+      assertOk(refusal, `expected a refusal, got ${JSON.stringify(codes(vm.errors))}`);
+      assertEquals(refusal.override, "allow_host_critical: true");
+      // ... and with the override, a warning and exactly the expected set.
+      const allowed = run(c, "\n        allow_host_critical: true");
+      assertEquals(allowed.errors, []);
+      assertOk(codes(allowed.warnings).includes(c.expect.warn));
+      assertEquals(allowed.closure.devices.map((d) => d.device.address), c.expect.devices);
+      return;
+    }
+    assertEquals(vm.errors, [], JSON.stringify(vm.errors.map((e) => e.message)));
+    assertEquals(vm.closure.devices.map((d) => d.device.address), c.expect.devices);
+    if (c.expect.no_warn) {
+      assertEquals(
+        codes(vm.warnings).filter((code) => code === "group-contains-host-critical"),
+        [],
+      );
+    }
+  });
+}
