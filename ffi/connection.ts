@@ -56,20 +56,14 @@ const finalizer = new FinalizationRegistry<Deno.PointerObject>((pointer) => {
  */
 export class Connection {
   #handle: Deno.PointerObject | null;
-  #uri: string;
+  readonly #uri: string;
   readonly #readOnly: boolean;
 
-  private constructor(handle: Deno.PointerObject, readOnly: boolean) {
+  private constructor(handle: Deno.PointerObject, fields: { uri: string; readOnly: boolean }) {
     this.#handle = handle;
-    this.#readOnly = readOnly;
-    this.#uri = "";
+    this.#uri = fields.uri;
+    this.#readOnly = fields.readOnly;
     finalizer.register(this, handle, this);
-    this.#uri = takeCString(
-      checkPointer(libvirt().virConnectGetURI(handle), {
-        operation: "virConnectGetURI",
-        context: "Cannot read the connection URI",
-      }),
-    ) ?? "";
   }
 
   /**
@@ -80,16 +74,24 @@ export class Connection {
     const lib = libvirt();
     const name = uri === undefined || uri === null ? null : cString(uri);
     const readOnly = options.readOnly ?? false;
-    const handle = readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name);
-    const shown = uri ?? "the default URI";
-    const connection = new Connection(
-      checkPointer(handle, {
+    const handle = checkPointer(
+      readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name),
+      {
         operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
-        context: `Cannot connect to libvirt at "${shown}"`,
-      }),
-      readOnly,
+        context: `Cannot connect to libvirt at "${uri ?? "the default URI"}"`,
+      },
     );
-    return connection;
+    let canonical: string;
+    try {
+      canonical = takeCString(checkPointer(lib.virConnectGetURI(handle), {
+        operation: "virConnectGetURI",
+        context: "Cannot read the connection URI",
+      })) ?? "";
+    } catch (error) {
+      lib.virConnectClose(handle);
+      throw error;
+    }
+    return new Connection(handle, { uri: canonical, readOnly });
   }
 
   /** The raw `virConnectPtr`, or `null` once closed. */
@@ -117,6 +119,20 @@ export class Connection {
       throw new ClosedHandleError({ kind: "connection", label: this.#uri, operation });
     }
     return this.#handle;
+  }
+
+  /**
+   * Whether the connection still works (`virConnectIsAlive`): `false` once a remote daemon went
+   * away. Always `true` for local drivers, and when this libvirt lacks the call.
+   */
+  isAlive(): boolean {
+    const handle = this.#live("isAlive");
+    const isAlive = libvirt().virConnectIsAlive;
+    if (isAlive === null) return true;
+    return checkInt(isAlive(handle), {
+      operation: "virConnectIsAlive",
+      context: `Cannot tell whether the connection to "${this.#uri}" is alive`,
+    }) === 1;
   }
 
   /** The version of the libvirt library in use, `major.minor.release` (`9.0.0`). */

@@ -46,6 +46,7 @@ export const VIR_ERR_XML_INVALID_SCHEMA = 92;
 
 /** A libvirt call failed. `code` and `domain` are libvirt's `virErrorNumber`/`virErrorDomain`. */
 export class LibvirtError extends Error {
+  /** Always `"LibvirtError"`. */
   override name = "LibvirtError";
   /** `virErrorNumber` (compare with the `VIR_ERR_*` constants). */
   readonly code: number;
@@ -56,6 +57,7 @@ export class LibvirtError extends Error {
   /** The C function that failed (`virDomainLookupByName`). */
   readonly operation: string;
 
+  /** Normally built by {@link lastLibvirtError}; `message` is the whole sentence. */
   constructor(
     message: string,
     fields: { code: number; domain: number; libvirtMessage: string; operation: string },
@@ -73,6 +75,7 @@ export type HandleKind = "connection" | "domain" | "node device";
 
 /** A handle was used after it was closed or freed: a bug in the caller, never a libvirt error. */
 export class ClosedHandleError extends Error {
+  /** Always `"ClosedHandleError"`. */
   override name = "ClosedHandleError";
   /** Which kind of handle. */
   readonly kind: HandleKind;
@@ -81,6 +84,7 @@ export class ClosedHandleError extends Error {
   /** The method that was called on it. */
   readonly operation: string;
 
+  /** Builds the message from the handle kind, its label and the method called. */
   constructor(fields: { kind: HandleKind; label: string; operation: string }) {
     const verb = fields.kind === "connection" ? "closed" : "freed";
     super(`Cannot call "${fields.operation}" on ${fields.kind} "${fields.label}": it was ${verb}`);

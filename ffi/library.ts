@@ -29,10 +29,12 @@ export interface LibvirtLibrary {
 
 /** libvirt (or libc) could not be loaded: the package is missing or the path is wrong. */
 export class LibvirtLoadError extends Error {
+  /** Always `"LibvirtLoadError"`. */
   override name = "LibvirtLoadError";
   /** The path handed to `Deno.dlopen`. */
   readonly path: string;
 
+  /** `options.cause` carries `Deno.dlopen`'s own error. */
   constructor(path: string, options?: ErrorOptions) {
     super(
       `Cannot load libvirt from "${path}": install the Debian package "libvirt0" or set ${LIBVIRT_PATH_ENV}`,

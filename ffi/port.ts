@@ -8,6 +8,8 @@
 import type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/libvirt_port.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
+export type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/libvirt_port.ts";
+
 /** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
 export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };
 

@@ -158,7 +158,7 @@ Deno.test({
       await t.step("undefine() leaves nothing behind", async () => {
         {
           using dom = conn.lookupDomainByName(name);
-          dom.undefine();
+          dom.undefine({ nvram: "remove" });
         }
         assertEquals(catchLibvirt(() => conn.lookupDomainByName(name)).code, VIR_ERR_NO_DOMAIN);
         const names = conn.listDomains().map((dom) => {
@@ -184,11 +184,13 @@ Deno.test({
   ignore: unavailable !== null,
   async fn() {
     const daemon = await startLibvirtd();
-    {
-      using conn = Connection.open(daemon.uri, { readOnly: true });
-      assertMatch(conn.libVersion, /^\d+\.\d+\.\d+$/);
-    }
+    using conn = Connection.open(daemon.uri, { readOnly: true });
+    assertMatch(conn.libVersion, /^\d+\.\d+\.\d+$/);
+    assertEquals(conn.isAlive(), true);
     await daemon.stop();
+    // The client learns of the hang-up on its next call.
+    catchLibvirt(() => conn.listDomains());
+    assertEquals(conn.isAlive(), false);
     const error = catchLibvirt(() => Connection.open(daemon.uri));
     assertEquals(error.code, 38);
     assertMatch(error.message, /^Cannot connect to libvirt at "qemu:\/\/\/system\?socket=/);
