@@ -1,0 +1,72 @@
+/**
+ * Terminal confirmation for `apply` and `rollback`: `y`/`n`/`a` (all)/`q` (quit), read through
+ * {@link CliIo.readLine} so tests can script the answers.
+ *
+ * @module
+ */
+
+import type { CliIo } from "./context.ts";
+import type { ConfirmAnswer } from "../lib/apply.ts";
+import type { VmPlan } from "../lib/plan_types.ts";
+
+const ANSWERS: Record<string, ConfirmAnswer> = {
+  y: "yes",
+  yes: "yes",
+  n: "no",
+  no: "no",
+  a: "all",
+  all: "all",
+  q: "quit",
+  quit: "quit",
+};
+
+/**
+ * Asks `question` until the answer is one of y/n/a/q (or the words). There is no default: an
+ * empty line asks again. End of input counts as `quit`, so a closed stdin never applies anything.
+ */
+export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
+  for (;;) {
+    io.out(`${question} [y/n/a/q] `);
+    const line = await io.readLine();
+    if (line === null) {
+      io.out("\n");
+      return "quit";
+    }
+    const answer = ANSWERS[line.trim().toLowerCase()];
+    if (answer !== undefined) return answer;
+    io.out("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
+  }
+}
+
+/** Asks whether to apply one VM's changes. */
+export function confirmVm(io: CliIo, vm: VmPlan): Promise<ConfirmAnswer> {
+  return ask(io, `Apply the changes to "${vm.name}"?`);
+}
+
+/**
+ * The `confirm` callback for `applyPlan`: with `yes`, answers `all` without reading anything;
+ * otherwise asks on the terminal.
+ */
+export function makeConfirm(
+  io: CliIo,
+  options: { yes: boolean },
+): (vm: VmPlan) => Promise<ConfirmAnswer> {
+  if (options.yes) return () => Promise.resolve("all");
+  return (vm) => confirmVm(io, vm);
+}
+
+/** A yes/no question (rollback), asked until answered; end of input counts as no. */
+export async function confirmYesNo(io: CliIo, question: string): Promise<boolean> {
+  for (;;) {
+    io.out(`${question} [y/n] `);
+    const line = await io.readLine();
+    if (line === null) {
+      io.out("\n");
+      return false;
+    }
+    const answer = line.trim().toLowerCase();
+    if (answer === "y" || answer === "yes") return true;
+    if (answer === "n" || answer === "no") return false;
+    io.out("Please answer y or n\n");
+  }
+}

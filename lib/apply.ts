@@ -1,0 +1,479 @@
+/**
+ * The apply engine: turns a {@link Plan} into defined domains, one confirmed VM at a time, with a
+ * backup before every define and a check after it.
+ *
+ * Per VM: skip unless `changed` and free of errors; ask; re-read the persistent XML and stop if it
+ * is no longer the XML the plan was computed from; write a backup (no backup, no define); define
+ * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
+ * owned) are exactly the planned ones, restoring the backup when they are not.
+ *
+ * A VM that fails does not stop the others: each VM's change is independent, and the report says
+ * exactly which VMs changed, which were skipped and which failed. Problems that would affect every
+ * VM (unusable state directory, lock held) are thrown before anything is defined.
+ *
+ * Running VMs: the define only changes the next-boot definition. With `live: true`, after all
+ * defines, the removed hostdevs are detached from every running guest first and the added ones
+ * attached after (so a device moving between two running VMs is free before it is attached), with
+ * `VIR_DOMAIN_AFFECT_LIVE` only: the persistent side is already done by the define, and adding
+ * `CONFIG` would add each device a second time.
+ *
+ * @module
+ */
+
+import { diffLines } from "diff";
+import type { LibvirtPort } from "./libvirt_port.ts";
+import type { Plan, VmPlan } from "./plan_types.ts";
+import type { PciAddress } from "./types.ts";
+import { type DomainHostdev, parseDomainXml } from "./domain_xml.ts";
+import { type BackupEntry, writeBackup } from "./backups.ts";
+import { acquireLock, type LockHolder } from "./lock.ts";
+import { openStateDir, type StateDir } from "./state_dir.ts";
+
+/** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
+export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
+
+/** What happened to one VM. */
+export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
+
+/** Why, as a machine-readable code. */
+export type ApplyCode =
+  | "applied"
+  | "no-changes"
+  | "plan-errors"
+  | "declined"
+  | "quit"
+  | "invalid-plan"
+  | "read-failed"
+  | "drift"
+  | "secrets-missing"
+  | "backup-failed"
+  | "define-failed"
+  | "verify-failed";
+
+/** When a defined change reaches the guest. */
+export type ApplyEffect = "next-start" | "next-power-off" | "now";
+
+/** Hot-plug results for a running VM (`live: true`). */
+export interface LiveChange {
+  detached: PciAddress[];
+  attached: PciAddress[];
+  /** One sentence per failed attach or detach. */
+  errors: string[];
+}
+
+/** The outcome for one VM. Plain data. */
+export interface VmApplyResult {
+  vm: string;
+  status: ApplyStatus;
+  code: ApplyCode;
+  /** One sentence for humans. */
+  message: string;
+  /** Host addresses of PCI hostdevs the definition gains and loses. */
+  added: PciAddress[];
+  removed: PciAddress[];
+  /** Whether the VM was running at apply time (`null` when not asked). */
+  active: boolean | null;
+  /** When the change takes effect, for a changed VM. */
+  effect: ApplyEffect | null;
+  /** Path of the backup taken before the define, if one was written. */
+  backup: string | null;
+  /** `true` when a failed check was undone by redefining the backup. */
+  restored: boolean;
+  /** Hot-plug results, when `live` was asked and the VM is running. */
+  live: LiveChange | null;
+}
+
+/** The whole outcome. Plain data (`apply --json` prints it as is). */
+export interface ApplyReport {
+  uri: string;
+  stateDir: string;
+  /** The dead holder of a stale lock that was broken, if any. */
+  brokeStaleLock: LockHolder | null;
+  vms: VmApplyResult[];
+  /** Names by outcome. */
+  changed: string[];
+  unchanged: string[];
+  skipped: string[];
+  failed: string[];
+  /** Changed VMs whose hot-plug failed (their definitions did change). */
+  liveFailed: string[];
+  /** `true` when nothing failed. */
+  ok: boolean;
+}
+
+/** Options for {@link applyPlan}. */
+export interface ApplyOptions {
+  libvirt: LibvirtPort;
+  /** The state directory path (checked and created by {@link applyPlan}). */
+  stateDir: string;
+  /** Asked once per VM that would change, in plan order. */
+  confirm: (vm: VmPlan) => Promise<ConfirmAnswer>;
+  /** Hot-plug the hostdev changes into running guests too. */
+  live?: boolean;
+  /** The clock, for backup names in tests. */
+  now?: () => Date;
+}
+
+/** Host addresses in `b` and not in `a`. */
+function minus(a: DomainHostdev[], b: DomainHostdev[]): DomainHostdev[] {
+  const have = new Set(a.map((h) => h.address));
+  return b.filter((h) => !have.has(h.address));
+}
+
+/** `0000:01:00.0 managed owned`, one per hostdev, sorted: what the check compares. */
+function hostdevKeys(hostdevs: DomainHostdev[]): string[] {
+  return hostdevs
+    .map((h) =>
+      `${h.address} ${h.managed ? "managed" : "unmanaged"} ${h.owned ? "owned" : "hand-added"}`
+    )
+    .sort();
+}
+
+/** A short account of how `after` differs from `before`: hostdevs first, then changed lines. */
+export function describeXmlChange(before: string, after: string): string {
+  const parts: string[] = [];
+  try {
+    const a = parseDomainXml(before).hostdevs;
+    const b = parseDomainXml(after).hostdevs;
+    const gained = minus(a, b).map((h) => h.address);
+    const lost = minus(b, a).map((h) => h.address);
+    if (gained.length > 0) parts.push(`hostdevs added ${gained.map((x) => `"${x}"`).join(", ")}`);
+    if (lost.length > 0) parts.push(`hostdevs removed ${lost.map((x) => `"${x}"`).join(", ")}`);
+  } catch {
+    // Unparsable XML: the line summary below still says what changed.
+  }
+  const lines: string[] = [];
+  for (const change of diffLines(before, after)) {
+    if (!change.added && !change.removed) continue;
+    for (const line of change.value.split("\n")) {
+      if (line.trim() !== "") lines.push(`${change.added ? "+" : "-"}${line.trim()}`);
+    }
+  }
+  if (lines.length > 0) {
+    const shown = lines.slice(0, 3).map((l) => `"${l}"`).join(", ");
+    parts.push(
+      `${lines.length} changed line${lines.length === 1 ? "" : "s"} (${shown}${
+        lines.length > 3 ? ", ..." : ""
+      })`,
+    );
+  }
+  return parts.length > 0 ? parts.join("; ") : "whitespace only";
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A result with the fields every outcome shares. */
+function result(
+  vm: VmPlan,
+  status: ApplyStatus,
+  code: ApplyCode,
+  message: string,
+): VmApplyResult {
+  return {
+    vm: vm.name,
+    status,
+    code,
+    message,
+    added: [],
+    removed: [],
+    active: null,
+    effect: null,
+    backup: null,
+    restored: false,
+    live: null,
+  };
+}
+
+interface PendingLive {
+  result: VmApplyResult;
+  detach: DomainHostdev[];
+  attach: DomainHostdev[];
+}
+
+/**
+ * Applies `plan`: see the module documentation for the exact sequence and guarantees. Throws
+ * `StateDirError` or `LockHeldError` before anything is defined; per-VM problems are reported in
+ * the returned {@link ApplyReport}.
+ */
+export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
+  const state = openStateDir(options.stateDir);
+  using lock = acquireLock(state.path, { command: "apply" });
+  const results: VmApplyResult[] = [];
+  const pendingLive: PendingLive[] = [];
+  let answerAll = false;
+  let quit = false;
+
+  for (const vm of plan.vms) {
+    if (vm.errors.length > 0) {
+      results.push(
+        result(
+          vm,
+          "skipped",
+          "plan-errors",
+          `Skipped: the plan for "${vm.name}" has ${vm.errors.length} refusal${
+            vm.errors.length === 1 ? "" : "s"
+          }`,
+        ),
+      );
+      continue;
+    }
+    if (!vm.changed) {
+      results.push(result(vm, "unchanged", "no-changes", `No changes for "${vm.name}"`));
+      continue;
+    }
+    if (quit) {
+      results.push(result(vm, "skipped", "quit", `Skipped "${vm.name}": quit before it was asked`));
+      continue;
+    }
+    if (!answerAll) {
+      const answer = await options.confirm(vm);
+      if (answer === "quit") {
+        quit = true;
+        results.push(result(vm, "skipped", "quit", `Skipped "${vm.name}": quit`));
+        continue;
+      }
+      if (answer === "no") {
+        results.push(result(vm, "skipped", "declined", `Skipped "${vm.name}": declined`));
+        continue;
+      }
+      if (answer === "all") answerAll = true;
+    }
+    const outcome = applyVm(vm, { ...options, state, plan });
+    results.push(outcome.result);
+    if (outcome.live !== null) pendingLive.push(outcome.live);
+  }
+
+  if (options.live === true) runLive(options.libvirt, pendingLive);
+
+  const names = (status: ApplyStatus) =>
+    results.filter((r) => r.status === status).map((r) => r.vm);
+  const liveFailed = results.filter((r) => (r.live?.errors.length ?? 0) > 0).map((r) => r.vm);
+  const failed = names("failed");
+  return {
+    uri: options.libvirt.uri,
+    stateDir: state.path,
+    brokeStaleLock: lock.brokeStale,
+    vms: results,
+    changed: names("changed"),
+    unchanged: names("unchanged"),
+    skipped: names("skipped"),
+    failed,
+    liveFailed,
+    ok: failed.length === 0 && liveFailed.length === 0,
+  };
+}
+
+/** Detaches everything first, then attaches, across all running VMs (see module docs). */
+function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
+  const change = { live: true, config: false };
+  for (const item of pending) {
+    const live = item.result.live!;
+    for (const hostdev of item.detach) {
+      try {
+        libvirt.detachDevice(item.result.vm, hostdev.xml, change);
+        live.detached.push(hostdev.address);
+      } catch (error) {
+        live.errors.push(
+          `Cannot detach "${hostdev.address}" from the running guest: ${errorText(error)}`,
+        );
+      }
+    }
+  }
+  for (const item of pending) {
+    const live = item.result.live!;
+    for (const hostdev of item.attach) {
+      try {
+        libvirt.attachDevice(item.result.vm, hostdev.xml, change);
+        live.attached.push(hostdev.address);
+      } catch (error) {
+        live.errors.push(
+          `Cannot attach "${hostdev.address}" to the running guest: ${errorText(error)}`,
+        );
+      }
+    }
+  }
+  for (const item of pending) {
+    const live = item.result.live!;
+    if (live.errors.length === 0) {
+      item.result.effect = "now";
+      item.result.message = `${item.result.message}; hot-plugged into the running guest`;
+    } else {
+      item.result.message =
+        `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;
+    }
+  }
+}
+
+/** Defines one confirmed VM; never throws. */
+function applyVm(
+  vm: VmPlan,
+  options: ApplyOptions & { state: StateDir; plan: Plan },
+): { result: VmApplyResult; live: PendingLive | null } {
+  const { libvirt } = options;
+  const fail = (code: ApplyCode, message: string) => ({
+    result: result(vm, "failed", code, message),
+    live: null,
+  });
+
+  // The plan must describe this VM and only this VM.
+  let current: ReturnType<typeof parseDomainXml>;
+  let desired: ReturnType<typeof parseDomainXml>;
+  try {
+    current = parseDomainXml(vm.currentXml);
+    desired = parseDomainXml(vm.desiredXml);
+  } catch (error) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML is unreadable: ${errorText(error)}`,
+    );
+  }
+  if (desired.name !== vm.name || current.name !== vm.name) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML names domain "${desired.name}"`,
+    );
+  }
+  if (desired.uuid === null || desired.uuid !== current.uuid) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML has uuid "${
+        desired.uuid ?? ""
+      }", the current one "${current.uuid ?? ""}"`,
+    );
+  }
+
+  let plain: string;
+  let secure: string;
+  let active: boolean;
+  let uuid: string;
+  try {
+    plain = libvirt.getPersistentXml(vm.name);
+    secure = libvirt.getPersistentXml(vm.name, { secure: true });
+    active = libvirt.isActive(vm.name);
+    uuid = parseDomainXml(secure).uuid ?? "";
+  } catch (error) {
+    return fail("read-failed", `Cannot read the definition of "${vm.name}": ${errorText(error)}`);
+  }
+  if (plain !== vm.currentXml && secure !== vm.currentXml) {
+    return fail(
+      "drift",
+      `Not applied to "${vm.name}": its definition changed since the plan was made: ${
+        describeXmlChange(vm.currentXml, secure)
+      }; run the plan again`,
+    );
+  }
+  if (plain !== secure && vm.currentXml === plain) {
+    // The plan was computed from XML without secrets: defining it would erase them.
+    return fail(
+      "secrets-missing",
+      `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE), so defining it would drop them`,
+    );
+  }
+  if (uuid !== desired.uuid) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": its uuid is "${uuid}", the plan's "${desired.uuid}"`,
+    );
+  }
+
+  let backup: BackupEntry;
+  try {
+    backup = writeBackup(options.state, {
+      vm: vm.name,
+      uuid,
+      xml: secure,
+      reason: "apply",
+      uri: libvirt.uri,
+      ...(options.now ? { now: options.now() } : {}),
+    });
+  } catch (error) {
+    return fail(
+      "backup-failed",
+      `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
+        errorText(error)
+      }`,
+    );
+  }
+
+  const added = minus(current.hostdevs, desired.hostdevs);
+  const removed = minus(desired.hostdevs, current.hostdevs);
+  const base = result(vm, "changed", "applied", "");
+  base.added = added.map((h) => h.address);
+  base.removed = removed.map((h) => h.address);
+  base.active = active;
+  base.backup = backup.path;
+
+  try {
+    libvirt.define(vm.desiredXml);
+  } catch (error) {
+    return {
+      result: {
+        ...base,
+        status: "failed",
+        code: "define-failed",
+        message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
+          errorText(error)
+        }`,
+      },
+      live: null,
+    };
+  }
+
+  // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
+  let problem: string | null = null;
+  try {
+    const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
+    const want = hostdevKeys(desired.hostdevs);
+    const got = hostdevKeys(after.hostdevs);
+    if (want.join("\n") !== got.join("\n")) {
+      const missing = want.filter((k) => !got.includes(k));
+      const extra = got.filter((k) => !want.includes(k));
+      problem = `expected hostdevs missing [${missing.join(", ")}], unexpected [${
+        extra.join(", ")
+      }]`;
+    }
+  } catch (error) {
+    problem = `cannot read it back: ${errorText(error)}`;
+  }
+  if (problem !== null) {
+    let restored = false;
+    let restoreNote = "";
+    try {
+      libvirt.define(secure);
+      restored = true;
+      restoreNote = "the previous definition was restored";
+    } catch (error) {
+      restoreNote = `restoring the backup "${backup.path}" failed too: ${errorText(error)}`;
+    }
+    return {
+      result: {
+        ...base,
+        status: "failed",
+        code: "verify-failed",
+        restored,
+        message:
+          `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
+      },
+      live: null,
+    };
+  }
+
+  const summary =
+    `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
+  if (!active) {
+    return { result: { ...base, effect: "next-start", message: summary }, live: null };
+  }
+  const running = {
+    ...base,
+    effect: "next-power-off" as const,
+    message: `${summary}; it is running, so the change takes effect at its next full power-off`,
+  };
+  if (options.live !== true || (added.length === 0 && removed.length === 0)) {
+    return { result: running, live: null };
+  }
+  running.live = { detached: [], attached: [], errors: [] };
+  running.message = summary;
+  return { result: running, live: { result: running, detach: removed, attach: added } };
+}

@@ -1,0 +1,459 @@
+import { assertEquals, assertMatch, assertOk, assertRejects } from "./helpers/assert.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
+import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
+import { listBackups, readBackupXml } from "../lib/backups.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../lib/lock.ts";
+import { StateDirError } from "../lib/state_dir.ts";
+import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan_types.ts";
+import type { LibvirtPort } from "../lib/libvirt_port.ts";
+import { confirmVm, makeConfirm } from "../cli/confirm.ts";
+import type { CliIo } from "../cli/context.ts";
+
+const UUIDS: Record<string, string> = {
+  alpha: "11111111-1111-4111-8111-111111111111",
+  beta: "22222222-2222-4222-8222-222222222222",
+  gamma: "33333333-3333-4333-8333-333333333333",
+  web: "44444444-4444-4444-8444-444444444444",
+  vault: "55555555-5555-4555-8555-555555555555",
+};
+
+function domain(name: string, options: { running?: boolean; secret?: boolean } = {}): string {
+  const runstate = options.running === true ? "" : "\n    <test:runstate>5</test:runstate>";
+  const graphics = options.secret === true
+    ? "\n      <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>"
+    : "";
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${UUIDS[name]}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <disk type='file' device='disk'>
+        <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+        <target dev='vda' bus='virtio'/>
+      </disk>${graphics}
+    </devices>${runstate}
+  </domain>`;
+}
+
+const WORLD = `<?xml version="1.0"?>
+<node>
+  ${domain("alpha")}
+  ${domain("beta")}
+  ${domain("gamma")}
+  ${domain("web", { running: true })}
+  ${domain("vault", { secret: true })}
+</node>
+`;
+
+/** A test-driver world and a state directory, removed on dispose. */
+interface Fixture extends Disposable {
+  port: OpenLibvirtPort;
+  stateDir: string;
+  root: string;
+}
+
+function fixture(): Fixture {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-apply-test-" });
+  Deno.writeTextFileSync(`${root}/world.xml`, WORLD);
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  return {
+    port,
+    root,
+    stateDir: `${root}/state`,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+function identity(address: string): DeviceIdentity {
+  return {
+    address,
+    vendorId: "10de",
+    deviceId: "2684",
+    subsystemVendorId: null,
+    subsystemDeviceId: null,
+    classCode: "030000",
+    serial: null,
+    driver: "nouveau",
+    rule: "gpu",
+  };
+}
+
+/** A hand-built plan for one VM: the real current XML, edited the way the planner would. */
+function planVm(
+  port: LibvirtPort,
+  name: string,
+  add: string[],
+  options: { secure?: boolean; desiredXml?: string } = {},
+): VmPlan {
+  const currentXml = port.getPersistentXml(name, { secure: options.secure ?? true });
+  const desiredXml = options.desiredXml ?? editDomainXml(currentXml, {
+    remove: [],
+    add: add.map((address) => ({ address, managed: true })),
+    records: add.map(identity),
+  });
+  return {
+    name,
+    hostdevs: add,
+    add: add.map((address) => ({
+      address,
+      rule: "gpu",
+      reason: "matched" as const,
+      group: 1,
+      spec: { address, managed: true },
+      identity: identity(address),
+      description: "10de:2684 VGA compatible controller",
+    })),
+    remove: [],
+    keep: [],
+    move: [],
+    reasoning: [],
+    warnings: [],
+    errors: [],
+    active: port.isActive(name),
+    currentXml,
+    desiredXml,
+    changed: desiredXml !== currentXml,
+  };
+}
+
+function planOf(port: LibvirtPort, vms: VmPlan[]): Plan {
+  return { config: "test.yaml", host: "test", uri: port.uri, vms, errors: [], warnings: [] };
+}
+
+function answers(...list: ConfirmAnswer[]) {
+  const asked: string[] = [];
+  const confirm = (vm: VmPlan) => {
+    asked.push(vm.name);
+    return Promise.resolve(list.shift() ?? "no");
+  };
+  return { asked, confirm };
+}
+
+const yes = () => Promise.resolve<ConfirmAnswer>("yes");
+
+function hostdevs(port: LibvirtPort, name: string): string[] {
+  return parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+Deno.test("applyPlan() backs up the previous definition (with secrets, mode 0600) before defining", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("vault", { secure: true });
+  assertOk(before.includes("s3cret"));
+  const plan = planOf(f.port, [planVm(f.port, "vault", ["0000:01:00.0"])]);
+  const report = await applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.changed, ["vault"]);
+  assertEquals(report.ok, true);
+  const result = report.vms[0]!;
+  assertEquals([result.status, result.code, result.effect], ["changed", "applied", "next-start"]);
+  assertEquals(result.added, ["0000:01:00.0"]);
+  assertEquals(hostdevs(f.port, "vault"), ["0000:01:00.0"]);
+  // The secret survived the define.
+  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("passwd='s3cret'"));
+  const backups = listBackups(f.stateDir, "vault");
+  assertEquals(backups.length, 1);
+  assertEquals(backups[0]?.path, result.backup);
+  assertEquals([backups[0]?.reason, backups[0]?.uuid], ["apply", UUIDS.vault]);
+  assertEquals(readBackupXml(backups[0]!), before);
+  assertEquals((Deno.statSync(backups[0]!.path).mode ?? 0) & 0o777, 0o600);
+  assertEquals((Deno.statSync(f.stateDir).mode ?? 0) & 0o777, 0o700);
+});
+
+Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt rejects the XML", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const invalid = before.replace("</devices>", "  <bogus-device/>\n  </devices>");
+  const vm = planVm(f.port, "alpha", [], { desiredXml: invalid });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["alpha"]);
+  assertEquals(report.ok, false);
+  assertEquals(report.vms[0]?.code, "define-failed");
+  assertMatch(report.vms[0]!.message, /libvirt rejected the new definition of "alpha"/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
+});
+
+Deno.test("applyPlan() does not overwrite a VM whose definition changed after the plan", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
+  // Someone edits the VM between plan and apply.
+  const edited = vm.currentXml.replace("1048576</memory>", "2097152</memory>");
+  f.port.define(edited);
+  const changedNow = f.port.getPersistentXml("beta", { secure: true });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["beta"]);
+  assertEquals(report.vms[0]?.code, "drift");
+  assertMatch(report.vms[0]!.message, /changed since the plan.*2097152/);
+  assertEquals(f.port.getPersistentXml("beta", { secure: true }), changedNow);
+  assertEquals(listBackups(f.stateDir, "beta"), []);
+});
+
+Deno.test("applyPlan() refuses a plan computed from XML without secrets", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "vault", ["0000:01:00.0"], { secure: false });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.vms[0]?.code, "secrets-missing");
+  assertEquals(hostdevs(f.port, "vault"), []);
+  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("s3cret"));
+});
+
+Deno.test("applyPlan() honours yes, no, all and quit answers", async () => {
+  using f = fixture();
+  const plan = () =>
+    planOf(f.port, [
+      planVm(f.port, "alpha", ["0000:01:00.0"]),
+      planVm(f.port, "beta", ["0000:02:00.0"]),
+      planVm(f.port, "gamma", ["0000:03:00.0"]),
+    ]);
+  // no, then all: beta and gamma change, gamma without being asked.
+  const first = answers("no", "all");
+  const report = await applyPlan(plan(), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: first.confirm,
+  });
+  assertEquals(first.asked, ["alpha", "beta"]);
+  assertEquals([report.skipped, report.changed], [["alpha"], ["beta", "gamma"]]);
+  assertEquals(report.vms[0]?.code, "declined");
+  assertEquals(hostdevs(f.port, "alpha"), []);
+  assertEquals(hostdevs(f.port, "gamma"), ["0000:03:00.0"]);
+
+  // yes, then quit: alpha changes; the rest are skipped without asking.
+  const second = answers("yes", "quit");
+  const plan2 = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:01:00.1"], {
+      desiredXml: editDomainXml(f.port.getPersistentXml("beta", { secure: true }), {
+        remove: [],
+        add: [{ address: "0000:01:00.1", managed: true }],
+        records: [identity("0000:02:00.0"), identity("0000:01:00.1")],
+      }),
+    }),
+    planVm(f.port, "gamma", [], {
+      desiredXml: f.port.getPersistentXml("gamma", { secure: true }).replace(
+        "1048576</memory>",
+        "2097152</memory>",
+      ),
+    }),
+  ]);
+  const report2 = await applyPlan(plan2, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: second.confirm,
+  });
+  assertEquals(second.asked, ["alpha", "beta"]);
+  assertEquals(report2.changed, ["alpha"]);
+  assertEquals(report2.vms.map((r) => r.code), ["applied", "quit", "quit"]);
+  assertEquals(hostdevs(f.port, "beta"), ["0000:02:00.0"]);
+});
+
+Deno.test("applyPlan() skips unchanged VMs and VMs with refusals without asking", async () => {
+  using f = fixture();
+  const refused = planVm(f.port, "beta", ["0000:01:00.0"]);
+  refused.errors.push({ code: "no-match", message: 'Rule "gpu" matches no device' });
+  const plan = planOf(f.port, [planVm(f.port, "alpha", []), refused]);
+  const asked = answers("yes", "yes");
+  const report = await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: asked.confirm,
+  });
+  assertEquals(asked.asked, []);
+  assertEquals([report.unchanged, report.skipped, report.changed], [["alpha"], ["beta"], []]);
+  assertEquals(report.vms.map((r) => r.code), ["no-changes", "plan-errors"]);
+  assertEquals(report.ok, true);
+  assertEquals(hostdevs(f.port, "beta"), []);
+});
+
+Deno.test("applyPlan() converges: a plan recomputed after apply has nothing to change", async () => {
+  using f = fixture();
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.changed, ["alpha"]);
+  // What the planner would compute now: the current XML already holds the hostdev.
+  const now = f.port.getPersistentXml("alpha", { secure: true });
+  const again = planVm(f.port, "alpha", [], { desiredXml: now });
+  assertEquals(again.changed, false);
+  const second = await applyPlan(planOf(f.port, [again]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([second.changed, second.unchanged], [[], ["alpha"]]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("applyPlan() says a running VM changes at its next power-off, and reports a failed hot-plug", async () => {
+  using f = fixture();
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "web", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.vms[0]?.active, true);
+  assertEquals(report.vms[0]?.effect, "next-power-off");
+  assertMatch(report.vms[0]!.message, /next full power-off/);
+  assertEquals(report.vms[0]?.live, null);
+
+  // The test driver cannot hot-plug: the definition changes, the live part is reported failed.
+  const live = await applyPlan(
+    planOf(f.port, [planVm(f.port, "web", ["0000:01:00.0", "0000:01:00.1"], {
+      desiredXml: editDomainXml(f.port.getPersistentXml("web", { secure: true }), {
+        remove: [],
+        add: [{ address: "0000:01:00.1", managed: true }],
+        records: [identity("0000:01:00.0"), identity("0000:01:00.1")],
+      }),
+    })]),
+    { libvirt: f.port, stateDir: f.stateDir, confirm: yes, live: true },
+  );
+  assertEquals(live.changed, ["web"]);
+  assertEquals(live.liveFailed, ["web"]);
+  assertEquals(live.ok, false);
+  assertEquals(live.vms[0]?.live?.attached, []);
+  assertEquals(live.vms[0]?.live?.errors.length, 1);
+  assertEquals(live.vms[0]?.effect, "next-power-off");
+  assertEquals(hostdevs(f.port, "web"), ["0000:01:00.0", "0000:01:00.1"]);
+});
+
+Deno.test("applyPlan() restores the backup when the defined XML lacks the planned hostdevs", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Real libvirt underneath; the fault: the first define silently loses the new hostdev.
+  let faults = 1;
+  const faulty: LibvirtPort = {
+    get uri() {
+      return f.port.uri;
+    },
+    listDomains: () => f.port.listDomains(),
+    getPersistentXml: (name, options) => f.port.getPersistentXml(name, options),
+    isActive: (name) => f.port.isActive(name),
+    define: (xml) => {
+      if (faults-- > 0) {
+        f.port.define(editDomainXml(xml, { remove: ["0000:01:00.0"], add: [], records: [] }));
+      } else {
+        f.port.define(xml);
+      }
+    },
+    attachDevice: (name, xml, options) => f.port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => f.port.detachDevice(name, xml, options),
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: faulty,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["alpha"]);
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", true]);
+  assertMatch(report.vms[0]!.message, /missing \[0000:01:00\.0 managed owned\]/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() defines nothing when the state directory is unusable", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  const asked = answers("yes");
+  // A file where the state directory should be.
+  Deno.writeTextFileSync(`${f.root}/file`, "");
+  await assertRejects(
+    () =>
+      applyPlan(plan, {
+        libvirt: f.port,
+        stateDir: `${f.root}/file/state`,
+        confirm: asked.confirm,
+      }),
+    (e: unknown) => e instanceof StateDirError && e.problem === "unwritable",
+  );
+  // A planted symlink as the state directory.
+  Deno.mkdirSync(`${f.root}/real`, { mode: 0o700 });
+  Deno.symlinkSync(`${f.root}/real`, `${f.root}/link`);
+  await assertRejects(
+    () => applyPlan(plan, { libvirt: f.port, stateDir: `${f.root}/link`, confirm: asked.confirm }),
+    (e: unknown) => e instanceof StateDirError && e.problem === "symlink",
+  );
+  assertEquals(asked.asked, []);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() does not define a VM whose backup cannot be written", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  Deno.mkdirSync(`${f.stateDir}/backups`, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(f.stateDir, 0o700);
+  // A file where alpha's backup directory should be; beta's is fine.
+  Deno.writeTextFileSync(`${f.stateDir}/backups/alpha`, "");
+  const plan = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:01:00.0"]),
+  ]);
+  const report = await applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals([report.failed, report.changed], [["alpha"], ["beta"]]);
+  assertEquals(report.vms[0]?.code, "backup-failed");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() fails fast while another apply holds the lock", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  Deno.mkdirSync(f.stateDir, { mode: 0o700 });
+  using _held = acquireLock(f.stateDir, { command: "apply" });
+  await assertRejects(
+    () => applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) => e instanceof LockHeldError && e.holder?.pid === Deno.pid,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), []);
+});
+
+/** An in-memory terminal that answers from `lines`. */
+function scriptedIo(lines: string[], interactive = true): CliIo & { output: string[] } {
+  const output: string[] = [];
+  return {
+    output,
+    out: (text) => void output.push(text),
+    err: (text) => void output.push(text),
+    color: false,
+    interactive,
+    readLine: () => Promise.resolve(lines.shift() ?? null),
+    env: () => undefined,
+  };
+}
+
+Deno.test("confirmVm() reads y, n, a, q (and words), re-asks on anything else, quits at end of input", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo(["maybe", "", "Y", "no", "a", "QUIT", "yes", "all"]);
+  const got = [];
+  for (let i = 0; i < 6; i++) got.push(await confirmVm(io, vm));
+  got.push(await confirmVm(io, vm));
+  assertEquals(got, ["yes", "no", "all", "quit", "yes", "all", "quit"]);
+  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/n\/a\/q\]/);
+  assertMatch(io.output.join(""), /Please answer y, n, a or q/);
+});
+
+Deno.test("makeConfirm() answers yes for every VM with --yes and never reads input", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo([], false);
+  const confirm = makeConfirm(io, { yes: true });
+  assertEquals(await confirm(vm), "all");
+  assertEquals(io.output, []);
+});
