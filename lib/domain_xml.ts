@@ -522,13 +522,19 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   const createdBefore = [...created].sort().join(" ");
   const splices: Splice[] = [];
 
+  const byAddress = new Map<PciAddress, HostdevSite[]>();
+  for (const site of located.hostdevs) {
+    const list = byAddress.get(site.hostdev.address);
+    if (list) list.push(site);
+    else byAddress.set(site.hostdev.address, [site]);
+  }
   const removing = new Set<PciAddress>();
   const removedSpans = new Set<XmlSpan>();
   for (const raw of edit.remove) {
     const address = canonicalPciAddress(raw);
     if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
     if (removing.has(address)) continue;
-    const sites = located.hostdevs.filter((s) => s.hostdev.address === address);
+    const sites = byAddress.get(address) ?? [];
     if (sites.length === 0) {
       throw new DomainEditError(
         `Cannot remove hostdev "${address}" from "${located.name}": the domain does not have it`,
