@@ -338,7 +338,26 @@ function planVm(
   plan.errors.push(...context.globalErrors.map((e) => ({ ...e, vm })), ...resolution.errors);
   const currentAddresses = domain.hostdevs.map((h) => h.address);
   if (plan.errors.length > 0) {
-    // A refused VM keeps its definition exactly as it is.
+    // A refused VM keeps its definition exactly as it is; stale hostdevs are still reported.
+    for (const have of domain.hostdevs) {
+      const record = domain.records.find((r) => r.address === have.address);
+      const now = context.byAddress.get(have.address);
+      if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
+        continue;
+      }
+      plan.warnings.push({
+        code: "drift",
+        message:
+          `Hostdev ${have.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
+            record.serial ? ` serial ${record.serial}` : ""
+          } (rule "${record.rule}") but the address now holds ${
+            now === undefined ? "nothing" : describe(now)
+          }: it stays until the errors above are fixed and the plan is applied`,
+        vm,
+        rule: record.rule,
+        devices: [have.address],
+      });
+    }
     plan.hostdevs = [...currentAddresses].sort();
     plan.keep = [...plan.hostdevs];
     return plan;

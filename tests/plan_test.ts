@@ -1,0 +1,437 @@
+/**
+ * planHostdevs() against the real libvirt.so.0 (test driver worlds) over plain host topologies:
+ * ownership, hand-added hostdevs, idempotence, stable identity across the vfio-pci rebind, moved
+ * cards, drift, refusals and the XML it produces.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
+import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+import { type Config, parseConfig } from "../lib/config.ts";
+import { parseDomainXml } from "../lib/domain_xml.ts";
+import { topologyFromDescription } from "../lib/host_description.ts";
+import type { HostDeviceDescription } from "../lib/host_tree.ts";
+import { planHostdevs } from "../lib/plan.ts";
+import type { Plan, VmPlan } from "../lib/plan_types.ts";
+import type { HostTopology } from "../lib/types.ts";
+
+type Dev = Partial<HostDeviceDescription> & { bdf: string; group: number | null; class: string };
+
+function dev(d: Dev): HostDeviceDescription {
+  return {
+    vendor: "0x8086",
+    device: "0x0001",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: null,
+    ...d,
+  };
+}
+
+const GPU: HostDeviceDescription = dev({
+  bdf: "0000:01:00.0",
+  group: 1,
+  class: "0x030000",
+  vendor: "0x10de",
+  device: "0x2684",
+  subsystem_vendor: "0x1043",
+  subsystem_device: "0x88e2",
+  driver: "nvidia",
+  serial: "00-11-22-ff-ff-33-44-55",
+  class_name: "VGA compatible controller",
+});
+const GPU_AUDIO: HostDeviceDescription = dev({
+  bdf: "0000:01:00.1",
+  group: 1,
+  class: "0x040300",
+  vendor: "0x10de",
+  device: "0x22ba",
+  driver: "snd_hda_intel",
+  class_name: "Audio device",
+});
+
+function baseDevices(): HostDeviceDescription[] {
+  return [
+    dev({ bdf: "0000:00:00.0", group: 0, class: "0x060000", class_name: "Host bridge" }),
+    dev({ bdf: "0000:00:01.0", group: 1, class: "0x060400", class_name: "PCI bridge" }),
+    dev({ bdf: "0000:00:1f.0", group: 4, class: "0x060100", class_name: "ISA bridge" }),
+    dev({
+      bdf: "0000:00:1f.4",
+      group: 4,
+      class: "0x0c0500",
+      device: "0x7aa3",
+      class_name: "SMBus",
+    }),
+    dev({
+      bdf: "0000:02:00.0",
+      group: 2,
+      class: "0x020000",
+      device: "0x1533",
+      driver: "igb",
+      class_name: "Ethernet controller",
+    }),
+    dev({
+      bdf: "0000:03:00.0",
+      group: 3,
+      class: "0x010802",
+      vendor: "0x144d",
+      device: "0xa808",
+      driver: "nvme",
+      class_name: "Non-Volatile memory controller",
+    }),
+  ];
+}
+
+function host(devices: HostDeviceDescription[], extra: { cmdline?: string } = {}): HostTopology {
+  return topologyFromDescription({ devices, ...extra }, { source: "test-host" });
+}
+
+const HOST = host([...baseDevices(), GPU, GPU_AUDIO]);
+
+function domainXml(name: string, uuid: string, extra = "", running = false): string {
+  return `  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os>
+      <type arch='x86_64'>hvm</type>
+    </os>
+    <devices>
+      <disk type='file' device='disk'>
+        <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+        <target dev='vda' bus='virtio'/>
+      </disk>${extra}
+    </devices>${running ? "" : "\n    <test:runstate>5</test:runstate>"}
+  </domain>`;
+}
+
+const HAND_ADDED_NIC = `
+      <hostdev mode='subsystem' type='pci' managed='no'>
+        <source>
+          <address domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
+        </source>
+        <!-- added by hand -->
+      </hostdev>`;
+
+function world(domains: string[]): string {
+  return `<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads><active>2</active><mhz>2000</mhz><model>x86_64</model></cpu>
+  <memory>4194304</memory>
+${domains.join("\n")}
+  ${COMPUTER_DEVICE}
+</node>
+`;
+}
+
+const WIN10 = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01");
+const LINUX = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02", HAND_ADDED_NIC, true);
+
+function config(yaml: string): Config {
+  return parseConfig(`version: 1\nvms:\n${yaml}`, { file: "passthrough_config.yaml" });
+}
+
+const GPU_CONFIG = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+
+function vmOf(plan: Plan, name: string): VmPlan {
+  const vm = plan.vms.find((v) => v.name === name);
+  assertOk(vm, `plan has VM "${name}"`);
+  return vm;
+}
+
+async function withPort<T>(
+  domains: string[],
+  fn: (port: ReturnType<typeof openLibvirtPort>) => T | Promise<T>,
+): Promise<T> {
+  await using w = await writeTempWorld(world(domains));
+  using port = openLibvirtPort(w.uri);
+  return await fn(port);
+}
+
+Deno.test("planHostdevs() adds a matched GPU and its group's audio function, with records", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
+    const vm = vmOf(plan, "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.add.map((a) => [a.address, a.reason]), [
+      ["0000:01:00.0", "matched"],
+      ["0000:01:00.1", "iommu-group"],
+    ]);
+    assertEquals(vm.hostdevs, ["0000:01:00.0", "0000:01:00.1"]);
+    assertOk(vm.changed);
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals(parsed.hostdevs.map((h) => [h.address, h.owned, h.managed]), [
+      ["0000:01:00.0", true, true],
+      ["0000:01:00.1", true, true],
+    ]);
+    assertEquals(parsed.records.map((r) => [r.address, r.driver, r.rule]), [
+      ["0000:01:00.0", "nvidia", "gpu"],
+      ["0000:01:00.1", "snd_hda_intel", "gpu"],
+    ]);
+    assertOk(vm.reasoning.some((r) => r.includes("left out PCI bridge 0000:00:01.0")));
+    assertOk(vm.warnings.some((w) => w.code === "host-driver-in-use"));
+  });
+});
+
+Deno.test("planHostdevs() changes nothing when planned again after applying", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const first = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(first.desiredXml);
+    const second = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    assertEquals(second.changed, false);
+    assertEquals(second.desiredXml, second.currentXml);
+    assertEquals([second.add, second.remove, second.move], [[], [], []]);
+    assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
+  });
+});
+
+Deno.test("planHostdevs() still matches driver: nvidia after libvirt rebinds the GPU to vfio-pci", async () => {
+  const rebound = host([
+    ...baseDevices(),
+    { ...GPU, driver: "vfio-pci" },
+    { ...GPU_AUDIO, driver: "vfio-pci" },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    // Without a record, vfio-pci is just vfio-pci: the rule does not match.
+    const fresh = vmOf(planHostdevs({ config: GPU_CONFIG, host: rebound, libvirt }), "win10");
+    assertEquals(fresh.errors.map((e) => e.code), ["no-match"]);
+
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const after = vmOf(planHostdevs({ config: GPU_CONFIG, host: rebound, libvirt }), "win10");
+    assertEquals(after.errors, []);
+    assertEquals(after.changed, false);
+    assertEquals(after.remove, []);
+    assertEquals(after.keep, ["0000:01:00.0", "0000:01:00.1"]);
+    // The driver it was resolved with is kept in the records, not replaced by vfio-pci.
+    assertEquals(parseDomainXml(after.desiredXml).records.map((r) => r.driver), [
+      "nvidia",
+      "snd_hda_intel",
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() keeps hand-added hostdevs byte for byte and never duplicates them", async () => {
+  await withPort([LINUX], (libvirt) => {
+    const cfg = config(`  linux:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:1533" }
+      - name: nvme
+        match: { class: nvme }
+        allow_host_critical: true
+`);
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "linux");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.add.map((a) => a.address), ["0000:03:00.0"]);
+    assertEquals(vm.hostdevs, ["0000:02:00.0", "0000:03:00.0"]);
+    const handAdded = parseDomainXml(vm.currentXml).hostdevs[0];
+    assertOk(handAdded !== undefined && !handAdded.owned);
+    assertOk(vm.desiredXml.includes(handAdded.xml));
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals(parsed.hostdevs.filter((h) => h.address === "0000:02:00.0").length, 1);
+    assertEquals(parsed.records.map((r) => r.address), ["0000:03:00.0"]);
+    assertOk(vm.reasoning.some((r) => r.includes("hand-added hostdev: kept as written")));
+    // Running domain: the change waits for the next power cycle.
+    assertOk(vm.warnings.some((w) => w.code === "vm-running"));
+  });
+});
+
+Deno.test("planHostdevs() removes owned hostdevs of a rule dropped from the config", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const empty = config("  win10:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: empty, host: HOST, libvirt }), "win10");
+    assertEquals(vm.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vm.hostdevs, []);
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals([parsed.hostdevs, parsed.records], [[], []]);
+  });
+});
+
+Deno.test("planHostdevs() moves a card found at a new address with the same IDs and serial", async () => {
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.move.find((m) => m.from === "0000:01:00.0"), {
+      from: "0000:01:00.0",
+      to: "0000:0b:00.0",
+      rule: "gpu",
+      evidence: "same IDs and serial",
+    });
+    assertEquals(vm.hostdevs, ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+    ]);
+    assertOk(vm.reasoning.some((r) => r.startsWith("Moved from 0000:01:00.0 to 0000:0b:00.0")));
+  });
+});
+
+Deno.test("planHostdevs() reports drift when an owned address now holds another device", async () => {
+  const swapped = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x1002", device: "0x73df" }),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    // The rule no longer matches: refused, and the stale hostdev is reported, not kept silently.
+    const refused = vmOf(planHostdevs({ config: GPU_CONFIG, host: swapped, libvirt }), "win10");
+    assertEquals(refused.errors.map((e) => e.code), ["no-match"]);
+    const drift = refused.warnings.find((w) => w.code === "drift");
+    assertOk(drift);
+    assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
+    assertMatch(drift.message, /now holds 1002:73df/);
+    assertEquals(refused.desiredXml, refused.currentXml);
+    // With the rule gone, the plan removes the stale hostdevs and says why.
+    const empty = config("  win10:\n    devices: []\n");
+    const fixed = vmOf(planHostdevs({ config: empty, host: swapped, libvirt }), "win10");
+    assertEquals(fixed.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(
+      fixed.warnings.filter((w) => w.code === "drift").map((w) => w.devices),
+      [["0000:01:00.0"], ["0000:01:00.1"]],
+    );
+  });
+});
+
+Deno.test("planHostdevs() refuses a group another domain holds and leaves the XML unchanged", async () => {
+  const other = domainXml(
+    "router",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03",
+    `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>
+        </source>
+      </hostdev>`,
+  );
+  await withPort([WIN10, other], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    const error = vm.errors.find((e) => e.code === "group-shared-with-other-vm");
+    assertOk(error, JSON.stringify(vm.errors));
+    assertEquals(error.vms, ["router", "win10"]);
+    assertEquals(error.group, 1);
+    assertMatch(error.message, /IOMMU group 1 is split between VMs "router" and "win10"/);
+    assertEquals(vm.desiredXml, vm.currentXml);
+    assertEquals(vm.changed, false);
+  });
+});
+
+Deno.test("planHostdevs() reports a configured VM libvirt does not know as unknown-vm", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const cfg = config("  win11:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win11");
+    assertEquals(vm.errors.map((e) => e.code), ["unknown-vm"]);
+    assertMatch(vm.errors[0]!.message, /^VM "win11" is not defined in libvirt/);
+    assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
+  });
+});
+
+Deno.test("planHostdevs() refuses everything on a host without IOMMU groups", async () => {
+  const flat = topologyFromDescription(
+    { devices: [GPU, GPU_AUDIO].map((d) => ({ ...d, group: null })) },
+    { source: "flat" },
+  );
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: flat, libvirt });
+    assertEquals(plan.errors.map((e) => e.code), ["no-iommu"]);
+    assertMatch(plan.errors[0]!.message, /has no IOMMU groups/);
+    const vm = vmOf(plan, "win10");
+    assertOk(vm.errors.some((e) => e.code === "no-iommu"));
+    assertEquals(vm.desiredXml, vm.currentXml);
+  });
+});
+
+Deno.test("planHostdevs() warns about pcie_acs_override on the kernel command line", async () => {
+  const acs = host([...baseDevices(), GPU, GPU_AUDIO], {
+    cmdline: "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 pcie_acs_override=downstream,multifunction",
+  });
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: acs, libvirt });
+    assertEquals(plan.warnings.map((w) => w.code), ["acs-override"]);
+    assertMatch(plan.warnings[0]!.message, /not real isolation boundaries/);
+  });
+});
+
+Deno.test("planHostdevs() keeps a multifunction card in one guest slot with its function numbers", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        multifunction: true
+        rom: { bar: "off" }
+`);
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    const [gpu, audio] = vm.add;
+    assertOk(gpu && audio);
+    assertEquals(gpu.spec.guestAddress, {
+      domain: 0,
+      bus: 0,
+      slot: 0x10,
+      function: 0,
+      multifunction: true,
+    });
+    assertEquals(audio.spec.guestAddress, { domain: 0, bus: 0, slot: 0x10, function: 1 });
+    // The ROM setting describes the device the user named, not the group members.
+    assertEquals([gpu.spec.rom, audio.spec.rom], [{ bar: "off" }, undefined]);
+    assertMatch(
+      vm.desiredXml,
+      /<address type='pci' domain='0x0000' bus='0x00' slot='0x10' function='0x0' multifunction='on'\/>/,
+    );
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals(again.changed, false);
+  });
+});
+
+Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const unmanaged = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        managed: false
+`);
+    const vm = vmOf(planHostdevs({ config: unmanaged, host: HOST, libvirt }), "win10");
+    assertEquals(vm.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vm.add.map((a) => [a.address, a.spec.managed]), [
+      ["0000:01:00.0", false],
+      ["0000:01:00.1", false],
+    ]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.managed), [false, false]);
+  });
+});
+
+Deno.test("planHostdevs() gives boot_order to the rule's first matched device only", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_id: "10de" }
+        boot_order: 2
+`);
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    // Boot order must be unique in a domain: group members and further matches get none.
+    assertEquals(vm.add.map((a) => [a.address, a.spec.bootOrder]), [
+      ["0000:01:00.0", 2],
+      ["0000:01:00.1", undefined],
+    ]);
+    assertMatch(vm.desiredXml, /<boot order='2'\/>/);
+  });
+});
