@@ -446,3 +446,96 @@ function hasCommand(name: string): boolean {
     return false;
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through real libvirt: what libvirt stores and hands back must still parse, keep ownership and
+// allow a clean removal.
+
+import { Connection } from "../ffi/mod.ts";
+import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
+
+function libvirtDomain(type: "test" | "qemu", name: string): string {
+  return `<domain type='${type}'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+  </devices>
+</domain>
+`;
+}
+
+/** Adds two owned hostdevs, defines, re-reads, removes them and defines again. */
+function roundTripThroughLibvirt(conn: Connection, xml: string): void {
+  const gpu = record("0000:41:00.0", { rule: `gpu "main" & <friends>` });
+  const audio = record("0000:41:00.1", { classCode: "040300", driver: null });
+  const added = editDomainXml(xml, {
+    remove: [],
+    add: [{ address: gpu.address, managed: true, rom: { bar: "on" } }, {
+      address: audio.address,
+      managed: true,
+    }],
+    records: [gpu, audio],
+  });
+  let stored: string;
+  {
+    using dom = conn.defineDomain(added);
+    stored = dom.xml({ inactive: true, secure: true });
+  }
+  const parsed = parseDomainXml(stored);
+  assertEquals(parsed.hostdevs.map((h) => [h.address, h.owned, h.managed]), [
+    [gpu.address, true, true],
+    [audio.address, true, true],
+  ]);
+  assertEquals(parsed.records, [gpu, audio]);
+  // Nothing to do on libvirt's own formatting: the text comes back untouched.
+  assertOk(editDomainXml(stored, { remove: [], add: [], records: [audio, gpu] }) === stored);
+
+  const removed = editDomainXml(stored, {
+    remove: [gpu.address, audio.address],
+    add: [],
+    records: [],
+  });
+  let after: string;
+  {
+    using dom = conn.defineDomain(removed);
+    after = dom.xml({ inactive: true });
+  }
+  const reparsed = parseDomainXml(after);
+  assertEquals(reparsed.hostdevs, []);
+  assertEquals(reparsed.records, []);
+  assertOk(!after.includes("<metadata"), after);
+  assertOk(!after.includes("passthrough"), after);
+}
+
+Deno.test("editDomainXml() output survives libvirt's test driver define and re-read", () => {
+  using conn = Connection.open("test:///default");
+  const name = `pt-dx-${crypto.randomUUID().slice(0, 8)}`;
+  roundTripThroughLibvirt(conn, libvirtDomain("test", name));
+});
+
+const unavailable = libvirtdUnavailable();
+
+Deno.test({
+  name: "editDomainXml() removes owned hostdevs after the QEMU driver added guest addresses" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using conn = Connection.open(daemon.uri);
+    const name = `pt-dx-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      roundTripThroughLibvirt(conn, libvirtDomain("qemu", name));
+    } finally {
+      try {
+        using dom = conn.lookupDomainByName(name);
+        dom.undefine();
+      } catch {
+        // Not defined: nothing to clean up.
+      }
+    }
+  },
+});
