@@ -1,0 +1,203 @@
+/**
+ * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
+ * after backing up the definition it replaces, so a rollback can itself be rolled back.
+ *
+ * Equality after the define is "same lines ignoring indentation and blank lines": libvirt writes
+ * its own XML back in a stable form, so a backup taken from libvirt comes back line for line, but
+ * indentation may differ when the backup was hand-edited.
+ *
+ * @module
+ */
+
+import type { LibvirtPort } from "./libvirt_port.ts";
+import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "./backups.ts";
+import { parseDomainXml } from "./domain_xml.ts";
+import { acquireLock, type LockHolder } from "./lock.ts";
+import { openStateDir } from "./state_dir.ts";
+import { describeXmlChange } from "./apply.ts";
+
+/** What the user is asked to confirm. */
+export interface RollbackPreview {
+  vm: string;
+  backup: BackupEntry;
+  /** The definition now (with secrets), or `null` when the VM is not defined any more. */
+  currentXml: string | null;
+  /** The definition the backup holds. */
+  backupXml: string;
+  /** Whether the VM is running now. */
+  active: boolean;
+}
+
+/** Options for {@link rollbackVm}. */
+export interface RollbackOptions {
+  libvirt: LibvirtPort;
+  stateDir: string;
+  /** A backup id, file name or path as `backups` lists it; default: the newest. */
+  backup?: string;
+  /** Asked once, after every check passed and before anything is written. */
+  confirm: (preview: RollbackPreview) => Promise<boolean>;
+  /** The clock, for backup names in tests. */
+  now?: () => Date;
+}
+
+/** What happened. */
+export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
+
+/** The outcome of a rollback. Plain data. */
+export interface RollbackReport {
+  vm: string;
+  status: RollbackStatus;
+  message: string;
+  /** The backup restored (or that would have been). */
+  backup: BackupEntry;
+  /** The backup of the definition it replaced, when one was taken. */
+  safetyBackup: BackupEntry | null;
+  /** Whether the VM was running (then the restored definition applies at its next power-off). */
+  active: boolean;
+  brokeStaleLock: LockHolder | null;
+}
+
+/** The backup belongs to another domain than the VM it would be restored into. */
+export class BackupMismatchError extends Error {
+  override name = "BackupMismatchError";
+  readonly vm: string;
+  /** The uuid of the VM now. */
+  readonly vmUuid: string;
+  /** The name and uuid the backup holds. */
+  readonly backupName: string;
+  readonly backupUuid: string;
+  /** The backup file. */
+  readonly path: string;
+
+  /** Builds the error; the message names whichever of name and uuid differs. */
+  constructor(
+    vm: string,
+    fields: { vmUuid: string; backupName: string; backupUuid: string; path: string },
+  ) {
+    super(
+      fields.backupName !== vm
+        ? `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of domain "${fields.backupName}"`
+        : `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of uuid "${fields.backupUuid}", the VM has uuid "${fields.vmUuid}"`,
+    );
+    this.vm = vm;
+    this.vmUuid = fields.vmUuid;
+    this.backupName = fields.backupName;
+    this.backupUuid = fields.backupUuid;
+    this.path = fields.path;
+  }
+}
+
+/**
+ * The lines of `xml` with indentation and blank lines dropped: the equality rollback verifies.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(normalizeXmlLines("<a>\n    <b/>\n\n</a>\n"), ["<a>", "<b/>", "</a>"]);
+ * ```
+ */
+export function normalizeXmlLines(xml: string): string[] {
+  return xml.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== "");
+}
+
+function sameDefinition(a: string, b: string): boolean {
+  return normalizeXmlLines(a).join("\n") === normalizeXmlLines(b).join("\n");
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Restores `vm` from a backup. Throws before anything is written when the state directory is
+ * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
+ * belongs to another domain ({@link BackupMismatchError}). A define or check failure is reported
+ * as `failed`.
+ */
+export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
+  const { libvirt } = options;
+  const state = openStateDir(options.stateDir);
+  using lock = acquireLock(state.path, { command: "rollback" });
+  const backup = findBackup(state, vm, options.backup);
+  const backupXml = readBackupXml(backup);
+  const parsed = parseDomainXml(backupXml);
+  const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
+  const backupUuid = parsed.uuid ?? backup.uuid;
+  // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
+  if (
+    parsed.name !== vm ||
+    (summary !== null && (summary.uuid !== backup.uuid || backupUuid !== summary.uuid))
+  ) {
+    throw new BackupMismatchError(vm, {
+      vmUuid: summary?.uuid ?? "",
+      backupName: parsed.name,
+      backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
+      path: backup.path,
+    });
+  }
+  const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
+  const active = summary?.active ?? false;
+  const report = (status: RollbackStatus, message: string, safety: BackupEntry | null) => ({
+    vm,
+    status,
+    message,
+    backup,
+    safetyBackup: safety,
+    active,
+    brokeStaleLock: lock.brokeStale,
+  });
+
+  if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
+    return report(
+      "unchanged",
+      `VM "${vm}" already has the definition of backup "${backup.id}"`,
+      null,
+    );
+  }
+  if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
+    return report("declined", `Rollback of "${vm}" declined`, null);
+  }
+
+  let safety: BackupEntry | null = null;
+  if (currentXml !== null) {
+    // Without a backup of what is replaced, the rollback itself could not be undone.
+    safety = writeBackup(state, {
+      vm,
+      uuid: summary?.uuid ?? backup.uuid,
+      xml: currentXml,
+      reason: "rollback",
+      uri: libvirt.uri,
+      ...(options.now ? { now: options.now() } : {}),
+    });
+  }
+  try {
+    libvirt.define(backupXml);
+  } catch (error) {
+    return report(
+      "failed",
+      `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${errorText(error)}`,
+      safety,
+    );
+  }
+  let after: string;
+  try {
+    after = libvirt.getPersistentXml(vm, { secure: true });
+  } catch (error) {
+    return report(
+      "failed",
+      `Cannot read "${vm}" back after the rollback: ${errorText(error)}`,
+      safety,
+    );
+  }
+  if (!sameDefinition(after, backupXml)) {
+    return report(
+      "failed",
+      `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
+        describeXmlChange(backupXml, after)
+      }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
+      safety,
+    );
+  }
+  const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
+  return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
+}

@@ -1,0 +1,275 @@
+import { assertEquals, assertMatch, assertOk, assertRejects } from "./helpers/assert.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
+import { applyPlan } from "../lib/apply.ts";
+import { BackupNotFoundError, listBackups, writeBackup } from "../lib/backups.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../lib/lock.ts";
+import {
+  BackupMismatchError,
+  normalizeXmlLines,
+  type RollbackPreview,
+  rollbackVm,
+} from "../lib/rollback.ts";
+import type { DeviceIdentity, VmPlan } from "../lib/plan_types.ts";
+
+const UUID_A = "11111111-1111-4111-8111-111111111111";
+const UUID_B = "22222222-2222-4222-8222-222222222222";
+
+function domain(name: string, uuid: string, running: boolean): string {
+  const runstate = running ? "" : "\n    <test:runstate>5</test:runstate>";
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>
+    </devices>${runstate}
+  </domain>`;
+}
+
+interface Fixture extends Disposable {
+  port: OpenLibvirtPort;
+  stateDir: string;
+}
+
+function fixture(): Fixture {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-rollback-test-" });
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<node>\n${domain("alpha", UUID_A, false)}\n${domain("beta", UUID_B, true)}\n</node>\n`,
+  );
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  return {
+    port,
+    stateDir: `${root}/state`,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+function identity(address: string): DeviceIdentity {
+  return {
+    address,
+    vendorId: "10de",
+    deviceId: "2684",
+    subsystemVendorId: null,
+    subsystemDeviceId: null,
+    classCode: "030000",
+    serial: null,
+    driver: "nouveau",
+    rule: "gpu",
+  };
+}
+
+/** Applies "add these hostdevs to `name`" for real, leaving a backup of the previous state. */
+async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promise<void> {
+  const currentXml = f.port.getPersistentXml(name, { secure: true });
+  const previous = parseDomainXml(currentXml).records;
+  const desiredXml = editDomainXml(currentXml, {
+    remove: [],
+    add: addresses.map((address) => ({ address, managed: true })),
+    records: [...previous, ...addresses.map(identity)],
+  });
+  const vm: VmPlan = {
+    name,
+    hostdevs: [],
+    add: [],
+    remove: [],
+    keep: [],
+    move: [],
+    reasoning: [],
+    warnings: [],
+    errors: [],
+    active: null,
+    currentXml,
+    desiredXml,
+    changed: true,
+  };
+  const report = await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  assertEquals(report.changed, [name]);
+}
+
+function hostdevs(f: Fixture, name: string): string[] {
+  return parseDomainXml(f.port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+const yes = () => Promise.resolve(true);
+
+Deno.test("rollbackVm() restores the newest backup exactly and backs up what it replaces", async () => {
+  using f = fixture();
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  const previews: RollbackPreview[] = [];
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: (preview) => {
+      previews.push(preview);
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "restored");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+  assertEquals(hostdevs(f, "alpha"), []);
+  assertEquals(previews.length, 1);
+  assertEquals([previews[0]?.currentXml, previews[0]?.backupXml], [applied, original]);
+  // The replaced definition is itself backed up, so the rollback can be undone.
+  assertEquals(report.safetyBackup?.reason, "rollback");
+  const backups = listBackups(f.stateDir, "alpha");
+  assertEquals(backups.map((b) => b.reason), ["rollback", "apply"]);
+  assertEquals(Deno.readTextFileSync(backups[0]!.path), applied);
+
+  // Undo the rollback: the newest backup is now the applied state.
+  const redo = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(redo.status, "restored");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+});
+
+Deno.test("rollbackVm() restores an older backup named with a backup id", async () => {
+  using f = fixture();
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0", "0000:02:00.0"]);
+  const oldest = listBackups(f.stateDir, "alpha").at(-1)!;
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: oldest.id,
+    confirm: yes,
+  });
+  assertEquals([report.status, report.backup.id], ["restored", oldest.id]);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+});
+
+Deno.test("rollbackVm() changes nothing when declined", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => Promise.resolve(false),
+  });
+  assertEquals([report.status, report.safetyBackup], ["declined", null]);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("rollbackVm() does not ask or define when the VM already matches the backup", async () => {
+  using f = fixture();
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, { vm: "alpha", uuid: UUID_A, xml, reason: "apply", uri: f.port.uri });
+  let asked = 0;
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => Promise.resolve(++asked > 0),
+  });
+  assertEquals([report.status, asked], ["unchanged", 0]);
+});
+
+Deno.test("rollbackVm() refuses a backup whose uuid is not the VM's", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // A backup filed under alpha that actually holds another domain with alpha's name.
+  const foreign = before.replace(UUID_A, "99999999-9999-4999-8999-999999999999")
+    .replace("1048576</memory>", "2097152</memory>");
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: "99999999-9999-4999-8999-999999999999",
+    xml: foreign,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) =>
+      e instanceof BackupMismatchError && e.vmUuid === UUID_A &&
+      e.backupUuid === "99999999-9999-4999-8999-999999999999",
+  );
+  // Beta's definition filed under alpha's name is refused too.
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: f.port.getPersistentXml("beta", { secure: true }),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) =>
+      e instanceof BackupMismatchError && /backup is of domain "beta"/.test(e.message),
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("rollbackVm() reports a missing backup and a held lock before writing anything", async () => {
+  using f = fixture();
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupNotFoundError,
+  );
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await assertRejects(
+    () =>
+      rollbackVm("alpha", {
+        libvirt: f.port,
+        stateDir: f.stateDir,
+        backup: "../../etc/passwd",
+        confirm: yes,
+      }),
+    BackupNotFoundError,
+  );
+  {
+    using _held = acquireLock(f.stateDir, { command: "apply" });
+    await assertRejects(
+      () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+      LockHeldError,
+    );
+  }
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves the VM as it was", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: before.replace("</devices>", "  <bogus-device/>\n  </devices>"),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /libvirt rejected backup/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("rollbackVm() on a running VM says the definition applies at its next power-off", async () => {
+  using f = fixture();
+  await addHostdevs(f, "beta", ["0000:01:00.0"]);
+  const report = await rollbackVm("beta", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals([report.status, report.active], ["restored", true]);
+  assertMatch(report.message, /next full power-off/);
+  assertEquals(hostdevs(f, "beta"), []);
+});
+
+Deno.test("normalizeXmlLines() ignores indentation and blank lines only", () => {
+  assertEquals(
+    normalizeXmlLines("<a>\n  <b x='1'/>\n\n</a>"),
+    normalizeXmlLines("<a>\n<b x='1'/>\n</a>\n"),
+  );
+  assertOk(
+    normalizeXmlLines("<a><b x='1'/></a>").join() !== normalizeXmlLines("<a><b x='2'/></a>").join(),
+  );
+});
