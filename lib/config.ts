@@ -240,18 +240,13 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
     case "string": {
       if (!isScalar(n)) return wrongType("a string");
       let value = n.value;
-      // `slot: 3` is read by YAML as a number; it names slot "3".
-      if (schema.format === "slot" && typeof value === "number" && Number.isInteger(value)) {
-        value = String(value);
+      // YAML reads `device_id: 2684`, `vendor_id: 0x10de`, `class: 0300` and `slot: 3` as
+      // numbers (0x10de as 4318, 0300 as 300): for IDs, classes and slots take the text as written.
+      if (schema.format !== undefined && typeof value === "number") {
+        const source = (n.srcToken as { source?: unknown } | undefined)?.source;
+        if (typeof source === "string") value = source;
       }
-      if (typeof value !== "string") {
-        return wrongType(
-          "a string",
-          schema.format === "pci-id" || schema.format === "class"
-            ? 'quote hex values, e.g. "0300", or YAML may read them as numbers'
-            : null,
-        );
-      }
+      if (typeof value !== "string") return wrongType("a string");
       if (schema.enum) {
         if (!schema.enum.includes(value)) {
           const near = nearest(value, schema.enum);
@@ -469,6 +464,7 @@ export function parseConfig(text: string, options: { file: string }): Config {
     lineCounter: ctx.lines,
     uniqueKeys: true,
     prettyErrors: false,
+    keepSourceTokens: true,
   });
   for (const error of doc.errors) {
     const detail = error.message.replace(/ at line \d+, column \d+:[\s\S]*$/, "");

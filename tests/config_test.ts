@@ -1,0 +1,203 @@
+import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
+import { ConfigError, ConfigErrors, loadConfig, parseConfig } from "../lib/config.ts";
+import { configJsonSchemaText } from "../lib/config_schema.ts";
+
+const ROOT = new URL("../", import.meta.url);
+const CONFIGS = new URL("./fixtures/configs/", import.meta.url);
+
+function errorsOf(text: string, file = "c.yaml"): ConfigError[] {
+  try {
+    parseConfig(text, { file });
+  } catch (error) {
+    if (error instanceof ConfigErrors) return error.errors;
+    throw error;
+  }
+  throw new Error("expected the config to be refused");
+}
+
+function rules(yaml: string) {
+  return parseConfig(`version: 1\nvms:\n  vm:\n    devices:\n${yaml}`, { file: "c.yaml" })
+    .vms[0]!.rules;
+}
+
+Deno.test("parseConfig() takes unquoted IDs and classes as written, not as YAML numbers", () => {
+  const [rule] = rules(`      - match:
+          vendor_id: 0x10DE
+          device_id: 2684
+          subsystem_vendor_id: "1043"
+          subsystem_device_id: 0X88E2
+          class: 0300
+`);
+  // YAML alone would read 0x10DE as 4318 and 0300 as 300.
+  assertEquals(rule?.match, {
+    vendorId: "10de",
+    deviceId: "2684",
+    subsystemVendorId: "1043",
+    subsystemDeviceId: "88e2",
+    classText: "0300",
+    classPrefixes: ["0300"],
+  });
+});
+
+Deno.test("parseConfig() normalises quoted IDs, vendor_device_id, addresses and serials", () => {
+  const [a, b] = rules(`      - match:
+          vendor_device_id: "0x10DE:2684"
+          subsystem_vendor_id: "0X1043"
+          serial: "00:11:22:FF:FF:33:44:55"
+      - match: { address: "0B:00.1", numa_node: 1, slot: 3 }
+`);
+  assertEquals(a?.match, {
+    vendorId: "10de",
+    deviceId: "2684",
+    subsystemVendorId: "1043",
+    serial: "00-11-22-ff-ff-33-44-55",
+  });
+  assertEquals(b?.match, { address: "0000:0b:00.1", numaNode: 1, slot: "3" });
+});
+
+Deno.test("parseConfig() refuses an ID that is not hex, with the expected form", () => {
+  const [error] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de", device_id: 26845 }\n',
+  );
+  assertOk(error);
+  assertEquals([error.line, error.column], [5, 48]);
+  assertEquals(error.path, "vms.vm.devices[0].match.device_id");
+  assertMatch(error.message, /^c\.yaml:5:48: Invalid pci-id "26845"/);
+  assertEquals(error.hint, 'expected up to 4 hex digits such as "10de" or "0x10de"');
+});
+
+Deno.test("parseConfig() fills in defaults and derives rule names", () => {
+  const [a, b, c] = rules(`      - match: { vendor_device_id: "10de:2684" }
+      - match: { vendor_device_id: "10de:2684", address: "01:00.0" }
+      - match: { class: usb }
+        all: true
+        iommu_group: false
+        managed: false
+`);
+  assertEquals(
+    [a?.name, a?.count, a?.iommuGroup, a?.managed, a?.multifunction, a?.allowHostCritical],
+    ["10de:2684", 1, true, true, false, false],
+  );
+  assertEquals(b?.name, "10de:2684#2");
+  assertEquals([c?.name, c?.count, c?.iommuGroup, c?.managed], ["usb", "all", false, false]);
+  assertEquals(c?.match.classPrefixes, ["0c03"]);
+  assertEquals(a?.location, "c.yaml:5:9");
+});
+
+Deno.test("parseConfig() accepts class names and 2, 4 or 6 hex digits", () => {
+  const got = rules(`      - match: { class: "03" }
+      - match: { class: "0x0C03" }
+      - match: { class: "010802" }
+      - match: { class: audio }
+      - match: { class: 3d }
+`).map((r) => r.match.classPrefixes);
+  assertEquals(got, [["03"], ["0c03"], ["010802"], ["0401", "0403"], ["0302"]]);
+});
+
+Deno.test("parseConfig() reports an unknown key with its position and the nearest valid key", () => {
+  const [error] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_idd: "10de" }\n',
+  );
+  assertOk(error instanceof ConfigError);
+  assertEquals([error.file, error.line, error.column], ["c.yaml", 5, 18]);
+  assertEquals(error.path, "vms.vm.devices[0].match.vendor_idd");
+  assertEquals(error.hint, 'did you mean "vendor_id"?');
+  assertEquals(
+    error.message,
+    'c.yaml:5:18: Unknown key "vendor_idd" at "vms.vm.devices[0].match.vendor_idd" (did you mean "vendor_id"?)',
+  );
+});
+
+Deno.test("parseConfig() refuses duplicate keys instead of keeping the last one", async () => {
+  const file = new URL("duplicate_keys.yaml", CONFIGS).pathname;
+  const error = await loadConfig(file).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  assertOk(error instanceof ConfigErrors);
+  const [first] = error.errors;
+  assertOk(first);
+  assertEquals([first.line, first.column], [6, 3]);
+  assertMatch(first.message, /:6:3: Duplicate key: each key may appear once/);
+});
+
+Deno.test("loadConfig() collects every problem of a file, in source order", async () => {
+  const file = new URL("typos.yaml", CONFIGS).pathname;
+  const error = await loadConfig(file).then(() => null, (e: unknown) => e);
+  assertOk(error instanceof ConfigErrors);
+  const got = error.errors.map((e) => [e.line, e.column, e.path, e.hint]);
+  assertEquals(got, [
+    [8, 11, "vms.win10.devices[0].match.vendor_idd", 'did you mean "vendor_id"?'],
+    [
+      9,
+      22,
+      "vms.win10.devices[0].match.device_id",
+      'expected up to 4 hex digits such as "10de" or "0x10de"',
+    ],
+    [10, 16, "vms.win10.devices[0].count", null],
+    [11, 25, "vms.win10.devices[1].match.class", 'did you mean "vga"?'],
+    [12, 18, "vms.win10.devices[1].managed", null],
+    [15, 9, "vms.linux.devices[0]", "keep one of them"],
+  ]);
+  assertMatch(error.message, /^Invalid config ".*typos\.yaml": 6 problems\n/);
+  assertMatch(error.errors[2]!.message, /Value 0 is too small: the minimum is 1/);
+  assertMatch(error.errors[5]!.message, /Keys "count" and "all" exclude each other/);
+});
+
+Deno.test("parseConfig() refuses wrong types, a missing match, an empty match and bad versions", () => {
+  const got = errorsOf(`version: 2
+vms:
+  vm:
+    devices:
+      - name: a
+      - match: {}
+      - match: { address: "0000:0b:00.9" }
+      - match: { vendor_device_id: "10de:2684", vendor_id: "1002" }
+  other:
+    devices: { match: {} }
+`).map((e) => e.message.replace(/^c\.yaml:/, ""));
+  assertEquals(got, [
+    '1:10: Unsupported value 2: expected 1 at "version"',
+    '5:9: Missing key "match" at "vms.vm.devices[0]"',
+    '6:16: Empty mapping at "vms.vm.devices[1].match" (give at least one of vendor_id, device_id, vendor_device_id, driver, subsystem_vendor_id, subsystem_device_id, class, slot, serial, numa_node, address)',
+    '7:27: Invalid pci-address "0000:0b:00.9" at "vms.vm.devices[2].match.address" (expected a PCI address such as "0000:0b:00.0" or "0b:00.0")',
+    '8:16: Conflicting criteria: "vendor_id" is "1002" but "vendor_device_id" says "10de" at "vms.vm.devices[3].match.vendor_id" (give the ID once)',
+    '10:14: Expected a list, found a mapping at "vms.other.devices" (start each item with "- ")',
+  ]);
+});
+
+Deno.test("parseConfig() refuses two rules of one VM with the same name", () => {
+  const [error] = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - name: gpu
+        match: { vendor_id: "10de" }
+      - name: gpu
+        match: { vendor_id: "1002" }
+`);
+  assertEquals(
+    error?.message,
+    'c.yaml:7:15: Duplicate rule name "gpu" in VM "vm" at "vms.vm.devices[1].name" (give each rule of a VM its own name)',
+  );
+});
+
+Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
+  const [error] = errorsOf("version: 1\nvms:\n  vm:\n    devices: [\n");
+  assertOk(error);
+  assertMatch(error.message, /^c\.yaml:\d+:\d+: /);
+});
+
+Deno.test("the committed passthrough_config.schema.json is the one generated from the schema", () => {
+  const committed = Deno.readTextFileSync(new URL("passthrough_config.schema.json", ROOT));
+  assertEquals(committed, configJsonSchemaText());
+});
+
+Deno.test("the example passthrough_config.yaml is valid and points editors at the schema", async () => {
+  const path = new URL("passthrough_config.yaml", ROOT).pathname;
+  const text = Deno.readTextFileSync(path);
+  assertMatch(text, /^# yaml-language-server: \$schema=\.\/passthrough_config\.schema\.json$/m);
+  const config = await loadConfig(path);
+  assertOk(config.vms.length >= 2);
+  assertOk(config.vms.flatMap((v) => v.rules).some((r) => r.multifunction && r.rom?.bar === "off"));
+});
