@@ -206,6 +206,18 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   let quit = false;
 
   for (const vm of plan.vms) {
+    if (plan.errors.length > 0) {
+      // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
+      results.push(
+        result(
+          vm,
+          "skipped",
+          "plan-errors",
+          `Skipped "${vm.name}": the plan has host-wide refusals`,
+        ),
+      );
+      continue;
+    }
     if (vm.errors.length > 0) {
       results.push(
         result(

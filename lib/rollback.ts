@@ -2,9 +2,10 @@
  * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
  * after backing up the definition it replaces, so a rollback can itself be rolled back.
  *
- * Equality after the define is "same lines ignoring indentation and blank lines": libvirt writes
- * its own XML back in a stable form, so a backup taken from libvirt comes back line for line, but
- * indentation may differ when the backup was hand-edited.
+ * Equality after the define is line by line, each line normalised as `lib/diff.ts` does
+ * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
+ * ignored): libvirt writes its own XML back in a stable form, so a backup taken from libvirt comes
+ * back line for line, and only formatting may differ when a backup was edited by hand.
  *
  * @module
  */
@@ -15,6 +16,7 @@ import { parseDomainXml } from "./domain_xml.ts";
 import { acquireLock, type LockHolder } from "./lock.ts";
 import { openStateDir } from "./state_dir.ts";
 import { describeXmlChange } from "./apply.ts";
+import { hasSignificantChanges } from "./diff.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -88,20 +90,12 @@ export class BackupMismatchError extends Error {
 }
 
 /**
- * The lines of `xml` with indentation and blank lines dropped: the equality rollback verifies.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../tests/helpers/assert.ts";
- * assertEquals(normalizeXmlLines("<a>\n    <b/>\n\n</a>\n"), ["<a>", "<b/>", "</a>"]);
- * ```
+ * The equality a rollback verifies: the same lines once each is normalised by
+ * {@link hasSignificantChanges} (indentation, quote style, spacing inside tags, `<a></a>` vs
+ * `<a/>`, blank lines). Element order, values and attributes must all match.
  */
-export function normalizeXmlLines(xml: string): string[] {
-  return xml.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== "");
-}
-
 function sameDefinition(a: string, b: string): boolean {
-  return normalizeXmlLines(a).join("\n") === normalizeXmlLines(b).join("\n");
+  return !hasSignificantChanges(a, b);
 }
 
 function errorText(error: unknown): string {
