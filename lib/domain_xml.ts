@@ -317,9 +317,35 @@ function lineIndent(xml: string, index: number): string | null {
 function removalRange(xml: string, span: { start: number; end: number }): [number, number] {
   const indent = lineIndent(xml, span.start);
   if (indent === null) return [span.start, span.end];
-  const rest = /^[ \t]*(\r?\n|$)/.exec(xml.slice(span.end, span.end + 200));
-  if (rest === null) return [span.start, span.end];
-  return [span.start - indent.length, span.end + rest[0].length];
+  const eol = xml.indexOf("\n", span.end);
+  const rest = xml.slice(span.end, eol === -1 ? xml.length : eol + 1);
+  if (!/^[ \t]*\r?\n?$/.test(rest)) return [span.start, span.end];
+  return [span.start - indent.length, span.end + rest.length];
+}
+
+/** Where `sibling`'s line ends (before `\r\n` or `\n`), and what follows it on that line. */
+function restOfLine(xml: string, sibling: XmlSpan): { at: number; rest: string } {
+  const eol = xml.indexOf("\n", sibling.end);
+  const at = eol === -1 ? xml.length : xml[eol - 1] === "\r" ? eol - 1 : eol;
+  return { at: Math.max(at, sibling.end), rest: xml.slice(sibling.end, Math.max(at, sibling.end)) };
+}
+
+/**
+ * A splice putting `lines` on their own lines after `sibling`, indented like it. A comment later
+ * on the sibling's line stays with the sibling (we insert at the line's end), so removing the
+ * inserted element with {@link removalRange} restores the text exactly. When the sibling shares
+ * its line with other markup, the element is inserted compactly right after it instead.
+ */
+function insertAfter(
+  xml: string,
+  { sibling, lines, newline }: { sibling: XmlSpan; lines: string[]; newline: string },
+): Splice {
+  const indent = lineIndent(xml, sibling.start);
+  const { at, rest } = restOfLine(xml, sibling);
+  if (indent === null || !/^(?:\s|<!--(?:[^-]|-(?!->))*-->)*$/.test(rest)) {
+    return { start: sibling.end, end: sibling.end, text: lines.map((l) => l.trim()).join("") };
+  }
+  return { start: at, end: at, text: `${newline}${indent}${indentLines(lines, indent, newline)}` };
 }
 
 /** Indentation of an element's children and the unit it adds, guessed from the document. */
@@ -428,7 +454,8 @@ function appendChild(
   const newline = xml.includes("\r\n") ? "\r\n" : "\n";
   const indent = childIndent(xml, parent, located.root);
   if (parent.selfClosing) {
-    // `<devices/>` becomes `<devices>…</devices>`; the original form is not restored on removal.
+    // `<devices/>` becomes `<devices>…</devices>`; the caller records that in our marker so the
+    // last removal can write `<devices/>` back.
     const own = lineIndent(xml, parent.start) ?? "";
     const startTag = xml.slice(parent.start, parent.end).replace(/\s*\/>$/, ">");
     return {
@@ -439,14 +466,7 @@ function appendChild(
       }${newline}${own}</${parent.name}>`,
     };
   }
-  if (after !== null && lineIndent(xml, after.start) !== null) {
-    const siblingIndent = lineIndent(xml, after.start) ?? indent;
-    return {
-      start: after.end,
-      end: after.end,
-      text: `${newline}${siblingIndent}${indentLines(lines, siblingIndent, newline)}`,
-    };
-  }
+  if (after !== null) return insertAfter(xml, { sibling: after, lines, newline });
   const closeIndent = lineIndent(xml, parent.endTagStart);
   if (closeIndent !== null && xml.lastIndexOf("\n", parent.endTagStart) >= parent.startTagEnd) {
     const at = parent.endTagStart - closeIndent.length;
@@ -458,7 +478,7 @@ function appendChild(
   }
   // Everything on one line: insert compactly so removal (which then removes exactly the element)
   // restores the original.
-  const at = after !== null ? after.end : parent.endTagStart;
+  const at = parent.endTagStart;
   return { start: at, end: at, text: lines.map((l) => l.trim()).join("") };
 }
 
@@ -692,13 +712,5 @@ function metadataSplices(
   if (anchor === undefined) {
     return [appendChild(xml, located, { parent: root, after: null, lines })];
   }
-  const siblingIndent = lineIndent(xml, anchor.start);
-  if (siblingIndent === null) {
-    return [{ start: anchor.end, end: anchor.end, text: lines.map((l) => l.trim()).join("") }];
-  }
-  return [{
-    start: anchor.end,
-    end: anchor.end,
-    text: `${newline}${siblingIndent}${indentLines(lines, siblingIndent, newline)}`,
-  }];
+  return [insertAfter(xml, { sibling: anchor, lines, newline })];
 }

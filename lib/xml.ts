@@ -103,9 +103,17 @@ export function decodeXmlText(text: string): string {
   return text.replace(ENTITY, (_m, name?: string, dec?: string, hex?: string) => {
     if (name !== undefined) return PREDEFINED[name] ?? "";
     const code = dec !== undefined ? parseInt(dec, 10) : parseInt(hex ?? "", 16);
-    if (!(code >= 0 && code <= 0x10ffff)) throw new SyntaxError(`Bad character reference: "${_m}"`);
+    if (!isXmlChar(code)) {
+      throw new SyntaxError(`Character reference to a non-XML character: "${_m}"`);
+    }
     return String.fromCodePoint(code);
   });
+}
+
+/** XML 1.0's `Char` production: what a character reference may name. */
+function isXmlChar(code: number): boolean {
+  return code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) ||
+    (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
 }
 
 /**
@@ -147,17 +155,30 @@ export function checkWellFormed(text: string): void {
 }
 
 function refuseDoctype(text: string): void {
-  const at = text.search(/<!DOCTYPE/i);
-  if (at === -1) return;
-  // A DOCTYPE can only precede the root element; one later is inside a comment or CDATA and the
-  // scanner skips it there. Checking the prolog (everything before the first element) suffices.
-  const firstElement = text.search(/<[A-Za-z_:]/);
-  if (firstElement !== -1 && at > firstElement) return;
-  throw new XmlSyntaxError(
-    "Refusing a document with a DOCTYPE: its entity declarations would be expanded differently " +
-      "by libvirt and could reference external files",
-    lineColumnAt(text, at),
-  );
+  // A DOCTYPE may only appear in the prolog, so walk it (whitespace, comments, processing
+  // instructions) up to the first other markup: the words "<!DOCTYPE" later on are text.
+  let i = 0;
+  for (;;) {
+    const lt = text.indexOf("<", i);
+    if (lt === -1) return;
+    if (text.startsWith("<!--", lt)) {
+      const close = text.indexOf("-->", lt + 4);
+      if (close === -1) return;
+      i = close + 3;
+    } else if (text.startsWith("<?", lt)) {
+      const close = text.indexOf("?>", lt + 2);
+      if (close === -1) return;
+      i = close + 2;
+    } else if (/^<!DOCTYPE/i.test(text.slice(lt, lt + 9))) {
+      throw new XmlSyntaxError(
+        "Refusing a document with a DOCTYPE: its entity declarations could expand without bound " +
+          "or read external files, and libvirt never writes one",
+        lineColumnAt(text, lt),
+      );
+    } else {
+      return;
+    }
+  }
 }
 
 const NAME_CHAR = /[^\s/>=<"']/;

@@ -539,3 +539,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test("editDomainXml() round-trips around comments and odd layouts next to its anchors", () => {
+  const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source>` +
+    `<address domain='0x0000' bus='0x06' slot='0x00' function='0x0'/></source></hostdev>`;
+  const variants = [
+    // A comment after the last hostdev on its line stays with it.
+    `<domain>\n  <name>d</name>\n  <devices>\n    ${hostdev} <!-- hand-added -->\n  </devices>\n</domain>\n`,
+    // A multi-line comment and another element share the hostdev's line.
+    `<domain>\n  <name>d</name>\n  <devices>\n    ${hostdev}<disk/><!-- a\n b -->\n  </devices>\n</domain>`,
+    // The identity elements carry comments; the root's children are indented by tabs.
+    `<domain>\n\t<name>d</name> <!-- n -->\n\t<uuid>u</uuid><!--u-->\n\t<devices>\n\t\t${hostdev}\n\t</devices>\n</domain>`,
+    // The closing tags share lines with content.
+    `<domain><name>d</name>\n<devices>${hostdev}\n</devices></domain>`,
+    // CRLF, a BOM and a declaration.
+    `\uFEFF<?xml version='1.0'?>\r\n<domain>\r\n  <name>d</name>\r\n  <devices>\r\n  </devices>\r\n</domain>\r\n`,
+  ];
+  for (const xml of variants) {
+    const added = add(xml, [
+      { address: "0000:01:00.0", managed: true },
+      { address: "0000:01:00.1", managed: true },
+    ]);
+    const parsed = parseDomainXml(added);
+    assertEquals(parsed.hostdevs.filter((h) => h.owned).length, 2, added);
+    assertEquals(parsed.records.length, 2);
+    const restored = editDomainXml(added, {
+      remove: ["0000:01:00.0", "0000:01:00.1"],
+      add: [],
+      records: [],
+    });
+    assertEquals(restored, xml);
+  }
+});
+
+Deno.test("parseDomainXml() reads a DOCTYPE mentioned in a prolog comment as text", () => {
+  const xml = "<!-- no <!DOCTYPE here -->\n<domain><name>d</name></domain>";
+  assertEquals(parseDomainXml(xml).name, "d");
+});
+
+Deno.test("parseDomainXml() refuses character references to non-XML characters", () => {
+  assertThrowsDomainXmlError("<domain><name>a&#0;</name></domain>");
+});
