@@ -8,12 +8,12 @@ what=${1:-demo}
 case "$what" in
   demo)
     scripts/setup.sh runtime
-    export PATH="$PWD/node_modules/.bin:$PATH"
+    export PATH="$PWD/tools/deno/node_modules/.bin:$PATH"
     exec deno task --quiet demo
     ;;
   test)
     scripts/setup.sh test
-    export PATH="$PWD/node_modules/.bin:$PATH"
+    export PATH="$PWD/tools/deno/node_modules/.bin:$PATH"
     exec deno task --quiet test
     ;;
   *)

@@ -7,9 +7,13 @@
 import type { Command } from "./context.ts";
 import { devicesCommand } from "./devices.ts";
 import { groupsCommand } from "./groups.ts";
+import { planCommand } from "./plan.ts";
+import { demoCommand } from "./demo.ts";
 
 /** Every subcommand, in the order `passthrough --help` lists them. */
 export const COMMANDS: Command[] = [
   devicesCommand,
   groupsCommand,
+  planCommand,
+  demoCommand,
 ];

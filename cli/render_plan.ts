@@ -33,7 +33,8 @@ export function summarizePlan(plan: Plan): PlanSummary {
     add: changing.reduce((n, vm) => n + vm.add.length, 0),
     remove: changing.reduce((n, vm) => n + vm.remove.length, 0),
     move: changing.reduce((n, vm) => n + vm.move.length, 0),
-    vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length + (plan.errors.length > 0 ? 1 : 0),
+    vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +
+      (plan.errors.length > 0 ? 1 : 0),
     warnings: plan.warnings.length + plan.vms.reduce((n, vm) => n + vm.warnings.length, 0),
   };
 }
@@ -44,7 +45,9 @@ function plural(n: number, one: string, many = `${one}s`): string {
 
 /** The one-line summary: `2 VMs to change, 3 hostdevs to add, 1 to remove`. */
 export function summaryLine(summary: PlanSummary): string {
-  if (summary.vmsToChange === 0 && summary.vmsWithErrors === 0) return "No changes: every VM matches the config";
+  if (summary.vmsToChange === 0 && summary.vmsWithErrors === 0) {
+    return "No changes: every VM matches the config";
+  }
   const parts = [
     `${plural(summary.vmsToChange, "VM")} to change`,
     `${plural(summary.add, "hostdev")} to add`,
@@ -56,7 +59,9 @@ export function summaryLine(summary: PlanSummary): string {
 }
 
 function candidateRow(c: Candidate): string {
-  const subsystem = c.subsystemVendorId !== null ? `${c.subsystemVendorId}:${c.subsystemDeviceId ?? "????"}` : "-";
+  const subsystem = c.subsystemVendorId !== null
+    ? `${c.subsystemVendorId}:${c.subsystemDeviceId ?? "????"}`
+    : "-";
   return [
     c.address,
     `${c.vendorId}:${c.deviceId}`,
@@ -94,11 +99,18 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   } else if (!vm.changed) {
     lines.push("  no changes");
   } else {
-    const diff = renderDomainDiff(vm.currentXml, vm.desiredXml, { vm: vm.name, color: options.color });
+    const diff = renderDomainDiff(vm.currentXml, vm.desiredXml, {
+      vm: vm.name,
+      color: options.color,
+    });
     lines.push(...diff.trimEnd().split("\n").map((line) => `  ${line}`));
   }
   for (const moved of vm.move) {
-    lines.push(`  ${paint("cyan", "moved")} ${moved.rule}: from ${moved.from} to ${moved.to}, ${moved.evidence}`);
+    lines.push(
+      `  ${
+        paint("cyan", "moved")
+      } ${moved.rule}: from ${moved.from} to ${moved.to}, ${moved.evidence}`,
+    );
   }
   if (vm.reasoning.length > 0) {
     lines.push("  why:");
@@ -113,8 +125,12 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
 export function renderPlan(plan: Plan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
   const sections: string[] = [];
-  for (const issue of plan.errors) sections.push(renderIssue(issue, "error", paint).join("\n") + "\n");
-  for (const issue of plan.warnings) sections.push(renderIssue(issue, "warning", paint).join("\n") + "\n");
+  for (const issue of plan.errors) {
+    sections.push(renderIssue(issue, "error", paint).join("\n") + "\n");
+  }
+  for (const issue of plan.warnings) {
+    sections.push(renderIssue(issue, "warning", paint).join("\n") + "\n");
+  }
   for (const vm of plan.vms) sections.push(renderVmPlan(vm, options));
   sections.push(paint("bold", summaryLine(summarizePlan(plan))) + "\n");
   return sections.join("\n");

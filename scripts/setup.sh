@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Installs what passthrough needs, idempotently: Deno (pinned in package-lock.json, from npm) and,
+# Installs what passthrough needs, idempotently: Deno (pinned in tools/deno/package-lock.json, from npm) and,
 # when running as root, the Debian packages (libvirt, lspci, the QEMU driver for the e2e tests).
 # Usage: scripts/setup.sh [runtime|test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
 
-if [ ! -x node_modules/.bin/deno ]; then
+if [ ! -x tools/deno/node_modules/.bin/deno ]; then
   command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first)" >&2; exit 1; }
-  echo "setup: installing Deno from npm (pinned in package-lock.json)" >&2
-  npm ci --no-audit --no-fund --loglevel=error >&2
+  echo "setup: installing Deno from npm (pinned in tools/deno/package-lock.json)" >&2
+  npm ci --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
 fi
 
 runtime_pkgs=(libvirt0 pciutils)
