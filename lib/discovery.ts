@@ -130,17 +130,29 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
     if (address === null) continue;
     const dir = `${base}/${name}`;
     const attr = (file: string) => readAttribute(reader, `${dir}/${file}`);
-    const classCode = hexId(attr("class"), 6) ?? "000000";
+    // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
+    // from the same struct as the single-value attributes); trees without it use those files.
+    const uevent = parseUevent(reader.readText(`${dir}/uevent`));
+    const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
+    const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
+    const [ueventSubVendor, ueventSubDevice] = (uevent?.get("PCI_SUBSYS_ID") ?? "").split(":");
+    const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
+    const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
+    const subsystemVendorId = hexId(ueventSubVendor || attr("subsystem_vendor"), 4);
+    const subsystemDeviceId = hexId(ueventSubDevice || attr("subsystem_device"), 4);
+    const driver = uevent !== null
+      ? uevent.get("DRIVER") ?? null
+      : baseNameOrNull(reader.readLink(`${dir}/driver`));
     const config = reader.readBytes(`${dir}/config`, 64);
     // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
     // class code says otherwise.
     const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
-    const driverLink = reader.readLink(`${dir}/driver`);
     const groupLink = reader.readLink(`${dir}/iommu_group`);
     const group = groupLink === null ? NaN : Number(baseName(groupLink));
     const numa = attr("numa_node");
     const numaNumber = numa === null ? NaN : Number(numa);
-    const bootVga = attr("boot_vga");
+    // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
+    const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
     const physfnLink = reader.readLink(`${dir}/physfn`);
     // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
     const modules = attr("modules");
@@ -154,16 +166,16 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
     virtfns.sort(comparePciAddress);
     devices.push({
       address,
-      vendorId: hexId(attr("vendor"), 4) ?? "ffff",
-      deviceId: hexId(attr("device"), 4) ?? "ffff",
-      subsystemVendorId: hexId(attr("subsystem_vendor"), 4),
-      subsystemDeviceId: hexId(attr("subsystem_device"), 4),
+      vendorId,
+      deviceId,
+      subsystemVendorId,
+      subsystemDeviceId,
       classCode,
       revision: hexId(attr("revision"), 2),
       vendorName: null,
       deviceName: null,
       className: null,
-      driver: driverLink === null ? null : baseName(driverLink),
+      driver,
       modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
       iommuGroup: Number.isInteger(group) ? group : null,
       numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
@@ -178,6 +190,21 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
   }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   return devices;
+}
+
+function baseNameOrNull(link: string | null): string | null {
+  return link === null ? null : baseName(link);
+}
+
+/** `KEY=value` lines of a sysfs `uevent` file, or `null` when there is none. */
+function parseUevent(text: string | null): Map<string, string> | null {
+  if (text === null) return null;
+  const map = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const eq = line.indexOf("=");
+    if (eq > 0) map.set(line.slice(0, eq), line.slice(eq + 1).trim());
+  }
+  return map;
 }
 
 /** Fills what sysfs lacks from lspci's record; sysfs values are never overwritten. */

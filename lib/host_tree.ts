@@ -227,6 +227,23 @@ export function buildHostTree(
         }\n`,
       );
     }
+    const upper = (n: number) => n.toString(16).padStart(4, "0").toUpperCase();
+    const subsys = d.subsystem_vendor != null && d.subsystem_device != null
+      ? `PCI_SUBSYS_ID=${upper(hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff))}:${
+        upper(hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff))
+      }\n`
+      : "";
+    // The kernel's format: class without leading zeros, IDs upper-case.
+    write(
+      "uevent",
+      `${d.driver != null ? `DRIVER=${d.driver}\n` : ""}PCI_CLASS=${
+        classCode.toString(16).toUpperCase()
+      }\n` +
+        `PCI_ID=${hex(vendor, 4).slice(2).toUpperCase()}:${
+          hex(device, 4).slice(2).toUpperCase()
+        }\n` +
+        `${subsys}PCI_SLOT_NAME=${address}\n`,
+    );
     if (d.modules != null) write("modules", `${d.modules.join(",")}\n`);
     Deno.writeFileSync(
       `${path}/config`,

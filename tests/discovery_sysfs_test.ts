@@ -80,7 +80,7 @@ Deno.test("discoverHost() reads slot, NUMA node, boot VGA and modules", async ()
         boot_vga: true,
         modules: ["nouveau", "nvidiafb"],
       }),
-      dev("0000:02:00.0", { group: 2, numa_node: -1, boot_vga: false }),
+      dev("0000:02:00.0", { group: 2, class: "0x030200", numa_node: -1, boot_vga: false }),
       dev("0000:03:00.0", { group: 3 }),
     ],
   });
