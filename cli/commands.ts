@@ -9,11 +9,17 @@ import { devicesCommand } from "./devices.ts";
 import { groupsCommand } from "./groups.ts";
 import { planCommand } from "./plan.ts";
 import { demoCommand } from "./demo.ts";
+import { applyCommand } from "./apply.ts";
+import { rollbackCommand } from "./rollback.ts";
+import { backupsCommand } from "./backups.ts";
 
 /** Every subcommand, in the order `passthrough --help` lists them. */
 export const COMMANDS: Command[] = [
   devicesCommand,
   groupsCommand,
   planCommand,
+  applyCommand,
+  rollbackCommand,
+  backupsCommand,
   demoCommand,
 ];

@@ -1,0 +1,120 @@
+/**
+ * `passthrough apply`: shows the plan, asks per VM, and defines the confirmed changes with a
+ * backup before each define (see `lib/apply.ts` for the guarantees).
+ *
+ * @module
+ */
+
+import { type CliIo, type Command, UsageError } from "./context.ts";
+import {
+  computePlan,
+  parseFlags,
+  PLAN_FLAGS,
+  PLAN_FLAGS_HELP,
+  planHasErrors,
+} from "./plan_options.ts";
+import { renderPlan } from "./render_plan.ts";
+import { makeConfirm } from "./confirm.ts";
+import { painter, type Style } from "./colors.ts";
+import { applyPlan, type ApplyReport, type ApplyStatus } from "../lib/apply.ts";
+import { describeHolder } from "../lib/lock.ts";
+import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
+
+const HELP = `Usage: passthrough apply [options]
+
+Shows the plan, then for each VM that would change asks whether to apply it
+(y yes, n no, a yes to all remaining, q quit). For each confirmed VM: re-reads its
+definition and stops if it changed since the plan, backs it up to the state directory,
+defines the new one, and checks the hostdevs libvirt now holds (restoring the backup if
+they are not the planned ones). A running VM's change takes effect at its next full
+power-off unless --live hot-plugs it.
+
+Options:
+${PLAN_FLAGS_HELP}
+      --yes             apply every VM without asking (required without a terminal)
+      --live            also hot-plug/unplug the hostdevs of running VMs
+      --state-dir DIR   backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
+
+Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.
+`;
+
+const STATUS_STYLE: Record<ApplyStatus, Style> = {
+  changed: "green",
+  unchanged: "dim",
+  skipped: "yellow",
+  failed: "red",
+};
+
+/**
+ * Renders an {@link ApplyReport} for humans: one line per VM (status, name, what happened, the
+ * backup), then a summary line.
+ */
+export function renderApplyReport(report: ApplyReport, options: { color: boolean }): string {
+  const paint = painter(options.color);
+  const width = Math.max(0, ...report.vms.map((r) => r.vm.length));
+  const lines: string[] = [];
+  for (const r of report.vms) {
+    lines.push(
+      `${paint(STATUS_STYLE[r.status], r.status.padEnd(9))} ${r.vm.padEnd(width)}  ${r.message}`,
+    );
+    if (r.backup !== null) lines.push(`${" ".repeat(11 + width)}backup: ${r.backup}`);
+    for (const error of r.live?.errors ?? []) {
+      lines.push(`${" ".repeat(11 + width)}${paint("red", error)}`);
+    }
+  }
+  const counts = [
+    `${report.changed.length} changed`,
+    `${report.unchanged.length} unchanged`,
+    `${report.skipped.length} skipped`,
+    `${report.failed.length} failed`,
+  ];
+  if (report.liveFailed.length > 0) counts.push(`${report.liveFailed.length} hot-plug failed`);
+  const summary = report.changed.length === 0 && report.failed.length === 0 &&
+      report.skipped.length === 0
+    ? "No changes"
+    : counts.join(", ");
+  lines.push(paint("bold", summary));
+  return `${lines.join("\n")}\n`;
+}
+
+/** The `apply` command. */
+export const applyCommand: Command = {
+  name: "apply",
+  summary: "apply the plan: confirm, back up, define, verify",
+  help: HELP,
+  async run(args: string[], io: CliIo): Promise<number> {
+    const { values } = parseFlags(args, {
+      ...PLAN_FLAGS,
+      yes: { type: "boolean", short: "y", default: false },
+      live: { type: "boolean", default: false },
+      "state-dir": { type: "string" },
+    });
+    if (!values.yes && !io.interactive) {
+      throw new UsageError("No terminal to confirm on: pass --yes to apply without asking");
+    }
+    if (!values.yes && values.json) {
+      throw new UsageError("--json needs --yes: questions would mix with the JSON");
+    }
+    const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+    // Checked (and created) before planning, so an unusable state directory fails first.
+    openStateDir(stateDir);
+    using computed = await computePlan(values, io);
+    const { plan } = computed;
+    if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);
+    const report = await applyPlan(plan, {
+      libvirt: computed.libvirt,
+      stateDir,
+      confirm: makeConfirm(io, { yes: values.yes }),
+      live: values.live,
+    });
+    if (report.brokeStaleLock !== null) {
+      io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
+    }
+    io.out(
+      values.json
+        ? `${JSON.stringify(report, null, 2)}\n`
+        : renderApplyReport(report, { color: io.color }),
+    );
+    return report.ok && !planHasErrors(plan) ? 0 : 1;
+  },
+};
