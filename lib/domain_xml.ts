@@ -305,9 +305,11 @@ const DEFAULT_UNIT = "  ";
 
 /** The whitespace that starts the line `index` is on, when only whitespace precedes it there. */
 function lineIndent(xml: string, index: number): string | null {
-  const lineStart = xml.lastIndexOf("\n", index - 1) + 1;
-  const before = xml.slice(lineStart, index);
-  return /^[ \t]*$/.test(before) ? before : null;
+  // Walk back over spaces and tabs only, so the cost is the indentation's length even on a
+  // document written on one long line.
+  let i = index;
+  while (i > 0 && (xml[i - 1] === " " || xml[i - 1] === "\t")) i--;
+  return i === 0 || xml[i - 1] === "\n" ? xml.slice(i, index) : null;
 }
 
 /**
@@ -352,7 +354,8 @@ function insertAfter(
 function childIndent(xml: string, parent: XmlSpan, root: XmlSpan): string {
   for (const child of parent.children) {
     const indent = lineIndent(xml, child.start);
-    if (indent !== null && xml.lastIndexOf("\n", child.start) > parent.start) return indent;
+    // The child must start a line below the parent's start tag to say how children are indented.
+    if (indent !== null && child.start - indent.length > parent.startTagEnd) return indent;
   }
   const own = lineIndent(xml, parent.start) ?? "";
   return own + indentUnit(xml, root);
@@ -468,7 +471,7 @@ function appendChild(
   }
   if (after !== null) return insertAfter(xml, { sibling: after, lines, newline });
   const closeIndent = lineIndent(xml, parent.endTagStart);
-  if (closeIndent !== null && xml.lastIndexOf("\n", parent.endTagStart) >= parent.startTagEnd) {
+  if (closeIndent !== null && parent.endTagStart - closeIndent.length > parent.startTagEnd) {
     const at = parent.endTagStart - closeIndent.length;
     return {
       start: at,
