@@ -15,8 +15,8 @@ import {
 } from "./plan_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
-import { painter, type Style } from "./colors.ts";
-import { applyPlan, type ApplyReport, type ApplyStatus } from "../lib/apply.ts";
+import { renderApplyReport } from "./render_apply.ts";
+import { applyPlan } from "../lib/apply.ts";
 import { describeHolder } from "../lib/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
 
@@ -37,45 +37,6 @@ ${PLAN_FLAGS_HELP}
 
 Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.
 `;
-
-const STATUS_STYLE: Record<ApplyStatus, Style> = {
-  changed: "green",
-  unchanged: "dim",
-  skipped: "yellow",
-  failed: "red",
-};
-
-/**
- * Renders an {@link ApplyReport} for humans: one line per VM (status, name, what happened, the
- * backup), then a summary line.
- */
-export function renderApplyReport(report: ApplyReport, options: { color: boolean }): string {
-  const paint = painter(options.color);
-  const width = Math.max(0, ...report.vms.map((r) => r.vm.length));
-  const lines: string[] = [];
-  for (const r of report.vms) {
-    lines.push(
-      `${paint(STATUS_STYLE[r.status], r.status.padEnd(9))} ${r.vm.padEnd(width)}  ${r.message}`,
-    );
-    if (r.backup !== null) lines.push(`${" ".repeat(11 + width)}backup: ${r.backup}`);
-    for (const error of r.live?.errors ?? []) {
-      lines.push(`${" ".repeat(11 + width)}${paint("red", error)}`);
-    }
-  }
-  const counts = [
-    `${report.changed.length} changed`,
-    `${report.unchanged.length} unchanged`,
-    `${report.skipped.length} skipped`,
-    `${report.failed.length} failed`,
-  ];
-  if (report.liveFailed.length > 0) counts.push(`${report.liveFailed.length} hot-plug failed`);
-  const summary = report.changed.length === 0 && report.failed.length === 0 &&
-      report.skipped.length === 0
-    ? "No changes"
-    : counts.join(", ");
-  lines.push(paint("bold", summary));
-  return `${lines.join("\n")}\n`;
-}
 
 /** The `apply` command. */
 export const applyCommand: Command = {
@@ -107,7 +68,7 @@ export const applyCommand: Command = {
       confirm: makeConfirm(io, { yes: values.yes }),
       live: values.live,
     });
-    if (report.brokeStaleLock !== null) {
+    if (report.brokeStaleLock !== null && values.json) {
       io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
     }
     io.out(
