@@ -24,8 +24,11 @@ export interface DomainDiffOptions {
 
 /** Double-quoted or single-quoted attribute inside a tag. */
 const ATTRIBUTE = /\s+([^\s=<>/"']+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
-/** A start, end or empty-element tag (not a comment, PI or declaration). */
-const TAG = /<[^!?][^>]*>/g;
+/**
+ * A start, end or empty-element tag (not a comment, PI or declaration), or the beginning of a
+ * start tag that continues on the next line.
+ */
+const TAG = /<[^!?][^>]*(?:>|$)/g;
 /** `<a attrs></a>` on one line. */
 const EMPTY_PAIR = /<([^\s/>!?]+)((?:\s[^>]*)?)><\/\1\s*>/g;
 
@@ -53,7 +56,8 @@ export function normaliseXmlLine(line: string): string {
       tag
         .replace(ATTRIBUTE, (_m, name: string, dq?: string, sq?: string) =>
           ` ${name}=${requote(dq ?? sq ?? "")}`)
-        .replace(/\s+(\/?>)$/, "$1"))
+        .replace(/\s+(\/?>)$/, "$1")
+        .replace(/\s+$/, ""))
     .replace(EMPTY_PAIR, "<$1$2/>");
 }
 

@@ -143,3 +143,11 @@ Deno.test("normaliseXmlLine() leaves quotes in text content alone", () => {
   assertEquals(normaliseXmlLine(`<d>say "x"</d>`), `<d>say "x"</d>`);
   assertEquals(normaliseXmlLine(`<d k="v">x = "y"</d>`), `<d k='v'>x = "y"</d>`);
 });
+
+Deno.test("normaliseXmlLine() normalises a start tag continued on the next line", () => {
+  assertEquals(
+    normaliseXmlLine(`    <disk type="file"  device="disk"`),
+    normaliseXmlLine(`<disk type='file' device='disk'`),
+  );
+  assertOk(normaliseXmlLine(`<disk type='file'`) !== normaliseXmlLine(`<disk type='block'`));
+});
