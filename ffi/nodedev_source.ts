@@ -1,0 +1,77 @@
+/**
+ * The {@link NodeDeviceSource} that `lib/nodedev_discovery.ts` reads, over a real libvirt
+ * connection: `virConnectListAllNodeDevices` with the PCI capability filter, then
+ * `virNodeDeviceGetXMLDesc` on each.
+ *
+ * @module
+ */
+
+import type { NodeDeviceSource } from "../lib/nodedev_discovery.ts";
+import { Connection, type ConnectionOpenOptions } from "./connection.ts";
+
+export type { NodeDeviceSource } from "../lib/nodedev_discovery.ts";
+
+/** A {@link NodeDeviceSource} that owns its connection: close it with `close()` or `using`. */
+export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): void };
+
+/**
+ * A source over a connection the caller owns (and closes). Each node device handle is freed as
+ * soon as its XML is read.
+ *
+ * @example
+ * ```ts
+ * import { Connection } from "./connection.ts";
+ * import { nodeDeviceSource } from "./nodedev_source.ts";
+ * using conn = Connection.open("test:///default", { readOnly: true });
+ * const xmls = nodeDeviceSource(conn).listPciNodeDeviceXml();
+ * if (xmls.some((x) => !x.includes("type='pci'"))) throw new Error("not a PCI device");
+ * ```
+ */
+export function nodeDeviceSource(conn: Connection): NodeDeviceSource {
+  return {
+    get uri() {
+      return conn.uri;
+    },
+    listPciNodeDeviceXml(): string[] {
+      const devices = conn.listNodeDevices({ cap: "pci" });
+      try {
+        return devices.map((device) => device.xml());
+      } finally {
+        for (const device of devices) device.free();
+      }
+    },
+  };
+}
+
+/**
+ * Opens `uri` (libvirt's default when `null` or omitted) read-only, unless `options` says
+ * otherwise (listing devices needs no more), and returns a source that owns the connection.
+ *
+ * @example
+ * ```ts
+ * import { openNodeDeviceSource } from "./nodedev_source.ts";
+ * import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
+ * using source = openNodeDeviceSource("test:///default");
+ * const host = discoverViaLibvirt(source);
+ * if (host.source !== "test:///default") throw new Error(`unexpected source ${host.source}`);
+ * ```
+ */
+export function openNodeDeviceSource(
+  uri?: string | null,
+  options: ConnectionOpenOptions = {},
+): OpenNodeDeviceSource {
+  const conn = Connection.open(uri, { readOnly: true, ...options });
+  const source = nodeDeviceSource(conn);
+  return {
+    get uri() {
+      return source.uri;
+    },
+    listPciNodeDeviceXml: () => source.listPciNodeDeviceXml(),
+    close(): void {
+      conn.close();
+    },
+    [Symbol.dispose](): void {
+      conn.close();
+    },
+  };
+}
