@@ -7,6 +7,8 @@
 import type { Command } from "./context.ts";
 import { devicesCommand } from "./devices.ts";
 import { groupsCommand } from "./groups.ts";
+import { snapshotCommand } from "./snapshot.ts";
+import { doctorCommand } from "./doctor.ts";
 import { planCommand } from "./plan.ts";
 import { demoCommand } from "./demo.ts";
 import { applyCommand } from "./apply.ts";
@@ -17,6 +19,8 @@ import { backupsCommand } from "./backups.ts";
 export const COMMANDS: Command[] = [
   devicesCommand,
   groupsCommand,
+  snapshotCommand,
+  doctorCommand,
   planCommand,
   applyCommand,
   rollbackCommand,
