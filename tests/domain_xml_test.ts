@@ -580,3 +580,29 @@ Deno.test("parseDomainXml() reads a DOCTYPE mentioned in a prolog comment as tex
 Deno.test("parseDomainXml() refuses character references to non-XML characters", () => {
   assertThrowsDomainXmlError("<domain><name>a&#0;</name></domain>");
 });
+
+Deno.test("editDomainXml() rewrites an owned hostdev removed and added in one edit", () => {
+  const xml = fixture("pci-rom.xml");
+  const added = add(xml, [{ address: "0000:01:00.0", managed: true }]);
+  const rewritten = editDomainXml(added, {
+    remove: ["0000:01:00.0"],
+    add: [{ address: "0000:01:00.0", managed: true, rom: { bar: "off" } }],
+    records: [record("0000:01:00.0")],
+  });
+  const hostdevs = parseDomainXml(rewritten).hostdevs;
+  assertEquals(hostdevs.map((h) => [h.address, h.owned]), [
+    ["0000:06:12.5", false],
+    ["0000:06:12.6", false],
+    ["0000:01:00.0", true],
+  ]);
+  assertMatch(hostdevs[2]?.xml ?? "", /<rom bar='off'\/>/);
+  assertEquals(editDomainXml(rewritten, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
+});
+
+Deno.test("editDomainXml() creates <devices> and <metadata> in a one-line domain", () => {
+  const xml = "<domain><name>d</name></domain>";
+  const added = add(xml, [{ address: "0000:01:00.0", managed: true }]);
+  assertOk(!added.includes("\n"), added);
+  assertEquals(parseDomainXml(added).hostdevs.map((h) => h.owned), [true]);
+  assertEquals(editDomainXml(added, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
+});
