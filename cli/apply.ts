@@ -31,9 +31,9 @@ power-off unless --live hot-plugs it.
 
 Options:
 ${PLAN_FLAGS_HELP}
-      --yes             apply every VM without asking (required without a terminal)
-      --live            also hot-plug/unplug the hostdevs of running VMs
-      --state-dir DIR   backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
+      --yes           apply every VM without asking (required without a terminal)
+      --live          also hot-plug/unplug the hostdevs of running VMs
+      --state-dir DIR backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
 
 Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.
 `;

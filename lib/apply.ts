@@ -213,7 +213,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
           vm,
           "skipped",
           "plan-errors",
-          `Skipped "${vm.name}": the plan has host-wide refusals`,
+          "Not applied: the plan has host-wide refusals",
         ),
       );
       continue;
@@ -224,30 +224,30 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
           vm,
           "skipped",
           "plan-errors",
-          `Skipped: the plan for "${vm.name}" has ${vm.errors.length} refusal${
+          `Not applied: the plan refuses it (${vm.errors.length} refusal${
             vm.errors.length === 1 ? "" : "s"
-          }`,
+          })`,
         ),
       );
       continue;
     }
     if (!vm.changed) {
-      results.push(result(vm, "unchanged", "no-changes", `No changes for "${vm.name}"`));
+      results.push(result(vm, "unchanged", "no-changes", "No changes"));
       continue;
     }
     if (quit) {
-      results.push(result(vm, "skipped", "quit", `Skipped "${vm.name}": quit before it was asked`));
+      results.push(result(vm, "skipped", "quit", "Not asked: quit earlier"));
       continue;
     }
     if (!answerAll) {
       const answer = await options.confirm(vm);
       if (answer === "quit") {
         quit = true;
-        results.push(result(vm, "skipped", "quit", `Skipped "${vm.name}": quit`));
+        results.push(result(vm, "skipped", "quit", "Quit"));
         continue;
       }
       if (answer === "no") {
-        results.push(result(vm, "skipped", "declined", `Skipped "${vm.name}": declined`));
+        results.push(result(vm, "skipped", "declined", "Declined"));
         continue;
       }
       if (answer === "all") answerAll = true;

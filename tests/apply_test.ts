@@ -9,6 +9,7 @@ import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan_types.ts";
 import type { LibvirtPort } from "../lib/libvirt_port.ts";
 import { confirmVm, makeConfirm } from "../cli/confirm.ts";
 import type { CliIo } from "../cli/context.ts";
+import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -456,4 +457,118 @@ Deno.test("makeConfirm() answers yes for every VM with --yes and never reads inp
   const confirm = makeConfirm(io, { yes: true });
   assertEquals(await confirm(vm), "all");
   assertEquals(io.output, []);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The CLI, spawned for real on the bundled demo (a real host's topology and a test-driver world).
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+const DEMO = new URL("../demo/", import.meta.url).pathname;
+
+/** A sysfs tree of the demo host and a temporary state directory. */
+async function demoSetup(): Promise<{ root: string; args: string[] } & AsyncDisposable> {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-apply-cli-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${root}/sysfs`);
+  return {
+    root,
+    args: [
+      "--config",
+      `${DEMO}passthrough_config.yaml`,
+      "--sysfs",
+      `${root}/sysfs`,
+      "--connect",
+      `test://${DEMO}world.xml`,
+      "--state-dir",
+      `${root}/state`,
+    ],
+    [Symbol.asyncDispose]: () => Deno.remove(root, { recursive: true }),
+  };
+}
+
+async function run(
+  args: string[],
+  stdin = "",
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(stdin));
+  await writer.close();
+  const out = await child.output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+function hasScript(): boolean {
+  try {
+    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("passthrough apply refuses to run without a terminal unless --yes (exit 2)", async () => {
+  await using demo = await demoSetup();
+  const result = await run(["run", "-A", MAIN, "apply", ...demo.args], "y\ny\n");
+  assertEquals(result.code, 2);
+  assertMatch(result.stderr, /No terminal to confirm on: pass --yes/);
+  assertEquals(listBackups(`${demo.root}/state`), []);
+});
+
+Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
+  await using demo = await demoSetup();
+  const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes", "--json"]);
+  assertEquals(result.code, 0, result.stderr);
+  const report = JSON.parse(result.stdout);
+  assertEquals([report.changed, report.failed, report.ok], [["win10", "gentoo"], [], true]);
+  const backups = listBackups(`${demo.root}/state`);
+  assertEquals(backups.map((b) => b.vm).sort(), ["gentoo", "win10"]);
+  const listed = await run([
+    "run",
+    "-A",
+    MAIN,
+    "backups",
+    "--json",
+    "--state-dir",
+    `${demo.root}/state`,
+  ]);
+  assertEquals(JSON.parse(listed.stdout), JSON.parse(JSON.stringify(backups)));
+});
+
+Deno.test({
+  name: "passthrough apply asks per VM on a terminal and honours n then y",
+  ignore: !hasScript(),
+  async fn() {
+    await using demo = await demoSetup();
+    const command = ["deno", "run", "-A", MAIN, "apply", ...demo.args]
+      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+    // `script` gives the program a real pseudo-terminal; the answers wait in its input queue.
+    const child = new Deno.Command("script", {
+      args: ["-q", "-e", "-c", command, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: {
+        NO_COLOR: "1",
+        PATH: `${Deno.execPath().replace(/\/[^/]*$/, "")}:${Deno.env.get("PATH") ?? ""}`,
+      },
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("n\ny\n"));
+    await writer.close();
+    const out = await child.output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 0, stdout);
+    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /skipped win10: Declined/);
+    assertMatch(stdout, /changed gentoo/);
+    assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
+  },
 });
