@@ -10,6 +10,8 @@ import type { LibvirtPort } from "../lib/libvirt_port.ts";
 import { confirmVm, makeConfirm } from "../cli/confirm.ts";
 import type { CliIo } from "../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { rollbackVm } from "../lib/rollback.ts";
+import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -570,5 +572,55 @@ Deno.test({
     assertMatch(stdout, /skipped win10: Declined/);
     assertMatch(stdout, /changed gentoo/);
     assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// A real libvirtd (QEMU driver): it rewrites hostdevs (guest-side <address>), so the check after
+// the define must match on host source addresses only.
+
+const daemonMissing = libvirtdUnavailable();
+
+Deno.test({
+  name: "applyPlan() and rollbackVm() on a real QEMU libvirtd: define, check, restore",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using port = openLibvirtPort(daemon.uri);
+    const name = `pt-apply-${Deno.pid}`;
+    port.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><graphics type='vnc' autoport='yes' passwd='s3cret'/></devices>
+</domain>`);
+    const stateDir = `${daemon.dir}/state`;
+    try {
+      const before = port.getPersistentXml(name, { secure: true });
+      const vm = planVm(port, name, ["0000:42:00.0", "0000:42:00.1"]);
+      const report = await applyPlan(planOf(port, [vm]), { libvirt: port, stateDir, confirm: yes });
+      assertEquals([report.changed, report.ok], [[name], true]);
+      const after = port.getPersistentXml(name, { secure: true });
+      // libvirt added guest addresses; the host side is exactly what was planned.
+      assertMatch(after, /<address type='pci' domain='0x0000' bus='0x00'/);
+      assertEquals(hostdevs(port, name), ["0000:42:00.0", "0000:42:00.1"]);
+      assertOk(after.includes("s3cret"));
+      assertEquals(readBackupXml(listBackups(stateDir, name)[0]!), before);
+
+      const rolled = await rollbackVm(name, {
+        libvirt: port,
+        stateDir,
+        confirm: () => Promise.resolve(true),
+      });
+      assertEquals(rolled.status, "restored");
+      assertEquals(port.getPersistentXml(name, { secure: true }), before);
+    } finally {
+      new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, "undefine", name],
+        stdout: "null",
+        stderr: "null",
+      })
+        .outputSync();
+    }
   },
 });
