@@ -41,6 +41,18 @@ function label(device: PciDevice): string {
   return `${device.address} (${device.vendorId}:${device.deviceId} ${what})`;
 }
 
+// Built once per host: closure runs once per VM against the same topology.
+const GROUPS = new WeakMap<HostTopology, Map<number, PciDevice[]>>();
+
+function groupsOf(host: HostTopology): Map<number, PciDevice[]> {
+  let groups = GROUPS.get(host);
+  if (groups === undefined) {
+    groups = new Map(host.groups.map((g) => [g.group, g.devices]));
+    GROUPS.set(host, groups);
+  }
+  return groups;
+}
+
 /**
  * Closes `resolutions` (the resolved rules of VM `vm`) over their IOMMU groups.
  *
@@ -73,8 +85,7 @@ export function closeOverGroups(
   const result: ClosureResult = { devices: [], reasoning: [], warnings: [], errors: [] };
   const byAddress = new Map<PciAddress, ClosedDevice>();
   const matchedBy = new Map<PciAddress, DeviceRule>();
-  const groups = new Map<number, PciDevice[]>();
-  for (const g of host.groups) groups.set(g.group, g.devices);
+  const groups = groupsOf(host);
 
   for (const resolution of resolutions) {
     const rule = resolution.rule;

@@ -106,7 +106,51 @@ export function deviceMatches(
   criteria: MatchCriteria,
   options: MatchOptions = {},
 ): boolean {
-  return !device.isBridge && failedCriteria(device, criteria, options).length === 0;
+  if (device.isBridge) return false;
+  for (const [field, , test] of CRITERIA) {
+    if (criteria[field] !== undefined && !test(device, criteria, options)) return false;
+  }
+  return true;
+}
+
+interface HostIndex {
+  byVendor: Map<string, PciDevice[]>;
+  bySerial: Map<string, PciDevice[]>;
+  byAddress: Map<PciAddress, PciDevice>;
+}
+
+// Planning resolves one rule per VM against the same host: index it once, not per rule.
+const INDEXES = new WeakMap<HostTopology, HostIndex>();
+
+function indexOf(host: HostTopology): HostIndex {
+  let index = INDEXES.get(host);
+  if (index === undefined) {
+    index = { byVendor: new Map(), bySerial: new Map(), byAddress: new Map() };
+    for (const device of host.devices) {
+      index.byAddress.set(device.address, device);
+      const list = index.byVendor.get(device.vendorId) ?? [];
+      list.push(device);
+      index.byVendor.set(device.vendorId, list);
+      if (device.serial !== null) {
+        const serial = device.serial.toLowerCase();
+        index.bySerial.set(serial, [...(index.bySerial.get(serial) ?? []), device]);
+      }
+    }
+    INDEXES.set(host, index);
+  }
+  return index;
+}
+
+/** The devices that can possibly satisfy `criteria`, in address order (a superset). */
+function possibleDevices(host: HostTopology, criteria: MatchCriteria): readonly PciDevice[] {
+  const index = indexOf(host);
+  if (criteria.address !== undefined) {
+    const device = index.byAddress.get(criteria.address);
+    return device ? [device] : [];
+  }
+  if (criteria.serial !== undefined) return index.bySerial.get(criteria.serial) ?? [];
+  if (criteria.vendorId !== undefined) return index.byVendor.get(criteria.vendorId) ?? [];
+  return host.devices;
 }
 
 /** A device as listed in `ambiguous`/`no-match` issues. */
@@ -223,7 +267,9 @@ export function resolveRule(
   host: HostTopology,
   options: MatchOptions = {},
 ): RuleResolution {
-  const matched = host.devices.filter((d) => deviceMatches(d, rule.match, options));
+  const matched = possibleDevices(host, rule.match).filter((d) =>
+    deviceMatches(d, rule.match, options)
+  );
   const units = unitsOf(matched);
   const base = { vm: rule.vm, rule: rule.name, location: rule.location };
   const wanted = rule.count === "all" ? Math.max(1, units.length) : rule.count;
