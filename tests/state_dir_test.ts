@@ -173,3 +173,58 @@ Deno.test("openStateDir() accepts a directory it created earlier", () => {
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
+function canMount(): boolean {
+  try {
+    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "openStateDir() and writeBackup() report a full disk instead of writing half a backup",
+  ignore: !canMount(),
+  async fn() {
+    const root = tempDir();
+    try {
+      const lib = new URL("../lib/", import.meta.url).href;
+      // Runs inside a private mount namespace on a 64 KiB tmpfs filled to the last block.
+      const code = `
+        import { openStateDir, StateDirError } from "${lib}state_dir.ts";
+        import { writeBackup } from "${lib}backups.ts";
+        const dir = ${JSON.stringify(`${root}/mnt`)};
+        const out = [];
+        try { openStateDir(dir + "/state"); out.push("opened"); }
+        catch (e) { out.push(e instanceof StateDirError ? e.problem : String(e)); }
+        try {
+          writeBackup({ path: dir + "/state", backupsPath: dir + "/state/backups", uid: 0 },
+            { vm: "a", uuid: "u", xml: "<domain/>".repeat(1000), reason: "apply", uri: "u" });
+          out.push("written");
+        } catch (e) { out.push(/No space left/.test(e.message) ? "ENOSPC" : e.message); }
+        out.push(Deno.readDirSync(dir + "/state/backups/a").toArray().length);
+        console.log(JSON.stringify(out));
+      `;
+      Deno.mkdirSync(`${root}/mnt`);
+      const script = [
+        `mount -t tmpfs -o size=64k,mode=700 tmpfs ${root}/mnt`,
+        `mkdir -p -m 700 ${root}/mnt/state/backups/a`,
+        `(dd if=/dev/zero of=${root}/mnt/fill bs=4k 2>/dev/null; true)`,
+        `exec ${Deno.execPath()} eval --quiet '${code.replaceAll("'", "'\\''")}'`,
+      ].join(" && ");
+      const out = await new Deno.Command("unshare", {
+        args: ["-m", "--propagation", "private", "sh", "-c", script],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stdout = new TextDecoder().decode(out.stdout).trim();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      // Not writable, no backup, and no temporary file left in the VM's backup directory.
+      assertEquals(JSON.parse(stdout), ["unwritable", "ENOSPC", 0]);
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  },
+});
