@@ -288,3 +288,90 @@ Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's
   assertEquals([report.status, report.backup.id], ["restored", edited.id]);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
 });
+
+// ---------------------------------------------------------------------------------------------
+// The CLI, spawned for real. The test driver keeps no state across processes, so the VM seen by
+// `rollback` is the world file's: the backup written here makes a real difference to restore.
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    const world = `${root}/world.xml`;
+    await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+    const stateDir = `${root}/state`;
+    {
+      using port = openLibvirtPort(`test://${world}`);
+      const xml = port.getPersistentXml("alpha", { secure: true });
+      writeBackup(stateDir, {
+        vm: "alpha",
+        uuid: UUID_A,
+        xml: xml.replace("1048576</memory>", "2097152</memory>"),
+        reason: "apply",
+        uri: port.uri,
+      });
+    }
+    const noTerminal = await cli([
+      "rollback",
+      "alpha",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(noTerminal.code, 2);
+    assertMatch(noTerminal.stderr, /pass --yes/);
+
+    const result = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--json",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assertEquals([report.status, report.safetyBackup.reason], ["restored", "rollback"]);
+
+    const listed = await cli(["backups", "alpha", "--state-dir", stateDir]);
+    assertEquals(listed.code, 0);
+    const rows = listed.stdout.trimEnd().split("\n");
+    assertMatch(rows[0]!, /^TIME\s+VM\s+REASON\s+ID\s+UUID$/);
+    assertEquals(rows.slice(1).map((r) => r.split(/\s+/)[2]), ["rollback", "apply"]);
+
+    const missing = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--to",
+      "nope",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(missing.code, 1);
+    assertMatch(missing.stderr, /No backup "nope" of VM "alpha"/);
+
+    const none = await cli(["backups", "--state-dir", `${root}/absent`]);
+    assertEquals([none.code, none.stdout], [0, `No backups in ${root}/absent\n`]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
