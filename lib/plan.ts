@@ -337,6 +337,23 @@ function planVm(
   plan.warnings.push(...resolution.warnings);
   plan.errors.push(...context.globalErrors.map((e) => ({ ...e, vm })), ...resolution.errors);
   const currentAddresses = domain.hostdevs.map((h) => h.address);
+  const bootRules = resolution.rules.filter((r) =>
+    r.rule.bootOrder !== undefined && r.devices.length > 0
+  );
+  const os = /<os\b[^>]*>([\s\S]*?)<\/os>/.exec(xml)?.[1] ?? "";
+  if (bootRules.length > 0 && /<boot\s+dev=/.test(os)) {
+    // libvirt refuses per-device boot order next to <os><boot dev=...>: say so before apply.
+    for (const r of bootRules) {
+      plan.errors.push({
+        code: "boot-order-conflict",
+        message:
+          `Rule "${r.rule.name}" sets boot_order but VM "${vm}" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
+        vm,
+        rule: r.rule.name,
+        location: r.rule.location,
+      });
+    }
+  }
   if (plan.errors.length > 0) {
     // A refused VM keeps its definition exactly as it is; stale hostdevs are still reported.
     for (const have of domain.hostdevs) {

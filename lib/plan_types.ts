@@ -22,7 +22,8 @@ export type IssueCode =
   | "drift"
   | "moved"
   | "unknown-vm"
-  | "vm-running";
+  | "vm-running"
+  | "boot-order-conflict";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {

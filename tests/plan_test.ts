@@ -6,7 +6,9 @@
 
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
+import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
+import { Connection } from "../ffi/connection.ts";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { parseDomainXml } from "../lib/domain_xml.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
@@ -418,6 +420,13 @@ Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", asy
   });
 });
 
+const DISK_BOOT = `
+      <disk type='file' device='disk'>
+        <source file='/var/lib/libvirt/images/boot.qcow2'/>
+        <target dev='vdb' bus='virtio'/>
+        <boot order='1'/>
+      </disk>`;
+
 Deno.test("planHostdevs() gives boot_order to the rule's first matched device only", async () => {
   const cfg = config(`  win10:
     devices:
@@ -425,13 +434,95 @@ Deno.test("planHostdevs() gives boot_order to the rule's first matched device on
         match: { vendor_id: "10de" }
         boot_order: 2
 `);
-  await withPort([WIN10], (libvirt) => {
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
     const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals(vm.errors, []);
     // Boot order must be unique in a domain: group members and further matches get none.
     assertEquals(vm.add.map((a) => [a.address, a.spec.bootOrder]), [
       ["0000:01:00.0", 2],
       ["0000:01:00.1", undefined],
     ]);
     assertMatch(vm.desiredXml, /<boot order='2'\/>/);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals(again.changed, false);
   });
+});
+
+Deno.test("planHostdevs() refuses boot_order for a domain that boots by <os><boot dev>", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        boot_order: 1
+`);
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertMatch(vm.currentXml, /<boot dev='hd'\/>/);
+    assertEquals(vm.errors.map((e) => e.code), ["boot-order-conflict"]);
+    assertEquals(
+      vm.errors[0]!.message,
+      `Rule "gpu" sets boot_order but VM "win10" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
+    );
+    assertEquals(vm.desiredXml, vm.currentXml);
+  });
+});
+
+const noDaemon = libvirtdUnavailable();
+
+Deno.test({
+  name: "planHostdevs() is idempotent on a real QEMU libvirtd that adds guest addresses" +
+    (noDaemon === null ? "" : ` (skipped: ${noDaemon})`),
+  ignore: noDaemon !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using libvirt = openLibvirtPort(daemon.uri);
+    const name = `pt-plan-${crypto.randomUUID().slice(0, 8)}`;
+    // Definitions can outlive the daemon when its state is not isolated: undefine at the end.
+    using _cleanup = {
+      [Symbol.dispose]() {
+        using conn = Connection.open(daemon.uri);
+        try {
+          using dom = conn.lookupDomainByName(name);
+          dom.undefine();
+        } catch {
+          // Never defined: nothing to clean up.
+        }
+      },
+    };
+    libvirt.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+  </devices>
+</domain>
+`);
+    const cfg = config(`  ${name}:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        multifunction: true
+        boot_order: 2
+        rom: { bar: "on" }
+`);
+    const first = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals(first.errors, []);
+    libvirt.define(first.desiredXml);
+    const stored = libvirt.getPersistentXml(name);
+    // The QEMU driver keeps our guest slot and multifunction flag.
+    assertMatch(stored, /slot='0x10' function='0x0' multifunction='on'/);
+    const second = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals([second.changed, second.add, second.remove], [false, [], []]);
+    assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
+  },
 });
