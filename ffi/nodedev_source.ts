@@ -23,14 +23,15 @@ export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): vo
  * import { Connection } from "./connection.ts";
  * import { nodeDeviceSource } from "./nodedev_source.ts";
  * import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
- * const path = `${Deno.makeTempDirSync()}/world.xml`;
+ * const dir = Deno.makeTempDirSync();
+ * const path = `${dir}/world.xml`;
  * Deno.writeTextFileSync(path, nodeDeviceWorldXml({ devices: [{ bdf: "0000:01:00.0", group: 1,
  *   class: "0x030000", vendor: "0x10de", device: "0x1b80", subsystem_vendor: null,
  *   subsystem_device: null, driver: null, revision: null }] }));
  * using conn = Connection.open(`test://${path}`, { readOnly: true });
  * const xmls = nodeDeviceSource(conn).listPciNodeDeviceXml();
  * if (xmls.length !== 1 || !xmls[0]?.includes("<bus>1</bus>")) throw new Error("unexpected XML");
- * Deno.removeSync(path);
+ * Deno.removeSync(dir, { recursive: true });
  * ```
  */
 export function nodeDeviceSource(conn: Connection): NodeDeviceSource {
