@@ -55,7 +55,9 @@ export type ApplyEffect = "next-start" | "next-power-off" | "now";
 
 /** Hot-plug results for a running VM (`live: true`). */
 export interface LiveChange {
+  /** Host addresses detached from the running guest. */
   detached: PciAddress[];
+  /** Host addresses attached to the running guest. */
   attached: PciAddress[];
   /** One sentence per failed attach or detach. */
   errors: string[];
@@ -63,13 +65,17 @@ export interface LiveChange {
 
 /** The outcome for one VM. Plain data. */
 export interface VmApplyResult {
+  /** The VM's name. */
   vm: string;
+  /** What happened. */
   status: ApplyStatus;
+  /** Why, as a machine-readable code. */
   code: ApplyCode;
   /** One sentence for humans. */
   message: string;
-  /** Host addresses of PCI hostdevs the definition gains and loses. */
+  /** Host addresses of PCI hostdevs the definition gains. */
   added: PciAddress[];
+  /** Host addresses of PCI hostdevs the definition loses. */
   removed: PciAddress[];
   /** Whether the VM was running at apply time (`null` when not asked). */
   active: boolean | null;
@@ -85,15 +91,21 @@ export interface VmApplyResult {
 
 /** The whole outcome. Plain data (`apply --json` prints it as is). */
 export interface ApplyReport {
+  /** The libvirt URI applied through. */
   uri: string;
+  /** The state directory holding the backups. */
   stateDir: string;
   /** The dead holder of a stale lock that was broken, if any. */
   brokeStaleLock: LockHolder | null;
+  /** One result per VM of the plan, in plan order. */
   vms: VmApplyResult[];
-  /** Names by outcome. */
+  /** VMs whose definition changed. */
   changed: string[];
+  /** VMs with nothing to change. */
   unchanged: string[];
+  /** VMs not applied: declined, quit, or refused by the plan. */
   skipped: string[];
+  /** VMs whose apply failed (see each result's message). */
   failed: string[];
   /** Changed VMs whose hot-plug failed (their definitions did change). */
   liveFailed: string[];
@@ -103,6 +115,7 @@ export interface ApplyReport {
 
 /** Options for {@link applyPlan}. */
 export interface ApplyOptions {
+  /** The libvirt connection to re-read and define through. */
   libvirt: LibvirtPort;
   /** The state directory path (checked and created by {@link applyPlan}). */
   stateDir: string;

@@ -28,10 +28,13 @@ export type BackupReason = "apply" | "rollback";
 export interface BackupEntry {
   /** The backup's id: its file name without `.xml` (`20261124T032101.123Z-1b2c3d4e`). */
   id: string;
+  /** The VM's name. */
   vm: string;
+  /** The VM's uuid when the backup was taken. */
   uuid: string;
   /** When it was taken, ISO 8601 UTC. */
   time: string;
+  /** Why the backup was taken. */
   reason: BackupReason;
   /** sha256 of the XML file, lower-case hex. */
   sha256: string;
@@ -43,11 +46,15 @@ export interface BackupEntry {
 
 /** What {@link writeBackup} records. */
 export interface BackupInput {
+  /** The VM's name. */
   vm: string;
+  /** The VM's uuid. */
   uuid: string;
   /** The persistent definition, fetched with `VIR_DOMAIN_XML_SECURE`. */
   xml: string;
+  /** Why the backup is taken. */
   reason: BackupReason;
+  /** The libvirt URI the XML was read from. */
   uri: string;
   /** The clock, for tests. Default: now. */
   now?: Date;
@@ -55,7 +62,9 @@ export interface BackupInput {
 
 /** No backup matches what was asked for. */
 export class BackupNotFoundError extends Error {
+  /** The error's name. */
   override name = "BackupNotFoundError";
+  /** The VM asked for. */
   readonly vm: string;
   /** The `--to` reference, or `null` when the newest backup was asked for. */
   readonly ref: string | null;
@@ -74,6 +83,7 @@ export class BackupNotFoundError extends Error {
 
 /** A backup file is unreadable as a backup: bad sidecar, or the XML no longer matches its hash. */
 export class BackupIntegrityError extends Error {
+  /** The error's name. */
   override name = "BackupIntegrityError";
   /** The file at fault. */
   readonly path: string;

@@ -20,7 +20,9 @@ import { writeAllSync } from "./state_dir.ts";
 
 /** Who holds (or held) a lock, as written in the lock file. */
 export interface LockHolder {
+  /** The holder's process id. */
   pid: number;
+  /** The holder's host name. */
   host: string;
   /** ISO 8601 UTC. */
   startedAt: string;
@@ -30,6 +32,7 @@ export interface LockHolder {
 
 /** Another live process holds the lock. */
 export class LockHeldError extends Error {
+  /** The error's name. */
   override name = "LockHeldError";
   /** The lock file. */
   readonly path: string;
@@ -50,8 +53,11 @@ export class LockHeldError extends Error {
 
 /** A lock left by a dead process, when the caller asked not to break it. */
 export class StaleLockError extends Error {
+  /** The error's name. */
   override name = "StaleLockError";
+  /** The lock file. */
   readonly path: string;
+  /** The dead holder, or `null` when the file could not be read as a lock. */
   readonly holder: LockHolder | null;
 
   /** Builds the error naming the dead holder. */

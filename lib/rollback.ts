@@ -20,7 +20,9 @@ import { hasSignificantChanges } from "./diff.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
+  /** The VM to restore. */
   vm: string;
+  /** The backup that would be restored. */
   backup: BackupEntry;
   /** The definition now (with secrets), or `null` when the VM is not defined any more. */
   currentXml: string | null;
@@ -32,7 +34,9 @@ export interface RollbackPreview {
 
 /** Options for {@link rollbackVm}. */
 export interface RollbackOptions {
+  /** The libvirt connection to read and define through. */
   libvirt: LibvirtPort;
+  /** The state directory path (checked and created). */
   stateDir: string;
   /** A backup id, file name or path as `backups` lists it; default: the newest. */
   backup?: string;
@@ -47,8 +51,11 @@ export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
 
 /** The outcome of a rollback. Plain data. */
 export interface RollbackReport {
+  /** The VM. */
   vm: string;
+  /** What happened. */
   status: RollbackStatus;
+  /** One sentence for humans. */
   message: string;
   /** The backup restored (or that would have been). */
   backup: BackupEntry;
@@ -56,17 +63,21 @@ export interface RollbackReport {
   safetyBackup: BackupEntry | null;
   /** Whether the VM was running (then the restored definition applies at its next power-off). */
   active: boolean;
+  /** The dead holder of a stale lock that was broken, if any. */
   brokeStaleLock: LockHolder | null;
 }
 
 /** The backup belongs to another domain than the VM it would be restored into. */
 export class BackupMismatchError extends Error {
+  /** The error's name. */
   override name = "BackupMismatchError";
+  /** The VM asked for. */
   readonly vm: string;
   /** The uuid of the VM now. */
   readonly vmUuid: string;
   /** The name and uuid the backup holds. */
   readonly backupName: string;
+  /** The uuid the backup holds. */
   readonly backupUuid: string;
   /** The backup file. */
   readonly path: string;

@@ -29,6 +29,7 @@ export type StateDirProblem =
 
 /** The state directory (or a directory inside it) is unsafe or unusable. */
 export class StateDirError extends Error {
+  /** The error's name. */
   override name = "StateDirError";
   /** The offending path. */
   readonly path: string;
