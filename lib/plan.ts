@@ -69,8 +69,12 @@ export interface ResolveOptions {
   records?: ReadonlyMap<string, readonly DeviceIdentity[]>;
   /** Per VM: the host addresses its definition holds now. */
   current?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
-  /** Devices held now by domains the config does not name (they count for group conflicts). */
-  foreign?: ReadonlyMap<string, readonly PciAddress[]>;
+  /**
+   * Devices that stay where they are whatever this plan does, per domain: every hostdev of a
+   * domain the config does not name or the plan leaves out, and the hand-added hostdevs of the
+   * planned ones. They count for group conflicts.
+   */
+  held?: ReadonlyMap<string, readonly PciAddress[]>;
 }
 
 /** The whole-host issues: `no-iommu` (an error) and `acs-override` (a warning). */
@@ -129,8 +133,7 @@ export function resolveConfig(
     }
     claims.push(...byGroup.values());
   }
-  for (const [vm, addresses] of options.foreign ?? []) {
-    if (out.has(vm)) continue;
+  for (const [vm, addresses] of options.held ?? []) {
     const byGroup = new Map<number, PciAddress[]>();
     for (const address of addresses) {
       const group = groupOf.get(address);
@@ -271,27 +274,34 @@ export function planHostdevs(options: PlanOptions): Plan {
   const configured = new Set(config.vms.map((v) => v.name));
   const domains = new Map(libvirt.listDomains().map((d) => [d.name, d]));
   const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
-  const foreign = new Map<string, PciAddress[]>();
+  const selected = options.vms ?? config.vms.map((v) => v.name);
+  const planned = new Set(selected);
+  const held = new Map<string, PciAddress[]>();
   for (const name of domains.keys()) {
     const xml = libvirt.getPersistentXml(name);
     let domain: ParsedDomain;
     try {
       domain = parseDomainXml(xml);
     } catch (error) {
-      if (configured.has(name)) throw error;
+      if (configured.has(name)) {
+        throw new Error(`Cannot read the definition of VM "${name}"`, { cause: error });
+      }
+      // Another tool's domain we cannot read: its devices cannot be checked for conflicts.
       continue;
     }
     if (configured.has(name)) parsed.set(name, { xml, domain });
-    else foreign.set(name, domain.hostdevs.map((h) => h.address));
+    held.set(
+      name,
+      domain.hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address),
+    );
   }
   const records = new Map([...parsed].map(([n, p]) => [n, p.domain.records]));
   const current = new Map(
     [...parsed].map(([n, p]) => [n, new Set(p.domain.hostdevs.map((h) => h.address))]),
   );
-  const resolved = resolveConfig(config, host, { records, current, foreign });
+  const resolved = resolveConfig(config, host, { records, current, held });
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
 
-  const selected = options.vms ?? config.vms.map((v) => v.name);
   for (const name of selected) {
     const entry = parsed.get(name);
     const resolution = resolved.get(name);

@@ -526,3 +526,45 @@ Deno.test({
     assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
   },
 });
+
+Deno.test("planHostdevs() refuses a device another configured VM holds as a hand-added hostdev", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:1533" }
+  linux:
+    devices: []
+`);
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const plan = planHostdevs({ config: cfg, host: HOST, libvirt });
+    const [error] = vmOf(plan, "win10").errors;
+    assertEquals(error?.code, "device-assigned-twice");
+    assertEquals(error?.vms, ["linux", "win10"]);
+    assertMatch(error?.message ?? "", /\("linux" holds it in its definition now\)/);
+    // linux changes nothing and keeps its hand-added NIC.
+    assertEquals(vmOf(plan, "linux").errors, []);
+    assertEquals(vmOf(plan, "linux").changed, false);
+  });
+});
+
+Deno.test("planHostdevs() counts the current devices of configured VMs left out by vms", async () => {
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    // The GPU moves to linux in the config, but only linux is planned: win10 still holds it.
+    const cfg = config(`  win10:
+    devices: []
+  linux:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+`);
+    const only = planHostdevs({ config: cfg, host: HOST, libvirt, vms: ["linux"] });
+    assertEquals(only.vms.map((v) => v.name), ["linux"]);
+    assertEquals(vmOf(only, "linux").errors.map((e) => e.code), ["device-assigned-twice"]);
+    // Planned together, win10 releases it and linux takes it.
+    const both = planHostdevs({ config: cfg, host: HOST, libvirt });
+    assertEquals(vmOf(both, "win10").remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vmOf(both, "linux").add.map((a) => a.address), ["0000:01:00.0", "0000:01:00.1"]);
+  });
+});
