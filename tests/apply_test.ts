@@ -11,6 +11,9 @@ import { confirmVm, makeConfirm } from "../cli/confirm.ts";
 import type { CliIo } from "../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { rollbackVm } from "../lib/rollback.ts";
+import { loadConfig } from "../lib/config.ts";
+import { planHostdevs } from "../lib/plan.ts";
+import { loadHost } from "../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 
 const UUIDS: Record<string, string> = {
@@ -623,4 +626,22 @@ Deno.test({
         .outputSync();
     }
   },
+});
+
+Deno.test("applyPlan() with the real planner converges: planning again right after finds no changes", async () => {
+  await using demo = await demoSetup();
+  const config = await loadConfig(`${DEMO}passthrough_config.yaml`);
+  const host = await loadHost(`${demo.root}/sysfs`);
+  using port = openLibvirtPort(`test://${DEMO}world.xml`);
+  const stateDir = `${demo.root}/state`;
+  const first = planHostdevs({ config, host, libvirt: port });
+  assertEquals(first.vms.filter((vm) => vm.changed).map((vm) => vm.name), ["win10", "gentoo"]);
+  const report = await applyPlan(first, { libvirt: port, stateDir, confirm: yes });
+  assertEquals([report.changed, report.ok], [["win10", "gentoo"], true]);
+
+  const second = planHostdevs({ config, host, libvirt: port });
+  assertEquals(second.vms.map((vm) => vm.changed), [false, false]);
+  const again = await applyPlan(second, { libvirt: port, stateDir, confirm: yes });
+  assertEquals([again.changed, again.unchanged], [[], ["win10", "gentoo"]]);
+  assertEquals(listBackups(stateDir).length, 2);
 });
