@@ -1,3 +1,4 @@
+import fc from "fast-check";
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { closeOverGroups, findGroupConflicts } from "../lib/closure.ts";
@@ -219,5 +220,43 @@ Deno.test("findGroupConflicts() names a domain outside the config that holds par
   assertMatch(
     issue?.message ?? "",
     /^IOMMU group 30 is split between VMs "old-vm" and "win10" \(0000:0b:00\.0, 0000:0b:00\.1\) \("old-vm" holds it in its definition now\)/,
+  );
+});
+
+Deno.test("closeOverGroups() on every real host: whole groups, never a bridge, matched devices first", () => {
+  const names = [...Deno.readDirSync(HOSTS)]
+    .map((e) => e.name)
+    .filter((n) => n.endsWith(".json") && n !== "cases.json")
+    .map((n) => n.replace(/\.json$/, ""));
+  fc.assert(
+    fc.property(
+      fc.constantFrom(...names),
+      fc.nat(),
+      fc.boolean(),
+      (name, pick, wholeGroup) => {
+        const host = realHost(name);
+        const endpoints = host.devices.filter((d) => !d.isBridge);
+        const target = endpoints[pick % endpoints.length]!;
+        const cfg = config(`  vm:
+    devices:
+      - match: { address: "${target.address}" }
+        iommu_group: ${wholeGroup}
+        allow_host_critical: true
+`);
+        const closed = closeVm(cfg, host);
+        const got = closed.devices.map((d) => d.device.address);
+        const members = host.groups.find((g) => g.group === target.iommuGroup)?.devices ?? [];
+        const expected = wholeGroup
+          ? members.filter((m) => !m.isBridge).map((m) => m.address)
+          : [target.address];
+        assertEquals(got, expected);
+        assertEquals(closed.devices.filter((d) => d.device.isBridge), []);
+        assertEquals(closed.devices.filter((d) => d.reason === "matched").map((d) => d.device), [
+          target,
+        ]);
+        assertEquals(closed.errors, []);
+      },
+    ),
+    { numRuns: 300 },
   );
 });
