@@ -1,14 +1,17 @@
 /**
  * Every request of `tests/fixtures/hosts/cases.json` (real hosts' IOMMU listings with the outcome
  * a correct tool reaches) through config → match → closure, asserting exactly the expected
- * devices, errors, candidates and warnings.
+ * devices, errors, candidates and warnings; then every case with a device set through the whole
+ * planner against libvirt's test driver, applied and planned again.
  */
 
 import { assertEquals, assertOk } from "./helpers/assert.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import type { HostDescription } from "../lib/host_tree.ts";
-import { resolveConfig } from "../lib/plan.ts";
+import { planHostdevs, resolveConfig } from "../lib/plan.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
 import type { HostTopology } from "../lib/types.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
@@ -117,5 +120,38 @@ for (const c of cases) {
         [],
       );
     }
+  });
+}
+
+function worldFor(vms: string[]): string {
+  const domains = vms.map((vm, i) =>
+    `  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${vm}</name>
+    <uuid>00000000-0000-4000-8000-${i.toString(16).padStart(12, "0")}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices/>
+    <test:runstate>5</test:runstate>
+  </domain>`
+  );
+  return `<node>\n${domains.join("\n")}\n  ${COMPUTER_DEVICE}\n</node>\n`;
+}
+
+for (const c of cases.filter((c) => c.expect.devices !== undefined)) {
+  Deno.test(`case ${c.id} through planHostdevs(): exactly the expected hostdevs, then no change`, async () => {
+    const extra = c.expect.warn === "group-contains-host-critical"
+      ? "\n        allow_host_critical: true"
+      : "";
+    const config = parseConfig(configFor(c, extra), { file: `${c.id}.yaml` });
+    await using world = await writeTempWorld(worldFor(config.vms.map((v) => v.name)));
+    using libvirt = openLibvirtPort(world.uri);
+    const first = planHostdevs({ config, host: host(c.host), libvirt });
+    const vm = first.vms.find((v) => v.name === c.vm)!;
+    assertEquals(vm.errors, []);
+    assertEquals(vm.hostdevs, c.expect.devices);
+    for (const other of first.vms) libvirt.define(other.desiredXml);
+    const second = planHostdevs({ config, host: host(c.host), libvirt });
+    assertEquals(second.vms.map((v) => v.changed), second.vms.map(() => false));
+    assertEquals(second.vms.find((v) => v.name === c.vm)?.keep, c.expect.devices);
   });
 }
