@@ -17,7 +17,7 @@ import { renderPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { renderApplyReport } from "./render_apply.ts";
 import { applyPlan } from "../lib/apply.ts";
-import { describeHolder } from "../lib/lock.ts";
+import { acquireLock, describeHolder } from "../lib/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
 
 const HELP = `Usage: passthrough apply [options]
@@ -57,8 +57,10 @@ export const applyCommand: Command = {
       throw new UsageError("--json needs --yes: questions would mix with the JSON");
     }
     const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-    // Checked (and created) before planning, so an unusable state directory fails first.
-    openStateDir(stateDir);
+    // Checked, created and locked before planning, so an unusable state directory or a
+    // concurrent run fails before any work.
+    const state = openStateDir(stateDir);
+    using lock = acquireLock(state.path, { command: "apply" });
     using computed = await computePlan(values, io);
     const { plan } = computed;
     if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);
@@ -67,6 +69,7 @@ export const applyCommand: Command = {
       stateDir,
       confirm: makeConfirm(io, { yes: values.yes }),
       live: values.live,
+      lock,
     });
     if (report.brokeStaleLock !== null && values.json) {
       io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -11,7 +11,7 @@ import { confirmYesNo } from "./confirm.ts";
 import { painter } from "./colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { renderDomainDiff } from "../lib/diff.ts";
-import { describeHolder } from "../lib/lock.ts";
+import { acquireLock, describeHolder } from "../lib/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
 
@@ -77,11 +77,13 @@ export const rollbackCommand: Command = {
       throw new UsageError("--json needs --yes: questions would mix with the JSON");
     }
     const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-    openStateDir(stateDir);
+    const state = openStateDir(stateDir);
+    using lock = acquireLock(state.path, { command: "rollback" });
     using libvirt = openLibvirtPort(values.connect ?? null);
     const report = await rollbackVm(vm, {
       libvirt,
       stateDir,
+      lock,
       ...(values.to !== undefined ? { backup: values.to } : {}),
       confirm: values.yes ? () => Promise.resolve(true) : (preview) => askRollback(io, preview),
     });

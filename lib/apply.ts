@@ -26,7 +26,8 @@ import type { Plan, VmPlan } from "./plan_types.ts";
 import type { PciAddress } from "./types.ts";
 import { type DomainHostdev, parseDomainXml } from "./domain_xml.ts";
 import { type BackupEntry, writeBackup } from "./backups.ts";
-import { acquireLock, type LockHolder } from "./lock.ts";
+import { join } from "node:path";
+import { acquireLock, type LockHolder, type StateLock } from "./lock.ts";
 import { openStateDir, type StateDir } from "./state_dir.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
@@ -125,6 +126,11 @@ export interface ApplyOptions {
   live?: boolean;
   /** The clock, for backup names in tests. */
   now?: () => Date;
+  /**
+   * A lock the caller already holds on this state directory (the CLI takes it before planning,
+   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   */
+  lock?: StateLock;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -212,7 +218,11 @@ interface PendingLive {
  */
 export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
   const state = openStateDir(options.stateDir);
-  using lock = acquireLock(state.path, { command: "apply" });
+  using owned = options.lock === undefined ? acquireLock(state.path, { command: "apply" }) : null;
+  const lock = options.lock ?? owned!;
+  if (lock.path !== join(state.path, "lock")) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  }
   const results: VmApplyResult[] = [];
   const pendingLive: PendingLive[] = [];
   let answerAll = false;

@@ -13,7 +13,8 @@
 import type { LibvirtPort } from "./libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "./backups.ts";
 import { parseDomainXml } from "./domain_xml.ts";
-import { acquireLock, type LockHolder } from "./lock.ts";
+import { join } from "node:path";
+import { acquireLock, type LockHolder, type StateLock } from "./lock.ts";
 import { openStateDir } from "./state_dir.ts";
 import { describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "./diff.ts";
@@ -44,6 +45,11 @@ export interface RollbackOptions {
   confirm: (preview: RollbackPreview) => Promise<boolean>;
   /** The clock, for backup names in tests. */
   now?: () => Date;
+  /**
+   * A lock the caller already holds on this state directory (the CLI takes it before planning,
+   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   */
+  lock?: StateLock;
 }
 
 /** What happened. */
@@ -122,7 +128,13 @@ function errorText(error: unknown): string {
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt } = options;
   const state = openStateDir(options.stateDir);
-  using lock = acquireLock(state.path, { command: "rollback" });
+  using owned = options.lock === undefined
+    ? acquireLock(state.path, { command: "rollback" })
+    : null;
+  const lock = options.lock ?? owned!;
+  if (lock.path !== join(state.path, "lock")) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  }
   const backup = findBackup(state, vm, options.backup);
   const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);

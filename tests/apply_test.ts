@@ -1,4 +1,10 @@
-import { assertEquals, assertMatch, assertOk, assertRejects } from "./helpers/assert.ts";
+import {
+  assertEquals,
+  assertMatch,
+  assertOk,
+  assertRejects,
+  assertThrows,
+} from "./helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
 import { listBackups, readBackupXml } from "../lib/backups.ts";
@@ -644,4 +650,32 @@ Deno.test("applyPlan() with the real planner converges: planning again right aft
   const again = await applyPlan(second, { libvirt: port, stateDir, confirm: yes });
   assertEquals([again.changed, again.unchanged], [[], ["win10", "gentoo"]]);
   assertEquals(listBackups(stateDir).length, 2);
+});
+
+Deno.test("passthrough apply fails fast naming the holder of the lock, and breaks a stale one", async () => {
+  await using demo = await demoSetup();
+  const stateDir = `${demo.root}/state`;
+  Deno.mkdirSync(stateDir, { mode: 0o700 });
+  {
+    using _held = acquireLock(stateDir, { command: "rollback" });
+    const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes"]);
+    assertEquals(result.code, 1);
+    assertMatch(
+      result.stderr,
+      new RegExp(`Another passthrough rollback holds the lock .*pid ${Deno.pid}`),
+    );
+    // It failed before planning: nothing printed, nothing backed up.
+    assertEquals([result.stdout, listBackups(stateDir)], ["", []]);
+  }
+  const dead = {
+    pid: 999999,
+    host: "gone",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    command: "apply",
+  };
+  Deno.writeTextFileSync(`${stateDir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes"]);
+  assertEquals(result.code, 0, result.stderr);
+  assertMatch(result.stdout, /stale lock left by pid 999999/);
+  assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);
 });
