@@ -238,7 +238,7 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
   };
   switch (schema.type) {
     case "string": {
-      if (!isScalar(n)) return wrongType("a string");
+      if (!isScalar(n)) return wrongType("a string", 'write a single value, quoted: "..."');
       let value = n.value;
       // YAML reads `device_id: 2684`, `vendor_id: 0x10de`, `class: 0300` and `slot: 3` as
       // numbers (0x10de as 4318, 0300 as 300): for IDs, classes and slots take the text as written.
@@ -246,7 +246,7 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
         const source = (n.srcToken as { source?: unknown } | undefined)?.source;
         if (typeof source === "string") value = source;
       }
-      if (typeof value !== "string") return wrongType("a string");
+      if (typeof value !== "string") return wrongType("a string", 'quote the value: "..."');
       if (schema.enum) {
         if (!schema.enum.includes(value)) {
           const near = nearest(value, schema.enum);
@@ -282,20 +282,34 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
     }
     case "integer": {
       if (!isScalar(n) || typeof n.value !== "number" || !Number.isInteger(n.value)) {
-        return wrongType("an integer");
+        return wrongType("an integer", "write a whole number without quotes, e.g. 1");
       }
       if (schema.const !== undefined && n.value !== schema.const) {
-        report(ctx, n, path, `Unsupported value ${n.value}: expected ${schema.const}`);
+        report(
+          ctx,
+          n,
+          path,
+          `Unsupported value ${n.value}: expected ${schema.const}`,
+          `write ${schema.const}`,
+        );
         return undefined;
       }
       if (schema.minimum !== undefined && n.value < schema.minimum) {
-        report(ctx, n, path, `Value ${n.value} is too small: the minimum is ${schema.minimum}`);
+        report(
+          ctx,
+          n,
+          path,
+          `Value ${n.value} is too small: the minimum is ${schema.minimum}`,
+          `use ${schema.minimum} or more`,
+        );
         return undefined;
       }
       return n.value;
     }
     case "boolean": {
-      if (!isScalar(n) || typeof n.value !== "boolean") return wrongType("true or false");
+      if (!isScalar(n) || typeof n.value !== "boolean") {
+        return wrongType("true or false", "write true or false without quotes");
+      }
       if (schema.const !== undefined && n.value !== schema.const) {
         report(
           ctx,
@@ -313,7 +327,7 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
       return n.items.map((item, i) => validate(item, schema.items, `${path}[${i}]`, ctx));
     }
     case "map": {
-      if (!isMap(n)) return wrongType("a mapping");
+      if (!isMap(n)) return wrongType("a mapping", "write NAME: followed by indented keys");
       const out: Record<string, unknown> = {};
       const pattern = new RegExp(schema.keyPattern);
       for (const pair of n.items) {
@@ -334,14 +348,25 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
       return out;
     }
     case "object": {
-      if (!isMap(n)) return wrongType("a mapping");
+      if (!isMap(n)) {
+        return wrongType(
+          "a mapping",
+          `write "key: value" pairs: ${Object.keys(schema.properties).join(", ")}`,
+        );
+      }
       const out: Record<string, unknown> = {};
       const known = Object.keys(schema.properties);
       for (const pair of n.items) {
         const keyNode = pair.key as Node;
         const key = isScalar(keyNode) ? keyNode.value : undefined;
         if (typeof key !== "string") {
-          report(ctx, keyNode, path, `Invalid key ${describeNode(keyNode)}`);
+          report(
+            ctx,
+            keyNode,
+            path,
+            `Invalid key ${describeNode(keyNode)}`,
+            "keys are plain words",
+          );
           continue;
         }
         const sub = schema.properties[key];
@@ -361,7 +386,7 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
       }
       for (const required of schema.required ?? []) {
         if (!n.items.some((p) => isScalar(p.key) && p.key.value === required)) {
-          report(ctx, n, path, `Missing key "${required}"`);
+          report(ctx, n, path, `Missing key "${required}"`, `add "${required}:"`);
         }
       }
       if (schema.minProperties !== undefined && n.items.length < schema.minProperties) {
@@ -477,7 +502,9 @@ export function parseConfig(text: string, options: { file: string }): Config {
           line: pos.line,
           column: pos.col,
           path: "",
-          hint: error.code === "DUPLICATE_KEY" ? "merge the two entries" : null,
+          hint: error.code === "DUPLICATE_KEY"
+            ? "merge the two entries"
+            : "check the indentation and quoting here",
         },
       ),
     );

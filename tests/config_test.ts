@@ -134,9 +134,9 @@ Deno.test("loadConfig() collects every problem of a file, in source order", asyn
       "vms.win10.devices[0].match.device_id",
       'expected up to 4 hex digits such as "10de" or "0x10de"',
     ],
-    [10, 16, "vms.win10.devices[0].count", null],
+    [10, 16, "vms.win10.devices[0].count", "use 1 or more"],
     [11, 25, "vms.win10.devices[1].match.class", 'did you mean "vga"?'],
-    [12, 18, "vms.win10.devices[1].managed", null],
+    [12, 18, "vms.win10.devices[1].managed", "write true or false without quotes"],
     [15, 9, "vms.linux.devices[0]", "keep one of them"],
   ]);
   assertMatch(error.message, /^Invalid config ".*typos\.yaml": 6 problems\n/);
@@ -157,8 +157,8 @@ vms:
     devices: { match: {} }
 `).map((e) => e.message.replace(/^c\.yaml:/, ""));
   assertEquals(got, [
-    '1:10: Unsupported value 2: expected 1 at "version"',
-    '5:9: Missing key "match" at "vms.vm.devices[0]"',
+    '1:10: Unsupported value 2: expected 1 at "version" (write 1)',
+    '5:9: Missing key "match" at "vms.vm.devices[0]" (add "match:")',
     '6:16: Empty mapping at "vms.vm.devices[1].match" (give at least one of vendor_id, device_id, vendor_device_id, driver, subsystem_vendor_id, subsystem_device_id, class, slot, serial, numa_node, address)',
     '7:27: Invalid pci-address "0000:0b:00.9" at "vms.vm.devices[2].match.address" (expected a PCI address such as "0000:0b:00.0" or "0b:00.0")',
     '8:16: Conflicting criteria: "vendor_id" is "1002" but "vendor_device_id" says "10de" at "vms.vm.devices[3].match.vendor_id" (give the ID once)',
@@ -180,6 +180,24 @@ vms:
     error?.message,
     'c.yaml:7:15: Duplicate rule name "gpu" in VM "vm" at "vms.vm.devices[1].name" (give each rule of a VM its own name)',
   );
+});
+
+Deno.test("parseConfig() gives every problem a hint", () => {
+  const errors = errorsOf(`version: "1"
+vms:
+  vm:
+    devices:
+      - match: { numa_node: "0", address: [1] }
+        multifunction: 1
+        rom: on
+`);
+  assertEquals(errors.map((e) => [e.path, e.hint]), [
+    ["version", "write a whole number without quotes, e.g. 1"],
+    ["vms.vm.devices[0].match.numa_node", "write a whole number without quotes, e.g. 1"],
+    ["vms.vm.devices[0].match.address", 'write a single value, quoted: "..."'],
+    ["vms.vm.devices[0].multifunction", "write true or false without quotes"],
+    ["vms.vm.devices[0].rom", 'write "key: value" pairs: bar, file'],
+  ]);
 });
 
 Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
