@@ -391,6 +391,19 @@ function applyVm(
   } catch (error) {
     return fail("read-failed", `Cannot read the definition of "${vm.name}": ${errorText(error)}`);
   }
+  let persistent = true;
+  try {
+    persistent = libvirt.listDomains().find((d) => d.name === vm.name)?.persistent ?? true;
+  } catch {
+    // Listing is only a safety net here; the reads above already proved the domain exists.
+  }
+  if (!persistent) {
+    // A transient domain has no persistent definition: defining one would make it permanent.
+    return fail(
+      "invalid-plan",
+      `Not applied to "${vm.name}": it is a transient domain, and defining it would make it persistent`,
+    );
+  }
   if (plain !== vm.currentXml && secure !== vm.currentXml) {
     return fail(
       "drift",
