@@ -101,6 +101,27 @@ export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings:
 /**
  * Resolves every VM's rules against `host`, closes them over IOMMU groups and checks the VMs
  * against each other. Pure: no libvirt.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { parseConfig } from "./config.ts";
+ * import { topologyFromDescription } from "./host_description.ts";
+ * const blank = { subsystem_vendor: null, subsystem_device: null, driver: null, revision: null };
+ * const host = topologyFromDescription({ devices: [
+ *   { bdf: "0000:01:00.2", group: 1, class: "0x020000", vendor: "0x15b3", device: "0x1016", ...blank },
+ *   { bdf: "0000:01:00.3", group: 1, class: "0x020000", vendor: "0x15b3", device: "0x1016", ...blank },
+ * ] }, { source: "example" });
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  vm1:\n    devices:\n      - match: { address: 01:00.2 }\n" +
+ *     "  vm2:\n    devices:\n      - match: { address: 01:00.3 }\n",
+ *   { file: "example.yaml" },
+ * );
+ * const vm2 = resolveConfig(config, host).get("vm2");
+ * assertEquals(vm2?.errors.map((e) => [e.code, e.group, e.vms]), [
+ *   ["group-shared-with-other-vm", 1, ["vm1", "vm2"]],
+ * ]);
+ * ```
  */
 export function resolveConfig(
   config: Config,
@@ -255,9 +276,24 @@ function emptyVmPlan(name: string, xml: string): VmPlan {
  * group conflicts); changes nothing.
  *
  * @example
- * ```ts ignore
- * const plan = planHostdevs({ config, host, libvirt: openLibvirtPort("qemu:///system") });
- * for (const vm of plan.vms) console.log(vm.name, vm.changed, vm.errors.map((e) => e.code));
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { openLibvirtPort } from "../ffi/port.ts";
+ * import { parseConfig } from "./config.ts";
+ * import { topologyFromDescription } from "./host_description.ts";
+ * const host = topologyFromDescription({ devices: [{
+ *   bdf: "0000:0b:00.0", group: 30, class: "0x030000", vendor: "0x10de", device: "0x1b06",
+ *   subsystem_vendor: null, subsystem_device: null, driver: "nvidia", revision: null,
+ * }] }, { source: "example" });
+ * // libvirt's built-in test world has one running domain, "test".
+ * using libvirt = openLibvirtPort("test:///default");
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  test:\n    devices:\n      - match: { vendor_device_id: 10de:1b06 }\n",
+ *   { file: "example.yaml" },
+ * );
+ * const [vm] = planHostdevs({ config, host, libvirt }).vms;
+ * assertEquals(vm?.add.map((a) => a.address), ["0000:0b:00.0"]);
+ * assertEquals(vm?.warnings.map((w) => w.code), ["host-driver-in-use", "vm-running"]);
  * ```
  */
 export function planHostdevs(options: PlanOptions): Plan {
