@@ -293,6 +293,20 @@ Deno.test("applyPlan() skips unchanged VMs and VMs with refusals without asking"
   assertEquals(hostdevs(f.port, "beta"), []);
 });
 
+Deno.test("applyPlan() applies nothing when the plan has a host-wide refusal", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  plan.errors.push({ code: "no-iommu", message: "The host has no IOMMU groups" });
+  const asked = answers("yes");
+  const report = await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: asked.confirm,
+  });
+  assertEquals([asked.asked, report.skipped, report.vms[0]?.code], [[], ["alpha"], "plan-errors"]);
+  assertEquals(hostdevs(f.port, "alpha"), []);
+});
+
 Deno.test("applyPlan() converges: a plan recomputed after apply has nothing to change", async () => {
   using f = fixture();
   const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
