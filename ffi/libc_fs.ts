@@ -45,6 +45,8 @@ const MISSING_ERRNO = new Set([
   61, /* ENODATA */
   5, /* EIO: some sysfs attributes fail reads on devices that lack them */
 ]);
+/** errno values a signal handler can leave behind: retry. */
+const TRANSIENT_ERRNO = new Set([4, /* EINTR */ 11 /* EAGAIN */]);
 const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 13: "EACCES", 24: "EMFILE" };
 
 let libc: Libc | null = null;
@@ -97,13 +99,25 @@ export function libcSysfsReader(): SysfsReader {
     const pointer = lib.__errno_location();
     return pointer === null ? 0 : new Deno.UnsafePointerView(pointer).getInt32(0);
   };
+  // errno is read after the call returns; a signal handler running in between (Deno's
+  // SIGCHLD handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean
+  // "missing" for open/read/readlink on files, so the call is simply repeated.
+  let lastErrno = 0;
+  const retrying = (call: () => number | bigint): number => {
+    for (let attempt = 0;; attempt++) {
+      const result = Number(call());
+      if (result >= 0) return result;
+      lastErrno = errno();
+      if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return result;
+    }
+  };
   const fail = (operation: string, path: string): null => {
-    const code = errno();
+    const code = lastErrno;
     if (MISSING_ERRNO.has(code)) return null;
     throw new LibcFsError(operation, path, code);
   };
   const readAll = (path: string, maxBytes: number): Uint8Array | null => {
-    const fd = lib.open(cString(path), O_RDONLY | O_CLOEXEC);
+    const fd = retrying(() => lib.open(cString(path), O_RDONLY | O_CLOEXEC));
     if (fd < 0) return fail("open", path);
     // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
     // per file (they cost microseconds in VMs); /proc files are read until 0 as usual, because
@@ -114,7 +128,7 @@ export function libcSysfsReader(): SysfsReader {
       let length = 0;
       while (length < maxBytes) {
         const want = maxBytes - length;
-        const n = Number(lib.read(fd, buffer.subarray(length), BigInt(want)));
+        const n = retrying(() => lib.read(fd, buffer.subarray(length), BigInt(want)));
         if (n < 0) return fail("read", path);
         if (n === 0) break;
         length += n;
@@ -127,7 +141,12 @@ export function libcSysfsReader(): SysfsReader {
   };
   return {
     listDir(path) {
-      const dir = lib.opendir(cString(path));
+      let dir = lib.opendir(cString(path));
+      for (let attempt = 0; dir === null && attempt < 8; attempt++) {
+        lastErrno = errno();
+        if (!TRANSIENT_ERRNO.has(lastErrno)) break;
+        dir = lib.opendir(cString(path));
+      }
       if (dir === null) return fail("open directory", path);
       const names: string[] = [];
       try {
@@ -150,7 +169,7 @@ export function libcSysfsReader(): SysfsReader {
       return readAll(path, maxBytes);
     },
     readLink(path) {
-      const n = Number(lib.readlink(cString(path), linkBuffer, BigInt(linkBuffer.length)));
+      const n = retrying(() => lib.readlink(cString(path), linkBuffer, BigInt(linkBuffer.length)));
       if (n < 0) return fail("read link", path);
       return decoder.decode(linkBuffer.subarray(0, n));
     },
