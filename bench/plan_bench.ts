@@ -13,6 +13,8 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import { generateHost } from "../lib/host_generator.ts";
+import { discoverHost } from "../lib/discovery.ts";
+import { buildHostTree } from "../lib/host_tree.ts";
 import { planHostdevs } from "../lib/plan.ts";
 import type { HostTopology } from "../lib/types.ts";
 import { COMPUTER_DEVICE } from "../tests/helpers/world.ts";
@@ -100,3 +102,22 @@ Deno.bench({
     };
   })(),
 });
+
+{
+  // The whole in-process path a `plan` run takes after startup: discovery of a 1,024-function
+  // sysfs tree (without lspci, which is a separate process), then planning 100 VMs.
+  const tree = `${dir}/sysfs-1024`;
+  buildHostTree(generateHost(1024), tree);
+  const config = parseConfig(
+    configText(await discoverHost({ root: tree, lspci: null }), 100),
+    { file: "bench.yaml" },
+  );
+  const libvirt = openLibvirtPort(`test://${dir}/world-100.xml`);
+  Deno.bench({
+    name: "discoverHost() + planHostdevs() 100 VMs on 1024 functions",
+    fn: async () => {
+      const host = await discoverHost({ root: tree, lspci: null });
+      planHostdevs({ config, host, libvirt });
+    },
+  });
+}
