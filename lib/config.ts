@@ -9,7 +9,16 @@
  * @module
  */
 
-import { isAlias, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
+import {
+  type Document,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  type Node,
+  parseDocument,
+} from "yaml";
 import {
   CLASS_NAMES,
   CONFIG_SCHEMA,
@@ -154,6 +163,7 @@ function nearest(word: string, options: readonly string[]): string | null {
 
 interface Context {
   file: string;
+  doc: Document.Parsed;
   lines: LineCounter;
   errors: ConfigError[];
 }
@@ -228,8 +238,13 @@ const FORMAT_HINTS: Record<StringFormat, string> = {
 
 function validate(node: unknown, schema: Schema, path: string, ctx: Context): unknown {
   if (isAlias(node)) {
-    report(ctx, node as Node, path, "YAML aliases are not supported", "write the value out");
-    return undefined;
+    // `*name` reuses an anchored block (shared rules): validate what it points to.
+    const target = node.resolve(ctx.doc);
+    if (target === undefined) {
+      report(ctx, node, path, `Unknown alias "*${node.source}"`, "define the anchor before it");
+      return undefined;
+    }
+    return validate(target, schema, path, ctx);
   }
   const n = node as Node | null | undefined;
   const wrongType = (expected: string, hint: string | null = null) => {
@@ -484,13 +499,14 @@ function normaliseMatch(
  * ```
  */
 export function parseConfig(text: string, options: { file: string }): Config {
-  const ctx: Context = { file: options.file, lines: new LineCounter(), errors: [] };
+  const lines = new LineCounter();
   const doc = parseDocument(text, {
-    lineCounter: ctx.lines,
+    lineCounter: lines,
     uniqueKeys: true,
     prettyErrors: false,
     keepSourceTokens: true,
   });
+  const ctx: Context = { file: options.file, doc, lines, errors: [] };
   for (const error of doc.errors) {
     const detail = error.message.replace(/ at line \d+, column \d+:[\s\S]*$/, "");
     const pos = error.linePos?.[0] ?? ctx.lines.linePos(error.pos[0]);
@@ -530,7 +546,8 @@ export function parseConfig(text: string, options: { file: string }): Config {
       const seen = new Set<string>();
       rules.forEach((rawRule, i) => {
         if (rawRule?.match === undefined) return;
-        const ruleNode = isSeq(devicesNode) ? devicesNode.items[i] : null;
+        const item = isSeq(devicesNode) ? devicesNode.items[i] : null;
+        const ruleNode = isAlias(item) ? item.resolve(doc) : item;
         const path = `vms.${vmName}.devices[${i}]`;
         const matchNode = isMap(ruleNode) ? ruleNode.get("match", true) : null;
         const match = normaliseMatch(rawRule.match, matchNode, `${path}.match`, ctx);

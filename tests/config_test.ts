@@ -200,6 +200,31 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() follows YAML anchors and aliases, and refuses unknown ones", () => {
+  const config = parseConfig(
+    `version: 1
+vms:
+  a:
+    devices:
+      - &gpu
+        name: gpu
+        match: &nvidia { vendor_id: "10de", class: vga }
+  b:
+    devices:
+      - *gpu
+      - name: audio
+        match: *nvidia
+`,
+    { file: "c.yaml" },
+  );
+  const [a, b] = config.vms;
+  assertEquals(a?.rules[0]?.match, b?.rules[0]?.match);
+  assertEquals(b?.rules[1]?.match.vendorId, "10de");
+  assertEquals(b?.rules[0]?.location, "c.yaml:6:9");
+  const [error] = errorsOf("version: 1\nvms:\n  a:\n    devices:\n      - *nothing\n");
+  assertMatch(error?.message ?? "", /^c\.yaml:5:9: /);
+});
+
 Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
   const [error] = errorsOf("version: 1\nvms:\n  vm:\n    devices: [\n");
   assertOk(error);
