@@ -7,6 +7,10 @@
  * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
  * owned) are exactly the planned ones, restoring the backup when they are not.
  *
+ * Secrets: the backup and the define use the XML read with `VIR_DOMAIN_XML_SECURE`. When the plan
+ * was computed from the XML without secrets, its line edits are carried over to the secure XML
+ * ({@link carrySecrets}), or the VM is refused (`secrets-missing`) rather than losing passwords.
+ *
  * A VM that fails does not stop the others: each VM's change is independent, and the report says
  * exactly which VMs changed, which were skipped and which failed. Problems that would affect every
  * VM (unusable state directory, lock held) are thrown before anything is defined.
@@ -20,7 +24,7 @@
  * @module
  */
 
-import { diffLines } from "diff";
+import { diffArrays, diffLines } from "diff";
 import type { LibvirtPort } from "./libvirt_port.ts";
 import type { Plan, VmPlan } from "./plan_types.ts";
 import type { PciAddress } from "./types.ts";
@@ -177,6 +181,47 @@ export function describeXmlChange(before: string, after: string): string {
     );
   }
   return parts.length > 0 ? parts.join("; ") : "whitespace only";
+}
+
+/**
+ * Re-applies the line edits that turn `plain` (a definition read without
+ * `VIR_DOMAIN_XML_SECURE`) into `desired` onto `secure` (the same definition with its secrets),
+ * so the secrets survive. Only possible when `plain` and `secure` differ line for line (secrets
+ * are attributes such as `passwd='...'` on lines both have) and no edited line is one that differs;
+ * otherwise returns `null`. Lines are aligned by position, never searched for, so an edit cannot
+ * land in the wrong place.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const plain = "<domain>\n  <graphics type='vnc'/>\n  <devices>\n  </devices>\n</domain>\n";
+ * const secure = plain.replace("type='vnc'", "type='vnc' passwd='pw'");
+ * const desired = plain.replace("  </devices>", "    <hostdev/>\n  </devices>");
+ * assertEquals(carrySecrets(plain, secure, desired), secure.replace("  </devices>", "    <hostdev/>\n  </devices>"));
+ * assertEquals(carrySecrets(plain, secure, plain.replace("  <graphics type='vnc'/>\n", "")), null);
+ * ```
+ */
+export function carrySecrets(plain: string, secure: string, desired: string): string | null {
+  const plainLines = plain.split("\n");
+  const secureLines = secure.split("\n");
+  if (plainLines.length !== secureLines.length) return null;
+  const out: string[] = [];
+  let index = 0;
+  for (const change of diffArrays(plainLines, desired.split("\n"))) {
+    if (change.added) {
+      out.push(...change.value);
+      continue;
+    }
+    for (let k = 0; k < change.value.length; k++, index++) {
+      const differs = plainLines[index] !== secureLines[index];
+      if (change.removed) {
+        if (differs) return null; // The edit removes a line that holds a secret.
+      } else {
+        out.push(secureLines[index] ?? "");
+      }
+    }
+  }
+  return out.join("\n");
 }
 
 function errorText(error: unknown): string {
@@ -412,12 +457,18 @@ function applyVm(
       }; run the plan again`,
     );
   }
+  let toDefine = vm.desiredXml;
   if (plain !== secure && vm.currentXml === plain) {
-    // The plan was computed from XML without secrets: defining it would erase them.
-    return fail(
-      "secrets-missing",
-      `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE), so defining it would drop them`,
-    );
+    // The plan was computed from the XML without secrets: carry its edits over to the XML with
+    // them, or refuse, since defining the plan's XML as is would erase passwords.
+    const carried = carrySecrets(plain, secure, vm.desiredXml);
+    if (carried === null) {
+      return fail(
+        "secrets-missing",
+        `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE) and its changes touch lines that hold them, so defining it would drop them`,
+      );
+    }
+    toDefine = carried;
   }
   if (uuid !== desired.uuid) {
     return fail(
@@ -454,7 +505,7 @@ function applyVm(
   base.backup = backup.path;
 
   try {
-    libvirt.define(vm.desiredXml);
+    libvirt.define(toDefine);
   } catch (error) {
     return {
       result: {

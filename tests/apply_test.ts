@@ -6,7 +6,7 @@ import {
   assertThrows,
 } from "./helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
-import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
+import { applyPlan, carrySecrets, type ConfirmAnswer } from "../lib/apply.ts";
 import { listBackups, readBackupXml } from "../lib/backups.ts";
 import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../lib/lock.ts";
@@ -212,17 +212,33 @@ Deno.test("applyPlan() does not overwrite a VM whose definition changed after th
   assertEquals(listBackups(f.stateDir, "beta"), []);
 });
 
-Deno.test("applyPlan() refuses a plan computed from XML without secrets", async () => {
+Deno.test("applyPlan() keeps secrets when the plan was computed from XML without them", async () => {
   using f = fixture();
   const vm = planVm(f.port, "vault", ["0000:01:00.0"], { secure: false });
+  assertOk(!vm.currentXml.includes("s3cret"));
   const report = await applyPlan(planOf(f.port, [vm]), {
     libvirt: f.port,
     stateDir: f.stateDir,
     confirm: yes,
   });
-  assertEquals(report.vms[0]?.code, "secrets-missing");
-  assertEquals(hostdevs(f.port, "vault"), []);
-  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("s3cret"));
+  assertEquals([report.changed, report.ok], [["vault"], true]);
+  assertEquals(hostdevs(f.port, "vault"), ["0000:01:00.0"]);
+  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("passwd='s3cret'"));
+});
+
+Deno.test("carrySecrets() refuses edits that touch a line holding a secret, or misaligned XML", () => {
+  const plain = "<domain>\n  <graphics type='vnc'/>\n  <devices>\n  </devices>\n</domain>";
+  const secure = plain.replace("type='vnc'", "type='vnc' passwd='pw'");
+  const edited = plain.replace("type='vnc'", "type='spice'");
+  assertEquals(carrySecrets(plain, secure, edited), null);
+  assertEquals(carrySecrets(plain, `${secure}\n<!-- extra -->`, plain), null);
+  assertEquals(carrySecrets(plain, secure, plain), secure);
+  // An edit elsewhere keeps the secret line as libvirt gave it.
+  const added = plain.replace("  </devices>", "    <hostdev/>\n  </devices>");
+  assertEquals(
+    carrySecrets(plain, secure, added),
+    secure.replace("  </devices>", "    <hostdev/>\n  </devices>"),
+  );
 });
 
 Deno.test("applyPlan() honours yes, no, all and quit answers", async () => {
