@@ -709,3 +709,108 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
   assertMatch(result.stdout, /stale lock left by pid 999999/);
   assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);
 });
+
+/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
+function canMount(): boolean {
+  try {
+    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "applyPlan() on a running QEMU guest (TCG): next-boot define, and --live reports libvirt's hot-plug refusal",
+  ignore: daemonMissing !== null || !canMount(),
+  async fn() {
+    // A running guest needs virtlogd, or `stdio_handler = "file"` in /etc/libvirt/qemu.conf: give
+    // the daemon that config in a private mount namespace instead of touching the host's.
+    const etc = await Deno.makeTempDir({ prefix: "passthrough-etc-libvirt-" });
+    try {
+      await new Deno.Command("cp", { args: ["-a", "/etc/libvirt/.", `${etc}/`] }).output();
+      await Deno.writeTextFile(`${etc}/qemu.conf`, 'stdio_handler = "file"\n');
+      const root = new URL("../", import.meta.url).pathname;
+      const code = `
+        import { startLibvirtd } from "./tests/helpers/libvirtd.ts";
+        import { openLibvirtPort } from "./ffi/port.ts";
+        import { applyPlan } from "./lib/apply.ts";
+        import { editDomainXml, parseDomainXml } from "./lib/domain_xml.ts";
+        await using daemon = await startLibvirtd();
+        using port = openLibvirtPort(daemon.uri);
+        const name = "pt-running-" + Deno.pid;
+        const virsh = (...args) => new TextDecoder().decode(
+          new Deno.Command("virsh", { args: ["-c", daemon.uri, ...args], stderr: "null" }).outputSync().stdout);
+        port.define("<domain type='qemu'><name>" + name + "</name><memory unit='MiB'>64</memory>" +
+          "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>" +
+          "<graphics type='vnc' autoport='yes' passwd='s3cret'/></devices></domain>");
+        virsh("start", name);
+        const record = (address) => ({ address, vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
+          subsystemDeviceId: null, classCode: "030000", serial: null, driver: null, rule: "gpu" });
+        const plan = (addresses) => {
+          const currentXml = port.getPersistentXml(name, { secure: true });
+          const have = parseDomainXml(currentXml).records;
+          const desiredXml = editDomainXml(currentXml, { remove: [],
+            add: addresses.map((address) => ({ address, managed: true })),
+            records: [...have, ...addresses.map(record)] });
+          return { config: "", host: "", uri: port.uri, errors: [], warnings: [], vms: [{ name,
+            hostdevs: [], add: [], remove: [], keep: [], move: [], reasoning: [], warnings: [],
+            errors: [], active: true, currentXml, desiredXml, changed: true }] };
+        };
+        const out = {};
+        try {
+          out.active = port.isActive(name);
+          const stateDir = daemon.dir + "/state";
+          const confirm = () => Promise.resolve("yes");
+          const first = await applyPlan(plan(["0000:42:00.0"]), { libvirt: port, stateDir, confirm });
+          out.first = { effect: first.vms[0].effect, ok: first.ok };
+          out.liveHostdevs = (virsh("dumpxml", name).match(/<hostdev/g) ?? []).length;
+          const second = await applyPlan(plan(["0000:43:00.0"]), { libvirt: port, stateDir, confirm, live: true });
+          out.second = { changed: second.changed, liveFailed: second.liveFailed, live: second.vms[0].live,
+            effect: second.vms[0].effect };
+          out.persistent = parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+          out.secretKept = port.getPersistentXml(name, { secure: true }).includes("s3cret");
+        } finally {
+          virsh("destroy", name);
+          virsh("undefine", name);
+        }
+        console.log(JSON.stringify(out));
+      `;
+      const output = await new Deno.Command("unshare", {
+        args: [
+          "-m",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          `mount --bind '${etc}' /etc/libvirt && exec '${Deno.execPath()}' eval --quiet "$0"`,
+          code,
+        ],
+        cwd: root,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stdout = new TextDecoder().decode(output.stdout).trim();
+      assertEquals(output.code, 0, new TextDecoder().decode(output.stderr));
+      const out = JSON.parse(stdout.split("\n").at(-1) ?? "{}");
+      assertEquals(out.active, true);
+      // The define changes only the next boot: the running guest has no hostdev.
+      assertEquals(out.first, { effect: "next-power-off", ok: true });
+      assertEquals(out.liveHostdevs, 0);
+      // LIVE-only hot-plug after the define: refused by QEMU here (no IOMMU), reported, and the
+      // persistent definition holds each planned device exactly once.
+      assertEquals(out.second.changed, [out.second.liveFailed[0]]);
+      assertEquals(out.second.effect, "next-power-off");
+      assertEquals(out.second.live.attached, []);
+      assertMatch(
+        out.second.live.errors[0],
+        /Cannot attach "0000:43:00\.0".*passthrough of host PCI devices/,
+      );
+      assertEquals(out.persistent, ["0000:42:00.0", "0000:43:00.0"]);
+      assertEquals(out.secretKept, true);
+    } finally {
+      await Deno.remove(etc, { recursive: true });
+    }
+  },
+});
