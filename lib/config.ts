@@ -24,12 +24,14 @@ import {
   CONFIG_SCHEMA,
   FORMAT_PATTERNS,
   type RawConfig,
+  type RawHostConfig,
   type RawMatch,
   type RawRule,
   type Schema,
   type StringFormat,
 } from "./config_schema.ts";
 import { canonicalPciAddress } from "./pci_address.ts";
+import { dirname, isAbsolute, join } from "node:path";
 import type { PciAddress } from "./types.ts";
 
 /** One problem in the config file, located in the source. */
@@ -118,6 +120,8 @@ export interface DeviceRule {
   multifunction: boolean;
   allowHostCritical: boolean;
   allowNoFlr: boolean;
+  /** The hosts this rule applies on (`host:`/`hosts:`); absent: every host its VM is on. */
+  hosts?: string[];
 }
 
 /** One VM of the config. */
@@ -125,6 +129,28 @@ export interface VmConfig {
   name: string;
   location: string;
   rules: DeviceRule[];
+  /** The hosts this VM is planned on (`host:`/`hosts:`); absent: every host. */
+  hosts?: string[];
+}
+
+/** How a host's PCI devices and IOMMU groups are discovered. */
+export type DiscoveryMode = "sysfs" | "libvirt";
+
+/** One host of a fleet config (the top-level `hosts:`). */
+export interface HostConfig {
+  /** The key under `hosts:`. */
+  name: string;
+  /** `file:line:col` of the key. */
+  location: string;
+  /** The libvirt URI (`connect:`). */
+  uri: string;
+  /** `discovery:` or its default: `sysfs` for a local URI, `libvirt` for a remote one. */
+  discovery: DiscoveryMode;
+  /**
+   * For `sysfs` discovery: the tree to read, relative paths resolved against the config file's
+   * folder; `/sys` when not given. `null` for `libvirt` discovery.
+   */
+  sysfs: string | null;
 }
 
 /** A validated, normalised config. */
@@ -133,6 +159,26 @@ export interface Config {
   version: 1;
   /** In file order. */
   vms: VmConfig[];
+  /** The top-level `hosts:` in file order; absent for a single-host config. */
+  hosts?: HostConfig[];
+}
+
+/**
+ * Whether a libvirt URI names another machine (`qemu+ssh://hv1/system`) rather than this one
+ * (`qemu:///system`, `test:///default`): a URI with a host part is remote.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(isRemoteUri("qemu+ssh://root@hv1/system"), true);
+ * assertEquals(isRemoteUri("qemu:///system?socket=/tmp/s"), false);
+ * ```
+ */
+export function isRemoteUri(uri: string): boolean {
+  const m = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?#]*)/.exec(uri);
+  if (m === null) return false;
+  const authority = (m[1] ?? "").replace(/^[^@]*@/, "").replace(/:\d*$/, "");
+  return authority !== "";
 }
 
 /** Edit distance, for "did you mean" hints. */
@@ -354,7 +400,7 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
             keyNode,
             path,
             `Invalid name ${describeNode(keyNode)}`,
-            "use the libvirt domain name",
+            schema.keyHint ?? "use the libvirt domain name",
           );
           continue;
         }
@@ -415,6 +461,102 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
       return out;
     }
   }
+}
+
+function normaliseHosts(
+  raw: Record<string, RawHostConfig | undefined>,
+  hostsNode: unknown,
+  ctx: Context,
+): HostConfig[] {
+  const hosts: HostConfig[] = [];
+  for (const [name, rawHost] of Object.entries(raw)) {
+    if (rawHost?.connect === undefined) continue;
+    const hostNode = isMap(hostsNode) ? hostsNode.get(name, true) : null;
+    const pair = isMap(hostsNode)
+      ? hostsNode.items.find((p) => isScalar(p.key) && p.key.value === name)
+      : undefined;
+    const path = `hosts.${name}`;
+    const remote = isRemoteUri(rawHost.connect);
+    // A given tree means sysfs discovery; otherwise a remote host can only be asked over libvirt.
+    const discovery: DiscoveryMode = rawHost.discovery ??
+      (rawHost.sysfs !== undefined ? "sysfs" : remote ? "libvirt" : "sysfs");
+    const node = (key: string) => (isMap(hostNode) ? hostNode.get(key, true) as Node : null);
+    let sysfs: string | null = null;
+    if (discovery === "libvirt" && rawHost.sysfs !== undefined) {
+      report(
+        ctx,
+        node("sysfs"),
+        `${path}.sysfs`,
+        `A sysfs tree is not read with discovery "libvirt"`,
+        'remove "sysfs:" or write "discovery: sysfs"',
+      );
+    } else if (discovery === "sysfs") {
+      if (rawHost.sysfs !== undefined) {
+        sysfs = isAbsolute(rawHost.sysfs) ? rawHost.sysfs : join(dirname(ctx.file), rawHost.sysfs);
+      } else if (remote) {
+        report(
+          ctx,
+          node("discovery") ?? hostNode as Node,
+          `${path}.discovery`,
+          `Host "${name}" is remote ("${rawHost.connect}"): this machine's /sys is not its sysfs`,
+          'write "discovery: libvirt", or give "sysfs:" a captured tree of that host',
+        );
+      } else {
+        sysfs = "/sys";
+      }
+    }
+    hosts.push({
+      name,
+      location: location(ctx, pair?.key),
+      uri: rawHost.connect,
+      discovery,
+      sysfs,
+    });
+  }
+  return hosts;
+}
+
+/** `host:`/`hosts:` of a VM or rule as a list (validated against the declared hosts). */
+function hostReferences(
+  raw: { host?: string; hosts?: string[] },
+  entryNode: unknown,
+  path: string,
+  declared: readonly string[] | null,
+  ctx: Context,
+): string[] | undefined {
+  const names = raw.host !== undefined ? [raw.host] : raw.hosts;
+  if (names === undefined) return undefined;
+  const key = raw.host !== undefined ? "host" : "hosts";
+  const keyNode = isMap(entryNode) ? entryNode.get(key, true) : null;
+  if (declared === null) {
+    report(
+      ctx,
+      keyNode as Node,
+      `${path}.${key}`,
+      `No hosts are declared: "${key}" names hosts of the top-level "hosts:"`,
+      'add a top-level "hosts:" mapping, or remove this key',
+    );
+    return undefined;
+  }
+  if (names.length === 0) {
+    report(ctx, keyNode as Node, `${path}.${key}`, "Empty host list", "name at least one host");
+    return undefined;
+  }
+  names.forEach((name, i) => {
+    if (declared.includes(name)) return;
+    const itemNode = raw.host !== undefined ? keyNode : isSeq(keyNode) ? keyNode.items[i] : keyNode;
+    const near = nearest(name, declared);
+    report(
+      ctx,
+      itemNode as Node,
+      raw.host !== undefined ? `${path}.host` : `${path}.hosts[${i}]`,
+      `Unknown host "${name}"`,
+      near
+        ? `did you mean "${near}"?`
+        : `declared hosts: ${declared.map((d) => `"${d}"`).join(", ")}`,
+    );
+  });
+  return [...new Set(names)];
 }
 
 function location(ctx: Context, node: unknown): string {
@@ -532,6 +674,25 @@ export function parseConfig(text: string, options: { file: string }): Config {
   }
   const raw = validate(doc.contents, CONFIG_SCHEMA, "", ctx) as RawConfig | undefined;
   const config: Config = { file: ctx.file, version: 1, vms: [] };
+  let declaredHosts: string[] | null = null;
+  if (raw?.hosts !== undefined && isMap(doc.contents)) {
+    const hostsNode = doc.contents.get("hosts", true);
+    config.hosts = normaliseHosts(
+      raw.hosts as Record<string, RawHostConfig | undefined>,
+      hostsNode,
+      ctx,
+    );
+    declaredHosts = Object.keys(raw.hosts);
+    if (declaredHosts.length === 0) {
+      report(
+        ctx,
+        hostsNode,
+        "hosts",
+        "Empty host list",
+        'declare at least one host, or remove "hosts:"',
+      );
+    }
+  }
   if (raw?.vms && isMap(doc.contents)) {
     const vmsNode = doc.contents.get("vms", true);
     for (const [vmName, rawVm] of Object.entries(raw.vms)) {
@@ -540,6 +701,10 @@ export function parseConfig(text: string, options: { file: string }): Config {
         ? vmsNode.items.find((p) => isScalar(p.key) && p.key.value === vmName)
         : undefined;
       const vm: VmConfig = { name: vmName, location: location(ctx, vmPair?.key), rules: [] };
+      const vmHosts = rawVm === undefined
+        ? undefined
+        : hostReferences(rawVm, vmNode, `vms.${vmName}`, declaredHosts, ctx);
+      if (vmHosts !== undefined) vm.hosts = vmHosts;
       config.vms.push(vm);
       const devicesNode = isMap(vmNode) ? vmNode.get("devices", true) : null;
       const rules = (rawVm?.devices ?? []) as (RawRule | undefined)[];
@@ -586,6 +751,24 @@ export function parseConfig(text: string, options: { file: string }): Config {
           rule.rom = rom;
         }
         if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
+        const ruleHosts = hostReferences(rawRule, ruleNode, path, declaredHosts, ctx);
+        if (ruleHosts !== undefined) {
+          const outside = vmHosts === undefined
+            ? []
+            : ruleHosts.filter((h) => !vmHosts.includes(h));
+          if (outside.length > 0) {
+            report(
+              ctx,
+              isMap(ruleNode)
+                ? ruleNode.get(rawRule.host !== undefined ? "host" : "hosts", true) as Node
+                : null,
+              `${path}.${rawRule.host !== undefined ? "host" : "hosts"}`,
+              `Rule names host "${outside[0]}" but VM "${vmName}" is not planned there`,
+              `the VM is limited to ${vmHosts!.map((h) => `"${h}"`).join(", ")}`,
+            );
+          }
+          rule.hosts = ruleHosts;
+        }
         vm.rules.push(rule);
       });
     }

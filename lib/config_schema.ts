@@ -67,6 +67,8 @@ export interface MapSchema {
   readonly description: string;
   readonly values: Schema;
   readonly keyPattern: string;
+  /** What to tell the user when a key does not fit `keyPattern`. */
+  readonly keyHint?: string;
 }
 
 /** Any schema node. */
@@ -182,12 +184,30 @@ const MATCH_SCHEMA = {
   },
 } as const satisfies ObjectSchema;
 
+/** Where a VM or rule applies: one host, or a list of hosts, named in the top-level `hosts:`. */
+const HOST_NAME_SCHEMA = {
+  type: "string",
+  description: "Name of a host declared under the top-level hosts: (limits this entry to it)",
+} as const satisfies StringSchema;
+
+const HOST_LIST_SCHEMA = {
+  type: "array",
+  description:
+    "Names of hosts declared under the top-level hosts: (limits this entry to them); absent: every host",
+  items: {
+    type: "string",
+    description: "Name of a host declared under the top-level hosts:",
+  },
+} as const satisfies ArraySchema;
+
 const RULE_SCHEMA = {
   type: "object",
   description: "One rule: which devices to pass through and how",
   required: ["match"],
-  exclusive: [["count", "all"]],
+  exclusive: [["count", "all"], ["host", "hosts"]],
   properties: {
+    host: HOST_NAME_SCHEMA,
+    hosts: HOST_LIST_SCHEMA,
     name: {
       type: "string",
       description: "Name of the rule (unique within the VM); derived from the match when omitted",
@@ -248,6 +268,31 @@ const RULE_SCHEMA = {
   },
 } as const satisfies ObjectSchema;
 
+/** One libvirt host of a fleet config. */
+const HOST_SCHEMA = {
+  type: "object",
+  description: "One libvirt host: how to reach it and how to discover its PCI devices",
+  required: ["connect"],
+  properties: {
+    connect: {
+      type: "string",
+      description:
+        'libvirt URI of the host ("qemu+ssh://root@hv1/system", "qemu:///system" for this machine)',
+    },
+    discovery: {
+      type: "string",
+      enum: ["sysfs", "libvirt"],
+      description:
+        "How to find the host's PCI devices and IOMMU groups: sysfs (a local /sys or a captured tree) or libvirt (the node-device API through the connection). Default: sysfs for a local URI, libvirt for a remote one",
+    },
+    sysfs: {
+      type: "string",
+      description:
+        "With discovery: sysfs, the sysfs tree to read (default /sys; a path relative to the config file's folder); required for a remote URI",
+    },
+  },
+} as const satisfies ObjectSchema;
+
 /** The schema of the whole config file. */
 export const CONFIG_SCHEMA = {
   type: "object",
@@ -255,6 +300,14 @@ export const CONFIG_SCHEMA = {
   required: ["version", "vms"],
   properties: {
     version: { type: "integer", const: 1, description: "Config format version (1)" },
+    hosts: {
+      type: "map",
+      keyPattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+      keyHint: "use letters, digits, dots, dashes and underscores, starting with a letter or digit",
+      description:
+        "Several libvirt hosts planned from this one file, by name; absent: the local host (or --connect)",
+      values: HOST_SCHEMA,
+    },
     vms: {
       type: "map",
       keyPattern: "^[^/\\s]+$",
@@ -263,7 +316,10 @@ export const CONFIG_SCHEMA = {
         type: "object",
         description: "One VM",
         required: ["devices"],
+        exclusive: [["host", "hosts"]],
         properties: {
+          host: HOST_NAME_SCHEMA,
+          hosts: HOST_LIST_SCHEMA,
           devices: {
             type: "array",
             description: "Rules, each resolving to one or more host devices",
@@ -281,6 +337,8 @@ export type RawConfig = Infer<typeof CONFIG_SCHEMA>;
 export type RawVmConfig = Infer<typeof CONFIG_SCHEMA.properties.vms.values>;
 /** One rule as validated. */
 export type RawRule = Infer<typeof RULE_SCHEMA>;
+/** One host entry as validated. */
+export type RawHostConfig = Infer<typeof HOST_SCHEMA>;
 /** One match block as validated. */
 export type RawMatch = Infer<typeof MATCH_SCHEMA>;
 
