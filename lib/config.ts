@@ -708,7 +708,13 @@ export function parseConfig(text: string, options: { file: string }): Config {
       config.vms.push(vm);
       const devicesNode = isMap(vmNode) ? vmNode.get("devices", true) : null;
       const rules = (rawVm?.devices ?? []) as (RawRule | undefined)[];
-      const seen = new Set<string>();
+      // Rule names with the hosts each is limited to (absent: every host). One name may appear
+      // on disjoint hosts: "gpu" is then that host's card on each host.
+      const seen = new Map<string, (string[] | undefined)[]>();
+      const clashes = (name: string, hosts: string[] | undefined) =>
+        (seen.get(name) ?? []).some((other) =>
+          hosts === undefined || other === undefined || other.some((h) => hosts.includes(h))
+        );
       rules.forEach((rawRule, i) => {
         if (rawRule?.match === undefined) return;
         const item = isSeq(devicesNode) ? devicesNode.items[i] : null;
@@ -716,22 +722,25 @@ export function parseConfig(text: string, options: { file: string }): Config {
         const path = `vms.${vmName}.devices[${i}]`;
         const matchNode = isMap(ruleNode) ? ruleNode.get("match", true) : null;
         const match = normaliseMatch(rawRule.match, matchNode, `${path}.match`, ctx);
+        const ruleHosts = hostReferences(rawRule, ruleNode, path, declaredHosts, ctx);
         let name = rawRule.name ?? deriveRuleName(rawRule.match);
-        if (rawRule.name !== undefined && seen.has(name)) {
+        if (rawRule.name !== undefined && clashes(name, ruleHosts)) {
           report(
             ctx,
             isMap(ruleNode) ? ruleNode.get("name", true) as Node : null,
             `${path}.name`,
             `Duplicate rule name "${name}" in VM "${vmName}"`,
-            "give each rule of a VM its own name",
+            ruleHosts === undefined && declaredHosts !== null
+              ? 'give each rule of a VM its own name, or limit each to other hosts with "host:"'
+              : "give each rule of a VM its own name",
           );
-        } else if (seen.has(name)) {
+        } else if (clashes(name, ruleHosts)) {
           // Two unnamed rules with the same criteria: number them so records stay distinct.
           let k = 2;
-          while (seen.has(`${name}#${k}`)) k++;
+          while (clashes(`${name}#${k}`, ruleHosts)) k++;
           name = `${name}#${k}`;
         }
-        seen.add(name);
+        seen.set(name, [...(seen.get(name) ?? []), ruleHosts]);
         const rule: DeviceRule = {
           name,
           vm: vmName,
@@ -751,7 +760,6 @@ export function parseConfig(text: string, options: { file: string }): Config {
           rule.rom = rom;
         }
         if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
-        const ruleHosts = hostReferences(rawRule, ruleNode, path, declaredHosts, ctx);
         if (ruleHosts !== undefined) {
           const outside = vmHosts === undefined
             ? []
