@@ -8,14 +8,24 @@
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import {
   computePlan,
+  FLEET_FLAGS,
+  FLEET_FLAGS_HELP,
+  loadPlanConfig,
+  openHostSession,
   parseFlags,
+  parseParallel,
   PLAN_FLAGS,
   PLAN_FLAGS_HELP,
   planHasErrors,
 } from "./plan_options.ts";
-import { renderPlan } from "./render_plan.ts";
-import { makeConfirm } from "./confirm.ts";
-import { renderApplyReport } from "./render_apply.ts";
+import { checkVmNames, fleetHosts } from "./plan.ts";
+import { renderFleetPlan, renderPlan } from "./render_plan.ts";
+import { ask, makeConfirm } from "./confirm.ts";
+import { renderApplyReport, renderFleetApply } from "./render_apply.ts";
+import type { Config, HostConfig } from "../lib/config.ts";
+import { fleetApplyJson, fleetFailed, type FleetHostResult, runBounded } from "../lib/fleet.ts";
+import { ensurePrivateDir, type StateDir } from "../lib/state_dir.ts";
+import { join } from "node:path";
 import { applyPlan } from "../lib/apply.ts";
 import { acquireLock, describeHolder } from "../lib/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
@@ -31,12 +41,124 @@ power-off unless --live hot-plugs it.
 
 Options:
 ${PLAN_FLAGS_HELP}
+${FLEET_FLAGS_HELP}
       --yes           apply every VM without asking (required without a terminal)
       --live          also hot-plug/unplug the hostdevs of running VMs
       --state-dir DIR backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
 
-Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.
+With a hosts: section in the config: with --yes, hosts are planned and applied in parallel
+(--parallel at a time), each through its own connection, and reported in a section each. On a
+terminal, hosts go one after another: the host's plan, then "Apply to host NAME?" (y yes: then
+the per-VM questions above; n skip this host; a this host and every remaining one without more
+questions; q stop), so questions never interleave. Backups and the lock of host NAME live in
+STATE/hosts/NAME. A host that fails (unreachable, refused) is reported and the others still
+apply.
+
+Exit codes: 0 ok, 1 a VM failed or was refused (on any host), or a runtime error, 2 usage error.
 `;
+
+/** The answers of a fleet apply that carry over from host to host. */
+interface FleetApplyState {
+  /** `a` at a host question: no more questions. */
+  all: boolean;
+  /** `q`: every remaining host is skipped. */
+  quit: boolean;
+}
+
+async function applyFleetHost(
+  config: Config,
+  host: HostConfig,
+  options: {
+    parallel: number;
+    vm: string[] | undefined;
+    stateDir: string;
+    live: boolean;
+    interactive: boolean;
+    json: boolean;
+    state: FleetApplyState;
+  },
+  io: CliIo,
+): Promise<FleetHostResult> {
+  const session = openHostSession(
+    { config, host, ...(options.vm ? { vms: options.vm } : {}) },
+    { inProcess: options.parallel === 1 },
+  );
+  try {
+    const planned = await session.plan();
+    if (!options.interactive) {
+      if (planned.plan === null) return planned;
+      return await session.apply({
+        stateDir: join(options.stateDir, host.name),
+        live: options.live,
+        confirm: null,
+      });
+    }
+    if (!options.json) io.out(`${renderFleetPlan([planned], { color: io.color })}\n`);
+    if (planned.plan === null) return planned;
+    const changing = planned.plan.vms.some((vm) => vm.changed && vm.errors.length === 0);
+    if (options.state.quit || !changing) return planned;
+    let perVm = !options.state.all;
+    if (!options.state.all) {
+      const answer = await ask(io, `Apply to host "${host.name}"?`);
+      if (answer === "no") return planned;
+      if (answer === "quit") {
+        options.state.quit = true;
+        return planned;
+      }
+      if (answer === "all") {
+        options.state.all = true;
+        perVm = false;
+      }
+    }
+    return await session.apply({
+      stateDir: join(options.stateDir, host.name),
+      live: options.live,
+      confirm: perVm ? makeConfirm(io, { yes: false }) : null,
+    });
+  } finally {
+    await session.close();
+  }
+}
+
+async function runFleetApply(
+  config: Config,
+  hosts: HostConfig[],
+  values: {
+    yes: boolean;
+    json: boolean;
+    live: boolean;
+    parallel?: string | undefined;
+    vm?: string[] | undefined;
+  },
+  state: StateDir,
+  io: CliIo,
+): Promise<number> {
+  const parallel = parseParallel(values.parallel);
+  checkVmNames(config, values.vm);
+  const hostsDir = join(state.path, "hosts");
+  ensurePrivateDir(hostsDir, state);
+  const shared = { all: false, quit: false };
+  const options = {
+    parallel,
+    vm: values.vm,
+    stateDir: hostsDir,
+    live: values.live,
+    interactive: !values.yes,
+    json: values.json,
+    state: shared,
+  };
+  // Questions cannot interleave: on a terminal the hosts go one after another.
+  const results = await runBounded(hosts, {
+    limit: values.yes ? parallel : 1,
+    run: (host) => applyFleetHost(config, host, options, io),
+  });
+  if (values.json) io.out(fleetApplyJson(results));
+  else {
+    if (values.yes) io.out(`${renderFleetPlan(results, { color: io.color })}\n`);
+    io.out(renderFleetApply(results, { color: io.color }));
+  }
+  return fleetFailed(results) ? 1 : 0;
+}
 
 /** The `apply` command. */
 export const applyCommand: Command = {
@@ -46,6 +168,7 @@ export const applyCommand: Command = {
   async run(args: string[], io: CliIo): Promise<number> {
     const { values } = parseFlags(args, {
       ...PLAN_FLAGS,
+      ...FLEET_FLAGS,
       yes: { type: "boolean", short: "y", default: false },
       live: { type: "boolean", default: false },
       "state-dir": { type: "string" },
@@ -61,6 +184,9 @@ export const applyCommand: Command = {
     // concurrent run fails before any work.
     const state = openStateDir(stateDir);
     using lock = acquireLock(state.path, { command: "apply" });
+    const config = await loadPlanConfig(values, io);
+    const hosts = fleetHosts(config, values);
+    if (hosts !== null) return await runFleetApply(config, hosts, values, state, io);
     using computed = await computePlan(values, io);
     const { plan } = computed;
     if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);

@@ -1,0 +1,425 @@
+import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
+import { parseConfig } from "../lib/config.ts";
+import { configForHost, runBounded, selectHosts, UnknownHostError } from "../lib/fleet.ts";
+import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
+import { main } from "../main.ts";
+import type { CliIo } from "../cli/context.ts";
+import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+import { Connection } from "../ffi/connection.ts";
+import { parseDomainXml } from "../lib/domain_xml.ts";
+
+const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+/** Two real hosts: hv1 is the X570 board, hv2 the TRX40 one. */
+const HV1 = "x570-aorus-pro-wifi";
+const HV2 = "trx40-creator";
+
+/** The same two VMs on both hosts: "gpu" is each host's own card, "nvme" whatever NVMe it has. */
+function fleetYaml(hosts: Record<string, string>): string {
+  const entries = Object.entries(hosts).map(([name, body]) => `  ${name}: ${body}`).join("\n");
+  return `version: 1
+hosts:
+${entries}
+vms:
+  render:
+    devices:
+      - name: gpu
+        host: hv1
+        match: { vendor_device_id: "10de:1b06" }
+      - name: gpu
+        host: hv2
+        match: { vendor_device_id: "10de:1b80" }
+  store:
+    devices:
+      - name: nvme
+        match: { class: nvme }
+`;
+}
+
+/** In-process CLI io that records output and never reads a terminal. */
+function captureIo(): CliIo & { stdout: () => string; stderr: () => string } {
+  let out = "";
+  let err = "";
+  return {
+    out: (text) => void (out += text),
+    err: (text) => void (err += text),
+    color: false,
+    interactive: false,
+    readLine: () => Promise.resolve(null),
+    env: () => undefined,
+    stdout: () => out,
+    stderr: () => err,
+  };
+}
+
+function testDomain(name: string): string {
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <test:runstate>5</test:runstate>
+  </domain>`;
+}
+
+/** Writes a node-device world per host (with the two domains) and a config naming them. */
+async function testDriverFleet(dir: string): Promise<string> {
+  const hosts: Record<string, string> = {};
+  for (const [name, file] of [["hv1", HV1], ["hv2", HV2]] as const) {
+    const xml = nodeDeviceWorldXml(loadHostDescription(new URL(`${file}.json`, HOSTS)), {
+      domains: [testDomain("render"), testDomain("store")],
+    });
+    await Deno.writeTextFile(`${dir}/${name}.xml`, xml);
+    hosts[name] = `{ connect: "test://${dir}/${name}.xml", discovery: libvirt }`;
+  }
+  const config = `${dir}/fleet.yaml`;
+  await Deno.writeTextFile(config, fleetYaml(hosts));
+  return config;
+}
+
+interface FleetJsonHost {
+  name: string;
+  uri: string;
+  plan: {
+    vms: { name: string; changed: boolean; add: { address: string }[]; errors: unknown[] }[];
+  } | null;
+  report?: { vms: { vm: string; status: string; added: string[] }[]; ok: boolean } | null;
+  error: { stage: string; name: string; message: string; code: number | null } | null;
+}
+
+const EXPECTED_ADDS = {
+  hv1: { render: ["0000:0b:00.0", "0000:0b:00.1"], store: ["0000:01:00.0"] },
+  hv2: { render: ["0000:21:00.0", "0000:21:00.1"], store: ["0000:4a:00.0"] },
+};
+
+Deno.test("configForHost() keeps the VMs and rules of one host", () => {
+  const config = parseConfig(
+    fleetYaml({ hv1: '{ connect: "test:///a" }', hv2: '{ connect: "test:///b" }' }),
+    { file: "fleet.yaml" },
+  );
+  const hv1 = configForHost(config, "hv1");
+  assertEquals(hv1.hosts, undefined);
+  assertEquals(
+    hv1.vms.map((vm) => [vm.name, vm.rules.map((r) => `${r.name}:${r.match.deviceId ?? "-"}`)]),
+    [["render", ["gpu:1b06"]], ["store", ["nvme:-"]]],
+  );
+  assertEquals(configForHost(config, "hv2").vms[0]?.rules[0]?.match.deviceId, "1b80");
+  assertEquals(selectHosts(config, ["hv2"]).map((h) => h.name), ["hv2"]);
+  try {
+    selectHosts(config, ["hv3"]);
+    throw new Error("no error");
+  } catch (error) {
+    assertOk(error instanceof UnknownHostError);
+    assertEquals([error.host, error.known], ["hv3", ["hv1", "hv2"]]);
+  }
+});
+
+Deno.test("configForHost() drops VMs limited to other hosts", () => {
+  const config = parseConfig(
+    `version: 1
+hosts: { a: { connect: "test:///a" }, b: { connect: "test:///b" } }
+vms:
+  only-a: { host: a, devices: [{ match: { class: vga } }] }
+  both: { devices: [{ match: { class: usb }, hosts: [b] }] }
+`,
+    { file: "c.yaml" },
+  );
+  assertEquals(configForHost(config, "a").vms.map((vm) => [vm.name, vm.rules.length]), [
+    ["only-a", 1],
+    ["both", 0],
+  ]);
+  assertEquals(configForHost(config, "b").vms.map((vm) => [vm.name, vm.rules.length]), [
+    ["both", 1],
+  ]);
+});
+
+Deno.test("runBounded() never runs more than the limit and keeps item order", async () => {
+  let running = 0;
+  let peak = 0;
+  const out = await runBounded(Array.from({ length: 9 }, (_, i) => i), {
+    limit: 3,
+    run: async (i) => {
+      peak = Math.max(peak, ++running);
+      await new Promise((r) => setTimeout(r, (9 - i) * 2));
+      running--;
+      return i * i;
+    },
+  });
+  assertEquals(out, [0, 1, 4, 9, 16, 25, 36, 49, 64]);
+  assertEquals(peak, 3);
+});
+
+for (const parallel of ["1", "4"]) {
+  Deno.test(
+    `plan and apply over two test-driver worlds resolve each host's own cards (--parallel ${parallel})`,
+    async () => {
+      const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+      try {
+        const config = await testDriverFleet(dir);
+        const planIo = captureIo();
+        const planCode = await main(
+          ["plan", "--json", "-f", config, "--parallel", parallel],
+          planIo,
+        );
+        assertEquals(planCode, 0, planIo.stderr());
+        const planned = JSON.parse(planIo.stdout()) as { hosts: FleetJsonHost[] };
+        assertEquals(planned.hosts.map((h) => [h.name, h.error]), [["hv1", null], ["hv2", null]]);
+        for (const host of planned.hosts) {
+          const expected = EXPECTED_ADDS[host.name as "hv1" | "hv2"];
+          assertEquals(
+            Object.fromEntries(host.plan!.vms.map((vm) => [vm.name, vm.add.map((a) => a.address)])),
+            expected,
+          );
+        }
+
+        const applyIo = captureIo();
+        const code = await main(
+          [
+            "apply",
+            "--yes",
+            "--json",
+            "-f",
+            config,
+            "--state-dir",
+            `${dir}/state`,
+            "--parallel",
+            parallel,
+          ],
+          applyIo,
+        );
+        assertEquals(code, 0, applyIo.stdout() + applyIo.stderr());
+        const applied = JSON.parse(applyIo.stdout()) as { hosts: FleetJsonHost[] };
+        for (const host of applied.hosts) {
+          assertEquals(host.error, null);
+          assertEquals(host.report!.ok, true);
+          assertEquals(
+            Object.fromEntries(host.report!.vms.map((vm) => [vm.vm, [vm.status, vm.added]])),
+            Object.fromEntries(
+              Object.entries(EXPECTED_ADDS[host.name as "hv1" | "hv2"]).map((
+                [vm, added],
+              ) => [vm, ["changed", added]]),
+            ),
+          );
+        }
+        // Backups are kept apart per host: the same VM name on two hosts never mixes.
+        for (const host of ["hv1", "hv2"]) {
+          const vms = [...Deno.readDirSync(`${dir}/state/hosts/${host}/backups`)].map((e) => e.name)
+            .sort();
+          assertEquals(vms, ["render", "store"]);
+        }
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
+}
+
+Deno.test("plan --host limits the fleet and a host that cannot be reached is reported beside the others", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+  try {
+    const config = await testDriverFleet(dir);
+    const text = await Deno.readTextFile(config);
+    await Deno.writeTextFile(
+      config,
+      text.replace(
+        "hosts:\n",
+        `hosts:\n  gone: { connect: "test://${dir}/missing.xml", discovery: libvirt }\n`,
+      ),
+    );
+    const io = captureIo();
+    assertEquals(await main(["plan", "--json", "-f", config], io), 1);
+    const result = JSON.parse(io.stdout()) as { hosts: FleetJsonHost[] };
+    assertEquals(result.hosts.map((h) => h.name), ["gone", "hv1", "hv2"]);
+    const gone = result.hosts[0]!;
+    assertEquals([gone.plan, gone.error?.stage, gone.error?.name], [
+      null,
+      "discover",
+      "LibvirtError",
+    ]);
+    assertMatch(gone.error!.message, /missing\.xml/);
+    assertOk(result.hosts.slice(1).every((h) => h.error === null && h.plan !== null));
+
+    const text2 = captureIo();
+    assertEquals(await main(["plan", "-f", config, "--parallel", "2"], text2), 1);
+    assertMatch(
+      text2.stdout(),
+      /=== host gone \(test:\/\/.*missing\.xml\) ===\n\s+FAILED to discover: /,
+    );
+    assertMatch(text2.stdout(), /=== host hv2 [^\n]*\n[\s\S]*VM render/);
+    assertMatch(text2.stdout(), /3 hosts: 2 with changes, 0 with refusals, 1 failed/);
+
+    const limited = captureIo();
+    assertEquals(await main(["plan", "--json", "-f", config, "--host", "hv2"], limited), 0);
+    assertEquals(
+      (JSON.parse(limited.stdout()) as { hosts: FleetJsonHost[] }).hosts.map((h) => h.name),
+      ["hv2"],
+    );
+
+    const wrong = captureIo();
+    assertEquals(await main(["plan", "-f", config, "--host", "hv3"], wrong), 2);
+    assertMatch(
+      wrong.stderr(),
+      /Host "hv3" is not declared: the config names "gone", "hv1", "hv2"/,
+    );
+    const connect = captureIo();
+    assertEquals(await main(["plan", "-f", config, "--connect", "test:///default"], connect), 2);
+    assertMatch(connect.stderr(), /--connect does not apply to a config with "hosts:"/);
+    const parallel = captureIo();
+    assertEquals(await main(["plan", "-f", config, "--parallel", "0"], parallel), 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a single-host config keeps the plain plan JSON", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+  try {
+    const xml = nodeDeviceWorldXml(loadHostDescription(new URL(`${HV1}.json`, HOSTS)), {
+      domains: [testDomain("store")],
+    });
+    await Deno.writeTextFile(`${dir}/w.xml`, xml);
+    buildHostTree(loadHostDescription(new URL(`${HV1}.json`, HOSTS)), `${dir}/sysfs`);
+    await Deno.writeTextFile(
+      `${dir}/c.yaml`,
+      "version: 1\nvms:\n  store:\n    devices:\n      - match: { class: nvme }\n",
+    );
+    const io = captureIo();
+    const code = await main(
+      [
+        "plan",
+        "--json",
+        "-f",
+        `${dir}/c.yaml`,
+        "--sysfs",
+        `${dir}/sysfs`,
+        "-c",
+        `test://${dir}/w.xml`,
+      ],
+      io,
+    );
+    assertEquals(code, 0, io.stderr());
+    const plan = JSON.parse(io.stdout()) as { hosts?: unknown; vms: { name: string }[] };
+    assertEquals([plan.hosts, plan.vms.map((vm) => vm.name)], [undefined, ["store"]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Runs the real CLI in a child process with the documented permissions. */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      "--allow-ffi",
+      "--allow-run=lspci",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      MAIN,
+      ...args,
+    ],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
+
+function qemuDomain(name: string): string {
+  return `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+</domain>`;
+}
+
+Deno.test({
+  name: "apply over two real libvirtd daemons converges, and a stopped daemon fails only its host",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+    await using hv1 = await startLibvirtd();
+    await using hv2 = await startLibvirtd();
+    const suffix = crypto.randomUUID().slice(0, 8);
+    const render = `render-${suffix}`;
+    const store = `store-${suffix}`;
+    try {
+      const hosts: Record<string, string> = {};
+      for (const [name, daemon, file] of [["hv1", hv1, HV1], ["hv2", hv2, HV2]] as const) {
+        buildHostTree(loadHostDescription(new URL(`${file}.json`, HOSTS)), `${dir}/${name}`);
+        using port = openLibvirtPort(daemon.uri);
+        port.define(qemuDomain(render));
+        port.define(qemuDomain(store));
+        // A relative sysfs path is read from the config file's folder.
+        hosts[name] = `{ connect: "${daemon.uri}", discovery: sysfs, sysfs: ${name} }`;
+      }
+      const config = `${dir}/fleet.yaml`;
+      await Deno.writeTextFile(
+        config,
+        fleetYaml(hosts).replaceAll("render:", `${render}:`).replaceAll("store:", `${store}:`),
+      );
+      const state = ["--state-dir", `${dir}/state`];
+
+      const first = await cli(["apply", "--yes", "-f", config, ...state]);
+      assertEquals(first.code, 0, first.stdout + first.stderr);
+      assertMatch(first.stdout, /=== host hv1 [\s\S]*=== host hv2 /);
+      assertMatch(first.stdout, /Hosts:\n\s+changed hv1\n\s+changed hv2/);
+      for (const [name, daemon] of [["hv1", hv1], ["hv2", hv2]] as const) {
+        using port = openLibvirtPort(daemon.uri);
+        for (const [vm, want] of Object.entries(EXPECTED_ADDS[name])) {
+          const got = parseDomainXml(port.getPersistentXml(`${vm}-${suffix}`)).hostdevs
+            .map((h) => h.address).sort();
+          assertEquals(got, want, `${name} ${vm}`);
+        }
+      }
+
+      const again = await cli(["plan", "--json", "--detailed-exitcode", "-f", config]);
+      assertEquals(again.code, 0, again.stdout + again.stderr);
+      const replanned = JSON.parse(again.stdout) as { hosts: FleetJsonHost[] };
+      assertEquals(
+        replanned.hosts.map((h) => [h.name, h.error, h.plan!.vms.map((vm) => vm.changed)]),
+        [["hv1", null, [false, false]], ["hv2", null, [false, false]]],
+      );
+
+      // hv2's daemon goes away, and the config now also gives the render VM the X570's audio
+      // card: hv1 still applies, hv2 is reported as failed, the exit code says so.
+      await hv2.stop();
+      await Deno.writeTextFile(
+        config,
+        (await Deno.readTextFile(config)).replace(
+          `    devices:\n      - name: gpu\n        host: hv1\n`,
+          `    devices:\n      - name: audio\n        host: hv1\n        match: { vendor_device_id: "1022:1487" }\n      - name: gpu\n        host: hv1\n`,
+        ),
+      );
+      const partial = await cli(["apply", "--yes", "--json", "-f", config, ...state]);
+      assertEquals(partial.code, 1, partial.stdout + partial.stderr);
+      const applied = JSON.parse(partial.stdout) as { hosts: FleetJsonHost[] };
+      const [one, two] = applied.hosts;
+      assertEquals(one?.error, null);
+      assertEquals(
+        one?.report?.vms.map((vm) => [vm.vm, vm.status, vm.added]),
+        [[render, "changed", ["0000:0e:00.4"]], [store, "unchanged", []]],
+      );
+      assertEquals([two?.name, two?.report ?? null, two?.error?.stage], ["hv2", null, "connect"]);
+      assertMatch(two!.error!.message, /libvirt-sock/);
+    } finally {
+      if (!hv1.isolated) {
+        // Without a private mount namespace definitions land in the host's /etc/libvirt/qemu.
+        using conn = Connection.open(hv1.uri);
+        for (const vm of [render, store]) {
+          try {
+            using dom = conn.lookupDomainByName(vm);
+            dom.undefine();
+          } catch {
+            // Never defined (the test failed before).
+          }
+        }
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
