@@ -14,11 +14,20 @@ import { libcSysfsReader } from "../ffi/libc_fs.ts";
 export const LIVE_SYSFS = "/sys";
 
 /**
- * The reader for `root`: libc for the real `/sys` (Deno refuses `/sys` and `/proc` without
- * `--allow-all`), plain Deno reads for a captured tree (needs only `--allow-read`).
+ * The reader for `root`: libc (Deno refuses `/sys` and `/proc` without `--allow-all`, and libc
+ * is twice as fast on trees too). A captured tree falls back to plain Deno reads when FFI is
+ * not permitted, since `--allow-read` suffices there.
  */
 export function readerFor(root: string): SysfsReader {
-  return isLiveRoot(root) ? libcSysfsReader() : denoFsReader();
+  if (isLiveRoot(root)) return libcSysfsReader();
+  try {
+    return libcSysfsReader();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      return denoFsReader();
+    }
+    throw error;
+  }
 }
 
 /** Whether `root` is this host's own sysfs. */

@@ -84,7 +84,16 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
   lspciText.catch(() => {});
-  const devices = readSysfsDevices(reader, root);
+  const devices: PciDevice[] = [];
+  const names = listSysfsDevices(reader, root);
+  for (let i = 0; i < names.length; i++) {
+    // Deno drains lspci's pipe only when this thread yields; without it lspci blocks on a full
+    // pipe until sysfs is read, and the two never overlap.
+    if (runner !== null && i % 128 === 127) await new Promise((r) => setTimeout(r, 0));
+    const device = readSysfsDevice(reader, root, names[i]!);
+    if (device !== null) devices.push(device);
+  }
+  devices.sort((a, b) => comparePciAddress(a.address, b.address));
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   for (const device of devices) {
@@ -121,14 +130,28 @@ function hexId(text: string | null, width: number): string | null {
  * SR-IOV links, `boot_vga` and the bridge flag. Sorted by address.
  */
 export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[] {
-  const base = `${root}/bus/pci/devices`;
-  const names = reader.listDir(base);
-  if (names === null) throw new SysfsRootError(root);
+  const names = listSysfsDevices(reader, root);
   const devices: PciDevice[] = [];
   for (const name of names) {
+    const device = readSysfsDevice(reader, root, name);
+    if (device !== null) devices.push(device);
+  }
+  devices.sort((a, b) => comparePciAddress(a.address, b.address));
+  return devices;
+}
+
+function listSysfsDevices(reader: SysfsReader, root: string): string[] {
+  const names = reader.listDir(`${root}/bus/pci/devices`);
+  if (names === null) throw new SysfsRootError(root);
+  return names;
+}
+
+/** One function's sysfs facts, or `null` when `name` is not a PCI address. */
+function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDevice | null {
+  {
     const address = canonicalPciAddress(name);
-    if (address === null) continue;
-    const dir = `${base}/${name}`;
+    if (address === null) return null;
+    const dir = `${root}/bus/pci/devices/${name}`;
     const attr = (file: string) => readAttribute(reader, `${dir}/${file}`);
     // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
     // from the same struct as the single-value attributes); trees without it use those files.
@@ -164,7 +187,7 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
       if (vf !== null) virtfns.push(vf);
     }
     virtfns.sort(comparePciAddress);
-    devices.push({
+    return {
       address,
       vendorId,
       deviceId,
@@ -186,10 +209,8 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
       bootVga: bootVga === null ? null : bootVga === "1",
       flr: null,
       serial: null,
-    });
+    };
   }
-  devices.sort((a, b) => comparePciAddress(a.address, b.address));
-  return devices;
 }
 
 function baseNameOrNull(link: string | null): string | null {

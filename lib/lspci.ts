@@ -139,36 +139,52 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
     let capabilitiesDenied = false;
     let inDevCap = false;
     let flr = false;
-    for (const line of lines.slice(1)) {
-      const depth = /^\t*/.exec(line)?.[0].length ?? 0;
-      const body = line.trim();
-      if (depth === 1) {
+    // Cheap prefix tests first: -vvv prints ~1.6 kB per device and only a few lines matter.
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i]!;
+      if (line.charCodeAt(0) !== 9) continue;
+      if (line.charCodeAt(1) !== 9) {
         inDevCap = false;
+        const body = line.slice(1);
         let m: RegExpExecArray | null;
-        if ((m = /^Physical Slot: (.+)$/.exec(body))) record.physicalSlot = m[1] ?? null;
-        else if ((m = /^NUMA node: (-?\d+)$/.exec(body))) {
-          const n = Number(m[1]);
-          record.numaNode = n < 0 ? null : n;
-        } else if ((m = /^IOMMU group: (\d+)$/.exec(body))) record.iommuGroup = Number(m[1]);
-        else if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;
-        else if ((m = /^Kernel modules: (.+)$/.exec(body))) {
-          record.modules = (m[1] ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
-        } else if (body.startsWith("Capabilities:")) {
-          if (body.includes("<access denied>")) capabilitiesDenied = true;
-          else {
-            capabilitiesSeen = true;
-            const dsn = /Device Serial Number ([0-9a-f]{2}(?:-[0-9a-f]{2}){7})/i.exec(body);
-            if (dsn) record.serial = (dsn[1] ?? "").toLowerCase();
-          }
-        } else if (/^Status:.*\bCap-/.test(body)) {
-          // No capability list at all: FLR is impossible, not unknown.
-          capabilitiesSeen = true;
+        switch (body.charCodeAt(0)) {
+          case 80: // P
+            if ((m = /^Physical Slot: (.+)$/.exec(body))) record.physicalSlot = m[1] ?? null;
+            break;
+          case 78: // N
+            if ((m = /^NUMA node: (-?\d+)$/.exec(body))) {
+              const n = Number(m[1]);
+              record.numaNode = n < 0 ? null : n;
+            }
+            break;
+          case 73: // I
+            if ((m = /^IOMMU group: (\d+)$/.exec(body))) record.iommuGroup = Number(m[1]);
+            break;
+          case 75: // K
+            if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;
+            else if ((m = /^Kernel modules: (.+)$/.exec(body))) {
+              record.modules = (m[1] ?? "").split(",").map((x) => x.trim()).filter((x) => x !== "");
+            }
+            break;
+          case 67: // C
+            if (!body.startsWith("Capabilities:")) break;
+            if (body.includes("<access denied>")) capabilitiesDenied = true;
+            else {
+              capabilitiesSeen = true;
+              const dsn = /Device Serial Number ([0-9a-f]{2}(?:-[0-9a-f]{2}){7})/i.exec(body);
+              if (dsn) record.serial = (dsn[1] ?? "").toLowerCase();
+            }
+            break;
+          case 83: // S
+            // No capability list at all: FLR is impossible, not unknown.
+            if (body.startsWith("Status:") && /\bCap-/.test(body)) capabilitiesSeen = true;
+            break;
         }
-      } else if (depth === 2) {
-        inDevCap = body.startsWith("DevCap:");
-        if (inDevCap && /\bFLReset\+/.test(body)) flr = true;
-        if (body.startsWith("AFCap:") && /\bFLR\+/.test(body)) flr = true;
-      } else if (depth >= 3 && inDevCap && /\bFLReset\+/.test(body)) {
+      } else if (line.charCodeAt(2) !== 9) {
+        inDevCap = line.startsWith("DevCap:", 2);
+        if (inDevCap && line.includes("FLReset+")) flr = true;
+        if (line.startsWith("AFCap:", 2) && line.includes("FLR+")) flr = true;
+      } else if (inDevCap && line.includes("FLReset+")) {
         flr = true;
       }
     }
