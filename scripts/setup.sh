@@ -13,7 +13,7 @@ if [ ! -x tools/deno/node_modules/.bin/deno ]; then
 fi
 
 runtime_pkgs=(libvirt0 pciutils)
-test_pkgs=(libvirt-clients libxml2-utils libvirt-daemon qemu-system-x86 util-linux)
+test_pkgs=(libvirt-clients libxml2-utils libvirt-daemon qemu-system-x86 util-linux ansible-core)
 pkgs=("${runtime_pkgs[@]}")
 [ "$profile" = test ] && pkgs+=("${test_pkgs[@]}")
 
