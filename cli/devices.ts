@@ -52,7 +52,10 @@ export function deviceNotes(device: PciDevice, host: HostTopology, paint: Paint)
 
 /** The human description of a device (`NVIDIA Corporation GP104 [GeForce GTX 1080]`). */
 export function deviceLabel(device: PciDevice): string {
-  const name = [device.vendorName, device.deviceName].filter((s) => s !== null).join(" ");
+  // lspci's own wording when the ID database knows the vendor but not the device.
+  const deviceName = device.deviceName ??
+    (device.vendorName !== null ? `Device ${device.deviceId}` : null);
+  const name = [device.vendorName, deviceName].filter((s) => s !== null).join(" ");
   return name === "" ? (device.className ?? "") : name;
 }
 
