@@ -328,14 +328,21 @@ function workerSession(init: HostSessionInit): HostSession {
 }
 
 /**
+ * Whether this module can be a worker's entry: true from the source tree. In a `deno bundle`
+ * file it is not (the bundle's entry would run the whole CLI again in the worker), so there hosts
+ * run one after another in this thread.
+ */
+export const WORKERS_AVAILABLE = import.meta.url.endsWith("/cli/plan_options.ts");
+
+/**
  * Opens a session for one host: in a Web Worker, or in this thread with `inProcess` (used with
- * `--parallel 1`, where a worker buys nothing).
+ * `--parallel 1`, where a worker buys nothing) or when workers are not available.
  */
 export function openHostSession(
   init: HostSessionInit,
   options: { inProcess: boolean },
 ): HostSession {
-  return options.inProcess ? localSession(init) : workerSession(init);
+  return options.inProcess || !WORKERS_AVAILABLE ? localSession(init) : workerSession(init);
 }
 
 /** Plans every host of `hosts`, at most `parallel` at once; results in `hosts` order. */
@@ -398,4 +405,4 @@ function serveWorker(): void {
   };
 }
 
-if (import.meta.main && "WorkerGlobalScope" in globalThis) serveWorker();
+if (WORKERS_AVAILABLE && import.meta.main && "WorkerGlobalScope" in globalThis) serveWorker();

@@ -244,3 +244,137 @@ Deno.test("the example passthrough_config.yaml is valid and points editors at th
   assertOk(config.vms.length >= 2);
   assertOk(config.vms.flatMap((v) => v.rules).some((r) => r.multifunction && r.rom?.bar === "off"));
 });
+
+Deno.test("parseConfig() reads hosts with discovery defaults by URI and sysfs paths from the config's folder", () => {
+  const config = parseConfig(
+    `version: 1
+hosts:
+  local: { connect: "qemu:///system" }
+  remote: { connect: "qemu+ssh://root@hv1/system" }
+  captured: { connect: "qemu+ssh://hv2/system", sysfs: trees/hv2 }
+  absolute: { connect: "qemu:///system?socket=/run/s", discovery: sysfs, sysfs: /srv/hv3 }
+  asked: { connect: "test:///default", discovery: libvirt }
+vms:
+  vm: { devices: [{ match: { class: vga } }] }
+`,
+    { file: "/etc/passthrough/fleet.yaml" },
+  );
+  assertEquals(
+    config.hosts?.map((h) => [h.name, h.discovery, h.sysfs, h.location]),
+    [
+      ["local", "sysfs", "/sys", "/etc/passthrough/fleet.yaml:3:3"],
+      ["remote", "libvirt", null, "/etc/passthrough/fleet.yaml:4:3"],
+      ["captured", "sysfs", "/etc/passthrough/trees/hv2", "/etc/passthrough/fleet.yaml:5:3"],
+      ["absolute", "sysfs", "/srv/hv3", "/etc/passthrough/fleet.yaml:6:3"],
+      ["asked", "libvirt", null, "/etc/passthrough/fleet.yaml:7:3"],
+    ],
+  );
+  assertEquals([config.vms[0]?.hosts, config.vms[0]?.rules[0]?.hosts], [undefined, undefined]);
+});
+
+Deno.test("parseConfig() without hosts: keeps a single-host config unchanged", () => {
+  const config = parseConfig("version: 1\nvms:\n  vm: { devices: [{ match: { class: vga } }] }\n", {
+    file: "c.yaml",
+  });
+  assertEquals("hosts" in config, false);
+  assertEquals("hosts" in config.vms[0]!, false);
+  assertEquals("hosts" in config.vms[0]!.rules[0]!, false);
+});
+
+Deno.test("parseConfig() locates host mistakes with nearest-name hints", () => {
+  const errors = errorsOf(`version: 1
+hosts:
+  hv1: { connect: "qemu+ssh://hv1/system", discovery: sysfs }
+  hv2: { connect: "qemu:///system", discovery: libvirt, sysfs: /tmp/x }
+  hv3: { conect: "qemu:///system" }
+  "bad name": { connect: "qemu:///system" }
+vms:
+  a:
+    host: hv22
+    devices: [{ match: { class: vga } }]
+  b:
+    hosts: [hv1]
+    devices:
+      - { match: { class: vga }, hosts: [hv2] }
+      - { match: { class: usb }, host: hv1, hosts: [hv1] }
+`);
+  assertEquals(
+    errors.map((e) => [e.line, e.column, e.path, e.message.replace(/^c\.yaml:\d+:\d+: /, "")]),
+    [
+      [
+        3,
+        55,
+        "hosts.hv1.discovery",
+        'Host "hv1" is remote ("qemu+ssh://hv1/system"): this machine\'s /sys is not its sysfs at "hosts.hv1.discovery" (write "discovery: libvirt", or give "sysfs:" a captured tree of that host)',
+      ],
+      [
+        4,
+        64,
+        "hosts.hv2.sysfs",
+        'A sysfs tree is not read with discovery "libvirt" at "hosts.hv2.sysfs" (remove "sysfs:" or write "discovery: sysfs")',
+      ],
+      [5, 8, "hosts.hv3", 'Missing key "connect" at "hosts.hv3" (add "connect:")'],
+      [
+        5,
+        10,
+        "hosts.hv3.conect",
+        'Unknown key "conect" at "hosts.hv3.conect" (did you mean "connect"?)',
+      ],
+      [
+        6,
+        3,
+        "hosts",
+        'Invalid name the string "bad name" at "hosts" (use letters, digits, dots, dashes and underscores, starting with a letter or digit)',
+      ],
+      [9, 11, "vms.a.host", 'Unknown host "hv22" at "vms.a.host" (did you mean "hv2"?)'],
+      [
+        14,
+        41,
+        "vms.b.devices[0].hosts",
+        'Rule names host "hv2" but VM "b" is not planned there at "vms.b.devices[0].hosts" (the VM is limited to "hv1")',
+      ],
+      [
+        15,
+        9,
+        "vms.b.devices[1]",
+        'Keys "host" and "hosts" exclude each other at "vms.b.devices[1]" (keep one of them)',
+      ],
+    ],
+  );
+});
+
+Deno.test("parseConfig() refuses host: without a hosts: section", () => {
+  const [error, ...rest] = errorsOf(
+    "version: 1\nvms:\n  vm:\n    host: hv1\n    devices: [{ match: { class: vga } }]\n",
+  );
+  assertEquals(rest, []);
+  assertEquals([error?.line, error?.column, error?.path], [4, 11, "vms.vm.host"]);
+  assertMatch(
+    error!.message,
+    /No hosts are declared: "host" names hosts of the top-level "hosts:"/,
+  );
+});
+
+Deno.test("parseConfig() lets one rule name repeat on disjoint hosts only", () => {
+  const head = `version: 1
+hosts: { a: { connect: "test:///a" }, b: { connect: "test:///b" } }
+vms:
+  vm:
+    devices:
+`;
+  const config = parseConfig(
+    head +
+      "      - { name: gpu, host: a, match: { vendor_device_id: '10de:1b06' } }\n" +
+      "      - { name: gpu, host: b, match: { vendor_device_id: '10de:1b80' } }\n",
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms[0]?.rules.map((r) => [r.name, r.hosts]), [["gpu", ["a"]], ["gpu", [
+    "b",
+  ]]]);
+  const [clash] = errorsOf(
+    head +
+      "      - { name: gpu, host: a, match: { class: vga } }\n" +
+      "      - { name: gpu, match: { class: 3d } }\n",
+  );
+  assertMatch(clash!.message, /Duplicate rule name "gpu" in VM "vm" .*limit each to other hosts/);
+});
