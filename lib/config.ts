@@ -355,6 +355,17 @@ function validate(node: unknown, schema: Schema, path: string, ctx: Context): un
         );
         return undefined;
       }
+      if (n.value > MAX_INTEGER) {
+        // libvirt keeps these numbers (boot order, counts, NUMA nodes) in C ints.
+        report(
+          ctx,
+          n,
+          path,
+          `Value ${n.value} is too large: the maximum is ${MAX_INTEGER}`,
+          `use ${MAX_INTEGER} or less`,
+        );
+        return undefined;
+      }
       if (schema.minimum !== undefined && n.value < schema.minimum) {
         report(
           ctx,
@@ -790,6 +801,65 @@ export function parseConfig(text: string, options: { file: string }): Config {
 
 /** Reads and parses a config file. Throws {@link ConfigErrors}, or the read error. */
 export async function loadConfig(path: string): Promise<Config> {
-  const text = await Deno.readTextFile(path);
+  const bytes = await Deno.readFile(path);
+  // A real config is a few kilobytes; a huge file is a mistake (or hostile) and parsing it would
+  // take minutes, so refuse it before parsing.
+  if (bytes.length > MAX_CONFIG_BYTES) {
+    throw new ConfigErrors(path, [
+      new ConfigError(`File too large: ${bytes.length} bytes, the limit is ${MAX_CONFIG_BYTES}`, {
+        file: path,
+        line: 1,
+        column: 1,
+        path: "",
+        hint: "is this the right file?",
+      }),
+    ]);
+  }
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    // Decoding leniently would turn bad bytes into U+FFFD inside VM names and IDs.
+    const at = firstInvalidUtf8(bytes);
+    const before = new TextDecoder().decode(bytes.subarray(0, at));
+    const line = before.split("\n").length;
+    const column = before.length - before.lastIndexOf("\n");
+    throw new ConfigErrors(path, [
+      new ConfigError(`Invalid UTF-8 at byte ${at}`, {
+        file: path,
+        line,
+        column,
+        path: "",
+        hint: "save the file as UTF-8",
+      }),
+    ]);
+  }
   return parseConfig(text, { file: path });
+}
+
+/** The largest config file {@link loadConfig} reads (1 MiB). */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+
+/** The largest integer a config may hold (C `int`, as libvirt stores boot order and the like). */
+const MAX_INTEGER = 2147483647;
+
+/** Offset of the first byte that starts a malformed UTF-8 sequence (for the message only). */
+function firstInvalidUtf8(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i]!;
+    const n = b < 0x80
+      ? 0
+      : b >= 0xc2 && b <= 0xdf
+      ? 1
+      : b >= 0xe0 && b <= 0xef
+      ? 2
+      : b >= 0xf0 && b <= 0xf4
+      ? 3
+      : -1;
+    if (n < 0) return i;
+    for (let k = 1; k <= n; k++) if (((bytes[i + k] ?? 0) & 0xc0) !== 0x80) return i;
+    i += n + 1;
+  }
+  return bytes.length;
 }
