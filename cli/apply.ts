@@ -19,9 +19,9 @@ import {
   planHasErrors,
 } from "./plan_options.ts";
 import { checkVmNames, fleetHosts } from "./plan.ts";
-import { renderFleetPlan, renderPlan } from "./render_plan.ts";
+import { renderFleetPlan, renderHostError, renderPlan } from "./render_plan.ts";
 import { ask, makeConfirm } from "./confirm.ts";
-import { renderApplyReport, renderFleetApply } from "./render_apply.ts";
+import { renderApplyReport, renderFleetApply, renderFleetApplySummary } from "./render_apply.ts";
 import type { Config, HostConfig } from "../lib/config.ts";
 import { fleetApplyJson, fleetFailed, type FleetHostResult, runBounded } from "../lib/fleet.ts";
 import { ensurePrivateDir, type StateDir } from "../lib/state_dir.ts";
@@ -110,11 +110,18 @@ async function applyFleetHost(
         perVm = false;
       }
     }
-    return await session.apply({
+    const applied = await session.apply({
       stateDir: join(options.stateDir, host.name),
       live: options.live,
       confirm: perVm ? makeConfirm(io, { yes: false }) : null,
     });
+    // On a terminal each host's outcome is shown before the next host's plan.
+    if (!options.json) {
+      if (applied.report != null) io.out(renderApplyReport(applied.report, { color: io.color }));
+      if (applied.error !== null) io.out(renderHostError(applied.error, { color: io.color }));
+      io.out("\n");
+    }
+    return applied;
   } finally {
     await session.close();
   }
@@ -153,9 +160,11 @@ async function runFleetApply(
     run: (host) => applyFleetHost(config, host, options, io),
   });
   if (values.json) io.out(fleetApplyJson(results));
-  else {
-    if (values.yes) io.out(`${renderFleetPlan(results, { color: io.color })}\n`);
+  else if (values.yes) {
+    io.out(`${renderFleetPlan(results, { color: io.color })}\n`);
     io.out(renderFleetApply(results, { color: io.color }));
+  } else {
+    io.out(renderFleetApplySummary(results, { color: io.color }));
   }
   return fleetFailed(results) ? 1 : 0;
 }

@@ -84,6 +84,16 @@ export function renderFleetApply(
     if (r.error !== null) text += renderHostError(r.error, options);
     return text;
   });
+  sections.push(renderFleetApplySummary(results, options));
+  return sections.join("\n");
+}
+
+/** The closing lines of a fleet apply: one word per host (changed, unchanged, skipped, FAILED). */
+export function renderFleetApplySummary(
+  results: readonly FleetHostResult[],
+  options: RenderApplyOptions,
+): string {
+  const paint = painter(options.color);
   const lines = results.map((r) => {
     const word = r.error !== null || (r.report != null && !r.report.ok)
       ? paint("red", "FAILED")
@@ -94,6 +104,5 @@ export function renderFleetApply(
       : paint("dim", "unchanged");
     return `  ${word} ${r.name}`;
   });
-  sections.push(paint("bold", "Hosts:") + "\n" + lines.join("\n") + "\n");
-  return sections.join("\n");
+  return paint("bold", "Hosts:") + "\n" + lines.join("\n") + "\n";
 }

@@ -423,3 +423,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test("apply on a terminal asks per host, then per VM, through the host workers", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+  try {
+    const config = await testDriverFleet(dir);
+    const answers = ["y", "y", "n", "q"];
+    const asked: string[] = [];
+    const io = { ...captureIo(), interactive: true };
+    const out = io.out;
+    io.out = (text: string) => {
+      if (/\? \[y\/n\/a\/q\] $/.test(text)) asked.push(text.trim());
+      out(text);
+    };
+    io.readLine = () => Promise.resolve(answers.shift() ?? null);
+    const code = await main(["apply", "-f", config, "--state-dir", `${dir}/state`], io);
+    assertEquals(code, 0, io.stdout() + io.stderr());
+    assertEquals(asked, [
+      'Apply to host "hv1"? [y/n/a/q]',
+      'Apply the changes to "render"? [y/n/a/q]',
+      'Apply the changes to "store"? [y/n/a/q]',
+      'Apply to host "hv2"? [y/n/a/q]',
+    ]);
+    const text = io.stdout();
+    // Each host's plan is shown before its question.
+    assertOk(text.indexOf("=== host hv2") > text.indexOf("changed render"));
+    assertMatch(text, /changed render \(\+2 -0 hostdevs\)/);
+    assertMatch(text, /skipped store/);
+    assertMatch(text, /Hosts:\n\s+changed hv1\n\s+skipped hv2\n/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
