@@ -10,6 +10,7 @@ import {
   computePlan,
   FLEET_FLAGS,
   FLEET_FLAGS_HELP,
+  HostWorkerPool,
   loadPlanConfig,
   openHostSession,
   parseFlags,
@@ -76,12 +77,13 @@ async function applyFleetHost(
     interactive: boolean;
     json: boolean;
     state: FleetApplyState;
+    pool: HostWorkerPool;
   },
   io: CliIo,
 ): Promise<FleetHostResult> {
   const session = openHostSession(
     { config, host, ...(options.vm ? { vms: options.vm } : {}) },
-    { inProcess: options.parallel === 1 },
+    { inProcess: options.parallel === 1, pool: options.pool },
   );
   try {
     const planned = await session.plan();
@@ -145,7 +147,9 @@ async function runFleetApply(
   const hostsDir = join(state.path, "hosts");
   ensurePrivateDir(hostsDir, state);
   const shared = { all: false, quit: false };
+  using pool = new HostWorkerPool();
   const options = {
+    pool,
     parallel,
     vm: values.vm,
     stateDir: hostsDir,

@@ -260,9 +260,46 @@ type FromWorker =
   | { op: "confirm"; vm: string }
   | { op: "closed" };
 
-/** Runs one host in a Web Worker running this module. */
-function workerSession(init: HostSessionInit): HostSession {
-  const worker = new Worker(new URL(import.meta.url), { type: "module" });
+/**
+ * Up to `size` host workers, reused from host to host: a worker costs a fresh isolate that loads
+ * and compiles the planner (~0.3 s of CPU), so one per lane rather than one per host.
+ */
+export class HostWorkerPool implements Disposable {
+  #idle: Worker[] = [];
+  #all = new Set<Worker>();
+
+  /** An idle worker, or a new one. */
+  acquire(): Worker {
+    const worker = this.#idle.pop() ?? new Worker(new URL(import.meta.url), { type: "module" });
+    this.#all.add(worker);
+    return worker;
+  }
+
+  /** Gives `worker` back; a broken one is terminated instead. */
+  release(worker: Worker, options: { broken: boolean }): void {
+    if (options.broken) {
+      worker.terminate();
+      this.#all.delete(worker);
+    } else {
+      this.#idle.push(worker);
+    }
+  }
+
+  /** Terminates every worker. */
+  close(): void {
+    for (const worker of this.#all) worker.terminate();
+    this.#all.clear();
+    this.#idle = [];
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Runs one host in a Web Worker running this module, borrowed from `pool`. */
+function workerSession(init: HostSessionInit, pool: HostWorkerPool): HostSession {
+  const worker = pool.acquire();
   let waiting: ((message: FromWorker) => void) | null = null;
   let confirm: HostApplyOptions["confirm"] = null;
   let plan: Plan | null = null;
@@ -322,7 +359,9 @@ function workerSession(init: HostSessionInit): HostSession {
     },
     async close() {
       if (failed === null) await request({ op: "close" });
-      worker.terminate();
+      worker.onmessage = null;
+      worker.onerror = null;
+      pool.release(worker, { broken: failed !== null });
     },
   };
 }
@@ -340,22 +379,25 @@ export const WORKERS_AVAILABLE = import.meta.url.endsWith("/cli/plan_options.ts"
  */
 export function openHostSession(
   init: HostSessionInit,
-  options: { inProcess: boolean },
+  options: { inProcess: boolean; pool: HostWorkerPool },
 ): HostSession {
-  return options.inProcess || !WORKERS_AVAILABLE ? localSession(init) : workerSession(init);
+  return options.inProcess || !WORKERS_AVAILABLE
+    ? localSession(init)
+    : workerSession(init, options.pool);
 }
 
 /** Plans every host of `hosts`, at most `parallel` at once; results in `hosts` order. */
-export function planFleet(
+export async function planFleet(
   config: Config,
   options: { hosts: HostConfig[]; parallel: number; vms?: string[] | undefined },
 ): Promise<FleetHostResult[]> {
-  return runBounded(options.hosts, {
+  using pool = new HostWorkerPool();
+  return await runBounded(options.hosts, {
     limit: options.parallel,
     run: async (host) => {
       const session = openHostSession(
         { config, host, ...(options.vms ? { vms: options.vms } : {}) },
-        { inProcess: options.parallel === 1 },
+        { inProcess: options.parallel === 1, pool },
       );
       try {
         return await session.plan();
