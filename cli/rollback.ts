@@ -10,7 +10,7 @@ import { parseFlags } from "./plan_options.ts";
 import { confirmYesNo } from "./confirm.ts";
 import { painter } from "./colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { renderDomainDiff } from "../lib/diff.ts";
+import { redactSecrets, renderDomainDiff } from "../lib/diff.ts";
 import { acquireLock, describeHolder } from "../lib/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
@@ -28,12 +28,19 @@ Options:
   -c, --connect URI     libvirt URI (default: $LIBVIRT_DEFAULT_URI or libvirt's default)
       --state-dir DIR   backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
       --json            print the result as JSON
+      --show-secrets    show passwords (e.g. VNC passwd) in the diff instead of ***
 
 Exit codes: 0 restored, already equal or declined, 1 failed, 2 usage error.
 `;
 
 /** Shows what the rollback would change and asks. */
-function askRollback(io: CliIo, preview: RollbackPreview): Promise<boolean> {
+function askRollback(
+  io: CliIo,
+  preview: RollbackPreview,
+  showSecrets: boolean,
+): Promise<boolean> {
+  // Both sides were read with VIR_DOMAIN_XML_SECURE: hide passwords unless asked.
+  const shown = (xml: string) => showSecrets ? xml : redactSecrets(xml);
   const paint = painter(io.color);
   io.out(
     `${
@@ -44,7 +51,10 @@ function askRollback(io: CliIo, preview: RollbackPreview): Promise<boolean> {
     io.out(`VM "${preview.vm}" is not defined now: it will be defined from the backup\n`);
   } else {
     io.out(
-      renderDomainDiff(preview.currentXml, preview.backupXml, { vm: preview.vm, color: io.color }),
+      renderDomainDiff(shown(preview.currentXml), shown(preview.backupXml), {
+        vm: preview.vm,
+        color: io.color,
+      }),
     );
   }
   if (preview.active) {
@@ -67,6 +77,7 @@ export const rollbackCommand: Command = {
       connect: { type: "string", short: "c" },
       "state-dir": { type: "string" },
       json: { type: "boolean", default: false },
+      "show-secrets": { type: "boolean", default: false },
     }, 1);
     const vm = positionals[0];
     if (vm === undefined) throw new UsageError("Missing the VM to roll back");
@@ -85,7 +96,9 @@ export const rollbackCommand: Command = {
       stateDir,
       lock,
       ...(values.to !== undefined ? { backup: values.to } : {}),
-      confirm: values.yes ? () => Promise.resolve(true) : (preview) => askRollback(io, preview),
+      confirm: values.yes
+        ? () => Promise.resolve(true)
+        : (preview) => askRollback(io, preview, values["show-secrets"]),
     });
     if (report.brokeStaleLock !== null) {
       io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -33,6 +33,7 @@ import { type BackupEntry, writeBackup } from "./backups.ts";
 import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "./lock.ts";
 import { openStateDir, type StateDir } from "./state_dir.ts";
+import { redactSecrets } from "./diff.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -169,7 +170,10 @@ export function describeXmlChange(before: string, after: string): string {
   for (const change of diffLines(before, after)) {
     if (!change.added && !change.removed) continue;
     for (const line of change.value.split("\n")) {
-      if (line.trim() !== "") lines.push(`${change.added ? "+" : "-"}${line.trim()}`);
+      // Either side may come from a read with secrets: never quote a password in a message.
+      if (line.trim() !== "") {
+        lines.push(`${change.added ? "+" : "-"}${redactSecrets(line.trim())}`);
+      }
     }
   }
   if (lines.length > 0) {
@@ -453,7 +457,7 @@ function applyVm(
     return fail(
       "drift",
       `Not applied to "${vm.name}": its definition changed since the plan was made: ${
-        describeXmlChange(vm.currentXml, secure)
+        describeXmlChange(vm.currentXml, plain)
       }; run the plan again`,
     );
   }
