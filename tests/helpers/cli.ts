@@ -1,0 +1,146 @@
+/**
+ * Runs the real CLI as a user does: a separate `deno run` process with exactly the permission
+ * flags README documents (read from `bin/passthrough`, the one place they are written), with or
+ * without a real pseudo-terminal (`script` from util-linux).
+ *
+ * @module
+ */
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+/** Absolute path of `main.ts`. */
+export const MAIN = `${ROOT}main.ts`;
+
+/** The `--allow-*` and `--no-prompt` flags of `bin/passthrough`, so tests prove the documented set suffices. */
+export function documentedFlags(): string[] {
+  const wrapper = Deno.readTextFileSync(`${ROOT}bin/passthrough`);
+  const flags = [...wrapper.matchAll(/(--no-prompt|--allow-[a-z-]+(?:=[^\s\\]+)?)/g)].map((m) =>
+    m[1]!
+  );
+  if (flags.length === 0) throw new Error("No --allow flags found in bin/passthrough");
+  return flags;
+}
+
+/** The outcome of one CLI run. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `passthrough ARGS` with the documented flags, `stdin` as input, colour off. */
+export async function runCli(args: string[], options: { stdin?: string } = {}): Promise<CliResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(options.stdin ?? ""));
+  await writer.close();
+  const out = await child.output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+/** Whether util-linux `script` is here to provide a pseudo-terminal. */
+export function hasScript(): boolean {
+  try {
+    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A CLI run on a real pseudo-terminal. The test reads the screen as it comes and answers prompts
+ * when they appear, so it can act between a prompt and its answer.
+ */
+export interface PtySession extends AsyncDisposable {
+  /** Resolves with everything printed so far once `pattern` has appeared (rejects at exit). */
+  waitFor(pattern: RegExp): Promise<string>;
+  /** Types `text` into the terminal. */
+  type(text: string): Promise<void>;
+  /** Closes the input and waits for the exit; returns the code and the whole screen. */
+  finish(): Promise<{ code: number; screen: string }>;
+}
+
+/** Starts `passthrough ARGS` on a pseudo-terminal. */
+export function runCliOnPty(args: string[]): PtySession {
+  const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+  const command = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args]
+    .map(quote).join(" ");
+  const child = new Deno.Command("script", {
+    args: ["-q", "-e", "-c", command, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  let screen = "";
+  let exited = false;
+  const waiters: { pattern: RegExp; resolve: (s: string) => void; reject: (e: Error) => void }[] =
+    [];
+  const settle = () => {
+    for (const w of [...waiters]) {
+      if (w.pattern.test(screen)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(screen);
+      } else if (exited) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.reject(new Error(`Exited before ${w.pattern} appeared; screen:\n${screen}`));
+      }
+    }
+  };
+  const pump = (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      settle();
+    }
+  })();
+  const status = child.status.then(async (s) => {
+    await pump;
+    exited = true;
+    settle();
+    return s;
+  });
+  const stderrDone = new Response(child.stderr).text();
+  let closed = false;
+  const close = async () => {
+    if (!closed) {
+      closed = true;
+      await writer.close().catch(() => {});
+    }
+  };
+  return {
+    waitFor(pattern) {
+      return new Promise((resolve, reject) => {
+        waiters.push({ pattern, resolve, reject });
+        settle();
+      });
+    },
+    async type(text) {
+      await writer.write(new TextEncoder().encode(text));
+    },
+    async finish() {
+      await close();
+      const s = await status;
+      await stderrDone;
+      return { code: s.code, screen };
+    },
+    async [Symbol.asyncDispose]() {
+      await close();
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already gone */ }
+      }
+      await status;
+      await stderrDone;
+    },
+  };
+}
