@@ -1,6 +1,15 @@
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { parseConfig } from "../lib/config.ts";
-import { configForHost, runBounded, selectHosts, UnknownHostError } from "../lib/fleet.ts";
+import {
+  configForHost,
+  fleetFailed,
+  hostError,
+  runBounded,
+  selectHosts,
+  UnknownHostError,
+} from "../lib/fleet.ts";
+import type { Plan } from "../lib/plan_types.ts";
+import type { ApplyReport } from "../lib/apply.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
 import { main } from "../main.ts";
@@ -454,4 +463,56 @@ Deno.test("apply on a terminal asks per host, then per VM, through the host work
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a refusal on one host fails the run but the other host still applies", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+  try {
+    const config = await testDriverFleet(dir);
+    // hv2 has no such card: its render VM is refused, hv1 is untouched by that.
+    await Deno.writeTextFile(
+      config,
+      (await Deno.readTextFile(config)).replace('"10de:1b80"', '"dead:beef"'),
+    );
+    const io = captureIo();
+    const code = await main(
+      ["apply", "--yes", "--json", "-f", config, "--state-dir", `${dir}/state`],
+      io,
+    );
+    assertEquals(code, 1, io.stderr());
+    const { hosts } = JSON.parse(io.stdout()) as { hosts: FleetJsonHost[] };
+    assertEquals(
+      hosts.map((h) => [h.name, h.error, h.report?.vms.map((vm) => `${vm.vm}:${vm.status}`)]),
+      [
+        ["hv1", null, ["render:changed", "store:changed"]],
+        ["hv2", null, ["render:skipped", "store:changed"]],
+      ],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hostError() keeps the causes and libvirt's code; fleetFailed() sees every kind of failure", () => {
+  const cause = Object.assign(new Error("Cannot recv data"), { code: 38 });
+  const error = hostError(
+    "connect",
+    new Error('Cannot connect to "qemu+ssh://x/system"', { cause }),
+  );
+  assertEquals(error, {
+    stage: "connect",
+    name: "Error",
+    message: 'Cannot connect to "qemu+ssh://x/system": Cannot recv data',
+    code: 38,
+  });
+  const plan = (errors: unknown[]) =>
+    ({ config: "", host: "", uri: "", vms: [], errors, warnings: [] }) as unknown as Plan;
+  const ok = { name: "a", uri: "test:///a", plan: plan([]), error: null };
+  assertEquals(fleetFailed([ok]), false);
+  assertEquals(fleetFailed([ok, { ...ok, plan: null, error }]), true);
+  assertEquals(fleetFailed([ok, { ...ok, plan: plan([{ code: "no-iommu" }]) }]), true);
+  assertEquals(
+    fleetFailed([{ ...ok, report: { ok: false } as unknown as ApplyReport }]),
+    true,
+  );
 });
