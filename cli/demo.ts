@@ -21,7 +21,7 @@ import type { Command } from "./context.ts";
 import { loadHost } from "./host_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { renderApplyReport } from "./render_apply.ts";
-import { painter } from "./colors.ts";
+import { painter } from "../lib/colors.ts";
 import { parseFlags } from "./plan_options.ts";
 
 const DEMO_DIR = new URL("../demo/", import.meta.url);

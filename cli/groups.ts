@@ -10,7 +10,7 @@ import type { HostTopology, IommuGroup } from "../lib/types.ts";
 import { cardOf, hostCriticalReason } from "../lib/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
-import { painter } from "./colors.ts";
+import { painter } from "../lib/colors.ts";
 import { deviceLabel, deviceNotes, parseHostFlags } from "./devices.ts";
 
 const HELP = `Usage: passthrough groups [--json] [--sysfs DIR]

@@ -6,7 +6,7 @@
  */
 
 import type { ApplyReport, VmApplyResult } from "../lib/apply.ts";
-import { type Paint, painter } from "./colors.ts";
+import { type Paint, painter } from "../lib/colors.ts";
 import type { FleetHostResult } from "../lib/fleet.ts";
 import { hostHeading, renderHostError } from "./render_plan.ts";
 

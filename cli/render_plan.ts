@@ -8,7 +8,7 @@
 
 import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan_types.ts";
 import { renderDomainDiff } from "../lib/diff.ts";
-import { type Paint, painter } from "./colors.ts";
+import { type Paint, painter } from "../lib/colors.ts";
 import type { FleetHostError, FleetHostResult } from "../lib/fleet.ts";
 
 /** Options for {@link renderPlan}. */

@@ -8,7 +8,7 @@
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import { parseFlags } from "./plan_options.ts";
 import { confirmYesNo } from "./confirm.ts";
-import { painter } from "./colors.ts";
+import { painter } from "../lib/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { redactSecrets, renderDomainDiff } from "../lib/diff.ts";
 import { acquireLock, describeHolder } from "../lib/lock.ts";

@@ -10,7 +10,7 @@
  */
 
 import { diffArrays } from "diff";
-import { painter } from "../cli/colors.ts";
+import { painter } from "./colors.ts";
 
 /** Options of {@link renderDomainDiff}. */
 export interface DomainDiffOptions {

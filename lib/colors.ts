@@ -1,5 +1,5 @@
 /**
- * The one place that knows ANSI colour codes. Everything else asks for a {@link Paint} and never
+ * The one place that knows ANSI colour codes (the CLI and `lib/diff.ts` both paint through it).
  * decides by itself whether colour is on (that is `io.color`: a terminal and no `NO_COLOR`).
  *
  * @module
