@@ -1,6 +1,7 @@
 /**
  * The one place that knows ANSI colour codes (the CLI and `lib/diff.ts` both paint through it).
- * decides by itself whether colour is on (that is `io.color`: a terminal and no `NO_COLOR`).
+ * Everything else asks for a {@link Paint} and never decides by itself whether colour is on (that
+ * is `io.color`: a terminal and no `NO_COLOR`).
  *
  * @module
  */
