@@ -316,20 +316,16 @@ Deno.test("a single-host config keeps the plain plan JSON", async () => {
   }
 });
 
+/** The permission flags of `bin/passthrough` (what README documents), so workers prove enough. */
+function documentedPermissions(): string[] {
+  const wrapper = Deno.readTextFileSync(new URL("../bin/passthrough", import.meta.url));
+  return [...wrapper.matchAll(/(--allow-[a-z-]+(?:=[^\s\\]+)?)/g)].map((m) => m[1]!);
+}
+
 /** Runs the real CLI in a child process with the documented permissions. */
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const output = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      "--allow-ffi",
-      "--allow-run=lspci",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      MAIN,
-      ...args,
-    ],
+    args: ["run", "--quiet", ...documentedPermissions(), MAIN, ...args],
     env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
