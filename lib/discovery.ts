@@ -136,8 +136,29 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
     const device = readSysfsDevice(reader, root, name);
     if (device !== null) devices.push(device);
   }
+  if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
+    fillGroupsFromListing(reader, root, devices);
+  }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   return devices;
+}
+
+/**
+ * A device whose `iommu_group` link is missing while others have one (a damaged or partly copied
+ * tree): the group's own listing, `kernel/iommu_groups/N/devices`, may still name it, and leaving
+ * it groupless would let a plan give its group away without it.
+ */
+function fillGroupsFromListing(reader: SysfsReader, root: string, devices: PciDevice[]): void {
+  const byAddress = new Map(devices.map((d) => [d.address, d]));
+  for (const name of reader.listDir(`${root}/kernel/iommu_groups`) ?? []) {
+    const group = Number(name);
+    if (!Number.isInteger(group)) continue;
+    for (const entry of reader.listDir(`${root}/kernel/iommu_groups/${name}/devices`) ?? []) {
+      const address = canonicalPciAddress(entry);
+      const device = address === null ? undefined : byAddress.get(address);
+      if (device !== undefined && device.iommuGroup === null) device.iommuGroup = group;
+    }
+  }
 }
 
 function listSysfsDevices(reader: SysfsReader, root: string): string[] {
@@ -180,10 +201,12 @@ function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDe
     // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
     const modules = attr("modules");
     const virtfns: PciAddress[] = [];
-    const numVfs = Number(attr("sriov_numvfs") ?? "0");
+    // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
+    const numVfs = Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
     for (let i = 0; i < numVfs; i++) {
       const link = reader.readLink(`${dir}/virtfn${i}`);
-      const vf = link === null ? null : canonicalPciAddress(baseName(link));
+      if (link === null) break; // The kernel numbers the links from 0 without gaps.
+      const vf = canonicalPciAddress(baseName(link));
       if (vf !== null) virtfns.push(vf);
     }
     virtfns.sort(comparePciAddress);
