@@ -12,8 +12,10 @@
  * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
  *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
  *   wrong device is never kept silently.
- * - Domains not named in the config are never planned, but the devices they hold count for group
- *   conflicts.
+ * - Domains not named in the config are not planned, and the devices they hold count for group
+ *   conflicts, with one exception: a domain that still holds hostdevs this tool added (its
+ *   metadata has records) was dropped from the config, so those hostdevs are removed like any
+ *   device dropped from the config (unless `vms` limits the plan). Hand-added ones stay.
  *
  * @module
  */
@@ -310,37 +312,64 @@ export function planHostdevs(options: PlanOptions): Plan {
   const configured = new Set(config.vms.map((v) => v.name));
   const domains = new Map(libvirt.listDomains().map((d) => [d.name, d]));
   const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
-  const selected = options.vms ?? config.vms.map((v) => v.name);
-  const planned = new Set(selected);
-  const held = new Map<string, PciAddress[]>();
+  const unreadable = new Map<string, { xml: string; error: unknown }>();
+  const hostdevsOf = new Map<string, DomainHostdev[]>();
+  const orphans: string[] = [];
   for (const name of domains.keys()) {
     const xml = libvirt.getPersistentXml(name);
     let domain: ParsedDomain;
     try {
       domain = parseDomainXml(xml);
     } catch (error) {
-      if (configured.has(name)) {
-        throw new Error(`Cannot read the definition of VM "${name}"`, { cause: error });
-      }
-      // Another tool's domain we cannot read: its devices cannot be checked for conflicts.
+      // A configured VM we cannot read is refused on its own below; another tool's domain we
+      // cannot read is skipped (its devices cannot be checked for conflicts).
+      if (configured.has(name)) unreadable.set(name, { xml, error });
       continue;
     }
-    if (configured.has(name)) parsed.set(name, { xml, domain });
-    held.set(
-      name,
-      domain.hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address),
-    );
+    hostdevsOf.set(name, domain.hostdevs);
+    if (configured.has(name)) {
+      parsed.set(name, { xml, domain });
+    } else if (options.vms === undefined && domain.records.length > 0) {
+      parsed.set(name, { xml, domain });
+      orphans.push(name);
+    }
+  }
+  // Dropped from the config but still holding our hostdevs: planned with no rules, so exactly
+  // the hostdevs this tool added are removed.
+  const effective: Config = orphans.length === 0 ? config : {
+    ...config,
+    vms: [...config.vms, ...orphans.map((name) => ({ name, location: config.file, rules: [] }))],
+  };
+  const selected = options.vms ?? effective.vms.map((v) => v.name);
+  const planned = new Set(selected);
+  const held = new Map<string, PciAddress[]>();
+  for (const [name, hostdevs] of hostdevsOf) {
+    held.set(name, hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address));
   }
   const records = new Map([...parsed].map(([n, p]) => [n, p.domain.records]));
   const current = new Map(
     [...parsed].map(([n, p]) => [n, new Set(p.domain.hostdevs.map((h) => h.address))]),
   );
-  const resolved = resolveConfig(config, host, { records, current, held });
+  const resolved = resolveConfig(effective, host, { records, current, held });
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
 
   for (const name of selected) {
     const entry = parsed.get(name);
     const resolution = resolved.get(name);
+    const broken = unreadable.get(name);
+    if (broken !== undefined) {
+      const vmPlan = emptyVmPlan(name, broken.xml);
+      const vmConfig = config.vms.find((v) => v.name === name);
+      const detail = broken.error instanceof Error ? broken.error.message : String(broken.error);
+      vmPlan.errors.push({
+        code: "unreadable-definition",
+        message: `Cannot read the definition of VM "${name}": ${detail}`,
+        vm: name,
+        ...(vmConfig ? { location: vmConfig.location } : {}),
+      });
+      plan.vms.push(vmPlan);
+      continue;
+    }
     if (resolution === undefined || entry === undefined) {
       const vmPlan = emptyVmPlan(name, entry?.xml ?? "");
       const vmConfig = config.vms.find((v) => v.name === name);
@@ -355,12 +384,18 @@ export function planHostdevs(options: PlanOptions): Plan {
       plan.vms.push(vmPlan);
       continue;
     }
-    plan.vms.push(planVm(entry.xml, entry.domain, resolution, {
+    const vmPlan = planVm(entry.xml, entry.domain, resolution, {
       host,
       byAddress,
       globalErrors: plan.errors,
       active: domains.get(name)?.active ?? null,
-    }));
+    });
+    if (orphans.includes(name)) {
+      vmPlan.reasoning.unshift(
+        `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
+      );
+    }
+    plan.vms.push(vmPlan);
   }
   return plan;
 }

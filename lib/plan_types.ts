@@ -22,6 +22,7 @@ export type IssueCode =
   | "drift"
   | "moved"
   | "unknown-vm"
+  | "unreadable-definition"
   | "vm-running"
   | "boot-order-conflict";
 

@@ -1,0 +1,129 @@
+/**
+ * VMs that leave the config: the hostdevs this tool added are removed (a device dropped from the
+ * config leaves the VM, whether its rule or its whole VM entry went), hand-added ones stay; and a
+ * configured VM whose definition cannot be read is refused on its own.
+ */
+
+import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
+import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { discoverHost } from "../lib/discovery.ts";
+import { parseConfig } from "../lib/config.ts";
+import { planHostdevs } from "../lib/plan.ts";
+import { applyPlan } from "../lib/apply.ts";
+import { parseDomainXml } from "../lib/domain_xml.ts";
+import type { LibvirtPort } from "../lib/libvirt_port.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+
+const DEMO = new URL("../demo/", import.meta.url).pathname;
+
+const BOTH = `version: 1
+vms:
+  win10:
+    devices:
+      - name: gtx1080
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_device_id: "1002:67df" }
+`;
+const GENTOO_ONLY = `version: 1
+vms:
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_device_id: "1002:67df" }
+`;
+
+async function demoHost() {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-orphans-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  const host = await discoverHost({ root: `${dir}/sysfs` });
+  return { dir, host, [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }) };
+}
+
+Deno.test("planHostdevs() removes the hostdevs it added to a VM dropped from the config, keeping hand-added ones", async () => {
+  using demo = await demoHost();
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`);
+  const first = planHostdevs({
+    config: parseConfig(BOTH, { file: "both.yaml" }),
+    host: demo.host,
+    libvirt,
+  });
+  const report = await applyPlan(first, {
+    libvirt,
+    stateDir: `${demo.dir}/state`,
+    confirm: () => Promise.resolve("yes"),
+  });
+  assertEquals(report.changed, ["win10", "gentoo"]);
+
+  const config = parseConfig(GENTOO_ONLY, { file: "gentoo.yaml" });
+  const plan = planHostdevs({ config, host: demo.host, libvirt });
+  const win10 = plan.vms.find((vm) => vm.name === "win10");
+  assert(win10 !== undefined, "win10 is planned although the config no longer names it");
+  assertEquals(win10.remove.sort(), ["0000:21:00.0", "0000:21:00.1"]);
+  assertMatch(win10.reasoning[0]!, /no longer in config "gentoo\.yaml"/);
+  assertEquals(plan.vms.find((vm) => vm.name === "gentoo")?.changed, false);
+
+  // Limited to gentoo, win10 is left alone.
+  const limited = planHostdevs({ config, host: demo.host, libvirt, vms: ["gentoo"] });
+  assertEquals(limited.vms.map((vm) => vm.name), ["gentoo"]);
+
+  await applyPlan(plan, {
+    libvirt,
+    stateDir: `${demo.dir}/state`,
+    confirm: () => Promise.resolve("yes"),
+  });
+  const after = libvirt.getPersistentXml("win10");
+  const parsed = parseDomainXml(after);
+  assertEquals(parsed.hostdevs, []);
+  assertEquals(parsed.records, []);
+  assertMatch(after, /<hostdev mode='subsystem' type='usb'/, "the hand-added USB device stays");
+  // Nothing left to release: the VM drops out of the plan.
+  assertEquals(planHostdevs({ config, host: demo.host, libvirt }).vms.map((vm) => vm.name), [
+    "gentoo",
+  ]);
+});
+
+/**
+ * A stand-in port serving fixed XML, used only here: libvirt itself always returns well-formed
+ * definitions, so the real thing cannot produce the unreadable one this test needs.
+ */
+function fixedXmlPort(domains: Record<string, string>): LibvirtPort {
+  return {
+    uri: "test:///fixed-xml",
+    listDomains: () =>
+      Object.keys(domains).map((name) => ({ name, uuid: "", active: false, persistent: true })),
+    getPersistentXml: (name) => domains[name]!,
+    isActive: () => false,
+    define: () => {
+      throw new Error("not used");
+    },
+    attachDevice: () => {
+      throw new Error("not used");
+    },
+    detachDevice: () => {
+      throw new Error("not used");
+    },
+  };
+}
+
+Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", async () => {
+  using demo = await demoHost();
+  using real = openLibvirtPort(`test://${DEMO}world.xml`);
+  const libvirt = fixedXmlPort({
+    win10: "<domain type='test'><name>win10</name><devices><hostdev></devices></domain>",
+    gentoo: real.getPersistentXml("gentoo"),
+  });
+  const plan = planHostdevs({
+    config: parseConfig(BOTH, { file: "both.yaml" }),
+    host: demo.host,
+    libvirt,
+  });
+  const [win10, gentoo] = plan.vms;
+  assertEquals(win10?.errors.map((e) => e.code), ["unreadable-definition"]);
+  assertMatch(win10!.errors[0]!.message, /Cannot read the definition of VM "win10": /);
+  assertEquals(win10?.changed, false);
+  assertEquals(gentoo?.errors, []);
+  assertEquals(gentoo?.add.map((a) => a.address), ["0000:4c:00.0", "0000:4c:00.1"]);
+});
