@@ -9,6 +9,7 @@ import { devicesCommand } from "./devices.ts";
 import { groupsCommand } from "./groups.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { doctorCommand } from "./doctor.ts";
+import { sourcesCommand } from "./sources.ts";
 import { planCommand } from "./plan.ts";
 import { demoCommand } from "./demo.ts";
 import { applyCommand } from "./apply.ts";
@@ -21,6 +22,7 @@ export const COMMANDS: Command[] = [
   groupsCommand,
   snapshotCommand,
   doctorCommand,
+  sourcesCommand,
   planCommand,
   applyCommand,
   rollbackCommand,
