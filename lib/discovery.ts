@@ -93,6 +93,9 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     const device = readSysfsDevice(reader, root, names[i]!);
     if (device !== null) devices.push(device);
   }
+  if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
+    fillGroupsFromListing(reader, root, devices);
+  }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
