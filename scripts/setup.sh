@@ -9,7 +9,10 @@ profile=${1:-runtime}
 if [ ! -x tools/deno/node_modules/.bin/deno ]; then
   command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first)" >&2; exit 1; }
   echo "setup: installing Deno from npm (pinned in tools/deno/package-lock.json)" >&2
-  npm ci --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
+  # Not `npm ci`: npm records only this platform's optional Deno binary in the lock, and `ci`
+  # then refuses the lock as incomplete. `install` honours the lock (exact version, integrity)
+  # and leaves it unchanged.
+  npm install --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
 fi
 
 runtime_pkgs=(libvirt0 pciutils)
