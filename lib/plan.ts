@@ -44,6 +44,7 @@ import {
   parseDomainXml,
 } from "./domain_xml.ts";
 import { pciAddressFromLibvirt, pciAddressParts } from "./pci_address.ts";
+import { decodeXmlText } from "./xml.ts";
 import type {
   DeviceIdentity,
   HostdevSpec,
@@ -212,8 +213,10 @@ function specOfXml(hostdev: DomainHostdev): string {
   const boot = /<boot\b[^>]*\border=['"](\d+)['"]/.exec(xml)?.[1] ?? "";
   const rom = /<rom\b([^>]*)\/?>/.exec(xml)?.[1] ?? "";
   const bar = /\bbar=['"](on|off)['"]/.exec(rom)?.[1] ?? "";
-  const file = /\bfile=['"]([^'"]*)['"]/.exec(rom)?.[1] ?? "";
-  return JSON.stringify([hostdev.managed, boot, bar, file]);
+  // Compare decoded values: libvirt re-escapes attributes its own way (a `"` inside '...' stays
+  // raw), and a path may hold either quote.
+  const file = /\bfile=(?:'([^']*)'|"([^"]*)")/.exec(rom);
+  return JSON.stringify([hostdev.managed, boot, bar, decodeXmlText(file?.[1] ?? file?.[2] ?? "")]);
 }
 
 function specKey(spec: HostdevSpec): string {
@@ -221,7 +224,7 @@ function specKey(spec: HostdevSpec): string {
     spec.managed,
     spec.bootOrder === undefined ? "" : String(spec.bootOrder),
     spec.rom?.bar ?? "",
-    (spec.rom?.file ?? "").replace(/&/g, "&amp;").replace(/'/g, "&apos;").replace(/</g, "&lt;"),
+    spec.rom?.file ?? "",
   ]);
 }
 
