@@ -333,6 +333,65 @@ Deno.test("applyPlan() defines nothing when the state directory's disk is full",
   }
 });
 
+Deno.test("applyPlan() defines nothing when the state directory is on a read-only file system", async (t) => {
+  const base = await Deno.makeTempDir({ prefix: "passthrough-ro-" });
+  const mountPoint = `${base}/mnt`;
+  await Deno.mkdir(mountPoint);
+  if (Deno.uid() !== 0 || !mountWorks(mountPoint)) {
+    await Deno.remove(base, { recursive: true });
+    await t.step({ name: "skipped: cannot mount a tmpfs here", ignore: true, fn: () => {} });
+    return;
+  }
+  try {
+    // A state directory that exists and is private, then the file system turns read-only.
+    await Deno.mkdir(`${mountPoint}/state/backups`, { recursive: true, mode: 0o700 });
+    await Deno.chmod(`${mountPoint}/state`, 0o700);
+    const remount = await new Deno.Command("mount", {
+      args: ["-o", "remount,ro", mountPoint],
+      stderr: "null",
+    }).output();
+    assertOk(remount.success, "remount read-only");
+    await using tree = await demoTree();
+    await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>${A}</name>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+  </domain>
+</node>`);
+    using port = openLibvirtPort(world.uri);
+    const stateDir = `${mountPoint}/state`;
+    const plan = planHostdevs({
+      config: parseConfig(gpuConfig(A), { file: "c.yaml" }),
+      host: await loadHost(tree.sysfs),
+      libvirt: port,
+    });
+    const before = snapshotDomains(port);
+    const state = snapshotDir(stateDir);
+    let message = "";
+    try {
+      const report = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
+      assertEquals(report.vms[0]?.status, "failed");
+      message = report.vms[0]!.message;
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    assertMatch(message, /Read-only file system|read-only/i);
+    assertEquals(snapshotDomains(port), before);
+    assertEquals(snapshotDir(stateDir), state);
+    recordCase({
+      area: "fault",
+      name: "state directory on a read-only file system",
+      count: 1,
+      outcome: "clear error before any define; definitions and state byte-identical",
+      test: TEST,
+    });
+  } finally {
+    await new Deno.Command("umount", { args: [mountPoint] }).output();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
 function hasScript(): boolean {
   try {
     return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
