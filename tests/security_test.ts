@@ -18,6 +18,9 @@ import { planHostdevs } from "../lib/plan.ts";
 import { parseConfig } from "../lib/config.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { redactSecrets } from "../lib/diff.ts";
+import { encodeVmName, writeBackup } from "../lib/backups.ts";
+import { openStateDir, StateDirError } from "../lib/state_dir.ts";
+import { main } from "../main.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import { DEMO_HOST, demoTree, gpuConfig, snapshotDir } from "./fixtures/hostile/harness.ts";
 
@@ -275,4 +278,96 @@ Deno.test({
       test: TEST,
     });
   },
+});
+
+Deno.test("writeBackup() refuses a per-VM backups directory planted as a symlink and writes nothing through it", () => {
+  const base = Deno.makeTempDirSync({ prefix: "passthrough-security-" });
+  try {
+    const state = openStateDir(`${base}/state`);
+    const elsewhere = `${base}/elsewhere`;
+    Deno.mkdirSync(elsewhere, { mode: 0o700 });
+    Deno.symlinkSync(elsewhere, `${base}/state/backups/${encodeVmName("vm")}`);
+    let error: unknown = null;
+    try {
+      writeBackup(state, {
+        vm: "vm",
+        uuid: "u",
+        xml: "<domain/>",
+        reason: "apply",
+        uri: "test:///x",
+      });
+    } catch (e) {
+      error = e;
+    }
+    assertOk(error instanceof StateDirError, String(error));
+    assertEquals([...Deno.readDirSync(elsewhere)], []);
+    recordCase({
+      area: "security",
+      name: "per-VM backups directory is a planted symlink",
+      count: 1,
+      outcome: "StateDirError, nothing written through it",
+      test: TEST,
+    });
+  } finally {
+    Deno.removeSync(base, { recursive: true });
+  }
+});
+
+Deno.test("passthrough rollback shows passwords as *** in its diff unless --show-secrets", async () => {
+  await using tree = await demoTree();
+  await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>vm</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices><graphics type='vnc' port='-1' autoport='yes' passwd='${SECRET}'/></devices>
+  </domain>
+</node>`);
+  const stateDir = `${tree.dir}/state`;
+  {
+    using port = openLibvirtPort(world.uri);
+    const secure = port.getPersistentXml("vm", { secure: true });
+    // A backup that differs on the password's line, so the diff must show that line.
+    writeBackup(openStateDir(stateDir), {
+      vm: "vm",
+      uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
+      xml: secure.replace(SECRET, "0ld-pass").replace("autoport='yes'", "autoport='no'"),
+      reason: "apply",
+      uri: port.uri,
+    });
+  }
+  const runRollback = async (extra: string[]) => {
+    const out: string[] = [];
+    const code = await main([
+      "rollback",
+      "vm",
+      "--connect",
+      world.uri,
+      "--state-dir",
+      stateDir,
+      ...extra,
+    ], {
+      out: (t) => out.push(t),
+      err: (t) => out.push(t),
+      color: false,
+      interactive: true,
+      readLine: () => Promise.resolve("n"),
+      env: () => undefined,
+    });
+    return { code, text: out.join("") };
+  };
+  const hidden = await runRollback([]);
+  assertEquals(hidden.code, 0, hidden.text);
+  assertMatch(hidden.text, /-.*passwd='\*\*\*'/);
+  assertOk(!hidden.text.includes(SECRET) && !hidden.text.includes("0ld-pass"), hidden.text);
+  const shown = await runRollback(["--show-secrets"]);
+  assertOk(shown.text.includes(SECRET) && shown.text.includes("0ld-pass"), shown.text);
+  recordCase({
+    area: "security",
+    name: "rollback diff of definitions read with secrets",
+    count: 2,
+    outcome: "passwords shown as *** unless --show-secrets",
+    test: TEST,
+  });
 });
