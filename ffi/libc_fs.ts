@@ -7,17 +7,17 @@
  * @module
  */
 
-import type { SysfsReader } from "../lib/sysfs.ts";
+import type { SysfsDirReader, SysfsReader } from "../lib/sysfs.ts";
 
 const SYMBOLS = {
-  // int open(const char *pathname, int flags);
-  open: { parameters: ["buffer", "i32"], result: "i32" },
+  // int openat(int dirfd, const char *pathname, int flags);
+  openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // int close(int fd);
   close: { parameters: ["i32"], result: "i32" },
-  // ssize_t readlink(const char *pathname, char *buf, size_t bufsiz);
-  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // ssize_t readlinkat(int dirfd, const char *pathname, char *buf, size_t bufsiz);
+  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
   // DIR *opendir(const char *name);
   opendir: { parameters: ["buffer"], result: "pointer" },
   // struct dirent *readdir(DIR *dirp);
@@ -32,6 +32,11 @@ type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
+const O_DIRECTORY = 0o200000;
+/** Opens a directory only as a lookup anchor: no read permission needed, no access time. */
+const O_PATH = 0o10000000;
+/** `dirfd` meaning "relative to the working directory" (absolute paths ignore it anyway). */
+const AT_FDCWD = -100;
 /** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
 const DIRENT_NAME_OFFSET = 19;
 /** errno values that mean "not there" for an optional sysfs attribute. */
@@ -116,8 +121,13 @@ export function libcSysfsReader(): SysfsReader {
     if (MISSING_ERRNO.has(code)) return null;
     throw new LibcFsError(operation, path, code);
   };
-  const readAll = (path: string, maxBytes: number): Uint8Array | null => {
-    const fd = retrying(() => lib.open(cString(path), O_RDONLY | O_CLOEXEC));
+  // `name` is resolved against `dirfd`; `path` is the full path for messages.
+  const readAll = (
+    at: { dirfd: number; name: string; path: string },
+    maxBytes: number,
+  ): Uint8Array | null => {
+    const { dirfd, name, path } = at;
+    const fd = retrying(() => lib.openat(dirfd, cString(name), O_RDONLY | O_CLOEXEC));
     if (fd < 0) return fail("open", path);
     // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
     // per file (they cost microseconds in VMs); /proc files are read until 0 as usual, because
@@ -139,6 +149,14 @@ export function libcSysfsReader(): SysfsReader {
       lib.close(fd);
     }
   };
+  const readLinkAt = (at: { dirfd: number; name: string; path: string }): string | null => {
+    const n = retrying(() =>
+      lib.readlinkat(at.dirfd, cString(at.name), linkBuffer, BigInt(linkBuffer.length))
+    );
+    if (n < 0) return fail("read link", at.path);
+    return decoder.decode(linkBuffer.subarray(0, n));
+  };
+  const absolute = (path: string) => ({ dirfd: AT_FDCWD, name: path, path });
   return {
     listDir(path) {
       let dir = lib.opendir(cString(path));
@@ -162,16 +180,44 @@ export function libcSysfsReader(): SysfsReader {
       return names;
     },
     readText(path) {
-      const bytes = readAll(path, 65536);
+      const bytes = readAll(absolute(path), 65536);
       return bytes === null ? null : decoder.decode(bytes);
     },
     readBytes(path, maxBytes) {
-      return readAll(path, maxBytes);
+      return readAll(absolute(path), maxBytes);
     },
     readLink(path) {
-      const n = retrying(() => lib.readlink(cString(path), linkBuffer, BigInt(linkBuffer.length)));
-      if (n < 0) return fail("read link", path);
-      return decoder.decode(linkBuffer.subarray(0, n));
+      return readLinkAt(absolute(path));
+    },
+    openDir(path): SysfsDirReader {
+      // One lookup of the directory (on the real /sys, through the bus/pci/devices symlink and
+      // the device's deep path) instead of one per attribute: path walks are most of the cost.
+      const dirfd = retrying(() =>
+        lib.openat(AT_FDCWD, cString(path), O_PATH | O_DIRECTORY | O_CLOEXEC)
+      );
+      // A missing directory reads as empty, like each of its attributes would.
+      if (dirfd < 0) fail("open directory", path);
+      let closed = false;
+      const at = (name: string) => {
+        if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
+        return { dirfd, name, path: `${path}/${name}` };
+      };
+      return {
+        readText(name) {
+          const bytes = dirfd < 0 ? null : readAll(at(name), 65536);
+          return bytes === null ? null : decoder.decode(bytes);
+        },
+        readBytes(name, maxBytes) {
+          return dirfd < 0 ? null : readAll(at(name), maxBytes);
+        },
+        readLink(name) {
+          return dirfd < 0 ? null : readLinkAt(at(name));
+        },
+        [Symbol.dispose]() {
+          if (dirfd >= 0 && !closed) lib.close(dirfd);
+          closed = true;
+        },
+      };
     },
   };
 }

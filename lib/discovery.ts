@@ -1,8 +1,9 @@
 /**
  * Host discovery: a sysfs-shaped tree (the real `/sys` or a captured one) read through an
- * injected {@link SysfsReader}, plus one `lspci` run for what sysfs lacks. Sysfs is the truth for
- * IDs, class, driver, group, NUMA node, SR-IOV links and `boot_vga`; lspci adds names, modules,
- * FLR, the serial number and the physical slot.
+ * injected {@link SysfsReader}, plus one `lspci -nnkD` run for what sysfs lacks. Sysfs is the
+ * truth for IDs, class, driver, group, NUMA node, SR-IOV links, `boot_vga` and the physical slot;
+ * the `config` file gives FLR and the serial number (`lib/config_space.ts`); lspci adds only the
+ * names and kernel modules.
  *
  * @module
  */
@@ -16,7 +17,8 @@ import type {
   PciDevice,
 } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
-import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
+import { baseName, denoFsReader, openSysfsDir, readAttribute, type SysfsReader } from "./sysfs.ts";
+import { parseConfigSpace } from "./config_space.ts";
 import {
   commandLspciRunner,
   lspciArgs,
@@ -97,6 +99,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     fillGroupsFromListing(reader, root, devices);
   }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
+  fillSlots(reader, root, devices);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   for (const device of devices) {
@@ -130,7 +133,8 @@ function hexId(text: string | null, width: number): string | null {
 
 /**
  * Reads every PCI function from sysfs alone (no lspci): IDs, class, driver, group, NUMA node,
- * SR-IOV links, `boot_vga` and the bridge flag. Sorted by address.
+ * SR-IOV links, `boot_vga`, the bridge flag, physical slot, and FLR and serial number from the
+ * configuration space. Sorted by address.
  */
 export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[] {
   const names = listSysfsDevices(reader, root);
@@ -143,6 +147,7 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
     fillGroupsFromListing(reader, root, devices);
   }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
+  fillSlots(reader, root, devices);
   return devices;
 }
 
@@ -172,70 +177,102 @@ function listSysfsDevices(reader: SysfsReader, root: string): string[] {
 
 /** One function's sysfs facts, or `null` when `name` is not a PCI address. */
 function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDevice | null {
-  {
-    const address = canonicalPciAddress(name);
-    if (address === null) return null;
-    const dir = `${root}/bus/pci/devices/${name}`;
-    const attr = (file: string) => readAttribute(reader, `${dir}/${file}`);
-    // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
-    // from the same struct as the single-value attributes); trees without it use those files.
-    const uevent = parseUevent(reader.readText(`${dir}/uevent`));
-    const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
-    const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
-    const [ueventSubVendor, ueventSubDevice] = (uevent?.get("PCI_SUBSYS_ID") ?? "").split(":");
-    const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
-    const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
-    const subsystemVendorId = hexId(ueventSubVendor || attr("subsystem_vendor"), 4);
-    const subsystemDeviceId = hexId(ueventSubDevice || attr("subsystem_device"), 4);
-    const driver = uevent !== null
-      ? uevent.get("DRIVER") ?? null
-      : baseNameOrNull(reader.readLink(`${dir}/driver`));
-    const config = reader.readBytes(`${dir}/config`, 64);
-    // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
-    // class code says otherwise.
-    const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
-    const groupLink = reader.readLink(`${dir}/iommu_group`);
-    const group = groupLink === null ? NaN : Number(baseName(groupLink));
-    const numa = attr("numa_node");
-    const numaNumber = numa === null ? NaN : Number(numa);
-    // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
-    const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
-    const physfnLink = reader.readLink(`${dir}/physfn`);
-    // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
-    const modules = attr("modules");
-    const virtfns: PciAddress[] = [];
-    // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
-    const numVfs = Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
-    for (let i = 0; i < numVfs; i++) {
-      const link = reader.readLink(`${dir}/virtfn${i}`);
-      if (link === null) break; // The kernel numbers the links from 0 without gaps.
-      const vf = canonicalPciAddress(baseName(link));
-      if (vf !== null) virtfns.push(vf);
-    }
-    virtfns.sort(comparePciAddress);
-    return {
-      address,
-      vendorId,
-      deviceId,
-      subsystemVendorId,
-      subsystemDeviceId,
-      classCode,
-      revision: hexId(attr("revision"), 2),
-      vendorName: null,
-      deviceName: null,
-      className: null,
-      driver,
-      modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
-      iommuGroup: Number.isInteger(group) ? group : null,
-      numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
-      physicalSlot: null,
-      isBridge: classCode.startsWith("0604") || headerType === 1,
-      physfn: physfnLink === null ? null : canonicalPciAddress(baseName(physfnLink)),
-      virtfns,
-      bootVga: bootVga === null ? null : bootVga === "1",
-      flr: null,
-      serial: null,
-    };
+  const address = canonicalPciAddress(name);
+  if (address === null) return null;
+  // Every read below is relative to the device's directory: one path lookup per device.
+  using dir = openSysfsDir(reader, `${root}/bus/pci/devices/${name}`);
+  const attr = (file: string) => {
+    const text = dir.readText(file);
+    return text === null ? null : text.trim();
+  };
+  // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
+  // from the same struct as the single-value attributes); trees without it use those files.
+  const uevent = parseUevent(dir.readText("uevent"));
+  const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
+  const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
+  const [ueventSubVendor, ueventSubDevice] = (uevent?.get("PCI_SUBSYS_ID") ?? "").split(":");
+  const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
+  const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
+  const subsystemVendorId = hexId(ueventSubVendor || attr("subsystem_vendor"), 4);
+  const subsystemDeviceId = hexId(ueventSubDevice || attr("subsystem_device"), 4);
+  const driver = uevent !== null
+    ? uevent.get("DRIVER") ?? null
+    : baseNameOrNull(dir.readLink("driver"));
+  // The whole configuration space (4 KiB for PCI Express): FLR and the serial number are in
+  // its capabilities. Unprivileged reads of a real device stop after the 64-byte header.
+  const config = dir.readBytes("config", 4096);
+  // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
+  // class code says otherwise.
+  const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
+  const { flr, serial } = config === null ? { flr: null, serial: null } : parseConfigSpace(config);
+  const groupLink = dir.readLink("iommu_group");
+  const group = groupLink === null ? NaN : Number(baseName(groupLink));
+  const numa = attr("numa_node");
+  const numaNumber = numa === null ? NaN : Number(numa);
+  // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
+  const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
+  const physfnLink = dir.readLink("physfn");
+  // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
+  const modules = attr("modules");
+  const virtfns: PciAddress[] = [];
+  // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
+  const numVfs = Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
+  for (let i = 0; i < numVfs; i++) {
+    const link = dir.readLink(`virtfn${i}`);
+    if (link === null) break; // The kernel numbers the links from 0 without gaps.
+    const vf = canonicalPciAddress(baseName(link));
+    if (vf !== null) virtfns.push(vf);
+  }
+  virtfns.sort(comparePciAddress);
+  return {
+    address,
+    vendorId,
+    deviceId,
+    subsystemVendorId,
+    subsystemDeviceId,
+    classCode,
+    revision: hexId(attr("revision"), 2),
+    vendorName: null,
+    deviceName: null,
+    className: null,
+    driver,
+    modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
+    iommuGroup: Number.isInteger(group) ? group : null,
+    numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
+    physicalSlot: null,
+    isBridge: classCode.startsWith("0604") || headerType === 1,
+    physfn: physfnLink === null ? null : canonicalPciAddress(baseName(physfnLink)),
+    virtfns,
+    bootVga: bootVga === null ? null : bootVga === "1",
+    flr,
+    serial,
+  };
+}
+
+/**
+ * Physical slot names by `DDDD:BB:SS` from `bus/pci/slots/NAME/address`, as lspci finds them
+ * (the address names a slot, so every function of the card gets the slot's name).
+ */
+function readSlots(reader: SysfsReader, root: string): Map<string, string> {
+  const slots = new Map<string, string>();
+  for (const name of reader.listDir(`${root}/bus/pci/slots`) ?? []) {
+    const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
+    const m = text === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)$/i.exec(text);
+    if (!m) continue;
+    const key = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase().padStart(2, "0")}:${
+      m[3]!.toLowerCase().padStart(2, "0")
+    }`;
+    slots.set(key, name);
+  }
+  return slots;
+}
+
+/** Fills physical slot names from sysfs (`lspci -v` would print them, `-nnk` does not). */
+function fillSlots(reader: SysfsReader, root: string, devices: PciDevice[]): void {
+  const slots = readSlots(reader, root);
+  if (slots.size === 0) return;
+  for (const device of devices) {
+    device.physicalSlot = slots.get(device.address.slice(0, -2)) ?? null;
   }
 }
 
@@ -261,9 +298,8 @@ function mergeLspci(device: PciDevice, record: LspciRecord, vendorNames: VendorN
   device.deviceName = split.deviceName;
   device.className = record.className;
   if (record.modules.length > 0) device.modules = record.modules;
-  device.physicalSlot = record.physicalSlot;
-  device.flr = record.flr;
-  device.serial = record.serial;
+  // Slot, FLR and serial come from sysfs and config space; lspci's (with -v) only fill gaps.
+  device.physicalSlot ??= record.physicalSlot;
   device.numaNode ??= record.numaNode;
 }
 

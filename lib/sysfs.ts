@@ -19,6 +19,52 @@ export interface SysfsReader {
   readBytes(path: string, maxBytes: number): Uint8Array | null;
   /** A symbolic link's target as stored (often relative), or `null` when it is not a link. */
   readLink(path: string): string | null;
+  /**
+   * Optional: opens the directory `path` once for several reads of its entries by name (one
+   * path lookup instead of one per file). Use {@link openSysfsDir}, which falls back to the
+   * path-based methods for readers without it.
+   */
+  openDir?(path: string): SysfsDirReader;
+}
+
+/**
+ * Reads the entries of one directory by name (`uevent`, `config`, `iommu_group`). A missing
+ * directory reads as missing entries. Dispose it when done (`using`).
+ */
+export interface SysfsDirReader extends Disposable {
+  /** An entry's text as is, or `null` when it is missing or unreadable. */
+  readText(name: string): string | null;
+  /** Up to `maxBytes` bytes of an entry, or `null` when it is missing. */
+  readBytes(name: string, maxBytes: number): Uint8Array | null;
+  /** A link entry's target as stored, or `null` when it is not a link. */
+  readLink(name: string): string | null;
+}
+
+/**
+ * A {@link SysfsDirReader} for `path`: the reader's own `openDir` when it has one, else the
+ * path-based methods with `path/name`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.writeTextFileSync(`${dir}/class`, "0x030000\n");
+ * {
+ *   using entries = openSysfsDir(denoFsReader(), dir);
+ *   assertEquals(entries.readText("class"), "0x030000\n");
+ *   assertEquals(entries.readLink("driver"), null);
+ * }
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function openSysfsDir(reader: SysfsReader, path: string): SysfsDirReader {
+  if (reader.openDir !== undefined) return reader.openDir(path);
+  return {
+    readText: (name) => reader.readText(`${path}/${name}`),
+    readBytes: (name, maxBytes) => reader.readBytes(`${path}/${name}`, maxBytes),
+    readLink: (name) => reader.readLink(`${path}/${name}`),
+    [Symbol.dispose]() {},
+  };
 }
 
 function isMissing(error: unknown): boolean {
