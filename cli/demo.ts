@@ -29,7 +29,8 @@ const DEMO_DIR = new URL("../demo/", import.meta.url);
 const HELP = `Usage: passthrough demo [--keep]
 
 Runs plan and apply --yes on the bundled demo: a real host's topology (demo/host.json) and a
-libvirt test-driver world of two VMs (demo/world.xml), with demo/passthrough_config.yaml.
+libvirt test-driver world of two VMs (demo/world.xml), with demo/passthrough_config.yaml; plans
+again (nothing left to do); then plans demo/refused_config.yaml to show what is refused.
 Needs no IOMMU, no KVM and no libvirtd. Writes only to a temporary directory.
 
 Options:
@@ -83,8 +84,21 @@ export const demoCommand: Command = {
       step("passthrough plan (again)");
       const again = planHostdevs({ config, host, libvirt });
       io.out(renderPlan(again, { color: io.color }));
+
+      step("passthrough plan --config demo/refused_config.yaml (what is refused, and why)");
+      const refusedConfig = await loadConfig(
+        fileURLToPath(new URL("refused_config.yaml", DEMO_DIR)),
+      );
+      const refused = planHostdevs({ config: refusedConfig, host, libvirt });
+      io.out(renderPlan(refused, { color: io.color }));
+      const refusedCodes = [...new Set(refused.vms.flatMap((vm) => vm.errors.map((e) => e.code)))]
+        .sort();
       if (values.keep) io.out(`\nKept ${tmp}\n`);
-      return report.ok && again.vms.every((vm) => !vm.changed) ? 0 : 1;
+      const expected = ["ambiguous", "group-shared-with-other-vm"];
+      return report.ok && again.vms.every((vm) => !vm.changed) &&
+          JSON.stringify(refusedCodes) === JSON.stringify(expected)
+        ? 0
+        : 1;
     } finally {
       if (!values.keep) await Deno.remove(tmp, { recursive: true });
     }
