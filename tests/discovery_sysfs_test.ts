@@ -7,7 +7,7 @@ import {
   type HostDeviceDescription,
 } from "../lib/host_tree.ts";
 import { discoverHost, pciAncestor, SysfsRootError } from "../lib/discovery.ts";
-import { LspciError, parseLspci, splitVendorName } from "../lib/lspci.ts";
+import { LspciError, parseLspci, pciIdsVendorNames, splitVendorName } from "../lib/lspci.ts";
 import type { HostTopology } from "../lib/types.ts";
 
 function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
@@ -282,5 +282,28 @@ Deno.test({
     assertEquals(host.devices.length, [...listed].length);
     const mounted = host.hostUse.filter((u) => u.reason === "mounted-filesystem");
     assertOk(mounted.some((u) => u.detail.startsWith("/ on ")), JSON.stringify(host.hostUse));
+  },
+});
+
+Deno.test({
+  name: "pciIdsVendorNames() finds every vendor line of the system pci.ids",
+  ignore: (() => {
+    try {
+      return !Deno.statSync("/usr/share/misc/pci.ids").isFile;
+    } catch {
+      return true;
+    }
+  })(),
+  fn() {
+    const text = Deno.readTextFileSync("/usr/share/misc/pci.ids");
+    const expected = new Map<string, string>();
+    for (const m of text.matchAll(/^([0-9a-f]{4}) {2}(.*)$/gm)) {
+      if (!expected.has(m[1]!)) expected.set(m[1]!, m[2]!.trim());
+    }
+    assertOk(expected.size > 1000, `${expected.size} vendors`);
+    const names = pciIdsVendorNames(["/usr/share/misc/pci.ids"]);
+    for (const [id, name] of expected) assertEquals(names(id.toUpperCase()), name, id);
+    assertEquals(names("zzzz"), null);
+    assertEquals(pciIdsVendorNames(["/nonexistent/pci.ids"])("8086"), null);
   },
 });
