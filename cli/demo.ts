@@ -11,7 +11,6 @@
  * @module
  */
 
-import { fileURLToPath } from "node:url";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { loadConfig } from "../lib/config.ts";
 import { planHostdevs } from "../lib/plan.ts";
@@ -24,7 +23,21 @@ import { renderApplyReport } from "./render_apply.ts";
 import { painter } from "../lib/colors.ts";
 import { parseFlags } from "./plan_options.ts";
 
-const DEMO_DIR = new URL("../demo/", import.meta.url);
+// Embedded at build time rather than read from `../demo/` beside this module, so the one-file
+// `deno bundle` output runs the demo from anywhere (Ansible copies it alone to each host).
+import hostJson from "../demo/host.json" with { type: "text" };
+import worldXml from "../demo/world.xml" with { type: "text" };
+import configYaml from "../demo/passthrough_config.yaml" with { type: "text" };
+import refusedYaml from "../demo/refused_config.yaml" with { type: "text" };
+
+/** Writes the embedded demo files into `dir` (the libvirt test driver and config loader read paths). */
+function writeDemoFiles(dir: string): void {
+  Deno.mkdirSync(dir, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/host.json`, hostJson);
+  Deno.writeTextFileSync(`${dir}/world.xml`, worldXml);
+  Deno.writeTextFileSync(`${dir}/passthrough_config.yaml`, configYaml);
+  Deno.writeTextFileSync(`${dir}/refused_config.yaml`, refusedYaml);
+}
 
 const HELP = `Usage: passthrough demo [--keep]
 
@@ -50,10 +63,12 @@ export const demoCommand: Command = {
     try {
       const sysfs = `${tmp}/sysfs`;
       const stateDir = `${tmp}/state`;
-      const description = loadHostDescription(new URL("host.json", DEMO_DIR));
+      const demoDir = `${tmp}/demo`;
+      writeDemoFiles(demoDir);
+      const description = loadHostDescription(`${demoDir}/host.json`);
       buildHostTree(description, sysfs);
-      const worldPath = fileURLToPath(new URL("world.xml", DEMO_DIR));
-      const configPath = fileURLToPath(new URL("passthrough_config.yaml", DEMO_DIR));
+      const worldPath = `${demoDir}/world.xml`;
+      const configPath = `${demoDir}/passthrough_config.yaml`;
       step(
         `Host: ${description.devices.length} PCI functions of a real ASRock TRX40 Creator, as a sysfs tree`,
       );
@@ -86,9 +101,7 @@ export const demoCommand: Command = {
       io.out(renderPlan(again, { color: io.color }));
 
       step("passthrough plan --config demo/refused_config.yaml (what is refused, and why)");
-      const refusedConfig = await loadConfig(
-        fileURLToPath(new URL("refused_config.yaml", DEMO_DIR)),
-      );
+      const refusedConfig = await loadConfig(`${demoDir}/refused_config.yaml`);
       const refused = planHostdevs({ config: refusedConfig, host, libvirt });
       io.out(renderPlan(refused, { color: io.color }));
       const refusedCodes = [...new Set(refused.vms.flatMap((vm) => vm.errors.map((e) => e.code)))]
