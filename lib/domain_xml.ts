@@ -52,6 +52,11 @@ export interface ParsedDomain {
   hostdevs: DomainHostdev[];
   /** Identities recorded in our metadata. */
   records: DeviceIdentity[];
+  /**
+   * Host addresses of `<interface type='hostdev'>` devices (SR-IOV VFs as NICs). Never edited;
+   * listed so planning sees them as taken.
+   */
+  interfaceHostdevs: PciAddress[];
 }
 
 /** The change {@link editDomainXml} makes. */
@@ -116,6 +121,7 @@ interface Located {
   uuid: string | null;
   devices: XmlSpan | null;
   hostdevs: HostdevSite[];
+  interfaceHostdevs: PciAddress[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
@@ -191,7 +197,18 @@ function locate(xml: string): Located {
 
   const devices = child("devices");
   const hostdevs: HostdevSite[] = [];
+  const interfaceHostdevs: PciAddress[] = [];
   for (const span of devices?.children ?? []) {
+    if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
+      const element = read(xml, span);
+      const source = element.children.find((c) => c.name === "source");
+      const address = source?.children.find((c) => c.name === "address");
+      const canonical = address && (address.attributes.type ?? "pci") === "pci"
+        ? pciAddressFromLibvirt(address.attributes)
+        : null;
+      if (canonical !== null) interfaceHostdevs.push(canonical);
+      continue;
+    }
     if (span.name !== "hostdev") continue;
     const mode = attribute(xml, span, "mode") ?? "subsystem";
     if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") continue;
@@ -212,7 +229,7 @@ function locate(xml: string): Located {
       },
     });
   }
-  return { root, name, uuid, devices, hostdevs, metadata, ours, records };
+  return { root, name, uuid, devices, hostdevs, interfaceHostdevs, metadata, ours, records };
 }
 
 const RECORD_ATTRIBUTES = {
@@ -266,8 +283,8 @@ function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
 
 /**
  * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
- * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) and
- * `<interface type='hostdev'>` are not listed.
+ * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) are not
+ * listed; `<interface type='hostdev'>` PCI sources are, apart, as `interfaceHostdevs`.
  *
  * Throws {@link DomainXmlError} (with line, column) on malformed XML, a DOCTYPE, a root other than
  * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev without a valid source address.
@@ -294,6 +311,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     uuid: located.uuid,
     hostdevs: located.hostdevs.map((site) => site.hostdev),
     records: located.records,
+    interfaceHostdevs: located.interfaceHostdevs,
   };
 }
 

@@ -317,6 +317,8 @@ export function planHostdevs(options: PlanOptions): Plan {
   const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
   const unreadable = new Map<string, { xml: string; error: unknown }>();
   const hostdevsOf = new Map<string, DomainHostdev[]>();
+  // SR-IOV VFs given as <interface type='hostdev'>: never edited, but taken.
+  const interfacesOf = new Map<string, PciAddress[]>();
   const orphans: string[] = [];
   for (const name of domains.keys()) {
     const xml = libvirt.getPersistentXml(name);
@@ -330,6 +332,7 @@ export function planHostdevs(options: PlanOptions): Plan {
       continue;
     }
     hostdevsOf.set(name, domain.hostdevs);
+    interfacesOf.set(name, domain.interfaceHostdevs);
     if (configured.has(name)) {
       parsed.set(name, { xml, domain });
     } else if (options.vms === undefined && domain.records.length > 0) {
@@ -347,7 +350,10 @@ export function planHostdevs(options: PlanOptions): Plan {
   const planned = new Set(selected);
   const held = new Map<string, PciAddress[]>();
   for (const [name, hostdevs] of hostdevsOf) {
-    held.set(name, hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address));
+    held.set(name, [
+      ...hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address),
+      ...(interfacesOf.get(name) ?? []),
+    ]);
   }
   const records = new Map([...parsed].map(([n, p]) => [n, p.domain.records]));
   const current = new Map(
@@ -476,6 +482,12 @@ function planVm(
 
   for (const [address, closed] of desired) {
     const have = existing.get(address);
+    if (have === undefined && domain.interfaceHostdevs.includes(address)) {
+      plan.reasoning.push(
+        `${address} (rule "${closed.rule.name}") is already in "${vm}" as an <interface type='hostdev'>: kept as written, not added twice`,
+      );
+      continue;
+    }
     if (have === undefined) {
       toAdd.push(closed);
       continue;

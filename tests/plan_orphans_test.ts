@@ -1,7 +1,8 @@
 /**
  * VMs that leave the config: the hostdevs this tool added are removed (a device dropped from the
- * config leaves the VM, whether its rule or its whole VM entry went), hand-added ones stay; and a
- * configured VM whose definition cannot be read is refused on its own.
+ * config leaves the VM, whether its rule or its whole VM entry went), hand-added ones stay; a
+ * configured VM whose definition cannot be read is refused on its own; and devices given to a VM
+ * as `<interface type='hostdev'>` count as taken.
  */
 
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
@@ -126,4 +127,41 @@ Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", 
   assertEquals(win10?.changed, false);
   assertEquals(gentoo?.errors, []);
   assertEquals(gentoo?.add.map((a) => a.address), ["0000:4c:00.0", "0000:4c:00.1"]);
+});
+
+Deno.test("planHostdevs() counts <interface type='hostdev'> devices as taken and never duplicates them", async () => {
+  using demo = await demoHost();
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>",
+    `  <interface type='hostdev' managed='yes'>
+        <source><address type='pci' domain='0x0000' bus='0x44' slot='0x00' function='0x0'/></source>
+      </interface>
+    </devices>
+    <test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).interfaceHostdevs, [
+    "0000:44:00.0",
+  ]);
+
+  // gentoo asks for the Aquantia NIC that win10 holds as an SR-IOV-style interface.
+  const wantsNic = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "nic.yaml" },
+  );
+  const refused = planHostdevs({ config: wantsNic, host: demo.host, libvirt });
+  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
+  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
+
+  // win10 itself asking for it: kept as the interface, no <hostdev> added next to it.
+  const own = parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "own.yaml" },
+  );
+  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add, []);
+  assertMatch(win10.reasoning.join("\n"), /already in "win10" as an <interface type='hostdev'>/);
 });
