@@ -1,12 +1,14 @@
-// The real CLI, spawned with exactly the documented permission flags (no --allow-all): the
-// real /sys through libc, the real lspci, captured trees, and one-line permission errors.
+// The real CLI, spawned with exactly the documented permission flags (bin/passthrough's, read by
+// tests/helpers/cli.ts; no --allow-all): the real /sys through libc, the real lspci, captured
+// trees, and one-line permission errors.
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import type { IommuGroup, PciDevice } from "../lib/types.ts";
+import { documentedFlags, MAIN } from "./helpers/cli.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
-const FLAGS = ["--allow-ffi", "--allow-run=lspci", "--allow-env", "--allow-read", "--allow-write"];
+/** Exactly the flags README documents (from bin/passthrough), so they are proven sufficient. */
+const FLAGS = documentedFlags();
 const HOST_NAMES = [
   "b550-aorus-pro",
   "c246-cx4lx-sriov",
