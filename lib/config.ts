@@ -706,11 +706,15 @@ export function parseConfig(text: string, options: { file: string }): Config {
   }
   if (raw?.vms && isMap(doc.contents)) {
     const vmsNode = doc.contents.get("vms", true);
+    // One index of the VM entries: looking each one up in the node would be quadratic.
+    const vmPairs = new Map(
+      isMap(vmsNode)
+        ? vmsNode.items.flatMap((p) => isScalar(p.key) ? [[String(p.key.value), p] as const] : [])
+        : [],
+    );
     for (const [vmName, rawVm] of Object.entries(raw.vms)) {
-      const vmNode = isMap(vmsNode) ? vmsNode.get(vmName, true) : null;
-      const vmPair = isMap(vmsNode)
-        ? vmsNode.items.find((p) => isScalar(p.key) && p.key.value === vmName)
-        : undefined;
+      const vmPair = vmPairs.get(vmName);
+      const vmNode = vmPair?.value ?? null;
       const vm: VmConfig = { name: vmName, location: location(ctx, vmPair?.key), rules: [] };
       const vmHosts = rawVm === undefined
         ? undefined
