@@ -92,7 +92,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     // Deno drains lspci's pipe only when this thread yields; without it lspci blocks on a full
     // pipe until sysfs is read, and the two never overlap.
     if (runner !== null && i % 128 === 127) await new Promise((r) => setTimeout(r, 0));
-    const device = readSysfsDevice(reader, root, names[i]!);
+    const device = readSysfsDevice(reader, root, { name: names[i]!, live: root === "/sys" });
     if (device !== null) devices.push(device);
   }
   if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
@@ -140,7 +140,7 @@ export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[]
   const names = listSysfsDevices(reader, root);
   const devices: PciDevice[] = [];
   for (const name of names) {
-    const device = readSysfsDevice(reader, root, name);
+    const device = readSysfsDevice(reader, root, { name, live: root === "/sys" });
     if (device !== null) devices.push(device);
   }
   if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
@@ -176,7 +176,12 @@ function listSysfsDevices(reader: SysfsReader, root: string): string[] {
 }
 
 /** One function's sysfs facts, or `null` when `name` is not a PCI address. */
-function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDevice | null {
+function readSysfsDevice(
+  reader: SysfsReader,
+  root: string,
+  options: { name: string; live: boolean },
+): PciDevice | null {
+  const { name, live } = options;
   const address = canonicalPciAddress(name);
   if (address === null) return null;
   // Every read below is relative to the device's directory: one path lookup per device.
@@ -205,6 +210,12 @@ function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDe
   // class code says otherwise.
   const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
   const { flr, serial } = config === null ? { flr: null, serial: null } : parseConfigSpace(config);
+  // The revision byte of the header is what the kernel's `revision` attribute reports; only a
+  // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
+  const configRevision = config !== null && config.length > 0x08 ? config[0x08] ?? 0 : 0;
+  const revision = configRevision !== 0
+    ? configRevision.toString(16).padStart(2, "0")
+    : hexId(attr("revision"), 2);
   const groupLink = dir.readLink("iommu_group");
   const group = groupLink === null ? NaN : Number(baseName(groupLink));
   const numa = attr("numa_node");
@@ -212,8 +223,9 @@ function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDe
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
   const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
   const physfnLink = dir.readLink("physfn");
-  // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts).
-  const modules = attr("modules");
+  // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
+  // the live /sys is not asked for it.
+  const modules = live ? null : attr("modules");
   const virtfns: PciAddress[] = [];
   // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
   const numVfs = Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
@@ -231,7 +243,7 @@ function readSysfsDevice(reader: SysfsReader, root: string, name: string): PciDe
     subsystemVendorId,
     subsystemDeviceId,
     classCode,
-    revision: hexId(attr("revision"), 2),
+    revision,
     vendorName: null,
     deviceName: null,
     className: null,

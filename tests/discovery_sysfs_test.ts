@@ -307,3 +307,14 @@ Deno.test({
     assertEquals(pciIdsVendorNames(["/nonexistent/pci.ids"])("8086"), null);
   },
 });
+
+Deno.test("discoverHost() tells revision 00 from a tree that recorded no revision", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:01:00.0", { revision: "0x00" }),
+      dev("0000:02:00.0", { group: 2, revision: null }),
+      dev("0000:03:00.0", { group: 3, revision: "0xa1" }),
+    ],
+  });
+  assertEquals(host.devices.map((d) => d.revision), ["00", null, "a1"]);
+});
