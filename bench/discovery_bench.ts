@@ -1,9 +1,12 @@
 /**
  * In-process discovery on generated hosts of 256, 1,024 and 4,096 functions (sysfs trees from
- * `lib/host_generator.ts`, built once in a temp dir). Three variants per size:
- * - `sysfs (libc)`: the reader the CLI uses for `/sys`, no lspci;
- * - `sysfs (Deno fs)`: the reader for captured trees, no lspci;
- * - `sysfs + lspci`: the whole discovery, including the one `lspci -vvvnnkD` process.
+ * `lib/host_generator.ts`, built once in a temp dir). Per size:
+ * - `sysfs (libc)`: the reader the CLI uses for `/sys` and trees, no lspci (target at 1,024
+ *   functions: under 30 ms);
+ * - `sysfs (Deno fs)`: the fallback reader for trees when FFI is not permitted, no lspci;
+ * - `reads only (libc)`: the same files and links read per device with no parsing at all, the
+ *   floor the syscalls set on this machine;
+ * - `sysfs + lspci`: the whole discovery, including the one `lspci -nnkD` process it overlaps.
  *
  * Run: `deno bench --allow-all bench/discovery_bench.ts`
  *
@@ -13,7 +16,7 @@
 import { generateHost } from "../lib/host_generator.ts";
 import { buildHostTree } from "../lib/host_tree.ts";
 import { discoverHost } from "../lib/discovery.ts";
-import { denoFsReader } from "../lib/sysfs.ts";
+import { denoFsReader, openSysfsDir } from "../lib/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 const SIZES = [256, 1024, 4096];
@@ -42,7 +45,23 @@ for (const size of SIZES) {
     },
   });
   Deno.bench({
-    name: `discovery ${size} functions: sysfs (libc) + one lspci -vvvnnkD`,
+    name: `discovery ${size} functions: reads only (libc), no parsing`,
+    group: `sysfs-${size}`,
+    fn() {
+      for (const name of libc.listDir(`${root}/bus/pci/devices`) ?? []) {
+        using dir = openSysfsDir(libc, `${root}/bus/pci/devices/${name}`);
+        dir.readText("uevent");
+        dir.readBytes("config", 4096);
+        dir.readLink("iommu_group");
+        dir.readText("numa_node");
+        dir.readLink("physfn");
+        dir.readText("modules");
+        dir.readText("sriov_numvfs");
+      }
+    },
+  });
+  Deno.bench({
+    name: `discovery ${size} functions: sysfs (libc) + one lspci -nnkD`,
     group: `full-${size}`,
     async fn() {
       await discoverHost({ root, reader: libc });

@@ -14,7 +14,8 @@ SIZES=${SIZES:-"256 1024 4096"}
 LOOP_SIZES=${LOOP_SIZES:-"1024"}
 RUNS=${RUNS:-5}
 LOOP_RUNS=${LOOP_RUNS:-2}
-FLAGS="--allow-ffi --allow-run=lspci --allow-env --allow-read --allow-write"
+# The documented permission set (bin/passthrough, README "Permissions").
+FLAGS=$(grep -oE -- "--(no-prompt|allow-[a-z-]+(=[^ \\]+)?)" bin/passthrough | tr "\n" " ")
 work=$(mktemp -d /tmp/passthrough-groups-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 : >"$work/empty.ts"
