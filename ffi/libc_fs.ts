@@ -1,6 +1,7 @@
 /**
- * A {@link SysfsReader} over libc's `open`/`read`/`close`/`readlink`/`opendir`/`readdir`/
- * `closedir`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses `Deno.readFile` under
+ * A {@link SysfsReader} over libc's `openat`/`read`/`close`/`readlinkat`/`opendir`/`readdir`/
+ * `closedir`, bound with `Deno.dlopen("libc.so.6")`. `openDir` opens a device directory once
+ * (`O_PATH`) and reads its attributes relative to it, so each file costs no path walk. Deno 2.x refuses `Deno.readFile` under
  * `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going through libc needs only
  * `--allow-ffi`, so the documented permission set can read the real host.
  *

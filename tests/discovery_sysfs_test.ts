@@ -1,6 +1,6 @@
 // Discovery rules over small built trees, read with the real lspci: SR-IOV, FLR, serials,
 // slots, NUMA, boot VGA, bridges by header type, no IOMMU, host use, errors.
-import { assertEquals, assertOk, assertRejects } from "./helpers/assert.ts";
+import { assertEquals, assertOk, assertRejects, assertThrows } from "./helpers/assert.ts";
 import {
   buildHostTree,
   type HostDescription,
@@ -317,4 +317,25 @@ Deno.test("discoverHost() tells revision 00 from a tree that recorded no revisio
     ],
   });
   assertEquals(host.devices.map((d) => d.revision), ["00", null, "a1"]);
+});
+
+Deno.test("libcSysfsReader().openDir() reads entries by name and refuses reads once closed", async () => {
+  const { libcSysfsReader } = await import("../ffi/libc_fs.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/class`, "0x030000\n");
+    await Deno.symlink("../../kernel/iommu_groups/7", `${dir}/iommu_group`);
+    const reader = libcSysfsReader();
+    const entries = reader.openDir!(dir);
+    assertEquals(entries.readText("class"), "0x030000\n");
+    assertEquals(entries.readBytes("class", 4), new TextEncoder().encode("0x03"));
+    assertEquals(entries.readLink("iommu_group"), "../../kernel/iommu_groups/7");
+    assertEquals([entries.readText("missing"), entries.readLink("class")], [null, null]);
+    entries[Symbol.dispose]();
+    assertThrows(() => entries.readText("class"), /the directory was closed/);
+    using missing = reader.openDir!(`${dir}/nope`);
+    assertEquals([missing.readText("class"), missing.readLink("x")], [null, null]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
