@@ -228,7 +228,11 @@ function readSysfsDevice(
   const modules = live ? null : attr("modules");
   const virtfns: PciAddress[] = [];
   // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
-  const numVfs = Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
+  // A virtual function never has VFs of its own (the kernel gives only physical functions the
+  // sriov_* attributes): skip the lookup, most functions of an SR-IOV host are VFs.
+  const numVfs = physfnLink !== null
+    ? 0
+    : Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
   for (let i = 0; i < numVfs; i++) {
     const link = dir.readLink(`virtfn${i}`);
     if (link === null) break; // The kernel numbers the links from 0 without gaps.
