@@ -34,6 +34,9 @@ type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
 const O_DIRECTORY = 0o200000;
+// Opening a FIFO planted in a captured tree would block until a writer appears; non-blocking,
+// it opens at once and reads as empty (or fails), and regular and sysfs files ignore the flag.
+const O_NONBLOCK = 0o4000;
 /** Opens a directory only as a lookup anchor: no read permission needed, no access time. */
 const O_PATH = 0o10000000;
 /** `dirfd` meaning "relative to the working directory" (absolute paths ignore it anyway). */
@@ -128,7 +131,7 @@ export function libcSysfsReader(): SysfsReader {
     maxBytes: number,
   ): Uint8Array | null => {
     const { dirfd, name, path } = at;
-    const fd = retrying(() => lib.openat(dirfd, cString(name), O_RDONLY | O_CLOEXEC));
+    const fd = retrying(() => lib.openat(dirfd, cString(name), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     if (fd < 0) return fail("open", path);
     // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
     // per file (they cost microseconds in VMs); /proc files are read until 0 as usual, because

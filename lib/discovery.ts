@@ -219,7 +219,7 @@ function readSysfsDevice(
   const groupLink = dir.readLink("iommu_group");
   const group = groupLink === null ? NaN : Number(baseName(groupLink));
   const numa = attr("numa_node");
-  const numaNumber = numa === null ? NaN : Number(numa);
+  const numaNumber = numa === null || numa.trim() === "" ? NaN : Number(numa);
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
   const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
   const physfnLink = dir.readLink("physfn");
