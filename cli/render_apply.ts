@@ -76,7 +76,6 @@ export function renderFleetApply(
   results: readonly FleetHostResult[],
   options: RenderApplyOptions,
 ): string {
-  const paint = painter(options.color);
   const sections = results.map((r) => {
     let text = hostHeading(r, options);
     if (r.report != null) text += renderApplyReport(r.report, options);
