@@ -21,6 +21,7 @@ import { loadConfig } from "../lib/config.ts";
 import { planHostdevs } from "../lib/plan.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
+import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -503,7 +504,6 @@ Deno.test("makeConfirm() answers yes for every VM with --yes and never reads inp
 // ---------------------------------------------------------------------------------------------
 // The CLI, spawned for real on the bundled demo (a real host's topology and a test-driver world).
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const DEMO = new URL("../demo/", import.meta.url).pathname;
 
 /** A sysfs tree of the demo host and a temporary state directory. */
@@ -526,37 +526,9 @@ async function demoSetup(): Promise<{ root: string; args: string[] } & AsyncDisp
   };
 }
 
-async function run(
-  args: string[],
-  stdin = "",
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(stdin));
-  await writer.close();
-  const out = await child.output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
-
-function hasScript(): boolean {
-  try {
-    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test("passthrough apply refuses to run without a terminal unless --yes (exit 2)", async () => {
   await using demo = await demoSetup();
-  const result = await run(["run", "-A", MAIN, "apply", ...demo.args], "y\ny\n");
+  const result = await runCli(["apply", ...demo.args], { flags: ["-A"], stdin: "y\ny\n" });
   assertEquals(result.code, 2);
   assertMatch(result.stderr, /No terminal to confirm on: pass --yes/);
   assertEquals(listBackups(`${demo.root}/state`), []);
@@ -564,21 +536,15 @@ Deno.test("passthrough apply refuses to run without a terminal unless --yes (exi
 
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
   await using demo = await demoSetup();
-  const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes", "--json"]);
+  const result = await runCli(["apply", ...demo.args, "--yes", "--json"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   const report = JSON.parse(result.stdout);
   assertEquals([report.changed, report.failed, report.ok], [["win10", "gentoo"], [], true]);
   const backups = listBackups(`${demo.root}/state`);
   assertEquals(backups.map((b) => b.vm).sort(), ["gentoo", "win10"]);
-  const listed = await run([
-    "run",
-    "-A",
-    MAIN,
-    "backups",
-    "--json",
-    "--state-dir",
-    `${demo.root}/state`,
-  ]);
+  const listed = await runCli(["backups", "--json", "--state-dir", `${demo.root}/state`], {
+    flags: ["-A"],
+  });
   assertEquals(JSON.parse(listed.stdout), JSON.parse(JSON.stringify(backups)));
 });
 
@@ -587,24 +553,11 @@ Deno.test({
   ignore: !hasScript(),
   async fn() {
     await using demo = await demoSetup();
-    const command = ["deno", "run", "-A", MAIN, "apply", ...demo.args]
-      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
     // `script` gives the program a real pseudo-terminal; the answers wait in its input queue.
-    const child = new Deno.Command("script", {
-      args: ["-q", "-e", "-c", command, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: {
-        NO_COLOR: "1",
-        PATH: `${Deno.execPath().replace(/\/[^/]*$/, "")}:${Deno.env.get("PATH") ?? ""}`,
-      },
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode("n\ny\n"));
-    await writer.close();
-    const out = await child.output();
-    const stdout = new TextDecoder().decode(out.stdout);
+    await using child = runCliOnPty(["apply", ...demo.args], { flags: ["-A"] });
+    await child.type("n\ny\n");
+    const out = await child.finish();
+    const stdout = out.screen;
     assertEquals(out.code, 0, stdout);
     assertMatch(stdout, /Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
     assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
@@ -688,7 +641,7 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
   Deno.mkdirSync(stateDir, { mode: 0o700 });
   {
     using _held = acquireLock(stateDir, { command: "rollback" });
-    const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes"]);
+    const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
     assertEquals(result.code, 1);
     assertMatch(
       result.stderr,
@@ -704,7 +657,7 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
     command: "apply",
   };
   Deno.writeTextFileSync(`${stateDir}/lock`, JSON.stringify(dead), { mode: 0o600 });
-  const result = await run(["run", "-A", MAIN, "apply", ...demo.args, "--yes"]);
+  const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   assertMatch(result.stdout, /stale lock left by pid 999999/);
   assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);

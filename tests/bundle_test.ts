@@ -2,35 +2,12 @@
 // same commands as the sources with the documented permission flags and prints the same bytes.
 // Also: the lazy command table names each module's own command and summary.
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { documentedFlags, MAIN } from "./helpers/cli.ts";
+import { MAIN, runCli } from "./helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { COMMANDS } from "../cli/commands.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const DEMO = new URL("../demo/", import.meta.url);
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(script: string, args: string[], cwd: string): Promise<Run> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...documentedFlags(), script, ...args],
-    cwd,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
-}
 
 Deno.test("the command table names each module's own command and summary", async () => {
   const names = COMMANDS.map((c) => c.name);
@@ -60,8 +37,8 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
     const tree = `${work}/tree`;
     buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);
     const same = async (args: string[]) => {
-      const fromBundle = await run(bundle, args, `${work}/alone`);
-      const fromSources = await run(MAIN, args, ROOT.pathname);
+      const fromBundle = await runCli(args, { main: bundle, cwd: `${work}/alone` });
+      const fromSources = await runCli(args, { cwd: ROOT.pathname });
       assertEquals(fromBundle, fromSources, args.join(" "));
       return fromBundle;
     };
@@ -110,7 +87,7 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
     );
 
     await t.step("demo runs from the bundle's directory without demo/ beside it", async () => {
-      const demo = await run(bundle, ["demo"], `${work}/alone`);
+      const demo = await runCli(["demo"], { main: bundle, cwd: `${work}/alone` });
       assertEquals(demo.code, 0, demo.stderr);
       assertMatch(demo.stdout, /passthrough apply --yes/);
     });

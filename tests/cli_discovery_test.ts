@@ -2,44 +2,16 @@
 // tests/helpers/cli.ts; no --allow-all): the real /sys through libc, the real lspci, captured
 // trees, and one-line permission errors.
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { buildHostTree } from "../lib/host_tree.ts";
 import type { IommuGroup, PciDevice } from "../lib/types.ts";
-import { documentedFlags, MAIN } from "./helpers/cli.ts";
+import { type CliResult, documentedFlags, runCli } from "./helpers/cli.ts";
+import { HOST_NAMES, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 /** Exactly the flags README documents (from bin/passthrough), so they are proven sufficient. */
 const FLAGS = documentedFlags();
-const HOST_NAMES = [
-  "b550-aorus-pro",
-  "c246-cx4lx-sriov",
-  "hp-dl380p-g8",
-  "laptop-hm87-gtx765m",
-  "supermicro-cfl",
-  "trx40-creator",
-  "x570-aorus-pro-wifi",
-  "z690-asus-adl",
-];
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[], flags: string[] = FLAGS): Promise<Run> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...flags, MAIN, ...args],
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
+function cli(args: string[], flags: string[] = FLAGS): Promise<CliResult> {
+  return runCli(args, { flags });
 }
 
 const LIVE_PCI = (() => {
@@ -104,67 +76,59 @@ for (
 
 Deno.test("groups --json --sysfs TREE matches every shared host file", async () => {
   for (const name of HOST_NAMES) {
-    const description = loadHostDescription(new URL(`${name}.json`, HOSTS));
-    const dir = await Deno.makeTempDir({ prefix: `passthrough-cli-${name}-` });
-    try {
-      buildHostTree(description, dir);
-      const run = await cli(["groups", "--json", "--sysfs", dir]);
-      assertEquals(run.code, 0, run.stderr);
-      const groups = JSON.parse(run.stdout) as IommuGroup[];
-      const got = groups.flatMap((g) =>
-        g.devices.map((
-          d,
-        ) => [g.group, d.address, d.vendorId, d.deviceId, d.classCode, d.driver, d.isBridge])
+    const description = loadFixtureHost(name);
+    await using tree = await tempHostTree(description, { prefix: `passthrough-cli-${name}-` });
+    const dir = tree.dir;
+    const run = await cli(["groups", "--json", "--sysfs", dir]);
+    assertEquals(run.code, 0, run.stderr);
+    const groups = JSON.parse(run.stdout) as IommuGroup[];
+    const got = groups.flatMap((g) =>
+      g.devices.map((
+        d,
+      ) => [g.group, d.address, d.vendorId, d.deviceId, d.classCode, d.driver, d.isBridge])
+    );
+    const hex = (s: string) => s.replace(/^0x/, "").toLowerCase();
+    const expected = description.devices
+      .map((d) => [
+        d.group,
+        d.bdf,
+        hex(d.vendor),
+        hex(d.device),
+        hex(d.class),
+        d.driver,
+        hex(d.class).startsWith("0604"),
+      ])
+      .sort((a, b) =>
+        (a[0] as number) - (b[0] as number) || String(a[1]).localeCompare(String(b[1]))
       );
-      const hex = (s: string) => s.replace(/^0x/, "").toLowerCase();
-      const expected = description.devices
-        .map((d) => [
-          d.group,
-          d.bdf,
-          hex(d.vendor),
-          hex(d.device),
-          hex(d.class),
-          d.driver,
-          hex(d.class).startsWith("0604"),
-        ])
-        .sort((a, b) =>
-          (a[0] as number) - (b[0] as number) || String(a[1]).localeCompare(String(b[1]))
-        );
-      assertEquals(got, expected, name);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    assertEquals(got, expected, name);
   }
 });
 
 Deno.test("groups --sysfs TREE marks bridges and host-critical groups in a table", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    buildHostTree(loadHostDescription(new URL("b550-aorus-pro.json", HOSTS)), dir);
-    const run = await cli(["groups", "--sysfs", dir]);
-    assertEquals(run.code, 0, run.stderr);
-    assertOk(!run.stdout.includes("\x1b["), "no colour with NO_COLOR");
-    const lines = run.stdout.split("\n");
-    assertMatch(
-      lines[0] ?? "",
-      /^GROUP\s+STATUS\s+ADDRESS\s+IDS\s+CLASS\s+DRIVER\s+DEVICE\s+NOTES$/,
-    );
-    assertOk(lines.some((l) => /bridge/.test(l)));
-    assertOk(lines.some((l) => /host-critical/.test(l)));
-    // Columns line up: every address starts at the same offset.
-    const offsets = new Set(
-      lines.filter((l) => /0000:[0-9a-f]{2}:/.test(l)).map((l) => l.search(/0000:[0-9a-f]{2}:/)),
-    );
-    assertEquals(offsets.size, 1);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using tree = await tempHostTree(loadFixtureHost("b550-aorus-pro"));
+  const dir = tree.dir;
+  const run = await cli(["groups", "--sysfs", dir]);
+  assertEquals(run.code, 0, run.stderr);
+  assertOk(!run.stdout.includes("\x1b["), "no colour with NO_COLOR");
+  const lines = run.stdout.split("\n");
+  assertMatch(
+    lines[0] ?? "",
+    /^GROUP\s+STATUS\s+ADDRESS\s+IDS\s+CLASS\s+DRIVER\s+DEVICE\s+NOTES$/,
+  );
+  assertOk(lines.some((l) => /bridge/.test(l)));
+  assertOk(lines.some((l) => /host-critical/.test(l)));
+  // Columns line up: every address starts at the same offset.
+  const offsets = new Set(
+    lines.filter((l) => /0000:[0-9a-f]{2}:/.test(l)).map((l) => l.search(/0000:[0-9a-f]{2}:/)),
+  );
+  assertEquals(offsets.size, 1);
 });
 
 Deno.test("snapshot OUT then groups --sysfs OUT shows the same host", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    buildHostTree(loadHostDescription(new URL("c246-cx4lx-sriov.json", HOSTS)), `${dir}/src`);
+    buildHostTree(loadFixtureHost("c246-cx4lx-sriov"), `${dir}/src`);
     const snap = await cli(["snapshot", "--sysfs", `${dir}/src`, `${dir}/out`]);
     assertEquals(snap.code, 0, snap.stderr);
     assertMatch(snap.stdout, /^Wrote 6 devices in 1 IOMMU groups from /);

@@ -1,40 +1,25 @@
 // Discovery over sysfs trees built from the eight real hosts, read back with the real lspci.
 import { assertEquals, assertOk } from "./helpers/assert.ts";
-import { buildHostTree, type HostDescription, loadHostDescription } from "../lib/host_tree.ts";
+import type { HostDescription } from "../lib/host_tree.ts";
+import { HOST_NAMES, HOSTS, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 import { discoverHost } from "../lib/discovery.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import { commandLspciRunner, lspciArgs, parseLspci } from "../lib/lspci.ts";
 
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 const SHARED = new URL("../../shared/hosts/", import.meta.url);
-const NAMES = [
-  "b550-aorus-pro",
-  "c246-cx4lx-sriov",
-  "hp-dl380p-g8",
-  "laptop-hm87-gtx765m",
-  "supermicro-cfl",
-  "trx40-creator",
-  "x570-aorus-pro-wifi",
-  "z690-asus-adl",
-];
 
 function hex(text: string | null, width: number): string | null {
   return text === null ? null : text.replace(/^0x/i, "").toLowerCase().padStart(width, "0");
 }
 
 async function withTree<T>(description: HostDescription, fn: (dir: string) => Promise<T>) {
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-" });
-  try {
-    buildHostTree(description, dir);
-    return await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using tree = await tempHostTree(description);
+  return await fn(tree.dir);
 }
 
-for (const name of NAMES) {
+for (const name of HOST_NAMES) {
   Deno.test(`discoverHost() reproduces every device of "${name}" with the real lspci`, async () => {
-    const description = loadHostDescription(new URL(`${name}.json`, HOSTS));
+    const description = loadFixtureHost(name);
     await withTree(description, async (dir) => {
       const host = await discoverHost({ root: dir });
       assertEquals(host.iommu, "enabled");
@@ -101,7 +86,7 @@ Deno.test({
     }
   })(),
   fn() {
-    for (const name of [...NAMES, "cases"]) {
+    for (const name of [...HOST_NAMES, "cases"]) {
       const ours = Deno.readFileSync(new URL(`${name}.json`, HOSTS));
       const theirs = Deno.readFileSync(new URL(`${name}.json`, SHARED));
       assertEquals(ours, theirs, name);
@@ -110,7 +95,7 @@ Deno.test({
 });
 
 Deno.test("discoverHost() names devices from lspci and splits vendor from device", async () => {
-  const description = loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS));
+  const description = loadFixtureHost("x570-aorus-pro-wifi");
   await withTree(description, async (dir) => {
     const host = await discoverHost({ root: dir });
     const gpu = host.devices.find((d) => d.address === "0000:0b:00.0");

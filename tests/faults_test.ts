@@ -24,13 +24,11 @@ import {
   gpuConfig,
   killHard,
   killHardSync,
-  MAIN,
   qemuDomainXml,
-  restartLibvirtd,
-  runCli,
   snapshotDir,
   snapshotDomains,
-} from "./fixtures/hostile/harness.ts";
+} from "./helpers/reliability.ts";
+import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
 
 const TEST = "tests/faults_test.ts";
 const A = "pt-fault-a";
@@ -93,11 +91,10 @@ Deno.test({
     const host: HostTopology = await loadHost(tree.sysfs);
     const config = twoVmConfig();
     const stateDir = `${tree.dir}/state`;
-    let pid = daemon.pid;
     let port = openLibvirtPort(daemon.uri);
     const restart = async () => {
       port.close();
-      pid = await restartLibvirtd(daemon);
+      await daemon.restart();
       port = openLibvirtPort(daemon.uri);
     };
     try {
@@ -109,7 +106,7 @@ Deno.test({
       const plan1 = planHostdevs({ config, host, libvirt: port });
       assertEquals(plan1.vms.map((vm) => vm.changed), [true, true]);
       const state0 = snapshotDir(stateDir);
-      await killHard(pid);
+      await killHard(daemon.pid);
       const r1 = await applyPlan(plan1, { libvirt: port, stateDir, confirm: yes });
       assertEquals(r1.vms.map((v) => v.code), ["read-failed", "read-failed"]);
       assertMatch(r1.vms[0]!.message, new RegExp(`^Cannot read the definition of "${A}": `));
@@ -130,7 +127,7 @@ Deno.test({
       // written and intact; after a restart B is as it was, and a rerun converges.
       const plan2 = planHostdevs({ config, host, libvirt: port });
       const killingPort = withFault(port, (xml) => {
-        if (parseDomainXml(xml).name === B) killHardSync(pid);
+        if (parseDomainXml(xml).name === B) killHardSync(daemon.pid);
       });
       const r2 = await applyPlan(plan2, { libvirt: killingPort, stateDir, confirm: yes });
       assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-failed"]]);
@@ -164,7 +161,7 @@ Deno.test({
 
       // 3. The daemon dies right after a define: the check cannot read back. After a restart
       // the definition holds the change (or the old one), never a mix, and a rerun converges.
-      const afterDefine = withFault(port, () => {}, () => killHardSync(pid));
+      const afterDefine = withFault(port, () => {}, () => killHardSync(daemon.pid));
       // The config still gives A its GPU: re-planning A alone with a changed ROM setting makes
       // a real edit to define.
       const romConfig = parseConfig(
@@ -259,7 +256,6 @@ Deno.test({
       });
     } finally {
       port.close();
-      if (pid !== daemon.pid) await killHard(pid);
     }
   },
 });
@@ -392,15 +388,6 @@ Deno.test("applyPlan() defines nothing when the state directory is on a read-onl
   }
 });
 
-function hasScript(): boolean {
-  try {
-    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name:
     "two passthrough apply processes at once on a real libvirtd: the second fails on the lock, the first applies once",
@@ -424,40 +411,18 @@ Deno.test({
       "--state-dir",
       stateDir,
     ];
-    const command = [Deno.execPath(), "run", "-A", MAIN, ...args]
-      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
     // The first run gets a real terminal (script) and holds the lock while it waits for "y".
-    const first = new Deno.Command("script", {
-      args: ["-q", "-e", "-c", command, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    const reader = first.stdout.getReader();
-    let seen = "";
-    while (!/Apply the changes to "pt-fault-a"\?/.test(seen)) {
-      const chunk = await reader.read();
-      if (chunk.done) break;
-      seen += new TextDecoder().decode(chunk.value);
-    }
+    await using first = runCliOnPty(args, { flags: ["-A"] });
+    const seen = await first.waitFor(/Apply the changes to "pt-fault-a"\?/);
     assertMatch(seen, /Apply the changes to "pt-fault-a"\?/);
-    const second = await runCli([...args, "--yes"]);
+    const second = await runCli([...args, "--yes"], { flags: ["-A"] });
     assertEquals(second.code, 1, second.stdout + second.stderr);
     assertMatch(second.stderr, /Another passthrough apply holds the lock/);
     assertEquals(second.stdout, "");
     assertEquals(listBackups(stateDir), []);
-    const writer = first.stdin.getWriter();
-    await writer.write(new TextEncoder().encode("y\n"));
-    await writer.close();
-    while (true) {
-      const chunk = await reader.read();
-      if (chunk.done) break;
-      seen += new TextDecoder().decode(chunk.value);
-    }
-    const status = await first.status;
-    await first.stderr.cancel();
-    assertEquals(status.code, 0, seen);
+    await first.type("y\n");
+    const { code, screen } = await first.finish();
+    assertEquals(code, 0, screen);
     assertEquals(listBackups(stateDir).length, 1);
     assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"]);
     recordCase({

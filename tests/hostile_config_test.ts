@@ -15,10 +15,10 @@ import {
   demoTree,
   gpuConfig,
   qemuDomainXml,
-  runCli,
   snapshotDir,
   snapshotDomains,
-} from "./fixtures/hostile/harness.ts";
+} from "./helpers/reliability.ts";
+import { runCli } from "./helpers/cli.ts";
 
 const TEST = "tests/hostile_config_test.ts";
 const VM = "pt-hostile-config";
@@ -222,7 +222,9 @@ Deno.test({
 
     // The valid config does change the VM: the refusals below are what keeps it unchanged.
     await Deno.writeTextFile(config, gpuConfig(VM));
-    const baseline = await runCli(["plan", ...args.slice(0, 6), "--detailed-exitcode"]);
+    const baseline = await runCli(["plan", ...args.slice(0, 6), "--detailed-exitcode"], {
+      flags: ["-A"],
+    });
     assertEquals(baseline.code, 2, baseline.stderr);
 
     const hostile = [
@@ -235,7 +237,7 @@ Deno.test({
     ];
     for (const c of hostile) {
       await Deno.writeFile(config, c.bytes);
-      const run = await runCli(["apply", ...args, "--yes"]);
+      const run = await runCli(["apply", ...args, "--yes"], { flags: ["-A"] });
       assertEquals(run.code, 1, `${c.name}: ${run.stdout}${run.stderr}`);
       assertMatch(run.stdout + run.stderr, c.error, c.name);
       assertOk(!/\n\s+at /.test(run.stderr), `${c.name}: no stack trace`);

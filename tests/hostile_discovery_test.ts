@@ -18,7 +18,7 @@ import { parseConfig } from "../lib/config.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import type { HostTopology, PciDevice } from "../lib/types.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
-import { demoTree, gpuConfig } from "./fixtures/hostile/harness.ts";
+import { demoTree, gpuConfig } from "./helpers/reliability.ts";
 
 const TEST = "tests/hostile_discovery_test.ts";
 

@@ -18,7 +18,7 @@ import { parseConfig } from "../lib/config.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { renderPlan } from "../cli/render_plan.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
-import { demoTree, snapshotDir, snapshotDomains } from "./fixtures/hostile/harness.ts";
+import { demoTree, snapshotDir, snapshotDomains } from "./helpers/reliability.ts";
 
 const TEST = "tests/hostile_xml_test.ts";
 

@@ -12,25 +12,14 @@ import {
 } from "../lib/nodedev_discovery.ts";
 import { nodeDeviceName, nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
 import { compareTopologies } from "../lib/source_compare.ts";
-import { buildHostTree, type HostDescription, loadHostDescription } from "../lib/host_tree.ts";
+import type { HostDescription } from "../lib/host_tree.ts";
+import { HOST_NAMES, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 import { discoverHost } from "../lib/discovery.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 import { Connection } from "../ffi/connection.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 const VIRTIO_VM = new URL("./fixtures/nodedev/virtio-vm/", import.meta.url);
-const HOST_NAMES = [
-  "b550-aorus-pro",
-  "c246-cx4lx-sriov",
-  "hp-dl380p-g8",
-  "laptop-hm87-gtx765m",
-  "supermicro-cfl",
-  "trx40-creator",
-  "x570-aorus-pro-wifi",
-  "z690-asus-adl",
-];
-
 function virtioVmXml(): string[] {
   return [...Deno.readDirSync(VIRTIO_VM)].map((e) => e.name).filter((n) => n.endsWith(".xml"))
     .sort().map((n) => Deno.readTextFileSync(new URL(n, VIRTIO_VM)));
@@ -243,18 +232,13 @@ Deno.test("topologyFromNodeDevices() refuses IOMMU groups that disagree or name 
 });
 
 async function sysfsTopology(description: HostDescription) {
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-" });
-  try {
-    buildHostTree(description, dir);
-    return await discoverHost({ root: dir });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using tree = await tempHostTree(description);
+  return await discoverHost({ root: tree.dir });
 }
 
 for (const name of HOST_NAMES) {
   Deno.test(`discoverViaLibvirt() over a test-driver world of "${name}" matches sysfs discovery`, async () => {
-    const description = loadHostDescription(new URL(`${name}.json`, HOSTS));
+    const description = loadFixtureHost(name);
     const sysfs = await sysfsTopology(description);
     await using world = await writeTempWorld(nodeDeviceWorldXml(description));
     using source = openNodeDeviceSource(world.uri);
@@ -284,7 +268,7 @@ for (const name of HOST_NAMES) {
 }
 
 Deno.test("nodeDeviceWorldXml() writes the world's domains and names devices as libvirt does", async () => {
-  const description = loadHostDescription(new URL("c246-cx4lx-sriov.json", HOSTS));
+  const description = loadFixtureHost("c246-cx4lx-sriov");
   const xml = nodeDeviceWorldXml(description, {
     domains: [testDomainXml("vm1", { running: false }), testDomainXml("vm2")],
   });
@@ -319,7 +303,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "passthrough-nodedev-" });
     try {
       for (const name of ["c246-cx4lx-sriov", "z690-asus-adl"]) {
-        const xml = nodeDeviceWorldXml(loadHostDescription(new URL(`${name}.json`, HOSTS)));
+        const xml = nodeDeviceWorldXml(loadFixtureHost(name));
         // The `computer` device is the test driver's own minimal form (no <firmware>): only the
         // PCI devices are meant to look like libvirt's node-device XML.
         const devices = (xml.match(/<device>[\s\S]*?<\/device>/g) ?? [])

@@ -22,7 +22,7 @@ import { encodeVmName, writeBackup } from "../lib/backups.ts";
 import { openStateDir, StateDirError } from "../lib/state_dir.ts";
 import { main } from "../main.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
-import { DEMO_HOST, demoTree, gpuConfig, snapshotDir } from "./fixtures/hostile/harness.ts";
+import { DEMO_HOST, demoTree, gpuConfig, snapshotDir } from "./helpers/reliability.ts";
 
 const TEST = "tests/security_test.ts";
 const ROOT = new URL("../", import.meta.url).pathname;

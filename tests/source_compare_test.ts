@@ -2,24 +2,18 @@
 // and on real sources (a sysfs tree against a libvirt test-driver world) that disagree.
 import { assertEquals } from "./helpers/assert.ts";
 import { writeTempWorld } from "./helpers/world.ts";
+import { loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 import {
   compareTopologies,
   formatSourceDifference,
   type SourceDifference,
 } from "../lib/source_compare.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
-import {
-  buildHostTree,
-  type HostDescription,
-  type HostDeviceDescription,
-  loadHostDescription,
-} from "../lib/host_tree.ts";
+import type { HostDescription, HostDeviceDescription } from "../lib/host_tree.ts";
 import { discoverHost } from "../lib/discovery.ts";
 import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
 import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
-
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 
 function device(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
   return {
@@ -124,34 +118,29 @@ Deno.test("formatSourceDifference() names the sources and quotes strings", () =>
 });
 
 Deno.test("compareTopologies() finds a regrouped and a vanished device between sysfs and a test-driver world", async () => {
-  const description = loadHostDescription(new URL("b550-aorus-pro.json", HOSTS));
+  const description = loadFixtureHost("b550-aorus-pro");
   const [first, second, ...rest] = description.devices;
   if (first === undefined || second === undefined) throw new Error("fixture too small");
   // libvirt's view: the first device moved to a group of its own, the second is gone.
   const moved: HostDescription = {
     devices: [{ ...first, group: 999 }, ...rest],
   };
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-" });
-  try {
-    buildHostTree(description, dir);
-    const sysfs = await discoverHost({ root: dir, lspci: null });
-    await using world = await writeTempWorld(nodeDeviceWorldXml(moved));
-    using source = openNodeDeviceSource(world.uri);
-    const libvirt = discoverViaLibvirt(source);
-    assertEquals(
-      compareTopologies(sysfs, libvirt, { ignore: ["driver"] }),
-      [
-        {
-          kind: "field",
-          address: first.bdf,
-          field: "iommuGroup",
-          a: first.group,
-          b: 999,
-        },
-        { kind: "missing", address: second.bdf, missingFrom: "b" },
-      ].sort((x, y) => x.address.localeCompare(y.address)),
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using tree = await tempHostTree(description);
+  const sysfs = await discoverHost({ root: tree.dir, lspci: null });
+  await using world = await writeTempWorld(nodeDeviceWorldXml(moved));
+  using source = openNodeDeviceSource(world.uri);
+  const libvirt = discoverViaLibvirt(source);
+  assertEquals(
+    compareTopologies(sysfs, libvirt, { ignore: ["driver"] }),
+    [
+      {
+        kind: "field",
+        address: first.bdf,
+        field: "iommuGroup",
+        a: first.group,
+        b: 999,
+      },
+      { kind: "missing", address: second.bdf, missingFrom: "b" },
+    ].sort((x, y) => x.address.localeCompare(y.address)),
+  );
 });

@@ -27,14 +27,36 @@ export interface CliResult {
   stderr: string;
 }
 
+/** How to spawn the CLI. */
+export interface CliOptions {
+  /** Deno permission flags; the documented set ({@link documentedFlags}) unless given (e.g. `-A`). */
+  flags?: string[];
+  /** Environment added to `NO_COLOR=1`. */
+  env?: Record<string, string>;
+  /** The script to run instead of the checkout's `main.ts` (e.g. the bundled CLI). */
+  main?: string;
+  /** The working directory; the test's own unless given. */
+  cwd?: string;
+}
+
 /** Runs `passthrough ARGS` with the documented flags, `stdin` as input, colour off. */
-export async function runCli(args: string[], options: { stdin?: string } = {}): Promise<CliResult> {
+export async function runCli(
+  args: string[],
+  options: CliOptions & { stdin?: string } = {},
+): Promise<CliResult> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    args: [
+      "run",
+      "--quiet",
+      ...(options.flags ?? documentedFlags()),
+      options.main ?? MAIN,
+      ...args,
+    ],
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   }).spawn();
   const writer = child.stdin.getWriter();
   await writer.write(new TextEncoder().encode(options.stdin ?? ""));
@@ -67,17 +89,19 @@ export interface PtySession extends AsyncDisposable {
   finish(): Promise<{ code: number; screen: string }>;
 }
 
-/** Starts `passthrough ARGS` on a pseudo-terminal. */
-export function runCliOnPty(args: string[]): PtySession {
+/** Starts `passthrough ARGS` on a pseudo-terminal (`script` from util-linux). */
+export function runCliOnPty(args: string[], options: CliOptions = {}): PtySession {
   const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
-  const command = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args]
+  const flags = options.flags ?? documentedFlags();
+  const command = [Deno.execPath(), "run", "--quiet", ...flags, options.main ?? MAIN, ...args]
     .map(quote).join(" ");
   const child = new Deno.Command("script", {
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
     args: ["-q", "-e", "-c", command, "/dev/null"],
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   }).spawn();
   const writer = child.stdin.getWriter();
   let screen = "";

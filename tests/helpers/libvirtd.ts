@@ -29,11 +29,17 @@ export interface Libvirtd extends AsyncDisposable {
   uri: string;
   /** The temporary directory holding socket, config, log and (isolated) state. */
   dir: string;
-  pid: number;
+  /** The running daemon's pid (a new one after {@link Libvirtd.restart}). */
+  readonly pid: number;
   /** Whether definitions are isolated from the host's `/etc/libvirt/qemu`. */
   isolated: boolean;
   /** The daemon's log so far (for failure messages). */
   log(): Promise<string>;
+  /**
+   * Starts the daemon again after a test killed it, with the same config, socket and (when
+   * isolated) the same private state, so definitions survive as across a real daemon restart.
+   */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -96,7 +102,8 @@ function shellQuote(text: string): string {
   return `'${text.replaceAll("'", `'\\''`)}'`;
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` is running (a zombie counts as gone). */
+export function processAlive(pid: number): boolean {
   try {
     const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
     // A zombie has exited; the container's init may be slow to reap it.
@@ -107,9 +114,28 @@ function alive(pid: number): boolean {
 }
 
 /**
- * Starts a private `libvirtd` (`-d` returns once the socket is up; `-t 600` makes a forgotten
- * daemon exit by itself after ten idle minutes).
+ * Runs `libvirtd -d` on the config in `dir` (`-d` returns once the socket is up; `-t 600` makes a
+ * forgotten daemon exit by itself after ten idle minutes), inside a private mount namespace with
+ * `DIR/state-N` over each of {@link PRIVATE_DIRS} when `isolated`.
  */
+async function launch(dir: string, isolated: boolean): Promise<Deno.CommandOutput> {
+  const daemon = [LIBVIRTD, "-d", "-t", "600", "-f", `${dir}/libvirtd.conf`, "-p"]
+    .concat(`${dir}/libvirtd.pid`).map(shellQuote).join(" ");
+  if (!isolated) return await run("sh", ["-c", `exec ${daemon}`]);
+  const mounts = PRIVATE_DIRS.map((target, i) =>
+    `mount --bind ${shellQuote(`${dir}/state-${i}`)} ${shellQuote(target)}`
+  );
+  return await run("unshare", [
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    [...mounts, `exec ${daemon}`].join(" && "),
+  ]);
+}
+
+/** Starts a private `libvirtd` in a fresh temporary directory. */
 export async function startLibvirtd(): Promise<Libvirtd> {
   const reason = libvirtdUnavailable();
   if (reason !== null) throw new Error(`Cannot start libvirtd: ${reason}`);
@@ -127,36 +153,23 @@ export async function startLibvirtd(): Promise<Libvirtd> {
       "",
     ].join("\n"),
   );
-  const daemon = [LIBVIRTD, "-d", "-t", "600", "-f", conf, "-p", pidFile].map(shellQuote).join(" ");
   const isolated = await unshareWorks();
-  let output: Deno.CommandOutput;
   if (isolated) {
-    const mounts: string[] = [];
     for (const [i, target] of PRIVATE_DIRS.entries()) {
-      const source = `${dir}/state-${i}`;
-      await Deno.mkdir(source);
+      await Deno.mkdir(`${dir}/state-${i}`);
       // The mount point must exist on the host; an empty directory there is harmless.
       await Deno.mkdir(target, { recursive: true });
-      mounts.push(`mount --bind ${shellQuote(source)} ${shellQuote(target)}`);
     }
-    output = await run("unshare", [
-      "-m",
-      "--propagation",
-      "private",
-      "sh",
-      "-c",
-      [...mounts, `exec ${daemon}`].join(" && "),
-    ]);
-  } else {
-    output = await run("sh", ["-c", `exec ${daemon}`]);
   }
   const log = () => Deno.readTextFile(`${dir}/libvirtd.log`).catch(() => "");
+  const output = await launch(dir, isolated);
   if (output.code !== 0) {
     const detail = new TextDecoder().decode(output.stderr).trim() || (await log()).trim();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     throw new Error(`Cannot start libvirtd: exit code ${output.code}: ${detail}`);
   }
-  const pid = parseInt((await Deno.readTextFile(pidFile)).trim(), 10);
+  const readPid = async () => parseInt((await Deno.readTextFile(pidFile)).trim(), 10);
+  let pid = await readPid();
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
@@ -166,10 +179,10 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     } catch {
       // Already gone (the idle timeout, or a test killed it on purpose).
     }
-    for (let i = 0; i < 100 && alive(pid); i++) {
+    for (let i = 0; i < 100 && processAlive(pid); i++) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    if (alive(pid)) {
+    if (processAlive(pid)) {
       try {
         Deno.kill(pid, "SIGKILL");
       } catch {
@@ -178,12 +191,24 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     }
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
+  const restart = async () => {
+    const output = await launch(dir, isolated);
+    if (output.code !== 0) {
+      throw new Error(
+        `Cannot restart libvirtd: ${new TextDecoder().decode(output.stderr).trim()}`,
+      );
+    }
+    pid = await readPid();
+  };
   return {
     uri: `qemu:///system?socket=${dir}/libvirt-sock`,
     dir,
-    pid,
+    get pid() {
+      return pid;
+    },
     isolated,
     log,
+    restart,
     stop,
     [Symbol.asyncDispose]: stop,
   };

@@ -1,0 +1,49 @@
+/**
+ * The eight captured real hosts in `tests/fixtures/hosts/` and temporary sysfs-shaped trees built
+ * from them (or from any host description) for discovery and the real `lspci` to read.
+ *
+ * @module
+ */
+
+import { buildHostTree, type HostDescription, loadHostDescription } from "../../lib/host_tree.ts";
+
+/** `tests/fixtures/hosts/`. */
+export const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
+
+/** Every captured host in `tests/fixtures/hosts/`, by file name without `.json`. */
+export const HOST_NAMES: readonly string[] = [
+  "b550-aorus-pro",
+  "c246-cx4lx-sriov",
+  "hp-dl380p-g8",
+  "laptop-hm87-gtx765m",
+  "supermicro-cfl",
+  "trx40-creator",
+  "x570-aorus-pro-wifi",
+  "z690-asus-adl",
+];
+
+/** The description of captured host `name` (one of {@link HOST_NAMES}). */
+export function loadFixtureHost(name: string): HostDescription {
+  return loadHostDescription(new URL(`${name}.json`, HOSTS));
+}
+
+/** A temporary directory holding a sysfs-shaped tree; removed on dispose. */
+export interface TempHostTree extends AsyncDisposable {
+  /** The tree's root, for `--sysfs` or `discoverHost({ root })`. */
+  dir: string;
+}
+
+/** Builds `description`'s sysfs tree in a fresh temporary directory named `PREFIX...`. */
+export async function tempHostTree(
+  description: HostDescription,
+  options: { prefix?: string } = {},
+): Promise<TempHostTree> {
+  const dir = await Deno.makeTempDir({ prefix: options.prefix ?? "passthrough-host-" });
+  try {
+    buildHostTree(description, dir);
+  } catch (error) {
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  }
+  return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
