@@ -7,37 +7,14 @@
  */
 
 import { assertEquals, assertOk } from "./helpers/assert.ts";
+import { type Case, loadCases } from "./helpers/cases.ts";
+import { loadFixtureHost } from "./helpers/hosts.ts";
 import { runCli } from "./helpers/cli.ts";
 import { testDomainXml } from "./helpers/world.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { buildHostTree } from "../lib/host_tree.ts";
 import type { Plan, VmPlan } from "../lib/plan_types.ts";
 
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
-
-interface CaseMatch {
-  vendor_id: string;
-  device_id: string;
-  bdf?: string;
-}
-
-interface Case {
-  id: string;
-  host: string;
-  vm: string;
-  match: CaseMatch;
-  other_requests?: { vm: string; match: CaseMatch }[];
-  expect: {
-    devices?: string[];
-    no_warn?: boolean;
-    warn?: string;
-    error?: string;
-    candidates?: string[];
-    vms?: string[];
-    group?: number;
-  };
-}
-
-const cases = JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+const cases = loadCases();
 const dir = Deno.makeTempDirSync({ prefix: "passthrough-cases-cli-" });
 const trees = new Map<string, string>();
 
@@ -45,7 +22,7 @@ function tree(host: string): string {
   let path = trees.get(host);
   if (path === undefined) {
     path = `${dir}/${host}`;
-    buildHostTree(loadHostDescription(new URL(`${host}.json`, HOSTS)), path);
+    buildHostTree(loadFixtureHost(host), path);
     trees.set(host, path);
   }
   return path;

@@ -6,49 +6,22 @@
  */
 
 import { assertEquals, assertOk } from "./helpers/assert.ts";
+import { type Case, type CaseMatch, loadCases } from "./helpers/cases.ts";
+import { loadFixtureHost } from "./helpers/hosts.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDescription } from "../lib/host_tree.ts";
 import { planHostdevs, resolveConfig } from "../lib/plan.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
 import type { HostTopology } from "../lib/types.ts";
 
-const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
-
-interface CaseMatch {
-  vendor_id: string;
-  device_id: string;
-  bdf?: string;
-}
-
-interface Case {
-  id: string;
-  host: string;
-  vm: string;
-  match: CaseMatch;
-  other_requests?: { vm: string; match: CaseMatch }[];
-  expect: {
-    devices?: string[];
-    no_warn?: boolean;
-    warn?: string;
-    error?: string;
-    candidates?: string[];
-    vms?: string[];
-    group?: number;
-  };
-  why: string;
-}
-
-const cases = JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+const cases = loadCases();
 const hosts = new Map<string, HostTopology>();
 
 function host(name: string): HostTopology {
   let topology = hosts.get(name);
   if (topology === undefined) {
-    const description = JSON.parse(
-      Deno.readTextFileSync(new URL(`${name}.json`, HOSTS)),
-    ) as HostDescription;
+    const description = loadFixtureHost(name);
     topology = topologyFromDescription(description, { source: name });
     hosts.set(name, topology);
   }

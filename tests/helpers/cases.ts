@@ -1,0 +1,41 @@
+/**
+ * The requests of `tests/fixtures/hosts/cases.json`: real hosts' IOMMU listings with the outcome
+ * a correct tool reaches, shared by the in-process (`tests/cases_test.ts`) and CLI
+ * (`tests/cases_cli_test.ts`) runs.
+ *
+ * @module
+ */
+
+import { HOSTS } from "./hosts.ts";
+
+/** A device request as `cases.json` writes it. */
+export interface CaseMatch {
+  vendor_id: string;
+  device_id: string;
+  bdf?: string;
+}
+
+/** One case: a request on a captured host and what must come of it. */
+export interface Case {
+  id: string;
+  /** A file name in `tests/fixtures/hosts/` without `.json`. */
+  host: string;
+  vm: string;
+  match: CaseMatch;
+  other_requests?: { vm: string; match: CaseMatch }[];
+  expect: {
+    devices?: string[];
+    no_warn?: boolean;
+    warn?: string;
+    error?: string;
+    candidates?: string[];
+    vms?: string[];
+    group?: number;
+  };
+  why: string;
+}
+
+/** Every case of `tests/fixtures/hosts/cases.json`, in file order. */
+export function loadCases(): Case[] {
+  return JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+}
