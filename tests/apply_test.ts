@@ -11,7 +11,7 @@ import { listBackups, readBackupXml } from "../lib/backups.ts";
 import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../lib/lock.ts";
 import { StateDirError } from "../lib/state_dir.ts";
-import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan_types.ts";
+import type { Plan, VmPlan } from "../lib/plan_types.ts";
 import type { LibvirtPort } from "../lib/libvirt_port.ts";
 import { confirmVm, makeConfirm } from "../cli/confirm.ts";
 import type { CliIo } from "../cli/context.ts";
@@ -22,6 +22,7 @@ import { planHostdevs } from "../lib/plan.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
+import { gpuIdentity as identity } from "./helpers/devices.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -82,20 +83,6 @@ function fixture(): Fixture {
   };
 }
 
-function identity(address: string): DeviceIdentity {
-  return {
-    address,
-    vendorId: "10de",
-    deviceId: "2684",
-    subsystemVendorId: null,
-    subsystemDeviceId: null,
-    classCode: "030000",
-    serial: null,
-    driver: "nouveau",
-    rule: "gpu",
-  };
-}
-
 /** A hand-built plan for one VM: the real current XML, edited the way the planner would. */
 function planVm(
   port: LibvirtPort,
@@ -107,7 +94,7 @@ function planVm(
   const desiredXml = options.desiredXml ?? editDomainXml(currentXml, {
     remove: [],
     add: add.map((address) => ({ address, managed: true })),
-    records: add.map(identity),
+    records: add.map((a) => identity(a)),
   });
   return {
     name,

@@ -3,30 +3,12 @@
 // configs (AF FLR, root ports, loops, broken chains), this VM's captured and live config files.
 import { assertEquals, assertOk } from "./helpers/assert.ts";
 import { type ConfigSpaceFacts, parseConfigSpace } from "../lib/config_space.ts";
-import {
-  buildHostTree,
-  type HostDescription,
-  type HostDeviceDescription,
-} from "../lib/host_tree.ts";
+import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
 import { generateHost } from "../lib/host_generator.ts";
 import { commandLspciRunner, parseLspci } from "../lib/lspci.ts";
+import { nicDescription as dev } from "./helpers/devices.ts";
 
 const VIRTIO = new URL("./fixtures/config_space/virtio-vm/", import.meta.url);
-
-function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
-  return {
-    bdf,
-    group: 1,
-    class: "0x020000",
-    vendor: "0x15b3",
-    device: "0x1015",
-    subsystem_vendor: "0x15b3",
-    subsystem_device: "0x0003",
-    driver: "mlx5_core",
-    revision: "0x00",
-    ...extra,
-  };
-}
 
 /** What `lspci -vvvnnkD` says about FLR and serials for every device of the tree at `root`. */
 async function lspciFacts(root: string | null): Promise<Map<string, ConfigSpaceFacts>> {

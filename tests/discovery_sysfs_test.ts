@@ -1,29 +1,11 @@
 // Discovery rules over small built trees, read with the real lspci: SR-IOV, FLR, serials,
 // slots, NUMA, boot VGA, bridges by header type, no IOMMU, host use, errors.
 import { assertEquals, assertOk, assertRejects, assertThrows } from "./helpers/assert.ts";
-import {
-  buildHostTree,
-  type HostDescription,
-  type HostDeviceDescription,
-} from "../lib/host_tree.ts";
+import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
 import { discoverHost, pciAncestor, SysfsRootError } from "../lib/discovery.ts";
 import { LspciError, parseLspci, pciIdsVendorNames, splitVendorName } from "../lib/lspci.ts";
 import type { HostTopology } from "../lib/types.ts";
-
-function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
-  return {
-    bdf,
-    group: 1,
-    class: "0x020000",
-    vendor: "0x15b3",
-    device: "0x1015",
-    subsystem_vendor: "0x15b3",
-    subsystem_device: "0x0003",
-    driver: "mlx5_core",
-    revision: "0x00",
-    ...extra,
-  };
-}
+import { nicDescription as dev } from "./helpers/devices.ts";
 
 async function discover(description: HostDescription): Promise<HostTopology> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-sysfs-" });

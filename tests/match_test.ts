@@ -5,6 +5,7 @@ import type { HostDescription, HostDeviceDescription } from "../lib/host_tree.ts
 import { deviceMatches, recordedDriver, resolveRule } from "../lib/match.ts";
 import type { DeviceIdentity } from "../lib/plan_types.ts";
 import type { HostTopology } from "../lib/types.ts";
+import { gpuIdentity } from "./helpers/devices.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 
@@ -182,17 +183,7 @@ Deno.test("deviceMatches() keeps driver: nvidia matching a vfio-pci card only th
     dev({ bdf: "0000:02:00.0", group: 2, driver: "vfio-pci" }),
   ]);
   const [first, second] = vfio.devices as [typeof vfio.devices[0], typeof vfio.devices[0]];
-  const record: DeviceIdentity = {
-    address: "0000:01:00.0",
-    vendorId: "10de",
-    deviceId: "2684",
-    subsystemVendorId: null,
-    subsystemDeviceId: null,
-    classCode: "030000",
-    serial: null,
-    driver: "nvidia",
-    rule: "gpu",
-  };
+  const record: DeviceIdentity = gpuIdentity("0000:01:00.0", { driver: "nvidia" });
   const criteria = { driver: "nvidia" };
   assertEquals(deviceMatches(first, criteria), false);
   assertEquals(deviceMatches(first, criteria, { records: [record] }), true);

@@ -11,6 +11,7 @@ import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
 import type { DeviceIdentity, HostdevSpec } from "../lib/plan_types.ts";
 import { pciAddressFromParts, pciAddressToLibvirt } from "../lib/pci_address.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
+import { gpuIdentity } from "./helpers/devices.ts";
 
 const TEST = "tests/property_domain_xml_test.ts";
 const SEED = Number(Deno.env.get("PASSTHROUGH_PROPERTY_SEED") ?? "20261124");
@@ -104,17 +105,7 @@ function domainXml(s: Shape): string {
 }
 
 function record(addr: string, rule: string): DeviceIdentity {
-  return {
-    address: addr,
-    vendorId: "10de",
-    deviceId: "2684",
-    subsystemVendorId: null,
-    subsystemDeviceId: null,
-    classCode: "030000",
-    serial: null,
-    driver: "nouveau",
-    rule,
-  };
+  return gpuIdentity(addr, { rule });
 }
 
 function check(property: fc.IPropertyWithHooks<[Shape, ...unknown[]]> | fc.IProperty<never>) {

@@ -5,7 +5,8 @@ import { BackupNotFoundError, listBackups, writeBackup } from "../lib/backups.ts
 import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../lib/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
-import type { DeviceIdentity, VmPlan } from "../lib/plan_types.ts";
+import type { VmPlan } from "../lib/plan_types.ts";
+import { gpuIdentity as identity } from "./helpers/devices.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -45,20 +46,6 @@ function fixture(): Fixture {
   };
 }
 
-function identity(address: string): DeviceIdentity {
-  return {
-    address,
-    vendorId: "10de",
-    deviceId: "2684",
-    subsystemVendorId: null,
-    subsystemDeviceId: null,
-    classCode: "030000",
-    serial: null,
-    driver: "nouveau",
-    rule: "gpu",
-  };
-}
-
 /** Applies "add these hostdevs to `name`" for real, leaving a backup of the previous state. */
 async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promise<void> {
   const currentXml = f.port.getPersistentXml(name, { secure: true });
@@ -66,7 +53,7 @@ async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promi
   const desiredXml = editDomainXml(currentXml, {
     remove: [],
     add: addresses.map((address) => ({ address, managed: true })),
-    records: [...previous, ...addresses.map(identity)],
+    records: [...previous, ...addresses.map((a) => identity(a))],
   });
   const vm: VmPlan = {
     name,
