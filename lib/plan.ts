@@ -207,6 +207,30 @@ function describe(device: PciDevice): string {
   return `${device.vendorId}:${device.deviceId} ${device.className ?? `class ${device.classCode}`}`;
 }
 
+/**
+ * A `drift` warning: the hostdev at `record.address` was recorded as one device and the address
+ * now holds another (`now`) or nothing; `outcome` says what the plan does about it.
+ */
+function driftWarning(
+  vm: string,
+  record: DeviceIdentity,
+  now: PciDevice | undefined,
+  outcome: string,
+): PlanIssue {
+  return {
+    code: "drift",
+    message:
+      `Hostdev ${record.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
+        record.serial ? ` serial ${record.serial}` : ""
+      } (rule "${record.rule}") but the address now holds ${
+        now === undefined ? "nothing" : describe(now)
+      }: ${outcome}`,
+    vm,
+    rule: record.rule,
+    devices: [record.address],
+  };
+}
+
 /** The parts of an existing hostdev element the planner writes (guest addresses excluded). */
 function specOfXml(hostdev: DomainHostdev): string {
   const xml = hostdev.xml;
@@ -452,18 +476,14 @@ function planVm(
       if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
         continue;
       }
-      plan.warnings.push({
-        code: "drift",
-        message:
-          `Hostdev ${have.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
-            record.serial ? ` serial ${record.serial}` : ""
-          } (rule "${record.rule}") but the address now holds ${
-            now === undefined ? "nothing" : describe(now)
-          }: it stays until the errors above are fixed and the plan is applied`,
-        vm,
-        rule: record.rule,
-        devices: [have.address],
-      });
+      plan.warnings.push(
+        driftWarning(
+          vm,
+          record,
+          now,
+          "it stays until the errors above are fixed and the plan is applied",
+        ),
+      );
     }
     plan.hostdevs = [...currentAddresses].sort();
     plan.keep = [...plan.hostdevs];
@@ -564,18 +584,7 @@ function planVm(
         continue;
       }
       if (!stillThere) {
-        plan.warnings.push({
-          code: "drift",
-          message:
-            `Hostdev ${have.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
-              record.serial ? ` serial ${record.serial}` : ""
-            } (rule "${record.rule}") but the address now holds ${
-              now === undefined ? "nothing" : describe(now)
-            }: it is removed`,
-          vm,
-          rule: record.rule,
-          devices: [have.address],
-        });
+        plan.warnings.push(driftWarning(vm, record, now, "it is removed"));
       }
     }
     removeSet.add(have.address);

@@ -108,14 +108,7 @@ function checkDirShape(path: string): number {
         cause: error,
       });
     }
-    throw new StateDirError(
-      path,
-      "unwritable",
-      `Cannot use state directory "${path}": ${
-        error instanceof Error ? error.message : String(error)
-      }`,
-      { cause: error },
-    );
+    throw cannotUse(path, error);
   }
   if (info.isSymlink) {
     throw new StateDirError(
@@ -140,6 +133,18 @@ function checkDirShape(path: string): number {
   return info.uid ?? -1;
 }
 
+/** A state directory `lstat` failed on for a reason other than its absence. */
+function cannotUse(path: string, error: unknown): StateDirError {
+  return new StateDirError(
+    path,
+    "unwritable",
+    `Cannot use state directory "${path}": ${
+      error instanceof Error ? error.message : String(error)
+    }`,
+    { cause: error },
+  );
+}
+
 function checkOwner(path: string, owner: number, uid: number | null): void {
   if (uid !== null && owner !== uid) {
     throw new StateDirError(
@@ -157,14 +162,7 @@ function createPrivateDir(path: string): void {
     return;
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) {
-      throw new StateDirError(
-        path,
-        "unwritable",
-        `Cannot use state directory "${path}": ${
-          error instanceof Error ? error.message : String(error)
-        }`,
-        { cause: error },
-      );
+      throw cannotUse(path, error);
     }
   }
   try {
