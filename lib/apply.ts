@@ -352,32 +352,35 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
 /** Detaches everything first, then attaches, across all running VMs (see module docs). */
 function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
   const change = { live: true, config: false };
-  for (const item of pending) {
-    const live = item.result.live!;
-    for (const hostdev of item.detach) {
-      try {
-        libvirt.detachDevice(item.result.vm, hostdev.xml, change);
-        live.detached.push(hostdev.address);
-      } catch (error) {
-        live.errors.push(
-          `Cannot detach "${hostdev.address}" from the running guest: ${errorText(error)}`,
-        );
+  // Every detach across all VMs before any attach: a device moving between two running guests
+  // must be free first.
+  const hotplug = (
+    step: "detach" | "attach",
+    call: (vm: string, xml: string) => void,
+    failure: (address: PciAddress) => string,
+  ) => {
+    for (const item of pending) {
+      const live = item.result.live!;
+      for (const hostdev of item[step]) {
+        try {
+          call(item.result.vm, hostdev.xml);
+          (step === "detach" ? live.detached : live.attached).push(hostdev.address);
+        } catch (error) {
+          live.errors.push(`${failure(hostdev.address)}: ${errorText(error)}`);
+        }
       }
     }
-  }
-  for (const item of pending) {
-    const live = item.result.live!;
-    for (const hostdev of item.attach) {
-      try {
-        libvirt.attachDevice(item.result.vm, hostdev.xml, change);
-        live.attached.push(hostdev.address);
-      } catch (error) {
-        live.errors.push(
-          `Cannot attach "${hostdev.address}" to the running guest: ${errorText(error)}`,
-        );
-      }
-    }
-  }
+  };
+  hotplug(
+    "detach",
+    (vm, xml) => libvirt.detachDevice(vm, xml, change),
+    (address) => `Cannot detach "${address}" from the running guest`,
+  );
+  hotplug(
+    "attach",
+    (vm, xml) => libvirt.attachDevice(vm, xml, change),
+    (address) => `Cannot attach "${address}" to the running guest`,
+  );
   for (const item of pending) {
     const live = item.result.live!;
     if (live.errors.length === 0) {
