@@ -8,17 +8,11 @@
  * @module
  */
 
-import type {
-  HostTopology,
-  HostUse,
-  HostUseReason,
-  IommuGroup,
-  PciAddress,
-  PciDevice,
-} from "./types.ts";
+import type { HostTopology, HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
 import { baseName, denoFsReader, openSysfsDir, readAttribute, type SysfsReader } from "./sysfs.ts";
 import { parseConfigSpace } from "./config_space.ts";
+import { groupDevices } from "./iommu_groups.ts";
 import {
   commandLspciRunner,
   lspciArgs,
@@ -317,20 +311,6 @@ function mergeLspci(device: PciDevice, record: LspciRecord, vendorNames: VendorN
   // Slot, FLR and serial come from sysfs and config space; lspci's (with -v) only fill gaps.
   device.physicalSlot ??= record.physicalSlot;
   device.numaNode ??= record.numaNode;
-}
-
-function groupDevices(devices: PciDevice[]): IommuGroup[] {
-  const byGroup = new Map<number, PciDevice[]>();
-  for (const device of devices) {
-    if (device.iommuGroup === null) continue;
-    const members = byGroup.get(device.iommuGroup) ?? [];
-    members.push(device);
-    byGroup.set(device.iommuGroup, members);
-  }
-  return [...byGroup.entries()].sort(([a], [b]) => a - b).map(([group, members]) => ({
-    group,
-    devices: members,
-  }));
 }
 
 const HOST_USE_REASONS: readonly HostUseReason[] = [

@@ -7,8 +7,9 @@
  */
 
 import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
-import type { HostTopology, IommuGroup, PciDevice } from "./types.ts";
+import type { HostTopology, PciDevice } from "./types.ts";
 import type { HostDescription } from "./host_tree.ts";
+import { groupDevices } from "./iommu_groups.ts";
 
 export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
 
@@ -74,16 +75,7 @@ export function topologyFromDescription(
     if (device.physfn === null) continue;
     devices.find((d) => d.address === device.physfn)?.virtfns.push(device.address);
   }
-  const byGroup = new Map<number, PciDevice[]>();
-  for (const device of devices) {
-    if (device.iommuGroup === null) continue;
-    const members = byGroup.get(device.iommuGroup) ?? [];
-    members.push(device);
-    byGroup.set(device.iommuGroup, members);
-  }
-  const groups: IommuGroup[] = [...byGroup.entries()]
-    .sort(([a], [b]) => a - b)
-    .map(([group, members]) => ({ group, devices: members }));
+  const groups = groupDevices(devices);
   return {
     source: options.source,
     iommu: groups.length > 0 ? "enabled" : "absent",

@@ -13,9 +13,10 @@
  * @module
  */
 
-import type { HostTopology, IommuGroup, PciAddress, PciDevice } from "./types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { comparePciAddress, pciAddressFromLibvirt } from "./pci_address.ts";
 import { checkWellFormed, readXmlElement, type XmlElement } from "./xml.ts";
+import { groupDevices } from "./iommu_groups.ts";
 
 /** Where node-device XML comes from: a libvirt connection, or anything that behaves like one. */
 export interface NodeDeviceSource {
@@ -231,13 +232,7 @@ export function topologyFromNodeDevices(
   const devices = parsed.map((p) => p.device).sort((a, b) =>
     comparePciAddress(a.address, b.address)
   );
-  const byGroup = new Map<number, PciDevice[]>();
-  for (const device of devices) {
-    if (device.iommuGroup === null) continue;
-    byGroup.set(device.iommuGroup, [...(byGroup.get(device.iommuGroup) ?? []), device]);
-  }
-  const groups: IommuGroup[] = [...byGroup.entries()].sort(([a], [b]) => a - b)
-    .map(([group, members]) => ({ group, devices: members }));
+  const groups = groupDevices(devices);
   return {
     source: options.source,
     iommu: groups.length > 0 ? "enabled" : "absent",
