@@ -26,22 +26,22 @@ export interface CommandEntry {
 export const COMMANDS: readonly CommandEntry[] = [
   {
     name: "devices",
-    summary: "List the host's PCI devices",
+    summary: "list the host's PCI devices",
     load: async () => (await import("./devices.ts")).devicesCommand,
   },
   {
     name: "groups",
-    summary: "List the host's IOMMU groups",
+    summary: "list the host's IOMMU groups",
     load: async () => (await import("./groups.ts")).groupsCommand,
   },
   {
     name: "snapshot",
-    summary: "Capture the host's PCI/IOMMU topology into a portable tree",
+    summary: "capture the host's PCI/IOMMU topology into a portable tree",
     load: async () => (await import("./snapshot.ts")).snapshotCommand,
   },
   {
     name: "doctor",
-    summary: "Check that this host is ready for PCI passthrough",
+    summary: "check that this host is ready for PCI passthrough",
     load: async () => (await import("./doctor.ts")).doctorCommand,
   },
   {

@@ -62,7 +62,7 @@ export function deviceLabel(device: PciDevice): string {
 /** The `devices` command. */
 export const devicesCommand: Command = {
   name: "devices",
-  summary: "List the host's PCI devices",
+  summary: "list the host's PCI devices",
   help: HELP,
   async run(args: string[], io: CliIo): Promise<number> {
     const flags = parseHostFlags(args);

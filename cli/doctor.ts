@@ -60,7 +60,7 @@ export function createDoctorCommand(
 ): Command {
   return {
     name: "doctor",
-    summary: "Check that this host is ready for PCI passthrough",
+    summary: "check that this host is ready for PCI passthrough",
     help: HELP,
     async run(args: string[], io: CliIo): Promise<number> {
       let values;

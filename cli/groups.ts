@@ -41,7 +41,7 @@ export function hostCriticalMembers(group: IommuGroup, host: HostTopology): Map<
 /** The `groups` command. */
 export const groupsCommand: Command = {
   name: "groups",
-  summary: "List the host's IOMMU groups",
+  summary: "list the host's IOMMU groups",
   help: HELP,
   async run(args: string[], io: CliIo): Promise<number> {
     const flags = parseHostFlags(args);

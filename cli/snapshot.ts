@@ -24,7 +24,7 @@ Options:
 /** The `snapshot` command. */
 export const snapshotCommand: Command = {
   name: "snapshot",
-  summary: "Capture the host's PCI/IOMMU topology into a portable tree",
+  summary: "capture the host's PCI/IOMMU topology into a portable tree",
   help: HELP,
   async run(args: string[], io: CliIo): Promise<number> {
     let parsed;

@@ -50,7 +50,10 @@ export interface PciDevice {
   virtfns: PciAddress[];
   /** `true` when the firmware used this device as the boot display. `null` when not reported. */
   bootVga: boolean | null;
-  /** Function Level Reset capability, `null` when unknown (lspci could not read capabilities). */
+  /**
+   * Function Level Reset capability, read from the device's config space; `null` when the config
+   * space is not readable beyond the 64-byte header (an unprivileged read).
+   */
   flr: boolean | null;
   /** PCIe Device Serial Number as lspci prints it (`00-11-22-ff-ff-33-44-55`), or `null`. */
   serial: string | null;
