@@ -24,6 +24,7 @@ import {
   gpuConfig,
   killHard,
   killHardSync,
+  planGpu,
   qemuDomainXml,
   snapshotDir,
   snapshotDomains,
@@ -298,11 +299,7 @@ Deno.test("applyPlan() defines nothing when the state directory's disk is full",
 </node>`);
     using port = openLibvirtPort(world.uri);
     const stateDir = `${mountPoint}/state`;
-    const plan = planHostdevs({
-      config: parseConfig(gpuConfig(A), { file: "c.yaml" }),
-      host: await loadHost(tree.sysfs),
-      libvirt: port,
-    });
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
     const before = snapshotDomains(port);
     const report = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
     assertEquals(report.vms[0]?.code, "backup-failed");
@@ -357,11 +354,7 @@ Deno.test("applyPlan() defines nothing when the state directory is on a read-onl
 </node>`);
     using port = openLibvirtPort(world.uri);
     const stateDir = `${mountPoint}/state`;
-    const plan = planHostdevs({
-      config: parseConfig(gpuConfig(A), { file: "c.yaml" }),
-      host: await loadHost(tree.sysfs),
-      libvirt: port,
-    });
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
     const before = snapshotDomains(port);
     const state = snapshotDir(stateDir);
     let message = "";

@@ -14,15 +14,12 @@ import { discoverHost } from "../lib/discovery.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { acquireLock } from "../lib/lock.ts";
 import { applyPlan } from "../lib/apply.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import { parseConfig } from "../lib/config.ts";
-import { loadHost } from "../cli/host_options.ts";
 import { redactSecrets } from "../lib/diff.ts";
 import { encodeVmName, writeBackup } from "../lib/backups.ts";
 import { openStateDir, StateDirError } from "../lib/state_dir.ts";
 import { main } from "../main.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
-import { DEMO_HOST, demoTree, gpuConfig, snapshotDir } from "./helpers/reliability.ts";
+import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "./helpers/reliability.ts";
 
 const TEST = "tests/security_test.ts";
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -149,11 +146,7 @@ Deno.test("applyPlan() never quotes a password in its drift message", async () =
   </domain>
 </node>`);
   using port = openLibvirtPort(world.uri);
-  const plan = planHostdevs({
-    config: parseConfig(gpuConfig("pt-sec"), { file: "c.yaml" }),
-    host: await loadHost(tree.sysfs),
-    libvirt: port,
-  });
+  const plan = await planGpu("pt-sec", { sysfs: tree.sysfs, libvirt: port });
   assertEquals(plan.vms[0]?.changed, true);
   assertOk(!JSON.stringify(plan).includes(SECRET), "the plan holds no secret");
   // Another client edits the VM after the plan: a drift, described without the password.
