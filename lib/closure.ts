@@ -169,7 +169,8 @@ export function closeOverGroups(
     const critical = taken
       .map((c) => ({
         c,
-        why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }),
+        why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }) ??
+          virtualFunctionInUse(c.device, host),
       }))
       .filter((x) => x.why !== null);
     if (critical.length > 0) {
@@ -226,6 +227,20 @@ export function closeOverGroups(
     a.device.address < b.device.address ? -1 : a.device.address > b.device.address ? 1 : 0
   );
   return result;
+}
+
+/**
+ * Why taking `device` (an SR-IOV physical function) takes something the host uses: its virtual
+ * functions disappear when the PF leaves its host driver, so a VF the host uses is lost with it.
+ */
+function virtualFunctionInUse(device: PciDevice, host: HostTopology): string | null {
+  for (const vf of device.virtfns) {
+    const use = host.hostUse.find((u) => u.address === vf);
+    if (use) {
+      return `its virtual function ${vf} is in use by the host (${use.reason}: ${use.detail})`;
+    }
+  }
+  return null;
 }
 
 /** One VM's hold on an IOMMU group: planned from the config, or present in a domain now. */

@@ -169,6 +169,57 @@ export function resolveConfig(
     }
   }
   for (const [vm, issues] of findGroupConflicts(claims)) out.get(vm)?.errors.push(...issues);
+  for (const [vm, issues] of sriovConflicts(out, options.held ?? new Map())) {
+    out.get(vm)?.errors.push(...issues);
+  }
+  return out;
+}
+
+/**
+ * SR-IOV functions split between VMs: a PF and its VFs usually sit in separate IOMMU groups, so
+ * the group check cannot see them, yet passing the PF to a guest unbinds its host driver, which
+ * destroys every VF (a running guest holding one blocks the unbind or loses the device). A PF and
+ * its VFs must stay with one VM. No override exists.
+ */
+function sriovConflicts(
+  resolved: ReadonlyMap<string, VmResolution>,
+  held: ReadonlyMap<string, readonly PciAddress[]>,
+): Map<string, PlanIssue[]> {
+  const owners = new Map<PciAddress, { vm: string; heldNow: boolean }[]>();
+  const own = (address: PciAddress, vm: string, heldNow: boolean) =>
+    owners.set(address, [...(owners.get(address) ?? []), { vm, heldNow }]);
+  for (const [vm, r] of resolved) {
+    for (const c of r.closure.devices) own(c.device.address, vm, false);
+  }
+  for (const [vm, addresses] of held) for (const a of addresses) own(a, vm, true);
+  const out = new Map<string, PlanIssue[]>();
+  for (const [vm, r] of resolved) {
+    const seen = new Set<string>();
+    for (const { device } of r.closure.devices) {
+      const related = device.physfn !== null ? [device.physfn] : device.virtfns;
+      for (const other of related) {
+        for (const owner of owners.get(other) ?? []) {
+          if (owner.vm === vm || seen.has(`${other} ${owner.vm}`)) continue;
+          seen.add(`${other} ${owner.vm}`);
+          const [pf, vf, pfVm, vfVm] = device.physfn !== null
+            ? [other, device.address, owner.vm, vm]
+            : [device.address, other, vm, owner.vm];
+          const issues = out.get(vm) ?? [];
+          issues.push({
+            code: "device-assigned-twice",
+            message:
+              `SR-IOV virtual function ${vf} of ${pf} is split from it: "${pfVm}" takes ${pf}, "${vfVm}" takes ${vf}${
+                owner.heldNow ? ` ("${owner.vm}" holds it in its definition now)` : ""
+              }: passing a physical function to a guest destroys its virtual functions; give both to one VM, or leave ${pf} with the host`,
+            vm,
+            devices: [pf, vf],
+            vms: [vm, owner.vm].sort(),
+          });
+          out.set(vm, issues);
+        }
+      }
+    }
+  }
   return out;
 }
 
