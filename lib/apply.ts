@@ -13,7 +13,10 @@
  *
  * A VM that fails does not stop the others: each VM's change is independent, and the report says
  * exactly which VMs changed, which were skipped and which failed. Problems that would affect every
- * VM (unusable state directory, lock held) are thrown before anything is defined.
+ * VM (unusable state directory, lock held) are thrown before anything is defined. The one
+ * dependency: a device moving between VMs leaves its old VM first (that VM is asked first), and
+ * the VM taking it is `blocked` when the old VM was not changed, so no device ends up in two
+ * definitions.
  *
  * Running VMs: the define only changes the next-boot definition. With `live: true`, after all
  * defines, the removed hostdevs are detached from every running guest first and the added ones
@@ -48,6 +51,7 @@ export type ApplyCode =
   | "plan-errors"
   | "declined"
   | "quit"
+  | "blocked"
   | "invalid-plan"
   | "read-failed"
   | "drift"
@@ -109,7 +113,7 @@ export interface ApplyReport {
   changed: string[];
   /** VMs with nothing to change. */
   unchanged: string[];
-  /** VMs not applied: declined, quit, or refused by the plan. */
+  /** VMs not applied: declined, quit, refused by the plan, or blocked by another VM. */
   skipped: string[];
   /** VMs whose apply failed (see each result's message). */
   failed: string[];
@@ -272,15 +276,16 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   if (lock.path !== join(state.path, "lock")) {
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
   }
-  const results: VmApplyResult[] = [];
+  const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];
   let answerAll = false;
   let quit = false;
 
-  for (const vm of plan.vms) {
+  for (const vm of releaseOrder(plan.vms)) {
     if (plan.errors.length > 0) {
       // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
-      results.push(
+      done.set(
+        vm,
         result(
           vm,
           "skipped",
@@ -291,7 +296,8 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       continue;
     }
     if (vm.errors.length > 0) {
-      results.push(
+      done.set(
+        vm,
         result(
           vm,
           "skipped",
@@ -304,33 +310,57 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       continue;
     }
     if (!vm.changed) {
-      results.push(result(vm, "unchanged", "no-changes", "No changes"));
+      done.set(vm, result(vm, "unchanged", "no-changes", "No changes"));
+      continue;
+    }
+    const blockers = takenFrom(vm, plan.vms).filter(({ from }) =>
+      done.has(from) && done.get(from)!.status !== "changed"
+    );
+    if (blockers.length > 0) {
+      // The device is still in the other VM's definition: defining this one too would hand one
+      // device (or IOMMU group) to two VMs.
+      done.set(
+        vm,
+        result(
+          vm,
+          "skipped",
+          "blocked",
+          `Not applied: it takes ${
+            blockers.map(({ from, addresses }) =>
+              `${addresses.map((a) => `"${a}"`).join(", ")}, which "${from.name}" still holds (${
+                done.get(from)!.message
+              })`
+            ).join("; ")
+          }`,
+        ),
+      );
       continue;
     }
     if (quit) {
-      results.push(result(vm, "skipped", "quit", "Not asked: quit earlier"));
+      done.set(vm, result(vm, "skipped", "quit", "Not asked: quit earlier"));
       continue;
     }
     if (!answerAll) {
       const answer = await options.confirm(vm);
       if (answer === "quit") {
         quit = true;
-        results.push(result(vm, "skipped", "quit", "Quit"));
+        done.set(vm, result(vm, "skipped", "quit", "Quit"));
         continue;
       }
       if (answer === "no") {
-        results.push(result(vm, "skipped", "declined", "Declined"));
+        done.set(vm, result(vm, "skipped", "declined", "Declined"));
         continue;
       }
       if (answer === "all") answerAll = true;
     }
     const outcome = applyVm(vm, { ...options, state, plan });
-    results.push(outcome.result);
+    done.set(vm, outcome.result);
     if (outcome.live !== null) pendingLive.push(outcome.live);
   }
 
   if (options.live === true) runLive(options.libvirt, pendingLive);
 
+  const results = plan.vms.map((vm) => done.get(vm)!);
   const names = (status: ApplyStatus) =>
     results.filter((r) => r.status === status).map((r) => r.vm);
   const liveFailed = results.filter((r) => (r.live?.errors.length ?? 0) > 0).map((r) => r.vm);
@@ -347,6 +377,40 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
     liveFailed,
     ok: failed.length === 0 && liveFailed.length === 0,
   };
+}
+
+/** The other VMs of `vms` whose plans release devices `vm` takes, with those devices. */
+function takenFrom(
+  vm: VmPlan,
+  vms: readonly VmPlan[],
+): { from: VmPlan; addresses: PciAddress[] }[] {
+  const taking = new Set([...vm.add.map((a) => a.address), ...vm.move.map((m) => m.to)]);
+  const out: { from: VmPlan; addresses: PciAddress[] }[] = [];
+  for (const other of vms) {
+    if (other === vm) continue;
+    const released = [...other.remove, ...other.move.map((m) => m.from)];
+    const addresses = [...new Set(released.filter((a) => taking.has(a)))].sort();
+    if (addresses.length > 0) out.push({ from: other, addresses });
+  }
+  return out;
+}
+
+/**
+ * `vms` reordered so that a VM releasing a device comes before the VM taking it (otherwise plan
+ * order), so a taker can be held back when the release did not happen. In a cycle (two VMs
+ * swapping devices) the first one in plan order goes first.
+ */
+function releaseOrder(vms: readonly VmPlan[]): VmPlan[] {
+  const order: VmPlan[] = [];
+  const seen = new Set<VmPlan>();
+  const visit = (vm: VmPlan) => {
+    if (seen.has(vm)) return;
+    seen.add(vm);
+    for (const { from } of takenFrom(vm, vms)) visit(from);
+    order.push(vm);
+  };
+  for (const vm of vms) visit(vm);
+  return order;
 }
 
 /** Detaches everything first, then attaches, across all running VMs (see module docs). */

@@ -1,4 +1,10 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
+import type { LibvirtPort } from "../lib/libvirt_port.ts";
+import type { Plan, VmPlan } from "../lib/plan_types.ts";
+import { gpuIdentity } from "./helpers/devices.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import type { HostDeviceDescription } from "../lib/host_tree.ts";
@@ -123,4 +129,123 @@ Deno.test("resolveConfig() refuses a PF whose VF carries the host's default rout
   assertEquals(errors.map((e) => e.code), ["group-contains-host-critical"]);
   assertMatch(errors[0]!.message, /0000:01:10\.2/);
   assertMatch(errors[0]!.message, /allow_host_critical: true/);
+});
+
+function testDomain(name: string, uuid: string): string {
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+    </devices>
+    <test:runstate>5</test:runstate>
+  </domain>`;
+}
+
+const GPU = "0000:01:00.0";
+
+/** A world where "alpha" holds the GPU (owned) and a plan moving it to "beta", listed first. */
+function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<?xml version="1.0"?>\n<node>\n${
+      testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+    }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+  );
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
+    remove: [],
+    add: [{ address: GPU, managed: true }],
+    records: [gpuIdentity(GPU)],
+  }));
+  const vmPlan = (name: string, edit: Parameters<typeof editDomainXml>[1]): VmPlan => {
+    const currentXml = port.getPersistentXml(name, { secure: true });
+    const desiredXml = editDomainXml(currentXml, edit);
+    return {
+      name,
+      hostdevs: edit.add.map((a) => a.address),
+      add: edit.add.map((spec) => ({
+        address: spec.address,
+        rule: "gpu",
+        reason: "matched" as const,
+        group: 1,
+        spec,
+        identity: gpuIdentity(spec.address),
+        description: "10de:2684 VGA compatible controller",
+      })),
+      remove: edit.remove,
+      keep: [],
+      move: [],
+      reasoning: [],
+      warnings: [],
+      errors: [],
+      active: false,
+      currentXml,
+      desiredXml,
+      changed: desiredXml !== currentXml,
+    };
+  };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "test",
+    uri: port.uri,
+    errors: [],
+    warnings: [],
+    vms: [
+      vmPlan("beta", {
+        remove: [],
+        add: [{ address: GPU, managed: true }],
+        records: [gpuIdentity(GPU)],
+      }),
+      vmPlan("alpha", { remove: [GPU], add: [], records: [] }),
+    ],
+  };
+  return {
+    port,
+    root,
+    plan,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+function answering(...list: ConfirmAnswer[]) {
+  const asked: string[] = [];
+  const confirm = (vm: VmPlan) => {
+    asked.push(vm.name);
+    return Promise.resolve(list.shift() ?? "no");
+  };
+  return { asked, confirm };
+}
+
+function pciHostdevs(port: LibvirtPort, name: string): string[] {
+  return parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+Deno.test("applyPlan() does not give a device to a VM when the VM holding it was declined", async () => {
+  using w = moveWorld();
+  const { asked, confirm } = answering("no", "yes");
+  const report = await applyPlan(w.plan, { libvirt: w.port, stateDir: `${w.root}/state`, confirm });
+  // The VM that frees the device is asked first; the one taking it is then not asked at all.
+  assertEquals(asked, ["alpha"]);
+  assertEquals(report.vms.map((r) => [r.vm, r.code]), [["beta", "blocked"], ["alpha", "declined"]]);
+  assertMatch(report.vms[0]!.message, /0000:01:00\.0/);
+  assertMatch(report.vms[0]!.message, /"alpha"/);
+  assertEquals(pciHostdevs(w.port, "alpha"), [GPU]);
+  assertEquals(pciHostdevs(w.port, "beta"), []);
+});
+
+Deno.test("applyPlan() frees a device before giving it to another VM, reporting in plan order", async () => {
+  using w = moveWorld();
+  const { asked, confirm } = answering("yes", "yes");
+  const report = await applyPlan(w.plan, { libvirt: w.port, stateDir: `${w.root}/state`, confirm });
+  assertEquals(asked, ["alpha", "beta"]);
+  assertEquals(report.vms.map((r) => [r.vm, r.code]), [["beta", "applied"], ["alpha", "applied"]]);
+  assertEquals(report.changed, ["beta", "alpha"]);
+  assertEquals(pciHostdevs(w.port, "alpha"), []);
+  assertEquals(pciHostdevs(w.port, "beta"), [GPU]);
 });
