@@ -174,6 +174,29 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
+  // The question may stay open for minutes: a change made meanwhile (virsh edit, another tool)
+  // would be overwritten with no backup of it, so the definition must still be the one shown.
+  let now: string | null;
+  try {
+    now = libvirt.listDomains().some((d) => d.name === vm)
+      ? libvirt.getPersistentXml(vm, { secure: true })
+      : null;
+  } catch (error) {
+    return report("failed", `Cannot read "${vm}" before the rollback: ${errorText(error)}`, null);
+  }
+  if (now !== currentXml) {
+    return report(
+      "failed",
+      `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
+        now === null
+          ? "it was undefined"
+          : currentXml === null
+          ? "it was defined"
+          : describeXmlChange(currentXml, now)
+      }; run the rollback again`,
+      null,
+    );
+  }
 
   let safety: BackupEntry | null = null;
   if (currentXml !== null) {

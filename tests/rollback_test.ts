@@ -362,3 +362,28 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("rollbackVm() does not overwrite a change made to the VM while the question was open", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const before = listBackups(f.stateDir, "alpha").length;
+  let edited = "";
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      // Someone else redefines the VM (virsh edit) while the user reads the preview.
+      edited = f.port.getPersistentXml("alpha", { secure: true }).replace(
+        "1048576</memory>",
+        "2097152</memory>",
+      );
+      f.port.define(edited);
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /"alpha".*changed since/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), edited);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, before);
+});
