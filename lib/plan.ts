@@ -404,6 +404,16 @@ export function planHostdevs(options: PlanOptions): Plan {
       // A configured VM we cannot read is refused on its own below; another tool's domain we
       // cannot read is skipped (its devices cannot be checked for conflicts).
       if (configured.has(name)) unreadable.set(name, { xml, error });
+      else {
+        // Its devices cannot count for conflicts: say so rather than plan as if it held none.
+        plan.warnings.push({
+          code: "unreadable-definition",
+          message: `Cannot read the definition of domain "${name}", which is not in the config: ${
+            error instanceof Error ? error.message : String(error)
+          }: the devices it holds are not checked for conflicts`,
+          vm: name,
+        });
+      }
       continue;
     }
     hostdevsOf.set(name, domain.hostdevs);

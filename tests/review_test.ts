@@ -8,7 +8,7 @@ import { gpuIdentity } from "./helpers/devices.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import type { HostDeviceDescription } from "../lib/host_tree.ts";
-import { resolveConfig } from "../lib/plan.ts";
+import { planHostdevs, resolveConfig } from "../lib/plan.ts";
 import type { HostTopology, HostUse } from "../lib/types.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
@@ -248,4 +248,44 @@ Deno.test("applyPlan() frees a device before giving it to another VM, reporting 
   assertEquals(report.changed, ["beta", "alpha"]);
   assertEquals(pciHostdevs(w.port, "alpha"), []);
   assertEquals(pciHostdevs(w.port, "beta"), [GPU]);
+});
+
+/**
+ * A stand-in port serving fixed XML: libvirt itself always returns definitions this tool reads,
+ * so the real thing cannot produce the unreadable one this test needs.
+ */
+function fixedXmlPort(domains: Record<string, string>): LibvirtPort {
+  const unused = () => {
+    throw new Error("not used");
+  };
+  return {
+    uri: "test:///fixed-xml",
+    listDomains: () =>
+      Object.keys(domains).map((name) => ({ name, uuid: "", active: false, persistent: true })),
+    getPersistentXml: (name) => domains[name]!,
+    isActive: () => false,
+    define: unused,
+    attachDevice: unused,
+    detachDevice: unused,
+  };
+}
+
+Deno.test("planHostdevs() warns that a domain outside the config it cannot read is not checked for conflicts", () => {
+  const host = sriovHost();
+  const libvirt = fixedXmlPort({
+    router:
+      "<domain type='test'><name>router</name><uuid>11111111-1111-4111-8111-111111111111</uuid><devices/></domain>",
+    other: "<domain type='test'><name>other</name><devices><hostdev></devices></domain>",
+  });
+  const plan = planHostdevs({
+    config: config(
+      `  router:\n    devices:\n      - name: vf\n        match: { address: "01:10.0" }\n`,
+    ),
+    host,
+    libvirt,
+  });
+  assertEquals(plan.warnings.map((w) => w.code), ["unreadable-definition"]);
+  assertMatch(plan.warnings[0]!.message, /"other"/);
+  assertMatch(plan.warnings[0]!.message, /not checked/);
+  assertEquals(plan.vms.map((vm) => [vm.name, vm.errors]), [["router", []]]);
 });
