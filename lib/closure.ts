@@ -149,6 +149,28 @@ export function closeOverGroups(
               : "; no other endpoint in the group"),
         );
       } else if (endpoints.length > 0) {
+        // Nothing is taken, but the VM only starts once these leave their host drivers: say so
+        // when the host needs them, since the reasoning below tells the user to unbind them.
+        const needed = endpoints.flatMap((m) => {
+          const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
+          return why === null ? [] : [`${m.address} (${why})`];
+        });
+        if (needed.length > 0) {
+          result.warnings.push({
+            code: "group-contains-host-critical",
+            message:
+              `Rule "${rule.name}" of VM "${vm}" shares IOMMU group ${device.iommuGroup} with devices the host likely needs: ${
+                needed.join(", ")
+              }: with iommu_group: false they stay with the host, and "${vm}" cannot start until they are unbound or on vfio-pci, which takes them from the host`,
+            vm,
+            rule: rule.name,
+            location: rule.location,
+            group: device.iommuGroup,
+            devices: endpoints.filter((m) =>
+              hostCriticalReason(m, { matchedCards, hostUse: host.hostUse }) !== null
+            ).map((m) => m.address),
+          });
+        }
         result.reasoning.push(
           `${head}; not added (iommu_group: false): ${
             endpoints.map(label).join(", ")
