@@ -433,65 +433,89 @@ export function planHostdevs(options: PlanOptions): Plan {
   };
   const selected = options.vms ?? effective.vms.map((v) => v.name);
   const planned = new Set(selected);
-  const held = new Map<string, PciAddress[]>();
-  for (const [name, hostdevs] of hostdevsOf) {
-    held.set(name, [
-      ...hostdevs.filter((h) => !planned.has(name) || !h.owned).map((h) => h.address),
-      ...(interfacesOf.get(name) ?? []),
-    ]);
-  }
   const records = new Map([...parsed].map(([n, p]) => [n, p.domain.records]));
   const current = new Map(
     [...parsed].map(([n, p]) => [n, new Set(p.domain.hostdevs.map((h) => h.address))]),
   );
-  const resolved = resolveConfig(effective, host, { records, current, held });
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
-
-  for (const name of selected) {
-    const entry = parsed.get(name);
-    const resolution = resolved.get(name);
-    const broken = unreadable.get(name);
-    if (broken !== undefined) {
-      const vmPlan = emptyVmPlan(name, broken.xml);
-      const vmConfig = config.vms.find((v) => v.name === name);
-      const detail = broken.error instanceof Error ? broken.error.message : String(broken.error);
-      vmPlan.errors.push({
-        code: "unreadable-definition",
-        message: `Cannot read the definition of VM "${name}": ${detail}`,
-        vm: name,
-        ...(vmConfig ? { location: vmConfig.location } : {}),
-      });
-      plan.vms.push(vmPlan);
-      continue;
-    }
-    if (resolution === undefined || entry === undefined) {
-      const vmPlan = emptyVmPlan(name, entry?.xml ?? "");
-      const vmConfig = config.vms.find((v) => v.name === name);
-      vmPlan.errors.push({
-        code: "unknown-vm",
-        message: resolution === undefined
-          ? `VM "${name}" is not in config "${config.file}"`
-          : `VM "${name}" is not defined in libvirt ("${libvirt.uri}"): define it first or fix the name in the config`,
-        vm: name,
-        ...(vmConfig ? { location: vmConfig.location } : {}),
-      });
-      plan.vms.push(vmPlan);
-      continue;
-    }
-    const vmPlan = planVm(entry.xml, entry.domain, resolution, {
-      host,
-      byAddress,
-      globalErrors: plan.errors,
-      active: domains.get(name)?.active ?? null,
-    });
-    if (orphans.includes(name)) {
-      vmPlan.reasoning.unshift(
-        `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
+  const globalErrors = plan.errors;
+  const globalWarnings = plan.warnings;
+  // A refused VM keeps every hostdev it has, owned ones included, so those count as held too:
+  // plan again with them until no new VM is refused (refusals only grow, so this ends).
+  const refused = new Set<string>();
+  let previous = new Map<string, VmResolution>();
+  for (;;) {
+    plan.errors = [...globalErrors];
+    plan.warnings = [...globalWarnings];
+    plan.vms = [];
+    const held = new Map<string, PciAddress[]>();
+    for (const [name, hostdevs] of hostdevsOf) {
+      // A refused VM's own rules already claim what they resolve to: only the rest is added.
+      const claimed = new Set(
+        previous.get(name)?.closure.devices.map((c) => c.device.address) ?? [],
       );
+      const keeps = (h: DomainHostdev) =>
+        !planned.has(name) || !h.owned || (refused.has(name) && !claimed.has(h.address));
+      held.set(name, [
+        ...hostdevs.filter(keeps).map((h) => h.address),
+        ...(interfacesOf.get(name) ?? []),
+      ]);
     }
-    plan.vms.push(vmPlan);
+    const resolved = resolveConfig(effective, host, { records, current, held });
+    planSelected(resolved);
+    previous = resolved;
+    const now = plan.vms.filter((vm) => vm.errors.length > 0).map((vm) => vm.name);
+    if (now.every((name) => refused.has(name))) break;
+    for (const name of now) refused.add(name);
   }
   return plan;
+
+  function planSelected(resolved: Map<string, VmResolution>): void {
+    for (const name of selected) {
+      const entry = parsed.get(name);
+      const resolution = resolved.get(name);
+      const broken = unreadable.get(name);
+      if (broken !== undefined) {
+        const vmPlan = emptyVmPlan(name, broken.xml);
+        const vmConfig = config.vms.find((v) => v.name === name);
+        const detail = broken.error instanceof Error ? broken.error.message : String(broken.error);
+        vmPlan.errors.push({
+          code: "unreadable-definition",
+          message: `Cannot read the definition of VM "${name}": ${detail}`,
+          vm: name,
+          ...(vmConfig ? { location: vmConfig.location } : {}),
+        });
+        plan.vms.push(vmPlan);
+        continue;
+      }
+      if (resolution === undefined || entry === undefined) {
+        const vmPlan = emptyVmPlan(name, entry?.xml ?? "");
+        const vmConfig = config.vms.find((v) => v.name === name);
+        vmPlan.errors.push({
+          code: "unknown-vm",
+          message: resolution === undefined
+            ? `VM "${name}" is not in config "${config.file}"`
+            : `VM "${name}" is not defined in libvirt ("${libvirt.uri}"): define it first or fix the name in the config`,
+          vm: name,
+          ...(vmConfig ? { location: vmConfig.location } : {}),
+        });
+        plan.vms.push(vmPlan);
+        continue;
+      }
+      const vmPlan = planVm(entry.xml, entry.domain, resolution, {
+        host,
+        byAddress,
+        globalErrors: plan.errors,
+        active: domains.get(name)?.active ?? null,
+      });
+      if (orphans.includes(name)) {
+        vmPlan.reasoning.unshift(
+          `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
+        );
+      }
+      plan.vms.push(vmPlan);
+    }
+  }
 }
 
 function planVm(

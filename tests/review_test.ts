@@ -327,3 +327,53 @@ Deno.test("closeOverGroups() with iommu_group: false warns when the members left
   assertMatch(warning!.message, /0000:0c:00\.0 \(in use by the host \(mounted-filesystem/);
   assertMatch(warning!.message, /Rule "gpu" of VM "win10"/);
 });
+
+Deno.test("planHostdevs() refuses to give a device to a VM while a refused VM keeps it in its definition", () => {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
+  try {
+    Deno.writeTextFileSync(
+      `${root}/world.xml`,
+      `<?xml version="1.0"?>\n<node>\n${
+        testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+      }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+    );
+    using port = openLibvirtPort(`test://${root}/world.xml`);
+    port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
+      remove: [],
+      add: [{ address: GPU, managed: true }],
+      records: [gpuIdentity(GPU)],
+    }));
+    const host = topologyFromDescription({
+      devices: [
+        {
+          bdf: GPU,
+          group: 7,
+          class: "0x030000",
+          vendor: "0x10de",
+          device: "0x2684",
+          driver: "vfio-pci",
+          ...BLANK,
+        },
+      ],
+    }, { source: "one-gpu" });
+    // alpha's rule no longer matches (a typo): alpha is refused and keeps the GPU as it is.
+    const cfg = config(`  alpha:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2685" }
+  beta:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+`);
+    const plan = planHostdevs({ config: cfg, host, libvirt: port });
+    const [alpha, beta] = plan.vms;
+    assertEquals(alpha?.errors.map((e) => e.code), ["no-match"]);
+    assertEquals(alpha?.keep, [GPU]);
+    assertEquals(beta?.errors.map((e) => e.code), ["device-assigned-twice"]);
+    assertMatch(beta!.errors[0]!.message, /"alpha" holds it in its definition now/);
+    assertEquals(beta?.changed, false);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
