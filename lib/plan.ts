@@ -16,6 +16,10 @@
  *   conflicts, with one exception: a domain that still holds hostdevs this tool added (its
  *   metadata has records) was dropped from the config, so those hostdevs are removed like any
  *   device dropped from the config (unless `vms` limits the plan). Hand-added ones stay.
+ * - A refused VM keeps its definition, owned hostdevs included, so those count as held by it
+ *   for the other VMs' conflicts (planning repeats until no new VM is refused).
+ * - An SR-IOV PF and its VFs sit in different groups yet cannot go to different VMs: the PF
+ *   leaving its host driver destroys the VFs (`device-assigned-twice`).
  *
  * @module
  */
