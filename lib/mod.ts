@@ -79,7 +79,7 @@ export {
   parseConfig,
   type VmConfig,
 } from "./config.ts";
-export { planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";
+export { emptyVmPlan, planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";
 
 // The domain XML and its diff.
 export {

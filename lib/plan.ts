@@ -337,7 +337,19 @@ function specFor(
   return spec;
 }
 
-function emptyVmPlan(name: string, xml: string): VmPlan {
+/**
+ * A plan for `name` that changes nothing: `xml` as both the current and the desired definition,
+ * no hostdevs listed, no issues. The planner fills it in; scripts and tests building a plan by
+ * hand spread it and override what they change.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const vm = { ...emptyVmPlan("win10", "<domain/>"), desiredXml: "<domain></domain>", changed: true };
+ * assertEquals([vm.currentXml, vm.add, vm.changed], ["<domain/>", [], true]);
+ * ```
+ */
+export function emptyVmPlan(name: string, xml: string): VmPlan {
   return {
     name,
     hostdevs: [],

@@ -18,7 +18,7 @@ import type { CliIo } from "../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { rollbackVm } from "../lib/rollback.ts";
 import { loadConfig } from "../lib/config.ts";
-import { planHostdevs } from "../lib/plan.ts";
+import { emptyVmPlan, planHostdevs } from "../lib/plan.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
@@ -97,7 +97,7 @@ function planVm(
     records: add.map((a) => identity(a)),
   });
   return {
-    name,
+    ...emptyVmPlan(name, currentXml),
     hostdevs: add,
     add: add.map((address) => ({
       address,
@@ -108,14 +108,7 @@ function planVm(
       identity: identity(address),
       description: "10de:2684 VGA compatible controller",
     })),
-    remove: [],
-    keep: [],
-    move: [],
-    reasoning: [],
-    warnings: [],
-    errors: [],
     active: port.isActive(name),
-    currentXml,
     desiredXml,
     changed: desiredXml !== currentXml,
   };

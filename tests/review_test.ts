@@ -8,7 +8,7 @@ import { gpuIdentity } from "./helpers/devices.ts";
 import { parseConfig } from "../lib/config.ts";
 import { topologyFromDescription } from "../lib/host_description.ts";
 import type { HostDeviceDescription } from "../lib/host_tree.ts";
-import { planHostdevs, resolveConfig } from "../lib/plan.ts";
+import { emptyVmPlan, planHostdevs, resolveConfig } from "../lib/plan.ts";
 import type { HostTopology, HostUse } from "../lib/types.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
@@ -164,7 +164,7 @@ function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan
     const currentXml = port.getPersistentXml(name, { secure: true });
     const desiredXml = editDomainXml(currentXml, edit);
     return {
-      name,
+      ...emptyVmPlan(name, currentXml),
       hostdevs: edit.add.map((a) => a.address),
       add: edit.add.map((spec) => ({
         address: spec.address,
@@ -176,13 +176,7 @@ function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan
         description: "10de:2684 VGA compatible controller",
       })),
       remove: edit.remove,
-      keep: [],
-      move: [],
-      reasoning: [],
-      warnings: [],
-      errors: [],
       active: false,
-      currentXml,
       desiredXml,
       changed: desiredXml !== currentXml,
     };

@@ -6,6 +6,7 @@ import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../lib/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
 import type { VmPlan } from "../lib/plan_types.ts";
+import { emptyVmPlan } from "../lib/plan.ts";
 import { gpuIdentity as identity } from "./helpers/devices.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
@@ -55,21 +56,7 @@ async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promi
     add: addresses.map((address) => ({ address, managed: true })),
     records: [...previous, ...addresses.map((a) => identity(a))],
   });
-  const vm: VmPlan = {
-    name,
-    hostdevs: [],
-    add: [],
-    remove: [],
-    keep: [],
-    move: [],
-    reasoning: [],
-    warnings: [],
-    errors: [],
-    active: null,
-    currentXml,
-    desiredXml,
-    changed: true,
-  };
+  const vm: VmPlan = { ...emptyVmPlan(name, currentXml), desiredXml, changed: true };
   const report = await applyPlan(
     { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
     { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
