@@ -21,6 +21,22 @@ function xmlOf(name: string, note = ""): string {
   return `<domain type='test'>\n  <name>${name}</name>\n  <uuid>${UUID}</uuid>${note}\n</domain>\n`;
 }
 
+/** A backup of VM `vm` taken by apply, with `note` in its XML and the clock at `second`. */
+function backupOf(
+  state: Parameters<typeof writeBackup>[0],
+  vm: string,
+  options: { note?: string; second?: number } = {},
+) {
+  return writeBackup(state, {
+    vm,
+    uuid: UUID,
+    xml: xmlOf(vm, options.note),
+    reason: "apply",
+    uri: "u",
+    ...(options.second === undefined ? {} : { now: at(options.second) }),
+  });
+}
+
 function at(seconds: number): Date {
   return new Date(Date.UTC(2026, 10, 24, 3, 0, seconds));
 }
@@ -132,13 +148,7 @@ Deno.test("listBackups() ignores an XML file whose sidecar was never written", (
   const root = tempDir();
   try {
     const state = openStateDir(`${root}/state`);
-    const entry = writeBackup(state, {
-      vm: "a",
-      uuid: UUID,
-      xml: xmlOf("a"),
-      reason: "apply",
-      uri: "u",
-    });
+    const entry = backupOf(state, "a");
     Deno.writeTextFileSync(`${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`, "<x/>");
     assertEquals(listBackups(state, "a").map((e) => e.id), [entry.id]);
   } finally {
@@ -150,22 +160,8 @@ Deno.test("findBackup() picks the newest by default, or the one named, and nothi
   const root = tempDir();
   try {
     const state = openStateDir(`${root}/state`);
-    const old = writeBackup(state, {
-      vm: "a",
-      uuid: UUID,
-      xml: xmlOf("a", "<old/>"),
-      reason: "apply",
-      uri: "u",
-      now: at(1),
-    });
-    const newest = writeBackup(state, {
-      vm: "a",
-      uuid: UUID,
-      xml: xmlOf("a", "<new/>"),
-      reason: "apply",
-      uri: "u",
-      now: at(2),
-    });
+    const old = backupOf(state, "a", { note: "<old/>", second: 1 });
+    const newest = backupOf(state, "a", { note: "<new/>", second: 2 });
     assertEquals(findBackup(state, "a").id, newest.id);
     assertEquals(findBackup(state, "a", old.id).id, old.id);
     assertEquals(findBackup(state, "a", `${old.id}.xml`).id, old.id);
@@ -186,13 +182,7 @@ Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha2
   const root = tempDir();
   try {
     const state = openStateDir(`${root}/state`);
-    const entry = writeBackup(state, {
-      vm: "a",
-      uuid: UUID,
-      xml: xmlOf("a"),
-      reason: "apply",
-      uri: "u",
-    });
+    const entry = backupOf(state, "a");
     assertEquals(readBackupXml(entry), xmlOf("a"));
     Deno.writeTextFileSync(entry.path, xmlOf("a", "<tampered/>"));
     assertThrows(() => readBackupXml(entry), BackupIntegrityError);
@@ -208,7 +198,7 @@ Deno.test("writeBackup() fails, writing nothing, when the VM's backup directory 
     Deno.mkdirSync(`${root}/elsewhere`, { mode: 0o700 });
     Deno.symlinkSync(`${root}/elsewhere`, `${state.backupsPath}/a`);
     assertThrows(
-      () => writeBackup(state, { vm: "a", uuid: UUID, xml: xmlOf("a"), reason: "apply", uri: "u" }),
+      () => backupOf(state, "a"),
       (e: unknown) => e instanceof StateDirError && e.problem === "symlink",
     );
     assertEquals([...Deno.readDirSync(`${root}/elsewhere`)], []);
