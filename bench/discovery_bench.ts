@@ -8,6 +8,10 @@
  *   floor the syscalls set on this machine;
  * - `sysfs + lspci`: the whole discovery, including the one `lspci -nnkD` process it overlaps.
  *
+ * And on this machine's own `/sys` (its few real devices): discovery reading each `config` at
+ * the offsets the capability walk visits, against reading every `config` whole (4 KiB, one
+ * configuration cycle per 4 bytes).
+ *
  * Run: `deno bench --allow-all bench/discovery_bench.ts`
  *
  * @module
@@ -16,7 +20,7 @@
 import { generateHost } from "../lib/host_generator.ts";
 import { buildHostTree } from "../lib/host_tree.ts";
 import { discoverHost } from "../lib/discovery.ts";
-import { denoFsReader, openSysfsDir } from "../lib/sysfs.ts";
+import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 const SIZES = [256, 1024, 4096];
@@ -54,9 +58,8 @@ for (const size of SIZES) {
         dir.readBytes("config", 4096);
         dir.readLink("iommu_group");
         dir.readText("numa_node");
-        dir.readLink("physfn");
+        if (dir.readLink("physfn") === null) dir.readLink("virtfn0");
         dir.readText("modules");
-        dir.readText("sriov_numvfs");
       }
     },
   });
@@ -68,3 +71,35 @@ for (const size of SIZES) {
     },
   });
 }
+
+/** The libc reader without `openFile`, so discovery reads each `config` whole. */
+const wholeConfig: SysfsReader = {
+  ...libc,
+  openDir(path) {
+    const dir = libc.openDir!(path);
+    return {
+      readText: (name) => dir.readText(name),
+      readBytes: (name, maxBytes) => dir.readBytes(name, maxBytes),
+      readLink: (name) => dir.readLink(name),
+      [Symbol.dispose]: () => dir[Symbol.dispose](),
+    };
+  },
+};
+const liveFunctions = libc.listDir("/sys/bus/pci/devices")?.length ?? 0;
+Deno.bench({
+  name: `discovery of this host's /sys (${liveFunctions} functions): config read by offset`,
+  group: "live-sys",
+  baseline: true,
+  ignore: liveFunctions === 0,
+  async fn() {
+    await discoverHost({ reader: libc, lspci: null });
+  },
+});
+Deno.bench({
+  name: `discovery of this host's /sys (${liveFunctions} functions): config read whole`,
+  group: "live-sys",
+  ignore: liveFunctions === 0,
+  async fn() {
+    await discoverHost({ reader: wholeConfig, lspci: null });
+  },
+});

@@ -8,13 +8,15 @@
  * @module
  */
 
-import type { SysfsDirReader, SysfsReader } from "../lib/sysfs.ts";
+import type { SysfsDirReader, SysfsFile, SysfsReader } from "../lib/sysfs.ts";
 
 const SYMBOLS = {
   // int openat(int dirfd, const char *pathname, int flags);
   openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   // int close(int fd);
   close: { parameters: ["i32"], result: "i32" },
   // ssize_t readlinkat(int dirfd, const char *pathname, char *buf, size_t bufsiz);
@@ -39,6 +41,8 @@ const O_DIRECTORY = 0o200000;
 const O_NONBLOCK = 0o4000;
 /** Opens a directory only as a lookup anchor: no read permission needed, no access time. */
 const O_PATH = 0o10000000;
+/** How every attribute is opened. */
+const FILE_FLAGS = O_RDONLY | O_NONBLOCK | O_CLOEXEC;
 /** `dirfd` meaning "relative to the working directory" (absolute paths ignore it anyway). */
 const AT_FDCWD = -100;
 /** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
@@ -96,28 +100,78 @@ export function libcSysfsReader(): SysfsReader {
   const decoder = new TextDecoder();
   let buffer = new Uint8Array(16384);
   const linkBuffer = new Uint8Array(4096);
+  const linkBufferSize = BigInt(linkBuffer.length);
   let pathBuffer = new Uint8Array(4096);
-  // One reused buffer for NUL-terminated paths: discovery makes ~10 calls per device.
-  const cString = (path: string) => {
+  // One reused buffer for NUL-terminated absolute paths.
+  const cString = (path: string): Uint8Array => {
     if (pathBuffer.length < path.length * 3 + 1) pathBuffer = new Uint8Array(path.length * 3 + 1);
     const { written } = encoder.encodeInto(path, pathBuffer);
     pathBuffer[written] = 0;
     return pathBuffer;
   };
-  const errno = () => {
-    const pointer = lib.__errno_location();
-    return pointer === null ? 0 : new Deno.UnsafePointerView(pointer).getInt32(0);
+  // Entry names read relative to a directory repeat for every device (`uevent`, `config`):
+  // encode each once. Bounded, because `virtfnN` names are many on SR-IOV hosts.
+  const names = new Map<string, Uint8Array>();
+  const cName = (name: string): Uint8Array => {
+    let encoded = names.get(name);
+    if (encoded === undefined) {
+      encoded = encoder.encode(`${name}\0`);
+      if (names.size < 4096) names.set(name, encoded);
+    }
+    return encoded;
   };
+  // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
+  // `nonblocking` run on this one, so the view is made once (a failed lookup per device is common).
+  const errnoPointer = lib.__errno_location();
+  const errnoView = errnoPointer === null ? null : new Deno.UnsafePointerView(errnoPointer);
+  const errno = (): number => errnoView === null ? 0 : errnoView.getInt32(0);
   // errno is read after the call returns; a signal handler running in between (Deno's
   // SIGCHLD handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean
-  // "missing" for open/read/readlink on files, so the call is simply repeated.
+  // "missing" for open/read/readlink on files, so the call is simply repeated. The loops are
+  // spelled out rather than shared through a callback: discovery makes ~15 calls per device,
+  // and V8 keeps FFI calls on its fast path only in small monomorphic functions.
   let lastErrno = 0;
-  const retrying = (call: () => number | bigint): number => {
+  const openAt = (dirfd: number, path: Uint8Array, flags: number): number => {
     for (let attempt = 0;; attempt++) {
-      const result = Number(call());
-      if (result >= 0) return result;
+      const fd = lib.openat(dirfd, path, flags);
+      if (fd >= 0) return fd;
       lastErrno = errno();
-      if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return result;
+      if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fd;
+    }
+  };
+  const readLinkAt = (dirfd: number, path: Uint8Array): number => {
+    for (let attempt = 0;; attempt++) {
+      const n = Number(lib.readlinkat(dirfd, path, linkBuffer, linkBufferSize));
+      if (n >= 0) return n;
+      lastErrno = errno();
+      if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return n;
+    }
+  };
+  // Reads up to `maxBytes` into `buffer` and closes `fd`: the length, or -1 (see lastErrno).
+  // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
+  // per file (they cost microseconds in VMs); /proc files are read until 0 as usual, because
+  // seq_file hands them out in pieces.
+  const readFd = (fd: number, maxBytes: number, untilZero: boolean): number => {
+    try {
+      if (buffer.length < maxBytes) buffer = new Uint8Array(maxBytes);
+      let length = 0;
+      while (length < maxBytes) {
+        const want = maxBytes - length;
+        const n = Number(
+          lib.read(fd, length === 0 ? buffer : buffer.subarray(length), BigInt(want)),
+        );
+        if (n < 0) {
+          lastErrno = errno();
+          if (TRANSIENT_ERRNO.has(lastErrno)) continue;
+          return -1;
+        }
+        if (n === 0) break;
+        length += n;
+        if (n < want && !untilZero) break;
+      }
+      return length;
+    } finally {
+      lib.close(fd);
     }
   };
   const fail = (operation: string, path: string): null => {
@@ -125,42 +179,12 @@ export function libcSysfsReader(): SysfsReader {
     if (MISSING_ERRNO.has(code)) return null;
     throw new LibcFsError(operation, path, code);
   };
-  // `name` is resolved against `dirfd`; `path` is the full path for messages.
-  const readAll = (
-    at: { dirfd: number; name: string; path: string },
-    maxBytes: number,
-  ): Uint8Array | null => {
-    const { dirfd, name, path } = at;
-    const fd = retrying(() => lib.openat(dirfd, cString(name), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  const readAbsolute = (path: string, maxBytes: number): number | null => {
+    const fd = openAt(AT_FDCWD, cString(path), FILE_FLAGS);
     if (fd < 0) return fail("open", path);
-    // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
-    // per file (they cost microseconds in VMs); /proc files are read until 0 as usual, because
-    // seq_file hands them out in pieces.
-    const untilZero = path.startsWith("/proc/");
-    try {
-      if (buffer.length < maxBytes) buffer = new Uint8Array(maxBytes);
-      let length = 0;
-      while (length < maxBytes) {
-        const want = maxBytes - length;
-        const n = retrying(() => lib.read(fd, buffer.subarray(length), BigInt(want)));
-        if (n < 0) return fail("read", path);
-        if (n === 0) break;
-        length += n;
-        if (n < want && !untilZero) break;
-      }
-      return buffer.slice(0, length);
-    } finally {
-      lib.close(fd);
-    }
+    const n = readFd(fd, maxBytes, path.startsWith("/proc/"));
+    return n < 0 ? fail("read", path) : n;
   };
-  const readLinkAt = (at: { dirfd: number; name: string; path: string }): string | null => {
-    const n = retrying(() =>
-      lib.readlinkat(at.dirfd, cString(at.name), linkBuffer, BigInt(linkBuffer.length))
-    );
-    if (n < 0) return fail("read link", at.path);
-    return decoder.decode(linkBuffer.subarray(0, n));
-  };
-  const absolute = (path: string) => ({ dirfd: AT_FDCWD, name: path, path });
   return {
     listDir(path) {
       let dir = lib.opendir(cString(path));
@@ -170,52 +194,89 @@ export function libcSysfsReader(): SysfsReader {
         dir = lib.opendir(cString(path));
       }
       if (dir === null) return fail("open directory", path);
-      const names: string[] = [];
+      const entries: string[] = [];
       try {
         for (;;) {
           const entry = lib.readdir(dir);
           if (entry === null) break;
           const name = new Deno.UnsafePointerView(entry).getCString(DIRENT_NAME_OFFSET);
-          if (name !== "." && name !== "..") names.push(name);
+          if (name !== "." && name !== "..") entries.push(name);
         }
       } finally {
         lib.closedir(dir);
       }
-      return names;
+      return entries;
     },
     readText(path) {
-      const bytes = readAll(absolute(path), 65536);
-      return bytes === null ? null : decoder.decode(bytes);
+      const n = readAbsolute(path, 65536);
+      return n === null ? null : decoder.decode(buffer.subarray(0, n));
     },
     readBytes(path, maxBytes) {
-      return readAll(absolute(path), maxBytes);
+      const n = readAbsolute(path, maxBytes);
+      return n === null ? null : buffer.slice(0, n);
     },
     readLink(path) {
-      return readLinkAt(absolute(path));
+      const n = readLinkAt(AT_FDCWD, cString(path));
+      return n < 0 ? fail("read link", path) : decoder.decode(linkBuffer.subarray(0, n));
     },
     openDir(path): SysfsDirReader {
       // One lookup of the directory (on the real /sys, through the bus/pci/devices symlink and
       // the device's deep path) instead of one per attribute: path walks are most of the cost.
-      const dirfd = retrying(() =>
-        lib.openat(AT_FDCWD, cString(path), O_PATH | O_DIRECTORY | O_CLOEXEC)
-      );
+      const dirfd = openAt(AT_FDCWD, cString(path), O_PATH | O_DIRECTORY | O_CLOEXEC);
       // A missing directory reads as empty, like each of its attributes would.
       if (dirfd < 0) fail("open directory", path);
       let closed = false;
-      const at = (name: string) => {
+      // Returns the entry's length in `buffer`, or null when it is missing.
+      const read = (name: string, maxBytes: number): number | null => {
         if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
-        return { dirfd, name, path: `${path}/${name}` };
+        if (dirfd < 0) return null;
+        const fd = openAt(dirfd, cName(name), FILE_FLAGS);
+        if (fd < 0) return fail("open", `${path}/${name}`);
+        const n = readFd(fd, maxBytes, false);
+        return n < 0 ? fail("read", `${path}/${name}`) : n;
       };
       return {
         readText(name) {
-          const bytes = dirfd < 0 ? null : readAll(at(name), 65536);
-          return bytes === null ? null : decoder.decode(bytes);
+          const n = read(name, 65536);
+          return n === null ? null : decoder.decode(buffer.subarray(0, n));
         },
         readBytes(name, maxBytes) {
-          return dirfd < 0 ? null : readAll(at(name), maxBytes);
+          const n = read(name, maxBytes);
+          return n === null ? null : buffer.slice(0, n);
         },
         readLink(name) {
-          return dirfd < 0 ? null : readLinkAt(at(name));
+          if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
+          if (dirfd < 0) return null;
+          const n = readLinkAt(dirfd, cName(name));
+          return n < 0
+            ? fail("read link", `${path}/${name}`)
+            : decoder.decode(linkBuffer.subarray(0, n));
+        },
+        openFile(name): SysfsFile | null {
+          if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
+          if (dirfd < 0) return null;
+          const fd = openAt(dirfd, cName(name), FILE_FLAGS);
+          if (fd < 0) return fail("open", `${path}/${name}`);
+          let open = true;
+          return {
+            readAt(offset, length) {
+              if (!open) throw new Error(`Cannot read "${path}/${name}": the file was closed`);
+              if (buffer.length < length) buffer = new Uint8Array(length);
+              for (let attempt = 0;; attempt++) {
+                const n = Number(lib.pread(fd, buffer, BigInt(length), BigInt(offset)));
+                if (n >= 0) return buffer.slice(0, n);
+                lastErrno = errno();
+                if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) break;
+              }
+              // A register the kernel will not read reads as absent, like a short read.
+              if (MISSING_ERRNO.has(lastErrno)) return new Uint8Array(0);
+              throw new LibcFsError("read", `${path}/${name}`, lastErrno);
+            },
+            [Symbol.dispose]() {
+              if (open) lib.close(fd);
+              open = false;
+            },
+          };
         },
         [Symbol.dispose]() {
           if (dirfd >= 0 && !closed) lib.close(dirfd);

@@ -10,8 +10,19 @@
 
 import type { HostTopology, HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
-import { baseName, denoFsReader, openSysfsDir, readAttribute, type SysfsReader } from "./sysfs.ts";
-import { parseConfigSpace } from "./config_space.ts";
+import {
+  baseName,
+  denoFsReader,
+  openSysfsDir,
+  readAttribute,
+  type SysfsDirReader,
+  type SysfsReader,
+} from "./sysfs.ts";
+import {
+  bufferConfigReader,
+  type ConfigSpaceHeaderFacts,
+  readConfigSpace,
+} from "./config_space.ts";
 import { groupDevices } from "./iommu_groups.ts";
 import {
   commandLspciRunner,
@@ -80,20 +91,10 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
   lspciText.catch(() => {});
-  const devices: PciDevice[] = [];
-  const names = listSysfsDevices(reader, root);
-  for (let i = 0; i < names.length; i++) {
-    // Deno drains lspci's pipe only when this thread yields; without it lspci blocks on a full
-    // pipe until sysfs is read, and the two never overlap.
-    if (runner !== null && i % 128 === 127) await new Promise((r) => setTimeout(r, 0));
-    const device = readSysfsDevice(reader, root, { name: names[i]!, live: root === "/sys" });
-    if (device !== null) devices.push(device);
-  }
-  if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
-    fillGroupsFromListing(reader, root, devices);
-  }
-  devices.sort((a, b) => comparePciAddress(a.address, b.address));
-  fillSlots(reader, root, devices);
+  // Deno drains lspci's pipe only when this thread yields; without the pauses lspci blocks on a
+  // full pipe until sysfs is read, and the two never overlap.
+  const pause = runner === null ? undefined : () => new Promise<void>((r) => setTimeout(r, 0));
+  const devices = await readDevices(reader, root, pause);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   for (const device of devices) {
@@ -131,10 +132,33 @@ function hexId(text: string | null, width: number): string | null {
  * configuration space. Sorted by address.
  */
 export function readSysfsDevices(reader: SysfsReader, root: string): PciDevice[] {
+  const raw = listSysfsDevices(reader, root).map((name) => readRawDevice(reader, root, name));
+  return finishDevices(reader, root, raw);
+}
+
+/** {@link readSysfsDevices}, calling `pause` now and then so other work (lspci's pipe) runs. */
+async function readDevices(
+  reader: SysfsReader,
+  root: string,
+  pause: (() => Promise<void>) | undefined,
+): Promise<PciDevice[]> {
   const names = listSysfsDevices(reader, root);
+  const raw: RawSysfsDevice[] = [];
+  for (let i = 0; i < names.length; i++) {
+    if (pause !== undefined && i % 128 === 127) await pause();
+    raw.push(readRawDevice(reader, root, names[i]!));
+  }
+  return finishDevices(reader, root, raw);
+}
+
+/**
+ * Discovery reads every device first and parses afterwards: the system calls and the parsing
+ * each run faster in a loop of their own than interleaved (measured: 10% on 1,024 functions).
+ */
+function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[]): PciDevice[] {
   const devices: PciDevice[] = [];
-  for (const name of names) {
-    const device = readSysfsDevice(reader, root, { name, live: root === "/sys" });
+  for (const entry of raw) {
+    const device = parseRawDevice(reader, entry);
     if (device !== null) devices.push(device);
   }
   if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
@@ -169,94 +193,146 @@ function listSysfsDevices(reader: SysfsReader, root: string): string[] {
   return names;
 }
 
-/** One function's sysfs facts, or `null` when `name` is not a PCI address. */
-function readSysfsDevice(
-  reader: SysfsReader,
-  root: string,
-  options: { name: string; live: boolean },
-): PciDevice | null {
-  const { name, live } = options;
-  const address = canonicalPciAddress(name);
-  if (address === null) return null;
+/** What one device directory holds, read with no parsing beyond the configuration space. */
+interface RawSysfsDevice {
+  /** The directory's name (a PCI address unless the tree is damaged). */
+  name: string;
+  /** The directory, for the rare reads parsing needs (see {@link parseRawDevice}). */
+  path: string;
+  uevent: string | null;
+  config: ConfigSpaceHeaderFacts | null;
+  groupLink: string | null;
+  numaNode: string | null;
+  physfnLink: string | null;
+  virtfnLinks: string[];
+  modules: string | null;
+}
+
+/** The entries of one device directory that every device needs, through one directory handle. */
+function readRawDevice(reader: SysfsReader, root: string, name: string): RawSysfsDevice {
+  const path = `${root}/bus/pci/devices/${name}`;
+  const live = root === "/sys";
   // Every read below is relative to the device's directory: one path lookup per device.
-  using dir = openSysfsDir(reader, `${root}/bus/pci/devices/${name}`);
-  const attr = (file: string) => {
-    const text = dir.readText(file);
-    return text === null ? null : text.trim();
-  };
+  using dir = openSysfsDir(reader, path);
   // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
-  // from the same struct as the single-value attributes); trees without it use those files.
-  const uevent = parseUevent(dir.readText("uevent"));
-  const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
-  const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
-  const [ueventSubVendor, ueventSubDevice] = (uevent?.get("PCI_SUBSYS_ID") ?? "").split(":");
-  const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
-  const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
-  const subsystemVendorId = hexId(ueventSubVendor || attr("subsystem_vendor"), 4);
-  const subsystemDeviceId = hexId(ueventSubDevice || attr("subsystem_device"), 4);
-  const driver = uevent !== null
-    ? uevent.get("DRIVER") ?? null
-    : baseNameOrNull(dir.readLink("driver"));
-  // The whole configuration space (4 KiB for PCI Express): FLR and the serial number are in
-  // its capabilities. Unprivileged reads of a real device stop after the 64-byte header.
-  const config = dir.readBytes("config", 4096);
-  // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
-  // class code says otherwise.
-  const headerType = config !== null && config.length > 0x0e ? (config[0x0e] ?? 0) & 0x7f : 0;
-  const { flr, serial } = config === null ? { flr: null, serial: null } : parseConfigSpace(config);
-  // The revision byte of the header is what the kernel's `revision` attribute reports; only a
-  // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
-  const configRevision = config !== null && config.length > 0x08 ? config[0x08] ?? 0 : 0;
-  const revision = configRevision !== 0
-    ? configRevision.toString(16).padStart(2, "0")
-    : hexId(attr("revision"), 2);
+  // from the same struct as the single-value attributes).
+  const uevent = dir.readText("uevent");
+  // FLR and the serial number are in the configuration space's capabilities. Unprivileged
+  // reads of a real device stop after the 64-byte header.
+  const config = readConfig(dir, live);
   const groupLink = dir.readLink("iommu_group");
-  const group = groupLink === null ? NaN : Number(baseName(groupLink));
-  const numa = attr("numa_node");
-  const numaNumber = numa === null || numa.trim() === "" ? NaN : Number(numa);
-  // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
-  const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
+  const numaNode = dir.readText("numa_node");
   const physfnLink = dir.readLink("physfn");
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
-  const modules = live ? null : attr("modules");
-  const virtfns: PciAddress[] = [];
-  // TotalVFs is a 16-bit field; a damaged tree's huge count must not mean a billion lookups.
-  // A virtual function never has VFs of its own (the kernel gives only physical functions the
-  // sriov_* attributes): skip the lookup, most functions of an SR-IOV host are VFs.
-  const numVfs = physfnLink !== null
-    ? 0
-    : Math.min(Number(attr("sriov_numvfs") ?? "0") || 0, 0xffff);
-  for (let i = 0; i < numVfs; i++) {
+  const modules = live ? null : dir.readText("modules");
+  // The kernel links each enabled VF as virtfn0, virtfn1, … without gaps, so probing the links
+  // needs one system call per function instead of reading sriov_numvfs (three). A virtual
+  // function never has VFs of its own: skip the probe, most functions of an SR-IOV host are VFs.
+  // NumVFs is a 16-bit field, which bounds a damaged tree's links.
+  const virtfnLinks: string[] = [];
+  for (let i = 0; physfnLink === null && i < 0x10000; i++) {
     const link = dir.readLink(`virtfn${i}`);
-    if (link === null) break; // The kernel numbers the links from 0 without gaps.
-    const vf = canonicalPciAddress(baseName(link));
-    if (vf !== null) virtfns.push(vf);
+    if (link === null) break;
+    virtfnLinks.push(link);
   }
-  virtfns.sort(comparePciAddress);
   return {
-    address,
-    vendorId,
-    deviceId,
-    subsystemVendorId,
-    subsystemDeviceId,
-    classCode,
-    revision,
-    vendorName: null,
-    deviceName: null,
-    className: null,
-    driver,
-    modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
-    iommuGroup: Number.isInteger(group) ? group : null,
-    numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
-    physicalSlot: null,
-    isBridge: classCode.startsWith("0604") || headerType === 1,
-    physfn: physfnLink === null ? null : canonicalPciAddress(baseName(physfnLink)),
-    virtfns,
-    bootVga: bootVga === null ? null : bootVga === "1",
-    flr,
-    serial,
+    name,
+    path,
+    uevent,
+    config,
+    groupLink,
+    numaNode,
+    physfnLink,
+    virtfnLinks,
+    modules,
   };
+}
+
+/**
+ * One function's facts, or `null` when its directory's name is not a PCI address. Trees that
+ * lack an entry the kernel always writes (`uevent`) are read from the single-value files instead,
+ * and so are the revision (when the header says 00) and `boot_vga` (display devices only).
+ */
+function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | null {
+  const address = canonicalPciAddress(raw.name);
+  if (address === null) return null;
+  let dir: SysfsDirReader | null = null;
+  try {
+    const attr = (file: string) => {
+      dir ??= openSysfsDir(reader, raw.path);
+      const text = dir.readText(file);
+      return text === null ? null : text.trim();
+    };
+    const uevent = parseUevent(raw.uevent);
+    const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
+    const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
+    // The kernel writes PCI_SUBSYS_ID whenever it writes PCI_ID; only a tree without them needs
+    // the subsystem files.
+    const subsystem = uevent?.get("PCI_SUBSYS_ID");
+    const [ueventSubVendor, ueventSubDevice] = (subsystem ?? "").split(":");
+    const fromFiles = subsystem === undefined && uevent?.get("PCI_ID") === undefined;
+    const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
+    const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
+    const subsystemVendorId = hexId(
+      ueventSubVendor || (fromFiles ? attr("subsystem_vendor") : null),
+      4,
+    );
+    const subsystemDeviceId = hexId(
+      ueventSubDevice || (fromFiles ? attr("subsystem_device") : null),
+      4,
+    );
+    const driver = uevent !== null
+      ? uevent.get("DRIVER") ?? null
+      : baseNameOrNull((dir ??= openSysfsDir(reader, raw.path)).readLink("driver"));
+    const config = raw.config;
+    // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
+    // class code says otherwise.
+    const headerType = config?.headerType ?? 0;
+    // The revision byte of the header is what the kernel's `revision` attribute reports; only a
+    // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
+    const configRevision = config?.revision ?? 0;
+    const revision = configRevision !== 0
+      ? configRevision.toString(16).padStart(2, "0")
+      : hexId(attr("revision"), 2);
+    const group = raw.groupLink === null ? NaN : Number(baseName(raw.groupLink));
+    const numa = raw.numaNode?.trim() ?? "";
+    const numaNumber = numa === "" ? NaN : Number(numa);
+    // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
+    const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
+    const modules = raw.modules?.trim() ?? null;
+    const virtfns: PciAddress[] = [];
+    for (const link of raw.virtfnLinks) {
+      const vf = canonicalPciAddress(baseName(link));
+      if (vf !== null) virtfns.push(vf);
+    }
+    virtfns.sort(comparePciAddress);
+    return {
+      address,
+      vendorId,
+      deviceId,
+      subsystemVendorId,
+      subsystemDeviceId,
+      classCode,
+      revision,
+      vendorName: null,
+      deviceName: null,
+      className: null,
+      driver,
+      modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
+      iommuGroup: Number.isInteger(group) ? group : null,
+      numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
+      physicalSlot: null,
+      isBridge: classCode.startsWith("0604") || headerType === 1,
+      physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
+      virtfns,
+      bootVga: bootVga === null ? null : bootVga === "1",
+      flr: config?.flr ?? null,
+      serial: config?.serial ?? null,
+    };
+  } finally {
+    (dir as SysfsDirReader | null)?.[Symbol.dispose]();
+  }
 }
 
 /**
@@ -284,6 +360,20 @@ function fillSlots(reader: SysfsReader, root: string, devices: PciDevice[]): voi
   for (const device of devices) {
     device.physicalSlot = slots.get(device.address.slice(0, -2)) ?? null;
   }
+}
+
+/**
+ * The configuration-space facts of a device, or `null` without a `config` file. On the live
+ * sysfs only the visited registers are read (see {@link readConfigSpace}); a captured tree's file
+ * is read whole, in one call.
+ */
+function readConfig(dir: SysfsDirReader, live: boolean): ConfigSpaceHeaderFacts | null {
+  if (live && dir.openFile !== undefined) {
+    using file = dir.openFile("config");
+    return file === null ? null : readConfigSpace((offset, length) => file.readAt(offset, length));
+  }
+  const bytes = dir.readBytes("config", 4096);
+  return bytes === null ? null : readConfigSpace(bufferConfigReader(bytes));
 }
 
 function baseNameOrNull(link: string | null): string | null {

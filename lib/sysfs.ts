@@ -38,6 +38,18 @@ export interface SysfsDirReader extends Disposable {
   readBytes(name: string, maxBytes: number): Uint8Array | null;
   /** A link entry's target as stored, or `null` when it is not a link. */
   readLink(name: string): string | null;
+  /**
+   * Optional: opens an entry for reads at offsets (`pread`), or `null` when it is missing.
+   * Discovery uses it for the live `config` file, where every 4 bytes read is a configuration
+   * cycle on the device and only a few dozen bytes are needed.
+   */
+  openFile?(name: string): SysfsFile | null;
+}
+
+/** An open file read at offsets. Dispose it when done (`using`). */
+export interface SysfsFile extends Disposable {
+  /** Up to `length` bytes at `offset`: fewer at the end of the file or where reads are denied. */
+  readAt(offset: number, length: number): Uint8Array;
 }
 
 /**

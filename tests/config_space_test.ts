@@ -2,7 +2,13 @@
 // `lspci -vvv` prints for the same bytes: built trees (host_tree.ts capabilities), edited
 // configs (AF FLR, root ports, loops, broken chains), this VM's captured and live config files.
 import { assertEquals, assertOk } from "./helpers/assert.ts";
-import { type ConfigSpaceFacts, parseConfigSpace } from "../lib/config_space.ts";
+import {
+  bufferConfigReader,
+  type ConfigSpaceFacts,
+  parseConfigSpace,
+  readConfigSpace,
+} from "../lib/config_space.ts";
+import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
 import { generateHost } from "../lib/host_generator.ts";
 import { commandLspciRunner, parseLspci } from "../lib/lspci.ts";
@@ -162,4 +168,67 @@ Deno.test("parseConfigSpace() answers unknown for truncated or empty configs", (
   // A capability list flag with a null pointer: nothing listed, as lspci prints nothing.
   header[0x34] = 0;
   assertEquals(parseConfigSpace(header), { flr: null, serial: null });
+});
+
+/** `read` wrapped to count the bytes asked for. */
+function counting(read: (offset: number, length: number) => Uint8Array) {
+  const counter = {
+    bytes: 0,
+    calls: 0,
+    read: (offset: number, length: number) => {
+      counter.calls++;
+      counter.bytes += length;
+      return read(offset, length);
+    },
+  };
+  return counter;
+}
+
+Deno.test("readConfigSpace() reads only the visited registers and finds what the whole file gives", async () => {
+  await withTree(generateHost(256), () => {}, (root) => {
+    const dir = `${root}/bus/pci/devices`;
+    let asked = 0;
+    let whole = 0;
+    for (const name of [...Deno.readDirSync(dir)].map((e) => e.name)) {
+      const bytes = Deno.readFileSync(`${dir}/${name}/config`);
+      const counter = counting(bufferConfigReader(bytes));
+      const facts = readConfigSpace(counter.read);
+      assertEquals({ flr: facts.flr, serial: facts.serial }, parseConfigSpace(bytes), name);
+      assertEquals([facts.revision, facts.headerType], [bytes[8], bytes[0x0e]! & 0x7f], name);
+      asked += counter.bytes;
+      whole += bytes.length;
+    }
+    // The generated configs are 64 to 4,096 bytes; the walk needs a few dozen of them.
+    assertOk(asked * 10 < whole, `asked for ${asked} of ${whole} bytes`);
+    return Promise.resolve();
+  });
+});
+
+Deno.test({
+  name: "libc openFile() reads this machine's /sys config at offsets, as the whole file reads",
+  ignore: (() => {
+    try {
+      return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0;
+    } catch {
+      return true;
+    }
+  })(),
+  fn() {
+    const reader = libcSysfsReader();
+    for (const name of reader.listDir("/sys/bus/pci/devices") ?? []) {
+      using dir = reader.openDir!(`/sys/bus/pci/devices/${name}`);
+      const bytes = dir.readBytes("config", 4096);
+      assertOk(bytes !== null && bytes.length >= 64, name);
+      using file = dir.openFile!("config");
+      assertOk(file !== null, name);
+      const counter = counting((offset, length) => file.readAt(offset, length));
+      const sparse = readConfigSpace(counter.read);
+      assertEquals(sparse, readConfigSpace(bufferConfigReader(bytes)), name);
+      assertOk(counter.bytes <= 128, `${name}: ${counter.bytes} bytes in ${counter.calls} reads`);
+      // Past the end of the space, and the header again at its offset.
+      assertEquals(file.readAt(bytes.length, 4).length, 0, name);
+      assertEquals(file.readAt(8, 1)[0], bytes[8], name);
+    }
+    assertEquals(reader.openDir!("/sys/bus/pci/devices").openFile!("nope"), null);
+  },
 });

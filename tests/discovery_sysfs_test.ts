@@ -5,6 +5,8 @@ import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
 import { discoverHost, pciAncestor, SysfsRootError } from "../lib/discovery.ts";
 import { LspciError, parseLspci, pciIdsVendorNames, splitVendorName } from "../lib/lspci.ts";
 import type { HostTopology } from "../lib/types.ts";
+import type { SysfsReader } from "../lib/sysfs.ts";
+import { parseConfigSpace } from "../lib/config_space.ts";
 import { nicDescription as dev } from "./helpers/devices.ts";
 
 async function discover(description: HostDescription): Promise<HostTopology> {
@@ -319,5 +321,82 @@ Deno.test("libcSysfsReader().openDir() reads entries by name and refuses reads o
     assertEquals([missing.readText("class"), missing.readLink("x")], [null, null]);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "discoverHost() on the live /sys reads config registers by offset, never the whole file",
+  ignore: (() => {
+    try {
+      return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0;
+    } catch {
+      return true;
+    }
+  })(),
+  async fn() {
+    const { libcSysfsReader } = await import("../ffi/libc_fs.ts");
+    const libc = libcSysfsReader();
+    const whole: string[] = [];
+    const sparse: string[] = [];
+    // The real reader, recording which way each device's config is read.
+    const spy: SysfsReader = {
+      ...libc,
+      openDir(path) {
+        const dir = libc.openDir!(path);
+        return {
+          readText: (name) => dir.readText(name),
+          readLink: (name) => dir.readLink(name),
+          readBytes(name, maxBytes) {
+            if (name === "config") whole.push(path);
+            return dir.readBytes(name, maxBytes);
+          },
+          openFile(name) {
+            if (name === "config") sparse.push(path);
+            return dir.openFile!(name);
+          },
+          [Symbol.dispose]: () => dir[Symbol.dispose](),
+        };
+      },
+    };
+    const live = await discoverHost({ reader: spy, lspci: null });
+    assertEquals(whole, []);
+    assertEquals(sparse.length, live.devices.length);
+    // The same facts as reading every config file whole.
+    for (const device of live.devices) {
+      const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
+      const facts = parseConfigSpace(bytes);
+      assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
+      assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
+    }
+  },
+});
+
+Deno.test("discoverHost() finds VFs from their virtfn links alone, up to the first gap", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-vf-" });
+  try {
+    buildHostTree({
+      devices: [
+        dev("0000:01:00.0", { group: 1 }),
+        dev("0000:01:00.1", { group: 2 }),
+        dev("0000:01:00.2", { group: 3 }),
+        dev("0000:01:00.3", { group: 4 }),
+      ],
+    }, root);
+    const pf = `${root}/bus/pci/devices/0000:01:00.0`;
+    await Deno.symlink("../0000:01:00.2", `${pf}/virtfn0`);
+    await Deno.symlink("../0000:01:00.1", `${pf}/virtfn1`);
+    // virtfn2 is missing: the kernel numbers enabled VFs without gaps, so virtfn3 is stale.
+    await Deno.symlink("../0000:01:00.3", `${pf}/virtfn3`);
+    await Deno.symlink("../0000:01:00.0", `${root}/bus/pci/devices/0000:01:00.1/physfn`);
+    await Deno.symlink("../0000:01:00.0", `${root}/bus/pci/devices/0000:01:00.2/physfn`);
+    // A VF's own virtfn link (impossible on a real host) is not followed.
+    await Deno.symlink("../0000:01:00.3", `${root}/bus/pci/devices/0000:01:00.1/virtfn0`);
+    const host = await discoverHost({ root, lspci: null });
+    const byAddress = new Map(host.devices.map((d) => [d.address, d]));
+    assertEquals(byAddress.get("0000:01:00.0")?.virtfns, ["0000:01:00.1", "0000:01:00.2"]);
+    assertEquals(byAddress.get("0000:01:00.1")?.virtfns, []);
+    assertEquals(byAddress.get("0000:01:00.1")?.physfn, "0000:01:00.0");
+  } finally {
+    await Deno.remove(root, { recursive: true });
   }
 });
