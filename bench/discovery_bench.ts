@@ -30,9 +30,13 @@ globalThis.addEventListener("unload", () => Deno.removeSync(base, { recursive: t
 const libc = libcSysfsReader();
 const denoFs = denoFsReader();
 
+for (const size of SIZES) buildHostTree(generateHost(size), `${base}/${size}`);
+// Flush the trees just written: otherwise the kernel's writeback of thousands of new files runs
+// during the first measurements, and they time the fixture's creation as much as discovery.
+new Deno.Command("sync").outputSync();
+
 for (const size of SIZES) {
   const root = `${base}/${size}`;
-  buildHostTree(generateHost(size), root);
   Deno.bench({
     name: `discovery ${size} functions: sysfs (libc), no lspci`,
     group: `sysfs-${size}`,

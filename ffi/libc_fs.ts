@@ -185,6 +185,84 @@ export function libcSysfsReader(): SysfsReader {
     const n = readFd(fd, maxBytes, path.startsWith("/proc/"));
     return n < 0 ? fail("read", path) : n;
   };
+  /**
+   * The entries of one open directory. A class, not an object of closures: discovery opens one
+   * per device, and its methods are then shared instead of allocated each time.
+   */
+  class DirReader implements SysfsDirReader {
+    #closed = false;
+    constructor(readonly path: string, readonly dirfd: number) {}
+    /** The entry's length in `buffer`, or `null` when it is missing. */
+    #read(name: string, maxBytes: number): number | null {
+      const fd = this.#open(name);
+      if (fd === null) return null;
+      const n = readFd(fd, maxBytes, false);
+      return n < 0 ? fail("read", `${this.path}/${name}`) : n;
+    }
+    #open(name: string): number | null {
+      this.#check(name);
+      if (this.dirfd < 0) return null;
+      const fd = openAt(this.dirfd, cName(name), FILE_FLAGS);
+      return fd < 0 ? fail("open", `${this.path}/${name}`) : fd;
+    }
+    #check(name: string): void {
+      if (this.#closed) {
+        throw new Error(`Cannot read "${this.path}/${name}": the directory was closed`);
+      }
+    }
+    readText(name: string): string | null {
+      const n = this.#read(name, 65536);
+      return n === null ? null : decoder.decode(buffer.subarray(0, n));
+    }
+    readBytes(name: string, maxBytes: number): Uint8Array | null {
+      const n = this.#read(name, maxBytes);
+      return n === null ? null : buffer.slice(0, n);
+    }
+    withBytes<T>(name: string, maxBytes: number, use: (bytes: Uint8Array) => T): T | null {
+      const n = this.#read(name, maxBytes);
+      return n === null ? null : use(buffer.subarray(0, n));
+    }
+    readLink(name: string): string | null {
+      this.#check(name);
+      if (this.dirfd < 0) return null;
+      const n = readLinkAt(this.dirfd, cName(name));
+      return n < 0
+        ? fail("read link", `${this.path}/${name}`)
+        : decoder.decode(linkBuffer.subarray(0, n));
+    }
+    openFile(name: string): SysfsFile | null {
+      const fd = this.#open(name);
+      return fd === null ? null : new FileReader(`${this.path}/${name}`, fd);
+    }
+    [Symbol.dispose](): void {
+      if (this.dirfd >= 0 && !this.#closed) lib.close(this.dirfd);
+      this.#closed = true;
+    }
+  }
+
+  /** An open file read at offsets (`pread`). */
+  class FileReader implements SysfsFile {
+    #open = true;
+    constructor(readonly path: string, readonly fd: number) {}
+    readAt(offset: number, length: number): Uint8Array {
+      if (!this.#open) throw new Error(`Cannot read "${this.path}": the file was closed`);
+      if (buffer.length < length) buffer = new Uint8Array(length);
+      for (let attempt = 0;; attempt++) {
+        const n = Number(lib.pread(this.fd, buffer, BigInt(length), BigInt(offset)));
+        if (n >= 0) return buffer.slice(0, n);
+        lastErrno = errno();
+        if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) break;
+      }
+      // A register the kernel will not read reads as absent, like a short read.
+      if (MISSING_ERRNO.has(lastErrno)) return new Uint8Array(0);
+      throw new LibcFsError("read", this.path, lastErrno);
+    }
+    [Symbol.dispose](): void {
+      if (this.#open) lib.close(this.fd);
+      this.#open = false;
+    }
+  }
+
   return {
     listDir(path) {
       let dir = lib.opendir(cString(path));
@@ -225,64 +303,7 @@ export function libcSysfsReader(): SysfsReader {
       const dirfd = openAt(AT_FDCWD, cString(path), O_PATH | O_DIRECTORY | O_CLOEXEC);
       // A missing directory reads as empty, like each of its attributes would.
       if (dirfd < 0) fail("open directory", path);
-      let closed = false;
-      // Returns the entry's length in `buffer`, or null when it is missing.
-      const read = (name: string, maxBytes: number): number | null => {
-        if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
-        if (dirfd < 0) return null;
-        const fd = openAt(dirfd, cName(name), FILE_FLAGS);
-        if (fd < 0) return fail("open", `${path}/${name}`);
-        const n = readFd(fd, maxBytes, false);
-        return n < 0 ? fail("read", `${path}/${name}`) : n;
-      };
-      return {
-        readText(name) {
-          const n = read(name, 65536);
-          return n === null ? null : decoder.decode(buffer.subarray(0, n));
-        },
-        readBytes(name, maxBytes) {
-          const n = read(name, maxBytes);
-          return n === null ? null : buffer.slice(0, n);
-        },
-        readLink(name) {
-          if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
-          if (dirfd < 0) return null;
-          const n = readLinkAt(dirfd, cName(name));
-          return n < 0
-            ? fail("read link", `${path}/${name}`)
-            : decoder.decode(linkBuffer.subarray(0, n));
-        },
-        openFile(name): SysfsFile | null {
-          if (closed) throw new Error(`Cannot read "${path}/${name}": the directory was closed`);
-          if (dirfd < 0) return null;
-          const fd = openAt(dirfd, cName(name), FILE_FLAGS);
-          if (fd < 0) return fail("open", `${path}/${name}`);
-          let open = true;
-          return {
-            readAt(offset, length) {
-              if (!open) throw new Error(`Cannot read "${path}/${name}": the file was closed`);
-              if (buffer.length < length) buffer = new Uint8Array(length);
-              for (let attempt = 0;; attempt++) {
-                const n = Number(lib.pread(fd, buffer, BigInt(length), BigInt(offset)));
-                if (n >= 0) return buffer.slice(0, n);
-                lastErrno = errno();
-                if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) break;
-              }
-              // A register the kernel will not read reads as absent, like a short read.
-              if (MISSING_ERRNO.has(lastErrno)) return new Uint8Array(0);
-              throw new LibcFsError("read", `${path}/${name}`, lastErrno);
-            },
-            [Symbol.dispose]() {
-              if (open) lib.close(fd);
-              open = false;
-            },
-          };
-        },
-        [Symbol.dispose]() {
-          if (dirfd >= 0 && !closed) lib.close(dirfd);
-          closed = true;
-        },
-      };
+      return new DirReader(path, dirfd);
     },
   };
 }

@@ -41,6 +41,10 @@ const AF_CAP = 3;
 const AF_CAP_FLR = 0x02;
 const EXT_CAP_START = 0x100;
 const EXT_CAP_ID_DSN = 0x0003;
+/** Standard capabilities that fit between 0x40 and 0x100, 4 bytes apart (the kernel uses 48). */
+const STANDARD_CAP_TTL = 48;
+/** Extended capabilities that fit in 0x100–0x1000, 8 bytes each (the kernel's bound). */
+const EXTENDED_CAP_TTL = (0x1000 - 0x100) / 8;
 
 /**
  * Reads `length` bytes at `offset` of a configuration space. Fewer bytes (or none) come back past
@@ -130,8 +134,9 @@ export function readConfigSpace(read: ConfigSpaceReader): ConfigSpaceHeaderFacts
   let denied = pointer.length === 0;
   let flr = false;
   let express = false;
-  const visited = new Set<number>();
-  while (where !== 0) {
+  // A looping list ends after as many steps as distinct capabilities fit, as the kernel's
+  // walk does (PCI_FIND_CAP_TTL); a step count needs no per-device set.
+  for (let ttl = STANDARD_CAP_TTL; where !== 0 && ttl > 0; ttl--) {
     // ID, next pointer, and the capability's own 16 bits (PCIe flags; AF's capability byte).
     const cap = read(where, 4);
     if (cap.length < 4) {
@@ -139,8 +144,6 @@ export function readConfigSpace(read: ConfigSpaceReader): ConfigSpaceHeaderFacts
       break;
     }
     seen = true;
-    if (visited.has(where)) break;
-    visited.add(where);
     const id = cap[0] ?? 0;
     if (id === 0xff) break;
     if (id === CAP_ID_EXP) {
@@ -166,11 +169,9 @@ function long(bytes: Uint8Array, at: number): number {
 }
 
 function deviceSerialNumber(read: ConfigSpaceReader): string | null {
-  const visited = new Set<number>();
   let where = EXT_CAP_START;
   // The kernel stops at pointers below 0x100 too: they cannot start an extended capability.
-  while (where >= EXT_CAP_START && !visited.has(where)) {
-    visited.add(where);
+  for (let ttl = EXTENDED_CAP_TTL; where >= EXT_CAP_START && ttl > 0; ttl--) {
     const bytes = read(where, 4);
     if (bytes.length < 4) return null;
     const header = long(bytes, 0);

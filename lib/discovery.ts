@@ -17,6 +17,7 @@ import {
   readAttribute,
   type SysfsDirReader,
   type SysfsReader,
+  withSysfsBytes,
 } from "./sysfs.ts";
 import {
   bufferConfigReader,
@@ -119,11 +120,16 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   };
 }
 
+/** Hexadecimal digits only; tested, not matched, so nothing is allocated. */
+const HEX_DIGITS = /^[0-9a-f]+$/i;
+
 function hexId(text: string | null, width: number): string | null {
   if (text === null) return null;
-  const m = /^(?:0x)?([0-9a-f]+)$/i.exec(text.trim());
-  if (!m) return null;
-  return (m[1] ?? "").toLowerCase().padStart(width, "0").slice(-width);
+  const trimmed = text.trim();
+  const digits = trimmed.startsWith("0x") || trimmed.startsWith("0X") ? trimmed.slice(2) : trimmed;
+  if (digits === "" || !HEX_DIGITS.test(digits)) return null;
+  const lower = digits.toLowerCase();
+  return lower.length === width ? lower : lower.padStart(width, "0").slice(-width);
 }
 
 /**
@@ -213,7 +219,21 @@ function readRawDevice(reader: SysfsReader, root: string, name: string): RawSysf
   const path = `${root}/bus/pci/devices/${name}`;
   const live = root === "/sys";
   // Every read below is relative to the device's directory: one path lookup per device.
-  using dir = openSysfsDir(reader, path);
+  // try/finally rather than `using`, whose bookkeeping allocates per use, once per device here.
+  const dir = openSysfsDir(reader, path);
+  try {
+    return readRawEntries(dir, name, path, live);
+  } finally {
+    dir[Symbol.dispose]();
+  }
+}
+
+function readRawEntries(
+  dir: SysfsDirReader,
+  name: string,
+  path: string,
+  live: boolean,
+): RawSysfsDevice {
   // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
   // from the same struct as the single-value attributes).
   const uevent = dir.readText("uevent");
@@ -265,13 +285,13 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
       return text === null ? null : text.trim();
     };
     const uevent = parseUevent(raw.uevent);
-    const classCode = hexId(uevent?.get("PCI_CLASS") ?? attr("class"), 6) ?? "000000";
-    const [ueventVendor, ueventDevice] = (uevent?.get("PCI_ID") ?? "").split(":");
+    const classCode = hexId(uevent?.PCI_CLASS ?? attr("class"), 6) ?? "000000";
+    const [ueventVendor, ueventDevice] = (uevent?.PCI_ID ?? "").split(":");
     // The kernel writes PCI_SUBSYS_ID whenever it writes PCI_ID; only a tree without them needs
     // the subsystem files.
-    const subsystem = uevent?.get("PCI_SUBSYS_ID");
+    const subsystem = uevent?.PCI_SUBSYS_ID;
     const [ueventSubVendor, ueventSubDevice] = (subsystem ?? "").split(":");
-    const fromFiles = subsystem === undefined && uevent?.get("PCI_ID") === undefined;
+    const fromFiles = subsystem === undefined && uevent?.PCI_ID === undefined;
     const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
     const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
     const subsystemVendorId = hexId(
@@ -283,7 +303,7 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
       4,
     );
     const driver = uevent !== null
-      ? uevent.get("DRIVER") ?? null
+      ? uevent.DRIVER ?? null
       : baseNameOrNull((dir ??= openSysfsDir(reader, raw.path)).readLink("driver"));
     const config = raw.config;
     // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
@@ -372,23 +392,40 @@ function readConfig(dir: SysfsDirReader, live: boolean): ConfigSpaceHeaderFacts 
     using file = dir.openFile("config");
     return file === null ? null : readConfigSpace((offset, length) => file.readAt(offset, length));
   }
-  const bytes = dir.readBytes("config", 4096);
-  return bytes === null ? null : readConfigSpace(bufferConfigReader(bytes));
+  return withSysfsBytes(dir, "config", 4096, (bytes) => readConfigSpace(bufferConfigReader(bytes)));
 }
 
 function baseNameOrNull(link: string | null): string | null {
   return link === null ? null : baseName(link);
 }
 
-/** `KEY=value` lines of a sysfs `uevent` file, or `null` when there is none. */
-function parseUevent(text: string | null): Map<string, string> | null {
+/** The lines of a PCI device's `uevent` that discovery reads. */
+interface UeventFields {
+  PCI_CLASS?: string;
+  PCI_ID?: string;
+  PCI_SUBSYS_ID?: string;
+  DRIVER?: string;
+}
+
+const UEVENT_KEYS = ["PCI_CLASS", "PCI_ID", "PCI_SUBSYS_ID", "DRIVER"] as const;
+
+/** The known `KEY=value` lines of a sysfs `uevent` file, or `null` when there is none. */
+function parseUevent(text: string | null): UeventFields | null {
   if (text === null) return null;
-  const map = new Map<string, string>();
-  for (const line of text.split("\n")) {
-    const eq = line.indexOf("=");
-    if (eq > 0) map.set(line.slice(0, eq), line.slice(eq + 1).trim());
+  const fields: UeventFields = {};
+  // Scanned in place rather than split into lines and pairs: this runs once per device.
+  for (let start = 0; start < text.length;) {
+    let end = text.indexOf("\n", start);
+    if (end < 0) end = text.length;
+    for (const key of UEVENT_KEYS) {
+      if (text.startsWith(key, start) && text.charCodeAt(start + key.length) === 61 /* = */) {
+        fields[key] = text.slice(start + key.length + 1, end).trim();
+        break;
+      }
+    }
+    start = end + 1;
   }
-  return map;
+  return fields;
 }
 
 /** Fills what sysfs lacks from lspci's record; sysfs values are never overwritten. */

@@ -9,6 +9,8 @@ import type { PciAddress } from "./types.ts";
 
 const FULL = /^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
 const SHORT = /^([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
+/** Already canonical: a four-digit lower-case domain and a slot of at most 0x1f. */
+const CANONICAL = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
 
 /** The four numeric parts of a PCI address. */
 export interface PciAddressParts {
@@ -31,6 +33,9 @@ export interface PciAddressParts {
  * ```
  */
 export function canonicalPciAddress(text: string): PciAddress | null {
+  // Sysfs names are canonical already: answer them without building a match (discovery asks
+  // once per function and per SR-IOV link).
+  if (CANONICAL.test(text)) return text;
   const trimmed = text.trim();
   const full = FULL.exec(trimmed);
   if (full) {

@@ -39,6 +39,12 @@ export interface SysfsDirReader extends Disposable {
   /** A link entry's target as stored, or `null` when it is not a link. */
   readLink(name: string): string | null;
   /**
+   * Optional: lends up to `maxBytes` of an entry to `use` without copying them (the bytes are
+   * the reader's own buffer, valid only during the call), and returns what `use` returns, or
+   * `null` when the entry is missing. Use {@link withSysfsBytes}, which falls back to `readBytes`.
+   */
+  withBytes?<T>(name: string, maxBytes: number, use: (bytes: Uint8Array) => T): T | null;
+  /**
    * Optional: opens an entry for reads at offsets (`pread`), or `null` when it is missing.
    * Discovery uses it for the live `config` file, where every 4 bytes read is a configuration
    * cycle on the device and only a few dozen bytes are needed.
@@ -77,6 +83,35 @@ export function openSysfsDir(reader: SysfsReader, path: string): SysfsDirReader 
     readLink: (name) => reader.readLink(`${path}/${name}`),
     [Symbol.dispose]() {},
   };
+}
+
+/**
+ * Up to `maxBytes` of the entry `name`, lent to `use` (see {@link SysfsDirReader.withBytes}), or
+ * `null` when the entry is missing. Discovery parses each `config` this way: a copy of every
+ * device's bytes would be most of what it allocates.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.writeFileSync(`${dir}/config`, new Uint8Array([0x86, 0x80, 0x57, 0x0d]));
+ * {
+ *   using entries = openSysfsDir(denoFsReader(), dir);
+ *   assertEquals(withSysfsBytes(entries, "config", 2, (b) => b.length), 2);
+ *   assertEquals(withSysfsBytes(entries, "missing", 2, (b) => b.length), null);
+ * }
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function withSysfsBytes<T>(
+  dir: SysfsDirReader,
+  name: string,
+  maxBytes: number,
+  use: (bytes: Uint8Array) => T,
+): T | null {
+  if (dir.withBytes !== undefined) return dir.withBytes(name, maxBytes, use);
+  const bytes = dir.readBytes(name, maxBytes);
+  return bytes === null ? null : use(bytes);
 }
 
 function isMissing(error: unknown): boolean {
