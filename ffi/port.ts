@@ -49,6 +49,10 @@ export function openLibvirtPort(
       using dom = conn.lookupDomainByName(name);
       return dom.xml({ inactive: true, secure: xmlOptions.secure ?? false });
     },
+    getLiveXml(name: string): string {
+      using dom = conn.lookupDomainByName(name);
+      return dom.xml({ inactive: false, secure: false });
+    },
     isActive(name: string): boolean {
       using dom = conn.lookupDomainByName(name);
       return dom.isActive();

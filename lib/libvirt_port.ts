@@ -30,6 +30,11 @@ export interface LibvirtPort {
    * when the XML is written back.
    */
   getPersistentXml(name: string, options?: { secure?: boolean }): string;
+  /**
+   * Optional: the running guest's definition (flags 0), which also holds devices hot-plugged
+   * into it without a change to the persistent one. Planning counts those as held.
+   */
+  getLiveXml?(name: string): string;
   /** Whether the domain is running now. */
   isActive(name: string): boolean;
   /** Defines (or redefines) a domain with `VIR_DOMAIN_DEFINE_VALIDATE`. */

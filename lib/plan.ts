@@ -410,6 +410,49 @@ export function planHostdevs(options: PlanOptions): Plan {
   const hostdevsOf = new Map<string, DomainHostdev[]>();
   // SR-IOV VFs given as <interface type='hostdev'>: never edited, but taken.
   const interfacesOf = new Map<string, PciAddress[]>();
+  // Devices hot-plugged into a running guest but absent from its persistent definition: the
+  // guest holds them until it stops, so they count as held like the defined ones.
+  const liveOnlyOf = new Map<string, PciAddress[]>();
+  const liveOnly = (name: string, persistent: ParsedDomain) => {
+    if (libvirt.getLiveXml === undefined) return;
+    let live: ParsedDomain;
+    try {
+      live = parseDomainXml(libvirt.getLiveXml(name));
+    } catch (error) {
+      // A guest that stopped since it was listed holds nothing live; anything else is said.
+      if (libvirt.isActive(name)) {
+        plan.warnings.push({
+          code: "unreadable-definition",
+          message: `Cannot read the running definition of domain "${name}": ${
+            error instanceof Error ? error.message : String(error)
+          }: devices hot-plugged into it are not checked for conflicts`,
+          vm: name,
+        });
+      }
+      return;
+    }
+    const defined = new Set([
+      ...persistent.hostdevs.map((h) => h.address),
+      ...persistent.interfaceHostdevs,
+    ]);
+    const extra = [...new Set([...live.hostdevs.map((h) => h.address), ...live.interfaceHostdevs])]
+      .filter((address) => !defined.has(address)).sort();
+    if (extra.length === 0) return;
+    liveOnlyOf.set(name, extra);
+    globalLiveWarnings.push({
+      code: "live-only-hostdev",
+      message: `Running VM "${name}" has ${
+        extra.map((a) => `"${a}"`).join(", ")
+      } hot-plugged but not in its persistent definition: ${
+        extra.length === 1 ? "it counts" : "they count"
+      } as held by "${name}" until the guest stops or ${
+        extra.length === 1 ? "it is" : "they are"
+      } unplugged`,
+      vm: name,
+      devices: extra,
+    });
+  };
+  const globalLiveWarnings: PlanIssue[] = [];
   const orphans: string[] = [];
   for (const name of domains.keys()) {
     const xml = libvirt.getPersistentXml(name);
@@ -434,6 +477,7 @@ export function planHostdevs(options: PlanOptions): Plan {
     }
     hostdevsOf.set(name, domain.hostdevs);
     interfacesOf.set(name, domain.interfaceHostdevs);
+    if (domains.get(name)?.active === true) liveOnly(name, domain);
     if (configured.has(name)) {
       parsed.set(name, { xml, domain });
     } else if (options.vms === undefined && domain.records.length > 0) {
@@ -455,7 +499,7 @@ export function planHostdevs(options: PlanOptions): Plan {
   );
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
   const globalErrors = plan.errors;
-  const globalWarnings = plan.warnings;
+  const globalWarnings = [...plan.warnings, ...globalLiveWarnings];
   // A refused VM keeps every hostdev it has, owned ones included, so those count as held too:
   // plan again with them until no new VM is refused (refusals only grow, so this ends).
   const refused = new Set<string>();
@@ -475,6 +519,7 @@ export function planHostdevs(options: PlanOptions): Plan {
       held.set(name, [
         ...hostdevs.filter(keeps).map((h) => h.address),
         ...(interfacesOf.get(name) ?? []),
+        ...(liveOnlyOf.get(name) ?? []),
       ]);
     }
     const resolved = resolveConfig(effective, host, { records, current, held });

@@ -24,6 +24,7 @@ export type IssueCode =
   | "unknown-vm"
   | "unreadable-definition"
   | "vm-running"
+  | "live-only-hostdev"
   | "boot-order-conflict";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */

@@ -165,3 +165,56 @@ Deno.test("planHostdevs() counts <interface type='hostdev'> devices as taken and
   assertEquals(win10.add, []);
   assertMatch(win10.reasoning.join("\n"), /already in "win10" as an <interface type='hostdev'>/);
 });
+
+Deno.test("planHostdevs() counts a running guest's hot-plugged hostdevs as held, with a warning", async () => {
+  using demo = await demoHost();
+  // win10 runs with the Aquantia NIC (group of 0000:44:00.0) passed through.
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>5</test:runstate>",
+    `  <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x44' slot='0x00' function='0x0'/></source>
+      </hostdev>
+    </devices>
+    <test:runstate>1</test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  // Redefining the running guest without it leaves the NIC in the live definition only: what a
+  // hot-plug (virsh attach-device --live) leaves behind.
+  libvirt.define(
+    libvirt.getPersistentXml("win10").replace(
+      /<hostdev mode='subsystem' type='pci'[\s\S]*?<\/hostdev>\s*/,
+      "",
+    ),
+  );
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).hostdevs, []);
+  assertEquals(parseDomainXml(libvirt.getLiveXml!("win10")).hostdevs.map((h) => h.address), [
+    "0000:44:00.0",
+  ]);
+
+  const wantsNic = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "nic.yaml" },
+  );
+  const plan = planHostdevs({ config: wantsNic, host: demo.host, libvirt });
+  const gentoo = plan.vms.find((vm) => vm.name === "gentoo")!;
+  const refusal = gentoo.errors.find((e) =>
+    e.code === "group-shared-with-other-vm" || e.code === "device-assigned-twice"
+  );
+  assert(refusal !== undefined, JSON.stringify(gentoo.errors));
+  assertEquals([...(refusal.vms ?? [])].sort(), ["gentoo", "win10"]);
+  assertEquals(gentoo.changed, false);
+  const warning = plan.warnings.find((w) => w.code === "live-only-hostdev");
+  assert(warning !== undefined, JSON.stringify(plan.warnings));
+  assertEquals([warning.vm, warning.devices], ["win10", ["0000:44:00.0"]]);
+  assertMatch(warning.message, /Running VM "win10" has "0000:44:00\.0" hot-plugged/);
+
+  // win10 itself asking for it: the persistent definition gets it, with no conflict.
+  const own = parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "own.yaml" },
+  );
+  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add.map((a) => a.address), ["0000:44:00.0"]);
+});
