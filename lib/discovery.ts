@@ -25,6 +25,7 @@ import {
   readConfigSpace,
 } from "./config_space.ts";
 import { groupDevices } from "./iommu_groups.ts";
+import { isBridgeClass, isBridgeHeader } from "./pci_class.ts";
 import {
   commandLspciRunner,
   lspciArgs,
@@ -306,8 +307,8 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
       ? uevent.DRIVER ?? null
       : baseNameOrNull((dir ??= openSysfsDir(reader, raw.path)).readLink("driver"));
     const config = raw.config;
-    // Header type 1 (bit 7 is the multi-function flag) is a PCI-to-PCI bridge even when its
-    // class code says otherwise.
+    // Header types 1 and 2 (bit 7 is the multi-function flag) are bridges even when the class
+    // code says otherwise.
     const headerType = config?.headerType ?? 0;
     // The revision byte of the header is what the kernel's `revision` attribute reports; only a
     // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
@@ -343,7 +344,7 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
       iommuGroup: Number.isInteger(group) ? group : null,
       numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
       physicalSlot: null,
-      isBridge: classCode.startsWith("0604") || headerType === 1,
+      isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
       physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
       virtfns,
       bootVga: bootVga === null ? null : bootVga === "1",

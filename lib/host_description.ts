@@ -10,6 +10,7 @@ import { canonicalPciAddress, comparePciAddress } from "./pci_address.ts";
 import type { HostTopology, PciDevice } from "./types.ts";
 import type { HostDescription } from "./host_tree.ts";
 import { groupDevices } from "./iommu_groups.ts";
+import { isBridgeClass } from "./pci_class.ts";
 
 export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
 
@@ -62,7 +63,7 @@ export function topologyFromDescription(
       iommuGroup: d.group,
       numaNode: d.numa_node ?? null,
       physicalSlot: d.slot ?? null,
-      isBridge: classCode.startsWith("0604"),
+      isBridge: isBridgeClass(classCode),
       physfn: d.physfn ? canonicalPciAddress(d.physfn) : null,
       virtfns: [],
       bootVga: d.boot_vga ?? null,

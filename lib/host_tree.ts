@@ -23,6 +23,7 @@
 
 import type { HostUse, PciAddress } from "./types.ts";
 import { canonicalPciAddress, pciAddressParts } from "./pci_address.ts";
+import { headerTypeOfClass } from "./pci_class.ts";
 
 /** One device of a host description: the shared format plus optional extras. */
 export interface HostDeviceDescription {
@@ -98,7 +99,7 @@ function hex(n: number, width: number): string {
 
 function configSpace(
   d: HostDeviceDescription,
-  ids: { vendor: number; device: number; classCode: number; revision: number; bridge: boolean },
+  ids: { vendor: number; device: number; classCode: number; revision: number; header: 0 | 1 | 2 },
 ): Uint8Array {
   const serial = d.serial ?? null;
   const capabilities = (d.flr ?? null) !== null || serial !== null;
@@ -106,13 +107,15 @@ function configSpace(
   const view = new DataView(bytes.buffer);
   view.setUint16(0x00, ids.vendor, true);
   view.setUint16(0x02, ids.device, true);
-  view.setUint16(0x06, 0x0010, true); // Status: capability list present
+  // A CardBus header keeps its capability pointer and subsystem IDs elsewhere: it gets none.
+  const cardbus = ids.header === 2;
+  if (!cardbus) view.setUint16(0x06, 0x0010, true); // Status: capability list present
   view.setUint8(0x08, ids.revision);
   view.setUint8(0x09, ids.classCode & 0xff);
   view.setUint8(0x0a, (ids.classCode >> 8) & 0xff);
   view.setUint8(0x0b, (ids.classCode >> 16) & 0xff);
-  view.setUint8(0x0e, ids.bridge ? 1 : 0);
-  if (ids.bridge) {
+  view.setUint8(0x0e, ids.header);
+  if (ids.header !== 0) {
     // Bus numbers are not in the listings; a plausible secondary bus keeps lspci quiet.
     const bus = pciAddressParts(d.bdf).bus;
     view.setUint8(0x18, bus);
@@ -126,11 +129,12 @@ function configSpace(
       view.setUint16(0x2e, hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff), true);
     }
   }
+  if (cardbus) return bytes;
   view.setUint8(0x34, 0x40);
   if (capabilities) {
     // PCI Express capability v2: endpoint (or root port for bridges), DevCap bit 28 = FLR.
     view.setUint8(0x40, 0x10);
-    view.setUint16(0x42, 0x0002 | ((ids.bridge ? 4 : 0) << 4), true);
+    view.setUint16(0x42, 0x0002 | ((ids.header === 1 ? 4 : 0) << 4), true);
     view.setUint32(0x44, d.flr === true ? 1 << 28 : 0, true);
   }
   if (serial !== null) {
@@ -190,7 +194,8 @@ export function buildHostTree(
     const device = hexNumber(d.device, d.bdf, "device", 0xffff);
     const classCode = hexNumber(d.class, d.bdf, "class", 0xffffff);
     const revision = d.revision == null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
-    const bridge = classCode >> 8 === 0x0604;
+    const header = headerTypeOfClass(classCode);
+    const bridge = header !== 0;
     const path = `${devicesDir}/${address}`;
     Deno.mkdirSync(path, { recursive: true });
     const write = (name: string, text: string) => Deno.writeTextFileSync(`${path}/${name}`, text);
@@ -247,7 +252,7 @@ export function buildHostTree(
     if (d.modules != null) write("modules", `${d.modules.join(",")}\n`);
     Deno.writeFileSync(
       `${path}/config`,
-      configSpace(d, { vendor, device, classCode, revision, bridge }),
+      configSpace(d, { vendor, device, classCode, revision, header }),
     );
     if (d.driver != null) {
       Deno.mkdirSync(`${dir}/bus/pci/drivers/${d.driver}`, { recursive: true });

@@ -17,6 +17,7 @@ import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { comparePciAddress, pciAddressFromLibvirt } from "./pci_address.ts";
 import { checkWellFormed, readXmlElement, type XmlElement } from "./xml.ts";
 import { groupDevices } from "./iommu_groups.ts";
+import { isBridgeClass } from "./pci_class.ts";
 
 /** Where node-device XML comes from: a libvirt connection, or anything that behaves like one. */
 export interface NodeDeviceSource {
@@ -178,9 +179,10 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
       iommuGroup,
       numaNode: Number.isInteger(numa) && numa >= 0 ? numa : null,
       physicalSlot: null,
-      // libvirt writes <capability type='pci-bridge'/> for a type-1 header, as sysfs discovery
-      // checks the header beside the class code.
-      isBridge: classCode.startsWith("0604") || capabilities(pci, "pci-bridge").length > 0,
+      // libvirt writes <capability type='pci-bridge'/> for a type-1 header and 'cardbus-bridge'
+      // for a type-2 one, as sysfs discovery checks the header beside the class code.
+      isBridge: isBridgeClass(classCode) || capabilities(pci, "pci-bridge").length > 0 ||
+        capabilities(pci, "cardbus-bridge").length > 0,
       physfn,
       virtfns: vfCap === undefined ? [] : addressesIn(vfCap),
       bootVga: null,

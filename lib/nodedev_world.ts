@@ -23,6 +23,7 @@ import { HostDescriptionError } from "./host_tree.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressToLibvirt } from "./pci_address.ts";
 import type { PciAddress } from "./types.ts";
 import { escapeXmlAttribute } from "./xml.ts";
+import { headerTypeOfClass } from "./pci_class.ts";
 
 /** Options of {@link nodeDeviceWorldXml}. */
 export interface NodeDeviceWorldOptions {
@@ -138,7 +139,9 @@ export function nodeDeviceWorldXml(
         "      </capability>",
       );
     }
-    if (classCode.startsWith("0x0604")) lines.push("      <capability type='pci-bridge'/>");
+    const header = headerTypeOfClass(Number(classCode));
+    if (header === 1) lines.push("      <capability type='pci-bridge'/>");
+    if (header === 2) lines.push("      <capability type='cardbus-bridge'/>");
     if (d.group !== null) {
       lines.push(
         `      <iommuGroup number='${d.group}'>`,

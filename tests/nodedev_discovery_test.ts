@@ -11,6 +11,7 @@ import {
   topologyFromNodeDevices,
 } from "../lib/nodedev_discovery.ts";
 import { nodeDeviceName, nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
+import { topologyFromDescription } from "../lib/host_description.ts";
 import { compareTopologies } from "../lib/source_compare.ts";
 import type { HostDescription } from "../lib/host_tree.ts";
 import { HOST_NAMES, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
@@ -346,4 +347,41 @@ Deno.test({
     const named = libvirt.devices.filter((d) => d.vendorName !== null);
     assertOk(named.length > 0, "no vendor names from libvirt");
   },
+});
+
+Deno.test("every source marks PCI-to-PCI, semi-transparent and CardBus bridges, and only those", async () => {
+  const bridges = ["0000:00:01.0", "0000:00:1e.0", "0000:02:00.0"];
+  const description: HostDescription = {
+    devices: [
+      { bdf: "0000:00:00.0", class: "0x060000", vendor: "0x8086" }, // host bridge: type 0
+      { bdf: "0000:00:01.0", class: "0x060400", vendor: "0x8086" }, // PCI-to-PCI
+      { bdf: "0000:00:1e.0", class: "0x060901", vendor: "0x8086" }, // semi-transparent
+      { bdf: "0000:00:1f.0", class: "0x060100", vendor: "0x8086" }, // ISA bridge: type 0
+      { bdf: "0000:02:00.0", class: "0x060700", vendor: "0x1180" }, // CardBus
+      { bdf: "0000:03:00.0", class: "0x030000", vendor: "0x10de" },
+    ].map((d, i) => ({
+      ...d,
+      group: i,
+      device: "0x1234",
+      subsystem_vendor: null,
+      subsystem_device: null,
+      driver: null,
+      revision: "0x01",
+    })),
+  };
+  const bridgesOf = (host: { devices: { address: string; isBridge: boolean }[] }) =>
+    host.devices.filter((d) => d.isBridge).map((d) => d.address).sort();
+
+  assertEquals(bridgesOf(topologyFromDescription(description, { source: "listing" })), bridges);
+  await using tree = await tempHostTree(description);
+  // The built tree's config headers say type 1 and 2, which lspci reads back as bridges too.
+  const sysfs = await discoverHost({ root: tree.dir, reader: libcSysfsReader() });
+  assertEquals(bridgesOf(sysfs), bridges);
+  assertEquals(
+    sysfs.devices.filter((d) => d.address === "0000:02:00.0").map((d) => d.className),
+    ["CardBus bridge"],
+  );
+  await using world = await writeTempWorld(nodeDeviceWorldXml(description));
+  using source = openNodeDeviceSource(world.uri);
+  assertEquals(bridgesOf(discoverViaLibvirt(source)), bridges);
 });
