@@ -8,12 +8,15 @@
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import {
   computePlan,
+  endProcessIfHostsStuck,
   FLEET_FLAGS,
   FLEET_FLAGS_HELP,
+  hostTimeoutNote,
   HostWorkerPool,
   loadPlanConfig,
   openHostSession,
   parseFlags,
+  parseHostTimeout,
   parseParallel,
   PLAN_FLAGS,
   PLAN_FLAGS_HELP,
@@ -53,7 +56,8 @@ terminal, hosts go one after another: the host's plan, then "Apply to host NAME?
 the per-VM questions above; n skip this host; a this host and every remaining one without more
 questions; q stop), so questions never interleave. Backups and the lock of host NAME live in
 STATE/hosts/NAME. A host that fails (unreachable, refused) is reported and the others still
-apply.
+apply. A host that takes longer than --host-timeout (not counting time spent on questions) is
+reported as FAILED; if it timed out while applying, its state is unknown: check with plan.
 
 Exit codes: 0 ok, 1 a VM failed or was refused (on any host), or a runtime error, 2 usage error.
 `;
@@ -71,6 +75,7 @@ async function applyFleetHost(
   host: HostConfig,
   options: {
     parallel: number;
+    timeout: number | null;
     vm: string[] | undefined;
     stateDir: string;
     live: boolean;
@@ -83,7 +88,7 @@ async function applyFleetHost(
 ): Promise<FleetHostResult> {
   const session = openHostSession(
     { config, host, ...(options.vm ? { vms: options.vm } : {}) },
-    { inProcess: options.parallel === 1, pool: options.pool },
+    { inProcess: options.parallel === 1, pool: options.pool, timeout: options.timeout },
   );
   try {
     const planned = await session.plan();
@@ -137,13 +142,17 @@ async function runFleetApply(
     json: boolean;
     live: boolean;
     parallel?: string | undefined;
+    "host-timeout"?: string | undefined;
     vm?: string[] | undefined;
   },
   state: StateDir,
   io: CliIo,
 ): Promise<number> {
   const parallel = parseParallel(values.parallel);
+  const timeout = parseHostTimeout(values["host-timeout"]);
   checkVmNames(config, values.vm);
+  const note = hostTimeoutNote(timeout);
+  if (note !== null) io.err(note);
   const hostsDir = join(state.path, "hosts");
   ensurePrivateDir(hostsDir, state);
   const shared = { all: false, quit: false };
@@ -151,6 +160,7 @@ async function runFleetApply(
   const options = {
     pool,
     parallel,
+    timeout,
     vm: values.vm,
     stateDir: hostsDir,
     live: values.live,
@@ -170,7 +180,9 @@ async function runFleetApply(
   } else {
     io.out(renderFleetApplySummary(results, { color: io.color }));
   }
-  return fleetFailed(results) ? 1 : 0;
+  const code = fleetFailed(results) ? 1 : 0;
+  endProcessIfHostsStuck(code);
+  return code;
 }
 
 /** The `apply` command. */

@@ -7,10 +7,13 @@
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import {
   computePlan,
+  endProcessIfHostsStuck,
   FLEET_FLAGS,
   FLEET_FLAGS_HELP,
+  hostTimeoutNote,
   loadPlanConfig,
   parseFlags,
+  parseHostTimeout,
   parseParallel,
   PLAN_FLAGS,
   PLAN_FLAGS_HELP,
@@ -35,7 +38,8 @@ ${FLEET_FLAGS_HELP}
 With a hosts: section in the config, each host is discovered and planned on its own (in
 parallel, --parallel at a time) and shown in its own section; --json then prints
 {"hosts": [{"name", "uri", "plan", "error"}]}. A host that fails is reported, the others are
-still planned, and the exit code is 1.
+still planned, and the exit code is 1. A host that takes longer than --host-timeout is
+reported as timed out (a failure) and the others go on.
 
 Exit codes: 0 ok, 1 refused or failed (on any host), 2 usage error (or changes pending with
 --detailed-exitcode).
@@ -87,18 +91,23 @@ async function runFleetPlan(
     json: boolean;
     "detailed-exitcode": boolean;
     parallel?: string | undefined;
+    "host-timeout"?: string | undefined;
     vm?: string[] | undefined;
   },
   hosts: NonNullable<ReturnType<typeof fleetHosts>>,
   io: CliIo,
 ): Promise<number> {
   const parallel = parseParallel(values.parallel);
+  const timeout = parseHostTimeout(values["host-timeout"]);
   checkVmNames(config, values.vm);
-  const results = await planFleet(config, { hosts, parallel, vms: values.vm });
+  const note = hostTimeoutNote(timeout);
+  if (note !== null) io.err(note);
+  const results = await planFleet(config, { hosts, parallel, vms: values.vm, timeout });
   io.out(values.json ? fleetPlanJson(results) : renderFleetPlan(results, { color: io.color }));
-  if (fleetFailed(results)) return 1;
   const pending = results.some((r) => r.plan?.vms.some((vm) => vm.changed));
-  return values["detailed-exitcode"] && pending ? 2 : 0;
+  const code = fleetFailed(results) ? 1 : values["detailed-exitcode"] && pending ? 2 : 0;
+  endProcessIfHostsStuck(code);
+  return code;
 }
 
 /** The `plan` command. */

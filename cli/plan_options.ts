@@ -18,6 +18,7 @@ import {
   type FleetHostResult,
   type FleetStage,
   hostError,
+  hostTimeoutError,
   runBounded,
 } from "../lib/fleet.ts";
 import type { HostTopology } from "../lib/types.ts";
@@ -135,16 +136,32 @@ export function planJson(plan: Plan): string {
 /** Default of `--parallel`: how many hosts are discovered, planned and applied at once. */
 export const DEFAULT_PARALLEL = 4;
 
+/**
+ * Default of `--host-timeout`, in seconds: how long one host may work (discover, plan, apply;
+ * not the time spent waiting for answers) before it is reported as failed. The slowest host
+ * measured (20 VMs behind 0.5 s connect and 10 ms per request, in docs/FLEET.md) took ~14 s, so
+ * 300 s leaves twenty times that for slow links and big hosts, while a hung daemon still costs
+ * a run minutes, not forever.
+ */
+export const DEFAULT_HOST_TIMEOUT = 300;
+
+/** The largest `--host-timeout` (a day; timers overflow past ~24.8 days). */
+export const MAX_HOST_TIMEOUT = 86_400;
+
 /** Help lines for the fleet flags of `plan` and `apply`. */
 export const FLEET_FLAGS_HELP = [
   "      --host NAME     with a hosts: config, only this host (repeatable)",
   `      --parallel N    with a hosts: config, hosts worked on at once (default ${DEFAULT_PARALLEL})`,
+  "      --host-timeout SECONDS",
+  `                      with a hosts: config, seconds a host may take before it is reported as`,
+  `                      failed (default ${DEFAULT_HOST_TIMEOUT}; 0: no limit)`,
 ].join("\n");
 
 /** `parseArgs` options for fleets. */
 export const FLEET_FLAGS = {
   host: { type: "string", multiple: true },
   parallel: { type: "string" },
+  "host-timeout": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 /** Parses `--parallel N` (a whole number from 1). */
@@ -155,6 +172,31 @@ export function parseParallel(text: string | undefined): number {
     throw new UsageError(`Invalid --parallel "${text}": expected a whole number from 1`);
   }
   return n;
+}
+
+/**
+ * Parses `--host-timeout SECONDS` (a number from 0 to {@link MAX_HOST_TIMEOUT}; fractions
+ * allowed) into milliseconds, or `null` for `0` (no limit).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals([parseHostTimeout(undefined), parseHostTimeout("1.5"), parseHostTimeout("0")], [
+ *   300_000,
+ *   1_500,
+ *   null,
+ * ]);
+ * ```
+ */
+export function parseHostTimeout(text: string | undefined): number | null {
+  if (text === undefined) return DEFAULT_HOST_TIMEOUT * 1000;
+  const seconds = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text.trim()) || !(seconds <= MAX_HOST_TIMEOUT)) {
+    throw new UsageError(
+      `Invalid --host-timeout "${text}": expected seconds from 0 (no limit) to ${MAX_HOST_TIMEOUT}`,
+    );
+  }
+  return seconds === 0 ? null : Math.max(1, Math.round(seconds * 1000));
 }
 
 /** Loads the config named by `--config`, `PASSTHROUGH_CONFIG` or the default. */
@@ -198,21 +240,62 @@ export interface HostSessionInit {
   vms?: string[];
 }
 
-/** Does the work of one host in this thread (the worker's body, and `--parallel 1`'s shortcut). */
-function localSession(init: HostSessionInit): HostSession & { result: FleetHostResult } {
+/**
+ * `port` refusing every libvirt call once `cancelled()` holds (closing still works). A worker
+ * whose host timed out is terminated while blocked in a libvirt call, but Deno runs its
+ * JavaScript on when that call returns, up to the next pause of its event loop (verified: a
+ * terminated worker went on writing files after its FFI call returned): without this guard an
+ * apply given up on could go on to define the next VMs.
+ */
+function guardPort(port: OpenLibvirtPort, cancelled: () => boolean): OpenLibvirtPort {
+  return new Proxy(port, {
+    get(target, key, receiver) {
+      const value = Reflect.get(target, key, receiver);
+      if (typeof value !== "function" || key === "close" || key === Symbol.dispose) return value;
+      return (...args: unknown[]) => {
+        if (cancelled()) {
+          throw new Error(`The host timed out: libvirt call "${String(key)}" not made`);
+        }
+        return Reflect.apply(value, target, args);
+      };
+    },
+  });
+}
+
+/** What {@link localSession} reports to and hears from the thread that waits for it. */
+interface LocalSessionHooks {
+  /** Hears each step as it starts, so a host that times out is reported with its step. */
+  onStage?: (stage: FleetStage) => void;
+  /** Whether the host was given up on: no libvirt call is made after that. */
+  cancelled?: () => boolean;
+}
+
+/**
+ * Does the work of one host in this thread (the worker's body, and the shortcut of
+ * `--parallel 1 --host-timeout 0`).
+ */
+function localSession(
+  init: HostSessionInit,
+  hooks: LocalSessionHooks = {},
+): HostSession & { result: FleetHostResult } {
+  const { onStage = () => {}, cancelled = () => false } = hooks;
   const { host } = init;
   const result: FleetHostResult = { name: host.name, uri: host.uri, plan: null, error: null };
   let libvirt: OpenLibvirtPort | null = null;
   let stage: FleetStage = "discover";
+  const enter = (next: FleetStage) => {
+    stage = next;
+    onStage(next);
+  };
   return {
     result,
     async plan() {
       try {
-        stage = "discover";
+        enter("discover");
         const topology = await discoverFleetHost(host);
-        stage = "connect";
-        libvirt = openLibvirtPort(host.uri);
-        stage = "plan";
+        enter("connect");
+        libvirt = guardPort(openLibvirtPort(host.uri), cancelled);
+        enter("plan");
         const config = configForHost(init.config, host.name);
         const vms = init.vms?.filter((vm) => config.vms.some((v) => v.name === vm));
         result.plan = planHostdevs({
@@ -228,6 +311,7 @@ function localSession(init: HostSessionInit): HostSession & { result: FleetHostR
     },
     async apply(options) {
       if (result.plan === null || libvirt === null) return result;
+      enter("apply");
       try {
         result.report = await applyPlan(result.plan, {
           libvirt,
@@ -250,15 +334,29 @@ function localSession(init: HostSessionInit): HostSession & { result: FleetHostR
 }
 
 type ToWorker =
-  | { op: "plan"; init: HostSessionInit }
+  | {
+    op: "plan";
+    init: HostSessionInit;
+    /** An `Int32Array` over it: element 0 becomes 1 when the host timed out. */
+    cancel: SharedArrayBuffer;
+  }
   | { op: "apply"; stateDir: string; live: boolean; ask: boolean }
   | { op: "answer"; answer: ConfirmAnswer }
   | { op: "close" };
 
 type FromWorker =
+  | { op: "ready" }
+  | { op: "stage"; stage: FleetStage }
   | { op: "result"; result: FleetHostResult }
   | { op: "confirm"; vm: string }
   | { op: "closed" };
+
+/**
+ * Workers terminated while a libvirt call may still block their thread (a host that timed out),
+ * in this process. Deno waits for every worker thread before the process ends, a terminated one
+ * too, and a synchronous FFI call cannot be interrupted: see {@link endProcessIfHostsStuck}.
+ */
+let stuckWorkers = 0;
 
 /**
  * Up to `size` host workers, reused from host to host: a worker costs a fresh isolate that loads
@@ -268,11 +366,28 @@ export class HostWorkerPool implements Disposable {
   #idle: Worker[] = [];
   #all = new Set<Worker>();
 
-  /** An idle worker, or a new one. */
-  acquire(): Worker {
-    const worker = this.#idle.pop() ?? new Worker(new URL(import.meta.url), { type: "module" });
+  /**
+   * An idle worker, or a new one; `ready` settles once it has loaded (a host's timeout starts
+   * then: loading is this process's cost, not the host's) or failed to.
+   */
+  acquire(): { worker: Worker; ready: Promise<void> } {
+    const idle = this.#idle.pop();
+    if (idle !== undefined) return { worker: idle, ready: Promise.resolve() };
+    const worker = new Worker(new URL(import.meta.url), { type: "module" });
     this.#all.add(worker);
-    return worker;
+    const ready = new Promise<void>((resolve) => {
+      const done = () => {
+        worker.removeEventListener("message", onMessage);
+        worker.removeEventListener("error", done);
+        resolve();
+      };
+      const onMessage = (event: MessageEvent<FromWorker>) => {
+        if (event.data.op === "ready") done();
+      };
+      worker.addEventListener("message", onMessage);
+      worker.addEventListener("error", done);
+    });
+    return { worker, ready };
   }
 
   /** Gives `worker` back; a broken one is terminated instead. */
@@ -283,6 +398,16 @@ export class HostWorkerPool implements Disposable {
     } else {
       this.#idle.push(worker);
     }
+  }
+
+  /**
+   * Terminates `worker`, which is busy with a host that timed out. Its thread may stay blocked
+   * inside libvirt until the call returns, which may be never.
+   */
+  abandon(worker: Worker): void {
+    worker.terminate();
+    this.#all.delete(worker);
+    stuckWorkers++;
   }
 
   /** Terminates every worker. */
@@ -297,68 +422,155 @@ export class HostWorkerPool implements Disposable {
   }
 }
 
-/** Runs one host in a Web Worker running this module, borrowed from `pool`. */
-function workerSession(init: HostSessionInit, pool: HostWorkerPool): HostSession {
-  const worker = pool.acquire();
-  let waiting: ((message: FromWorker) => void) | null = null;
+/** The entry module of the CLI: only its own process may be ended early. */
+const CLI_MAIN = new URL("../main.ts", import.meta.url).href;
+
+/**
+ * Ends the process with `code` once the command has returned, when a host that timed out left a
+ * worker thread blocked in libvirt: Deno would otherwise wait for that thread before exiting,
+ * possibly forever. Only when `main.ts` is the main module (the CLI's own process): a test
+ * runner calling `main()` must keep running, and must unblock its hung hosts itself.
+ */
+export function endProcessIfHostsStuck(code: number): void {
+  if (stuckWorkers === 0 || Deno.mainModule !== CLI_MAIN) return;
+  // A macrotask: main.ts has set Deno.exitCode and all output is written (synchronously) by then.
+  setTimeout(() => Deno.exit(code), 0);
+}
+
+/** What a host worker's session is opened with besides the host. */
+interface WorkerSessionOptions {
+  pool: HostWorkerPool;
+  /** The host's time budget in milliseconds (`--host-timeout`), or `null` for none. */
+  timeout: number | null;
+}
+
+/**
+ * At least this long is given to closing a host's connections after its work finished, even
+ * when little of the budget is left (closing a remote connection is a round trip).
+ */
+const CLOSE_GRACE_MS = 1000;
+
+/**
+ * Runs one host in a Web Worker running this module, borrowed from `pool`. With a timeout, the
+ * host's work is timed against one budget: the clock runs while the worker works on a request
+ * (plan, apply, close) and stops while a question waits for the user. When it runs out the
+ * worker is abandoned ({@link HostWorkerPool.abandon}) and the host reported as timed out.
+ */
+function workerSession(init: HostSessionInit, options: WorkerSessionOptions): HostSession {
+  const { pool, timeout } = options;
+  const { worker, ready } = pool.acquire();
+  type Reply = FromWorker | { op: "timeout" };
+  let waiting: ((reply: Reply) => void) | null = null;
   let confirm: HostApplyOptions["confirm"] = null;
   let plan: Plan | null = null;
   let failed: string | null = null;
+  let timedOut = false;
   let stage: FleetStage = "discover";
-  const fail = (message: string) => {
-    failed = message;
-    const w = waiting;
-    waiting = null;
-    w?.({ op: "closed" });
-  };
-  worker.onmessage = async (event: MessageEvent<FromWorker>) => {
-    const message = event.data;
-    if (message.op === "confirm") {
-      const vm = plan?.vms.find((v) => v.name === message.vm);
-      const answer = confirm !== null && vm !== undefined ? await confirm(vm) : "all";
-      worker.postMessage({ op: "answer", answer } satisfies ToWorker);
-      return;
-    }
+  const cancel = new SharedArrayBuffer(4);
+
+  // The budget: time spent so far, and since when the clock has been running.
+  let spent = 0;
+  let since: number | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const reply = (message: Reply) => {
     const w = waiting;
     waiting = null;
     w?.(message);
   };
+  const expire = () => {
+    since = null;
+    timedOut = true;
+    Atomics.store(new Int32Array(cancel), 0, 1);
+    worker.onmessage = null;
+    worker.onerror = null;
+    pool.abandon(worker);
+    reply({ op: "timeout" });
+  };
+  const startClock = (minimum = 0) => {
+    if (timeout === null) return;
+    since = performance.now();
+    timer = setTimeout(expire, Math.max(minimum, timeout - spent));
+  };
+  const stopClock = () => {
+    if (since === null) return;
+    clearTimeout(timer);
+    spent += performance.now() - since;
+    since = null;
+  };
+
+  worker.onmessage = async (event: MessageEvent<FromWorker>) => {
+    const message = event.data;
+    if (message.op === "ready") return;
+    if (message.op === "stage") {
+      stage = message.stage;
+      return;
+    }
+    if (message.op === "confirm") {
+      // The user's thinking time is not the host's.
+      stopClock();
+      const vm = plan?.vms.find((v) => v.name === message.vm);
+      const answer = confirm !== null && vm !== undefined ? await confirm(vm) : "all";
+      if (timedOut || failed !== null) return;
+      startClock();
+      worker.postMessage({ op: "answer", answer } satisfies ToWorker);
+      return;
+    }
+    stopClock();
+    reply(message);
+  };
   worker.onerror = (event: ErrorEvent) => {
     event.preventDefault();
-    fail(event.message || "The host worker stopped");
+    stopClock();
+    failed = event.message || "The host worker stopped";
+    reply({ op: "closed" });
   };
-  const request = (message: ToWorker) =>
-    new Promise<FromWorker>((resolve) => {
-      if (failed !== null) return resolve({ op: "closed" });
+  const request = async (message: ToWorker, minimum = 0): Promise<Reply> => {
+    await ready;
+    if (failed !== null || timedOut) return { op: "closed" };
+    return await new Promise<Reply>((resolve) => {
       waiting = resolve;
+      startClock(minimum);
       worker.postMessage(message);
     });
+  };
   const broken = (): FleetHostResult => ({
     name: init.host.name,
     uri: init.host.uri,
     plan,
     error: { stage, name: "WorkerError", message: failed ?? "The host worker stopped", code: null },
   });
+  const expired = (): FleetHostResult => ({
+    name: init.host.name,
+    uri: init.host.uri,
+    plan,
+    ...(stage === "apply" ? { report: null } : {}),
+    error: hostTimeoutError(init.host, { stage, seconds: (timeout ?? 0) / 1000 }),
+  });
   return {
     async plan() {
-      const reply = await request({ op: "plan", init });
-      if (reply.op !== "result") return broken();
-      plan = reply.result.plan;
-      return reply.result;
+      const answer = await request({ op: "plan", init, cancel });
+      if (answer.op === "timeout") return expired();
+      if (answer.op !== "result") return broken();
+      plan = answer.result.plan;
+      return answer.result;
     },
     async apply(options) {
       stage = "apply";
       confirm = options.confirm;
-      const reply = await request({
+      const answer = await request({
         op: "apply",
         stateDir: options.stateDir,
         live: options.live,
         ask: options.confirm !== null,
       });
-      return reply.op === "result" ? reply.result : broken();
+      if (answer.op === "timeout") return expired();
+      return answer.op === "result" ? answer.result : broken();
     },
     async close() {
-      if (failed === null) await request({ op: "close" });
+      if (timedOut) return;
+      // The host's outcome is already known: a close that hangs only abandons the worker.
+      if (failed === null) await request({ op: "close" }, CLOSE_GRACE_MS);
+      if (timedOut) return;
       worker.onmessage = null;
       worker.onerror = null;
       pool.release(worker, { broken: failed !== null });
@@ -375,21 +587,43 @@ export const WORKERS_AVAILABLE = import.meta.url.endsWith("/cli/plan_options.ts"
 
 /**
  * Opens a session for one host: in a Web Worker, or in this thread with `inProcess` (used with
- * `--parallel 1`, where a worker buys nothing) or when workers are not available.
+ * `--parallel 1`, where a worker buys nothing) when no timeout applies, or when workers are not
+ * available. A timeout needs a worker: a libvirt call that never returns blocks its thread, and
+ * only another thread can stop waiting for it.
  */
 export function openHostSession(
   init: HostSessionInit,
-  options: { inProcess: boolean; pool: HostWorkerPool },
+  options: { inProcess: boolean; pool: HostWorkerPool; timeout?: number | null },
 ): HostSession {
-  return options.inProcess || !WORKERS_AVAILABLE
+  const timeout = options.timeout ?? null;
+  return (options.inProcess && timeout === null) || !WORKERS_AVAILABLE
     ? localSession(init)
-    : workerSession(init, options.pool);
+    : workerSession(init, { pool: options.pool, timeout });
 }
 
-/** Plans every host of `hosts`, at most `parallel` at once; results in `hosts` order. */
+/**
+ * A note for stderr when `--host-timeout` cannot be enforced (no workers: a `deno bundle` file),
+ * else `null`.
+ */
+export function hostTimeoutNote(timeout: number | null): string | null {
+  return timeout !== null && !WORKERS_AVAILABLE
+    ? "Note: --host-timeout is not enforced here: without worker threads (a bundle), hosts run " +
+      "in the main thread and a hung libvirt call cannot be given up on\n"
+    : null;
+}
+
+/**
+ * Plans every host of `hosts`, at most `parallel` at once; results in `hosts` order. A host
+ * that takes longer than `timeout` milliseconds is reported as timed out.
+ */
 export async function planFleet(
   config: Config,
-  options: { hosts: HostConfig[]; parallel: number; vms?: string[] | undefined },
+  options: {
+    hosts: HostConfig[];
+    parallel: number;
+    vms?: string[] | undefined;
+    timeout?: number | null;
+  },
 ): Promise<FleetHostResult[]> {
   using pool = new HostWorkerPool();
   return await runBounded(options.hosts, {
@@ -397,7 +631,7 @@ export async function planFleet(
     run: async (host) => {
       const session = openHostSession(
         { config, host, ...(options.vms ? { vms: options.vms } : {}) },
-        { inProcess: options.parallel === 1, pool },
+        { inProcess: options.parallel === 1, pool, timeout: options.timeout ?? null },
       );
       try {
         return await session.plan();
@@ -420,7 +654,11 @@ function serveWorker(): void {
   scope.onmessage = async (event) => {
     const message = event.data;
     if (message.op === "plan") {
-      session = localSession(message.init);
+      const cancel = new Int32Array(message.cancel);
+      session = localSession(message.init, {
+        onStage: (stage) => scope.postMessage({ op: "stage", stage }),
+        cancelled: () => Atomics.load(cancel, 0) !== 0,
+      });
       scope.postMessage({ op: "result", result: await session.plan() });
     } else if (message.op === "apply" && session !== null) {
       const ask = message.ask
@@ -445,6 +683,7 @@ function serveWorker(): void {
       scope.postMessage({ op: "closed" });
     }
   };
+  scope.postMessage({ op: "ready" });
 }
 
 if (WORKERS_AVAILABLE && import.meta.main && "WorkerGlobalScope" in globalThis) serveWorker();

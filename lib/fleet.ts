@@ -180,6 +180,47 @@ export function hostError(stage: FleetStage, error: unknown): FleetHostError {
   };
 }
 
+/** What a host was doing, for messages: "discover" becomes "discovering". */
+const DOING: Record<FleetStage, string> = {
+  discover: "discovering",
+  connect: "connecting",
+  plan: "planning",
+  apply: "applying",
+};
+
+/**
+ * The {@link FleetHostError} of a host that did not finish within `--host-timeout` (name
+ * `HostTimeoutError`). Before `apply` nothing was written, and the message says so; during
+ * `apply` some VMs may have been defined and others not, and the message says that the state is
+ * unknown, never that anything succeeded.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const host = { name: "hv2", uri: "qemu+ssh://hv2/system" };
+ * assertEquals(
+ *   hostTimeoutError(host, { stage: "apply", seconds: 300 }).message,
+ *   'Host "hv2" at "qemu+ssh://hv2/system" timed out after 300 s (--host-timeout) while ' +
+ *     "applying: some VMs may be changed, others not: state unknown: check with plan",
+ * );
+ * ```
+ */
+export function hostTimeoutError(
+  host: { name: string; uri: string },
+  options: { stage: FleetStage; seconds: number },
+): FleetHostError {
+  const what = options.stage === "apply"
+    ? "some VMs may be changed, others not: state unknown: check with plan"
+    : "nothing was changed there";
+  return {
+    stage: options.stage,
+    name: "HostTimeoutError",
+    message: `Host "${host.name}" at "${host.uri}" timed out after ${options.seconds} s ` +
+      `(--host-timeout) while ${DOING[options.stage]}: ${what}`,
+    code: null,
+  };
+}
+
 /** Whether a host's plan refuses anything (globally or for a VM). */
 function planRefuses(plan: Plan): boolean {
   return plan.errors.length > 0 || plan.vms.some((vm) => vm.errors.length > 0);

@@ -160,16 +160,23 @@ Deno.test("runBounded() never runs more than the limit and keeps item order", as
   assertEquals(peak, 3);
 });
 
-for (const parallel of ["1", "4"]) {
+// --parallel 1 runs in one worker while a timeout applies; with --host-timeout 0, in this thread.
+for (
+  const flags of [
+    ["--parallel", "1", "--host-timeout", "0"],
+    ["--parallel", "1"],
+    ["--parallel", "4"],
+  ]
+) {
   Deno.test(
-    `plan and apply over two test-driver worlds resolve each host's own cards (--parallel ${parallel})`,
+    `plan and apply over two test-driver worlds resolve each host's own cards (${flags.join(" ")})`,
     async () => {
       const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
       try {
         const config = await testDriverFleet(dir);
         const planIo = captureIo();
         const planCode = await main(
-          ["plan", "--json", "-f", config, "--parallel", parallel],
+          ["plan", "--json", "-f", config, ...flags],
           planIo,
         );
         assertEquals(planCode, 0, planIo.stderr());
@@ -193,8 +200,7 @@ for (const parallel of ["1", "4"]) {
             config,
             "--state-dir",
             `${dir}/state`,
-            "--parallel",
-            parallel,
+            ...flags,
           ],
           applyIo,
         );
@@ -511,4 +517,242 @@ Deno.test("hostError() keeps the causes and libvirt's code; fleetFailed() sees e
     fleetFailed([{ ...ok, report: { ok: false } as unknown as ApplyReport }]),
     true,
   );
+});
+
+/** libvirt's remote protocol: the procedure number of `virDomainDefineXMLFlags`. */
+const REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS = 350;
+
+/**
+ * A UNIX socket a libvirt client can connect to that never answers: with `upstream: null` it
+ * accepts and reads every request and replies to none (a daemon hung from the start); with
+ * `upstream`, it forwards libvirt's RPC packets to that daemon socket until the client calls
+ * procedure `stallAt`, then holds that call and everything after it (a daemon that hangs in
+ * the middle of the work). `procedures` lists the calls seen, for failure messages.
+ */
+function hungDaemon(
+  path: string,
+  options: { upstream: string | null; stallAt?: number },
+): AsyncDisposable & { procedures: number[]; stalled: () => boolean } {
+  const listener = Deno.listen({ transport: "unix", path });
+  const conns: Deno.Conn[] = [];
+  const tasks: Promise<unknown>[] = [];
+  const procedures: number[] = [];
+  let stalled = false;
+  const swallow = async (conn: Deno.Conn) => {
+    const buffer = new Uint8Array(65536);
+    while ((await conn.read(buffer)) !== null) { /* never answered */ }
+  };
+  const copy = async (from: Deno.Conn, to: Deno.Conn) => {
+    const buffer = new Uint8Array(65536);
+    for (let n; (n = await from.read(buffer)) !== null;) await to.write(buffer.subarray(0, n));
+  };
+  // Client to daemon, one whole packet at a time (4-byte length, itself included; the
+  // procedure is the fourth word), so a call is either forwarded whole or held.
+  const forward = async (from: Deno.Conn, to: Deno.Conn) => {
+    const buffer = new Uint8Array(65536);
+    let pending = new Uint8Array(0);
+    for (let n; (n = await from.read(buffer)) !== null;) {
+      const joined = new Uint8Array(pending.length + n);
+      joined.set(pending);
+      joined.set(buffer.subarray(0, n), pending.length);
+      pending = joined;
+      while (!stalled && pending.length >= 16) {
+        const view = new DataView(pending.buffer);
+        const length = view.getUint32(0);
+        if (pending.length < length) break;
+        const procedure = view.getUint32(12);
+        procedures.push(procedure);
+        if (procedure === options.stallAt) {
+          stalled = true;
+          break;
+        }
+        await to.write(pending.subarray(0, length));
+        pending = pending.slice(length);
+      }
+    }
+  };
+  const serve = async () => {
+    for await (const client of listener) {
+      conns.push(client);
+      if (options.upstream === null) {
+        tasks.push(swallow(client));
+        continue;
+      }
+      const daemon = await Deno.connect({ transport: "unix", path: options.upstream });
+      conns.push(daemon);
+      tasks.push(copy(daemon, client), forward(client, daemon));
+    }
+  };
+  tasks.push(serve());
+  return {
+    procedures,
+    stalled: () => stalled,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const conn of conns) conn.close();
+      await Promise.allSettled(tasks);
+    },
+  };
+}
+
+/** {@link cli}, killed if it has not exited after `deadline` ms; with its wall time. */
+async function timedCli(args: string[], deadline: number) {
+  const started = performance.now();
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...documentedPermissions(), MAIN, ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(deadline),
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return {
+    code: output.code,
+    signal: output.signal,
+    stdout: decode(output.stdout),
+    stderr: decode(output.stderr),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+Deno.test("a host whose daemon never answers times out, the other host applies, and the process exits", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+  try {
+    const config = await testDriverFleet(dir);
+    const hung = `qemu:///system?socket=${dir}/hung.sock`;
+    await Deno.writeTextFile(
+      config,
+      (await Deno.readTextFile(config)).replace(
+        `"test://${dir}/hv2.xml"`,
+        `"${hung}"`,
+      ),
+    );
+    await using _daemon = hungDaemon(`${dir}/hung.sock`, { upstream: null });
+    const state = ["--state-dir", `${dir}/state`];
+
+    // Workers: hv2's worker is left blocked in virConnectOpen; the CLI still ends.
+    const applied = await timedCli(
+      ["apply", "--yes", "--json", "-f", config, ...state, "--host-timeout", "1"],
+      30_000,
+    );
+    assertEquals([applied.code, applied.signal], [1, null], applied.stdout + applied.stderr);
+    const { hosts } = JSON.parse(applied.stdout) as { hosts: FleetJsonHost[] };
+    const [hv1, hv2] = hosts;
+    assertEquals(hv1?.error, null);
+    assertEquals(
+      hv1?.report?.vms.map((vm) => [vm.vm, vm.status, vm.added]),
+      Object.entries(EXPECTED_ADDS.hv1).map(([vm, added]) => [vm, "changed", added]),
+    );
+    assertEquals(
+      [hv2?.name, hv2?.report ?? null, hv2?.error?.stage, hv2?.error?.name],
+      ["hv2", null, "discover", "HostTimeoutError"],
+    );
+    assertEquals(
+      hv2?.error?.message,
+      `Host "hv2" at "${hung}" timed out after 1 s (--host-timeout) while discovering: ` +
+        "nothing was changed there",
+    );
+    // Start-up, hv1's work and hv2's second: far below the deadline that would mean a hang.
+    assertOk(applied.seconds < 20, `took ${applied.seconds} s`);
+
+    // --parallel 1 runs the hosts in one worker, in turn: hv2 times out, hv1 is planned after.
+    await Deno.writeTextFile(
+      config,
+      (await Deno.readTextFile(config)).replace(/^( {2}hv1: .*\n)( {2}hv2: .*\n)/m, "$2$1"),
+    );
+    const planned = await timedCli(
+      ["plan", "-f", config, "--parallel", "1", "--host-timeout", "1"],
+      30_000,
+    );
+    assertEquals([planned.code, planned.signal], [1, null], planned.stdout + planned.stderr);
+    assertMatch(
+      planned.stdout,
+      /=== host hv2 [^\n]*\n {2}FAILED to discover: Host "hv2" at "[^"]*hung\.sock" timed out after 1 s \(--host-timeout\) while discovering: nothing was changed there\n/,
+    );
+    // The test driver keeps no state across processes: hv1 is planned with its changes again.
+    assertMatch(
+      planned.stdout,
+      /=== host hv1 [\s\S]*VM render[\s\S]*2 hosts: 1 with changes, 0 with refusals, 1 failed/,
+    );
+    assertOk(planned.seconds < 20, `took ${planned.seconds} s`);
+
+    const bad = await timedCli(["plan", "-f", config, "--host-timeout", "1m"], 30_000);
+    assertEquals(bad.code, 2);
+    assertMatch(bad.stderr, /Invalid --host-timeout "1m": expected seconds from 0 \(no limit\)/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "a host that hangs while applying is reported as state unknown, never as applied",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-fleet-" });
+    await using daemon = await startLibvirtd();
+    const suffix = crypto.randomUUID().slice(0, 8);
+    const render = `render-${suffix}`;
+    const store = `store-${suffix}`;
+    try {
+      const config = await testDriverFleet(dir);
+      buildHostTree(loadHostDescription(new URL(`${HV2}.json`, HOSTS)), `${dir}/hv2`);
+      {
+        using port = openLibvirtPort(daemon.uri);
+        // One domain: each define costs seconds (the QEMU driver probes QEMU).
+        port.define(qemuDomain(render));
+      }
+      const proxied = `qemu:///system?socket=${dir}/stall.sock`;
+      await Deno.writeTextFile(
+        config,
+        (await Deno.readTextFile(config))
+          .replace(
+            `{ connect: "test://${dir}/hv2.xml", discovery: libvirt }`,
+            `{ connect: "${proxied}", discovery: sysfs, sysfs: hv2 }`,
+          ).replaceAll("render:", `${render}:`)
+          .replace("  store:\n", `  ${store}:\n    host: hv1\n`),
+      );
+      // hv1 is a test-driver world whose domains keep the plain names.
+      await Deno.writeTextFile(
+        `${dir}/hv1.xml`,
+        (await Deno.readTextFile(`${dir}/hv1.xml`))
+          .replace("<name>render</name>", `<name>${render}</name>`)
+          .replace("<name>store</name>", `<name>${store}</name>`),
+      );
+      await using stall = hungDaemon(`${dir}/stall.sock`, {
+        upstream: `${daemon.dir}/libvirt-sock`,
+        stallAt: REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS,
+      });
+
+      const run = await timedCli(
+        ["apply", "--yes", "-f", config, "--state-dir", `${dir}/state`, "--host-timeout", "2"],
+        60_000,
+      );
+      assertEquals([run.code, run.signal], [1, null], run.stdout + run.stderr);
+      assertOk(stall.stalled(), `the define was never sent: ${stall.procedures}`);
+      assertMatch(
+        run.stdout,
+        new RegExp(
+          `=== host hv2 [\\s\\S]*FAILED to apply: Host "hv2" at "[^"]*stall\\.sock" timed out ` +
+            `after 2 s \\(--host-timeout\\) while applying: some VMs may be changed, others not: ` +
+            `state unknown: check with plan\\n`,
+        ),
+      );
+      assertMatch(run.stdout, /Hosts:\n\s+changed hv1\n\s+FAILED hv2\n/);
+      assertOk(!/changed hv2|unchanged hv2/.test(run.stdout), run.stdout);
+      assertOk(run.seconds < 40, `took ${run.seconds} s`);
+    } finally {
+      if (!daemon.isolated) {
+        using conn = Connection.open(daemon.uri);
+        for (const vm of [render, store]) {
+          try {
+            using dom = conn.lookupDomainByName(vm);
+            dom.undefine();
+          } catch {
+            // Never defined.
+          }
+        }
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
