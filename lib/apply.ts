@@ -281,7 +281,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   let answerAll = false;
   let quit = false;
 
-  for (const vm of releaseOrder(plan.vms)) {
+  for (const vm of releaseOrder(plan.vms, plan.groupOf)) {
     if (plan.errors.length > 0) {
       // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
       done.set(
@@ -313,7 +313,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       done.set(vm, result(vm, "unchanged", "no-changes", "No changes"));
       continue;
     }
-    const blockers = takenFrom(vm, plan.vms).filter(({ from }) =>
+    const blockers = takenFrom(vm, plan.vms, plan.groupOf).filter(({ from }) =>
       done.has(from) && done.get(from)!.status !== "changed"
     );
     if (blockers.length > 0) {
@@ -380,33 +380,51 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
 }
 
 /** The other VMs of `vms` whose plans release devices `vm` takes, with those devices. */
+/**
+ * The VMs that release what `vm` takes: the same functions, or (with `groupOf`) any function of
+ * an IOMMU group `vm` takes a function of, since VFIO assigns a group to one guest as a whole.
+ * `addresses` are the released functions involved.
+ */
 function takenFrom(
   vm: VmPlan,
   vms: readonly VmPlan[],
+  groupOf: Readonly<Record<PciAddress, number>> = {},
 ): { from: VmPlan; addresses: PciAddress[] }[] {
   const taking = new Set([...vm.add.map((a) => a.address), ...vm.move.map((m) => m.to)]);
+  const takingGroups = new Set(
+    [...taking].map((a) => groupOf[a]).filter((g): g is number => g !== undefined),
+  );
   const out: { from: VmPlan; addresses: PciAddress[] }[] = [];
   for (const other of vms) {
     if (other === vm) continue;
     const released = [...other.remove, ...other.move.map((m) => m.from)];
-    const addresses = [...new Set(released.filter((a) => taking.has(a)))].sort();
+    const addresses = [
+      ...new Set(released.filter((a) => {
+        const group = groupOf[a];
+        return taking.has(a) || (group !== undefined && takingGroups.has(group));
+      })),
+    ].sort();
     if (addresses.length > 0) out.push({ from: other, addresses });
   }
   return out;
 }
 
 /**
- * `vms` reordered so that a VM releasing a device comes before the VM taking it (otherwise plan
+ * `vms` reordered so that a VM releasing a device (or part of its group) comes before the VM taking
+ * it (otherwise plan
  * order), so a taker can be held back when the release did not happen. In a cycle (two VMs
  * swapping devices) the first one in plan order goes first.
  */
-function releaseOrder(vms: readonly VmPlan[]): VmPlan[] {
+function releaseOrder(
+  vms: readonly VmPlan[],
+  groupOf: Readonly<Record<PciAddress, number>> | undefined,
+): VmPlan[] {
   const order: VmPlan[] = [];
   const seen = new Set<VmPlan>();
   const visit = (vm: VmPlan) => {
     if (seen.has(vm)) return;
     seen.add(vm);
-    for (const { from } of takenFrom(vm, vms)) visit(from);
+    for (const { from } of takenFrom(vm, vms, groupOf)) visit(from);
     order.push(vm);
   };
   for (const vm of vms) visit(vm);

@@ -149,7 +149,18 @@ function asStateDir(stateDir: string | StateDir, write: boolean): StateDir {
 export function writeBackup(stateDir: string | StateDir, input: BackupInput): BackupEntry {
   const state = asStateDir(stateDir, true);
   const dir = vmDir(state, input.vm);
+  const existed = pathExists(dir);
   ensurePrivateDir(dir, state);
+  try {
+    return writeBackupFiles(dir, input);
+  } catch (error) {
+    // A failed first backup (a full disk) leaves no empty directory behind for `backups` to list.
+    if (!existed) removeIfEmpty(dir);
+    throw error;
+  }
+}
+
+function writeBackupFiles(dir: string, input: BackupInput): BackupEntry {
   const now = input.now ?? new Date();
   const uuidPrefix = input.uuid.replace(/[^0-9a-fA-F]/g, "").slice(0, 8).toLowerCase() || "nouuid";
   const base = `${stamp(now)}-${uuidPrefix}`;
@@ -176,10 +187,34 @@ export function writeBackup(stateDir: string | StateDir, input: BackupInput): Ba
       path,
     };
     const sidecar = { format: 1, ...entry, path: undefined, file: `${id}.xml` };
-    writeNewFileSync(dir, `${id}.json`, `${JSON.stringify(sidecar, null, 2)}\n`);
+    try {
+      writeNewFileSync(dir, `${id}.json`, `${JSON.stringify(sidecar, null, 2)}\n`);
+    } catch (error) {
+      // A backup without its sidecar is not listed or restorable: do not leave half of one.
+      Deno.removeSync(path);
+      throw error;
+    }
     return entry;
   }
   throw new Deno.errors.AlreadyExists(`Too many backups named "${base}" in "${dir}"`);
+}
+
+function pathExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+function removeIfEmpty(dir: string): void {
+  try {
+    Deno.removeSync(dir); // Not recursive: fails, as it should, when anything is inside.
+  } catch {
+    // Not empty, or already gone: leave it.
+  }
 }
 
 function readSidecar(dir: string, fileName: string): BackupEntry {

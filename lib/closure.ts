@@ -235,7 +235,7 @@ export function closeOverGroups(
         result.warnings.push({
           code: "host-driver-in-use",
           message: rule.managed
-            ? `Device ${d.address} is bound to host driver "${d.driver}": libvirt detaches it when "${vm}" starts and the host loses it`
+            ? `Device ${d.address} (rule "${rule.name}") is bound to host driver "${d.driver}": libvirt detaches it when "${vm}" starts and the host loses it`
             : `Device ${d.address} is bound to host driver "${d.driver}" and rule "${rule.name}" has managed: false: bind it to vfio-pci before "${vm}" starts`,
           vm,
           rule: rule.name,

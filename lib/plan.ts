@@ -367,6 +367,24 @@ export function emptyVmPlan(name: string, xml: string): VmPlan {
   };
 }
 
+/** The IOMMU group of every function the VMs' plans add, remove or move (see `Plan.groupOf`). */
+function groupsOfChanges(vms: readonly VmPlan[], host: HostTopology): Record<PciAddress, number> {
+  const groupOf = new Map(host.devices.map((d) => [d.address, d.iommuGroup]));
+  const out: Record<PciAddress, number> = {};
+  for (const vm of vms) {
+    const touched = [
+      ...vm.add.map((a) => a.address),
+      ...vm.remove,
+      ...vm.move.flatMap((m) => [m.from, m.to]),
+    ];
+    for (const address of touched) {
+      const group = groupOf.get(address);
+      if (group !== null && group !== undefined) out[address] = group;
+    }
+  }
+  return out;
+}
+
 /**
  * Computes the plan. Reads each configured VM's persistent XML (and every other domain's, for
  * group conflicts); changes nothing.
@@ -529,6 +547,7 @@ export function planHostdevs(options: PlanOptions): Plan {
     if (now.every((name) => refused.has(name))) break;
     for (const name of now) refused.add(name);
   }
+  plan.groupOf = groupsOfChanges(plan.vms, host);
   return plan;
 
   function planSelected(resolved: Map<string, VmResolution>): void {

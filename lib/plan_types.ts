@@ -154,4 +154,10 @@ export interface Plan {
   /** Issues not tied to one VM (e.g. `no-iommu`). */
   errors: PlanIssue[];
   warnings: PlanIssue[];
+  /**
+   * The IOMMU group of every host function the plan adds, removes or moves (by address), so
+   * apply can hold back a VM taking any function of a group another VM still holds part of.
+   * Absent from plans built by hand: apply then compares addresses only.
+   */
+  groupOf?: Record<PciAddress, number>;
 }

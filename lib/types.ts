@@ -42,7 +42,10 @@ export interface PciDevice {
   numaNode: number | null;
   /** Physical slot name (`3`, `CPU1 SLOT2`), or `null`. */
   physicalSlot: string | null;
-  /** A PCI-to-PCI bridge (class 0x0604 or a type-1 header): never passed to a guest. */
+  /**
+   * A bridge as VFIO sees one: a type-1 or type-2 header, or class 0604, 0609 or 0607 where the
+   * header is not known (`lib/pci_class.ts`). Never passed to a guest.
+   */
   isBridge: boolean;
   /** For an SR-IOV virtual function: the address of its physical function. */
   physfn: PciAddress | null;

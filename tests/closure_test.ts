@@ -154,7 +154,7 @@ Deno.test("closeOverGroups() warns when a host driver holds the device, but not 
   assertEquals(igb.warnings.map((w) => w.code), ["host-driver-in-use"]);
   assertMatch(
     igb.warnings[0]!.message,
-    /bound to host driver "igb": libvirt detaches it when "vm" starts/,
+    /\(rule "[^"]+"\) is bound to host driver "igb": libvirt detaches it when "vm" starts/,
   );
   assertEquals(closeVm(cfg, synthetic([{ driver: "vfio-pci" }])).warnings, []);
   assertEquals(

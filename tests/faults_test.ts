@@ -313,6 +313,11 @@ Deno.test("applyPlan() defines nothing when the state directory's disk is full",
       .filter(([path, entry]) => path.startsWith("backups/") && !entry.startsWith("dir "))
       .map(([path]) => path);
     assertEquals(left, [], `left behind: ${left}`);
+    // Not even an empty directory for the VM, which `backups` would list.
+    assertEquals(
+      Object.keys(snapshotDir(stateDir)).filter((path) => path.startsWith("backups/")),
+      [],
+    );
     recordCase({
       area: "fault",
       name: "state directory on a full file system (64 KiB tmpfs)",

@@ -371,3 +371,64 @@ Deno.test("planHostdevs() refuses to give a device to a VM while a refused VM ke
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test("applyPlan() holds back a VM taking part of an IOMMU group another VM still holds part of", async () => {
+  // Group 7: a GPU and its audio function. With `iommu_group: false`, each VM asks for one.
+  const host = topologyFromDescription({
+    devices: [
+      { bdf: "0000:0b:00.0", group: 7, class: "0x030000", vendor: "0x10de", device: "0x1b80" },
+      { bdf: "0000:0b:00.1", group: 7, class: "0x040300", vendor: "0x10de", device: "0x10f0" },
+    ].map((d) => ({ ...d, ...BLANK, driver: "vfio-pci" })),
+  }, { source: "test" });
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
+  try {
+    Deno.writeTextFileSync(
+      `${root}/world.xml`,
+      `<?xml version="1.0"?>\n<node>\n${
+        testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+      }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+    );
+    using port = openLibvirtPort(`test://${root}/world.xml`);
+    const rule = (name: string, id: string) =>
+      `    devices:\n      - name: ${name}\n        match: { vendor_device_id: "${id}" }\n        iommu_group: false\n`;
+    const first = planHostdevs({
+      config: config(`  alpha:\n${rule("gpu", "10de:1b80")}`),
+      host,
+      libvirt: port,
+    });
+    const yes = () => Promise.resolve("yes" as const);
+    await applyPlan(first, { libvirt: port, stateDir: `${root}/state`, confirm: yes });
+    assertEquals(pciHostdevs(port, "alpha"), ["0000:0b:00.0"]);
+
+    // alpha lets the GPU go; beta asks for the audio function of the same group.
+    const plan = planHostdevs({
+      config: config(`  alpha:\n    devices: []\n  beta:\n${rule("audio", "10de:10f0")}`),
+      host,
+      libvirt: port,
+    });
+    assertEquals(plan.groupOf, { "0000:0b:00.0": 7, "0000:0b:00.1": 7 });
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.errors]), [["alpha", []], ["beta", []]]);
+    const { asked, confirm } = answering("no", "yes");
+    const report = await applyPlan(plan, { libvirt: port, stateDir: `${root}/state`, confirm });
+    assertEquals(asked, ["alpha"]);
+    assertEquals(report.vms.map((r) => [r.vm, r.code]), [["alpha", "declined"], [
+      "beta",
+      "blocked",
+    ]]);
+    assertMatch(report.vms[1]!.message, /"0000:0b:00\.0", which "alpha" still holds/);
+    // The group is not split between the two definitions.
+    assertEquals(pciHostdevs(port, "alpha"), ["0000:0b:00.0"]);
+    assertEquals(pciHostdevs(port, "beta"), []);
+
+    // Accepted, the release goes first and the taker follows.
+    const again = await applyPlan(plan, {
+      libvirt: port,
+      stateDir: `${root}/state`,
+      confirm: answering("yes", "yes").confirm,
+    });
+    assertEquals(again.changed, ["alpha", "beta"]);
+    assertEquals(pciHostdevs(port, "beta"), ["0000:0b:00.1"]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
