@@ -659,11 +659,13 @@ Deno.test({
   ignore: daemonMissing !== null || !canMount(),
   async fn() {
     // A running guest needs virtlogd, or `stdio_handler = "file"` in /etc/libvirt/qemu.conf: give
-    // the daemon that config in a private mount namespace instead of touching the host's.
+    // the daemon that config in a private mount namespace instead of touching the host's. The
+    // test daemon's /dev/kvm is an empty file (tests/helpers/libvirtd.ts), which libvirt cannot
+    // move into a guest's private /dev: `namespaces = []` starts the guest without one.
     const etc = await Deno.makeTempDir({ prefix: "passthrough-etc-libvirt-" });
     try {
       await new Deno.Command("cp", { args: ["-a", "/etc/libvirt/.", `${etc}/`] }).output();
-      await Deno.writeTextFile(`${etc}/qemu.conf`, 'stdio_handler = "file"\n');
+      await Deno.writeTextFile(`${etc}/qemu.conf`, 'stdio_handler = "file"\nnamespaces = []\n');
       const root = new URL("../", import.meta.url).pathname;
       const code = `
         import { startLibvirtd } from "./tests/helpers/libvirtd.ts";
