@@ -13,7 +13,9 @@
 
 import { parseConfig } from "../lib/config.ts";
 
-const VMS = [500, 2000, 8000];
+/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
+const VMS = SMOKE ? [500] : [500, 2000, 8000];
 
 /** `i` as `digits` lower-case hex digits. */
 function hex(i: number, digits: number): string {

@@ -23,7 +23,9 @@ import { discoverHost } from "../lib/discovery.ts";
 import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
-const SIZES = [256, 1024, 4096];
+/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
+const SIZES = SMOKE ? [256] : [256, 1024, 4096];
 const base = Deno.makeTempDirSync({ prefix: "passthrough-bench-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(base, { recursive: true }));
 

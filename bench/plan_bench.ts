@@ -19,7 +19,9 @@ import { planHostdevs } from "../lib/plan.ts";
 import type { HostTopology } from "../lib/types.ts";
 import { COMPUTER_DEVICE } from "../tests/helpers/world.ts";
 
-const FUNCTIONS = [256, 1024, 4096];
+/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
+const FUNCTIONS = SMOKE ? [256] : [256, 1024, 4096];
 const VMS = [10, 100];
 
 /** One rule per VM, each naming a different card the way users do: serial, else ID + address. */
@@ -32,6 +34,8 @@ function configText(host: HostTopology, vms: number): string {
     const card = endpoints[0];
     // Skip the platform and chipset groups: the planner would (rightly) refuse them.
     if (card === undefined || !/^(03|0108|02)/.test(card.classCode)) continue;
+    // Nor SR-IOV physical functions: a PF must stay with its VFs, which go to other VMs here.
+    if (card.virtfns.length > 0) continue;
     const match = card.serial !== null
       ? `{ vendor_device_id: "${card.vendorId}:${card.deviceId}", serial: "${card.serial}" }`
       : `{ vendor_device_id: "${card.vendorId}:${card.deviceId}", address: "${card.address}" }`;
