@@ -195,7 +195,6 @@ export function buildHostTree(
     const classCode = hexNumber(d.class, d.bdf, "class", 0xffffff);
     const revision = d.revision == null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
     const header = headerTypeOfClass(classCode);
-    const bridge = header !== 0;
     const path = `${devicesDir}/${address}`;
     Deno.mkdirSync(path, { recursive: true });
     const write = (name: string, text: string) => Deno.writeTextFileSync(`${path}/${name}`, text);
