@@ -131,6 +131,16 @@ Deno.test("resolveConfig() refuses a PF whose VF carries the host's default rout
   assertMatch(errors[0]!.message, /allow_host_critical: true/);
 });
 
+/** `root/world.xml`: two shut-off test-driver domains, "alpha" and "beta", with no devices. */
+function writeAlphaBetaWorld(root: string): void {
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<?xml version="1.0"?>\n<node>\n${
+      testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+    }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+  );
+}
+
 function testDomain(name: string, uuid: string): string {
   return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
     <name>${name}</name>
@@ -148,12 +158,7 @@ const GPU = "0000:01:00.0";
 /** A world where "alpha" holds the GPU (owned) and a plan moving it to "beta", listed first. */
 function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
   const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
-  Deno.writeTextFileSync(
-    `${root}/world.xml`,
-    `<?xml version="1.0"?>\n<node>\n${
-      testDomain("alpha", "11111111-1111-4111-8111-111111111111")
-    }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
-  );
+  writeAlphaBetaWorld(root);
   const port = openLibvirtPort(`test://${root}/world.xml`);
   port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
     remove: [],
@@ -325,12 +330,7 @@ Deno.test("closeOverGroups() with iommu_group: false warns when the members left
 Deno.test("planHostdevs() refuses to give a device to a VM while a refused VM keeps it in its definition", () => {
   const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
   try {
-    Deno.writeTextFileSync(
-      `${root}/world.xml`,
-      `<?xml version="1.0"?>\n<node>\n${
-        testDomain("alpha", "11111111-1111-4111-8111-111111111111")
-      }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
-    );
+    writeAlphaBetaWorld(root);
     using port = openLibvirtPort(`test://${root}/world.xml`);
     port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
       remove: [],
@@ -382,12 +382,7 @@ Deno.test("applyPlan() holds back a VM taking part of an IOMMU group another VM 
   }, { source: "test" });
   const root = Deno.makeTempDirSync({ prefix: "passthrough-review-" });
   try {
-    Deno.writeTextFileSync(
-      `${root}/world.xml`,
-      `<?xml version="1.0"?>\n<node>\n${
-        testDomain("alpha", "11111111-1111-4111-8111-111111111111")
-      }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
-    );
+    writeAlphaBetaWorld(root);
     using port = openLibvirtPort(`test://${root}/world.xml`);
     const rule = (name: string, id: string) =>
       `    devices:\n      - name: ${name}\n        match: { vendor_device_id: "${id}" }\n        iommu_group: false\n`;

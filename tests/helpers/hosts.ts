@@ -47,3 +47,17 @@ export async function tempHostTree(
   }
   return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
 }
+
+/**
+ * Why a test of this machine's real `/sys` cannot run here (no PCI devices listed), or `null`.
+ * For `ignore:`.
+ */
+export function livePciMissing(): string | null {
+  try {
+    return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0
+      ? "no PCI devices in /sys"
+      : null;
+  } catch {
+    return "no /sys/bus/pci/devices";
+  }
+}
