@@ -19,7 +19,7 @@
  * - A refused VM keeps its definition, owned hostdevs included, so those count as held by it
  *   for the other VMs' conflicts (planning repeats until no new VM is refused).
  * - An SR-IOV PF and its VFs sit in different groups yet cannot go to different VMs: the PF
- *   leaving its host driver destroys the VFs (`device-assigned-twice`).
+ *   leaving its host driver destroys the VFs (`sriov-split`).
  *
  * @module
  */
@@ -210,7 +210,7 @@ function sriovConflicts(
             : [device.address, other, vm, owner.vm];
           const issues = out.get(vm) ?? [];
           issues.push({
-            code: "device-assigned-twice",
+            code: "sriov-split",
             message:
               `SR-IOV virtual function ${vf} of ${pf} is split from it: "${pfVm}" takes ${pf}, "${vfVm}" takes ${vf}${
                 owner.heldNow ? ` ("${owner.vm}" holds it in its definition now)` : ""

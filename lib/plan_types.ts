@@ -14,6 +14,7 @@ export type IssueCode =
   | "too-many-matches"
   | "group-shared-with-other-vm"
   | "device-assigned-twice"
+  | "sriov-split"
   | "group-contains-host-critical"
   | "no-iommu"
   | "acs-override"

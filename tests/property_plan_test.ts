@@ -32,6 +32,7 @@ const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "too-many-matches",
   "group-shared-with-other-vm",
   "device-assigned-twice",
+  "sriov-split",
   "group-contains-host-critical",
   "no-iommu",
   "acs-override",

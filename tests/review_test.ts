@@ -66,8 +66,8 @@ Deno.test("resolveConfig() refuses a PF in one VM while another VM takes one of 
   const resolved = resolveConfig(cfg, sriovHost());
   const router = resolved.get("router")!.errors;
   const guest = resolved.get("guest")!.errors;
-  assertEquals(router.map((e) => e.code), ["device-assigned-twice"]);
-  assertEquals(guest.map((e) => e.code), ["device-assigned-twice"]);
+  assertEquals(router.map((e) => e.code), ["sriov-split"]);
+  assertEquals(guest.map((e) => e.code), ["sriov-split"]);
   assertEquals(router[0]?.devices, ["0000:01:00.0", "0000:01:10.0"]);
   assertEquals(router[0]?.vms, ["guest", "router"]);
   assertMatch(router[0]!.message, /virtual function 0000:01:10\.0 of 0000:01:00\.0/);
@@ -84,7 +84,7 @@ Deno.test("resolveConfig() refuses a PF whose VF another domain holds now", () =
     held: new Map([["other", ["0000:01:10.2"]]]),
   });
   const errors = resolved.get("router")!.errors;
-  assertEquals(errors.map((e) => e.code), ["device-assigned-twice"]);
+  assertEquals(errors.map((e) => e.code), ["sriov-split"]);
   assertMatch(errors[0]!.message, /"other" holds it in its definition now/);
 });
 
