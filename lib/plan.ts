@@ -547,8 +547,28 @@ export function planHostdevs(options: PlanOptions): Plan {
     if (now.every((name) => refused.has(name))) break;
     for (const name of now) refused.add(name);
   }
+  if (options.vms !== undefined) reportDriftOfOthers(previous);
   plan.groupOf = groupsOfChanges(plan.vms, host);
   return plan;
+
+  /**
+   * VMs left out by `vms` are not changed, but a recorded card that is no longer where it was is
+   * news about the host: their drift warnings are reported plan-wide.
+   */
+  function reportDriftOfOthers(resolved: Map<string, VmResolution>): void {
+    for (const { name } of effective.vms) {
+      const entry = parsed.get(name);
+      const resolution = resolved.get(name);
+      if (planned.has(name) || entry === undefined || resolution === undefined) continue;
+      const other = planVm(entry.xml, entry.domain, resolution, {
+        host,
+        byAddress,
+        globalErrors: plan.errors,
+        active: domains.get(name)?.active ?? null,
+      });
+      plan.warnings.push(...other.warnings.filter((w) => w.code === "drift"));
+    }
+  }
 
   function planSelected(resolved: Map<string, VmResolution>): void {
     for (const name of selected) {

@@ -309,6 +309,31 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
   });
 });
 
+Deno.test("planHostdevs() limited to some VMs still reports drift in the others, plan-wide", async () => {
+  const swapped = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x1002", device: "0x73df" }),
+  ]);
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const both = config(
+      '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        "  linux:\n    devices: []\n",
+    );
+    libvirt.define(vmOf(planHostdevs({ config: both, host: HOST, libvirt }), "win10").desiredXml);
+    const limited = planHostdevs({ config: both, host: swapped, libvirt, vms: ["linux"] });
+    assertEquals(limited.vms.map((vm) => vm.name), ["linux"]);
+    const drift = limited.warnings.filter((w) => w.code === "drift");
+    assertEquals([...new Set(drift.map((w) => w.vm))], ["win10"]);
+    assertOk(
+      drift.some((w) => w.devices?.[0] === "0000:01:00.0" && /now holds 1002:73df/.test(w.message)),
+    );
+    // The same warnings win10's own plan gives when it is planned; then not repeated plan-wide.
+    const all = planHostdevs({ config: both, host: swapped, libvirt });
+    assertEquals(all.warnings.filter((w) => w.code === "drift"), []);
+    assertEquals(vmOf(all, "win10").warnings.filter((w) => w.code === "drift"), drift);
+  });
+});
+
 Deno.test("planHostdevs() refuses a group another domain holds and leaves the XML unchanged", async () => {
   const other = domainXml(
     "router",
