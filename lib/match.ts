@@ -42,6 +42,13 @@ export function recordedDriver(
 export interface MatchOptions {
   /** Identities recorded in the VM's metadata (for `driver` after a rebind to vfio-pci). */
   records?: readonly DeviceIdentity[];
+  /**
+   * Addresses the VM's definition holds now. A hand-added hostdev has no recorded identity, so
+   * once libvirt has moved it to vfio-pci, its candidate kernel modules (lspci's "Kernel
+   * modules") stand in for `driver`; only for the VM's own devices, so a rule never reaches out
+   * to a device some other VM or tool bound to vfio-pci.
+   */
+  current?: ReadonlySet<PciAddress>;
 }
 
 type CriterionTest = (device: PciDevice, m: MatchCriteria, options: MatchOptions) => boolean;
@@ -64,8 +71,10 @@ const CRITERIA: readonly (readonly [keyof MatchCriteria, string, CriterionTest])
   ["driver", "driver", (d, m, o) => {
     if (d.driver === m.driver) return true;
     // libvirt rebinds managed devices to vfio-pci: the recorded identity keeps the rule matching.
-    return d.driver !== null && VFIO_DRIVERS.has(d.driver) &&
-      recordedDriver(d, o.records ?? []) === m.driver;
+    if (d.driver === null || !VFIO_DRIVERS.has(d.driver)) return false;
+    const recorded = recordedDriver(d, o.records ?? []);
+    if (recorded !== null) return recorded === m.driver;
+    return o.current?.has(d.address) === true && d.modules.includes(m.driver!);
   }],
   ["slot", "slot", (d, m) => d.physicalSlot === m.slot],
   ["serial", "serial", (d, m) => d.serial !== null && d.serial.toLowerCase() === m.serial],

@@ -142,8 +142,10 @@ export function resolveConfig(
   );
   for (const vm of config.vms) {
     const records = options.records?.get(vm.name) ?? [];
-    const rules = vm.rules.map((rule) => resolveRule(rule, host, { records }));
     const current = options.current?.get(vm.name);
+    const rules = vm.rules.map((rule) =>
+      resolveRule(rule, host, current === undefined ? { records } : { records, current })
+    );
     const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
     const errors = [
       ...rules.flatMap((r) => r.issue ? [r.issue] : []),

@@ -334,6 +334,39 @@ Deno.test("planHostdevs() limited to some VMs still reports drift in the others,
   });
 });
 
+Deno.test("planHostdevs() matches driver: for a hand-added device libvirt moved to vfio-pci by its kernel modules, in its own VM only", async () => {
+  // The NVMe drive is on vfio-pci (libvirt detached it for a guest) and lspci lists "nvme" as its
+  // kernel module; no identity was recorded, because the hostdev was added by hand.
+  const vfioNvme = host(
+    baseDevices().map((d) =>
+      d.bdf === "0000:03:00.0" ? { ...d, driver: "vfio-pci", modules: ["nvme"] } : d
+    ),
+  );
+  const handAdded = `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+        </source>
+      </hostdev>`;
+  const rule = config(
+    '  win10:\n    devices:\n      - name: disk\n        match: { driver: nvme, class: "0108" }\n',
+  );
+  await withPort(
+    [domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", handAdded)],
+    (libvirt) => {
+      const vm = vmOf(planHostdevs({ config: rule, host: vfioNvme, libvirt }), "win10");
+      assertEquals(vm.errors, []);
+      assertEquals([vm.add, vm.remove, vm.keep], [[], [], ["0000:03:00.0"]]);
+      assertEquals(vm.changed, false);
+    },
+  );
+  // Not in the VM's definition: a vfio-pci device is not taken for driver: nvme on a guess.
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: rule, host: vfioNvme, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["no-match"]);
+  });
+});
+
 Deno.test("planHostdevs() refuses a group another domain holds and leaves the XML unchanged", async () => {
   const other = domainXml(
     "router",
