@@ -300,6 +300,20 @@ function specOfXml(hostdev: DomainHostdev): string {
   return JSON.stringify([hostdev.managed, boot, bar, decodeXmlText(file?.[1] ?? file?.[2] ?? "")]);
 }
 
+/**
+ * Whether a hostdev sits in a multifunction guest slot, as `multifunction: true` lays cards out
+ * (function numbers kept, function 0 marked `multifunction='on'`). libvirt's own placement puts
+ * each hostdev at function 0 of a slot of its own, unmarked.
+ */
+function guestMultifunction(hostdev: DomainHostdev): boolean {
+  // The guest address follows </source>; the host address is inside <source>.
+  const guest = hostdev.xml.slice(hostdev.xml.indexOf("</source>"));
+  const address = /<address\b[^>]*\btype=['"]pci['"][^>]*>/.exec(guest)?.[0];
+  if (address === undefined) return false;
+  const fn = /\bfunction=['"](0x)?([0-9a-f]+)['"]/i.exec(address);
+  return /\bmultifunction=['"]on['"]/.test(address) || (fn !== null && parseInt(fn[2]!, 16) !== 0);
+}
+
 function specKey(spec: HostdevSpec): string {
   return JSON.stringify([
     spec.managed,
@@ -727,6 +741,17 @@ function planVm(
       removeSet.add(address);
       toAdd.push(closed);
       plan.reasoning.push(`${address}: settings of rule "${closed.rule.name}" changed, rewritten`);
+    } else if (guestMultifunction(have) !== closed.rule.multifunction) {
+      // `multifunction` turned on or off: the guest addresses are laid out again.
+      removeSet.add(address);
+      toAdd.push(closed);
+      plan.reasoning.push(
+        `${address}: multifunction of rule "${closed.rule.name}" turned ${
+          closed.rule.multifunction ? "on" : "off"
+        }, rewritten with ${
+          closed.rule.multifunction ? "one guest slot per card" : "libvirt's own guest addresses"
+        }`,
+      );
     }
   }
 

@@ -367,6 +367,47 @@ Deno.test("planHostdevs() matches driver: for a hand-added device libvirt moved 
   });
 });
 
+Deno.test("planHostdevs() lays applied hostdevs out again when multifunction is turned on or off", async () => {
+  const withMulti = (on: boolean) =>
+    config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        multifunction: ${on}
+`);
+  await withPort([WIN10], (libvirt) => {
+    const plan = (on: boolean) =>
+      vmOf(planHostdevs({ config: withMulti(on), host: HOST, libvirt }), "win10");
+    libvirt.define(plan(false).desiredXml);
+    assertEquals(plan(false).changed, false);
+
+    const on = plan(true);
+    assertEquals([on.remove, on.add.map((a) => a.address)], [
+      ["0000:01:00.0", "0000:01:00.1"],
+      ["0000:01:00.0", "0000:01:00.1"],
+    ]);
+    assertOk(
+      on.reasoning.some((r) => /multifunction of rule "gpu" turned on/.test(r)),
+      on.reasoning.join("\n"),
+    );
+    assertMatch(on.desiredXml, /slot='0x10' function='0x0' multifunction='on'/);
+    assertMatch(on.desiredXml, /slot='0x10' function='0x1'/);
+    libvirt.define(on.desiredXml);
+    assertEquals(plan(true).changed, false, "applied once, the layout is kept");
+
+    const off = plan(false);
+    assertEquals(off.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertOk(off.reasoning.some((r) => /turned off/.test(r)));
+    assertEquals(/multifunction=/.test(off.desiredXml), false);
+    libvirt.define(off.desiredXml);
+    assertEquals(plan(false).changed, false);
+    assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).hostdevs.map((h) => h.address), [
+      "0000:01:00.0",
+      "0000:01:00.1",
+    ]);
+  });
+});
+
 Deno.test("planHostdevs() refuses a group another domain holds and leaves the XML unchanged", async () => {
   const other = domainXml(
     "router",
