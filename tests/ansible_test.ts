@@ -1,8 +1,7 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
 import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { Connection } from "../ffi/connection.ts";
 import { parseDomainXml } from "../lib/domain_xml.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -132,15 +131,7 @@ Deno.test({
       assertEquals(taskStatus(bad.out, "Passthrough failed"), "fatal", bad.out);
       assertMatch(bad.out, /dead:beef/);
     } finally {
-      if (!daemon.isolated) {
-        using conn = Connection.open(daemon.uri);
-        try {
-          using dom = conn.lookupDomainByName(vm);
-          dom.undefine();
-        } catch {
-          // Never defined.
-        }
-      }
+      await undefineUnlessIsolated(daemon, [vm]);
       await Deno.remove(dir, { recursive: true });
     }
   },

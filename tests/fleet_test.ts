@@ -14,9 +14,8 @@ import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
 import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
 import { main } from "../main.ts";
 import type { CliIo } from "../cli/context.ts";
-import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { Connection } from "../ffi/connection.ts";
 import { parseDomainXml } from "../lib/domain_xml.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
@@ -418,18 +417,7 @@ Deno.test({
       assertEquals([two?.name, two?.report ?? null, two?.error?.stage], ["hv2", null, "connect"]);
       assertMatch(two!.error!.message, /libvirt-sock/);
     } finally {
-      if (!hv1.isolated) {
-        // Without a private mount namespace definitions land in the host's /etc/libvirt/qemu.
-        using conn = Connection.open(hv1.uri);
-        for (const vm of [render, store]) {
-          try {
-            using dom = conn.lookupDomainByName(vm);
-            dom.undefine();
-          } catch {
-            // Never defined (the test failed before).
-          }
-        }
-      }
+      await undefineUnlessIsolated(hv1, [render, store]);
       await Deno.remove(dir, { recursive: true });
     }
   },
@@ -741,17 +729,7 @@ Deno.test({
       assertOk(!/changed hv2|unchanged hv2/.test(run.stdout), run.stdout);
       assertOk(run.seconds < 40, `took ${run.seconds} s`);
     } finally {
-      if (!daemon.isolated) {
-        using conn = Connection.open(daemon.uri);
-        for (const vm of [render, store]) {
-          try {
-            using dom = conn.lookupDomainByName(vm);
-            dom.undefine();
-          } catch {
-            // Never defined.
-          }
-        }
-      }
+      await undefineUnlessIsolated(daemon, [render, store]);
       await Deno.remove(dir, { recursive: true });
     }
   },

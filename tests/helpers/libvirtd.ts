@@ -220,3 +220,21 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     [Symbol.asyncDispose]: stop,
   };
 }
+
+/**
+ * Undefines `names` on `daemon` when its definitions are not isolated (no private mount
+ * namespace: they landed in the host's /etc/libvirt/qemu); names never defined are skipped.
+ */
+export async function undefineUnlessIsolated(daemon: Libvirtd, names: string[]): Promise<void> {
+  if (daemon.isolated) return;
+  const { Connection } = await import("../../ffi/connection.ts");
+  using conn = Connection.open(daemon.uri);
+  for (const name of names) {
+    try {
+      using dom = conn.lookupDomainByName(name);
+      dom.undefine();
+    } catch {
+      // Never defined (the test failed before).
+    }
+  }
+}
