@@ -172,8 +172,26 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
     fillGroupsFromListing(reader, root, devices);
   }
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
+  linkVirtualFunctions(devices);
   fillSlots(reader, root, devices);
   return devices;
+}
+
+/**
+ * Each physical function's VFs, from the VFs' `physfn` links, which discovery reads for every
+ * device anyway: the kernel creates a VF's `physfn` and its PF's `virtfnN` together, so probing
+ * `virtfn0`, `virtfn1`, … as well would cost one more system call per function and per VF and
+ * say nothing new. `devices` is sorted, so each list is too.
+ */
+function linkVirtualFunctions(devices: PciDevice[]): void {
+  let byAddress: Map<PciAddress, PciDevice> | undefined;
+  for (const device of devices) {
+    if (device.physfn === null) continue;
+    byAddress ??= new Map(devices.map((d) => [d.address, d]));
+    const pf = byAddress.get(device.physfn);
+    // A VF never has VFs of its own: a damaged tree's link to one is not followed.
+    if (pf !== undefined && pf.physfn === null) pf.virtfns.push(device.address);
+  }
 }
 
 /**
@@ -211,7 +229,6 @@ interface RawSysfsDevice {
   groupLink: string | null;
   numaNode: string | null;
   physfnLink: string | null;
-  virtfnLinks: string[];
   modules: string | null;
 }
 
@@ -247,16 +264,6 @@ function readRawEntries(
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
   const modules = live ? null : dir.readText("modules");
-  // The kernel links each enabled VF as virtfn0, virtfn1, … without gaps, so probing the links
-  // needs one system call per function instead of reading sriov_numvfs (three). A virtual
-  // function never has VFs of its own: skip the probe, most functions of an SR-IOV host are VFs.
-  // NumVFs is a 16-bit field, which bounds a damaged tree's links.
-  const virtfnLinks: string[] = [];
-  for (let i = 0; physfnLink === null && i < 0x10000; i++) {
-    const link = dir.readLink(`virtfn${i}`);
-    if (link === null) break;
-    virtfnLinks.push(link);
-  }
   return {
     name,
     path,
@@ -265,7 +272,6 @@ function readRawEntries(
     groupLink,
     numaNode,
     physfnLink,
-    virtfnLinks,
     modules,
   };
 }
@@ -322,12 +328,6 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
     // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
     const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
     const modules = raw.modules?.trim() ?? null;
-    const virtfns: PciAddress[] = [];
-    for (const link of raw.virtfnLinks) {
-      const vf = canonicalPciAddress(baseName(link));
-      if (vf !== null) virtfns.push(vf);
-    }
-    virtfns.sort(comparePciAddress);
     return {
       address,
       vendorId,
@@ -346,7 +346,8 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
       physicalSlot: null,
       isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
       physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
-      virtfns,
+      // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
+      virtfns: [],
       bootVga: bootVga === null ? null : bootVga === "1",
       flr: config?.flr ?? null,
       serial: config?.serial ?? null,
@@ -362,8 +363,12 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
  */
 function readSlots(reader: SysfsReader, root: string): Map<string, string> {
   const slots = new Map<string, string>();
-  for (const name of reader.listDir(`${root}/bus/pci/slots`) ?? []) {
-    const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
+  const names = reader.listDir(`${root}/bus/pci/slots`);
+  if (names === null || names.length === 0) return slots;
+  // Read relative to the slots directory: one path walk for all of them.
+  using dir = openSysfsDir(reader, `${root}/bus/pci/slots`);
+  for (const name of names) {
+    const text = dir.readText(`${name}/address`)?.trim() ?? null;
     const m = text === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)$/i.exec(text);
     if (!m) continue;
     const key = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase().padStart(2, "0")}:${

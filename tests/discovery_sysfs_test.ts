@@ -366,7 +366,7 @@ Deno.test({
   },
 });
 
-Deno.test("discoverHost() finds VFs from their virtfn links alone, up to the first gap", async () => {
+Deno.test("discoverHost() lists a PF's VFs from the VFs' physfn links, never from a VF", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-vf-" });
   try {
     buildHostTree({
@@ -375,22 +375,23 @@ Deno.test("discoverHost() finds VFs from their virtfn links alone, up to the fir
         dev("0000:01:00.1", { group: 2 }),
         dev("0000:01:00.2", { group: 3 }),
         dev("0000:01:00.3", { group: 4 }),
+        dev("0000:01:00.4", { group: 5 }),
       ],
     }, root);
-    const pf = `${root}/bus/pci/devices/0000:01:00.0`;
-    await Deno.symlink("../0000:01:00.2", `${pf}/virtfn0`);
-    await Deno.symlink("../0000:01:00.1", `${pf}/virtfn1`);
-    // virtfn2 is missing: the kernel numbers enabled VFs without gaps, so virtfn3 is stale.
-    await Deno.symlink("../0000:01:00.3", `${pf}/virtfn3`);
-    await Deno.symlink("../0000:01:00.0", `${root}/bus/pci/devices/0000:01:00.1/physfn`);
-    await Deno.symlink("../0000:01:00.0", `${root}/bus/pci/devices/0000:01:00.2/physfn`);
-    // A VF's own virtfn link (impossible on a real host) is not followed.
-    await Deno.symlink("../0000:01:00.3", `${root}/bus/pci/devices/0000:01:00.1/virtfn0`);
+    const devices = `${root}/bus/pci/devices`;
+    // The PF's own links are not what is read: one is stale, one is missing.
+    await Deno.symlink("../0000:01:00.3", `${devices}/0000:01:00.0/virtfn0`);
+    await Deno.symlink("../0000:01:00.0", `${devices}/0000:01:00.2/physfn`);
+    await Deno.symlink("../0000:01:00.0", `${devices}/0000:01:00.1/physfn`);
+    // A VF's link to another VF (impossible on a real host) makes neither a PF.
+    await Deno.symlink("../0000:01:00.1", `${devices}/0000:01:00.4/physfn`);
     const host = await discoverHost({ root, lspci: null });
     const byAddress = new Map(host.devices.map((d) => [d.address, d]));
     assertEquals(byAddress.get("0000:01:00.0")?.virtfns, ["0000:01:00.1", "0000:01:00.2"]);
     assertEquals(byAddress.get("0000:01:00.1")?.virtfns, []);
     assertEquals(byAddress.get("0000:01:00.1")?.physfn, "0000:01:00.0");
+    assertEquals(byAddress.get("0000:01:00.3")?.physfn, null);
+    assertEquals(byAddress.get("0000:01:00.4")?.physfn, "0000:01:00.1");
   } finally {
     await Deno.remove(root, { recursive: true });
   }
