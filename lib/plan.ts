@@ -20,6 +20,11 @@
  *   for the other VMs' conflicts (planning repeats until no new VM is refused).
  * - An SR-IOV PF and its VFs sit in different groups yet cannot go to different VMs: the PF
  *   leaving its host driver destroys the VFs (`sriov-split`).
+ * - A definition `parseDomainXml` refuses (a damaged passthrough record, malformed XML) still
+ *   holds devices: the host PCI addresses `scanHostdevsLeniently` finds in it, persistent or
+ *   live, count as held (a configured VM is still refused, `unreadable-definition`). A hostdev
+ *   in it whose host address cannot be read at all is a plan-wide `unreadable-definition`
+ *   error: what it holds is unknown, so nothing is applied.
  *
  * @module
  */
@@ -44,8 +49,10 @@ import {
 import {
   type DomainHostdev,
   editDomainXml,
+  type LenientHostdevScan,
   type ParsedDomain,
   parseDomainXml,
+  scanHostdevsLeniently,
 } from "./domain_xml.ts";
 import { pciAddressFromLibvirt, pciAddressParts } from "./pci_address.ts";
 import { decodeXmlText } from "./xml.ts";
@@ -383,6 +390,55 @@ export function emptyVmPlan(name: string, xml: string): VmPlan {
   };
 }
 
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function quoteAll(addresses: readonly PciAddress[]): string {
+  return addresses.map((a) => `"${a}"`).join(", ");
+}
+
+/** What a domain whose definition cannot be read counts as holding, for its issue's message. */
+function heldNote(name: string, scan: LenientHostdevScan): string {
+  const held = scan.addresses.length === 0
+    ? "no PCI device could be found in it, so it counts as holding none"
+    : `the PCI device${scan.addresses.length === 1 ? "" : "s"} it names, ${
+      quoteAll(scan.addresses)
+    }, count${scan.addresses.length === 1 ? "s" : ""} as held by "${name}" for conflicts`;
+  return held + unresolvedNote(scan);
+}
+
+function unresolvedNote(scan: LenientHostdevScan): string {
+  if (scan.unresolved === 0) return "";
+  return `; ${scan.unresolved} hostdev${
+    scan.unresolved === 1 ? " names" : "s name"
+  } no readable host address, so the whole plan is refused`;
+}
+
+/**
+ * The plan-wide refusal for a domain whose definition cannot be read and that may hold PCI
+ * devices the lenient scan could not name: planning as if it held none could hand one of them
+ * to another VM, so nothing is applied until the definition is fixed.
+ */
+function unresolvedError(
+  name: string,
+  scan: LenientHostdevScan,
+  which: "persistent" | "running",
+): PlanIssue {
+  const definition = which === "running" ? "running definition" : "definition";
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot tell which PCI devices domain "${name}" holds: its ${definition} cannot be read and ${
+        scan.unresolved === 1 ? "a hostdev in it names" : `${scan.unresolved} hostdevs in it name`
+      } no readable host address: nothing is applied until the ${definition} is fixed (virsh edit ${name})${
+        which === "running" ? ", the guest is stopped," : ""
+      } or the domain is undefined`,
+    vm: name,
+    ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
+  };
+}
+
 /** The IOMMU group of every function the VMs' plans add, remove or move (see `Plan.groupOf`). */
 function groupsOfChanges(vms: readonly VmPlan[], host: HostTopology): Record<PciAddress, number> {
   const groupOf = new Map(host.devices.map((d) => [d.address, d.iommuGroup]));
@@ -440,37 +496,61 @@ export function planHostdevs(options: PlanOptions): Plan {
   const configured = new Set(config.vms.map((v) => v.name));
   const domains = new Map(libvirt.listDomains().map((d) => [d.name, d]));
   const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
-  const unreadable = new Map<string, { xml: string; error: unknown }>();
+  const unreadable = new Map<string, { xml: string; error: unknown; scan: LenientHostdevScan }>();
   const hostdevsOf = new Map<string, DomainHostdev[]>();
   // SR-IOV VFs given as <interface type='hostdev'>: never edited, but taken.
   const interfacesOf = new Map<string, PciAddress[]>();
   // Devices hot-plugged into a running guest but absent from its persistent definition: the
   // guest holds them until it stops, so they count as held like the defined ones.
   const liveOnlyOf = new Map<string, PciAddress[]>();
-  const liveOnly = (name: string, persistent: ParsedDomain) => {
+  // Definitions parseDomainXml refuses: the host addresses a lenient scan still finds in them
+  // count as held, so no other VM is given a device such a domain may hold.
+  const scannedOf = new Map<string, PciAddress[]>();
+  /** `defined`: the host addresses the persistent definition holds. */
+  const liveOnly = (name: string, defined: ReadonlySet<PciAddress>) => {
     if (libvirt.getLiveXml === undefined) return;
-    let live: ParsedDomain;
+    let xml: string;
     try {
-      live = parseDomainXml(libvirt.getLiveXml(name));
+      xml = libvirt.getLiveXml(name);
     } catch (error) {
       // A guest that stopped since it was listed holds nothing live; anything else is said.
       if (libvirt.isActive(name)) {
         plan.warnings.push({
           code: "unreadable-definition",
           message: `Cannot read the running definition of domain "${name}": ${
-            error instanceof Error ? error.message : String(error)
+            errorText(error)
           }: devices hot-plugged into it are not checked for conflicts`,
           vm: name,
         });
       }
       return;
     }
-    const defined = new Set([
-      ...persistent.hostdevs.map((h) => h.address),
-      ...persistent.interfaceHostdevs,
-    ]);
-    const extra = [...new Set([...live.hostdevs.map((h) => h.address), ...live.interfaceHostdevs])]
-      .filter((address) => !defined.has(address)).sort();
+    let held: PciAddress[];
+    try {
+      const live = parseDomainXml(xml);
+      held = [...live.hostdevs.map((h) => h.address), ...live.interfaceHostdevs];
+    } catch (error) {
+      if (!libvirt.isActive(name)) return;
+      const scan = scanHostdevsLeniently(xml);
+      held = scan.addresses;
+      const beyond = scan.addresses.filter((a) => !defined.has(a));
+      plan.warnings.push({
+        code: "unreadable-definition",
+        message: `Cannot read the running definition of domain "${name}": ${errorText(error)}: ${
+          beyond.length > 0
+            ? `the PCI device${
+              beyond.length === 1 ? "" : "s"
+            } it names beyond its persistent definition, ${quoteAll(beyond)}, count${
+              beyond.length === 1 ? "s" : ""
+            } as held by "${name}" until the guest stops`
+            : "no PCI device beyond its persistent definition could be found in it"
+        }${unresolvedNote(scan)}`,
+        vm: name,
+        ...(beyond.length > 0 ? { devices: beyond } : {}),
+      });
+      if (scan.unresolved > 0) plan.errors.push(unresolvedError(name, scan, "running"));
+    }
+    const extra = [...new Set(held)].filter((address) => !defined.has(address)).sort();
     if (extra.length === 0) return;
     liveOnlyOf.set(name, extra);
     globalLiveWarnings.push({
@@ -495,23 +575,33 @@ export function planHostdevs(options: PlanOptions): Plan {
       domain = parseDomainXml(xml);
     } catch (error) {
       // A configured VM we cannot read is refused on its own below; another tool's domain we
-      // cannot read is skipped (its devices cannot be checked for conflicts).
-      if (configured.has(name)) unreadable.set(name, { xml, error });
+      // cannot read is not planned. Either way the PCI devices a lenient scan finds in it count
+      // as held, and hostdevs with no readable address refuse the whole plan.
+      const scan = scanHostdevsLeniently(xml);
+      scannedOf.set(name, scan.addresses);
+      if (configured.has(name)) unreadable.set(name, { xml, error, scan });
       else {
-        // Its devices cannot count for conflicts: say so rather than plan as if it held none.
         plan.warnings.push({
           code: "unreadable-definition",
           message: `Cannot read the definition of domain "${name}", which is not in the config: ${
-            error instanceof Error ? error.message : String(error)
-          }: the devices it holds are not checked for conflicts`,
+            errorText(error)
+          }: ${heldNote(name, scan)}`,
           vm: name,
+          ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
         });
       }
+      if (scan.unresolved > 0) plan.errors.push(unresolvedError(name, scan, "persistent"));
+      if (domains.get(name)?.active === true) liveOnly(name, new Set(scan.addresses));
       continue;
     }
     hostdevsOf.set(name, domain.hostdevs);
     interfacesOf.set(name, domain.interfaceHostdevs);
-    if (domains.get(name)?.active === true) liveOnly(name, domain);
+    if (domains.get(name)?.active === true) {
+      liveOnly(
+        name,
+        new Set([...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs]),
+      );
+    }
     if (configured.has(name)) {
       parsed.set(name, { xml, domain });
     } else if (options.vms === undefined && domain.records.length > 0) {
@@ -556,6 +646,9 @@ export function planHostdevs(options: PlanOptions): Plan {
         ...(liveOnlyOf.get(name) ?? []),
       ]);
     }
+    for (const [name, addresses] of scannedOf) {
+      held.set(name, [...addresses, ...(liveOnlyOf.get(name) ?? [])]);
+    }
     const resolved = resolveConfig(effective, host, { records, current, held });
     planSelected(resolved);
     previous = resolved;
@@ -594,12 +687,14 @@ export function planHostdevs(options: PlanOptions): Plan {
       if (broken !== undefined) {
         const vmPlan = emptyVmPlan(name, broken.xml);
         const vmConfig = config.vms.find((v) => v.name === name);
-        const detail = broken.error instanceof Error ? broken.error.message : String(broken.error);
         vmPlan.errors.push({
           code: "unreadable-definition",
-          message: `Cannot read the definition of VM "${name}": ${detail}`,
+          message: `Cannot read the definition of VM "${name}": ${errorText(broken.error)}: ${
+            heldNote(name, broken.scan)
+          }`,
           vm: name,
           ...(vmConfig ? { location: vmConfig.location } : {}),
+          ...(broken.scan.addresses.length > 0 ? { devices: broken.scan.addresses } : {}),
         });
         plan.vms.push(vmPlan);
         continue;

@@ -113,7 +113,9 @@ Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", 
   using demo = await demoHost();
   using real = openLibvirtPort(`test://${DEMO}world.xml`);
   const libvirt = fixedXmlPort({
-    win10: "<domain type='test'><name>win10</name><devices><hostdev></devices></domain>",
+    // Malformed, but naming no hostdev: a <hostdev> with no readable address would refuse the
+    // whole plan (tests/plan_unreadable_test.ts).
+    win10: "<domain type='test'><name>win10</name><devices><disk></devices></domain>",
     gentoo: real.getPersistentXml("gentoo"),
   });
   const plan = planHostdevs({
@@ -124,6 +126,8 @@ Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", 
   const [win10, gentoo] = plan.vms;
   assertEquals(win10?.errors.map((e) => e.code), ["unreadable-definition"]);
   assertMatch(win10!.errors[0]!.message, /Cannot read the definition of VM "win10": /);
+  assertMatch(win10!.errors[0]!.message, /no PCI device could be found in it/);
+  assertEquals(plan.errors, []);
   assertEquals(win10?.changed, false);
   assertEquals(gentoo?.errors, []);
   assertEquals(gentoo?.add.map((a) => a.address), ["0000:4c:00.0", "0000:4c:00.1"]);

@@ -269,12 +269,14 @@ function fixedXmlPort(domains: Record<string, string>): LibvirtPort {
   };
 }
 
-Deno.test("planHostdevs() warns that a domain outside the config it cannot read is not checked for conflicts", () => {
+Deno.test("planHostdevs() warns about a domain outside the config it cannot read, saying what it counts as held", () => {
   const host = sriovHost();
   const libvirt = fixedXmlPort({
     router:
       "<domain type='test'><name>router</name><uuid>11111111-1111-4111-8111-111111111111</uuid><devices/></domain>",
-    other: "<domain type='test'><name>other</name><devices><hostdev></devices></domain>",
+    // Malformed, but naming no hostdev: a <hostdev> with no readable address would refuse the
+    // whole plan (tests/plan_unreadable_test.ts).
+    other: "<domain type='test'><name>other</name><devices><disk></devices></domain>",
   });
   const plan = planHostdevs({
     config: config(
@@ -285,7 +287,11 @@ Deno.test("planHostdevs() warns that a domain outside the config it cannot read 
   });
   assertEquals(plan.warnings.map((w) => w.code), ["unreadable-definition"]);
   assertMatch(plan.warnings[0]!.message, /"other"/);
-  assertMatch(plan.warnings[0]!.message, /not checked/);
+  assertMatch(
+    plan.warnings[0]!.message,
+    /no PCI device could be found in it, so it counts as holding none$/,
+  );
+  assertEquals(plan.errors, []);
   assertEquals(plan.vms.map((vm) => [vm.name, vm.errors]), [["router", []]]);
 });
 
