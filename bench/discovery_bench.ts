@@ -2,7 +2,9 @@
  * In-process discovery on generated hosts of 256, 1,024 and 4,096 functions (sysfs trees from
  * `lib/host_generator.ts`, built once in a temp dir). Per size:
  * - `sysfs (libc)`: the reader the CLI uses for `/sys` and trees, no lspci (target at 1,024
- *   functions: under 30 ms);
+ *   functions: under 30 ms); it reads `uevent`, `config` and `modules` through io_uring's kernel
+ *   thread while this thread reads the links and `numa_node` (`ffi/io_uring.ts`);
+ * - `sysfs (libc, file by file)`: the same reader with io_uring off (`PASSTHROUGH_IO_URING=0`);
  * - `sysfs (Deno fs)`: the fallback reader for trees when FFI is not permitted, no lspci;
  * - `reads only (libc)`: the same files and links read per device with no parsing at all, the
  *   floor the syscalls set on this machine;
@@ -30,6 +32,7 @@ const base = Deno.makeTempDirSync({ prefix: "passthrough-bench-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(base, { recursive: true }));
 
 const libc = libcSysfsReader();
+const fileByFile = libcSysfsReader({ ioUring: false });
 const denoFs = denoFsReader();
 
 for (const size of SIZES) buildHostTree(generateHost(size), `${base}/${size}`);
@@ -48,6 +51,13 @@ for (const size of SIZES) {
     },
   });
   Deno.bench({
+    name: `discovery ${size} functions: sysfs (libc, file by file), no lspci`,
+    group: `sysfs-${size}`,
+    async fn() {
+      await discoverHost({ root, reader: fileByFile, lspci: null });
+    },
+  });
+  Deno.bench({
     name: `discovery ${size} functions: sysfs (Deno fs), no lspci`,
     group: `sysfs-${size}`,
     async fn() {
@@ -58,8 +68,8 @@ for (const size of SIZES) {
     name: `discovery ${size} functions: reads only (libc), no parsing`,
     group: `sysfs-${size}`,
     fn() {
-      for (const name of libc.listDir(`${root}/bus/pci/devices`) ?? []) {
-        using dir = openSysfsDir(libc, `${root}/bus/pci/devices/${name}`);
+      for (const name of fileByFile.listDir(`${root}/bus/pci/devices`) ?? []) {
+        using dir = openSysfsDir(fileByFile, `${root}/bus/pci/devices/${name}`);
         dir.readText("uevent");
         dir.readBytes("config", 4096);
         dir.readLink("iommu_group");

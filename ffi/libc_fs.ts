@@ -1,14 +1,17 @@
 /**
  * A {@link SysfsReader} over libc's `openat`/`read`/`close`/`readlinkat`/`opendir`/`readdir`/
  * `closedir`, bound with `Deno.dlopen("libc.so.6")`. `openDir` opens a device directory once
- * (`O_PATH`) and reads its attributes relative to it, so each file costs no path walk. Deno 2.x refuses `Deno.readFile` under
- * `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going through libc needs only
- * `--allow-ffi`, so the documented permission set can read the real host.
+ * (`O_PATH`) and reads its attributes relative to it, so each file costs no path walk;
+ * `readFiles` reads many at once through io_uring where the kernel allows (`ffi/io_uring.ts`).
+ * Deno 2.x refuses `Deno.readFile` under `/sys` and `/proc` without `--allow-all`
+ * (denoland/deno#27564); going through libc needs only `--allow-ffi`, so the documented permission
+ * set can read the real host.
  *
  * @module
  */
 
-import type { SysfsDirReader, SysfsFile, SysfsReader } from "../lib/sysfs.ts";
+import type { SysfsDirReader, SysfsFile, SysfsFileBatch, SysfsReader } from "../lib/sysfs.ts";
+import { BATCH_MISSING, openUringFileBatch, SLOT_BYTES, type UringFileBatch } from "./io_uring.ts";
 
 const SYMBOLS = {
   // int openat(int dirfd, const char *pathname, int flags);
@@ -84,6 +87,26 @@ export class LibcFsError extends Error {
   }
 }
 
+/** Options of {@link libcSysfsReader}. */
+export interface LibcSysfsReaderOptions {
+  /**
+   * Whether `readFiles` may read through io_uring (`ffi/io_uring.ts`) where the kernel allows
+   * it. Default: yes, unless the environment variable `PASSTHROUGH_IO_URING` is `0` (a switch
+   * for users of a kernel where it misbehaves); `false` makes every read go file by file.
+   */
+  ioUring?: boolean;
+}
+
+/** The environment variable that turns io_uring off when set to `0`. */
+export const IO_URING_ENV = "PASSTHROUGH_IO_URING";
+
+function ioUringAllowedByEnvironment(): boolean {
+  // Asked first, so a library user's process is never prompted for it: without --allow-env for
+  // the variable, it cannot have been meant for this process.
+  const status = Deno.permissions.querySync({ name: "env", variable: IO_URING_ENV });
+  return status.state !== "granted" || Deno.env.get(IO_URING_ENV) !== "0";
+}
+
 /**
  * A {@link SysfsReader} that reads through libc. Needs `--allow-ffi` only.
  *
@@ -94,8 +117,9 @@ export class LibcFsError extends Error {
  * assertOk(reader.listDir("/sys/bus/pci/devices") !== null);
  * ```
  */
-export function libcSysfsReader(): SysfsReader {
+export function libcSysfsReader(options: LibcSysfsReaderOptions = {}): SysfsReader {
   const lib = load();
+  const ioUring = options.ioUring ?? ioUringAllowedByEnvironment();
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
   let buffer = new Uint8Array(16384);
@@ -263,7 +287,43 @@ export function libcSysfsReader(): SysfsReader {
     }
   }
 
+  /**
+   * A batch of io_uring reads with the ordinary path behind it: a file the batch could not read
+   * (any error but ENOENT, or longer than a page when all of it is wanted) is read again here,
+   * so every result means what the file-by-file reader would have said.
+   */
+  class BatchReader implements SysfsFileBatch {
+    constructor(readonly batch: UringFileBatch, readonly paths: readonly string[]) {}
+    poll(): void {
+      this.batch.poll();
+    }
+    readText(index: number): string | null {
+      const n = this.batch.wait(index);
+      if (n === BATCH_MISSING) return null;
+      if (n >= 0 && n < SLOT_BYTES) return decoder.decode(this.batch.bytes(index));
+      const length = readAbsolute(this.paths[index]!, 65536);
+      return length === null ? null : decoder.decode(buffer.subarray(0, length));
+    }
+    withBytes<T>(index: number, maxBytes: number, use: (bytes: Uint8Array) => T): T | null {
+      const n = this.batch.wait(index);
+      if (n === BATCH_MISSING) return null;
+      if (n >= 0 && (n < SLOT_BYTES || maxBytes <= SLOT_BYTES)) {
+        const bytes = this.batch.bytes(index)!;
+        return use(bytes.length > maxBytes ? bytes.subarray(0, maxBytes) : bytes);
+      }
+      const length = readAbsolute(this.paths[index]!, maxBytes);
+      return length === null ? null : use(buffer.subarray(0, length));
+    }
+    [Symbol.dispose](): void {
+      this.batch[Symbol.dispose]();
+    }
+  }
+
   return {
+    readFiles(paths) {
+      const batch = ioUring ? openUringFileBatch(paths) : null;
+      return batch === null ? null : new BatchReader(batch, paths);
+    },
     listDir(path) {
       let dir = lib.opendir(cString(path));
       for (let attempt = 0; dir === null && attempt < 8; attempt++) {

@@ -11,5 +11,11 @@ export * from "./node_device.ts";
 export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
-export { LibcFsError, libcSysfsReader } from "./libc_fs.ts";
+export {
+  IO_URING_ENV,
+  LibcFsError,
+  libcSysfsReader,
+  type LibcSysfsReaderOptions,
+} from "./libc_fs.ts";
+export { ioUringUnavailableReason } from "./io_uring.ts";
 export { nodeDeviceSource, openNodeDeviceSource } from "./nodedev_source.ts";

@@ -25,6 +25,29 @@ export interface SysfsReader {
    * path-based methods for readers without it.
    */
   openDir?(path: string): SysfsDirReader;
+  /**
+   * Optional: starts reading the whole files `paths` in the background (io_uring on Linux), or
+   * returns `null` when this reader cannot here. Results have the meaning of
+   * {@link SysfsReader.readText}; discovery reads every device's attributes this way when it can.
+   */
+  readFiles?(paths: readonly string[]): SysfsFileBatch | null;
+}
+
+/**
+ * Files being read in the background (see {@link SysfsReader.readFiles}), indexed like the paths
+ * given. Reading an entry waits for it. Dispose the batch when done (`using`): it waits for the
+ * reads still in flight.
+ */
+export interface SysfsFileBatch extends Disposable {
+  /** Lets the batch queue more reads; cheap and never waits. Call it during other work. */
+  poll(): void;
+  /** File `index`'s text as is, or `null` when it is missing, as `readText` would say. */
+  readText(index: number): string | null;
+  /**
+   * Up to `maxBytes` (at most 4,096) of file `index`, lent to `use` as in
+   * {@link SysfsDirReader.withBytes}, or `null` when it is missing.
+   */
+  withBytes<T>(index: number, maxBytes: number, use: (bytes: Uint8Array) => T): T | null;
 }
 
 /**

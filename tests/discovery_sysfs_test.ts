@@ -331,37 +331,41 @@ Deno.test({
   async fn() {
     const { libcSysfsReader } = await import("../ffi/libc_fs.ts");
     const libc = libcSysfsReader();
-    const whole: string[] = [];
-    const sparse: string[] = [];
-    // The real reader, recording which way each device's config is read.
-    const spy: SysfsReader = {
-      ...libc,
-      openDir(path) {
-        const dir = libc.openDir!(path);
-        return {
-          readText: (name) => dir.readText(name),
-          readLink: (name) => dir.readLink(name),
-          readBytes(name, maxBytes) {
-            if (name === "config") whole.push(path);
-            return dir.readBytes(name, maxBytes);
-          },
-          openFile(name) {
-            if (name === "config") sparse.push(path);
-            return dir.openFile!(name);
-          },
-          [Symbol.dispose]: () => dir[Symbol.dispose](),
-        };
-      },
-    };
-    const live = await discoverHost({ reader: spy, lspci: null });
-    assertEquals(whole, []);
-    assertEquals(sparse.length, live.devices.length);
-    // The same facts as reading every config file whole.
-    for (const device of live.devices) {
-      const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
-      const facts = parseConfigSpace(bytes);
-      assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
-      assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
+    // File by file (each device's directory) and in the background (names relative to the
+    // devices directory, the other files read by io_uring where the kernel allows).
+    for (const backgroundReadsFrom of [1e6, 0]) {
+      const whole: string[] = [];
+      const sparse: string[] = [];
+      // The real reader, recording which way each device's config is read.
+      const spy: SysfsReader = {
+        ...libc,
+        openDir(path) {
+          const dir = libc.openDir!(path);
+          return {
+            readText: (name) => dir.readText(name),
+            readLink: (name) => dir.readLink(name),
+            readBytes(name, maxBytes) {
+              if (name.endsWith("config")) whole.push(`${path}/${name}`);
+              return dir.readBytes(name, maxBytes);
+            },
+            openFile(name) {
+              if (name.endsWith("config")) sparse.push(`${path}/${name}`);
+              return dir.openFile!(name);
+            },
+            [Symbol.dispose]: () => dir[Symbol.dispose](),
+          };
+        },
+      };
+      const live = await discoverHost({ reader: spy, lspci: null, backgroundReadsFrom });
+      assertEquals(whole, []);
+      assertEquals(sparse.length, live.devices.length);
+      // The same facts as reading every config file whole.
+      for (const device of live.devices) {
+        const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
+        const facts = parseConfigSpace(bytes);
+        assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
+        assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
+      }
     }
   },
 });
