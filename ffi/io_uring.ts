@@ -36,6 +36,9 @@ const SYMBOLS = {
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   // int close(int fd);
   close: { parameters: ["i32"], result: "i32" },
+  // void *malloc(size_t size); void free(void *ptr);
+  malloc: { parameters: ["usize"], result: "pointer" },
+  free: { parameters: ["pointer"], result: "void" },
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -134,16 +137,29 @@ export function ioUringUnavailableReason(): string | null {
 }
 
 /**
- * The buffers the kernel writes into. Kept for the life of the process and shared by batches
- * (one at a time): a batch's reads must never land in memory the garbage collector has freed,
- * even if a batch were abandoned without being disposed.
+ * Memory the kernel reads from or writes into is C memory (`malloc`), never a JavaScript buffer:
+ * a worker thread terminated mid-batch (a fleet host that timed out) has its heap torn down while
+ * the kernel thread may still be reading a path or filling a slot. C memory outlives the isolate.
  */
-let arena: Uint8Array | null = null;
-/**
- * The open batch, referenced from here until it is disposed: the kernel thread reads each path
- * from its buffer when it takes the request, so that buffer must outlive every queued request
- * even if the batch object itself were dropped. While one is open, no other batch starts.
- */
+interface NativeBuffer {
+  pointer: Deno.PointerObject;
+  address: bigint;
+  bytes: Uint8Array;
+}
+
+function allocate(lib: Libc, size: number): NativeBuffer | null {
+  const pointer = lib.malloc(BigInt(size));
+  if (pointer === null) return null;
+  return {
+    pointer,
+    address: BigInt(Deno.UnsafePointer.value(pointer)),
+    bytes: new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size)),
+  };
+}
+
+/** The slots the kernel reads into: made once and kept for the life of the process. */
+let arena: NativeBuffer | null = null;
+/** The open batch. While one is open, no other batch starts (they would share the slots). */
 let openBatch: UringFileBatch | null = null;
 /** The process's ring, made on first use; `null` when io_uring cannot be used here. */
 let sharedRing: Ring | null | undefined;
@@ -182,9 +198,34 @@ export function openUringFileBatch(paths: readonly string[]): UringFileBatch | n
   if (sharedRing === undefined) sharedRing = Ring.open(lib);
   const ring = sharedRing;
   if (ring === null) return null;
-  arena ??= new Uint8Array(SLOTS * SLOT_BYTES);
-  openBatch = new UringFileBatch(lib, ring, paths, arena);
+  arena ??= allocate(lib, SLOTS * SLOT_BYTES);
+  const pathBuffer = arena === null ? null : encodePaths(lib, paths);
+  if (arena === null || pathBuffer === null) {
+    unavailable = "malloc failed";
+    return null;
+  }
+  openBatch = new UringFileBatch(lib, ring, pathBuffer, paths.length, arena);
   return openBatch;
+}
+
+/** Every path, NUL-terminated, in one C buffer, and where each starts. */
+function encodePaths(
+  lib: Libc,
+  paths: readonly string[],
+): { buffer: NativeBuffer; offsets: Uint32Array } | null {
+  let total = 1;
+  for (const path of paths) total += path.length * 3 + 1;
+  const buffer = allocate(lib, total);
+  if (buffer === null) return null;
+  const encoder = new TextEncoder();
+  const offsets = new Uint32Array(paths.length);
+  let offset = 0;
+  for (let i = 0; i < paths.length; i++) {
+    offsets[i] = offset;
+    offset += encoder.encodeInto(paths[i]!, buffer.bytes.subarray(offset)).written;
+    buffer.bytes[offset++] = 0;
+  }
+  return { buffer, offsets };
 }
 
 /** The mapped rings of one io_uring instance. */
@@ -318,11 +359,9 @@ class Ring {
 export class UringFileBatch implements Disposable {
   readonly #lib: Libc;
   readonly #ring: Ring;
-  readonly #arena: Uint8Array;
-  readonly #arenaAddress: bigint;
+  readonly #arena: NativeBuffer;
   /** Every path, NUL-terminated, in one buffer the kernel reads them from. */
-  readonly #paths: Uint8Array;
-  readonly #pathsAddress: bigint;
+  readonly #paths: NativeBuffer;
   readonly #pathOffsets: Uint32Array;
   /** Per file: `undefined` until known, then a length, BATCH_MISSING or BATCH_RETRY. */
   readonly #results: Int32Array;
@@ -339,27 +378,21 @@ export class UringFileBatch implements Disposable {
   /** Set when the ring failed: every file not read yet is left to the ordinary path. */
   #broken = false;
 
-  constructor(lib: Libc, ring: Ring, paths: readonly string[], arena: Uint8Array) {
+  constructor(
+    lib: Libc,
+    ring: Ring,
+    paths: { buffer: NativeBuffer; offsets: Uint32Array },
+    count: number,
+    arena: NativeBuffer,
+  ) {
     this.#lib = lib;
     this.#ring = ring;
     this.#arena = arena;
-    this.#arenaAddress = address(arena);
-    const encoder = new TextEncoder();
-    let total = 0;
-    for (const path of paths) total += path.length * 3 + 1;
-    const buffer = new Uint8Array(total);
-    this.#pathOffsets = new Uint32Array(paths.length);
-    let offset = 0;
-    for (let i = 0; i < paths.length; i++) {
-      this.#pathOffsets[i] = offset;
-      offset += encoder.encodeInto(paths[i]!, buffer.subarray(offset)).written;
-      buffer[offset++] = 0;
-    }
-    this.#paths = buffer;
-    this.#pathsAddress = address(buffer);
-    this.#results = new Int32Array(paths.length);
-    this.#known = new Uint8Array(paths.length);
-    this.#contents = new Array(paths.length);
+    this.#paths = paths.buffer;
+    this.#pathOffsets = paths.offsets;
+    this.#results = new Int32Array(count);
+    this.#known = new Uint8Array(count);
+    this.#contents = new Array(count);
     for (let slot = SLOTS - 1; slot >= 0; slot--) this.#freeSlots.push(slot);
     this.#tail = Atomics.load(ring.words, ring.sqTail);
     this.poll();
@@ -408,9 +441,11 @@ export class UringFileBatch implements Disposable {
       if (this.#pendingCompletions > 0) this.#enter();
     }
     this.#closed = true;
-    // A broken ring's requests may still be running: its batch stays referenced (and no other
-    // starts), so the paths they read are never freed.
-    if (openBatch === this && !this.#broken) openBatch = null;
+    // A broken ring's requests may still be running: their paths are never freed, and no other
+    // batch starts.
+    if (this.#broken) return;
+    this.#lib.free(this.#paths.pointer);
+    if (openBatch === this) openBatch = null;
   }
 
   /** Queues a chain for each file not yet started, while slots and ring space last. */
@@ -419,7 +454,7 @@ export class UringFileBatch implements Disposable {
     const sqes = ring.sqes;
     const head = Atomics.load(ring.words, ring.sqHead);
     let tail = this.#tail;
-    const pathsAddress = this.#pathsAddress;
+    const pathsAddress = this.#paths.address;
     // The ring's indices are free-running 32-bit counters.
     while (
       this.#next < this.#results.length && this.#freeSlots.length > 0 &&
@@ -445,7 +480,7 @@ export class UringFileBatch implements Disposable {
       sqes.setUint8(at, IORING_OP_READ);
       sqes.setUint8(at + 1, IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK);
       sqes.setInt32(at + 4, slot, true);
-      sqes.setBigUint64(at + 16, this.#arenaAddress + BigInt(slot * SLOT_BYTES), true);
+      sqes.setBigUint64(at + 16, this.#arena.address + BigInt(slot * SLOT_BYTES), true);
       sqes.setUint32(at + 24, SLOT_BYTES, true);
       sqes.setBigUint64(at + 32, userData | 1n << 32n, true);
       at = ((tail + 2) & ring.sqMask) * SQE_SIZE;
@@ -486,7 +521,7 @@ export class UringFileBatch implements Disposable {
           this.#settle(file, BATCH_RETRY);
         } else {
           const start = slot * SLOT_BYTES;
-          this.#contents[file] = this.#arena.slice(start, start + result);
+          this.#contents[file] = this.#arena.bytes.slice(start, start + result);
           this.#settle(file, result);
         }
       }
