@@ -143,7 +143,8 @@ export function ioUringUnavailableReason(): string | null {
  */
 interface NativeBuffer {
   pointer: Deno.PointerObject;
-  address: bigint;
+  /** The address as a number: exact, user-space addresses are below 2^53. */
+  addressNumber: number;
   bytes: Uint8Array;
 }
 
@@ -152,7 +153,7 @@ function allocate(lib: Libc, size: number): NativeBuffer | null {
   if (pointer === null) return null;
   return {
     pointer,
-    address: BigInt(Deno.UnsafePointer.value(pointer)),
+    addressNumber: Number(Deno.UnsafePointer.value(pointer)),
     bytes: new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(pointer, size)),
   };
 }
@@ -237,7 +238,7 @@ class Ring {
     readonly sqePointer: Deno.PointerObject,
     readonly words: Uint32Array,
     readonly signedWords: Int32Array,
-    readonly sqes: DataView,
+    readonly sqeWords: Uint32Array,
     readonly sqHead: number,
     readonly sqTail: number,
     readonly sqMask: number,
@@ -323,7 +324,7 @@ class Ring {
       sqePointer!,
       words,
       new Int32Array(ringBuffer),
-      new DataView(Deno.UnsafePointerView.getArrayBuffer(sqePointer!, sqeBytes)),
+      new Uint32Array(Deno.UnsafePointerView.getArrayBuffer(sqePointer!, sqeBytes)),
       sqOff(0) >> 2,
       sqOff(1) >> 2,
       words[sqOff(2) >> 2]!,
@@ -346,7 +347,7 @@ class Ring {
 
   close(lib: Libc): void {
     lib.munmap(this.ringPointer, BigInt(this.ringBytes));
-    lib.munmap(this.sqePointer, BigInt(this.sqes.byteLength));
+    lib.munmap(this.sqePointer, BigInt(this.sqeWords.byteLength));
     lib.close(this.fd);
   }
 }
@@ -451,10 +452,10 @@ export class UringFileBatch implements Disposable {
   /** Queues a chain for each file not yet started, while slots and ring space last. */
   #submit(): void {
     const ring = this.#ring;
-    const sqes = ring.sqes;
+    const words = ring.sqeWords;
     const head = Atomics.load(ring.words, ring.sqHead);
     let tail = this.#tail;
-    const pathsAddress = this.#paths.address;
+    const pathsAddress = this.#paths.addressNumber;
     // The ring's indices are free-running 32-bit counters.
     while (
       this.#next < this.#results.length && this.#freeSlots.length > 0 &&
@@ -465,29 +466,32 @@ export class UringFileBatch implements Disposable {
       this.#slotFile[slot] = file;
       this.#slotPending[slot] = 3;
       this.#pendingCompletions += 3;
-      const userData = BigInt(slot);
-      let at = (tail & ring.sqMask) * SQE_SIZE;
-      clearSqe(sqes, at);
-      sqes.setUint8(at, IORING_OP_OPENAT);
-      sqes.setUint8(at + 1, IOSQE_IO_LINK);
-      sqes.setInt32(at + 4, AT_FDCWD, true);
-      sqes.setBigUint64(at + 16, pathsAddress + BigInt(this.#pathOffsets[file]!), true);
-      sqes.setUint32(at + 28, O_RDONLY_NONBLOCK, true);
-      sqes.setBigUint64(at + 32, userData, true);
-      sqes.setUint32(at + 44, slot + 1, true); // file_index: the direct slot, 1-based
-      at = ((tail + 1) & ring.sqMask) * SQE_SIZE;
-      clearSqe(sqes, at);
-      sqes.setUint8(at, IORING_OP_READ);
-      sqes.setUint8(at + 1, IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK);
-      sqes.setInt32(at + 4, slot, true);
-      sqes.setBigUint64(at + 16, this.#arena.address + BigInt(slot * SLOT_BYTES), true);
-      sqes.setUint32(at + 24, SLOT_BYTES, true);
-      sqes.setBigUint64(at + 32, userData | 1n << 32n, true);
-      at = ((tail + 2) & ring.sqMask) * SQE_SIZE;
-      clearSqe(sqes, at);
-      sqes.setUint8(at, IORING_OP_CLOSE);
-      sqes.setBigUint64(at + 32, userData | 2n << 32n, true);
-      sqes.setUint32(at + 44, slot + 1, true);
+      // Each entry is written as 32-bit words (see writeSqe): no BigInt, nothing allocated.
+      writeSqe(
+        words,
+        tail & ring.sqMask,
+        IORING_OP_OPENAT | IOSQE_IO_LINK << 8,
+        AT_FDCWD,
+        pathsAddress + this.#pathOffsets[file]!,
+        0,
+        O_RDONLY_NONBLOCK,
+        slot,
+        0,
+        slot + 1, // file_index: the direct descriptor slot, 1-based
+      );
+      writeSqe(
+        words,
+        (tail + 1) & ring.sqMask,
+        IORING_OP_READ | (IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK) << 8,
+        slot,
+        this.#arena.addressNumber + slot * SLOT_BYTES,
+        SLOT_BYTES,
+        0,
+        slot,
+        1,
+        0,
+      );
+      writeSqe(words, (tail + 2) & ring.sqMask, IORING_OP_CLOSE, 0, 0, 0, 0, slot, 2, slot + 1);
       tail = (tail + 3) >>> 0;
     }
     if (tail === this.#tail) return;
@@ -580,6 +584,33 @@ export class UringFileBatch implements Disposable {
   }
 }
 
-function clearSqe(sqes: DataView, at: number): void {
-  for (let i = 0; i < SQE_SIZE; i += 8) sqes.setBigUint64(at + i, 0n, true);
+/**
+ * Writes submission entry `index` as the 16 little-endian 32-bit words of `struct io_uring_sqe`
+ * (x86_64 and aarch64 are little-endian): opcode and flags, fd, address, length, open/read
+ * flags, user data (slot, then which of the chain's three requests), file_index; the rest zero.
+ * Addresses are below 2^53 on both, so they are exact as numbers.
+ */
+function writeSqe(
+  words: Uint32Array,
+  index: number,
+  opcodeAndFlags: number,
+  fd: number,
+  address: number,
+  length: number,
+  opFlags: number,
+  slot: number,
+  request: number,
+  fileIndex: number,
+): void {
+  const at = index * (SQE_SIZE >> 2);
+  words.fill(0, at, at + (SQE_SIZE >> 2));
+  words[at] = opcodeAndFlags;
+  words[at + 1] = fd >>> 0;
+  words[at + 4] = address >>> 0;
+  words[at + 5] = Math.floor(address / 0x100000000);
+  words[at + 6] = length;
+  words[at + 7] = opFlags;
+  words[at + 8] = slot;
+  words[at + 9] = request;
+  words[at + 11] = fileIndex;
 }
