@@ -345,6 +345,54 @@ function usedGuestSlots(xml: string): Set<number> {
   return used;
 }
 
+/**
+ * Where each host card's hostdevs already sit on guest bus 0, for cards whose functions share one
+ * guest slot: by host card (`DDDD:BB:SS`), the guest slot, the guest functions used in it by any
+ * device, and whether its function 0 is marked `multifunction='on'`.
+ */
+function appliedCardSlots(
+  xml: string,
+): Map<string, { slot: number; functions: Set<number>; multifunction: boolean }> {
+  const bySlot = new Map<number, { functions: Set<number>; multifunction: boolean }>();
+  const slotOf = (attrs: string): { slot: number; fn: number; multi: boolean } | null => {
+    const values: Record<string, string> = {};
+    for (const a of attrs.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)) values[a[1]!] = a[2]!;
+    if (values.type !== "pci") return null;
+    const address = pciAddressFromLibvirt({ ...values, function: values.function ?? "0" });
+    if (address === null) return null;
+    const p = pciAddressParts(address);
+    if (p.domain !== 0 || p.bus !== 0) return null;
+    return { slot: p.slot, fn: p.function, multi: values.multifunction === "on" };
+  };
+  for (const m of xml.matchAll(/<address\b([^>]*)>/g)) {
+    const at = slotOf(m[1]!);
+    if (at === null) continue;
+    const entry = bySlot.get(at.slot) ?? { functions: new Set<number>(), multifunction: false };
+    entry.functions.add(at.fn);
+    if (at.fn === 0 && at.multi) entry.multifunction = true;
+    bySlot.set(at.slot, entry);
+  }
+  const cards = new Map<string, { slot: number; functions: Set<number>; multifunction: boolean }>();
+  for (const hostdev of xml.matchAll(/<hostdev\b[^>]*>[\s\S]*?<\/hostdev>/g)) {
+    const text = hostdev[0];
+    const end = text.indexOf("</source>");
+    if (end < 0) continue;
+    const host = /<address\b([^>]*)>/.exec(text.slice(0, end));
+    const guest = /<address\b([^>]*)>/.exec(text.slice(end));
+    const hostAddress = host === null ? null : pciAddressFromLibvirt(Object.fromEntries(
+      [...host[1]!.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)].map((a) => [a[1]!, a[2]!]),
+    ));
+    const at = guest === null ? null : slotOf(guest[1]!);
+    if (hostAddress === null || at === null) continue;
+    const entry = bySlot.get(at.slot)!;
+    // Only a slot laid out as a card (multifunction) is joined, never libvirt's own placement.
+    if (entry.multifunction || entry.functions.size > 1) {
+      cards.set(cardOf(hostAddress), { slot: at.slot, ...entry });
+    }
+  }
+  return cards;
+}
+
 function specFor(
   closed: ClosedDevice,
   firstMatched: ReadonlySet<PciAddress>,
@@ -955,7 +1003,9 @@ function planVm(
 
 /**
  * Host specs for the devices being added; for rules with `multifunction: true`, a card's
- * functions get guest addresses in one free slot of guest bus 0, function numbers preserved.
+ * functions get guest addresses in one slot of guest bus 0, function numbers preserved: the slot
+ * the card's functions already applied sit in (a function that appeared later, e.g. a GPU's audio
+ * function enabled after the first apply, joins them), else a free one.
  */
 function assignGuestSlots(
   adding: readonly ClosedDevice[],
@@ -973,27 +1023,41 @@ function assignGuestSlots(
   }
   if (cards.size === 0) return specs;
   const used = usedGuestSlots(xml);
+  const applied = appliedCardSlots(xml);
   // Slots from 0x10 up leave the low ones to the devices libvirt places itself.
   let next = 0x10;
   for (const members of cards.values()) {
-    while (next <= 0x1f && used.has(next)) next++;
     const card = cardOf(members[0]!.device.address);
-    if (next > 0x1f) {
-      reasoning.push(`${card}: no free slot on guest bus 0 for multifunction, libvirt places it`);
-      continue;
+    const functions = members.map((m) => pciAddressParts(m.device.address).function);
+    const joined = applied.get(card);
+    // The card's slot, when every new function's number is free there and function 0 is
+    // marked multifunction already or comes now (the guest then sees the whole card).
+    const join = joined !== undefined &&
+      functions.every((fn) => !joined.functions.has(fn)) &&
+      (joined.multifunction || functions.includes(0));
+    let slot: number;
+    if (join) {
+      slot = joined.slot;
+    } else {
+      while (next <= 0x1f && used.has(next)) next++;
+      if (next > 0x1f) {
+        reasoning.push(`${card}: no free slot on guest bus 0 for multifunction, libvirt places it`);
+        continue;
+      }
+      slot = next++;
     }
-    const slot = next++;
-    const hasFunctionZero = members.some((m) => pciAddressParts(m.device.address).function === 0);
+    const hasFunctionZero = functions.includes(0) || (join && joined.functions.has(0));
     for (const m of members) {
       const fn = pciAddressParts(m.device.address).function;
       const spec = specs.get(m.device.address)!;
       spec.guestAddress = { domain: 0, bus: 0, slot, function: fn };
       if (fn === 0) spec.guestAddress.multifunction = true;
     }
+    const where = `guest slot 0000:00:${slot.toString(16).padStart(2, "0")}`;
     reasoning.push(
-      `${card}: ${members.length} function${
-        members.length > 1 ? "s" : ""
-      } kept together in guest slot 0000:00:${slot.toString(16).padStart(2, "0")} (multifunction)${
+      `${card}: ${members.length} function${members.length > 1 ? "s" : ""} ${
+        join ? `join the card's other functions in ${where}` : `kept together in ${where}`
+      } (multifunction)${
         hasFunctionZero ? "" : "; function 0 is not passed, the guest may not see them"
       }`,
     );

@@ -499,6 +499,38 @@ Deno.test("planHostdevs() keeps a multifunction card in one guest slot with its 
   });
 });
 
+Deno.test("planHostdevs() puts a card's function that appears later into the card's guest slot", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        multifunction: true
+`);
+  // The GPU's audio function is hidden until enabled (NVIDIA cards hide it from the host until a
+  // config bit is set): the first apply sees only function 0.
+  const before = host([...baseDevices(), GPU]);
+  await withPort([WIN10], (libvirt) => {
+    const first = vmOf(planHostdevs({ config: cfg, host: before, libvirt }), "win10");
+    assertEquals(first.add.map((a) => a.spec.guestAddress), [
+      { domain: 0, bus: 0, slot: 0x10, function: 0, multifunction: true },
+    ]);
+    libvirt.define(first.desiredXml);
+
+    const later = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals([later.remove, later.add.map((a) => a.address)], [[], ["0000:01:00.1"]]);
+    // Function 1 of the card's own slot, not a slot of its own (0x11 was the next free one).
+    assertEquals(later.add[0]!.spec.guestAddress, { domain: 0, bus: 0, slot: 0x10, function: 1 });
+    assertOk(
+      later.reasoning.some((r) =>
+        /join the card's other functions in guest slot 0000:00:10/.test(r)
+      ),
+      later.reasoning.join("\n"),
+    );
+    libvirt.define(later.desiredXml);
+    assertEquals(vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10").changed, false);
+  });
+});
+
 Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", async () => {
   await withPort([WIN10], (libvirt) => {
     const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
