@@ -22,28 +22,7 @@
  * @module
  */
 
-const SYMBOLS = {
-  // long syscall(long number, ...): io_uring has no glibc wrapper.
-  syscall4: { name: "syscall", parameters: ["i64", "i64", "i64", "i64"], result: "i64" },
-  syscall7: {
-    name: "syscall",
-    parameters: ["i64", "i64", "i64", "i64", "i64", "i64", "i64"],
-    result: "i64",
-  },
-  // void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset);
-  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
-  // int munmap(void *addr, size_t length);
-  munmap: { parameters: ["pointer", "usize"], result: "i32" },
-  // int close(int fd);
-  close: { parameters: ["i32"], result: "i32" },
-  // void *malloc(size_t size); void free(void *ptr);
-  malloc: { parameters: ["usize"], result: "pointer" },
-  free: { parameters: ["pointer"], result: "void" },
-  // int *__errno_location(void);
-  __errno_location: { parameters: [], result: "pointer" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+import { errno, type Libc, libc } from "./libc.ts";
 
 // The io_uring system calls have the same numbers on every Linux architecture (since 5.1).
 const SYS_IO_URING_SETUP = 425n;
@@ -104,22 +83,6 @@ const SQ_ENTRIES = 2048;
 export const BATCH_RETRY = -1;
 /** The result of a file that does not exist. */
 export const BATCH_MISSING = -2;
-
-let libc: Libc | null = null;
-let errnoView: Deno.UnsafePointerView | null = null;
-
-function load(): Libc {
-  if (libc === null) {
-    libc = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-    const pointer = libc.__errno_location();
-    errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
-  }
-  return libc;
-}
-
-function errno(): number {
-  return errnoView?.getInt32(0) ?? 0;
-}
 
 function address(buffer: Uint8Array): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer)));
@@ -191,7 +154,7 @@ export function openUringFileBatch(paths: readonly string[]): UringFileBatch | n
   if (openBatch !== null) return null;
   let lib: Libc;
   try {
-    lib = load();
+    lib = libc();
   } catch (error) {
     unavailable = `libc: ${(error as Error).message}`;
     return null;

@@ -12,29 +12,7 @@
 
 import type { SysfsDirReader, SysfsFile, SysfsFileBatch, SysfsReader } from "../lib/sysfs.ts";
 import { BATCH_MISSING, openUringFileBatch, SLOT_BYTES, type UringFileBatch } from "./io_uring.ts";
-
-const SYMBOLS = {
-  // int openat(int dirfd, const char *pathname, int flags);
-  openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
-  // ssize_t read(int fd, void *buf, size_t count);
-  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-  // ssize_t pread(int fd, void *buf, size_t count, off_t offset);
-  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
-  // int close(int fd);
-  close: { parameters: ["i32"], result: "i32" },
-  // ssize_t readlinkat(int dirfd, const char *pathname, char *buf, size_t bufsiz);
-  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
-  // DIR *opendir(const char *name);
-  opendir: { parameters: ["buffer"], result: "pointer" },
-  // struct dirent *readdir(DIR *dirp);
-  readdir: { parameters: ["pointer"], result: "pointer" },
-  // int closedir(DIR *dirp);
-  closedir: { parameters: ["pointer"], result: "i32" },
-  // int *__errno_location(void);
-  __errno_location: { parameters: [], result: "pointer" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+import { errno, libc } from "./libc.ts";
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
@@ -64,14 +42,6 @@ const MISSING_ERRNO = new Set([
 /** errno values a signal handler can leave behind: retry. */
 const TRANSIENT_ERRNO = new Set([4, /* EINTR */ 11 /* EAGAIN */]);
 const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 13: "EACCES", 24: "EMFILE" };
-
-let libc: Libc | null = null;
-
-/** Opens libc lazily (so importing this module needs no permission) and memoises it. */
-function load(): Libc {
-  libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-  return libc;
-}
 
 /** Raised when libc reports a failure that is not "missing" (e.g. `EACCES`). */
 export class LibcFsError extends Error {
@@ -118,7 +88,7 @@ function ioUringAllowedByEnvironment(): boolean {
  * ```
  */
 export function libcSysfsReader(options: LibcSysfsReaderOptions = {}): SysfsReader {
-  const lib = load();
+  const lib = libc();
   const ioUring = options.ioUring ?? ioUringAllowedByEnvironment();
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
@@ -144,11 +114,6 @@ export function libcSysfsReader(options: LibcSysfsReaderOptions = {}): SysfsRead
     }
     return encoded;
   };
-  // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
-  // `nonblocking` run on this one, so the view is made once (a failed lookup per device is common).
-  const errnoPointer = lib.__errno_location();
-  const errnoView = errnoPointer === null ? null : new Deno.UnsafePointerView(errnoPointer);
-  const errno = (): number => errnoView === null ? 0 : errnoView.getInt32(0);
   // errno is read after the call returns; a signal handler running in between (Deno's
   // SIGCHLD handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean
   // "missing" for open/read/readlink on files, so the call is simply repeated. The loops are
