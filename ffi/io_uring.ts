@@ -132,7 +132,7 @@ let sharedRing: Ring | null | undefined;
  * Starts reading `paths` (absolute, or relative to the working directory), each up to
  * {@link SLOT_BYTES}. Returns `null` when io_uring cannot be used here (see
  * {@link ioUringUnavailableReason}) or another batch is still open. Dispose the batch when done:
- * it waits for the reads in flight and releases the ring.
+ * it waits for the reads in flight (the ring itself is kept for the next batch).
  *
  * @example
  * ```ts
@@ -396,7 +396,7 @@ export class UringFileBatch implements Disposable {
     return this.#contents[index];
   }
 
-  /** Waits for every read in flight and releases the ring; unread files are not started. */
+  /** Waits for every read in flight and frees the paths; unread files are not started. */
   [Symbol.dispose](): void {
     if (this.#closed) return;
     this.#next = this.#results.length;
