@@ -11,7 +11,13 @@
  */
 
 import type { SysfsDirReader, SysfsFile, SysfsFileBatch, SysfsReader } from "../lib/sysfs.ts";
-import { BATCH_MISSING, openUringFileBatch, SLOT_BYTES, type UringFileBatch } from "./io_uring.ts";
+import {
+  BATCH_MISSING,
+  ioUringUnavailableReason,
+  openUringFileBatch,
+  SLOT_BYTES,
+  type UringFileBatch,
+} from "./io_uring.ts";
 import { errno, libc } from "./libc.ts";
 
 const O_RDONLY = 0;
@@ -75,6 +81,17 @@ function ioUringAllowedByEnvironment(): boolean {
   // the variable, it cannot have been meant for this process.
   const status = Deno.permissions.querySync({ name: "env", variable: IO_URING_ENV });
   return status.state !== "granted" || Deno.env.get(IO_URING_ENV) !== "0";
+}
+
+/**
+ * Whether `libcSysfsReader().readFiles` can read through io_uring in this process: `null` when it
+ * can, else why not (turned off by the environment, or the kernel's refusal). Makes the process's
+ * ring when it can (see `ffi/io_uring.ts`).
+ */
+export function ioUringStatus(): string | null {
+  if (!ioUringAllowedByEnvironment()) return `turned off by ${IO_URING_ENV}=0`;
+  openUringFileBatch([])?.[Symbol.dispose]();
+  return ioUringUnavailableReason();
 }
 
 /**

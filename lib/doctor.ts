@@ -1,6 +1,7 @@
 /**
  * Host readiness checks for passthrough: IOMMU on, interrupt remapping, `vfio-pci` available,
- * ACS override, libvirt reachable. Each finding says what is wrong and what to do.
+ * ACS override, libvirt reachable, and whether discovery can read in the background. Each finding
+ * says what is wrong and what to do.
  *
  * Interrupt remapping is judged without `dmesg` (unreadable without privileges): the IOMMU's
  * own capability register in `/sys/class/iommu/dmar*\/intel-iommu/ecap` (bit 3, IR), AMD's
@@ -18,7 +19,10 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 
 /** One check's outcome. */
 export interface DoctorFinding {
-  /** Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`. */
+  /**
+   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`,
+   * `background-reads`.
+   */
   check: string;
   status: DoctorStatus;
   /** What was found, one sentence. */
@@ -43,6 +47,11 @@ export interface DoctorOptions {
   modulesRoot?: string;
   /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
   libvirtProbe?: () => string | Error;
+  /**
+   * Whether discovery can read sysfs in the background (io_uring, `ffi/io_uring.ts`): `null`
+   * when it can, else why not. Informational: the results are the same either way.
+   */
+  backgroundReadsProbe?: () => string | null;
 }
 
 function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
@@ -269,8 +278,30 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
 }
 
+function checkBackgroundReads(probe: () => string | null): DoctorFinding {
+  const reason = probe();
+  if (reason === null) {
+    return {
+      check: "background-reads",
+      status: "ok",
+      summary: "Discovery reads sysfs in the background through io_uring (a second core)",
+      hint: null,
+    };
+  }
+  return {
+    check: "background-reads",
+    status: "ok",
+    summary: `Discovery reads sysfs file by file (${reason}): the same results, slower on hosts ` +
+      "with thousands of functions",
+    hint: /PASSTHROUGH_IO_URING/.test(reason)
+      ? "Unset PASSTHROUGH_IO_URING to read in the background again"
+      : "Nothing is needed; background reads want Linux 5.17 or later, kernel.io_uring_disabled=0 " +
+        "and no seccomp filter refusing io_uring (container runtimes' default profiles do)",
+  };
+}
+
 /**
- * Runs every check. The libvirt check runs only when a probe is given.
+ * Runs every check. The libvirt and background-reads checks run only when a probe is given.
  *
  * @example
  * ```ts
@@ -292,5 +323,8 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkAcsOverride(options.host),
   ];
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
+  if (options.backgroundReadsProbe !== undefined) {
+    findings.push(checkBackgroundReads(options.backgroundReadsProbe));
+  }
   return findings;
 }

@@ -1,6 +1,9 @@
 // doctor over real files: sysfs-, proc- and modules-shaped directories built per case, and the
 // real libvirt test driver for the libvirt probe.
-import { assertEquals, assertMatch } from "./helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
+import { runCli } from "./helpers/cli.ts";
+import { livePciMissing } from "./helpers/hosts.ts";
+import { ioUringStatus } from "../ffi/libc_fs.ts";
 import { type DoctorFinding, type DoctorOptions, runDoctor } from "../lib/doctor.ts";
 import { denoFsReader } from "../lib/sysfs.ts";
 import type { HostTopology } from "../lib/types.ts";
@@ -203,6 +206,63 @@ Deno.test("libvirtProbe() reaches the real libvirt test driver and reports a bad
     assertEquals(bad.status, "fail");
     assertMatch(bad.summary, /^Cannot reach libvirt: /);
   });
+});
+
+Deno.test("runDoctor() says whether discovery reads in the background, never as a failure", async () => {
+  await withRoot({}, (options) => {
+    const on = find(
+      runDoctor({ ...options, host: host(), backgroundReadsProbe: () => null }),
+      "background-reads",
+    );
+    assertEquals([on.status, on.hint], ["ok", null]);
+    assertMatch(on.summary, /in the background through io_uring/);
+    const refused = find(
+      runDoctor({
+        ...options,
+        host: host(),
+        backgroundReadsProbe: () => "io_uring_setup: errno 1",
+      }),
+      "background-reads",
+    );
+    assertEquals(refused.status, "ok");
+    assertMatch(refused.summary, /file by file \(io_uring_setup: errno 1\): the same results/);
+    assertMatch(refused.hint ?? "", /Linux 5\.17 or later/);
+    const off = find(
+      runDoctor({
+        ...options,
+        host: host(),
+        backgroundReadsProbe: () => "turned off by PASSTHROUGH_IO_URING=0",
+      }),
+      "background-reads",
+    );
+    assertMatch(off.hint ?? "", /Unset PASSTHROUGH_IO_URING/);
+    // Without a probe (a captured tree), no such finding.
+    assertEquals(
+      runDoctor({ ...options, host: host() }).some((f) => f.check === "background-reads"),
+      false,
+    );
+  });
+});
+
+Deno.test({
+  name: "doctor on this machine's /sys reports the background reads the real kernel allows",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    // With exactly the documented permissions, which must let the switch through.
+    const run = await runCli(["doctor", "--json", "--no-libvirt"]);
+    const reads = find(JSON.parse(run.stdout) as DoctorFinding[], "background-reads");
+    assertEquals(reads.status, "ok");
+    const expected = ioUringStatus();
+    if (expected === null) assertMatch(reads.summary, /through io_uring/);
+    else assertOk(reads.summary.includes(`file by file (${expected})`), reads.summary);
+    const off = await runCli(["doctor", "--json", "--no-libvirt"], {
+      env: { PASSTHROUGH_IO_URING: "0" },
+    });
+    assertMatch(
+      find(JSON.parse(off.stdout) as DoctorFinding[], "background-reads").summary,
+      /file by file \(turned off by PASSTHROUGH_IO_URING=0\)/,
+    );
+  },
 });
 
 Deno.test("renderFindings() prints a hint under each finding that needs action", () => {
