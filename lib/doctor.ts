@@ -284,15 +284,17 @@ function checkBackgroundReads(probe: () => string | null): DoctorFinding {
     return {
       check: "background-reads",
       status: "ok",
-      summary: "Discovery reads sysfs in the background through io_uring (a second core)",
+      summary:
+        "io_uring is available: discovery without lspci (library calls, sysfs only) reads sysfs in the background",
       hint: null,
     };
   }
   return {
     check: "background-reads",
     status: "ok",
-    summary: `Discovery reads sysfs file by file (${reason}): the same results, slower on hosts ` +
-      "with thousands of functions",
+    summary:
+      `io_uring is not used (${reason}): discovery reads sysfs file by file, with the same ` +
+      "results, slower without lspci on hosts with thousands of functions",
     hint: /PASSTHROUGH_IO_URING/.test(reason)
       ? "Unset PASSTHROUGH_IO_URING to read in the background again"
       : "Nothing is needed; background reads want Linux 5.17 or later, kernel.io_uring_disabled=0 " +

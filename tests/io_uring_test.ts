@@ -231,6 +231,18 @@ Deno.test("discoverHost() reads a host smaller than backgroundReadsFrom file by 
   assertOk(host.devices.length > 0);
 });
 
+Deno.test("discoverHost() reads file by file while lspci runs, unless told otherwise", async () => {
+  await using tree = await tempHostTree(generateHost(256));
+  const lspci = () => Promise.resolve("");
+  const alongside = countingReader();
+  await discoverHost({ root: tree.dir, reader: alongside.reader, lspci });
+  // lspci is what discovery waits for, and the kernel thread would compete with it for a core.
+  assertEquals(alongside.batches(), 0);
+  const told = countingReader();
+  await discoverHost({ root: tree.dir, reader: told.reader, lspci, backgroundReadsFrom: 0 });
+  assertEquals(told.batches(), 1);
+});
+
 Deno.test({
   name: `discoverHost() in the background on this machine's real /sys${suffix}`,
   ignore: unavailable !== null || livePciMissing() !== null,
