@@ -13,6 +13,7 @@ export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
 export {
   IO_URING_ENV,
+  ioUringStatus,
   LibcFsError,
   libcSysfsReader,
   type LibcSysfsReaderOptions,

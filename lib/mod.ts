@@ -47,7 +47,13 @@ export type * from "./libvirt_port.ts";
 export * from "./pci_address.ts";
 
 // Discovery: sysfs + lspci, captured trees, libvirt's node-device API.
-export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discovery.ts";
+export {
+  BACKGROUND_READS_FROM,
+  discoverHost,
+  type DiscoverOptions,
+  readSysfsDevices,
+  SysfsRootError,
+} from "./discovery.ts";
 export { denoFsReader, type SysfsReader } from "./sysfs.ts";
 export { commandLspciRunner, LspciError, type LspciRunner } from "./lspci.ts";
 export { buildHostTree, HostDescriptionError, loadHostDescription } from "./host_tree.ts";
@@ -87,9 +93,12 @@ export {
   type DomainHostdev,
   DomainXmlError,
   editDomainXml,
+  type LenientHostdevScan,
+  lenientHostPciAddresses,
   METADATA_NAMESPACE,
   type ParsedDomain,
   parseDomainXml,
+  scanHostdevsLeniently,
 } from "./domain_xml.ts";
 export { hasSignificantChanges, renderDomainDiff } from "./diff.ts";
 
