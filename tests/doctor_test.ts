@@ -210,34 +210,22 @@ Deno.test("libvirtProbe() reaches the real libvirt test driver and reports a bad
 
 Deno.test("runDoctor() says whether discovery reads in the background, never as a failure", async () => {
   await withRoot({}, (options) => {
-    const on = find(
-      runDoctor({ ...options, host: host(), backgroundReadsProbe: () => null }),
-      "background-reads",
-    );
+    const finding = (reason: string | null) =>
+      find(
+        runDoctor({ ...options, host: host(), backgroundReadsProbe: () => reason }),
+        "background-reads",
+      );
+    const on = finding(null);
     assertEquals([on.status, on.hint], ["ok", null]);
     assertMatch(on.summary, /^io_uring is available: discovery without lspci .* in the background/);
-    const refused = find(
-      runDoctor({
-        ...options,
-        host: host(),
-        backgroundReadsProbe: () => "io_uring_setup: errno 1",
-      }),
-      "background-reads",
-    );
+    const refused = finding("io_uring_setup: errno 1");
     assertEquals(refused.status, "ok");
     assertMatch(
       refused.summary,
       /not used \(io_uring_setup: errno 1\): .*file by file, with the same/,
     );
     assertMatch(refused.hint ?? "", /Linux 5\.17 or later/);
-    const off = find(
-      runDoctor({
-        ...options,
-        host: host(),
-        backgroundReadsProbe: () => "turned off by PASSTHROUGH_IO_URING=0",
-      }),
-      "background-reads",
-    );
+    const off = finding("turned off by PASSTHROUGH_IO_URING=0");
     assertMatch(off.hint ?? "", /Unset PASSTHROUGH_IO_URING/);
     // Without a probe (a captured tree), no such finding.
     assertEquals(
