@@ -11,7 +11,7 @@
  * @module
  */
 
-import { parseConfig } from "../lib/config.ts";
+import { parseConfig } from "../lib/config/config.ts";
 
 /** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";

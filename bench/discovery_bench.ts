@@ -1,6 +1,6 @@
 /**
  * In-process discovery on generated hosts of 256, 1,024 and 4,096 functions (sysfs trees from
- * `lib/host_generator.ts`, built once in a temp dir). Per size:
+ * `lib/testing/host_generator.ts`, built once in a temp dir). Per size:
  * - `sysfs (libc)`: the reader the CLI uses for `/sys` and trees, no lspci (target at 1,024
  *   functions: under 30 ms); it reads `uevent`, `config` and `modules` through io_uring's kernel
  *   thread while this thread reads the links and `numa_node` (`ffi/io_uring.ts`);
@@ -19,10 +19,10 @@
  * @module
  */
 
-import { generateHost } from "../lib/host_generator.ts";
-import { buildHostTree } from "../lib/host_tree.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/sysfs.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
+import { buildHostTree } from "../lib/testing/host_tree.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 /** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */

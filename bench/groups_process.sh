@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Whole-process comparison, in one run, on generated hosts (lib/host_generator.ts):
+# Whole-process comparison, in one run, on generated hosts (lib/testing/host_generator.ts):
 #   A  passthrough groups --json --sysfs TREE   (Deno start-up, sysfs discovery, one lspci run)
 #   B  baseline: `deno run` of an empty script plus one `lspci -nnk` over the same tree
 #   C  the classic per-device shell loop:
@@ -38,8 +38,8 @@ measure() {
 }
 
 for n in $SIZES; do
-  deno eval "import { generateHost } from './lib/host_generator.ts';
-    import { buildHostTree } from './lib/host_tree.ts';
+  deno eval "import { generateHost } from './lib/testing/host_generator.ts';
+    import { buildHostTree } from './lib/testing/host_tree.ts';
     buildHostTree(generateHost($n), '$work/$n');"
 done
 deno cache --quiet main.ts "$work/empty.ts" 2>/dev/null || true

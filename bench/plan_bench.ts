@@ -10,13 +10,13 @@
  */
 
 import { openLibvirtPort } from "../ffi/port.ts";
-import { parseConfig } from "../lib/config.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import { generateHost } from "../lib/host_generator.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { buildHostTree } from "../lib/host_tree.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import type { HostTopology } from "../lib/types.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { buildHostTree } from "../lib/testing/host_tree.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { COMPUTER_DEVICE } from "../tests/helpers/world.ts";
 
 /** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */

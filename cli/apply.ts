@@ -1,6 +1,6 @@
 /**
  * `passthrough apply`: shows the plan, asks per VM, and defines the confirmed changes with a
- * backup before each define (see `lib/apply.ts` for the guarantees).
+ * backup before each define (see `lib/apply/apply.ts` for the guarantees).
  *
  * @module
  */
@@ -26,13 +26,18 @@ import { checkVmNames, fleetHosts } from "./plan.ts";
 import { renderFleetPlan, renderHostError, renderPlan } from "./render_plan.ts";
 import { ask, makeConfirm } from "./confirm.ts";
 import { renderApplyReport, renderFleetApply, renderFleetApplySummary } from "./render_apply.ts";
-import type { Config, HostConfig } from "../lib/config.ts";
-import { fleetApplyJson, fleetFailed, type FleetHostResult, runBounded } from "../lib/fleet.ts";
-import { ensurePrivateDir, type StateDir } from "../lib/state_dir.ts";
+import type { Config, HostConfig } from "../lib/config/config.ts";
+import {
+  fleetApplyJson,
+  fleetFailed,
+  type FleetHostResult,
+  runBounded,
+} from "../lib/plan/fleet.ts";
+import { ensurePrivateDir, type StateDir } from "../lib/state/state_dir.ts";
 import { join } from "node:path";
-import { applyPlan } from "../lib/apply.ts";
-import { acquireLock, describeHolder } from "../lib/lock.ts";
-import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
+import { applyPlan } from "../lib/apply/apply.ts";
+import { acquireLock, describeHolder } from "../lib/state/lock.ts";
+import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 
 const HELP = `Usage: passthrough apply [options]
 

@@ -7,8 +7,8 @@
 import type { CliIo, Command } from "./context.ts";
 import { parseFlags } from "./plan_options.ts";
 import { renderTable } from "./table.ts";
-import { type BackupEntry, listBackups } from "../lib/backups.ts";
-import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state_dir.ts";
+import { type BackupEntry, listBackups } from "../lib/state/backups.ts";
+import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 
 const HELP = `Usage: passthrough backups [VM] [options]
 

@@ -6,8 +6,8 @@
  */
 
 import type { CliIo } from "./context.ts";
-import type { ConfirmAnswer } from "../lib/apply.ts";
-import type { VmPlan } from "../lib/plan_types.ts";
+import type { ConfirmAnswer } from "../lib/apply/apply.ts";
+import type { VmPlan } from "../lib/plan/types.ts";
 
 const ANSWERS: Record<string, ConfirmAnswer> = {
   y: "yes",

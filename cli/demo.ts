@@ -11,16 +11,16 @@
  * @module
  */
 
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { loadConfig } from "../lib/config.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import { applyPlan } from "../lib/apply.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { loadConfig } from "../lib/config/config.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import { applyPlan } from "../lib/apply/apply.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import type { Command } from "./context.ts";
 import { loadHost } from "./host_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { renderApplyReport } from "./render_apply.ts";
-import { painter } from "../lib/colors.ts";
+import { painter } from "../lib/render/colors.ts";
 import { parseFlags } from "./plan_options.ts";
 
 // Embedded at build time rather than read from `../demo/` beside this module, so the one-file

@@ -7,10 +7,10 @@
 
 import { parseArgs } from "node:util";
 import { type CliIo, type Command, UsageError } from "./context.ts";
-import type { HostTopology, PciDevice } from "../lib/types.ts";
+import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
-import { type Paint, painter } from "../lib/colors.ts";
+import { type Paint, painter } from "../lib/render/colors.ts";
 
 const HELP = `Usage: passthrough devices [--json] [--sysfs DIR]
 

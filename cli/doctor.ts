@@ -7,9 +7,9 @@
 
 import { parseArgs } from "node:util";
 import { type CliIo, type Command, UsageError } from "./context.ts";
-import { type DoctorFinding, runDoctor } from "../lib/doctor.ts";
+import { type DoctorFinding, runDoctor } from "../lib/host/doctor.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
-import { painter } from "../lib/colors.ts";
+import { painter } from "../lib/render/colors.ts";
 import { Connection } from "../ffi/connection.ts";
 import { ioUringStatus } from "../ffi/libc_fs.ts";
 

@@ -6,11 +6,11 @@
  */
 
 import type { CliIo, Command } from "./context.ts";
-import type { HostTopology, IommuGroup } from "../lib/types.ts";
-import { cardOf, hostCriticalReason } from "../lib/host_critical.ts";
+import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
+import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
-import { painter } from "../lib/colors.ts";
+import { painter } from "../lib/render/colors.ts";
 import { deviceLabel, deviceNotes, parseHostFlags } from "./devices.ts";
 
 const HELP = `Usage: passthrough groups [--json] [--sysfs DIR]

@@ -5,9 +5,9 @@
  * @module
  */
 
-import type { HostTopology } from "../lib/types.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { denoFsReader, type SysfsReader } from "../lib/sysfs.ts";
+import type { HostTopology } from "../lib/host/types.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 /** The real sysfs root. */

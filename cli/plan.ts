@@ -22,8 +22,8 @@ import {
   planJson,
 } from "./plan_options.ts";
 import { renderFleetPlan, renderPlan } from "./render_plan.ts";
-import type { Config } from "../lib/config.ts";
-import { fleetFailed, fleetPlanJson, selectHosts, UnknownHostError } from "../lib/fleet.ts";
+import type { Config } from "../lib/config/config.ts";
+import { fleetFailed, fleetPlanJson, selectHosts, UnknownHostError } from "../lib/plan/fleet.ts";
 
 const HELP = `Usage: passthrough plan [options]
 

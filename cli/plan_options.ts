@@ -6,13 +6,13 @@
  */
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
-import { type Config, type HostConfig, loadConfig } from "../lib/config.ts";
-import { planHostdevs } from "../lib/plan.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import { type Config, type HostConfig, loadConfig } from "../lib/config/config.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
-import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
-import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
+import { discoverViaLibvirt } from "../lib/host/nodedev.ts";
+import { applyPlan, type ConfirmAnswer } from "../lib/apply/apply.ts";
 import {
   configForHost,
   type FleetHostResult,
@@ -20,8 +20,8 @@ import {
   hostError,
   hostTimeoutError,
   runBounded,
-} from "../lib/fleet.ts";
-import type { HostTopology } from "../lib/types.ts";
+} from "../lib/plan/fleet.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { loadHost } from "./host_options.ts";
 

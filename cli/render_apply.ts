@@ -5,9 +5,9 @@
  * @module
  */
 
-import type { ApplyReport, VmApplyResult } from "../lib/apply.ts";
-import { type Paint, painter } from "../lib/colors.ts";
-import type { FleetHostResult } from "../lib/fleet.ts";
+import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
+import { type Paint, painter } from "../lib/render/colors.ts";
+import type { FleetHostResult } from "../lib/plan/fleet.ts";
 import { hostHeading, renderHostError } from "./render_plan.ts";
 
 const EFFECT: Record<string, string> = {

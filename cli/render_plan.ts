@@ -6,10 +6,10 @@
  * @module
  */
 
-import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan_types.ts";
-import { renderDomainDiff } from "../lib/diff.ts";
-import { type Paint, painter } from "../lib/colors.ts";
-import type { FleetHostError, FleetHostResult } from "../lib/fleet.ts";
+import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan/types.ts";
+import { renderDomainDiff } from "../lib/render/diff.ts";
+import { type Paint, painter } from "../lib/render/colors.ts";
+import type { FleetHostError, FleetHostResult } from "../lib/plan/fleet.ts";
 
 /** Options for {@link renderPlan}. */
 export interface RenderPlanOptions {

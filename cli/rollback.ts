@@ -8,12 +8,12 @@
 import { type CliIo, type Command, UsageError } from "./context.ts";
 import { parseFlags } from "./plan_options.ts";
 import { confirmYesNo } from "./confirm.ts";
-import { painter } from "../lib/colors.ts";
+import { painter } from "../lib/render/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { redactSecrets, renderDomainDiff } from "../lib/diff.ts";
-import { acquireLock, describeHolder } from "../lib/lock.ts";
-import { type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
-import { openStateDir, resolveStateDirPath } from "../lib/state_dir.ts";
+import { redactSecrets, renderDomainDiff } from "../lib/render/diff.ts";
+import { acquireLock, describeHolder } from "../lib/state/lock.ts";
+import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
+import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 
 const HELP = `Usage: passthrough rollback VM [--to BACKUP] [options]
 

@@ -7,7 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { type CliIo, type Command, UsageError } from "./context.ts";
-import { writeSnapshot } from "../lib/snapshot.ts";
+import { writeSnapshot } from "../lib/host/snapshot.ts";
 import { LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 
 const HELP = `Usage: passthrough snapshot [--sysfs DIR] OUT

@@ -7,12 +7,12 @@
  */
 
 import type { Command } from "./context.ts";
-import { compareTopologies, formatSourceDifference } from "../lib/source_compare.ts";
-import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
+import { compareTopologies, formatSourceDifference } from "../lib/host/source_compare.ts";
+import { discoverViaLibvirt } from "../lib/host/nodedev.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 import { loadHost } from "./host_options.ts";
 import { parseFlags } from "./plan_options.ts";
-import { painter } from "../lib/colors.ts";
+import { painter } from "../lib/render/colors.ts";
 
 const HELP = `Usage: passthrough sources [--sysfs DIR] [--connect URI] [--json]
 

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { stripAnsi } from "../lib/colors.ts";
+import { stripAnsi } from "../lib/render/colors.ts";
 
 /**
  * Renders rows under a header with two spaces between columns; the last column is not padded.

@@ -13,13 +13,8 @@
  * @module
  */
 
-import {
-  buildHostTree,
-  discoverHost,
-  loadConfig,
-  loadHostDescription,
-  planHostdevs,
-} from "../lib/mod.ts";
+import { discoverHost, loadConfig, planHostdevs } from "../lib/mod.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/mod.ts";
 import { libcSysfsReader, openLibvirtPort } from "../ffi/mod.ts";
 
 const demo = new URL("../demo/", import.meta.url).pathname;

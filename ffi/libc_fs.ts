@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { SysfsDirReader, SysfsFile, SysfsFileBatch, SysfsReader } from "../lib/sysfs.ts";
+import type { SysfsDirReader, SysfsFile, SysfsFileBatch, SysfsReader } from "../lib/host/sysfs.ts";
 import {
   BATCH_MISSING,
   ioUringUnavailableReason,

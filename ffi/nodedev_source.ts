@@ -1,15 +1,15 @@
 /**
- * The {@link NodeDeviceSource} that `lib/nodedev_discovery.ts` reads, over a real libvirt
+ * The {@link NodeDeviceSource} that `lib/host/nodedev.ts` reads, over a real libvirt
  * connection: `virConnectListAllNodeDevices` with the PCI capability filter, then
  * `virNodeDeviceGetXMLDesc` on each.
  *
  * @module
  */
 
-import type { NodeDeviceSource } from "../lib/nodedev_discovery.ts";
+import type { NodeDeviceSource } from "../lib/host/nodedev.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
-export type { NodeDeviceSource } from "../lib/nodedev_discovery.ts";
+export type { NodeDeviceSource } from "../lib/host/nodedev.ts";
 
 /** A {@link NodeDeviceSource} that owns its connection: close it with `close()` or `using`. */
 export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): void };
@@ -22,7 +22,7 @@ export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): vo
  * ```ts
  * import { Connection } from "./connection.ts";
  * import { nodeDeviceSource } from "./nodedev_source.ts";
- * import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
+ * import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
  * const dir = Deno.makeTempDirSync();
  * const path = `${dir}/world.xml`;
  * Deno.writeTextFileSync(path, nodeDeviceWorldXml({ devices: [{ bdf: "0000:01:00.0", group: 1,
@@ -57,7 +57,7 @@ export function nodeDeviceSource(conn: Connection): NodeDeviceSource {
  * @example
  * ```ts
  * import { openNodeDeviceSource } from "./nodedev_source.ts";
- * import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
+ * import { discoverViaLibvirt } from "../lib/host/nodedev.ts";
  * using source = openNodeDeviceSource("test:///default");
  * const host = discoverViaLibvirt(source);
  * if (host.source !== "test:///default") throw new Error(`unexpected source ${host.source}`);

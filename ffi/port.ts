@@ -5,10 +5,10 @@
  * @module
  */
 
-import type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/libvirt_port.ts";
+import type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/plan/libvirt_port.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
-export type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/libvirt_port.ts";
+export type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/plan/libvirt_port.ts";
 
 /** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
 export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };

@@ -6,10 +6,8 @@
  *
  * @example The whole flow on a captured host and libvirt's test driver
  * ```ts
- * import {
- *   applyPlan, buildHostTree, discoverHost, loadHostDescription, parseConfig, planHostdevs,
- *   renderDomainDiff,
- * } from "./mod.ts";
+ * import { applyPlan, discoverHost, parseConfig, planHostdevs, renderDomainDiff } from "./mod.ts";
+ * import { buildHostTree, loadHostDescription } from "./testing/mod.ts";
  * import { openLibvirtPort } from "../ffi/mod.ts";
  * import { assertEquals } from "../tests/helpers/assert.ts";
  *
@@ -41,76 +39,12 @@
  * @module
  */
 
-export type * from "./types.ts";
-export type * from "./plan_types.ts";
-export type * from "./libvirt_port.ts";
-export * from "./pci_address.ts";
-
-// Discovery: sysfs + lspci, captured trees, libvirt's node-device API.
-export {
-  BACKGROUND_READS_FROM,
-  discoverHost,
-  type DiscoverOptions,
-  readSysfsDevices,
-  SysfsRootError,
-} from "./discovery.ts";
-export { denoFsReader, type SysfsReader } from "./sysfs.ts";
-export { commandLspciRunner, LspciError, type LspciRunner } from "./lspci.ts";
-export { buildHostTree, HostDescriptionError, loadHostDescription } from "./host_tree.ts";
-export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
-export { topologyFromDescription } from "./host_description.ts";
-export { writeSnapshot } from "./snapshot.ts";
-export { type DoctorFinding, runDoctor } from "./doctor.ts";
-export {
-  discoverViaLibvirt,
-  NodeDeviceGroupError,
-  type NodeDeviceSource,
-  NodeDeviceXmlError,
-  topologyFromNodeDevices,
-} from "./nodedev_discovery.ts";
-export {
-  compareTopologies,
-  formatSourceDifference,
-  type SourceDifference,
-} from "./source_compare.ts";
-
-// Config and planning.
-export {
-  type Config,
-  ConfigError,
-  ConfigErrors,
-  type DeviceRule,
-  loadConfig,
-  type MatchCriteria,
-  parseConfig,
-  type VmConfig,
-} from "./config.ts";
-export { emptyVmPlan, planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";
-
-// The domain XML and its diff.
-export {
-  DomainEditError,
-  type DomainHostdev,
-  DomainXmlError,
-  editDomainXml,
-  type LenientHostdevScan,
-  lenientHostPciAddresses,
-  METADATA_NAMESPACE,
-  type ParsedDomain,
-  parseDomainXml,
-  scanHostdevsLeniently,
-} from "./domain_xml.ts";
-export { hasSignificantChanges, renderDomainDiff } from "./diff.ts";
-
-// Applying, backups and rollback.
-export {
-  type ApplyOptions,
-  applyPlan,
-  type ApplyReport,
-  type ConfirmAnswer,
-  type VmApplyResult,
-} from "./apply.ts";
-export { type RollbackOptions, type RollbackReport, rollbackVm } from "./rollback.ts";
-export { type BackupEntry, findBackup, listBackups, readBackupXml } from "./backups.ts";
-export { DEFAULT_STATE_DIR, resolveStateDirPath, StateDirError } from "./state_dir.ts";
-export { LockHeldError } from "./lock.ts";
+export * from "./pci/mod.ts";
+export * from "./host/mod.ts";
+export * from "./config/mod.ts";
+export * from "./resolve/mod.ts";
+export * from "./domain/mod.ts";
+export * from "./render/mod.ts";
+export * from "./plan/mod.ts";
+export * from "./apply/mod.ts";
+export * from "./state/mod.ts";

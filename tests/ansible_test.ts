@@ -1,8 +1,8 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const PLAYBOOK = `${ROOT}ansible/passthrough.yml`;

@@ -6,19 +6,19 @@ import {
   assertThrows,
 } from "./helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
-import { applyPlan, carrySecrets, type ConfirmAnswer } from "../lib/apply.ts";
-import { listBackups, readBackupXml } from "../lib/backups.ts";
-import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../lib/lock.ts";
-import { StateDirError } from "../lib/state_dir.ts";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
-import type { LibvirtPort } from "../lib/libvirt_port.ts";
+import { applyPlan, carrySecrets, type ConfirmAnswer } from "../lib/apply/apply.ts";
+import { listBackups, readBackupXml } from "../lib/state/backups.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../lib/state/lock.ts";
+import { StateDirError } from "../lib/state/state_dir.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
 import { confirmVm, makeConfirm } from "../cli/confirm.ts";
 import type { CliIo } from "../cli/context.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { rollbackVm } from "../lib/rollback.ts";
-import { loadConfig } from "../lib/config.ts";
-import { emptyVmPlan, planHostdevs } from "../lib/plan.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { rollbackVm } from "../lib/apply/rollback.ts";
+import { loadConfig } from "../lib/config/config.ts";
+import { emptyVmPlan, planHostdevs } from "../lib/plan/plan.ts";
 import { loadHost } from "../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
@@ -670,8 +670,8 @@ Deno.test({
       const code = `
         import { startLibvirtd } from "./tests/helpers/libvirtd.ts";
         import { openLibvirtPort } from "./ffi/port.ts";
-        import { applyPlan } from "./lib/apply.ts";
-        import { editDomainXml, parseDomainXml } from "./lib/domain_xml.ts";
+        import { applyPlan } from "./lib/apply/apply.ts";
+        import { editDomainXml, parseDomainXml } from "./lib/domain/domain_xml.ts";
         await using daemon = await startLibvirtd();
         using port = openLibvirtPort(daemon.uri);
         const name = "pt-running-" + Deno.pid;

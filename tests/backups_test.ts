@@ -8,8 +8,8 @@ import {
   readBackupXml,
   sha256Hex,
   writeBackup,
-} from "../lib/backups.ts";
-import { openStateDir, StateDirError } from "../lib/state_dir.ts";
+} from "../lib/state/backups.ts";
+import { openStateDir, StateDirError } from "../lib/state/state_dir.ts";
 
 const UUID = "0b7e4a7c-2f0d-4b8e-9c43-5a1d6f3e8b21";
 

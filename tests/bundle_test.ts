@@ -3,7 +3,7 @@
 // Also: the lazy command table names each module's own command and summary.
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { MAIN, runCli } from "./helpers/cli.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
 import { COMMANDS } from "../cli/commands.ts";
 
 const ROOT = new URL("../", import.meta.url);

@@ -11,8 +11,8 @@ import { type Case, loadCases } from "./helpers/cases.ts";
 import { loadFixtureHost } from "./helpers/hosts.ts";
 import { runCli } from "./helpers/cli.ts";
 import { testDomainXml } from "./helpers/world.ts";
-import { buildHostTree } from "../lib/host_tree.ts";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
+import { buildHostTree } from "../lib/testing/host_tree.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
 
 const cases = loadCases();
 const dir = Deno.makeTempDirSync({ prefix: "passthrough-cases-cli-" });

@@ -8,12 +8,12 @@
 import { assertEquals, assertOk } from "./helpers/assert.ts";
 import { type Case, type CaseMatch, loadCases } from "./helpers/cases.ts";
 import { loadFixtureHost } from "./helpers/hosts.ts";
-import { parseConfig } from "../lib/config.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import { planHostdevs, resolveConfig } from "../lib/plan.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import { planHostdevs, resolveConfig } from "../lib/plan/plan.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
-import type { HostTopology } from "../lib/types.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 
 const cases = loadCases();
 const hosts = new Map<string, HostTopology>();

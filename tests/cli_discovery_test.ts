@@ -2,8 +2,8 @@
 // tests/helpers/cli.ts; no --allow-all): the real /sys through libc, the real lspci, captured
 // trees, and one-line permission errors.
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { buildHostTree } from "../lib/host_tree.ts";
-import type { IommuGroup, PciDevice } from "../lib/types.ts";
+import { buildHostTree } from "../lib/testing/host_tree.ts";
+import type { IommuGroup, PciDevice } from "../lib/host/types.ts";
 import { type CliResult, documentedFlags, runCli } from "./helpers/cli.ts";
 import { HOST_NAMES, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 

@@ -1,12 +1,12 @@
 import fc from "fast-check";
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { type Config, parseConfig } from "../lib/config.ts";
-import { closeOverGroups, findGroupConflicts } from "../lib/closure.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDescription, HostDeviceDescription } from "../lib/host_tree.ts";
-import { resolveRule } from "../lib/match.ts";
-import { resolveConfig } from "../lib/plan.ts";
-import type { HostTopology, HostUse } from "../lib/types.ts";
+import { type Config, parseConfig } from "../lib/config/config.ts";
+import { closeOverGroups, findGroupConflicts } from "../lib/resolve/closure.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import type { HostDescription, HostDeviceDescription } from "../lib/testing/host_tree.ts";
+import { resolveRule } from "../lib/resolve/match.ts";
+import { resolveConfig } from "../lib/plan/plan.ts";
+import type { HostTopology, HostUse } from "../lib/host/types.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 

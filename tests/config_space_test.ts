@@ -8,11 +8,11 @@ import {
   type ConfigSpaceFacts,
   parseConfigSpace,
   readConfigSpace,
-} from "../lib/config_space.ts";
+} from "../lib/pci/config_space.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
-import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
-import { generateHost } from "../lib/host_generator.ts";
-import { commandLspciRunner, parseLspci } from "../lib/lspci.ts";
+import { buildHostTree, type HostDescription } from "../lib/testing/host_tree.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
+import { commandLspciRunner, parseLspci } from "../lib/host/lspci.ts";
 import { nicDescription as dev } from "./helpers/devices.ts";
 
 const VIRTIO = new URL("./fixtures/config_space/virtio-vm/", import.meta.url);

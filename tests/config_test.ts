@@ -1,6 +1,6 @@
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { ConfigError, ConfigErrors, loadConfig, parseConfig } from "../lib/config.ts";
-import { configJsonSchemaText } from "../lib/config_schema.ts";
+import { ConfigError, ConfigErrors, loadConfig, parseConfig } from "../lib/config/config.ts";
+import { configJsonSchemaText } from "../lib/config/schema.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const CONFIGS = new URL("./fixtures/configs/", import.meta.url);

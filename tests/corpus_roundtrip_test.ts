@@ -12,8 +12,8 @@
  * Reads the shared corpus, so it is skipped when that folder is absent (a fresh clone).
  */
 import { assertEquals } from "./helpers/assert.ts";
-import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
-import type { DeviceIdentity } from "../lib/plan_types.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import type { DeviceIdentity } from "../lib/plan/types.ts";
 
 const CORPUS = new URL("../../shared/libvirt-domains/", import.meta.url);
 

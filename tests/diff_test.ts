@@ -3,9 +3,9 @@
  * regenerate after an intended change, run with `UPDATE_GOLDEN=1` and review the git diff.
  */
 import { assertEquals, assertOk, assertThrows } from "./helpers/assert.ts";
-import { hasSignificantChanges, normaliseXmlLine, renderDomainDiff } from "../lib/diff.ts";
-import { editDomainXml } from "../lib/domain_xml.ts";
-import type { DeviceIdentity } from "../lib/plan_types.ts";
+import { hasSignificantChanges, normaliseXmlLine, renderDomainDiff } from "../lib/render/diff.ts";
+import { editDomainXml } from "../lib/domain/domain_xml.ts";
+import type { DeviceIdentity } from "../lib/plan/types.ts";
 
 const DOMAINS = new URL("./fixtures/domains/", import.meta.url);
 const GOLDEN = new URL("./fixtures/diffs/", import.meta.url);

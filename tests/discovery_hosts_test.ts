@@ -1,10 +1,10 @@
 // Discovery over sysfs trees built from the eight real hosts, read back with the real lspci.
 import { assertEquals, assertOk } from "./helpers/assert.ts";
-import type { HostDescription } from "../lib/host_tree.ts";
+import type { HostDescription } from "../lib/testing/host_tree.ts";
 import { HOST_NAMES, HOSTS, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import { commandLspciRunner, lspciArgs, parseLspci } from "../lib/lspci.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import { commandLspciRunner, lspciArgs, parseLspci } from "../lib/host/lspci.ts";
 
 const SHARED = new URL("../../shared/hosts/", import.meta.url);
 

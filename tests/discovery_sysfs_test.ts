@@ -2,12 +2,12 @@
 // slots, NUMA, boot VGA, bridges by header type, no IOMMU, host use, errors.
 import { livePciMissing } from "./helpers/hosts.ts";
 import { assertEquals, assertOk, assertRejects, assertThrows } from "./helpers/assert.ts";
-import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
-import { discoverHost, pciAncestor, SysfsRootError } from "../lib/discovery.ts";
-import { LspciError, parseLspci, pciIdsVendorNames, splitVendorName } from "../lib/lspci.ts";
-import type { HostTopology } from "../lib/types.ts";
-import type { SysfsReader } from "../lib/sysfs.ts";
-import { parseConfigSpace } from "../lib/config_space.ts";
+import { buildHostTree, type HostDescription } from "../lib/testing/host_tree.ts";
+import { discoverHost, pciAncestor, SysfsRootError } from "../lib/host/discover.ts";
+import { LspciError, parseLspci, pciIdsVendorNames, splitVendorName } from "../lib/host/lspci.ts";
+import type { HostTopology } from "../lib/host/types.ts";
+import type { SysfsReader } from "../lib/host/sysfs.ts";
+import { parseConfigSpace } from "../lib/pci/config_space.ts";
 import { nicDescription as dev } from "./helpers/devices.ts";
 
 async function discover(description: HostDescription): Promise<HostTopology> {
@@ -161,7 +161,7 @@ Deno.test("discoverHost() reports a failing lspci with its arguments", async () 
       () => discoverHost({ root: dir, lspci: () => Promise.reject(new LspciError("boom", [])) }),
       LspciError,
     );
-    const { commandLspciRunner } = await import("../lib/lspci.ts");
+    const { commandLspciRunner } = await import("../lib/host/lspci.ts");
     await assertRejects(
       () => discoverHost({ root: dir, lspci: commandLspciRunner("lspci-not-installed-here") }),
       /Cannot run "lspci-not-installed-here": not found: install pciutils/,

@@ -4,9 +4,9 @@ import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { runCli } from "./helpers/cli.ts";
 import { livePciMissing } from "./helpers/hosts.ts";
 import { ioUringStatus } from "../ffi/libc_fs.ts";
-import { type DoctorFinding, type DoctorOptions, runDoctor } from "../lib/doctor.ts";
-import { denoFsReader } from "../lib/sysfs.ts";
-import type { HostTopology } from "../lib/types.ts";
+import { type DoctorFinding, type DoctorOptions, runDoctor } from "../lib/host/doctor.ts";
+import { denoFsReader } from "../lib/host/sysfs.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { libvirtProbe, renderFindings } from "../cli/doctor.ts";
 
 const RELEASE = "6.1.0-test-amd64";

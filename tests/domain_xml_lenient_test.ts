@@ -11,8 +11,8 @@ import {
   lenientHostPciAddresses,
   parseDomainXml,
   scanHostdevsLeniently,
-} from "../lib/domain_xml.ts";
-import { canonicalPciAddress } from "../lib/pci_address.ts";
+} from "../lib/domain/domain_xml.ts";
+import { canonicalPciAddress } from "../lib/pci/address.ts";
 
 const FIXTURES = new URL("./fixtures/domains/", import.meta.url);
 

@@ -5,8 +5,8 @@ import {
   editDomainXml,
   METADATA_NAMESPACE,
   parseDomainXml,
-} from "../lib/domain_xml.ts";
-import type { DeviceIdentity, HostdevSpec } from "../lib/plan_types.ts";
+} from "../lib/domain/domain_xml.ts";
+import type { DeviceIdentity, HostdevSpec } from "../lib/plan/types.ts";
 
 const FIXTURES = new URL("./fixtures/domains/", import.meta.url);
 

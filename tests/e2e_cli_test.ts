@@ -8,9 +8,9 @@
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "./helpers/cli.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
-import { listBackups } from "../lib/backups.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { listBackups } from "../lib/state/backups.ts";
 import { Connection } from "../ffi/mod.ts";
 
 const DEMO = new URL("../demo/", import.meta.url).pathname;

@@ -9,15 +9,15 @@ import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { writeTempWorld } from "./helpers/world.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import type { LibvirtPort } from "../lib/libvirt_port.ts";
-import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
-import { type Config, parseConfig } from "../lib/config.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
-import { listBackups, readBackupXml } from "../lib/backups.ts";
+import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import { applyPlan, type ConfirmAnswer } from "../lib/apply/apply.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import { type Config, parseConfig } from "../lib/config/config.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { listBackups, readBackupXml } from "../lib/state/backups.ts";
 import { loadHost } from "../cli/host_options.ts";
-import type { HostTopology } from "../lib/types.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import {
   demoTree,

@@ -1,5 +1,5 @@
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
-import { parseConfig } from "../lib/config.ts";
+import { parseConfig } from "../lib/config/config.ts";
 import {
   configForHost,
   fleetFailed,
@@ -7,16 +7,16 @@ import {
   runBounded,
   selectHosts,
   UnknownHostError,
-} from "../lib/fleet.ts";
-import type { Plan } from "../lib/plan_types.ts";
-import type { ApplyReport } from "../lib/apply.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
+} from "../lib/plan/fleet.ts";
+import type { Plan } from "../lib/plan/types.ts";
+import type { ApplyReport } from "../lib/apply/apply.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
 import { main } from "../main.ts";
 import type { CliIo } from "../cli/context.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 const MAIN = new URL("../main.ts", import.meta.url).pathname;

@@ -4,8 +4,8 @@ import {
   buildHostTree,
   HostDescriptionError,
   type HostDeviceDescription,
-} from "../lib/host_tree.ts";
-import { commandLspciRunner } from "../lib/lspci.ts";
+} from "../lib/testing/host_tree.ts";
+import { commandLspciRunner } from "../lib/host/lspci.ts";
 
 function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
   return {

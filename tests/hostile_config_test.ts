@@ -6,10 +6,10 @@
 
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
-import { ConfigError, ConfigErrors, loadConfig, MAX_CONFIG_BYTES } from "../lib/config.ts";
+import { ConfigError, ConfigErrors, loadConfig, MAX_CONFIG_BYTES } from "../lib/config/config.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { openStateDir } from "../lib/state_dir.ts";
-import { writeBackup } from "../lib/backups.ts";
+import { openStateDir } from "../lib/state/state_dir.ts";
+import { writeBackup } from "../lib/state/backups.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import {
   demoTree,

@@ -8,16 +8,16 @@
 
 import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { writeTempWorld } from "./helpers/world.ts";
-import { buildHostTree, type HostDescription } from "../lib/host_tree.ts";
-import { generateHost } from "../lib/host_generator.ts";
-import { discoverHost, SysfsRootError } from "../lib/discovery.ts";
-import { commandLspciRunner, lspciArgs } from "../lib/lspci.ts";
-import { denoFsReader, type SysfsReader } from "../lib/sysfs.ts";
+import { buildHostTree, type HostDescription } from "../lib/testing/host_tree.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
+import { discoverHost, SysfsRootError } from "../lib/host/discover.ts";
+import { commandLspciRunner, lspciArgs } from "../lib/host/lspci.ts";
+import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import { parseConfig } from "../lib/config.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import { parseConfig } from "../lib/config/config.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import type { HostTopology, PciDevice } from "../lib/types.ts";
+import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import { demoTree, gpuConfig } from "./helpers/reliability.ts";
 

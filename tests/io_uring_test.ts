@@ -14,9 +14,9 @@ import {
   SLOT_BYTES,
 } from "../ffi/io_uring.ts";
 import { IO_URING_ENV, libcSysfsReader } from "../ffi/libc_fs.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import type { SysfsReader } from "../lib/sysfs.ts";
-import { generateHost } from "../lib/host_generator.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import type { SysfsReader } from "../lib/host/sysfs.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
 import { HOST_NAMES, livePciMissing, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
 
 // Probe once: the first batch makes the process's ring, or finds why it cannot.

@@ -4,8 +4,8 @@
  */
 
 import { assertEquals } from "./helpers/assert.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { discoverHost } from "../lib/discovery.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { discoverHost } from "../lib/host/discover.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 Deno.test("libcSysfsReader() reads a FIFO in place of a sysfs attribute without blocking", async () => {

@@ -1,7 +1,7 @@
 import { assertEquals, assertOk, assertThrows } from "./helpers/assert.ts";
-import { acquireLock, LockHeldError, StaleLockError } from "../lib/lock.ts";
+import { acquireLock, LockHeldError, StaleLockError } from "../lib/state/lock.ts";
 
-const LOCK_MODULE = new URL("../lib/lock.ts", import.meta.url).href;
+const LOCK_MODULE = new URL("../lib/state/lock.ts", import.meta.url).href;
 
 function tempDir(): string {
   return Deno.makeTempDirSync({ prefix: "passthrough-lock-test-" });

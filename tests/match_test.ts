@@ -1,10 +1,10 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
-import { type DeviceRule, parseConfig } from "../lib/config.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDescription, HostDeviceDescription } from "../lib/host_tree.ts";
-import { deviceMatches, recordedDriver, resolveRule } from "../lib/match.ts";
-import type { DeviceIdentity } from "../lib/plan_types.ts";
-import type { HostTopology } from "../lib/types.ts";
+import { type DeviceRule, parseConfig } from "../lib/config/config.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import type { HostDescription, HostDeviceDescription } from "../lib/testing/host_tree.ts";
+import { deviceMatches, recordedDriver, resolveRule } from "../lib/resolve/match.ts";
+import type { DeviceIdentity } from "../lib/plan/types.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { gpuIdentity } from "./helpers/devices.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);

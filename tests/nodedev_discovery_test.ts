@@ -9,13 +9,13 @@ import {
   NodeDeviceGroupError,
   NodeDeviceXmlError,
   topologyFromNodeDevices,
-} from "../lib/nodedev_discovery.ts";
-import { nodeDeviceName, nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import { compareTopologies } from "../lib/source_compare.ts";
-import type { HostDescription } from "../lib/host_tree.ts";
+} from "../lib/host/nodedev.ts";
+import { nodeDeviceName, nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import { compareTopologies } from "../lib/host/source_compare.ts";
+import type { HostDescription } from "../lib/testing/host_tree.ts";
 import { HOST_NAMES, loadFixtureHost, tempHostTree } from "./helpers/hosts.ts";
-import { discoverHost } from "../lib/discovery.ts";
+import { discoverHost } from "../lib/host/discover.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 import { Connection } from "../ffi/connection.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";

@@ -9,13 +9,13 @@ import { COMPUTER_DEVICE, writeTempWorld } from "./helpers/world.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { Connection } from "../ffi/connection.ts";
-import { type Config, parseConfig } from "../lib/config.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDeviceDescription } from "../lib/host_tree.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
-import type { HostTopology } from "../lib/types.ts";
+import { type Config, parseConfig } from "../lib/config/config.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import type { HostDeviceDescription } from "../lib/testing/host_tree.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 
 type Dev = Partial<HostDeviceDescription> & { bdf: string; group: number | null; class: string };
 

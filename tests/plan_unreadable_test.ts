@@ -11,14 +11,14 @@
 
 import { assert, assertEquals, assertMatch } from "./helpers/assert.ts";
 import { runCli } from "./helpers/cli.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { parseConfig } from "../lib/config.ts";
-import { planHostdevs } from "../lib/plan.ts";
-import { applyPlan } from "../lib/apply.ts";
-import { parseDomainXml } from "../lib/domain_xml.ts";
-import type { LibvirtPort } from "../lib/libvirt_port.ts";
-import type { Plan, PlanIssue } from "../lib/plan_types.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { planHostdevs } from "../lib/plan/plan.ts";
+import { applyPlan } from "../lib/apply/apply.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
+import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import type { Plan, PlanIssue } from "../lib/plan/types.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { planHasErrors } from "../cli/plan_options.ts";
 

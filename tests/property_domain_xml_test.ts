@@ -7,9 +7,9 @@
 
 import fc from "fast-check";
 import { assertEquals } from "./helpers/assert.ts";
-import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
-import type { DeviceIdentity, HostdevSpec } from "../lib/plan_types.ts";
-import { pciAddressFromParts, pciAddressToLibvirt } from "../lib/pci_address.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import type { DeviceIdentity, HostdevSpec } from "../lib/plan/types.ts";
+import { pciAddressFromParts, pciAddressToLibvirt } from "../lib/pci/address.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import { gpuIdentity } from "./helpers/devices.ts";
 

@@ -1,15 +1,15 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { applyPlan, type ConfirmAnswer } from "../lib/apply.ts";
-import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
-import type { LibvirtPort } from "../lib/libvirt_port.ts";
-import type { Plan, VmPlan } from "../lib/plan_types.ts";
+import { applyPlan, type ConfirmAnswer } from "../lib/apply/apply.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { gpuIdentity } from "./helpers/devices.ts";
-import { parseConfig } from "../lib/config.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDeviceDescription } from "../lib/host_tree.ts";
-import { emptyVmPlan, planHostdevs, resolveConfig } from "../lib/plan.ts";
-import type { HostTopology, HostUse } from "../lib/types.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import type { HostDeviceDescription } from "../lib/testing/host_tree.ts";
+import { emptyVmPlan, planHostdevs, resolveConfig } from "../lib/plan/plan.ts";
+import type { HostTopology, HostUse } from "../lib/host/types.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
 

@@ -1,12 +1,12 @@
 import { assertEquals, assertMatch, assertRejects } from "./helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
-import { applyPlan } from "../lib/apply.ts";
-import { BackupNotFoundError, listBackups, writeBackup } from "../lib/backups.ts";
-import { editDomainXml, parseDomainXml } from "../lib/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../lib/lock.ts";
-import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../lib/rollback.ts";
-import type { VmPlan } from "../lib/plan_types.ts";
-import { emptyVmPlan } from "../lib/plan.ts";
+import { applyPlan } from "../lib/apply/apply.ts";
+import { BackupNotFoundError, listBackups, writeBackup } from "../lib/state/backups.ts";
+import { editDomainXml, parseDomainXml } from "../lib/domain/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../lib/state/lock.ts";
+import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
+import type { VmPlan } from "../lib/plan/types.ts";
+import { emptyVmPlan } from "../lib/plan/plan.ts";
 import { gpuIdentity as identity } from "./helpers/devices.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";

@@ -9,14 +9,14 @@ import { assertEquals, assertMatch, assertOk } from "./helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
 import { writeTempWorld } from "./helpers/world.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { commandLspciRunner, lspciArgs } from "../lib/lspci.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { acquireLock } from "../lib/lock.ts";
-import { applyPlan } from "../lib/apply.ts";
-import { redactSecrets } from "../lib/diff.ts";
-import { encodeVmName, writeBackup } from "../lib/backups.ts";
-import { openStateDir, StateDirError } from "../lib/state_dir.ts";
+import { commandLspciRunner, lspciArgs } from "../lib/host/lspci.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { acquireLock } from "../lib/state/lock.ts";
+import { applyPlan } from "../lib/apply/apply.ts";
+import { redactSecrets } from "../lib/render/diff.ts";
+import { encodeVmName, writeBackup } from "../lib/state/backups.ts";
+import { openStateDir, StateDirError } from "../lib/state/state_dir.ts";
 import { main } from "../main.ts";
 import { recordCase } from "../scripts/reliability_report.ts";
 import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "./helpers/reliability.ts";
@@ -59,9 +59,9 @@ Deno.test("the shipped sources never start a shell and spawn only lspci", () => 
     }
   }
   // The one spawn: lspci's runner, whose program is "lspci" unless a caller passes another.
-  assertEquals(spawns, ["lib/lspci.ts: program"]);
+  assertEquals(spawns, ["lib/host/lspci.ts: program"]);
   assertMatch(
-    Deno.readTextFileSync(`${ROOT}lib/lspci.ts`),
+    Deno.readTextFileSync(`${ROOT}lib/host/lspci.ts`),
     /commandLspciRunner\(program = "lspci"\)/,
   );
   // bin/passthrough execs deno with fixed flags and passes the user's arguments as "$@" only.

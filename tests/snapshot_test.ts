@@ -1,10 +1,14 @@
 // snapshot round trips: a captured tree reads back as the same host, with the real lspci.
 import { assertEquals, assertThrows } from "./helpers/assert.ts";
-import { buildHostTree, type HostDescription, loadHostDescription } from "../lib/host_tree.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { SnapshotTargetError, writeSnapshot } from "../lib/snapshot.ts";
-import { denoFsReader } from "../lib/sysfs.ts";
-import { generateHost } from "../lib/host_generator.ts";
+import {
+  buildHostTree,
+  type HostDescription,
+  loadHostDescription,
+} from "../lib/testing/host_tree.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { SnapshotTargetError, writeSnapshot } from "../lib/host/snapshot.ts";
+import { denoFsReader } from "../lib/host/sysfs.ts";
+import { generateHost } from "../lib/testing/host_generator.ts";
 
 const HOSTS = new URL("./fixtures/hosts/", import.meta.url);
 

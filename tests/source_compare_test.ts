@@ -7,12 +7,12 @@ import {
   compareTopologies,
   formatSourceDifference,
   type SourceDifference,
-} from "../lib/source_compare.ts";
-import { topologyFromDescription } from "../lib/host_description.ts";
-import type { HostDescription, HostDeviceDescription } from "../lib/host_tree.ts";
-import { discoverHost } from "../lib/discovery.ts";
-import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
-import { discoverViaLibvirt } from "../lib/nodedev_discovery.ts";
+} from "../lib/host/source_compare.ts";
+import { topologyFromDescription } from "../lib/testing/host_description.ts";
+import type { HostDescription, HostDeviceDescription } from "../lib/testing/host_tree.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
+import { discoverViaLibvirt } from "../lib/host/nodedev.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 
 function device(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {

@@ -7,9 +7,9 @@
 import { assertEquals, assertMatch } from "./helpers/assert.ts";
 import { runCli } from "./helpers/cli.ts";
 import { libvirtdUnavailable, startLibvirtd } from "./helpers/libvirtd.ts";
-import { buildHostTree, loadHostDescription } from "../lib/host_tree.ts";
-import { nodeDeviceWorldXml } from "../lib/nodedev_world.ts";
-import type { SourceDifference } from "../lib/source_compare.ts";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
+import type { SourceDifference } from "../lib/host/source_compare.ts";
 
 const HOST = new URL("./fixtures/hosts/z690-asus-adl.json", import.meta.url);
 

@@ -5,7 +5,7 @@ import {
   resolveStateDirPath,
   StateDirError,
   writeNewFileSync,
-} from "../lib/state_dir.ts";
+} from "../lib/state/state_dir.ts";
 
 function tempDir(): string {
   return Deno.makeTempDirSync({ prefix: "passthrough-state-test-" });

@@ -8,7 +8,7 @@ import {
   scanXml,
   spanAttribute,
   XmlSyntaxError,
-} from "../lib/xml.ts";
+} from "../lib/domain/xml.ts";
 
 function syntaxError(fn: () => unknown): XmlSyntaxError {
   try {

@@ -3,8 +3,8 @@
 //   deno run -A bench/fleet/fleet_scale.ts N M PARALLEL...   (LATENCY=CONNECT_S,RTT_S adds a proxy)
 import { startLibvirtd } from "../../tests/helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
-import { generateHost } from "../../lib/host_generator.ts";
-import { buildHostTree } from "../../lib/host_tree.ts";
+import { generateHost } from "../../lib/testing/host_generator.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
 const n = Number(Deno.args[0]), m = Number(Deno.args[1]);
 const dir = Deno.makeTempDirSync({ prefix: "fleet-scale-" });
 const desc = generateHost(m * 6 + 40, { vfsPerNic: 2 });

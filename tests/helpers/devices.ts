@@ -5,8 +5,8 @@
  * @module
  */
 
-import type { HostDeviceDescription } from "../../lib/host_tree.ts";
-import type { DeviceIdentity } from "../../lib/plan_types.ts";
+import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import type { DeviceIdentity } from "../../lib/plan/types.ts";
 
 /**
  * The recorded identity of an NVIDIA 10de:2684 GPU at `address` with no subsystem IDs or serial,

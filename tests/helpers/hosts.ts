@@ -5,7 +5,11 @@
  * @module
  */
 
-import { buildHostTree, type HostDescription, loadHostDescription } from "../../lib/host_tree.ts";
+import {
+  buildHostTree,
+  type HostDescription,
+  loadHostDescription,
+} from "../../lib/testing/host_tree.ts";
 
 /** `tests/fixtures/hosts/`. */
 export const HOSTS = new URL("../fixtures/hosts/", import.meta.url);

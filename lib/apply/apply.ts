@@ -1,0 +1,667 @@
+/**
+ * The apply engine: turns a {@link Plan} into defined domains, one confirmed VM at a time, with a
+ * backup before every define and a check after it.
+ *
+ * Per VM: skip unless `changed` and free of errors; ask; re-read the persistent XML and stop if it
+ * is no longer the XML the plan was computed from; write a backup (no backup, no define); define
+ * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
+ * owned) are exactly the planned ones, restoring the backup when they are not.
+ *
+ * Secrets: the backup and the define use the XML read with `VIR_DOMAIN_XML_SECURE`. When the plan
+ * was computed from the XML without secrets, its line edits are carried over to the secure XML
+ * ({@link carrySecrets}), or the VM is refused (`secrets-missing`) rather than losing passwords.
+ *
+ * A VM that fails does not stop the others: each VM's change is independent, and the report says
+ * exactly which VMs changed, which were skipped and which failed. Problems that would affect every
+ * VM (unusable state directory, lock held) are thrown before anything is defined. The one
+ * dependency: a device moving between VMs leaves its old VM first (that VM is asked first), and
+ * the VM taking it is `blocked` when the old VM was not changed, so no device ends up in two
+ * definitions.
+ *
+ * Running VMs: the define only changes the next-boot definition. With `live: true`, after all
+ * defines, the removed hostdevs are detached from every running guest first and the added ones
+ * attached after (so a device moving between two running VMs is free before it is attached), with
+ * `VIR_DOMAIN_AFFECT_LIVE` only: the persistent side is already done by the define, and adding
+ * `CONFIG` would add each device a second time.
+ *
+ * @module
+ */
+
+import { diffArrays, diffLines } from "diff";
+import type { LibvirtPort } from "../plan/libvirt_port.ts";
+import type { Plan, VmPlan } from "../plan/types.ts";
+import type { PciAddress } from "../host/types.ts";
+import { type DomainHostdev, parseDomainXml } from "../domain/domain_xml.ts";
+import { type BackupEntry, writeBackup } from "../state/backups.ts";
+import { join } from "node:path";
+import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { openStateDir, type StateDir } from "../state/state_dir.ts";
+import { redactSecrets } from "../render/diff.ts";
+
+/** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
+export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
+
+/** What happened to one VM. */
+export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
+
+/** Why, as a machine-readable code. */
+export type ApplyCode =
+  | "applied"
+  | "no-changes"
+  | "plan-errors"
+  | "declined"
+  | "quit"
+  | "blocked"
+  | "invalid-plan"
+  | "read-failed"
+  | "drift"
+  | "secrets-missing"
+  | "backup-failed"
+  | "define-failed"
+  | "verify-failed";
+
+/** When a defined change reaches the guest. */
+export type ApplyEffect = "next-start" | "next-power-off" | "now";
+
+/** Hot-plug results for a running VM (`live: true`). */
+export interface LiveChange {
+  /** Host addresses detached from the running guest. */
+  detached: PciAddress[];
+  /** Host addresses attached to the running guest. */
+  attached: PciAddress[];
+  /** One sentence per failed attach or detach. */
+  errors: string[];
+}
+
+/** The outcome for one VM. Plain data. */
+export interface VmApplyResult {
+  /** The VM's name. */
+  vm: string;
+  /** What happened. */
+  status: ApplyStatus;
+  /** Why, as a machine-readable code. */
+  code: ApplyCode;
+  /** One sentence for humans. */
+  message: string;
+  /** Host addresses of PCI hostdevs the definition gains. */
+  added: PciAddress[];
+  /** Host addresses of PCI hostdevs the definition loses. */
+  removed: PciAddress[];
+  /** Whether the VM was running at apply time (`null` when not asked). */
+  active: boolean | null;
+  /** When the change takes effect, for a changed VM. */
+  effect: ApplyEffect | null;
+  /** Path of the backup taken before the define, if one was written. */
+  backup: string | null;
+  /** `true` when a failed check was undone by redefining the backup. */
+  restored: boolean;
+  /** Hot-plug results, when `live` was asked and the VM is running. */
+  live: LiveChange | null;
+}
+
+/** The whole outcome. Plain data (`apply --json` prints it as is). */
+export interface ApplyReport {
+  /** The libvirt URI applied through. */
+  uri: string;
+  /** The state directory holding the backups. */
+  stateDir: string;
+  /** The dead holder of a stale lock that was broken, if any. */
+  brokeStaleLock: LockHolder | null;
+  /** One result per VM of the plan, in plan order. */
+  vms: VmApplyResult[];
+  /** VMs whose definition changed. */
+  changed: string[];
+  /** VMs with nothing to change. */
+  unchanged: string[];
+  /** VMs not applied: declined, quit, refused by the plan, or blocked by another VM. */
+  skipped: string[];
+  /** VMs whose apply failed (see each result's message). */
+  failed: string[];
+  /** Changed VMs whose hot-plug failed (their definitions did change). */
+  liveFailed: string[];
+  /** `true` when nothing failed. */
+  ok: boolean;
+}
+
+/** Options for {@link applyPlan}. */
+export interface ApplyOptions {
+  /** The libvirt connection to re-read and define through. */
+  libvirt: LibvirtPort;
+  /** The state directory path (checked and created by {@link applyPlan}). */
+  stateDir: string;
+  /** Asked once per VM that would change, in plan order. */
+  confirm: (vm: VmPlan) => Promise<ConfirmAnswer>;
+  /** Hot-plug the hostdev changes into running guests too. */
+  live?: boolean;
+  /** The clock, for backup names in tests. */
+  now?: () => Date;
+  /**
+   * A lock the caller already holds on this state directory (the CLI takes it before planning,
+   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   */
+  lock?: StateLock;
+}
+
+/** Host addresses in `b` and not in `a`. */
+function minus(a: DomainHostdev[], b: DomainHostdev[]): DomainHostdev[] {
+  const have = new Set(a.map((h) => h.address));
+  return b.filter((h) => !have.has(h.address));
+}
+
+/** `0000:01:00.0 managed owned`, one per hostdev, sorted: what the check compares. */
+function hostdevKeys(hostdevs: DomainHostdev[]): string[] {
+  return hostdevs
+    .map((h) =>
+      `${h.address} ${h.managed ? "managed" : "unmanaged"} ${h.owned ? "owned" : "hand-added"}`
+    )
+    .sort();
+}
+
+/** A short account of how `after` differs from `before`: hostdevs first, then changed lines. */
+export function describeXmlChange(before: string, after: string): string {
+  const parts: string[] = [];
+  try {
+    const a = parseDomainXml(before).hostdevs;
+    const b = parseDomainXml(after).hostdevs;
+    const gained = minus(a, b).map((h) => h.address);
+    const lost = minus(b, a).map((h) => h.address);
+    if (gained.length > 0) parts.push(`hostdevs added ${gained.map((x) => `"${x}"`).join(", ")}`);
+    if (lost.length > 0) parts.push(`hostdevs removed ${lost.map((x) => `"${x}"`).join(", ")}`);
+  } catch {
+    // Unparsable XML: the line summary below still says what changed.
+  }
+  const lines: string[] = [];
+  for (const change of diffLines(before, after)) {
+    if (!change.added && !change.removed) continue;
+    for (const line of change.value.split("\n")) {
+      // Either side may come from a read with secrets: never quote a password in a message.
+      if (line.trim() !== "") {
+        lines.push(`${change.added ? "+" : "-"}${redactSecrets(line.trim())}`);
+      }
+    }
+  }
+  if (lines.length > 0) {
+    const shown = lines.slice(0, 3).map((l) => `"${l}"`).join(", ");
+    parts.push(
+      `${lines.length} changed line${lines.length === 1 ? "" : "s"} (${shown}${
+        lines.length > 3 ? ", ..." : ""
+      })`,
+    );
+  }
+  return parts.length > 0 ? parts.join("; ") : "whitespace only";
+}
+
+/**
+ * Re-applies the line edits that turn `plain` (a definition read without
+ * `VIR_DOMAIN_XML_SECURE`) into `desired` onto `secure` (the same definition with its secrets),
+ * so the secrets survive. Only possible when `plain` and `secure` differ line for line (secrets
+ * are attributes such as `passwd='...'` on lines both have) and no edited line is one that differs;
+ * otherwise returns `null`. Lines are aligned by position, never searched for, so an edit cannot
+ * land in the wrong place.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const plain = "<domain>\n  <graphics type='vnc'/>\n  <devices>\n  </devices>\n</domain>\n";
+ * const secure = plain.replace("type='vnc'", "type='vnc' passwd='pw'");
+ * const desired = plain.replace("  </devices>", "    <hostdev/>\n  </devices>");
+ * assertEquals(carrySecrets(plain, secure, desired), secure.replace("  </devices>", "    <hostdev/>\n  </devices>"));
+ * assertEquals(carrySecrets(plain, secure, plain.replace("  <graphics type='vnc'/>\n", "")), null);
+ * ```
+ */
+export function carrySecrets(plain: string, secure: string, desired: string): string | null {
+  const plainLines = plain.split("\n");
+  const secureLines = secure.split("\n");
+  if (plainLines.length !== secureLines.length) return null;
+  const out: string[] = [];
+  let index = 0;
+  for (const change of diffArrays(plainLines, desired.split("\n"))) {
+    if (change.added) {
+      out.push(...change.value);
+      continue;
+    }
+    for (let k = 0; k < change.value.length; k++, index++) {
+      const differs = plainLines[index] !== secureLines[index];
+      if (change.removed) {
+        if (differs) return null; // The edit removes a line that holds a secret.
+      } else {
+        out.push(secureLines[index] ?? "");
+      }
+    }
+  }
+  return out.join("\n");
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A result with the fields every outcome shares. */
+function result(
+  vm: VmPlan,
+  status: ApplyStatus,
+  code: ApplyCode,
+  message: string,
+): VmApplyResult {
+  return {
+    vm: vm.name,
+    status,
+    code,
+    message,
+    added: [],
+    removed: [],
+    active: null,
+    effect: null,
+    backup: null,
+    restored: false,
+    live: null,
+  };
+}
+
+interface PendingLive {
+  result: VmApplyResult;
+  detach: DomainHostdev[];
+  attach: DomainHostdev[];
+}
+
+/**
+ * Applies `plan`: see the module documentation for the exact sequence and guarantees. Throws
+ * `StateDirError` or `LockHeldError` before anything is defined; per-VM problems are reported in
+ * the returned {@link ApplyReport}.
+ */
+export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
+  const state = openStateDir(options.stateDir);
+  using owned = options.lock === undefined ? acquireLock(state.path, { command: "apply" }) : null;
+  const lock = options.lock ?? owned!;
+  if (lock.path !== join(state.path, "lock")) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  }
+  const done = new Map<VmPlan, VmApplyResult>();
+  const pendingLive: PendingLive[] = [];
+  let answerAll = false;
+  let quit = false;
+
+  for (const vm of releaseOrder(plan.vms, plan.groupOf)) {
+    if (plan.errors.length > 0) {
+      // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
+      done.set(
+        vm,
+        result(
+          vm,
+          "skipped",
+          "plan-errors",
+          "Not applied: the plan has host-wide refusals",
+        ),
+      );
+      continue;
+    }
+    if (vm.errors.length > 0) {
+      done.set(
+        vm,
+        result(
+          vm,
+          "skipped",
+          "plan-errors",
+          `Not applied: the plan refuses it (${vm.errors.length} refusal${
+            vm.errors.length === 1 ? "" : "s"
+          })`,
+        ),
+      );
+      continue;
+    }
+    if (!vm.changed) {
+      done.set(vm, result(vm, "unchanged", "no-changes", "No changes"));
+      continue;
+    }
+    const blockers = takenFrom(vm, plan.vms, plan.groupOf).filter(({ from }) =>
+      done.has(from) && done.get(from)!.status !== "changed"
+    );
+    if (blockers.length > 0) {
+      // The device is still in the other VM's definition: defining this one too would hand one
+      // device (or IOMMU group) to two VMs.
+      done.set(
+        vm,
+        result(
+          vm,
+          "skipped",
+          "blocked",
+          `Not applied: it takes ${
+            blockers.map(({ from, addresses }) =>
+              `${addresses.map((a) => `"${a}"`).join(", ")}, which "${from.name}" still holds (${
+                done.get(from)!.message
+              })`
+            ).join("; ")
+          }`,
+        ),
+      );
+      continue;
+    }
+    if (quit) {
+      done.set(vm, result(vm, "skipped", "quit", "Not asked: quit earlier"));
+      continue;
+    }
+    if (!answerAll) {
+      const answer = await options.confirm(vm);
+      if (answer === "quit") {
+        quit = true;
+        done.set(vm, result(vm, "skipped", "quit", "Quit"));
+        continue;
+      }
+      if (answer === "no") {
+        done.set(vm, result(vm, "skipped", "declined", "Declined"));
+        continue;
+      }
+      if (answer === "all") answerAll = true;
+    }
+    const outcome = applyVm(vm, { ...options, state, plan });
+    done.set(vm, outcome.result);
+    if (outcome.live !== null) pendingLive.push(outcome.live);
+  }
+
+  if (options.live === true) runLive(options.libvirt, pendingLive);
+
+  const results = plan.vms.map((vm) => done.get(vm)!);
+  const names = (status: ApplyStatus) =>
+    results.filter((r) => r.status === status).map((r) => r.vm);
+  const liveFailed = results.filter((r) => (r.live?.errors.length ?? 0) > 0).map((r) => r.vm);
+  const failed = names("failed");
+  return {
+    uri: options.libvirt.uri,
+    stateDir: state.path,
+    brokeStaleLock: lock.brokeStale,
+    vms: results,
+    changed: names("changed"),
+    unchanged: names("unchanged"),
+    skipped: names("skipped"),
+    failed,
+    liveFailed,
+    ok: failed.length === 0 && liveFailed.length === 0,
+  };
+}
+
+/** The other VMs of `vms` whose plans release devices `vm` takes, with those devices. */
+/**
+ * The VMs that release what `vm` takes: the same functions, or (with `groupOf`) any function of
+ * an IOMMU group `vm` takes a function of, since VFIO assigns a group to one guest as a whole.
+ * `addresses` are the released functions involved.
+ */
+function takenFrom(
+  vm: VmPlan,
+  vms: readonly VmPlan[],
+  groupOf: Readonly<Record<PciAddress, number>> = {},
+): { from: VmPlan; addresses: PciAddress[] }[] {
+  const taking = new Set([...vm.add.map((a) => a.address), ...vm.move.map((m) => m.to)]);
+  const takingGroups = new Set(
+    [...taking].map((a) => groupOf[a]).filter((g): g is number => g !== undefined),
+  );
+  const out: { from: VmPlan; addresses: PciAddress[] }[] = [];
+  for (const other of vms) {
+    if (other === vm) continue;
+    const released = [...other.remove, ...other.move.map((m) => m.from)];
+    const addresses = [
+      ...new Set(released.filter((a) => {
+        const group = groupOf[a];
+        return taking.has(a) || (group !== undefined && takingGroups.has(group));
+      })),
+    ].sort();
+    if (addresses.length > 0) out.push({ from: other, addresses });
+  }
+  return out;
+}
+
+/**
+ * `vms` reordered so that a VM releasing a device (or part of its group) comes before the VM taking
+ * it (otherwise plan
+ * order), so a taker can be held back when the release did not happen. In a cycle (two VMs
+ * swapping devices) the first one in plan order goes first.
+ */
+function releaseOrder(
+  vms: readonly VmPlan[],
+  groupOf: Readonly<Record<PciAddress, number>> | undefined,
+): VmPlan[] {
+  const order: VmPlan[] = [];
+  const seen = new Set<VmPlan>();
+  const visit = (vm: VmPlan) => {
+    if (seen.has(vm)) return;
+    seen.add(vm);
+    for (const { from } of takenFrom(vm, vms, groupOf)) visit(from);
+    order.push(vm);
+  };
+  for (const vm of vms) visit(vm);
+  return order;
+}
+
+/** Detaches everything first, then attaches, across all running VMs (see module docs). */
+function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
+  const change = { live: true, config: false };
+  // Every detach across all VMs before any attach: a device moving between two running guests
+  // must be free first.
+  const hotplug = (
+    step: "detach" | "attach",
+    call: (vm: string, xml: string) => void,
+    failure: (address: PciAddress) => string,
+  ) => {
+    for (const item of pending) {
+      const live = item.result.live!;
+      for (const hostdev of item[step]) {
+        try {
+          call(item.result.vm, hostdev.xml);
+          (step === "detach" ? live.detached : live.attached).push(hostdev.address);
+        } catch (error) {
+          live.errors.push(`${failure(hostdev.address)}: ${errorText(error)}`);
+        }
+      }
+    }
+  };
+  hotplug(
+    "detach",
+    (vm, xml) => libvirt.detachDevice(vm, xml, change),
+    (address) => `Cannot detach "${address}" from the running guest`,
+  );
+  hotplug(
+    "attach",
+    (vm, xml) => libvirt.attachDevice(vm, xml, change),
+    (address) => `Cannot attach "${address}" to the running guest`,
+  );
+  for (const item of pending) {
+    const live = item.result.live!;
+    if (live.errors.length === 0) {
+      item.result.effect = "now";
+      item.result.message = `${item.result.message}; hot-plugged into the running guest`;
+    } else {
+      item.result.message =
+        `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;
+    }
+  }
+}
+
+/** Defines one confirmed VM; never throws. */
+function applyVm(
+  vm: VmPlan,
+  options: ApplyOptions & { state: StateDir; plan: Plan },
+): { result: VmApplyResult; live: PendingLive | null } {
+  const { libvirt } = options;
+  const fail = (code: ApplyCode, message: string) => ({
+    result: result(vm, "failed", code, message),
+    live: null,
+  });
+
+  // The plan must describe this VM and only this VM.
+  let current: ReturnType<typeof parseDomainXml>;
+  let desired: ReturnType<typeof parseDomainXml>;
+  try {
+    current = parseDomainXml(vm.currentXml);
+    desired = parseDomainXml(vm.desiredXml);
+  } catch (error) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML is unreadable: ${errorText(error)}`,
+    );
+  }
+  if (desired.name !== vm.name || current.name !== vm.name) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML names domain "${desired.name}"`,
+    );
+  }
+  if (desired.uuid === null || desired.uuid !== current.uuid) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": the planned XML has uuid "${
+        desired.uuid ?? ""
+      }", the current one "${current.uuid ?? ""}"`,
+    );
+  }
+
+  let plain: string;
+  let secure: string;
+  let active: boolean;
+  let uuid: string;
+  try {
+    plain = libvirt.getPersistentXml(vm.name);
+    secure = libvirt.getPersistentXml(vm.name, { secure: true });
+    active = libvirt.isActive(vm.name);
+    uuid = parseDomainXml(secure).uuid ?? "";
+  } catch (error) {
+    return fail("read-failed", `Cannot read the definition of "${vm.name}": ${errorText(error)}`);
+  }
+  let persistent = true;
+  try {
+    persistent = libvirt.listDomains().find((d) => d.name === vm.name)?.persistent ?? true;
+  } catch {
+    // Listing is only a safety net here; the reads above already proved the domain exists.
+  }
+  if (!persistent) {
+    // A transient domain has no persistent definition: defining one would make it permanent.
+    return fail(
+      "invalid-plan",
+      `Not applied to "${vm.name}": it is a transient domain, and defining it would make it persistent`,
+    );
+  }
+  if (plain !== vm.currentXml && secure !== vm.currentXml) {
+    return fail(
+      "drift",
+      `Not applied to "${vm.name}": its definition changed since the plan was made: ${
+        describeXmlChange(vm.currentXml, plain)
+      }; run the plan again`,
+    );
+  }
+  let toDefine = vm.desiredXml;
+  if (plain !== secure && vm.currentXml === plain) {
+    // The plan was computed from the XML without secrets: carry its edits over to the XML with
+    // them, or refuse, since defining the plan's XML as is would erase passwords.
+    const carried = carrySecrets(plain, secure, vm.desiredXml);
+    if (carried === null) {
+      return fail(
+        "secrets-missing",
+        `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE) and its changes touch lines that hold them, so defining it would drop them`,
+      );
+    }
+    toDefine = carried;
+  }
+  if (uuid !== desired.uuid) {
+    return fail(
+      "invalid-plan",
+      `Cannot apply "${vm.name}": its uuid is "${uuid}", the plan's "${desired.uuid}"`,
+    );
+  }
+
+  let backup: BackupEntry;
+  try {
+    backup = writeBackup(options.state, {
+      vm: vm.name,
+      uuid,
+      xml: secure,
+      reason: "apply",
+      uri: libvirt.uri,
+      ...(options.now ? { now: options.now() } : {}),
+    });
+  } catch (error) {
+    return fail(
+      "backup-failed",
+      `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
+        errorText(error)
+      }`,
+    );
+  }
+
+  const added = minus(current.hostdevs, desired.hostdevs);
+  const removed = minus(desired.hostdevs, current.hostdevs);
+  const base = result(vm, "changed", "applied", "");
+  base.added = added.map((h) => h.address);
+  base.removed = removed.map((h) => h.address);
+  base.active = active;
+  base.backup = backup.path;
+
+  try {
+    libvirt.define(toDefine);
+  } catch (error) {
+    return {
+      result: {
+        ...base,
+        status: "failed",
+        code: "define-failed",
+        message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
+          errorText(error)
+        }`,
+      },
+      live: null,
+    };
+  }
+
+  // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
+  let problem: string | null = null;
+  try {
+    const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
+    const want = hostdevKeys(desired.hostdevs);
+    const got = hostdevKeys(after.hostdevs);
+    if (want.join("\n") !== got.join("\n")) {
+      const missing = want.filter((k) => !got.includes(k));
+      const extra = got.filter((k) => !want.includes(k));
+      problem = `expected hostdevs missing [${missing.join(", ")}], unexpected [${
+        extra.join(", ")
+      }]`;
+    }
+  } catch (error) {
+    problem = `cannot read it back: ${errorText(error)}`;
+  }
+  if (problem !== null) {
+    let restored = false;
+    let restoreNote = "";
+    try {
+      libvirt.define(secure);
+      restored = true;
+      restoreNote = "the previous definition was restored";
+    } catch (error) {
+      restoreNote = `restoring the backup "${backup.path}" failed too: ${errorText(error)}`;
+    }
+    return {
+      result: {
+        ...base,
+        status: "failed",
+        code: "verify-failed",
+        restored,
+        message:
+          `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
+      },
+      live: null,
+    };
+  }
+
+  const summary =
+    `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
+  if (!active) {
+    return { result: { ...base, effect: "next-start", message: summary }, live: null };
+  }
+  const running = {
+    ...base,
+    effect: "next-power-off" as const,
+    message: `${summary}; it is running, so the change takes effect at its next full power-off`,
+  };
+  if (options.live !== true || (added.length === 0 && removed.length === 0)) {
+    return { result: running, live: null };
+  }
+  running.live = { detached: [], attached: [], errors: [] };
+  running.message = summary;
+  return { result: running, live: { result: running, detach: removed, attach: added } };
+}

@@ -1,0 +1,243 @@
+/**
+ * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
+ * after backing up the definition it replaces, so a rollback can itself be rolled back.
+ *
+ * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
+ * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
+ * ignored): libvirt writes its own XML back in a stable form, so a backup taken from libvirt comes
+ * back line for line, and only formatting may differ when a backup was edited by hand.
+ *
+ * @module
+ */
+
+import type { LibvirtPort } from "../plan/libvirt_port.ts";
+import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
+import { parseDomainXml } from "../domain/domain_xml.ts";
+import { join } from "node:path";
+import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { openStateDir } from "../state/state_dir.ts";
+import { describeXmlChange } from "./apply.ts";
+import { hasSignificantChanges } from "../render/diff.ts";
+
+/** What the user is asked to confirm. */
+export interface RollbackPreview {
+  /** The VM to restore. */
+  vm: string;
+  /** The backup that would be restored. */
+  backup: BackupEntry;
+  /** The definition now (with secrets), or `null` when the VM is not defined any more. */
+  currentXml: string | null;
+  /** The definition the backup holds. */
+  backupXml: string;
+  /** Whether the VM is running now. */
+  active: boolean;
+}
+
+/** Options for {@link rollbackVm}. */
+export interface RollbackOptions {
+  /** The libvirt connection to read and define through. */
+  libvirt: LibvirtPort;
+  /** The state directory path (checked and created). */
+  stateDir: string;
+  /** A backup id, file name or path as `backups` lists it; default: the newest. */
+  backup?: string;
+  /** Asked once, after every check passed and before anything is written. */
+  confirm: (preview: RollbackPreview) => Promise<boolean>;
+  /** The clock, for backup names in tests. */
+  now?: () => Date;
+  /**
+   * A lock the caller already holds on this state directory (the CLI takes it before planning,
+   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   */
+  lock?: StateLock;
+}
+
+/** What happened. */
+export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
+
+/** The outcome of a rollback. Plain data. */
+export interface RollbackReport {
+  /** The VM. */
+  vm: string;
+  /** What happened. */
+  status: RollbackStatus;
+  /** One sentence for humans. */
+  message: string;
+  /** The backup restored (or that would have been). */
+  backup: BackupEntry;
+  /** The backup of the definition it replaced, when one was taken. */
+  safetyBackup: BackupEntry | null;
+  /** Whether the VM was running (then the restored definition applies at its next power-off). */
+  active: boolean;
+  /** The dead holder of a stale lock that was broken, if any. */
+  brokeStaleLock: LockHolder | null;
+}
+
+/** The backup belongs to another domain than the VM it would be restored into. */
+export class BackupMismatchError extends Error {
+  /** The error's name. */
+  override name = "BackupMismatchError";
+  /** The VM asked for. */
+  readonly vm: string;
+  /** The uuid of the VM now. */
+  readonly vmUuid: string;
+  /** The name and uuid the backup holds. */
+  readonly backupName: string;
+  /** The uuid the backup holds. */
+  readonly backupUuid: string;
+  /** The backup file. */
+  readonly path: string;
+
+  /** Builds the error; the message names whichever of name and uuid differs. */
+  constructor(
+    vm: string,
+    fields: { vmUuid: string; backupName: string; backupUuid: string; path: string },
+  ) {
+    super(
+      fields.backupName !== vm
+        ? `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of domain "${fields.backupName}"`
+        : `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of uuid "${fields.backupUuid}", the VM has uuid "${fields.vmUuid}"`,
+    );
+    this.vm = vm;
+    this.vmUuid = fields.vmUuid;
+    this.backupName = fields.backupName;
+    this.backupUuid = fields.backupUuid;
+    this.path = fields.path;
+  }
+}
+
+/**
+ * The equality a rollback verifies: the same lines once each is normalised by
+ * {@link hasSignificantChanges} (indentation, quote style, spacing inside tags, `<a></a>` vs
+ * `<a/>`, blank lines). Element order, values and attributes must all match.
+ */
+function sameDefinition(a: string, b: string): boolean {
+  return !hasSignificantChanges(a, b);
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Restores `vm` from a backup. Throws before anything is written when the state directory is
+ * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
+ * belongs to another domain ({@link BackupMismatchError}). A define or check failure is reported
+ * as `failed`.
+ */
+export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
+  const { libvirt } = options;
+  const state = openStateDir(options.stateDir);
+  using owned = options.lock === undefined
+    ? acquireLock(state.path, { command: "rollback" })
+    : null;
+  const lock = options.lock ?? owned!;
+  if (lock.path !== join(state.path, "lock")) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  }
+  const backup = findBackup(state, vm, options.backup);
+  const backupXml = readBackupXml(backup);
+  const parsed = parseDomainXml(backupXml);
+  const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
+  const backupUuid = parsed.uuid ?? backup.uuid;
+  // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
+  if (
+    parsed.name !== vm ||
+    (summary !== null && (summary.uuid !== backup.uuid || backupUuid !== summary.uuid))
+  ) {
+    throw new BackupMismatchError(vm, {
+      vmUuid: summary?.uuid ?? "",
+      backupName: parsed.name,
+      backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
+      path: backup.path,
+    });
+  }
+  const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
+  const active = summary?.active ?? false;
+  const report = (status: RollbackStatus, message: string, safety: BackupEntry | null) => ({
+    vm,
+    status,
+    message,
+    backup,
+    safetyBackup: safety,
+    active,
+    brokeStaleLock: lock.brokeStale,
+  });
+
+  if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
+    return report(
+      "unchanged",
+      `VM "${vm}" already has the definition of backup "${backup.id}"`,
+      null,
+    );
+  }
+  if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
+    return report("declined", `Rollback of "${vm}" declined`, null);
+  }
+  // The question may stay open for minutes: a change made meanwhile (virsh edit, another tool)
+  // would be overwritten with no backup of it, so the definition must still be the one shown.
+  let now: string | null;
+  try {
+    now = libvirt.listDomains().some((d) => d.name === vm)
+      ? libvirt.getPersistentXml(vm, { secure: true })
+      : null;
+  } catch (error) {
+    return report("failed", `Cannot read "${vm}" before the rollback: ${errorText(error)}`, null);
+  }
+  if (now !== currentXml) {
+    return report(
+      "failed",
+      `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
+        now === null
+          ? "it was undefined"
+          : currentXml === null
+          ? "it was defined"
+          : describeXmlChange(currentXml, now)
+      }; run the rollback again`,
+      null,
+    );
+  }
+
+  let safety: BackupEntry | null = null;
+  if (currentXml !== null) {
+    // Without a backup of what is replaced, the rollback itself could not be undone.
+    safety = writeBackup(state, {
+      vm,
+      uuid: summary?.uuid ?? backup.uuid,
+      xml: currentXml,
+      reason: "rollback",
+      uri: libvirt.uri,
+      ...(options.now ? { now: options.now() } : {}),
+    });
+  }
+  try {
+    libvirt.define(backupXml);
+  } catch (error) {
+    return report(
+      "failed",
+      `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${errorText(error)}`,
+      safety,
+    );
+  }
+  let after: string;
+  try {
+    after = libvirt.getPersistentXml(vm, { secure: true });
+  } catch (error) {
+    return report(
+      "failed",
+      `Cannot read "${vm}" back after the rollback: ${errorText(error)}`,
+      safety,
+    );
+  }
+  if (!sameDefinition(after, backupXml)) {
+    return report(
+      "failed",
+      `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
+        describeXmlChange(backupXml, after)
+      }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
+      safety,
+    );
+  }
+  const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
+  return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
+}

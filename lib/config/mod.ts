@@ -1,0 +1,17 @@
+/**
+ * The config file: `passthrough_config.yaml` parsed and validated into a {@link Config}, every
+ * problem reported at once with its `file:line:col`, path and hint.
+ *
+ * @module
+ */
+
+export {
+  type Config,
+  ConfigError,
+  ConfigErrors,
+  type DeviceRule,
+  loadConfig,
+  type MatchCriteria,
+  parseConfig,
+  type VmConfig,
+} from "./config.ts";

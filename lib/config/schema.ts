@@ -1,0 +1,448 @@
+/**
+ * The one description of `passthrough_config.yaml`. Three things derive from it: the TypeScript
+ * type of a validated raw config ({@link RawConfig}, via {@link Infer}), the validation in
+ * `lib/config/config.ts`, and the published `passthrough_config.schema.json` ({@link configJsonSchema}).
+ * Change the config format here and nowhere else.
+ *
+ * Regenerate the JSON file with `deno run lib/config/schema.ts > passthrough_config.schema.json`
+ * (a test fails while the committed file differs).
+ *
+ * @module
+ */
+
+/** Value formats with a normalising parser in `lib/config/config.ts` and a pattern in the JSON schema. */
+export type StringFormat =
+  | "pci-id"
+  | "vendor-device"
+  | "class"
+  | "pci-address"
+  | "serial"
+  | "slot";
+
+/** A string, optionally constrained by a format or a fixed set of values. */
+export interface StringSchema {
+  readonly type: "string";
+  readonly description: string;
+  readonly format?: StringFormat;
+  readonly enum?: readonly string[];
+}
+
+/** An integer with an optional lower bound, or one fixed value. */
+export interface IntegerSchema {
+  readonly type: "integer";
+  readonly description: string;
+  readonly minimum?: number;
+  readonly const?: number;
+}
+
+/** `true` or `false`; with `const`, only that value. */
+export interface BooleanSchema {
+  readonly type: "boolean";
+  readonly description: string;
+  readonly const?: boolean;
+}
+
+/** A mapping with known keys; any other key is an error. */
+export interface ObjectSchema {
+  readonly type: "object";
+  readonly description: string;
+  readonly properties: Readonly<Record<string, Schema>>;
+  readonly required?: readonly string[];
+  /** At least this many keys (a `match` block must say something). */
+  readonly minProperties?: number;
+  /** Pairs of keys that must not appear together. */
+  readonly exclusive?: readonly (readonly [string, string])[];
+}
+
+/** A sequence of items. */
+export interface ArraySchema {
+  readonly type: "array";
+  readonly description: string;
+  readonly items: Schema;
+}
+
+/** A mapping from free-form names (VM names) to values. */
+export interface MapSchema {
+  readonly type: "map";
+  readonly description: string;
+  readonly values: Schema;
+  readonly keyPattern: string;
+  /** What to tell the user when a key does not fit `keyPattern`. */
+  readonly keyHint?: string;
+}
+
+/** Any schema node. */
+export type Schema =
+  | StringSchema
+  | IntegerSchema
+  | BooleanSchema
+  | ObjectSchema
+  | ArraySchema
+  | MapSchema;
+
+type Simplify<T> = { [K in keyof T]: T[K] } & unknown;
+
+type InferObject<P, R extends string> = Simplify<
+  & { -readonly [K in keyof P & R]: Infer<P[K]> }
+  & { -readonly [K in Exclude<keyof P, R>]?: Infer<P[K]> }
+>;
+
+/** The TypeScript type of a value that validated against schema `S`. */
+export type Infer<S> = S extends { type: "string"; enum: readonly (infer E)[] } ? E
+  : S extends { type: "string" } ? string
+  : S extends { type: "integer"; const: infer C } ? C
+  : S extends { type: "integer" } ? number
+  : S extends { type: "boolean" } ? boolean
+  : S extends { type: "array"; items: infer I } ? Infer<I>[]
+  : S extends { type: "map"; values: infer V } ? Record<string, Infer<V>>
+  : S extends { type: "object"; properties: infer P; required: readonly (infer R extends string)[] }
+    ? InferObject<P, R>
+  : S extends { type: "object"; properties: infer P } ? InferObject<P, never>
+  : never;
+
+/**
+ * Readable class names accepted by `match.class`, each the class-code prefixes it stands for
+ * (a device matches when its 6-digit class code starts with one of them).
+ */
+export const CLASS_NAMES: Readonly<Record<string, readonly string[]>> = {
+  "storage": ["01"],
+  "scsi": ["0100"],
+  "ide": ["0101"],
+  "raid": ["0104"],
+  "sata": ["0106"],
+  "sas": ["0107"],
+  "nvme": ["0108"],
+  "network": ["02"],
+  "ethernet": ["0200"],
+  "wifi": ["0280"],
+  "display": ["03"],
+  "vga": ["0300"],
+  "3d": ["0302"],
+  "multimedia": ["04"],
+  "audio": ["0401", "0403"],
+  "hda": ["0403"],
+  "serial-bus": ["0c"],
+  "firewire": ["0c00"],
+  "usb": ["0c03"],
+  "smbus": ["0c05"],
+  "thunderbolt": ["0c0a"],
+  "crypto": ["10"],
+  "signal-processing": ["11"],
+  "accelerator": ["12"],
+};
+
+const pciId = (what: string): StringSchema => ({
+  type: "string",
+  format: "pci-id",
+  description: `${what}: 4 hex digits, with or without 0x, any case (e.g. "10de")`,
+});
+
+const MATCH_SCHEMA = {
+  type: "object",
+  description:
+    "Which host devices the rule selects: every criterion given must hold (they are ANDed)",
+  minProperties: 1,
+  properties: {
+    vendor_id: pciId("PCI vendor ID"),
+    device_id: pciId("PCI device ID"),
+    vendor_device_id: {
+      type: "string",
+      format: "vendor-device",
+      description: 'Vendor and device ID together, as lspci -nn prints them ("10de:2684")',
+    },
+    driver: {
+      type: "string",
+      description:
+        "Host kernel driver the device was resolved with (nvidia, xhci_hcd); still matches after libvirt rebinds it to vfio-pci",
+    },
+    subsystem_vendor_id: pciId("Subsystem vendor ID (the board maker)"),
+    subsystem_device_id: pciId("Subsystem device ID"),
+    class: {
+      type: "string",
+      format: "class",
+      description:
+        'PCI class as 2, 4 or 6 hex digits matched as a prefix ("03", "0c03", "010802"), or a name: ' +
+        Object.keys(CLASS_NAMES).join(", "),
+    },
+    slot: {
+      type: "string",
+      format: "slot",
+      description: 'Physical slot name as the firmware reports it ("3", "CPU1 SLOT2")',
+    },
+    serial: {
+      type: "string",
+      format: "serial",
+      description: 'PCIe Device Serial Number as lspci -vvv prints it ("00-11-22-ff-ff-33-44-55")',
+    },
+    numa_node: { type: "integer", minimum: 0, description: "NUMA node the device is attached to" },
+    address: {
+      type: "string",
+      format: "pci-address",
+      description:
+        'Host PCI address ("0000:0b:00.0" or "0b:00.0"): a last resort, addresses change when cards move',
+    },
+  },
+} as const satisfies ObjectSchema;
+
+/** Where a VM or rule applies: one host, or a list of hosts, named in the top-level `hosts:`. */
+const HOST_NAME_SCHEMA = {
+  type: "string",
+  description: "Name of a host declared under the top-level hosts: (limits this entry to it)",
+} as const satisfies StringSchema;
+
+const HOST_LIST_SCHEMA = {
+  type: "array",
+  description:
+    "Names of hosts declared under the top-level hosts: (limits this entry to them); absent: every host",
+  items: {
+    type: "string",
+    description: "Name of a host declared under the top-level hosts:",
+  },
+} as const satisfies ArraySchema;
+
+const RULE_SCHEMA = {
+  type: "object",
+  description: "One rule: which devices to pass through and how",
+  required: ["match"],
+  exclusive: [["count", "all"], ["host", "hosts"]],
+  properties: {
+    host: HOST_NAME_SCHEMA,
+    hosts: HOST_LIST_SCHEMA,
+    name: {
+      type: "string",
+      description: "Name of the rule (unique within the VM); derived from the match when omitted",
+    },
+    match: MATCH_SCHEMA,
+    count: {
+      type: "integer",
+      minimum: 1,
+      description:
+        "How many devices the rule must resolve to (default 1); functions of one card in one IOMMU group count once",
+    },
+    all: {
+      type: "boolean",
+      const: true,
+      description: "Take every matching device, however many (instead of count)",
+    },
+    iommu_group: {
+      type: "boolean",
+      description:
+        "Also pass every other endpoint of the matched device's IOMMU group (default true); bridges never",
+    },
+    managed: {
+      type: "boolean",
+      description:
+        "libvirt detaches the device from its host driver when the VM starts (managed='yes', default true)",
+    },
+    rom: {
+      type: "object",
+      description: "The device's option ROM",
+      properties: {
+        bar: {
+          type: "string",
+          enum: ["on", "off"],
+          description: "Expose the ROM BAR to the guest",
+        },
+        file: { type: "string", description: "Path of a ROM image to present instead" },
+      },
+    },
+    boot_order: {
+      type: "integer",
+      minimum: 1,
+      description: "Boot from this device, in this position",
+    },
+    multifunction: {
+      type: "boolean",
+      description:
+        "Keep a card's functions together in one guest slot, function numbers preserved (default false)",
+    },
+    allow_host_critical: {
+      type: "boolean",
+      description:
+        "Pass the group even though it holds devices the host likely needs (turns the refusal into a warning)",
+    },
+    allow_no_flr: {
+      type: "boolean",
+      description: "Silence the warning for devices without Function Level Reset",
+    },
+  },
+} as const satisfies ObjectSchema;
+
+/** One libvirt host of a fleet config. */
+const HOST_SCHEMA = {
+  type: "object",
+  description: "One libvirt host: how to reach it and how to discover its PCI devices",
+  required: ["connect"],
+  properties: {
+    connect: {
+      type: "string",
+      description:
+        'libvirt URI of the host ("qemu+ssh://root@hv1/system", "qemu:///system" for this machine)',
+    },
+    discovery: {
+      type: "string",
+      enum: ["sysfs", "libvirt"],
+      description:
+        "How to find the host's PCI devices and IOMMU groups: sysfs (a local /sys or a captured tree) or libvirt (the node-device API through the connection). Default: sysfs for a local URI, libvirt for a remote one",
+    },
+    sysfs: {
+      type: "string",
+      description:
+        "With discovery: sysfs, the sysfs tree to read (default /sys; a path relative to the config file's folder); required for a remote URI",
+    },
+  },
+} as const satisfies ObjectSchema;
+
+/** The schema of the whole config file. */
+export const CONFIG_SCHEMA = {
+  type: "object",
+  description: "passthrough: which host PCI devices go to which libvirt VMs",
+  required: ["version", "vms"],
+  properties: {
+    version: { type: "integer", const: 1, description: "Config format version (1)" },
+    hosts: {
+      type: "map",
+      keyPattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+      keyHint: "use letters, digits, dots, dashes and underscores, starting with a letter or digit",
+      description:
+        "Several libvirt hosts planned from this one file, by name; absent: the local host (or --connect)",
+      values: HOST_SCHEMA,
+    },
+    vms: {
+      type: "map",
+      keyPattern: "^[^/\\s]+$",
+      description: "libvirt domain names, each with the devices it gets",
+      values: {
+        type: "object",
+        description: "One VM",
+        required: ["devices"],
+        exclusive: [["host", "hosts"]],
+        properties: {
+          host: HOST_NAME_SCHEMA,
+          hosts: HOST_LIST_SCHEMA,
+          devices: {
+            type: "array",
+            description: "Rules, each resolving to one or more host devices",
+            items: RULE_SCHEMA,
+          },
+        },
+      },
+    },
+  },
+} as const satisfies ObjectSchema;
+
+/** A config file as validated, before normalisation (IDs as written). */
+export type RawConfig = Infer<typeof CONFIG_SCHEMA>;
+/** One VM entry as validated. */
+export type RawVmConfig = Infer<typeof CONFIG_SCHEMA.properties.vms.values>;
+/** One rule as validated. */
+export type RawRule = Infer<typeof RULE_SCHEMA>;
+/** One host entry as validated. */
+export type RawHostConfig = Infer<typeof HOST_SCHEMA>;
+/** One match block as validated. */
+export type RawMatch = Infer<typeof MATCH_SCHEMA>;
+
+/** The regular expression each string format must satisfy (also published in the JSON schema). */
+export const FORMAT_PATTERNS: Readonly<Record<StringFormat, string>> = {
+  "pci-id": "^(0[xX])?[0-9a-fA-F]{1,4}$",
+  "vendor-device": "^(0[xX])?[0-9a-fA-F]{1,4}:(0[xX])?[0-9a-fA-F]{1,4}$",
+  "class": "^(0[xX])?([0-9a-fA-F]{2}|[0-9a-fA-F]{4}|[0-9a-fA-F]{6})$",
+  "pci-address": "^([0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]$",
+  "serial": "^[0-9a-fA-F]{2}([-:]?[0-9a-fA-F]{2}){7}$",
+  "slot": "^\\S(.*\\S)?$",
+};
+
+type JsonSchema = Record<string, unknown>;
+
+function toJsonSchema(schema: Schema): JsonSchema {
+  switch (schema.type) {
+    case "string": {
+      if (schema.enum) {
+        return { type: "string", enum: [...schema.enum], description: schema.description };
+      }
+      if (schema.format === "class") {
+        return {
+          description: schema.description,
+          anyOf: [
+            { type: "string", pattern: FORMAT_PATTERNS.class },
+            { type: "string", enum: Object.keys(CLASS_NAMES) },
+          ],
+        };
+      }
+      if (schema.format === "slot") {
+        // YAML reads `slot: 3` as a number; both spellings name the same slot.
+        return {
+          description: schema.description,
+          anyOf: [{ type: "string", pattern: FORMAT_PATTERNS.slot }, { type: "integer" }],
+        };
+      }
+      const out: JsonSchema = { type: "string", description: schema.description };
+      if (schema.format) out.pattern = FORMAT_PATTERNS[schema.format];
+      return out;
+    }
+    case "integer": {
+      const out: JsonSchema = { type: "integer", description: schema.description };
+      if (schema.const !== undefined) out.const = schema.const;
+      if (schema.minimum !== undefined) out.minimum = schema.minimum;
+      return out;
+    }
+    case "boolean": {
+      const out: JsonSchema = { type: "boolean", description: schema.description };
+      if (schema.const !== undefined) out.const = schema.const;
+      return out;
+    }
+    case "array":
+      return { type: "array", description: schema.description, items: toJsonSchema(schema.items) };
+    case "map":
+      return {
+        type: "object",
+        description: schema.description,
+        propertyNames: { pattern: schema.keyPattern },
+        additionalProperties: toJsonSchema(schema.values),
+      };
+    case "object": {
+      const out: JsonSchema = { type: "object", description: schema.description };
+      out.properties = Object.fromEntries(
+        Object.entries(schema.properties).map(([k, v]) => [k, toJsonSchema(v)]),
+      );
+      if (schema.required?.length) out.required = [...schema.required];
+      if (schema.minProperties !== undefined) out.minProperties = schema.minProperties;
+      out.additionalProperties = false;
+      if (schema.exclusive?.length) {
+        out.not = {
+          anyOf: schema.exclusive.map(([a, b]) => ({ required: [a, b] })),
+        };
+      }
+      return out;
+    }
+  }
+}
+
+/**
+ * The JSON Schema (draft 2020-12) published as `passthrough_config.schema.json`, generated from
+ * {@link CONFIG_SCHEMA}; editors use it through the `yaml-language-server` comment.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const schema = configJsonSchema() as { required: string[] };
+ * assertEquals(schema.required, ["version", "vms"]);
+ * ```
+ */
+export function configJsonSchema(): Record<string, unknown> {
+  return {
+    $schema: "https://json-schema.org/draft/2020-12/schema",
+    $id: "urn:passthrough:config:1",
+    title: "passthrough_config.yaml",
+    ...toJsonSchema(CONFIG_SCHEMA),
+  };
+}
+
+/** The exact text of `passthrough_config.schema.json`. */
+export function configJsonSchemaText(): string {
+  return JSON.stringify(configJsonSchema(), null, 2) + "\n";
+}
+
+if (import.meta.main) {
+  Deno.stdout.writeSync(new TextEncoder().encode(configJsonSchemaText()));
+}

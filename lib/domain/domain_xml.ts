@@ -1,0 +1,948 @@
+/**
+ * Lossless reading and editing of a libvirt domain's persistent XML.
+ *
+ * A parse-then-serialise round trip is not byte-exact (quote style, `<a></a>`, wrapped start
+ * tags), so edits are splices into the original text: only a removed or added PCI `<hostdev>`
+ * and our metadata element change, and everything else stays byte-identical. Elements are
+ * located by {@link scanXml}; values are read with fast-xml-parser through `lib/domain/xml.ts`.
+ *
+ * @module
+ */
+
+import type { PciAddress } from "../host/types.ts";
+import type { DeviceIdentity, HostdevSpec } from "../plan/types.ts";
+import {
+  canonicalPciAddress,
+  comparePciAddress,
+  pciAddressFromLibvirt,
+  pciAddressFromParts,
+  pciAddressToLibvirt,
+} from "../pci/address.ts";
+import {
+  checkWellFormed,
+  decodeXmlText,
+  escapeXmlAttribute,
+  lineColumnAt,
+  readXmlElement,
+  scanXml,
+  spanAttribute,
+  type XmlElement,
+  type XmlSpan,
+  XmlSyntaxError,
+} from "./xml.ts";
+
+/** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
+export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
+
+/** One `<hostdev mode='subsystem' type='pci'>` of a domain. */
+export interface DomainHostdev {
+  /** Host source address (`source/address`), canonical. */
+  address: PciAddress;
+  /** `managed='yes'`. */
+  managed: boolean;
+  /** Listed in our metadata (the tool manages it); hand-added ones are `false`. */
+  owned: boolean;
+  /** The element's exact original text. */
+  xml: string;
+}
+
+/** What {@link parseDomainXml} reads from a domain. */
+export interface ParsedDomain {
+  name: string;
+  uuid: string | null;
+  /** `<hostdev mode='subsystem' type='pci'>` only, in document order. */
+  hostdevs: DomainHostdev[];
+  /** Identities recorded in our metadata. */
+  records: DeviceIdentity[];
+  /**
+   * Host addresses of `<interface type='hostdev'>` devices (SR-IOV VFs as NICs). Never edited;
+   * listed so planning sees them as taken.
+   */
+  interfaceHostdevs: PciAddress[];
+}
+
+/** The change {@link editDomainXml} makes. */
+export interface DomainEdit {
+  /** Owned hostdevs to delete (by host address). */
+  remove: PciAddress[];
+  /** Hostdevs to append to `<devices>`. */
+  add: HostdevSpec[];
+  /** The full new set of records (replaces our metadata; `[]` removes it). */
+  records: DeviceIdentity[];
+}
+
+/** Malformed domain XML, or a domain this module cannot safely read or edit. */
+export class DomainXmlError extends SyntaxError {
+  /** 1-based line of the problem (1 when it is not tied to a place). */
+  line: number;
+  /** 1-based column of the problem. */
+  column: number;
+  /** Builds the error; the message should already name the position when it has one. */
+  constructor(
+    message: string,
+    position: { line: number; column: number },
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "DomainXmlError";
+    this.line = position.line;
+    this.column = position.column;
+  }
+}
+
+/** A request {@link editDomainXml} refuses: it would touch a hostdev the tool does not own. */
+export class DomainEditError extends Error {
+  /** The host address concerned. */
+  address: PciAddress;
+  /** Builds the error. */
+  constructor(message: string, address: PciAddress) {
+    super(message);
+    this.name = "DomainEditError";
+    this.address = address;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+interface HostdevSite {
+  hostdev: DomainHostdev;
+  span: XmlSpan;
+}
+
+interface OurMetadata {
+  /** Our `<passthrough:hostdevs>` element. */
+  span: XmlSpan;
+  /** The `created` marker it carries (see {@link editDomainXml}), or `null`. */
+  created: string | null;
+}
+
+interface Located {
+  root: XmlSpan;
+  name: string;
+  uuid: string | null;
+  devices: XmlSpan | null;
+  hostdevs: HostdevSite[];
+  interfaceHostdevs: PciAddress[];
+  metadata: XmlSpan | null;
+  ours: OurMetadata | null;
+  records: DeviceIdentity[];
+}
+
+function errorAt(xml: string, index: number, message: string, cause?: unknown): DomainXmlError {
+  const position = lineColumnAt(xml, index);
+  return new DomainXmlError(
+    `${message}: at line ${position.line}, column ${position.column}`,
+    position,
+    cause === undefined ? {} : { cause },
+  );
+}
+
+function read(xml: string, span: XmlSpan): XmlElement {
+  try {
+    return readXmlElement(xml.slice(span.start, span.end));
+  } catch (error) {
+    throw errorAt(xml, span.start, `Cannot read "<${span.name}>"`, error);
+  }
+}
+
+function attribute(xml: string, span: XmlSpan, name: string): string | undefined {
+  try {
+    return spanAttribute(span, name);
+  } catch (error) {
+    throw errorAt(xml, span.start, `Cannot read attribute "${name}" of "<${span.name}>"`, error);
+  }
+}
+
+/** Whether `span` is our `<hostdevs>` element: declared with our namespace, on any prefix. */
+function isOurElement(xml: string, span: XmlSpan): boolean {
+  const colon = span.name.indexOf(":");
+  const local = colon === -1 ? span.name : span.name.slice(colon + 1);
+  if (local !== "hostdevs") return false;
+  const declaration = colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`;
+  return attribute(xml, span, declaration) === METADATA_NAMESPACE;
+}
+
+function locate(xml: string): Located {
+  let root: XmlSpan;
+  try {
+    checkWellFormed(xml);
+    root = scanXml(xml);
+  } catch (error) {
+    if (error instanceof XmlSyntaxError) {
+      throw new DomainXmlError(error.message, error, { cause: error });
+    }
+    throw error;
+  }
+  if (root.name !== "domain") {
+    throw errorAt(xml, root.start, `Expected a "<domain>" root element, found "<${root.name}>"`);
+  }
+  const child = (name: string) => root.children.find((c) => c.name === name) ?? null;
+  const nameSpan = child("name");
+  const name = nameSpan ? read(xml, nameSpan).text.trim() : "";
+  if (name === "") throw errorAt(xml, root.start, `Domain has no "<name>"`);
+  const uuidSpan = child("uuid");
+  const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
+
+  const metadata = child("metadata");
+  let ours: OurMetadata | null = null;
+  let records: DeviceIdentity[] = [];
+  for (const candidate of metadata?.children ?? []) {
+    if (!isOurElement(xml, candidate)) continue;
+    if (ours !== null) {
+      throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");
+    }
+    ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
+    records = readRecords(xml, candidate);
+  }
+  const owned = new Set(records.map((r) => r.address));
+
+  const devices = child("devices");
+  const hostdevs: HostdevSite[] = [];
+  const interfaceHostdevs: PciAddress[] = [];
+  for (const span of devices?.children ?? []) {
+    if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
+      const element = read(xml, span);
+      const source = element.children.find((c) => c.name === "source");
+      const address = source?.children.find((c) => c.name === "address");
+      const canonical = address && (address.attributes.type ?? "pci") === "pci"
+        ? pciAddressFromLibvirt(address.attributes)
+        : null;
+      if (canonical !== null) interfaceHostdevs.push(canonical);
+      continue;
+    }
+    if (span.name !== "hostdev") continue;
+    const mode = attribute(xml, span, "mode") ?? "subsystem";
+    if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") continue;
+    const element = read(xml, span);
+    const source = element.children.find((c) => c.name === "source");
+    const address = source?.children.find((c) => c.name === "address");
+    const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
+    if (canonical === null) {
+      throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
+    }
+    hostdevs.push({
+      span,
+      hostdev: {
+        address: canonical,
+        managed: element.attributes.managed === "yes",
+        owned: owned.has(canonical),
+        xml: xml.slice(span.start, span.end),
+      },
+    });
+  }
+  return { root, name, uuid, devices, hostdevs, interfaceHostdevs, metadata, ours, records };
+}
+
+const RECORD_ATTRIBUTES = {
+  address: "address",
+  vendorId: "vendor",
+  deviceId: "device",
+  subsystemVendorId: "subsystem-vendor",
+  subsystemDeviceId: "subsystem-device",
+  classCode: "class",
+  serial: "serial",
+  driver: "driver",
+  rule: "rule",
+} as const satisfies Record<keyof DeviceIdentity, string>;
+
+function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
+  const element = read(xml, ours);
+  const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
+  const records: DeviceIdentity[] = [];
+  for (const device of element.children) {
+    if (device.name !== `${prefix}device`) continue;
+    const a = device.attributes;
+    const required = (key: "address" | "vendorId" | "deviceId" | "classCode" | "rule") => {
+      const value = a[RECORD_ATTRIBUTES[key]];
+      if (value === undefined) {
+        throw errorAt(
+          xml,
+          ours.start,
+          `Passthrough record lacks attribute "${RECORD_ATTRIBUTES[key]}"`,
+        );
+      }
+      return value;
+    };
+    const address = canonicalPciAddress(required("address"));
+    if (address === null) {
+      throw errorAt(xml, ours.start, `Passthrough record has a bad address "${a.address}"`);
+    }
+    records.push({
+      address,
+      vendorId: required("vendorId"),
+      deviceId: required("deviceId"),
+      subsystemVendorId: a[RECORD_ATTRIBUTES.subsystemVendorId] ?? null,
+      subsystemDeviceId: a[RECORD_ATTRIBUTES.subsystemDeviceId] ?? null,
+      classCode: required("classCode"),
+      serial: a[RECORD_ATTRIBUTES.serial] ?? null,
+      driver: a[RECORD_ATTRIBUTES.driver] ?? null,
+      rule: required("rule"),
+    });
+  }
+  return records;
+}
+
+/**
+ * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
+ * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) are not
+ * listed; `<interface type='hostdev'>` PCI sources are, apart, as `interfaceHostdevs`.
+ *
+ * Throws {@link DomainXmlError} (with line, column) on malformed XML, a DOCTYPE, a root other than
+ * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev without a valid source address.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain type='kvm'><name>vm</name><devices>
+ *   <hostdev mode='subsystem' type='pci' managed='yes'>
+ *     <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+ *   </hostdev>
+ * </devices></domain>`;
+ * const parsed = parseDomainXml(xml);
+ * assertEquals(parsed.name, "vm");
+ * assertEquals(parsed.hostdevs.map((h) => [h.address, h.managed, h.owned]), [
+ *   ["0000:01:00.0", true, false],
+ * ]);
+ * ```
+ */
+export function parseDomainXml(xml: string): ParsedDomain {
+  const located = locate(xml);
+  return {
+    name: located.name,
+    uuid: located.uuid,
+    hostdevs: located.hostdevs.map((site) => site.hostdev),
+    records: located.records,
+    interfaceHostdevs: located.interfaceHostdevs,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lenient reading, for definitions parseDomainXml refuses
+
+/** What {@link scanHostdevsLeniently} finds in a domain XML, however damaged. */
+export interface LenientHostdevScan {
+  /**
+   * Host addresses named by `<hostdev type='pci'>` (mode subsystem) and `<interface
+   * type='hostdev'>` sources: canonical, sorted, without duplicates.
+   */
+  addresses: PciAddress[];
+  /**
+   * How many elements that may hold a host PCI device (a PCI hostdev, a hostdev whose type cannot
+   * be read, a hostdev interface) name no host address the scan could read. Anything above 0
+   * means the domain may hold devices that `addresses` does not list.
+   */
+  unresolved: number;
+}
+
+/**
+ * A start tag from `<` to `>`; quoted values may hold `>`. Callers pass text that ends at the
+ * next `<` (libvirt escapes `<` in values), so a damaged tag costs no more than its own length.
+ */
+const START_TAG = /^<([A-Za-z_][\w.:-]*)((?:[^>'"]|'[^']*'|"[^"]*")*)>/;
+const ATTRIBUTE = /([^\s=/>]+)\s*=\s*(?:'([^']*)'|"([^"]*)")/g;
+const DEVICE_START = /<(hostdev|interface)(?=[\s/>]|$)/g;
+/** hostdev types that never hold a whole host PCI device (strict reading skips them too). */
+const NOT_PCI_TYPES = new Set(["usb", "scsi", "scsi_host", "mdev"]);
+
+interface LenientTag {
+  attributes: Record<string, string>;
+  /** The text between the name and `>`. */
+  raw: string;
+  selfClosing: boolean;
+  /** Index just after the tag's `>`. */
+  end: number;
+}
+
+/** The start tag at `index` of `text`, or `null` when no complete tag starts there. */
+function lenientTag(text: string, index: number): LenientTag | null {
+  const stop = text.indexOf("<", index + 1);
+  const match = START_TAG.exec(text.slice(index, stop === -1 ? text.length : stop));
+  if (match === null) return null;
+  const raw = match[2]!;
+  const attributes: Record<string, string> = {};
+  for (const a of raw.matchAll(ATTRIBUTE)) {
+    const name = a[1]!;
+    if (Object.hasOwn(attributes, name)) continue;
+    const value = a[2] ?? a[3] ?? "";
+    try {
+      attributes[name] = decodeXmlText(value);
+    } catch {
+      // A bad entity: kept raw, so a number in it fails to read and counts as unresolved.
+      attributes[name] = value;
+    }
+  }
+  return { attributes, raw, selfClosing: /\/\s*$/.test(raw), end: index + match[0].length };
+}
+
+/**
+ * `xml` with comments, CDATA sections, processing instructions and `<metadata>` blanked out
+ * (same length, so indexes still match): none of them holds a device, and `<metadata>` is
+ * copied verbatim from whatever other applications wrote, so it may say `<hostdev>` freely.
+ * A construct left unterminated is not blanked: what follows it may still be devices.
+ */
+function blankNonDevices(xml: string): string {
+  // Once a terminator is missing it is missing for every later opener too: stop looking.
+  const exhausted = new Set<string>();
+  const through = (terminator: RegExp, from: number): number => {
+    if (exhausted.has(terminator.source)) return -1;
+    terminator.lastIndex = from;
+    const found = terminator.exec(xml);
+    if (found === null) exhausted.add(terminator.source);
+    return found === null ? -1 : terminator.lastIndex;
+  };
+  let out = "";
+  let i = 0;
+  while (i < xml.length) {
+    const lt = xml.indexOf("<", i);
+    if (lt === -1) {
+      out += xml.slice(i);
+      break;
+    }
+    out += xml.slice(i, lt);
+    let end = -1;
+    if (xml.startsWith("<!--", lt)) end = through(/-->/g, lt + 4);
+    else if (xml.startsWith("<![CDATA[", lt)) end = through(/\]\]>/g, lt + 9);
+    else if (xml.startsWith("<?", lt)) end = through(/\?>/g, lt + 2);
+    else if (/^<metadata(?:[\s/>]|$)/.test(xml.slice(lt, lt + 10))) {
+      const tag = lenientTag(xml, lt);
+      if (tag?.selfClosing) end = tag.end;
+      else if (tag !== null) end = through(/<\/metadata\s*>/g, tag.end);
+    }
+    if (end === -1) {
+      out += "<";
+      i = lt + 1;
+    } else {
+      out += " ".repeat(end - lt);
+      i = end;
+    }
+  }
+  return out;
+}
+
+/**
+ * The host address in the `<source>` of the element whose content is `body`: the first
+ * `<address>` between `<source>` and `</source>`, never the guest-side `<address>` that follows
+ * `</source>`. `null` when there is no complete source or no readable PCI address in it;
+ * `"not-pci"` when the source address says another bus.
+ */
+function sourceAddress(body: string): PciAddress | "not-pci" | null {
+  const open = /<source(?=[\s/>]|$)/.exec(body);
+  if (open === null) return null;
+  const tag = lenientTag(body, open.index);
+  if (tag === null || tag.selfClosing) return null;
+  const close = /<\/source\s*>/g;
+  close.lastIndex = tag.end;
+  const closing = close.exec(body);
+  if (closing === null) return null;
+  const inside = body.slice(tag.end, closing.index);
+  const at = /<address(?=[\s/>]|$)/.exec(inside);
+  if (at === null) return null;
+  const address = lenientTag(inside, at.index);
+  if (address === null) return null;
+  const type = address.attributes.type;
+  if (type !== undefined && type !== "pci") return "not-pci";
+  return pciAddressFromLibvirt(address.attributes);
+}
+
+/**
+ * Reads the host PCI addresses a domain XML names even when {@link parseDomainXml} refuses it
+ * (malformed XML, a damaged passthrough record, ...), so planning can still count them as held:
+ * the `<source>` address of every `<hostdev type='pci'>` and every `<interface type='hostdev'>`.
+ * Tolerates either quote, any attribute order, whitespace around `=`, entities, and hex or
+ * decimal numbers as libvirt reads them. The guest-side `<address>` (outside `<source>`) is never
+ * taken. Comments, CDATA, processing instructions and `<metadata>` are not searched. Never throws.
+ *
+ * `unresolved` counts the elements that may hold a PCI device but whose host address cannot be
+ * read: a caller must not treat such a domain as holding only `addresses`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain><name>vm</name><devices>
+ *   <hostdev managed="yes" type="pci" mode="subsystem">
+ *     <source><address bus="3" slot="0" function="1"/></source>
+ *     <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>
+ *   </hostdev>
+ *   <interface type='hostdev'><source><address type='pci' bus='0x01' slot='0x10' function='0x2'/></source></interface>
+ *   <hostdev mode='subsystem' type='pci'><source/></hostdev>
+ * </devices`; // truncated: parseDomainXml() refuses it
+ * assertEquals(scanHostdevsLeniently(xml), {
+ *   addresses: ["0000:01:10.2", "0000:03:00.1"],
+ *   unresolved: 1,
+ * });
+ * ```
+ */
+export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
+  const text = blankNonDevices(String(xml));
+  const starts = [...text.matchAll(DEVICE_START)];
+  const found = new Set<PciAddress>();
+  let unresolved = 0;
+  starts.forEach((start, n) => {
+    const name = start[1]!;
+    // An element ends at its end tag or, when that is missing, where the next device starts.
+    const element = text.slice(start.index, starts[n + 1]?.index ?? text.length);
+    const tag = lenientTag(element, 0);
+    if (tag === null) {
+      // A start tag that does not even close: count it when it may be a PCI device.
+      const stop = element.indexOf("<", 1);
+      const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
+      if (name === "hostdev" || /hostdev/.test(head)) unresolved++;
+      return;
+    }
+    const { type, mode } = tag.attributes;
+    // An interface whose type cannot be read but that says hostdev is taken to be one.
+    const hostdevInterface = type === "hostdev" || (type === undefined && /hostdev/.test(tag.raw));
+    if (name === "interface" && !hostdevInterface) return;
+    if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) return;
+    if (tag.selfClosing) {
+      unresolved++;
+      return;
+    }
+    const content = element.slice(tag.end);
+    const close = new RegExp(`</${name}(?=[\\s>]|$)`).exec(content);
+    const address = sourceAddress(content.slice(0, close?.index ?? content.length));
+    if (address === null) unresolved++;
+    else if (address !== "not-pci") found.add(address);
+  });
+  return { addresses: [...found].sort(comparePciAddress), unresolved };
+}
+
+/**
+ * The host PCI addresses {@link scanHostdevsLeniently} finds: canonical, sorted, unique. Never
+ * throws; `[]` for anything that names none.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const broken = `<domain><name>vm</name><devices>
+ *   <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source></hostdev>
+ *   <hostdev mode='subsystem' type='pci'>`;
+ * assertEquals(lenientHostPciAddresses(broken), ["0000:0a:00.0"]);
+ * assertEquals(lenientHostPciAddresses("not xml at all"), []);
+ * ```
+ */
+export function lenientHostPciAddresses(xml: string): PciAddress[] {
+  return scanHostdevsLeniently(xml).addresses;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/** `<devices>`'s children and `<metadata>`'s children get this much more indentation by default. */
+const DEFAULT_UNIT = "  ";
+
+/** The whitespace that starts the line `index` is on, when only whitespace precedes it there. */
+function lineIndent(xml: string, index: number): string | null {
+  // Walk back over spaces and tabs only, so the cost is the indentation's length even on a
+  // document written on one long line.
+  let i = index;
+  while (i > 0 && (xml[i - 1] === " " || xml[i - 1] === "\t")) i--;
+  return i === 0 || xml[i - 1] === "\n" ? xml.slice(i, index) : null;
+}
+
+/**
+ * The range to delete to remove `span`: with its own line's indentation and newline when it sits
+ * alone on its lines, so that removing an element we inserted restores the original exactly.
+ */
+function removalRange(xml: string, span: { start: number; end: number }): [number, number] {
+  const indent = lineIndent(xml, span.start);
+  if (indent === null) return [span.start, span.end];
+  const eol = xml.indexOf("\n", span.end);
+  const rest = xml.slice(span.end, eol === -1 ? xml.length : eol + 1);
+  if (!/^[ \t]*\r?\n?$/.test(rest)) return [span.start, span.end];
+  return [span.start - indent.length, span.end + rest.length];
+}
+
+/** Where `sibling`'s line ends (before `\r\n` or `\n`), and what follows it on that line. */
+function restOfLine(xml: string, sibling: XmlSpan): { at: number; rest: string } {
+  const eol = xml.indexOf("\n", sibling.end);
+  const at = eol === -1 ? xml.length : xml[eol - 1] === "\r" ? eol - 1 : eol;
+  return { at: Math.max(at, sibling.end), rest: xml.slice(sibling.end, Math.max(at, sibling.end)) };
+}
+
+/**
+ * A splice putting `lines` on their own lines after `sibling`, indented like it. A comment later
+ * on the sibling's line stays with the sibling (we insert at the line's end), so removing the
+ * inserted element with {@link removalRange} restores the text exactly. When the sibling shares
+ * its line with other markup, the element is inserted compactly right after it instead.
+ */
+function insertAfter(
+  xml: string,
+  { sibling, lines, newline }: { sibling: XmlSpan; lines: string[]; newline: string },
+): Splice {
+  const indent = lineIndent(xml, sibling.start);
+  const { at, rest } = restOfLine(xml, sibling);
+  if (indent === null || !/^(?:\s|<!--(?:[^-]|-(?!->))*-->)*$/.test(rest)) {
+    return { start: sibling.end, end: sibling.end, text: lines.map((l) => l.trim()).join("") };
+  }
+  return { start: at, end: at, text: `${newline}${indent}${indentLines(lines, indent, newline)}` };
+}
+
+/** Indentation of an element's children and the unit it adds, guessed from the document. */
+function childIndent(xml: string, parent: XmlSpan, root: XmlSpan): string {
+  for (const child of parent.children) {
+    const indent = lineIndent(xml, child.start);
+    // The child must start a line below the parent's start tag to say how children are indented.
+    if (indent !== null && child.start - indent.length > parent.startTagEnd) return indent;
+  }
+  const own = lineIndent(xml, parent.start) ?? "";
+  return own + indentUnit(xml, root);
+}
+
+function indentUnit(xml: string, root: XmlSpan): string {
+  const first = root.children[0];
+  if (first !== undefined) {
+    const indent = lineIndent(xml, first.start);
+    const rootIndent = lineIndent(xml, root.start) ?? "";
+    if (indent !== null && indent.length > rootIndent.length && indent.startsWith(rootIndent)) {
+      return indent.slice(rootIndent.length);
+    }
+  }
+  return DEFAULT_UNIT;
+}
+
+/** Lines of one hostdev in libvirt's own style (single quotes, two-space nesting). */
+function hostdevLines(spec: HostdevSpec): string[] {
+  const address = canonicalPciAddress(spec.address);
+  if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+  const a = pciAddressToLibvirt(address);
+  const lines = [
+    `<hostdev mode='subsystem' type='pci' managed='${spec.managed ? "yes" : "no"}'>`,
+    `  <source>`,
+    `    <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>`,
+    `  </source>`,
+  ];
+  // libvirt formats device info in this order: boot, alias, rom, address.
+  if (spec.bootOrder !== undefined) {
+    if (!Number.isInteger(spec.bootOrder) || spec.bootOrder < 1) {
+      throw new RangeError(`Boot order must be a positive integer: "${spec.bootOrder}"`);
+    }
+    lines.push(`  <boot order='${spec.bootOrder}'/>`);
+  }
+  if (spec.rom !== undefined && (spec.rom.bar !== undefined || spec.rom.file !== undefined)) {
+    const bar = spec.rom.bar === undefined ? "" : ` bar='${spec.rom.bar}'`;
+    const file = spec.rom.file === undefined ? "" : ` file='${escapeXmlAttribute(spec.rom.file)}'`;
+    lines.push(`  <rom${bar}${file}/>`);
+  }
+  if (spec.guestAddress !== undefined) {
+    const { multifunction, ...parts } = spec.guestAddress;
+    const g = pciAddressToLibvirt(pciAddressFromParts(parts));
+    const multi = multifunction === undefined
+      ? ""
+      : ` multifunction='${multifunction ? "on" : "off"}'`;
+    lines.push(
+      `  <address type='pci' domain='${g.domain}' bus='${g.bus}' slot='${g.slot}' function='${g.function}'${multi}/>`,
+    );
+  }
+  lines.push(`</hostdev>`);
+  return lines;
+}
+
+/** Lines of our metadata element. */
+function metadataLines(records: DeviceIdentity[], created: string | null): string[] {
+  const marker = created === null ? "" : ` created='${escapeXmlAttribute(created)}'`;
+  const lines = [`<passthrough:hostdevs xmlns:passthrough='${METADATA_NAMESPACE}'${marker}>`];
+  for (const record of records) {
+    let attrs = "";
+    for (const [key, name] of Object.entries(RECORD_ATTRIBUTES)) {
+      const value = record[key as keyof DeviceIdentity];
+      if (value !== null) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
+    }
+    lines.push(`  <passthrough:device${attrs}/>`);
+  }
+  lines.push(`</passthrough:hostdevs>`);
+  return lines;
+}
+
+function recordsKey(records: DeviceIdentity[]): string {
+  return JSON.stringify(
+    records
+      .map((r) => Object.keys(RECORD_ATTRIBUTES).map((k) => r[k as keyof DeviceIdentity]))
+      .sort((x, y) => (JSON.stringify(x) < JSON.stringify(y) ? -1 : 1)),
+  );
+}
+
+interface Splice {
+  start: number;
+  end: number;
+  text: string;
+}
+
+/** Joins lines for insertion at `indent`, each line after the first prefixed with it. */
+function indentLines(lines: string[], indent: string, newline: string): string {
+  return lines.join(newline + indent);
+}
+
+/**
+ * Text to insert `lines` as the last child of `parent` (after `after`, its last kept element
+ * child, if any). Returns a splice, or a replacement of a self-closing parent.
+ */
+function appendChild(
+  xml: string,
+  located: Located,
+  { parent, after, lines }: { parent: XmlSpan; after: XmlSpan | null; lines: string[] },
+): Splice {
+  const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+  const indent = childIndent(xml, parent, located.root);
+  if (parent.selfClosing) {
+    // `<devices/>` becomes `<devices>…</devices>`; the caller records that in our marker so the
+    // last removal can write `<devices/>` back.
+    const own = lineIndent(xml, parent.start) ?? "";
+    const startTag = xml.slice(parent.start, parent.end).replace(/\s*\/>$/, ">");
+    return {
+      start: parent.start,
+      end: parent.end,
+      text: `${startTag}${newline}${indent}${
+        indentLines(lines, indent, newline)
+      }${newline}${own}</${parent.name}>`,
+    };
+  }
+  if (after !== null) return insertAfter(xml, { sibling: after, lines, newline });
+  const closeIndent = lineIndent(xml, parent.endTagStart);
+  if (closeIndent !== null && parent.endTagStart - closeIndent.length > parent.startTagEnd) {
+    const at = parent.endTagStart - closeIndent.length;
+    return {
+      start: at,
+      end: at,
+      text: `${indent}${indentLines(lines, indent, newline)}${newline}`,
+    };
+  }
+  // Everything on one line: insert compactly so removal (which then removes exactly the element)
+  // restores the original.
+  const at = parent.endTagStart;
+  return { start: at, end: at, text: lines.map((l) => l.trim()).join("") };
+}
+
+function applySplices(xml: string, splices: Splice[]): string {
+  splices.sort((a, b) => a.start - b.start || a.end - b.end);
+  let out = "";
+  let at = 0;
+  for (const s of splices) {
+    if (s.start < at) throw new Error("Internal error: overlapping domain XML edits");
+    out += xml.slice(at, s.start) + s.text;
+    at = s.end;
+  }
+  return out + xml.slice(at);
+}
+
+/**
+ * Containers an edit created, recorded in our element's `created` attribute (space-separated) so
+ * that removing the last record later restores the original text exactly: `metadata` and
+ * `devices` (we added the element), `metadata-self-closing` and `devices-self-closing` (it was
+ * `<metadata/>` or `<devices/>` and we opened it).
+ */
+type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-self-closing";
+
+/**
+ * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
+ * `edit.remove` are deleted together with their line, `edit.add` hostdevs are appended after the
+ * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
+ * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
+ * byte-identical, and an edit with nothing to do returns `xml` itself.
+ *
+ * When it has to create `<metadata>` or `<devices>` (or open a self-closing one), our element
+ * records that in a `created` attribute, so that removing the last record later removes (or
+ * closes) that container again when nothing else is in it.
+ *
+ * Throws {@link DomainXmlError} for XML {@link parseDomainXml} refuses, and
+ * {@link DomainEditError} when asked to remove a hostdev that is absent or not owned, or to add
+ * one the domain already has.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = "<domain type='kvm'>\n  <name>vm</name>\n  <devices>\n  </devices>\n</domain>\n";
+ * const record = {
+ *   address: "0000:01:00.0", vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
+ *   subsystemDeviceId: null, classCode: "030000", serial: null, driver: "nouveau", rule: "gpu",
+ * };
+ * const added = editDomainXml(xml, {
+ *   remove: [], add: [{ address: "0000:01:00.0", managed: true }], records: [record],
+ * });
+ * assertEquals(parseDomainXml(added).hostdevs[0]?.owned, true);
+ * assertEquals(editDomainXml(added, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
+ * ```
+ */
+export function editDomainXml(xml: string, edit: DomainEdit): string {
+  const located = locate(xml);
+  const { devices } = located;
+  const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+  const created = new Set(
+    (located.ours?.created ?? "").split(/\s+/).filter((t) => t !== "") as CreatedToken[],
+  );
+  const createdBefore = [...created].sort().join(" ");
+  const splices: Splice[] = [];
+
+  const byAddress = new Map<PciAddress, HostdevSite[]>();
+  for (const site of located.hostdevs) {
+    const list = byAddress.get(site.hostdev.address);
+    if (list) list.push(site);
+    else byAddress.set(site.hostdev.address, [site]);
+  }
+  const removing = new Set<PciAddress>();
+  const removedSpans = new Set<XmlSpan>();
+  for (const raw of edit.remove) {
+    const address = canonicalPciAddress(raw);
+    if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
+    if (removing.has(address)) continue;
+    const sites = byAddress.get(address) ?? [];
+    if (sites.length === 0) {
+      throw new DomainEditError(
+        `Cannot remove hostdev "${address}" from "${located.name}": the domain does not have it`,
+        address,
+      );
+    }
+    for (const site of sites) {
+      if (!site.hostdev.owned) {
+        throw new DomainEditError(
+          `Cannot remove hostdev "${address}" from "${located.name}": it was not added by passthrough`,
+          address,
+        );
+      }
+      removedSpans.add(site.span);
+    }
+    removing.add(address);
+  }
+
+  const present = new Set(
+    located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
+  );
+  const lines: string[] = [];
+  for (const spec of edit.add) {
+    const address = canonicalPciAddress(spec.address);
+    if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+    if (present.has(address)) {
+      throw new DomainEditError(
+        `Cannot add hostdev "${address}" to "${located.name}": the domain already has it`,
+        address,
+      );
+    }
+    present.add(address);
+    lines.push(...hostdevLines(spec));
+  }
+
+  if (
+    edit.records.length === 0 && devices !== null && lines.length === 0 &&
+    (created.has("devices") || created.has("devices-self-closing")) &&
+    onlyWhitespaceBesides(xml, devices, removedSpans)
+  ) {
+    // The <devices> we created or opened is left empty: restore its original form.
+    if (created.has("devices")) {
+      const [start, end] = removalRange(xml, devices);
+      splices.push({ start, end, text: "" });
+    } else {
+      splices.push({ start: devices.start, end: devices.end, text: `<${devices.name}/>` });
+    }
+  } else {
+    for (const span of removedSpans) {
+      const [start, end] = removalRange(xml, span);
+      splices.push({ start, end, text: "" });
+    }
+  }
+
+  if (lines.length > 0) {
+    if (devices === null) {
+      const unit = indentUnit(xml, located.root);
+      const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
+      splices.push(
+        appendChild(xml, located, { parent: located.root, after: null, lines: wrapped }),
+      );
+      created.add("devices");
+    } else {
+      if (devices.selfClosing) created.add("devices-self-closing");
+      const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
+      splices.push(
+        appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines }),
+      );
+    }
+  }
+
+  const recordsChanged = located.ours === null
+    ? edit.records.length > 0
+    : recordsKey(edit.records) !== recordsKey(located.records);
+  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
+  if (recordsChanged || markerChanged) {
+    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
+  }
+  if (splices.length === 0) return xml;
+  return applySplices(xml, splices);
+}
+
+/** Whether `parent` holds nothing but whitespace and the `removed` children. */
+function onlyWhitespaceBesides(xml: string, parent: XmlSpan, removed: Set<XmlSpan>): boolean {
+  if (parent.selfClosing) return true;
+  let at = parent.startTagEnd;
+  for (const child of parent.children) {
+    if (!removed.has(child)) return false;
+    if (xml.slice(at, child.start).trim() !== "") return false;
+    at = child.end;
+  }
+  return xml.slice(at, parent.endTagStart).trim() === "";
+}
+
+function metadataSplices(
+  xml: string,
+  { located, records, created, newline }: {
+    located: Located;
+    records: DeviceIdentity[];
+    created: Set<CreatedToken>;
+    newline: string;
+  },
+): Splice[] {
+  const { ours, metadata, root } = located;
+  const marker = () => {
+    const tokens = [...created].sort().join(" ");
+    return tokens === "" ? null : tokens;
+  };
+  if (ours !== null) {
+    if (records.length > 0) {
+      const indent = lineIndent(xml, ours.span.start) ?? "";
+      return [{
+        start: ours.span.start,
+        end: ours.span.end,
+        text: indentLines(metadataLines(records, marker()), indent, newline),
+      }];
+    }
+    // Remove our element; and restore the <metadata> we created or opened, when it is left empty.
+    if (metadata !== null && onlyWhitespaceBesides(xml, metadata, new Set([ours.span]))) {
+      if (created.has("metadata")) {
+        const [start, end] = removalRange(xml, metadata);
+        return [{ start, end, text: "" }];
+      }
+      if (created.has("metadata-self-closing")) {
+        return [{ start: metadata.start, end: metadata.end, text: `<${metadata.name}/>` }];
+      }
+    }
+    const [start, end] = removalRange(xml, ours.span);
+    return [{ start, end, text: "" }];
+  }
+  if (records.length === 0) return [];
+  if (metadata !== null) {
+    if (metadata.selfClosing) created.add("metadata-self-closing");
+    const after = metadata.children.at(-1) ?? null;
+    return [
+      appendChild(xml, located, {
+        parent: metadata,
+        after,
+        lines: metadataLines(records, marker()),
+      }),
+    ];
+  }
+  created.add("metadata");
+  const unit = indentUnit(xml, root);
+  const lines = [
+    "<metadata>",
+    ...metadataLines(records, marker()).map((l) => unit + l),
+    "</metadata>",
+  ];
+  // libvirt's schema interleaves <domain>'s children, so any place is valid; libvirt itself
+  // writes <metadata> after the identity elements, so we put it there.
+  const anchor = root.children.filter((c) =>
+    ["name", "uuid", "genid", "title", "description"].includes(c.name)
+  ).at(-1);
+  if (anchor === undefined) {
+    return [appendChild(xml, located, { parent: root, after: null, lines })];
+  }
+  return [insertAfter(xml, { sibling: anchor, lines, newline })];
+}

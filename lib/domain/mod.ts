@@ -1,0 +1,20 @@
+/**
+ * Domain XML: the one strict reader of a libvirt domain definition (typed `<hostdev>` fields,
+ * the metadata passthrough records), the edits that add and remove hostdevs while keeping every
+ * other byte, and the lenient scanner for definitions the strict reader refuses.
+ *
+ * @module
+ */
+
+export {
+  DomainEditError,
+  type DomainHostdev,
+  DomainXmlError,
+  editDomainXml,
+  type LenientHostdevScan,
+  lenientHostPciAddresses,
+  METADATA_NAMESPACE,
+  type ParsedDomain,
+  parseDomainXml,
+  scanHostdevsLeniently,
+} from "./domain_xml.ts";

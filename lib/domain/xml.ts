@@ -1,0 +1,377 @@
+/**
+ * XML primitives for lossless editing: a well-formedness check (fast-xml-parser's validator, for
+ * its line and column), a span scanner that locates elements in the original text, a reader for
+ * the values of small fragments, and escaping. This is the only module that imports
+ * `fast-xml-parser`; everything else works on {@link XmlSpan}s and {@link XmlElement}s.
+ *
+ * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
+ * no external entities), and only the five predefined entities and character references are
+ * decoded; any other entity reference is a syntax error, as it is for libvirt's parser without a
+ * DTD.
+ *
+ * @module
+ */
+
+import { XMLParser, XMLValidator } from "fast-xml-parser";
+
+/** Malformed or refused XML, with the 1-based position of the problem. */
+export class XmlSyntaxError extends SyntaxError {
+  /** 1-based line of the problem. */
+  line: number;
+  /** 1-based column of the problem. */
+  column: number;
+  /** Builds the error; `message` should not repeat the position. */
+  constructor(message: string, position: { line: number; column: number }) {
+    super(`${message}: at line ${position.line}, column ${position.column}`);
+    this.name = "XmlSyntaxError";
+    this.line = position.line;
+    this.column = position.column;
+  }
+}
+
+/** One element located in a document's original text. Offsets are UTF-16 indices. */
+export interface XmlSpan {
+  /** Qualified name as written, e.g. `hostdev` or `passthrough:device`. */
+  name: string;
+  /** Attributes as written (values still escaped), in document order. */
+  rawAttributes: [string, string][];
+  /** Index of the `<` that starts the element. */
+  start: number;
+  /** Index just after the start tag's `>`. */
+  startTagEnd: number;
+  /** Index of the `<` of the end tag; equals `end` for a self-closing element. */
+  endTagStart: number;
+  /** Index just after the element (after `/>` or the end tag's `>`). */
+  end: number;
+  /** `true` for `<a/>`. */
+  selfClosing: boolean;
+  /** Child elements in document order. */
+  children: XmlSpan[];
+}
+
+/** A small element read by fast-xml-parser, with decoded attribute values and text. */
+export interface XmlElement {
+  name: string;
+  attributes: Record<string, string>;
+  children: XmlElement[];
+  /** The element's own text (CDATA included), decoded, children's text excluded. */
+  text: string;
+}
+
+/**
+ * Returns the 1-based line and column of `index` in `text`. Linear; call it only when reporting.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(lineColumnAt("a\nbc", 3), { line: 2, column: 2 });
+ * ```
+ */
+export function lineColumnAt(text: string, index: number): { line: number; column: number } {
+  let line = 1;
+  let lineStart = 0;
+  for (let i = text.indexOf("\n"); i !== -1 && i < index; i = text.indexOf("\n", i + 1)) {
+    line++;
+    lineStart = i + 1;
+  }
+  return { line, column: index - lineStart + 1 };
+}
+
+const ENTITY = /&(?:(amp|lt|gt|apos|quot)|#([0-9]+)|#x([0-9a-fA-F]+));/g;
+const PREDEFINED: Record<string, string> = { amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' };
+/** An `&` that does not start a predefined entity or a character reference. */
+const BAD_AMPERSAND = /&(?!(?:amp|lt|gt|apos|quot|#[0-9]+|#x[0-9a-fA-F]+);)/;
+
+/**
+ * Decodes the predefined entities and character references of XML text. Throws `SyntaxError`
+ * for any other entity reference: without a DTD there is nothing it could mean.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(decodeXmlText("a&amp;b&#10;&apos;"), "a&b\n'");
+ * ```
+ */
+export function decodeXmlText(text: string): string {
+  if (!text.includes("&")) return text;
+  const bad = BAD_AMPERSAND.exec(text);
+  if (bad) {
+    throw new SyntaxError(
+      `Unknown entity reference: "${text.slice(bad.index, bad.index + 12).split(";")[0]};"`,
+    );
+  }
+  return text.replace(ENTITY, (_m, name?: string, dec?: string, hex?: string) => {
+    if (name !== undefined) return PREDEFINED[name] ?? "";
+    const code = dec !== undefined ? parseInt(dec, 10) : parseInt(hex ?? "", 16);
+    if (!isXmlChar(code)) {
+      throw new SyntaxError(`Character reference to a non-XML character: "${_m}"`);
+    }
+    return String.fromCodePoint(code);
+  });
+}
+
+/** XML 1.0's `Char` production: what a character reference may name. */
+function isXmlChar(code: number): boolean {
+  return code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) ||
+    (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
+}
+
+/**
+ * Escapes a value for an attribute delimited by either quote. Newlines, tabs and carriage returns
+ * become character references, since a parser would otherwise normalise them to spaces.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(escapeXmlAttribute(`a&b<'"\n`), "a&amp;b&lt;&apos;&quot;&#10;");
+ * ```
+ */
+export function escapeXmlAttribute(value: string): string {
+  return value.replace(/[&<>'"\n\r\t]/g, (c) => ATTRIBUTE_ESCAPES[c] ?? c);
+}
+
+const ATTRIBUTE_ESCAPES: Record<string, string> = {
+  "&": "&amp;",
+  "<": "&lt;",
+  ">": "&gt;",
+  "'": "&apos;",
+  '"': "&quot;",
+  "\n": "&#10;",
+  "\r": "&#13;",
+  "\t": "&#9;",
+};
+
+/**
+ * Checks that `text` is one well-formed XML document without a DOCTYPE, throwing
+ * {@link XmlSyntaxError} with the position of the first problem.
+ */
+export function checkWellFormed(text: string): void {
+  refuseDoctype(text);
+  const result = XMLValidator.validate(text, { allowBooleanAttributes: false });
+  if (result !== true) {
+    const { msg, line, col } = result.err;
+    throw new XmlSyntaxError(`Malformed XML: ${msg.replace(/\.$/, "")}`, { line, column: col });
+  }
+}
+
+function refuseDoctype(text: string): void {
+  // A DOCTYPE may only appear in the prolog, so walk it (whitespace, comments, processing
+  // instructions) up to the first other markup: the words "<!DOCTYPE" later on are text.
+  let i = 0;
+  for (;;) {
+    const lt = text.indexOf("<", i);
+    if (lt === -1) return;
+    if (text.startsWith("<!--", lt)) {
+      const close = text.indexOf("-->", lt + 4);
+      if (close === -1) return;
+      i = close + 3;
+    } else if (text.startsWith("<?", lt)) {
+      const close = text.indexOf("?>", lt + 2);
+      if (close === -1) return;
+      i = close + 2;
+    } else if (/^<!DOCTYPE/i.test(text.slice(lt, lt + 9))) {
+      throw new XmlSyntaxError(
+        "Refusing a document with a DOCTYPE: its entity declarations could expand without bound " +
+          "or read external files, and libvirt never writes one",
+        lineColumnAt(text, lt),
+      );
+    } else {
+      return;
+    }
+  }
+}
+
+const NAME_CHAR = /[^\s/>=<"']/;
+
+/**
+ * Locates every element of a well-formed document in one linear pass, skipping comments, CDATA
+ * sections, processing instructions and the XML declaration, and honouring quoted attribute
+ * values (which may hold `>`). Returns the root element. Throws {@link XmlSyntaxError} on
+ * mismatched tags, a DOCTYPE, unknown entity references or anything else it cannot place.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const root = scanXml("<a><!-- <b> --><c x='>'/></a>");
+ * assertEquals(root.children.map((c) => c.name), ["c"]);
+ * ```
+ */
+export function scanXml(text: string): XmlSpan {
+  refuseDoctype(text);
+  const fail = (message: string, index: number): never => {
+    throw new XmlSyntaxError(message, lineColumnAt(text, index));
+  };
+  const checkEntities = (from: number, to: number) => {
+    const amp = text.indexOf("&", from);
+    if (amp === -1 || amp >= to) return;
+    const segment = text.slice(from, to);
+    const bad = BAD_AMPERSAND.exec(segment);
+    if (bad) fail('Unknown entity reference or bare "&"', from + bad.index);
+  };
+  const stack: XmlSpan[] = [];
+  let root: XmlSpan | null = null;
+  let i = 0;
+  const n = text.length;
+  while (i < n) {
+    const lt = text.indexOf("<", i);
+    const textEnd = lt === -1 ? n : lt;
+    if (stack.length > 0) checkEntities(i, textEnd);
+    else if (text.slice(i, textEnd).trim() !== "") fail("Text outside the root element", i);
+    if (lt === -1) break;
+    if (text.startsWith("<!--", lt)) {
+      const close = text.indexOf("-->", lt + 4);
+      if (close === -1) fail("Unterminated comment", lt);
+      i = close + 3;
+    } else if (text.startsWith("<![CDATA[", lt)) {
+      if (stack.length === 0) fail("CDATA outside the root element", lt);
+      const close = text.indexOf("]]>", lt + 9);
+      if (close === -1) fail("Unterminated CDATA section", lt);
+      i = close + 3;
+    } else if (text.startsWith("<?", lt)) {
+      const close = text.indexOf("?>", lt + 2);
+      if (close === -1) fail("Unterminated processing instruction", lt);
+      i = close + 2;
+    } else if (text.startsWith("<!", lt)) {
+      fail("Unexpected markup declaration", lt);
+    } else if (text[lt + 1] === "/") {
+      let j = lt + 2;
+      while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+      const name = text.slice(lt + 2, j);
+      while (j < n && /\s/.test(text[j] as string)) j++;
+      if (text[j] !== ">") fail(`Malformed end tag "</${name}"`, lt);
+      const open = stack.pop();
+      if (open === undefined || open.name !== name) {
+        fail(`Unexpected end tag "</${name}>"`, lt);
+      } else {
+        open.endTagStart = lt;
+        open.end = j + 1;
+      }
+      i = j + 1;
+    } else {
+      let j = lt + 1;
+      while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+      const name = text.slice(lt + 1, j);
+      if (name === "") fail("Malformed start tag", lt);
+      const rawAttributes: [string, string][] = [];
+      let selfClosing = false;
+      for (;;) {
+        const afterName = j;
+        while (j < n && /\s/.test(text[j] as string)) j++;
+        const c = text[j];
+        if (c === ">") {
+          j++;
+          break;
+        }
+        if (c === "/" && text[j + 1] === ">") {
+          selfClosing = true;
+          j += 2;
+          break;
+        }
+        if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
+        const attrStart = j;
+        while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+        const attrName = text.slice(attrStart, j);
+        while (j < n && /\s/.test(text[j] as string)) j++;
+        if (attrName === "" || text[j] !== "=") {
+          fail(`Malformed attribute in "<${name}"`, attrStart);
+        }
+        j++;
+        while (j < n && /\s/.test(text[j] as string)) j++;
+        const quote = text[j];
+        if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
+        const close = text.indexOf(quote as string, j + 1);
+        if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
+        const value = text.slice(j + 1, close);
+        if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
+        checkEntities(j + 1, close);
+        rawAttributes.push([attrName, value]);
+        j = close + 1;
+      }
+      const span: XmlSpan = {
+        name,
+        rawAttributes,
+        start: lt,
+        startTagEnd: j,
+        endTagStart: j,
+        end: j,
+        selfClosing,
+        children: [],
+      };
+      const parent = stack.at(-1);
+      if (parent) parent.children.push(span);
+      else if (root === null) root = span;
+      else fail(`Second root element "<${name}>"`, lt);
+      if (!selfClosing) stack.push(span);
+      i = j;
+    }
+  }
+  const unclosed = stack.at(-1);
+  if (unclosed) fail(`Unclosed element "<${unclosed.name}>"`, unclosed.start);
+  if (root === null) return fail("No root element", 0);
+  return root;
+}
+
+/** The decoded value of attribute `name` of a span, or `undefined`. */
+export function spanAttribute(span: XmlSpan, name: string): string | undefined {
+  const raw = span.rawAttributes.find(([key]) => key === name);
+  return raw === undefined ? undefined : decodeXmlText(raw[1]);
+}
+
+const parser = new XMLParser({
+  preserveOrder: true,
+  ignoreAttributes: false,
+  attributeNamePrefix: "",
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: false,
+  // Entities are decoded by decodeXmlText, which refuses unknown names instead of keeping them.
+  processEntities: false,
+  htmlEntities: false,
+  commentPropName: "#comment",
+  cdataPropName: "#cdata",
+  allowBooleanAttributes: false,
+});
+
+type OrderedNode = Record<string, unknown> & { ":@"?: Record<string, string> };
+
+function toElement(node: OrderedNode): XmlElement | null {
+  const name = Object.keys(node).find((key) => key !== ":@");
+  if (name === undefined || name === "#text" || name === "#comment" || name === "?xml") return null;
+  if (name === "#cdata") return null;
+  const attributes: Record<string, string> = {};
+  for (const [key, value] of Object.entries(node[":@"] ?? {})) {
+    attributes[key] = decodeXmlText(String(value));
+  }
+  const children: XmlElement[] = [];
+  let text = "";
+  for (const child of (node[name] as OrderedNode[] | undefined) ?? []) {
+    if ("#text" in child) text += decodeXmlText(String(child["#text"]));
+    else if ("#cdata" in child) {
+      for (const part of child["#cdata"] as OrderedNode[]) text += String(part["#text"] ?? "");
+    } else {
+      const element = toElement(child);
+      if (element) children.push(element);
+    }
+  }
+  return { name, attributes, children, text };
+}
+
+/**
+ * Reads one element's text (e.g. a `<hostdev>` span of the original document) into names,
+ * decoded attribute values, child elements and text, with fast-xml-parser.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const e = readXmlElement("<a x='1&amp;2'><b/>t</a>");
+ * assertEquals([e.attributes.x, e.children[0]?.name, e.text], ["1&2", "b", "t"]);
+ * ```
+ */
+export function readXmlElement(text: string): XmlElement {
+  const nodes = parser.parse(text) as OrderedNode[];
+  for (const node of nodes) {
+    const element = toElement(node);
+    if (element) return element;
+  }
+  throw new SyntaxError(`No element in XML fragment: "${text.slice(0, 40)}"`);
+}

@@ -1,0 +1,332 @@
+/**
+ * Host readiness checks for passthrough: IOMMU on, interrupt remapping, `vfio-pci` available,
+ * ACS override, libvirt reachable, and whether discovery can read in the background. Each finding
+ * says what is wrong and what to do.
+ *
+ * Interrupt remapping is judged without `dmesg` (unreadable without privileges): the IOMMU's
+ * own capability register in `/sys/class/iommu/dmar*\/intel-iommu/ecap` (bit 3, IR), AMD's
+ * `ivhd*` units (AMD-Vi always remaps interrupts unless disabled), and the command line
+ * (`intremap=off`, `nointremap`, `allow_unsafe_interrupts`).
+ *
+ * @module
+ */
+
+import type { HostTopology } from "./types.ts";
+import { readAttribute, type SysfsReader } from "./sysfs.ts";
+
+/** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
+export type DoctorStatus = "ok" | "warn" | "fail";
+
+/** One check's outcome. */
+export interface DoctorFinding {
+  /**
+   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`,
+   * `background-reads`.
+   */
+  check: string;
+  status: DoctorStatus;
+  /** What was found, one sentence. */
+  summary: string;
+  /** What to do about it, or `null` when nothing is needed. */
+  hint: string | null;
+}
+
+/** Options of {@link runDoctor}. */
+export interface DoctorOptions {
+  /** The discovered host. */
+  host: HostTopology;
+  /** Reads the live host's `/sys`, `/proc` and `/lib/modules` (libc reader on a live host). */
+  reader: SysfsReader;
+  /** Whether `host` is this machine (else a captured tree: module and IOMMU units unknown). */
+  live: boolean;
+  /** The sysfs root of the live host. Default `/sys`. */
+  sysRoot?: string;
+  /** Default `/proc`. */
+  procRoot?: string;
+  /** Default `/lib/modules`. */
+  modulesRoot?: string;
+  /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
+  libvirtProbe?: () => string | Error;
+  /**
+   * Whether discovery can read sysfs in the background (io_uring, `ffi/io_uring.ts`): `null`
+   * when it can, else why not. Informational: the results are the same either way.
+   */
+  backgroundReadsProbe?: () => string | null;
+}
+
+function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
+  if (cmdline === null) return null;
+  for (const word of cmdline.split(/\s+/)) if (pattern.test(word)) return word;
+  return null;
+}
+
+function iommuHint(host: HostTopology): string {
+  const vendor = host.devices.find((d) => d.classCode.startsWith("0600"))?.vendorId;
+  const param = vendor === "8086"
+    ? "intel_iommu=on"
+    : vendor === "1022"
+    ? "amd_iommu=on (usually on by default)"
+    : "intel_iommu=on (Intel) or amd_iommu=on (AMD)";
+  return `Enable VT-d/AMD-Vi (IOMMU) in the firmware setup, add ${param} to the kernel command line, reboot, and check that /sys/kernel/iommu_groups is populated`;
+}
+
+function checkIommu(host: HostTopology): DoctorFinding {
+  if (host.iommu === "enabled") {
+    return {
+      check: "iommu",
+      status: "ok",
+      summary: `IOMMU on: ${host.groups.length} groups over ${host.devices.length} devices`,
+      hint: null,
+    };
+  }
+  return {
+    check: "iommu",
+    status: "fail",
+    summary: "No IOMMU groups: the IOMMU is off or absent, so no device can be isolated",
+    hint: iommuHint(host),
+  };
+}
+
+function checkInterruptRemapping(options: DoctorOptions): DoctorFinding {
+  const { host, reader, live } = options;
+  const sysRoot = options.sysRoot ?? "/sys";
+  const cmdline = host.kernelCmdline;
+  const off = cmdlineHas(cmdline, /^(intremap=off|nointremap|intel_iommu=.*\birq_remap_off\b)$/);
+  if (off !== null) {
+    return {
+      check: "interrupt-remapping",
+      status: "fail",
+      summary: `Interrupt remapping is disabled on the kernel command line: "${off}"`,
+      hint:
+        `Remove "${off}" from the kernel command line; without remapping a guest can forge interrupts`,
+    };
+  }
+  const unsafe = cmdlineHas(cmdline, /^vfio_iommu_type1\.allow_unsafe_interrupts=(1|y|Y)$/);
+  const unsafeParam = live
+    ? readAttribute(reader, `${sysRoot}/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts`)
+    : null;
+  if (unsafe !== null || unsafeParam === "Y") {
+    return {
+      check: "interrupt-remapping",
+      status: "warn",
+      summary: `Unsafe interrupts are allowed (${unsafe ?? "allow_unsafe_interrupts=Y"})`,
+      hint:
+        "Only acceptable when the platform cannot remap interrupts; a guest may then inject interrupts into the host",
+    };
+  }
+  if (host.iommu === "absent") {
+    return {
+      check: "interrupt-remapping",
+      status: "fail",
+      summary: "No IOMMU, so no interrupt remapping",
+      hint: "Enable the IOMMU first (see the iommu check)",
+    };
+  }
+  if (!live) {
+    return {
+      check: "interrupt-remapping",
+      status: "warn",
+      summary: "Unknown for a captured tree (the IOMMU units are not part of it)",
+      hint: "Run 'passthrough doctor' on the host itself",
+    };
+  }
+  const units = reader.listDir(`${sysRoot}/class/iommu`) ?? [];
+  const intel = units.filter((u) => u.startsWith("dmar"));
+  const amd = units.filter((u) => u.startsWith("ivhd"));
+  if (intel.length > 0) {
+    const withoutIr = intel.filter((u) => {
+      const ecap = readAttribute(reader, `${sysRoot}/class/iommu/${u}/intel-iommu/ecap`);
+      return ecap === null || (parseInt(ecap, 16) & 0x8) === 0;
+    });
+    if (withoutIr.length === 0) {
+      return {
+        check: "interrupt-remapping",
+        status: "ok",
+        summary: `Interrupt remapping supported by every VT-d unit (${intel.join(", ")})`,
+        hint: null,
+      };
+    }
+    return {
+      check: "interrupt-remapping",
+      status: "warn",
+      summary: `VT-d units without interrupt remapping (ecap IR bit clear): ${
+        withoutIr.join(", ")
+      }`,
+      hint:
+        "Check the firmware for an interrupt remapping option (x2APIC); VFIO refuses such devices unless unsafe interrupts are allowed",
+    };
+  }
+  if (amd.length > 0) {
+    return {
+      check: "interrupt-remapping",
+      status: "ok",
+      summary: `AMD-Vi units present (${amd.join(", ")}); they remap interrupts unless disabled`,
+      hint: null,
+    };
+  }
+  return {
+    check: "interrupt-remapping",
+    status: "warn",
+    summary: "IOMMU groups exist but no IOMMU unit is listed under /sys/class/iommu",
+    hint: "Check the kernel log as root: dmesg | grep -i remapping",
+  };
+}
+
+const VFIO_PCI_FILES = ["vfio-pci.ko", "vfio-pci.ko.xz", "vfio-pci.ko.zst", "vfio-pci.ko.gz"];
+
+function checkVfioPci(options: DoctorOptions): DoctorFinding {
+  const { host, reader, live } = options;
+  const bound = host.devices.filter((d) => d.driver === "vfio-pci").length;
+  if (!live) {
+    return bound > 0
+      ? {
+        check: "vfio-pci",
+        status: "ok",
+        summary: `vfio-pci is bound to ${bound} devices in the captured tree`,
+        hint: null,
+      }
+      : {
+        check: "vfio-pci",
+        status: "warn",
+        summary: "Unknown for a captured tree (no device is bound to vfio-pci in it)",
+        hint: "Run 'passthrough doctor' on the host itself",
+      };
+  }
+  const sysRoot = options.sysRoot ?? "/sys";
+  if (reader.listDir(`${sysRoot}/bus/pci/drivers/vfio-pci`) !== null) {
+    return {
+      check: "vfio-pci",
+      status: "ok",
+      summary: `vfio-pci is loaded${bound > 0 ? ` and bound to ${bound} devices` : ""}`,
+      hint: null,
+    };
+  }
+  if (reader.listDir(`${sysRoot}/module/vfio_pci`) !== null) {
+    return { check: "vfio-pci", status: "ok", summary: "vfio-pci is loaded", hint: null };
+  }
+  const release = readAttribute(reader, `${options.procRoot ?? "/proc"}/sys/kernel/osrelease`);
+  if (release !== null) {
+    const base = `${options.modulesRoot ?? "/lib/modules"}/${release}`;
+    const builtin = reader.readText(`${base}/modules.builtin`) ?? "";
+    if (/(^|\/)vfio-pci\.ko$/m.test(builtin)) {
+      return {
+        check: "vfio-pci",
+        status: "ok",
+        summary: "vfio-pci is built into the kernel",
+        hint: null,
+      };
+    }
+    const dir = `${base}/kernel/drivers/vfio/pci`;
+    const found = (reader.listDir(dir) ?? []).find((f) => VFIO_PCI_FILES.includes(f));
+    if (found !== undefined) {
+      return {
+        check: "vfio-pci",
+        status: "ok",
+        summary:
+          `vfio-pci is available as a module (${dir}/${found}); libvirt loads it when needed`,
+        hint: null,
+      };
+    }
+  }
+  return {
+    check: "vfio-pci",
+    status: "fail",
+    summary: `vfio-pci is neither loaded nor installed for kernel "${release ?? "unknown"}"`,
+    hint:
+      "Install the kernel's modules package (it ships vfio-pci) or build the kernel with CONFIG_VFIO_PCI",
+  };
+}
+
+function checkAcsOverride(host: HostTopology): DoctorFinding {
+  const word = cmdlineHas(host.kernelCmdline, /^pcie_acs_override=/);
+  if (word !== null) {
+    return {
+      check: "acs-override",
+      status: "warn",
+      summary: `ACS override is on ("${word}"): IOMMU groups no longer mean isolation`,
+      hint:
+        "Devices split into separate groups by the override can still reach each other by peer-to-peer DMA; remove it unless you accept that risk",
+    };
+  }
+  if (host.kernelCmdline === null) {
+    return {
+      check: "acs-override",
+      status: "warn",
+      summary: "Kernel command line unknown, so an ACS override cannot be ruled out",
+      hint: "Capture the host with 'passthrough snapshot' (it records the command line)",
+    };
+  }
+  return { check: "acs-override", status: "ok", summary: "No ACS override", hint: null };
+}
+
+function checkLibvirt(probe: () => string | Error): DoctorFinding {
+  let result: string | Error;
+  try {
+    result = probe();
+  } catch (error) {
+    result = error instanceof Error ? error : new Error(String(error));
+  }
+  if (result instanceof Error) {
+    return {
+      check: "libvirt",
+      status: "fail",
+      summary: `Cannot reach libvirt: ${result.message}`,
+      hint:
+        "Start libvirtd (or virtqemud), check LIBVIRT_DEFAULT_URI or --uri, and that you may use its socket",
+    };
+  }
+  return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
+}
+
+function checkBackgroundReads(probe: () => string | null): DoctorFinding {
+  const reason = probe();
+  if (reason === null) {
+    return {
+      check: "background-reads",
+      status: "ok",
+      summary:
+        "io_uring is available: discovery without lspci (library calls, sysfs only) reads sysfs in the background",
+      hint: null,
+    };
+  }
+  return {
+    check: "background-reads",
+    status: "ok",
+    summary:
+      `io_uring is not used (${reason}): discovery reads sysfs file by file, with the same ` +
+      "results, slower without lspci on hosts with thousands of functions",
+    hint: /PASSTHROUGH_IO_URING/.test(reason)
+      ? "Unset PASSTHROUGH_IO_URING to read in the background again"
+      : "Nothing is needed; background reads want Linux 5.17 or later, kernel.io_uring_disabled=0 " +
+        "and no seccomp filter refusing io_uring (container runtimes' default profiles do)",
+  };
+}
+
+/**
+ * Runs every check. The libvirt and background-reads checks run only when a probe is given.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const host = { source: "t", iommu: "absent" as const, devices: [], groups: [],
+ *   kernelCmdline: "quiet pcie_acs_override=downstream", hostUse: [] };
+ * const findings = runDoctor({ host, reader: denoFsReader(), live: false });
+ * assertEquals(findings.map((f) => [f.check, f.status]), [
+ *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["vfio-pci", "warn"], ["acs-override", "warn"],
+ * ]);
+ * ```
+ */
+export function runDoctor(options: DoctorOptions): DoctorFinding[] {
+  const findings = [
+    checkIommu(options.host),
+    checkInterruptRemapping(options),
+    checkVfioPci(options),
+    checkAcsOverride(options.host),
+  ];
+  if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
+  if (options.backgroundReadsProbe !== undefined) {
+    findings.push(checkBackgroundReads(options.backgroundReadsProbe));
+  }
+  return findings;
+}

@@ -1,0 +1,104 @@
+/**
+ * The host's PCI picture as plain data. Every module that reasons about devices speaks these
+ * types; discovery (sysfs + lspci, or libvirt's node-device API) produces them.
+ *
+ * Field names are a contract: `devices --json` and `groups --json` print these objects as is.
+ *
+ * @module
+ */
+
+/** A canonical PCI address, `DDDD:BB:SS.F` in lower-case hex, e.g. `0000:01:00.0`. */
+export type PciAddress = string;
+
+/** One PCI function as discovered on a host. */
+export interface PciDevice {
+  /** Canonical address, `0000:01:00.0`. */
+  address: PciAddress;
+  /** Vendor ID, 4 lower-case hex digits without `0x` (`10de`). */
+  vendorId: string;
+  /** Device ID, 4 lower-case hex digits without `0x`. */
+  deviceId: string;
+  /** Subsystem vendor ID, or `null` when the host does not report one. */
+  subsystemVendorId: string | null;
+  /** Subsystem device ID, or `null`. */
+  subsystemDeviceId: string | null;
+  /** Class code with prog-if, 6 lower-case hex digits (`030000`). */
+  classCode: string;
+  /** Revision, 2 lower-case hex digits, or `null`. */
+  revision: string | null;
+  /** Human vendor name from the PCI ID database, or `null`. */
+  vendorName: string | null;
+  /** Human device name from the PCI ID database, or `null`. */
+  deviceName: string | null;
+  /** Human class name (`VGA compatible controller`), or `null`. */
+  className: string | null;
+  /** The kernel driver bound now, or `null` when unbound. */
+  driver: string | null;
+  /** Kernel modules able to drive this device (lspci's "Kernel modules"). */
+  modules: string[];
+  /** IOMMU group number, or `null` when the host has no IOMMU groups. */
+  iommuGroup: number | null;
+  /** NUMA node, or `null` when unknown (`-1` in sysfs). */
+  numaNode: number | null;
+  /** Physical slot name (`3`, `CPU1 SLOT2`), or `null`. */
+  physicalSlot: string | null;
+  /**
+   * A bridge as VFIO sees one: a type-1 or type-2 header, or class 0604, 0609 or 0607 where the
+   * header is not known (`lib/pci/class.ts`). Never passed to a guest.
+   */
+  isBridge: boolean;
+  /** For an SR-IOV virtual function: the address of its physical function. */
+  physfn: PciAddress | null;
+  /** For an SR-IOV physical function: the addresses of its virtual functions. */
+  virtfns: PciAddress[];
+  /** `true` when the firmware used this device as the boot display. `null` when not reported. */
+  bootVga: boolean | null;
+  /**
+   * Function Level Reset capability, read from the device's config space; `null` when the config
+   * space is not readable beyond the 64-byte header (an unprivileged read).
+   */
+  flr: boolean | null;
+  /** PCIe Device Serial Number as lspci prints it (`00-11-22-ff-ff-33-44-55`), or `null`. */
+  serial: string | null;
+}
+
+/** One IOMMU group: the unit of isolation that VFIO assigns as a whole. */
+export interface IommuGroup {
+  group: number;
+  /** Members sorted by address. */
+  devices: PciDevice[];
+}
+
+/** Whether the host exposes IOMMU groups at all. */
+export type IommuState = "enabled" | "absent";
+
+/** Everything discovery knows about one host. */
+export interface HostTopology {
+  /** Where the data came from: `/sys`, a captured tree's path, or a libvirt URI. */
+  source: string;
+  /** `absent` when `kernel/iommu_groups` is empty or missing: then no passthrough is safe. */
+  iommu: IommuState;
+  /** Every PCI function, sorted by address. */
+  devices: PciDevice[];
+  /** Every IOMMU group, sorted by number; empty when `iommu` is `absent`. */
+  groups: IommuGroup[];
+  /** The kernel command line when known (to spot ACS override), else `null`. */
+  kernelCmdline: string | null;
+  /**
+   * Devices the running host is using right now (only known on a live host or a snapshot of one):
+   * the controller of a mounted filesystem, the NIC carrying the default route, the boot VGA
+   * behind the console. Planning refuses to hand these to a guest.
+   */
+  hostUse: HostUse[];
+}
+
+/** Why the host needs a device right now. */
+export type HostUseReason = "mounted-filesystem" | "default-route" | "console-vga";
+
+/** One device the running host is using. */
+export interface HostUse {
+  address: PciAddress;
+  reason: HostUseReason;
+  /** What was seen: `/ on nvme0n1p2`, `default route via enp5s0`, `boot_vga=1 with fbcon`. */
+  detail: string;
+}

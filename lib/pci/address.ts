@@ -1,0 +1,123 @@
+/**
+ * Canonical PCI addresses (`0000:01:00.0`) and the one conversion to and from libvirt's
+ * `<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>` attributes.
+ *
+ * @module
+ */
+
+import type { PciAddress } from "../host/types.ts";
+
+const FULL = /^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
+const SHORT = /^([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
+/** Already canonical: a four-digit lower-case domain and a slot of at most 0x1f. */
+const CANONICAL = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
+
+/** The four numeric parts of a PCI address. */
+export interface PciAddressParts {
+  domain: number;
+  bus: number;
+  slot: number;
+  function: number;
+}
+
+/**
+ * Parses `0000:01:00.0` or `01:00.0` (domain 0) into the canonical lower-case form, or returns
+ * `null` when `text` is not a PCI address.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(canonicalPciAddress("01:00.0"), "0000:01:00.0");
+ * assertEquals(canonicalPciAddress("0000:0A:00.1"), "0000:0a:00.1");
+ * assertEquals(canonicalPciAddress("1:0.0"), null);
+ * ```
+ */
+export function canonicalPciAddress(text: string): PciAddress | null {
+  // Sysfs names are canonical already: answer them without building a match (discovery asks
+  // once per function and per SR-IOV link).
+  if (CANONICAL.test(text)) return text;
+  const trimmed = text.trim();
+  const full = FULL.exec(trimmed);
+  if (full) {
+    const [, domain, bus, slot, fn] = full as unknown as [string, string, string, string, string];
+    if (parseInt(slot, 16) > 0x1f) return null;
+    return `${
+      domain.toLowerCase().padStart(4, "0")
+    }:${bus.toLowerCase()}:${slot.toLowerCase()}.${fn}`;
+  }
+  const short = SHORT.exec(trimmed);
+  if (short) {
+    const [, bus, slot, fn] = short as unknown as [string, string, string, string];
+    if (parseInt(slot, 16) > 0x1f) return null;
+    return `0000:${bus.toLowerCase()}:${slot.toLowerCase()}.${fn}`;
+  }
+  return null;
+}
+
+/** Splits a canonical address into numbers. Throws `TypeError` when it is not an address. */
+export function pciAddressParts(address: PciAddress): PciAddressParts {
+  const canonical = canonicalPciAddress(address);
+  if (canonical === null) throw new TypeError(`Not a PCI address: "${address}"`);
+  const [domain, bus, rest] = canonical.split(":") as [string, string, string];
+  const [slot, fn] = rest.split(".") as [string, string];
+  return {
+    domain: parseInt(domain, 16),
+    bus: parseInt(bus, 16),
+    slot: parseInt(slot, 16),
+    function: parseInt(fn, 10),
+  };
+}
+
+/** Builds a canonical address from numbers. */
+export function pciAddressFromParts(parts: PciAddressParts): PciAddress {
+  const hex = (n: number, width: number) => n.toString(16).padStart(width, "0");
+  return `${hex(parts.domain, 4)}:${hex(parts.bus, 2)}:${hex(parts.slot, 2)}.${parts.function}`;
+}
+
+/**
+ * Reads libvirt's `<address>` attributes (`domain='0x0000' bus='0x01' slot='0x00'
+ * function='0x0'`, decimal also accepted as libvirt does) into a canonical address, or `null`
+ * when an attribute is missing or out of range.
+ */
+export function pciAddressFromLibvirt(
+  attrs: Record<string, string | undefined>,
+): PciAddress | null {
+  const num = (value: string | undefined): number | null => {
+    if (value === undefined) return null;
+    const v = value.trim();
+    const n = /^0x[0-9a-f]+$/i.test(v)
+      ? parseInt(v, 16)
+      : /^[0-9]+$/.test(v)
+      ? parseInt(v, 10)
+      : NaN;
+    return Number.isFinite(n) ? n : null;
+  };
+  const domain = num(attrs.domain ?? "0");
+  const bus = num(attrs.bus);
+  const slot = num(attrs.slot);
+  const fn = num(attrs.function);
+  if (domain === null || bus === null || slot === null || fn === null) return null;
+  if (domain > 0xffff || bus > 0xff || slot > 0x1f || fn > 7) return null;
+  return pciAddressFromParts({ domain, bus, slot, function: fn });
+}
+
+/** libvirt's attribute values for a canonical address, as libvirt itself writes them. */
+export function pciAddressToLibvirt(address: PciAddress): {
+  domain: string;
+  bus: string;
+  slot: string;
+  function: string;
+} {
+  const p = pciAddressParts(address);
+  return {
+    domain: `0x${p.domain.toString(16).padStart(4, "0")}`,
+    bus: `0x${p.bus.toString(16).padStart(2, "0")}`,
+    slot: `0x${p.slot.toString(16).padStart(2, "0")}`,
+    function: `0x${p.function.toString(16)}`,
+  };
+}
+
+/** Orders addresses numerically (which is also lexicographic for canonical ones). */
+export function comparePciAddress(a: PciAddress, b: PciAddress): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,11 @@
+/**
+ * Planning: from a config, a discovered host and the VMs' definitions to a {@link Plan} (plain
+ * data: per VM the hostdevs to add, keep and remove, the desired XML, refusals and warnings with
+ * stable codes).
+ *
+ * @module
+ */
+
+export type * from "./types.ts";
+export type * from "./libvirt_port.ts";
+export { emptyVmPlan, planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";

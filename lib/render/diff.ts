@@ -1,0 +1,198 @@
+/**
+ * Unified diffs of a domain's persistent definition, for the user to confirm.
+ *
+ * Lines are compared in a normalised form, so differences that do not change the document's
+ * meaning for libvirt stay out of the diff: attribute quote style (`'` vs `"`), indentation and
+ * trailing spaces, spacing inside tags, and `<a></a>` vs `<a/>`. The printed lines are always the
+ * original ones.
+ *
+ * @module
+ */
+
+import { diffArrays } from "diff";
+import { painter } from "./colors.ts";
+
+/** Options of {@link renderDomainDiff}. */
+export interface DomainDiffOptions {
+  /** The VM's name, shown in the file headers. */
+  vm: string;
+  /** ANSI colours (+ green, - red, @@ cyan). The caller decides (terminal, `NO_COLOR`). */
+  color?: boolean;
+  /** Unchanged lines shown around each change; 3 by default. */
+  context?: number;
+}
+
+/** Double-quoted or single-quoted attribute inside a tag. */
+const ATTRIBUTE = /\s+([^\s=<>/"']+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
+/**
+ * A start, end or empty-element tag (not a comment, PI or declaration), or the beginning of a
+ * start tag that continues on the next line.
+ */
+const TAG = /<[^!?][^>]*(?:>|$)/g;
+/** `<a attrs></a>` on one line. */
+const EMPTY_PAIR = /<([^\s/>!?]+)((?:\s[^>]*)?)><\/\1\s*>/g;
+
+/** Attributes libvirt shows only with `VIR_DOMAIN_XML_SECURE`: graphics passwords. */
+const SECRET_ATTRIBUTE = /(\spasswd\s*=\s*)(?:"[^"]*"|'[^']*')/g;
+
+/**
+ * `text` with every secret attribute value replaced by `***`, for anything printed from a
+ * definition read with `VIR_DOMAIN_XML_SECURE` (backups, rollback diffs, error messages).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   redactSecrets(`<graphics type='vnc' passwd='s3cret'/>`),
+ *   `<graphics type='vnc' passwd='***'/>`,
+ * );
+ * ```
+ */
+export function redactSecrets(text: string): string {
+  return text.replace(SECRET_ATTRIBUTE, "$1'***'");
+}
+
+function requote(value: string): string {
+  const decoded = value.replace(/&(?:quot|#34|#x22);/g, '"').replace(/&(?:apos|#39|#x27);/g, "'");
+  return `'${decoded.replaceAll("'", "&apos;").replaceAll('"', "&quot;")}'`;
+}
+
+/**
+ * A line's comparison key: trimmed, attributes single-quoted with one space before each, no
+ * space before `>` or `/>`, and `<a></a>` written `<a/>`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   normaliseXmlLine(`    <rom  bar="on" file='a"b' ></rom>  `),
+ *   normaliseXmlLine(`<rom bar='on' file="a&quot;b"/>`),
+ * );
+ * ```
+ */
+export function normaliseXmlLine(line: string): string {
+  return line.trim()
+    .replace(TAG, (tag) =>
+      tag
+        .replace(ATTRIBUTE, (_m, name: string, dq?: string, sq?: string) =>
+          ` ${name}=${requote(dq ?? sq ?? "")}`)
+        .replace(/\s+(\/?>)$/, "$1")
+        .replace(/\s+$/, ""))
+    .replace(EMPTY_PAIR, "<$1$2/>");
+}
+
+function splitLines(text: string): string[] {
+  const lines = text.split("\n").map((line) => line.replace(/\r$/, ""));
+  if (lines.at(-1) === "") lines.pop();
+  return lines;
+}
+
+/** Comparison keys of lines (see {@link normaliseXmlLine}). */
+function keys(lines: string[]): string[] {
+  return lines.map(normaliseXmlLine);
+}
+
+/**
+ * Whether `after` differs from `before` other than in quote style and insignificant whitespace
+ * (the differences {@link renderDomainDiff} hides).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(hasSignificantChanges("<a x='1'>\n</a>\n", '  <a x="1" >\n</a>'), false);
+ * assertEquals(hasSignificantChanges("<a x='1'/>", "<a x='2'/>"), true);
+ * ```
+ */
+export function hasSignificantChanges(before: string, after: string): boolean {
+  if (before === after) return false;
+  const a = keys(splitLines(before)).filter((k) => k !== "");
+  const b = keys(splitLines(after)).filter((k) => k !== "");
+  return a.length !== b.length || a.some((key, i) => key !== b[i]);
+}
+
+type Op = { kind: " " | "-" | "+"; text: string; oldIndex: number; newIndex: number };
+
+/**
+ * Renders a unified diff of a domain's persistent definition, `before` being the current XML and
+ * `after` the one to define. Lines whose only difference is quote style or whitespace count as
+ * unchanged (context lines show the `after` text). Returns `""` when nothing significant changes.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const before = "<domain>\n  <name>vm</name>\n</domain>\n";
+ * const after = "<domain>\n  <name>vm</name>\n  <vcpu>2</vcpu>\n</domain>\n";
+ * assertEquals(
+ *   renderDomainDiff(before, after, { vm: "vm" }),
+ *   "--- vm (current)\n+++ vm (new)\n@@ -1,3 +1,4 @@\n <domain>\n   <name>vm</name>\n" +
+ *     "+  <vcpu>2</vcpu>\n </domain>\n",
+ * );
+ * ```
+ */
+export function renderDomainDiff(
+  before: string,
+  after: string,
+  options: DomainDiffOptions,
+): string {
+  const context = options.context ?? 3;
+  if (!Number.isInteger(context) || context < 0) {
+    throw new RangeError(`Diff context must be a non-negative integer: "${context}"`);
+  }
+  if (!hasSignificantChanges(before, after)) return "";
+  const oldLines = splitLines(before);
+  const newLines = splitLines(after);
+  const ops: Op[] = [];
+  let oldIndex = 0;
+  let newIndex = 0;
+  for (const change of diffArrays(keys(oldLines), keys(newLines))) {
+    const count = change.value.length;
+    for (let k = 0; k < count; k++) {
+      if (change.removed) {
+        ops.push({ kind: "-", text: oldLines[oldIndex] ?? "", oldIndex, newIndex });
+        oldIndex++;
+      } else if (change.added) {
+        ops.push({ kind: "+", text: newLines[newIndex] ?? "", oldIndex, newIndex });
+        newIndex++;
+      } else {
+        ops.push({ kind: " ", text: newLines[newIndex] ?? "", oldIndex, newIndex });
+        oldIndex++;
+        newIndex++;
+      }
+    }
+  }
+
+  const paint = painter(options.color ?? false);
+  const out = [
+    paint("bold", `--- ${options.vm} (current)`),
+    paint("bold", `+++ ${options.vm} (new)`),
+  ];
+  const changed = ops.flatMap((op, i) => (op.kind === " " ? [] : [i]));
+  let h = 0;
+  while (h < changed.length) {
+    // A hunk runs from `context` lines before its first change to `context` lines after its last,
+    // merging changes whose contexts touch.
+    let last = changed[h] as number;
+    let next = h + 1;
+    while (next < changed.length && (changed[next] as number) - last <= 2 * context + 1) {
+      last = changed[next] as number;
+      next++;
+    }
+    const from = Math.max(0, (changed[h] as number) - context);
+    const to = Math.min(ops.length, last + context + 1);
+    const slice = ops.slice(from, to);
+    const oldCount = slice.filter((op) => op.kind !== "+").length;
+    const newCount = slice.filter((op) => op.kind !== "-").length;
+    const first = slice[0] as Op;
+    const oldStart = oldCount === 0 ? first.oldIndex : first.oldIndex + 1;
+    const newStart = newCount === 0 ? first.newIndex : first.newIndex + 1;
+    out.push(paint("cyan", `@@ -${oldStart},${oldCount} +${newStart},${newCount} @@`));
+    for (const op of slice) {
+      const line = `${op.kind}${op.text}`;
+      out.push(
+        op.kind === "-" ? paint("red", line) : op.kind === "+" ? paint("green", line) : line,
+      );
+    }
+    h = next;
+  }
+  return out.join("\n") + "\n";
+}

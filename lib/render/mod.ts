@@ -1,0 +1,8 @@
+/**
+ * The output boundary: unified diffs of domain definitions, painted through the one colour
+ * module.
+ *
+ * @module
+ */
+
+export { hasSignificantChanges, renderDomainDiff } from "./diff.ts";

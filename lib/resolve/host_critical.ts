@@ -1,0 +1,59 @@
+/**
+ * Which devices the host likely needs, so that dragging them into a guest with an IOMMU group
+ * must be refused unless the user says otherwise (`allow_host_critical: true`).
+ *
+ * @module
+ */
+
+import type { HostUse, PciDevice } from "../host/types.ts";
+
+/** Platform functions no guest should ever take: the host cannot run without them. */
+const PLATFORM_CLASSES: Readonly<Record<string, string>> = {
+  "0600": "host bridge",
+  "0601": "ISA/LPC bridge",
+  "0580": "memory controller",
+  "0c05": "SMBus controller",
+};
+
+/**
+ * Device kinds the host usually needs for itself (its disks, network, console, keyboard): critical
+ * when they come along from another slot than the devices the user asked for.
+ */
+const HOST_CLASSES: readonly (readonly [string, string])[] = [
+  ["01", "storage controller"],
+  ["02", "network controller"],
+  ["03", "display controller"],
+  ["0c03", "USB controller"],
+];
+
+/** The `bus:slot` part of an address (`0000:0b:00`), which identifies a physical card. */
+export function cardOf(address: string): string {
+  return address.slice(0, address.lastIndexOf("."));
+}
+
+/**
+ * Why the host likely needs `device`, or `null` when it does not. `matchedCards` holds the
+ * `bus:slot` of the devices the rule matched: a storage, network, display or USB function on the
+ * matched card itself is what the user asked for.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const lpc = { address: "0000:00:1f.0", classCode: "060100" };
+ * assertEquals(hostCriticalReason(lpc, { matchedCards: new Set(), hostUse: [] }), "ISA/LPC bridge");
+ * ```
+ */
+export function hostCriticalReason(
+  device: Pick<PciDevice, "address" | "classCode">,
+  options: { matchedCards: ReadonlySet<string>; hostUse: readonly HostUse[] },
+): string | null {
+  const use = options.hostUse.find((u) => u.address === device.address);
+  if (use) return `in use by the host (${use.reason}: ${use.detail})`;
+  const platform = PLATFORM_CLASSES[device.classCode.slice(0, 4)];
+  if (platform) return platform;
+  if (options.matchedCards.has(cardOf(device.address))) return null;
+  for (const [prefix, what] of HOST_CLASSES) {
+    if (device.classCode.startsWith(prefix)) return `${what} in another slot`;
+  }
+  return null;
+}

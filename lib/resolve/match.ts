@@ -1,0 +1,348 @@
+/**
+ * Resolves a config rule to exactly the host devices it allows. A rule takes `count` cards
+ * (default 1), where the functions it matches inside one IOMMU group count as one card; more
+ * groups than that is `ambiguous`, none is `no-match`, and both list the candidates with the
+ * criterion that would tell them apart.
+ *
+ * @module
+ */
+
+import type { DeviceRule, MatchCriteria } from "../config/config.ts";
+import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+
+/** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
+export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
+
+/** Whether `record` describes the same card as `device` (IDs, subsystem and serial agree). */
+export function sameIdentity(record: DeviceIdentity, device: PciDevice): boolean {
+  return record.vendorId === device.vendorId && record.deviceId === device.deviceId &&
+    record.subsystemVendorId === device.subsystemVendorId &&
+    record.subsystemDeviceId === device.subsystemDeviceId && record.serial === device.serial &&
+    record.classCode === device.classCode;
+}
+
+/**
+ * The host driver a device was resolved with before libvirt moved it to `vfio-pci`, from the
+ * VM's recorded identities; `null` when nothing recorded fits. Without a serial number only a
+ * record at the same address counts, since identical cards are otherwise indistinguishable.
+ */
+export function recordedDriver(
+  device: PciDevice,
+  records: readonly DeviceIdentity[],
+): string | null {
+  for (const record of records) {
+    if (!sameIdentity(record, device)) continue;
+    if (record.address === device.address || record.serial !== null) return record.driver;
+  }
+  return null;
+}
+
+/** Options for matching. */
+export interface MatchOptions {
+  /** Identities recorded in the VM's metadata (for `driver` after a rebind to vfio-pci). */
+  records?: readonly DeviceIdentity[];
+  /**
+   * Addresses the VM's definition holds now. A hand-added hostdev has no recorded identity, so
+   * once libvirt has moved it to vfio-pci, its candidate kernel modules (lspci's "Kernel
+   * modules") stand in for `driver`; only for the VM's own devices, so a rule never reaches out
+   * to a device some other VM or tool bound to vfio-pci.
+   */
+  current?: ReadonlySet<PciAddress>;
+}
+
+type CriterionTest = (device: PciDevice, m: MatchCriteria, options: MatchOptions) => boolean;
+
+/** Each criterion by its config key, in the order they are explained to users. */
+const CRITERIA: readonly (readonly [keyof MatchCriteria, string, CriterionTest])[] = [
+  ["vendorId", "vendor_id", (d, m) => d.vendorId === m.vendorId],
+  ["deviceId", "device_id", (d, m) => d.deviceId === m.deviceId],
+  [
+    "subsystemVendorId",
+    "subsystem_vendor_id",
+    (d, m) => d.subsystemVendorId === m.subsystemVendorId,
+  ],
+  [
+    "subsystemDeviceId",
+    "subsystem_device_id",
+    (d, m) => d.subsystemDeviceId === m.subsystemDeviceId,
+  ],
+  ["classPrefixes", "class", (d, m) => m.classPrefixes!.some((p) => d.classCode.startsWith(p))],
+  ["driver", "driver", (d, m, o) => {
+    if (d.driver === m.driver) return true;
+    // libvirt rebinds managed devices to vfio-pci: the recorded identity keeps the rule matching.
+    if (d.driver === null || !VFIO_DRIVERS.has(d.driver)) return false;
+    const recorded = recordedDriver(d, o.records ?? []);
+    if (recorded !== null) return recorded === m.driver;
+    return o.current?.has(d.address) === true && d.modules.includes(m.driver!);
+  }],
+  ["slot", "slot", (d, m) => d.physicalSlot === m.slot],
+  ["serial", "serial", (d, m) => d.serial !== null && d.serial.toLowerCase() === m.serial],
+  ["numaNode", "numa_node", (d, m) => d.numaNode === m.numaNode],
+  ["address", "address", (d, m) => d.address === m.address],
+];
+
+/** The config keys of the criteria `device` fails. */
+export function failedCriteria(
+  device: PciDevice,
+  criteria: MatchCriteria,
+  options: MatchOptions = {},
+): string[] {
+  const failed: string[] = [];
+  for (const [field, key, test] of CRITERIA) {
+    if (criteria[field] === undefined || field === "classText") continue;
+    if (!test(device, criteria, options)) failed.push(key);
+  }
+  return failed;
+}
+
+/**
+ * Whether `device` satisfies every criterion. PCI-to-PCI bridges never match: no guest gets one.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const host = topologyFromDescription({ devices: [
+ *   { bdf: "0000:0b:00.0", group: 30, class: "0x030000", vendor: "0x10de", device: "0x1b06",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
+ * ] }, { source: "example" });
+ * assertEquals(deviceMatches(host.devices[0]!, { vendorId: "10de", classPrefixes: ["03"] }), true);
+ * ```
+ */
+export function deviceMatches(
+  device: PciDevice,
+  criteria: MatchCriteria,
+  options: MatchOptions = {},
+): boolean {
+  if (device.isBridge) return false;
+  for (const [field, , test] of CRITERIA) {
+    if (criteria[field] !== undefined && !test(device, criteria, options)) return false;
+  }
+  return true;
+}
+
+interface HostIndex {
+  byVendor: Map<string, PciDevice[]>;
+  bySerial: Map<string, PciDevice[]>;
+  byAddress: Map<PciAddress, PciDevice>;
+}
+
+// Planning resolves one rule per VM against the same host: index it once, not per rule.
+const INDEXES = new WeakMap<HostTopology, HostIndex>();
+
+function indexOf(host: HostTopology): HostIndex {
+  let index = INDEXES.get(host);
+  if (index === undefined) {
+    index = { byVendor: new Map(), bySerial: new Map(), byAddress: new Map() };
+    for (const device of host.devices) {
+      index.byAddress.set(device.address, device);
+      const list = index.byVendor.get(device.vendorId) ?? [];
+      list.push(device);
+      index.byVendor.set(device.vendorId, list);
+      if (device.serial !== null) {
+        const serial = device.serial.toLowerCase();
+        index.bySerial.set(serial, [...(index.bySerial.get(serial) ?? []), device]);
+      }
+    }
+    INDEXES.set(host, index);
+  }
+  return index;
+}
+
+/** The devices that can possibly satisfy `criteria`, in address order (a superset). */
+function possibleDevices(host: HostTopology, criteria: MatchCriteria): readonly PciDevice[] {
+  const index = indexOf(host);
+  if (criteria.address !== undefined) {
+    const device = index.byAddress.get(criteria.address);
+    return device ? [device] : [];
+  }
+  if (criteria.serial !== undefined) return index.bySerial.get(criteria.serial) ?? [];
+  if (criteria.vendorId !== undefined) return index.byVendor.get(criteria.vendorId) ?? [];
+  return host.devices;
+}
+
+/** A device as listed in `ambiguous`/`no-match` issues. */
+export function toCandidate(device: PciDevice): Candidate {
+  return {
+    address: device.address,
+    vendorId: device.vendorId,
+    deviceId: device.deviceId,
+    subsystemVendorId: device.subsystemVendorId,
+    subsystemDeviceId: device.subsystemDeviceId,
+    classCode: device.classCode,
+    physicalSlot: device.physicalSlot,
+    serial: device.serial,
+    iommuGroup: device.iommuGroup,
+    driver: device.driver,
+  };
+}
+
+/** The devices one rule matched inside one IOMMU group: one card as far as `count` goes. */
+export interface MatchUnit {
+  group: number | null;
+  devices: PciDevice[];
+}
+
+/** What a rule resolved to: the units it takes, or the issue that stops it. */
+export interface RuleResolution {
+  rule: DeviceRule;
+  /** Every matched device of the units taken, sorted by address. */
+  devices: PciDevice[];
+  units: MatchUnit[];
+  /** `no-match` or `ambiguous`; `devices` is then empty. */
+  issue: PlanIssue | null;
+}
+
+const SEPARATORS: readonly (readonly [string, (d: PciDevice) => string | null])[] = [
+  [
+    "subsystem_vendor_id/subsystem_device_id",
+    (d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`,
+  ],
+  ["slot", (d) => d.physicalSlot],
+  ["serial", (d) => d.serial],
+  ["numa_node", (d) => d.numaNode === null ? null : String(d.numaNode)],
+  ["address", (d) => d.address],
+];
+
+/**
+ * The match criteria that tell the units apart: a criterion qualifies when every unit has a
+ * known value for it and no two units share one. `address` always qualifies, as a last resort.
+ */
+export function distinguishingCriteria(units: readonly MatchUnit[]): string[] {
+  const out: string[] = [];
+  for (const [key, value] of SEPARATORS) {
+    const owner = new Map<string, number>();
+    let ok = true;
+    units.forEach((unit, i) => {
+      for (const device of unit.devices) {
+        const v = value(device);
+        if (v === null || (owner.has(v) && owner.get(v) !== i)) ok = false;
+        else owner.set(v, i);
+      }
+    });
+    if (ok) out.push(key);
+  }
+  return out;
+}
+
+function describeCriteria(criteria: MatchCriteria): string {
+  const parts: string[] = [];
+  for (const [field, key] of CRITERIA) {
+    const v = criteria[field];
+    if (v === undefined) continue;
+    parts.push(`${key} "${field === "classPrefixes" ? criteria.classText : String(v)}"`);
+  }
+  return parts.join(", ");
+}
+
+function unitsOf(devices: readonly PciDevice[]): MatchUnit[] {
+  const units = new Map<string, MatchUnit>();
+  for (const device of devices) {
+    // Without a group each function stands alone (no-iommu hosts are refused elsewhere anyway).
+    const key = device.iommuGroup === null ? `@${device.address}` : String(device.iommuGroup);
+    const unit = units.get(key) ?? { group: device.iommuGroup, devices: [] };
+    unit.devices.push(device);
+    units.set(key, unit);
+  }
+  return [...units.values()];
+}
+
+/**
+ * Resolves `rule` against `host`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { parseConfig } from "../config/config.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const host = topologyFromDescription({ devices: [
+ *   { bdf: "0000:08:00.1", group: 23, class: "0x0c0330", vendor: "0x1022", device: "0x149c",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
+ *   { bdf: "0000:0e:00.3", group: 35, class: "0x0c0330", vendor: "0x1022", device: "0x149c",
+ *     subsystem_vendor: null, subsystem_device: null, driver: null, revision: null },
+ * ] }, { source: "example" });
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: 1022:149c }\n",
+ *   { file: "c.yaml" },
+ * );
+ * const result = resolveRule(config.vms[0]!.rules[0]!, host);
+ * assertEquals(result.issue?.code, "ambiguous");
+ * assertEquals(result.issue?.candidates?.map((c) => c.address), ["0000:08:00.1", "0000:0e:00.3"]);
+ * ```
+ */
+export function resolveRule(
+  rule: DeviceRule,
+  host: HostTopology,
+  options: MatchOptions = {},
+): RuleResolution {
+  const matched = possibleDevices(host, rule.match).filter((d) =>
+    deviceMatches(d, rule.match, options)
+  );
+  const units = unitsOf(matched);
+  const base = { vm: rule.vm, rule: rule.name, location: rule.location };
+  const wanted = rule.count === "all" ? Math.max(1, units.length) : rule.count;
+  if (units.length === 0 || units.length < wanted) {
+    const scored = host.devices
+      .filter((d) => !d.isBridge)
+      .map((d) => ({ d, failed: failedCriteria(d, rule.match, options) }))
+      .filter((s) => s.failed.length > 0);
+    const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
+    const best = Math.min(...scored.map((s) => s.failed.length));
+    const nearest = units.length > 0
+      ? []
+      : scored.filter((s) => s.failed.length === best && best < total).slice(0, 8);
+    const found = units.length === 0
+      ? "matches no device"
+      : `needs ${wanted} IOMMU groups but matches ${units.length}`;
+    const closest = nearest.length > 0
+      ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
+        nearest.map((s) =>
+          `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
+        ).join(", ")
+      }`
+      : "";
+    const candidates = units.length > 0 ? matched : nearest.map((s) => s.d);
+    return {
+      rule,
+      devices: [],
+      units: [],
+      issue: {
+        code: "no-match",
+        message: `Rule "${rule.name}" of VM "${rule.vm}" ${found} (${
+          describeCriteria(rule.match)
+        })${closest}`,
+        ...base,
+        candidates: candidates.map(toCandidate),
+      },
+    };
+  }
+  if (units.length > wanted) {
+    const separators = distinguishingCriteria(units);
+    const list = units.map((u) =>
+      `${u.devices.map((d) => d.address).join(" + ")} (group ${u.group ?? "none"})`
+    ).join(", ");
+    return {
+      rule,
+      devices: [],
+      units: [],
+      issue: {
+        code: "ambiguous",
+        message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
+          matched.length === 1 ? "device" : "devices"
+        } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
+          separators.map((s) => `"${s}"`).join(" or ")
+        }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
+        ...base,
+        devices: matched.map((d) => d.address),
+        candidates: matched.map(toCandidate),
+      },
+    };
+  }
+  return { rule, devices: matched, units, issue: null };
+}
+
+/** The addresses of a resolution, for messages. */
+export function addressesOf(devices: readonly PciDevice[]): PciAddress[] {
+  return devices.map((d) => d.address);
+}

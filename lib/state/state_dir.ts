@@ -1,0 +1,339 @@
+/**
+ * The state directory (`/var/lib/passthrough` by default) that holds backups and the apply lock.
+ *
+ * It holds definitions fetched with `VIR_DOMAIN_XML_SECURE` (secrets included), so it must be
+ * private: created 0700, and refused when it (or `backups/`) is a symlink, is not a directory, is
+ * owned by another user, or is group- or world-writable. Files inside are written to a temporary
+ * name opened with `createNew` (`O_CREAT|O_EXCL`, which never follows a symlink), synced, then
+ * hard-linked to their final name (which fails instead of replacing whatever is there).
+ *
+ * @module
+ */
+
+import { isAbsolute, join, resolve } from "node:path";
+
+/** Where state lives when neither `--state-dir` nor `PASSTHROUGH_STATE_DIR` says otherwise. */
+export const DEFAULT_STATE_DIR = "/var/lib/passthrough";
+
+/** The environment variable that overrides {@link DEFAULT_STATE_DIR}. */
+export const STATE_DIR_ENV = "PASSTHROUGH_STATE_DIR";
+
+/** Why a directory cannot be used for state. */
+export type StateDirProblem =
+  | "missing"
+  | "symlink"
+  | "not-directory"
+  | "foreign-owner"
+  | "loose-permissions"
+  | "unwritable";
+
+/** The state directory (or a directory inside it) is unsafe or unusable. */
+export class StateDirError extends Error {
+  /** The error's name. */
+  override name = "StateDirError";
+  /** The offending path. */
+  readonly path: string;
+  /** What is wrong with it. */
+  readonly problem: StateDirProblem;
+
+  /** Builds the error; `message` is the full sentence shown to users. */
+  constructor(path: string, problem: StateDirProblem, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.path = path;
+    this.problem = problem;
+  }
+}
+
+/** An opened, checked state directory. */
+export interface StateDir {
+  /** Absolute path of the state directory. */
+  path: string;
+  /** Absolute path of its `backups/` subdirectory. */
+  backupsPath: string;
+  /** The user id that owns it (ours), or `null` when it could not be learnt (read-only open). */
+  uid: number | null;
+}
+
+/** Options for {@link openStateDir}. */
+export interface OpenStateDirOptions {
+  /**
+   * Create the directory (and `backups/`) when missing and prove it is writable by creating,
+   * syncing and removing a probe file. Default `true`. With `false` nothing is written: used by
+   * read-only commands (`backups`), which then see a missing directory as `missing`.
+   */
+  write?: boolean;
+}
+
+/**
+ * Chooses the state directory: the `--state-dir` flag, else `PASSTHROUGH_STATE_DIR`, else
+ * {@link DEFAULT_STATE_DIR}. Relative paths are resolved against the working directory.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(resolveStateDirPath({ env: () => undefined }), "/var/lib/passthrough");
+ * assertEquals(resolveStateDirPath({ flag: "/srv/pt", env: () => "/x" }), "/srv/pt");
+ * assertEquals(resolveStateDirPath({ env: () => "/x" }), "/x");
+ * ```
+ */
+export function resolveStateDirPath(
+  options: { flag?: string | undefined; env?: (name: string) => string | undefined },
+): string {
+  const fromEnv = options.env?.(STATE_DIR_ENV);
+  const chosen = options.flag ?? (fromEnv !== undefined && fromEnv !== "" ? fromEnv : undefined) ??
+    DEFAULT_STATE_DIR;
+  return isAbsolute(chosen) ? chosen : resolve(chosen);
+}
+
+/** Our effective uid when the permission allows asking; `null` otherwise (no `--allow-sys`). */
+function processUid(): number | null {
+  try {
+    return Deno.uid();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Checks the parts of a private directory that need no write: not a symlink, a directory, and not
+ * group- or world-writable. Returns its owner's uid.
+ */
+function checkDirShape(path: string): number {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new StateDirError(path, "missing", `State directory "${path}" does not exist`, {
+        cause: error,
+      });
+    }
+    throw cannotUse(path, error);
+  }
+  if (info.isSymlink) {
+    throw new StateDirError(
+      path,
+      "symlink",
+      `Refusing to use "${path}": it is a symbolic link, which could redirect backups elsewhere`,
+    );
+  }
+  if (!info.isDirectory) {
+    throw new StateDirError(path, "not-directory", `Cannot use "${path}": it is not a directory`);
+  }
+  const mode = info.mode ?? 0;
+  if ((mode & 0o022) !== 0) {
+    throw new StateDirError(
+      path,
+      "loose-permissions",
+      `Refusing to use "${path}": it is group- or world-writable (mode ${
+        (mode & 0o7777).toString(8).padStart(4, "0")
+      }); run "chmod 700 ${path}"`,
+    );
+  }
+  return info.uid ?? -1;
+}
+
+/** A state directory `lstat` failed on for a reason other than its absence. */
+function cannotUse(path: string, error: unknown): StateDirError {
+  return new StateDirError(
+    path,
+    "unwritable",
+    `Cannot use state directory "${path}": ${
+      error instanceof Error ? error.message : String(error)
+    }`,
+    { cause: error },
+  );
+}
+
+function checkOwner(path: string, owner: number, uid: number | null): void {
+  if (uid !== null && owner !== uid) {
+    throw new StateDirError(
+      path,
+      "foreign-owner",
+      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid})`,
+    );
+  }
+}
+
+/** Creates `path` (0700) when it does not exist yet; a concurrent creator is not an error. */
+function createPrivateDir(path: string): void {
+  try {
+    Deno.lstatSync(path);
+    return;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw cannotUse(path, error);
+    }
+  }
+  try {
+    Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new StateDirError(path, "unwritable", `Cannot create state directory "${path}"`, {
+      cause: error,
+    });
+  }
+  // The umask can only remove bits, but be explicit: the directory will hold secrets.
+  Deno.chmodSync(path, 0o700);
+}
+
+/**
+ * Proves `dir` is writable now (not read-only, not full) by writing, syncing and removing a small
+ * file, and returns the uid the kernel gave that file: our effective uid, learnt without
+ * `--allow-sys`.
+ */
+function probeWritable(dir: string): number {
+  const probe = join(dir, `.probe-${crypto.randomUUID()}`);
+  try {
+    const file = Deno.openSync(probe, { write: true, createNew: true, mode: 0o600 });
+    try {
+      writeAllSync(file, new TextEncoder().encode("passthrough write probe\n"));
+      file.syncSync();
+      return file.statSync().uid ?? -1;
+    } finally {
+      file.close();
+      Deno.removeSync(probe);
+    }
+  } catch (error) {
+    throw new StateDirError(
+      dir,
+      "unwritable",
+      `State directory "${dir}" is not writable: ${
+        error instanceof Error ? error.message : String(error)
+      }`,
+      { cause: error },
+    );
+  }
+}
+
+/**
+ * Opens the state directory: creates it (0700) if needed, refuses unsafe ones with
+ * {@link StateDirError}, and (unless `write: false`) proves it is writable, so that a read-only or
+ * full file system is reported before any domain is defined.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * const state = openStateDir(`${dir}/state`);
+ * assertEquals((Deno.statSync(state.path).mode ?? 0) & 0o777, 0o700);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function openStateDir(path: string, options: OpenStateDirOptions = {}): StateDir {
+  const write = options.write ?? true;
+  const root = isAbsolute(path) ? path : resolve(path);
+  const backupsPath = join(root, "backups");
+  if (write) createPrivateDir(root);
+  const owner = checkDirShape(root);
+  let uid = processUid();
+  if (write) {
+    const probed = probeWritable(root);
+    uid ??= probed;
+  }
+  checkOwner(root, owner, uid);
+  if (write) createPrivateDir(backupsPath);
+  try {
+    checkOwner(backupsPath, checkDirShape(backupsPath), uid);
+  } catch (error) {
+    // A read-only open of a state directory that never had a backup is fine.
+    if (!(error instanceof StateDirError && error.problem === "missing" && !write)) throw error;
+  }
+  return { path: root, backupsPath, uid };
+}
+
+/**
+ * Ensures `path` is a private directory inside an opened state directory (creating it 0700),
+ * with the same checks as the state directory itself. Used for `backups/<vm>/`.
+ */
+export function ensurePrivateDir(path: string, state: StateDir): void {
+  createPrivateDir(path);
+  checkOwner(path, checkDirShape(path), state.uid);
+}
+
+/**
+ * Checks an existing directory inside the state directory without creating anything; returns
+ * `false` when it does not exist.
+ */
+export function checkPrivateDir(path: string, state: StateDir): boolean {
+  try {
+    checkOwner(path, checkDirShape(path), state.uid);
+    return true;
+  } catch (error) {
+    if (error instanceof StateDirError && error.problem === "missing") return false;
+    throw error;
+  }
+}
+
+/** Writes every byte (`writeSync` may write fewer than asked). */
+export function writeAllSync(file: Deno.FsFile, data: Uint8Array): void {
+  let offset = 0;
+  while (offset < data.length) offset += file.writeSync(data.subarray(offset));
+}
+
+/** Syncs a directory so a new name in it survives a crash. */
+function syncDir(dir: string): void {
+  try {
+    using handle = Deno.openSync(dir, { read: true });
+    handle.syncSync();
+  } catch {
+    // Some file systems refuse fsync on directories; the data itself is already synced.
+  }
+}
+
+/**
+ * Writes a new file `name` in `dir` with mode 0600, never replacing or following anything already
+ * there: the data goes to a temporary name created with `createNew`, is synced, and is then
+ * hard-linked to `name` (failing with `Deno.errors.AlreadyExists` if `name` exists, even as a
+ * dangling symlink). Returns the final path.
+ */
+export function writeNewFileSync(dir: string, name: string, data: Uint8Array | string): string {
+  if (name === "" || name.includes("/") || name === "." || name === "..") {
+    throw new TypeError(`Not a plain file name: "${name}"`);
+  }
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const target = join(dir, name);
+  const temp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
+  const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
+  try {
+    try {
+      // The temp name was just created exclusively in a directory only we can write.
+      Deno.chmodSync(temp, 0o600);
+      writeAllSync(file, bytes);
+      file.syncSync();
+    } finally {
+      file.close();
+    }
+    linkNoReplace(temp, target);
+  } finally {
+    try {
+      Deno.removeSync(temp);
+    } catch {
+      // Already gone: nothing to clean up.
+    }
+  }
+  syncDir(dir);
+  return target;
+}
+
+/** `link()` when the file system supports it, else a checked `rename()` in the private dir. */
+function linkNoReplace(from: string, to: string): void {
+  try {
+    Deno.linkSync(from, to);
+    return;
+  } catch (error) {
+    if (error instanceof Deno.errors.AlreadyExists) throw error;
+    // Fall through only for file systems without hard links (EPERM/ENOTSUP).
+    if (
+      !(error instanceof Deno.errors.PermissionDenied || error instanceof Deno.errors.NotSupported)
+    ) {
+      throw error;
+    }
+  }
+  try {
+    Deno.lstatSync(to);
+    throw new Deno.errors.AlreadyExists(`File exists: "${to}"`);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  Deno.renameSync(from, to);
+}

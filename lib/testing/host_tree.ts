@@ -1,0 +1,296 @@
+/**
+ * Turns a host description (the format of `tests/fixtures/hosts/*.json`) into a sysfs-shaped
+ * tree that discovery and the real `lspci -O sysfs.path=TREE/bus/pci` both read.
+ *
+ * Fillers for what a description leaves `null` or out (documented because they are visible):
+ * - `subsystem_vendor`/`subsystem_device`/`revision` `null`: the sysfs file is not written, so
+ *   discovery reports `null` again (config space holds 0 there).
+ * - `driver` `null`: no `driver` link (unbound).
+ * - `group` `null` on every device: no `kernel/iommu_groups` (a host without IOMMU).
+ * - `numa_node` absent or null: `-1` (unknown). `boot_vga` absent: no file (`bootVga: null`).
+ * - `slot`: a `bus/pci/slots/NAME/address` file. `cmdline`: a `cmdline` file at the root. `host_use`: a `host_use.json` at the root.
+ * - `flr` and `serial` both absent: a 64-byte `config` with a capability pointer, exactly what an
+ *   unprivileged read of a real device returns, so lspci prints `<access denied>` and FLR stays
+ *   unknown (`null`). `flr` given: a PCI Express capability with DevCap FLReset±. `serial`
+ *   given: a 4096-byte config with a Device Serial Number extended capability (and the PCIe
+ *   capability that must precede it, FLReset as `flr`, default `false`).
+ * - `irq` `0` and zero `resource` lines: lspci skips devices without them.
+ * - `modules`: written as `modules` beside `modalias` for snapshots; lspci only reports modules
+ *   through libkmod, which needs `/lib/modules` of the running kernel.
+ *
+ * @module
+ */
+
+import type { HostUse, PciAddress } from "../host/types.ts";
+import { canonicalPciAddress, pciAddressParts } from "../pci/address.ts";
+import { headerTypeOfClass } from "../pci/class.ts";
+
+/** One device of a host description: the shared format plus optional extras. */
+export interface HostDeviceDescription {
+  bdf: string;
+  group: number | null;
+  /** `0x030000`: 6 hex digits with prog-if. */
+  class: string;
+  vendor: string;
+  device: string;
+  subsystem_vendor: string | null;
+  subsystem_device: string | null;
+  driver: string | null;
+  revision: string | null;
+  class_name?: string | null;
+  name?: string | null;
+  /** Device Serial Number as lspci prints it: `00-11-22-ff-ff-33-44-55`. */
+  serial?: string | null;
+  /** Physical slot name (`bus/pci/slots/NAME/address`). */
+  slot?: string | null;
+  numa_node?: number | null;
+  /** For a virtual function: its physical function's address. */
+  physfn?: string | null;
+  flr?: boolean | null;
+  boot_vga?: boolean | null;
+  /** Kernel modules (kept in a `modules` file: lspci needs libkmod and `/lib/modules`). */
+  modules?: string[] | null;
+}
+
+/** A host description: the shared format plus optional extras. */
+export interface HostDescription {
+  source?: string;
+  partial?: boolean;
+  notes?: string;
+  devices: HostDeviceDescription[];
+  /** Written as `cmdline` at the tree root (discovery's `kernelCmdline`). */
+  cmdline?: string | null;
+  /** Written as `host_use.json` at the tree root. */
+  host_use?: HostUse[];
+}
+
+/** Raised when a description is malformed (bad address, class or ID). */
+export class HostDescriptionError extends Error {
+  override name = "HostDescriptionError";
+  /** The device's `bdf` as given, when the problem is in one device. */
+  readonly bdf: string | null;
+  constructor(message: string, bdf: string | null = null) {
+    super(message);
+    this.bdf = bdf;
+  }
+}
+
+/** Reads and checks a host description JSON file. */
+export function loadHostDescription(path: string | URL): HostDescription {
+  const data = JSON.parse(Deno.readTextFileSync(path)) as HostDescription;
+  if (!Array.isArray(data?.devices)) {
+    throw new HostDescriptionError(`Not a host description: "${path}": no "devices" array`);
+  }
+  return data;
+}
+
+function hexNumber(text: string, bdf: string, field: string, max: number): number {
+  const m = /^(?:0x)?([0-9a-f]+)$/i.exec(text.trim());
+  const n = m ? parseInt(m[1] ?? "", 16) : NaN;
+  if (!Number.isFinite(n) || n > max) {
+    throw new HostDescriptionError(`Invalid ${field} "${text}" for device "${bdf}"`, bdf);
+  }
+  return n;
+}
+
+function hex(n: number, width: number): string {
+  return `0x${n.toString(16).padStart(width, "0")}`;
+}
+
+function configSpace(
+  d: HostDeviceDescription,
+  ids: { vendor: number; device: number; classCode: number; revision: number; header: 0 | 1 | 2 },
+): Uint8Array {
+  const serial = d.serial ?? null;
+  const capabilities = (d.flr ?? null) !== null || serial !== null;
+  const bytes = new Uint8Array(serial !== null ? 4096 : capabilities ? 256 : 64);
+  const view = new DataView(bytes.buffer);
+  view.setUint16(0x00, ids.vendor, true);
+  view.setUint16(0x02, ids.device, true);
+  // A CardBus header keeps its capability pointer and subsystem IDs elsewhere: it gets none.
+  const cardbus = ids.header === 2;
+  if (!cardbus) view.setUint16(0x06, 0x0010, true); // Status: capability list present
+  view.setUint8(0x08, ids.revision);
+  view.setUint8(0x09, ids.classCode & 0xff);
+  view.setUint8(0x0a, (ids.classCode >> 8) & 0xff);
+  view.setUint8(0x0b, (ids.classCode >> 16) & 0xff);
+  view.setUint8(0x0e, ids.header);
+  if (ids.header !== 0) {
+    // Bus numbers are not in the listings; a plausible secondary bus keeps lspci quiet.
+    const bus = pciAddressParts(d.bdf).bus;
+    view.setUint8(0x18, bus);
+    view.setUint8(0x19, Math.min(bus + 1, 0xff));
+    view.setUint8(0x1a, Math.min(bus + 1, 0xff));
+  } else {
+    if (d.subsystem_vendor != null) {
+      view.setUint16(0x2c, hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff), true);
+    }
+    if (d.subsystem_device != null) {
+      view.setUint16(0x2e, hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff), true);
+    }
+  }
+  if (cardbus) return bytes;
+  view.setUint8(0x34, 0x40);
+  if (capabilities) {
+    // PCI Express capability v2: endpoint (or root port for bridges), DevCap bit 28 = FLR.
+    view.setUint8(0x40, 0x10);
+    view.setUint16(0x42, 0x0002 | ((ids.header === 1 ? 4 : 0) << 4), true);
+    view.setUint32(0x44, d.flr === true ? 1 << 28 : 0, true);
+  }
+  if (serial !== null) {
+    const m =
+      /^([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})-([0-9a-f]{2})$/i
+        .exec(serial);
+    if (!m) throw new HostDescriptionError(`Invalid serial "${serial}" for device "${d.bdf}"`);
+    const b = m.slice(1).map((x) => parseInt(x, 16));
+    view.setUint32(0x100, 0x00010003, true); // DSN extended capability, version 1, last
+    view.setUint32(0x104, ((b[4]! << 24) | (b[5]! << 16) | (b[6]! << 8) | b[7]!) >>> 0, true);
+    view.setUint32(0x108, ((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, true);
+  }
+  return bytes;
+}
+
+/** Options of {@link buildHostTree}. */
+export interface BuildHostTreeOptions {
+  /** Write `modalias` files (lspci's module lookup key). Default `true`. */
+  modalias?: boolean;
+}
+
+/**
+ * Writes the sysfs-shaped tree for `description` into `dir` (which must exist or be creatable).
+ * Returns the canonical addresses written, sorted.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:00:01.0", group: 1, class: "0x060400",
+ *   vendor: "0x8086", device: "0x1901", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "pcieport", revision: null }] }, dir);
+ * assertEquals(Deno.readLinkSync(`${dir}/bus/pci/devices/0000:00:01.0/iommu_group`),
+ *   "../../../../kernel/iommu_groups/1");
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function buildHostTree(
+  description: HostDescription,
+  dir: string,
+  options: BuildHostTreeOptions = {},
+): PciAddress[] {
+  const devicesDir = `${dir}/bus/pci/devices`;
+  Deno.mkdirSync(devicesDir, { recursive: true });
+  Deno.mkdirSync(`${dir}/bus/pci/drivers`, { recursive: true });
+  const addresses: PciAddress[] = [];
+  const vfsOf = new Map<PciAddress, PciAddress[]>();
+  const groups = new Set<number>();
+  for (const d of description.devices) {
+    const address = canonicalPciAddress(d.bdf);
+    if (address === null) throw new HostDescriptionError(`Invalid address "${d.bdf}"`, d.bdf);
+    if (addresses.includes(address)) {
+      throw new HostDescriptionError(`Duplicate device "${address}"`, d.bdf);
+    }
+    addresses.push(address);
+    const vendor = hexNumber(d.vendor, d.bdf, "vendor", 0xffff);
+    const device = hexNumber(d.device, d.bdf, "device", 0xffff);
+    const classCode = hexNumber(d.class, d.bdf, "class", 0xffffff);
+    const revision = d.revision == null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
+    const header = headerTypeOfClass(classCode);
+    const path = `${devicesDir}/${address}`;
+    Deno.mkdirSync(path, { recursive: true });
+    const write = (name: string, text: string) => Deno.writeTextFileSync(`${path}/${name}`, text);
+    write("vendor", `${hex(vendor, 4)}\n`);
+    write("device", `${hex(device, 4)}\n`);
+    write("class", `${hex(classCode, 6)}\n`);
+    if (d.subsystem_vendor != null) {
+      write(
+        "subsystem_vendor",
+        `${hex(hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff), 4)}\n`,
+      );
+    }
+    if (d.subsystem_device != null) {
+      write(
+        "subsystem_device",
+        `${hex(hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff), 4)}\n`,
+      );
+    }
+    if (d.revision != null) write("revision", `${hex(revision, 2)}\n`);
+    write("irq", "0\n");
+    write("resource", "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".repeat(13));
+    write("numa_node", `${d.numa_node ?? -1}\n`);
+    if (d.boot_vga != null) write("boot_vga", d.boot_vga ? "1\n" : "0\n");
+    if (options.modalias ?? true) {
+      const sub = (v: string | null | undefined) =>
+        v == null ? "*" : hex(hexNumber(v, d.bdf, "subsystem", 0xffff), 8).slice(2).toUpperCase();
+      const up = (n: number, w: number) => n.toString(16).padStart(w, "0").toUpperCase();
+      write(
+        "modalias",
+        `pci:v0000${up(vendor, 4)}d0000${up(device, 4)}sv${sub(d.subsystem_vendor)}sd${
+          sub(d.subsystem_device)
+        }bc${up(classCode >> 16, 2)}sc${up((classCode >> 8) & 0xff, 2)}i${
+          up(classCode & 0xff, 2)
+        }\n`,
+      );
+    }
+    const upper = (n: number) => n.toString(16).padStart(4, "0").toUpperCase();
+    const subsys = d.subsystem_vendor != null && d.subsystem_device != null
+      ? `PCI_SUBSYS_ID=${upper(hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff))}:${
+        upper(hexNumber(d.subsystem_device, d.bdf, "subsystem device", 0xffff))
+      }\n`
+      : "";
+    // The kernel's format: class without leading zeros, IDs upper-case.
+    write(
+      "uevent",
+      `${d.driver != null ? `DRIVER=${d.driver}\n` : ""}PCI_CLASS=${
+        classCode.toString(16).toUpperCase()
+      }\n` +
+        `PCI_ID=${hex(vendor, 4).slice(2).toUpperCase()}:${
+          hex(device, 4).slice(2).toUpperCase()
+        }\n` +
+        `${subsys}PCI_SLOT_NAME=${address}\n`,
+    );
+    if (d.modules != null) write("modules", `${d.modules.join(",")}\n`);
+    Deno.writeFileSync(
+      `${path}/config`,
+      configSpace(d, { vendor, device, classCode, revision, header }),
+    );
+    if (d.driver != null) {
+      Deno.mkdirSync(`${dir}/bus/pci/drivers/${d.driver}`, { recursive: true });
+      Deno.symlinkSync(`../../drivers/${d.driver}`, `${path}/driver`);
+    }
+    if (d.group !== null) {
+      const groupDir = `${dir}/kernel/iommu_groups/${d.group}/devices`;
+      if (!groups.has(d.group)) Deno.mkdirSync(groupDir, { recursive: true });
+      groups.add(d.group);
+      Deno.symlinkSync(`../../../../kernel/iommu_groups/${d.group}`, `${path}/iommu_group`);
+      Deno.symlinkSync(`../../../../bus/pci/devices/${address}`, `${groupDir}/${address}`);
+    }
+    if (d.slot != null) {
+      const slotDir = `${dir}/bus/pci/slots/${d.slot}`;
+      Deno.mkdirSync(slotDir, { recursive: true });
+      Deno.writeTextFileSync(`${slotDir}/address`, `${address.slice(0, -2)}\n`);
+    }
+    if (d.physfn != null) {
+      const pf = canonicalPciAddress(d.physfn);
+      if (pf === null) throw new HostDescriptionError(`Invalid physfn "${d.physfn}"`, d.bdf);
+      Deno.symlinkSync(`../${pf}`, `${path}/physfn`);
+      vfsOf.set(pf, [...(vfsOf.get(pf) ?? []), address]);
+    }
+  }
+  for (const [pf, vfs] of vfsOf) {
+    const path = `${devicesDir}/${pf}`;
+    vfs.sort();
+    vfs.forEach((vf, i) => Deno.symlinkSync(`../${vf}`, `${path}/virtfn${i}`));
+    Deno.writeTextFileSync(`${path}/sriov_numvfs`, `${vfs.length}\n`);
+    Deno.writeTextFileSync(`${path}/sriov_totalvfs`, `${vfs.length}\n`);
+  }
+  if (description.cmdline != null) {
+    Deno.writeTextFileSync(`${dir}/cmdline`, `${description.cmdline}\n`);
+  }
+  if (description.host_use !== undefined) {
+    Deno.writeTextFileSync(
+      `${dir}/host_use.json`,
+      `${JSON.stringify(description.host_use, null, 2)}\n`,
+    );
+  }
+  return addresses.sort();
+}
