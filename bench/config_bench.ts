@@ -13,7 +13,7 @@
 
 import { parseConfig } from "../lib/config/config.ts";
 
-/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+/** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
 const VMS = SMOKE ? [500] : [500, 2000, 8000];
 

@@ -25,7 +25,7 @@ import { discoverHost } from "../lib/host/discover.ts";
 import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
-/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+/** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
 const SIZES = SMOKE ? [256] : [256, 1024, 4096];
 const base = Deno.makeTempDirSync({ prefix: "passthrough-bench-" });

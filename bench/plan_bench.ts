@@ -19,7 +19,7 @@ import { planHostdevs } from "../lib/plan/plan.ts";
 import type { HostTopology } from "../lib/host/types.ts";
 import { COMPUTER_DEVICE } from "../tests/helpers/world.ts";
 
-/** `BENCH_SMOKE=1` (tests/bench_smoke_test.ts): the smallest size only, to check the set-up. */
+/** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
 const FUNCTIONS = SMOKE ? [256] : [256, 1024, 4096];
 const VMS = [10, 100];

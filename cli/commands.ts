@@ -3,7 +3,7 @@
  * Modules are imported only for the command that runs (or whose `--help` is asked for), so
  * `groups` does not pay for the YAML parser, the XML parser and the diff library that `plan` and
  * `apply` need (start-up went from ~240 ms to ~140 ms). Add one line here per command; the test
- * in `tests/bundle_test.ts` checks that each summary matches its module.
+ * in `tests/cli/bundle_test.ts` checks that each summary matches its module.
  *
  * `deno bundle` inlines these dynamic imports into its one output file (checked by the same test).
  *

@@ -152,17 +152,20 @@ export function renderReliabilityReport(entries: readonly ReliabilityCase[]): st
 
 /** Related cases the module suites already test; listed so the table is not mistaken for all. */
 const ELSEWHERE: readonly [string, string][] = [
-  ["stale lock broken by exactly one of many racing processes", "tests/lock_test.ts"],
+  ["stale lock broken by exactly one of many racing processes", "tests/state/lock_test.ts"],
   [
     "state directory that is a symlink, group-writable or owned by another user",
-    "tests/state_dir_test.ts",
+    "tests/state/state_dir_test.ts",
   ],
-  ["backup whose XML no longer matches its sha256 sidecar", "tests/backups_test.ts"],
-  ["a plan whose XML is unreadable or names another domain", "tests/apply_test.ts"],
-  ["409 libvirt test domains edited and restored byte for byte", "tests/corpus_roundtrip_test.ts"],
+  ["backup whose XML no longer matches its sha256 sidecar", "tests/state/backups_test.ts"],
+  ["a plan whose XML is unreadable or names another domain", "tests/apply/apply_test.ts"],
+  [
+    "409 libvirt test domains edited and restored byte for byte",
+    "tests/domain/corpus_roundtrip_test.ts",
+  ],
   [
     "libvirt errors (codes 35, 38, 42, 92) surfaced as LibvirtError, nothing printed",
-    "tests/ffi_errors_test.ts",
+    "tests/ffi/errors_test.ts",
   ],
 ];
 

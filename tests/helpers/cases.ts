@@ -1,7 +1,7 @@
 /**
  * The requests of `tests/fixtures/hosts/cases.json`: real hosts' IOMMU listings with the outcome
- * a correct tool reaches, shared by the in-process (`tests/cases_test.ts`) and CLI
- * (`tests/cases_cli_test.ts`) runs.
+ * a correct tool reaches, shared by the in-process (`tests/plan/cases_test.ts`) and CLI
+ * (`tests/cli/cases_test.ts`) runs.
  *
  * @module
  */

@@ -1,0 +1,751 @@
+import {
+  assertEquals,
+  assertMatch,
+  assertOk,
+  assertRejects,
+  assertThrows,
+} from "../helpers/assert.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
+import { applyPlan, carrySecrets, type ConfirmAnswer } from "../../lib/apply/apply.ts";
+import { listBackups, readBackupXml } from "../../lib/state/backups.ts";
+import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { StateDirError } from "../../lib/state/state_dir.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { confirmVm, makeConfirm } from "../../cli/confirm.ts";
+import type { CliIo } from "../../cli/context.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { rollbackVm } from "../../lib/apply/rollback.ts";
+import { loadConfig } from "../../lib/config/config.ts";
+import { emptyVmPlan, planHostdevs } from "../../lib/plan/plan.ts";
+import { loadHost } from "../../cli/host_options.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { gpuIdentity as identity } from "../helpers/devices.ts";
+
+const UUIDS: Record<string, string> = {
+  alpha: "11111111-1111-4111-8111-111111111111",
+  beta: "22222222-2222-4222-8222-222222222222",
+  gamma: "33333333-3333-4333-8333-333333333333",
+  web: "44444444-4444-4444-8444-444444444444",
+  vault: "55555555-5555-4555-8555-555555555555",
+};
+
+function domain(name: string, options: { running?: boolean; secret?: boolean } = {}): string {
+  const runstate = options.running === true ? "" : "\n    <test:runstate>5</test:runstate>";
+  const graphics = options.secret === true
+    ? "\n      <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>"
+    : "";
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${UUIDS[name]}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <disk type='file' device='disk'>
+        <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+        <target dev='vda' bus='virtio'/>
+      </disk>${graphics}
+    </devices>${runstate}
+  </domain>`;
+}
+
+const WORLD = `<?xml version="1.0"?>
+<node>
+  ${domain("alpha")}
+  ${domain("beta")}
+  ${domain("gamma")}
+  ${domain("web", { running: true })}
+  ${domain("vault", { secret: true })}
+</node>
+`;
+
+/** A test-driver world and a state directory, removed on dispose. */
+interface Fixture extends Disposable {
+  port: OpenLibvirtPort;
+  stateDir: string;
+  root: string;
+}
+
+function fixture(): Fixture {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-apply-test-" });
+  Deno.writeTextFileSync(`${root}/world.xml`, WORLD);
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  return {
+    port,
+    root,
+    stateDir: `${root}/state`,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+/** A hand-built plan for one VM: the real current XML, edited the way the planner would. */
+function planVm(
+  port: LibvirtPort,
+  name: string,
+  add: string[],
+  options: { secure?: boolean; desiredXml?: string } = {},
+): VmPlan {
+  const currentXml = port.getPersistentXml(name, { secure: options.secure ?? true });
+  const desiredXml = options.desiredXml ?? editDomainXml(currentXml, {
+    remove: [],
+    add: add.map((address) => ({ address, managed: true })),
+    records: add.map((a) => identity(a)),
+  });
+  return {
+    ...emptyVmPlan(name, currentXml),
+    hostdevs: add,
+    add: add.map((address) => ({
+      address,
+      rule: "gpu",
+      reason: "matched" as const,
+      group: 1,
+      spec: { address, managed: true },
+      identity: identity(address),
+      description: "10de:2684 VGA compatible controller",
+    })),
+    active: port.isActive(name),
+    desiredXml,
+    changed: desiredXml !== currentXml,
+  };
+}
+
+function planOf(port: LibvirtPort, vms: VmPlan[]): Plan {
+  return { config: "test.yaml", host: "test", uri: port.uri, vms, errors: [], warnings: [] };
+}
+
+function answers(...list: ConfirmAnswer[]) {
+  const asked: string[] = [];
+  const confirm = (vm: VmPlan) => {
+    asked.push(vm.name);
+    return Promise.resolve(list.shift() ?? "no");
+  };
+  return { asked, confirm };
+}
+
+const yes = () => Promise.resolve<ConfirmAnswer>("yes");
+
+function hostdevs(port: LibvirtPort, name: string): string[] {
+  return parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+Deno.test("applyPlan() backs up the previous definition (with secrets, mode 0600) before defining", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("vault", { secure: true });
+  assertOk(before.includes("s3cret"));
+  const plan = planOf(f.port, [planVm(f.port, "vault", ["0000:01:00.0"])]);
+  const report = await applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.changed, ["vault"]);
+  assertEquals(report.ok, true);
+  const result = report.vms[0]!;
+  assertEquals([result.status, result.code, result.effect], ["changed", "applied", "next-start"]);
+  assertEquals(result.added, ["0000:01:00.0"]);
+  assertEquals(hostdevs(f.port, "vault"), ["0000:01:00.0"]);
+  // The secret survived the define.
+  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("passwd='s3cret'"));
+  const backups = listBackups(f.stateDir, "vault");
+  assertEquals(backups.length, 1);
+  assertEquals(backups[0]?.path, result.backup);
+  assertEquals([backups[0]?.reason, backups[0]?.uuid], ["apply", UUIDS.vault]);
+  assertEquals(readBackupXml(backups[0]!), before);
+  assertEquals((Deno.statSync(backups[0]!.path).mode ?? 0) & 0o777, 0o600);
+  assertEquals((Deno.statSync(f.stateDir).mode ?? 0) & 0o777, 0o700);
+});
+
+Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt rejects the XML", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const invalid = before.replace("</devices>", "  <bogus-device/>\n  </devices>");
+  const vm = planVm(f.port, "alpha", [], { desiredXml: invalid });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["alpha"]);
+  assertEquals(report.ok, false);
+  assertEquals(report.vms[0]?.code, "define-failed");
+  assertMatch(report.vms[0]!.message, /libvirt rejected the new definition of "alpha"/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
+});
+
+Deno.test("applyPlan() does not overwrite a VM whose definition changed after the plan", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
+  // Someone edits the VM between plan and apply.
+  const edited = vm.currentXml.replace("1048576</memory>", "2097152</memory>");
+  f.port.define(edited);
+  const changedNow = f.port.getPersistentXml("beta", { secure: true });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["beta"]);
+  assertEquals(report.vms[0]?.code, "drift");
+  assertMatch(report.vms[0]!.message, /changed since the plan.*2097152/);
+  assertEquals(f.port.getPersistentXml("beta", { secure: true }), changedNow);
+  assertEquals(listBackups(f.stateDir, "beta"), []);
+});
+
+Deno.test("applyPlan() keeps secrets when the plan was computed from XML without them", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "vault", ["0000:01:00.0"], { secure: false });
+  assertOk(!vm.currentXml.includes("s3cret"));
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.changed, report.ok], [["vault"], true]);
+  assertEquals(hostdevs(f.port, "vault"), ["0000:01:00.0"]);
+  assertOk(f.port.getPersistentXml("vault", { secure: true }).includes("passwd='s3cret'"));
+});
+
+Deno.test("carrySecrets() refuses edits that touch a line holding a secret, or misaligned XML", () => {
+  const plain = "<domain>\n  <graphics type='vnc'/>\n  <devices>\n  </devices>\n</domain>";
+  const secure = plain.replace("type='vnc'", "type='vnc' passwd='pw'");
+  const edited = plain.replace("type='vnc'", "type='spice'");
+  assertEquals(carrySecrets(plain, secure, edited), null);
+  assertEquals(carrySecrets(plain, `${secure}\n<!-- extra -->`, plain), null);
+  assertEquals(carrySecrets(plain, secure, plain), secure);
+  // An edit elsewhere keeps the secret line as libvirt gave it.
+  const added = plain.replace("  </devices>", "    <hostdev/>\n  </devices>");
+  assertEquals(
+    carrySecrets(plain, secure, added),
+    secure.replace("  </devices>", "    <hostdev/>\n  </devices>"),
+  );
+});
+
+Deno.test("applyPlan() honours yes, no, all and quit answers", async () => {
+  using f = fixture();
+  const plan = () =>
+    planOf(f.port, [
+      planVm(f.port, "alpha", ["0000:01:00.0"]),
+      planVm(f.port, "beta", ["0000:02:00.0"]),
+      planVm(f.port, "gamma", ["0000:03:00.0"]),
+    ]);
+  // no, then all: beta and gamma change, gamma without being asked.
+  const first = answers("no", "all");
+  const report = await applyPlan(plan(), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: first.confirm,
+  });
+  assertEquals(first.asked, ["alpha", "beta"]);
+  assertEquals([report.skipped, report.changed], [["alpha"], ["beta", "gamma"]]);
+  assertEquals(report.vms[0]?.code, "declined");
+  assertEquals(hostdevs(f.port, "alpha"), []);
+  assertEquals(hostdevs(f.port, "gamma"), ["0000:03:00.0"]);
+
+  // yes, then quit: alpha changes; the rest are skipped without asking.
+  const second = answers("yes", "quit");
+  const plan2 = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:01:00.1"], {
+      desiredXml: editDomainXml(f.port.getPersistentXml("beta", { secure: true }), {
+        remove: [],
+        add: [{ address: "0000:01:00.1", managed: true }],
+        records: [identity("0000:02:00.0"), identity("0000:01:00.1")],
+      }),
+    }),
+    planVm(f.port, "gamma", [], {
+      desiredXml: f.port.getPersistentXml("gamma", { secure: true }).replace(
+        "1048576</memory>",
+        "2097152</memory>",
+      ),
+    }),
+  ]);
+  const report2 = await applyPlan(plan2, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: second.confirm,
+  });
+  assertEquals(second.asked, ["alpha", "beta"]);
+  assertEquals(report2.changed, ["alpha"]);
+  assertEquals(report2.vms.map((r) => r.code), ["applied", "quit", "quit"]);
+  assertEquals(hostdevs(f.port, "beta"), ["0000:02:00.0"]);
+});
+
+Deno.test("applyPlan() skips unchanged VMs and VMs with refusals without asking", async () => {
+  using f = fixture();
+  const refused = planVm(f.port, "beta", ["0000:01:00.0"]);
+  refused.errors.push({ code: "no-match", message: 'Rule "gpu" matches no device' });
+  const plan = planOf(f.port, [planVm(f.port, "alpha", []), refused]);
+  const asked = answers("yes", "yes");
+  const report = await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: asked.confirm,
+  });
+  assertEquals(asked.asked, []);
+  assertEquals([report.unchanged, report.skipped, report.changed], [["alpha"], ["beta"], []]);
+  assertEquals(report.vms.map((r) => r.code), ["no-changes", "plan-errors"]);
+  assertEquals(report.ok, true);
+  assertEquals(hostdevs(f.port, "beta"), []);
+});
+
+Deno.test("applyPlan() applies nothing when the plan has a host-wide refusal", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  plan.errors.push({ code: "no-iommu", message: "The host has no IOMMU groups" });
+  const asked = answers("yes");
+  const report = await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: asked.confirm,
+  });
+  assertEquals([asked.asked, report.skipped, report.vms[0]?.code], [[], ["alpha"], "plan-errors"]);
+  assertEquals(hostdevs(f.port, "alpha"), []);
+});
+
+Deno.test("applyPlan() converges: a plan recomputed after apply has nothing to change", async () => {
+  using f = fixture();
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.changed, ["alpha"]);
+  // What the planner would compute now: the current XML already holds the hostdev.
+  const now = f.port.getPersistentXml("alpha", { secure: true });
+  const again = planVm(f.port, "alpha", [], { desiredXml: now });
+  assertEquals(again.changed, false);
+  const second = await applyPlan(planOf(f.port, [again]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([second.changed, second.unchanged], [[], ["alpha"]]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("applyPlan() says a running VM changes at its next power-off, and reports a failed hot-plug", async () => {
+  using f = fixture();
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "web", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.vms[0]?.active, true);
+  assertEquals(report.vms[0]?.effect, "next-power-off");
+  assertMatch(report.vms[0]!.message, /next full power-off/);
+  assertEquals(report.vms[0]?.live, null);
+
+  // The test driver cannot hot-plug: the definition changes, the live part is reported failed.
+  const live = await applyPlan(
+    planOf(f.port, [planVm(f.port, "web", ["0000:01:00.0", "0000:01:00.1"], {
+      desiredXml: editDomainXml(f.port.getPersistentXml("web", { secure: true }), {
+        remove: [],
+        add: [{ address: "0000:01:00.1", managed: true }],
+        records: [identity("0000:01:00.0"), identity("0000:01:00.1")],
+      }),
+    })]),
+    { libvirt: f.port, stateDir: f.stateDir, confirm: yes, live: true },
+  );
+  assertEquals(live.changed, ["web"]);
+  assertEquals(live.liveFailed, ["web"]);
+  assertEquals(live.ok, false);
+  assertEquals(live.vms[0]?.live?.attached, []);
+  assertEquals(live.vms[0]?.live?.errors.length, 1);
+  assertEquals(live.vms[0]?.effect, "next-power-off");
+  assertEquals(hostdevs(f.port, "web"), ["0000:01:00.0", "0000:01:00.1"]);
+});
+
+Deno.test("applyPlan() restores the backup when the defined XML lacks the planned hostdevs", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Real libvirt underneath; the fault: the first define silently loses the new hostdev.
+  let faults = 1;
+  const faulty: LibvirtPort = {
+    get uri() {
+      return f.port.uri;
+    },
+    listDomains: () => f.port.listDomains(),
+    getPersistentXml: (name, options) => f.port.getPersistentXml(name, options),
+    isActive: (name) => f.port.isActive(name),
+    define: (xml) => {
+      if (faults-- > 0) {
+        f.port.define(editDomainXml(xml, { remove: ["0000:01:00.0"], add: [], records: [] }));
+      } else {
+        f.port.define(xml);
+      }
+    },
+    attachDevice: (name, xml, options) => f.port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => f.port.detachDevice(name, xml, options),
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: faulty,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.failed, ["alpha"]);
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", true]);
+  assertMatch(report.vms[0]!.message, /missing \[0000:01:00\.0 managed owned\]/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() defines nothing when the state directory is unusable", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  const asked = answers("yes");
+  // A file where the state directory should be.
+  Deno.writeTextFileSync(`${f.root}/file`, "");
+  await assertRejects(
+    () =>
+      applyPlan(plan, {
+        libvirt: f.port,
+        stateDir: `${f.root}/file/state`,
+        confirm: asked.confirm,
+      }),
+    (e: unknown) => e instanceof StateDirError && e.problem === "unwritable",
+  );
+  // A planted symlink as the state directory.
+  Deno.mkdirSync(`${f.root}/real`, { mode: 0o700 });
+  Deno.symlinkSync(`${f.root}/real`, `${f.root}/link`);
+  await assertRejects(
+    () => applyPlan(plan, { libvirt: f.port, stateDir: `${f.root}/link`, confirm: asked.confirm }),
+    (e: unknown) => e instanceof StateDirError && e.problem === "symlink",
+  );
+  assertEquals(asked.asked, []);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() does not define a VM whose backup cannot be written", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  Deno.mkdirSync(`${f.stateDir}/backups`, { recursive: true, mode: 0o700 });
+  Deno.chmodSync(f.stateDir, 0o700);
+  // A file where alpha's backup directory should be; beta's is fine.
+  Deno.writeTextFileSync(`${f.stateDir}/backups/alpha`, "");
+  const plan = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:01:00.0"]),
+  ]);
+  const report = await applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals([report.failed, report.changed], [["alpha"], ["beta"]]);
+  assertEquals(report.vms[0]?.code, "backup-failed");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("applyPlan() fails fast while another apply holds the lock", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  Deno.mkdirSync(f.stateDir, { mode: 0o700 });
+  using _held = acquireLock(f.stateDir, { command: "apply" });
+  await assertRejects(
+    () => applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) => e instanceof LockHeldError && e.holder?.pid === Deno.pid,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), []);
+});
+
+/** An in-memory terminal that answers from `lines`. */
+function scriptedIo(lines: string[], interactive = true): CliIo & { output: string[] } {
+  const output: string[] = [];
+  return {
+    output,
+    out: (text) => void output.push(text),
+    err: (text) => void output.push(text),
+    color: false,
+    interactive,
+    readLine: () => Promise.resolve(lines.shift() ?? null),
+    env: () => undefined,
+  };
+}
+
+Deno.test("confirmVm() reads y, n, a, q (and words), re-asks on anything else, quits at end of input", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo(["maybe", "", "Y", "no", "a", "QUIT", "yes", "all"]);
+  const got = [];
+  for (let i = 0; i < 6; i++) got.push(await confirmVm(io, vm));
+  got.push(await confirmVm(io, vm));
+  assertEquals(got, ["yes", "no", "all", "quit", "yes", "all", "quit"]);
+  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/n\/a\/q\]/);
+  assertMatch(io.output.join(""), /Please answer y, n, a or q/);
+});
+
+Deno.test("makeConfirm() answers yes for every VM with --yes and never reads input", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo([], false);
+  const confirm = makeConfirm(io, { yes: true });
+  assertEquals(await confirm(vm), "all");
+  assertEquals(io.output, []);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The CLI, spawned for real on the bundled demo (a real host's topology and a test-driver world).
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+/** A sysfs tree of the demo host and a temporary state directory. */
+async function demoSetup(): Promise<{ root: string; args: string[] } & AsyncDisposable> {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-apply-cli-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${root}/sysfs`);
+  return {
+    root,
+    args: [
+      "--config",
+      `${DEMO}passthrough_config.yaml`,
+      "--sysfs",
+      `${root}/sysfs`,
+      "--connect",
+      `test://${DEMO}world.xml`,
+      "--state-dir",
+      `${root}/state`,
+    ],
+    [Symbol.asyncDispose]: () => Deno.remove(root, { recursive: true }),
+  };
+}
+
+Deno.test("passthrough apply refuses to run without a terminal unless --yes (exit 2)", async () => {
+  await using demo = await demoSetup();
+  const result = await runCli(["apply", ...demo.args], { flags: ["-A"], stdin: "y\ny\n" });
+  assertEquals(result.code, 2);
+  assertMatch(result.stderr, /No terminal to confirm on: pass --yes/);
+  assertEquals(listBackups(`${demo.root}/state`), []);
+});
+
+Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
+  await using demo = await demoSetup();
+  const result = await runCli(["apply", ...demo.args, "--yes", "--json"], { flags: ["-A"] });
+  assertEquals(result.code, 0, result.stderr);
+  const report = JSON.parse(result.stdout);
+  assertEquals([report.changed, report.failed, report.ok], [["win10", "gentoo"], [], true]);
+  const backups = listBackups(`${demo.root}/state`);
+  assertEquals(backups.map((b) => b.vm).sort(), ["gentoo", "win10"]);
+  const listed = await runCli(["backups", "--json", "--state-dir", `${demo.root}/state`], {
+    flags: ["-A"],
+  });
+  assertEquals(JSON.parse(listed.stdout), JSON.parse(JSON.stringify(backups)));
+});
+
+Deno.test({
+  name: "passthrough apply asks per VM on a terminal and honours n then y",
+  ignore: !hasScript(),
+  async fn() {
+    await using demo = await demoSetup();
+    // `script` gives the program a real pseudo-terminal; the answers wait in its input queue.
+    await using child = runCliOnPty(["apply", ...demo.args], { flags: ["-A"] });
+    await child.type("n\ny\n");
+    const out = await child.finish();
+    const stdout = out.screen;
+    assertEquals(out.code, 0, stdout);
+    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /skipped win10: Declined/);
+    assertMatch(stdout, /changed gentoo/);
+    assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// A real libvirtd (QEMU driver): it rewrites hostdevs (guest-side <address>), so the check after
+// the define must match on host source addresses only.
+
+const daemonMissing = libvirtdUnavailable();
+
+Deno.test({
+  name: "applyPlan() and rollbackVm() on a real QEMU libvirtd: define, check, restore",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using port = openLibvirtPort(daemon.uri);
+    const name = `pt-apply-${Deno.pid}`;
+    port.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><graphics type='vnc' autoport='yes' passwd='s3cret'/></devices>
+</domain>`);
+    const stateDir = `${daemon.dir}/state`;
+    try {
+      const before = port.getPersistentXml(name, { secure: true });
+      const vm = planVm(port, name, ["0000:42:00.0", "0000:42:00.1"]);
+      const report = await applyPlan(planOf(port, [vm]), { libvirt: port, stateDir, confirm: yes });
+      assertEquals([report.changed, report.ok], [[name], true]);
+      const after = port.getPersistentXml(name, { secure: true });
+      // libvirt added guest addresses; the host side is exactly what was planned.
+      assertMatch(after, /<address type='pci' domain='0x0000' bus='0x00'/);
+      assertEquals(hostdevs(port, name), ["0000:42:00.0", "0000:42:00.1"]);
+      assertOk(after.includes("s3cret"));
+      assertEquals(readBackupXml(listBackups(stateDir, name)[0]!), before);
+
+      const rolled = await rollbackVm(name, {
+        libvirt: port,
+        stateDir,
+        confirm: () => Promise.resolve(true),
+      });
+      assertEquals(rolled.status, "restored");
+      assertEquals(port.getPersistentXml(name, { secure: true }), before);
+    } finally {
+      new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, "undefine", name],
+        stdout: "null",
+        stderr: "null",
+      })
+        .outputSync();
+    }
+  },
+});
+
+Deno.test("applyPlan() with the real planner converges: planning again right after finds no changes", async () => {
+  await using demo = await demoSetup();
+  const config = await loadConfig(`${DEMO}passthrough_config.yaml`);
+  const host = await loadHost(`${demo.root}/sysfs`);
+  using port = openLibvirtPort(`test://${DEMO}world.xml`);
+  const stateDir = `${demo.root}/state`;
+  const first = planHostdevs({ config, host, libvirt: port });
+  assertEquals(first.vms.filter((vm) => vm.changed).map((vm) => vm.name), ["win10", "gentoo"]);
+  const report = await applyPlan(first, { libvirt: port, stateDir, confirm: yes });
+  assertEquals([report.changed, report.ok], [["win10", "gentoo"], true]);
+
+  const second = planHostdevs({ config, host, libvirt: port });
+  assertEquals(second.vms.map((vm) => vm.changed), [false, false]);
+  const again = await applyPlan(second, { libvirt: port, stateDir, confirm: yes });
+  assertEquals([again.changed, again.unchanged], [[], ["win10", "gentoo"]]);
+  assertEquals(listBackups(stateDir).length, 2);
+});
+
+Deno.test("passthrough apply fails fast naming the holder of the lock, and breaks a stale one", async () => {
+  await using demo = await demoSetup();
+  const stateDir = `${demo.root}/state`;
+  Deno.mkdirSync(stateDir, { mode: 0o700 });
+  {
+    using _held = acquireLock(stateDir, { command: "rollback" });
+    const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
+    assertEquals(result.code, 1);
+    assertMatch(
+      result.stderr,
+      new RegExp(`Another passthrough rollback holds the lock .*pid ${Deno.pid}`),
+    );
+    // It failed before planning: nothing printed, nothing backed up.
+    assertEquals([result.stdout, listBackups(stateDir)], ["", []]);
+  }
+  const dead = {
+    pid: 999999,
+    host: "gone",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    command: "apply",
+  };
+  Deno.writeTextFileSync(`${stateDir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
+  assertEquals(result.code, 0, result.stderr);
+  assertMatch(result.stdout, /stale lock left by pid 999999/);
+  assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);
+});
+
+/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
+function canMount(): boolean {
+  try {
+    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "applyPlan() on a running QEMU guest (TCG): next-boot define, and --live reports libvirt's hot-plug refusal",
+  ignore: daemonMissing !== null || !canMount(),
+  async fn() {
+    // A running guest needs virtlogd, or `stdio_handler = "file"` in /etc/libvirt/qemu.conf: give
+    // the daemon that config in a private mount namespace instead of touching the host's. The
+    // test daemon's /dev/kvm is an empty file (tests/helpers/libvirtd.ts), which libvirt cannot
+    // move into a guest's private /dev: `namespaces = []` starts the guest without one.
+    const etc = await Deno.makeTempDir({ prefix: "passthrough-etc-libvirt-" });
+    try {
+      await new Deno.Command("cp", { args: ["-a", "/etc/libvirt/.", `${etc}/`] }).output();
+      await Deno.writeTextFile(`${etc}/qemu.conf`, 'stdio_handler = "file"\nnamespaces = []\n');
+      const root = new URL("../../", import.meta.url).pathname;
+      const code = `
+        import { startLibvirtd } from "./tests/helpers/libvirtd.ts";
+        import { openLibvirtPort } from "./ffi/port.ts";
+        import { applyPlan } from "./lib/apply/apply.ts";
+        import { editDomainXml, parseDomainXml } from "./lib/domain/domain_xml.ts";
+        await using daemon = await startLibvirtd();
+        using port = openLibvirtPort(daemon.uri);
+        const name = "pt-running-" + Deno.pid;
+        const virsh = (...args) => new TextDecoder().decode(
+          new Deno.Command("virsh", { args: ["-c", daemon.uri, ...args], stderr: "null" }).outputSync().stdout);
+        port.define("<domain type='qemu'><name>" + name + "</name><memory unit='MiB'>64</memory>" +
+          "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>" +
+          "<graphics type='vnc' autoport='yes' passwd='s3cret'/></devices></domain>");
+        virsh("start", name);
+        const record = (address) => ({ address, vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
+          subsystemDeviceId: null, classCode: "030000", serial: null, driver: null, rule: "gpu" });
+        const plan = (addresses) => {
+          const currentXml = port.getPersistentXml(name, { secure: true });
+          const have = parseDomainXml(currentXml).records;
+          const desiredXml = editDomainXml(currentXml, { remove: [],
+            add: addresses.map((address) => ({ address, managed: true })),
+            records: [...have, ...addresses.map(record)] });
+          return { config: "", host: "", uri: port.uri, errors: [], warnings: [], vms: [{ name,
+            hostdevs: [], add: [], remove: [], keep: [], move: [], reasoning: [], warnings: [],
+            errors: [], active: true, currentXml, desiredXml, changed: true }] };
+        };
+        const out = {};
+        try {
+          out.active = port.isActive(name);
+          const stateDir = daemon.dir + "/state";
+          const confirm = () => Promise.resolve("yes");
+          const first = await applyPlan(plan(["0000:42:00.0"]), { libvirt: port, stateDir, confirm });
+          out.first = { effect: first.vms[0].effect, ok: first.ok };
+          out.liveHostdevs = (virsh("dumpxml", name).match(/<hostdev/g) ?? []).length;
+          const second = await applyPlan(plan(["0000:43:00.0"]), { libvirt: port, stateDir, confirm, live: true });
+          out.second = { changed: second.changed, liveFailed: second.liveFailed, live: second.vms[0].live,
+            effect: second.vms[0].effect };
+          out.persistent = parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+          out.secretKept = port.getPersistentXml(name, { secure: true }).includes("s3cret");
+        } finally {
+          virsh("destroy", name);
+          virsh("undefine", name);
+        }
+        console.log(JSON.stringify(out));
+      `;
+      const output = await new Deno.Command("unshare", {
+        args: [
+          "-m",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          `mount --bind '${etc}' /etc/libvirt && exec '${Deno.execPath()}' eval --quiet "$0"`,
+          code,
+        ],
+        cwd: root,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stdout = new TextDecoder().decode(output.stdout).trim();
+      assertEquals(output.code, 0, new TextDecoder().decode(output.stderr));
+      const out = JSON.parse(stdout.split("\n").at(-1) ?? "{}");
+      assertEquals(out.active, true);
+      // The define changes only the next boot: the running guest has no hostdev.
+      assertEquals(out.first, { effect: "next-power-off", ok: true });
+      assertEquals(out.liveHostdevs, 0);
+      // LIVE-only hot-plug after the define: refused by QEMU here (no IOMMU), reported, and the
+      // persistent definition holds each planned device exactly once.
+      assertEquals(out.second.changed, [out.second.liveFailed[0]]);
+      assertEquals(out.second.effect, "next-power-off");
+      assertEquals(out.second.live.attached, []);
+      assertMatch(
+        out.second.live.errors[0],
+        /Cannot attach "0000:43:00\.0".*passthrough of host PCI devices/,
+      );
+      assertEquals(out.persistent, ["0000:42:00.0", "0000:43:00.0"]);
+      assertEquals(out.secretKept, true);
+    } finally {
+      await Deno.remove(etc, { recursive: true });
+    }
+  },
+});

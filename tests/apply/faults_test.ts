@@ -1,0 +1,434 @@
+/**
+ * Faults on a real libvirtd and a real file system: the daemon killed between plan and apply and
+ * in the middle of an apply, a define libvirt rejects, a VM another client changes while apply
+ * runs, a full state directory, and two `apply` processes at once. After each: a clear error,
+ * nothing half-written, and a rerun converges.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { writeTempWorld } from "../helpers/world.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+import { type Config, parseConfig } from "../../lib/config/config.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { listBackups, readBackupXml } from "../../lib/state/backups.ts";
+import { loadHost } from "../../cli/host_options.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+import {
+  demoTree,
+  gpuConfig,
+  killHard,
+  killHardSync,
+  planGpu,
+  qemuDomainXml,
+  snapshotDir,
+  snapshotDomains,
+} from "../helpers/reliability.ts";
+import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+
+const TEST = "tests/apply/faults_test.ts";
+const A = "pt-fault-a";
+const B = "pt-fault-b";
+const daemonMissing = libvirtdUnavailable();
+
+function twoVmConfig(): Config {
+  return parseConfig(
+    [
+      "version: 1",
+      "vms:",
+      `  ${A}:`,
+      "    devices:",
+      '      - { name: gpu, match: { vendor_device_id: "10de:1b80" } }',
+      `  ${B}:`,
+      "    devices:",
+      '      - { name: rx580, match: { vendor_device_id: "1002:67df" } }',
+      "",
+    ].join("\n"),
+    { file: "faults.yaml" },
+  );
+}
+
+const yes = (): Promise<ConfirmAnswer> => Promise.resolve("yes");
+
+function hostdevsOf(port: LibvirtPort, vm: string): string[] {
+  return parseDomainXml(port.getPersistentXml(vm)).hostdevs.map((h) => h.address).sort();
+}
+
+/** The real port with a fault injected before or after each define. */
+function withFault(
+  port: LibvirtPort,
+  before: (xml: string) => void,
+  after: (xml: string) => void = () => {},
+): LibvirtPort {
+  return {
+    get uri() {
+      return port.uri;
+    },
+    listDomains: () => port.listDomains(),
+    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+    isActive: (name) => port.isActive(name),
+    define: (xml) => {
+      before(xml);
+      port.define(xml);
+      after(xml);
+    },
+    attachDevice: (name, xml, options) => port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => port.detachDevice(name, xml, options),
+  };
+}
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: daemon killed between plan and apply and during apply, rejected define, concurrent edit; reruns converge",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const host: HostTopology = await loadHost(tree.sysfs);
+    const config = twoVmConfig();
+    const stateDir = `${tree.dir}/state`;
+    let port = openLibvirtPort(daemon.uri);
+    const restart = async () => {
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+    };
+    try {
+      port.define(qemuDomainXml(A));
+      port.define(qemuDomainXml(B));
+      const original = snapshotDomains(port);
+
+      // 1. Killed between plan and apply: nothing read, nothing backed up, nothing defined.
+      const plan1 = planHostdevs({ config, host, libvirt: port });
+      assertEquals(plan1.vms.map((vm) => vm.changed), [true, true]);
+      const state0 = snapshotDir(stateDir);
+      await killHard(daemon.pid);
+      const r1 = await applyPlan(plan1, { libvirt: port, stateDir, confirm: yes });
+      assertEquals(r1.vms.map((v) => v.code), ["read-failed", "read-failed"]);
+      assertMatch(r1.vms[0]!.message, new RegExp(`^Cannot read the definition of "${A}": `));
+      assertEquals(r1.ok, false);
+      assertEquals(listBackups(stateDir), []);
+      await restart();
+      assertEquals(snapshotDomains(port), original);
+      assertOk(Object.keys(state0).length === 0 || listBackups(stateDir).length === 0);
+      recordCase({
+        area: "fault",
+        name: "libvirtd killed between plan and apply",
+        count: 1,
+        outcome: "read-failed per VM, no backup, definitions unchanged after restart",
+        test: TEST,
+      });
+
+      // 2. Killed during apply, just before B's define: A is applied, B fails with its backup
+      // written and intact; after a restart B is as it was, and a rerun converges.
+      const plan2 = planHostdevs({ config, host, libvirt: port });
+      const killingPort = withFault(port, (xml) => {
+        if (parseDomainXml(xml).name === B) killHardSync(daemon.pid);
+      });
+      const r2 = await applyPlan(plan2, { libvirt: killingPort, stateDir, confirm: yes });
+      assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-failed"]]);
+      assertMatch(
+        r2.vms[1]!.message,
+        new RegExp(`^libvirt rejected the new definition of "${B}", which is unchanged: `),
+      );
+      assertEquals(readBackupXml(listBackups(stateDir, B)[0]!), original[B]);
+      await restart();
+      assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"]);
+      assertEquals(port.getPersistentXml(B, { secure: true }), original[B]);
+      for (const backup of listBackups(stateDir)) readBackupXml(backup); // sha256 checked
+      assertEquals(
+        Object.keys(snapshotDir(stateDir)).filter((p) => p.endsWith(".tmp")),
+        [],
+        "no temporary files left",
+      );
+      const plan3 = planHostdevs({ config, host, libvirt: port });
+      assertEquals(plan3.vms.map((vm) => vm.changed), [false, true]);
+      const r3 = await applyPlan(plan3, { libvirt: port, stateDir, confirm: yes });
+      assertEquals([r3.changed, r3.unchanged, r3.ok], [[B], [A], true]);
+      const plan4 = planHostdevs({ config, host, libvirt: port });
+      assertEquals(plan4.vms.map((vm) => vm.changed), [false, false]);
+      recordCase({
+        area: "fault",
+        name: "libvirtd killed during apply (between two VMs' defines)",
+        count: 1,
+        outcome: "first VM applied, second failed cleanly, backups intact, rerun converges",
+        test: TEST,
+      });
+
+      // 3. The daemon dies right after a define: the check cannot read back. After a restart
+      // the definition holds the change (or the old one), never a mix, and a rerun converges.
+      const afterDefine = withFault(port, () => {}, () => killHardSync(daemon.pid));
+      // The config still gives A its GPU: re-planning A alone with a changed ROM setting makes
+      // a real edit to define.
+      const romConfig = parseConfig(
+        `version: 1\nvms:\n  ${A}:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:1b80" }\n        rom: { bar: "off" }\n`,
+        { file: "rom.yaml" },
+      );
+      const plan6 = planHostdevs({ config: romConfig, host, libvirt: port });
+      assertEquals(plan6.vms[0]?.changed, true);
+      const r6 = await applyPlan(plan6, { libvirt: afterDefine, stateDir, confirm: yes });
+      assertEquals(r6.vms[0]?.code, "verify-failed");
+      assertMatch(
+        r6.vms[0]!.message,
+        /cannot read it back: .*restoring the backup ".*" failed too/,
+      );
+      await restart();
+      const held = port.getPersistentXml(A);
+      assertOk(held.includes("<rom bar='off'/>"), "the define that succeeded is kept whole");
+      const plan7 = planHostdevs({ config: romConfig, host, libvirt: port });
+      assertEquals(plan7.vms[0]?.changed, false);
+      recordCase({
+        area: "fault",
+        name: "libvirtd killed right after a define, before the check",
+        count: 1,
+        outcome: "verify-failed naming the backup; definition whole after restart; rerun converges",
+        test: TEST,
+      });
+
+      // 4. A define libvirt rejects: the VM and the state directory's existing backups stay.
+      const current = port.getPersistentXml(B);
+      const bad: VmPlan = {
+        ...plan7.vms[0]!,
+        name: B,
+        currentXml: current,
+        desiredXml: current.replace("</devices>", "<bogus-device/>\n  </devices>"),
+        changed: true,
+        errors: [],
+      };
+      const beforeReject = snapshotDomains(port);
+      const backupsBefore = listBackups(stateDir).length;
+      const r8 = await applyPlan(planOf(port, [bad]), { libvirt: port, stateDir, confirm: yes });
+      assertEquals(r8.vms[0]?.code, "define-failed");
+      assertMatch(r8.vms[0]!.message, new RegExp(`libvirt rejected the new definition of "${B}"`));
+      assertEquals(snapshotDomains(port), beforeReject);
+      assertEquals(listBackups(stateDir).length, backupsBefore + 1);
+      assertEquals(readBackupXml(listBackups(stateDir, B)[0]!), beforeReject[B]);
+      recordCase({
+        area: "fault",
+        name: "define rejected by libvirt (schema)",
+        count: 1,
+        outcome: "define-failed, VM unchanged, its backup written and intact",
+        test: TEST,
+      });
+
+      // 5. Another client (virsh, its own process) edits B while apply waits for confirmation.
+      const onlyA = parseConfig(gpuConfig(A), { file: "only_a.yaml" });
+      const dropB: Config = { ...onlyA, vms: [...onlyA.vms, { ...config.vms[1]!, rules: [] }] };
+      const plan9 = planHostdevs({ config: dropB, host, libvirt: port });
+      assertEquals(plan9.vms.map((vm) => vm.changed), [true, true]);
+      const backups9 = listBackups(stateDir, B).length;
+      const hostdevsB = hostdevsOf(port, B);
+      assertEquals(hostdevsB.length, 2);
+      const r9 = await applyPlan(plan9, {
+        libvirt: port,
+        stateDir,
+        confirm: async (vm) => {
+          if (vm.name === B) {
+            const out = await new Deno.Command("virsh", {
+              args: ["-c", daemon.uri, "desc", B, "--config", "--new-desc", "edited elsewhere"],
+              stdout: "null",
+              stderr: "piped",
+            }).output();
+            assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+          }
+          return "yes";
+        },
+      });
+      const b = r9.vms.find((v) => v.vm === B)!;
+      assertEquals(b.code, "drift");
+      assertMatch(
+        b.message,
+        /changed since the plan was made: .*edited elsewhere.*run the plan again/,
+      );
+      assertMatch(port.getPersistentXml(B), /<description>edited elsewhere<\/description>/);
+      assertEquals(hostdevsOf(port, B), hostdevsB, "B's hostdevs were not removed");
+      assertEquals(listBackups(stateDir, B).length, backups9, "no backup for a drifted VM");
+      recordCase({
+        area: "concurrency",
+        name: "VM edited by another client (virsh) during apply",
+        count: 1,
+        outcome: "drift, the other client's change kept, nothing defined or backed up",
+        test: TEST,
+      });
+    } finally {
+      port.close();
+    }
+  },
+});
+
+function planOf(port: LibvirtPort, vms: VmPlan[]): Plan {
+  return { config: "", host: "", uri: port.uri, errors: [], warnings: [], vms };
+}
+
+/** Whether this process may mount (root with CAP_SYS_ADMIN). */
+function mountWorks(dir: string): boolean {
+  const out = new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", dir],
+    stdout: "null",
+    stderr: "null",
+  }).outputSync();
+  return out.success;
+}
+
+Deno.test("applyPlan() defines nothing when the state directory's disk is full", async (t) => {
+  const base = await Deno.makeTempDir({ prefix: "passthrough-full-" });
+  const mountPoint = `${base}/mnt`;
+  await Deno.mkdir(mountPoint);
+  if (Deno.uid() !== 0 || !mountWorks(mountPoint)) {
+    await Deno.remove(base, { recursive: true });
+    await t.step({ name: "skipped: cannot mount a tmpfs here", ignore: true, fn: () => {} });
+    return;
+  }
+  try {
+    await using tree = await demoTree();
+    // A definition larger than what is left on the 64 KiB tmpfs.
+    const description = "x".repeat(80 * 1024);
+    await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>${A}</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <description>${description}</description>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+  </domain>
+</node>`);
+    using port = openLibvirtPort(world.uri);
+    const stateDir = `${mountPoint}/state`;
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    const before = snapshotDomains(port);
+    const report = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
+    assertEquals(report.vms[0]?.code, "backup-failed");
+    assertMatch(
+      report.vms[0]!.message,
+      /cannot write its backup, so it was not defined: .*No space left/i,
+    );
+    assertEquals(snapshotDomains(port), before);
+    // Nothing half-written: no backup, no sidecar, no temporary file.
+    const left = Object.entries(snapshotDir(stateDir))
+      .filter(([path, entry]) => path.startsWith("backups/") && !entry.startsWith("dir "))
+      .map(([path]) => path);
+    assertEquals(left, [], `left behind: ${left}`);
+    // Not even an empty directory for the VM, which `backups` would list.
+    assertEquals(
+      Object.keys(snapshotDir(stateDir)).filter((path) => path.startsWith("backups/")),
+      [],
+    );
+    recordCase({
+      area: "fault",
+      name: "state directory on a full file system (64 KiB tmpfs)",
+      count: 1,
+      outcome: "backup-failed, no define, no partial file",
+      test: TEST,
+    });
+  } finally {
+    await new Deno.Command("umount", { args: [mountPoint] }).output();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("applyPlan() defines nothing when the state directory is on a read-only file system", async (t) => {
+  const base = await Deno.makeTempDir({ prefix: "passthrough-ro-" });
+  const mountPoint = `${base}/mnt`;
+  await Deno.mkdir(mountPoint);
+  if (Deno.uid() !== 0 || !mountWorks(mountPoint)) {
+    await Deno.remove(base, { recursive: true });
+    await t.step({ name: "skipped: cannot mount a tmpfs here", ignore: true, fn: () => {} });
+    return;
+  }
+  try {
+    // A state directory that exists and is private, then the file system turns read-only.
+    await Deno.mkdir(`${mountPoint}/state/backups`, { recursive: true, mode: 0o700 });
+    await Deno.chmod(`${mountPoint}/state`, 0o700);
+    const remount = await new Deno.Command("mount", {
+      args: ["-o", "remount,ro", mountPoint],
+      stderr: "null",
+    }).output();
+    assertOk(remount.success, "remount read-only");
+    await using tree = await demoTree();
+    await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>${A}</name>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+  </domain>
+</node>`);
+    using port = openLibvirtPort(world.uri);
+    const stateDir = `${mountPoint}/state`;
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    const before = snapshotDomains(port);
+    const state = snapshotDir(stateDir);
+    let message = "";
+    try {
+      const report = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
+      assertEquals(report.vms[0]?.status, "failed");
+      message = report.vms[0]!.message;
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    assertMatch(message, /Read-only file system|read-only/i);
+    assertEquals(snapshotDomains(port), before);
+    assertEquals(snapshotDir(stateDir), state);
+    recordCase({
+      area: "fault",
+      name: "state directory on a read-only file system",
+      count: 1,
+      outcome: "clear error before any define; definitions and state byte-identical",
+      test: TEST,
+    });
+  } finally {
+    await new Deno.Command("umount", { args: [mountPoint] }).output();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test({
+  name:
+    "two passthrough apply processes at once on a real libvirtd: the second fails on the lock, the first applies once",
+  ignore: daemonMissing !== null || !hasScript(),
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(A));
+    const config = `${tree.dir}/config.yaml`;
+    await Deno.writeTextFile(config, gpuConfig(A));
+    const stateDir = `${tree.dir}/state`;
+    const args = [
+      "apply",
+      "--config",
+      config,
+      "--sysfs",
+      tree.sysfs,
+      "--connect",
+      daemon.uri,
+      "--state-dir",
+      stateDir,
+    ];
+    // The first run gets a real terminal (script) and holds the lock while it waits for "y".
+    await using first = runCliOnPty(args, { flags: ["-A"] });
+    const seen = await first.waitFor(/Apply the changes to "pt-fault-a"\?/);
+    assertMatch(seen, /Apply the changes to "pt-fault-a"\?/);
+    const second = await runCli([...args, "--yes"], { flags: ["-A"] });
+    assertEquals(second.code, 1, second.stdout + second.stderr);
+    assertMatch(second.stderr, /Another passthrough apply holds the lock/);
+    assertEquals(second.stdout, "");
+    assertEquals(listBackups(stateDir), []);
+    await first.type("y\n");
+    const { code, screen } = await first.finish();
+    assertEquals(code, 0, screen);
+    assertEquals(listBackups(stateDir).length, 1);
+    assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"]);
+    recordCase({
+      area: "concurrency",
+      name: "two apply processes at once (one waiting at its prompt)",
+      count: 1,
+      outcome: "second fails fast naming the holder, first applies exactly once",
+      test: TEST,
+    });
+  },
+});

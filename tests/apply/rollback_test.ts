@@ -1,0 +1,376 @@
+import { assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
+import { applyPlan } from "../../lib/apply/apply.ts";
+import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
+import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
+import type { VmPlan } from "../../lib/plan/types.ts";
+import { emptyVmPlan } from "../../lib/plan/plan.ts";
+import { gpuIdentity as identity } from "../helpers/devices.ts";
+
+const UUID_A = "11111111-1111-4111-8111-111111111111";
+const UUID_B = "22222222-2222-4222-8222-222222222222";
+
+function domain(name: string, uuid: string, running: boolean): string {
+  const runstate = running ? "" : "\n    <test:runstate>5</test:runstate>";
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>
+    </devices>${runstate}
+  </domain>`;
+}
+
+interface Fixture extends Disposable {
+  port: OpenLibvirtPort;
+  stateDir: string;
+}
+
+function fixture(): Fixture {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-rollback-test-" });
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<node>\n${domain("alpha", UUID_A, false)}\n${domain("beta", UUID_B, true)}\n</node>\n`,
+  );
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  return {
+    port,
+    stateDir: `${root}/state`,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+/** Applies "add these hostdevs to `name`" for real, leaving a backup of the previous state. */
+async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promise<void> {
+  const currentXml = f.port.getPersistentXml(name, { secure: true });
+  const previous = parseDomainXml(currentXml).records;
+  const desiredXml = editDomainXml(currentXml, {
+    remove: [],
+    add: addresses.map((address) => ({ address, managed: true })),
+    records: [...previous, ...addresses.map((a) => identity(a))],
+  });
+  const vm: VmPlan = { ...emptyVmPlan(name, currentXml), desiredXml, changed: true };
+  const report = await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  assertEquals(report.changed, [name]);
+}
+
+function hostdevs(f: Fixture, name: string): string[] {
+  return parseDomainXml(f.port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+const yes = () => Promise.resolve(true);
+
+Deno.test("rollbackVm() restores the newest backup exactly and backs up what it replaces", async () => {
+  using f = fixture();
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  const previews: RollbackPreview[] = [];
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: (preview) => {
+      previews.push(preview);
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "restored");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+  assertEquals(hostdevs(f, "alpha"), []);
+  assertEquals(previews.length, 1);
+  assertEquals([previews[0]?.currentXml, previews[0]?.backupXml], [applied, original]);
+  // The replaced definition is itself backed up, so the rollback can be undone.
+  assertEquals(report.safetyBackup?.reason, "rollback");
+  const backups = listBackups(f.stateDir, "alpha");
+  assertEquals(backups.map((b) => b.reason), ["rollback", "apply"]);
+  assertEquals(Deno.readTextFileSync(backups[0]!.path), applied);
+
+  // Undo the rollback: the newest backup is now the applied state.
+  const redo = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(redo.status, "restored");
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+});
+
+Deno.test("rollbackVm() restores an older backup named with a backup id", async () => {
+  using f = fixture();
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0", "0000:02:00.0"]);
+  const oldest = listBackups(f.stateDir, "alpha").at(-1)!;
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: oldest.id,
+    confirm: yes,
+  });
+  assertEquals([report.status, report.backup.id], ["restored", oldest.id]);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+});
+
+Deno.test("rollbackVm() changes nothing when declined", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => Promise.resolve(false),
+  });
+  assertEquals([report.status, report.safetyBackup], ["declined", null]);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("rollbackVm() does not ask or define when the VM already matches the backup", async () => {
+  using f = fixture();
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, { vm: "alpha", uuid: UUID_A, xml, reason: "apply", uri: f.port.uri });
+  let asked = 0;
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => Promise.resolve(++asked > 0),
+  });
+  assertEquals([report.status, asked], ["unchanged", 0]);
+});
+
+Deno.test("rollbackVm() refuses a backup whose uuid is not the VM's", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // A backup filed under alpha that actually holds another domain with alpha's name.
+  const foreign = before.replace(UUID_A, "99999999-9999-4999-8999-999999999999")
+    .replace("1048576</memory>", "2097152</memory>");
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: "99999999-9999-4999-8999-999999999999",
+    xml: foreign,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) =>
+      e instanceof BackupMismatchError && e.vmUuid === UUID_A &&
+      e.backupUuid === "99999999-9999-4999-8999-999999999999",
+  );
+  // Beta's definition filed under alpha's name is refused too.
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: f.port.getPersistentXml("beta", { secure: true }),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) =>
+      e instanceof BackupMismatchError && /backup is of domain "beta"/.test(e.message),
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("rollbackVm() reports a missing backup and a held lock before writing anything", async () => {
+  using f = fixture();
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupNotFoundError,
+  );
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await assertRejects(
+    () =>
+      rollbackVm("alpha", {
+        libvirt: f.port,
+        stateDir: f.stateDir,
+        backup: "../../etc/passwd",
+        confirm: yes,
+      }),
+    BackupNotFoundError,
+  );
+  {
+    using _held = acquireLock(f.stateDir, { command: "apply" });
+    await assertRejects(
+      () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+      LockHeldError,
+    );
+  }
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves the VM as it was", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: before.replace("</devices>", "  <bogus-device/>\n  </devices>"),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /libvirt rejected backup/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("rollbackVm() on a running VM says the definition applies at its next power-off", async () => {
+  using f = fixture();
+  await addHostdevs(f, "beta", ["0000:01:00.0"]);
+  const report = await rollbackVm("beta", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals([report.status, report.active], ["restored", true]);
+  assertMatch(report.message, /next full power-off/);
+  assertEquals(hostdevs(f, "beta"), []);
+});
+
+Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's output only in formatting", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  // Double quotes and no indentation: libvirt writes it back its own way.
+  const reformatted = applied.replace(/'/g, '"').split("\n").map((l) => l.trim()).join("\n");
+  const edited = writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: reformatted,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: listBackups(f.stateDir, "alpha").at(-1)!.id,
+    confirm: yes,
+  });
+  assertEquals(hostdevs(f, "alpha"), []);
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: edited.id,
+    confirm: yes,
+  });
+  assertEquals([report.status, report.backup.id], ["restored", edited.id]);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The CLI, spawned for real. The test driver keeps no state across processes, so the VM seen by
+// `rollback` is the world file's: the backup written here makes a real difference to restore.
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    const world = `${root}/world.xml`;
+    await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+    const stateDir = `${root}/state`;
+    {
+      using port = openLibvirtPort(`test://${world}`);
+      const xml = port.getPersistentXml("alpha", { secure: true });
+      writeBackup(stateDir, {
+        vm: "alpha",
+        uuid: UUID_A,
+        xml: xml.replace("1048576</memory>", "2097152</memory>"),
+        reason: "apply",
+        uri: port.uri,
+      });
+    }
+    const noTerminal = await cli([
+      "rollback",
+      "alpha",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(noTerminal.code, 2);
+    assertMatch(noTerminal.stderr, /pass --yes/);
+
+    const result = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--json",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assertEquals([report.status, report.safetyBackup.reason], ["restored", "rollback"]);
+
+    const listed = await cli(["backups", "alpha", "--state-dir", stateDir]);
+    assertEquals(listed.code, 0);
+    const rows = listed.stdout.trimEnd().split("\n");
+    assertMatch(rows[0]!, /^TIME\s+VM\s+REASON\s+ID\s+UUID$/);
+    assertEquals(rows.slice(1).map((r) => r.split(/\s+/)[2]), ["rollback", "apply"]);
+
+    const missing = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--to",
+      "nope",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(missing.code, 1);
+    assertMatch(missing.stderr, /No backup "nope" of VM "alpha"/);
+
+    const none = await cli(["backups", "--state-dir", `${root}/absent`]);
+    assertEquals([none.code, none.stdout], [0, `No backups in ${root}/absent\n`]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("rollbackVm() does not overwrite a change made to the VM while the question was open", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const before = listBackups(f.stateDir, "alpha").length;
+  let edited = "";
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      // Someone else redefines the VM (virsh edit) while the user reads the preview.
+      edited = f.port.getPersistentXml("alpha", { secure: true }).replace(
+        "1048576</memory>",
+        "2097152</memory>",
+      );
+      f.port.define(edited);
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /"alpha".*changed since/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), edited);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, before);
+});

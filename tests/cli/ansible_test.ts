@@ -1,0 +1,138 @@
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const PLAYBOOK = `${ROOT}ansible/passthrough.yml`;
+const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
+
+function which(program: string): string | null {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      if (Deno.statSync(`${dir}/${program}`).isFile) return `${dir}/${program}`;
+    } catch {
+      // Not in this folder.
+    }
+  }
+  return null;
+}
+
+/** Why the playbook cannot run here, or `null`. */
+function ansibleUnavailable(): string | null {
+  if (which("ansible-playbook") === null) return "ansible-playbook is not installed";
+  if (Deno.uid() !== 0) return "needs root (a private libvirtd)";
+  return libvirtdUnavailable();
+}
+
+async function run(
+  program: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string }> {
+  const output = await new Deno.Command(program, { args, env, stdout: "piped", stderr: "piped" })
+    .output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
+}
+
+/** The status Ansible printed for the task named `task` on localhost (`ok`, `changed`, `fatal`). */
+function taskStatus(output: string, task: string): string | null {
+  const at = output.indexOf(`TASK [${task}]`);
+  if (at < 0) return null;
+  const m = /\n(ok|changed|fatal|skipping): \[localhost\]/.exec(output.slice(at));
+  return m?.[1] ?? null;
+}
+
+Deno.test({
+  name: "the Ansible playbook applies once, reports no change the second time, and fails a refusal",
+  ignore: ansibleUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-" });
+    await using daemon = await startLibvirtd();
+    const vm = `store-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      {
+        using port = openLibvirtPort(daemon.uri);
+        port.define(`<domain type='qemu'>
+  <name>${vm}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+</domain>`);
+      }
+      const bundle = await run(Deno.execPath(), [
+        "bundle",
+        "-o",
+        `${dir}/passthrough.js`,
+        `${ROOT}main.ts`,
+      ]);
+      assertEquals(bundle.code, 0, bundle.out);
+      const good = `${dir}/good.yaml`;
+      await Deno.writeTextFile(
+        good,
+        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { class: nvme }\n`,
+      );
+      const refused = `${dir}/refused.yaml`;
+      await Deno.writeTextFile(
+        refused,
+        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { vendor_device_id: "dead:beef" }\n`,
+      );
+      await Deno.writeTextFile(
+        `${dir}/inventory.ini`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const playbook = (config: string, extra: string[] = []) =>
+        run("ansible-playbook", [
+          "-i",
+          `${dir}/inventory.ini`,
+          PLAYBOOK,
+          ...extra,
+          "-e",
+          JSON.stringify({
+            passthrough_bundle: `${dir}/passthrough.js`,
+            passthrough_config: config,
+            passthrough_deno: Deno.execPath(),
+            passthrough_dir: `${dir}/remote`,
+            passthrough_state_dir: `${dir}/state`,
+            passthrough_connect: daemon.uri,
+            passthrough_sysfs: `${dir}/sysfs`,
+          }),
+        ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+
+      const check = await playbook(good, ["--check"]);
+      assertEquals(check.code, 0, check.out);
+      assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
+
+      const first = await playbook(good);
+      assertEquals(first.code, 0, first.out);
+      assertEquals(taskStatus(first.out, "Passthrough apply"), "changed", first.out);
+      {
+        using port = openLibvirtPort(daemon.uri);
+        assertEquals(
+          parseDomainXml(port.getPersistentXml(vm)).hostdevs.map((h) => h.address),
+          ["0000:01:00.0"],
+        );
+      }
+
+      const second = await playbook(good);
+      assertEquals(second.code, 0, second.out);
+      assertEquals(taskStatus(second.out, "Passthrough apply"), "ok", second.out);
+      assertMatch(second.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
+
+      const bad = await playbook(refused);
+      assertEquals(bad.code, 2, bad.out);
+      assertEquals(taskStatus(bad.out, "Passthrough apply"), "fatal", bad.out);
+      assertMatch(bad.out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
+      assertEquals(taskStatus(bad.out, "Passthrough failed"), "fatal", bad.out);
+      assertMatch(bad.out, /dead:beef/);
+    } finally {
+      await undefineUnlessIsolated(daemon, [vm]);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -1,0 +1,97 @@
+// The one-file `deno bundle` output, copied alone to a directory outside the checkout, runs the
+// same commands as the sources with the documented permission flags and prints the same bytes.
+// Also: the lazy command table names each module's own command and summary.
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { MAIN, runCli } from "../helpers/cli.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { COMMANDS } from "../../cli/commands.ts";
+
+const ROOT = new URL("../../", import.meta.url);
+const DEMO = new URL("../../demo/", import.meta.url);
+
+Deno.test("the command table names each module's own command and summary", async () => {
+  const names = COMMANDS.map((c) => c.name);
+  assertEquals(new Set(names).size, names.length);
+  for (const entry of COMMANDS) {
+    const command = await entry.load();
+    assertEquals([command.name, command.summary], [entry.name, entry.summary]);
+    assertMatch(command.help, new RegExp(`Usage: passthrough ${entry.name}`));
+  }
+});
+
+Deno.test("deno bundle output runs like the sources from a directory of its own", async (t) => {
+  const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-" });
+  try {
+    const built = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "-o", `${work}/build/passthrough.js`, MAIN],
+      cwd: ROOT.pathname,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    // Alone in a directory with nothing beside it: no demo/, no deno.json, no sources.
+    const bundle = `${work}/alone/passthrough.js`;
+    await Deno.mkdir(`${work}/alone`);
+    await Deno.copyFile(`${work}/build/passthrough.js`, bundle);
+    await Deno.remove(`${work}/build`, { recursive: true });
+    const tree = `${work}/tree`;
+    buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);
+    const same = async (args: string[]) => {
+      const fromBundle = await runCli(args, { main: bundle, cwd: `${work}/alone` });
+      const fromSources = await runCli(args, { cwd: ROOT.pathname });
+      assertEquals(fromBundle, fromSources, args.join(" "));
+      return fromBundle;
+    };
+
+    await t.step("one file with no import left to resolve", async () => {
+      const text = await Deno.readTextFile(bundle);
+      // esbuild inlines the command table's dynamic imports as lazy initialisers.
+      assertOk(!/import\(\s*["'][^"']*\.ts["']\s*\)/.test(text), "a dynamic import survived");
+      assertOk(!/^import .* from ["']\.{1,2}\//m.test(text), "a relative import survived");
+      assertOk(text.includes("init_groups()"), "the groups module is initialised lazily");
+    });
+
+    await t.step("--help, a command's --help, version and an unknown command", async () => {
+      const help = await same(["--help"]);
+      assertEquals(help.code, 0);
+      for (const entry of COMMANDS) assertMatch(help.stdout, new RegExp(`  ${entry.name} +`));
+      assertEquals((await same(["groups", "--help"])).code, 0);
+      assertEquals((await same(["--version"])).code, 0);
+      assertEquals((await same(["no-such-command"])).code, 2);
+    });
+
+    await t.step("groups --json --sysfs TREE prints the same bytes", async () => {
+      const groups = await same(["groups", "--json", "--sysfs", tree]);
+      assertEquals([groups.code, groups.stderr], [0, ""]);
+      assertOk(JSON.parse(groups.stdout).length > 10);
+      assertEquals((await same(["devices", "--json", "--sysfs", tree])).code, 0);
+    });
+
+    await t.step(
+      "plan --json on a built tree and a test-driver world prints the same plan",
+      async () => {
+        const plan = await same([
+          "plan",
+          "--json",
+          "--config",
+          new URL("passthrough_config.yaml", DEMO).pathname,
+          "--sysfs",
+          tree,
+          "--connect",
+          `test://${new URL("world.xml", DEMO).pathname}`,
+        ]);
+        assertEquals([plan.code, plan.stderr], [0, ""]);
+        const parsed = JSON.parse(plan.stdout) as { vms: { name: string; changed: boolean }[] };
+        assertOk(parsed.vms.some((vm) => vm.changed), "the demo config changes a VM");
+      },
+    );
+
+    await t.step("demo runs from the bundle's directory without demo/ beside it", async () => {
+      const demo = await runCli(["demo"], { main: bundle, cwd: `${work}/alone` });
+      assertEquals(demo.code, 0, demo.stderr);
+      assertMatch(demo.stdout, /passthrough apply --yes/);
+    });
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});

@@ -1,0 +1,123 @@
+/**
+ * Every request of `tests/fixtures/hosts/cases.json` through the CLI as a user runs it:
+ * `passthrough plan --json --sysfs TREE --connect test:///WORLD`, where TREE is a sysfs tree built
+ * from the real host's listing and read back by the real `lspci`, and WORLD a libvirt test-driver
+ * world holding the case's VMs. Host-critical cases are checked twice: refused by default, and
+ * with `allow_host_critical: true` planned with exactly the expected devices and a warning.
+ */
+
+import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { type Case, loadCases } from "../helpers/cases.ts";
+import { loadFixtureHost } from "../helpers/hosts.ts";
+import { runCli } from "../helpers/cli.ts";
+import { testDomainXml } from "../helpers/world.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+
+const cases = loadCases();
+const dir = Deno.makeTempDirSync({ prefix: "passthrough-cases-cli-" });
+const trees = new Map<string, string>();
+
+function tree(host: string): string {
+  let path = trees.get(host);
+  if (path === undefined) {
+    path = `${dir}/${host}`;
+    buildHostTree(loadFixtureHost(host), path);
+    trees.set(host, path);
+  }
+  return path;
+}
+
+function configYaml(c: Case, allowHostCritical: boolean): string {
+  const requests = [{ vm: c.vm, match: c.match }, ...(c.other_requests ?? [])];
+  const lines = ["version: 1", "vms:"];
+  for (const vm of new Set(requests.map((r) => r.vm))) {
+    lines.push(`  ${vm}:`, "    devices:");
+    for (const r of requests.filter((r) => r.vm === vm)) {
+      const address = r.match.bdf ? `, address: "${r.match.bdf}"` : "";
+      lines.push(
+        `      - match: { vendor_id: "${r.match.vendor_id}", device_id: "${r.match.device_id}"${address} }`,
+      );
+      if (allowHostCritical) lines.push("        allow_host_critical: true");
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+async function planCase(c: Case, allowHostCritical: boolean): Promise<VmPlan> {
+  const base = `${dir}/${c.id}${allowHostCritical ? "-allow" : ""}`;
+  Deno.mkdirSync(base);
+  const vms = new Set([c.vm, ...(c.other_requests ?? []).map((r) => r.vm)]);
+  const domains = [...vms].map((vm) => testDomainXml(vm, { running: false })).join("\n");
+  Deno.writeTextFileSync(`${base}/world.xml`, `<node>\n${domains}\n</node>\n`);
+  Deno.writeTextFileSync(`${base}/config.yaml`, configYaml(c, allowHostCritical));
+  const result = await runCli([
+    "plan",
+    "--json",
+    "--config",
+    `${base}/config.yaml`,
+    "--sysfs",
+    tree(c.host),
+    "--connect",
+    `test://${base}/world.xml`,
+  ]);
+  assertOk(
+    result.stdout.startsWith("{"),
+    `${c.id}: no JSON (exit ${result.code}): ${result.stderr}`,
+  );
+  const plan = JSON.parse(result.stdout) as Plan;
+  const hasErrors = plan.errors.length > 0 || plan.vms.some((vm) => vm.errors.length > 0);
+  assertEquals(result.code, hasErrors ? 1 : 0, `${c.id}: exit code`);
+  const vm = plan.vms.find((v) => v.name === c.vm);
+  assertOk(vm, `${c.id}: VM "${c.vm}" is in the plan`);
+  return vm;
+}
+
+const codes = (issues: { code: string }[]) => issues.map((i) => i.code);
+
+for (const c of cases) {
+  Deno.test(`plan --json on the built "${c.host}" tree: case ${c.id}`, async () => {
+    const vm = await planCase(c, false);
+    const { expect } = c;
+    if (expect.error !== undefined) {
+      const issue = vm.errors.find((e) => e.code === expect.error);
+      assertOk(issue, `${c.id}: expected ${expect.error}, got ${JSON.stringify(codes(vm.errors))}`);
+      assertOk(issue.message.length > 0);
+      if (expect.candidates) {
+        assertEquals(
+          (issue.candidates ?? []).map((d) => d.address).sort(),
+          [...expect.candidates].sort(),
+        );
+      }
+      if (expect.vms) assertEquals([...(issue.vms ?? [])].sort(), [...expect.vms].sort());
+      if (expect.group !== undefined) assertEquals(issue.group, expect.group);
+      assertEquals(vm.changed, false, "a refused VM is left as it is");
+      return;
+    }
+    if (expect.warn === "group-contains-host-critical") {
+      assertEquals(
+        codes(vm.errors),
+        ["group-contains-host-critical"],
+        `${c.id}: refused by default`,
+      );
+      assertEquals(vm.changed, false);
+      const allowed = await planCase(c, true);
+      assertEquals(allowed.errors, [], `${c.id}: allowed`);
+      assertOk(codes(allowed.warnings).includes("group-contains-host-critical"));
+      assertEquals([...allowed.hostdevs].sort(), [...expect.devices!].sort());
+      return;
+    }
+    assertEquals(vm.errors, [], `${c.id}: no refusal`);
+    assertEquals([...vm.hostdevs].sort(), [...expect.devices!].sort(), `${c.id}: devices`);
+    if (expect.no_warn) {
+      assertOk(
+        !codes(vm.warnings).includes("group-contains-host-critical"),
+        `${c.id}: no host-critical warning`,
+      );
+    }
+  });
+}
+
+Deno.test("cases tree cleanup", () => {
+  Deno.removeSync(dir, { recursive: true });
+});

@@ -1,0 +1,273 @@
+/**
+ * End to end, as a user runs it: the real CLI in its own processes (with exactly README's
+ * permission flags), a real `libvirtd` with the QEMU driver started privately for each test, and
+ * a sysfs tree of a real host (the demo's ASRock TRX40 Creator) read by the real `lspci`.
+ * Prompts are answered on a real pseudo-terminal. Skipped when no daemon can run here.
+ */
+
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { listBackups } from "../../lib/state/backups.ts";
+import { Connection } from "../../ffi/mod.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const unavailable = libvirtdUnavailable();
+
+const CONFIG = `version: 1
+vms:
+  win10:
+    devices:
+      - name: gtx1080
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_id: "1002", device_id: "67df" }
+`;
+
+function qemuDomain(name: string, uuid: string): string {
+  return `<domain type='qemu'>
+  <name>${name}</name>
+  <uuid>${uuid}</uuid>
+  <memory unit='KiB'>65536</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <hostdev mode='subsystem' type='usb' managed='yes'>
+      <source><vendor id='0x046d'/><product id='0xc52b'/></source>
+    </hostdev>
+  </devices>
+</domain>`;
+}
+
+/** A private daemon with two shut-off VMs, a host tree, a config and a state directory. */
+interface Scene extends AsyncDisposable {
+  daemon: Libvirtd;
+  dir: string;
+  /** Flags every command takes. */
+  args: string[];
+  stateDir: string;
+  xml(name: string): string;
+}
+
+async function scene(): Promise<Scene> {
+  const daemon = await startLibvirtd();
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-e2e-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  await Deno.writeTextFile(`${dir}/passthrough_config.yaml`, CONFIG);
+  {
+    using conn = Connection.open(daemon.uri);
+    conn.defineDomain(qemuDomain("win10", "6695eb01-f6a4-8304-79aa-97f2502e193f")).free();
+    conn.defineDomain(qemuDomain("gentoo", "4dea22b3-1d52-d8f3-2516-782e98a23fa0")).free();
+  }
+  const stateDir = `${dir}/state`;
+  return {
+    daemon,
+    dir,
+    stateDir,
+    args: [
+      "--config",
+      `${dir}/passthrough_config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      daemon.uri,
+    ],
+    xml(name) {
+      using conn = Connection.open(daemon.uri, { readOnly: true });
+      using dom = conn.lookupDomainByName(name);
+      return dom.xml({ inactive: true });
+    },
+    async [Symbol.asyncDispose]() {
+      await daemon.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+function pciSources(xml: string): string[] {
+  return parseDomainXml(xml).hostdevs.map((h) => h.address);
+}
+
+Deno.test({
+  name:
+    "plan, apply --yes, plan again: the real daemon converges and a second apply has nothing to do",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const before = s.xml("win10");
+
+    const plan = await runCli(["plan", ...s.args, "--detailed-exitcode"]);
+    assertEquals(plan.code, 2, plan.stderr);
+    assertMatch(
+      plan.stdout,
+      /\+\s+<address domain='0x0000' bus='0x21' slot='0x00' function='0x0'\/>/,
+    );
+    assertMatch(plan.stdout, /added 0000:21:00\.1 .*VFIO assigns the whole group/);
+    assertMatch(plan.stdout, /2 VMs to change, 4 hostdevs to add, 0 to remove/);
+    assertEquals(s.xml("win10"), before, "plan changed nothing");
+
+    const json = JSON.parse((await runCli(["plan", ...s.args, "--json"])).stdout);
+    assertEquals(
+      json.vms.map((vm: { name: string; hostdevs: string[] }) => [vm.name, vm.hostdevs]),
+      [["win10", ["0000:21:00.0", "0000:21:00.1"]], ["gentoo", ["0000:4c:00.0", "0000:4c:00.1"]]],
+    );
+
+    const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
+    assertEquals(apply.code, 0, apply.stderr + apply.stdout);
+    assertMatch(apply.stdout, /changed win10/);
+    assertMatch(apply.stdout, /changed gentoo/);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    assertEquals(pciSources(s.xml("gentoo")), ["0000:4c:00.0", "0000:4c:00.1"]);
+    // The hand-added USB hostdev survives, and the daemon's guest addresses are kept.
+    assertMatch(s.xml("win10"), /<vendor id='0x046d'\/>/);
+    assertEquals(listBackups(s.stateDir).map((b) => b.vm).sort(), ["gentoo", "win10"]);
+
+    const again = await runCli(["plan", ...s.args, "--detailed-exitcode"]);
+    assertEquals(again.code, 0, again.stdout);
+    assertMatch(again.stdout, /No changes/);
+    const second = await runCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
+    assertEquals(second.code, 0, second.stderr);
+    assertMatch(second.stdout, /No changes/i);
+    assertEquals(listBackups(s.stateDir).length, 2, "no define, so no new backup");
+  },
+});
+
+Deno.test({
+  name: "apply on a terminal: y applies, n skips, q stops before the rest",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const gentooBefore = s.xml("gentoo");
+    {
+      await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+      await pty.waitFor(/Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
+      await pty.type("n\n");
+      await pty.waitFor(/Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+      await pty.type("y\n");
+      const { code, screen } = await pty.finish();
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /skipped win10/);
+      assertMatch(screen, /changed gentoo/);
+    }
+    assertEquals(pciSources(s.xml("win10")), []);
+    assert(s.xml("gentoo") !== gentooBefore);
+    {
+      // Roll gentoo back, then quit at the first question: nothing changes.
+      const back = await runCli([
+        "rollback",
+        "gentoo",
+        "--state-dir",
+        s.stateDir,
+        "--connect",
+        s.daemon.uri,
+        "--yes",
+      ]);
+      assertEquals(back.code, 0, back.stderr + back.stdout);
+      await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+      await pty.waitFor(/Apply the changes to "win10"\?/);
+      await pty.type("q\n");
+      const { code, screen } = await pty.finish();
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /Changed: none\./);
+    }
+    assertEquals(pciSources(s.xml("win10")), []);
+    assertEquals(pciSources(s.xml("gentoo")), []);
+  },
+});
+
+Deno.test({
+  name: "a definition changed by another client while apply waits at the prompt is not overwritten",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir, "--vm", "win10"]);
+    await pty.waitFor(/Apply the changes to "win10"\?/);
+    // Someone edits win10 (virsh edit, virt-manager...) between the plan and the answer.
+    const edited = s.xml("win10").replace(
+      /<vcpu[^>]*>1<\/vcpu>/,
+      "<vcpu placement='static'>2</vcpu>",
+    );
+    assert(edited !== s.xml("win10"));
+    {
+      using conn = Connection.open(s.daemon.uri);
+      conn.defineDomain(edited).free();
+    }
+    const current = s.xml("win10");
+    await pty.type("y\n");
+    const { code, screen } = await pty.finish();
+    assertEquals(code, 1, screen);
+    assertMatch(screen, /win10.*changed since the plan/is);
+    assertEquals(s.xml("win10"), current, "the other client's change stands");
+    assertEquals(listBackups(s.stateDir), []);
+  },
+});
+
+Deno.test({
+  name: "rollback restores the definition from before apply exactly",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const original = s.xml("win10");
+    const apply = await runCli([
+      "apply",
+      ...s.args,
+      "--state-dir",
+      s.stateDir,
+      "--yes",
+      "--vm",
+      "win10",
+    ]);
+    assertEquals(apply.code, 0, apply.stderr + apply.stdout);
+    assert(s.xml("win10") !== original);
+
+    const listed = await runCli(["backups", "win10", "--state-dir", s.stateDir, "--json"]);
+    assertEquals(JSON.parse(listed.stdout).length, 1);
+
+    const back = await runCli([
+      "rollback",
+      "win10",
+      "--state-dir",
+      s.stateDir,
+      "--connect",
+      s.daemon.uri,
+      "--yes",
+    ]);
+    assertEquals(back.code, 0, back.stderr + back.stdout);
+    assertEquals(s.xml("win10"), original);
+    // The rollback itself backed up the applied definition first.
+    assertEquals(listBackups(s.stateDir, "win10").length, 2);
+  },
+});
+
+Deno.test({
+  name: "apply with the daemon stopped fails cleanly and writes nothing",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    await s.daemon.stop();
+    const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
+    assertEquals(apply.code, 1);
+    assertMatch(apply.stderr, /^passthrough apply: .*(connect|socket)/im);
+    assert(!/\n\s+at /.test(apply.stderr), `no stack trace:\n${apply.stderr}`);
+    assertEquals(listBackups(s.stateDir), []);
+  },
+});
+
+Deno.test({
+  name: "apply without a terminal and without --yes refuses with exit 2 and changes nothing",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const before = s.xml("win10");
+    const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir], {
+      stdin: "y\ny\n",
+    });
+    assertEquals(apply.code, 2);
+    assertMatch(apply.stderr, /--yes/);
+    assertEquals(s.xml("win10"), before);
+  },
+});

@@ -1,0 +1,366 @@
+/**
+ * Security: no shell anywhere (sources scanned, lspci run with an argument array), private state
+ * that never follows planted symlinks, the documented permission set is enough for every
+ * command against a real daemon, and secrets read with `VIR_DOMAIN_XML_SECURE` never reach
+ * output, messages or JSON.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { writeTempWorld } from "../helpers/world.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { commandLspciRunner, lspciArgs } from "../../lib/host/lspci.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { acquireLock } from "../../lib/state/lock.ts";
+import { applyPlan } from "../../lib/apply/apply.ts";
+import { redactSecrets } from "../../lib/render/diff.ts";
+import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
+import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
+import { main } from "../../main.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "../helpers/reliability.ts";
+
+const TEST = "tests/cli/security_test.ts";
+const ROOT = new URL("../../", import.meta.url).pathname;
+const SECRET = "pt-s3crt";
+
+function sourceFiles(): string[] {
+  const files: string[] = [`${ROOT}main.ts`, `${ROOT}bin/passthrough`];
+  for (const dir of ["lib", "cli", "ffi"]) {
+    for (const entry of Deno.readDirSync(`${ROOT}${dir}`)) {
+      if (entry.isFile && entry.name.endsWith(".ts")) files.push(`${ROOT}${dir}/${entry.name}`);
+    }
+  }
+  return files.sort();
+}
+
+Deno.test("the shipped sources never start a shell and spawn only lspci", () => {
+  const shellPatterns: [RegExp, string][] = [
+    [/\bsh\s+-c\b/, "sh -c"],
+    [/["'`](?:\/bin\/|\/usr\/bin\/)?(?:ba|z|da)?sh["'`]/, "a shell as a program"],
+    [/\bshell\s*:\s*true\b/, "shell: true"],
+    [/\bchild_process\b/, "node:child_process"],
+    [/\bDeno\.run\b/, "Deno.run"],
+    [/\bexecSync\b|\bspawnSync\b/, "exec/spawn helpers"],
+  ];
+  const files = sourceFiles();
+  const spawns: string[] = [];
+  for (const file of files) {
+    const text = Deno.readTextFileSync(file);
+    const code = file.endsWith(".ts")
+      ? text.split("\n").filter((l) => !/^\s*(\/\/|\*|\/\*\*)/.test(l)).join("\n")
+      : "";
+    for (const [pattern, what] of shellPatterns) {
+      assertOk(!pattern.test(code), `${file} uses ${what}`);
+    }
+    for (const m of code.matchAll(/new Deno\.Command\(([^,)]*)/g)) {
+      spawns.push(`${file.slice(ROOT.length)}: ${m[1]}`);
+    }
+  }
+  // The one spawn: lspci's runner, whose program is "lspci" unless a caller passes another.
+  assertEquals(spawns, ["lib/host/lspci.ts: program"]);
+  assertMatch(
+    Deno.readTextFileSync(`${ROOT}lib/host/lspci.ts`),
+    /commandLspciRunner\(program = "lspci"\)/,
+  );
+  // bin/passthrough execs deno with fixed flags and passes the user's arguments as "$@" only.
+  const wrapper = Deno.readTextFileSync(`${ROOT}bin/passthrough`);
+  assertMatch(wrapper, /"\$here\/main\.ts" "\$@"\s*$/);
+  assertOk(!/\beval\b/.test(wrapper));
+  recordCase({
+    area: "security",
+    name: "source scan: no shell, one spawn (lspci)",
+    count: files.length,
+    outcome: "no shell found",
+    test: TEST,
+  });
+});
+
+Deno.test("commandLspciRunner() passes a tree path full of shell syntax as one argument", async () => {
+  const base = await Deno.makeTempDir({ prefix: "passthrough-security-" });
+  // If anything ran this through a shell, the commands in the name would create files.
+  const root = `${base}/t; touch ${base}/PWNED1 $(touch ${base}/PWNED2) \`touch ${base}/PWNED3\``;
+  try {
+    buildHostTree(loadHostDescription(DEMO_HOST), root);
+    const args = lspciArgs(root);
+    assertEquals(args.slice(0, 2), ["-O", `sysfs.path=${root}/bus/pci`]);
+    const host = await discoverHost({ root, lspci: commandLspciRunner() });
+    assertEquals(host.devices.length, loadHostDescription(DEMO_HOST).devices.length);
+    // lspci read the tree at that exact path: names come from it.
+    assertOk(host.devices.some((d) => d.className !== null));
+    const planted = [...Deno.readDirSync(base)].map((e) => e.name).filter((n) => /PWNED/.test(n));
+    assertEquals(planted, []);
+    recordCase({
+      area: "security",
+      name: "sysfs path with ; $( ) and backticks given to lspci",
+      count: 1,
+      outcome: "one argument, nothing executed",
+      test: TEST,
+    });
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() never writes through a lock symlink planted in the state directory", () => {
+  const base = Deno.makeTempDirSync({ prefix: "passthrough-security-" });
+  try {
+    const state = `${base}/state`;
+    Deno.mkdirSync(state, { mode: 0o700 });
+    const victim = `${base}/victim`;
+    Deno.writeTextFileSync(victim, "precious\n", { mode: 0o644 });
+    Deno.symlinkSync(victim, `${state}/lock`);
+    let outcome = "acquired";
+    try {
+      using lock = acquireLock(state, { command: "apply" });
+      assertOk(!Deno.lstatSync(lock.path).isSymlink, "the held lock is a regular file");
+    } catch (error) {
+      outcome = (error as Error).message;
+    }
+    assertEquals(Deno.readTextFileSync(victim), "precious\n", outcome);
+    assertEquals((Deno.statSync(victim).mode ?? 0) & 0o777, 0o644);
+    recordCase({
+      area: "security",
+      name: "lock path is a planted symlink",
+      count: 1,
+      outcome: "target untouched",
+      test: TEST,
+    });
+  } finally {
+    Deno.removeSync(base, { recursive: true });
+  }
+});
+
+Deno.test("applyPlan() never quotes a password in its drift message", async () => {
+  await using tree = await demoTree();
+  await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>pt-sec</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <graphics type='vnc' port='-1' autoport='yes' passwd='${SECRET}'/>
+    </devices>
+  </domain>
+</node>`);
+  using port = openLibvirtPort(world.uri);
+  const plan = await planGpu("pt-sec", { sysfs: tree.sysfs, libvirt: port });
+  assertEquals(plan.vms[0]?.changed, true);
+  assertOk(!JSON.stringify(plan).includes(SECRET), "the plan holds no secret");
+  // Another client edits the VM after the plan: a drift, described without the password.
+  const secure = port.getPersistentXml("pt-sec", { secure: true });
+  port.define(
+    secure.replace("</graphics>", "</graphics>").replace(
+      /<graphics [^>]*passwd='[^']*'/,
+      (m) => m.replace(SECRET, "n3wpass"),
+    ).replace("<devices>", "<description>edited</description>\n  <devices>"),
+  );
+  const report = await applyPlan(plan, {
+    libvirt: port,
+    stateDir: `${tree.dir}/state`,
+    confirm: () => Promise.resolve("yes"),
+  });
+  const result = report.vms[0]!;
+  assertEquals(result.code, "drift");
+  assertMatch(result.message, /description/);
+  assertOk(!result.message.includes(SECRET) && !result.message.includes("n3wpass"), result.message);
+  recordCase({
+    area: "security",
+    name: "password in a drifted definition",
+    count: 1,
+    outcome: "drift reported, password never quoted",
+    test: TEST,
+  });
+});
+
+Deno.test("redactSecrets() hides passwords in either quote style and keeps the rest", () => {
+  assertEquals(
+    redactSecrets(`<graphics type="spice" passwd="a'b" passwdValidTo='x'/>`),
+    `<graphics type="spice" passwd='***' passwdValidTo='x'/>`,
+  );
+  assertEquals(redactSecrets("<name>passwd</name>"), "<name>passwd</name>");
+});
+
+async function runWrapper(args: string[]): Promise<{ code: number; out: string }> {
+  const output = await new Deno.Command(`${ROOT}bin/passthrough`, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
+}
+
+Deno.test({
+  name:
+    "bin/passthrough's documented permissions suffice for devices, plan, apply --yes, rollback --yes on a real libvirtd, and no secret is printed",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const vm = "pt-security";
+    port.define(`<domain type='qemu'>
+  <name>${vm}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><graphics type='vnc' autoport='yes' passwd='${SECRET}'/></devices>
+</domain>`);
+    const original = port.getPersistentXml(vm, { secure: true });
+    assertOk(original.includes(SECRET));
+    const config = `${tree.dir}/config.yaml`;
+    await Deno.writeTextFile(config, gpuConfig(vm));
+    const stateDir = `${tree.dir}/state`;
+    const common = ["--config", config, "--sysfs", tree.sysfs, "--connect", daemon.uri];
+    const state = ["--state-dir", stateDir];
+    const runs: [string, string[], number][] = [
+      ["devices", ["devices"], 0],
+      ["plan", ["plan", ...common], 0],
+      ["plan --json", ["plan", ...common, "--json"], 0],
+      ["apply --yes", ["apply", ...common, ...state, "--yes"], 0],
+      ["apply --yes --json (converged)", ["apply", ...common, ...state, "--yes", "--json"], 0],
+      ["backups", ["backups", vm, ...state], 0],
+      ["backups --json", ["backups", vm, ...state, "--json"], 0],
+      ["rollback --yes", ["rollback", vm, "--connect", daemon.uri, ...state, "--yes"], 0],
+      [
+        "rollback --yes --json",
+        ["rollback", vm, "--connect", daemon.uri, ...state, "--yes", "--json"],
+        0,
+      ],
+    ];
+    const outputs: Record<string, string> = {};
+    for (const [name, args, code] of runs) {
+      const run = await runWrapper(args);
+      assertEquals(run.code, code, `${name}: ${run.out}`);
+      assertOk(!/NotCapable|Requires .* access|--allow-/.test(run.out), `${name}: ${run.out}`);
+      assertOk(!run.out.includes(SECRET), `${name} printed the password`);
+      outputs[name] = run.out;
+    }
+    assertMatch(outputs["plan"]!, /\+\s+<hostdev mode='subsystem' type='pci' managed='yes'>/);
+    const planned = JSON.parse(outputs["plan --json"]!);
+    assertMatch(planned.vms[0].currentXml, /<graphics type='vnc'/);
+    assertEquals(JSON.parse(outputs["apply --yes --json (converged)"]!).unchanged, [vm]);
+    // After apply and the two rollbacks (the second restores the first's safety backup, i.e. the
+    // applied definition), the password is still in libvirt.
+    const now = port.getPersistentXml(vm, { secure: true });
+    assertOk(now.includes(SECRET), "apply and rollback kept the password");
+    // Backups hold the secure XML, so they are private: 0700 directories, 0600 files.
+    const modes = snapshotDir(stateDir);
+    for (const [path, entry] of Object.entries(modes)) {
+      const [type, mode] = entry.split(" ");
+      assertEquals(mode, type === "dir" ? "700" : "600", `${path}: ${type} ${mode}`);
+      assertOk(type !== "link", `${path} is a symlink`);
+    }
+    assertOk(Object.values(modes).some((e) => e.includes(SECRET)), "backups keep the secret");
+    recordCase({
+      area: "security",
+      name: "documented permission set: devices, plan, apply --yes, backups, rollback --yes",
+      count: runs.length,
+      outcome: "all succeed on a real libvirtd; no password in any output",
+      test: TEST,
+    });
+    recordCase({
+      area: "security",
+      name: "state directory and backup modes after apply and rollback",
+      count: Object.keys(modes).length,
+      outcome: "0700 directories, 0600 files, no symlinks",
+      test: TEST,
+    });
+  },
+});
+
+Deno.test("writeBackup() refuses a per-VM backups directory planted as a symlink and writes nothing through it", () => {
+  const base = Deno.makeTempDirSync({ prefix: "passthrough-security-" });
+  try {
+    const state = openStateDir(`${base}/state`);
+    const elsewhere = `${base}/elsewhere`;
+    Deno.mkdirSync(elsewhere, { mode: 0o700 });
+    Deno.symlinkSync(elsewhere, `${base}/state/backups/${encodeVmName("vm")}`);
+    let error: unknown = null;
+    try {
+      writeBackup(state, {
+        vm: "vm",
+        uuid: "u",
+        xml: "<domain/>",
+        reason: "apply",
+        uri: "test:///x",
+      });
+    } catch (e) {
+      error = e;
+    }
+    assertOk(error instanceof StateDirError, String(error));
+    assertEquals([...Deno.readDirSync(elsewhere)], []);
+    recordCase({
+      area: "security",
+      name: "per-VM backups directory is a planted symlink",
+      count: 1,
+      outcome: "StateDirError, nothing written through it",
+      test: TEST,
+    });
+  } finally {
+    Deno.removeSync(base, { recursive: true });
+  }
+});
+
+Deno.test("passthrough rollback shows passwords as *** in its diff unless --show-secrets", async () => {
+  await using tree = await demoTree();
+  await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>vm</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices><graphics type='vnc' port='-1' autoport='yes' passwd='${SECRET}'/></devices>
+  </domain>
+</node>`);
+  const stateDir = `${tree.dir}/state`;
+  {
+    using port = openLibvirtPort(world.uri);
+    const secure = port.getPersistentXml("vm", { secure: true });
+    // A backup that differs on the password's line, so the diff must show that line.
+    writeBackup(openStateDir(stateDir), {
+      vm: "vm",
+      uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
+      xml: secure.replace(SECRET, "0ld-pass").replace("autoport='yes'", "autoport='no'"),
+      reason: "apply",
+      uri: port.uri,
+    });
+  }
+  const runRollback = async (extra: string[]) => {
+    const out: string[] = [];
+    const code = await main([
+      "rollback",
+      "vm",
+      "--connect",
+      world.uri,
+      "--state-dir",
+      stateDir,
+      ...extra,
+    ], {
+      out: (t) => out.push(t),
+      err: (t) => out.push(t),
+      color: false,
+      interactive: true,
+      readLine: () => Promise.resolve("n"),
+      env: () => undefined,
+    });
+    return { code, text: out.join("") };
+  };
+  const hidden = await runRollback([]);
+  assertEquals(hidden.code, 0, hidden.text);
+  assertMatch(hidden.text, /-.*passwd='\*\*\*'/);
+  assertOk(!hidden.text.includes(SECRET) && !hidden.text.includes("0ld-pass"), hidden.text);
+  const shown = await runRollback(["--show-secrets"]);
+  assertOk(shown.text.includes(SECRET) && shown.text.includes("0ld-pass"), shown.text);
+  recordCase({
+    area: "security",
+    name: "rollback diff of definitions read with secrets",
+    count: 2,
+    outcome: "passwords shown as *** unless --show-secrets",
+    test: TEST,
+  });
+});

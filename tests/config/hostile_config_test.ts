@@ -1,0 +1,260 @@
+/**
+ * Hostile and broken configs: each is refused with a located, readable error, and a spawned
+ * `apply --yes` with it changes nothing (libvirt definitions on a real daemon and the state
+ * directory are byte-identical afterwards).
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import {
+  ConfigError,
+  ConfigErrors,
+  loadConfig,
+  MAX_CONFIG_BYTES,
+} from "../../lib/config/config.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { openStateDir } from "../../lib/state/state_dir.ts";
+import { writeBackup } from "../../lib/state/backups.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+import {
+  demoTree,
+  gpuConfig,
+  qemuDomainXml,
+  snapshotDir,
+  snapshotDomains,
+} from "../helpers/reliability.ts";
+import { runCli } from "../helpers/cli.ts";
+
+const TEST = "tests/config/hostile_config_test.ts";
+const VM = "pt-hostile-config";
+const enc = (text: string) => new TextEncoder().encode(text);
+
+interface HostileConfig {
+  name: string;
+  bytes: Uint8Array;
+  /** What the error must say. */
+  error: RegExp;
+}
+
+function rule(match: string, extra = ""): Uint8Array {
+  return enc(`version: 1\nvms:\n  ${VM}:\n    devices:\n      - match: ${match}\n${extra}`);
+}
+
+function hugeConfig(): Uint8Array {
+  // About 10 MB of valid-looking VMs: parsing it whole would take minutes.
+  const one = `  vm-NNNNNN:\n    devices: [ { match: { vendor_device_id: "10de:1b80" } } ]\n`;
+  const count = Math.ceil(10_000_000 / one.length);
+  const parts = ["version: 1\nvms:\n"];
+  for (let i = 0; i < count; i++) parts.push(one.replace("NNNNNN", String(i).padStart(6, "0")));
+  return enc(parts.join(""));
+}
+
+const CASES: HostileConfig[] = [
+  {
+    name: "malformed YAML (unclosed flow mapping)",
+    bytes: enc(`version: 1\nvms:\n  ${VM}:\n    devices:\n      - match: { vendor_id: "10de"\n`),
+    error: /:6:1: Flow map .* end with a }/,
+  },
+  {
+    name: "tab indentation",
+    bytes: enc(`version: 1\nvms:\n\t${VM}: {}\n`),
+    error: /:3:1: Tabs are not allowed/,
+  },
+  {
+    name: "wrong type: devices is a string",
+    bytes: enc(`version: 1\nvms:\n  ${VM}:\n    devices: gpu\n`),
+    error: /:4:\d+: Expected a list.*"vms\.pt-hostile-config\.devices"/,
+  },
+  {
+    name: "wrong type: count is a string",
+    bytes: rule(`{ vendor_id: "10de" }`, `        count: two\n`),
+    error: /:6:\d+: .*integer.*count/,
+  },
+  {
+    name: "wrong type: match is a list",
+    bytes: rule(`[ "10de:1b80" ]`),
+    error: /:5:\d+: Expected a mapping, found a list/,
+  },
+  {
+    name: "duplicate VM names",
+    bytes: enc(`version: 1\nvms:\n  ${VM}:\n    devices: []\n  ${VM}:\n    devices: []\n`),
+    error: /:5:3: Duplicate key/,
+  },
+  {
+    name: "duplicate keys in a match",
+    bytes: rule(`{ vendor_id: "10de", vendor_id: "1002" }`),
+    error: /:5:\d+: Duplicate key/,
+  },
+  {
+    name: "vendor ID out of range (5 hex digits)",
+    bytes: rule(`{ vendor_id: "10000" }`),
+    error: /Invalid pci-id "10000"/,
+  },
+  {
+    name: "vendor ID out of range (0x1ffff)",
+    bytes: rule(`{ vendor_id: 0x1ffff }`),
+    error: /Invalid pci-id "0x1ffff"/,
+  },
+  {
+    name: "PCI address out of range (slot 0x20, function 8)",
+    bytes: rule(`{ address: "0000:00:20.8" }`),
+    error: /Invalid pci-address "0000:00:20\.8"/,
+  },
+  {
+    name: "count below 1",
+    bytes: rule(`{ vendor_id: "10de" }`, `        count: 0\n`),
+    error: /Value 0 is too small/,
+  },
+  {
+    name: "integer beyond C int (numa_node 1e20)",
+    bytes: rule(`{ numa_node: 100000000000000000000 }`),
+    error: /Value 100000000000000000000 is too large: the maximum is 2147483647/,
+  },
+  {
+    name: "boot_order beyond C int",
+    bytes: rule(`{ vendor_id: "10de" }`, `        boot_order: 4294967296\n`),
+    error: /Value 4294967296 is too large/,
+  },
+  {
+    name: "unsupported version",
+    bytes: enc("version: 2\nvms: {}\n"),
+    error: /:1:10: Unsupported value 2: expected 1 at "version"/,
+  },
+  {
+    name: "two YAML documents",
+    bytes: enc(`version: 1\nvms: {}\n---\nversion: 1\n`),
+    error: /:3:1: .*multiple documents/,
+  },
+  {
+    name: "empty file",
+    bytes: enc(""),
+    error: /:1:1: Empty config/,
+  },
+  {
+    name: "VM name with quote, markup and newline",
+    bytes: enc(
+      `version: 1\nvms:\n  "a'<b>&\\n": { devices: [ { match: { vendor_id: "10de" } } ] }\n`,
+    ),
+    error: /:3:3: Invalid name/,
+  },
+  {
+    name: "alias bomb (9^4 nested aliases)",
+    bytes: enc(
+      [
+        "version: 1",
+        `a0: &a0 [${Array(9).fill(`{ match: { vendor_id: "10de" } }`).join(",")}]`,
+        ...[1, 2, 3, 4].map((i) => `a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(",")}]`),
+        `vms:\n  ${VM}:\n    devices: *a4`,
+        "",
+      ].join("\n"),
+    ),
+    error: /Unknown key "a0"/,
+  },
+  {
+    name: "non-UTF-8 bytes in a VM name",
+    bytes: new Uint8Array([...enc(`version: 1\nvms:\n  pt`), 0xff, 0xfe, ...enc(`: {}\n`)]),
+    error: /:3:5: Invalid UTF-8 at byte 20 \(save the file as UTF-8\)/,
+  },
+  {
+    name: "10 MB config",
+    bytes: hugeConfig(),
+    error: new RegExp(`:1:1: File too large: \\d+ bytes, the limit is ${MAX_CONFIG_BYTES}`),
+  },
+];
+
+Deno.test("loadConfig() refuses every hostile config with a located error", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hostile-config-" });
+  try {
+    for (const c of CASES) {
+      const path = `${dir}/config.yaml`;
+      await Deno.writeFile(path, c.bytes);
+      let caught: unknown = null;
+      try {
+        await loadConfig(path);
+      } catch (error) {
+        caught = error;
+      }
+      assertOk(caught instanceof ConfigErrors, `${c.name}: ${caught}`);
+      assertMatch(caught.message, c.error, c.name);
+      for (const e of caught.errors) {
+        assertOk(e instanceof ConfigError, c.name);
+        assertOk(e.line >= 1 && e.column >= 1, c.name);
+        assertEquals(e.file, path);
+      }
+      recordCase({
+        area: "config",
+        name: c.name,
+        count: 1,
+        outcome: "clear error with file:line:col",
+        test: TEST,
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "passthrough apply --yes with a hostile config changes nothing on a real libvirtd",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(VM));
+    const stateDir = `${tree.dir}/state`;
+    // A state directory with history in it, so "unchanged" covers existing files too.
+    writeBackup(openStateDir(stateDir), {
+      vm: VM,
+      uuid: "00000000-0000-0000-0000-000000000000",
+      xml: "<domain/>",
+      reason: "apply",
+      uri: daemon.uri,
+    });
+    const config = `${tree.dir}/config.yaml`;
+    const args = [
+      "--config",
+      config,
+      "--sysfs",
+      tree.sysfs,
+      "--connect",
+      daemon.uri,
+      "--state-dir",
+      stateDir,
+    ];
+    const domains = snapshotDomains(port);
+    const state = snapshotDir(stateDir);
+
+    // The valid config does change the VM: the refusals below are what keeps it unchanged.
+    await Deno.writeTextFile(config, gpuConfig(VM));
+    const baseline = await runCli(["plan", ...args.slice(0, 6), "--detailed-exitcode"], {
+      flags: ["-A"],
+    });
+    assertEquals(baseline.code, 2, baseline.stderr);
+
+    const hostile = [
+      ...CASES,
+      {
+        name: "unknown VM",
+        bytes: enc(gpuConfig("pt-no-such-vm")),
+        error: /unknown-vm/,
+      },
+    ];
+    for (const c of hostile) {
+      await Deno.writeFile(config, c.bytes);
+      const run = await runCli(["apply", ...args, "--yes"], { flags: ["-A"] });
+      assertEquals(run.code, 1, `${c.name}: ${run.stdout}${run.stderr}`);
+      assertMatch(run.stdout + run.stderr, c.error, c.name);
+      assertOk(!/\n\s+at /.test(run.stderr), `${c.name}: no stack trace`);
+      assertEquals(snapshotDomains(port), domains, c.name);
+      assertEquals(snapshotDir(stateDir), state, c.name);
+      recordCase({
+        area: "config",
+        name: `${c.name}: apply --yes on a real libvirtd`,
+        count: 1,
+        outcome: "exit 1, clear error, definitions and state directory byte-identical",
+        test: TEST,
+      });
+    }
+  },
+});

@@ -1,0 +1,304 @@
+/**
+ * `scanHostdevsLeniently()` / `lenientHostPciAddresses()`: the host PCI addresses a domain XML
+ * names even when `parseDomainXml()` refuses it, so planning can count them as held. It must take
+ * every host source address whatever the quoting, order, spacing and number base, never the guest
+ * slot, say when a possible PCI device names no readable address, and never throw.
+ */
+
+import fc from "fast-check";
+import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
+import {
+  lenientHostPciAddresses,
+  parseDomainXml,
+  scanHostdevsLeniently,
+} from "../../lib/domain/domain_xml.ts";
+import { canonicalPciAddress } from "../../lib/pci/address.ts";
+
+const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
+
+/** A domain whose devices are `devices`, damaged so that parseDomainXml() refuses it. */
+function broken(devices: string): string {
+  return `<domain type='kvm'><name>vm</name><devices>\n${devices}\n</devices>\n<oops></domain>`;
+}
+
+function assertRefusedStrictly(xml: string): void {
+  assertThrows(() => parseDomainXml(xml));
+}
+
+Deno.test("scanHostdevsLeniently() reads single, double and mixed quotes", () => {
+  const xml = broken(`
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+    </hostdev>
+    <hostdev mode="subsystem" type="pci" managed="no">
+      <source><address domain="0x0000" bus="0x02" slot="0x00" function="0x1"/></source>
+    </hostdev>
+    <hostdev mode="subsystem" type='pci'>
+      <source><address domain='0x0000' bus="0x03" slot='0x00' function="0x2"/></source>
+    </hostdev>`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), {
+    addresses: ["0000:01:00.0", "0000:02:00.1", "0000:03:00.2"],
+    unresolved: 0,
+  });
+});
+
+Deno.test("scanHostdevsLeniently() reads attributes in any order, with whitespace around =", () => {
+  const xml = broken(`
+    <hostdev
+        managed = 'yes'
+        type= "pci"	mode ='subsystem'   >
+      <source  >
+        <address   function = "0x3"
+           slot='0x1f' bus = '0x0b'
+           domain="0x0001"   />
+      </source >
+    </hostdev >`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), { addresses: ["0001:0b:1f.3"], unresolved: 0 });
+});
+
+Deno.test("scanHostdevsLeniently() never takes the guest-side address outside <source>", () => {
+  // Host 0000:41:00.0; the guest slots 0000:00:07.0 (after </source>) and 0000:00:09.0 (before
+  // <source>) are the VM's own PCI layout and must not be counted as host devices.
+  const xml = broken(`
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>
+      <source>
+        <address domain='0x0000' bus='0x41' slot='0x00' function='0x0'/>
+      </source>
+      <alias name='hostdev0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0' multifunction='on'/>
+    </hostdev>`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), { addresses: ["0000:41:00.0"], unresolved: 0 });
+
+  // With no host address at all, the guest address is still not taken: the hostdev counts as
+  // unresolved instead.
+  for (
+    const source of [
+      "<source/>",
+      "<source></source>",
+      "<source>", // never closed: the guest address below must not be read as inside it
+    ]
+  ) {
+    const noHost = broken(`
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      ${source}
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>
+    </hostdev>`);
+    assertEquals(scanHostdevsLeniently(noHost), { addresses: [], unresolved: 1 }, source);
+  }
+});
+
+Deno.test("scanHostdevsLeniently() reads hex and decimal numbers as libvirt does", () => {
+  const xml = broken(`
+    <hostdev mode='subsystem' type='pci'><source><address domain='0' bus='10' slot='31' function='7'/></source></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x10' slot='0x1f' function='0x7'/></source></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address domain='0X0000' bus='0X0A' slot='0x1F' function='0x0'/></source></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0x21' slot='0x00' function='0x1'/></source></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address bus='&#x30;x22' slot='0x00' function='0'/></source></hostdev>`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), {
+    // decimal 10 is bus 0x0a; a missing domain is 0; character references are decoded.
+    addresses: ["0000:0a:1f.0", "0000:0a:1f.7", "0000:10:1f.7", "0000:21:00.1", "0000:22:00.0"],
+    unresolved: 0,
+  });
+});
+
+Deno.test("scanHostdevsLeniently() reads <interface type='hostdev'> sources, not other interfaces", () => {
+  const xml = broken(`
+    <interface type='network'>
+      <source network='default'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </interface>
+    <interface managed="yes" type="hostdev">
+      <mac address='52:54:00:6d:90:02'/>
+      <source>
+        <address type='pci' domain='0x0000' bus='0x01' slot='0x10' function='0x4'/>
+      </source>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </interface>
+    <interface type='hostdev'><source><address type="pci" function="0x2" slot="0x10" bus="0x01"/></source></interface>`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), {
+    addresses: ["0000:01:10.2", "0000:01:10.4"],
+    unresolved: 0,
+  });
+});
+
+Deno.test("scanHostdevsLeniently() sorts and removes duplicates", () => {
+  const hostdev = (bus: string) =>
+    `<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='${bus}' slot='0x00' function='0x0'/></source></hostdev>`;
+  const xml = broken([hostdev("0x4c"), hostdev("0x01"), hostdev("0x4c"), hostdev("1")].join("\n"));
+  assertEquals(lenientHostPciAddresses(xml), ["0000:01:00.0", "0000:4c:00.0"]);
+});
+
+Deno.test("scanHostdevsLeniently() skips usb, scsi and mdev hostdevs without counting them unresolved", () => {
+  const xml = broken(`
+    <hostdev mode='subsystem' type='usb' managed='yes'>
+      <source><vendor id='0x046d'/><product id='0xc52b'/></source>
+      <address type='usb' bus='0' port='1'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='scsi'><source><adapter name='scsi_host0'/><address bus='0' target='0' unit='0'/></source></hostdev>
+    <hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='c2177883-f1bb-47f0-914d-32a22e3a8804'/></source></hostdev>
+    <hostdev mode='capabilities' type='storage'><source><block>/dev/sdf1</block></source></hostdev>`);
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), { addresses: [], unresolved: 0 });
+});
+
+Deno.test("scanHostdevsLeniently() counts possible PCI devices with no readable host address as unresolved", () => {
+  const cases: [string, number][] = [
+    ["<hostdev>", 1], // no type: may be PCI
+    ["<hostdev mode='subsystem' type='pci'/>", 1],
+    [
+      "<hostdev mode='subsystem' type='pci'><source><address bus='zz' slot='0' function='0'/></source></hostdev>",
+      1,
+    ],
+    [
+      "<hostdev mode='subsystem' type='pci'><source><address bus='0x01' slot='0x20' function='0'/></source></hostdev>",
+      1,
+    ],
+    [
+      "<hostdev mode='subsystem' type='pci'><source><address bus='0x01' slot='0x00' function='0x0",
+      1,
+    ],
+    ["<hostdev mode='subsystem' type='pci", 1], // start tag never closes
+    ["<interface type='hostdev'><source/></interface>", 1],
+    ["<interface type='hostdev", 1],
+    ["<interface type='network", 0],
+    ["<hostdev type=pci><source><address bus='0x05' slot='0' function='0'/></source></hostdev>", 0],
+  ];
+  for (const [devices, unresolved] of cases) {
+    const xml = broken(devices);
+    assertRefusedStrictly(xml);
+    assertEquals(scanHostdevsLeniently(xml).unresolved, unresolved, devices);
+  }
+  // An unquoted type is unreadable, so the hostdev is taken as a possible PCI device.
+  assertEquals(
+    lenientHostPciAddresses(
+      broken(
+        "<hostdev type=pci><source><address bus='0x05' slot='0' function='0'/></source></hostdev>",
+      ),
+    ),
+    ["0000:05:00.0"],
+  );
+});
+
+Deno.test("scanHostdevsLeniently() ignores comments, CDATA, processing instructions and <metadata>", () => {
+  const pci =
+    `<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x09' slot='0x00' function='0x0'/></source></hostdev>`;
+  const xml = `<domain type='kvm'><name>vm</name>
+  <description><![CDATA[${pci}<hostdev>]]></description>
+  <metadata>
+    <other:devices xmlns:other='urn:someone:else'><hostdev xmlns='urn:someone:else'/>${pci}</other:devices>
+    <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1">
+      <passthrough:device address="0000:0a:00.0" vendor="10de" device="1b80" class="030000" rule="gpu"/>
+    </passthrough:hostdevs>
+  </metadata>
+  <devices>
+    <!-- ${pci} <hostdev> -->
+    <?pi ${pci} <hostdev> ?>
+    <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source></hostdev>
+  </devices>
+</domain`;
+  assertRefusedStrictly(xml);
+  assertEquals(scanHostdevsLeniently(xml), { addresses: ["0000:0a:00.0"], unresolved: 0 });
+  // An unterminated comment or metadata hides nothing: what follows may still be devices.
+  assertEquals(lenientHostPciAddresses(`<domain><metadata><devices>${pci}`), ["0000:09:00.0"]);
+  assertEquals(lenientHostPciAddresses(`<domain><!-- <devices>${pci}`), ["0000:09:00.0"]);
+});
+
+Deno.test("scanHostdevsLeniently() returns nothing for garbage and never throws", () => {
+  for (
+    const garbage of [
+      "",
+      "not xml at all",
+      "<<<>>>",
+      "<hostdev",
+      "<interface",
+      "</hostdev></source></address>",
+      "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>",
+      "<source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>",
+      "\u0000\uffff<hostdev\u0000type='pci'>",
+      "<hostdev mode='subsystem' type='pci'><source><address bus='&bogus;' slot='0' function='0'/></source></hostdev>",
+    ]
+  ) {
+    const scan = scanHostdevsLeniently(garbage);
+    assertEquals(scan.addresses, [], garbage);
+  }
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.string({ unit: "binary", maxLength: 400 }),
+        fc.array(
+          fc.constantFrom(
+            "<hostdev",
+            " type='pci'",
+            ' type="hostdev"',
+            "<interface",
+            "<source",
+            "</source>",
+            "<address",
+            " bus='0x01'",
+            " slot='0x00'",
+            " function='0x0'",
+            "/>",
+            ">",
+            "<metadata>",
+            "</metadata>",
+            "<!--",
+            "-->",
+            "'",
+            '"',
+            "</hostdev>",
+          ),
+          { maxLength: 60 },
+        ).map((parts) => parts.join("")),
+      ),
+      (text) => {
+        const { addresses, unresolved } = scanHostdevsLeniently(text);
+        assert(Number.isInteger(unresolved) && unresolved >= 0);
+        assertEquals(addresses, [...new Set(addresses)].sort());
+        for (const a of addresses) assertEquals(canonicalPciAddress(a), a);
+      },
+    ),
+    { seed: 20261124, numRuns: 500 },
+  );
+});
+
+Deno.test("scanHostdevsLeniently() stays linear on hostile input", () => {
+  const hostile = [
+    "<hostdev a='".repeat(50_000),
+    "<hostdev type='pci'><source>".repeat(50_000),
+    "<metadata><!--<![CDATA[<?".repeat(50_000),
+    `<interface type='hostdev'>${"<source ".repeat(50_000)}`,
+  ];
+  for (const text of hostile) {
+    const started = performance.now();
+    scanHostdevsLeniently(text);
+    const elapsed = performance.now() - started;
+    // Quadratic scanning of these takes minutes; linear takes milliseconds.
+    assert(elapsed < 5_000, `${text.slice(0, 30)}...: ${elapsed} ms`);
+  }
+});
+
+Deno.test("scanHostdevsLeniently() agrees with parseDomainXml() on every readable fixture", () => {
+  let compared = 0;
+  for (const entry of Deno.readDirSync(FIXTURES)) {
+    if (!entry.name.endsWith(".xml")) continue;
+    const xml = Deno.readTextFileSync(new URL(entry.name, FIXTURES));
+    let strict;
+    try {
+      strict = parseDomainXml(xml);
+    } catch {
+      continue;
+    }
+    const expected = [
+      ...new Set([...strict.hostdevs.map((h) => h.address), ...strict.interfaceHostdevs]),
+    ].sort();
+    assertEquals(scanHostdevsLeniently(xml), { addresses: expected, unresolved: 0 }, entry.name);
+    compared++;
+  }
+  assert(compared >= 5, `only ${compared} fixtures compared`);
+});

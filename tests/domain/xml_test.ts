@@ -1,0 +1,116 @@
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  checkWellFormed,
+  decodeXmlText,
+  escapeXmlAttribute,
+  lineColumnAt,
+  readXmlElement,
+  scanXml,
+  spanAttribute,
+  XmlSyntaxError,
+} from "../../lib/domain/xml.ts";
+
+function syntaxError(fn: () => unknown): XmlSyntaxError {
+  try {
+    fn();
+  } catch (error) {
+    assertOk(error instanceof XmlSyntaxError, `expected XmlSyntaxError, got ${error}`);
+    return error;
+  }
+  throw new Error("did not throw");
+}
+
+Deno.test("scanXml() gives exact spans for start, end and self-closing tags", () => {
+  const text = `<?xml version='1.0'?>\n<a x='1'>\n  <b/>\n  <c y="2" >t</c >\n</a>\n`;
+  const root = scanXml(text);
+  assertEquals(text.slice(root.start, root.end), `<a x='1'>\n  <b/>\n  <c y="2" >t</c >\n</a>`);
+  const [b, c] = root.children;
+  assertEquals(text.slice(b?.start, b?.end), "<b/>");
+  assertEquals(b?.selfClosing, true);
+  assertEquals(text.slice(c?.start, c?.end), `<c y="2" >t</c >`);
+  assertEquals(text.slice(c?.startTagEnd, c?.endTagStart), "t");
+  assertEquals(c?.rawAttributes, [["y", "2"]]);
+});
+
+Deno.test("scanXml() skips comments, CDATA and processing instructions holding markup", () => {
+  const text = `<!-- <x> --><a><?p <y> ?><![CDATA[<z></a>]]><!-- </a> --><b/></a>`;
+  const root = scanXml(text);
+  assertEquals(root.children.map((c) => c.name), ["b"]);
+});
+
+Deno.test("scanXml() reads attribute values holding >, / and the other quote", () => {
+  const text = `<a p:x='1>2' y="it's/>" z = 'say "hi"'/>`;
+  const root = scanXml(text);
+  assertEquals(root.end, text.length);
+  assertEquals(root.rawAttributes, [["p:x", "1>2"], ["y", "it's/>"], ["z", 'say "hi"']]);
+  assertEquals(spanAttribute(root, "y"), "it's/>");
+});
+
+Deno.test("scanXml() keeps namespace prefixes in names", () => {
+  const root = scanXml(`<d xmlns:q='urn:q'><q:c xmlns:r='urn:r'><r:e/></q:c></d>`);
+  assertEquals(root.children[0]?.name, "q:c");
+  assertEquals(root.children[0]?.children[0]?.name, "r:e");
+});
+
+Deno.test("scanXml() reports mismatched and unclosed tags with positions", () => {
+  const mismatch = syntaxError(() => scanXml("<a>\n  <b></c>\n</a>"));
+  assertEquals([mismatch.line, mismatch.column], [2, 6]);
+  // The innermost open element is the one reported.
+  const unclosed = syntaxError(() => scanXml("<a>\n<b>"));
+  assertEquals([unclosed.line, unclosed.column], [2, 1]);
+  const twoRoots = syntaxError(() => scanXml("<a/>\n<b/>"));
+  assertEquals([twoRoots.line, twoRoots.column], [2, 1]);
+});
+
+Deno.test("scanXml() refuses a DOCTYPE but not the word inside a comment", () => {
+  const doctype = syntaxError(() => scanXml(`<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>`));
+  assertEquals([doctype.line, doctype.column], [1, 1]);
+  assertEquals(scanXml(`<a><!-- <!DOCTYPE a> --></a>`).name, "a");
+});
+
+Deno.test("scanXml() refuses unknown entity references and bare ampersands", () => {
+  assertEquals(syntaxError(() => scanXml("<a>\nx &e; y</a>")).line, 2);
+  assertEquals(syntaxError(() => scanXml("<a b='x & y'/>")).column, 9);
+  assertEquals(scanXml("<a b='&amp;&#10;&#x41;'>&lt;&gt;&quot;&apos;</a>").name, "a");
+});
+
+Deno.test("checkWellFormed() reports fast-xml-parser's line and column", () => {
+  const error = syntaxError(() => checkWellFormed("<a>\n  <b>\n</a>"));
+  assertEquals(error.line, 3);
+  assertOk(error.message.startsWith("Malformed XML: "));
+  checkWellFormed("<?xml version='1.0'?>\n<a><!-- c --><![CDATA[x]]></a>\n");
+});
+
+Deno.test("readXmlElement() decodes attributes and text, and lists child elements", () => {
+  const e = readXmlElement(
+    `<hostdev mode='subsystem' x="a&amp;b&apos;&#10;"><!-- c --><source><address bus='0x01'/></source>t<![CDATA[<&>]]></hostdev>`,
+  );
+  assertEquals(e.name, "hostdev");
+  assertEquals(e.attributes, { mode: "subsystem", x: "a&b'\n" });
+  assertEquals(e.children[0]?.children[0]?.attributes.bus, "0x01");
+  assertEquals(e.text, "t<&>");
+});
+
+Deno.test("readXmlElement() refuses unknown entities in values", () => {
+  assertThrows(() => readXmlElement(`<a x='&xxe;'/>`), SyntaxError);
+});
+
+Deno.test("decodeXmlText() decodes predefined entities and character references only", () => {
+  assertEquals(decodeXmlText("&lt;&gt;&amp;&quot;&apos;&#65;&#x1F600;"), `<>&"'A😀`);
+  assertEquals(decodeXmlText("plain"), "plain");
+  assertThrows(() => decodeXmlText("&nbsp;"), SyntaxError);
+  assertThrows(() => decodeXmlText("&#x110000;"), SyntaxError);
+});
+
+Deno.test("escapeXmlAttribute() round-trips through decodeXmlText()", () => {
+  const value = `a&b<c>d'e"f\ng\th\r`;
+  assertEquals(escapeXmlAttribute(value), "a&amp;b&lt;c&gt;d&apos;e&quot;f&#10;g&#9;h&#13;");
+  assertEquals(decodeXmlText(escapeXmlAttribute(value)), value);
+  assertEquals(readXmlElement(`<a v='${escapeXmlAttribute(value)}'/>`).attributes.v, value);
+});
+
+Deno.test("lineColumnAt() counts lines and 1-based columns", () => {
+  assertEquals(lineColumnAt("ab\ncd\n", 0), { line: 1, column: 1 });
+  assertEquals(lineColumnAt("ab\ncd\n", 4), { line: 2, column: 2 });
+  assertEquals(lineColumnAt("ab\ncd\n", 6), { line: 3, column: 1 });
+});

@@ -1,0 +1,198 @@
+/**
+ * The binding against a real `libvirtd` (QEMU driver) started privately for this file: define a
+ * domain with PCI hostdevs, read it from a second process, hot-plug with CONFIG, undefine.
+ * Skipped (with the reason in the test name) when not root or libvirtd is missing.
+ */
+
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import {
+  Connection,
+  LibvirtError,
+  openLibvirtPort,
+  VIR_ERR_NO_DOMAIN,
+  VIR_ERR_OPERATION_INVALID,
+} from "../../ffi/mod.ts";
+
+const unavailable = libvirtdUnavailable();
+
+function domainXml(name: string, functions: number[]): string {
+  const hostdevs = functions.map((fn) => hostdevXml(0x41, fn)).join("\n    ");
+  return `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>65536</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    ${hostdevs}
+  </devices>
+</domain>`;
+}
+
+function hostdevXml(bus: number, fn: number): string {
+  const hex = (n: number, width: number) => `0x${n.toString(16).padStart(width, "0")}`;
+  return `<hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='${hex(bus, 2)}' slot='0x00' function='${hex(fn, 1)}'/>
+      </source>
+    </hostdev>`;
+}
+
+/** Host-side source addresses of the PCI hostdevs in `xml` (guest addresses ignored). */
+function sourceAddresses(xml: string): string[] {
+  const found: string[] = [];
+  for (const match of xml.matchAll(/<hostdev[^>]*type='pci'[^>]*>([\s\S]*?)<\/hostdev>/g)) {
+    const source = /<source>\s*<address ([^>]*)\/>/.exec(match[1] ?? "");
+    if (source?.[1]) found.push(source[1].replace(/\s+/g, " ").trim());
+  }
+  return found;
+}
+
+function catchLibvirt(fn: () => unknown): LibvirtError {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof LibvirtError) return error;
+    throw error;
+  }
+  throw new Error("Expected a LibvirtError, nothing was thrown");
+}
+
+function undefineIfPresent(conn: Connection, name: string): void {
+  try {
+    using dom = conn.lookupDomainByName(name);
+    dom.undefine();
+  } catch (error) {
+    if (!(error instanceof LibvirtError && error.code === VIR_ERR_NO_DOMAIN)) throw error;
+  }
+}
+
+async function readInSecondProcess(uri: string, name: string): Promise<string> {
+  const port = new URL("../../ffi/port.ts", import.meta.url).href;
+  const script = `
+    import { openLibvirtPort } from ${JSON.stringify(port)};
+    using port = openLibvirtPort(Deno.args[0], { readOnly: true });
+    const names = port.listDomains().map((d) => d.name);
+    console.log(JSON.stringify({ names, xml: port.getPersistentXml(Deno.args[1]) }));
+  `;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", script, uri, name],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(output.stderr);
+  assertEquals(output.code, 0, `second process failed: ${stderr}`);
+  const result = JSON.parse(new TextDecoder().decode(output.stdout)) as {
+    names: string[];
+    xml: string;
+  };
+  assert.ok(result.names.includes(name), `second process lists ${result.names.join(", ")}`);
+  return result.xml;
+}
+
+Deno.test({
+  name: "the binding defines, reads, hot-plugs and undefines on a real libvirtd" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn(t) {
+    await using daemon = await startLibvirtd();
+    const name = `passthrough-ffi-${crypto.randomUUID().slice(0, 8)}`;
+    using conn = Connection.open(daemon.uri);
+    try {
+      await t.step("defineDomain() stores a qemu domain with PCI hostdevs", () => {
+        using dom = conn.defineDomain(domainXml(name, [0, 1]));
+        assertEquals(dom.name, name);
+        assertEquals(dom.state(), "shutoff");
+        assertEquals(dom.isPersistent(), true);
+        const xml = dom.xml({ inactive: true });
+        assertEquals(sourceAddresses(xml), [
+          "domain='0x0000' bus='0x41' slot='0x00' function='0x0'",
+          "domain='0x0000' bus='0x41' slot='0x00' function='0x1'",
+        ]);
+        // The QEMU driver adds a guest-side address to each hostdev.
+        assert.ok((xml.match(/<address type='pci'/g)?.length ?? 0) >= 2, xml);
+      });
+
+      await t.step("a second process reads the same persistent definition", async () => {
+        const xml = await readInSecondProcess(daemon.uri, name);
+        using dom = conn.lookupDomainByName(name);
+        assertEquals(xml, dom.xml({ inactive: true }));
+      });
+
+      await t.step("attachDevice() and detachDevice() with config edit the definition", () => {
+        using dom = conn.lookupDomainByName(name);
+        const extra = hostdevXml(0x42, 0);
+        dom.attachDevice(extra, { live: false, config: true });
+        assertEquals(sourceAddresses(dom.xml({ inactive: true })).length, 3);
+        assertMatch(dom.xml({ inactive: true }), /bus='0x42'/);
+        dom.detachDevice(extra, { live: false, config: true });
+        assertEquals(sourceAddresses(dom.xml({ inactive: true })).length, 2);
+        const live = catchLibvirt(() => dom.attachDevice(extra, { live: true, config: false }));
+        assertEquals(live.code, VIR_ERR_OPERATION_INVALID);
+      });
+
+      await t.step("openLibvirtPort() redefines through VALIDATE and reads back", () => {
+        using port = openLibvirtPort(daemon.uri);
+        assertEquals(port.isActive(name), false);
+        const xml = port.getPersistentXml(name, { secure: true });
+        port.define(xml.replace(/\s*<hostdev[\s\S]*?<\/hostdev>/, ""));
+        assertEquals(sourceAddresses(port.getPersistentXml(name)), [
+          "domain='0x0000' bus='0x41' slot='0x00' function='0x1'",
+        ]);
+      });
+
+      await t.step("node devices of the real host list and describe themselves", () => {
+        const devices = conn.listNodeDevices({ cap: "pci" });
+        try {
+          assert.ok(devices.length > 0, "the host has PCI devices");
+          for (const dev of devices) {
+            assertMatch(dev.name, /^pci_[0-9a-f]{4}_[0-9a-f]{2}_[0-9a-f]{2}_[0-7]$/);
+            assertMatch(dev.xml(), /<capability type='pci'>/);
+          }
+        } finally {
+          for (const dev of devices) dev.free();
+        }
+      });
+
+      await t.step("undefine() leaves nothing behind", async () => {
+        {
+          using dom = conn.lookupDomainByName(name);
+          dom.undefine({ nvram: "remove" });
+        }
+        assertEquals(catchLibvirt(() => conn.lookupDomainByName(name)).code, VIR_ERR_NO_DOMAIN);
+        const names = conn.listDomains().map((dom) => {
+          using owned = dom;
+          return owned.name;
+        });
+        assertEquals(names.includes(name), false);
+        const configDir = daemon.isolated ? `${daemon.dir}/state-1` : "/etc/libvirt/qemu";
+        const left = [];
+        for await (const entry of Deno.readDir(configDir)) left.push(entry.name);
+        assertEquals(left.filter((file) => file.startsWith(name)), []);
+      });
+    } finally {
+      // A failed step must not leave a definition behind (in /etc/libvirt/qemu when not isolated).
+      undefineIfPresent(conn, name);
+    }
+  },
+});
+
+Deno.test({
+  name: "Connection.open() fails with code 38 once the daemon is stopped" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    const daemon = await startLibvirtd();
+    using conn = Connection.open(daemon.uri, { readOnly: true });
+    assertMatch(conn.libVersion, /^\d+\.\d+\.\d+$/);
+    assertEquals(conn.isAlive(), true);
+    await daemon.stop();
+    // The client learns of the hang-up on its next call.
+    catchLibvirt(() => conn.listDomains());
+    assertEquals(conn.isAlive(), false);
+    const error = catchLibvirt(() => Connection.open(daemon.uri));
+    assertEquals(error.code, 38);
+    assertMatch(error.message, /^Cannot connect to libvirt at "qemu:\/\/\/system\?socket=/);
+  },
+});

@@ -1,0 +1,407 @@
+// Discovery rules over small built trees, read with the real lspci: SR-IOV, FLR, serials,
+// slots, NUMA, boot VGA, bridges by header type, no IOMMU, host use, errors.
+import { livePciMissing } from "../helpers/hosts.ts";
+import { assertEquals, assertOk, assertRejects, assertThrows } from "../helpers/assert.ts";
+import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost, pciAncestor, SysfsRootError } from "../../lib/host/discover.ts";
+import {
+  LspciError,
+  parseLspci,
+  pciIdsVendorNames,
+  splitVendorName,
+} from "../../lib/host/lspci.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
+import type { SysfsReader } from "../../lib/host/sysfs.ts";
+import { parseConfigSpace } from "../../lib/pci/config_space.ts";
+import { nicDescription as dev } from "../helpers/devices.ts";
+
+async function discover(description: HostDescription): Promise<HostTopology> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sysfs-" });
+  try {
+    buildHostTree(description, dir);
+    return await discoverHost({ root: dir });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("discoverHost() links SR-IOV virtual functions to their physical function", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:01:00.0"),
+      dev("0000:01:00.2", { device: "0x1016", physfn: "0000:01:00.0" }),
+      dev("0000:01:00.3", { device: "0x1016", physfn: "0000:01:00.0" }),
+    ],
+  });
+  const pf = host.devices[0];
+  assertEquals(pf?.virtfns, ["0000:01:00.2", "0000:01:00.3"]);
+  assertEquals(pf?.physfn, null);
+  assertEquals(host.devices.slice(1).map((d) => d.physfn), ["0000:01:00.0", "0000:01:00.0"]);
+});
+
+Deno.test("discoverHost() reads FLR and serial numbers through lspci's capabilities", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:01:00.0", { flr: true, serial: "00-11-22-ff-ff-33-44-55" }),
+      dev("0000:02:00.0", { group: 2, flr: false, serial: "00-11-22-ff-ff-33-44-66" }),
+      dev("0000:03:00.0", { group: 3, flr: true }),
+      dev("0000:04:00.0", { group: 4 }),
+    ],
+  });
+  assertEquals(
+    host.devices.map((d) => [d.flr, d.serial]),
+    [
+      [true, "00-11-22-ff-ff-33-44-55"],
+      [false, "00-11-22-ff-ff-33-44-66"],
+      [true, null],
+      // No readable capabilities (like an unprivileged read of a real device): unknown.
+      [null, null],
+    ],
+  );
+});
+
+Deno.test("discoverHost() reads slot, NUMA node, boot VGA and modules", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:01:00.0", {
+        class: "0x030000",
+        slot: "CPU1 SLOT2",
+        numa_node: 1,
+        boot_vga: true,
+        modules: ["nouveau", "nvidiafb"],
+      }),
+      dev("0000:02:00.0", { group: 2, class: "0x030200", numa_node: -1, boot_vga: false }),
+      dev("0000:03:00.0", { group: 3 }),
+    ],
+  });
+  assertEquals(
+    host.devices.map((d) => [d.physicalSlot, d.numaNode, d.bootVga, d.modules]),
+    [
+      ["CPU1 SLOT2", 1, true, ["nouveau", "nvidiafb"]],
+      [null, null, false, []],
+      [null, null, null, []],
+    ],
+  );
+});
+
+Deno.test("discoverHost() treats a type-1 header as a bridge whatever its class", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    buildHostTree({
+      devices: [
+        dev("0000:00:1c.0", { class: "0x060400", driver: "pcieport" }),
+        dev("0000:00:1d.0", { class: "0x088000" }),
+        dev("0000:00:1f.0", { class: "0x060100", driver: null }),
+      ],
+    }, dir);
+    // A vendor-specific class on a type-1 header (seen on some switch ports).
+    const config = `${dir}/bus/pci/devices/0000:00:1d.0/config`;
+    const bytes = Deno.readFileSync(config);
+    bytes[0x0e] = 0x81;
+    Deno.writeFileSync(config, bytes);
+    const host = await discoverHost({ root: dir, lspci: null });
+    assertEquals(host.devices.map((d) => d.isBridge), [true, true, false]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("discoverHost() reports a host without IOMMU groups as absent, not an error", async () => {
+  const host = await discover({
+    devices: [dev("0000:01:00.0", { group: null }), dev("0000:02:00.0", { group: null })],
+  });
+  assertEquals(host.iommu, "absent");
+  assertEquals(host.groups, []);
+  assertEquals(host.devices.map((d) => d.iommuGroup), [null, null]);
+});
+
+Deno.test("discoverHost() sorts devices and groups and canonicalises addresses", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:0A:00.1", { group: 12 }),
+      dev("0000:0a:00.0", { group: 12 }),
+      dev("0000:00:02.0", { group: 3 }),
+    ],
+  });
+  assertEquals(host.devices.map((d) => d.address), [
+    "0000:00:02.0",
+    "0000:0a:00.0",
+    "0000:0a:00.1",
+  ]);
+  assertEquals(host.groups.map((g) => g.group), [3, 12]);
+});
+
+Deno.test("discoverHost() takes the command line and host use from a captured tree", async () => {
+  const host = await discover({
+    cmdline: "BOOT_IMAGE=/vmlinuz intel_iommu=on",
+    host_use: [{
+      address: "0000:01:00.0",
+      reason: "default-route",
+      detail: "default route via eth0",
+    }],
+    devices: [dev("0000:01:00.0")],
+  });
+  assertEquals(host.kernelCmdline, "BOOT_IMAGE=/vmlinuz intel_iommu=on");
+  assertEquals(host.hostUse, [
+    { address: "0000:01:00.0", reason: "default-route", detail: "default route via eth0" },
+  ]);
+  const bare = await discover({ devices: [dev("0000:01:00.0")] });
+  assertEquals([bare.kernelCmdline, bare.hostUse], [null, []]);
+});
+
+Deno.test("discoverHost() rejects a directory that is not a sysfs tree", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await assertRejects(() => discoverHost({ root: dir, lspci: null }), SysfsRootError);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("discoverHost() reports a failing lspci with its arguments", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    buildHostTree({ devices: [dev("0000:01:00.0")] }, dir);
+    await assertRejects(
+      () => discoverHost({ root: dir, lspci: () => Promise.reject(new LspciError("boom", [])) }),
+      LspciError,
+    );
+    const { commandLspciRunner } = await import("../../lib/host/lspci.ts");
+    await assertRejects(
+      () => discoverHost({ root: dir, lspci: commandLspciRunner("lspci-not-installed-here") }),
+      /Cannot run "lspci-not-installed-here": not found: install pciutils/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseLspci() reads a real virtio VM's lspci -vvvnnkD output", () => {
+  const text = Deno.readTextFileSync(
+    new URL("../fixtures/hosts/lspci-virtio-vm.txt", import.meta.url),
+  );
+  const records = parseLspci(text);
+  assertEquals([...records.keys()], [
+    "0000:00:00.0",
+    "0000:00:01.0",
+    "0000:00:02.0",
+    "0000:00:03.0",
+    "0000:00:04.0",
+    "0000:00:05.0",
+  ]);
+  const net = records.get("0000:00:03.0");
+  assertEquals(
+    [net?.className, net?.vendorId, net?.deviceId, net?.revision, net?.driver, net?.flr],
+    ["Ethernet controller", "1af4", "1041", "01", "virtio-pci", false],
+  );
+  assertEquals(net?.vendorDeviceName, "Red Hat, Inc. Virtio 1.0 network device");
+  // The host bridge has no capability list: FLR impossible, not unknown.
+  assertEquals(records.get("0000:00:00.0")?.flr, false);
+});
+
+Deno.test("parseLspci() ignores DevCtl's FLReset and reads AF FLR and modules", () => {
+  const text = [
+    "0000:05:00.0 Non-Volatile memory controller [0108]: Samsung Electronics Co Ltd NVMe SSD Controller SM981/PM981/PM983 [144d:a808] (prog-if 02 [NVM Express])",
+    "\tSubsystem: Samsung Electronics Co Ltd SSD 970 EVO Plus [144d:a801]",
+    "\tPhysical Slot: 2",
+    "\tNUMA node: 0",
+    "\tIOMMU group: 14",
+    "\tCapabilities: [70] Express (v2) Endpoint, MSI 00",
+    "\t\tDevCap:\tMaxPayload 256 bytes, PhantFunc 0, Latency L0s unlimited, L1 unlimited",
+    "\t\t\tExtTag- AttnBtn- AttnInd- PwrInd- RBE+ FLReset- SlotPowerLimit 0W",
+    "\t\tDevCtl:\tCorrErr+ NonFatalErr+ FatalErr+ UnsupReq+",
+    "\t\t\tRlxdOrd+ ExtTag- PhantFunc- AuxPwr- NoSnoop+ FLReset+",
+    "\tKernel driver in use: nvme",
+    "\tKernel modules: nvme",
+    "",
+    "0000:00:1f.3 Audio device [0403]: Intel Corporation Cannon Lake PCH cAVS [8086:a348] (rev 10)",
+    "\tCapabilities: [50] PCI Advanced Features",
+    "\t\tAFCap: TP+ FLR+",
+    "\t\tAFCtrl: FLR-",
+    "\tKernel modules: snd_hda_intel, snd_sof_pci_intel_cnl",
+    "",
+  ].join("\n");
+  const records = parseLspci(text);
+  const nvme = records.get("0000:05:00.0");
+  assertEquals(
+    [nvme?.flr, nvme?.physicalSlot, nvme?.numaNode, nvme?.iommuGroup, nvme?.revision],
+    [false, "2", 0, 14, null],
+  );
+  const audio = records.get("0000:00:1f.3");
+  assertEquals([audio?.flr, audio?.modules], [true, ["snd_hda_intel", "snd_sof_pci_intel_cnl"]]);
+});
+
+Deno.test("splitVendorName() separates a known vendor and keeps unknown names whole", () => {
+  assertEquals(
+    splitVendorName("NVIDIA Corporation GP104 [GeForce GTX 1080]", "NVIDIA Corporation"),
+    {
+      vendorName: "NVIDIA Corporation",
+      deviceName: "GP104 [GeForce GTX 1080]",
+    },
+  );
+  assertEquals(splitVendorName("Intel Corporation Device", "Intel Corporation"), {
+    vendorName: "Intel Corporation",
+    deviceName: null,
+  });
+  assertEquals(splitVendorName("Odd Name", null), { vendorName: null, deviceName: "Odd Name" });
+});
+
+Deno.test("pciAncestor() finds the PCI function behind a block or net device path", () => {
+  assertEquals(
+    pciAncestor("../../devices/pci0000:00/0000:00:01.2/0000:02:00.0/nvme/nvme0/nvme0n1"),
+    "0000:02:00.0",
+  );
+  assertEquals(pciAncestor("../../devices/virtual/net/lo"), null);
+});
+
+Deno.test({
+  name: "discoverHost() on the live /sys finds the root filesystem's controller",
+  ignore: (() => {
+    try {
+      return Deno.readLinkSync("/sys/class/block/vda") === "" || !Deno.statSync("/sys").isDirectory;
+    } catch {
+      return true;
+    }
+  })(),
+  async fn() {
+    const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
+    const host = await discoverHost({ reader: libcSysfsReader() });
+    assertEquals(host.source, "/sys");
+    assertOk(host.kernelCmdline !== null);
+    const listed = Deno.readDirSync("/sys/bus/pci/devices");
+    assertEquals(host.devices.length, [...listed].length);
+    const mounted = host.hostUse.filter((u) => u.reason === "mounted-filesystem");
+    assertOk(mounted.some((u) => u.detail.startsWith("/ on ")), JSON.stringify(host.hostUse));
+  },
+});
+
+Deno.test({
+  name: "pciIdsVendorNames() finds every vendor line of the system pci.ids",
+  ignore: (() => {
+    try {
+      return !Deno.statSync("/usr/share/misc/pci.ids").isFile;
+    } catch {
+      return true;
+    }
+  })(),
+  fn() {
+    const text = Deno.readTextFileSync("/usr/share/misc/pci.ids");
+    const expected = new Map<string, string>();
+    for (const m of text.matchAll(/^([0-9a-f]{4}) {2}(.*)$/gm)) {
+      if (!expected.has(m[1]!)) expected.set(m[1]!, m[2]!.trim());
+    }
+    assertOk(expected.size > 1000, `${expected.size} vendors`);
+    const names = pciIdsVendorNames(["/usr/share/misc/pci.ids"]);
+    for (const [id, name] of expected) assertEquals(names(id.toUpperCase()), name, id);
+    assertEquals(names("zzzz"), null);
+    assertEquals(pciIdsVendorNames(["/nonexistent/pci.ids"])("8086"), null);
+  },
+});
+
+Deno.test("discoverHost() tells revision 00 from a tree that recorded no revision", async () => {
+  const host = await discover({
+    devices: [
+      dev("0000:01:00.0", { revision: "0x00" }),
+      dev("0000:02:00.0", { group: 2, revision: null }),
+      dev("0000:03:00.0", { group: 3, revision: "0xa1" }),
+    ],
+  });
+  assertEquals(host.devices.map((d) => d.revision), ["00", null, "a1"]);
+});
+
+Deno.test("libcSysfsReader().openDir() reads entries by name and refuses reads once closed", async () => {
+  const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/class`, "0x030000\n");
+    await Deno.symlink("../../kernel/iommu_groups/7", `${dir}/iommu_group`);
+    const reader = libcSysfsReader();
+    const entries = reader.openDir!(dir);
+    assertEquals(entries.readText("class"), "0x030000\n");
+    assertEquals(entries.readBytes("class", 4), new TextEncoder().encode("0x03"));
+    assertEquals(entries.readLink("iommu_group"), "../../kernel/iommu_groups/7");
+    assertEquals([entries.readText("missing"), entries.readLink("class")], [null, null]);
+    entries[Symbol.dispose]();
+    assertThrows(() => entries.readText("class"), /the directory was closed/);
+    using missing = reader.openDir!(`${dir}/nope`);
+    assertEquals([missing.readText("class"), missing.readLink("x")], [null, null]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "discoverHost() on the live /sys reads config registers by offset, never the whole file",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
+    const libc = libcSysfsReader();
+    // File by file (each device's directory) and in the background (names relative to the
+    // devices directory, the other files read by io_uring where the kernel allows).
+    for (const backgroundReadsFrom of [1e6, 0]) {
+      const whole: string[] = [];
+      const sparse: string[] = [];
+      // The real reader, recording which way each device's config is read.
+      const spy: SysfsReader = {
+        ...libc,
+        openDir(path) {
+          const dir = libc.openDir!(path);
+          return {
+            readText: (name) => dir.readText(name),
+            readLink: (name) => dir.readLink(name),
+            readBytes(name, maxBytes) {
+              if (name.endsWith("config")) whole.push(`${path}/${name}`);
+              return dir.readBytes(name, maxBytes);
+            },
+            openFile(name) {
+              if (name.endsWith("config")) sparse.push(`${path}/${name}`);
+              return dir.openFile!(name);
+            },
+            [Symbol.dispose]: () => dir[Symbol.dispose](),
+          };
+        },
+      };
+      const live = await discoverHost({ reader: spy, lspci: null, backgroundReadsFrom });
+      assertEquals(whole, []);
+      assertEquals(sparse.length, live.devices.length);
+      // The same facts as reading every config file whole.
+      for (const device of live.devices) {
+        const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
+        const facts = parseConfigSpace(bytes);
+        assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
+        assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
+      }
+    }
+  },
+});
+
+Deno.test("discoverHost() lists a PF's VFs from the VFs' physfn links, never from a VF", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-vf-" });
+  try {
+    buildHostTree({
+      devices: [
+        dev("0000:01:00.0", { group: 1 }),
+        dev("0000:01:00.1", { group: 2 }),
+        dev("0000:01:00.2", { group: 3 }),
+        dev("0000:01:00.3", { group: 4 }),
+        dev("0000:01:00.4", { group: 5 }),
+      ],
+    }, root);
+    const devices = `${root}/bus/pci/devices`;
+    // The PF's own links are not what is read: one is stale, one is missing.
+    await Deno.symlink("../0000:01:00.3", `${devices}/0000:01:00.0/virtfn0`);
+    await Deno.symlink("../0000:01:00.0", `${devices}/0000:01:00.2/physfn`);
+    await Deno.symlink("../0000:01:00.0", `${devices}/0000:01:00.1/physfn`);
+    // A VF's link to another VF (impossible on a real host) makes neither a PF.
+    await Deno.symlink("../0000:01:00.1", `${devices}/0000:01:00.4/physfn`);
+    const host = await discoverHost({ root, lspci: null });
+    const byAddress = new Map(host.devices.map((d) => [d.address, d]));
+    assertEquals(byAddress.get("0000:01:00.0")?.virtfns, ["0000:01:00.1", "0000:01:00.2"]);
+    assertEquals(byAddress.get("0000:01:00.1")?.virtfns, []);
+    assertEquals(byAddress.get("0000:01:00.1")?.physfn, "0000:01:00.0");
+    assertEquals(byAddress.get("0000:01:00.3")?.physfn, null);
+    assertEquals(byAddress.get("0000:01:00.4")?.physfn, "0000:01:00.1");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -1,0 +1,224 @@
+/**
+ * VMs that leave the config: the hostdevs this tool added are removed (a device dropped from the
+ * config leaves the VM, whether its rule or its whole VM entry went), hand-added ones stay; a
+ * configured VM whose definition cannot be read is refused on its own; and devices given to a VM
+ * as `<interface type='hostdev'>` count as taken.
+ */
+
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { applyPlan } from "../../lib/apply/apply.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+const BOTH = `version: 1
+vms:
+  win10:
+    devices:
+      - name: gtx1080
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_device_id: "1002:67df" }
+`;
+const GENTOO_ONLY = `version: 1
+vms:
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_device_id: "1002:67df" }
+`;
+
+async function demoHost() {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-orphans-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  const host = await discoverHost({ root: `${dir}/sysfs` });
+  return { dir, host, [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }) };
+}
+
+Deno.test("planHostdevs() removes the hostdevs it added to a VM dropped from the config, keeping hand-added ones", async () => {
+  using demo = await demoHost();
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`);
+  const first = planHostdevs({
+    config: parseConfig(BOTH, { file: "both.yaml" }),
+    host: demo.host,
+    libvirt,
+  });
+  const report = await applyPlan(first, {
+    libvirt,
+    stateDir: `${demo.dir}/state`,
+    confirm: () => Promise.resolve("yes"),
+  });
+  assertEquals(report.changed, ["win10", "gentoo"]);
+
+  const config = parseConfig(GENTOO_ONLY, { file: "gentoo.yaml" });
+  const plan = planHostdevs({ config, host: demo.host, libvirt });
+  const win10 = plan.vms.find((vm) => vm.name === "win10");
+  assert(win10 !== undefined, "win10 is planned although the config no longer names it");
+  assertEquals(win10.remove.sort(), ["0000:21:00.0", "0000:21:00.1"]);
+  assertMatch(win10.reasoning[0]!, /no longer in config "gentoo\.yaml"/);
+  assertEquals(plan.vms.find((vm) => vm.name === "gentoo")?.changed, false);
+
+  // Limited to gentoo, win10 is left alone.
+  const limited = planHostdevs({ config, host: demo.host, libvirt, vms: ["gentoo"] });
+  assertEquals(limited.vms.map((vm) => vm.name), ["gentoo"]);
+
+  await applyPlan(plan, {
+    libvirt,
+    stateDir: `${demo.dir}/state`,
+    confirm: () => Promise.resolve("yes"),
+  });
+  const after = libvirt.getPersistentXml("win10");
+  const parsed = parseDomainXml(after);
+  assertEquals(parsed.hostdevs, []);
+  assertEquals(parsed.records, []);
+  assertMatch(after, /<hostdev mode='subsystem' type='usb'/, "the hand-added USB device stays");
+  // Nothing left to release: the VM drops out of the plan.
+  assertEquals(planHostdevs({ config, host: demo.host, libvirt }).vms.map((vm) => vm.name), [
+    "gentoo",
+  ]);
+});
+
+/**
+ * A stand-in port serving fixed XML, used only here: libvirt itself always returns well-formed
+ * definitions, so the real thing cannot produce the unreadable one this test needs.
+ */
+function fixedXmlPort(domains: Record<string, string>): LibvirtPort {
+  return {
+    uri: "test:///fixed-xml",
+    listDomains: () =>
+      Object.keys(domains).map((name) => ({ name, uuid: "", active: false, persistent: true })),
+    getPersistentXml: (name) => domains[name]!,
+    isActive: () => false,
+    define: () => {
+      throw new Error("not used");
+    },
+    attachDevice: () => {
+      throw new Error("not used");
+    },
+    detachDevice: () => {
+      throw new Error("not used");
+    },
+  };
+}
+
+Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", async () => {
+  using demo = await demoHost();
+  using real = openLibvirtPort(`test://${DEMO}world.xml`);
+  const libvirt = fixedXmlPort({
+    // Malformed, but naming no hostdev: a <hostdev> with no readable address would refuse the
+    // whole plan (tests/plan/plan_unreadable_test.ts).
+    win10: "<domain type='test'><name>win10</name><devices><disk></devices></domain>",
+    gentoo: real.getPersistentXml("gentoo"),
+  });
+  const plan = planHostdevs({
+    config: parseConfig(BOTH, { file: "both.yaml" }),
+    host: demo.host,
+    libvirt,
+  });
+  const [win10, gentoo] = plan.vms;
+  assertEquals(win10?.errors.map((e) => e.code), ["unreadable-definition"]);
+  assertMatch(win10!.errors[0]!.message, /Cannot read the definition of VM "win10": /);
+  assertMatch(win10!.errors[0]!.message, /no PCI device could be found in it/);
+  assertEquals(plan.errors, []);
+  assertEquals(win10?.changed, false);
+  assertEquals(gentoo?.errors, []);
+  assertEquals(gentoo?.add.map((a) => a.address), ["0000:4c:00.0", "0000:4c:00.1"]);
+});
+
+Deno.test("planHostdevs() counts <interface type='hostdev'> devices as taken and never duplicates them", async () => {
+  using demo = await demoHost();
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>",
+    `  <interface type='hostdev' managed='yes'>
+        <source><address type='pci' domain='0x0000' bus='0x44' slot='0x00' function='0x0'/></source>
+      </interface>
+    </devices>
+    <test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).interfaceHostdevs, [
+    "0000:44:00.0",
+  ]);
+
+  // gentoo asks for the Aquantia NIC that win10 holds as an SR-IOV-style interface.
+  const wantsNic = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "nic.yaml" },
+  );
+  const refused = planHostdevs({ config: wantsNic, host: demo.host, libvirt });
+  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
+  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
+
+  // win10 itself asking for it: kept as the interface, no <hostdev> added next to it.
+  const own = parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "own.yaml" },
+  );
+  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add, []);
+  assertMatch(win10.reasoning.join("\n"), /already in "win10" as an <interface type='hostdev'>/);
+});
+
+Deno.test("planHostdevs() counts a running guest's hot-plugged hostdevs as held, with a warning", async () => {
+  using demo = await demoHost();
+  // win10 runs with the Aquantia NIC (group of 0000:44:00.0) passed through.
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>5</test:runstate>",
+    `  <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x44' slot='0x00' function='0x0'/></source>
+      </hostdev>
+    </devices>
+    <test:runstate>1</test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  // Redefining the running guest without it leaves the NIC in the live definition only: what a
+  // hot-plug (virsh attach-device --live) leaves behind.
+  libvirt.define(
+    libvirt.getPersistentXml("win10").replace(
+      /<hostdev mode='subsystem' type='pci'[\s\S]*?<\/hostdev>\s*/,
+      "",
+    ),
+  );
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).hostdevs, []);
+  assertEquals(parseDomainXml(libvirt.getLiveXml!("win10")).hostdevs.map((h) => h.address), [
+    "0000:44:00.0",
+  ]);
+
+  const wantsNic = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "nic.yaml" },
+  );
+  const plan = planHostdevs({ config: wantsNic, host: demo.host, libvirt });
+  const gentoo = plan.vms.find((vm) => vm.name === "gentoo")!;
+  const refusal = gentoo.errors.find((e) =>
+    e.code === "group-shared-with-other-vm" || e.code === "device-assigned-twice"
+  );
+  assert(refusal !== undefined, JSON.stringify(gentoo.errors));
+  assertEquals([...(refusal.vms ?? [])].sort(), ["gentoo", "win10"]);
+  assertEquals(gentoo.changed, false);
+  const warning = plan.warnings.find((w) => w.code === "live-only-hostdev");
+  assert(warning !== undefined, JSON.stringify(plan.warnings));
+  assertEquals([warning.vm, warning.devices], ["win10", ["0000:44:00.0"]]);
+  assertMatch(warning.message, /Running VM "win10" has "0000:44:00\.0" hot-plugged/);
+
+  // win10 itself asking for it: the persistent definition gets it, with no conflict.
+  const own = parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "own.yaml" },
+  );
+  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add.map((a) => a.address), ["0000:44:00.0"]);
+});

@@ -1,0 +1,157 @@
+/**
+ * Golden-file tests: the expected diff text is committed under `tests/fixtures/diffs/`. To
+ * regenerate after an intended change, run with `UPDATE_GOLDEN=1` and review the git diff.
+ */
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  hasSignificantChanges,
+  normaliseXmlLine,
+  renderDomainDiff,
+} from "../../lib/render/diff.ts";
+import { editDomainXml } from "../../lib/domain/domain_xml.ts";
+import type { DeviceIdentity } from "../../lib/plan/types.ts";
+
+const DOMAINS = new URL("../fixtures/domains/", import.meta.url);
+const GOLDEN = new URL("../fixtures/diffs/", import.meta.url);
+const UPDATE = Deno.env.get("UPDATE_GOLDEN") === "1";
+
+function domain(name: string): string {
+  return Deno.readTextFileSync(new URL(name, DOMAINS));
+}
+
+function assertGolden(actual: string, name: string): void {
+  const url = new URL(name, GOLDEN);
+  if (UPDATE) Deno.writeTextFileSync(url, actual);
+  assertEquals(actual, Deno.readTextFileSync(url));
+}
+
+const GPU: DeviceIdentity = {
+  address: "0000:01:00.0",
+  vendorId: "10de",
+  deviceId: "2684",
+  subsystemVendorId: "1043",
+  subsystemDeviceId: "88e2",
+  classCode: "030000",
+  serial: null,
+  driver: "nvidia",
+  rule: "gpu",
+};
+const AUDIO: DeviceIdentity = {
+  ...GPU,
+  address: "0000:01:00.1",
+  deviceId: "22ba",
+  classCode: "040300",
+  driver: "snd_hda_intel",
+};
+
+function withGpu(xml: string): string {
+  return editDomainXml(xml, {
+    remove: [],
+    add: [
+      { address: GPU.address, managed: true, rom: { bar: "on" } },
+      { address: AUDIO.address, managed: true },
+    ],
+    records: [GPU, AUDIO],
+  });
+}
+
+Deno.test("renderDomainDiff() shows added hostdevs and our metadata", () => {
+  const before = domain("pci-rom.xml");
+  assertGolden(renderDomainDiff(before, withGpu(before), { vm: "QEMUGuest2" }), "add_gpu.diff");
+});
+
+Deno.test("renderDomainDiff() shows removed hostdevs and metadata", () => {
+  const with2 = withGpu(domain("pci-rom.xml"));
+  const after = editDomainXml(with2, {
+    remove: [GPU.address, AUDIO.address],
+    add: [],
+    records: [],
+  });
+  assertGolden(renderDomainDiff(with2, after, { vm: "QEMUGuest2" }), "remove_gpu.diff");
+});
+
+Deno.test("renderDomainDiff() shows a moved card as its changed record and source address", () => {
+  const with2 = withGpu(domain("hostdev-pci-multifunction.xml"));
+  const moved = editDomainXml(with2, {
+    remove: [AUDIO.address],
+    add: [{ address: "0000:02:00.1", managed: true }],
+    records: [GPU, { ...AUDIO, address: "0000:02:00.1" }],
+  });
+  assertGolden(renderDomainDiff(with2, moved, { vm: "delete", context: 1 }), "move_audio.diff");
+});
+
+Deno.test("renderDomainDiff() colours +, - and @@ lines only when asked", () => {
+  const before = domain("pci-rom.xml");
+  const after = withGpu(before);
+  const colored = renderDomainDiff(before, after, { vm: "QEMUGuest2", color: true });
+  assertGolden(colored, "add_gpu_color.diff");
+  assertOk(
+    colored.includes("\x1b[32m+    <hostdev mode='subsystem' type='pci' managed='yes'>\x1b[39m"),
+  );
+  assertOk(colored.includes("\x1b[36m@@ "));
+  // Stripping the escapes gives the plain rendering.
+  // deno-lint-ignore no-control-regex
+  const stripped = colored.replace(/\x1b\[[0-9;]*m/g, "");
+  assertEquals(stripped, renderDomainDiff(before, after, { vm: "QEMUGuest2" }));
+  assertOk(!renderDomainDiff(before, after, { vm: "QEMUGuest2" }).includes("\x1b"));
+});
+
+Deno.test("renderDomainDiff() ignores quote style and whitespace-only changes", () => {
+  const before = domain("pci-rom.xml");
+  const reformatted = before
+    .replaceAll("'", '"')
+    .replace('<memballoon model="virtio"/>', "<memballoon  model='virtio' ></memballoon>")
+    .replaceAll("\n  ", "\n\t")
+    .replace("</domain>\n", "</domain>   ");
+  assertOk(reformatted !== before);
+  assertEquals(hasSignificantChanges(before, reformatted), false);
+  assertEquals(renderDomainDiff(before, reformatted, { vm: "QEMUGuest2" }), "");
+});
+
+Deno.test("renderDomainDiff() prints original lines around insignificant changes", () => {
+  const before = "<domain>\n  <name>vm</name>\n  <devices>\n  </devices>\n</domain>\n";
+  const after =
+    '<domain>\n    <name>vm</name>\n  <devices>\n    <disk type="file"/>\n  </devices>\n</domain>\n';
+  assertGolden(renderDomainDiff(before, after, { vm: "vm" }), "mixed_whitespace.diff");
+});
+
+Deno.test("renderDomainDiff() keeps separate hunks for distant changes and honours context", () => {
+  const lines = Array.from({ length: 30 }, (_, i) => `  <l n='${i}'/>`);
+  const before = ["<domain>", ...lines, "</domain>", ""].join("\n");
+  const changed = [...lines];
+  changed[2] = "  <l n='two'/>";
+  changed[25] = "  <l n='twenty-five'/>";
+  const after = ["<domain>", ...changed, "</domain>", ""].join("\n");
+  assertGolden(renderDomainDiff(before, after, { vm: "vm", context: 2 }), "two_hunks.diff");
+  const wide = renderDomainDiff(before, after, { vm: "vm", context: 20 });
+  assertEquals(wide.split("\n").filter((l) => l.startsWith("@@")).length, 1);
+  const none = renderDomainDiff(before, after, { vm: "vm", context: 0 });
+  assertEquals(none.split("\n").filter((l) => l.startsWith(" ")).length, 0);
+});
+
+Deno.test("renderDomainDiff() refuses a negative context", () => {
+  assertThrows(() => renderDomainDiff("<a/>", "<b/>", { vm: "vm", context: -1 }), RangeError);
+});
+
+Deno.test("hasSignificantChanges() sees value, element and text changes", () => {
+  assertEquals(hasSignificantChanges("<a x='1'/>", "<a x='2'/>"), true);
+  assertEquals(hasSignificantChanges("<a x='1'/>", "<a y='1'/>"), true);
+  assertEquals(hasSignificantChanges("<a>t</a>", "<a>t </a>"), true);
+  assertEquals(hasSignificantChanges("<a/>\n<b/>", "<b/>\n<a/>"), true);
+  assertEquals(hasSignificantChanges("<a x='it&apos;s'/>", `<a x="it's"/>`), false);
+  assertEquals(hasSignificantChanges("<a/>\n\n<b/>\n", "<a/>\n<b/>"), false);
+  assertEquals(hasSignificantChanges("<a></a>", "<a/>"), false);
+});
+
+Deno.test("normaliseXmlLine() leaves quotes in text content alone", () => {
+  assertEquals(normaliseXmlLine(`<d>say "x"</d>`), `<d>say "x"</d>`);
+  assertEquals(normaliseXmlLine(`<d k="v">x = "y"</d>`), `<d k='v'>x = "y"</d>`);
+});
+
+Deno.test("normaliseXmlLine() normalises a start tag continued on the next line", () => {
+  assertEquals(
+    normaliseXmlLine(`    <disk type="file"  device="disk"`),
+    normaliseXmlLine(`<disk type='file' device='disk'`),
+  );
+  assertOk(normaliseXmlLine(`<disk type='file'`) !== normaliseXmlLine(`<disk type='block'`));
+});

@@ -1,0 +1,198 @@
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { type DeviceRule, parseConfig } from "../../lib/config/config.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import type { HostDescription, HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import { deviceMatches, recordedDriver, resolveRule } from "../../lib/resolve/match.ts";
+import type { DeviceIdentity } from "../../lib/plan/types.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
+import { gpuIdentity } from "../helpers/devices.ts";
+
+const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
+
+function realHost(name: string): HostTopology {
+  const description = JSON.parse(
+    Deno.readTextFileSync(new URL(`${name}.json`, HOSTS)),
+  ) as HostDescription;
+  return topologyFromDescription(description, { source: name });
+}
+
+function rule(yaml: string): DeviceRule {
+  const config = parseConfig(`version: 1\nvms:\n  vm:\n    devices:\n      - ${yaml}\n`, {
+    file: "c.yaml",
+  });
+  return config.vms[0]!.rules[0]!;
+}
+
+function dev(d: Partial<HostDeviceDescription> & { bdf: string }): HostDeviceDescription {
+  return {
+    group: null,
+    class: "0x030000",
+    vendor: "0x10de",
+    device: "0x2684",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: null,
+    ...d,
+  };
+}
+
+function host(devices: HostDeviceDescription[]): HostTopology {
+  return topologyFromDescription({ devices }, { source: "synthetic" });
+}
+
+Deno.test("resolveRule() takes several matched functions inside one IOMMU group as one card", () => {
+  const result = resolveRule(
+    rule('match: { vendor_device_id: "8086:1521" }'),
+    realHost("supermicro-cfl"),
+  );
+  assertEquals(result.issue, null);
+  assertEquals(result.devices.map((d) => d.address), ["0000:01:00.0", "0000:01:00.1"]);
+  assertEquals(result.units.map((u) => u.group), [1]);
+});
+
+Deno.test("resolveRule() refuses IDs matching several groups and names subsystem IDs as the way out", () => {
+  const twoBrands = host([
+    dev({ bdf: "0000:01:00.0", group: 1, subsystem_vendor: "0x1043", subsystem_device: "0x88e2" }),
+    dev({ bdf: "0000:02:00.0", group: 2, subsystem_vendor: "0x1462", subsystem_device: "0x5103" }),
+  ]);
+  const result = resolveRule(rule('match: { vendor_device_id: "10de:2684" }'), twoBrands);
+  assertEquals(result.issue?.code, "ambiguous");
+  assertEquals(result.devices, []);
+  assertEquals(
+    result.issue?.candidates?.map((c) => [c.address, c.subsystemVendorId, c.iommuGroup]),
+    [
+      ["0000:01:00.0", "1043", 1],
+      ["0000:02:00.0", "1462", 2],
+    ],
+  );
+  assertEquals(
+    result.issue?.message,
+    'Rule "10de:2684" of VM "vm" matches 2 devices in 2 IOMMU groups but takes 1: 0000:01:00.0 (group 1), 0000:02:00.0 (group 2): narrow it with "subsystem_vendor_id/subsystem_device_id" or "address", or take them all with "all: true"',
+  );
+  assertEquals(result.issue?.location, "c.yaml:5:9");
+});
+
+Deno.test("resolveRule() suggests slot and serial when only those tell identical cards apart", () => {
+  const identical = host([
+    dev({ bdf: "0000:01:00.0", group: 1, slot: "1", serial: "00-00-00-00-00-00-00-01" }),
+    dev({ bdf: "0000:02:00.0", group: 2, slot: "2", serial: "00-00-00-00-00-00-00-02" }),
+  ]);
+  const result = resolveRule(rule('match: { vendor_device_id: "10de:2684" }'), identical);
+  assertMatch(result.issue?.message ?? "", /narrow it with "slot" or "serial" or "address"/);
+  const bySerial = resolveRule(
+    rule('match: { vendor_device_id: "10de:2684", serial: "00-00-00-00-00-00-00-02" }'),
+    identical,
+  );
+  assertEquals(bySerial.devices.map((d) => d.address), ["0000:02:00.0"]);
+  const bySlot = resolveRule(rule("match: { class: vga, slot: 1 }"), identical);
+  assertEquals(bySlot.devices.map((d) => d.address), ["0000:01:00.0"]);
+});
+
+Deno.test("resolveRule() reports no-match with the nearest devices and what differs", () => {
+  const result = resolveRule(
+    rule('match: { vendor_device_id: "10de:1b07" }'),
+    realHost("x570-aorus-pro-wifi"),
+  );
+  assertEquals(result.issue?.code, "no-match");
+  assertEquals(result.issue?.candidates?.map((c) => c.address), [
+    "0000:0b:00.0",
+    "0000:0b:00.1",
+    "0000:0c:00.0",
+    "0000:0c:00.1",
+  ]);
+  assertMatch(
+    result.issue?.message ?? "",
+    /^Rule "10de:1b07" of VM "vm" matches no device \(vendor_id "10de", device_id "1b07"\): closest are 0000:0b:00\.0 \(device_id differs\)/,
+  );
+});
+
+Deno.test("resolveRule() with count takes that many groups and refuses fewer", () => {
+  const x570 = realHost("x570-aorus-pro-wifi");
+  const two = resolveRule(rule('match: { vendor_device_id: "1022:149c" }\n        count: 2'), x570);
+  assertEquals(two.issue, null);
+  assertEquals(two.units.length, 2);
+  assertEquals(two.devices.map((d) => d.address), ["0000:08:00.1", "0000:08:00.3", "0000:0e:00.3"]);
+  const four = resolveRule(
+    rule('match: { vendor_device_id: "1022:149c" }\n        count: 4'),
+    x570,
+  );
+  assertEquals(four.issue?.code, "no-match");
+  assertMatch(four.issue?.message ?? "", /needs 4 IOMMU groups but matches 2/);
+  assertEquals(four.issue?.candidates?.length, 3);
+});
+
+Deno.test("resolveRule() with all: true takes every matching group", () => {
+  const result = resolveRule(
+    rule('match: { vendor_device_id: "1022:149c" }\n        all: true'),
+    realHost("x570-aorus-pro-wifi"),
+  );
+  assertEquals(result.issue, null);
+  assertEquals(result.devices.map((d) => d.address), [
+    "0000:08:00.1",
+    "0000:08:00.3",
+    "0000:0e:00.3",
+  ]);
+});
+
+Deno.test("resolveRule() never matches a PCI-to-PCI bridge", () => {
+  const result = resolveRule(
+    rule('match: { class: "0604" }\n        all: true'),
+    realHost("b550-aorus-pro"),
+  );
+  assertEquals(result.issue?.code, "no-match");
+});
+
+Deno.test("resolveRule() tells a 3D controller from a VGA controller by class name", () => {
+  const laptop = realHost("laptop-hm87-gtx765m");
+  assertEquals(
+    resolveRule(rule('match: { class: 3d, vendor_id: "10de" }'), laptop).devices.map((d) =>
+      d.address
+    ),
+    ["0000:01:00.0"],
+  );
+  assertEquals(
+    resolveRule(rule('match: { class: vga, vendor_id: "10de" }'), laptop).issue?.code,
+    "no-match",
+  );
+});
+
+Deno.test("resolveRule() matches by driver and by NUMA node", () => {
+  const trx40 = realHost("trx40-creator");
+  const byDriver = resolveRule(rule("match: { driver: nvme }"), trx40);
+  assertEquals(byDriver.devices.map((d) => d.address), ["0000:4a:00.0"]);
+  // Two ahci controllers in groups 51 and 52: the driver alone is ambiguous; the two xhci_hcd
+  // controllers share group 50 and are one unit.
+  assertEquals(resolveRule(rule("match: { driver: ahci }"), trx40).issue?.code, "ambiguous");
+  assertEquals(resolveRule(rule("match: { driver: xhci_hcd }"), trx40).devices.length, 2);
+  const numa = host([
+    dev({ bdf: "0000:01:00.0", group: 1, numa_node: 0 }),
+    dev({ bdf: "0000:81:00.0", group: 2, numa_node: 1 }),
+  ]);
+  assertEquals(
+    resolveRule(rule('match: { vendor_id: "10de", numa_node: 1 }'), numa).devices.map((d) =>
+      d.address
+    ),
+    ["0000:81:00.0"],
+  );
+});
+
+Deno.test("deviceMatches() keeps driver: nvidia matching a vfio-pci card only through its record", () => {
+  const vfio = host([
+    dev({ bdf: "0000:01:00.0", group: 1, driver: "vfio-pci" }),
+    dev({ bdf: "0000:02:00.0", group: 2, driver: "vfio-pci" }),
+  ]);
+  const [first, second] = vfio.devices as [typeof vfio.devices[0], typeof vfio.devices[0]];
+  const record: DeviceIdentity = gpuIdentity("0000:01:00.0", { driver: "nvidia" });
+  const criteria = { driver: "nvidia" };
+  assertEquals(deviceMatches(first, criteria), false);
+  assertEquals(deviceMatches(first, criteria, { records: [record] }), true);
+  // An identical card without a serial is only the recorded one at the recorded address.
+  assertEquals(deviceMatches(second, criteria, { records: [record] }), false);
+  assertEquals(recordedDriver(second, [{ ...record, serial: null }]), null);
+  // A record of another model never lends its driver.
+  assertEquals(
+    deviceMatches(first, criteria, { records: [{ ...record, deviceId: "2704" }] }),
+    false,
+  );
+});

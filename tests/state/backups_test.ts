@@ -1,0 +1,208 @@
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  BackupIntegrityError,
+  BackupNotFoundError,
+  encodeVmName,
+  findBackup,
+  listBackups,
+  readBackupXml,
+  sha256Hex,
+  writeBackup,
+} from "../../lib/state/backups.ts";
+import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
+
+const UUID = "0b7e4a7c-2f0d-4b8e-9c43-5a1d6f3e8b21";
+
+function tempDir(): string {
+  return Deno.makeTempDirSync({ prefix: "passthrough-backups-test-" });
+}
+
+function xmlOf(name: string, note = ""): string {
+  return `<domain type='test'>\n  <name>${name}</name>\n  <uuid>${UUID}</uuid>${note}\n</domain>\n`;
+}
+
+/** A backup of VM `vm` taken by apply, with `note` in its XML and the clock at `second`. */
+function backupOf(
+  state: Parameters<typeof writeBackup>[0],
+  vm: string,
+  options: { note?: string; second?: number } = {},
+) {
+  return writeBackup(state, {
+    vm,
+    uuid: UUID,
+    xml: xmlOf(vm, options.note),
+    reason: "apply",
+    uri: "u",
+    ...(options.second === undefined ? {} : { now: at(options.second) }),
+  });
+}
+
+function at(seconds: number): Date {
+  return new Date(Date.UTC(2026, 10, 24, 3, 0, seconds));
+}
+
+Deno.test("writeBackup() writes the XML and a sidecar, both 0600, under backups/<vm>/", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const xml = xmlOf("win11", "<graphics passwd='s3cret'/>");
+    const entry = writeBackup(state, {
+      vm: "win11",
+      uuid: UUID,
+      xml,
+      reason: "apply",
+      uri: "test:///x.xml",
+      now: at(1),
+    });
+    assertEquals(entry.id, "20261124T030001.000Z-0b7e4a7c");
+    assertEquals(entry.path, `${state.backupsPath}/win11/${entry.id}.xml`);
+    assertEquals(Deno.readTextFileSync(entry.path), xml);
+    assertEquals(entry.sha256, sha256Hex(xml));
+    const sidecarPath = `${state.backupsPath}/win11/${entry.id}.json`;
+    const sidecar = JSON.parse(Deno.readTextFileSync(sidecarPath));
+    assertEquals(
+      [sidecar.vm, sidecar.uuid, sidecar.time, sidecar.reason, sidecar.sha256, sidecar.file],
+      ["win11", UUID, "2026-11-24T03:00:01.000Z", "apply", entry.sha256, `${entry.id}.xml`],
+    );
+    for (const path of [entry.path, sidecarPath]) {
+      assertEquals((Deno.statSync(path).mode ?? 0) & 0o777, 0o600, path);
+    }
+    assertEquals((Deno.statSync(`${state.backupsPath}/win11`).mode ?? 0) & 0o777, 0o700);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("encodeVmName() keeps odd VM names inside backups/ and apart from each other", () => {
+  const names = [
+    "..",
+    ".",
+    "../../etc/passwd",
+    "a/b",
+    "a%2Fb",
+    "-rf",
+    ".hidden",
+    "win 11",
+    "wïn",
+    "a\nb",
+    "",
+    "x".repeat(300),
+    "x".repeat(300) + "y",
+  ];
+  const encoded = names.map(encodeVmName);
+  assertEquals(new Set(encoded).size, names.length);
+  for (const name of encoded) {
+    assertOk(/^[A-Za-z0-9_%~-][A-Za-z0-9_.%~-]*$/.test(name), name);
+    assertOk(name.length <= 255, name);
+  }
+  assertEquals(encodeVmName("a/b"), "a%2Fb");
+  assertEquals(encodeVmName("a%2Fb"), "a%252Fb");
+});
+
+Deno.test("writeBackup() stores a VM named with slashes and dots under backups/", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const entry = writeBackup(state, {
+      vm: "../../escape",
+      uuid: UUID,
+      xml: xmlOf("x"),
+      reason: "apply",
+      uri: "test:///x.xml",
+    });
+    assertOk(entry.path.startsWith(`${state.backupsPath}/%2E.%2F..%2Fescape/`), entry.path);
+    assertEquals([...Deno.readDirSync(root)].map((e) => e.name), ["state"]);
+    assertEquals(listBackups(state, "../../escape").map((e) => e.vm), ["../../escape"]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("listBackups() lists newest first, per VM or for every VM", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const write = (vm: string, second: number, reason: "apply" | "rollback" = "apply") =>
+      writeBackup(state, { vm, uuid: UUID, xml: xmlOf(vm), reason, uri: "u", now: at(second) });
+    const a1 = write("a", 1);
+    const b2 = write("b", 2);
+    const a3 = write("a", 3, "rollback");
+    // The same millisecond twice: kept apart by a counter, never overwritten.
+    const a3bis = write("a", 3);
+    assertEquals(a3bis.id, `${a3.id}-1`);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [a3bis.id, a3.id, a1.id]);
+    assertEquals(listBackups(state, "a")[1]?.reason, "rollback");
+    assertEquals(listBackups(state).map((e) => e.vm), ["a", "a", "b", "a"]);
+    assertEquals(listBackups(state).map((e) => e.id)[2], b2.id);
+    assertEquals(listBackups(state, "nobody"), []);
+    // By path as well as by opened state directory, without creating anything.
+    assertEquals(listBackups(`${root}/state`, "b").map((e) => e.id), [b2.id]);
+    assertEquals(listBackups(`${root}/missing`), []);
+    assertThrows(() => Deno.lstatSync(`${root}/missing`), Deno.errors.NotFound);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("listBackups() ignores an XML file whose sidecar was never written", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const entry = backupOf(state, "a");
+    Deno.writeTextFileSync(`${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`, "<x/>");
+    assertEquals(listBackups(state, "a").map((e) => e.id), [entry.id]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("findBackup() picks the newest by default, or the one named, and nothing outside", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const old = backupOf(state, "a", { note: "<old/>", second: 1 });
+    const newest = backupOf(state, "a", { note: "<new/>", second: 2 });
+    assertEquals(findBackup(state, "a").id, newest.id);
+    assertEquals(findBackup(state, "a", old.id).id, old.id);
+    assertEquals(findBackup(state, "a", `${old.id}.xml`).id, old.id);
+    assertEquals(findBackup(state, "a", old.path).id, old.id);
+    for (const ref of ["../b/x", "/etc/passwd", "nope"]) {
+      assertThrows(
+        () => findBackup(state, "a", ref),
+        (e: unknown) => e instanceof BackupNotFoundError && e.ref === ref,
+      );
+    }
+    assertThrows(() => findBackup(state, "b"), /No backup of VM "b"/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha256", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const entry = backupOf(state, "a");
+    assertEquals(readBackupXml(entry), xmlOf("a"));
+    Deno.writeTextFileSync(entry.path, xmlOf("a", "<tampered/>"));
+    assertThrows(() => readBackupXml(entry), BackupIntegrityError);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("writeBackup() fails, writing nothing, when the VM's backup directory is a symlink", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    Deno.mkdirSync(`${root}/elsewhere`, { mode: 0o700 });
+    Deno.symlinkSync(`${root}/elsewhere`, `${state.backupsPath}/a`);
+    assertThrows(
+      () => backupOf(state, "a"),
+      (e: unknown) => e instanceof StateDirError && e.problem === "symlink",
+    );
+    assertEquals([...Deno.readDirSync(`${root}/elsewhere`)], []);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});

@@ -1,0 +1,211 @@
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { acquireLock, LockHeldError, StaleLockError } from "../../lib/state/lock.ts";
+
+const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
+
+function tempDir(): string {
+  return Deno.makeTempDirSync({ prefix: "passthrough-lock-test-" });
+}
+
+function heldError(fn: () => unknown): LockHeldError {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof LockHeldError) return error;
+    throw error;
+  }
+  throw new Error("Expected LockHeldError");
+}
+
+/** A child process that takes the lock, says "locked" and waits to be killed. */
+async function lockingChild(dir: string): Promise<Deno.ChildProcess> {
+  const code = `
+    import { acquireLock } from ${JSON.stringify(LOCK_MODULE)};
+    const lock = acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+    console.log("locked");
+    await new Promise(() => setInterval(() => {}, 1000));
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("locked")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`Child exited before locking: ${seen}`);
+    seen += value;
+  }
+  reader.releaseLock();
+  return child;
+}
+
+Deno.test("acquireLock() refuses a second holder and names the first", () => {
+  const dir = tempDir();
+  try {
+    using first = acquireLock(dir, { command: "apply" });
+    const error = heldError(() => acquireLock(dir, { command: "rollback" }));
+    assertEquals(error.holder?.pid, Deno.pid);
+    assertEquals(error.holder?.command, "apply");
+    assertEquals(error.holder?.startedAt, first.holder.startedAt);
+    assertOk(error.message.includes(`pid ${Deno.pid}`), error.message);
+    // The holder's lock is untouched by the failed attempt.
+    assertEquals(JSON.parse(Deno.readTextFileSync(first.path)).pid, Deno.pid);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() lock file holds pid, host, start time and command with mode 0600", () => {
+  const dir = tempDir();
+  try {
+    using lock = acquireLock(dir, { command: "apply" });
+    const written = JSON.parse(Deno.readTextFileSync(`${dir}/lock`));
+    assertEquals(written, lock.holder);
+    assertEquals(typeof written.host, "string");
+    assertEquals((Deno.statSync(`${dir}/lock`).mode ?? 0) & 0o777, 0o600);
+    assertEquals(lock.brokeStale, null);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() releases with using, so the next run gets the lock", () => {
+  const dir = tempDir();
+  try {
+    {
+      using _lock = acquireLock(dir, { command: "apply" });
+    }
+    assertThrows(() => Deno.lstatSync(`${dir}/lock`), Deno.errors.NotFound);
+    using again = acquireLock(dir, { command: "apply" });
+    assertEquals(again.brokeStale, null);
+    again.release();
+    again.release(); // Idempotent.
+    assertEquals([...Deno.readDirSync(dir)].length, 0);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() breaks a stale lock left by a dead process and reports it", () => {
+  const dir = tempDir();
+  try {
+    const dead = {
+      pid: 999999,
+      host: "gone",
+      startedAt: "2026-01-01T00:00:00.000Z",
+      command: "apply",
+    };
+    Deno.writeTextFileSync(`${dir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+    assertThrows(
+      () => acquireLock(dir, { command: "apply", breakStale: false }),
+      (error: unknown) => error instanceof StaleLockError && error.holder?.pid === 999999,
+    );
+    // Still there after the refusal.
+    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, 999999);
+    using lock = acquireLock(dir, { command: "apply" });
+    assertEquals(lock.brokeStale, dead);
+    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, Deno.pid);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() fails fast while another process holds the lock, and breaks it once that process is killed", async () => {
+  const dir = tempDir();
+  const child = await lockingChild(dir);
+  try {
+    const error = heldError(() => acquireLock(dir, { command: "apply" }));
+    assertEquals(error.holder?.pid, child.pid);
+    child.kill("SIGKILL");
+    await child.status;
+    // The lock file survives the kill; the kernel lock that proved the holder alive does not.
+    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, child.pid);
+    using lock = acquireLock(dir, { command: "apply" });
+    assertEquals(lock.brokeStale?.pid, child.pid);
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already dead.
+    }
+    await child.stdout.cancel().catch(() => {});
+    await child.status;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() release leaves a lock file that is no longer its own", () => {
+  const dir = tempDir();
+  try {
+    const lock = acquireLock(dir, { command: "apply" });
+    // Someone removed our lock by hand and another run took it.
+    Deno.removeSync(`${dir}/lock`);
+    Deno.writeTextFileSync(`${dir}/lock`, '{"pid":1,"host":"h","startedAt":"t","command":"apply"}');
+    lock.release();
+    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, 1);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("acquireLock() lets exactly one of many racing processes break a stale lock", async () => {
+  const dir = tempDir();
+  const dead = {
+    pid: 999999,
+    host: "gone",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    command: "apply",
+  };
+  Deno.writeTextFileSync(`${dir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  const code = `
+    import { acquireLock, LockHeldError } from ${JSON.stringify(LOCK_MODULE)};
+    while (true) { try { Deno.statSync(${
+    JSON.stringify(`${dir}/go`)
+  }); break; } catch { await new Promise((r) => setTimeout(r, 1)); } }
+    try {
+      acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+      console.log("won");
+      await new Promise(() => setInterval(() => {}, 1000));
+    } catch (error) {
+      console.log(error instanceof LockHeldError ? "held" : String(error));
+    }
+  `;
+  const children = Array.from({ length: 8 }, () =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", code],
+      stdout: "piped",
+      stderr: "inherit",
+      stdin: "null",
+    }).spawn());
+  try {
+    const firstLines = children.map(async (child) => {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let seen = "";
+      while (!seen.includes("\n")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      reader.releaseLock();
+      return seen.trim();
+    });
+    Deno.writeTextFileSync(`${dir}/go`, "");
+    const outcomes = await Promise.all(firstLines);
+    assertEquals(outcomes.filter((o) => o === "won").length, 1, outcomes.join(","));
+    assertEquals(outcomes.filter((o) => o === "held").length, 7, outcomes.join(","));
+  } finally {
+    for (const child of children) {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Already exited.
+      }
+      await child.stdout.cancel().catch(() => {});
+      await child.status;
+    }
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

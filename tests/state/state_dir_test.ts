@@ -1,0 +1,230 @@
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  DEFAULT_STATE_DIR,
+  openStateDir,
+  resolveStateDirPath,
+  StateDirError,
+  writeNewFileSync,
+} from "../../lib/state/state_dir.ts";
+
+function tempDir(): string {
+  return Deno.makeTempDirSync({ prefix: "passthrough-state-test-" });
+}
+
+function mode(path: string): number {
+  return (Deno.lstatSync(path).mode ?? 0) & 0o7777;
+}
+
+function problemOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof StateDirError) return error.problem;
+    throw error;
+  }
+  return "none";
+}
+
+Deno.test("resolveStateDirPath() prefers the flag, then PASSTHROUGH_STATE_DIR, then the default", () => {
+  const env = (value: string | undefined) => (name: string) =>
+    name === "PASSTHROUGH_STATE_DIR" ? value : undefined;
+  assertEquals(resolveStateDirPath({ flag: "/a", env: env("/b") }), "/a");
+  assertEquals(resolveStateDirPath({ env: env("/b") }), "/b");
+  assertEquals(resolveStateDirPath({ env: env("") }), DEFAULT_STATE_DIR);
+  assertEquals(resolveStateDirPath({ env: env(undefined) }), "/var/lib/passthrough");
+  assertEquals(resolveStateDirPath({ flag: "rel" }), `${Deno.cwd()}/rel`);
+});
+
+Deno.test("openStateDir() creates the directory and backups/ with mode 0700", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/deep/state`);
+    assertEquals(mode(state.path), 0o700);
+    assertEquals(mode(state.backupsPath), 0o700);
+    assertEquals(state.backupsPath, `${root}/deep/state/backups`);
+    // No probe file is left behind.
+    assertEquals([...Deno.readDirSync(state.path)].map((e) => e.name), ["backups"]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() refuses a state directory that is a symlink", () => {
+  const root = tempDir();
+  try {
+    Deno.mkdirSync(`${root}/real`, { mode: 0o700 });
+    Deno.symlinkSync(`${root}/real`, `${root}/state`);
+    assertEquals(problemOf(() => openStateDir(`${root}/state`)), "symlink");
+    assertThrows(() => openStateDir(`${root}/state`), /symbolic link/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() refuses a backups/ subdirectory that is a symlink", () => {
+  const root = tempDir();
+  try {
+    Deno.mkdirSync(`${root}/state`, { mode: 0o700 });
+    Deno.mkdirSync(`${root}/elsewhere`, { mode: 0o700 });
+    Deno.symlinkSync(`${root}/elsewhere`, `${root}/state/backups`);
+    assertEquals(problemOf(() => openStateDir(`${root}/state`)), "symlink");
+    assertEquals(problemOf(() => openStateDir(`${root}/state`, { write: false })), "symlink");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() refuses a group- or world-writable directory", () => {
+  const root = tempDir();
+  try {
+    Deno.mkdirSync(`${root}/state`);
+    Deno.chmodSync(`${root}/state`, 0o777);
+    assertEquals(problemOf(() => openStateDir(`${root}/state`)), "loose-permissions");
+    Deno.chmodSync(`${root}/state`, 0o770);
+    assertEquals(problemOf(() => openStateDir(`${root}/state`)), "loose-permissions");
+    Deno.chmodSync(`${root}/state`, 0o700);
+    assertEquals(problemOf(() => openStateDir(`${root}/state`)), "none");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "openStateDir() refuses a directory owned by another user",
+  // Only root can give a directory away.
+  ignore: Deno.uid() !== 0,
+  fn() {
+    const root = tempDir();
+    try {
+      Deno.mkdirSync(`${root}/state`, { mode: 0o700 });
+      Deno.chownSync(`${root}/state`, 65534, null);
+      assertEquals(problemOf(() => openStateDir(`${root}/state`)), "foreign-owner");
+      assertThrows(() => openStateDir(`${root}/state`), /owned by uid 65534/);
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test("openStateDir() reports an unusable path before anything is written", () => {
+  const root = tempDir();
+  try {
+    // A file where a directory is expected: even root cannot create a directory under it.
+    Deno.writeTextFileSync(`${root}/file`, "x");
+    assertEquals(problemOf(() => openStateDir(`${root}/file/state`)), "unwritable");
+    assertEquals(problemOf(() => openStateDir(`${root}/file`)), "not-directory");
+    // A read-only file system: /proc refuses new files even to root.
+    assertEquals(problemOf(() => openStateDir("/proc/sys")), "unwritable");
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() with write: false creates nothing and reports a missing directory", () => {
+  const root = tempDir();
+  try {
+    assertEquals(problemOf(() => openStateDir(`${root}/none`, { write: false })), "missing");
+    assertThrows(() => Deno.lstatSync(`${root}/none`), Deno.errors.NotFound);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("writeNewFileSync() writes a 0600 file and never replaces an existing one", () => {
+  const root = tempDir();
+  try {
+    const path = writeNewFileSync(root, "a.xml", "<domain/>");
+    assertEquals(path, `${root}/a.xml`);
+    assertEquals(mode(path), 0o600);
+    assertEquals(Deno.readTextFileSync(path), "<domain/>");
+    assertThrows(() => writeNewFileSync(root, "a.xml", "other"), Deno.errors.AlreadyExists);
+    assertEquals(Deno.readTextFileSync(path), "<domain/>");
+    // No temporary file is left behind by the failed attempt.
+    assertEquals([...Deno.readDirSync(root)].map((e) => e.name), ["a.xml"]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("writeNewFileSync() does not follow a planted symlink", () => {
+  const root = tempDir();
+  try {
+    Deno.writeTextFileSync(`${root}/victim`, "precious");
+    Deno.symlinkSync(`${root}/victim`, `${root}/planted.xml`);
+    Deno.symlinkSync(`${root}/missing-target`, `${root}/dangling.xml`);
+    assertThrows(() => writeNewFileSync(root, "planted.xml", "evil"), Deno.errors.AlreadyExists);
+    assertThrows(() => writeNewFileSync(root, "dangling.xml", "evil"), Deno.errors.AlreadyExists);
+    assertEquals(Deno.readTextFileSync(`${root}/victim`), "precious");
+    assertThrows(() => Deno.lstatSync(`${root}/missing-target`), Deno.errors.NotFound);
+    assertThrows(() => writeNewFileSync(root, "../escape", "x"), TypeError);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("openStateDir() accepts a directory it created earlier", () => {
+  const root = tempDir();
+  try {
+    const first = openStateDir(`${root}/state`);
+    const second = openStateDir(`${root}/state`);
+    assertEquals(second, first);
+    assertOk(second.uid !== null);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
+function canMount(): boolean {
+  try {
+    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "openStateDir() and writeBackup() report a full disk instead of writing half a backup",
+  ignore: !canMount(),
+  async fn() {
+    const root = tempDir();
+    try {
+      const lib = new URL("../../lib/", import.meta.url).href;
+      // Runs inside a private mount namespace on a 64 KiB tmpfs filled to the last block.
+      const code = `
+        import { openStateDir, StateDirError } from "${lib}state_dir.ts";
+        import { writeBackup } from "${lib}backups.ts";
+        const dir = ${JSON.stringify(`${root}/mnt`)};
+        const out = [];
+        try { openStateDir(dir + "/state"); out.push("opened"); }
+        catch (e) { out.push(e instanceof StateDirError ? e.problem : String(e)); }
+        try {
+          writeBackup({ path: dir + "/state", backupsPath: dir + "/state/backups", uid: 0 },
+            { vm: "a", uuid: "u", xml: "<domain/>".repeat(1000), reason: "apply", uri: "u" });
+          out.push("written");
+        } catch (e) { out.push(/No space left/.test(e.message) ? "ENOSPC" : e.message); }
+        out.push(Deno.readDirSync(dir + "/state/backups/a").toArray().length);
+        console.log(JSON.stringify(out));
+      `;
+      Deno.mkdirSync(`${root}/mnt`);
+      const script = [
+        `mount -t tmpfs -o size=64k,mode=700 tmpfs ${root}/mnt`,
+        `mkdir -p -m 700 ${root}/mnt/state/backups/a`,
+        `(dd if=/dev/zero of=${root}/mnt/fill bs=4k 2>/dev/null; true)`,
+        `exec ${Deno.execPath()} eval --quiet '${code.replaceAll("'", "'\\''")}'`,
+      ].join(" && ");
+      const out = await new Deno.Command("unshare", {
+        args: ["-m", "--propagation", "private", "sh", "-c", script],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stdout = new TextDecoder().decode(out.stdout).trim();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      // Not writable, no backup, and no temporary file left in the VM's backup directory.
+      assertEquals(JSON.parse(stdout), ["unwritable", "ENOSPC", 0]);
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  },
+});

@@ -1,0 +1,169 @@
+// The host-tree builder: the sysfs shape discovery and the real lspci rely on.
+import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
+import {
+  buildHostTree,
+  HostDescriptionError,
+  type HostDeviceDescription,
+} from "../../lib/testing/host_tree.ts";
+import { commandLspciRunner } from "../../lib/host/lspci.ts";
+
+function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
+  return {
+    bdf,
+    group: 5,
+    class: "0x030000",
+    vendor: "0x10de",
+    device: "0x1b80",
+    subsystem_vendor: "0x1043",
+    subsystem_device: "0x8599",
+    driver: "vfio-pci",
+    revision: "0xa1",
+    ...extra,
+  };
+}
+
+function withDir(fn: (dir: string) => void | Promise<void>) {
+  return async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-tree-" });
+    try {
+      await fn(dir);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+}
+
+Deno.test(
+  "buildHostTree() writes attributes, uevent and links like the kernel",
+  withDir((dir) => {
+    buildHostTree({ devices: [dev("0000:0b:00.0")] }, dir);
+    const d = `${dir}/bus/pci/devices/0000:0b:00.0`;
+    const read = (name: string) => Deno.readTextFileSync(`${d}/${name}`);
+    assertEquals(
+      [read("vendor"), read("device"), read("class"), read("subsystem_vendor"), read("revision")],
+      ["0x10de\n", "0x1b80\n", "0x030000\n", "0x1043\n", "0xa1\n"],
+    );
+    assertEquals(
+      read("uevent"),
+      "DRIVER=vfio-pci\nPCI_CLASS=30000\nPCI_ID=10DE:1B80\nPCI_SUBSYS_ID=1043:8599\nPCI_SLOT_NAME=0000:0b:00.0\n",
+    );
+    assertEquals(read("numa_node"), "-1\n");
+    assertEquals(Deno.readLinkSync(`${d}/driver`), "../../drivers/vfio-pci");
+    assertEquals(Deno.readLinkSync(`${d}/iommu_group`), "../../../../kernel/iommu_groups/5");
+    assertEquals(
+      Deno.realPathSync(`${dir}/kernel/iommu_groups/5/devices/0000:0b:00.0`),
+      Deno.realPathSync(d),
+    );
+    // Unknown FLR: 64 bytes, as an unprivileged read of a real device returns.
+    assertEquals(Deno.readFileSync(`${d}/config`).length, 64);
+  }),
+);
+
+Deno.test(
+  "buildHostTree() leaves null fields out instead of inventing values",
+  withDir((dir) => {
+    buildHostTree({
+      devices: [dev("0000:01:00.0", {
+        subsystem_vendor: null,
+        subsystem_device: null,
+        revision: null,
+        driver: null,
+        group: null,
+      })],
+    }, dir);
+    const d = `${dir}/bus/pci/devices/0000:01:00.0`;
+    const names = [...Deno.readDirSync(d)].map((e) => e.name).sort();
+    for (
+      const absent of ["subsystem_vendor", "subsystem_device", "revision", "driver", "iommu_group"]
+    ) {
+      assertEquals(names.includes(absent), false, absent);
+    }
+    assertEquals(Deno.readTextFileSync(`${d}/uevent`).includes("DRIVER="), false);
+    assertThrows(() => Deno.statSync(`${dir}/kernel/iommu_groups`), Deno.errors.NotFound);
+  }),
+);
+
+Deno.test(
+  "buildHostTree() writes a type-1 header for bridges that the real lspci shows as one",
+  withDir(async (dir) => {
+    buildHostTree({
+      devices: [
+        dev("0000:00:01.1", {
+          class: "0x060400",
+          vendor: "0x1022",
+          device: "0x1483",
+          driver: "pcieport",
+        }),
+      ],
+    }, dir);
+    const config = Deno.readFileSync(`${dir}/bus/pci/devices/0000:00:01.1/config`);
+    assertEquals(config[0x0e], 1);
+    const text = await commandLspciRunner()(["-O", `sysfs.path=${dir}/bus/pci`, "-vv"]);
+    assertMatch(text, /PCI bridge/);
+    assertMatch(text, /Bus: primary=00, secondary=01, subordinate=01/);
+  }),
+);
+
+Deno.test(
+  "buildHostTree() writes SR-IOV links and counts in the kernel's layout",
+  withDir((dir) => {
+    buildHostTree({
+      devices: [
+        dev("0000:01:00.0", { class: "0x020000" }),
+        dev("0000:01:00.3", { class: "0x020000", physfn: "0000:01:00.0" }),
+        dev("0000:01:00.2", { class: "0x020000", physfn: "01:00.0" }),
+      ],
+    }, dir);
+    const pf = `${dir}/bus/pci/devices/0000:01:00.0`;
+    assertEquals(Deno.readTextFileSync(`${pf}/sriov_numvfs`), "2\n");
+    assertEquals(
+      [Deno.readLinkSync(`${pf}/virtfn0`), Deno.readLinkSync(`${pf}/virtfn1`)],
+      ["../0000:01:00.2", "../0000:01:00.3"],
+    );
+    assertEquals(
+      Deno.readLinkSync(`${dir}/bus/pci/devices/0000:01:00.2/physfn`),
+      "../0000:01:00.0",
+    );
+  }),
+);
+
+Deno.test(
+  "buildHostTree() writes a serial number capability in 4096 bytes of config space",
+  withDir((dir) => {
+    buildHostTree({ devices: [dev("0000:01:00.0", { serial: "00-11-22-ff-ff-33-44-55" })] }, dir);
+    const config = Deno.readFileSync(`${dir}/bus/pci/devices/0000:01:00.0/config`);
+    assertEquals(config.length, 4096);
+    assertEquals([...config.subarray(0x104, 0x10c)], [
+      0x55,
+      0x44,
+      0x33,
+      0xff,
+      0xff,
+      0x22,
+      0x11,
+      0x00,
+    ]);
+  }),
+);
+
+Deno.test(
+  "buildHostTree() rejects bad addresses, IDs, serials and duplicates with the device named",
+  withDir((dir) => {
+    assertThrows(
+      () => buildHostTree({ devices: [dev("0000:01:00.0", { vendor: "nvidia" })] }, `${dir}/a`),
+      /Invalid vendor "nvidia" for device "0000:01:00.0"/,
+    );
+    assertThrows(
+      () => buildHostTree({ devices: [dev("1:0.0")] }, `${dir}/b`),
+      (e: unknown) => e instanceof HostDescriptionError && e.bdf === "1:0.0",
+    );
+    assertThrows(
+      () => buildHostTree({ devices: [dev("0000:01:00.0"), dev("0000:01:00.0")] }, `${dir}/c`),
+      /Duplicate device "0000:01:00.0"/,
+    );
+    assertThrows(
+      () => buildHostTree({ devices: [dev("0000:01:00.0", { serial: "12345" })] }, `${dir}/d`),
+      /Invalid serial "12345" for device "0000:01:00.0"/,
+    );
+  }),
+);
