@@ -47,14 +47,8 @@ export type * from "./libvirt_port.ts";
 export * from "./pci_address.ts";
 
 // Discovery: sysfs + lspci, captured trees, libvirt's node-device API.
-export {
-  BACKGROUND_READS_FROM,
-  discoverHost,
-  type DiscoverOptions,
-  readSysfsDevices,
-  SysfsRootError,
-} from "./discovery.ts";
-export { denoFsReader, type SysfsReader } from "./sysfs.ts";
+export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discovery.ts";
+export { denoFsReader, type SysfsFile, type SysfsReader } from "./sysfs.ts";
 export { commandLspciRunner, LspciError, type LspciRunner } from "./lspci.ts";
 export { buildHostTree, HostDescriptionError, loadHostDescription } from "./host_tree.ts";
 export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
