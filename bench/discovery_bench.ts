@@ -2,9 +2,7 @@
  * In-process discovery on generated hosts of 256, 1,024 and 4,096 functions (sysfs trees from
  * `lib/testing/host_generator.ts`, built once in a temp dir). Per size:
  * - `sysfs (libc)`: the reader the CLI uses for `/sys` and trees, no lspci (target at 1,024
- *   functions: under 30 ms); it reads `uevent`, `config` and `modules` through io_uring's kernel
- *   thread while this thread reads the links and `numa_node` (`ffi/io_uring.ts`);
- * - `sysfs (libc, file by file)`: the same reader with io_uring off (`PASSTHROUGH_IO_URING=0`);
+ *   functions: under 30 ms);
  * - `sysfs (Deno fs)`: the fallback reader for trees when FFI is not permitted, no lspci;
  * - `reads only (libc)`: the same files and links read per device with no parsing at all, the
  *   floor the syscalls set on this machine;
@@ -22,7 +20,8 @@
 import { generateHost } from "../lib/testing/host_generator.ts";
 import { buildHostTree } from "../lib/testing/host_tree.ts";
 import { discoverHost } from "../lib/host/discover.ts";
-import { denoFsReader, openSysfsDir, type SysfsReader } from "../lib/host/sysfs.ts";
+import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import { bufferConfigReader } from "../lib/pci/config_space.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 
 /** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
@@ -32,7 +31,6 @@ const base = Deno.makeTempDirSync({ prefix: "passthrough-bench-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(base, { recursive: true }));
 
 const libc = libcSysfsReader();
-const fileByFile = libcSysfsReader({ ioUring: false });
 const denoFs = denoFsReader();
 
 for (const size of SIZES) buildHostTree(generateHost(size), `${base}/${size}`);
@@ -51,13 +49,6 @@ for (const size of SIZES) {
     },
   });
   Deno.bench({
-    name: `discovery ${size} functions: sysfs (libc, file by file), no lspci`,
-    group: `sysfs-${size}`,
-    async fn() {
-      await discoverHost({ root, reader: fileByFile, lspci: null });
-    },
-  });
-  Deno.bench({
     name: `discovery ${size} functions: sysfs (Deno fs), no lspci`,
     group: `sysfs-${size}`,
     async fn() {
@@ -68,14 +59,14 @@ for (const size of SIZES) {
     name: `discovery ${size} functions: reads only (libc), no parsing`,
     group: `sysfs-${size}`,
     fn() {
-      for (const name of fileByFile.listDir(`${root}/bus/pci/devices`) ?? []) {
-        using dir = openSysfsDir(fileByFile, `${root}/bus/pci/devices/${name}`);
-        dir.readText("uevent");
-        dir.readBytes("config", 4096);
-        dir.readLink("iommu_group");
-        dir.readText("numa_node");
-        dir.readLink("physfn");
-        dir.readText("modules");
+      for (const name of libc.listDir(`${root}/bus/pci/devices`) ?? []) {
+        const dir = `${root}/bus/pci/devices/${name}`;
+        libc.readText(`${dir}/uevent`);
+        libc.readBytes(`${dir}/config`, 4096);
+        libc.readLink(`${dir}/iommu_group`);
+        libc.readText(`${dir}/numa_node`);
+        libc.readLink(`${dir}/physfn`);
+        libc.readText(`${dir}/modules`);
       }
     },
   });
@@ -88,17 +79,12 @@ for (const size of SIZES) {
   });
 }
 
-/** The libc reader without `openFile`, so discovery reads each `config` whole. */
+/** The libc reader with an `openFile` that reads the whole file: each `config` is read whole. */
 const wholeConfig: SysfsReader = {
   ...libc,
-  openDir(path) {
-    const dir = libc.openDir!(path);
-    return {
-      readText: (name) => dir.readText(name),
-      readBytes: (name, maxBytes) => dir.readBytes(name, maxBytes),
-      readLink: (name) => dir.readLink(name),
-      [Symbol.dispose]: () => dir[Symbol.dispose](),
-    };
+  openFile(path) {
+    const bytes = libc.readBytes(path, 4096);
+    return bytes === null ? null : { readAt: bufferConfigReader(bytes), [Symbol.dispose]() {} };
   },
 };
 const liveFunctions = libc.listDir("/sys/bus/pci/devices")?.length ?? 0;

@@ -11,13 +11,11 @@ import { type DoctorFinding, runDoctor } from "../lib/host/doctor.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection } from "../ffi/connection.ts";
-import { ioUringStatus } from "../ffi/libc_fs.ts";
 
 const HELP = `Usage: passthrough doctor [--json] [--sysfs DIR] [--uri URI] [--no-libvirt]
 
 Checks that this host can pass PCI devices through: IOMMU on, interrupt remapping,
-vfio-pci available, no ACS override, libvirt reachable; and whether discovery reads sysfs
-in the background (io_uring). Exit 1 when a check fails.
+vfio-pci available, no ACS override, libvirt reachable. Exit 1 when a check fails.
 
 Options:
   --json        Print the findings as JSON
@@ -91,8 +89,6 @@ export function createDoctorCommand(
         reader: readerFor(root),
         live,
         ...(values["no-libvirt"] ? {} : { libvirtProbe: makeProbe(uri) }),
-        // About this machine's discovery, so only when this machine is the host checked.
-        ...(live ? { backgroundReadsProbe: ioUringStatus } : {}),
       });
       io.out(
         values.json ? `${JSON.stringify(findings, null, 2)}\n` : renderFindings(findings, io.color),

@@ -11,12 +11,5 @@ export * from "./node_device.ts";
 export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
-export {
-  IO_URING_ENV,
-  ioUringStatus,
-  LibcFsError,
-  libcSysfsReader,
-  type LibcSysfsReaderOptions,
-} from "./libc_fs.ts";
-export { ioUringUnavailableReason } from "./io_uring.ts";
+export { LibcFsError, libcSysfsReader } from "./libc_fs.ts";
 export { nodeDeviceSource, openNodeDeviceSource } from "./nodedev_source.ts";

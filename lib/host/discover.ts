@@ -10,16 +10,7 @@
 
 import type { HostTopology, HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
-import {
-  baseName,
-  denoFsReader,
-  openSysfsDir,
-  readAttribute,
-  type SysfsDirReader,
-  type SysfsFileBatch,
-  type SysfsReader,
-  withSysfsBytes,
-} from "./sysfs.ts";
+import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
 import {
   bufferConfigReader,
   type ConfigSpaceHeaderFacts,
@@ -55,22 +46,7 @@ export interface DiscoverOptions {
   live?: boolean;
   /** Where `/proc` is for a live host. Default `/proc`. */
   procRoot?: string;
-  /**
-   * From how many functions on discovery lets a reader that can (`SysfsReader.readFiles`, the libc
-   * reader's io_uring) read files in the background. Default: {@link BACKGROUND_READS_FROM} when
-   * lspci is not run, never when it is (see {@link BACKGROUND_READS_FROM}).
-   */
-  backgroundReadsFrom?: number;
 }
-
-/**
- * Hosts with fewer functions are read file by file: they take a few milliseconds either way, and
- * the first background batch in a process starts a kernel thread. Discovery that runs lspci never
- * reads in the background: lspci takes longer than the sysfs reads and is what discovery waits
- * for, and the kernel thread competes with it for a core (measured on 2 cores, 1,024 functions:
- * `groups --json` took 155 ms with it against 135 ms without).
- */
-export const BACKGROUND_READS_FROM = 32;
 
 /** Raised when the sysfs root has no PCI devices directory at all. */
 export class SysfsRootError extends Error {
@@ -112,9 +88,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   // Deno drains lspci's pipe only when this thread yields; without the pauses lspci blocks on a
   // full pipe until sysfs is read, and the two never overlap.
   const pause = runner === null ? undefined : () => new Promise<void>((r) => setTimeout(r, 0));
-  const backgroundReadsFrom = options.backgroundReadsFrom ??
-    (runner === null ? BACKGROUND_READS_FROM : Infinity);
-  const devices = await readDevices(reader, root, pause, backgroundReadsFrom);
+  const devices = await readDevices(reader, root, pause);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   for (const device of devices) {
@@ -154,116 +128,33 @@ function hexId(text: string | null, width: number): string | null {
 /**
  * Reads every PCI function from sysfs alone (no lspci): IDs, class, driver, group, NUMA node,
  * SR-IOV links, `boot_vga`, the bridge flag, physical slot, and FLR and serial number from the
- * configuration space. Sorted by address.
+ * configuration space. Sorted by address. Calls `pause` now and then so other work (lspci's pipe)
+ * runs.
  */
-export function readSysfsDevices(
-  reader: SysfsReader,
-  root: string,
-  options: Pick<DiscoverOptions, "backgroundReadsFrom"> = {},
-): PciDevice[] {
-  const names = listSysfsDevices(reader, root);
-  using batch = startBatch(reader, root, names, options.backgroundReadsFrom);
-  const raw = names.map((name) => readRawDevice(reader, root, name, batch));
-  return finishDevices(reader, root, raw, batch);
-}
-
-/** {@link readSysfsDevices}, calling `pause` now and then so other work (lspci's pipe) runs. */
 async function readDevices(
   reader: SysfsReader,
   root: string,
   pause: (() => Promise<void>) | undefined,
-  backgroundReadsFrom: number | undefined,
 ): Promise<PciDevice[]> {
   const names = listSysfsDevices(reader, root);
-  using batch = startBatch(reader, root, names, backgroundReadsFrom);
   const raw: RawSysfsDevice[] = [];
   for (let i = 0; i < names.length; i++) {
     if (pause !== undefined && i % 128 === 127) await pause();
-    raw.push(readRawDevice(reader, root, names[i]!, batch));
+    raw.push(readRawDevice(reader, root, names[i]!));
   }
-  return finishDevices(reader, root, raw, batch);
-}
-
-/**
- * The files of every device that a reader able to read in the background (io_uring, see
- * `ffi/io_uring.ts`) is given at once, in this order: `uevent` and `numa_node`, and in a captured
- * tree also `config` (the live one is read at offsets, see {@link readConfig}) and `modules`.
- */
-function batchedFiles(live: boolean): readonly string[] {
-  return live ? ["uevent"] : ["uevent", "config", "modules"];
-}
-
-/**
- * Every device's {@link batchedFiles}, being read in the background, and the devices directory
- * the rest is read relative to meanwhile; both `null` when the reader reads file by file.
- */
-interface DeviceFileBatch extends Disposable {
-  files: SysfsFileBatch | null;
-  devicesDir: SysfsDirReader | null;
-  perDevice: number;
-}
-
-function startBatch(
-  reader: SysfsReader,
-  root: string,
-  names: readonly string[],
-  from = BACKGROUND_READS_FROM,
-): DeviceFileBatch {
-  const live = root === "/sys";
-  const perDevice = batchedFiles(live).length;
-  const none = { files: null, devicesDir: null, perDevice, [Symbol.dispose]() {} };
-  if (reader.readFiles === undefined || names.length === 0 || names.length < from) return none;
-  const paths: string[] = [];
-  for (const name of names) {
-    for (const file of batchedFiles(live)) paths.push(`${root}/bus/pci/devices/${name}/${file}`);
-  }
-  const files = reader.readFiles(paths);
-  if (files === null) return none;
-  const devicesDir = openSysfsDir(reader, `${root}/bus/pci/devices`);
-  return {
-    files,
-    devicesDir,
-    perDevice,
-    [Symbol.dispose]() {
-      // Both are idempotent: finishDevices ends the batch early, `using` again on the way out.
-      devicesDir[Symbol.dispose]();
-      files[Symbol.dispose]();
-    },
-  };
-}
-
-/** Fills in what {@link readRawDevice} left to the batch, waiting for it where needed. */
-function takeBatched(raw: RawSysfsDevice, files: SysfsFileBatch, first: number): void {
-  raw.uevent = files.readText(first);
-  if (raw.live) return;
-  raw.config = files.withBytes(
-    first + 1,
-    4096,
-    (bytes) => readConfigSpace(bufferConfigReader(bytes)),
-  );
-  raw.modules = files.readText(first + 2);
+  return finishDevices(reader, root, raw);
 }
 
 /**
  * Discovery reads every device first and parses afterwards: the system calls and the parsing
- * each run faster in a loop of their own than interleaved (measured: 10% on 1,024 functions).
- * With a background batch, each device's batched files are taken as it is parsed, so the kernel
- * reads them while the links are read and while earlier devices are parsed.
+ * each run faster in a loop of their own than interleaved.
  */
-function finishDevices(
-  reader: SysfsReader,
-  root: string,
-  raw: RawSysfsDevice[],
-  batch: DeviceFileBatch,
-): PciDevice[] {
+function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[]): PciDevice[] {
   const devices: PciDevice[] = [];
-  for (let i = 0; i < raw.length; i++) {
-    const entry = raw[i]!;
-    if (batch.files !== null) takeBatched(entry, batch.files, i * batch.perDevice);
+  for (const entry of raw) {
     const device = parseRawDevice(reader, entry);
     if (device !== null) devices.push(device);
   }
-  batch[Symbol.dispose]();
   if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
     fillGroupsFromListing(reader, root, devices);
   }
@@ -320,8 +211,6 @@ interface RawSysfsDevice {
   name: string;
   /** The directory, for the rare reads parsing needs (see {@link parseRawDevice}). */
   path: string;
-  /** Whether it is the live `/sys`. */
-  live: boolean;
   uevent: string | null;
   config: ConfigSpaceHeaderFacts | null;
   groupLink: string | null;
@@ -330,53 +219,23 @@ interface RawSysfsDevice {
   modules: string | null;
 }
 
-/**
- * The entries of one device directory that every device needs. File by file, they are read
- * through a handle on the device's directory (one path lookup per device); with a background
- * batch, the batch reads the files and the rest is read relative to the devices directory.
- */
-function readRawDevice(
-  reader: SysfsReader,
-  root: string,
-  name: string,
-  batch: DeviceFileBatch,
-): RawSysfsDevice {
+/** The entries of one device directory that every device needs. */
+function readRawDevice(reader: SysfsReader, root: string, name: string): RawSysfsDevice {
   const path = `${root}/bus/pci/devices/${name}`;
   const live = root === "/sys";
-  if (batch.devicesDir !== null) {
-    batch.files!.poll();
-    return readRawEntries(batch.devicesDir, `${name}/`, { name, path, live }, true);
-  }
-  // try/finally rather than `using`, whose bookkeeping allocates per use, once per device here.
-  const dir = openSysfsDir(reader, path);
-  try {
-    return readRawEntries(dir, "", { name, path, live }, false);
-  } finally {
-    dir[Symbol.dispose]();
-  }
-}
-
-/** Reads `prefix + entry` in `dir`; `batched` leaves the {@link batchedFiles} out. */
-function readRawEntries(
-  dir: SysfsDirReader,
-  prefix: string,
-  device: { name: string; path: string; live: boolean },
-  batched: boolean,
-): RawSysfsDevice {
-  const { live } = device;
   // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
   // from the same struct as the single-value attributes).
-  const uevent = batched ? null : dir.readText(`${prefix}uevent`);
+  const uevent = reader.readText(`${path}/uevent`);
   // FLR and the serial number are in the configuration space's capabilities. Unprivileged
   // reads of a real device stop after the 64-byte header.
-  const config = batched && !live ? null : readConfig(dir, `${prefix}config`, live);
-  const groupLink = dir.readLink(`${prefix}iommu_group`);
-  const numaNode = dir.readText(`${prefix}numa_node`);
-  const physfnLink = dir.readLink(`${prefix}physfn`);
+  const config = readConfig(reader, `${path}/config`, live);
+  const groupLink = reader.readLink(`${path}/iommu_group`);
+  const numaNode = reader.readText(`${path}/numa_node`);
+  const physfnLink = reader.readLink(`${path}/physfn`);
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
-  const modules = live || batched ? null : dir.readText(`${prefix}modules`);
-  return { ...device, uevent, config, groupLink, numaNode, physfnLink, modules };
+  const modules = live ? null : reader.readText(`${path}/modules`);
+  return { name, path, uevent, config, groupLink, numaNode, physfnLink, modules };
 }
 
 /**
@@ -387,77 +246,68 @@ function readRawEntries(
 function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | null {
   const address = canonicalPciAddress(raw.name);
   if (address === null) return null;
-  let dir: SysfsDirReader | null = null;
-  try {
-    const attr = (file: string) => {
-      dir ??= openSysfsDir(reader, raw.path);
-      const text = dir.readText(file);
-      return text === null ? null : text.trim();
-    };
-    const uevent = parseUevent(raw.uevent);
-    const classCode = hexId(uevent?.PCI_CLASS ?? attr("class"), 6) ?? "000000";
-    const [ueventVendor, ueventDevice] = (uevent?.PCI_ID ?? "").split(":");
-    // The kernel writes PCI_SUBSYS_ID whenever it writes PCI_ID; only a tree without them needs
-    // the subsystem files.
-    const subsystem = uevent?.PCI_SUBSYS_ID;
-    const [ueventSubVendor, ueventSubDevice] = (subsystem ?? "").split(":");
-    const fromFiles = subsystem === undefined && uevent?.PCI_ID === undefined;
-    const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
-    const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
-    const subsystemVendorId = hexId(
-      ueventSubVendor || (fromFiles ? attr("subsystem_vendor") : null),
-      4,
-    );
-    const subsystemDeviceId = hexId(
-      ueventSubDevice || (fromFiles ? attr("subsystem_device") : null),
-      4,
-    );
-    const driver = uevent !== null
-      ? uevent.DRIVER ?? null
-      : baseNameOrNull((dir ??= openSysfsDir(reader, raw.path)).readLink("driver"));
-    const config = raw.config;
-    // Header types 1 and 2 (bit 7 is the multi-function flag) are bridges even when the class
-    // code says otherwise.
-    const headerType = config?.headerType ?? 0;
-    // The revision byte of the header is what the kernel's `revision` attribute reports; only a
-    // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
-    const configRevision = config?.revision ?? 0;
-    const revision = configRevision !== 0
-      ? configRevision.toString(16).padStart(2, "0")
-      : hexId(attr("revision"), 2);
-    const group = raw.groupLink === null ? NaN : Number(baseName(raw.groupLink));
-    const numa = raw.numaNode?.trim() ?? "";
-    const numaNumber = numa === "" ? NaN : Number(numa);
-    // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
-    const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
-    const modules = raw.modules?.trim() ?? null;
-    return {
-      address,
-      vendorId,
-      deviceId,
-      subsystemVendorId,
-      subsystemDeviceId,
-      classCode,
-      revision,
-      vendorName: null,
-      deviceName: null,
-      className: null,
-      driver,
-      modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
-      iommuGroup: Number.isInteger(group) ? group : null,
-      numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
-      physicalSlot: null,
-      isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
-      physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
-      // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
-      virtfns: [],
-      bootVga: bootVga === null ? null : bootVga === "1",
-      flr: config?.flr ?? null,
-      serial: config?.serial ?? null,
-    };
-  } finally {
-    (dir as SysfsDirReader | null)?.[Symbol.dispose]();
-  }
+  const attr = (file: string) => readAttribute(reader, `${raw.path}/${file}`);
+  const uevent = parseUevent(raw.uevent);
+  const classCode = hexId(uevent?.PCI_CLASS ?? attr("class"), 6) ?? "000000";
+  const [ueventVendor, ueventDevice] = (uevent?.PCI_ID ?? "").split(":");
+  // The kernel writes PCI_SUBSYS_ID whenever it writes PCI_ID; only a tree without them needs
+  // the subsystem files.
+  const subsystem = uevent?.PCI_SUBSYS_ID;
+  const [ueventSubVendor, ueventSubDevice] = (subsystem ?? "").split(":");
+  const fromFiles = subsystem === undefined && uevent?.PCI_ID === undefined;
+  const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
+  const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
+  const subsystemVendorId = hexId(
+    ueventSubVendor || (fromFiles ? attr("subsystem_vendor") : null),
+    4,
+  );
+  const subsystemDeviceId = hexId(
+    ueventSubDevice || (fromFiles ? attr("subsystem_device") : null),
+    4,
+  );
+  const driver = uevent !== null
+    ? uevent.DRIVER ?? null
+    : baseNameOrNull(reader.readLink(`${raw.path}/driver`));
+  const config = raw.config;
+  // Header types 1 and 2 (bit 7 is the multi-function flag) are bridges even when the class
+  // code says otherwise.
+  const headerType = config?.headerType ?? 0;
+  // The revision byte of the header is what the kernel's `revision` attribute reports; only a
+  // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
+  const configRevision = config?.revision ?? 0;
+  const revision = configRevision !== 0
+    ? configRevision.toString(16).padStart(2, "0")
+    : hexId(attr("revision"), 2);
+  const group = raw.groupLink === null ? NaN : Number(baseName(raw.groupLink));
+  const numa = raw.numaNode?.trim() ?? "";
+  const numaNumber = numa === "" ? NaN : Number(numa);
+  // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
+  const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
+  const modules = raw.modules?.trim() ?? null;
+  return {
+    address,
+    vendorId,
+    deviceId,
+    subsystemVendorId,
+    subsystemDeviceId,
+    classCode,
+    revision,
+    vendorName: null,
+    deviceName: null,
+    className: null,
+    driver,
+    modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
+    iommuGroup: Number.isInteger(group) ? group : null,
+    numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
+    physicalSlot: null,
+    isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
+    physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
+    // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
+    virtfns: [],
+    bootVga: bootVga === null ? null : bootVga === "1",
+    flr: config?.flr ?? null,
+    serial: config?.serial ?? null,
+  };
 }
 
 /**
@@ -468,10 +318,8 @@ function readSlots(reader: SysfsReader, root: string): Map<string, string> {
   const slots = new Map<string, string>();
   const names = reader.listDir(`${root}/bus/pci/slots`);
   if (names === null || names.length === 0) return slots;
-  // Read relative to the slots directory: one path walk for all of them.
-  using dir = openSysfsDir(reader, `${root}/bus/pci/slots`);
   for (const name of names) {
-    const text = dir.readText(`${name}/address`)?.trim() ?? null;
+    const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
     const m = text === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)$/i.exec(text);
     if (!m) continue;
     const key = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase().padStart(2, "0")}:${
@@ -497,15 +345,16 @@ function fillSlots(reader: SysfsReader, root: string, devices: PciDevice[]): voi
  * is read whole, in one call.
  */
 function readConfig(
-  dir: SysfsDirReader,
-  name: string,
+  reader: SysfsReader,
+  path: string,
   live: boolean,
 ): ConfigSpaceHeaderFacts | null {
-  if (live && dir.openFile !== undefined) {
-    using file = dir.openFile(name);
+  if (live) {
+    using file = reader.openFile(path);
     return file === null ? null : readConfigSpace((offset, length) => file.readAt(offset, length));
   }
-  return withSysfsBytes(dir, name, 4096, (bytes) => readConfigSpace(bufferConfigReader(bytes)));
+  const bytes = reader.readBytes(path, 4096);
+  return bytes === null ? null : readConfigSpace(bufferConfigReader(bytes));
 }
 
 function baseNameOrNull(link: string | null): string | null {

@@ -1,7 +1,6 @@
 /**
  * Host readiness checks for passthrough: IOMMU on, interrupt remapping, `vfio-pci` available,
- * ACS override, libvirt reachable, and whether discovery can read in the background. Each finding
- * says what is wrong and what to do.
+ * ACS override, libvirt reachable. Each finding says what is wrong and what to do.
  *
  * Interrupt remapping is judged without `dmesg` (unreadable without privileges): the IOMMU's
  * own capability register in `/sys/class/iommu/dmar*\/intel-iommu/ecap` (bit 3, IR), AMD's
@@ -19,10 +18,7 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 
 /** One check's outcome. */
 export interface DoctorFinding {
-  /**
-   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`,
-   * `background-reads`.
-   */
+  /** Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`. */
   check: string;
   status: DoctorStatus;
   /** What was found, one sentence. */
@@ -47,11 +43,6 @@ export interface DoctorOptions {
   modulesRoot?: string;
   /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
   libvirtProbe?: () => string | Error;
-  /**
-   * Whether discovery can read sysfs in the background (io_uring, `ffi/io_uring.ts`): `null`
-   * when it can, else why not. Informational: the results are the same either way.
-   */
-  backgroundReadsProbe?: () => string | null;
 }
 
 function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
@@ -278,32 +269,8 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
 }
 
-function checkBackgroundReads(probe: () => string | null): DoctorFinding {
-  const reason = probe();
-  if (reason === null) {
-    return {
-      check: "background-reads",
-      status: "ok",
-      summary:
-        "io_uring is available: discovery without lspci (library calls, sysfs only) reads sysfs in the background",
-      hint: null,
-    };
-  }
-  return {
-    check: "background-reads",
-    status: "ok",
-    summary:
-      `io_uring is not used (${reason}): discovery reads sysfs file by file, with the same ` +
-      "results, slower without lspci on hosts with thousands of functions",
-    hint: /PASSTHROUGH_IO_URING/.test(reason)
-      ? "Unset PASSTHROUGH_IO_URING to read in the background again"
-      : "Nothing is needed; background reads want Linux 5.17 or later, kernel.io_uring_disabled=0 " +
-        "and no seccomp filter refusing io_uring (container runtimes' default profiles do)",
-  };
-}
-
 /**
- * Runs every check. The libvirt and background-reads checks run only when a probe is given.
+ * Runs every check. The libvirt check runs only when a probe is given.
  *
  * @example
  * ```ts
@@ -325,8 +292,5 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkAcsOverride(options.host),
   ];
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
-  if (options.backgroundReadsProbe !== undefined) {
-    findings.push(checkBackgroundReads(options.backgroundReadsProbe));
-  }
   return findings;
 }

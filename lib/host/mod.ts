@@ -7,14 +7,8 @@
  */
 
 export type * from "./types.ts";
-export {
-  BACKGROUND_READS_FROM,
-  discoverHost,
-  type DiscoverOptions,
-  readSysfsDevices,
-  SysfsRootError,
-} from "./discover.ts";
-export { denoFsReader, type SysfsReader } from "./sysfs.ts";
+export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discover.ts";
+export { denoFsReader, type SysfsFile, type SysfsReader } from "./sysfs.ts";
 export { commandLspciRunner, LspciError, type LspciRunner } from "./lspci.ts";
 export { writeSnapshot } from "./snapshot.ts";
 export { type DoctorFinding, runDoctor } from "./doctor.ts";

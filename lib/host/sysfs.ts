@@ -20,121 +20,17 @@ export interface SysfsReader {
   /** A symbolic link's target as stored (often relative), or `null` when it is not a link. */
   readLink(path: string): string | null;
   /**
-   * Optional: opens the directory `path` once for several reads of its entries by name (one
-   * path lookup instead of one per file). Use {@link openSysfsDir}, which falls back to the
-   * path-based methods for readers without it.
+   * Opens a file for reads at offsets, or `null` when it is missing. Discovery reads the live
+   * `config` file this way: every 4 bytes read is a configuration cycle on the device, and the
+   * capability walk needs only a few dozen bytes.
    */
-  openDir?(path: string): SysfsDirReader;
-  /**
-   * Optional: starts reading the whole files `paths` in the background (io_uring on Linux), or
-   * returns `null` when this reader cannot here. Results have the meaning of
-   * {@link SysfsReader.readText}; discovery reads every device's attributes this way when it can.
-   */
-  readFiles?(paths: readonly string[]): SysfsFileBatch | null;
-}
-
-/**
- * Files being read in the background (see {@link SysfsReader.readFiles}), indexed like the paths
- * given. Reading an entry waits for it. Dispose the batch when done (`using`): it waits for the
- * reads still in flight.
- */
-export interface SysfsFileBatch extends Disposable {
-  /** Lets the batch queue more reads; cheap and never waits. Call it during other work. */
-  poll(): void;
-  /** File `index`'s text as is, or `null` when it is missing, as `readText` would say. */
-  readText(index: number): string | null;
-  /**
-   * Up to `maxBytes` (at most 4,096) of file `index`, lent to `use` as in
-   * {@link SysfsDirReader.withBytes}, or `null` when it is missing.
-   */
-  withBytes<T>(index: number, maxBytes: number, use: (bytes: Uint8Array) => T): T | null;
-}
-
-/**
- * Reads the entries of one directory by name (`uevent`, `config`, `iommu_group`). A missing
- * directory reads as missing entries. Dispose it when done (`using`).
- */
-export interface SysfsDirReader extends Disposable {
-  /** An entry's text as is, or `null` when it is missing or unreadable. */
-  readText(name: string): string | null;
-  /** Up to `maxBytes` bytes of an entry, or `null` when it is missing. */
-  readBytes(name: string, maxBytes: number): Uint8Array | null;
-  /** A link entry's target as stored, or `null` when it is not a link. */
-  readLink(name: string): string | null;
-  /**
-   * Optional: lends up to `maxBytes` of an entry to `use` without copying them (the bytes are
-   * the reader's own buffer, valid only during the call), and returns what `use` returns, or
-   * `null` when the entry is missing. Use {@link withSysfsBytes}, which falls back to `readBytes`.
-   */
-  withBytes?<T>(name: string, maxBytes: number, use: (bytes: Uint8Array) => T): T | null;
-  /**
-   * Optional: opens an entry for reads at offsets (`pread`), or `null` when it is missing.
-   * Discovery uses it for the live `config` file, where every 4 bytes read is a configuration
-   * cycle on the device and only a few dozen bytes are needed.
-   */
-  openFile?(name: string): SysfsFile | null;
+  openFile(path: string): SysfsFile | null;
 }
 
 /** An open file read at offsets. Dispose it when done (`using`). */
 export interface SysfsFile extends Disposable {
   /** Up to `length` bytes at `offset`: fewer at the end of the file or where reads are denied. */
   readAt(offset: number, length: number): Uint8Array;
-}
-
-/**
- * A {@link SysfsDirReader} for `path`: the reader's own `openDir` when it has one, else the
- * path-based methods with `path/name`.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const dir = Deno.makeTempDirSync();
- * Deno.writeTextFileSync(`${dir}/class`, "0x030000\n");
- * {
- *   using entries = openSysfsDir(denoFsReader(), dir);
- *   assertEquals(entries.readText("class"), "0x030000\n");
- *   assertEquals(entries.readLink("driver"), null);
- * }
- * Deno.removeSync(dir, { recursive: true });
- * ```
- */
-export function openSysfsDir(reader: SysfsReader, path: string): SysfsDirReader {
-  if (reader.openDir !== undefined) return reader.openDir(path);
-  return {
-    readText: (name) => reader.readText(`${path}/${name}`),
-    readBytes: (name, maxBytes) => reader.readBytes(`${path}/${name}`, maxBytes),
-    readLink: (name) => reader.readLink(`${path}/${name}`),
-    [Symbol.dispose]() {},
-  };
-}
-
-/**
- * Up to `maxBytes` of the entry `name`, lent to `use` (see {@link SysfsDirReader.withBytes}), or
- * `null` when the entry is missing. Discovery parses each `config` this way: a copy of every
- * device's bytes would be most of what it allocates.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const dir = Deno.makeTempDirSync();
- * Deno.writeFileSync(`${dir}/config`, new Uint8Array([0x86, 0x80, 0x57, 0x0d]));
- * {
- *   using entries = openSysfsDir(denoFsReader(), dir);
- *   assertEquals(withSysfsBytes(entries, "config", 2, (b) => b.length), 2);
- *   assertEquals(withSysfsBytes(entries, "missing", 2, (b) => b.length), null);
- * }
- * Deno.removeSync(dir, { recursive: true });
- * ```
- */
-export function withSysfsBytes<T>(
-  dir: SysfsDirReader,
-  name: string,
-  maxBytes: number,
-  use: (bytes: Uint8Array) => T,
-): T | null {
-  if (dir.withBytes !== undefined) return dir.withBytes(name, maxBytes, use);
-  const bytes = dir.readBytes(name, maxBytes);
-  return bytes === null ? null : use(bytes);
 }
 
 function isMissing(error: unknown): boolean {
@@ -144,8 +40,8 @@ function isMissing(error: unknown): boolean {
 }
 
 /**
- * A {@link SysfsReader} over `Deno.readDirSync`/`readFileSync`/`readLinkSync`: needs only
- * `--allow-read`, and works for captured trees anywhere except under `/sys` and `/proc`.
+ * A {@link SysfsReader} over `Deno.readDirSync`/`readFileSync`/`readLinkSync`/`openSync`: needs
+ * only `--allow-read`, and works for captured trees anywhere except under `/sys` and `/proc`.
  * Permission errors are thrown, not turned into `null`, so a missing flag is reported as such.
  *
  * @example
@@ -156,6 +52,11 @@ function isMissing(error: unknown): boolean {
  * const reader = denoFsReader();
  * assertEquals(reader.readText(`${dir}/vendor`), "0x10de\n");
  * assertEquals(reader.readText(`${dir}/missing`), null);
+ * {
+ *   using file = reader.openFile(`${dir}/vendor`)!;
+ *   assertEquals(new TextDecoder().decode(file.readAt(2, 4)), "10de");
+ * }
+ * assertEquals(reader.openFile(`${dir}/missing`), null);
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
@@ -197,7 +98,42 @@ export function denoFsReader(): SysfsReader {
         throw error;
       }
     },
+    openFile(path) {
+      try {
+        return new DenoFile(path, Deno.openSync(path, { read: true }));
+      } catch (error) {
+        if (isMissing(error)) return null;
+        throw error;
+      }
+    },
   };
+}
+
+/** {@link SysfsFile} over a `Deno.FsFile`: a seek, then reads until `length` or the end. */
+class DenoFile implements SysfsFile {
+  #open = true;
+  constructor(readonly path: string, readonly file: Deno.FsFile) {}
+  readAt(offset: number, length: number): Uint8Array {
+    if (!this.#open) throw new Error(`Cannot read "${this.path}": the file was closed`);
+    const bytes = new Uint8Array(length);
+    let filled = 0;
+    try {
+      this.file.seekSync(offset, Deno.SeekMode.Start);
+      while (filled < length) {
+        const n = this.file.readSync(bytes.subarray(filled));
+        if (n === null || n === 0) break;
+        filled += n;
+      }
+    } catch (error) {
+      // As the libc reader: what cannot be read at this offset reads as absent.
+      if (!isMissing(error) && !(error instanceof Deno.errors.IsADirectory)) throw error;
+    }
+    return bytes.slice(0, filled);
+  }
+  [Symbol.dispose](): void {
+    if (this.#open) this.file.close();
+    this.#open = false;
+  }
 }
 
 /** The last path component (`../../../bus/pci/drivers/nvme` → `nvme`). */

@@ -11,7 +11,7 @@ import {
   splitVendorName,
 } from "../../lib/host/lspci.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
-import type { SysfsReader } from "../../lib/host/sysfs.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { parseConfigSpace } from "../../lib/pci/config_space.ts";
 import { nicDescription as dev } from "../helpers/devices.ts";
 
@@ -309,22 +309,35 @@ Deno.test("discoverHost() tells revision 00 from a tree that recorded no revisio
   assertEquals(host.devices.map((d) => d.revision), ["00", null, "a1"]);
 });
 
-Deno.test("libcSysfsReader().openDir() reads entries by name and refuses reads once closed", async () => {
+Deno.test("both readers read text, bytes, links and offsets by path, and refuse a closed file", async () => {
   const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/class`, "0x030000\n");
     await Deno.symlink("../../kernel/iommu_groups/7", `${dir}/iommu_group`);
-    const reader = libcSysfsReader();
-    const entries = reader.openDir!(dir);
-    assertEquals(entries.readText("class"), "0x030000\n");
-    assertEquals(entries.readBytes("class", 4), new TextEncoder().encode("0x03"));
-    assertEquals(entries.readLink("iommu_group"), "../../kernel/iommu_groups/7");
-    assertEquals([entries.readText("missing"), entries.readLink("class")], [null, null]);
-    entries[Symbol.dispose]();
-    assertThrows(() => entries.readText("class"), /the directory was closed/);
-    using missing = reader.openDir!(`${dir}/nope`);
-    assertEquals([missing.readText("class"), missing.readLink("x")], [null, null]);
+    for (
+      const [label, reader] of [["Deno fs", denoFsReader()], ["libc", libcSysfsReader()]] as const
+    ) {
+      assertEquals(reader.readText(`${dir}/class`), "0x030000\n", label);
+      assertEquals(reader.readBytes(`${dir}/class`, 4), new TextEncoder().encode("0x03"), label);
+      assertEquals(reader.readLink(`${dir}/iommu_group`), "../../kernel/iommu_groups/7", label);
+      assertEquals(
+        [reader.readText(`${dir}/missing`), reader.readLink(`${dir}/class`)],
+        [null, null],
+        label,
+      );
+      const file = reader.openFile(`${dir}/class`)!;
+      assertEquals(new TextDecoder().decode(file.readAt(2, 4)), "0300", label);
+      assertEquals(file.readAt(9, 4).length, 0, label);
+      file[Symbol.dispose]();
+      assertThrows(() => file.readAt(0, 1), /the file was closed/);
+      assertEquals(reader.openFile(`${dir}/nope/class`), null, label);
+      assertEquals(
+        [reader.readText(`${dir}/nope/class`), reader.readLink(`${dir}/nope/x`)],
+        [null, null],
+        label,
+      );
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -336,41 +349,29 @@ Deno.test({
   async fn() {
     const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
     const libc = libcSysfsReader();
-    // File by file (each device's directory) and in the background (names relative to the
-    // devices directory, the other files read by io_uring where the kernel allows).
-    for (const backgroundReadsFrom of [1e6, 0]) {
-      const whole: string[] = [];
-      const sparse: string[] = [];
-      // The real reader, recording which way each device's config is read.
-      const spy: SysfsReader = {
-        ...libc,
-        openDir(path) {
-          const dir = libc.openDir!(path);
-          return {
-            readText: (name) => dir.readText(name),
-            readLink: (name) => dir.readLink(name),
-            readBytes(name, maxBytes) {
-              if (name.endsWith("config")) whole.push(`${path}/${name}`);
-              return dir.readBytes(name, maxBytes);
-            },
-            openFile(name) {
-              if (name.endsWith("config")) sparse.push(`${path}/${name}`);
-              return dir.openFile!(name);
-            },
-            [Symbol.dispose]: () => dir[Symbol.dispose](),
-          };
-        },
-      };
-      const live = await discoverHost({ reader: spy, lspci: null, backgroundReadsFrom });
-      assertEquals(whole, []);
-      assertEquals(sparse.length, live.devices.length);
-      // The same facts as reading every config file whole.
-      for (const device of live.devices) {
-        const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
-        const facts = parseConfigSpace(bytes);
-        assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
-        assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
-      }
+    const whole: string[] = [];
+    const sparse: string[] = [];
+    // The real reader, recording which way each device's config is read.
+    const spy: SysfsReader = {
+      ...libc,
+      readBytes(path, maxBytes) {
+        if (path.endsWith("/config")) whole.push(path);
+        return libc.readBytes(path, maxBytes);
+      },
+      openFile(path) {
+        if (path.endsWith("/config")) sparse.push(path);
+        return libc.openFile(path);
+      },
+    };
+    const live = await discoverHost({ reader: spy, lspci: null });
+    assertEquals(whole, []);
+    assertEquals(sparse.length, live.devices.length);
+    // The same facts as reading every config file whole.
+    for (const device of live.devices) {
+      const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
+      const facts = parseConfigSpace(bytes);
+      assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
+      assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
     }
   },
 });

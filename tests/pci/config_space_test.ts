@@ -205,10 +205,10 @@ Deno.test({
   fn() {
     const reader = libcSysfsReader();
     for (const name of reader.listDir("/sys/bus/pci/devices") ?? []) {
-      using dir = reader.openDir!(`/sys/bus/pci/devices/${name}`);
-      const bytes = dir.readBytes("config", 4096);
+      const path = `/sys/bus/pci/devices/${name}/config`;
+      const bytes = reader.readBytes(path, 4096);
       assertOk(bytes !== null && bytes.length >= 64, name);
-      using file = dir.openFile!("config");
+      using file = reader.openFile(path);
       assertOk(file !== null, name);
       const counter = counting((offset, length) => file.readAt(offset, length));
       const sparse = readConfigSpace(counter.read);
@@ -218,6 +218,6 @@ Deno.test({
       assertEquals(file.readAt(bytes.length, 4).length, 0, name);
       assertEquals(file.readAt(8, 1)[0], bytes[8], name);
     }
-    assertEquals(reader.openDir!("/sys/bus/pci/devices").openFile!("nope"), null);
+    assertEquals(reader.openFile("/sys/bus/pci/devices/nope"), null);
   },
 });
