@@ -27,11 +27,15 @@ const SECRET = "pt-s3crt";
 
 function sourceFiles(): string[] {
   const files: string[] = [`${ROOT}main.ts`, `${ROOT}bin/passthrough`];
-  for (const dir of ["lib", "cli", "ffi"]) {
+  const walk = (dir: string) => {
     for (const entry of Deno.readDirSync(`${ROOT}${dir}`)) {
-      if (entry.isFile && entry.name.endsWith(".ts")) files.push(`${ROOT}${dir}/${entry.name}`);
+      if (entry.isDirectory) walk(`${dir}/${entry.name}`);
+      else if (entry.isFile && entry.name.endsWith(".ts")) {
+        files.push(`${ROOT}${dir}/${entry.name}`);
+      }
     }
-  }
+  };
+  for (const dir of ["lib", "cli", "ffi"]) walk(dir);
   return files.sort();
 }
 

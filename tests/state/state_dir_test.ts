@@ -193,8 +193,8 @@ Deno.test({
       const lib = new URL("../../lib/", import.meta.url).href;
       // Runs inside a private mount namespace on a 64 KiB tmpfs filled to the last block.
       const code = `
-        import { openStateDir, StateDirError } from "${lib}state_dir.ts";
-        import { writeBackup } from "${lib}backups.ts";
+        import { openStateDir, StateDirError } from "${lib}state/state_dir.ts";
+        import { writeBackup } from "${lib}state/backups.ts";
         const dir = ${JSON.stringify(`${root}/mnt`)};
         const out = [];
         try { openStateDir(dir + "/state"); out.push("opened"); }
