@@ -53,8 +53,8 @@ export function libc(): Libc {
   if (bound === null) {
     bound = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
     // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
-    // `nonblocking` run on this one (a worker loads its own copy of this module), so the view
-    // is made once: a failed lookup per device is common in discovery.
+    // `nonblocking` run on this one (the main thread: no code here runs in workers), so the
+    // view is made once: a failed lookup per device is common in discovery.
     const pointer = bound.__errno_location();
     errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
   }
