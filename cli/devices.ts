@@ -44,7 +44,7 @@ export function deviceNotes(device: PciDevice, host: HostTopology, paint: Paint)
   if (device.physfn !== null) notes.push(`VF of ${device.physfn}`);
   if (device.virtfns.length > 0) notes.push(`${device.virtfns.length} VFs`);
   if (device.bootVga === true) notes.push("boot VGA");
-  for (const use of host.hostUse.filter((u) => u.address === device.address)) {
+  for (const use of host.hostUse?.filter((u) => u.address === device.address) ?? []) {
     notes.push(paint("yellow", `host: ${use.detail}`));
   }
   return notes.join(", ");

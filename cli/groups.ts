@@ -85,6 +85,13 @@ export const groupsCommand: Command = {
       ),
       rows,
     ));
+    if (host.hostUse === null) {
+      io.out(
+        `${
+          paint("yellow", "Host use unknown")
+        }: ${host.source} has no host_use.json, so devices the host uses right now are not marked; plan refuses it (capture it with 'passthrough snapshot' on that host)\n`,
+      );
+    }
     return 0;
   },
 };

@@ -7,8 +7,6 @@
 
 import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
-import type { FleetHostResult } from "../lib/plan/fleet.ts";
-import { hostHeading, renderHostError } from "./render_plan.ts";
 
 const EFFECT: Record<string, string> = {
   "next-start": "takes effect at the next start",
@@ -66,42 +64,4 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
     ),
   );
   return lines.join("\n") + "\n";
-}
-
-/**
- * A fleet's apply reports: a section per host (its report, or why it has none), then one line
- * per host.
- */
-export function renderFleetApply(
-  results: readonly FleetHostResult[],
-  options: RenderApplyOptions,
-): string {
-  const sections = results.map((r) => {
-    let text = hostHeading(r, options);
-    if (r.report != null) text += renderApplyReport(r.report, options);
-    else if (r.error === null) text += "  not applied\n";
-    if (r.error !== null) text += renderHostError(r.error, options);
-    return text;
-  });
-  sections.push(renderFleetApplySummary(results, options));
-  return sections.join("\n");
-}
-
-/** The closing lines of a fleet apply: one word per host (changed, unchanged, skipped, FAILED). */
-export function renderFleetApplySummary(
-  results: readonly FleetHostResult[],
-  options: RenderApplyOptions,
-): string {
-  const paint = painter(options.color);
-  const lines = results.map((r) => {
-    const word = r.error !== null || (r.report != null && !r.report.ok)
-      ? paint("red", "FAILED")
-      : r.report == null
-      ? paint("yellow", "skipped")
-      : r.report.changed.length > 0
-      ? paint("green", "changed")
-      : paint("dim", "unchanged");
-    return `  ${word} ${r.name}`;
-  });
-  return paint("bold", "Hosts:") + "\n" + lines.join("\n") + "\n";
 }

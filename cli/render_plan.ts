@@ -9,7 +9,6 @@
 import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan/types.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
-import type { FleetHostError, FleetHostResult } from "../lib/plan/fleet.ts";
 
 /** Options for {@link renderPlan}. */
 export interface RenderPlanOptions {
@@ -134,51 +133,5 @@ export function renderPlan(plan: Plan, options: RenderPlanOptions): string {
   }
   for (const vm of plan.vms) sections.push(renderVmPlan(vm, options));
   sections.push(paint("bold", summaryLine(summarizePlan(plan))) + "\n");
-  return sections.join("\n");
-}
-
-/** The heading of one host's section in a fleet plan or apply report. */
-export function hostHeading(
-  host: { name: string; uri: string },
-  options: RenderPlanOptions,
-): string {
-  return painter(options.color)("magenta", `=== host ${host.name} (${host.uri}) ===`) + "\n";
-}
-
-/** One host's failure as lines: the step, the message, and libvirt's code when there is one. */
-export function renderHostError(error: FleetHostError, options: RenderPlanOptions): string {
-  const paint = painter(options.color);
-  const code = error.code !== null ? ` (libvirt error ${error.code})` : "";
-  return `  ${paint("red", `FAILED to ${error.stage}`)}: ${error.message}${code}\n`;
-}
-
-/** The fleet's closing line: how many hosts planned, failed and refused. */
-export function fleetSummaryLine(results: readonly FleetHostResult[]): string {
-  const failed = results.filter((r) => r.error !== null).length;
-  const refused = results.filter((r) =>
-    r.error === null && r.plan !== null &&
-    (r.plan.errors.length > 0 || r.plan.vms.some((vm) => vm.errors.length > 0))
-  ).length;
-  const changing =
-    results.filter((r) =>
-      r.plan !== null && r.plan.vms.some((vm) => vm.changed && vm.errors.length === 0)
-    ).length;
-  return `${
-    plural(results.length, "host")
-  }: ${changing} with changes, ${refused} with refusals, ${failed} failed`;
-}
-
-/** Renders a fleet plan: a section per host (its plan, or why it has none), then a summary. */
-export function renderFleetPlan(
-  results: readonly FleetHostResult[],
-  options: RenderPlanOptions,
-): string {
-  const paint = painter(options.color);
-  const sections = results.map((r) =>
-    hostHeading(r, options) +
-    (r.plan !== null ? renderPlan(r.plan, options) : "") +
-    (r.error !== null ? renderHostError(r.error, options) : "")
-  );
-  sections.push(paint("bold", fleetSummaryLine(results)) + "\n");
   return sections.join("\n");
 }

@@ -1,7 +1,8 @@
 /**
  * `passthrough sources`: discovers the host twice, through sysfs + `lspci` and through libvirt's
- * node-device API, and reports where the two disagree. A fleet host planned with
- * `discovery: libvirt` relies on the second; this says whether it tells the same story.
+ * node-device API, and reports where the two disagree. Only the first plans: libvirt cannot say
+ * what the host itself uses (mounts, default route, console), so this is a check of libvirt's
+ * view, never a way to plan.
  *
  * @module
  */

@@ -66,8 +66,10 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
     }
     throw new LibvirtLoadError(path, { cause: error });
   }
-  // libvirt calls this from whatever thread hit the error; all our calls are synchronous on the
-  // main thread, so a plain (non-threadsafe) callback is enough. It must outlive every call.
+  // The error callback is process-global and must outlive every libvirt call: so only the main
+  // thread ever touches libvirt (a Web Worker's callback would be freed when the worker ends while
+  // libvirt still holds it: a crash). With every call synchronous on that one thread, a plain
+  // (non-threadsafe) callback is enough.
   const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
   library.symbols.virSetErrorFunc(null, silence.pointer);
   let closed = false;

@@ -137,22 +137,17 @@ export interface VmConfig {
   hosts?: string[];
 }
 
-/** How a host's PCI devices and IOMMU groups are discovered. */
-export type DiscoveryMode = "sysfs" | "libvirt";
-
-/** One host of a fleet config (the top-level `hosts:`). */
+/** One host section of a shared config (the top-level `hosts:`). */
 export interface HostConfig {
   /** The key under `hosts:`. */
   name: string;
   /** `file:line:col` of the key. */
   location: string;
-  /** The libvirt URI (`connect:`). */
-  uri: string;
-  /** `discovery:` or its default: `sysfs` for a local URI, `libvirt` for a remote one. */
-  discovery: DiscoveryMode;
+  /** The libvirt URI (`connect:`), or `null`: `--connect`, else libvirt's default. */
+  uri: string | null;
   /**
-   * For `sysfs` discovery: the tree to read, relative paths resolved against the config file's
-   * folder; `/sys` when not given. `null` for `libvirt` discovery.
+   * The captured tree to read (`sysfs:`, relative paths resolved against the config file's
+   * folder), or `null`: `--sysfs`, else this machine's `/sys`.
    */
   sysfs: string | null;
 }
@@ -163,7 +158,7 @@ export interface Config {
   version: 1;
   /** In file order. */
   vms: VmConfig[];
-  /** The top-level `hosts:` in file order; absent for a single-host config. */
+  /** The top-level `hosts:` in file order (a process plans one: `lib/host_section.ts`). */
   hosts?: HostConfig[];
 }
 
@@ -581,48 +576,16 @@ function normaliseHosts(
 ): HostConfig[] {
   const hosts: HostConfig[] = [];
   for (const [name, rawHost] of Object.entries(raw)) {
-    if (rawHost?.connect === undefined) continue;
-    const hostNode = isMap(hostsNode) ? hostsNode.get(name, true) : null;
+    if (rawHost === undefined) continue;
     const pair = isMap(hostsNode)
       ? hostsNode.items.find((p) => isScalar(p.key) && p.key.value === name)
       : undefined;
-    const path = `hosts.${name}`;
-    const remote = isRemoteUri(rawHost.connect);
-    // A given tree means sysfs discovery; otherwise a remote host can only be asked over libvirt.
-    const discovery: DiscoveryMode = rawHost.discovery ??
-      (rawHost.sysfs !== undefined ? "sysfs" : remote ? "libvirt" : "sysfs");
-    const node = (key: string) => (isMap(hostNode) ? hostNode.get(key, true) as Node : null);
-    let sysfs: string | null = null;
-    if (discovery === "libvirt" && rawHost.sysfs !== undefined) {
-      report(
-        ctx,
-        node("sysfs"),
-        `${path}.sysfs`,
-        `A sysfs tree is not read with discovery "libvirt"`,
-        'remove "sysfs:" or write "discovery: sysfs"',
-      );
-    } else if (discovery === "sysfs") {
-      if (rawHost.sysfs !== undefined) {
-        sysfs = isAbsolute(rawHost.sysfs) ? rawHost.sysfs : join(dirname(ctx.file), rawHost.sysfs);
-      } else if (remote) {
-        report(
-          ctx,
-          node("discovery") ?? hostNode as Node,
-          `${path}.discovery`,
-          `Host "${name}" is remote ("${rawHost.connect}"): this machine's /sys is not its sysfs`,
-          'write "discovery: libvirt", or give "sysfs:" a captured tree of that host',
-        );
-      } else {
-        sysfs = "/sys";
-      }
-    }
-    hosts.push({
-      name,
-      location: location(ctx, pair?.key),
-      uri: rawHost.connect,
-      discovery,
-      sysfs,
-    });
+    const sysfs = rawHost.sysfs === undefined
+      ? null
+      : isAbsolute(rawHost.sysfs)
+      ? rawHost.sysfs
+      : join(dirname(ctx.file), rawHost.sysfs);
+    hosts.push({ name, location: location(ctx, pair?.key), uri: rawHost.connect ?? null, sysfs });
   }
   return hosts;
 }

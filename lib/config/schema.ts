@@ -268,27 +268,21 @@ const RULE_SCHEMA = {
   },
 } as const satisfies ObjectSchema;
 
-/** One libvirt host of a fleet config. */
+/** One host section of a shared config. */
 const HOST_SCHEMA = {
   type: "object",
-  description: "One libvirt host: how to reach it and how to discover its PCI devices",
-  required: ["connect"],
+  description:
+    "One host: a process plans only its own section (--host NAME, default this machine's host name)",
   properties: {
     connect: {
       type: "string",
       description:
-        'libvirt URI of the host ("qemu+ssh://root@hv1/system", "qemu:///system" for this machine)',
-    },
-    discovery: {
-      type: "string",
-      enum: ["sysfs", "libvirt"],
-      description:
-        "How to find the host's PCI devices and IOMMU groups: sysfs (a local /sys or a captured tree) or libvirt (the node-device API through the connection). Default: sysfs for a local URI, libvirt for a remote one",
+        'libvirt URI of the host (default: --connect, else libvirt\'s default); a remote one ("qemu+ssh://root@hv1/system") needs "sysfs:"',
     },
     sysfs: {
       type: "string",
       description:
-        "With discovery: sysfs, the sysfs tree to read (default /sys; a path relative to the config file's folder); required for a remote URI",
+        "A tree captured on that host with passthrough snapshot, read instead of /sys (a path relative to the config file's folder)",
     },
   },
 } as const satisfies ObjectSchema;
@@ -305,7 +299,7 @@ export const CONFIG_SCHEMA = {
       keyPattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
       keyHint: "use letters, digits, dots, dashes and underscores, starting with a letter or digit",
       description:
-        "Several libvirt hosts planned from this one file, by name; absent: the local host (or --connect)",
+        "Hosts sharing this file, by name: each process plans only its own section; absent: the file is for whichever host runs it",
       values: HOST_SCHEMA,
     },
     vms: {

@@ -408,10 +408,10 @@ const HOST_USE_REASONS: readonly HostUseReason[] = [
   "console-vga",
 ];
 
-/** A captured tree's `host_use.json` (written by `snapshot`), or `[]` when absent. */
-function treeHostUse(reader: SysfsReader, root: string): HostUse[] {
+/** A captured tree's `host_use.json` (written by `snapshot`), or `null` (unknown) when absent. */
+function treeHostUse(reader: SysfsReader, root: string): HostUse[] | null {
   const text = reader.readText(`${root}/host_use.json`);
-  if (text === null) return [];
+  if (text === null) return null;
   let data: unknown;
   try {
     data = JSON.parse(text);

@@ -242,7 +242,7 @@ export function topologyFromNodeDevices(
     groups,
     // Neither is visible through libvirt.
     kernelCmdline: null,
-    hostUse: [],
+    hostUse: null,
   };
 }
 

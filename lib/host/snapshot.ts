@@ -145,6 +145,9 @@ export function writeSnapshot(
   if (host.kernelCmdline !== null) {
     Deno.writeTextFileSync(`${out}/cmdline`, `${host.kernelCmdline}\n`);
   }
-  Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
+  // A snapshot of a tree that did not know its host's use stays unknowing.
+  if (host.hostUse !== null) {
+    Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
+  }
   return { out, devices: host.devices.length, groups: host.groups.length };
 }

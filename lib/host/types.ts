@@ -85,11 +85,13 @@ export interface HostTopology {
   /** The kernel command line when known (to spot ACS override), else `null`. */
   kernelCmdline: string | null;
   /**
-   * Devices the running host is using right now (only known on a live host or a snapshot of one):
-   * the controller of a mounted filesystem, the NIC carrying the default route, the boot VGA
-   * behind the console. Planning refuses to hand these to a guest.
+   * Devices the running host is using right now: the controller of a mounted filesystem, the NIC
+   * carrying the default route, the boot VGA behind the console. Planning refuses to hand these
+   * to a guest. `null` when unknown: only a live host or a tree captured with `snapshot`
+   * (`host_use.json`) knows; libvirt's node-device API does not. Planning refuses a host whose
+   * use is unknown (`host-use-unknown`).
    */
-  hostUse: HostUse[];
+  hostUse: HostUse[] | null;
 }
 
 /** Why the host needs a device right now. */

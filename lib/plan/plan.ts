@@ -91,10 +91,25 @@ export interface ResolveOptions {
   held?: ReadonlyMap<string, readonly PciAddress[]>;
 }
 
-/** The whole-host issues: `no-iommu` (an error) and `acs-override` (a warning). */
+/**
+ * The whole-host issues: `no-iommu` and `host-use-unknown` (errors) and `acs-override` (a
+ * warning).
+ */
 export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings: PlanIssue[] } {
   const errors: PlanIssue[] = [];
   const warnings: PlanIssue[] = [];
+  if (host.hostUse === null) {
+    // Without it a NIC carrying the default route or the root disk's controller would be planned
+    // into a guest like any spare device.
+    const what = /^[A-Za-z][A-Za-z0-9+.-]*:/.test(host.source)
+      ? `Host "${host.source}" was discovered through libvirt, which does not say`
+      : `The tree at "${host.source}" has no host_use.json, so it does not say`;
+    errors.push({
+      code: "host-use-unknown",
+      message:
+        `${what} what the host uses right now (mounted filesystems, the default route, the console): no device can be passed safely without it: capture the tree with 'passthrough snapshot DIR' on that host and plan with --sysfs DIR, or run passthrough there`,
+    });
+  }
   if (host.iommu === "absent") {
     errors.push({
       code: "no-iommu",

@@ -17,6 +17,7 @@ export type IssueCode =
   | "sriov-split"
   | "group-contains-host-critical"
   | "no-iommu"
+  | "host-use-unknown"
   | "acs-override"
   | "no-flr"
   | "host-driver-in-use"

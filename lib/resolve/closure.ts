@@ -257,7 +257,7 @@ export function closeOverGroups(
  */
 function virtualFunctionInUse(device: PciDevice, host: HostTopology): string | null {
   for (const vf of device.virtfns) {
-    const use = host.hostUse.find((u) => u.address === vf);
+    const use = host.hostUse?.find((u) => u.address === vf);
     if (use) {
       return `its virtual function ${vf} is in use by the host (${use.reason}: ${use.detail})`;
     }

@@ -45,9 +45,10 @@ export function cardOf(address: string): string {
  */
 export function hostCriticalReason(
   device: Pick<PciDevice, "address" | "classCode">,
-  options: { matchedCards: ReadonlySet<string>; hostUse: readonly HostUse[] },
+  options: { matchedCards: ReadonlySet<string>; hostUse: readonly HostUse[] | null },
 ): string | null {
-  const use = options.hostUse.find((u) => u.address === device.address);
+  // Unknown use (`null`) marks nothing here: planning refuses such a host as a whole.
+  const use = options.hostUse?.find((u) => u.address === device.address);
   if (use) return `in use by the host (${use.reason}: ${use.detail})`;
   const platform = PLATFORM_CLASSES[device.classCode.slice(0, 4)];
   if (platform) return platform;

@@ -8,7 +8,9 @@
  * - `driver` `null`: no `driver` link (unbound).
  * - `group` `null` on every device: no `kernel/iommu_groups` (a host without IOMMU).
  * - `numa_node` absent or null: `-1` (unknown). `boot_vga` absent: no file (`bootVga: null`).
- * - `slot`: a `bus/pci/slots/NAME/address` file. `cmdline`: a `cmdline` file at the root. `host_use`: a `host_use.json` at the root.
+ * - `slot`: a `bus/pci/slots/NAME/address` file. `cmdline`: a `cmdline` file at the root.
+ * - `host_use`: a `host_use.json` at the root, `[]` when absent (the description is the whole
+ *   truth about its host), so planning from the tree knows the host's use.
  * - `flr` and `serial` both absent: a 64-byte `config` with a capability pointer, exactly what an
  *   unprivileged read of a real device returns, so lspci prints `<access denied>` and FLR stays
  *   unknown (`null`). `flr` given: a PCI Express capability with DevCap FLReset±. `serial`
@@ -60,7 +62,7 @@ export interface HostDescription {
   devices: HostDeviceDescription[];
   /** Written as `cmdline` at the tree root (discovery's `kernelCmdline`). */
   cmdline?: string | null;
-  /** Written as `host_use.json` at the tree root. */
+  /** Written as `host_use.json` at the tree root (`[]` when absent). */
   host_use?: HostUse[];
 }
 
@@ -286,11 +288,10 @@ export function buildHostTree(
   if (description.cmdline != null) {
     Deno.writeTextFileSync(`${dir}/cmdline`, `${description.cmdline}\n`);
   }
-  if (description.host_use !== undefined) {
-    Deno.writeTextFileSync(
-      `${dir}/host_use.json`,
-      `${JSON.stringify(description.host_use, null, 2)}\n`,
-    );
-  }
+  // A description lists every device its host uses, so none listed is knowledge too.
+  Deno.writeTextFileSync(
+    `${dir}/host_use.json`,
+    `${JSON.stringify(description.host_use ?? [], null, 2)}\n`,
+  );
   return addresses.sort();
 }

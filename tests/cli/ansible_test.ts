@@ -46,7 +46,8 @@ function taskStatus(output: string, task: string): string | null {
 }
 
 Deno.test({
-  name: "the Ansible playbook applies once, reports no change the second time, and fails a refusal",
+  name:
+    "the Ansible playbook applies this host's section once, reports no change the second time, and fails a refusal",
   ignore: ansibleUnavailable() !== null,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-" });
@@ -72,10 +73,21 @@ Deno.test({
         `${ROOT}main.ts`,
       ]);
       assertEquals(bundle.code, 0, bundle.out);
+      // The fleet's shared config: this machine's section (picked by its host name) takes the
+      // NVMe drive; the other host's rule would be refused here, but it is not this host's.
       const good = `${dir}/good.yaml`;
       await Deno.writeTextFile(
         good,
-        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { class: nvme }\n`,
+        `version: 1
+hosts:
+  ${Deno.hostname()}: {}
+  elsewhere: {}
+vms:
+  ${vm}:
+    devices:
+      - { match: { class: nvme }, host: ${Deno.hostname()} }
+      - { match: { vendor_device_id: "dead:beef" }, host: elsewhere }
+`,
       );
       const refused = `${dir}/refused.yaml`;
       await Deno.writeTextFile(
@@ -123,6 +135,19 @@ Deno.test({
       assertEquals(second.code, 0, second.out);
       assertEquals(taskStatus(second.out, "Passthrough apply"), "ok", second.out);
       assertMatch(second.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
+
+      const badCheck = await playbook(refused, ["--check"]);
+      assertEquals(badCheck.code, 2, badCheck.out);
+      assertEquals(
+        taskStatus(badCheck.out, "Passthrough plan (check mode)"),
+        "fatal",
+        badCheck.out,
+      );
+      assertEquals(taskStatus(badCheck.out, "Passthrough failed"), "fatal", badCheck.out);
+      assertMatch(
+        badCheck.out.slice(badCheck.out.indexOf("TASK [Passthrough failed]")),
+        /dead:beef/,
+      );
 
       const bad = await playbook(refused);
       assertEquals(bad.code, 2, bad.out);

@@ -245,28 +245,31 @@ Deno.test("the example passthrough_config.yaml is valid and points editors at th
   assertOk(config.vms.flatMap((v) => v.rules).some((r) => r.multifunction && r.rom?.bar === "off"));
 });
 
-Deno.test("parseConfig() reads hosts with discovery defaults by URI and sysfs paths from the config's folder", () => {
+Deno.test("parseConfig() reads host sections: connect and sysfs optional, sysfs from the config's folder", () => {
   const config = parseConfig(
     `version: 1
 hosts:
+  bare: {}
   local: { connect: "qemu:///system" }
-  remote: { connect: "qemu+ssh://root@hv1/system" }
   captured: { connect: "qemu+ssh://hv2/system", sysfs: trees/hv2 }
-  absolute: { connect: "qemu:///system?socket=/run/s", discovery: sysfs, sysfs: /srv/hv3 }
-  asked: { connect: "test:///default", discovery: libvirt }
+  absolute: { sysfs: /srv/hv3 }
 vms:
   vm: { devices: [{ match: { class: vga } }] }
 `,
     { file: "/etc/passthrough/fleet.yaml" },
   );
   assertEquals(
-    config.hosts?.map((h) => [h.name, h.discovery, h.sysfs, h.location]),
+    config.hosts?.map((h) => [h.name, h.uri, h.sysfs, h.location]),
     [
-      ["local", "sysfs", "/sys", "/etc/passthrough/fleet.yaml:3:3"],
-      ["remote", "libvirt", null, "/etc/passthrough/fleet.yaml:4:3"],
-      ["captured", "sysfs", "/etc/passthrough/trees/hv2", "/etc/passthrough/fleet.yaml:5:3"],
-      ["absolute", "sysfs", "/srv/hv3", "/etc/passthrough/fleet.yaml:6:3"],
-      ["asked", "libvirt", null, "/etc/passthrough/fleet.yaml:7:3"],
+      ["bare", null, null, "/etc/passthrough/fleet.yaml:3:3"],
+      ["local", "qemu:///system", null, "/etc/passthrough/fleet.yaml:4:3"],
+      [
+        "captured",
+        "qemu+ssh://hv2/system",
+        "/etc/passthrough/trees/hv2",
+        "/etc/passthrough/fleet.yaml:5:3",
+      ],
+      ["absolute", null, "/srv/hv3", "/etc/passthrough/fleet.yaml:6:3"],
     ],
   );
   assertEquals([config.vms[0]?.hosts, config.vms[0]?.rules[0]?.hosts], [undefined, undefined]);
@@ -284,8 +287,8 @@ Deno.test("parseConfig() without hosts: keeps a single-host config unchanged", (
 Deno.test("parseConfig() locates host mistakes with nearest-name hints", () => {
   const errors = errorsOf(`version: 1
 hosts:
-  hv1: { connect: "qemu+ssh://hv1/system", discovery: sysfs }
-  hv2: { connect: "qemu:///system", discovery: libvirt, sysfs: /tmp/x }
+  hv1: { connect: "qemu+ssh://hv1/system" }
+  hv2: { connect: "qemu:///system", discovery: libvirt }
   hv3: { conect: "qemu:///system" }
   "bad name": { connect: "qemu:///system" }
 vms:
@@ -302,18 +305,11 @@ vms:
     errors.map((e) => [e.line, e.column, e.path, e.message.replace(/^c\.yaml:\d+:\d+: /, "")]),
     [
       [
-        3,
-        55,
-        "hosts.hv1.discovery",
-        'Host "hv1" is remote ("qemu+ssh://hv1/system"): this machine\'s /sys is not its sysfs at "hosts.hv1.discovery" (write "discovery: libvirt", or give "sysfs:" a captured tree of that host)',
-      ],
-      [
         4,
-        64,
-        "hosts.hv2.sysfs",
-        'A sysfs tree is not read with discovery "libvirt" at "hosts.hv2.sysfs" (remove "sysfs:" or write "discovery: sysfs")',
+        37,
+        "hosts.hv2.discovery",
+        'Unknown key "discovery" at "hosts.hv2.discovery" (expected one of connect, sysfs)',
       ],
-      [5, 8, "hosts.hv3", 'Missing key "connect" at "hosts.hv3" (add "connect:")'],
       [
         5,
         10,

@@ -145,8 +145,21 @@ Deno.test("discoverHost() takes the command line and host use from a captured tr
   assertEquals(host.hostUse, [
     { address: "0000:01:00.0", reason: "default-route", detail: "default route via eth0" },
   ]);
+  // A description lists all its host uses: none listed is known, and the tree says so.
   const bare = await discover({ devices: [dev("0000:01:00.0")] });
   assertEquals([bare.kernelCmdline, bare.hostUse], [null, []]);
+});
+
+Deno.test("discoverHost() reports host use as unknown for a tree without host_use.json", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sysfs-" });
+  try {
+    buildHostTree({ devices: [dev("0000:01:00.0")] }, dir);
+    await Deno.remove(`${dir}/host_use.json`);
+    const host = await discoverHost({ root: dir });
+    assertEquals([host.devices.length, host.hostUse], [1, null]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("discoverHost() rejects a directory that is not a sysfs tree", async () => {
@@ -270,7 +283,7 @@ Deno.test({
     assertOk(host.kernelCmdline !== null);
     const listed = Deno.readDirSync("/sys/bus/pci/devices");
     assertEquals(host.devices.length, [...listed].length);
-    const mounted = host.hostUse.filter((u) => u.reason === "mounted-filesystem");
+    const mounted = (host.hostUse ?? []).filter((u) => u.reason === "mounted-filesystem");
     assertOk(mounted.some((u) => u.detail.startsWith("/ on ")), JSON.stringify(host.hostUse));
   },
 });

@@ -1,0 +1,109 @@
+/**
+ * One config shared by several hosts (the top-level `hosts:`): a process plans exactly one host,
+ * the section named by `--host NAME` or, by default, this machine's host name. This module picks
+ * that section and cuts the config down to the VMs and rules that apply there. A fleet is many
+ * processes, one per host (see `ansible/passthrough.yml`), never many hosts in one process.
+ *
+ * @module
+ */
+
+import type { Config, HostConfig, VmConfig } from "./config.ts";
+
+/** How the host section was chosen: by `--host NAME` or by this machine's host name. */
+export type HostPick = "flag" | "hostname";
+
+/** A config with `hosts:` that has no section for the host being planned. */
+export class UnknownHostError extends Error {
+  override name = "UnknownHostError";
+  /** The name looked for. */
+  host: string;
+  /** How that name was chosen. */
+  pick: HostPick;
+  /** The hosts the config declares, in file order. */
+  known: string[];
+
+  constructor(file: string, host: string, pick: HostPick, known: string[]) {
+    const why = pick === "flag" ? "--host" : "this machine's host name";
+    super(
+      `${file} has no section for host "${host}" (${why}) under "hosts:": it declares ${
+        known.map((k) => `"${k}"`).join(", ")
+      }: pass --host NAME, or add a section named "${host}"`,
+    );
+    this.host = host;
+    this.pick = pick;
+    this.known = known;
+  }
+}
+
+/** The host section a process plans, and the config as it applies on that host. */
+export interface PickedHost {
+  /** The section under `hosts:`. */
+  host: HostConfig;
+  /** How it was chosen. */
+  pick: HostPick;
+  /** The config cut down to this host ({@link configForHost}). */
+  config: Config;
+}
+
+/**
+ * The section of `config` for this process: the one named `flag` when given, else the one named
+ * `hostname()` (called only then). `null` for a config without `hosts:`. Throws
+ * {@link UnknownHostError} when no section has that name.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const config = parseConfig(
+ *   "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms: { a: { host: hv2, devices: [] } }\n",
+ *   { file: "fleet.yaml" },
+ * );
+ * const picked = pickHostSection(config, { hostname: () => "hv2" });
+ * assertEquals([picked?.host.name, picked?.pick, picked?.config.vms.length], ["hv2", "hostname", 1]);
+ * assertEquals(pickHostSection(config, { flag: "hv1", hostname: () => "hv2" })?.config.vms, []);
+ * ```
+ */
+export function pickHostSection(
+  config: Config,
+  options: { flag?: string | undefined; hostname: () => string },
+): PickedHost | null {
+  if (config.hosts === undefined) return null;
+  const pick: HostPick = options.flag !== undefined ? "flag" : "hostname";
+  const name = options.flag ?? options.hostname();
+  const host = config.hosts.find((h) => h.name === name);
+  if (host === undefined) {
+    throw new UnknownHostError(config.file, name, pick, config.hosts.map((h) => h.name));
+  }
+  return { host, pick, config: configForHost(config, name) };
+}
+
+function onHost(entry: { hosts?: string[] }, host: string): boolean {
+  return entry.hosts === undefined || entry.hosts.includes(host);
+}
+
+/**
+ * The config one host is planned with: the VMs that name it (or name no host), each with the
+ * rules that name it (or name no host), and no `hosts:`. A VM kept with no rule left is planned
+ * with none, which removes the hostdevs passthrough added to it earlier on that host.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const config = parseConfig(`version: 1
+ * hosts: { a: {}, b: {} }
+ * vms:
+ *   render: { host: a, devices: [{ match: { class: vga } }] }
+ *   build: { devices: [{ match: { class: nvme } }, { match: { class: usb }, host: b }] }
+ * `, { file: "fleet.yaml" });
+ * assertEquals(configForHost(config, "a").vms.map((vm) => vm.name), ["render", "build"]);
+ * assertEquals(configForHost(config, "b").vms.map((vm) => vm.rules.length), [2]);
+ * ```
+ */
+export function configForHost(config: Config, host: string): Config {
+  const vms: VmConfig[] = config.vms
+    .filter((vm) => onHost(vm, host))
+    .map((vm) => ({ ...vm, rules: vm.rules.filter((rule) => onHost(rule, host)) }));
+  const { hosts: _hosts, ...rest } = config;
+  return { ...rest, vms };
+}
