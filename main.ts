@@ -10,6 +10,8 @@ import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { type CommandEntry, COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
 
+export type { CliIo } from "./cli/context.ts";
+
 const VERSION = "0.1.0";
 
 function usage(): string {
@@ -28,7 +30,27 @@ function usage(): string {
   ].join("\n");
 }
 
-/** Runs the CLI with `args` (without the program name) and returns the exit code. */
+/**
+ * Runs the CLI with `args` (without the program name) and returns the exit code instead of
+ * exiting: 0 ok, 1 runtime error, 2 usage error (or, for `plan --detailed-exitcode`, changes
+ * pending). Output goes through `io`, the real terminal by default; pass your own {@link CliIo}
+ * to capture it.
+ *
+ * @example Capture the output of a command
+ * ```ts
+ * import { assertEquals } from "./tests/helpers/assert.ts";
+ * const out: string[] = [];
+ * const code = await main(["--version"], {
+ *   out: (text) => out.push(text),
+ *   err: (text) => out.push(text),
+ *   color: false,
+ *   interactive: false,
+ *   readLine: () => Promise.resolve(null),
+ *   env: () => undefined,
+ * });
+ * assertEquals([code, out.join("")], [0, "passthrough 0.1.0\n"]);
+ * ```
+ */
 export async function main(args: string[], io: CliIo = defaultIo()): Promise<number> {
   const [name, ...rest] = args;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {

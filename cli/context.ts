@@ -5,19 +5,28 @@
  * @module
  */
 
-/** Output channels and terminal facts, injected so commands never touch Deno globals directly. */
+/**
+ * Output channels and terminal facts, injected so commands never touch Deno globals directly.
+ * `main()` (the `./cli` export) takes one; pass your own to capture output or script answers.
+ */
 export interface CliIo {
-  /** Writes to standard output as is (add your own newline). */
+  /** Writes to standard output as is: the text carries its own newlines. */
   out(text: string): void;
-  /** Writes to standard error as is. */
+  /** Writes to standard error as is: the text carries its own newlines. */
   err(text: string): void;
-  /** Whether stdout is a terminal and colour is allowed (`NO_COLOR` unset). */
+  /** Whether to colour output: stdout is a terminal and `NO_COLOR` is unset or empty. */
   color: boolean;
-  /** Whether stdin is a terminal (interactive confirmation possible). */
+  /**
+   * Whether stdin is a terminal, so `apply` and `rollback` may ask for confirmation (read with
+   * {@link CliIo.readLine}); when `false` they refuse to run without `--yes`.
+   */
   interactive: boolean;
-  /** Reads one line from standard input; `null` at end of input. */
+  /** Reads one line from standard input without its line ending; `null` at end of input. */
   readLine(): Promise<string | null>;
-  /** Environment lookup (`LIBVIRT_DEFAULT_URI`, `PASSTHROUGH_STATE_DIR`, ...). */
+  /**
+   * Looks an environment variable up (`LIBVIRT_DEFAULT_URI`, `PASSTHROUGH_STATE_DIR`, ...);
+   * `undefined` when unset.
+   */
   env(name: string): string | undefined;
 }
 

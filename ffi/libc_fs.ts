@@ -81,11 +81,13 @@ const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 13: "EACCES", 24: "EMF
 
 /** Raised when libc reports a failure that is not "missing" (e.g. `EACCES`). */
 export class LibcFsError extends Error {
+  /** The error's name. */
   override name = "LibcFsError";
   /** The path that failed. */
   readonly path: string;
-  /** The C `errno`. */
+  /** The C `errno` (`13` is `EACCES`); the message names the common ones. */
   readonly errno: number;
+  /** Builds the error; `operation` is what failed (`open`, `read`, `read link`). */
   constructor(operation: string, path: string, errno: number) {
     super(`Cannot ${operation} "${path}": ${ERRNO_NAMES[errno] ?? `errno ${errno}`}`);
     this.path = path;

@@ -12,4 +12,8 @@ export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
 export { LibcFsError, libcSysfsReader } from "./libc_fs.ts";
-export { nodeDeviceSource, openNodeDeviceSource } from "./nodedev_source.ts";
+export {
+  nodeDeviceSource,
+  type OpenNodeDeviceSource,
+  openNodeDeviceSource,
+} from "./nodedev_source.ts";

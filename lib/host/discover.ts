@@ -37,7 +37,10 @@ export interface DiscoverOptions {
   reader?: SysfsReader;
   /** How lspci runs; `null` skips it (names, modules, FLR and serial stay unknown). */
   lspci?: LspciRunner | null;
-  /** Vendor name lookup for splitting lspci's joined names. Default: `pci.ids`. */
+  /**
+   * Vendor name lookup that cuts lspci's joined "vendor device" names in two. Default:
+   * {@link pciIdsVendorNames} over the system `pci.ids`.
+   */
   vendorNames?: VendorNames;
   /**
    * Whether `root` is the running host's own sysfs, so `/proc` may be read for the kernel
@@ -50,9 +53,11 @@ export interface DiscoverOptions {
 
 /** Raised when the sysfs root has no PCI devices directory at all. */
 export class SysfsRootError extends Error {
+  /** The error's name. */
   override name = "SysfsRootError";
   /** The root that was given. */
   readonly root: string;
+  /** Builds the error for the `root` that has no `bus/pci/devices`. */
   constructor(root: string) {
     super(`Not a sysfs tree: "${root}": no bus/pci/devices directory`);
     this.root = root;

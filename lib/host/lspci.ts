@@ -3,9 +3,9 @@
  * and the serial number from sysfs and config space (the truth) and only what sysfs lacks from
  * here: human names and kernel modules (lspci finds those through libkmod).
  *
- * Why `-nnkD`: it is the cheapest form that prints both (measured at 1,024 functions: about
- * 0.2 s, against 0.26 s for `-vmmnnkD` and 0.4-0.5 s with 1.7 MB of text for `-vvvnnkD`, whose
- * capabilities discovery now reads itself). It joins the vendor and device names, so
+ * Why `-nnkD`: it is the cheapest form that prints both; `-vmmnnkD` is slower, and `-vvvnnkD`
+ * prints every capability, which discovery now reads from config space itself. It joins the
+ * vendor and device names, so
  * {@link splitVendorName} separates them with the vendor table of the same `pci.ids` file lspci
  * reads. The parser still reads `-vvv` output (slot, NUMA node, group, FLR, serial) for callers
  * that run lspci that way.
@@ -41,9 +41,11 @@ export interface LspciRecord {
 
 /** Raised when `lspci` cannot run or fails. */
 export class LspciError extends Error {
+  /** The error's name. */
   override name = "LspciError";
   /** The arguments lspci was run with. */
   readonly args: string[];
+  /** Builds the error; `message` says what failed (spawn error, exit status, stderr). */
   constructor(message: string, args: string[], options?: ErrorOptions) {
     super(message, options);
     this.args = args;
@@ -196,16 +198,20 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
   return records;
 }
 
-/** Vendor ID → name, from the `pci.ids` file lspci uses. */
+/**
+ * Looks a vendor's name up by its ID (4 hex digits without `0x`, any case), as written in the
+ * `pci.ids` file lspci uses; `null` when the vendor is unknown. Discovery uses it to cut lspci's
+ * joined "vendor device" name in two.
+ */
 export type VendorNames = (vendorId: string) => string | null;
 
 const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
 
 /**
- * Looks vendor names up in `pci.ids` (vendor lines only), read once as bytes and indexed in one
- * pass over its line starts, so discovery neither decodes nor parses the whole 1.3 MB file (that
- * took ~25 ms per run, a tenth of `groups`). Returns a lookup that always answers `null` when no
- * file is readable.
+ * Looks vendor names up in `pci.ids` (vendor lines only): the first readable file of `paths`
+ * (default: `/usr/share/misc/pci.ids`, then `/usr/share/hwdata/pci.ids`) is read on the first
+ * lookup, as bytes, and indexed in one pass over its line starts, so discovery never decodes or
+ * parses the whole file. Returns a lookup that always answers `null` when no file is readable.
  *
  * @example
  * ```ts

@@ -9,18 +9,35 @@
 export type * from "./types.ts";
 export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discover.ts";
 export { denoFsReader, type SysfsFile, type SysfsReader } from "./sysfs.ts";
-export { commandLspciRunner, LspciError, type LspciRunner } from "./lspci.ts";
-export { writeSnapshot } from "./snapshot.ts";
+export {
+  commandLspciRunner,
+  LspciError,
+  type LspciRunner,
+  pciIdsVendorNames,
+  type VendorNames,
+} from "./lspci.ts";
+export {
+  type SnapshotOptions,
+  type SnapshotSummary,
+  SnapshotTargetError,
+  writeSnapshot,
+} from "./snapshot.ts";
 export { type DoctorFinding, runDoctor } from "./doctor.ts";
 export {
   discoverViaLibvirt,
   NodeDeviceGroupError,
   type NodeDeviceSource,
+  type NodeDeviceTopologyOptions,
   NodeDeviceXmlError,
   topologyFromNodeDevices,
 } from "./nodedev.ts";
 export {
+  COMPARED_FIELDS,
+  type ComparedField,
   compareTopologies,
+  type CompareTopologiesOptions,
+  type FieldValue,
   formatSourceDifference,
+  OPTIONAL_FIELDS,
   type SourceDifference,
 } from "./source_compare.ts";

@@ -29,6 +29,7 @@ export interface NodeDeviceSource {
 
 /** One node device's XML that cannot be read as a PCI device. */
 export class NodeDeviceXmlError extends SyntaxError {
+  /** The error's name. */
   override name = "NodeDeviceXmlError";
   /** The device's `<name>` (`pci_0000_01_00_0`), or `null` when it has none. */
   readonly device: string | null;
@@ -52,6 +53,7 @@ export class NodeDeviceXmlError extends SyntaxError {
  * Planning on such data could leave a group member out of a VM, so discovery refuses it.
  */
 export class NodeDeviceGroupError extends Error {
+  /** The error's name. */
   override name = "NodeDeviceGroupError";
   /** The IOMMU group number concerned. */
   readonly group: number;

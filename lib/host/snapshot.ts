@@ -32,24 +32,33 @@ const ATTRIBUTES = [
 
 /** Options of {@link writeSnapshot}. */
 export interface SnapshotOptions {
-  /** The sysfs root `host` was discovered from. */
+  /** The sysfs root `host` was discovered from: its files are the ones copied. */
   root: string;
-  /** The reader to copy files with (libc for `/sys`). */
+  /**
+   * The reader to copy files with: `libcSysfsReader()` (from `ffi/`) for the live `/sys`, which
+   * Deno's own file API refuses to read without `--allow-all`; `denoFsReader()` for a captured
+   * tree.
+   */
   reader: SysfsReader;
 }
 
 /** What a snapshot wrote. */
 export interface SnapshotSummary {
+  /** The snapshot directory, as given to {@link writeSnapshot}. */
   out: string;
+  /** How many PCI functions it holds. */
   devices: number;
+  /** How many IOMMU groups it holds (`0` for a host without IOMMU). */
   groups: number;
 }
 
 /** Raised when the snapshot target exists and is not an empty directory. */
 export class SnapshotTargetError extends Error {
+  /** The error's name. */
   override name = "SnapshotTargetError";
   /** The target path. */
   readonly path: string;
+  /** Builds the error for the non-empty target `path`. */
   constructor(path: string) {
     super(`Cannot write snapshot to "${path}": it exists and is not empty`);
     this.path = path;

@@ -64,6 +64,7 @@ export interface PciDevice {
 
 /** One IOMMU group: the unit of isolation that VFIO assigns as a whole. */
 export interface IommuGroup {
+  /** The group number: the name of its `/sys/kernel/iommu_groups/N` directory. */
   group: number;
   /** Members sorted by address. */
   devices: PciDevice[];
@@ -94,12 +95,18 @@ export interface HostTopology {
   hostUse: HostUse[] | null;
 }
 
-/** Why the host needs a device right now. */
+/**
+ * Why the host needs a device right now: it is an ancestor of the block device of a mounted
+ * filesystem, it is the NIC carrying the default route, or it is the boot VGA device while a
+ * framebuffer console is in use.
+ */
 export type HostUseReason = "mounted-filesystem" | "default-route" | "console-vga";
 
 /** One device the running host is using. */
 export interface HostUse {
+  /** The device's canonical address. */
   address: PciAddress;
+  /** What the host uses it for. */
   reason: HostUseReason;
   /** What was seen: `/ on nvme0n1p2`, `default route via enp5s0`, `boot_vga=1 with fbcon`. */
   detail: string;

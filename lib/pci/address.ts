@@ -14,9 +14,13 @@ const CANONICAL = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
 
 /** The four numeric parts of a PCI address. */
 export interface PciAddressParts {
+  /** PCI segment (domain), `0` on most hosts. */
   domain: number;
+  /** Bus number, `0` to `0xff`. */
   bus: number;
+  /** Slot (device) number, `0` to `0x1f`. */
   slot: number;
+  /** Function number, `0` to `7`. */
   function: number;
 }
 

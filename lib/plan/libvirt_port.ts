@@ -7,15 +7,21 @@
 
 /** A domain as listed. */
 export interface DomainSummary {
+  /** The domain's name, unique on the connection. */
   name: string;
+  /** Its uuid, lower-case with dashes (`virDomainGetUUIDString`). */
   uuid: string;
+  /** Whether it is running now. */
   active: boolean;
+  /** Whether it has a persistent definition; a transient domain vanishes when it stops. */
   persistent: boolean;
 }
 
 /** Flags for hot-plug: `live` changes the running guest, `config` the persistent definition. */
 export interface DeviceChangeOptions {
+  /** Change the running guest (`VIR_DOMAIN_AFFECT_LIVE`); it must be running. */
   live: boolean;
+  /** Change the persistent definition too (`VIR_DOMAIN_AFFECT_CONFIG`). */
   config: boolean;
 }
 

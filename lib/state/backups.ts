@@ -21,7 +21,10 @@ import {
   writeNewFileSync,
 } from "./state_dir.ts";
 
-/** Why a backup was taken. */
+/**
+ * Why a backup was taken: `apply` before defining a planned change, `rollback` before restoring
+ * an earlier backup (so a rollback can itself be rolled back).
+ */
 export type BackupReason = "apply" | "rollback";
 
 /** One backup as listed. Plain data (`backups --json` prints it as is). */

@@ -1,10 +1,34 @@
 /**
- * The state directory: its safe resolution, the lock that serialises applies, and the backups
- * taken before each define.
+ * The state directory: its safe resolution and opening, the lock that serialises applies, and
+ * the backups taken before each define.
  *
  * @module
  */
 
-export { type BackupEntry, findBackup, listBackups, readBackupXml } from "./backups.ts";
-export { DEFAULT_STATE_DIR, resolveStateDirPath, StateDirError } from "./state_dir.ts";
-export { LockHeldError } from "./lock.ts";
+export {
+  type BackupEntry,
+  BackupIntegrityError,
+  BackupNotFoundError,
+  type BackupReason,
+  findBackup,
+  listBackups,
+  readBackupXml,
+} from "./backups.ts";
+export {
+  DEFAULT_STATE_DIR,
+  openStateDir,
+  type OpenStateDirOptions,
+  resolveStateDirPath,
+  STATE_DIR_ENV,
+  type StateDir,
+  StateDirError,
+  type StateDirProblem,
+} from "./state_dir.ts";
+export {
+  acquireLock,
+  type AcquireLockOptions,
+  LockHeldError,
+  type LockHolder,
+  StaleLockError,
+  type StateLock,
+} from "./lock.ts";

@@ -18,7 +18,12 @@ export const DEFAULT_STATE_DIR = "/var/lib/passthrough";
 /** The environment variable that overrides {@link DEFAULT_STATE_DIR}. */
 export const STATE_DIR_ENV = "PASSTHROUGH_STATE_DIR";
 
-/** Why a directory cannot be used for state. */
+/**
+ * Why a directory cannot be used for state: `missing` (only reported when nothing may be
+ * created), `symlink`, `not-directory`, `foreign-owner` (owned by another uid),
+ * `loose-permissions` (group- or world-writable) or `unwritable` (cannot be created or written,
+ * e.g. a read-only or full file system).
+ */
 export type StateDirProblem =
   | "missing"
   | "symlink"

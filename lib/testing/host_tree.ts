@@ -27,28 +27,53 @@ import type { HostUse, PciAddress } from "../host/types.ts";
 import { canonicalPciAddress, pciAddressParts } from "../pci/address.ts";
 import { headerTypeOfClass } from "../pci/class.ts";
 
-/** One device of a host description: the shared format plus optional extras. */
+/**
+ * One PCI function of a host description: the shared format plus optional extras. IDs are hex
+ * strings with or without `0x`, in any case; `null` means the source listing did not show it.
+ */
 export interface HostDeviceDescription {
+  /** The function's address, `0000:01:00.0` (or `01:00.0`, domain 0). */
   bdf: string;
+  /** Its IOMMU group number; `null` on every device describes a host without IOMMU. */
   group: number | null;
   /** `0x030000`: 6 hex digits with prog-if. */
   class: string;
+  /** Vendor ID, `0x10de`. */
   vendor: string;
+  /** Device ID, `0x1b80`. */
   device: string;
+  /** Subsystem vendor ID, or `null` (no `subsystem_vendor` file is written). */
   subsystem_vendor: string | null;
+  /** Subsystem device ID, or `null` (no `subsystem_device` file is written). */
   subsystem_device: string | null;
+  /** The bound kernel driver (`vfio-pci`), or `null` when unbound. */
   driver: string | null;
+  /** Revision, `0xa1`, or `null` (no `revision` file is written). */
   revision: string | null;
+  /**
+   * Class name as the listing showed it (`VGA compatible controller`). Not written to the tree
+   * (lspci names classes itself); used by `topologyFromDescription()`.
+   */
   class_name?: string | null;
+  /**
+   * Vendor and device name as one string, as lspci joins them (`NVIDIA Corporation GP104`). Not
+   * written to the tree; the device name in `topologyFromDescription()`.
+   */
   name?: string | null;
   /** Device Serial Number as lspci prints it: `00-11-22-ff-ff-33-44-55`. */
   serial?: string | null;
   /** Physical slot name (`bus/pci/slots/NAME/address`). */
   slot?: string | null;
+  /** NUMA node; absent or `null` writes `-1` (unknown). */
   numa_node?: number | null;
   /** For a virtual function: its physical function's address. */
   physfn?: string | null;
+  /**
+   * Function Level Reset: `true`/`false` write a PCIe capability with or without FLReset;
+   * absent or `null` (with no `serial`) leaves it unknown, as an unprivileged read would.
+   */
   flr?: boolean | null;
+  /** Whether the firmware used it as the boot display (`boot_vga` file); absent: no file. */
   boot_vga?: boolean | null;
   /** Kernel modules (kept in a `modules` file: lspci needs libkmod and `/lib/modules`). */
   modules?: string[] | null;
@@ -56,9 +81,13 @@ export interface HostDeviceDescription {
 
 /** A host description: the shared format plus optional extras. */
 export interface HostDescription {
+  /** Where the listing came from (a URL for the captured real hosts). */
   source?: string;
+  /** `true` when only the IOMMU groups seen whole were transcribed. */
   partial?: boolean;
+  /** Free text about the machine. */
   notes?: string;
+  /** Every PCI function, in any order. */
   devices: HostDeviceDescription[];
   /** Written as `cmdline` at the tree root (discovery's `kernelCmdline`). */
   cmdline?: string | null;
@@ -68,9 +97,11 @@ export interface HostDescription {
 
 /** Raised when a description is malformed (bad address, class or ID). */
 export class HostDescriptionError extends Error {
+  /** The error's name. */
   override name = "HostDescriptionError";
   /** The device's `bdf` as given, when the problem is in one device. */
   readonly bdf: string | null;
+  /** Builds the error; `bdf` names the faulty device, `null` for the description as a whole. */
   constructor(message: string, bdf: string | null = null) {
     super(message);
     this.bdf = bdf;

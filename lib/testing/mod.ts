@@ -7,5 +7,10 @@
  */
 
 export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
-export { buildHostTree, HostDescriptionError, loadHostDescription } from "./host_tree.ts";
+export {
+  buildHostTree,
+  type BuildHostTreeOptions,
+  HostDescriptionError,
+  loadHostDescription,
+} from "./host_tree.ts";
 export { topologyFromDescription } from "./host_description.ts";
