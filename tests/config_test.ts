@@ -39,6 +39,20 @@ Deno.test("parseConfig() takes unquoted IDs and classes as written, not as YAML 
   });
 });
 
+Deno.test("parseConfig() takes YAML 1.1 sexagesimal and binary numbers as the IDs written", () => {
+  // YAML 1.1 reads 10:20 as 620 (base 60) and 0b10 as 2.
+  const config = parseConfig(
+    "%YAML 1.1\n---\nversion: 1\nvms:\n  vm:\n    devices:\n" +
+      "      - match: { vendor_device_id: 10:20, subsystem_vendor_id: 0b10 }\n",
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms[0]?.rules[0]?.match, {
+    vendorId: "0010",
+    deviceId: "0020",
+    subsystemVendorId: "0b10",
+  });
+});
+
 Deno.test("parseConfig() normalises quoted IDs, vendor_device_id, addresses and serials", () => {
   const [a, b] = rules(`      - match:
           vendor_device_id: "0x10DE:2684"
