@@ -137,7 +137,8 @@ const pciId = (what: string): StringSchema => ({
   description: `${what}: 4 hex digits, with or without 0x, any case (e.g. "10de")`,
 });
 
-const MATCH_SCHEMA = {
+/** The `match` block of a rule (its formatted keys are the ones YAML may read as numbers). */
+export const MATCH_SCHEMA = {
   type: "object",
   description:
     "Which host devices the rule selects: every criterion given must hold (they are ANDed)",

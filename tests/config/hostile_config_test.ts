@@ -148,12 +148,22 @@ const CASES: HostileConfig[] = [
         "",
       ].join("\n"),
     ),
-    error: /Unknown key "a0"/,
+    error: /:3:10: Aliases expand into too many copies/,
+  },
+  {
+    name: "flow collections nested 30,000 deep",
+    bytes: enc(`version: 1\nvms: ${"[".repeat(30_000)}${"]".repeat(30_000)}\n`),
+    error: /:2:\d+: Nesting too deep/,
   },
   {
     name: "non-UTF-8 bytes in a VM name",
     bytes: new Uint8Array([...enc(`version: 1\nvms:\n  pt`), 0xff, 0xfe, ...enc(`: {}\n`)]),
     error: /:3:5: Invalid UTF-8 at byte 20 \(save the file as UTF-8\)/,
+  },
+  {
+    name: "100 KB config",
+    bytes: enc(`version: 1\nvms: {}\n${"#".repeat(100_000)}\n`),
+    error: new RegExp(`:1:1: File too large: \\d+ bytes, the limit is ${MAX_CONFIG_BYTES}`),
   },
   {
     name: "10 MB config",
@@ -190,6 +200,32 @@ Deno.test("loadConfig() refuses every hostile config with a located error", asyn
       });
     }
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadConfig() refuses /dev/zero and a FIFO without reading them", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hostile-config-" });
+  const fifo = `${dir}/config.yaml`;
+  assertEquals((await new Deno.Command("mkfifo", { args: [fifo] }).output()).code, 0);
+  // Were the FIFO opened, nothing would ever write to it: a writer after a while turns that hang
+  // into a failure.
+  const unblock = setTimeout(() => Deno.openSync(fifo, { write: true }).close(), 5000);
+  try {
+    for (const path of ["/dev/zero", fifo]) {
+      const error = await loadConfig(path).then(() => null, (e: unknown) => e);
+      assertOk(error instanceof ConfigErrors, `${path}: ${error}`);
+      assertMatch(error.message, /:1:1: Not a regular file \(give the path of a YAML file\)/);
+      recordCase({
+        area: "config",
+        name: path === fifo ? "a FIFO as the config" : "/dev/zero as the config",
+        count: 1,
+        outcome: "clear error with file:line:col, nothing read",
+        test: TEST,
+      });
+    }
+  } finally {
+    clearTimeout(unblock);
     await Deno.remove(dir, { recursive: true });
   }
 });
