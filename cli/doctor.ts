@@ -46,7 +46,7 @@ export function renderFindings(findings: DoctorFinding[], color: boolean): strin
 export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise<number> {
   const root = values.sysfs ?? LIVE_SYSFS;
   const host = await loadHost(root);
-  const uri = values.uri ?? io.env("LIBVIRT_DEFAULT_URI") ?? null;
+  const uri = values.connect ?? io.env("LIBVIRT_DEFAULT_URI") ?? null;
   const findings = runDoctor({
     host,
     reader: readerFor(root),

@@ -60,11 +60,7 @@ export const DOCTOR = {
   flags: {
     json: { type: "boolean", help: "print the findings as JSON" },
     ...HOST_FLAGS,
-    uri: {
-      type: "string",
-      value: "URI",
-      help: "libvirt URI to probe (default: $LIBVIRT_DEFAULT_URI or libvirt's default)",
-    },
+    ...CONNECT_FLAG,
     "no-libvirt": { type: "boolean", help: "skip the libvirt check" },
   },
   about: `
