@@ -236,6 +236,8 @@ function parseCommandLine<S extends CommandSpec>(
       throw new UsageError(positional.missing);
     }
   });
+  // parseArgs types its result from a literal options object; these options are built from the
+  // spec by parseOptions (booleans default to false), so the spec types each value.
   return { values: parsed.values, positionals: parsed.positionals } as unknown as Parsed<S>;
 }
 
