@@ -7,7 +7,7 @@
  */
 
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
-import { type CommandEntry, COMMANDS } from "./cli/commands.ts";
+import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
 
 export type { CliIo } from "./cli/context.ts";
@@ -61,13 +61,12 @@ export async function main(args: string[], io: CliIo = defaultIo()): Promise<num
     io.out(`passthrough ${VERSION}\n`);
     return 0;
   }
-  const entry: CommandEntry | undefined = COMMANDS.find((c) => c.name === name);
-  if (entry === undefined) {
+  const command: Command | undefined = COMMANDS.find((c) => c.name === name);
+  if (command === undefined) {
     io.err(`passthrough: unknown command "${name}"\n\n${usage()}`);
     return 2;
   }
-  // Only this command's module (and what it imports) loads: start-up stays short.
-  const command: Command = await entry.load();
+  // Help wins over any other flag, and needs nothing but the command table.
   if (rest.includes("--help") || rest.includes("-h")) {
     io.out(command.help);
     return 0;

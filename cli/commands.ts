@@ -1,77 +1,43 @@
 /**
- * The command table: each subcommand's name and one-line summary, and how to load its module.
- * Modules are imported only for the command that runs (or whose `--help` is asked for), so
- * `groups` does not pay for the YAML parser, the XML parser and the diff library that `plan` and
- * `apply` need (start-up went from ~240 ms to ~140 ms). Add one line here per command; the test
- * in `tests/cli/bundle_test.ts` checks that each summary matches its module.
+ * The command table: each subcommand's spec (`cli/specs.ts`) and how to load the module that runs
+ * it. A command's module is imported only once its command line has parsed, so `--help`, a usage
+ * error or a light command such as `groups` or `backups` never pays for the YAML parser, the XML
+ * parser or the diff library that `plan` and `apply` need. `deno bundle` inlines these dynamic
+ * imports into its one output file (checked by `tests/cli/bundle_test.ts`).
  *
- * `deno bundle` inlines these dynamic imports into its one output file (checked by the same test).
+ * To add a command: declare its spec in `cli/specs.ts` (reusing the flag groups of
+ * `cli/flags.ts`), add a line here, and write `cli/NAME.ts` exporting
+ * `run(parsed: Parsed<typeof SPEC>, io)`. `tests/cli/flags_test.ts` then checks its help, its usage
+ * errors and what its module loads.
  *
  * @module
  */
 
 import type { Command } from "./context.ts";
-
-/** One row of the command table. */
-export interface CommandEntry {
-  /** The subcommand name, as typed. */
-  name: string;
-  /** One line for `passthrough --help` (the same text as the module's `Command.summary`). */
-  summary: string;
-  /** Imports the command's module and returns its {@link Command}. */
-  load(): Promise<Command>;
-}
+import { defineCommand } from "./flags.ts";
+import {
+  APPLY,
+  BACKUPS,
+  DEMO,
+  DEVICES,
+  DOCTOR,
+  GROUPS,
+  PLAN,
+  ROLLBACK,
+  SNAPSHOT,
+  SOURCES,
+} from "./specs.ts";
 
 /** Every subcommand, in the order `passthrough --help` lists them. */
-export const COMMANDS: readonly CommandEntry[] = [
-  {
-    name: "devices",
-    summary: "list the host's PCI devices",
-    load: async () => (await import("./devices.ts")).devicesCommand,
-  },
-  {
-    name: "groups",
-    summary: "list the host's IOMMU groups",
-    load: async () => (await import("./groups.ts")).groupsCommand,
-  },
-  {
-    name: "snapshot",
-    summary: "capture the host's PCI/IOMMU topology into a portable tree",
-    load: async () => (await import("./snapshot.ts")).snapshotCommand,
-  },
-  {
-    name: "doctor",
-    summary: "check that this host is ready for PCI passthrough",
-    load: async () => (await import("./doctor.ts")).doctorCommand,
-  },
-  {
-    name: "sources",
-    summary: "compare sysfs/lspci discovery with libvirt's node-device API",
-    load: async () => (await import("./sources.ts")).sourcesCommand,
-  },
-  {
-    name: "plan",
-    summary: "show the hostdev changes the config asks for, as diffs",
-    load: async () => (await import("./plan.ts")).planCommand,
-  },
-  {
-    name: "apply",
-    summary: "apply the plan: confirm, back up, define, verify",
-    load: async () => (await import("./apply.ts")).applyCommand,
-  },
-  {
-    name: "rollback",
-    summary: "restore a VM's definition from a backup",
-    load: async () => (await import("./rollback.ts")).rollbackCommand,
-  },
-  {
-    name: "backups",
-    summary: "list the backups taken before each define",
-    load: async () => (await import("./backups.ts")).backupsCommand,
-  },
-  {
-    name: "demo",
-    summary: "plan and apply on the bundled demo host and VMs (no IOMMU needed)",
-    load: async () => (await import("./demo.ts")).demoCommand,
-  },
+export const COMMANDS: readonly Command[] = [
+  defineCommand(DEVICES, async () => (await import("./devices.ts")).run),
+  defineCommand(GROUPS, async () => (await import("./groups.ts")).run),
+  defineCommand(SNAPSHOT, async () => (await import("./snapshot.ts")).run),
+  defineCommand(DOCTOR, async () => (await import("./doctor.ts")).run),
+  defineCommand(SOURCES, async () => (await import("./sources.ts")).run),
+  defineCommand(PLAN, async () => (await import("./plan.ts")).run),
+  defineCommand(APPLY, async () => (await import("./apply.ts")).run),
+  defineCommand(ROLLBACK, async () => (await import("./rollback.ts")).run),
+  defineCommand(BACKUPS, async () => (await import("./backups.ts")).run),
+  defineCommand(DEMO, async () => (await import("./demo.ts")).run),
 ];

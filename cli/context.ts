@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { Flags } from "./flags.ts";
+
 /**
  * Output channels and terminal facts, injected so commands never touch Deno globals directly.
  * `main()` (the `./cli` export) takes one; pass your own to capture output or script answers.
@@ -35,12 +37,16 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/** One subcommand of the CLI. */
+/** One subcommand of the CLI, as `cli/flags.ts`'s `defineCommand` builds it from its spec. */
 export interface Command {
+  /** The subcommand, as typed. */
   name: string;
   /** One line for the command list. */
   summary: string;
-  /** Full help text (usage line, flags). */
+  /** Full help text (usage line, options, notes). */
   help: string;
+  /** Every flag it takes, `--help` included, in the order its help lists them. */
+  flags: Flags;
+  /** Parses `args` (a {@link UsageError} when they are wrong), then runs; the exit code. */
   run(args: string[], io: CliIo): Promise<number>;
 }

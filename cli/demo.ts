@@ -16,12 +16,13 @@ import { loadConfig } from "../lib/config/config.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
 import { applyPlan } from "../lib/apply/apply.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import type { Command } from "./context.ts";
+import type { CliIo } from "./context.ts";
+import type { Parsed } from "./flags.ts";
+import type { DEMO } from "./specs.ts";
 import { loadHost } from "./host_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { renderApplyReport } from "./render_apply.ts";
 import { painter } from "../lib/render/colors.ts";
-import { parseFlags } from "./plan_options.ts";
 
 // Embedded at build time rather than read from `../demo/` beside this module, so the one-file
 // `deno bundle` output runs the demo from anywhere (Ansible copies it alone to each host).
@@ -39,81 +40,64 @@ function writeDemoFiles(dir: string): void {
   Deno.writeTextFileSync(`${dir}/refused_config.yaml`, refusedYaml);
 }
 
-const HELP = `Usage: passthrough demo [--keep]
+/** Runs `passthrough demo`: exit 0 when every step did what the demo shows. */
+export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<number> {
+  const paint = painter(io.color);
+  const step = (text: string) => io.out(`\n${paint("cyan", `==> ${text}`)}\n\n`);
+  const tmp = await Deno.makeTempDir({ prefix: "passthrough-demo-" });
+  try {
+    const sysfs = `${tmp}/sysfs`;
+    const stateDir = `${tmp}/state`;
+    const demoDir = `${tmp}/demo`;
+    writeDemoFiles(demoDir);
+    const description = loadHostDescription(`${demoDir}/host.json`);
+    buildHostTree(description, sysfs);
+    const worldPath = `${demoDir}/world.xml`;
+    const configPath = `${demoDir}/passthrough_config.yaml`;
+    step(
+      `Host: ${description.devices.length} PCI functions of a real ASRock TRX40 Creator, as a sysfs tree`,
+    );
+    const host = await loadHost(sysfs);
+    io.out(
+      `${host.devices.length} functions, ${host.groups.length} IOMMU groups, ` +
+        `${
+          host.devices.filter((d) => d.isBridge).length
+        } bridges (read back with lspci from ${sysfs})\n`,
+    );
+    const config = await loadConfig(configPath);
+    using libvirt = openLibvirtPort(`test://${worldPath}`);
 
-Runs plan and apply --yes on the bundled demo: a real host's topology (demo/host.json) and a
-libvirt test-driver world of two VMs (demo/world.xml), with demo/passthrough_config.yaml; plans
-again (nothing left to do); then plans demo/refused_config.yaml to show what is refused.
-Needs no IOMMU, no KVM and no libvirtd. Writes only to a temporary directory.
+    step(
+      `passthrough plan --config demo/passthrough_config.yaml --connect test://.../demo/world.xml`,
+    );
+    const plan = planHostdevs({ config, host, libvirt });
+    io.out(renderPlan(plan, { color: io.color }));
 
-Options:
-  --keep   keep the temporary directory (sysfs tree, state directory) and print its path
-`;
+    step("passthrough apply --yes");
+    const report = await applyPlan(plan, {
+      libvirt,
+      stateDir,
+      confirm: () => Promise.resolve("yes"),
+    });
+    io.out(renderApplyReport(report, { color: io.color }));
 
-/** The `demo` command. */
-export const demoCommand: Command = {
-  name: "demo",
-  summary: "plan and apply on the bundled demo host and VMs (no IOMMU needed)",
-  help: HELP,
-  async run(args, io) {
-    const { values } = parseFlags(args, { keep: { type: "boolean", default: false } });
-    const paint = painter(io.color);
-    const step = (text: string) => io.out(`\n${paint("cyan", `==> ${text}`)}\n\n`);
-    const tmp = await Deno.makeTempDir({ prefix: "passthrough-demo-" });
-    try {
-      const sysfs = `${tmp}/sysfs`;
-      const stateDir = `${tmp}/state`;
-      const demoDir = `${tmp}/demo`;
-      writeDemoFiles(demoDir);
-      const description = loadHostDescription(`${demoDir}/host.json`);
-      buildHostTree(description, sysfs);
-      const worldPath = `${demoDir}/world.xml`;
-      const configPath = `${demoDir}/passthrough_config.yaml`;
-      step(
-        `Host: ${description.devices.length} PCI functions of a real ASRock TRX40 Creator, as a sysfs tree`,
-      );
-      const host = await loadHost(sysfs);
-      io.out(
-        `${host.devices.length} functions, ${host.groups.length} IOMMU groups, ` +
-          `${
-            host.devices.filter((d) => d.isBridge).length
-          } bridges (read back with lspci from ${sysfs})\n`,
-      );
-      const config = await loadConfig(configPath);
-      using libvirt = openLibvirtPort(`test://${worldPath}`);
+    step("passthrough plan (again)");
+    const again = planHostdevs({ config, host, libvirt });
+    io.out(renderPlan(again, { color: io.color }));
 
-      step(
-        `passthrough plan --config demo/passthrough_config.yaml --connect test://.../demo/world.xml`,
-      );
-      const plan = planHostdevs({ config, host, libvirt });
-      io.out(renderPlan(plan, { color: io.color }));
-
-      step("passthrough apply --yes");
-      const report = await applyPlan(plan, {
-        libvirt,
-        stateDir,
-        confirm: () => Promise.resolve("yes"),
-      });
-      io.out(renderApplyReport(report, { color: io.color }));
-
-      step("passthrough plan (again)");
-      const again = planHostdevs({ config, host, libvirt });
-      io.out(renderPlan(again, { color: io.color }));
-
-      step("passthrough plan --config demo/refused_config.yaml (what is refused, and why)");
-      const refusedConfig = await loadConfig(`${demoDir}/refused_config.yaml`);
-      const refused = planHostdevs({ config: refusedConfig, host, libvirt });
-      io.out(renderPlan(refused, { color: io.color }));
-      const refusedCodes = [...new Set(refused.vms.flatMap((vm) => vm.errors.map((e) => e.code)))]
-        .sort();
-      if (values.keep) io.out(`\nKept ${tmp}\n`);
-      const expected = ["ambiguous", "group-shared-with-other-vm"];
-      return report.ok && again.vms.every((vm) => !vm.changed) &&
-          JSON.stringify(refusedCodes) === JSON.stringify(expected)
-        ? 0
-        : 1;
-    } finally {
-      if (!values.keep) await Deno.remove(tmp, { recursive: true });
-    }
-  },
-};
+    step("passthrough plan --config demo/refused_config.yaml (what is refused, and why)");
+    const refusedConfig = await loadConfig(`${demoDir}/refused_config.yaml`);
+    const refused = planHostdevs({ config: refusedConfig, host, libvirt });
+    io.out(renderPlan(refused, { color: io.color }));
+    const refusedCodes = [...new Set(refused.vms.flatMap((vm) => vm.errors.map((e) => e.code)))]
+      .sort();
+    if (values.keep) io.out(`\nKept ${tmp}\n`);
+    const expected = ["ambiguous", "group-shared-with-other-vm"];
+    return report.ok && again.vms.every((vm) => !vm.changed) &&
+        JSON.stringify(refusedCodes) === JSON.stringify(expected)
+      ? 0
+      : 1;
+  } finally {
+    if (!values.keep) await Deno.remove(tmp, { recursive: true });
+  }
+}

@@ -5,37 +5,13 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
-import { type CliIo, type Command, UsageError } from "./context.ts";
+import type { CliIo } from "./context.ts";
+import type { Parsed } from "./flags.ts";
+import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
-
-const HELP = `Usage: passthrough devices [--json] [--sysfs DIR]
-
-Lists every PCI function with its IDs, class, driver and IOMMU group.
-
-Options:
-  --json        Print the device objects as JSON (the PciDevice fields)
-  --sysfs DIR   Read a captured sysfs tree instead of /sys (see 'passthrough snapshot')
-  -h, --help    Show this help
-`;
-
-/** Parses `[--json] [--sysfs DIR]`; throws {@link UsageError} on anything else. */
-export function parseHostFlags(args: string[]): { json: boolean; sysfs: string | undefined } {
-  try {
-    const { values } = parseArgs({
-      args,
-      options: { json: { type: "boolean" }, sysfs: { type: "string" } },
-      strict: true,
-      allowPositionals: false,
-    });
-    return { json: values.json ?? false, sysfs: values.sysfs };
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-}
 
 /** Short notes for a device: bridge, SR-IOV role, host use. */
 export function deviceNotes(device: PciDevice, host: HostTopology, paint: Paint): string {
@@ -59,37 +35,29 @@ export function deviceLabel(device: PciDevice): string {
   return name === "" ? (device.className ?? "") : name;
 }
 
-/** The `devices` command. */
-export const devicesCommand: Command = {
-  name: "devices",
-  summary: "list the host's PCI devices",
-  help: HELP,
-  async run(args: string[], io: CliIo): Promise<number> {
-    const flags = parseHostFlags(args);
-    const host = await loadHost(flags.sysfs);
-    if (flags.json) {
-      io.out(`${JSON.stringify(host.devices, null, 2)}\n`);
-      return 0;
-    }
-    const paint = painter(io.color);
-    const rows = host.devices.map((d) => [
-      d.address,
-      d.iommuGroup === null ? "-" : String(d.iommuGroup),
-      `${d.vendorId}:${d.deviceId}`,
-      d.classCode,
-      d.driver ?? "-",
-      deviceLabel(d),
-      deviceNotes(d, host, paint),
-    ]);
-    io.out(renderTable(
-      ["ADDRESS", "GROUP", "IDS", "CLASS", "DRIVER", "DEVICE", "NOTES"].map((h) =>
-        paint("bold", h)
-      ),
-      rows,
-    ));
-    if (host.iommu === "absent") {
-      io.out(paint("yellow", "No IOMMU groups: the IOMMU is off or absent on this host\n"));
-    }
+/** Runs `passthrough devices`: a table, or the {@link PciDevice} objects as JSON. */
+export async function run({ values }: Parsed<typeof DEVICES>, io: CliIo): Promise<number> {
+  const host = await loadHost(values.sysfs);
+  if (values.json) {
+    io.out(`${JSON.stringify(host.devices, null, 2)}\n`);
     return 0;
-  },
-};
+  }
+  const paint = painter(io.color);
+  const rows = host.devices.map((d) => [
+    d.address,
+    d.iommuGroup === null ? "-" : String(d.iommuGroup),
+    `${d.vendorId}:${d.deviceId}`,
+    d.classCode,
+    d.driver ?? "-",
+    deviceLabel(d),
+    deviceNotes(d, host, paint),
+  ]);
+  io.out(renderTable(
+    ["ADDRESS", "GROUP", "IDS", "CLASS", "DRIVER", "DEVICE", "NOTES"].map((h) => paint("bold", h)),
+    rows,
+  ));
+  if (host.iommu === "absent") {
+    io.out(paint("yellow", "No IOMMU groups: the IOMMU is off or absent on this host\n"));
+  }
+  return 0;
+}

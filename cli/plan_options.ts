@@ -1,13 +1,12 @@
 /**
- * The flags `plan` and `apply` share (`--config`, `--host`, `--sysfs`, `--connect`, `--vm`,
- * `--json`) and the one function that turns them into a computed {@link Plan} with its open
- * libvirt connection. One process plans one host: with a shared config (`hosts:`), the section
- * of `--host NAME` or of this machine's host name.
+ * The one function that turns the flags `plan` and `apply` share (`PLAN_FLAGS` in
+ * `cli/flags.ts`) into a computed {@link Plan} with its open libvirt connection. One process
+ * plans one host: with a shared config (`hosts:`), the section of `--host NAME` or of this
+ * machine's host name.
  *
  * @module
  */
 
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { Plan } from "../lib/plan/types.ts";
 import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
@@ -20,45 +19,6 @@ import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
 /** The config file used when neither `--config` nor `PASSTHROUGH_CONFIG` is given. */
 export const DEFAULT_CONFIG = "passthrough_config.yaml";
-
-/** `parseArgs` options common to `plan` and `apply`. */
-export const PLAN_FLAGS = {
-  config: { type: "string", short: "f" },
-  host: { type: "string" },
-  sysfs: { type: "string" },
-  connect: { type: "string", short: "c" },
-  vm: { type: "string", multiple: true },
-  json: { type: "boolean", default: false },
-} as const satisfies ParseArgsConfig["options"];
-
-/** Help lines for {@link PLAN_FLAGS}. */
-export const PLAN_FLAGS_HELP = [
-  "  -f, --config FILE   config file (default: $PASSTHROUGH_CONFIG or ./passthrough_config.yaml)",
-  "      --host NAME     with a hosts: config, the section to plan (default: this machine's",
-  "                      host name)",
-  "      --sysfs DIR     read a tree captured with 'passthrough snapshot' instead of /sys",
-  "  -c, --connect URI   libvirt URI (default: $LIBVIRT_DEFAULT_URI or libvirt's default)",
-  "      --vm NAME       only this VM (repeatable)",
-  "      --json          print machine-readable JSON",
-].join("\n");
-
-/** Parses `args` strictly; unknown flags and stray arguments are usage errors. */
-export function parseFlags<T extends ParseArgsConfig["options"]>(
-  args: string[],
-  options: T,
-  positionals = 0,
-) {
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: positionals > 0 });
-  } catch (error) {
-    throw new UsageError((error as Error).message.replace(/\. To specify.*$/s, ""));
-  }
-  if (parsed.positionals.length > positionals) {
-    throw new UsageError(`Unexpected argument "${parsed.positionals[positionals]}"`);
-  }
-  return parsed;
-}
 
 /** What {@link computePlan} needs, already parsed. */
 export interface PlanInputs {

@@ -5,8 +5,9 @@
  * @module
  */
 
-import { type CliIo, type Command, UsageError } from "./context.ts";
-import { parseFlags } from "./plan_options.ts";
+import { type CliIo, UsageError } from "./context.ts";
+import type { Parsed } from "./flags.ts";
+import type { ROLLBACK } from "./specs.ts";
 import { confirmYesNo } from "./confirm.ts";
 import { painter } from "../lib/render/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
@@ -14,24 +15,6 @@ import { redactSecrets, renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
-
-const HELP = `Usage: passthrough rollback VM [--to BACKUP] [options]
-
-Restores VM's persistent definition from a backup taken by 'apply' or 'rollback'
-(the newest unless --to names one; see 'passthrough backups VM'). Shows the diff and
-asks first, backs up the definition it replaces, refuses a backup of another domain
-(uuid), and checks the definition libvirt holds afterwards.
-
-Options:
-      --to BACKUP       the backup id (or file) to restore
-      --yes             restore without asking (required without a terminal)
-  -c, --connect URI     libvirt URI (default: $LIBVIRT_DEFAULT_URI or libvirt's default)
-      --state-dir DIR   backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)
-      --json            print the result as JSON
-      --show-secrets    show passwords (e.g. VNC passwd) in the diff instead of ***
-
-Exit codes: 0 restored, already equal or declined, 1 failed, 2 usage error.
-`;
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -65,52 +48,40 @@ function askRollback(
   return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
 }
 
-/** The `rollback` command. */
-export const rollbackCommand: Command = {
-  name: "rollback",
-  summary: "restore a VM's definition from a backup",
-  help: HELP,
-  async run(args: string[], io: CliIo): Promise<number> {
-    const { values, positionals } = parseFlags(args, {
-      to: { type: "string" },
-      yes: { type: "boolean", short: "y", default: false },
-      connect: { type: "string", short: "c" },
-      "state-dir": { type: "string" },
-      json: { type: "boolean", default: false },
-      "show-secrets": { type: "boolean", default: false },
-    }, 1);
-    const vm = positionals[0];
-    if (vm === undefined) throw new UsageError("Missing the VM to roll back");
-    if (!values.yes && !io.interactive) {
-      throw new UsageError("No terminal to confirm on: pass --yes to roll back without asking");
+/** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
+export async function run(
+  { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
+  io: CliIo,
+): Promise<number> {
+  if (!values.yes && !io.interactive) {
+    throw new UsageError("No terminal to confirm on: pass --yes to roll back without asking");
+  }
+  if (!values.yes && values.json) {
+    throw new UsageError("--json needs --yes: questions would mix with the JSON");
+  }
+  const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  const state = openStateDir(stateDir);
+  using lock = acquireLock(state.path, { command: "rollback" });
+  using libvirt = openLibvirtPort(values.connect ?? null);
+  const report = await rollbackVm(vm, {
+    libvirt,
+    stateDir,
+    lock,
+    ...(values.to !== undefined ? { backup: values.to } : {}),
+    confirm: values.yes
+      ? () => Promise.resolve(true)
+      : (preview) => askRollback(io, preview, values["show-secrets"]),
+  });
+  if (report.brokeStaleLock !== null) {
+    io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
+  }
+  if (values.json) {
+    io.out(`${JSON.stringify(report, null, 2)}\n`);
+  } else {
+    io.out(`${report.message}\n`);
+    if (report.safetyBackup !== null) {
+      io.out(`The replaced definition was backed up as "${report.safetyBackup.id}"\n`);
     }
-    if (!values.yes && values.json) {
-      throw new UsageError("--json needs --yes: questions would mix with the JSON");
-    }
-    const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-    const state = openStateDir(stateDir);
-    using lock = acquireLock(state.path, { command: "rollback" });
-    using libvirt = openLibvirtPort(values.connect ?? null);
-    const report = await rollbackVm(vm, {
-      libvirt,
-      stateDir,
-      lock,
-      ...(values.to !== undefined ? { backup: values.to } : {}),
-      confirm: values.yes
-        ? () => Promise.resolve(true)
-        : (preview) => askRollback(io, preview, values["show-secrets"]),
-    });
-    if (report.brokeStaleLock !== null) {
-      io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
-    }
-    if (values.json) {
-      io.out(`${JSON.stringify(report, null, 2)}\n`);
-    } else {
-      io.out(`${report.message}\n`);
-      if (report.safetyBackup !== null) {
-        io.out(`The replaced definition was backed up as "${report.safetyBackup.id}"\n`);
-      }
-    }
-    return report.status === "failed" ? 1 : 0;
-  },
-};
+  }
+  return report.status === "failed" ? 1 : 0;
+}

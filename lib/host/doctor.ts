@@ -263,7 +263,7 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
       status: "fail",
       summary: `Cannot reach libvirt: ${result.message}`,
       hint:
-        "Start libvirtd (or virtqemud), check LIBVIRT_DEFAULT_URI or --uri, and that you may use its socket",
+        "Start libvirtd (or virtqemud), check LIBVIRT_DEFAULT_URI or --connect, and that you may use its socket",
     };
   }
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };

@@ -1,6 +1,6 @@
 // The one-file `deno bundle` output, copied alone to a directory outside the checkout, runs the
 // same commands as the sources with the documented permission flags and prints the same bytes.
-// Also: the lazy command table names each module's own command and summary.
+// Also: the command table names each command once.
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { MAIN, runCli } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
@@ -9,13 +9,11 @@ import { COMMANDS } from "../../cli/commands.ts";
 const ROOT = new URL("../../", import.meta.url);
 const DEMO = new URL("../../demo/", import.meta.url);
 
-Deno.test("the command table names each module's own command and summary", async () => {
+Deno.test("the command table names each command once, and each help names its command", () => {
   const names = COMMANDS.map((c) => c.name);
   assertEquals(new Set(names).size, names.length);
-  for (const entry of COMMANDS) {
-    const command = await entry.load();
-    assertEquals([command.name, command.summary], [entry.name, entry.summary]);
-    assertMatch(command.help, new RegExp(`Usage: passthrough ${entry.name}`));
+  for (const command of COMMANDS) {
+    assertMatch(command.help, new RegExp(`^Usage: passthrough ${command.name}\\b`));
   }
 });
 

@@ -1,0 +1,190 @@
+/**
+ * What each subcommand takes and says: name, summary, arguments, flags and help, declared once
+ * with the flag groups of `cli/flags.ts`. Plain data with no import but `cli/flags.ts`, so the
+ * command table, every `--help` and every usage error load nothing a command uses, and each
+ * command module types its `run` by its spec (`Parsed<typeof PLAN>`).
+ *
+ * @module
+ */
+
+import {
+  type CommandSpec,
+  CONNECT_FLAG,
+  HOST_FLAGS,
+  PLAN_FLAGS,
+  STATE_FLAGS,
+  YES_FLAG,
+} from "./flags.ts";
+
+/** `passthrough devices`. */
+export const DEVICES = {
+  name: "devices",
+  summary: "list the host's PCI devices",
+  flags: {
+    json: { type: "boolean", help: "print the device objects as JSON (the PciDevice fields)" },
+    ...HOST_FLAGS,
+  },
+  about: "Lists every PCI function with its IDs, class, driver and IOMMU group.",
+} as const satisfies CommandSpec;
+
+/** `passthrough groups`. */
+export const GROUPS = {
+  name: "groups",
+  summary: "list the host's IOMMU groups",
+  flags: {
+    json: { type: "boolean", help: `print [{ "group": N, "devices": [...] }] as JSON` },
+    ...HOST_FLAGS,
+  },
+  about: `
+Lists IOMMU groups: a group passes to a guest as a whole (bridges excepted). Groups holding
+devices the host needs (platform functions, its disks, its network) are marked.`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough snapshot OUT`. */
+export const SNAPSHOT = {
+  name: "snapshot",
+  summary: "capture the host's PCI/IOMMU topology into a portable tree",
+  positionals: [{ name: "OUT", missing: "Missing the output directory" }],
+  flags: { ...HOST_FLAGS },
+  about: `
+Captures the PCI devices, IOMMU groups, kernel command line and host-use facts of this host
+(or of a captured tree) into OUT, a sysfs-shaped tree: 'passthrough groups --sysfs OUT' then
+shows the same host anywhere, e.g. to plan on another machine or to attach to a bug report.`
+    .trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough doctor`. */
+export const DOCTOR = {
+  name: "doctor",
+  summary: "check that this host is ready for PCI passthrough",
+  flags: {
+    json: { type: "boolean", help: "print the findings as JSON" },
+    ...HOST_FLAGS,
+    ...CONNECT_FLAG,
+    "no-libvirt": { type: "boolean", help: "skip the libvirt check" },
+  },
+  about: `
+Checks that this host can pass PCI devices through: IOMMU on, interrupt remapping,
+vfio-pci available, no ACS override, libvirt reachable. Exit 1 when a check fails.
+With --sysfs, the checks only this host can answer become warnings.`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough sources`. */
+export const SOURCES = {
+  name: "sources",
+  summary: "compare sysfs/lspci discovery with libvirt's node-device API",
+  flags: {
+    ...HOST_FLAGS,
+    ...CONNECT_FLAG,
+    json: { type: "boolean", help: `print { "sysfs", "libvirt", "differences": [...] }` },
+  },
+  about: `
+Discovers PCI devices and IOMMU groups through sysfs + lspci and through libvirt's node-device
+API (on the same host: a local URI), and lists every difference: devices missing on one side,
+IOMMU groups, IDs, class, bridge flag, driver, SR-IOV links. libvirt does not report subsystem
+IDs, slots, serials or FLR, so those are not compared; libvirt's test driver drops drivers.`.trim(),
+  notes: "Exit codes: 0 the sources agree, 1 they differ or one failed, 2 usage error.",
+} as const satisfies CommandSpec;
+
+/** `passthrough plan`. */
+export const PLAN = {
+  name: "plan",
+  summary: "show the hostdev changes the config asks for, as diffs",
+  flags: {
+    ...PLAN_FLAGS,
+    "detailed-exitcode": {
+      type: "boolean",
+      help: "exit 0 with no changes, 2 with changes pending, 1 on errors",
+    },
+  },
+  about: `
+Shows, per VM, the diff of its persistent definition that 'apply' would make, why each device
+is included, and any warnings or refusals. Changes nothing.`.trim(),
+  notes: `
+One process plans one host. With a hosts: section in the config, that is the section of --host
+NAME or of this machine's host name (named on stderr); a config with no such section is an
+error. Several hosts: run passthrough on each (ansible/passthrough.yml, docs/FLEET.md).
+
+Exit codes: 0 ok, 1 refused or failed, 2 usage error (or changes pending with
+--detailed-exitcode).`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough apply`. */
+export const APPLY = {
+  name: "apply",
+  summary: "apply the plan: confirm, back up, define, verify",
+  flags: {
+    ...PLAN_FLAGS,
+    ...YES_FLAG,
+    live: { type: "boolean", help: "also hot-plug/unplug the hostdevs of running VMs" },
+    ...STATE_FLAGS,
+  },
+  about: `
+Shows the plan, then for each VM that would change asks whether to apply it
+(y yes, n no, a yes to all remaining, q quit). For each confirmed VM: re-reads its
+definition and stops if it changed since the plan, backs it up to the state directory,
+defines the new one, and checks the hostdevs libvirt now holds (restoring the backup if
+they are not the planned ones). A running VM's change takes effect at its next full
+power-off unless --live hot-plugs it.`.trim(),
+  notes: `
+One process applies one host: with a hosts: section in the config, the section of --host NAME
+or of this machine's host name, as for plan. Several hosts: run passthrough on each
+(ansible/passthrough.yml, docs/FLEET.md).
+
+Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough rollback VM`. */
+export const ROLLBACK = {
+  name: "rollback",
+  summary: "restore a VM's definition from a backup",
+  positionals: [{ name: "VM", missing: "Missing the VM to roll back" }],
+  flags: {
+    to: { type: "string", value: "BACKUP", help: "the backup id (or file) to restore" },
+    ...YES_FLAG,
+    ...CONNECT_FLAG,
+    ...STATE_FLAGS,
+    json: { type: "boolean", help: "print the result as JSON" },
+    "show-secrets": {
+      type: "boolean",
+      help: "show passwords (e.g. VNC passwd) in the diff instead of ***",
+    },
+  },
+  about: `
+Restores VM's persistent definition from a backup taken by 'apply' or 'rollback'
+(the newest unless --to names one; see 'passthrough backups VM'). Shows the diff and
+asks first, backs up the definition it replaces, refuses a backup of another domain
+(uuid), and checks the definition libvirt holds afterwards.`.trim(),
+  notes: "Exit codes: 0 restored, already equal or declined, 1 failed, 2 usage error.",
+} as const satisfies CommandSpec;
+
+/** `passthrough backups [VM]`. */
+export const BACKUPS = {
+  name: "backups",
+  summary: "list the backups taken before each define",
+  positionals: [{ name: "VM" }],
+  flags: {
+    ...STATE_FLAGS,
+    json: { type: "boolean", help: "print the backup entries as JSON" },
+  },
+  about: `
+Lists the backups 'apply' and 'rollback' took before each define, newest first.
+'passthrough rollback VM --to ID' restores one. Writes nothing.`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough demo`. */
+export const DEMO = {
+  name: "demo",
+  summary: "plan and apply on the bundled demo host and VMs (no IOMMU needed)",
+  flags: {
+    keep: {
+      type: "boolean",
+      help: "keep the temporary directory (sysfs tree, state directory) and print its path",
+    },
+  },
+  about: `
+Runs plan and apply --yes on the bundled demo: a real host's topology (demo/host.json) and a
+libvirt test-driver world of two VMs (demo/world.xml), with demo/passthrough_config.yaml; plans
+again (nothing left to do); then plans demo/refused_config.yaml to show what is refused.
+Needs no IOMMU, no KVM and no libvirtd. Writes only to a temporary directory.`.trim(),
+} as const satisfies CommandSpec;

@@ -1,0 +1,173 @@
+/**
+ * The flag table (`cli/flags.ts`) and the command table (`cli/commands.ts`): every command's help
+ * lists exactly the flags it parses, every command refuses an unknown flag as a usage error (exit
+ * 2, with its help), `doctor` takes `-c/--connect` like every command that opens libvirt, and
+ * `--help` or a light command such as `backups` never loads the YAML parser, the XML parser or the
+ * diff library.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { COMMANDS } from "../../cli/commands.ts";
+import type { CliIo } from "../../cli/context.ts";
+import { main } from "../../main.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const DEMO_HOST = new URL("../../demo/host.json", import.meta.url);
+
+/** `main()` in process, with what it printed. */
+async function runMain(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = "";
+  let err = "";
+  const io: CliIo = {
+    out: (text) => void (out += text),
+    err: (text) => void (err += text),
+    color: false,
+    interactive: false,
+    readLine: () => Promise.resolve(null),
+    env: () => undefined,
+  };
+  const code = await main(args, io);
+  return { code, out, err };
+}
+
+/** The `--name` (and `-x`) of every line of the help's "Options:" section. */
+function helpFlags(help: string): { name: string; short: string | null }[] {
+  const section = help.split("\nOptions:\n")[1]?.split("\n\n")[0];
+  assertOk(section !== undefined, `no "Options:" section in:\n${help}`);
+  return [...section.matchAll(/^ {2}(?:-(\w), | {4})--([\w-]+)/gm)].map((m) => ({
+    name: m[2]!,
+    short: m[1] ?? null,
+  }));
+}
+
+Deno.test("every command's help lists exactly the flags it parses, within 100 columns", () => {
+  for (const command of COMMANDS) {
+    const declared = Object.entries(command.flags).map(([name, flag]) => ({
+      name,
+      short: flag.short ?? null,
+    }));
+    assertEquals(helpFlags(command.help), declared, `flags in "${command.name}"'s help`);
+    const shorts = declared.flatMap((f) => f.short ?? []);
+    assertEquals(new Set(shorts).size, shorts.length, `"${command.name}" repeats a short flag`);
+    assertOk(declared.some((f) => f.name === "help" && f.short === "h"), command.name);
+    assertMatch(command.help, new RegExp(`^Usage: passthrough ${command.name}\\b`));
+    for (const line of command.help.split("\n")) {
+      assertOk(line.length <= 100, `"${command.name}" help line over 100 columns: ${line}`);
+    }
+  }
+});
+
+Deno.test("every command refuses an unknown flag with its help, exit 2", async () => {
+  for (const command of COMMANDS) {
+    const run = await runMain([command.name, "--bogus"]);
+    assertEquals(run.code, 2, `${command.name}: ${run.err}`);
+    assertEquals(run.out, "");
+    assertEquals(
+      run.err,
+      `passthrough ${command.name}: Unknown option '--bogus'\n\n${command.help}`,
+    );
+  }
+});
+
+Deno.test("every command refuses a stray argument and a missing one", async () => {
+  for (const command of COMMANDS) {
+    // The usage line names the positionals: `Usage: passthrough rollback VM [options]`.
+    const usage = command.help.split("\n")[0]!.split(" ").slice(3, -1);
+    const run = await runMain([command.name, ...usage.map(() => "one"), "stray"]);
+    assertEquals(run.code, 2, `${command.name}: ${run.err}`);
+    assertMatch(run.err, new RegExp(`^passthrough ${command.name}: Unexpected argument "stray"`));
+  }
+  assertMatch((await runMain(["rollback", "--yes"])).err, /: Missing the VM to roll back\n/);
+  assertMatch((await runMain(["snapshot"])).err, /: Missing the output directory\n/);
+});
+
+Deno.test("doctor -c URI and --connect URI probe that libvirt", async () => {
+  const tree = await Deno.makeTempDir({ prefix: "passthrough-flags-" });
+  try {
+    buildHostTree(loadHostDescription(DEMO_HOST), tree);
+    for (const flag of ["-c", "--connect"]) {
+      const run = await runCli(["doctor", "--json", "--sysfs", tree, flag, "test:///default"]);
+      const findings = JSON.parse(run.stdout) as { check: string; summary: string }[];
+      const libvirt = findings.find((f) => f.check === "libvirt");
+      assertMatch(libvirt?.summary ?? "", /^libvirt reachable: test:\/\/\/default \(libvirt /);
+    }
+    const old = await runCli(["doctor", "--sysfs", tree, "--uri", "test:///default"]);
+    assertEquals(old.code, 2);
+    assertMatch(old.stderr, /^passthrough doctor: Unknown option '--uri'/);
+  } finally {
+    await Deno.remove(tree, { recursive: true });
+  }
+});
+
+interface ModuleGraph {
+  modules: {
+    specifier: string;
+    dependencies?: { code?: { specifier: string }; isDynamic?: true }[];
+  }[];
+}
+
+/**
+ * What evaluating `path` (relative to the checkout) loads: its static imports, transitively, as
+ * `deno info --json` reports them. Dynamic imports load later, only if run, and type-only imports
+ * never: neither is followed. npm packages as their bare names, local modules relative.
+ */
+async function loadedBy(path: string): Promise<{ local: string[]; npm: string[] }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", path],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  const graph = JSON.parse(new TextDecoder().decode(out.stdout)) as ModuleGraph;
+  const bySpecifier = new Map(graph.modules.map((m) => [m.specifier, m]));
+  const seen = new Set<string>();
+  const visit = (specifier: string) => {
+    if (seen.has(specifier)) return;
+    seen.add(specifier);
+    for (const dependency of bySpecifier.get(specifier)?.dependencies ?? []) {
+      if (dependency.code !== undefined && dependency.isDynamic !== true) {
+        visit(dependency.code.specifier);
+      }
+    }
+  };
+  visit(new URL(path, `file://${ROOT}`).href);
+  const local = [...seen].filter((s) => s.startsWith("file://"))
+    .map((s) => s.slice(`file://${ROOT}`.length)).sort();
+  const npm = [...seen].filter((s) => s.startsWith("npm:"))
+    .map((s) => s.replace(/^npm:\/?/, "").replace(/@[^@/]*$/, "")).sort();
+  return { local, npm };
+}
+
+Deno.test("--help loads only the command table, and each command only what it uses", async () => {
+  // What `passthrough CMD --help` and every usage error load: nothing a command uses.
+  assertEquals(await loadedBy("main.ts"), {
+    local: [
+      "cli/commands.ts",
+      "cli/context.ts",
+      "cli/flags.ts",
+      "cli/io.ts",
+      "cli/specs.ts",
+      "main.ts",
+    ],
+    npm: [],
+  });
+  const expected: Record<string, string[]> = {
+    devices: [],
+    groups: [],
+    snapshot: [],
+    doctor: [],
+    backups: [],
+    sources: ["fast-xml-parser"],
+    plan: ["diff", "fast-xml-parser", "yaml"],
+    apply: ["diff", "fast-xml-parser", "yaml"],
+    rollback: ["diff", "fast-xml-parser"],
+    demo: ["diff", "fast-xml-parser", "yaml"],
+  };
+  assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
+  for (const [name, packages] of Object.entries(expected)) {
+    assertEquals((await loadedBy(`cli/${name}.ts`)).npm, packages, `what cli/${name}.ts loads`);
+  }
+});
