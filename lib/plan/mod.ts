@@ -8,4 +8,12 @@
 
 export type * from "./types.ts";
 export type * from "./libvirt_port.ts";
-export { emptyVmPlan, planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";
+export {
+  emptyVmPlan,
+  planHostdevs,
+  type PlanOptions,
+  planWorld,
+  type PlanWorldOptions,
+  resolveConfig,
+} from "./plan.ts";
+export { type DefinitionRead, type DomainSnapshot, readWorld, type World } from "./world.ts";

@@ -39,6 +39,7 @@ import {
 } from "../resolve/closure.ts";
 import { cardOf } from "../resolve/host_critical.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
+import { type DefinitionRead, readWorld, type World } from "./world.ts";
 import {
   recordedDriver,
   resolveRule,
@@ -51,8 +52,6 @@ import {
   editDomainXml,
   type LenientHostdevScan,
   type ParsedDomain,
-  parseDomainXml,
-  scanHostdevsLeniently,
 } from "../domain/domain_xml.ts";
 import { pciAddressFromLibvirt, pciAddressParts } from "../pci/address.ts";
 import { decodeXmlText } from "../domain/xml.ts";
@@ -438,10 +437,6 @@ export function emptyVmPlan(name: string, xml: string): VmPlan {
   };
 }
 
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 function quoteAll(addresses: readonly PciAddress[]): string {
   return addresses.map((a) => `"${a}"`).join(", ");
 }
@@ -484,6 +479,19 @@ function unresolvedError(
       } or the domain is undefined`,
     vm: name,
     ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
+  };
+}
+
+/**
+ * The plan-wide refusal for a domain libvirt listed but whose definition it did not return: what
+ * it holds is unknown, so nothing is applied until it can be read.
+ */
+function readFailedError(name: string, error: string): PlanIssue {
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot tell which PCI devices domain "${name}" holds: libvirt cannot return its definition: ${error}: nothing is applied until it can be read or the domain is undefined`,
+    vm: name,
   };
 }
 
@@ -531,20 +539,36 @@ function groupsOfChanges(vms: readonly VmPlan[], host: HostTopology): Record<Pci
  * ```
  */
 export function planHostdevs(options: PlanOptions): Plan {
-  const { config, host, libvirt } = options;
+  const { libvirt, ...rest } = options;
+  return planWorld({ ...rest, world: readWorld(libvirt) });
+}
+
+/** Options of {@link planWorld}: those of {@link planHostdevs}, with the world read already. */
+export interface PlanWorldOptions extends Omit<PlanOptions, "libvirt"> {
+  /** Every domain's state and definitions, as {@link readWorld} reads them. */
+  world: World;
+}
+
+/**
+ * Computes the plan from data alone: the config, the host and the libvirt world read by
+ * {@link readWorld}. No I/O; {@link planHostdevs} is this after reading the world.
+ */
+export function planWorld(options: PlanWorldOptions): Plan {
+  const { config, host, world } = options;
   const global = hostIssues(host);
   const plan: Plan = {
     config: config.file,
     host: host.source,
-    uri: libvirt.uri,
+    uri: world.uri,
     vms: [],
     errors: global.errors,
     warnings: global.warnings,
   };
   const configured = new Set(config.vms.map((v) => v.name));
-  const domains = new Map(libvirt.listDomains().map((d) => [d.name, d]));
+  const domains = new Map(world.domains.map((d) => [d.name, d]));
   const parsed = new Map<string, { xml: string; domain: ParsedDomain }>();
-  const unreadable = new Map<string, { xml: string; error: unknown; scan: LenientHostdevScan }>();
+  const unreadable = new Map<string, { xml: string; error: string; scan: LenientHostdevScan }>();
+  const readFailed = new Map<string, string>();
   const hostdevsOf = new Map<string, DomainHostdev[]>();
   // SR-IOV VFs given as <interface type='hostdev'>: never edited, but taken.
   const interfacesOf = new Map<string, PciAddress[]>();
@@ -555,36 +579,30 @@ export function planHostdevs(options: PlanOptions): Plan {
   // count as held, so no other VM is given a device such a domain may hold.
   const scannedOf = new Map<string, PciAddress[]>();
   /** `defined`: the host addresses the persistent definition holds. */
-  const liveOnly = (name: string, defined: ReadonlySet<PciAddress>) => {
-    if (libvirt.getLiveXml === undefined) return;
-    let xml: string;
-    try {
-      xml = libvirt.getLiveXml(name);
-    } catch (error) {
-      // A guest that stopped since it was listed holds nothing live; anything else is said.
-      if (libvirt.isActive(name)) {
-        plan.warnings.push({
-          code: "unreadable-definition",
-          message: `Cannot read the running definition of domain "${name}": ${
-            errorText(error)
-          }: devices hot-plugged into it are not checked for conflicts`,
-          vm: name,
-        });
-      }
-      return;
-    }
+  const liveOnly = (
+    name: string,
+    live: DefinitionRead | null,
+    defined: ReadonlySet<PciAddress>,
+  ) => {
+    if (live === null) return;
     let held: PciAddress[];
-    try {
-      const live = parseDomainXml(xml);
-      held = [...live.hostdevs.map((h) => h.address), ...live.interfaceHostdevs];
-    } catch (error) {
-      if (!libvirt.isActive(name)) return;
-      const scan = scanHostdevsLeniently(xml);
+    if (live.kind === "read-failed") {
+      plan.warnings.push({
+        code: "unreadable-definition",
+        message:
+          `Cannot read the running definition of domain "${name}": ${live.error}: devices hot-plugged into it are not checked for conflicts`,
+        vm: name,
+      });
+      return;
+    } else if (live.kind === "parsed") {
+      held = [...live.domain.hostdevs.map((h) => h.address), ...live.domain.interfaceHostdevs];
+    } else {
+      const scan = live.scan;
       held = scan.addresses;
       const beyond = scan.addresses.filter((a) => !defined.has(a));
       plan.warnings.push({
         code: "unreadable-definition",
-        message: `Cannot read the running definition of domain "${name}": ${errorText(error)}: ${
+        message: `Cannot read the running definition of domain "${name}": ${live.error}: ${
           beyond.length > 0
             ? `the PCI device${
               beyond.length === 1 ? "" : "s"
@@ -616,40 +634,47 @@ export function planHostdevs(options: PlanOptions): Plan {
   };
   const globalLiveWarnings: PlanIssue[] = [];
   const orphans: string[] = [];
-  for (const name of domains.keys()) {
-    const xml = libvirt.getPersistentXml(name);
-    let domain: ParsedDomain;
-    try {
-      domain = parseDomainXml(xml);
-    } catch (error) {
+  for (const { name, persistent, live } of world.domains) {
+    if (persistent.kind === "read-failed") {
+      // What it holds is unknown: planning as if it held nothing could hand one of its devices
+      // to another VM.
+      readFailed.set(name, persistent.error);
+      scannedOf.set(name, []);
+      plan.errors.push(readFailedError(name, persistent.error));
+      liveOnly(name, live, new Set());
+      continue;
+    }
+    const xml = persistent.xml;
+    if (persistent.kind === "unreadable") {
       // A configured VM we cannot read is refused on its own below; another tool's domain we
       // cannot read is not planned. Either way the PCI devices a lenient scan finds in it count
       // as held, and hostdevs with no readable address refuse the whole plan.
-      const scan = scanHostdevsLeniently(xml);
+      const { scan, error } = persistent;
       scannedOf.set(name, scan.addresses);
       if (configured.has(name)) unreadable.set(name, { xml, error, scan });
       else {
         plan.warnings.push({
           code: "unreadable-definition",
-          message: `Cannot read the definition of domain "${name}", which is not in the config: ${
-            errorText(error)
-          }: ${heldNote(name, scan)}`,
+          message:
+            `Cannot read the definition of domain "${name}", which is not in the config: ${error}: ${
+              heldNote(name, scan)
+            }`,
           vm: name,
           ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
         });
       }
       if (scan.unresolved > 0) plan.errors.push(unresolvedError(name, scan, "persistent"));
-      if (domains.get(name)?.active === true) liveOnly(name, new Set(scan.addresses));
+      liveOnly(name, live, new Set(scan.addresses));
       continue;
     }
+    const domain = persistent.domain;
     hostdevsOf.set(name, domain.hostdevs);
     interfacesOf.set(name, domain.interfaceHostdevs);
-    if (domains.get(name)?.active === true) {
-      liveOnly(
-        name,
-        new Set([...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs]),
-      );
-    }
+    liveOnly(
+      name,
+      live,
+      new Set([...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs]),
+    );
     if (configured.has(name)) {
       parsed.set(name, { xml, domain });
     } else if (options.vms === undefined && domain.records.length > 0) {
@@ -737,12 +762,26 @@ export function planHostdevs(options: PlanOptions): Plan {
         const vmConfig = config.vms.find((v) => v.name === name);
         vmPlan.errors.push({
           code: "unreadable-definition",
-          message: `Cannot read the definition of VM "${name}": ${errorText(broken.error)}: ${
+          message: `Cannot read the definition of VM "${name}": ${broken.error}: ${
             heldNote(name, broken.scan)
           }`,
           vm: name,
           ...(vmConfig ? { location: vmConfig.location } : {}),
           ...(broken.scan.addresses.length > 0 ? { devices: broken.scan.addresses } : {}),
+        });
+        plan.vms.push(vmPlan);
+        continue;
+      }
+      const failure = readFailed.get(name);
+      if (failure !== undefined && configured.has(name)) {
+        const vmPlan = emptyVmPlan(name, "");
+        const vmConfig = config.vms.find((v) => v.name === name);
+        vmPlan.errors.push({
+          code: "unreadable-definition",
+          message:
+            `Cannot read the definition of VM "${name}": ${failure}: the devices it holds are unknown`,
+          vm: name,
+          ...(vmConfig ? { location: vmConfig.location } : {}),
         });
         plan.vms.push(vmPlan);
         continue;
@@ -754,7 +793,7 @@ export function planHostdevs(options: PlanOptions): Plan {
           code: "unknown-vm",
           message: resolution === undefined
             ? `VM "${name}" is not in config "${config.file}"`
-            : `VM "${name}" is not defined in libvirt ("${libvirt.uri}"): define it first or fix the name in the config`,
+            : `VM "${name}" is not defined in libvirt ("${world.uri}"): define it first or fix the name in the config`,
           vm: name,
           ...(vmConfig ? { location: vmConfig.location } : {}),
         });
