@@ -19,6 +19,17 @@ import {
   pciAddressToLibvirt,
 } from "../pci/address.ts";
 import {
+  asText,
+  attributeProperty,
+  elementProperty,
+  type GuestPciAddress,
+  guestPciAddress,
+  onOff,
+  readProperties,
+  unsignedDecimal,
+  yesNo,
+} from "./properties.ts";
+import {
   checkWellFormed,
   decodeXmlText,
   escapeXmlAttribute,
@@ -34,6 +45,18 @@ import {
 /** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
 export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
 
+/**
+ * The typed fields of a PCI `<hostdev>` besides its host address, each an XML path and a
+ * converter: what the planner compares with the settings a rule asks for.
+ */
+const HOSTDEV_PROPERTIES = {
+  managed: attributeProperty("@managed", yesNo),
+  bootOrder: attributeProperty("boot/@order", unsignedDecimal),
+  romBar: attributeProperty("rom/@bar", onOff),
+  romFile: attributeProperty("rom/@file", asText),
+  guestAddress: elementProperty("address", guestPciAddress),
+};
+
 /** One `<hostdev mode='subsystem' type='pci'>` of a domain. */
 export interface DomainHostdev {
   /** Host source address (`source/address`), canonical. */
@@ -44,6 +67,14 @@ export interface DomainHostdev {
   owned: boolean;
   /** The element's exact original text. */
   xml: string;
+  /** `<boot order>`, or `null`. */
+  bootOrder: number | null;
+  /** `<rom bar>` (`on` or `off`), or `null`. */
+  romBar: "on" | "off" | null;
+  /** `<rom file>`, decoded, or `null`. */
+  romFile: string | null;
+  /** Where the guest sees it (`<address type='pci'>` after `<source>`); `null`: libvirt chooses. */
+  guestAddress: GuestPciAddress | null;
 }
 
 /** What {@link parseDomainXml} reads from a domain. */
@@ -59,6 +90,13 @@ export interface ParsedDomain {
    * listed so planning sees them as taken.
    */
   interfaceHostdevs: PciAddress[];
+  /**
+   * `<os><boot dev>` values in document order: libvirt refuses per-device boot order next to
+   * them.
+   */
+  bootDevices: string[];
+  /** The guest PCI address of every device in `<devices>` (hostdevs included), in document order. */
+  guestAddresses: GuestPciAddress[];
 }
 
 /** The change {@link editDomainXml} makes. */
@@ -124,6 +162,8 @@ interface Located {
   devices: XmlSpan | null;
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
+  bootDevices: string[];
+  guestAddresses: GuestPciAddress[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
@@ -221,17 +261,51 @@ function locate(xml: string): Located {
     if (canonical === null) {
       throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
     }
+    const fields = readProperties(element, HOSTDEV_PROPERTIES);
     hostdevs.push({
       span,
       hostdev: {
         address: canonical,
-        managed: element.attributes.managed === "yes",
         owned: owned.has(canonical),
         xml: xml.slice(span.start, span.end),
+        ...fields,
+        managed: fields.managed ?? false,
       },
     });
   }
-  return { root, name, uuid, devices, hostdevs, interfaceHostdevs, metadata, ours, records };
+  const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
+    const dev = c.name === "boot" ? attribute(xml, c, "dev") : undefined;
+    return dev === undefined ? [] : [dev];
+  });
+  return {
+    root,
+    name,
+    uuid,
+    devices,
+    hostdevs,
+    interfaceHostdevs,
+    bootDevices,
+    guestAddresses: guestAddresses(xml, devices),
+    metadata,
+    ours,
+    records,
+  };
+}
+
+/** The guest PCI address of each device: its own `<address type='pci'>` child. */
+function guestAddresses(xml: string, devices: XmlSpan | null): GuestPciAddress[] {
+  const out: GuestPciAddress[] = [];
+  for (const device of devices?.children ?? []) {
+    const span = device.children.find((c) => c.name === "address");
+    if (span === undefined) continue;
+    const attributes: Record<string, string> = {};
+    for (const [name] of span.rawAttributes) {
+      attributes[name] ??= attribute(xml, span, name) ?? "";
+    }
+    const address = guestPciAddress({ attributes });
+    if (address !== null) out.push(address);
+  }
+  return out;
 }
 
 const RECORD_ATTRIBUTES = {
@@ -314,6 +388,8 @@ export function parseDomainXml(xml: string): ParsedDomain {
     hostdevs: located.hostdevs.map((site) => site.hostdev),
     records: located.records,
     interfaceHostdevs: located.interfaceHostdevs,
+    bootDevices: located.bootDevices,
+    guestAddresses: located.guestAddresses,
   };
 }
 

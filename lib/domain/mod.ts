@@ -1,7 +1,8 @@
 /**
- * Domain XML: the one strict reader of a libvirt domain definition (typed `<hostdev>` fields,
- * the metadata passthrough records), the edits that add and remove hostdevs while keeping every
- * other byte, and the lenient scanner for definitions the strict reader refuses.
+ * Domain XML: the one strict reader of a libvirt domain definition (typed `<hostdev>` fields
+ * such as boot order, ROM and guest address, the metadata passthrough records), the edits that
+ * add and remove hostdevs while keeping every other byte, and the lenient scanner for
+ * definitions the strict reader refuses.
  *
  * @module
  */
@@ -18,3 +19,4 @@ export {
   parseDomainXml,
   scanHostdevsLeniently,
 } from "./domain_xml.ts";
+export type { GuestPciAddress } from "./properties.ts";

@@ -16,4 +16,10 @@ export {
   type PlanWorldOptions,
   resolveConfig,
 } from "./plan.ts";
-export { type DefinitionRead, type DomainSnapshot, readWorld, type World } from "./world.ts";
+export {
+  type DefinitionRead,
+  type DomainSnapshot,
+  readDefinition,
+  readWorld,
+  type World,
+} from "./world.ts";

@@ -53,8 +53,8 @@ import {
   type LenientHostdevScan,
   type ParsedDomain,
 } from "../domain/domain_xml.ts";
-import { pciAddressFromLibvirt, pciAddressParts } from "../pci/address.ts";
-import { decodeXmlText } from "../domain/xml.ts";
+import { pciAddressParts } from "../pci/address.ts";
+import type { GuestPciAddress } from "../domain/properties.ts";
 import type {
   DeviceIdentity,
   HostdevSpec,
@@ -295,15 +295,13 @@ function driftWarning(
 }
 
 /** The parts of an existing hostdev element the planner writes (guest addresses excluded). */
-function specOfXml(hostdev: DomainHostdev): string {
-  const xml = hostdev.xml;
-  const boot = /<boot\b[^>]*\border=['"](\d+)['"]/.exec(xml)?.[1] ?? "";
-  const rom = /<rom\b([^>]*)\/?>/.exec(xml)?.[1] ?? "";
-  const bar = /\bbar=['"](on|off)['"]/.exec(rom)?.[1] ?? "";
-  // Compare decoded values: libvirt re-escapes attributes its own way (a `"` inside '...' stays
-  // raw), and a path may hold either quote.
-  const file = /\bfile=(?:'([^']*)'|"([^"]*)")/.exec(rom);
-  return JSON.stringify([hostdev.managed, boot, bar, decodeXmlText(file?.[1] ?? file?.[2] ?? "")]);
+function specOfHostdev(hostdev: DomainHostdev): string {
+  return JSON.stringify([
+    hostdev.managed,
+    hostdev.bootOrder === null ? "" : String(hostdev.bootOrder),
+    hostdev.romBar ?? "",
+    hostdev.romFile ?? "",
+  ]);
 }
 
 /**
@@ -312,12 +310,9 @@ function specOfXml(hostdev: DomainHostdev): string {
  * each hostdev at function 0 of a slot of its own, unmarked.
  */
 function guestMultifunction(hostdev: DomainHostdev): boolean {
-  // The guest address follows </source>; the host address is inside <source>.
-  const guest = hostdev.xml.slice(hostdev.xml.indexOf("</source>"));
-  const address = /<address\b[^>]*\btype=['"]pci['"][^>]*>/.exec(guest)?.[0];
-  if (address === undefined) return false;
-  const fn = /\bfunction=['"](0x)?([0-9a-f]+)['"]/i.exec(address);
-  return /\bmultifunction=['"]on['"]/.test(address) || (fn !== null && parseInt(fn[2]!, 16) !== 0);
+  const guest = hostdev.guestAddress;
+  if (guest === null) return false;
+  return guest.multifunction || pciAddressParts(guest.address).function !== 0;
 }
 
 function specKey(spec: HostdevSpec): string {
@@ -329,17 +324,18 @@ function specKey(spec: HostdevSpec): string {
   ]);
 }
 
-/** Guest slots on bus 0 the definition already uses (`<address type='pci' ...>` anywhere). */
-function usedGuestSlots(xml: string): Set<number> {
+/** The slot and function of a guest address on guest bus 0 (domain 0), or `null` elsewhere. */
+function onBusZero(guest: GuestPciAddress): { slot: number; fn: number } | null {
+  const p = pciAddressParts(guest.address);
+  return p.domain === 0 && p.bus === 0 ? { slot: p.slot, fn: p.function } : null;
+}
+
+/** Guest slots on bus 0 the definition already uses. */
+function usedGuestSlots(domain: ParsedDomain): Set<number> {
   const used = new Set<number>();
-  for (const m of xml.matchAll(/<address\b([^>]*)>/g)) {
-    const attrs: Record<string, string> = {};
-    for (const a of m[1]!.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)) attrs[a[1]!] = a[2]!;
-    if (attrs.type !== "pci") continue;
-    const address = pciAddressFromLibvirt({ ...attrs, function: attrs.function ?? "0" });
-    if (address === null) continue;
-    const p = pciAddressParts(address);
-    if (p.domain === 0 && p.bus === 0) used.add(p.slot);
+  for (const guest of domain.guestAddresses) {
+    const at = onBusZero(guest);
+    if (at !== null) used.add(at.slot);
   }
   return used;
 }
@@ -350,43 +346,25 @@ function usedGuestSlots(xml: string): Set<number> {
  * device, and whether its function 0 is marked `multifunction='on'`.
  */
 function appliedCardSlots(
-  xml: string,
+  domain: ParsedDomain,
 ): Map<string, { slot: number; functions: Set<number>; multifunction: boolean }> {
   const bySlot = new Map<number, { functions: Set<number>; multifunction: boolean }>();
-  const slotOf = (attrs: string): { slot: number; fn: number; multi: boolean } | null => {
-    const values: Record<string, string> = {};
-    for (const a of attrs.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)) values[a[1]!] = a[2]!;
-    if (values.type !== "pci") return null;
-    const address = pciAddressFromLibvirt({ ...values, function: values.function ?? "0" });
-    if (address === null) return null;
-    const p = pciAddressParts(address);
-    if (p.domain !== 0 || p.bus !== 0) return null;
-    return { slot: p.slot, fn: p.function, multi: values.multifunction === "on" };
-  };
-  for (const m of xml.matchAll(/<address\b([^>]*)>/g)) {
-    const at = slotOf(m[1]!);
+  for (const guest of domain.guestAddresses) {
+    const at = onBusZero(guest);
     if (at === null) continue;
     const entry = bySlot.get(at.slot) ?? { functions: new Set<number>(), multifunction: false };
     entry.functions.add(at.fn);
-    if (at.fn === 0 && at.multi) entry.multifunction = true;
+    if (at.fn === 0 && guest.multifunction) entry.multifunction = true;
     bySlot.set(at.slot, entry);
   }
   const cards = new Map<string, { slot: number; functions: Set<number>; multifunction: boolean }>();
-  for (const hostdev of xml.matchAll(/<hostdev\b[^>]*>[\s\S]*?<\/hostdev>/g)) {
-    const text = hostdev[0];
-    const end = text.indexOf("</source>");
-    if (end < 0) continue;
-    const host = /<address\b([^>]*)>/.exec(text.slice(0, end));
-    const guest = /<address\b([^>]*)>/.exec(text.slice(end));
-    const hostAddress = host === null ? null : pciAddressFromLibvirt(Object.fromEntries(
-      [...host[1]!.matchAll(/([a-z]+)=['"]([^'"]*)['"]/g)].map((a) => [a[1]!, a[2]!]),
-    ));
-    const at = guest === null ? null : slotOf(guest[1]!);
-    if (hostAddress === null || at === null) continue;
+  for (const hostdev of domain.hostdevs) {
+    const at = hostdev.guestAddress === null ? null : onBusZero(hostdev.guestAddress);
+    if (at === null) continue;
     const entry = bySlot.get(at.slot)!;
     // Only a slot laid out as a card (multifunction) is joined, never libvirt's own placement.
     if (entry.multifunction || entry.functions.size > 1) {
-      cards.set(cardOf(hostAddress), { slot: at.slot, ...entry });
+      cards.set(cardOf(hostdev.address), { slot: at.slot, ...entry });
     }
   }
   return cards;
@@ -837,8 +815,7 @@ function planVm(
   const bootRules = resolution.rules.filter((r) =>
     r.rule.bootOrder !== undefined && r.devices.length > 0
   );
-  const os = /<os\b[^>]*>([\s\S]*?)<\/os>/.exec(xml)?.[1] ?? "";
-  if (bootRules.length > 0 && /<boot\s+dev=/.test(os)) {
+  if (bootRules.length > 0 && domain.bootDevices.length > 0) {
     // libvirt refuses per-device boot order next to <os><boot dev=...>: say so before apply.
     for (const r of bootRules) {
       plan.errors.push({
@@ -918,7 +895,7 @@ function planVm(
     }
     newRecords.push(identityOf(closed.device, closed.rule.name, domain.records));
     const spec = specFor(closed, firstMatched);
-    if (specOfXml(have) !== specKey(spec)) {
+    if (specOfHostdev(have) !== specKey(spec)) {
       // Settings changed (managed, ROM, boot order): rewrite the element.
       removeSet.add(address);
       toAdd.push(closed);
@@ -990,7 +967,7 @@ function planVm(
       newRecords.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
-  const specs = assignGuestSlots(toAdd, firstMatched, xml, plan.reasoning);
+  const specs = assignGuestSlots(toAdd, firstMatched, domain, plan.reasoning);
   for (const closed of toAdd) {
     const spec = specs.get(closed.device.address)!;
     if (movedTo.has(closed.device.address) || removeSet.has(closed.device.address)) continue;
@@ -1049,7 +1026,7 @@ function planVm(
 function assignGuestSlots(
   adding: readonly ClosedDevice[],
   firstMatched: ReadonlySet<PciAddress>,
-  xml: string,
+  domain: ParsedDomain,
   reasoning: string[],
 ): Map<PciAddress, HostdevSpec> {
   const specs = new Map<PciAddress, HostdevSpec>();
@@ -1061,8 +1038,8 @@ function assignGuestSlots(
     cards.set(key, [...(cards.get(key) ?? []), c]);
   }
   if (cards.size === 0) return specs;
-  const used = usedGuestSlots(xml);
-  const applied = appliedCardSlots(xml);
+  const used = usedGuestSlots(domain);
+  const applied = appliedCardSlots(domain);
   // Slots from 0x10 up leave the low ones to the devices libvirt places itself.
   let next = 0x10;
   for (const members of cards.values()) {

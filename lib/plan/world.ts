@@ -52,8 +52,19 @@ function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** `xml` through the strict reader, else the lenient scan with the strict reader's complaint. */
-function readDefinition(xml: string): DefinitionRead {
+/**
+ * Reads one definition as {@link readWorld} does: through the strict reader, else the lenient
+ * scan with the strict reader's complaint. For worlds built from XML by hand (tests, scripts).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readDefinition("<domain><name>vm</name></domain>").kind, "parsed");
+ * const broken = readDefinition("<domain><name>vm</name><devices>");
+ * assertEquals(broken.kind === "unreadable" && broken.scan, { addresses: [], unresolved: 0 });
+ * ```
+ */
+export function readDefinition(xml: string): DefinitionRead {
   try {
     return { kind: "parsed", xml, domain: parseDomainXml(xml) };
   } catch (error) {
