@@ -42,6 +42,8 @@ import {
   XmlSyntaxError,
 } from "./xml.ts";
 
+export type { GuestPciAddress } from "./properties.ts";
+
 /** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
 export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
 

@@ -12,6 +12,7 @@ export {
   type DomainHostdev,
   DomainXmlError,
   editDomainXml,
+  type GuestPciAddress,
   type LenientHostdevScan,
   lenientHostPciAddresses,
   METADATA_NAMESPACE,
@@ -19,4 +20,3 @@ export {
   parseDomainXml,
   scanHostdevsLeniently,
 } from "./domain_xml.ts";
-export type { GuestPciAddress } from "./properties.ts";

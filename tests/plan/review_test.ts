@@ -8,7 +8,9 @@ import { gpuIdentity } from "../helpers/devices.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
-import { emptyVmPlan, planHostdevs, resolveConfig } from "../../lib/plan/plan.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { resolveConfig } from "../../lib/plan/resolve.ts";
+import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };

@@ -5,7 +5,7 @@ import { closeOverGroups, findGroupConflicts } from "../../lib/resolve/closure.t
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDescription, HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { resolveRule } from "../../lib/resolve/match.ts";
-import { resolveConfig } from "../../lib/plan/plan.ts";
+import { resolveConfig } from "../../lib/plan/resolve.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
