@@ -4,6 +4,8 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
+import { config } from "../helpers/plan_world.ts";
 import { Connection, openLibvirtPort } from "../../ffi/mod.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
@@ -156,4 +158,14 @@ Deno.test("planWorld() refuses a VM whose definition libvirt did not return, and
   assertEquals(outside.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
     ["win10", ["unreadable-definition"], false],
   ]);
+});
+
+Deno.test("planHostdevs() reports a configured VM libvirt does not know as unknown-vm", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const cfg = config("  win11:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win11");
+    assertEquals(vm.errors.map((e) => e.code), ["unknown-vm"]);
+    assertMatch(vm.errors[0]!.message, /^VM "win11" is not defined in libvirt/);
+    assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
+  });
 });
