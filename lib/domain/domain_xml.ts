@@ -4,7 +4,8 @@
  * A parse-then-serialise round trip is not byte-exact (quote style, `<a></a>`, wrapped start
  * tags), so edits are splices into the original text: only a removed or added PCI `<hostdev>`
  * and our metadata element change, and everything else stays byte-identical. Elements are
- * located by {@link scanXml}; values are read with fast-xml-parser through `lib/domain/xml.ts`.
+ * located (and the document checked) by {@link scanXml}; values are read with fast-xml-parser
+ * through `lib/domain/xml.ts`.
  *
  * @module
  */
@@ -30,7 +31,6 @@ import {
   yesNo,
 } from "./properties.ts";
 import {
-  checkWellFormed,
   decodeXmlText,
   escapeXmlAttribute,
   lineColumnAt,
@@ -208,7 +208,6 @@ function isOurElement(xml: string, span: XmlSpan): boolean {
 function locate(xml: string): Located {
   let root: XmlSpan;
   try {
-    checkWellFormed(xml);
     root = scanXml(xml);
   } catch (error) {
     if (error instanceof XmlSyntaxError) {

@@ -1,8 +1,9 @@
 /**
- * XML primitives for lossless editing: a well-formedness check (fast-xml-parser's validator, for
- * its line and column), a span scanner that locates elements in the original text, a reader for
- * the values of small fragments, and escaping. This is the only module that imports
- * `fast-xml-parser`; everything else works on {@link XmlSpan}s and {@link XmlElement}s.
+ * XML primitives for lossless editing: a span scanner that checks a document is well-formed
+ * while it locates every element in the original text (with the line and column of the first
+ * problem), a reader for the values of small fragments (fast-xml-parser), and escaping. This is
+ * the only module that imports `fast-xml-parser`; everything else works on {@link XmlSpan}s and
+ * {@link XmlElement}s.
  *
  * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
  * no external entities), and only the five predefined entities and character references are
@@ -12,7 +13,7 @@
  * @module
  */
 
-import { XMLParser, XMLValidator } from "fast-xml-parser";
+import { XMLParser } from "fast-xml-parser";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -143,15 +144,11 @@ const ATTRIBUTE_ESCAPES: Record<string, string> = {
 
 /**
  * Checks that `text` is one well-formed XML document without a DOCTYPE, throwing
- * {@link XmlSyntaxError} with the position of the first problem.
+ * {@link XmlSyntaxError} with the position of the first problem: {@link scanXml}, without
+ * keeping what it located.
  */
 export function checkWellFormed(text: string): void {
-  refuseDoctype(text);
-  const result = XMLValidator.validate(text, { allowBooleanAttributes: false });
-  if (result !== true) {
-    const { msg, line, col } = result.err;
-    throw new XmlSyntaxError(`Malformed XML: ${msg.replace(/\.$/, "")}`, { line, column: col });
-  }
+  scanXml(text);
 }
 
 function refuseDoctype(text: string): void {
@@ -182,6 +179,8 @@ function refuseDoctype(text: string): void {
 }
 
 const NAME_CHAR = /[^\s/>=<"']/;
+/** What may start an element or attribute name: XML's NameStartChar, non-ASCII taken as is. */
+const NAME_START = /^[A-Za-z_:\u0080-\uffff]/;
 
 /**
  * Locates every element of a well-formed document in one linear pass, skipping comments, CDATA
@@ -199,7 +198,7 @@ const NAME_CHAR = /[^\s/>=<"']/;
 export function scanXml(text: string): XmlSpan {
   refuseDoctype(text);
   const fail = (message: string, index: number): never => {
-    throw new XmlSyntaxError(message, lineColumnAt(text, index));
+    throw new XmlSyntaxError(`Malformed XML: ${message}`, lineColumnAt(text, index));
   };
   const checkEntities = (from: number, to: number) => {
     const amp = text.indexOf("&", from);
@@ -230,6 +229,9 @@ export function scanXml(text: string): XmlSpan {
     } else if (text.startsWith("<?", lt)) {
       const close = text.indexOf("?>", lt + 2);
       if (close === -1) fail("Unterminated processing instruction", lt);
+      if (lt > (text.startsWith("\uFEFF") ? 1 : 0) && /^<\?xml[\s?]/.test(text.slice(lt, lt + 6))) {
+        fail("XML declaration allowed only at the start of the document", lt);
+      }
       i = close + 2;
     } else if (text.startsWith("<!", lt)) {
       fail("Unexpected markup declaration", lt);
@@ -251,7 +253,7 @@ export function scanXml(text: string): XmlSpan {
       let j = lt + 1;
       while (j < n && NAME_CHAR.test(text[j] as string)) j++;
       const name = text.slice(lt + 1, j);
-      if (name === "") fail("Malformed start tag", lt);
+      if (!NAME_START.test(name)) fail("Malformed start tag", lt);
       const rawAttributes: [string, string][] = [];
       let selfClosing = false;
       for (;;) {
@@ -272,8 +274,11 @@ export function scanXml(text: string): XmlSpan {
         while (j < n && NAME_CHAR.test(text[j] as string)) j++;
         const attrName = text.slice(attrStart, j);
         while (j < n && /\s/.test(text[j] as string)) j++;
-        if (attrName === "" || text[j] !== "=") {
+        if (!NAME_START.test(attrName) || text[j] !== "=") {
           fail(`Malformed attribute in "<${name}"`, attrStart);
+        }
+        if (rawAttributes.some(([seen]) => seen === attrName)) {
+          fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
         }
         j++;
         while (j < n && /\s/.test(text[j] as string)) j++;
