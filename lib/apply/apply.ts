@@ -36,7 +36,7 @@ import { type BackupEntry, writeBackup } from "../state/backups.ts";
 import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
-import { redactSecrets } from "../render/diff.ts";
+import { redactSecrets } from "../domain/lenient.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";

@@ -13,10 +13,14 @@ export {
   DomainXmlError,
   editDomainXml,
   type GuestPciAddress,
-  type LenientHostdevScan,
-  lenientHostPciAddresses,
   METADATA_NAMESPACE,
   type ParsedDomain,
   parseDomainXml,
-  scanHostdevsLeniently,
 } from "./domain_xml.ts";
+export {
+  type LenientHostdevScan,
+  lenientHostPciAddresses,
+  normaliseXmlLine,
+  redactSecrets,
+  scanHostdevsLeniently,
+} from "./lenient.ts";

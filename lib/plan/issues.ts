@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { LenientHostdevScan } from "../domain/domain_xml.ts";
+import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
 

@@ -16,7 +16,8 @@
  */
 
 import type { Config } from "../config/config.ts";
-import type { DomainHostdev, LenientHostdevScan, ParsedDomain } from "../domain/domain_xml.ts";
+import type { DomainHostdev, ParsedDomain } from "../domain/domain_xml.ts";
+import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,

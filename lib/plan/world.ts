@@ -8,12 +8,8 @@
  * @module
  */
 
-import {
-  type LenientHostdevScan,
-  type ParsedDomain,
-  parseDomainXml,
-  scanHostdevsLeniently,
-} from "../domain/domain_xml.ts";
+import { type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
+import { type LenientHostdevScan, scanHostdevsLeniently } from "../domain/lenient.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 
 /**
