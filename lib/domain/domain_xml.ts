@@ -224,53 +224,19 @@ function locate(xml: string): Located {
   const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
 
   const metadata = child("metadata");
-  let ours: OurMetadata | null = null;
-  let records: DeviceIdentity[] = [];
-  for (const candidate of metadata?.children ?? []) {
-    if (!isOurElement(xml, candidate)) continue;
-    if (ours !== null) {
-      throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");
-    }
-    ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
-    records = readRecords(xml, candidate);
-  }
-  const owned = new Set(records.map((r) => r.address));
-
+  const { ours, records } = readOurMetadata(xml, metadata);
   const devices = child("devices");
+  const owned = new Set(records.map((r) => r.address));
   const hostdevs: HostdevSite[] = [];
   const interfaceHostdevs: PciAddress[] = [];
   for (const span of devices?.children ?? []) {
     if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
-      const element = read(xml, span);
-      const source = element.children.find((c) => c.name === "source");
-      const address = source?.children.find((c) => c.name === "address");
-      const canonical = address && (address.attributes.type ?? "pci") === "pci"
-        ? pciAddressFromLibvirt(address.attributes)
-        : null;
-      if (canonical !== null) interfaceHostdevs.push(canonical);
-      continue;
+      const address = interfaceAddress(read(xml, span));
+      if (address !== null) interfaceHostdevs.push(address);
+    } else if (span.name === "hostdev") {
+      const site = readHostdev(xml, span, owned);
+      if (site !== null) hostdevs.push(site);
     }
-    if (span.name !== "hostdev") continue;
-    const mode = attribute(xml, span, "mode") ?? "subsystem";
-    if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") continue;
-    const element = read(xml, span);
-    const source = element.children.find((c) => c.name === "source");
-    const address = source?.children.find((c) => c.name === "address");
-    const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
-    if (canonical === null) {
-      throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
-    }
-    const fields = readProperties(element, HOSTDEV_PROPERTIES);
-    hostdevs.push({
-      span,
-      hostdev: {
-        address: canonical,
-        owned: owned.has(canonical),
-        xml: xml.slice(span.start, span.end),
-        ...fields,
-        managed: fields.managed ?? false,
-      },
-    });
   }
   const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
     const dev = c.name === "boot" ? attribute(xml, c, "dev") : undefined;
@@ -288,6 +254,61 @@ function locate(xml: string): Located {
     metadata,
     ours,
     records,
+  };
+}
+
+/** Our records element in `<metadata>` (at most one) and the records it holds. */
+function readOurMetadata(
+  xml: string,
+  metadata: XmlSpan | null,
+): { ours: OurMetadata | null; records: DeviceIdentity[] } {
+  let ours: OurMetadata | null = null;
+  let records: DeviceIdentity[] = [];
+  for (const candidate of metadata?.children ?? []) {
+    if (!isOurElement(xml, candidate)) continue;
+    if (ours !== null) {
+      throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");
+    }
+    ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
+    records = readRecords(xml, candidate);
+  }
+  return { ours, records };
+}
+
+/** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
+function interfaceAddress(element: XmlElement): PciAddress | null {
+  const source = element.children.find((c) => c.name === "source");
+  const address = source?.children.find((c) => c.name === "address");
+  return address && (address.attributes.type ?? "pci") === "pci"
+    ? pciAddressFromLibvirt(address.attributes)
+    : null;
+}
+
+/** A PCI subsystem `<hostdev>` with its typed fields; `null` for other hostdev kinds. */
+function readHostdev(
+  xml: string,
+  span: XmlSpan,
+  owned: ReadonlySet<PciAddress>,
+): HostdevSite | null {
+  const mode = attribute(xml, span, "mode") ?? "subsystem";
+  if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") return null;
+  const element = read(xml, span);
+  const source = element.children.find((c) => c.name === "source");
+  const address = source?.children.find((c) => c.name === "address");
+  const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
+  if (canonical === null) {
+    throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
+  }
+  const { managed, ...fields } = readProperties(element, HOSTDEV_PROPERTIES);
+  return {
+    span,
+    hostdev: {
+      address: canonical,
+      managed: managed ?? false,
+      owned: owned.has(canonical),
+      xml: xml.slice(span.start, span.end),
+      ...fields,
+    },
   };
 }
 
@@ -632,23 +653,45 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
  */
 export function editDomainXml(xml: string, edit: DomainEdit): string {
   const located = locate(xml);
-  const { devices } = located;
   const newline = xml.includes("\r\n") ? "\r\n" : "\n";
   const created = new Set(
     (located.ours?.created ?? "").split(/\s+/).filter((t) => t !== "") as CreatedToken[],
   );
   const createdBefore = [...created].sort().join(" ");
-  const splices: Splice[] = [];
+  const { removing, removedSpans } = sitesToRemove(located, edit.remove);
+  const lines = linesToAdd(located, edit.add, removing);
+  const splices = [
+    ...removalSplices(xml, {
+      located,
+      removedSpans,
+      created,
+      emptied: edit.records.length === 0 && lines.length === 0,
+    }),
+    ...additionSplices(xml, { located, removedSpans, created, lines }),
+  ];
+  const recordsChanged = located.ours === null
+    ? edit.records.length > 0
+    : recordsKey(edit.records) !== recordsKey(located.records);
+  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
+  if (recordsChanged || markerChanged) {
+    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
+  }
+  if (splices.length === 0) return xml;
+  return applySplices(xml, splices);
+}
 
+/** The owned hostdevs `remove` names, refusing one the domain lacks or did not get from us. */
+function sitesToRemove(
+  located: Located,
+  remove: readonly PciAddress[],
+): { removing: Set<PciAddress>; removedSpans: Set<XmlSpan> } {
   const byAddress = new Map<PciAddress, HostdevSite[]>();
   for (const site of located.hostdevs) {
-    const list = byAddress.get(site.hostdev.address);
-    if (list) list.push(site);
-    else byAddress.set(site.hostdev.address, [site]);
+    byAddress.set(site.hostdev.address, [...(byAddress.get(site.hostdev.address) ?? []), site]);
   }
   const removing = new Set<PciAddress>();
   const removedSpans = new Set<XmlSpan>();
-  for (const raw of edit.remove) {
+  for (const raw of remove) {
     const address = canonicalPciAddress(raw);
     if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
     if (removing.has(address)) continue;
@@ -670,12 +713,20 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
     }
     removing.add(address);
   }
+  return { removing, removedSpans };
+}
 
+/** The lines of the hostdevs to add, refusing one the domain keeps already. */
+function linesToAdd(
+  located: Located,
+  add: readonly HostdevSpec[],
+  removing: ReadonlySet<PciAddress>,
+): string[] {
   const present = new Set(
     located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
   );
   const lines: string[] = [];
-  for (const spec of edit.add) {
+  for (const spec of add) {
     const address = canonicalPciAddress(spec.address);
     if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
     if (present.has(address)) {
@@ -687,56 +738,72 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
     present.add(address);
     lines.push(...hostdevLines(spec));
   }
+  return lines;
+}
 
+/**
+ * Splices deleting the removed hostdevs; or, when `emptied` (nothing added, no records left) and
+ * the `<devices>` we created or opened holds nothing else, restoring its original form.
+ */
+function removalSplices(
+  xml: string,
+  { located, removedSpans, created, emptied }: {
+    located: Located;
+    removedSpans: ReadonlySet<XmlSpan>;
+    created: ReadonlySet<CreatedToken>;
+    emptied: boolean;
+  },
+): Splice[] {
+  const { devices } = located;
   if (
-    edit.records.length === 0 && devices !== null && lines.length === 0 &&
+    emptied && devices !== null &&
     (created.has("devices") || created.has("devices-self-closing")) &&
     onlyWhitespaceBesides(xml, devices, removedSpans)
   ) {
-    // The <devices> we created or opened is left empty: restore its original form.
-    if (created.has("devices")) {
-      const [start, end] = removalRange(xml, devices);
-      splices.push({ start, end, text: "" });
-    } else {
-      splices.push({ start: devices.start, end: devices.end, text: `<${devices.name}/>` });
+    if (!created.has("devices")) {
+      return [{ start: devices.start, end: devices.end, text: `<${devices.name}/>` }];
     }
-  } else {
-    for (const span of removedSpans) {
-      const [start, end] = removalRange(xml, span);
-      splices.push({ start, end, text: "" });
-    }
+    const [start, end] = removalRange(xml, devices);
+    return [{ start, end, text: "" }];
   }
+  return [...removedSpans].map((span) => {
+    const [start, end] = removalRange(xml, span);
+    return { start, end, text: "" };
+  });
+}
 
-  if (lines.length > 0) {
-    if (devices === null) {
-      const unit = indentUnit(xml, located.root);
-      const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
-      splices.push(
-        appendChild(xml, located, { parent: located.root, after: null, lines: wrapped }),
-      );
-      created.add("devices");
-    } else {
-      if (devices.selfClosing) created.add("devices-self-closing");
-      const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
-      splices.push(
-        appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines }),
-      );
-    }
+/**
+ * The splice appending `lines` after the last kept `<hostdev>` (else at the end of `<devices>`,
+ * created or opened if need be, which `created` then records).
+ */
+function additionSplices(
+  xml: string,
+  { located, removedSpans, created, lines }: {
+    located: Located;
+    removedSpans: ReadonlySet<XmlSpan>;
+    created: Set<CreatedToken>;
+    lines: string[];
+  },
+): Splice[] {
+  if (lines.length === 0) return [];
+  const { devices, root } = located;
+  if (devices === null) {
+    const unit = indentUnit(xml, root);
+    const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
+    created.add("devices");
+    return [appendChild(xml, located, { parent: root, after: null, lines: wrapped })];
   }
-
-  const recordsChanged = located.ours === null
-    ? edit.records.length > 0
-    : recordsKey(edit.records) !== recordsKey(located.records);
-  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
-  if (recordsChanged || markerChanged) {
-    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
-  }
-  if (splices.length === 0) return xml;
-  return applySplices(xml, splices);
+  if (devices.selfClosing) created.add("devices-self-closing");
+  const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
+  return [appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines })];
 }
 
 /** Whether `parent` holds nothing but whitespace and the `removed` children. */
-function onlyWhitespaceBesides(xml: string, parent: XmlSpan, removed: Set<XmlSpan>): boolean {
+function onlyWhitespaceBesides(
+  xml: string,
+  parent: XmlSpan,
+  removed: ReadonlySet<XmlSpan>,
+): boolean {
   if (parent.selfClosing) return true;
   let at = parent.startTagEnd;
   for (const child of parent.children) {

@@ -182,6 +182,73 @@ const NAME_CHAR = /[^\s/>=<"']/;
 /** What may start an element or attribute name: XML's NameStartChar, non-ASCII taken as is. */
 const NAME_START = /^[A-Za-z_:\u0080-\uffff]/;
 
+/** What {@link readStartTag} needs from the scan of a whole document. */
+interface ScanContext {
+  text: string;
+  fail(message: string, index: number): never;
+  /** Refuses an unknown entity reference or bare `&` in `text[from, to)`. */
+  checkEntities(from: number, to: number): void;
+}
+
+/** The start tag at `lt` (name and raw attributes), as a span that ends with the tag. */
+function readStartTag({ text, fail, checkEntities }: ScanContext, lt: number): XmlSpan {
+  const n = text.length;
+  const skipSpace = (from: number) => {
+    let j = from;
+    while (j < n && /\s/.test(text[j] as string)) j++;
+    return j;
+  };
+  const skipName = (from: number) => {
+    let j = from;
+    while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+    return j;
+  };
+  let j = skipName(lt + 1);
+  const name = text.slice(lt + 1, j);
+  if (!NAME_START.test(name)) fail("Malformed start tag", lt);
+  const rawAttributes: [string, string][] = [];
+  for (;;) {
+    const afterName = j;
+    j = skipSpace(j);
+    const c = text[j];
+    if (c === ">" || (c === "/" && text[j + 1] === ">")) {
+      const end = c === ">" ? j + 1 : j + 2;
+      const selfClosing = c === "/";
+      return {
+        name,
+        rawAttributes,
+        start: lt,
+        startTagEnd: end,
+        endTagStart: end,
+        end,
+        selfClosing,
+        children: [],
+      };
+    }
+    if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
+    const attrStart = j;
+    j = skipName(j);
+    const attrName = text.slice(attrStart, j);
+    j = skipSpace(j);
+    if (!NAME_START.test(attrName) || text[j] !== "=") {
+      fail(`Malformed attribute in "<${name}"`, attrStart);
+    }
+    if (rawAttributes.some(([seen]) => seen === attrName)) {
+      fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
+    }
+    j = skipSpace(j + 1);
+    const quote = text[j];
+    if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
+    const close = text.indexOf(quote as string, j + 1);
+    if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
+    const value = text.slice(j + 1, close);
+    if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
+    checkEntities(j + 1, close);
+    rawAttributes.push([attrName, value]);
+    j = close + 1;
+  }
+}
+
 /**
  * Locates every element of a well-formed document in one linear pass, skipping comments, CDATA
  * sections, processing instructions and the XML declaration, and honouring quoted attribute
@@ -250,64 +317,13 @@ export function scanXml(text: string): XmlSpan {
       }
       i = j + 1;
     } else {
-      let j = lt + 1;
-      while (j < n && NAME_CHAR.test(text[j] as string)) j++;
-      const name = text.slice(lt + 1, j);
-      if (!NAME_START.test(name)) fail("Malformed start tag", lt);
-      const rawAttributes: [string, string][] = [];
-      let selfClosing = false;
-      for (;;) {
-        const afterName = j;
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        const c = text[j];
-        if (c === ">") {
-          j++;
-          break;
-        }
-        if (c === "/" && text[j + 1] === ">") {
-          selfClosing = true;
-          j += 2;
-          break;
-        }
-        if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
-        const attrStart = j;
-        while (j < n && NAME_CHAR.test(text[j] as string)) j++;
-        const attrName = text.slice(attrStart, j);
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        if (!NAME_START.test(attrName) || text[j] !== "=") {
-          fail(`Malformed attribute in "<${name}"`, attrStart);
-        }
-        if (rawAttributes.some(([seen]) => seen === attrName)) {
-          fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
-        }
-        j++;
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        const quote = text[j];
-        if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
-        const close = text.indexOf(quote as string, j + 1);
-        if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
-        const value = text.slice(j + 1, close);
-        if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
-        checkEntities(j + 1, close);
-        rawAttributes.push([attrName, value]);
-        j = close + 1;
-      }
-      const span: XmlSpan = {
-        name,
-        rawAttributes,
-        start: lt,
-        startTagEnd: j,
-        endTagStart: j,
-        end: j,
-        selfClosing,
-        children: [],
-      };
+      const span = readStartTag({ text, fail, checkEntities }, lt);
       const parent = stack.at(-1);
       if (parent) parent.children.push(span);
       else if (root === null) root = span;
-      else fail(`Second root element "<${name}>"`, lt);
-      if (!selfClosing) stack.push(span);
-      i = j;
+      else fail(`Second root element "<${span.name}>"`, lt);
+      if (!span.selfClosing) stack.push(span);
+      i = span.startTagEnd;
     }
   }
   const unclosed = stack.at(-1);

@@ -90,6 +90,10 @@ Deno.test("scanXml() refuses repeated attributes, bad names and a misplaced XML 
   assertEquals(refused("<a><1b/></a>").column, 4);
   assertEquals(refused("<a -x='1'/>").column, 4);
   assertEquals(refused("<a><?xml version='1.0'?></a>").message.includes("declaration"), true);
+  assertEquals(
+    refused("<a/>\n<b/>").message,
+    `Malformed XML: Second root element "<b>": at line 2, column 1`,
+  );
   assertEquals(scanXml("<?xml version='1.0'?><_a:b é='1' xmlns:x='u'/>").name, "_a:b");
 });
 
