@@ -29,8 +29,11 @@ import { readWorld, type World } from "./world.ts";
 
 /** Options of {@link planHostdevs}. */
 export interface PlanOptions {
+  /** The parsed config. */
   config: Config;
+  /** The discovered host. */
   host: HostTopology;
+  /** The libvirt connection the world is read through. */
   libvirt: LibvirtPort;
   /** Plan only these VMs (each must be in the config); default every VM of the config. */
   vms?: string[];

@@ -14,11 +14,15 @@ import type { DeviceIdentity, PlanIssue } from "./types.ts";
 
 /** What one VM's rules resolve to on a host, before looking at its domain XML. */
 export interface VmResolution {
+  /** The VM's name. */
   vm: string;
+  /** Each rule's resolution, in config order. */
   rules: RuleResolution[];
+  /** The rules' devices closed over their IOMMU groups. */
   closure: ClosureResult;
   /** Rule issues, closure refusals and cross-VM conflicts. */
   errors: PlanIssue[];
+  /** Closure warnings (no FLR, host driver in use, ...). */
   warnings: PlanIssue[];
 }
 

@@ -23,6 +23,7 @@ export type DefinitionRead =
 
 /** One domain as planning sees it. Plain data. */
 export interface DomainSnapshot {
+  /** The domain's name. */
   name: string;
   /** Whether it was running when listed. */
   active: boolean;
