@@ -31,12 +31,12 @@ import { diffArrays, diffLines } from "diff";
 import type { LibvirtPort } from "../plan/libvirt_port.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
-import { type DomainHostdev, parseDomainXml } from "../domain/domain_xml.ts";
+import { type DomainHostdev, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
 import { type BackupEntry, writeBackup } from "../state/backups.ts";
 import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
-import { redactSecrets } from "../render/diff.ts";
+import { redactSecrets } from "../domain/lenient.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -264,6 +264,80 @@ interface PendingLive {
   attach: DomainHostdev[];
 }
 
+/** The answers so far: `all` says yes to every VM left, `quit` skips them. */
+interface Answers {
+  all: boolean;
+  quit: boolean;
+}
+
+/** Why `vm` is not applied without asking (refused, unchanged, blocked), or `null`. */
+function skipWithoutAsking(
+  vm: VmPlan,
+  plan: Plan,
+  done: ReadonlyMap<VmPlan, VmApplyResult>,
+): VmApplyResult | null {
+  if (plan.errors.length > 0) {
+    // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
+    return result(vm, "skipped", "plan-errors", "Not applied: the plan has host-wide refusals");
+  }
+  if (vm.errors.length > 0) {
+    const count = `${vm.errors.length} refusal${vm.errors.length === 1 ? "" : "s"}`;
+    return result(vm, "skipped", "plan-errors", `Not applied: the plan refuses it (${count})`);
+  }
+  if (!vm.changed) return result(vm, "unchanged", "no-changes", "No changes");
+  const blockers = takenFrom(vm, plan.vms, plan.groupOf).filter(({ from }) =>
+    done.has(from) && done.get(from)!.status !== "changed"
+  );
+  if (blockers.length === 0) return null;
+  // The device is still in the other VM's definition: defining this one too would hand one
+  // device (or IOMMU group) to two VMs.
+  const held = blockers.map(({ from, addresses }) =>
+    `${addresses.map((a) => `"${a}"`).join(", ")}, which "${from.name}" still holds (${
+      done.get(from)!.message
+    })`
+  );
+  return result(vm, "skipped", "blocked", `Not applied: it takes ${held.join("; ")}`);
+}
+
+/** Asks about `vm` unless an earlier answer decided; a result when it is not applied. */
+async function askFor(
+  vm: VmPlan,
+  answers: Answers,
+  confirm: ApplyOptions["confirm"],
+): Promise<VmApplyResult | null> {
+  if (answers.quit) return result(vm, "skipped", "quit", "Not asked: quit earlier");
+  if (answers.all) return null;
+  const answer = await confirm(vm);
+  if (answer === "quit") {
+    answers.quit = true;
+    return result(vm, "skipped", "quit", "Quit");
+  }
+  if (answer === "no") return result(vm, "skipped", "declined", "Declined");
+  if (answer === "all") answers.all = true;
+  return null;
+}
+
+/** The report of `results` (in plan order). */
+function report(
+  results: VmApplyResult[],
+  context: { uri: string; stateDir: string; brokeStaleLock: LockHolder | null },
+): ApplyReport {
+  const names = (status: ApplyStatus) =>
+    results.filter((r) => r.status === status).map((r) => r.vm);
+  const liveFailed = results.filter((r) => (r.live?.errors.length ?? 0) > 0).map((r) => r.vm);
+  const failed = names("failed");
+  return {
+    ...context,
+    vms: results,
+    changed: names("changed"),
+    unchanged: names("unchanged"),
+    skipped: names("skipped"),
+    failed,
+    liveFailed,
+    ok: failed.length === 0 && liveFailed.length === 0,
+  };
+}
+
 /**
  * Applies `plan`: see the module documentation for the exact sequence and guarantees. Throws
  * `StateDirError` or `LockHeldError` before anything is defined; per-VM problems are reported in
@@ -278,108 +352,26 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   }
   const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];
-  let answerAll = false;
-  let quit = false;
-
+  const answers: Answers = { all: false, quit: false };
   for (const vm of releaseOrder(plan.vms, plan.groupOf)) {
-    if (plan.errors.length > 0) {
-      // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
-      done.set(
-        vm,
-        result(
-          vm,
-          "skipped",
-          "plan-errors",
-          "Not applied: the plan has host-wide refusals",
-        ),
-      );
+    const skipped = skipWithoutAsking(vm, plan, done) ??
+      await askFor(vm, answers, options.confirm);
+    if (skipped !== null) {
+      done.set(vm, skipped);
       continue;
     }
-    if (vm.errors.length > 0) {
-      done.set(
-        vm,
-        result(
-          vm,
-          "skipped",
-          "plan-errors",
-          `Not applied: the plan refuses it (${vm.errors.length} refusal${
-            vm.errors.length === 1 ? "" : "s"
-          })`,
-        ),
-      );
-      continue;
-    }
-    if (!vm.changed) {
-      done.set(vm, result(vm, "unchanged", "no-changes", "No changes"));
-      continue;
-    }
-    const blockers = takenFrom(vm, plan.vms, plan.groupOf).filter(({ from }) =>
-      done.has(from) && done.get(from)!.status !== "changed"
-    );
-    if (blockers.length > 0) {
-      // The device is still in the other VM's definition: defining this one too would hand one
-      // device (or IOMMU group) to two VMs.
-      done.set(
-        vm,
-        result(
-          vm,
-          "skipped",
-          "blocked",
-          `Not applied: it takes ${
-            blockers.map(({ from, addresses }) =>
-              `${addresses.map((a) => `"${a}"`).join(", ")}, which "${from.name}" still holds (${
-                done.get(from)!.message
-              })`
-            ).join("; ")
-          }`,
-        ),
-      );
-      continue;
-    }
-    if (quit) {
-      done.set(vm, result(vm, "skipped", "quit", "Not asked: quit earlier"));
-      continue;
-    }
-    if (!answerAll) {
-      const answer = await options.confirm(vm);
-      if (answer === "quit") {
-        quit = true;
-        done.set(vm, result(vm, "skipped", "quit", "Quit"));
-        continue;
-      }
-      if (answer === "no") {
-        done.set(vm, result(vm, "skipped", "declined", "Declined"));
-        continue;
-      }
-      if (answer === "all") answerAll = true;
-    }
-    const outcome = applyVm(vm, { ...options, state, plan });
+    const outcome = applyVm(vm, { ...options, state });
     done.set(vm, outcome.result);
     if (outcome.live !== null) pendingLive.push(outcome.live);
   }
-
   if (options.live === true) runLive(options.libvirt, pendingLive);
-
-  const results = plan.vms.map((vm) => done.get(vm)!);
-  const names = (status: ApplyStatus) =>
-    results.filter((r) => r.status === status).map((r) => r.vm);
-  const liveFailed = results.filter((r) => (r.live?.errors.length ?? 0) > 0).map((r) => r.vm);
-  const failed = names("failed");
-  return {
+  return report(plan.vms.map((vm) => done.get(vm)!), {
     uri: options.libvirt.uri,
     stateDir: state.path,
     brokeStaleLock: lock.brokeStale,
-    vms: results,
-    changed: names("changed"),
-    unchanged: names("unchanged"),
-    skipped: names("skipped"),
-    failed,
-    liveFailed,
-    ok: failed.length === 0 && liveFailed.length === 0,
-  };
+  });
 }
 
-/** The other VMs of `vms` whose plans release devices `vm` takes, with those devices. */
 /**
  * The VMs that release what `vm` takes: the same functions, or (with `groupOf`) any function of
  * an IOMMU group `vm` takes a function of, since VFIO assigns a group to one guest as a whole.
@@ -411,8 +403,7 @@ function takenFrom(
 
 /**
  * `vms` reordered so that a VM releasing a device (or part of its group) comes before the VM taking
- * it (otherwise plan
- * order), so a taker can be held back when the release did not happen. In a cycle (two VMs
+ * it (otherwise plan order), so a taker can be held back when the release did not happen. In a cycle (two VMs
  * swapping devices) the first one in plan order goes first.
  */
 function releaseOrder(
@@ -475,55 +466,62 @@ function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
   }
 }
 
-/** Defines one confirmed VM; never throws. */
-function applyVm(
-  vm: VmPlan,
-  options: ApplyOptions & { state: StateDir; plan: Plan },
-): { result: VmApplyResult; live: PendingLive | null } {
-  const { libvirt } = options;
-  const fail = (code: ApplyCode, message: string) => ({
-    result: result(vm, "failed", code, message),
-    live: null,
-  });
+/** A VM not applied: why, as a code and a sentence. */
+interface Failure {
+  code: ApplyCode;
+  message: string;
+}
 
-  // The plan must describe this VM and only this VM.
-  let current: ReturnType<typeof parseDomainXml>;
-  let desired: ReturnType<typeof parseDomainXml>;
+function isFailure<T extends object>(value: T | Failure): value is Failure {
+  return "code" in value && "message" in value;
+}
+
+/** The plan's two definitions of `vm`, parsed, when they describe this VM and only this VM. */
+function readPlanned(vm: VmPlan): { current: ParsedDomain; desired: ParsedDomain } | Failure {
+  const invalid = (why: string): Failure => ({
+    code: "invalid-plan",
+    message: `Cannot apply "${vm.name}": ${why}`,
+  });
+  let current: ParsedDomain;
+  let desired: ParsedDomain;
   try {
     current = parseDomainXml(vm.currentXml);
     desired = parseDomainXml(vm.desiredXml);
   } catch (error) {
-    return fail(
-      "invalid-plan",
-      `Cannot apply "${vm.name}": the planned XML is unreadable: ${errorText(error)}`,
-    );
+    return invalid(`the planned XML is unreadable: ${errorText(error)}`);
   }
   if (desired.name !== vm.name || current.name !== vm.name) {
-    return fail(
-      "invalid-plan",
-      `Cannot apply "${vm.name}": the planned XML names domain "${desired.name}"`,
-    );
+    return invalid(`the planned XML names domain "${desired.name}"`);
   }
   if (desired.uuid === null || desired.uuid !== current.uuid) {
-    return fail(
-      "invalid-plan",
-      `Cannot apply "${vm.name}": the planned XML has uuid "${
-        desired.uuid ?? ""
-      }", the current one "${current.uuid ?? ""}"`,
+    return invalid(
+      `the planned XML has uuid "${desired.uuid ?? ""}", the current one "${current.uuid ?? ""}"`,
     );
   }
+  return { current, desired };
+}
 
-  let plain: string;
-  let secure: string;
-  let active: boolean;
-  let uuid: string;
+/** The definition of `vm` libvirt holds now: without and with secrets, and its state. */
+interface Now {
+  plain: string;
+  secure: string;
+  active: boolean;
+  uuid: string;
+}
+
+/** Reads `vm` from libvirt again, refusing a transient domain. */
+function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
+  let now: Now;
   try {
-    plain = libvirt.getPersistentXml(vm.name);
-    secure = libvirt.getPersistentXml(vm.name, { secure: true });
-    active = libvirt.isActive(vm.name);
-    uuid = parseDomainXml(secure).uuid ?? "";
+    const plain = libvirt.getPersistentXml(vm.name);
+    const secure = libvirt.getPersistentXml(vm.name, { secure: true });
+    const active = libvirt.isActive(vm.name);
+    now = { plain, secure, active, uuid: parseDomainXml(secure).uuid ?? "" };
   } catch (error) {
-    return fail("read-failed", `Cannot read the definition of "${vm.name}": ${errorText(error)}`);
+    return {
+      code: "read-failed",
+      message: `Cannot read the definition of "${vm.name}": ${errorText(error)}`,
+    };
   }
   let persistent = true;
   try {
@@ -531,126 +529,164 @@ function applyVm(
   } catch {
     // Listing is only a safety net here; the reads above already proved the domain exists.
   }
-  if (!persistent) {
-    // A transient domain has no persistent definition: defining one would make it permanent.
-    return fail(
-      "invalid-plan",
+  if (persistent) return now;
+  // A transient domain has no persistent definition: defining one would make it permanent.
+  return {
+    code: "invalid-plan",
+    message:
       `Not applied to "${vm.name}": it is a transient domain, and defining it would make it persistent`,
-    );
-  }
-  if (plain !== vm.currentXml && secure !== vm.currentXml) {
-    return fail(
-      "drift",
-      `Not applied to "${vm.name}": its definition changed since the plan was made: ${
-        describeXmlChange(vm.currentXml, plain)
+  };
+}
+
+/**
+ * The XML to define: the plan's, or its edits carried over to the definition with secrets.
+ * Refused when the definition changed since the plan or the edits touch a secret.
+ */
+function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string | Failure {
+  if (now.plain !== vm.currentXml && now.secure !== vm.currentXml) {
+    return {
+      code: "drift",
+      message: `Not applied to "${vm.name}": its definition changed since the plan was made: ${
+        describeXmlChange(vm.currentXml, now.plain)
       }; run the plan again`,
-    );
+    };
   }
-  let toDefine = vm.desiredXml;
-  if (plain !== secure && vm.currentXml === plain) {
+  let xml = vm.desiredXml;
+  if (now.plain !== now.secure && vm.currentXml === now.plain) {
     // The plan was computed from the XML without secrets: carry its edits over to the XML with
     // them, or refuse, since defining the plan's XML as is would erase passwords.
-    const carried = carrySecrets(plain, secure, vm.desiredXml);
+    const carried = carrySecrets(now.plain, now.secure, vm.desiredXml);
     if (carried === null) {
-      return fail(
-        "secrets-missing",
-        `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE) and its changes touch lines that hold them, so defining it would drop them`,
-      );
+      return {
+        code: "secrets-missing",
+        message:
+          `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE) and its changes touch lines that hold them, so defining it would drop them`,
+      };
     }
-    toDefine = carried;
+    xml = carried;
   }
-  if (uuid !== desired.uuid) {
-    return fail(
-      "invalid-plan",
-      `Cannot apply "${vm.name}": its uuid is "${uuid}", the plan's "${desired.uuid}"`,
-    );
+  if (now.uuid !== desiredUuid) {
+    return {
+      code: "invalid-plan",
+      message: `Cannot apply "${vm.name}": its uuid is "${now.uuid}", the plan's "${desiredUuid}"`,
+    };
   }
+  return xml;
+}
 
+/** Why the definition libvirt holds after the define is not the planned one, or `null`. */
+function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
+  try {
+    const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
+    const want = hostdevKeys(desired.hostdevs);
+    const got = hostdevKeys(after.hostdevs);
+    if (want.join("\n") === got.join("\n")) return null;
+    const missing = want.filter((k) => !got.includes(k));
+    const extra = got.filter((k) => !want.includes(k));
+    return `expected hostdevs missing [${missing.join(", ")}], unexpected [${extra.join(", ")}]`;
+  } catch (error) {
+    return `cannot read it back: ${errorText(error)}`;
+  }
+}
+
+/** Defines `xml` for a backed-up VM, checks it, and restores the backup when the check fails. */
+function defineAndVerify(
+  vm: VmPlan,
+  { libvirt, xml, secure, desired, base }: {
+    libvirt: LibvirtPort;
+    xml: string;
+    secure: string;
+    desired: ParsedDomain;
+    base: VmApplyResult;
+  },
+): VmApplyResult | null {
+  try {
+    libvirt.define(xml);
+  } catch (error) {
+    return {
+      ...base,
+      status: "failed",
+      code: "define-failed",
+      message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
+        errorText(error)
+      }`,
+    };
+  }
+  // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
+  const problem = verifyDefined(libvirt, vm, desired);
+  if (problem === null) return null;
+  let restored = false;
+  let restoreNote: string;
+  try {
+    libvirt.define(secure);
+    restored = true;
+    restoreNote = "the previous definition was restored";
+  } catch (error) {
+    restoreNote = `restoring the backup "${base.backup}" failed too: ${errorText(error)}`;
+  }
+  return {
+    ...base,
+    status: "failed",
+    code: "verify-failed",
+    restored,
+    message:
+      `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
+  };
+}
+
+/** Defines one confirmed VM; never throws. */
+function applyVm(
+  vm: VmPlan,
+  options: ApplyOptions & { state: StateDir },
+): { result: VmApplyResult; live: PendingLive | null } {
+  const { libvirt } = options;
+  const fail = (failure: Failure) => ({
+    result: result(vm, "failed", failure.code, failure.message),
+    live: null,
+  });
+  const planned = readPlanned(vm);
+  if (isFailure(planned)) return fail(planned);
+  const now = readNow(vm, libvirt);
+  if (isFailure(now)) return fail(now);
+  const xml = xmlToDefine(vm, now, planned.desired.uuid);
+  if (typeof xml !== "string") return fail(xml);
   let backup: BackupEntry;
   try {
     backup = writeBackup(options.state, {
       vm: vm.name,
-      uuid,
-      xml: secure,
+      uuid: now.uuid,
+      xml: now.secure,
       reason: "apply",
       uri: libvirt.uri,
       ...(options.now ? { now: options.now() } : {}),
     });
   } catch (error) {
-    return fail(
-      "backup-failed",
-      `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
+    return fail({
+      code: "backup-failed",
+      message: `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
         errorText(error)
       }`,
-    );
+    });
   }
-
-  const added = minus(current.hostdevs, desired.hostdevs);
-  const removed = minus(desired.hostdevs, current.hostdevs);
+  const added = minus(planned.current.hostdevs, planned.desired.hostdevs);
+  const removed = minus(planned.desired.hostdevs, planned.current.hostdevs);
   const base = result(vm, "changed", "applied", "");
   base.added = added.map((h) => h.address);
   base.removed = removed.map((h) => h.address);
-  base.active = active;
+  base.active = now.active;
   base.backup = backup.path;
-
-  try {
-    libvirt.define(toDefine);
-  } catch (error) {
-    return {
-      result: {
-        ...base,
-        status: "failed",
-        code: "define-failed",
-        message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
-          errorText(error)
-        }`,
-      },
-      live: null,
-    };
-  }
-
-  // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
-  let problem: string | null = null;
-  try {
-    const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
-    const want = hostdevKeys(desired.hostdevs);
-    const got = hostdevKeys(after.hostdevs);
-    if (want.join("\n") !== got.join("\n")) {
-      const missing = want.filter((k) => !got.includes(k));
-      const extra = got.filter((k) => !want.includes(k));
-      problem = `expected hostdevs missing [${missing.join(", ")}], unexpected [${
-        extra.join(", ")
-      }]`;
-    }
-  } catch (error) {
-    problem = `cannot read it back: ${errorText(error)}`;
-  }
-  if (problem !== null) {
-    let restored = false;
-    let restoreNote = "";
-    try {
-      libvirt.define(secure);
-      restored = true;
-      restoreNote = "the previous definition was restored";
-    } catch (error) {
-      restoreNote = `restoring the backup "${backup.path}" failed too: ${errorText(error)}`;
-    }
-    return {
-      result: {
-        ...base,
-        status: "failed",
-        code: "verify-failed",
-        restored,
-        message:
-          `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
-      },
-      live: null,
-    };
-  }
+  const failed = defineAndVerify(vm, {
+    libvirt,
+    xml,
+    secure: now.secure,
+    desired: planned.desired,
+    base,
+  });
+  if (failed !== null) return { result: failed, live: null };
 
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
-  if (!active) {
+  if (!now.active) {
     return { result: { ...base, effect: "next-start", message: summary }, live: null };
   }
   const running = {

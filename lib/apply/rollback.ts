@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { LibvirtPort } from "../plan/libvirt_port.ts";
+import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
 import { parseDomainXml } from "../domain/domain_xml.ts";
 import { join } from "node:path";
@@ -119,6 +119,80 @@ function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). */
+function checkBackupIsOf(
+  vm: string,
+  backup: BackupEntry,
+  parsed: { name: string; uuid: string | null },
+  summary: DomainSummary | null,
+): void {
+  const backupUuid = parsed.uuid ?? backup.uuid;
+  if (
+    parsed.name !== vm ||
+    (summary !== null && (summary.uuid !== backup.uuid || backupUuid !== summary.uuid))
+  ) {
+    throw new BackupMismatchError(vm, {
+      vmUuid: summary?.uuid ?? "",
+      backupName: parsed.name,
+      backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
+      path: backup.path,
+    });
+  }
+}
+
+/**
+ * Why the definition of `vm` is no longer `shown` (the one the user confirmed against), or
+ * `null`: the question may stay open for minutes, and a change made meanwhile (virsh edit,
+ * another tool) would be overwritten with no backup of it.
+ */
+function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | null): string | null {
+  let now: string | null;
+  try {
+    now = libvirt.listDomains().some((d) => d.name === vm)
+      ? libvirt.getPersistentXml(vm, { secure: true })
+      : null;
+  } catch (error) {
+    return `Cannot read "${vm}" before the rollback: ${errorText(error)}`;
+  }
+  if (now === shown) return null;
+  return `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
+    now === null
+      ? "it was undefined"
+      : shown === null
+      ? "it was defined"
+      : describeXmlChange(shown, now)
+  }; run the rollback again`;
+}
+
+/** Defines `backupXml` and checks libvirt holds it; a failure message, or `null`. */
+function defineBackup(
+  libvirt: LibvirtPort,
+  { vm, backup, backupXml, safety }: {
+    vm: string;
+    backup: BackupEntry;
+    backupXml: string;
+    safety: BackupEntry | null;
+  },
+): string | null {
+  try {
+    libvirt.define(backupXml);
+  } catch (error) {
+    return `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${
+      errorText(error)
+    }`;
+  }
+  let after: string;
+  try {
+    after = libvirt.getPersistentXml(vm, { secure: true });
+  } catch (error) {
+    return `Cannot read "${vm}" back after the rollback: ${errorText(error)}`;
+  }
+  if (sameDefinition(after, backupXml)) return null;
+  return `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
+    describeXmlChange(backupXml, after)
+  }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`;
+}
+
 /**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
@@ -139,19 +213,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);
   const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
-  const backupUuid = parsed.uuid ?? backup.uuid;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
-  if (
-    parsed.name !== vm ||
-    (summary !== null && (summary.uuid !== backup.uuid || backupUuid !== summary.uuid))
-  ) {
-    throw new BackupMismatchError(vm, {
-      vmUuid: summary?.uuid ?? "",
-      backupName: parsed.name,
-      backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
-      path: backup.path,
-    });
-  }
+  checkBackupIsOf(vm, backup, parsed, summary);
   const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
   const active = summary?.active ?? false;
   const report = (status: RollbackStatus, message: string, safety: BackupEntry | null) => ({
@@ -174,70 +237,19 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
-  // The question may stay open for minutes: a change made meanwhile (virsh edit, another tool)
-  // would be overwritten with no backup of it, so the definition must still be the one shown.
-  let now: string | null;
-  try {
-    now = libvirt.listDomains().some((d) => d.name === vm)
-      ? libvirt.getPersistentXml(vm, { secure: true })
-      : null;
-  } catch (error) {
-    return report("failed", `Cannot read "${vm}" before the rollback: ${errorText(error)}`, null);
-  }
-  if (now !== currentXml) {
-    return report(
-      "failed",
-      `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
-        now === null
-          ? "it was undefined"
-          : currentXml === null
-          ? "it was defined"
-          : describeXmlChange(currentXml, now)
-      }; run the rollback again`,
-      null,
-    );
-  }
-
-  let safety: BackupEntry | null = null;
-  if (currentXml !== null) {
-    // Without a backup of what is replaced, the rollback itself could not be undone.
-    safety = writeBackup(state, {
-      vm,
-      uuid: summary?.uuid ?? backup.uuid,
-      xml: currentXml,
-      reason: "rollback",
-      uri: libvirt.uri,
-      ...(options.now ? { now: options.now() } : {}),
-    });
-  }
-  try {
-    libvirt.define(backupXml);
-  } catch (error) {
-    return report(
-      "failed",
-      `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${errorText(error)}`,
-      safety,
-    );
-  }
-  let after: string;
-  try {
-    after = libvirt.getPersistentXml(vm, { secure: true });
-  } catch (error) {
-    return report(
-      "failed",
-      `Cannot read "${vm}" back after the rollback: ${errorText(error)}`,
-      safety,
-    );
-  }
-  if (!sameDefinition(after, backupXml)) {
-    return report(
-      "failed",
-      `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
-        describeXmlChange(backupXml, after)
-      }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
-      safety,
-    );
-  }
+  const changed = changedSinceShown(libvirt, vm, currentXml);
+  if (changed !== null) return report("failed", changed, null);
+  // Without a backup of what is replaced, the rollback itself could not be undone.
+  const safety = currentXml === null ? null : writeBackup(state, {
+    vm,
+    uuid: summary?.uuid ?? backup.uuid,
+    xml: currentXml,
+    reason: "rollback",
+    uri: libvirt.uri,
+    ...(options.now ? { now: options.now() } : {}),
+  });
+  const failed = defineBackup(libvirt, { vm, backup, backupXml, safety });
+  if (failed !== null) return report("failed", failed, safety);
   const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
   return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
 }

@@ -4,7 +4,8 @@
  * A parse-then-serialise round trip is not byte-exact (quote style, `<a></a>`, wrapped start
  * tags), so edits are splices into the original text: only a removed or added PCI `<hostdev>`
  * and our metadata element change, and everything else stays byte-identical. Elements are
- * located by {@link scanXml}; values are read with fast-xml-parser through `lib/domain/xml.ts`.
+ * located (and the document checked) by {@link scanXml}; values are read with fast-xml-parser
+ * through `lib/domain/xml.ts`.
  *
  * @module
  */
@@ -13,14 +14,22 @@ import type { PciAddress } from "../host/types.ts";
 import type { DeviceIdentity, HostdevSpec } from "../plan/types.ts";
 import {
   canonicalPciAddress,
-  comparePciAddress,
   pciAddressFromLibvirt,
   pciAddressFromParts,
   pciAddressToLibvirt,
 } from "../pci/address.ts";
 import {
-  checkWellFormed,
-  decodeXmlText,
+  asText,
+  attributeProperty,
+  elementProperty,
+  type GuestPciAddress,
+  guestPciAddress,
+  onOff,
+  readProperties,
+  unsignedDecimal,
+  yesNo,
+} from "./properties.ts";
+import {
   escapeXmlAttribute,
   lineColumnAt,
   readXmlElement,
@@ -31,8 +40,22 @@ import {
   XmlSyntaxError,
 } from "./xml.ts";
 
+export type { GuestPciAddress } from "./properties.ts";
+
 /** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
 export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
+
+/**
+ * The typed fields of a PCI `<hostdev>` besides its host address, each an XML path and a
+ * converter: what the planner compares with the settings a rule asks for.
+ */
+const HOSTDEV_PROPERTIES = {
+  managed: attributeProperty("@managed", yesNo),
+  bootOrder: attributeProperty("boot/@order", unsignedDecimal),
+  romBar: attributeProperty("rom/@bar", onOff),
+  romFile: attributeProperty("rom/@file", asText),
+  guestAddress: elementProperty("address", guestPciAddress),
+};
 
 /** One `<hostdev mode='subsystem' type='pci'>` of a domain. */
 export interface DomainHostdev {
@@ -44,6 +67,14 @@ export interface DomainHostdev {
   owned: boolean;
   /** The element's exact original text. */
   xml: string;
+  /** `<boot order>`, or `null`. */
+  bootOrder: number | null;
+  /** `<rom bar>` (`on` or `off`), or `null`. */
+  romBar: "on" | "off" | null;
+  /** `<rom file>`, decoded, or `null`. */
+  romFile: string | null;
+  /** Where the guest sees it (`<address type='pci'>` after `<source>`); `null`: libvirt chooses. */
+  guestAddress: GuestPciAddress | null;
 }
 
 /** What {@link parseDomainXml} reads from a domain. */
@@ -59,6 +90,13 @@ export interface ParsedDomain {
    * listed so planning sees them as taken.
    */
   interfaceHostdevs: PciAddress[];
+  /**
+   * `<os><boot dev>` values in document order: libvirt refuses per-device boot order next to
+   * them.
+   */
+  bootDevices: string[];
+  /** The guest PCI address of every device in `<devices>` (hostdevs included), in document order. */
+  guestAddresses: GuestPciAddress[];
 }
 
 /** The change {@link editDomainXml} makes. */
@@ -124,6 +162,8 @@ interface Located {
   devices: XmlSpan | null;
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
+  bootDevices: string[];
+  guestAddresses: GuestPciAddress[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
@@ -166,7 +206,6 @@ function isOurElement(xml: string, span: XmlSpan): boolean {
 function locate(xml: string): Located {
   let root: XmlSpan;
   try {
-    checkWellFormed(xml);
     root = scanXml(xml);
   } catch (error) {
     if (error instanceof XmlSyntaxError) {
@@ -185,6 +224,44 @@ function locate(xml: string): Located {
   const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
 
   const metadata = child("metadata");
+  const { ours, records } = readOurMetadata(xml, metadata);
+  const devices = child("devices");
+  const owned = new Set(records.map((r) => r.address));
+  const hostdevs: HostdevSite[] = [];
+  const interfaceHostdevs: PciAddress[] = [];
+  for (const span of devices?.children ?? []) {
+    if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
+      const address = interfaceAddress(read(xml, span));
+      if (address !== null) interfaceHostdevs.push(address);
+    } else if (span.name === "hostdev") {
+      const site = readHostdev(xml, span, owned);
+      if (site !== null) hostdevs.push(site);
+    }
+  }
+  const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
+    const dev = c.name === "boot" ? attribute(xml, c, "dev") : undefined;
+    return dev === undefined ? [] : [dev];
+  });
+  return {
+    root,
+    name,
+    uuid,
+    devices,
+    hostdevs,
+    interfaceHostdevs,
+    bootDevices,
+    guestAddresses: guestAddresses(xml, devices),
+    metadata,
+    ours,
+    records,
+  };
+}
+
+/** Our records element in `<metadata>` (at most one) and the records it holds. */
+function readOurMetadata(
+  xml: string,
+  metadata: XmlSpan | null,
+): { ours: OurMetadata | null; records: DeviceIdentity[] } {
   let ours: OurMetadata | null = null;
   let records: DeviceIdentity[] = [];
   for (const candidate of metadata?.children ?? []) {
@@ -195,43 +272,60 @@ function locate(xml: string): Located {
     ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
     records = readRecords(xml, candidate);
   }
-  const owned = new Set(records.map((r) => r.address));
+  return { ours, records };
+}
 
-  const devices = child("devices");
-  const hostdevs: HostdevSite[] = [];
-  const interfaceHostdevs: PciAddress[] = [];
-  for (const span of devices?.children ?? []) {
-    if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
-      const element = read(xml, span);
-      const source = element.children.find((c) => c.name === "source");
-      const address = source?.children.find((c) => c.name === "address");
-      const canonical = address && (address.attributes.type ?? "pci") === "pci"
-        ? pciAddressFromLibvirt(address.attributes)
-        : null;
-      if (canonical !== null) interfaceHostdevs.push(canonical);
-      continue;
-    }
-    if (span.name !== "hostdev") continue;
-    const mode = attribute(xml, span, "mode") ?? "subsystem";
-    if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") continue;
-    const element = read(xml, span);
-    const source = element.children.find((c) => c.name === "source");
-    const address = source?.children.find((c) => c.name === "address");
-    const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
-    if (canonical === null) {
-      throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
-    }
-    hostdevs.push({
-      span,
-      hostdev: {
-        address: canonical,
-        managed: element.attributes.managed === "yes",
-        owned: owned.has(canonical),
-        xml: xml.slice(span.start, span.end),
-      },
-    });
+/** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
+function interfaceAddress(element: XmlElement): PciAddress | null {
+  const source = element.children.find((c) => c.name === "source");
+  const address = source?.children.find((c) => c.name === "address");
+  return address && (address.attributes.type ?? "pci") === "pci"
+    ? pciAddressFromLibvirt(address.attributes)
+    : null;
+}
+
+/** A PCI subsystem `<hostdev>` with its typed fields; `null` for other hostdev kinds. */
+function readHostdev(
+  xml: string,
+  span: XmlSpan,
+  owned: ReadonlySet<PciAddress>,
+): HostdevSite | null {
+  const mode = attribute(xml, span, "mode") ?? "subsystem";
+  if (mode !== "subsystem" || attribute(xml, span, "type") !== "pci") return null;
+  const element = read(xml, span);
+  const source = element.children.find((c) => c.name === "source");
+  const address = source?.children.find((c) => c.name === "address");
+  const canonical = address ? pciAddressFromLibvirt(address.attributes) : null;
+  if (canonical === null) {
+    throw errorAt(xml, span.start, "PCI hostdev has no valid source address");
   }
-  return { root, name, uuid, devices, hostdevs, interfaceHostdevs, metadata, ours, records };
+  const { managed, ...fields } = readProperties(element, HOSTDEV_PROPERTIES);
+  return {
+    span,
+    hostdev: {
+      address: canonical,
+      managed: managed ?? false,
+      owned: owned.has(canonical),
+      xml: xml.slice(span.start, span.end),
+      ...fields,
+    },
+  };
+}
+
+/** The guest PCI address of each device: its own `<address type='pci'>` child. */
+function guestAddresses(xml: string, devices: XmlSpan | null): GuestPciAddress[] {
+  const out: GuestPciAddress[] = [];
+  for (const device of devices?.children ?? []) {
+    const span = device.children.find((c) => c.name === "address");
+    if (span === undefined) continue;
+    const attributes: Record<string, string> = {};
+    for (const [name] of span.rawAttributes) {
+      attributes[name] ??= attribute(xml, span, name) ?? "";
+    }
+    const address = guestPciAddress({ attributes });
+    if (address !== null) out.push(address);
+  }
+  return out;
 }
 
 const RECORD_ATTRIBUTES = {
@@ -314,216 +408,9 @@ export function parseDomainXml(xml: string): ParsedDomain {
     hostdevs: located.hostdevs.map((site) => site.hostdev),
     records: located.records,
     interfaceHostdevs: located.interfaceHostdevs,
+    bootDevices: located.bootDevices,
+    guestAddresses: located.guestAddresses,
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lenient reading, for definitions parseDomainXml refuses
-
-/** What {@link scanHostdevsLeniently} finds in a domain XML, however damaged. */
-export interface LenientHostdevScan {
-  /**
-   * Host addresses named by `<hostdev type='pci'>` (mode subsystem) and `<interface
-   * type='hostdev'>` sources: canonical, sorted, without duplicates.
-   */
-  addresses: PciAddress[];
-  /**
-   * How many elements that may hold a host PCI device (a PCI hostdev, a hostdev whose type cannot
-   * be read, a hostdev interface) name no host address the scan could read. Anything above 0
-   * means the domain may hold devices that `addresses` does not list.
-   */
-  unresolved: number;
-}
-
-/**
- * A start tag from `<` to `>`; quoted values may hold `>`. Callers pass text that ends at the
- * next `<` (libvirt escapes `<` in values), so a damaged tag costs no more than its own length.
- */
-const START_TAG = /^<([A-Za-z_][\w.:-]*)((?:[^>'"]|'[^']*'|"[^"]*")*)>/;
-const ATTRIBUTE = /([^\s=/>]+)\s*=\s*(?:'([^']*)'|"([^"]*)")/g;
-const DEVICE_START = /<(hostdev|interface)(?=[\s/>]|$)/g;
-/** hostdev types that never hold a whole host PCI device (strict reading skips them too). */
-const NOT_PCI_TYPES = new Set(["usb", "scsi", "scsi_host", "mdev"]);
-
-interface LenientTag {
-  attributes: Record<string, string>;
-  /** The text between the name and `>`. */
-  raw: string;
-  selfClosing: boolean;
-  /** Index just after the tag's `>`. */
-  end: number;
-}
-
-/** The start tag at `index` of `text`, or `null` when no complete tag starts there. */
-function lenientTag(text: string, index: number): LenientTag | null {
-  const stop = text.indexOf("<", index + 1);
-  const match = START_TAG.exec(text.slice(index, stop === -1 ? text.length : stop));
-  if (match === null) return null;
-  const raw = match[2]!;
-  const attributes: Record<string, string> = {};
-  for (const a of raw.matchAll(ATTRIBUTE)) {
-    const name = a[1]!;
-    if (Object.hasOwn(attributes, name)) continue;
-    const value = a[2] ?? a[3] ?? "";
-    try {
-      attributes[name] = decodeXmlText(value);
-    } catch {
-      // A bad entity: kept raw, so a number in it fails to read and counts as unresolved.
-      attributes[name] = value;
-    }
-  }
-  return { attributes, raw, selfClosing: /\/\s*$/.test(raw), end: index + match[0].length };
-}
-
-/**
- * `xml` with comments, CDATA sections, processing instructions and `<metadata>` blanked out
- * (same length, so indexes still match): none of them holds a device, and `<metadata>` is
- * copied verbatim from whatever other applications wrote, so it may say `<hostdev>` freely.
- * A construct left unterminated is not blanked: what follows it may still be devices.
- */
-function blankNonDevices(xml: string): string {
-  // Once a terminator is missing it is missing for every later opener too: stop looking.
-  const exhausted = new Set<string>();
-  const through = (terminator: RegExp, from: number): number => {
-    if (exhausted.has(terminator.source)) return -1;
-    terminator.lastIndex = from;
-    const found = terminator.exec(xml);
-    if (found === null) exhausted.add(terminator.source);
-    return found === null ? -1 : terminator.lastIndex;
-  };
-  let out = "";
-  let i = 0;
-  while (i < xml.length) {
-    const lt = xml.indexOf("<", i);
-    if (lt === -1) {
-      out += xml.slice(i);
-      break;
-    }
-    out += xml.slice(i, lt);
-    let end = -1;
-    if (xml.startsWith("<!--", lt)) end = through(/-->/g, lt + 4);
-    else if (xml.startsWith("<![CDATA[", lt)) end = through(/\]\]>/g, lt + 9);
-    else if (xml.startsWith("<?", lt)) end = through(/\?>/g, lt + 2);
-    else if (/^<metadata(?:[\s/>]|$)/.test(xml.slice(lt, lt + 10))) {
-      const tag = lenientTag(xml, lt);
-      if (tag?.selfClosing) end = tag.end;
-      else if (tag !== null) end = through(/<\/metadata\s*>/g, tag.end);
-    }
-    if (end === -1) {
-      out += "<";
-      i = lt + 1;
-    } else {
-      out += " ".repeat(end - lt);
-      i = end;
-    }
-  }
-  return out;
-}
-
-/**
- * The host address in the `<source>` of the element whose content is `body`: the first
- * `<address>` between `<source>` and `</source>`, never the guest-side `<address>` that follows
- * `</source>`. `null` when there is no complete source or no readable PCI address in it;
- * `"not-pci"` when the source address says another bus.
- */
-function sourceAddress(body: string): PciAddress | "not-pci" | null {
-  const open = /<source(?=[\s/>]|$)/.exec(body);
-  if (open === null) return null;
-  const tag = lenientTag(body, open.index);
-  if (tag === null || tag.selfClosing) return null;
-  const close = /<\/source\s*>/g;
-  close.lastIndex = tag.end;
-  const closing = close.exec(body);
-  if (closing === null) return null;
-  const inside = body.slice(tag.end, closing.index);
-  const at = /<address(?=[\s/>]|$)/.exec(inside);
-  if (at === null) return null;
-  const address = lenientTag(inside, at.index);
-  if (address === null) return null;
-  const type = address.attributes.type;
-  if (type !== undefined && type !== "pci") return "not-pci";
-  return pciAddressFromLibvirt(address.attributes);
-}
-
-/**
- * Reads the host PCI addresses a domain XML names even when {@link parseDomainXml} refuses it
- * (malformed XML, a damaged passthrough record, ...), so planning can still count them as held:
- * the `<source>` address of every `<hostdev type='pci'>` and every `<interface type='hostdev'>`.
- * Tolerates either quote, any attribute order, whitespace around `=`, entities, and hex or
- * decimal numbers as libvirt reads them. The guest-side `<address>` (outside `<source>`) is never
- * taken. Comments, CDATA, processing instructions and `<metadata>` are not searched. Never throws.
- *
- * `unresolved` counts the elements that may hold a PCI device but whose host address cannot be
- * read: a caller must not treat such a domain as holding only `addresses`.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const xml = `<domain><name>vm</name><devices>
- *   <hostdev managed="yes" type="pci" mode="subsystem">
- *     <source><address bus="3" slot="0" function="1"/></source>
- *     <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>
- *   </hostdev>
- *   <interface type='hostdev'><source><address type='pci' bus='0x01' slot='0x10' function='0x2'/></source></interface>
- *   <hostdev mode='subsystem' type='pci'><source/></hostdev>
- * </devices`; // truncated: parseDomainXml() refuses it
- * assertEquals(scanHostdevsLeniently(xml), {
- *   addresses: ["0000:01:10.2", "0000:03:00.1"],
- *   unresolved: 1,
- * });
- * ```
- */
-export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
-  const text = blankNonDevices(String(xml));
-  const starts = [...text.matchAll(DEVICE_START)];
-  const found = new Set<PciAddress>();
-  let unresolved = 0;
-  starts.forEach((start, n) => {
-    const name = start[1]!;
-    // An element ends at its end tag or, when that is missing, where the next device starts.
-    const element = text.slice(start.index, starts[n + 1]?.index ?? text.length);
-    const tag = lenientTag(element, 0);
-    if (tag === null) {
-      // A start tag that does not even close: count it when it may be a PCI device.
-      const stop = element.indexOf("<", 1);
-      const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
-      if (name === "hostdev" || /hostdev/.test(head)) unresolved++;
-      return;
-    }
-    const { type, mode } = tag.attributes;
-    // An interface whose type cannot be read but that says hostdev is taken to be one.
-    const hostdevInterface = type === "hostdev" || (type === undefined && /hostdev/.test(tag.raw));
-    if (name === "interface" && !hostdevInterface) return;
-    if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) return;
-    if (tag.selfClosing) {
-      unresolved++;
-      return;
-    }
-    const content = element.slice(tag.end);
-    const close = new RegExp(`</${name}(?=[\\s>]|$)`).exec(content);
-    const address = sourceAddress(content.slice(0, close?.index ?? content.length));
-    if (address === null) unresolved++;
-    else if (address !== "not-pci") found.add(address);
-  });
-  return { addresses: [...found].sort(comparePciAddress), unresolved };
-}
-
-/**
- * The host PCI addresses {@link scanHostdevsLeniently} finds: canonical, sorted, unique. Never
- * throws; `[]` for anything that names none.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const broken = `<domain><name>vm</name><devices>
- *   <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source></hostdev>
- *   <hostdev mode='subsystem' type='pci'>`;
- * assertEquals(lenientHostPciAddresses(broken), ["0000:0a:00.0"]);
- * assertEquals(lenientHostPciAddresses("not xml at all"), []);
- * ```
- */
-export function lenientHostPciAddresses(xml: string): PciAddress[] {
-  return scanHostdevsLeniently(xml).addresses;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -766,23 +653,45 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
  */
 export function editDomainXml(xml: string, edit: DomainEdit): string {
   const located = locate(xml);
-  const { devices } = located;
   const newline = xml.includes("\r\n") ? "\r\n" : "\n";
   const created = new Set(
     (located.ours?.created ?? "").split(/\s+/).filter((t) => t !== "") as CreatedToken[],
   );
   const createdBefore = [...created].sort().join(" ");
-  const splices: Splice[] = [];
+  const { removing, removedSpans } = sitesToRemove(located, edit.remove);
+  const lines = linesToAdd(located, edit.add, removing);
+  const splices = [
+    ...removalSplices(xml, {
+      located,
+      removedSpans,
+      created,
+      emptied: edit.records.length === 0 && lines.length === 0,
+    }),
+    ...additionSplices(xml, { located, removedSpans, created, lines }),
+  ];
+  const recordsChanged = located.ours === null
+    ? edit.records.length > 0
+    : recordsKey(edit.records) !== recordsKey(located.records);
+  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
+  if (recordsChanged || markerChanged) {
+    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
+  }
+  if (splices.length === 0) return xml;
+  return applySplices(xml, splices);
+}
 
+/** The owned hostdevs `remove` names, refusing one the domain lacks or did not get from us. */
+function sitesToRemove(
+  located: Located,
+  remove: readonly PciAddress[],
+): { removing: Set<PciAddress>; removedSpans: Set<XmlSpan> } {
   const byAddress = new Map<PciAddress, HostdevSite[]>();
   for (const site of located.hostdevs) {
-    const list = byAddress.get(site.hostdev.address);
-    if (list) list.push(site);
-    else byAddress.set(site.hostdev.address, [site]);
+    byAddress.set(site.hostdev.address, [...(byAddress.get(site.hostdev.address) ?? []), site]);
   }
   const removing = new Set<PciAddress>();
   const removedSpans = new Set<XmlSpan>();
-  for (const raw of edit.remove) {
+  for (const raw of remove) {
     const address = canonicalPciAddress(raw);
     if (address === null) throw new TypeError(`Not a PCI address: "${raw}"`);
     if (removing.has(address)) continue;
@@ -804,12 +713,20 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
     }
     removing.add(address);
   }
+  return { removing, removedSpans };
+}
 
+/** The lines of the hostdevs to add, refusing one the domain keeps already. */
+function linesToAdd(
+  located: Located,
+  add: readonly HostdevSpec[],
+  removing: ReadonlySet<PciAddress>,
+): string[] {
   const present = new Set(
     located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
   );
   const lines: string[] = [];
-  for (const spec of edit.add) {
+  for (const spec of add) {
     const address = canonicalPciAddress(spec.address);
     if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
     if (present.has(address)) {
@@ -821,56 +738,72 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
     present.add(address);
     lines.push(...hostdevLines(spec));
   }
+  return lines;
+}
 
+/**
+ * Splices deleting the removed hostdevs; or, when `emptied` (nothing added, no records left) and
+ * the `<devices>` we created or opened holds nothing else, restoring its original form.
+ */
+function removalSplices(
+  xml: string,
+  { located, removedSpans, created, emptied }: {
+    located: Located;
+    removedSpans: ReadonlySet<XmlSpan>;
+    created: ReadonlySet<CreatedToken>;
+    emptied: boolean;
+  },
+): Splice[] {
+  const { devices } = located;
   if (
-    edit.records.length === 0 && devices !== null && lines.length === 0 &&
+    emptied && devices !== null &&
     (created.has("devices") || created.has("devices-self-closing")) &&
     onlyWhitespaceBesides(xml, devices, removedSpans)
   ) {
-    // The <devices> we created or opened is left empty: restore its original form.
-    if (created.has("devices")) {
-      const [start, end] = removalRange(xml, devices);
-      splices.push({ start, end, text: "" });
-    } else {
-      splices.push({ start: devices.start, end: devices.end, text: `<${devices.name}/>` });
+    if (!created.has("devices")) {
+      return [{ start: devices.start, end: devices.end, text: `<${devices.name}/>` }];
     }
-  } else {
-    for (const span of removedSpans) {
-      const [start, end] = removalRange(xml, span);
-      splices.push({ start, end, text: "" });
-    }
+    const [start, end] = removalRange(xml, devices);
+    return [{ start, end, text: "" }];
   }
+  return [...removedSpans].map((span) => {
+    const [start, end] = removalRange(xml, span);
+    return { start, end, text: "" };
+  });
+}
 
-  if (lines.length > 0) {
-    if (devices === null) {
-      const unit = indentUnit(xml, located.root);
-      const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
-      splices.push(
-        appendChild(xml, located, { parent: located.root, after: null, lines: wrapped }),
-      );
-      created.add("devices");
-    } else {
-      if (devices.selfClosing) created.add("devices-self-closing");
-      const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
-      splices.push(
-        appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines }),
-      );
-    }
+/**
+ * The splice appending `lines` after the last kept `<hostdev>` (else at the end of `<devices>`,
+ * created or opened if need be, which `created` then records).
+ */
+function additionSplices(
+  xml: string,
+  { located, removedSpans, created, lines }: {
+    located: Located;
+    removedSpans: ReadonlySet<XmlSpan>;
+    created: Set<CreatedToken>;
+    lines: string[];
+  },
+): Splice[] {
+  if (lines.length === 0) return [];
+  const { devices, root } = located;
+  if (devices === null) {
+    const unit = indentUnit(xml, root);
+    const wrapped = ["<devices>", ...lines.map((l) => unit + l), "</devices>"];
+    created.add("devices");
+    return [appendChild(xml, located, { parent: root, after: null, lines: wrapped })];
   }
-
-  const recordsChanged = located.ours === null
-    ? edit.records.length > 0
-    : recordsKey(edit.records) !== recordsKey(located.records);
-  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
-  if (recordsChanged || markerChanged) {
-    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
-  }
-  if (splices.length === 0) return xml;
-  return applySplices(xml, splices);
+  if (devices.selfClosing) created.add("devices-self-closing");
+  const kept = devices.children.filter((c) => c.name === "hostdev" && !removedSpans.has(c));
+  return [appendChild(xml, located, { parent: devices, after: kept.at(-1) ?? null, lines })];
 }
 
 /** Whether `parent` holds nothing but whitespace and the `removed` children. */
-function onlyWhitespaceBesides(xml: string, parent: XmlSpan, removed: Set<XmlSpan>): boolean {
+function onlyWhitespaceBesides(
+  xml: string,
+  parent: XmlSpan,
+  removed: ReadonlySet<XmlSpan>,
+): boolean {
   if (parent.selfClosing) return true;
   let at = parent.startTagEnd;
   for (const child of parent.children) {

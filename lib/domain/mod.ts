@@ -1,7 +1,8 @@
 /**
- * Domain XML: the one strict reader of a libvirt domain definition (typed `<hostdev>` fields,
- * the metadata passthrough records), the edits that add and remove hostdevs while keeping every
- * other byte, and the lenient scanner for definitions the strict reader refuses.
+ * Domain XML: the one strict reader of a libvirt domain definition (typed `<hostdev>` fields
+ * such as boot order, ROM and guest address, the metadata passthrough records), the edits that
+ * add and remove hostdevs while keeping every other byte, and the lenient scanner for
+ * definitions the strict reader refuses.
  *
  * @module
  */
@@ -11,10 +12,15 @@ export {
   type DomainHostdev,
   DomainXmlError,
   editDomainXml,
-  type LenientHostdevScan,
-  lenientHostPciAddresses,
+  type GuestPciAddress,
   METADATA_NAMESPACE,
   type ParsedDomain,
   parseDomainXml,
-  scanHostdevsLeniently,
 } from "./domain_xml.ts";
+export {
+  type LenientHostdevScan,
+  lenientHostPciAddresses,
+  normaliseXmlLine,
+  redactSecrets,
+  scanHostdevsLeniently,
+} from "./lenient.ts";

@@ -1,8 +1,9 @@
 /**
- * XML primitives for lossless editing: a well-formedness check (fast-xml-parser's validator, for
- * its line and column), a span scanner that locates elements in the original text, a reader for
- * the values of small fragments, and escaping. This is the only module that imports
- * `fast-xml-parser`; everything else works on {@link XmlSpan}s and {@link XmlElement}s.
+ * XML primitives for lossless editing: a span scanner that checks a document is well-formed
+ * while it locates every element in the original text (with the line and column of the first
+ * problem), a reader for the values of small fragments (fast-xml-parser), and escaping. This is
+ * the only module that imports `fast-xml-parser`; everything else works on {@link XmlSpan}s and
+ * {@link XmlElement}s.
  *
  * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
  * no external entities), and only the five predefined entities and character references are
@@ -12,7 +13,7 @@
  * @module
  */
 
-import { XMLParser, XMLValidator } from "fast-xml-parser";
+import { XMLParser } from "fast-xml-parser";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -143,15 +144,11 @@ const ATTRIBUTE_ESCAPES: Record<string, string> = {
 
 /**
  * Checks that `text` is one well-formed XML document without a DOCTYPE, throwing
- * {@link XmlSyntaxError} with the position of the first problem.
+ * {@link XmlSyntaxError} with the position of the first problem: {@link scanXml}, without
+ * keeping what it located.
  */
 export function checkWellFormed(text: string): void {
-  refuseDoctype(text);
-  const result = XMLValidator.validate(text, { allowBooleanAttributes: false });
-  if (result !== true) {
-    const { msg, line, col } = result.err;
-    throw new XmlSyntaxError(`Malformed XML: ${msg.replace(/\.$/, "")}`, { line, column: col });
-  }
+  scanXml(text);
 }
 
 function refuseDoctype(text: string): void {
@@ -182,6 +179,75 @@ function refuseDoctype(text: string): void {
 }
 
 const NAME_CHAR = /[^\s/>=<"']/;
+/** What may start an element or attribute name: XML's NameStartChar, non-ASCII taken as is. */
+const NAME_START = /^[A-Za-z_:\u0080-\uffff]/;
+
+/** What {@link readStartTag} needs from the scan of a whole document. */
+interface ScanContext {
+  text: string;
+  fail(message: string, index: number): never;
+  /** Refuses an unknown entity reference or bare `&` in `text[from, to)`. */
+  checkEntities(from: number, to: number): void;
+}
+
+/** The start tag at `lt` (name and raw attributes), as a span that ends with the tag. */
+function readStartTag({ text, fail, checkEntities }: ScanContext, lt: number): XmlSpan {
+  const n = text.length;
+  const skipSpace = (from: number) => {
+    let j = from;
+    while (j < n && /\s/.test(text[j] as string)) j++;
+    return j;
+  };
+  const skipName = (from: number) => {
+    let j = from;
+    while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+    return j;
+  };
+  let j = skipName(lt + 1);
+  const name = text.slice(lt + 1, j);
+  if (!NAME_START.test(name)) fail("Malformed start tag", lt);
+  const rawAttributes: [string, string][] = [];
+  for (;;) {
+    const afterName = j;
+    j = skipSpace(j);
+    const c = text[j];
+    if (c === ">" || (c === "/" && text[j + 1] === ">")) {
+      const end = c === ">" ? j + 1 : j + 2;
+      const selfClosing = c === "/";
+      return {
+        name,
+        rawAttributes,
+        start: lt,
+        startTagEnd: end,
+        endTagStart: end,
+        end,
+        selfClosing,
+        children: [],
+      };
+    }
+    if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
+    const attrStart = j;
+    j = skipName(j);
+    const attrName = text.slice(attrStart, j);
+    j = skipSpace(j);
+    if (!NAME_START.test(attrName) || text[j] !== "=") {
+      fail(`Malformed attribute in "<${name}"`, attrStart);
+    }
+    if (rawAttributes.some(([seen]) => seen === attrName)) {
+      fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
+    }
+    j = skipSpace(j + 1);
+    const quote = text[j];
+    if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
+    const close = text.indexOf(quote as string, j + 1);
+    if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
+    const value = text.slice(j + 1, close);
+    if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
+    checkEntities(j + 1, close);
+    rawAttributes.push([attrName, value]);
+    j = close + 1;
+  }
+}
 
 /**
  * Locates every element of a well-formed document in one linear pass, skipping comments, CDATA
@@ -199,7 +265,7 @@ const NAME_CHAR = /[^\s/>=<"']/;
 export function scanXml(text: string): XmlSpan {
   refuseDoctype(text);
   const fail = (message: string, index: number): never => {
-    throw new XmlSyntaxError(message, lineColumnAt(text, index));
+    throw new XmlSyntaxError(`Malformed XML: ${message}`, lineColumnAt(text, index));
   };
   const checkEntities = (from: number, to: number) => {
     const amp = text.indexOf("&", from);
@@ -230,6 +296,9 @@ export function scanXml(text: string): XmlSpan {
     } else if (text.startsWith("<?", lt)) {
       const close = text.indexOf("?>", lt + 2);
       if (close === -1) fail("Unterminated processing instruction", lt);
+      if (lt > (text.startsWith("\uFEFF") ? 1 : 0) && /^<\?xml[\s?]/.test(text.slice(lt, lt + 6))) {
+        fail("XML declaration allowed only at the start of the document", lt);
+      }
       i = close + 2;
     } else if (text.startsWith("<!", lt)) {
       fail("Unexpected markup declaration", lt);
@@ -248,61 +317,13 @@ export function scanXml(text: string): XmlSpan {
       }
       i = j + 1;
     } else {
-      let j = lt + 1;
-      while (j < n && NAME_CHAR.test(text[j] as string)) j++;
-      const name = text.slice(lt + 1, j);
-      if (name === "") fail("Malformed start tag", lt);
-      const rawAttributes: [string, string][] = [];
-      let selfClosing = false;
-      for (;;) {
-        const afterName = j;
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        const c = text[j];
-        if (c === ">") {
-          j++;
-          break;
-        }
-        if (c === "/" && text[j + 1] === ">") {
-          selfClosing = true;
-          j += 2;
-          break;
-        }
-        if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
-        const attrStart = j;
-        while (j < n && NAME_CHAR.test(text[j] as string)) j++;
-        const attrName = text.slice(attrStart, j);
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        if (attrName === "" || text[j] !== "=") {
-          fail(`Malformed attribute in "<${name}"`, attrStart);
-        }
-        j++;
-        while (j < n && /\s/.test(text[j] as string)) j++;
-        const quote = text[j];
-        if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
-        const close = text.indexOf(quote as string, j + 1);
-        if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
-        const value = text.slice(j + 1, close);
-        if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
-        checkEntities(j + 1, close);
-        rawAttributes.push([attrName, value]);
-        j = close + 1;
-      }
-      const span: XmlSpan = {
-        name,
-        rawAttributes,
-        start: lt,
-        startTagEnd: j,
-        endTagStart: j,
-        end: j,
-        selfClosing,
-        children: [],
-      };
+      const span = readStartTag({ text, fail, checkEntities }, lt);
       const parent = stack.at(-1);
       if (parent) parent.children.push(span);
       else if (root === null) root = span;
-      else fail(`Second root element "<${name}>"`, lt);
-      if (!selfClosing) stack.push(span);
-      i = j;
+      else fail(`Second root element "<${span.name}>"`, lt);
+      if (!span.selfClosing) stack.push(span);
+      i = span.startTagEnd;
     }
   }
   const unclosed = stack.at(-1);

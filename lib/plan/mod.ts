@@ -8,4 +8,13 @@
 
 export type * from "./types.ts";
 export type * from "./libvirt_port.ts";
-export { emptyVmPlan, planHostdevs, type PlanOptions, resolveConfig } from "./plan.ts";
+export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from "./plan.ts";
+export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
+export { emptyVmPlan } from "./vm_edit.ts";
+export {
+  type DefinitionRead,
+  type DomainSnapshot,
+  readDefinition,
+  readWorld,
+  type World,
+} from "./world.ts";

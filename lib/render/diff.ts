@@ -3,13 +3,15 @@
  *
  * Lines are compared in a normalised form, so differences that do not change the document's
  * meaning for libvirt stay out of the diff: attribute quote style (`'` vs `"`), indentation and
- * trailing spaces, spacing inside tags, and `<a></a>` vs `<a/>`. The printed lines are always the
- * original ones.
+ * trailing spaces, spacing inside tags, and `<a></a>` vs `<a/>` (each line's key comes from the
+ * domain module's lenient reader, `normaliseXmlLine`). The printed lines are always the original
+ * ones.
  *
  * @module
  */
 
 import { diffArrays } from "diff";
+import { normaliseXmlLine } from "../domain/lenient.ts";
 import { painter } from "./colors.ts";
 
 /** Options of {@link renderDomainDiff}. */
@@ -20,65 +22,6 @@ export interface DomainDiffOptions {
   color?: boolean;
   /** Unchanged lines shown around each change; 3 by default. */
   context?: number;
-}
-
-/** Double-quoted or single-quoted attribute inside a tag. */
-const ATTRIBUTE = /\s+([^\s=<>/"']+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
-/**
- * A start, end or empty-element tag (not a comment, PI or declaration), or the beginning of a
- * start tag that continues on the next line.
- */
-const TAG = /<[^!?][^>]*(?:>|$)/g;
-/** `<a attrs></a>` on one line. */
-const EMPTY_PAIR = /<([^\s/>!?]+)((?:\s[^>]*)?)><\/\1\s*>/g;
-
-/** Attributes libvirt shows only with `VIR_DOMAIN_XML_SECURE`: graphics passwords. */
-const SECRET_ATTRIBUTE = /(\spasswd\s*=\s*)(?:"[^"]*"|'[^']*')/g;
-
-/**
- * `text` with every secret attribute value replaced by `***`, for anything printed from a
- * definition read with `VIR_DOMAIN_XML_SECURE` (backups, rollback diffs, error messages).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(
- *   redactSecrets(`<graphics type='vnc' passwd='s3cret'/>`),
- *   `<graphics type='vnc' passwd='***'/>`,
- * );
- * ```
- */
-export function redactSecrets(text: string): string {
-  return text.replace(SECRET_ATTRIBUTE, "$1'***'");
-}
-
-function requote(value: string): string {
-  const decoded = value.replace(/&(?:quot|#34|#x22);/g, '"').replace(/&(?:apos|#39|#x27);/g, "'");
-  return `'${decoded.replaceAll("'", "&apos;").replaceAll('"', "&quot;")}'`;
-}
-
-/**
- * A line's comparison key: trimmed, attributes single-quoted with one space before each, no
- * space before `>` or `/>`, and `<a></a>` written `<a/>`.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(
- *   normaliseXmlLine(`    <rom  bar="on" file='a"b' ></rom>  `),
- *   normaliseXmlLine(`<rom bar='on' file="a&quot;b"/>`),
- * );
- * ```
- */
-export function normaliseXmlLine(line: string): string {
-  return line.trim()
-    .replace(TAG, (tag) =>
-      tag
-        .replace(ATTRIBUTE, (_m, name: string, dq?: string, sq?: string) =>
-          ` ${name}=${requote(dq ?? sq ?? "")}`)
-        .replace(/\s+(\/?>)$/, "$1")
-        .replace(/\s+$/, ""))
-    .replace(EMPTY_PAIR, "<$1$2/>");
 }
 
 function splitLines(text: string): string[] {

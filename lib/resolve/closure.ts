@@ -16,8 +16,11 @@ import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 
 /** One device in a VM's closed set, and the rule that brought it. */
 export interface ClosedDevice {
+  /** The host device. */
   device: PciDevice;
+  /** The rule that matched it, or whose match brought it in. */
   rule: DeviceRule;
+  /** Matched by the rule, or a member of a matched device's IOMMU group. */
   reason: InclusionReason;
 }
 
@@ -25,8 +28,11 @@ export interface ClosedDevice {
 export interface ClosureResult {
   /** Sorted by address. */
   devices: ClosedDevice[];
+  /** For humans: which group members were added and which bridges left out. */
   reasoning: string[];
+  /** No FLR, a host driver in use, host-critical members left out. */
   warnings: PlanIssue[];
+  /** Refusals: host-critical members, one device matched by two rules. */
   errors: PlanIssue[];
 }
 

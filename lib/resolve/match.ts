@@ -180,15 +180,19 @@ export function toCandidate(device: PciDevice): Candidate {
 
 /** The devices one rule matched inside one IOMMU group: one card as far as `count` goes. */
 export interface MatchUnit {
+  /** The IOMMU group, or `null` on a host without groups. */
   group: number | null;
+  /** The matched devices in it. */
   devices: PciDevice[];
 }
 
 /** What a rule resolved to: the units it takes, or the issue that stops it. */
 export interface RuleResolution {
+  /** The rule. */
   rule: DeviceRule;
   /** Every matched device of the units taken, sorted by address. */
   devices: PciDevice[];
+  /** The units taken, one per IOMMU group. */
   units: MatchUnit[];
   /** `no-match` or `ambiguous`; `devices` is then empty. */
   issue: PlanIssue | null;

@@ -6,3 +6,5 @@
  */
 
 export { deviceMatches, type MatchOptions, sameIdentity } from "./match.ts";
+export type { ClosedDevice, ClosureResult } from "./closure.ts";
+export type { MatchUnit, RuleResolution } from "./match.ts";

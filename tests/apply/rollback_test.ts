@@ -6,7 +6,7 @@ import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
-import { emptyVmPlan } from "../../lib/plan/plan.ts";
+import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";

@@ -14,7 +14,7 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { acquireLock } from "../../lib/state/lock.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
-import { redactSecrets } from "../../lib/render/diff.ts";
+import { redactSecrets } from "../../lib/domain/lenient.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";

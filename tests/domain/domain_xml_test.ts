@@ -273,6 +273,68 @@ Deno.test("editDomainXml() writes rom, boot order and a multifunction guest addr
   );
 });
 
+Deno.test("parseDomainXml() reads boot order, ROM, guest address and managed as typed fields", () => {
+  const added = add(SMALL, [{
+    address: "0000:0a:00.1",
+    managed: false,
+    rom: { bar: "off", file: "/roms/a&b'<c>\".rom" },
+    bootOrder: 2,
+    guestAddress: { domain: 0, bus: 5, slot: 0x1f, function: 1, multifunction: true },
+  }, { address: "0000:0b:00.0", managed: true }]);
+  const [full, bare] = parseDomainXml(added).hostdevs;
+  assertEquals(
+    [full?.managed, full?.bootOrder, full?.romBar, full?.romFile, full?.guestAddress],
+    [false, 2, "off", "/roms/a&b'<c>\".rom", { address: "0000:05:1f.1", multifunction: true }],
+  );
+  assertEquals(
+    [bare?.managed, bare?.bootOrder, bare?.romBar, bare?.romFile, bare?.guestAddress],
+    [true, null, null, null, null],
+  );
+  // As libvirt writes them back: decimal numbers, another quote style, a ROM without bar.
+  const libvirtStyle = parseDomainXml(`<domain><name>d</name><devices>
+    <hostdev mode="subsystem" type="pci" managed="yes"><source><address bus="1" slot="0" function="0"/></source>
+      <boot order="10"/><rom file="/r.bin"/><address type="pci" bus="0" slot="16" function="2"/></hostdev>
+  </devices></domain>`).hostdevs[0];
+  assertEquals(
+    [libvirtStyle?.bootOrder, libvirtStyle?.romBar, libvirtStyle?.romFile],
+    [10, null, "/r.bin"],
+  );
+  assertEquals(libvirtStyle?.guestAddress, { address: "0000:00:10.2", multifunction: false });
+});
+
+Deno.test("parseDomainXml() reads unreadable field values as absent, never refusing the domain", () => {
+  const hostdev = parseDomainXml(`<domain><name>d</name><devices>
+    <hostdev mode='subsystem' type='pci' managed='maybe'><source><address bus='1' slot='0' function='0'/></source>
+      <boot order='first'/><rom bar='auto'/><address type='ccw' cssid='0xfe' ssid='0' devno='1'/></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address bus='2' slot='0' function='0'/></source>
+      <address type='pci' bus='0' slot='0x40' function='0'/></hostdev>
+  </devices></domain>`).hostdevs;
+  assertEquals(
+    hostdev.map((h) => [h.managed, h.bootOrder, h.romBar, h.romFile, h.guestAddress]),
+    [[false, null, null, null, null], [false, null, null, null, null]],
+  );
+});
+
+Deno.test("parseDomainXml() lists every device's guest PCI address and <os><boot dev>, never from comments or metadata", () => {
+  const parsed = parseDomainXml(`<domain><name>d</name>
+  <metadata><other:notes xmlns:other='urn:other'><os><boot dev='cdrom'/></os><devices><disk><address type='pci' domain='0x0000' bus='0x00' slot='0x11' function='0x0'/></disk></devices></other:notes></metadata>
+  <os><type>hvm</type><boot dev='hd'/><!-- <boot dev='network'/> --><boot dev='cdrom'/></os>
+  <devices>
+    <disk type='file'><target dev='vda'/><address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/></disk>
+    <!-- <disk><address type='pci' domain='0x0000' bus='0x00' slot='0x12' function='0x0'/></disk> -->
+    <controller type='usb'><address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x2' multifunction='on'/></controller>
+    <controller type='scsi'><address type='drive' controller='0' bus='0' target='0' unit='0'/></controller>
+    <interface type='hostdev'><source><address type='pci' domain='0x0000' bus='0x00' slot='0x13' function='0x0'/></source></interface>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0' slot='0x14' function='0'/></source><address type='pci' bus='0x02' slot='0x00' function='0x0'/></hostdev>
+  </devices></domain>`);
+  assertEquals(parsed.bootDevices, ["hd", "cdrom"]);
+  assertEquals(parsed.guestAddresses, [
+    { address: "0000:00:04.0", multifunction: false },
+    { address: "0000:00:01.2", multifunction: true },
+    { address: "0000:02:00.0", multifunction: false },
+  ]);
+});
+
 Deno.test("editDomainXml() escapes quotes, <, & and newlines in record values", () => {
   const tricky = record("0000:01:00.0", { rule: `a'b"c<d>&e\nf\tg`, serial: "&#10;" });
   const added = add(SMALL, [{ address: "0000:01:00.0", managed: true }], [tricky]);

@@ -74,11 +74,27 @@ Deno.test("scanXml() refuses unknown entity references and bare ampersands", () 
   assertEquals(scanXml("<a b='&amp;&#10;&#x41;'>&lt;&gt;&quot;&apos;</a>").name, "a");
 });
 
-Deno.test("checkWellFormed() reports fast-xml-parser's line and column", () => {
+Deno.test("checkWellFormed() reports the line and column of the first problem", () => {
   const error = syntaxError(() => checkWellFormed("<a>\n  <b>\n</a>"));
   assertEquals(error.line, 3);
   assertOk(error.message.startsWith("Malformed XML: "));
   checkWellFormed("<?xml version='1.0'?>\n<a><!-- c --><![CDATA[x]]></a>\n");
+});
+
+Deno.test("scanXml() refuses repeated attributes, bad names and a misplaced XML declaration", () => {
+  const refused = (text: string) => syntaxError(() => scanXml(text));
+  assertEquals(
+    refused("<a>\n  <b x='1' y='2' x='3'/>\n</a>").message,
+    `Malformed XML: Attribute "x" repeated in "<b": at line 2, column 18`,
+  );
+  assertEquals(refused("<a><1b/></a>").column, 4);
+  assertEquals(refused("<a -x='1'/>").column, 4);
+  assertEquals(refused("<a><?xml version='1.0'?></a>").message.includes("declaration"), true);
+  assertEquals(
+    refused("<a/>\n<b/>").message,
+    `Malformed XML: Second root element "<b>": at line 2, column 1`,
+  );
+  assertEquals(scanXml("<?xml version='1.0'?><_a:b é='1' xmlns:x='u'/>").name, "_a:b");
 });
 
 Deno.test("readXmlElement() decodes attributes and text, and lists child elements", () => {

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { readDefinition, type World } from "../../lib/plan/world.ts";
+
 const WORLDS = new URL("../fixtures/worlds/", import.meta.url);
 
 /** The absolute path of `tests/fixtures/worlds/NAME.xml`. */
@@ -58,4 +60,30 @@ export function testDomainXml(
     <memory unit='KiB'>1048576</memory>
     <os><type arch='x86_64'>hvm</type></os>${runstate}
   </domain>`;
+}
+
+/** One domain of {@link dataWorld}: its persistent XML, or that and its state and live XML. */
+export type DataDomain = string | { xml: string; active?: boolean; liveXml?: string };
+
+/**
+ * A planner world built from definitions alone, read as `readWorld()` reads libvirt's: for pure
+ * planner tests with no libvirt at all.
+ */
+export function dataWorld(domains: Record<string, DataDomain>): World {
+  return {
+    uri: "test:///data",
+    domains: Object.entries(domains).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(
+      ([name, domain]) => {
+        const { xml, active = false, liveXml } = typeof domain === "string"
+          ? { xml: domain }
+          : domain;
+        return {
+          name,
+          active,
+          persistent: readDefinition(xml),
+          live: active ? readDefinition(liveXml ?? xml) : null,
+        };
+      },
+    ),
+  };
 }

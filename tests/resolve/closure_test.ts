@@ -5,7 +5,7 @@ import { closeOverGroups, findGroupConflicts } from "../../lib/resolve/closure.t
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDescription, HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { resolveRule } from "../../lib/resolve/match.ts";
-import { resolveConfig } from "../../lib/plan/plan.ts";
+import { resolveConfig } from "../../lib/plan/resolve.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
@@ -173,6 +173,46 @@ Deno.test("closeOverGroups() with iommu_group: false passes only the matched dev
   const closed = closeVm(cfg, realHost("x570-aorus-pro-wifi"));
   assertEquals(closed.devices.map((d) => d.device.address), ["0000:0b:00.0"]);
   assertMatch(closed.reasoning[0]!, /not added \(iommu_group: false\): 0000:0b:00\.1/);
+});
+
+const BLANK_IDS = { subsystem_vendor: null, subsystem_device: null, revision: null };
+
+Deno.test("closeOverGroups() with iommu_group: false warns when the members left out are ones the host needs", () => {
+  const host = topologyFromDescription({
+    devices: [
+      {
+        bdf: "0000:0b:00.0",
+        group: 7,
+        class: "0x030000",
+        vendor: "0x10de",
+        device: "0x1b06",
+        driver: "nvidia",
+        ...BLANK_IDS,
+      },
+      {
+        bdf: "0000:0c:00.0",
+        group: 7,
+        class: "0x010802",
+        vendor: "0x144d",
+        device: "0xa808",
+        driver: "nvme",
+        ...BLANK_IDS,
+      },
+    ],
+    host_use: [{ address: "0000:0c:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" }],
+  }, { source: "shared-group" });
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:1b06" }
+        iommu_group: false
+`);
+  const resolved = resolveConfig(cfg, host).get("win10")!;
+  assertEquals(resolved.errors, []);
+  assertEquals(resolved.closure.devices.map((d) => d.device.address), ["0000:0b:00.0"]);
+  const warning = resolved.warnings.find((w) => w.code === "group-contains-host-critical");
+  assertMatch(warning!.message, /0000:0c:00\.0 \(in use by the host \(mounted-filesystem/);
+  assertMatch(warning!.message, /Rule "gpu" of VM "win10"/);
 });
 
 Deno.test("findGroupConflicts() refuses one device given to two VMs, naming both", () => {

@@ -21,6 +21,7 @@ import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { Plan, PlanIssue } from "../../lib/plan/types.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { planHasErrors } from "../../cli/plan_options.ts";
+import { sriovHost } from "../helpers/plan_world.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -411,4 +412,30 @@ Deno.test("plan and apply exit 1 and take nothing from an unreadable domain (CLI
   assertEquals(apply.code, 1, apply.stdout + apply.stderr);
   assertMatch(apply.stdout, /gentoo/);
   assert(!/changed gentoo/.test(apply.stdout), apply.stdout);
+});
+
+Deno.test("planHostdevs() warns about a domain outside the config it cannot read, saying what it counts as held", () => {
+  const host = sriovHost();
+  const libvirt = fixedXmlPort({
+    router:
+      "<domain type='test'><name>router</name><uuid>11111111-1111-4111-8111-111111111111</uuid><devices/></domain>",
+    // Malformed, but naming no hostdev: a <hostdev> with no readable address would refuse the
+    // whole plan (below).
+    other: "<domain type='test'><name>other</name><devices><disk></devices></domain>",
+  });
+  const plan = planHostdevs({
+    config: config(
+      `  router:\n    devices:\n      - name: vf\n        match: { address: "01:10.0" }\n`,
+    ),
+    host,
+    libvirt,
+  });
+  assertEquals(plan.warnings.map((w) => w.code), ["unreadable-definition"]);
+  assertMatch(plan.warnings[0]!.message, /"other"/);
+  assertMatch(
+    plan.warnings[0]!.message,
+    /no PCI device could be found in it, so it counts as holding none$/,
+  );
+  assertEquals(plan.errors, []);
+  assertEquals(plan.vms.map((vm) => [vm.name, vm.errors]), [["router", []]]);
 });

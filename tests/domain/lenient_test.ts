@@ -1,17 +1,19 @@
 /**
- * `scanHostdevsLeniently()` / `lenientHostPciAddresses()`: the host PCI addresses a domain XML
- * names even when `parseDomainXml()` refuses it, so planning can count them as held. It must take
- * every host source address whatever the quoting, order, spacing and number base, never the guest
- * slot, say when a possible PCI device names no readable address, and never throw.
+ * The lenient reader. `scanHostdevsLeniently()` / `lenientHostPciAddresses()`: the host PCI
+ * addresses a domain XML names even when `parseDomainXml()` refuses it, so planning can count them
+ * as held. It must take every host source address whatever the quoting, order, spacing and number
+ * base, never the guest slot, say when a possible PCI device names no readable address, and never
+ * throw. `normaliseXmlLine()`: the comparison key of one line of a definition, for diffs.
  */
 
 import fc from "fast-check";
-import { assert, assertEquals, assertThrows } from "../helpers/assert.ts";
+import { assert, assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import {
   lenientHostPciAddresses,
-  parseDomainXml,
+  normaliseXmlLine,
   scanHostdevsLeniently,
-} from "../../lib/domain/domain_xml.ts";
+} from "../../lib/domain/lenient.ts";
 import { canonicalPciAddress } from "../../lib/pci/address.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
@@ -301,4 +303,17 @@ Deno.test("scanHostdevsLeniently() agrees with parseDomainXml() on every readabl
     compared++;
   }
   assert(compared >= 5, `only ${compared} fixtures compared`);
+});
+
+Deno.test("normaliseXmlLine() leaves quotes in text content alone", () => {
+  assertEquals(normaliseXmlLine(`<d>say "x"</d>`), `<d>say "x"</d>`);
+  assertEquals(normaliseXmlLine(`<d k="v">x = "y"</d>`), `<d k='v'>x = "y"</d>`);
+});
+
+Deno.test("normaliseXmlLine() normalises a start tag continued on the next line", () => {
+  assertEquals(
+    normaliseXmlLine(`    <disk type="file"  device="disk"`),
+    normaliseXmlLine(`<disk type='file' device='disk'`),
+  );
+  assertOk(normaliseXmlLine(`<disk type='file'`) !== normaliseXmlLine(`<disk type='block'`));
 });

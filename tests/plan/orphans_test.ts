@@ -114,7 +114,7 @@ Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", 
   using real = openLibvirtPort(`test://${DEMO}world.xml`);
   const libvirt = fixedXmlPort({
     // Malformed, but naming no hostdev: a <hostdev> with no readable address would refuse the
-    // whole plan (tests/plan/plan_unreadable_test.ts).
+    // whole plan (tests/plan/unreadable_test.ts).
     win10: "<domain type='test'><name>win10</name><devices><disk></devices></domain>",
     gentoo: real.getPersistentXml("gentoo"),
   });

@@ -1,0 +1,180 @@
+/**
+ * Planning every selected VM until refusals settle. A refused VM keeps its definition, owned
+ * hostdevs included, so those count as held by it for the other VMs' conflicts: plan again with
+ * them until no new VM is refused (refusals only grow, so this ends). Pure.
+ *
+ * @module
+ */
+
+import type { Config } from "../config/config.ts";
+import type { HostTopology, PciAddress } from "../host/types.ts";
+import { heldNote } from "./issues.ts";
+import { resolveConfig, type VmResolution } from "./resolve.ts";
+import type { Survey } from "./survey.ts";
+import type { PlanIssue, VmPlan } from "./types.ts";
+import { emptyVmPlan, planVm, type VmContext } from "./vm_edit.ts";
+
+/** What {@link planUntilSettled} plans from. */
+export interface SettleInput {
+  /** The config as written (for locations and messages). */
+  config: Config;
+  /** The config with orphans added, planned with no rules. */
+  effective: Config;
+  /** The VMs to plan, in order. */
+  selected: readonly string[];
+  host: HostTopology;
+  survey: Survey;
+  /** The libvirt URI, for messages. */
+  uri: string;
+  /** Plan-wide refusals: each refuses every VM too. */
+  globalErrors: readonly PlanIssue[];
+}
+
+/** The VMs' plans once settled, and the resolution they were planned from. */
+export interface Settled {
+  vms: VmPlan[];
+  resolved: Map<string, VmResolution>;
+}
+
+/**
+ * What each domain holds whatever this round plans: everything of a domain not planned, the
+ * hand-added hostdevs of planned ones, and a refused VM's owned hostdevs its own rules do not
+ * claim again (`previous`: last round's resolution). Parsed definitions first, then the others.
+ */
+function heldDevices(
+  survey: Survey,
+  planned: ReadonlySet<string>,
+  refused: ReadonlySet<string>,
+  previous: ReadonlyMap<string, VmResolution>,
+): Map<string, PciAddress[]> {
+  const held = new Map<string, PciAddress[]>();
+  for (const [name, { hostdevs, fixed }] of survey.holdings) {
+    if (hostdevs === null) continue;
+    const claimed = new Set(previous.get(name)?.closure.devices.map((c) => c.device.address));
+    const kept = hostdevs.filter((h) =>
+      !planned.has(name) || !h.owned || (refused.has(name) && !claimed.has(h.address))
+    );
+    held.set(name, [...kept.map((h) => h.address), ...fixed]);
+  }
+  for (const [name, { hostdevs, fixed }] of survey.holdings) {
+    if (hostdevs === null) held.set(name, [...fixed]);
+  }
+  return held;
+}
+
+/** A VM refused before its rules are looked at, keeping `xml` as it is. */
+function refusedVm(name: string, xml: string, issue: PlanIssue, config: Config): VmPlan {
+  const plan = emptyVmPlan(name, xml);
+  const location = config.vms.find((v) => v.name === name)?.location;
+  const { devices, ...rest } = issue;
+  plan.errors.push({
+    ...rest,
+    ...(location === undefined ? {} : { location }),
+    ...(devices === undefined ? {} : { devices }),
+  });
+  return plan;
+}
+
+/** The plan of one selected VM, or its refusal when it cannot be planned at all. */
+function planSelected(
+  name: string,
+  input: SettleInput,
+  resolved: ReadonlyMap<string, VmResolution>,
+  context: Omit<VmContext, "active">,
+): VmPlan {
+  const { config, survey } = input;
+  const broken = survey.unreadable.get(name);
+  if (broken !== undefined) {
+    return refusedVm(name, broken.xml, {
+      code: "unreadable-definition",
+      message: `Cannot read the definition of VM "${name}": ${broken.error}: ${
+        heldNote(name, broken.scan)
+      }`,
+      vm: name,
+      ...(broken.scan.addresses.length > 0 ? { devices: broken.scan.addresses } : {}),
+    }, config);
+  }
+  const unread = survey.unread.get(name);
+  if (unread !== undefined) {
+    return refusedVm(name, "", {
+      code: "unreadable-definition",
+      message:
+        `Cannot read the definition of VM "${name}": ${unread}: the devices it holds are unknown`,
+      vm: name,
+    }, config);
+  }
+  const entry = survey.editable.get(name);
+  const resolution = resolved.get(name);
+  if (resolution === undefined || entry === undefined) {
+    return refusedVm(name, entry?.xml ?? "", {
+      code: "unknown-vm",
+      message: resolution === undefined
+        ? `VM "${name}" is not in config "${config.file}"`
+        : `VM "${name}" is not defined in libvirt ("${input.uri}"): define it first or fix the name in the config`,
+      vm: name,
+    }, config);
+  }
+  const plan = planVm(entry.xml, entry.domain, resolution, {
+    ...context,
+    active: survey.active.get(name) ?? null,
+  });
+  if (survey.orphans.includes(name)) {
+    plan.reasoning.unshift(
+      `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
+    );
+  }
+  return plan;
+}
+
+/**
+ * Plans every selected VM, again and again while new VMs are refused, each refused VM's
+ * definition then counting as held. Returns the last round.
+ */
+export function planUntilSettled(input: SettleInput): Settled {
+  const { host, survey } = input;
+  const planned = new Set(input.selected);
+  const editable = [...survey.editable];
+  const records = new Map(editable.map(([n, e]) => [n, e.domain.records]));
+  const current = new Map(
+    editable.map(([n, e]) => [n, new Set(e.domain.hostdevs.map((h) => h.address))]),
+  );
+  const context = {
+    host,
+    byAddress: new Map(host.devices.map((d) => [d.address, d])),
+    globalErrors: input.globalErrors,
+  };
+  const refused = new Set<string>();
+  let previous = new Map<string, VmResolution>();
+  for (;;) {
+    const held = heldDevices(survey, planned, refused, previous);
+    const resolved = resolveConfig(input.effective, host, { records, current, held });
+    const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
+    previous = resolved;
+    const now = vms.filter((vm) => vm.errors.length > 0).map((vm) => vm.name);
+    if (now.every((name) => refused.has(name))) return { vms, resolved };
+    for (const name of now) refused.add(name);
+  }
+}
+
+/**
+ * VMs left out by the selection are not changed, but a recorded card that is no longer where it
+ * was is news about the host: their `drift` warnings, to report plan-wide.
+ */
+export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[] {
+  const planned = new Set(input.selected);
+  const context = {
+    host: input.host,
+    byAddress: new Map(input.host.devices.map((d) => [d.address, d])),
+    globalErrors: input.globalErrors,
+  };
+  return input.effective.vms.flatMap(({ name }) => {
+    const entry = input.survey.editable.get(name);
+    const resolution = settled.resolved.get(name);
+    if (planned.has(name) || entry === undefined || resolution === undefined) return [];
+    const other = planVm(entry.xml, entry.domain, resolution, {
+      ...context,
+      active: input.survey.active.get(name) ?? null,
+    });
+    return other.warnings.filter((w) => w.code === "drift");
+  });
+}

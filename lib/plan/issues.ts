@@ -1,0 +1,167 @@
+/**
+ * The sentences of the planner's issues that more than one step builds, or that are long enough
+ * to hide a step's logic: drift, unreadable definitions, live-only devices.
+ *
+ * @module
+ */
+
+import type { LenientHostdevScan } from "../domain/lenient.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
+import type { DeviceIdentity, PlanIssue } from "./types.ts";
+
+/** `10de:2684 VGA compatible controller`: a device for humans. */
+export function describe(device: PciDevice): string {
+  return `${device.vendorId}:${device.deviceId} ${device.className ?? `class ${device.classCode}`}`;
+}
+
+/** `"a", "b"`. */
+export function quoteAll(addresses: readonly PciAddress[]): string {
+  return addresses.map((a) => `"${a}"`).join(", ");
+}
+
+/**
+ * A `drift` warning: the hostdev at `record.address` was recorded as one device and the address
+ * now holds another (`now`) or nothing; `outcome` says what the plan does about it.
+ */
+export function driftWarning(
+  vm: string,
+  record: DeviceIdentity,
+  now: PciDevice | undefined,
+  outcome: string,
+): PlanIssue {
+  return {
+    code: "drift",
+    message:
+      `Hostdev ${record.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
+        record.serial ? ` serial ${record.serial}` : ""
+      } (rule "${record.rule}") but the address now holds ${
+        now === undefined ? "nothing" : describe(now)
+      }: ${outcome}`,
+    vm,
+    rule: record.rule,
+    devices: [record.address],
+  };
+}
+
+/** What a domain whose definition cannot be read counts as holding, for its issue's message. */
+export function heldNote(name: string, scan: LenientHostdevScan): string {
+  const held = scan.addresses.length === 0
+    ? "no PCI device could be found in it, so it counts as holding none"
+    : `the PCI device${scan.addresses.length === 1 ? "" : "s"} it names, ${
+      quoteAll(scan.addresses)
+    }, count${scan.addresses.length === 1 ? "s" : ""} as held by "${name}" for conflicts`;
+  return held + unresolvedNote(scan);
+}
+
+/** `; N hostdevs name no readable host address, ...` when the scan could not name some. */
+export function unresolvedNote(scan: LenientHostdevScan): string {
+  if (scan.unresolved === 0) return "";
+  return `; ${scan.unresolved} hostdev${
+    scan.unresolved === 1 ? " names" : "s name"
+  } no readable host address, so the whole plan is refused`;
+}
+
+/**
+ * The plan-wide refusal for a domain whose definition cannot be read and that may hold PCI
+ * devices the lenient scan could not name: planning as if it held none could hand one of them
+ * to another VM, so nothing is applied until the definition is fixed.
+ */
+export function unresolvedError(
+  name: string,
+  scan: LenientHostdevScan,
+  which: "persistent" | "running",
+): PlanIssue {
+  const definition = which === "running" ? "running definition" : "definition";
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot tell which PCI devices domain "${name}" holds: its ${definition} cannot be read and ${
+        scan.unresolved === 1 ? "a hostdev in it names" : `${scan.unresolved} hostdevs in it name`
+      } no readable host address: nothing is applied until the ${definition} is fixed (virsh edit ${name})${
+        which === "running" ? ", the guest is stopped," : ""
+      } or the domain is undefined`,
+    vm: name,
+    ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
+  };
+}
+
+/**
+ * The plan-wide refusal for a domain libvirt listed but whose definition it did not return: what
+ * it holds is unknown, so nothing is applied until it can be read.
+ */
+export function readFailedError(name: string, error: string): PlanIssue {
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot tell which PCI devices domain "${name}" holds: libvirt cannot return its definition: ${error}: nothing is applied until it can be read or the domain is undefined`,
+    vm: name,
+  };
+}
+
+/** The warning for a domain outside the config whose definition the strict reader refuses. */
+export function unreadableOutsiderWarning(
+  name: string,
+  error: string,
+  scan: LenientHostdevScan,
+): PlanIssue {
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot read the definition of domain "${name}", which is not in the config: ${error}: ${
+        heldNote(name, scan)
+      }`,
+    vm: name,
+    ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
+  };
+}
+
+/**
+ * The warning for a running guest whose live definition the strict reader refuses: `beyond` are
+ * the devices the lenient scan finds in it that its persistent definition does not hold.
+ */
+export function unreadableLiveWarning(
+  name: string,
+  error: string,
+  scan: LenientHostdevScan,
+  beyond: readonly PciAddress[],
+): PlanIssue {
+  const s = beyond.length === 1 ? "" : "s";
+  const held = beyond.length > 0
+    ? `the PCI device${s} it names beyond its persistent definition, ${quoteAll(beyond)}, count${
+      beyond.length === 1 ? "s" : ""
+    } as held by "${name}" until the guest stops`
+    : "no PCI device beyond its persistent definition could be found in it";
+  return {
+    code: "unreadable-definition",
+    message: `Cannot read the running definition of domain "${name}": ${error}: ${held}${
+      unresolvedNote(scan)
+    }`,
+    vm: name,
+    ...(beyond.length > 0 ? { devices: [...beyond] } : {}),
+  };
+}
+
+/** The warning for a running guest whose live definition libvirt did not return. */
+export function unreadLiveWarning(name: string, error: string): PlanIssue {
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot read the running definition of domain "${name}": ${error}: devices hot-plugged into it are not checked for conflicts`,
+    vm: name,
+  };
+}
+
+/** The warning for devices hot-plugged into a running guest beyond its persistent definition. */
+export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): PlanIssue {
+  const one = extra.length === 1;
+  return {
+    code: "live-only-hostdev",
+    message: `Running VM "${name}" has ${
+      quoteAll(extra)
+    } hot-plugged but not in its persistent definition: ${
+      one ? "it counts" : "they count"
+    } as held by "${name}" until the guest stops or ${one ? "it is" : "they are"} unplugged`,
+    vm: name,
+    devices: [...extra],
+  };
+}

@@ -1,0 +1,133 @@
+/**
+ * Resolving the config on a host: every VM's rules to devices, closed over IOMMU groups, checked
+ * against each other and against what domains hold now. Pure: no libvirt.
+ *
+ * @module
+ */
+
+import type { Config, VmConfig } from "../config/config.ts";
+import { closeOverGroups, type ClosureResult } from "../resolve/closure.ts";
+import { resolveRule, type RuleResolution } from "../resolve/match.ts";
+import type { HostTopology, PciAddress } from "../host/types.ts";
+import { findConflicts } from "./conflicts.ts";
+import type { DeviceIdentity, PlanIssue } from "./types.ts";
+
+/** What one VM's rules resolve to on a host, before looking at its domain XML. */
+export interface VmResolution {
+  /** The VM's name. */
+  vm: string;
+  /** Each rule's resolution, in config order. */
+  rules: RuleResolution[];
+  /** The rules' devices closed over their IOMMU groups. */
+  closure: ClosureResult;
+  /** Rule issues, closure refusals and cross-VM conflicts. */
+  errors: PlanIssue[];
+  /** Closure warnings (no FLR, host driver in use, ...). */
+  warnings: PlanIssue[];
+}
+
+/** Inputs of {@link resolveConfig} beyond the config and host. */
+export interface ResolveOptions {
+  /** Per VM: identities recorded in its domain (keeps `driver:` rules matching after vfio). */
+  records?: ReadonlyMap<string, readonly DeviceIdentity[]>;
+  /** Per VM: the host addresses its definition holds now. */
+  current?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /**
+   * Devices that stay where they are whatever this plan does, per domain: every hostdev of a
+   * domain the config does not name or the plan leaves out, and the hand-added hostdevs of the
+   * planned ones. They count for group conflicts.
+   */
+  held?: ReadonlyMap<string, readonly PciAddress[]>;
+}
+
+/**
+ * The whole-host issues: `no-iommu` and `host-use-unknown` (errors) and `acs-override` (a warning).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const host = topologyFromDescription({ devices: [] }, { source: "example" });
+ * assertEquals(hostIssues(host).errors.map((e) => e.code), ["no-iommu"]);
+ * ```
+ */
+export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings: PlanIssue[] } {
+  const errors: PlanIssue[] = [];
+  const warnings: PlanIssue[] = [];
+  if (host.hostUse === null) {
+    // Without it a NIC carrying the default route or the root disk's controller would be planned
+    // into a guest like any spare device.
+    const what = /^[A-Za-z][A-Za-z0-9+.-]*:/.test(host.source)
+      ? `Host "${host.source}" was discovered through libvirt, which does not say`
+      : `The tree at "${host.source}" has no host_use.json, so it does not say`;
+    errors.push({
+      code: "host-use-unknown",
+      message:
+        `${what} what the host uses right now (mounted filesystems, the default route, the console): no device can be passed safely without it: capture the tree with 'passthrough snapshot DIR' on that host and plan with --sysfs DIR, or run passthrough there`,
+    });
+  }
+  if (host.iommu === "absent") {
+    errors.push({
+      code: "no-iommu",
+      message:
+        `Host "${host.source}" has no IOMMU groups: enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on or amd_iommu=on; no device can be passed safely without it`,
+    });
+  }
+  if (host.kernelCmdline !== null && /\bpcie_acs_override=/.test(host.kernelCmdline)) {
+    warnings.push({
+      code: "acs-override",
+      message:
+        `The kernel runs with pcie_acs_override: its IOMMU groups are not real isolation boundaries, a guest may reach devices outside its group`,
+    });
+  }
+  return { errors, warnings };
+}
+
+/** One VM's rules resolved and closed over IOMMU groups, with its own issues. */
+function resolveVm(vm: VmConfig, host: HostTopology, options: ResolveOptions): VmResolution {
+  const records = options.records?.get(vm.name) ?? [];
+  const current = options.current?.get(vm.name);
+  const rules = vm.rules.map((rule) =>
+    resolveRule(rule, host, current === undefined ? { records } : { records, current })
+  );
+  const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
+  const errors = [...rules.flatMap((r) => r.issue ? [r.issue] : []), ...closure.errors];
+  return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings] };
+}
+
+/**
+ * Resolves every VM's rules against `host`, closes them over IOMMU groups and checks the VMs
+ * against each other and against what domains hold (`options.held`). Pure: no libvirt.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { parseConfig } from "../config/config.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const blank = { subsystem_vendor: null, subsystem_device: null, driver: null, revision: null };
+ * const host = topologyFromDescription({ devices: [
+ *   { bdf: "0000:01:00.2", group: 1, class: "0x020000", vendor: "0x15b3", device: "0x1016", ...blank },
+ *   { bdf: "0000:01:00.3", group: 1, class: "0x020000", vendor: "0x15b3", device: "0x1016", ...blank },
+ * ] }, { source: "example" });
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  vm1:\n    devices:\n      - match: { address: 01:00.2 }\n" +
+ *     "  vm2:\n    devices:\n      - match: { address: 01:00.3 }\n",
+ *   { file: "example.yaml" },
+ * );
+ * const vm2 = resolveConfig(config, host).get("vm2");
+ * assertEquals(vm2?.errors.map((e) => [e.code, e.group, e.vms]), [
+ *   ["group-shared-with-other-vm", 1, ["vm1", "vm2"]],
+ * ]);
+ * ```
+ */
+export function resolveConfig(
+  config: Config,
+  host: HostTopology,
+  options: ResolveOptions = {},
+): Map<string, VmResolution> {
+  const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options)]));
+  for (const [vm, issues] of findConflicts(out, options.held ?? new Map(), host)) {
+    out.get(vm)?.errors.push(...issues);
+  }
+  return out;
+}

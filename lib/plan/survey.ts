@@ -1,0 +1,169 @@
+/**
+ * The first planning step: what each domain of the world holds, which definitions the plan edits,
+ * and the plan-wide issues reading them raised. Pure: the world is data already.
+ *
+ * - A parsed definition holds its PCI hostdevs (the plan may remove the owned ones of a planned
+ *   VM) and its `<interface type='hostdev'>` devices (never edited, but taken).
+ * - A definition the strict reader refuses holds what the lenient scan finds in it; a hostdev in
+ *   it with no readable host address refuses the whole plan (what it holds is unknown).
+ * - A definition libvirt did not return refuses the whole plan, for the same reason.
+ * - A running guest also holds what was hot-plugged into it beyond its persistent definition.
+ * - A domain outside the config that still holds hostdevs this tool added (records in its
+ *   metadata) was dropped from the config: it is planned with no rules (an orphan), unless the
+ *   plan is limited to some VMs.
+ *
+ * @module
+ */
+
+import type { Config } from "../config/config.ts";
+import type { DomainHostdev, ParsedDomain } from "../domain/domain_xml.ts";
+import type { LenientHostdevScan } from "../domain/lenient.ts";
+import type { PciAddress } from "../host/types.ts";
+import {
+  liveOnlyWarning,
+  readFailedError,
+  unreadableLiveWarning,
+  unreadableOutsiderWarning,
+  unreadLiveWarning,
+  unresolvedError,
+} from "./issues.ts";
+import type { PlanIssue } from "./types.ts";
+import type { DefinitionRead, DomainSnapshot, World } from "./world.ts";
+
+/** A definition the plan edits, as read. */
+export interface EditableDefinition {
+  xml: string;
+  domain: ParsedDomain;
+}
+
+/** What one domain holds, apart from what the plan decides. */
+export interface Holding {
+  /** PCI hostdevs of its parsed persistent definition; `null` when it could not be parsed. */
+  hostdevs: DomainHostdev[] | null;
+  /**
+   * Devices it holds whatever the plan does: `<interface type='hostdev'>` devices, or the lenient
+   * scan's addresses of a definition the strict reader refuses; then live-only devices.
+   */
+  fixed: PciAddress[];
+}
+
+/** What {@link surveyWorld} finds. Plain data. */
+export interface Survey {
+  /** Every domain's holding, by name, in world order. */
+  holdings: Map<string, Holding>;
+  /** Definitions of configured VMs and orphans, parsed. */
+  editable: Map<string, EditableDefinition>;
+  /** Configured VMs whose definition the strict reader refuses. */
+  unreadable: Map<string, { xml: string; error: string; scan: LenientHostdevScan }>;
+  /** Configured VMs whose definition libvirt did not return, with its error. */
+  unread: Map<string, string>;
+  /** Domains outside the config that hold hostdevs this tool added, in world order. */
+  orphans: string[];
+  /** Whether each domain was running. */
+  active: Map<string, boolean>;
+  /** Plan-wide refusals and warnings from reading the world. */
+  errors: PlanIssue[];
+  warnings: PlanIssue[];
+}
+
+interface LiveHolding {
+  extra: PciAddress[];
+  errors: PlanIssue[];
+  warnings: PlanIssue[];
+}
+
+/**
+ * What a running guest holds beyond its persistent definition (`defined`): the PCI devices of
+ * its live definition, read strictly or, when refused, leniently.
+ */
+function liveHolding(
+  name: string,
+  live: DefinitionRead,
+  defined: ReadonlySet<PciAddress>,
+): LiveHolding {
+  if (live.kind === "read-failed") {
+    return { extra: [], errors: [], warnings: [unreadLiveWarning(name, live.error)] };
+  }
+  const out: LiveHolding = { extra: [], errors: [], warnings: [] };
+  let held: PciAddress[];
+  if (live.kind === "parsed") {
+    held = [...live.domain.hostdevs.map((h) => h.address), ...live.domain.interfaceHostdevs];
+  } else {
+    held = live.scan.addresses;
+    const beyond = held.filter((a) => !defined.has(a));
+    out.warnings.push(unreadableLiveWarning(name, live.error, live.scan, beyond));
+    if (live.scan.unresolved > 0) out.errors.push(unresolvedError(name, live.scan, "running"));
+  }
+  out.extra = [...new Set(held)].filter((address) => !defined.has(address)).sort();
+  return out;
+}
+
+/** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
+function surveyDomain(
+  survey: Survey,
+  snapshot: DomainSnapshot,
+  context: { configured: ReadonlySet<string>; limited: boolean; liveWarnings: PlanIssue[] },
+): void {
+  const { name, persistent, live } = snapshot;
+  const holding: Holding = { hostdevs: null, fixed: [] };
+  let defined: PciAddress[] = [];
+  if (persistent.kind === "read-failed") {
+    // What it holds is unknown: planning as if it held nothing could give its devices away.
+    if (context.configured.has(name)) survey.unread.set(name, persistent.error);
+    survey.errors.push(readFailedError(name, persistent.error));
+  } else if (persistent.kind === "unreadable") {
+    // A configured VM is refused on its own; another tool's domain is not planned. Either way
+    // what the lenient scan finds in it counts as held.
+    const { xml, error, scan } = persistent;
+    holding.fixed.push(...scan.addresses);
+    defined = scan.addresses;
+    if (context.configured.has(name)) survey.unreadable.set(name, { xml, error, scan });
+    else survey.warnings.push(unreadableOutsiderWarning(name, error, scan));
+    if (scan.unresolved > 0) survey.errors.push(unresolvedError(name, scan, "persistent"));
+  } else {
+    const { xml, domain } = persistent;
+    holding.hostdevs = domain.hostdevs;
+    holding.fixed.push(...domain.interfaceHostdevs);
+    defined = [...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs];
+    if (context.configured.has(name)) survey.editable.set(name, { xml, domain });
+    else if (!context.limited && domain.records.length > 0) {
+      survey.editable.set(name, { xml, domain });
+      survey.orphans.push(name);
+    }
+  }
+  if (live !== null) {
+    const extra = liveHolding(name, live, new Set(defined));
+    survey.errors.push(...extra.errors);
+    survey.warnings.push(...extra.warnings);
+    holding.fixed.push(...extra.extra);
+    if (extra.extra.length > 0) context.liveWarnings.push(liveOnlyWarning(name, extra.extra));
+  }
+  survey.holdings.set(name, holding);
+  survey.active.set(name, snapshot.active);
+}
+
+/**
+ * Surveys `world` for `config`: what every domain holds, which definitions the plan edits, and
+ * the plan-wide issues of reading them. `limited`: the plan covers only some VMs (no orphans
+ * are planned then).
+ */
+export function surveyWorld(world: World, config: Config, limited: boolean): Survey {
+  const survey: Survey = {
+    holdings: new Map(),
+    editable: new Map(),
+    unreadable: new Map(),
+    unread: new Map(),
+    orphans: [],
+    active: new Map(),
+    errors: [],
+    warnings: [],
+  };
+  const context = {
+    configured: new Set(config.vms.map((v) => v.name)),
+    limited,
+    liveWarnings: [] as PlanIssue[],
+  };
+  for (const snapshot of world.domains) surveyDomain(survey, snapshot, context);
+  survey.warnings.push(...context.liveWarnings);
+  return survey;
+}

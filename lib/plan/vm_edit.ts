@@ -1,0 +1,370 @@
+/**
+ * The per-VM edit: from what a VM's rules resolve to and its current definition, the hostdevs
+ * it gains, keeps, rewrites, moves and loses, and the XML it will be defined with. Pure.
+ *
+ * - Only hostdevs listed in our metadata (owned) are ever removed or rewritten. A rule that
+ *   resolves to a device the VM already has as a hand-added hostdev keeps that element byte for
+ *   byte and does not take it over (no record, so dropping the rule later never removes what the
+ *   user wrote by hand); the reasoning says so. It is never duplicated.
+ * - An owned hostdev whose card now sits at another address (same IDs and serial, or same IDs
+ *   when the card is the only candidate) is moved (`VmPlan.move`, not listed in add/remove).
+ * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
+ *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
+ *   wrong device is never kept silently.
+ * - A refused VM keeps its definition exactly as it is.
+ *
+ * @module
+ */
+
+import type { ClosedDevice } from "../resolve/closure.ts";
+import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { pciAddressParts } from "../pci/address.ts";
+import { assignGuestSlots, specFor } from "./guest_slots.ts";
+import { describe, driftWarning } from "./issues.ts";
+import type { VmResolution } from "./resolve.ts";
+import type { DeviceIdentity, HostdevSpec, PlanIssue, PlannedHostdev, VmPlan } from "./types.ts";
+
+/** What {@link planVm} needs besides the VM's definition and resolution. */
+export interface VmContext {
+  host: HostTopology;
+  byAddress: ReadonlyMap<PciAddress, PciDevice>;
+  /** Plan-wide refusals: each refuses this VM too. */
+  globalErrors: readonly PlanIssue[];
+  active: boolean | null;
+}
+
+/** The edit being built for one VM. */
+interface Edit {
+  readonly plan: VmPlan;
+  readonly domain: ParsedDomain;
+  /** Every device the VM's rules want, by address. */
+  readonly desired: ReadonlyMap<PciAddress, ClosedDevice>;
+  /** Each rule's first matched device: the one that gets its boot order. */
+  readonly firstMatched: ReadonlySet<PciAddress>;
+  /** Devices whose hostdev is written (new, rewritten or moved to). */
+  readonly toAdd: ClosedDevice[];
+  /** Owned hostdevs deleted (rewritten, moved from, or no longer wanted). */
+  readonly remove: Set<PciAddress>;
+  /** The new metadata records. */
+  readonly records: DeviceIdentity[];
+}
+
+/**
+ * A plan for `name` that changes nothing: `xml` as both the current and the desired definition,
+ * no hostdevs listed, no issues. The planner fills it in; scripts and tests building a plan by
+ * hand spread it and override what they change.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const vm = { ...emptyVmPlan("win10", "<domain/>"), desiredXml: "<domain></domain>", changed: true };
+ * assertEquals([vm.currentXml, vm.add, vm.changed], ["<domain/>", [], true]);
+ * ```
+ */
+export function emptyVmPlan(name: string, xml: string): VmPlan {
+  return {
+    name,
+    hostdevs: [],
+    add: [],
+    remove: [],
+    keep: [],
+    move: [],
+    reasoning: [],
+    warnings: [],
+    errors: [],
+    active: null,
+    currentXml: xml,
+    desiredXml: xml,
+    changed: false,
+  };
+}
+
+/** The identity recorded for `device`, as resolved by `rule`. */
+function identityOf(
+  device: PciDevice,
+  rule: string,
+  records: readonly DeviceIdentity[],
+): DeviceIdentity {
+  // Once libvirt has moved the card to vfio-pci, keep the driver it was first resolved with.
+  const driver = device.driver !== null && VFIO_DRIVERS.has(device.driver)
+    ? recordedDriver(device, records) ?? device.driver
+    : device.driver;
+  return {
+    address: device.address,
+    vendorId: device.vendorId,
+    deviceId: device.deviceId,
+    subsystemVendorId: device.subsystemVendorId,
+    subsystemDeviceId: device.subsystemDeviceId,
+    classCode: device.classCode,
+    serial: device.serial,
+    driver,
+    rule,
+  };
+}
+
+/** The settings of an existing hostdev the planner writes (guest address aside), comparable. */
+function settingsOfHostdev(hostdev: DomainHostdev): string {
+  return JSON.stringify([
+    hostdev.managed,
+    hostdev.bootOrder ?? "",
+    hostdev.romBar ?? "",
+    hostdev.romFile ?? "",
+  ]);
+}
+
+/** The settings of a spec, comparable with {@link settingsOfHostdev}. */
+function settingsOfSpec(spec: HostdevSpec): string {
+  return JSON.stringify([
+    spec.managed,
+    spec.bootOrder ?? "",
+    spec.rom?.bar ?? "",
+    spec.rom?.file ?? "",
+  ]);
+}
+
+/**
+ * Whether a hostdev sits in a multifunction guest slot, as `multifunction: true` lays cards out
+ * (function numbers kept, function 0 marked `multifunction='on'`). libvirt's own placement puts
+ * each hostdev at function 0 of a slot of its own, unmarked.
+ */
+function inMultifunctionSlot(hostdev: DomainHostdev): boolean {
+  const guest = hostdev.guestAddress;
+  return guest !== null && (guest.multifunction || pciAddressParts(guest.address).function !== 0);
+}
+
+/** libvirt refuses per-device boot order next to `<os><boot dev=...>`: say so before apply. */
+function bootOrderConflicts(
+  vm: string,
+  domain: ParsedDomain,
+  resolution: VmResolution,
+): PlanIssue[] {
+  if (domain.bootDevices.length === 0) return [];
+  return resolution.rules.filter((r) => r.rule.bootOrder !== undefined && r.devices.length > 0)
+    .map((r): PlanIssue => ({
+      code: "boot-order-conflict",
+      message:
+        `Rule "${r.rule.name}" sets boot_order but VM "${vm}" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
+      vm,
+      rule: r.rule.name,
+      location: r.rule.location,
+    }));
+}
+
+/** A refused VM keeps its definition exactly as it is; stale hostdevs are still reported. */
+function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
+  for (const have of domain.hostdevs) {
+    const record = domain.records.find((r) => r.address === have.address);
+    const now = context.byAddress.get(have.address);
+    if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
+      continue;
+    }
+    const outcome = "it stays until the errors above are fixed and the plan is applied";
+    plan.warnings.push(driftWarning(plan.name, record, now, outcome));
+  }
+  plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
+  plan.keep = [...plan.hostdevs];
+  return plan;
+}
+
+/** One wanted device the VM already has as an owned hostdev: kept, or rewritten if it changed. */
+function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): void {
+  const { plan, domain } = edit;
+  const { address } = have;
+  const rule = closed.rule.name;
+  const record = domain.records.find((r) => r.address === address);
+  if (record !== undefined && !sameIdentity(record, closed.device)) {
+    plan.warnings.push({
+      code: "drift",
+      message:
+        `Hostdev ${address} of "${plan.name}" was recorded as ${record.vendorId}:${record.deviceId}${
+          record.serial ? ` serial ${record.serial}` : ""
+        } but the address now holds ${describe(closed.device)}${
+          closed.device.serial ? ` serial ${closed.device.serial}` : ""
+        }: rule "${rule}" matches the new device, so it stays and its record is updated`,
+      vm: plan.name,
+      rule,
+      devices: [address],
+    });
+  }
+  edit.records.push(identityOf(closed.device, rule, domain.records));
+  const on = closed.rule.multifunction;
+  let why: string | null = null;
+  if (settingsOfHostdev(have) !== settingsOfSpec(specFor(closed, edit.firstMatched))) {
+    why = `${address}: settings of rule "${rule}" changed, rewritten`;
+  } else if (inMultifunctionSlot(have) !== on) {
+    // `multifunction` turned on or off: the guest addresses are laid out again.
+    why = `${address}: multifunction of rule "${rule}" turned ${
+      on ? "on" : "off"
+    }, rewritten with ${on ? "one guest slot per card" : "libvirt's own guest addresses"}`;
+  }
+  if (why === null) return;
+  edit.remove.add(address);
+  edit.toAdd.push(closed);
+  plan.reasoning.push(why);
+}
+
+/** Every wanted device: added, kept as written (hand-added or an interface), kept or rewritten. */
+function takeWanted(edit: Edit): void {
+  const { plan, domain } = edit;
+  const existing = new Map(domain.hostdevs.map((h) => [h.address, h]));
+  for (const [address, closed] of edit.desired) {
+    const have = existing.get(address);
+    const kept = (as: string, not: string) =>
+      plan.reasoning.push(
+        `${address} (rule "${closed.rule.name}") is already in "${plan.name}" as ${as}: kept as written, ${not}`,
+      );
+    if (have === undefined && domain.interfaceHostdevs.includes(address)) {
+      kept("an <interface type='hostdev'>", "not added twice");
+    } else if (have === undefined) edit.toAdd.push(closed);
+    else if (!have.owned) kept("a hand-added hostdev", "not taken over");
+    else keepOrRewrite(edit, have, closed);
+  }
+}
+
+/**
+ * Where the card an owned hostdev recorded now sits, among the devices being added: proven by
+ * its serial, or by its IDs when it is the only such device on the host.
+ */
+function movedTarget(
+  edit: Edit,
+  record: DeviceIdentity,
+  from: PciAddress,
+  context: { host: HostTopology; claimed: ReadonlySet<PciAddress> },
+): ClosedDevice | undefined {
+  const targets = edit.toAdd.filter((c) =>
+    !context.claimed.has(c.device.address) && c.rule.name === record.rule &&
+    sameIdentity(record, c.device)
+  );
+  if (record.serial !== null) return targets[0];
+  const elsewhere = context.host.devices.filter((d) =>
+    d.address !== from && sameIdentity(record, d)
+  );
+  return targets.length === 1 && elsewhere.length === 1 ? targets[0] : undefined;
+}
+
+/** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
+function releaseUnwanted(edit: Edit, context: VmContext): void {
+  const { plan, domain } = edit;
+  const claimed = new Set<PciAddress>();
+  for (const have of domain.hostdevs) {
+    if (!have.owned || edit.desired.has(have.address)) continue;
+    edit.remove.add(have.address);
+    const record = domain.records.find((r) => r.address === have.address);
+    if (record === undefined) continue;
+    const now = context.byAddress.get(have.address);
+    const stillThere = now !== undefined && sameIdentity(record, now);
+    const target = stillThere
+      ? undefined
+      : movedTarget(edit, record, have.address, { host: context.host, claimed });
+    if (target !== undefined) {
+      claimed.add(target.device.address);
+      const serial = record.serial !== null;
+      plan.move.push({
+        from: have.address,
+        to: target.device.address,
+        rule: target.rule.name,
+        evidence: serial
+          ? "same IDs and serial"
+          : "same IDs and subsystem, the only such device on the host",
+      });
+      plan.reasoning.push(
+        `Moved from ${have.address} to ${target.device.address}, ${
+          serial ? "same IDs and serial" : "same IDs, the only such device"
+        } (rule "${target.rule.name}")`,
+      );
+    } else if (!stillThere) {
+      plan.warnings.push(driftWarning(plan.name, record, now, "it is removed"));
+    }
+  }
+}
+
+function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHostdev {
+  return {
+    address: closed.device.address,
+    rule: closed.rule.name,
+    reason: closed.reason,
+    group: closed.device.iommuGroup,
+    spec,
+    identity: identityOf(closed.device, closed.rule.name, edit.domain.records),
+    description: describe(closed.device),
+  };
+}
+
+/** The lists, records and desired XML from the decisions taken. */
+function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
+  const { plan, domain, toAdd, remove } = edit;
+  for (const closed of toAdd) {
+    if (!remove.has(closed.device.address)) {
+      edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
+    }
+  }
+  const specs = assignGuestSlots(toAdd, edit.firstMatched, domain, plan.reasoning);
+  const movedTo = new Set(plan.move.map((m) => m.to));
+  const movedFrom = new Set(plan.move.map((m) => m.from));
+  // New hostdevs first, then the rewritten ones (listed as both removed and added).
+  const fresh = toAdd.filter((c) =>
+    !movedTo.has(c.device.address) && !remove.has(c.device.address)
+  );
+  const rewritten = toAdd.filter((c) => remove.has(c.device.address));
+  for (const closed of [...fresh, ...rewritten]) {
+    plan.add.push(planned(closed, specs.get(closed.device.address)!, edit));
+  }
+  plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
+  plan.keep = domain.hostdevs.map((h) => h.address).filter((a) => !remove.has(a)).sort();
+  plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
+  edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  plan.desiredXml = editDomainXml(xml, {
+    remove: [...remove],
+    add: toAdd.map((c) => specs.get(c.device.address)!),
+    records: edit.records,
+  });
+  plan.changed = plan.desiredXml !== plan.currentXml;
+  if (plan.changed && active === true) {
+    plan.warnings.push({
+      code: "vm-running",
+      message:
+        `VM "${plan.name}" is running: the new definition takes effect the next time it is powered off and started`,
+      vm: plan.name,
+    });
+  }
+  return plan;
+}
+
+/**
+ * The plan of one VM: its definition (`xml`, parsed as `domain`) edited to hold what its rules
+ * resolve to. A VM with any refusal (its own, a conflict, or plan-wide) keeps its definition.
+ */
+export function planVm(
+  xml: string,
+  domain: ParsedDomain,
+  resolution: VmResolution,
+  context: VmContext,
+): VmPlan {
+  const vm = resolution.vm;
+  const plan = emptyVmPlan(vm, xml);
+  plan.active = context.active;
+  plan.reasoning.push(...resolution.closure.reasoning);
+  plan.warnings.push(...resolution.warnings);
+  plan.errors.push(
+    ...context.globalErrors.map((e) => ({ ...e, vm })),
+    ...resolution.errors,
+    ...bootOrderConflicts(vm, domain, resolution),
+  );
+  if (plan.errors.length > 0) return keepAsIs(plan, domain, context);
+  const edit: Edit = {
+    plan,
+    domain,
+    desired: new Map(resolution.closure.devices.map((c) => [c.device.address, c])),
+    firstMatched: new Set(
+      resolution.rules.flatMap((r) => r.devices.length > 0 ? [r.devices[0]!.address] : []),
+    ),
+    toAdd: [],
+    remove: new Set(),
+    records: [],
+  };
+  takeWanted(edit);
+  releaseUnwanted(edit, context);
+  return finishEdit(edit, xml, context.active);
+}

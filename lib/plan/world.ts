@@ -1,0 +1,139 @@
+/**
+ * The one place planning reads libvirt: every domain's state and definitions, read once into
+ * plain data (a {@link World}) that the planner then works on without any I/O. Whatever goes wrong
+ * while reading (a definition the strict reader refuses, a read libvirt fails, a guest that stops
+ * or a domain undefined between the listing and the read) becomes data here, never an exception
+ * out of the middle of planning.
+ *
+ * @module
+ */
+
+import { type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
+import { type LenientHostdevScan, scanHostdevsLeniently } from "../domain/lenient.ts";
+import type { LibvirtPort } from "./libvirt_port.ts";
+
+/**
+ * One definition of a domain as read: parsed by the strict reader; refused by it (with what the
+ * lenient scan still finds in it); or not returned by libvirt at all.
+ */
+export type DefinitionRead =
+  | { kind: "parsed"; xml: string; domain: ParsedDomain }
+  | { kind: "unreadable"; xml: string; error: string; scan: LenientHostdevScan }
+  | { kind: "read-failed"; error: string };
+
+/** One domain as planning sees it. Plain data. */
+export interface DomainSnapshot {
+  /** The domain's name. */
+  name: string;
+  /** Whether it was running when listed. */
+  active: boolean;
+  /** The persistent definition (`VIR_DOMAIN_XML_INACTIVE`), as planning reads it. */
+  persistent: DefinitionRead;
+  /**
+   * The running definition, which also holds devices hot-plugged without a change to the
+   * persistent one: read for a domain listed as running when the port can read it. `null` when
+   * not read, and when the guest stopped before it could be read (it then holds nothing live).
+   */
+  live: DefinitionRead | null;
+}
+
+/** Every domain of a libvirt connection, read once. Plain data (see {@link readWorld}). */
+export interface World {
+  /** The canonical URI of the connection. */
+  uri: string;
+  /** Every domain, in the port's order (sorted by name). */
+  domains: DomainSnapshot[];
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Reads one definition as {@link readWorld} does: through the strict reader, else the lenient
+ * scan with the strict reader's complaint. For worlds built from XML by hand (tests, scripts).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readDefinition("<domain><name>vm</name></domain>").kind, "parsed");
+ * const broken = readDefinition("<domain><name>vm</name><devices>");
+ * assertEquals(broken.kind === "unreadable" && broken.scan, { addresses: [], unresolved: 0 });
+ * ```
+ */
+export function readDefinition(xml: string): DefinitionRead {
+  try {
+    return { kind: "parsed", xml, domain: parseDomainXml(xml) };
+  } catch (error) {
+    return { kind: "unreadable", xml, error: errorText(error), scan: scanHostdevsLeniently(xml) };
+  }
+}
+
+/** Whether `name` still exists; `true` when libvirt cannot say (the read error then stands). */
+function stillListed(libvirt: LibvirtPort, name: string): boolean {
+  try {
+    return libvirt.listDomains().some((d) => d.name === name);
+  } catch {
+    return true;
+  }
+}
+
+/** Whether the guest still runs; a domain libvirt no longer finds does not. */
+function stillActive(libvirt: LibvirtPort, name: string): boolean {
+  try {
+    return libvirt.isActive(name);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The running definition of a domain listed as running, or `null` when the guest stopped since
+ * it was listed: a stopped guest holds nothing live, so neither a failed read nor a definition
+ * the strict reader refuses says anything then.
+ */
+function readLive(libvirt: LibvirtPort, name: string): DefinitionRead | null {
+  if (libvirt.getLiveXml === undefined) return null;
+  let read: DefinitionRead;
+  try {
+    read = readDefinition(libvirt.getLiveXml(name));
+  } catch (error) {
+    read = { kind: "read-failed", error: errorText(error) };
+  }
+  if (read.kind !== "parsed" && !stillActive(libvirt, name)) return null;
+  return read;
+}
+
+/**
+ * Reads every domain of `libvirt` once: its state, its persistent definition and, for a running
+ * guest, its live definition, each parsed by the strict reader or, when that refuses it, scanned
+ * leniently. A domain undefined between the listing and the read is left out, as if listed a
+ * moment later; any other failed read is kept as `read-failed`. Never throws for one domain;
+ * only a failed listing throws.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { openLibvirtPort } from "../../ffi/port.ts";
+ * // libvirt's built-in test world has one running domain, "test".
+ * using libvirt = openLibvirtPort("test:///default");
+ * const world = readWorld(libvirt);
+ * assertEquals(world.domains.map((d) => [d.name, d.active, d.persistent.kind, d.live?.kind]), [
+ *   ["test", true, "parsed", "parsed"],
+ * ]);
+ * ```
+ */
+export function readWorld(libvirt: LibvirtPort): World {
+  const domains: DomainSnapshot[] = [];
+  for (const { name, active } of libvirt.listDomains()) {
+    let persistent: DefinitionRead;
+    try {
+      persistent = readDefinition(libvirt.getPersistentXml(name));
+    } catch (error) {
+      if (!stillListed(libvirt, name)) continue;
+      persistent = { kind: "read-failed", error: errorText(error) };
+    }
+    domains.push({ name, active, persistent, live: active ? readLive(libvirt, name) : null });
+  }
+  return { uri: libvirt.uri, domains };
+}

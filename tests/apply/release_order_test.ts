@@ -1,0 +1,197 @@
+/**
+ * Devices moving between VMs: the VM releasing a device (or part of its IOMMU group) is applied
+ * first, and the VM taking it is held back when that release did not happen, so no device or
+ * group ends up in two definitions.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
+import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+import { gpuIdentity } from "../helpers/devices.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
+
+const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
+
+function config(vms: string) {
+  return parseConfig(`version: 1\nvms:\n${vms}`, { file: "c.yaml" });
+}
+
+/** `root/world.xml`: two shut-off test-driver domains, "alpha" and "beta", with no devices. */
+function writeAlphaBetaWorld(root: string): void {
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<?xml version="1.0"?>\n<node>\n${
+      testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+    }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+  );
+}
+
+function testDomain(name: string, uuid: string): string {
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+    </devices>
+    <test:runstate>5</test:runstate>
+  </domain>`;
+}
+
+const GPU = "0000:01:00.0";
+
+/** A world where "alpha" holds the GPU (owned) and a plan moving it to "beta", listed first. */
+function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-release-" });
+  writeAlphaBetaWorld(root);
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
+    remove: [],
+    add: [{ address: GPU, managed: true }],
+    records: [gpuIdentity(GPU)],
+  }));
+  const vmPlan = (name: string, edit: Parameters<typeof editDomainXml>[1]): VmPlan => {
+    const currentXml = port.getPersistentXml(name, { secure: true });
+    const desiredXml = editDomainXml(currentXml, edit);
+    return {
+      ...emptyVmPlan(name, currentXml),
+      hostdevs: edit.add.map((a) => a.address),
+      add: edit.add.map((spec) => ({
+        address: spec.address,
+        rule: "gpu",
+        reason: "matched" as const,
+        group: 1,
+        spec,
+        identity: gpuIdentity(spec.address),
+        description: "10de:2684 VGA compatible controller",
+      })),
+      remove: edit.remove,
+      active: false,
+      desiredXml,
+      changed: desiredXml !== currentXml,
+    };
+  };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "test",
+    uri: port.uri,
+    errors: [],
+    warnings: [],
+    vms: [
+      vmPlan("beta", {
+        remove: [],
+        add: [{ address: GPU, managed: true }],
+        records: [gpuIdentity(GPU)],
+      }),
+      vmPlan("alpha", { remove: [GPU], add: [], records: [] }),
+    ],
+  };
+  return {
+    port,
+    root,
+    plan,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+function answering(...list: ConfirmAnswer[]) {
+  const asked: string[] = [];
+  const confirm = (vm: VmPlan) => {
+    asked.push(vm.name);
+    return Promise.resolve(list.shift() ?? "no");
+  };
+  return { asked, confirm };
+}
+
+function pciHostdevs(port: LibvirtPort, name: string): string[] {
+  return parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+}
+
+Deno.test("applyPlan() does not give a device to a VM when the VM holding it was declined", async () => {
+  using w = moveWorld();
+  const { asked, confirm } = answering("no", "yes");
+  const report = await applyPlan(w.plan, { libvirt: w.port, stateDir: `${w.root}/state`, confirm });
+  // The VM that frees the device is asked first; the one taking it is then not asked at all.
+  assertEquals(asked, ["alpha"]);
+  assertEquals(report.vms.map((r) => [r.vm, r.code]), [["beta", "blocked"], ["alpha", "declined"]]);
+  assertMatch(report.vms[0]!.message, /0000:01:00\.0/);
+  assertMatch(report.vms[0]!.message, /"alpha"/);
+  assertEquals(pciHostdevs(w.port, "alpha"), [GPU]);
+  assertEquals(pciHostdevs(w.port, "beta"), []);
+});
+
+Deno.test("applyPlan() frees a device before giving it to another VM, reporting in plan order", async () => {
+  using w = moveWorld();
+  const { asked, confirm } = answering("yes", "yes");
+  const report = await applyPlan(w.plan, { libvirt: w.port, stateDir: `${w.root}/state`, confirm });
+  assertEquals(asked, ["alpha", "beta"]);
+  assertEquals(report.vms.map((r) => [r.vm, r.code]), [["beta", "applied"], ["alpha", "applied"]]);
+  assertEquals(report.changed, ["beta", "alpha"]);
+  assertEquals(pciHostdevs(w.port, "alpha"), []);
+  assertEquals(pciHostdevs(w.port, "beta"), [GPU]);
+});
+
+Deno.test("applyPlan() holds back a VM taking part of an IOMMU group another VM still holds part of", async () => {
+  // Group 7: a GPU and its audio function. With `iommu_group: false`, each VM asks for one.
+  const host = topologyFromDescription({
+    devices: [
+      { bdf: "0000:0b:00.0", group: 7, class: "0x030000", vendor: "0x10de", device: "0x1b80" },
+      { bdf: "0000:0b:00.1", group: 7, class: "0x040300", vendor: "0x10de", device: "0x10f0" },
+    ].map((d) => ({ ...d, ...BLANK, driver: "vfio-pci" })),
+  }, { source: "test" });
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-release-" });
+  try {
+    writeAlphaBetaWorld(root);
+    using port = openLibvirtPort(`test://${root}/world.xml`);
+    const rule = (name: string, id: string) =>
+      `    devices:\n      - name: ${name}\n        match: { vendor_device_id: "${id}" }\n        iommu_group: false\n`;
+    const first = planHostdevs({
+      config: config(`  alpha:\n${rule("gpu", "10de:1b80")}`),
+      host,
+      libvirt: port,
+    });
+    const yes = () => Promise.resolve("yes" as const);
+    await applyPlan(first, { libvirt: port, stateDir: `${root}/state`, confirm: yes });
+    assertEquals(pciHostdevs(port, "alpha"), ["0000:0b:00.0"]);
+
+    // alpha lets the GPU go; beta asks for the audio function of the same group.
+    const plan = planHostdevs({
+      config: config(`  alpha:\n    devices: []\n  beta:\n${rule("audio", "10de:10f0")}`),
+      host,
+      libvirt: port,
+    });
+    assertEquals(plan.groupOf, { "0000:0b:00.0": 7, "0000:0b:00.1": 7 });
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.errors]), [["alpha", []], ["beta", []]]);
+    const { asked, confirm } = answering("no", "yes");
+    const report = await applyPlan(plan, { libvirt: port, stateDir: `${root}/state`, confirm });
+    assertEquals(asked, ["alpha"]);
+    assertEquals(report.vms.map((r) => [r.vm, r.code]), [["alpha", "declined"], [
+      "beta",
+      "blocked",
+    ]]);
+    assertMatch(report.vms[1]!.message, /"0000:0b:00\.0", which "alpha" still holds/);
+    // The group is not split between the two definitions.
+    assertEquals(pciHostdevs(port, "alpha"), ["0000:0b:00.0"]);
+    assertEquals(pciHostdevs(port, "beta"), []);
+
+    // Accepted, the release goes first and the taker follows.
+    const again = await applyPlan(plan, {
+      libvirt: port,
+      stateDir: `${root}/state`,
+      confirm: answering("yes", "yes").confirm,
+    });
+    assertEquals(again.changed, ["alpha", "beta"]);
+    assertEquals(pciHostdevs(port, "beta"), ["0000:0b:00.1"]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});

@@ -1,0 +1,176 @@
+/**
+ * Planning until refusals settle: a refused VM keeps its definition, so what it holds counts as
+ * held for the others, round after round; VMs left out by `vms` still report drift plan-wide.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import {
+  baseDevices,
+  config,
+  dev,
+  HOST,
+  host,
+  LINUX,
+  vmOf,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { gpuIdentity } from "../helpers/devices.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { editDomainXml } from "../../lib/domain/domain_xml.ts";
+import { planWorld } from "../../lib/plan/plan.ts";
+import type { DeviceIdentity } from "../../lib/plan/types.ts";
+import { dataWorld } from "../helpers/world.ts";
+
+const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
+const GPU_ADDRESS = "0000:01:00.0";
+
+/** `root/world.xml`: two shut-off test-driver domains, "alpha" and "beta", with no devices. */
+function writeAlphaBetaWorld(root: string): void {
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<?xml version="1.0"?>\n<node>\n${
+      testDomain("alpha", "11111111-1111-4111-8111-111111111111")
+    }\n${testDomain("beta", "22222222-2222-4222-8222-222222222222")}\n</node>\n`,
+  );
+}
+
+function testDomain(name: string, uuid: string): string {
+  return `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>${name}</name>
+    <uuid>${uuid}</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+    </devices>
+    <test:runstate>5</test:runstate>
+  </domain>`;
+}
+
+Deno.test("planHostdevs() limited to some VMs still reports drift in the others, plan-wide", async () => {
+  const swapped = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x1002", device: "0x73df" }),
+  ]);
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const both = config(
+      '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        "  linux:\n    devices: []\n",
+    );
+    libvirt.define(vmOf(planHostdevs({ config: both, host: HOST, libvirt }), "win10").desiredXml);
+    const limited = planHostdevs({ config: both, host: swapped, libvirt, vms: ["linux"] });
+    assertEquals(limited.vms.map((vm) => vm.name), ["linux"]);
+    const drift = limited.warnings.filter((w) => w.code === "drift");
+    assertEquals([...new Set(drift.map((w) => w.vm))], ["win10"]);
+    assertOk(
+      drift.some((w) => w.devices?.[0] === "0000:01:00.0" && /now holds 1002:73df/.test(w.message)),
+    );
+    // The same warnings win10's own plan gives when it is planned; then not repeated plan-wide.
+    const all = planHostdevs({ config: both, host: swapped, libvirt });
+    assertEquals(all.warnings.filter((w) => w.code === "drift"), []);
+    assertEquals(vmOf(all, "win10").warnings.filter((w) => w.code === "drift"), drift);
+  });
+});
+
+Deno.test("planHostdevs() refuses to give a device to a VM while a refused VM keeps it in its definition", () => {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-fixpoint-" });
+  try {
+    writeAlphaBetaWorld(root);
+    using port = openLibvirtPort(`test://${root}/world.xml`);
+    port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
+      remove: [],
+      add: [{ address: GPU_ADDRESS, managed: true }],
+      records: [gpuIdentity(GPU_ADDRESS)],
+    }));
+    const host = topologyFromDescription({
+      devices: [
+        {
+          bdf: GPU_ADDRESS,
+          group: 7,
+          class: "0x030000",
+          vendor: "0x10de",
+          device: "0x2684",
+          driver: "vfio-pci",
+          ...BLANK,
+        },
+      ],
+    }, { source: "one-gpu" });
+    // alpha's rule no longer matches (a typo): alpha is refused and keeps the GPU_ADDRESS as it is.
+    const cfg = config(`  alpha:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2685" }
+  beta:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+`);
+    const plan = planHostdevs({ config: cfg, host, libvirt: port });
+    const [alpha, beta] = plan.vms;
+    assertEquals(alpha?.errors.map((e) => e.code), ["no-match"]);
+    assertEquals(alpha?.keep, [GPU_ADDRESS]);
+    assertEquals(beta?.errors.map((e) => e.code), ["device-assigned-twice"]);
+    assertMatch(beta!.errors[0]!.message, /"alpha" holds it in its definition now/);
+    assertEquals(beta?.changed, false);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+/** A definition of `name` holding `owned` hostdevs this tool added (with their records). */
+function owning(name: string, owned: DeviceIdentity[]): string {
+  const empty =
+    `<domain type='kvm'>\n  <name>${name}</name>\n  <devices>\n  </devices>\n</domain>\n`;
+  return editDomainXml(empty, {
+    remove: [],
+    add: owned.map((r) => ({ address: r.address, managed: true })),
+    records: owned,
+  });
+}
+
+Deno.test("planWorld() settles refusals over several rounds, each refused VM keeping what it holds", () => {
+  const twoCards = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+      { bdf: "0000:02:00.0", group: 2, class: "0x020000", vendor: "0x8086", device: "0x1533" },
+    ].map((d) => ({ ...d, ...BLANK, driver: "vfio-pci" })),
+  }, { source: "two-cards" });
+  const nic: DeviceIdentity = {
+    ...gpuIdentity("0000:02:00.0", { driver: "igb", rule: "nic" }),
+    vendorId: "8086",
+    deviceId: "1533",
+    classCode: "020000",
+  };
+  const world = dataWorld({
+    // alpha holds the GPU, but its rule no longer matches (a typo): refused in round 1.
+    alpha: owning("alpha", [gpuIdentity("0000:01:00.0", { driver: "vfio-pci" })]),
+    // beta holds the NIC, which its config no longer asks for, and wants the GPU.
+    beta: owning("beta", [nic]),
+    gamma: owning("gamma", []),
+  });
+  const cfg = config(`  alpha:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2685" }
+  beta:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+  gamma:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:1533" }
+`);
+  const plan = planWorld({ config: cfg, host: twoCards, world });
+  // Round 2 refuses beta (alpha keeps the GPU), so beta keeps the NIC; round 3 refuses gamma.
+  assertEquals(plan.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
+    ["alpha", ["no-match"], false],
+    ["beta", ["device-assigned-twice"], false],
+    ["gamma", ["device-assigned-twice"], false],
+  ]);
+  assertMatch(plan.vms[1]!.errors[0]!.message, /"alpha" holds it in its definition now/);
+  assertMatch(plan.vms[2]!.errors[0]!.message, /"beta" holds it in its definition now/);
+  assertEquals(plan.vms.map((vm) => vm.keep), [["0000:01:00.0"], ["0000:02:00.0"], []]);
+});

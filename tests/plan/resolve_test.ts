@@ -1,0 +1,65 @@
+/**
+ * Resolving the config on a host before any domain is looked at: host-wide issues (no IOMMU,
+ * pcie_acs_override) and rules closed over IOMMU groups with their host-critical refusals.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import {
+  baseDevices,
+  config,
+  GPU,
+  GPU_AUDIO,
+  GPU_CONFIG,
+  host,
+  vmOf,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import type { HostUse } from "../../lib/host/types.ts";
+import { sriovHost } from "../helpers/plan_world.ts";
+import { resolveConfig } from "../../lib/plan/resolve.ts";
+
+Deno.test("planHostdevs() refuses everything on a host without IOMMU groups", async () => {
+  const flat = topologyFromDescription(
+    { devices: [GPU, GPU_AUDIO].map((d) => ({ ...d, group: null })) },
+    { source: "flat" },
+  );
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: flat, libvirt });
+    assertEquals(plan.errors.map((e) => e.code), ["no-iommu"]);
+    assertMatch(plan.errors[0]!.message, /has no IOMMU groups/);
+    const vm = vmOf(plan, "win10");
+    assertOk(vm.errors.some((e) => e.code === "no-iommu"));
+    assertEquals(vm.desiredXml, vm.currentXml);
+  });
+});
+
+Deno.test("planHostdevs() warns about pcie_acs_override on the kernel command line", async () => {
+  const acs = host([...baseDevices(), GPU, GPU_AUDIO], {
+    cmdline: "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 pcie_acs_override=downstream,multifunction",
+  });
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: acs, libvirt });
+    assertEquals(plan.warnings.map((w) => w.code), ["acs-override"]);
+    assertMatch(plan.warnings[0]!.message, /not real isolation boundaries/);
+  });
+});
+
+Deno.test("resolveConfig() refuses a PF whose VF carries the host's default route, naming the override", () => {
+  const use: HostUse = {
+    address: "0000:01:10.2",
+    reason: "default-route",
+    detail: "default route via enp1s0f0v1",
+  };
+  const cfg = config(`  router:
+    devices:
+      - name: pf
+        match: { address: "01:00.0" }
+`);
+  const errors = resolveConfig(cfg, sriovHost([use])).get("router")!.errors;
+  assertEquals(errors.map((e) => e.code), ["group-contains-host-critical"]);
+  assertMatch(errors[0]!.message, /0000:01:10\.2/);
+  assertMatch(errors[0]!.message, /allow_host_critical: true/);
+});

@@ -1,0 +1,412 @@
+/**
+ * The per-VM edit: which hostdevs are added, kept, rewritten, moved or removed, the records and
+ * the desired XML. Against the real libvirt.so.0 (test driver worlds, and a real QEMU libvirtd
+ * when one can start), and as pure data tests over planWorld() with no libvirt.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import {
+  baseDevices,
+  config,
+  dev,
+  domainXml,
+  GPU,
+  GPU_AUDIO,
+  GPU_CONFIG,
+  HOST,
+  host,
+  LINUX,
+  vmOf,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { dataWorld } from "../helpers/world.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planWorld } from "../../lib/plan/plan.ts";
+import type { VmPlan } from "../../lib/plan/types.ts";
+
+Deno.test("planHostdevs() adds a matched GPU and its group's audio function, with records", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
+    const vm = vmOf(plan, "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.add.map((a) => [a.address, a.reason]), [
+      ["0000:01:00.0", "matched"],
+      ["0000:01:00.1", "iommu-group"],
+    ]);
+    assertEquals(vm.hostdevs, ["0000:01:00.0", "0000:01:00.1"]);
+    assertOk(vm.changed);
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals(parsed.hostdevs.map((h) => [h.address, h.owned, h.managed]), [
+      ["0000:01:00.0", true, true],
+      ["0000:01:00.1", true, true],
+    ]);
+    assertEquals(parsed.records.map((r) => [r.address, r.driver, r.rule]), [
+      ["0000:01:00.0", "nvidia", "gpu"],
+      ["0000:01:00.1", "snd_hda_intel", "gpu"],
+    ]);
+    assertOk(vm.reasoning.some((r) => r.includes("left out PCI bridge 0000:00:01.0")));
+    assertOk(vm.warnings.some((w) => w.code === "host-driver-in-use"));
+  });
+});
+
+Deno.test("planHostdevs() changes nothing when planned again after applying", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const first = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(first.desiredXml);
+    const second = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    assertEquals(second.changed, false);
+    assertEquals(second.desiredXml, second.currentXml);
+    assertEquals([second.add, second.remove, second.move], [[], [], []]);
+    assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
+  });
+});
+
+Deno.test("planHostdevs() still matches driver: nvidia after libvirt rebinds the GPU to vfio-pci", async () => {
+  const rebound = host([
+    ...baseDevices(),
+    { ...GPU, driver: "vfio-pci" },
+    { ...GPU_AUDIO, driver: "vfio-pci" },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    // Without a record, vfio-pci is just vfio-pci: the rule does not match.
+    const fresh = vmOf(planHostdevs({ config: GPU_CONFIG, host: rebound, libvirt }), "win10");
+    assertEquals(fresh.errors.map((e) => e.code), ["no-match"]);
+
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const after = vmOf(planHostdevs({ config: GPU_CONFIG, host: rebound, libvirt }), "win10");
+    assertEquals(after.errors, []);
+    assertEquals(after.changed, false);
+    assertEquals(after.remove, []);
+    assertEquals(after.keep, ["0000:01:00.0", "0000:01:00.1"]);
+    // The driver it was resolved with is kept in the records, not replaced by vfio-pci.
+    assertEquals(parseDomainXml(after.desiredXml).records.map((r) => r.driver), [
+      "nvidia",
+      "snd_hda_intel",
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() keeps hand-added hostdevs byte for byte and never duplicates them", async () => {
+  await withPort([LINUX], (libvirt) => {
+    const cfg = config(`  linux:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:1533" }
+      - name: nvme
+        match: { class: nvme }
+        allow_host_critical: true
+`);
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "linux");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.add.map((a) => a.address), ["0000:03:00.0"]);
+    assertEquals(vm.hostdevs, ["0000:02:00.0", "0000:03:00.0"]);
+    const handAdded = parseDomainXml(vm.currentXml).hostdevs[0];
+    assertOk(handAdded !== undefined && !handAdded.owned);
+    assertOk(vm.desiredXml.includes(handAdded.xml));
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals(parsed.hostdevs.filter((h) => h.address === "0000:02:00.0").length, 1);
+    assertEquals(parsed.records.map((r) => r.address), ["0000:03:00.0"]);
+    assertOk(vm.reasoning.some((r) => r.includes("hand-added hostdev: kept as written")));
+    // Running domain: the change waits for the next power cycle.
+    assertOk(vm.warnings.some((w) => w.code === "vm-running"));
+  });
+});
+
+Deno.test("planHostdevs() removes owned hostdevs of a rule dropped from the config", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const empty = config("  win10:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: empty, host: HOST, libvirt }), "win10");
+    assertEquals(vm.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vm.hostdevs, []);
+    const parsed = parseDomainXml(vm.desiredXml);
+    assertEquals([parsed.hostdevs, parsed.records], [[], []]);
+  });
+});
+
+Deno.test("planHostdevs() moves a card found at a new address with the same IDs and serial", async () => {
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.move.find((m) => m.from === "0000:01:00.0"), {
+      from: "0000:01:00.0",
+      to: "0000:0b:00.0",
+      rule: "gpu",
+      evidence: "same IDs and serial",
+    });
+    assertEquals(vm.hostdevs, ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+    ]);
+    assertOk(vm.reasoning.some((r) => r.startsWith("Moved from 0000:01:00.0 to 0000:0b:00.0")));
+  });
+});
+
+Deno.test("planHostdevs() reports drift when an owned address now holds another device", async () => {
+  const swapped = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x1002", device: "0x73df" }),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    // The rule no longer matches: refused, and the stale hostdev is reported, not kept silently.
+    const refused = vmOf(planHostdevs({ config: GPU_CONFIG, host: swapped, libvirt }), "win10");
+    assertEquals(refused.errors.map((e) => e.code), ["no-match"]);
+    const drift = refused.warnings.find((w) => w.code === "drift");
+    assertOk(drift);
+    assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
+    assertMatch(drift.message, /now holds 1002:73df/);
+    assertEquals(refused.desiredXml, refused.currentXml);
+    // With the rule gone, the plan removes the stale hostdevs and says why.
+    const empty = config("  win10:\n    devices: []\n");
+    const fixed = vmOf(planHostdevs({ config: empty, host: swapped, libvirt }), "win10");
+    assertEquals(fixed.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(
+      fixed.warnings.filter((w) => w.code === "drift").map((w) => w.devices),
+      [["0000:01:00.0"], ["0000:01:00.1"]],
+    );
+  });
+});
+
+Deno.test("planHostdevs() matches driver: for a hand-added device libvirt moved to vfio-pci by its kernel modules, in its own VM only", async () => {
+  // The NVMe drive is on vfio-pci (libvirt detached it for a guest) and lspci lists "nvme" as its
+  // kernel module; no identity was recorded, because the hostdev was added by hand.
+  const vfioNvme = host(
+    baseDevices().map((d) =>
+      d.bdf === "0000:03:00.0" ? { ...d, driver: "vfio-pci", modules: ["nvme"] } : d
+    ),
+  );
+  const handAdded = `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+        </source>
+      </hostdev>`;
+  const rule = config(
+    '  win10:\n    devices:\n      - name: disk\n        match: { driver: nvme, class: "0108" }\n',
+  );
+  await withPort(
+    [domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", handAdded)],
+    (libvirt) => {
+      const vm = vmOf(planHostdevs({ config: rule, host: vfioNvme, libvirt }), "win10");
+      assertEquals(vm.errors, []);
+      assertEquals([vm.add, vm.remove, vm.keep], [[], [], ["0000:03:00.0"]]);
+      assertEquals(vm.changed, false);
+    },
+  );
+  // Not in the VM's definition: a vfio-pci device is not taken for driver: nvme on a guess.
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: rule, host: vfioNvme, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["no-match"]);
+  });
+});
+
+Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml);
+    const unmanaged = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        managed: false
+`);
+    const vm = vmOf(planHostdevs({ config: unmanaged, host: HOST, libvirt }), "win10");
+    assertEquals(vm.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vm.add.map((a) => [a.address, a.spec.managed]), [
+      ["0000:01:00.0", false],
+      ["0000:01:00.1", false],
+    ]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.managed), [false, false]);
+  });
+});
+
+const DISK_BOOT = `
+      <disk type='file' device='disk'>
+        <source file='/var/lib/libvirt/images/boot.qcow2'/>
+        <target dev='vdb' bus='virtio'/>
+        <boot order='1'/>
+      </disk>`;
+
+Deno.test("planHostdevs() gives boot_order to the rule's first matched device only", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_id: "10de" }
+        boot_order: 2
+`);
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    // Boot order must be unique in a domain: group members and further matches get none.
+    assertEquals(vm.add.map((a) => [a.address, a.spec.bootOrder]), [
+      ["0000:01:00.0", 2],
+      ["0000:01:00.1", undefined],
+    ]);
+    assertMatch(vm.desiredXml, /<boot order='2'\/>/);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertEquals(again.changed, false);
+  });
+});
+
+Deno.test("planHostdevs() refuses boot_order for a domain that boots by <os><boot dev>", async () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        boot_order: 1
+`);
+  await withPort([WIN10], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win10");
+    assertMatch(vm.currentXml, /<boot dev='hd'\/>/);
+    assertEquals(vm.errors.map((e) => e.code), ["boot-order-conflict"]);
+    assertEquals(
+      vm.errors[0]!.message,
+      `Rule "gpu" sets boot_order but VM "win10" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
+    );
+    assertEquals(vm.desiredXml, vm.currentXml);
+  });
+});
+
+const noDaemon = libvirtdUnavailable();
+
+Deno.test({
+  name: "planHostdevs() is idempotent on a real QEMU libvirtd that adds guest addresses" +
+    (noDaemon === null ? "" : ` (skipped: ${noDaemon})`),
+  ignore: noDaemon !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using libvirt = openLibvirtPort(daemon.uri);
+    const name = `pt-plan-${crypto.randomUUID().slice(0, 8)}`;
+    // Definitions can outlive the daemon when its state is not isolated: undefine at the end.
+    using _cleanup = {
+      [Symbol.dispose]() {
+        using conn = Connection.open(daemon.uri);
+        try {
+          using dom = conn.lookupDomainByName(name);
+          dom.undefine();
+        } catch {
+          // Never defined: nothing to clean up.
+        }
+      },
+    };
+    libvirt.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+  </devices>
+</domain>
+`);
+    const cfg = config(`  ${name}:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        multifunction: true
+        boot_order: 2
+        rom: { bar: "on" }
+`);
+    const first = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals(first.errors, []);
+    libvirt.define(first.desiredXml);
+    const stored = libvirt.getPersistentXml(name);
+    // The QEMU driver keeps our guest slot and multifunction flag.
+    assertMatch(stored, /slot='0x10' function='0x0' multifunction='on'/);
+    const second = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals([second.changed, second.add, second.remove], [false, [], []]);
+    assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
+  },
+});
+
+const BLANK_IDS = { subsystem_vendor: null, subsystem_device: null, revision: null, driver: null };
+const ONE_GPU = topologyFromDescription({
+  devices: [
+    { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+  ].map((d) => ({ ...d, ...BLANK_IDS })),
+}, { source: "one-gpu" });
+
+function gpuConfig(settings: string) {
+  return parseConfig(
+    `version: 1\nvms:\n  vm:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n${settings}`,
+    { file: "c.yaml" },
+  );
+}
+
+function domain(inside: string): string {
+  return `<domain type='kvm'>
+  <name>vm</name>
+  <uuid>6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01</uuid>
+${inside}
+</domain>
+`;
+}
+
+function planVm(settings: string, xml: string): VmPlan {
+  const plan = planWorld({
+    config: gpuConfig(settings),
+    host: ONE_GPU,
+    world: dataWorld({ vm: xml }),
+  });
+  return plan.vms[0]!;
+}
+
+Deno.test("planWorld() refuses boot_order only for <os><boot dev>, not for one in comments or metadata", () => {
+  const bootOrder = "        boot_order: 1\n";
+  const devices = "  <devices>\n  </devices>";
+  const quiet = domain(
+    `  <metadata><other:copy xmlns:other='urn:other'><os><boot dev='hd'/></os></other:copy></metadata>
+  <os><type>hvm</type><!-- <boot dev='hd'/> --></os>
+${devices}`,
+  );
+  const vm = planVm(bootOrder, quiet);
+  assertEquals(vm.errors, []);
+  assertEquals(vm.add.map((a) => a.spec.bootOrder), [1]);
+
+  const booting = domain(`  <os><type>hvm</type><boot dev='hd'/></os>\n${devices}`);
+  assertEquals(planVm(bootOrder, booting).errors.map((e) => e.code), ["boot-order-conflict"]);
+});
+
+Deno.test("planWorld() keeps an owned hostdev whose settings libvirt wrote back in its own style", () => {
+  const settings = `        boot_order: 2\n        rom: { bar: "off", file: "/roms/a'b.rom" }\n`;
+  const first = planVm(settings, domain("  <devices>\n  </devices>"));
+  assertEquals(first.changed, true);
+  // Double quotes, the quote in the file name raw, attributes reordered.
+  const rewritten = first.desiredXml
+    .replace("<boot order='2'/>", `<boot order="2"/>`)
+    .replace(`<rom bar='off' file='/roms/a&apos;b.rom'/>`, `<rom file="/roms/a'b.rom" bar="off"/>`);
+  assertEquals(rewritten === first.desiredXml, false, "the test rewrites the element");
+  const again = planVm(settings, rewritten);
+  assertEquals([again.changed, again.add, again.remove], [false, [], []]);
+
+  // A setting that did change rewrites the element.
+  const changed = planVm(`        boot_order: 3\n`, rewritten);
+  assertEquals([changed.remove, changed.add.map((a) => a.spec.bootOrder)], [["0000:01:00.0"], [3]]);
+});

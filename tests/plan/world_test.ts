@@ -1,0 +1,171 @@
+/**
+ * Reading libvirt once into a plain-data world, and planning from that world alone: whatever
+ * goes wrong while reading becomes data, never an exception out of the middle of planning.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
+import { config } from "../helpers/plan_world.ts";
+import { Connection, openLibvirtPort } from "../../ffi/mod.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
+import { readWorld, type World } from "../../lib/plan/world.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+const GPU_HOST = topologyFromDescription({
+  devices: [{
+    bdf: "0000:0b:00.0",
+    group: 30,
+    class: "0x030000",
+    vendor: "0x10de",
+    device: "0x1b06",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: "vfio-pci",
+    revision: null,
+  }],
+}, { source: "one-gpu" });
+
+function wantsGpu(...vms: string[]) {
+  return parseConfig(
+    `version: 1\nvms:\n${
+      vms.map((vm) => `  ${vm}:\n    devices:\n      - match: { vendor_device_id: 10de:1b06 }\n`)
+        .join("")
+    }`,
+    { file: "c.yaml" },
+  );
+}
+
+Deno.test("readWorld() reads every domain's state and definitions once, as plain data", () => {
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`);
+  const world = readWorld(libvirt);
+  assertEquals(world.uri, libvirt.uri);
+  assertEquals(
+    world.domains.map((d) => [d.name, d.active, d.persistent.kind, d.live?.kind ?? null]),
+    [["gentoo", true, "parsed", "parsed"], ["win10", false, "parsed", null]],
+  );
+  const gentoo = world.domains[0]!;
+  assertEquals(
+    gentoo.persistent.kind === "parsed" && gentoo.persistent.xml,
+    libvirt.getPersistentXml("gentoo"),
+  );
+  // Plain data: it survives a structured clone unchanged, and plans the same from the clone.
+  const copy: World = structuredClone(world);
+  assertEquals(copy, world);
+  const config = parseConfig(Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`), {
+    file: "demo.yaml",
+  });
+  const host = topologyFromDescription(JSON.parse(Deno.readTextFileSync(`${DEMO}host.json`)), {
+    source: "demo",
+  });
+  assertEquals(
+    planWorld({ config, host, world: copy }),
+    planHostdevs({ config, host, libvirt }),
+  );
+});
+
+/**
+ * A port over `test:///default` (one world shared by every connection of the process) that
+ * undefines `victim` through a second connection right after listing it: the race of a domain
+ * undefined between the listing and the read, with every answer coming from libvirt.
+ */
+function undefiningAfterList(victim: string): LibvirtPort & Disposable {
+  const port = openLibvirtPort("test:///default");
+  const other = Connection.open("test:///default");
+  port.define(
+    `<domain type='test'><name>${victim}</name><memory>1024</memory><os><type>hvm</type></os></domain>`,
+  );
+  return {
+    uri: port.uri,
+    listDomains() {
+      const listed = port.listDomains();
+      try {
+        using domain = other.lookupDomainByName(victim);
+        domain.undefine();
+      } catch {
+        // Undefined by the first listing already.
+      }
+      return listed;
+    },
+    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+    getLiveXml: (name) => port.getLiveXml!(name),
+    isActive: (name) => port.isActive(name),
+    define: (xml) => port.define(xml),
+    attachDevice: (...args) => port.attachDevice(...args),
+    detachDevice: (...args) => port.detachDevice(...args),
+    [Symbol.dispose]() {
+      other.close();
+      port.close();
+    },
+  };
+}
+
+Deno.test("planHostdevs() refuses a VM undefined between the listing and the read as unknown-vm, without throwing", () => {
+  const victim = `vanishing-${crypto.randomUUID().slice(0, 8)}`;
+  using libvirt = undefiningAfterList(victim);
+  const world = readWorld(libvirt);
+  assertEquals(world.domains.map((d) => d.name), ["test"], "the undefined domain is left out");
+
+  using again = undefiningAfterList(victim);
+  const plan = planHostdevs({ config: wantsGpu(victim), host: GPU_HOST, libvirt: again });
+  assertEquals(plan.errors, []);
+  assertEquals(plan.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
+    [victim, ["unknown-vm"], false],
+  ]);
+  assertMatch(plan.vms[0]!.errors[0]!.message, /is not defined in libvirt/);
+});
+
+/** A world of parsed test-driver definitions, plus `extra` snapshots. */
+function worldWith(extra: World["domains"]): World {
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`);
+  const world = readWorld(libvirt);
+  return { ...world, domains: [...world.domains, ...extra] };
+}
+
+Deno.test("planWorld() refuses a VM whose definition libvirt did not return, and the plan as a whole", () => {
+  const world = worldWith([{
+    name: "router",
+    active: false,
+    persistent: { kind: "read-failed", error: "Cannot find domain: internal error" },
+    live: null,
+  }]);
+  const config = parseConfig(
+    "version: 1\nvms:\n  router:\n    devices: []\n" +
+      "  win10:\n    devices:\n      - match: { vendor_device_id: 10de:1b06 }\n",
+    { file: "c.yaml" },
+  );
+  const configured = planWorld({ config, host: GPU_HOST, world });
+  assertEquals(configured.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code)]), [
+    ["router", ["unreadable-definition"]],
+    ["win10", ["unreadable-definition"]],
+  ]);
+  assertEquals(
+    configured.vms[0]!.errors[0]!.message,
+    `Cannot read the definition of VM "router": Cannot find domain: internal error: the devices it holds are unknown`,
+  );
+  assertEquals(configured.errors.map((e) => [e.code, e.vm]), [["unreadable-definition", "router"]]);
+  assertMatch(
+    configured.errors[0]!.message,
+    /^Cannot tell which PCI devices domain "router" holds/,
+  );
+
+  // Outside the config it still refuses the plan: it may hold the device win10 would take.
+  const outside = planWorld({ config: wantsGpu("win10"), host: GPU_HOST, world });
+  assertEquals(outside.errors.map((e) => [e.code, e.vm]), [["unreadable-definition", "router"]]);
+  assertEquals(outside.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
+    ["win10", ["unreadable-definition"], false],
+  ]);
+});
+
+Deno.test("planHostdevs() reports a configured VM libvirt does not know as unknown-vm", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const cfg = config("  win11:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win11");
+    assertEquals(vm.errors.map((e) => e.code), ["unknown-vm"]);
+    assertMatch(vm.errors[0]!.message, /^VM "win11" is not defined in libvirt/);
+    assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
+  });
+});
