@@ -6,6 +6,7 @@
  * @module
  */
 
+import { redactSecrets } from "./lib/domain/secrets.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
@@ -99,7 +100,8 @@ export function describeError(error: unknown): string {
     }
     current = current instanceof Error ? current.cause : undefined;
   }
-  return parts.join(": ");
+  // A libvirt error may quote a definition read with its secrets.
+  return redactSecrets(parts.join(": "));
 }
 
 if (import.meta.main) {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { redactedJson } from "../lib/render/redact.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
@@ -43,9 +44,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   io.out(
-    values.json
-      ? `${JSON.stringify(report, null, 2)}\n`
-      : renderApplyReport(report, { color: io.color }),
+    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color }),
   );
   return report.ok && !planHasErrors(plan) ? 0 : 1;
 }

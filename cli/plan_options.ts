@@ -11,6 +11,7 @@ import type { Plan } from "../lib/plan/types.ts";
 import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
@@ -137,7 +138,7 @@ export function planHasErrors(plan: Plan): boolean {
   return plan.errors.length > 0 || plan.vms.some((vm) => vm.errors.length > 0);
 }
 
-/** The plan as `plan --json` prints it: the {@link Plan} itself, minus nothing. */
+/** The plan as `plan --json` prints it: the {@link Plan} itself, its secrets shown as `***`. */
 export function planJson(plan: Plan): string {
-  return JSON.stringify(plan, null, 2) + "\n";
+  return redactedJson(plan);
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { redactSecrets } from "../lib/domain/secrets.ts";
 import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
@@ -63,5 +64,5 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
       }.`,
     ),
   );
-  return lines.join("\n") + "\n";
+  return redactSecrets(lines.join("\n") + "\n");
 }

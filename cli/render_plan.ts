@@ -8,6 +8,7 @@
 
 import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan/types.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
 /** Options for {@link renderPlan}. */
@@ -118,7 +119,8 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   }
   for (const issue of vm.warnings) lines.push(...renderIssue(issue, "warning", paint));
   for (const issue of vm.errors) lines.push(...renderIssue(issue, "error", paint));
-  return lines.join("\n") + "\n";
+  // The plan holds definitions with their passwords; nothing printed shows them.
+  return redactSecrets(lines.join("\n") + "\n");
 }
 
 /** Renders the whole plan followed by its summary line. */
@@ -133,5 +135,5 @@ export function renderPlan(plan: Plan, options: RenderPlanOptions): string {
   }
   for (const vm of plan.vms) sections.push(renderVmPlan(vm, options));
   sections.push(paint("bold", summaryLine(summarizePlan(plan))) + "\n");
-  return sections.join("\n");
+  return redactSecrets(sections.join("\n"));
 }

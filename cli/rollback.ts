@@ -11,7 +11,7 @@ import type { ROLLBACK } from "./specs.ts";
 import { confirmYesNo } from "./confirm.ts";
 import { painter } from "../lib/render/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
-import { redactSecrets } from "../lib/domain/lenient.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
@@ -23,8 +23,6 @@ function askRollback(
   preview: RollbackPreview,
   showSecrets: boolean,
 ): Promise<boolean> {
-  // Both sides were read with VIR_DOMAIN_XML_SECURE: hide passwords unless asked.
-  const shown = (xml: string) => showSecrets ? xml : redactSecrets(xml);
   const paint = painter(io.color);
   io.out(
     `${
@@ -35,9 +33,12 @@ function askRollback(
     io.out(`VM "${preview.vm}" is not defined now: it will be defined from the backup\n`);
   } else {
     io.out(
-      renderDomainDiff(shown(preview.currentXml), shown(preview.backupXml), {
+      // Both sides were read with VIR_DOMAIN_XML_SECURE: passwords show as *** (changed) unless
+      // asked, so a rollback that reverts only a password is still visible.
+      renderDomainDiff(preview.currentXml, preview.backupXml, {
         vm: preview.vm,
         color: io.color,
+        showSecrets,
       }),
     );
   }
@@ -77,7 +78,7 @@ export async function run(
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   if (values.json) {
-    io.out(`${JSON.stringify(report, null, 2)}\n`);
+    io.out(values["show-secrets"] ? `${JSON.stringify(report, null, 2)}\n` : redactedJson(report));
   } else {
     io.out(`${report.message}\n`);
     if (report.safetyBackup !== null) {

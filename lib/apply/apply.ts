@@ -7,9 +7,9 @@
  * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
  * owned) are exactly the planned ones, restoring the backup when they are not.
  *
- * Secrets: the backup and the define use the XML read with `VIR_DOMAIN_XML_SECURE`. When the plan
- * was computed from the XML without secrets, its line edits are carried over to the secure XML
- * ({@link carrySecrets}), or the VM is refused (`secrets-missing`) rather than losing passwords.
+ * Secrets: the plan is computed from the definition read with `VIR_DOMAIN_XML_SECURE`, so the
+ * backup, the comparison before the define and the define itself all use the XML with its
+ * passwords, and none is lost. Messages redact them; so does everything the CLI prints.
  *
  * A VM that fails does not stop the others: each VM's change is independent, and the report says
  * exactly which VMs changed, which were skipped and which failed. Problems that would affect every
@@ -27,7 +27,7 @@
  * @module
  */
 
-import { diffArrays, diffLines } from "diff";
+import { diffLines } from "diff";
 import type { LibvirtPort } from "../plan/libvirt_port.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
@@ -36,7 +36,7 @@ import { type BackupEntry, writeBackup } from "../state/backups.ts";
 import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
-import { redactSecrets } from "../domain/lenient.ts";
+import { redactSecrets } from "../domain/secrets.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -55,7 +55,6 @@ export type ApplyCode =
   | "invalid-plan"
   | "read-failed"
   | "drift"
-  | "secrets-missing"
   | "backup-failed"
   | "define-failed"
   | "verify-failed";
@@ -189,47 +188,6 @@ export function describeXmlChange(before: string, after: string): string {
     );
   }
   return parts.length > 0 ? parts.join("; ") : "whitespace only";
-}
-
-/**
- * Re-applies the line edits that turn `plain` (a definition read without
- * `VIR_DOMAIN_XML_SECURE`) into `desired` onto `secure` (the same definition with its secrets),
- * so the secrets survive. Only possible when `plain` and `secure` differ line for line (secrets
- * are attributes such as `passwd='...'` on lines both have) and no edited line is one that differs;
- * otherwise returns `null`. Lines are aligned by position, never searched for, so an edit cannot
- * land in the wrong place.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const plain = "<domain>\n  <graphics type='vnc'/>\n  <devices>\n  </devices>\n</domain>\n";
- * const secure = plain.replace("type='vnc'", "type='vnc' passwd='pw'");
- * const desired = plain.replace("  </devices>", "    <hostdev/>\n  </devices>");
- * assertEquals(carrySecrets(plain, secure, desired), secure.replace("  </devices>", "    <hostdev/>\n  </devices>"));
- * assertEquals(carrySecrets(plain, secure, plain.replace("  <graphics type='vnc'/>\n", "")), null);
- * ```
- */
-export function carrySecrets(plain: string, secure: string, desired: string): string | null {
-  const plainLines = plain.split("\n");
-  const secureLines = secure.split("\n");
-  if (plainLines.length !== secureLines.length) return null;
-  const out: string[] = [];
-  let index = 0;
-  for (const change of diffArrays(plainLines, desired.split("\n"))) {
-    if (change.added) {
-      out.push(...change.value);
-      continue;
-    }
-    for (let k = 0; k < change.value.length; k++, index++) {
-      const differs = plainLines[index] !== secureLines[index];
-      if (change.removed) {
-        if (differs) return null; // The edit removes a line that holds a secret.
-      } else {
-        out.push(secureLines[index] ?? "");
-      }
-    }
-  }
-  return out.join("\n");
 }
 
 function errorText(error: unknown): string {
@@ -501,9 +459,8 @@ function readPlanned(vm: VmPlan): { current: ParsedDomain; desired: ParsedDomain
   return { current, desired };
 }
 
-/** The definition of `vm` libvirt holds now: without and with secrets, and its state. */
+/** The definition of `vm` libvirt holds now (with its secrets), and its state. */
 interface Now {
-  plain: string;
   secure: string;
   active: boolean;
   uuid: string;
@@ -513,10 +470,9 @@ interface Now {
 function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   let now: Now;
   try {
-    const plain = libvirt.getPersistentXml(vm.name);
     const secure = libvirt.getPersistentXml(vm.name, { secure: true });
     const active = libvirt.isActive(vm.name);
-    now = { plain, secure, active, uuid: parseDomainXml(secure).uuid ?? "" };
+    now = { secure, active, uuid: parseDomainXml(secure).uuid ?? "" };
   } catch (error) {
     return {
       code: "read-failed",
@@ -538,32 +494,15 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   };
 }
 
-/**
- * The XML to define: the plan's, or its edits carried over to the definition with secrets.
- * Refused when the definition changed since the plan or the edits touch a secret.
- */
+/** The XML to define: the plan's, refused when the definition changed since the plan. */
 function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string | Failure {
-  if (now.plain !== vm.currentXml && now.secure !== vm.currentXml) {
+  if (now.secure !== vm.currentXml) {
     return {
       code: "drift",
       message: `Not applied to "${vm.name}": its definition changed since the plan was made: ${
-        describeXmlChange(vm.currentXml, now.plain)
+        describeXmlChange(vm.currentXml, now.secure)
       }; run the plan again`,
     };
-  }
-  let xml = vm.desiredXml;
-  if (now.plain !== now.secure && vm.currentXml === now.plain) {
-    // The plan was computed from the XML without secrets: carry its edits over to the XML with
-    // them, or refuse, since defining the plan's XML as is would erase passwords.
-    const carried = carrySecrets(now.plain, now.secure, vm.desiredXml);
-    if (carried === null) {
-      return {
-        code: "secrets-missing",
-        message:
-          `Not applied to "${vm.name}": the plan was computed from its definition without secrets (VIR_DOMAIN_XML_SECURE) and its changes touch lines that hold them, so defining it would drop them`,
-      };
-    }
-    xml = carried;
   }
   if (now.uuid !== desiredUuid) {
     return {
@@ -571,7 +510,7 @@ function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string |
       message: `Cannot apply "${vm.name}": its uuid is "${now.uuid}", the plan's "${desiredUuid}"`,
     };
   }
-  return xml;
+  return vm.desiredXml;
 }
 
 /** Why the definition libvirt holds after the define is not the planned one, or `null`. */

@@ -233,26 +233,6 @@ const TAG = /<[^!?][^>]*(?:>|$)/g;
 /** `<a attrs></a>` on one line. */
 const EMPTY_PAIR = /<([^\s/>!?]+)((?:\s[^>]*)?)><\/\1\s*>/g;
 
-/** Attributes libvirt shows only with `VIR_DOMAIN_XML_SECURE`: graphics passwords. */
-const SECRET_ATTRIBUTE = /(\spasswd\s*=\s*)(?:"[^"]*"|'[^']*')/g;
-
-/**
- * `text` with every secret attribute value replaced by `***`, for anything printed from a
- * definition read with `VIR_DOMAIN_XML_SECURE` (backups, rollback diffs, error messages).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(
- *   redactSecrets(`<graphics type='vnc' passwd='s3cret'/>`),
- *   `<graphics type='vnc' passwd='***'/>`,
- * );
- * ```
- */
-export function redactSecrets(text: string): string {
-  return text.replace(SECRET_ATTRIBUTE, "$1'***'");
-}
-
 function requote(value: string): string {
   const decoded = value.replace(/&(?:quot|#34|#x22);/g, '"').replace(/&(?:apos|#39|#x27);/g, "'");
   return `'${decoded.replaceAll("'", "&apos;").replaceAll('"', "&quot;")}'`;

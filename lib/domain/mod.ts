@@ -21,6 +21,6 @@ export {
   type LenientHostdevScan,
   lenientHostPciAddresses,
   normaliseXmlLine,
-  redactSecrets,
   scanHostdevsLeniently,
 } from "./lenient.ts";
+export { redactSecrets, secretValues } from "./secrets.ts";

@@ -139,8 +139,12 @@ export interface VmPlan {
   errors: PlanIssue[];
   /** Whether the domain is running now (changes then take effect at the next power-off). */
   active: boolean | null;
-  /** The persistent XML the plan was computed from, and the XML it will define. */
+  /**
+   * The persistent XML the plan was computed from, read with `VIR_DOMAIN_XML_SECURE`: it holds
+   * the VM's passwords. Print it only through `renderDomainDiff` or `redactedJson`.
+   */
   currentXml: string;
+  /** The XML `apply` will define, passwords included (print as {@link VmPlan.currentXml}). */
   desiredXml: string;
   /** `true` when `desiredXml` differs from `currentXml`. */
   changed: boolean;

@@ -128,7 +128,8 @@ export function readWorld(libvirt: LibvirtPort): World {
   for (const { name, active } of libvirt.listDomains()) {
     let persistent: DefinitionRead;
     try {
-      persistent = readDefinition(libvirt.getPersistentXml(name));
+      // With its secrets: the plan's XML is what apply defines, so it must keep the passwords.
+      persistent = readDefinition(libvirt.getPersistentXml(name, { secure: true }));
     } catch (error) {
       if (!stillListed(libvirt, name)) continue;
       persistent = { kind: "read-failed", error: errorText(error) };

@@ -12,6 +12,7 @@
 
 import { diffArrays } from "diff";
 import { normaliseXmlLine } from "../domain/lenient.ts";
+import { redactSecrets, secretValues } from "../domain/secrets.ts";
 import { painter } from "./colors.ts";
 
 /** Options of {@link renderDomainDiff}. */
@@ -22,6 +23,11 @@ export interface DomainDiffOptions {
   color?: boolean;
   /** Unchanged lines shown around each change; 3 by default. */
   context?: number;
+  /**
+   * Print passwords as they are. By default every secret value is shown as `***`, and a `+`
+   * line whose password differs from the `-` line it replaces says `passwd='***' (changed)`.
+   */
+  showSecrets?: boolean;
 }
 
 function splitLines(text: string): string[] {
@@ -59,6 +65,7 @@ type Op = { kind: " " | "-" | "+"; text: string; oldIndex: number; newIndex: num
  * Renders a unified diff of a domain's persistent definition, `before` being the current XML and
  * `after` the one to define. Lines whose only difference is quote style or whitespace count as
  * unchanged (context lines show the `after` text). Returns `""` when nothing significant changes.
+ * Passwords are redacted unless {@link DomainDiffOptions.showSecrets}.
  *
  * @example
  * ```ts
@@ -104,6 +111,7 @@ export function renderDomainDiff(
     }
   }
 
+  const show = options.showSecrets === true ? (op: Op) => op.text : secretShower(ops);
   const paint = painter(options.color ?? false);
   const out = [
     paint("bold", `--- ${options.vm} (current)`),
@@ -130,7 +138,7 @@ export function renderDomainDiff(
     const newStart = newCount === 0 ? first.newIndex : first.newIndex + 1;
     out.push(paint("cyan", `@@ -${oldStart},${oldCount} +${newStart},${newCount} @@`));
     for (const op of slice) {
-      const line = `${op.kind}${op.text}`;
+      const line = `${op.kind}${show(op)}`;
       out.push(
         op.kind === "-" ? paint("red", line) : op.kind === "+" ? paint("green", line) : line,
       );
@@ -138,4 +146,22 @@ export function renderDomainDiff(
     h = next;
   }
   return out.join("\n") + "\n";
+}
+
+/**
+ * How each line prints with its secrets redacted: a `+` line that replaces a `-` line identical
+ * but for its secret values (the same key once redacted) marks the values that differ.
+ */
+function secretShower(ops: readonly Op[]): (op: Op) => string {
+  const removed = new Map<string, string[]>();
+  for (const op of ops) {
+    if (op.kind !== "-" || secretValues(op.text).length === 0) continue;
+    const key = normaliseXmlLine(redactSecrets(op.text));
+    if (!removed.has(key)) removed.set(key, secretValues(op.text));
+  }
+  return (op) => {
+    if (op.kind !== "+") return redactSecrets(op.text);
+    const before = removed.get(normaliseXmlLine(redactSecrets(op.text)));
+    return redactSecrets(op.text, before);
+  };
 }

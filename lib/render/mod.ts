@@ -1,8 +1,9 @@
 /**
  * The output boundary: unified diffs of domain definitions, painted through the one colour
- * module.
+ * module, and the redaction of secrets in everything printed.
  *
  * @module
  */
 
-export { hasSignificantChanges, renderDomainDiff } from "./diff.ts";
+export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
+export { redactedJson } from "./redact.ts";

@@ -191,7 +191,7 @@ Deno.test({
       });
 
       // 4. A define libvirt rejects: the VM and the state directory's existing backups stay.
-      const current = port.getPersistentXml(B);
+      const current = port.getPersistentXml(B, { secure: true });
       const bad: VmPlan = {
         ...plan7.vms[0]!,
         name: B,

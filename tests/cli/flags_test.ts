@@ -150,6 +150,7 @@ Deno.test("--help loads only the command table, and each command only what it us
       "cli/flags.ts",
       "cli/io.ts",
       "cli/specs.ts",
+      "lib/domain/secrets.ts",
       "main.ts",
     ],
     npm: [],

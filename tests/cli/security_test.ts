@@ -14,7 +14,9 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { acquireLock } from "../../lib/state/lock.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
-import { redactSecrets } from "../../lib/domain/lenient.ts";
+import { redactSecrets } from "../../lib/domain/secrets.ts";
+import { redactedJson } from "../../lib/render/redact.ts";
+import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";
@@ -152,7 +154,9 @@ Deno.test("applyPlan() never quotes a password in its drift message", async () =
   using port = openLibvirtPort(world.uri);
   const plan = await planGpu("pt-sec", { sysfs: tree.sysfs, libvirt: port });
   assertEquals(plan.vms[0]?.changed, true);
-  assertOk(!JSON.stringify(plan).includes(SECRET), "the plan holds no secret");
+  // The plan holds the definition with its password (apply defines it); its JSON shows none.
+  assertOk(plan.vms[0]!.desiredXml.includes(`passwd='${SECRET}'`));
+  assertOk(!redactedJson(plan).includes(SECRET), "plan --json shows no secret");
   // Another client edits the VM after the plan: a drift, described without the password.
   const secure = port.getPersistentXml("pt-sec", { secure: true });
   port.define(
@@ -185,6 +189,20 @@ Deno.test("redactSecrets() hides passwords in either quote style and keeps the r
     `<graphics type="spice" passwd='***' passwdValidTo='x'/>`,
   );
   assertEquals(redactSecrets("<name>passwd</name>"), "<name>passwd</name>");
+});
+
+Deno.test("renderDomainDiff() redacts passwords and marks one that changed", () => {
+  const before = `<domain>\n  <graphics type='vnc' passwd='0ld-pass'/>\n</domain>\n`;
+  const after = before.replace("0ld-pass", SECRET);
+  const diff = renderDomainDiff(before, after, { vm: "vm" });
+  assertOk(!diff.includes(SECRET) && !diff.includes("0ld-pass"), diff);
+  assertOk(diff.includes("\n-  <graphics type='vnc' passwd='***'/>\n"), diff);
+  assertOk(diff.includes("\n+  <graphics type='vnc' passwd='***' (changed)/>\n"), diff);
+  // Another attribute changing beside an unchanged password: no mark.
+  const moved = renderDomainDiff(after, after.replace("vnc", "spice"), { vm: "vm" });
+  assertOk(!moved.includes("(changed)") && !moved.includes(SECRET), moved);
+  const shown = renderDomainDiff(before, after, { vm: "vm", showSecrets: true });
+  assertOk(shown.includes(SECRET) && shown.includes("0ld-pass"), shown);
 });
 
 async function runWrapper(args: string[]): Promise<{ code: number; out: string }> {
@@ -360,11 +378,29 @@ Deno.test("passthrough rollback shows passwords as *** in its diff unless --show
   assertOk(!hidden.text.includes(SECRET) && !hidden.text.includes("0ld-pass"), hidden.text);
   const shown = await runRollback(["--show-secrets"]);
   assertOk(shown.text.includes(SECRET) && shown.text.includes("0ld-pass"), shown.text);
+  {
+    // A newer backup that differs only in the password: the rollback still shows a change.
+    using port = openLibvirtPort(world.uri);
+    const secure = port.getPersistentXml("vm", { secure: true });
+    writeBackup(openStateDir(stateDir), {
+      vm: "vm",
+      uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
+      xml: secure.replace(SECRET, "0ld-pass"),
+      reason: "apply",
+      uri: port.uri,
+    });
+  }
+  const onlyPassword = await runRollback([]);
+  assertMatch(onlyPassword.text, /^\+.*passwd='\*\*\*' \(changed\)/m);
+  assertOk(
+    !onlyPassword.text.includes(SECRET) && !onlyPassword.text.includes("0ld-pass"),
+    onlyPassword.text,
+  );
   recordCase({
     area: "security",
     name: "rollback diff of definitions read with secrets",
-    count: 2,
-    outcome: "passwords shown as *** unless --show-secrets",
+    count: 3,
+    outcome: "passwords shown as *** unless --show-secrets; a reverted password shows (changed)",
     test: TEST,
   });
 });
