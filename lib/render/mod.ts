@@ -5,4 +5,4 @@
  * @module
  */
 
-export { hasSignificantChanges, renderDomainDiff } from "./diff.ts";
+export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
