@@ -41,10 +41,30 @@ import { redactSecrets } from "../domain/secrets.ts";
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
 
-/** What happened to one VM. */
+/**
+ * What happened to one VM: its definition was `changed`; it was `unchanged` (the plan changes
+ * nothing); it was `skipped` (not attempted: refused, declined or blocked); or its apply `failed`.
+ */
 export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
 
-/** Why, as a machine-readable code. */
+/**
+ * Why, as a machine-readable code:
+ * - `applied`: defined and verified (status `changed`);
+ * - `no-changes`: the plan changes nothing (`unchanged`);
+ * - `plan-errors`: the plan refuses the VM, or the whole plan has refusals (`skipped`);
+ * - `declined`, `quit`: the user said no, or quit at this VM or before it (`skipped`);
+ * - `blocked`: it takes a device or IOMMU group another VM still holds, because that VM was not
+ *   changed (`skipped`);
+ * - `invalid-plan`: the planned XML is unreadable, names another domain or uuid, or the domain is
+ *   transient (`failed`);
+ * - `read-failed`: libvirt could not return the definition again (`failed`);
+ * - `drift`: the definition changed since the plan was made (`failed`);
+ * - `secrets-missing`: the plan's edits touch lines that hold secrets it never saw (`failed`);
+ * - `backup-failed`: no backup could be written, so nothing was defined (`failed`);
+ * - `define-failed`: libvirt refused the new definition (`failed`);
+ * - `verify-failed`: the defined hostdevs are not the planned ones; the backup was redefined when
+ *   possible (`failed`).
+ */
 export type ApplyCode =
   | "applied"
   | "no-changes"
@@ -59,7 +79,11 @@ export type ApplyCode =
   | "define-failed"
   | "verify-failed";
 
-/** When a defined change reaches the guest. */
+/**
+ * When a defined change reaches the guest: at its `next-start` (it was shut off), at its
+ * `next-power-off` (it is running: a reboot inside the guest is not enough), or `now` (hot-plugged
+ * into the running guest with `live: true`).
+ */
 export type ApplyEffect = "next-start" | "next-power-off" | "now";
 
 /** Hot-plug results for a running VM (`live: true`). */

@@ -6,10 +6,20 @@
  */
 
 export {
+  type ApplyCode,
+  type ApplyEffect,
   type ApplyOptions,
   applyPlan,
   type ApplyReport,
+  type ApplyStatus,
   type ConfirmAnswer,
+  type LiveChange,
   type VmApplyResult,
 } from "./apply.ts";
-export { type RollbackOptions, type RollbackReport, rollbackVm } from "./rollback.ts";
+export {
+  type RollbackOptions,
+  type RollbackPreview,
+  type RollbackReport,
+  type RollbackStatus,
+  rollbackVm,
+} from "./rollback.ts";

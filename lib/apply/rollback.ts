@@ -52,7 +52,11 @@ export interface RollbackOptions {
   lock?: StateLock;
 }
 
-/** What happened. */
+/**
+ * What happened: the backup was `restored`; the definition already equals the backup
+ * (`unchanged`, nothing defined); the user `declined`; or it `failed` (the definition changed
+ * after it was shown, or the define or its check failed).
+ */
 export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
 
 /** The outcome of a rollback. Plain data. */

@@ -79,7 +79,9 @@ export interface DomainHostdev {
 
 /** What {@link parseDomainXml} reads from a domain. */
 export interface ParsedDomain {
+  /** The domain's `<name>`, trimmed; never empty (a domain without one is refused). */
   name: string;
+  /** The domain's `<uuid>`, trimmed, or `null` when the XML has none. */
   uuid: string | null;
   /** `<hostdev mode='subsystem' type='pci'>` only, in document order. */
   hostdevs: DomainHostdev[];

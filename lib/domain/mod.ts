@@ -8,6 +8,7 @@
  */
 
 export {
+  type DomainEdit,
   DomainEditError,
   type DomainHostdev,
   DomainXmlError,

@@ -88,17 +88,52 @@ export function closeOverGroups(
   host: HostTopology,
   options: ClosureOptions = {},
 ): ClosureResult {
-  const result: ClosureResult = { devices: [], reasoning: [], warnings: [], errors: [] };
-  const byAddress = new Map<PciAddress, ClosedDevice>();
-  const matchedBy = new Map<PciAddress, DeviceRule>();
-  const groups = groupsOf(host);
-
+  const closing: Closing = {
+    vm,
+    host,
+    groups: groupsOf(host),
+    byAddress: new Map(),
+    result: { devices: [], reasoning: [], warnings: [], errors: [] },
+  };
+  closing.result.errors.push(...matchedTwice(vm, resolutions));
   for (const resolution of resolutions) {
-    const rule = resolution.rule;
-    for (const device of resolution.devices) {
+    if (resolution.devices.length > 0) closeRule(closing, resolution, options);
+  }
+  closing.result.devices = [...closing.byAddress.values()].sort((a, b) =>
+    a.device.address < b.device.address ? -1 : a.device.address > b.device.address ? 1 : 0
+  );
+  return closing.result;
+}
+
+/** What {@link closeOverGroups} builds up over one VM's rules. */
+interface Closing {
+  readonly vm: string;
+  readonly host: HostTopology;
+  readonly groups: ReadonlyMap<number, PciDevice[]>;
+  /** Every device taken so far, by address: one hostdev each, whichever rules bring it. */
+  readonly byAddress: Map<PciAddress, ClosedDevice>;
+  readonly result: ClosureResult;
+}
+
+/** One rule's closure in progress: the devices it newly takes, and the cards it matched. */
+interface RuleClosing {
+  readonly rule: DeviceRule;
+  readonly resolution: RuleResolution;
+  /** The devices this rule takes that no earlier rule did. */
+  readonly taken: ClosedDevice[];
+  /** The cards (`DDDD:BB:SS`) of the devices the rule matched. */
+  readonly matchedCards: ReadonlySet<string>;
+}
+
+/** `device-assigned-twice` for every device two rules of `vm` match. */
+function matchedTwice(vm: string, resolutions: readonly RuleResolution[]): PlanIssue[] {
+  const matchedBy = new Map<PciAddress, DeviceRule>();
+  const errors: PlanIssue[] = [];
+  for (const { rule, devices } of resolutions) {
+    for (const device of devices) {
       const other = matchedBy.get(device.address);
       if (other !== undefined && other !== rule) {
-        result.errors.push({
+        errors.push({
           code: "device-assigned-twice",
           message:
             `Device ${device.address} is matched by rules "${other.name}" and "${rule.name}" of VM "${vm}": narrow one of them`,
@@ -113,148 +148,200 @@ export function closeOverGroups(
       matchedBy.set(device.address, rule);
     }
   }
+  return errors;
+}
 
-  for (const resolution of resolutions) {
-    const rule = resolution.rule;
-    if (resolution.devices.length === 0) continue;
-    const taken: ClosedDevice[] = [];
-    const take = (device: PciDevice, reason: InclusionReason) => {
-      const existing = byAddress.get(device.address);
-      if (existing) {
-        // Already brought by another rule (as a group member, or matched there): one hostdev.
-        if (reason === "matched" && existing.reason === "iommu-group") {
-          existing.rule = rule;
-          existing.reason = "matched";
-        }
-        return;
-      }
-      const closed = { device, rule, reason };
-      byAddress.set(device.address, closed);
-      taken.push(closed);
-    };
-    for (const device of resolution.devices) take(device, "matched");
-    const matchedCards = new Set(resolution.devices.map((d) => cardOf(d.address)));
-    const seenGroups = new Set<number>();
-    for (const device of resolution.devices) {
-      if (device.iommuGroup === null || seenGroups.has(device.iommuGroup)) continue;
-      seenGroups.add(device.iommuGroup);
-      const members = groups.get(device.iommuGroup) ?? [];
-      const matchedHere = resolution.devices.filter((d) => d.iommuGroup === device.iommuGroup);
-      const others = members.filter((m) => !matchedHere.includes(m));
-      const bridges = others.filter((m) => m.isBridge);
-      const endpoints = others.filter((m) => !m.isBridge);
-      const head = `Group ${device.iommuGroup} (rule "${rule.name}"): matched ${
-        matchedHere.map((d) => d.address).join(", ")
-      }`;
-      if (rule.iommuGroup) {
-        for (const m of endpoints) take(m, "iommu-group");
-        result.reasoning.push(
-          head +
-            (endpoints.length > 0
-              ? `; added ${endpoints.map(label).join(", ")}: VFIO assigns the whole group`
-              : "; no other endpoint in the group"),
-        );
-      } else if (endpoints.length > 0) {
-        // Nothing is taken, but the VM only starts once these leave their host drivers: say so
-        // when the host needs them, since the reasoning below tells the user to unbind them.
-        const needed = endpoints.flatMap((m) => {
-          const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
-          return why === null ? [] : [`${m.address} (${why})`];
-        });
-        if (needed.length > 0) {
-          result.warnings.push({
-            code: "group-contains-host-critical",
-            message:
-              `Rule "${rule.name}" of VM "${vm}" shares IOMMU group ${device.iommuGroup} with devices the host likely needs: ${
-                needed.join(", ")
-              }: with iommu_group: false they stay with the host, and "${vm}" cannot start until they are unbound or on vfio-pci, which takes them from the host`,
-            vm,
-            rule: rule.name,
-            location: rule.location,
-            group: device.iommuGroup,
-            devices: endpoints.filter((m) =>
-              hostCriticalReason(m, { matchedCards, hostUse: host.hostUse }) !== null
-            ).map((m) => m.address),
-          });
-        }
-        result.reasoning.push(
-          `${head}; not added (iommu_group: false): ${
-            endpoints.map(label).join(", ")
-          }: they must be unbound or on vfio-pci for "${vm}" to start`,
-        );
-      } else {
-        result.reasoning.push(`${head}; no other endpoint in the group`);
-      }
-      if (bridges.length > 0) {
-        result.reasoning.push(
-          `Group ${device.iommuGroup}: left out PCI bridge${bridges.length > 1 ? "s" : ""} ${
-            bridges.map((b) => b.address).join(", ")
-          }: bridges stay with the host`,
-        );
-      }
+/**
+ * Takes `device` for the rule unless an earlier rule already did (one hostdev per device); a
+ * device matched here that an earlier rule only brought as a group member becomes this rule's.
+ */
+function take(
+  closing: Closing,
+  ruleClosing: RuleClosing,
+  device: PciDevice,
+  reason: InclusionReason,
+): void {
+  const { rule, taken } = ruleClosing;
+  const existing = closing.byAddress.get(device.address);
+  if (existing) {
+    if (reason === "matched" && existing.reason === "iommu-group") {
+      existing.rule = rule;
+      existing.reason = "matched";
     }
+    return;
+  }
+  const closed = { device, rule, reason };
+  closing.byAddress.set(device.address, closed);
+  taken.push(closed);
+}
 
-    const critical = taken
-      .map((c) => ({
-        c,
-        why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }) ??
-          virtualFunctionInUse(c.device, host),
-      }))
-      .filter((x) => x.why !== null);
-    if (critical.length > 0) {
-      const list = critical.map((x) => `${x.c.device.address} (${x.why})`).join(", ");
-      const groupsHit = [...new Set(critical.map((x) => x.c.device.iommuGroup))];
-      const issue: PlanIssue = {
-        code: "group-contains-host-critical",
-        message: rule.allowHostCritical
-          ? `Rule "${rule.name}" of VM "${vm}" takes devices the host likely needs: ${list} (allowed by allow_host_critical: true)`
-          : `Rule "${rule.name}" of VM "${vm}" would take devices the host likely needs: ${list}: move the card to another slot, or set "allow_host_critical: true" on the rule`,
+/** One rule: its matches, their groups, then the checks on what it took. */
+function closeRule(closing: Closing, resolution: RuleResolution, options: ClosureOptions): void {
+  const ruleClosing: RuleClosing = {
+    rule: resolution.rule,
+    resolution,
+    taken: [],
+    matchedCards: new Set(resolution.devices.map((d) => cardOf(d.address))),
+  };
+  for (const device of resolution.devices) take(closing, ruleClosing, device, "matched");
+  const matchedGroups = new Set(
+    resolution.devices.flatMap((d) => d.iommuGroup === null ? [] : [d.iommuGroup]),
+  );
+  for (const group of matchedGroups) closeGroup(closing, ruleClosing, group);
+  const critical = takenHostCritical(closing, ruleClosing);
+  if (critical !== null) {
+    (ruleClosing.rule.allowHostCritical ? closing.result.warnings : closing.result.errors)
+      .push(critical);
+  }
+  closing.result.warnings.push(...takenDeviceWarnings(closing.vm, ruleClosing, options));
+}
+
+/**
+ * One IOMMU group of a rule's matches: its other endpoints are taken (`iommu_group: true`) or
+ * named as left behind, and its bridges stay with the host. Says so in the reasoning.
+ */
+function closeGroup(closing: Closing, ruleClosing: RuleClosing, group: number): void {
+  const { rule, resolution } = ruleClosing;
+  const { result } = closing;
+  const members = closing.groups.get(group) ?? [];
+  const matchedHere = resolution.devices.filter((d) => d.iommuGroup === group);
+  const others = members.filter((m) => !matchedHere.includes(m));
+  const bridges = others.filter((m) => m.isBridge);
+  const endpoints = others.filter((m) => !m.isBridge);
+  const head = `Group ${group} (rule "${rule.name}"): matched ${
+    matchedHere.map((d) => d.address).join(", ")
+  }`;
+  if (rule.iommuGroup) {
+    for (const m of endpoints) take(closing, ruleClosing, m, "iommu-group");
+    result.reasoning.push(
+      head +
+        (endpoints.length > 0
+          ? `; added ${endpoints.map(label).join(", ")}: VFIO assigns the whole group`
+          : "; no other endpoint in the group"),
+    );
+  } else if (endpoints.length > 0) {
+    const warning = leftBehindHostCritical(closing, ruleClosing, group, endpoints);
+    if (warning !== null) result.warnings.push(warning);
+    result.reasoning.push(
+      `${head}; not added (iommu_group: false): ${
+        endpoints.map(label).join(", ")
+      }: they must be unbound or on vfio-pci for "${closing.vm}" to start`,
+    );
+  } else {
+    result.reasoning.push(`${head}; no other endpoint in the group`);
+  }
+  if (bridges.length > 0) {
+    result.reasoning.push(
+      `Group ${group}: left out PCI bridge${bridges.length > 1 ? "s" : ""} ${
+        bridges.map((b) => b.address).join(", ")
+      }: bridges stay with the host`,
+    );
+  }
+}
+
+/**
+ * With `iommu_group: false` nothing more is taken, but the VM only starts once the group's other
+ * `endpoints` leave their host drivers: a warning when the host needs some of them, since the
+ * reasoning tells the user to unbind them. `null` when it needs none.
+ */
+function leftBehindHostCritical(
+  closing: Closing,
+  { rule, matchedCards }: RuleClosing,
+  group: number,
+  endpoints: readonly PciDevice[],
+): PlanIssue | null {
+  const { vm, host } = closing;
+  const needed = endpoints.flatMap((m) => {
+    const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
+    return why === null ? [] : [{ address: m.address, why }];
+  });
+  if (needed.length === 0) return null;
+  return {
+    code: "group-contains-host-critical",
+    message:
+      `Rule "${rule.name}" of VM "${vm}" shares IOMMU group ${group} with devices the host likely needs: ${
+        needed.map((n) => `${n.address} (${n.why})`).join(", ")
+      }: with iommu_group: false they stay with the host, and "${vm}" cannot start until they are unbound or on vfio-pci, which takes them from the host`,
+    vm,
+    rule: rule.name,
+    location: rule.location,
+    group,
+    devices: needed.map((n) => n.address),
+  };
+}
+
+/**
+ * `group-contains-host-critical` when the rule takes devices the host needs, or an SR-IOV
+ * physical function whose virtual function the host uses; a warning under
+ * `allow_host_critical: true`, a refusal otherwise. `null` when it takes none.
+ */
+function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssue | null {
+  const { vm, host } = closing;
+  const { rule, taken, matchedCards } = ruleClosing;
+  const critical = taken
+    .map((c) => ({
+      c,
+      why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }) ??
+        virtualFunctionInUse(c.device, host),
+    }))
+    .filter((x) => x.why !== null);
+  if (critical.length === 0) return null;
+  const list = critical.map((x) => `${x.c.device.address} (${x.why})`).join(", ");
+  const groupsHit = [...new Set(critical.map((x) => x.c.device.iommuGroup))];
+  const issue: PlanIssue = {
+    code: "group-contains-host-critical",
+    message: rule.allowHostCritical
+      ? `Rule "${rule.name}" of VM "${vm}" takes devices the host likely needs: ${list} (allowed by allow_host_critical: true)`
+      : `Rule "${rule.name}" of VM "${vm}" would take devices the host likely needs: ${list}: move the card to another slot, or set "allow_host_critical: true" on the rule`,
+    vm,
+    rule: rule.name,
+    location: rule.location,
+    devices: critical.map((x) => x.c.device.address),
+    override: "allow_host_critical: true",
+  };
+  if (groupsHit.length === 1 && groupsHit[0] !== null && groupsHit[0] !== undefined) {
+    issue.group = groupsHit[0];
+  }
+  return issue;
+}
+
+/**
+ * Per device the rule takes: `no-flr` (unless `allow_no_flr`), and `host-driver-in-use` for one
+ * bound to a host driver that the VM does not hold already.
+ */
+function takenDeviceWarnings(
+  vm: string,
+  { rule, taken }: RuleClosing,
+  options: ClosureOptions,
+): PlanIssue[] {
+  const warnings: PlanIssue[] = [];
+  for (const { device: d } of taken) {
+    if (d.flr === false && !rule.allowNoFlr) {
+      warnings.push({
+        code: "no-flr",
+        message:
+          `Device ${d.address} has no Function Level Reset: it may not reset between guest boots (set "allow_no_flr: true" on rule "${rule.name}" to silence this)`,
         vm,
         rule: rule.name,
         location: rule.location,
-        devices: critical.map((x) => x.c.device.address),
-        override: "allow_host_critical: true",
-      };
-      if (groupsHit.length === 1 && groupsHit[0] !== null && groupsHit[0] !== undefined) {
-        issue.group = groupsHit[0];
-      }
-      (rule.allowHostCritical ? result.warnings : result.errors).push(issue);
+        devices: [d.address],
+        override: "allow_no_flr: true",
+      });
     }
-
-    for (const c of taken) {
-      const d = c.device;
-      if (d.flr === false && !rule.allowNoFlr) {
-        result.warnings.push({
-          code: "no-flr",
-          message:
-            `Device ${d.address} has no Function Level Reset: it may not reset between guest boots (set "allow_no_flr: true" on rule "${rule.name}" to silence this)`,
-          vm,
-          rule: rule.name,
-          location: rule.location,
-          devices: [d.address],
-          override: "allow_no_flr: true",
-        });
-      }
-      if (
-        d.driver !== null && !VFIO_DRIVERS.has(d.driver) && !(options.current?.has(d.address))
-      ) {
-        result.warnings.push({
-          code: "host-driver-in-use",
-          message: rule.managed
-            ? `Device ${d.address} (rule "${rule.name}") is bound to host driver "${d.driver}": libvirt detaches it when "${vm}" starts and the host loses it`
-            : `Device ${d.address} is bound to host driver "${d.driver}" and rule "${rule.name}" has managed: false: bind it to vfio-pci before "${vm}" starts`,
-          vm,
-          rule: rule.name,
-          location: rule.location,
-          devices: [d.address],
-        });
-      }
+    if (d.driver !== null && !VFIO_DRIVERS.has(d.driver) && !(options.current?.has(d.address))) {
+      warnings.push({
+        code: "host-driver-in-use",
+        message: rule.managed
+          ? `Device ${d.address} (rule "${rule.name}") is bound to host driver "${d.driver}": libvirt detaches it when "${vm}" starts and the host loses it`
+          : `Device ${d.address} is bound to host driver "${d.driver}" and rule "${rule.name}" has managed: false: bind it to vfio-pci before "${vm}" starts`,
+        vm,
+        rule: rule.name,
+        location: rule.location,
+        devices: [d.address],
+      });
     }
   }
-  result.devices = [...byAddress.values()].sort((a, b) =>
-    a.device.address < b.device.address ? -1 : a.device.address > b.device.address ? 1 : 0
-  );
-  return result;
+  return warnings;
 }
 
 /**
@@ -273,8 +360,11 @@ function virtualFunctionInUse(device: PciDevice, host: HostTopology): string | n
 
 /** One VM's hold on an IOMMU group: planned from the config, or present in a domain now. */
 export interface GroupClaim {
+  /** The configured VM, or the domain, that claims the group. */
   vm: string;
+  /** The IOMMU group number. */
   group: number;
+  /** Canonical host addresses of the group's functions the VM holds or will hold. */
   addresses: PciAddress[];
   /** The devices the VM asked for by name (its rules' matches, or every hostdev of a domain). */
   matched: PciAddress[];
