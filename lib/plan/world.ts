@@ -105,6 +105,21 @@ function readLive(libvirt: LibvirtPort, name: string): DefinitionRead | null {
 }
 
 /**
+ * The persistent definition with its secrets: the plan's XML is what `apply` defines, so it must
+ * keep the passwords. A read-only connection may not read secrets (libvirt refuses
+ * `VIR_DOMAIN_XML_SECURE` there); the definition without them still plans, and `apply`, which
+ * compares the plan's XML with the secure one before defining, then refuses a VM whose
+ * passwords the plan lacks (`drift`) instead of erasing them.
+ */
+function readPersistentXml(libvirt: LibvirtPort, name: string): string {
+  try {
+    return libvirt.getPersistentXml(name, { secure: true });
+  } catch {
+    return libvirt.getPersistentXml(name);
+  }
+}
+
+/**
  * Reads every domain of `libvirt` once: its state, its persistent definition and, for a running
  * guest, its live definition, each parsed by the strict reader or, when that refuses it, scanned
  * leniently. A domain undefined between the listing and the read is left out, as if listed a
@@ -128,8 +143,7 @@ export function readWorld(libvirt: LibvirtPort): World {
   for (const { name, active } of libvirt.listDomains()) {
     let persistent: DefinitionRead;
     try {
-      // With its secrets: the plan's XML is what apply defines, so it must keep the passwords.
-      persistent = readDefinition(libvirt.getPersistentXml(name, { secure: true }));
+      persistent = readDefinition(readPersistentXml(libvirt, name));
     } catch (error) {
       if (!stillListed(libvirt, name)) continue;
       persistent = { kind: "read-failed", error: errorText(error) };

@@ -169,3 +169,14 @@ Deno.test("planHostdevs() reports a configured VM libvirt does not know as unkno
     assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
   });
 });
+
+Deno.test("readWorld() reads definitions on a read-only connection, which refuses secrets", () => {
+  // libvirt refuses VIR_DOMAIN_XML_SECURE on a read-only connection: the definition without
+  // secrets still plans (apply then compares it with the secure one before any define).
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`, { readOnly: true });
+  const world = readWorld(libvirt);
+  assertEquals(
+    world.domains.map((d) => [d.name, d.persistent.kind]),
+    [["gentoo", "parsed"], ["win10", "parsed"]],
+  );
+});
