@@ -41,17 +41,26 @@ import type { PciAddress } from "../host/types.ts";
 
 /** One problem in the config file, located in the source. */
 export class ConfigError extends Error {
+  /** Always `"ConfigError"`. */
   override name = "ConfigError";
   /** The file as given to the loader. */
   file: string;
-  /** 1-based line and column of the offending node. */
+  /**
+   * 1-based line of the problem: the offending node (its key when the key is wrong), or where
+   * yaml found a syntax error.
+   */
   line: number;
+  /** 1-based column of the problem on {@link ConfigError.line}. */
   column: number;
   /** Where in the document: `vms.win10.devices[0].match.vendor_id` (empty for the root). */
   path: string;
   /** What would fix it (`did you mean "vendor_id"?`), or `null`. */
   hint: string | null;
 
+  /**
+   * Builds the message `file:line:col: detail at "path" (hint)`; the path part is left out when
+   * `path` is empty (the document itself), the hint part when `hint` is absent, `null` or empty.
+   */
   constructor(
     detail: string,
     where: { file: string; line: number; column: number; path: string; hint?: string | null },
@@ -72,12 +81,14 @@ export class ConfigError extends Error {
 
 /** Every problem found in one config file; thrown by {@link parseConfig} when there is any. */
 export class ConfigErrors extends AggregateError {
+  /** Always `"ConfigErrors"`. */
   override name = "ConfigErrors";
   /** Each problem, in source order. */
   declare errors: ConfigError[];
   /** The file as given to the loader. */
   file: string;
 
+  /** Builds the message: a count line, then each error's message on its own indented line. */
   constructor(file: string, errors: ConfigError[]) {
     super(
       errors,
@@ -90,51 +101,120 @@ export class ConfigErrors extends AggregateError {
   }
 }
 
-/** The normalised `match` block: IDs are 4 lower-case hex digits without `0x`. */
+/**
+ * The normalised `match` block of a rule. A device matches when it satisfies every criterion
+ * present; an absent criterion constrains nothing. IDs are 4 lower-case hex digits without `0x`,
+ * zero-padded (`0x10DE` and `10de` both give `"10de"`, `86` gives `"0086"`).
+ */
 export interface MatchCriteria {
+  /** PCI vendor ID (`vendor_id`, or the part before `:` of `vendor_device_id`): `"10de"`. */
   vendorId?: string;
+  /** PCI device ID (`device_id`, or the part after `:` of `vendor_device_id`): `"2684"`. */
   deviceId?: string;
+  /**
+   * Host kernel driver as written (`nvidia`, `xhci_hcd`), compared with the driver sysfs names;
+   * it still matches a device libvirt has since rebound to `vfio-pci`.
+   */
   driver?: string;
+  /** PCI subsystem vendor ID (the board maker): `"1043"`. */
   subsystemVendorId?: string;
+  /** PCI subsystem device ID: `"87c1"`. */
   subsystemDeviceId?: string;
-  /** Class-code prefixes (any of them matches), from hex digits or a class name. */
+  /**
+   * Class-code prefixes, lower-case hex without `0x`; a device matches when its 6-digit class
+   * code starts with any of them. The digits written (`"03"`, `"0c03"`, `"010802"`), or what a
+   * class name stands for (`usb` gives `["0c03"]`, `audio` gives `["0401", "0403"]`).
+   */
   classPrefixes?: string[];
-  /** The class as written, for messages. */
+  /**
+   * The `class` value, for messages: the class name in lower case, or the hex digits in lower
+   * case without `0x`. Present exactly when {@link MatchCriteria.classPrefixes} is.
+   */
   classText?: string;
+  /** Physical slot name as the firmware reports it (`"3"`, `"CPU1 SLOT2"`), compared exactly. */
   slot?: string;
-  /** Lower-case, dash-separated like lspci prints it. */
+  /**
+   * PCIe Device Serial Number: 8 bytes as lower-case hex pairs joined by dashes, like lspci
+   * prints it (`"00-11-22-ff-ff-33-44-55"`), whether written with dashes, colons or neither.
+   */
   serial?: string;
+  /** NUMA node the device is attached to (0 or more). */
   numaNode?: number;
+  /** Host PCI address, canonical (`"0000:0b:00.0"`, also when written `0b:00.0`). */
   address?: PciAddress;
 }
 
-/** One normalised rule. */
+/** One rule of a VM, normalised: every optional setting of the file filled with its default. */
 export interface DeviceRule {
-  /** Unique within its VM. */
+  /**
+   * `name:` as written, else derived from the match (`"10de:2684"`, `"vga"`, `"10de:*-nvidia"`).
+   * Unique within its VM on any one host: unnamed rules whose derived names clash get `#2`,
+   * `#3`, ... in file order.
+   */
   name: string;
+  /** The VM the rule belongs to (its key under `vms:`). */
   vm: string;
-  /** `file:line:col` of the rule. */
+  /** `file:line:col` where the rule's mapping starts (just after its `- `). */
   location: string;
+  /** Which host devices the rule selects. */
   match: MatchCriteria;
-  /** How many cards (IOMMU groups) the rule resolves to, or every match. */
+  /**
+   * How many cards (IOMMU groups) the rule must resolve to (`count:`, default 1), or `"all"`
+   * (`all: true`): every match, however many.
+   */
   count: number | "all";
+  /**
+   * Whether every other endpoint of each matched device's IOMMU group goes along
+   * (`iommu_group:`, default `true`); bridges never do.
+   */
   iommuGroup: boolean;
+  /**
+   * Whether libvirt detaches the device from its host driver when the VM starts (`managed:`,
+   * the hostdev's `managed='yes'`; default `true`).
+   */
   managed: boolean;
+  /**
+   * The device's option ROM (`rom:`): `bar` exposes the ROM BAR to the guest (`"on"`) or hides
+   * it (`"off"`), `file` is the path of a ROM image presented instead, as written. It applies
+   * to the matched devices, not the group members they bring along. Absent: libvirt's default.
+   */
   rom?: { bar?: "on" | "off"; file?: string };
+  /** Boot position of the rule's first matched device (`boot_order:`, 1 or more); absent: none. */
   bootOrder?: number;
+  /**
+   * Whether a card's functions stay together in one guest slot, function numbers preserved
+   * (`multifunction:`, default `false`).
+   */
   multifunction: boolean;
+  /**
+   * Whether a group holding devices the host likely needs is passed anyway, with a warning
+   * instead of a refusal (`allow_host_critical:`, default `false`).
+   */
   allowHostCritical: boolean;
+  /**
+   * Whether the warning for devices without Function Level Reset is silenced
+   * (`allow_no_flr:`, default `false`).
+   */
   allowNoFlr: boolean;
-  /** The hosts this rule applies on (`host:`/`hosts:`); absent: every host its VM is on. */
+  /**
+   * The hosts this rule applies on (`host:`/`hosts:`, each declared under the top-level `hosts:`,
+   * in file order, duplicates dropped); absent: every host its VM is on.
+   */
   hosts?: string[];
 }
 
-/** One VM of the config. */
+/** One VM of the config: a libvirt domain and the rules for the devices it gets. */
 export interface VmConfig {
+  /** The libvirt domain name (its key under `vms:`). */
   name: string;
+  /** `file:line:col` of the VM's key under `vms:`. */
   location: string;
+  /** Its rules (`devices:`), in file order; empty when it gets no device. */
   rules: DeviceRule[];
-  /** The hosts this VM is planned on (`host:`/`hosts:`); absent: every host. */
+  /**
+   * The hosts this VM is planned on (`host:`/`hosts:`, each declared under the top-level
+   * `hosts:`, in file order, duplicates dropped); absent: every host.
+   */
   hosts?: string[];
 }
 
@@ -155,11 +235,16 @@ export interface HostConfig {
 
 /** A validated, normalised config. */
 export interface Config {
+  /** The file as given to the loader (the `file` option of {@link parseConfig}). */
   file: string;
+  /** The config format version; 1 is the only one. */
   version: 1;
-  /** In file order. */
+  /** The VMs under `vms:`, in file order. */
   vms: VmConfig[];
-  /** The top-level `hosts:` in file order (a process plans one: `lib/host_section.ts`). */
+  /**
+   * The top-level `hosts:` in file order (a process plans one: `lib/config/host_section.ts`);
+   * absent: the file is for whichever host runs it.
+   */
   hosts?: HostConfig[];
 }
 
