@@ -24,16 +24,22 @@ import {
   visit,
 } from "yaml";
 import {
+  type BooleanSchema,
   CLASS_NAMES,
   CONFIG_SCHEMA,
   FORMAT_PATTERNS,
+  type IntegerSchema,
+  type MapSchema,
   MATCH_SCHEMA,
+  type ObjectSchema,
   type RawConfig,
   type RawHostConfig,
   type RawMatch,
   type RawRule,
+  type RawVmConfig,
   type Schema,
   type StringFormat,
+  type StringSchema,
 } from "./schema.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 import { dirname, isAbsolute, join } from "node:path";
@@ -41,17 +47,26 @@ import type { PciAddress } from "../host/types.ts";
 
 /** One problem in the config file, located in the source. */
 export class ConfigError extends Error {
+  /** Always `"ConfigError"`. */
   override name = "ConfigError";
   /** The file as given to the loader. */
   file: string;
-  /** 1-based line and column of the offending node. */
+  /**
+   * 1-based line of the problem: the offending node (its key when the key is wrong), or where
+   * yaml found a syntax error.
+   */
   line: number;
+  /** 1-based column of the problem on {@link ConfigError.line}. */
   column: number;
   /** Where in the document: `vms.win10.devices[0].match.vendor_id` (empty for the root). */
   path: string;
   /** What would fix it (`did you mean "vendor_id"?`), or `null`. */
   hint: string | null;
 
+  /**
+   * Builds the message `file:line:col: detail at "path" (hint)`; the path part is left out when
+   * `path` is empty (the document itself), the hint part when `hint` is absent, `null` or empty.
+   */
   constructor(
     detail: string,
     where: { file: string; line: number; column: number; path: string; hint?: string | null },
@@ -72,12 +87,14 @@ export class ConfigError extends Error {
 
 /** Every problem found in one config file; thrown by {@link parseConfig} when there is any. */
 export class ConfigErrors extends AggregateError {
+  /** Always `"ConfigErrors"`. */
   override name = "ConfigErrors";
   /** Each problem, in source order. */
   declare errors: ConfigError[];
   /** The file as given to the loader. */
   file: string;
 
+  /** Builds the message: a count line, then each error's message on its own indented line. */
   constructor(file: string, errors: ConfigError[]) {
     super(
       errors,
@@ -90,51 +107,120 @@ export class ConfigErrors extends AggregateError {
   }
 }
 
-/** The normalised `match` block: IDs are 4 lower-case hex digits without `0x`. */
+/**
+ * The normalised `match` block of a rule. A device matches when it satisfies every criterion
+ * present; an absent criterion constrains nothing. IDs are 4 lower-case hex digits without `0x`,
+ * zero-padded (`0x10DE` and `10de` both give `"10de"`, `86` gives `"0086"`).
+ */
 export interface MatchCriteria {
+  /** PCI vendor ID (`vendor_id`, or the part before `:` of `vendor_device_id`): `"10de"`. */
   vendorId?: string;
+  /** PCI device ID (`device_id`, or the part after `:` of `vendor_device_id`): `"2684"`. */
   deviceId?: string;
+  /**
+   * Host kernel driver as written (`nvidia`, `xhci_hcd`), compared with the driver sysfs names;
+   * it still matches a device libvirt has since rebound to `vfio-pci`.
+   */
   driver?: string;
+  /** PCI subsystem vendor ID (the board maker): `"1043"`. */
   subsystemVendorId?: string;
+  /** PCI subsystem device ID: `"87c1"`. */
   subsystemDeviceId?: string;
-  /** Class-code prefixes (any of them matches), from hex digits or a class name. */
+  /**
+   * Class-code prefixes, lower-case hex without `0x`; a device matches when its 6-digit class
+   * code starts with any of them. The digits written (`"03"`, `"0c03"`, `"010802"`), or what a
+   * class name stands for (`usb` gives `["0c03"]`, `audio` gives `["0401", "0403"]`).
+   */
   classPrefixes?: string[];
-  /** The class as written, for messages. */
+  /**
+   * The `class` value, for messages: the class name in lower case, or the hex digits in lower
+   * case without `0x`. Present exactly when {@link MatchCriteria.classPrefixes} is.
+   */
   classText?: string;
+  /** Physical slot name as the firmware reports it (`"3"`, `"CPU1 SLOT2"`), compared exactly. */
   slot?: string;
-  /** Lower-case, dash-separated like lspci prints it. */
+  /**
+   * PCIe Device Serial Number: 8 bytes as lower-case hex pairs joined by dashes, like lspci
+   * prints it (`"00-11-22-ff-ff-33-44-55"`), whether written with dashes, colons or neither.
+   */
   serial?: string;
+  /** NUMA node the device is attached to (0 or more). */
   numaNode?: number;
+  /** Host PCI address, canonical (`"0000:0b:00.0"`, also when written `0b:00.0`). */
   address?: PciAddress;
 }
 
-/** One normalised rule. */
+/** One rule of a VM, normalised: every optional setting of the file filled with its default. */
 export interface DeviceRule {
-  /** Unique within its VM. */
+  /**
+   * `name:` as written, else derived from the match (`"10de:2684"`, `"vga"`, `"10de:*-nvidia"`).
+   * Unique within its VM on any one host: unnamed rules whose derived names clash get `#2`,
+   * `#3`, ... in file order.
+   */
   name: string;
+  /** The VM the rule belongs to (its key under `vms:`). */
   vm: string;
-  /** `file:line:col` of the rule. */
+  /** `file:line:col` where the rule's mapping starts (just after its `- `). */
   location: string;
+  /** Which host devices the rule selects. */
   match: MatchCriteria;
-  /** How many cards (IOMMU groups) the rule resolves to, or every match. */
+  /**
+   * How many cards (IOMMU groups) the rule must resolve to (`count:`, default 1), or `"all"`
+   * (`all: true`): every match, however many.
+   */
   count: number | "all";
+  /**
+   * Whether every other endpoint of each matched device's IOMMU group goes along
+   * (`iommu_group:`, default `true`); bridges never do.
+   */
   iommuGroup: boolean;
+  /**
+   * Whether libvirt detaches the device from its host driver when the VM starts (`managed:`,
+   * the hostdev's `managed='yes'`; default `true`).
+   */
   managed: boolean;
+  /**
+   * The device's option ROM (`rom:`): `bar` exposes the ROM BAR to the guest (`"on"`) or hides
+   * it (`"off"`), `file` is the path of a ROM image presented instead, as written. It applies
+   * to the matched devices, not the group members they bring along. Absent: libvirt's default.
+   */
   rom?: { bar?: "on" | "off"; file?: string };
+  /** Boot position of the rule's first matched device (`boot_order:`, 1 or more); absent: none. */
   bootOrder?: number;
+  /**
+   * Whether a card's functions stay together in one guest slot, function numbers preserved
+   * (`multifunction:`, default `false`).
+   */
   multifunction: boolean;
+  /**
+   * Whether a group holding devices the host likely needs is passed anyway, with a warning
+   * instead of a refusal (`allow_host_critical:`, default `false`).
+   */
   allowHostCritical: boolean;
+  /**
+   * Whether the warning for devices without Function Level Reset is silenced
+   * (`allow_no_flr:`, default `false`).
+   */
   allowNoFlr: boolean;
-  /** The hosts this rule applies on (`host:`/`hosts:`); absent: every host its VM is on. */
+  /**
+   * The hosts this rule applies on (`host:`/`hosts:`, each declared under the top-level `hosts:`,
+   * in file order, duplicates dropped); absent: every host its VM is on.
+   */
   hosts?: string[];
 }
 
-/** One VM of the config. */
+/** One VM of the config: a libvirt domain and the rules for the devices it gets. */
 export interface VmConfig {
+  /** The libvirt domain name (its key under `vms:`). */
   name: string;
+  /** `file:line:col` of the VM's key under `vms:`. */
   location: string;
+  /** Its rules (`devices:`), in file order; empty when it gets no device. */
   rules: DeviceRule[];
-  /** The hosts this VM is planned on (`host:`/`hosts:`); absent: every host. */
+  /**
+   * The hosts this VM is planned on (`host:`/`hosts:`, each declared under the top-level
+   * `hosts:`, in file order, duplicates dropped); absent: every host.
+   */
   hosts?: string[];
 }
 
@@ -155,11 +241,16 @@ export interface HostConfig {
 
 /** A validated, normalised config. */
 export interface Config {
+  /** The file as given to the loader (the `file` option of {@link parseConfig}). */
   file: string;
+  /** The config format version; 1 is the only one. */
   version: 1;
-  /** In file order. */
+  /** The VMs under `vms:`, in file order. */
   vms: VmConfig[];
-  /** The top-level `hosts:` in file order (a process plans one: `lib/host_section.ts`). */
+  /**
+   * The top-level `hosts:` in file order (a process plans one: `lib/config/host_section.ts`);
+   * absent: the file is for whichever host runs it.
+   */
   hosts?: HostConfig[];
 }
 
@@ -260,14 +351,17 @@ function errorAt(
   );
 }
 
-/** Reports a problem at the node `at` (its key with `key`), showing `path` (default: `at`). */
+/**
+ * Reports a problem at the node `at` (its key with `key`), showing `path` (default: `at`). Gives
+ * `undefined`, what {@link check} returns for a value that does not fit: `return report(...)`.
+ */
 function report(
   ctx: Context,
   at: Steps,
   detail: string,
   hint: string | null,
   options: { key?: boolean; path?: Steps } = {},
-): void {
+): undefined {
   errorAt(ctx, nodeAt(ctx, at, options.key), showPath(options.path ?? at), detail, hint);
 }
 
@@ -402,121 +496,170 @@ const FORMAT_HINTS: Record<StringFormat, string> = {
  * value as plain objects with formats normalised, or `undefined` where it does not fit.
  */
 function check(value: unknown, schema: Schema, at: Steps, ctx: Context): unknown {
-  const fail = (detail: string, hint: string | null) => void report(ctx, at, detail, hint);
-  const wrongType = (expected: string, hint: string) =>
-    fail(`Expected ${expected}, found ${describe(value)}`, hint);
   switch (schema.type) {
-    case "string": {
-      if (typeof value !== "string") {
-        const single = value instanceof Map || Array.isArray(value);
-        return wrongType(
-          "a string",
-          single ? 'write a single value, quoted: "..."' : 'quote the value: "..."',
-        );
+    case "string":
+      return checkString(value, schema, at, ctx);
+    case "integer":
+      return checkInteger(value, schema, at, ctx);
+    case "boolean":
+      return checkBoolean(value, schema, at, ctx);
+    case "array":
+      if (!Array.isArray(value)) {
+        return wrongType(ctx, at, "a list", value, 'start each item with "- "');
       }
-      if (schema.enum) {
-        if (schema.enum.includes(value)) return value;
-        const near = nearest(value, schema.enum);
-        const expected = schema.enum.map((e) => `"${e}"`).join(", ");
-        return fail(
-          `Invalid value "${value}": expected one of ${expected}`,
-          near ? `did you mean "${near}"?` : null,
-        );
-      }
-      if (schema.format === undefined) return value;
-      const normal = normaliseFormat(schema.format, value);
-      if (normal !== null) return normal;
-      const near = schema.format === "class" ? nearest(value, Object.keys(CLASS_NAMES)) : null;
-      return fail(
-        `Invalid ${schema.format} "${value}"`,
-        near ? `did you mean "${near}"?` : FORMAT_HINTS[schema.format],
-      );
-    }
-    case "integer": {
-      if (typeof value !== "number" || !Number.isInteger(value)) {
-        return wrongType("an integer", "write a whole number without quotes, e.g. 1");
-      }
-      if (schema.const !== undefined && value !== schema.const) {
-        return fail(
-          `Unsupported value ${value}: expected ${schema.const}`,
-          `write ${schema.const}`,
-        );
-      }
-      if (value > MAX_INTEGER) {
-        // libvirt keeps these numbers (boot order, counts, NUMA nodes) in C ints.
-        return fail(
-          `Value ${value} is too large: the maximum is ${MAX_INTEGER}`,
-          `use ${MAX_INTEGER} or less`,
-        );
-      }
-      if (schema.minimum !== undefined && value < schema.minimum) {
-        return fail(
-          `Value ${value} is too small: the minimum is ${schema.minimum}`,
-          `use ${schema.minimum} or more`,
-        );
-      }
-      return value;
-    }
-    case "boolean": {
-      if (typeof value !== "boolean") {
-        return wrongType("true or false", "write true or false without quotes");
-      }
-      if (schema.const !== undefined && value !== schema.const) {
-        return fail(`Unsupported value ${value}: expected ${schema.const}`, "omit the key");
-      }
-      return value;
-    }
-    case "array": {
-      if (!Array.isArray(value)) return wrongType("a list", 'start each item with "- "');
       return value.map((item, i) => check(item, schema.items, [...at, i], ctx));
+    case "map":
+      return checkMap(value, schema, at, ctx);
+    case "object":
+      return checkObject(value, schema, at, ctx);
+  }
+}
+
+/** Reports the node at `at` as not the `expected` kind of value (`value` is what it holds). */
+function wrongType(
+  ctx: Context,
+  at: Steps,
+  expected: string,
+  value: unknown,
+  hint: string,
+): undefined {
+  return report(ctx, at, `Expected ${expected}, found ${describe(value)}`, hint);
+}
+
+/** A string: one of `enum`, or normalised by its format. */
+function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Context): unknown {
+  if (typeof value !== "string") {
+    const single = value instanceof Map || Array.isArray(value);
+    const hint = single ? 'write a single value, quoted: "..."' : 'quote the value: "..."';
+    return wrongType(ctx, at, "a string", value, hint);
+  }
+  if (schema.enum) {
+    if (schema.enum.includes(value)) return value;
+    const near = nearest(value, schema.enum);
+    const expected = schema.enum.map((e) => `"${e}"`).join(", ");
+    return report(
+      ctx,
+      at,
+      `Invalid value "${value}": expected one of ${expected}`,
+      near ? `did you mean "${near}"?` : null,
+    );
+  }
+  if (schema.format === undefined) return value;
+  const normal = normaliseFormat(schema.format, value);
+  if (normal !== null) return normal;
+  const near = schema.format === "class" ? nearest(value, Object.keys(CLASS_NAMES)) : null;
+  return report(
+    ctx,
+    at,
+    `Invalid ${schema.format} "${value}"`,
+    near ? `did you mean "${near}"?` : FORMAT_HINTS[schema.format],
+  );
+}
+
+/** An integer within the schema's bounds and {@link MAX_INTEGER}. */
+function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Context): unknown {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    return wrongType(ctx, at, "an integer", value, "write a whole number without quotes, e.g. 1");
+  }
+  if (schema.const !== undefined && value !== schema.const) {
+    return report(
+      ctx,
+      at,
+      `Unsupported value ${value}: expected ${schema.const}`,
+      `write ${schema.const}`,
+    );
+  }
+  if (value > MAX_INTEGER) {
+    // libvirt keeps these numbers (boot order, counts, NUMA nodes) in C ints.
+    return report(
+      ctx,
+      at,
+      `Value ${value} is too large: the maximum is ${MAX_INTEGER}`,
+      `use ${MAX_INTEGER} or less`,
+    );
+  }
+  if (schema.minimum !== undefined && value < schema.minimum) {
+    return report(
+      ctx,
+      at,
+      `Value ${value} is too small: the minimum is ${schema.minimum}`,
+      `use ${schema.minimum} or more`,
+    );
+  }
+  return value;
+}
+
+/** `true` or `false`, or only the schema's `const`. */
+function checkBoolean(value: unknown, schema: BooleanSchema, at: Steps, ctx: Context): unknown {
+  if (typeof value !== "boolean") {
+    return wrongType(ctx, at, "true or false", value, "write true or false without quotes");
+  }
+  if (schema.const !== undefined && value !== schema.const) {
+    return report(ctx, at, `Unsupported value ${value}: expected ${schema.const}`, "omit the key");
+  }
+  return value;
+}
+
+/** A mapping of free-form names: each name must fit the key pattern, each value the schema. */
+function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): unknown {
+  if (!(value instanceof Map)) {
+    return wrongType(ctx, at, "a mapping", value, "write NAME: followed by indented keys");
+  }
+  const pattern = new RegExp(schema.keyPattern);
+  const entries: [string, unknown][] = [];
+  for (const [key, item] of value) {
+    if (typeof key === "string" && pattern.test(key)) {
+      entries.push([key, check(item, schema.values, [...at, key], ctx)]);
+    } else {
+      const hint = schema.keyHint ?? "use the libvirt domain name";
+      report(ctx, [...at, key], `Invalid name ${describe(key)}`, hint, { key: true, path: at });
     }
-    case "map": {
-      if (!(value instanceof Map)) {
-        return wrongType("a mapping", "write NAME: followed by indented keys");
-      }
-      const pattern = new RegExp(schema.keyPattern);
-      const entries: [string, unknown][] = [];
-      for (const [key, item] of value) {
-        if (typeof key === "string" && pattern.test(key)) {
-          entries.push([key, check(item, schema.values, [...at, key], ctx)]);
-        } else {
-          const hint = schema.keyHint ?? "use the libvirt domain name";
-          report(ctx, [...at, key], `Invalid name ${describe(key)}`, hint, { key: true, path: at });
-        }
-      }
-      // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
-      return Object.fromEntries(entries);
+  }
+  // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
+  return Object.fromEntries(entries);
+}
+
+/** A mapping of known keys: each key checked, then the required, minimum and exclusive keys. */
+function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Context): unknown {
+  const known = Object.keys(schema.properties);
+  if (!(value instanceof Map)) {
+    const hint = `write "key: value" pairs: ${known.join(", ")}`;
+    return wrongType(ctx, at, "a mapping", value, hint);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of value) {
+    if (typeof key !== "string") {
+      const detail = `Invalid key ${describe(key)}`;
+      report(ctx, [...at, key], detail, "keys are plain words", { key: true, path: at });
+    } else if (!Object.hasOwn(schema.properties, key)) {
+      const near = nearest(key, known);
+      const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;
+      report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });
+    } else {
+      out[key] = check(item, schema.properties[key]!, [...at, key], ctx);
     }
-    case "object": {
-      const known = Object.keys(schema.properties);
-      if (!(value instanceof Map)) {
-        return wrongType("a mapping", `write "key: value" pairs: ${known.join(", ")}`);
-      }
-      const out: Record<string, unknown> = {};
-      for (const [key, item] of value) {
-        if (typeof key !== "string") {
-          const detail = `Invalid key ${describe(key)}`;
-          report(ctx, [...at, key], detail, "keys are plain words", { key: true, path: at });
-        } else if (!Object.hasOwn(schema.properties, key)) {
-          const near = nearest(key, known);
-          const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;
-          report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });
-        } else {
-          out[key] = check(item, schema.properties[key]!, [...at, key], ctx);
-        }
-      }
-      for (const required of schema.required ?? []) {
-        if (!value.has(required)) fail(`Missing key "${required}"`, `add "${required}:"`);
-      }
-      if (schema.minProperties !== undefined && value.size < schema.minProperties) {
-        fail("Empty mapping", `give at least one of ${known.join(", ")}`);
-      }
-      for (const [a, b] of schema.exclusive ?? []) {
-        if (value.has(a) && value.has(b)) {
-          fail(`Keys "${a}" and "${b}" exclude each other`, "keep one of them");
-        }
-      }
-      return out;
+  }
+  checkKeySet(value, schema, at, ctx);
+  return out;
+}
+
+/** Reports required keys missing, too few keys, and keys that exclude each other. */
+function checkKeySet(
+  value: Map<unknown, unknown>,
+  schema: ObjectSchema,
+  at: Steps,
+  ctx: Context,
+): void {
+  for (const required of schema.required ?? []) {
+    if (!value.has(required)) report(ctx, at, `Missing key "${required}"`, `add "${required}:"`);
+  }
+  if (schema.minProperties !== undefined && value.size < schema.minProperties) {
+    const known = Object.keys(schema.properties);
+    report(ctx, at, "Empty mapping", `give at least one of ${known.join(", ")}`);
+  }
+  for (const [a, b] of schema.exclusive ?? []) {
+    if (value.has(a) && value.has(b)) {
+      report(ctx, at, `Keys "${a}" and "${b}" exclude each other`, "keep one of them");
     }
   }
 }
@@ -669,108 +812,180 @@ function yamlErrors(ctx: Context): void {
  * ```
  */
 export function parseConfig(text: string, options: { file: string }): Config {
+  const { ctx, data } = readDocument(text, options.file);
+  const raw = check(data, CONFIG_SCHEMA, [], ctx) as RawConfig | undefined;
+  const config = normaliseConfig(raw, ctx);
+  if (ctx.errors.length > 0) {
+    ctx.errors.sort((a, b) => a.line - b.line || a.column - b.column);
+    throw new ConfigErrors(ctx.file, ctx.errors);
+  }
+  return config;
+}
+
+/**
+ * The YAML of `text` as data, with the context that locates its nodes. Throws
+ * {@link ConfigErrors} when the YAML itself is unusable (syntax, duplicate keys, no content,
+ * unknown aliases, alias bombs), before any schema check.
+ */
+function readDocument(text: string, file: string): { ctx: Context; data: unknown } {
   const lines = new LineCounter();
   // yaml refuses duplicate keys itself (`uniqueKeys`, on by default).
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
-  const ctx: Context = { file: options.file, doc, lines, aliases: new Map(), errors: [] };
-  const fail = () => new ConfigErrors(ctx.file, ctx.errors);
+  const ctx: Context = { file, doc, lines, aliases: new Map(), errors: [] };
+  const stopOnErrors = () => {
+    if (ctx.errors.length > 0) throw new ConfigErrors(ctx.file, ctx.errors);
+  };
   yamlErrors(ctx);
-  if (ctx.errors.length > 0) throw fail();
+  stopOnErrors();
   if (doc.contents === null) {
     errorAt(ctx, null, "", "Empty config", 'start with "version: 1" and "vms:"');
-    throw fail();
+    stopOnErrors();
   }
   prepare(ctx);
-  if (ctx.errors.length > 0) throw fail();
+  stopOnErrors();
   const data = toData(ctx);
-  if (ctx.errors.length > 0) throw fail();
-  const raw = check(data, CONFIG_SCHEMA, [], ctx) as RawConfig | undefined;
+  stopOnErrors();
+  return { ctx, data };
+}
+
+/** The checked config normalised: hosts, then each VM with its rules, in file order. */
+function normaliseConfig(raw: RawConfig | undefined, ctx: Context): Config {
   const config: Config = { file: ctx.file, version: 1, vms: [] };
-  let declaredHosts: string[] | null = null;
+  let declared: string[] | null = null;
   if (raw?.hosts !== undefined) {
     config.hosts = normaliseHosts(raw.hosts as Record<string, RawHostConfig | undefined>, ctx);
-    declaredHosts = Object.keys(raw.hosts);
-    if (declaredHosts.length === 0) {
+    declared = Object.keys(raw.hosts);
+    if (declared.length === 0) {
       report(ctx, ["hosts"], "Empty host list", 'declare at least one host, or remove "hosts:"');
     }
   }
-  for (const [vmName, rawVm] of Object.entries(raw?.vms ?? {})) {
-    const vmAt = ["vms", vmName];
-    const vm: VmConfig = { name: vmName, location: location(ctx, vmAt, true), rules: [] };
-    const vmHosts = rawVm === undefined
-      ? undefined
-      : hostReferences(rawVm, vmAt, declaredHosts, ctx);
-    if (vmHosts !== undefined) vm.hosts = vmHosts;
-    config.vms.push(vm);
-    const rules = (rawVm?.devices ?? []) as (RawRule | undefined)[];
-    // Rule names with the hosts each is limited to (absent: every host). One name may appear
-    // on disjoint hosts: "gpu" is then that host's card on each host.
-    const seen = new Map<string, (string[] | undefined)[]>();
-    const clashes = (name: string, hosts: string[] | undefined) =>
-      (seen.get(name) ?? []).some((other) =>
-        hosts === undefined || other === undefined || other.some((h) => hosts.includes(h))
-      );
-    rules.forEach((rawRule, i) => {
-      if (rawRule?.match === undefined) return;
-      const at = [...vmAt, "devices", i];
-      const match = normaliseMatch(rawRule.match, [...at, "match"], ctx);
-      const ruleHosts = hostReferences(rawRule, at, declaredHosts, ctx);
-      let name = rawRule.name ?? deriveRuleName(rawRule.match);
-      if (rawRule.name !== undefined && clashes(name, ruleHosts)) {
-        report(
-          ctx,
-          [...at, "name"],
-          `Duplicate rule name "${name}" in VM "${vmName}"`,
-          ruleHosts === undefined && declaredHosts !== null
-            ? 'give each rule of a VM its own name, or limit each to other hosts with "host:"'
-            : "give each rule of a VM its own name",
-        );
-      } else if (clashes(name, ruleHosts)) {
-        // Two unnamed rules with the same criteria: number them so records stay distinct.
-        let k = 2;
-        while (clashes(`${name}#${k}`, ruleHosts)) k++;
-        name = `${name}#${k}`;
-      }
-      seen.set(name, [...(seen.get(name) ?? []), ruleHosts]);
-      const rule: DeviceRule = {
-        name,
-        vm: vmName,
-        location: location(ctx, at),
-        match,
-        count: rawRule.all ? "all" : rawRule.count ?? 1,
-        iommuGroup: rawRule.iommu_group ?? true,
-        managed: rawRule.managed ?? true,
-        multifunction: rawRule.multifunction ?? false,
-        allowHostCritical: rawRule.allow_host_critical ?? false,
-        allowNoFlr: rawRule.allow_no_flr ?? false,
-      };
-      if (rawRule.rom !== undefined) {
-        const rom: { bar?: "on" | "off"; file?: string } = {};
-        if (rawRule.rom.bar !== undefined) rom.bar = rawRule.rom.bar;
-        if (rawRule.rom.file !== undefined) rom.file = rawRule.rom.file;
-        rule.rom = rom;
-      }
-      if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
-      if (ruleHosts !== undefined) {
-        const outside = vmHosts === undefined ? [] : ruleHosts.filter((h) => !vmHosts.includes(h));
-        if (outside.length > 0) {
-          report(
-            ctx,
-            [...at, rawRule.host !== undefined ? "host" : "hosts"],
-            `Rule names host "${outside[0]}" but VM "${vmName}" is not planned there`,
-            `the VM is limited to ${vmHosts!.map((h) => `"${h}"`).join(", ")}`,
-          );
-        }
-        rule.hosts = ruleHosts;
-      }
-      vm.rules.push(rule);
-    });
-  }
-  if (ctx.errors.length > 0) {
-    ctx.errors.sort((a, b) => a.line - b.line || a.column - b.column);
-    throw fail();
+  for (const [name, rawVm] of Object.entries(raw?.vms ?? {})) {
+    config.vms.push(normaliseVm(name, rawVm, declared, ctx));
   }
   return config;
+}
+
+/** What normalising the rules of one VM shares. */
+interface VmScope {
+  /** The VM the rules belong to (its name and hosts). */
+  vm: VmConfig;
+  /** The names under the top-level `hosts:`, or `null` when there is none. */
+  declared: readonly string[] | null;
+  /**
+   * The rule names taken so far, each with the hosts of every rule that took it (`undefined`:
+   * every host). One name may appear on disjoint hosts: "gpu" is then that host's card on each.
+   */
+  taken: Map<string, (string[] | undefined)[]>;
+}
+
+/** One VM entry normalised; a rule with no usable `match` was reported by {@link check}. */
+function normaliseVm(
+  name: string,
+  rawVm: RawVmConfig | undefined,
+  declared: readonly string[] | null,
+  ctx: Context,
+): VmConfig {
+  const at = ["vms", name];
+  const vm: VmConfig = { name, location: location(ctx, at, true), rules: [] };
+  const hosts = rawVm === undefined ? undefined : hostReferences(rawVm, at, declared, ctx);
+  if (hosts !== undefined) vm.hosts = hosts;
+  const scope: VmScope = { vm, declared, taken: new Map() };
+  const rules = (rawVm?.devices ?? []) as (RawRule | undefined)[];
+  rules.forEach((rawRule, i) => {
+    if (rawRule?.match === undefined) return;
+    vm.rules.push(normaliseRule(rawRule, [...at, "devices", i], scope, ctx));
+  });
+  return vm;
+}
+
+/** One rule normalised, defaults filled in; its name is recorded in `scope.taken`. */
+function normaliseRule(
+  rawRule: RawRule,
+  at: Steps,
+  scope: VmScope,
+  ctx: Context,
+): DeviceRule {
+  const match = normaliseMatch(rawRule.match, [...at, "match"], ctx);
+  const hosts = hostReferences(rawRule, at, scope.declared, ctx);
+  const rule: DeviceRule = {
+    name: takeRuleName(rawRule, at, hosts, scope, ctx),
+    vm: scope.vm.name,
+    location: location(ctx, at),
+    match,
+    count: rawRule.all ? "all" : rawRule.count ?? 1,
+    iommuGroup: rawRule.iommu_group ?? true,
+    managed: rawRule.managed ?? true,
+    multifunction: rawRule.multifunction ?? false,
+    allowHostCritical: rawRule.allow_host_critical ?? false,
+    allowNoFlr: rawRule.allow_no_flr ?? false,
+  };
+  if (rawRule.rom !== undefined) {
+    const rom: { bar?: "on" | "off"; file?: string } = {};
+    if (rawRule.rom.bar !== undefined) rom.bar = rawRule.rom.bar;
+    if (rawRule.rom.file !== undefined) rom.file = rawRule.rom.file;
+    rule.rom = rom;
+  }
+  if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
+  if (hosts !== undefined) {
+    checkRuleHosts(rawRule, at, hosts, scope.vm, ctx);
+    rule.hosts = hosts;
+  }
+  return rule;
+}
+
+/**
+ * The rule's name, recorded in `scope.taken`: the `name:` given (reported when another rule of
+ * the VM took it on a shared host), or one derived from the match and numbered (`#2`, `#3`) to
+ * keep the records of two unnamed rules with the same criteria distinct.
+ */
+function takeRuleName(
+  rawRule: RawRule,
+  at: Steps,
+  hosts: string[] | undefined,
+  scope: VmScope,
+  ctx: Context,
+): string {
+  const clashes = (name: string) =>
+    (scope.taken.get(name) ?? []).some((other) =>
+      hosts === undefined || other === undefined || other.some((h) => hosts.includes(h))
+    );
+  let name = rawRule.name ?? deriveRuleName(rawRule.match);
+  if (rawRule.name !== undefined && clashes(name)) {
+    report(
+      ctx,
+      [...at, "name"],
+      `Duplicate rule name "${name}" in VM "${scope.vm.name}"`,
+      hosts === undefined && scope.declared !== null
+        ? 'give each rule of a VM its own name, or limit each to other hosts with "host:"'
+        : "give each rule of a VM its own name",
+    );
+  } else if (clashes(name)) {
+    let k = 2;
+    while (clashes(`${name}#${k}`)) k++;
+    name = `${name}#${k}`;
+  }
+  scope.taken.set(name, [...(scope.taken.get(name) ?? []), hosts]);
+  return name;
+}
+
+/** Reports a rule host its VM is not planned on. */
+function checkRuleHosts(
+  rawRule: RawRule,
+  at: Steps,
+  hosts: readonly string[],
+  vm: VmConfig,
+  ctx: Context,
+): void {
+  const vmHosts = vm.hosts;
+  if (vmHosts === undefined) return;
+  const outside = hosts.filter((h) => !vmHosts.includes(h));
+  if (outside.length === 0) return;
+  report(
+    ctx,
+    [...at, rawRule.host !== undefined ? "host" : "hosts"],
+    `Rule names host "${outside[0]}" but VM "${vm.name}" is not planned there`,
+    `the VM is limited to ${vmHosts.map((h) => `"${h}"`).join(", ")}`,
+  );
 }
 
 /** Reads and parses a config file. Throws {@link ConfigErrors}, or the read error. */
