@@ -20,6 +20,7 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 export interface DoctorFinding {
   /** Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`. */
   check: string;
+  /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */
   status: DoctorStatus;
   /** What was found, one sentence. */
   summary: string;

@@ -22,7 +22,7 @@ export {
   SnapshotTargetError,
   writeSnapshot,
 } from "./snapshot.ts";
-export { type DoctorFinding, runDoctor } from "./doctor.ts";
+export { type DoctorFinding, type DoctorOptions, type DoctorStatus, runDoctor } from "./doctor.ts";
 export {
   discoverViaLibvirt,
   NodeDeviceGroupError,
