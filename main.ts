@@ -7,6 +7,7 @@
  */
 
 import { redactSecrets } from "./lib/domain/secrets.ts";
+import { terminalSafe } from "./lib/render/terminal.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
@@ -34,7 +35,7 @@ function usage(): string {
 /**
  * Runs the CLI with `args` (without the program name) and returns the exit code instead of
  * exiting: 0 ok, 1 runtime error, 2 usage error (or, for `plan --detailed-exitcode`, changes
- * pending). Output goes through `io`, the real terminal by default; pass your own {@link CliIo}
+ * pending). Output goes through `terminal` (the real one by default), control characters escaped; pass your own {@link CliIo}
  * to capture it.
  *
  * @example Capture the output of a command
@@ -52,7 +53,13 @@ function usage(): string {
  * assertEquals([code, out.join("")], [0, "passthrough 0.1.0\n"]);
  * ```
  */
-export async function main(args: string[], io: CliIo = defaultIo()): Promise<number> {
+export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
+  // The output boundary: names read from trees, lspci and libvirt reach the terminal escaped.
+  const io: CliIo = {
+    ...terminal,
+    out: (text) => terminal.out(terminalSafe(text, terminal.color)),
+    err: (text) => terminal.err(terminalSafe(text, terminal.color)),
+  };
   const [name, ...rest] = args;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     io.out(usage());
