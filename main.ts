@@ -7,6 +7,8 @@
  */
 
 import { redactSecrets } from "./lib/domain/secrets.ts";
+import { terminalSafe } from "./lib/render/terminal.ts";
+import { stripAnsi } from "./lib/render/colors.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
@@ -34,7 +36,7 @@ function usage(): string {
 /**
  * Runs the CLI with `args` (without the program name) and returns the exit code instead of
  * exiting: 0 ok, 1 runtime error, 2 usage error (or, for `plan --detailed-exitcode`, changes
- * pending). Output goes through `io`, the real terminal by default; pass your own {@link CliIo}
+ * pending). Output goes through `terminal` (the real one by default), control characters escaped; pass your own {@link CliIo}
  * to capture it.
  *
  * @example Capture the output of a command
@@ -52,7 +54,13 @@ function usage(): string {
  * assertEquals([code, out.join("")], [0, "passthrough 0.1.0\n"]);
  * ```
  */
-export async function main(args: string[], io: CliIo = defaultIo()): Promise<number> {
+export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
+  // The output boundary: names read from trees, lspci and libvirt reach the terminal escaped.
+  const io: CliIo = {
+    ...terminal,
+    out: (text) => terminal.out(terminalSafe(text, terminal.color)),
+    err: (text) => terminal.err(terminalSafe(text, terminal.color)),
+  };
   const [name, ...rest] = args;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     io.out(usage());
@@ -84,24 +92,28 @@ export async function main(args: string[], io: CliIo = defaultIo()): Promise<num
   }
 }
 
-/** One readable paragraph for any error, with its causes; never a stack trace. */
+/**
+ * One readable paragraph for any error, with its causes (a cause the message already quotes is not
+ * repeated); never a stack trace. Only Deno's own refusal (`NotCapable`) points to the permission
+ * set; the system's (`PermissionDenied`: EACCES, EPERM) is about files and users.
+ */
 export function describeError(error: unknown): string {
   const parts: string[] = [];
+  let hint = "";
   let current: unknown = error;
-  while (current !== undefined && parts.length < 5) {
-    if (
-      current instanceof Deno.errors.NotCapable || current instanceof Deno.errors.PermissionDenied
-    ) {
-      parts.push(`${(current as Error).message} (see README, "Permissions")`);
-    } else if (current instanceof Error) {
-      parts.push(current.message);
-    } else {
-      parts.push(String(current));
+  for (let depth = 0; current !== undefined && depth < 5; depth++) {
+    if (current instanceof Deno.errors.NotCapable) {
+      hint = ` (a Deno permission: see README, "Permissions")`;
+    } else if (current instanceof Deno.errors.PermissionDenied && hint === "") {
+      hint = " (the system refused: check the owner and mode of that path, or run as root)";
     }
+    // Deno's own messages may carry colour codes; the terminal boundary would write them out.
+    const text = stripAnsi(current instanceof Error ? current.message : String(current));
+    if (!parts.some((part) => part.includes(text))) parts.push(text);
     current = current instanceof Error ? current.cause : undefined;
   }
   // A libvirt error may quote a definition read with its secrets.
-  return redactSecrets(parts.join(": "));
+  return redactSecrets(parts.join(": ") + hint);
 }
 
 if (import.meta.main) {

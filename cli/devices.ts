@@ -55,6 +55,7 @@ export async function run({ values }: Parsed<typeof DEVICES>, io: CliIo): Promis
   io.out(renderTable(
     ["ADDRESS", "GROUP", "IDS", "CLASS", "DRIVER", "DEVICE", "NOTES"].map((h) => paint("bold", h)),
     rows,
+    io.color,
   ));
   if (host.iommu === "absent") {
     io.out(paint("yellow", "No IOMMU groups: the IOMMU is off or absent on this host\n"));

@@ -11,13 +11,17 @@ import type { DOCTOR } from "./specs.ts";
 import { type DoctorFinding, runDoctor } from "../lib/host/doctor.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
-import { Connection } from "../ffi/connection.ts";
+import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
+import { connectTarget } from "./connect.ts";
 
 /** Opens `uri` read-only and describes it; the error when it cannot. */
-export function libvirtProbe(uri: string | null): () => string | Error {
+export function libvirtProbe(
+  uri: string | null,
+  options: ConnectionOpenOptions = {},
+): () => string | Error {
   return () => {
     try {
-      using conn = Connection.open(uri, { readOnly: true });
+      using conn = Connection.open(uri, { ...options, readOnly: true });
       return `${conn.uri} (libvirt ${conn.libVersion})`;
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error));
@@ -45,13 +49,13 @@ export function renderFindings(findings: DoctorFinding[], color: boolean): strin
 /** Runs `passthrough doctor`: exit 1 when a check fails. */
 export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise<number> {
   const root = values.sysfs ?? LIVE_SYSFS;
+  const target = values["no-libvirt"] ? null : connectTarget(values, io);
   const host = await loadHost(root);
-  const uri = values.connect ?? io.env("LIBVIRT_DEFAULT_URI") ?? null;
   const findings = runDoctor({
     host,
     reader: readerFor(root),
     live: isLiveRoot(root),
-    ...(values["no-libvirt"] ? {} : { libvirtProbe: libvirtProbe(uri) }),
+    ...(target === null ? {} : { libvirtProbe: libvirtProbe(target.uri, target.options) }),
   });
   io.out(
     values.json ? `${JSON.stringify(findings, null, 2)}\n` : renderFindings(findings, io.color),

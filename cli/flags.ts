@@ -100,13 +100,21 @@ export const HOST_FLAGS = {
   },
 } as const satisfies Flags;
 
-/** `-c, --connect URI`: the libvirt to open, for every command that opens one. */
+/**
+ * `-c, --connect URI`: the libvirt to open, for every command that opens one; and
+ * `--allow-uri-programs`, without which a URI that makes libvirt run a program is refused.
+ */
 export const CONNECT_FLAG = {
   connect: {
     type: "string",
     short: "c",
     value: "URI",
     help: "libvirt URI (default: $LIBVIRT_DEFAULT_URI or libvirt's default)",
+  },
+  "allow-uri-programs": {
+    type: "boolean",
+    help:
+      "open a libvirt URI that runs a program it names (the ext transport, command= or netcat=), refused otherwise",
   },
 } as const satisfies Flags;
 

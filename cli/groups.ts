@@ -70,6 +70,7 @@ export async function run({ values }: Parsed<typeof GROUPS>, io: CliIo): Promise
       paint("bold", h)
     ),
     rows,
+    io.color,
   ));
   if (host.hostUse === null) {
     io.out(

@@ -8,7 +8,7 @@
 import type { HostTopology } from "../lib/host/types.ts";
 import { discoverHost } from "../lib/host/discover.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
-import { libcSysfsReader } from "../ffi/libc_fs.ts";
+import { libcSysfsReader, resolvePath } from "../ffi/libc_fs.ts";
 
 /** The real sysfs root. */
 export const LIVE_SYSFS = "/sys";
@@ -30,13 +30,44 @@ export function readerFor(root: string): SysfsReader {
   }
 }
 
-/** Whether `root` is this host's own sysfs. */
+/**
+ * The sysfs root to read when `root` is this host's own sysfs however it is spelled (`/sys/.`,
+ * `//sys`, `/sys/bus/..`, a symbolic link to `/sys`, a bind mount of it): {@link LIVE_SYSFS}, or
+ * the resolved mount point; `null` for a captured tree. Decided on the resolved path, since a
+ * live host read as a tree would lose every host-use refusal. When FFI is not permitted, Deno
+ * resolves the path; a path it refuses to resolve is under `/sys`, `/proc` or `/dev` (or not
+ * readable at all), so it is taken as live: reading it then fails on the permission, never as
+ * a tree without host use.
+ */
+export function liveSysfsRoot(root: string): string | null {
+  if (root === LIVE_SYSFS) return LIVE_SYSFS;
+  let resolved: { path: string; sysfs: boolean } | null;
+  try {
+    resolved = resolvePath(root);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotCapable)) throw error;
+    try {
+      resolved = { path: Deno.realPathSync(root), sysfs: false };
+    } catch (denoError) {
+      if (denoError instanceof Deno.errors.NotCapable) return LIVE_SYSFS;
+      resolved = null;
+    }
+  }
+  if (resolved === null) return null;
+  if (resolved.path === LIVE_SYSFS) return LIVE_SYSFS;
+  return resolved.sysfs ? resolved.path : null;
+}
+
+/** Whether `root` is this host's own sysfs, however spelled (see {@link liveSysfsRoot}). */
 export function isLiveRoot(root: string): boolean {
-  return root.replace(/(.)\/+$/, "$1") === LIVE_SYSFS;
+  return liveSysfsRoot(root) !== null;
 }
 
 /** Discovers the host at `root` (default `/sys`) with the reader that suits it. */
 export function loadHost(root: string | undefined): Promise<HostTopology> {
   const sysfs = root ?? LIVE_SYSFS;
-  return discoverHost({ root: sysfs, reader: readerFor(sysfs), live: isLiveRoot(sysfs) });
+  const live = liveSysfsRoot(sysfs);
+  // The live host is read at its canonical root, so lspci reads it as itself too.
+  const read = live ?? sysfs;
+  return discoverHost({ root: read, reader: readerFor(read), live: live !== null });
 }

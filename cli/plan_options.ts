@@ -15,6 +15,7 @@ import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
+import { checkConnectUri } from "./connect.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
@@ -28,6 +29,8 @@ export interface PlanInputs {
   sysfs?: string | undefined;
   connect?: string | undefined;
   vm?: string[] | undefined;
+  /** `--allow-uri-programs`: open a URI that makes libvirt run a program. */
+  "allow-uri-programs"?: boolean | undefined;
 }
 
 /** A plan together with the connection it was read through (close it when done). */
@@ -43,6 +46,8 @@ interface HostInputs {
   connect: string | undefined;
   /** `hosts.NAME.sysfs` when a host section was picked (for messages). */
   sysfsKey: string | null;
+  /** Where `connect` came from, for messages: `--connect` or `hosts.NAME.connect in FILE`. */
+  connectOrigin: string;
 }
 
 /**
@@ -58,7 +63,13 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
         `--host needs a config with a "hosts:" section: ${config.file} has none`,
       );
     }
-    return { config, sysfs: inputs.sysfs, connect: inputs.connect, sysfsKey: null };
+    return {
+      config,
+      sysfs: inputs.sysfs,
+      connect: inputs.connect,
+      sysfsKey: null,
+      connectOrigin: "--connect",
+    };
   }
   const { host } = picked;
   const both = (flag: "sysfs" | "connect", value: string | null) => {
@@ -77,6 +88,9 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
     sysfs: host.sysfs ?? inputs.sysfs,
     connect: host.uri ?? inputs.connect,
     sysfsKey: `hosts.${host.name}.sysfs`,
+    connectOrigin: host.uri === null
+      ? "--connect"
+      : `hosts.${host.name}.connect in ${config.file}, section declared at ${host.location}`,
   };
 }
 
@@ -116,13 +130,15 @@ function checkRemoteHost(uri: string, sysfs: string | undefined, sysfsKey: strin
  */
 export async function computePlan(inputs: PlanInputs, io: CliIo): Promise<ComputedPlan> {
   const loaded = await loadConfig(inputs.config ?? io.env(CONFIG_ENV) ?? DEFAULT_CONFIG);
-  const { config, sysfs, connect, sysfsKey } = hostInputs(loaded, inputs, io);
+  const { config, sysfs, connect, sysfsKey, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, inputs.vm);
+  const allowUriPrograms = inputs["allow-uri-programs"] === true;
+  checkConnectUri(connect, connectOrigin, allowUriPrograms, io);
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   const requested = connect ?? io.env("LIBVIRT_DEFAULT_URI");
   if (requested !== undefined) checkRemoteHost(requested, sysfs, sysfsKey);
   const host = await loadHost(sysfs);
-  const libvirt = openLibvirtPort(connect ?? null);
+  const libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
   try {
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });

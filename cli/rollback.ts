@@ -11,6 +11,7 @@ import type { ROLLBACK } from "./specs.ts";
 import { confirmYesNo } from "./confirm.ts";
 import { painter } from "../lib/render/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
+import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireLock, describeHolder } from "../lib/state/lock.ts";
@@ -61,10 +62,11 @@ export async function run(
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
+  const target = connectTarget(values, io);
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const state = openStateDir(stateDir);
   using lock = acquireLock(state.path, { command: "rollback" });
-  using libvirt = openLibvirtPort(values.connect ?? null);
+  using libvirt = openLibvirtPort(target.uri, target.options);
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,

@@ -14,12 +14,14 @@ import { compareTopologies, formatSourceDifference } from "../lib/host/source_co
 import { discoverViaLibvirt } from "../lib/host/nodedev.ts";
 import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 import { loadHost } from "./host_options.ts";
+import { connectTarget } from "./connect.ts";
 import { painter } from "../lib/render/colors.ts";
 
 /** Runs `passthrough sources`: exit 0 when the two discoveries agree, 1 when they differ. */
 export async function run({ values }: Parsed<typeof SOURCES>, io: CliIo): Promise<number> {
+  const target = connectTarget(values, io);
   const sysfs = await loadHost(values.sysfs);
-  using source = openNodeDeviceSource(values.connect ?? null);
+  using source = openNodeDeviceSource(target.uri, target.options);
   const libvirt = discoverViaLibvirt(source);
   const differences = compareTopologies(sysfs, libvirt);
   if (values.json) {

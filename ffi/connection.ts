@@ -6,8 +6,9 @@
 
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
-import { cString, libc, libvirt, takeCString } from "./library.ts";
+import { borrowCString, cString, libc, libvirt, takeCString } from "./library.ts";
 import { NodeDevice } from "./node_device.ts";
+import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
   VIR_DOMAIN_DEFINE_VALIDATE,
@@ -17,6 +18,24 @@ import {
 export interface ConnectionOpenOptions {
   /** Open with `virConnectOpenReadOnly`: enough for listing and reading XML. */
   readOnly?: boolean;
+  /**
+   * Open a URI that makes libvirt run a program it names (`qemu+ext:///system?command=...`,
+   * `?command=` or `?netcat=` on ssh; see `ffi/uri_check.ts`). Default `false`: refused with a
+   * `UriProgramError` before libvirt sees it.
+   */
+  allowUriPrograms?: boolean;
+}
+
+/** The environment variable libvirt opens when given no URI. */
+const DEFAULT_URI_ENV = "LIBVIRT_DEFAULT_URI";
+
+/**
+ * `LIBVIRT_DEFAULT_URI` as libvirt itself will read it (libc's `getenv`, so no Deno permission
+ * is needed and nothing differs from what libvirt sees); `null` when unset or empty.
+ */
+function defaultUriFromEnvironment(): string | null {
+  const value = borrowCString(libc().getenv(cString(DEFAULT_URI_ENV)));
+  return value === null || value === "" ? null : value;
 }
 
 /** Options for {@link Connection.defineDomain}. */
@@ -67,18 +86,38 @@ export class Connection {
   }
 
   /**
-   * Opens `uri`; `null` or omitted lets libvirt choose (`LIBVIRT_DEFAULT_URI`, then its default).
-   * Throws `LibvirtError` when the driver or daemon is unreachable.
+   * Opens `uri`; `null` or omitted opens `LIBVIRT_DEFAULT_URI` when set, else libvirt's default.
+   * Throws `UriProgramError` for a URI that would run a program (unless allowed), and
+   * `LibvirtError` when the driver or daemon is unreachable.
    */
   static open(uri?: string | null, options: ConnectionOpenOptions = {}): Connection {
     const lib = libvirt();
-    const name = uri === undefined || uri === null ? null : cString(uri);
+    // libvirt's own first choice, read here so it is checked and named in errors like a URI
+    // given; its next choices (libvirt.conf's uri_default, aliases) are root's configuration.
+    const given = uri ?? null;
+    const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
+    const requested = given ?? fromEnvironment;
+    const origin = fromEnvironment === null ? undefined : DEFAULT_URI_ENV;
+    const reason = requested === null || options.allowUriPrograms === true
+      ? null
+      : uriProgramReason(requested);
+    if (reason !== null) {
+      throw new UriProgramError(requested!, reason, {
+        ...(origin === undefined ? {} : { origin }),
+        allow: "Open it with allowUriPrograms: true if that is meant.",
+      });
+    }
+    const name = requested === null ? null : cString(requested);
     const readOnly = options.readOnly ?? false;
     const handle = checkPointer(
       readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name),
       {
         operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
-        context: `Cannot connect to libvirt at "${uri ?? "the default URI"}"`,
+        context: requested === null
+          ? "Cannot connect to libvirt at its default URI"
+          : `Cannot connect to libvirt at "${requested}"${
+            origin === undefined ? "" : ` (${origin})`
+          }`,
       },
     );
     let canonical: string;

@@ -28,6 +28,10 @@ const SYMBOLS = {
   closedir: { parameters: ["pointer"], result: "i32" },
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
+  // char *realpath(const char *path, char *resolved_path);
+  realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
+  // int statfs(const char *path, struct statfs *buf);
+  statfs: { parameters: ["buffer", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -237,4 +241,42 @@ export function libcSysfsReader(): SysfsReader {
       return fd < 0 ? fail("open", path) : new FileReader(path, fd);
     },
   };
+}
+
+/** A path as the kernel resolves it: see {@link resolvePath}. */
+export interface ResolvedPath {
+  /** The canonical absolute path: no `.`, `..`, repeated slashes or symbolic links. */
+  path: string;
+  /** Whether it lies on a sysfs file system (the kernel's own, wherever it is mounted). */
+  sysfs: boolean;
+}
+
+/** `PATH_MAX`: the buffer `realpath` writes into. */
+const PATH_MAX = 4096;
+/** `SYSFS_MAGIC` from `<linux/magic.h>`: `statfs`'s `f_type` of a sysfs mount. */
+const SYSFS_MAGIC = 0x62656572;
+
+/**
+ * Resolves `path` with libc's `realpath` and asks `statfs` what file system it lies on; `null`
+ * when it does not exist. Goes through libc because Deno refuses to resolve or stat paths under
+ * `/sys` without `--allow-all`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(resolvePath("/sys/bus/.."), { path: "/sys", sysfs: true });
+ * assertEquals(resolvePath("/nonexistent/passthrough"), null);
+ * ```
+ */
+export function resolvePath(path: string): ResolvedPath | null {
+  const lib = libc();
+  const name = new TextEncoder().encode(`${path}\0`);
+  const resolved = new Uint8Array(PATH_MAX);
+  if (lib.realpath(name, resolved) === null) return null;
+  const end = resolved.indexOf(0);
+  const canonical = new TextDecoder().decode(resolved.subarray(0, end < 0 ? PATH_MAX : end));
+  // struct statfs starts with f_type (a long) on every 64-bit glibc target; the rest is unused.
+  const info = new BigInt64Array(16);
+  const ok = lib.statfs(resolved, new Uint8Array(info.buffer)) === 0;
+  return { path: canonical, sysfs: ok && info[0] === BigInt(SYSFS_MAGIC) };
 }

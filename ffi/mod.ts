@@ -12,6 +12,7 @@ export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
 export { LibcFsError, libcSysfsReader } from "./libc_fs.ts";
+export { UriProgramError, uriProgramReason } from "./uri_check.ts";
 export {
   nodeDeviceSource,
   type OpenNodeDeviceSource,

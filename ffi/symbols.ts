@@ -82,6 +82,8 @@ export const LIBVIRT_SYMBOLS = {
 export const LIBC_SYMBOLS = {
   // void free(void *ptr);
   free: { parameters: ["pointer"], result: "void" },
+  // char *getenv(const char *name);
+  getenv: { parameters: ["buffer"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** `typedef void (*virErrorFunc)(void *userData, virErrorPtr error);` */

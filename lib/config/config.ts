@@ -476,6 +476,8 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
       const digits = value.replace(/[-:]/g, "").toLowerCase();
       return digits.match(/../g)!.join("-");
     }
+    case "absolute-path":
+      return value;
   }
   return null;
 }
@@ -489,6 +491,7 @@ const FORMAT_HINTS: Record<StringFormat, string> = {
   "pci-address": 'expected a PCI address such as "0000:0b:00.0" or "0b:00.0"',
   "serial": 'expected a device serial number such as "00-11-22-ff-ff-33-44-55"',
   "slot": "expected a non-empty slot name",
+  "absolute-path": 'expected an absolute path such as "/usr/share/vgabios/gpu.rom"',
 };
 
 /**
@@ -612,7 +615,8 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
       entries.push([key, check(item, schema.values, [...at, key], ctx)]);
     } else {
       const hint = schema.keyHint ?? "use the libvirt domain name";
-      report(ctx, [...at, key], `Invalid name ${describe(key)}`, hint, { key: true, path: at });
+      const name = typeof key === "string" ? JSON.stringify(key) : describe(key);
+      report(ctx, [...at, key], `Invalid name ${name}`, hint, { key: true, path: at });
     }
   }
   // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
@@ -993,10 +997,15 @@ export async function loadConfig(path: string): Promise<Config> {
   const refuse = (detail: string, hint: string, line = 1, column = 1) =>
     new ConfigErrors(path, [new ConfigError(detail, { file: path, line, column, path: "", hint })]);
   // A FIFO blocks until a writer comes and /dev/zero never ends: read regular files only.
-  if (!(await Deno.stat(path)).isFile) {
-    throw refuse("Not a regular file", "give the path of a YAML file");
+  let bytes: Uint8Array;
+  try {
+    if (!(await Deno.stat(path)).isFile) {
+      throw refuse("Not a regular file", "give the path of a YAML file");
+    }
+    bytes = await Deno.readFile(path);
+  } catch (error) {
+    throw unreadableConfig(path, error);
   }
-  const bytes = await Deno.readFile(path);
   if (bytes.length > MAX_CONFIG_BYTES) {
     throw refuse(
       `File too large: ${bytes.length} bytes, the limit is ${MAX_CONFIG_BYTES}`,
@@ -1015,6 +1024,19 @@ export async function loadConfig(path: string): Promise<Config> {
     throw refuse(`Invalid UTF-8 at byte ${at}`, "save the file as UTF-8", line, column);
   }
   return parseConfig(text, { file: path });
+}
+
+/** Why the config file at `path` cannot be read, in words, with the path (the error as is else). */
+function unreadableConfig(path: string, error: unknown): unknown {
+  const why = error instanceof Deno.errors.NotFound
+    ? "no such file"
+    : error instanceof Deno.errors.FilesystemLoop
+    ? "a loop of symbolic links"
+    : error instanceof Deno.errors.PermissionDenied
+    ? "permission denied (check its owner and mode, or run as root)"
+    : null;
+  // The sentence says all the system's error does; Deno's own refusals and the rest pass as is.
+  return why === null ? error : new Error(`Cannot read config "${path}": ${why}`);
 }
 
 /**

@@ -17,7 +17,8 @@ export type StringFormat =
   | "class"
   | "pci-address"
   | "serial"
-  | "slot";
+  | "slot"
+  | "absolute-path";
 
 /** A string, optionally constrained by a format or a fixed set of values. */
 export interface StringSchema {
@@ -244,7 +245,11 @@ const RULE_SCHEMA = {
           enum: ["on", "off"],
           description: "Expose the ROM BAR to the guest",
         },
-        file: { type: "string", description: "Path of a ROM image to present instead" },
+        file: {
+          type: "string",
+          format: "absolute-path",
+          description: "Absolute path of a ROM image to present instead",
+        },
       },
     },
     boot_order: {
@@ -305,7 +310,11 @@ export const CONFIG_SCHEMA = {
     },
     vms: {
       type: "map",
-      keyPattern: "^[^/\\s]+$",
+      // What libvirt takes as a domain name (spaces included), less "/", control characters and
+      // spaces at either end, which are mistakes here.
+      keyPattern: "^[^/\\s\\x00-\\x1f\\x7f]([^/\\x00-\\x1f\\x7f]*[^/\\s\\x00-\\x1f\\x7f])?$",
+      keyHint:
+        'a libvirt domain name has no "/" and no control character (newline, tab), and here no space at either end',
       description: "libvirt domain names, each with the devices it gets",
       values: {
         type: "object",
@@ -345,6 +354,8 @@ export const FORMAT_PATTERNS: Readonly<Record<StringFormat, string>> = {
   "pci-address": "^([0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]$",
   "serial": "^[0-9a-fA-F]{2}([-:]?[0-9a-fA-F]{2}){7}$",
   "slot": "^\\S(.*\\S)?$",
+  // What libvirt's schema takes for <rom file> (absFilePath, its Unix form).
+  "absolute-path": "^/.+$",
 };
 
 type JsonSchema = Record<string, unknown>;

@@ -104,6 +104,8 @@ function planSelected(
     }, config);
   }
   const entry = survey.editable.get(name);
+  const kept = survey.keptOrphans.get(name);
+  if (kept !== undefined) return refusedVm(name, entry?.xml ?? "", kept, config);
   const resolution = resolved.get(name);
   if (resolution === undefined || entry === undefined) {
     return refusedVm(name, entry?.xml ?? "", {

@@ -165,3 +165,24 @@ export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): Pla
     devices: [...extra],
   };
 }
+
+/**
+ * The refusal for an orphan (a domain the config no longer names that holds hostdevs this tool
+ * added) whose devices are kept: the config names VMs libvirt does not have (`unknown`, perhaps
+ * the orphan misspelt), or names no VM at all. Releasing them is said by naming the VM with
+ * `devices: []`.
+ */
+export function orphanKeptError(name: string, file: string, unknown: readonly string[]): PlanIssue {
+  const release = `list "${name}: { devices: [] }" under vms:`;
+  const message = unknown.length === 0
+    ? `they are not released, since the config names no VM (releasing every VM's devices is never done by omission). To release them, ${release}`
+    : `they are not released while the config names ${
+      unknown.map((n) => `"${n}"`).join(", ")
+    }, which libvirt does not have (misspelt?). Fix the name, or to release them ${release}`;
+  return {
+    code: "vm-not-in-config",
+    message:
+      `VM "${name}" is not in config "${file}" but holds hostdevs passthrough added: ${message}`,
+    vm: name,
+  };
+}

@@ -10,7 +10,9 @@
  * - A running guest also holds what was hot-plugged into it beyond its persistent definition.
  * - A domain outside the config that still holds hostdevs this tool added (records in its
  *   metadata) was dropped from the config: it is planned with no rules (an orphan), unless the
- *   plan is limited to some VMs.
+ *   plan is limited to some VMs. Its devices are not released, the orphan refused instead, while
+ *   the config names a VM libvirt does not have (a misspelt name would strip the real VM) or
+ *   names no VM at all (releasing every VM's devices is said with `devices: []` per VM).
  *
  * @module
  */
@@ -21,6 +23,7 @@ import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,
+  orphanKeptError,
   readFailedError,
   unreadableLiveWarning,
   unreadableOutsiderWarning,
@@ -59,6 +62,8 @@ export interface Survey {
   unread: Map<string, string>;
   /** Domains outside the config that hold hostdevs this tool added, in world order. */
   orphans: string[];
+  /** Orphans whose devices are not released, with the refusal that says why. */
+  keptOrphans: Map<string, PlanIssue>;
   /** Whether each domain was running. */
   active: Map<string, boolean>;
   /** Plan-wide refusals and warnings from reading the world. */
@@ -154,6 +159,7 @@ export function surveyWorld(world: World, config: Config, limited: boolean): Sur
     unreadable: new Map(),
     unread: new Map(),
     orphans: [],
+    keptOrphans: new Map(),
     active: new Map(),
     errors: [],
     warnings: [],
@@ -165,5 +171,11 @@ export function surveyWorld(world: World, config: Config, limited: boolean): Sur
   };
   for (const snapshot of world.domains) surveyDomain(survey, snapshot, context);
   survey.warnings.push(...context.liveWarnings);
+  const unknown = config.vms.map((v) => v.name).filter((name) => !survey.holdings.has(name));
+  if (unknown.length > 0 || config.vms.length === 0) {
+    for (const name of survey.orphans) {
+      survey.keptOrphans.set(name, orphanKeptError(name, config.file, unknown));
+    }
+  }
   return survey;
 }

@@ -24,6 +24,7 @@ export type IssueCode =
   | "drift"
   | "moved"
   | "unknown-vm"
+  | "vm-not-in-config"
   | "unreadable-definition"
   | "vm-running"
   | "live-only-hostdev"

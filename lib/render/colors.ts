@@ -22,6 +22,11 @@ const CODES: Record<Style, [number, number]> = {
   magenta: [35, 39],
 };
 
+/** Every escape sequence a painter writes (`\x1b[31m`, `\x1b[39m`, ...), for the output boundary. */
+export const PAINTER_SEQUENCES: ReadonlySet<string> = new Set(
+  Object.values(CODES).flat().map((code) => `\x1b[${code}m`),
+);
+
 /** A painter for the given colour setting. */
 export function painter(color: boolean): Paint {
   if (!color) return (_style, text) => text;

@@ -138,7 +138,8 @@ export function renderDomainDiff(
     const newStart = newCount === 0 ? first.newIndex : first.newIndex + 1;
     out.push(paint("cyan", `@@ -${oldStart},${oldCount} +${newStart},${newCount} @@`));
     for (const op of slice) {
-      const line = `${op.kind}${show(op)}`;
+      const text = show(op);
+      const line = `${op.kind}${op.kind === " " ? clipContext(text) : text}`;
       out.push(
         op.kind === "-" ? paint("red", line) : op.kind === "+" ? paint("green", line) : line,
       );
@@ -146,6 +147,22 @@ export function renderDomainDiff(
     h = next;
   }
   return out.join("\n") + "\n";
+}
+
+/** Longest unchanged line a diff shows whole (a `<description>` may be megabytes long). */
+export const MAX_CONTEXT_LINE = 200;
+
+/**
+ * An unchanged line cut to {@link MAX_CONTEXT_LINE} characters, saying how much was left out.
+ * Only context is cut: changed lines are what the user confirms. Cut after redaction, so no
+ * secret is split.
+ */
+function clipContext(text: string): string {
+  if (text.length <= MAX_CONTEXT_LINE) return text;
+  let kept = text.slice(0, MAX_CONTEXT_LINE - 40);
+  // Never end on half a surrogate pair.
+  if (/[\uD800-\uDBFF]$/.test(kept)) kept = kept.slice(0, -1);
+  return `${kept}… (${text.length - kept.length} more characters, unchanged)`;
 }
 
 /**

@@ -1,9 +1,10 @@
 /**
  * The output boundary: unified diffs of domain definitions, painted through the one colour
- * module, and the redaction of secrets in everything printed.
+ * module, the redaction of secrets in everything printed, and the escaping of control characters.
  *
  * @module
  */
 
 export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
 export { redactedJson } from "./redact.ts";
+export { terminalSafe } from "./terminal.ts";

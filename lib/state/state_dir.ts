@@ -127,12 +127,16 @@ function checkDirShape(path: string): number {
   }
   const mode = info.mode ?? 0;
   if ((mode & 0o022) !== 0) {
+    // A sticky directory (/tmp) is shared on purpose: tightening it would break the system.
+    const advice = (mode & 0o1000) !== 0
+      ? `, a directory shared with other users: use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`
+      : `; run "chmod 700 ${path}"`;
     throw new StateDirError(
       path,
       "loose-permissions",
       `Refusing to use "${path}": it is group- or world-writable (mode ${
         (mode & 0o7777).toString(8).padStart(4, "0")
-      }); run "chmod 700 ${path}"`,
+      })${advice}`,
     );
   }
   return info.uid ?? -1;

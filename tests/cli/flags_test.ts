@@ -151,6 +151,8 @@ Deno.test("--help loads only the command table, and each command only what it us
       "cli/io.ts",
       "cli/specs.ts",
       "lib/domain/secrets.ts",
+      "lib/render/colors.ts",
+      "lib/render/terminal.ts",
       "main.ts",
     ],
     npm: [],

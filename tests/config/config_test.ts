@@ -343,7 +343,7 @@ vms:
         6,
         3,
         "hosts",
-        'Invalid name the string "bad name" at "hosts" (use letters, digits, dots, dashes and underscores, starting with a letter or digit)',
+        'Invalid name "bad name" at "hosts" (use letters, digits, dots, dashes and underscores, starting with a letter or digit)',
       ],
       [9, 11, "vms.a.host", 'Unknown host "hv22" at "vms.a.host" (did you mean "hv2"?)'],
       [
@@ -396,4 +396,15 @@ vms:
       "      - { name: gpu, match: { class: 3d } }\n",
   );
   assertMatch(clash!.message, /Duplicate rule name "gpu" in VM "vm" .*limit each to other hosts/);
+});
+
+Deno.test("parseConfig() takes VM names libvirt takes, spaces inside included", () => {
+  const config = parseConfig(`version: 1\nvms:\n  "my vm": { devices: [] }\n`, { file: "c.yaml" });
+  assertEquals(config.vms.map((vm) => vm.name), ["my vm"]);
+  for (const name of ["a/b", "a\\tb", " x", "x ", "a\\nb"]) {
+    const [error] = errorsOf(`version: 1\nvms:\n  "${name}": { devices: [] }\n`);
+    assertMatch(error?.message ?? "", /^c\.yaml:3:3: Invalid name ".*" at "vms"/, name);
+    // The hint says what is wrong, never to use the domain name the user did use.
+    assertMatch(error?.message ?? "", /no "\/" and no control character .* no space at either end/);
+  }
 });

@@ -138,6 +138,16 @@ const CASES: HostileConfig[] = [
     error: /:3:3: Invalid name/,
   },
   {
+    name: "empty ROM file (libvirt refuses it only at define)",
+    bytes: rule(`{ vendor_id: "10de" }`, `        rom: { file: "" }\n`),
+    error: /:6:22: Invalid absolute-path "" at "vms\.pt-hostile-config\.devices\[0\]\.rom\.file"/,
+  },
+  {
+    name: "relative ROM file",
+    bytes: rule(`{ vendor_id: "10de" }`, `        rom: { file: gpu.rom }\n`),
+    error: /:6:22: Invalid absolute-path "gpu\.rom" .*expected an absolute path/,
+  },
+  {
     name: "alias bomb (9^4 nested aliases)",
     bytes: enc(
       [

@@ -14,6 +14,8 @@ import { applyPlan } from "../../lib/apply/apply.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+import { snapshotDomains } from "../helpers/reliability.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -84,6 +86,76 @@ Deno.test("planHostdevs() removes the hostdevs it added to a VM dropped from the
   assertEquals(planHostdevs({ config, host: demo.host, libvirt }).vms.map((vm) => vm.name), [
     "gentoo",
   ]);
+});
+
+Deno.test("planHostdevs() keeps a dropped VM's devices while the config names a VM libvirt lacks, or names none", async () => {
+  using demo = await demoHost();
+  using libvirt = openLibvirtPort(`test://${DEMO}world.xml`);
+  const stateDir = `${demo.dir}/state`;
+  const yes = () => Promise.resolve("yes" as const);
+  await applyPlan(
+    planHostdevs({ config: parseConfig(BOTH, { file: "both.yaml" }), host: demo.host, libvirt }),
+    { libvirt, stateDir, confirm: yes },
+  );
+  const applied = snapshotDomains(libvirt);
+
+  // win10 typed "winl0": the unknown name is refused, and win10 is not stripped.
+  const typo = parseConfig(BOTH.replace("win10:", "winl0:"), { file: "typo.yaml" });
+  const plan = planHostdevs({ config: typo, host: demo.host, libvirt });
+  const byName = new Map(plan.vms.map((vm) => [vm.name, vm]));
+  assertEquals(byName.get("winl0")?.errors.map((e) => e.code), ["unknown-vm"]);
+  const win10 = byName.get("win10")!;
+  assertEquals([win10.changed, win10.remove, win10.errors.map((e) => e.code)], [
+    false,
+    [],
+    ["vm-not-in-config"],
+  ]);
+  assertMatch(
+    win10.errors[0]!.message,
+    /VM "win10" is not in config "typo\.yaml" but holds hostdevs passthrough added: they are not released while the config names "winl0", which libvirt does not have/,
+  );
+  assertEquals(byName.get("gentoo")?.errors, []);
+  const report = await applyPlan(plan, { libvirt, stateDir, confirm: yes });
+  assertEquals(report.changed, []);
+  assertEquals(snapshotDomains(libvirt), applied);
+
+  // vms: {} releases nothing; naming each VM with devices: [] does.
+  const empty = planHostdevs({
+    config: parseConfig("version: 1\nvms: {}\n", { file: "empty.yaml" }),
+    host: demo.host,
+    libvirt,
+  });
+  assertEquals(empty.vms.map((vm) => [vm.name, vm.changed, vm.errors.map((e) => e.code)]), [
+    ["gentoo", false, ["vm-not-in-config"]],
+    ["win10", false, ["vm-not-in-config"]],
+  ]);
+  const message = empty.vms[1]!.errors[0]!.message;
+  assertMatch(
+    message,
+    /is not in config "empty\.yaml" .*: they are not released, since the config names no VM/,
+  );
+  assertMatch(message, /"win10: \{ devices: \[\] \}" under vms:/);
+  await applyPlan(empty, { libvirt, stateDir, confirm: yes });
+  assertEquals(snapshotDomains(libvirt), applied);
+
+  const explicit = planHostdevs({
+    config: parseConfig("version: 1\nvms:\n  win10: { devices: [] }\n  gentoo: { devices: [] }\n", {
+      file: "release.yaml",
+    }),
+    host: demo.host,
+    libvirt,
+  });
+  assertEquals(explicit.vms.map((vm) => [vm.name, vm.remove.length, vm.errors]), [
+    ["win10", 2, []],
+    ["gentoo", 2, []],
+  ]);
+  recordCase({
+    area: "config",
+    name: "misspelt VM name, or vms: {}, with applied VMs",
+    count: 2,
+    outcome: "dropped VMs refused (vm-not-in-config), nothing released",
+    test: "tests/plan/orphans_test.ts",
+  });
 });
 
 /**

@@ -41,6 +41,7 @@ const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "drift",
   "moved",
   "unknown-vm",
+  "vm-not-in-config",
   "vm-running",
   "boot-order-conflict",
 ]);

@@ -2,8 +2,13 @@
  * Golden-file tests: the expected diff text is committed under `tests/fixtures/diffs/`. To
  * regenerate after an intended change, run with `UPDATE_GOLDEN=1` and review the git diff.
  */
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
-import { hasSignificantChanges, renderDomainDiff } from "../../lib/render/diff.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  hasSignificantChanges,
+  MAX_CONTEXT_LINE,
+  renderDomainDiff,
+} from "../../lib/render/diff.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 import { editDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 
@@ -137,4 +142,24 @@ Deno.test("hasSignificantChanges() sees value, element and text changes", () => 
   assertEquals(hasSignificantChanges("<a x='it&apos;s'/>", `<a x="it's"/>`), false);
   assertEquals(hasSignificantChanges("<a/>\n\n<b/>\n", "<a/>\n<b/>"), false);
   assertEquals(hasSignificantChanges("<a></a>", "<a/>"), false);
+});
+
+Deno.test("renderDomainDiff() cuts long unchanged lines, never changed ones", () => {
+  const description = `  <description>${"x".repeat(3 * 1024 * 1024)}</description>`;
+  const long = "  <title>" + "y".repeat(500) + "</title>";
+  const before = `<domain>\n${description}\n  <vcpu>1</vcpu>\n</domain>\n`;
+  const after = `<domain>\n${description}\n  <vcpu>2</vcpu>\n${long}\n</domain>\n`;
+  const diff = renderDomainDiff(before, after, { vm: "vm" });
+  assertOk(diff.length < 2000, `${diff.length} characters`);
+  const context = diff.split("\n").find((l) => l.startsWith("   <description>"))!;
+  assertEquals(context.length <= MAX_CONTEXT_LINE + 1, true);
+  assertMatch(context, /… \(3145\d{3} more characters, unchanged\)$/);
+  assertOk(diff.split("\n").includes(`+${long}`), "a changed line is shown whole");
+  recordCase({
+    area: "escaping",
+    name: "3 MB <description> line as diff context",
+    count: 1,
+    outcome: "cut to 200 characters, changed lines whole",
+    test: "tests/render/diff_test.ts",
+  });
 });

@@ -1,0 +1,45 @@
+/**
+ * The terminal boundary: text read from a captured tree, lspci or libvirt (driver and slot names,
+ * device names, domain names, error messages) may hold control characters that move the cursor,
+ * retitle the window, rewrite what was printed or reorder it (bidirectional overrides). Every
+ * line the CLI prints passes {@link terminalSafe} once, in `main`, so no renderer has to remember.
+ *
+ * @module
+ */
+
+import { PAINTER_SEQUENCES } from "./colors.ts";
+
+/**
+ * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and the
+ * bidirectional embeddings, overrides and isolates.
+ */
+// deno-lint-ignore no-control-regex
+const UNSAFE = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/** The longest painter sequence (`\x1b[22m`). */
+const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length));
+
+/**
+ * `text` with every control character written as a `\uXXXX` escape (valid inside a JSON string,
+ * so JSON output keeps its meaning), except tab, newline and, when `color` is on, the painter's
+ * own colour sequences. Escaped text holds no control character, so a second pass changes
+ * nothing.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(terminalSafe("vfio\x1b]0;x\x07\r\n", false), "vfio\\u001b]0;x\\u0007\\u000d\n");
+ * assertEquals(terminalSafe("\x1b[31mred\x1b[39m \x1b[2J", true), "\x1b[31mred\x1b[39m \\u001b[2J");
+ * ```
+ */
+export function terminalSafe(text: string, color: boolean): string {
+  return text.replace(UNSAFE, (char, offset: number) => {
+    if (color && char === "\x1b") {
+      const end = text.indexOf("m", offset);
+      if (end > offset && end - offset < LONGEST_SEQUENCE) {
+        if (PAINTER_SEQUENCES.has(text.slice(offset, end + 1))) return char;
+      }
+    }
+    return `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`;
+  });
+}

@@ -1,0 +1,146 @@
+/**
+ * Messages that must say the right thing: a shared state directory is not to be chmod-ed, the
+ * system's EACCES is not Deno's permission set and its cause is said once, an unreadable config
+ * names its path and why, and a libvirt error names the URI `LIBVIRT_DEFAULT_URI` gave.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/cli/messages_test.ts";
+
+Deno.test("a shared (sticky, world-writable) state directory is refused without chmod advice", async () => {
+  await using tree = await demoTree();
+  const shared = `${tree.dir}/shared`;
+  Deno.mkdirSync(shared);
+  Deno.chmodSync(shared, 0o1777);
+  const run = await runCli(["backups", "--state-dir", shared]);
+  assertEquals(run.code, 1, run.stderr);
+  assertMatch(
+    run.stderr,
+    /mode 1777\), a directory shared with other users: use one of passthrough's own/,
+  );
+  assertOk(!run.stderr.includes("chmod"), run.stderr);
+  // A directory of the user's own that is merely too open is still told to tighten.
+  const loose = `${tree.dir}/loose`;
+  Deno.mkdirSync(loose);
+  Deno.chmodSync(loose, 0o777);
+  const own = await runCli(["backups", "--state-dir", loose]);
+  assertMatch(own.stderr, /\(mode 0777\); run "chmod 700 .*loose"/);
+});
+
+Deno.test("unreadable, missing and looping configs name the path and the reason", async () => {
+  await using tree = await demoTree();
+  Deno.symlinkSync(`${tree.dir}/loop-b`, `${tree.dir}/loop-a`);
+  Deno.symlinkSync(`${tree.dir}/loop-a`, `${tree.dir}/loop-b`);
+  const loop = await runCli(["plan", "-f", `${tree.dir}/loop-a`]);
+  assertEquals(loop.code, 1);
+  assertEquals(
+    loop.stderr,
+    `passthrough plan: Cannot read config "${tree.dir}/loop-a": a loop of symbolic links\n`,
+  );
+  const missing = await runCli(["plan", "-f", `${tree.dir}/none.yaml`]);
+  assertEquals(
+    missing.stderr,
+    `passthrough plan: Cannot read config "${tree.dir}/none.yaml": no such file\n`,
+  );
+  // `-f <(cat x)` is a pipe: refused as such, not read (twice) into an "Empty config".
+  const pipe = await new Deno.Command("bash", {
+    args: [
+      "-c",
+      'exec "$@" -f <(printf "version: 1\\nvms: {}\\n")',
+      "bash",
+      Deno.execPath(),
+      "run",
+      "--quiet",
+      ...documentedFlags(),
+      MAIN,
+      "plan",
+    ],
+    env: { NO_COLOR: "1" },
+    stderr: "piped",
+    stdout: "null",
+  }).output();
+  assertMatch(
+    new TextDecoder().decode(pipe.stderr),
+    /Invalid config "\/dev\/fd\/\d+": 1 problem\n.*:1:1: Not a regular file \(give the path of a YAML file\)/,
+  );
+  recordCase({
+    area: "config",
+    name: "config path: symlink loop, missing, a pipe",
+    count: 3,
+    outcome: "path and reason said",
+    test: TEST,
+  });
+});
+
+/** Whether `unshare -U` works here: root then meets file modes like any user. */
+function canDropToUser(): boolean {
+  try {
+    return new Deno.Command("unshare", { args: ["-U", "true"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/** `passthrough ARGS` in a user namespace, where file modes apply even to root. */
+async function runAsUser(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command("unshare", {
+    args: ["-U", Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test({
+  name: "EACCES is the system's refusal, said once, never blamed on Deno's permissions",
+  ignore: !canDropToUser(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const config = `${tree.dir}/c.yaml`;
+    Deno.writeTextFileSync(config, "version: 1\nvms: {}\n", { mode: 0o000 });
+    Deno.chmodSync(config, 0o000);
+    const closed = `${tree.dir}/closed`;
+    Deno.mkdirSync(`${closed}/state`, { recursive: true });
+    Deno.chmodSync(closed, 0o600);
+    const unreadable = await runAsUser(["plan", "-f", config]);
+    assertEquals(unreadable.code, 1);
+    assertEquals(
+      unreadable.stderr,
+      `passthrough plan: Cannot read config "${config}": permission denied (check its owner and mode, or run as root)\n`,
+    );
+    const state = await runAsUser(["backups", "--state-dir", `${closed}/state`]);
+    assertEquals(state.code, 1);
+    assertMatch(state.stderr, /Cannot use state directory ".*": Permission denied \(os error 13\)/);
+    assertEquals(state.stderr.match(/Permission denied/g)?.length, 1, state.stderr);
+    assertMatch(state.stderr, /\(the system refused: check the owner and mode of that path/);
+    assertOk(!state.stderr.includes("README"), state.stderr);
+    recordCase({
+      area: "fault",
+      name: "EACCES on the config and the state directory",
+      count: 2,
+      outcome: "said once, as the system's refusal",
+      test: TEST,
+    });
+  },
+});
+
+Deno.test("a libvirt error names the URI LIBVIRT_DEFAULT_URI gave", async () => {
+  await using tree = await demoTree();
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(config, "version: 1\nvms:\n  vm1: { devices: [] }\n");
+  const uri = `qemu:///system?socket=${tree.dir}/no-such-socket`;
+  const run = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs], {
+    env: { LIBVIRT_DEFAULT_URI: uri },
+  });
+  assertEquals(run.code, 1);
+  assertOk(
+    run.stderr.includes(`Cannot connect to libvirt at "${uri}" (LIBVIRT_DEFAULT_URI)`),
+    run.stderr,
+  );
+});

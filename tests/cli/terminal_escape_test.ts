@@ -1,0 +1,95 @@
+/**
+ * Control characters read from a captured tree (a driver or slot name is a file name, and may
+ * hold any byte but `/`) never reach the terminal raw: `devices`, `groups` and `plan`'s candidate
+ * lists print them escaped, with colour on (a real pty) or off, and `--json` stays valid JSON.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { PAINTER_SEQUENCES } from "../../lib/render/colors.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/cli/terminal_escape_test.ts";
+/** Retitles the window, clears the screen, moves up a line, returns the carriage, rings. */
+const HOSTILE = "vfio\x1b]0;pwned\x07\x1b[2J\x1b[1A\r\x9b31m\u202eevil";
+/** The GTX 1080 of the demo host: its driver and slot get hostile names. */
+const GPU = "0000:21:00.0";
+
+/** Control characters left in `text` once the painter's own colour sequences are removed. */
+function rawControls(text: string): string[] {
+  let plain = text.replace(/\r\n/g, "\n");
+  for (const sequence of PAINTER_SEQUENCES) plain = plain.replaceAll(sequence, "");
+  // deno-lint-ignore no-control-regex
+  return [...plain.matchAll(/[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g)].map(
+    (m) => `U+${m[0].charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/** The demo tree with the GPU bound to a driver named {@link HOSTILE}, in a slot of that name. */
+async function hostileTree() {
+  const tree = await demoTree();
+  const device = `${tree.sysfs}/bus/pci/devices/${GPU}`;
+  Deno.removeSync(`${device}/driver`);
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/drivers/${HOSTILE}`);
+  Deno.symlinkSync(`../../drivers/${HOSTILE}`, `${device}/driver`);
+  const uevent = Deno.readTextFileSync(`${device}/uevent`);
+  Deno.writeTextFileSync(`${device}/uevent`, uevent.replace(/^DRIVER=.*$/m, `DRIVER=${HOSTILE}`));
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/slots/${HOSTILE}`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.sysfs}/bus/pci/slots/${HOSTILE}/address`, "0000:21:00\n");
+  return tree;
+}
+
+Deno.test("devices, groups and plan candidates print a hostile driver and slot name escaped", async () => {
+  await using tree = await hostileTree();
+  const config = `${tree.dir}/c.yaml`;
+  // Two NVIDIA functions match by vendor: the refusal lists both candidates, the GPU's driver
+  // and slot among them.
+  Deno.writeTextFileSync(
+    config,
+    "version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_id: 10de }\n",
+  );
+  const world = `test://${new URL("../../demo/world.xml", import.meta.url).pathname}`;
+  const runs: [string, string[]][] = [
+    ["devices", ["devices", "--sysfs", tree.sysfs]],
+    ["groups", ["groups", "--sysfs", tree.sysfs]],
+    ["plan", ["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world]],
+  ];
+  for (const [label, args] of runs) {
+    const run = await runCli(args);
+    const text = run.stdout + run.stderr;
+    assertEquals(rawControls(text), [], `${label}:\n${text}`);
+    assertMatch(
+      text,
+      /vfio\\u001b\]0;pwned\\u0007\\u001b\[2J\\u001b\[1A\\u000d\\u009b31m\\u202eevil/,
+    );
+  }
+  const plan = await runCli(runs[2]![1]);
+  assertMatch(plan.stdout, /slot vfio\\u001b\]0;pwned.*driver vfio\\u001b\]0;pwned/);
+  const json = await runCli(["devices", "--json", "--sysfs", tree.sysfs]);
+  const devices = JSON.parse(json.stdout) as { address: string; driver: string | null }[];
+  assertEquals(devices.find((d) => d.address === GPU)?.driver, HOSTILE);
+  recordCase({
+    area: "escaping",
+    name: "control characters in driver and slot names of a captured tree",
+    count: runs.length + 1,
+    outcome: "escaped in human output, exact in --json",
+    test: TEST,
+  });
+});
+
+Deno.test({
+  name: "on a colour terminal only the painter's own sequences reach it",
+  ignore: !hasScript(),
+  fn: async () => {
+    await using tree = await hostileTree();
+    await using session = runCliOnPty(["devices", "--sysfs", tree.sysfs], {
+      env: { NO_COLOR: "" },
+    });
+    const { code, screen } = await session.finish();
+    assertEquals(code, 0, screen);
+    assertOk(screen.includes("\x1b[1m"), "colour is on");
+    assertEquals(rawControls(screen), []);
+    assertMatch(screen, /vfio\\u001b\]0;pwned/);
+  },
+});

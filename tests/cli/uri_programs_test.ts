@@ -1,0 +1,175 @@
+/**
+ * A libvirt URI must not run a program: libvirt's `ext` transport runs its `command`, and
+ * `command=` / `netcat=` name the programs the ssh transports run. From `--connect`, a config's
+ * `connect:` or `LIBVIRT_DEFAULT_URI`, such a URI is refused before libvirt sees it, for every
+ * command that opens libvirt, unless `--allow-uri-programs`; the library refuses it too.
+ */
+
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { Connection } from "../../ffi/connection.ts";
+import { UriProgramError, uriProgramReason } from "../../ffi/uri_check.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/cli/uri_programs_test.ts";
+
+Deno.test("uriProgramReason() finds the program however the URI spells it, and nothing else", () => {
+  const runs = [
+    "qemu+ext:///system?command=/tmp/x",
+    "qemu+ext:///system",
+    "QEMU+EXT:///system?command=/tmp/x",
+    "qemu+ssh://hv1/system?command=/tmp/x",
+    "qemu+ssh://hv1/system?COMMAND=/tmp/x",
+    "qemu+ssh://hv1/system?%63ommand=/tmp/x",
+    "qemu+ssh://hv1/system?keyfile=/k;command=/tmp/x",
+    "qemu+ssh://hv1/system?no_tty=1&netcat=/tmp/nc",
+    "qemu+libssh2://hv1/system?netcat=/tmp/nc",
+    "qemu+tcp://hv1/system?name=qemu%2Bext%3A%2F%2F%2Fsystem%3Fcommand%3D%2Ftmp%2Fx",
+  ];
+  for (const uri of runs) assertOk(uriProgramReason(uri) !== null, uri);
+  const safe = [
+    "qemu:///system",
+    "qemu+ssh://root@hv1/system",
+    "qemu+ssh://hv1/system?keyfile=/root/.ssh/k&no_verify=1&socket=/run/libvirt/s",
+    "qemu+libssh://hv1/system?known_hosts=/root/kh&sshauth=privkey",
+    "qemu+tls://hv1/system?pkipath=/pki",
+    "qemu+unix:///system?socket=/tmp/libvirt-sock",
+    "test:///default",
+    "test:///tmp/command=x.xml",
+    "qemu+tcp://hv1/system?name=qemu:///system",
+  ];
+  for (const uri of safe) assertEquals(uriProgramReason(uri), null, uri);
+  assertEquals(
+    uriProgramReason("qemu+ssh://hv1/system?netcat=/tmp/nc"),
+    `its "netcat" parameter names the program libvirt runs on the remote host ("/tmp/nc")`,
+  );
+});
+
+/** A script that leaves a mark when run, and the mark. */
+function planted(dir: string): { script: string; mark: string } {
+  const script = `${dir}/tunnel.sh`;
+  const mark = `${dir}/RAN`;
+  Deno.writeTextFileSync(script, `#!/bin/sh\ntouch '${mark}'\nexit 1\n`, { mode: 0o755 });
+  return { script, mark };
+}
+
+/** The error `fn` throws (failing when it returns). */
+function thrown(fn: () => unknown): Error {
+  try {
+    fn();
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error("expected an error");
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("Connection.open() refuses a URI that runs a program, given or from LIBVIRT_DEFAULT_URI", async () => {
+  await using tree = await demoTree();
+  const { script, mark } = planted(tree.dir);
+  const uri = `test+ext:///default?command=${script}`;
+  const error = thrown(() => Connection.open(uri, { readOnly: true }));
+  assertOk(error instanceof UriProgramError, String(error));
+  assertMatch(error.message, /Refusing libvirt URI ".*": its "ext" transport runs the program/);
+  const previous = Deno.env.get("LIBVIRT_DEFAULT_URI");
+  Deno.env.set("LIBVIRT_DEFAULT_URI", uri);
+  try {
+    const fromEnv = thrown(() => Connection.open(null));
+    assertOk(fromEnv instanceof UriProgramError, String(fromEnv));
+    assertMatch(fromEnv.message, /\(LIBVIRT_DEFAULT_URI\)/);
+  } finally {
+    if (previous === undefined) Deno.env.delete("LIBVIRT_DEFAULT_URI");
+    else Deno.env.set("LIBVIRT_DEFAULT_URI", previous);
+  }
+  assertOk(!exists(mark), "the program ran");
+  // Allowed explicitly, libvirt does run it: the refusal is what kept it from running.
+  assertThrows(() => Connection.open(uri, { readOnly: true, allowUriPrograms: true }));
+  assertOk(exists(mark), "allowed, the program runs");
+});
+
+Deno.test("every command that opens libvirt refuses a URI that runs a program", async () => {
+  await using tree = await demoTree();
+  const { script, mark } = planted(tree.dir);
+  const uri = `qemu+ext:///system?command=${script}`;
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(config, "version: 1\nvms:\n  vm1: { devices: [] }\n");
+  const fleet = `${tree.dir}/fleet.yaml`;
+  Deno.writeTextFileSync(
+    fleet,
+    `version: 1\nhosts:\n  hv1: { connect: ${JSON.stringify(uri)}, sysfs: sysfs }\n` +
+      "vms:\n  vm1: { devices: [] }\n",
+  );
+  const state = `${tree.dir}/state`;
+  const runs: [string, string[], Record<string, string>?][] = [
+    ["plan -c", ["plan", "-f", config, "--sysfs", tree.sysfs, "-c", uri]],
+    ["plan, hosts.hv1.connect", ["plan", "-f", fleet, "--host", "hv1"]],
+    ["plan, LIBVIRT_DEFAULT_URI", ["plan", "-f", config, "--sysfs", tree.sysfs], {
+      LIBVIRT_DEFAULT_URI: uri,
+    }],
+    ["apply -c", [
+      "apply",
+      "--yes",
+      "-f",
+      config,
+      "--sysfs",
+      tree.sysfs,
+      "--state-dir",
+      state,
+      "-c",
+      uri,
+    ]],
+    ["rollback -c", ["rollback", "vm1", "--yes", "--state-dir", state, "-c", uri]],
+    ["sources -c", ["sources", "--sysfs", tree.sysfs, "-c", uri]],
+    ["doctor -c", ["doctor", "--sysfs", tree.sysfs, "-c", uri]],
+  ];
+  for (const [label, args, env] of runs) {
+    const run = await runCli(args, env === undefined ? {} : { env });
+    assertEquals(run.code, 1, `${label}: ${run.stdout}${run.stderr}`);
+    assertMatch(
+      run.stdout + run.stderr,
+      /Refusing libvirt URI "qemu\+ext:\/\/\/system\?command=[^"]*" \([^)]*\): its "ext" transport runs the program its "command" parameter names/,
+      label,
+    );
+    assertMatch(run.stdout + run.stderr, /--allow-uri-programs/, label);
+    assertOk(!exists(mark), `${label} ran the program`);
+  }
+  const located = await runCli(["plan", "-f", fleet, "--host", "hv1"]);
+  assertMatch(
+    located.stderr,
+    /\(hosts\.hv1\.connect in .*fleet\.yaml, section declared at .*fleet\.yaml:3:3\)/,
+  );
+  const fromEnv = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs], {
+    env: { LIBVIRT_DEFAULT_URI: uri },
+  });
+  assertMatch(fromEnv.stderr, /\(LIBVIRT_DEFAULT_URI\)/);
+
+  // With the flag the URI is opened as given: libvirt runs the program (which fails here).
+  const allowed = await runCli([
+    "plan",
+    "-f",
+    config,
+    "--sysfs",
+    tree.sysfs,
+    "-c",
+    uri,
+    "--allow-uri-programs",
+  ]);
+  assertEquals(allowed.code, 1);
+  assertOk(exists(mark), "--allow-uri-programs let libvirt run it");
+  recordCase({
+    area: "security",
+    name: "libvirt URI running a program (+ext, command=, netcat=) from -c, connect:, env",
+    count: runs.length,
+    outcome: "refused before libvirt sees it, nothing run",
+    test: TEST,
+  });
+});
