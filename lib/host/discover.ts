@@ -9,7 +9,7 @@
  */
 
 import type { HostTopology, HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
-import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
+import { canonicalPciAddress, canonicalPciSlot, comparePciAddress } from "../pci/address.ts";
 import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
 import {
   bufferConfigReader,
@@ -325,12 +325,8 @@ function readSlots(reader: SysfsReader, root: string): Map<string, string> {
   if (names === null || names.length === 0) return slots;
   for (const name of names) {
     const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
-    const m = text === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)$/i.exec(text);
-    if (!m) continue;
-    const key = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase().padStart(2, "0")}:${
-      m[3]!.toLowerCase().padStart(2, "0")
-    }`;
-    slots.set(key, name);
+    const key = text === null ? null : canonicalPciSlot(text);
+    if (key !== null) slots.set(key, name);
   }
   return slots;
 }
