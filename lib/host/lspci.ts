@@ -15,6 +15,7 @@
 
 import type { PciAddress } from "./types.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
+import { parseGroupNumber } from "./iommu_groups.ts";
 
 /** Runs `lspci` with an argument array and resolves to its standard output. */
 export type LspciRunner = (args: string[]) => Promise<string>;
@@ -162,7 +163,9 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
             }
             break;
           case 73: // I
-            if ((m = /^IOMMU group: (\d+)$/.exec(body))) record.iommuGroup = Number(m[1]);
+            if ((m = /^IOMMU group: (\d+)$/.exec(body))) {
+              record.iommuGroup = parseGroupNumber(m[1] ?? "");
+            }
             break;
           case 75: // K
             if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;
