@@ -17,7 +17,13 @@ import type {
   PciDevice,
 } from "./types.ts";
 import { canonicalPciAddress, canonicalPciSlot, comparePciAddress } from "../pci/address.ts";
-import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
+import {
+  baseName,
+  checkCapturedTree,
+  denoFsReader,
+  readAttribute,
+  type SysfsReader,
+} from "./sysfs.ts";
 import {
   bufferConfigReader,
   type ConfigSpaceHeaderFacts,
@@ -93,6 +99,8 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const reader = options.reader ?? denoFsReader();
   const live = options.live ?? root === "/sys";
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
+  // Before lspci or the reader opens anything: a FIFO or device planted in a tree blocks them.
+  if (!live && runner !== null) checkCapturedTree(root);
   // Start lspci first so it runs while sysfs is read.
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
