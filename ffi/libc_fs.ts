@@ -81,7 +81,12 @@ const MISSING_ERRNO = new Set([
 ]);
 /** errno values a signal handler can leave behind: retry. */
 const TRANSIENT_ERRNO = new Set([4, /* EINTR */ 11 /* EAGAIN */]);
-const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 13: "EACCES", 24: "EMFILE" };
+const ERRNO_NAMES: Record<number, string> = {
+  1: "EPERM",
+  11: "EAGAIN: nothing to read, not a regular file",
+  13: "EACCES",
+  24: "EMFILE",
+};
 
 /** Raised when libc reports a failure that is not "missing" (e.g. `EACCES`). */
 export class LibcFsError extends Error {
@@ -143,6 +148,8 @@ export function libcSysfsReader(): SysfsReader {
     try {
       if (buffer.length < maxBytes) buffer = new Uint8Array(maxBytes);
       let length = 0;
+      // A FIFO whose writer never writes answers EAGAIN forever: retries are counted.
+      let retries = 0;
       while (length < maxBytes) {
         const want = maxBytes - length;
         const n = Number(
@@ -150,7 +157,7 @@ export function libcSysfsReader(): SysfsReader {
         );
         if (n < 0) {
           lastErrno = errno();
-          if (TRANSIENT_ERRNO.has(lastErrno)) continue;
+          if (TRANSIENT_ERRNO.has(lastErrno) && retries++ < 8) continue;
           return -1;
         }
         if (n === 0) break;

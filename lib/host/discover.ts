@@ -8,15 +8,28 @@
  * @module
  */
 
-import type { HostTopology, HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
-import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
-import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
+import type {
+  GroupInconsistency,
+  HostTopology,
+  HostUse,
+  HostUseReason,
+  PciAddress,
+  PciDevice,
+} from "./types.ts";
+import { canonicalPciAddress, canonicalPciSlot, comparePciAddress } from "../pci/address.ts";
+import {
+  baseName,
+  checkCapturedTree,
+  denoFsReader,
+  readAttribute,
+  type SysfsReader,
+} from "./sysfs.ts";
 import {
   bufferConfigReader,
   type ConfigSpaceHeaderFacts,
   readConfigSpace,
 } from "../pci/config_space.ts";
-import { groupDevices } from "./iommu_groups.ts";
+import { groupDevices, parseGroupNumber, readGroupListings, settleGroups } from "./iommu_groups.ts";
 import { isBridgeClass, isBridgeHeader } from "../pci/class.ts";
 import {
   commandLspciRunner,
@@ -86,6 +99,8 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const reader = options.reader ?? denoFsReader();
   const live = options.live ?? root === "/sys";
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
+  // Before lspci or the reader opens anything: a FIFO or device planted in a tree blocks them.
+  if (!live && runner !== null) checkCapturedTree(root);
   // Start lspci first so it runs while sysfs is read.
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
@@ -93,7 +108,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   // Deno drains lspci's pipe only when this thread yields; without the pauses lspci blocks on a
   // full pipe until sysfs is read, and the two never overlap.
   const pause = runner === null ? undefined : () => new Promise<void>((r) => setTimeout(r, 0));
-  const devices = await readDevices(reader, root, pause);
+  const { devices, groupInconsistencies } = await readDevices(reader, root, pause);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   for (const device of devices) {
@@ -113,6 +128,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     iommu: groups.length > 0 ? "enabled" : "absent",
     devices,
     groups,
+    groupInconsistencies,
     kernelCmdline: kernelCmdline === "" ? null : kernelCmdline,
     hostUse,
   };
@@ -130,6 +146,12 @@ function hexId(text: string | null, width: number): string | null {
   return lower.length === width ? lower : lower.padStart(width, "0").slice(-width);
 }
 
+/** The devices read from sysfs, and where its group data disagrees. */
+interface SysfsDevices {
+  devices: PciDevice[];
+  groupInconsistencies: GroupInconsistency[];
+}
+
 /**
  * Reads every PCI function from sysfs alone (no lspci): IDs, class, driver, group, NUMA node,
  * SR-IOV links, `boot_vga`, the bridge flag, physical slot, and FLR and serial number from the
@@ -140,7 +162,7 @@ async function readDevices(
   reader: SysfsReader,
   root: string,
   pause: (() => Promise<void>) | undefined,
-): Promise<PciDevice[]> {
+): Promise<SysfsDevices> {
   const names = listSysfsDevices(reader, root);
   const raw: RawSysfsDevice[] = [];
   for (let i = 0; i < names.length; i++) {
@@ -152,21 +174,59 @@ async function readDevices(
 
 /**
  * Discovery reads every device first and parses afterwards: the system calls and the parsing
- * each run faster in a loop of their own than interleaved.
+ * each run faster in a loop of their own than interleaved. Groups are settled against the
+ * group listings (`settleGroups`); a second entry for one address is kept out and reported.
  */
-function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[]): PciDevice[] {
+function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[]): SysfsDevices {
   const devices: PciDevice[] = [];
+  const links = new Map<PciAddress, string | null>();
+  const names = new Map<PciAddress, RawSysfsDevice>();
+  const duplicates: GroupInconsistency[] = [];
   for (const entry of raw) {
     const device = parseRawDevice(reader, entry);
-    if (device !== null) devices.push(device);
+    if (device === null) continue;
+    const link = entry.groupLink === null ? null : baseName(entry.groupLink);
+    const first = names.get(device.address);
+    if (first !== undefined) {
+      const groups = [first.groupLink, entry.groupLink].flatMap((l) => {
+        const group = l === null ? null : parseGroupNumber(baseName(l));
+        return group === null ? [] : [group];
+      });
+      duplicates.push({
+        groups: [...new Set(groups)].sort((a, b) => a - b),
+        devices: [device.address],
+        detail:
+          `bus/pci/devices has two entries for ${device.address}: "${first.name}" and "${entry.name}"`,
+      });
+      continue;
+    }
+    names.set(device.address, entry);
+    links.set(device.address, link);
+    devices.push(device);
   }
-  if (devices.some((d) => d.iommuGroup === null) && devices.some((d) => d.iommuGroup !== null)) {
-    fillGroupsFromListing(reader, root, devices);
-  }
+  const groupInconsistencies = settleGroups(devices, {
+    links,
+    listings: readGroupListings(reader, root),
+    ancestors: (address) => ancestorsOf(reader, names.get(address)?.path),
+  });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   linkVirtualFunctions(devices);
   fillSlots(reader, root, devices);
-  return devices;
+  return { devices, groupInconsistencies: [...duplicates, ...groupInconsistencies] };
+}
+
+/**
+ * The PCI ancestors of the device entry at `path`, nearest first, from the link the kernel
+ * makes it (`../../../devices/pci0000:00/0000:00:03.1/0000:0b:00.0`); `[]` for a directory.
+ */
+function ancestorsOf(reader: SysfsReader, path: string | undefined): PciAddress[] {
+  const link = path === undefined ? null : reader.readLink(path);
+  if (link === null) return [];
+  const parts = link.split("/").slice(0, -1).reverse();
+  return parts.flatMap((part) => {
+    const address = /^[0-9a-f]{4,8}:/i.test(part) ? canonicalPciAddress(part) : null;
+    return address === null ? [] : [address];
+  });
 }
 
 /**
@@ -183,24 +243,6 @@ function linkVirtualFunctions(devices: PciDevice[]): void {
     const pf = byAddress.get(device.physfn);
     // A VF never has VFs of its own: a damaged tree's link to one is not followed.
     if (pf !== undefined && pf.physfn === null) pf.virtfns.push(device.address);
-  }
-}
-
-/**
- * A device whose `iommu_group` link is missing while others have one (a damaged or partly copied
- * tree): the group's own listing, `kernel/iommu_groups/N/devices`, may still name it, and leaving
- * it groupless would let a plan give its group away without it.
- */
-function fillGroupsFromListing(reader: SysfsReader, root: string, devices: PciDevice[]): void {
-  const byAddress = new Map(devices.map((d) => [d.address, d]));
-  for (const name of reader.listDir(`${root}/kernel/iommu_groups`) ?? []) {
-    const group = Number(name);
-    if (!Number.isInteger(group)) continue;
-    for (const entry of reader.listDir(`${root}/kernel/iommu_groups/${name}/devices`) ?? []) {
-      const address = canonicalPciAddress(entry);
-      const device = address === null ? undefined : byAddress.get(address);
-      if (device !== undefined && device.iommuGroup === null) device.iommuGroup = group;
-    }
   }
 }
 
@@ -283,7 +325,6 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
   const revision = configRevision !== 0
     ? configRevision.toString(16).padStart(2, "0")
     : hexId(attr("revision"), 2);
-  const group = raw.groupLink === null ? NaN : Number(baseName(raw.groupLink));
   const numa = raw.numaNode?.trim() ?? "";
   const numaNumber = numa === "" ? NaN : Number(numa);
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
@@ -302,7 +343,8 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
     className: null,
     driver,
     modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
-    iommuGroup: Number.isInteger(group) ? group : null,
+    // Settled against the group listings once every device is read (see finishDevices).
+    iommuGroup: null,
     numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
     physicalSlot: null,
     isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
@@ -325,12 +367,8 @@ function readSlots(reader: SysfsReader, root: string): Map<string, string> {
   if (names === null || names.length === 0) return slots;
   for (const name of names) {
     const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
-    const m = text === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)$/i.exec(text);
-    if (!m) continue;
-    const key = `${m[1]!.toLowerCase().padStart(4, "0")}:${m[2]!.toLowerCase().padStart(2, "0")}:${
-      m[3]!.toLowerCase().padStart(2, "0")
-    }`;
-    slots.set(key, name);
+    const key = text === null ? null : canonicalPciSlot(text);
+    if (key !== null) slots.set(key, name);
   }
   return slots;
 }

@@ -278,7 +278,7 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * import { denoFsReader } from "./sysfs.ts";
  * const host = { source: "t", iommu: "absent" as const, devices: [], groups: [],
- *   kernelCmdline: "quiet pcie_acs_override=downstream", hostUse: [] };
+ *   groupInconsistencies: [], kernelCmdline: "quiet pcie_acs_override=downstream", hostUse: [] };
  * const findings = runDoctor({ host, reader: denoFsReader(), live: false });
  * assertEquals(findings.map((f) => [f.check, f.status]), [
  *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["vfio-pci", "warn"], ["acs-override", "warn"],

@@ -15,6 +15,7 @@
 
 import type { PciAddress } from "./types.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
+import { parseGroupNumber } from "./iommu_groups.ts";
 
 /** Runs `lspci` with an argument array and resolves to its standard output. */
 export type LspciRunner = (args: string[]) => Promise<string>;
@@ -63,33 +64,79 @@ export function lspciArgs(root: string): string[] {
 }
 
 /**
- * The default runner: `Deno.Command("lspci", { args })`, an argument array, never a shell.
- * stderr is read and only shown when lspci fails (it prints a harmless libkmod warning on hosts
- * without `/lib/modules`).
+ * How long one lspci run may take before it is killed. lspci over a host's few hundred
+ * functions takes well under a second; one that runs this long is blocked on a file, and
+ * discovery must fail clearly rather than hang.
+ */
+export const LSPCI_TIME_LIMIT_MS = 10_000;
+
+/**
+ * The default runner: `Deno.Command("lspci", { args })`, an argument array, never a shell, with
+ * {@link LSPCI_TIME_LIMIT_MS} to finish (see {@link runLspci}).
  */
 export function commandLspciRunner(program = "lspci"): LspciRunner {
-  return async (args) => {
-    let output: Deno.CommandOutput;
-    try {
-      output = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" })
-        .output();
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
-        throw new LspciError(`Cannot run "${program}": not found: install pciutils`, args, {
-          cause: error,
-        });
-      }
-      throw error;
+  return (args) => runLspci(program, args, LSPCI_TIME_LIMIT_MS);
+}
+
+/**
+ * Runs `program args` (no shell, no stdin) and resolves to its standard output. stderr is read
+ * and only shown when it fails (lspci prints a harmless libkmod warning on hosts without
+ * `/lib/modules`). A run still going after `timeLimitMs` is killed and reported: discovery
+ * checks a captured tree before lspci reads it (`checkCapturedTree` in `sysfs.ts`), and this is
+ * the backstop for what no check foresees.
+ */
+export async function runLspci(
+  program: string,
+  args: string[],
+  timeLimitMs: number,
+): Promise<string> {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(program, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+      .spawn();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      throw new LspciError(`Cannot run "${program}": not found: install pciutils`, args, {
+        cause: error,
+      });
     }
-    if (!output.success) {
-      const stderr = new TextDecoder().decode(output.stderr).trim();
-      throw new LspciError(
-        `"${program} ${args.join(" ")}" failed with exit code ${output.code}: ${stderr}`,
-        args,
-      );
-    }
-    return new TextDecoder().decode(output.stdout);
-  };
+    throw error;
+  }
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill("SIGKILL");
+  }, timeLimitMs);
+  let output: Deno.CommandOutput;
+  try {
+    output = await child.output();
+  } finally {
+    clearTimeout(timer);
+  }
+  if (timedOut) {
+    throw new LspciError(
+      `"${program} ${
+        args.join(" ")
+      }" did not finish within ${timeLimitMs} ms and was killed: a file it reads blocks (a FIFO or device in a captured tree) or the host's PCI access hangs`,
+      args,
+    );
+  }
+  if (!output.success) {
+    const stderr = new TextDecoder().decode(output.stderr).trim();
+    throw new LspciError(
+      `"${program} ${args.join(" ")}" failed with exit code ${output.code}: ${stderr}`,
+      args,
+    );
+  }
+  return new TextDecoder().decode(output.stdout);
+}
+
+/** A file in a captured tree that lspci must not open, and what it is. */
+export interface LspciTreeHazard {
+  /** The entry's path. */
+  path: string;
+  /** `a FIFO`, `a character device`, `a block device` or `a socket` (or a link to one). */
+  kind: string;
 }
 
 const HEADER =
@@ -162,7 +209,9 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
             }
             break;
           case 73: // I
-            if ((m = /^IOMMU group: (\d+)$/.exec(body))) record.iommuGroup = Number(m[1]);
+            if ((m = /^IOMMU group: (\d+)$/.exec(body))) {
+              record.iommuGroup = parseGroupNumber(m[1] ?? "");
+            }
             break;
           case 75: // K
             if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;

@@ -8,12 +8,19 @@
 
 export type * from "./types.ts";
 export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discover.ts";
-export { denoFsReader, type SysfsFile, type SysfsReader } from "./sysfs.ts";
+export {
+  checkCapturedTree,
+  denoFsReader,
+  type SysfsFile,
+  type SysfsReader,
+  SysfsTreeError,
+} from "./sysfs.ts";
 export {
   commandLspciRunner,
   LspciError,
   type LspciRunner,
   pciIdsVendorNames,
+  runLspci,
   type VendorNames,
 } from "./lspci.ts";
 export {

@@ -16,7 +16,7 @@
 import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
 import { checkWellFormed, readXmlElement, type XmlElement } from "../domain/xml.ts";
-import { groupDevices } from "./iommu_groups.ts";
+import { groupDevices, parseGroupNumber } from "./iommu_groups.ts";
 import { isBridgeClass } from "../pci/class.ts";
 
 /** Where node-device XML comes from: a libvirt connection, or anything that behaves like one. */
@@ -144,8 +144,7 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
   let groupMembers: PciAddress[] | null = null;
   if (groupElement !== undefined) {
     const text = groupElement.attributes.number ?? "";
-    if (!/^[0-9]+$/.test(text)) fail(`bad <iommuGroup number>: "${text}"`);
-    iommuGroup = parseInt(text, 10);
+    iommuGroup = parseGroupNumber(text) ?? fail(`bad <iommuGroup number>: "${text}"`);
     groupMembers = addressesIn(groupElement);
   }
   const numaText = child(pci, "numa")?.attributes.node;
@@ -242,6 +241,8 @@ export function topologyFromNodeDevices(
     iommu: groups.length > 0 ? "enabled" : "absent",
     devices,
     groups,
+    // checkGroups has refused any disagreement already.
+    groupInconsistencies: [],
     // Neither is visible through libvirt.
     kernelCmdline: null,
     hostUse: null,

@@ -39,10 +39,18 @@ function isMissing(error: unknown): boolean {
       /ENOTDIR|EINVAL|Not a directory|Invalid argument/.test(error.message));
 }
 
+/** At most this much of a text file is read, as the libc reader does (`ffi/libc_fs.ts`). */
+const TEXT_LIMIT = 65536;
+
 /**
  * A {@link SysfsReader} over `Deno.readDirSync`/`readFileSync`/`readLinkSync`/`openSync`: needs
  * only `--allow-read`, and works for captured trees anywhere except under `/sys` and `/proc`.
  * Permission errors are thrown, not turned into `null`, so a missing flag is reported as such.
+ *
+ * Deno cannot open a file non-blocking, so each file's type is checked first (links followed):
+ * only regular files are read, at most {@link TEXT_LIMIT} bytes of text or the bytes asked for.
+ * A FIFO, device node or socket planted in a tree reads as unreadable (`null`): opening a FIFO
+ * blocks until a writer appears, a terminal blocks on read, and `/dev/zero` never ends.
  *
  * @example
  * ```ts
@@ -57,6 +65,8 @@ function isMissing(error: unknown): boolean {
  *   assertEquals(new TextDecoder().decode(file.readAt(2, 4)), "10de");
  * }
  * assertEquals(reader.openFile(`${dir}/missing`), null);
+ * Deno.symlinkSync("/dev/zero", `${dir}/config`);
+ * assertEquals(reader.readBytes(`${dir}/config`, 4096), null);
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
@@ -74,21 +84,11 @@ export function denoFsReader(): SysfsReader {
       }
     },
     readText(path) {
-      try {
-        return decoder.decode(Deno.readFileSync(path));
-      } catch (error) {
-        if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
-        throw error;
-      }
+      const bytes = readRegularFile(path, TEXT_LIMIT);
+      return bytes === null ? null : decoder.decode(bytes);
     },
     readBytes(path, maxBytes) {
-      try {
-        const bytes = Deno.readFileSync(path);
-        return bytes.length > maxBytes ? bytes.slice(0, maxBytes) : bytes;
-      } catch (error) {
-        if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
-        throw error;
-      }
+      return readRegularFile(path, maxBytes);
     },
     readLink(path) {
       try {
@@ -100,6 +100,7 @@ export function denoFsReader(): SysfsReader {
     },
     openFile(path) {
       try {
+        if (regularFileSize(path) === null) return null;
         return new DenoFile(path, Deno.openSync(path, { read: true }));
       } catch (error) {
         if (isMissing(error)) return null;
@@ -107,6 +108,42 @@ export function denoFsReader(): SysfsReader {
       }
     },
   };
+}
+
+/** The size of the regular file at `path` (links followed), or `null` for anything else. */
+function regularFileSize(path: string): number | null {
+  try {
+    const info = Deno.statSync(path);
+    return info.isFile ? info.size : null;
+  } catch (error) {
+    if (isMissing(error)) return null;
+    throw error;
+  }
+}
+
+/** Up to `maxBytes` of the regular file at `path`, or `null` (see {@link denoFsReader}). */
+function readRegularFile(path: string, maxBytes: number): Uint8Array | null {
+  try {
+    const size = regularFileSize(path);
+    if (size === null) return null;
+    if (size <= maxBytes) {
+      const bytes = Deno.readFileSync(path);
+      return bytes.length > maxBytes ? bytes.slice(0, maxBytes) : bytes;
+    }
+    // Larger than asked for: read only the head, never the whole file.
+    using file = Deno.openSync(path, { read: true });
+    const bytes = new Uint8Array(maxBytes);
+    let filled = 0;
+    while (filled < maxBytes) {
+      const n = file.readSync(bytes.subarray(filled));
+      if (n === null || n === 0) break;
+      filled += n;
+    }
+    return bytes.subarray(0, filled);
+  } catch (error) {
+    if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
+    throw error;
+  }
 }
 
 /** {@link SysfsFile} over a `Deno.FsFile`: a seek, then reads until `length` or the end. */
@@ -148,4 +185,93 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
   if (text === null) return null;
   const trimmed = text.trim();
   return trimmed;
+}
+
+/** Raised for a captured tree with a FIFO, device node or socket where a file should be. */
+export class SysfsTreeError extends Error {
+  /** The error's name. */
+  override name = "SysfsTreeError";
+  /** The offending entry. */
+  readonly path: string;
+  /** Builds the error for the entry at `path`, which is `kind` (`a FIFO`). */
+  constructor(path: string, kind: string) {
+    super(
+      `Refusing to read a tree with ${kind} where a file should be: "${path}": lspci would block on it or read it without end, and opening a device can act on it; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`,
+    );
+    this.path = path;
+  }
+}
+
+/**
+ * Refuses a captured tree that has a FIFO, a device node or a socket, or a link to one, where
+ * discovery or lspci opens files: every entry of `bus/pci/devices/*` and `bus/pci/slots/*` (lspci
+ * opens most of them) and the snapshot's own `cmdline` and `host_use.json`. A FIFO or a terminal
+ * blocks `open` or `read`, a device such as `/dev/zero` never ends, and opening some devices acts
+ * on them. Dangling links and link loops are harmless (opening them fails). Throws
+ * {@link SysfsTreeError} naming the first one found; what Deno may not list (`/sys`, `/proc`
+ * without `--allow-all`) is not checked.
+ *
+ * @example
+ * ```ts
+ * import { assertThrows } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/bus/pci/devices/0000:01:00.0`, { recursive: true });
+ * Deno.writeTextFileSync(`${dir}/bus/pci/devices/0000:01:00.0/vendor`, "0x10de\n");
+ * checkCapturedTree(dir);
+ * Deno.symlinkSync("/dev/zero", `${dir}/bus/pci/devices/0000:01:00.0/config`);
+ * assertThrows(() => checkCapturedTree(dir), /with a character device where a file should be/);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function checkCapturedTree(root: string): void {
+  const dirs = ["devices", "slots"].flatMap((sub) =>
+    entries(`${root}/bus/pci/${sub}`).map((e) => `${root}/bus/pci/${sub}/${e.name}`)
+  );
+  const files = [`${root}/cmdline`, `${root}/host_use.json`];
+  for (const dir of dirs) {
+    for (const entry of entries(dir)) {
+      if (entry.isFile || entry.isDirectory) continue;
+      // Links that are only ever read as links (their target's name is the fact) are harmless.
+      if (entry.isSymlink && LINK_ONLY.test(entry.name)) continue;
+      files.push(`${dir}/${entry.name}`);
+    }
+  }
+  for (const path of files) {
+    const kind = specialKind(path);
+    if (kind !== null) throw new SysfsTreeError(path, kind);
+  }
+}
+
+/** Entries of a device directory that discovery and lspci read with `readlink`, never open. */
+const LINK_ONLY = /^(driver|iommu_group|physfn|subsystem|firmware_node|virtfn[0-9]+)$/;
+
+/**
+ * A directory's entries (their types come from the listing, without a `stat` each), or none
+ * when it is missing, not a directory or not readable here.
+ */
+function entries(path: string): Deno.DirEntry[] {
+  try {
+    return [...Deno.readDirSync(path)];
+  } catch {
+    return [];
+  }
+}
+
+/** What the entry at `path` is (links followed) when it is not a file or directory, or `null`. */
+function specialKind(path: string): string | null {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(path);
+  } catch {
+    return null;
+  }
+  return info.isFifo
+    ? "a FIFO"
+    : info.isCharDevice
+    ? "a character device"
+    : info.isBlockDevice
+    ? "a block device"
+    : info.isSocket
+    ? "a socket"
+    : null;
 }

@@ -70,6 +70,23 @@ export interface IommuGroup {
   devices: PciDevice[];
 }
 
+/**
+ * IOMMU group data that disagrees with itself: a device's `iommu_group` link against the
+ * group's own listing (`kernel/iommu_groups/N/devices`), a device listed in two groups, a
+ * listed member that `bus/pci/devices` does not have, a group number that is not one, a device
+ * with no group on a host that has groups, an entry that vanished while discovery read it. A
+ * closure computed from such data could hand a guest part of a group, so no VM may take a
+ * device in `devices` or a member of a group in `groups`.
+ */
+export interface GroupInconsistency {
+  /** The groups whose membership cannot be trusted, ascending (may be empty). */
+  groups: number[];
+  /** The devices whose group cannot be trusted, sorted (may be empty). */
+  devices: PciAddress[];
+  /** What disagrees, naming the entries relative to the tree (`kernel/iommu_groups/7/devices`). */
+  detail: string;
+}
+
 /** Whether the host exposes IOMMU groups at all. */
 export type IommuState = "enabled" | "absent";
 
@@ -83,6 +100,12 @@ export interface HostTopology {
   devices: PciDevice[];
   /** Every IOMMU group, sorted by number; empty when `iommu` is `absent`. */
   groups: IommuGroup[];
+  /**
+   * Where the host's IOMMU group data disagrees with itself (see {@link GroupInconsistency}):
+   * planning refuses every VM that would take a device concerned (`group-inconsistent`).
+   * Empty when the data agrees, and from sources that carry no second view to check against.
+   */
+  groupInconsistencies: GroupInconsistency[];
   /** The kernel command line when known (to spot ACS override), else `null`. */
   kernelCmdline: string | null;
   /**

@@ -2,6 +2,11 @@
  * Canonical PCI addresses (`0000:01:00.0`) and the one conversion to and from libvirt's
  * `<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>` attributes.
  *
+ * The domain (segment) is a number: `0000`, `00000000` and libvirt's `0x00000000` are one
+ * domain, written canonically with at least four hex digits (`0000`, `10000` for a VMD domain).
+ * Every address that enters the program (config criteria, sysfs names, lspci, libvirt XML, a
+ * captured tree's files) goes through this module, so two spellings never name two devices.
+ *
  * @module
  */
 
@@ -33,6 +38,8 @@ export interface PciAddressParts {
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(canonicalPciAddress("01:00.0"), "0000:01:00.0");
  * assertEquals(canonicalPciAddress("0000:0A:00.1"), "0000:0a:00.1");
+ * assertEquals(canonicalPciAddress("00000000:01:00.0"), "0000:01:00.0");
+ * assertEquals(canonicalPciAddress("00010000:e1:00.0"), "10000:e1:00.0");
  * assertEquals(canonicalPciAddress("1:0.0"), null);
  * ```
  */
@@ -46,7 +53,7 @@ export function canonicalPciAddress(text: string): PciAddress | null {
     const [, domain, bus, slot, fn] = full as unknown as [string, string, string, string, string];
     if (parseInt(slot, 16) > 0x1f) return null;
     return `${
-      domain.toLowerCase().padStart(4, "0")
+      pciDomainText(parseInt(domain, 16))
     }:${bus.toLowerCase()}:${slot.toLowerCase()}.${fn}`;
   }
   const short = SHORT.exec(trimmed);
@@ -56,6 +63,27 @@ export function canonicalPciAddress(text: string): PciAddress | null {
     return `0000:${bus.toLowerCase()}:${slot.toLowerCase()}.${fn}`;
   }
   return null;
+}
+
+/** A domain number as canonical addresses write it: lower-case hex, at least four digits. */
+function pciDomainText(domain: number): string {
+  return domain.toString(16).padStart(4, "0");
+}
+
+/**
+ * Parses a slot address `DDDD:BB:SS` (the `address` file of `bus/pci/slots/NAME`) into the
+ * canonical form, the address of its function 0 without `.0`, or returns `null`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(canonicalPciSlot("00000000:0A:00"), "0000:0a:00");
+ * assertEquals(canonicalPciSlot("0000:0a:20"), null);
+ * ```
+ */
+export function canonicalPciSlot(text: string): string | null {
+  const address = canonicalPciAddress(`${text.trim()}.0`);
+  return address === null ? null : address.slice(0, -2);
 }
 
 /** Splits a canonical address into numbers. Throws `TypeError` when it is not an address. */
@@ -75,7 +103,9 @@ export function pciAddressParts(address: PciAddress): PciAddressParts {
 /** Builds a canonical address from numbers. */
 export function pciAddressFromParts(parts: PciAddressParts): PciAddress {
   const hex = (n: number, width: number) => n.toString(16).padStart(width, "0");
-  return `${hex(parts.domain, 4)}:${hex(parts.bus, 2)}:${hex(parts.slot, 2)}.${parts.function}`;
+  return `${pciDomainText(parts.domain)}:${hex(parts.bus, 2)}:${
+    hex(parts.slot, 2)
+  }.${parts.function}`;
 }
 
 /**
@@ -121,7 +151,17 @@ export function pciAddressToLibvirt(address: PciAddress): {
   };
 }
 
-/** Orders addresses numerically (which is also lexicographic for canonical ones). */
+/**
+ * Orders canonical addresses numerically: by the domain's length first (a five-digit domain is
+ * above every four-digit one), then lexicographically, which is numeric for equal lengths.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const sorted = ["10000:00:00.0", "ffff:00:00.0", "0000:01:00.0"].sort(comparePciAddress);
+ * assertEquals(sorted, ["0000:01:00.0", "ffff:00:00.0", "10000:00:00.0"]);
+ * ```
+ */
 export function comparePciAddress(a: PciAddress, b: PciAddress): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+  return a.indexOf(":") - b.indexOf(":") || (a < b ? -1 : a > b ? 1 : 0);
 }

@@ -91,8 +91,43 @@ function resolveVm(vm: VmConfig, host: HostTopology, options: ResolveOptions): V
     resolveRule(rule, host, current === undefined ? { records } : { records, current })
   );
   const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
-  const errors = [...rules.flatMap((r) => r.issue ? [r.issue] : []), ...closure.errors];
+  const errors = [
+    ...rules.flatMap((r) => r.issue ? [r.issue] : []),
+    ...closure.errors,
+    ...inconsistentGroupErrors(vm.name, closure, host),
+  ];
   return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings] };
+}
+
+/**
+ * `group-inconsistent` refusals: the VM would take a device whose IOMMU group data disagrees
+ * with itself (`host.groupInconsistencies`), so its closure may leave a group member behind.
+ */
+function inconsistentGroupErrors(
+  vm: string,
+  closure: ClosureResult,
+  host: HostTopology,
+): PlanIssue[] {
+  return host.groupInconsistencies.flatMap((problem) => {
+    const hit = closure.devices.filter(({ device }) =>
+      problem.devices.includes(device.address) ||
+      (device.iommuGroup !== null && problem.groups.includes(device.iommuGroup))
+    );
+    const rule = hit[0]?.rule;
+    if (rule === undefined) return [];
+    const group = problem.groups.length === 1 ? { group: problem.groups[0]! } : {};
+    return [{
+      code: "group-inconsistent" as const,
+      message: `VM "${vm}" would take ${
+        hit.map((c) => c.device.address).join(", ")
+      } (rule "${rule.name}"), but the IOMMU group data of "${host.source}" disagrees: ${problem.detail}: the whole group cannot be known, so nothing is planned for "${vm}" until discovery reads consistent data (rerun it; recapture a tree with 'passthrough snapshot')`,
+      vm,
+      rule: rule.name,
+      location: rule.location,
+      devices: hit.map((c) => c.device.address),
+      ...group,
+    }];
+  });
 }
 
 /**

@@ -16,6 +16,7 @@ export type IssueCode =
   | "device-assigned-twice"
   | "sriov-split"
   | "group-contains-host-critical"
+  | "group-inconsistent"
   | "no-iommu"
   | "host-use-unknown"
   | "acs-override"

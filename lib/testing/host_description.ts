@@ -9,7 +9,7 @@
 import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
 import type { HostTopology, PciDevice } from "../host/types.ts";
 import type { HostDescription } from "./host_tree.ts";
-import { groupDevices } from "../host/iommu_groups.ts";
+import { groupDevices, parseGroupNumber } from "../host/iommu_groups.ts";
 import { isBridgeClass } from "../pci/class.ts";
 
 export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
@@ -21,7 +21,7 @@ function hexId(text: string | null | undefined, width: number): string | null {
 
 /**
  * Converts a host description into a topology. `iommu` is `absent` when no device has a group.
- * Throws `TypeError` on a malformed address.
+ * Throws `TypeError` on a malformed address or group number.
  *
  * @example
  * ```ts
@@ -43,6 +43,9 @@ export function topologyFromDescription(
     const address = canonicalPciAddress(d.bdf);
     if (address === null) {
       throw new TypeError(`Invalid PCI address in host description: "${d.bdf}"`);
+    }
+    if (d.group !== null && parseGroupNumber(String(d.group)) === null) {
+      throw new TypeError(`Invalid IOMMU group in host description: ${d.group} for "${d.bdf}"`);
     }
     const classCode = hexId(d.class, 6)!;
     const name = d.name ?? null;
@@ -82,6 +85,8 @@ export function topologyFromDescription(
     iommu: groups.length > 0 ? "enabled" : "absent",
     devices,
     groups,
+    // A description has one view of membership, so nothing to disagree with.
+    groupInconsistencies: [],
     kernelCmdline: description.cmdline ?? null,
     hostUse: description.host_use ?? [],
   };

@@ -39,6 +39,7 @@ function host(overrides: Partial<HostTopology> = {}): HostTopology {
     iommu: "enabled",
     devices: [device],
     groups: [{ group: 0, devices: [device] }],
+    groupInconsistencies: [],
     kernelCmdline: "BOOT_IMAGE=/vmlinuz intel_iommu=on",
     hostUse: [],
     ...overrides,

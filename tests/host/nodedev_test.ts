@@ -188,6 +188,18 @@ Deno.test("topologyFromNodeDevices() refuses malformed XML, bad IDs and duplicat
     (e: unknown) =>
       e instanceof NodeDeviceXmlError && e.index === 1 && /also the address/.test(e.message),
   );
+  // Group numbers are integers: one too big for a double would merge with its neighbours.
+  assertThrows(
+    () =>
+      topologyFromNodeDevices([
+        pciXml({ bus: 1, slot: 0, fn: 0 }, {
+          extra: groupXml(3, [[1, 0, 0]]).replace("'3'", "'99999999999999999999'"),
+        }),
+      ], { source: "test" }),
+    (e: unknown) =>
+      e instanceof NodeDeviceXmlError &&
+      e.message.endsWith(`bad <iommuGroup number>: "99999999999999999999"`),
+  );
   assertThrows(
     () => topologyFromNodeDevices([`<domain type='test'><name>x</name></domain>`], { source: "t" }),
     /expected a <device> element, got <domain>/,

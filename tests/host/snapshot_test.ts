@@ -74,6 +74,7 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
       iommu: "absent" as const,
       devices: [],
       groups: [],
+      groupInconsistencies: [],
       kernelCmdline: null,
       hostUse: [],
     };

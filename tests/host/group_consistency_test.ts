@@ -1,0 +1,295 @@
+/**
+ * IOMMU group data that disagrees with itself: sysfs has two views of membership (each device's
+ * `iommu_group` link and each group's `kernel/iommu_groups/N/devices` listing), and a damaged,
+ * hostile or changing tree can make them disagree. Discovery reports each disagreement on the
+ * topology and the plan refuses every VM that would take a device concerned, while VMs on
+ * consistent groups are still planned.
+ */
+
+import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { writeTempWorld } from "../helpers/world.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/host/group_consistency_test.ts";
+
+// On the demo host: the GTX 1080 and its audio function share group 26, the RX 580 and its
+// audio group 59.
+const GPU = "0000:21:00.0";
+const AUDIO = "0000:21:00.1";
+const CONFIG = `version: 1
+vms:
+  a:
+    devices:
+      - name: gtx1080
+        match: { vendor_device_id: "10de:1b80" }
+  b:
+    devices:
+      - name: rx580
+        match: { vendor_device_id: "1002:67df" }
+`;
+
+const WORLD = `<node>${
+  ["a", "b"].map((name) =>
+    `<domain type='test'><name>${name}</name><memory unit='KiB'>1048576</memory>
+      <os><type arch='x86_64'>hvm</type></os></domain>`
+  ).join("")
+}</node>`;
+
+interface DamageCase {
+  name: string;
+  /** Damages the tree at `root` before discovery. */
+  damage?: (root: string) => void;
+  /** Wraps the reader, to change the tree while discovery reads it. */
+  during?: (root: string, reader: SysfsReader) => SysfsReader;
+  /** Every group and device some reported inconsistency must name. */
+  groups: number[];
+  devices: string[];
+  /** The VMs refused with `group-inconsistent`; the others are planned. */
+  refused: string[];
+}
+
+const devices = (root: string) => `${root}/bus/pci/devices`;
+const listing = (root: string, group: number | string) =>
+  `${root}/kernel/iommu_groups/${group}/devices`;
+
+/** Re-points a device's `iommu_group` link at group directory `name`. */
+function relink(root: string, address: string, name: string): void {
+  Deno.removeSync(`${devices(root)}/${address}/iommu_group`);
+  Deno.symlinkSync(
+    `../../../../kernel/iommu_groups/${name}`,
+    `${devices(root)}/${address}/iommu_group`,
+  );
+}
+
+/** Calls `onList` once, right after discovery first lists `dir`. */
+function afterListing(reader: SysfsReader, dir: string, onList: () => void): SysfsReader {
+  let done = false;
+  return {
+    ...reader,
+    listDir(path) {
+      const names = reader.listDir(path);
+      if (!done && path === dir) {
+        done = true;
+        onList();
+      }
+      return names;
+    },
+  };
+}
+
+const CASES: DamageCase[] = [
+  {
+    name: "a group member missing from bus/pci/devices",
+    damage: (root) =>
+      Deno.symlinkSync(
+        "../../../../devices/pci0000:00/0000:00:03.1/0000:21:00.2",
+        `${listing(root, 26)}/0000:21:00.2`,
+      ),
+    groups: [26],
+    devices: [],
+    refused: ["a"],
+  },
+  {
+    name: "an iommu_group link that contradicts the group listings",
+    damage: (root) => relink(root, AUDIO, "59"),
+    groups: [26, 59],
+    devices: [AUDIO],
+    refused: ["a", "b"],
+  },
+  {
+    name: "a device listed in two groups",
+    damage: (root) =>
+      Deno.symlinkSync(
+        `../../../../devices/pci0000:00/0000:00:03.1/${AUDIO}`,
+        `${listing(root, 59)}/${AUDIO}`,
+      ),
+    groups: [26, 59],
+    devices: [AUDIO],
+    refused: ["a", "b"],
+  },
+  {
+    name: "a device with no group on a host with groups (its card's group is refused)",
+    damage: (root) => {
+      Deno.removeSync(`${devices(root)}/${AUDIO}/iommu_group`);
+      Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+    },
+    groups: [26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "a device with no group behind a bridge of another group (both groups are refused)",
+    damage: (root) => {
+      // As the kernel lays sysfs out: the entry links to the device under its bridge.
+      const bridge = `${root}/devices/pci0000:00/0000:00:01.1`;
+      Deno.mkdirSync(bridge, { recursive: true });
+      Deno.renameSync(`${devices(root)}/${AUDIO}`, `${bridge}/${AUDIO}`);
+      Deno.symlinkSync(
+        `../../../devices/pci0000:00/0000:00:01.1/${AUDIO}`,
+        `${devices(root)}/${AUDIO}`,
+      );
+      Deno.removeSync(`${bridge}/${AUDIO}/iommu_group`);
+      Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+    },
+    groups: [1, 26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "an IOMMU function without a group, as on real AMD hosts (nothing else refused)",
+    damage: (root) => {
+      const iommu = `${devices(root)}/0000:00:00.2`;
+      Deno.mkdirSync(iommu);
+      Deno.writeTextFileSync(
+        `${iommu}/uevent`,
+        "PCI_CLASS=80600\nPCI_ID=1022:1481\nPCI_SUBSYS_ID=1022:1481\n",
+      );
+    },
+    groups: [],
+    devices: ["0000:00:00.2"],
+    refused: [],
+  },
+  {
+    name: "a group number too big for a double (99999999999999999999)",
+    damage: (root) => {
+      Deno.renameSync(
+        `${root}/kernel/iommu_groups/26`,
+        `${root}/kernel/iommu_groups/99999999999999999999`,
+      );
+      relink(root, GPU, "99999999999999999999");
+      relink(root, AUDIO, "99999999999999999999");
+    },
+    groups: [],
+    devices: [GPU, AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "a group number spelled another way (0x1a for 26)",
+    damage: (root) => relink(root, AUDIO, "0x1a"),
+    groups: [26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "two bus/pci/devices entries for one address (00000000:21:00.1 beside 0000:21:00.1)",
+    damage: (root) => Deno.symlinkSync(AUDIO, `${devices(root)}/00000000:21:00.1`),
+    groups: [26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "a device removed after its entry was read, before the group listings",
+    during: (root, reader) =>
+      afterListing(reader, `${root}/kernel/iommu_groups`, () => {
+        Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+        Deno.removeSync(`${devices(root)}/${AUDIO}`, { recursive: true });
+      }),
+    groups: [26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+  {
+    name: "a device removed after bus/pci/devices was listed, before its entry was read",
+    during: (root, reader) =>
+      afterListing(reader, devices(root), () => {
+        Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+        Deno.removeSync(`${devices(root)}/${AUDIO}`, { recursive: true });
+      }),
+    groups: [26],
+    devices: [AUDIO],
+    refused: ["a"],
+  },
+];
+
+/** Whether some reported inconsistency names every expected group and device. */
+function reported(host: HostTopology, c: DamageCase): boolean {
+  const groups = new Set(host.groupInconsistencies.flatMap((p) => p.groups));
+  const addresses = new Set(host.groupInconsistencies.flatMap((p) => p.devices));
+  return c.groups.every((g) => groups.has(g)) && c.devices.every((d) => addresses.has(d));
+}
+
+/** Discovers the damaged demo tree with `readerName`'s reader. */
+async function discoverCase(c: DamageCase, readerName: "deno" | "libc"): Promise<HostTopology> {
+  await using tree = await demoTree();
+  c.damage?.(tree.sysfs);
+  const base = readerName === "deno" ? denoFsReader() : libcSysfsReader();
+  const reader = c.during?.(tree.sysfs, base) ?? base;
+  const host = await discoverHost({ root: tree.sysfs, reader, lspci: null });
+  assertOk(
+    reported(host, c),
+    `${c.name} (${readerName}): ${JSON.stringify(host.groupInconsistencies)}`,
+  );
+  return host;
+}
+
+/** Plans {@link CONFIG} over `host` and checks which VMs are refused. */
+function checkPlan(c: DamageCase, host: HostTopology, libvirt: LibvirtPort): void {
+  const plan = planHostdevs({ config: parseConfig(CONFIG, { file: "c.yaml" }), host, libvirt });
+  for (const vm of plan.vms) {
+    const label = `${c.name}: VM ${vm.name}`;
+    if (c.refused.includes(vm.name)) {
+      assertOk(vm.errors.some((e) => e.code === "group-inconsistent"), label);
+      assertEquals(vm.add, [], label);
+    } else {
+      assertEquals(vm.errors, [], label);
+      assertEquals(vm.add.length, 2, label);
+    }
+  }
+}
+
+Deno.test("a consistent tree reports no group inconsistency and plans both VMs", async () => {
+  const c = { name: "undamaged", groups: [], devices: [], refused: [] };
+  const host = await discoverCase(c, "libc");
+  assertEquals(host.groupInconsistencies, []);
+  await using world = await writeTempWorld(WORLD);
+  using port = openLibvirtPort(world.uri);
+  checkPlan(c, host, port);
+});
+
+Deno.test("IOMMU group data that disagrees with itself refuses the VMs taking the groups concerned", async () => {
+  await using world = await writeTempWorld(WORLD);
+  using port = openLibvirtPort(world.uri);
+  for (const c of CASES) {
+    const fromDeno = await discoverCase(c, "deno");
+    const fromLibc = await discoverCase(c, "libc");
+    // One answer from either reader, so the CLI says the same with or without FFI.
+    assertEquals(fromDeno, { ...fromLibc, source: fromDeno.source }, c.name);
+    checkPlan(c, fromLibc, port);
+    recordCase({
+      area: "sysfs",
+      name: c.name,
+      count: 1,
+      outcome: "reported on the topology; VMs taking the groups refused (group-inconsistent)",
+      test: TEST,
+    });
+  }
+});
+
+Deno.test("the group-inconsistent refusal names the rule, the devices and what disagrees", async () => {
+  await using tree = await demoTree();
+  relink(tree.sysfs, AUDIO, "59");
+  const host = await discoverHost({ root: tree.sysfs, lspci: null });
+  await using world = await writeTempWorld(WORLD);
+  using port = openLibvirtPort(world.uri);
+  const plan = planHostdevs({
+    config: parseConfig(CONFIG, { file: "c.yaml" }),
+    host,
+    libvirt: port,
+  });
+  const issue = plan.vms[0]!.errors.find((e) => e.code === "group-inconsistent")!;
+  // The audio function's link puts it in group 59, so the VM's closure holds the GPU alone.
+  assertEquals([issue.vm, issue.rule, issue.devices], ["a", "gtx1080", [GPU]]);
+  assertEquals(
+    issue.message,
+    `VM "a" would take ${GPU} (rule "gtx1080"), but the IOMMU group data of "${tree.sysfs}" disagrees: ${AUDIO}'s iommu_group link names group 59, but kernel/iommu_groups/26/devices lists it: the whole group cannot be known, so nothing is planned for "a" until discovery reads consistent data (rerun it; recapture a tree with 'passthrough snapshot')`,
+  );
+});

@@ -1,0 +1,250 @@
+/**
+ * Captured trees with files that are not files: a FIFO, a device node, a socket, or a link to
+ * one where sysfs has an attribute, and attributes hundreds of megabytes long. lspci would block
+ * on them and Deno's file API reads them without end, so discovery must never hang and never read
+ * without bound: the tree is refused with the file named when lspci would read it, the readers
+ * treat such files as unreadable, and lspci itself is killed after its time limit.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { documentedFlags, runCli } from "../helpers/cli.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { LspciError, runLspci } from "../../lib/host/lspci.ts";
+import { denoFsReader, type SysfsReader, SysfsTreeError } from "../../lib/host/sysfs.ts";
+import { LibcFsError, libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/host/special_files_test.ts";
+const GPU = "0000:21:00.0";
+
+/** The error `run` rejects with; fails when it resolves or rejects with another class. */
+async function rejection<E extends Error>(
+  run: () => Promise<unknown>,
+  type: new (...args: never[]) => E,
+): Promise<E> {
+  try {
+    await run();
+  } catch (error) {
+    assertOk(error instanceof type, `expected ${type.name}, got ${error}`);
+    return error;
+  }
+  throw new Error(`expected ${type.name}, got none`);
+}
+
+function mkfifo(path: string): void {
+  const out = new Deno.Command("mkfifo", { args: [path] }).outputSync();
+  if (!out.success) throw new Error(`mkfifo ${path} failed`);
+}
+
+/** Replaces `file` of the GPU's entry with what `plant` makes at its path. */
+function replace(root: string, file: string, plant: (path: string) => void): string {
+  const path = `${root}/bus/pci/devices/${GPU}/${file}`;
+  Deno.removeSync(path);
+  plant(path);
+  return path;
+}
+
+const SPECIAL: {
+  name: string;
+  plant: (root: string) => string;
+  kind: string;
+}[] = [
+  {
+    name: "a FIFO as a device's config",
+    plant: (root) => replace(root, "config", mkfifo),
+    kind: "a FIFO",
+  },
+  {
+    name: "a FIFO as a device's vendor",
+    plant: (root) => replace(root, "vendor", mkfifo),
+    kind: "a FIFO",
+  },
+  {
+    name: "config a link to /dev/zero",
+    plant: (root) => replace(root, "config", (p) => Deno.symlinkSync("/dev/zero", p)),
+    kind: "a character device",
+  },
+  {
+    name: "uevent a link to /dev/zero",
+    plant: (root) => replace(root, "uevent", (p) => Deno.symlinkSync("/dev/zero", p)),
+    kind: "a character device",
+  },
+  {
+    name: "a slot's address a FIFO",
+    plant: (root) => {
+      Deno.mkdirSync(`${root}/bus/pci/slots/7`, { recursive: true });
+      const path = `${root}/bus/pci/slots/7/address`;
+      mkfifo(path);
+      return path;
+    },
+    kind: "a FIFO",
+  },
+  {
+    name: "the snapshot's host_use.json a FIFO",
+    plant: (root) => {
+      const path = `${root}/host_use.json`;
+      Deno.removeSync(path);
+      mkfifo(path);
+      return path;
+    },
+    kind: "a FIFO",
+  },
+  {
+    name: "a socket as a device's class",
+    plant: (root) =>
+      replace(root, "class", (p) => {
+        // Deno removes its socket on close: a second link to it stays.
+        const listener = Deno.listen({ transport: "unix", path: `${p}.sock` });
+        Deno.linkSync(`${p}.sock`, p);
+        listener.close();
+      }),
+    kind: "a socket",
+  },
+];
+
+const READERS: [string, () => SysfsReader][] = [
+  ["Deno fs", denoFsReader],
+  ["libc", libcSysfsReader],
+];
+
+Deno.test("discovery refuses a captured tree with a FIFO, device or socket where lspci reads, naming it", async () => {
+  for (const c of SPECIAL) {
+    await using tree = await demoTree();
+    const path = c.plant(tree.sysfs);
+    for (const [label, reader] of READERS) {
+      const started = performance.now();
+      const error = await rejection(
+        () => discoverHost({ root: tree.sysfs, reader: reader() }),
+        SysfsTreeError,
+      );
+      assertMatch(error.message, new RegExp(`^Refusing to read a tree with ${c.kind}`));
+      assertEquals(error.path, path);
+      assertOk(error.message.includes(`"${path}"`), `${c.name} (${label}): ${error.message}`);
+      assertOk(performance.now() - started < 5000, `${c.name} (${label}) took too long`);
+    }
+    recordCase({
+      area: "sysfs",
+      name: `${c.name} (discovery with lspci)`,
+      count: READERS.length,
+      outcome: "clear error naming the file, lspci not run",
+      test: TEST,
+    });
+  }
+});
+
+Deno.test("without lspci, both readers read past FIFOs, device nodes and sockets without blocking", async () => {
+  for (const c of SPECIAL) {
+    await using tree = await demoTree();
+    const path = c.plant(tree.sysfs);
+    for (const [label, reader] of READERS) {
+      let host;
+      try {
+        host = await discoverHost({ root: tree.sysfs, reader: reader(), lspci: null });
+      } catch (error) {
+        // Or a clear error about that file (libc reads a FIFO as empty: not JSON).
+        assertOk((error as Error).message.includes(`"${path}"`), `${c.name} (${label}): ${error}`);
+        continue;
+      }
+      // The device is still there, and still counts in its group.
+      const gpu = host.devices.find((d) => d.address === GPU);
+      assertEquals(gpu?.iommuGroup, 26, `${c.name} (${label})`);
+    }
+    recordCase({
+      area: "sysfs",
+      name: `${c.name} (sysfs readers)`,
+      count: READERS.length,
+      outcome: "read as unreadable or empty (or a clear error), no hang, bounded reads",
+      test: TEST,
+    });
+  }
+});
+
+Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear error, Deno's reads it as unreadable", async () => {
+  await using tree = await demoTree();
+  const path = replace(tree.sysfs, "uevent", mkfifo);
+  // Read and write at once: the open does not wait for a reader, and the FIFO stays open.
+  using writer = Deno.openSync(path, { read: true, write: true });
+  assertOk(writer);
+  assertEquals(denoFsReader().readText(path), null);
+  const error = await rejection(
+    () => discoverHost({ root: tree.sysfs, reader: libcSysfsReader(), lspci: null }),
+    LibcFsError,
+  );
+  assertEquals(
+    error.message,
+    `Cannot read "${path}": EAGAIN: nothing to read, not a regular file`,
+  );
+  recordCase({
+    area: "sysfs",
+    name: "a FIFO held open by a writer that never writes",
+    count: 1,
+    outcome: "libc: clear error (was a busy loop); Deno fs: unreadable",
+    test: TEST,
+  });
+});
+
+Deno.test("the Deno reader reads the head of a 300 MB attribute, not the whole file", async () => {
+  await using tree = await demoTree();
+  const path = `${tree.sysfs}/bus/pci/devices/${GPU}/uevent`;
+  const head = Deno.readFileSync(path);
+  // Sparse: 300 MB on paper, nothing on disk.
+  Deno.truncateSync(path, 300 * 1024 * 1024);
+  const reader = denoFsReader();
+  assertEquals(reader.readText(path)?.length, 65536);
+  assertEquals(reader.readBytes(path, 4096)?.length, 4096);
+  const host = await discoverHost({ root: tree.sysfs, reader, lspci: null });
+  // The uevent's lines come first, as in the kernel's file: nothing is lost.
+  assertEquals(host.devices.find((d) => d.address === GPU)?.driver, "vfio-pci");
+  assertOk(head.length < 4096);
+  recordCase({
+    area: "sysfs",
+    name: "a 300 MB attribute file (Deno fs reader)",
+    count: 1,
+    outcome: "64 KiB read, as the libc reader",
+    test: TEST,
+  });
+});
+
+Deno.test("runLspci() kills lspci blocked on a FIFO after its time limit", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-lspci-fifo-" });
+  try {
+    mkfifo(`${dir}/dump`);
+    const started = performance.now();
+    // -F reads a dump from a file: lspci's open of a FIFO blocks until a writer comes.
+    const error = await rejection(
+      () => runLspci("lspci", ["-F", `${dir}/dump`], 300),
+      LspciError,
+    );
+    assertMatch(error.message, /^"lspci -F .*\/dump" did not finish within 300 ms and was killed/);
+    assertOk(performance.now() - started < 5000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  recordCase({
+    area: "sysfs",
+    name: "lspci blocked on a FIFO",
+    count: 1,
+    outcome: "killed after its time limit, clear error",
+    test: TEST,
+  });
+});
+
+Deno.test("devices --sysfs TREE with a FIFO config exits 1 naming the file, with and without FFI", async () => {
+  await using tree = await demoTree();
+  const path = replace(tree.sysfs, "config", mkfifo);
+  const withFfi = documentedFlags();
+  const withoutFfi = withFfi.filter((f) => f !== "--allow-ffi");
+  for (const flags of [withFfi, withoutFfi]) {
+    const result = await runCli(["devices", "--sysfs", tree.sysfs], { flags });
+    assertEquals(result.code, 1, result.stderr);
+    assertOk(result.stderr.includes(`a FIFO where a file should be: "${path}"`), result.stderr);
+  }
+  recordCase({
+    area: "sysfs",
+    name: "devices --sysfs on a tree with a FIFO config",
+    count: 2,
+    outcome: "exit 1, the file named, no hang",
+    test: TEST,
+  });
+});

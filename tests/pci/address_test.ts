@@ -1,0 +1,71 @@
+/**
+ * One PCI domain, however it is spelled: `0000`, `00000000` and libvirt's `0x00000000` name the
+ * same segment in config criteria, sysfs names, slot addresses and libvirt XML.
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { demoTree } from "../helpers/reliability.ts";
+import { writeTempWorld } from "../helpers/world.ts";
+import {
+  canonicalPciAddress,
+  comparePciAddress,
+  pciAddressFromLibvirt,
+} from "../../lib/pci/address.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/pci/address_test.ts";
+
+Deno.test("canonicalPciAddress() reads a domain as a number: 4 to 8 digits, one canonical form", () => {
+  for (const spelling of ["0000:21:00.0", "00000000:21:00.0", "000000:21:00.0", "21:00.0"]) {
+    assertEquals(canonicalPciAddress(spelling), "0000:21:00.0", spelling);
+  }
+  assertEquals(canonicalPciAddress("0001:21:00.0"), "0001:21:00.0");
+  assertEquals(canonicalPciAddress("00010000:e1:00.0"), "10000:e1:00.0");
+  // libvirt's attributes and sysfs names meet in the same form.
+  assertEquals(
+    pciAddressFromLibvirt({ domain: "0x00000000", bus: "0x21", slot: "0x00", function: "0x0" }),
+    canonicalPciAddress("00000000:21:00.0"),
+  );
+  assertEquals(
+    ["10000:00:00.0", "ffff:00:00.0", "0000:21:00.0"].sort(comparePciAddress),
+    ["0000:21:00.0", "ffff:00:00.0", "10000:00:00.0"],
+  );
+});
+
+Deno.test("an 8-digit zero domain in a sysfs name, a slot address and a config criterion names the device", async () => {
+  await using tree = await demoTree();
+  const devices = `${tree.sysfs}/bus/pci/devices`;
+  // A tree whose entries are spelled with 8-digit domains, as some tools write them.
+  Deno.renameSync(`${devices}/0000:21:00.0`, `${devices}/00000000:21:00.0`);
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/slots/7`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.sysfs}/bus/pci/slots/7/address`, "00000000:21:00\n");
+  // lspci cannot read such a tree (it rebuilds paths with 4-digit domains): sysfs alone.
+  const host = await discoverHost({ root: tree.sysfs, lspci: null });
+  const gpu = host.devices.find((d) => d.deviceId === "1b80");
+  assertEquals([gpu?.address, gpu?.physicalSlot, gpu?.iommuGroup], ["0000:21:00.0", "7", 26]);
+  await using world = await writeTempWorld(`<node><domain type='test'><name>vm</name>
+    <memory unit='KiB'>1048576</memory><os><type arch='x86_64'>hvm</type></os>
+    <devices><hostdev mode='subsystem' type='pci' managed='yes'><source>
+      <address domain='0x00000000' bus='0x21' slot='0x00' function='0x1'/>
+    </source></hostdev></devices></domain></node>`);
+  using port = openLibvirtPort(world.uri);
+  const config = parseConfig(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - name: gpu\n        match: { address: "00000000:21:00.0" }\n',
+    { file: "c.yaml" },
+  );
+  const vm = planHostdevs({ config, host, libvirt: port }).vms[0]!;
+  assertEquals(vm.errors, []);
+  // The audio function the VM holds is recognised as the GPU's group mate, not a stranger.
+  assertEquals([vm.add.map((a) => a.address), vm.keep], [["0000:21:00.0"], ["0000:21:00.1"]]);
+  recordCase({
+    area: "config",
+    name: "address criterion, sysfs name and slot address with an 8-digit zero domain",
+    count: 1,
+    outcome: "normalised to 0000: the device matches and merges with lspci",
+    test: TEST,
+  });
+});
