@@ -7,7 +7,7 @@ import {
 } from "../helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
-import { listBackups, readBackupXml } from "../../lib/state/backups.ts";
+import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
 import { StateDirError } from "../../lib/state/state_dir.ts";
@@ -24,6 +24,7 @@ import { loadHost } from "../../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -533,6 +534,56 @@ Deno.test({
     assertMatch(stdout, /skipped win10: Declined/);
     assertMatch(stdout, /changed gentoo/);
     assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
+  },
+});
+
+Deno.test({
+  name: "passthrough apply and rollback on a terminal exit right after the last answer",
+  ignore: !hasScript(),
+  async fn() {
+    await using demo = await demoSetup();
+    {
+      await using child = runCliOnPty(["apply", ...demo.args], { flags: ["-A"] });
+      await child.waitFor(/Apply the changes to "win10"\?/);
+      await child.type("n\n");
+      await child.waitFor(/Apply the changes to "gentoo"\?/);
+      await child.type("y\n");
+      // The input stays open, as a user who answered and waits: the program must not wait for
+      // another line.
+      const { code, screen } = await child.exited(15_000);
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /changed gentoo/);
+    }
+    // A backup that differs from the definition (the test driver's world is the process's own,
+    // so each run starts from the demo world): rollback shows the diff and asks.
+    const stateDir = `${demo.root}/state`;
+    using port = openLibvirtPort(`test://${DEMO}world.xml`);
+    const current = port.getPersistentXml("win10", { secure: true });
+    writeBackup(stateDir, {
+      vm: "win10",
+      uuid: parseDomainXml(current).uuid ?? "",
+      xml: current.replace(/<description>[^<]*<\/description>/, "<description>older</description>"),
+      reason: "apply",
+      uri: port.uri,
+    });
+    {
+      await using child = runCliOnPty(
+        ["rollback", "win10", "--connect", port.uri, "--state-dir", stateDir],
+        { flags: ["-A"] },
+      );
+      await child.waitFor(/Restore "win10" from this backup\? \[y\/n\]/);
+      await child.type("y\n");
+      const { code, screen } = await child.exited(15_000);
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /Restored "win10" from backup/);
+    }
+    recordCase({
+      area: "fault",
+      name: "interactive apply and rollback after the last answer, input left open",
+      count: 2,
+      outcome: "both exit at once, without waiting for another line or end of input",
+      test: "tests/apply/apply_test.ts",
+    });
   },
 });
 
