@@ -8,9 +8,13 @@
 export {
   type BackupEntry,
   BackupIntegrityError,
+  type BackupListing,
   BackupNotFoundError,
+  type BackupProblem,
   type BackupReason,
+  describeBackupProblem,
   findBackup,
+  inspectBackups,
   listBackups,
   readBackupXml,
 } from "./backups.ts";
