@@ -21,6 +21,7 @@ import {
   checkPrivateDir,
   ensurePrivateDir,
   openStateDir,
+  readOwnFileSync,
   type StateDir,
   StateDirError,
   writeNewFileSync,
@@ -107,6 +108,13 @@ export class BackupIntegrityError extends Error {
 }
 
 const SAFE_BYTE = /^[A-Za-z0-9_-]$/;
+/** Sidecars are a few hundred bytes; anything far larger was not written by passthrough. */
+const MAX_SIDECAR_BYTES = 64 * 1024;
+/**
+ * Backups hold one domain definition; libvirt's remote protocol carries at most 4 MiB of XML, so
+ * this leaves room for local drivers and stops a planted huge file from being read whole.
+ */
+const MAX_BACKUP_BYTES = 16 * 1024 * 1024;
 /** Longest encoded directory name kept as is; longer ones are cut and suffixed with a hash. */
 const MAX_NAME = 180;
 
@@ -228,11 +236,24 @@ function removeIfEmpty(dir: string): void {
   }
 }
 
+/** A backup file refused by {@link readOwnFileSync} (not a regular file, too large) as damaged. */
+function unreadable(path: string, error: unknown): unknown {
+  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return error;
+  const why = error.message.replace(`Refusing "${path}": `, "");
+  return new BackupIntegrityError(path, why, { cause: error });
+}
+
 function readSidecar(dir: string, fileName: string): BackupEntry {
   const metaPath = join(dir, fileName);
+  let text: string;
+  try {
+    text = new TextDecoder().decode(readOwnFileSync(metaPath, MAX_SIDECAR_BYTES));
+  } catch (error) {
+    throw unreadable(metaPath, error);
+  }
   let data: unknown;
   try {
-    data = JSON.parse(Deno.readTextFileSync(metaPath));
+    data = JSON.parse(text);
   } catch (error) {
     throw new BackupIntegrityError(metaPath, "the sidecar is not valid JSON", { cause: error });
   }
@@ -434,9 +455,12 @@ export function findBackup(
  * {@link BackupIntegrityError} when they differ.
  */
 export function readBackupXml(entry: BackupEntry): string {
-  const info = Deno.lstatSync(entry.path);
-  if (!info.isFile) throw new BackupIntegrityError(entry.path, "it is not a regular file");
-  const bytes = Deno.readFileSync(entry.path);
+  let bytes: Uint8Array;
+  try {
+    bytes = readOwnFileSync(entry.path, MAX_BACKUP_BYTES);
+  } catch (error) {
+    throw unreadable(entry.path, error);
+  }
   const actual = sha256Hex(bytes);
   if (actual !== entry.sha256) {
     throw new BackupIntegrityError(

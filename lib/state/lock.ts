@@ -12,11 +12,15 @@
  * the name `lock` still points to that very file, and only then unlinks it. Only a `flock` holder
  * ever unlinks `lock`, so nobody can replace it between the check and the unlink.
  *
+ * Whatever is found at the lock's name is opened only when it is a regular file (a symlink is not
+ * followed, a FIFO or device never opened, see `openOwnFileSync`), and at most a few KiB of it
+ * are read: a planted FIFO, `/dev/zero` or huge file cannot hang or exhaust a run.
+ *
  * @module
  */
 
 import { join } from "node:path";
-import { writeAllSync } from "./state_dir.ts";
+import { openOwnFileSync, writeAllSync } from "./state_dir.ts";
 
 /** Who holds (or held) a lock, as written in the lock file. */
 export interface LockHolder {
@@ -124,21 +128,24 @@ function parseHolder(text: string): LockHolder | null {
   return null;
 }
 
+/** A lock we write is a line of JSON of a few hundred bytes. */
+const MAX_HOLDER_BYTES = 4096;
+
+/**
+ * The holder written in a lock file, or `null` when it is not one we wrote. Reads at most
+ * {@link MAX_HOLDER_BYTES} (plus one, to tell a larger file): the content only names the holder
+ * in messages, the `flock` alone says whether it lives, so a huge file is never read whole.
+ */
 function readHolder(file: Deno.FsFile): LockHolder | null {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = file.readSync(buffer);
+  const buffer = new Uint8Array(MAX_HOLDER_BYTES + 1);
+  let length = 0;
+  while (length < buffer.length) {
+    const n = file.readSync(buffer.subarray(length));
     if (n === null || n === 0) break;
-    chunks.push(buffer.slice(0, n));
+    length += n;
   }
-  const total = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    total.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return parseHolder(new TextDecoder().decode(total));
+  if (length > MAX_HOLDER_BYTES) return null;
+  return parseHolder(new TextDecoder().decode(buffer.subarray(0, length)));
 }
 
 /** Whether `path` names the same file as the open `file` right now. */
@@ -215,7 +222,8 @@ export function acquireLock(stateDir: string, options: AcquireLockOptions): Stat
     if (file !== null) return heldLock(path, file, holder, brokeStale);
     let existing: Deno.FsFile;
     try {
-      existing = Deno.openSync(path, { read: true });
+      // A symlink, FIFO or device at the lock's name is refused, never followed or opened.
+      existing = openOwnFileSync(path, { write: true });
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) continue; // Released meanwhile: try again.
       throw error;

@@ -183,20 +183,24 @@ Deno.test("inspectBackups() lists an XML left without its sidecar, and a tempora
 });
 
 Deno.test("inspectBackups() reports a damaged sidecar and still lists every other backup", () => {
-  const damages: [string, (path: string) => void][] = [
-    ["not JSON", (path) => Deno.writeTextFileSync(path, "{ nope")],
-    ["JSON null", (path) => Deno.writeTextFileSync(path, "null")],
-    ["a field missing", (path) => Deno.writeTextFileSync(path, `{"vm":"a"}`)],
-    ["a FIFO", (path) => {
+  const damages: [string, RegExp, (path: string) => void][] = [
+    ["not JSON", /not valid JSON/, (path) => Deno.writeTextFileSync(path, "{ nope")],
+    ["JSON null", /not a JSON object/, (path) => Deno.writeTextFileSync(path, "null")],
+    ["a field missing", /field "uuid" is missing/, (path) => {
+      Deno.writeTextFileSync(path, `{"vm":"a"}`);
+    }],
+    ["1 GiB (sparse)", /larger than 65536 bytes/, (path) => Deno.truncateSync(path, 1024 ** 3)],
+    ["a FIFO", /not a regular file/, (path) => {
       Deno.removeSync(path);
       new Deno.Command("mkfifo", { args: [path] }).outputSync();
     }],
-    ["a symlink to /dev/zero", (path) => {
+    ["a symlink to /dev/zero", /not a regular file/, (path) => {
       Deno.removeSync(path);
       Deno.symlinkSync("/dev/zero", path);
     }],
   ];
-  for (const [name, damage] of damages) {
+
+  for (const [name, detail, damage] of damages) {
     const root = tempDir();
     try {
       const state = openStateDir(`${root}/state`);
@@ -207,6 +211,7 @@ Deno.test("inspectBackups() reports a damaged sidecar and still lists every othe
       const { entries, problems } = inspectBackups(state);
       assertEquals(entries.map((e) => e.id), [other.id, newer.id], name);
       assertEquals(problems.map((p) => [p.kind, p.id]), [["damaged", older.id]], name);
+      assertMatch(problems[0]!.detail, detail, name);
       assertEquals(listBackups(state, "a").map((e) => e.id), [newer.id], name);
       // The VM's other backups stay reachable; the damaged one is refused by name.
       assertEquals(findBackup(state, "a").id, newer.id);
@@ -221,7 +226,8 @@ Deno.test("inspectBackups() reports a damaged sidecar and still lists every othe
   }
   recordCase({
     area: "fault",
-    name: "damaged backup sidecar (not JSON, null, field missing, FIFO, symlink to /dev/zero)",
+    name:
+      "damaged backup sidecar (not JSON, null, field missing, 1 GiB, FIFO, symlink to /dev/zero)",
     count: damages.length,
     outcome: "reported as damaged; every other backup listed and restorable; never hangs",
     test: TEST,
@@ -281,6 +287,12 @@ Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha2
     assertEquals(readBackupXml(entry), xmlOf("a"));
     Deno.writeTextFileSync(entry.path, xmlOf("a", "<tampered/>"));
     assertThrows(() => readBackupXml(entry), BackupIntegrityError);
+    // A huge file (sparse) is refused by its size, never read whole.
+    Deno.truncateSync(entry.path, 2 * 1024 ** 3);
+    assertThrows(() => readBackupXml(entry), /is damaged: it is larger than 16777216 bytes/);
+    Deno.removeSync(entry.path);
+    Deno.symlinkSync("/dev/zero", entry.path);
+    assertThrows(() => readBackupXml(entry), /is damaged: it is a symbolic link/);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }

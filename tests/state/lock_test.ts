@@ -1,5 +1,6 @@
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { acquireLock, LockHeldError, StaleLockError } from "../../lib/state/lock.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
 
@@ -206,6 +207,66 @@ Deno.test("acquireLock() lets exactly one of many racing processes break a stale
       await child.stdout.cancel().catch(() => {});
       await child.status;
     }
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+/** Runs `acquireLock(dir)` in a child process: its one-line outcome, or `hung` after `ms`. */
+async function acquireInChild(dir: string, ms: number): Promise<string> {
+  const code = `
+    import { acquireLock } from ${JSON.stringify(LOCK_MODULE)};
+    try {
+      using lock = acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+      console.log("acquired, broke " + JSON.stringify(lock.brokeStale));
+    } catch (error) {
+      console.log("refused: " + error.message);
+    }
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), ms);
+  const output = await child.output();
+  clearTimeout(timer);
+  return output.success ? new TextDecoder().decode(output.stdout).trim() : "hung";
+}
+
+Deno.test("acquireLock() refuses a FIFO or a symlink to /dev/zero at the lock's name, and reads a huge lock file only in part", async () => {
+  const dir = tempDir();
+  const lock = `${dir}/lock`;
+  try {
+    new Deno.Command("mkfifo", { args: [lock] }).outputSync();
+    assertMatch(await acquireInChild(dir, 20_000), /^refused: Refusing ".*\/lock": it is a FIFO/);
+    assertOk(Deno.lstatSync(lock).isFifo, "the FIFO is left as it was");
+    Deno.removeSync(lock);
+
+    Deno.symlinkSync("/dev/zero", lock);
+    assertMatch(
+      await acquireInChild(dir, 20_000),
+      /^refused: Refusing ".*\/lock": it is a symbolic link/,
+    );
+    assertEquals(Deno.readLinkSync(lock), "/dev/zero");
+    Deno.removeSync(lock);
+
+    // A 2 GiB lock file (sparse) nobody holds: stale, broken after reading a few KiB of it.
+    Deno.writeFileSync(lock, new Uint8Array(0), { mode: 0o600 });
+    Deno.truncateSync(lock, 2 * 1024 ** 3);
+    assertEquals(
+      await acquireInChild(dir, 20_000),
+      `acquired, broke {"pid":0,"host":"unknown","startedAt":"unknown","command":"unknown"}`,
+    );
+    assertThrows(() => Deno.lstatSync(lock), Deno.errors.NotFound);
+    recordCase({
+      area: "fault",
+      name: "lock file planted as a FIFO, a symlink to /dev/zero, a 2 GiB file",
+      count: 3,
+      outcome: "FIFO and symlink refused by name without opening; huge file read 4 KiB, broken",
+      test: "tests/state/lock_test.ts",
+    });
+  } finally {
     Deno.removeSync(dir, { recursive: true });
   }
 });
