@@ -85,5 +85,5 @@ export async function run(
       io.out(`The replaced definition was backed up as "${report.safetyBackup.id}"\n`);
     }
   }
-  return report.status === "failed" ? 1 : 0;
+  return report.status === "failed" || report.status === "unknown" ? 1 : 0;
 }

@@ -57,6 +57,7 @@ export type ApplyCode =
   | "drift"
   | "backup-failed"
   | "define-failed"
+  | "define-unknown"
   | "verify-failed";
 
 /** When a defined change reaches the guest. */
@@ -513,6 +514,55 @@ function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string |
   return vm.desiredXml;
 }
 
+/**
+ * What a define that returned an error did: `rejected` only when the definition read back is the
+ * one from before (or, for a VM not defined before, still none); `unknown` when it cannot be read
+ * back (the connection was lost: the daemon may have committed the define before dying) or reads
+ * back as something else.
+ */
+export type DefineFailure =
+  | { kind: "rejected"; error: string }
+  | { kind: "unknown"; error: string; why: string };
+
+/**
+ * Defines `xml` for the domain `name`, whose persistent definition read with secrets was
+ * `before` (`null`: not defined); `null` when libvirt accepted it. A failed define is only called
+ * `rejected` once a read-back proves nothing changed: an error may also mean the reply was lost
+ * after the daemon committed the define.
+ */
+export function defineOrExplain(
+  libvirt: LibvirtPort,
+  { name, xml, before }: { name: string; xml: string; before: string | null },
+): DefineFailure | null {
+  try {
+    libvirt.define(xml);
+    return null;
+  } catch (error) {
+    let now: string | null;
+    try {
+      now = libvirt.listDomains().some((d) => d.name === name)
+        ? libvirt.getPersistentXml(name, { secure: true })
+        : null;
+    } catch (readError) {
+      return {
+        kind: "unknown",
+        error: errorText(error),
+        why: `its definition cannot be read back: ${errorText(readError)}`,
+      };
+    }
+    if (now === before) return { kind: "rejected", error: errorText(error) };
+    return {
+      kind: "unknown",
+      error: errorText(error),
+      why: now === null
+        ? "it is no longer defined"
+        : before === null
+        ? "it is now defined"
+        : `its definition reads back changed: ${describeXmlChange(before, now)}`,
+    };
+  }
+}
+
 /** Why the definition libvirt holds after the define is not the planned one, or `null`. */
 function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
   try {
@@ -539,16 +589,23 @@ function defineAndVerify(
     base: VmApplyResult;
   },
 ): VmApplyResult | null {
-  try {
-    libvirt.define(xml);
-  } catch (error) {
+  const failure = defineOrExplain(libvirt, { name: vm.name, xml, before: secure });
+  if (failure?.kind === "rejected") {
     return {
       ...base,
       status: "failed",
       code: "define-failed",
-      message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
-        errorText(error)
-      }`,
+      message:
+        `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${failure.error}`,
+    };
+  }
+  if (failure?.kind === "unknown") {
+    return {
+      ...base,
+      status: "failed",
+      code: "define-unknown",
+      message:
+        `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "passthrough plan" (no change left for "${vm.name}" means the define took effect)`,
     };
   }
   // The check: the definition libvirt now holds must carry exactly the planned hostdevs.

@@ -16,7 +16,7 @@ import { parseDomainXml } from "../domain/domain_xml.ts";
 import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
-import { describeXmlChange } from "./apply.ts";
+import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 
 /** What the user is asked to confirm. */
@@ -52,8 +52,11 @@ export interface RollbackOptions {
   lock?: StateLock;
 }
 
-/** What happened. */
-export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
+/**
+ * What happened: `unknown` when the define's outcome could not be learnt (the connection was
+ * lost), so the VM may hold either definition.
+ */
+export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | "unknown";
 
 /** The outcome of a rollback. Plain data. */
 export interface RollbackReport {
@@ -164,40 +167,56 @@ function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | nul
   }; run the rollback again`;
 }
 
-/** Defines `backupXml` and checks libvirt holds it; a failure message, or `null`. */
+/**
+ * Defines `backupXml` over `currentXml` and checks libvirt holds it; a failure (with `unknown`
+ * when the define's outcome could not be learnt), or `null`.
+ */
 function defineBackup(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, safety }: {
+  { vm, backup, backupXml, currentXml, safety }: {
     vm: string;
     backup: BackupEntry;
     backupXml: string;
+    currentXml: string | null;
     safety: BackupEntry | null;
   },
-): string | null {
-  try {
-    libvirt.define(backupXml);
-  } catch (error) {
-    return `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${
-      errorText(error)
-    }`;
+): { status: "failed" | "unknown"; message: string } | null {
+  const failure = defineOrExplain(libvirt, { name: vm, xml: backupXml, before: currentXml });
+  if (failure?.kind === "rejected") {
+    return {
+      status: "failed",
+      message:
+        `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${failure.error}`,
+    };
   }
+  if (failure?.kind === "unknown") {
+    const replaced = safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`;
+    return {
+      status: "unknown",
+      message:
+        `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "passthrough rollback ${vm} --to ${backup.id}" (it says when "${vm}" already has that definition)`,
+    };
+  }
+  const failed = (message: string) => ({ status: "failed" as const, message });
   let after: string;
   try {
     after = libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
-    return `Cannot read "${vm}" back after the rollback: ${errorText(error)}`;
+    return failed(`Cannot read "${vm}" back after the rollback: ${errorText(error)}`);
   }
   if (sameDefinition(after, backupXml)) return null;
-  return `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
-    describeXmlChange(backupXml, after)
-  }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`;
+  return failed(
+    `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
+      describeXmlChange(backupXml, after)
+    }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
+  );
 }
 
 /**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
  * belongs to another domain ({@link BackupMismatchError}). A define or check failure is reported
- * as `failed`.
+ * as `failed`, a define whose outcome could not be learnt (connection lost) as `unknown`.
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt } = options;
@@ -248,8 +267,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     uri: libvirt.uri,
     ...(options.now ? { now: options.now() } : {}),
   });
-  const failed = defineBackup(libvirt, { vm, backup, backupXml, safety });
-  if (failed !== null) return report("failed", failed, safety);
+  const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
+  if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
   return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
 }

@@ -30,6 +30,8 @@ import {
   snapshotDomains,
 } from "../helpers/reliability.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcCut } from "../helpers/rpc_cut.ts";
+import { rollbackVm } from "../../lib/apply/rollback.ts";
 
 const TEST = "tests/apply/faults_test.ts";
 const A = "pt-fault-a";
@@ -54,6 +56,7 @@ function twoVmConfig(): Config {
 }
 
 const yes = (): Promise<ConfirmAnswer> => Promise.resolve("yes");
+const yes2 = (): Promise<boolean> => Promise.resolve(true);
 
 function hostdevsOf(port: LibvirtPort, vm: string): string[] {
   return parseDomainXml(port.getPersistentXml(vm)).hostdevs.map((h) => h.address).sort();
@@ -131,10 +134,11 @@ Deno.test({
         if (parseDomainXml(xml).name === B) killHardSync(daemon.pid);
       });
       const r2 = await applyPlan(plan2, { libvirt: killingPort, stateDir, confirm: yes });
-      assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-failed"]]);
+      // The connection died with the define: whether it was committed is unknown, and said so.
+      assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-unknown"]]);
       assertMatch(
         r2.vms[1]!.message,
-        new RegExp(`^libvirt rejected the new definition of "${B}", which is unchanged: `),
+        new RegExp(`^The define of "${B}" may or may not have taken effect: .*check with`),
       );
       assertEquals(readBackupXml(listBackups(stateDir, B)[0]!), original[B]);
       await restart();
@@ -156,7 +160,8 @@ Deno.test({
         area: "fault",
         name: "libvirtd killed during apply (between two VMs' defines)",
         count: 1,
-        outcome: "first VM applied, second failed cleanly, backups intact, rerun converges",
+        outcome:
+          "first VM applied, second's outcome reported unknown, backups intact, rerun converges",
         test: TEST,
       });
 
@@ -430,5 +435,82 @@ Deno.test({
       outcome: "second fails fast naming the holder, first applies exactly once",
       test: TEST,
     });
+  },
+});
+
+Deno.test({
+  name:
+    "a define (or rollback) the daemon committed before dying is reported as unknown, naming the backup, not as rejected",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    let port = openLibvirtPort(daemon.uri);
+    // A proxy in front of the daemon: it lets the define through, kills the daemon once the
+    // define is committed and answered, and drops the answer.
+    const cutter = () =>
+      startRpcCut({
+        socket: `${daemon.dir}/libvirt-sock`,
+        pid: daemon.pid,
+        dir: daemon.dir,
+        proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+      });
+    try {
+      port.define(qemuDomainXml(A));
+      const original = port.getPersistentXml(A, { secure: true });
+      {
+        await using cut = await cutter();
+        using through = openLibvirtPort(cut.uri);
+        const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: through });
+        const report = await applyPlan(plan, { libvirt: through, stateDir, confirm: yes });
+        await cut.cut;
+        const result = report.vms[0]!;
+        assertEquals([result.status, result.code, report.ok], ["failed", "define-unknown", false]);
+        assertMatch(
+          result.message,
+          new RegExp(
+            `^The define of "${A}" may or may not have taken effect: .*; its previous definition is in backup ".*": check with "passthrough plan"`,
+          ),
+        );
+        assertEquals(readBackupXml(listBackups(stateDir, A)[0]!), original);
+        assertEquals(result.backup, listBackups(stateDir, A)[0]!.path);
+      }
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+      // The daemon had committed it: the change is there, and planning again finds nothing to do.
+      assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"]);
+      const again = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+      assertEquals(again.vms[0]?.changed, false);
+
+      // The same for a rollback to the backup taken before that define.
+      {
+        await using cut = await cutter();
+        using through = openLibvirtPort(cut.uri);
+        const report = await rollbackVm(A, { libvirt: through, stateDir, confirm: yes2 });
+        await cut.cut;
+        assertEquals(report.status, "unknown");
+        assertMatch(
+          report.message,
+          new RegExp(
+            `^The rollback of "${A}" to backup ".*" may or may not have taken effect: .*the replaced definition is in backup`,
+          ),
+        );
+      }
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+      assertEquals(port.getPersistentXml(A, { secure: true }), original);
+      recordCase({
+        area: "fault",
+        name: "libvirtd dies after committing a define, before its reply (apply and rollback)",
+        count: 2,
+        outcome: "define-unknown / unknown naming the backup and how to check; never 'unchanged'",
+        test: TEST,
+      });
+    } finally {
+      port.close();
+    }
   },
 });
