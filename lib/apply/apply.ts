@@ -3,9 +3,11 @@
  * backup before every define and a check after it.
  *
  * Per VM: skip unless `changed` and free of errors; ask; re-read the persistent XML and stop if it
- * is no longer the XML the plan was computed from; write a backup (no backup, no define); define
- * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
- * owned) are exactly the planned ones, restoring the backup when they are not.
+ * is no longer the XML the plan was computed from; re-read every other domain and stop if a device
+ * the VM takes is now held by one of them beyond what the plan counted on (`conflict-changed`, see
+ * `recheck.ts`); write a backup (no backup, no define); define `desiredXml` (libvirt validates
+ * it); re-read and check that the PCI hostdevs (address, managed, owned) are exactly the planned
+ * ones, restoring the backup when they are not.
  *
  * Secrets: the plan is computed from the definition read with `VIR_DOMAIN_XML_SECURE`, so the
  * backup, the comparison before the define and the define itself all use the XML with its
@@ -37,6 +39,8 @@ import { join } from "node:path";
 import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
+import { readWorld, type World } from "../plan/world.ts";
+import { heldSincePlan } from "./recheck.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -55,6 +59,7 @@ export type ApplyCode =
   | "invalid-plan"
   | "read-failed"
   | "drift"
+  | "conflict-changed"
   | "backup-failed"
   | "define-failed"
   | "define-unknown"
@@ -319,7 +324,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       done.set(vm, skipped);
       continue;
     }
-    const outcome = applyVm(vm, { ...options, state });
+    const outcome = applyVm(vm, plan, { ...options, state });
     done.set(vm, outcome.result);
     if (outcome.live !== null) pendingLive.push(outcome.live);
   }
@@ -563,6 +568,33 @@ export function defineOrExplain(
   }
 }
 
+/**
+ * The last check before `vm`'s backup and define: every domain read again, and `vm` refused when
+ * a device it takes is now held elsewhere beyond what the plan counted on.
+ */
+function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure | null {
+  let world: World;
+  try {
+    world = readWorld(libvirt);
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message:
+        `Not applied to "${vm.name}": cannot read the other domains again to check that nothing it takes is held elsewhere: ${
+          errorText(error)
+        }`,
+    };
+  }
+  const problems = heldSincePlan(vm, plan, world);
+  if (problems.length === 0) return null;
+  return {
+    code: "conflict-changed",
+    message: `Not applied to "${vm.name}": since the plan was made, ${
+      problems.join("; ")
+    }; defining it now would put a device in two definitions: run the plan again`,
+  };
+}
+
 /** Why the definition libvirt holds after the define is not the planned one, or `null`. */
 function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
   try {
@@ -630,9 +662,10 @@ function defineAndVerify(
   };
 }
 
-/** Defines one confirmed VM; never throws. */
+/** Defines one confirmed VM of `plan`; never throws. */
 function applyVm(
   vm: VmPlan,
+  plan: Plan,
   options: ApplyOptions & { state: StateDir },
 ): { result: VmApplyResult; live: PendingLive | null } {
   const { libvirt } = options;
@@ -646,6 +679,8 @@ function applyVm(
   if (isFailure(now)) return fail(now);
   const xml = xmlToDefine(vm, now, planned.desired.uuid);
   if (typeof xml !== "string") return fail(xml);
+  const conflict = recheckHolders(vm, plan, libvirt);
+  if (conflict !== null) return fail(conflict);
   let backup: BackupEntry;
   try {
     backup = writeBackup(options.state, {

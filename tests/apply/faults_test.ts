@@ -514,3 +514,60 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a device given to another VM by another client while apply waits at its prompt is not defined into a second VM",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    const C = "pt-fault-c";
+    port.define(qemuDomainXml(A));
+    port.define(qemuDomainXml(C));
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertEquals(plan.vms[0]?.add.map((a) => a.address), ["0000:21:00.0", "0000:21:00.1"]);
+    // The GPU's audio function, as `virsh attach-device --config` would add it by hand.
+    const hostdev = `${tree.dir}/hostdev.xml`;
+    await Deno.writeTextFile(
+      hostdev,
+      `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x21' slot='0x00' function='0x1'/></source></hostdev>`,
+    );
+    const report = await applyPlan(plan, {
+      libvirt: port,
+      stateDir,
+      confirm: async () => {
+        const out = await new Deno.Command("virsh", {
+          args: ["-c", daemon.uri, "attach-device", C, hostdev, "--config"],
+          stdout: "null",
+          stderr: "piped",
+        }).output();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        return "yes";
+      },
+    });
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.code, report.ok], ["failed", "conflict-changed", false]);
+    assertMatch(
+      result.message,
+      new RegExp(
+        `^Not applied to "${A}": since the plan was made, "${C}" holds "0000:21:00\\.1" in its persistent definition; .*run the plan again`,
+      ),
+    );
+    assertEquals(hostdevsOf(port, A), [], "A was not defined");
+    assertEquals(hostdevsOf(port, C), ["0000:21:00.1"], "the other client's change stands");
+    assertEquals(listBackups(stateDir), [], "nothing backed up for a VM not defined");
+    // Planned again, A is refused: the device is C's now.
+    const again = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertOk(again.vms[0]!.errors.length > 0);
+    recordCase({
+      area: "concurrency",
+      name: "device attached to another VM (virsh attach-device --config) while apply waits",
+      count: 1,
+      outcome: "conflict-changed, nothing defined or backed up; the device stays in one definition",
+      test: TEST,
+    });
+  },
+});
