@@ -13,7 +13,7 @@ import { painter } from "../lib/render/colors.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import { acquireLock, describeHolder } from "../lib/state/lock.ts";
+import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 
@@ -63,8 +63,8 @@ export async function run(
   }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const state = openStateDir(stateDir);
-  using lock = acquireLock(state.path, { command: "rollback" });
   using libvirt = openLibvirtPort(values.connect ?? null);
+  using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,

@@ -35,8 +35,7 @@ import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
 import { type DomainHostdev, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
 import { type BackupEntry, writeBackup } from "../state/backups.ts";
-import { join } from "node:path";
-import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
@@ -141,8 +140,9 @@ export interface ApplyOptions {
   /** The clock, for backup names in tests. */
   now?: () => Date;
   /**
-   * A lock the caller already holds on this state directory (the CLI takes it before planning,
-   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
+   * (the CLI takes it before planning, so a second run fails before doing any work). Default:
+   * take it here and release it at the end.
    */
   lock?: StateLock;
 }
@@ -309,10 +309,13 @@ function report(
  */
 export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
   const state = openStateDir(options.stateDir);
-  using owned = options.lock === undefined ? acquireLock(state.path, { command: "apply" }) : null;
+  const { uri } = options.libvirt;
+  using owned = options.lock === undefined
+    ? acquireConnectionLock(uri, { stateDir: state.path, command: "apply" })
+    : null;
   const lock = options.lock ?? owned!;
-  if (lock.path !== join(state.path, "lock")) {
-    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  if (lock.uri !== lockUri(uri)) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${uri}"`);
   }
   const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];

@@ -13,8 +13,7 @@
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
 import { parseDomainXml } from "../domain/domain_xml.ts";
-import { join } from "node:path";
-import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
@@ -46,8 +45,9 @@ export interface RollbackOptions {
   /** The clock, for backup names in tests. */
   now?: () => Date;
   /**
-   * A lock the caller already holds on this state directory (the CLI takes it before planning,
-   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
+   * (the CLI takes it before planning, so a second run fails before doing any work). Default:
+   * take it here and release it at the end.
    */
   lock?: StateLock;
 }
@@ -222,11 +222,11 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const { libvirt } = options;
   const state = openStateDir(options.stateDir);
   using owned = options.lock === undefined
-    ? acquireLock(state.path, { command: "rollback" })
+    ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })
     : null;
   const lock = options.lock ?? owned!;
-  if (lock.path !== join(state.path, "lock")) {
-    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  if (lock.uri !== lockUri(libvirt.uri)) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
   const backup = findBackup(state, vm, options.backup);
   const backupXml = readBackupXml(backup);

@@ -252,6 +252,17 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
 }
 
 /**
+ * Creates `path` (0700) when missing and checks it as the state directory is checked: not a
+ * symlink, a directory, not group- or world-writable, owned by us. For the lock directory, which
+ * lives outside any state directory. Throws {@link StateDirError} (`unwritable` when it cannot be
+ * created).
+ */
+export function openPrivateDir(path: string): void {
+  createPrivateDir(path);
+  checkOwner(path, checkDirShape(path), processUid());
+}
+
+/**
  * Ensures `path` is a private directory inside an opened state directory (creating it 0700),
  * with the same checks as the state directory itself. Used for `backups/<vm>/`.
  */

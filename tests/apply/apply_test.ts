@@ -9,7 +9,7 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
 import { StateDirError } from "../../lib/state/state_dir.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
@@ -428,7 +428,7 @@ Deno.test("applyPlan() fails fast while another apply holds the lock", async () 
   using f = fixture();
   const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
   Deno.mkdirSync(f.stateDir, { mode: 0o700 });
-  using _held = acquireLock(f.stateDir, { command: "apply" });
+  using _held = acquireConnectionLock(f.port.uri, { stateDir: f.stateDir, command: "apply" });
   await assertRejects(
     () => applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
     (e: unknown) => e instanceof LockHeldError && e.holder?.pid === Deno.pid,
@@ -659,8 +659,9 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
   await using demo = await demoSetup();
   const stateDir = `${demo.root}/state`;
   Deno.mkdirSync(stateDir, { mode: 0o700 });
+  const uri = `test://${DEMO}world.xml`;
   {
-    using _held = acquireLock(stateDir, { command: "rollback" });
+    using _held = acquireConnectionLock(uri, { stateDir, command: "rollback" });
     const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
     assertEquals(result.code, 1);
     assertMatch(
@@ -676,11 +677,12 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
     startedAt: "2026-01-01T00:00:00.000Z",
     command: "apply",
   };
-  Deno.writeTextFileSync(`${stateDir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  const lockPath = connectionLockPath(uri, stateDir);
+  Deno.writeTextFileSync(lockPath, JSON.stringify(dead), { mode: 0o600 });
   const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   assertMatch(result.stdout, /stale lock left by pid 999999/);
-  assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);
+  assertThrows(() => Deno.lstatSync(lockPath), Deno.errors.NotFound);
 });
 
 /** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */

@@ -571,3 +571,70 @@ Deno.test({
     });
   },
 });
+
+/** A config giving `vm` the demo host's card with `id` (vendor:device). */
+function cardConfig(vm: string, id: string): string {
+  return `version: 1\nvms:\n  ${vm}:\n    devices:\n      - { name: card, match: { vendor_device_id: "${id}" } }\n`;
+}
+
+Deno.test({
+  name:
+    "two passthrough apply processes with different state directories on one libvirtd: one holds the connection's lock, the device ends in one definition",
+  ignore: daemonMissing !== null || !hasScript(),
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const [C, D] = ["pt-fault-c", "pt-fault-d"];
+    for (const vm of [A, B, C, D]) port.define(qemuDomainXml(vm));
+    const apply = async (vm: string, id: string) => {
+      const config = `${tree.dir}/${vm}.yaml`;
+      await Deno.writeTextFile(config, cardConfig(vm, id));
+      return [
+        "apply",
+        ...["--config", config, "--sysfs", tree.sysfs, "--connect", daemon.uri],
+        ...["--state-dir", `${tree.dir}/state-${vm}`],
+      ];
+    };
+    // 1. The first waits at its prompt, holding the lock of the connection; the second, with its
+    // own state directory and a config giving the same card to another VM, fails at once.
+    const RX580 = "1002:67df";
+    const first = await apply(A, RX580);
+    const second = await apply(B, RX580);
+    {
+      await using waiting = runCliOnPty(first, { flags: ["-A"] });
+      await waiting.waitFor(new RegExp(`Apply the changes to "${A}"\\?`));
+      const other = await runCli([...second, "--yes"], { flags: ["-A"] });
+      assertEquals(other.code, 1, other.stdout + other.stderr);
+      assertMatch(
+        other.stderr,
+        /Another passthrough apply holds the lock ".*" of "qemu:\/\/\/system\?socket=.*": pid \d+/,
+      );
+      assertEquals(other.stdout, "");
+      await waiting.type("y\n");
+      const { code, screen } = await waiting.finish();
+      assertEquals(code, 0, screen);
+    }
+    assertEquals(hostdevsOf(port, A), ["0000:4c:00.0", "0000:4c:00.1"]);
+    assertEquals(hostdevsOf(port, B), []);
+    assertEquals(listBackups(`${tree.dir}/state-${B}`), []);
+
+    // 2. Two started at once for the GTX 1080, each with its own state directory and VM: one
+    // applies, the other fails (on the lock, or planned after and refused), never both.
+    const GTX1080 = "10de:1b80";
+    const runs = await Promise.all([
+      runCli([...(await apply(C, GTX1080)), "--yes"], { flags: ["-A"] }),
+      runCli([...(await apply(D, GTX1080)), "--yes"], { flags: ["-A"] }),
+    ]);
+    const holders = [C, D].filter((vm) => hostdevsOf(port, vm).length > 0);
+    assertEquals(holders.length, 1, runs.map((r) => r.stdout + r.stderr).join("\n"));
+    assertEquals(runs.map((r) => r.code).sort(), [0, 1]);
+    recordCase({
+      area: "concurrency",
+      name: "two apply processes with different --state-dir on one libvirtd (waiting, racing)",
+      count: 2,
+      outcome: "one holds the connection's lock; the other fails; the card in one definition",
+      test: TEST,
+    });
+  },
+});

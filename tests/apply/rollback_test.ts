@@ -3,7 +3,7 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
@@ -198,7 +198,7 @@ Deno.test("rollbackVm() reports a missing backup and a held lock before writing 
     BackupNotFoundError,
   );
   {
-    using _held = acquireLock(f.stateDir, { command: "apply" });
+    using _held = acquireConnectionLock(f.port.uri, { stateDir: f.stateDir, command: "apply" });
     await assertRejects(
       () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
       LockHeldError,

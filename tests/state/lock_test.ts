@@ -1,5 +1,13 @@
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { acquireLock, LockHeldError, StaleLockError } from "../../lib/state/lock.ts";
+import {
+  acquireConnectionLock,
+  acquireLock,
+  connectionLockPath,
+  LOCK_DIR,
+  LockHeldError,
+  lockUri,
+  StaleLockError,
+} from "../../lib/state/lock.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
@@ -269,4 +277,49 @@ Deno.test("acquireLock() refuses a FIFO or a symlink to /dev/zero at the lock's 
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "acquireConnectionLock() is one lock per libvirt connection whatever the state directory, and per state directory for the test driver",
+  ignore: Deno.uid() !== 0,
+  fn() {
+    const dir = tempDir();
+    try {
+      const [one, two] = [`${dir}/one`, `${dir}/two`];
+      for (const state of [one, two]) Deno.mkdirSync(state, { mode: 0o700 });
+      // A URI no test daemon uses, so this test shares its lock with nobody.
+      const uri = `qemu:///system?socket=${dir}/libvirt-sock`;
+      {
+        using first = acquireConnectionLock(uri, { stateDir: one, command: "apply" });
+        assertEquals(first.uri, lockUri(uri));
+        assertMatch(first.path, new RegExp(`^${LOCK_DIR}/connection-[0-9a-f]{32}\\.lock$`));
+        assertEquals((Deno.statSync(LOCK_DIR).mode ?? 0) & 0o777, 0o700);
+        // Another state directory, the same connection spelled another way: held.
+        const spelled = `QEMU+unix:///system/?socket=${dir}/libvirt-sock&no_verify=1`;
+        const error = heldError(() =>
+          acquireConnectionLock(spelled, { stateDir: two, command: "rollback" })
+        );
+        assertEquals(error.holder?.uri, lockUri(uri));
+        assertOk(error.message.includes(`" of "${lockUri(uri)}": pid ${Deno.pid}`), error.message);
+        // Another connection is another lock.
+        using _other = acquireConnectionLock(`${uri}2`, { stateDir: two, command: "apply" });
+      }
+      // The test driver's world is the process's own: its lock is the state directory's.
+      const test = "test:///default";
+      using a = acquireConnectionLock(test, { stateDir: one, command: "apply" });
+      using b = acquireConnectionLock(test, { stateDir: two, command: "apply" });
+      assertEquals([a.path.startsWith(`${one}/`), b.path.startsWith(`${two}/`)], [true, true]);
+      assertEquals(connectionLockPath(test, one), a.path);
+      recordCase({
+        area: "concurrency",
+        name: "connection lock taken with two state directories and two spellings of one URI",
+        count: 1,
+        outcome: "the second fails naming the holder and the connection",
+        test: "tests/state/lock_test.ts",
+      });
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
 });
