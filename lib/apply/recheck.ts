@@ -18,7 +18,7 @@
 
 import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
-import type { DefinitionRead, World } from "../plan/world.ts";
+import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 
 /** The PCI addresses a definition holds, and why that is not fully known (or `null`). */
 function heldBy(read: DefinitionRead): { addresses: PciAddress[]; unknown: string | null } {
@@ -83,32 +83,44 @@ export function heldSincePlan(vm: VmPlan, plan: Plan, world: World): string[] {
   const taken = takenBy(vm, plan.groupOf ?? {});
   if (!taken.any) return [];
   const planned = new Map(plan.vms.map((v) => [v.name, v]));
+  const none = new Set<PciAddress>();
+  return heldElsewhere(vm.name, taken.has, world, (domain, which) => {
+    const other = planned.get(domain.name);
+    if (other === undefined) return none;
+    const counted = which === "persistent"
+      // Not applied yet and unchanged: the plan counted on its release coming after this define.
+      ? domain.persistent.kind !== "read-failed" && domain.persistent.xml === other.currentXml
+      // A guest running at plan time keeps what it releases until its next power-off.
+      : other.active === true;
+    return counted ? new Set([...other.remove, ...other.move.map((m) => m.from)]) : none;
+  });
+}
+
+/**
+ * One sentence per definition (persistent or running) of a domain other than `name` that holds
+ * a device `takes` accepts, beyond the devices `expected` allows it, or whose holdings cannot be
+ * read: empty when defining `name` with those devices puts none of them in two definitions.
+ */
+export function heldElsewhere(
+  name: string,
+  takes: (address: PciAddress) => boolean,
+  world: World,
+  expected: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress> =
+    () => new Set(),
+): string[] {
   const problems: string[] = [];
   for (const domain of world.domains) {
-    if (domain.name === vm.name) continue;
-    const other = planned.get(domain.name);
-    const releases = new Set(
-      other === undefined ? [] : [...other.remove, ...other.move.map((m) => m.from)],
-    );
-    const reads: [string, DefinitionRead, boolean][] = [
-      // Not applied yet and unchanged: the plan counted on its release coming after this define.
-      [
-        "persistent",
-        domain.persistent,
-        domain.persistent.kind !== "read-failed" && domain.persistent.xml === other?.currentXml,
-      ],
-    ];
-    // A guest running at plan time keeps what it releases until its next power-off.
-    if (domain.live !== null) reads.push(["running", domain.live, other?.active === true]);
-    for (const [which, read, counted] of reads) {
+    if (domain.name === name) continue;
+    const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
+    if (domain.live !== null) reads.push(["running", domain.live]);
+    for (const [which, read] of reads) {
       const { addresses, unknown } = heldBy(read);
       if (unknown !== null) {
         problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);
         continue;
       }
-      const clash = [...new Set(addresses)].filter((a) =>
-        taken.has(a) && !(counted && releases.has(a))
-      ).sort();
+      const allowed = expected(domain, which);
+      const clash = [...new Set(addresses)].filter((a) => takes(a) && !allowed.has(a)).sort();
       if (clash.length > 0) {
         problems.push(
           `"${domain.name}" holds ${

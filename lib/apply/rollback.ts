@@ -1,6 +1,8 @@
 /**
  * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
- * after backing up the definition it replaces, so a rollback can itself be rolled back.
+ * after backing up the definition it replaces, so a rollback can itself be rolled back. A backup
+ * that gives the VM a device another domain holds now is not restored (checked before asking and
+ * again just before the define): that would put the device in two definitions.
  *
  * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
  * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
@@ -17,6 +19,8 @@ import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from 
 import { openStateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
+import { readWorld, type World } from "../plan/world.ts";
+import { heldElsewhere } from "./recheck.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -168,6 +172,46 @@ function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | nul
 }
 
 /**
+ * Why restoring `backupXml` over `currentXml` would put a device in two definitions (a device the
+ * backup gives `vm` is held by another domain now, say after it moved there), or `null`.
+ */
+function heldElsewhereNow(
+  libvirt: LibvirtPort,
+  { vm, backup, backupXml, currentXml }: {
+    vm: string;
+    backup: BackupEntry;
+    backupXml: string;
+    currentXml: string | null;
+  },
+): string | null {
+  const held = (xml: string) => {
+    const { hostdevs, interfaceHostdevs } = parseDomainXml(xml);
+    return [...hostdevs.map((h) => h.address), ...interfaceHostdevs];
+  };
+  let current: Set<string>;
+  try {
+    current = new Set(currentXml === null ? [] : held(currentXml));
+  } catch {
+    current = new Set(); // Unreadable now: check every device the backup holds.
+  }
+  const adding = new Set(held(backupXml).filter((a) => !current.has(a)));
+  if (adding.size === 0) return null;
+  let world: World;
+  try {
+    world = readWorld(libvirt);
+  } catch (error) {
+    return `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
+      errorText(error)
+    }`;
+  }
+  const problems = heldElsewhere(vm, (a) => adding.has(a), world);
+  if (problems.length === 0) return null;
+  return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
+    problems.join("; ")
+  }; restoring it would put a device in two definitions: release them there first`;
+}
+
+/**
  * Defines `backupXml` over `currentXml` and checks libvirt holds it; a failure (with `unknown`
  * when the define's outcome could not be learnt), or `null`.
  */
@@ -253,10 +297,15 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
+  const restoring = { vm, backup, backupXml, currentXml };
+  const conflict = heldElsewhereNow(libvirt, restoring);
+  if (conflict !== null) return report("failed", conflict, null);
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
-  const changed = changedSinceShown(libvirt, vm, currentXml);
+  // The question may stay open for minutes: look again.
+  const changed = changedSinceShown(libvirt, vm, currentXml) ??
+    heldElsewhereNow(libvirt, restoring);
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.
   const safety = currentXml === null ? null : writeBackup(state, {

@@ -374,3 +374,36 @@ Deno.test("rollbackVm() does not overwrite a change made to the VM while the que
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
   assertEquals(listBackups(f.stateDir, "alpha").length, before);
 });
+
+Deno.test("rollbackVm() does not restore a backup giving the VM a device another domain holds now", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addHostdevs(f, "alpha", [GPU]);
+  // alpha lets the GPU go (its backup holds it), and beta takes it.
+  const withGpu = f.port.getPersistentXml("alpha", { secure: true });
+  const released = editDomainXml(withGpu, { remove: [GPU], add: [], records: [] });
+  const vm: VmPlan = { ...emptyVmPlan("alpha", withGpu), desiredXml: released, changed: true };
+  const report = await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  assertEquals(report.changed, ["alpha"]);
+  await addHostdevs(f, "beta", [GPU]);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  let asked = false;
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([rolled.status, asked], ["failed", false]);
+  assertMatch(
+    rolled.message,
+    /^Not restored: backup ".*" gives "alpha" devices held elsewhere now: "beta" holds "0000:01:00\.0" in its persistent definition; .*two definitions/,
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(hostdevs(f, "beta"), [GPU]);
+});
