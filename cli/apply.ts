@@ -9,12 +9,12 @@ import { redactedJson } from "../lib/render/redact.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
-import { computePlan, planHasErrors } from "./plan_options.ts";
+import { type ComputedPlan, computePlan, planHasErrors } from "./plan_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { renderApplyReport } from "./render_apply.ts";
 import { applyPlan } from "../lib/apply/apply.ts";
-import { acquireLock, describeHolder } from "../lib/state/lock.ts";
+import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
@@ -26,15 +26,35 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-  // Checked, created and locked before planning, so an unusable state directory or a
-  // concurrent run fails before any work.
+  // Checked and created before planning, and the connection locked as soon as it is open, so an
+  // unusable state directory or a concurrent run on this host fails before any work.
   const state = openStateDir(stateDir);
-  using lock = acquireLock(state.path, { command: "apply" });
-  using computed = await computePlan(values, io);
-  const { plan } = computed;
+  const held: { lock?: StateLock } = {};
+  try {
+    using computed = await computePlan(values, io, {
+      onConnect: (libvirt) => {
+        held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });
+      },
+    });
+    return await applyComputed(computed, { values, io, stateDir, lock: held.lock! });
+  } finally {
+    held.lock?.release();
+  }
+}
+
+/** Shows the plan, applies it under `lock`, prints the report; the exit code. */
+async function applyComputed(
+  { plan, libvirt }: ComputedPlan,
+  { values, io, stateDir, lock }: {
+    values: Parsed<typeof APPLY>["values"];
+    io: CliIo;
+    stateDir: string;
+    lock: StateLock;
+  },
+): Promise<number> {
   if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);
   const report = await applyPlan(plan, {
-    libvirt: computed.libvirt,
+    libvirt,
     stateDir,
     confirm: makeConfirm(io, { yes: values.yes }),
     live: values.live,

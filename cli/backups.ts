@@ -1,5 +1,6 @@
 /**
- * `passthrough backups [VM]`: the backups in the state directory, newest first.
+ * `passthrough backups [VM]`: the backups in the state directory, newest first, then every file
+ * that is not a usable backup (damaged, or left incomplete by a killed run).
  *
  * @module
  */
@@ -8,35 +9,40 @@ import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { BACKUPS } from "./specs.ts";
 import { renderTable } from "./table.ts";
-import { type BackupEntry, listBackups } from "../lib/state/backups.ts";
+import { type BackupListing, describeBackupProblem, inspectBackups } from "../lib/state/backups.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 
-/** Runs `passthrough backups [VM]`; writes nothing. */
+/** Runs `passthrough backups [VM]`; writes nothing. Exit 1 when a backup is damaged. */
 export function run(
   { values, positionals: [vm] }: Parsed<typeof BACKUPS>,
   io: CliIo,
 ): Promise<number> {
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-  let entries: BackupEntry[];
+  let listing: BackupListing;
   try {
     // Read-only: a missing state directory simply has no backups; an unsafe one is refused.
-    entries = listBackups(openStateDir(stateDir, { write: false }), vm);
+    listing = inspectBackups(openStateDir(stateDir, { write: false }), vm);
   } catch (error) {
     if (!(error instanceof StateDirError && error.problem === "missing")) throw error;
-    entries = [];
+    listing = { entries: [], problems: [] };
   }
+  const { entries, problems } = listing;
+  // The listing is the JSON contract: problems go to stderr there, below the table otherwise.
+  const notes = problems.map((p) => `${describeBackupProblem(p)}\n`).join("");
   if (values.json) {
     io.out(`${JSON.stringify(entries, null, 2)}\n`);
-    return Promise.resolve(0);
+    if (notes !== "") io.err(notes);
+  } else {
+    if (entries.length === 0) {
+      const which = vm === undefined ? "" : ` of VM "${vm}"`;
+      io.out(`No backups${which} in ${stateDir}\n`);
+    } else {
+      io.out(renderTable(
+        ["TIME", "VM", "REASON", "ID", "UUID"],
+        entries.map((e) => [e.time, e.vm, e.reason, e.id, e.uuid]),
+      ));
+    }
+    if (notes !== "") io.out(`\n${notes}`);
   }
-  if (entries.length === 0) {
-    const which = vm === undefined ? "" : ` of VM "${vm}"`;
-    io.out(`No backups${which} in ${stateDir}\n`);
-    return Promise.resolve(0);
-  }
-  io.out(renderTable(
-    ["TIME", "VM", "REASON", "ID", "UUID"],
-    entries.map((e) => [e.time, e.vm, e.reason, e.id, e.uuid]),
-  ));
-  return Promise.resolve(0);
+  return Promise.resolve(problems.some((p) => p.kind === "damaged") ? 1 : 0);
 }

@@ -8,23 +8,34 @@ import type { CliIo } from "./context.ts";
 
 const encoder = new TextEncoder();
 
-/** Reads stdin line by line, lazily, so commands that never prompt never touch stdin. */
+/**
+ * Reads stdin line by line, lazily, so commands that never prompt never touch stdin. Each read
+ * is asked for only when a line is wanted: a stream piped through a decoder would keep a read
+ * pending after the last answer, and the process would wait for one more line (or end of input)
+ * before it could exit.
+ */
 function lineReader(): () => Promise<string | null> {
+  const decoder = new TextDecoder();
+  const chunk = new Uint8Array(4096);
   let buffered = "";
-  let reader: ReadableStreamDefaultReader<string> | null = null;
+  let ended = false;
   return async () => {
-    reader ??= Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
-    while (!buffered.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) {
-        if (buffered === "") return null;
-        const line = buffered;
-        buffered = "";
-        return line;
+    while (!ended && !buffered.includes("\n")) {
+      const n = await Deno.stdin.read(chunk);
+      if (n === null) {
+        ended = true;
+        buffered += decoder.decode();
+      } else {
+        buffered += decoder.decode(chunk.subarray(0, n), { stream: true });
       }
-      buffered += value;
     }
     const index = buffered.indexOf("\n");
+    if (index < 0) {
+      if (buffered === "") return null;
+      const line = buffered;
+      buffered = "";
+      return line;
+    }
     const line = buffered.slice(0, index).replace(/\r$/, "");
     buffered = buffered.slice(index + 1);
     return line;

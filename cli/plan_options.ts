@@ -126,9 +126,14 @@ function checkRemoteHost(uri: string, sysfs: string | undefined, sysfsKey: strin
 /**
  * Loads the config, picks this process's host, discovers it, opens libvirt and plans. The
  * connection stays open so `apply` can re-check and define through the same one (the test
- * driver keeps state per connection).
+ * driver keeps state per connection). `onConnect` runs once the connection is open, before
+ * planning (`apply` takes the connection's lock there).
  */
-export async function computePlan(inputs: PlanInputs, io: CliIo): Promise<ComputedPlan> {
+export async function computePlan(
+  inputs: PlanInputs,
+  io: CliIo,
+  options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
+): Promise<ComputedPlan> {
   const loaded = await loadConfig(inputs.config ?? io.env(CONFIG_ENV) ?? DEFAULT_CONFIG);
   const { config, sysfs, connect, sysfsKey, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, inputs.vm);
@@ -141,6 +146,7 @@ export async function computePlan(inputs: PlanInputs, io: CliIo): Promise<Comput
   const libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
   try {
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
+    options.onConnect?.(libvirt);
     const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });
     return { plan, libvirt, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {

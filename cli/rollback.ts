@@ -14,7 +14,7 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import { acquireLock, describeHolder } from "../lib/state/lock.ts";
+import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 
@@ -65,8 +65,8 @@ export async function run(
   const target = connectTarget(values, io);
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const state = openStateDir(stateDir);
-  using lock = acquireLock(state.path, { command: "rollback" });
   using libvirt = openLibvirtPort(target.uri, target.options);
+  using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,
@@ -87,5 +87,5 @@ export async function run(
       io.out(`The replaced definition was backed up as "${report.safetyBackup.id}"\n`);
     }
   }
-  return report.status === "failed" ? 1 : 0;
+  return report.status === "failed" || report.status === "unknown" ? 1 : 0;
 }

@@ -169,7 +169,9 @@ export const BACKUPS = {
   },
   about: `
 Lists the backups 'apply' and 'rollback' took before each define, newest first.
-'passthrough rollback VM --to ID' restores one. Writes nothing.`.trim(),
+'passthrough rollback VM --to ID' restores one. Files that are not usable backups
+(a damaged sidecar, a backup a killed run left incomplete) are listed after them;
+exit 1 when one is damaged. Writes nothing.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough demo`. */

@@ -3,9 +3,11 @@
  * backup before every define and a check after it.
  *
  * Per VM: skip unless `changed` and free of errors; ask; re-read the persistent XML and stop if it
- * is no longer the XML the plan was computed from; write a backup (no backup, no define); define
- * `desiredXml` (libvirt validates it); re-read and check that the PCI hostdevs (address, managed,
- * owned) are exactly the planned ones, restoring the backup when they are not.
+ * is no longer the XML the plan was computed from; re-read every other domain and stop if a device
+ * the VM takes is now held by one of them beyond what the plan counted on (`conflict-changed`, see
+ * `recheck.ts`); write a backup (no backup, no define); define `desiredXml` (libvirt validates
+ * it); re-read and check that the PCI hostdevs (address, managed, owned) are exactly the planned
+ * ones, restoring the backup when they are not.
  *
  * Secrets: the plan is computed from the definition read with `VIR_DOMAIN_XML_SECURE`, so the
  * backup, the comparison before the define and the define itself all use the XML with its
@@ -33,10 +35,11 @@ import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
 import { type DomainHostdev, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
 import { type BackupEntry, writeBackup } from "../state/backups.ts";
-import { join } from "node:path";
-import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
+import { readWorld, type World } from "../plan/world.ts";
+import { heldSincePlan } from "./recheck.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -75,8 +78,10 @@ export type ApplyCode =
   | "invalid-plan"
   | "read-failed"
   | "drift"
+  | "conflict-changed"
   | "backup-failed"
   | "define-failed"
+  | "define-unknown"
   | "verify-failed";
 
 /**
@@ -159,8 +164,9 @@ export interface ApplyOptions {
   /** The clock, for backup names in tests. */
   now?: () => Date;
   /**
-   * A lock the caller already holds on this state directory (the CLI takes it before planning,
-   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
+   * (the CLI takes it before planning, so a second run fails before doing any work). Default:
+   * take it here and release it at the end.
    */
   lock?: StateLock;
 }
@@ -327,10 +333,13 @@ function report(
  */
 export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
   const state = openStateDir(options.stateDir);
-  using owned = options.lock === undefined ? acquireLock(state.path, { command: "apply" }) : null;
+  const { uri } = options.libvirt;
+  using owned = options.lock === undefined
+    ? acquireConnectionLock(uri, { stateDir: state.path, command: "apply" })
+    : null;
   const lock = options.lock ?? owned!;
-  if (lock.path !== join(state.path, "lock")) {
-    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  if (lock.uri !== lockUri(uri)) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${uri}"`);
   }
   const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];
@@ -342,7 +351,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       done.set(vm, skipped);
       continue;
     }
-    const outcome = applyVm(vm, { ...options, state });
+    const outcome = applyVm(vm, plan, { ...options, state });
     done.set(vm, outcome.result);
     if (outcome.live !== null) pendingLive.push(outcome.live);
   }
@@ -537,6 +546,82 @@ function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string |
   return vm.desiredXml;
 }
 
+/**
+ * What a define that returned an error did: `rejected` only when the definition read back is the
+ * one from before (or, for a VM not defined before, still none); `unknown` when it cannot be read
+ * back (the connection was lost: the daemon may have committed the define before dying) or reads
+ * back as something else.
+ */
+export type DefineFailure =
+  | { kind: "rejected"; error: string }
+  | { kind: "unknown"; error: string; why: string };
+
+/**
+ * Defines `xml` for the domain `name`, whose persistent definition read with secrets was
+ * `before` (`null`: not defined); `null` when libvirt accepted it. A failed define is only called
+ * `rejected` once a read-back proves nothing changed: an error may also mean the reply was lost
+ * after the daemon committed the define.
+ */
+export function defineOrExplain(
+  libvirt: LibvirtPort,
+  { name, xml, before }: { name: string; xml: string; before: string | null },
+): DefineFailure | null {
+  try {
+    libvirt.define(xml);
+    return null;
+  } catch (error) {
+    let now: string | null;
+    try {
+      now = libvirt.listDomains().some((d) => d.name === name)
+        ? libvirt.getPersistentXml(name, { secure: true })
+        : null;
+    } catch (readError) {
+      return {
+        kind: "unknown",
+        error: errorText(error),
+        why: `its definition cannot be read back: ${errorText(readError)}`,
+      };
+    }
+    if (now === before) return { kind: "rejected", error: errorText(error) };
+    return {
+      kind: "unknown",
+      error: errorText(error),
+      why: now === null
+        ? "it is no longer defined"
+        : before === null
+        ? "it is now defined"
+        : `its definition reads back changed: ${describeXmlChange(before, now)}`,
+    };
+  }
+}
+
+/**
+ * The last check before `vm`'s backup and define: every domain read again, and `vm` refused when
+ * a device it takes is now held elsewhere beyond what the plan counted on.
+ */
+function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure | null {
+  let world: World;
+  try {
+    world = readWorld(libvirt);
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message:
+        `Not applied to "${vm.name}": cannot read the other domains again to check that nothing it takes is held elsewhere: ${
+          errorText(error)
+        }`,
+    };
+  }
+  const problems = heldSincePlan(vm, plan, world);
+  if (problems.length === 0) return null;
+  return {
+    code: "conflict-changed",
+    message: `Not applied to "${vm.name}": since the plan was made, ${
+      problems.join("; ")
+    }; defining it now would put a device in two definitions: run the plan again`,
+  };
+}
+
 /** Why the definition libvirt holds after the define is not the planned one, or `null`. */
 function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
   try {
@@ -563,16 +648,23 @@ function defineAndVerify(
     base: VmApplyResult;
   },
 ): VmApplyResult | null {
-  try {
-    libvirt.define(xml);
-  } catch (error) {
+  const failure = defineOrExplain(libvirt, { name: vm.name, xml, before: secure });
+  if (failure?.kind === "rejected") {
     return {
       ...base,
       status: "failed",
       code: "define-failed",
-      message: `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${
-        errorText(error)
-      }`,
+      message:
+        `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${failure.error}`,
+    };
+  }
+  if (failure?.kind === "unknown") {
+    return {
+      ...base,
+      status: "failed",
+      code: "define-unknown",
+      message:
+        `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "passthrough plan" (no change left for "${vm.name}" means the define took effect)`,
     };
   }
   // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
@@ -597,9 +689,10 @@ function defineAndVerify(
   };
 }
 
-/** Defines one confirmed VM; never throws. */
+/** Defines one confirmed VM of `plan`; never throws. */
 function applyVm(
   vm: VmPlan,
+  plan: Plan,
   options: ApplyOptions & { state: StateDir },
 ): { result: VmApplyResult; live: PendingLive | null } {
   const { libvirt } = options;
@@ -613,6 +706,8 @@ function applyVm(
   if (isFailure(now)) return fail(now);
   const xml = xmlToDefine(vm, now, planned.desired.uuid);
   if (typeof xml !== "string") return fail(xml);
+  const conflict = recheckHolders(vm, plan, libvirt);
+  if (conflict !== null) return fail(conflict);
   let backup: BackupEntry;
   try {
     backup = writeBackup(options.state, {

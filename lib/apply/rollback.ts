@@ -1,6 +1,8 @@
 /**
  * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
- * after backing up the definition it replaces, so a rollback can itself be rolled back.
+ * after backing up the definition it replaces, so a rollback can itself be rolled back. A backup
+ * that gives the VM a device another domain holds now is not restored (checked before asking and
+ * again just before the define): that would put the device in two definitions.
  *
  * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
  * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
@@ -13,11 +15,12 @@
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
 import { parseDomainXml } from "../domain/domain_xml.ts";
-import { join } from "node:path";
-import { acquireLock, type LockHolder, type StateLock } from "../state/lock.ts";
+import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
-import { describeXmlChange } from "./apply.ts";
+import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
+import { readWorld, type World } from "../plan/world.ts";
+import { heldElsewhere } from "./recheck.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -46,18 +49,20 @@ export interface RollbackOptions {
   /** The clock, for backup names in tests. */
   now?: () => Date;
   /**
-   * A lock the caller already holds on this state directory (the CLI takes it before planning,
-   * so a second run fails before doing any work). Default: take it here and release it at the end.
+   * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
+   * (the CLI takes it before planning, so a second run fails before doing any work). Default:
+   * take it here and release it at the end.
    */
   lock?: StateLock;
 }
 
 /**
  * What happened: the backup was `restored`; the definition already equals the backup
- * (`unchanged`, nothing defined); the user `declined`; or it `failed` (the definition changed
- * after it was shown, or the define or its check failed).
+ * (`unchanged`, nothing defined); the user `declined`; it `failed` (the definition changed after
+ * it was shown, or the define or its check failed); or `unknown`: the define's outcome could not
+ * be learnt (the connection was lost), so the VM may hold either definition.
  */
-export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed";
+export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | "unknown";
 
 /** The outcome of a rollback. Plain data. */
 export interface RollbackReport {
@@ -168,50 +173,106 @@ function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | nul
   }; run the rollback again`;
 }
 
-/** Defines `backupXml` and checks libvirt holds it; a failure message, or `null`. */
-function defineBackup(
+/**
+ * Why restoring `backupXml` over `currentXml` would put a device in two definitions (a device the
+ * backup gives `vm` is held by another domain now, say after it moved there), or `null`.
+ */
+function heldElsewhereNow(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, safety }: {
+  { vm, backup, backupXml, currentXml }: {
     vm: string;
     backup: BackupEntry;
     backupXml: string;
-    safety: BackupEntry | null;
+    currentXml: string | null;
   },
 ): string | null {
+  const held = (xml: string) => {
+    const { hostdevs, interfaceHostdevs } = parseDomainXml(xml);
+    return [...hostdevs.map((h) => h.address), ...interfaceHostdevs];
+  };
+  let current: Set<string>;
   try {
-    libvirt.define(backupXml);
+    current = new Set(currentXml === null ? [] : held(currentXml));
+  } catch {
+    current = new Set(); // Unreadable now: check every device the backup holds.
+  }
+  const adding = new Set(held(backupXml).filter((a) => !current.has(a)));
+  if (adding.size === 0) return null;
+  let world: World;
+  try {
+    world = readWorld(libvirt);
   } catch (error) {
-    return `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${
+    return `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
       errorText(error)
     }`;
   }
+  const problems = heldElsewhere(vm, (a) => adding.has(a), world);
+  if (problems.length === 0) return null;
+  return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
+    problems.join("; ")
+  }; restoring it would put a device in two definitions: release them there first`;
+}
+
+/**
+ * Defines `backupXml` over `currentXml` and checks libvirt holds it; a failure (with `unknown`
+ * when the define's outcome could not be learnt), or `null`.
+ */
+function defineBackup(
+  libvirt: LibvirtPort,
+  { vm, backup, backupXml, currentXml, safety }: {
+    vm: string;
+    backup: BackupEntry;
+    backupXml: string;
+    currentXml: string | null;
+    safety: BackupEntry | null;
+  },
+): { status: "failed" | "unknown"; message: string } | null {
+  const failure = defineOrExplain(libvirt, { name: vm, xml: backupXml, before: currentXml });
+  if (failure?.kind === "rejected") {
+    return {
+      status: "failed",
+      message:
+        `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${failure.error}`,
+    };
+  }
+  if (failure?.kind === "unknown") {
+    const replaced = safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`;
+    return {
+      status: "unknown",
+      message:
+        `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "passthrough rollback ${vm} --to ${backup.id}" (it says when "${vm}" already has that definition)`,
+    };
+  }
+  const failed = (message: string) => ({ status: "failed" as const, message });
   let after: string;
   try {
     after = libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
-    return `Cannot read "${vm}" back after the rollback: ${errorText(error)}`;
+    return failed(`Cannot read "${vm}" back after the rollback: ${errorText(error)}`);
   }
   if (sameDefinition(after, backupXml)) return null;
-  return `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
-    describeXmlChange(backupXml, after)
-  }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`;
+  return failed(
+    `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
+      describeXmlChange(backupXml, after)
+    }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
+  );
 }
 
 /**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
  * belongs to another domain ({@link BackupMismatchError}). A define or check failure is reported
- * as `failed`.
+ * as `failed`, a define whose outcome could not be learnt (connection lost) as `unknown`.
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt } = options;
   const state = openStateDir(options.stateDir);
   using owned = options.lock === undefined
-    ? acquireLock(state.path, { command: "rollback" })
+    ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })
     : null;
   const lock = options.lock ?? owned!;
-  if (lock.path !== join(state.path, "lock")) {
-    throw new TypeError(`The lock "${lock.path}" is not the lock of "${state.path}"`);
+  if (lock.uri !== lockUri(libvirt.uri)) {
+    throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
   const backup = findBackup(state, vm, options.backup);
   const backupXml = readBackupXml(backup);
@@ -238,10 +299,15 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
+  const restoring = { vm, backup, backupXml, currentXml };
+  const conflict = heldElsewhereNow(libvirt, restoring);
+  if (conflict !== null) return report("failed", conflict, null);
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
-  const changed = changedSinceShown(libvirt, vm, currentXml);
+  // The question may stay open for minutes: look again.
+  const changed = changedSinceShown(libvirt, vm, currentXml) ??
+    heldElsewhereNow(libvirt, restoring);
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.
   const safety = currentXml === null ? null : writeBackup(state, {
@@ -252,8 +318,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     uri: libvirt.uri,
     ...(options.now ? { now: options.now() } : {}),
   });
-  const failed = defineBackup(libvirt, { vm, backup, backupXml, safety });
-  if (failed !== null) return report("failed", failed, safety);
+  const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
+  if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
   return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
 }

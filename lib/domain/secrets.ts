@@ -3,21 +3,45 @@
  * and the one redaction every output applies to them. Dependency-free, so the CLI's error path
  * can load it without the XML modules.
  *
+ * libvirt's domain formatter (`src/conf/domain_conf.c`) writes two kinds of values only under
+ * `VIR_DOMAIN_DEF_FORMAT_SECURE`:
+ *
+ * - `passwd` on `<graphics>` (VNC, SPICE, RDP), through `virDomainGraphicsAuthDefFormatAttr`;
+ * - the `<cookies>` of an HTTP or HTTPS disk source, each
+ *   `<cookie name='NAME'>VALUE</cookie>`, in a disk's `<source>` and in its `<backingStore>` and
+ *   `<mirror>` sources alike.
+ *
+ * Every other credential in a definition is a reference to a libvirt secret (a uuid or usage
+ * name), not a value. `tests/cli/security_test.ts` checks this list against the installed
+ * libvirt by reading one definition with and without the flag.
+ *
  * @module
  */
 
 /**
- * Attributes libvirt shows only with `VIR_DOMAIN_XML_SECURE`: graphics passwords (VNC, SPICE,
- * RDP). Other credentials in a definition are references (secret UUIDs), not values.
+ * One secret value: a `passwd` attribute (groups 1 to 3: what precedes the value, the value in
+ * double or in single quotes), or a cookie's value (groups 4 and 5: the opening tag, the value up
+ * to the closing tag or, for a value split across lines, the end of the text).
  */
-const SECRET_ATTRIBUTE = /(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')/g;
+const SECRET = new RegExp(
+  [
+    String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
+    String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
+  ].join("|"),
+  "g",
+);
+
+/** The value a {@link SECRET} match redacts. */
+function valueOf(match: RegExpMatchArray | string[]): string {
+  return match[2] ?? match[3] ?? match[5] ?? "";
+}
 
 /**
- * `text` with every secret attribute value replaced by `***`: the one redaction for anything
- * printed from a definition read with `VIR_DOMAIN_XML_SECURE` (diffs, `--json`, messages).
- * Given `before`, the secret values of the line this one replaces (see {@link secretValues}), a
- * value that differs from the one at the same position is marked `(changed)`, so a change that
- * touches only a password stays visible.
+ * `text` with every secret value replaced by `***`: the one redaction for anything printed from
+ * a definition read with `VIR_DOMAIN_XML_SECURE` (diffs, `--json`, messages). Given `before`, the
+ * secret values of the line this one replaces (see {@link secretValues}), a value that differs
+ * from the one at the same position is marked `(changed)`, so a change that touches only a
+ * secret stays visible.
  *
  * @example
  * ```ts
@@ -30,26 +54,33 @@ const SECRET_ATTRIBUTE = /(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')/g;
  *   redactSecrets(`<graphics type='vnc' passwd='new'/>`, ["old"]),
  *   `<graphics type='vnc' passwd='***' (changed)/>`,
  * );
+ * assertEquals(
+ *   redactSecrets(`<cookie name='session'>a1b2</cookie>`),
+ *   `<cookie name='session'>***</cookie>`,
+ * );
  * ```
  */
 export function redactSecrets(text: string, before?: readonly string[]): string {
   let index = 0;
-  return text.replace(SECRET_ATTRIBUTE, (_match, head: string, dq?: string, sq?: string) => {
-    const changed = before !== undefined && before[index] !== (dq ?? sq ?? "");
+  return text.replace(SECRET, (...match: string[]) => {
+    const changed = before !== undefined && before[index] !== valueOf(match);
     index++;
-    return `${head}'***'${changed ? " (changed)" : ""}`;
+    const mark = changed ? " (changed)" : "";
+    const [, head, , , tag] = match;
+    return head !== undefined ? `${head}'***'${mark}` : `${tag}***${mark}`;
   });
 }
 
 /**
- * The secret attribute values of `text`, in order (for {@link redactSecrets}'s `before`).
+ * The secret values of `text`, in order (for {@link redactSecrets}'s `before`).
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(secretValues(`<graphics passwd="a'b"/><graphics passwd=''/>`), ["a'b", ""]);
+ * assertEquals(secretValues(`<cookie name='t'>x=1</cookie>`), ["x=1"]);
  * ```
  */
 export function secretValues(text: string): string[] {
-  return [...text.matchAll(SECRET_ATTRIBUTE)].map((m) => m[2] ?? m[3] ?? "");
+  return [...text.matchAll(SECRET)].map(valueOf);
 }

@@ -5,7 +5,12 @@
  * (`.json`) recording the VM name, uuid, time, reason, libvirt URI and the sha256 of the XML. The
  * VM directory name is the VM name with every byte outside `[A-Za-z0-9_-]` (and a leading `.`)
  * percent-encoded, so no name can escape `backups/` or collide with another. The XML is written
- * first and the sidecar last: a backup without a sidecar is incomplete and never listed.
+ * first and the sidecar last: a backup without a sidecar is incomplete, listed as such by
+ * {@link inspectBackups} and never restored.
+ *
+ * One bad file never hides the others: a damaged sidecar, an XML left without its sidecar by a
+ * killed run, a leftover temporary file or an unsafe VM directory is reported as a
+ * {@link BackupProblem} next to the intact backups.
  *
  * @module
  */
@@ -16,6 +21,7 @@ import {
   checkPrivateDir,
   ensurePrivateDir,
   openStateDir,
+  readOwnFileSync,
   type StateDir,
   StateDirError,
   writeNewFileSync,
@@ -90,15 +96,25 @@ export class BackupIntegrityError extends Error {
   override name = "BackupIntegrityError";
   /** The file at fault. */
   readonly path: string;
+  /** What is wrong with it. */
+  readonly detail: string;
 
   /** Builds the error for `path`. */
   constructor(path: string, detail: string, options?: ErrorOptions) {
     super(`Backup "${path}" is damaged: ${detail}`, options);
     this.path = path;
+    this.detail = detail;
   }
 }
 
 const SAFE_BYTE = /^[A-Za-z0-9_-]$/;
+/** Sidecars are a few hundred bytes; anything far larger was not written by passthrough. */
+const MAX_SIDECAR_BYTES = 64 * 1024;
+/**
+ * Backups hold one domain definition; libvirt's remote protocol carries at most 4 MiB of XML, so
+ * this leaves room for local drivers and stops a planted huge file from being read whole.
+ */
+const MAX_BACKUP_BYTES = 16 * 1024 * 1024;
 /** Longest encoded directory name kept as is; longer ones are cut and suffixed with a hash. */
 const MAX_NAME = 180;
 
@@ -220,13 +236,29 @@ function removeIfEmpty(dir: string): void {
   }
 }
 
+/** A backup file refused by {@link readOwnFileSync} (not a regular file, too large) as damaged. */
+function unreadable(path: string, error: unknown): unknown {
+  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return error;
+  const why = error.message.replace(`Refusing "${path}": `, "");
+  return new BackupIntegrityError(path, why, { cause: error });
+}
+
 function readSidecar(dir: string, fileName: string): BackupEntry {
   const metaPath = join(dir, fileName);
+  let text: string;
+  try {
+    text = new TextDecoder().decode(readOwnFileSync(metaPath, MAX_SIDECAR_BYTES));
+  } catch (error) {
+    throw unreadable(metaPath, error);
+  }
   let data: unknown;
   try {
-    data = JSON.parse(Deno.readTextFileSync(metaPath));
+    data = JSON.parse(text);
   } catch (error) {
     throw new BackupIntegrityError(metaPath, "the sidecar is not valid JSON", { cause: error });
+  }
+  if (typeof data !== "object" || data === null || Array.isArray(data)) {
+    throw new BackupIntegrityError(metaPath, "the sidecar is not a JSON object");
   }
   const record = data as Record<string, unknown>;
   const id = fileName.slice(0, -".json".length);
@@ -252,63 +284,170 @@ function readSidecar(dir: string, fileName: string): BackupEntry {
 }
 
 /**
- * Lists backups, newest first, of one VM or of every VM. A missing state directory or backup
- * directory means no backups. Throws {@link BackupIntegrityError} on a damaged sidecar.
+ * A file (or a VM's directory) under `backups/` that is not a usable backup. Plain data.
+ *
+ * - `damaged`: a sidecar that cannot be read as one (not JSON, a field missing, not a regular
+ *   file), a sidecar whose XML file is gone, or a VM directory that is unsafe to read.
+ * - `incomplete`: an XML file without its sidecar, or a temporary file: what a run killed while
+ *   writing a backup leaves. Such a run defined nothing after it, since every define waits for
+ *   the whole backup.
  */
-export function listBackups(stateDir: string | StateDir, vm?: string): BackupEntry[] {
+export interface BackupProblem {
+  /** What is wrong, as above. */
+  kind: "damaged" | "incomplete";
+  /** The backup's id when the file name gives one, else `null`. */
+  id: string | null;
+  /** The file or directory at fault. */
+  path: string;
+  /** What is wrong with it, for humans. */
+  detail: string;
+}
+
+/** What {@link inspectBackups} finds: the usable backups and the files that are not. */
+export interface BackupListing {
+  /** Intact backups, newest first. */
+  entries: BackupEntry[];
+  /** Everything else under the directories read, by path. */
+  problems: BackupProblem[];
+}
+
+/** `Backup "PATH" is damaged: DETAIL`: one sentence for a {@link BackupProblem}. */
+export function describeBackupProblem(problem: BackupProblem): string {
+  return `Backup "${problem.path}" is ${problem.kind}: ${problem.detail}`;
+}
+
+/** The backups of one VM directory, and its files that are not backups. */
+function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing): void {
+  const names = new Set<string>();
+  for (const file of Deno.readDirSync(dir)) names.add(file.name);
+  for (const file of Deno.readDirSync(dir)) {
+    const path = join(dir, file.name);
+    if (file.name.startsWith(".")) {
+      if (file.name.endsWith(".tmp")) {
+        into.problems.push({
+          kind: "incomplete",
+          id: null,
+          path,
+          detail: "a temporary file left by a run interrupted while writing a backup",
+        });
+      }
+      continue;
+    }
+    const damaged = (id: string, detail: string) =>
+      into.problems.push({ kind: "damaged", id, path, detail });
+    if (file.name.endsWith(".xml")) {
+      const id = file.name.slice(0, -".xml".length);
+      if (!names.has(`${id}.json`)) {
+        into.problems.push({
+          kind: "incomplete",
+          id,
+          path,
+          detail:
+            "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
+        });
+      }
+      continue;
+    }
+    if (!file.name.endsWith(".json")) continue;
+    const id = file.name.slice(0, -".json".length);
+    if (!file.isFile) {
+      damaged(id, "the sidecar is not a regular file");
+      continue;
+    }
+    let entry: BackupEntry;
+    try {
+      entry = readSidecar(dir, file.name);
+    } catch (error) {
+      if (!(error instanceof BackupIntegrityError)) throw error;
+      damaged(id, error.detail);
+      continue;
+    }
+    if (vm !== undefined && entry.vm !== vm) continue;
+    if (!names.has(`${id}.xml`)) {
+      damaged(id, `its XML file "${id}.xml" is missing`);
+      continue;
+    }
+    into.entries.push(entry);
+  }
+}
+
+/**
+ * Lists backups, of one VM or of every VM, with every file that is not a usable backup reported
+ * beside them rather than failing the listing. A missing state directory or backup directory
+ * means no backups. An unsafe VM directory is a problem when every VM is listed, and an error
+ * ({@link StateDirError}) when that VM's backups are asked for.
+ */
+export function inspectBackups(stateDir: string | StateDir, vm?: string): BackupListing {
+  const listing: BackupListing = { entries: [], problems: [] };
   let state: StateDir;
   try {
     state = asStateDir(stateDir, false);
   } catch (error) {
-    if (error instanceof StateDirError && error.problem === "missing") return [];
+    if (error instanceof StateDirError && error.problem === "missing") return listing;
     throw error;
   }
-  const dirs: string[] = [];
   if (vm !== undefined) {
-    dirs.push(vmDir(state, vm));
-  } else {
-    if (!checkPrivateDir(state.backupsPath, state)) return [];
+    const dir = vmDir(state, vm);
+    if (checkPrivateDir(dir, state)) inspectVmDir(dir, vm, listing);
+  } else if (checkPrivateDir(state.backupsPath, state)) {
     for (const entry of Deno.readDirSync(state.backupsPath)) {
-      if (entry.isDirectory && !entry.name.startsWith(".")) {
-        dirs.push(join(state.backupsPath, entry.name));
+      if (entry.name.startsWith(".")) continue;
+      const dir = join(state.backupsPath, entry.name);
+      try {
+        if (checkPrivateDir(dir, state)) inspectVmDir(dir, undefined, listing);
+      } catch (error) {
+        if (!(error instanceof StateDirError)) throw error;
+        listing.problems.push({ kind: "damaged", id: null, path: dir, detail: error.message });
       }
     }
   }
-  const entries: BackupEntry[] = [];
-  for (const dir of dirs) {
-    if (!checkPrivateDir(dir, state)) continue;
-    for (const file of Deno.readDirSync(dir)) {
-      if (!file.isFile || !file.name.endsWith(".json") || file.name.startsWith(".")) continue;
-      const entry = readSidecar(dir, file.name);
-      if (vm !== undefined && entry.vm !== vm) continue;
-      entries.push(entry);
-    }
-  }
-  return entries.sort((a, b) =>
+  listing.entries.sort((a, b) =>
     a.time !== b.time ? (a.time < b.time ? 1 : -1) : a.id < b.id ? 1 : a.id > b.id ? -1 : 0
   );
+  listing.problems.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return listing;
+}
+
+/**
+ * Lists the intact backups, newest first, of one VM or of every VM; files that are not usable
+ * backups are left out (see {@link inspectBackups} for them).
+ */
+export function listBackups(stateDir: string | StateDir, vm?: string): BackupEntry[] {
+  return inspectBackups(stateDir, vm).entries;
 }
 
 /**
  * Finds one backup of `vm`: the newest when `ref` is absent, else the one whose id, file name or
  * path is `ref`. Only listed backups can be chosen, so `ref` can never point outside `backups/`.
+ * A damaged backup is never chosen: asked for by name, or newer than every intact one when the
+ * newest is asked for, it is a {@link BackupIntegrityError} (restoring an older one instead
+ * would silently skip a change).
  */
 export function findBackup(
   stateDir: string | StateDir,
   vm: string,
   ref?: string,
 ): BackupEntry {
-  const entries = listBackups(stateDir, vm);
+  const { entries, problems } = inspectBackups(stateDir, vm);
+  const damaged = problems.filter((p) => p.kind === "damaged" && p.id !== null);
   if (ref === undefined) {
     const newest = entries[0];
+    const newer = damaged.filter((p) => newest === undefined || p.id! > newest.id).at(-1);
+    if (newer !== undefined) {
+      throw new BackupIntegrityError(
+        newer.path,
+        `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "passthrough backups ${vm}")`,
+      );
+    }
     if (newest === undefined) throw new BackupNotFoundError(vm, null);
     return newest;
   }
-  const found = entries.find((e) =>
-    e.id === ref || `${e.id}.xml` === ref || `${e.id}.json` === ref || e.path === ref
-  );
-  if (found === undefined) throw new BackupNotFoundError(vm, ref);
-  return found;
+  const names = (id: string) => [id, `${id}.xml`, `${id}.json`];
+  const found = entries.find((e) => names(e.id).includes(ref) || e.path === ref);
+  if (found !== undefined) return found;
+  const bad = damaged.find((p) => names(p.id!).includes(ref) || p.path === ref);
+  if (bad !== undefined) throw new BackupIntegrityError(bad.path, bad.detail);
+  throw new BackupNotFoundError(vm, ref);
 }
 
 /**
@@ -316,9 +455,12 @@ export function findBackup(
  * {@link BackupIntegrityError} when they differ.
  */
 export function readBackupXml(entry: BackupEntry): string {
-  const info = Deno.lstatSync(entry.path);
-  if (!info.isFile) throw new BackupIntegrityError(entry.path, "it is not a regular file");
-  const bytes = Deno.readFileSync(entry.path);
+  let bytes: Uint8Array;
+  try {
+    bytes = readOwnFileSync(entry.path, MAX_BACKUP_BYTES);
+  } catch (error) {
+    throw unreadable(entry.path, error);
+  }
   const actual = sha256Hex(bytes);
   if (actual !== entry.sha256) {
     throw new BackupIntegrityError(

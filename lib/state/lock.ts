@@ -1,8 +1,24 @@
 /**
- * One `apply` or `rollback` at a time per state directory.
+ * One `apply` or `rollback` at a time per libvirt connection (per host), whatever state
+ * directory each uses: two runs on one host with different `--state-dir` could otherwise each
+ * give one device to a different VM.
  *
- * The lock is the file `<state>/lock`, holding JSON with the holder's pid, host, start time and
- * command. It is created exclusively: the content is written to a temporary file first, that file
+ * Which lock: one per connection, named after a hash of its URI in a canonical form
+ * ({@link lockUri}: scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
+ * without a user name, trailing slashes and every query parameter but `socket` dropped), so
+ * `qemu:///system` and `qemu+unix:///system/` share a lock. Two spellings that reach one daemon
+ * through different names (`qemu+ssh://host` and `qemu+ssh://alias`, or a socket path given
+ * explicitly) cannot be recognised as one host and lock apart.
+ *
+ * Where: in {@link LOCK_DIR} (`/run/passthrough`, created 0700: on tmpfs, so gone at boot, and
+ * writable by root only, so no other user can plant or hold the lock). A process that cannot use
+ * it (not root) keeps the lock in its state directory instead: runs of that user sharing a state
+ * directory still exclude each other, but not runs with another state directory; run `apply` as
+ * root to have the host-wide lock. The test driver (`test:` URIs) keeps its lock in the state
+ * directory too: its world lives inside the process that opened it, so no other process can
+ * change it, and test runs never touch `/run`. A remote URI locks on this machine only.
+ *
+ * The lock is a file holding JSON with the holder's pid, host, start time, command and URI. It is created exclusively: the content is written to a temporary file first, that file
  * is `flock`ed, and only then hard-linked to `lock` (`link()` fails when `lock` exists). The holder
  * keeps the `flock` for its whole life, so the kernel itself says whether a holder is alive: when
  * nobody holds the `flock` on an existing `lock` file, its process has died (crash, `kill -9`).
@@ -12,11 +28,19 @@
  * the name `lock` still points to that very file, and only then unlinks it. Only a `flock` holder
  * ever unlinks `lock`, so nobody can replace it between the check and the unlink.
  *
+ * Whatever is found at the lock's name is opened only when it is a regular file (a symlink is not
+ * followed, a FIFO or device never opened, see `openOwnFileSync`), and at most a few KiB of it
+ * are read: a planted FIFO, `/dev/zero` or huge file cannot hang or exhaust a run.
+ *
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { writeAllSync } from "./state_dir.ts";
+import { openOwnFileSync, openPrivateDir, StateDirError, writeAllSync } from "./state_dir.ts";
+
+/** Where root keeps the connection locks (see the module documentation). */
+export const LOCK_DIR = "/run/passthrough";
 
 /** Who holds (or held) a lock, as written in the lock file. */
 export interface LockHolder {
@@ -28,6 +52,8 @@ export interface LockHolder {
   startedAt: string;
   /** `apply`, `rollback`, ... */
   command: string;
+  /** The libvirt connection locked ({@link lockUri}), for a connection lock. */
+  uri?: string;
 }
 
 /** Another live process holds the lock. */
@@ -44,7 +70,9 @@ export class LockHeldError extends Error {
     super(
       holder === null
         ? `Another passthrough process holds the lock "${path}"`
-        : `Another passthrough ${holder.command} holds the lock "${path}": pid ${holder.pid} on "${holder.host}", started ${holder.startedAt}`,
+        : `Another passthrough ${holder.command} holds the lock "${path}"${
+          holder.uri === undefined ? "" : ` of "${holder.uri}"`
+        }: pid ${holder.pid} on "${holder.host}", started ${holder.startedAt}`,
     );
     this.path = path;
     this.holder = holder;
@@ -78,6 +106,8 @@ export interface StateLock extends Disposable {
   readonly holder: LockHolder;
   /** The holder of a stale lock that was broken to get this one, else `null`. */
   readonly brokeStale: LockHolder | null;
+  /** The connection it serialises ({@link lockUri}), or `null` for a plain directory lock. */
+  readonly uri: string | null;
   /** Releases the lock (idempotent). */
   release(): void;
 }
@@ -88,6 +118,12 @@ export interface AcquireLockOptions {
   command: string;
   /** Break a lock whose holder died (default `true`); with `false`, throw {@link StaleLockError}. */
   breakStale?: boolean;
+}
+
+/** Options for {@link acquireConnectionLock}. */
+export interface ConnectionLockOptions extends AcquireLockOptions {
+  /** The state directory, already opened: where the lock goes when {@link LOCK_DIR} cannot. */
+  stateDir: string;
 }
 
 /** `pid 123 on "host" (apply, started ...)`. */
@@ -116,7 +152,14 @@ function parseHolder(text: string): LockHolder | null {
       typeof data.pid === "number" && typeof data.host === "string" &&
       typeof data.startedAt === "string" && typeof data.command === "string"
     ) {
-      return { pid: data.pid, host: data.host, startedAt: data.startedAt, command: data.command };
+      const { pid, host, startedAt, command } = data;
+      return {
+        pid,
+        host,
+        startedAt,
+        command,
+        ...(typeof data.uri === "string" ? { uri: data.uri } : {}),
+      };
     }
   } catch {
     // Not a lock we wrote: reported as an unknown holder.
@@ -124,21 +167,24 @@ function parseHolder(text: string): LockHolder | null {
   return null;
 }
 
+/** A lock we write is a line of JSON of a few hundred bytes. */
+const MAX_HOLDER_BYTES = 4096;
+
+/**
+ * The holder written in a lock file, or `null` when it is not one we wrote. Reads at most
+ * {@link MAX_HOLDER_BYTES} (plus one, to tell a larger file): the content only names the holder
+ * in messages, the `flock` alone says whether it lives, so a huge file is never read whole.
+ */
 function readHolder(file: Deno.FsFile): LockHolder | null {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = file.readSync(buffer);
+  const buffer = new Uint8Array(MAX_HOLDER_BYTES + 1);
+  let length = 0;
+  while (length < buffer.length) {
+    const n = file.readSync(buffer.subarray(length));
     if (n === null || n === 0) break;
-    chunks.push(buffer.slice(0, n));
+    length += n;
   }
-  const total = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    total.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return parseHolder(new TextDecoder().decode(total));
+  if (length > MAX_HOLDER_BYTES) return null;
+  return parseHolder(new TextDecoder().decode(buffer.subarray(0, length)));
 }
 
 /** Whether `path` names the same file as the open `file` right now. */
@@ -185,9 +231,10 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
 }
 
 /**
- * Takes the state directory's lock, or throws {@link LockHeldError} at once (no waiting) when a
- * live process holds it. A lock whose holder died is broken (reported in `brokeStale`) unless
- * `breakStale: false`.
+ * Takes the lock file `lock` in `dir`, or throws {@link LockHeldError} at once (no waiting) when
+ * a live process holds it. A lock whose holder died is broken (reported in `brokeStale`) unless
+ * `breakStale: false`. `apply` and `rollback` take {@link acquireConnectionLock}, this lock named
+ * after their libvirt connection.
  *
  * @example
  * ```ts
@@ -200,22 +247,101 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
-export function acquireLock(stateDir: string, options: AcquireLockOptions): StateLock {
-  const path = join(stateDir, "lock");
+export function acquireLock(dir: string, options: AcquireLockOptions): StateLock {
+  return acquireNamed(dir, "lock", options, null);
+}
+
+/**
+ * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
+ * from a local URI (it is the default transport), host lower-cased without user name, trailing
+ * slashes and every query parameter but `socket` (which names another daemon) dropped.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(lockUri("QEMU+unix:///system/"), "qemu:///system");
+ * assertEquals(lockUri("qemu+ssh://root@Host:22/system?keyfile=/k"), "qemu+ssh://host:22/system");
+ * assertEquals(lockUri("qemu:///system?no_verify=1&socket=/s"), "qemu:///system?socket=/s");
+ * ```
+ */
+export function lockUri(uri: string): string {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return uri;
+  }
+  const [driver, transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
+  const host = url.hostname.toLowerCase();
+  const scheme = transport === undefined || (host === "" && transport === "unix")
+    ? driver
+    : `${driver}+${transport}`;
+  const path = url.pathname.replace(/\/+$/, "");
+  const socket = url.searchParams.get("socket");
+  return `${scheme}://${host}${url.port === "" ? "" : `:${url.port}`}${path}${
+    socket === null ? "" : `?socket=${socket}`
+  }`;
+}
+
+/**
+ * Where the lock of the connection `uri` lives (see the module documentation), creating
+ * {@link LOCK_DIR} when it can. Throws {@link StateDirError} when `LOCK_DIR` exists but is unsafe
+ * (a symlink, group- or world-writable): a lock there could be planted or ignored.
+ */
+export function connectionLockPath(uri: string, stateDir: string): string {
+  const canonical = lockUri(uri);
+  const name = `connection-${
+    createHash("sha256").update(canonical).digest("hex").slice(0, 32)
+  }.lock`;
+  if (canonical.startsWith("test:")) return join(stateDir, name);
+  try {
+    openPrivateDir(LOCK_DIR);
+    return join(LOCK_DIR, name);
+  } catch (error) {
+    // Not root: the directory cannot be created, or is root's.
+    if (
+      error instanceof StateDirError &&
+      (error.problem === "unwritable" || error.problem === "foreign-owner")
+    ) {
+      return join(stateDir, name);
+    }
+    throw error;
+  }
+}
+
+/**
+ * Takes the lock of the libvirt connection `uri` ({@link connectionLockPath}), or throws
+ * {@link LockHeldError} at once naming its holder; as {@link acquireLock} otherwise.
+ */
+export function acquireConnectionLock(uri: string, options: ConnectionLockOptions): StateLock {
+  const path = connectionLockPath(uri, options.stateDir);
+  const slash = path.lastIndexOf("/");
+  return acquireNamed(path.slice(0, slash), path.slice(slash + 1), options, lockUri(uri));
+}
+
+function acquireNamed(
+  dir: string,
+  name: string,
+  options: AcquireLockOptions,
+  uri: string | null,
+): StateLock {
+  const path = join(dir, name);
   const holder: LockHolder = {
     pid: Deno.pid,
     host: hostName(),
     startedAt: new Date().toISOString(),
     command: options.command,
+    ...(uri === null ? {} : { uri }),
   };
   let brokeStale: LockHolder | null = null;
   // A few rounds: each round either wins, finds a live holder, or removes a stale lock.
   for (let round = 0; round < 5; round++) {
-    const file = tryCreate(stateDir, path, holder);
-    if (file !== null) return heldLock(path, file, holder, brokeStale);
+    const file = tryCreate(dir, path, holder);
+    if (file !== null) return heldLock(path, file, { holder, brokeStale, uri });
     let existing: Deno.FsFile;
     try {
-      existing = Deno.openSync(path, { read: true });
+      // A symlink, FIFO or device at the lock's name is refused, never followed or opened.
+      existing = openOwnFileSync(path, { write: true });
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) continue; // Released meanwhile: try again.
       throw error;
@@ -238,8 +364,11 @@ export function acquireLock(stateDir: string, options: AcquireLockOptions): Stat
 function heldLock(
   path: string,
   file: Deno.FsFile,
-  holder: LockHolder,
-  brokeStale: LockHolder | null,
+  { holder, brokeStale, uri }: {
+    holder: LockHolder;
+    brokeStale: LockHolder | null;
+    uri: string | null;
+  },
 ): StateLock {
   let released = false;
   const release = () => {
@@ -252,5 +381,5 @@ function heldLock(
       file.close();
     }
   };
-  return { path, holder, brokeStale, release, [Symbol.dispose]: release };
+  return { path, holder, brokeStale, uri, release, [Symbol.dispose]: release };
 }

@@ -1,6 +1,6 @@
 /**
- * The state directory: its safe resolution and opening, the lock that serialises applies, and
- * the backups taken before each define.
+ * The state directory: its safe resolution and opening, the lock that serialises applies on one
+ * libvirt connection, and the backups taken before each define.
  *
  * @module
  */
@@ -8,9 +8,13 @@
 export {
   type BackupEntry,
   BackupIntegrityError,
+  type BackupListing,
   BackupNotFoundError,
+  type BackupProblem,
   type BackupReason,
+  describeBackupProblem,
   findBackup,
+  inspectBackups,
   listBackups,
   readBackupXml,
 } from "./backups.ts";
@@ -25,10 +29,15 @@ export {
   type StateDirProblem,
 } from "./state_dir.ts";
 export {
+  acquireConnectionLock,
   acquireLock,
   type AcquireLockOptions,
+  type ConnectionLockOptions,
+  connectionLockPath,
+  LOCK_DIR,
   LockHeldError,
   type LockHolder,
+  lockUri,
   StaleLockError,
   type StateLock,
 } from "./lock.ts";

@@ -5,7 +5,9 @@
  * private: created 0700, and refused when it (or `backups/`) is a symlink, is not a directory, is
  * owned by another user, or is group- or world-writable. Files inside are written to a temporary
  * name opened with `createNew` (`O_CREAT|O_EXCL`, which never follows a symlink), synced, then
- * hard-linked to their final name (which fails instead of replacing whatever is there).
+ * hard-linked to their final name (which fails instead of replacing whatever is there). Files
+ * read back (the lock, sidecars, backups) must be regular files, are never followed through a
+ * symlink, and are read up to a bound ({@link readOwnFileSync}).
  *
  * @module
  */
@@ -22,7 +24,9 @@ export const STATE_DIR_ENV = "PASSTHROUGH_STATE_DIR";
  * Why a directory cannot be used for state: `missing` (only reported when nothing may be
  * created), `symlink`, `not-directory`, `foreign-owner` (owned by another uid),
  * `loose-permissions` (group- or world-writable) or `unwritable` (cannot be created or written,
- * e.g. a read-only or full file system).
+ * e.g. a read-only or full file system); or why a file in it cannot be read back:
+ * `unexpected-file` (a symlink, FIFO, device or directory where passthrough writes a regular
+ * file, or a file larger than any passthrough writes).
  */
 export type StateDirProblem =
   | "missing"
@@ -30,7 +34,8 @@ export type StateDirProblem =
   | "not-directory"
   | "foreign-owner"
   | "loose-permissions"
-  | "unwritable";
+  | "unwritable"
+  | "unexpected-file";
 
 /** The state directory (or a directory inside it) is unsafe or unusable. */
 export class StateDirError extends Error {
@@ -251,6 +256,17 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
 }
 
 /**
+ * Creates `path` (0700) when missing and checks it as the state directory is checked: not a
+ * symlink, a directory, not group- or world-writable, owned by us. For the lock directory, which
+ * lives outside any state directory. Throws {@link StateDirError} (`unwritable` when it cannot be
+ * created).
+ */
+export function openPrivateDir(path: string): void {
+  createPrivateDir(path);
+  checkOwner(path, checkDirShape(path), processUid());
+}
+
+/**
  * Ensures `path` is a private directory inside an opened state directory (creating it 0700),
  * with the same checks as the state directory itself. Used for `backups/<vm>/`.
  */
@@ -271,6 +287,74 @@ export function checkPrivateDir(path: string, state: StateDir): boolean {
     if (error instanceof StateDirError && error.problem === "missing") return false;
     throw error;
   }
+}
+
+/** `a FIFO`, `a symbolic link`, ...: what a non-regular file is, for messages. */
+function kindOf(info: Deno.FileInfo): string {
+  if (info.isSymlink) return "a symbolic link";
+  if (info.isDirectory) return "a directory";
+  if (info.isFifo) return "a FIFO";
+  if (info.isCharDevice || info.isBlockDevice) return "a device";
+  if (info.isSocket) return "a socket";
+  return "not a regular file";
+}
+
+function unexpectedFile(path: string, why: string): StateDirError {
+  return new StateDirError(
+    path,
+    "unexpected-file",
+    `Refusing "${path}": ${why}, and passthrough writes only regular files there`,
+  );
+}
+
+/**
+ * Opens a file passthrough wrote in its state (or lock) directory, refusing anything else with
+ * a {@link StateDirError} (`unexpected-file`) before a single byte is read: a symlink is not
+ * followed, and a FIFO or device is never opened (opening a FIFO blocks until a writer appears;
+ * `/dev/zero` never ends). The file is checked with `lstat` first, then the opened file is checked
+ * to be that very file. Only a process of our own uid could swap it in between, the directory
+ * being private; `write` (no truncation) also keeps an open from blocking on a FIFO swapped in.
+ * Throws `Deno.errors.NotFound` when nothing is there.
+ */
+export function openOwnFileSync(path: string, options: { write?: boolean } = {}): Deno.FsFile {
+  const named = Deno.lstatSync(path);
+  if (!named.isFile) throw unexpectedFile(path, `it is ${kindOf(named)}`);
+  const file = Deno.openSync(path, { read: true, write: options.write ?? false });
+  try {
+    const opened = file.statSync();
+    if (!opened.isFile || opened.ino !== named.ino || opened.dev !== named.dev) {
+      throw unexpectedFile(path, "it was replaced while being opened");
+    }
+    return file;
+  } catch (error) {
+    file.close();
+    throw error;
+  }
+}
+
+/**
+ * Reads an open file from its current position, at most `maxBytes`: a {@link StateDirError}
+ * (`unexpected-file`) when it holds more, so a huge file is refused without being read whole.
+ */
+export function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
+  const tooLarge = () => unexpectedFile(path, `it is larger than ${maxBytes} bytes`);
+  if ((file.statSync().size ?? 0) > maxBytes) throw tooLarge();
+  // One byte more than allowed tells a file that grew since the stat.
+  const out = new Uint8Array(maxBytes + 1);
+  let length = 0;
+  while (length < out.length) {
+    const n = file.readSync(out.subarray(length));
+    if (n === null || n === 0) break;
+    length += n;
+  }
+  if (length > maxBytes) throw tooLarge();
+  return out.slice(0, length);
+}
+
+/** {@link openOwnFileSync} then {@link readBoundedSync}: the whole of a small file we wrote. */
+export function readOwnFileSync(path: string, maxBytes: number): Uint8Array {
+  using file = openOwnFileSync(path);
+  return readBoundedSync(file, path, maxBytes);
 }
 
 /** Writes every byte (`writeSync` may write fewer than asked). */

@@ -7,9 +7,9 @@ import {
 } from "../helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
-import { listBackups, readBackupXml } from "../../lib/state/backups.ts";
+import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
 import { StateDirError } from "../../lib/state/state_dir.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
@@ -24,6 +24,7 @@ import { loadHost } from "../../cli/host_options.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -427,7 +428,7 @@ Deno.test("applyPlan() fails fast while another apply holds the lock", async () 
   using f = fixture();
   const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
   Deno.mkdirSync(f.stateDir, { mode: 0o700 });
-  using _held = acquireLock(f.stateDir, { command: "apply" });
+  using _held = acquireConnectionLock(f.port.uri, { stateDir: f.stateDir, command: "apply" });
   await assertRejects(
     () => applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
     (e: unknown) => e instanceof LockHeldError && e.holder?.pid === Deno.pid,
@@ -536,6 +537,56 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "passthrough apply and rollback on a terminal exit right after the last answer",
+  ignore: !hasScript(),
+  async fn() {
+    await using demo = await demoSetup();
+    {
+      await using child = runCliOnPty(["apply", ...demo.args], { flags: ["-A"] });
+      await child.waitFor(/Apply the changes to "win10"\?/);
+      await child.type("n\n");
+      await child.waitFor(/Apply the changes to "gentoo"\?/);
+      await child.type("y\n");
+      // The input stays open, as a user who answered and waits: the program must not wait for
+      // another line.
+      const { code, screen } = await child.exited(15_000);
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /changed gentoo/);
+    }
+    // A backup that differs from the definition (the test driver's world is the process's own,
+    // so each run starts from the demo world): rollback shows the diff and asks.
+    const stateDir = `${demo.root}/state`;
+    using port = openLibvirtPort(`test://${DEMO}world.xml`);
+    const current = port.getPersistentXml("win10", { secure: true });
+    writeBackup(stateDir, {
+      vm: "win10",
+      uuid: parseDomainXml(current).uuid ?? "",
+      xml: current.replace(/<description>[^<]*<\/description>/, "<description>older</description>"),
+      reason: "apply",
+      uri: port.uri,
+    });
+    {
+      await using child = runCliOnPty(
+        ["rollback", "win10", "--connect", port.uri, "--state-dir", stateDir],
+        { flags: ["-A"] },
+      );
+      await child.waitFor(/Restore "win10" from this backup\? \[y\/n\]/);
+      await child.type("y\n");
+      const { code, screen } = await child.exited(15_000);
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /Restored "win10" from backup/);
+    }
+    recordCase({
+      area: "fault",
+      name: "interactive apply and rollback after the last answer, input left open",
+      count: 2,
+      outcome: "both exit at once, without waiting for another line or end of input",
+      test: "tests/apply/apply_test.ts",
+    });
+  },
+});
+
 // ---------------------------------------------------------------------------------------------
 // A real libvirtd (QEMU driver): it rewrites hostdevs (guest-side <address>), so the check after
 // the define must match on host source addresses only.
@@ -608,8 +659,9 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
   await using demo = await demoSetup();
   const stateDir = `${demo.root}/state`;
   Deno.mkdirSync(stateDir, { mode: 0o700 });
+  const uri = `test://${DEMO}world.xml`;
   {
-    using _held = acquireLock(stateDir, { command: "rollback" });
+    using _held = acquireConnectionLock(uri, { stateDir, command: "rollback" });
     const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
     assertEquals(result.code, 1);
     assertMatch(
@@ -625,11 +677,12 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
     startedAt: "2026-01-01T00:00:00.000Z",
     command: "apply",
   };
-  Deno.writeTextFileSync(`${stateDir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  const lockPath = connectionLockPath(uri, stateDir);
+  Deno.writeTextFileSync(lockPath, JSON.stringify(dead), { mode: 0o600 });
   const result = await runCli(["apply", ...demo.args, "--yes"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   assertMatch(result.stdout, /stale lock left by pid 999999/);
-  assertThrows(() => Deno.lstatSync(`${stateDir}/lock`), Deno.errors.NotFound);
+  assertThrows(() => Deno.lstatSync(lockPath), Deno.errors.NotFound);
 });
 
 /** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */

@@ -30,6 +30,8 @@ import {
   snapshotDomains,
 } from "../helpers/reliability.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcCut } from "../helpers/rpc_cut.ts";
+import { rollbackVm } from "../../lib/apply/rollback.ts";
 
 const TEST = "tests/apply/faults_test.ts";
 const A = "pt-fault-a";
@@ -54,6 +56,7 @@ function twoVmConfig(): Config {
 }
 
 const yes = (): Promise<ConfirmAnswer> => Promise.resolve("yes");
+const yes2 = (): Promise<boolean> => Promise.resolve(true);
 
 function hostdevsOf(port: LibvirtPort, vm: string): string[] {
   return parseDomainXml(port.getPersistentXml(vm)).hostdevs.map((h) => h.address).sort();
@@ -131,10 +134,11 @@ Deno.test({
         if (parseDomainXml(xml).name === B) killHardSync(daemon.pid);
       });
       const r2 = await applyPlan(plan2, { libvirt: killingPort, stateDir, confirm: yes });
-      assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-failed"]]);
+      // The connection died with the define: whether it was committed is unknown, and said so.
+      assertEquals(r2.vms.map((v) => [v.vm, v.code]), [[A, "applied"], [B, "define-unknown"]]);
       assertMatch(
         r2.vms[1]!.message,
-        new RegExp(`^libvirt rejected the new definition of "${B}", which is unchanged: `),
+        new RegExp(`^The define of "${B}" may or may not have taken effect: .*check with`),
       );
       assertEquals(readBackupXml(listBackups(stateDir, B)[0]!), original[B]);
       await restart();
@@ -156,7 +160,8 @@ Deno.test({
         area: "fault",
         name: "libvirtd killed during apply (between two VMs' defines)",
         count: 1,
-        outcome: "first VM applied, second failed cleanly, backups intact, rerun converges",
+        outcome:
+          "first VM applied, second's outcome reported unknown, backups intact, rerun converges",
         test: TEST,
       });
 
@@ -428,6 +433,207 @@ Deno.test({
       name: "two apply processes at once (one waiting at its prompt)",
       count: 1,
       outcome: "second fails fast naming the holder, first applies exactly once",
+      test: TEST,
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "a define (or rollback) the daemon committed before dying is reported as unknown, naming the backup, not as rejected",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    let port = openLibvirtPort(daemon.uri);
+    // A proxy in front of the daemon: it lets the define through, kills the daemon once the
+    // define is committed and answered, and drops the answer.
+    const cutter = () =>
+      startRpcCut({
+        socket: `${daemon.dir}/libvirt-sock`,
+        pid: daemon.pid,
+        dir: daemon.dir,
+        proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+      });
+    try {
+      port.define(qemuDomainXml(A));
+      const original = port.getPersistentXml(A, { secure: true });
+      {
+        await using cut = await cutter();
+        using through = openLibvirtPort(cut.uri);
+        const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: through });
+        const report = await applyPlan(plan, { libvirt: through, stateDir, confirm: yes });
+        await cut.cut;
+        const result = report.vms[0]!;
+        assertEquals([result.status, result.code, report.ok], ["failed", "define-unknown", false]);
+        assertMatch(
+          result.message,
+          new RegExp(
+            `^The define of "${A}" may or may not have taken effect: .*; its previous definition is in backup ".*": check with "passthrough plan"`,
+          ),
+        );
+        assertEquals(readBackupXml(listBackups(stateDir, A)[0]!), original);
+        assertEquals(result.backup, listBackups(stateDir, A)[0]!.path);
+      }
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+      // The daemon had committed it: the change is there, and planning again finds nothing to do.
+      assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"]);
+      const again = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+      assertEquals(again.vms[0]?.changed, false);
+
+      // The same for a rollback to the backup taken before that define.
+      {
+        await using cut = await cutter();
+        using through = openLibvirtPort(cut.uri);
+        const report = await rollbackVm(A, { libvirt: through, stateDir, confirm: yes2 });
+        await cut.cut;
+        assertEquals(report.status, "unknown");
+        assertMatch(
+          report.message,
+          new RegExp(
+            `^The rollback of "${A}" to backup ".*" may or may not have taken effect: .*the replaced definition is in backup`,
+          ),
+        );
+      }
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+      assertEquals(port.getPersistentXml(A, { secure: true }), original);
+      recordCase({
+        area: "fault",
+        name: "libvirtd dies after committing a define, before its reply (apply and rollback)",
+        count: 2,
+        outcome: "define-unknown / unknown naming the backup and how to check; never 'unchanged'",
+        test: TEST,
+      });
+    } finally {
+      port.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a device given to another VM by another client while apply waits at its prompt is not defined into a second VM",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    const C = "pt-fault-c";
+    port.define(qemuDomainXml(A));
+    port.define(qemuDomainXml(C));
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertEquals(plan.vms[0]?.add.map((a) => a.address), ["0000:21:00.0", "0000:21:00.1"]);
+    // The GPU's audio function, as `virsh attach-device --config` would add it by hand.
+    const hostdev = `${tree.dir}/hostdev.xml`;
+    await Deno.writeTextFile(
+      hostdev,
+      `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x21' slot='0x00' function='0x1'/></source></hostdev>`,
+    );
+    const report = await applyPlan(plan, {
+      libvirt: port,
+      stateDir,
+      confirm: async () => {
+        const out = await new Deno.Command("virsh", {
+          args: ["-c", daemon.uri, "attach-device", C, hostdev, "--config"],
+          stdout: "null",
+          stderr: "piped",
+        }).output();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        return "yes";
+      },
+    });
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.code, report.ok], ["failed", "conflict-changed", false]);
+    assertMatch(
+      result.message,
+      new RegExp(
+        `^Not applied to "${A}": since the plan was made, "${C}" holds "0000:21:00\\.1" in its persistent definition; .*run the plan again`,
+      ),
+    );
+    assertEquals(hostdevsOf(port, A), [], "A was not defined");
+    assertEquals(hostdevsOf(port, C), ["0000:21:00.1"], "the other client's change stands");
+    assertEquals(listBackups(stateDir), [], "nothing backed up for a VM not defined");
+    // Planned again, A is refused: the device is C's now.
+    const again = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertOk(again.vms[0]!.errors.length > 0);
+    recordCase({
+      area: "concurrency",
+      name: "device attached to another VM (virsh attach-device --config) while apply waits",
+      count: 1,
+      outcome: "conflict-changed, nothing defined or backed up; the device stays in one definition",
+      test: TEST,
+    });
+  },
+});
+
+/** A config giving `vm` the demo host's card with `id` (vendor:device). */
+function cardConfig(vm: string, id: string): string {
+  return `version: 1\nvms:\n  ${vm}:\n    devices:\n      - { name: card, match: { vendor_device_id: "${id}" } }\n`;
+}
+
+Deno.test({
+  name:
+    "two passthrough apply processes with different state directories on one libvirtd: one holds the connection's lock, the device ends in one definition",
+  ignore: daemonMissing !== null || !hasScript(),
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const [C, D] = ["pt-fault-c", "pt-fault-d"];
+    for (const vm of [A, B, C, D]) port.define(qemuDomainXml(vm));
+    const apply = async (vm: string, id: string) => {
+      const config = `${tree.dir}/${vm}.yaml`;
+      await Deno.writeTextFile(config, cardConfig(vm, id));
+      return [
+        "apply",
+        ...["--config", config, "--sysfs", tree.sysfs, "--connect", daemon.uri],
+        ...["--state-dir", `${tree.dir}/state-${vm}`],
+      ];
+    };
+    // 1. The first waits at its prompt, holding the lock of the connection; the second, with its
+    // own state directory and a config giving the same card to another VM, fails at once.
+    const RX580 = "1002:67df";
+    const first = await apply(A, RX580);
+    const second = await apply(B, RX580);
+    {
+      await using waiting = runCliOnPty(first, { flags: ["-A"] });
+      await waiting.waitFor(new RegExp(`Apply the changes to "${A}"\\?`));
+      const other = await runCli([...second, "--yes"], { flags: ["-A"] });
+      assertEquals(other.code, 1, other.stdout + other.stderr);
+      assertMatch(
+        other.stderr,
+        /Another passthrough apply holds the lock ".*" of "qemu:\/\/\/system\?socket=.*": pid \d+/,
+      );
+      assertEquals(other.stdout, "");
+      await waiting.type("y\n");
+      const { code, screen } = await waiting.finish();
+      assertEquals(code, 0, screen);
+    }
+    assertEquals(hostdevsOf(port, A), ["0000:4c:00.0", "0000:4c:00.1"]);
+    assertEquals(hostdevsOf(port, B), []);
+    assertEquals(listBackups(`${tree.dir}/state-${B}`), []);
+
+    // 2. Two started at once for the GTX 1080, each with its own state directory and VM: one
+    // applies, the other fails (on the lock, or planned after and refused), never both.
+    const GTX1080 = "10de:1b80";
+    const runs = await Promise.all([
+      runCli([...(await apply(C, GTX1080)), "--yes"], { flags: ["-A"] }),
+      runCli([...(await apply(D, GTX1080)), "--yes"], { flags: ["-A"] }),
+    ]);
+    const holders = [C, D].filter((vm) => hostdevsOf(port, vm).length > 0);
+    assertEquals(holders.length, 1, runs.map((r) => r.stdout + r.stderr).join("\n"));
+    assertEquals(runs.map((r) => r.code).sort(), [0, 1]);
+    recordCase({
+      area: "concurrency",
+      name: "two apply processes with different --state-dir on one libvirtd (waiting, racing)",
+      count: 2,
+      outcome: "one holds the connection's lock; the other fails; the card in one definition",
       test: TEST,
     });
   },

@@ -3,7 +3,7 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { acquireLock, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
@@ -198,7 +198,7 @@ Deno.test("rollbackVm() reports a missing backup and a held lock before writing 
     BackupNotFoundError,
   );
   {
-    using _held = acquireLock(f.stateDir, { command: "apply" });
+    using _held = acquireConnectionLock(f.port.uri, { stateDir: f.stateDir, command: "apply" });
     await assertRejects(
       () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
       LockHeldError,
@@ -373,4 +373,37 @@ Deno.test("rollbackVm() does not overwrite a change made to the VM while the que
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), edited);
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
   assertEquals(listBackups(f.stateDir, "alpha").length, before);
+});
+
+Deno.test("rollbackVm() does not restore a backup giving the VM a device another domain holds now", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addHostdevs(f, "alpha", [GPU]);
+  // alpha lets the GPU go (its backup holds it), and beta takes it.
+  const withGpu = f.port.getPersistentXml("alpha", { secure: true });
+  const released = editDomainXml(withGpu, { remove: [GPU], add: [], records: [] });
+  const vm: VmPlan = { ...emptyVmPlan("alpha", withGpu), desiredXml: released, changed: true };
+  const report = await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  assertEquals(report.changed, ["alpha"]);
+  await addHostdevs(f, "beta", [GPU]);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  let asked = false;
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([rolled.status, asked], ["failed", false]);
+  assertMatch(
+    rolled.message,
+    /^Not restored: backup ".*" gives "alpha" devices held elsewhere now: "beta" holds "0000:01:00\.0" in its persistent definition; .*two definitions/,
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(hostdevs(f, "beta"), [GPU]);
 });

@@ -14,7 +14,7 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { acquireLock } from "../../lib/state/lock.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
-import { redactSecrets } from "../../lib/domain/secrets.ts";
+import { redactSecrets, secretValues } from "../../lib/domain/secrets.ts";
 import { redactedJson } from "../../lib/render/redact.ts";
 import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
@@ -26,6 +26,20 @@ import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "../helpers
 const TEST = "tests/cli/security_test.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 const SECRET = "pt-s3crt";
+const COOKIE = "pt-c00kie-s3crt";
+
+/** An HTTPS CD-ROM whose source sends a session cookie with the value `value`. */
+function cookieDisk(value: string): string {
+  return `<disk type='network' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='https' name='/iso/install.iso'>
+        <host name='example.org' port='443'/>
+        <cookies><cookie name='session'>${value}</cookie></cookies>
+      </source>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>`;
+}
 
 function sourceFiles(): string[] {
   const files: string[] = [`${ROOT}main.ts`, `${ROOT}bin/passthrough`];
@@ -226,14 +240,16 @@ Deno.test({
     await using tree = await demoTree();
     using port = openLibvirtPort(daemon.uri);
     const vm = "pt-security";
+    // An HTTPS CD-ROM with a session cookie: libvirt shows its value only with
+    // VIR_DOMAIN_XML_SECURE, like the VNC password.
     port.define(`<domain type='qemu'>
   <name>${vm}</name>
   <memory unit='MiB'>64</memory>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices><graphics type='vnc' autoport='yes' passwd='${SECRET}'/></devices>
+  <devices>${cookieDisk(COOKIE)}<graphics type='vnc' autoport='yes' passwd='${SECRET}'/></devices>
 </domain>`);
     const original = port.getPersistentXml(vm, { secure: true });
-    assertOk(original.includes(SECRET));
+    assertOk(original.includes(SECRET) && original.includes(COOKIE));
     const config = `${tree.dir}/config.yaml`;
     await Deno.writeTextFile(config, gpuConfig(vm));
     const stateDir = `${tree.dir}/state`;
@@ -260,6 +276,7 @@ Deno.test({
       assertEquals(run.code, code, `${name}: ${run.out}`);
       assertOk(!/NotCapable|Requires .* access|--allow-/.test(run.out), `${name}: ${run.out}`);
       assertOk(!run.out.includes(SECRET), `${name} printed the password`);
+      assertOk(!run.out.includes(COOKIE), `${name} printed the cookie`);
       outputs[name] = run.out;
     }
     assertMatch(outputs["plan"]!, /\+\s+<hostdev mode='subsystem' type='pci' managed='yes'>/);
@@ -270,6 +287,7 @@ Deno.test({
     // applied definition), the password is still in libvirt.
     const now = port.getPersistentXml(vm, { secure: true });
     assertOk(now.includes(SECRET), "apply and rollback kept the password");
+    assertOk(now.includes(`<cookie name='session'>${COOKIE}</cookie>`), "and the cookie");
     // Backups hold the secure XML, so they are private: 0700 directories, 0600 files.
     const modes = snapshotDir(stateDir);
     for (const [path, entry] of Object.entries(modes)) {
@@ -278,6 +296,13 @@ Deno.test({
       assertOk(type !== "link", `${path} is a symlink`);
     }
     assertOk(Object.values(modes).some((e) => e.includes(SECRET)), "backups keep the secret");
+    recordCase({
+      area: "security",
+      name: "VM with an HTTPS disk with <cookies>: plan, apply --yes, rollback --yes",
+      count: runs.length,
+      outcome: "plans and applies; cookie kept in libvirt and backups, never printed",
+      test: TEST,
+    });
     recordCase({
       area: "security",
       name: "documented permission set: devices, plan, apply --yes, backups, rollback --yes",
@@ -401,6 +426,121 @@ Deno.test("passthrough rollback shows passwords as *** in its diff unless --show
     name: "rollback diff of definitions read with secrets",
     count: 3,
     outcome: "passwords shown as *** unless --show-secrets; a reverted password shows (changed)",
+    test: TEST,
+  });
+});
+
+Deno.test("redactSecrets() hides every value libvirt formats only with VIR_DOMAIN_XML_SECURE", async () => {
+  // Each kind of secret libvirt has: graphics passwords, and cookies of a network disk source,
+  // its backing store's included.
+  await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>vm</name>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>
+      <disk type='network' device='disk'>
+        <source protocol='https' name='/a.img'>
+          <host name='example.org'/>
+          <cookies><cookie name='s'>${COOKIE}-1</cookie><cookie name='t'>${COOKIE}-2</cookie></cookies>
+        </source>
+        <backingStore type='network'>
+          <format type='raw'/>
+          <source protocol='http' name='/b.img'>
+            <host name='example.org'/>
+            <cookies><cookie name='u'>${COOKIE}-3</cookie></cookies>
+          </source>
+          <backingStore/>
+        </backingStore>
+        <target dev='vda' bus='virtio'/>
+      </disk>
+      <graphics type='vnc' port='-1' passwd='${SECRET}-vnc'/>
+      <graphics type='spice' port='-1' passwd='${SECRET}-spice'/>
+    </devices>
+  </domain>
+</node>`);
+  using port = openLibvirtPort(world.uri);
+  const secure = port.getPersistentXml("vm", { secure: true });
+  const plain = port.getPersistentXml("vm").replace(/<uuid>.*<\/uuid>/, "");
+  // What the secure read adds: every attribute value (but element names' `name=`) and text of
+  // its lines that the plain read does not have anywhere.
+  const plainLines = new Set(plain.split("\n"));
+  const added = secure.split("\n").filter((line) => !plainLines.has(line) && !/<uuid>/.test(line))
+    .flatMap((line) => [
+      ...[...line.matchAll(/\s(?!name=)[\w-]+='([^']*)'/g)].map((m) => m[1]!),
+      ...[...line.matchAll(/>([^<]+)</g)].map((m) => m[1]!),
+    ])
+    .filter((value) => value.trim() !== "" && !plain.includes(value));
+  assertEquals(added.sort(), [
+    `${COOKIE}-1`,
+    `${COOKIE}-2`,
+    `${COOKIE}-3`,
+    `${SECRET}-spice`,
+    `${SECRET}-vnc`,
+  ]);
+  assertEquals(secretValues(secure).sort(), added);
+  const before = secure.replace(`${COOKIE}-1`, "older");
+  const printed = [
+    redactSecrets(secure),
+    redactedJson({ xml: secure }),
+    renderDomainDiff(before, secure, { vm: "vm" }),
+    renderDomainDiff("<domain>\n</domain>\n", secure, { vm: "vm" }),
+  ];
+  for (const text of printed) {
+    for (const value of [...added, "older"]) assertOk(!text.includes(value), `${value} in ${text}`);
+  }
+  assertMatch(printed[2]!, /^\+\s*<cookie name='s'>\*\*\* \(changed\)<\/cookie>/m);
+  recordCase({
+    area: "security",
+    name: "every value libvirt shows only with VIR_DOMAIN_XML_SECURE (passwd, disk cookies)",
+    count: added.length,
+    outcome: "redacted in text, --json and diffs; a changed cookie marked (changed)",
+    test: TEST,
+  });
+});
+
+Deno.test("passthrough rollback shows disk cookies as *** in its diff and marks one that changed", async () => {
+  await using tree = await demoTree();
+  await using world = await writeTempWorld(`<node>
+  <domain type='test'>
+    <name>vm</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+    <devices>${cookieDisk(COOKIE)}</devices>
+  </domain>
+</node>`);
+  const stateDir = `${tree.dir}/state`;
+  {
+    using port = openLibvirtPort(world.uri);
+    const secure = port.getPersistentXml("vm", { secure: true });
+    assertOk(secure.includes(COOKIE));
+    writeBackup(openStateDir(stateDir), {
+      vm: "vm",
+      uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
+      xml: secure.replace(COOKIE, "0ld-c00kie"),
+      reason: "apply",
+      uri: port.uri,
+    });
+  }
+  const out: string[] = [];
+  const code = await main(["rollback", "vm", "--connect", world.uri, "--state-dir", stateDir], {
+    out: (t) => out.push(t),
+    err: (t) => out.push(t),
+    color: false,
+    interactive: true,
+    readLine: () => Promise.resolve("n"),
+    env: () => undefined,
+  });
+  const text = out.join("");
+  assertEquals(code, 0, text);
+  assertOk(!text.includes(COOKIE) && !text.includes("0ld-c00kie"), text);
+  assertMatch(text, /^\+\s*<cookie name='session'>\*\*\* \(changed\)<\/cookie>/m);
+  recordCase({
+    area: "security",
+    name: "rollback diff of a disk cookie that differs from the backup's",
+    count: 1,
+    outcome: "cookie values shown as ***, the change marked (changed)",
     test: TEST,
   });
 });

@@ -87,6 +87,11 @@ export interface PtySession extends AsyncDisposable {
   type(text: string): Promise<void>;
   /** Closes the input and waits for the exit; returns the code and the whole screen. */
   finish(): Promise<{ code: number; screen: string }>;
+  /**
+   * Waits for the exit with the input left open (as a user who answered and waits); rejects when
+   * the program has not exited after `ms` milliseconds.
+   */
+  exited(ms: number): Promise<{ code: number; screen: string }>;
 }
 
 /** Starts `passthrough ARGS` on a pseudo-terminal (`script` from util-linux). */
@@ -155,6 +160,23 @@ export function runCliOnPty(args: string[], options: CliOptions = {}): PtySessio
       const s = await status;
       await stderrDone;
       return { code: s.code, screen };
+    },
+    async exited(ms) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(new Error(`Still running ${ms} ms after the last answer; screen:\n${screen}`)),
+          ms,
+        );
+      });
+      try {
+        const s = await Promise.race([status, late]);
+        await stderrDone;
+        return { code: s.code, screen };
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
       await close();

@@ -1,15 +1,21 @@
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
   BackupIntegrityError,
   BackupNotFoundError,
+  describeBackupProblem,
   encodeVmName,
   findBackup,
+  inspectBackups,
   listBackups,
   readBackupXml,
   sha256Hex,
   writeBackup,
 } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
+import { runCli } from "../helpers/cli.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+
+const TEST = "tests/state/backups_test.ts";
 
 const UUID = "0b7e4a7c-2f0d-4b8e-9c43-5a1d6f3e8b21";
 
@@ -144,13 +150,108 @@ Deno.test("listBackups() lists newest first, per VM or for every VM", () => {
   }
 });
 
-Deno.test("listBackups() ignores an XML file whose sidecar was never written", () => {
+Deno.test("inspectBackups() lists an XML left without its sidecar, and a temporary file, as incomplete", () => {
   const root = tempDir();
   try {
     const state = openStateDir(`${root}/state`);
     const entry = backupOf(state, "a");
-    Deno.writeTextFileSync(`${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`, "<x/>");
+    // What a run killed between the XML and its sidecar, or in the middle of a write, leaves.
+    const orphan = `${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`;
+    Deno.writeTextFileSync(orphan, "<x/>");
+    const temp = `${state.backupsPath}/a/.20991231T000001.000Z-deadbeef.xml.1234.tmp`;
+    Deno.writeTextFileSync(temp, "<x");
     assertEquals(listBackups(state, "a").map((e) => e.id), [entry.id]);
+    const { entries, problems } = inspectBackups(state);
+    assertEquals(entries.map((e) => e.id), [entry.id]);
+    assertEquals(problems.map((p) => [p.kind, p.id, p.path]), [
+      ["incomplete", null, temp],
+      ["incomplete", "20991231T000000.000Z-deadbeef", orphan],
+    ]);
+    assertMatch(describeBackupProblem(problems[1]!), /is incomplete: its sidecar is missing/);
+    // Never chosen: the newest intact backup is.
+    assertEquals(findBackup(state, "a").id, entry.id);
+    recordCase({
+      area: "fault",
+      name: "backup XML left without its sidecar (run killed between the writes)",
+      count: 1,
+      outcome: "listed as incomplete beside the intact backups, never restored",
+      test: TEST,
+    });
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("inspectBackups() reports a damaged sidecar and still lists every other backup", () => {
+  const damages: [string, RegExp, (path: string) => void][] = [
+    ["not JSON", /not valid JSON/, (path) => Deno.writeTextFileSync(path, "{ nope")],
+    ["JSON null", /not a JSON object/, (path) => Deno.writeTextFileSync(path, "null")],
+    ["a field missing", /field "uuid" is missing/, (path) => {
+      Deno.writeTextFileSync(path, `{"vm":"a"}`);
+    }],
+    ["1 GiB (sparse)", /larger than 65536 bytes/, (path) => Deno.truncateSync(path, 1024 ** 3)],
+    ["a FIFO", /not a regular file/, (path) => {
+      Deno.removeSync(path);
+      new Deno.Command("mkfifo", { args: [path] }).outputSync();
+    }],
+    ["a symlink to /dev/zero", /not a regular file/, (path) => {
+      Deno.removeSync(path);
+      Deno.symlinkSync("/dev/zero", path);
+    }],
+  ];
+
+  for (const [name, detail, damage] of damages) {
+    const root = tempDir();
+    try {
+      const state = openStateDir(`${root}/state`);
+      const older = backupOf(state, "a", { note: "<old/>", second: 1 });
+      const newer = backupOf(state, "a", { note: "<new/>", second: 2 });
+      const other = backupOf(state, "b", { second: 3 });
+      damage(`${state.backupsPath}/a/${older.id}.json`);
+      const { entries, problems } = inspectBackups(state);
+      assertEquals(entries.map((e) => e.id), [other.id, newer.id], name);
+      assertEquals(problems.map((p) => [p.kind, p.id]), [["damaged", older.id]], name);
+      assertMatch(problems[0]!.detail, detail, name);
+      assertEquals(listBackups(state, "a").map((e) => e.id), [newer.id], name);
+      // The VM's other backups stay reachable; the damaged one is refused by name.
+      assertEquals(findBackup(state, "a").id, newer.id);
+      assertThrows(() => findBackup(state, "a", older.id), BackupIntegrityError);
+      // Damaged and newer than every intact one: the newest cannot be chosen silently.
+      damage(`${state.backupsPath}/a/${newer.id}.json`);
+      assertThrows(() => findBackup(state, "a"), /is damaged: .*choose one with --to/);
+      assertEquals(findBackup(state, "b").id, other.id);
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  }
+  recordCase({
+    area: "fault",
+    name:
+      "damaged backup sidecar (not JSON, null, field missing, 1 GiB, FIFO, symlink to /dev/zero)",
+    count: damages.length,
+    outcome: "reported as damaged; every other backup listed and restorable; never hangs",
+    test: TEST,
+  });
+});
+
+Deno.test("passthrough backups lists the other backups, reports the damaged one and exits 1", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const older = backupOf(state, "a", { second: 1 });
+    const other = backupOf(state, "b", { second: 2 });
+    Deno.writeTextFileSync(`${state.backupsPath}/a/${older.id}.json`, "{ nope");
+    const human = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals(human.code, 1, human.stderr);
+    assertMatch(human.stdout, new RegExp(other.id));
+    assertMatch(
+      human.stdout,
+      new RegExp(`Backup ".*/a/${older.id}\\.json" is damaged: the sidecar is not valid JSON`),
+    );
+    const json = await runCli(["backups", "--json", "--state-dir", state.path]);
+    assertEquals(json.code, 1);
+    assertEquals(JSON.parse(json.stdout).map((e: { id: string }) => e.id), [other.id]);
+    assertMatch(json.stderr, /is damaged: the sidecar is not valid JSON/);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
@@ -186,6 +287,12 @@ Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha2
     assertEquals(readBackupXml(entry), xmlOf("a"));
     Deno.writeTextFileSync(entry.path, xmlOf("a", "<tampered/>"));
     assertThrows(() => readBackupXml(entry), BackupIntegrityError);
+    // A huge file (sparse) is refused by its size, never read whole.
+    Deno.truncateSync(entry.path, 2 * 1024 ** 3);
+    assertThrows(() => readBackupXml(entry), /is damaged: it is larger than 16777216 bytes/);
+    Deno.removeSync(entry.path);
+    Deno.symlinkSync("/dev/zero", entry.path);
+    assertThrows(() => readBackupXml(entry), /is damaged: it is a symbolic link/);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }

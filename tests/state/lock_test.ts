@@ -1,5 +1,14 @@
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
-import { acquireLock, LockHeldError, StaleLockError } from "../../lib/state/lock.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  acquireConnectionLock,
+  acquireLock,
+  connectionLockPath,
+  LOCK_DIR,
+  LockHeldError,
+  lockUri,
+  StaleLockError,
+} from "../../lib/state/lock.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
 
@@ -208,4 +217,109 @@ Deno.test("acquireLock() lets exactly one of many racing processes break a stale
     }
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+/** Runs `acquireLock(dir)` in a child process: its one-line outcome, or `hung` after `ms`. */
+async function acquireInChild(dir: string, ms: number): Promise<string> {
+  const code = `
+    import { acquireLock } from ${JSON.stringify(LOCK_MODULE)};
+    try {
+      using lock = acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+      console.log("acquired, broke " + JSON.stringify(lock.brokeStale));
+    } catch (error) {
+      console.log("refused: " + error.message);
+    }
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), ms);
+  const output = await child.output();
+  clearTimeout(timer);
+  return output.success ? new TextDecoder().decode(output.stdout).trim() : "hung";
+}
+
+Deno.test("acquireLock() refuses a FIFO or a symlink to /dev/zero at the lock's name, and reads a huge lock file only in part", async () => {
+  const dir = tempDir();
+  const lock = `${dir}/lock`;
+  try {
+    new Deno.Command("mkfifo", { args: [lock] }).outputSync();
+    assertMatch(await acquireInChild(dir, 20_000), /^refused: Refusing ".*\/lock": it is a FIFO/);
+    assertOk(Deno.lstatSync(lock).isFifo, "the FIFO is left as it was");
+    Deno.removeSync(lock);
+
+    Deno.symlinkSync("/dev/zero", lock);
+    assertMatch(
+      await acquireInChild(dir, 20_000),
+      /^refused: Refusing ".*\/lock": it is a symbolic link/,
+    );
+    assertEquals(Deno.readLinkSync(lock), "/dev/zero");
+    Deno.removeSync(lock);
+
+    // A 2 GiB lock file (sparse) nobody holds: stale, broken after reading a few KiB of it.
+    Deno.writeFileSync(lock, new Uint8Array(0), { mode: 0o600 });
+    Deno.truncateSync(lock, 2 * 1024 ** 3);
+    assertEquals(
+      await acquireInChild(dir, 20_000),
+      `acquired, broke {"pid":0,"host":"unknown","startedAt":"unknown","command":"unknown"}`,
+    );
+    assertThrows(() => Deno.lstatSync(lock), Deno.errors.NotFound);
+    recordCase({
+      area: "fault",
+      name: "lock file planted as a FIFO, a symlink to /dev/zero, a 2 GiB file",
+      count: 3,
+      outcome: "FIFO and symlink refused by name without opening; huge file read 4 KiB, broken",
+      test: "tests/state/lock_test.ts",
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name:
+    "acquireConnectionLock() is one lock per libvirt connection whatever the state directory, and per state directory for the test driver",
+  ignore: Deno.uid() !== 0,
+  fn() {
+    const dir = tempDir();
+    try {
+      const [one, two] = [`${dir}/one`, `${dir}/two`];
+      for (const state of [one, two]) Deno.mkdirSync(state, { mode: 0o700 });
+      // A URI no test daemon uses, so this test shares its lock with nobody.
+      const uri = `qemu:///system?socket=${dir}/libvirt-sock`;
+      {
+        using first = acquireConnectionLock(uri, { stateDir: one, command: "apply" });
+        assertEquals(first.uri, lockUri(uri));
+        assertMatch(first.path, new RegExp(`^${LOCK_DIR}/connection-[0-9a-f]{32}\\.lock$`));
+        assertEquals((Deno.statSync(LOCK_DIR).mode ?? 0) & 0o777, 0o700);
+        // Another state directory, the same connection spelled another way: held.
+        const spelled = `QEMU+unix:///system/?socket=${dir}/libvirt-sock&no_verify=1`;
+        const error = heldError(() =>
+          acquireConnectionLock(spelled, { stateDir: two, command: "rollback" })
+        );
+        assertEquals(error.holder?.uri, lockUri(uri));
+        assertOk(error.message.includes(`" of "${lockUri(uri)}": pid ${Deno.pid}`), error.message);
+        // Another connection is another lock.
+        using _other = acquireConnectionLock(`${uri}2`, { stateDir: two, command: "apply" });
+      }
+      // The test driver's world is the process's own: its lock is the state directory's.
+      const test = "test:///default";
+      using a = acquireConnectionLock(test, { stateDir: one, command: "apply" });
+      using b = acquireConnectionLock(test, { stateDir: two, command: "apply" });
+      assertEquals([a.path.startsWith(`${one}/`), b.path.startsWith(`${two}/`)], [true, true]);
+      assertEquals(connectionLockPath(test, one), a.path);
+      recordCase({
+        area: "concurrency",
+        name: "connection lock taken with two state directories and two spellings of one URI",
+        count: 1,
+        outcome: "the second fails naming the holder and the connection",
+        test: "tests/state/lock_test.ts",
+      });
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
 });

@@ -1,0 +1,134 @@
+/**
+ * The check made just before each define: is any device the VM is about to take now held by
+ * another domain, beyond what the plan already knew of? The plan refused every VM taking a device
+ * another domain held, but minutes may pass between the plan and the define (the prompt), and
+ * another client (`virsh attach-device`, `virsh define`, another passthrough run) may hand the
+ * device to another domain meanwhile. Defining then would put one device in two definitions.
+ *
+ * What another domain may still hold, because the plan counted on it: a device a planned VM
+ * releases, in that VM's persistent definition while the VM is not applied yet (two VMs swapping
+ * devices: the first goes first) and unchanged since the plan, and in its running definition when
+ * it was running at plan time (the release takes effect at its next power-off). Anything else
+ * another domain holds of what the VM takes (the device, or with the plan's `groupOf`, another
+ * function of its IOMMU group) is new since the plan; so is a domain whose holdings cannot be read.
+ * Pure: the world is read by the caller.
+ *
+ * @module
+ */
+
+import type { PciAddress } from "../host/types.ts";
+import type { Plan, VmPlan } from "../plan/types.ts";
+import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
+
+/** The PCI addresses a definition holds, and why that is not fully known (or `null`). */
+function heldBy(read: DefinitionRead): { addresses: PciAddress[]; unknown: string | null } {
+  switch (read.kind) {
+    case "parsed":
+      return {
+        addresses: [
+          ...read.domain.hostdevs.map((h) => h.address),
+          ...read.domain.interfaceHostdevs,
+        ],
+        unknown: null,
+      };
+    case "unreadable":
+      return {
+        addresses: read.scan.addresses,
+        unknown: read.scan.unresolved > 0
+          ? `it holds ${read.scan.unresolved} hostdev(s) with no readable address`
+          : null,
+      };
+    case "read-failed":
+      return { addresses: [], unknown: `its definition cannot be read: ${read.error}` };
+  }
+}
+
+/** Whether `address` is, or shares a known IOMMU group with, a device `vm` takes. */
+function takenBy(vm: VmPlan, groupOf: Readonly<Record<PciAddress, number>>) {
+  const taking = new Set([...vm.add.map((a) => a.address), ...vm.move.map((m) => m.to)]);
+  const groups = new Set(
+    [...taking].map((a) => groupOf[a]).filter((g): g is number => g !== undefined),
+  );
+  return {
+    any: taking.size > 0,
+    has: (address: PciAddress) =>
+      taking.has(address) || (groupOf[address] !== undefined && groups.has(groupOf[address]!)),
+  };
+}
+
+/**
+ * Why defining `vm` now would put a device in two definitions, one sentence per other domain
+ * (empty when nothing it takes is held elsewhere beyond what `plan` counted on). `world` is the
+ * connection read just before the define, after the defines of the VMs applied before `vm`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { readDefinition } from "../plan/world.ts";
+ * import { emptyVmPlan } from "../plan/vm_edit.ts";
+ * // "a" takes 0000:01:00.0 (a card that moved there); meanwhile "b" was given it.
+ * const move = { from: "0000:02:00.0", to: "0000:01:00.0", rule: "gpu", evidence: "same IDs" };
+ * const vm = { ...emptyVmPlan("a", ""), move: [move] };
+ * const plan = { config: "", host: "", uri: "", errors: [], warnings: [], vms: [vm] };
+ * const held = readDefinition(`<domain><name>b</name><devices><hostdev mode='subsystem'
+ *   type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev>
+ *   </devices></domain>`);
+ * const world = { uri: "", domains: [{ name: "b", active: false, persistent: held, live: null }] };
+ * assertEquals(heldSincePlan(vm, plan, world), [
+ *   `"b" holds "0000:01:00.0" in its persistent definition`,
+ * ]);
+ * ```
+ */
+export function heldSincePlan(vm: VmPlan, plan: Plan, world: World): string[] {
+  const taken = takenBy(vm, plan.groupOf ?? {});
+  if (!taken.any) return [];
+  const planned = new Map(plan.vms.map((v) => [v.name, v]));
+  const none = new Set<PciAddress>();
+  return heldElsewhere(vm.name, taken.has, world, (domain, which) => {
+    const other = planned.get(domain.name);
+    if (other === undefined) return none;
+    const counted = which === "persistent"
+      // Not applied yet and unchanged: the plan counted on its release coming after this define.
+      ? domain.persistent.kind !== "read-failed" && domain.persistent.xml === other.currentXml
+      // A guest running at plan time keeps what it releases until its next power-off.
+      : other.active === true;
+    return counted ? new Set([...other.remove, ...other.move.map((m) => m.from)]) : none;
+  });
+}
+
+/**
+ * One sentence per definition (persistent or running) of a domain other than `name` that holds
+ * a device `takes` accepts, beyond the devices `expected` allows it, or whose holdings cannot be
+ * read: empty when defining `name` with those devices puts none of them in two definitions.
+ */
+export function heldElsewhere(
+  name: string,
+  takes: (address: PciAddress) => boolean,
+  world: World,
+  expected: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress> =
+    () => new Set(),
+): string[] {
+  const problems: string[] = [];
+  for (const domain of world.domains) {
+    if (domain.name === name) continue;
+    const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
+    if (domain.live !== null) reads.push(["running", domain.live]);
+    for (const [which, read] of reads) {
+      const { addresses, unknown } = heldBy(read);
+      if (unknown !== null) {
+        problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);
+        continue;
+      }
+      const allowed = expected(domain, which);
+      const clash = [...new Set(addresses)].filter((a) => takes(a) && !allowed.has(a)).sort();
+      if (clash.length > 0) {
+        problems.push(
+          `"${domain.name}" holds ${
+            clash.map((a) => `"${a}"`).join(", ")
+          } in its ${which} definition`,
+        );
+      }
+    }
+  }
+  return problems;
+}

@@ -1,0 +1,111 @@
+/**
+ * The check before each define, on worlds built from data: what another domain may still hold
+ * because the plan counted on it (a swap's other half, a running guest that releases at its next
+ * power-off), and what is new since the plan (a device given to another domain, a guest started
+ * since, a definition that cannot be read).
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { heldSincePlan } from "../../lib/apply/recheck.ts";
+import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+import { dataWorld } from "../helpers/world.ts";
+
+const GPU = "0000:01:00.0";
+const AUDIO = "0000:01:00.1";
+const NIC = "0000:02:00.0";
+
+function domain(name: string, addresses: string[]): string {
+  const hostdevs = addresses.map((a) => {
+    const [, bus, slot, fn] = /^0000:(..):(..)\.(.)$/.exec(a)!;
+    return `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+  }).join("");
+  return `<domain type='test'><name>${name}</name><devices>${hostdevs}</devices></domain>`;
+}
+
+/** A VM plan taking `take` (as a moved card) and releasing `release`, planned from `xml`. */
+function vmPlan(
+  name: string,
+  xml: string,
+  change: { take?: string[]; release?: string[]; active?: boolean },
+): VmPlan {
+  return {
+    ...emptyVmPlan(name, xml),
+    move: (change.take ?? []).map((to) => ({ from: "0000:7f:00.0", to, rule: "r", evidence: "" })),
+    remove: change.release ?? [],
+    active: change.active ?? false,
+  };
+}
+
+function planOf(vms: VmPlan[], groupOf?: Record<string, number>): Plan {
+  return {
+    config: "",
+    host: "",
+    uri: "",
+    errors: [],
+    warnings: [],
+    vms,
+    ...(groupOf === undefined ? {} : { groupOf }),
+  };
+}
+
+Deno.test("heldSincePlan() allows what the plan counted on: a swap's other half, a running releaser", () => {
+  // alpha and beta swap: alpha (first) takes beta's GPU, beta takes alpha's NIC after.
+  const alphaXml = domain("alpha", [NIC]);
+  const betaXml = domain("beta", [GPU]);
+  const alpha = vmPlan("alpha", alphaXml, { take: [GPU], release: [NIC] });
+  const beta = vmPlan("beta", betaXml, { take: [NIC], release: [GPU] });
+  const plan = planOf([alpha, beta]);
+  assertEquals(heldSincePlan(alpha, plan, dataWorld({ alpha: alphaXml, beta: betaXml })), []);
+  // beta runs with the GPU and releases it at its next power-off: the plan said so.
+  const running = vmPlan("beta", betaXml, { release: [GPU], active: true });
+  const applied = domain("beta", []);
+  const world = dataWorld({
+    alpha: alphaXml,
+    beta: { xml: applied, active: true, liveXml: betaXml },
+  });
+  assertEquals(heldSincePlan(alpha, planOf([alpha, running]), world), []);
+});
+
+Deno.test("heldSincePlan() refuses what is new since the plan", () => {
+  const alphaXml = domain("alpha", []);
+  const alpha = vmPlan("alpha", alphaXml, { take: [GPU, AUDIO] });
+  const plan = planOf([alpha], { [GPU]: 7, [AUDIO]: 7 });
+  const cases: [string, Parameters<typeof dataWorld>[0], RegExp][] = [
+    [
+      "another domain was given the device",
+      { alpha: alphaXml, gamma: domain("gamma", [AUDIO]) },
+      /^"gamma" holds "0000:01:00\.1" in its persistent definition$/,
+    ],
+    [
+      "a guest started since holds it hot-plugged",
+      {
+        alpha: alphaXml,
+        gamma: { xml: domain("gamma", []), active: true, liveXml: domain("gamma", [GPU]) },
+      },
+      /^"gamma" holds "0000:01:00\.0" in its running definition$/,
+    ],
+    [
+      "a definition cannot be read any more",
+      { alpha: alphaXml, gamma: "<domain><name>gamma</name><devices><hostdev type='pci'>" },
+      /^"gamma" holds|^what "gamma" holds is unknown/,
+    ],
+  ];
+  for (const [name, world, expected] of cases) {
+    const problems = heldSincePlan(alpha, plan, dataWorld(world));
+    assertEquals(problems.length, 1, `${name}: ${problems}`);
+    assertMatch(problems[0]!, expected, name);
+  }
+  // A releaser that was not running at plan time and now runs with the device: new.
+  const betaXml = domain("beta", [GPU]);
+  const beta = vmPlan("beta", betaXml, { release: [GPU], active: false });
+  const started = dataWorld({
+    alpha: alphaXml,
+    beta: { xml: domain("beta", []), active: true, liveXml: betaXml },
+  });
+  assertEquals(heldSincePlan(alpha, planOf([alpha, beta]), started), [
+    `"beta" holds "0000:01:00.0" in its running definition`,
+  ]);
+  // A VM that takes nothing is never held back.
+  assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, started), []);
+});
