@@ -10,10 +10,9 @@ import { redactSecrets } from "./lib/domain/secrets.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
+import { VERSION } from "./cli/version.ts";
 
 export type { CliIo } from "./cli/context.ts";
-
-const VERSION = "0.1.0";
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -67,8 +66,10 @@ export async function main(args: string[], io: CliIo = defaultIo()): Promise<num
     io.err(`passthrough: unknown command "${name}"\n\n${usage()}`);
     return 2;
   }
-  // Help wins over any other flag, and needs nothing but the command table.
-  if (rest.includes("--help") || rest.includes("-h")) {
+  // Help wins over any other flag, and needs nothing but the command table. Arguments after
+  // "--" are data (the hook passes VM names there), never a request for help.
+  const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  if (flags.includes("--help") || flags.includes("-h")) {
     io.out(command.help);
     return 0;
   }

@@ -22,6 +22,8 @@ import {
   DEVICES,
   DOCTOR,
   GROUPS,
+  GUARD,
+  HOOK,
   PLAN,
   ROLLBACK,
   SNAPSHOT,
@@ -39,5 +41,7 @@ export const COMMANDS: readonly Command[] = [
   defineCommand(APPLY, async () => (await import("./apply.ts")).run),
   defineCommand(ROLLBACK, async () => (await import("./rollback.ts")).run),
   defineCommand(BACKUPS, async () => (await import("./backups.ts")).run),
+  defineCommand(HOOK, async () => (await import("./hook.ts")).run),
+  defineCommand(GUARD, async () => (await import("./guard.ts")).run),
   defineCommand(DEMO, async () => (await import("./demo.ts")).run),
 ];
