@@ -64,11 +64,13 @@ export const DOCTOR = {
     ...HOST_FLAGS,
     ...CONNECT_FLAG,
     "no-libvirt": { type: "boolean", help: "skip the libvirt check" },
+    ...HOOKS_DIR_FLAG,
   },
   about: `
 Checks that this host can pass PCI devices through: IOMMU on, interrupt remapping,
-vfio-pci available, no ACS override, libvirt reachable. Exit 1 when a check fails.
-With --sysfs, the checks only this host can answer become warnings.`.trim(),
+vfio-pci available, no ACS override, libvirt reachable, and the start guard's hook installed,
+runnable and seen by the daemon. Exit 1 when a check fails. With --sysfs, the checks only this
+host can answer become warnings, and the hook is not checked.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough sources`. */
