@@ -189,7 +189,7 @@ function remove({ values }: HookLine<"remove">, io: CliIo): number {
 }
 
 /** The hook's own check (`cli/hook_check.ts`), for bundles without it and compiled binaries. */
-function check({ values, positionals }: HookLine<"run">, io: CliIo): number {
+function check({ values, positionals }: HookLine<"run">, io: CliIo): Promise<number> {
   const stateDir = values["state-dir"];
   if (stateDir === undefined) throw new UsageError("Missing --state-dir DIR");
   const [vm, operation, subOperation] = positionals;
@@ -209,6 +209,6 @@ export function run(parsed: Parsed<typeof HOOK>, io: CliIo): Promise<number> {
     case "remove":
       return Promise.resolve(remove(parsed, io));
     case "run":
-      return Promise.resolve(check(parsed, io));
+      return check(parsed, io);
   }
 }

@@ -82,11 +82,14 @@ function readStdin(max: number): Uint8Array | null {
  * Runs the check for the hook's arguments, writing refusals to `err`; returns the exit code.
  * Every operation but `prepare begin` returns 0 before anything is read.
  */
-export function checkStart(args: HookCheckArgs, err: (text: string) => void): number {
+export async function checkStart(
+  args: HookCheckArgs,
+  err: (text: string) => void,
+): Promise<number> {
   if (args.operation !== "prepare" || args.subOperation !== "begin") return 0;
   const bytes = readStdin(MAX_XML_BYTES);
   const root = args.sysfs.replace(/(.)\/+$/, "$1");
-  const result = runGuard({
+  const result = await runGuard({
     vm: args.vm,
     operation: args.operation,
     subOperation: args.subOperation,
@@ -103,11 +106,14 @@ export function checkStart(args: HookCheckArgs, err: (text: string) => void): nu
 }
 
 /** {@link checkStart} for a command line; exit 2 (which stops the start too) when it is bad. */
-export function hookCheck(args: readonly string[], err: (text: string) => void): number {
+export function hookCheck(
+  args: readonly string[],
+  err: (text: string) => void,
+): Promise<number> {
   const parsed = parseHookCheckArgs(args);
   if (typeof parsed === "string") {
     err(`passthrough hook run: ${parsed}\n`);
-    return 2;
+    return Promise.resolve(2);
   }
   return checkStart(parsed, err);
 }
@@ -115,7 +121,7 @@ export function hookCheck(args: readonly string[], err: (text: string) => void):
 if (import.meta.main) {
   const encoder = new TextEncoder();
   try {
-    Deno.exitCode = hookCheck(
+    Deno.exitCode = await hookCheck(
       Deno.args,
       (text) => void Deno.stderr.writeSync(encoder.encode(text)),
     );

@@ -1,7 +1,7 @@
 // One hook run on a built tree with a real state directory: the one-shot allowance, the refusal
 // record, and the operations that must pass untouched.
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { runGuard } from "../../lib/guard/run.ts";
@@ -47,8 +47,8 @@ function run(root: string, stateDir: string, xml: string | null, now?: Date) {
 }
 
 Deno.test("runGuard() refuses, records the refusal, and forgets it after a clean start", async () => {
-  await withTree((root, state) => {
-    const refused = run(root, state, MOVED);
+  await withTree(async (root, state) => {
+    const refused = await run(root, state, MOVED);
     assertEquals(refused.code, 1);
     assertEquals(refused.lines.length, 1);
     assertMatch(
@@ -64,32 +64,45 @@ Deno.test("runGuard() refuses, records the refusal, and forgets it after a clean
     const mode = Deno.statSync(`${state}/guard/refused/win11.json`).mode! & 0o777;
     assertEquals(mode, 0o600);
     assertEquals(Deno.statSync(`${state}/guard/refused`).mode! & 0o777, 0o700);
-    const clean = run(root, state, IN_PLACE);
+    const clean = await run(root, state, IN_PLACE);
     assertEquals([clean.code, clean.lines], [0, []]);
     assertEquals(readRefusalRecords(state), []);
   });
 });
 
 Deno.test("runGuard() lets one start through with an allowance, then refuses again", async () => {
-  await withTree((root, state) => {
+  await withTree(async (root, state) => {
     allowNextStart(state, "win11");
-    const allowed = run(root, state, MOVED);
+    const allowed = await run(root, state, MOVED);
     assertEquals(allowed.code, 0);
     assertMatch(
       allowed.lines[0]!,
       /^passthrough guard: starting "win11" once despite this \(passthrough guard allow\): hostdev 0000:0b:00\.0/,
     );
     assertEquals(readRefusalRecords(state)[0]?.allowed, true);
-    assertEquals(run(root, state, MOVED).code, 1);
+    assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+Deno.test("runGuard() lets a clean start go on without creating or writing any state", async () => {
+  await withTree(async (root, state) => {
+    assertEquals(await run(root, state, IN_PLACE), { code: 0, lines: [], refusals: [] });
+    // Nothing recorded, nothing created: the state directory does not even exist.
+    assertThrows(() => Deno.statSync(state), Deno.errors.NotFound);
+    // Once the guard keeps something, a clean start of this VM clears its own record.
+    await run(root, state, MOVED);
+    assertEquals(readRefusalRecords(state).length, 1);
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals(readRefusalRecords(state), []);
   });
 });
 
 Deno.test("runGuard() ignores an expired allowance and says so", async () => {
-  await withTree((root, state) => {
+  await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
     allowNextStart(state, "win11", given);
     const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
-    const result = run(root, state, MOVED, later);
+    const result = await run(root, state, MOVED, later);
     assertEquals(result.code, 1);
     assertMatch(result.lines.at(-1)!, /an allowance for "win11" had expired/);
     assertEquals(takeAllowance(state, "win11"), "none");
@@ -97,14 +110,14 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
 });
 
 Deno.test("runGuard() consumes an allowance on a clean start too: it is for the next start only", async () => {
-  await withTree((root, state) => {
+  await withTree(async (root, state) => {
     allowNextStart(state, "win11");
-    assertEquals(run(root, state, IN_PLACE).code, 0);
-    assertEquals(run(root, state, MOVED).code, 1);
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals((await run(root, state, MOVED)).code, 1);
   });
 });
 
-Deno.test("runGuard() passes every operation but prepare begin without reading anything", () => {
+Deno.test("runGuard() passes every operation but prepare begin without reading anything", async () => {
   const untouchable: SysfsReader = {
     listDir: () => {
       throw new Error("read");
@@ -132,7 +145,7 @@ Deno.test("runGuard() passes every operation but prepare begin without reading a
       ["restore", "begin"],
     ]
   ) {
-    const result = runGuard({
+    const result = await runGuard({
       vm: "win11",
       operation: operation!,
       subOperation: subOperation!,
@@ -147,13 +160,13 @@ Deno.test("runGuard() passes every operation but prepare begin without reading a
 });
 
 Deno.test("runGuard() fails closed on oversized XML, and when the check itself fails", async () => {
-  await withTree((root, state) => {
-    const big = run(root, state, null);
+  await withTree(async (root, state) => {
+    const big = await run(root, state, null);
     assertEquals(big.code, 1);
     assertMatch(big.lines[0]!, /the domain XML is larger than 16777216 bytes/);
     // A damaged host_use.json makes the check throw: refused, not let through.
     Deno.writeTextFileSync(`${root}/host_use.json`, "{");
-    const failed = run(root, state, IN_PLACE);
+    const failed = await run(root, state, IN_PLACE);
     assertEquals(failed.code, 1);
     assertMatch(failed.lines[0]!, /the check failed: Cannot parse ".*host_use\.json"/);
   });
