@@ -138,8 +138,9 @@ export function checkPermissions(stateDir: string): string[] {
 
 /**
  * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
- * checkout's `main.ts` (with the checkout's `deno.json`) or `hook_check.js` beside a bundle
- * (`deno task bundle` writes both), else of the CLI itself with `hook run`, without network or
+ * checkout's `main.ts` (with the checkout's `deno.json`) or `hook/hook_check.js` beside a bundle
+ * (`deno task bundle` writes both: the check in chunks, so the state code's `node:` modules load
+ * only when a start needs them), else of the CLI itself with `hook run`, without network or
  * remote modules (`--cached-only`) and with {@link checkPermissions}; or the compiled binary
  * itself. The check never spawns a program (the security test scans the sources for that).
  */
@@ -156,7 +157,7 @@ export function checkCommand(
   const checkout = main.endsWith(".ts");
   const lean = checkout
     ? join(dirname(main), "cli", "hook_check.ts")
-    : join(dirname(main), "hook_check.js");
+    : join(dirname(main), "hook", "hook_check.js");
   const [entry, args] = exists(lean) ? [lean, tail] : [main, ["hook", "run", ...tail]];
   // A checkout's modules name npm packages through its deno.json; a bundle holds them.
   const config = join(dirname(main), "deno.json");
