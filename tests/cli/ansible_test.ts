@@ -117,7 +117,7 @@ vms:
           "-e",
           JSON.stringify({
             passthrough_bundle: `${dir}/passthrough.js`,
-            passthrough_hook_bundle: `${dir}/hook`,
+            passthrough_guard: `${dir}/hook`,
             passthrough_hooks_dir: `${dir}/hooks`,
             passthrough_config: config,
             passthrough_deno: Deno.execPath(),
