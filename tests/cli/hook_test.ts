@@ -5,7 +5,7 @@
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { runCli } from "../helpers/cli.ts";
 import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
-import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
+import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
@@ -190,6 +190,31 @@ Deno.test("bench/hook_process.ts runs, and every hook run in it exits as it shou
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   assertEquals(out.code, 0, text);
   assertMatch(text, /hook prepare begin \(main\.ts\) +[0-9.]+ ms/);
+});
+
+Deno.test("hook run, what a bundle without its check or a compiled binary runs, checks with the hook's permissions", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-run-" });
+  try {
+    const state = `${dir}/state`;
+    const flags = ["--no-prompt", ...checkPermissions(state)];
+    const run = (args: string[]) =>
+      runCli(["hook", "run", "--state-dir", state, "--sysfs", tree.dir, "--", ...args], {
+        flags,
+        stdin: MOVED,
+      });
+    const refused = await run(["win11", "prepare", "begin", "-"]);
+    assertEquals([refused.code, refused.stdout], [1, ""]);
+    assertMatch(refused.stderr, /^passthrough guard: refusing to start "win11": hostdev 0000:0b/);
+    // After "--" a VM may be called "-h": it is the hook's argument, not a request for help.
+    const other = await run(["-h", "release", "end", "-"]);
+    assertEquals([other.code, other.stdout, other.stderr], [0, "", ""]);
+    const missing = await runCli(["hook", "run", "--", "win11", "prepare", "begin"], { flags });
+    assertEquals(missing.code, 2);
+    assertMatch(missing.stderr, /^passthrough hook: Missing --state-dir DIR\n/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("hook and guard refuse bad usage with exit 2", async () => {
