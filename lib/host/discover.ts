@@ -127,6 +127,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * import { buildHostTree } from "../testing/host_tree.ts";
+ * import { denoFsReader } from "./sysfs.ts";
  * const dir = Deno.makeTempDirSync();
  * buildHostTree({ devices: [{ bdf: "0000:01:00.0", group: 3, class: "0x030000",
  *   vendor: "0x10de", device: "0x1b80", subsystem_vendor: null, subsystem_device: null,
