@@ -12,10 +12,9 @@ import { stripAnsi } from "./lib/render/colors.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { defaultIo } from "./cli/io.ts";
+import { VERSION } from "./cli/version.ts";
 
 export type { CliIo } from "./cli/context.ts";
-
-const VERSION = "0.1.0";
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -75,8 +74,10 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
     io.err(`passthrough: unknown command "${name}"\n\n${usage()}`);
     return 2;
   }
-  // Help wins over any other flag, and needs nothing but the command table.
-  if (rest.includes("--help") || rest.includes("-h")) {
+  // Help wins over any other flag, and needs nothing but the command table. Arguments after
+  // "--" are data (the hook passes VM names there), never a request for help.
+  const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  if (flags.includes("--help") || flags.includes("-h")) {
     io.out(command.help);
     return 0;
   }

@@ -1,8 +1,8 @@
 /**
  * The command table: each subcommand's spec (`cli/specs.ts`) and how to load the module that runs
  * it. A command's module is imported only once its command line has parsed, so `--help`, a usage
- * error or a light command such as `groups` or `backups` never pays for the YAML parser, the XML
- * parser or the diff library that `plan` and `apply` need. `deno bundle` inlines these dynamic
+ * error or a light command such as `groups` or `backups` never pays for the YAML parser or the diff
+ * library that `plan` and `apply` need. `deno bundle` inlines these dynamic
  * imports into its one output file (checked by `tests/cli/bundle_test.ts`).
  *
  * To add a command: declare its spec in `cli/specs.ts` (reusing the flag groups of
@@ -22,6 +22,8 @@ import {
   DEVICES,
   DOCTOR,
   GROUPS,
+  GUARD,
+  HOOK,
   PLAN,
   ROLLBACK,
   SNAPSHOT,
@@ -39,5 +41,7 @@ export const COMMANDS: readonly Command[] = [
   defineCommand(APPLY, async () => (await import("./apply.ts")).run),
   defineCommand(ROLLBACK, async () => (await import("./rollback.ts")).run),
   defineCommand(BACKUPS, async () => (await import("./backups.ts")).run),
+  defineCommand(HOOK, async () => (await import("./hook.ts")).run),
+  defineCommand(GUARD, async () => (await import("./guard.ts")).run),
   defineCommand(DEMO, async () => (await import("./demo.ts")).run),
 ];

@@ -8,11 +8,34 @@
 import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DOCTOR } from "./specs.ts";
-import { type DoctorFinding, runDoctor } from "../lib/host/doctor.ts";
+import { type DoctorFinding, type HookDoctorFacts, runDoctor } from "../lib/host/doctor.ts";
+import { readAttribute, type SysfsReader } from "../lib/host/sysfs.ts";
+import { DEFAULT_HOOKS_DIR, inspectHook } from "../lib/guard/hook_file.ts";
+import { findHookDaemons } from "../lib/guard/daemon.ts";
+import { readReloadRecords } from "../lib/guard/state.ts";
+import { readXattr } from "../ffi/libc_fs.ts";
+import { VERSION } from "./version.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
 import { connectTarget } from "./connect.ts";
+
+/** The start guard's facts on this host: the hook, the daemon, SELinux. */
+export function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
+  const inspection = inspectHook(hooksDir);
+  const stateDir = inspection.settings?.stateDir;
+  const enforce = readAttribute(reader, "/sys/fs/selinux/enforce");
+  return {
+    inspection,
+    version: VERSION,
+    daemons: findHookDaemons(reader),
+    reloads: stateDir === undefined ? [] : readReloadRecords(stateDir),
+    selinux: enforce === null ? null : {
+      enforcing: enforce === "1",
+      label: inspection.present ? readXattr(inspection.path, "security.selinux") : null,
+    },
+  };
+}
 
 /** Opens `uri` read-only and describes it; the error when it cannot. */
 export function libvirtProbe(
@@ -51,11 +74,14 @@ export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise
   const root = values.sysfs ?? LIVE_SYSFS;
   const target = values["no-libvirt"] ? null : connectTarget(values, io);
   const host = await loadHost(root);
+  const reader = readerFor(root);
+  const live = isLiveRoot(root);
   const findings = runDoctor({
     host,
-    reader: readerFor(root),
-    live: isLiveRoot(root),
+    reader,
+    live,
     ...(target === null ? {} : { libvirtProbe: libvirtProbe(target.uri, target.options) }),
+    ...(live ? { hook: hookFacts(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR, reader) } : {}),
   });
   io.out(
     values.json ? `${JSON.stringify(findings, null, 2)}\n` : renderFindings(findings, io.color),

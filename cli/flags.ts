@@ -1,5 +1,6 @@
 /**
- * Flags declared once. A command's {@link CommandSpec} names its flags and arguments; from it
+ * Flags declared once. A command's {@link CommandSpec} names its flags and arguments, or its
+ * subcommands' ({@link SubcommandSpec}: `hook install`, `hook status`); from it
  * {@link defineCommand} derives the `node:util` `parseArgs` options, the help text (usage line,
  * options aligned and wrapped at 100 columns) and the usage errors (`main` prints them with the
  * help, exit 2). Flags several commands take are declared here once, in groups.
@@ -48,6 +49,21 @@ export interface Positional {
   readonly missing?: string;
 }
 
+/**
+ * One subcommand of a command (`install` of `passthrough hook install`): the first argument
+ * chooses it, and its own flags and arguments then parse the rest.
+ */
+export interface SubcommandSpec {
+  /** The subcommand, as typed. */
+  readonly name: string;
+  /** One line for the command's help. */
+  readonly summary: string;
+  /** Its arguments, in order; none when absent. */
+  readonly positionals?: readonly Positional[];
+  /** Its flags. */
+  readonly flags: Flags;
+}
+
 /** Everything about a command except what it does when it runs. */
 export interface CommandSpec {
   /** The subcommand, as typed. */
@@ -62,6 +78,11 @@ export interface CommandSpec {
   readonly about: string;
   /** The help's paragraphs after the options (exit codes, notes). */
   readonly notes?: string;
+  /**
+   * Its subcommands, when it has any: the first argument must name one. Such a command takes
+   * no flags or arguments of its own (`flags` is `{}`, `positionals` absent).
+   */
+  readonly subcommands?: readonly SubcommandSpec[];
 }
 
 type FlagValue<F> = F extends BooleanFlag ? boolean
@@ -75,13 +96,25 @@ type PositionalValues<P extends readonly Positional[]> = {
   -readonly [I in keyof P]: P[I] extends { missing: string } ? string : string | undefined;
 };
 
-/** A command line parsed against the command `S`: required positionals are present. */
-export interface Parsed<S extends CommandSpec> {
+/** A command line parsed against `S`'s flags and arguments: required positionals are present. */
+interface ParsedLine<S extends CommandSpec | SubcommandSpec> {
   values: FlagValues<S["flags"]>;
   positionals: S extends { positionals: infer P extends readonly Positional[] }
     ? PositionalValues<P>
     : [];
 }
+
+/** A command line parsed against the subcommand `S`, which it names. */
+type ParsedSubcommand<S extends SubcommandSpec> = ParsedLine<S> & { subcommand: S["name"] };
+
+/**
+ * A command line parsed against the command `S`: required positionals are present. For a command
+ * with subcommands, one of its subcommands' lines, told apart by `subcommand`.
+ */
+export type Parsed<S extends CommandSpec> = S extends
+  { subcommands: infer L extends readonly SubcommandSpec[] }
+  ? { [I in keyof L]: ParsedSubcommand<L[I]> }[number]
+  : ParsedLine<S>;
 
 /** What a command does, given its parsed command line; returns the exit code. */
 export type Run<S extends CommandSpec> = (parsed: Parsed<S>, io: CliIo) => Promise<number>;
@@ -146,6 +179,15 @@ export const STATE_FLAGS = {
   },
 } as const satisfies Flags;
 
+/** `--hooks-dir DIR`: where the start guard's hook is (`hook`, `guard`, `doctor`). */
+export const HOOKS_DIR_FLAG = {
+  "hooks-dir": {
+    type: "string",
+    value: "DIR",
+    help: "where libvirt looks for QEMU hooks (default: /etc/libvirt/hooks/qemu.d)",
+  },
+} as const satisfies Flags;
+
 /** `-y, --yes`: for the commands that ask before they change a definition. */
 export const YES_FLAG = {
   yes: {
@@ -190,21 +232,70 @@ function optionsHelp(flags: Flags): string {
   ).join("\n");
 }
 
-/** The full help of `spec`, whose flags with `--help` are `flags`. */
-function commandHelp(spec: CommandSpec, flags: Flags): string {
-  const args = (spec.positionals ?? []).map((p) =>
-    p.missing === undefined ? `[${p.name}]` : p.name
-  );
+/** `NAME ARG [OPTIONAL]`: a usage line's words after `passthrough`. */
+function usageWords(names: string[], positionals: readonly Positional[] | undefined): string {
+  const args = (positionals ?? []).map((p) => p.missing === undefined ? `[${p.name}]` : p.name);
+  return [...names, ...args].join(" ");
+}
+
+/** The subcommands of `spec` in help: their usage lines and their one-line summaries. */
+function subcommandsHelp(spec: CommandSpec, subcommands: readonly SubcommandSpec[]): string[] {
+  const width = Math.max(...subcommands.map((c) => c.name.length));
   return [
-    `Usage: passthrough ${[spec.name, ...args].join(" ")} [options]`,
+    ...subcommands.map((c, i) =>
+      `${i === 0 ? "Usage:" : "      "} passthrough ${
+        usageWords([spec.name, c.name], c.positionals)
+      } [options]`
+    ),
     "",
     spec.about.trimEnd(),
+    "",
+    "Subcommands:",
+    ...subcommands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+  ];
+}
+
+/** The full help of `spec`, whose flags with `--help` are `flags`. */
+function commandHelp(spec: CommandSpec, flags: Flags): string {
+  const head = spec.subcommands === undefined
+    ? [
+      `Usage: passthrough ${usageWords([spec.name], spec.positionals)} [options]`,
+      "",
+      spec.about.trimEnd(),
+    ]
+    : subcommandsHelp(spec, spec.subcommands);
+  return [
+    ...head,
     "",
     "Options:",
     optionsHelp(flags),
     ...(spec.notes === undefined ? [] : ["", spec.notes.trimEnd()]),
     "",
   ].join("\n");
+}
+
+/**
+ * Every flag of `spec`'s subcommands, once each, in order of first use; the help of a flag that
+ * not every subcommand takes names those that do (`(install, status)`). Two subcommands must not
+ * give one name two meanings.
+ */
+function subcommandFlags(spec: CommandSpec, subcommands: readonly SubcommandSpec[]): Flags {
+  const flags: Record<string, Flag> = {};
+  for (const sub of subcommands) {
+    for (const [name, flag] of Object.entries(sub.flags)) {
+      if (flags[name] !== undefined && JSON.stringify(flags[name]) !== JSON.stringify(flag)) {
+        throw new TypeError(`"${spec.name}" declares --${name} twice, differently`);
+      }
+      flags[name] = flag;
+    }
+  }
+  for (const [name, flag] of Object.entries(flags)) {
+    const takers = subcommands.filter((c) => Object.hasOwn(c.flags, name)).map((c) => c.name);
+    if (takers.length < subcommands.length) {
+      flags[name] = { ...flag, help: `${flag.help} (${takers.join(", ")})` };
+    }
+  }
+  return flags;
 }
 
 /** `flags` as `parseArgs` options; booleans default to `false`. */
@@ -223,11 +314,11 @@ function parseOptions(flags: Flags): ParseArgsOptionsConfig {
 }
 
 /** Parses `args` against `spec` strictly: unknown flags, stray or missing arguments throw. */
-function parseCommandLine<S extends CommandSpec>(
+function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
   spec: S,
   options: ParseArgsOptionsConfig,
   args: string[],
-): Parsed<S> {
+): ParsedLine<S> {
   let parsed;
   try {
     parsed = parseArgs({ args, options, strict: true, allowPositionals: true });
@@ -246,7 +337,30 @@ function parseCommandLine<S extends CommandSpec>(
   });
   // parseArgs types its result from a literal options object; these options are built from the
   // spec by parseOptions (booleans default to false), so the spec types each value.
-  return { values: parsed.values, positionals: parsed.positionals } as unknown as Parsed<S>;
+  return { values: parsed.values, positionals: parsed.positionals } as unknown as ParsedLine<S>;
+}
+
+/**
+ * Parses `args` against the subcommand its first argument names. Flags before any subcommand are
+ * parsed against every subcommand's, so an unknown one is reported as such.
+ */
+function parseSubcommandLine(
+  spec: CommandSpec,
+  subcommands: readonly SubcommandSpec[],
+  all: ParseArgsOptionsConfig,
+  args: string[],
+): ParsedSubcommand<SubcommandSpec> {
+  const [name, ...rest] = args;
+  const names = subcommands.map((c) => c.name);
+  const list = `${names.slice(0, -1).join(", ")} or ${names.at(-1)}`;
+  if (name === undefined || name.startsWith("-")) {
+    parseCommandLine({ ...spec, positionals: [] }, all, args);
+    throw new UsageError(`Missing the subcommand: ${list}`);
+  }
+  const sub = subcommands.find((c) => c.name === name);
+  if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
+  const line = parseCommandLine(sub, parseOptions(sub.flags), rest);
+  return { subcommand: sub.name, ...line };
 }
 
 /**
@@ -277,15 +391,24 @@ export function defineCommand<S extends CommandSpec>(
   spec: S,
   load: () => Promise<Run<S>>,
 ): Command {
-  const flags: Flags = { ...spec.flags, ...HELP_FLAG };
+  const subcommands = spec.subcommands;
+  const flags: Flags = {
+    ...(subcommands === undefined ? spec.flags : subcommandFlags(spec, subcommands)),
+    ...HELP_FLAG,
+  };
   const options = parseOptions(flags);
+  const parse = (args: string[]) =>
+    subcommands === undefined
+      ? parseCommandLine(spec, options, args)
+      : parseSubcommandLine(spec, subcommands, options, args);
   return {
     name: spec.name,
     summary: spec.summary,
     help: commandHelp(spec, flags),
     flags,
     async run(args: string[], io: CliIo): Promise<number> {
-      const parsed = parseCommandLine(spec, options, args);
+      // The parse follows the spec, so it is the spec's Parsed (see parseCommandLine).
+      const parsed = parse(args) as Parsed<S>;
       const run = await load();
       return run(parsed, io);
     },

@@ -10,6 +10,8 @@
 import {
   type CommandSpec,
   CONNECT_FLAG,
+  type Flags,
+  HOOKS_DIR_FLAG,
   HOST_FLAGS,
   PLAN_FLAGS,
   STATE_FLAGS,
@@ -62,11 +64,13 @@ export const DOCTOR = {
     ...HOST_FLAGS,
     ...CONNECT_FLAG,
     "no-libvirt": { type: "boolean", help: "skip the libvirt check" },
+    ...HOOKS_DIR_FLAG,
   },
   about: `
 Checks that this host can pass PCI devices through: IOMMU on, interrupt remapping,
-vfio-pci available, no ACS override, libvirt reachable. Exit 1 when a check fails.
-With --sysfs, the checks only this host can answer become warnings.`.trim(),
+vfio-pci available, no ACS override, libvirt reachable, and the start guard's hook installed,
+runnable and seen by the daemon. Exit 1 when a check fails. With --sysfs, the checks only this
+host can answer become warnings, and the hook is not checked.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough sources`. */
@@ -172,6 +176,99 @@ Lists the backups 'apply' and 'rollback' took before each define, newest first.
 'passthrough rollback VM --to ID' restores one. Files that are not usable backups
 (a damaged sidecar, a backup a killed run left incomplete) are listed after them;
 exit 1 when one is damaged. Writes nothing.`.trim(),
+} as const satisfies CommandSpec;
+
+/** Where the start guard's hook reads allowances and records refusals, fixed at install. */
+const GUARD_STATE_FLAG = {
+  "state-dir": {
+    type: "string",
+    value: "DIR",
+    help: "the guard's state: allowances, refusals (default: $PASSTHROUGH_STATE_DIR or " +
+      "/var/lib/passthrough)",
+  },
+} as const satisfies Flags;
+
+/** `passthrough hook install|status|remove|run`. */
+export const HOOK = {
+  name: "hook",
+  summary: "install, check or remove the libvirt hook that guards VM starts",
+  flags: {},
+  subcommands: [
+    {
+      name: "install",
+      summary: "write the hook (mode 0755) running this passthrough, and reload libvirt's daemon",
+      flags: {
+        ...HOOKS_DIR_FLAG,
+        ...GUARD_STATE_FLAG,
+        deadline: {
+          type: "string",
+          value: "SECONDS",
+          help: "refuse the start when the check takes longer (default: 10)",
+        },
+        ...HOST_FLAGS,
+        json: { type: "boolean", help: "print the result as JSON" },
+      },
+    },
+    {
+      name: "status",
+      summary: "show whether the hook is installed, runnable and up to date (exit 1 when not)",
+      flags: { ...HOOKS_DIR_FLAG, json: { type: "boolean", help: "print the result as JSON" } },
+    },
+    { name: "remove", summary: "delete the hook", flags: { ...HOOKS_DIR_FLAG } },
+    {
+      name: "run",
+      summary: "the check the hook runs, with the domain XML on standard input (internal)",
+      positionals: [
+        { name: "VM", missing: "Missing the hook's arguments: VM OPERATION SUB-OPERATION" },
+        { name: "OPERATION", missing: "Missing the hook's arguments: VM OPERATION SUB-OPERATION" },
+        {
+          name: "SUB-OPERATION",
+          missing: "Missing the hook's arguments: VM OPERATION SUB-OPERATION",
+        },
+        { name: "EXTRA" },
+      ],
+      flags: { ...GUARD_STATE_FLAG, ...HOST_FLAGS },
+    },
+  ],
+  about: `
+The start guard: a libvirt hook that refuses to start a VM when one of its PCI hostdevs'
+addresses now holds another device than the one passthrough recorded, nothing, or a device the
+host needs (a mounted filesystem's controller, the default route's NIC, the console's VGA).
+'passthrough guard allow VM' lets the next start go on once anyway. 'install' reloads libvirtd
+or virtqemud only for libvirt's own directory; the hook runs the check only at 'prepare begin'.`
+    .trim(),
+  notes: `
+The hook runs 'hook run --state-dir DIR --sysfs DIR -- VM OPERATION SUB-OPERATION EXTRA' (or
+the leaner cli/hook_check.ts beside main.ts) with libvirt's arguments after '--'.
+
+Exit codes: 0 ok, 1 failed (status: not installed or out of date; run: start refused), 2 usage
+error.`.trim(),
+} as const satisfies CommandSpec;
+
+/** `passthrough guard allow VM`. */
+export const GUARD = {
+  name: "guard",
+  summary: "let the next start of a VM go on once despite the start guard",
+  flags: {},
+  subcommands: [
+    {
+      name: "allow",
+      summary: "let the next start of VM (within 60 minutes) go on once",
+      positionals: [{ name: "VM", missing: "Missing the VM name" }],
+      flags: {
+        "state-dir": {
+          type: "string",
+          value: "DIR",
+          help: "where the allowance goes (default: the installed hook's state directory)",
+        },
+        ...HOOKS_DIR_FLAG,
+      },
+    },
+  ],
+  about: `
+Lets the next start of VM go on once even if the start guard ('passthrough hook install')
+refuses it: 'virsh start' cannot pass a flag to a hook, so the allowance waits in the state
+directory the installed hook reads. The start still prints what the guard found.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough demo`. */

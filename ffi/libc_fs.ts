@@ -2,7 +2,8 @@
  * A {@link SysfsReader} over libc's `openat`/`read`/`pread`/`close`/`readlinkat`/`opendir`/
  * `readdir`/`closedir`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses `Deno.readFile`
  * under `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going through libc needs
- * only `--allow-ffi`, so the documented permission set can read the real host.
+ * only `--allow-ffi`, so the documented permission set can read the real host. Also `getxattr`
+ * (a file's SELinux label) and `kill` (`Deno.kill` needs an unrestricted `--allow-run`).
  *
  * @module
  */
@@ -28,6 +29,10 @@ const SYMBOLS = {
   closedir: { parameters: ["pointer"], result: "i32" },
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
+  // ssize_t getxattr(const char *path, const char *name, void *value, size_t size);
+  getxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
+  // int kill(pid_t pid, int sig);
+  kill: { parameters: ["i32", "i32"], result: "i32" },
   // char *realpath(const char *path, char *resolved_path);
   realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
   // int statfs(const char *path, struct statfs *buf);
@@ -83,6 +88,7 @@ const MISSING_ERRNO = new Set([
 const TRANSIENT_ERRNO = new Set([4, /* EINTR */ 11 /* EAGAIN */]);
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
+  3: "ESRCH",
   11: "EAGAIN: nothing to read, not a regular file",
   13: "EACCES",
   24: "EMFILE",
@@ -286,4 +292,49 @@ export function resolvePath(path: string): ResolvedPath | null {
   const info = new BigInt64Array(16);
   const ok = lib.statfs(resolved, new Uint8Array(info.buffer)) === 0;
   return { path: canonical, sysfs: ok && info[0] === BigInt(SYSFS_MAGIC) };
+}
+
+/** NUL-terminated UTF-8, for the calls below (not the reader's hot path). */
+function cPath(text: string): Uint8Array<ArrayBuffer> {
+  return new TextEncoder().encode(`${text}\0`);
+}
+
+/** `ENOTSUP`: the file system keeps no extended attributes. */
+const ENOTSUP = 95;
+
+/**
+ * The extended attribute `name` of `path` as text without its trailing NUL (an SELinux label
+ * from `security.selinux`), or `null` when the file or attribute is missing or the file system
+ * has none. Needs `--allow-ffi` only.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(readXattr("/nonexistent/file", "security.selinux"), null);
+ * ```
+ */
+export function readXattr(path: string, name: string): string | null {
+  const lib = libc();
+  const value = new Uint8Array(4096);
+  const n = Number(lib.getxattr(cPath(path), cPath(name), value, BigInt(value.length)));
+  if (n >= 0) return new TextDecoder().decode(value.subarray(0, n)).replace(/\0+$/, "");
+  const code = errno();
+  if (MISSING_ERRNO.has(code) || code === ENOTSUP) return null;
+  throw new LibcFsError("read extended attribute of", path, code);
+}
+
+/**
+ * Sends signal number `signal` to process `pid` with libc's `kill`: `Deno.kill` needs an
+ * unrestricted `--allow-run`, which the CLI's permission set does not grant. Throws
+ * {@link LibcFsError} (`ESRCH`, `EPERM`) when it fails.
+ *
+ * @example
+ * ```ts
+ * import { assertThrows } from "../tests/helpers/assert.ts";
+ * assertThrows(() => signalProcess(1, 0), RangeError); // never init, nor a process group
+ * ```
+ */
+export function signalProcess(pid: number, signal: number): void {
+  if (!Number.isSafeInteger(pid) || pid <= 1) throw new RangeError(`Not a process id: ${pid}`);
+  if (libc().kill(pid, signal) !== 0) throw new LibcFsError("signal process", String(pid), errno());
 }

@@ -11,7 +11,7 @@ export * from "./node_device.ts";
 export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";
-export { LibcFsError, libcSysfsReader } from "./libc_fs.ts";
+export { LibcFsError, libcSysfsReader, readXattr, signalProcess } from "./libc_fs.ts";
 export { UriProgramError, uriProgramReason } from "./uri_check.ts";
 export {
   nodeDeviceSource,

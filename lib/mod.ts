@@ -48,3 +48,4 @@ export * from "./render/mod.ts";
 export * from "./plan/mod.ts";
 export * from "./apply/mod.ts";
 export * from "./state/mod.ts";
+export * from "./guard/mod.ts";

@@ -134,6 +134,56 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   };
 }
 
+/**
+ * The one PCI function at `address`, read from sysfs alone (no lspci, no other device), or `null`
+ * when nothing is there. For callers that need a few known addresses fast, such as the start
+ * guard; names, modules and the physical slot stay unknown.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { buildHostTree } from "../testing/host_tree.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:01:00.0", group: 3, class: "0x030000",
+ *   vendor: "0x10de", device: "0x1b80", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "nouveau", revision: "0xa1" }] }, dir);
+ * assertEquals(readDeviceAt(denoFsReader(), dir, "0000:01:00.0")?.deviceId, "1b80");
+ * assertEquals(readDeviceAt(denoFsReader(), dir, "0000:02:00.0"), null);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function readDeviceAt(
+  reader: SysfsReader,
+  root: string,
+  address: PciAddress,
+): PciDevice | null {
+  const raw = readRawDevice(reader, root.replace(/(.)\/+$/, "$1"), address);
+  // A device always has a uevent in the live sysfs; only a tree without one needs the listing.
+  if (raw.uevent === null && reader.listDir(raw.path) === null) return null;
+  return parseRawDevice(reader, raw);
+}
+
+/**
+ * What the host uses among `devices`: on the live host (`live`), the controllers of mounted
+ * filesystems, the default route's NIC and the console's boot VGA, read from `/proc` and sysfs;
+ * for a captured tree, its `host_use.json` (`null` when it has none: unknown). The same rules as
+ * {@link discoverHost}, for callers that read only some devices ({@link readDeviceAt}).
+ */
+export function readHostUse(
+  reader: SysfsReader,
+  options: { root: string; live: boolean; devices: PciDevice[]; procRoot?: string },
+): HostUse[] | null {
+  const root = options.root.replace(/(.)\/+$/, "$1");
+  return options.live
+    ? liveHostUse(reader, {
+      sysRoot: root,
+      procRoot: options.procRoot ?? "/proc",
+      devices: options.devices,
+    })
+    : treeHostUse(reader, root);
+}
+
 /** Hexadecimal digits only; tested, not matched, so nothing is allocated. */
 const HEX_DIGITS = /^[0-9a-f]+$/i;
 

@@ -1,6 +1,7 @@
 /**
  * Host readiness checks for passthrough: IOMMU on, interrupt remapping, `vfio-pci` available,
- * ACS override, libvirt reachable. Each finding says what is wrong and what to do.
+ * ACS override, libvirt reachable, the start guard's hook in place and seen by the daemon. Each
+ * finding says what is wrong and what to do.
  *
  * Interrupt remapping is judged without `dmesg` (unreadable without privileges): the IOMMU's
  * own capability register in `/sys/class/iommu/dmar*\/intel-iommu/ecap` (bit 3, IR), AMD's
@@ -12,13 +13,19 @@
 
 import type { HostTopology } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
+import type { HookInspection } from "../guard/hook_file.ts";
+import type { RunningDaemon } from "../guard/daemon.ts";
+import type { ReloadRecord } from "../guard/state.ts";
 
 /** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
 export type DoctorStatus = "ok" | "warn" | "fail";
 
 /** One check's outcome. */
 export interface DoctorFinding {
-  /** Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`. */
+  /**
+   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`,
+   * `hook`.
+   */
   check: string;
   /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */
   status: DoctorStatus;
@@ -44,6 +51,25 @@ export interface DoctorOptions {
   modulesRoot?: string;
   /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
   libvirtProbe?: () => string | Error;
+  /** The start guard's hook and what runs it (live hosts only): adds the `hook` finding. */
+  hook?: HookDoctorFacts;
+}
+
+/** What the `hook` finding judges. */
+export interface HookDoctorFacts {
+  /** The installed hook (`inspectHook`). */
+  inspection: HookInspection;
+  /** This passthrough's version. */
+  version: string;
+  /** The running libvirtd/virtqemud (`findHookDaemons`). */
+  daemons: RunningDaemon[];
+  /** Reloads `hook install` recorded in the hook's state directory. */
+  reloads: ReloadRecord[];
+  /**
+   * `null` when SELinux is off (no `/sys/fs/selinux/enforce`); else the hook's label
+   * (`security.selinux`, `null` when unreadable) and whether it is enforcing.
+   */
+  selinux: { enforcing: boolean; label: string | null } | null;
 }
 
 function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
@@ -270,8 +296,101 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
 }
 
+const SEVERITY: Record<DoctorStatus, number> = { ok: 0, warn: 1, fail: 2 };
+
+/** Whether each running daemon has seen the hook: started after it, or reloaded since. */
+function daemonNotes(
+  facts: HookDoctorFacts,
+): { status: DoctorStatus; note: string; hint?: string }[] {
+  const written = facts.inspection.modified ?? Infinity;
+  if (facts.daemons.length === 0) {
+    return [{
+      status: "ok",
+      note: "no libvirtd or virtqemud runs now: it runs the hook from its start",
+    }];
+  }
+  return facts.daemons.map((d) => {
+    if (d.started !== null && d.started >= written) {
+      return { status: "ok", note: `${d.name} (pid ${d.pid}) started after the hook was written` };
+    }
+    const reload = facts.reloads.find((r) => r.name === d.name && r.pid === d.pid);
+    if (reload !== undefined && Date.parse(reload.time) / 1000 >= written - 1) {
+      return { status: "ok", note: `${d.name} (pid ${d.pid}) was reloaded at ${reload.time}` };
+    }
+    return {
+      status: "warn",
+      note: `${d.name} (pid ${d.pid}) ran before the hook was written and no reload is recorded`,
+      hint: `reload it so it runs the hook: systemctl reload ${d.name} (or kill -HUP ${d.pid})`,
+    };
+  });
+}
+
+function checkHook(facts: HookDoctorFacts): DoctorFinding {
+  const { inspection, version } = facts;
+  const settings = inspection.settings;
+  if (!inspection.present || settings === null) {
+    return {
+      check: "hook",
+      status: "warn",
+      summary: inspection.present
+        ? `${inspection.path} is not a passthrough hook`
+        : `No start guard at ${inspection.path}: a VM starts even when a hostdev's address now holds another device`,
+      hint: "passthrough hook install",
+    };
+  }
+  const notes: { status: DoctorStatus; note: string; hint?: string }[] = [];
+  if (!inspection.executable) {
+    notes.push({
+      status: "fail",
+      note: "it is not executable, so libvirt skips it",
+      hint: "passthrough hook install",
+    });
+  }
+  for (const program of inspection.programs.filter((p) => !p.exists)) {
+    notes.push({
+      status: "fail",
+      note: `it runs ${program.path}, which is missing: every VM start would be refused`,
+      hint: "passthrough hook install (from where passthrough is now)",
+    });
+  }
+  if (settings.version !== version) {
+    notes.push({
+      status: "warn",
+      note: `written by passthrough ${settings.version}, this is ${version}`,
+      hint: "passthrough hook install",
+    });
+  }
+  if (notes.length === 0) {
+    notes.push({ status: "ok", note: `installed by this version (${version})` });
+  }
+  notes.push(...daemonNotes(facts));
+  if (facts.selinux !== null) {
+    const type = facts.selinux.label?.split(":")[2] ?? null;
+    notes.push(
+      type === "virt_hook_t" ? { status: "ok", note: "SELinux label virt_hook_t" } : {
+        status: facts.selinux.enforcing ? "warn" : "ok",
+        note: `SELinux label ${type ?? "unknown"}, not virt_hook_t`,
+        hint:
+          `restorecon -v ${inspection.path}; if starts fail with denials: ausearch -m avc -ts recent`,
+      },
+    );
+  }
+  const status = notes.reduce<DoctorStatus>(
+    (worst, n) => SEVERITY[n.status] > SEVERITY[worst] ? n.status : worst,
+    "ok",
+  );
+  const hints = [...new Set(notes.flatMap((n) => n.hint === undefined ? [] : [n.hint]))];
+  return {
+    check: "hook",
+    status,
+    summary: `Start guard ${inspection.path}: ${notes.map((n) => n.note).join("; ")}`,
+    hint: hints.length === 0 ? null : hints.join("; "),
+  };
+}
+
 /**
- * Runs every check. The libvirt check runs only when a probe is given.
+ * Runs every check. The libvirt check runs only when a probe is given, the hook check only with
+ * hook facts.
  *
  * @example
  * ```ts
@@ -293,5 +412,6 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkAcsOverride(options.host),
   ];
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
+  if (options.hook !== undefined) findings.push(checkHook(options.hook));
   return findings;
 }

@@ -7,7 +7,13 @@
  */
 
 export type * from "./types.ts";
-export { discoverHost, type DiscoverOptions, SysfsRootError } from "./discover.ts";
+export {
+  discoverHost,
+  type DiscoverOptions,
+  readDeviceAt,
+  readHostUse,
+  SysfsRootError,
+} from "./discover.ts";
 export {
   checkCapturedTree,
   denoFsReader,
@@ -29,7 +35,13 @@ export {
   SnapshotTargetError,
   writeSnapshot,
 } from "./snapshot.ts";
-export { type DoctorFinding, type DoctorOptions, type DoctorStatus, runDoctor } from "./doctor.ts";
+export {
+  type DoctorFinding,
+  type DoctorOptions,
+  type DoctorStatus,
+  type HookDoctorFacts,
+  runDoctor,
+} from "./doctor.ts";
 export {
   discoverViaLibvirt,
   NodeDeviceGroupError,

@@ -73,6 +73,16 @@ Deno.test({
         `${ROOT}main.ts`,
       ]);
       assertEquals(bundle.code, 0, bundle.out);
+      // The start guard's check, as `deno task bundle` writes it beside the CLI.
+      const hookBundle = await run(Deno.execPath(), [
+        "bundle",
+        "--no-config",
+        "--code-splitting",
+        "--outdir",
+        `${dir}/hook`,
+        `${ROOT}cli/hook_check.ts`,
+      ]);
+      assertEquals(hookBundle.code, 0, hookBundle.out);
       // The fleet's shared config: this machine's section (picked by its host name) takes the
       // NVMe drive; the other host's rule would be refused here, but it is not this host's.
       const good = `${dir}/good.yaml`;
@@ -107,6 +117,8 @@ vms:
           "-e",
           JSON.stringify({
             passthrough_bundle: `${dir}/passthrough.js`,
+            passthrough_guard: `${dir}/hook`,
+            passthrough_hooks_dir: `${dir}/hooks`,
             passthrough_config: config,
             passthrough_deno: Deno.execPath(),
             passthrough_dir: `${dir}/remote`,
@@ -119,10 +131,19 @@ vms:
       const check = await playbook(good, ["--check"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
+      // --check installs nothing the plan does not need: the hook waits for a real run.
+      assertEquals(taskStatus(check.out, "Passthrough start guard"), "skipping", check.out);
 
       const first = await playbook(good);
       assertEquals(first.code, 0, first.out);
       assertEquals(taskStatus(first.out, "Passthrough apply"), "changed", first.out);
+      // The start guard: installed once, running the bundled check copied beside the CLI.
+      assertEquals(taskStatus(first.out, "Passthrough start guard"), "changed", first.out);
+      const hook = await Deno.readTextFile(`${dir}/hooks/50-passthrough-guard`);
+      assertMatch(
+        hook,
+        new RegExp(`'${dir}/remote/hook/hook_check\\.js' '--state-dir' '${dir}/state'`),
+      );
       {
         using port = openLibvirtPort(daemon.uri);
         assertEquals(
@@ -134,6 +155,7 @@ vms:
       const second = await playbook(good);
       assertEquals(second.code, 0, second.out);
       assertEquals(taskStatus(second.out, "Passthrough apply"), "ok", second.out);
+      assertEquals(taskStatus(second.out, "Passthrough start guard"), "ok", second.out);
       assertMatch(second.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
 
       const badCheck = await playbook(refused, ["--check"]);

@@ -9,10 +9,17 @@
  * Needs root, `libvirtd` (Debian `libvirt-daemon`) and `qemu-system-x86_64`. Tests call
  * {@link libvirtdUnavailable} for their `ignore:` option.
  *
+ * Options for tests that start guests: `hooksDir` puts a test's directory on `/etc/libvirt/hooks`
+ * (libvirt runs the hooks found there when it starts), and `virtlogd` runs the log daemon that
+ * starting a guest needs, in the same namespace.
+ *
  * @module
  */
 
 const LIBVIRTD = "/usr/sbin/libvirtd";
+const VIRTLOGD = "/usr/sbin/virtlogd";
+/** Where libvirt looks for hook scripts; a test's own directory is bind-mounted there. */
+const HOOKS_DIR = "/etc/libvirt/hooks";
 const QEMU = "/usr/bin/qemu-system-x86_64";
 const KVM_DEVICE = "/dev/kvm";
 
@@ -23,6 +30,14 @@ const PRIVATE_DIRS = [
   "/var/lib/libvirt/qemu",
   "/var/cache/libvirt/qemu",
 ] as const;
+
+/** Options of {@link startLibvirtd}. */
+export interface LibvirtdOptions {
+  /** A directory to bind-mount on `/etc/libvirt/hooks` (needs the private mount namespace). */
+  hooksDir?: string;
+  /** Also run `virtlogd` (starting a guest needs it; needs the private mount namespace). */
+  virtlogd?: boolean;
+}
 
 /** A running private daemon. `stop()` (or `await using`) kills it and removes its directory. */
 export interface Libvirtd extends AsyncDisposable {
@@ -119,30 +134,43 @@ export function processAlive(pid: number): boolean {
  * forgotten daemon exit by itself after ten idle minutes), inside a private mount namespace with
  * `DIR/state-N` over each of {@link PRIVATE_DIRS} when `isolated`.
  */
-async function launch(dir: string, isolated: boolean): Promise<Deno.CommandOutput> {
+async function launch(
+  dir: string,
+  isolated: boolean,
+  options: LibvirtdOptions = {},
+): Promise<Deno.CommandOutput> {
   const daemon = [LIBVIRTD, "-d", "-t", "600", "-f", `${dir}/libvirtd.conf`, "-p"]
     .concat(`${dir}/libvirtd.pid`).map(shellQuote).join(" ");
   if (!isolated) return await run("sh", ["-c", `exec ${daemon}`]);
-  const mounts = PRIVATE_DIRS.map((target, i) =>
+  const steps = PRIVATE_DIRS.map((target, i) =>
     `mount --bind ${shellQuote(`${dir}/state-${i}`)} ${shellQuote(target)}`
   );
+  if (options.hooksDir !== undefined) {
+    steps.push(`mount --bind ${shellQuote(options.hooksDir)} ${HOOKS_DIR}`);
+  }
+  if (options.virtlogd) {
+    // Its socket goes to the private /run/libvirt, where this daemon's QEMU driver looks.
+    steps.push(
+      [VIRTLOGD, "-d", "-t", "600", "-p", `${dir}/virtlogd.pid`].map(shellQuote).join(" "),
+    );
+  }
   // A /dev/kvm the QEMU user cannot open (mode 0600, as on this kind of machine) makes libvirt
   // 9.0 probe QEMU again on every call: it probes as root, with KVM, then finds the cached
   // capabilities invalid because the QEMU user has no KVM (~30 s per define instead of 0.07 s).
   // The daemon sees an empty file there instead: no KVM, as on machines without the device.
-  if (exists(KVM_DEVICE)) mounts.push(`mount --bind ${shellQuote(`${dir}/no-kvm`)} ${KVM_DEVICE}`);
+  if (exists(KVM_DEVICE)) steps.push(`mount --bind ${shellQuote(`${dir}/no-kvm`)} ${KVM_DEVICE}`);
   return await run("unshare", [
     "-m",
     "--propagation",
     "private",
     "sh",
     "-c",
-    [...mounts, `exec ${daemon}`].join(" && "),
+    [...steps, `exec ${daemon}`].join(" && "),
   ]);
 }
 
 /** Starts a private `libvirtd` in a fresh temporary directory. */
-export async function startLibvirtd(): Promise<Libvirtd> {
+export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libvirtd> {
   const reason = libvirtdUnavailable();
   if (reason !== null) throw new Error(`Cannot start libvirtd: ${reason}`);
   await ensureQemuUser();
@@ -160,6 +188,11 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     ].join("\n"),
   );
   const isolated = await unshareWorks();
+  if (!isolated && (options.hooksDir !== undefined || options.virtlogd)) {
+    await Deno.remove(dir, { recursive: true });
+    throw new Error("Cannot start libvirtd with hooks or virtlogd: no private mount namespace");
+  }
+  if (options.hooksDir !== undefined) await Deno.mkdir(HOOKS_DIR, { recursive: true });
   if (isolated) {
     await Deno.writeFile(`${dir}/no-kvm`, new Uint8Array(0), { mode: 0o600 });
     for (const [i, target] of PRIVATE_DIRS.entries()) {
@@ -169,7 +202,7 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     }
   }
   const log = () => Deno.readTextFile(`${dir}/libvirtd.log`).catch(() => "");
-  const output = await launch(dir, isolated);
+  const output = await launch(dir, isolated, options);
   if (output.code !== 0) {
     const detail = new TextDecoder().decode(output.stderr).trim() || (await log()).trim();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -186,6 +219,13 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     } catch {
       // Already gone (the idle timeout, or a test killed it on purpose).
     }
+    if (options.virtlogd) {
+      try {
+        Deno.kill(parseInt(await Deno.readTextFile(`${dir}/virtlogd.pid`), 10), "SIGTERM");
+      } catch {
+        // Gone already, or never written.
+      }
+    }
     for (let i = 0; i < 100 && processAlive(pid); i++) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
@@ -199,7 +239,8 @@ export async function startLibvirtd(): Promise<Libvirtd> {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   const restart = async () => {
-    const output = await launch(dir, isolated);
+    // virtlogd keeps running: its socket is in the same private /run/libvirt directory.
+    const output = await launch(dir, isolated, { ...options, virtlogd: false });
     if (output.code !== 0) {
       throw new Error(
         `Cannot restart libvirtd: ${new TextDecoder().decode(output.stderr).trim()}`,

@@ -7,6 +7,8 @@ import { type DoctorFinding, type DoctorOptions, runDoctor } from "../../lib/hos
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { libvirtProbe, renderFindings } from "../../cli/doctor.ts";
+import type { HookDoctorFacts } from "../../lib/host/doctor.ts";
+import { inspectHook, installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 
 const RELEASE = "6.1.0-test-amd64";
 
@@ -212,7 +214,9 @@ Deno.test({
   name: "doctor on this machine's /sys runs with the documented permissions and checks the host",
   ignore: livePciMissing() !== null,
   async fn() {
-    const run = await runCli(["doctor", "--json", "--no-libvirt"]);
+    const hooks = await Deno.makeTempDir({ prefix: "passthrough-doctor-hooks-" });
+    const run = await runCli(["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks]);
+    await Deno.remove(hooks, { recursive: true });
     assertOk(run.code === 0 || run.code === 1, run.stderr);
     const findings = JSON.parse(run.stdout) as DoctorFinding[];
     assertEquals(findings.map((f) => f.check), [
@@ -220,6 +224,7 @@ Deno.test({
       "interrupt-remapping",
       "vfio-pci",
       "acs-override",
+      "hook",
     ]);
     assertEquals(run.code, findings.some((f) => f.status === "fail") ? 1 : 0);
   },
@@ -234,4 +239,104 @@ Deno.test("renderFindings() prints a hint under each finding that needs action",
     text,
     "ok    iommu         IOMMU on\nwarn  acs-override  ACS override is on\n                    -> Remove it\n",
   );
+});
+
+/** The hook finding for a hook installed in a temporary directory, with the given facts. */
+async function hookFinding(
+  facts: Partial<Omit<HookDoctorFacts, "inspection">>,
+  options: { version?: string; program?: string } = {},
+): Promise<DoctorFinding> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-doctor-hook-" });
+  try {
+    installHook(
+      dir,
+      renderHookScript({
+        version: options.version ?? "0.1.0",
+        deadline: 10,
+        timeout: "/bin/sh",
+        command: [options.program ?? "/bin/sh", "run"],
+        env: {},
+        stateDir: `${dir}/state`,
+        sysfs: "/sys",
+      }),
+    );
+    const findings = runDoctor({
+      host: host(),
+      reader: denoFsReader(),
+      live: false,
+      hook: {
+        inspection: inspectHook(dir),
+        version: "0.1.0",
+        daemons: [],
+        reloads: [],
+        selinux: null,
+        ...facts,
+      },
+    });
+    return findings.find((f) => f.check === "hook")!;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("doctor's hook finding: installed and seen by a daemon started after it", async () => {
+  const now = Date.now() / 1000;
+  const finding = await hookFinding({
+    daemons: [{ name: "virtqemud", pid: 321, started: now + 60 }],
+  });
+  assertEquals([finding.status, finding.hint], ["ok", null]);
+  assertMatch(
+    finding.summary,
+    /installed by this version \(0\.1\.0\); virtqemud \(pid 321\) started after/,
+  );
+});
+
+Deno.test("doctor's hook finding: a daemon older than the hook needs a reload unless one is recorded", async () => {
+  const old = { name: "libvirtd", pid: 77, started: Date.now() / 1000 - 3600 };
+  const stale = await hookFinding({ daemons: [old] });
+  assertEquals(stale.status, "warn");
+  assertEquals(
+    stale.hint,
+    "reload it so it runs the hook: systemctl reload libvirtd (or kill -HUP 77)",
+  );
+  const reloaded = await hookFinding({
+    daemons: [old],
+    reloads: [{ name: "libvirtd", pid: 77, time: new Date(Date.now() + 1000).toISOString() }],
+  });
+  assertEquals(reloaded.status, "ok");
+  assertMatch(reloaded.summary, /libvirtd \(pid 77\) was reloaded at /);
+  // A reload of an earlier daemon with another pid proves nothing about this one.
+  const other = await hookFinding({
+    daemons: [old],
+    reloads: [{ name: "libvirtd", pid: 76, time: new Date(Date.now() + 1000).toISOString() }],
+  });
+  assertEquals(other.status, "warn");
+});
+
+Deno.test("doctor's hook finding: another version warns, a missing program fails", async () => {
+  const older = await hookFinding({}, { version: "0.0.9" });
+  assertEquals([older.status, older.hint], ["warn", "passthrough hook install"]);
+  assertMatch(older.summary, /written by passthrough 0\.0\.9, this is 0\.1\.0/);
+  const moved = await hookFinding({}, { program: "/nonexistent/deno" });
+  assertEquals(moved.status, "fail");
+  assertMatch(
+    moved.summary,
+    /it runs \/nonexistent\/deno, which is missing: every VM start would be refused/,
+  );
+});
+
+Deno.test("doctor's hook finding: the SELinux label where SELinux is on", async () => {
+  const wrong = await hookFinding({
+    selinux: { enforcing: true, label: "system_u:object_r:etc_t:s0" },
+  });
+  assertEquals(wrong.status, "warn");
+  assertMatch(wrong.summary, /SELinux label etc_t, not virt_hook_t$/);
+  assertMatch(wrong.hint ?? "", /^restorecon -v .*50-passthrough-guard; /);
+  const right = await hookFinding({
+    selinux: { enforcing: true, label: "system_u:object_r:virt_hook_t:s0" },
+  });
+  assertEquals(right.status, "ok");
+  assertMatch(right.summary, /SELinux label virt_hook_t$/);
+  const permissive = await hookFinding({ selinux: { enforcing: false, label: null } });
+  assertEquals(permissive.status, "ok");
 });

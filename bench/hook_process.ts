@@ -1,0 +1,207 @@
+/**
+ * The start guard's cost at a VM start, measured as libvirt pays it: the installed hook run as a
+ * process (minimal environment, the domain XML on stdin) for a VM with 4 recorded hostdevs, next
+ * to `deno run` of an empty script, alternating in one invocation so both see the same machine
+ * load: installed from the checkout (`cli/hook_check.ts`) and from `deno task bundle`'s output
+ * (`dist/hook/`). Also the fast path (`release end`: every operation but `prepare begin`), and a
+ * refused start (which loads the state code and records the refusal).
+ * Target: the hook at most 1.2x the empty script.
+ *
+ * The hook checks a sysfs tree built from a captured host (4 GPU functions whose identities are
+ * recorded), installed with `--sysfs`, so the run is the same on every machine; it reads the tree
+ * through libc, as it reads `/sys`.
+ *
+ * Usage: deno run -A bench/hook_process.ts [--runs 21]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
+import { HOOK_FILE_NAME } from "../lib/guard/hook_file.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { runs: { type: "string", default: "21" } },
+});
+const RUNS = Number(values.runs);
+const deno = Deno.execPath();
+const work = await Deno.makeTempDir({ prefix: "passthrough-hook-bench-" });
+
+/** The documented permission flags (bin/passthrough). */
+function documentedFlags(): string[] {
+  const wrapper = Deno.readTextFileSync(`${ROOT}bin/passthrough`);
+  return [...wrapper.matchAll(/(--no-prompt|--allow-[a-z-]+(?:=[^\s\\]+)?)/g)].map((m) => m[1]!);
+}
+
+async function must(cmd: string, args: string[]): Promise<void> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+async function install(main: string, name: string): Promise<string> {
+  await must(deno, [
+    "run",
+    "--quiet",
+    ...documentedFlags(),
+    main,
+    "hook",
+    "install",
+    "--hooks-dir",
+    `${work}/${name}`,
+    "--state-dir",
+    `${work}/state-${name}`,
+    "--sysfs",
+    `${work}/tree`,
+  ]);
+  return `${work}/${name}/${HOOK_FILE_NAME}`;
+}
+
+const GPUS = [
+  ["0000:0b:00.0", "10de", "1b06", "030000"],
+  ["0000:0b:00.1", "10de", "10ef", "040300"],
+  ["0000:0c:00.0", "10de", "128b", "030000"],
+  ["0000:0c:00.1", "10de", "0e0f", "040300"],
+] as const;
+
+function domainXml(): string {
+  const records = GPUS.map(([a, v, d, c]) =>
+    `<pt:device address="${a}" vendor="${v}" device="${d}" class="${c}" rule="gpu"/>`
+  );
+  const hostdevs = GPUS.map(([a]) => {
+    const [, bus, slotFn] = a.split(":");
+    const [slot, fn] = slotFn!.split(".");
+    return `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source><address type='pci' domain='0x0000' bus='0x00' slot='0x0${fn}' function='0x0'/></hostdev>`;
+  });
+  return `<domain type='kvm'><name>bench</name><uuid>0c7a4ee2-4b5e-4d3c-9a43-5d0e8f0b1c2d</uuid>
+<memory unit='KiB'>8388608</memory><vcpu>4</vcpu>
+<metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">${
+    records.join("")
+  }</pt:hostdevs></metadata>
+<os><type arch='x86_64' machine='q35'>hvm</type></os>
+<devices>${hostdevs.join("\n")}</devices></domain>`;
+}
+
+interface Case {
+  name: string;
+  cmd: string;
+  args: string[];
+  stdin?: Uint8Array;
+  /** The exit code every run must have. */
+  code: number;
+}
+
+async function once(c: Case): Promise<number> {
+  const started = performance.now();
+  const child = new Deno.Command(c.cmd, {
+    args: c.args,
+    clearEnv: true,
+    env: { LC_ALL: "C", PATH: "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+    stdin: c.stdin === undefined ? "null" : "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  if (c.stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(c.stdin).catch(() => {});
+    await writer.close().catch(() => {});
+  }
+  const out = await child.output();
+  const ms = performance.now() - started;
+  if (out.code !== c.code) {
+    throw new Error(`${c.name}: exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return ms;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+try {
+  buildHostTree(
+    loadHostDescription(
+      new URL("../tests/fixtures/hosts/x570-aorus-pro-wifi.json", import.meta.url),
+    ),
+    `${work}/tree`,
+  );
+  await Deno.writeTextFile(`${work}/empty.ts`, "");
+  await must(deno, ["cache", "--quiet", `${work}/empty.ts`]);
+  const xml = new TextEncoder().encode(domainXml());
+  const hook = await install(`${ROOT}main.ts`, "main");
+  const cases: Case[] = [
+    { name: "deno run empty.ts", cmd: deno, args: ["run", "--quiet", `${work}/empty.ts`], code: 0 },
+    {
+      name: "hook prepare begin (main.ts)",
+      cmd: hook,
+      args: ["bench", "prepare", "begin", "-"],
+      stdin: xml,
+      code: 0,
+    },
+  ];
+  // As `deno task bundle` writes them: the CLI, and the check in chunks beside it.
+  await must(deno, ["bundle", "--quiet", "-o", `${work}/dist/passthrough.js`, `${ROOT}main.ts`]);
+  await must(deno, [
+    "bundle",
+    "--quiet",
+    "--no-config",
+    "--code-splitting",
+    "--outdir",
+    `${work}/dist/hook`,
+    `${ROOT}cli/hook_check.ts`,
+  ]);
+  const bundled = await install(`${work}/dist/passthrough.js`, "bundle");
+  cases.push({
+    name: "hook prepare begin (bundle)",
+    cmd: bundled,
+    args: ["bench", "prepare", "begin", "-"],
+    stdin: xml,
+    code: 0,
+  });
+  cases.push({
+    name: "hook release end (fast path)",
+    cmd: hook,
+    args: ["bench", "release", "end", "-"],
+    stdin: xml,
+    code: 0,
+  });
+  // A refused start, to show the check's cost when it has something to say. Its own hook and
+  // state directory: the refusal it records would otherwise send the next clean start of the
+  // other hooks down the path that loads the state code (to clear it).
+  const refused = new TextDecoder().decode(xml).replace('device="1b06"', 'device="2684"');
+  cases.push({
+    name: "hook prepare begin, refused",
+    cmd: await install(`${ROOT}main.ts`, "refused"),
+    args: ["bench", "prepare", "begin", "-"],
+    stdin: new TextEncoder().encode(refused),
+    code: 1,
+  });
+  for (const c of cases) for (let i = 0; i < 3; i++) await once(c);
+  const times = cases.map(() => [] as number[]);
+  for (let r = 0; r < RUNS; r++) {
+    for (const [i, c] of cases.entries()) times[i]!.push(await once(c));
+  }
+  const base = median(times[0]!);
+  console.log(
+    `hook_process: ${RUNS} alternating runs each; ${navigator.hardwareConcurrency} CPUs; load ${
+      Deno.loadavg().map((l) => l.toFixed(2)).join(" ")
+    }; deno ${Deno.version.deno}`,
+  );
+  console.log(
+    `${"case".padEnd(32)} ${"median".padStart(9)} ${"min".padStart(9)} ${"vs empty".padStart(9)}`,
+  );
+  for (const [i, c] of cases.entries()) {
+    const m = median(times[i]!);
+    console.log(
+      `${c.name.padEnd(32)} ${m.toFixed(1).padStart(6)} ms ${
+        Math.min(...times[i]!).toFixed(1).padStart(6)
+      } ms ${(m / base).toFixed(2).padStart(8)}x`,
+    );
+  }
+} finally {
+  await Deno.remove(work, { recursive: true });
+}

@@ -1,0 +1,48 @@
+/**
+ * `passthrough guard allow VM`: lets the next start of VM go on once even when the start guard
+ * refuses it (`virsh start` cannot pass a flag to a hook, so the allowance waits in the state
+ * directory the installed hook reads).
+ *
+ * @module
+ */
+
+import { type CliIo, UsageError } from "./context.ts";
+import type { Parsed } from "./flags.ts";
+import type { GUARD } from "./specs.ts";
+import { resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { allowNextStart } from "../lib/guard/state.ts";
+import { DEFAULT_HOOKS_DIR, type HookSettings, inspectHook } from "../lib/guard/hook_file.ts";
+
+/** The installed hook's settings, or `null` when there is none (or it cannot be read). */
+function installedHook(hooksDir: string): HookSettings | null {
+  try {
+    return inspectHook(hooksDir).settings;
+  } catch {
+    // An unreadable hooks directory: the state directory is then chosen as usual.
+    return null;
+  }
+}
+
+/** Runs `passthrough guard allow VM`. */
+export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
+  const [vm] = positionals;
+  if (vm === "") throw new UsageError("Missing the VM name");
+  const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
+  // The hook reads the state directory fixed at its install: an allowance elsewhere would
+  // never be seen.
+  const hook = installedHook(hooksDir);
+  const stateDir = values["state-dir"] !== undefined || hook === null
+    ? resolveStateDirPath({ flag: values["state-dir"], env: io.env })
+    : hook.stateDir;
+  const { allowance, path } = allowNextStart(stateDir, vm);
+  io.out(
+    `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +
+      `(until ${allowance.expires}; ${path})\n`,
+  );
+  if (hook === null) {
+    io.out(`Note: no start guard is installed in ${hooksDir}\n`);
+  } else if (hook.stateDir !== stateDir) {
+    io.out(`Note: the installed hook reads ${hook.stateDir}, not ${stateDir}\n`);
+  }
+  return Promise.resolve(0);
+}

@@ -1,0 +1,214 @@
+/**
+ * `passthrough hook install|status|remove`: the libvirt hook that guards every VM start (see
+ * `lib/guard/`), and `hook run`, the check the hook itself runs at `prepare begin`.
+ *
+ * @module
+ */
+
+import type { CliIo } from "./context.ts";
+import { UsageError } from "./context.ts";
+import type { Parsed } from "./flags.ts";
+import type { HOOK } from "./specs.ts";
+import { VERSION } from "./version.ts";
+import { LIVE_SYSFS } from "./host_options.ts";
+import { checkStart } from "./hook_check.ts";
+import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { recordReload } from "../lib/guard/state.ts";
+import {
+  checkCommand,
+  type CheckProgram,
+  DEFAULT_DEADLINE_SECONDS,
+  DEFAULT_HOOKS_DIR,
+  findTimeout,
+  type HookInspection,
+  type HookSettings,
+  inspectHook,
+  installHook,
+  removeHook,
+  renderHookScript,
+} from "../lib/guard/hook_file.ts";
+import { findHookDaemons, noDaemonMessage, reloadDaemons } from "../lib/guard/daemon.ts";
+import { libcSysfsReader, signalProcess } from "../ffi/libc_fs.ts";
+
+/** One parsed `hook` subcommand line. */
+type HookLine<N extends string> = Extract<Parsed<typeof HOOK>, { subcommand: N }>;
+
+function readEnv(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    // Not in the permission set: the hook then finds Deno's cache where root's Deno does.
+    return undefined;
+  }
+}
+
+/** The running program, for the hook's command line. */
+function currentProgram(): CheckProgram {
+  return {
+    execPath: Deno.execPath(),
+    mainModule: Deno.mainModule,
+    standalone: Deno.build.standalone,
+  };
+}
+
+/** The settings `install` writes for this state directory, sysfs and deadline, from here. */
+function settingsFor(
+  options: { stateDir: string; sysfs: string; deadline: number; timeout: string },
+): HookSettings {
+  const denoDir = readEnv("DENO_DIR");
+  return {
+    version: VERSION,
+    deadline: options.deadline,
+    timeout: options.timeout,
+    command: checkCommand(currentProgram(), options),
+    env: denoDir === undefined || denoDir === "" ? {} : { DENO_DIR: denoDir },
+    stateDir: options.stateDir,
+    sysfs: options.sysfs,
+  };
+}
+
+function parseDeadline(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_DEADLINE_SECONDS;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 600) {
+    throw new UsageError(
+      `--deadline must be a whole number of seconds from 1 to 600, not "${text}"`,
+    );
+  }
+  return n;
+}
+
+/** What the hook runs, in words: the entry script, or the compiled binary alone. */
+function describeProgram(command: readonly string[]): string {
+  const at = command.indexOf("--state-dir");
+  const entry = command[at - 1] === "run" ? command[at - 3] : command[at - 1];
+  return entry === command[0] ? command[0]! : `${command[0]} ${entry}`;
+}
+
+/** Reloads the daemons that run hooks, when the hook went into libvirt's own directory. */
+function reloadMessages(hooksDir: string, stateDir: string): string[] {
+  if (hooksDir !== DEFAULT_HOOKS_DIR) return [`Not in ${DEFAULT_HOOKS_DIR}: no daemon reloaded`];
+  const daemons = findHookDaemons(libcSysfsReader());
+  const messages = daemons.length === 0 ? [noDaemonMessage()] : [];
+  for (const outcome of reloadDaemons(daemons, (pid) => signalProcess(pid, 1 /* SIGHUP */))) {
+    messages.push(outcome.message);
+    if (outcome.reloaded) recordReload(stateDir, outcome.daemon);
+  }
+  return messages;
+}
+
+function install({ values }: HookLine<"install">, io: CliIo): number {
+  const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
+  const deadline = parseDeadline(values.deadline);
+  const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  const timeout = findTimeout();
+  if (timeout === null) {
+    throw new Error(`Cannot find coreutils' "timeout" (looked for /usr/bin/timeout, /bin/timeout)`);
+  }
+  // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
+  openStateDir(stateDir);
+  const settings = settingsFor({ stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, deadline, timeout });
+  const result = installHook(hooksDir, renderHookScript(settings));
+  const messages = [
+    result.changed
+      ? `Installed the start guard: ${result.path}`
+      : `The start guard is already installed and up to date: ${result.path}`,
+    `It runs ${
+      describeProgram(settings.command)
+    } (deadline ${settings.deadline} s, state in ${stateDir})`,
+    // Unchanged: nothing new for the daemon to see.
+    ...(result.changed ? reloadMessages(hooksDir, stateDir) : []),
+  ];
+  io.out(
+    values.json
+      ? `${JSON.stringify({ path: result.path, changed: result.changed, messages }, null, 2)}\n`
+      : `${messages.join("\n")}\n`,
+  );
+  return 0;
+}
+
+/** Problems that make the installed hook wrong or useless; `[]` when it is fine. */
+export function hookProblems(inspection: HookInspection, expected: string | null): string[] {
+  if (!inspection.present) return [`No hook at ${inspection.path}`];
+  if (inspection.settings === null) return [`${inspection.path} is not a passthrough hook`];
+  const problems: string[] = [];
+  if (!inspection.executable) problems.push("not executable: libvirt skips it");
+  for (const p of inspection.programs) {
+    if (!p.exists) problems.push(`runs ${p.path}, which is missing: every start would be refused`);
+  }
+  if (inspection.settings.version !== VERSION) {
+    problems.push(`written by passthrough ${inspection.settings.version}, this is ${VERSION}`);
+  }
+  if (expected !== null && problems.length === 0) {
+    const current = Deno.readTextFileSync(inspection.path);
+    if (current !== expected) problems.push("not what 'hook install' writes from here now");
+  }
+  return problems;
+}
+
+function status({ values }: HookLine<"status">, io: CliIo): number {
+  const inspection = inspectHook(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR);
+  const s = inspection.settings;
+  let expected: string | null = null;
+  if (s !== null) {
+    try {
+      expected = renderHookScript({ ...settingsFor(s), env: s.env });
+    } catch {
+      // This program cannot install a hook (not a local file): nothing to compare with.
+    }
+  }
+  const problems = hookProblems(inspection, expected);
+  if (values.json) {
+    io.out(`${JSON.stringify({ ...inspection, toolVersion: VERSION, problems }, null, 2)}\n`);
+    return problems.length === 0 ? 0 : 1;
+  }
+  const lines = [`Hook: ${inspection.path}`];
+  if (s !== null) {
+    lines.push(
+      `  installed by passthrough ${s.version} (this is ${VERSION}); ${
+        inspection.executable ? "executable" : "NOT executable"
+      }`,
+      `  runs: ${s.command.join(" ")}`,
+      `  deadline: ${s.deadline} s with ${s.timeout}; state: ${s.stateDir}; sysfs: ${s.sysfs}`,
+      ...inspection.programs.map((p) => `  ${p.exists ? "present" : "MISSING"}: ${p.path}`),
+    );
+  }
+  lines.push(
+    problems.length === 0 ? "  up to date" : problems.map((p) => `  problem: ${p}`).join("\n"),
+  );
+  if (problems.length > 0) lines.push("  fix: passthrough hook install");
+  io.out(`${lines.join("\n")}\n`);
+  return problems.length === 0 ? 0 : 1;
+}
+
+function remove({ values }: HookLine<"remove">, io: CliIo): number {
+  const dir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
+  const { path } = inspectHook(dir);
+  io.out(removeHook(dir) ? `Removed the start guard: ${path}\n` : `No hook at ${path}\n`);
+  return 0;
+}
+
+/** The hook's own check (`cli/hook_check.ts`), for bundles without it and compiled binaries. */
+function check({ values, positionals }: HookLine<"run">, io: CliIo): Promise<number> {
+  const stateDir = values["state-dir"];
+  if (stateDir === undefined) throw new UsageError("Missing --state-dir DIR");
+  const [vm, operation, subOperation] = positionals;
+  return checkStart(
+    { stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, vm, operation, subOperation },
+    io.err,
+  );
+}
+
+/** Runs `passthrough hook SUBCOMMAND`. */
+export function run(parsed: Parsed<typeof HOOK>, io: CliIo): Promise<number> {
+  switch (parsed.subcommand) {
+    case "install":
+      return Promise.resolve(install(parsed, io));
+    case "status":
+      return Promise.resolve(status(parsed, io));
+    case "remove":
+      return Promise.resolve(remove(parsed, io));
+    case "run":
+      return check(parsed, io);
+  }
+}

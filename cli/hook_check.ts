@@ -1,0 +1,134 @@
+/**
+ * The start guard's check as an entry point of its own: what the installed hook runs at
+ * `prepare begin` from a checkout or beside a bundle (`passthrough hook run` runs the same, for
+ * compiled binaries). It loads neither the command table nor `node:util`: libvirt waits for this
+ * at every VM start. Writes only to standard error; exits 0 to let the start go on, 1 to stop it,
+ * 2 on bad arguments (which also stops it: failing closed).
+ *
+ * Usage: hook_check.ts --state-dir DIR [--sysfs DIR] -- VM OPERATION SUB-OPERATION EXTRA
+ *
+ * @module
+ */
+
+import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
+import { libcSysfsReader } from "../ffi/libc_fs.ts";
+
+/** The arguments the hook passes. */
+export interface HookCheckArgs {
+  stateDir: string;
+  sysfs: string;
+  /** libvirt's four hook arguments. */
+  vm: string;
+  operation: string;
+  subOperation: string;
+}
+
+/**
+ * Reads `--state-dir DIR [--sysfs DIR] -- VM OP SUBOP [EXTRA]`; a string saying what is wrong
+ * when they are not that.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(
+ *   parseHookCheckArgs(["--state-dir", "/s", "--", "-vm", "prepare", "begin", "-"]),
+ *   { stateDir: "/s", sysfs: "/sys", vm: "-vm", operation: "prepare", subOperation: "begin" },
+ * );
+ * ```
+ */
+export function parseHookCheckArgs(args: readonly string[]): HookCheckArgs | string {
+  const options: Record<string, string> = {};
+  let i = 0;
+  for (; i < args.length && args[i] !== "--"; i += 2) {
+    const flag = args[i]!;
+    const value = args[i + 1];
+    if ((flag !== "--state-dir" && flag !== "--sysfs") || value === undefined) {
+      return `Unexpected argument "${flag}"`;
+    }
+    options[flag] = value;
+  }
+  const [vm, operation, subOperation] = args.slice(i + 1);
+  if (options["--state-dir"] === undefined) return "Missing --state-dir DIR";
+  if (vm === undefined || operation === undefined || subOperation === undefined) {
+    return "Missing the hook's arguments after --: VM OPERATION SUB-OPERATION";
+  }
+  return {
+    stateDir: options["--state-dir"],
+    sysfs: options["--sysfs"] ?? "/sys",
+    vm,
+    operation,
+    subOperation,
+  };
+}
+
+/** Standard input, up to `max` bytes; `null` when there is more. Synchronous: no streams. */
+function readStdin(max: number): Uint8Array | null {
+  let buffer = new Uint8Array(64 * 1024);
+  let length = 0;
+  for (;;) {
+    if (length === buffer.length) {
+      const bigger = new Uint8Array(buffer.length * 2);
+      bigger.set(buffer);
+      buffer = bigger;
+    }
+    const n = Deno.stdin.readSync(buffer.subarray(length));
+    if (n === null) return buffer.subarray(0, length);
+    length += n;
+    if (length > max) return null;
+  }
+}
+
+/**
+ * Runs the check for the hook's arguments, writing refusals to `err`; returns the exit code.
+ * Every operation but `prepare begin` returns 0 before anything is read.
+ */
+export async function checkStart(
+  args: HookCheckArgs,
+  err: (text: string) => void,
+): Promise<number> {
+  if (args.operation !== "prepare" || args.subOperation !== "begin") return 0;
+  const bytes = readStdin(MAX_XML_BYTES);
+  const root = args.sysfs.replace(/(.)\/+$/, "$1");
+  const result = await runGuard({
+    vm: args.vm,
+    operation: args.operation,
+    subOperation: args.subOperation,
+    xml: bytes === null ? null : new TextDecoder().decode(bytes),
+    // Through libc: Deno refuses reads under /sys and /proc to anything less than --allow-all,
+    // and the hook grants only --allow-ffi and the state directory (see checkCommand).
+    reader: libcSysfsReader(),
+    root,
+    live: root === "/sys",
+    stateDir: args.stateDir,
+  });
+  if (result.lines.length > 0) err(`${result.lines.join("\n")}\n`);
+  return result.code;
+}
+
+/** {@link checkStart} for a command line; exit 2 (which stops the start too) when it is bad. */
+export function hookCheck(
+  args: readonly string[],
+  err: (text: string) => void,
+): Promise<number> {
+  const parsed = parseHookCheckArgs(args);
+  if (typeof parsed === "string") {
+    err(`passthrough hook run: ${parsed}\n`);
+    return Promise.resolve(2);
+  }
+  return checkStart(parsed, err);
+}
+
+if (import.meta.main) {
+  const encoder = new TextEncoder();
+  try {
+    Deno.exitCode = await hookCheck(
+      Deno.args,
+      (text) => void Deno.stderr.writeSync(encoder.encode(text)),
+    );
+  } catch (error) {
+    // Fail closed, in one line, without a stack trace.
+    const message = error instanceof Error ? error.message : String(error);
+    Deno.stderr.writeSync(encoder.encode(`passthrough guard: the check failed: ${message}\n`));
+    Deno.exitCode = 1;
+  }
+}

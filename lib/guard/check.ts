@@ -1,0 +1,297 @@
+/**
+ * The start guard's check: given the domain XML libvirt hands a hook at `prepare begin`, which
+ * hostdevs must not be started. libvirt's managed detach unbinds whatever sits at a hostdev's
+ * address, and a BIOS update or a new card renumbers buses between `apply` and the next start;
+ * so each PCI `<hostdev>` and `<interface type='hostdev'>` source address is read again from
+ * sysfs and refused when the device passthrough recorded there is gone or replaced, or when the
+ * device there is one the host needs (recorded or hand-added).
+ *
+ * Only the addressed functions are read (no discovery of the whole host, no lspci), so the
+ * check stays fast at every VM start. Unreadable XML fails closed.
+ *
+ * @module
+ */
+
+import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import type { DeviceIdentity } from "../plan/types.ts";
+import type { SysfsReader } from "../host/sysfs.ts";
+import { readDeviceAt } from "../host/discover.ts";
+import { METADATA_NAMESPACE, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
+import { scanHostdevsLeniently } from "../domain/lenient.ts";
+import { sameIdentity } from "../resolve/match.ts";
+import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
+import { comparePciAddress } from "../pci/address.ts";
+
+/** Why the guard refuses one address. */
+export type GuardRefusalKind =
+  /** Another device than the recorded one sits at the address. */
+  | "replaced"
+  /** No device at the address. */
+  | "missing"
+  /** The device there is one the host needs (a mounted filesystem's controller, ...). */
+  | "host-needs"
+  /** The domain XML names a host device whose address or record cannot be read. */
+  | "unreadable";
+
+/** The facts the guard shows about the device at an address now. */
+export type GuardDevice = Pick<
+  PciDevice,
+  | "vendorId"
+  | "deviceId"
+  | "subsystemVendorId"
+  | "subsystemDeviceId"
+  | "classCode"
+  | "serial"
+  | "driver"
+>;
+
+/** One reason not to start the VM. */
+export interface GuardRefusal {
+  /** The VM, as libvirt named it to the hook. */
+  vm: string;
+  /** Why. */
+  kind: GuardRefusalKind;
+  /** The host address concerned; `null` when the XML does not let it be read. */
+  address: PciAddress | null;
+  /** `hostdev` or `interface` (`<interface type='hostdev'>`). */
+  element: "hostdev" | "interface" | null;
+  /** What sits at the address now; `null` when nothing does or the address is unknown. */
+  now: GuardDevice | null;
+  /** The identity passthrough recorded for the address; `null` for a hand-added hostdev. */
+  recorded: DeviceIdentity | null;
+  /**
+   * Why the host needs the device there (`in use by the host (default-route: ...)`), or `null`.
+   * Set whatever the kind: a replaced device can be one the host needs as well.
+   */
+  hostNeeds: string | null;
+  /** The whole reason in words, as {@link formatRefusal} prints it after the VM's name. */
+  reason: string;
+  /** The command that fixes it. */
+  fix: string;
+}
+
+/** Input of {@link checkDomainStart}. */
+export interface GuardCheckInput {
+  /** The VM's name as libvirt passed it to the hook (first argument). */
+  vm: string;
+  /** The domain XML read from the hook's standard input. */
+  xml: string;
+  /** Reads the sysfs tree at `root`. */
+  reader: SysfsReader;
+  /** The sysfs root: `/sys`, or a captured tree. */
+  root: string;
+  /**
+   * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
+   * Called once with every device found at the domain's addresses. `null` (a captured tree
+   * without host-use facts) marks nothing; the live host always knows.
+   */
+  hostUse: (devices: PciDevice[]) => readonly HostUse[] | null;
+}
+
+/** A host address the domain passes through, and which element names it. */
+interface Passed {
+  address: PciAddress;
+  element: "hostdev" | "interface";
+}
+
+/** What the domain XML says, read strictly where possible and leniently otherwise. */
+interface DomainFacts {
+  passed: Passed[];
+  records: DeviceIdentity[];
+  /** Elements whose host address cannot be read, and records that cannot be read. */
+  unreadable: string[];
+}
+
+/**
+ * Reads the passed-through addresses and the records with the strict reader
+ * ({@link parseDomainXml}), and every address the lenient scanner finds as well: it also counts
+ * the elements that may hold a PCI device but name no readable host address (the strict reader
+ * skips such an `<interface type='hostdev'>`), and it still reads XML the strict reader refuses,
+ * whose records then count as unreadable. Either way, what cannot be read fails closed.
+ */
+function readDomain(xml: string): DomainFacts {
+  const unreadable: string[] = [];
+  const lenient = scanHostdevsLeniently(xml);
+  if (lenient.unresolved > 0) {
+    unreadable.push(
+      `${lenient.unresolved} passed-through device(s) in the domain XML name no readable host ` +
+        "address",
+    );
+  }
+  let strict: ParsedDomain | null = null;
+  try {
+    strict = parseDomainXml(xml);
+  } catch {
+    // The error's text may quote the XML (which can hold secrets): it is not shown.
+    if (xml.includes(METADATA_NAMESPACE)) {
+      unreadable.push("the domain XML holds passthrough records that cannot be read");
+    }
+  }
+  const passed = new Map<PciAddress, Passed>();
+  for (const { address } of strict?.hostdevs ?? []) {
+    passed.set(address, { address, element: "hostdev" });
+  }
+  for (const address of strict?.interfaceHostdevs ?? []) {
+    if (!passed.has(address)) passed.set(address, { address, element: "interface" });
+  }
+  for (const address of lenient.addresses) {
+    if (!passed.has(address)) passed.set(address, { address, element: "hostdev" });
+  }
+  return {
+    passed: [...passed.values()].sort((a, b) => comparePciAddress(a.address, b.address)),
+    records: strict?.records ?? [],
+    unreadable,
+  };
+}
+
+/**
+ * Whether `device` is the recorded card. The serial number counts only where one was recorded:
+ * an unprivileged `plan` reads no serial (the configuration space stops at 64 bytes for it), the
+ * hook runs as root and does.
+ */
+export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolean {
+  return sameIdentity(record, record.serial === null ? { ...device, serial: null } : device);
+}
+
+/** `passthrough plan --vm NAME`, with NAME quoted for a shell when it needs it. */
+export function fixCommand(vm: string): string {
+  const quoted = /^[A-Za-z0-9_.:@%+=,-]+$/.test(vm) ? vm : `'${vm.replaceAll("'", `'\\''`)}'`;
+  return `passthrough plan --vm ${quoted}`;
+}
+
+function now(device: PciDevice): GuardDevice {
+  const { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver } =
+    device;
+  return { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver };
+}
+
+/**
+ * Every reason not to start `input.vm` now; `[]` when the start may go on. Reads only the
+ * functions at the domain's host addresses.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { buildHostTree } from "../testing/host_tree.ts";
+ * import { denoFsReader } from "../host/sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:0b:00.0", group: 1, class: "0x010802",
+ *   vendor: "0x144d", device: "0xa808", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "nvme", revision: null }] }, dir);
+ * const xml = `<domain><name>win11</name><devices>
+ *   <hostdev mode='subsystem' type='pci' managed='yes'>
+ *     <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+ *   </hostdev></devices></domain>`;
+ * const refusals = checkDomainStart({
+ *   vm: "win11", xml, reader: denoFsReader(), root: dir, hostUse: () => [],
+ * });
+ * assertEquals(refusals, []); // hand-added, and nothing says the host needs it
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
+  const { vm } = input;
+  const fix = fixCommand(vm);
+  const facts = readDomain(input.xml);
+  const refusals: GuardRefusal[] = facts.unreadable.map((reason) => ({
+    vm,
+    kind: "unreadable" as const,
+    address: null,
+    element: null,
+    now: null,
+    recorded: null,
+    hostNeeds: null,
+    reason,
+    fix,
+  }));
+  const found = facts.passed.map((p) => ({
+    ...p,
+    device: readDeviceAt(input.reader, input.root, p.address),
+    recorded: facts.records.find((r) => r.address === p.address) ?? null,
+  }));
+  const devices = found.flatMap((f) => f.device === null ? [] : [f.device]);
+  const hostUse = input.hostUse(devices);
+  // The domain's own cards were asked for: a storage or network function among them is not
+  // "another slot's" (hostCriticalReason's rule); what the host uses or the platform needs is.
+  const matchedCards = new Set(facts.passed.map((p) => cardOf(p.address)));
+  for (const { address, element, device, recorded } of found) {
+    const hostNeeds = device === null
+      ? null
+      : hostCriticalReason(device, { matchedCards, hostUse });
+    const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
+    if (device !== null && !replaced && hostNeeds === null) continue;
+    const refusal: GuardRefusal = {
+      vm,
+      kind: device === null ? "missing" : replaced ? "replaced" : "host-needs",
+      address,
+      element,
+      now: device === null ? null : now(device),
+      recorded,
+      hostNeeds,
+      reason: "",
+      fix,
+    };
+    refusal.reason = describeRefusal(refusal);
+    refusals.push(refusal);
+  }
+  return refusals;
+}
+
+/** `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., driver nouveau)`. */
+export function describeIdentity(
+  identity: Omit<GuardDevice, "driver"> & { driver?: string | null },
+): string {
+  const details = [
+    ...(identity.subsystemVendorId !== null || identity.subsystemDeviceId !== null
+      ? [`subsystem ${identity.subsystemVendorId ?? "?"}:${identity.subsystemDeviceId ?? "?"}`]
+      : []),
+    `class ${identity.classCode}`,
+    ...(identity.serial !== null ? [`serial ${identity.serial}`] : []),
+    ...(identity.driver ? [`driver ${identity.driver}`] : []),
+  ];
+  return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;
+}
+
+/** The reason in words: what the address holds now against what was recorded. */
+function describeRefusal(refusal: GuardRefusal): string {
+  const element = refusal.element === "interface" ? "hostdev interface" : "hostdev";
+  const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
+  const recorded = refusal.recorded === null
+    ? " (hand-added: nothing recorded)"
+    : `, ${refusal.kind === "host-needs" ? "as" : "not"} the recorded ${
+      describeIdentity({ ...refusal.recorded, driver: null })
+    } of rule ${JSON.stringify(refusal.recorded.rule)}`;
+  const needs = refusal.hostNeeds === null ? "" : `; the host needs it: ${refusal.hostNeeds}`;
+  return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}`;
+}
+
+/**
+ * One line for the hook's standard error (libvirt shows it in `virsh start`'s error): the VM,
+ * the address, what is there now, what was recorded, why, and the command that fixes it. Names
+ * no value from the XML but addresses, IDs and the rule's name, so no secret of the domain is
+ * printed; control characters are replaced, so it stays one line. With `allowed`, the same
+ * facts for a start that a one-shot allowance let go on.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const refusal = { vm: "win11", kind: "missing" as const, address: "0000:0b:00.0",
+ *   element: "hostdev" as const, now: null, recorded: null, hostNeeds: null,
+ *   reason: "hostdev 0000:0b:00.0 holds no device now (hand-added: nothing recorded)",
+ *   fix: "passthrough plan --vm win11" };
+ * assertEquals(
+ *   formatRefusal(refusal),
+ *   'passthrough guard: refusing to start "win11": hostdev 0000:0b:00.0 holds no device now ' +
+ *     "(hand-added: nothing recorded); fix: passthrough plan --vm win11",
+ * );
+ * ```
+ */
+export function formatRefusal(refusal: GuardRefusal, options: { allowed?: boolean } = {}): string {
+  const vm = JSON.stringify(refusal.vm);
+  const head = options.allowed
+    ? `passthrough guard: starting ${vm} once despite this (passthrough guard allow)`
+    : `passthrough guard: refusing to start ${vm}`;
+  const line = `${head}: ${refusal.reason}; fix: ${refusal.fix}`;
+  // deno-lint-ignore no-control-regex
+  return line.replace(/[\u0000-\u001f\u007f]/g, "?");
+}

@@ -1,0 +1,326 @@
+/**
+ * The hook executable libvirt runs from `/etc/libvirt/hooks/qemu.d/`: a few lines of `sh` whose
+ * fast path exits 0 at once for every operation but `prepare begin` (libvirt runs hooks for
+ * every start, stop, migration and daemon restart, and a failure at `reconnect` kills running
+ * guests), and otherwise runs `passthrough hook run` under a deadline (libvirt has none: a hung
+ * hook hangs the start). Every program is named by the absolute path found at install time,
+ * because libvirt gives hooks only `LC_ALL` and `PATH`; the check's standard output goes to
+ * `/dev/null`, because for `migrate` and `restore` libvirt takes a hook's output as the new XML.
+ *
+ * The script carries its settings on one comment line (`# passthrough-hook: {...}`), which
+ * `hook status` and `doctor` read back.
+ *
+ * @module
+ */
+
+import { dirname, join } from "node:path";
+
+/** Where libvirt (6.5 and later) looks for QEMU hook executables. */
+export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
+
+/** The hook's file name: libvirt runs the directory's executables in name order. */
+export const HOOK_FILE_NAME = "50-passthrough-guard";
+
+/** How long the check may take before the start is refused. */
+export const DEFAULT_DEADLINE_SECONDS = 10;
+
+/** Where coreutils' `timeout` is looked for. */
+export const TIMEOUT_CANDIDATES = ["/usr/bin/timeout", "/bin/timeout"] as const;
+
+/** The settings written into the hook (and read back from it). */
+export interface HookSettings {
+  /** The passthrough version that wrote the hook. */
+  version: string;
+  /** Seconds the check may take. */
+  deadline: number;
+  /** Absolute path of coreutils' `timeout`. */
+  timeout: string;
+  /** The check's command line, program first, all paths absolute. */
+  command: string[];
+  /** Environment given to the check (`DENO_DIR` when the installer had one). */
+  env: Record<string, string>;
+  /** The state directory the check reads allowances from and records refusals in. */
+  stateDir: string;
+  /** The sysfs root the check reads. */
+  sysfs: string;
+}
+
+const SETTINGS_PREFIX = "# passthrough-hook: ";
+
+/** `'text'` for `sh`, safe for any byte but NUL. */
+export function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * The hook script. Exit codes: 0 lets the start go on; 1 stops it (a refusal, a deadline, a
+ * check that cannot run). Nothing is ever written to standard output.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertMatch } from "../../tests/helpers/assert.ts";
+ * const settings = { version: "0.1.0", deadline: 10, timeout: "/usr/bin/timeout",
+ *   command: ["/usr/bin/deno", "run", "/opt/pt/main.ts", "hook", "run"], env: {},
+ *   stateDir: "/var/lib/passthrough", sysfs: "/sys" };
+ * const script = renderHookScript(settings);
+ * assertMatch(script, /^#!\/bin\/sh\n/);
+ * assertEquals(parseHookSettings(script), settings);
+ * ```
+ */
+export function renderHookScript(settings: HookSettings): string {
+  const env = Object.entries(settings.env).map(([k, v]) => `${k}=${shellQuote(v)} `).join("");
+  const command = settings.command.map(shellQuote).join(" ");
+  const deadline = String(settings.deadline);
+  return `#!/bin/sh
+# passthrough start guard: refuses to start a VM when a passed-through PCI address now holds
+# another device than the one recorded, nothing, or a device the host needs.
+# Written by "passthrough hook install"; "passthrough hook remove" deletes it.
+# Only "prepare begin" runs the check; every other operation exits 0 at once.
+${SETTINGS_PREFIX}${JSON.stringify(settings)}
+[ "$2" = prepare ] && [ "$3" = begin ] || exit 0
+${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
+  ${command} -- "$1" "$2" "$3" "$4" >/dev/null
+status=$?
+case $status in
+  0) exit 0 ;;
+  124 | 137)
+    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
+    exit 1 ;;
+  125 | 126 | 127)
+    printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&2
+    exit 1 ;;
+  *) exit 1 ;;
+esac
+`;
+}
+
+/** The settings line of a hook script, or `null` when `text` is not a passthrough hook. */
+export function parseHookSettings(text: string): HookSettings | null {
+  const line = text.split("\n").find((l) => l.startsWith(SETTINGS_PREFIX));
+  if (line === undefined) return null;
+  try {
+    const data = JSON.parse(line.slice(SETTINGS_PREFIX.length)) as HookSettings;
+    const strings = (v: unknown) => Array.isArray(v) && v.every((s) => typeof s === "string");
+    if (
+      typeof data.version !== "string" || typeof data.deadline !== "number" ||
+      typeof data.timeout !== "string" || !strings(data.command) ||
+      typeof data.stateDir !== "string" || typeof data.sysfs !== "string" ||
+      typeof data.env !== "object" || data.env === null
+    ) {
+      return null;
+    }
+    return data;
+  } catch {
+    return null;
+  }
+}
+
+/** Where the running program is, to build the check's command line from. */
+export interface CheckProgram {
+  /** `Deno.execPath()`: the deno binary, or the compiled passthrough binary. */
+  execPath: string;
+  /** `Deno.mainModule`: the CLI's entry (`main.ts` or the bundled `.js`). */
+  mainModule: string;
+  /** `Deno.build.standalone`: a `deno compile` binary, which runs the CLI itself. */
+  standalone: boolean;
+}
+
+/**
+ * The Deno permissions of the check: libc through FFI for `/sys` and `/proc` (Deno refuses plain
+ * reads there to anything less than `--allow-all`), and the state directory for allowances and
+ * refusal records. A state directory whose path holds a comma, which Deno's permission lists
+ * cannot name, gets unscoped reads and writes.
+ */
+export function checkPermissions(stateDir: string): string[] {
+  const scope = stateDir.includes(",") ? "" : `=${stateDir}`;
+  return ["--allow-ffi", `--allow-read${scope}`, `--allow-write${scope}`];
+}
+
+/**
+ * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
+ * checkout's `main.ts` (with the checkout's `deno.json`) or `hook/hook_check.js` beside a bundle
+ * (`deno task bundle` writes both: the check in chunks, so the state code's `node:` modules load
+ * only when a start needs them), else of the CLI itself with `hook run`, without network or
+ * remote modules (`--cached-only`) and with {@link checkPermissions}; or the compiled binary
+ * itself. The check never spawns a program (the security test scans the sources for that).
+ */
+export function checkCommand(
+  program: CheckProgram,
+  options: { stateDir: string; sysfs: string },
+): string[] {
+  const tail = ["--state-dir", options.stateDir, "--sysfs", options.sysfs];
+  if (program.standalone) return [program.execPath, "hook", "run", ...tail];
+  if (!program.mainModule.startsWith("file:")) {
+    throw new Error(`Cannot install the hook from "${program.mainModule}": not a local file`);
+  }
+  const main = decodeURIComponent(new URL(program.mainModule).pathname);
+  const checkout = main.endsWith(".ts");
+  const lean = checkout
+    ? join(dirname(main), "cli", "hook_check.ts")
+    : join(dirname(main), "hook", "hook_check.js");
+  const [entry, args] = exists(lean) ? [lean, tail] : [main, ["hook", "run", ...tail]];
+  // A checkout's modules name npm packages through its deno.json; a bundle holds them.
+  const config = join(dirname(main), "deno.json");
+  return [
+    program.execPath,
+    "run",
+    "--quiet",
+    "--no-prompt",
+    ...(checkout && exists(config) ? ["--config", config] : ["--no-config"]),
+    "--cached-only",
+    ...checkPermissions(options.stateDir),
+    entry,
+    ...args,
+  ];
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The first of {@link TIMEOUT_CANDIDATES} that exists, or `null`. */
+export function findTimeout(candidates: readonly string[] = TIMEOUT_CANDIDATES): string | null {
+  return candidates.find(exists) ?? null;
+}
+
+/** What {@link installHook} did. */
+export interface InstallResult {
+  /** The hook's path. */
+  path: string;
+  /** `false` when the same script was already there with mode 0755. */
+  changed: boolean;
+}
+
+/**
+ * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
+ * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`.
+ */
+export function installHook(dir: string, script: string): InstallResult {
+  const path = join(dir, HOOK_FILE_NAME);
+  try {
+    const info = Deno.lstatSync(path);
+    if (
+      info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 &&
+      Deno.readTextFileSync(path) === script
+    ) {
+      return { path, changed: false };
+    }
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const temp = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
+  try {
+    const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o755 });
+    try {
+      file.writeSync(new TextEncoder().encode(script));
+      file.syncSync();
+    } finally {
+      file.close();
+    }
+    // The umask may have removed bits; libvirt runs only executables.
+    Deno.chmodSync(temp, 0o755);
+    Deno.renameSync(temp, path);
+  } finally {
+    try {
+      Deno.removeSync(temp);
+    } catch {
+      // Renamed: nothing left to clean.
+    }
+  }
+  return { path, changed: true };
+}
+
+/** Removes the hook; `false` when there was none. Refuses a file that is not our hook. */
+export function removeHook(dir: string): boolean {
+  const path = join(dir, HOOK_FILE_NAME);
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+  if (parseHookSettings(text) === null) {
+    throw new Error(`Refusing to remove "${path}": it is not a passthrough hook`);
+  }
+  Deno.removeSync(path);
+  return true;
+}
+
+/** A program the hook runs, and whether it is still there. */
+export interface HookProgram {
+  /** Its absolute path. */
+  path: string;
+  /** Whether it exists now. */
+  exists: boolean;
+}
+
+/** What {@link inspectHook} finds. */
+export interface HookInspection {
+  /** The hook's path. */
+  path: string;
+  /** Whether a file is there. */
+  present: boolean;
+  /** A regular file with execute permission (libvirt skips anything else). */
+  executable: boolean;
+  /** Its settings; `null` when absent or not written by passthrough. */
+  settings: HookSettings | null;
+  /** The programs and files its command names (timeout, deno, main module), with existence. */
+  programs: HookProgram[];
+  /** Seconds since the epoch when the file was last written, or `null`. */
+  modified: number | null;
+}
+
+/**
+ * Reads the installed hook, if any, without running it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * assertEquals(inspectHook(dir).present, false);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function inspectHook(dir: string): HookInspection {
+  const path = join(dir, HOOK_FILE_NAME);
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.statSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      return {
+        path,
+        present: false,
+        executable: false,
+        settings: null,
+        programs: [],
+        modified: null,
+      };
+    }
+    throw error;
+  }
+  const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
+  const settings = info.isFile ? parseHookSettings(Deno.readTextFileSync(path)) : null;
+  const files = settings === null
+    ? []
+    : [settings.timeout, ...settings.command.filter((arg) => arg.startsWith("/"))];
+  const programs = [...new Set(files)].filter((f) =>
+    f !== settings?.stateDir && f !== settings?.sysfs
+  )
+    .map((f) => ({ path: f, exists: exists(f) }));
+  return {
+    path,
+    present: true,
+    executable,
+    settings,
+    programs,
+    modified: info.mtime === null ? null : info.mtime.getTime() / 1000,
+  };
+}

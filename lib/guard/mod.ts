@@ -1,0 +1,62 @@
+/**
+ * The start guard: a libvirt hook that refuses to start a VM when a hostdev's address now holds
+ * another device than the one passthrough recorded, nothing, or a device the host needs. The
+ * pure check ({@link checkDomainStart}), one hook run ({@link runGuard}), the hook executable
+ * (render, install, inspect, remove), the daemon reload, and what the guard keeps in the state
+ * directory (one-shot allowances, refusal records).
+ *
+ * @module
+ */
+
+export {
+  checkDomainStart,
+  describeIdentity,
+  fixCommand,
+  formatRefusal,
+  type GuardCheckInput,
+  type GuardDevice,
+  type GuardRefusal,
+  type GuardRefusalKind,
+  matchesRecord,
+} from "./check.ts";
+export { type GuardRunOptions, type GuardRunResult, MAX_XML_BYTES, runGuard } from "./run.ts";
+export {
+  checkCommand,
+  checkPermissions,
+  type CheckProgram,
+  DEFAULT_DEADLINE_SECONDS,
+  DEFAULT_HOOKS_DIR,
+  findTimeout,
+  HOOK_FILE_NAME,
+  type HookInspection,
+  type HookProgram,
+  type HookSettings,
+  inspectHook,
+  installHook,
+  type InstallResult,
+  parseHookSettings,
+  removeHook,
+  renderHookScript,
+} from "./hook_file.ts";
+export {
+  findHookDaemons,
+  HOOK_DAEMONS,
+  noDaemonMessage,
+  reloadDaemons,
+  reloadHint,
+  type ReloadOutcome,
+  type RunningDaemon,
+} from "./daemon.ts";
+export {
+  ALLOWANCE_LIFETIME_MS,
+  type AllowanceOutcome,
+  allowNextStart,
+  type GuardAllowance,
+  type GuardRefusalRecord,
+  readRefusalRecords,
+  readReloadRecords,
+  recordRefusals,
+  recordReload,
+  type ReloadRecord,
+  takeAllowance,
+} from "./state.ts";

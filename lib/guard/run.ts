@@ -1,0 +1,156 @@
+/**
+ * One run of the hook's check, as `passthrough hook run` does it: only `prepare begin` is
+ * checked; refusals stop the start unless a one-shot allowance is waiting; the outcome is
+ * recorded in the state directory. Returns the exit code and the lines for standard error, so
+ * the CLI only reads standard input and prints.
+ *
+ * @module
+ */
+
+import type { SysfsReader } from "../host/sysfs.ts";
+import { readHostUse } from "../host/discover.ts";
+import { checkDomainStart, fixCommand, formatRefusal, type GuardRefusal } from "./check.ts";
+
+/** The most domain XML the check reads: far above any real definition, far below trouble. */
+export const MAX_XML_BYTES = 16 * 1024 * 1024;
+
+/** Input of {@link runGuard}. */
+export interface GuardRunOptions {
+  /** The VM's name: libvirt's first hook argument. */
+  vm: string;
+  /** libvirt's operation (`prepare`, `start`, `release`, `migrate`, ...). */
+  operation: string;
+  /** libvirt's sub-operation (`begin`, `end`, ...). */
+  subOperation: string;
+  /** The domain XML from standard input; `null` when it exceeded {@link MAX_XML_BYTES}. */
+  xml: string | null;
+  /** Reads sysfs and `/proc` (the libc reader on the live host). */
+  reader: SysfsReader;
+  /** The sysfs root (`/sys`, or a captured tree for tests). */
+  root: string;
+  /** Whether `root` is this host's own sysfs (host use is then read from `/proc`). */
+  live: boolean;
+  /** The state directory: allowances read, refusals recorded. */
+  stateDir: string;
+  /** Where `/proc` is; default `/proc`. */
+  procRoot?: string;
+  /** The time allowances are judged and refusals stamped with; default now. */
+  now?: Date;
+}
+
+/** What the hook should do. */
+export interface GuardRunResult {
+  /** 0 lets the start go on, 1 stops it. */
+  code: 0 | 1;
+  /** Lines for standard error (libvirt shows them in the start's error). */
+  lines: string[];
+  /** Every reason found not to start, allowed or not. */
+  refusals: GuardRefusal[];
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function check(options: GuardRunOptions): GuardRefusal[] {
+  const { vm } = options;
+  const unreadable = (reason: string): GuardRefusal[] => [{
+    vm,
+    kind: "unreadable",
+    address: null,
+    element: null,
+    now: null,
+    recorded: null,
+    hostNeeds: null,
+    reason,
+    fix: fixCommand(vm),
+  }];
+  if (options.xml === null) {
+    return unreadable(`the domain XML is larger than ${MAX_XML_BYTES} bytes`);
+  }
+  try {
+    return checkDomainStart({
+      vm,
+      xml: options.xml,
+      reader: options.reader,
+      root: options.root,
+      hostUse: (devices) =>
+        readHostUse(options.reader, {
+          root: options.root,
+          live: options.live,
+          devices,
+          ...(options.procRoot === undefined ? {} : { procRoot: options.procRoot }),
+        }),
+    });
+  } catch (error) {
+    return unreadable(`the check failed: ${message(error)}`);
+  }
+}
+
+/**
+ * Whether the guard keeps anything in `stateDir` now: an allowance or a refusal record of any
+ * VM. Only then can a start that the check lets through have something to consume or clear.
+ * A directory that cannot be listed counts as holding something, so its error is reported.
+ */
+function holdsGuardState(stateDir: string): boolean {
+  return ["allow", "refused"].some((kind) => {
+    try {
+      for (const _ of Deno.readDirSync(`${stateDir}/guard/${kind}`)) return true;
+      return false;
+    } catch (error) {
+      return !(error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory);
+    }
+  });
+}
+
+/**
+ * Checks a start (only at `prepare begin`; every other operation passes untouched), then takes
+ * the VM's allowance and records the outcome in the state directory. A start the check lets
+ * through while the guard keeps nothing (the common case) loads no state code and writes
+ * nothing: libvirt waits for this at every start, and the state code loads `node:` modules,
+ * which take longer to load than the check takes to run.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "../host/sysfs.ts";
+ * const result = await runGuard({ vm: "vm", operation: "release", subOperation: "end", xml: "",
+ *   reader: denoFsReader(), root: "/nonexistent", live: false, stateDir: "/nonexistent" });
+ * assertEquals(result, { code: 0, lines: [], refusals: [] });
+ * ```
+ */
+export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult> {
+  if (options.operation !== "prepare" || options.subOperation !== "begin") {
+    return { code: 0, lines: [], refusals: [] };
+  }
+  const refusals = check(options);
+  if (refusals.length === 0 && !holdsGuardState(options.stateDir)) {
+    return { code: 0, lines: [], refusals };
+  }
+  const { recordRefusals, takeAllowance } = await import("./state.ts");
+  const lines: string[] = [];
+  let allowance: "allowed" | "expired" | "none" = "none";
+  try {
+    allowance = takeAllowance(options.stateDir, options.vm, options.now);
+  } catch (error) {
+    lines.push(`passthrough guard: cannot read allowances: ${message(error)}`);
+  }
+  const allowed = refusals.length > 0 && allowance === "allowed";
+  for (const refusal of refusals) lines.push(formatRefusal(refusal, { allowed }));
+  if (refusals.length > 0 && allowance === "expired") {
+    lines.push(
+      `passthrough guard: an allowance for ${
+        JSON.stringify(options.vm)
+      } had expired: run "passthrough guard allow" again to start it anyway`,
+    );
+  }
+  try {
+    recordRefusals(options.stateDir, options.vm, refusals, {
+      allowed,
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
+  } catch (error) {
+    lines.push(`passthrough guard: cannot record the refusal: ${message(error)}`);
+  }
+  return { code: refusals.length > 0 && !allowed ? 1 : 0, lines, refusals };
+}

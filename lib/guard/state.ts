@@ -1,0 +1,242 @@
+/**
+ * What the start guard keeps in the state directory, under `guard/`: one-shot allowances
+ * (`passthrough guard allow VM`, since `virsh start` cannot pass a flag to a hook) and the last
+ * refusal per VM, so that a later `plan` can show why a start was stopped. One small JSON file
+ * per VM in each of `guard/allow/` and `guard/refused/`, named by `encodeVmName`, mode 0600 in
+ * 0700 directories, like the backups.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import {
+  checkPrivateDir,
+  ensurePrivateDir,
+  openStateDir,
+  type StateDir,
+  StateDirError,
+  writeNewFileSync,
+} from "../state/state_dir.ts";
+import { encodeVmName } from "../state/backups.ts";
+import type { GuardRefusal } from "./check.ts";
+
+/** How long an allowance waits for the start it is meant for. */
+export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
+
+/** A one-shot allowance, as stored. */
+export interface GuardAllowance {
+  /** The VM it lets start. */
+  vm: string;
+  /** ISO time it was given. */
+  created: string;
+  /** ISO time after which it no longer counts. */
+  expires: string;
+}
+
+/** The last refusal of one VM's start, as stored (for `plan`). */
+export interface GuardRefusalRecord {
+  /** The VM whose start was checked. */
+  vm: string;
+  /** ISO time of the check. */
+  time: string;
+  /** Whether a one-shot allowance let the start go on anyway. */
+  allowed: boolean;
+  /** What the check found, without the VM and the fix (both follow from `vm`). */
+  refusals: Omit<GuardRefusal, "vm" | "fix">[];
+}
+
+/** What {@link takeAllowance} found. */
+export type AllowanceOutcome = "allowed" | "expired" | "none";
+
+function guardDir(state: StateDir, kind: "allow" | "refused"): string {
+  const guard = join(state.path, "guard");
+  ensurePrivateDir(guard, state);
+  const dir = join(guard, kind);
+  ensurePrivateDir(dir, state);
+  return dir;
+}
+
+function fileName(vm: string): string {
+  return `${encodeVmName(vm)}.json`;
+}
+
+/** Replaces `name` in the private directory `dir` (remove, then write a new file). */
+function replaceFile(dir: string, name: string, text: string): string {
+  try {
+    Deno.removeSync(join(dir, name));
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  return writeNewFileSync(dir, name, text);
+}
+
+/**
+ * Lets the next start of `vm` go on once even if the guard refuses it, within
+ * {@link ALLOWANCE_LIFETIME_MS}. Returns the allowance and where it was written.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * allowNextStart(`${dir}/state`, "win11");
+ * assertEquals(takeAllowance(`${dir}/state`, "win11"), "allowed");
+ * assertEquals(takeAllowance(`${dir}/state`, "win11"), "none"); // one shot
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function allowNextStart(
+  stateDir: string,
+  vm: string,
+  now: Date = new Date(),
+): { allowance: GuardAllowance; path: string } {
+  const state = openStateDir(stateDir);
+  const allowance: GuardAllowance = {
+    vm,
+    created: now.toISOString(),
+    expires: new Date(now.getTime() + ALLOWANCE_LIFETIME_MS).toISOString(),
+  };
+  const path = replaceFile(
+    guardDir(state, "allow"),
+    fileName(vm),
+    `${JSON.stringify(allowance, null, 2)}\n`,
+  );
+  return { allowance, path };
+}
+
+/**
+ * Consumes `vm`'s allowance, if any: removed whether it still counts or has expired. An
+ * allowance that cannot be removed does not count (it would otherwise allow every start).
+ */
+export function takeAllowance(
+  stateDir: string,
+  vm: string,
+  now: Date = new Date(),
+): AllowanceOutcome {
+  // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
+  const path = existingGuardFile(stateDir, "allow", vm);
+  if (path === null) return "none";
+  const text = Deno.readTextFileSync(path);
+  Deno.removeSync(path);
+  let expires = NaN;
+  try {
+    const data = JSON.parse(text) as Partial<GuardAllowance>;
+    if (data.vm === vm) expires = Date.parse(String(data.expires));
+  } catch {
+    // A damaged allowance counts as expired.
+  }
+  return Number.isFinite(expires) && now.getTime() <= expires ? "allowed" : "expired";
+}
+
+/**
+ * `guard/KIND/<vm>.json` when it exists in a safe state directory, without creating anything;
+ * `null` when the state directory, its `guard/KIND/` or the file does not exist.
+ */
+function existingGuardFile(stateDir: string, kind: "allow" | "refused", vm: string): string | null {
+  // Most starts have neither file: one lstat settles it before the directories are checked.
+  try {
+    Deno.lstatSync(join(stateDir, "guard", kind, fileName(vm)));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory) {
+      return null;
+    }
+    throw error;
+  }
+  let state: StateDir;
+  try {
+    state = openStateDir(stateDir, { write: false });
+  } catch (error) {
+    if (error instanceof StateDirError && error.problem === "missing") return null;
+    throw error;
+  }
+  const guard = join(state.path, "guard");
+  const dir = join(guard, kind);
+  if (!checkPrivateDir(guard, state) || !checkPrivateDir(dir, state)) return null;
+  const path = join(dir, fileName(vm));
+  try {
+    Deno.lstatSync(path);
+    return path;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw error;
+  }
+}
+
+/**
+ * Records the refusals of `vm`'s start (replacing the previous record), or removes the record
+ * when `refusals` is empty: the record says what stopped the last start, not history.
+ */
+export function recordRefusals(
+  stateDir: string,
+  vm: string,
+  refusals: readonly GuardRefusal[],
+  options: { allowed: boolean; now?: Date },
+): string | null {
+  if (refusals.length === 0) {
+    const path = existingGuardFile(stateDir, "refused", vm);
+    if (path !== null) Deno.removeSync(path);
+    return null;
+  }
+  const dir = guardDir(openStateDir(stateDir), "refused");
+  const record: GuardRefusalRecord = {
+    vm,
+    time: (options.now ?? new Date()).toISOString(),
+    allowed: options.allowed,
+    refusals: refusals.map(({ vm: _vm, fix: _fix, ...rest }) => rest),
+  };
+  return replaceFile(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
+}
+
+/** The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. */
+export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
+  const dir = join(stateDir, "guard", "refused");
+  const records: GuardRefusalRecord[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return [];
+    throw error;
+  }
+  for (const entry of entries) {
+    if (!entry.isFile || !entry.name.endsWith(".json")) continue;
+    try {
+      records.push(JSON.parse(Deno.readTextFileSync(join(dir, entry.name))) as GuardRefusalRecord);
+    } catch {
+      // A damaged record is skipped: it only informs.
+    }
+  }
+  return records.sort((a, b) => a.vm.localeCompare(b.vm));
+}
+
+/** A daemon reload done by `hook install`, as stored (for `doctor`). */
+export interface ReloadRecord {
+  /** The daemon's name (`libvirtd`, `virtqemud`). */
+  name: string;
+  /** Its process id then. */
+  pid: number;
+  /** ISO time of the SIGHUP. */
+  time: string;
+}
+
+/** Records that `hook install` reloaded `daemon` (replacing the previous record). */
+export function recordReload(
+  stateDir: string,
+  daemon: { name: string; pid: number },
+  now: Date = new Date(),
+): void {
+  const state = openStateDir(stateDir);
+  const guard = join(state.path, "guard");
+  ensurePrivateDir(guard, state);
+  const record: ReloadRecord = { name: daemon.name, pid: daemon.pid, time: now.toISOString() };
+  replaceFile(guard, "reloaded.json", `${JSON.stringify(record, null, 2)}\n`);
+}
+
+/** The reloads `hook install` recorded, or `[]` when none can be read. Nothing written. */
+export function readReloadRecords(stateDir: string): ReloadRecord[] {
+  try {
+    const data = JSON.parse(Deno.readTextFileSync(join(stateDir, "guard", "reloaded.json")));
+    return typeof data?.name === "string" && typeof data?.pid === "number" ? [data] : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,278 @@
+// `passthrough hook install|status|remove`, `guard allow` and `doctor`'s hook finding, run as a
+// user runs them (a spawned CLI with the documented permissions) into temporary directories; the
+// installed hook then runs as libvirt runs it, on a sysfs tree built from a captured host.
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
+import type { DoctorFinding } from "../../lib/host/doctor.ts";
+
+const MOVED = `<domain type='kvm'><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+    <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
+  </hostdev></devices></domain>`;
+
+/** Runs the installed hook as libvirt does: minimal environment, the XML on stdin. */
+async function runHook(path: string, args: string[], xml: string) {
+  const child = new Deno.Command(path, {
+    args,
+    clearEnv: true,
+    env: { LC_ALL: "C", PATH: "/usr/bin:/bin" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(xml)).catch(() => {});
+  await writer.close().catch(() => {});
+  const out = await child.output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+Deno.test("hook install, status and remove manage one executable in the hooks directory", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const common = ["--hooks-dir", hooks];
+    const before = await runCli(["hook", "status", ...common]);
+    assertEquals(before.code, 1);
+    assertMatch(before.stdout, /problem: No hook at .*50-passthrough-guard/);
+
+    const first = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`, "--json"]);
+    assertEquals(first.code, 0, first.stderr);
+    const report = JSON.parse(first.stdout);
+    assertEquals([report.path, report.changed], [`${hooks}/${HOOK_FILE_NAME}`, true]);
+    assertEquals(report.messages.at(-1), "Not in /etc/libvirt/hooks/qemu.d: no daemon reloaded");
+    assertEquals(Deno.statSync(report.path).mode! & 0o7777, 0o755);
+    // The state directory exists (checked at install), private.
+    assertEquals(Deno.statSync(`${dir}/s`).mode! & 0o777, 0o700);
+
+    const again = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`]);
+    assertEquals(again.code, 0, again.stderr);
+    assertMatch(again.stdout, /^The start guard is already installed and up to date: /);
+
+    const status = await runCli(["hook", "status", ...common]);
+    assertEquals(status.code, 0, status.stdout);
+    assertMatch(status.stdout, /installed by passthrough 0\.1\.0 \(this is 0\.1\.0\); executable/);
+    assertMatch(status.stdout, /present: .*\/cli\/hook_check\.ts\n/);
+    assertMatch(status.stdout, /deadline: 10 s with \S*timeout; state: .*\/s; sysfs: \/sys\n/);
+    assertMatch(status.stdout, / {2}up to date\n$/);
+
+    Deno.chmodSync(report.path, 0o644);
+    const broken = await runCli(["hook", "status", ...common, "--json"]);
+    assertEquals(broken.code, 1);
+    assertEquals(JSON.parse(broken.stdout).problems, ["not executable: libvirt skips it"]);
+
+    const removed = await runCli(["hook", "remove", ...common]);
+    assertEquals([removed.code, removed.stdout], [0, `Removed the start guard: ${report.path}\n`]);
+    assertEquals([...Deno.readDirSync(hooks)], []);
+    assertEquals(
+      (await runCli(["hook", "remove", ...common])).stdout,
+      `No hook at ${report.path}\n`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the installed hook refuses a moved card until guard allow lets one start through", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const installed = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      hooks,
+      "--state-dir",
+      `${dir}/state`,
+      "--sysfs",
+      tree.dir,
+    ]);
+    assertEquals(installed.code, 0, installed.stderr);
+    const hook = `${hooks}/${HOOK_FILE_NAME}`;
+    const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals([refused.code, refused.stdout], [1, ""]);
+    assertEquals(
+      refused.stderr,
+      'passthrough guard: refusing to start "win11": hostdev 0000:0b:00.0 holds 10de:1b06 ' +
+        '(class 030000) now, not the recorded 10de:2684 (class 030000) of rule "gpu"; ' +
+        "fix: passthrough plan --vm win11\n",
+    );
+
+    // guard allow finds the hook's state directory by itself.
+    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", hooks]);
+    assertEquals(allow.code, 0, allow.stderr);
+    assertMatch(
+      allow.stdout,
+      /^The next start of "win11" goes on once even if the guard refuses it/,
+    );
+    assertMatch(allow.stdout, new RegExp(`${dir}/state/guard/allow/win11\\.json\\)\\n$`));
+    const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals([allowed.code, allowed.stdout], [0, ""]);
+    assertMatch(allowed.stderr, /^passthrough guard: starting "win11" once despite this/);
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+
+    const record = JSON.parse(await Deno.readTextFile(`${dir}/state/guard/refused/win11.json`));
+    assertEquals([record.vm, record.allowed, record.refusals[0].address], [
+      "win11",
+      false,
+      "0000:0b:00.0",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the hook's check loads no npm package, and no node: module before a start needs state", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "info",
+      "--json",
+      "--no-config",
+      new URL("../../cli/hook_check.ts", import.meta.url).pathname,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    roots: string[];
+    modules: {
+      specifier: string;
+      dependencies?: { code?: { specifier: string }; isDynamic?: true }[];
+    }[];
+  };
+  const bySpecifier = new Map(info.modules.map((m) => [m.specifier, m]));
+  /** What evaluating the entry loads: code edges only (type-only imports are erased). */
+  const loaded = (dynamic: boolean) => {
+    const seen = new Set<string>();
+    const visit = (specifier: string) => {
+      if (seen.has(specifier)) return;
+      seen.add(specifier);
+      for (const d of bySpecifier.get(specifier)?.dependencies ?? []) {
+        if (d.code !== undefined && (dynamic || d.isDynamic !== true)) visit(d.code.specifier);
+      }
+    };
+    visit(info.roots[0]!);
+    return [...seen];
+  };
+  // At every start: local modules only.
+  const always = loaded(false);
+  assertEquals(always.filter((s) => !s.startsWith("file:")), []);
+  assertOk(always.length > 10, always.join(" "));
+  // With state to take or record: node: built-ins at most, never a package (the hook runs
+  // --no-config beside a bundle, and --cached-only everywhere).
+  const all = loaded(true);
+  assertEquals(all.filter((s) => !s.startsWith("file:") && !s.startsWith("node:")), []);
+  assertOk(all.some((s) => s.endsWith("/lib/guard/state.ts")), all.join(" "));
+});
+
+Deno.test("bench/hook_process.ts runs, and every hook run in it exits as it should", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../../bench/hook_process.ts", import.meta.url).pathname,
+      "--runs",
+      "1",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, text);
+  assertMatch(text, /hook prepare begin \(main\.ts\) +[0-9.]+ ms/);
+});
+
+Deno.test("hook run, what a bundle without its check or a compiled binary runs, checks with the hook's permissions", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-run-" });
+  try {
+    const state = `${dir}/state`;
+    const flags = ["--no-prompt", ...checkPermissions(state)];
+    const run = (args: string[]) =>
+      runCli(["hook", "run", "--state-dir", state, "--sysfs", tree.dir, "--", ...args], {
+        flags,
+        stdin: MOVED,
+      });
+    const refused = await run(["win11", "prepare", "begin", "-"]);
+    assertEquals([refused.code, refused.stdout], [1, ""]);
+    assertMatch(refused.stderr, /^passthrough guard: refusing to start "win11": hostdev 0000:0b/);
+    // After "--" a VM may be called "-h": it is the hook's argument, not a request for help.
+    const other = await run(["-h", "release", "end", "-"]);
+    assertEquals([other.code, other.stdout, other.stderr], [0, "", ""]);
+    const missing = await runCli(["hook", "run", "--", "win11", "prepare", "begin"], { flags });
+    assertEquals(missing.code, 2);
+    assertMatch(missing.stderr, /^passthrough hook: Missing --state-dir DIR\n/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook and guard refuse bad usage with exit 2", async () => {
+  for (
+    const args of [
+      ["hook"],
+      ["hook", "frobnicate"],
+      ["hook", "install", "--deadline", "0", "--hooks-dir", "/nonexistent"],
+      ["hook", "status", "extra"],
+      ["guard", "allow"],
+      ["guard", "deny", "vm"],
+    ]
+  ) {
+    const run = await runCli(args);
+    assertEquals(run.code, 2, `${args.join(" ")}: ${run.stderr}`);
+    assertMatch(run.stderr, new RegExp(`^passthrough ${args[0]}: `));
+  }
+});
+
+Deno.test({
+  name: "doctor reports the hook missing before install and in place after",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-doctor-" });
+    try {
+      const hooks = `${dir}/qemu.d`;
+      const doctor = async () => {
+        const run = await runCli(["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks]);
+        assertOk(run.code === 0 || run.code === 1, run.stderr);
+        return (JSON.parse(run.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+      };
+      const before = await doctor();
+      assertEquals([before.status, before.hint], ["warn", "passthrough hook install"]);
+      assertMatch(before.summary, /^No start guard at .*50-passthrough-guard/);
+      const text = await runCli(["doctor", "--no-libvirt", "--hooks-dir", hooks]);
+      console.log(`$ passthrough doctor --no-libvirt (before install)\n${text.stdout}`);
+
+      const install = await runCli([
+        "hook",
+        "install",
+        "--hooks-dir",
+        hooks,
+        "--state-dir",
+        `${dir}/s`,
+      ]);
+      assertEquals(install.code, 0, install.stderr);
+      const after = await doctor();
+      assertEquals(after.status, "ok", after.summary);
+      assertMatch(after.summary, /^Start guard .*: installed by this version \(0\.1\.0\); /);
+      const text2 = await runCli(["doctor", "--no-libvirt", "--hooks-dir", hooks]);
+      console.log(`$ passthrough doctor --no-libvirt (after install)\n${text2.stdout}`);
+
+      Deno.chmodSync(`${hooks}/${HOOK_FILE_NAME}`, 0o600);
+      const broken = await doctor();
+      assertEquals(broken.status, "fail");
+      assertMatch(broken.summary, /it is not executable, so libvirt skips it/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

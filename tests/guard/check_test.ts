@@ -1,0 +1,304 @@
+// The start guard's check on sysfs trees built from captured hosts (with host_use facts), read
+// through the real file-system reader: what it refuses, what it lets through, what it reads.
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import type { HostDescription } from "../../lib/testing/host_tree.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { readHostUse } from "../../lib/host/discover.ts";
+import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
+
+/** The Z690 host (subsystem IDs everywhere), its boot NVMe mounted and its NIC routing. */
+function z690(): HostDescription {
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [
+    { address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+    { address: "0000:0a:00.0", reason: "default-route", detail: "default route via enp10s0" },
+  ];
+  host.devices.push({
+    bdf: "0000:0e:00.0",
+    group: 40,
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa80a",
+    subsystem_vendor: "0x144d",
+    subsystem_device: "0xa801",
+    driver: "nvme",
+    revision: null,
+    serial: "00-11-22-ff-ff-33-44-55",
+  });
+  return host;
+}
+
+function hex(n: string): string {
+  return `0x${n}`;
+}
+
+function hostdev(address: string, guest?: string): string {
+  const [domain, bus, slotFn] = address.split(":");
+  const [slot, fn] = slotFn!.split(".");
+  const guestAddress = guest === undefined ? "" : `\n      <address type='pci' ${guest}/>`;
+  return `<hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='${hex(domain!)}' bus='${hex(bus!)}' slot='${hex(slot!)}' function='${
+    hex(fn!)
+  }'/></source>${guestAddress}
+    </hostdev>`;
+}
+
+interface Rec {
+  address: string;
+  vendor: string;
+  device: string;
+  sub?: [string, string];
+  klass: string;
+  serial?: string;
+  rule: string;
+}
+
+function domain(name: string, devices: string[], records: Rec[] = []): string {
+  const recs = records.map((r) =>
+    `<pt:device address="${r.address}" vendor="${r.vendor}" device="${r.device}"${
+      r.sub ? ` subsystem-vendor="${r.sub[0]}" subsystem-device="${r.sub[1]}"` : ""
+    } class="${r.klass}"${r.serial ? ` serial="${r.serial}"` : ""} rule="${r.rule}"/>`
+  ).join("\n      ");
+  return `<domain type='kvm'>
+  <name>${name}</name>
+  <metadata>
+    <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+      ${recs}
+    </pt:hostdevs>
+  </metadata>
+  <devices>
+    ${devices.join("\n    ")}
+  </devices>
+</domain>`;
+}
+
+const GPU: Rec = {
+  address: "0000:03:00.0",
+  vendor: "1002",
+  device: "73df",
+  sub: ["1002", "0e36"],
+  klass: "030000",
+  rule: "gpu",
+};
+const AUDIO: Rec = {
+  address: "0000:03:00.1",
+  vendor: "1002",
+  device: "ab28",
+  sub: ["1002", "ab28"],
+  klass: "040300",
+  rule: "gpu",
+};
+
+/** A reader that remembers every path it was asked for. */
+function recordingReader(): { reader: SysfsReader; paths: string[] } {
+  const inner = denoFsReader();
+  const paths: string[] = [];
+  const reader: SysfsReader = {
+    listDir: (p) => (paths.push(p), inner.listDir(p)),
+    readText: (p) => (paths.push(p), inner.readText(p)),
+    readBytes: (p, n) => (paths.push(p), inner.readBytes(p, n)),
+    readLink: (p) => (paths.push(p), inner.readLink(p)),
+    openFile: (p) => (paths.push(p), inner.openFile(p)),
+  };
+  return { reader, paths };
+}
+
+async function check(
+  xml: string,
+  options: { vm?: string; host?: HostDescription } = {},
+): Promise<{ refusals: GuardRefusal[]; paths: string[]; root: string }> {
+  await using tree = await tempHostTree(options.host ?? z690());
+  const { reader, paths } = recordingReader();
+  const refusals = checkDomainStart({
+    vm: options.vm ?? "win11",
+    xml,
+    reader,
+    root: tree.dir,
+    hostUse: (devices) => readHostUse(reader, { root: tree.dir, live: false, devices }),
+  });
+  return { refusals, paths: paths.map((p) => p.slice(tree.dir.length)), root: tree.dir };
+}
+
+function summary(refusals: GuardRefusal[]): [string, string | null][] {
+  return refusals.map((r) => [r.kind, r.address]);
+}
+
+Deno.test("checkDomainStart() lets a start go on when every recorded identity is in place", async () => {
+  const { refusals } = await check(
+    domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]),
+  );
+  assertEquals(refusals, []);
+});
+
+Deno.test("checkDomainStart() refuses a recorded card whose address now holds another card", async () => {
+  // After a renumbering, the address recorded for the RX 6600 holds the other GPU.
+  const moved = { ...GPU, address: "0000:04:00.0" };
+  const { refusals } = await check(domain("win11", [hostdev(moved.address)], [moved]));
+  assertEquals(summary(refusals), [["replaced", "0000:04:00.0"]]);
+  assertEquals(
+    formatRefusal(refusals[0]!),
+    'passthrough guard: refusing to start "win11": hostdev 0000:04:00.0 holds 1002:67ff ' +
+      "(subsystem 1462:8a91, class 030000, driver vfio-pci) now, not the recorded 1002:73df " +
+      '(subsystem 1002:0e36, class 030000) of rule "gpu"; fix: passthrough plan --vm win11',
+  );
+});
+
+Deno.test("checkDomainStart() tells identical chips apart by subsystem and serial", async () => {
+  const otherBoard = { ...GPU, sub: ["1462", "0e36"] as [string, string] };
+  assertEquals(
+    summary((await check(domain("vm", [hostdev(GPU.address)], [otherBoard]))).refusals),
+    [["replaced", GPU.address]],
+  );
+  const nvme: Rec = {
+    address: "0000:0e:00.0",
+    vendor: "144d",
+    device: "a80a",
+    sub: ["144d", "a801"],
+    klass: "010802",
+    rule: "disk",
+  };
+  // No serial recorded (an unprivileged plan reads none): the serial read now does not count.
+  assertEquals((await check(domain("vm", [hostdev(nvme.address)], [nvme]))).refusals, []);
+  assertEquals(
+    (await check(domain("vm", [hostdev(nvme.address)], [{
+      ...nvme,
+      serial: "00-11-22-ff-ff-33-44-55",
+    }]))).refusals,
+    [],
+  );
+  const other = { ...nvme, serial: "00-11-22-ff-ff-33-44-66" };
+  assertEquals(
+    summary((await check(domain("vm", [hostdev(nvme.address)], [other]))).refusals),
+    [["replaced", nvme.address]],
+  );
+});
+
+Deno.test("checkDomainStart() refuses an address that holds nothing, recorded or not", async () => {
+  const gone = { ...GPU, address: "0000:07:00.0" };
+  const { refusals } = await check(
+    domain("vm", [hostdev(gone.address), hostdev("0000:42:00.0")], [gone]),
+  );
+  assertEquals(summary(refusals), [["missing", "0000:07:00.0"], ["missing", "0000:42:00.0"]]);
+  assertMatch(refusals[0]!.reason, /holds no device now, not the recorded 1002:73df/);
+  assertMatch(refusals[1]!.reason, /holds no device now \(hand-added: nothing recorded\)/);
+});
+
+Deno.test("checkDomainStart() refuses a device the host needs, hand-added or recorded", async () => {
+  const nvme: Rec = {
+    address: "0000:05:00.0",
+    vendor: "15b7",
+    device: "5011",
+    sub: ["15b7", "5011"],
+    klass: "010800",
+    rule: "disk",
+  };
+  const { refusals } = await check(
+    domain("vm", [hostdev("0000:0a:00.0"), hostdev(nvme.address), hostdev("0000:00:1f.0")], [
+      nvme,
+    ]),
+  );
+  assertEquals(summary(refusals), [
+    ["host-needs", "0000:00:1f.0"],
+    ["host-needs", "0000:05:00.0"],
+    ["host-needs", "0000:0a:00.0"],
+  ]);
+  assertMatch(refusals[0]!.reason, /the host needs it: ISA\/LPC bridge$/);
+  assertMatch(
+    refusals[1]!.reason,
+    /, as the recorded 15b7:5011 .* of rule "disk"; the host needs it: in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)$/,
+  );
+  assertMatch(
+    refusals[2]!.reason,
+    /\(hand-added: nothing recorded\); the host needs it: in use by the host \(default-route: default route via enp10s0\)$/,
+  );
+});
+
+Deno.test("checkDomainStart() lets a hand-added storage or network card through when the host does not use it", async () => {
+  // The plan's "another slot" rule is about functions dragged along; a hostdev is asked for.
+  assertEquals(
+    (await check(domain("vm", [hostdev("0000:06:00.0"), hostdev("0000:08:00.0")]))).refusals,
+    [],
+  );
+});
+
+Deno.test("checkDomainStart() reads host addresses in <source> only, and hostdev interfaces too", async () => {
+  // The guest-side address libvirt adds (bus 0x05: the mounted NVMe's host address) is ignored.
+  const { refusals } = await check(
+    domain("vm", [
+      hostdev(GPU.address, "domain='0x0000' bus='0x05' slot='0x00' function='0x0'"),
+      `<interface type='hostdev' managed='yes'>
+      <mac address='52:54:00:6d:90:02'/>
+      <source><address type='pci' domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source>
+      <address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+    </interface>`,
+    ], [GPU]),
+  );
+  assertEquals(summary(refusals), [["host-needs", "0000:0a:00.0"]]);
+  assertEquals(refusals[0]!.element, "interface");
+  assertMatch(formatRefusal(refusals[0]!), /: hostdev interface 0000:0a:00\.0 holds 8086:15f3/);
+});
+
+Deno.test("checkDomainStart() fails closed on a hostdev interface whose source it cannot read", async () => {
+  const { refusals } = await check(
+    domain("vm", [
+      hostdev(GPU.address),
+      `<interface type='hostdev'><mac address='52:54:00:6d:90:02'/></interface>`,
+      `<interface type='hostdev'><source><address type='usb' bus='1' device='2'/></source></interface>`,
+    ], [GPU]),
+  );
+  // The USB source is no PCI device; the interface without a source may be one.
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertEquals(
+    refusals[0]!.reason,
+    "1 passed-through device(s) in the domain XML name no readable host address",
+  );
+});
+
+Deno.test("checkDomainStart() reads only the addressed functions and the host-use facts", async () => {
+  const { paths } = await check(domain("vm", [hostdev(GPU.address)], [GPU]));
+  const outside = paths.filter((p) =>
+    !p.startsWith(`/bus/pci/devices/${GPU.address}`) && p !== "/host_use.json"
+  );
+  assertEquals(outside, []);
+});
+
+Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", async () => {
+  // Truncated: the strict reader refuses it; the lenient scanner still finds the replaced card
+  // and the hostdev without a readable source, and the records cannot be trusted.
+  const xml = domain("vm", [hostdev("0000:04:00.0")], [{ ...GPU, address: "0000:04:00.0" }])
+    .replace("</devices>", "<hostdev mode='subsystem' type='pci'><source/></hostdev></devices>")
+    .slice(0, -12);
+  const { refusals } = await check(xml);
+  assertEquals(summary(refusals), [["unreadable", null], ["unreadable", null]]);
+  assertEquals(refusals.map((r) => r.reason), [
+    "1 passed-through device(s) in the domain XML name no readable host address",
+    "the domain XML holds passthrough records that cannot be read",
+  ]);
+  // The address it could read is still checked (here: it holds a device, nothing recorded).
+  const hostile = `<domain><name>vm</name><devices>${hostdev("0000:42:00.0")}`;
+  assertEquals(summary((await check(hostile)).refusals), [["missing", "0000:42:00.0"]]);
+});
+
+Deno.test("checkDomainStart() survives hostile input and never echoes the XML", async () => {
+  const secret = "pt-s3crt-passwd";
+  const garbage = new Uint8Array(1 << 20);
+  for (let i = 0; i < garbage.length; i++) garbage[i] = (i * 7919) % 256;
+  const binary = new TextDecoder().decode(garbage);
+  const { refusals: none } = await check(binary);
+  assertOk(none.every((r) => r.kind === "unreadable"));
+  const leaky = `<domain><name>vm</name><devices>
+    <graphics type='vnc' passwd='${secret}'/>
+    <hostdev mode='subsystem' type='pci'><source><address bus='${secret}'/></source></hostdev>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0x42' slot='0' function='0'/></source></hostdev>
+  </devices></domain>`;
+  const { refusals } = await check(leaky, { vm: "we\nird" });
+  assertEquals(summary(refusals), [["unreadable", null], ["missing", "0000:42:00.0"]]);
+  for (const refusal of refusals) {
+    const line = formatRefusal(refusal);
+    assertOk(!line.includes(secret), line);
+    assertOk(!line.includes("\n"), line);
+  }
+  assertMatch(formatRefusal(refusals[1]!), /fix: passthrough plan --vm 'we\?ird'$/);
+});

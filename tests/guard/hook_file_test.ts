@@ -1,0 +1,234 @@
+// The hook script run by the real /bin/sh and coreutils' timeout, with stand-in commands in place
+// of the check: argument passing, the fast path, the deadline, the exit codes; and installing,
+// inspecting and removing it in a temporary directory; and finding the daemon to reload.
+
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  findTimeout,
+  HOOK_FILE_NAME,
+  type HookSettings,
+  inspectHook,
+  installHook,
+  parseHookSettings,
+  removeHook,
+  renderHookScript,
+} from "../../lib/guard/hook_file.ts";
+import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+
+const TIMEOUT = findTimeout();
+
+function settings(command: string[], deadline = 10): HookSettings {
+  return {
+    version: "0.1.0",
+    deadline,
+    timeout: TIMEOUT ?? "/usr/bin/timeout",
+    command,
+    env: {},
+    stateDir: "/var/lib/passthrough",
+    sysfs: "/sys",
+  };
+}
+
+async function withDir(fn: (dir: string) => Promise<void> | void) {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough it's a dir " });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function runScript(
+  path: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+  const started = performance.now();
+  const out = await new Deno.Command(path, {
+    args,
+    clearEnv: true,
+    env: { LC_ALL: "C", PATH: "/nonexistent" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return {
+    code: out.code,
+    stdout: decode(out.stdout),
+    stderr: decode(out.stderr),
+    ms: performance.now() - started,
+  };
+}
+
+/** A stand-in check: a script that records its arguments in `log` and exits `code`. */
+function standIn(dir: string, code: number, extra = ""): string {
+  const path = `${dir}/check it's`;
+  Deno.writeTextFileSync(
+    path,
+    `#!/bin/sh\nfor a in "$@"; do printf '%s\\n' "$a"; done > "$(/usr/bin/dirname "$0")/log"\n${extra}\necho on-stdout\nexit ${code}\n`,
+    { mode: 0o755 },
+  );
+  return path;
+}
+
+Deno.test({
+  name: "the hook passes the check its arguments literally, and keeps stdout empty",
+  ignore: TIMEOUT === null,
+  async fn() {
+    await withDir(async (dir) => {
+      const { path } = installHook(
+        dir,
+        renderHookScript(settings([standIn(dir, 0), "run", "x y"])),
+      );
+      const vm = `a 'b' "c" $(touch ${dir}/pwned) \`id\``;
+      const run = await runScript(path, [vm, "prepare", "begin", "-"]);
+      assertEquals([run.code, run.stdout, run.stderr], [0, "", ""]);
+      assertEquals(Deno.readTextFileSync(`${dir}/log`).split("\n").slice(0, -1), [
+        "run",
+        "x y",
+        "--",
+        vm,
+        "prepare",
+        "begin",
+        "-",
+      ]);
+      assertThrows(() => Deno.statSync(`${dir}/pwned`));
+    });
+  },
+});
+
+Deno.test({
+  name: "the hook's fast path exits 0 for every other operation without running the check",
+  ignore: TIMEOUT === null,
+  async fn() {
+    await withDir(async (dir) => {
+      const { path } = installHook(dir, renderHookScript(settings([standIn(dir, 1)])));
+      for (
+        const args of [
+          ["prepare", "end"],
+          ["start", "begin"],
+          ["release", "end"],
+          [
+            "reconnect",
+            "begin",
+          ],
+          ["migrate", "begin"],
+          ["restore", "begin"],
+          [],
+        ]
+      ) {
+        const run = await runScript(path, ["vm", ...args, "-"]);
+        assertEquals([run.code, run.stdout, run.stderr], [0, "", ""], args.join(" "));
+      }
+      assertThrows(() => Deno.statSync(`${dir}/log`));
+    });
+  },
+});
+
+Deno.test({
+  name: "the hook refuses when the check refuses, cannot run, or misses its deadline",
+  ignore: TIMEOUT === null,
+  async fn() {
+    await withDir(async (dir) => {
+      const refuse = installHook(`${dir}/a`, renderHookScript(settings([standIn(dir, 1)])));
+      assertEquals((await runScript(refuse.path, ["vm", "prepare", "begin", "-"])).code, 1);
+
+      const missing = installHook(`${dir}/b`, renderHookScript(settings([`${dir}/gone`])));
+      const gone = await runScript(missing.path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([gone.code, gone.stdout], [1, ""]);
+      assertMatch(
+        gone.stderr,
+        /\npassthrough guard: refusing to start "vm": cannot run the check \(exit 127\); reinstall/,
+      );
+      // coreutils' own line first says which program is missing.
+      assertMatch(gone.stderr, /^\S*timeout: failed to run command '.*\/gone'/);
+
+      const slow = installHook(
+        `${dir}/c`,
+        renderHookScript(settings([standIn(dir, 0, "exec /bin/sleep 30")], 1)),
+      );
+      const late = await runScript(slow.path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([late.code, late.stdout], [1, ""]);
+      assertEquals(
+        late.stderr,
+        'passthrough guard: refusing to start "vm": the check did not finish within 1 s ' +
+          '(failing closed); see "passthrough hook status"\n',
+      );
+      assertOk(late.ms >= 900 && late.ms < 5000, `${late.ms} ms`);
+    });
+  },
+});
+
+Deno.test("installHook() writes mode 0755 atomically and reports no change the second time", async () => {
+  await withDir((dir) => {
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    const first = installHook(`${dir}/qemu.d`, script);
+    assertEquals(first, { path: `${dir}/qemu.d/${HOOK_FILE_NAME}`, changed: true });
+    assertEquals(Deno.statSync(first.path).mode! & 0o7777, 0o755);
+    assertEquals(installHook(`${dir}/qemu.d`, script).changed, false);
+    Deno.chmodSync(first.path, 0o644);
+    assertEquals(installHook(`${dir}/qemu.d`, script).changed, true);
+    assertEquals(Deno.statSync(first.path).mode! & 0o7777, 0o755);
+    assertEquals([...Deno.readDirSync(`${dir}/qemu.d`)].map((e) => e.name), [HOOK_FILE_NAME]);
+    assertEquals(parseHookSettings(Deno.readTextFileSync(first.path))?.command[2], "/opt/main.ts");
+  });
+});
+
+Deno.test("inspectHook() reports a missing program and a hook libvirt would skip", async () => {
+  await withDir((dir) => {
+    const { path } = installHook(dir, renderHookScript(settings([`${dir}/deno`, "run"])));
+    let seen = inspectHook(dir);
+    assertEquals([seen.present, seen.executable], [true, true]);
+    assertEquals(seen.programs.map((p) => [p.path, p.exists]), [
+      [TIMEOUT ?? "/usr/bin/timeout", TIMEOUT !== null],
+      [`${dir}/deno`, false],
+    ]);
+    Deno.chmodSync(path, 0o644);
+    seen = inspectHook(dir);
+    assertEquals(seen.executable, false);
+  });
+});
+
+Deno.test("removeHook() removes our hook and refuses anyone else's file", async () => {
+  await withDir((dir) => {
+    assertEquals(removeHook(dir), false);
+    installHook(dir, renderHookScript(settings(["/bin/true"])));
+    assertEquals(removeHook(dir), true);
+    assertEquals(inspectHook(dir).present, false);
+    Deno.writeTextFileSync(`${dir}/${HOOK_FILE_NAME}`, "#!/bin/sh\nexit 0\n");
+    assertThrows(() => removeHook(dir), /not a passthrough hook/);
+  });
+});
+
+Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon", async () => {
+  await withDir((dir) => {
+    Deno.mkdirSync(`${dir}/run`);
+    Deno.mkdirSync(`${dir}/proc/4242`, { recursive: true });
+    Deno.mkdirSync(`${dir}/proc/4343`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/run/libvirtd.pid`, "4242\n");
+    Deno.writeTextFileSync(`${dir}/run/virtqemud.pid`, "4343\n");
+    Deno.writeTextFileSync(`${dir}/proc/4242/comm`, "libvirtd\n");
+    Deno.writeTextFileSync(
+      `${dir}/proc/4242/stat`,
+      "4242 (libvirtd) S 1 4242 4242 0 -1 4194624 1 0 0 0 0 0 0 0 20 0 17 0 12345 0 0\n",
+    );
+    // A stale pidfile whose number now belongs to another program.
+    Deno.writeTextFileSync(`${dir}/proc/4343/comm`, "sshd\n");
+    Deno.writeTextFileSync(`${dir}/proc/stat`, "cpu 1 2 3\nbtime 1700000000\n");
+    const daemons = findHookDaemons(denoFsReader(), {
+      runDir: `${dir}/run`,
+      procRoot: `${dir}/proc`,
+    });
+    assertEquals(daemons, [{ name: "libvirtd", pid: 4242, started: 1700000123.45 }]);
+    const signalled: number[] = [];
+    const outcomes = reloadDaemons(daemons, (pid) => void signalled.push(pid));
+    assertEquals(signalled, [4242]);
+    assertMatch(outcomes[0]!.message, /^Reloaded libvirtd \(pid 4242\) with SIGHUP/);
+    const failed = reloadDaemons(daemons, () => {
+      throw new Error("EPERM");
+    });
+    assertEquals(failed[0]!.reloaded, false);
+    assertMatch(failed[0]!.message, /run: systemctl reload libvirtd \(or kill -HUP 4242\)$/);
+  });
+});

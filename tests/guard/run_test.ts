@@ -1,0 +1,186 @@
+// One hook run on a built tree with a real state directory: the one-shot allowance, the refusal
+// record, and the operations that must pass untouched.
+
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import {
+  ALLOWANCE_LIFETIME_MS,
+  allowNextStart,
+  readRefusalRecords,
+  takeAllowance,
+} from "../../lib/guard/state.ts";
+
+const MOVED = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`;
+
+const IN_PLACE = MOVED.replace('device="2684"', 'device="1b06"');
+
+async function withTree(fn: (root: string, state: string) => void | Promise<void>) {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-state-" });
+  try {
+    await fn(tree.dir, `${state}/state`);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+}
+
+function run(root: string, stateDir: string, xml: string | null, now?: Date) {
+  return runGuard({
+    vm: "win11",
+    operation: "prepare",
+    subOperation: "begin",
+    xml,
+    reader: denoFsReader(),
+    root,
+    live: false,
+    stateDir,
+    ...(now === undefined ? {} : { now }),
+  });
+}
+
+Deno.test("runGuard() refuses, records the refusal, and forgets it after a clean start", async () => {
+  await withTree(async (root, state) => {
+    const refused = await run(root, state, MOVED);
+    assertEquals(refused.code, 1);
+    assertEquals(refused.lines.length, 1);
+    assertMatch(
+      refused.lines[0]!,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/,
+    );
+    const [record] = readRefusalRecords(state);
+    assertEquals([record?.vm, record?.allowed, record?.refusals[0]?.kind], [
+      "win11",
+      false,
+      "replaced",
+    ]);
+    const mode = Deno.statSync(`${state}/guard/refused/win11.json`).mode! & 0o777;
+    assertEquals(mode, 0o600);
+    assertEquals(Deno.statSync(`${state}/guard/refused`).mode! & 0o777, 0o700);
+    const clean = await run(root, state, IN_PLACE);
+    assertEquals([clean.code, clean.lines], [0, []]);
+    assertEquals(readRefusalRecords(state), []);
+  });
+});
+
+Deno.test("runGuard() lets one start through with an allowance, then refuses again", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11");
+    const allowed = await run(root, state, MOVED);
+    assertEquals(allowed.code, 0);
+    assertMatch(
+      allowed.lines[0]!,
+      /^passthrough guard: starting "win11" once despite this \(passthrough guard allow\): hostdev 0000:0b:00\.0/,
+    );
+    assertEquals(readRefusalRecords(state)[0]?.allowed, true);
+    assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+Deno.test("runGuard() lets a clean start go on without creating or writing any state", async () => {
+  await withTree(async (root, state) => {
+    assertEquals(await run(root, state, IN_PLACE), { code: 0, lines: [], refusals: [] });
+    // Nothing recorded, nothing created: the state directory does not even exist.
+    assertThrows(() => Deno.statSync(state), Deno.errors.NotFound);
+    // Once the guard keeps something, a clean start of this VM clears its own record.
+    await run(root, state, MOVED);
+    assertEquals(readRefusalRecords(state).length, 1);
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals(readRefusalRecords(state), []);
+  });
+});
+
+Deno.test("runGuard() ignores an expired allowance and says so", async () => {
+  await withTree(async (root, state) => {
+    const given = new Date("2026-01-01T00:00:00Z");
+    allowNextStart(state, "win11", given);
+    const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
+    const result = await run(root, state, MOVED, later);
+    assertEquals(result.code, 1);
+    assertMatch(result.lines.at(-1)!, /an allowance for "win11" had expired/);
+    assertEquals(takeAllowance(state, "win11"), "none");
+  });
+});
+
+Deno.test("runGuard() consumes an allowance on a clean start too: it is for the next start only", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11");
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+Deno.test("runGuard() passes every operation but prepare begin without reading anything", async () => {
+  const untouchable: SysfsReader = {
+    listDir: () => {
+      throw new Error("read");
+    },
+    readText: () => {
+      throw new Error("read");
+    },
+    readBytes: () => {
+      throw new Error("read");
+    },
+    readLink: () => {
+      throw new Error("read");
+    },
+    openFile: () => {
+      throw new Error("read");
+    },
+  };
+  for (
+    const [operation, subOperation] of [
+      ["prepare", "end"],
+      ["start", "begin"],
+      ["release", "end"],
+      ["reconnect", "begin"],
+      ["migrate", "begin"],
+      ["restore", "begin"],
+    ]
+  ) {
+    const result = await runGuard({
+      vm: "win11",
+      operation: operation!,
+      subOperation: subOperation!,
+      xml: MOVED,
+      reader: untouchable,
+      root: "/nonexistent",
+      live: false,
+      stateDir: "/nonexistent/state",
+    });
+    assertEquals(result, { code: 0, lines: [], refusals: [] }, `${operation} ${subOperation}`);
+  }
+});
+
+Deno.test("runGuard() fails closed on oversized XML, and when the check itself fails", async () => {
+  await withTree(async (root, state) => {
+    const big = await run(root, state, null);
+    assertEquals(big.code, 1);
+    assertMatch(big.lines[0]!, /the domain XML is larger than 16777216 bytes/);
+    // A damaged host_use.json makes the check throw: refused, not let through.
+    Deno.writeTextFileSync(`${root}/host_use.json`, "{");
+    const failed = await run(root, state, IN_PLACE);
+    assertEquals(failed.code, 1);
+    assertMatch(failed.lines[0]!, /the check failed: Cannot parse ".*host_use\.json"/);
+  });
+});
+
+Deno.test("allowNextStart() keeps VM names that are not file names apart", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const state = `${dir}/state`;
+    const { path } = allowNextStart(state, "../etc/passwd");
+    assertOk(path.startsWith(`${state}/guard/allow/`), path);
+    assertEquals(takeAllowance(state, "../etc"), "none");
+    assertEquals(takeAllowance(state, "../etc/passwd"), "allowed");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
