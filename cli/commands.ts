@@ -1,8 +1,8 @@
 /**
  * The command table: each subcommand's spec (`cli/specs.ts`) and how to load the module that runs
  * it. A command's module is imported only once its command line has parsed, so `--help`, a usage
- * error or a light command such as `groups` or `backups` never pays for the YAML parser or the diff
- * library that `plan` and `apply` need. `deno bundle` inlines these dynamic
+ * error or a light command such as `groups` or `backups` never pays for the YAML parser, the XML
+ * parser or the diff library that `plan` and `apply` need. `deno bundle` inlines these dynamic
  * imports into its one output file (checked by `tests/cli/bundle_test.ts`).
  *
  * To add a command: declare its spec in `cli/specs.ts` (reusing the flag groups of

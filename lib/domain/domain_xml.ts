@@ -4,8 +4,8 @@
  * A parse-then-serialise round trip is not byte-exact (quote style, `<a></a>`, wrapped start
  * tags), so edits are splices into the original text: only a removed or added PCI `<hostdev>`
  * and our metadata element change, and everything else stays byte-identical. Elements are
- * located (and the document checked) by {@link scanXml}; values are read from those spans by
- * `lib/domain/xml.ts`.
+ * located (and the document checked) by {@link scanXml}; values are read with fast-xml-parser
+ * through `lib/domain/xml.ts`.
  *
  * @module
  */

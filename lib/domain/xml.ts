@@ -1,8 +1,9 @@
 /**
  * XML primitives for lossless editing: a span scanner that checks a document is well-formed
  * while it locates every element in the original text (with the line and column of the first
- * problem), a reader of the values of the elements it locates, and escaping. Everything else
- * works on {@link XmlSpan}s and {@link XmlElement}s.
+ * problem), a reader for the values of small fragments (fast-xml-parser), and escaping. This is
+ * the only module that imports `fast-xml-parser`; everything else works on {@link XmlSpan}s and
+ * {@link XmlElement}s.
  *
  * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
  * no external entities), and only the five predefined entities and character references are
@@ -11,6 +12,8 @@
  *
  * @module
  */
+
+import { XMLParser } from "fast-xml-parser";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -47,7 +50,7 @@ export interface XmlSpan {
   children: XmlSpan[];
 }
 
-/** An element read by {@link readXmlElement}, with decoded attribute values and text. */
+/** A small element read by fast-xml-parser, with decoded attribute values and text. */
 export interface XmlElement {
   name: string;
   attributes: Record<string, string>;
@@ -335,55 +338,48 @@ export function spanAttribute(span: XmlSpan, name: string): string | undefined {
   return raw === undefined ? undefined : decodeXmlText(raw[1]);
 }
 
-/**
- * The character data of `text` from `from` to `to`, where no element starts: text decoded, CDATA
- * sections as they are, comments and processing instructions left out. The range was scanned
- * by {@link scanXml}, so every construct in it is complete.
- */
-function characterData(text: string, from: number, to: number): string {
-  let out = "";
-  let i = from;
-  while (i < to) {
-    const lt = text.indexOf("<", i);
-    const stop = lt === -1 || lt >= to ? to : lt;
-    out += decodeXmlText(text.slice(i, stop));
-    if (stop === to) break;
-    if (text.startsWith("<![CDATA[", stop)) {
-      const close = text.indexOf("]]>", stop + 9);
-      out += text.slice(stop + 9, close);
-      i = close + 3;
-    } else if (text.startsWith("<!--", stop)) {
-      i = text.indexOf("-->", stop + 4) + 3;
+const parser = new XMLParser({
+  preserveOrder: true,
+  ignoreAttributes: false,
+  attributeNamePrefix: "",
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: false,
+  // Entities are decoded by decodeXmlText, which refuses unknown names instead of keeping them.
+  processEntities: false,
+  htmlEntities: false,
+  commentPropName: "#comment",
+  cdataPropName: "#cdata",
+  allowBooleanAttributes: false,
+});
+
+type OrderedNode = Record<string, unknown> & { ":@"?: Record<string, string> };
+
+function toElement(node: OrderedNode): XmlElement | null {
+  const name = Object.keys(node).find((key) => key !== ":@");
+  if (name === undefined || name === "#text" || name === "#comment" || name === "?xml") return null;
+  if (name === "#cdata") return null;
+  const attributes: Record<string, string> = {};
+  for (const [key, value] of Object.entries(node[":@"] ?? {})) {
+    attributes[key] = decodeXmlText(String(value));
+  }
+  const children: XmlElement[] = [];
+  let text = "";
+  for (const child of (node[name] as OrderedNode[] | undefined) ?? []) {
+    if ("#text" in child) text += decodeXmlText(String(child["#text"]));
+    else if ("#cdata" in child) {
+      for (const part of child["#cdata"] as OrderedNode[]) text += String(part["#text"] ?? "");
     } else {
-      i = text.indexOf("?>", stop + 2) + 2;
+      const element = toElement(child);
+      if (element) children.push(element);
     }
   }
-  return out;
-}
-
-/** The element `span` of `text`: decoded attributes, its child elements, and its own text. */
-function elementAt(text: string, span: XmlSpan): XmlElement {
-  const attributes: Record<string, string> = {};
-  for (const [name, raw] of span.rawAttributes) attributes[name] = decodeXmlText(raw);
-  let own = "";
-  let at = span.startTagEnd;
-  for (const child of span.children) {
-    own += characterData(text, at, child.start);
-    at = child.end;
-  }
-  own += characterData(text, at, span.endTagStart);
-  return {
-    name: span.name,
-    attributes,
-    children: span.children.map((child) => elementAt(text, child)),
-    text: own,
-  };
+  return { name, attributes, children, text };
 }
 
 /**
  * Reads one element's text (e.g. a `<hostdev>` span of the original document) into names,
- * decoded attribute values, child elements and text, after {@link scanXml} has checked it.
- * Throws {@link XmlSyntaxError} on anything the scanner refuses.
+ * decoded attribute values, child elements and text, with fast-xml-parser.
  *
  * @example
  * ```ts
@@ -393,5 +389,10 @@ function elementAt(text: string, span: XmlSpan): XmlElement {
  * ```
  */
 export function readXmlElement(text: string): XmlElement {
-  return elementAt(text, scanXml(text));
+  const nodes = parser.parse(text) as OrderedNode[];
+  for (const node of nodes) {
+    const element = toElement(node);
+    if (element) return element;
+  }
+  throw new SyntaxError(`No element in XML fragment: "${text.slice(0, 40)}"`);
 }

@@ -2,7 +2,8 @@
  * The flag table (`cli/flags.ts`) and the command table (`cli/commands.ts`): every command's help
  * lists exactly the flags it parses, every command refuses an unknown flag as a usage error (exit
  * 2, with its help), `doctor` takes `-c/--connect` like every command that opens libvirt, and
- * `--help` or a light command such as `backups` never loads the YAML parser or the diff library.
+ * `--help` or a light command such as `backups` never loads the YAML parser, the XML parser or the
+ * diff library.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
@@ -169,13 +170,13 @@ Deno.test("--help loads only the command table, and each command only what it us
     snapshot: [],
     doctor: [],
     backups: [],
-    hook: [],
+    hook: ["fast-xml-parser"],
     guard: [],
-    sources: [],
-    plan: ["diff", "yaml"],
-    apply: ["diff", "yaml"],
-    rollback: ["diff"],
-    demo: ["diff", "yaml"],
+    sources: ["fast-xml-parser"],
+    plan: ["diff", "fast-xml-parser", "yaml"],
+    apply: ["diff", "fast-xml-parser", "yaml"],
+    rollback: ["diff", "fast-xml-parser"],
+    demo: ["diff", "fast-xml-parser", "yaml"],
   };
   assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
   for (const [name, packages] of Object.entries(expected)) {
