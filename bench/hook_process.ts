@@ -148,7 +148,6 @@ try {
   await must(deno, [
     "bundle",
     "--quiet",
-    "--no-config",
     "--code-splitting",
     "--outdir",
     `${work}/dist/hook`,
