@@ -242,8 +242,9 @@ function parseCommandLine<S extends CommandSpec>(
 }
 
 /**
- * The {@link Command} of `spec`: its help and flags now, its module only when it runs (after
- * its command line parsed), so `--help` and usage errors never load what the command uses.
+ * The {@link Command} of `spec`: its flags now, its help when first read, its module only when it
+ * runs (after its command line parsed), so `--help` and usage errors never load what the command
+ * uses.
  *
  * @example
  * ```ts
@@ -270,14 +271,18 @@ export function defineCommand<S extends CommandSpec>(
   load: () => Promise<Run<S>>,
 ): Command {
   const flags: Flags = { ...spec.flags, ...HELP_FLAG };
-  const options = parseOptions(flags);
+  // Both are built on first use: every start builds the whole command table, and runs one command.
+  let help: string | undefined;
+  let options: ParseArgsOptionsConfig | undefined;
   return {
     name: spec.name,
     summary: spec.summary,
-    help: commandHelp(spec, flags),
+    get help() {
+      return help ??= commandHelp(spec, flags);
+    },
     flags,
     async run(args: string[], io: CliIo): Promise<number> {
-      const parsed = parseCommandLine(spec, options, args);
+      const parsed = parseCommandLine(spec, options ??= parseOptions(flags), args);
       const run = await load();
       return run(parsed, io);
     },

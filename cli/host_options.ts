@@ -35,8 +35,25 @@ export function isLiveRoot(root: string): boolean {
   return root.replace(/(.)\/+$/, "$1") === LIVE_SYSFS;
 }
 
+/** Options of {@link loadHost}. */
+export interface LoadHostOptions {
+  /**
+   * Split lspci's names into vendor and device with `pci.ids` (default `true`). `plan` and
+   * `apply` print no device names, so they skip reading the file.
+   */
+  vendorNames?: boolean;
+}
+
 /** Discovers the host at `root` (default `/sys`) with the reader that suits it. */
-export function loadHost(root: string | undefined): Promise<HostTopology> {
+export function loadHost(
+  root: string | undefined,
+  options: LoadHostOptions = {},
+): Promise<HostTopology> {
   const sysfs = root ?? LIVE_SYSFS;
-  return discoverHost({ root: sysfs, reader: readerFor(sysfs), live: isLiveRoot(sysfs) });
+  return discoverHost({
+    root: sysfs,
+    reader: readerFor(sysfs),
+    live: isLiveRoot(sysfs),
+    ...(options.vendorNames === false ? { vendorNames: () => null } : {}),
+  });
 }

@@ -119,7 +119,7 @@ async function discoverWhileConnecting(
   sysfs: string | undefined,
   connect: string | undefined,
 ): Promise<{ host: HostTopology; libvirt: OpenLibvirtPort }> {
-  const discovery = loadHost(sysfs);
+  const discovery = loadHost(sysfs, { vendorNames: false });
   let libvirt: OpenLibvirtPort;
   try {
     libvirt = openLibvirtPort(connect ?? null);

@@ -36,3 +36,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+# bin/passthrough runs this bundle, which starts faster than the sources, while no source is
+# newer; stale or missing, it runs the sources. Rebuilt here only when stale or missing.
+if [ ! -f dist/passthrough.js ] || [ -n "$(find main.ts cli lib ffi deno.json deno.lock \
+  -newer dist/passthrough.js -print -quit 2>/dev/null)" ]; then
+  tools/deno/node_modules/.bin/deno task --quiet bundle >&2 ||
+    echo "setup: deno task bundle failed: bin/passthrough runs the sources" >&2
+fi
