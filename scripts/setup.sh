@@ -39,8 +39,8 @@ fi
 
 # bin/passthrough runs this bundle, which starts faster than the sources, while no source is
 # newer; stale or missing, it runs the sources. Rebuilt here only when stale or missing.
-if [ ! -f dist/passthrough.js ] || [ -n "$(find main.ts cli lib ffi deno.json deno.lock \
-  -newer dist/passthrough.js -print -quit 2>/dev/null)" ]; then
-  tools/deno/node_modules/.bin/deno task --quiet bundle >&2 ||
-    echo "setup: deno task bundle failed: bin/passthrough runs the sources" >&2
+if [ ! -f dist/bin/main.js ] || [ -n "$(find main.ts cli lib ffi deno.json deno.lock \
+  -newer dist/bin/main.js -print -quit 2>/dev/null)" ]; then
+  scripts/bundle_bin.sh >&2 ||
+    echo "setup: scripts/bundle_bin.sh failed: bin/passthrough runs the sources" >&2
 fi

@@ -78,7 +78,7 @@ Deno.test("the shipped sources never start a shell and spawn only lspci", () => 
     [...wrapper.matchAll(/^\s*entry="([^"]*)"$/gm)].map((m) => m[1]),
     ["$here/main.ts", "$bundle"],
   );
-  assertMatch(wrapper, /^bundle="\$here\/dist\/passthrough\.js"$/m);
+  assertMatch(wrapper, /^bundle="\$here\/dist\/bin\/main\.js"$/m);
   assertOk(!/\beval\b/.test(wrapper));
   recordCase({
     area: "security",
