@@ -338,6 +338,28 @@ function median(xs: number[]): number {
   return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** Newest modification time under `path` (a file or a directory tree), in ms. */
+function newest(path: string): number {
+  const info = Deno.statSync(path);
+  if (!info.isDirectory) return info.mtime?.getTime() ?? 0;
+  let latest = 0;
+  for (const entry of Deno.readDirSync(path)) {
+    latest = Math.max(latest, newest(`${path}/${entry.name}`));
+  }
+  return latest;
+}
+
+/** What `bin/passthrough` runs: its bundle while no source is newer, else the sources. */
+function entryInUse(): string {
+  const bundle = `${ROOT}dist/bin/main.js`;
+  if (!exists(bundle)) return "main.ts (sources: no dist/bin, see scripts/setup.sh)";
+  const sources = ["main.ts", "cli", "lib", "ffi", "deno.json", "deno.lock"]
+    .map((p) => newest(`${ROOT}${p}`));
+  return Math.max(...sources) > newest(bundle)
+    ? "main.ts (sources: dist/bin is older, run scripts/setup.sh)"
+    : "dist/bin/main.js (the bundle)";
+}
+
 function denoBinary(): string {
   const pinned = `${ROOT}tools/deno/node_modules/.bin/deno`;
   return exists(pinned) ? pinned : Deno.execPath();
@@ -625,6 +647,7 @@ async function main(): Promise<void> {
         PRIORITY.length > 0 ? ", commands at nice -10" : ""
       }${options.smoke ? " (smoke: one run)" : ""}`,
     );
+    console.log(`bin/passthrough runs ${entryInUse()}`);
     for (const which of options.hosts) {
       await benchHost(await buildScene(work, which), options, work);
     }
