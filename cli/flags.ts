@@ -364,8 +364,9 @@ function parseSubcommandLine(
 }
 
 /**
- * The {@link Command} of `spec`: its help and flags now, its module only when it runs (after
- * its command line parsed), so `--help` and usage errors never load what the command uses.
+ * The {@link Command} of `spec`: its flags now, its help when first read, its module only when it
+ * runs (after its command line parsed), so `--help` and usage errors never load what the command
+ * uses.
  *
  * @example
  * ```ts
@@ -396,15 +397,19 @@ export function defineCommand<S extends CommandSpec>(
     ...(subcommands === undefined ? spec.flags : subcommandFlags(spec, subcommands)),
     ...HELP_FLAG,
   };
-  const options = parseOptions(flags);
+  // Both are built on first use: every start builds the whole command table, and runs one command.
+  let help: string | undefined;
+  let options: ParseArgsOptionsConfig | undefined;
   const parse = (args: string[]) =>
     subcommands === undefined
-      ? parseCommandLine(spec, options, args)
-      : parseSubcommandLine(spec, subcommands, options, args);
+      ? parseCommandLine(spec, options ??= parseOptions(flags), args)
+      : parseSubcommandLine(spec, subcommands, options ??= parseOptions(flags), args);
   return {
     name: spec.name,
     summary: spec.summary,
-    help: commandHelp(spec, flags),
+    get help() {
+      return help ??= commandHelp(spec, flags);
+    },
     flags,
     async run(args: string[], io: CliIo): Promise<number> {
       // The parse follows the spec, so it is the spec's Parsed (see parseCommandLine).

@@ -63,11 +63,28 @@ export function isLiveRoot(root: string): boolean {
   return liveSysfsRoot(root) !== null;
 }
 
+/** Options of {@link loadHost}. */
+export interface LoadHostOptions {
+  /**
+   * Split lspci's names into vendor and device with `pci.ids` (default `true`). `plan` and
+   * `apply` print no device names, so they skip reading the file.
+   */
+  vendorNames?: boolean;
+}
+
 /** Discovers the host at `root` (default `/sys`) with the reader that suits it. */
-export function loadHost(root: string | undefined): Promise<HostTopology> {
+export function loadHost(
+  root: string | undefined,
+  options: LoadHostOptions = {},
+): Promise<HostTopology> {
   const sysfs = root ?? LIVE_SYSFS;
   const live = liveSysfsRoot(sysfs);
   // The live host is read at its canonical root, so lspci reads it as itself too.
   const read = live ?? sysfs;
-  return discoverHost({ root: read, reader: readerFor(read), live: live !== null });
+  return discoverHost({
+    root: read,
+    reader: readerFor(read),
+    live: live !== null,
+    ...(options.vendorNames === false ? { vendorNames: () => null } : {}),
+  });
 }

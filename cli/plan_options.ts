@@ -8,6 +8,7 @@
  */
 
 import type { Plan } from "../lib/plan/types.ts";
+import type { HostTopology } from "../lib/host/types.ts";
 import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
@@ -124,6 +125,32 @@ function checkRemoteHost(uri: string, sysfs: string | undefined, sysfsKey: strin
 }
 
 /**
+ * Discovers the host and opens libvirt at the same time: loading libvirt and opening the
+ * connection block this thread, so they run while discovery's `lspci` child does. A discovery
+ * failure is reported before a connection failure, as when the two ran one after the other.
+ */
+async function discoverWhileConnecting(
+  sysfs: string | undefined,
+  connect: string | undefined,
+  allowUriPrograms: boolean,
+): Promise<{ host: HostTopology; libvirt: OpenLibvirtPort }> {
+  const discovery = loadHost(sysfs, { vendorNames: false });
+  let libvirt: OpenLibvirtPort;
+  try {
+    libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
+  } catch (error) {
+    await discovery;
+    throw error;
+  }
+  try {
+    return { host: await discovery, libvirt };
+  } catch (error) {
+    libvirt.close();
+    throw error;
+  }
+}
+
+/**
  * Loads the config, picks this process's host, discovers it, opens libvirt and plans. The
  * connection stays open so `apply` can re-check and define through the same one (the test
  * driver keeps state per connection). `onConnect` runs once the connection is open, before
@@ -142,8 +169,7 @@ export async function computePlan(
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   const requested = connect ?? io.env("LIBVIRT_DEFAULT_URI");
   if (requested !== undefined) checkRemoteHost(requested, sysfs, sysfsKey);
-  const host = await loadHost(sysfs);
-  const libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
+  const { host, libvirt } = await discoverWhileConnecting(sysfs, connect, allowUriPrograms);
   try {
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     options.onConnect?.(libvirt);

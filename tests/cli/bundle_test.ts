@@ -93,3 +93,46 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print what the sources print", async () => {
+  const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-bin-" });
+  try {
+    const built = await new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
+      args: [`${work}/bin`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    // yaml's CommonJS build would load Node's module loader at every start: none is bundled.
+    for (const entry of Deno.readDirSync(`${work}/bin`)) {
+      const text = await Deno.readTextFile(`${work}/bin/${entry.name}`);
+      assertOk(!text.includes('"node:module"'), `${entry.name} imports node:module`);
+    }
+    const main = `${work}/bin/main.js`;
+    const tree = `${work}/tree`;
+    buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);
+    const planArgs = [
+      "--config",
+      new URL("passthrough_config.yaml", DEMO).pathname,
+      "--sysfs",
+      tree,
+      "--connect",
+      `test://${new URL("world.xml", DEMO).pathname}`,
+    ];
+    for (
+      const args of [
+        ["--help"],
+        ["groups", "--json", "--sysfs", tree],
+        ["devices", "--sysfs", tree],
+        ["plan", "--json", ...planArgs],
+        ["plan", ...planArgs],
+      ]
+    ) {
+      const fromChunks = await runCli(args, { main, cwd: ROOT.pathname });
+      assertEquals(fromChunks, await runCli(args, { cwd: ROOT.pathname }), args.join(" "));
+      assertEquals(fromChunks.code, 0, fromChunks.stderr);
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});

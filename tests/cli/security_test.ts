@@ -84,9 +84,15 @@ Deno.test("the shipped sources never start a shell and spawn only lspci", () => 
     Deno.readTextFileSync(`${ROOT}lib/host/lspci.ts`),
     /commandLspciRunner\(program = "lspci"\)/,
   );
-  // bin/passthrough execs deno with fixed flags and passes the user's arguments as "$@" only.
+  // bin/passthrough execs deno with fixed flags and passes the user's arguments as "$@" only,
+  // after an entry that is main.ts or the bundle built from it.
   const wrapper = Deno.readTextFileSync(`${ROOT}bin/passthrough`);
-  assertMatch(wrapper, /"\$here\/main\.ts" "\$@"\s*$/);
+  assertMatch(wrapper, /"\$entry" "\$@"\s*$/);
+  assertEquals(
+    [...wrapper.matchAll(/^\s*entry="([^"]*)"$/gm)].map((m) => m[1]),
+    ["$here/main.ts", "$bundle"],
+  );
+  assertMatch(wrapper, /^bundle="\$here\/dist\/bin\/main\.js"$/m);
   assertOk(!/\beval\b/.test(wrapper));
   recordCase({
     area: "security",
