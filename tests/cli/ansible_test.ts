@@ -76,7 +76,6 @@ Deno.test({
       // The start guard's check, as `deno task bundle` writes it beside the CLI.
       const hookBundle = await run(Deno.execPath(), [
         "bundle",
-        "--no-config",
         "--code-splitting",
         "--outdir",
         `${dir}/hook`,

@@ -1,11 +1,14 @@
 /**
  * A FIFO planted in a captured sysfs tree (a snapshot from an untrusted host, a bug report) must
- * not hang discovery: the libc reader opens files non-blocking.
+ * not hang discovery: with lspci (which would block on it) the tree is refused before anything
+ * opens it; without lspci the libc reader opens files non-blocking and reads past it.
  */
 
 import { assertEquals } from "../helpers/assert.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
+import { SysfsTreeError } from "../../lib/host/sysfs.ts";
+import { assertRejects } from "../helpers/assert.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 
 Deno.test("libcSysfsReader() reads a FIFO in place of a sysfs attribute without blocking", async () => {
@@ -23,8 +26,10 @@ Deno.test("libcSysfsReader() reads a FIFO in place of a sysfs attribute without 
     }
     const reader = libcSysfsReader();
     assertEquals(reader.readText(`${device}/numa_node`), "");
-    // Whole discovery finishes (a blocking open would hang the test until its timeout).
-    const host = await discoverHost({ root: dir, reader });
+    // With lspci the tree is refused, naming the FIFO, before lspci could block on it.
+    await assertRejects(() => discoverHost({ root: dir, reader }), SysfsTreeError, "FIFO");
+    // Without lspci discovery finishes (a blocking open would hang the test until its timeout).
+    const host = await discoverHost({ root: dir, reader, lspci: null });
     const nic = host.devices.find((d) => d.address === "0000:01:00.0");
     assertEquals(nic?.vendorId, "8086");
     assertEquals(nic?.numaNode, null);
