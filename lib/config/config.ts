@@ -28,7 +28,6 @@ import {
   CLASS_NAMES,
   CONFIG_SCHEMA,
   FORMAT_PATTERNS,
-  type GUARD_POLICIES,
   type IntegerSchema,
   type MapSchema,
   MATCH_SCHEMA,
@@ -155,7 +154,7 @@ export interface MatchCriteria {
  * What the start guard does about a problem it finds at a VM's start (`guard:`): `enforce`
  * refuses the start, `warn` lets it go on and logs the refusal, `off` checks nothing.
  */
-export type GuardPolicy = typeof GUARD_POLICIES[number];
+export type GuardPolicy = "enforce" | "warn" | "off";
 
 /** One rule of a VM, normalised: every optional setting of the file filled with its default. */
 export interface DeviceRule {

@@ -101,6 +101,7 @@ export function checksNothing(policy: VmGuardPolicy): boolean {
   return policy.guard === "off" && Object.values(policy.rules).every((p) => p === "off");
 }
 
+// The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
 const POLICIES: readonly string[] = ["enforce", "warn", "off"];
 
 function isPolicy(value: unknown): value is GuardPolicy {
