@@ -17,7 +17,7 @@ import { applyPlan } from "../lib/apply/apply.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
-import { guardPolicies } from "../lib/guard/policy.ts";
+import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
 import { recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "./guard.ts";
 
@@ -95,11 +95,7 @@ function recordGuardPolicies(
   },
 ): boolean {
   const policies = guardPolicies(config);
-  const named = Object.entries(policies.vms).map(([vm, p]) =>
-    `${JSON.stringify(vm)} ${p.guard}${
-      Object.entries(p.rules).map(([rule, r]) => `, rule ${JSON.stringify(rule)} ${r}`).join("")
-    }`
-  );
+  const named = describePolicies(policies);
   if (isRemoteUri(uri)) {
     // The hook of that machine reads that machine's state directory.
     if (named.length > 0) {

@@ -85,6 +85,27 @@ export function guardPolicies(config: Config): GuardPolicyFile {
 }
 
 /**
+ * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   describePolicies({ version: 1, config: "c.yaml",
+ *     vms: { win11: { guard: "warn", rules: { gpu: "enforce" } } } }),
+ *   ['"win11" warn, rule "gpu" enforce'],
+ * );
+ * ```
+ */
+export function describePolicies(file: GuardPolicyFile): string[] {
+  return Object.entries(file.vms).map(([vm, p]) =>
+    `${JSON.stringify(vm)} ${p.guard}${
+      Object.entries(p.rules).map(([rule, r]) => `, rule ${JSON.stringify(rule)} ${r}`).join("")
+    }`
+  );
+}
+
+/**
  * The policy of one refusal: its rule's when passthrough recorded the device, else the VM's
  * (a hand-added hostdev, or XML that cannot be read).
  */
@@ -123,6 +144,52 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
   return { version, config, vms };
 }
 
+/** What {@link readPolicyFile} found. */
+export interface PolicyFileReading {
+  /** The file's policies; `null` when there is none or it cannot be read. */
+  file: GuardPolicyFile | null;
+  /** Why the file could not be read (every VM then enforces), or `null`. */
+  problem: string | null;
+}
+
+/**
+ * `STATE/guard/policy.json`: `{ file: null, problem: null }` when there is none (every VM
+ * enforces); a file that is not a regular file, too large, or not a policy file gives a problem.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readPolicyFile("/nonexistent"), { file: null, problem: null });
+ * ```
+ */
+export function readPolicyFile(stateDir: string): PolicyFileReading {
+  const path = `${stateDir}/guard/${POLICY_FILE}`;
+  const fail = (problem: string): PolicyFileReading => ({
+    file: null,
+    problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
+  });
+  let text: string;
+  try {
+    // Not followed if a link: the state directory holds only files passthrough wrote.
+    const info = Deno.lstatSync(path);
+    if (!info.isFile) return fail("not a regular file");
+    if (info.size > MAX_POLICY_BYTES) return fail(`larger than ${MAX_POLICY_BYTES} bytes`);
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return { file: null, problem: null };
+    return fail(error instanceof Error ? error.message : String(error));
+  }
+  let file: GuardPolicyFile | null = null;
+  try {
+    file = parsePolicyFile(JSON.parse(text));
+  } catch {
+    // Not JSON: reported below like any other damage.
+  }
+  return file === null
+    ? fail("not a passthrough policy file; run passthrough apply again")
+    : { file, problem: null };
+}
+
 /** What {@link readVmPolicy} found. */
 export interface VmPolicyReading {
   /** The VM's policy; {@link ENFORCE} when nothing names it or the file cannot be read. */
@@ -132,9 +199,8 @@ export interface VmPolicyReading {
 }
 
 /**
- * The policy the hook applies to `vm`, read from `STATE/guard/policy.json`. A missing file is
- * the default (no problem); a file that is not a regular file, too large, or not a policy file
- * enforces and says why.
+ * The policy the hook applies to `vm`, from {@link readPolicyFile}: {@link ENFORCE} when the
+ * file does not name it, is missing, or cannot be read (then with the problem).
  *
  * @example
  * ```ts
@@ -143,29 +209,7 @@ export interface VmPolicyReading {
  * ```
  */
 export function readVmPolicy(stateDir: string, vm: string): VmPolicyReading {
-  const path = `${stateDir}/guard/${POLICY_FILE}`;
-  const enforce = (problem: string): VmPolicyReading => ({
-    policy: ENFORCE,
-    problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
-  });
-  let text: string;
-  try {
-    // Not followed if a link: the state directory holds only files passthrough wrote.
-    const info = Deno.lstatSync(path);
-    if (!info.isFile) return enforce("not a regular file");
-    if (info.size > MAX_POLICY_BYTES) return enforce(`larger than ${MAX_POLICY_BYTES} bytes`);
-    text = Deno.readTextFileSync(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return { policy: ENFORCE, problem: null };
-    return enforce(error instanceof Error ? error.message : String(error));
-  }
-  let file: GuardPolicyFile | null = null;
-  try {
-    file = parsePolicyFile(JSON.parse(text));
-  } catch {
-    // Not JSON: reported below like any other damage.
-  }
-  if (file === null) return enforce("not a passthrough policy file; run passthrough apply again");
-  const policy = Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
-  return { policy, problem: null };
+  const { file, problem } = readPolicyFile(stateDir);
+  const policy = file !== null && Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
+  return { policy, problem };
 }

@@ -173,6 +173,8 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
       warned.stdout,
       new RegExp(`Start guard policies recorded in ${state}: "win11" warn\\n$`),
     );
+    const status = await runCli(["hook", "status", "--hooks-dir", hooks]);
+    assertMatch(status.stdout, /\n {2}policies: "win11" warn \(from .*\/config\.yaml\)\n/);
     const started = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
     assertEquals([started.code, started.stdout], [0, ""]);
     assertMatch(
@@ -191,6 +193,12 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
     assertEquals(enforced.code, 0, enforced.stderr);
     assertMatch(enforced.stdout, /Start guard policies removed from .*: every VM enforces\n$/);
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+    const after = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+    assertEquals(JSON.parse(after.stdout).policies, null);
+    assertMatch(
+      (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout,
+      /\n {2}policies: every VM enforces/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
