@@ -16,6 +16,10 @@ import { renderApplyReport } from "./render_apply.ts";
 import { applyPlan } from "../lib/apply/apply.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { type Config, isRemoteUri } from "../lib/config/config.ts";
+import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
+import { recordPolicies } from "../lib/guard/state.ts";
+import { guardStateDir } from "./guard.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
@@ -44,7 +48,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan, libvirt }: ComputedPlan,
+  { plan, libvirt, config }: ComputedPlan,
   { values, io, stateDir, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -66,5 +70,54 @@ async function applyComputed(
   io.out(
     values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color }),
   );
-  return report.ok && !planHasErrors(plan) ? 0 : 1;
+  const recorded = recordGuardPolicies(config, {
+    flag: values["state-dir"],
+    uri: libvirt.uri,
+    io,
+    say: values.json ? io.err : io.out,
+  });
+  return report.ok && !planHasErrors(plan) && recorded ? 0 : 1;
+}
+
+/**
+ * Records the config's start guard policies (`guard:`) where the installed hook reads them, for
+ * every VM of the config whatever `--vm` says: they are settings of the hook, not domain edits,
+ * so they do not wait for a confirmed change. Says what changed; nothing when nothing did (a
+ * config without `guard:` keys writes nothing). `false` when they could not be recorded.
+ */
+function recordGuardPolicies(
+  config: Config,
+  { flag, uri, io, say }: {
+    flag: string | undefined;
+    uri: string;
+    io: CliIo;
+    say: (text: string) => void;
+  },
+): boolean {
+  const policies = guardPolicies(config);
+  const named = describePolicies(policies);
+  if (isRemoteUri(uri)) {
+    // The hook of that machine reads that machine's state directory.
+    if (named.length > 0) {
+      io.err(
+        `Note: start guard policies not recorded: libvirt at "${uri}" is another machine; ` +
+          "run passthrough apply on it\n",
+      );
+    }
+    return true;
+  }
+  const { stateDir } = guardStateDir(flag, io.env);
+  try {
+    const outcome = recordPolicies(stateDir, policies);
+    if (outcome === "written") {
+      say(`Start guard policies recorded in ${stateDir}: ${named.join("; ")}\n`);
+    } else if (outcome === "removed") {
+      say(`Start guard policies removed from ${stateDir}: every VM enforces\n`);
+    }
+    return true;
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    io.err(`Cannot record the start guard policies in ${stateDir}: ${why}\n`);
+    return false;
+  }
 }

@@ -23,17 +23,29 @@ function installedHook(hooksDir: string): HookSettings | null {
   }
 }
 
+/**
+ * The state directory the guard's settings go to: `--state-dir` when given, else the one the
+ * hook installed in `hooksDir` reads (fixed at its install: settings elsewhere would never be
+ * seen), else the usual one. With the installed hook's settings, to say where it differs.
+ */
+export function guardStateDir(
+  flag: string | undefined,
+  env: CliIo["env"],
+  hooksDir: string = DEFAULT_HOOKS_DIR,
+): { stateDir: string; hook: HookSettings | null } {
+  const hook = installedHook(hooksDir);
+  const stateDir = flag !== undefined || hook === null
+    ? resolveStateDirPath({ flag, env })
+    : hook.stateDir;
+  return { stateDir, hook };
+}
+
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
   const [vm] = positionals;
   if (vm === "") throw new UsageError("Missing the VM name");
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
-  // The hook reads the state directory fixed at its install: an allowance elsewhere would
-  // never be seen.
-  const hook = installedHook(hooksDir);
-  const stateDir = values["state-dir"] !== undefined || hook === null
-    ? resolveStateDirPath({ flag: values["state-dir"], env: io.env })
-    : hook.stateDir;
+  const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, hooksDir);
   const { allowance, path } = allowNextStart(stateDir, vm);
   io.out(
     `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +

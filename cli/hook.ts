@@ -14,6 +14,7 @@ import { LIVE_SYSFS } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { recordReload } from "../lib/guard/state.ts";
+import { describePolicies, readPolicyFile } from "../lib/guard/policy.ts";
 import {
   checkCommand,
   type CheckProgram,
@@ -158,8 +159,14 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
     }
   }
   const problems = hookProblems(inspection, expected);
+  const policies = s === null ? null : readPolicyFile(s.stateDir);
   if (values.json) {
-    io.out(`${JSON.stringify({ ...inspection, toolVersion: VERSION, problems }, null, 2)}\n`);
+    const policy = policies === null
+      ? {}
+      : { policies: policies.file, policyProblem: policies.problem };
+    io.out(
+      `${JSON.stringify({ ...inspection, toolVersion: VERSION, problems, ...policy }, null, 2)}\n`,
+    );
     return problems.length === 0 ? 0 : 1;
   }
   const lines = [`Hook: ${inspection.path}`];
@@ -171,6 +178,12 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
       `  runs: ${s.command.join(" ")}`,
       `  deadline: ${s.deadline} s with ${s.timeout}; state: ${s.stateDir}; sysfs: ${s.sysfs}`,
       ...inspection.programs.map((p) => `  ${p.exists ? "present" : "MISSING"}: ${p.path}`),
+      `  policies: ${
+        policies?.problem ??
+          (policies?.file
+            ? `${describePolicies(policies.file).join("; ")} (from ${policies.file.config})`
+            : "every VM enforces (no guard: in the config at the last apply)")
+      }`,
     );
   }
   lines.push(

@@ -38,6 +38,8 @@ export interface PlanInputs {
 export interface ComputedPlan extends Disposable {
   plan: Plan;
   libvirt: OpenLibvirtPort;
+  /** The config of the host planned (its host section), every VM of it whatever `--vm` says. */
+  config: Config;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -174,7 +176,7 @@ export async function computePlan(
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     options.onConnect?.(libvirt);
     const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });
-    return { plan, libvirt, [Symbol.dispose]: () => libvirt.close() };
+    return { plan, libvirt, config, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();
     throw error;

@@ -150,6 +150,12 @@ export interface MatchCriteria {
   address?: PciAddress;
 }
 
+/**
+ * What the start guard does about a problem it finds at a VM's start (`guard:`): `enforce`
+ * refuses the start, `warn` lets it go on and logs the refusal, `off` checks nothing.
+ */
+export type GuardPolicy = "enforce" | "warn" | "off";
+
 /** One rule of a VM, normalised: every optional setting of the file filled with its default. */
 export interface DeviceRule {
   /**
@@ -202,6 +208,8 @@ export interface DeviceRule {
    * (`allow_no_flr:`, default `false`).
    */
   allowNoFlr: boolean;
+  /** The start guard's policy for the rule's devices (`guard:`, default its VM's). */
+  guard: GuardPolicy;
   /**
    * The hosts this rule applies on (`host:`/`hosts:`, each declared under the top-level `hosts:`,
    * in file order, duplicates dropped); absent: every host its VM is on.
@@ -217,6 +225,12 @@ export interface VmConfig {
   location: string;
   /** Its rules (`devices:`), in file order; empty when it gets no device. */
   rules: DeviceRule[];
+  /**
+   * The start guard's policy for the VM (`guard:`, default `enforce`): its rules' default, and
+   * the policy of hostdevs no rule recorded (hand-added). The parser always sets it; absent (a
+   * VM built in code) means `enforce`.
+   */
+  guard?: GuardPolicy;
   /**
    * The hosts this VM is planned on (`host:`/`hosts:`, each declared under the top-level
    * `hosts:`, in file order, duplicates dropped); absent: every host.
@@ -890,7 +904,12 @@ function normaliseVm(
   ctx: Context,
 ): VmConfig {
   const at = ["vms", name];
-  const vm: VmConfig = { name, location: location(ctx, at, true), rules: [] };
+  const vm: VmConfig = {
+    name,
+    location: location(ctx, at, true),
+    rules: [],
+    guard: rawVm?.guard ?? "enforce",
+  };
   const hosts = rawVm === undefined ? undefined : hostReferences(rawVm, at, declared, ctx);
   if (hosts !== undefined) vm.hosts = hosts;
   const scope: VmScope = { vm, declared, taken: new Map() };
@@ -922,6 +941,7 @@ function normaliseRule(
     multifunction: rawRule.multifunction ?? false,
     allowHostCritical: rawRule.allow_host_critical ?? false,
     allowNoFlr: rawRule.allow_no_flr ?? false,
+    guard: rawRule.guard ?? scope.vm.guard ?? "enforce",
   };
   if (rawRule.rom !== undefined) {
     const rom: { bar?: "on" | "off"; file?: string } = {};

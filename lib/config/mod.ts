@@ -10,6 +10,7 @@ export {
   ConfigError,
   ConfigErrors,
   type DeviceRule,
+  type GuardPolicy,
   type HostConfig,
   loadConfig,
   type MatchCriteria,

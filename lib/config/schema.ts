@@ -202,6 +202,17 @@ const HOST_LIST_SCHEMA = {
   },
 } as const satisfies ArraySchema;
 
+/** The start guard's policies (`guard:` of a VM or a rule); the default is the first. */
+export const GUARD_POLICIES = ["enforce", "warn", "off"] as const;
+
+/** `guard:`: what the start guard (`passthrough hook install`) does when it finds a problem. */
+const GUARD_SCHEMA = {
+  type: "string",
+  enum: GUARD_POLICIES,
+  description:
+    "What the start guard does when a hostdev's address no longer holds the recorded device or holds one the host needs: enforce (refuse the start, default), warn (start and log the refusal), off (no check); a rule's value overrides its VM's; recorded for the hook by passthrough apply",
+} as const satisfies StringSchema;
+
 const RULE_SCHEMA = {
   type: "object",
   description: "One rule: which devices to pass through and how",
@@ -271,6 +282,7 @@ const RULE_SCHEMA = {
       type: "boolean",
       description: "Silence the warning for devices without Function Level Reset",
     },
+    guard: GUARD_SCHEMA,
   },
 } as const satisfies ObjectSchema;
 
@@ -324,6 +336,7 @@ export const CONFIG_SCHEMA = {
         properties: {
           host: HOST_NAME_SCHEMA,
           hosts: HOST_LIST_SCHEMA,
+          guard: GUARD_SCHEMA,
           devices: {
             type: "array",
             description: "Rules, each resolving to one or more host devices",

@@ -270,7 +270,8 @@ function describeRefusal(refusal: GuardRefusal): string {
  * the address, what is there now, what was recorded, why, and the command that fixes it. Names
  * no value from the XML but addresses, IDs and the rule's name, so no secret of the domain is
  * printed; control characters are replaced, so it stays one line. With `allowed`, the same
- * facts for a start that a one-shot allowance let go on.
+ * facts for a start that a one-shot allowance let go on; with `warn`, for a start the policy
+ * `guard: warn` lets go on.
  *
  * @example
  * ```ts
@@ -286,9 +287,14 @@ function describeRefusal(refusal: GuardRefusal): string {
  * );
  * ```
  */
-export function formatRefusal(refusal: GuardRefusal, options: { allowed?: boolean } = {}): string {
+export function formatRefusal(
+  refusal: GuardRefusal,
+  options: { allowed?: boolean; warn?: boolean } = {},
+): string {
   const vm = JSON.stringify(refusal.vm);
-  const head = options.allowed
+  const head = options.warn
+    ? `passthrough guard: starting ${vm} despite this (guard: warn)`
+    : options.allowed
     ? `passthrough guard: starting ${vm} once despite this (passthrough guard allow)`
     : `passthrough guard: refusing to start ${vm}`;
   const line = `${head}: ${refusal.reason}; fix: ${refusal.fix}`;

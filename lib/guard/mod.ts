@@ -3,7 +3,7 @@
  * another device than the one passthrough recorded, nothing, or a device the host needs. The
  * pure check ({@link checkDomainStart}), one hook run ({@link runGuard}), the hook executable
  * (render, install, inspect, remove), the daemon reload, and what the guard keeps in the state
- * directory (one-shot allowances, refusal records).
+ * directory (one-shot allowances, refusal records, the policies `apply` records).
  *
  * @module
  */
@@ -19,7 +19,29 @@ export {
   type GuardRefusalKind,
   matchesRecord,
 } from "./check.ts";
-export { type GuardRunOptions, type GuardRunResult, MAX_XML_BYTES, runGuard } from "./run.ts";
+export {
+  type GuardRunOptions,
+  type GuardRunResult,
+  MAX_XML_BYTES,
+  type PolicedRefusal,
+  runGuard,
+} from "./run.ts";
+export {
+  type ActivePolicy,
+  checksNothing,
+  describePolicies,
+  ENFORCE,
+  guardPolicies,
+  type GuardPolicyFile,
+  parsePolicyFile,
+  POLICY_FILE,
+  type PolicyFileReading,
+  policyFor,
+  readPolicyFile,
+  readVmPolicy,
+  type VmGuardPolicy,
+  type VmPolicyReading,
+} from "./policy.ts";
 export {
   checkCommand,
   checkPermissions,
@@ -53,8 +75,10 @@ export {
   allowNextStart,
   type GuardAllowance,
   type GuardRefusalRecord,
+  type PolicyRecordOutcome,
   readRefusalRecords,
   readReloadRecords,
+  recordPolicies,
   recordRefusals,
   recordReload,
   type ReloadRecord,

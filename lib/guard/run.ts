@@ -1,7 +1,8 @@
 /**
  * One run of the hook's check, as `passthrough hook run` does it: only `prepare begin` is
- * checked; refusals stop the start unless a one-shot allowance is waiting; the outcome is
- * recorded in the state directory. Returns the exit code and the lines for standard error, so
+ * checked, under the VM's and its rules' policies (`guard:`, recorded by `apply`); refusals
+ * under `enforce` stop the start unless a one-shot allowance is waiting, those under `warn` are
+ * only printed; the outcome is recorded in the state directory. Returns the exit code and the lines for standard error, so
  * the CLI only reads standard input and prints.
  *
  * @module
@@ -10,6 +11,7 @@
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readHostUse } from "../host/discover.ts";
 import { checkDomainStart, fixCommand, formatRefusal, type GuardRefusal } from "./check.ts";
+import { type ActivePolicy, checksNothing, policyFor, readVmPolicy } from "./policy.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -44,9 +46,15 @@ export interface GuardRunResult {
   code: 0 | 1;
   /** Lines for standard error (libvirt shows them in the start's error). */
   lines: string[];
-  /** Every reason found not to start, allowed or not. */
-  refusals: GuardRefusal[];
+  /**
+   * Every reason found not to start, allowed or not, with the policy it was judged by; none
+   * for a VM or rule whose policy is `off`.
+   */
+  refusals: PolicedRefusal[];
 }
+
+/** A refusal and the policy (`enforce` or `warn`) that judges it. */
+export type PolicedRefusal = GuardRefusal & { policy: ActivePolicy };
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -104,8 +112,10 @@ function holdsGuardState(stateDir: string): boolean {
 }
 
 /**
- * Checks a start (only at `prepare begin`; every other operation passes untouched), then takes
- * the VM's allowance and records the outcome in the state directory. A start the check lets
+ * Checks a start (only at `prepare begin`; every other operation passes untouched) under the
+ * VM's recorded policy (`off` drops a VM's or rule's refusals, and a VM all `off` is not read at
+ * all; `warn` prints them and lets the start go on), then takes the VM's allowance and records
+ * the outcome in the state directory. A start the check lets
  * through while the guard keeps nothing (the common case) loads no state code and writes
  * nothing: libvirt waits for this at every start, and the state code loads `node:` modules,
  * which take longer to load than the check takes to run.
@@ -123,21 +133,31 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   if (options.operation !== "prepare" || options.subOperation !== "begin") {
     return { code: 0, lines: [], refusals: [] };
   }
-  const refusals = check(options);
+  const { policy, problem } = readVmPolicy(options.stateDir, options.vm);
+  const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
+    const judged = policyFor(policy, refusal.recorded?.rule ?? null);
+    return judged === "off" ? [] : [{ ...refusal, policy: judged }];
+  });
   if (refusals.length === 0 && !holdsGuardState(options.stateDir)) {
     return { code: 0, lines: [], refusals };
   }
   const { recordRefusals, takeAllowance } = await import("./state.ts");
-  const lines: string[] = [];
+  // The policy file could not be read: said only when it matters, since everything enforced.
+  const lines: string[] = problem !== null && refusals.length > 0
+    ? [`passthrough guard: ${problem}`]
+    : [];
   let allowance: "allowed" | "expired" | "none" = "none";
   try {
     allowance = takeAllowance(options.stateDir, options.vm, options.now);
   } catch (error) {
     lines.push(`passthrough guard: cannot read allowances: ${message(error)}`);
   }
-  const allowed = refusals.length > 0 && allowance === "allowed";
-  for (const refusal of refusals) lines.push(formatRefusal(refusal, { allowed }));
-  if (refusals.length > 0 && allowance === "expired") {
+  const enforced = refusals.filter((r) => r.policy === "enforce").length;
+  const allowed = enforced > 0 && allowance === "allowed";
+  for (const refusal of refusals) {
+    lines.push(formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" }));
+  }
+  if (enforced > 0 && allowance === "expired") {
     lines.push(
       `passthrough guard: an allowance for ${
         JSON.stringify(options.vm)
@@ -152,5 +172,5 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   } catch (error) {
     lines.push(`passthrough guard: cannot record the refusal: ${message(error)}`);
   }
-  return { code: refusals.length > 0 && !allowed ? 1 : 0, lines, refusals };
+  return { code: enforced > 0 && !allowed ? 1 : 0, lines, refusals };
 }

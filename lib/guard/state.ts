@@ -19,6 +19,7 @@ import {
 } from "../state/state_dir.ts";
 import { encodeVmName } from "../state/backups.ts";
 import type { GuardRefusal } from "./check.ts";
+import { type ActivePolicy, type GuardPolicyFile, POLICY_FILE } from "./policy.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -41,8 +42,57 @@ export interface GuardRefusalRecord {
   time: string;
   /** Whether a one-shot allowance let the start go on anyway. */
   allowed: boolean;
-  /** What the check found, without the VM and the fix (both follow from `vm`). */
-  refusals: Omit<GuardRefusal, "vm" | "fix">[];
+  /**
+   * What the check found, without the VM and the fix (both follow from `vm`), each with the
+   * policy it was judged by (`warn`: the start went on; absent in records written before
+   * policies, which all enforced).
+   */
+  refusals: (Omit<GuardRefusal, "vm" | "fix"> & { policy?: ActivePolicy })[];
+}
+
+/** What {@link recordPolicies} did to `guard/policy.json`. */
+export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
+
+/**
+ * Records the config's guard policies where the hook reads them (`guard/policy.json`, see
+ * `policy.ts`): replaced when they changed, removed when every VM is back to `enforce`. With
+ * nothing to record and no file, nothing is created, not even the state directory.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { readVmPolicy } from "./policy.ts";
+ * const dir = Deno.makeTempDirSync();
+ * const file = { version: 1 as const, config: "c.yaml",
+ *   vms: { win11: { guard: "warn" as const, rules: {} } } };
+ * assertEquals(recordPolicies(`${dir}/state`, file), "written");
+ * assertEquals(recordPolicies(`${dir}/state`, file), "unchanged");
+ * assertEquals(readVmPolicy(`${dir}/state`, "win11").policy.guard, "warn");
+ * assertEquals(recordPolicies(`${dir}/state`, { ...file, vms: {} }), "removed");
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyRecordOutcome {
+  const path = join(stateDir, "guard", POLICY_FILE);
+  let before: string | null = null;
+  try {
+    before = Deno.readTextFileSync(path);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  if (Object.keys(file.vms).length === 0) {
+    if (before === null) return "unchanged";
+    Deno.removeSync(path);
+    return "removed";
+  }
+  const text = `${JSON.stringify(file, null, 2)}\n`;
+  if (before === text) return "unchanged";
+  const state = openStateDir(stateDir);
+  const guard = join(state.path, "guard");
+  ensurePrivateDir(guard, state);
+  // Between the removal and the new file the hook finds none and enforces: the safe side.
+  replaceFile(guard, POLICY_FILE, text);
+  return "written";
 }
 
 /** What {@link takeAllowance} found. */
@@ -168,7 +218,7 @@ function existingGuardFile(stateDir: string, kind: "allow" | "refused", vm: stri
 export function recordRefusals(
   stateDir: string,
   vm: string,
-  refusals: readonly GuardRefusal[],
+  refusals: readonly (GuardRefusal & { policy?: ActivePolicy })[],
   options: { allowed: boolean; now?: Date },
 ): string | null {
   if (refusals.length === 0) {

@@ -7,6 +7,7 @@ import { runCli } from "../helpers/cli.ts";
 import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
+import { testDomainXml } from "../helpers/world.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -126,6 +127,78 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
       false,
       "0000:0b:00.0",
     ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("apply records the config's guard policies, and the installed hook starts with a warning", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const state = `${dir}/state`;
+    Deno.writeTextFileSync(
+      `${dir}/world.xml`,
+      `<node>\n${testDomainXml("win11", { running: false })}\n</node>\n`,
+    );
+    const apply = (guard: string) => {
+      Deno.writeTextFileSync(
+        `${dir}/config.yaml`,
+        `version: 1\nvms:\n  win11:\n${guard}    devices:\n` +
+          '      - { name: gpu, match: { vendor_device_id: "10de:1b06" } }\n',
+      );
+      return runCli([
+        "apply",
+        "--yes",
+        "--config",
+        `${dir}/config.yaml`,
+        "--sysfs",
+        tree.dir,
+        "--connect",
+        `test://${dir}/world.xml`,
+        "--state-dir",
+        state,
+      ]);
+    };
+    const installed = await runCli(
+      ["hook", "install", "--hooks-dir", hooks, "--state-dir", state, "--sysfs", tree.dir],
+    );
+    assertEquals(installed.code, 0, installed.stderr);
+    const hook = `${hooks}/${HOOK_FILE_NAME}`;
+
+    const warned = await apply("    guard: warn\n");
+    assertEquals(warned.code, 0, warned.stderr);
+    assertMatch(
+      warned.stdout,
+      new RegExp(`Start guard policies recorded in ${state}: "win11" warn\\n$`),
+    );
+    const status = await runCli(["hook", "status", "--hooks-dir", hooks]);
+    assertMatch(status.stdout, /\n {2}policies: "win11" warn \(from .*\/config\.yaml\)\n/);
+    const started = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals([started.code, started.stdout], [0, ""]);
+    assertMatch(
+      started.stderr,
+      /^passthrough guard: starting "win11" despite this \(guard: warn\): hostdev 0000:0b:00\.0 holds 10de:1b06 .*; fix: passthrough plan --vm win11\n$/,
+    );
+    const record = JSON.parse(await Deno.readTextFile(`${state}/guard/refused/win11.json`));
+    assertEquals([record.allowed, record.refusals[0].policy], [false, "warn"]);
+
+    // The same config again changes nothing and says nothing about the guard.
+    const again = await apply("    guard: warn\n");
+    assertEquals(again.code, 0, again.stderr);
+    assertOk(!again.stdout.includes("Start guard"), again.stdout);
+
+    const enforced = await apply("");
+    assertEquals(enforced.code, 0, enforced.stderr);
+    assertMatch(enforced.stdout, /Start guard policies removed from .*: every VM enforces\n$/);
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+    const after = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+    assertEquals(JSON.parse(after.stdout).policies, null);
+    assertMatch(
+      (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout,
+      /\n {2}policies: every VM enforces/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

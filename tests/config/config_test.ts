@@ -408,3 +408,50 @@ Deno.test("parseConfig() takes VM names libvirt takes, spaces inside included", 
     assertMatch(error?.message ?? "", /no "\/" and no control character .* no space at either end/);
   }
 });
+
+Deno.test("parseConfig() reads guard: per VM and per rule; a rule inherits its VM's, default enforce", () => {
+  const config = parseConfig(
+    `version: 1
+vms:
+  win11:
+    guard: warn
+    devices:
+      - { name: gpu, match: { class: vga } }
+      - { name: usb, match: { class: usb }, guard: off }
+  nas:
+    devices:
+      - { name: hba, match: { class: sata } }
+      - { name: nic, match: { class: ethernet }, guard: warn }
+`,
+    { file: "c.yaml" },
+  );
+  assertEquals(
+    config.vms.map((vm) => [vm.name, vm.guard, vm.rules.map((r) => [r.name, r.guard])]),
+    [
+      ["win11", "warn", [["gpu", "warn"], ["usb", "off"]]],
+      ["nas", "enforce", [["hba", "enforce"], ["nic", "warn"]]],
+    ],
+  );
+});
+
+Deno.test("parseConfig() refuses a bad guard: value, located, with a did-you-mean", () => {
+  const errors = errorsOf(`version: 1
+vms:
+  win11:
+    guard: enforced
+    devices:
+      - match: { class: vga }
+        guard: warning
+      - match: { class: usb }
+        guard: false
+`);
+  assertEquals(errors.map((e) => [e.line, e.column, e.path, e.hint]), [
+    [4, 12, "vms.win11.guard", 'did you mean "enforce"?'],
+    [7, 16, "vms.win11.devices[0].guard", 'did you mean "warn"?'],
+    [9, 16, "vms.win11.devices[1].guard", 'quote the value: "..."'],
+  ]);
+  assertMatch(
+    errors[0]!.message,
+    /^c\.yaml:4:12: Invalid value "enforced": expected one of "enforce", "warn", "off" at "vms\.win11\.guard"/,
+  );
+});

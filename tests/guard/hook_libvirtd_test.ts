@@ -13,7 +13,7 @@ import { livePciMissing } from "../helpers/hosts.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
-import { readRefusalRecords } from "../../lib/guard/state.ts";
+import { readRefusalRecords, recordPolicies } from "../../lib/guard/state.ts";
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { signalProcess } from "../../ffi/libc_fs.ts";
@@ -207,6 +207,25 @@ Deno.test({
           );
         },
       });
+
+      await t.step(
+        "(a, warn) the same start under guard: warn passes the hook, recorded",
+        async () => {
+          const policies = { version: 1 as const, config: "c.yaml", vms: {} };
+          recordPolicies(stateDir, { ...policies, vms: { [moved]: { guard: "warn", rules: {} } } });
+          try {
+            const start = await virsh(daemon.uri, "start", moved);
+            console.log(`$ virsh start ${moved} (guard: warn)\n${start.out.trim()}`);
+            // The start fails later, in libvirt, for lack of VFIO: not in the hook.
+            assertEquals(start.code, 1, start.out);
+            assert.doesNotMatch(start.out, /Hook script execution failed|passthrough guard/);
+            const [warned] = readRefusalRecords(stateDir).filter((r) => r.vm === moved);
+            assertEquals(warned?.refusals.map((x) => [x.kind, x.policy]), [["replaced", "warn"]]);
+          } finally {
+            recordPolicies(stateDir, policies);
+          }
+        },
+      );
 
       await t.step("(d) release, reconnect, migrate: exit 0, nothing on stdout", async () => {
         const xml = domainXml(moved, [spare.address], [record(spare.address, gpu, "gpu")]);

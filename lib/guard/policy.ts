@@ -1,0 +1,215 @@
+/**
+ * The start guard's policy per VM and rule (`guard: enforce | warn | off` in the config), as the
+ * hook finds it: `apply` writes the config's policies to `guard/policy.json` in the state
+ * directory, and the hook reads that one file at `prepare begin`.
+ *
+ * Why the state directory and not the domain's `<metadata>` (which the hook receives anyway):
+ * the hook runs without the user's environment and must not parse the YAML config; a policy is
+ * a setting of the guard, not an edit of the domain, so changing it must not redefine domains or
+ * show up as a change in `plan`; the records in `<metadata>` exist only for managed hostdevs,
+ * while a VM's policy also covers hand-added ones; and the allowances and refusal records the
+ * hook already keeps live there (private to root, so no user can weaken the guard). A missing
+ * file, a VM it does not name, or a file that cannot be read all mean `enforce`: an install from
+ * before policies, or a damaged file, never weakens the guard.
+ *
+ * This module loads no `node:` module and reads with `Deno` only: the hook loads it at every
+ * start. Writing is in `state.ts`.
+ *
+ * @module
+ */
+
+import type { Config, GuardPolicy } from "../config/config.ts";
+
+/** A policy under which the hook still checks: what a refusal was judged by. */
+export type ActivePolicy = Exclude<GuardPolicy, "off">;
+
+/** The file under the state directory's `guard/` folder. */
+export const POLICY_FILE = "policy.json";
+
+/** The largest policy file the hook reads: a config holds a few dozen VMs. */
+const MAX_POLICY_BYTES = 1024 * 1024;
+
+/** The policies of one VM that differ from the default. */
+export interface VmGuardPolicy {
+  /** The VM's own policy: its rules' default, and that of hand-added hostdevs. */
+  guard: GuardPolicy;
+  /** Rules whose policy differs from the VM's, by rule name (as recorded in `<metadata>`). */
+  rules: Record<string, GuardPolicy>;
+}
+
+/** What `guard/policy.json` holds. */
+export interface GuardPolicyFile {
+  /** The format's version: 1. */
+  version: 1;
+  /** The config the policies were read from (for messages). */
+  config: string;
+  /** The VMs with any policy other than `enforce`, by libvirt domain name. */
+  vms: Record<string, VmGuardPolicy>;
+}
+
+/** What the hook applies for a VM that nothing names: check and refuse. */
+export const ENFORCE: VmGuardPolicy = { guard: "enforce", rules: {} };
+
+/**
+ * The config's policies, only those that are not `enforce` (an all-default config gives no VM,
+ * and `apply` then writes no file).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { parseConfig } from "../config/config.ts";
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  win11:\n    guard: warn\n    devices:\n" +
+ *     "      - { name: gpu, match: { class: vga }, guard: enforce }\n" +
+ *     "      - { name: usb, match: { class: usb } }\n" +
+ *     "  nas:\n    devices: [{ match: { class: sata } }]\n",
+ *   { file: "c.yaml" },
+ * );
+ * assertEquals(guardPolicies(config).vms, {
+ *   win11: { guard: "warn", rules: { gpu: "enforce" } },
+ * });
+ * ```
+ */
+export function guardPolicies(config: Config): GuardPolicyFile {
+  // Built with fromEntries: a VM or rule named "__proto__" stays a key of its own.
+  const vms = config.vms.flatMap((vm) => {
+    const guard = vm.guard ?? "enforce";
+    const rules = Object.fromEntries(
+      vm.rules.flatMap((rule) => rule.guard === guard ? [] : [[rule.name, rule.guard]]),
+    );
+    return guard === "enforce" && Object.keys(rules).length === 0
+      ? []
+      : [[vm.name, { guard, rules }] as const];
+  });
+  return { version: 1, config: config.file, vms: Object.fromEntries(vms) };
+}
+
+/**
+ * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   describePolicies({ version: 1, config: "c.yaml",
+ *     vms: { win11: { guard: "warn", rules: { gpu: "enforce" } } } }),
+ *   ['"win11" warn, rule "gpu" enforce'],
+ * );
+ * ```
+ */
+export function describePolicies(file: GuardPolicyFile): string[] {
+  return Object.entries(file.vms).map(([vm, p]) =>
+    `${JSON.stringify(vm)} ${p.guard}${
+      Object.entries(p.rules).map(([rule, r]) => `, rule ${JSON.stringify(rule)} ${r}`).join("")
+    }`
+  );
+}
+
+/**
+ * The policy of one refusal: its rule's when passthrough recorded the device, else the VM's
+ * (a hand-added hostdev, or XML that cannot be read).
+ */
+export function policyFor(policy: VmGuardPolicy, rule: string | null): GuardPolicy {
+  return rule === null
+    ? policy.guard
+    : Object.hasOwn(policy.rules, rule)
+    ? policy.rules[rule]!
+    : policy.guard;
+}
+
+/** Whether the guard checks nothing at all for the VM (its policy and every rule's are `off`). */
+export function checksNothing(policy: VmGuardPolicy): boolean {
+  return policy.guard === "off" && Object.values(policy.rules).every((p) => p === "off");
+}
+
+// The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
+const POLICIES: readonly string[] = ["enforce", "warn", "off"];
+
+function isPolicy(value: unknown): value is GuardPolicy {
+  return typeof value === "string" && POLICIES.includes(value);
+}
+
+/** `data` as a policy file, or `null` when it is not one (a damaged file enforces). */
+export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
+  if (typeof data !== "object" || data === null) return null;
+  const { version, config, vms } = data as Partial<GuardPolicyFile>;
+  if (version !== 1 || typeof config !== "string" || typeof vms !== "object" || vms === null) {
+    return null;
+  }
+  for (const entry of Object.values(vms) as unknown[]) {
+    const { guard, rules } = (entry ?? {}) as Partial<VmGuardPolicy>;
+    if (!isPolicy(guard) || typeof rules !== "object" || rules === null) return null;
+    if (!Object.values(rules).every(isPolicy)) return null;
+  }
+  return { version, config, vms };
+}
+
+/** What {@link readPolicyFile} found. */
+export interface PolicyFileReading {
+  /** The file's policies; `null` when there is none or it cannot be read. */
+  file: GuardPolicyFile | null;
+  /** Why the file could not be read (every VM then enforces), or `null`. */
+  problem: string | null;
+}
+
+/**
+ * `STATE/guard/policy.json`: `{ file: null, problem: null }` when there is none (every VM
+ * enforces); a file that is not a regular file, too large, or not a policy file gives a problem.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readPolicyFile("/nonexistent"), { file: null, problem: null });
+ * ```
+ */
+export function readPolicyFile(stateDir: string): PolicyFileReading {
+  const path = `${stateDir}/guard/${POLICY_FILE}`;
+  const fail = (problem: string): PolicyFileReading => ({
+    file: null,
+    problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
+  });
+  let text: string;
+  try {
+    // Not followed if a link: the state directory holds only files passthrough wrote.
+    const info = Deno.lstatSync(path);
+    if (!info.isFile) return fail("not a regular file");
+    if (info.size > MAX_POLICY_BYTES) return fail(`larger than ${MAX_POLICY_BYTES} bytes`);
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return { file: null, problem: null };
+    return fail(error instanceof Error ? error.message : String(error));
+  }
+  let file: GuardPolicyFile | null = null;
+  try {
+    file = parsePolicyFile(JSON.parse(text));
+  } catch {
+    // Not JSON: reported below like any other damage.
+  }
+  return file === null
+    ? fail("not a passthrough policy file; run passthrough apply again")
+    : { file, problem: null };
+}
+
+/** What {@link readVmPolicy} found. */
+export interface VmPolicyReading {
+  /** The VM's policy; {@link ENFORCE} when nothing names it or the file cannot be read. */
+  policy: VmGuardPolicy;
+  /** Why the file could not be read (the policy is then {@link ENFORCE}), or `null`. */
+  problem: string | null;
+}
+
+/**
+ * The policy the hook applies to `vm`, from {@link readPolicyFile}: {@link ENFORCE} when the
+ * file does not name it, is missing, or cannot be read (then with the problem).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readVmPolicy("/nonexistent", "win11"), { policy: ENFORCE, problem: null });
+ * ```
+ */
+export function readVmPolicy(stateDir: string, vm: string): VmPolicyReading {
+  const { file, problem } = readPolicyFile(stateDir);
+  const policy = file !== null && Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
+  return { policy, problem };
+}

@@ -1,0 +1,217 @@
+// The start guard's policies (`guard: enforce | warn | off` per VM and rule) on a built tree:
+// from the config, through the file `apply` records in the state directory, to one hook run.
+
+import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import { ENFORCE, guardPolicies, policyFor, readVmPolicy } from "../../lib/guard/policy.ts";
+import {
+  allowNextStart,
+  readRefusalRecords,
+  recordPolicies,
+  takeAllowance,
+} from "../../lib/guard/state.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+
+// 0b:00.0 holds a 10de:1b06 on this tree, not the recorded 10de:2684 of rule "gpu"; nothing sits
+// at 7f:1f.7, which a hand-added hostdev names.
+const XML = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+  </hostdev><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source>
+  </hostdev></devices></domain>`;
+
+function config(vmGuard: string | null, gpuGuard: string | null) {
+  return parseConfig(
+    `version: 1\nvms:\n  win11:\n${vmGuard === null ? "" : `    guard: ${vmGuard}\n`}` +
+      `    devices:\n      - name: gpu\n        match: { vendor_id: 10de }\n` +
+      (gpuGuard === null ? "" : `        guard: ${gpuGuard}\n`),
+    { file: "c.yaml" },
+  );
+}
+
+async function withTree(fn: (root: string, state: string) => void | Promise<void>) {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-policy-" });
+  try {
+    await fn(tree.dir, `${state}/state`);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+}
+
+function run(root: string, stateDir: string) {
+  return runGuard({
+    vm: "win11",
+    operation: "prepare",
+    subOperation: "begin",
+    xml: XML,
+    reader: denoFsReader(),
+    root,
+    live: false,
+    stateDir,
+  });
+}
+
+/** Each refusal's address and policy, and each line's head. */
+function summary(result: Awaited<ReturnType<typeof run>>) {
+  return {
+    code: result.code,
+    refusals: result.refusals.map((r) => [r.address, r.kind, r.policy]),
+    heads: result.lines.map((l) => l.replace(/: (hostdev|cannot|the) .*$/, "")),
+  };
+}
+
+const REFUSE = 'passthrough guard: refusing to start "win11"';
+const WARN = 'passthrough guard: starting "win11" despite this (guard: warn)';
+
+Deno.test("policy: without a recorded policy (an install from before policies) the guard enforces", async () => {
+  await withTree(async (root, state) => {
+    assertEquals(readVmPolicy(state, "win11"), { policy: ENFORCE, problem: null });
+    assertEquals(summary(await run(root, state)), {
+      code: 1,
+      refusals: [["0000:0b:00.0", "replaced", "enforce"], ["0000:7f:1f.7", "missing", "enforce"]],
+      heads: [REFUSE, REFUSE],
+    });
+  });
+});
+
+Deno.test("policy: a VM's warn lets the start go on, prints every refusal and records them", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("warn", null)));
+    assertEquals(summary(await run(root, state)), {
+      code: 0,
+      refusals: [["0000:0b:00.0", "replaced", "warn"], ["0000:7f:1f.7", "missing", "warn"]],
+      heads: [WARN, WARN],
+    });
+    const [record] = readRefusalRecords(state);
+    assertEquals(
+      [record?.allowed, record?.refusals.map((r) => [r.address, r.policy])],
+      [false, [["0000:0b:00.0", "warn"], ["0000:7f:1f.7", "warn"]]],
+    );
+  });
+});
+
+Deno.test("policy: a VM's off checks nothing, records nothing and creates nothing", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("off", null)));
+    assertEquals(await run(root, state), { code: 0, lines: [], refusals: [] });
+    assertEquals(readRefusalRecords(state), []);
+    assertThrows(() => Deno.statSync(`${state}/guard/refused`), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("policy: a rule's off drops its refusals only; the VM's policy judges hand-added ones", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config(null, "off")));
+    assertEquals(summary(await run(root, state)), {
+      code: 1,
+      refusals: [["0000:7f:1f.7", "missing", "enforce"]],
+      heads: [REFUSE],
+    });
+  });
+});
+
+Deno.test("policy: a rule's warn under an enforcing VM: its line warns, the hand-added one refuses", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config(null, "warn")));
+    assertEquals(summary(await run(root, state)), {
+      code: 1,
+      refusals: [["0000:0b:00.0", "replaced", "warn"], ["0000:7f:1f.7", "missing", "enforce"]],
+      heads: [WARN, REFUSE],
+    });
+  });
+});
+
+Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance lets it go once", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("off", "enforce")));
+    assertEquals(summary(await run(root, state)), {
+      code: 1,
+      refusals: [["0000:0b:00.0", "replaced", "enforce"]],
+      heads: [REFUSE],
+    });
+    allowNextStart(state, "win11");
+    const allowed = await run(root, state);
+    assertEquals(allowed.code, 0);
+    assertMatch(allowed.lines[0]!, /once despite this \(passthrough guard allow\)/);
+    assertEquals(readRefusalRecords(state)[0]?.allowed, true);
+  });
+});
+
+Deno.test("policy: an allowance is consumed by the next start even when it only warned", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("warn", null)));
+    allowNextStart(state, "win11");
+    const result = await run(root, state);
+    // Nothing was enforced, so the allowance let nothing through; it was still the next start.
+    assertEquals([result.code, readRefusalRecords(state)[0]?.allowed], [0, false]);
+    assertEquals(takeAllowance(state, "win11"), "none");
+  });
+});
+
+Deno.test("policy: a damaged or foreign policy file enforces, and says so with the refusals", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("off", null)));
+    const path = `${state}/guard/policy.json`;
+    for (
+      const text of ["{", '{"version":1,"config":"c","vms":{"win11":{"guard":"of","rules":{}}}}']
+    ) {
+      Deno.writeTextFileSync(path, text);
+      const result = await run(root, state);
+      assertEquals(result.code, 1, text);
+      assertMatch(
+        result.lines[0]!,
+        /^passthrough guard: cannot read the guard policies in .*policy\.json \(not a passthrough policy file; run passthrough apply again\): enforcing$/,
+      );
+      assertEquals(result.refusals.length, 2);
+    }
+  });
+});
+
+Deno.test("policy: another VM's policy does not apply, and names like __proto__ stay keys", async () => {
+  await withTree(async (root, state) => {
+    const other = parseConfig(
+      "version: 1\nvms:\n  __proto__:\n    guard: off\n    devices: []\n" +
+        "  win12:\n    guard: off\n    devices:\n" +
+        "      - { name: __proto__, match: { class: usb }, guard: enforce }\n",
+      { file: "c.yaml" },
+    );
+    const policies = guardPolicies(other);
+    assertEquals(Object.keys(policies.vms), ["__proto__", "win12"]);
+    recordPolicies(state, policies);
+    assertEquals(readVmPolicy(state, "__proto__").policy.guard, "off");
+    const win12 = readVmPolicy(state, "win12").policy;
+    assertEquals([policyFor(win12, "__proto__"), policyFor(win12, "usb"), policyFor(win12, null)], [
+      "enforce",
+      "off",
+      "off",
+    ]);
+    assertEquals((await run(root, state)).code, 1);
+  });
+});
+
+Deno.test("recordPolicies() writes only non-default policies, and removes the file when none is left", async () => {
+  await withTree((_root, state) => {
+    assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "unchanged");
+    // An all-enforce config creates nothing, not even the state directory.
+    assertThrows(() => Deno.statSync(state), Deno.errors.NotFound);
+    assertEquals(recordPolicies(state, guardPolicies(config("warn", "warn"))), "written");
+    assertEquals(JSON.parse(Deno.readTextFileSync(`${state}/guard/policy.json`)), {
+      version: 1,
+      config: "c.yaml",
+      vms: { win11: { guard: "warn", rules: {} } },
+    });
+    assertEquals(Deno.statSync(`${state}/guard/policy.json`).mode! & 0o777, 0o600);
+    assertEquals(recordPolicies(state, guardPolicies(config("warn", "warn"))), "unchanged");
+    assertEquals(recordPolicies(state, guardPolicies(config(null, "off"))), "written");
+    assertEquals(readVmPolicy(state, "win11").policy, { guard: "enforce", rules: { gpu: "off" } });
+    assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "removed");
+    assertThrows(() => Deno.statSync(`${state}/guard/policy.json`), Deno.errors.NotFound);
+  });
+});
