@@ -173,7 +173,6 @@ Deno.test("doctor --sysfs TREE --json reports findings and fails without IOMMU",
     assertEquals(findings.map((f) => [f.check, f.status]), [
       ["iommu", "fail"],
       ["interrupt-remapping", "fail"],
-      ["vfio-pci", "warn"],
       ["acs-override", "warn"],
     ]);
   } finally {
