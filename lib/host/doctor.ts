@@ -419,7 +419,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
  *   groupInconsistencies: [], kernelCmdline: "quiet pcie_acs_override=downstream", hostUse: [] };
  * const findings = runDoctor({ host, reader: denoFsReader(), live: false });
  * assertEquals(findings.map((f) => [f.check, f.status]), [
- *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["vfio-pci", "warn"], ["acs-override", "warn"],
+ *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["acs-override", "warn"],
  * ]);
  * ```
  */
