@@ -124,6 +124,43 @@ export const HELP_FLAG = {
   help: { type: "boolean", short: "h", help: "show this help" },
 } as const satisfies Flags;
 
+/**
+ * `--color WHEN`, which every command takes: `auto` (colour on a terminal unless `NO_COLOR` is
+ * set), `always` or `never`. `main` reads it before the command runs ({@link colorChoice}), since
+ * the output boundary escapes any colour it was not told to expect.
+ */
+export const COLOR_FLAG = {
+  color: {
+    type: "string",
+    value: "WHEN",
+    help: "colour: auto (on a terminal without NO_COLOR), always or never",
+  },
+} as const satisfies Flags;
+
+/**
+ * Whether to colour, from the last `--color WHEN` (or `--color=WHEN`) in `args`, the arguments of
+ * a command (none after `--`); `auto` when there is none. A {@link UsageError} for another value.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(colorChoice(["--json", "--color=never"], true), false);
+ * assertEquals(colorChoice(["--color", "always"], false), true);
+ * assertEquals(colorChoice([], true), true);
+ * ```
+ */
+export function colorChoice(args: readonly string[], auto: boolean): boolean {
+  let when = "auto";
+  args.forEach((arg, i) => {
+    if (arg === "--color") when = args[i + 1] ?? "";
+    else if (arg.startsWith("--color=")) when = arg.slice("--color=".length);
+  });
+  if (when === "always") return true;
+  if (when === "never") return false;
+  if (when === "auto") return auto;
+  throw new UsageError(`--color takes auto, always or never, not "${when}"`);
+}
+
 /** `--sysfs DIR`: discover from a captured tree instead of this host. */
 export const HOST_FLAGS = {
   sysfs: {
@@ -359,7 +396,7 @@ function parseSubcommandLine(
   }
   const sub = subcommands.find((c) => c.name === name);
   if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
-  const line = parseCommandLine(sub, parseOptions(sub.flags), rest);
+  const line = parseCommandLine(sub, parseOptions({ ...sub.flags, ...COLOR_FLAG }), rest);
   return { subcommand: sub.name, ...line };
 }
 
@@ -383,7 +420,7 @@ function parseSubcommandLine(
  *     io.out(`${values.sysfs ?? "/sys"}\n`);
  *     return Promise.resolve(0);
  *   }));
- * assertEquals(Object.keys(command.flags), ["sysfs", "help"]);
+ * assertEquals(Object.keys(command.flags), ["sysfs", "color", "help"]);
  * assertEquals(command.help.split("\n")[0], "Usage: passthrough count [options]");
  * ```
  */
@@ -394,6 +431,7 @@ export function defineCommand<S extends CommandSpec>(
   const subcommands = spec.subcommands;
   const flags: Flags = {
     ...(subcommands === undefined ? spec.flags : subcommandFlags(spec, subcommands)),
+    ...COLOR_FLAG,
     ...HELP_FLAG,
   };
   const options = parseOptions(flags);

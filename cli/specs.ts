@@ -109,8 +109,8 @@ One process plans one host. With a hosts: section in the config, that is the sec
 NAME or of this machine's host name (named on stderr); a config with no such section is an
 error. Several hosts: run passthrough on each (ansible/passthrough.yml, docs/FLEET.md).
 
-Exit codes: 0 ok, 1 refused or failed, 2 usage error (or changes pending with
---detailed-exitcode).`.trim(),
+Exit codes: 0 ok, 1 refused or failed, 2 usage error. With --detailed-exitcode: 0 no changes,
+2 changes pending, 1 on any error (usage errors included, so 2 always means changes).`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough apply`. */

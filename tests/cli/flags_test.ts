@@ -156,6 +156,7 @@ Deno.test("--help loads only the command table, and each command only what it us
       "cli/flags.ts",
       "cli/io.ts",
       "cli/specs.ts",
+      "cli/suggest.ts",
       "cli/version.ts",
       "lib/domain/secrets.ts",
       "lib/render/colors.ts",
