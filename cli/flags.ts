@@ -47,6 +47,8 @@ export interface Positional {
   readonly name: string;
   /** The usage error when it is absent; an argument without one is optional. */
   readonly missing?: string;
+  /** Whether it takes every remaining argument (`ADDRESS...`); only the last may. */
+  readonly variadic?: boolean;
 }
 
 /**
@@ -92,9 +94,9 @@ type FlagValue<F> = F extends BooleanFlag ? boolean
 /** The parsed values of `F`, by flag name. */
 export type FlagValues<F extends Flags> = { -readonly [K in keyof F]: FlagValue<F[K]> };
 
-type PositionalValues<P extends readonly Positional[]> = {
-  -readonly [I in keyof P]: P[I] extends { missing: string } ? string : string | undefined;
-};
+type PositionalValues<P extends readonly Positional[]> = P extends readonly [{ variadic: true }]
+  ? string[]
+  : { -readonly [I in keyof P]: P[I] extends { missing: string } ? string : string | undefined };
 
 /** A command line parsed against `S`'s flags and arguments: required positionals are present. */
 interface ParsedLine<S extends CommandSpec | SubcommandSpec> {
@@ -271,7 +273,9 @@ function optionsHelp(flags: Flags): string {
 
 /** `NAME ARG [OPTIONAL]`: a usage line's words after `passthrough`. */
 function usageWords(names: string[], positionals: readonly Positional[] | undefined): string {
-  const args = (positionals ?? []).map((p) => p.missing === undefined ? `[${p.name}]` : p.name);
+  const args = (positionals ?? []).map((p) =>
+    p.variadic === true ? `[${p.name}...]` : p.missing === undefined ? `[${p.name}]` : p.name
+  );
   return [...names, ...args].join(" ");
 }
 
@@ -364,7 +368,8 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
     throw new UsageError((error as Error).message.replace(/\. To specify.*$/s, ""));
   }
   const declared = spec.positionals ?? [];
-  if (parsed.positionals.length > declared.length) {
+  const variadic = declared.at(-1)?.variadic === true;
+  if (!variadic && parsed.positionals.length > declared.length) {
     throw new UsageError(`Unexpected argument "${parsed.positionals[declared.length]}"`);
   }
   declared.forEach((positional, i) => {
