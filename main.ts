@@ -29,7 +29,8 @@ function usage(): string {
     "Commands:",
     ...lines,
     "",
-    "Run 'passthrough <command> --help' for a command's options.",
+    "Every command takes --color=auto|always|never. -V, --version: the version.",
+    "Run 'passthrough help <command>' (or '<command> --help') for a command's options.",
     "",
   ].join("\n");
 }
