@@ -1,7 +1,7 @@
 /**
  * The `passthrough` command line: parses the subcommand, wires `lib/` to `ffi/`, prints, and
- * chooses the exit code (0 ok, 1 runtime error, 2 usage error or, with `plan
- * --detailed-exitcode`, changes pending).
+ * chooses the exit code (0 ok, 1 runtime error, 2 usage error; with `plan --detailed-exitcode`,
+ * 2 means changes pending and a usage error exits 1, as terraform does).
  *
  * @module
  */
@@ -11,6 +11,8 @@ import { terminalSafe } from "./lib/render/terminal.ts";
 import { stripAnsi } from "./lib/render/colors.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
+import { colorChoice } from "./cli/flags.ts";
+import { didYouMean } from "./cli/suggest.ts";
 import { defaultIo } from "./cli/io.ts";
 import { VERSION } from "./cli/version.ts";
 
@@ -27,16 +29,18 @@ function usage(): string {
     "Commands:",
     ...lines,
     "",
-    "Run 'passthrough <command> --help' for a command's options.",
+    "Every command takes --color=auto|always|never. -V, --version: the version.",
+    "Run 'passthrough help <command>' (or '<command> --help') for a command's options.",
     "",
   ].join("\n");
 }
 
 /**
  * Runs the CLI with `args` (without the program name) and returns the exit code instead of
- * exiting: 0 ok, 1 runtime error, 2 usage error (or, for `plan --detailed-exitcode`, changes
- * pending). Output goes through `terminal` (the real one by default), control characters escaped; pass your own {@link CliIo}
- * to capture it.
+ * exiting: 0 ok, 1 runtime error, 2 usage error (with `--detailed-exitcode`: 2 changes pending,
+ * 1 usage error). A runtime error is one line on stderr; under `--json`, a config error is also
+ * printed as JSON on stdout. Output goes through `terminal` (the real one by default), control
+ * characters escaped; pass your own {@link CliIo} to capture it.
  *
  * @example Capture the output of a command
  * ```ts
@@ -54,43 +58,94 @@ function usage(): string {
  * ```
  */
 export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
-  // The output boundary: names read from trees, lspci and libvirt reach the terminal escaped.
-  const io: CliIo = {
-    ...terminal,
-    out: (text) => terminal.out(terminalSafe(text, terminal.color)),
-    err: (text) => terminal.err(terminalSafe(text, terminal.color)),
-  };
-  const [name, ...rest] = args;
+  const [first, ...rest] = args;
+  // `help CMD` is `CMD --help`.
+  const name = first === "help" && rest[0] !== undefined ? rest[0] : first;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    io.out(usage());
+    outputTo(terminal, terminal.color).out(usage());
     return name === undefined ? 2 : 0;
   }
-  if (name === "--version" || name === "version") {
-    io.out(`passthrough ${VERSION}\n`);
+  if (name === "--version" || name === "-V" || name === "version") {
+    outputTo(terminal, terminal.color).out(`passthrough ${VERSION}\n`);
     return 0;
   }
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
-    io.err(`passthrough: unknown command "${name}"\n\n${usage()}`);
+    const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
+    outputTo(terminal, terminal.color).err(
+      suggestion === ""
+        ? `passthrough: unknown command "${name}"\n\n${usage()}`
+        : `passthrough: unknown command "${name}"${suggestion}\n` +
+          "Run 'passthrough --help' for the list of commands.\n",
+    );
     return 2;
   }
   // Help wins over any other flag, and needs nothing but the command table. Arguments after
   // "--" are data (the hook passes VM names there), never a request for help.
   const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
-  if (flags.includes("--help") || flags.includes("-h")) {
-    io.out(command.help);
+  if (first === "help" || flags.includes("--help") || flags.includes("-h")) {
+    outputTo(terminal, terminal.color).out(command.help);
     return 0;
   }
+  // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that.
+  const usageCode = flags.includes("--detailed-exitcode") ? 1 : 2;
+  let io = outputTo(terminal, terminal.color);
   try {
+    io = outputTo(terminal, colorChoice(flags, terminal.color));
     return await command.run(rest, io);
   } catch (error) {
     if (error instanceof UsageError) {
       io.err(`passthrough ${command.name}: ${error.message}\n\n${command.help}`);
-      return 2;
+      return usageCode;
     }
+    if (flags.includes("--json") && isConfigError(error)) io.out(configErrorJson(error));
     io.err(`passthrough ${command.name}: ${describeError(error)}\n`);
     return 1;
   }
+}
+
+/**
+ * The output boundary: names read from trees, lspci and libvirt reach the terminal escaped, and
+ * colour only when `color` (the painter's sequences are then let through).
+ */
+function outputTo(terminal: CliIo, color: boolean): CliIo {
+  return {
+    ...terminal,
+    color,
+    out: (text) => terminal.out(terminalSafe(text, color)),
+    err: (text) => terminal.err(terminalSafe(text, color)),
+  };
+}
+
+/** The config's own errors (`ConfigErrors`, `ConfigError`), told by name: no config import here. */
+interface ConfigProblem extends Error {
+  file?: string;
+  line?: number;
+  column?: number;
+  path?: string;
+  hint?: string | null;
+  errors?: ConfigProblem[];
+}
+
+function isConfigError(error: unknown): error is ConfigProblem {
+  return error instanceof Error && (error.name === "ConfigErrors" || error.name === "ConfigError");
+}
+
+/**
+ * A config error under `--json`, on stdout: `{ "error": { "kind": "config", "message",
+ * "problems": [{ "file", "line", "column", "path", "message", "hint" }] } }`.
+ */
+function configErrorJson(error: ConfigProblem): string {
+  const problems = (error.errors ?? [error]).map((e) => ({
+    file: e.file ?? null,
+    line: e.line ?? null,
+    column: e.column ?? null,
+    path: e.path ?? null,
+    message: e.message,
+    hint: e.hint ?? null,
+  }));
+  const json = { error: { kind: "config", message: error.message.split("\n")[0], problems } };
+  return `${JSON.stringify(json, null, 2)}\n`;
 }
 
 /**

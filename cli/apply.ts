@@ -24,7 +24,8 @@ import { guardStateDir } from "./guard.ts";
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
   if (!values.yes && !io.interactive) {
-    throw new UsageError("No terminal to confirm on: pass --yes to apply without asking");
+    // A runtime error (exit 1): the command line is right, this run has no terminal.
+    throw new Error("No terminal to confirm on: pass --yes to apply without asking");
   }
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");

@@ -23,6 +23,11 @@ export interface CliIo {
    * {@link CliIo.readLine}); when `false` they refuse to run without `--yes`.
    */
   interactive: boolean;
+  /**
+   * The width of the terminal standard output writes to, which tables fit (`devices`,
+   * `groups`); absent when it is not a terminal, so piped output is never cut.
+   */
+  columns?: number;
   /** Reads one line from standard input without its line ending; `null` at end of input. */
   readLine(): Promise<string | null>;
   /**

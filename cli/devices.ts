@@ -1,29 +1,56 @@
 /**
- * `passthrough devices`: every PCI function of the host (or a captured tree) as a table, or the
- * {@link PciDevice} objects as JSON.
+ * `passthrough devices`: every PCI function of the host (or a captured tree) as a table fitted
+ * to the terminal, or the {@link PciDevice} objects as JSON; narrowed to addresses or a class.
  *
  * @module
  */
 
-import type { CliIo } from "./context.ts";
+import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
+import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
+import { CLASS_NAMES } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
-/** Short notes for a device: bridge, SR-IOV role, host use. */
-export function deviceNotes(device: PciDevice, host: HostTopology, paint: Paint): string {
+/** Short notes for a device: bridge, SR-IOV role, host use, a twin with the same IDs. */
+export function deviceNotes(
+  device: PciDevice,
+  host: HostTopology,
+  paint: Paint,
+  twins: ReadonlyMap<string, string> = new Map(),
+): string {
   const notes: string[] = [];
   if (device.isBridge) notes.push(paint("dim", "bridge"));
   if (device.physfn !== null) notes.push(`VF of ${device.physfn}`);
   if (device.virtfns.length > 0) notes.push(`${device.virtfns.length} VFs`);
   if (device.bootVga === true) notes.push("boot VGA");
+  const twin = twins.get(device.address);
+  if (twin !== undefined) notes.push(`same IDs as ${twin}`);
   for (const use of host.hostUse?.filter((u) => u.address === device.address) ?? []) {
     notes.push(paint("yellow", `host: ${use.detail}`));
   }
   return notes.join(", ");
+}
+
+/**
+ * For each device whose vendor, device and subsystem IDs repeat an earlier device's, that
+ * device's address: a rule matching by IDs cannot tell them apart. Bridges, which the platform
+ * repeats by design and which stay with the host, are left out.
+ */
+export function sameIds(devices: readonly PciDevice[]): Map<string, string> {
+  const first = new Map<string, string>();
+  const twins = new Map<string, string>();
+  for (const d of devices) {
+    if (d.classCode.startsWith("06") || d.classCode.startsWith("13")) continue;
+    const key = `${d.vendorId}:${d.deviceId}:${d.subsystemVendorId}:${d.subsystemDeviceId}`;
+    const earlier = first.get(key);
+    if (earlier === undefined) first.set(key, d.address);
+    else twins.set(d.address, earlier);
+  }
+  return twins;
 }
 
 /** The human description of a device (`NVIDIA Corporation GP104 [GeForce GTX 1080]`). */
@@ -35,28 +62,114 @@ export function deviceLabel(device: PciDevice): string {
   return name === "" ? (device.className ?? "") : name;
 }
 
+/**
+ * Why the host needs `device`, judged as `plan` judges a device of its group when that group is
+ * asked for (platform functions, what the host uses now); `null` when it does not.
+ */
+export function hostCriticalOf(device: PciDevice, host: HostTopology): string | null {
+  const group = host.groups.find((g) => g.group === device.iommuGroup);
+  const cards = new Set((group?.devices ?? [device]).map((d) => cardOf(d.address)));
+  return hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });
+}
+
+/** The cells every device table shows, after its group column: IDs, slot, NUMA, driver, name. */
+export function deviceCells(d: PciDevice): string[] {
+  return [
+    d.address,
+    `${d.vendorId}:${d.deviceId}`,
+    d.subsystemVendorId === null ? "-" : `${d.subsystemVendorId}:${d.subsystemDeviceId ?? "?"}`,
+    d.classCode,
+    d.physicalSlot ?? "-",
+    d.numaNode === null ? "-" : String(d.numaNode),
+    d.driver ?? "-",
+  ];
+}
+
+/** The headers of {@link deviceCells}. */
+export const DEVICE_HEADERS = ["ADDRESS", "IDS", "SUBSYSTEM", "CLASS", "SLOT", "NUMA", "DRIVER"];
+
+/** `44:00.0` or `0000:44:00.0` (one function), `44:00` (every function of the card). */
+function matchesAddress(address: string, wanted: string): boolean {
+  const full = /^[0-9a-f]{4}:/i.test(wanted)
+    ? wanted.toLowerCase()
+    : `0000:${wanted.toLowerCase()}`;
+  return address === full || cardOf(address) === full;
+}
+
+/**
+ * `--class`: a class code prefix (`02`, `0200`, `010802`) or a config class name (`nvme`,
+ * `network`); `null` when it is neither.
+ */
+function classPrefixes(value: string): readonly string[] | null {
+  if (/^[0-9a-f]{2,6}$/i.test(value)) return [value.toLowerCase()];
+  return CLASS_NAMES[value.toLowerCase()] ?? null;
+}
+
+/** The devices `addresses` and `--class` name (all when neither is given); throws on a typo. */
+function selected(host: HostTopology, addresses: string[], klass: string | undefined): PciDevice[] {
+  const malformed = addresses.find((a) =>
+    !/^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}(\.[0-7])?$/i.test(a)
+  );
+  if (malformed !== undefined) {
+    throw new UsageError(
+      `"${malformed}" is not a PCI address (0000:44:00.0, 44:00.0, or 44:00 for a whole card)`,
+    );
+  }
+  let devices = host.devices;
+  if (addresses.length > 0) {
+    const unknown = addresses.filter((a) => !devices.some((d) => matchesAddress(d.address, a)));
+    if (unknown.length > 0) {
+      throw new Error(
+        `No device at ${unknown.join(", ")} on ${host.source}: 'passthrough devices' lists them`,
+      );
+    }
+    devices = devices.filter((d) => addresses.some((a) => matchesAddress(d.address, a)));
+  }
+  if (klass !== undefined) {
+    const prefixes = classPrefixes(klass);
+    if (prefixes === null) {
+      throw new Error(
+        `Unknown class "${klass}": give a class code prefix (02, 0200) or one of ${
+          Object.keys(CLASS_NAMES).join(", ")
+        }`,
+      );
+    }
+    devices = devices.filter((d) => prefixes.some((p) => d.classCode.startsWith(p)));
+  }
+  return devices;
+}
+
 /** Runs `passthrough devices`: a table, or the {@link PciDevice} objects as JSON. */
-export async function run({ values }: Parsed<typeof DEVICES>, io: CliIo): Promise<number> {
+export async function run(
+  { values, positionals }: Parsed<typeof DEVICES>,
+  io: CliIo,
+): Promise<number> {
   const host = await loadHost(values.sysfs);
+  const devices = selected(host, positionals, values.class);
   if (values.json) {
-    io.out(`${JSON.stringify(host.devices, null, 2)}\n`);
+    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalOf(d, host) }));
+    io.out(`${JSON.stringify(json, null, 2)}\n`);
     return 0;
   }
   const paint = painter(io.color);
-  const rows = host.devices.map((d) => [
-    d.address,
-    d.iommuGroup === null ? "-" : String(d.iommuGroup),
-    `${d.vendorId}:${d.deviceId}`,
-    d.classCode,
-    d.driver ?? "-",
-    deviceLabel(d),
-    deviceNotes(d, host, paint),
-  ]);
-  io.out(renderTable(
-    ["ADDRESS", "GROUP", "IDS", "CLASS", "DRIVER", "DEVICE", "NOTES"].map((h) => paint("bold", h)),
-    rows,
-    io.color,
-  ));
+  const twins = sameIds(host.devices);
+  const rows = devices.map((d) => {
+    const critical = hostCriticalOf(d, host);
+    const notes = [deviceNotes(d, host, paint, twins), critical ? paint("red", critical) : ""];
+    const [address, ...cells] = deviceCells(d);
+    return [
+      address!,
+      d.iommuGroup === null ? "-" : String(d.iommuGroup),
+      ...cells,
+      deviceLabel(d),
+      notes.filter((n) => n !== "").join(", "),
+    ];
+  });
+  const header = ["ADDRESS", "GROUP", ...DEVICE_HEADERS.slice(1), "DEVICE", "NOTES"];
+  const fit = values.wide || io.columns === undefined
+    ? undefined
+    : { width: io.columns, column: header.indexOf("DEVICE") };
+  io.out(renderTable(header.map((h) => paint("bold", h)), rows, io.color, fit));
   if (host.iommu === "absent") {
     io.out(paint("yellow", "No IOMMU groups: the IOMMU is off or absent on this host\n"));
   }

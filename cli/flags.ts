@@ -47,6 +47,8 @@ export interface Positional {
   readonly name: string;
   /** The usage error when it is absent; an argument without one is optional. */
   readonly missing?: string;
+  /** Whether it takes every remaining argument (`ADDRESS...`); only the last may. */
+  readonly variadic?: boolean;
 }
 
 /**
@@ -92,9 +94,9 @@ type FlagValue<F> = F extends BooleanFlag ? boolean
 /** The parsed values of `F`, by flag name. */
 export type FlagValues<F extends Flags> = { -readonly [K in keyof F]: FlagValue<F[K]> };
 
-type PositionalValues<P extends readonly Positional[]> = {
-  -readonly [I in keyof P]: P[I] extends { missing: string } ? string : string | undefined;
-};
+type PositionalValues<P extends readonly Positional[]> = P extends readonly [{ variadic: true }]
+  ? string[]
+  : { -readonly [I in keyof P]: P[I] extends { missing: string } ? string : string | undefined };
 
 /** A command line parsed against `S`'s flags and arguments: required positionals are present. */
 interface ParsedLine<S extends CommandSpec | SubcommandSpec> {
@@ -123,6 +125,43 @@ export type Run<S extends CommandSpec> = (parsed: Parsed<S>, io: CliIo) => Promi
 export const HELP_FLAG = {
   help: { type: "boolean", short: "h", help: "show this help" },
 } as const satisfies Flags;
+
+/**
+ * `--color WHEN`, which every command takes: `auto` (colour on a terminal unless `NO_COLOR` is
+ * set), `always` or `never`. `main` reads it before the command runs ({@link colorChoice}), since
+ * the output boundary escapes any colour it was not told to expect.
+ */
+export const COLOR_FLAG = {
+  color: {
+    type: "string",
+    value: "WHEN",
+    help: "colour: auto (on a terminal without NO_COLOR), always or never",
+  },
+} as const satisfies Flags;
+
+/**
+ * Whether to colour, from the last `--color WHEN` (or `--color=WHEN`) in `args`, the arguments of
+ * a command (none after `--`); `auto` when there is none. A {@link UsageError} for another value.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(colorChoice(["--json", "--color=never"], true), false);
+ * assertEquals(colorChoice(["--color", "always"], false), true);
+ * assertEquals(colorChoice([], true), true);
+ * ```
+ */
+export function colorChoice(args: readonly string[], auto: boolean): boolean {
+  let when = "auto";
+  args.forEach((arg, i) => {
+    if (arg === "--color") when = args[i + 1] ?? "";
+    else if (arg.startsWith("--color=")) when = arg.slice("--color=".length);
+  });
+  if (when === "always") return true;
+  if (when === "never") return false;
+  if (when === "auto") return auto;
+  throw new UsageError(`--color takes auto, always or never, not "${when}"`);
+}
 
 /** `--sysfs DIR`: discover from a captured tree instead of this host. */
 export const HOST_FLAGS = {
@@ -234,7 +273,9 @@ function optionsHelp(flags: Flags): string {
 
 /** `NAME ARG [OPTIONAL]`: a usage line's words after `passthrough`. */
 function usageWords(names: string[], positionals: readonly Positional[] | undefined): string {
-  const args = (positionals ?? []).map((p) => p.missing === undefined ? `[${p.name}]` : p.name);
+  const args = (positionals ?? []).map((p) =>
+    p.variadic === true ? `[${p.name}...]` : p.missing === undefined ? `[${p.name}]` : p.name
+  );
   return [...names, ...args].join(" ");
 }
 
@@ -327,7 +368,8 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
     throw new UsageError((error as Error).message.replace(/\. To specify.*$/s, ""));
   }
   const declared = spec.positionals ?? [];
-  if (parsed.positionals.length > declared.length) {
+  const variadic = declared.at(-1)?.variadic === true;
+  if (!variadic && parsed.positionals.length > declared.length) {
     throw new UsageError(`Unexpected argument "${parsed.positionals[declared.length]}"`);
   }
   declared.forEach((positional, i) => {
@@ -359,7 +401,7 @@ function parseSubcommandLine(
   }
   const sub = subcommands.find((c) => c.name === name);
   if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
-  const line = parseCommandLine(sub, parseOptions(sub.flags), rest);
+  const line = parseCommandLine(sub, parseOptions({ ...sub.flags, ...COLOR_FLAG }), rest);
   return { subcommand: sub.name, ...line };
 }
 
@@ -384,7 +426,7 @@ function parseSubcommandLine(
  *     io.out(`${values.sysfs ?? "/sys"}\n`);
  *     return Promise.resolve(0);
  *   }));
- * assertEquals(Object.keys(command.flags), ["sysfs", "help"]);
+ * assertEquals(Object.keys(command.flags), ["sysfs", "color", "help"]);
  * assertEquals(command.help.split("\n")[0], "Usage: passthrough count [options]");
  * ```
  */
@@ -395,6 +437,7 @@ export function defineCommand<S extends CommandSpec>(
   const subcommands = spec.subcommands;
   const flags: Flags = {
     ...(subcommands === undefined ? spec.flags : subcommandFlags(spec, subcommands)),
+    ...COLOR_FLAG,
     ...HELP_FLAG,
   };
   // Both are built on first use: every start builds the whole command table, and runs one command.

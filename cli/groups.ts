@@ -1,11 +1,11 @@
 /**
  * `passthrough groups`: the host's IOMMU groups with their members, bridges and host-critical
- * members marked, or `[{ group, devices }]` as JSON.
+ * members marked, or `[{ group, hostCritical, devices }]` as JSON; narrowed to groups by number.
  *
  * @module
  */
 
-import type { CliIo } from "./context.ts";
+import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
@@ -13,7 +13,7 @@ import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
-import { deviceLabel, deviceNotes } from "./devices.ts";
+import { DEVICE_HEADERS, deviceCells, deviceLabel, deviceNotes, sameIds } from "./devices.ts";
 
 /**
  * Why each member of `group` is needed by the host (platform function or in use right now),
@@ -29,11 +29,48 @@ export function hostCriticalMembers(group: IommuGroup, host: HostTopology): Map<
   return reasons;
 }
 
-/** Runs `passthrough groups`: a table, or `[{ group, devices }]` as JSON. */
-export async function run({ values }: Parsed<typeof GROUPS>, io: CliIo): Promise<number> {
+/** The groups `wanted` names (all when none is); throws on a group the host does not have. */
+function selected(host: HostTopology, wanted: string[]): IommuGroup[] {
+  const malformed = wanted.find((w) => !/^\d+$/.test(w));
+  if (malformed !== undefined) {
+    throw new UsageError(`"${malformed}" is not an IOMMU group number`);
+  }
+  const unknown = wanted.filter((w) => !host.groups.some((g) => String(g.group) === w));
+  if (unknown.length > 0) {
+    const numbers = host.groups.map((g) => g.group);
+    const range = numbers.length === 0
+      ? "it has none"
+      : `it has ${Math.min(...numbers)} to ${Math.max(...numbers)}`;
+    throw new Error(`No IOMMU group ${unknown.join(", ")} on ${host.source}: ${range}`);
+  }
+  return wanted.length === 0
+    ? host.groups
+    : host.groups.filter((g) => wanted.includes(String(g.group)));
+}
+
+/**
+ * Runs `passthrough groups`: a table (every row with its group's number and status), or
+ * `[{ group, hostCritical, devices }]` as JSON, each device with its `hostCritical` reason.
+ */
+export async function run(
+  { values, positionals }: Parsed<typeof GROUPS>,
+  io: CliIo,
+): Promise<number> {
   const host = await loadHost(values.sysfs);
+  const groups = selected(host, positionals);
   if (values.json) {
-    io.out(`${JSON.stringify(host.groups, null, 2)}\n`);
+    const json = groups.map((group) => {
+      const critical = hostCriticalMembers(group, host);
+      return {
+        group: group.group,
+        hostCritical: critical.size > 0,
+        devices: group.devices.map((d) => ({
+          ...d,
+          hostCritical: critical.get(d.address) ?? null,
+        })),
+      };
+    });
+    io.out(`${JSON.stringify(json, null, 2)}\n`);
     return 0;
   }
   const paint = painter(io.color);
@@ -45,33 +82,28 @@ export async function run({ values }: Parsed<typeof GROUPS>, io: CliIo): Promise
     );
     return 0;
   }
+  const twins = sameIds(host.devices);
   const rows: string[][] = [];
-  for (const group of host.groups) {
+  for (const group of groups) {
     const critical = hostCriticalMembers(group, host);
-    group.devices.forEach((d, i) => {
+    for (const d of group.devices) {
       const reason = critical.get(d.address);
-      const notes = [deviceNotes(d, host, paint), reason ? paint("red", reason) : ""]
+      const notes = [deviceNotes(d, host, paint, twins), reason ? paint("red", reason) : ""]
         .filter((n) => n !== "").join(", ");
-      const status = i > 0 ? "" : critical.size > 0 ? paint("red", "host-critical") : "";
       rows.push([
-        i === 0 ? String(group.group) : "",
-        status,
-        d.address,
-        `${d.vendorId}:${d.deviceId}`,
-        d.classCode,
-        d.driver ?? "-",
+        String(group.group),
+        critical.size > 0 ? paint("red", "host-critical") : "",
+        ...deviceCells(d),
         d.isBridge ? paint("dim", deviceLabel(d)) : deviceLabel(d),
         notes,
       ]);
-    });
+    }
   }
-  io.out(renderTable(
-    ["GROUP", "STATUS", "ADDRESS", "IDS", "CLASS", "DRIVER", "DEVICE", "NOTES"].map((h) =>
-      paint("bold", h)
-    ),
-    rows,
-    io.color,
-  ));
+  const header = ["GROUP", "STATUS", ...DEVICE_HEADERS, "DEVICE", "NOTES"];
+  const fit = values.wide || io.columns === undefined
+    ? undefined
+    : { width: io.columns, column: header.indexOf("DEVICE") };
+  io.out(renderTable(header.map((h) => paint("bold", h)), rows, io.color, fit));
   if (host.hostUse === null) {
     io.out(
       `${

@@ -42,10 +42,21 @@ function lineReader(): () => Promise<string | null> {
   };
 }
 
+/** The terminal's width, or `undefined` when the system does not say. */
+function terminalColumns(): number | undefined {
+  try {
+    return Deno.consoleSize().columns || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The process's own stdout/stderr/stdin and environment. */
 export function defaultIo(): CliIo {
   const noColor = (Deno.env.get("NO_COLOR") ?? "") !== "";
+  const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
   return {
+    ...(columns === undefined ? {} : { columns }),
     out: (text) => void Deno.stdout.writeSync(encoder.encode(text)),
     err: (text) => void Deno.stderr.writeSync(encoder.encode(text)),
     color: !noColor && Deno.stdout.isTerminal(),

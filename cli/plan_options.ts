@@ -15,6 +15,7 @@ import { planHostdevs } from "../lib/plan/plan.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
+import { didYouMean } from "./suggest.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
 
@@ -97,14 +98,17 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
   };
 }
 
-/** Checks `--vm` names against the config (usage error for a VM it does not name). */
+/**
+ * Checks `--vm` names against the config: a runtime error (the command line is well formed, the
+ * config says otherwise) naming the closest VM and every one it names.
+ */
 function checkVmNames(config: Config, vms: readonly string[] | undefined): void {
   const names = config.vms.map((vm) => vm.name);
   for (const vm of vms ?? []) {
     if (!names.includes(vm)) {
-      throw new UsageError(
-        `VM "${vm}" is not in ${config.file}${
-          config.hosts === undefined ? "" : " for this host"
+      throw new Error(
+        `VM "${vm}" is not in ${config.file}${config.hosts === undefined ? "" : " for this host"}${
+          didYouMean(vm, names)
         }: it names ${names.map((n) => `"${n}"`).join(", ")}`,
       );
     }

@@ -17,6 +17,8 @@ import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { BackupNotFoundError } from "../lib/state/backups.ts";
+import { didYouMean } from "./suggest.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -51,13 +53,29 @@ function askRollback(
   return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
 }
 
+/**
+ * No backup of `vm` in `stateDir`: when libvirt defines no such VM either, most likely a typo, so
+ * the closest name and the defined VMs are named.
+ */
+function unknownVmError(vm: string, stateDir: string, defined: string[]): Error {
+  const where = `No backup of VM "${vm}" in ${stateDir}`;
+  if (defined.includes(vm)) {
+    return new Error(`${where}: 'passthrough apply' backs a VM up before it changes it`);
+  }
+  const list = defined.length === 0 ? "none" : defined.map((n) => `"${n}"`).join(", ");
+  return new Error(
+    `${where}, and libvirt defines no VM "${vm}"${didYouMean(vm, defined)}: defined VMs: ${list}`,
+  );
+}
+
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
 export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
   io: CliIo,
 ): Promise<number> {
   if (!values.yes && !io.interactive) {
-    throw new UsageError("No terminal to confirm on: pass --yes to roll back without asking");
+    // A runtime error (exit 1): the command line is right, this run has no terminal.
+    throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
   }
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
@@ -75,6 +93,10 @@ export async function run(
     confirm: values.yes
       ? () => Promise.resolve(true)
       : (preview) => askRollback(io, preview, values["show-secrets"]),
+  }).catch((error) => {
+    throw error instanceof BackupNotFoundError && error.ref === null
+      ? unknownVmError(vm, state.path, libvirt.listDomains().map((d) => d.name))
+      : error;
   });
   if (report.brokeStaleLock !== null) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -18,28 +18,61 @@ import {
   YES_FLAG,
 } from "./flags.ts";
 
+/** `--wide` of the device tables. */
+const TABLE_FLAGS = {
+  wide: { type: "boolean", help: "do not cut device names to fit the terminal" },
+} as const satisfies Flags;
+
+/** The JSON keys of `devices` and `groups`, with the config's spelling where it has one. */
+const JSON_KEYS_NOTE = `
+JSON keys of a device (the config's match key in brackets): address [address], vendorId
+[vendor_id], deviceId [device_id], subsystemVendorId [subsystem_vendor_id], subsystemDeviceId
+[subsystem_device_id], classCode [class], revision, vendorName, deviceName, className, driver,
+modules, iommuGroup, numaNode, physicalSlot, isBridge, physfn, virtfns, bootVga, flr, serial,
+and hostCritical: why the host needs it (what 'plan' refuses), or null.`.trim();
+
 /** `passthrough devices`. */
 export const DEVICES = {
   name: "devices",
   summary: "list the host's PCI devices",
+  positionals: [{ name: "ADDRESS", variadic: true }],
   flags: {
-    json: { type: "boolean", help: "print the device objects as JSON (the PciDevice fields)" },
+    class: {
+      type: "string",
+      value: "CLASS",
+      help:
+        "only this class: a class code prefix (02, 0108) or a config class name (nvme, network)",
+    },
+    ...TABLE_FLAGS,
+    json: { type: "boolean", help: "print the device objects as JSON (keys below)" },
     ...HOST_FLAGS,
   },
-  about: "Lists every PCI function with its IDs, class, driver and IOMMU group.",
+  about: `
+Lists every PCI function (or those at ADDRESS: 0000:44:00.0, 44:00.0, or 44:00 for every
+function of a card) with its IOMMU group, IDs, subsystem IDs, class, physical slot, NUMA node,
+driver and name. Notes mark bridges, SR-IOV, devices with the same IDs as another (a rule
+matching by IDs cannot tell them apart) and what the host needs (as 'plan' judges it).`.trim(),
+  notes: JSON_KEYS_NOTE,
 } as const satisfies CommandSpec;
 
 /** `passthrough groups`. */
 export const GROUPS = {
   name: "groups",
   summary: "list the host's IOMMU groups",
+  positionals: [{ name: "GROUP", variadic: true }],
   flags: {
-    json: { type: "boolean", help: `print [{ "group": N, "devices": [...] }] as JSON` },
+    ...TABLE_FLAGS,
+    json: {
+      type: "boolean",
+      help: `print [{ "group": N, "hostCritical": BOOL, "devices": [...] }] as JSON (keys below)`,
+    },
     ...HOST_FLAGS,
   },
   about: `
-Lists IOMMU groups: a group passes to a guest as a whole (bridges excepted). Groups holding
-devices the host needs (platform functions, its disks, its network) are marked.`.trim(),
+Lists IOMMU groups (or the groups numbered GROUP): a group passes to a guest as a whole (bridges
+excepted). Groups holding devices the host needs (platform functions, its disks, its network)
+are marked host-critical on each of their rows, as 'plan' judges them.`.trim(),
+  notes: JSON_KEYS_NOTE,
 } as const satisfies CommandSpec;
 
 /** `passthrough snapshot OUT`. */
@@ -109,8 +142,8 @@ One process plans one host. With a hosts: section in the config, that is the sec
 NAME or of this machine's host name (named on stderr); a config with no such section is an
 error. Several hosts: run passthrough on each (ansible/passthrough.yml, docs/FLEET.md).
 
-Exit codes: 0 ok, 1 refused or failed, 2 usage error (or changes pending with
---detailed-exitcode).`.trim(),
+Exit codes: 0 ok, 1 refused or failed, 2 usage error. With --detailed-exitcode: 0 no changes,
+2 changes pending, 1 on any error (usage errors included, so 2 always means changes).`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough apply`. */

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Installs what passthrough needs, idempotently: Deno (pinned in tools/deno/package-lock.json, from npm) and,
+# Installs what passthrough needs, idempotently: Deno (pinned in tools/deno/package-lock.json; a deno
+# already on PATH is used when it is that version, else it comes from npm) and,
 # when running as root, the Debian packages (libvirt, lspci, the QEMU driver for the e2e tests).
 # Usage: scripts/setup.sh [runtime|test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
 
-if [ ! -x tools/deno/node_modules/.bin/deno ]; then
-  command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first)" >&2; exit 1; }
-  echo "setup: installing Deno from npm (pinned in tools/deno/package-lock.json)" >&2
+# The pinned version, from the lock's own entry for the deno package.
+pinned=$(awk '/"node_modules\/deno"/ { found = 1 } found && /"version"/ { gsub(/[",]/, "", $2); print $2; exit }' \
+  tools/deno/package-lock.json)
+on_path=$(command -v deno 2>/dev/null || true)
+if [ -x tools/deno/node_modules/.bin/deno ]; then
+  : # installed by an earlier run
+elif [ -n "$on_path" ] && [ "$("$on_path" --version 2>/dev/null | awk 'NR == 1 { print $2 }')" = "$pinned" ]; then
+  # bin/passthrough and quickstart.sh fall back to the deno on PATH, so one of the pinned version
+  # is used as is.
+  echo "setup: using deno $pinned from PATH ($on_path)" >&2
+else
+  command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first), or put deno $pinned on PATH" >&2; exit 1; }
+  echo "setup: installing Deno $pinned from npm (pinned in tools/deno/package-lock.json)" >&2
   # Not `npm ci`: npm records only this platform's optional Deno binary in the lock, and `ci`
   # then refuses the lock as incomplete. `install` honours the lock (exact version, integrity)
   # and leaves it unchanged.

@@ -78,17 +78,36 @@ function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
   return null;
 }
 
-function iommuHint(host: HostTopology): string {
-  const vendor = host.devices.find((d) => d.classCode.startsWith("0600"))?.vendorId;
-  const param = vendor === "8086"
-    ? "intel_iommu=on"
-    : vendor === "1022"
-    ? "amd_iommu=on (usually on by default)"
-    : "intel_iommu=on (Intel) or amd_iommu=on (AMD)";
-  return `Enable VT-d/AMD-Vi (IOMMU) in the firmware setup, add ${param} to the kernel command line, reboot, and check that /sys/kernel/iommu_groups is populated`;
+/** The CPU maker, whose IOMMU (VT-d or AMD-Vi) the hints name. */
+export type CpuVendor = "intel" | "amd" | null;
+
+/**
+ * The CPU maker: `vendor_id` in `/proc/cpuinfo` on a live host; for a captured tree (or when
+ * cpuinfo is unreadable) the host bridge's PCI vendor, which is the CPU maker's on x86.
+ */
+export function cpuVendor(options: DoctorOptions): CpuVendor {
+  if (options.live) {
+    const cpuinfo = options.reader.readText(`${options.procRoot ?? "/proc"}/cpuinfo`) ?? "";
+    const id = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
+    if (id === "GenuineIntel") return "intel";
+    if (id === "AuthenticAMD" || id === "HygonGenuine") return "amd";
+  }
+  const bridge = options.host.devices.find((d) => d.classCode.startsWith("0600"))?.vendorId;
+  return bridge === "8086" ? "intel" : bridge === "1022" || bridge === "1d94" ? "amd" : null;
 }
 
-function checkIommu(host: HostTopology): DoctorFinding {
+function iommuHint(vendor: CpuVendor): string {
+  const check = "reboot, and check that /sys/kernel/iommu_groups is populated";
+  if (vendor === "intel") {
+    return `Enable VT-d in the firmware setup, add intel_iommu=on to the kernel command line, ${check}`;
+  }
+  if (vendor === "amd") {
+    return `Enable the IOMMU (AMD-Vi; "IOMMU" or "AMD-Vi" in the firmware setup, next to SVM), make sure the kernel command line has no amd_iommu=off or iommu=off (amd_iommu=on is the default), ${check}`;
+  }
+  return `Enable VT-d (Intel) or AMD-Vi (AMD) in the firmware setup, add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line, ${check}`;
+}
+
+function checkIommu(host: HostTopology, vendor: CpuVendor): DoctorFinding {
   if (host.iommu === "enabled") {
     return {
       check: "iommu",
@@ -101,11 +120,15 @@ function checkIommu(host: HostTopology): DoctorFinding {
     check: "iommu",
     status: "fail",
     summary: "No IOMMU groups: the IOMMU is off or absent, so no device can be isolated",
-    hint: iommuHint(host),
+    hint: iommuHint(vendor),
   };
 }
 
-function checkInterruptRemapping(options: DoctorOptions): DoctorFinding {
+/**
+ * `null` on a captured tree whose command line says nothing against remapping: the IOMMU units
+ * are not part of a tree, so there is nothing to judge and nothing the user could do.
+ */
+function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): DoctorFinding | null {
   const { host, reader, live } = options;
   const sysRoot = options.sysRoot ?? "/sys";
   const cmdline = host.kernelCmdline;
@@ -140,14 +163,7 @@ function checkInterruptRemapping(options: DoctorOptions): DoctorFinding {
       hint: "Enable the IOMMU first (see the iommu check)",
     };
   }
-  if (!live) {
-    return {
-      check: "interrupt-remapping",
-      status: "warn",
-      summary: "Unknown for a captured tree (the IOMMU units are not part of it)",
-      hint: "Run 'passthrough doctor' on the host itself",
-    };
-  }
+  if (!live) return null;
   const units = reader.listDir(`${sysRoot}/class/iommu`) ?? [];
   const intel = units.filter((u) => u.startsWith("dmar"));
   const amd = units.filter((u) => u.startsWith("ivhd"));
@@ -186,13 +202,20 @@ function checkInterruptRemapping(options: DoctorOptions): DoctorFinding {
     check: "interrupt-remapping",
     status: "warn",
     summary: "IOMMU groups exist but no IOMMU unit is listed under /sys/class/iommu",
-    hint: "Check the kernel log as root: dmesg | grep -i remapping",
+    hint: `Check the kernel log as root: ${
+      vendor === "amd"
+        ? "dmesg | grep -i AMD-Vi"
+        : vendor === "intel"
+        ? "dmesg | grep -i -e DMAR -e remapping"
+        : "dmesg | grep -i -e DMAR -e AMD-Vi -e remapping"
+    }`,
   };
 }
 
 const VFIO_PCI_FILES = ["vfio-pci.ko", "vfio-pci.ko.xz", "vfio-pci.ko.zst", "vfio-pci.ko.gz"];
 
-function checkVfioPci(options: DoctorOptions): DoctorFinding {
+/** `null` on a captured tree without a device bound to vfio-pci: its modules are not in a tree. */
+function checkVfioPci(options: DoctorOptions): DoctorFinding | null {
   const { host, reader, live } = options;
   const bound = host.devices.filter((d) => d.driver === "vfio-pci").length;
   if (!live) {
@@ -203,12 +226,7 @@ function checkVfioPci(options: DoctorOptions): DoctorFinding {
         summary: `vfio-pci is bound to ${bound} devices in the captured tree`,
         hint: null,
       }
-      : {
-        check: "vfio-pci",
-        status: "warn",
-        summary: "Unknown for a captured tree (no device is bound to vfio-pci in it)",
-        hint: "Run 'passthrough doctor' on the host itself",
-      };
+      : null;
   }
   const sysRoot = options.sysRoot ?? "/sys";
   if (reader.listDir(`${sysRoot}/bus/pci/drivers/vfio-pci`) !== null) {
@@ -390,7 +408,8 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
 
 /**
  * Runs every check. The libvirt check runs only when a probe is given, the hook check only with
- * hook facts.
+ * hook facts; on a captured tree, checks it cannot answer (IOMMU units, kernel modules) are
+ * left out rather than reported as unknown. Hints name the CPU maker's IOMMU ({@link cpuVendor}).
  *
  * @example
  * ```ts
@@ -400,17 +419,18 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
  *   groupInconsistencies: [], kernelCmdline: "quiet pcie_acs_override=downstream", hostUse: [] };
  * const findings = runDoctor({ host, reader: denoFsReader(), live: false });
  * assertEquals(findings.map((f) => [f.check, f.status]), [
- *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["vfio-pci", "warn"], ["acs-override", "warn"],
+ *   ["iommu", "fail"], ["interrupt-remapping", "fail"], ["acs-override", "warn"],
  * ]);
  * ```
  */
 export function runDoctor(options: DoctorOptions): DoctorFinding[] {
+  const vendor = cpuVendor(options);
   const findings = [
-    checkIommu(options.host),
-    checkInterruptRemapping(options),
+    checkIommu(options.host, vendor),
+    checkInterruptRemapping(options, vendor),
     checkVfioPci(options),
     checkAcsOverride(options.host),
-  ];
+  ].filter((f) => f !== null);
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
   if (options.hook !== undefined) findings.push(checkHook(options.hook));
   return findings;

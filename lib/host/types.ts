@@ -2,7 +2,8 @@
  * The host's PCI picture as plain data. Every module that reasons about devices speaks these
  * types; discovery (sysfs + lspci, or libvirt's node-device API) produces them.
  *
- * Field names are a contract: `devices --json` and `groups --json` print these objects as is.
+ * Field names are a contract: `devices --json` and `groups --json` print these objects, each
+ * device with one more key, `hostCritical` (`passthrough devices --help` lists the keys).
  *
  * @module
  */

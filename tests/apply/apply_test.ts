@@ -496,11 +496,15 @@ async function demoSetup(): Promise<{ root: string; args: string[] } & AsyncDisp
   };
 }
 
-Deno.test("passthrough apply refuses to run without a terminal unless --yes (exit 2)", async () => {
+Deno.test("passthrough apply refuses to run without a terminal unless --yes (exit 1, one line)", async () => {
   await using demo = await demoSetup();
   const result = await runCli(["apply", ...demo.args], { flags: ["-A"], stdin: "y\ny\n" });
-  assertEquals(result.code, 2);
-  assertMatch(result.stderr, /No terminal to confirm on: pass --yes/);
+  assertEquals(result.code, 1);
+  // A runtime error: one line with its fix, no usage dump.
+  assertEquals(
+    result.stderr,
+    "passthrough apply: No terminal to confirm on: pass --yes to apply without asking\n",
+  );
   assertEquals(listBackups(`${demo.root}/state`), []);
 });
 

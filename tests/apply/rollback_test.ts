@@ -306,8 +306,11 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
       "--state-dir",
       stateDir,
     ]);
-    assertEquals(noTerminal.code, 2);
-    assertMatch(noTerminal.stderr, /pass --yes/);
+    assertEquals(noTerminal.code, 1);
+    assertEquals(
+      noTerminal.stderr,
+      "passthrough rollback: No terminal to confirm on: pass --yes to roll back without asking\n",
+    );
 
     const result = await cli([
       "rollback",

@@ -258,7 +258,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "apply without a terminal and without --yes refuses with exit 2 and changes nothing",
+  name: "apply without a terminal and without --yes refuses with exit 1 and changes nothing",
   ignore: unavailable !== null,
   async fn() {
     await using s = await scene();
@@ -266,7 +266,7 @@ Deno.test({
     const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir], {
       stdin: "y\ny\n",
     });
-    assertEquals(apply.code, 2);
+    assertEquals(apply.code, 1);
     assertMatch(apply.stderr, /--yes/);
     assertEquals(s.xml("win10"), before);
   },

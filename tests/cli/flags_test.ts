@@ -76,11 +76,18 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
     // The usage line names the positionals: `Usage: passthrough rollback VM [options]`, and the
     // first subcommand: `Usage: passthrough guard allow VM [options]`.
     const usage = command.help.split("\n")[0]!.split(" ").slice(3, -1);
+    // `devices [ADDRESS...]`, `groups [GROUP...]` take any number: checked below.
+    if (usage.at(-1)?.endsWith("...]")) continue;
     const words = usage.map((word) => /^[a-z]/.test(word) ? word : "one");
     const run = await runMain([command.name, ...words, "stray"]);
     assertEquals(run.code, 2, `${command.name}: ${run.err}`);
     assertMatch(run.err, new RegExp(`^passthrough ${command.name}: Unexpected argument "stray"`));
   }
+  assertMatch(
+    (await runMain(["devices", "44:00.0", "stray"])).err,
+    /^passthrough devices: "stray" is not a PCI address \(0000:44:00\.0, 44:00\.0, or 44:00/,
+  );
+  assertEquals((await runMain(["groups", "3", "x"])).code, 2);
   assertMatch((await runMain(["rollback", "--yes"])).err, /: Missing the VM to roll back\n/);
   assertMatch((await runMain(["snapshot"])).err, /: Missing the output directory\n/);
   assertMatch((await runMain(["guard", "allow"])).err, /: Missing the VM name\n/);
@@ -156,6 +163,7 @@ Deno.test("--help loads only the command table, and each command only what it us
       "cli/flags.ts",
       "cli/io.ts",
       "cli/specs.ts",
+      "cli/suggest.ts",
       "cli/version.ts",
       "lib/domain/secrets.ts",
       "lib/render/colors.ts",

@@ -189,6 +189,31 @@ Deno.test("runDoctor() fails without IOMMU and names the AMD parameter on AMD ho
   });
 });
 
+Deno.test("runDoctor() gives AMD hints on an AMD CPU and Intel hints on an Intel one, from cpuinfo", async () => {
+  // The host bridge says Intel; /proc/cpuinfo, read on a live host, wins.
+  const off = host({ iommu: "absent", groups: [] });
+  await withRoot({ "proc/cpuinfo": "processor\t: 0\nvendor_id\t: AuthenticAMD\n" }, (options) => {
+    const hint = find(runDoctor({ ...options, host: off }), "iommu").hint ?? "";
+    assertMatch(hint, /AMD-Vi/);
+    assertMatch(hint, /amd_iommu/);
+    assertEquals(/intel_iommu|VT-d/.test(hint), false, hint);
+    const remap = find(runDoctor({ ...options, host: host() }), "interrupt-remapping");
+    assertMatch(remap.hint ?? "", /dmesg \| grep -i AMD-Vi/);
+  });
+  await withRoot({ "proc/cpuinfo": "processor\t: 0\nvendor_id\t: GenuineIntel\n" }, (options) => {
+    const hint = find(runDoctor({ ...options, host: off }), "iommu").hint ?? "";
+    assertMatch(hint, /VT-d.*intel_iommu=on/);
+    assertEquals(/amd_iommu|AMD-Vi/.test(hint), false, hint);
+  });
+});
+
+Deno.test("runDoctor() on a captured tree leaves out what a tree cannot tell", async () => {
+  await withRoot({}, (options) => {
+    const findings = runDoctor({ ...options, live: false, host: host() });
+    assertEquals(findings.map((f) => f.check), ["iommu", "acs-override"]);
+  });
+});
+
 Deno.test("libvirtProbe() reaches the real libvirt test driver and reports a bad URI", async () => {
   await withRoot({}, (options) => {
     const ok = find(

@@ -1,0 +1,148 @@
+/**
+ * A consistent command line (issue 16): `help CMD` is `CMD --help`, `-V`, did-you-mean for
+ * commands and VM names, runtime errors as one line with their fix (exit 1, no usage dump),
+ * usage errors that do not read as "changes pending" under `--detailed-exitcode`, `--color`
+ * on every command, and config errors as JSON on stdout under `--json`. Run in process through
+ * `main()` on the demo world (real sysfs tree, real libvirt test driver).
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import type { CliIo } from "../../cli/context.ts";
+import { COMMANDS } from "../../cli/commands.ts";
+import { main } from "../../main.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+/** `main()` in process with what it printed; `color` as a terminal would report it. */
+async function run(
+  args: string[],
+  color = false,
+): Promise<{ code: number; out: string; err: string }> {
+  let out = "";
+  let err = "";
+  const io: CliIo = {
+    out: (text) => void (out += text),
+    err: (text) => void (err += text),
+    color,
+    interactive: false,
+    readLine: () => Promise.resolve(null),
+    env: () => undefined,
+  };
+  const code = await main(args, io);
+  return { code, out, err };
+}
+
+interface Scene extends AsyncDisposable {
+  dir: string;
+  host: string[];
+  plan: string[];
+}
+
+async function scene(): Promise<Scene> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-consistency-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  const host = ["--sysfs", `${dir}/sysfs`];
+  return {
+    dir,
+    host,
+    plan: [
+      "--config",
+      `${DEMO}passthrough_config.yaml`,
+      ...host,
+      "--connect",
+      `test://${DEMO}world.xml`,
+    ],
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+Deno.test("help CMD prints what CMD --help prints; -V is --version", async () => {
+  for (const command of COMMANDS) {
+    const help = await run(["help", command.name]);
+    assertEquals(help, await run([command.name, "--help"]), command.name);
+    assertEquals(help.code, 0);
+  }
+  assertEquals(await run(["-V"]), await run(["--version"]));
+  assertMatch((await run(["-V"])).out, /^passthrough \d+\.\d+\.\d+\n$/);
+});
+
+Deno.test("an unknown command gets a did-you-mean in one line, exit 2", async () => {
+  const typo = await run(["plna"]);
+  assertEquals(typo.code, 2);
+  assertEquals(
+    typo.err,
+    `passthrough: unknown command "plna" (did you mean "plan"?)\n` +
+      "Run 'passthrough --help' for the list of commands.\n",
+  );
+  assertMatch((await run(["help", "grops"])).err, /did you mean "groups"\?/);
+  // Nothing close: the list of commands.
+  assertMatch((await run(["zzzzzz"])).err, /Commands:\n/);
+});
+
+Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)", async () => {
+  const bad = await run(["plan", "--detailed-exitcode", "--bogus"]);
+  assertEquals(bad.code, 1);
+  assertMatch(bad.err, /Unknown option '--bogus'/);
+  assertEquals((await run(["plan", "--bogus"])).code, 2);
+});
+
+Deno.test("an unknown --vm is a runtime error: one line, the closest name, no usage", async () => {
+  await using s = await scene();
+  const typo = await run(["plan", ...s.plan, "--vm", "win1O"]);
+  assertEquals(typo.code, 1);
+  assertEquals(
+    typo.err,
+    `passthrough plan: VM "win1O" is not in ${DEMO}passthrough_config.yaml (did you mean "win10"?): it names "win10", "gentoo"\n`,
+  );
+});
+
+Deno.test("rollback of an unknown VM names the closest defined VM and lists them", async () => {
+  await using s = await scene();
+  const args = ["--yes", "--connect", `test://${DEMO}world.xml`, "--state-dir", `${s.dir}/state`];
+  const typo = await run(["rollback", "gentoox", ...args]);
+  assertEquals(typo.code, 1);
+  assertEquals(
+    typo.err,
+    `passthrough rollback: No backup of VM "gentoox" in ${s.dir}/state, and libvirt defines no VM "gentoox" (did you mean "gentoo"?): defined VMs: "gentoo", "win10"\n`,
+  );
+  const known = await run(["rollback", "win10", ...args]);
+  assertEquals(known.code, 1);
+  assertMatch(
+    known.err,
+    /^passthrough rollback: No backup of VM "win10" in .*: 'passthrough apply' backs/,
+  );
+  assertOk(!known.err.includes("Usage:"));
+});
+
+Deno.test("--color=always|never|auto on every command, declared once", async () => {
+  await using s = await scene();
+  for (const command of COMMANDS) assertOk("color" in command.flags, command.name);
+  const always = await run(["groups", ...s.host, "--color=always"]);
+  assertEquals(always.code, 0, always.err);
+  assertOk(always.out.includes("\x1b[1mGROUP"), always.out);
+  const never = await run(["groups", ...s.host, "--color", "never"], true);
+  assertOk(!never.out.includes("\x1b"), "--color never printed colour");
+  const auto = await run(["groups", ...s.host], true);
+  assertOk(auto.out.includes("\x1b[1mGROUP"), auto.out);
+  const bad = await run(["groups", ...s.host, "--color=sometimes"]);
+  assertEquals(bad.code, 2);
+  assertMatch(bad.err, /--color takes auto, always or never, not "sometimes"/);
+});
+
+Deno.test("plan --json prints config errors as JSON on stdout", async () => {
+  await using s = await scene();
+  const config = `${s.dir}/bad.yaml`;
+  await Deno.writeTextFile(config, "version: 1\nvms:\n  win10:\n    devise: []\n");
+  const args = ["--config", config, ...s.plan.slice(2)];
+  const result = await run(["plan", "--json", ...args]);
+  assertEquals(result.code, 1);
+  const json = JSON.parse(result.out);
+  assertEquals(json.error.kind, "config");
+  assertOk(json.error.problems.length >= 1);
+  assertEquals(json.error.problems[0].file, config);
+  assertEquals(json.error.problems[0].line, 4);
+  assertMatch(result.err, /Invalid config/);
+  // Without --json, stdout stays empty.
+  assertEquals((await run(["plan", ...args])).out, "");
+});

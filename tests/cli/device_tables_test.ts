@@ -1,0 +1,187 @@
+/**
+ * `devices` and `groups` answer the first questions (issue 16): tables fitted to the terminal
+ * (`--wide` to see whole names), subsystem, slot and NUMA columns, devices with the same IDs
+ * marked, filters by address, class and group, every group row numbered, and host-critical
+ * status in the table and in `--json` as `plan` judges it. In process through `main()` on the
+ * demo host (a real sysfs tree read with the real lspci) and the libvirt test driver.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import type { CliIo } from "../../cli/context.ts";
+import { main } from "../../main.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+async function run(
+  args: string[],
+  columns?: number,
+): Promise<{ code: number; out: string; err: string }> {
+  let out = "";
+  let err = "";
+  const io: CliIo = {
+    out: (text) => void (out += text),
+    err: (text) => void (err += text),
+    color: false,
+    interactive: false,
+    ...(columns === undefined ? {} : { columns }),
+    readLine: () => Promise.resolve(null),
+    env: () => undefined,
+  };
+  const code = await main(args, io);
+  return { code, out, err };
+}
+
+const dir = await Deno.makeTempDir({ prefix: "passthrough-tables-" });
+buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+const HOST = ["--sysfs", `${dir}/sysfs`];
+
+/** The data rows of a table (without its header). */
+function rows(out: string): string[][] {
+  return out.trimEnd().split("\n").slice(1).map((line) => line.split(/ {2,}/));
+}
+
+Deno.test("devices and groups fit the terminal, cutting names; --wide and pipes do not", async () => {
+  for (const command of ["devices", "groups"]) {
+    const fitted = await run([command, ...HOST], 120);
+    assertEquals(fitted.code, 0, fitted.err);
+    for (const line of fitted.out.trimEnd().split("\n")) {
+      assertOk(line.length <= 120, `${command}: ${line.length} columns: ${line}`);
+    }
+    assertOk(fitted.out.includes("…"), `${command}: no name was cut`);
+    const wide = await run([command, ...HOST, "--wide"], 120);
+    assertOk(!wide.out.includes("…"));
+    assertMatch(wide.out, /Starship\/Matisse Internal PCIe GPP Bridge 0 to bus\[E:B\]/);
+    // Not a terminal: nothing to fit.
+    assertEquals((await run([command, ...HOST])).out, wide.out);
+  }
+});
+
+Deno.test("devices shows subsystem, slot and NUMA, and marks devices with the same IDs", async () => {
+  const table = await run(["devices", ...HOST]);
+  const header = table.out.split("\n")[0]!.split(/ {2,}/);
+  assertEquals(header, [
+    "ADDRESS",
+    "GROUP",
+    "IDS",
+    "SUBSYSTEM",
+    "CLASS",
+    "SLOT",
+    "NUMA",
+    "DRIVER",
+    "DEVICE",
+    "NOTES",
+  ]);
+  // The two Starship USB controllers the refused demo config cannot tell apart.
+  const usb = rows(table.out).find((r) => r[0] === "0000:23:00.3");
+  assertEquals(usb?.at(-1), "same IDs as 0000:03:00.3");
+  // The first of them is not marked; bridges, alike by design, are not either.
+  assertOk(!rows(table.out).find((r) => r[0] === "0000:03:00.3")?.at(-1)?.includes("same IDs"));
+  assertOk(!table.out.includes("same IDs as 0000:00:01.0"));
+});
+
+Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named", async () => {
+  const tree = `${dir}/nic`;
+  const port = (bdf: string, group: number) => ({
+    bdf,
+    group,
+    class: "0x020000",
+    vendor: "0x8086",
+    device: "0x1533",
+    subsystem_vendor: "0x15d9",
+    subsystem_device: "0x1533",
+    driver: "igb",
+    revision: "0x03",
+    slot: "4",
+    numa_node: 1,
+  });
+  buildHostTree({ devices: [port("0000:44:00.0", 3), port("0000:44:00.1", 4)] }, tree);
+  const table = await run(["devices", "--sysfs", tree]);
+  assertEquals(table.code, 0, table.err);
+  const [first, second] = rows(table.out);
+  const cells = ["8086:1533", "15d9:1533", "020000", "4", "1", "igb"];
+  assertEquals(first?.slice(0, 8), ["0000:44:00.0", "3", ...cells]);
+  assertEquals(second?.slice(0, 8), ["0000:44:00.1", "4", ...cells]);
+  assertEquals(second?.at(-1), "same IDs as 0000:44:00.0");
+  assertOk(!first?.at(-1)?.includes("same IDs"));
+});
+
+Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one line, exit 1", async () => {
+  const card = await run(["devices", ...HOST, "21:00"]);
+  assertEquals(rows(card.out).map((r) => r[0]), ["0000:21:00.0", "0000:21:00.1"]);
+  const two = await run(["devices", ...HOST, "0000:4c:00.1", "21:00.0"]);
+  assertEquals(rows(two.out).map((r) => r[0]), ["0000:21:00.0", "0000:4c:00.1"]);
+  const nvme = await run(["devices", ...HOST, "--class", "nvme"]);
+  assertOk(rows(nvme.out).length > 0);
+  assertOk(rows(nvme.out).every((r) => r[4]!.startsWith("0108")), nvme.out);
+  const vga = await run(["devices", ...HOST, "--class", "0300", "--json"]);
+  assertEquals(
+    JSON.parse(vga.out).map((d: { classCode: string }) => d.classCode.slice(0, 4)),
+    ["0300", "0300", "0300"],
+  );
+  const missing = await run(["devices", ...HOST, "99:00.0"]);
+  assertEquals(missing.code, 1);
+  assertEquals(
+    missing.err,
+    `passthrough devices: No device at 99:00.0 on ${dir}/sysfs: 'passthrough devices' lists them\n`,
+  );
+  const badClass = await run(["devices", ...HOST, "--class", "gpus"]);
+  assertEquals(badClass.code, 1);
+  assertMatch(badClass.err, /^passthrough devices: Unknown class "gpus": give a class code/);
+});
+
+Deno.test("groups GROUP... narrows, and every row carries its group's number and status", async () => {
+  const table = await run(["groups", ...HOST, "11", "26"]);
+  assertEquals(table.code, 0, table.err);
+  const lines = rows(table.out);
+  assertEquals(lines.length, 10);
+  assertEquals(new Set(lines.map((r) => r[0])), new Set(["11", "26"]));
+  // Group 11 (host bridges) is host-critical on each of its 8 rows, not only the first.
+  assertEquals(lines.filter((r) => r[0] === "11" && r[1] === "host-critical").length, 8);
+  const missing = await run(["groups", ...HOST, "999"]);
+  assertEquals(missing.code, 1);
+  assertMatch(missing.err, /^passthrough groups: No IOMMU group 999 on .*: it has 0 to \d+\n$/);
+});
+
+Deno.test("host-critical in --json agrees with what plan refuses", async () => {
+  const groups = JSON.parse((await run(["groups", ...HOST, "10", "26", "--json"])).out);
+  assertEquals(
+    groups.map((g: { group: number; hostCritical: boolean }) => [g.group, g.hostCritical]),
+    [
+      [10, true],
+      [26, false],
+    ],
+  );
+  assertEquals(groups[0].devices.map((d: { hostCritical: string | null }) => d.hostCritical), [
+    "SMBus controller",
+    "ISA/LPC bridge",
+  ]);
+  const devices = JSON.parse((await run(["devices", ...HOST, "00:14", "21:00", "--json"])).out);
+  assertEquals(devices.map((d: { hostCritical: string | null }) => d.hostCritical), [
+    "SMBus controller",
+    "ISA/LPC bridge",
+    null,
+    null,
+  ]);
+  // plan refuses the SMBus controller as host-critical and takes the GPU.
+  const config = `${dir}/critical.yaml`;
+  await Deno.writeTextFile(
+    config,
+    `version: 1\nvms:\n  win10:\n    devices:\n      - name: smbus\n        match: { address: "0000:00:14.0" }\n`,
+  );
+  const plan = await run([
+    "plan",
+    "--json",
+    "--config",
+    config,
+    ...HOST,
+    "--connect",
+    `test://${DEMO}world.xml`,
+  ]);
+  const codes = JSON.parse(plan.out).vms.flatMap((vm: { errors: { code: string }[] }) =>
+    vm.errors.map((e) => e.code)
+  );
+  assertOk(codes.includes("group-contains-host-critical"), plan.out);
+});
+
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));

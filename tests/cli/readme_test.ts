@@ -1,0 +1,61 @@
+/**
+ * README is written for a user (issue 16): install, walkthrough, config, what to do after
+ * hardware changes and troubleshooting come in that order, the install explains the clone URL
+ * placeholder, putting `bin/passthrough` on PATH and where the config lives, and the test
+ * command says how long it takes. The two quick-start commands stay as they are.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+
+const README = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+
+/** The text of the `## NAME` section, up to the next `## `. */
+function section(name: string): string {
+  const start = README.indexOf(`\n## ${name}\n`);
+  assertOk(start >= 0, `README has no "## ${name}" section`);
+  const end = README.indexOf("\n## ", start + 1);
+  return README.slice(start, end < 0 ? undefined : end);
+}
+
+Deno.test("README: a user's sections in a user's order", () => {
+  const order = [
+    "Install",
+    "Walkthrough",
+    "The config",
+    "After hardware changes",
+    "Troubleshooting",
+  ];
+  const at = order.map((name) => README.indexOf(`\n## ${name}\n`));
+  assertOk(at.every((i) => i >= 0), `missing one of ${order.join(", ")}`);
+  assertEquals([...at].sort((a, b) => a - b), at, "sections out of order");
+  const headings = [...README.matchAll(/^## (.+)$/gm)].map((m) => m[1]);
+  assertEquals(headings[0], "Install", "Install comes first");
+});
+
+Deno.test("README: install explains the clone URL, PATH and where the config lives", () => {
+  const install = section("Install");
+  assertMatch(install, /\.\/quickstart\.sh demo/);
+  assertMatch(install, /\.\/quickstart\.sh test/);
+  assertMatch(install, /git clone <repository-url>/);
+  assertMatch(install, /replace `<repository-url>` with/);
+  assertMatch(install, /ln -s \S*bin\/passthrough \/usr\/local\/bin\/passthrough/);
+  assertMatch(install, /\/etc\/passthrough\/passthrough_config\.yaml/);
+  assertMatch(install, /PASSTHROUGH_CONFIG/);
+  assertMatch(install, /`test` takes about 5 to 7 minutes/);
+  assertMatch(install, /already on your PATH is used when it is that version/);
+});
+
+Deno.test("README: troubleshooting answers the first failures", () => {
+  const trouble = section("Troubleshooting");
+  for (
+    const symptom of [
+      /no IOMMU groups/,
+      /Cannot read config/,
+      /Cannot reach libvirt/,
+      /No terminal to confirm on/,
+      /ambiguous/,
+      /group-contains-host-critical/,
+      /refusing to start/,
+    ]
+  ) assertMatch(trouble, symptom);
+});
