@@ -21,6 +21,37 @@ import { checkConnectUri } from "./connect.ts";
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
 /** The config file used when neither `--config` nor `PASSTHROUGH_CONFIG` is given. */
 export const DEFAULT_CONFIG = "passthrough_config.yaml";
+/** Where a host keeps its config: tried after {@link DEFAULT_CONFIG} when neither is given. */
+export const HOST_CONFIG = "/etc/passthrough/passthrough_config.yaml";
+
+function isMissing(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound;
+  }
+}
+
+/**
+ * The config path: `--config`, else `$PASSTHROUGH_CONFIG`, else the first of
+ * {@link DEFAULT_CONFIG} and {@link HOST_CONFIG} that exists. None there: one line naming every
+ * path tried and how to name another.
+ */
+export function configPath(flag: string | undefined, io: CliIo): string {
+  const env = io.env(CONFIG_ENV);
+  const tried: [string, string][] = flag !== undefined
+    ? [[flag, "--config"]]
+    : env !== undefined
+    ? [[env, `$${CONFIG_ENV}`]]
+    : [[DEFAULT_CONFIG, "current directory"], [HOST_CONFIG, "host config"]];
+  const found = tried.find(([path]) => !isMissing(path));
+  if (found !== undefined) return found[0];
+  throw new Error(
+    `No config file: tried ${tried.map(([path, why]) => `${path} (${why})`).join(", ")}: ` +
+      `name one with --config FILE or $${CONFIG_ENV}; a host keeps it in ${HOST_CONFIG}`,
+  );
+}
 
 /** What {@link computePlan} needs, already parsed. */
 export interface PlanInputs {
@@ -134,7 +165,7 @@ export async function computePlan(
   io: CliIo,
   options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
 ): Promise<ComputedPlan> {
-  const loaded = await loadConfig(inputs.config ?? io.env(CONFIG_ENV) ?? DEFAULT_CONFIG);
+  const loaded = await loadConfig(configPath(inputs.config, io));
   const { config, sysfs, connect, sysfsKey, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
