@@ -115,11 +115,36 @@ export function deviceMatches(
   criteria: MatchCriteria,
   options: MatchOptions = {},
 ): boolean {
-  if (device.isBridge) return false;
+  return !device.isBridge && criteriaHold(device, criteria, options);
+}
+
+/** Whether `device` satisfies every criterion, bridge or not. */
+function criteriaHold(device: PciDevice, criteria: MatchCriteria, options: MatchOptions): boolean {
   for (const [field, , test] of CRITERIA) {
     if (criteria[field] !== undefined && !test(device, criteria, options)) return false;
   }
   return true;
+}
+
+/** How many closest devices a `no-match` lists before "and N more". */
+const NEAREST_SHOWN = 8;
+
+/** The `no-match` of a rule whose criteria fit only PCI bridges, which no guest gets. */
+function onlyBridgesIssue(rule: DeviceRule, bridges: readonly PciDevice[]): PlanIssue {
+  const shown = bridges.slice(0, NEAREST_SHOWN).map((d) => d.address).join(", ");
+  const cut = bridges.length - NEAREST_SHOWN;
+  const list = cut > 0 ? `${shown} and ${cut} more` : shown;
+  const are = bridges.length === 1 ? "is a PCI bridge" : "are PCI bridges";
+  return {
+    code: "no-match",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches no device it can take (${
+      describeCriteria(rule.match)
+    }): ${list} ${are}; bridges stay with the host: name the device behind it instead (see "passthrough devices")`,
+    vm: rule.vm,
+    rule: rule.name,
+    location: rule.location,
+    candidates: bridges.map(toCandidate),
+  };
 }
 
 interface HostIndex {
@@ -286,6 +311,14 @@ export function resolveRule(
   const units = unitsOf(matched);
   const base = { vm: rule.vm, rule: rule.name, location: rule.location };
   const wanted = rule.count === "all" ? Math.max(1, units.length) : rule.count;
+  if (units.length === 0) {
+    const bridges = possibleDevices(host, rule.match).filter((d) =>
+      d.isBridge && criteriaHold(d, rule.match, options)
+    );
+    if (bridges.length > 0) {
+      return { rule, devices: [], units: [], issue: onlyBridgesIssue(rule, bridges) };
+    }
+  }
   if (units.length === 0 || units.length < wanted) {
     const scored = host.devices
       .filter((d) => !d.isBridge)
@@ -293,9 +326,11 @@ export function resolveRule(
       .filter((s) => s.failed.length > 0);
     const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
     const best = Math.min(...scored.map((s) => s.failed.length));
-    const nearest = units.length > 0
+    const near = units.length > 0
       ? []
-      : scored.filter((s) => s.failed.length === best && best < total).slice(0, 8);
+      : scored.filter((s) => s.failed.length === best && best < total);
+    const nearest = near.slice(0, NEAREST_SHOWN);
+    const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
     const found = units.length === 0
       ? "matches no device"
       : `needs ${wanted} IOMMU groups but matches ${units.length}`;
@@ -304,7 +339,7 @@ export function resolveRule(
         nearest.map((s) =>
           `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
         ).join(", ")
-      }`
+      }${more}`
       : "";
     const candidates = units.length > 0 ? matched : nearest.map((s) => s.d);
     return {
