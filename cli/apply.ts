@@ -71,7 +71,7 @@ async function applyComputed(
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   io.out(
-    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color }),
+    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color, plan }),
   );
   return report.ok && !planHasErrors(plan) ? 0 : 1;
 }

@@ -162,7 +162,8 @@ function renderIssues(errors: readonly PlanIssue[], warnings: readonly PlanIssue
   for (const issue of grouped.filter((i) => i.info !== true)) {
     lines.push(...renderIssue(issue, "warning", paint));
   }
-  for (const issue of grouped.filter((i) => i.info === true)) {
+  // Moves have their own line under the diff; the `moved` notes are for --json.
+  for (const issue of grouped.filter((i) => i.info === true && i.code !== "moved")) {
     lines.push(...renderIssue(issue, "info", paint));
   }
   return lines;

@@ -223,25 +223,52 @@ function takeWanted(edit: Edit): void {
   }
 }
 
+/** `DDDD:BB:SS` of an address: the card its function belongs to. */
+function slotOf(address: PciAddress): string {
+  return address.slice(0, address.lastIndexOf("."));
+}
+
+/** A card an owned hostdev's record was found at, and what proved it. */
+interface MoveTarget {
+  closed: ClosedDevice;
+  evidence: string;
+}
+
 /**
  * Where the card an owned hostdev recorded now sits, among the devices being added: proven by
- * its serial, or by its IDs when it is the only such device on the host.
+ * its serial, or by its IDs when it is the only such device on the host, or when every device
+ * with its IDs is a function of one card (a dual-port NIC moved whole) at the same function.
  */
 function movedTarget(
   edit: Edit,
   record: DeviceIdentity,
   from: PciAddress,
   context: { host: HostTopology; claimed: ReadonlySet<PciAddress> },
-): ClosedDevice | undefined {
+): MoveTarget | undefined {
   const targets = edit.toAdd.filter((c) =>
     !context.claimed.has(c.device.address) && c.rule.name === record.rule &&
     sameIdentity(record, c.device)
   );
-  if (record.serial !== null) return targets[0];
+  if (record.serial !== null) {
+    return targets[0] && { closed: targets[0], evidence: "same IDs and serial" };
+  }
   const elsewhere = context.host.devices.filter((d) =>
     d.address !== from && sameIdentity(record, d)
   );
-  return targets.length === 1 && elsewhere.length === 1 ? targets[0] : undefined;
+  if (targets.length === 1 && elsewhere.length === 1) {
+    return {
+      closed: targets[0]!,
+      evidence: "same IDs and subsystem, the only such device on the host",
+    };
+  }
+  const oneCard = elsewhere.length > 1 &&
+    new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
+  const fn = from.slice(from.lastIndexOf("."));
+  const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
+  return same && {
+    closed: same,
+    evidence: `same IDs and subsystem, function ${fn.slice(1)} of the only such card on the host`,
+  };
 }
 
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
@@ -259,20 +286,25 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
       ? undefined
       : movedTarget(edit, record, have.address, { host: context.host, claimed });
     if (target !== undefined) {
-      claimed.add(target.device.address);
-      const serial = record.serial !== null;
+      const { closed, evidence } = target;
+      claimed.add(closed.device.address);
       plan.move.push({
         from: have.address,
-        to: target.device.address,
-        rule: target.rule.name,
-        evidence: serial
-          ? "same IDs and serial"
-          : "same IDs and subsystem, the only such device on the host",
+        to: closed.device.address,
+        rule: closed.rule.name,
+        evidence,
+      });
+      plan.warnings.push({
+        code: "moved",
+        message:
+          `Hostdev ${have.address} of "${plan.name}" (rule "${closed.rule.name}") moved to ${closed.device.address}, ${evidence}: the hostdev follows it`,
+        vm: plan.name,
+        rule: closed.rule.name,
+        devices: [have.address, closed.device.address],
+        info: true,
       });
       plan.reasoning.push(
-        `Moved from ${have.address} to ${target.device.address}, ${
-          serial ? "same IDs and serial" : "same IDs, the only such device"
-        } (rule "${target.rule.name}")`,
+        `Moved from ${have.address} to ${closed.device.address}, ${evidence} (rule "${closed.rule.name}")`,
       );
     } else if (!stillThere) {
       plan.warnings.push(driftWarning(plan.name, record, now, "it is removed"));

@@ -6,6 +6,8 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
 import type { Plan, PlanIssue, VmPlan } from "../../lib/plan/types.ts";
+import { renderApplyReport } from "../../cli/render_apply.ts";
+import type { ApplyReport } from "../../lib/apply/apply.ts";
 
 const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
 
@@ -86,4 +88,49 @@ Deno.test("a --vm summary says how many configured VMs it did not check", () => 
     summaryLine(summarizePlan(plan)),
     "No changes: win11 matches the config; 1 other VM not planned",
   );
+});
+
+Deno.test("apply counts a moved card as moved, not as an add and a remove", () => {
+  const moved = {
+    ...vm([], []),
+    name: "win11",
+    move: [
+      { from: "0000:01:00.0", to: "0000:0b:00.0", rule: "gpu", evidence: "same IDs and serial" },
+      { from: "0000:01:00.1", to: "0000:0b:00.1", rule: "gpu", evidence: "same IDs" },
+    ],
+  };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "/sys",
+    uri: "test:///default",
+    vms: [moved],
+    errors: [],
+    warnings: [],
+  };
+  const report: ApplyReport = {
+    uri: "test:///default",
+    stateDir: "/tmp/s",
+    brokeStaleLock: null,
+    vms: [{
+      vm: "win11",
+      status: "changed",
+      code: "applied",
+      message: 'Defined "win11"',
+      added: ["0000:0b:00.0", "0000:0b:00.1", "0000:0c:00.0"],
+      removed: ["0000:01:00.0", "0000:01:00.1"],
+      active: false,
+      effect: "next-start",
+      backup: null,
+      restored: false,
+      live: null,
+    }],
+    changed: ["win11"],
+    unchanged: [],
+    skipped: [],
+    failed: [],
+    liveFailed: [],
+    ok: true,
+  };
+  const first = renderApplyReport(report, { color: false, plan }).split("\n")[0]!;
+  assertMatch(first, /^changed win11 \(\+1 -0 hostdevs, 2 moved\): /);
 });

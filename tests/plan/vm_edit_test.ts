@@ -159,6 +159,35 @@ Deno.test("planHostdevs() moves a card found at a new address with the same IDs 
   });
 });
 
+Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one card", async () => {
+  // Issue 16: two functions with identical IDs and no serial are one card moving, not drift.
+  const port = (bdf: string) =>
+    dev({ bdf, group: 9, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const nicConfig = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n',
+  );
+  const before = host([...baseDevices(), port("0000:05:00.0"), port("0000:05:00.1")]);
+  const after = host([...baseDevices(), port("0000:06:00.0"), port("0000:06:00.1")]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: nicConfig, host: before, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: nicConfig, host: after, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.move.map((m) => [m.from, m.to]), [
+      ["0000:05:00.0", "0000:06:00.0"],
+      ["0000:05:00.1", "0000:06:00.1"],
+    ]);
+    assertEquals(vm.warnings.filter((w) => w.code === "drift"), []);
+    assertEquals(vm.remove, []);
+    // The `moved` code README promises, one per function, for --json.
+    assertEquals(
+      vm.warnings.filter((w) => w.code === "moved").map((w) => w.devices),
+      [["0000:05:00.0", "0000:06:00.0"], ["0000:05:00.1", "0000:06:00.1"]],
+    );
+  });
+});
+
 Deno.test("planHostdevs() reports drift when an owned address now holds another device", async () => {
   const swapped = host([
     ...baseDevices(),
