@@ -356,6 +356,23 @@ export function resolveRule(
       },
     };
   }
+  if (units.length > wanted && oneCard(matched)) {
+    return {
+      rule,
+      devices: [],
+      units: [],
+      issue: {
+        code: "ambiguous",
+        message:
+          `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} functions of one card (${
+            matched.map((d) => `${d.address} group ${d.iommuGroup ?? "none"}`).join(", ")
+          }), which the host splits into ${units.length} IOMMU groups, but takes ${wanted}: take the whole card with "all: true", or one function with "address"`,
+        ...base,
+        devices: matched.map((d) => d.address),
+        candidates: matched.map(toCandidate),
+      },
+    };
+  }
   if (units.length > wanted) {
     const separators = distinguishingCriteria(units);
     const list = units.map((u) =>
@@ -379,6 +396,12 @@ export function resolveRule(
     };
   }
   return { rule, devices: matched, units, issue: null };
+}
+
+/** Whether `devices` are several functions of one card (one `DDDD:BB:SS`). */
+function oneCard(devices: readonly PciDevice[]): boolean {
+  const slots = new Set(devices.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
+  return devices.length > 1 && slots.size === 1;
 }
 
 /** The addresses of a resolution, for messages. */

@@ -170,6 +170,20 @@ Deno.test('resolveRule() cuts a long closest list with "and N more"', () => {
   assertEquals(result.issue?.candidates?.length, 8);
 });
 
+Deno.test("resolveRule() recognises two functions of one card split into two IOMMU groups", () => {
+  const port = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521" });
+  const host = topologyFromDescription({
+    devices: [port("0000:0a:00.0", 20), port("0000:0a:00.1", 21)],
+  }, { source: "t" });
+  const result = resolveRule(rule('match: { vendor_device_id: "8086:1521" }'), host);
+  assertEquals(result.issue?.code, "ambiguous");
+  assertMatch(
+    result.issue?.message ?? "",
+    /matches 2 functions of one card \(0000:0a:00\.0 group 20, 0000:0a:00\.1 group 21\).*take the whole card with "all: true"/,
+  );
+});
+
 Deno.test("resolveRule() tells a 3D controller from a VGA controller by class name", () => {
   const laptop = realHost("laptop-hm87-gtx765m");
   assertEquals(
