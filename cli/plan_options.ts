@@ -16,6 +16,9 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
+import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
+import { resolveStateDirPath } from "../lib/state/state_dir.ts";
+import type { PlanIssue } from "../lib/plan/types.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
@@ -60,6 +63,8 @@ export interface PlanInputs {
   sysfs?: string | undefined;
   connect?: string | undefined;
   vm?: string[] | undefined;
+  /** `--state-dir`: where the start guard recorded its refusals (else the default). */
+  "state-dir"?: string | undefined;
   /** `--allow-uri-programs`: open a URI that makes libvirt run a program. */
   "allow-uri-programs"?: boolean | undefined;
 }
@@ -179,10 +184,42 @@ export async function computePlan(
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     options.onConnect?.(libvirt);
     const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });
+    addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
     return { plan, libvirt, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();
     throw error;
+  }
+}
+
+/** The issue for the start guard's last recorded refusal of a VM's start. */
+export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
+  const what = record.allowed ? "let it start once despite" : "refused it";
+  const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
+  return {
+    code: "guard-refused",
+    message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
+      record.refusals.map((r) => r.reason).join("; ")
+    }`,
+    vm: record.vm,
+    ...(devices.length > 0 ? { devices } : {}),
+  };
+}
+
+/**
+ * Shows, first among each planned VM's warnings, what the start guard last refused for it
+ * (recorded in the state directory's guard/refused). An unreadable directory is skipped: the
+ * record only informs.
+ */
+function addGuardRefusals(plan: Plan, stateDir: string): void {
+  let records: GuardRefusalRecord[];
+  try {
+    records = readRefusalRecords(stateDir);
+  } catch {
+    return;
+  }
+  for (const record of records) {
+    plan.vms.find((vm) => vm.name === record.vm)?.warnings.unshift(guardRefusalIssue(record));
   }
 }
 

@@ -29,7 +29,8 @@ export type IssueCode =
   | "unreadable-definition"
   | "vm-running"
   | "live-only-hostdev"
-  | "boot-order-conflict";
+  | "boot-order-conflict"
+  | "guard-refused";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {

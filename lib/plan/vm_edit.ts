@@ -152,17 +152,26 @@ function bootOrderConflicts(
     }));
 }
 
-/** A refused VM keeps its definition exactly as it is; stale hostdevs are still reported. */
+/**
+ * A refused VM keeps its definition exactly as it is. A stale hostdev (its address now holds
+ * another device or nothing) is then a refusal of its own, listed first: at the next start
+ * libvirt would hand whatever sits there to the guest.
+ */
 function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
+  const stale: PlanIssue[] = [];
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = context.byAddress.get(have.address);
     if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
       continue;
     }
-    const outcome = "it stays until the errors above are fixed and the plan is applied";
-    plan.warnings.push(driftWarning(plan.name, record, now, outcome));
+    const outcome =
+      `it stays in the definition while the refusals below stand, and at the next start libvirt would detach ${
+        now === undefined ? "whatever appears there" : "that device from the host"
+      } for the guest (the start guard refuses it): resolve them, or drop the rule, and apply`;
+    stale.push(driftWarning(plan.name, record, now, outcome));
   }
+  plan.errors.unshift(...stale);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
   return plan;

@@ -198,8 +198,9 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
     libvirt.define(applied.desiredXml);
     // The rule no longer matches: refused, and the stale hostdev is reported, not kept silently.
     const refused = vmOf(planHostdevs({ config: GPU_CONFIG, host: swapped, libvirt }), "win10");
-    assertEquals(refused.errors.map((e) => e.code), ["no-match"]);
-    const drift = refused.warnings.find((w) => w.code === "drift");
+    // Issue 13: the stale hostdev is a refusal of its own, listed before the rule's.
+    assertEquals(refused.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    const drift = refused.errors.find((w) => w.code === "drift");
     assertOk(drift);
     assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
     assertMatch(drift.message, /now holds 1002:73df/);
