@@ -333,6 +333,31 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
   };
 }
 
+/**
+ * A moved card keeps the guest address its old hostdev had, so the guest sees the same device
+ * where it was (no new driver install) and the diff shows the source address change at the same
+ * guest address, not one device becoming another.
+ */
+function keepGuestAddressOfMoves(
+  plan: VmPlan,
+  domain: ParsedDomain,
+  specs: Map<PciAddress, HostdevSpec>,
+): void {
+  for (const move of plan.move) {
+    const guest = domain.hostdevs.find((h) => h.address === move.from)?.guestAddress ?? null;
+    const spec = specs.get(move.to);
+    if (guest === null || spec === undefined) continue;
+    const { domain: d, bus, slot, function: fn } = pciAddressParts(guest.address);
+    spec.guestAddress = {
+      domain: d,
+      bus,
+      slot,
+      function: fn,
+      ...(guest.multifunction ? { multifunction: true } : {}),
+    };
+  }
+}
+
 /** The lists, records and desired XML from the decisions taken. */
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
@@ -342,6 +367,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     }
   }
   const specs = assignGuestSlots(toAdd, edit.firstMatched, domain, plan.reasoning);
+  keepGuestAddressOfMoves(plan, domain, specs);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

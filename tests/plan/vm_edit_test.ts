@@ -159,6 +159,30 @@ Deno.test("planHostdevs() moves a card found at a new address with the same IDs 
   });
 });
 
+Deno.test("planHostdevs() keeps a moved card's guest address", async () => {
+  // Issue 16: the moved GPU stays where the guest saw it, not wherever libvirt puts a new one.
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    const source = "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>";
+    assertOk(applied.desiredXml.includes(source));
+    const withGuest = applied.desiredXml.replace(
+      /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+      "$1\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+    );
+    assertOk(withGuest !== applied.desiredXml);
+    libvirt.define(withGuest);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    const gpu = parseDomainXml(vm.desiredXml).hostdevs.find((h) => h.address === "0000:0b:00.0");
+    assertEquals(gpu?.guestAddress?.address, "0000:00:07.0");
+  });
+});
+
 Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one card", async () => {
   // Issue 16: two functions with identical IDs and no serial are one card moving, not drift.
   const port = (bdf: string) =>
