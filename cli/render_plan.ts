@@ -123,7 +123,7 @@ function groupedIssue(issues: readonly PlanIssue[]): PlanIssue {
     ? `${rule}: ${n} functions without Function Level Reset: ${list}: they may not reset between guest boots (set "allow_no_flr: true" on ${rule} to silence this)`
     : first.code === "host-driver-in-use" && first.info === true
     ? `${rule}: ${n} functions are bound to host drivers: ${list}: libvirt detaches them when "${first.vm}" starts and the host loses them`
-    : `${rule}: ${n} functions: ${list}: ${first.message}`;
+    : `${rule}: ${n} functions are bound to host drivers and the rule has managed: false: ${list}: bind them to vfio-pci before "${first.vm}" starts`;
   return { ...first, message, devices: issues.flatMap((i) => i.devices ?? []) };
 }
 

@@ -134,3 +134,13 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
   const first = renderApplyReport(report, { color: false, plan }).split("\n")[0]!;
   assertMatch(first, /^changed win11 \(\+1 -0 hostdevs, 2 moved\): /);
 });
+
+Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with its fix", () => {
+  const text = renderVmPlan(vm([], perFunction("host-driver-in-use")), { color: false });
+  const lines = text.trimEnd().split("\n").slice(2);
+  assertEquals(lines.length, 1);
+  assertMatch(
+    lines[0]!,
+    /^ {2}warning \[host-driver-in-use\] rule "nic": 5 functions are bound to host drivers and the rule has managed: false: .* bind them to vfio-pci/,
+  );
+});
