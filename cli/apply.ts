@@ -9,7 +9,7 @@ import { redactedJson } from "../lib/render/redact.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
-import { type ComputedPlan, computePlan, planHasErrors } from "./plan_options.ts";
+import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./plan_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { renderApplyReport } from "./render_apply.ts";
@@ -57,6 +57,13 @@ async function applyComputed(
     lock: StateLock;
   },
 ): Promise<number> {
+  if (plan.example === true) {
+    throw new Error(
+      `Config ${plan.config} is the shipped example ("example: true"): apply refuses it. ` +
+        `Copy it to ${HOST_CONFIG}, adapt it to this host, delete the "example: true" line, ` +
+        `and name it with --config or $PASSTHROUGH_CONFIG`,
+    );
+  }
   if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);
   const report = await applyPlan(plan, {
     libvirt,
@@ -69,7 +76,7 @@ async function applyComputed(
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   io.out(
-    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color }),
+    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color, plan }),
   );
   const recorded = recordGuardPolicies(config, {
     flag: values["state-dir"],

@@ -18,11 +18,45 @@ import { type CliIo, UsageError } from "./context.ts";
 import { didYouMean } from "./suggest.ts";
 import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
+import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
+import { resolveStateDirPath } from "../lib/state/state_dir.ts";
+import type { PlanIssue } from "../lib/plan/types.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
 /** The config file used when neither `--config` nor `PASSTHROUGH_CONFIG` is given. */
 export const DEFAULT_CONFIG = "passthrough_config.yaml";
+/** Where a host keeps its config: tried after {@link DEFAULT_CONFIG} when neither is given. */
+export const HOST_CONFIG = "/etc/passthrough/passthrough_config.yaml";
+
+function isMissing(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound;
+  }
+}
+
+/**
+ * The config path: `--config`, else `$PASSTHROUGH_CONFIG`, else the first of
+ * {@link DEFAULT_CONFIG} and {@link HOST_CONFIG} that exists. None there: one line naming every
+ * path tried and how to name another.
+ */
+export function configPath(flag: string | undefined, io: CliIo): string {
+  const env = io.env(CONFIG_ENV);
+  const tried: [string, string][] = flag !== undefined
+    ? [[flag, "--config"]]
+    : env !== undefined
+    ? [[env, `$${CONFIG_ENV}`]]
+    : [[DEFAULT_CONFIG, "current directory"], [HOST_CONFIG, "host config"]];
+  const found = tried.find(([path]) => !isMissing(path));
+  if (found !== undefined) return found[0];
+  throw new Error(
+    `No config file: tried ${tried.map(([path, why]) => `${path} (${why})`).join(", ")}: ` +
+      `name one with --config FILE or $${CONFIG_ENV}; a host keeps it in ${HOST_CONFIG}`,
+  );
+}
 
 /** What {@link computePlan} needs, already parsed. */
 export interface PlanInputs {
@@ -31,6 +65,8 @@ export interface PlanInputs {
   sysfs?: string | undefined;
   connect?: string | undefined;
   vm?: string[] | undefined;
+  /** `--state-dir`: where the start guard recorded its refusals (else the default). */
+  "state-dir"?: string | undefined;
   /** `--allow-uri-programs`: open a URI that makes libvirt run a program. */
   "allow-uri-programs"?: boolean | undefined;
 }
@@ -167,7 +203,7 @@ export async function computePlan(
   io: CliIo,
   options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
 ): Promise<ComputedPlan> {
-  const loaded = await loadConfig(inputs.config ?? io.env(CONFIG_ENV) ?? DEFAULT_CONFIG);
+  const loaded = await loadConfig(configPath(inputs.config, io));
   const { config, sysfs, connect, sysfsKey, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
@@ -180,10 +216,42 @@ export async function computePlan(
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     options.onConnect?.(libvirt);
     const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });
+    addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
     return { plan, libvirt, config, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();
     throw error;
+  }
+}
+
+/** The issue for the start guard's last recorded refusal of a VM's start. */
+export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
+  const what = record.allowed ? "let it start once despite" : "refused it";
+  const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
+  return {
+    code: "guard-refused",
+    message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
+      record.refusals.map((r) => r.reason).join("; ")
+    }`,
+    vm: record.vm,
+    ...(devices.length > 0 ? { devices } : {}),
+  };
+}
+
+/**
+ * Shows, first among each planned VM's warnings, what the start guard last refused for it
+ * (recorded in the state directory's guard/refused). An unreadable directory is skipped: the
+ * record only informs.
+ */
+function addGuardRefusals(plan: Plan, stateDir: string): void {
+  let records: GuardRefusalRecord[];
+  try {
+    records = readRefusalRecords(stateDir);
+  } catch {
+    return;
+  }
+  for (const record of records) {
+    plan.vms.find((vm) => vm.name === record.vm)?.warnings.unshift(guardRefusalIssue(record));
   }
 }
 

@@ -8,6 +8,7 @@
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
+import type { Plan } from "../lib/plan/types.ts";
 
 const EFFECT: Record<string, string> = {
   "next-start": "takes effect at the next start",
@@ -31,6 +32,16 @@ function statusWord(result: VmApplyResult, paint: Paint): string {
 /** Options for {@link renderApplyReport}. */
 export interface RenderApplyOptions {
   color: boolean;
+  /** The plan applied: its moves are counted as moves, not as an add and a remove each. */
+  plan?: Plan;
+}
+
+/** `(+1 -0 hostdevs, 2 moved)`: a moved card's new address is not also counted as added. */
+function counts(result: VmApplyResult, plan: Plan | undefined): string {
+  const moved = plan?.vms.find((vm) => vm.name === result.vm)?.move.length ?? 0;
+  const m = Math.min(moved, result.added.length, result.removed.length);
+  const tail = m > 0 ? `, ${m} moved` : "";
+  return ` (+${result.added.length - m} -${result.removed.length - m} hostdevs${tail})`;
 }
 
 /** The report as lines of text ending with a newline. */
@@ -41,14 +52,12 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
     lines.push(paint("yellow", `Broke a stale lock left by pid ${report.brokeStaleLock.pid}`));
   }
   for (const result of report.vms) {
-    const counts = result.status === "changed"
-      ? ` (+${result.added.length} -${result.removed.length} hostdevs)`
-      : "";
+    const changed = result.status === "changed" ? counts(result, options.plan) : "";
     // The engine's message already says when a running VM's change lands; say it for the rest.
     const effect = result.effect !== null && !/takes effect/.test(result.message)
       ? `; ${EFFECT[result.effect] ?? result.effect}`
       : "";
-    lines.push(`${statusWord(result, paint)} ${result.vm}${counts}: ${result.message}${effect}`);
+    lines.push(`${statusWord(result, paint)} ${result.vm}${changed}: ${result.message}${effect}`);
     if (result.backup !== null) lines.push(`  backup: ${result.backup}`);
     if (result.restored) lines.push(`  the previous definition was restored from the backup`);
     for (const error of result.live?.errors ?? []) {

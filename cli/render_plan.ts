@@ -24,6 +24,10 @@ export interface PlanSummary {
   move: number;
   vmsWithErrors: number;
   warnings: number;
+  /** The VMs planned, in plan order. */
+  planned: string[];
+  /** How many configured VMs a selection (`--vm`) left out: they were not checked. */
+  unplanned: number;
 }
 
 /** Counts what the plan would change. */
@@ -36,7 +40,10 @@ export function summarizePlan(plan: Plan): PlanSummary {
     move: changing.reduce((n, vm) => n + vm.move.length, 0),
     vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +
       (plan.errors.length > 0 ? 1 : 0),
-    warnings: plan.warnings.length + plan.vms.reduce((n, vm) => n + vm.warnings.length, 0),
+    warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
+      .filter((w) => w.info !== true).length,
+    planned: plan.vms.map((vm) => vm.name),
+    unplanned: plan.unplanned?.length ?? 0,
   };
 }
 
@@ -46,8 +53,15 @@ function plural(n: number, one: string, many = `${one}s`): string {
 
 /** The one-line summary: `2 VMs to change, 3 hostdevs to add, 1 to remove`. */
 export function summaryLine(summary: PlanSummary): string {
+  const others = summary.unplanned === 0
+    ? ""
+    : `; ${plural(summary.unplanned, "other VM")} not planned`;
   if (summary.vmsToChange === 0 && summary.vmsWithErrors === 0) {
-    return "No changes: every VM matches the config";
+    if (summary.unplanned === 0) return "No changes: every VM matches the config";
+    const names = summary.planned.join(", ");
+    return `No changes: ${names} ${
+      summary.planned.length === 1 ? "matches" : "match"
+    } the config${others}`;
   }
   const parts = [
     `${plural(summary.vmsToChange, "VM")} to change`,
@@ -56,7 +70,7 @@ export function summaryLine(summary: PlanSummary): string {
   ];
   if (summary.move > 0) parts.push(`${summary.move} moved`);
   if (summary.vmsWithErrors > 0) parts.push(`${plural(summary.vmsWithErrors, "VM")} refused`);
-  return parts.join(", ");
+  return parts.join(", ") + others;
 }
 
 function candidateRow(c: Candidate): string {
@@ -75,13 +89,82 @@ function candidateRow(c: Candidate): string {
   ].join("  ");
 }
 
-function renderIssue(issue: PlanIssue, kind: "error" | "warning", paint: Paint): string[] {
-  const mark = kind === "error" ? paint("red", "refused") : paint("yellow", "warning");
+type IssueKind = "error" | "warning" | "info";
+
+function renderIssue(issue: PlanIssue, kind: IssueKind, paint: Paint): string[] {
+  const mark = kind === "error"
+    ? paint("red", "refused")
+    : kind === "warning"
+    ? paint("yellow", "warning")
+    : paint("dim", "note");
   const where = issue.location !== undefined ? `${issue.location}: ` : "";
   const lines = [`  ${mark} [${issue.code}] ${where}${issue.message}`];
   for (const candidate of issue.candidates ?? []) lines.push(`      ${candidateRow(candidate)}`);
   if (issue.override !== undefined && kind === "error") {
     lines.push(`      ${paint("dim", `override: ${issue.override}`)}`);
+  }
+  return lines;
+}
+
+/** The addresses of `issues` as a list cut after a few (`a, b, c and 4 more`). */
+function addressList(issues: readonly PlanIssue[]): string {
+  const all = issues.flatMap((i) => i.devices ?? []);
+  const shown = all.slice(0, 4).join(", ");
+  return all.length > 4 ? `${shown} and ${all.length - 4} more` : shown;
+}
+
+/** One issue standing for several of one rule and code, each about one device. */
+function groupedIssue(issues: readonly PlanIssue[]): PlanIssue {
+  const first = issues[0]!;
+  const n = issues.length;
+  const list = addressList(issues);
+  const rule = `rule "${first.rule}"`;
+  const message = first.code === "no-flr"
+    ? `${rule}: ${n} functions without Function Level Reset: ${list}: they may not reset between guest boots (set "allow_no_flr: true" on ${rule} to silence this)`
+    : first.code === "host-driver-in-use" && first.info === true
+    ? `${rule}: ${n} functions are bound to host drivers: ${list}: libvirt detaches them when "${first.vm}" starts and the host loses them`
+    : `${rule}: ${n} functions are bound to host drivers and the rule has managed: false: ${list}: bind them to vfio-pci before "${first.vm}" starts`;
+  return { ...first, message, devices: issues.flatMap((i) => i.devices ?? []) };
+}
+
+/**
+ * `issues` with those of one rule and code that each concern one device merged into one, so a
+ * rule on an eight-function card prints one line, not eight; first-seen order is kept.
+ */
+export function groupIssues(issues: readonly PlanIssue[]): PlanIssue[] {
+  const groups = new Map<string, PlanIssue[]>();
+  const order: (PlanIssue | string)[] = [];
+  for (const issue of issues) {
+    const groupable = issue.code === "no-flr" || issue.code === "host-driver-in-use";
+    if (!groupable || issue.rule === undefined || issue.devices?.length !== 1) {
+      order.push(issue);
+      continue;
+    }
+    const key = `${issue.code}\0${issue.vm}\0${issue.rule}`;
+    if (!groups.has(key)) {
+      groups.set(key, []);
+      order.push(key);
+    }
+    groups.get(key)!.push(issue);
+  }
+  return order.map((entry) => {
+    if (typeof entry !== "string") return entry;
+    const members = groups.get(entry)!;
+    return members.length === 1 ? members[0]! : groupedIssue(members);
+  });
+}
+
+/** Refusals first, then warnings, then notes; several of one rule and code on one line. */
+function renderIssues(errors: readonly PlanIssue[], warnings: readonly PlanIssue[], paint: Paint) {
+  const lines: string[] = [];
+  for (const issue of groupIssues(errors)) lines.push(...renderIssue(issue, "error", paint));
+  const grouped = groupIssues(warnings);
+  for (const issue of grouped.filter((i) => i.info !== true)) {
+    lines.push(...renderIssue(issue, "warning", paint));
+  }
+  // Moves have their own line under the diff; the `moved` notes are for --json.
+  for (const issue of grouped.filter((i) => i.info === true && i.code !== "moved")) {
+    lines.push(...renderIssue(issue, "info", paint));
   }
   return lines;
 }
@@ -117,22 +200,25 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
     lines.push("  why:");
     for (const reason of vm.reasoning) lines.push(`    - ${reason}`);
   }
-  for (const issue of vm.warnings) lines.push(...renderIssue(issue, "warning", paint));
-  for (const issue of vm.errors) lines.push(...renderIssue(issue, "error", paint));
+  lines.push(...renderIssues(vm.errors, vm.warnings, paint));
   // The plan holds definitions with their passwords; nothing printed shows them.
   return redactSecrets(lines.join("\n") + "\n");
+}
+
+/** The first line: which config the plan was computed from, and whether it is the example. */
+export function configLine(plan: Plan): string {
+  const example = plan.example === true
+    ? ': the shipped example ("example: true"): apply refuses it until that line is removed'
+    : "";
+  return `Config: ${plan.config}${example}\n`;
 }
 
 /** Renders the whole plan followed by its summary line. */
 export function renderPlan(plan: Plan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
-  const sections: string[] = [];
-  for (const issue of plan.errors) {
-    sections.push(renderIssue(issue, "error", paint).join("\n") + "\n");
-  }
-  for (const issue of plan.warnings) {
-    sections.push(renderIssue(issue, "warning", paint).join("\n") + "\n");
-  }
+  const sections: string[] = [configLine(plan)];
+  const global = renderIssues(plan.errors, plan.warnings, paint);
+  if (global.length > 0) sections.push(global.join("\n") + "\n");
   for (const vm of plan.vms) sections.push(renderVmPlan(vm, options));
   sections.push(paint("bold", summaryLine(summarizePlan(plan))) + "\n");
   return redactSecrets(sections.join("\n"));

@@ -259,6 +259,8 @@ export interface Config {
   file: string;
   /** The config format version; 1 is the only one. */
   version: 1;
+  /** `true` for the shipped example (`example: true`): `apply` refuses it. Absent otherwise. */
+  example?: true;
   /** The VMs under `vms:`, in file order. */
   vms: VmConfig[];
   /**
@@ -869,6 +871,7 @@ function readDocument(text: string, file: string): { ctx: Context; data: unknown
 /** The checked config normalised: hosts, then each VM with its rules, in file order. */
 function normaliseConfig(raw: RawConfig | undefined, ctx: Context): Config {
   const config: Config = { file: ctx.file, version: 1, vms: [] };
+  if (raw?.example === true) config.example = true;
   let declared: string[] | null = null;
   if (raw?.hosts !== undefined) {
     config.hosts = normaliseHosts(raw.hosts as Record<string, RawHostConfig | undefined>, ctx);

@@ -312,6 +312,11 @@ export const CONFIG_SCHEMA = {
   required: ["version", "vms"],
   properties: {
     version: { type: "integer", const: 1, description: "Config format version (1)" },
+    example: {
+      type: "boolean",
+      description:
+        "true marks the shipped example: plan shows it, apply refuses it until this line is removed",
+    },
     hosts: {
       type: "map",
       keyPattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$",

@@ -177,6 +177,7 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
       ...context,
       active: input.survey.active.get(name) ?? null,
     });
-    return other.warnings.filter((w) => w.code === "drift");
+    // A refused VM lists its stale hostdevs as refusals; plan-wide they are warnings.
+    return [...other.errors, ...other.warnings].filter((w) => w.code === "drift");
   });
 }

@@ -151,8 +151,12 @@ export function planWorld(options: PlanWorldOptions): Plan {
   };
   const settled = planUntilSettled(input);
   if (options.vms !== undefined) warnings.push(...driftOfOthers(input, settled));
+  const selected = new Set(input.selected);
+  const unplanned = config.vms.map((v) => v.name).filter((name) => !selected.has(name));
   return {
     config: config.file,
+    ...(config.example ? { example: true as const } : {}),
+    ...(unplanned.length > 0 ? { unplanned } : {}),
     host: host.source,
     uri: world.uri,
     vms: settled.vms,

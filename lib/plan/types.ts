@@ -29,7 +29,8 @@ export type IssueCode =
   | "unreadable-definition"
   | "vm-running"
   | "live-only-hostdev"
-  | "boot-order-conflict";
+  | "boot-order-conflict"
+  | "guard-refused";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {
@@ -77,6 +78,11 @@ export interface PlanIssue {
   vms?: string[];
   /** The config key that would allow this, e.g. `allow_host_critical: true`. */
   override?: string;
+  /**
+   * `true` for a warning that describes the normal flow rather than a risk (a managed hostdev's
+   * host driver, which libvirt detaches at start): shown as a note, not counted as a warning.
+   */
+  info?: true;
 }
 
 /**
@@ -223,6 +229,10 @@ export interface VmPlan {
 export interface Plan {
   /** Path of the config file it was computed from, as given. */
   config: string;
+  /** `true` when that config is the shipped example (`example: true`), which `apply` refuses. */
+  example?: true;
+  /** Configured VMs left out of the plan by a selection (`--vm`), in config order; absent: none. */
+  unplanned?: string[];
   /** Where the host data came from: `/sys`, a captured tree's path, or a libvirt URI. */
   host: string;
   /** The libvirt connection URI (`qemu:///system`, `test:///default`). */

@@ -152,17 +152,26 @@ function bootOrderConflicts(
     }));
 }
 
-/** A refused VM keeps its definition exactly as it is; stale hostdevs are still reported. */
+/**
+ * A refused VM keeps its definition exactly as it is. A stale hostdev (its address now holds
+ * another device or nothing) is then a refusal of its own, listed first: at the next start
+ * libvirt would hand whatever sits there to the guest.
+ */
 function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
+  const stale: PlanIssue[] = [];
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = context.byAddress.get(have.address);
     if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
       continue;
     }
-    const outcome = "it stays until the errors above are fixed and the plan is applied";
-    plan.warnings.push(driftWarning(plan.name, record, now, outcome));
+    const outcome =
+      `it stays in the definition while the refusals below stand, and at the next start libvirt would detach ${
+        now === undefined ? "whatever appears there" : "that device from the host"
+      } for the guest (the start guard refuses it): resolve them, or drop the rule, and apply`;
+    stale.push(driftWarning(plan.name, record, now, outcome));
   }
+  plan.errors.unshift(...stale);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
   return plan;
@@ -223,25 +232,52 @@ function takeWanted(edit: Edit): void {
   }
 }
 
+/** `DDDD:BB:SS` of an address: the card its function belongs to. */
+function slotOf(address: PciAddress): string {
+  return address.slice(0, address.lastIndexOf("."));
+}
+
+/** A card an owned hostdev's record was found at, and what proved it. */
+interface MoveTarget {
+  closed: ClosedDevice;
+  evidence: string;
+}
+
 /**
  * Where the card an owned hostdev recorded now sits, among the devices being added: proven by
- * its serial, or by its IDs when it is the only such device on the host.
+ * its serial, or by its IDs when it is the only such device on the host, or when every device
+ * with its IDs is a function of one card (a dual-port NIC moved whole) at the same function.
  */
 function movedTarget(
   edit: Edit,
   record: DeviceIdentity,
   from: PciAddress,
   context: { host: HostTopology; claimed: ReadonlySet<PciAddress> },
-): ClosedDevice | undefined {
+): MoveTarget | undefined {
   const targets = edit.toAdd.filter((c) =>
     !context.claimed.has(c.device.address) && c.rule.name === record.rule &&
     sameIdentity(record, c.device)
   );
-  if (record.serial !== null) return targets[0];
+  if (record.serial !== null) {
+    return targets[0] && { closed: targets[0], evidence: "same IDs and serial" };
+  }
   const elsewhere = context.host.devices.filter((d) =>
     d.address !== from && sameIdentity(record, d)
   );
-  return targets.length === 1 && elsewhere.length === 1 ? targets[0] : undefined;
+  if (targets.length === 1 && elsewhere.length === 1) {
+    return {
+      closed: targets[0]!,
+      evidence: "same IDs and subsystem, the only such device on the host",
+    };
+  }
+  const oneCard = elsewhere.length > 1 &&
+    new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
+  const fn = from.slice(from.lastIndexOf("."));
+  const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
+  return same && {
+    closed: same,
+    evidence: `same IDs and subsystem, function ${fn.slice(1)} of the only such card on the host`,
+  };
 }
 
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
@@ -259,20 +295,25 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
       ? undefined
       : movedTarget(edit, record, have.address, { host: context.host, claimed });
     if (target !== undefined) {
-      claimed.add(target.device.address);
-      const serial = record.serial !== null;
+      const { closed, evidence } = target;
+      claimed.add(closed.device.address);
       plan.move.push({
         from: have.address,
-        to: target.device.address,
-        rule: target.rule.name,
-        evidence: serial
-          ? "same IDs and serial"
-          : "same IDs and subsystem, the only such device on the host",
+        to: closed.device.address,
+        rule: closed.rule.name,
+        evidence,
+      });
+      plan.warnings.push({
+        code: "moved",
+        message:
+          `Hostdev ${have.address} of "${plan.name}" (rule "${closed.rule.name}") moved to ${closed.device.address}, ${evidence}: the hostdev follows it`,
+        vm: plan.name,
+        rule: closed.rule.name,
+        devices: [have.address, closed.device.address],
+        info: true,
       });
       plan.reasoning.push(
-        `Moved from ${have.address} to ${target.device.address}, ${
-          serial ? "same IDs and serial" : "same IDs, the only such device"
-        } (rule "${target.rule.name}")`,
+        `Moved from ${have.address} to ${closed.device.address}, ${evidence} (rule "${closed.rule.name}")`,
       );
     } else if (!stillThere) {
       plan.warnings.push(driftWarning(plan.name, record, now, "it is removed"));
@@ -292,6 +333,31 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
   };
 }
 
+/**
+ * A moved card keeps the guest address its old hostdev had, so the guest sees the same device
+ * where it was (no new driver install) and the diff shows the source address change at the same
+ * guest address, not one device becoming another.
+ */
+function keepGuestAddressOfMoves(
+  plan: VmPlan,
+  domain: ParsedDomain,
+  specs: Map<PciAddress, HostdevSpec>,
+): void {
+  for (const move of plan.move) {
+    const guest = domain.hostdevs.find((h) => h.address === move.from)?.guestAddress ?? null;
+    const spec = specs.get(move.to);
+    if (guest === null || spec === undefined) continue;
+    const { domain: d, bus, slot, function: fn } = pciAddressParts(guest.address);
+    spec.guestAddress = {
+      domain: d,
+      bus,
+      slot,
+      function: fn,
+      ...(guest.multifunction ? { multifunction: true } : {}),
+    };
+  }
+}
+
 /** The lists, records and desired XML from the decisions taken. */
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
@@ -301,6 +367,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     }
   }
   const specs = assignGuestSlots(toAdd, edit.firstMatched, domain, plan.reasoning);
+  keepGuestAddressOfMoves(plan, domain, specs);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

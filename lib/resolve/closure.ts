@@ -338,6 +338,7 @@ function takenDeviceWarnings(
         rule: rule.name,
         location: rule.location,
         devices: [d.address],
+        ...(rule.managed ? { info: true as const } : {}),
       });
     }
   }

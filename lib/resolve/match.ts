@@ -115,11 +115,36 @@ export function deviceMatches(
   criteria: MatchCriteria,
   options: MatchOptions = {},
 ): boolean {
-  if (device.isBridge) return false;
+  return !device.isBridge && criteriaHold(device, criteria, options);
+}
+
+/** Whether `device` satisfies every criterion, bridge or not. */
+function criteriaHold(device: PciDevice, criteria: MatchCriteria, options: MatchOptions): boolean {
   for (const [field, , test] of CRITERIA) {
     if (criteria[field] !== undefined && !test(device, criteria, options)) return false;
   }
   return true;
+}
+
+/** How many closest devices a `no-match` lists before "and N more". */
+const NEAREST_SHOWN = 8;
+
+/** The `no-match` of a rule whose criteria fit only PCI bridges, which no guest gets. */
+function onlyBridgesIssue(rule: DeviceRule, bridges: readonly PciDevice[]): PlanIssue {
+  const shown = bridges.slice(0, NEAREST_SHOWN).map((d) => d.address).join(", ");
+  const cut = bridges.length - NEAREST_SHOWN;
+  const list = cut > 0 ? `${shown} and ${cut} more` : shown;
+  const are = bridges.length === 1 ? "is a PCI bridge" : "are PCI bridges";
+  return {
+    code: "no-match",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches no device it can take (${
+      describeCriteria(rule.match)
+    }): ${list} ${are}; bridges stay with the host: name the device behind it instead (see "passthrough devices")`,
+    vm: rule.vm,
+    rule: rule.name,
+    location: rule.location,
+    candidates: bridges.map(toCandidate),
+  };
 }
 
 interface HostIndex {
@@ -286,6 +311,14 @@ export function resolveRule(
   const units = unitsOf(matched);
   const base = { vm: rule.vm, rule: rule.name, location: rule.location };
   const wanted = rule.count === "all" ? Math.max(1, units.length) : rule.count;
+  if (units.length === 0) {
+    const bridges = possibleDevices(host, rule.match).filter((d) =>
+      d.isBridge && criteriaHold(d, rule.match, options)
+    );
+    if (bridges.length > 0) {
+      return { rule, devices: [], units: [], issue: onlyBridgesIssue(rule, bridges) };
+    }
+  }
   if (units.length === 0 || units.length < wanted) {
     const scored = host.devices
       .filter((d) => !d.isBridge)
@@ -293,9 +326,11 @@ export function resolveRule(
       .filter((s) => s.failed.length > 0);
     const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
     const best = Math.min(...scored.map((s) => s.failed.length));
-    const nearest = units.length > 0
+    const near = units.length > 0
       ? []
-      : scored.filter((s) => s.failed.length === best && best < total).slice(0, 8);
+      : scored.filter((s) => s.failed.length === best && best < total);
+    const nearest = near.slice(0, NEAREST_SHOWN);
+    const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
     const found = units.length === 0
       ? "matches no device"
       : `needs ${wanted} IOMMU groups but matches ${units.length}`;
@@ -304,7 +339,7 @@ export function resolveRule(
         nearest.map((s) =>
           `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
         ).join(", ")
-      }`
+      }${more}`
       : "";
     const candidates = units.length > 0 ? matched : nearest.map((s) => s.d);
     return {
@@ -318,6 +353,23 @@ export function resolveRule(
         })${closest}`,
         ...base,
         candidates: candidates.map(toCandidate),
+      },
+    };
+  }
+  if (units.length > wanted && oneCard(matched)) {
+    return {
+      rule,
+      devices: [],
+      units: [],
+      issue: {
+        code: "ambiguous",
+        message:
+          `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} functions of one card (${
+            matched.map((d) => `${d.address} group ${d.iommuGroup ?? "none"}`).join(", ")
+          }), which the host splits into ${units.length} IOMMU groups, but takes ${wanted}: take the whole card with "all: true", or one function with "address"`,
+        ...base,
+        devices: matched.map((d) => d.address),
+        candidates: matched.map(toCandidate),
       },
     };
   }
@@ -344,6 +396,12 @@ export function resolveRule(
     };
   }
   return { rule, devices: matched, units, issue: null };
+}
+
+/** Whether `devices` are several functions of one card (one `DDDD:BB:SS`). */
+function oneCard(devices: readonly PciDevice[]): boolean {
+  const slots = new Set(devices.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
+  return devices.length > 1 && slots.size === 1;
 }
 
 /** The addresses of a resolution, for messages. */

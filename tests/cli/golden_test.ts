@@ -31,6 +31,8 @@ interface Scene {
   stateDir: string;
   config: string;
   refused: string;
+  /** The demo config marked `example: true`, as the shipped example is. */
+  example: string;
 }
 
 /** One snapshot: `tests/fixtures/golden/NAME.txt` holds the output of `passthrough ARGS`. */
@@ -63,6 +65,15 @@ const CASES: GoldenCase[] = [
   { name: "demo", args: () => ["demo"], code: 0 },
   { name: "plan_help", args: () => ["plan", "--help"], code: 0 },
   { name: "usage_error", args: () => ["plan", "--bogus"], code: 2 },
+  // Issue 16: the shipped example is planned and says so, apply refuses it.
+  { name: "plan_example", args: (s) => ["plan", ...plan(s, s.example)], code: 0 },
+  {
+    name: "apply_example",
+    args: (s) => ["apply", "--yes", ...plan(s, s.example), "--state-dir", s.stateDir],
+    code: 1,
+  },
+  // Issue 16: a selection says what it left unchecked.
+  { name: "plan_vm", args: (s) => ["plan", "--vm", "win10", ...plan(s, s.config)], code: 0 },
   {
     name: "missing_config",
     args: (s) => ["plan", ...plan(s, `${s.dir}/missing_config.yaml`)],
@@ -78,7 +89,13 @@ async function makeScene(): Promise<Scene> {
     await Deno.copyFile(`${DEMO}${file}`, `${dir}/demo/${file}`);
   }
   buildHostTree(loadHostDescription(`${dir}/demo/host.json`), `${dir}/sysfs`);
+  const demoConfig = await Deno.readTextFile(`${dir}/demo/passthrough_config.yaml`);
+  await Deno.writeTextFile(
+    `${dir}/demo/example_config.yaml`,
+    demoConfig.replace("version: 1\n", "version: 1\nexample: true\n"),
+  );
   return {
+    example: `${dir}/demo/example_config.yaml`,
     dir,
     sysfs: `${dir}/sysfs`,
     uri: `test://${dir}/demo/world.xml`,

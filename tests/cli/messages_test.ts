@@ -44,7 +44,9 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
   const missing = await runCli(["plan", "-f", `${tree.dir}/none.yaml`]);
   assertEquals(
     missing.stderr,
-    `passthrough plan: Cannot read config "${tree.dir}/none.yaml": no such file\n`,
+    // Issue 16: one line naming the path tried and where a host keeps its config.
+    `passthrough plan: No config file: tried ${tree.dir}/none.yaml (--config): name one with ` +
+      `--config FILE or $PASSTHROUGH_CONFIG; a host keeps it in /etc/passthrough/passthrough_config.yaml\n`,
   );
   // `-f <(cat x)` is a pipe: refused as such, not read (twice) into an "Empty config".
   const pipe = await new Deno.Command("bash", {

@@ -265,6 +265,8 @@ Deno.test("the example passthrough_config.yaml is valid and points editors at th
   assertMatch(text, /^# yaml-language-server: \$schema=\.\/passthrough_config\.schema\.json$/m);
   const config = await loadConfig(path);
   assertOk(config.vms.length >= 2);
+  // Issue 16: the example is marked, so apply refuses it until the mark is removed.
+  assertEquals(config.example, true);
   assertOk(config.vms.flatMap((v) => v.rules).some((r) => r.multifunction && r.rom?.bar === "off"));
 });
 

@@ -159,6 +159,59 @@ Deno.test("planHostdevs() moves a card found at a new address with the same IDs 
   });
 });
 
+Deno.test("planHostdevs() keeps a moved card's guest address", async () => {
+  // Issue 16: the moved GPU stays where the guest saw it, not wherever libvirt puts a new one.
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    const source = "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>";
+    assertOk(applied.desiredXml.includes(source));
+    const withGuest = applied.desiredXml.replace(
+      /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+      "$1\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+    );
+    assertOk(withGuest !== applied.desiredXml);
+    libvirt.define(withGuest);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    const gpu = parseDomainXml(vm.desiredXml).hostdevs.find((h) => h.address === "0000:0b:00.0");
+    assertEquals(gpu?.guestAddress?.address, "0000:00:07.0");
+  });
+});
+
+Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one card", async () => {
+  // Issue 16: two functions with identical IDs and no serial are one card moving, not drift.
+  const port = (bdf: string) =>
+    dev({ bdf, group: 9, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const nicConfig = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n',
+  );
+  const before = host([...baseDevices(), port("0000:05:00.0"), port("0000:05:00.1")]);
+  const after = host([...baseDevices(), port("0000:06:00.0"), port("0000:06:00.1")]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: nicConfig, host: before, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: nicConfig, host: after, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.move.map((m) => [m.from, m.to]), [
+      ["0000:05:00.0", "0000:06:00.0"],
+      ["0000:05:00.1", "0000:06:00.1"],
+    ]);
+    assertEquals(vm.warnings.filter((w) => w.code === "drift"), []);
+    assertEquals(vm.remove, []);
+    // The `moved` code README promises, one per function, for --json.
+    assertEquals(
+      vm.warnings.filter((w) => w.code === "moved").map((w) => w.devices),
+      [["0000:05:00.0", "0000:06:00.0"], ["0000:05:00.1", "0000:06:00.1"]],
+    );
+  });
+});
+
 Deno.test("planHostdevs() reports drift when an owned address now holds another device", async () => {
   const swapped = host([
     ...baseDevices(),
@@ -169,8 +222,9 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
     libvirt.define(applied.desiredXml);
     // The rule no longer matches: refused, and the stale hostdev is reported, not kept silently.
     const refused = vmOf(planHostdevs({ config: GPU_CONFIG, host: swapped, libvirt }), "win10");
-    assertEquals(refused.errors.map((e) => e.code), ["no-match"]);
-    const drift = refused.warnings.find((w) => w.code === "drift");
+    // Issue 13: the stale hostdev is a refusal of its own, listed before the rule's.
+    assertEquals(refused.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    const drift = refused.errors.find((w) => w.code === "drift");
     assertOk(drift);
     assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
     assertMatch(drift.message, /now holds 1002:73df/);

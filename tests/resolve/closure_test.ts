@@ -156,6 +156,8 @@ Deno.test("closeOverGroups() warns when a host driver holds the device, but not 
     igb.warnings[0]!.message,
     /\(rule "[^"]+"\) is bound to host driver "igb": libvirt detaches it when "vm" starts/,
   );
+  // Issue 16: managed detach is the normal flow, shown as a note rather than a warning.
+  assertEquals(igb.warnings[0]!.info, true);
   assertEquals(closeVm(cfg, synthetic([{ driver: "vfio-pci" }])).warnings, []);
   assertEquals(
     closeVm(cfg, synthetic([{ driver: "igb" }]), new Set(["0000:01:00.0"])).warnings,

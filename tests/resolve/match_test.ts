@@ -141,6 +141,47 @@ Deno.test("resolveRule() never matches a PCI-to-PCI bridge", () => {
     realHost("b550-aorus-pro"),
   );
   assertEquals(result.issue?.code, "no-match");
+  // Issue 16: it names the bridges as bridges, not "matches no device" with unrelated "closest".
+  assertMatch(result.issue?.message ?? "", /matches no device it can take/);
+  assertMatch(result.issue?.message ?? "", /are PCI bridges; bridges stay with the host/);
+  assertEquals(result.issue?.message.includes("closest"), false);
+  assertEquals(result.issue?.candidates?.every((c) => c.classCode.startsWith("0604")), true);
+});
+
+Deno.test("resolveRule() names the one bridge a rule by address matches", () => {
+  const host = topologyFromDescription({
+    devices: [dev({ bdf: "0000:00:01.1", class: "0x060400", vendor: "0x1022", device: "0x1483" })],
+  }, { source: "t" });
+  const result = resolveRule(rule('match: { address: "0000:00:01.1" }'), host);
+  assertMatch(
+    result.issue?.message ?? "",
+    /: 0000:00:01\.1 is a PCI bridge; bridges stay with the host/,
+  );
+});
+
+Deno.test('resolveRule() cuts a long closest list with "and N more"', () => {
+  const devices = Array.from(
+    { length: 10 },
+    (_, i) => dev({ bdf: `0000:0${i === 9 ? "a" : i}:00.0`, vendor: "0x10de", device: "0x1b06" }),
+  );
+  const host = topologyFromDescription({ devices }, { source: "t" });
+  const result = resolveRule(rule('match: { vendor_device_id: "10de:1b07" }'), host);
+  assertMatch(result.issue?.message ?? "", /\(device_id differs\) and 2 more$/);
+  assertEquals(result.issue?.candidates?.length, 8);
+});
+
+Deno.test("resolveRule() recognises two functions of one card split into two IOMMU groups", () => {
+  const port = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521" });
+  const host = topologyFromDescription({
+    devices: [port("0000:0a:00.0", 20), port("0000:0a:00.1", 21)],
+  }, { source: "t" });
+  const result = resolveRule(rule('match: { vendor_device_id: "8086:1521" }'), host);
+  assertEquals(result.issue?.code, "ambiguous");
+  assertMatch(
+    result.issue?.message ?? "",
+    /matches 2 functions of one card \(0000:0a:00\.0 group 20, 0000:0a:00\.1 group 21\).*take the whole card with "all: true"/,
+  );
 });
 
 Deno.test("resolveRule() tells a 3D controller from a VGA controller by class name", () => {

@@ -1,0 +1,77 @@
+/**
+ * The daily loop through the real CLI: which config `plan` reads when none is named (issue 16: a
+ * missing one is one line naming every path tried), and the start guard's refusals shown by
+ * `plan` (issue 13).
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { recordRefusals } from "../../lib/guard/state.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+Deno.test("plan without a config names the paths it tried, in one line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-config-paths-" });
+  try {
+    const result = await runCli(["plan"], { cwd: dir });
+    assertEquals(result.code, 1);
+    assertEquals(result.stdout, "");
+    assertEquals(result.stderr.trimEnd().split("\n").length, 1);
+    assertMatch(
+      result.stderr,
+      /tried passthrough_config\.yaml \(current directory\), \/etc\/passthrough\/passthrough_config\.yaml \(host config\): name one with --config FILE or \$PASSTHROUGH_CONFIG/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("plan names the environment variable when the file it names is missing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-config-paths-" });
+  try {
+    const result = await runCli(["plan"], {
+      cwd: dir,
+      env: { PASSTHROUGH_CONFIG: `${dir}/nowhere.yaml` },
+    });
+    assertEquals(result.code, 1);
+    assertMatch(result.stderr, /tried .*nowhere\.yaml \(\$PASSTHROUGH_CONFIG\)/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("plan shows the start guard's recorded refusal under its VM, first", async () => {
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-plan-" }));
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    recordRefusals(`${dir}/state`, "win10", [{
+      vm: "win10",
+      kind: "replaced",
+      address: "0000:21:00.0",
+      element: "hostdev",
+      now: null,
+      recorded: null,
+      hostNeeds: null,
+      reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
+      fix: "passthrough plan --vm win10",
+    }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
+    const args = ["plan", "--config", `${DEMO}passthrough_config.yaml`, "--sysfs", `${dir}/sysfs`];
+    const result = await runCli([...args, "--connect", `test://${DEMO}world.xml`], {
+      env: { PASSTHROUGH_STATE_DIR: `${dir}/state` },
+    });
+    assertEquals(result.code, 0, result.stderr);
+    const lines = result.stdout.split("\n");
+    const at = lines.findIndex((l) => l.includes("[guard-refused]"));
+    assertMatch(
+      lines[at] ?? "",
+      /^ {2}warning \[guard-refused\] The start guard checked "win10" at 2026-12-01T10:00:00\.000Z and refused it: hostdev 0000:21:00\.0 now holds 144d:a808/,
+    );
+    // Under win10, before gentoo's section.
+    const win10 = lines.indexOf("VM win10 (shut off)");
+    const gentoo = lines.findIndex((l) => l.startsWith("VM gentoo"));
+    assertEquals(win10 < at && at < gentoo, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

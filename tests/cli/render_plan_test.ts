@@ -1,0 +1,146 @@
+/**
+ * What a VM's section shows first (issue 16): refusals before warnings, one line per rule and
+ * code instead of one per function, and the managed flow's host-driver note after both.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
+import type { Plan, PlanIssue, VmPlan } from "../../lib/plan/types.ts";
+import { renderApplyReport } from "../../cli/render_apply.ts";
+import type { ApplyReport } from "../../lib/apply/apply.ts";
+
+const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
+
+function perFunction(code: "no-flr" | "host-driver-in-use", info?: true): PlanIssue[] {
+  return ADDRESSES.map((address) => ({
+    code,
+    message: `Device ${address}: one line per function`,
+    vm: "router",
+    rule: "nic",
+    devices: [address],
+    ...(info ? { info } : {}),
+  }));
+}
+
+function vm(errors: PlanIssue[], warnings: PlanIssue[]): VmPlan {
+  return {
+    name: "router",
+    hostdevs: [],
+    add: [],
+    remove: [],
+    keep: [],
+    move: [],
+    reasoning: [],
+    warnings,
+    errors,
+    active: false,
+    currentXml: "",
+    desiredXml: "",
+    changed: false,
+  };
+}
+
+const refusal: PlanIssue = {
+  code: "group-contains-host-critical",
+  message: "the group holds the host's NIC",
+  vm: "router",
+  rule: "nic",
+};
+
+Deno.test("a VM's refusals come before its warnings, and per-function warnings are grouped", () => {
+  const text = renderVmPlan(
+    vm([refusal], [...perFunction("host-driver-in-use", true), ...perFunction("no-flr")]),
+    { color: false },
+  );
+  const lines = text.trimEnd().split("\n").slice(2);
+  assertEquals(lines.length, 3);
+  assertMatch(lines[0]!, /^ {2}refused \[group-contains-host-critical\]/);
+  assertMatch(
+    lines[1]!,
+    /^ {2}warning \[no-flr\] rule "nic": 5 functions without Function Level Reset: 0000:0a:00\.0, 0000:0a:00\.1, 0000:0a:00\.2, 0000:0a:00\.3 and 1 more: /,
+  );
+  assertMatch(lines[2]!, /^ {2}note \[host-driver-in-use\] rule "nic": 5 functions are bound/);
+});
+
+Deno.test("host-driver-in-use notes of the managed flow are not counted as warnings", () => {
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "/sys",
+    uri: "test:///default",
+    vms: [vm([], [...perFunction("host-driver-in-use", true), ...perFunction("no-flr")])],
+    errors: [],
+    warnings: [],
+  };
+  assertEquals(summarizePlan(plan).warnings, 5);
+});
+
+Deno.test("a --vm summary says how many configured VMs it did not check", () => {
+  const plan: Plan = {
+    config: "c.yaml",
+    unplanned: ["router"],
+    host: "/sys",
+    uri: "test:///default",
+    vms: [{ ...vm([], []), name: "win11" }],
+    errors: [],
+    warnings: [],
+  };
+  assertEquals(
+    summaryLine(summarizePlan(plan)),
+    "No changes: win11 matches the config; 1 other VM not planned",
+  );
+});
+
+Deno.test("apply counts a moved card as moved, not as an add and a remove", () => {
+  const moved = {
+    ...vm([], []),
+    name: "win11",
+    move: [
+      { from: "0000:01:00.0", to: "0000:0b:00.0", rule: "gpu", evidence: "same IDs and serial" },
+      { from: "0000:01:00.1", to: "0000:0b:00.1", rule: "gpu", evidence: "same IDs" },
+    ],
+  };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "/sys",
+    uri: "test:///default",
+    vms: [moved],
+    errors: [],
+    warnings: [],
+  };
+  const report: ApplyReport = {
+    uri: "test:///default",
+    stateDir: "/tmp/s",
+    brokeStaleLock: null,
+    vms: [{
+      vm: "win11",
+      status: "changed",
+      code: "applied",
+      message: 'Defined "win11"',
+      added: ["0000:0b:00.0", "0000:0b:00.1", "0000:0c:00.0"],
+      removed: ["0000:01:00.0", "0000:01:00.1"],
+      active: false,
+      effect: "next-start",
+      backup: null,
+      restored: false,
+      live: null,
+    }],
+    changed: ["win11"],
+    unchanged: [],
+    skipped: [],
+    failed: [],
+    liveFailed: [],
+    ok: true,
+  };
+  const first = renderApplyReport(report, { color: false, plan }).split("\n")[0]!;
+  assertMatch(first, /^changed win11 \(\+1 -0 hostdevs, 2 moved\): /);
+});
+
+Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with its fix", () => {
+  const text = renderVmPlan(vm([], perFunction("host-driver-in-use")), { color: false });
+  const lines = text.trimEnd().split("\n").slice(2);
+  assertEquals(lines.length, 1);
+  assertMatch(
+    lines[0]!,
+    /^ {2}warning \[host-driver-in-use\] rule "nic": 5 functions are bound to host drivers and the rule has managed: false: .* bind them to vfio-pci/,
+  );
+});
