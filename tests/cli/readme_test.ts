@@ -50,7 +50,7 @@ Deno.test("README: troubleshooting answers the first failures", () => {
   for (
     const symptom of [
       /no IOMMU groups/,
-      /Cannot read config/,
+      /No config file/,
       /Cannot reach libvirt/,
       /No terminal to confirm on/,
       /ambiguous/,
