@@ -309,93 +309,110 @@ export function resolveRule(
     deviceMatches(d, rule.match, options)
   );
   const units = unitsOf(matched);
-  const base = { vm: rule.vm, rule: rule.name, location: rule.location };
   const wanted = rule.count === "all" ? Math.max(1, units.length) : rule.count;
+  const refused = (issue: PlanIssue): RuleResolution => ({ rule, devices: [], units: [], issue });
   if (units.length === 0) {
     const bridges = possibleDevices(host, rule.match).filter((d) =>
       d.isBridge && criteriaHold(d, rule.match, options)
     );
-    if (bridges.length > 0) {
-      return { rule, devices: [], units: [], issue: onlyBridgesIssue(rule, bridges) };
-    }
+    if (bridges.length > 0) return refused(onlyBridgesIssue(rule, bridges));
   }
   if (units.length === 0 || units.length < wanted) {
-    const scored = host.devices
-      .filter((d) => !d.isBridge)
-      .map((d) => ({ d, failed: failedCriteria(d, rule.match, options) }))
-      .filter((s) => s.failed.length > 0);
-    const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
-    const best = Math.min(...scored.map((s) => s.failed.length));
-    const near = units.length > 0
-      ? []
-      : scored.filter((s) => s.failed.length === best && best < total);
-    const nearest = near.slice(0, NEAREST_SHOWN);
-    const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
-    const found = units.length === 0
-      ? "matches no device"
-      : `needs ${wanted} IOMMU groups but matches ${units.length}`;
-    const closest = nearest.length > 0
-      ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
-        nearest.map((s) =>
-          `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
-        ).join(", ")
-      }${more}`
-      : "";
-    const candidates = units.length > 0 ? matched : nearest.map((s) => s.d);
-    return {
-      rule,
-      devices: [],
-      units: [],
-      issue: {
-        code: "no-match",
-        message: `Rule "${rule.name}" of VM "${rule.vm}" ${found} (${
-          describeCriteria(rule.match)
-        })${closest}`,
-        ...base,
-        candidates: candidates.map(toCandidate),
-      },
-    };
+    return refused(tooFewIssue(rule, host, { matched, units: units.length, wanted, options }));
   }
   if (units.length > wanted && oneCard(matched)) {
-    return {
-      rule,
-      devices: [],
-      units: [],
-      issue: {
-        code: "ambiguous",
-        message:
-          `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} functions of one card (${
-            matched.map((d) => `${d.address} group ${d.iommuGroup ?? "none"}`).join(", ")
-          }), which the host splits into ${units.length} IOMMU groups, but takes ${wanted}: take the whole card with "all: true", or one function with "address"`,
-        ...base,
-        devices: matched.map((d) => d.address),
-        candidates: matched.map(toCandidate),
-      },
-    };
+    return refused(splitCardIssue(rule, matched, units.length, wanted));
   }
-  if (units.length > wanted) {
-    const separators = distinguishingCriteria(units);
-    const list = units.map((u) =>
-      `${u.devices.map((d) => d.address).join(" + ")} (group ${u.group ?? "none"})`
-    ).join(", ");
-    return {
-      rule,
-      devices: [],
-      units: [],
-      issue: {
-        code: "ambiguous",
-        message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
-          matched.length === 1 ? "device" : "devices"
-        } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
-          separators.map((s) => `"${s}"`).join(" or ")
-        }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
-        ...base,
-        devices: matched.map((d) => d.address),
-        candidates: matched.map(toCandidate),
-      },
-    };
-  }
+  if (units.length > wanted) return refused(ambiguousIssue(rule, matched, units, wanted));
   return { rule, devices: matched, units, issue: null };
+}
+
+/** Where a rule's issue points: its VM, name and config location. */
+function ruleBase(rule: DeviceRule) {
+  return { vm: rule.vm, rule: rule.name, location: rule.location };
+}
+
+/**
+ * `no-match`: the rule matches no device, or fewer IOMMU groups than it takes. With no match at
+ * all, the devices that fail the fewest criteria are offered as the closest.
+ */
+function tooFewIssue(
+  rule: DeviceRule,
+  host: HostTopology,
+  found: { matched: PciDevice[]; units: number; wanted: number; options: MatchOptions },
+): PlanIssue {
+  const { matched, units, wanted, options } = found;
+  const scored = host.devices
+    .filter((d) => !d.isBridge)
+    .map((d) => ({ d, failed: failedCriteria(d, rule.match, options) }))
+    .filter((s) => s.failed.length > 0);
+  const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;
+  const best = Math.min(...scored.map((s) => s.failed.length));
+  const near = units > 0 ? [] : scored.filter((s) => s.failed.length === best && best < total);
+  const nearest = near.slice(0, NEAREST_SHOWN);
+  const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
+  const what = units === 0
+    ? "matches no device"
+    : `needs ${wanted} IOMMU groups but matches ${units}`;
+  const closest = nearest.length > 0
+    ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
+      nearest.map((s) =>
+        `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
+      ).join(", ")
+    }${more}`
+    : "";
+  const candidates = units > 0 ? matched : nearest.map((s) => s.d);
+  return {
+    code: "no-match",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" ${what} (${
+      describeCriteria(rule.match)
+    })${closest}`,
+    ...ruleBase(rule),
+    candidates: candidates.map(toCandidate),
+  };
+}
+
+/** `ambiguous`: the functions of one card, split by the host into more groups than taken. */
+function splitCardIssue(
+  rule: DeviceRule,
+  matched: PciDevice[],
+  groups: number,
+  wanted: number,
+): PlanIssue {
+  return {
+    code: "ambiguous",
+    message:
+      `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} functions of one card (${
+        matched.map((d) => `${d.address} group ${d.iommuGroup ?? "none"}`).join(", ")
+      }), which the host splits into ${groups} IOMMU groups, but takes ${wanted}: take the whole card with "all: true", or one function with "address"`,
+    ...ruleBase(rule),
+    devices: matched.map((d) => d.address),
+    candidates: matched.map(toCandidate),
+  };
+}
+
+/** `ambiguous`: more IOMMU groups match than the rule takes; names what tells them apart. */
+function ambiguousIssue(
+  rule: DeviceRule,
+  matched: PciDevice[],
+  units: MatchUnit[],
+  wanted: number,
+): PlanIssue {
+  const separators = distinguishingCriteria(units);
+  const list = units.map((u) =>
+    `${u.devices.map((d) => d.address).join(" + ")} (group ${u.group ?? "none"})`
+  ).join(", ");
+  return {
+    code: "ambiguous",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
+      matched.length === 1 ? "device" : "devices"
+    } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
+      separators.map((s) => `"${s}"`).join(" or ")
+    }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
+    ...ruleBase(rule),
+    devices: matched.map((d) => d.address),
+    candidates: matched.map(toCandidate),
+  };
 }
 
 /** Whether `devices` are several functions of one card (one `DDDD:BB:SS`). */
