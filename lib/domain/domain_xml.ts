@@ -99,6 +99,26 @@ export interface ParsedDomain {
   bootDevices: string[];
   /** The guest PCI address of every device in `<devices>` (hostdevs included), in document order. */
   guestAddresses: GuestPciAddress[];
+  /** `<os><type machine>` as written (`pc-q35-7.2`, `pc`), or `null` when absent. */
+  machine: string | null;
+  /** The `<controller type='pci'>` elements of `<devices>`, in document order. */
+  pciControllers: PciController[];
+}
+
+/** One `<controller type='pci'>`: the guest bus it provides (its index) and its model. */
+export interface PciController {
+  /** `index`: the guest bus number devices behind it use; `null` when absent or not a number. */
+  index: number | null;
+  /** `model` (`pcie-root`, `pcie-root-port`, `pci-root`, …), or `null` when absent. */
+  model: string | null;
+}
+
+/** A PCI controller an edit adds: a PCIe root port providing guest bus `index` (q35 machines). */
+export interface PciControllerSpec {
+  /** The guest bus number it provides; must not be taken by another controller. */
+  index: number;
+  /** Only root ports are added: one per card keeps its functions together on their own bus. */
+  model: "pcie-root-port";
 }
 
 /** The change {@link editDomainXml} makes. */
@@ -109,6 +129,8 @@ export interface DomainEdit {
   add: HostdevSpec[];
   /** The full new set of records (replaces our metadata; `[]` removes it). */
   records: DeviceIdentity[];
+  /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
+  addControllers?: PciControllerSpec[];
 }
 
 /** Malformed domain XML, or a domain this module cannot safely read or edit. */
@@ -166,6 +188,8 @@ interface Located {
   interfaceHostdevs: PciAddress[];
   bootDevices: string[];
   guestAddresses: GuestPciAddress[];
+  machine: string | null;
+  pciControllers: PciController[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
@@ -253,6 +277,8 @@ function locate(xml: string): Located {
     interfaceHostdevs,
     bootDevices,
     guestAddresses: guestAddresses(xml, devices),
+    machine: machineOf(xml, child("os")),
+    pciControllers: pciControllers(xml, devices),
     metadata,
     ours,
     records,
@@ -328,6 +354,22 @@ function guestAddresses(xml: string, devices: XmlSpan | null): GuestPciAddress[]
     if (address !== null) out.push(address);
   }
   return out;
+}
+
+/** `<os><type machine>`, or `null`. */
+function machineOf(xml: string, os: XmlSpan | null): string | null {
+  const type = os?.children.find((c) => c.name === "type");
+  return type === undefined ? null : attribute(xml, type, "machine") ?? null;
+}
+
+/** The `<controller type='pci'>` children of `<devices>`. */
+function pciControllers(xml: string, devices: XmlSpan | null): PciController[] {
+  return (devices?.children ?? []).flatMap((span) => {
+    if (span.name !== "controller" || attribute(xml, span, "type") !== "pci") return [];
+    const raw = attribute(xml, span, "index");
+    const index = raw !== undefined && /^\d{1,3}$/.test(raw.trim()) ? Number(raw.trim()) : null;
+    return [{ index, model: attribute(xml, span, "model") ?? null }];
+  });
 }
 
 const RECORD_ATTRIBUTES = {
@@ -412,6 +454,8 @@ export function parseDomainXml(xml: string): ParsedDomain {
     interfaceHostdevs: located.interfaceHostdevs,
     bootDevices: located.bootDevices,
     guestAddresses: located.guestAddresses,
+    machine: located.machine,
+    pciControllers: located.pciControllers,
   };
 }
 
@@ -661,7 +705,10 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   );
   const createdBefore = [...created].sort().join(" ");
   const { removing, removedSpans } = sitesToRemove(located, edit.remove);
-  const lines = linesToAdd(located, edit.add, removing);
+  const lines = [
+    ...controllerLines(located, edit.addControllers ?? []),
+    ...linesToAdd(located, edit.add, removing),
+  ];
   const splices = [
     ...removalSplices(xml, {
       located,
@@ -716,6 +763,23 @@ function sitesToRemove(
     removing.add(address);
   }
   return { removing, removedSpans };
+}
+
+/** The lines of the PCI controllers to add, refusing an index the domain has already. */
+function controllerLines(located: Located, add: readonly PciControllerSpec[]): string[] {
+  const taken = new Set(located.pciControllers.map((c) => c.index));
+  return add.map(({ index, model }) => {
+    if (!Number.isInteger(index) || index < 1 || index > 255) {
+      throw new RangeError(`PCI controller index must be 1 to 255: "${index}"`);
+    }
+    if (taken.has(index)) {
+      throw new RangeError(
+        `Cannot add PCI controller ${index} to "${located.name}": the domain already has one`,
+      );
+    }
+    taken.add(index);
+    return `<controller type='pci' index='${index}' model='${model}'/>`;
+  });
 }
 
 /** The lines of the hostdevs to add, refusing one the domain keeps already. */

@@ -17,6 +17,8 @@ export {
   METADATA_NAMESPACE,
   type ParsedDomain,
   parseDomainXml,
+  type PciController,
+  type PciControllerSpec,
 } from "./domain_xml.ts";
 export {
   type LenientHostdevScan,

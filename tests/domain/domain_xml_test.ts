@@ -668,3 +668,76 @@ Deno.test("editDomainXml() creates <devices> and <metadata> in a one-line domain
   assertEquals(parseDomainXml(added).hostdevs.map((h) => h.owned), [true]);
   assertEquals(editDomainXml(added, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
 });
+
+Deno.test("parseDomainXml() reads the machine type and the <controller type='pci'> indexes, never from comments", () => {
+  const parsed = parseDomainXml(`<domain><name>d</name>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <!-- <controller type='pci' index='7' model='pcie-root-port'/> -->
+    <controller type='pci' index='0x2' model='pcie-root-port'/>
+    <controller type='usb' index='0' model='qemu-xhci'/>
+    <controller type='pci' index='3' model='pcie-root-port'><target chassis='3'/></controller>
+    <controller type='pci' model='pcie-to-pci-bridge'/>
+  </devices></domain>`);
+  assertEquals(parsed.machine, "pc-q35-7.2");
+  assertEquals(parsed.pciControllers, [
+    { index: 0, model: "pcie-root" },
+    { index: null, model: "pcie-root-port" },
+    { index: 3, model: "pcie-root-port" },
+    { index: null, model: "pcie-to-pci-bridge" },
+  ]);
+  assertEquals(parseDomainXml(SMALL).machine, null);
+  assertEquals(parseDomainXml(SMALL).pciControllers, []);
+});
+
+Deno.test("editDomainXml() adds a pcie-root-port before the added hostdevs, refusing a taken index", () => {
+  const xml = SMALL.replace(
+    "  <devices>\n",
+    "  <devices>\n    <controller type='pci' index='0' model='pcie-root'/>\n",
+  );
+  const spec: HostdevSpec = {
+    address: "0000:01:00.0",
+    managed: true,
+    guestAddress: { domain: 0, bus: 1, slot: 0, function: 0, multifunction: true },
+  };
+  const edited = editDomainXml(xml, {
+    remove: [],
+    add: [spec],
+    records: [record("0000:01:00.0")],
+    addControllers: [{ index: 1, model: "pcie-root-port" }],
+  });
+  assertOk(
+    edited.includes(
+      "\n    <controller type='pci' index='1' model='pcie-root-port'/>\n    <hostdev mode='subsystem' type='pci' managed='yes'>",
+    ),
+    edited,
+  );
+  assertEquals(parseDomainXml(edited).pciControllers.map((c) => c.index), [0, 1]);
+  // Removing the hostdev later leaves the controller: it is libvirt's to keep, and reused.
+  const removed = editDomainXml(edited, { remove: ["0000:01:00.0"], add: [], records: [] });
+  assertEquals(parseDomainXml(removed).pciControllers.map((c) => c.index), [0, 1]);
+  for (const index of [0, 256, 1.5]) {
+    assertThrows(
+      () =>
+        editDomainXml(xml, {
+          remove: [],
+          add: [],
+          records: [],
+          addControllers: [{ index, model: "pcie-root-port" }],
+        }),
+      RangeError,
+    );
+  }
+  assertThrows(
+    () =>
+      editDomainXml(edited, {
+        remove: [],
+        add: [],
+        records: [record("0000:01:00.0")],
+        addControllers: [{ index: 1, model: "pcie-root-port" }],
+      }),
+    RangeError,
+    "already has one",
+  );
+});
