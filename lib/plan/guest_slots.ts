@@ -1,14 +1,17 @@
 /**
  * The hostdev specs of the devices a VM gains, and their guest slots: for rules with
- * `multifunction: true`, a card's functions share one slot of guest bus 0 with their host function
- * numbers, so the guest sees the card as one device. Pure.
+ * `multifunction: true`, a card's functions share one guest slot with their host function
+ * numbers, so the guest sees the card as one device. On i440fx (`pc`) machines that slot is on
+ * guest bus 0; on q35 machines it is slot 0 of a `pcie-root-port` of the card's own (the layout
+ * VFIO guides describe, and what PCIe drivers expect), added to the definition when no empty
+ * one is there. Pure.
  *
  * @module
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { cardOf } from "../resolve/host_critical.ts";
-import type { GuestPciAddress, ParsedDomain } from "../domain/domain_xml.ts";
+import type { GuestPciAddress, ParsedDomain, PciControllerSpec } from "../domain/domain_xml.ts";
 import { pciAddressParts } from "../pci/address.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { HostdevSpec } from "./types.ts";
@@ -16,6 +19,8 @@ import type { HostdevSpec } from "./types.ts";
 /** Slots from here up leave the low ones to the devices libvirt places itself. */
 const FIRST_SLOT = 0x10;
 const LAST_SLOT = 0x1f;
+/** The highest guest bus number (a controller index) libvirt accepts. */
+const LAST_BUS = 0xff;
 
 /**
  * How the rule of `closed` writes its hostdev (guest address aside). ROM and boot settings
@@ -32,47 +37,63 @@ export function specFor(closed: ClosedDevice, firstMatched: ReadonlySet<PciAddre
   return spec;
 }
 
-/** The slot and function of a guest address on guest bus 0 (domain 0), or `null` elsewhere. */
-function onBusZero(guest: GuestPciAddress): { slot: number; fn: number } | null {
-  const p = pciAddressParts(guest.address);
-  return p.domain === 0 && p.bus === 0 ? { slot: p.slot, fn: p.function } : null;
+/** Where a guest function sits: bus and slot of guest PCI domain 0, and function. */
+interface GuestSpot {
+  bus: number;
+  slot: number;
+  fn: number;
 }
 
-/** A slot of guest bus 0 in use: the functions devices use in it, and whether 0 says multifunction. */
+/** The bus, slot and function of a guest address in PCI domain 0, or `null` in another domain. */
+function inDomainZero(guest: GuestPciAddress): GuestSpot | null {
+  const p = pciAddressParts(guest.address);
+  return p.domain === 0 ? { bus: p.bus, slot: p.slot, fn: p.function } : null;
+}
+
+/** One key per guest slot of PCI domain 0. */
+function slotKey(bus: number, slot: number): number {
+  return bus * 0x100 + slot;
+}
+
+/** A guest slot in use: the functions devices use in it, and whether 0 says multifunction. */
 interface UsedSlot {
   functions: Set<number>;
   multifunction: boolean;
 }
 
-/** Every slot of guest bus 0 the definition's devices use. */
+/** Every guest slot of PCI domain 0 the definition's devices use, by {@link slotKey}. */
 function usedSlots(domain: ParsedDomain): Map<number, UsedSlot> {
   const bySlot = new Map<number, UsedSlot>();
   for (const guest of domain.guestAddresses) {
-    const at = onBusZero(guest);
+    const at = inDomainZero(guest);
     if (at === null) continue;
-    const entry = bySlot.get(at.slot) ?? { functions: new Set<number>(), multifunction: false };
+    const key = slotKey(at.bus, at.slot);
+    const entry = bySlot.get(key) ?? { functions: new Set<number>(), multifunction: false };
     entry.functions.add(at.fn);
     if (at.fn === 0 && guest.multifunction) entry.multifunction = true;
-    bySlot.set(at.slot, entry);
+    bySlot.set(key, entry);
   }
   return bySlot;
 }
 
+/** A guest slot a card's functions take: bus, slot, and what already uses it. */
+type CardSlot = UsedSlot & { bus: number; slot: number };
+
 /**
- * Where each host card's hostdevs already sit on guest bus 0, for cards whose functions share one
- * guest slot: by host card (`DDDD:BB:SS`), the guest slot and what uses it.
+ * Where each host card's hostdevs already sit, for cards whose functions share one guest slot:
+ * by host card (`DDDD:BB:SS`), the guest slot and what uses it.
  */
 function appliedCardSlots(
   domain: ParsedDomain,
   used: ReadonlyMap<number, UsedSlot>,
-): Map<string, UsedSlot & { slot: number }> {
-  const cards = new Map<string, UsedSlot & { slot: number }>();
+): Map<string, CardSlot> {
+  const cards = new Map<string, CardSlot>();
   for (const hostdev of domain.hostdevs) {
-    const at = hostdev.guestAddress === null ? null : onBusZero(hostdev.guestAddress);
-    const entry = at === null ? undefined : used.get(at.slot);
+    const at = hostdev.guestAddress === null ? null : inDomainZero(hostdev.guestAddress);
+    const entry = at === null ? undefined : used.get(slotKey(at.bus, at.slot));
     // Only a slot laid out as a card (multifunction) is joined, never libvirt's own placement.
     if (at !== null && entry !== undefined && (entry.multifunction || entry.functions.size > 1)) {
-      cards.set(cardOf(hostdev.address), { slot: at.slot, ...entry });
+      cards.set(cardOf(hostdev.address), { bus: at.bus, slot: at.slot, ...entry });
     }
   }
   return cards;
@@ -89,25 +110,77 @@ function multifunctionCards(adding: readonly ClosedDevice[]): ClosedDevice[][] {
   return [...cards.values()];
 }
 
+/** Whether the domain's machine type is a q35 one (`q35`, `pc-q35-7.2`); else i440fx rules. */
+function isQ35(domain: ParsedDomain): boolean {
+  return domain.machine !== null && domain.machine.includes("q35");
+}
+
+/**
+ * Hands out free guest slots for whole cards: on guest bus 0 from 0x10 (i440fx), or slot 0 of a
+ * `pcie-root-port` with nothing behind it (q35), an existing empty one first (a spare the
+ * definition holds, or one a card left when it was released), else a new one at a free index,
+ * recorded in `controllers` so the edit adds it.
+ */
+class SlotAllocator {
+  readonly controllers: PciControllerSpec[] = [];
+  #next = FIRST_SLOT;
+  #spare: number[];
+  #nextIndex: number;
+
+  constructor(private readonly domain: ParsedDomain, private readonly used: Map<number, UsedSlot>) {
+    const busy = new Set([...used.keys()].map((key) => Math.floor(key / 0x100)));
+    const indexes = domain.pciControllers.flatMap((c) => c.index === null ? [] : [c.index]);
+    this.#spare = domain.pciControllers.flatMap((c) =>
+      c.model === "pcie-root-port" && c.index !== null && !busy.has(c.index) ? [c.index] : []
+    );
+    // Past every index and every bus a device names: libvirt adds controllers for those itself.
+    this.#nextIndex = Math.max(0, ...indexes, ...busy) + 1;
+  }
+
+  /** A free slot for a card, or a sentence saying why there is none. */
+  take(): { bus: number; slot: number; port: "spare" | "new" | null } | string {
+    if (isQ35(this.domain)) {
+      const spare = this.#spare.shift();
+      if (spare !== undefined) return { bus: spare, slot: 0, port: "spare" };
+      if (this.#nextIndex > LAST_BUS) return "no free PCI controller index for a pcie-root-port";
+      const index = this.#nextIndex++;
+      this.controllers.push({ index, model: "pcie-root-port" });
+      return { bus: index, slot: 0, port: "new" };
+    }
+    while (this.#next <= LAST_SLOT && this.used.has(slotKey(0, this.#next))) this.#next++;
+    if (this.#next > LAST_SLOT) return "no free slot on guest bus 0";
+    return { bus: 0, slot: this.#next++, port: null };
+  }
+}
+
+/** What {@link assignGuestSlots} decides: each added device's spec, and controllers to add. */
+export interface GuestLayout {
+  /** By host address, the hostdev spec of every device being added. */
+  specs: Map<PciAddress, HostdevSpec>;
+  /** The `pcie-root-port`s the cards' guest addresses need that the definition lacks (q35). */
+  controllers: PciControllerSpec[];
+}
+
 /**
  * Host specs for the devices being added; for rules with `multifunction: true`, a card's
- * functions get guest addresses in one slot of guest bus 0, function numbers preserved: the slot
- * the card's functions already applied sit in (a function that appeared later, e.g. a GPU's audio
- * function enabled after the first apply, joins them), else a free one. Says what it did in
- * `reasoning`.
+ * functions get guest addresses in one guest slot, function numbers preserved: the slot the
+ * card's functions already applied sit in (a function that appeared later, e.g. a GPU's audio
+ * function enabled after the first apply, joins them), else a free one: on guest bus 0 for
+ * i440fx machines, behind a `pcie-root-port` of the card's own for q35 ones (see
+ * {@link SlotAllocator}). Says what it did in `reasoning`.
  */
 export function assignGuestSlots(
   adding: readonly ClosedDevice[],
   firstMatched: ReadonlySet<PciAddress>,
   domain: ParsedDomain,
   reasoning: string[],
-): Map<PciAddress, HostdevSpec> {
+): GuestLayout {
   const specs = new Map(adding.map((c) => [c.device.address, specFor(c, firstMatched)]));
   const cards = multifunctionCards(adding);
-  if (cards.length === 0) return specs;
+  if (cards.length === 0) return { specs, controllers: [] };
   const used = usedSlots(domain);
   const applied = appliedCardSlots(domain, used);
-  let next = FIRST_SLOT;
+  const allocator = new SlotAllocator(domain, used);
   for (const members of cards) {
     const card = cardOf(members[0]!.device.address);
     const functions = members.map((m) => pciAddressParts(m.device.address).function);
@@ -116,34 +189,43 @@ export function assignGuestSlots(
     // marked multifunction already or comes now (the guest then sees the whole card).
     const join = joined !== undefined && functions.every((fn) => !joined.functions.has(fn)) &&
       (joined.multifunction || functions.includes(0));
-    if (!join) {
-      while (next <= LAST_SLOT && used.has(next)) next++;
-      if (next > LAST_SLOT) {
-        reasoning.push(`${card}: no free slot on guest bus 0 for multifunction, libvirt places it`);
-        continue;
-      }
+    const taken = join ? { bus: joined.bus, slot: joined.slot, port: null } : allocator.take();
+    if (typeof taken === "string") {
+      reasoning.push(`${card}: ${taken} for multifunction, libvirt places it`);
+      continue;
     }
-    const slot = join ? joined.slot : next++;
     for (const m of members) {
       const fn = pciAddressParts(m.device.address).function;
       const spec = specs.get(m.device.address)!;
-      spec.guestAddress = { domain: 0, bus: 0, slot, function: fn };
+      spec.guestAddress = { domain: 0, bus: taken.bus, slot: taken.slot, function: fn };
       if (fn === 0) spec.guestAddress.multifunction = true;
     }
     const hasFunctionZero = functions.includes(0) || (join && joined.functions.has(0));
-    reasoning.push(slotReasoning(card, members.length, { slot, join, hasFunctionZero }));
+    reasoning.push(slotReasoning(card, members.length, { ...taken, join, hasFunctionZero }));
   }
-  return specs;
+  return { specs, controllers: allocator.controllers };
 }
 
 function slotReasoning(
   card: string,
   count: number,
-  { slot, join, hasFunctionZero }: { slot: number; join: boolean; hasFunctionZero: boolean },
+  { bus, slot, port, join, hasFunctionZero }: {
+    bus: number;
+    slot: number;
+    port: "spare" | "new" | null;
+    join: boolean;
+    hasFunctionZero: boolean;
+  },
 ): string {
-  const where = `guest slot 0000:00:${slot.toString(16).padStart(2, "0")}`;
+  const hex = (n: number) => n.toString(16).padStart(2, "0");
+  const where = `guest slot 0000:${hex(bus)}:${hex(slot)}`;
+  const behind = port === "new"
+    ? ` behind a new pcie-root-port (controller index ${bus})`
+    : port === "spare"
+    ? ` behind the empty pcie-root-port of controller index ${bus}`
+    : "";
   return `${card}: ${count} function${count > 1 ? "s" : ""} ${
-    join ? `join the card's other functions in ${where}` : `kept together in ${where}`
+    join ? `join the card's other functions in ${where}` : `kept together in ${where}${behind}`
   } (multifunction)${
     hasFunctionZero ? "" : "; function 0 is not passed, the guest may not see them"
   }`;

@@ -366,7 +366,12 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
       edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
-  const specs = assignGuestSlots(toAdd, edit.firstMatched, domain, plan.reasoning);
+  const { specs, controllers } = assignGuestSlots(
+    toAdd,
+    edit.firstMatched,
+    domain,
+    plan.reasoning,
+  );
   keepGuestAddressOfMoves(plan, domain, specs);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
@@ -386,6 +391,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     remove: [...remove],
     add: toAdd.map((c) => specs.get(c.device.address)!),
     records: edit.records,
+    ...(controllers.length > 0 ? { addControllers: controllers } : {}),
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
   if (plan.changed && active === true) {

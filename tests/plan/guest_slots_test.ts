@@ -1,7 +1,9 @@
 /**
- * Guest slots for `multifunction: true`: a card's functions share one slot of guest bus 0 with
- * their function numbers, in the slot the card already sits in or the first free one from 0x10.
- * Against libvirt's test driver, and as pure data tests over planWorld() with no libvirt.
+ * Guest slots for `multifunction: true`: a card's functions share one guest slot with their
+ * function numbers, in the slot the card already sits in, else on i440fx machines the first free
+ * one of guest bus 0 from 0x10, and on q35 machines slot 0 behind a `pcie-root-port` of the
+ * card's own (an empty one, else one the plan adds). Against libvirt's test driver, a real QEMU
+ * libvirtd, and as pure data tests over planWorld() with no libvirt.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
@@ -21,6 +23,9 @@ import { planHostdevs } from "../../lib/plan/plan.ts";
 import { dataWorld } from "../helpers/world.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
 
 Deno.test("planHostdevs() lays applied hostdevs out again when multifunction is turned on or off", async () => {
   const withMulti = (on: boolean) =>
@@ -204,4 +209,251 @@ Deno.test("planWorld() gives every slot up when guest bus 0 is full, leaving pla
     vm?.reasoning.filter((r) => r.includes("no free slot")),
     ["0000:01:00: no free slot on guest bus 0 for multifunction, libvirt places it"],
   );
+});
+
+/** A q35 (or other `machine`) domain holding `devices`. */
+function machineDomain(machine: string, devices: string): string {
+  return domain(devices, `\n  <os><type arch='x86_64' machine='${machine}'>hvm</type></os>`);
+}
+
+/** The plan of `vm` for {@link MULTIFUNCTION} on {@link ONE_CARD}. */
+function planOne(xml: string) {
+  const [vm] = planWorld({ config: MULTIFUNCTION, host: ONE_CARD, world: dataWorld({ vm: xml }) })
+    .vms;
+  assertOk(vm);
+  return vm;
+}
+
+/** Each added function's guest address as `bus:slot.function`. */
+function busSlots(xml: string): string[] {
+  return planOne(xml).add.map((a) => {
+    const g = a.spec.guestAddress;
+    return g === undefined
+      ? "libvirt"
+      : `${g.bus.toString(16)}:${g.slot.toString(16)}.${g.function}`;
+  });
+}
+
+const ROOT = "    <controller type='pci' index='0' model='pcie-root'/>";
+
+function rootPort(index: number, slot: number): string {
+  return `    <controller type='pci' index='${index}' model='pcie-root-port'>${
+    pciAddress(slot).replace("/>", " multifunction='on'/>")
+  }</controller>`;
+}
+
+function onBus(bus: number): string {
+  return `<address type='pci' domain='0x0000' bus='0x${
+    bus.toString(16).padStart(2, "0")
+  }' slot='0x00' function='0x0'/>`;
+}
+
+Deno.test("planWorld() puts a card behind a new pcie-root-port on q35 machines, functions kept", () => {
+  const xml = machineDomain("pc-q35-7.2", ROOT);
+  const vm = planOne(xml);
+  assertEquals(vm.add.map((a) => a.spec.guestAddress), [
+    { domain: 0, bus: 1, slot: 0, function: 0, multifunction: true },
+    { domain: 0, bus: 1, slot: 0, function: 1 },
+  ]);
+  // The diff shows the controller: it is in the definition we write.
+  assertOk(
+    vm.desiredXml.includes(
+      "<controller type='pci' index='1' model='pcie-root-port'/>\n    <hostdev ",
+    ),
+    vm.desiredXml,
+  );
+  assertMatch(
+    vm.desiredXml,
+    /<address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0' multifunction='on'\/>/,
+  );
+  assertOk(
+    vm.reasoning.includes(
+      "0000:01:00: 2 functions kept together in guest slot 0000:01:00 behind a new pcie-root-port (controller index 1) (multifunction)",
+    ),
+    vm.reasoning.join("\n"),
+  );
+  // Planned again over its own result, nothing changes (no second root port).
+  assertEquals(planOne(vm.desiredXml).changed, false);
+});
+
+Deno.test("planWorld() takes the first free controller index on q35, past every bus a device names", () => {
+  const devices = [
+    ROOT,
+    rootPort(1, 2),
+    rootPort(2, 3),
+    `    <disk type='file'>${onBus(1)}</disk>`,
+    `    <disk type='file'>${onBus(2)}</disk>`,
+    // A bus with no controller yet: libvirt adds one with that index, so it is not free.
+    `    <disk type='file'>${onBus(5)}</disk>`,
+  ].join("\n");
+  const vm = planOne(machineDomain("q35", devices));
+  assertEquals(busSlots(machineDomain("q35", devices)), ["6:0.0", "6:0.1"]);
+  assertMatch(vm.desiredXml, /<controller type='pci' index='6' model='pcie-root-port'\/>/);
+});
+
+Deno.test("planWorld() reuses an empty pcie-root-port on q35 instead of adding one", () => {
+  const devices = [
+    ROOT,
+    rootPort(1, 2),
+    rootPort(2, 3),
+    `    <disk type='file'>${onBus(1)}</disk>`,
+  ].join("\n");
+  const vm = planOne(machineDomain("pc-q35-8.0", devices));
+  assertEquals(busSlots(machineDomain("pc-q35-8.0", devices)), ["2:0.0", "2:0.1"]);
+  assertEquals(/model='pcie-root-port'\/>/.test(vm.desiredXml), false, vm.desiredXml);
+  assertOk(
+    vm.reasoning.some((r) => r.includes("behind the empty pcie-root-port of controller index 2")),
+    vm.reasoning.join("\n"),
+  );
+});
+
+Deno.test("planWorld() keeps guest bus 0 slots on i440fx machines and when no machine is named", () => {
+  for (const machine of ["pc", "pc-i440fx-7.2"]) {
+    const vm = planOne(machineDomain(machine, ""));
+    assertEquals(busSlots(machineDomain(machine, "")), ["0:10.0", "0:10.1"]);
+    assertEquals(/<controller/.test(vm.desiredXml), false);
+  }
+  assertEquals(busSlots(domain("")), ["0:10.0", "0:10.1"]);
+});
+
+Deno.test("planWorld() puts a card's function that appears later behind the card's root port on q35", () => {
+  const functionZero = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "function-zero" });
+  const [first] = planWorld({
+    config: MULTIFUNCTION,
+    host: functionZero,
+    world: dataWorld({ vm: machineDomain("q35", ROOT) }),
+  }).vms;
+  assertOk(first);
+  assertMatch(first.desiredXml, /index='1' model='pcie-root-port'/);
+  const later = planOne(first.desiredXml);
+  assertEquals(later.add.map((a) => a.spec.guestAddress), [
+    { domain: 0, bus: 1, slot: 0, function: 1 },
+  ]);
+  // Joining adds no controller: index 1 stays the only root port.
+  assertEquals(later.desiredXml.match(/pcie-root-port/g)?.length, 1);
+});
+
+/** Whether libvirt's `virt-xml-validate` accepts `xml` as a domain; its output when it does not. */
+async function validateDomain(xml: string): Promise<string | null> {
+  const file = await Deno.makeTempFile({ suffix: ".xml" });
+  try {
+    await Deno.writeTextFile(file, xml);
+    const out = await new Deno.Command("virt-xml-validate", { args: [file, "domain"] }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    return out.success ? null : text;
+  } finally {
+    await Deno.remove(file);
+  }
+}
+
+const noDaemon = libvirtdUnavailable() ??
+  (new Deno.Command("sh", { args: ["-c", "command -v virt-xml-validate"], stdout: "null" })
+      .outputSync().success
+    ? null
+    : "needs virt-xml-validate (libvirt-clients)");
+
+/** A q35 domain for the QEMU driver holding `devices`. */
+function q35Domain(name: string, devices: string): string {
+  return `<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+  </os>
+  <devices>
+${devices}
+  </devices>
+</domain>
+`;
+}
+
+/**
+ * Defines `xml` (named `name`) on `uri`, plans a multifunction GPU for it, checks the plan's
+ * definition validates and that libvirt keeps the card behind one root port; returns the plan.
+ */
+async function planOnQemu(uri: string, name: string, xml: string) {
+  using libvirt = openLibvirtPort(uri);
+  libvirt.define(xml);
+  const cfg = config(`  ${name}:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        multifunction: true
+`);
+  const first = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+  assertEquals(first.errors, []);
+  const bus = first.add[0]?.spec.guestAddress?.bus;
+  assertOk(bus !== undefined && bus > 0, `bus ${bus}`);
+  assertEquals(await validateDomain(first.desiredXml), null);
+  libvirt.define(first.desiredXml);
+  const stored = libvirt.getPersistentXml(name);
+  assertEquals(await validateDomain(stored), null);
+  // libvirt keeps one root port of that index, with both functions at their addresses behind it.
+  const port = parseDomainXml(stored).pciControllers.filter((c) => c.index === bus);
+  assertEquals(port, [{ index: bus, model: "pcie-root-port" }]);
+  const hex = `0x${bus.toString(16).padStart(2, "0")}`;
+  assertMatch(stored, new RegExp(`bus='${hex}' slot='0x00' function='0x0' multifunction='on'/>`));
+  assertMatch(stored, new RegExp(`bus='${hex}' slot='0x00' function='0x1'/>`));
+  const second = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+  assertEquals([second.changed, second.add, second.remove], [false, [], []]);
+  return first;
+}
+
+Deno.test({
+  name: "a q35 card behind its own pcie-root-port is accepted and kept by a real QEMU libvirtd" +
+    (noDaemon === null ? "" : ` (skipped: ${noDaemon})`),
+  ignore: noDaemon !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const names = ["spare", "new"].map((k) => `pt-q35-${k}-${crypto.randomUUID().slice(0, 8)}`);
+    // Definitions can outlive the daemon when its state is not isolated: undefine at the end.
+    using _cleanup = {
+      [Symbol.dispose]() {
+        using conn = Connection.open(daemon.uri);
+        for (const name of names) {
+          try {
+            using dom = conn.lookupDomainByName(name);
+            dom.undefine();
+          } catch {
+            // Never defined: nothing to clean up.
+          }
+        }
+      },
+    };
+    // libvirt lays a bare q35 domain out with a root port per device and an empty spare one:
+    // the card takes the spare, and the definition gains no controller.
+    const spare = await planOnQemu(
+      daemon.uri,
+      names[0]!,
+      q35Domain(
+        names[0]!,
+        `    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/${
+          names[0]
+        }.qcow2'/><target dev='vda' bus='virtio'/></disk>`,
+      ),
+    );
+    assertEquals(
+      spare.desiredXml.match(/model='pcie-root-port'/g)?.length,
+      spare.currentXml.match(/model='pcie-root-port'/g)?.length,
+    );
+    assertOk(
+      spare.reasoning.some((r) => r.includes("behind the empty pcie-root-port")),
+      spare.reasoning.join("\n"),
+    );
+    // With no spare, the plan adds the root port, at the first free index.
+    const fresh = await planOnQemu(
+      daemon.uri,
+      names[1]!,
+      q35Domain(
+        names[1]!,
+        "    <controller type='pci' index='0' model='pcie-root'/>\n    <controller type='usb' model='none'/>\n    <memballoon model='none'/>",
+      ),
+    );
+    assertMatch(fresh.desiredXml, /<controller type='pci' index='1' model='pcie-root-port'\/>/);
+  },
 });
