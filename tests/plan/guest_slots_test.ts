@@ -457,3 +457,16 @@ Deno.test({
     assertMatch(fresh.desiredXml, /<controller type='pci' index='1' model='pcie-root-port'\/>/);
   },
 });
+
+Deno.test("planWorld() leaves a q35 card to libvirt when no controller index is free", () => {
+  const xml = machineDomain("q35", `${ROOT}\n    <disk type='file'>${onBus(0xff)}</disk>`);
+  assertEquals(busSlots(xml), ["libvirt", "libvirt"]);
+  const vm = planOne(xml);
+  assertEquals(/pcie-root-port/.test(vm.desiredXml), false);
+  assertOk(
+    vm.reasoning.includes(
+      "0000:01:00: no free PCI controller index for a pcie-root-port for multifunction, libvirt places it",
+    ),
+    vm.reasoning.join("\n"),
+  );
+});
