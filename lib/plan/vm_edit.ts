@@ -11,7 +11,8 @@
  * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
  *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
  *   wrong device is never kept silently.
- * - A refused VM keeps its definition exactly as it is.
+ * - A refused VM keeps its definition as it is, but for its stale hostdevs: `VmPlan.repair`
+ *   removes them (never adds anything) and `apply` defines that even while the VM is refused.
  *
  * @module
  */
@@ -153,27 +154,40 @@ function bootOrderConflicts(
 }
 
 /**
- * A refused VM keeps its definition exactly as it is. A stale hostdev (its address now holds
- * another device or nothing) is then a refusal of its own, listed first: at the next start
- * libvirt would hand whatever sits there to the guest.
+ * A refused VM keeps its definition as it is, but for its stale hostdevs (an owned address now
+ * holding another device or nothing): at the next start libvirt would hand whatever sits there to
+ * the guest, so each is a refusal of its own, listed first, and the plan's `repair` removes them
+ * (and their records) while the other refusals stand.
  */
 function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
   const stale: PlanIssue[] = [];
+  const remove = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = context.byAddress.get(have.address);
     if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
       continue;
     }
+    remove.add(have.address);
     const outcome =
-      `it stays in the definition while the refusals below stand, and at the next start libvirt would detach ${
-        now === undefined ? "whatever appears there" : "that device from the host"
-      } for the guest (the start guard refuses it): resolve them, or drop the rule, and apply`;
+      `it is removed even while the refusals below stand (the only change planned for "${plan.name}"), so that the next start cannot hand ${
+        now === undefined ? "whatever appears there" : "that device"
+      } to the guest`;
     stale.push(driftWarning(plan.name, record, now, outcome));
   }
   plan.errors.unshift(...stale);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
+  if (remove.size > 0) {
+    plan.repair = {
+      remove: [...remove].sort(),
+      desiredXml: editDomainXml(plan.currentXml, {
+        remove: [...remove],
+        add: [],
+        records: domain.records.filter((r) => !remove.has(r.address)),
+      }),
+    };
+  }
   return plan;
 }
 

@@ -229,6 +229,12 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
     assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
     assertMatch(drift.message, /now holds 1002:73df/);
     assertEquals(refused.desiredXml, refused.currentXml);
+    assertEquals(refused.changed, false);
+    // Issue 13 item 4: the stale hostdevs are removed even so, and nothing else changes.
+    assertEquals(refused.repair?.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertMatch(drift.message, /removed even while the refusals below stand/);
+    const repaired = parseDomainXml(refused.repair?.desiredXml ?? "");
+    assertEquals([repaired.hostdevs, repaired.records], [[], []]);
     // With the rule gone, the plan removes the stale hostdevs and says why.
     const empty = config("  win10:\n    devices: []\n");
     const fixed = vmOf(planHostdevs({ config: empty, host: swapped, libvirt }), "win10");
@@ -237,6 +243,39 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
       fixed.warnings.filter((w) => w.code === "drift").map((w) => w.devices),
       [["0000:01:00.0"], ["0000:01:00.1"]],
     );
+  });
+});
+
+Deno.test("planHostdevs() repairs a refused VM by removing only its stale hostdev, keeping the rest", async () => {
+  // The GPU is still there, its audio function's address now holds a NIC; a second rule is
+  // refused (matches nothing): the repair removes the audio hostdev alone, adds nothing.
+  const audioGone = host([
+    ...baseDevices().filter((d) => d.bdf !== GPU_AUDIO.bdf),
+    GPU,
+    dev({ bdf: GPU_AUDIO.bdf, group: 1, class: "0x020000", vendor: "0x8086", device: "0x1539" }),
+  ]);
+  const withTypo = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+  );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: withTypo, host: audioGone, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code)[0], "drift");
+    assertOk(vm.errors.some((e) => e.code === "no-match"));
+    assertEquals(vm.changed, false);
+    assertEquals(vm.repair?.remove, [GPU_AUDIO.bdf]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals(repaired.hostdevs.map((h) => [h.address, h.owned]), [[GPU.bdf, true]]);
+    assertEquals(repaired.records.map((r) => r.address), [GPU.bdf]);
+    // The GPU's hostdev is byte for byte what it was.
+    const gpu = parseDomainXml(vm.currentXml).hostdevs.find((h) => h.address === GPU.bdf);
+    assertOk(gpu !== undefined && vm.repair!.desiredXml.includes(gpu.xml));
+    // A refused VM without stale hostdevs has no repair.
+    const clean = vmOf(planHostdevs({ config: withTypo, host: HOST, libvirt }), "win10");
+    assertEquals([clean.errors.map((e) => e.code), clean.repair], [["no-match"], undefined]);
   });
 });
 
