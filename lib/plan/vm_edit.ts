@@ -21,7 +21,7 @@ import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { pciAddressParts } from "../pci/address.ts";
+import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import type { VmResolution } from "./resolve.ts";
@@ -372,6 +372,30 @@ function keepGuestAddressOfMoves(
   }
 }
 
+/**
+ * The moves whose hostdev is rewritten in place (only its source address changes, so it keeps
+ * its position and the diff shows one line): those whose new spec has the old element's settings
+ * and guest address. Any other moved card is removed and written again from its spec.
+ */
+function movesInPlace(
+  plan: VmPlan,
+  domain: ParsedDomain,
+  specs: ReadonlyMap<PciAddress, HostdevSpec>,
+): { from: PciAddress; to: PciAddress }[] {
+  return plan.move.filter((move) => {
+    const have = domain.hostdevs.find((h) => h.address === move.from);
+    const spec = specs.get(move.to);
+    if (have === undefined || spec === undefined) return false;
+    if (settingsOfHostdev(have) !== settingsOfSpec(spec)) return false;
+    const guest = have.guestAddress;
+    if (spec.guestAddress === undefined) return guest === null;
+    if (guest === null) return false;
+    const { multifunction, ...parts } = spec.guestAddress;
+    return pciAddressFromParts(parts) === guest.address &&
+      (multifunction ?? false) === guest.multifunction;
+  }).map(({ from, to }) => ({ from, to }));
+}
+
 /** The lists, records and desired XML from the decisions taken. */
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
@@ -396,10 +420,14 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   plan.keep = domain.hostdevs.map((h) => h.address).filter((a) => !remove.has(a)).sort();
   plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
   edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  const inPlace = movesInPlace(plan, domain, specs);
+  const from = new Set(inPlace.map((m) => m.from));
+  const to = new Set(inPlace.map((m) => m.to));
   plan.desiredXml = editDomainXml(xml, {
-    remove: [...remove],
-    add: toAdd.map((c) => specs.get(c.device.address)!),
+    remove: [...remove].filter((a) => !from.has(a)),
+    add: toAdd.filter((c) => !to.has(c.device.address)).map((c) => specs.get(c.device.address)!),
     records: edit.records,
+    move: inPlace,
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
   if (plan.changed && active === true) {

@@ -180,6 +180,53 @@ Deno.test("planHostdevs() keeps a moved card's guest address", async () => {
     assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
     const gpu = parseDomainXml(vm.desiredXml).hostdevs.find((h) => h.address === "0000:0b:00.0");
     assertEquals(gpu?.guestAddress?.address, "0000:00:07.0");
+    // Issue 16: rewritten in place, in the same order, so the devices' diff is the two source
+    // address lines and nothing else.
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+    ]);
+    const devices = (xml: string) => xml.slice(xml.indexOf("<devices>")).split("\n");
+    const was = devices(vm.currentXml);
+    const now = devices(vm.desiredXml);
+    assertEquals(was.length, now.length);
+    assertEquals(now.filter((line, i) => line !== was[i]).map((l) => l.trim()), [
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>",
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>",
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() rewrites a moved card's hostdevs where they are, before the ones after them", async () => {
+  // Issue 16: the GPU's hostdevs come before the NIC's; after the move they still do, and the
+  // diff of <devices> is their two source address lines, not a removal and an addition.
+  const both = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: nic\n        match: { vendor_device_id: "8086:1533" }\n',
+  );
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: both, host: HOST, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: both, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+      "0000:02:00.0",
+    ]);
+    const devices = (xml: string) => xml.slice(xml.indexOf("<devices>")).split("\n");
+    const was = devices(vm.currentXml);
+    const now = devices(vm.desiredXml);
+    assertEquals(now.filter((line, i) => line !== was[i]).map((l) => l.trim()), [
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>",
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>",
+    ]);
   });
 });
 
