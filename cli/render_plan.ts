@@ -22,6 +22,8 @@ export interface PlanSummary {
   add: number;
   remove: number;
   move: number;
+  /** Stale hostdevs the repairs of refused VMs remove. */
+  repair: number;
   vmsWithErrors: number;
   warnings: number;
   /** The VMs planned, in plan order. */
@@ -38,6 +40,10 @@ export function summarizePlan(plan: Plan): PlanSummary {
     add: changing.reduce((n, vm) => n + vm.add.length, 0),
     remove: changing.reduce((n, vm) => n + vm.remove.length, 0),
     move: changing.reduce((n, vm) => n + vm.move.length, 0),
+    repair: plan.vms.reduce(
+      (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.remove.length ?? 0 : 0),
+      0,
+    ),
     vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +
       (plan.errors.length > 0 ? 1 : 0),
     warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
@@ -70,6 +76,9 @@ export function summaryLine(summary: PlanSummary): string {
   ];
   if (summary.move > 0) parts.push(`${summary.move} moved`);
   if (summary.vmsWithErrors > 0) parts.push(`${plural(summary.vmsWithErrors, "VM")} refused`);
+  if (summary.repair > 0) {
+    parts.push(`${plural(summary.repair, "stale hostdev")} to remove from refused VMs`);
+  }
   return parts.join(", ") + others;
 }
 

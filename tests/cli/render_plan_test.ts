@@ -181,4 +181,16 @@ Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev 
   );
   assertEquals([refusals > 0, repair > refusals], [true, true]);
   assertMatch(text.slice(repair), /-\s+<hostdev mode='subsystem' type='pci' managed='yes'>/);
+  const whole: Plan = {
+    config: "c.yaml",
+    host: "h",
+    uri: "test:///default",
+    vms: [plan],
+    errors: [],
+    warnings: [],
+  };
+  assertEquals(
+    summaryLine(summarizePlan(whole)),
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 stale hostdev to remove from refused VMs",
+  );
 });
