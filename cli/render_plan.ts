@@ -22,6 +22,8 @@ export interface PlanSummary {
   add: number;
   remove: number;
   move: number;
+  /** Stale hostdevs the repairs of refused VMs remove. */
+  repair: number;
   vmsWithErrors: number;
   warnings: number;
   /** The VMs planned, in plan order. */
@@ -38,6 +40,10 @@ export function summarizePlan(plan: Plan): PlanSummary {
     add: changing.reduce((n, vm) => n + vm.add.length, 0),
     remove: changing.reduce((n, vm) => n + vm.remove.length, 0),
     move: changing.reduce((n, vm) => n + vm.move.length, 0),
+    repair: plan.vms.reduce(
+      (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.remove.length ?? 0 : 0),
+      0,
+    ),
     vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +
       (plan.errors.length > 0 ? 1 : 0),
     warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
@@ -70,6 +76,9 @@ export function summaryLine(summary: PlanSummary): string {
   ];
   if (summary.move > 0) parts.push(`${summary.move} moved`);
   if (summary.vmsWithErrors > 0) parts.push(`${plural(summary.vmsWithErrors, "VM")} refused`);
+  if (summary.repair > 0) {
+    parts.push(`${plural(summary.repair, "stale hostdev")} to remove from refused VMs`);
+  }
   return parts.join(", ") + others;
 }
 
@@ -174,11 +183,40 @@ function vmState(vm: VmPlan): string {
   return vm.active ? " (running: changes apply at the next full power-off)" : " (shut off)";
 }
 
+/**
+ * Under a refused VM's refusals: the stale hostdevs its repair still removes, each with what its
+ * address holds now (from the `drift` refusal), and the diff of that repair.
+ */
+function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
+  if (vm.errors.length === 0 || vm.repair === undefined) return [];
+  const paint = painter(options.color);
+  const lines: string[] = [];
+  for (const address of vm.repair.remove) {
+    const drift = vm.errors.find((e) => e.code === "drift" && e.devices?.[0] === address);
+    const holds = /now holds (.*?): /.exec(drift?.message ?? "")?.[1];
+    lines.push(
+      `  ${paint("cyan", "repair")} will still remove the stale hostdev ${address}${
+        holds === undefined ? "" : ` (it now holds ${holds})`
+      }`,
+    );
+  }
+  const diff = renderDomainDiff(vm.currentXml, vm.repair.desiredXml, {
+    vm: vm.name,
+    color: options.color,
+  });
+  lines.push(...diff.trimEnd().split("\n").map((line) => `  ${line}`));
+  return lines;
+}
+
 /** Renders one VM's section. */
 export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
   const lines: string[] = [paint("bold", `VM ${vm.name}${vmState(vm)}`)];
-  if (vm.errors.length > 0) {
+  if (vm.errors.length > 0 && vm.repair !== undefined) {
+    lines.push(
+      "  only the stale hostdevs will be removed until the refusals below are resolved",
+    );
+  } else if (vm.errors.length > 0) {
     lines.push("  nothing will change for this VM until the refusals below are resolved");
   } else if (!vm.changed) {
     lines.push("  no changes");
@@ -201,6 +239,7 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
     for (const reason of vm.reasoning) lines.push(`    - ${reason}`);
   }
   lines.push(...renderIssues(vm.errors, vm.warnings, paint));
+  lines.push(...renderRepair(vm, options));
   // The plan holds definitions with their passwords; nothing printed shows them.
   return redactSecrets(lines.join("\n") + "\n");
 }

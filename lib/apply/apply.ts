@@ -2,7 +2,8 @@
  * The apply engine: turns a {@link Plan} into defined domains, one confirmed VM at a time, with a
  * backup before every define and a check after it.
  *
- * Per VM: skip unless `changed` and free of errors; ask; re-read the persistent XML and stop if it
+ * Per VM: skip unless `changed` and free of errors (a refused VM with a `repair` gets that repair
+ * alone, through the same steps); ask; re-read the persistent XML and stop if it
  * is no longer the XML the plan was computed from; re-read every other domain and stop if a device
  * the VM takes is now held by one of them beyond what the plan counted on (`conflict-changed`, see
  * `recheck.ts`); write a backup (no backup, no define); define `desiredXml` (libvirt validates
@@ -53,6 +54,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
 /**
  * Why, as a machine-readable code:
  * - `applied`: defined and verified (status `changed`);
+ * - `repaired`: the plan refuses the VM, but its repair (the stale hostdevs removed, nothing else)
+ *   was defined and verified (status `changed`; the message counts the refusals left);
  * - `no-changes`: the plan changes nothing (`unchanged`);
  * - `plan-errors`: the plan refuses the VM, or the whole plan has refusals (`skipped`);
  * - `declined`, `quit`: the user said no, or quit at this VM or before it (`skipped`);
@@ -70,6 +73,7 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  */
 export type ApplyCode =
   | "applied"
+  | "repaired"
   | "no-changes"
   | "plan-errors"
   | "declined"
@@ -264,6 +268,8 @@ function skipWithoutAsking(
   plan: Plan,
   done: ReadonlyMap<VmPlan, VmApplyResult>,
 ): VmApplyResult | null {
+  // A repair only removes hostdevs that point at the wrong device: safe whatever else is refused.
+  if (vm.errors.length > 0 && vm.repair !== undefined) return null;
   if (plan.errors.length > 0) {
     // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
     return result(vm, "skipped", "plan-errors", "Not applied: the plan has host-wide refusals");
@@ -346,12 +352,14 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   const answers: Answers = { all: false, quit: false };
   for (const vm of releaseOrder(plan.vms, plan.groupOf)) {
     const skipped = skipWithoutAsking(vm, plan, done) ??
-      await askFor(vm, answers, options.confirm);
+      await askFor(repairView(vm), answers, options.confirm);
     if (skipped !== null) {
       done.set(vm, skipped);
       continue;
     }
-    const outcome = applyVm(vm, plan, { ...options, state });
+    const outcome = vm.errors.length > 0 && vm.repair !== undefined
+      ? applyRepair(vm, plan, { ...options, state })
+      : applyVm(vm, plan, { ...options, state });
     done.set(vm, outcome.result);
     if (outcome.live !== null) pendingLive.push(outcome.live);
   }
@@ -687,6 +695,44 @@ function defineAndVerify(
     message:
       `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
   };
+}
+
+/**
+ * `vm` as the plan of its repair when it is refused and has one (the stale hostdevs removed,
+ * nothing added), so asking, defining and verifying treat the repair as any change; else `vm`.
+ */
+function repairView(vm: VmPlan): VmPlan {
+  if (vm.errors.length === 0 || vm.repair === undefined) return vm;
+  return {
+    ...vm,
+    add: [],
+    remove: vm.repair.remove,
+    move: [],
+    errors: [],
+    desiredXml: vm.repair.desiredXml,
+    changed: true,
+  };
+}
+
+/** Defines the repair of a refused VM (see {@link repairView}); the result keeps its refusals. */
+function applyRepair(
+  vm: VmPlan,
+  plan: Plan,
+  options: ApplyOptions & { state: StateDir },
+): { result: VmApplyResult; live: PendingLive | null } {
+  const outcome = applyVm(repairView(vm), plan, options);
+  const { result } = outcome;
+  if (result.status !== "changed") return outcome;
+  const count = `${vm.errors.length} refusal${vm.errors.length === 1 ? "" : "s"}`;
+  const removed = vm.repair!.remove.map((a) => `"${a}"`).join(", ");
+  result.code = "repaired";
+  result.message = result.message.replace(
+    /^Defined "[^"]*" \([^)]*\)/,
+    `Removed the stale hostdev${
+      vm.repair!.remove.length === 1 ? "" : "s"
+    } ${removed} from "${vm.name}"; the rest is not applied: the plan refuses it (${count})`,
+  );
+  return outcome;
 }
 
 /** Defines one confirmed VM of `plan`; never throws. */

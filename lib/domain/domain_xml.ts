@@ -129,6 +129,12 @@ export interface DomainEdit {
   add: HostdevSpec[];
   /** The full new set of records (replaces our metadata; `[]` removes it). */
   records: DeviceIdentity[];
+  /**
+   * Owned hostdevs whose card now sits at another host address: each one's `<source><address>`
+   * is rewritten from `from` to `to` in place, so the element keeps its position, settings and
+   * guest address. Default: none.
+   */
+  move?: readonly { from: PciAddress; to: PciAddress }[];
   /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
   addControllers?: PciControllerSpec[];
 }
@@ -188,11 +194,11 @@ interface Located {
   interfaceHostdevs: PciAddress[];
   bootDevices: string[];
   guestAddresses: GuestPciAddress[];
-  machine: string | null;
-  pciControllers: PciController[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
+  machine: string | null;
+  pciControllers: PciController[];
 }
 
 function errorAt(xml: string, index: number, message: string, cause?: unknown): DomainXmlError {
@@ -669,7 +675,8 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
 
 /**
  * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
- * `edit.remove` are deleted together with their line, `edit.add` hostdevs are appended after the
+ * `edit.remove` are deleted together with their line, those in `edit.move` get their source
+ * address rewritten where they are, `edit.add` hostdevs are appended after the
  * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
  * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
  * byte-identical, and an edit with nothing to do returns `xml` itself.
@@ -679,8 +686,8 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
  * closes) that container again when nothing else is in it.
  *
  * Throws {@link DomainXmlError} for XML {@link parseDomainXml} refuses, and
- * {@link DomainEditError} when asked to remove a hostdev that is absent or not owned, or to add
- * one the domain already has.
+ * {@link DomainEditError} when asked to remove or move a hostdev that is absent or not owned, or
+ * to add (or move to) one the domain already has.
  *
  * @example
  * ```ts
@@ -705,11 +712,13 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   );
   const createdBefore = [...created].sort().join(" ");
   const { removing, removedSpans } = sitesToRemove(located, edit.remove);
+  const moved = moveSplices(located, edit.move ?? [], removing);
   const lines = [
     ...controllerLines(located, edit.addControllers ?? []),
-    ...linesToAdd(located, edit.add, removing),
+    ...linesToAdd(located, edit.add, moved.present),
   ];
   const splices = [
+    ...moved.splices,
     ...removalSplices(xml, {
       located,
       removedSpans,
@@ -782,15 +791,59 @@ function controllerLines(located: Located, add: readonly PciControllerSpec[]): s
   });
 }
 
-/** The lines of the hostdevs to add, refusing one the domain keeps already. */
-function linesToAdd(
+/**
+ * Splices rewriting the source address of each moved hostdev in place, refusing a `from` the
+ * domain lacks, did not get from us or also removes, and a `to` it already has. `present`: the
+ * host addresses the domain holds after the removals and moves.
+ */
+function moveSplices(
   located: Located,
-  add: readonly HostdevSpec[],
+  moves: readonly { from: PciAddress; to: PciAddress }[],
   removing: ReadonlySet<PciAddress>,
-): string[] {
+): { splices: Splice[]; present: Set<PciAddress> } {
   const present = new Set(
     located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
   );
+  const splices: Splice[] = [];
+  for (const move of moves) {
+    const from = canonicalPciAddress(move.from);
+    const to = canonicalPciAddress(move.to);
+    if (from === null || to === null) {
+      throw new TypeError(`Not a PCI address: "${from === null ? move.from : move.to}"`);
+    }
+    const sites = located.hostdevs.filter((s) => s.hostdev.address === from);
+    const refuse = (why: string, address: PciAddress) =>
+      new DomainEditError(
+        `Cannot move hostdev "${from}" of "${located.name}" to "${to}": ${why}`,
+        address,
+      );
+    if (sites.length !== 1 || !present.has(from)) {
+      throw refuse("the domain does not have it once, or it is also removed", from);
+    }
+    if (!sites[0]!.hostdev.owned) throw refuse("it was not added by passthrough", from);
+    if (present.has(to)) throw refuse("the domain already has that address", to);
+    present.delete(from);
+    present.add(to);
+    const source = sites[0]!.span.children.find((c) => c.name === "source");
+    const address = source?.children.find((c) => c.name === "address");
+    if (address === undefined) throw refuse("it has no <source><address>", from);
+    const a = pciAddressToLibvirt(to);
+    splices.push({
+      start: address.start,
+      end: address.end,
+      text:
+        `<address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>`,
+    });
+  }
+  return { splices, present };
+}
+
+/** The lines of the hostdevs to add, refusing one the domain holds already (`present`). */
+function linesToAdd(
+  located: Located,
+  add: readonly HostdevSpec[],
+  present: Set<PciAddress>,
+): string[] {
   const lines: string[] = [];
   for (const spec of add) {
     const address = canonicalPciAddress(spec.address);

@@ -176,6 +176,21 @@ export interface MovedHostdev {
   evidence: string;
 }
 
+/**
+ * The one edit a refused VM still gets: its stale hostdevs removed. A stale hostdev is an owned
+ * one whose address now holds another device or nothing; kept, the next start would hand that
+ * device to the guest. A repair only removes: it never adds a device.
+ */
+export interface VmRepair {
+  /** Canonical addresses of the stale owned hostdevs removed, sorted. */
+  remove: PciAddress[];
+  /**
+   * The persistent XML `apply` defines for the refused VM: `currentXml` with only those hostdevs
+   * and their records removed (passwords included: print it as {@link VmPlan.currentXml}).
+   */
+  desiredXml: string;
+}
+
 /** The plan for one VM. */
 export interface VmPlan {
   /**
@@ -223,6 +238,11 @@ export interface VmPlan {
   desiredXml: string;
   /** `true` when `desiredXml` differs from `currentXml`. */
   changed: boolean;
+  /**
+   * For a refused VM holding stale hostdevs: the removal `apply` makes even so. Absent when the
+   * VM is not refused or holds none.
+   */
+  repair?: VmRepair;
 }
 
 /** The whole plan. */

@@ -11,7 +11,8 @@
  * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
  *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
  *   wrong device is never kept silently.
- * - A refused VM keeps its definition exactly as it is.
+ * - A refused VM keeps its definition as it is, but for its stale hostdevs: `VmPlan.repair`
+ *   removes them (never adds anything) and `apply` defines that even while the VM is refused.
  *
  * @module
  */
@@ -20,7 +21,7 @@ import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { pciAddressParts } from "../pci/address.ts";
+import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import type { VmResolution } from "./resolve.ts";
@@ -153,27 +154,40 @@ function bootOrderConflicts(
 }
 
 /**
- * A refused VM keeps its definition exactly as it is. A stale hostdev (its address now holds
- * another device or nothing) is then a refusal of its own, listed first: at the next start
- * libvirt would hand whatever sits there to the guest.
+ * A refused VM keeps its definition as it is, but for its stale hostdevs (an owned address now
+ * holding another device or nothing): at the next start libvirt would hand whatever sits there to
+ * the guest, so each is a refusal of its own, listed first, and the plan's `repair` removes them
+ * (and their records) while the other refusals stand.
  */
 function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
   const stale: PlanIssue[] = [];
+  const remove = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = context.byAddress.get(have.address);
     if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
       continue;
     }
+    remove.add(have.address);
     const outcome =
-      `it stays in the definition while the refusals below stand, and at the next start libvirt would detach ${
-        now === undefined ? "whatever appears there" : "that device from the host"
-      } for the guest (the start guard refuses it): resolve them, or drop the rule, and apply`;
+      `it is removed even while the refusals below stand (the only change planned for "${plan.name}"), so that the next start cannot hand ${
+        now === undefined ? "whatever appears there" : "that device"
+      } to the guest`;
     stale.push(driftWarning(plan.name, record, now, outcome));
   }
   plan.errors.unshift(...stale);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
+  if (remove.size > 0) {
+    plan.repair = {
+      remove: [...remove].sort(),
+      desiredXml: editDomainXml(plan.currentXml, {
+        remove: [...remove],
+        add: [],
+        records: domain.records.filter((r) => !remove.has(r.address)),
+      }),
+    };
+  }
   return plan;
 }
 
@@ -358,6 +372,30 @@ function keepGuestAddressOfMoves(
   }
 }
 
+/**
+ * The moves whose hostdev is rewritten in place (only its source address changes, so it keeps
+ * its position and the diff shows one line): those whose new spec has the old element's settings
+ * and guest address. Any other moved card is removed and written again from its spec.
+ */
+function movesInPlace(
+  plan: VmPlan,
+  domain: ParsedDomain,
+  specs: ReadonlyMap<PciAddress, HostdevSpec>,
+): { from: PciAddress; to: PciAddress }[] {
+  return plan.move.filter((move) => {
+    const have = domain.hostdevs.find((h) => h.address === move.from);
+    const spec = specs.get(move.to);
+    if (have === undefined || spec === undefined) return false;
+    if (settingsOfHostdev(have) !== settingsOfSpec(spec)) return false;
+    const guest = have.guestAddress;
+    if (spec.guestAddress === undefined) return guest === null;
+    if (guest === null) return false;
+    const { multifunction, ...parts } = spec.guestAddress;
+    return pciAddressFromParts(parts) === guest.address &&
+      (multifunction ?? false) === guest.multifunction;
+  }).map(({ from, to }) => ({ from, to }));
+}
+
 /** The lists, records and desired XML from the decisions taken. */
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
@@ -387,11 +425,15 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   plan.keep = domain.hostdevs.map((h) => h.address).filter((a) => !remove.has(a)).sort();
   plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
   edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  const inPlace = movesInPlace(plan, domain, specs);
+  const from = new Set(inPlace.map((m) => m.from));
+  const to = new Set(inPlace.map((m) => m.to));
   plan.desiredXml = editDomainXml(xml, {
-    remove: [...remove],
-    add: toAdd.map((c) => specs.get(c.device.address)!),
-    records: edit.records,
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),
+    remove: [...remove].filter((a) => !from.has(a)),
+    add: toAdd.filter((c) => !to.has(c.device.address)).map((c) => specs.get(c.device.address)!),
+    records: edit.records,
+    move: inPlace,
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
   if (plan.changed && active === true) {

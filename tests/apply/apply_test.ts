@@ -25,6 +25,19 @@ import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import {
+  baseDevices,
+  config,
+  dev,
+  GPU,
+  GPU_AUDIO,
+  GPU_CONFIG,
+  HOST,
+  host,
+  vmOf,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -794,4 +807,43 @@ Deno.test({
       await Deno.remove(etc, { recursive: true });
     }
   },
+});
+
+Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), and only that", async () => {
+  // win10 holds the GPU and its audio function; the audio function's address now holds a NIC,
+  // and a second rule matches nothing, so the plan refuses win10.
+  const audioGone = host([
+    ...baseDevices(),
+    GPU,
+    dev({ bdf: GPU_AUDIO.bdf, group: 1, class: "0x020000", vendor: "0x8086", device: "0x1539" }),
+  ]);
+  const withTypo = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+  );
+  const stateDir = Deno.makeTempDirSync({ prefix: "passthrough-repair-" });
+  try {
+    await withPort([WIN10], async (libvirt) => {
+      libvirt.define(
+        vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+      );
+      const plan = planHostdevs({ config: withTypo, host: audioGone, libvirt });
+      const asked = answers("yes");
+      const report = await applyPlan(plan, { libvirt, stateDir, confirm: asked.confirm });
+      assertEquals(asked.asked, ["win10"]);
+      const [result] = report.vms;
+      assertEquals([result?.status, result?.code], ["changed", "repaired"]);
+      assertEquals([result?.added, result?.removed], [[], [GPU_AUDIO.bdf]]);
+      assertMatch(result?.message ?? "", /stale hostdev "0000:01:00.1".*refuses it \(2 refusals\)/);
+      assertOk(result?.backup);
+      const defined = parseDomainXml(libvirt.getPersistentXml("win10"));
+      assertEquals(defined.hostdevs.map((h) => [h.address, h.owned]), [[GPU.bdf, true]]);
+      assertEquals(defined.records.map((r) => r.address), [GPU.bdf]);
+      // Planned again: the stale refusal is gone, the rule's own stands, nothing left to repair.
+      const again = vmOf(planHostdevs({ config: withTypo, host: audioGone, libvirt }), "win10");
+      assertEquals([again.errors.map((e) => e.code), again.repair], [["no-match"], undefined]);
+    });
+  } finally {
+    Deno.removeSync(stateDir, { recursive: true });
+  }
 });

@@ -144,3 +144,53 @@ Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with
     /^ {2}warning \[host-driver-in-use\] rule "nic": 5 functions are bound to host drivers and the rule has managed: false: .* bind them to vfio-pci/,
   );
 });
+
+Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev and its diff", () => {
+  const current = `<domain>
+  <name>router</name>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='0x08' slot='0x00' function='0x0'/>
+      </source>
+    </hostdev>
+  </devices>
+</domain>
+`;
+  const drift: PlanIssue = {
+    code: "drift",
+    message:
+      'Hostdev 0000:08:00.0 of "router" was recorded as 8086:1533 (rule "nic") but the address now holds 144d:a808 Non-Volatile memory controller: it is removed even while the refusals below stand',
+    vm: "router",
+    rule: "nic",
+    devices: ["0000:08:00.0"],
+  };
+  const noMatch: PlanIssue = { code: "no-match", message: 'Rule "usb" matches no device' };
+  const repaired = current.replace(/ {4}<hostdev[^]*<\/hostdev>\n/, "");
+  const plan = {
+    ...vm([drift, noMatch], []),
+    currentXml: current,
+    desiredXml: current,
+    repair: { remove: ["0000:08:00.0"], desiredXml: repaired },
+  };
+  const text = renderVmPlan(plan, { color: false });
+  assertMatch(text, /only the stale hostdevs will be removed until the refusals below/);
+  const refusals = text.indexOf("[no-match]");
+  const repair = text.indexOf(
+    "repair will still remove the stale hostdev 0000:08:00.0 (it now holds 144d:a808 Non-Volatile memory controller)",
+  );
+  assertEquals([refusals > 0, repair > refusals], [true, true]);
+  assertMatch(text.slice(repair), /-\s+<hostdev mode='subsystem' type='pci' managed='yes'>/);
+  const whole: Plan = {
+    config: "c.yaml",
+    host: "h",
+    uri: "test:///default",
+    vms: [plan],
+    errors: [],
+    warnings: [],
+  };
+  assertEquals(
+    summaryLine(summarizePlan(whole)),
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 stale hostdev to remove from refused VMs",
+  );
+});

@@ -669,6 +669,73 @@ Deno.test("editDomainXml() creates <devices> and <metadata> in a one-line domain
   assertEquals(editDomainXml(added, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
 });
 
+Deno.test("editDomainXml() moves an owned hostdev in place: one source address line changes", () => {
+  const xml = `<domain>
+  <name>vm</name>
+  <devices>
+    <disk type='file' device='disk'/>
+  </devices>
+</domain>
+`;
+  const one = editDomainXml(xml, {
+    remove: [],
+    add: [
+      { address: "0000:01:00.0", managed: true, bootOrder: 2, rom: { bar: "off" } },
+      { address: "0000:05:00.0", managed: true },
+    ],
+    records: [record("0000:01:00.0"), record("0000:05:00.0")],
+  });
+  const withGuest = one.replace(
+    /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+    "$1\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+  );
+  const moved = editDomainXml(withGuest, {
+    remove: [],
+    add: [],
+    records: [record("0000:05:00.0"), record("0000:0b:00.0")],
+    move: [{ from: "0000:01:00.0", to: "0000:0b:00.0" }],
+  });
+  const before = parseDomainXml(withGuest).hostdevs;
+  const after = parseDomainXml(moved).hostdevs;
+  // Same position (before the 05:00.0 hostdev), settings and guest address; owned at the new address.
+  assertEquals(after.map((h) => h.address), ["0000:0b:00.0", "0000:05:00.0"]);
+  assertEquals(
+    after.map((h) => [h.owned, h.bootOrder, h.romBar, h.guestAddress?.address ?? null]),
+    before.map((h) => [true, h.bootOrder, h.romBar, h.guestAddress?.address ?? null]),
+  );
+  const changed = (a: string, b: string) => {
+    const x = a.split("\n");
+    const y = b.split("\n");
+    return x.filter((line, i) => line !== y[i]);
+  };
+  // Outside the metadata, the one changed line is the source address.
+  const devicesOf = (s: string) => s.slice(s.indexOf("<devices>"));
+  assertEquals(changed(devicesOf(withGuest), devicesOf(moved)), [
+    "        <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>",
+  ]);
+  assertMatch(moved, /<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'\/>/);
+  // Refused: a hand-added or absent source, or a target the domain already has.
+  const refuse = (move: { from: string; to: string }) =>
+    assertThrows(
+      () => editDomainXml(withGuest, { remove: [], add: [], records: [], move: [move] }),
+      DomainEditError,
+    );
+  refuse({ from: "0000:02:00.0", to: "0000:0b:00.0" });
+  refuse({ from: "0000:01:00.0", to: "0000:05:00.0" });
+  const handAdded = withGuest.replace(/<passthrough:device address='0000:01:00.0'[^>]*\/>/, "");
+  assertThrows(
+    () =>
+      editDomainXml(handAdded, {
+        remove: [],
+        add: [],
+        records: [record("0000:05:00.0")],
+        move: [{ from: "0000:01:00.0", to: "0000:0b:00.0" }],
+      }),
+    DomainEditError,
+    "not added by passthrough",
+  );
+});
+
 Deno.test("parseDomainXml() reads the machine type and the <controller type='pci'> indexes, never from comments", () => {
   const parsed = parseDomainXml(`<domain><name>d</name>
   <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>

@@ -180,6 +180,53 @@ Deno.test("planHostdevs() keeps a moved card's guest address", async () => {
     assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
     const gpu = parseDomainXml(vm.desiredXml).hostdevs.find((h) => h.address === "0000:0b:00.0");
     assertEquals(gpu?.guestAddress?.address, "0000:00:07.0");
+    // Issue 16: rewritten in place, in the same order, so the devices' diff is the two source
+    // address lines and nothing else.
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+    ]);
+    const devices = (xml: string) => xml.slice(xml.indexOf("<devices>")).split("\n");
+    const was = devices(vm.currentXml);
+    const now = devices(vm.desiredXml);
+    assertEquals(was.length, now.length);
+    assertEquals(now.filter((line, i) => line !== was[i]).map((l) => l.trim()), [
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>",
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>",
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() rewrites a moved card's hostdevs where they are, before the ones after them", async () => {
+  // Issue 16: the GPU's hostdevs come before the NIC's; after the move they still do, and the
+  // diff of <devices> is their two source address lines, not a removal and an addition.
+  const both = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: nic\n        match: { vendor_device_id: "8086:1533" }\n',
+  );
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: both, host: HOST, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: both, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.address), [
+      "0000:0b:00.0",
+      "0000:0b:00.1",
+      "0000:02:00.0",
+    ]);
+    const devices = (xml: string) => xml.slice(xml.indexOf("<devices>")).split("\n");
+    const was = devices(vm.currentXml);
+    const now = devices(vm.desiredXml);
+    assertEquals(now.filter((line, i) => line !== was[i]).map((l) => l.trim()), [
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>",
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>",
+    ]);
   });
 });
 
@@ -229,6 +276,12 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
     assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
     assertMatch(drift.message, /now holds 1002:73df/);
     assertEquals(refused.desiredXml, refused.currentXml);
+    assertEquals(refused.changed, false);
+    // Issue 13 item 4: the stale hostdevs are removed even so, and nothing else changes.
+    assertEquals(refused.repair?.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertMatch(drift.message, /removed even while the refusals below stand/);
+    const repaired = parseDomainXml(refused.repair?.desiredXml ?? "");
+    assertEquals([repaired.hostdevs, repaired.records], [[], []]);
     // With the rule gone, the plan removes the stale hostdevs and says why.
     const empty = config("  win10:\n    devices: []\n");
     const fixed = vmOf(planHostdevs({ config: empty, host: swapped, libvirt }), "win10");
@@ -237,6 +290,39 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
       fixed.warnings.filter((w) => w.code === "drift").map((w) => w.devices),
       [["0000:01:00.0"], ["0000:01:00.1"]],
     );
+  });
+});
+
+Deno.test("planHostdevs() repairs a refused VM by removing only its stale hostdev, keeping the rest", async () => {
+  // The GPU is still there, its audio function's address now holds a NIC; a second rule is
+  // refused (matches nothing): the repair removes the audio hostdev alone, adds nothing.
+  const audioGone = host([
+    ...baseDevices().filter((d) => d.bdf !== GPU_AUDIO.bdf),
+    GPU,
+    dev({ bdf: GPU_AUDIO.bdf, group: 1, class: "0x020000", vendor: "0x8086", device: "0x1539" }),
+  ]);
+  const withTypo = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+  );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: withTypo, host: audioGone, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code)[0], "drift");
+    assertOk(vm.errors.some((e) => e.code === "no-match"));
+    assertEquals(vm.changed, false);
+    assertEquals(vm.repair?.remove, [GPU_AUDIO.bdf]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals(repaired.hostdevs.map((h) => [h.address, h.owned]), [[GPU.bdf, true]]);
+    assertEquals(repaired.records.map((r) => r.address), [GPU.bdf]);
+    // The GPU's hostdev is byte for byte what it was.
+    const gpu = parseDomainXml(vm.currentXml).hostdevs.find((h) => h.address === GPU.bdf);
+    assertOk(gpu !== undefined && vm.repair!.desiredXml.includes(gpu.xml));
+    // A refused VM without stale hostdevs has no repair.
+    const clean = vmOf(planHostdevs({ config: withTypo, host: HOST, libvirt }), "win10");
+    assertEquals([clean.errors.map((e) => e.code), clean.repair], [["no-match"], undefined]);
   });
 });
 
