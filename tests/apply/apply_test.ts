@@ -13,7 +13,7 @@ import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../
 import { StateDirError } from "../../lib/state/state_dir.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
-import { confirmVm, makeConfirm } from "../../cli/confirm.ts";
+import { confirmVm, confirmYesNo, makeConfirm } from "../../cli/confirm.ts";
 import type { CliIo } from "../../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { rollbackVm } from "../../lib/apply/rollback.ts";
@@ -450,16 +450,37 @@ function scriptedIo(lines: string[], interactive = true): CliIo & { output: stri
   };
 }
 
-Deno.test("confirmVm() reads y, n, a, q (and words), re-asks on anything else, quits at end of input", async () => {
+Deno.test("confirmVm() reads y, n, a, q (and words), Enter is no, re-asks on anything else, quits at end of input", async () => {
   using f = fixture();
   const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
-  const io = scriptedIo(["maybe", "", "Y", "no", "a", "QUIT", "yes", "all"]);
+  const io = scriptedIo(["maybe", "Y", "", "  ", "no", "a", "QUIT", "yes", "all"]);
   const got = [];
-  for (let i = 0; i < 6; i++) got.push(await confirmVm(io, vm));
+  for (let i = 0; i < 8; i++) got.push(await confirmVm(io, vm));
   got.push(await confirmVm(io, vm));
-  assertEquals(got, ["yes", "no", "all", "quit", "yes", "all", "quit"]);
-  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/n\/a\/q\]/);
-  assertMatch(io.output.join(""), /Please answer y, n, a or q/);
+  assertEquals(got, ["yes", "no", "no", "no", "all", "quit", "yes", "all", "quit"]);
+  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/N\/a\/q\]/);
+  assertEquals(io.output.filter((o) => /Please answer y, n, a or q/.test(o)).length, 1);
+});
+
+Deno.test("confirmYesNo() asks [y/N]: Enter and end of input are no, y is yes", async () => {
+  const io = scriptedIo(["", "what", "y"]);
+  assertEquals(await confirmYesNo(io, "Restore?"), false);
+  assertEquals(await confirmYesNo(io, "Restore?"), true);
+  assertEquals(await confirmYesNo(io, "Restore?"), false);
+  assertMatch(io.output.join(""), /Restore\? \[y\/N\] /);
+  assertMatch(io.output.join(""), /Please answer y or n/);
+});
+
+Deno.test("makeConfirm() prints what show() returns for a VM right before its question", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo(["y"]);
+  const confirm = makeConfirm(io, { yes: false, show: (v) => `DIFF OF ${v.name}\n` });
+  assertEquals(await confirm(vm), "yes");
+  assertEquals(io.output.slice(0, 2), [
+    "DIFF OF alpha\n",
+    'Apply the changes to "alpha"? [y/N/a/q] ',
+  ]);
 });
 
 Deno.test("makeConfirm() answers yes for every VM with --yes and never reads input", async () => {
@@ -533,8 +554,8 @@ Deno.test({
     const out = await child.finish();
     const stdout = out.screen;
     assertEquals(out.code, 0, stdout);
-    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
-    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/N\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/N\/a\/q\]/);
     assertMatch(stdout, /skipped win10: Declined/);
     assertMatch(stdout, /changed gentoo/);
     assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
@@ -575,7 +596,7 @@ Deno.test({
         ["rollback", "win10", "--connect", port.uri, "--state-dir", stateDir],
         { flags: ["-A"] },
       );
-      await child.waitFor(/Restore "win10" from this backup\? \[y\/n\]/);
+      await child.waitFor(/Restore "win10" from this backup\? \[y\/N\]/);
       await child.type("y\n");
       const { code, screen } = await child.exited(15_000);
       assertEquals(code, 0, screen);
