@@ -154,7 +154,7 @@ Deno.test({
       // Each question sits right under its VM's diff: the last section before it is that VM's.
       assertMatch(
         first,
-        /VM win10[^\n]*\n  --- win10 \(current\)[^]*?\+  *<hostdev[^]*Apply the changes to "win10"/,
+        /VM win10[^\n]*\n {2}--- win10 \(current\)[^]*?\+ +<hostdev[^]*Apply the changes to "win10"/,
       );
       assertEquals(lastSection(first), "win10");
       await pty.type("\n"); // Enter means no.
