@@ -584,7 +584,7 @@ Deno.test({
     const stateDir = `${demo.root}/state`;
     using port = openLibvirtPort(`test://${DEMO}world.xml`);
     const current = port.getPersistentXml("win10", { secure: true });
-    writeBackup(stateDir, {
+    const backup = writeBackup(stateDir, {
       vm: "win10",
       uuid: parseDomainXml(current).uuid ?? "",
       xml: current.replace(/<description>[^<]*<\/description>/, "<description>older</description>"),
@@ -596,7 +596,8 @@ Deno.test({
         ["rollback", "win10", "--connect", port.uri, "--state-dir", stateDir],
         { flags: ["-A"] },
       );
-      await child.waitFor(/Restore "win10" from this backup\? \[y\/N\]/);
+      const asked = await child.waitFor(/Restore "win10" from this backup\? \[y\/N\]/);
+      assertMatch(asked, new RegExp(`\\+\\+\\+ win10 \\(backup ${backup.time}\\)`));
       await child.type("y\n");
       const { code, screen } = await child.exited(15_000);
       assertEquals(code, 0, screen);
