@@ -5,14 +5,13 @@
  * @module
  */
 
-import { redactedJson } from "../lib/render/redact.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
 import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./plan_options.ts";
 import { renderPlan, renderVmPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
-import { renderApplyReport } from "./render_apply.ts";
+import { applyJson, renderApplyReport } from "./render_apply.ts";
 import { applyPlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
@@ -77,7 +76,7 @@ async function applyComputed(
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   io.out(
-    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color, plan }),
+    values.json ? applyJson(report, plan) : renderApplyReport(report, { color: io.color, plan }),
   );
   const recorded = recordGuardPolicies(config, {
     flag: values["state-dir"],

@@ -531,10 +531,32 @@ Deno.test("passthrough apply refuses to run without a terminal unless --yes (exi
 
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
   await using demo = await demoSetup();
+  // plan takes no --state-dir: the last two arguments.
+  const planned = await runCli(["plan", ...demo.args.slice(0, -2), "--json"], { flags: ["-A"] });
+  assertEquals(planned.code, 0, planned.stderr);
+  const plan = JSON.parse(planned.stdout);
   const result = await runCli(["apply", ...demo.args, "--yes", "--json"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   const report = JSON.parse(result.stdout);
   assertEquals([report.changed, report.failed, report.ok], [["win10", "gentoo"], [], true]);
+  // Plan and apply JSON share their names: config, vms[].name, and the summary's counts.
+  assertEquals(report.config, plan.config);
+  assertEquals(report.vms.map((v: { name: string }) => v.name), ["win10", "gentoo"]);
+  assertEquals(report.vms.map((v: { name: string; vm: string }) => v.name === v.vm), [true, true]);
+  const add = plan.vms.reduce((n: number, v: { add: unknown[] }) => n + v.add.length, 0);
+  assertOk(add > 0);
+  assertEquals(plan.summary, { vmsToChange: 2, add, remove: 0, moved: 0, refused: 0, warnings: 1 });
+  assertEquals(report.summary, {
+    vmsToChange: 2,
+    changed: 2,
+    unchanged: 0,
+    skipped: 0,
+    failed: 0,
+    add,
+    remove: 0,
+    moved: 0,
+    refused: 0,
+  });
   const backups = listBackups(`${demo.root}/state`);
   assertEquals(backups.map((b) => b.vm).sort(), ["gentoo", "win10"]);
   const listed = await runCli(["backups", "--json", "--state-dir", `${demo.root}/state`], {
