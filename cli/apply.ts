@@ -5,15 +5,15 @@
  * @module
  */
 
-import { redactedJson } from "../lib/render/redact.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
 import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./plan_options.ts";
-import { renderPlan } from "./render_plan.ts";
+import { renderPlan, renderVmPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
-import { renderApplyReport } from "./render_apply.ts";
+import { applyJson, renderApplyReport } from "./render_apply.ts";
 import { applyPlan } from "../lib/apply/apply.ts";
+import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
@@ -68,7 +68,7 @@ async function applyComputed(
   const report = await applyPlan(plan, {
     libvirt,
     stateDir,
-    confirm: makeConfirm(io, { yes: values.yes }),
+    confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, io) }),
     live: values.live,
     lock,
   });
@@ -76,7 +76,7 @@ async function applyComputed(
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
   io.out(
-    values.json ? redactedJson(report) : renderApplyReport(report, { color: io.color, plan }),
+    values.json ? applyJson(report, plan) : renderApplyReport(report, { color: io.color, plan }),
   );
   const recorded = recordGuardPolicies(config, {
     flag: values["state-dir"],
@@ -85,6 +85,21 @@ async function applyComputed(
     say: values.json ? io.err : io.out,
   });
   return report.ok && !planHasErrors(plan) && recorded ? 0 : 1;
+}
+
+/**
+ * What to print before the question about a VM: its section of the plan again, so the question
+ * sits right under its diff even when other VMs' sections or answers came in between. Nothing
+ * for the first question when its VM's section is the last one printed: only the summary line
+ * stands between them.
+ */
+function diffBeforeQuestion(plan: Plan, io: CliIo): (vm: VmPlan) => string {
+  let asked = 0;
+  return (vm) => {
+    asked++;
+    if (asked === 1 && plan.vms.at(-1) === vm) return "";
+    return `\n${renderVmPlan(vm, { color: io.color })}`;
+  };
 }
 
 /**

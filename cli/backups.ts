@@ -37,9 +37,15 @@ export function run(
       const which = vm === undefined ? "" : ` of VM "${vm}"`;
       io.out(`No backups${which} in ${stateDir}\n`);
     } else {
+      // `#` numbers each VM's backups from its newest: `rollback VM --to N` takes it.
+      const seen = new Map<string, number>();
+      const index = (vm: string) => {
+        seen.set(vm, (seen.get(vm) ?? 0) + 1);
+        return String(seen.get(vm));
+      };
       io.out(renderTable(
-        ["TIME", "VM", "REASON", "ID", "UUID"],
-        entries.map((e) => [e.time, e.vm, e.reason, e.id, e.uuid]),
+        ["#", "TIME", "VM", "REASON", "ID", "UUID"],
+        entries.map((e) => [index(e.vm), e.time, e.vm, e.reason, e.id, e.uuid]),
       ));
     }
     if (notes !== "") io.out(`\n${notes}`);

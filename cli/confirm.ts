@@ -1,6 +1,7 @@
 /**
  * Terminal confirmation for `apply` and `rollback`: `y`/`n`/`a` (all)/`q` (quit), read through
- * {@link CliIo.readLine} so tests can script the answers.
+ * {@link CliIo.readLine} so tests can script the answers. Enter alone means no (`[y/N]`), as in
+ * most tools: a change is made only when asked for.
  *
  * @module
  */
@@ -21,18 +22,18 @@ const ANSWERS: Record<string, ConfirmAnswer> = {
 };
 
 /**
- * Asks `question` until the answer is one of y/n/a/q (or the words). There is no default: an
- * empty line asks again. End of input counts as `quit`, so a closed stdin never applies anything.
+ * Asks `question` until the answer is one of y/n/a/q (or the words); an empty line is `no`. End
+ * of input counts as `quit`, so a closed stdin never applies anything.
  */
 export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
   for (;;) {
-    io.out(`${question} [y/n/a/q] `);
+    io.out(`${question} [y/N/a/q] `);
     const line = await io.readLine();
     if (line === null) {
       io.out("\n");
       return "quit";
     }
-    const answer = ANSWERS[line.trim().toLowerCase()];
+    const answer = line.trim() === "" ? "no" : ANSWERS[line.trim().toLowerCase()];
     if (answer !== undefined) return answer;
     io.out("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
   }
@@ -45,20 +46,25 @@ export function confirmVm(io: CliIo, vm: VmPlan): Promise<ConfirmAnswer> {
 
 /**
  * The `confirm` callback for `applyPlan`: with `yes`, answers `all` without reading anything;
- * otherwise asks on the terminal.
+ * otherwise prints what `show` returns for the VM (its diff, so the question sits right under
+ * it) and asks on the terminal.
  */
 export function makeConfirm(
   io: CliIo,
-  options: { yes: boolean },
+  options: { yes: boolean; show?: (vm: VmPlan) => string },
 ): (vm: VmPlan) => Promise<ConfirmAnswer> {
   if (options.yes) return () => Promise.resolve("all");
-  return (vm) => confirmVm(io, vm);
+  return (vm) => {
+    const shown = options.show?.(vm) ?? "";
+    if (shown !== "") io.out(shown);
+    return confirmVm(io, vm);
+  };
 }
 
-/** A yes/no question (rollback), asked until answered; end of input counts as no. */
+/** A yes/no question (rollback), asked until answered; Enter alone or end of input is no. */
 export async function confirmYesNo(io: CliIo, question: string): Promise<boolean> {
   for (;;) {
-    io.out(`${question} [y/n] `);
+    io.out(`${question} [y/N] `);
     const line = await io.readLine();
     if (line === null) {
       io.out("\n");
@@ -66,7 +72,7 @@ export async function confirmYesNo(io: CliIo, question: string): Promise<boolean
     }
     const answer = line.trim().toLowerCase();
     if (answer === "y" || answer === "yes") return true;
-    if (answer === "n" || answer === "no") return false;
+    if (answer === "" || answer === "n" || answer === "no") return false;
     io.out("Please answer y or n\n");
   }
 }

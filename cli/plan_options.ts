@@ -21,6 +21,7 @@ import { checkConnectUri } from "./connect.ts";
 import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import type { PlanIssue } from "../lib/plan/types.ts";
+import { summarizePlan } from "./render_plan.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
@@ -260,7 +261,40 @@ export function planHasErrors(plan: Plan): boolean {
   return plan.errors.length > 0 || plan.vms.some((vm) => vm.errors.length > 0);
 }
 
-/** The plan as `plan --json` prints it: the {@link Plan} itself, its secrets shown as `***`. */
+/**
+ * Counts under `summary` in `plan --json` and `apply --json`, with the same names in both: in a
+ * plan what would change (the numbers of the summary line), in an apply report what did.
+ */
+export interface ChangeCounts {
+  /** VMs whose definition the plan changes (refused VMs not included). */
+  vmsToChange: number;
+  /** Hostdevs written (new or rewritten) into those VMs; a moved card is counted in `moved`. */
+  add: number;
+  /** Hostdevs deleted from those VMs; a moved card's old address is counted in `moved`. */
+  remove: number;
+  /** Cards moved to another host address. */
+  moved: number;
+  /** VMs refused by the plan (a refusal not tied to one VM counts once). */
+  refused: number;
+}
+
+/** The plan's {@link ChangeCounts}: the numbers its summary line shows. */
+export function planCounts(plan: Plan): ChangeCounts & { warnings: number } {
+  const s = summarizePlan(plan);
+  return {
+    vmsToChange: s.vmsToChange,
+    add: s.add,
+    remove: s.remove,
+    moved: s.move,
+    refused: s.vmsWithErrors,
+    warnings: s.warnings,
+  };
+}
+
+/**
+ * The plan as `plan --json` prints it: the {@link Plan} itself, its secrets shown as `***`, with
+ * its counts under `summary`.
+ */
 export function planJson(plan: Plan): string {
-  return redactedJson(plan);
+  return redactedJson({ ...plan, summary: planCounts(plan) });
 }

@@ -9,6 +9,8 @@ import { redactSecrets } from "../lib/domain/secrets.ts";
 import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 import type { Plan } from "../lib/plan/types.ts";
+import { redactedJson } from "../lib/render/redact.ts";
+import { type ChangeCounts, planCounts } from "./plan_options.ts";
 
 const EFFECT: Record<string, string> = {
   "next-start": "takes effect at the next start",
@@ -36,12 +38,64 @@ export interface RenderApplyOptions {
   plan?: Plan;
 }
 
-/** `(+1 -0 hostdevs, 2 moved)`: a moved card's new address is not also counted as added. */
-function counts(result: VmApplyResult, plan: Plan | undefined): string {
+/** What one VM's apply did: a moved card's new address is not also counted as added. */
+function vmCounts(
+  result: VmApplyResult,
+  plan: Plan | undefined,
+): { add: number; remove: number; moved: number } {
   const moved = plan?.vms.find((vm) => vm.name === result.vm)?.move.length ?? 0;
   const m = Math.min(moved, result.added.length, result.removed.length);
-  const tail = m > 0 ? `, ${m} moved` : "";
-  return ` (+${result.added.length - m} -${result.removed.length - m} hostdevs${tail})`;
+  return { add: result.added.length - m, remove: result.removed.length - m, moved: m };
+}
+
+/** `(+1 -0 hostdevs, 2 moved)`. */
+function counts(result: VmApplyResult, plan: Plan | undefined): string {
+  const { add, remove, moved } = vmCounts(result, plan);
+  const tail = moved > 0 ? `, ${moved} moved` : "";
+  return ` (+${add} -${remove} hostdevs${tail})`;
+}
+
+/**
+ * The counts under `summary` in `apply --json`: the plan's `vmsToChange` and `refused`, how many
+ * VMs ended in each status, and the hostdevs added, removed and moved in the changed VMs (the
+ * names `plan --json` uses for what it would do).
+ */
+export function applyCounts(report: ApplyReport, plan: Plan): ChangeCounts & {
+  changed: number;
+  unchanged: number;
+  skipped: number;
+  failed: number;
+} {
+  const done = report.vms.filter((r) => r.status === "changed").map((r) => vmCounts(r, plan));
+  const sum = (key: "add" | "remove" | "moved") => done.reduce((n, c) => n + c[key], 0);
+  const planned = planCounts(plan);
+  return {
+    vmsToChange: planned.vmsToChange,
+    changed: report.changed.length,
+    unchanged: report.unchanged.length,
+    skipped: report.skipped.length,
+    failed: report.failed.length,
+    add: sum("add"),
+    remove: sum("remove"),
+    moved: sum("moved"),
+    refused: planned.refused,
+  };
+}
+
+/**
+ * The report as `apply --json` prints it, secrets shown as `***`: the {@link ApplyReport} with
+ * the names `plan --json` uses added beside its own (`config`; per VM `name`, the same as `vm`,
+ * and the plan's `move` list of a changed VM), and its counts under `summary`.
+ */
+export function applyJson(report: ApplyReport, plan: Plan): string {
+  const moves = (r: VmApplyResult) =>
+    r.status === "changed" ? plan.vms.find((vm) => vm.name === r.vm)?.move ?? [] : [];
+  return redactedJson({
+    config: plan.config,
+    ...report,
+    vms: report.vms.map((r) => ({ name: r.vm, ...r, move: moves(r) })),
+    summary: applyCounts(report, plan),
+  });
 }
 
 /** The report as lines of text ending with a newline. */

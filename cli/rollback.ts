@@ -42,6 +42,7 @@ function askRollback(
         vm: preview.vm,
         color: io.color,
         showSecrets,
+        labels: { before: "current", after: `backup ${preview.backup.time}` },
       }),
     );
   }

@@ -177,7 +177,11 @@ export const ROLLBACK = {
   summary: "restore a VM's definition from a backup",
   positionals: [{ name: "VM", missing: "Missing the VM to roll back" }],
   flags: {
-    to: { type: "string", value: "BACKUP", help: "the backup id (or file) to restore" },
+    to: {
+      type: "string",
+      value: "BACKUP",
+      help: "the backup to restore: its id, a unique start of it, or its # in 'backups'",
+    },
     ...YES_FLAG,
     ...CONNECT_FLAG,
     ...STATE_FLAGS,
@@ -205,10 +209,11 @@ export const BACKUPS = {
     json: { type: "boolean", help: "print the backup entries as JSON" },
   },
   about: `
-Lists the backups 'apply' and 'rollback' took before each define, newest first.
-'passthrough rollback VM --to ID' restores one. Files that are not usable backups
-(a damaged sidecar, a backup a killed run left incomplete) are listed after them;
-exit 1 when one is damaged. Writes nothing.`.trim(),
+Lists the backups 'apply' and 'rollback' took before each define, newest first,
+numbered per VM from its newest: 'passthrough rollback VM --to N' restores the one
+numbered N (--to also takes an id, or a unique start of one). Files that are not
+usable backups (a damaged sidecar, a backup a killed run left incomplete) are listed
+after them; exit 1 when one is damaged. Writes nothing.`.trim(),
 } as const satisfies CommandSpec;
 
 /** Where the start guard's hook reads allowances and records refusals, fixed at install. */

@@ -28,6 +28,8 @@ export interface DomainDiffOptions {
    * line whose password differs from the `-` line it replaces says `passwd='***' (changed)`.
    */
   showSecrets?: boolean;
+  /** What the two sides are, after the VM's name in the headers; default `current` and `new`. */
+  labels?: { before: string; after: string };
 }
 
 function splitLines(text: string): string[] {
@@ -114,8 +116,8 @@ export function renderDomainDiff(
   const show = options.showSecrets === true ? (op: Op) => op.text : secretShower(ops);
   const paint = painter(options.color ?? false);
   const out = [
-    paint("bold", `--- ${options.vm} (current)`),
-    paint("bold", `+++ ${options.vm} (new)`),
+    paint("bold", `--- ${options.vm} (${options.labels?.before ?? "current"})`),
+    paint("bold", `+++ ${options.vm} (${options.labels?.after ?? "new"})`),
   ];
   const changed = ops.flatMap((op, i) => (op.kind === " " ? [] : [i]));
   let h = 0;

@@ -69,7 +69,10 @@ export interface BackupInput {
   now?: Date;
 }
 
-/** No backup matches what was asked for. */
+/**
+ * No backup matches what was asked for. The message says where it looked, and why when the
+ * reference is ambiguous or names a backup of another VM.
+ */
 export class BackupNotFoundError extends Error {
   /** The error's name. */
   override name = "BackupNotFoundError";
@@ -77,16 +80,29 @@ export class BackupNotFoundError extends Error {
   readonly vm: string;
   /** The `--to` reference, or `null` when the newest backup was asked for. */
   readonly ref: string | null;
+  /** The backup `ref` names, when it is a backup of another VM. */
+  readonly otherVm: BackupEntry | null;
 
-  /** Builds the error for `vm` and the reference asked for. */
-  constructor(vm: string, ref: string | null) {
+  /**
+   * Builds the error for `vm` and the reference asked for; `where` is the state directory
+   * searched, `detail` replaces the default explanation of a `ref` not found.
+   */
+  constructor(
+    vm: string,
+    ref: string | null,
+    options: { where?: string; detail?: string; otherVm?: BackupEntry } = {},
+  ) {
+    const where = options.where === undefined ? "" : ` in ${options.where}`;
     super(
       ref === null
-        ? `No backup of VM "${vm}"`
-        : `No backup "${ref}" of VM "${vm}": run "passthrough backups ${vm}" to list them`,
+        ? `No backup of VM "${vm}"${where}`
+        : `No backup "${ref}" of VM "${vm}"${where}: ${
+          options.detail ?? `run "passthrough backups ${vm}" to list them`
+        }`,
     );
     this.vm = vm;
     this.ref = ref;
+    this.otherVm = options.otherVm ?? null;
   }
 }
 
@@ -417,11 +433,43 @@ export function listBackups(stateDir: string | StateDir, vm?: string): BackupEnt
 }
 
 /**
+ * A `ref` made of one to three digits (or `#N`) is an index, as `backups` numbers each VM's
+ * backups (1 = newest): ids start with an eight-digit date, so no useful id prefix is that short.
+ */
+function backupIndex(ref: string): number | null {
+  const match = /^#?(\d{1,3})$/.exec(ref);
+  return match === null ? null : Number(match[1]);
+}
+
+/** The backups whose id, file name or path is `ref`, else whose id starts with it. */
+function matching<T extends { id: string | null; path: string }>(items: T[], ref: string): T[] {
+  const names = (id: string | null) => id === null ? [] : [id, `${id}.xml`, `${id}.json`];
+  const exact = items.filter((e) => names(e.id).includes(ref) || e.path === ref);
+  if (exact.length > 0) return exact;
+  return items.filter((e) => e.id !== null && e.id.startsWith(ref));
+}
+
+/**
  * Finds one backup of `vm`: the newest when `ref` is absent, else the one whose id, file name or
- * path is `ref`. Only listed backups can be chosen, so `ref` can never point outside `backups/`.
- * A damaged backup is never chosen: asked for by name, or newer than every intact one when the
- * newest is asked for, it is a {@link BackupIntegrityError} (restoring an older one instead
- * would silently skip a change).
+ * path is `ref`, the one whose id starts with `ref` when only one does, or the one at index `ref`
+ * (`1` or `#1` is the newest, as `backups` numbers them). Only listed backups can be chosen, so
+ * `ref` can never point outside `backups/`. A damaged backup is never chosen: asked for by name,
+ * or newer than every intact one when the newest is asked for, it is a
+ * {@link BackupIntegrityError} (restoring an older one instead would silently skip a change).
+ * A `ref` not found says where it looked, which backups an ambiguous prefix matches, and whose a
+ * backup of another VM is.
+ *
+ * @example
+ * ```ts
+ * import { findBackup, writeBackup } from "./backups.ts";
+ * import { openStateDir } from "./state_dir.ts";
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const state = openStateDir(Deno.makeTempDirSync() + "/state");
+ * const xml = "<domain><name>a</name></domain>";
+ * const b = writeBackup(state, { vm: "a", uuid: "u", xml, reason: "apply", uri: "test:///default" });
+ * assertEquals(findBackup(state, "a", "1").id, b.id);
+ * assertEquals(findBackup(state, "a", b.id.slice(0, 12)).id, b.id);
+ * ```
  */
 export function findBackup(
   stateDir: string | StateDir,
@@ -439,15 +487,54 @@ export function findBackup(
         `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "passthrough backups ${vm}")`,
       );
     }
-    if (newest === undefined) throw new BackupNotFoundError(vm, null);
+    if (newest === undefined) throw new BackupNotFoundError(vm, null, { where: state(stateDir) });
     return newest;
   }
-  const names = (id: string) => [id, `${id}.xml`, `${id}.json`];
-  const found = entries.find((e) => names(e.id).includes(ref) || e.path === ref);
-  if (found !== undefined) return found;
-  const bad = damaged.find((p) => names(p.id!).includes(ref) || p.path === ref);
-  if (bad !== undefined) throw new BackupIntegrityError(bad.path, bad.detail);
-  throw new BackupNotFoundError(vm, ref);
+  const index = backupIndex(ref);
+  if (index !== null) {
+    const at = entries[index - 1];
+    if (at !== undefined && index > 0) return at;
+    throw new BackupNotFoundError(vm, ref, {
+      where: state(stateDir),
+      detail: `"${vm}" has ${entries.length} backup${entries.length === 1 ? "" : "s"}` +
+        ` (1 is the newest): run "passthrough backups ${vm}" to list them`,
+    });
+  }
+  const found = [...matching(entries, ref), ...matching(damaged, ref)];
+  if (found.length === 1) {
+    const [one] = found;
+    if ("sha256" in one!) return one;
+    throw new BackupIntegrityError(one!.path, one!.detail);
+  }
+  if (found.length > 1) {
+    throw new BackupNotFoundError(vm, ref, {
+      where: state(stateDir),
+      detail: `"${ref}" is the start of ${found.length} backup ids (${
+        found.map((f) => f.id).join(", ")
+      }): give more of the id`,
+    });
+  }
+  throw notOfThisVm(stateDir, vm, ref);
+}
+
+/** The state directory's path, for messages. */
+function state(stateDir: string | StateDir): string {
+  return typeof stateDir === "string" ? stateDir : stateDir.path;
+}
+
+/** No backup `ref` of `vm`: explains a backup of another VM that `ref` names, if there is one. */
+function notOfThisVm(stateDir: string | StateDir, vm: string, ref: string): BackupNotFoundError {
+  const others = matching(inspectBackups(stateDir).entries.filter((e) => e.vm !== vm), ref);
+  const [other] = others;
+  if (others.length !== 1 || other === undefined) {
+    return new BackupNotFoundError(vm, ref, { where: state(stateDir) });
+  }
+  return new BackupNotFoundError(vm, ref, {
+    where: state(stateDir),
+    otherVm: other,
+    detail: `backup "${other.id}" belongs to VM "${other.vm}": restore it with ` +
+      `"passthrough rollback ${other.vm} --to ${other.id}"`,
+  });
 }
 
 /**

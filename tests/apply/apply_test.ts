@@ -13,7 +13,7 @@ import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../
 import { StateDirError } from "../../lib/state/state_dir.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
-import { confirmVm, makeConfirm } from "../../cli/confirm.ts";
+import { confirmVm, confirmYesNo, makeConfirm } from "../../cli/confirm.ts";
 import type { CliIo } from "../../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { rollbackVm } from "../../lib/apply/rollback.ts";
@@ -463,16 +463,37 @@ function scriptedIo(lines: string[], interactive = true): CliIo & { output: stri
   };
 }
 
-Deno.test("confirmVm() reads y, n, a, q (and words), re-asks on anything else, quits at end of input", async () => {
+Deno.test("confirmVm() reads y, n, a, q (and words), Enter is no, re-asks on anything else, quits at end of input", async () => {
   using f = fixture();
   const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
-  const io = scriptedIo(["maybe", "", "Y", "no", "a", "QUIT", "yes", "all"]);
+  const io = scriptedIo(["maybe", "Y", "", "  ", "no", "a", "QUIT", "yes", "all"]);
   const got = [];
-  for (let i = 0; i < 6; i++) got.push(await confirmVm(io, vm));
+  for (let i = 0; i < 8; i++) got.push(await confirmVm(io, vm));
   got.push(await confirmVm(io, vm));
-  assertEquals(got, ["yes", "no", "all", "quit", "yes", "all", "quit"]);
-  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/n\/a\/q\]/);
-  assertMatch(io.output.join(""), /Please answer y, n, a or q/);
+  assertEquals(got, ["yes", "no", "no", "no", "all", "quit", "yes", "all", "quit"]);
+  assertMatch(io.output.join(""), /Apply the changes to "alpha"\? \[y\/N\/a\/q\]/);
+  assertEquals(io.output.filter((o) => /Please answer y, n, a or q/.test(o)).length, 1);
+});
+
+Deno.test("confirmYesNo() asks [y/N]: Enter and end of input are no, y is yes", async () => {
+  const io = scriptedIo(["", "what", "y"]);
+  assertEquals(await confirmYesNo(io, "Restore?"), false);
+  assertEquals(await confirmYesNo(io, "Restore?"), true);
+  assertEquals(await confirmYesNo(io, "Restore?"), false);
+  assertMatch(io.output.join(""), /Restore\? \[y\/N\] /);
+  assertMatch(io.output.join(""), /Please answer y or n/);
+});
+
+Deno.test("makeConfirm() prints what show() returns for a VM right before its question", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo(["y"]);
+  const confirm = makeConfirm(io, { yes: false, show: (v) => `DIFF OF ${v.name}\n` });
+  assertEquals(await confirm(vm), "yes");
+  assertEquals(io.output.slice(0, 2), [
+    "DIFF OF alpha\n",
+    'Apply the changes to "alpha"? [y/N/a/q] ',
+  ]);
 });
 
 Deno.test("makeConfirm() answers yes for every VM with --yes and never reads input", async () => {
@@ -523,10 +544,32 @@ Deno.test("passthrough apply refuses to run without a terminal unless --yes (exi
 
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
   await using demo = await demoSetup();
+  // plan takes no --state-dir: the last two arguments.
+  const planned = await runCli(["plan", ...demo.args.slice(0, -2), "--json"], { flags: ["-A"] });
+  assertEquals(planned.code, 0, planned.stderr);
+  const plan = JSON.parse(planned.stdout);
   const result = await runCli(["apply", ...demo.args, "--yes", "--json"], { flags: ["-A"] });
   assertEquals(result.code, 0, result.stderr);
   const report = JSON.parse(result.stdout);
   assertEquals([report.changed, report.failed, report.ok], [["win10", "gentoo"], [], true]);
+  // Plan and apply JSON share their names: config, vms[].name, and the summary's counts.
+  assertEquals(report.config, plan.config);
+  assertEquals(report.vms.map((v: { name: string }) => v.name), ["win10", "gentoo"]);
+  assertEquals(report.vms.map((v: { name: string; vm: string }) => v.name === v.vm), [true, true]);
+  const add = plan.vms.reduce((n: number, v: { add: unknown[] }) => n + v.add.length, 0);
+  assertOk(add > 0);
+  assertEquals(plan.summary, { vmsToChange: 2, add, remove: 0, moved: 0, refused: 0, warnings: 1 });
+  assertEquals(report.summary, {
+    vmsToChange: 2,
+    changed: 2,
+    unchanged: 0,
+    skipped: 0,
+    failed: 0,
+    add,
+    remove: 0,
+    moved: 0,
+    refused: 0,
+  });
   const backups = listBackups(`${demo.root}/state`);
   assertEquals(backups.map((b) => b.vm).sort(), ["gentoo", "win10"]);
   const listed = await runCli(["backups", "--json", "--state-dir", `${demo.root}/state`], {
@@ -546,8 +589,8 @@ Deno.test({
     const out = await child.finish();
     const stdout = out.screen;
     assertEquals(out.code, 0, stdout);
-    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
-    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "win10"\? \[y\/N\/a\/q\]/);
+    assertMatch(stdout, /Apply the changes to "gentoo"\? \[y\/N\/a\/q\]/);
     assertMatch(stdout, /skipped win10: Declined/);
     assertMatch(stdout, /changed gentoo/);
     assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm), ["gentoo"]);
@@ -576,7 +619,7 @@ Deno.test({
     const stateDir = `${demo.root}/state`;
     using port = openLibvirtPort(`test://${DEMO}world.xml`);
     const current = port.getPersistentXml("win10", { secure: true });
-    writeBackup(stateDir, {
+    const backup = writeBackup(stateDir, {
       vm: "win10",
       uuid: parseDomainXml(current).uuid ?? "",
       xml: current.replace(/<description>[^<]*<\/description>/, "<description>older</description>"),
@@ -588,7 +631,8 @@ Deno.test({
         ["rollback", "win10", "--connect", port.uri, "--state-dir", stateDir],
         { flags: ["-A"] },
       );
-      await child.waitFor(/Restore "win10" from this backup\? \[y\/n\]/);
+      const asked = await child.waitFor(/Restore "win10" from this backup\? \[y\/N\]/);
+      assertMatch(asked, new RegExp(`\\+\\+\\+ win10 \\(backup ${backup.time}\\)`));
       await child.type("y\n");
       const { code, screen } = await child.exited(15_000);
       assertEquals(code, 0, screen);

@@ -1,4 +1,4 @@
-import { assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertRejects } from "../helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
@@ -329,8 +329,12 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     const listed = await cli(["backups", "alpha", "--state-dir", stateDir]);
     assertEquals(listed.code, 0);
     const rows = listed.stdout.trimEnd().split("\n");
-    assertMatch(rows[0]!, /^TIME\s+VM\s+REASON\s+ID\s+UUID$/);
-    assertEquals(rows.slice(1).map((r) => r.split(/\s+/)[2]), ["rollback", "apply"]);
+    assertMatch(rows[0]!, /^#\s+TIME\s+VM\s+REASON\s+ID\s+UUID$/);
+    // `#` numbers alpha's backups from the newest: what `rollback --to N` takes.
+    assertEquals(rows.slice(1).map((r) => r.split(/\s+/)).map((c) => [c[0], c[2], c[3]]), [
+      ["1", "alpha", "rollback"],
+      ["2", "alpha", "apply"],
+    ]);
 
     const missing = await cli([
       "rollback",
@@ -345,6 +349,42 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     ]);
     assertEquals(missing.code, 1);
     assertMatch(missing.stderr, /No backup "nope" of VM "alpha"/);
+    // It says where it looked.
+    assertOk(missing.stderr.includes(`of VM "alpha" in ${stateDir}:`), missing.stderr);
+
+    const rollback = (to: string) =>
+      cli([
+        "rollback",
+        "alpha",
+        "--yes",
+        "--json",
+        "--to",
+        to,
+        "--connect",
+        `test://${world}`,
+        "--state-dir",
+        stateDir,
+      ]);
+    // The index `backups` showed: 2 is the apply backup, the older one.
+    const second = await rollback("2");
+    assertEquals(second.code, 0, second.stderr);
+    const applyId = rows[2]!.split(/\s+/)[4]!;
+    assertEquals(JSON.parse(second.stdout).backup.id, applyId);
+    // A unique start of an id (the date and time up to the milliseconds) names it too.
+    const byPrefix = await rollback(applyId.slice(0, applyId.indexOf("Z")));
+    assertEquals(byPrefix.code, 0, byPrefix.stderr);
+    assertEquals(JSON.parse(byPrefix.stdout).backup.id, applyId);
+    // A backup of another VM is explained, not just missing.
+    const ofBeta = writeBackup(stateDir, {
+      vm: "beta",
+      uuid: UUID_B,
+      xml: domain("beta", UUID_B, false),
+      reason: "apply",
+      uri: `test://${world}`,
+    });
+    const other = await rollback(ofBeta.id);
+    assertEquals(other.code, 1);
+    assertMatch(other.stderr, new RegExp(`backup "${ofBeta.id}" belongs to VM "beta"`));
 
     const none = await cli(["backups", "--state-dir", `${root}/absent`]);
     assertEquals([none.code, none.stdout], [0, `No backups in ${root}/absent\n`]);

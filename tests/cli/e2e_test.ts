@@ -136,17 +136,30 @@ Deno.test({
   },
 });
 
+/** The VM whose plan section was printed last on `screen`. */
+function lastSection(screen: string): string | undefined {
+  return [...screen.matchAll(/^VM (\S+)/gm)].at(-1)?.[1];
+}
+
 Deno.test({
-  name: "apply on a terminal: y applies, n skips, q stops before the rest",
+  name:
+    "apply on a terminal: each question under its VM's diff; y applies, Enter skips, q stops before the rest",
   ignore: unavailable !== null || !hasScript(),
   async fn() {
     await using s = await scene();
     const gentooBefore = s.xml("gentoo");
     {
       await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
-      await pty.waitFor(/Apply the changes to "win10"\? \[y\/n\/a\/q\]/);
-      await pty.type("n\n");
-      await pty.waitFor(/Apply the changes to "gentoo"\? \[y\/n\/a\/q\]/);
+      const first = await pty.waitFor(/Apply the changes to "win10"\? \[y\/N\/a\/q\]/);
+      // Each question sits right under its VM's diff: the last section before it is that VM's.
+      assertMatch(
+        first,
+        /VM win10[^\n]*\n {2}--- win10 \(current\)[^]*?\+ +<hostdev[^]*Apply the changes to "win10"/,
+      );
+      assertEquals(lastSection(first), "win10");
+      await pty.type("\n"); // Enter means no.
+      const second = await pty.waitFor(/Apply the changes to "gentoo"\? \[y\/N\/a\/q\]/);
+      assertEquals(lastSection(second), "gentoo");
       await pty.type("y\n");
       const { code, screen } = await pty.finish();
       assertEquals(code, 0, screen);

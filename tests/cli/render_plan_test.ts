@@ -6,7 +6,7 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
 import type { Plan, PlanIssue, VmPlan } from "../../lib/plan/types.ts";
-import { renderApplyReport } from "../../cli/render_apply.ts";
+import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
 import type { ApplyReport } from "../../lib/apply/apply.ts";
 
 const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
@@ -94,6 +94,7 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
   const moved = {
     ...vm([], []),
     name: "win11",
+    changed: true,
     move: [
       { from: "0000:01:00.0", to: "0000:0b:00.0", rule: "gpu", evidence: "same IDs and serial" },
       { from: "0000:01:00.1", to: "0000:0b:00.1", rule: "gpu", evidence: "same IDs" },
@@ -133,6 +134,20 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
   };
   const first = renderApplyReport(report, { color: false, plan }).split("\n")[0]!;
   assertMatch(first, /^changed win11 \(\+1 -0 hostdevs, 2 moved\): /);
+  // apply --json counts the same way, under the names plan --json uses.
+  const json = JSON.parse(applyJson(report, plan));
+  assertEquals(json.summary, {
+    vmsToChange: 1,
+    changed: 1,
+    unchanged: 0,
+    skipped: 0,
+    failed: 0,
+    add: 1,
+    remove: 0,
+    moved: 2,
+    refused: 0,
+  });
+  assertEquals([json.config, json.vms[0].name, json.vms[0].move], ["c.yaml", "win11", moved.move]);
 });
 
 Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with its fix", () => {

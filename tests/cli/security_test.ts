@@ -409,11 +409,12 @@ Deno.test("passthrough rollback shows passwords as *** in its diff unless --show
   assertOk(!hidden.text.includes(SECRET) && !hidden.text.includes("0ld-pass"), hidden.text);
   const shown = await runRollback(["--show-secrets"]);
   assertOk(shown.text.includes(SECRET) && shown.text.includes("0ld-pass"), shown.text);
+  let newer: { time: string };
   {
     // A newer backup that differs only in the password: the rollback still shows a change.
     using port = openLibvirtPort(world.uri);
     const secure = port.getPersistentXml("vm", { secure: true });
-    writeBackup(openStateDir(stateDir), {
+    newer = writeBackup(openStateDir(stateDir), {
       vm: "vm",
       uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
       xml: secure.replace(SECRET, "0ld-pass"),
@@ -423,6 +424,11 @@ Deno.test("passthrough rollback shows passwords as *** in its diff unless --show
   }
   const onlyPassword = await runRollback([]);
   assertMatch(onlyPassword.text, /^\+.*passwd='\*\*\*' \(changed\)/m);
+  // The diff's sides are named: what is defined now, and the backup by its time.
+  assertOk(
+    onlyPassword.text.includes(`--- vm (current)\n+++ vm (backup ${newer.time})\n`),
+    onlyPassword.text,
+  );
   assertOk(
     !onlyPassword.text.includes(SECRET) && !onlyPassword.text.includes("0ld-pass"),
     onlyPassword.text,

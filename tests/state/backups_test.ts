@@ -279,6 +279,58 @@ Deno.test("findBackup() picks the newest by default, or the one named, and nothi
   }
 });
 
+/** The BackupNotFoundError `fn` throws. */
+function notFound(fn: () => unknown): BackupNotFoundError {
+  try {
+    fn();
+  } catch (error) {
+    if (error instanceof BackupNotFoundError) return error;
+    throw error;
+  }
+  throw new Error("did not throw");
+}
+
+Deno.test("findBackup() takes an unambiguous id prefix or an index, and explains the rest", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const old = backupOf(state, "a", { note: "<old/>", second: 1 });
+    const newest = backupOf(state, "a", { note: "<new/>", second: 2 });
+    const ofB = backupOf(state, "b", { second: 3 });
+    // An index counts each VM's backups from the newest, as `backups` numbers them.
+    assertEquals(findBackup(state, "a", "1").id, newest.id);
+    assertEquals(findBackup(state, "a", "#2").id, old.id);
+    assertEquals(
+      notFound(() => findBackup(state, "a", "3")).message,
+      `No backup "3" of VM "a" in ${state.path}: "a" has 2 backups (1 is the newest): ` +
+        `run "passthrough backups a" to list them`,
+    );
+    // The two ids differ from the time's seconds on: a prefix that far is one backup.
+    const unique = old.id.slice(0, old.id.indexOf("."));
+    assertEquals(findBackup(state, "a", unique).id, old.id);
+    const shared = old.id.slice(0, 8);
+    assertEquals(
+      notFound(() => findBackup(state, "a", shared)).message,
+      `No backup "${shared}" of VM "a" in ${state.path}: "${shared}" is the start of 2 backup ids ` +
+        `(${newest.id}, ${old.id}): give more of the id`,
+    );
+    // A backup of another VM is named as such, with the command that restores it.
+    const error = notFound(() => findBackup(state, "a", ofB.id));
+    assertEquals(error.otherVm?.id, ofB.id);
+    assertEquals(
+      error.message,
+      `No backup "${ofB.id}" of VM "a" in ${state.path}: backup "${ofB.id}" belongs to VM "b": ` +
+        `restore it with "passthrough rollback b --to ${ofB.id}"`,
+    );
+    assertEquals(
+      notFound(() => findBackup(state, "a", "zzz")).message,
+      `No backup "zzz" of VM "a" in ${state.path}: run "passthrough backups a" to list them`,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha256", () => {
   const root = tempDir();
   try {
