@@ -184,20 +184,17 @@ function vmState(vm: VmPlan): string {
 }
 
 /**
- * Under a refused VM's refusals: the stale hostdevs its repair still removes, each with what its
- * address holds now (from the `drift` refusal), and the diff of that repair.
+ * Under a refused VM's refusals: the stale hostdevs its repair still removes (each one's `drift`
+ * refusal above says what its address holds now), and the diff of that repair.
  */
 function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
   if (vm.errors.length === 0 || vm.repair === undefined) return [];
   const paint = painter(options.color);
   const lines: string[] = [];
   for (const address of vm.repair.remove) {
-    const drift = vm.errors.find((e) => e.code === "drift" && e.devices?.[0] === address);
-    const holds = /now holds (.*?): /.exec(drift?.message ?? "")?.[1];
+    // What the address holds now is in its drift refusal, printed just above.
     lines.push(
-      `  ${paint("cyan", "repair")} will still remove the stale hostdev ${address}${
-        holds === undefined ? "" : ` (it now holds ${holds})`
-      }`,
+      `  ${paint("cyan", "repair")} will still remove the stale hostdev ${address} (drift above)`,
     );
   }
   const diff = renderDomainDiff(vm.currentXml, vm.repair.desiredXml, {
