@@ -21,7 +21,7 @@ import { checkConnectUri } from "./connect.ts";
 import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import type { PlanIssue } from "../lib/plan/types.ts";
-import { summarizePlan } from "./render_plan.ts";
+import { summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
