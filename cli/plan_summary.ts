@@ -13,8 +13,10 @@ export interface PlanSummary {
   add: number;
   remove: number;
   move: number;
-  /** Stale hostdevs the repairs of refused VMs remove. */
+  /** Hostdevs (stale or on a device the host needs) the repairs of refused VMs remove. */
   repair: number;
+  /** Stale hostdevs the repairs of refused VMs move to where their card is now. */
+  repairMove: number;
   vmsWithErrors: number;
   warnings: number;
   /** The VMs planned, in plan order. */
@@ -33,6 +35,10 @@ export function summarizePlan(plan: Plan): PlanSummary {
     move: changing.reduce((n, vm) => n + vm.move.length, 0),
     repair: plan.vms.reduce(
       (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.remove.length ?? 0 : 0),
+      0,
+    ),
+    repairMove: plan.vms.reduce(
+      (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.move?.length ?? 0 : 0),
       0,
     ),
     vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +

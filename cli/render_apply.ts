@@ -9,6 +9,7 @@ import { redactSecrets } from "../lib/domain/secrets.ts";
 import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 import type { Plan } from "../lib/plan/types.ts";
+import { repairView } from "../lib/plan/repair.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type ChangeCounts, planCounts } from "./plan_options.ts";
 
@@ -43,7 +44,8 @@ function vmCounts(
   result: VmApplyResult,
   plan: Plan | undefined,
 ): { add: number; remove: number; moved: number } {
-  const moved = plan?.vms.find((vm) => vm.name === result.vm)?.move.length ?? 0;
+  const vm = plan?.vms.find((v) => v.name === result.vm);
+  const moved = vm === undefined ? 0 : repairView(vm).move.length;
   const m = Math.min(moved, result.added.length, result.removed.length);
   return { add: result.added.length - m, remove: result.removed.length - m, moved: m };
 }
@@ -88,8 +90,10 @@ export function applyCounts(report: ApplyReport, plan: Plan): ChangeCounts & {
  * and the plan's `move` list of a changed VM), and its counts under `summary`.
  */
 export function applyJson(report: ApplyReport, plan: Plan): string {
-  const moves = (r: VmApplyResult) =>
-    r.status === "changed" ? plan.vms.find((vm) => vm.name === r.vm)?.move ?? [] : [];
+  const moves = (r: VmApplyResult) => {
+    const vm = plan.vms.find((v) => v.name === r.vm);
+    return r.status === "changed" && vm !== undefined ? repairView(vm).move : [];
+  };
   return redactedJson({
     config: plan.config,
     ...report,

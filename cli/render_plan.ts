@@ -43,7 +43,10 @@ export function summaryLine(summary: PlanSummary): string {
   if (summary.move > 0) parts.push(`${summary.move} moved`);
   if (summary.vmsWithErrors > 0) parts.push(`${plural(summary.vmsWithErrors, "VM")} refused`);
   if (summary.repair > 0) {
-    parts.push(`${plural(summary.repair, "stale hostdev")} to remove from refused VMs`);
+    parts.push(`${plural(summary.repair, "hostdev")} to remove from refused VMs`);
+  }
+  if (summary.repairMove > 0) {
+    parts.push(`${plural(summary.repairMove, "hostdev")} to follow its card in refused VMs`);
   }
   return parts.join(", ") + others;
 }
@@ -150,18 +153,21 @@ function vmState(vm: VmPlan): string {
 }
 
 /**
- * Under a refused VM's refusals: the stale hostdevs its repair still removes (each one's `drift`
- * refusal above says what its address holds now), and the diff of that repair.
+ * Under a refused VM's refusals: what its repair does to each hostdev (the refusal printed first
+ * above says why), and the diff of that repair.
  */
 function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
   if (vm.errors.length === 0 || vm.repair === undefined) return [];
   const paint = painter(options.color);
+  const mark = paint("cyan", "repair");
   const lines: string[] = [];
-  for (const address of vm.repair.remove) {
-    // What the address holds now is in its drift refusal, printed just above.
+  for (const moved of vm.repair.move ?? []) {
     lines.push(
-      `  ${paint("cyan", "repair")} will still remove the stale hostdev ${address} (drift above)`,
+      `  ${mark} follows the card of hostdev ${moved.from} to ${moved.to}, ${moved.evidence} (refusal above)`,
     );
+  }
+  for (const address of vm.repair.remove) {
+    lines.push(`  ${mark} removes hostdev ${address} (refusal above)`);
   }
   const diff = renderDomainDiff(vm.currentXml, vm.repair.desiredXml, {
     vm: vm.name,
@@ -177,7 +183,7 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   const lines: string[] = [paint("bold", `VM ${vm.name}${vmState(vm)}`)];
   if (vm.errors.length > 0 && vm.repair !== undefined) {
     lines.push(
-      "  only the stale hostdevs will be removed until the refusals below are resolved",
+      "  only the repair after the refusals below will change this VM until they are resolved",
     );
   } else if (vm.errors.length > 0) {
     lines.push("  nothing will change for this VM until the refusals below are resolved");

@@ -40,6 +40,7 @@ import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from 
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
+import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
@@ -268,17 +269,18 @@ function skipWithoutAsking(
   plan: Plan,
   done: ReadonlyMap<VmPlan, VmApplyResult>,
 ): VmApplyResult | null {
-  // A repair only removes hostdevs that point at the wrong device: safe whatever else is refused.
-  if (vm.errors.length > 0 && vm.repair !== undefined) return null;
-  if (plan.errors.length > 0) {
+  // A repair only removes or follows hostdevs that must not stay: done whatever else is refused
+  // (the plan follows no card while host-wide refusals stand), unless a card it follows is held.
+  const repair = vm.errors.length > 0 && vm.repair !== undefined;
+  if (!repair && plan.errors.length > 0) {
     // Host-wide refusals (no IOMMU, ...) make every VM's change unsafe.
     return result(vm, "skipped", "plan-errors", "Not applied: the plan has host-wide refusals");
   }
-  if (vm.errors.length > 0) {
+  if (!repair && vm.errors.length > 0) {
     const count = `${vm.errors.length} refusal${vm.errors.length === 1 ? "" : "s"}`;
     return result(vm, "skipped", "plan-errors", `Not applied: the plan refuses it (${count})`);
   }
-  if (!vm.changed) return result(vm, "unchanged", "no-changes", "No changes");
+  if (!repair && !vm.changed) return result(vm, "unchanged", "no-changes", "No changes");
   const blockers = takenFrom(vm, plan.vms, plan.groupOf).filter(({ from }) =>
     done.has(from) && done.get(from)!.status !== "changed"
   );
@@ -381,14 +383,16 @@ function takenFrom(
   vms: readonly VmPlan[],
   groupOf: Readonly<Record<PciAddress, number>> = {},
 ): { from: VmPlan; addresses: PciAddress[] }[] {
-  const taking = new Set([...vm.add.map((a) => a.address), ...vm.move.map((m) => m.to)]);
+  const view = repairView(vm);
+  const taking = new Set([...view.add.map((a) => a.address), ...view.move.map((m) => m.to)]);
   const takingGroups = new Set(
     [...taking].map((a) => groupOf[a]).filter((g): g is number => g !== undefined),
   );
   const out: { from: VmPlan; addresses: PciAddress[] }[] = [];
   for (const other of vms) {
     if (other === vm) continue;
-    const released = [...other.remove, ...other.move.map((m) => m.from)];
+    const gives = repairView(other);
+    const released = [...gives.remove, ...gives.move.map((m) => m.from)];
     const addresses = [
       ...new Set(released.filter((a) => {
         const group = groupOf[a];
@@ -697,23 +701,6 @@ function defineAndVerify(
   };
 }
 
-/**
- * `vm` as the plan of its repair when it is refused and has one (the stale hostdevs removed,
- * nothing added), so asking, defining and verifying treat the repair as any change; else `vm`.
- */
-function repairView(vm: VmPlan): VmPlan {
-  if (vm.errors.length === 0 || vm.repair === undefined) return vm;
-  return {
-    ...vm,
-    add: [],
-    remove: vm.repair.remove,
-    move: [],
-    errors: [],
-    desiredXml: vm.repair.desiredXml,
-    changed: true,
-  };
-}
-
 /** Defines the repair of a refused VM (see {@link repairView}); the result keeps its refusals. */
 function applyRepair(
   vm: VmPlan,
@@ -724,13 +711,23 @@ function applyRepair(
   const { result } = outcome;
   if (result.status !== "changed") return outcome;
   const count = `${vm.errors.length} refusal${vm.errors.length === 1 ? "" : "s"}`;
-  const removed = vm.repair!.remove.map((a) => `"${a}"`).join(", ");
+  const { remove, move = [] } = vm.repair!;
+  const done = [
+    ...(remove.length > 0
+      ? [
+        `removed the hostdev${remove.length === 1 ? "" : "s"} ${
+          remove.map((a) => `"${a}"`).join(", ")
+        }`,
+      ]
+      : []),
+    ...move.map((m) => `followed the card of "${m.from}" to "${m.to}"`),
+  ];
   result.code = "repaired";
   result.message = result.message.replace(
     /^Defined "[^"]*" \([^)]*\)/,
-    `Removed the stale hostdev${
-      vm.repair!.remove.length === 1 ? "" : "s"
-    } ${removed} from "${vm.name}"; the rest is not applied: the plan refuses it (${count})`,
+    `Repaired "${vm.name}": ${
+      done.join(", ")
+    }; the rest is not applied: the plan refuses it (${count})`,
   );
   return outcome;
 }

@@ -19,6 +19,7 @@
 import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
+import { repairView } from "../plan/repair.ts";
 
 /** The PCI addresses a definition holds, and why that is not fully known (or `null`). */
 function heldBy(read: DefinitionRead): { addresses: PciAddress[]; unknown: string | null } {
@@ -92,7 +93,8 @@ export function heldSincePlan(vm: VmPlan, plan: Plan, world: World): string[] {
       ? domain.persistent.kind !== "read-failed" && domain.persistent.xml === other.currentXml
       // A guest running at plan time keeps what it releases until its next power-off.
       : other.active === true;
-    return counted ? new Set([...other.remove, ...other.move.map((m) => m.from)]) : none;
+    const gives = repairView(other);
+    return counted ? new Set([...gives.remove, ...gives.move.map((m) => m.from)]) : none;
   });
 }
 

@@ -54,6 +54,8 @@ function groupsOfChanges(vms: readonly VmPlan[], host: HostTopology): Record<Pci
       ...vm.add.map((a) => a.address),
       ...vm.remove,
       ...vm.move.flatMap((m) => [m.from, m.to]),
+      ...(vm.repair?.remove ?? []),
+      ...(vm.repair?.move ?? []).flatMap((m) => [m.from, m.to]),
     ];
     for (const address of touched) {
       const group = groupOf.get(address);

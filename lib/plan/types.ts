@@ -30,7 +30,8 @@ export type IssueCode =
   | "vm-running"
   | "live-only-hostdev"
   | "boot-order-conflict"
-  | "guard-refused";
+  | "guard-refused"
+  | "host-needed";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {
@@ -177,16 +178,24 @@ export interface MovedHostdev {
 }
 
 /**
- * The one edit a refused VM still gets: its stale hostdevs removed. A stale hostdev is an owned
- * one whose address now holds another device or nothing; kept, the next start would hand that
- * device to the guest. A repair only removes: it never adds a device.
+ * The one edit a refused VM still gets, for its owned hostdevs that must not stay: stale ones (the
+ * address now holds another device or nothing; kept, the next start would hand that device to the
+ * guest) and those on a device the host needs now (`host-needed`). A stale hostdev whose card is
+ * proven at another address follows it when an unrefused VM's move could (see `move`); any other
+ * is removed. A repair adds no other device.
  */
 export interface VmRepair {
-  /** Canonical addresses of the stale owned hostdevs removed, sorted. */
+  /** Canonical addresses of the owned hostdevs removed (stale or host-needed), sorted. */
   remove: PciAddress[];
   /**
+   * Stale hostdevs rewritten in place to where their card is now, records updated. Absent in
+   * plans from before moves were followed; `[]` when none.
+   */
+  move?: MovedHostdev[];
+  /**
    * The persistent XML `apply` defines for the refused VM: `currentXml` with only those hostdevs
-   * and their records removed (passwords included: print it as {@link VmPlan.currentXml}).
+   * and their records removed or moved (passwords included: print it as
+   * {@link VmPlan.currentXml}).
    */
   desiredXml: string;
 }
@@ -239,8 +248,8 @@ export interface VmPlan {
   /** `true` when `desiredXml` differs from `currentXml`. */
   changed: boolean;
   /**
-   * For a refused VM holding stale hostdevs: the removal `apply` makes even so. Absent when the
-   * VM is not refused or holds none.
+   * For a refused VM holding stale or host-needed owned hostdevs: the removals and moves `apply`
+   * makes even so. Absent when the VM is not refused or holds none.
    */
   repair?: VmRepair;
 }

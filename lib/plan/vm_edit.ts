@@ -11,8 +11,9 @@
  * - `drift` (an owned address now holding a different device or nothing) is a warning: the plan
  *   itself corrects it (the stale hostdev is removed or re-resolved, visible in the diff), so a
  *   wrong device is never kept silently.
- * - A refused VM keeps its definition as it is, but for its stale hostdevs: `VmPlan.repair`
- *   removes them (never adds anything) and `apply` defines that even while the VM is refused.
+ * - A hostdev on a device the host needs now refuses the VM. A refused VM keeps its definition
+ *   as it is, but for its stale and host-needed owned hostdevs: `VmPlan.repair` (`repair.ts`)
+ *   removes them or follows a moved card, and `apply` defines that even while the VM is refused.
  *
  * @module
  */
@@ -24,6 +25,8 @@ import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
+import { findMovedCard } from "./moves.ts";
+import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, HostdevSpec, PlanIssue, PlannedHostdev, VmPlan } from "./types.ts";
 
@@ -153,44 +156,6 @@ function bootOrderConflicts(
     }));
 }
 
-/**
- * A refused VM keeps its definition as it is, but for its stale hostdevs (an owned address now
- * holding another device or nothing): at the next start libvirt would hand whatever sits there to
- * the guest, so each is a refusal of its own, listed first, and the plan's `repair` removes them
- * (and their records) while the other refusals stand.
- */
-function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPlan {
-  const stale: PlanIssue[] = [];
-  const remove = new Set<PciAddress>();
-  for (const have of domain.hostdevs) {
-    const record = domain.records.find((r) => r.address === have.address);
-    const now = context.byAddress.get(have.address);
-    if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
-      continue;
-    }
-    remove.add(have.address);
-    const outcome =
-      `it is removed even while the refusals below stand (the only change planned for "${plan.name}"), so that the next start cannot hand ${
-        now === undefined ? "whatever appears there" : "that device"
-      } to the guest`;
-    stale.push(driftWarning(plan.name, record, now, outcome));
-  }
-  plan.errors.unshift(...stale);
-  plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
-  plan.keep = [...plan.hostdevs];
-  if (remove.size > 0) {
-    plan.repair = {
-      remove: [...remove].sort(),
-      desiredXml: editDomainXml(plan.currentXml, {
-        remove: [...remove],
-        add: [],
-        records: domain.records.filter((r) => !remove.has(r.address)),
-      }),
-    };
-  }
-  return plan;
-}
-
 /** One wanted device the VM already has as an owned hostdev: kept, or rewritten if it changed. */
 function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): void {
   const { plan, domain } = edit;
@@ -246,54 +211,6 @@ function takeWanted(edit: Edit): void {
   }
 }
 
-/** `DDDD:BB:SS` of an address: the card its function belongs to. */
-function slotOf(address: PciAddress): string {
-  return address.slice(0, address.lastIndexOf("."));
-}
-
-/** A card an owned hostdev's record was found at, and what proved it. */
-interface MoveTarget {
-  closed: ClosedDevice;
-  evidence: string;
-}
-
-/**
- * Where the card an owned hostdev recorded now sits, among the devices being added: proven by
- * its serial, or by its IDs when it is the only such device on the host, or when every device
- * with its IDs is a function of one card (a dual-port NIC moved whole) at the same function.
- */
-function movedTarget(
-  edit: Edit,
-  record: DeviceIdentity,
-  from: PciAddress,
-  context: { host: HostTopology; claimed: ReadonlySet<PciAddress> },
-): MoveTarget | undefined {
-  const targets = edit.toAdd.filter((c) =>
-    !context.claimed.has(c.device.address) && c.rule.name === record.rule &&
-    sameIdentity(record, c.device)
-  );
-  if (record.serial !== null) {
-    return targets[0] && { closed: targets[0], evidence: "same IDs and serial" };
-  }
-  const elsewhere = context.host.devices.filter((d) =>
-    d.address !== from && sameIdentity(record, d)
-  );
-  if (targets.length === 1 && elsewhere.length === 1) {
-    return {
-      closed: targets[0]!,
-      evidence: "same IDs and subsystem, the only such device on the host",
-    };
-  }
-  const oneCard = elsewhere.length > 1 &&
-    new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
-  const fn = from.slice(from.lastIndexOf("."));
-  const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
-  return same && {
-    closed: same,
-    evidence: `same IDs and subsystem, function ${fn.slice(1)} of the only such card on the host`,
-  };
-}
-
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
 function releaseUnwanted(edit: Edit, context: VmContext): void {
   const { plan, domain } = edit;
@@ -305,11 +222,14 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
     if (record === undefined) continue;
     const now = context.byAddress.get(have.address);
     const stillThere = now !== undefined && sameIdentity(record, now);
+    const candidates = edit.toAdd.filter((c) =>
+      !claimed.has(c.device.address) && c.rule.name === record.rule
+    );
     const target = stillThere
       ? undefined
-      : movedTarget(edit, record, have.address, { host: context.host, claimed });
+      : findMovedCard(record, have.address, candidates, context.host);
     if (target !== undefined) {
-      const { closed, evidence } = target;
+      const { found: closed, evidence } = target;
       claimed.add(closed.device.address);
       plan.move.push({
         from: have.address,
@@ -467,7 +387,10 @@ export function planVm(
     ...resolution.errors,
     ...bootOrderConflicts(vm, domain, resolution),
   );
-  if (plan.errors.length > 0) return keepAsIs(plan, domain, context);
+  const needed = hostNeededHostdevs(domain, resolution, context.host);
+  if (plan.errors.length > 0 || needed.length > 0) {
+    return repairRefused(plan, domain, { resolution, context, needed });
+  }
   const edit: Edit = {
     plan,
     domain,

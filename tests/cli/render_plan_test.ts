@@ -189,11 +189,9 @@ Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev 
     repair: { remove: ["0000:08:00.0"], desiredXml: repaired },
   };
   const text = renderVmPlan(plan, { color: false });
-  assertMatch(text, /only the stale hostdevs will be removed until the refusals below/);
+  assertMatch(text, /only the repair after the refusals below will change this VM/);
   const refusals = text.indexOf("[no-match]");
-  const repair = text.indexOf(
-    "repair will still remove the stale hostdev 0000:08:00.0 (drift above)",
-  );
+  const repair = text.indexOf("repair removes hostdev 0000:08:00.0 (refusal above)");
   assertEquals([refusals > 0, repair > refusals], [true, true]);
   assertMatch(text.slice(repair), /-\s+<hostdev mode='subsystem' type='pci' managed='yes'>/);
   const whole: Plan = {
@@ -206,6 +204,57 @@ Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev 
   };
   assertEquals(
     summaryLine(summarizePlan(whole)),
-    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 stale hostdev to remove from refused VMs",
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to remove from refused VMs",
+  );
+});
+
+Deno.test("a refused VM's repair that follows a moved card says where to, and counts it", () => {
+  // Issue 13 item 4: the repair line says what it does, after the refusal that explains it.
+  const at = (bus: string) =>
+    `<domain>\n  <name>win11</name>\n  <devices>\n    <hostdev mode='subsystem' type='pci' managed='yes'>\n      <source>\n        <address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/>\n      </source>\n    </hostdev>\n  </devices>\n</domain>\n`;
+  const drift: PlanIssue = {
+    code: "drift",
+    message:
+      'Hostdev 0000:08:00.0 of "win11" was recorded as 10de:2684 (rule "gpu") but the address now holds nothing: its card is now at 0000:0c:00.0 (same IDs and serial): the repair follows it there even while the other refusals of "win11" stand, so that the next start cannot hand whatever appears there to the guest',
+    vm: "win11",
+    rule: "gpu",
+    devices: ["0000:08:00.0", "0000:0c:00.0"],
+  };
+  const noMatch: PlanIssue = { code: "no-match", message: 'Rule "usb" matches no device' };
+  const move = {
+    from: "0000:08:00.0",
+    to: "0000:0c:00.0",
+    rule: "gpu",
+    evidence: "same IDs and serial",
+  };
+  const plan = {
+    ...vm([drift, noMatch], []),
+    name: "win11",
+    currentXml: at("08"),
+    desiredXml: at("08"),
+    repair: { remove: [], move: [move], desiredXml: at("0c") },
+  };
+  const text = renderVmPlan(plan, { color: false });
+  const refusal = text.indexOf("[drift]");
+  const line = text.indexOf(
+    "repair follows the card of hostdev 0000:08:00.0 to 0000:0c:00.0, same IDs and serial (refusal above)",
+  );
+  assertEquals([refusal > 0, line > refusal, text.indexOf("[no-match]") > refusal], [
+    true,
+    true,
+    true,
+  ]);
+  assertMatch(text.slice(line), /\+\s+<address domain='0x0000' bus='0x0c'/);
+  const whole: Plan = {
+    config: "c.yaml",
+    host: "h",
+    uri: "test:///default",
+    vms: [plan],
+    errors: [],
+    warnings: [],
+  };
+  assertEquals(
+    summaryLine(summarizePlan(whole)),
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to follow its card in refused VMs",
   );
 });

@@ -1,0 +1,75 @@
+/**
+ * Where a recorded card sits now: the one evidence rule for a moved card, shared by the edit of
+ * an unrefused VM (`vm_edit.ts`, which moves the hostdev) and the repair of a refused one
+ * (`repair.ts`, which follows it when that is safe). Pure.
+ *
+ * @module
+ */
+
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { sameIdentity } from "../resolve/match.ts";
+import type { DeviceIdentity } from "./types.ts";
+
+/** `DDDD:BB:SS` of an address: the card its function belongs to. */
+function slotOf(address: PciAddress): string {
+  return address.slice(0, address.lastIndexOf("."));
+}
+
+/** The candidate a recorded card was found as, and what proved it is the same card. */
+export interface FoundCard<T> {
+  /** The candidate, as the caller gave it. */
+  found: T;
+  /** What proved it (`same IDs and serial`), as `MovedHostdev.evidence` says it. */
+  evidence: string;
+}
+
+/**
+ * Which of `candidates` is the card `record` describes, recorded at `from` and no longer there:
+ * proven by its serial, or by its IDs when it is the only such device on the host, or when every
+ * device with its IDs is a function of one card (a dual-port NIC moved whole) at the same
+ * function number. `undefined` when none is proven. The caller chooses the candidates (the
+ * devices a rule takes, not yet claimed by another move).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const host = topologyFromDescription({ devices: [{
+ *   bdf: "0000:0c:00.0", group: 7, class: "0x030000", vendor: "0x10de", device: "0x2684",
+ *   subsystem_vendor: null, subsystem_device: null, driver: "vfio-pci", revision: null,
+ * }] }, { source: "example" });
+ * const record = {
+ *   address: "0000:08:00.0", vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
+ *   subsystemDeviceId: null, classCode: "030000", serial: null, driver: "nvidia", rule: "gpu",
+ * };
+ * const card = findMovedCard(record, "0000:08:00.0", host.devices.map((device) => ({ device })), host);
+ * assertEquals(card?.found.device.address, "0000:0c:00.0");
+ * assertEquals(card?.evidence, "same IDs and subsystem, the only such device on the host");
+ * ```
+ */
+export function findMovedCard<T extends { device: PciDevice }>(
+  record: DeviceIdentity,
+  from: PciAddress,
+  candidates: readonly T[],
+  host: HostTopology,
+): FoundCard<T> | undefined {
+  const targets = candidates.filter((c) => sameIdentity(record, c.device));
+  if (record.serial !== null) {
+    return targets[0] && { found: targets[0], evidence: "same IDs and serial" };
+  }
+  const elsewhere = host.devices.filter((d) => d.address !== from && sameIdentity(record, d));
+  if (targets.length === 1 && elsewhere.length === 1) {
+    return {
+      found: targets[0]!,
+      evidence: "same IDs and subsystem, the only such device on the host",
+    };
+  }
+  const oneCard = elsewhere.length > 1 &&
+    new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
+  const fn = from.slice(from.lastIndexOf("."));
+  const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
+  return same && {
+    found: same,
+    evidence: `same IDs and subsystem, function ${fn.slice(1)} of the only such card on the host`,
+  };
+}

@@ -1,0 +1,338 @@
+/**
+ * The repair of a refused VM. A refused VM keeps its definition, but some of its hostdevs must not
+ * stay until the next start whatever else is refused: libvirt's managed detach unbinds whatever
+ * sits at a hostdev's address, so
+ *
+ * - a stale owned hostdev (its address now holds another device, or nothing) would hand that
+ *   device to the guest: the repair follows its card to its new address when an unrefused VM's
+ *   move could (same evidence, and the new address free of every refusal), else removes it;
+ * - an owned hostdev on a device the host needs now (a mounted filesystem's controller, the NIC of
+ *   the default route, the console's VGA) would take it from the host: the repair removes it,
+ *   unless its rule says `allow_host_critical: true`;
+ * - a hand-added hostdev (or `<interface type='hostdev'>`) on such a device is never edited: the
+ *   refusal says how to remove it by hand.
+ *
+ * Each is a refusal of its own, listed first among the VM's refusals, and the repair is what
+ * `apply` defines for the VM (code `repaired`) while the other refusals stand. Pure.
+ *
+ * @module
+ */
+
+import type { ClosedDevice } from "../resolve/closure.ts";
+import { sameIdentity } from "../resolve/match.ts";
+import { editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
+import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
+import { describe, driftWarning } from "./issues.ts";
+import { findMovedCard } from "./moves.ts";
+import type { VmResolution } from "./resolve.ts";
+import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
+import type { VmContext } from "./vm_edit.ts";
+
+/** A hostdev of a VM whose device the host needs now. */
+export interface HostNeeded {
+  /** The hostdev's host address. */
+  address: PciAddress;
+  /** The device there now. */
+  device: PciDevice;
+  /** What the host uses it for. */
+  use: HostUse;
+  /** An `owned` hostdev, a `hand-added` one, or an `<interface type='hostdev'>` (`interface`). */
+  kind: "owned" | "hand-added" | "interface";
+  /** The rule recorded for an owned hostdev, when one is. */
+  rule: string | null;
+}
+
+/**
+ * The hostdevs of `domain` whose device the host needs now (`host.hostUse`), in the domain's
+ * order, interfaces last: owned ones whose recorded card is still there (a stale one is the
+ * repair's in any case) and whose rule does not say `allow_host_critical: true`, and every
+ * hand-added one unless a rule taking it says so. Each refuses the VM.
+ */
+export function hostNeededHostdevs(
+  domain: ParsedDomain,
+  resolution: VmResolution,
+  host: HostTopology,
+): HostNeeded[] {
+  const out: HostNeeded[] = [];
+  const uses = host.hostUse;
+  if (uses === null || uses.length === 0) return out;
+  const allowedBy = (address: PciAddress, rule: string | null) =>
+    resolution.rules.some((r) => r.rule.allowHostCritical && r.rule.name === rule) ||
+    resolution.closure.devices.some((c) =>
+      c.device.address === address && c.rule.allowHostCritical
+    );
+  const check = (address: PciAddress, kind: HostNeeded["kind"], record?: DeviceIdentity) => {
+    const use = uses.find((u) => u.address === address);
+    const device = host.devices.find((d) => d.address === address);
+    if (use === undefined || device === undefined) return;
+    if (record !== undefined && !sameIdentity(record, device)) return;
+    const rule = record?.rule ?? null;
+    if (!allowedBy(address, rule)) out.push({ address, device, use, kind, rule });
+  };
+  for (const have of domain.hostdevs) {
+    if (!have.owned) check(have.address, "hand-added");
+    else check(have.address, "owned", domain.records.find((r) => r.address === have.address));
+  }
+  for (const address of domain.interfaceHostdevs) check(address, "interface");
+  return out;
+}
+
+/** What {@link repairRefused} works from besides the VM's plan and definition. */
+export interface RepairInput {
+  /** The VM's rules resolved and closed over IOMMU groups (refused or not). */
+  resolution: VmResolution;
+  /** The host and the plan-wide refusals. */
+  context: VmContext;
+  /** The VM's hostdevs on devices the host needs ({@link hostNeededHostdevs}). */
+  needed: readonly HostNeeded[];
+}
+
+/** A stale owned hostdev: its record, and what its address holds now. */
+interface Stale {
+  from: PciAddress;
+  record: DeviceIdentity;
+  now: PciDevice | undefined;
+  /** Where its card is, when proven, and whether the repair follows it there. */
+  card?: { to: PciAddress; evidence: string; closed?: ClosedDevice; blocked: string | null };
+}
+
+/** ` "win11"`-style shell word for a VM name in a command the user runs. */
+function shellWord(word: string): string {
+  return /^[A-Za-z0-9_.:@%+=,-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * Why the repair does not follow `stale`'s card to `closed`, or `null` when it does: the checks
+ * an unrefused VM's move passes (no plan-wide refusal, none of the VM's refusals about the rule
+ * or the new IOMMU group, not a device the host needs, not an address the VM names already).
+ */
+function followBlocker(
+  plan: VmPlan,
+  stale: Stale,
+  closed: ClosedDevice,
+  input: RepairInput & { names: ReadonlySet<PciAddress> },
+): string | null {
+  const { host, globalErrors } = input.context;
+  const to = closed.device.address;
+  if (globalErrors.length > 0) return "the plan has host-wide refusals";
+  if (input.names.has(to)) return `"${plan.name}" names that address already`;
+  const use = host.hostUse?.find((u) => u.address === to);
+  if (use !== undefined && !closed.rule.allowHostCritical) {
+    return `the host needs it there (${use.reason}: ${use.detail})`;
+  }
+  const group = closed.device.iommuGroup;
+  const members = new Set(
+    group === null
+      ? [to]
+      : host.devices.filter((d) => d.iommuGroup === group).map((d) => d.address),
+  );
+  const refusal = plan.errors.find((e) =>
+    e.rule === stale.record.rule || (group !== null && e.group === group) ||
+    (e.devices ?? []).some((a) => members.has(a))
+  );
+  if (refusal === undefined) return null;
+  return `rule "${stale.record.rule}" is refused there ([${refusal.code}] below)`;
+}
+
+/**
+ * Where each stale hostdev's card is and whether the repair follows it: among the devices its
+ * rule takes (the evidence of an unrefused VM's move), else anywhere on the host (to say where it
+ * is and why it is not followed). A followed card whose new IOMMU group holds a device the repair
+ * would not put in the VM is not followed either: the group goes to a guest whole.
+ */
+function locateCards(plan: VmPlan, stales: Stale[], input: RepairInput, names: Set<PciAddress>) {
+  const { host } = input.context;
+  const claimed = new Set<PciAddress>();
+  for (const stale of stales) {
+    const free = (a: PciAddress) => !claimed.has(a) && !names.has(a);
+    const taken = input.resolution.closure.devices.filter((c) =>
+      c.rule.name === stale.record.rule && free(c.device.address)
+    );
+    const hit = findMovedCard(stale.record, stale.from, taken, host);
+    if (hit !== undefined) {
+      const closed = hit.found;
+      const blocked = followBlocker(plan, stale, closed, { ...input, names });
+      stale.card = { to: closed.device.address, evidence: hit.evidence, closed, blocked };
+      claimed.add(closed.device.address);
+      continue;
+    }
+    const anywhere = host.devices.filter((d) => d.address !== stale.from && free(d.address));
+    const seen = findMovedCard(
+      stale.record,
+      stale.from,
+      anywhere.map((device) => ({ device })),
+      host,
+    );
+    if (seen === undefined) continue;
+    const ruled = input.resolution.rules.some((r) => r.rule.name === stale.record.rule);
+    stale.card = {
+      to: seen.found.device.address,
+      evidence: seen.evidence,
+      blocked: ruled
+        ? `rule "${stale.record.rule}" does not take it there`
+        : `rule "${stale.record.rule}" is no longer in the config`,
+    };
+  }
+  // A group only goes whole: drop follows until every followed group is complete.
+  for (let changed = true; changed;) {
+    changed = false;
+    const followed = new Set(
+      stales.flatMap((s) => s.card?.blocked === null ? [s.card.to] : []),
+    );
+    for (const stale of stales) {
+      const card = stale.card;
+      const group = card?.closed?.device.iommuGroup ?? null;
+      if (card === undefined || card.blocked !== null || group === null) continue;
+      const missing = input.resolution.closure.devices
+        .map((c) => c.device)
+        .filter((d) => d.iommuGroup === group && !followed.has(d.address) && !names.has(d.address))
+        .map((d) => d.address);
+      if (missing.length === 0) continue;
+      card.blocked = `its new IOMMU group ${group} also holds ${
+        missing.join(", ")
+      }, which a repair does not add`;
+      changed = true;
+    }
+  }
+}
+
+/** The end of each repair refusal: what the repair does, and why it matters. */
+function staleIssue(vm: string, stale: Stale, hostUse: HostUse | undefined, stand: string) {
+  const that = stale.now === undefined
+    ? "whatever appears there"
+    : hostUse === undefined
+    ? "that device"
+    : `that device, which the host needs (${hostUse.reason}: ${hostUse.detail}),`;
+  const why = `so that the next start cannot hand ${that} to the guest`;
+  const card = stale.card;
+  const outcome = card === undefined
+    ? `the repair removes it${stand}, ${why}`
+    : card.blocked === null
+    ? `its card is now at ${card.to} (${card.evidence}): the repair follows it there${stand}, ${why}`
+    : `its card is now at ${card.to} (${card.evidence}) but the repair does not follow it: ${card.blocked}; it removes the hostdev${stand}, ${why}`;
+  const issue = driftWarning(vm, stale.record, stale.now, outcome);
+  return card?.blocked === null ? { ...issue, devices: [stale.from, card.to] } : issue;
+}
+
+/** The refusal of a hostdev on a device the host needs: removed, or to remove by hand. */
+function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
+  const { address, device, use, kind, rule } = needed;
+  const element = kind === "interface" ? "<interface type='hostdev'>" : "<hostdev>";
+  const holds = `holds ${
+    describe(device)
+  }, which the host needs now (${use.reason}: ${use.detail})`;
+  const head = kind === "interface" ? "Hostdev interface" : "Hostdev";
+  const a = pciAddressToLibvirt(address);
+  const message = kind === "owned"
+    ? `Hostdev ${address} of "${vm}"${
+      rule === null ? "" : ` (rule "${rule}")`
+    } ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
+    : `${head} ${address} of "${vm}" was added by hand and ${holds}: passthrough never edits what was added by hand, so remove it yourself: run "virsh edit ${
+      shellWord(vm)
+    }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
+  return {
+    code: "host-needed",
+    message,
+    vm,
+    ...(rule === null ? {} : { rule }),
+    devices: [address],
+  };
+}
+
+/**
+ * A refused VM's plan: its definition kept as it is (`hostdevs` and `keep` are what it holds),
+ * its stale and host-needed hostdevs refused first, and `repair` holding their removals and
+ * moves when there are any.
+ */
+export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairInput): VmPlan {
+  const { host, byAddress } = input.context;
+  const names = new Set([
+    ...domain.hostdevs.map((h) => h.address),
+    ...domain.interfaceHostdevs,
+  ]);
+  const stales: Stale[] = [];
+  for (const have of domain.hostdevs) {
+    const record = domain.records.find((r) => r.address === have.address);
+    const now = byAddress.get(have.address);
+    if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
+      continue;
+    }
+    stales.push({ from: have.address, record, now });
+  }
+  locateCards(plan, stales, input, names);
+  const others = plan.errors.length + stales.length + input.needed.length - 1;
+  const stand = others > 0 ? ` even while the other refusals of "${plan.name}" stand` : "";
+  const first: PlanIssue[] = [];
+  for (const have of domain.hostdevs) {
+    const stale = stales.find((s) => s.from === have.address);
+    const use = host.hostUse?.find((u) => u.address === have.address);
+    if (stale !== undefined) first.push(staleIssue(plan.name, stale, use, stand));
+    const needed = input.needed.find((n) => n.address === have.address && n.kind !== "interface");
+    if (needed !== undefined) first.push(neededIssue(plan.name, needed, stand));
+  }
+  for (const needed of input.needed.filter((n) => n.kind === "interface")) {
+    first.push(neededIssue(plan.name, needed, stand));
+  }
+  plan.errors.unshift(...first);
+  plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
+  plan.keep = [...plan.hostdevs];
+  const move: MovedHostdev[] = stales.flatMap((s) =>
+    s.card?.blocked === null
+      ? [{ from: s.from, to: s.card.to, rule: s.record.rule, evidence: s.card.evidence }]
+      : []
+  );
+  const movedTo = new Map(move.map((m) => [m.from, m.to]));
+  const remove = [
+    ...stales.filter((s) => !movedTo.has(s.from)).map((s) => s.from),
+    ...input.needed.filter((n) => n.kind === "owned").map((n) => n.address),
+  ].sort(comparePciAddress);
+  if (remove.length === 0 && move.length === 0) return plan;
+  const gone = new Set(remove);
+  const records = domain.records
+    .filter((r) => !gone.has(r.address))
+    .map((r) => movedTo.has(r.address) ? { ...r, address: movedTo.get(r.address)! } : r)
+    .sort((a, b) => comparePciAddress(a.address, b.address));
+  plan.repair = {
+    remove,
+    move,
+    desiredXml: editDomainXml(plan.currentXml, {
+      remove,
+      add: [],
+      records,
+      move: move.map(({ from, to }) => ({ from, to })),
+    }),
+  };
+  return plan;
+}
+
+/**
+ * The change `apply` makes for `vm`: its plan, or for a refused VM with a repair, that repair as
+ * a plan with no refusals (its removals and moves, nothing added), so that asking, ordering,
+ * checking, defining and verifying treat a repair as any change.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { emptyVmPlan } from "./vm_edit.ts";
+ * const refused = {
+ *   ...emptyVmPlan("win11", "<domain/>"),
+ *   errors: [{ code: "no-match" as const, message: "..." }],
+ *   repair: { remove: ["0000:08:00.0"], desiredXml: "<domain></domain>" },
+ * };
+ * const view = repairView(refused);
+ * assertEquals([view.errors, view.remove, view.move, view.changed], [[], ["0000:08:00.0"], [], true]);
+ * ```
+ */
+export function repairView(vm: VmPlan): VmPlan {
+  if (vm.errors.length === 0 || vm.repair === undefined) return vm;
+  return {
+    ...vm,
+    add: [],
+    remove: vm.repair.remove,
+    move: vm.repair.move ?? [],
+    errors: [],
+    desiredXml: vm.repair.desiredXml,
+    changed: true,
+  };
+}

@@ -1,0 +1,221 @@
+/**
+ * The repair of a refused VM (issue 13 item 4): a stale hostdev follows its moved card when an
+ * unrefused VM's move could, else is removed with the reason; a hostdev on a device the host needs
+ * now is a refusal printed first, removed by the repair when passthrough added it, and explained
+ * (how to remove it by hand) when it was added by hand. Hosts are sysfs trees built from
+ * descriptions and read by discovery and the real lspci; domains live in libvirt's test driver.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import {
+  baseDevices,
+  config,
+  dev,
+  domainXml,
+  GPU,
+  GPU_AUDIO,
+  GPU_CONFIG,
+  LINUX,
+  vmOf,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import type { HostTopology, HostUse } from "../../lib/host/types.ts";
+
+/** The topology discovery reads from a tree built of `devices` and `hostUse`. */
+async function treeHost(
+  devices: HostDeviceDescription[],
+  hostUse: HostUse[] = [],
+): Promise<HostTopology> {
+  await using tree = await tempHostTree({ devices, host_use: hostUse });
+  return await discoverHost({ root: tree.dir });
+}
+
+/** The GPU and its audio function at bus 0x0b in IOMMU group 7, plus `extra`. */
+function movedGpu(extra: HostDeviceDescription[] = []): HostDeviceDescription[] {
+  return [
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+    ...extra,
+  ];
+}
+
+/** win10's GPU rule and a second rule that matches nothing, so the plan refuses win10. */
+const WITH_TYPO = config(
+  '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+    '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+);
+
+const NVME = "0000:03:00.0";
+const ROOT_FS: HostUse = { address: NVME, reason: "mounted-filesystem", detail: "/ on nvme0n1p2" };
+
+Deno.test("a refused VM's repair follows its moved card, rewriting the hostdevs in place", async () => {
+  const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
+  const after = await treeHost(movedGpu());
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml,
+    );
+    const plan = planHostdevs({ config: WITH_TYPO, host: after, libvirt });
+    const vm = vmOf(plan, "win10");
+    // The stale hostdevs are refusals printed first, then the rule's own.
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /now holds nothing: its card is now at 0000:0b:00\.0 \(same IDs and serial\): the repair follows it there even while the other refusals of "win10" stand/,
+    );
+    assertEquals(vm.errors[0]!.devices, [GPU.bdf, "0000:0b:00.0"]);
+    assertEquals([vm.changed, vm.desiredXml === vm.currentXml, vm.move], [false, true, []]);
+    assertEquals(vm.repair?.remove, []);
+    assertEquals(vm.repair?.move, [
+      { from: GPU.bdf, to: "0000:0b:00.0", rule: "gpu", evidence: "same IDs and serial" },
+      {
+        from: GPU_AUDIO.bdf,
+        to: "0000:0b:00.1",
+        rule: "gpu",
+        evidence: "same IDs and subsystem, the only such device on the host",
+      },
+    ]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals(repaired.hostdevs.map((h) => [h.address, h.owned]), [
+      ["0000:0b:00.0", true],
+      ["0000:0b:00.1", true],
+    ]);
+    // The records follow, keeping the host drivers the cards were resolved with.
+    assertEquals(repaired.records.map((r) => [r.address, r.driver, r.rule]), [
+      ["0000:0b:00.0", "nvidia", "gpu"],
+      ["0000:0b:00.1", "snd_hda_intel", "gpu"],
+    ]);
+    // In place: within <devices>, only the two source addresses change.
+    const devices = (xml: string) => xml.slice(xml.indexOf("<devices>")).split("\n");
+    const was = devices(vm.currentXml);
+    const now = devices(vm.repair!.desiredXml);
+    assertEquals(was.length, now.length);
+    assertEquals(now.filter((line, i) => line !== was[i]).map((l) => l.trim()), [
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>",
+      "<address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>",
+    ]);
+    // apply orders and holds back VMs by the groups of what a repair takes too.
+    assertEquals(plan.groupOf?.["0000:0b:00.0"], 7);
+  });
+});
+
+Deno.test("a repair does not follow a card into an IOMMU group another domain holds: it removes the hostdev and says why", async () => {
+  const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
+  const after = await treeHost(movedGpu());
+  // "other" (not in the config) holds the moved card's audio function by hand.
+  const other = domainXml(
+    "other",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03",
+    `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>
+        </source>
+      </hostdev>`,
+  );
+  await withPort([WIN10, other], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: WITH_TYPO, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.slice(0, 2).map((e) => e.code), ["drift", "drift"]);
+    assertOk(vm.errors.some((e) => e.code === "group-shared-with-other-vm" && e.group === 7));
+    assertMatch(
+      vm.errors[0]!.message,
+      /its card is now at 0000:0b:00\.0 \(same IDs and serial\) but the repair does not follow it: rule "gpu" is refused there \(\[group-shared-with-other-vm\] below\); it removes the hostdev even while/,
+    );
+    assertEquals([vm.repair?.move, vm.repair?.remove], [[], [GPU.bdf, GPU_AUDIO.bdf]]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals([repaired.hostdevs, repaired.records], [[], []]);
+  });
+});
+
+Deno.test("a repair does not follow a card whose new IOMMU group holds a device it would not add", async () => {
+  const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
+  const usb = dev({ bdf: "0000:0b:00.2", group: 7, class: "0x0c0330", device: "0x1ada" });
+  const after = await treeHost(movedGpu([usb]));
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml,
+    );
+    // Unrefused, the plan moves both functions and adds the group's new member.
+    const whole = vmOf(planHostdevs({ config: GPU_CONFIG, host: after, libvirt }), "win10");
+    assertEquals([whole.errors, whole.move.length, whole.add.map((a) => a.address)], [
+      [],
+      2,
+      ["0000:0b:00.2"],
+    ]);
+    // Refused, the repair adds nothing: following would give the guest part of group 7.
+    const vm = vmOf(planHostdevs({ config: WITH_TYPO, host: after, libvirt }), "win10");
+    assertMatch(
+      vm.errors[0]!.message,
+      /does not follow it: its new IOMMU group 7 also holds 0000:0b:00\.2, which a repair does not add; it removes the hostdev/,
+    );
+    assertEquals([vm.repair?.move, vm.repair?.remove], [[], [GPU.bdf, GPU_AUDIO.bdf]]);
+  });
+});
+
+Deno.test("an owned hostdev on a device the host needs now is a refusal printed first, removed by the repair", async () => {
+  const free = await treeHost(baseDevices());
+  const needed = await treeHost(baseDevices(), [ROOT_FS]);
+  const nvme = (extra: string) =>
+    config(`  win10:\n    devices:\n      - name: nvme\n        match: { class: nvme }\n${extra}`);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: nvme(""), host: free, libvirt }), "win10");
+    assertEquals([applied.errors, applied.add.map((a) => a.address)], [[], [NVME]]);
+    libvirt.define(applied.desiredXml);
+
+    // The rule still takes it: refused twice, the hostdev's refusal first; the repair removes it.
+    const vm = vmOf(planHostdevs({ config: nvme(""), host: needed, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["host-needed", "group-contains-host-critical"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /^Hostdev 0000:03:00\.0 of "win10" \(rule "nvme"\) holds 144d:a808 .*, which the host needs now \(mounted-filesystem: \/ on nvme0n1p2\): the repair removes it even while the other refusals of "win10" stand, so that the next start cannot take it from the host$/,
+    );
+    assertEquals(vm.repair?.remove, [NVME]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals([repaired.hostdevs, repaired.records], [[], []]);
+
+    // Nothing else refused (the rule is gone): still a refusal, not a silent removal.
+    const gone = config("  win10:\n    devices: []\n");
+    const alone = vmOf(planHostdevs({ config: gone, host: needed, libvirt }), "win10");
+    assertEquals(alone.errors.map((e) => e.code), ["host-needed"]);
+    assertMatch(alone.errors[0]!.message, /: the repair removes it, so that the next start/);
+    assertEquals([alone.changed, alone.repair?.remove], [false, [NVME]]);
+
+    // allow_host_critical: true on its rule keeps it, with the rule's warning.
+    const allowed = nvme("        allow_host_critical: true\n");
+    const kept = vmOf(planHostdevs({ config: allowed, host: needed, libvirt }), "win10");
+    assertEquals([kept.errors, kept.repair, kept.keep], [[], undefined, [NVME]]);
+    assertOk(kept.warnings.some((w) => w.code === "group-contains-host-critical"));
+  });
+});
+
+Deno.test("a hand-added hostdev on a device the host needs now is a refusal saying how to remove it", async () => {
+  const route: HostUse = {
+    address: "0000:02:00.0",
+    reason: "default-route",
+    detail: "default route via enp2s0",
+  };
+  const needed = await treeHost(baseDevices(), [route]);
+  await withPort([LINUX], (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: config("  linux:\n    devices: []\n"), host: needed, libvirt }),
+      "linux",
+    );
+    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [["host-needed", ["0000:02:00.0"]]]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /^Hostdev 0000:02:00\.0 of "linux" was added by hand and holds 8086:1533 .*, which the host needs now \(default-route: default route via enp2s0\): passthrough never edits what was added by hand, so remove it yourself: run "virsh edit linux", delete the <hostdev> whose <source> has <address domain='0x0000' bus='0x02' slot='0x00' function='0x0'\/>, then plan again$/,
+    );
+    // Never edited: no repair, the definition is kept.
+    assertEquals([vm.repair, vm.changed, vm.keep], [undefined, false, ["0000:02:00.0"]]);
+  });
+});
