@@ -21,6 +21,10 @@ import { loadConfig } from "../../lib/config/config.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { loadHost } from "../../cli/host_options.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { checkDomainStart } from "../../lib/guard/check.ts";
+import { readRefusalRecords, recordRefusals } from "../../lib/guard/state.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
@@ -34,6 +38,7 @@ import {
   GPU_CONFIG,
   HOST,
   host,
+  LINUX,
   vmOf,
   WIN10,
   withPort,
@@ -878,7 +883,10 @@ Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), an
       const [result] = report.vms;
       assertEquals([result?.status, result?.code], ["changed", "repaired"]);
       assertEquals([result?.added, result?.removed], [[], [GPU_AUDIO.bdf]]);
-      assertMatch(result?.message ?? "", /stale hostdev "0000:01:00.1".*refuses it \(2 refusals\)/);
+      assertMatch(
+        result?.message ?? "",
+        /^Repaired "win10": removed the hostdev "0000:01:00.1"; the rest .*refuses it \(2 refusals\)/,
+      );
       assertOk(result?.backup);
       const defined = parseDomainXml(libvirt.getPersistentXml("win10"));
       assertEquals(defined.hostdevs.map((h) => [h.address, h.owned]), [[GPU.bdf, true]]);
@@ -889,5 +897,143 @@ Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), an
     });
   } finally {
     Deno.removeSync(stateDir, { recursive: true });
+  }
+});
+
+Deno.test("applyPlan() follows a refused VM's moved card (issue 13): the guard then passes, rollback restores", async () => {
+  // win10 holds the GPU and its audio function at bus 0x01; the card now sits at bus 0x0b, and
+  // a second rule matches nothing, so the plan refuses win10 but its repair follows the card.
+  const moved = [
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ];
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-follow-" });
+  const stateDir = `${root}/state`;
+  try {
+    buildHostTree({ devices: [...baseDevices(), GPU, GPU_AUDIO] }, `${root}/before`);
+    buildHostTree({ devices: moved }, `${root}/after`);
+    const before = await discoverHost({ root: `${root}/before` });
+    const after = await discoverHost({ root: `${root}/after` });
+    const withTypo = config(
+      '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+    );
+    const guard = (xml: string) =>
+      checkDomainStart({
+        vm: "win10",
+        xml,
+        reader: denoFsReader(),
+        root: `${root}/after`,
+        hostUse: () => [],
+      });
+    await withPort([WIN10], async (libvirt) => {
+      libvirt.define(
+        vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml,
+      );
+      const stale = libvirt.getPersistentXml("win10", { secure: true });
+      // The start guard refuses the stale definition and records it, as the hook does.
+      const refusals = guard(stale);
+      assertEquals(refusals.map((r) => [r.kind, r.address]), [
+        ["missing", GPU.bdf],
+        ["missing", GPU_AUDIO.bdf],
+      ]);
+      recordRefusals(stateDir, "win10", refusals, { allowed: false });
+
+      const plan = planHostdevs({ config: withTypo, host: after, libvirt });
+      const asked = answers("yes");
+      const report = await applyPlan(plan, { libvirt, stateDir, confirm: asked.confirm });
+      assertEquals(asked.asked, ["win10"]);
+      const [result] = report.vms;
+      assertEquals([result?.status, result?.code], ["changed", "repaired"]);
+      assertEquals([result?.added, result?.removed], [
+        ["0000:0b:00.0", "0000:0b:00.1"],
+        [GPU.bdf, GPU_AUDIO.bdf],
+      ]);
+      assertMatch(
+        result?.message ?? "",
+        /^Repaired "win10": followed the card of "0000:01:00\.0" to "0000:0b:00\.0", followed the card of "0000:01:00\.1" to "0000:0b:00\.1"; the rest is not applied: the plan refuses it \(3 refusals\)/,
+      );
+      const defined = libvirt.getPersistentXml("win10", { secure: true });
+      const parsed = parseDomainXml(defined);
+      assertEquals(parsed.hostdevs.map((h) => [h.address, h.owned]), [
+        ["0000:0b:00.0", true],
+        ["0000:0b:00.1", true],
+      ]);
+      assertEquals(parsed.records.map((r) => r.address), ["0000:0b:00.0", "0000:0b:00.1"]);
+      // The guard's own check passes on the repaired definition; its record stays until the
+      // next start, as after any apply.
+      assertEquals(guard(defined), []);
+      assertEquals(readRefusalRecords(stateDir).map((r) => r.vm), ["win10"]);
+      // Planned again: no stale hostdev left, the rule's own refusal stands, nothing to repair.
+      const again = vmOf(planHostdevs({ config: withTypo, host: after, libvirt }), "win10");
+      assertEquals([again.errors.map((e) => e.code), again.repair], [["no-match"], undefined]);
+
+      const rolled = await rollbackVm("win10", {
+        libvirt,
+        stateDir,
+        confirm: () => Promise.resolve(true),
+      });
+      assertEquals(rolled.status, "restored");
+      assertEquals(libvirt.getPersistentXml("win10", { secure: true }), stale);
+    });
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("applyPlan() holds back a repair that follows a card another VM has not released yet", async () => {
+  // "linux" holds the GPU at bus 0x0b and its rule is dropped, so it releases the card; win10
+  // (refused by a rule that matches nothing) recorded that card at bus 0x01, and its repair
+  // follows it to 0x0b: only once "linux" has let go.
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-follow-" });
+  const stateDir = `${root}/state`;
+  try {
+    buildHostTree({ devices: [...baseDevices(), GPU, GPU_AUDIO] }, `${root}/before`);
+    buildHostTree({
+      devices: [
+        ...baseDevices(),
+        { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+        { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+      ],
+    }, `${root}/after`);
+    const before = await discoverHost({ root: `${root}/before` });
+    const after = await discoverHost({ root: `${root}/after` });
+    const gpuRule = '      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n';
+    const typo = '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n';
+    for (const answer of ["no", "yes"] as const) {
+      await withPort([WIN10, LINUX], async (libvirt) => {
+        const win10 = vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10");
+        libvirt.define(win10.desiredXml);
+        const linux = config(`  linux:\n    devices:\n${gpuRule}`);
+        libvirt.define(
+          vmOf(planHostdevs({ config: linux, host: after, libvirt }), "linux").desiredXml,
+        );
+        const both = config(`  win10:\n    devices:\n${gpuRule}${typo}  linux:\n    devices: []\n`);
+        const plan = planHostdevs({ config: both, host: after, libvirt });
+        assertEquals(vmOf(plan, "win10").repair?.move?.map((m) => m.to), [
+          "0000:0b:00.0",
+          "0000:0b:00.1",
+        ]);
+        assertEquals(vmOf(plan, "linux").remove, ["0000:0b:00.0", "0000:0b:00.1"]);
+        const asked = answers(answer, "yes");
+        const report = await applyPlan(plan, { libvirt, stateDir, confirm: asked.confirm });
+        // The VM releasing the card is asked first.
+        const codes = Object.fromEntries(report.vms.map((r) => [r.vm, r.code]));
+        if (answer === "no") {
+          assertEquals(asked.asked, ["linux"]);
+          assertEquals(codes, { win10: "blocked", linux: "declined" });
+          assertEquals(hostdevs(libvirt, "win10"), [GPU.bdf, GPU_AUDIO.bdf]);
+        } else {
+          assertEquals(asked.asked, ["linux", "win10"]);
+          assertEquals(codes, { win10: "repaired", linux: "applied" });
+          assertEquals(hostdevs(libvirt, "win10"), ["0000:0b:00.0", "0000:0b:00.1"]);
+          // linux kept its hand-added NIC only.
+          assertEquals(hostdevs(libvirt, "linux"), ["0000:02:00.0"]);
+        }
+      });
+    }
+  } finally {
+    Deno.removeSync(root, { recursive: true });
   }
 });
