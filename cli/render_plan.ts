@@ -46,7 +46,7 @@ export function summaryLine(summary: PlanSummary): string {
     parts.push(`${plural(summary.repair, "hostdev")} to remove from refused VMs`);
   }
   if (summary.repairMove > 0) {
-    parts.push(`${plural(summary.repairMove, "hostdev")} to follow its card in refused VMs`);
+    parts.push(`${plural(summary.repairMove, "hostdev")} to follow a moved card in refused VMs`);
   }
   return parts.join(", ") + others;
 }

@@ -18,6 +18,10 @@ import { createTwoFilesPatch } from "diff";
 import { assertEquals } from "../helpers/assert.ts";
 import { type CliResult, runCli } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const GOLDEN = new URL("../fixtures/golden/", import.meta.url).pathname;
@@ -33,6 +37,8 @@ interface Scene {
   refused: string;
   /** The demo config marked `example: true`, as the shipped example is. */
   example: string;
+  /** The demo config applied (a test-driver world), and the GTX 1080 moved to bus 0x2a. */
+  moved: { uri: string; sysfs: string; config: string };
 }
 
 /** One snapshot: `tests/fixtures/golden/NAME.txt` holds the output of `passthrough ARGS`. */
@@ -72,6 +78,21 @@ const CASES: GoldenCase[] = [
     args: (s) => ["apply", "--yes", ...plan(s, s.example), "--state-dir", s.stateDir],
     code: 1,
   },
+  // Issue 13: after the demo config was applied, the GTX 1080 moved to another bus and a rule of
+  // win10 became ambiguous: the drift is refused first, and the repair follows the card.
+  {
+    name: "plan_repair",
+    args: (s) => [
+      "plan",
+      "--config",
+      s.moved.config,
+      "--sysfs",
+      s.moved.sysfs,
+      "--connect",
+      s.moved.uri,
+    ],
+    code: 1,
+  },
   // Issue 16: a selection says what it left unchecked.
   { name: "plan_vm", args: (s) => ["plan", "--vm", "win10", ...plan(s, s.config)], code: 0 },
   {
@@ -95,6 +116,7 @@ async function makeScene(): Promise<Scene> {
     demoConfig.replace("version: 1\n", "version: 1\nexample: true\n"),
   );
   return {
+    moved: await movedScene(dir, demoConfig),
     example: `${dir}/demo/example_config.yaml`,
     dir,
     sysfs: `${dir}/sysfs`,
@@ -104,6 +126,55 @@ async function makeScene(): Promise<Scene> {
     refused: `${dir}/demo/refused_config.yaml`,
   };
 }
+
+/** win10's config in `plan_repair`: its USB rule is ambiguous (two identical controllers). */
+const AMBIGUOUS_USB = `      - name: usb
+        match: { vendor_device_id: "1022:148c" }
+`;
+
+/**
+ * The scene of `plan_repair`: the demo world with the demo config applied (written as a world
+ * file, since the test driver forgets defines between processes), a tree where the GTX 1080 and
+ * its audio function sit at bus 0x2a, and the demo config with win10's USB rule made ambiguous.
+ */
+async function movedScene(dir: string, demoConfig: string): Promise<Scene["moved"]> {
+  const description = loadHostDescription(`${dir}/demo/host.json`);
+  const host = await discoverHost({ root: `${dir}/sysfs` });
+  const world = await Deno.readTextFile(`${dir}/demo/world.xml`);
+  const applied: string[] = [];
+  {
+    using libvirt = openLibvirtPort(`test://${dir}/demo/world.xml`);
+    const config = parseConfig(demoConfig, { file: "passthrough_config.yaml" });
+    for (const vm of planHostdevs({ config, host, libvirt }).vms) libvirt.define(vm.desiredXml);
+    for (const { name, active } of libvirt.listDomains()) {
+      const xml = libvirt.getPersistentXml(name).trim();
+      applied.push(
+        active ? xml : xml
+          .replace("<domain type='test'", `<domain type='test' xmlns:test='${TEST_NS}'`)
+          .replace(/<\/domain>$/, "  <test:runstate>5</test:runstate>\n</domain>"),
+      );
+    }
+  }
+  const head = world.slice(0, world.indexOf("  <domain"));
+  await Deno.writeTextFile(
+    `${dir}/demo/applied_world.xml`,
+    `${head}${applied.join("\n")}\n</node>\n`,
+  );
+  const moved = description.devices.map((d) =>
+    d.bdf.startsWith("0000:21:00.") ? { ...d, bdf: d.bdf.replace(":21:", ":2a:") } : d
+  );
+  buildHostTree({ ...description, devices: moved }, `${dir}/moved_sysfs`);
+  const config = demoConfig.replace(/( {6}- name: usb-rear\n[^\n]*\n)/, AMBIGUOUS_USB);
+  if (config === demoConfig) throw new Error("the demo config has no usb-rear rule to replace");
+  await Deno.writeTextFile(`${dir}/demo/moved_config.yaml`, config);
+  return {
+    uri: `test://${dir}/demo/applied_world.xml`,
+    sysfs: `${dir}/moved_sysfs`,
+    config: `${dir}/demo/moved_config.yaml`,
+  };
+}
+
+const TEST_NS = "http://libvirt.org/schemas/domain/test/1.0";
 
 /** Replaces the volatile parts of `text`, and nothing else. */
 function normalise(text: string, dir: string): string {

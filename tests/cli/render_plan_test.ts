@@ -255,6 +255,6 @@ Deno.test("a refused VM's repair that follows a moved card says where to, and co
   };
   assertEquals(
     summaryLine(summarizePlan(whole)),
-    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to follow its card in refused VMs",
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to follow a moved card in refused VMs",
   );
 });
