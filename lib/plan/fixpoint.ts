@@ -9,6 +9,7 @@
 import type { Config } from "../config/config.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { heldNote } from "./issues.ts";
+import { shellWord } from "./repair.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { PlanIssue, VmPlan } from "./types.ts";
@@ -160,7 +161,8 @@ export function planUntilSettled(input: SettleInput): Settled {
 
 /**
  * VMs left out by the selection are not changed, but a recorded card that is no longer where it
- * was is news about the host: their `drift` warnings, to report plan-wide.
+ * was, or a hostdev on a device the host needs now, is news about the host: their `drift` and
+ * `host-needed` issues, to report plan-wide as warnings.
  */
 export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[] {
   const planned = new Set(input.selected);
@@ -177,7 +179,13 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
       ...context,
       active: input.survey.active.get(name) ?? null,
     });
-    // A refused VM lists its stale hostdevs as refusals; plan-wide they are warnings.
-    return [...other.errors, ...other.warnings].filter((w) => w.code === "drift");
+    // A refused VM lists its stale and host-needed hostdevs as refusals; plan-wide they are
+    // warnings, and what they say the plan does waits for a plan of that VM.
+    const left = `; "${name}" is left out of this plan: its own plan (passthrough plan --vm ${
+      shellWord(name)
+    }) does that`;
+    return [...other.errors, ...other.warnings]
+      .filter((w) => w.code === "drift" || w.code === "host-needed")
+      .map((w) => ({ ...w, message: w.message + left }));
   });
 }

@@ -97,8 +97,8 @@ interface Stale {
   card?: { to: PciAddress; evidence: string; closed?: ClosedDevice; blocked: string | null };
 }
 
-/** ` "win11"`-style shell word for a VM name in a command the user runs. */
-function shellWord(word: string): string {
+/** A VM name as one shell word in a command the user runs: as is, or single-quoted. */
+export function shellWord(word: string): string {
   return /^[A-Za-z0-9_.:@%+=,-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
