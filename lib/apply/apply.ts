@@ -55,8 +55,9 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
 /**
  * Why, as a machine-readable code:
  * - `applied`: defined and verified (status `changed`);
- * - `repaired`: the plan refuses the VM, but its repair (the stale hostdevs removed, nothing else)
- *   was defined and verified (status `changed`; the message counts the refusals left);
+ * - `repaired`: the plan refuses the VM, but its repair (stale or host-needed hostdevs removed,
+ *   moved cards followed, nothing else) was defined and verified (status `changed`; the message
+ *   counts the refusals left);
  * - `no-changes`: the plan changes nothing (`unchanged`);
  * - `plan-errors`: the plan refuses the VM, or the whole plan has refusals (`skipped`);
  * - `declined`, `quit`: the user said no, or quit at this VM or before it (`skipped`);
