@@ -188,8 +188,8 @@ export interface VmRepair {
   /** Canonical addresses of the owned hostdevs removed (stale or host-needed), sorted. */
   remove: PciAddress[];
   /**
-   * Stale hostdevs rewritten in place to where their card is now, records updated. Absent in
-   * plans from before moves were followed; `[]` when none.
+   * Stale hostdevs rewritten in place to where their card is now, records updated; `[]` when
+   * none. The planner always sets it; a plan built by hand may leave it out (no moves).
    */
   move?: MovedHostdev[];
   /**

@@ -175,7 +175,7 @@ Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev 
   const drift: PlanIssue = {
     code: "drift",
     message:
-      'Hostdev 0000:08:00.0 of "router" was recorded as 8086:1533 (rule "nic") but the address now holds 144d:a808 Non-Volatile memory controller: it is removed even while the refusals below stand',
+      'Hostdev 0000:08:00.0 of "router" was recorded as 8086:1533 (rule "nic") but the address now holds 144d:a808 Non-Volatile memory controller: the repair removes it even while the other refusals of "router" stand',
     vm: "router",
     rule: "nic",
     devices: ["0000:08:00.0"],
