@@ -218,4 +218,25 @@ Deno.test("a hand-added hostdev on a device the host needs now is a refusal sayi
     // Never edited: no repair, the definition is kept.
     assertEquals([vm.repair, vm.changed, vm.keep], [undefined, false, ["0000:02:00.0"]]);
   });
+  // The same for an <interface type='hostdev'> on that NIC.
+  const router = domainXml(
+    "router",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e04",
+    `
+      <interface type='hostdev' managed='yes'>
+        <source>
+          <address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/>
+        </source>
+      </interface>`,
+  );
+  await withPort([router], (libvirt) => {
+    const cfg = config("  router:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: cfg, host: needed, libvirt }), "router");
+    assertEquals(vm.errors.map((e) => e.code), ["host-needed"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /^Hostdev interface 0000:02:00\.0 of "router" was added by hand .*delete the <interface type='hostdev'> whose <source> has <address domain='0x0000' bus='0x02'/,
+    );
+    assertEquals([vm.repair, vm.changed], [undefined, false]);
+  });
 });
