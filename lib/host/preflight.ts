@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { PciAddress } from "./types.ts";
+import type { PciAddress, PciDevice } from "./types.ts";
 import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 
@@ -273,7 +273,8 @@ function byKey<K, T>(read: (key: K) => T): (key: K) => T {
  * ```
  */
 export function readHostFacts(options: HostFactsOptions): HostFacts {
-  const { reader, sysRoot, procRoot } = options;
+  const { sysRoot, procRoot } = options;
+  const reader = unknownOnError(options.reader);
   const device = (address: PciAddress) => `${sysRoot}/bus/pci/devices/${address}`;
   const fbconBound = once(() =>
     (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).some((c) =>
@@ -354,6 +355,27 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       ),
       selinux: readAttribute(reader, `${sysRoot}/fs/selinux/enforce`) === "1",
     })),
+  };
+}
+
+/**
+ * `reader` with every failure read as absent: a fact that cannot be read (debugfs as a user,
+ * a denied `/proc` file) is unknown, and an unknown fact is never a finding.
+ */
+function unknownOnError(reader: SysfsReader): SysfsReader {
+  const safe = <A extends unknown[], R>(fn: (...args: A) => R | null) => (...args: A) => {
+    try {
+      return fn(...args);
+    } catch {
+      return null;
+    }
+  };
+  return {
+    listDir: safe((path: string) => reader.listDir(path)),
+    readText: safe((path: string) => reader.readText(path)),
+    readBytes: safe((path: string, max: number) => reader.readBytes(path, max)),
+    readLink: safe((path: string) => reader.readLink(path)),
+    openFile: safe((path: string) => reader.openFile(path)),
   };
 }
 
@@ -464,4 +486,81 @@ export function permits(
   if (uid === user.uid) return (mode & (bit << 6)) !== 0;
   if (gid === user.gid) return (mode & (bit << 3)) !== 0;
   return (mode & bit) !== 0;
+}
+
+/**
+ * AMD GPUs that do not reset reliably without vendor-reset (gnif/vendor-reset): Polaris, Vega
+ * 10/12/20, Navi 10/14/21/23, as device-ID ranges.
+ */
+const VENDOR_RESET_IDS: readonly [number, number, string][] = [
+  [0x67c0, 0x67ff, "Polaris"],
+  [0x6980, 0x699f, "Polaris"],
+  [0x6860, 0x687f, "Vega"],
+  [0x69a0, 0x69af, "Vega"],
+  [0x66a0, 0x66af, "Vega"],
+  [0x7310, 0x731f, "Navi 10"],
+  [0x7340, 0x734f, "Navi 14"],
+  [0x73a0, 0x73bf, "Navi 21"],
+  [0x73e0, 0x73ff, "Navi 23"],
+];
+
+/** The family name when `device` is an AMD GPU known to need vendor-reset, else `null`. */
+export function vendorResetFamily(device: PciDevice): string | null {
+  if (device.vendorId !== "1002" || !device.classCode.startsWith("03")) return null;
+  const id = parseInt(device.deviceId, 16);
+  return VENDOR_RESET_IDS.find(([from, to]) => id >= from && id <= to)?.[2] ?? null;
+}
+
+/**
+ * How a device resets, from its `reset_method`: `ok` (a reset of its own, or vendor-reset's
+ * `device_specific` for a GPU that needs it), `vendor-reset` (an AMD GPU without it selected),
+ * `bus-only` (a secondary-bus reset, which resets everything on the bus) or `none`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const nic = { vendorId: "8086", deviceId: "10fb", classCode: "020000" };
+ * assertEquals(resetVerdict(nic, ["pm", "bus"]), { kind: "ok" });
+ * assertEquals(resetVerdict(nic, ["bus"]), { kind: "bus-only" });
+ * ```
+ */
+export function resetVerdict(
+  device: Pick<PciDevice, "vendorId" | "deviceId" | "classCode">,
+  methods: readonly string[],
+): { kind: "ok" | "bus-only" | "none" } | { kind: "vendor-reset"; family: string } {
+  const family = vendorResetFamily(device as PciDevice);
+  if (family !== null) {
+    return methods[0] === "device_specific" ? { kind: "ok" } : { kind: "vendor-reset", family };
+  }
+  if (methods.some((m) => m !== "bus" && m !== "cxl_bus")) return { kind: "ok" };
+  return { kind: methods.includes("bus") ? "bus-only" : "none" };
+}
+
+/**
+ * Who uses a display device's host driver: the module's references beyond the modules depending
+ * on it, processes with its DRM nodes open, the framebuffer console on it. Empty when nothing is
+ * known to, or when it is bound to no driver (callers leave out the vfio drivers).
+ */
+export function driverUsers(device: PciDevice, facts: HostFacts): string[] {
+  const { driver, address } = device;
+  if (driver === null || !device.classCode.startsWith("03")) return [];
+  const users: string[] = [];
+  const module = facts.modules()?.get(facts.moduleOfDriver(driver));
+  if (module !== undefined && module.refcount > module.holders.length) {
+    const opens = module.refcount - module.holders.length;
+    users.push(
+      `module ${module.name} has ${opens} reference${
+        opens === 1 ? "" : "s"
+      } beyond the modules depending on it${
+        module.holders.length > 0 ? ` (${module.holders.join(", ")})` : ""
+      }`,
+    );
+  }
+  const clients = facts.drmClients(address) ?? [];
+  if (clients.length > 0) {
+    users.push(`DRM clients ${clients.map((p) => `${p.command} (pid ${p.pid})`).join(", ")}`);
+  }
+  const consoles = facts.consoleFramebuffers(address);
+  if (consoles.length > 0) users.push(`the framebuffer console on ${consoles.join(", ")}`);
+  return users;
 }

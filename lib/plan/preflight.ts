@@ -17,8 +17,14 @@
 import type { ParsedDomain } from "../domain/domain_xml.ts";
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { VFIO_DRIVERS } from "../resolve/match.ts";
-import { type HostFacts, parseCpuList, permits } from "../host/preflight.ts";
-import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import {
+  driverUsers,
+  type HostFacts,
+  parseCpuList,
+  permits,
+  resetVerdict,
+} from "../host/preflight.ts";
+import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
 
@@ -78,69 +84,27 @@ function driverBusy(
   closed: readonly ClosedDevice[],
   context: { host: HostTopology; facts: HostFacts },
 ): PlanIssue[] {
-  const { host, facts } = context;
   const taken = new Set(closed.map((c) => c.device.address));
   return closed.flatMap((c) => {
-    const { driver, address } = c.device;
-    if (!c.device.classCode.startsWith("03") || driver === null || VFIO_DRIVERS.has(driver)) {
-      return [];
-    }
-    const users: string[] = [];
-    const module = facts.modules()?.get(facts.moduleOfDriver(driver));
-    if (module !== undefined && module.refcount > module.holders.length) {
-      const opens = module.refcount - module.holders.length;
-      const also = host.devices.filter((d) => d.driver === driver && !taken.has(d.address));
-      users.push(
-        `module ${module.name} has ${opens} reference${
-          opens === 1 ? "" : "s"
-        } beyond the modules depending on it${
-          module.holders.length > 0 ? ` (${module.holders.join(", ")})` : ""
-        }${
-          also.length > 0
-            ? `, perhaps held for ${also.map((d) => d.address).join(", ")}, which it also drives`
-            : ""
-        }`,
-      );
-    }
-    const clients = facts.drmClients(address) ?? [];
-    if (clients.length > 0) {
-      users.push(`DRM clients ${clients.map((p) => `${p.command} (pid ${p.pid})`).join(", ")}`);
-    }
-    const consoles = facts.consoleFramebuffers(address);
-    if (consoles.length > 0) users.push(`the framebuffer console on ${consoles.join(", ")}`);
+    const { driver } = c.device;
+    if (driver === null || VFIO_DRIVERS.has(driver)) return [];
+    const users = driverUsers(c.device, context.facts);
     if (users.length === 0) return [];
+    const also = context.host.devices.filter((d) => d.driver === driver && !taken.has(d.address));
+    const shared = also.length > 0 && users[0]!.startsWith("module ")
+      ? ` (the module also drives ${
+        also.map((d) => d.address).join(", ")
+      }: its references may be theirs)`
+      : "";
     return [issue(
       "host-driver-busy",
       vm,
       [c],
       `${named(c)} is bound to host driver "${driver}", which is in use: ${
         users.join("; ")
-      }: libvirt's detach when "${vm}" starts hangs (or oopses the host) until they let go: stop them (display manager, nvidia-persistenced), unbind the console (echo 0 > /sys/class/vtconsole/vtcon1/bind), or bind the GPU to vfio-pci at boot (vfio-pci.ids=${c.device.vendorId}:${c.device.deviceId})`,
+      }${shared}: libvirt's detach when "${vm}" starts hangs (or oopses the host) until they let go: stop them (display manager, nvidia-persistenced), unbind the console (echo 0 > /sys/class/vtconsole/vtcon1/bind), or bind the GPU to vfio-pci at boot (vfio-pci.ids=${c.device.vendorId}:${c.device.deviceId})`,
     )];
   });
-}
-
-/**
- * AMD GPUs that do not reset reliably without vendor-reset (gnif/vendor-reset): Polaris, Vega
- * 10/12/20, Navi 10/14/21/23, as device-ID ranges.
- */
-const VENDOR_RESET_IDS: readonly [number, number, string][] = [
-  [0x67c0, 0x67ff, "Polaris"],
-  [0x6980, 0x699f, "Polaris"],
-  [0x6860, 0x687f, "Vega"],
-  [0x69a0, 0x69af, "Vega"],
-  [0x66a0, 0x66af, "Vega"],
-  [0x7310, 0x731f, "Navi 10"],
-  [0x7340, 0x734f, "Navi 14"],
-  [0x73a0, 0x73bf, "Navi 21"],
-  [0x73e0, 0x73ff, "Navi 23"],
-];
-
-/** The family name when `device` is an AMD GPU known to need vendor-reset. */
-function vendorResetFamily(device: PciDevice): string | null {
-  if (device.vendorId !== "1002" || !device.classCode.startsWith("03")) return null;
-  const id = parseInt(device.deviceId, 16);
-  return VENDOR_RESET_IDS.find(([from, to]) => id >= from && id <= to)?.[2] ?? null;
 }
 
 /** Why the device will not reset between guest boots, or `null` when it will. */
@@ -150,24 +114,23 @@ function resetProblem(
   context: { host: HostTopology; facts: HostFacts; taken: ReadonlySet<PciAddress> },
 ): string | null {
   const { address } = c.device;
-  const set = `echo device_specific > /sys/bus/pci/devices/${address}/reset_method`;
-  const family = vendorResetFamily(c.device);
-  if (family !== null) {
-    if (methods[0] === "device_specific") return null;
+  const verdict = resetVerdict(c.device, methods);
+  const silence = `(set "allow_no_flr: true" on the rule to silence this)`;
+  if (verdict.kind === "ok") return null;
+  if (verdict.kind === "vendor-reset") {
     const loaded = context.facts.modules()?.has("vendor_reset") ?? false;
     return `${
       named(c)
-    } is an AMD ${family} GPU, which does not reset reliably without vendor-reset (gnif/vendor-reset), and its reset_method is "${
+    } is an AMD ${verdict.family} GPU, which does not reset reliably without vendor-reset (gnif/vendor-reset), and its reset_method is "${
       methods.join(" ")
     }": ${
       loaded ? "vendor-reset is loaded: " : "install and load vendor-reset, then "
-    }${set} (a udev rule keeps it), or the guest sees a hung GPU after its first reboot`;
+    }echo device_specific > /sys/bus/pci/devices/${address}/reset_method (a udev rule keeps it), or the guest finds a hung GPU after its first reboot`;
   }
-  if (methods.some((m) => m !== "bus" && m !== "cxl_bus")) return null;
-  if (!methods.includes("bus")) {
+  if (verdict.kind === "none") {
     return `${
       named(c)
-    } has no reset method at all (no FLR, no power-management or bus reset): it is not reset between guest boots, so the guest may find it in the state it left it; rebooting the host resets it (set "allow_no_flr: true" on the rule to silence this)`;
+    } has no reset method at all (no FLR, no power-management or bus reset): it is not reset between guest boots, so the guest may find it in the state it left it; rebooting the host resets it ${silence}`;
   }
   const bus = address.slice(0, address.lastIndexOf(":"));
   const others = context.host.devices.filter((d) =>
@@ -176,7 +139,7 @@ function resetProblem(
   if (others.length === 0) return null;
   return `${named(c)} can only be reset by a secondary-bus reset, which would also reset ${
     others.map((d) => d.address).join(", ")
-  } on the same bus: VFIO does not reset it while they are held elsewhere, so the guest may find it in the state it left it: give them to "${c.rule.vm}" too, or move the card to a slot of its own (set "allow_no_flr: true" on the rule to silence this)`;
+  } on the same bus: VFIO does not reset it while they are held elsewhere, so the guest may find it in the state it left it: give them to "${c.rule.vm}" too, or move the card to a slot of its own ${silence}`;
 }
 
 /** `reset` warnings, and the devices judged from their `reset_method`. */
