@@ -35,7 +35,10 @@ export interface DrmClient {
 
 /** What QEMU would find at a `rom.file` path, judged without reading more than its first bytes. */
 export interface RomFileFacts {
-  /** `missing`, `special` (FIFO, device, directory, socket), `loop` (a symbolic link loop) or `file`. */
+  /**
+   * `missing`, `special` (FIFO, device, directory, socket), `loop` (a symbolic link loop),
+   * `file`, or `unchecked` when passthrough itself may not look (then nothing is judged).
+   */
   kind: "missing" | "special" | "loop" | "file" | "unchecked";
   /** For `special`: what it is (`a FIFO`); for `unchecked`: why. */
   detail?: string;
