@@ -70,7 +70,10 @@ export interface QemuUser {
 
 /** The facts pre-flight findings read; every method is answered once and remembered. */
 export interface HostFacts {
-  /** The device's `reset_method` list (`["flr", "bus"]`); `null` when it has no such file. */
+  /**
+   * The device's `reset_method` list (`["flr", "bus"]`); `null` when it has no such file (a
+   * kernel before 5.15, or a device without any reset) or it is empty.
+   */
   resetMethods(address: PciAddress): string[] | null;
   /**
    * Firmware framebuffers (`efifb`, `simpledrm`, `BOOTFB`, `vesafb`) holding a PCI device's
@@ -303,7 +306,10 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   return {
     resetMethods: byKey((address) => {
       const text = readAttribute(reader, `${device(address)}/reset_method`);
-      return text === null ? null : text.split(/\s+/).filter((m) => m !== "");
+      const methods = text === null ? [] : text.split(/\s+/).filter((m) => m !== "");
+      // The kernel hides the file when a device has no method, so an empty one (a FIFO read
+      // without a writer, a damaged tree) says nothing.
+      return methods.length === 0 ? null : methods;
     }),
     firmwareFramebuffers: once(() => {
       const text = reader.readText(`${procRoot}/iomem`);
@@ -508,7 +514,9 @@ const VENDOR_RESET_IDS: readonly [number, number, string][] = [
 ];
 
 /** The family name when `device` is an AMD GPU known to need vendor-reset, else `null`. */
-export function vendorResetFamily(device: PciDevice): string | null {
+export function vendorResetFamily(
+  device: Pick<PciDevice, "vendorId" | "deviceId" | "classCode">,
+): string | null {
   if (device.vendorId !== "1002" || !device.classCode.startsWith("03")) return null;
   const id = parseInt(device.deviceId, 16);
   return VENDOR_RESET_IDS.find(([from, to]) => id >= from && id <= to)?.[2] ?? null;
@@ -516,8 +524,8 @@ export function vendorResetFamily(device: PciDevice): string | null {
 
 /**
  * How a device resets, from its `reset_method`: `ok` (a reset of its own, or vendor-reset's
- * `device_specific` for a GPU that needs it), `vendor-reset` (an AMD GPU without it selected),
- * `bus-only` (a secondary-bus reset, which resets everything on the bus) or `none`.
+ * `device_specific` for a GPU that needs it), `vendor-reset` (an AMD GPU without it selected) or
+ * `bus-only` (only a secondary-bus reset, which resets everything on the bus).
  *
  * @example
  * ```ts
@@ -530,13 +538,14 @@ export function vendorResetFamily(device: PciDevice): string | null {
 export function resetVerdict(
   device: Pick<PciDevice, "vendorId" | "deviceId" | "classCode">,
   methods: readonly string[],
-): { kind: "ok" | "bus-only" | "none" } | { kind: "vendor-reset"; family: string } {
-  const family = vendorResetFamily(device as PciDevice);
+): { kind: "ok" | "bus-only" } | { kind: "vendor-reset"; family: string } {
+  const family = vendorResetFamily(device);
   if (family !== null) {
     return methods[0] === "device_specific" ? { kind: "ok" } : { kind: "vendor-reset", family };
   }
-  if (methods.some((m) => m !== "bus" && m !== "cxl_bus")) return { kind: "ok" };
-  return { kind: methods.includes("bus") ? "bus-only" : "none" };
+  return methods.some((m) => m !== "bus" && m !== "cxl_bus")
+    ? { kind: "ok" }
+    : { kind: "bus-only" };
 }
 
 /**

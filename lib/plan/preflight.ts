@@ -127,11 +127,6 @@ function resetProblem(
       loaded ? "vendor-reset is loaded: " : "install and load vendor-reset, then "
     }echo device_specific > /sys/bus/pci/devices/${address}/reset_method (a udev rule keeps it), or the guest finds a hung GPU after its first reboot`;
   }
-  if (verdict.kind === "none") {
-    return `${
-      named(c)
-    } has no reset method at all (no FLR, no power-management or bus reset): it is not reset between guest boots, so the guest may find it in the state it left it; rebooting the host resets it ${silence}`;
-  }
   const bus = address.slice(0, address.lastIndexOf(":"));
   const others = context.host.devices.filter((d) =>
     d.address.startsWith(`${bus}:`) && !context.taken.has(d.address) && d.address !== address
