@@ -323,26 +323,7 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       const link = reader.readLink(`${sysRoot}/bus/pci/drivers/${driver}/module`);
       return link === null ? driver.replaceAll("-", "_") : baseName(link);
     }),
-    drmClients: byKey((address) => {
-      const cards = (reader.listDir(`${device(address)}/drm`) ?? []).filter((c) =>
-        /^card\d+$/.test(c)
-      );
-      if (cards.length === 0) return null;
-      let known = false;
-      const clients: DrmClient[] = [];
-      for (const card of cards) {
-        const text = reader.readText(`${sysRoot}/kernel/debug/dri/${card.slice(4)}/clients`);
-        if (text === null) continue;
-        known = true;
-        for (const line of text.split("\n").slice(1)) {
-          const [command, pid] = line.trim().split(/\s+/);
-          if (command !== undefined && command !== "" && /^\d+$/.test(pid ?? "")) {
-            clients.push({ command, pid: Number(pid) });
-          }
-        }
-      }
-      return known ? clients : null;
-    }),
+    drmClients: byKey((address) => readDrmClients(reader, sysRoot, device(address))),
     consoleFramebuffers: byKey((address) => {
       const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
         /^fb\d+$/.test(f)
@@ -365,6 +346,26 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       selinux: readAttribute(reader, `${sysRoot}/fs/selinux/enforce`) === "1",
     })),
   };
+}
+
+/** Processes with the DRM cards of the device at `path` open, from debugfs; `null`: unknown. */
+function readDrmClients(reader: SysfsReader, sysRoot: string, path: string): DrmClient[] | null {
+  const cards = (reader.listDir(`${path}/drm`) ?? []).filter((c) => /^card\d+$/.test(c));
+  let known = false;
+  const clients: DrmClient[] = [];
+  for (const card of cards) {
+    const text = reader.readText(`${sysRoot}/kernel/debug/dri/${card.slice(4)}/clients`);
+    if (text === null) continue;
+    known = true;
+    // Below a header line: command, pid, and columns this check does not need.
+    for (const line of text.split("\n").slice(1)) {
+      const [command, pid] = line.trim().split(/\s+/);
+      if (command !== undefined && command !== "" && /^\d+$/.test(pid ?? "")) {
+        clients.push({ command, pid: Number(pid) });
+      }
+    }
+  }
+  return known ? clients : null;
 }
 
 /**
