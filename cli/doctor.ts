@@ -15,7 +15,7 @@ import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
 import { readXattr } from "../ffi/libc_fs.ts";
 import { VERSION } from "./version.ts";
-import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
+import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
 import { connectTarget } from "./connect.ts";
@@ -80,6 +80,7 @@ export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise
     host,
     reader,
     live,
+    facts: hostFactsFor(root),
     ...(target === null ? {} : { libvirtProbe: libvirtProbe(target.uri, target.options) }),
     ...(live ? { hook: hookFacts(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR, reader) } : {}),
   });

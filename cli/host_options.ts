@@ -8,7 +8,8 @@
 import type { HostTopology } from "../lib/host/types.ts";
 import { discoverHost } from "../lib/host/discover.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
-import { libcSysfsReader, resolvePath } from "../ffi/libc_fs.ts";
+import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
+import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 
 /** The real sysfs root. */
 export const LIVE_SYSFS = "/sys";
@@ -86,5 +87,26 @@ export function loadHost(
     reader: readerFor(read),
     live: live !== null,
     ...(options.vendorNames === false ? { vendorNames: () => null } : {}),
+  });
+}
+
+/**
+ * The pre-flight facts of the host at `root` (default `/sys`): the live `/sys` and `/proc`, or a
+ * captured tree and its `proc/`. Nothing is read until a finding asks.
+ */
+export function hostFactsFor(root: string | undefined): HostFacts {
+  const live = liveSysfsRoot(root ?? LIVE_SYSFS);
+  const sysRoot = live ?? (root ?? LIVE_SYSFS).replace(/(.)\/+$/, "$1");
+  return readHostFacts({
+    reader: readerFor(sysRoot),
+    sysRoot,
+    procRoot: live === null ? `${sysRoot}/proc` : "/proc",
+    readLabel: (path) => {
+      try {
+        return readXattr(path, "security.selinux");
+      } catch {
+        return null;
+      }
+    },
   });
 }

@@ -16,7 +16,7 @@ import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { didYouMean } from "./suggest.ts";
-import { isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
+import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
 import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
@@ -216,7 +216,14 @@ export async function computePlan(
   try {
     checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
     options.onConnect?.(libvirt);
-    const plan = planHostdevs({ config, host, libvirt, ...(inputs.vm ? { vms: inputs.vm } : {}) });
+    const facts = hostFactsFor(sysfs);
+    const plan = planHostdevs({
+      config,
+      host,
+      libvirt,
+      facts,
+      ...(inputs.vm ? { vms: inputs.vm } : {}),
+    });
     addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
     return { plan, libvirt, config, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {

@@ -103,6 +103,16 @@ export interface ParsedDomain {
   machine: string | null;
   /** The `<controller type='pci'>` elements of `<devices>`, in document order. */
   pciControllers: PciController[];
+  /** Where the guest's vCPUs and memory are pinned (NUMA pre-flight). */
+  pinning: DomainPinning;
+}
+
+/** A domain's pinning, as written; empty lists: not pinned. */
+export interface DomainPinning {
+  /** `<vcpu cpuset>` and every `<cputune><vcpupin cpuset>`: host CPU lists. */
+  cpusets: string[];
+  /** `<numatune><memory nodeset>` and every `<memnode nodeset>`: host NUMA node lists. */
+  nodesets: string[];
 }
 
 /** One `<controller type='pci'>`: the guest bus it provides (its index) and its model. */
@@ -199,6 +209,7 @@ interface Located {
   records: DeviceIdentity[];
   machine: string | null;
   pciControllers: PciController[];
+  pinning: DomainPinning;
 }
 
 function errorAt(xml: string, index: number, message: string, cause?: unknown): DomainXmlError {
@@ -285,6 +296,7 @@ function locate(xml: string): Located {
     guestAddresses: guestAddresses(xml, devices),
     machine: machineOf(xml, child("os")),
     pciControllers: pciControllers(xml, devices),
+    pinning: pinningOf(xml, child),
     metadata,
     ours,
     records,
@@ -366,6 +378,23 @@ function guestAddresses(xml: string, devices: XmlSpan | null): GuestPciAddress[]
 function machineOf(xml: string, os: XmlSpan | null): string | null {
   const type = os?.children.find((c) => c.name === "type");
   return type === undefined ? null : attribute(xml, type, "machine") ?? null;
+}
+
+/** `<vcpu cpuset>`, `<cputune><vcpupin cpuset>`, `<numatune>`'s `<memory>`/`<memnode>` nodesets. */
+function pinningOf(xml: string, child: (name: string) => XmlSpan | null): DomainPinning {
+  const values = (spans: readonly XmlSpan[], element: string[], name: string) =>
+    spans.flatMap((s) => {
+      const value = element.includes(s.name) ? attribute(xml, s, name) : undefined;
+      return value === undefined || value.trim() === "" ? [] : [value.trim()];
+    });
+  const vcpu = child("vcpu");
+  return {
+    cpusets: [
+      ...values(vcpu === null ? [] : [vcpu], ["vcpu"], "cpuset"),
+      ...values(child("cputune")?.children ?? [], ["vcpupin"], "cpuset"),
+    ],
+    nodesets: values(child("numatune")?.children ?? [], ["memory", "memnode"], "nodeset"),
+  };
 }
 
 /** The `<controller type='pci'>` children of `<devices>`. */
@@ -462,6 +491,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     guestAddresses: located.guestAddresses,
     machine: located.machine,
     pciControllers: located.pciControllers,
+    pinning: located.pinning,
   };
 }
 

@@ -16,6 +16,7 @@ import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import type { HookInspection } from "../guard/hook_file.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
+import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
 
 /** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -23,8 +24,8 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 /** One check's outcome. */
 export interface DoctorFinding {
   /**
-   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `libvirt`,
-   * `hook`.
+   * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `boot-vga`,
+   * `host-driver-busy`, `reset`, `libvirt`, `hook`.
    */
   check: string;
   /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */
@@ -45,7 +46,7 @@ export interface DoctorOptions {
   live: boolean;
   /** The sysfs root of the live host. Default `/sys`. */
   sysRoot?: string;
-  /** Default `/proc`. */
+  /** Default `/proc` on a live host, the tree's `proc/` for a captured one. */
   procRoot?: string;
   /** Default `/lib/modules`. */
   modulesRoot?: string;
@@ -53,6 +54,11 @@ export interface DoctorOptions {
   libvirtProbe?: () => string | Error;
   /** The start guard's hook and what runs it (live hosts only): adds the `hook` finding. */
   hook?: HookDoctorFacts;
+  /**
+   * The host's pre-flight facts (`readHostFacts`): adds the host-wide `boot-vga`,
+   * `host-driver-busy` and `reset` findings, each left out when its facts are unknown.
+   */
+  facts?: HostFacts;
 }
 
 /** What the `hook` finding judges. */
@@ -82,16 +88,15 @@ function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
 export type CpuVendor = "intel" | "amd" | null;
 
 /**
- * The CPU maker: `vendor_id` in `/proc/cpuinfo` on a live host; for a captured tree (or when
- * cpuinfo is unreadable) the host bridge's PCI vendor, which is the CPU maker's on x86.
+ * The CPU maker: `vendor_id` in `/proc/cpuinfo` (a captured tree's `proc/cpuinfo`); when it is
+ * missing or unreadable, the host bridge's PCI vendor, which is the CPU maker's on x86.
  */
 export function cpuVendor(options: DoctorOptions): CpuVendor {
-  if (options.live) {
-    const cpuinfo = options.reader.readText(`${options.procRoot ?? "/proc"}/cpuinfo`) ?? "";
-    const id = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
-    if (id === "GenuineIntel") return "intel";
-    if (id === "AuthenticAMD" || id === "HygonGenuine") return "amd";
-  }
+  const procRoot = options.procRoot ?? (options.live ? "/proc" : `${options.host.source}/proc`);
+  const cpuinfo = options.reader.readText(`${procRoot}/cpuinfo`) ?? "";
+  const id = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
+  if (id === "GenuineIntel") return "intel";
+  if (id === "AuthenticAMD" || id === "HygonGenuine") return "amd";
   const bridge = options.host.devices.find((d) => d.classCode.startsWith("0600"))?.vendorId;
   return bridge === "8086" ? "intel" : bridge === "1022" || bridge === "1d94" ? "amd" : null;
 }
@@ -314,6 +319,108 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
 }
 
+/** `0000:0b:00.0, 0000:0c:00.0 and 3 more`. */
+function someOf(items: readonly string[], shown = 4): string {
+  return items.length <= shown
+    ? items.join(", ")
+    : `${items.slice(0, shown).join(", ")} and ${items.length - shown} more`;
+}
+
+/** Which GPUs are the boot VGA, and whether a firmware framebuffer holds one. */
+function checkBootVga(host: HostTopology, facts: HostFacts): DoctorFinding | null {
+  const boot = host.devices.filter((d) => d.bootVga === true);
+  if (boot.length === 0) return null;
+  const fbs = facts.firmwareFramebuffers();
+  const held = boot.filter((d) => (fbs?.get(d.address) ?? []).length > 0);
+  const names = boot.map((d) => d.address).join(", ");
+  if (held.length === 0) {
+    return {
+      check: "boot-vga",
+      status: "ok",
+      summary: `Boot VGA: ${names}${
+        fbs === null ? " (/proc/iomem unreadable)" : "; no firmware framebuffer holds it"
+      }`,
+      hint: null,
+    };
+  }
+  return {
+    check: "boot-vga",
+    status: "warn",
+    summary: `Boot VGA ${
+      held.map((d) => `${d.address} is held by ${fbs!.get(d.address)!.join(", ")}`).join("; ")
+    }: vfio-pci cannot reserve its BAR if it is passed to a guest`,
+    hint:
+      "To pass it, boot with initcall_blacklist=sysfb_init (video=efifb:off before 5.15); else pass a secondary GPU",
+  };
+}
+
+/** GPUs whose host driver has users: libvirt's detach of them would hang. */
+function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | null {
+  const gpus = host.devices.filter((d) =>
+    d.classCode.startsWith("03") && d.driver !== null && d.driver !== "vfio-pci"
+  );
+  if (gpus.length === 0) return null;
+  const busy = gpus.flatMap((d) => {
+    const users = driverUsers(d, facts);
+    return users.length === 0 ? [] : [`${d.address} (${d.driver}: ${users.join("; ")})`];
+  });
+  if (busy.length === 0) {
+    return {
+      check: "host-driver-busy",
+      status: "ok",
+      summary: `No user seen on the host drivers of ${gpus.map((d) => d.address).join(", ")}`,
+      hint: null,
+    };
+  }
+  return {
+    check: "host-driver-busy",
+    status: "warn",
+    summary: `GPU host drivers in use: ${busy.join("; ")}`,
+    hint:
+      "Passing such a GPU hangs libvirt's detach: stop its users first, or bind it to vfio-pci at boot",
+  };
+}
+
+/** Devices without a usable reset, from `reset_method`. */
+function checkReset(host: HostTopology, facts: HostFacts): DoctorFinding | null {
+  let known = 0;
+  const lacking: string[] = [];
+  for (const d of host.devices) {
+    if (d.isBridge) continue;
+    const methods = facts.resetMethods(d.address);
+    if (methods === null) continue;
+    known++;
+    const verdict = resetVerdict(d, methods);
+    if (verdict.kind === "vendor-reset") {
+      lacking.push(`${d.address} (${verdict.family}: vendor-reset)`);
+    } else if (verdict.kind !== "ok") lacking.push(`${d.address} (${verdict.kind})`);
+  }
+  if (known === 0) return null;
+  if (lacking.length === 0) {
+    return {
+      check: "reset",
+      status: "ok",
+      summary: `Every device can be reset (${known} read)`,
+      hint: null,
+    };
+  }
+  return {
+    check: "reset",
+    status: "warn",
+    summary: `${lacking.length} device${
+      lacking.length === 1 ? " lacks" : "s lack"
+    } a reset of its own: ${someOf(lacking)}`,
+    hint:
+      "A guest may find them as it left them: bus-only resets also reset the bus's other devices; AMD GPUs need vendor-reset with reset_method device_specific",
+  };
+}
+
+/** The host-wide view of the pre-flight findings `plan` gives per VM. */
+function preflightFindings(host: HostTopology, facts: HostFacts): DoctorFinding[] {
+  return [checkBootVga(host, facts), checkDriverBusy(host, facts), checkReset(host, facts)]
+    .filter((f) => f !== null);
+}
+
 const SEVERITY: Record<DoctorStatus, number> = { ok: 0, warn: 1, fail: 2 };
 
 /** Whether each running daemon has seen the hook: started after it, or reloaded since. */
@@ -431,6 +538,7 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkVfioPci(options),
     checkAcsOverride(options.host),
   ].filter((f) => f !== null);
+  if (options.facts !== undefined) findings.push(...preflightFindings(options.host, options.facts));
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
   if (options.hook !== undefined) findings.push(checkHook(options.hook));
   return findings;

@@ -43,6 +43,21 @@ export {
   runDoctor,
 } from "./doctor.ts";
 export {
+  driverUsers,
+  type DrmClient,
+  type HostFacts,
+  type HostFactsOptions,
+  type KernelModule,
+  parseCpuList,
+  parseIomemFramebuffers,
+  parseProcModules,
+  type QemuUser,
+  readHostFacts,
+  resetVerdict,
+  type RomFileFacts,
+  vendorResetFamily,
+} from "./preflight.ts";
+export {
   discoverViaLibvirt,
   NodeDeviceGroupError,
   type NodeDeviceSource,

@@ -8,6 +8,7 @@
 
 import type { Config } from "../config/config.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
+import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
 import { shellWord } from "./repair.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
@@ -29,6 +30,8 @@ export interface SettleInput {
   uri: string;
   /** Plan-wide refusals: each refuses every VM too. */
   globalErrors: readonly PlanIssue[];
+  /** Host facts for the pre-flight findings; absent: none are judged. */
+  facts?: HostFacts;
 }
 
 /** The VMs' plans once settled, and the resolution they were planned from. */
@@ -145,6 +148,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     host,
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
     globalErrors: input.globalErrors,
+    ...(input.facts === undefined ? {} : { facts: input.facts }),
   };
   const refused = new Set<string>();
   let previous = new Map<string, VmResolution>();

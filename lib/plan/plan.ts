@@ -20,6 +20,7 @@
 
 import type { Config } from "../config/config.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
+import type { HostFacts } from "../host/preflight.ts";
 import { driftOfOthers, planUntilSettled } from "./fixpoint.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 import { hostIssues } from "./resolve.ts";
@@ -37,6 +38,11 @@ export interface PlanOptions {
   libvirt: LibvirtPort;
   /** Plan only these VMs (each must be in the config); default every VM of the config. */
   vms?: string[];
+  /**
+   * The host's pre-flight facts (`readHostFacts`), read lazily for the planned devices only;
+   * absent: no pre-flight finding (`boot-vga`, `reset`, `rom-unreadable`, ...) is judged.
+   */
+  facts?: HostFacts;
 }
 
 /** Options of {@link planWorld}: those of {@link planHostdevs}, with the world read already. */
@@ -106,7 +112,7 @@ export function planHostdevs(options: PlanOptions): Plan {
 
 /**
  * Computes the plan from data alone: the config, the host and a world as {@link readWorld} reads
- * it (or built by hand). No I/O: {@link planHostdevs} is this after reading the world.
+ * it (or built by hand). No I/O but the lazy reads of `options.facts`: {@link planHostdevs} is this after reading the world.
  *
  * @example
  * ```ts
@@ -150,6 +156,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     survey,
     uri: world.uri,
     globalErrors: errors,
+    ...(options.facts === undefined ? {} : { facts: options.facts }),
   };
   const settled = planUntilSettled(input);
   if (options.vms !== undefined) warnings.push(...driftOfOthers(input, settled));

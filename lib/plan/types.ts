@@ -7,7 +7,10 @@
 
 import type { PciAddress } from "../host/types.ts";
 
-/** Machine-readable codes for refusals (errors) and warnings. */
+/**
+ * Machine-readable codes for refusals (errors) and warnings. `no-flr` is deprecated: it is
+ * given only where a device's `reset_method` is unknown; elsewhere `reset` judges every reset.
+ */
 export type IssueCode =
   | "no-match"
   | "ambiguous"
@@ -21,6 +24,11 @@ export type IssueCode =
   | "host-use-unknown"
   | "acs-override"
   | "no-flr"
+  | "reset"
+  | "boot-vga"
+  | "host-driver-busy"
+  | "rom-unreadable"
+  | "numa-mismatch"
   | "host-driver-in-use"
   | "drift"
   | "moved"

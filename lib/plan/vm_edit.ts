@@ -27,6 +27,8 @@ import { assignGuestSlots, specFor } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "./moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
+import { preflightIssues } from "./preflight.ts";
+import type { HostFacts } from "../host/preflight.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, HostdevSpec, PlanIssue, PlannedHostdev, VmPlan } from "./types.ts";
 
@@ -37,6 +39,8 @@ export interface VmContext {
   /** Plan-wide refusals: each refuses this VM too. */
   globalErrors: readonly PlanIssue[];
   active: boolean | null;
+  /** Host facts for the pre-flight findings (`preflight.ts`); absent: none are judged. */
+  facts?: HostFacts;
 }
 
 /** The edit being built for one VM. */
@@ -381,11 +385,21 @@ export function planVm(
   const plan = emptyVmPlan(vm, xml);
   plan.active = context.active;
   plan.reasoning.push(...resolution.closure.reasoning);
-  plan.warnings.push(...resolution.warnings);
+  const preflight = context.facts === undefined
+    ? null
+    : preflightIssues(vm, domain, resolution, { host: context.host, facts: context.facts });
+  // Where reset_method is known, `reset` judges the reset and the older `no-flr` gives way.
+  plan.warnings.push(
+    ...resolution.warnings.filter((w) =>
+      w.code !== "no-flr" || !w.devices?.every((d) => preflight?.resetJudged.has(d))
+    ),
+    ...preflight?.warnings ?? [],
+  );
   plan.errors.push(
     ...context.globalErrors.map((e) => ({ ...e, vm })),
     ...resolution.errors,
     ...bootOrderConflicts(vm, domain, resolution),
+    ...preflight?.errors ?? [],
   );
   const needed = hostNeededHostdevs(domain, resolution, context.host);
   if (plan.errors.length > 0 || needed.length > 0) {

@@ -19,6 +19,12 @@
  * - `irq` `0` and zero `resource` lines: lspci skips devices without them.
  * - `modules`: written as `modules` beside `modalias` for snapshots; lspci only reports modules
  *   through libkmod, which needs `/lib/modules` of the running kernel.
+ * - Pre-flight facts (`lib/host/preflight.ts`), each only when given: `reset_method`; `drm` (a
+ *   `drm/cardN` directory, and its clients in `kernel/debug/dri/N/clients` as debugfs lists
+ *   them); `console` (a `graphics/fbN` directory and a bound fbcon in `class/vtconsole`);
+ *   `proc` (captured `iomem`, `modules` and the CPU vendor as `cpuinfo`, under `proc/`);
+ *   `numa_nodes` (`devices/system/node/nodeN/cpulist`); `security` (AppArmor's and SELinux's
+ *   switches).
  *
  * @module
  */
@@ -77,6 +83,22 @@ export interface HostDeviceDescription {
   boot_vga?: boolean | null;
   /** Kernel modules (kept in a `modules` file: lspci needs libkmod and `/lib/modules`). */
   modules?: string[] | null;
+  /** The `reset_method` attribute's methods (`flr bus`); absent: no file (an older kernel). */
+  reset_method?: string | null;
+  /** Its DRM card number, and the processes with it open (debugfs `clients`; absent: unknown). */
+  drm?: { card: number; clients?: { command: string; pid: number }[] } | null;
+  /** `true`: a framebuffer of this device carries the (bound) framebuffer console. */
+  console?: boolean | null;
+}
+
+/** Captured `/proc` files of a host, written under the tree's `proc/`. */
+export interface HostProcDescription {
+  /** `/proc/iomem` as captured (as root: with addresses). */
+  iomem?: string;
+  /** `/proc/modules` as captured. */
+  modules?: string;
+  /** `vendor_id` of `/proc/cpuinfo` (`GenuineIntel`, `AuthenticAMD`). */
+  cpuinfo_vendor?: string;
 }
 
 /** A host description: the shared format plus optional extras. */
@@ -93,6 +115,12 @@ export interface HostDescription {
   cmdline?: string | null;
   /** Written as `host_use.json` at the tree root (`[]` when absent). */
   host_use?: HostUse[];
+  /** Captured `/proc` files, written under `proc/`. */
+  proc?: HostProcDescription;
+  /** Each NUMA node's CPU list (`{"0": "0-15", "1": "16-31"}`). */
+  numa_nodes?: Record<string, string>;
+  /** Whether AppArmor is enabled and SELinux enforcing. */
+  security?: { apparmor?: boolean; selinux?: boolean };
 }
 
 /** Raised when a description is malformed (bad address, class or ID). */
@@ -216,6 +244,7 @@ export function buildHostTree(
   const addresses: PciAddress[] = [];
   const vfsOf = new Map<PciAddress, PciAddress[]>();
   const groups = new Set<number>();
+  const consoles = { count: 0 };
   for (const d of description.devices) {
     const address = canonicalPciAddress(d.bdf);
     if (address === null) throw new HostDescriptionError(`Invalid address "${d.bdf}"`, d.bdf);
@@ -282,6 +311,8 @@ export function buildHostTree(
         `${subsys}PCI_SLOT_NAME=${address}\n`,
     );
     if (d.modules != null) write("modules", `${d.modules.join(",")}\n`);
+    if (d.reset_method != null) write("reset_method", `${d.reset_method}\n`);
+    writeDisplayFacts(dir, path, d, consoles);
     Deno.writeFileSync(
       `${path}/config`,
       configSpace(d, { vendor, device, classCode, revision, header }),
@@ -319,10 +350,63 @@ export function buildHostTree(
   if (description.cmdline != null) {
     Deno.writeTextFileSync(`${dir}/cmdline`, `${description.cmdline}\n`);
   }
+  writeHostFacts(dir, description, consoles.count > 0);
   // A description lists every device its host uses, so none listed is knowledge too.
   Deno.writeTextFileSync(
     `${dir}/host_use.json`,
     `${JSON.stringify(description.host_use ?? [], null, 2)}\n`,
   );
   return addresses.sort();
+}
+
+/** A device's DRM card, its debugfs clients and its console framebuffer, when described. */
+function writeDisplayFacts(
+  dir: string,
+  path: string,
+  d: HostDeviceDescription,
+  consoles: { count: number },
+): void {
+  if (d.drm != null) {
+    Deno.mkdirSync(`${path}/drm/card${d.drm.card}`, { recursive: true });
+    if (d.drm.clients !== undefined) {
+      const debug = `${dir}/kernel/debug/dri/${d.drm.card}`;
+      Deno.mkdirSync(debug, { recursive: true });
+      const rows = d.drm.clients.map((c) =>
+        `${c.command.padStart(20)} ${String(c.pid).padStart(5)}   0 y    y     0          0\n`
+      );
+      Deno.writeTextFileSync(
+        `${debug}/clients`,
+        `${"command".padStart(20)}   pid dev master a   uid      magic\n${rows.join("")}`,
+      );
+    }
+  }
+  if (d.console === true) {
+    Deno.mkdirSync(`${path}/graphics/fb${consoles.count++}`, { recursive: true });
+  }
+}
+
+/** The host-wide pre-flight files: `proc/`, NUMA nodes, security switches, a bound fbcon. */
+function writeHostFacts(dir: string, description: HostDescription, fbcon: boolean): void {
+  const put = (path: string, text: string) => {
+    Deno.mkdirSync(`${dir}/${path.slice(0, path.lastIndexOf("/"))}`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/${path}`, text);
+  };
+  const proc = description.proc ?? {};
+  if (proc.iomem !== undefined) put("proc/iomem", proc.iomem);
+  if (proc.modules !== undefined) put("proc/modules", proc.modules);
+  if (proc.cpuinfo_vendor !== undefined) {
+    put("proc/cpuinfo", `processor\t: 0\nvendor_id\t: ${proc.cpuinfo_vendor}\n`);
+  }
+  for (const [node, cpus] of Object.entries(description.numa_nodes ?? {})) {
+    put(`devices/system/node/node${node}/cpulist`, `${cpus}\n`);
+  }
+  const security = description.security ?? {};
+  if (security.apparmor !== undefined) {
+    put("module/apparmor/parameters/enabled", security.apparmor ? "Y\n" : "N\n");
+  }
+  if (security.selinux !== undefined) put("fs/selinux/enforce", security.selinux ? "1\n" : "0\n");
+  if (fbcon) {
+    put("class/vtconsole/vtcon1/name", "(M) frame buffer device\n");
+    put("class/vtconsole/vtcon1/bind", "1\n");
+  }
 }

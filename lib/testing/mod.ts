@@ -6,7 +6,7 @@
  * @module
  */
 
-export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
+export type { HostDescription, HostDeviceDescription, HostProcDescription } from "./host_tree.ts";
 export {
   buildHostTree,
   type BuildHostTreeOptions,

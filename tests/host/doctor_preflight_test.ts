@@ -1,0 +1,98 @@
+/**
+ * `doctor`'s host-wide view of the pre-flight findings, on trees built from captured real hosts
+ * with the facts added: which GPUs are the boot VGA (and held by a firmware framebuffer), which
+ * host drivers are busy, which devices lack a reset; and the IOMMU hint naming the CPU maker
+ * from a tree's captured `proc/cpuinfo`.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { type DoctorFinding, runDoctor } from "../../lib/host/doctor.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { described, withHost } from "../preflight/trees.ts";
+
+function byCheck(findings: DoctorFinding[], check: string): DoctorFinding | undefined {
+  return findings.find((f) => f.check === check);
+}
+
+const IOMEM = "e0000000-efffffff : 0000:0b:00.0\n  e0000000-e07e8fff : BOOTFB\n";
+
+Deno.test("doctor: boot VGA held by BOOTFB, nvidia busy, devices without a reset", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": {
+        boot_vga: true,
+        driver: "nvidia",
+        drm: { card: 0, clients: [{ command: "Xorg", pid: 812 }] },
+        reset_method: "bus",
+      },
+      "0000:0b:00.1": { reset_method: "flr bus" },
+      "0000:0c:00.0": { boot_vga: false, driver: "nouveau", reset_method: "pm bus" },
+    },
+    host: {
+      proc: { iomem: IOMEM, modules: "nvidia 56807424 0 - Live 0x0\nnouveau 2 0 - Live 0x0\n" },
+    },
+  });
+  await withHost(description, ({ host, facts }) => {
+    const findings = runDoctor({ host, reader: denoFsReader(), live: false, facts });
+    const boot = byCheck(findings, "boot-vga");
+    assertEquals(boot?.status, "warn");
+    assertMatch(boot?.summary ?? "", /0000:0b:00\.0 is held by BOOTFB/);
+    assertMatch(boot?.hint ?? "", /initcall_blacklist=sysfb_init/);
+    const busy = byCheck(findings, "host-driver-busy");
+    assertEquals(busy?.status, "warn");
+    assertMatch(busy?.summary ?? "", /0000:0b:00\.0 \(nvidia: DRM clients Xorg \(pid 812\)\)/);
+    assertEquals(/0000:0c:00\.0/.test(busy?.summary ?? ""), false);
+    const reset = byCheck(findings, "reset");
+    assertEquals(reset?.status, "warn");
+    assertMatch(
+      reset?.summary ?? "",
+      /^1 device lacks a reset of its own: 0000:0b:00\.0 \(bus-only\)/,
+    );
+  });
+});
+
+Deno.test("doctor: nothing to report reads ok, and unknown facts leave the checks out", async () => {
+  const quiet = described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": { boot_vga: true, driver: "nvidia", reset_method: "flr bus" },
+    },
+    host: { proc: { iomem: "e0000000-efffffff : 0000:0b:00.0\n", modules: "" } },
+  });
+  await withHost(quiet, ({ host, facts }) => {
+    const findings = runDoctor({ host, reader: denoFsReader(), live: false, facts });
+    assertEquals(
+      ["boot-vga", "host-driver-busy", "reset"].map((c) => byCheck(findings, c)?.status),
+      ["ok", "ok", "ok"],
+    );
+  });
+  await withHost(described("x570-aorus-pro-wifi"), ({ host, facts }) => {
+    const findings = runDoctor({ host, reader: denoFsReader(), live: false, facts });
+    assertEquals(
+      ["boot-vga", "host-driver-busy", "reset"].map((c) => byCheck(findings, c)),
+      [undefined, undefined, undefined],
+    );
+  });
+});
+
+Deno.test("doctor: a tree's captured cpuinfo names the CPU maker in the IOMMU hint", async () => {
+  // The partial ConnectX listing has no host bridge, so only cpuinfo can name the maker.
+  const noIommu = (vendor?: string) =>
+    described("c246-cx4lx-sriov", {
+      host: vendor === undefined ? {} : { proc: { cpuinfo_vendor: vendor } },
+      devices: Object.fromEntries(
+        described("c246-cx4lx-sriov").devices.map((d) => [d.bdf, { group: null }]),
+      ),
+    });
+  await withHost(noIommu("GenuineIntel"), ({ host }) => {
+    const iommu = byCheck(runDoctor({ host, reader: denoFsReader(), live: false }), "iommu");
+    assertMatch(iommu?.hint ?? "", /^Enable VT-d in the firmware setup, add intel_iommu=on/);
+  });
+  await withHost(noIommu("AuthenticAMD"), ({ host }) => {
+    const iommu = byCheck(runDoctor({ host, reader: denoFsReader(), live: false }), "iommu");
+    assertMatch(iommu?.hint ?? "", /^Enable the IOMMU \(AMD-Vi/);
+  });
+  await withHost(noIommu(), ({ host }) => {
+    const iommu = byCheck(runDoctor({ host, reader: denoFsReader(), live: false }), "iommu");
+    assertMatch(iommu?.hint ?? "", /VT-d \(Intel\) or AMD-Vi \(AMD\)/);
+  });
+});

@@ -1,0 +1,128 @@
+/**
+ * `boot-vga` and `host-driver-busy` on the captured X570 host (GTX 1080 Ti at 0b:00.0, GT 710 at
+ * 0c:00.0), with `boot_vga`, `/proc/iomem`, `/proc/modules`, DRM clients and a console added.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { parseIomemFramebuffers } from "../../lib/host/preflight.ts";
+import { described, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
+
+const GPU_RULE =
+  "vms:\n  win:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: 10de:1b06 }\n";
+
+/** `/proc/iomem` as root sees it on such a host: BOOTFB nested in the GPU's first BAR. */
+const IOMEM = `00000000-00000fff : Reserved
+e0000000-f1ffffff : PCI Bus 0000:0b
+  e0000000-efffffff : 0000:0b:00.0
+    e0000000-e07e8fff : BOOTFB
+  f0000000-f1ffffff : 0000:0b:00.0
+f6000000-f70fffff : PCI Bus 0000:0c
+  f6000000-f6ffffff : 0000:0c:00.0
+`;
+
+Deno.test("boot-vga: the boot GPU whose BAR BOOTFB holds is a warning with the kernel parameter", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { boot_vga: true }, "0000:0c:00.0": { boot_vga: false } },
+    host: { proc: { iomem: IOMEM } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const found = win.warnings.filter((w) => w.code === "boot-vga");
+    assertEquals(found.map((w) => [w.devices, w.rule]), [[["0000:0b:00.0"], "gpu"]]);
+    assertMatch(found[0]!.message, /BOOTFB holds its memory/);
+    assertMatch(found[0]!.message, /initcall_blacklist=sysfb_init/);
+    assertMatch(found[0]!.message, /secondary GPU/);
+    // A warning: the VM is still changed.
+    assertEquals(win.changed, true);
+    // Without facts (a host from libvirt or a description), nothing is judged.
+    const blind = vm(planOn(built, GPU_RULE, { win: domain("win") }, { facts: false }), "win");
+    assertEquals(warningCodes(blind).includes("boot-vga"), false);
+  });
+});
+
+Deno.test("boot-vga: no warning for a secondary GPU, nor for the boot GPU once no framebuffer holds it", async () => {
+  const secondary = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { boot_vga: false }, "0000:0c:00.0": { boot_vga: true } },
+    host: { proc: { iomem: IOMEM } },
+  });
+  await withHost(secondary, (built) => {
+    assertEquals(warningCodes(vm(planOn(built, GPU_RULE, { win: domain("win") }), "win")), []);
+  });
+  const released = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { boot_vga: true } },
+    host: { proc: { iomem: IOMEM.replace(/ *e0000000-e07e8fff : BOOTFB\n/, "") } },
+  });
+  await withHost(released, (built) => {
+    assertEquals(warningCodes(vm(planOn(built, GPU_RULE, { win: domain("win") }), "win")), []);
+  });
+});
+
+Deno.test("parseIomemFramebuffers: nesting works on zeroed addresses, overlap on a top-level efifb", () => {
+  const unprivileged = IOMEM.replace(/[0-9a-f]{8}-[0-9a-f]{8}/g, "00000000-00000000");
+  assertEquals([...parseIomemFramebuffers(unprivileged)], [["0000:0b:00.0", ["BOOTFB"]]]);
+  const old = "e0000000-efffffff : 0000:0b:00.0\ne0000000-e02fffff : efifb\n" +
+    "f6000000-f6ffffff : 0000:0c:00.0\n";
+  assertEquals([...parseIomemFramebuffers(old)], [["0000:0b:00.0", ["efifb"]]]);
+  assertEquals([...parseIomemFramebuffers("00000000-00000000 : efifb\n")], []);
+});
+
+const NVIDIA = {
+  "0000:0b:00.0": { driver: "nvidia" },
+  "0000:0b:00.1": { driver: "snd_hda_intel" },
+};
+
+Deno.test("host-driver-busy: nvidia's references, DRM clients and the console are named", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: {
+      ...NVIDIA,
+      "0000:0b:00.0": {
+        driver: "nvidia",
+        drm: { card: 1, clients: [{ command: "Xorg", pid: 1433 }] },
+        console: true,
+      },
+    },
+    host: {
+      proc: {
+        modules: "nvidia_uvm 1437696 0 - Live 0x0\nnvidia_modeset 1314816 2 - Live 0x0\n" +
+          "nvidia 56807424 5 nvidia_uvm,nvidia_modeset, Live 0x0\n",
+      },
+    },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const busy = win.warnings.filter((w) => w.code === "host-driver-busy");
+    assertEquals(busy.map((w) => w.devices), [["0000:0b:00.0"]]);
+    const message = busy[0]!.message;
+    assertMatch(message, /host driver "nvidia", which is in use/);
+    assertMatch(message, /module nvidia has 3 references beyond .*\(nvidia_uvm, nvidia_modeset\)/);
+    assertMatch(message, /DRM clients Xorg \(pid 1433\)/);
+    assertMatch(message, /framebuffer console on fb0/);
+    assertMatch(message, /detach .* hangs/);
+    // The normal-flow note stays: busy is the risk on top of it.
+    assertEquals(warningCodes(win).includes("host-driver-in-use"), true);
+  });
+});
+
+Deno.test("host-driver-busy: none when the module has only its dependent modules", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { ...NVIDIA, "0000:0c:00.0": { driver: "nvidia" } },
+    host: { proc: { modules: "nvidia 56807424 1 nvidia_modeset, Live 0x0\n" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    assertEquals(warningCodes(win).includes("host-driver-busy"), false);
+  });
+  const other = described("x570-aorus-pro-wifi", {
+    devices: { ...NVIDIA, "0000:0c:00.0": { driver: "nvidia" } },
+    host: { proc: { modules: "nvidia 56807424 2 nvidia_modeset, Live 0x0\n" } },
+  });
+  await withHost(other, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const busy = win.warnings.find((w) => w.code === "host-driver-busy");
+    // The module drives the GT 710 too: its reference may be the host's card's.
+    assertMatch(
+      busy?.message ?? "",
+      /1 reference .*the module also drives 0000:0c:00\.0: its references may be theirs/,
+    );
+  });
+});

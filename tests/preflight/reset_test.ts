@@ -1,0 +1,131 @@
+/**
+ * `reset` on captured hosts with `reset_method` added: the TRX40's RX 480 (Polaris, needs
+ * vendor-reset), the B550's Navi 21 whose HDMI audio sits alone in its group on the same bus (a
+ * bus reset would reset the VGA function left to the host), and how `no-flr` gives way to it.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { described, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
+
+const POLARIS_RULE =
+  "vms:\n  win:\n    devices:\n      - name: rx480\n        match: { vendor_device_id: 1002:67df }\n";
+
+Deno.test("reset: a Polaris GPU without vendor-reset loaded says to install and load it", async () => {
+  const description = described("trx40-creator", {
+    devices: {
+      "0000:4c:00.0": { reset_method: "bus" },
+      "0000:4c:00.1": { reset_method: "flr bus" },
+    },
+    host: { proc: { modules: "amdgpu 9031680 0 - Live 0x0\n" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, POLARIS_RULE, { win: domain("win") }), "win");
+    const resets = win.warnings.filter((w) => w.code === "reset");
+    assertEquals(resets.map((w) => [w.devices, w.override]), [[
+      ["0000:4c:00.0"],
+      "allow_no_flr: true",
+    ]]);
+    assertMatch(resets[0]!.message, /AMD Polaris GPU.*install and load vendor-reset/);
+    assertMatch(
+      resets[0]!.message,
+      /echo device_specific > \/sys\/bus\/pci\/devices\/0000:4c:00\.0\/reset_method/,
+    );
+  });
+});
+
+Deno.test("reset: vendor-reset loaded but not selected, then selected", async () => {
+  const loaded = { proc: { modules: "vendor_reset 106496 0 - Live 0x0\n" } };
+  await withHost(
+    described("trx40-creator", {
+      devices: { "0000:4c:00.0": { reset_method: "bus" } },
+      host: loaded,
+    }),
+    (built) => {
+      const win = vm(planOn(built, POLARIS_RULE, { win: domain("win") }), "win");
+      assertMatch(
+        win.warnings.find((w) => w.code === "reset")?.message ?? "",
+        /vendor-reset is loaded: echo device_specific/,
+      );
+    },
+  );
+  await withHost(
+    described("trx40-creator", {
+      devices: { "0000:4c:00.0": { reset_method: "device_specific bus" } },
+      host: loaded,
+    }),
+    (built) => {
+      const win = vm(planOn(built, POLARIS_RULE, { win: domain("win") }), "win");
+      assertEquals(warningCodes(win).includes("reset"), false);
+    },
+  );
+});
+
+const AUDIO_RULE =
+  "vms:\n  win:\n    devices:\n      - name: hdmi\n        match: { vendor_device_id: 1002:ab28 }\n";
+
+Deno.test("reset: a bus reset that would also reset a device left to the host", async () => {
+  const description = described("b550-aorus-pro", {
+    devices: { "0000:08:00.1": { reset_method: "bus" }, "0000:08:00.0": { reset_method: "bus" } },
+  });
+  await withHost(description, (built) => {
+    // The Navi 21's audio function is alone in group 19; its VGA function (group 18) stays.
+    const win = vm(planOn(built, AUDIO_RULE, { win: domain("win") }), "win");
+    const reset = win.warnings.filter((w) => w.code === "reset");
+    assertEquals(reset.map((w) => w.devices), [["0000:08:00.1"]]);
+    assertMatch(reset[0]!.message, /secondary-bus reset, which would also reset 0000:08:00\.0/);
+    // Taking both functions, the bus holds nothing else: no bus warning (the VGA function is
+    // judged as a Navi 21 instead).
+    const both = vm(
+      planOn(
+        built,
+        `${AUDIO_RULE}      - name: vga\n        match: { vendor_device_id: 1002:73a5 }\n`,
+        { win: domain("win") },
+      ),
+      "win",
+    );
+    assertEquals(
+      both.warnings.filter((w) => w.code === "reset").map((w) => w.devices),
+      [["0000:08:00.0"]],
+    );
+    assertMatch(both.warnings.find((w) => w.code === "reset")!.message, /Navi 21/);
+  });
+});
+
+Deno.test("reset: allow_no_flr silences it; an empty reset_method says nothing", async () => {
+  const description = described("b550-aorus-pro", {
+    devices: { "0000:08:00.1": { reset_method: "bus", flr: false } },
+  });
+  await withHost(description, (built) => {
+    const allowed = vm(
+      planOn(built, `${AUDIO_RULE}        allow_no_flr: true\n`, { win: domain("win") }),
+      "win",
+    );
+    assertEquals(warningCodes(allowed), []);
+  });
+  // The kernel never writes an empty reset_method (it hides the file instead): unknown, so the
+  // config space's FLR bit still speaks.
+  const empty = described("b550-aorus-pro", {
+    devices: { "0000:08:00.1": { reset_method: "", flr: false } },
+  });
+  await withHost(empty, (built) => {
+    assertEquals(warningCodes(vm(planOn(built, AUDIO_RULE, { win: domain("win") }), "win")), [
+      "no-flr",
+    ]);
+  });
+});
+
+Deno.test("reset replaces no-flr where reset_method is known; no-flr stays where it is not", async () => {
+  // FLR is absent on both; the audio function has a power-management reset, which is usable.
+  const known = described("b550-aorus-pro", {
+    devices: { "0000:08:00.1": { flr: false, reset_method: "pm bus" } },
+  });
+  await withHost(known, (built) => {
+    assertEquals(warningCodes(vm(planOn(built, AUDIO_RULE, { win: domain("win") }), "win")), []);
+  });
+  const unknown = described("b550-aorus-pro", { devices: { "0000:08:00.1": { flr: false } } });
+  await withHost(unknown, (built) => {
+    assertEquals(warningCodes(vm(planOn(built, AUDIO_RULE, { win: domain("win") }), "win")), [
+      "no-flr",
+    ]);
+  });
+});
