@@ -371,8 +371,16 @@ function readDrmClients(reader: SysfsReader, sysRoot: string, path: string): Drm
 /**
  * `reader` with every failure read as absent: a fact that cannot be read (debugfs as a user,
  * a denied `/proc` file) is unknown, and an unknown fact is never a finding.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const reader = unknownOnError({ ...denoFsReader(), readText: () => { throw new Error("EACCES"); } });
+ * assertEquals(reader.readText("/proc/iomem"), null);
+ * ```
  */
-function unknownOnError(reader: SysfsReader): SysfsReader {
+export function unknownOnError(reader: SysfsReader): SysfsReader {
   const safe = <A extends unknown[], R>(fn: (...args: A) => R | null) => (...args: A) => {
     try {
       return fn(...args);

@@ -5,11 +5,21 @@
  * tree, and what only a live host knows is written beside them (`cmdline`, `host_use.json`, and
  * lspci's module list as a `modules` file per device).
  *
+ * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
+ * each device's `reset_method`, DRM cards and console framebuffers, the debugfs DRM client lists,
+ * the bound consoles, the NUMA nodes' CPU lists, the AppArmor and SELinux switches, the drivers'
+ * modules, and under `proc/` the files the pre-flight reads from `/proc`. Each is read bounded
+ * and only when it is a regular file (the reader's rule), and only what the pre-flight reads is
+ * written: `/proc/modules` without the modules' kernel addresses (which defeat KASLR),
+ * `/proc/cpuinfo` as its vendor line alone, DRM clients as command and process ID alone (not
+ * their user ID nor their DRM authentication magic).
+ *
  * @module
  */
 
 import type { HostTopology } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
+import { unknownOnError } from "./preflight.ts";
 
 /** Attribute files copied as is when present. */
 const ATTRIBUTES = [
@@ -28,7 +38,11 @@ const ATTRIBUTES = [
   "sriov_numvfs",
   "sriov_totalvfs",
   "local_cpulist",
+  "reset_method",
 ];
+
+/** At most this much of a captured `/proc` or debugfs file is read. */
+const PROC_LIMIT = 1 << 20;
 
 /** Options of {@link writeSnapshot}. */
 export interface SnapshotOptions {
@@ -40,6 +54,11 @@ export interface SnapshotOptions {
    * tree.
    */
   reader: SysfsReader;
+  /**
+   * The `/proc` beside `root`, whose pre-flight files are captured: default `/proc` for the live
+   * `/sys`, `ROOT/proc` for a captured tree.
+   */
+  procRoot?: string;
 }
 
 /** What a snapshot wrote. */
@@ -105,6 +124,9 @@ export function writeSnapshot(
   options: SnapshotOptions,
 ): SnapshotSummary {
   const { root, reader } = options;
+  // The pre-flight files are optional evidence: one this process may not read (debugfs and
+  // `/proc/iomem`'s addresses are root's) is left out rather than failing the snapshot.
+  const facts = unknownOnError(reader);
   ensureEmptyTarget(out);
   const devicesDir = `${out}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
@@ -121,11 +143,12 @@ export function writeSnapshot(
     // snapshot shows lspci exactly the capabilities the live host showed.
     const config = reader.readBytes(`${from}/config`, 4096);
     if (config !== null) Deno.writeFileSync(`${to}/config`, config);
+    copyDisplayFacts({ reader: facts, from, to, out, root });
     if (device.modules.length > 0) {
       Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
     }
     if (device.driver !== null) {
-      Deno.mkdirSync(`${out}/bus/pci/drivers/${device.driver}`, { recursive: true });
+      copyDriverModule(facts, root, out, device.driver);
       Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
     }
     if (device.iommuGroup !== null) {
@@ -158,5 +181,134 @@ export function writeSnapshot(
   if (host.hostUse !== null) {
     Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
   }
+  copyHostFacts(facts, root, out);
+  copyProcFacts(
+    facts,
+    options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`),
+    out,
+  );
   return { out, devices: host.devices.length, groups: host.groups.length };
+}
+
+/** Writes `text` at `path` under `out`, making its directories. */
+function put(out: string, path: string, data: string | Uint8Array): void {
+  Deno.mkdirSync(`${out}/${path.slice(0, path.lastIndexOf("/"))}`, { recursive: true });
+  if (typeof data === "string") Deno.writeTextFileSync(`${out}/${path}`, data);
+  else Deno.writeFileSync(`${out}/${path}`, data);
+}
+
+/** The driver's directory, and its `module` link when it has one (`nvidia` behind `nvidia`). */
+function copyDriverModule(reader: SysfsReader, root: string, out: string, driver: string): void {
+  const dir = `${out}/bus/pci/drivers/${driver}`;
+  Deno.mkdirSync(dir, { recursive: true });
+  const link = reader.readLink(`${root}/bus/pci/drivers/${driver}/module`);
+  const name = link === null ? "" : baseName(link);
+  // Only the name is read (`baseName`): the link may dangle in the snapshot. Several devices
+  // share a driver, so the first writes it.
+  if (/^[\w-]+$/.test(name) && reader.readLink(`${dir}/module`) === null) {
+    Deno.symlinkSync(`../../../../module/${name}`, `${dir}/module`);
+  }
+}
+
+/**
+ * A device's DRM cards and framebuffers (directories: their names are the facts), and each
+ * card's debugfs client list as command and process ID.
+ */
+function copyDisplayFacts(
+  { reader, from, to, out, root }: {
+    reader: SysfsReader;
+    from: string;
+    to: string;
+    out: string;
+    root: string;
+  },
+): void {
+  for (const card of reader.listDir(`${from}/drm`) ?? []) {
+    if (!/^card\d+$/.test(card)) continue;
+    Deno.mkdirSync(`${to}/drm/${card}`, { recursive: true });
+    const clients = `kernel/debug/dri/${card.slice(4)}/clients`;
+    const text = readProcText(reader, `${root}/${clients}`);
+    if (text !== null) put(out, clients, drmClientsText(text));
+  }
+  for (const fb of reader.listDir(`${from}/graphics`) ?? []) {
+    if (/^fb\d+$/.test(fb)) Deno.mkdirSync(`${to}/graphics/${fb}`, { recursive: true });
+  }
+}
+
+/**
+ * A debugfs `clients` list cut to the two columns the pre-flight reads: the others hold each
+ * client's user ID and its DRM authentication magic, which stay on the host.
+ */
+function drmClientsText(text: string): string {
+  const rows = text.split("\n").slice(1).flatMap((line) => {
+    const [command, pid] = line.trim().split(/\s+/);
+    return command !== undefined && command !== "" && /^\d+$/.test(pid ?? "")
+      ? [`${command.padStart(20)} ${pid!.padStart(5)}\n`]
+      : [];
+  });
+  return `${"command".padStart(20)}   pid\n${rows.join("")}`;
+}
+
+/**
+ * The small host-wide files the pre-flight reads, each with the shape it must have: anything
+ * else in their place (a tree whose file links elsewhere) is not copied.
+ */
+const HOST_FILES: readonly [RegExp, RegExp][] = [
+  [/^class\/vtconsole\/vtcon\d+\/name$/, /^[\x20-\x7e]{0,80}\n?$/],
+  [/^class\/vtconsole\/vtcon\d+\/bind$/, /^[01]\n?$/],
+  [/^devices\/system\/node\/node\d+\/cpulist$/, /^[\d,\-]*\n?$/],
+  [/^module\/apparmor\/parameters\/enabled$/, /^[YN]\n?$/],
+  [/^fs\/selinux\/enforce$/, /^[01]\n?$/],
+];
+
+/** The bound consoles, the NUMA nodes' CPU lists and the AppArmor and SELinux switches. */
+function copyHostFacts(reader: SysfsReader, root: string, out: string): void {
+  const copy = (path: string) => {
+    const text = reader.readText(`${root}/${path}`);
+    const shape = HOST_FILES.find(([name]) => name.test(path))?.[1];
+    if (text !== null && shape?.test(text)) put(out, path, text);
+  };
+  for (const con of reader.listDir(`${root}/class/vtconsole`) ?? []) {
+    if (!/^vtcon\d+$/.test(con)) continue;
+    copy(`class/vtconsole/${con}/name`);
+    copy(`class/vtconsole/${con}/bind`);
+  }
+  for (const node of reader.listDir(`${root}/devices/system/node`) ?? []) {
+    if (/^node\d+$/.test(node)) copy(`devices/system/node/${node}/cpulist`);
+  }
+  copy("module/apparmor/parameters/enabled");
+  copy("fs/selinux/enforce");
+}
+
+/** A bounded read of a `/proc` or debugfs text file; `null` when missing or not regular. */
+function readProcText(reader: SysfsReader, path: string): string | null {
+  const bytes = reader.readBytes(path, PROC_LIMIT);
+  return bytes === null ? null : new TextDecoder().decode(bytes);
+}
+
+/** `proc/iomem` as read, `proc/modules` without addresses, `proc/cpuinfo`'s vendor alone. */
+function copyProcFacts(reader: SysfsReader, procRoot: string, out: string): void {
+  const iomem = readProcText(reader, `${procRoot}/iomem`);
+  if (iomem !== null) {
+    // Its ranges and their names; a line of any other shape is not something iomem writes.
+    const ranges = iomem.split("\n").filter((l) =>
+      /^ *[0-9a-f]+-[0-9a-f]+ : [\x20-\x7e]*$/i.test(l)
+    );
+    put(out, "proc/iomem", ranges.map((l) => `${l}\n`).join(""));
+  }
+  const modules = readProcText(reader, `${procRoot}/modules`);
+  if (modules !== null) {
+    // Name, size, reference count, dependents and state; the load address becomes zero, as an
+    // unprivileged read shows it.
+    const lines = modules.split("\n").flatMap((line) => {
+      const fields = line.trim().split(/\s+/);
+      return fields.length >= 3 && /^\w+$/.test(fields[0]!) && /^\d+$/.test(fields[2]!)
+        ? [`${fields.slice(0, 5).join(" ")} 0x0000000000000000\n`]
+        : [];
+    });
+    put(out, "proc/modules", lines.join(""));
+  }
+  const cpuinfo = readProcText(reader, `${procRoot}/cpuinfo`);
+  const vendor = cpuinfo === null ? undefined : /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
+  if (vendor !== undefined) put(out, "proc/cpuinfo", `processor\t: 0\nvendor_id\t: ${vendor}\n`);
 }

@@ -9,6 +9,9 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
+import { readHostFacts } from "../../lib/host/preflight.ts";
+import { cpuVendor } from "../../lib/host/doctor.ts";
+import { described } from "../preflight/trees.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
@@ -85,5 +88,111 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["keep"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The pre-flight facts of the tree at `root`, as `plan` and `doctor` read them. */
+function preflightView(root: string, host: Awaited<ReturnType<typeof discoverHost>>) {
+  const facts = readHostFacts({ reader: denoFsReader(), sysRoot: root, procRoot: `${root}/proc` });
+  return {
+    resets: host.devices.map((d) => [d.address, facts.resetMethods(d.address)]),
+    framebuffers: [...facts.firmwareFramebuffers() ?? []],
+    modules: [...facts.modules() ?? []].map(([name, m]) => [name, m.refcount, m.holders]),
+    nvidiaModule: facts.moduleOfDriver("nvidia"),
+    clients: facts.drmClients("0000:0b:00.0"),
+    consoles: facts.consoleFramebuffers("0000:0b:00.0"),
+    cpuNodes: [...facts.cpuNodes() ?? []],
+    node1: facts.nodeCpuList(1),
+    confinement: facts.confinement(),
+    vendor: cpuVendor({ host, reader: denoFsReader(), live: false, procRoot: `${root}/proc` }),
+  };
+}
+
+const PREFLIGHT_IOMEM =
+  "e0000000-f01fffff : PCI Bus 0000:0b\n  e0000000-efffffff : 0000:0b:00.0\n" +
+  "    e0000000-e07e8fff : BOOTFB\n";
+const PREFLIGHT_MODULES =
+  "nvidia_uvm 1540096 0 - Live 0xffffffffc1200000 (POE)\nnvidia 56807424 3 nvidia_uvm, Live 0xffffffffc0a00000 (POE)\n";
+
+Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, DRM clients, console, NUMA, confinement", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": {
+        reset_method: "bus",
+        boot_vga: true,
+        driver: "nvidia",
+        drm: { card: 0, clients: [{ command: "Xorg", pid: 1234 }] },
+        console: true,
+      },
+      "0000:0b:00.1": { reset_method: "flr bus" },
+    },
+    host: {
+      proc: { iomem: PREFLIGHT_IOMEM, modules: PREFLIGHT_MODULES, cpuinfo_vendor: "GenuineIntel" },
+      numa_nodes: { "0": "0-7", "1": "8-15" },
+      security: { apparmor: true, selinux: false },
+    },
+  });
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(description, root);
+    Deno.symlinkSync("../../../../module/nvidia_custom", `${root}/bus/pci/drivers/nvidia/module`);
+    // The columns of a real debugfs list the pre-flight does not read: a user ID and the
+    // client's DRM authentication magic.
+    Deno.writeTextFileSync(
+      `${root}/kernel/debug/dri/0/clients`,
+      "             command   pid dev master a   uid      magic\n" +
+        "                Xorg  1234   0 y    y  4242 3141592653\n",
+    );
+    const before = await discoverHost({ root, lspci: null });
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    const after = await discoverHost({ root: out, lspci: null });
+    const expected = preflightView(root, before);
+    // The facts are there to be lost: none of them is the default of an empty tree.
+    assertEquals(expected.resets.filter(([, m]) => m !== null).length, 2);
+    assertEquals(expected.framebuffers, [["0000:0b:00.0", ["BOOTFB"]]]);
+    assertEquals(expected.nvidiaModule, "nvidia_custom");
+    assertEquals(expected.clients, [{ command: "Xorg", pid: 1234 }]);
+    assertEquals(expected.consoles, ["fb0"]);
+    assertEquals(expected.vendor, "intel");
+    assertEquals(preflightView(out, after), expected);
+    // Only what the pre-flight reads is copied: no kernel address, user ID or DRM magic.
+    const modules = Deno.readTextFileSync(`${out}/proc/modules`);
+    assertEquals(modules.includes("ffffffff"), false);
+    const clients = Deno.readTextFileSync(`${out}/kernel/debug/dri/0/clients`);
+    assertEquals([clients.includes("4242"), clients.includes("3141592653")], [false, false]);
+    assertEquals(Deno.readTextFileSync(`${out}/proc/cpuinfo`).split("\n").length, 3);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
+  }
+});
+
+Deno.test("writeSnapshot() copies no pre-flight file that is not one: a FIFO, a link to another file", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    host: { proc: { iomem: PREFLIGHT_IOMEM, cpuinfo_vendor: "AuthenticAMD" } },
+  });
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(description, root);
+    const secret = `${root}/secret`;
+    Deno.writeTextFileSync(secret, "root:$6$salt$hash:19000:0:99999:7:::\n");
+    Deno.removeSync(`${root}/proc/iomem`);
+    Deno.symlinkSync(secret, `${root}/proc/iomem`);
+    Deno.mkdirSync(`${root}/fs/selinux`, { recursive: true });
+    Deno.symlinkSync(secret, `${root}/fs/selinux/enforce`);
+    new Deno.Command("mkfifo", { args: [`${root}/proc/modules`] }).outputSync();
+    const host = await discoverHost({ root, lspci: null });
+    writeSnapshot(host, out, { root, reader: denoFsReader() });
+    assertEquals(Deno.readTextFileSync(`${out}/proc/iomem`), "");
+    assertEquals([...Deno.readDirSync(`${out}/proc`)].map((e) => e.name).sort(), [
+      "cpuinfo",
+      "iomem",
+    ]);
+    assertThrows(() => Deno.statSync(`${out}/fs/selinux/enforce`), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
   }
 });
