@@ -280,7 +280,8 @@ const RULE_SCHEMA = {
     },
     allow_no_flr: {
       type: "boolean",
-      description: "Silence the warning for devices without Function Level Reset",
+      description:
+        "Silence the reset warnings: `no-flr` (no Function Level Reset) and `reset` (no usable reset_method: bus reset only, or an AMD GPU without vendor-reset)",
     },
     guard: GUARD_SCHEMA,
   },

@@ -6,6 +6,7 @@
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { described, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
+import { configJsonSchemaText } from "../../lib/config/schema.ts";
 
 const POLARIS_RULE =
   "vms:\n  win:\n    devices:\n      - name: rx480\n        match: { vendor_device_id: 1002:67df }\n";
@@ -128,4 +129,23 @@ Deno.test("reset replaces no-flr where reset_method is known; no-flr stays where
       "no-flr",
     ]);
   });
+});
+
+Deno.test("allow_no_flr is described as silencing both reset warnings, in the TS and the JSON schema", () => {
+  const committed = JSON.parse(
+    Deno.readTextFileSync(new URL("../../passthrough_config.schema.json", import.meta.url)),
+  );
+  const generated = JSON.parse(configJsonSchemaText());
+  for (const schema of [committed, generated]) {
+    const found: string[] = [];
+    JSON.stringify(schema, (key, value) => {
+      if (key === "allow_no_flr") found.push(value.description);
+      return value;
+    });
+    assertEquals(found.length > 0, true);
+    for (const description of found) {
+      assertMatch(description, /`no-flr`/);
+      assertMatch(description, /`reset`/);
+    }
+  }
 });
