@@ -56,6 +56,11 @@ export interface RomFileFacts {
   closedDirs?: string[];
   /** The SELinux type of its label (`user_home_t`), or `null` when unknown. */
   selinuxType?: string | null;
+  /**
+   * For `file`: the path with every link resolved, which is the one AppArmor judges (a link in
+   * `/usr/share/vgabios/` to a file elsewhere is denied; a link to it is allowed).
+   */
+  realPath?: string;
 }
 
 /** QEMU's system user, as `/etc/passwd` has it. */
@@ -469,6 +474,11 @@ function inspectRomFile(
     selinuxType: readLabel?.(path)?.split(":")[2] ?? null,
   };
   if (head !== null) facts.head = head;
+  try {
+    facts.realPath = Deno.realPathSync(path);
+  } catch {
+    // Unresolvable after a successful stat (a race, a denied component): judge the path given.
+  }
   return facts;
 }
 

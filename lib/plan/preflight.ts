@@ -158,10 +158,43 @@ function resets(
   return { warnings, judged };
 }
 
-/** Paths libvirt's AppArmor abstraction for QEMU lets it read firmware and ROM images from. */
-const APPARMOR_READABLE = /^\/usr\/(share\/(vgabios|qemu|seabios|ovmf|OVMF|AAVMF|kvm)|lib\/ipxe)\//;
+/**
+ * Where libvirt's AppArmor abstraction for QEMU (`src/security/apparmor/libvirt-qemu.in`, its
+ * "access to firmware's etc" block) lets every VM read: `/usr/share/{AAVMF, bochs, edk2-ovmf,
+ * kvm, openbios, openhackware, OVMF, ovmf, proll, qemu-efi, qemu-kvm, qemu, seabios, sgabios,
+ * slof, vgabios}/**` and `/usr/share/misc/sgabios.bin`.
+ *
+ * Why a ROM elsewhere is denied: the VM's own profile adds only what `virt-aa-helper`'s
+ * `get_files()` (`src/security/virt-aa-helper.c`) lists, which for a PCI `<hostdev>` is the
+ * device's sysfs and VFIO files (`virPCIDeviceFileIterate`), never its `<rom file=...>`; and no
+ * security driver labels a ROM (`virSecurity*SetAllLabel` covers disks, the kernel, initrd,
+ * dtb, shim, ACPI tables and nvram, not device ROMs). AppArmor judges a path with its links
+ * resolved, so the check reads {@link RomFileFacts.realPath}.
+ */
+const APPARMOR_READABLE =
+  /^\/usr\/share\/((AAVMF|bochs|edk2-ovmf|kvm|openbios|openhackware|OVMF|ovmf|proll|qemu-efi|qemu-kvm|qemu|seabios|sgabios|slof|vgabios)\/|misc\/sgabios\.bin$)/;
 
-/** SELinux types QEMU's `svirt_t` domain may not read. */
+/**
+ * Whether libvirt's AppArmor abstraction lets QEMU read the file at `realPath` (links resolved).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(apparmorLetsQemuRead("/usr/share/vgabios/gpu.rom"), true);
+ * assertEquals(apparmorLetsQemuRead("/var/lib/libvirt/vbios/gpu.rom"), false);
+ * ```
+ */
+export function apparmorLetsQemuRead(realPath: string): boolean {
+  return APPARMOR_READABLE.test(realPath) && !realPath.split("/").includes("..");
+}
+
+/**
+ * SELinux types QEMU's `svirt_t` domain may not read. libvirt relabels no ROM file (see
+ * {@link APPARMOR_READABLE}), so a ROM keeps the type of where it was put, and home and
+ * temporary directories' types are not ones the policy lets `svirt_t` read, unlike `usr_t`
+ * (`/usr/share`, where QEMU's own ROMs are) or `virt_content_t` (what libvirt gives a kernel or
+ * initrd). A deny list, since a wrong refusal stops a VM that would start: other types pass.
+ */
 const SELINUX_DENIED = new Set([
   "user_home_t",
   "admin_home_t",
@@ -197,11 +230,18 @@ function romProblems(path: string, facts: HostFacts): string[] {
     problems.push(`lies in ${rom.closedDirs!.join(", ")}, which "${user.name}" cannot enter`);
   }
   const { apparmor, selinux } = facts.confinement();
-  if (apparmor && !APPARMOR_READABLE.test(path)) {
-    problems.push("lies outside the paths AppArmor lets QEMU read");
+  const real = rom.realPath ?? path;
+  if (apparmor && !apparmorLetsQemuRead(real)) {
+    problems.push(
+      `lies outside the paths AppArmor lets QEMU read${
+        real === path ? "" : ` (it resolves to ${real})`
+      }: libvirt adds a hostdev's device files to the VM's profile, not its ROM file, so QEMU may read only libvirt-qemu's firmware directories (/usr/share/vgabios/, /usr/share/qemu/, /usr/share/seabios/...) unless a rule in /etc/apparmor.d/abstractions/libvirt-qemu.d/ allows it`,
+    );
   }
   if (selinux && rom.selinuxType != null && SELINUX_DENIED.has(rom.selinuxType)) {
-    problems.push(`has SELinux type ${rom.selinuxType}, which QEMU (svirt_t) may not read`);
+    problems.push(
+      `has SELinux type ${rom.selinuxType}, which QEMU (svirt_t) may not read, and libvirt does not relabel ROM files (chcon -t virt_content_t on it, or keep it under /usr/share/vgabios/)`,
+    );
   }
   return problems;
 }

@@ -6,6 +6,7 @@
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { described, domain, planOn, vm, withHost } from "./trees.ts";
+import { apparmorLetsQemuRead } from "../../lib/plan/preflight.ts";
 
 function romRule(path: string): string {
   return "vms:\n  win:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: 10de:1b06 }\n" +
@@ -116,4 +117,58 @@ Deno.test("rom-unreadable: a FIFO, /dev/zero, a link loop and a huge file neithe
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+Deno.test("rom-unreadable: AppArmor's readable paths are libvirt-qemu's firmware directories", () => {
+  // From libvirt's src/security/apparmor/libvirt-qemu.in ("access to firmware's etc").
+  for (
+    const path of [
+      "/usr/share/vgabios/gpu.rom",
+      "/usr/share/edk2-ovmf/x64/OVMF.fd",
+      "/usr/share/qemu-kvm/gpu.rom",
+      "/usr/share/sgabios/sgabios.bin",
+      "/usr/share/misc/sgabios.bin",
+      "/usr/share/slof/slof.bin",
+    ]
+  ) assertEquals([path, apparmorLetsQemuRead(path)], [path, true]);
+  // Not in it: iPXE's own directory (QEMU reaches its ROMs through /usr/share/qemu links, which
+  // AppArmor resolves), libvirt's state directory, a look-alike prefix, a climb out.
+  for (
+    const path of [
+      "/usr/lib/ipxe/qemu/efi-e1000.rom",
+      "/var/lib/libvirt/vbios/gpu.rom",
+      "/usr/share/vgabios-old/gpu.rom",
+      "/usr/share/misc/magic",
+      "/usr/share/vgabios/../../../home/u/gpu.rom",
+    ]
+  ) assertEquals([path, apparmorLetsQemuRead(path)], [path, false]);
+});
+
+const QEMU_ROM = "/usr/share/qemu/linuxboot.bin";
+
+Deno.test({
+  name: "rom-unreadable: AppArmor judges a link by where it leads",
+  ignore: (() => {
+    try {
+      return !Deno.statSync(QEMU_ROM).isFile;
+    } catch {
+      return true;
+    }
+  })(),
+  async fn() {
+    const dir = openDir();
+    try {
+      Deno.symlinkSync(QEMU_ROM, `${dir}/gpu.rom`);
+      assertEquals(await refusal(`${dir}/gpu.rom`, true), null);
+      Deno.writeFileSync(`${dir}/real.rom`, ROM);
+      Deno.chmodSync(`${dir}/real.rom`, 0o644);
+      Deno.symlinkSync(`${dir}/real.rom`, `${dir}/link.rom`);
+      assertMatch(
+        (await refusal(`${dir}/link.rom`, true))!,
+        /outside the paths AppArmor lets QEMU read \(it resolves to .*real\.rom\): libvirt adds a hostdev's device files to the VM's profile, not its ROM file/,
+      );
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
 });
