@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { HostTopology } from "./types.ts";
+import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import type { HookInspection } from "../guard/hook_file.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
@@ -381,6 +381,21 @@ function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | 
   };
 }
 
+/**
+ * The devices a secondary-bus reset of `device` would also reset that are not certainly passed
+ * with it: on its bus, and not another function of its card in its IOMMU group (the functions
+ * VFIO makes go to one VM together). Empty: the bus reset touches nothing else.
+ */
+function busResetBystanders(device: PciDevice, host: HostTopology): PciDevice[] {
+  const bus = device.address.slice(0, device.address.lastIndexOf(":"));
+  const slot = device.address.slice(0, device.address.lastIndexOf("."));
+  return host.devices.filter((d) =>
+    d.address !== device.address && d.address.startsWith(`${bus}:`) &&
+    !(d.address.startsWith(`${slot}.`) && device.iommuGroup !== null &&
+      d.iommuGroup === device.iommuGroup)
+  );
+}
+
 /** Devices without a usable reset, from `reset_method`. */
 function checkReset(host: HostTopology, facts: HostFacts): DoctorFinding | null {
   let known = 0;
@@ -393,7 +408,16 @@ function checkReset(host: HostTopology, facts: HostFacts): DoctorFinding | null 
     const verdict = resetVerdict(d, methods);
     if (verdict.kind === "vendor-reset") {
       lacking.push(`${d.address} (${verdict.family}: vendor-reset)`);
-    } else if (verdict.kind !== "ok") lacking.push(`${d.address} (${verdict.kind})`);
+    } else if (verdict.kind === "bus-only") {
+      // A bus reset that touches only the card's own functions, which go to the guest with it,
+      // is as good as a reset of its own.
+      const others = busResetBystanders(d, host);
+      if (others.length > 0) {
+        lacking.push(
+          `${d.address} (bus-only, which also resets ${someOf(others.map((o) => o.address), 2)})`,
+        );
+      }
+    }
   }
   if (known === 0) return null;
   if (lacking.length === 0) {
@@ -408,10 +432,10 @@ function checkReset(host: HostTopology, facts: HostFacts): DoctorFinding | null 
     check: "reset",
     status: "warn",
     summary: `${lacking.length} device${
-      lacking.length === 1 ? " lacks" : "s lack"
-    } a reset of its own: ${someOf(lacking)}`,
+      lacking.length === 1 ? " lacks a reset of its own" : "s lack a reset of their own"
+    }: ${someOf(lacking)}`,
     hint:
-      "A guest may find them as it left them: bus-only resets also reset the bus's other devices; AMD GPUs need vendor-reset with reset_method device_specific",
+      "A guest may find them as it left them: a bus-only reset also resets the other devices on the bus, so VFIO skips it unless they go to the same guest; AMD GPUs need vendor-reset with reset_method device_specific",
   };
 }
 

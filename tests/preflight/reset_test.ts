@@ -149,3 +149,31 @@ Deno.test("allow_no_flr is described as silencing both reset warnings, in the TS
     }
   }
 });
+
+const X570_GPU_RULE =
+  "vms:\n  win:\n    devices:\n      - name: gtx1070\n        match: { vendor_device_id: 10de:1b06 }\n";
+
+Deno.test("reset: a bus reset warns only when it would reset a device the VM does not take", async () => {
+  // The X570's GTX 1070 (0b:00.0) and its HDMI audio (0b:00.1) share group 30 and bus 0b.
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { reset_method: "bus" }, "0000:0b:00.1": { reset_method: "bus" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, X570_GPU_RULE, { win: domain("win") }), "win");
+    assertEquals(win.warnings.filter((w) => w.code === "reset"), []);
+  });
+  // The audio function in a group of its own stays on the host: the GPU's bus reset would reset
+  // it too, so the plan says so.
+  const split = described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": { reset_method: "bus" },
+      "0000:0b:00.1": { reset_method: "bus", group: 99 },
+    },
+  });
+  await withHost(split, (built) => {
+    const win = vm(planOn(built, X570_GPU_RULE, { win: domain("win") }), "win");
+    const reset = win.warnings.filter((w) => w.code === "reset");
+    assertEquals(reset.map((w) => w.devices), [["0000:0b:00.0"]]);
+    assertMatch(reset[0]!.message, /would also reset 0000:0b:00\.1 on the same bus/);
+  });
+});
