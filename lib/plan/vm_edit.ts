@@ -24,8 +24,23 @@ import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
+import {
+  interfaceChanged,
+  interfaceSpecOf,
+  ownedInterface,
+  releasedInterfaces,
+  vfRecordOf,
+} from "./interfaces.ts";
 import type { VmResolution } from "./resolve.ts";
-import type { DeviceIdentity, HostdevSpec, PlanIssue, PlannedHostdev, VmPlan } from "./types.ts";
+import type {
+  DeviceIdentity,
+  HostdevSpec,
+  PlanIssue,
+  PlannedHostdev,
+  VfIdentity,
+  VmPlan,
+} from "./types.ts";
+import type { VfChoice } from "../resolve/vf.ts";
 
 /** What {@link planVm} needs besides the VM's definition and resolution. */
 export interface VmContext {
@@ -50,6 +65,10 @@ interface Edit {
   readonly remove: Set<PciAddress>;
   /** The new metadata records. */
   readonly records: DeviceIdentity[];
+  /** The VF each `vf:` rule takes, by address: written as interfaces. */
+  readonly vfs: ReadonlyMap<PciAddress, VfChoice>;
+  /** The new VF records. */
+  readonly vfRecords: VfIdentity[];
 }
 
 /**
@@ -238,12 +257,30 @@ function takeWanted(edit: Edit): void {
       plan.reasoning.push(
         `${address} (rule "${closed.rule.name}") is already in "${plan.name}" as ${as}: kept as written, ${not}`,
       );
-    if (have === undefined && domain.interfaceHostdevs.includes(address)) {
+    const choice = edit.vfs.get(address);
+    const nic = choice === undefined ? undefined : ownedInterface(domain, address);
+    if (have === undefined && nic !== undefined && choice !== undefined) {
+      edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
+      if (interfaceChanged(nic, specOf(edit, closed))) {
+        edit.remove.add(address);
+        edit.toAdd.push(closed);
+        plan.reasoning.push(
+          `${address}: interface of rule "${closed.rule.name}" changed, rewritten`,
+        );
+      }
+    } else if (have === undefined && domain.interfaceHostdevs.includes(address)) {
       kept("an <interface type='hostdev'>", "not added twice");
     } else if (have === undefined) edit.toAdd.push(closed);
     else if (!have.owned) kept("a hand-added hostdev", "not taken over");
     else keepOrRewrite(edit, have, closed);
   }
+}
+
+/** The spec of a wanted device: an interface for a `vf:` rule's VF. */
+function specOf(edit: Edit, closed: ClosedDevice, spec = specFor(closed, edit.firstMatched)) {
+  const choice = edit.vfs.get(closed.device.address);
+  if (choice !== undefined) spec.interface = interfaceSpecOf(closed, choice);
+  return spec;
 }
 
 /** `DDDD:BB:SS` of an address: the card its function belongs to. */
@@ -297,6 +334,10 @@ function movedTarget(
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
 function releaseUnwanted(edit: Edit, context: VmContext): void {
   const { plan, domain } = edit;
+  const released = releasedInterfaces(plan.name, domain, edit.vfs);
+  for (const address of released.remove) edit.remove.add(address);
+  plan.warnings.push(...released.notes);
+  plan.reasoning.push(...released.reasoning);
   const claimed = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     if (!have.owned || edit.desired.has(have.address)) continue;
@@ -336,6 +377,7 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
 }
 
 function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHostdev {
+  const choice = edit.vfs.get(closed.device.address);
   return {
     address: closed.device.address,
     rule: closed.rule.name,
@@ -344,6 +386,9 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
     spec,
     identity: identityOf(closed.device, closed.rule.name, edit.domain.records),
     description: describe(closed.device),
+    ...(choice === undefined
+      ? {}
+      : { vf: vfRecordOf(choice, closed.rule.name, edit.domain.vfRecords) }),
   };
 }
 
@@ -400,7 +445,10 @@ function movesInPlace(
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
   for (const closed of toAdd) {
-    if (!remove.has(closed.device.address)) {
+    const choice = edit.vfs.get(closed.device.address);
+    if (choice !== undefined && !remove.has(closed.device.address)) {
+      edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
+    } else if (!remove.has(closed.device.address)) {
       edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
@@ -410,6 +458,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     domain,
     plan.reasoning,
   );
+  for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
   keepGuestAddressOfMoves(plan, domain, specs);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
@@ -422,9 +471,13 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     plan.add.push(planned(closed, specs.get(closed.device.address)!, edit));
   }
   plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
-  plan.keep = domain.hostdevs.map((h) => h.address).filter((a) => !remove.has(a)).sort();
+  plan.keep = [
+    ...domain.hostdevs.map((h) => h.address),
+    ...domain.interfaces.filter((i) => i.owned).map((i) => i.address),
+  ].filter((a) => !remove.has(a)).sort();
   plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
   edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
@@ -433,6 +486,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     remove: [...remove].filter((a) => !from.has(a)),
     add: toAdd.filter((c) => !to.has(c.device.address)).map((c) => specs.get(c.device.address)!),
     records: edit.records,
+    vfRecords: edit.vfRecords,
     move: inPlace,
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
@@ -478,6 +532,8 @@ export function planVm(
     toAdd: [],
     remove: new Set(),
     records: [],
+    vfs: resolution.vfs,
+    vfRecords: [],
   };
   takeWanted(edit);
   releaseUnwanted(edit, context);
