@@ -190,6 +190,13 @@ function hostdevKeys(hostdevs: DomainHostdev[]): string[] {
     .sort();
 }
 
+/** `0000:07:10.0 interface 52:54:00:.. owned`, one per `<interface type='hostdev'>`, sorted. */
+function interfaceKeys(domain: ParsedDomain): string[] {
+  return domain.interfaces
+    .map((i) => `${i.address} interface ${i.mac ?? "no-mac"} ${i.owned ? "owned" : "hand-written"}`)
+    .sort();
+}
+
 /** A short account of how `after` differs from `before`: hostdevs first, then changed lines. */
 export function describeXmlChange(before: string, after: string): string {
   const parts: string[] = [];
@@ -634,8 +641,8 @@ function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure |
 function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
   try {
     const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
-    const want = hostdevKeys(desired.hostdevs);
-    const got = hostdevKeys(after.hostdevs);
+    const want = [...hostdevKeys(desired.hostdevs), ...interfaceKeys(desired)];
+    const got = [...hostdevKeys(after.hostdevs), ...interfaceKeys(after)];
     if (want.join("\n") === got.join("\n")) return null;
     const missing = want.filter((k) => !got.includes(k));
     const extra = got.filter((k) => !want.includes(k));
@@ -775,8 +782,11 @@ function applyVm(
   const added = minus(planned.current.hostdevs, planned.desired.hostdevs);
   const removed = minus(planned.desired.hostdevs, planned.current.hostdevs);
   const base = result(vm, "changed", "applied", "");
-  base.added = added.map((h) => h.address);
-  base.removed = removed.map((h) => h.address);
+  // An interface (a VF of a `vf:` rule) counts as a device added or removed like a hostdev.
+  const nics = (d: ParsedDomain) => new Set(d.interfaces.map((i) => i.address));
+  const [before, after] = [nics(planned.current), nics(planned.desired)];
+  base.added = [...added.map((h) => h.address), ...[...after].filter((a) => !before.has(a))];
+  base.removed = [...removed.map((h) => h.address), ...[...before].filter((a) => !after.has(a))];
   base.active = now.active;
   base.backup = backup.path;
   const failed = defineAndVerify(vm, {
