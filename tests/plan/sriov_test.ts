@@ -16,6 +16,9 @@ import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { autoMac } from "../../lib/resolve/vf.ts";
 import { sriovNic } from "../helpers/sriov.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { generateHost } from "../../lib/testing/host_generator.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
 
 function sriovHost(bus = "07", vfs = 4): HostTopology {
   return topologyFromDescription({ devices: sriovNic(bus, vfs) }, { source: "sriov-test" });
@@ -257,4 +260,27 @@ Deno.test("vf: the written definitions pass libvirt's schema (test driver, VALID
     }
     assertOk(refused, "libvirt refused the invalid interface");
   });
+});
+
+Deno.test("vf: on a generated host's tree, VF indexes are the PF's virtfnN links", async () => {
+  const description = generateHost(40, { vfsPerNic: 8 });
+  const pf = description.devices.find((d) => d.device === "0x1572")!.bdf;
+  await using tree = await tempHostTree(description);
+  const links = [0, 1].map((i) =>
+    Deno.readLinkSync(`${tree.dir}/bus/pci/devices/${pf}/virtfn${i}`).replace(/^.*\//, "")
+  );
+  assertEquals(Deno.readTextFileSync(`${tree.dir}/bus/pci/devices/${pf}/sriov_numvfs`), "8\n");
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const rule = (vm: string) =>
+    `  ${vm}:
+    devices:
+      - name: uplink
+        match: { address: "${pf}" }
+        vf: any
+`;
+  const p = plan(config(rule("a") + rule("b")), host, { a: A, b: B });
+  assertEquals(
+    p.vms.map((vm) => vm.add.map((x) => [x.address, x.vf?.index])),
+    [[[links[0], 0]], [[links[1], 1]]],
+  );
 });
