@@ -153,3 +153,37 @@ Deno.test({
     }
   },
 });
+
+Deno.test("applyPlan() restores the backup when the defined XML lacks the planned interface", async () => {
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  await using w = await writeTempWorld(world([a]));
+  using port = openLibvirtPort(w.uri);
+  const stateDir = `${w.path}.state`;
+  const before = port.getPersistentXml("a", { secure: true });
+  // Real libvirt underneath; the fault: the define silently loses the new interface.
+  const faulty: LibvirtPort = {
+    get uri() {
+      return port.uri;
+    },
+    listDomains: () => port.listDomains(),
+    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+    isActive: (name) => port.isActive(name),
+    define: (xml) =>
+      port.define(
+        xml.includes("<passthrough:interface")
+          ? xml.replace(/<interface type='hostdev'[^]*?<\/interface>/, "")
+          : xml,
+      ),
+    attachDevice: (name, xml, options) => port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => port.detachDevice(name, xml, options),
+  };
+  try {
+    const plan = planHostdevs({ config: RULES(["a"]), host: HOST, libvirt: port });
+    const report = await applyPlan(plan, { libvirt: faulty, stateDir, confirm: yes });
+    assertEquals([report.failed, report.vms[0]?.code], [["a"], "verify-failed"]);
+    assertMatch(report.vms[0]!.message, /missing \[0000:07:10\.0 interface [0-9a-f:]+ owned\]/);
+    assertEquals(port.getPersistentXml("a", { secure: true }), before);
+  } finally {
+    await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+  }
+});

@@ -85,6 +85,15 @@ Deno.test("vf: the VF and MAC stay the same across plans and after applying", ()
   assertEquals(applied(second), applied(first));
 });
 
+Deno.test("vf: any keeps the VF it holds when a lower one becomes free", () => {
+  const z = (extra: string) => domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", extra);
+  const first = plan(config(UPLINK("a")), sriovHost(), { a: A, z: z(HAND_WRITTEN) });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:07:10.2"]);
+  // z lets VF 0 go: a stays on VF 1 rather than moving its NIC.
+  const second = plan(config(UPLINK("a")), sriovHost(), { a: applied(first).a!, z: z("") });
+  assertEquals([vmOf(second, "a").changed, vmOf(second, "a").keep], [false, ["0000:07:10.2"]]);
+});
+
 Deno.test("vf: an explicit VF index is taken, a given MAC and a VLAN trunk are written", () => {
   const nic = '{ mac: "52:54:00:AB:CD:01", vlan: { tags: [10, 20] } }';
   const p = plan(config(UPLINK("a", "2", nic)), sriovHost(), { a: A });
