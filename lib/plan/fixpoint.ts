@@ -7,6 +7,7 @@
  */
 
 import type { Config } from "../config/config.ts";
+import type { ParsedDomain } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { heldNote } from "./issues.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
@@ -138,9 +139,8 @@ export function planUntilSettled(input: SettleInput): Settled {
   const planned = new Set(input.selected);
   const editable = [...survey.editable];
   const records = new Map(editable.map(([n, e]) => [n, e.domain.records]));
-  const current = new Map(
-    editable.map(([n, e]) => [n, new Set(e.domain.hostdevs.map((h) => h.address))]),
-  );
+  const holds = (d: ParsedDomain) => [...d.hostdevs.map((h) => h.address), ...d.interfaceHostdevs];
+  const current = new Map(editable.map(([n, e]) => [n, new Set(holds(e.domain))]));
   const vfRecords = new Map(editable.map(([n, e]) => [n, e.domain.vfRecords]));
   const holdings = [...survey.holdings];
   const occupied = new Map(holdings.map(([n, h]) => [

@@ -139,7 +139,7 @@ function surveyDomain(
     holding.macs.push(...domain.macs);
     defined = [...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs];
     if (context.configured.has(name)) survey.editable.set(name, { xml, domain });
-    else if (!context.limited && domain.records.length > 0) {
+    else if (!context.limited && domain.records.length + domain.vfRecords.length > 0) {
       survey.editable.set(name, { xml, domain });
       survey.orphans.push(name);
     }

@@ -293,3 +293,25 @@ Deno.test("vf: on a generated host's tree, VF indexes are the PF's virtfnN links
     [[[links[0], 0]], [[links[1], 1]]],
   );
 });
+
+Deno.test("vf: a VM dropped from the config loses its owned interface, hand-written ones stay", () => {
+  const first = plan(config(UPLINK("a")), sriovHost(), { a: A });
+  // a's definition also gets a hand-written interface on VF 3.
+  const withHand = applied(first).a!.replace(
+    "    </devices>",
+    `  <interface type='hostdev'>
+        <source><address type='pci' domain='0x0000' bus='0x07' slot='0x10' function='0x6'/></source>
+      </interface>
+    </devices>`,
+  );
+  const p = plan(config(UPLINK("b")), sriovHost(), { a: withHand, b: B });
+  const a = vmOf(p, "a");
+  assertEquals([a.errors, a.remove], [[], ["0000:07:10.0"]]);
+  const left = parseDomainXml(a.desiredXml);
+  assertEquals([left.interfaces.map((i) => [i.address, i.owned]), left.vfRecords], [
+    [["0000:07:10.6", false]],
+    [],
+  ]);
+  // b, planned in the same run, does not take the VF a still holds until a is applied.
+  assertEquals(vmOf(p, "b").add.map((x) => x.address), ["0000:07:10.2"]);
+});
