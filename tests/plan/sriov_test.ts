@@ -315,3 +315,16 @@ Deno.test("vf: a VM dropped from the config loses its owned interface, hand-writ
   // b, planned in the same run, does not take the VF a still holds until a is applied.
   assertEquals(vmOf(p, "b").add.map((x) => x.address), ["0000:07:10.2"]);
 });
+
+Deno.test("vf: a PF another VM's rule takes is an sriov-split for both VMs", () => {
+  const z = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f");
+  const cfg = config(
+    UPLINK("a") +
+      '  z:\n    devices:\n      - name: nic\n        match: { address: "0000:07:00.0" }\n',
+  );
+  const p = plan(cfg, sriovHost(), { a: A, z });
+  for (const name of ["a", "z"]) {
+    const vm = vmOf(p, name);
+    assertEquals([vm.errors.map((e) => e.code), vm.changed], [["sriov-split"], false]);
+  }
+});
