@@ -328,3 +328,14 @@ Deno.test("vf: a PF another VM's rule takes is an sriov-split for both VMs", () 
     assertEquals([vm.errors.map((e) => e.code), vm.changed], [["sriov-split"], false]);
   }
 });
+
+Deno.test("vf: a VF the host uses is skipped by any and refused by index", () => {
+  const host = topologyFromDescription({
+    devices: sriovNic("07", 4),
+    host_use: [{ address: "0000:07:10.0", reason: "default-route", detail: "default via eth9" }],
+  }, { source: "sriov-test" });
+  const any = plan(config(UPLINK("a")), host, { a: A });
+  assertEquals(vmOf(any, "a").add.map((x) => x.address), ["0000:07:10.2"]);
+  const named = plan(config(UPLINK("a", "0")), host, { a: A });
+  assertEquals(vmOf(named, "a").errors.map((e) => e.code), ["group-contains-host-critical"]);
+});
