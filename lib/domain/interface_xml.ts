@@ -10,7 +10,14 @@
 import type { PciAddress } from "../host/types.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import { canonicalPciAddress, pciAddressFromLibvirt, pciAddressToLibvirt } from "../pci/address.ts";
-import { attributeProperty, readProperties, unsignedDecimal, yesNo } from "./properties.ts";
+import {
+  asText,
+  attributeProperty,
+  onOff,
+  readProperties,
+  unsignedDecimal,
+  yesNo,
+} from "./properties.ts";
 import { escapeXmlAttribute, type XmlElement } from "./xml.ts";
 
 /** One `<interface type='hostdev'>` with a PCI source. */
@@ -27,6 +34,10 @@ export interface DomainInterface {
   vlan: { tags: number[]; trunk: boolean } | null;
   /** `<boot order>`, or `null`. */
   bootOrder: number | null;
+  /** `<rom bar>` (`on` or `off`), or `null`. */
+  romBar: "on" | "off" | null;
+  /** `<rom file>`, decoded, or `null`. */
+  romFile: string | null;
   /** The element's exact original text. */
   xml: string;
 }
@@ -35,6 +46,8 @@ const INTERFACE_PROPERTIES = {
   managed: attributeProperty("@managed", yesNo),
   mac: attributeProperty("mac/@address", (text) => text.trim().toLowerCase()),
   bootOrder: attributeProperty("boot/@order", unsignedDecimal),
+  romBar: attributeProperty("rom/@bar", onOff),
+  romFile: attributeProperty("rom/@file", asText),
 };
 
 /** The `<vlan>` of an interface element, or `null`. */
@@ -76,7 +89,10 @@ export function readInterface(
   if (address === undefined || (address.attributes.type ?? "pci") !== "pci") return null;
   const canonical = pciAddressFromLibvirt(address.attributes);
   if (canonical === null) return null;
-  const { managed, mac, bootOrder } = readProperties(element, INTERFACE_PROPERTIES);
+  const { managed, mac, bootOrder, romBar, romFile } = readProperties(
+    element,
+    INTERFACE_PROPERTIES,
+  );
   return {
     address: canonical,
     owned: owned.has(canonical),
@@ -84,6 +100,8 @@ export function readInterface(
     mac,
     vlan: vlanOf(element),
     bootOrder,
+    romBar,
+    romFile,
     xml,
   };
 }

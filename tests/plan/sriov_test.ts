@@ -339,3 +339,16 @@ Deno.test("vf: a VF the host uses is skipped by any and refused by index", () =>
   const named = plan(config(UPLINK("a", "0")), host, { a: A });
   assertEquals(vmOf(named, "a").errors.map((e) => e.code), ["group-contains-host-critical"]);
 });
+
+Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing them rewrites it", () => {
+  const rule = (extra: string) =>
+    config(UPLINK("a") + extra.split("\n").map((l) => l && `        ${l}`).join("\n"));
+  const first = plan(rule('boot_order: 2\nrom: { bar: "off" }\n'), sriovHost(), { a: A });
+  const nic = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!;
+  assertEquals([nic.bootOrder, nic.romBar], [2, "off"]);
+  const same = plan(rule('boot_order: 2\nrom: { bar: "off" }\n'), sriovHost(), applied(first));
+  assertEquals(vmOf(same, "a").changed, false);
+  const changed = plan(rule("boot_order: 2\n"), sriovHost(), applied(first));
+  assertEquals(vmOf(changed, "a").remove, ["0000:07:10.0"]);
+  assertEquals(parseDomainXml(vmOf(changed, "a").desiredXml).interfaces[0]?.romBar, null);
+});
