@@ -8,10 +8,11 @@
  */
 
 import type { DomainInterface, ParsedDomain } from "../domain/domain_xml.ts";
-import type { PciAddress } from "../host/types.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { recordedDriver, VFIO_DRIVERS } from "../resolve/match.ts";
-import type { VfChoice } from "../resolve/vf.ts";
+import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import { type VfChoice, virtualFunctions } from "../resolve/vf.ts";
+import { describe } from "./issues.ts";
 import type { DeviceIdentity, HostdevSpec, InterfaceSpec, PlanIssue, VfIdentity } from "./types.ts";
 
 /** The interface settings a VF choice is written with. */
@@ -48,14 +49,15 @@ export function vfRecordOf(
   return { address: choice.vf.address, index: choice.index, mac: choice.mac, pf: identity };
 }
 
-/** Whether an owned interface differs from what its spec writes (MAC, VLAN, managed, boot). */
+/** Whether an owned interface differs from what its spec writes (MAC, VLAN, managed, boot, ROM). */
 export function interfaceChanged(nic: DomainInterface, spec: HostdevSpec): boolean {
   const want = spec.interface;
   if (want === undefined) return true;
   const vlan = (v: { tags: number[]; trunk: boolean } | null | undefined) =>
     v === null || v === undefined || v.tags.length === 0 ? "" : `${v.tags.join(",")}/${v.trunk}`;
   return nic.mac !== want.mac || vlan(nic.vlan) !== vlan(want.vlan) ||
-    nic.managed !== spec.managed || (nic.bootOrder ?? null) !== (spec.bootOrder ?? null);
+    nic.managed !== spec.managed || (nic.bootOrder ?? null) !== (spec.bootOrder ?? null) ||
+    nic.romBar !== (spec.rom?.bar ?? null) || nic.romFile !== (spec.rom?.file ?? null);
 }
 
 /** The owned interface of `domain` at `address`, if any. */
@@ -97,6 +99,45 @@ export function releasedInterfaces(
     out.reasoning.push(
       `Moved VF ${record.index} from ${nic.address} to ${now.vf.address}, its PF from ${record.pf.address} to ${now.pf.address} (rule "${rule}")`,
     );
+  }
+  return out;
+}
+
+/**
+ * The owned interfaces of a refused VM whose address is no longer the recorded VF: nothing is
+ * there, it is no VF, its PF is another card, or it is another index of the PF. Each is a `drift`
+ * refusal; the VM's repair removes them, as it removes stale hostdevs.
+ */
+export function staleInterfaces(
+  vm: string,
+  domain: ParsedDomain,
+  byAddress: ReadonlyMap<PciAddress, PciDevice>,
+): { remove: PciAddress[]; issues: PlanIssue[] } {
+  const out = { remove: [] as PciAddress[], issues: [] as PlanIssue[] };
+  for (const nic of domain.interfaces) {
+    const record = domain.vfRecords.find((r) => r.address === nic.address);
+    if (!nic.owned || record === undefined) continue;
+    const now = byAddress.get(nic.address);
+    const pf = now?.physfn == null ? undefined : byAddress.get(now.physfn);
+    const why = now === undefined
+      ? "nothing is there now"
+      : pf === undefined
+      ? `it holds ${describe(now)}, no VF`
+      : !sameIdentity(record.pf, pf)
+      ? `it is a VF of ${pf.address}, which holds ${describe(pf)}`
+      : virtualFunctions(pf).indexOf(nic.address) !== record.index
+      ? `it is VF ${virtualFunctions(pf).indexOf(nic.address)} of ${pf.address} now`
+      : null;
+    if (why === null) continue;
+    out.remove.push(nic.address);
+    out.issues.push({
+      code: "drift",
+      message:
+        `Interface ${nic.address} of "${vm}" was recorded as VF ${record.index} of ${record.pf.vendorId}:${record.pf.deviceId} at ${record.pf.address} (rule "${record.pf.rule}") but ${why}: it is removed even while the refusals below stand, so that the next start cannot hand that device to the guest`,
+      vm,
+      rule: record.pf.rule,
+      devices: [nic.address],
+    });
   }
   return out;
 }

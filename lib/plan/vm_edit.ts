@@ -29,6 +29,7 @@ import {
   interfaceSpecOf,
   ownedInterface,
   releasedInterfaces,
+  staleInterfaces,
   vfRecordOf,
 } from "./interfaces.ts";
 import type { VmResolution } from "./resolve.ts";
@@ -194,7 +195,9 @@ function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPla
       } to the guest`;
     stale.push(driftWarning(plan.name, record, now, outcome));
   }
-  plan.errors.unshift(...stale);
+  const nics = staleInterfaces(plan.name, domain, context.byAddress);
+  for (const address of nics.remove) remove.add(address);
+  plan.errors.unshift(...stale, ...nics.issues);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
   if (remove.size > 0) {
@@ -204,6 +207,7 @@ function keepAsIs(plan: VmPlan, domain: ParsedDomain, context: VmContext): VmPla
         remove: [...remove],
         add: [],
         records: domain.records.filter((r) => !remove.has(r.address)),
+        vfRecords: domain.vfRecords.filter((r) => !remove.has(r.address)),
       }),
     };
   }

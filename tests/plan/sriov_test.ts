@@ -352,3 +352,28 @@ Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing th
   assertEquals(vmOf(changed, "a").remove, ["0000:07:10.0"]);
   assertEquals(parseDomainXml(vmOf(changed, "a").desiredXml).interfaces[0]?.romBar, null);
 });
+
+Deno.test("vf: a refused VM's interface that is no longer its VF is removed by the repair", () => {
+  const first = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
+  const refusedCfg = config(
+    UPLINK("a", "1") + '      - name: gpu\n        match: { vendor_device_id: "10de:9999" }\n',
+  );
+  // The same PF with a VF stride of 1: 0000:07:10.2 is its VF 2 now.
+  const [pf, ...vfs] = sriovNic("07", 4);
+  const restrided = topologyFromDescription({
+    devices: [pf!, ...vfs.map((vf, i) => ({ ...vf, bdf: `0000:07:10.${i}` }))],
+  }, { source: "sriov-test" });
+  const p = plan(refusedCfg, restrided, applied(first));
+  const a = vmOf(p, "a");
+  assertEquals(a.errors.map((e) => e.code), ["drift", "no-match"]);
+  assertMatch(a.errors[0]!.message, /recorded as VF 1 .* but it is VF 2 of 0000:07:00\.0 now/);
+  assertEquals(a.repair?.remove, ["0000:07:10.2"]);
+  const repaired = parseDomainXml(a.repair!.desiredXml);
+  assertEquals([repaired.interfaces, repaired.vfRecords], [[], []]);
+  // On the unchanged host the refused VM keeps its interface: nothing to repair.
+  const intact = plan(refusedCfg, sriovHost("07"), applied(first));
+  assertEquals([vmOf(intact, "a").errors.map((e) => e.code), vmOf(intact, "a").repair], [
+    ["no-match"],
+    undefined,
+  ]);
+});
