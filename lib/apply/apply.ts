@@ -259,8 +259,9 @@ function result(
 
 interface PendingLive {
   result: VmApplyResult;
-  detach: DomainHostdev[];
-  attach: DomainHostdev[];
+  /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
+  detach: Pick<DomainHostdev, "address" | "xml">[];
+  attach: Pick<DomainHostdev, "address" | "xml">[];
 }
 
 /** The answers so far: `all` says yes to every VM left, `quit` skips them. */
@@ -779,14 +780,20 @@ function applyVm(
       }`,
     });
   }
-  const added = minus(planned.current.hostdevs, planned.desired.hostdevs);
-  const removed = minus(planned.desired.hostdevs, planned.current.hostdevs);
+  // An interface (a VF of a `vf:` rule) is added, removed and hot-plugged like a hostdev.
+  const nics = (from: ParsedDomain, but: ParsedDomain) =>
+    from.interfaces.filter((i) => !but.interfaces.some((o) => o.address === i.address));
+  const added: PendingLive["attach"] = [
+    ...minus(planned.current.hostdevs, planned.desired.hostdevs),
+    ...nics(planned.desired, planned.current),
+  ];
+  const removed: PendingLive["detach"] = [
+    ...minus(planned.desired.hostdevs, planned.current.hostdevs),
+    ...nics(planned.current, planned.desired),
+  ];
   const base = result(vm, "changed", "applied", "");
-  // An interface (a VF of a `vf:` rule) counts as a device added or removed like a hostdev.
-  const nics = (d: ParsedDomain) => new Set(d.interfaces.map((i) => i.address));
-  const [before, after] = [nics(planned.current), nics(planned.desired)];
-  base.added = [...added.map((h) => h.address), ...[...after].filter((a) => !before.has(a))];
-  base.removed = [...removed.map((h) => h.address), ...[...before].filter((a) => !after.has(a))];
+  base.added = added.map((h) => h.address);
+  base.removed = removed.map((h) => h.address);
   base.active = now.active;
   base.backup = backup.path;
   const failed = defineAndVerify(vm, {

@@ -187,3 +187,38 @@ Deno.test("applyPlan() restores the backup when the defined XML lacks the planne
     await Deno.remove(stateDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("applyPlan() --live hot-plugs a vf: interface into a running guest as an interface", async () => {
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a", "", true);
+  await using w = await writeTempWorld(world([a]));
+  using port = openLibvirtPort(w.uri);
+  const stateDir = `${w.path}.state`;
+  const attached: string[] = [];
+  // Real libvirt underneath; hot-plug calls are recorded (the test driver cannot hot-plug PCI).
+  const recording: LibvirtPort = {
+    get uri() {
+      return port.uri;
+    },
+    listDomains: () => port.listDomains(),
+    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+    getLiveXml: (name) => port.getLiveXml!(name),
+    isActive: (name) => port.isActive(name),
+    define: (xml) => port.define(xml),
+    attachDevice: (_name, xml) => void attached.push(xml),
+    detachDevice: (name, xml, options) => port.detachDevice(name, xml, options),
+  };
+  try {
+    const plan = planHostdevs({ config: RULES(["a"]), host: HOST, libvirt: port });
+    const report = await applyPlan(plan, {
+      libvirt: recording,
+      stateDir,
+      confirm: yes,
+      live: true,
+    });
+    assertEquals(report.vms[0]?.live?.attached, ["0000:07:10.0"]);
+    assertEquals(attached.length, 1);
+    assertMatch(attached[0]!, /^<interface type='hostdev' managed='yes'>[^]*<vlan trunk='yes'>/);
+  } finally {
+    await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+  }
+});
