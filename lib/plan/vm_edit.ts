@@ -262,16 +262,21 @@ function takeWanted(edit: Edit): void {
         `${address} (rule "${closed.rule.name}") is already in "${plan.name}" as ${as}: kept as written, ${not}`,
       );
     const choice = edit.vfs.get(address);
-    const nic = choice === undefined ? undefined : ownedInterface(domain, address);
-    if (have === undefined && nic !== undefined && choice !== undefined) {
+    const nic = ownedInterface(domain, address);
+    const rewrite = (why: string) => {
+      edit.remove.add(address);
+      edit.toAdd.push(closed);
+      plan.reasoning.push(`${address}: ${why} (rule "${closed.rule.name}"), rewritten`);
+    };
+    if (choice !== undefined && (nic !== undefined || have?.owned === true)) {
+      // Our interface, kept or rewritten; or our hostdev of a VF a `vf:` rule now takes.
       edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
-      if (interfaceChanged(nic, specOf(edit, closed))) {
-        edit.remove.add(address);
-        edit.toAdd.push(closed);
-        plan.reasoning.push(
-          `${address}: interface of rule "${closed.rule.name}" changed, rewritten`,
-        );
-      }
+      if (nic === undefined) rewrite("hostdev now taken as an interface");
+      else if (interfaceChanged(nic, specOf(edit, closed))) rewrite("interface changed");
+    } else if (have === undefined && nic !== undefined) {
+      // Our interface of a VF a rule now takes as a plain hostdev.
+      edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
+      rewrite("interface now taken as a hostdev");
     } else if (have === undefined && domain.interfaceHostdevs.includes(address)) {
       kept("an <interface type='hostdev'>", "not added twice");
     } else if (have === undefined) edit.toAdd.push(closed);

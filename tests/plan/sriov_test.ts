@@ -377,3 +377,23 @@ Deno.test("vf: a refused VM's interface that is no longer its VF is removed by t
     undefined,
   ]);
 });
+
+Deno.test("vf: a VF passed as a hostdev becomes an interface under a vf: rule, and back", () => {
+  const asHostdev = config(
+    '  a:\n    devices:\n      - name: uplink\n        match: { address: "0000:07:10.0" }\n',
+  );
+  const first = plan(asHostdev, sriovHost(), { a: A });
+  assertEquals(parseDomainXml(vmOf(first, "a").desiredXml).hostdevs.map((h) => h.owned), [true]);
+  const toNic = plan(config(UPLINK("a", "0")), sriovHost(), applied(first));
+  const nic = parseDomainXml(vmOf(toNic, "a").desiredXml);
+  assertEquals([nic.hostdevs, nic.records], [[], []]);
+  assertEquals(nic.interfaces.map((i) => [i.address, i.owned]), [["0000:07:10.0", true]]);
+  assertEquals(nic.vfRecords.map((r) => r.index), [0]);
+  const back = plan(asHostdev, sriovHost(), applied(toNic));
+  const dev = parseDomainXml(vmOf(back, "a").desiredXml);
+  assertEquals([dev.interfaces, dev.vfRecords], [[], []]);
+  assertEquals(dev.hostdevs.map((h) => [h.address, h.owned]), [["0000:07:10.0", true]]);
+  assertEquals(dev.records.map((r) => r.rule), ["uplink"]);
+  // Planned once more, each form is stable.
+  assertEquals(vmOf(plan(asHostdev, sriovHost(), applied(back)), "a").changed, false);
+});
