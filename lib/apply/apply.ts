@@ -192,6 +192,13 @@ function hostdevKeys(hostdevs: DomainHostdev[]): string[] {
     .sort();
 }
 
+/** `0000:07:10.0 interface 52:54:00:.. owned`, one per `<interface type='hostdev'>`, sorted. */
+function interfaceKeys(domain: ParsedDomain): string[] {
+  return domain.interfaces
+    .map((i) => `${i.address} interface ${i.mac ?? "no-mac"} ${i.owned ? "owned" : "hand-written"}`)
+    .sort();
+}
+
 /** A short account of how `after` differs from `before`: hostdevs first, then changed lines. */
 export function describeXmlChange(before: string, after: string): string {
   const parts: string[] = [];
@@ -254,8 +261,9 @@ function result(
 
 interface PendingLive {
   result: VmApplyResult;
-  detach: DomainHostdev[];
-  attach: DomainHostdev[];
+  /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
+  detach: Pick<DomainHostdev, "address" | "xml">[];
+  attach: Pick<DomainHostdev, "address" | "xml">[];
 }
 
 /** The answers so far: `all` says yes to every VM left, `quit` skips them. */
@@ -639,8 +647,8 @@ function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure |
 function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
   try {
     const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
-    const want = hostdevKeys(desired.hostdevs);
-    const got = hostdevKeys(after.hostdevs);
+    const want = [...hostdevKeys(desired.hostdevs), ...interfaceKeys(desired)];
+    const got = [...hostdevKeys(after.hostdevs), ...interfaceKeys(after)];
     if (want.join("\n") === got.join("\n")) return null;
     const missing = want.filter((k) => !got.includes(k));
     const extra = got.filter((k) => !want.includes(k));
@@ -770,8 +778,17 @@ function applyVm(
       }`,
     });
   }
-  const added = minus(planned.current.hostdevs, planned.desired.hostdevs);
-  const removed = minus(planned.desired.hostdevs, planned.current.hostdevs);
+  // An interface (a VF of a `vf:` rule) is added, removed and hot-plugged like a hostdev.
+  const nics = (from: ParsedDomain, but: ParsedDomain) =>
+    from.interfaces.filter((i) => !but.interfaces.some((o) => o.address === i.address));
+  const added: PendingLive["attach"] = [
+    ...minus(planned.current.hostdevs, planned.desired.hostdevs),
+    ...nics(planned.desired, planned.current),
+  ];
+  const removed: PendingLive["detach"] = [
+    ...minus(planned.desired.hostdevs, planned.current.hostdevs),
+    ...nics(planned.current, planned.desired),
+  ];
   const base = result(vm, "changed", "applied", "");
   base.added = added.map((h) => h.address);
   base.removed = removed.map((h) => h.address);

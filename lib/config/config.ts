@@ -32,6 +32,7 @@ import {
   type MapSchema,
   MATCH_SCHEMA,
   type ObjectSchema,
+  type OneOfSchema,
   type RawConfig,
   type RawHostConfig,
   type RawMatch,
@@ -211,10 +212,37 @@ export interface DeviceRule {
   /** The start guard's policy for the rule's devices (`guard:`, default its VM's). */
   guard: GuardPolicy;
   /**
+   * `vf:`: the rule's match names an SR-IOV physical function, and the VM gets one of its
+   * virtual functions: this index (the PF's `virtfnN` link) or `"any"` free one. Absent: the
+   * matched devices themselves.
+   */
+  vf?: number | "any";
+  /**
+   * How a `vf:` rule's VF is passed (`interface:`): as `<interface type='hostdev'>` with this MAC
+   * and VLAN. Present exactly when {@link DeviceRule.vf} is (default `{ mac: "auto" }`).
+   */
+  interface?: InterfaceSettings;
+  /**
    * The hosts this rule applies on (`host:`/`hosts:`, each declared under the top-level `hosts:`,
    * in file order, duplicates dropped); absent: every host its VM is on.
    */
   hosts?: string[];
+}
+
+/** The guest NIC settings of a `vf:` rule (`interface:`), normalised. */
+export interface InterfaceSettings {
+  /**
+   * `"auto"` (derived from the host, VM and rule, recorded so it stays), or a unicast MAC in
+   * lower case with colons (`52:54:00:12:34:56`).
+   */
+  mac: string;
+  /** VLAN tags libvirt sets on the VF through its PF; absent: none. */
+  vlan?: {
+    /** The VLAN IDs, as written. */
+    tags: number[];
+    /** Whether the guest sees tagged frames (`trunk='yes'`), given or implied by several tags. */
+    trunk: boolean;
+  };
 }
 
 /** One VM of the config: a libvirt domain and the rules for the devices it gets. */
@@ -494,6 +522,8 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
     }
     case "absolute-path":
       return value;
+    case "mac":
+      return value === "auto" ? value : value.replace(/-/g, ":").toLowerCase();
   }
   return null;
 }
@@ -508,6 +538,7 @@ const FORMAT_HINTS: Record<StringFormat, string> = {
   "serial": 'expected a device serial number such as "00-11-22-ff-ff-33-44-55"',
   "slot": "expected a non-empty slot name",
   "absolute-path": 'expected an absolute path such as "/usr/share/vgabios/gpu.rom"',
+  "mac": 'expected "auto" or a MAC address such as "52:54:00:12:34:56"',
 };
 
 /**
@@ -531,7 +562,38 @@ function check(value: unknown, schema: Schema, at: Steps, ctx: Context): unknown
       return checkMap(value, schema, at, ctx);
     case "object":
       return checkObject(value, schema, at, ctx);
+    case "oneOf":
+      return checkOneOf(value, schema, at, ctx);
   }
+}
+
+/** The option of `schema` for the kind of `value`, checked; reported when no option fits. */
+function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context): unknown {
+  const kinds = typeof value === "string"
+    ? ["string"]
+    : typeof value === "number"
+    ? ["integer"]
+    : typeof value === "boolean"
+    ? ["boolean"]
+    : Array.isArray(value)
+    ? ["array"]
+    : value instanceof Map
+    ? ["object", "map"]
+    : [];
+  const option = schema.options.find((o) => kinds.includes(o.type));
+  if (option !== undefined) return check(value, option, at, ctx);
+  const expected = schema.options.map((o) =>
+    o.type === "string" && o.enum
+      ? o.enum.map((e) => `"${e}"`).join(" or ")
+      : o.type === "integer"
+      ? "an integer"
+      : o.type === "object" || o.type === "map"
+      ? "a mapping"
+      : o.type === "array"
+      ? "a list"
+      : `a ${o.type}`
+  );
+  return wrongType(ctx, at, expected.join(" or "), value, schema.description);
 }
 
 /** Reports the node at `at` as not the `expected` kind of value (`value` is what it holds). */
@@ -595,6 +657,14 @@ function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Con
       at,
       `Value ${value} is too large: the maximum is ${MAX_INTEGER}`,
       `use ${MAX_INTEGER} or less`,
+    );
+  }
+  if (schema.maximum !== undefined && value > schema.maximum) {
+    return report(
+      ctx,
+      at,
+      `Value ${value} is too large: the maximum is ${schema.maximum}`,
+      `use ${schema.maximum} or less`,
     );
   }
   if (schema.minimum !== undefined && value < schema.minimum) {
@@ -953,11 +1023,83 @@ function normaliseRule(
     rule.rom = rom;
   }
   if (rawRule.boot_order !== undefined) rule.bootOrder = rawRule.boot_order;
+  normaliseVf(rawRule, at, rule, ctx);
   if (hosts !== undefined) {
     checkRuleHosts(rawRule, at, hosts, scope.vm, ctx);
     rule.hosts = hosts;
   }
   return rule;
+}
+
+/**
+ * `vf:` and `interface:` of a rule, checked together: an interface needs a VF, a VF rule takes
+ * one VF of one PF (no `count`, `all` or `multifunction`), a given MAC must be unicast.
+ */
+function normaliseVf(rawRule: RawRule, at: Steps, rule: DeviceRule, ctx: Context): void {
+  const raw = rawRule.interface;
+  // An invalid `vf:` was reported already; its key is there with no value.
+  if (!Object.hasOwn(rawRule, "vf")) {
+    if (raw !== undefined) {
+      report(
+        ctx,
+        [...at, "interface"],
+        'An "interface:" passes an SR-IOV virtual function: the rule has no "vf:"',
+        'add "vf: any" (or a VF index) and match the physical function',
+        { key: true },
+      );
+    }
+    return;
+  }
+  for (const key of ["count", "all", "multifunction"] as const) {
+    if (rawRule[key] === undefined) continue;
+    report(
+      ctx,
+      [...at, key],
+      `A "vf:" rule takes one virtual function of one physical function: "${key}" does not apply`,
+      `remove "${key}:", or write one rule per VF`,
+      { key: true },
+    );
+  }
+  if (rawRule.vf !== undefined) rule.vf = rawRule.vf;
+  const settings: InterfaceSettings = { mac: raw?.mac ?? "auto" };
+  if (settings.mac !== "auto") {
+    const first = parseInt(settings.mac.slice(0, 2), 16);
+    const why = (first & 1) === 1
+      ? "a multicast address"
+      : /^[0:]+$/.test(settings.mac)
+      ? "all zeros"
+      : null;
+    if (why !== null) {
+      report(
+        ctx,
+        [...at, "interface", "mac"],
+        `Invalid MAC "${settings.mac}": ${why}, which no NIC can have`,
+        'use a unicast MAC (an even first byte, e.g. "52:54:00:12:34:56"), or "auto"',
+      );
+    }
+  }
+  const vlan = raw?.vlan;
+  if (typeof vlan === "number") settings.vlan = { tags: [vlan], trunk: false };
+  else if (vlan !== undefined && vlan.tags !== undefined) {
+    if (vlan.tags.length === 0) {
+      report(
+        ctx,
+        [...at, "interface", "vlan", "tags"],
+        "Empty VLAN tag list",
+        "give one tag or more",
+      );
+    }
+    settings.vlan = { tags: vlan.tags, trunk: vlan.trunk ?? vlan.tags.length > 1 };
+    if (vlan.trunk === false && vlan.tags.length > 1) {
+      report(
+        ctx,
+        [...at, "interface", "vlan", "trunk"],
+        "Several VLAN tags need a trunk: the guest must see which VLAN a frame is on",
+        'remove "trunk: false", or give one tag',
+      );
+    }
+  }
+  rule.interface = settings;
 }
 
 /**

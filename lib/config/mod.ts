@@ -12,6 +12,7 @@ export {
   type DeviceRule,
   type GuardPolicy,
   type HostConfig,
+  type InterfaceSettings,
   loadConfig,
   type MatchCriteria,
   parseConfig,

@@ -18,7 +18,8 @@ export type StringFormat =
   | "pci-address"
   | "serial"
   | "slot"
-  | "absolute-path";
+  | "absolute-path"
+  | "mac";
 
 /** A string, optionally constrained by a format or a fixed set of values. */
 export interface StringSchema {
@@ -33,6 +34,7 @@ export interface IntegerSchema {
   readonly type: "integer";
   readonly description: string;
   readonly minimum?: number;
+  readonly maximum?: number;
   readonly const?: number;
 }
 
@@ -53,6 +55,16 @@ export interface ObjectSchema {
   readonly minProperties?: number;
   /** Pairs of keys that must not appear together. */
   readonly exclusive?: readonly (readonly [string, string])[];
+}
+
+/**
+ * One of several schemas, chosen by the kind of value written (a string, an integer, a mapping):
+ * `vf: any` or `vf: 2`. At most one option per kind.
+ */
+export interface OneOfSchema {
+  readonly type: "oneOf";
+  readonly description: string;
+  readonly options: readonly Schema[];
 }
 
 /** A sequence of items. */
@@ -79,7 +91,8 @@ export type Schema =
   | BooleanSchema
   | ObjectSchema
   | ArraySchema
-  | MapSchema;
+  | MapSchema
+  | OneOfSchema;
 
 type Simplify<T> = { [K in keyof T]: T[K] } & unknown;
 
@@ -96,6 +109,7 @@ export type Infer<S> = S extends { type: "string"; enum: readonly (infer E)[] } 
   : S extends { type: "boolean" } ? boolean
   : S extends { type: "array"; items: infer I } ? Infer<I>[]
   : S extends { type: "map"; values: infer V } ? Record<string, Infer<V>>
+  : S extends { type: "oneOf"; options: readonly (infer O)[] } ? Infer<O>
   : S extends { type: "object"; properties: infer P; required: readonly (infer R extends string)[] }
     ? InferObject<P, R>
   : S extends { type: "object"; properties: infer P } ? InferObject<P, never>
@@ -213,6 +227,47 @@ const GUARD_SCHEMA = {
     "What the start guard does when a hostdev's address no longer holds the recorded device or holds one the host needs: enforce (refuse the start, default), warn (start and log the refusal), off (no check); a rule's value overrides its VM's; recorded for the hook by passthrough apply",
 } as const satisfies StringSchema;
 
+const VLAN_TAG = {
+  type: "integer",
+  minimum: 0,
+  maximum: 4095,
+  description: "A VLAN ID (0 to 4095)",
+} as const satisfies IntegerSchema;
+
+/** `interface:` of a `vf:` rule: the VF is passed as `<interface type='hostdev'>`. */
+const INTERFACE_SCHEMA = {
+  type: "object",
+  description:
+    "Pass the VF as a guest NIC (<interface type='hostdev'>): libvirt sets its MAC and VLAN through the PF before the guest starts (default for a vf: rule: mac auto, no VLAN)",
+  properties: {
+    mac: {
+      type: "string",
+      format: "mac",
+      description:
+        'The guest MAC: "auto" (default: derived from host, VM and rule, the same on every plan) or a unicast MAC ("52:54:00:12:34:56")',
+    },
+    vlan: {
+      type: "oneOf",
+      description: "The VLAN the PF tags the VF's traffic with: one tag, or tags with trunk",
+      options: [
+        VLAN_TAG,
+        {
+          type: "object",
+          description: "Several VLAN tags, or one tag passed as a trunk",
+          required: ["tags"],
+          properties: {
+            tags: { type: "array", description: "The VLAN IDs", items: VLAN_TAG },
+            trunk: {
+              type: "boolean",
+              description: "The guest sees tagged frames (trunk='yes'); implied by several tags",
+            },
+          },
+        },
+      ],
+    },
+  },
+} as const satisfies ObjectSchema;
+
 const RULE_SCHEMA = {
   type: "object",
   description: "One rule: which devices to pass through and how",
@@ -284,6 +339,16 @@ const RULE_SCHEMA = {
         "Silence the reset warnings: `no-flr` (no Function Level Reset) and `reset` (no usable reset_method: bus reset only, or an AMD GPU without vendor-reset)",
     },
     guard: GUARD_SCHEMA,
+    vf: {
+      type: "oneOf",
+      description:
+        "Take an SR-IOV virtual function of the matched physical function instead of the PF itself: its index (0, 1, ...) or any free one",
+      options: [
+        { type: "string", enum: ["any"], description: "The lowest free VF (kept across plans)" },
+        { type: "integer", minimum: 0, description: "The VF index (the PF's virtfnN link)" },
+      ],
+    },
+    interface: INTERFACE_SCHEMA,
   },
 } as const satisfies ObjectSchema;
 
@@ -375,6 +440,7 @@ export const FORMAT_PATTERNS: Readonly<Record<StringFormat, string>> = {
   "slot": "^\\S(.*\\S)?$",
   // What libvirt's schema takes for <rom file> (absFilePath, its Unix form).
   "absolute-path": "^/.+$",
+  "mac": "^(auto|[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5})$",
 };
 
 type JsonSchema = Record<string, unknown>;
@@ -409,6 +475,7 @@ function toJsonSchema(schema: Schema): JsonSchema {
       const out: JsonSchema = { type: "integer", description: schema.description };
       if (schema.const !== undefined) out.const = schema.const;
       if (schema.minimum !== undefined) out.minimum = schema.minimum;
+      if (schema.maximum !== undefined) out.maximum = schema.maximum;
       return out;
     }
     case "boolean": {
@@ -418,6 +485,8 @@ function toJsonSchema(schema: Schema): JsonSchema {
     }
     case "array":
       return { type: "array", description: schema.description, items: toJsonSchema(schema.items) };
+    case "oneOf":
+      return { description: schema.description, anyOf: schema.options.map(toJsonSchema) };
     case "map":
       return {
         type: "object",

@@ -11,7 +11,14 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
-import type { DeviceIdentity, HostdevSpec } from "../plan/types.ts";
+import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
+import {
+  type DomainInterface,
+  interfaceLines,
+  readInterface,
+  readVfRecord,
+  vfRecordAttributes,
+} from "./interface_xml.ts";
 import {
   canonicalPciAddress,
   pciAddressFromLibvirt,
@@ -41,6 +48,7 @@ import {
 } from "./xml.ts";
 
 export type { GuestPciAddress } from "./properties.ts";
+export type { DomainInterface } from "./interface_xml.ts";
 
 /** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
 export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
@@ -92,6 +100,12 @@ export interface ParsedDomain {
    * listed so planning sees them as taken.
    */
   interfaceHostdevs: PciAddress[];
+  /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
+  interfaces: DomainInterface[];
+  /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
+  vfRecords: VfIdentity[];
+  /** The `<mac address>` of every `<interface>` of the domain, lower case: taken MACs. */
+  macs: string[];
   /**
    * `<os><boot dev>` values in document order: libvirt refuses per-device boot order next to
    * them.
@@ -135,10 +149,15 @@ export interface PciControllerSpec {
 export interface DomainEdit {
   /** Owned hostdevs to delete (by host address). */
   remove: PciAddress[];
-  /** Hostdevs to append to `<devices>`. */
+  /**
+   * Hostdevs to append to `<devices>` (an `<interface type='hostdev'>` for a spec with
+   * `interface`). `remove` takes owned interfaces too, by their VF's address.
+   */
   add: HostdevSpec[];
   /** The full new set of records (replaces our metadata; `[]` removes it). */
   records: DeviceIdentity[];
+  /** The full new set of VF records; absent: the domain's are kept as they are. */
+  vfRecords?: VfIdentity[];
   /**
    * Owned hostdevs whose card now sits at another host address: each one's `<source><address>`
    * is rewritten from `from` to `to` in place, so the element keeps its position, settings and
@@ -188,6 +207,11 @@ interface HostdevSite {
   span: XmlSpan;
 }
 
+interface InterfaceSite {
+  nic: DomainInterface;
+  span: XmlSpan;
+}
+
 interface OurMetadata {
   /** Our `<passthrough:hostdevs>` element. */
   span: XmlSpan;
@@ -202,11 +226,14 @@ interface Located {
   devices: XmlSpan | null;
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
+  interfaces: InterfaceSite[];
+  macs: string[];
   bootDevices: string[];
   guestAddresses: GuestPciAddress[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
   records: DeviceIdentity[];
+  vfRecords: VfIdentity[];
   machine: string | null;
   pciControllers: PciController[];
   pinning: DomainPinning;
@@ -267,15 +294,24 @@ function locate(xml: string): Located {
   const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
 
   const metadata = child("metadata");
-  const { ours, records } = readOurMetadata(xml, metadata);
+  const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
   const devices = child("devices");
   const owned = new Set(records.map((r) => r.address));
+  const ownedVfs = new Set(vfRecords.map((r) => r.address));
   const hostdevs: HostdevSite[] = [];
   const interfaceHostdevs: PciAddress[] = [];
+  const interfaces: InterfaceSite[] = [];
+  const macs: string[] = [];
   for (const span of devices?.children ?? []) {
-    if (span.name === "interface" && attribute(xml, span, "type") === "hostdev") {
-      const address = interfaceAddress(read(xml, span));
+    if (span.name === "interface") {
+      const element = read(xml, span);
+      const mac = element.children.find((c) => c.name === "mac")?.attributes.address;
+      if (mac !== undefined) macs.push(mac.trim().toLowerCase());
+      if (attribute(xml, span, "type") !== "hostdev") continue;
+      const address = interfaceAddress(element);
       if (address !== null) interfaceHostdevs.push(address);
+      const nic = readInterface(element, xml.slice(span.start, span.end), ownedVfs);
+      if (nic !== null) interfaces.push({ nic, span });
     } else if (span.name === "hostdev") {
       const site = readHostdev(xml, span, owned);
       if (site !== null) hostdevs.push(site);
@@ -292,6 +328,8 @@ function locate(xml: string): Located {
     devices,
     hostdevs,
     interfaceHostdevs,
+    interfaces,
+    macs,
     bootDevices,
     guestAddresses: guestAddresses(xml, devices),
     machine: machineOf(xml, child("os")),
@@ -300,6 +338,7 @@ function locate(xml: string): Located {
     metadata,
     ours,
     records,
+    vfRecords,
   };
 }
 
@@ -307,9 +346,10 @@ function locate(xml: string): Located {
 function readOurMetadata(
   xml: string,
   metadata: XmlSpan | null,
-): { ours: OurMetadata | null; records: DeviceIdentity[] } {
+): { ours: OurMetadata | null; records: DeviceIdentity[]; vfRecords: VfIdentity[] } {
   let ours: OurMetadata | null = null;
   let records: DeviceIdentity[] = [];
+  let vfRecords: VfIdentity[] = [];
   for (const candidate of metadata?.children ?? []) {
     if (!isOurElement(xml, candidate)) continue;
     if (ours !== null) {
@@ -317,8 +357,9 @@ function readOurMetadata(
     }
     ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
     records = readRecords(xml, candidate);
+    vfRecords = readVfRecords(xml, candidate);
   }
-  return { ours, records };
+  return { ours, records, vfRecords };
 }
 
 /** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
@@ -456,6 +497,15 @@ function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
   return records;
 }
 
+/** The `<passthrough:interface>` records of our element (older versions wrote none). */
+function readVfRecords(xml: string, ours: XmlSpan): VfIdentity[] {
+  const element = read(xml, ours);
+  const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
+  return element.children.filter((c) => c.name === `${prefix}interface`).map((c) =>
+    readVfRecord(c.attributes, (why) => errorAt(xml, ours.start, why))
+  );
+}
+
 /**
  * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
  * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) are not
@@ -487,6 +537,9 @@ export function parseDomainXml(xml: string): ParsedDomain {
     hostdevs: located.hostdevs.map((site) => site.hostdev),
     records: located.records,
     interfaceHostdevs: located.interfaceHostdevs,
+    interfaces: located.interfaces.map((site) => site.nic),
+    vfRecords: located.vfRecords,
+    macs: located.macs,
     bootDevices: located.bootDevices,
     guestAddresses: located.guestAddresses,
     machine: located.machine,
@@ -609,7 +662,11 @@ function hostdevLines(spec: HostdevSpec): string[] {
 }
 
 /** Lines of our metadata element. */
-function metadataLines(records: DeviceIdentity[], created: string | null): string[] {
+function metadataLines(
+  records: DeviceIdentity[],
+  vfRecords: readonly VfIdentity[],
+  created: string | null,
+): string[] {
   const marker = created === null ? "" : ` created='${escapeXmlAttribute(created)}'`;
   const lines = [`<passthrough:hostdevs xmlns:passthrough='${METADATA_NAMESPACE}'${marker}>`];
   for (const record of records) {
@@ -620,16 +677,20 @@ function metadataLines(records: DeviceIdentity[], created: string | null): strin
     }
     lines.push(`  <passthrough:device${attrs}/>`);
   }
+  for (const record of vfRecords) {
+    lines.push(`  <passthrough:interface${vfRecordAttributes(record)}/>`);
+  }
   lines.push(`</passthrough:hostdevs>`);
   return lines;
 }
 
-function recordsKey(records: DeviceIdentity[]): string {
-  return JSON.stringify(
+function recordsKey(records: DeviceIdentity[], vfRecords: readonly VfIdentity[]): string {
+  return JSON.stringify([
     records
       .map((r) => Object.keys(RECORD_ATTRIBUTES).map((k) => r[k as keyof DeviceIdentity]))
       .sort((x, y) => (JSON.stringify(x) < JSON.stringify(y) ? -1 : 1)),
-  );
+    vfRecords.map(vfRecordAttributes).sort(),
+  ]);
 }
 
 interface Splice {
@@ -743,6 +804,7 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   const createdBefore = [...created].sort().join(" ");
   const { removing, removedSpans } = sitesToRemove(located, edit.remove);
   const moved = moveSplices(located, edit.move ?? [], removing);
+  const vfRecords = edit.vfRecords ?? located.vfRecords;
   const lines = [
     ...controllerLines(located, edit.addControllers ?? []),
     ...linesToAdd(located, edit.add, moved.present),
@@ -753,16 +815,19 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
       located,
       removedSpans,
       created,
-      emptied: edit.records.length === 0 && lines.length === 0,
+      emptied: edit.records.length === 0 && vfRecords.length === 0 && lines.length === 0,
     }),
     ...additionSplices(xml, { located, removedSpans, created, lines }),
   ];
+  const any = edit.records.length + vfRecords.length > 0;
   const recordsChanged = located.ours === null
-    ? edit.records.length > 0
-    : recordsKey(edit.records) !== recordsKey(located.records);
-  const markerChanged = edit.records.length > 0 && [...created].sort().join(" ") !== createdBefore;
+    ? any
+    : recordsKey(edit.records, vfRecords) !== recordsKey(located.records, located.vfRecords);
+  const markerChanged = any && [...created].sort().join(" ") !== createdBefore;
   if (recordsChanged || markerChanged) {
-    splices.push(...metadataSplices(xml, { located, records: edit.records, created, newline }));
+    splices.push(
+      ...metadataSplices(xml, { located, records: edit.records, vfRecords, created, newline }),
+    );
   }
   if (splices.length === 0) return xml;
   return applySplices(xml, splices);
@@ -773,9 +838,13 @@ function sitesToRemove(
   located: Located,
   remove: readonly PciAddress[],
 ): { removing: Set<PciAddress>; removedSpans: Set<XmlSpan> } {
-  const byAddress = new Map<PciAddress, HostdevSite[]>();
-  for (const site of located.hostdevs) {
-    byAddress.set(site.hostdev.address, [...(byAddress.get(site.hostdev.address) ?? []), site]);
+  const byAddress = new Map<PciAddress, { owned: boolean; span: XmlSpan }[]>();
+  const sites = [
+    ...located.hostdevs.map((s) => ({ address: s.hostdev.address, owned: s.hostdev.owned, ...s })),
+    ...located.interfaces.map((s) => ({ address: s.nic.address, owned: s.nic.owned, ...s })),
+  ];
+  for (const site of sites) {
+    byAddress.set(site.address, [...(byAddress.get(site.address) ?? []), site]);
   }
   const removing = new Set<PciAddress>();
   const removedSpans = new Set<XmlSpan>();
@@ -791,7 +860,7 @@ function sitesToRemove(
       );
     }
     for (const site of sites) {
-      if (!site.hostdev.owned) {
+      if (!site.owned) {
         throw new DomainEditError(
           `Cannot remove hostdev "${address}" from "${located.name}": it was not added by passthrough`,
           address,
@@ -832,7 +901,8 @@ function moveSplices(
   removing: ReadonlySet<PciAddress>,
 ): { splices: Splice[]; present: Set<PciAddress> } {
   const present = new Set(
-    located.hostdevs.map((s) => s.hostdev.address).filter((a) => !removing.has(a)),
+    [...located.hostdevs.map((s) => s.hostdev.address), ...located.interfaceHostdevs]
+      .filter((a) => !removing.has(a)),
   );
   const splices: Splice[] = [];
   for (const move of moves) {
@@ -885,7 +955,7 @@ function linesToAdd(
       );
     }
     present.add(address);
-    lines.push(...hostdevLines(spec));
+    lines.push(...(spec.interface === undefined ? hostdevLines(spec) : interfaceLines(spec)));
   }
   return lines;
 }
@@ -965,9 +1035,10 @@ function onlyWhitespaceBesides(
 
 function metadataSplices(
   xml: string,
-  { located, records, created, newline }: {
+  { located, records, vfRecords, created, newline }: {
     located: Located;
     records: DeviceIdentity[];
+    vfRecords: VfIdentity[];
     created: Set<CreatedToken>;
     newline: string;
   },
@@ -978,12 +1049,12 @@ function metadataSplices(
     return tokens === "" ? null : tokens;
   };
   if (ours !== null) {
-    if (records.length > 0) {
+    if (records.length + vfRecords.length > 0) {
       const indent = lineIndent(xml, ours.span.start) ?? "";
       return [{
         start: ours.span.start,
         end: ours.span.end,
-        text: indentLines(metadataLines(records, marker()), indent, newline),
+        text: indentLines(metadataLines(records, vfRecords, marker()), indent, newline),
       }];
     }
     // Remove our element; and restore the <metadata> we created or opened, when it is left empty.
@@ -999,7 +1070,7 @@ function metadataSplices(
     const [start, end] = removalRange(xml, ours.span);
     return [{ start, end, text: "" }];
   }
-  if (records.length === 0) return [];
+  if (records.length + vfRecords.length === 0) return [];
   if (metadata !== null) {
     if (metadata.selfClosing) created.add("metadata-self-closing");
     const after = metadata.children.at(-1) ?? null;
@@ -1007,7 +1078,7 @@ function metadataSplices(
       appendChild(xml, located, {
         parent: metadata,
         after,
-        lines: metadataLines(records, marker()),
+        lines: metadataLines(records, vfRecords, marker()),
       }),
     ];
   }
@@ -1015,7 +1086,7 @@ function metadataSplices(
   const unit = indentUnit(xml, root);
   const lines = [
     "<metadata>",
-    ...metadataLines(records, marker()).map((l) => unit + l),
+    ...metadataLines(records, vfRecords, marker()).map((l) => unit + l),
     "</metadata>",
   ];
   // libvirt's schema interleaves <domain>'s children, so any place is valid; libvirt itself

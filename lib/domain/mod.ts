@@ -11,6 +11,7 @@ export {
   type DomainEdit,
   DomainEditError,
   type DomainHostdev,
+  type DomainInterface,
   type DomainPinning,
   DomainXmlError,
   editDomainXml,

@@ -13,7 +13,8 @@
  */
 
 import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
-import type { DeviceIdentity } from "../plan/types.ts";
+import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
+import { vfMismatch } from "./vf_check.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/discover.ts";
 import { METADATA_NAMESPACE, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
@@ -98,6 +99,8 @@ interface Passed {
 interface DomainFacts {
   passed: Passed[];
   records: DeviceIdentity[];
+  /** The recorded VFs of `vf:` rules' interfaces. */
+  vfRecords: VfIdentity[];
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];
 }
@@ -140,6 +143,7 @@ function readDomain(xml: string): DomainFacts {
   return {
     passed: [...passed.values()].sort((a, b) => comparePciAddress(a.address, b.address)),
     records: strict?.records ?? [],
+    vfRecords: strict?.vfRecords ?? [],
     unreadable,
   };
 }
@@ -219,19 +223,22 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       ? null
       : hostCriticalReason(device, { matchedCards, hostUse });
     const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
-    if (device !== null && !replaced && hostNeeds === null) continue;
+    const vf = facts.vfRecords.find((r) => r.address === address && element === "interface");
+    const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
+    if (device !== null && !replaced && hostNeeds === null && vfWrong === null) continue;
     const refusal: GuardRefusal = {
       vm,
-      kind: device === null ? "missing" : replaced ? "replaced" : "host-needs",
+      kind: device === null ? "missing" : replaced || vfWrong !== null ? "replaced" : "host-needs",
       address,
       element,
       now: device === null ? null : now(device),
-      recorded,
+      // For a VF that is no longer the recorded one: its PF's recorded identity.
+      recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
       hostNeeds,
       reason: "",
       fix,
     };
-    refusal.reason = describeRefusal(refusal);
+    refusal.reason = vfWrong ?? describeRefusal(refusal);
     refusals.push(refusal);
   }
   return refusals;

@@ -7,6 +7,7 @@
  */
 
 import type { Config } from "../config/config.ts";
+import type { ParsedDomain } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
@@ -52,10 +53,11 @@ function heldDevices(
   previous: ReadonlyMap<string, VmResolution>,
 ): Map<string, PciAddress[]> {
   const held = new Map<string, PciAddress[]>();
-  for (const [name, { hostdevs, fixed }] of survey.holdings) {
+  for (const [name, { hostdevs, fixed, ownedInterfaces }] of survey.holdings) {
     if (hostdevs === null) continue;
     const claimed = new Set(previous.get(name)?.closure.devices.map((c) => c.device.address));
-    const kept = hostdevs.filter((h) =>
+    const all = [...hostdevs, ...ownedInterfaces.map((address) => ({ address, owned: true }))];
+    const kept = all.filter((h) =>
       !planned.has(name) || !h.owned || (refused.has(name) && !claimed.has(h.address))
     );
     held.set(name, [...kept.map((h) => h.address), ...fixed]);
@@ -141,9 +143,15 @@ export function planUntilSettled(input: SettleInput): Settled {
   const planned = new Set(input.selected);
   const editable = [...survey.editable];
   const records = new Map(editable.map(([n, e]) => [n, e.domain.records]));
-  const current = new Map(
-    editable.map(([n, e]) => [n, new Set(e.domain.hostdevs.map((h) => h.address))]),
-  );
+  const holds = (d: ParsedDomain) => [...d.hostdevs.map((h) => h.address), ...d.interfaceHostdevs];
+  const current = new Map(editable.map(([n, e]) => [n, new Set(holds(e.domain))]));
+  const vfRecords = new Map(editable.map(([n, e]) => [n, e.domain.vfRecords]));
+  const holdings = [...survey.holdings];
+  const occupied = new Map(holdings.map(([n, h]) => [
+    n,
+    new Set([...(h.hostdevs ?? []).map((d) => d.address), ...h.fixed, ...h.ownedInterfaces]),
+  ]));
+  const macs = new Map(holdings.map(([n, h]) => [n, h.macs]));
   const context = {
     host,
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
@@ -154,7 +162,14 @@ export function planUntilSettled(input: SettleInput): Settled {
   let previous = new Map<string, VmResolution>();
   for (;;) {
     const held = heldDevices(survey, planned, refused, previous);
-    const resolved = resolveConfig(input.effective, host, { records, current, held });
+    const resolved = resolveConfig(input.effective, host, {
+      records,
+      current,
+      held,
+      occupied,
+      macs,
+      vfRecords,
+    });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
     previous = resolved;
     const now = vms.filter((vm) => vm.errors.length > 0).map((vm) => vm.name);

@@ -21,6 +21,7 @@
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { sameIdentity } from "../resolve/match.ts";
 import { editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
+import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning } from "./issues.ts";
@@ -261,7 +262,8 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     stales.push({ from: have.address, record, now });
   }
   locateCards(plan, stales, input, names);
-  const others = plan.errors.length + stales.length + input.needed.length - 1;
+  const nics = staleInterfaces(plan.name, domain, byAddress);
+  const others = plan.errors.length + stales.length + nics.issues.length + input.needed.length - 1;
   const stand = others > 0 ? ` even while the other refusals of "${plan.name}" stand` : "";
   const first: PlanIssue[] = [];
   for (const have of domain.hostdevs) {
@@ -274,7 +276,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   for (const needed of input.needed.filter((n) => n.kind === "interface")) {
     first.push(neededIssue(plan.name, needed, stand));
   }
-  plan.errors.unshift(...first);
+  plan.errors.unshift(...first, ...nics.issues);
   plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
   plan.keep = [...plan.hostdevs];
   const move: MovedHostdev[] = stales.flatMap((s) =>
@@ -286,6 +288,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   const remove = [
     ...stales.filter((s) => !movedTo.has(s.from)).map((s) => s.from),
     ...input.needed.filter((n) => n.kind === "owned").map((n) => n.address),
+    ...nics.remove,
   ].sort(comparePciAddress);
   if (remove.length === 0 && move.length === 0) return plan;
   const gone = new Set(remove);
@@ -300,6 +303,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
       remove,
       add: [],
       records,
+      vfRecords: domain.vfRecords.filter((r) => !gone.has(r.address)),
       move: move.map(({ from, to }) => ({ from, to })),
     }),
   };

@@ -8,9 +8,16 @@
 import type { Config, VmConfig } from "../config/config.ts";
 import { closeOverGroups, type ClosureResult } from "../resolve/closure.ts";
 import { resolveRule, type RuleResolution } from "../resolve/match.ts";
+import {
+  pfInClosure,
+  resolveVfRule,
+  type VfChoice,
+  type VfContext,
+  vfContext,
+} from "../resolve/vf.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
-import type { DeviceIdentity, PlanIssue } from "./types.ts";
+import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
 
 /** What one VM's rules resolve to on a host, before looking at its domain XML. */
 export interface VmResolution {
@@ -24,6 +31,8 @@ export interface VmResolution {
   errors: PlanIssue[];
   /** Closure warnings (no FLR, host driver in use, ...). */
   warnings: PlanIssue[];
+  /** The VF each `vf:` rule took, by the VF's address (written as an interface). */
+  vfs: Map<PciAddress, VfChoice>;
 }
 
 /** Inputs of {@link resolveConfig} beyond the config and host. */
@@ -38,6 +47,15 @@ export interface ResolveOptions {
    * planned ones. They count for group conflicts.
    */
   held?: ReadonlyMap<string, readonly PciAddress[]>;
+  /**
+   * Everything each domain's definitions hold now, owned or not, by domain: a `vf: any` rule
+   * takes a VF none holds (its own VF aside).
+   */
+  occupied?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /** The MACs of every domain's interfaces now, by domain: `mac: auto` avoids them. */
+  macs?: ReadonlyMap<string, readonly string[]>;
+  /** Per VM: the VFs recorded in its domain (keeps a `vf: any` rule on its VF, follows its PF). */
+  vfRecords?: ReadonlyMap<string, readonly VfIdentity[]>;
 }
 
 /**
@@ -84,19 +102,31 @@ export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings:
 }
 
 /** One VM's rules resolved and closed over IOMMU groups, with its own issues. */
-function resolveVm(vm: VmConfig, host: HostTopology, options: ResolveOptions): VmResolution {
+function resolveVm(
+  vm: VmConfig,
+  host: HostTopology,
+  options: ResolveOptions,
+  vfContext: VfContext,
+): VmResolution {
   const records = options.records?.get(vm.name) ?? [];
   const current = options.current?.get(vm.name);
-  const rules = vm.rules.map((rule) =>
-    resolveRule(rule, host, current === undefined ? { records } : { records, current })
-  );
+  const match = current === undefined ? { records } : { records, current };
+  const vfs = new Map<PciAddress, VfChoice>();
+  const rules = vm.rules.map((rule) => {
+    if (rule.vf === undefined) return resolveRule(rule, host, match);
+    const { resolution, choice } = resolveVfRule(rule, host, vfContext, match);
+    if (choice !== null) vfs.set(choice.vf.address, choice);
+    return resolution;
+  });
   const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
+  closure.reasoning.unshift(...[...vfs.values()].map((c) => c.why));
   const errors = [
     ...rules.flatMap((r) => r.issue ? [r.issue] : []),
     ...closure.errors,
+    ...pfInClosure(vm.name, vfs, closure),
     ...inconsistentGroupErrors(vm.name, closure, host),
   ];
-  return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings] };
+  return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings], vfs };
 }
 
 /**
@@ -160,7 +190,13 @@ export function resolveConfig(
   host: HostTopology,
   options: ResolveOptions = {},
 ): Map<string, VmResolution> {
-  const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options)]));
+  // One context for every VM: two `vf: any` rules never take the same VF or MAC.
+  const vf = vfContext({
+    ...(options.occupied ? { occupied: options.occupied } : {}),
+    ...(options.macs ? { macs: options.macs } : {}),
+    ...(options.vfRecords ? { records: options.vfRecords } : {}),
+  });
+  const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
   for (const [vm, issues] of findConflicts(out, options.held ?? new Map(), host)) {
     out.get(vm)?.errors.push(...issues);
   }

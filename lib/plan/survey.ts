@@ -44,10 +44,15 @@ export interface Holding {
   /** PCI hostdevs of its parsed persistent definition; `null` when it could not be parsed. */
   hostdevs: DomainHostdev[] | null;
   /**
-   * Devices it holds whatever the plan does: `<interface type='hostdev'>` devices, or the lenient
-   * scan's addresses of a definition the strict reader refuses; then live-only devices.
+   * Devices it holds whatever the plan does: hand-written `<interface type='hostdev'>` devices,
+   * or the lenient scan's addresses of a definition the strict reader refuses; then live-only
+   * devices.
    */
   fixed: PciAddress[];
+  /** Its owned `<interface type='hostdev'>` VFs: released or kept like owned hostdevs. */
+  ownedInterfaces: PciAddress[];
+  /** The MACs of its interfaces (persistent and live). */
+  macs: string[];
 }
 
 /** What {@link surveyWorld} finds. Plain data. */
@@ -110,7 +115,7 @@ function surveyDomain(
   context: { configured: ReadonlySet<string>; limited: boolean; liveWarnings: PlanIssue[] },
 ): void {
   const { name, persistent, live } = snapshot;
-  const holding: Holding = { hostdevs: null, fixed: [] };
+  const holding: Holding = { hostdevs: null, fixed: [], ownedInterfaces: [], macs: [] };
   let defined: PciAddress[] = [];
   if (persistent.kind === "read-failed") {
     // What it holds is unknown: planning as if it held nothing could give its devices away.
@@ -128,14 +133,18 @@ function surveyDomain(
   } else {
     const { xml, domain } = persistent;
     holding.hostdevs = domain.hostdevs;
-    holding.fixed.push(...domain.interfaceHostdevs);
+    const owned = new Set(domain.interfaces.filter((i) => i.owned).map((i) => i.address));
+    holding.fixed.push(...domain.interfaceHostdevs.filter((a) => !owned.has(a)));
+    holding.ownedInterfaces.push(...owned);
+    holding.macs.push(...domain.macs);
     defined = [...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs];
     if (context.configured.has(name)) survey.editable.set(name, { xml, domain });
-    else if (!context.limited && domain.records.length > 0) {
+    else if (!context.limited && domain.records.length + domain.vfRecords.length > 0) {
       survey.editable.set(name, { xml, domain });
       survey.orphans.push(name);
     }
   }
+  if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));
     survey.errors.push(...extra.errors);

@@ -39,7 +39,9 @@ export type IssueCode =
   | "live-only-hostdev"
   | "boot-order-conflict"
   | "guard-refused"
-  | "host-needed";
+  | "host-needed"
+  | "vf-unavailable"
+  | "mac-conflict";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {
@@ -122,6 +124,30 @@ export interface DeviceIdentity {
   rule: string;
 }
 
+/**
+ * An SR-IOV virtual function passed as `<interface type='hostdev'>`, recorded in the domain's
+ * `<metadata>` (a `<passthrough:interface>` element beside the `<passthrough:device>` ones): a
+ * VF's address follows its PF's, so what identifies it is its PF's identity and its index.
+ */
+export interface VfIdentity {
+  /** The VF's canonical address when recorded: the interface's `<source><address>`. */
+  address: PciAddress;
+  /** The index of the VF on its PF (the PF's `virtfnN` link). */
+  index: number;
+  /** The MAC the interface was written with (lower case, colons). */
+  mac: string;
+  /** The PF's identity (its address, IDs, serial and driver) and the rule that owns the VF. */
+  pf: DeviceIdentity;
+}
+
+/** The guest NIC settings of a hostdev written as `<interface type='hostdev'>`. */
+export interface InterfaceSpec {
+  /** `<mac address>`: lower case, colons. */
+  mac: string;
+  /** `<vlan>`: its tags and whether it is a trunk; absent: no `<vlan>`. */
+  vlan?: { tags: number[]; trunk: boolean };
+}
+
 /** How one hostdev is written into the domain. */
 export interface HostdevSpec {
   /** Canonical host address of the device, written as the hostdev's `<source><address>`. */
@@ -150,6 +176,11 @@ export interface HostdevSpec {
     function: number;
     multifunction?: boolean;
   };
+  /**
+   * Written as `<interface type='hostdev'>` with this MAC and VLAN instead of a `<hostdev>` (an
+   * SR-IOV VF of a `vf:` rule). Absent: a `<hostdev>`.
+   */
+  interface?: InterfaceSpec;
 }
 
 /** Why a device is in a VM's desired set. */
@@ -169,6 +200,8 @@ export interface PlannedHostdev {
   spec: HostdevSpec;
   /** What is recorded in the domain's `<metadata>` to recognise the card on the next run. */
   identity: DeviceIdentity;
+  /** For a VF of a `vf:` rule (an interface): its PF, index and MAC, recorded instead. */
+  vf?: VfIdentity;
   /** Short description for humans (`10de:2684 VGA compatible controller`). */
   description: string;
 }

@@ -29,8 +29,23 @@ import { findMovedCard } from "./moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
 import type { HostFacts } from "../host/preflight.ts";
+import {
+  interfaceChanged,
+  interfaceSpecOf,
+  ownedInterface,
+  releasedInterfaces,
+  vfRecordOf,
+} from "./interfaces.ts";
 import type { VmResolution } from "./resolve.ts";
-import type { DeviceIdentity, HostdevSpec, PlanIssue, PlannedHostdev, VmPlan } from "./types.ts";
+import type {
+  DeviceIdentity,
+  HostdevSpec,
+  PlanIssue,
+  PlannedHostdev,
+  VfIdentity,
+  VmPlan,
+} from "./types.ts";
+import type { VfChoice } from "../resolve/vf.ts";
 
 /** What {@link planVm} needs besides the VM's definition and resolution. */
 export interface VmContext {
@@ -57,6 +72,10 @@ interface Edit {
   readonly remove: Set<PciAddress>;
   /** The new metadata records. */
   readonly records: DeviceIdentity[];
+  /** The VF each `vf:` rule takes, by address: written as interfaces. */
+  readonly vfs: ReadonlyMap<PciAddress, VfChoice>;
+  /** The new VF records. */
+  readonly vfRecords: VfIdentity[];
 }
 
 /**
@@ -207,7 +226,23 @@ function takeWanted(edit: Edit): void {
       plan.reasoning.push(
         `${address} (rule "${closed.rule.name}") is already in "${plan.name}" as ${as}: kept as written, ${not}`,
       );
-    if (have === undefined && domain.interfaceHostdevs.includes(address)) {
+    const choice = edit.vfs.get(address);
+    const nic = ownedInterface(domain, address);
+    const rewrite = (why: string) => {
+      edit.remove.add(address);
+      edit.toAdd.push(closed);
+      plan.reasoning.push(`${address}: ${why} (rule "${closed.rule.name}"), rewritten`);
+    };
+    if (choice !== undefined && (nic !== undefined || have?.owned === true)) {
+      // Our interface, kept or rewritten; or our hostdev of a VF a `vf:` rule now takes.
+      edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
+      if (nic === undefined) rewrite("hostdev now taken as an interface");
+      else if (interfaceChanged(nic, specOf(edit, closed))) rewrite("interface changed");
+    } else if (have === undefined && nic !== undefined) {
+      // Our interface of a VF a rule now takes as a plain hostdev.
+      edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
+      rewrite("interface now taken as a hostdev");
+    } else if (have === undefined && domain.interfaceHostdevs.includes(address)) {
       kept("an <interface type='hostdev'>", "not added twice");
     } else if (have === undefined) edit.toAdd.push(closed);
     else if (!have.owned) kept("a hand-added hostdev", "not taken over");
@@ -215,9 +250,20 @@ function takeWanted(edit: Edit): void {
   }
 }
 
+/** The spec of a wanted device: an interface for a `vf:` rule's VF. */
+function specOf(edit: Edit, closed: ClosedDevice, spec = specFor(closed, edit.firstMatched)) {
+  const choice = edit.vfs.get(closed.device.address);
+  if (choice !== undefined) spec.interface = interfaceSpecOf(closed, choice);
+  return spec;
+}
+
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
 function releaseUnwanted(edit: Edit, context: VmContext): void {
   const { plan, domain } = edit;
+  const released = releasedInterfaces(plan.name, domain, edit.vfs);
+  for (const address of released.remove) edit.remove.add(address);
+  plan.warnings.push(...released.notes);
+  plan.reasoning.push(...released.reasoning);
   const claimed = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     if (!have.owned || edit.desired.has(have.address)) continue;
@@ -260,6 +306,7 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
 }
 
 function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHostdev {
+  const choice = edit.vfs.get(closed.device.address);
   return {
     address: closed.device.address,
     rule: closed.rule.name,
@@ -268,6 +315,9 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
     spec,
     identity: identityOf(closed.device, closed.rule.name, edit.domain.records),
     description: describe(closed.device),
+    ...(choice === undefined
+      ? {}
+      : { vf: vfRecordOf(choice, closed.rule.name, edit.domain.vfRecords) }),
   };
 }
 
@@ -324,7 +374,10 @@ function movesInPlace(
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
   for (const closed of toAdd) {
-    if (!remove.has(closed.device.address)) {
+    const choice = edit.vfs.get(closed.device.address);
+    if (choice !== undefined && !remove.has(closed.device.address)) {
+      edit.vfRecords.push(vfRecordOf(choice, closed.rule.name, domain.vfRecords));
+    } else if (!remove.has(closed.device.address)) {
       edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
@@ -334,6 +387,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     domain,
     plan.reasoning,
   );
+  for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
   keepGuestAddressOfMoves(plan, domain, specs);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
@@ -346,9 +400,13 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     plan.add.push(planned(closed, specs.get(closed.device.address)!, edit));
   }
   plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
-  plan.keep = domain.hostdevs.map((h) => h.address).filter((a) => !remove.has(a)).sort();
+  plan.keep = [
+    ...domain.hostdevs.map((h) => h.address),
+    ...domain.interfaces.filter((i) => i.owned).map((i) => i.address),
+  ].filter((a) => !remove.has(a)).sort();
   plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
   edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
@@ -357,6 +415,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     remove: [...remove].filter((a) => !from.has(a)),
     add: toAdd.filter((c) => !to.has(c.device.address)).map((c) => specs.get(c.device.address)!),
     records: edit.records,
+    vfRecords: edit.vfRecords,
     move: inPlace,
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
@@ -415,6 +474,8 @@ export function planVm(
     toAdd: [],
     remove: new Set(),
     records: [],
+    vfs: resolution.vfs,
+    vfRecords: [],
   };
   takeWanted(edit);
   releaseUnwanted(edit, context);

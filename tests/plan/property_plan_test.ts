@@ -44,6 +44,8 @@ const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "vm-not-in-config",
   "vm-running",
   "boot-order-conflict",
+  "vf-unavailable",
+  "mac-conflict",
 ]);
 
 /** Device kinds and the IDs they may carry (few, so identical cards and ambiguity happen). */
@@ -126,7 +128,14 @@ const scenarioArb: fc.Arbitrary<Scenario> = hostArb.chain((host) => {
     iommuGroup: fc.constantFrom(undefined, true, false),
     allowHostCritical: fc.boolean(),
     allowNoFlr: fc.boolean(),
+    vf: fc.nat(2).map((n) => n === 0),
   }).map((r) => {
+    // On a host with SR-IOV NICs, one rule in three takes any VF of one, as an interface.
+    const pfs = devices.filter((d) => d.virtfns.length > 0);
+    if (r.vf && pfs.length > 0) {
+      const pf = pfs[r.device % pfs.length]!;
+      return { match: { address: pf.address }, vf: "any", interface: { vlan: 10 } };
+    }
     const d = devices[r.device]!;
     const match: Record<string, string> = r.byClassOnly
       ? { class: d.classCode.slice(0, 4) }
@@ -202,10 +211,11 @@ function effectiveHostdevs(plan: Plan, s: Scenario): Map<string, PciAddress[]> {
   for (const vm of plan.vms) {
     if (!s.domains.includes(vm.name)) continue;
     const applies = plan.errors.length === 0 && vm.errors.length === 0;
-    held.set(
-      vm.name,
-      parseDomainXml(applies ? vm.desiredXml : vm.currentXml).hostdevs.map((h) => h.address),
-    );
+    const parsed = parseDomainXml(applies ? vm.desiredXml : vm.currentXml);
+    held.set(vm.name, [
+      ...parsed.hostdevs.map((h) => h.address),
+      ...parsed.interfaces.map((i) => i.address),
+    ]);
   }
   return held;
 }
@@ -214,6 +224,7 @@ Deno.test("planHostdevs() on random hosts, configs and worlds: no bridge, no spl
   let runs = 0;
   let applied = 0;
   let refusals = 0;
+  let interfaces = 0;
   const property = fc.asyncProperty(scenarioArb, async (s) => {
     runs++;
     const config = parseConfig(JSON.stringify(s.config), { file: "random.yaml" });
@@ -269,10 +280,16 @@ Deno.test("planHostdevs() on random hosts, configs and worlds: no bridge, no spl
         if (vm.changed && vm.errors.length === 0) {
           port.define(vm.desiredXml);
           defined.push(vm.name);
+          interfaces += vm.add.filter((a) => a.spec.interface !== undefined).length;
         }
       }
     }
     applied += defined.length;
+    // No two interfaces share a MAC.
+    const macs = plan.vms.flatMap((vm) =>
+      s.domains.includes(vm.name) ? parseDomainXml(vm.desiredXml).macs : []
+    );
+    assertEquals(new Set(macs).size, macs.length, `MACs given twice: ${macs.join(", ")}`);
     const again = planHostdevs({ config, host: s.host, libvirt: port });
     for (const vm of again.vms) {
       if (defined.includes(vm.name)) {
@@ -290,6 +307,7 @@ Deno.test("planHostdevs() on random hosts, configs and worlds: no bridge, no spl
   }
   // The generator must reach both outcomes, or the property proves little.
   assertOk(applied > 0 && refusals > 0, `applied ${applied}, refusals ${refusals}`);
+  assertOk(interfaces > 0, "no vf: interface was applied");
   recordCase({
     area: "property",
     name: "random configs x random hosts x random worlds: plan invariants and convergence",

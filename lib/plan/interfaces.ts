@@ -1,0 +1,143 @@
+/**
+ * The per-VM edit of `vf:` rules' interfaces: what `lib/plan/vm_edit.ts` does for a VF passed as
+ * `<interface type='hostdev'>` rather than a `<hostdev>`. Owned interfaces (listed in our
+ * metadata) are kept, rewritten when their settings changed, or removed; hand-written ones are
+ * never touched. Pure.
+ *
+ * @module
+ */
+
+import type { DomainInterface, ParsedDomain } from "../domain/domain_xml.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
+import type { ClosedDevice } from "../resolve/closure.ts";
+import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import { type VfChoice, virtualFunctions } from "../resolve/vf.ts";
+import { describe } from "./issues.ts";
+import type { DeviceIdentity, HostdevSpec, InterfaceSpec, PlanIssue, VfIdentity } from "./types.ts";
+
+/** The interface settings a VF choice is written with. */
+export function interfaceSpecOf(closed: ClosedDevice, choice: VfChoice): InterfaceSpec {
+  const vlan = closed.rule.interface?.vlan;
+  return {
+    mac: choice.mac,
+    ...(vlan === undefined ? {} : { vlan: { tags: [...vlan.tags], trunk: vlan.trunk } }),
+  };
+}
+
+/** The record of a VF choice: the PF's identity, the VF's index, address and MAC. */
+export function vfRecordOf(
+  choice: VfChoice,
+  rule: string,
+  records: readonly VfIdentity[],
+): VfIdentity {
+  const { pf } = choice;
+  // The PF stays on its host driver; a recorded one still wins if it was seen on vfio once.
+  const driver = pf.driver !== null && VFIO_DRIVERS.has(pf.driver)
+    ? recordedDriver(pf, records.map((r) => r.pf)) ?? pf.driver
+    : pf.driver;
+  const identity: DeviceIdentity = {
+    address: pf.address,
+    vendorId: pf.vendorId,
+    deviceId: pf.deviceId,
+    subsystemVendorId: pf.subsystemVendorId,
+    subsystemDeviceId: pf.subsystemDeviceId,
+    classCode: pf.classCode,
+    serial: pf.serial,
+    driver,
+    rule,
+  };
+  return { address: choice.vf.address, index: choice.index, mac: choice.mac, pf: identity };
+}
+
+/** Whether an owned interface differs from what its spec writes (MAC, VLAN, managed, boot, ROM). */
+export function interfaceChanged(nic: DomainInterface, spec: HostdevSpec): boolean {
+  const want = spec.interface;
+  if (want === undefined) return true;
+  const vlan = (v: { tags: number[]; trunk: boolean } | null | undefined) =>
+    v === null || v === undefined || v.tags.length === 0 ? "" : `${v.tags.join(",")}/${v.trunk}`;
+  return nic.mac !== want.mac || vlan(nic.vlan) !== vlan(want.vlan) ||
+    nic.managed !== spec.managed || (nic.bootOrder ?? null) !== (spec.bootOrder ?? null) ||
+    nic.romBar !== (spec.rom?.bar ?? null) || nic.romFile !== (spec.rom?.file ?? null);
+}
+
+/** The owned interface of `domain` at `address`, if any. */
+export function ownedInterface(
+  domain: ParsedDomain,
+  address: PciAddress,
+): DomainInterface | undefined {
+  return domain.interfaces.find((i) => i.owned && i.address === address);
+}
+
+/**
+ * The owned interfaces no wanted VF keeps: removed. One whose rule now takes the same VF index
+ * at another address (its PF moved) says so, as a `moved` note.
+ */
+export function releasedInterfaces(
+  vm: string,
+  domain: ParsedDomain,
+  wanted: ReadonlyMap<PciAddress, VfChoice>,
+): { remove: PciAddress[]; notes: PlanIssue[]; reasoning: string[] } {
+  const out = { remove: [] as PciAddress[], notes: [] as PlanIssue[], reasoning: [] as string[] };
+  for (const nic of domain.interfaces) {
+    if (!nic.owned || wanted.has(nic.address)) continue;
+    out.remove.push(nic.address);
+    const record = domain.vfRecords.find((r) => r.address === nic.address);
+    const now = [...wanted.values()].find((c) =>
+      record !== undefined && c.index === record.index && c.pf.address !== record.pf.address
+    );
+    if (record === undefined || now === undefined) continue;
+    const rule = record.pf.rule;
+    out.notes.push({
+      code: "moved",
+      message:
+        `VF ${record.index} of "${vm}" (rule "${rule}") moved with its physical function from ${record.pf.address} to ${now.pf.address}: the interface follows it, ${nic.address} becomes ${now.vf.address}`,
+      vm,
+      rule,
+      devices: [nic.address, now.vf.address],
+      info: true,
+    });
+    out.reasoning.push(
+      `Moved VF ${record.index} from ${nic.address} to ${now.vf.address}, its PF from ${record.pf.address} to ${now.pf.address} (rule "${rule}")`,
+    );
+  }
+  return out;
+}
+
+/**
+ * The owned interfaces of a refused VM whose address is no longer the recorded VF: nothing is
+ * there, it is no VF, its PF is another card, or it is another index of the PF. Each is a `drift`
+ * refusal; the VM's repair removes them, as it removes stale hostdevs.
+ */
+export function staleInterfaces(
+  vm: string,
+  domain: ParsedDomain,
+  byAddress: ReadonlyMap<PciAddress, PciDevice>,
+): { remove: PciAddress[]; issues: PlanIssue[] } {
+  const out = { remove: [] as PciAddress[], issues: [] as PlanIssue[] };
+  for (const nic of domain.interfaces) {
+    const record = domain.vfRecords.find((r) => r.address === nic.address);
+    if (!nic.owned || record === undefined) continue;
+    const now = byAddress.get(nic.address);
+    const pf = now?.physfn == null ? undefined : byAddress.get(now.physfn);
+    const why = now === undefined
+      ? "nothing is there now"
+      : pf === undefined
+      ? `it holds ${describe(now)}, no VF`
+      : !sameIdentity(record.pf, pf)
+      ? `it is a VF of ${pf.address}, which holds ${describe(pf)}`
+      : virtualFunctions(pf).indexOf(nic.address) !== record.index
+      ? `it is VF ${virtualFunctions(pf).indexOf(nic.address)} of ${pf.address} now`
+      : null;
+    if (why === null) continue;
+    out.remove.push(nic.address);
+    out.issues.push({
+      code: "drift",
+      message:
+        `Interface ${nic.address} of "${vm}" was recorded as VF ${record.index} of ${record.pf.vendorId}:${record.pf.deviceId} at ${record.pf.address} (rule "${record.pf.rule}") but ${why}: it is removed even while the refusals below stand, so that the next start cannot hand that device to the guest`,
+      vm,
+      rule: record.pf.rule,
+      devices: [nic.address],
+    });
+  }
+  return out;
+}

@@ -1,0 +1,371 @@
+/**
+ * `vf:` rules: the rule's match names an SR-IOV physical function (resolved like any rule, so an
+ * ambiguous one lists its candidates) and the VM gets one of its virtual functions, passed as
+ * `<interface type='hostdev'>` with a MAC that stays the same from plan to plan.
+ *
+ * A VF's address is derived from its PF's (First VF Offset and VF Stride of the PF's SR-IOV
+ * capability), so it moves when the PF moves: what identifies a VF is its PF's identity and its
+ * index, both recorded in the domain's metadata. Pure.
+ *
+ * @module
+ */
+
+import type { DeviceRule } from "../config/config.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { comparePciAddress } from "../pci/address.ts";
+import type { PlanIssue, VfIdentity } from "../plan/types.ts";
+import type { ClosureResult } from "./closure.ts";
+import {
+  distinguishingCriteria,
+  type MatchOptions,
+  resolveRule,
+  type RuleResolution,
+  sameIdentity,
+  toCandidate,
+} from "./match.ts";
+
+/** The VF a `vf:` rule of a VM resolved to, and how it is passed. */
+export interface VfChoice {
+  /** The physical function the rule matched. */
+  pf: PciDevice;
+  /** The virtual function taken. */
+  vf: PciDevice;
+  /** Its index on the PF (`virtfnN`). */
+  index: number;
+  /** The MAC it is written with (lower case, colons). */
+  mac: string;
+  /** How the choice was made, for the plan's reasoning. */
+  why: string;
+}
+
+/** What choosing VFs across the VMs of one resolution shares. */
+export interface VfContext {
+  /** Every domain's devices now (hostdevs, interfaces, live ones), by domain name. */
+  occupied: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /** Every domain's interface MACs now, by domain name. */
+  macs: ReadonlyMap<string, readonly string[]>;
+  /** The VF records of each VM's domain, by name. */
+  records: ReadonlyMap<string, readonly VfIdentity[]>;
+  /** VFs chosen so far in this resolution, each with the VM and rule that took it. */
+  claimedVfs: Map<PciAddress, string>;
+  /** MACs chosen so far in this resolution, each with the VM and rule that took it. */
+  claimedMacs: Map<string, string>;
+}
+
+/**
+ * A fresh {@link VfContext} over what the domains hold now.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(vfContext({}).claimedVfs.size, 0);
+ * ```
+ */
+export function vfContext(from: {
+  occupied?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  macs?: ReadonlyMap<string, readonly string[]>;
+  records?: ReadonlyMap<string, readonly VfIdentity[]>;
+}): VfContext {
+  return {
+    occupied: from.occupied ?? new Map(),
+    macs: from.macs ?? new Map(),
+    records: from.records ?? new Map(),
+    claimedVfs: new Map(),
+    claimedMacs: new Map(),
+  };
+}
+
+// A rule with `vf:` matches physical functions only: the same host without its VFs, built once.
+const PF_VIEWS = new WeakMap<HostTopology, HostTopology>();
+
+function physicalFunctions(host: HostTopology): HostTopology {
+  let view = PF_VIEWS.get(host);
+  if (view === undefined) {
+    view = { ...host, devices: host.devices.filter((d) => d.physfn === null) };
+    PF_VIEWS.set(host, view);
+  }
+  return view;
+}
+
+/**
+ * The PF's VFs by index. VF `i`'s routing ID is the PF's plus First VF Offset plus `i` times VF
+ * Stride, so the order of the addresses is the order of the indexes: `virtfnN` is the N-th.
+ */
+export function virtualFunctions(pf: PciDevice): PciAddress[] {
+  return [...pf.virtfns].sort(comparePciAddress);
+}
+
+/** FNV-1a, 64 bits: a stable hash with no I/O (planning is synchronous and pure). */
+function fnv1a64(text: string): bigint {
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(text)) {
+    hash ^= BigInt(byte);
+    hash = (hash * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash;
+}
+
+/**
+ * The MAC `mac: auto` gives attempt `attempt` of VM `vm`'s rule `rule` on a host: locally
+ * administered (bit 1 of the first byte set) and unicast (bit 0 clear), so it can clash with no
+ * vendor's MAC. The same inputs always give the same MAC.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const mac = autoMac("host", "web", "uplink", 0);
+ * assertEquals(mac, autoMac("host", "web", "uplink", 0));
+ * assertEquals(parseInt(mac.slice(0, 2), 16) & 3, 2);
+ * ```
+ */
+export function autoMac(hostKey: string, vm: string, rule: string, attempt: number): string {
+  const hash = fnv1a64(`${hostKey}\0${vm}\0${rule}\0${attempt}`);
+  const bytes = Array.from({ length: 6 }, (_, i) => Number((hash >> BigInt(8 * (5 - i))) & 0xffn));
+  bytes[0] = (bytes[0]! & 0xfc) | 0x02;
+  return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");
+}
+
+/** Where a rule's issue points. */
+function base(rule: DeviceRule) {
+  return { vm: rule.vm, rule: rule.name, location: rule.location };
+}
+
+/** The domain (or VM and rule) holding `address`, other than `rule`'s own VF; `null`: free. */
+function holderOf(
+  address: PciAddress,
+  rule: DeviceRule,
+  own: PciAddress | null,
+  context: VfContext,
+  host: HostTopology,
+): string | null {
+  const claimed = context.claimedVfs.get(address);
+  if (claimed !== undefined) return claimed;
+  for (const [domain, held] of context.occupied) {
+    if (!held.has(address)) continue;
+    if (domain === rule.vm && address === own) continue;
+    return domain === rule.vm ? `"${domain}" (another device of it)` : `"${domain}"`;
+  }
+  const use = host.hostUse?.find((u) => u.address === address);
+  return use === undefined ? null : `the host (${use.reason}: ${use.detail})`;
+}
+
+/**
+ * The recorded VF of this rule whose PF is `pf`: the same identity, and the same address or a
+ * serial number or the only such device on the host (the PF moved: its VF is re-derived).
+ */
+function recordFor(
+  rule: DeviceRule,
+  pf: PciDevice,
+  host: HostTopology,
+  context: VfContext,
+): VfIdentity | undefined {
+  return (context.records.get(rule.vm) ?? []).find((r) =>
+    r.pf.rule === rule.name && sameIdentity(r.pf, pf) &&
+    (r.pf.address === pf.address || r.pf.serial !== null ||
+      host.devices.filter((d) => sameIdentity(r.pf, d)).length === 1)
+  );
+}
+
+/** Raise-`sriov_numvfs` advice for `pf`. */
+function numvfsHint(pf: PciDevice, wanted: number): string {
+  const path = `/sys/bus/pci/devices/${pf.address}`;
+  return `raise ${path}/sriov_numvfs to ${wanted} or more (at most ${path}/sriov_totalvfs; set it to 0 first), or free a VF`;
+}
+
+/** The index a rule takes on `pf`, or the `vf-unavailable` refusal. */
+function chooseIndex(
+  rule: DeviceRule,
+  pf: PciDevice,
+  vfs: readonly PciAddress[],
+  record: VfIdentity | undefined,
+  env: { host: HostTopology; context: VfContext },
+): { index: number; why: string } | PlanIssue {
+  const refuse = (message: string): PlanIssue => ({
+    code: "vf-unavailable",
+    message,
+    ...base(rule),
+    devices: [pf.address],
+  });
+  const what = `Rule "${rule.name}" of VM "${rule.vm}"`;
+  if (typeof rule.vf === "number") {
+    if (rule.vf < vfs.length) return { index: rule.vf, why: "the index the rule names" };
+    return refuse(
+      `${what} asks for VF ${rule.vf} of ${pf.address}, which has ${vfs.length} VFs enabled: ${
+        numvfsHint(pf, rule.vf + 1)
+      }`,
+    );
+  }
+  const own = record?.address ?? null;
+  const holder = (i: number) => holderOf(vfs[i]!, rule, own, env.context, env.host);
+  if (record !== undefined && record.index < vfs.length && holder(record.index) === null) {
+    return { index: record.index, why: "the VF it holds already" };
+  }
+  const free = vfs.findIndex((_, i) => holder(i) === null);
+  if (free >= 0) return { index: free, why: "the lowest free VF" };
+  const held = vfs.map((a, i) => `${i} (${a}) by ${holder(i)}`).join(", ");
+  return refuse(
+    `${what} asks for any free VF of ${pf.address}, but ${
+      vfs.length === 0 ? "it has no VF enabled" : `all ${vfs.length} are taken: ${held}`
+    }: ${numvfsHint(pf, vfs.length + 1)}`,
+  );
+}
+
+/** The MAC of the rule's interface, or the `mac-conflict` refusal. */
+function chooseMac(
+  rule: DeviceRule,
+  pf: PciDevice,
+  host: HostTopology,
+  context: VfContext,
+): string | PlanIssue {
+  const record = (context.records.get(rule.vm) ?? []).find((r) => r.pf.rule === rule.name);
+  const taken = (mac: string): string | null => {
+    const claimed = context.claimedMacs.get(mac);
+    if (claimed !== undefined) return claimed;
+    for (const [domain, macs] of context.macs) {
+      if (domain === rule.vm && mac === record?.mac) continue;
+      if (macs.includes(mac)) return `"${domain}"`;
+    }
+    return null;
+  };
+  const given = rule.interface?.mac ?? "auto";
+  if (given !== "auto") {
+    const holder = taken(given);
+    if (holder === null) return given;
+    return {
+      code: "mac-conflict",
+      message:
+        `Rule "${rule.name}" of VM "${rule.vm}" sets MAC ${given}, which ${holder} already uses: two NICs with one MAC break both; give another MAC, or "mac: auto"`,
+      ...base(rule),
+    };
+  }
+  if (record !== undefined && taken(record.mac) === null) return record.mac;
+  // The PF's serial (most NICs derive it from their own MAC) tells hosts apart; the source too.
+  const hostKey = `${pf.serial ?? ""}\0${host.source}`;
+  for (let attempt = 0;; attempt++) {
+    const mac = autoMac(hostKey, rule.vm, rule.name, attempt);
+    if (taken(mac) === null) return mac;
+  }
+}
+
+/** `ambiguous`: the rule matches several PFs in one IOMMU group, where it takes one. */
+function severalPfs(rule: DeviceRule, pfs: readonly PciDevice[]): PlanIssue {
+  const separators = distinguishingCriteria(
+    pfs.map((d) => ({ group: d.iommuGroup, devices: [d] })),
+  );
+  return {
+    code: "ambiguous",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${pfs.length} physical functions (${
+      pfs.map((d) => d.address).join(", ")
+    }) but takes a VF of one: narrow it with ${separators.map((s) => `"${s}"`).join(" or ")}`,
+    ...base(rule),
+    devices: pfs.map((d) => d.address),
+    candidates: pfs.map(toCandidate),
+  };
+}
+
+/**
+ * Resolves a `vf:` rule: its PF (among the host's physical functions), then the VF it takes
+ * (the index given; or for `any` the VF it holds already, else the lowest free one), and its
+ * MAC. The resolution names the VF as the rule's one device, so it is closed over its IOMMU group
+ * and checked for conflicts like any device. Records the choice in `context`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { parseConfig } from "../config/config.ts";
+ * import { topologyFromDescription } from "../testing/host_description.ts";
+ * const blank = { subsystem_vendor: null, subsystem_device: null, driver: null, revision: null };
+ * const host = topologyFromDescription({ devices: [
+ *   { bdf: "0000:07:00.0", group: 7, class: "0x020000", vendor: "0x8086", device: "0x10c9", ...blank },
+ *   { bdf: "0000:07:10.0", group: 8, class: "0x020000", vendor: "0x8086", device: "0x10ca",
+ *     physfn: "0000:07:00.0", ...blank },
+ *   { bdf: "0000:07:10.2", group: 9, class: "0x020000", vendor: "0x8086", device: "0x10ca",
+ *     physfn: "0000:07:00.0", ...blank },
+ * ] }, { source: "example" });
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: 8086:10c9 }\n" +
+ *     "        vf: any\n",
+ *   { file: "c.yaml" },
+ * );
+ * const context = vfContext({ occupied: new Map([["other", new Set(["0000:07:10.0"])]]) });
+ * const { resolution, choice } = resolveVfRule(config.vms[0]!.rules[0]!, host, context);
+ * assertEquals([resolution.devices.map((d) => d.address), choice?.index], [["0000:07:10.2"], 1]);
+ * ```
+ */
+export function resolveVfRule(
+  rule: DeviceRule,
+  host: HostTopology,
+  context: VfContext,
+  options: MatchOptions = {},
+): { resolution: RuleResolution; choice: VfChoice | null } {
+  const refused = (issue: PlanIssue) => ({
+    resolution: { rule, devices: [], units: [], issue },
+    choice: null,
+  });
+  const pfs = resolveRule(rule, physicalFunctions(host), options);
+  if (pfs.issue !== null) return { resolution: pfs, choice: null };
+  if (pfs.devices.length !== 1) return refused(severalPfs(rule, pfs.devices));
+  const pf = pfs.devices[0]!;
+  const heldBy = [...context.occupied].filter(([, held]) => held.has(pf.address)).map(([d]) => d);
+  if (heldBy.length > 0) {
+    return refused({
+      code: "sriov-split",
+      message: `Rule "${rule.name}" of VM "${rule.vm}" takes a VF of ${pf.address}, which "${
+        heldBy[0]
+      }" holds as a device: passing a physical function to a guest destroys its VFs; leave ${pf.address} with the host`,
+      ...base(rule),
+      devices: [pf.address],
+      vms: [...new Set([rule.vm, ...heldBy])].sort(),
+    });
+  }
+  const vfs = virtualFunctions(pf);
+  const record = recordFor(rule, pf, host, context);
+  const index = chooseIndex(rule, pf, vfs, record, { host, context });
+  if ("code" in index) return refused(index);
+  const vf = host.devices.find((d) => d.address === vfs[index.index]);
+  if (vf === undefined) throw new Error(`Internal error: VF ${vfs[index.index]} is not a device`);
+  const mac = chooseMac(rule, pf, host, context);
+  if (typeof mac !== "string") return refused(mac);
+  const who = `"${rule.vm}" (rule "${rule.name}")`;
+  context.claimedVfs.set(vf.address, who);
+  context.claimedMacs.set(mac, who);
+  const moved = record !== undefined && record.address !== vf.address
+    ? `; it was ${record.address}, its PF was ${record.pf.address}: the interface follows it`
+    : "";
+  return {
+    resolution: {
+      rule,
+      devices: [vf],
+      units: [{ group: vf.iommuGroup, devices: [vf] }],
+      issue: null,
+    },
+    choice: {
+      pf,
+      vf,
+      index: index.index,
+      mac,
+      why:
+        `VF ${index.index} of ${pf.address} (rule "${rule.name}"): ${vf.address}, ${index.why}, as <interface type='hostdev'> with MAC ${mac}${moved}`,
+    },
+  };
+}
+
+/**
+ * `sriov-split` for a VF whose own IOMMU group holds its PF (no ACS between them): closing over
+ * the group would hand the guest the PF too, which destroys the VF.
+ */
+export function pfInClosure(
+  vm: string,
+  choices: ReadonlyMap<PciAddress, VfChoice>,
+  closure: ClosureResult,
+): PlanIssue[] {
+  const taken = new Set(closure.devices.map((c) => c.device.address));
+  return [...choices.values()].filter((c) => taken.has(c.pf.address)).map((c) => ({
+    code: "sriov-split" as const,
+    message:
+      `VF ${c.vf.address} of VM "${vm}" shares IOMMU group ${c.vf.iommuGroup} with its physical function ${c.pf.address}, which would go to the guest with it and destroy the VF: this host cannot pass the VF alone (no ACS between them)`,
+    vm,
+    devices: [c.pf.address, c.vf.address],
+    ...(c.vf.iommuGroup === null ? {} : { group: c.vf.iommuGroup }),
+  }));
+}

@@ -1,0 +1,79 @@
+// `vf:` and `interface:` of a rule: normalised, and every mistake reported at its place.
+
+import { assertEquals } from "../helpers/assert.ts";
+import { ConfigErrors, parseConfig } from "../../lib/config/config.ts";
+
+function parse(rule: string) {
+  return parseConfig(
+    `version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: "8086:10c9" }\n${rule}`,
+    { file: "c.yaml" },
+  ).vms[0]!.rules[0]!;
+}
+
+/** Each error as `line:col path: start of the message`. */
+function errors(rule: string): string[] {
+  try {
+    parse(rule);
+  } catch (error) {
+    if (!(error instanceof ConfigErrors)) throw error;
+    return error.errors.map((e) =>
+      `${e.line}:${e.column} ${e.path}: ${e.message.split(" at ")[0]}`
+    );
+  }
+  throw new Error("expected the config to be refused");
+}
+
+Deno.test("parseConfig() reads vf: and interface:, normalising the MAC and the VLAN", () => {
+  const any = parse("        vf: any\n        interface: { mac: auto, vlan: 20 }\n");
+  assertEquals([any.vf, any.interface], ["any", {
+    mac: "auto",
+    vlan: { tags: [20], trunk: false },
+  }]);
+  const given = parse(
+    '        vf: 3\n        interface: { mac: "52-54-00-AB-CD-EF", vlan: { tags: [10, 20] } }\n',
+  );
+  assertEquals([given.vf, given.interface], [
+    3,
+    { mac: "52:54:00:ab:cd:ef", vlan: { tags: [10, 20], trunk: true } },
+  ]);
+  const trunk = parse("        vf: 0\n        interface: { vlan: { tags: [7], trunk: true } }\n");
+  assertEquals(trunk.interface, { mac: "auto", vlan: { tags: [7], trunk: true } });
+  // vf: alone passes the VF as an interface with an automatic MAC.
+  assertEquals(parse("        vf: any\n").interface, { mac: "auto" });
+  // No vf: the rule is as before.
+  const plain = parse("");
+  assertEquals([plain.vf, plain.interface], [undefined, undefined]);
+});
+
+Deno.test("parseConfig() reports vf:/interface: mistakes with their place and a hint", () => {
+  assertEquals(errors("        interface: { mac: auto }\n"), [
+    '6:9 vms.vm.devices[0].interface: c.yaml:6:9: An "interface:" passes an SR-IOV virtual function: the rule has no "vf:"',
+  ]);
+  assertEquals(errors("        vf: some\n"), [
+    '6:13 vms.vm.devices[0].vf: c.yaml:6:13: Invalid value "some": expected one of "any"',
+  ]);
+  assertEquals(errors("        vf: -1\n"), [
+    "6:13 vms.vm.devices[0].vf: c.yaml:6:13: Value -1 is too small: the minimum is 0",
+  ]);
+  assertEquals(errors("        vf: any\n        count: 2\n"), [
+    '7:9 vms.vm.devices[0].count: c.yaml:7:9: A "vf:" rule takes one virtual function of one physical function: "count" does not apply',
+  ]);
+  assertEquals(errors('        vf: 0\n        interface: { mac: "01:00:5e:00:00:01" }\n'), [
+    '7:27 vms.vm.devices[0].interface.mac: c.yaml:7:27: Invalid MAC "01:00:5e:00:00:01": a multicast address, which no NIC can have',
+  ]);
+  assertEquals(errors('        vf: 0\n        interface: { mac: "52:54:00:12:34" }\n'), [
+    '7:27 vms.vm.devices[0].interface.mac: c.yaml:7:27: Invalid mac "52:54:00:12:34"',
+  ]);
+  assertEquals(errors("        vf: 0\n        interface: { vlan: 4096 }\n"), [
+    "7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Value 4096 is too large: the maximum is 4095",
+  ]);
+  assertEquals(
+    errors("        vf: 0\n        interface: { vlan: { tags: [1, 2], trunk: false } }\n"),
+    [
+      "7:51 vms.vm.devices[0].interface.vlan.trunk: c.yaml:7:51: Several VLAN tags need a trunk: the guest must see which VLAN a frame is on",
+    ],
+  );
+  assertEquals(errors('        vf: 0\n        interface: { vlan: "20" }\n'), [
+    '7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Expected an integer or a mapping, found the string "20"',
+  ]);
+});

@@ -1,0 +1,86 @@
+// The start guard on recorded VFs (`vf:` rules' interfaces), over sysfs trees whose VFs carry
+// `physfn` and `virtfnN` links, read through the real file-system reader: a VF's address is
+// derived from its PF's, so the address must still be VF N of a PF with the recorded identity.
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import { config, domainXml, vmOf } from "../helpers/plan_world.ts";
+import { dataWorld } from "../helpers/world.ts";
+import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { checkDomainStart, type GuardRefusal } from "../../lib/guard/check.ts";
+import { planWorld } from "../../lib/plan/plan.ts";
+
+const RULE = config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9" }
+        vf: 1
+        interface: { mac: auto, vlan: 20 }
+`);
+
+/** The XML `vf: 1` is written with on a tree of `devices` (discovered from the tree). */
+async function plannedXml(devices: HostDeviceDescription[]): Promise<string> {
+  await using tree = await tempHostTree({ devices, host_use: [] });
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  const plan = planWorld({ config: RULE, host, world: dataWorld({ a }) });
+  const vm = vmOf(plan, "a");
+  assertEquals([vm.errors, vm.add.map((x) => x.address)], [[], ["0000:07:10.2"]]);
+  return vm.desiredXml;
+}
+
+/** The guard's refusals for `xml` at a start on a tree of `devices`. */
+async function check(xml: string, devices: HostDeviceDescription[]): Promise<GuardRefusal[]> {
+  await using tree = await tempHostTree({ devices, host_use: [] });
+  return checkDomainStart({
+    vm: "a",
+    xml,
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+  });
+}
+
+Deno.test("guard: a recorded VF starts while its address is VF N of the recorded PF", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  assertEquals(await check(xml, sriovNic("07", 4)), []);
+});
+
+Deno.test("guard: a recorded VF whose PF is another card now is refused", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  const other = sriovNic("07", 4, { device: "0x1528", serial: "00-1b-21-ff-ff-00-00-01" });
+  const [refusal, ...rest] = await check(xml, other);
+  assertEquals([rest, refusal?.kind, refusal?.element], [[], "replaced", "interface"]);
+  assertEquals(refusal?.recorded?.deviceId, "10c9");
+  assertMatch(
+    refusal!.reason,
+    /interface 0000:07:10\.2 is a VF of 0000:07:00\.0, which holds 8086:1528, recorded as VF 1 of 8086:10c9/,
+  );
+});
+
+Deno.test("guard: a recorded VF whose address is another index of its PF now is refused", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  // The same PF with a VF stride of 1: 07:10.2 is its VF 2, VF 1 sits at 07:10.1.
+  const [pf, ...vfs] = sriovNic("07", 4);
+  const restrided = [pf!, ...vfs.map((vf, i) => ({ ...vf, bdf: `0000:07:10.${i}` }))];
+  const [refusal] = await check(xml, restrided);
+  assertEquals(refusal?.kind, "replaced");
+  assertMatch(
+    refusal!.reason,
+    /is not VF 1 of 0000:07:00\.0 \(virtfn1 leads to 0000:07:10\.1\)/,
+  );
+});
+
+Deno.test("guard: a recorded VF address that holds no VF, or nothing, is refused", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  // SR-IOV turned off, another function at the old VF's address.
+  const [pf, first, second] = sriovNic("07", 4);
+  const plain = { ...second!, physfn: null, device: "0x10d3" };
+  const [notVf] = await check(xml, [pf!, { ...first!, physfn: null }, plain]);
+  assertMatch(notVf!.reason, /is no virtual function now \(no physfn link\)/);
+  const [gone] = await check(xml, [pf!]);
+  assertEquals(gone?.kind, "missing");
+});

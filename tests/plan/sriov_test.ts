@@ -1,0 +1,399 @@
+/**
+ * `vf:` rules: an SR-IOV VF of a PF known by its identity, passed as `<interface type='hostdev'>`
+ * with a stable MAC and VLAN. Pure planner tests over planWorld() (no libvirt), and the written
+ * definitions defined through the real libvirt.so.0 test driver with schema validation.
+ */
+
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { config, domainXml, vmOf, withPort } from "../helpers/plan_world.ts";
+import { type DataDomain, dataWorld } from "../helpers/world.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
+import type { Plan } from "../../lib/plan/types.ts";
+import type { Config } from "../../lib/config/config.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import { autoMac } from "../../lib/resolve/vf.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { generateHost } from "../../lib/testing/host_generator.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+
+function sriovHost(bus = "07", vfs = 4): HostTopology {
+  return topologyFromDescription({ devices: sriovNic(bus, vfs) }, { source: "sriov-test" });
+}
+
+const UPLINK = (vm: string, vf = "any", nic = "{ mac: auto, vlan: 20 }") =>
+  `  ${vm}:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9" }
+        vf: ${vf}
+        interface: ${nic}
+`;
+
+const A = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+const B = domainXml("b", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0b");
+
+function plan(cfg: Config, host: HostTopology, domains: Record<string, DataDomain>): Plan {
+  return planWorld({ config: cfg, host, world: dataWorld(domains) });
+}
+
+/** Each VM's domain as the plan would leave it (its desired XML), for the next round. */
+function applied(p: Plan): Record<string, string> {
+  return Object.fromEntries(p.vms.map((vm) => [vm.name, vm.desiredXml]));
+}
+
+Deno.test("vf: any gives two VMs different VFs of one PF, as interfaces with MAC and VLAN", () => {
+  const p = plan(config(UPLINK("a") + UPLINK("b")), sriovHost(), { a: A, b: B });
+  const [a, b] = [vmOf(p, "a"), vmOf(p, "b")];
+  assertEquals([a.errors, b.errors], [[], []]);
+  assertEquals(a.add.map((x) => [x.address, x.vf?.index, x.vf?.pf.address]), [
+    ["0000:07:10.0", 0, "0000:07:00.0"],
+  ]);
+  assertEquals(b.add.map((x) => [x.address, x.vf?.index]), [["0000:07:10.2", 1]]);
+  const parsed = parseDomainXml(a.desiredXml);
+  assertEquals(parsed.hostdevs, []);
+  assertEquals(
+    parsed.interfaces.map((i) => [i.address, i.owned, i.managed, i.vlan]),
+    [["0000:07:10.0", true, true, { tags: [20], trunk: false }]],
+  );
+  assertEquals(parsed.vfRecords.map((r) => [r.address, r.index, r.pf.address, r.pf.rule]), [
+    ["0000:07:10.0", 0, "0000:07:00.0", "uplink"],
+  ]);
+  // Locally administered, unicast, and not the other VM's.
+  const mac = parsed.interfaces[0]!.mac!;
+  assertEquals(parseInt(mac.slice(0, 2), 16) & 3, 2);
+  assertOk(mac !== parseDomainXml(b.desiredXml).interfaces[0]?.mac);
+  assertMatch(a.desiredXml, /<vlan>\s*<tag id='20'\/>\s*<\/vlan>/);
+  assertOk(a.reasoning.some((r) => r.includes("VF 0 of 0000:07:00.0")), a.reasoning.join("\n"));
+});
+
+Deno.test("vf: the VF and MAC stay the same across plans and after applying", () => {
+  const cfg = config(UPLINK("a") + UPLINK("b"));
+  const first = plan(cfg, sriovHost(), { a: A, b: B });
+  const again = plan(cfg, sriovHost(), { a: A, b: B });
+  assertEquals(applied(again), applied(first));
+  // Applied, then planned with the VMs listed the other way: nothing moves, nothing changes.
+  const swapped = config(UPLINK("b") + UPLINK("a"));
+  const second = plan(swapped, sriovHost(), applied(first));
+  for (const vm of second.vms) {
+    assertEquals([vm.name, vm.errors, vm.changed, vm.add], [vm.name, [], false, []]);
+  }
+  assertEquals(vmOf(second, "a").keep, ["0000:07:10.0"]);
+  assertEquals(applied(second), applied(first));
+});
+
+Deno.test("vf: any keeps the VF it holds when a lower one becomes free", () => {
+  const z = (extra: string) => domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", extra);
+  const first = plan(config(UPLINK("a")), sriovHost(), { a: A, z: z(HAND_WRITTEN) });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:07:10.2"]);
+  // z lets VF 0 go: a stays on VF 1 rather than moving its NIC.
+  const second = plan(config(UPLINK("a")), sriovHost(), { a: applied(first).a!, z: z("") });
+  assertEquals([vmOf(second, "a").changed, vmOf(second, "a").keep], [false, ["0000:07:10.2"]]);
+});
+
+Deno.test("vf: an explicit VF index is taken, a given MAC and a VLAN trunk are written", () => {
+  const nic = '{ mac: "52:54:00:AB:CD:01", vlan: { tags: [10, 20] } }';
+  const p = plan(config(UPLINK("a", "2", nic)), sriovHost(), { a: A });
+  const a = vmOf(p, "a");
+  assertEquals(a.add.map((x) => [x.address, x.spec.interface]), [
+    ["0000:07:10.4", { mac: "52:54:00:ab:cd:01", vlan: { tags: [10, 20], trunk: true } }],
+  ]);
+  assertMatch(a.desiredXml, /<vlan trunk='yes'>\s*<tag id='10'\/>\s*<tag id='20'\/>/);
+});
+
+Deno.test("vf: a changed VLAN rewrites the owned interface, keeping its VF and MAC", () => {
+  const first = plan(config(UPLINK("a")), sriovHost(), { a: A });
+  const before = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!;
+  const p = plan(config(UPLINK("a", "any", "{ vlan: 30 }")), sriovHost(), applied(first));
+  const a = vmOf(p, "a");
+  assertEquals([a.remove, a.add.map((x) => x.address)], [["0000:07:10.0"], ["0000:07:10.0"]]);
+  const after = parseDomainXml(a.desiredXml).interfaces;
+  assertEquals(after.map((i) => [i.address, i.mac, i.vlan?.tags]), [
+    [before.address, before.mac, [30]],
+  ]);
+});
+
+Deno.test("vf: a PF that moved is followed, the VF re-derived by index, the MAC kept", () => {
+  const first = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
+  const mac = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!.mac;
+  // The card went to another slot: PF 0000:09:00.0, its VFs on bus 09.
+  const p = plan(config(UPLINK("a", "1")), sriovHost("09"), applied(first));
+  const a = vmOf(p, "a");
+  assertEquals(a.errors, []);
+  assertEquals([a.remove, a.add.map((x) => x.address)], [["0000:07:10.2"], ["0000:09:10.2"]]);
+  const moved = a.warnings.find((w) => w.code === "moved");
+  assertEquals(moved?.devices, ["0000:07:10.2", "0000:09:10.2"]);
+  const parsed = parseDomainXml(a.desiredXml);
+  assertEquals(parsed.interfaces.map((i) => [i.address, i.mac]), [["0000:09:10.2", mac]]);
+  assertEquals(parsed.vfRecords.map((r) => [r.index, r.pf.address]), [[1, "0000:09:00.0"]]);
+  // Also with vf: any: the VF it held is found again through its PF's identity.
+  const anyFirst = plan(config(UPLINK("a")), sriovHost("07"), { a: A });
+  const anyMoved = plan(config(UPLINK("a")), sriovHost("09"), applied(anyFirst));
+  assertEquals(vmOf(anyMoved, "a").add.map((x) => [x.address, x.vf?.index]), [[
+    "0000:09:10.0",
+    0,
+  ]]);
+});
+
+const HAND_WRITTEN = `
+      <interface type='hostdev' managed='yes'>
+        <mac address='52:54:00:00:00:99'/>
+        <source>
+          <address type='pci' domain='0x0000' bus='0x07' slot='0x10' function='0x0'/>
+        </source>
+      </interface>`;
+
+Deno.test("vf: a hand-written interface is never touched, and its VF and MAC count as taken", () => {
+  const handA = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a", HAND_WRITTEN);
+  // b's any VF skips a's hand-written VF 0.
+  const p = plan(config(UPLINK("b", "any", '{ mac: "52:54:00:00:00:98" }')), sriovHost(), {
+    a: handA,
+    b: B,
+  });
+  assertEquals(vmOf(p, "b").add.map((x) => x.address), ["0000:07:10.2"]);
+  // A rule of a naming that VF keeps the element as written and records nothing.
+  const own = plan(config(UPLINK("a", "0")), sriovHost(), { a: handA });
+  const a = vmOf(own, "a");
+  assertEquals([a.errors, a.changed, a.add], [[], false, []]);
+  assertOk(a.reasoning.some((r) => r.includes("kept as written")));
+  // No rule at all: the hand-written interface stays too.
+  const none = plan(config("  a:\n    devices: []\n"), sriovHost(), { a: handA });
+  assertEquals(vmOf(none, "a").changed, false);
+  // A given MAC another domain's interface uses is refused.
+  const clash = plan(config(UPLINK("b", "any", '{ mac: "52:54:00:00:00:99" }')), sriovHost(), {
+    a: handA,
+    b: B,
+  });
+  assertEquals(vmOf(clash, "b").errors.map((e) => e.code), ["mac-conflict"]);
+});
+
+Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
+  const taken = autoMac("00-1b-21-ff-ff-a0-b1-c2\0sriov-test", "a", "uplink", 0);
+  const other = domainXml(
+    "z",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f",
+    `\n      <interface type='network'><mac address='${taken}'/><source network='default'/></interface>`,
+  );
+  const alone = plan(config(UPLINK("a")), sriovHost(), { a: A });
+  assertEquals(vmOf(alone, "a").add[0]?.spec.interface?.mac, taken);
+  const p = plan(config(UPLINK("a")), sriovHost(), { a: A, z: other });
+  const mac = vmOf(p, "a").add[0]?.spec.interface?.mac;
+  assertEquals(mac, autoMac("00-1b-21-ff-ff-a0-b1-c2\0sriov-test", "a", "uplink", 1));
+});
+
+Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", () => {
+  const few = plan(config(UPLINK("a", "7")), sriovHost(), { a: A });
+  const [issue] = vmOf(few, "a").errors;
+  assertEquals([issue?.code, issue?.devices], ["vf-unavailable", ["0000:07:00.0"]]);
+  assertMatch(issue!.message, /has 4 VFs enabled: raise .*0000:07:00\.0\/sriov_numvfs to 8/);
+  assertMatch(issue!.message, /sriov_totalvfs/);
+  // One VF, two VMs asking for any: the second is refused, naming who holds it.
+  const one = plan(config(UPLINK("a") + UPLINK("b")), sriovHost("07", 1), { a: A, b: B });
+  assertEquals(vmOf(one, "a").errors, []);
+  assertEquals(vmOf(one, "b").errors.map((e) => e.code), ["vf-unavailable"]);
+  assertMatch(vmOf(one, "b").errors[0]!.message, /all 1 are taken: 0 \(0000:07:10\.0\) by "a"/);
+  // The PF itself in another domain's definition.
+  const pfHostdev = `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x07' slot='0x00' function='0x0'/></source>
+      </hostdev>`;
+  const split = plan(config(UPLINK("a")), sriovHost(), {
+    a: A,
+    z: domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", pfHostdev),
+  });
+  assertEquals(vmOf(split, "a").errors.map((e) => [e.code, e.vms]), [
+    ["sriov-split", ["a", "z"]],
+  ]);
+});
+
+Deno.test("vf: a VF another domain holds is refused when named by index", () => {
+  const held = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", HAND_WRITTEN);
+  const p = plan(config(UPLINK("a", "0", '{ mac: "52:54:00:00:00:01" }')), sriovHost(), {
+    a: A,
+    z: held,
+  });
+  const codes = vmOf(p, "a").errors.map((e) => e.code);
+  assertOk(codes.includes("device-assigned-twice") || codes.includes("group-shared-with-other-vm"));
+  assertEquals(vmOf(p, "a").changed, false);
+});
+
+Deno.test("vf: a PF sharing its VFs' IOMMU group (real ConnectX-4 Lx host) is refused", async () => {
+  const real = JSON.parse(
+    await Deno.readTextFile(new URL("../fixtures/hosts/c246-cx4lx-sriov.json", import.meta.url)),
+  ) as { devices: HostDeviceDescription[] };
+  // The capture shows the VFs (15b3:1016) but not their links: VFs 01:00.2-.3 are of PF .0.
+  const devices = real.devices.map((d) =>
+    d.device === "0x1016" ? { ...d, physfn: "0000:01:00.0" } : d
+  );
+  const host = topologyFromDescription({ devices }, { source: "c246" });
+  const rule = (match: string) =>
+    config(`  a:\n    devices:\n      - name: uplink\n        match: ${match}\n        vf: any\n`);
+  // Both PFs sit in group 1: the match must say which.
+  const ambiguous = plan(rule('{ vendor_device_id: "15b3:1015" }'), host, { a: A });
+  const [issue] = vmOf(ambiguous, "a").errors;
+  assertEquals(issue?.code, "ambiguous");
+  assertEquals(issue?.candidates?.map((c) => c.address), ["0000:01:00.0", "0000:01:00.1"]);
+  assertMatch(issue!.message, /narrow it with .*"address"/);
+  // Named, its VF would bring the PF along (one group): refused.
+  const named = plan(rule('{ address: "0000:01:00.0" }'), host, { a: A });
+  const codes = vmOf(named, "a").errors.map((e) => e.code);
+  assertOk(codes.includes("sriov-split"), codes.join(", "));
+});
+
+Deno.test("vf: the written definitions pass libvirt's schema (test driver, VALIDATE)", async () => {
+  const cfg = config(
+    UPLINK("a") +
+      UPLINK("b", "3", '{ mac: "52:54:00:12:34:56", vlan: { tags: [42], trunk: true } }'),
+  );
+  await withPort([A, B], (port) => {
+    const p = planHostdevs({ config: cfg, host: sriovHost(), libvirt: port });
+    for (const vm of p.vms) {
+      assertOk(vm.changed && vm.errors.length === 0, vm.name);
+      port.define(vm.desiredXml);
+      const back = parseDomainXml(port.getPersistentXml(vm.name));
+      assertEquals(
+        back.interfaces.map((i) => [i.address, i.owned, i.mac]),
+        parseDomainXml(vm.desiredXml).interfaces.map((i) => [i.address, true, i.mac]),
+      );
+    }
+    // A schema-invalid interface is refused by the same define: the check is real.
+    const broken = p.vms[0]!.desiredXml.replace("<vlan>", "<vlan bogus='1'>");
+    let refused = false;
+    try {
+      port.define(broken);
+    } catch {
+      refused = true;
+    }
+    assertOk(refused, "libvirt refused the invalid interface");
+  });
+});
+
+Deno.test("vf: on a generated host's tree, VF indexes are the PF's virtfnN links", async () => {
+  const description = generateHost(40, { vfsPerNic: 8 });
+  const pf = description.devices.find((d) => d.device === "0x1572")!.bdf;
+  await using tree = await tempHostTree(description);
+  const links = [0, 1].map((i) =>
+    Deno.readLinkSync(`${tree.dir}/bus/pci/devices/${pf}/virtfn${i}`).replace(/^.*\//, "")
+  );
+  assertEquals(Deno.readTextFileSync(`${tree.dir}/bus/pci/devices/${pf}/sriov_numvfs`), "8\n");
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const rule = (vm: string) =>
+    `  ${vm}:
+    devices:
+      - name: uplink
+        match: { address: "${pf}" }
+        vf: any
+`;
+  const p = plan(config(rule("a") + rule("b")), host, { a: A, b: B });
+  assertEquals(
+    p.vms.map((vm) => vm.add.map((x) => [x.address, x.vf?.index])),
+    [[[links[0], 0]], [[links[1], 1]]],
+  );
+});
+
+Deno.test("vf: a VM dropped from the config loses its owned interface, hand-written ones stay", () => {
+  const first = plan(config(UPLINK("a")), sriovHost(), { a: A });
+  // a's definition also gets a hand-written interface on VF 3.
+  const withHand = applied(first).a!.replace(
+    "    </devices>",
+    `  <interface type='hostdev'>
+        <source><address type='pci' domain='0x0000' bus='0x07' slot='0x10' function='0x6'/></source>
+      </interface>
+    </devices>`,
+  );
+  const p = plan(config(UPLINK("b")), sriovHost(), { a: withHand, b: B });
+  const a = vmOf(p, "a");
+  assertEquals([a.errors, a.remove], [[], ["0000:07:10.0"]]);
+  const left = parseDomainXml(a.desiredXml);
+  assertEquals([left.interfaces.map((i) => [i.address, i.owned]), left.vfRecords], [
+    [["0000:07:10.6", false]],
+    [],
+  ]);
+  // b, planned in the same run, does not take the VF a still holds until a is applied.
+  assertEquals(vmOf(p, "b").add.map((x) => x.address), ["0000:07:10.2"]);
+});
+
+Deno.test("vf: a PF another VM's rule takes is an sriov-split for both VMs", () => {
+  const z = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f");
+  const cfg = config(
+    UPLINK("a") +
+      '  z:\n    devices:\n      - name: nic\n        match: { address: "0000:07:00.0" }\n',
+  );
+  const p = plan(cfg, sriovHost(), { a: A, z });
+  for (const name of ["a", "z"]) {
+    const vm = vmOf(p, name);
+    assertEquals([vm.errors.map((e) => e.code), vm.changed], [["sriov-split"], false]);
+  }
+});
+
+Deno.test("vf: a VF the host uses is skipped by any and refused by index", () => {
+  const host = topologyFromDescription({
+    devices: sriovNic("07", 4),
+    host_use: [{ address: "0000:07:10.0", reason: "default-route", detail: "default via eth9" }],
+  }, { source: "sriov-test" });
+  const any = plan(config(UPLINK("a")), host, { a: A });
+  assertEquals(vmOf(any, "a").add.map((x) => x.address), ["0000:07:10.2"]);
+  const named = plan(config(UPLINK("a", "0")), host, { a: A });
+  assertEquals(vmOf(named, "a").errors.map((e) => e.code), ["group-contains-host-critical"]);
+});
+
+Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing them rewrites it", () => {
+  const rule = (extra: string) =>
+    config(UPLINK("a") + extra.split("\n").map((l) => l && `        ${l}`).join("\n"));
+  const first = plan(rule('boot_order: 2\nrom: { bar: "off" }\n'), sriovHost(), { a: A });
+  const nic = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!;
+  assertEquals([nic.bootOrder, nic.romBar], [2, "off"]);
+  const same = plan(rule('boot_order: 2\nrom: { bar: "off" }\n'), sriovHost(), applied(first));
+  assertEquals(vmOf(same, "a").changed, false);
+  const changed = plan(rule("boot_order: 2\n"), sriovHost(), applied(first));
+  assertEquals(vmOf(changed, "a").remove, ["0000:07:10.0"]);
+  assertEquals(parseDomainXml(vmOf(changed, "a").desiredXml).interfaces[0]?.romBar, null);
+});
+
+Deno.test("vf: a refused VM's interface that is no longer its VF is removed by the repair", () => {
+  const first = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
+  const refusedCfg = config(
+    UPLINK("a", "1") + '      - name: gpu\n        match: { vendor_device_id: "10de:9999" }\n',
+  );
+  // The same PF with a VF stride of 1: 0000:07:10.2 is its VF 2 now.
+  const [pf, ...vfs] = sriovNic("07", 4);
+  const restrided = topologyFromDescription({
+    devices: [pf!, ...vfs.map((vf, i) => ({ ...vf, bdf: `0000:07:10.${i}` }))],
+  }, { source: "sriov-test" });
+  const p = plan(refusedCfg, restrided, applied(first));
+  const a = vmOf(p, "a");
+  assertEquals(a.errors.map((e) => e.code), ["drift", "no-match"]);
+  assertMatch(a.errors[0]!.message, /recorded as VF 1 .* but it is VF 2 of 0000:07:00\.0 now/);
+  assertEquals(a.repair?.remove, ["0000:07:10.2"]);
+  const repaired = parseDomainXml(a.repair!.desiredXml);
+  assertEquals([repaired.interfaces, repaired.vfRecords], [[], []]);
+  // On the unchanged host the refused VM keeps its interface: nothing to repair.
+  const intact = plan(refusedCfg, sriovHost("07"), applied(first));
+  assertEquals([vmOf(intact, "a").errors.map((e) => e.code), vmOf(intact, "a").repair], [
+    ["no-match"],
+    undefined,
+  ]);
+});
+
+Deno.test("vf: a VF passed as a hostdev becomes an interface under a vf: rule, and back", () => {
+  const asHostdev = config(
+    '  a:\n    devices:\n      - name: uplink\n        match: { address: "0000:07:10.0" }\n',
+  );
+  const first = plan(asHostdev, sriovHost(), { a: A });
+  assertEquals(parseDomainXml(vmOf(first, "a").desiredXml).hostdevs.map((h) => h.owned), [true]);
+  const toNic = plan(config(UPLINK("a", "0")), sriovHost(), applied(first));
+  const nic = parseDomainXml(vmOf(toNic, "a").desiredXml);
+  assertEquals([nic.hostdevs, nic.records], [[], []]);
+  assertEquals(nic.interfaces.map((i) => [i.address, i.owned]), [["0000:07:10.0", true]]);
+  assertEquals(nic.vfRecords.map((r) => r.index), [0]);
+  const back = plan(asHostdev, sriovHost(), applied(toNic));
+  const dev = parseDomainXml(vmOf(back, "a").desiredXml);
+  assertEquals([dev.interfaces, dev.vfRecords], [[], []]);
+  assertEquals(dev.hostdevs.map((h) => [h.address, h.owned]), [["0000:07:10.0", true]]);
+  assertEquals(dev.records.map((r) => r.rule), ["uplink"]);
+  // Planned once more, each form is stable.
+  assertEquals(vmOf(plan(asHostdev, sriovHost(), applied(back)), "a").changed, false);
+});
