@@ -281,6 +281,37 @@ Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", asyn
   assertEquals(summary((await check(hostile)).refusals), [["missing", "0000:42:00.0"]]);
 });
 
+Deno.test("checkDomainStart() reads the records leniently: odd spelling read, damage fails closed", async () => {
+  const moved = { ...GPU, address: "0000:04:00.0" };
+  const xml = domain("vm", [hostdev(moved.address)], [moved]);
+  // Another prefix, single quotes, an entity in the namespace, and a fake record in a comment
+  // that would say the card is in place: the record is read, the card refused.
+  const odd = xml.replaceAll("pt:", "p2:").replace("xmlns:pt=", "xmlns:p2=")
+    .replaceAll('"', "'").replace("urn:passthrough", "urn&#x3a;passthrough")
+    .replace(
+      "</p2:hostdevs>",
+      `<!-- <p2:device address='0000:04:00.0' vendor='1002' device='67ff' sub` +
+        `system-vendor='1462' subsystem-device='8a91' class='030000' rule='gpu'/> --></p2:hostdevs>`,
+    );
+  assertEquals(summary((await check(odd)).refusals), [["replaced", "0000:04:00.0"]]);
+  // A record that lacks an attribute: refused as unreadable, and the address is still checked.
+  const damaged = xml.replace(' vendor="1002"', "");
+  const { refusals } = await check(
+    damaged.replace(hostdev(moved.address), hostdev("0000:42:00.0")),
+  );
+  assertEquals(summary(refusals), [["unreadable", null], ["missing", "0000:42:00.0"]]);
+  assertEquals(
+    refusals[0]!.reason,
+    'the domain XML holds passthrough records that cannot be read: a record lacks attribute "vendor"',
+  );
+  // A hostdev in a comment or CDATA is no device.
+  const commented = domain("vm", [
+    `<!-- ${hostdev("0000:42:00.0")} -->`,
+    `<![CDATA[${hostdev("0000:43:00.0")}]]>`,
+  ]);
+  assertEquals((await check(commented)).refusals, []);
+});
+
 Deno.test("checkDomainStart() survives hostile input and never echoes the XML", async () => {
   const secret = "pt-s3crt-passwd";
   const garbage = new Uint8Array(1 << 20);
