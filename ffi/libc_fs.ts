@@ -10,7 +10,8 @@
 
 import type { SysfsFile, SysfsReader } from "../lib/host/sysfs.ts";
 
-const SYMBOLS = {
+/** The C functions used, with their C result types (see {@link bindOne} for how they are bound). */
+const SIGNATURES = {
   // int openat(int dirfd, const char *pathname, int flags);
   openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // ssize_t read(int fd, void *buf, size_t count);
@@ -37,28 +38,80 @@ const SYMBOLS = {
   realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
   // int statfs(const char *path, struct statfs *buf);
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
+} as const;
 
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+type Name = keyof typeof SIGNATURES;
 
-let bound: Libc | null = null;
-let errnoView: Deno.UnsafePointerView | null = null;
+/** Each function as JavaScript calls it: integers as numbers, pointers as pointer values. */
+type Libc = {
+  [N in Name]: (
+    ...args: Deno.ToNativeParameterTypes<typeof SIGNATURES[N]["parameters"]>
+  ) => typeof SIGNATURES[N]["result"] extends "pointer" ? Deno.PointerValue : number;
+};
 
-/** libc, opened on first use (needs `--allow-ffi`) and memoised, so importing needs nothing. */
+/** Whether this machine stores integers little-endian (every target of this tool does). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Binds one libc function, with its result declared as a struct of that one integer or pointer:
+ * x86-64 (System V) and AArch64 (AAPCS64) return such a struct in the same register as the
+ * integer itself, so the value is the same. The reason: for every symbol whose types allow it,
+ * `Deno.dlopen` compiles a fast-call trampoline (Cranelift) up front, which costs far more than
+ * the few dozen calls the start hook makes in its whole life (and still more than the slower
+ * calls cost discovery); a struct type makes Deno skip it. Bound on first use for the same
+ * reason: a process pays only for the functions it calls.
+ */
+function bindOne<N extends Name>(name: N): Libc[N] {
+  const { parameters, result } = SIGNATURES[name];
+  const symbols: Deno.ForeignLibraryInterface = {
+    [name]: { parameters, result: { struct: [result] } },
+  };
+  const call = Deno.dlopen("libc.so.6", symbols).symbols[name] as unknown as (
+    ...args: unknown[]
+  ) => Uint8Array;
+  const value = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const decode = result === "i32"
+    ? (bytes: Uint8Array) => value(bytes).getInt32(0, LITTLE_ENDIAN)
+    : result === "isize"
+    ? (bytes: Uint8Array) => Number(value(bytes).getBigInt64(0, LITTLE_ENDIAN))
+    : (bytes: Uint8Array) => Deno.UnsafePointer.create(value(bytes).getBigUint64(0, LITTLE_ENDIAN));
+  return ((...args: unknown[]) => decode(call(...args))) as unknown as Libc[N];
+}
+
+/**
+ * libc's functions, each bound on first use (needs `--allow-ffi`), so importing needs nothing.
+ * `__errno_location` is bound before any other: binding runs `dlopen`, which may set errno,
+ * so it must not happen between a failed call and the reading of its errno.
+ */
+const lib = {} as Libc;
+let errnoView: Deno.UnsafePointerView | null | undefined;
+for (const name of Object.keys(SIGNATURES) as Name[]) {
+  Object.defineProperty(lib, name, {
+    configurable: true,
+    get() {
+      if (errnoView === undefined && name !== "__errno_location") errno();
+      const fn = bindOne(name);
+      Object.defineProperty(lib, name, { value: fn });
+      return fn;
+    },
+  });
+}
+
+/** The libc functions (bound lazily, see {@link bindOne}). */
 function libc(): Libc {
-  if (bound === null) {
-    bound = Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-    // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
-    // `nonblocking` run on this one, so the view is made once: a failed lookup per device is
-    // common in discovery.
-    const pointer = bound.__errno_location();
-    errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
-  }
-  return bound;
+  if (errnoView === undefined) errno();
+  return lib;
 }
 
 /** This thread's `errno`, as the last libc call left it. */
 function errno(): number {
+  if (errnoView === undefined) {
+    // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
+    // `nonblocking` run on this one, so the view is made once: a failed lookup per device is
+    // common in discovery.
+    const pointer = lib.__errno_location();
+    errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
+  }
   return errnoView === null ? 0 : errnoView.getInt32(0);
 }
 
