@@ -141,7 +141,8 @@ export function checkPermissions(stateDir: string): string[] {
  * checkout's `main.ts` or `hook/hook_check.js` beside a bundle (`deno task bundle` and
  * `scripts/bundle_bin.sh` write both: the check in chunks, so the state code's `node:` modules
  * load only when a start needs them), with `--no-config` (the check imports no package, so it
- * needs no import map, lock file or npm resolution); else of the CLI itself with `hook run`
+ * needs no import map, lock file or npm resolution) and its code compiled eagerly, so that the
+ * code cache holds all of it; else of the CLI itself with `hook run`
  * (from a checkout with its `deno.json`). Always without network or remote modules
  * (`--cached-only`) and with {@link checkPermissions}; or the compiled binary itself. The check
  * never spawns a program (the security test scans the sources for that).
@@ -171,6 +172,9 @@ export function checkCommand(
     "--no-prompt",
     ...(useConfig ? ["--config", config] : ["--no-config"]),
     "--cached-only",
+    // The check's few modules compiled whole when loaded, so Deno's code cache (in DENO_DIR)
+    // holds all their functions and a start compiles none; the CLI has too much code for that.
+    ...(entry === lean ? ["--v8-flags=--no-lazy"] : []),
     ...checkPermissions(options.stateDir),
     entry,
     ...args,
