@@ -42,65 +42,74 @@ const SIGNATURES = {
 
 type Name = keyof typeof SIGNATURES;
 
-/** Each function as JavaScript calls it: integers as numbers, pointers as pointer values. */
+/** Each function as JavaScript calls it: integers as numbers (or bigints), pointers as such. */
 type Libc = {
   [N in Name]: (
     ...args: Deno.ToNativeParameterTypes<typeof SIGNATURES[N]["parameters"]>
-  ) => typeof SIGNATURES[N]["result"] extends "pointer" ? Deno.PointerValue : number;
+  ) => typeof SIGNATURES[N]["result"] extends "pointer" ? Deno.PointerValue
+    : typeof SIGNATURES[N]["result"] extends "isize" ? number | bigint
+    : number;
 };
 
 /** Whether this machine stores integers little-endian (every target of this tool does). */
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /**
- * Binds one libc function, with its result declared as a struct of that one integer or pointer:
- * x86-64 (System V) and AArch64 (AAPCS64) return such a struct in the same register as the
- * integer itself, so the value is the same. The reason: for every symbol whose types allow it,
- * `Deno.dlopen` compiles a fast-call trampoline (Cranelift) up front, which costs far more than
- * the few dozen calls the start hook makes in its whole life (and still more than the slower
- * calls cost discovery); a struct type makes Deno skip it. Bound on first use for the same
- * reason: a process pays only for the functions it calls.
+ * Binds one libc function. `compiled`: as declared, so that `Deno.dlopen` compiles a fast-call
+ * trampoline for it (Cranelift, at bind time), worth it for discovery's thousands of calls.
+ * Otherwise with its result declared as a struct of that one integer or pointer, for which Deno
+ * compiles nothing: x86-64 (System V) and AArch64 (AAPCS64) return such a struct in the same
+ * register as the integer itself, so the value is the same, and each call is slower, which
+ * costs far less than the compilation in a process that makes a few dozen calls (the start hook).
  */
-function bindOne<N extends Name>(name: N): Libc[N] {
+function bindOne<N extends Name>(name: N, compiled: boolean): Libc[N] {
   const { parameters, result } = SIGNATURES[name];
   const symbols: Deno.ForeignLibraryInterface = {
-    [name]: { parameters, result: { struct: [result] } },
+    [name]: { parameters, result: compiled ? result : { struct: [result] } },
   };
   const call = Deno.dlopen("libc.so.6", symbols).symbols[name] as unknown as (
     ...args: unknown[]
-  ) => Uint8Array;
+  ) => unknown;
+  if (compiled) return call as Libc[N];
   const value = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const decode = result === "i32"
     ? (bytes: Uint8Array) => value(bytes).getInt32(0, LITTLE_ENDIAN)
     : result === "isize"
     ? (bytes: Uint8Array) => Number(value(bytes).getBigInt64(0, LITTLE_ENDIAN))
     : (bytes: Uint8Array) => Deno.UnsafePointer.create(value(bytes).getBigUint64(0, LITTLE_ENDIAN));
-  return ((...args: unknown[]) => decode(call(...args))) as unknown as Libc[N];
+  return ((...args: unknown[]) => decode(call(...args) as Uint8Array)) as unknown as Libc[N];
 }
 
 /**
- * libc's functions, each bound on first use (needs `--allow-ffi`), so importing needs nothing.
- * `__errno_location` is bound before any other: binding runs `dlopen`, which may set errno,
- * so it must not happen between a failed call and the reading of its errno.
+ * libc's functions, each bound on first use (needs `--allow-ffi`), so importing needs nothing and
+ * a process pays only for the functions it calls; `compiled` as in {@link bindOne}.
+ * `__errno_location` is bound before any other: binding runs `dlopen`, which may set errno, so
+ * it must not happen between a failed call and the reading of its errno.
  */
-const lib = {} as Libc;
-let errnoView: Deno.UnsafePointerView | null | undefined;
-for (const name of Object.keys(SIGNATURES) as Name[]) {
-  Object.defineProperty(lib, name, {
-    configurable: true,
-    get() {
-      if (errnoView === undefined && name !== "__errno_location") errno();
-      const fn = bindOne(name);
-      Object.defineProperty(lib, name, { value: fn });
-      return fn;
-    },
-  });
+function lazyLibc(compiled: boolean): Libc {
+  const lib = {} as Libc;
+  for (const name of Object.keys(SIGNATURES) as Name[]) {
+    Object.defineProperty(lib, name, {
+      configurable: true,
+      get() {
+        if (errnoView === undefined && name !== "__errno_location") errno();
+        const fn = bindOne(name, compiled);
+        Object.defineProperty(lib, name, { value: fn });
+        return fn;
+      },
+    });
+  }
+  return lib;
 }
 
-/** The libc functions (bound lazily, see {@link bindOne}). */
-function libc(): Libc {
+const compiledLibc = lazyLibc(true);
+const plainLibc = lazyLibc(false);
+let errnoView: Deno.UnsafePointerView | null | undefined;
+
+/** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see {@link bindOne}. */
+function libc(fewCalls = false): Libc {
   if (errnoView === undefined) errno();
-  return lib;
+  return fewCalls ? plainLibc : compiledLibc;
 }
 
 /** This thread's `errno`, as the last libc call left it. */
@@ -109,7 +118,7 @@ function errno(): number {
     // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
     // `nonblocking` run on this one, so the view is made once: a failed lookup per device is
     // common in discovery.
-    const pointer = lib.__errno_location();
+    const pointer = plainLibc.__errno_location();
     errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
   }
   return errnoView === null ? 0 : errnoView.getInt32(0);
@@ -164,7 +173,9 @@ export class LibcFsError extends Error {
 }
 
 /**
- * A {@link SysfsReader} that reads through libc. Needs `--allow-ffi` only.
+ * A {@link SysfsReader} that reads through libc. Needs `--allow-ffi` only. With `fewCalls`, for
+ * a process that reads a few dozen files in its whole life (the start hook), libc is bound
+ * without compiling fast-call trampolines, which would cost more than the reads.
  *
  * @example
  * ```ts
@@ -173,8 +184,8 @@ export class LibcFsError extends Error {
  * assertOk(reader.listDir("/sys/bus/pci/devices") !== null);
  * ```
  */
-export function libcSysfsReader(): SysfsReader {
-  const lib = libc();
+export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsReader {
+  const lib = libc(options.fewCalls);
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
   let buffer = new Uint8Array(16384);

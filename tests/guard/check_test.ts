@@ -1,11 +1,11 @@
 // The start guard's check on sysfs trees built from captured hosts (with host_use facts), read
 // through the real file-system reader: what it refuses, what it lets through, what it reads.
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { readHostUse } from "../../lib/host/discover.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
 
 /** The Z690 host (subsystem IDs everywhere), its boot NVMe mounted and its NIC routing. */
@@ -332,4 +332,35 @@ Deno.test("checkDomainStart() survives hostile input and never echoes the XML", 
     assertOk(!line.includes("\n"), line);
   }
   assertMatch(formatRefusal(refusals[1]!), /fix: passthrough plan --vm 'we\?ird'$/);
+});
+
+Deno.test("the hook's libc reader (fewCalls) reads a tree as the default one does, errors included", async () => {
+  await using tree = await tempHostTree(z690());
+  const { libcSysfsReader, LibcFsError } = await import("../../ffi/libc_fs.ts");
+  const few = libcSysfsReader({ fewCalls: true });
+  const fast = libcSysfsReader();
+  const device = `${tree.dir}/bus/pci/devices/${GPU.address}`;
+  for (const reader of [few, fast]) {
+    assertEquals(reader.readText(`${device}/uevent`), Deno.readTextFileSync(`${device}/uevent`));
+    assertEquals(
+      reader.readLink(`${device}/iommu_group`),
+      Deno.readLinkSync(`${device}/iommu_group`),
+    );
+    assertEquals(
+      reader.listDir(device)?.sort(),
+      [...Deno.readDirSync(device)].map((e) => e.name).sort(),
+    );
+    // Missing, a directory read as a file, a file read as a link: absent, as errno says.
+    assertEquals(reader.readText(`${device}/nonexistent`), null);
+    assertEquals(reader.readText(device), null);
+    assertEquals(reader.readLink(`${device}/uevent`), null);
+    // Any other errno is an error (here ENAMETOOLONG), never "absent".
+    assertThrows(() => reader.readText(`${device}/${"x".repeat(300)}`), LibcFsError);
+    using file = reader.openFile(`${device}/config`);
+    assertEquals(file?.readAt(0, 4).length, 4);
+  }
+  assertEquals(
+    readDeviceAt(few, tree.dir, GPU.address),
+    readDeviceAt(denoFsReader(), tree.dir, GPU.address),
+  );
 });
