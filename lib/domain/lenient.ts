@@ -410,8 +410,7 @@ function walkRecords(text: string): DeviceIdentity[] | string {
       if (!ATTRIBUTES_ONLY.test(raw)) return "";
       if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
       seenRoot = true;
-      // Only the tags that can matter are read for attributes; the others' are checked above
-      // for shape, and here for repeats (a repeated attribute is not XML).
+      // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
       const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
       if (attributes === null) return "";
       const colon = name.indexOf(":");
