@@ -149,6 +149,7 @@ try {
   await must(deno, [
     "bundle",
     "--quiet",
+    "--minify",
     "--code-splitting",
     "--outdir",
     `${work}/dist/hook`,
