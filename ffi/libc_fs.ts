@@ -10,7 +10,7 @@
 
 import type { SysfsFile, SysfsReader } from "../lib/host/sysfs.ts";
 
-/** The C functions used, with their C result types (see {@link bindOne} for how they are bound). */
+/** The C functions used, with their C result types (see {@link bind} for how they are bound). */
 const SIGNATURES = {
   // int openat(int dirfd, const char *pathname, int flags);
   openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
@@ -54,37 +54,50 @@ type Libc = {
 /** Whether this machine stores integers little-endian (every target of this tool does). */
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
+/** Functions bound together, in one `dlopen`, as soon as one of them is used. */
+const GROUPS: readonly (readonly Name[])[] = [
+  ["__errno_location", "openat", "read", "pread", "close", "readlinkat"],
+  ["opendir", "readdir", "closedir"],
+];
+
 /**
- * Binds one libc function. `compiled`: as declared, so that `Deno.dlopen` compiles a fast-call
- * trampoline for it (Cranelift, at bind time), worth it for discovery's thousands of calls.
- * Otherwise with its result declared as a struct of that one integer or pointer, for which Deno
- * compiles nothing: x86-64 (System V) and AArch64 (AAPCS64) return such a struct in the same
- * register as the integer itself, so the value is the same, and each call is slower, which
- * costs far less than the compilation in a process that makes a few dozen calls (the start hook).
+ * Binds libc functions. `compiled`: as declared, so that `Deno.dlopen` compiles a fast-call
+ * trampoline for each (Cranelift, at bind time), worth it for discovery's thousands of calls.
+ * Otherwise each with its result declared as a struct of that one integer or pointer, for which
+ * Deno compiles nothing: x86-64 (System V) and AArch64 (AAPCS64) return such a struct in the same
+ * register as the integer itself, so the value is the same, and each call is slower, which costs
+ * far less than the compilation in a process that makes a few dozen calls (the start hook).
  */
-function bindOne<N extends Name>(name: N, compiled: boolean): Libc[N] {
-  const { parameters, result } = SIGNATURES[name];
-  const symbols: Deno.ForeignLibraryInterface = {
-    [name]: { parameters, result: compiled ? result : { struct: [result] } },
-  };
-  const call = Deno.dlopen("libc.so.6", symbols).symbols[name] as unknown as (
-    ...args: unknown[]
-  ) => unknown;
-  if (compiled) return call as Libc[N];
+function bind(names: readonly Name[], compiled: boolean): Partial<Libc> {
+  const symbols: Deno.ForeignLibraryInterface = Object.fromEntries(names.map((name) => {
+    const { parameters, result } = SIGNATURES[name];
+    return [name, { parameters, result: compiled ? result : { struct: [result] } }];
+  }));
+  const bound = Deno.dlopen("libc.so.6", symbols).symbols as Record<
+    string,
+    (...args: unknown[]) => unknown
+  >;
   const value = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-  const decode = result === "i32"
-    ? (bytes: Uint8Array) => value(bytes).getInt32(0, LITTLE_ENDIAN)
-    : result === "isize"
-    ? (bytes: Uint8Array) => Number(value(bytes).getBigInt64(0, LITTLE_ENDIAN))
-    : (bytes: Uint8Array) => Deno.UnsafePointer.create(value(bytes).getBigUint64(0, LITTLE_ENDIAN));
-  return ((...args: unknown[]) => decode(call(...args) as Uint8Array)) as unknown as Libc[N];
+  return Object.fromEntries(names.map((name) => {
+    const call = bound[name]!;
+    if (compiled) return [name, call];
+    const result = SIGNATURES[name].result;
+    const decode = result === "i32"
+      ? (bytes: Uint8Array) => value(bytes).getInt32(0, LITTLE_ENDIAN)
+      : result === "isize"
+      ? (bytes: Uint8Array) => Number(value(bytes).getBigInt64(0, LITTLE_ENDIAN))
+      : (bytes: Uint8Array) =>
+        Deno.UnsafePointer.create(value(bytes).getBigUint64(0, LITTLE_ENDIAN));
+    return [name, (...args: unknown[]) => decode(call(...args) as Uint8Array)];
+  })) as Partial<Libc>;
 }
 
 /**
- * libc's functions, each bound on first use (needs `--allow-ffi`), so importing needs nothing and
- * a process pays only for the functions it calls; `compiled` as in {@link bindOne}.
- * `__errno_location` is bound before any other: binding runs `dlopen`, which may set errno, so
- * it must not happen between a failed call and the reading of its errno.
+ * libc's functions, bound on first use (needs `--allow-ffi`), so importing needs nothing and a
+ * process pays only for the functions it calls, with their {@link GROUPS}; `compiled` as in
+ * {@link bind}. `__errno_location` is bound before any other (and only once, without a
+ * trampoline): binding runs `dlopen`, which may set errno, so it must not happen between a failed
+ * call and the reading of its errno.
  */
 function lazyLibc(compiled: boolean): Libc {
   const lib = {} as Libc;
@@ -93,9 +106,13 @@ function lazyLibc(compiled: boolean): Libc {
       configurable: true,
       get() {
         if (errnoView === undefined && name !== "__errno_location") errno();
-        const fn = bindOne(name, compiled);
-        Object.defineProperty(lib, name, { value: fn });
-        return fn;
+        const group = (GROUPS.find((g) => g.includes(name)) ?? [name])
+          .filter((n) => !compiled || n !== "__errno_location");
+        const functions = bind(group, compiled);
+        for (const [n, fn] of Object.entries(functions)) {
+          Object.defineProperty(lib, n, { value: fn });
+        }
+        return functions[name];
       },
     });
   }
@@ -106,7 +123,7 @@ const compiledLibc = lazyLibc(true);
 const plainLibc = lazyLibc(false);
 let errnoView: Deno.UnsafePointerView | null | undefined;
 
-/** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see {@link bindOne}. */
+/** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see {@link bind}. */
 function libc(fewCalls = false): Libc {
   if (errnoView === undefined) errno();
   return fewCalls ? plainLibc : compiledLibc;
