@@ -1,10 +1,11 @@
 /**
  * The start guard's cost at a VM start, measured as libvirt pays it: the installed hook run as a
  * process (minimal environment, the domain XML on stdin) for a VM with 4 recorded hostdevs, next
- * to `deno run` of an empty script, alternating in one invocation so both see the same machine
- * load: installed from the checkout (`cli/hook_check.ts`) and from `deno task bundle`'s output
- * (`dist/hook/`). Also the fast path (`release end`: every operation but `prepare begin`), and a
- * refused start (which loads the state code and records the refusal).
+ * to `deno run` of an empty script, alternating in one invocation so all see the same machine
+ * load: installed from the checkout (`cli/hook_check.ts`), from `deno task bundle`'s output
+ * (`dist/hook/`) and from `scripts/bundle_bin.sh`'s (`dist/bin/hook/`, what `bin/passthrough hook
+ * install` installs). Also the fast path (`release end`: every operation but `prepare begin`), and
+ * a refused start (which loads the state code and records the refusal).
  * Target: the hook at most 1.2x the empty script.
  *
  * The hook checks a sysfs tree built from a captured host (4 GPU functions whose identities are
@@ -148,6 +149,7 @@ try {
   await must(deno, [
     "bundle",
     "--quiet",
+    "--minify",
     "--code-splitting",
     "--outdir",
     `${work}/dist/hook`,
@@ -157,6 +159,15 @@ try {
   cases.push({
     name: "hook prepare begin (bundle)",
     cmd: bundled,
+    args: ["bench", "prepare", "begin", "-"],
+    stdin: xml,
+    code: 0,
+  });
+  // As bin/passthrough runs the CLI while its bundle is fresh: main.js, the check in hook/.
+  await must(`${ROOT}scripts/bundle_bin.sh`, [`${work}/bin`]);
+  cases.push({
+    name: "hook prepare begin (bin)",
+    cmd: await install(`${work}/bin/main.js`, "bin"),
     args: ["bench", "prepare", "begin", "-"],
     stdin: xml,
     code: 0,

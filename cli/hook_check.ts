@@ -96,7 +96,7 @@ export async function checkStart(
     xml: bytes === null ? null : new TextDecoder().decode(bytes),
     // Through libc: Deno refuses reads under /sys and /proc to anything less than --allow-all,
     // and the hook grants only --allow-ffi and the state directory (see checkCommand).
-    reader: libcSysfsReader(),
+    reader: libcSysfsReader({ fewCalls: true }),
     root,
     live: root === "/sys",
     stateDir: args.stateDir,

@@ -1,16 +1,20 @@
 /**
  * The lenient reader: domain XML text the strict reader (`domain_xml.ts`) does not read, read by
  * its start tags alone. For a definition the strict reader refuses, the host PCI devices it names
- * (planning still counts them as held); for single lines of a definition, a comparison key that
- * ignores quote style and spacing (the diff shown before a define); for any text taken from a
- * definition, its secrets hidden. Never throws.
+ * (planning still counts them as held); for the start guard, the passthrough records, trusted
+ * only in a document whose tags nest (see {@link readRecordsLeniently}); for single lines of a
+ * definition, a comparison key that ignores quote style and spacing (the diff shown before a
+ * define); for any text taken from a definition, its secrets hidden. Never throws.
+ *
+ * It loads no XML library (nor `xml.ts`, which does): the start hook reads the domain with this
+ * module alone, at every VM start.
  *
  * @module
  */
 
 import type { PciAddress } from "../host/types.ts";
-import { comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
-import { decodeXmlText } from "./xml.ts";
+import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
+import { canonicalPciAddress, comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
 
 /** What {@link scanHostdevsLeniently} finds in a domain XML, however damaged. */
 export interface LenientHostdevScan {
@@ -59,23 +63,57 @@ function lenientTag(text: string, index: number): LenientTag | null {
     const name = a[1]!;
     if (Object.hasOwn(attributes, name)) continue;
     const value = a[2] ?? a[3] ?? "";
-    try {
-      attributes[name] = decodeXmlText(value);
-    } catch {
-      // A bad entity: kept raw, so a number in it fails to read and counts as unresolved.
-      attributes[name] = value;
-    }
+    // A bad entity: kept raw, so a number in it fails to read and counts as unresolved.
+    attributes[name] = decodeEntities(value) ?? value;
   }
   return { attributes, raw, selfClosing: /\/\s*$/.test(raw), end: index + match[0].length };
+}
+
+const ENTITY = /&(?:(amp|lt|gt|apos|quot)|#([0-9]+)|#x([0-9a-fA-F]+));/g;
+const PREDEFINED: Record<string, string> = { amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' };
+/** An `&` that does not start a predefined entity or a character reference. */
+const BAD_AMPERSAND = /&(?!(?:amp|lt|gt|apos|quot|#[0-9]+|#x[0-9a-fA-F]+);)/;
+
+/** XML 1.0's `Char` production: what a character reference may name. */
+function isXmlChar(code: number): boolean {
+  return code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) ||
+    (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
+}
+
+/**
+ * Decodes the predefined entities and character references of XML text as the strict reader's
+ * `decodeXmlText` (`xml.ts`) does; `null` where that throws (another entity, a reference to a
+ * non-XML character). Repeated here so that this module loads no XML library.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(decodeEntities("a&amp;b&#10;&apos;"), "a&b\n'");
+ * assertEquals(decodeEntities("&nbsp;"), null);
+ * ```
+ */
+export function decodeEntities(text: string): string | null {
+  if (!text.includes("&")) return text;
+  if (BAD_AMPERSAND.test(text)) return null;
+  let bad = false;
+  const decoded = text.replace(ENTITY, (m, name?: string, dec?: string, hex?: string) => {
+    if (name !== undefined) return PREDEFINED[name] ?? "";
+    const code = dec !== undefined ? parseInt(dec, 10) : parseInt(hex ?? "", 16);
+    if (isXmlChar(code)) return String.fromCodePoint(code);
+    bad = true;
+    return m;
+  });
+  return bad ? null : decoded;
 }
 
 /**
  * `xml` with comments, CDATA sections, processing instructions and `<metadata>` blanked out
  * (same length, so indexes still match): none of them holds a device, and `<metadata>` is
  * copied verbatim from whatever other applications wrote, so it may say `<hostdev>` freely.
- * A construct left unterminated is not blanked: what follows it may still be devices.
+ * A construct left unterminated is not blanked: what follows it may still be devices. With
+ * `keepMetadata`, `<metadata>` stays (for reading the records in it).
  */
-function blankNonDevices(xml: string): string {
+function blankNonDevices(xml: string, keepMetadata = false): string {
   // Once a terminator is missing it is missing for every later opener too: stop looking.
   const exhausted = new Set<string>();
   const through = (terminator: RegExp, from: number): number => {
@@ -98,7 +136,7 @@ function blankNonDevices(xml: string): string {
     if (xml.startsWith("<!--", lt)) end = through(/-->/g, lt + 4);
     else if (xml.startsWith("<![CDATA[", lt)) end = through(/\]\]>/g, lt + 9);
     else if (xml.startsWith("<?", lt)) end = through(/\?>/g, lt + 2);
-    else if (/^<metadata(?:[\s/>]|$)/.test(xml.slice(lt, lt + 10))) {
+    else if (!keepMetadata && /^<metadata(?:[\s/>]|$)/.test(xml.slice(lt, lt + 10))) {
       const tag = lenientTag(xml, lt);
       if (tag?.selfClosing) end = tag.end;
       else if (tag !== null) end = through(/<\/metadata\s*>/g, tag.end);
@@ -168,12 +206,49 @@ function sourceAddress(body: string): PciAddress | "not-pci" | null {
  * ```
  */
 export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
+  const { devices, unresolved } = scanPassedDevicesLeniently(xml);
+  return { addresses: devices.map((d) => d.address), unresolved };
+}
+
+/** A host PCI address a domain passes through, and the kind of element that names it. */
+export interface LenientPassedDevice {
+  /** The canonical host address. */
+  address: PciAddress;
+  /** `hostdev` when a `<hostdev>` names it, else `interface` (`<interface type='hostdev'>`). */
+  element: "hostdev" | "interface";
+}
+
+/** What {@link scanPassedDevicesLeniently} finds. */
+export interface LenientPassedScan {
+  /** Sorted by address, one per address. */
+  devices: LenientPassedDevice[];
+  /** As in {@link LenientHostdevScan}. */
+  unresolved: number;
+}
+
+/**
+ * {@link scanHostdevsLeniently}, saying for each address which kind of element names it (for
+ * the start guard's messages).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain><devices><interface type='hostdev'><source>
+ *   <address type='pci' domain='0' bus='1' slot='0x10' function='2'/></source></interface>
+ * </devices></domain>`;
+ * assertEquals(scanPassedDevicesLeniently(xml), {
+ *   devices: [{ address: "0000:01:10.2", element: "interface" }],
+ *   unresolved: 0,
+ * });
+ * ```
+ */
+export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const text = blankNonDevices(String(xml));
   const starts = [...text.matchAll(DEVICE_START)];
-  const found = new Set<PciAddress>();
+  const found = new Map<PciAddress, "hostdev" | "interface">();
   let unresolved = 0;
   starts.forEach((start, n) => {
-    const name = start[1]!;
+    const name = start[1] as "hostdev" | "interface";
     // An element ends at its end tag or, when that is missing, where the next device starts.
     const element = text.slice(start.index, starts[n + 1]?.index ?? text.length);
     const tag = lenientTag(element, 0);
@@ -197,9 +272,13 @@ export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
     const close = new RegExp(`</${name}(?=[\\s>]|$)`).exec(content);
     const address = sourceAddress(content.slice(0, close?.index ?? content.length));
     if (address === null) unresolved++;
-    else if (address !== "not-pci") found.add(address);
+    else if (address !== "not-pci" && found.get(address) !== "hostdev") found.set(address, name);
   });
-  return { addresses: [...found].sort(comparePciAddress), unresolved };
+  const devices = [...found].map(([address, element]) => ({ address, element }));
+  return {
+    devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
+    unresolved,
+  };
 }
 
 /**
@@ -218,6 +297,237 @@ export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
  */
 export function lenientHostPciAddresses(xml: string): PciAddress[] {
   return scanHostdevsLeniently(xml).addresses;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/** The namespace of passthrough's records in `<metadata>` (`domain_xml.ts` writes them). */
+export const RECORDS_NAMESPACE = "urn:passthrough:hostdevs:1";
+
+/** What {@link readRecordsLeniently} finds. */
+export interface LenientRecords {
+  /** The records in document order; `[]` when there are none or when they cannot be trusted. */
+  records: DeviceIdentity[];
+  /**
+   * The `<passthrough:interface>` records (a `vf:` rule's VF, its index, MAC and PF identity) in
+   * document order; `[]` as `records`.
+   */
+  vfRecords: VfIdentity[];
+  /** Why the records the XML holds cannot be read (a caller must fail closed), or `null`. */
+  problem: string | null;
+}
+
+/** Each field of a record and the attribute that holds it (as `domain_xml.ts` writes them). */
+const RECORD_ATTRIBUTES = {
+  address: "address",
+  vendorId: "vendor",
+  deviceId: "device",
+  subsystemVendorId: "subsystem-vendor",
+  subsystemDeviceId: "subsystem-device",
+  classCode: "class",
+  serial: "serial",
+  driver: "driver",
+  rule: "rule",
+} as const satisfies Record<keyof DeviceIdentity, string>;
+
+const REQUIRED_FIELDS = ["address", "vendorId", "deviceId", "classCode", "rule"] as const;
+
+/** A start or end tag at the sticky index: the `/` of an end tag, the name, the rest up to `>`. */
+const TAG_AT = /<(\/?)([A-Za-z_][\w.:-]*)((?:[^<>'"]|'[^'<]*'|"[^"<]*")*)>/y;
+/** What may follow a start tag's name: attributes, each after whitespace and quoted, then `/`. */
+const ATTRIBUTES_ONLY = /^(?:\s+[^\s=<>/"']+\s*=\s*(?:'[^'<]*'|"[^"<]*"))*\s*\/?$/;
+const CHARACTER_REFERENCE = /&#(?:([0-9]+)|x([0-9a-fA-F]+));/g;
+/** A start tag whose local name is that of the records' element. */
+const RECORDS_TAG = /<(?:[A-Za-z_][\w.-]*:)?hostdevs(?=[\s/>]|$)/;
+
+/** A start tag's attributes, decoded; `null` when one repeats or holds a bad entity. */
+function tagAttributes(raw: string): Map<string, string> | null {
+  const attributes = new Map<string, string>();
+  for (const a of raw.matchAll(ATTRIBUTE)) {
+    const value = decodeEntities(a[2] ?? a[3] ?? "");
+    if (attributes.has(a[1]!) || value === null) return null;
+    attributes.set(a[1]!, value);
+  }
+  return attributes;
+}
+
+/** Whether every entity and character reference of `text` is one XML defines without a DTD. */
+function entitiesAreValid(text: string): boolean {
+  if (!text.includes("&")) return true;
+  if (BAD_AMPERSAND.test(text)) return false;
+  for (const [, dec, hex] of text.matchAll(CHARACTER_REFERENCE)) {
+    if (!isXmlChar(dec !== undefined ? parseInt(dec, 10) : parseInt(hex ?? "", 16))) return false;
+  }
+  return true;
+}
+
+/** One record from its element's attributes, or the reason it cannot be read. */
+function readRecord(attributes: Map<string, string>): DeviceIdentity | string {
+  for (const field of REQUIRED_FIELDS) {
+    if (!attributes.has(RECORD_ATTRIBUTES[field])) {
+      return `a record lacks attribute "${RECORD_ATTRIBUTES[field]}"`;
+    }
+  }
+  const address = canonicalPciAddress(attributes.get("address")!);
+  if (address === null) return "a record has a bad address";
+  const optional = (name: string) => attributes.get(name) ?? null;
+  return {
+    address,
+    vendorId: attributes.get(RECORD_ATTRIBUTES.vendorId)!,
+    deviceId: attributes.get(RECORD_ATTRIBUTES.deviceId)!,
+    subsystemVendorId: optional(RECORD_ATTRIBUTES.subsystemVendorId),
+    subsystemDeviceId: optional(RECORD_ATTRIBUTES.subsystemDeviceId),
+    classCode: attributes.get(RECORD_ATTRIBUTES.classCode)!,
+    serial: optional(RECORD_ATTRIBUTES.serial),
+    driver: optional(RECORD_ATTRIBUTES.driver),
+    rule: attributes.get(RECORD_ATTRIBUTES.rule)!,
+  };
+}
+
+/** A VF record (`<passthrough:interface>`) from its element's attributes, or why it cannot be read. */
+function readVfRecord(attributes: Map<string, string>): VfIdentity | string {
+  const pfAddress = attributes.get("pf-address");
+  const address = canonicalPciAddress(attributes.get("address") ?? "");
+  const index = attributes.get("vf") ?? "";
+  const mac = attributes.get("mac");
+  if (pfAddress === undefined || mac === undefined) {
+    return `an interface record lacks attribute "${
+      pfAddress === undefined ? "pf-address" : "mac"
+    }"`;
+  }
+  if (address === null || !/^[0-9]+$/.test(index)) {
+    return "an interface record has a bad address or VF index";
+  }
+  const pf = readRecord(new Map([...attributes, ["address", pfAddress]]));
+  if (typeof pf === "string") return pf.replace("a record", "an interface record");
+  return { address, index: Number(index), mac: mac.toLowerCase(), pf };
+}
+
+/** What {@link walkRecords} returns for a well-formed document. */
+interface WalkedRecords {
+  records: DeviceIdentity[];
+  vfRecords: VfIdentity[];
+}
+
+/**
+ * Walks every tag of `text` (comments, CDATA and processing instructions blanked) and checks
+ * that the document is well-formed as far as records depend on it: every `<` starts a tag whose
+ * attributes are quoted and unique, end tags match, one `<domain>` root with only whitespace
+ * around it, and only XML's own entities. Returns the records, or why they cannot be read
+ * (`""` for a document that is not well-formed).
+ */
+function walkRecords(text: string): WalkedRecords | string {
+  if (!entitiesAreValid(text)) return "";
+  const stack: string[] = [];
+  const records: DeviceIdentity[] = [];
+  const vfRecords: VfIdentity[] = [];
+  /** The records' element's prefix with its colon (`pt:`, or `""`) once found. */
+  let ours: string | null = null;
+  /** Whether the records' element is open (it is then the third on `stack`). */
+  let oursOpen = false;
+  let seenRoot = false;
+  let at = text.indexOf("<");
+  if (at === -1 || text.slice(0, at).trim() !== "") return "";
+  while (at !== -1) {
+    TAG_AT.lastIndex = at;
+    const tag = TAG_AT.exec(text);
+    if (tag === null) return "";
+    const [whole, slash, name, raw] = tag as unknown as [string, string, string, string];
+    if (slash === "/") {
+      if (raw.trim() !== "" || stack.pop() !== name) return "";
+      if (stack.length === 2) oursOpen = false;
+    } else {
+      if (!ATTRIBUTES_ONLY.test(raw)) return "";
+      if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
+      seenRoot = true;
+      // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
+      const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
+      if (attributes === null) return "";
+      const colon = name.indexOf(":");
+      const local = colon === -1 ? name : name.slice(colon + 1);
+      const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
+      const declared = attributes.get(prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`);
+      const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
+      if (opensOurs) {
+        if (stack.length !== 2 || stack[1] !== "metadata") {
+          return "a records element is not a child of <metadata>";
+        }
+        if (ours !== null) return "the domain metadata holds two records elements";
+        ours = prefix;
+      } else if (oursOpen && stack.length === 3 && name === `${ours}device`) {
+        const record = readRecord(attributes);
+        if (typeof record === "string") return record;
+        records.push(record);
+      } else if (oursOpen && stack.length === 3 && name === `${ours}interface`) {
+        const record = readVfRecord(attributes);
+        if (typeof record === "string") return record;
+        vfRecords.push(record);
+      }
+      if (!raw.endsWith("/")) {
+        stack.push(name);
+        oursOpen ||= opensOurs;
+      }
+    }
+    const next = text.indexOf("<", at + whole.length);
+    // Outside the root only whitespace; after it, nothing but whitespace.
+    if (
+      stack.length === 0 && text.slice(at + whole.length, next === -1 ? undefined : next).trim()
+    ) {
+      return "";
+    }
+    if (stack.length === 0 && next !== -1) return "";
+    at = next;
+  }
+  if (stack.length !== 0 || !seenRoot) return "";
+  // The namespace named anywhere but on the records' element: records passthrough cannot find.
+  if (ours === null && text.includes(RECORDS_NAMESPACE)) {
+    return "the records namespace is declared on another element than <hostdevs>";
+  }
+  return { records, vfRecords };
+}
+
+/**
+ * The passthrough records of a domain XML (`<metadata><pt:hostdevs xmlns:pt="urn:passthrough:
+ * hostdevs:1"><pt:device address=… vendor=…/>`), read as the strict reader reads them (any
+ * prefix, either quote, entities, comments and CDATA skipped) without an XML library, for the
+ * start guard. Fails closed: records in a document that is not well-formed, a record without a
+ * required attribute or with a bad address, two records elements, one outside `<metadata>`, or
+ * the namespace declared elsewhere give no records and a `problem`. Never throws.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain><name>vm</name><metadata>
+ *   <pt:hostdevs xmlns:pt='urn:passthrough:hostdevs:1'>
+ *     <pt:device address='0000:0b:00.0' vendor='10de' device='1b06' class='030000' rule='gpu'/>
+ *   </pt:hostdevs></metadata></domain>`;
+ * assertEquals(readRecordsLeniently(xml).records.map((r) => [r.address, r.serial]), [
+ *   ["0000:0b:00.0", null],
+ * ]);
+ * assertEquals(
+ *   readRecordsLeniently(xml.replace("</domain>", "")).problem,
+ *   "the domain XML holds passthrough records that cannot be read",
+ * );
+ * ```
+ */
+export function readRecordsLeniently(xml: string): LenientRecords {
+  const text = String(xml);
+  // The records' element is named hostdevs: without the word there is nothing to read.
+  if (!text.includes("hostdevs")) return { records: [], vfRecords: [], problem: null };
+  const blanked = blankNonDevices(text, true);
+  const walked = walkRecords(blanked);
+  if (typeof walked !== "string") return { ...walked, problem: null };
+  // Not well-formed: as the strict reader, no records, and a problem only where there may be some.
+  if (walked === "" && !text.includes(RECORDS_NAMESPACE) && !RECORDS_TAG.test(blanked)) {
+    return { records: [], vfRecords: [], problem: null };
+  }
+  const problem = "the domain XML holds passthrough records that cannot be read";
+  return {
+    records: [],
+    vfRecords: [],
+    problem: walked === "" ? problem : `${problem}: ${walked}`,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,11 +17,9 @@ import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfMismatch } from "./vf_check.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/discover.ts";
-import { METADATA_NAMESPACE, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
-import { scanHostdevsLeniently } from "../domain/lenient.ts";
+import { readRecordsLeniently, scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
-import { comparePciAddress } from "../pci/address.ts";
 
 /** Why the guard refuses one address. */
 export type GuardRefusalKind =
@@ -95,7 +93,7 @@ interface Passed {
   element: "hostdev" | "interface";
 }
 
-/** What the domain XML says, read strictly where possible and leniently otherwise. */
+/** What the domain XML says. */
 interface DomainFacts {
   passed: Passed[];
   records: DeviceIdentity[];
@@ -106,44 +104,27 @@ interface DomainFacts {
 }
 
 /**
- * Reads the passed-through addresses and the records with the strict reader
- * ({@link parseDomainXml}), and every address the lenient scanner finds as well: it also counts
- * the elements that may hold a PCI device but name no readable host address (the strict reader
- * skips such an `<interface type='hostdev'>`), and it still reads XML the strict reader refuses,
- * whose records then count as unreadable. Either way, what cannot be read fails closed.
+ * Reads the passed-through addresses and the records with the lenient reader alone (no XML
+ * library to load at every start): every PCI `<hostdev>` and `<interface type='hostdev'>`
+ * source, counting those that name no readable host address, and the records, trusted only in a
+ * well-formed document. What cannot be read fails closed.
  */
 function readDomain(xml: string): DomainFacts {
   const unreadable: string[] = [];
-  const lenient = scanHostdevsLeniently(xml);
+  const lenient = scanPassedDevicesLeniently(xml);
   if (lenient.unresolved > 0) {
     unreadable.push(
       `${lenient.unresolved} passed-through device(s) in the domain XML name no readable host ` +
         "address",
     );
   }
-  let strict: ParsedDomain | null = null;
-  try {
-    strict = parseDomainXml(xml);
-  } catch {
-    // The error's text may quote the XML (which can hold secrets): it is not shown.
-    if (xml.includes(METADATA_NAMESPACE)) {
-      unreadable.push("the domain XML holds passthrough records that cannot be read");
-    }
-  }
-  const passed = new Map<PciAddress, Passed>();
-  for (const { address } of strict?.hostdevs ?? []) {
-    passed.set(address, { address, element: "hostdev" });
-  }
-  for (const address of strict?.interfaceHostdevs ?? []) {
-    if (!passed.has(address)) passed.set(address, { address, element: "interface" });
-  }
-  for (const address of lenient.addresses) {
-    if (!passed.has(address)) passed.set(address, { address, element: "hostdev" });
-  }
+  // The problem names no value from the XML, which can hold secrets.
+  const { records, vfRecords, problem } = readRecordsLeniently(xml);
+  if (problem !== null) unreadable.push(problem);
   return {
-    passed: [...passed.values()].sort((a, b) => comparePciAddress(a.address, b.address)),
-    records: strict?.records ?? [],
-    vfRecords: strict?.vfRecords ?? [],
+    passed: lenient.devices,
+    records,
+    vfRecords,
     unreadable,
   };
 }

@@ -138,11 +138,14 @@ export function checkPermissions(stateDir: string): string[] {
 
 /**
  * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
- * checkout's `main.ts` (with the checkout's `deno.json`) or `hook/hook_check.js` beside a bundle
- * (`deno task bundle` writes both: the check in chunks, so the state code's `node:` modules load
- * only when a start needs them), else of the CLI itself with `hook run`, without network or
- * remote modules (`--cached-only`) and with {@link checkPermissions}; or the compiled binary
- * itself. The check never spawns a program (the security test scans the sources for that).
+ * checkout's `main.ts` or `hook/hook_check.js` beside a bundle (`deno task bundle` and
+ * `scripts/bundle_bin.sh` write both: the check in chunks, so the state code's `node:` modules
+ * load only when a start needs them), with `--no-config` (the check imports no package, so it
+ * needs no import map, lock file or npm resolution) and its code compiled eagerly, so that the
+ * code cache holds all of it; else of the CLI itself with `hook run`
+ * (from a checkout with its `deno.json`). Always without network or remote modules
+ * (`--cached-only`) and with {@link checkPermissions}; or the compiled binary itself. The check
+ * never spawns a program (the security test scans the sources for that).
  */
 export function checkCommand(
   program: CheckProgram,
@@ -159,15 +162,19 @@ export function checkCommand(
     ? join(dirname(main), "cli", "hook_check.ts")
     : join(dirname(main), "hook", "hook_check.js");
   const [entry, args] = exists(lean) ? [lean, tail] : [main, ["hook", "run", ...tail]];
-  // A checkout's modules name npm packages through its deno.json; a bundle holds them.
+  // The CLI from a checkout names npm packages through its deno.json; a bundle holds them.
   const config = join(dirname(main), "deno.json");
+  const useConfig = entry === main && checkout && exists(config);
   return [
     program.execPath,
     "run",
     "--quiet",
     "--no-prompt",
-    ...(checkout && exists(config) ? ["--config", config] : ["--no-config"]),
+    ...(useConfig ? ["--config", config] : ["--no-config"]),
     "--cached-only",
+    // The check's few modules compiled whole when loaded, so Deno's code cache (in DENO_DIR)
+    // holds all their functions and a start compiles none; the CLI has too much code for that.
+    ...(entry === lean ? ["--v8-flags=--no-lazy"] : []),
     ...checkPermissions(options.stateDir),
     entry,
     ...args,

@@ -11,7 +11,14 @@
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readHostUse } from "../host/discover.ts";
 import { checkDomainStart, fixCommand, formatRefusal, type GuardRefusal } from "./check.ts";
-import { type ActivePolicy, checksNothing, policyFor, readVmPolicy } from "./policy.ts";
+import {
+  type ActivePolicy,
+  checksNothing,
+  ENFORCE,
+  POLICY_FILE,
+  policyFor,
+  readVmPolicy,
+} from "./policy.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -96,12 +103,27 @@ function check(options: GuardRunOptions): GuardRefusal[] {
 }
 
 /**
+ * The names in `stateDir/guard/` (empty when either directory is missing), or `null` when they
+ * cannot be listed. Two listings instead of a look-up per file: at almost every start nothing is
+ * there, and a look-up that misses throws, which costs more than the listing.
+ */
+function guardListing(stateDir: string): ReadonlySet<string> | null {
+  const names = (dir: string) => new Set([...Deno.readDirSync(dir)].map((e) => e.name));
+  try {
+    return names(stateDir).has("guard") ? names(`${stateDir}/guard`) : new Set();
+  } catch (error) {
+    return error instanceof Deno.errors.NotFound ? new Set() : null;
+  }
+}
+
+/**
  * Whether the guard keeps anything in `stateDir` now: an allowance or a refusal record of any
  * VM. Only then can a start that the check lets through have something to consume or clear.
  * A directory that cannot be listed counts as holding something, so its error is reported.
  */
-function holdsGuardState(stateDir: string): boolean {
+function holdsGuardState(stateDir: string, listing: ReadonlySet<string> | null): boolean {
   return ["allow", "refused"].some((kind) => {
+    if (listing !== null && !listing.has(kind)) return false;
     try {
       for (const _ of Deno.readDirSync(`${stateDir}/guard/${kind}`)) return true;
       return false;
@@ -133,12 +155,15 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   if (options.operation !== "prepare" || options.subOperation !== "begin") {
     return { code: 0, lines: [], refusals: [] };
   }
-  const { policy, problem } = readVmPolicy(options.stateDir, options.vm);
+  const listing = guardListing(options.stateDir);
+  const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
+    ? { policy: ENFORCE, problem: null }
+    : readVmPolicy(options.stateDir, options.vm);
   const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
     const judged = policyFor(policy, refusal.recorded?.rule ?? null);
     return judged === "off" ? [] : [{ ...refusal, policy: judged }];
   });
-  if (refusals.length === 0 && !holdsGuardState(options.stateDir)) {
+  if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
     return { code: 0, lines: [], refusals };
   }
   const { recordRefusals, takeAllowance } = await import("./state.ts");

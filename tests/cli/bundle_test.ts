@@ -103,8 +103,18 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
       stderr: "piped",
     }).output();
     assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    // The start guard's check beside it, which `hook install` run from main.js makes the hook
+    // run; it loads no other chunk than its own until a start needs the state code.
+    const check = await Deno.readTextFile(`${work}/bin/hook/hook_check.js`);
+    const imports = [...check.matchAll(/\bfrom\s*"([^"]+)"/g)].map((m) => m[1]!);
+    assertOk(
+      imports.length > 0 && imports.every((i) => i.startsWith("./chunk-")),
+      imports.join(" "),
+    );
+    assertMatch(check, /import\("\.\/state-[\w-]+\.js"\)/);
     // yaml's CommonJS build would load Node's module loader at every start: none is bundled.
     for (const entry of Deno.readDirSync(`${work}/bin`)) {
+      if (!entry.isFile) continue;
       const text = await Deno.readTextFile(`${work}/bin/${entry.name}`);
       assertOk(!text.includes('"node:module"'), `${entry.name} imports node:module`);
     }

@@ -8,12 +8,18 @@
 
 import fc from "fast-check";
 import { assert, assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
-import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { editDomainXml, METADATA_NAMESPACE, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { decodeXmlText } from "../../lib/domain/xml.ts";
 import {
+  decodeEntities,
   lenientHostPciAddresses,
   normaliseXmlLine,
+  readRecordsLeniently,
+  RECORDS_NAMESPACE,
   scanHostdevsLeniently,
+  scanPassedDevicesLeniently,
 } from "../../lib/domain/lenient.ts";
+import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { canonicalPciAddress } from "../../lib/pci/address.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
@@ -316,4 +322,238 @@ Deno.test("normaliseXmlLine() normalises a start tag continued on the next line"
     normaliseXmlLine(`<disk type='file' device='disk'`),
   );
   assertOk(normaliseXmlLine(`<disk type='file'`) !== normaliseXmlLine(`<disk type='block'`));
+});
+
+// ---------------------------------------------------------------------------------------------
+// readRecordsLeniently(): the start guard reads the records with it alone, so it must read what
+// the strict reader reads and fail closed on anything else.
+
+const RECORD: DeviceIdentity = {
+  address: "0000:0b:00.0",
+  vendorId: "10de",
+  deviceId: "1b06",
+  subsystemVendorId: "1458",
+  subsystemDeviceId: "3730",
+  classCode: "030000",
+  serial: null,
+  driver: "nouveau",
+  rule: "gpu",
+};
+
+/** A well-formed domain whose `<metadata>` holds `metadata`. */
+function withMetadata(metadata: string, devices = ""): string {
+  return `<?xml version="1.0"?>
+<domain type='kvm'>
+  <name>vm</name>
+  <metadata>
+    ${metadata}
+  </metadata>
+  <devices>${devices}</devices>
+</domain>
+`;
+}
+
+const OURS = `<pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+      <pt:device address="0000:0b:00.0" vendor="10de" device="1b06" subsystem-vendor="1458" subsystem-device="3730" class="030000" driver="nouveau" rule="gpu"/>
+    </pt:hostdevs>`;
+
+const UNREADABLE = "the domain XML holds passthrough records that cannot be read";
+
+function assertReadsLikeStrict(xml: string, message?: string): void {
+  const strict = parseDomainXml(xml).records;
+  assertEquals(readRecordsLeniently(xml), { records: strict, problem: null }, message);
+}
+
+Deno.test("readRecordsLeniently() names the namespace domain_xml.ts writes", () => {
+  assertEquals(RECORDS_NAMESPACE, METADATA_NAMESPACE);
+});
+
+Deno.test("readRecordsLeniently() reads what parseDomainXml() reads, whatever the quotes and prefix", () => {
+  const variants = [
+    OURS,
+    OURS.replaceAll('"', "'"),
+    OURS.replaceAll("pt:", "passthrough:").replace("xmlns:pt=", "xmlns:passthrough="),
+    // The default namespace: no prefix at all.
+    OURS.replaceAll("pt:", "").replace("xmlns:pt=", "xmlns="),
+    // Spaces around =, attributes spread over lines, an explicit end tag.
+    OURS.replace('address="0000:0b:00.0"', 'address = "0000:0b:00.0"\n        ')
+      .replace('rule="gpu"/>', 'rule="gpu" ></pt:device>'),
+    // Entities in values and in the namespace itself.
+    OURS.replace('rule="gpu"', 'rule="a&amp;b &quot;q&quot; &#x3c;"')
+      .replace("urn:passthrough:hostdevs:1", "urn&#58;passthrough:hostdevs:1"),
+    // Another application's element beside ours, with a device of its own.
+    `<other:hostdevs xmlns:other="urn:example:other"><other:device address="0000:0c:00.0"/></other:hostdevs>\n${OURS}`,
+    // A self-closing records element: none.
+    `<pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1"/>`,
+  ];
+  for (const metadata of variants) {
+    const xml = withMetadata(metadata);
+    assertReadsLikeStrict(xml, metadata);
+  }
+  assertEquals(readRecordsLeniently(withMetadata(OURS)).records, [RECORD]);
+  assertEquals(
+    readRecordsLeniently(withMetadata(variants[5]!)).records[0]!.rule,
+    'a&b "q" <',
+  );
+});
+
+Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake records", () => {
+  const fake = `<pt:device address="0000:0c:00.0" vendor="1" device="2" class="3" rule="x"/>`;
+  const xml = withMetadata(
+    OURS.replace(
+      "</pt:hostdevs>",
+      `<!-- ${fake} <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1"> -->` +
+        `<![CDATA[ ${fake} ]]><?pi ${fake} ?></pt:hostdevs>`,
+    ),
+    `<!-- <hostdev> ${fake} -->`,
+  );
+  assertReadsLikeStrict(xml);
+  assertEquals(readRecordsLeniently(xml).records.map((r) => r.address), ["0000:0b:00.0"]);
+  // Records only in a comment: none, and nothing to distrust.
+  const commented = withMetadata(`<!-- ${OURS} -->`);
+  assertEquals(readRecordsLeniently(commented), { records: [], problem: null });
+});
+
+Deno.test("readRecordsLeniently() reads the records of every domain editDomainXml() writes", () => {
+  const base = Deno.readTextFileSync(new URL("metadata.xml", FIXTURES));
+  const hex4 = fc.stringMatching(/^[0-9a-f]{4}$/);
+  const text = fc.string({ unit: "grapheme", maxLength: 12 }).filter((t) =>
+    // What an attribute can carry at all: XML characters only.
+    // deno-lint-ignore no-control-regex
+    !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/.test(t)
+  );
+  const record = fc.record({
+    address: fc.constantFrom("0000:01:00.0", "0000:0b:00.1", "0001:ff:1f.7"),
+    vendorId: hex4,
+    deviceId: hex4,
+    subsystemVendorId: fc.option(hex4),
+    subsystemDeviceId: fc.option(hex4),
+    classCode: fc.stringMatching(/^[0-9a-f]{6}$/),
+    serial: fc.option(text),
+    driver: fc.option(text),
+    rule: text,
+  });
+  fc.assert(
+    fc.property(fc.uniqueArray(record, { selector: (r) => r.address, maxLength: 3 }), (records) => {
+      const xml = editDomainXml(base, { remove: [], add: [], records });
+      assertReadsLikeStrict(xml);
+    }),
+    { numRuns: 200 },
+  );
+});
+
+Deno.test("readRecordsLeniently() fails closed on records it cannot read", () => {
+  const cases: [string, string][] = [
+    ["truncated", withMetadata(OURS).slice(0, -12)],
+    ["a missing attribute", withMetadata(OURS.replace(' vendor="10de"', ""))],
+    ["a bad address", withMetadata(OURS.replace("0000:0b:00.0", "0000:0b:00"))],
+    ["two records elements", withMetadata(`${OURS}\n${OURS}`)],
+    [
+      "an unquoted attribute",
+      withMetadata(OURS.replace("serial", "x").replace('driver="nouveau"', "driver=nouveau")),
+    ],
+    ["a repeated attribute", withMetadata(OURS.replace('rule="gpu"', 'rule="gpu" rule="x"'))],
+    ["an unknown entity", withMetadata(OURS.replace('rule="gpu"', 'rule="&nbsp;"'))],
+    ["a reference to a non-character", withMetadata(OURS.replace('rule="gpu"', 'rule="&#0;"'))],
+    ["an unknown entity elsewhere", withMetadata(OURS).replace("<name>vm", "<name>v&nbsp;m")],
+    ["a non-character elsewhere", withMetadata(OURS).replace("<name>vm", "<name>v&#xFFFE;m")],
+    ["a < in a value", withMetadata(OURS.replace('rule="gpu"', 'rule="a<b"'))],
+    ["a DOCTYPE", `<!DOCTYPE domain [<!ENTITY x "y">]>\n${withMetadata(OURS)}`],
+    ["an unterminated comment", withMetadata(`${OURS}<!-- never closed`)],
+    ["mismatched end tags", withMetadata(OURS.replace("</pt:hostdevs>", "</pt:other>"))],
+    ["a second root", `${withMetadata(OURS)}<domain/>`],
+    ["text after the root", `${withMetadata(OURS)}oops`],
+    [
+      "another root",
+      withMetadata(OURS).replace("<domain type='kvm'>", "<dom>").replace("</domain>", "</dom>"),
+    ],
+    ["records outside <metadata>", withMetadata("", OURS)],
+    ["records nested deeper", withMetadata(`<x:app xmlns:x="urn:x">${OURS}</x:app>`)],
+    [
+      "the namespace declared on <metadata>",
+      withMetadata(OURS.replace(' xmlns:pt="urn:passthrough:hostdevs:1"', ""))
+        .replace("<metadata>", `<metadata xmlns:pt="urn:passthrough:hostdevs:1">`),
+    ],
+  ];
+  for (const [what, xml] of cases) {
+    const read = readRecordsLeniently(xml);
+    assertEquals(read.records, [], what);
+    assertOk(read.problem?.startsWith(UNREADABLE), `${what}: ${read.problem}`);
+    // The reason names attributes and elements, never a value from the XML.
+    assertOk(!/0000:0b|nouveau|&|gpu/.test(read.problem!), `${what}: ${read.problem}`);
+  }
+  assertEquals(
+    readRecordsLeniently(cases[1]![1]).problem,
+    `${UNREADABLE}: a record lacks attribute "vendor"`,
+  );
+});
+
+Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no records", () => {
+  for (
+    const xml of [
+      "",
+      "not xml at all",
+      withMetadata("<a:b xmlns:a='urn:x'/>").slice(0, -12),
+      `<domain><name>vm</name><devices><hostdev mode='subsystem' type='pci'>`,
+    ]
+  ) {
+    assertEquals(readRecordsLeniently(xml), { records: [], problem: null }, xml);
+  }
+  // Damaged, and names the namespace: what it says cannot be trusted.
+  assertEquals(
+    readRecordsLeniently(`<domain><metadata><x xmlns="${RECORDS_NAMESPACE}"`).problem,
+    UNREADABLE,
+  );
+});
+
+Deno.test("readRecordsLeniently() stays linear on hostile input", () => {
+  for (
+    const text of [
+      `<domain><metadata><pt:hostdevs xmlns:pt="${RECORDS_NAMESPACE}">` +
+      "<pt:device a='1' ".repeat(50_000),
+      `<domain><metadata>${"<a b='".repeat(50_000)}hostdevs`,
+      `<domain><metadata>${" <x".repeat(100_000)}</metadata></domain>hostdevs`,
+    ]
+  ) {
+    const started = performance.now();
+    const read = readRecordsLeniently(text);
+    const elapsed = performance.now() - started;
+    assertEquals(read.records, []);
+    assert(elapsed < 5_000, `${text.slice(0, 30)}...: ${elapsed} ms`);
+  }
+});
+
+Deno.test("decodeEntities() decodes as decodeXmlText() does, and says null where it throws", () => {
+  const piece = fc.oneof(
+    fc.string({ maxLength: 4 }),
+    fc.constantFrom("&amp;", "&lt;", "&gt;", "&apos;", "&quot;", "&", "&nbsp;", "&#", "&#x;"),
+    fc.integer({ min: 0, max: 0x11ffff }).map((n) => `&#${n};`),
+    fc.integer({ min: 0, max: 0x11ffff }).map((n) => `&#x${n.toString(16)};`),
+  );
+  fc.assert(
+    fc.property(fc.array(piece, { maxLength: 6 }).map((p) => p.join("")), (text) => {
+      let strict: string | null;
+      try {
+        strict = decodeXmlText(text);
+      } catch {
+        strict = null;
+      }
+      assertEquals(decodeEntities(text), strict, text);
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+Deno.test("scanPassedDevicesLeniently() says which element names each address", () => {
+  const xml = broken(`
+    <interface type='hostdev'><source><address type='pci' domain='0' bus='2' slot='0' function='0'/></source></interface>
+    <interface type='hostdev'><source><address type='pci' domain='0' bus='1' slot='0' function='0'/></source></interface>
+    <hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev>`);
+  assertEquals(scanPassedDevicesLeniently(xml), {
+    devices: [
+      { address: "0000:01:00.0", element: "hostdev" },
+      { address: "0000:02:00.0", element: "interface" },
+    ],
+    unresolved: 0,
+  });
 });

@@ -1,11 +1,11 @@
 // The start guard's check on sysfs trees built from captured hosts (with host_use facts), read
 // through the real file-system reader: what it refuses, what it lets through, what it reads.
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { readHostUse } from "../../lib/host/discover.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
 
 /** The Z690 host (subsystem IDs everywhere), its boot NVMe mounted and its NIC routing. */
@@ -281,6 +281,37 @@ Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", asyn
   assertEquals(summary((await check(hostile)).refusals), [["missing", "0000:42:00.0"]]);
 });
 
+Deno.test("checkDomainStart() reads the records leniently: odd spelling read, damage fails closed", async () => {
+  const moved = { ...GPU, address: "0000:04:00.0" };
+  const xml = domain("vm", [hostdev(moved.address)], [moved]);
+  // Another prefix, single quotes, an entity in the namespace, and a fake record in a comment
+  // that would say the card is in place: the record is read, the card refused.
+  const odd = xml.replaceAll("pt:", "p2:").replace("xmlns:pt=", "xmlns:p2=")
+    .replaceAll('"', "'").replace("urn:passthrough", "urn&#x3a;passthrough")
+    .replace(
+      "</p2:hostdevs>",
+      `<!-- <p2:device address='0000:04:00.0' vendor='1002' device='67ff' sub` +
+        `system-vendor='1462' subsystem-device='8a91' class='030000' rule='gpu'/> --></p2:hostdevs>`,
+    );
+  assertEquals(summary((await check(odd)).refusals), [["replaced", "0000:04:00.0"]]);
+  // A record that lacks an attribute: refused as unreadable, and the address is still checked.
+  const damaged = xml.replace(' vendor="1002"', "");
+  const { refusals } = await check(
+    damaged.replace(hostdev(moved.address), hostdev("0000:42:00.0")),
+  );
+  assertEquals(summary(refusals), [["unreadable", null], ["missing", "0000:42:00.0"]]);
+  assertEquals(
+    refusals[0]!.reason,
+    'the domain XML holds passthrough records that cannot be read: a record lacks attribute "vendor"',
+  );
+  // A hostdev in a comment or CDATA is no device.
+  const commented = domain("vm", [
+    `<!-- ${hostdev("0000:42:00.0")} -->`,
+    `<![CDATA[${hostdev("0000:43:00.0")}]]>`,
+  ]);
+  assertEquals((await check(commented)).refusals, []);
+});
+
 Deno.test("checkDomainStart() survives hostile input and never echoes the XML", async () => {
   const secret = "pt-s3crt-passwd";
   const garbage = new Uint8Array(1 << 20);
@@ -301,4 +332,35 @@ Deno.test("checkDomainStart() survives hostile input and never echoes the XML", 
     assertOk(!line.includes("\n"), line);
   }
   assertMatch(formatRefusal(refusals[1]!), /fix: passthrough plan --vm 'we\?ird'$/);
+});
+
+Deno.test("the hook's libc reader (fewCalls) reads a tree as the default one does, errors included", async () => {
+  await using tree = await tempHostTree(z690());
+  const { libcSysfsReader, LibcFsError } = await import("../../ffi/libc_fs.ts");
+  const few = libcSysfsReader({ fewCalls: true });
+  const fast = libcSysfsReader();
+  const device = `${tree.dir}/bus/pci/devices/${GPU.address}`;
+  for (const reader of [few, fast]) {
+    assertEquals(reader.readText(`${device}/uevent`), Deno.readTextFileSync(`${device}/uevent`));
+    assertEquals(
+      reader.readLink(`${device}/iommu_group`),
+      Deno.readLinkSync(`${device}/iommu_group`),
+    );
+    assertEquals(
+      reader.listDir(device)?.sort(),
+      [...Deno.readDirSync(device)].map((e) => e.name).sort(),
+    );
+    // Missing, a directory read as a file, a file read as a link: absent, as errno says.
+    assertEquals(reader.readText(`${device}/nonexistent`), null);
+    assertEquals(reader.readText(device), null);
+    assertEquals(reader.readLink(`${device}/uevent`), null);
+    // Any other errno is an error (here ENAMETOOLONG), never "absent".
+    assertThrows(() => reader.readText(`${device}/${"x".repeat(300)}`), LibcFsError);
+    using file = reader.openFile(`${device}/config`);
+    assertEquals(file?.readAt(0, 4).length, 4);
+  }
+  assertEquals(
+    readDeviceAt(few, tree.dir, GPU.address),
+    readDeviceAt(denoFsReader(), tree.dir, GPU.address),
+  );
 });

@@ -4,6 +4,7 @@
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
+  checkCommand,
   findTimeout,
   HOOK_FILE_NAME,
   type HookSettings,
@@ -158,6 +159,75 @@ Deno.test({
       assertOk(late.ms >= 900 && late.ms < 5000, `${late.ms} ms`);
     });
   },
+});
+
+Deno.test("checkCommand() runs the check's own entry with --no-config, else the CLI's hook run", async () => {
+  await withDir((dir) => {
+    const options = { stateDir: "/var/lib/passthrough", sysfs: "/sys" };
+    const tail = ["--state-dir", "/var/lib/passthrough", "--sysfs", "/sys"];
+    const perms = [
+      "--allow-ffi",
+      "--allow-read=/var/lib/passthrough",
+      "--allow-write=/var/lib/passthrough",
+    ];
+    const head = ["/usr/bin/deno", "run", "--quiet", "--no-prompt"];
+    const command = (main: string) =>
+      checkCommand({
+        execPath: "/usr/bin/deno",
+        mainModule: `file://${encodeURI(main)}`,
+        standalone: false,
+      }, options);
+    const write = (path: string) => {
+      Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+      Deno.writeTextFileSync(path, "");
+    };
+    // A checkout: the CLI needs its deno.json for npm packages, the check needs nothing.
+    write(`${dir}/co/main.ts`);
+    write(`${dir}/co/deno.json`);
+    assertEquals(command(`${dir}/co/main.ts`), [
+      ...head,
+      "--config",
+      `${dir}/co/deno.json`,
+      "--cached-only",
+      ...perms,
+      `${dir}/co/main.ts`,
+      "hook",
+      "run",
+      ...tail,
+    ]);
+    write(`${dir}/co/cli/hook_check.ts`);
+    assertEquals(command(`${dir}/co/main.ts`), [
+      ...head,
+      "--no-config",
+      "--cached-only",
+      "--v8-flags=--no-lazy",
+      ...perms,
+      `${dir}/co/cli/hook_check.ts`,
+      ...tail,
+    ]);
+    // A bundle, with and without the check beside it (deno task bundle, scripts/bundle_bin.sh).
+    write(`${dir}/bin/main.js`);
+    assertEquals(command(`${dir}/bin/main.js`), [
+      ...head,
+      "--no-config",
+      "--cached-only",
+      ...perms,
+      `${dir}/bin/main.js`,
+      "hook",
+      "run",
+      ...tail,
+    ]);
+    write(`${dir}/bin/hook/hook_check.js`);
+    assertEquals(command(`${dir}/bin/main.js`), [
+      ...head,
+      "--no-config",
+      "--cached-only",
+      "--v8-flags=--no-lazy",
+      ...perms,
+      `${dir}/bin/hook/hook_check.js`,
+      ...tail,
+    ]);
+  });
 });
 
 Deno.test("installHook() writes mode 0755 atomically and reports no change the second time", async () => {
