@@ -360,8 +360,8 @@ const OURS = `<pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
 const UNREADABLE = "the domain XML holds passthrough records that cannot be read";
 
 function assertReadsLikeStrict(xml: string, message?: string): void {
-  const strict = parseDomainXml(xml).records;
-  assertEquals(readRecordsLeniently(xml), { records: strict, problem: null }, message);
+  const { records, vfRecords } = parseDomainXml(xml);
+  assertEquals(readRecordsLeniently(xml), { records, vfRecords, problem: null }, message);
 }
 
 Deno.test("readRecordsLeniently() names the namespace domain_xml.ts writes", () => {
@@ -397,6 +397,30 @@ Deno.test("readRecordsLeniently() reads what parseDomainXml() reads, whatever th
   );
 });
 
+Deno.test("readRecordsLeniently() reads vf: interface records as parseDomainXml() does, and fails closed on a damaged one", () => {
+  const vf =
+    `<pt:interface address="0000:07:10.1" vf="3" mac="52:54:00:AB:CD:EF" pf-address="0000:07:00.0" vendor="8086" device="10c9" class="020000" serial="00-1b-21-ff-ff-a0-b1-c2" rule="uplink"/>`;
+  const xml = withMetadata(OURS.replace("</pt:hostdevs>", `${vf}\n</pt:hostdevs>`));
+  assertReadsLikeStrict(xml);
+  const read = readRecordsLeniently(xml).vfRecords;
+  assertEquals(read.map((r) => [r.address, r.index, r.mac, r.pf.address, r.pf.rule]), [
+    ["0000:07:10.1", 3, "52:54:00:ab:cd:ef", "0000:07:00.0", "uplink"],
+  ]);
+  for (
+    const damaged of [
+      vf.replace(' vf="3"', ""),
+      vf.replace('vf="3"', 'vf="x"'),
+      vf.replace(' mac="52:54:00:AB:CD:EF"', ""),
+    ]
+  ) {
+    const result = readRecordsLeniently(
+      withMetadata(OURS.replace("</pt:hostdevs>", `${damaged}</pt:hostdevs>`)),
+    );
+    assertEquals([result.records, result.vfRecords], [[], []], damaged);
+    assertEquals(result.problem?.startsWith(UNREADABLE), true, damaged);
+  }
+});
+
 Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake records", () => {
   const fake = `<pt:device address="0000:0c:00.0" vendor="1" device="2" class="3" rule="x"/>`;
   const xml = withMetadata(
@@ -411,7 +435,7 @@ Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake record
   assertEquals(readRecordsLeniently(xml).records.map((r) => r.address), ["0000:0b:00.0"]);
   // Records only in a comment: none, and nothing to distrust.
   const commented = withMetadata(`<!-- ${OURS} -->`);
-  assertEquals(readRecordsLeniently(commented), { records: [], problem: null });
+  assertEquals(readRecordsLeniently(commented), { records: [], vfRecords: [], problem: null });
 });
 
 Deno.test("readRecordsLeniently() reads the records of every domain editDomainXml() writes", () => {
@@ -497,7 +521,7 @@ Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no r
       `<domain><name>vm</name><devices><hostdev mode='subsystem' type='pci'>`,
     ]
   ) {
-    assertEquals(readRecordsLeniently(xml), { records: [], problem: null }, xml);
+    assertEquals(readRecordsLeniently(xml), { records: [], vfRecords: [], problem: null }, xml);
   }
   // Damaged, and names the namespace: what it says cannot be trusted.
   assertEquals(
