@@ -23,6 +23,7 @@
  * the apply once, to prove every command still runs and does what it should; `.ci/run` runs it.
  *
  * Usage: deno run -A bench/whole_process.ts [--runs 15] [--smoke] [--host trx40|1024]
+ *   [--baseline DIR] (another checkout's bin/passthrough, in the same rounds: before / after)
  *   (bench/setup.sh installs the seed's Python packages and GNU time)
  *
  * @module
@@ -69,16 +70,23 @@ interface Options {
   runs: number;
   smoke: boolean;
   hosts: string[];
+  /** Another checkout whose `bin/passthrough` runs `plan` and `groups` in the same rounds. */
+  baseline: string | null;
 }
 
 function parseOptions(args: string[]): Options {
-  const options: Options = { runs: 15, smoke: false, hosts: ["trx40", "1024"] };
+  const options: Options = { runs: 15, smoke: false, hosts: ["trx40", "1024"], baseline: null };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--smoke") options.smoke = true;
     else if (arg === "--runs") options.runs = Number(args[++i]);
     else if (arg === "--host") options.hosts = [args[++i] ?? ""];
-    else throw new Error(`Unknown argument "${arg}" (usage: [--runs N] [--smoke] [--host H])`);
+    else if (arg === "--baseline") options.baseline = args[++i] ?? "";
+    else {
+      throw new Error(
+        `Unknown argument "${arg}" (usage: [--runs N] [--smoke] [--host H] [--baseline DIR])`,
+      );
+    }
   }
   if (!Number.isInteger(options.runs) || options.runs < 1) {
     throw new Error(`--runs needs a positive integer`);
@@ -274,6 +282,8 @@ interface Sample {
   ms: number;
   /** Peak RSS in KiB (GNU time), or `null` without it. */
   rssKiB: number | null;
+  /** User + system CPU time in ms (GNU time, 10 ms resolution), or `null` without it. */
+  cpuMs: number | null;
 }
 
 function exists(path: string): boolean {
@@ -295,7 +305,9 @@ const PRIORITY = Deno.uid() === 0 ? ["nice", "-n", "-10"] : [];
 async function runOnce(c: Case, work: string): Promise<Sample> {
   const rssFile = `${work}/rss`;
   const command = [...PRIORITY, ...c.cmd];
-  const [cmd, ...args] = hasGnuTime ? [GNU_TIME, "-f", "%M", "-o", rssFile, ...command] : command;
+  const [cmd, ...args] = hasGnuTime
+    ? [GNU_TIME, "-f", "%M %U %S", "-o", rssFile, ...command]
+    : command;
   const started = performance.now();
   const out = await new Deno.Command(cmd!, {
     args,
@@ -311,8 +323,14 @@ async function runOnce(c: Case, work: string): Promise<Sample> {
     );
   }
   c.check(stdout);
-  const rssKiB = hasGnuTime ? parseInt(Deno.readTextFileSync(rssFile).trim(), 10) : null;
-  return { ms, rssKiB };
+  if (!hasGnuTime) return { ms, rssKiB: null, cpuMs: null };
+  // The last line: a command killed by a signal gets a line before it.
+  const [rss, user, system] = Deno.readTextFileSync(rssFile).trim().split("\n").at(-1)!.split(" ");
+  return {
+    ms,
+    rssKiB: parseInt(rss!, 10),
+    cpuMs: Math.round((Number(user) + Number(system)) * 1000),
+  };
 }
 
 /** Runs every case once per round, `runs` rounds (plus one warm-up round unless smoking). */
@@ -468,6 +486,20 @@ function cases(scene: Scene, work: string, seed: boolean): Case[] {
   return list;
 }
 
+/**
+ * `plan --json` and `groups --json` of another checkout (`--baseline DIR`, e.g. an older commit
+ * with its own `dist/bin`), so a change is measured before and after in the same rounds.
+ */
+function baselineCases(scene: Scene, baseline: string | null): Case[] {
+  if (baseline === null) return [];
+  const bin = `${baseline}/bin/passthrough`;
+  return cases(scene, "", false).filter((c) => c.cmd[0] === PASSTHROUGH).map((c) => ({
+    ...c,
+    name: `${c.name} (baseline)`,
+    cmd: [bin, ...c.cmd.slice(1)],
+  }));
+}
+
 /** Why the seed comparison cannot run here, or `null`. */
 function seedUnavailable(): string | null {
   if (!exists(`${SHARED_BENCH}/seed_baseline.py`)) {
@@ -489,20 +521,32 @@ function verdict(ok: boolean): string {
 
 async function benchHost(scene: Scene, options: Options, work: string): Promise<void> {
   const seedReason = seedUnavailable();
-  const samples = await alternate(cases(scene, work, seedReason === null), options, work);
+  const samples = await alternate(
+    [...cases(scene, work, seedReason === null), ...baselineCases(scene, options.baseline)],
+    options,
+    work,
+  );
   const ms = (name: string) => median(samples.get(name)!.map((s) => s.ms));
   const rss = (name: string) => {
     const values = samples.get(name)!.map((s) => s.rssKiB);
     return values.some((v) => v === null) ? null : median(values as number[]) / MIB;
   };
   console.log(`\n${scene.label}: ${options.runs} alternating round(s), medians`);
-  console.log(`  ${"command".padEnd(26)} ${"ms".padStart(8)} ${"peak RSS MiB".padStart(13)}`);
+  const cpu = (name: string) => {
+    const values = samples.get(name)!.map((s) => s.cpuMs);
+    return values.some((v) => v === null) ? null : median(values as number[]);
+  };
+  console.log(
+    `  ${"command".padEnd(30)} ${"ms".padStart(8)} ${"CPU ms".padStart(7)} ${
+      "peak RSS MiB".padStart(13)
+    }`,
+  );
   for (const name of samples.keys()) {
-    const r = rss(name);
+    const [r, c] = [rss(name), cpu(name)];
     console.log(
-      `  ${name.padEnd(26)} ${ms(name).toFixed(1).padStart(8)} ${
-        (r === null ? "-" : r.toFixed(1)).padStart(13)
-      }`,
+      `  ${name.padEnd(30)} ${ms(name).toFixed(1).padStart(8)} ${
+        (c === null ? "-" : c.toFixed(0)).padStart(7)
+      } ${(r === null ? "-" : r.toFixed(1)).padStart(13)}`,
     );
   }
   const plan = ms("plan --json");

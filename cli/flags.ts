@@ -1,16 +1,17 @@
 /**
  * Flags declared once. A command's {@link CommandSpec} names its flags and arguments, or its
  * subcommands' ({@link SubcommandSpec}: `hook install`, `hook status`); from it
- * {@link defineCommand} derives the `node:util` `parseArgs` options, the help text (usage line,
- * options aligned and wrapped at 100 columns) and the usage errors (`main` prints them with the
- * help, exit 2). Flags several commands take are declared here once, in groups.
+ * {@link defineCommand} derives the parser, the help text (usage line, options aligned and wrapped
+ * at 100 columns) and the usage errors (`main` prints them with the help, exit 2). Flags several
+ * commands take are declared here once, in groups.
  *
- * Only `node:util` is imported, so the command table and every `--help` stay light.
+ * The parser is `node:util` `parseArgs`'s strict mode, rules and messages, written out here:
+ * importing any `node:` module loads Deno's Node compatibility layer at every start. Nothing but
+ * `./context.ts` is imported, so the command table and every `--help` stay light.
  *
  * @module
  */
 
-import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { type CliIo, type Command, UsageError } from "./context.ts";
 
 /** A flag without a value: `false` unless given. */
@@ -339,34 +340,144 @@ function subcommandFlags(spec: CommandSpec, subcommands: readonly SubcommandSpec
   return flags;
 }
 
-/** `flags` as `parseArgs` options; booleans default to `false`. */
-function parseOptions(flags: Flags): ParseArgsOptionsConfig {
-  return Object.fromEntries(
-    Object.entries(flags).map(([name, flag]) => {
-      const short = flag.short === undefined ? {} : { short: flag.short };
-      return [
-        name,
-        flag.type === "boolean"
-          ? { type: "boolean", default: false, ...short }
-          : { type: "string", multiple: flag.multiple ?? false, ...short },
-      ];
-    }),
-  );
+/** One flag as the command line gave it. */
+interface FlagToken {
+  /** The flag's name; an unknown one-letter flag keeps its letter. */
+  name: string;
+  /** As typed: `--connect`, `-c`. */
+  rawName: string;
+  /** The value: inline (`--x=v`, `-cv`) or the next argument; `undefined` without one. */
+  value: string | undefined;
+  inline: boolean;
+}
+
+/** The name of the flag whose one-letter alias is `letter`, else `letter` itself. */
+function longName(flags: Flags, letter: string): string {
+  for (const [name, flag] of Object.entries(flags)) if (flag.short === letter) return name;
+  return letter;
+}
+
+function takesValue(flags: Flags, name: string): boolean {
+  return Object.hasOwn(flags, name) && flags[name]!.type === "string";
+}
+
+/**
+ * `args` split into flags and positionals as `parseArgs` splits them: `--` ends the flags, `-abc`
+ * is `-a -b -c` up to the first letter that takes a value (the rest is its value), a flag that
+ * takes a value takes the next argument whatever it is.
+ */
+function tokenize(flags: Flags, args: readonly string[]): (FlagToken | string)[] {
+  const tokens: (FlagToken | string)[] = [];
+  const rest = [...args];
+  while (rest.length > 0) {
+    const arg = rest.shift()!;
+    if (arg === "--") {
+      tokens.push(...rest);
+      break;
+    }
+    const short = arg.length >= 2 && arg[0] === "-" && arg[1] !== "-";
+    if (short && arg.length === 2) {
+      const name = longName(flags, arg[1]!);
+      const value = takesValue(flags, name) && rest.length > 0 ? rest.shift() : undefined;
+      tokens.push({ name, rawName: arg, value, inline: false });
+    } else if (short) {
+      const name = longName(flags, arg[1]!);
+      if (takesValue(flags, name)) {
+        tokens.push({ name, rawName: `-${arg[1]}`, value: arg.slice(2), inline: true });
+        continue;
+      }
+      const expanded: string[] = [];
+      for (let i = 1; i < arg.length; i++) {
+        if (!takesValue(flags, longName(flags, arg[i]!)) || i === arg.length - 1) {
+          expanded.push(`-${arg[i]}`);
+        } else {
+          expanded.push(`-${arg.slice(i)}`);
+          break;
+        }
+      }
+      rest.unshift(...expanded);
+    } else if (arg.length > 2 && arg.startsWith("--")) {
+      const equals = arg.indexOf("=", 3);
+      if (equals === -1) {
+        const name = arg.slice(2);
+        const value = takesValue(flags, name) && rest.length > 0 ? rest.shift() : undefined;
+        tokens.push({ name, rawName: arg, value, inline: false });
+      } else {
+        const name = arg.slice(2, equals);
+        tokens.push({ name, rawName: `--${name}`, value: arg.slice(equals + 1), inline: true });
+      }
+    } else {
+      tokens.push(arg);
+    }
+  }
+  return tokens;
+}
+
+/** The usage error of a flag `parseArgs`'s strict mode refuses, or nothing. */
+function checkFlag(flags: Flags, token: FlagToken): void {
+  if (!Object.hasOwn(flags, token.name)) {
+    throw new UsageError(`Unknown option '${token.rawName}'`);
+  }
+  const flag = flags[token.name]!;
+  const both = `${flag.short === undefined ? "" : `-${flag.short}, `}--${token.name}`;
+  if (flag.type === "string" && token.value === undefined) {
+    throw new UsageError(`Option '${both} <value>' argument missing`);
+  }
+  if (flag.type === "boolean" && token.value !== undefined) {
+    throw new UsageError(`Option '${both}' does not take an argument`);
+  }
+  const value = token.value;
+  if (!token.inline && value !== undefined && value.length > 1 && value[0] === "-") {
+    const example = token.rawName.startsWith("--")
+      ? `'${token.rawName}=-XYZ'`
+      : `'--${token.name}=-XYZ' or '${token.rawName}-XYZ'`;
+    throw new UsageError(
+      `Option '${token.rawName}' argument is ambiguous.\nDid you forget to specify the option ` +
+        `argument for '${token.rawName}'?\nTo specify an option argument starting with a dash ` +
+        `use ${example}.`,
+    );
+  }
+}
+
+/**
+ * `args` parsed against `flags` as `parseArgs` does in strict mode with positionals allowed:
+ * booleans are `false` unless given, a repeatable flag's values are collected, otherwise the
+ * last value wins.
+ */
+function parseFlags(
+  flags: Flags,
+  args: readonly string[],
+): { values: Record<string, unknown>; positionals: string[] } {
+  const values: Record<string, unknown> = Object.create(null);
+  const positionals: string[] = [];
+  for (const token of tokenize(flags, args)) {
+    if (typeof token === "string") {
+      positionals.push(token);
+      continue;
+    }
+    checkFlag(flags, token);
+    if (token.name === "__proto__") continue;
+    const value = token.value ?? true;
+    const flag = flags[token.name]!;
+    if (flag.type === "string" && flag.multiple === true) {
+      ((values[token.name] ??= []) as unknown[]).push(value);
+    } else {
+      values[token.name] = value;
+    }
+  }
+  for (const [name, flag] of Object.entries(flags)) {
+    if (flag.type === "boolean" && values[name] === undefined) values[name] = false;
+  }
+  return { values, positionals };
 }
 
 /** Parses `args` against `spec` strictly: unknown flags, stray or missing arguments throw. */
 function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
   spec: S,
-  options: ParseArgsOptionsConfig,
+  flags: Flags,
   args: string[],
 ): ParsedLine<S> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: true });
-  } catch (error) {
-    // Node's advice on `--` fits no command here: none takes an argument starting with a dash.
-    throw new UsageError((error as Error).message.replace(/\. To specify.*$/s, ""));
-  }
+  const parsed = parseFlags(flags, args);
   const declared = spec.positionals ?? [];
   const variadic = declared.at(-1)?.variadic === true;
   if (!variadic && parsed.positionals.length > declared.length) {
@@ -377,8 +488,7 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
       throw new UsageError(positional.missing);
     }
   });
-  // parseArgs types its result from a literal options object; these options are built from the
-  // spec by parseOptions (booleans default to false), so the spec types each value.
+  // The values follow the spec's flags (booleans default to false), so the spec types each one.
   return { values: parsed.values, positionals: parsed.positionals } as unknown as ParsedLine<S>;
 }
 
@@ -389,7 +499,7 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
 function parseSubcommandLine(
   spec: CommandSpec,
   subcommands: readonly SubcommandSpec[],
-  all: ParseArgsOptionsConfig,
+  all: Flags,
   args: string[],
 ): ParsedSubcommand<SubcommandSpec> {
   const [name, ...rest] = args;
@@ -401,7 +511,7 @@ function parseSubcommandLine(
   }
   const sub = subcommands.find((c) => c.name === name);
   if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
-  const line = parseCommandLine(sub, parseOptions({ ...sub.flags, ...COLOR_FLAG }), rest);
+  const line = parseCommandLine(sub, { ...sub.flags, ...COLOR_FLAG }, rest);
   return { subcommand: sub.name, ...line };
 }
 
@@ -440,13 +550,12 @@ export function defineCommand<S extends CommandSpec>(
     ...COLOR_FLAG,
     ...HELP_FLAG,
   };
-  // Both are built on first use: every start builds the whole command table, and runs one command.
+  // Built on first use: every start builds the whole command table, and runs one command.
   let help: string | undefined;
-  let options: ParseArgsOptionsConfig | undefined;
   const parse = (args: string[]) =>
     subcommands === undefined
-      ? parseCommandLine(spec, options ??= parseOptions(flags), args)
-      : parseSubcommandLine(spec, subcommands, options ??= parseOptions(flags), args);
+      ? parseCommandLine(spec, flags, args)
+      : parseSubcommandLine(spec, subcommands, flags, args);
   return {
     name: spec.name,
     summary: spec.summary,

@@ -18,7 +18,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import { didYouMean } from "./suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
-import { type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
+import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import type { PlanIssue } from "../lib/plan/types.ts";
 import { summarizePlan } from "./plan_summary.ts";
@@ -224,7 +224,7 @@ export async function computePlan(
       facts,
       ...(inputs.vm ? { vms: inputs.vm } : {}),
     });
-    addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
+    await addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
     return { plan, libvirt, config, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();
@@ -251,7 +251,14 @@ export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
  * (recorded in the state directory's guard/refused). An unreadable directory is skipped: the
  * record only informs.
  */
-function addGuardRefusals(plan: Plan, stateDir: string): void {
+async function addGuardRefusals(plan: Plan, stateDir: string): Promise<void> {
+  // The guard's state module (and the node:crypto it loads) only when there are records.
+  try {
+    if (!Deno.statSync(`${stateDir}/guard/refused`).isDirectory) return;
+  } catch {
+    return;
+  }
+  const { readRefusalRecords } = await import("../lib/guard/state.ts");
   let records: GuardRefusalRecord[];
   try {
     records = readRefusalRecords(stateDir);

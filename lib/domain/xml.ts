@@ -1,9 +1,8 @@
 /**
  * XML primitives for lossless editing: a span scanner that checks a document is well-formed
  * while it locates every element in the original text (with the line and column of the first
- * problem), a reader for the values of small fragments (fast-xml-parser), and escaping. This is
- * the only module that imports `fast-xml-parser`; everything else works on {@link XmlSpan}s and
- * {@link XmlElement}s.
+ * problem), a reader for the values of small fragments built on the same scan, and escaping.
+ * Everything else works on {@link XmlSpan}s and {@link XmlElement}s.
  *
  * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
  * no external entities), and only the five predefined entities and character references are
@@ -12,8 +11,6 @@
  *
  * @module
  */
-
-import { XMLParser } from "fast-xml-parser";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -50,7 +47,7 @@ export interface XmlSpan {
   children: XmlSpan[];
 }
 
-/** A small element read by fast-xml-parser, with decoded attribute values and text. */
+/** A small element read by {@link readXmlElement}, with decoded attribute values and text. */
 export interface XmlElement {
   name: string;
   attributes: Record<string, string>;
@@ -178,7 +175,36 @@ function refuseDoctype(text: string): void {
   }
 }
 
-const NAME_CHAR = /[^\s/>=<"']/;
+/** What JavaScript's `\s` matches beyond ASCII, for the rare non-ASCII character. */
+const SPACE = /\s/;
+
+/** Whether the character code `c` is whitespace as `\s` has it (ASCII decided without a regex). */
+function isSpace(c: number): boolean {
+  if (c < 128) return c === 32 || (c >= 9 && c <= 13);
+  return SPACE.test(String.fromCharCode(c));
+}
+
+/** Whether `c` may be part of a name as the scanner reads one: not space, `/>=<"'`. */
+function isNameChar(c: number): boolean {
+  if (c >= 128) return !isSpace(c);
+  // `/` 47, `<` 60, `=` 61, `>` 62, `"` 34, `'` 39.
+  return c !== 47 && c !== 60 && c !== 61 && c !== 62 && c !== 34 && c !== 39 && !isSpace(c);
+}
+
+/** The index of the first non-space character at or after `from`. */
+function skipSpace(text: string, from: number): number {
+  let j = from;
+  while (j < text.length && isSpace(text.charCodeAt(j))) j++;
+  return j;
+}
+
+/** The index just after the name that starts at `from` (`from` itself when there is none). */
+function skipName(text: string, from: number): number {
+  let j = from;
+  while (j < text.length && isNameChar(text.charCodeAt(j))) j++;
+  return j;
+}
+
 /** What may start an element or attribute name: XML's NameStartChar, non-ASCII taken as is. */
 const NAME_START = /^[A-Za-z_:\u0080-\uffff]/;
 
@@ -192,28 +218,17 @@ interface ScanContext {
 
 /** The start tag at `lt` (name and raw attributes), as a span that ends with the tag. */
 function readStartTag({ text, fail, checkEntities }: ScanContext, lt: number): XmlSpan {
-  const n = text.length;
-  const skipSpace = (from: number) => {
-    let j = from;
-    while (j < n && /\s/.test(text[j] as string)) j++;
-    return j;
-  };
-  const skipName = (from: number) => {
-    let j = from;
-    while (j < n && NAME_CHAR.test(text[j] as string)) j++;
-    return j;
-  };
-  let j = skipName(lt + 1);
+  let j = skipName(text, lt + 1);
   const name = text.slice(lt + 1, j);
   if (!NAME_START.test(name)) fail("Malformed start tag", lt);
   const rawAttributes: [string, string][] = [];
   for (;;) {
     const afterName = j;
-    j = skipSpace(j);
-    const c = text[j];
-    if (c === ">" || (c === "/" && text[j + 1] === ">")) {
-      const end = c === ">" ? j + 1 : j + 2;
-      const selfClosing = c === "/";
+    j = skipSpace(text, j);
+    const c = text.charCodeAt(j);
+    // `>` 62, `/` 47.
+    if (c === 62 || (c === 47 && text.charCodeAt(j + 1) === 62)) {
+      const end = c === 62 ? j + 1 : j + 2;
       return {
         name,
         rawAttributes,
@@ -221,30 +236,30 @@ function readStartTag({ text, fail, checkEntities }: ScanContext, lt: number): X
         startTagEnd: end,
         endTagStart: end,
         end,
-        selfClosing,
+        selfClosing: c === 47,
         children: [],
       };
     }
-    if (j === afterName || c === undefined) fail(`Malformed start tag "<${name}"`, lt);
+    if (j === afterName || j >= text.length) fail(`Malformed start tag "<${name}"`, lt);
     const attrStart = j;
-    j = skipName(j);
+    j = skipName(text, j);
     const attrName = text.slice(attrStart, j);
-    j = skipSpace(j);
-    if (!NAME_START.test(attrName) || text[j] !== "=") {
+    j = skipSpace(text, j);
+    if (!NAME_START.test(attrName) || text.charCodeAt(j) !== 61 /* = */) {
       fail(`Malformed attribute in "<${name}"`, attrStart);
     }
-    if (rawAttributes.some(([seen]) => seen === attrName)) {
-      fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
+    for (const [seen] of rawAttributes) {
+      if (seen === attrName) fail(`Attribute "${attrName}" repeated in "<${name}"`, attrStart);
     }
-    j = skipSpace(j + 1);
+    j = skipSpace(text, j + 1);
     const quote = text[j];
     if (quote !== "'" && quote !== '"') fail(`Unquoted attribute "${attrName}"`, attrStart);
     const close = text.indexOf(quote as string, j + 1);
     if (close === -1) fail(`Unterminated attribute "${attrName}"`, attrStart);
-    const value = text.slice(j + 1, close);
-    if (value.includes("<")) fail(`Attribute "${attrName}" contains "<"`, j + 1);
+    const lessThan = text.indexOf("<", j + 1);
+    if (lessThan !== -1 && lessThan < close) fail(`Attribute "${attrName}" contains "<"`, j + 1);
     checkEntities(j + 1, close);
-    rawAttributes.push([attrName, value]);
+    rawAttributes.push([attrName, text.slice(j + 1, close)]);
     j = close + 1;
   }
 }
@@ -303,11 +318,10 @@ export function scanXml(text: string): XmlSpan {
     } else if (text.startsWith("<!", lt)) {
       fail("Unexpected markup declaration", lt);
     } else if (text[lt + 1] === "/") {
-      let j = lt + 2;
-      while (j < n && NAME_CHAR.test(text[j] as string)) j++;
+      let j = skipName(text, lt + 2);
       const name = text.slice(lt + 2, j);
-      while (j < n && /\s/.test(text[j] as string)) j++;
-      if (text[j] !== ">") fail(`Malformed end tag "</${name}"`, lt);
+      j = skipSpace(text, j);
+      if (text.charCodeAt(j) !== 62 /* > */) fail(`Malformed end tag "</${name}"`, lt);
       const open = stack.pop();
       if (open === undefined || open.name !== name) {
         fail(`Unexpected end tag "</${name}>"`, lt);
@@ -338,48 +352,53 @@ export function spanAttribute(span: XmlSpan, name: string): string | undefined {
   return raw === undefined ? undefined : decodeXmlText(raw[1]);
 }
 
-const parser = new XMLParser({
-  preserveOrder: true,
-  ignoreAttributes: false,
-  attributeNamePrefix: "",
-  parseTagValue: false,
-  parseAttributeValue: false,
-  trimValues: false,
-  // Entities are decoded by decodeXmlText, which refuses unknown names instead of keeping them.
-  processEntities: false,
-  htmlEntities: false,
-  commentPropName: "#comment",
-  cdataPropName: "#cdata",
-  allowBooleanAttributes: false,
-});
-
-type OrderedNode = Record<string, unknown> & { ":@"?: Record<string, string> };
-
-function toElement(node: OrderedNode): XmlElement | null {
-  const name = Object.keys(node).find((key) => key !== ":@");
-  if (name === undefined || name === "#text" || name === "#comment" || name === "?xml") return null;
-  if (name === "#cdata") return null;
+/** The element `span` of `text`, with decoded attribute values, child elements and own text. */
+function elementOf(text: string, span: XmlSpan): XmlElement {
   const attributes: Record<string, string> = {};
-  for (const [key, value] of Object.entries(node[":@"] ?? {})) {
-    attributes[key] = decodeXmlText(String(value));
-  }
-  const children: XmlElement[] = [];
-  let text = "";
-  for (const child of (node[name] as OrderedNode[] | undefined) ?? []) {
-    if ("#text" in child) text += decodeXmlText(String(child["#text"]));
-    else if ("#cdata" in child) {
-      for (const part of child["#cdata"] as OrderedNode[]) text += String(part["#text"] ?? "");
-    } else {
-      const element = toElement(child);
-      if (element) children.push(element);
+  for (const [key, raw] of span.rawAttributes) attributes[key] = decodeXmlText(raw);
+  const children = span.children.map((child) => elementOf(text, child));
+  let own = "";
+  if (!span.selfClosing) {
+    let from = span.startTagEnd;
+    for (const child of span.children) {
+      own += contentText(text, from, child.start);
+      from = child.end;
     }
+    own += contentText(text, from, span.endTagStart);
   }
-  return { name, attributes, children, text };
+  return { name: span.name, attributes, children, text: own };
 }
 
 /**
- * Reads one element's text (e.g. a `<hostdev>` span of the original document) into names,
- * decoded attribute values, child elements and text, with fast-xml-parser.
+ * The text of `text[from, to)`, content between elements that {@link scanXml} has checked:
+ * character data decoded, CDATA sections as written, comments and processing instructions left
+ * out.
+ */
+function contentText(text: string, from: number, to: number): string {
+  let out = "";
+  let i = from;
+  while (i < to) {
+    const lt = text.indexOf("<", i);
+    const end = lt === -1 || lt >= to ? to : lt;
+    if (end > i) out += decodeXmlText(text.slice(i, end));
+    if (end === to) break;
+    if (text.startsWith("<![CDATA[", lt)) {
+      const close = text.indexOf("]]>", lt + 9);
+      out += text.slice(lt + 9, close);
+      i = close + 3;
+    } else {
+      // A comment or a processing instruction: the scan left nothing else between elements.
+      const close = text.startsWith("<!--", lt) ? "-->" : "?>";
+      i = text.indexOf(close, lt + 2) + close.length;
+    }
+  }
+  return out;
+}
+
+/**
+ * Reads one element's text (e.g. a `<hostdev>` span of the original document, or a whole
+ * document) into names, decoded attribute values, child elements and text, after checking it as
+ * {@link scanXml} does (throwing {@link XmlSyntaxError}, a `SyntaxError`).
  *
  * @example
  * ```ts
@@ -389,10 +408,5 @@ function toElement(node: OrderedNode): XmlElement | null {
  * ```
  */
 export function readXmlElement(text: string): XmlElement {
-  const nodes = parser.parse(text) as OrderedNode[];
-  for (const node of nodes) {
-    const element = toElement(node);
-    if (element) return element;
-  }
-  throw new SyntaxError(`No element in XML fragment: "${text.slice(0, 40)}"`);
+  return elementOf(text, scanXml(text));
 }

@@ -105,9 +105,13 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
   lspciText.catch(() => {});
-  // Deno drains lspci's pipe only when this thread yields; without the pauses lspci blocks on a
-  // full pipe until sysfs is read, and the two never overlap.
-  const pause = runner === null ? undefined : () => new Promise<void>((r) => setTimeout(r, 0));
+  // Deno drains lspci's pipe only when this thread yields to its event loop; without the pauses
+  // lspci blocks on a full pipe until sysfs is read, and the two never overlap. A zero timeout
+  // through AbortSignal, since setTimeout loads Deno's Node compatibility layer (its timers).
+  const pause = runner === null ? undefined : () =>
+    new Promise<void>((resolve) => {
+      AbortSignal.timeout(0).addEventListener("abort", () => resolve(), { once: true });
+    });
   const { devices, groupInconsistencies } = await readDevices(reader, root, pause);
   const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();

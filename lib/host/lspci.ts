@@ -103,15 +103,18 @@ export async function runLspci(
     throw error;
   }
   let timedOut = false;
-  const timer = setTimeout(() => {
+  // Not setTimeout: in Deno that loads its Node compatibility layer (timers) at every start.
+  const limit = AbortSignal.timeout(timeLimitMs);
+  const kill = () => {
     timedOut = true;
     child.kill("SIGKILL");
-  }, timeLimitMs);
+  };
+  limit.addEventListener("abort", kill);
   let output: Deno.CommandOutput;
   try {
     output = await child.output();
   } finally {
-    clearTimeout(timer);
+    limit.removeEventListener("abort", kill);
   }
   if (timedOut) {
     throw new LspciError(

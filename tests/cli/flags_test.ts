@@ -1,16 +1,18 @@
 /**
  * The flag table (`cli/flags.ts`) and the command table (`cli/commands.ts`): every command's help
  * lists exactly the flags it parses, every command refuses an unknown flag as a usage error (exit
- * 2, with its help), `doctor` takes `-c/--connect` like every command that opens libvirt, and
- * `--help` or a light command such as `backups` never loads the YAML parser, the XML parser or the
- * diff library.
+ * 2, with its help), `doctor` takes `-c/--connect` like every command that opens libvirt,
+ * command lines parse as `node:util` `parseArgs` parses them, and `--help` or a light command such
+ * as `backups` never loads the YAML parser, the diff library or Deno's Node layer.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { runCli } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { COMMANDS } from "../../cli/commands.ts";
 import type { CliIo } from "../../cli/context.ts";
+import { defineCommand, type Flags } from "../../cli/flags.ts";
 import { main } from "../../main.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -126,7 +128,9 @@ interface ModuleGraph {
  * `deno info --json` reports them. Dynamic imports load later, only if run, and type-only imports
  * never: neither is followed. npm packages as their bare names, local modules relative.
  */
-async function loadedBy(path: string): Promise<{ local: string[]; npm: string[] }> {
+async function loadedBy(
+  path: string,
+): Promise<{ local: string[]; npm: string[]; node: string[] }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["info", "--json", path],
     cwd: ROOT,
@@ -151,7 +155,8 @@ async function loadedBy(path: string): Promise<{ local: string[]; npm: string[] 
     .map((s) => s.slice(`file://${ROOT}`.length)).sort();
   const npm = [...seen].filter((s) => s.startsWith("npm:"))
     .map((s) => s.replace(/^npm:\/?/, "").replace(/@[^@/]*$/, "")).sort();
-  return { local, npm };
+  const node = [...seen].filter((s) => s.startsWith("node:")).sort();
+  return { local, npm, node };
 }
 
 Deno.test("--help loads only the command table, and each command only what it uses", async () => {
@@ -171,6 +176,7 @@ Deno.test("--help loads only the command table, and each command only what it us
       "main.ts",
     ],
     npm: [],
+    node: [],
   });
   const expected: Record<string, string[]> = {
     devices: [],
@@ -178,17 +184,99 @@ Deno.test("--help loads only the command table, and each command only what it us
     snapshot: [],
     doctor: [],
     backups: [],
-    hook: ["fast-xml-parser"],
+    hook: [],
     guard: [],
-    sources: ["fast-xml-parser"],
+    sources: [],
     // The diff library loads only when the plan is rendered for humans (not for --json).
-    plan: ["fast-xml-parser", "yaml"],
-    apply: ["diff", "fast-xml-parser", "yaml"],
-    rollback: ["diff", "fast-xml-parser"],
-    demo: ["diff", "fast-xml-parser", "yaml"],
+    plan: ["yaml"],
+    apply: ["diff", "yaml"],
+    rollback: ["diff"],
+    demo: ["diff", "yaml"],
   };
   assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
+  // Any node: module loads Deno's Node compatibility layer at start (docs/BENCHMARKS.md): the
+  // commands that read hosts and plan load none, or node:path only.
+  const nodeFree = ["devices", "groups", "snapshot", "sources"];
   for (const [name, packages] of Object.entries(expected)) {
-    assertEquals((await loadedBy(`cli/${name}.ts`)).npm, packages, `what cli/${name}.ts loads`);
+    const loaded = await loadedBy(`cli/${name}.ts`);
+    assertEquals(loaded.npm, packages, `what cli/${name}.ts loads`);
+    if (nodeFree.includes(name)) assertEquals(loaded.node, [], `node: modules of cli/${name}.ts`);
+    if (name === "plan") assertEquals(loaded.node, ["node:path"], "node: modules of cli/plan.ts");
+  }
+});
+
+/** `args` parsed by `node:util` `parseArgs` as the flag table once had it, or its usage error. */
+function nodeParse(flags: Flags, args: string[]): string {
+  const options: ParseArgsOptionsConfig = {};
+  for (const [name, flag] of Object.entries(flags)) {
+    options[name] = flag.type === "boolean"
+      ? { type: "boolean", default: false, ...(flag.short ? { short: flag.short } : {}) }
+      : {
+        type: "string",
+        multiple: flag.multiple ?? false,
+        ...(flag.short ? { short: flag.short } : {}),
+      };
+  }
+  try {
+    const parsed = parseArgs({ args, options, strict: true, allowPositionals: true });
+    return JSON.stringify([{ ...parsed.values }, parsed.positionals]);
+  } catch (error) {
+    return `usage error: ${(error as Error).message.replace(/\. To specify.*$/s, "")}`;
+  }
+}
+
+/** `args` parsed by the flag table's own parser (a command taking any arguments), or its error. */
+async function ownParse(flags: Flags, args: string[]): Promise<string> {
+  let parsed = "";
+  const command = defineCommand(
+    { name: "x", summary: "", about: "", flags, positionals: [{ name: "A", variadic: true }] },
+    () =>
+      Promise.resolve(({ values, positionals }) => {
+        parsed = JSON.stringify([{ ...values }, positionals]);
+        return Promise.resolve(0);
+      }),
+  );
+  try {
+    await command.run(args, {} as CliIo);
+  } catch (error) {
+    return `usage error: ${(error as Error).message}`;
+  }
+  return parsed;
+}
+
+Deno.test("every command's flags parse as node:util parseArgs parses them, errors included", async () => {
+  let seed = 7;
+  const random = (n: number) => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
+  for (const command of COMMANDS) {
+    const names = Object.keys(command.flags);
+    const shorts = Object.values(command.flags).flatMap((f) => f.short ? [f.short] : []);
+    const words = [
+      ...names.flatMap((n) => [`--${n}`, `--${n}=v`, `--${n}=`]),
+      ...shorts.flatMap((s) => [`-${s}`, `-${s}val`]),
+      `-${shorts.join("")}`,
+      `-h${shorts.join("")}`,
+      ...[
+        "--bogus",
+        "-z",
+        "-",
+        "--",
+        "pos",
+        "-x1",
+        "--=a",
+        "---",
+        "-1",
+        "--__proto__",
+        "=",
+        "--a=b=c",
+      ],
+    ];
+    for (let i = 0; i < 500; i++) {
+      const args = Array.from({ length: random(6) }, () => words[random(words.length)]!);
+      assertEquals(
+        await ownParse(command.flags, args),
+        nodeParse(command.flags, args),
+        `${command.name} ${JSON.stringify(args)}`,
+      );
+    }
   }
 });
