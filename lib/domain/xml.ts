@@ -1,8 +1,9 @@
 /**
  * XML primitives for lossless editing: a span scanner that checks a document is well-formed
  * while it locates every element in the original text (with the line and column of the first
- * problem), a reader for the values of small fragments built on the same scan, and escaping.
- * Everything else works on {@link XmlSpan}s and {@link XmlElement}s.
+ * problem), a reader for the values of small fragments (fast-xml-parser), and escaping. This is
+ * the only module that imports `fast-xml-parser`; everything else works on {@link XmlSpan}s and
+ * {@link XmlElement}s.
  *
  * Security: documents with a DOCTYPE are refused (no DTD is ever read, so no entity expansion and
  * no external entities), and only the five predefined entities and character references are
@@ -11,6 +12,8 @@
  *
  * @module
  */
+
+import { XMLParser } from "fast-xml-parser";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -47,7 +50,7 @@ export interface XmlSpan {
   children: XmlSpan[];
 }
 
-/** A small element read by {@link readXmlElement}, with decoded attribute values and text. */
+/** A small element read by fast-xml-parser, with decoded attribute values and text. */
 export interface XmlElement {
   name: string;
   attributes: Record<string, string>;
@@ -352,53 +355,48 @@ export function spanAttribute(span: XmlSpan, name: string): string | undefined {
   return raw === undefined ? undefined : decodeXmlText(raw[1]);
 }
 
-/** The element `span` of `text`, with decoded attribute values, child elements and own text. */
-function elementOf(text: string, span: XmlSpan): XmlElement {
+const parser = new XMLParser({
+  preserveOrder: true,
+  ignoreAttributes: false,
+  attributeNamePrefix: "",
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: false,
+  // Entities are decoded by decodeXmlText, which refuses unknown names instead of keeping them.
+  processEntities: false,
+  htmlEntities: false,
+  commentPropName: "#comment",
+  cdataPropName: "#cdata",
+  allowBooleanAttributes: false,
+});
+
+type OrderedNode = Record<string, unknown> & { ":@"?: Record<string, string> };
+
+function toElement(node: OrderedNode): XmlElement | null {
+  const name = Object.keys(node).find((key) => key !== ":@");
+  if (name === undefined || name === "#text" || name === "#comment" || name === "?xml") return null;
+  if (name === "#cdata") return null;
   const attributes: Record<string, string> = {};
-  for (const [key, raw] of span.rawAttributes) attributes[key] = decodeXmlText(raw);
-  const children = span.children.map((child) => elementOf(text, child));
-  let own = "";
-  if (!span.selfClosing) {
-    let from = span.startTagEnd;
-    for (const child of span.children) {
-      own += contentText(text, from, child.start);
-      from = child.end;
-    }
-    own += contentText(text, from, span.endTagStart);
+  for (const [key, value] of Object.entries(node[":@"] ?? {})) {
+    attributes[key] = decodeXmlText(String(value));
   }
-  return { name: span.name, attributes, children, text: own };
-}
-
-/**
- * The text of `text[from, to)`, content between elements that {@link scanXml} has checked:
- * character data decoded, CDATA sections as written, comments and processing instructions left
- * out.
- */
-function contentText(text: string, from: number, to: number): string {
-  let out = "";
-  let i = from;
-  while (i < to) {
-    const lt = text.indexOf("<", i);
-    const end = lt === -1 || lt >= to ? to : lt;
-    if (end > i) out += decodeXmlText(text.slice(i, end));
-    if (end === to) break;
-    if (text.startsWith("<![CDATA[", lt)) {
-      const close = text.indexOf("]]>", lt + 9);
-      out += text.slice(lt + 9, close);
-      i = close + 3;
+  const children: XmlElement[] = [];
+  let text = "";
+  for (const child of (node[name] as OrderedNode[] | undefined) ?? []) {
+    if ("#text" in child) text += decodeXmlText(String(child["#text"]));
+    else if ("#cdata" in child) {
+      for (const part of child["#cdata"] as OrderedNode[]) text += String(part["#text"] ?? "");
     } else {
-      // A comment or a processing instruction: the scan left nothing else between elements.
-      const close = text.startsWith("<!--", lt) ? "-->" : "?>";
-      i = text.indexOf(close, lt + 2) + close.length;
+      const element = toElement(child);
+      if (element) children.push(element);
     }
   }
-  return out;
+  return { name, attributes, children, text };
 }
 
 /**
- * Reads one element's text (e.g. a `<hostdev>` span of the original document, or a whole
- * document) into names, decoded attribute values, child elements and text, after checking it as
- * {@link scanXml} does (throwing {@link XmlSyntaxError}, a `SyntaxError`).
+ * Reads one element's text (e.g. a `<hostdev>` span of the original document) into names,
+ * decoded attribute values, child elements and text, with fast-xml-parser.
  *
  * @example
  * ```ts
@@ -408,5 +406,10 @@ function contentText(text: string, from: number, to: number): string {
  * ```
  */
 export function readXmlElement(text: string): XmlElement {
-  return elementOf(text, scanXml(text));
+  const nodes = parser.parse(text) as OrderedNode[];
+  for (const node of nodes) {
+    const element = toElement(node);
+    if (element) return element;
+  }
+  throw new SyntaxError(`No element in XML fragment: "${text.slice(0, 40)}"`);
 }

@@ -186,12 +186,12 @@ Deno.test("--help loads only the command table, and each command only what it us
     backups: [],
     hook: [],
     guard: [],
-    sources: [],
+    sources: ["fast-xml-parser"],
     // The diff library loads only when the plan is rendered for humans (not for --json).
-    plan: ["yaml"],
-    apply: ["diff", "yaml"],
-    rollback: ["diff"],
-    demo: ["diff", "yaml"],
+    plan: ["fast-xml-parser", "yaml"],
+    apply: ["diff", "fast-xml-parser", "yaml"],
+    rollback: ["diff", "fast-xml-parser"],
+    demo: ["diff", "fast-xml-parser", "yaml"],
   };
   assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
   // Any node: module loads Deno's Node compatibility layer at start (docs/BENCHMARKS.md): the
