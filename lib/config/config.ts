@@ -43,7 +43,7 @@ import {
   type StringSchema,
 } from "./schema.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { dirname, isAbsolute, join } from "node:path";
+import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
 
 /** One problem in the config file, located in the source. */

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { dirname, join } from "node:path";
+import { dirname, join } from "../state/paths.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";

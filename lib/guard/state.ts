@@ -8,7 +8,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { join } from "../state/paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,

@@ -16,7 +16,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { join } from "./paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,

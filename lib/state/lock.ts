@@ -36,7 +36,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { join } from "node:path";
+import { join } from "./paths.ts";
 import { openOwnFileSync, openPrivateDir, StateDirError, writeAllSync } from "./state_dir.ts";
 
 /** Where root keeps the connection locks (see the module documentation). */

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, resolve } from "./paths.ts";
 
 /** Where state lives when neither `--state-dir` nor `PASSTHROUGH_STATE_DIR` says otherwise. */
 export const DEFAULT_STATE_DIR = "/var/lib/passthrough";

@@ -195,13 +195,16 @@ Deno.test("--help loads only the command table, and each command only what it us
   };
   assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
   // Any node: module loads Deno's Node compatibility layer at start (docs/BENCHMARKS.md): the
-  // commands that read hosts and plan load none, or node:path only.
-  const nodeFree = ["devices", "groups", "snapshot", "sources"];
+  // commands that read hosts and plan load none (paths through lib/state/paths.ts); apply loads
+  // only node:crypto, for the backups' digests.
+  const nodeFree = ["devices", "groups", "snapshot", "sources", "plan"];
   for (const [name, packages] of Object.entries(expected)) {
     const loaded = await loadedBy(`cli/${name}.ts`);
     assertEquals(loaded.npm, packages, `what cli/${name}.ts loads`);
     if (nodeFree.includes(name)) assertEquals(loaded.node, [], `node: modules of cli/${name}.ts`);
-    if (name === "plan") assertEquals(loaded.node, ["node:path"], "node: modules of cli/plan.ts");
+    if (name === "apply") {
+      assertEquals(loaded.node, ["node:crypto"], "node: modules of cli/apply.ts");
+    }
   }
 });
 
