@@ -16,7 +16,7 @@ import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfMismatch } from "./vf_check.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
-import { readDeviceAt } from "../host/discover.ts";
+import { readDeviceAt } from "../host/sysfs_device.ts";
 import { readRecordsLeniently, scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";

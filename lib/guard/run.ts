@@ -9,7 +9,7 @@
  */
 
 import type { SysfsReader } from "../host/sysfs.ts";
-import { readHostUse } from "../host/discover.ts";
+import { readHostUse } from "../host/sysfs_device.ts";
 import { checkDomainStart, fixCommand, formatRefusal, type GuardRefusal } from "./check.ts";
 import {
   type ActivePolicy,

@@ -10,7 +10,7 @@
 
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { VfIdentity } from "../plan/types.ts";
-import { readDeviceAt } from "../host/discover.ts";
+import { readDeviceAt } from "../host/sysfs_device.ts";
 import { baseName, type SysfsReader } from "../host/sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 import { sameIdentity } from "../resolve/match.ts";

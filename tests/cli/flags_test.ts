@@ -208,6 +208,17 @@ Deno.test("--help loads only the command table, and each command only what it us
   }
 });
 
+Deno.test("the start hook's check loads the one-device sysfs reader, not discovery", async () => {
+  // libvirt waits for the check at every VM start: discovery's lspci, group and bus-wide code
+  // would be loaded and compiled for nothing (docs/BENCHMARKS.md).
+  const { local, npm, node } = await loadedBy("cli/hook_check.ts");
+  assertEquals({ npm, node }, { npm: [], node: [] });
+  assertOk(local.includes("lib/host/sysfs_device.ts"), local.join(" "));
+  for (const module of ["lib/host/discover.ts", "lib/host/lspci.ts", "lib/host/iommu_groups.ts"]) {
+    assertOk(!local.includes(module), `${module} in ${local.join(" ")}`);
+  }
+});
+
 /** `args` parsed by `node:util` `parseArgs` as the flag table once had it, or its usage error. */
 function nodeParse(flags: Flags, args: string[]): string {
   const options: ParseArgsOptionsConfig = {};

@@ -1,0 +1,375 @@
+/**
+ * One PCI function read from sysfs at a known address, and what the host uses among some
+ * functions: the part of discovery (`discover.ts`) that needs neither lspci nor the IOMMU
+ * group listings. Discovery reads every device with these same functions; the start guard, which
+ * reads only the functions a VM names at every VM start, loads this module alone.
+ *
+ * @module
+ */
+
+import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
+import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
+import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
+import {
+  bufferConfigReader,
+  type ConfigSpaceHeaderFacts,
+  readConfigSpace,
+} from "../pci/config_space.ts";
+import { isBridgeClass, isBridgeHeader } from "../pci/class.ts";
+
+/**
+ * The one PCI function at `address`, read from sysfs alone (no lspci, no other device), or `null`
+ * when nothing is there. For callers that need a few known addresses fast, such as the start
+ * guard; names, modules and the physical slot stay unknown.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { buildHostTree } from "../testing/host_tree.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:01:00.0", group: 3, class: "0x030000",
+ *   vendor: "0x10de", device: "0x1b80", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "nouveau", revision: "0xa1" }] }, dir);
+ * assertEquals(readDeviceAt(denoFsReader(), dir, "0000:01:00.0")?.deviceId, "1b80");
+ * assertEquals(readDeviceAt(denoFsReader(), dir, "0000:02:00.0"), null);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function readDeviceAt(
+  reader: SysfsReader,
+  root: string,
+  address: PciAddress,
+): PciDevice | null {
+  const raw = readRawDevice(reader, root.replace(/(.)\/+$/, "$1"), address);
+  // A device always has a uevent in the live sysfs; only a tree without one needs the listing.
+  if (raw.uevent === null && reader.listDir(raw.path) === null) return null;
+  return parseRawDevice(reader, raw);
+}
+
+/**
+ * What the host uses among `devices`: on the live host (`live`), the controllers of mounted
+ * filesystems, the default route's NIC and the console's boot VGA, read from `/proc` and sysfs;
+ * for a captured tree, its `host_use.json` (`null` when it has none: unknown). The same rules as
+ * {@link discoverHost}, for callers that read only some devices ({@link readDeviceAt}).
+ */
+export function readHostUse(
+  reader: SysfsReader,
+  options: { root: string; live: boolean; devices: PciDevice[]; procRoot?: string },
+): HostUse[] | null {
+  const root = options.root.replace(/(.)\/+$/, "$1");
+  return options.live
+    ? liveHostUse(reader, {
+      sysRoot: root,
+      procRoot: options.procRoot ?? "/proc",
+      devices: options.devices,
+    })
+    : treeHostUse(reader, root);
+}
+
+/** Hexadecimal digits only; tested, not matched, so nothing is allocated. */
+const HEX_DIGITS = /^[0-9a-f]+$/i;
+
+function hexId(text: string | null, width: number): string | null {
+  if (text === null) return null;
+  const trimmed = text.trim();
+  const digits = trimmed.startsWith("0x") || trimmed.startsWith("0X") ? trimmed.slice(2) : trimmed;
+  if (digits === "" || !HEX_DIGITS.test(digits)) return null;
+  const lower = digits.toLowerCase();
+  return lower.length === width ? lower : lower.padStart(width, "0").slice(-width);
+}
+
+/** What one device directory holds, read with no parsing beyond the configuration space. */
+export interface RawSysfsDevice {
+  /** The directory's name (a PCI address unless the tree is damaged). */
+  name: string;
+  /** The directory, for the rare reads parsing needs (see {@link parseRawDevice}). */
+  path: string;
+  uevent: string | null;
+  config: ConfigSpaceHeaderFacts | null;
+  groupLink: string | null;
+  numaNode: string | null;
+  physfnLink: string | null;
+  modules: string | null;
+}
+
+/** The entries of one device directory that every device needs. */
+export function readRawDevice(reader: SysfsReader, root: string, name: string): RawSysfsDevice {
+  const path = `${root}/bus/pci/devices/${name}`;
+  const live = root === "/sys";
+  // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
+  // from the same struct as the single-value attributes).
+  const uevent = reader.readText(`${path}/uevent`);
+  // FLR and the serial number are in the configuration space's capabilities. Unprivileged
+  // reads of a real device stop after the 64-byte header.
+  const config = readConfig(reader, `${path}/config`, live);
+  const groupLink = reader.readLink(`${path}/iommu_group`);
+  const numaNode = reader.readText(`${path}/numa_node`);
+  const physfnLink = reader.readLink(`${path}/physfn`);
+  // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
+  // the live /sys is not asked for it.
+  const modules = live ? null : reader.readText(`${path}/modules`);
+  return { name, path, uevent, config, groupLink, numaNode, physfnLink, modules };
+}
+
+/**
+ * One function's facts, or `null` when its directory's name is not a PCI address. Trees that
+ * lack an entry the kernel always writes (`uevent`) are read from the single-value files instead,
+ * and so are the revision (when the header says 00) and `boot_vga` (display devices only).
+ */
+export function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | null {
+  const address = canonicalPciAddress(raw.name);
+  if (address === null) return null;
+  const attr = (file: string) => readAttribute(reader, `${raw.path}/${file}`);
+  const uevent = parseUevent(raw.uevent);
+  const classCode = hexId(uevent?.PCI_CLASS ?? attr("class"), 6) ?? "000000";
+  const [ueventVendor, ueventDevice] = (uevent?.PCI_ID ?? "").split(":");
+  // The kernel writes PCI_SUBSYS_ID whenever it writes PCI_ID; only a tree without them needs
+  // the subsystem files.
+  const subsystem = uevent?.PCI_SUBSYS_ID;
+  const [ueventSubVendor, ueventSubDevice] = (subsystem ?? "").split(":");
+  const fromFiles = subsystem === undefined && uevent?.PCI_ID === undefined;
+  const vendorId = hexId(ueventVendor || attr("vendor"), 4) ?? "ffff";
+  const deviceId = hexId(ueventDevice || attr("device"), 4) ?? "ffff";
+  const subsystemVendorId = hexId(
+    ueventSubVendor || (fromFiles ? attr("subsystem_vendor") : null),
+    4,
+  );
+  const subsystemDeviceId = hexId(
+    ueventSubDevice || (fromFiles ? attr("subsystem_device") : null),
+    4,
+  );
+  const driver = uevent !== null
+    ? uevent.DRIVER ?? null
+    : baseNameOrNull(reader.readLink(`${raw.path}/driver`));
+  const config = raw.config;
+  // Header types 1 and 2 (bit 7 is the multi-function flag) are bridges even when the class
+  // code says otherwise.
+  const headerType = config?.headerType ?? 0;
+  // The revision byte of the header is what the kernel's `revision` attribute reports; only a
+  // zero there needs the file, to tell revision 00 from a captured tree that recorded none.
+  const configRevision = config?.revision ?? 0;
+  const revision = configRevision !== 0
+    ? configRevision.toString(16).padStart(2, "0")
+    : hexId(attr("revision"), 2);
+  const numa = raw.numaNode?.trim() ?? "";
+  const numaNumber = numa === "" ? NaN : Number(numa);
+  // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
+  const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
+  const modules = raw.modules?.trim() ?? null;
+  return {
+    address,
+    vendorId,
+    deviceId,
+    subsystemVendorId,
+    subsystemDeviceId,
+    classCode,
+    revision,
+    vendorName: null,
+    deviceName: null,
+    className: null,
+    driver,
+    modules: modules === null ? [] : modules.split(",").filter((m) => m !== ""),
+    // Settled against the group listings once every device is read (see finishDevices).
+    iommuGroup: null,
+    numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
+    physicalSlot: null,
+    isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
+    physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
+    // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
+    virtfns: [],
+    bootVga: bootVga === null ? null : bootVga === "1",
+    flr: config?.flr ?? null,
+    serial: config?.serial ?? null,
+  };
+}
+
+/**
+ * The configuration-space facts of a device, or `null` without a `config` file. On the live
+ * sysfs only the visited registers are read (see {@link readConfigSpace}); a captured tree's file
+ * is read whole, in one call.
+ */
+function readConfig(
+  reader: SysfsReader,
+  path: string,
+  live: boolean,
+): ConfigSpaceHeaderFacts | null {
+  if (live) {
+    using file = reader.openFile(path);
+    return file === null ? null : readConfigSpace((offset, length) => file.readAt(offset, length));
+  }
+  const bytes = reader.readBytes(path, 4096);
+  return bytes === null ? null : readConfigSpace(bufferConfigReader(bytes));
+}
+
+function baseNameOrNull(link: string | null): string | null {
+  return link === null ? null : baseName(link);
+}
+
+/** The lines of a PCI device's `uevent` that discovery reads. */
+interface UeventFields {
+  PCI_CLASS?: string;
+  PCI_ID?: string;
+  PCI_SUBSYS_ID?: string;
+  DRIVER?: string;
+}
+
+const UEVENT_KEYS = ["PCI_CLASS", "PCI_ID", "PCI_SUBSYS_ID", "DRIVER"] as const;
+
+/** The known `KEY=value` lines of a sysfs `uevent` file, or `null` when there is none. */
+function parseUevent(text: string | null): UeventFields | null {
+  if (text === null) return null;
+  const fields: UeventFields = {};
+  // Scanned in place rather than split into lines and pairs: this runs once per device.
+  for (let start = 0; start < text.length;) {
+    let end = text.indexOf("\n", start);
+    if (end < 0) end = text.length;
+    for (const key of UEVENT_KEYS) {
+      if (text.startsWith(key, start) && text.charCodeAt(start + key.length) === 61 /* = */) {
+        fields[key] = text.slice(start + key.length + 1, end).trim();
+        break;
+      }
+    }
+    start = end + 1;
+  }
+  return fields;
+}
+
+const HOST_USE_REASONS: readonly HostUseReason[] = [
+  "mounted-filesystem",
+  "default-route",
+  "console-vga",
+];
+
+/** A captured tree's `host_use.json` (written by `snapshot`), or `null` (unknown) when absent. */
+function treeHostUse(reader: SysfsReader, root: string): HostUse[] | null {
+  const text = reader.readText(`${root}/host_use.json`);
+  if (text === null) return null;
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new SyntaxError(`Cannot parse "${root}/host_use.json": ${(error as Error).message}`);
+  }
+  if (!Array.isArray(data)) {
+    throw new SyntaxError(`Cannot parse "${root}/host_use.json": not an array`);
+  }
+  const uses: HostUse[] = [];
+  for (const item of data as Record<string, unknown>[]) {
+    const address = typeof item.address === "string" ? canonicalPciAddress(item.address) : null;
+    const reason = item.reason as HostUseReason;
+    if (address === null || !HOST_USE_REASONS.includes(reason)) {
+      throw new SyntaxError(
+        `Cannot parse "${root}/host_use.json": bad entry ${JSON.stringify(item)}`,
+      );
+    }
+    uses.push({ address, reason, detail: typeof item.detail === "string" ? item.detail : "" });
+  }
+  return sortHostUse(uses);
+}
+
+function sortHostUse(uses: HostUse[]): HostUse[] {
+  const seen = new Set<string>();
+  return uses
+    .filter((u) => {
+      const key = `${u.address} ${u.reason} ${u.detail}`;
+      if (seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    })
+    .sort((a, b) =>
+      comparePciAddress(a.address, b.address) || a.reason.localeCompare(b.reason) ||
+      a.detail.localeCompare(b.detail)
+    );
+}
+
+/** The PCI function a sysfs device path hangs under (the last PCI address component). */
+export function pciAncestor(path: string): PciAddress | null {
+  const parts = path.split("/");
+  for (let i = parts.length - 1; i >= 0; i--) {
+    const address = canonicalPciAddress(parts[i] ?? "");
+    if (address !== null && /^[0-9a-f]{4,}:/i.test(parts[i] ?? "")) return address;
+  }
+  return null;
+}
+
+/** Block device names behind `name`, following device-mapper/md `slaves` down to disks. */
+function blockPciDevices(
+  reader: SysfsReader,
+  sysRoot: string,
+  name: string,
+  depth = 0,
+): PciAddress[] {
+  if (depth > 8) return [];
+  const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+  if (link === null) return [];
+  const direct = pciAncestor(link);
+  if (direct !== null) return [direct];
+  const slaves = reader.listDir(`${sysRoot}/class/block/${name}/slaves`) ?? [];
+  return slaves.flatMap((slave) => blockPciDevices(reader, sysRoot, slave, depth + 1));
+}
+
+/** The block device name for a mount source (`/dev/nvme0n1p2`, `/dev/mapper/vg-root`). */
+function blockName(reader: SysfsReader, source: string): string | null {
+  if (!source.startsWith("/dev/")) return null;
+  const link = reader.readLink(source);
+  // /dev/mapper/* and /dev/disk/by-* are links to ../dm-0 and the like.
+  return baseName(link ?? source);
+}
+
+/**
+ * What the running host uses: controllers of mounted filesystems, the NIC carrying the default
+ * route, and the boot VGA when a framebuffer console is bound.
+ */
+function liveHostUse(
+  reader: SysfsReader,
+  options: { sysRoot: string; procRoot: string; devices: PciDevice[] },
+): HostUse[] {
+  const { sysRoot, procRoot, devices } = options;
+  const uses: HostUse[] = [];
+  const known = new Set(devices.map((d) => d.address));
+  const mounts = reader.readText(`${procRoot}/self/mounts`) ?? "";
+  for (const line of mounts.split("\n")) {
+    const [source, target] = line.split(" ");
+    if (source === undefined || target === undefined) continue;
+    const name = blockName(reader, source);
+    if (name === null) continue;
+    for (const address of blockPciDevices(reader, sysRoot, name)) {
+      if (known.has(address)) {
+        uses.push({
+          address,
+          reason: "mounted-filesystem",
+          detail: `${target.replace(/\\040/g, " ")} on ${name}`,
+        });
+      }
+    }
+  }
+  const routes = reader.readText(`${procRoot}/net/route`) ?? "";
+  for (const line of routes.split("\n").slice(1)) {
+    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
+    if (iface === undefined || destination !== "00000000" || mask !== "00000000") continue;
+    const link = reader.readLink(`${sysRoot}/class/net/${iface}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address !== null && known.has(address)) {
+      uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
+    }
+  }
+  const consoles = reader.listDir(`${sysRoot}/class/vtconsole`) ?? [];
+  const fbcon = consoles.some((c) =>
+    readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
+    /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
+  );
+  const fb = (reader.readText(`${procRoot}/fb`) ?? "").trim() !== "";
+  if (fbcon || fb) {
+    for (const device of devices) {
+      if (device.bootVga === true) {
+        uses.push({
+          address: device.address,
+          reason: "console-vga",
+          detail: `boot_vga=1 with ${fbcon ? "fbcon" : "a framebuffer"}`,
+        });
+      }
+    }
+  }
+  return sortHostUse(uses);
+}
