@@ -384,6 +384,10 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
   const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
   const modules = raw.modules?.trim() ?? null;
+  const physfn = raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink));
+  // The kernel makes `sriov_*` for SR-IOV physical functions only: never for a VF nor a bridge
+  // (class 06), which skip the lookup.
+  const sriov = physfn === null && !classCode.startsWith("06") ? readSriov(reader, raw.path) : {};
   return {
     address,
     vendorId,
@@ -402,13 +406,35 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
     numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
     physicalSlot: null,
     isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
-    physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
+    physfn,
     // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
     virtfns: [],
+    ...sriov,
     bootVga: bootVga === null ? null : bootVga === "1",
     flr: config?.flr ?? null,
     serial: config?.serial ?? null,
   };
+}
+
+/**
+ * A physical function's `sriov_totalvfs` and `sriov_numvfs`, each only where its file holds a
+ * count (the capability's fields are 16 bits): nothing for a device without SR-IOV.
+ */
+function readSriov(
+  reader: SysfsReader,
+  path: string,
+): Pick<PciDevice, "sriovTotalVfs" | "sriovNumVfs"> {
+  const total = vfCount(reader.readText(`${path}/sriov_totalvfs`));
+  if (total === null) return {};
+  const enabled = vfCount(reader.readText(`${path}/sriov_numvfs`));
+  return enabled === null
+    ? { sriovTotalVfs: total }
+    : { sriovTotalVfs: total, sriovNumVfs: enabled };
+}
+
+function vfCount(text: string | null): number | null {
+  const trimmed = text?.trim() ?? "";
+  return /^[0-9]{1,5}$/.test(trimmed) && Number(trimmed) <= 0xffff ? Number(trimmed) : null;
 }
 
 /**
