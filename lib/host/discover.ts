@@ -265,6 +265,12 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
   });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   linkVirtualFunctions(devices);
+  for (const device of devices) {
+    // The kernel makes `sriov_*` for SR-IOV physical functions only: never for a VF nor a bridge
+    // (class 06), which skip the lookup. Discovery only: the start guard has no use for them.
+    if (device.physfn !== null || device.classCode.startsWith("06")) continue;
+    Object.assign(device, readSriov(reader, names.get(device.address)!.path));
+  }
   fillSlots(reader, root, devices);
   return { devices, groupInconsistencies: [...duplicates, ...groupInconsistencies] };
 }
@@ -384,10 +390,6 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.
   const bootVga = classCode.startsWith("03") ? attr("boot_vga") : null;
   const modules = raw.modules?.trim() ?? null;
-  const physfn = raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink));
-  // The kernel makes `sriov_*` for SR-IOV physical functions only: never for a VF nor a bridge
-  // (class 06), which skip the lookup.
-  const sriov = physfn === null && !classCode.startsWith("06") ? readSriov(reader, raw.path) : {};
   return {
     address,
     vendorId,
@@ -406,10 +408,9 @@ function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDevice | n
     numaNode: Number.isInteger(numaNumber) && numaNumber >= 0 ? numaNumber : null,
     physicalSlot: null,
     isBridge: isBridgeClass(classCode) || isBridgeHeader(headerType),
-    physfn,
+    physfn: raw.physfnLink === null ? null : canonicalPciAddress(baseName(raw.physfnLink)),
     // Filled from the VFs' own `physfn` links (see linkVirtualFunctions).
     virtfns: [],
-    ...sriov,
     bootVga: bootVga === null ? null : bootVga === "1",
     flr: config?.flr ?? null,
     serial: config?.serial ?? null,
