@@ -4,7 +4,8 @@
  * address, and a BIOS update or a new card renumbers buses between `apply` and the next start;
  * so each PCI `<hostdev>` and `<interface type='hostdev'>` source address is read again from
  * sysfs and refused when the device passthrough recorded there is gone or replaced, or when the
- * device there is one the host needs (recorded or hand-added).
+ * device there is one the host needs (recorded or hand-added; `runGuard` lifts the latter for a
+ * device recorded under a rule with `allow_host_critical: true`).
  *
  * Only the addressed functions are read (no discovery of the whole host, no lspci), so the
  * check stays fast at every VM start. Unreadable XML fails closed.
@@ -250,7 +251,15 @@ function describeRefusal(refusal: GuardRefusal): string {
       describeIdentity({ ...refusal.recorded, driver: null })
     } of rule ${JSON.stringify(refusal.recorded.rule)}`;
   const needs = refusal.hostNeeds === null ? "" : `; the host needs it: ${refusal.hostNeeds}`;
-  return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}`;
+  // What lifts it, as `plan` says: only the recording rule's override, never for a hand-added one.
+  const override = refusal.kind !== "host-needs"
+    ? ""
+    : refusal.recorded === null
+    ? "; hand-added, so no allow_host_critical lets it start"
+    : `; only "allow_host_critical: true" on rule ${
+      JSON.stringify(refusal.recorded.rule)
+    } (then passthrough apply) lets it start`;
+  return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}${override}`;
 }
 
 /**

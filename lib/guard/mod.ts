@@ -33,6 +33,7 @@ export {
   ENFORCE,
   guardPolicies,
   type GuardPolicyFile,
+  hostNeedsAllowed,
   parsePolicyFile,
   POLICY_FILE,
   type PolicyFileReading,

@@ -35,6 +35,11 @@ export interface VmGuardPolicy {
   guard: GuardPolicy;
   /** Rules whose policy differs from the VM's, by rule name (as recorded in `<metadata>`). */
   rules: Record<string, GuardPolicy>;
+  /**
+   * Rules with `allow_host_critical: true`, whose recorded devices the guard starts although the
+   * host needs them, as `plan` keeps them (absent: none; files from before it have none).
+   */
+  allowHostCritical?: string[];
 }
 
 /** What `guard/policy.json` holds. */
@@ -51,8 +56,9 @@ export interface GuardPolicyFile {
 export const ENFORCE: VmGuardPolicy = { guard: "enforce", rules: {} };
 
 /**
- * The config's policies, only those that are not `enforce` (an all-default config gives no VM,
- * and `apply` then writes no file).
+ * The config's policies, only those that are not `enforce`, and the rules with
+ * `allow_host_critical: true` (an all-default config gives no VM, and `apply` then writes no
+ * file).
  *
  * @example
  * ```ts
@@ -62,11 +68,13 @@ export const ENFORCE: VmGuardPolicy = { guard: "enforce", rules: {} };
  *   "version: 1\nvms:\n  win11:\n    guard: warn\n    devices:\n" +
  *     "      - { name: gpu, match: { class: vga }, guard: enforce }\n" +
  *     "      - { name: usb, match: { class: usb } }\n" +
- *     "  nas:\n    devices: [{ match: { class: sata } }]\n",
+ *     "  nas:\n    devices: [{ match: { class: sata } }]\n" +
+ *     "  db:\n    devices: [{ name: hba, match: { class: sata }, allow_host_critical: true }]\n",
  *   { file: "c.yaml" },
  * );
  * assertEquals(guardPolicies(config).vms, {
  *   win11: { guard: "warn", rules: { gpu: "enforce" } },
+ *   db: { guard: "enforce", rules: {}, allowHostCritical: ["hba"] },
  * });
  * ```
  */
@@ -77,15 +85,19 @@ export function guardPolicies(config: Config): GuardPolicyFile {
     const rules = Object.fromEntries(
       vm.rules.flatMap((rule) => rule.guard === guard ? [] : [[rule.name, rule.guard]]),
     );
-    return guard === "enforce" && Object.keys(rules).length === 0
+    const critical = vm.rules.filter((rule) => rule.allowHostCritical).map((rule) => rule.name);
+    const policy: VmGuardPolicy = critical.length === 0
+      ? { guard, rules }
+      : { guard, rules, allowHostCritical: critical };
+    return guard === "enforce" && Object.keys(rules).length === 0 && critical.length === 0
       ? []
-      : [[vm.name, { guard, rules }] as const];
+      : [[vm.name, policy] as const];
   });
   return { version: 1, config: config.file, vms: Object.fromEntries(vms) };
 }
 
 /**
- * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce`.
+ * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce, rule "hba" allow_host_critical`.
  *
  * @example
  * ```ts
@@ -101,8 +113,36 @@ export function describePolicies(file: GuardPolicyFile): string[] {
   return Object.entries(file.vms).map(([vm, p]) =>
     `${JSON.stringify(vm)} ${p.guard}${
       Object.entries(p.rules).map(([rule, r]) => `, rule ${JSON.stringify(rule)} ${r}`).join("")
+    }${
+      (p.allowHostCritical ?? []).map((rule) =>
+        `, rule ${JSON.stringify(rule)} allow_host_critical`
+      )
+        .join("")
     }`
   );
+}
+
+/**
+ * Whether a refusal of `kind` for a device recorded under `rule` is one the rule's
+ * `allow_host_critical: true` lifts: only that the host needs the device, as `plan` keeps such a
+ * device, never a device replaced or gone, and never a hand-added one (`rule` `null`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const policy = { guard: "enforce" as const, rules: {}, allowHostCritical: ["hba"] };
+ * assertEquals(hostNeedsAllowed(policy, "host-needs", "hba"), true);
+ * assertEquals(hostNeedsAllowed(policy, "replaced", "hba"), false);
+ * assertEquals(hostNeedsAllowed(policy, "host-needs", null), false);
+ * ```
+ */
+export function hostNeedsAllowed(
+  policy: VmGuardPolicy,
+  kind: string,
+  rule: string | null,
+): boolean {
+  return kind === "host-needs" && rule !== null &&
+    (policy.allowHostCritical ?? []).includes(rule);
 }
 
 /**
@@ -137,9 +177,15 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
     return null;
   }
   for (const entry of Object.values(vms) as unknown[]) {
-    const { guard, rules } = (entry ?? {}) as Partial<VmGuardPolicy>;
+    const { guard, rules, allowHostCritical } = (entry ?? {}) as Partial<VmGuardPolicy>;
     if (!isPolicy(guard) || typeof rules !== "object" || rules === null) return null;
     if (!Object.values(rules).every(isPolicy)) return null;
+    if (
+      allowHostCritical !== undefined &&
+      !(Array.isArray(allowHostCritical) && allowHostCritical.every((r) => typeof r === "string"))
+    ) {
+      return null;
+    }
   }
   return { version, config, vms };
 }

@@ -15,6 +15,7 @@ import {
   type ActivePolicy,
   checksNothing,
   ENFORCE,
+  hostNeedsAllowed,
   POLICY_FILE,
   policyFor,
   readVmPolicy,
@@ -136,7 +137,8 @@ function holdsGuardState(stateDir: string, listing: ReadonlySet<string> | null):
 /**
  * Checks a start (only at `prepare begin`; every other operation passes untouched) under the
  * VM's recorded policy (`off` drops a VM's or rule's refusals, and a VM all `off` is not read at
- * all; `warn` prints them and lets the start go on), then takes the VM's allowance and records
+ * all; `warn` prints them and lets the start go on; a rule's `allow_host_critical: true` drops
+ * only the host-needs refusals of its recorded devices), then takes the VM's allowance and records
  * the outcome in the state directory. A start the check lets
  * through while the guard keeps nothing (the common case) loads no state code and writes
  * nothing: libvirt waits for this at every start, and the state code loads `node:` modules,
@@ -160,8 +162,11 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     ? { policy: ENFORCE, problem: null }
     : readVmPolicy(options.stateDir, options.vm);
   const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
-    const judged = policyFor(policy, refusal.recorded?.rule ?? null);
-    return judged === "off" ? [] : [{ ...refusal, policy: judged }];
+    const rule = refusal.recorded?.rule ?? null;
+    const judged = policyFor(policy, rule);
+    return judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)
+      ? []
+      : [{ ...refusal, policy: judged }];
   });
   if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
     return { code: 0, lines: [], refusals };

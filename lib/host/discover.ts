@@ -192,6 +192,12 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
   });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   linkVirtualFunctions(devices);
+  for (const device of devices) {
+    // The kernel makes `sriov_*` for SR-IOV physical functions only: never for a VF nor a bridge
+    // (class 06), which skip the lookup. Discovery only: the start guard has no use for them.
+    if (device.physfn !== null || device.classCode.startsWith("06")) continue;
+    Object.assign(device, readSriov(reader, names.get(device.address)!.path));
+  }
   fillSlots(reader, root, devices);
   return { devices, groupInconsistencies: [...duplicates, ...groupInconsistencies] };
 }
@@ -231,6 +237,27 @@ function listSysfsDevices(reader: SysfsReader, root: string): string[] {
   const names = reader.listDir(`${root}/bus/pci/devices`);
   if (names === null) throw new SysfsRootError(root);
   return names;
+}
+
+/**
+ * A physical function's `sriov_totalvfs` and `sriov_numvfs`, each only where its file holds a
+ * count (the capability's fields are 16 bits): nothing for a device without SR-IOV.
+ */
+function readSriov(
+  reader: SysfsReader,
+  path: string,
+): Pick<PciDevice, "sriovTotalVfs" | "sriovNumVfs"> {
+  const total = vfCount(reader.readText(`${path}/sriov_totalvfs`));
+  if (total === null) return {};
+  const enabled = vfCount(reader.readText(`${path}/sriov_numvfs`));
+  return enabled === null
+    ? { sriovTotalVfs: total }
+    : { sriovTotalVfs: total, sriovNumVfs: enabled };
+}
+
+function vfCount(text: string | null): number | null {
+  const trimmed = text?.trim() ?? "";
+  return /^[0-9]{1,5}$/.test(trimmed) && Number(trimmed) <= 0xffff ? Number(trimmed) : null;
 }
 
 /**

@@ -52,6 +52,13 @@ export interface PciDevice {
   physfn: PciAddress | null;
   /** For an SR-IOV physical function: the addresses of its virtual functions. */
   virtfns: PciAddress[];
+  /**
+   * For an SR-IOV physical function: how many VFs it can provide (`sriov_totalvfs`). Absent on
+   * any other device, and where the source does not say.
+   */
+  sriovTotalVfs?: number;
+  /** For an SR-IOV physical function: how many VFs are enabled now (`sriov_numvfs`), or absent. */
+  sriovNumVfs?: number;
   /** `true` when the firmware used this device as the boot display. `null` when not reported. */
   bootVga: boolean | null;
   /**

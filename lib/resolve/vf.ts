@@ -166,10 +166,27 @@ function recordFor(
   );
 }
 
-/** Raise-`sriov_numvfs` advice for `pf`. */
-function numvfsHint(pf: PciDevice, wanted: number): string {
-  const path = `/sys/bus/pci/devices/${pf.address}`;
-  return `raise ${path}/sriov_numvfs to ${wanted} or more (at most ${path}/sriov_totalvfs; set it to 0 first), or free a VF`;
+/**
+ * What `pf` says about providing `wanted` VFs when `enabled` are: the command that enables them,
+ * or, when `sriov_totalvfs` is below `wanted`, `null` (it cannot).
+ */
+function numvfsHint(pf: PciDevice, enabled: number, wanted: number): string | null {
+  const file = `/sys/bus/pci/devices/${pf.address}/sriov_numvfs`;
+  const total = pf.sriovTotalVfs;
+  if (total === undefined) {
+    return `raise ${file} to ${wanted} or more (at most its sriov_totalvfs; set it to 0 first)`;
+  }
+  if (wanted > total) return null;
+  // The kernel changes the count only from 0, and writing 0 removes the VFs in use.
+  return enabled === 0
+    ? `echo ${wanted} > ${file}`
+    : `echo 0 > ${file}; echo ${wanted} > ${file} (stop the VMs using its VFs first)`;
+}
+
+/** How many VFs `pf` has of how many it can have, as the refusals say it. */
+function vfCounts(pf: PciDevice, enabled: number): string {
+  const total = pf.sriovTotalVfs === undefined ? "" : ` of ${pf.sriovTotalVfs} possible`;
+  return `PF ${pf.address} has ${enabled} VF${enabled === 1 ? "" : "s"} enabled${total}`;
 }
 
 /** The index a rule takes on `pf`, or the `vf-unavailable` refusal. */
@@ -187,11 +204,13 @@ function chooseIndex(
     devices: [pf.address],
   });
   const what = `Rule "${rule.name}" of VM "${rule.vm}"`;
+  const counts = vfCounts(pf, vfs.length);
   if (typeof rule.vf === "number") {
     if (rule.vf < vfs.length) return { index: rule.vf, why: "the index the rule names" };
+    const hint = numvfsHint(pf, vfs.length, rule.vf + 1);
     return refuse(
-      `${what} asks for VF ${rule.vf} of ${pf.address}, which has ${vfs.length} VFs enabled: ${
-        numvfsHint(pf, rule.vf + 1)
+      `${what} asks for VF ${rule.vf} of ${pf.address}: ${counts}: ${
+        hint ?? `it has no VF ${rule.vf}; name an index below ${pf.sriovTotalVfs}, or "vf: any"`
       }`,
     );
   }
@@ -203,10 +222,17 @@ function chooseIndex(
   const free = vfs.findIndex((_, i) => holder(i) === null);
   if (free >= 0) return { index: free, why: "the lowest free VF" };
   const held = vfs.map((a, i) => `${i} (${a}) by ${holder(i)}`).join(", ");
+  const hint = numvfsHint(pf, vfs.length, vfs.length + 1);
   return refuse(
     `${what} asks for any free VF of ${pf.address}, but ${
       vfs.length === 0 ? "it has no VF enabled" : `all ${vfs.length} are taken: ${held}`
-    }: ${numvfsHint(pf, vfs.length + 1)}`,
+    }. ${counts}: ${
+      hint !== null
+        ? `${hint}, or free a VF`
+        : vfs.length === 0
+        ? "it cannot provide any"
+        : "it cannot provide more; free one of the VFs above"
+    }`,
   );
 }
 

@@ -75,6 +75,11 @@ export interface HostDeviceDescription {
   /** For a virtual function: its physical function's address. */
   physfn?: string | null;
   /**
+   * For an SR-IOV physical function: how many VFs it can provide (`sriov_totalvfs`); absent: as
+   * many as the description lists. A PF with none listed gets `sriov_numvfs` 0.
+   */
+  sriov_totalvfs?: number | null;
+  /**
    * Function Level Reset: `true`/`false` write a PCIe capability with or without FLReset;
    * absent or `null` (with no `serial`) leaves it unknown, as an unprivileged read would.
    */
@@ -340,12 +345,16 @@ export function buildHostTree(
       vfsOf.set(pf, [...(vfsOf.get(pf) ?? []), address]);
     }
   }
-  for (const [pf, vfs] of vfsOf) {
+  const totals = new Map(description.devices.flatMap((d) => {
+    const address = canonicalPciAddress(d.bdf);
+    return address !== null && d.sriov_totalvfs != null ? [[address, d.sriov_totalvfs]] : [];
+  }));
+  for (const pf of new Set([...vfsOf.keys(), ...totals.keys()])) {
     const path = `${devicesDir}/${pf}`;
-    vfs.sort();
+    const vfs = (vfsOf.get(pf) ?? []).sort();
     vfs.forEach((vf, i) => Deno.symlinkSync(`../${vf}`, `${path}/virtfn${i}`));
     Deno.writeTextFileSync(`${path}/sriov_numvfs`, `${vfs.length}\n`);
-    Deno.writeTextFileSync(`${path}/sriov_totalvfs`, `${vfs.length}\n`);
+    Deno.writeTextFileSync(`${path}/sriov_totalvfs`, `${totals.get(pf) ?? vfs.length}\n`);
   }
   if (description.cmdline != null) {
     Deno.writeTextFileSync(`${dir}/cmdline`, `${description.cmdline}\n`);

@@ -133,7 +133,10 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
 });
 
 Deno.test("apply records the config's guard policies, and the installed hook starts with a warning", async () => {
-  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  // The host needs the other GPU (0c:00.0), which no rule matches: only the hook sees it.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [{ address: "0000:0c:00.0", reason: "console-vga", detail: "fbcon on it" }];
+  await using tree = await tempHostTree(host);
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
   try {
     const hooks = `${dir}/qemu.d`;
@@ -142,11 +145,11 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
       `${dir}/world.xml`,
       `<node>\n${testDomainXml("win11", { running: false })}\n</node>\n`,
     );
-    const apply = (guard: string) => {
+    const apply = (guard: string, rule = "") => {
       Deno.writeTextFileSync(
         `${dir}/config.yaml`,
         `version: 1\nvms:\n  win11:\n${guard}    devices:\n` +
-          '      - { name: gpu, match: { vendor_device_id: "10de:1b06" } }\n',
+          `      - { name: gpu, match: { vendor_device_id: "10de:1b06" }${rule} }\n`,
       );
       return runCli([
         "apply",
@@ -199,6 +202,30 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
       (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout,
       /\n {2}policies: every VM enforces/,
     );
+
+    // A card recorded under rule "gpu" that the host needs: refused until the rule says
+    // allow_host_critical (as plan keeps it then); a card that is not the recorded one still is.
+    const needed = MOVED.replaceAll("0x0b", "0x0c").replace(
+      'address="0000:0b:00.0" vendor="10de" device="2684"',
+      'address="0000:0c:00.0" vendor="10de" device="128b"',
+    );
+    const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], needed);
+    assertEquals(refused.code, 1);
+    assertMatch(refused.stderr, /only "allow_host_critical: true" on rule "gpu"/);
+    const critical = await apply("", ", allow_host_critical: true");
+    assertEquals(critical.code, 0, critical.stderr);
+    assertMatch(
+      critical.stdout,
+      new RegExp(
+        `Start guard policies recorded in ${state}: "win11" enforce, rule "gpu" ` +
+          "allow_host_critical\n$",
+      ),
+    );
+    assertEquals(
+      await runHook(hook, ["win11", "prepare", "begin", "-"], needed),
+      { code: 0, stdout: "", stderr: "" },
+    );
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -204,14 +204,20 @@ Deno.test("checkDomainStart() refuses a device the host needs, hand-added or rec
     ["host-needs", "0000:05:00.0"],
     ["host-needs", "0000:0a:00.0"],
   ]);
-  assertMatch(refusals[0]!.reason, /the host needs it: ISA\/LPC bridge$/);
+  // Each says what would let it start: the recording rule's override, and for a hand-added
+  // hostdev nothing.
+  const HAND = "; hand-added, so no allow_host_critical lets it start";
+  assertMatch(refusals[0]!.reason, new RegExp(`the host needs it: ISA/LPC bridge${HAND}$`));
   assertMatch(
     refusals[1]!.reason,
-    /, as the recorded 15b7:5011 .* of rule "disk"; the host needs it: in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)$/,
+    /, as the recorded 15b7:5011 .* of rule "disk"; the host needs it: in use by the host \(mounted-filesystem: \/ on nvme0n1p2\); only "allow_host_critical: true" on rule "disk" \(then passthrough apply\) lets it start$/,
   );
   assertMatch(
     refusals[2]!.reason,
-    /\(hand-added: nothing recorded\); the host needs it: in use by the host \(default-route: default route via enp10s0\)$/,
+    new RegExp(
+      "\\(hand-added: nothing recorded\\); the host needs it: in use by the host " +
+        `\\(default-route: default route via enp10s0\\)${HAND}$`,
+    ),
   );
 });
 
@@ -262,6 +268,8 @@ Deno.test("checkDomainStart() reads only the addressed functions and the host-us
     !p.startsWith(`/bus/pci/devices/${GPU.address}`) && p !== "/host_use.json"
   );
   assertEquals(outside, []);
+  // Discovery's SR-IOV counts are no business of the check, which runs at every start.
+  assertEquals(paths.filter((p) => p.includes("sriov_")), []);
 });
 
 Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", async () => {

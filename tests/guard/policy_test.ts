@@ -196,6 +196,96 @@ Deno.test("policy: another VM's policy does not apply, and names like __proto__ 
   });
 });
 
+// On the X570 tree with its NVMe (01:00.0) mounted and its Intel NIC (06:00.0) routing: the
+// NVMe recorded under rule "disk", a card recorded under "disk" that is not there any more
+// (0b:00.0 holds a 10de:1b06), and the NIC added by hand.
+const CRITICAL = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="disk"/>
+  </pt:hostdevs></metadata>
+  <devices>${
+  ["01", "0b", "06"].map((bus) =>
+    `<hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/></source>
+  </hostdev>`
+  ).join("")
+}</devices></domain>`;
+
+function criticalConfig(allow: boolean) {
+  return parseConfig(
+    "version: 1\nvms:\n  win11:\n    devices:\n      - name: disk\n" +
+      `        match: { vendor_id: 1cc1 }\n        allow_host_critical: ${allow}\n`,
+    { file: "c.yaml" },
+  );
+}
+
+Deno.test("policy: allow_host_critical lifts only the host-needs refusal of a device recorded under the rule", async () => {
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+    { address: "0000:06:00.0", reason: "default-route", detail: "default route via enp6s0" },
+  ];
+  await using tree = await tempHostTree(host);
+  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-critical-" });
+  const start = (xml: string) =>
+    runGuard({
+      vm: "win11",
+      operation: "prepare",
+      subOperation: "begin",
+      xml,
+      reader: denoFsReader(),
+      root: tree.dir,
+      live: false,
+      stateDir: `${state}/state`,
+    });
+  const kinds = (r: Awaited<ReturnType<typeof start>>) =>
+    [r.code, r.refusals.map((x) => [x.address, x.kind])] as const;
+  try {
+    // Without the override every one is refused, the recorded NVMe too.
+    assertEquals(
+      recordPolicies(`${state}/state`, guardPolicies(criticalConfig(false))),
+      "unchanged",
+    );
+    assertEquals(kinds(await start(CRITICAL)), [1, [
+      ["0000:01:00.0", "host-needs"],
+      ["0000:06:00.0", "host-needs"],
+      ["0000:0b:00.0", "replaced"],
+    ]]);
+    // apply records the rule; the recorded NVMe starts, the replaced card and the hand-added NIC
+    // are refused still.
+    const policies = guardPolicies(criticalConfig(true));
+    assertEquals(policies.vms, {
+      win11: { guard: "enforce", rules: {}, allowHostCritical: ["disk"] },
+    });
+    assertEquals(recordPolicies(`${state}/state`, policies), "written");
+    assertEquals(readVmPolicy(`${state}/state`, "win11").policy.allowHostCritical, ["disk"]);
+    assertEquals(kinds(await start(CRITICAL)), [1, [
+      ["0000:06:00.0", "host-needs"],
+      ["0000:0b:00.0", "replaced"],
+    ]]);
+    assertEquals(readRefusalRecords(`${state}/state`).length, 1);
+    // The NVMe alone: the start goes on, says nothing, and the earlier refusal is forgotten.
+    const alone = CRITICAL.replace(
+      /<hostdev(?:(?!<\/hostdev>)[\s\S])*bus='0x0[b6]'[\s\S]*?<\/hostdev>/g,
+      "",
+    );
+    assertEquals(await start(alone), { code: 0, lines: [], refusals: [] });
+    assertEquals(readRefusalRecords(`${state}/state`), []);
+    // A file whose list is damaged is no policy file: everything enforces again.
+    const path = `${state}/state/guard/policy.json`;
+    const text = Deno.readTextFileSync(path);
+    Deno.writeTextFileSync(
+      path,
+      text.replace(/"allowHostCritical": \[[^\]]*\]/, '"allowHostCritical": "disk"'),
+    );
+    assertEquals(readVmPolicy(`${state}/state`, "win11").policy, ENFORCE);
+    assertEquals((await start(alone)).code, 1);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+});
+
 Deno.test("recordPolicies() writes only non-default policies, and removes the file when none is left", async () => {
   await withTree((_root, state) => {
     assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "unchanged");

@@ -217,6 +217,7 @@ const SYSFS_DAMAGE: {
     name: "absurd values (sriov_numvfs 99999999999, numa_node -7, class banana)",
     damage: (_, devices) => {
       Deno.writeTextFileSync(`${devices}/0000:01:00.0/sriov_numvfs`, "99999999999\n");
+      Deno.writeTextFileSync(`${devices}/0000:01:00.0/sriov_totalvfs`, "7\n");
       Deno.writeTextFileSync(`${devices}/0000:01:00.0/numa_node`, "-7\n");
       Deno.removeSync(`${devices}/0000:01:00.0/uevent`);
       Deno.writeTextFileSync(`${devices}/0000:01:00.0/class`, "banana\n");
@@ -224,6 +225,8 @@ const SYSFS_DAMAGE: {
     expect: (host) => {
       const d = host.devices.find((x) => x.address === "0000:01:00.0")!;
       assertEquals([d.virtfns, d.numaNode, d.classCode], [[], null, "000000"]);
+      // A count beyond the capability's 16 bits is no count: only the total is kept.
+      assertEquals([d.sriovTotalVfs, "sriovNumVfs" in d], [7, false]);
     },
   },
   {

@@ -8,6 +8,7 @@ import {
 import { discoverHost } from "../../lib/host/discover.ts";
 import { SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { cpuVendor } from "../../lib/host/doctor.ts";
@@ -15,7 +16,7 @@ import { described } from "../preflight/trees.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
-async function roundTrip(description: HostDescription): Promise<void> {
+async function roundTrip(description: HostDescription): Promise<HostTopology> {
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
   const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
   try {
@@ -24,6 +25,7 @@ async function roundTrip(description: HostDescription): Promise<void> {
     writeSnapshot(before, out, { root, reader: denoFsReader() });
     const after = await discoverHost({ root: out });
     assertEquals({ ...after, source: root }, before);
+    return after;
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
@@ -38,10 +40,18 @@ for (const name of ["x570-aorus-pro-wifi", "c246-cx4lx-sriov", "hp-dl380p-g8"]) 
 
 Deno.test("writeSnapshot() keeps SR-IOV links, serials, FLR, slots, cmdline and host use", async () => {
   const host = generateHost(120, { vfsPerNic: 8 });
+  // A PF that can provide more VFs than it has enabled: both counts are captured.
+  const pf = host.devices.find((d) => d.device === "0x1572")!;
+  pf.sriov_totalvfs = 64;
   host.host_use = [
     { address: "0000:00:1f.2", reason: "mounted-filesystem", detail: "/ on sda2" },
   ];
-  await roundTrip(host);
+  const after = await roundTrip(host);
+  const [read, vf] = [pf.bdf, `${pf.bdf.slice(0, -4)}02.0`].map((a) =>
+    after.devices.find((d) => d.address === a)
+  );
+  assertEquals([read?.sriovTotalVfs, read?.sriovNumVfs, read?.virtfns.length], [64, 8, 8]);
+  assertEquals(vf !== undefined && "sriovTotalVfs" in vf, false);
 });
 
 Deno.test({

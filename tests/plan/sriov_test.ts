@@ -185,16 +185,41 @@ Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
 });
 
 Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", () => {
-  const few = plan(config(UPLINK("a", "7")), sriovHost(), { a: A });
+  const SYSFS = "/sys/bus/pci/devices/0000:07:00\\.0/sriov_numvfs";
+  // The PF can provide 8: the refusal gives the commands that enable them.
+  const roomy = topologyFromDescription(
+    { devices: sriovNic("07", 4, { sriov_totalvfs: 8 }) },
+    { source: "sriov-test" },
+  );
+  const few = plan(config(UPLINK("a", "7")), roomy, { a: A });
   const [issue] = vmOf(few, "a").errors;
   assertEquals([issue?.code, issue?.devices], ["vf-unavailable", ["0000:07:00.0"]]);
-  assertMatch(issue!.message, /has 4 VFs enabled: raise .*0000:07:00\.0\/sriov_numvfs to 8/);
-  assertMatch(issue!.message, /sriov_totalvfs/);
-  // One VF, two VMs asking for any: the second is refused, naming who holds it.
+  assertMatch(
+    issue!.message,
+    new RegExp(
+      `VF 7 of 0000:07:00\\.0: PF 0000:07:00\\.0 has 4 VFs enabled of 8 possible: echo 0 > ${SYSFS}; echo 8 > ${SYSFS} \\(stop the VMs using its VFs first\\)`,
+    ),
+  );
+  // It can provide 4 only: no command raises that, the refusal says what can be asked.
+  const beyond = vmOf(plan(config(UPLINK("a", "7")), sriovHost(), { a: A }), "a").errors[0];
+  assertMatch(
+    beyond!.message,
+    /has 4 VFs enabled of 4 possible: it has no VF 7; name an index below 4, or "vf: any"/,
+  );
+  // Where the source does not say how many it can provide (libvirt's node devices).
+  const unknown = sriovHost();
+  delete unknown.devices.find((d) => d.address === "0000:07:00.0")!.sriovTotalVfs;
+  const vague = vmOf(plan(config(UPLINK("a", "7")), unknown, { a: A }), "a").errors[0];
+  assertMatch(vague!.message, /has 4 VFs enabled: raise .*0000:07:00\.0\/sriov_numvfs to 8/);
+  assertMatch(vague!.message, /sriov_totalvfs/);
+  // One VF of one possible, two VMs asking for any: the second is refused, naming who holds it.
   const one = plan(config(UPLINK("a") + UPLINK("b")), sriovHost("07", 1), { a: A, b: B });
   assertEquals(vmOf(one, "a").errors, []);
   assertEquals(vmOf(one, "b").errors.map((e) => e.code), ["vf-unavailable"]);
-  assertMatch(vmOf(one, "b").errors[0]!.message, /all 1 are taken: 0 \(0000:07:10\.0\) by "a"/);
+  assertMatch(
+    vmOf(one, "b").errors[0]!.message,
+    /all 1 are taken: 0 \(0000:07:10\.0\) by "a" \(rule "uplink"\)\. PF 0000:07:00\.0 has 1 VF enabled of 1 possible: it cannot provide more; free one of the VFs above$/,
+  );
   // The PF itself in another domain's definition.
   const pfHostdev = `
       <hostdev mode='subsystem' type='pci' managed='yes'>
@@ -207,6 +232,18 @@ Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", 
   assertEquals(vmOf(split, "a").errors.map((e) => [e.code, e.vms]), [
     ["sriov-split", ["a", "z"]],
   ]);
+});
+
+Deno.test("vf: a PF with no VF enabled: discovery reads sriov_totalvfs, the refusal says to raise it", async () => {
+  await using tree = await tempHostTree({ devices: sriovNic("07", 0, { sriov_totalvfs: 7 }) });
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const pf = host.devices.find((d) => d.address === "0000:07:00.0")!;
+  assertEquals([pf.sriovTotalVfs, pf.sriovNumVfs], [7, 0]);
+  const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
+  assertEquals(
+    issue?.message,
+    `Rule "uplink" of VM "a" asks for any free VF of 0000:07:00.0, but it has no VF enabled. PF 0000:07:00.0 has 0 VFs enabled of 7 possible: echo 1 > /sys/bus/pci/devices/0000:07:00.0/sriov_numvfs, or free a VF`,
+  );
 });
 
 Deno.test("vf: a VF another domain holds is refused when named by index", () => {

@@ -116,6 +116,7 @@ Deno.test(
     }, dir);
     const pf = `${dir}/bus/pci/devices/0000:01:00.0`;
     assertEquals(Deno.readTextFileSync(`${pf}/sriov_numvfs`), "2\n");
+    assertEquals(Deno.readTextFileSync(`${pf}/sriov_totalvfs`), "2\n");
     assertEquals(
       [Deno.readLinkSync(`${pf}/virtfn0`), Deno.readLinkSync(`${pf}/virtfn1`)],
       ["../0000:01:00.2", "../0000:01:00.3"],
@@ -123,6 +124,21 @@ Deno.test(
     assertEquals(
       Deno.readLinkSync(`${dir}/bus/pci/devices/0000:01:00.2/physfn`),
       "../0000:01:00.0",
+    );
+  }),
+);
+
+Deno.test(
+  "buildHostTree() writes a PF's sriov_totalvfs as described, also with no VF enabled",
+  withDir((dir) => {
+    buildHostTree(
+      { devices: [dev("0000:01:00.0", { class: "0x020000", sriov_totalvfs: 7 })] },
+      dir,
+    );
+    const pf = `${dir}/bus/pci/devices/0000:01:00.0`;
+    assertEquals(
+      [Deno.readTextFileSync(`${pf}/sriov_numvfs`), Deno.readTextFileSync(`${pf}/sriov_totalvfs`)],
+      ["0\n", "7\n"],
     );
   }),
 );
