@@ -152,6 +152,15 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
   const physfnCap = capabilities(pci, "phys_function")[0];
   const physfn = physfnCap === undefined ? null : (addressesIn(physfnCap)[0] ?? null);
   const vfCap = capabilities(pci, "virt_functions")[0];
+  const vfs = vfCap === undefined ? [] : addressesIn(vfCap);
+  // libvirt lists a PF's enabled VFs and, as maxCount, sriov_totalvfs.
+  const maxVfs = Number(vfCap?.attributes.maxCount ?? NaN);
+  const sriov = vfCap === undefined ? {} : {
+    sriovNumVfs: vfs.length,
+    ...(Number.isInteger(maxVfs) && maxVfs >= 0 && maxVfs <= 0xffff
+      ? { sriovTotalVfs: maxVfs }
+      : {}),
+  };
   const driverElement = child(root, "driver");
   const driver = driverElement === undefined
     ? null
@@ -185,7 +194,8 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
       isBridge: isBridgeClass(classCode) || capabilities(pci, "pci-bridge").length > 0 ||
         capabilities(pci, "cardbus-bridge").length > 0,
       physfn,
-      virtfns: vfCap === undefined ? [] : addressesIn(vfCap),
+      virtfns: vfs,
+      ...sriov,
       bootVga: null,
       flr: null,
       serial: null,

@@ -122,6 +122,9 @@ Deno.test("topologyFromNodeDevices() reads SR-IOV links, NUMA node and groups", 
     typeof host.devices[0],
   ];
   assertEquals([pf.virtfns, pf.physfn, pf.numaNode], [["0000:01:00.2"], null, 1]);
+  // maxCount is sriov_totalvfs; the VFs listed are the enabled ones.
+  assertEquals([pf.sriovTotalVfs, pf.sriovNumVfs], [8, 1]);
+  assertEquals([vf.sriovTotalVfs, vf.sriovNumVfs], [undefined, undefined]);
   assertEquals([vf.physfn, vf.virtfns, vf.deviceId], ["0000:01:00.0", [], "1016"]);
   assertEquals(other.numaNode, null);
   assertEquals(host.iommu, "enabled");
