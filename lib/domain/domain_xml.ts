@@ -11,6 +11,7 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
+import { RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
   type DomainInterface,
@@ -51,7 +52,7 @@ export type { GuestPciAddress } from "./properties.ts";
 export type { DomainInterface } from "./interface_xml.ts";
 
 /** Our metadata namespace: <passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1"> inside <metadata>. */
-export const METADATA_NAMESPACE = "urn:passthrough:hostdevs:1";
+export const METADATA_NAMESPACE: string = RECORDS_NAMESPACE;
 
 /**
  * The typed fields of a PCI `<hostdev>` besides its host address, each an XML path and a

@@ -13,6 +13,9 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
+import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
+
+export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
 
@@ -67,43 +70,6 @@ function lenientTag(text: string, index: number): LenientTag | null {
     attributes[name] = decodeEntities(value) ?? value;
   }
   return { attributes, raw, selfClosing: /\/\s*$/.test(raw), end: index + match[0].length };
-}
-
-const ENTITY = /&(?:(amp|lt|gt|apos|quot)|#([0-9]+)|#x([0-9a-fA-F]+));/g;
-const PREDEFINED: Record<string, string> = { amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' };
-/** An `&` that does not start a predefined entity or a character reference. */
-const BAD_AMPERSAND = /&(?!(?:amp|lt|gt|apos|quot|#[0-9]+|#x[0-9a-fA-F]+);)/;
-
-/** XML 1.0's `Char` production: what a character reference may name. */
-function isXmlChar(code: number): boolean {
-  return code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) ||
-    (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
-}
-
-/**
- * Decodes the predefined entities and character references of XML text as the strict reader's
- * `decodeXmlText` (`xml.ts`) does; `null` where that throws (another entity, a reference to a
- * non-XML character). Repeated here so that this module loads no XML library.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(decodeEntities("a&amp;b&#10;&apos;"), "a&b\n'");
- * assertEquals(decodeEntities("&nbsp;"), null);
- * ```
- */
-export function decodeEntities(text: string): string | null {
-  if (!text.includes("&")) return text;
-  if (BAD_AMPERSAND.test(text)) return null;
-  let bad = false;
-  const decoded = text.replace(ENTITY, (m, name?: string, dec?: string, hex?: string) => {
-    if (name !== undefined) return PREDEFINED[name] ?? "";
-    const code = dec !== undefined ? parseInt(dec, 10) : parseInt(hex ?? "", 16);
-    if (isXmlChar(code)) return String.fromCodePoint(code);
-    bad = true;
-    return m;
-  });
-  return bad ? null : decoded;
 }
 
 /**

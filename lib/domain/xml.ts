@@ -14,6 +14,7 @@
  */
 
 import { XMLParser } from "fast-xml-parser";
+import { BAD_AMPERSAND, ENTITY, isXmlChar, PREDEFINED } from "./entities.ts";
 
 /** Malformed or refused XML, with the 1-based position of the problem. */
 export class XmlSyntaxError extends SyntaxError {
@@ -78,11 +79,6 @@ export function lineColumnAt(text: string, index: number): { line: number; colum
   return { line, column: index - lineStart + 1 };
 }
 
-const ENTITY = /&(?:(amp|lt|gt|apos|quot)|#([0-9]+)|#x([0-9a-fA-F]+));/g;
-const PREDEFINED: Record<string, string> = { amp: "&", lt: "<", gt: ">", apos: "'", quot: '"' };
-/** An `&` that does not start a predefined entity or a character reference. */
-const BAD_AMPERSAND = /&(?!(?:amp|lt|gt|apos|quot|#[0-9]+|#x[0-9a-fA-F]+);)/;
-
 /**
  * Decodes the predefined entities and character references of XML text. Throws `SyntaxError`
  * for any other entity reference: without a DTD there is nothing it could mean.
@@ -109,12 +105,6 @@ export function decodeXmlText(text: string): string {
     }
     return String.fromCodePoint(code);
   });
-}
-
-/** XML 1.0's `Char` production: what a character reference may name. */
-function isXmlChar(code: number): boolean {
-  return code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) ||
-    (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
 }
 
 /**
