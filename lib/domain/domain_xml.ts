@@ -11,9 +11,10 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
-import { RECORDS_NAMESPACE } from "./lenient.ts";
+import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
+  bootAndRomLines,
   type DomainInterface,
   interfaceLines,
   readInterface,
@@ -449,18 +450,6 @@ function pciControllers(xml: string, devices: XmlSpan | null): PciController[] {
   });
 }
 
-const RECORD_ATTRIBUTES = {
-  address: "address",
-  vendorId: "vendor",
-  deviceId: "device",
-  subsystemVendorId: "subsystem-vendor",
-  subsystemDeviceId: "subsystem-device",
-  classCode: "class",
-  serial: "serial",
-  driver: "driver",
-  rule: "rule",
-} as const satisfies Record<keyof DeviceIdentity, string>;
-
 function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
   const element = read(xml, ours);
   const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
@@ -637,17 +626,7 @@ function hostdevLines(spec: HostdevSpec): string[] {
     `  </source>`,
   ];
   // libvirt formats device info in this order: boot, alias, rom, address.
-  if (spec.bootOrder !== undefined) {
-    if (!Number.isInteger(spec.bootOrder) || spec.bootOrder < 1) {
-      throw new RangeError(`Boot order must be a positive integer: "${spec.bootOrder}"`);
-    }
-    lines.push(`  <boot order='${spec.bootOrder}'/>`);
-  }
-  if (spec.rom !== undefined && (spec.rom.bar !== undefined || spec.rom.file !== undefined)) {
-    const bar = spec.rom.bar === undefined ? "" : ` bar='${spec.rom.bar}'`;
-    const file = spec.rom.file === undefined ? "" : ` file='${escapeXmlAttribute(spec.rom.file)}'`;
-    lines.push(`  <rom${bar}${file}/>`);
-  }
+  lines.push(...bootAndRomLines(spec));
   if (spec.guestAddress !== undefined) {
     const { multifunction, ...parts } = spec.guestAddress;
     const g = pciAddressToLibvirt(pciAddressFromParts(parts));

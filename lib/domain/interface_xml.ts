@@ -19,6 +19,7 @@ import {
   yesNo,
 } from "./properties.ts";
 import { escapeXmlAttribute, type XmlElement } from "./xml.ts";
+import { RECORD_ATTRIBUTES, VF_RECORD_ATTRIBUTES } from "./lenient.ts";
 
 /** One `<interface type='hostdev'>` with a PCI source. */
 export interface DomainInterface {
@@ -130,6 +131,18 @@ export function interfaceLines(spec: HostdevSpec): string[] {
     });
     lines.push(nic.vlan.trunk ? `  <vlan trunk='yes'>` : `  <vlan>`, ...tags, `  </vlan>`);
   }
+  lines.push(...bootAndRomLines(spec));
+  lines.push(`</interface>`);
+  return lines;
+}
+
+/**
+ * The `<boot>` and `<rom>` lines of a `<hostdev>` or an `<interface type='hostdev'>` (libvirt
+ * formats device info in this order: boot, alias, rom, address). Throws `RangeError` for a boot
+ * order that is not a positive integer.
+ */
+export function bootAndRomLines(spec: Pick<HostdevSpec, "bootOrder" | "rom">): string[] {
+  const lines: string[] = [];
   if (spec.bootOrder !== undefined) {
     if (!Number.isInteger(spec.bootOrder) || spec.bootOrder < 1) {
       throw new RangeError(`Boot order must be a positive integer: "${spec.bootOrder}"`);
@@ -141,24 +154,16 @@ export function interfaceLines(spec: HostdevSpec): string[] {
     const file = spec.rom.file === undefined ? "" : ` file='${escapeXmlAttribute(spec.rom.file)}'`;
     lines.push(`  <rom${bar}${file}/>`);
   }
-  lines.push(`</interface>`);
   return lines;
 }
 
 /** The attributes of a `<passthrough:interface>` record beyond the PF's identity. */
-const VF_ATTRIBUTES = { address: "address", index: "vf", mac: "mac" } as const;
+const VF_ATTRIBUTES = VF_RECORD_ATTRIBUTES;
 
 /** The PF's identity attributes of a `<passthrough:interface>` record. */
 const PF_ATTRIBUTES = {
-  address: "pf-address",
-  vendorId: "vendor",
-  deviceId: "device",
-  subsystemVendorId: "subsystem-vendor",
-  subsystemDeviceId: "subsystem-device",
-  classCode: "class",
-  serial: "serial",
-  driver: "driver",
-  rule: "rule",
+  ...RECORD_ATTRIBUTES,
+  address: VF_RECORD_ATTRIBUTES.pfAddress,
 } as const satisfies Record<keyof DeviceIdentity, string>;
 
 /**

@@ -284,8 +284,12 @@ export interface LenientRecords {
   problem: string | null;
 }
 
-/** Each field of a record and the attribute that holds it (as `domain_xml.ts` writes them). */
-const RECORD_ATTRIBUTES = {
+/**
+ * Each field of a `<passthrough:device>` record and the attribute that holds it: the one table
+ * the strict reader, the writer and this reader share (here, because the hook loads this module
+ * without the XML library).
+ */
+export const RECORD_ATTRIBUTES = {
   address: "address",
   vendorId: "vendor",
   deviceId: "device",
@@ -296,6 +300,17 @@ const RECORD_ATTRIBUTES = {
   driver: "driver",
   rule: "rule",
 } as const satisfies Record<keyof DeviceIdentity, string>;
+
+/**
+ * The attributes of a `<passthrough:interface>` record (a `vf:` rule's VF) beyond its PF's
+ * identity, which it holds as {@link RECORD_ATTRIBUTES} with the PF's address in `pfAddress`.
+ */
+export const VF_RECORD_ATTRIBUTES = {
+  address: "address",
+  index: "vf",
+  mac: "mac",
+  pfAddress: "pf-address",
+} as const;
 
 const REQUIRED_FIELDS = ["address", "vendorId", "deviceId", "classCode", "rule"] as const;
 
@@ -353,19 +368,20 @@ function readRecord(attributes: Map<string, string>): DeviceIdentity | string {
 
 /** A VF record (`<passthrough:interface>`) from its element's attributes, or why it cannot be read. */
 function readVfRecord(attributes: Map<string, string>): VfIdentity | string {
-  const pfAddress = attributes.get("pf-address");
-  const address = canonicalPciAddress(attributes.get("address") ?? "");
-  const index = attributes.get("vf") ?? "";
-  const mac = attributes.get("mac");
+  const names = VF_RECORD_ATTRIBUTES;
+  const pfAddress = attributes.get(names.pfAddress);
+  const address = canonicalPciAddress(attributes.get(names.address) ?? "");
+  const index = attributes.get(names.index) ?? "";
+  const mac = attributes.get(names.mac);
   if (pfAddress === undefined || mac === undefined) {
     return `an interface record lacks attribute "${
-      pfAddress === undefined ? "pf-address" : "mac"
+      pfAddress === undefined ? names.pfAddress : names.mac
     }"`;
   }
   if (address === null || !/^[0-9]+$/.test(index)) {
     return "an interface record has a bad address or VF index";
   }
-  const pf = readRecord(new Map([...attributes, ["address", pfAddress]]));
+  const pf = readRecord(new Map([...attributes, [RECORD_ATTRIBUTES.address, pfAddress]]));
   if (typeof pf === "string") return pf.replace("a record", "an interface record");
   return { address, index: Number(index), mac: mac.toLowerCase(), pf };
 }
