@@ -3,7 +3,7 @@
 // installed hook then runs as libvirt runs it, on a sysfs tree built from a captured host.
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { runCli } from "../helpers/cli.ts";
+import { runCli, runHook } from "../helpers/cli.ts";
 import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
@@ -17,24 +17,6 @@ const MOVED = `<domain type='kvm'><name>win11</name>
     <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
     <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
   </hostdev></devices></domain>`;
-
-/** Runs the installed hook as libvirt does: minimal environment, the XML on stdin. */
-async function runHook(path: string, args: string[], xml: string) {
-  const child = new Deno.Command(path, {
-    args,
-    clearEnv: true,
-    env: { LC_ALL: "C", PATH: "/usr/bin:/bin" },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(xml)).catch(() => {});
-  await writer.close().catch(() => {});
-  const out = await child.output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 Deno.test("hook install, status and remove manage one executable in the hooks directory", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });

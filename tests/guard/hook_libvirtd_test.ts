@@ -8,7 +8,7 @@
 
 import { assert, assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
-import { runCli } from "../helpers/cli.ts";
+import { runCli, runHook } from "../helpers/cli.ts";
 import { livePciMissing } from "../helpers/hosts.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
@@ -88,35 +88,6 @@ async function virsh(uri: string, ...args: string[]): Promise<{ code: number; ou
   }).output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
-}
-
-/** Runs the installed hook as libvirt does (minimal environment), with `xml` on stdin. */
-async function runHook(
-  hook: string,
-  args: string[],
-  xml: string,
-): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
-  const started = performance.now();
-  const child = new Deno.Command(hook, {
-    args,
-    clearEnv: true,
-    env: { LC_ALL: "C", PATH: "/usr/bin:/bin" },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  // The fast path exits without reading: a closed pipe is what libvirt sees too.
-  await writer.write(new TextEncoder().encode(xml)).catch(() => {});
-  await writer.close().catch(() => {});
-  const out = await child.output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return {
-    code: out.code,
-    stdout: decode(out.stdout),
-    stderr: decode(out.stderr),
-    ms: performance.now() - started,
-  };
 }
 
 Deno.test({

@@ -190,3 +190,26 @@ export function runCliOnPty(args: string[], options: CliOptions = {}): PtySessio
     },
   };
 }
+
+/** Runs the installed hook as libvirt does (minimal environment), with `xml` on stdin. */
+export async function runHook(
+  hook: string,
+  args: string[],
+  xml: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(hook, {
+    args,
+    clearEnv: true,
+    env: { LC_ALL: "C", PATH: "/usr/bin:/bin" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  // The fast path exits without reading: a closed pipe is what libvirt sees too.
+  await writer.write(new TextEncoder().encode(xml)).catch(() => {});
+  await writer.close().catch(() => {});
+  const out = await child.output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
