@@ -11,7 +11,7 @@
  */
 
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
-import { libcSysfsReader } from "../ffi/libc_fs.ts";
+import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 
 /** The arguments the hook passes. */
 export interface HookCheckArgs {
@@ -79,12 +79,14 @@ function readStdin(max: number): Uint8Array | null {
 }
 
 /**
- * Runs the check for the hook's arguments, writing refusals to `err`; returns the exit code.
- * Every operation but `prepare begin` returns 0 before anything is read.
+ * Runs the check for the hook's arguments, reading sysfs and `/proc` with `reader`, writing
+ * refusals to `err`; returns the exit code. Every operation but `prepare begin` returns 0 before
+ * anything is read.
  */
 export async function checkStart(
   args: HookCheckArgs,
   err: (text: string) => void,
+  reader: SysfsReader,
 ): Promise<number> {
   if (args.operation !== "prepare" || args.subOperation !== "begin") return 0;
   const bytes = readStdin(MAX_XML_BYTES);
@@ -94,9 +96,7 @@ export async function checkStart(
     operation: args.operation,
     subOperation: args.subOperation,
     xml: bytes === null ? null : new TextDecoder().decode(bytes),
-    // Through libc: Deno refuses reads under /sys and /proc to anything less than --allow-all,
-    // and the hook grants only --allow-ffi and the state directory (see checkCommand).
-    reader: libcSysfsReader({ fewCalls: true }),
+    reader,
     root,
     live: root === "/sys",
     stateDir: args.stateDir,
@@ -105,7 +105,11 @@ export async function checkStart(
   return result.code;
 }
 
-/** {@link checkStart} for a command line; exit 2 (which stops the start too) when it is bad. */
+/**
+ * {@link checkStart} for a command line; exit 2 (which stops the start too) when it is bad.
+ * Reads with Deno's own file system calls, which under `/sys` and `/proc` need `--allow-all`:
+ * the hook runs this entry with it (see `checkPermissions` in `lib/guard/hook_file.ts`).
+ */
 export function hookCheck(
   args: readonly string[],
   err: (text: string) => void,
@@ -115,7 +119,7 @@ export function hookCheck(
     err(`passthrough hook run: ${parsed}\n`);
     return Promise.resolve(2);
   }
-  return checkStart(parsed, err);
+  return checkStart(parsed, err, denoFsReader());
 }
 
 if (import.meta.main) {

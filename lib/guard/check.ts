@@ -192,7 +192,12 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   }));
   const found = facts.passed.map((p) => ({
     ...p,
-    device: readDeviceAt(input.reader, input.root, p.address),
+    // Identity only: a VF's PF link where an interface may be one, and no IOMMU group, NUMA node
+    // or module list, which the check does not use (every read costs at every start).
+    device: readDeviceAt(input.reader, input.root, p.address, {
+      details: false,
+      physfn: p.element === "interface",
+    }),
     recorded: facts.records.find((r) => r.address === p.address) ?? null,
   }));
   const devices = found.flatMap((f) => f.device === null ? [] : [f.device]);

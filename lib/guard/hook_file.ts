@@ -126,15 +126,27 @@ export interface CheckProgram {
 }
 
 /**
- * The Deno permissions of the check: libc through FFI for `/sys` and `/proc` (Deno refuses plain
- * reads there to anything less than `--allow-all`), and the state directory for allowances and
- * refusal records. A state directory whose path holds a comma, which Deno's permission lists
- * cannot name, gets unscoped reads and writes.
+ * The Deno permissions of the check. The CLI's `hook run` (`entry: "cli"`) reads `/sys` and
+ * `/proc` through libc over FFI, and the state directory for allowances and refusal records;
+ * a state directory whose path holds a comma, which Deno's permission lists cannot name, gets
+ * unscoped reads and writes. The check's own entry (`entry: "check"`) reads them with Deno's
+ * file calls, which Deno allows under `/sys` and `/proc` only with `--allow-all`: no more than
+ * `--allow-ffi` grants (native code can do anything the process can), and it spares every start
+ * the cost of binding libc.
  */
-export function checkPermissions(stateDir: string): string[] {
+export function checkPermissions(stateDir: string, entry: "check" | "cli" = "cli"): string[] {
+  if (entry === "check") return ["--allow-all"];
   const scope = stateDir.includes(",") ? "" : `=${stateDir}`;
   return ["--allow-ffi", `--allow-read${scope}`, `--allow-write${scope}`];
 }
+
+/**
+ * V8's flags for the check's own entry: its few modules compiled whole when loaded, so Deno's
+ * code cache (in DENO_DIR) holds all their functions and a start compiles none, and no baseline
+ * compiler (Sparkplug), whose work a run this short never earns back (docs/BENCHMARKS.md). The
+ * CLI has too much code for either.
+ */
+export const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
 
 /**
  * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
@@ -172,10 +184,8 @@ export function checkCommand(
     "--no-prompt",
     ...(useConfig ? ["--config", config] : ["--no-config"]),
     "--cached-only",
-    // The check's few modules compiled whole when loaded, so Deno's code cache (in DENO_DIR)
-    // holds all their functions and a start compiles none; the CLI has too much code for that.
-    ...(entry === lean ? ["--v8-flags=--no-lazy"] : []),
-    ...checkPermissions(options.stateDir),
+    ...(entry === lean ? [CHECK_V8_FLAGS] : []),
+    ...checkPermissions(options.stateDir, entry === lean ? "check" : "cli"),
     entry,
     ...args,
   ];

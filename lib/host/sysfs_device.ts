@@ -40,8 +40,9 @@ export function readDeviceAt(
   reader: SysfsReader,
   root: string,
   address: PciAddress,
+  options: DeviceReadOptions = {},
 ): PciDevice | null {
-  const raw = readRawDevice(reader, root.replace(/(.)\/+$/, "$1"), address);
+  const raw = readRawDevice(reader, root.replace(/(.)\/+$/, "$1"), address, options);
   // A device always has a uevent in the live sysfs; only a tree without one needs the listing.
   if (raw.uevent === null && reader.listDir(raw.path) === null) return null;
   return parseRawDevice(reader, raw);
@@ -93,8 +94,25 @@ export interface RawSysfsDevice {
   modules: string | null;
 }
 
+/** Which of a device's entries beyond its identity to read (all by default). */
+export interface DeviceReadOptions {
+  /**
+   * The IOMMU group link, the NUMA node and (in a captured tree) the kernel modules; without them
+   * those are unknown. The start guard, which checks identities, reads none of them.
+   */
+  details?: boolean;
+  /** The `physfn` link of a VF; without it `physfn` is `null`. */
+  physfn?: boolean;
+}
+
 /** The entries of one device directory that every device needs. */
-export function readRawDevice(reader: SysfsReader, root: string, name: string): RawSysfsDevice {
+export function readRawDevice(
+  reader: SysfsReader,
+  root: string,
+  name: string,
+  options: DeviceReadOptions = {},
+): RawSysfsDevice {
+  const { details = true, physfn = true } = options;
   const path = `${root}/bus/pci/devices/${name}`;
   const live = root === "/sys";
   // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
@@ -103,12 +121,12 @@ export function readRawDevice(reader: SysfsReader, root: string, name: string): 
   // FLR and the serial number are in the configuration space's capabilities. Unprivileged
   // reads of a real device stop after the 64-byte header.
   const config = readConfig(reader, `${path}/config`, live);
-  const groupLink = reader.readLink(`${path}/iommu_group`);
-  const numaNode = reader.readText(`${path}/numa_node`);
-  const physfnLink = reader.readLink(`${path}/physfn`);
+  const groupLink = details ? reader.readLink(`${path}/iommu_group`) : null;
+  const numaNode = details ? reader.readText(`${path}/numa_node`) : null;
+  const physfnLink = physfn ? reader.readLink(`${path}/physfn`) : null;
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
-  const modules = live ? null : reader.readText(`${path}/modules`);
+  const modules = live || !details ? null : reader.readText(`${path}/modules`);
   return { name, path, uevent, config, groupLink, numaNode, physfnLink, modules };
 }
 

@@ -200,8 +200,8 @@ Deno.test("checkCommand() runs the check's own entry with --no-config, else the 
       ...head,
       "--no-config",
       "--cached-only",
-      "--v8-flags=--no-lazy",
-      ...perms,
+      "--v8-flags=--no-lazy,--no-sparkplug",
+      "--allow-all",
       `${dir}/co/cli/hook_check.ts`,
       ...tail,
     ]);
@@ -222,8 +222,8 @@ Deno.test("checkCommand() runs the check's own entry with --no-config, else the 
       ...head,
       "--no-config",
       "--cached-only",
-      "--v8-flags=--no-lazy",
-      ...perms,
+      "--v8-flags=--no-lazy,--no-sparkplug",
+      "--allow-all",
       `${dir}/bin/hook/hook_check.js`,
       ...tail,
     ]);
