@@ -55,6 +55,42 @@ interface LenientTag {
   end: number;
 }
 
+/** Whitespace as regular expressions' `\s` means it, which the scan's tag names end at. */
+const SPACE = /\s/;
+
+/** Whether a tag's name that ends before `at` in `text` ends there: at whitespace, `>`, `/`. */
+function nameEndsAt(text: string, at: number, slash = true): boolean {
+  const next = text[at];
+  return next === undefined || next === ">" || (slash && next === "/") || SPACE.test(next);
+}
+
+/**
+ * The index of the first `<name` at or after `from` whose name ends there (the start tag of a
+ * `name` element, not of `nameX`), or -1; with `end`, of the first `</name` so followed.
+ */
+function findTag(text: string, name: string, from = 0, end = false): number {
+  const open = end ? `</${name}` : `<${name}`;
+  for (let at = text.indexOf(open, from); at !== -1; at = text.indexOf(open, at + 1)) {
+    if (nameEndsAt(text, at + open.length, !end)) return at;
+  }
+  return -1;
+}
+
+/** The first whole end tag `</name>` (spaces allowed before `>`) at or after `from`. */
+function findEndTag(
+  text: string,
+  name: string,
+  from: number,
+): { index: number; end: number } | null {
+  const open = `</${name}`;
+  for (let at = text.indexOf(open, from); at !== -1; at = text.indexOf(open, at + 1)) {
+    let i = at + open.length;
+    while (i < text.length && SPACE.test(text[i]!)) i++;
+    if (text[i] === ">") return { index: at, end: i + 1 };
+  }
+  return null;
+}
+
 /** The start tag at `index` of `text`, or `null` when no complete tag starts there. */
 function lenientTag(text: string, index: number): LenientTag | null {
   const stop = text.indexOf("<", index + 1);
@@ -69,7 +105,12 @@ function lenientTag(text: string, index: number): LenientTag | null {
     // A bad entity: kept raw, so a number in it fails to read and counts as unresolved.
     attributes[name] = decodeEntities(value) ?? value;
   }
-  return { attributes, raw, selfClosing: /\/\s*$/.test(raw), end: index + match[0].length };
+  return {
+    attributes,
+    raw,
+    selfClosing: raw.trimEnd().endsWith("/"),
+    end: index + match[0].length,
+  };
 }
 
 /**
@@ -80,14 +121,22 @@ function lenientTag(text: string, index: number): LenientTag | null {
  * `keepMetadata`, `<metadata>` stays (for reading the records in it).
  */
 function blankNonDevices(xml: string, keepMetadata = false): string {
+  // libvirt writes none of these: most definitions have nothing to blank.
+  if (
+    !xml.includes("<!--") && !xml.includes("<![CDATA[") && !xml.includes("<?") &&
+    (keepMetadata || findTag(xml, "metadata") === -1)
+  ) {
+    return xml;
+  }
   // Once a terminator is missing it is missing for every later opener too: stop looking.
   const exhausted = new Set<string>();
-  const through = (terminator: RegExp, from: number): number => {
-    if (exhausted.has(terminator.source)) return -1;
-    terminator.lastIndex = from;
-    const found = terminator.exec(xml);
-    if (found === null) exhausted.add(terminator.source);
-    return found === null ? -1 : terminator.lastIndex;
+  const through = (terminator: string, from: number): number => {
+    if (exhausted.has(terminator)) return -1;
+    const found = terminator === "</metadata"
+      ? findEndTag(xml, "metadata", from)?.end ?? -1
+      : xml.indexOf(terminator, from);
+    if (found === -1) exhausted.add(terminator);
+    return found === -1 || terminator === "</metadata" ? found : found + terminator.length;
   };
   let out = "";
   let i = 0;
@@ -99,13 +148,13 @@ function blankNonDevices(xml: string, keepMetadata = false): string {
     }
     out += xml.slice(i, lt);
     let end = -1;
-    if (xml.startsWith("<!--", lt)) end = through(/-->/g, lt + 4);
-    else if (xml.startsWith("<![CDATA[", lt)) end = through(/\]\]>/g, lt + 9);
-    else if (xml.startsWith("<?", lt)) end = through(/\?>/g, lt + 2);
-    else if (!keepMetadata && /^<metadata(?:[\s/>]|$)/.test(xml.slice(lt, lt + 10))) {
+    if (xml.startsWith("<!--", lt)) end = through("-->", lt + 4);
+    else if (xml.startsWith("<![CDATA[", lt)) end = through("]]>", lt + 9);
+    else if (xml.startsWith("<?", lt)) end = through("?>", lt + 2);
+    else if (!keepMetadata && xml.startsWith("<metadata", lt) && nameEndsAt(xml, lt + 9)) {
       const tag = lenientTag(xml, lt);
       if (tag?.selfClosing) end = tag.end;
-      else if (tag !== null) end = through(/<\/metadata\s*>/g, tag.end);
+      else if (tag !== null) end = through("</metadata", tag.end);
     }
     if (end === -1) {
       out += "<";
@@ -125,18 +174,16 @@ function blankNonDevices(xml: string, keepMetadata = false): string {
  * `"not-pci"` when the source address says another bus.
  */
 function sourceAddress(body: string): PciAddress | "not-pci" | null {
-  const open = /<source(?=[\s/>]|$)/.exec(body);
-  if (open === null) return null;
-  const tag = lenientTag(body, open.index);
+  const open = findTag(body, "source");
+  if (open === -1) return null;
+  const tag = lenientTag(body, open);
   if (tag === null || tag.selfClosing) return null;
-  const close = /<\/source\s*>/g;
-  close.lastIndex = tag.end;
-  const closing = close.exec(body);
+  const closing = findEndTag(body, "source", tag.end);
   if (closing === null) return null;
   const inside = body.slice(tag.end, closing.index);
-  const at = /<address(?=[\s/>]|$)/.exec(inside);
-  if (at === null) return null;
-  const address = lenientTag(inside, at.index);
+  const at = findTag(inside, "address");
+  if (at === -1) return null;
+  const address = lenientTag(inside, at);
   if (address === null) return null;
   const type = address.attributes.type;
   if (type !== undefined && type !== "pci") return "not-pci";
@@ -222,12 +269,13 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       // A start tag that does not even close: count it when it may be a PCI device.
       const stop = element.indexOf("<", 1);
       const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
-      if (name === "hostdev" || /hostdev/.test(head)) unresolved++;
+      if (name === "hostdev" || head.includes("hostdev")) unresolved++;
       return;
     }
     const { type, mode } = tag.attributes;
     // An interface whose type cannot be read but that says hostdev is taken to be one.
-    const hostdevInterface = type === "hostdev" || (type === undefined && /hostdev/.test(tag.raw));
+    const hostdevInterface = type === "hostdev" ||
+      (type === undefined && tag.raw.includes("hostdev"));
     if (name === "interface" && !hostdevInterface) return;
     if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) return;
     if (tag.selfClosing) {
@@ -235,8 +283,8 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       return;
     }
     const content = element.slice(tag.end);
-    const close = new RegExp(`</${name}(?=[\\s>]|$)`).exec(content);
-    const address = sourceAddress(content.slice(0, close?.index ?? content.length));
+    const close = findTag(content, name, 0, true);
+    const address = sourceAddress(content.slice(0, close === -1 ? content.length : close));
     if (address === null) unresolved++;
     else if (address !== "not-pci" && found.get(address) !== "hostdev") found.set(address, name);
   });

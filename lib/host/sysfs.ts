@@ -69,9 +69,18 @@ const TEXT_LIMIT = 65536;
  * assertEquals(reader.readBytes(`${dir}/config`, 4096), null);
  * Deno.removeSync(dir, { recursive: true });
  * ```
+ *
+ * With `listings`, a file's type comes from its directory's listing, read once for the reader's
+ * life, instead of a `stat` per file (links are still followed with one): for a short-lived
+ * reader of a few directories, such as the start guard's, which reads a handful of files in each
+ * device's directory at every VM start. Files that appear after their directory was listed read
+ * as missing.
  */
-export function denoFsReader(): SysfsReader {
+export function denoFsReader(options: { listings?: boolean } = {}): SysfsReader {
   const decoder = new TextDecoder();
+  const regular = options.listings ? listedRegularFile() : null;
+  const readRegularFile = (path: string, maxBytes: number) =>
+    regular === null ? readStatedFile(path, maxBytes) : readListedFile(path, maxBytes, regular);
   return {
     listDir(path) {
       try {
@@ -100,7 +109,7 @@ export function denoFsReader(): SysfsReader {
     },
     openFile(path) {
       try {
-        if (regularFileSize(path) === null) return null;
+        if (!(regular === null ? regularFileSize(path) !== null : regular(path))) return null;
         return new DenoFile(path, Deno.openSync(path, { read: true }));
       } catch (error) {
         if (isMissing(error)) return null;
@@ -121,8 +130,66 @@ function regularFileSize(path: string): number | null {
   }
 }
 
-/** Up to `maxBytes` of the regular file at `path`, or `null` (see {@link denoFsReader}). */
-function readRegularFile(path: string, maxBytes: number): Uint8Array | null {
+/**
+ * Whether the entry at a path is a regular file (links followed), from its directory's listing,
+ * listed once (see {@link denoFsReader}); `false` for anything else or nothing.
+ */
+function listedRegularFile(): (path: string) => boolean {
+  const listings = new Map<string, Map<string, Deno.DirEntry> | null>();
+  const list = (dir: string): Map<string, Deno.DirEntry> | null => {
+    try {
+      const entries = new Map<string, Deno.DirEntry>();
+      for (const entry of Deno.readDirSync(dir)) entries.set(entry.name, entry);
+      return entries;
+    } catch (error) {
+      if (isMissing(error)) return null;
+      throw error;
+    }
+  };
+  return (path) => {
+    const slash = path.lastIndexOf("/");
+    const dir = slash <= 0 ? "/" : path.slice(0, slash);
+    let listing = listings.get(dir);
+    if (listing === undefined) listings.set(dir, listing = list(dir));
+    const entry = listing?.get(path.slice(slash + 1));
+    if (entry === undefined) return false;
+    return entry.isSymlink ? regularFileSize(path) !== null : entry.isFile;
+  };
+}
+
+/**
+ * Up to `maxBytes` of the file at `path` when `regular` says it is a regular file, or `null`;
+ * read in full to its end or `maxBytes`, since a listing gives no size.
+ */
+function readListedFile(
+  path: string,
+  maxBytes: number,
+  regular: (path: string) => boolean,
+): Uint8Array | null {
+  try {
+    if (!regular(path)) return null;
+    using file = Deno.openSync(path, { read: true });
+    return readHead(file, maxBytes);
+  } catch (error) {
+    if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
+    throw error;
+  }
+}
+
+/** Up to `maxBytes` from the start of an open file: reads until its end or `maxBytes`. */
+function readHead(file: Deno.FsFile, maxBytes: number): Uint8Array {
+  const bytes = new Uint8Array(maxBytes);
+  let filled = 0;
+  while (filled < maxBytes) {
+    const n = file.readSync(bytes.subarray(filled));
+    if (n === null || n === 0) break;
+    filled += n;
+  }
+  return bytes.subarray(0, filled);
+}
+
+/** Up to `maxBytes` of the regular file at `path` (a `stat` first), or `null`. */
+function readStatedFile(path: string, maxBytes: number): Uint8Array | null {
   try {
     const size = regularFileSize(path);
     if (size === null) return null;
@@ -132,14 +199,7 @@ function readRegularFile(path: string, maxBytes: number): Uint8Array | null {
     }
     // Larger than asked for: read only the head, never the whole file.
     using file = Deno.openSync(path, { read: true });
-    const bytes = new Uint8Array(maxBytes);
-    let filled = 0;
-    while (filled < maxBytes) {
-      const n = file.readSync(bytes.subarray(filled));
-      if (n === null || n === 0) break;
-      filled += n;
-    }
-    return bytes.subarray(0, filled);
+    return readHead(file, maxBytes);
   } catch (error) {
     if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
     throw error;

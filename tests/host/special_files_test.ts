@@ -105,6 +105,8 @@ const SPECIAL: {
 
 const READERS: [string, () => SysfsReader][] = [
   ["Deno fs", denoFsReader],
+  // Types from directory listings instead of a stat per file (the start guard's reader).
+  ["Deno fs, listings", () => denoFsReader({ listings: true })],
   ["libc", libcSysfsReader],
 ];
 
@@ -167,6 +169,7 @@ Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear 
   using writer = Deno.openSync(path, { read: true, write: true });
   assertOk(writer);
   assertEquals(denoFsReader().readText(path), null);
+  assertEquals(denoFsReader({ listings: true }).readText(path), null);
   const error = await rejection(
     () => discoverHost({ root: tree.sysfs, reader: libcSysfsReader(), lspci: null }),
     LibcFsError,
@@ -193,6 +196,10 @@ Deno.test("the Deno reader reads the head of a 300 MB attribute, not the whole f
   const reader = denoFsReader();
   assertEquals(reader.readText(path)?.length, 65536);
   assertEquals(reader.readBytes(path, 4096)?.length, 4096);
+  // Without a size from a stat, the same bounds.
+  const listed = denoFsReader({ listings: true });
+  assertEquals(listed.readText(path)?.length, 65536);
+  assertEquals(listed.readBytes(path, 4096)?.length, 4096);
   const host = await discoverHost({ root: tree.sysfs, reader, lspci: null });
   // The uevent's lines come first, as in the kernel's file: nothing is lost.
   assertEquals(host.devices.find((d) => d.address === GPU)?.driver, "vfio-pci");
@@ -247,4 +254,27 @@ Deno.test("devices --sysfs TREE with a FIFO config exits 1 naming the file, with
     outcome: "exit 1, the file named, no hang",
     test: TEST,
   });
+});
+
+Deno.test("the Deno reader with listings reads regular files and links to them, and nothing else", async () => {
+  await using tree = await demoTree();
+  const dir = `${tree.sysfs}/bus/pci/devices/${GPU}`;
+  const uevent = Deno.readTextFileSync(`${dir}/uevent`);
+  Deno.symlinkSync(`${dir}/uevent`, `${dir}/linked`);
+  Deno.symlinkSync("/dev/zero", `${dir}/zero`);
+  Deno.symlinkSync(`${dir}/missing`, `${dir}/dangling`);
+  Deno.mkdirSync(`${dir}/subdir`);
+  const reader = denoFsReader({ listings: true });
+  assertEquals(reader.readText(`${dir}/uevent`), uevent);
+  assertEquals(reader.readText(`${dir}/linked`), uevent);
+  for (const name of ["zero", "dangling", "subdir", "missing"]) {
+    assertEquals(reader.readText(`${dir}/${name}`), null, name);
+    assertEquals(reader.readBytes(`${dir}/${name}`, 16), null, name);
+    assertEquals(reader.openFile(`${dir}/${name}`), null, name);
+  }
+  assertEquals(reader.readText(`${tree.sysfs}/nonexistent/uevent`), null);
+  // Listed once: a file that appears later reads as missing to this reader, not to a new one.
+  Deno.writeTextFileSync(`${dir}/later`, "x");
+  assertEquals(reader.readText(`${dir}/later`), null);
+  assertEquals(denoFsReader({ listings: true }).readText(`${dir}/later`), "x");
 });
