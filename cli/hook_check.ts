@@ -119,7 +119,7 @@ export function hookCheck(
     err(`passthrough hook run: ${parsed}\n`);
     return Promise.resolve(2);
   }
-  return checkStart(parsed, err, denoFsReader({ listings: true }));
+  return checkStart(parsed, err, denoFsReader({ listings: parsed.sysfs }));
 }
 
 if (import.meta.main) {

@@ -70,17 +70,21 @@ const TEXT_LIMIT = 65536;
  * Deno.removeSync(dir, { recursive: true });
  * ```
  *
- * With `listings`, a file's type comes from its directory's listing, read once for the reader's
- * life, instead of a `stat` per file (links are still followed with one): for a short-lived
- * reader of a few directories, such as the start guard's, which reads a handful of files in each
- * device's directory at every VM start. Files that appear after their directory was listed read
- * as missing.
+ * With `listings: ROOT`, the type of a file under ROOT comes from its directory's listing, read
+ * once for the reader's life, instead of a `stat` per file (links are still followed with one):
+ * for a short-lived reader of a few small directories, such as the start guard's, which reads a
+ * handful of files in each device's directory of a sysfs tree at every VM start. Files that
+ * appear after their directory was listed read as missing. Elsewhere (`/proc`, whose listing
+ * holds every process), each file is still `stat`ed.
  */
-export function denoFsReader(options: { listings?: boolean } = {}): SysfsReader {
+export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
   const decoder = new TextDecoder();
-  const regular = options.listings ? listedRegularFile() : null;
+  const under = options.listings === undefined ? null : `${options.listings.replace(/\/+$/, "")}/`;
+  const regular = listedRegularFile();
   const readRegularFile = (path: string, maxBytes: number) =>
-    regular === null ? readStatedFile(path, maxBytes) : readListedFile(path, maxBytes, regular);
+    under === null || !path.startsWith(under)
+      ? readStatedFile(path, maxBytes)
+      : readListedFile(path, maxBytes, regular);
   return {
     listDir(path) {
       try {
@@ -109,7 +113,8 @@ export function denoFsReader(options: { listings?: boolean } = {}): SysfsReader 
     },
     openFile(path) {
       try {
-        if (!(regular === null ? regularFileSize(path) !== null : regular(path))) return null;
+        const listed = under !== null && path.startsWith(under);
+        if (!(listed ? regular(path) : regularFileSize(path) !== null)) return null;
         return new DenoFile(path, Deno.openSync(path, { read: true }));
       } catch (error) {
         if (isMissing(error)) return null;

@@ -106,7 +106,7 @@ const SPECIAL: {
 const READERS: [string, () => SysfsReader][] = [
   ["Deno fs", denoFsReader],
   // Types from directory listings instead of a stat per file (the start guard's reader).
-  ["Deno fs, listings", () => denoFsReader({ listings: true })],
+  ["Deno fs, listings", () => denoFsReader({ listings: "/" })],
   ["libc", libcSysfsReader],
 ];
 
@@ -169,7 +169,7 @@ Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear 
   using writer = Deno.openSync(path, { read: true, write: true });
   assertOk(writer);
   assertEquals(denoFsReader().readText(path), null);
-  assertEquals(denoFsReader({ listings: true }).readText(path), null);
+  assertEquals(denoFsReader({ listings: tree.sysfs }).readText(path), null);
   const error = await rejection(
     () => discoverHost({ root: tree.sysfs, reader: libcSysfsReader(), lspci: null }),
     LibcFsError,
@@ -197,7 +197,7 @@ Deno.test("the Deno reader reads the head of a 300 MB attribute, not the whole f
   assertEquals(reader.readText(path)?.length, 65536);
   assertEquals(reader.readBytes(path, 4096)?.length, 4096);
   // Without a size from a stat, the same bounds.
-  const listed = denoFsReader({ listings: true });
+  const listed = denoFsReader({ listings: tree.sysfs });
   assertEquals(listed.readText(path)?.length, 65536);
   assertEquals(listed.readBytes(path, 4096)?.length, 4096);
   const host = await discoverHost({ root: tree.sysfs, reader, lspci: null });
@@ -264,7 +264,7 @@ Deno.test("the Deno reader with listings reads regular files and links to them, 
   Deno.symlinkSync("/dev/zero", `${dir}/zero`);
   Deno.symlinkSync(`${dir}/missing`, `${dir}/dangling`);
   Deno.mkdirSync(`${dir}/subdir`);
-  const reader = denoFsReader({ listings: true });
+  const reader = denoFsReader({ listings: tree.sysfs });
   assertEquals(reader.readText(`${dir}/uevent`), uevent);
   assertEquals(reader.readText(`${dir}/linked`), uevent);
   for (const name of ["zero", "dangling", "subdir", "missing"]) {
@@ -276,5 +276,10 @@ Deno.test("the Deno reader with listings reads regular files and links to them, 
   // Listed once: a file that appears later reads as missing to this reader, not to a new one.
   Deno.writeTextFileSync(`${dir}/later`, "x");
   assertEquals(reader.readText(`${dir}/later`), null);
-  assertEquals(denoFsReader({ listings: true }).readText(`${dir}/later`), "x");
+  assertEquals(denoFsReader({ listings: tree.sysfs }).readText(`${dir}/later`), "x");
+  // Outside the listed root each file is looked up as it is read.
+  const outside = denoFsReader({ listings: `${dir}/subdir` });
+  assertEquals(outside.readText(`${dir}/uevent`), uevent);
+  Deno.writeTextFileSync(`${dir}/later2`, "y");
+  assertEquals(outside.readText(`${dir}/later2`), "y");
 });
