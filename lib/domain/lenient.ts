@@ -121,13 +121,9 @@ function lenientTag(text: string, index: number): LenientTag | null {
  * `keepMetadata`, `<metadata>` stays (for reading the records in it).
  */
 function blankNonDevices(xml: string, keepMetadata = false): string {
-  // libvirt writes none of these: most definitions have nothing to blank.
-  if (
-    !xml.includes("<!--") && !xml.includes("<![CDATA[") && !xml.includes("<?") &&
-    (keepMetadata || findTag(xml, "metadata") === -1)
-  ) {
-    return xml;
-  }
+  // libvirt writes none of these, so in most definitions only <metadata> is to be blanked.
+  const plain = !xml.includes("<!--") && !xml.includes("<![CDATA[") && !xml.includes("<?");
+  if (plain && (keepMetadata || findTag(xml, "metadata") === -1)) return xml;
   // Once a terminator is missing it is missing for every later opener too: stop looking.
   const exhausted = new Set<string>();
   const through = (terminator: string, from: number): number => {
@@ -141,7 +137,8 @@ function blankNonDevices(xml: string, keepMetadata = false): string {
   let out = "";
   let i = 0;
   while (i < xml.length) {
-    const lt = xml.indexOf("<", i);
+    // Only <metadata> to blank: straight to the next one.
+    const lt = plain ? findTag(xml, "metadata", i) : xml.indexOf("<", i);
     if (lt === -1) {
       out += xml.slice(i);
       break;
