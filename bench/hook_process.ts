@@ -10,7 +10,7 @@
  *
  * The hook checks a sysfs tree built from a captured host (4 GPU functions whose identities are
  * recorded), installed with `--sysfs`, so the run is the same on every machine; it reads the tree
- * through libc, as it reads `/sys`.
+ * as it reads `/sys`.
  *
  * Usage: deno run -A bench/hook_process.ts [--runs 21]
  *

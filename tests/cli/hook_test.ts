@@ -304,6 +304,37 @@ Deno.test("hook run, what a bundle without its check or a compiled binary runs, 
   }
 });
 
+Deno.test("the check the hook runs with --allow-all needs only reads and its state directory", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-scope-" });
+  try {
+    const state = `${dir}/state`;
+    // No environment, no program, no network, no write outside the state directory: were the
+    // check to use any, Deno would refuse it here, and the check would fail closed, not refuse.
+    const flags = ["--no-prompt", "--no-config", "--allow-read", `--allow-write=${state}`];
+    const main = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
+    const start = (stdin: string) =>
+      runCli(["--state-dir", state, "--sysfs", tree.dir, "--", "win11", "prepare", "begin", "-"], {
+        flags,
+        main,
+        stdin,
+      });
+    const refused = await start(MOVED);
+    assertEquals([refused.code, refused.stdout], [1, ""]);
+    assertMatch(
+      refused.stderr,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0 holds 10de:1b06 .*\n$/,
+    );
+    assertEquals([...Deno.readDirSync(`${state}/guard/refused`)].length, 1);
+    // The card as recorded: the start goes on, and the refusal record is cleared.
+    const passed = await start(MOVED.replace('device="2684"', 'device="1b06"'));
+    assertEquals([passed.code, passed.stdout, passed.stderr], [0, "", ""]);
+    assertEquals([...Deno.readDirSync(`${state}/guard/refused`)].length, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook and guard refuse bad usage with exit 2", async () => {
   for (
     const args of [
