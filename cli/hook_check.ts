@@ -122,17 +122,24 @@ export function hookCheck(
   return checkStart(parsed, err, denoFsReader({ listings: parsed.sysfs }));
 }
 
+/** Writes all of `text` to standard error (one write may take only part of it). */
+function writeError(text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  for (let written = 0; written < bytes.length;) {
+    written += Deno.stderr.writeSync(bytes.subarray(written));
+  }
+}
+
 if (import.meta.main) {
-  const encoder = new TextEncoder();
+  let code = 1;
   try {
-    Deno.exitCode = await hookCheck(
-      Deno.args,
-      (text) => void Deno.stderr.writeSync(encoder.encode(text)),
-    );
+    code = await hookCheck(Deno.args, writeError);
   } catch (error) {
     // Fail closed, in one line, without a stack trace.
     const message = error instanceof Error ? error.message : String(error);
-    Deno.stderr.writeSync(encoder.encode(`passthrough guard: the check failed: ${message}\n`));
-    Deno.exitCode = 1;
+    writeError(`passthrough guard: the check failed: ${message}\n`);
   }
+  // Everything is written (synchronously): exit now rather than tear the runtime down, which
+  // takes longer than the check.
+  Deno.exit(code);
 }
