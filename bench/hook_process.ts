@@ -20,6 +20,7 @@
 import { parseArgs } from "node:util";
 import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
 import { HOOK_FILE_NAME } from "../lib/guard/hook_file.ts";
+import { childrenCpuMs } from "../ffi/rusage.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -95,7 +96,14 @@ interface Case {
   code: number;
 }
 
-async function once(c: Case): Promise<number> {
+/** One run's wall time and CPU time (its processes', user and system), in ms. */
+interface Run {
+  ms: number;
+  cpuMs: number;
+}
+
+async function once(c: Case): Promise<Run> {
+  const cpuBefore = childrenCpuMs();
   const started = performance.now();
   const child = new Deno.Command(c.cmd, {
     args: c.args,
@@ -112,10 +120,11 @@ async function once(c: Case): Promise<number> {
   }
   const out = await child.output();
   const ms = performance.now() - started;
+  const cpuMs = childrenCpuMs() - cpuBefore;
   if (out.code !== c.code) {
     throw new Error(`${c.name}: exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
   }
-  return ms;
+  return { ms, cpuMs };
 }
 
 function median(xs: number[]): number {
@@ -191,25 +200,32 @@ try {
     code: 1,
   });
   for (const c of cases) for (let i = 0; i < 3; i++) await once(c);
-  const times = cases.map(() => [] as number[]);
+  const runs = cases.map(() => [] as Run[]);
   for (let r = 0; r < RUNS; r++) {
-    for (const [i, c] of cases.entries()) times[i]!.push(await once(c));
+    for (const [i, c] of cases.entries()) runs[i]!.push(await once(c));
   }
-  const base = median(times[0]!);
+  const wall = (i: number) => runs[i]!.map((run) => run.ms);
+  const cpu = (i: number) => runs[i]!.map((run) => run.cpuMs);
+  const [base, cpuBase] = [median(wall(0)), median(cpu(0))];
   console.log(
     `hook_process: ${RUNS} alternating runs each; ${navigator.hardwareConcurrency} CPUs; load ${
       Deno.loadavg().map((l) => l.toFixed(2)).join(" ")
     }; deno ${Deno.version.deno}`,
   );
+  // CPU time (user + system of the run's processes) moves less than wall time with other load.
   console.log(
-    `${"case".padEnd(32)} ${"median".padStart(9)} ${"min".padStart(9)} ${"vs empty".padStart(9)}`,
+    `${"case".padEnd(32)} ${"median".padStart(9)} ${"min".padStart(9)} ${"vs empty".padStart(9)} ${
+      "CPU".padStart(9)
+    } ${"vs empty".padStart(9)}`,
   );
   for (const [i, c] of cases.entries()) {
-    const m = median(times[i]!);
+    const [m, cpuM] = [median(wall(i)), median(cpu(i))];
     console.log(
       `${c.name.padEnd(32)} ${m.toFixed(1).padStart(6)} ms ${
-        Math.min(...times[i]!).toFixed(1).padStart(6)
-      } ms ${(m / base).toFixed(2).padStart(8)}x`,
+        Math.min(...wall(i)).toFixed(1).padStart(6)
+      } ms ${(m / base).toFixed(2).padStart(8)}x ${cpuM.toFixed(1).padStart(6)} ms ${
+        (cpuM / cpuBase).toFixed(2).padStart(8)
+      }x`,
     );
   }
 } finally {
