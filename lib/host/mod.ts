@@ -14,6 +14,7 @@ export {
   readHostUse,
   SysfsRootError,
 } from "./discover.ts";
+export type { DeviceReadOptions } from "./sysfs_device.ts";
 export {
   checkCapturedTree,
   denoFsReader,
