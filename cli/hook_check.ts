@@ -130,16 +130,25 @@ function writeError(text: string): void {
   }
 }
 
-if (import.meta.main) {
-  let code = 1;
+/** {@link hookCheck} of this process's arguments; a check that throws fails closed, in a line. */
+async function checkThisStart(): Promise<number> {
   try {
-    code = await hookCheck(Deno.args, writeError);
+    return await hookCheck(Deno.args, writeError);
   } catch (error) {
-    // Fail closed, in one line, without a stack trace.
+    // Without a stack trace.
     const message = error instanceof Error ? error.message : String(error);
     writeError(`passthrough guard: the check failed: ${message}\n`);
+    return 1;
   }
-  // Everything is written (synchronously): exit now rather than tear the runtime down, which
-  // takes longer than the check.
-  Deno.exit(code);
+}
+
+if (import.meta.main) {
+  // Not awaited at the top level: this module's evaluation ends with the check's synchronous
+  // part, and Deno stores its code cache (for the next start) once an event loop turn follows.
+  void checkThisStart().then(async (code) => {
+    await Deno.stderr.write(new Uint8Array(0));
+    // Everything is written (synchronously): exit now rather than tear the runtime down, which
+    // takes longer than the check.
+    Deno.exit(code);
+  });
 }
