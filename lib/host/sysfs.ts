@@ -181,11 +181,19 @@ function readListedFile(
   }
 }
 
-/** Up to `maxBytes` from the start of an open file: reads until its end or `maxBytes`. */
+/**
+ * Up to `maxBytes` from the start of an open file: reads until its end or `maxBytes`, into a
+ * buffer that starts at a page (what a sysfs attribute holds) and grows only as the file does.
+ */
 function readHead(file: Deno.FsFile, maxBytes: number): Uint8Array {
-  const bytes = new Uint8Array(maxBytes);
+  let bytes = new Uint8Array(Math.min(maxBytes, 4096));
   let filled = 0;
   while (filled < maxBytes) {
+    if (filled === bytes.length) {
+      const bigger = new Uint8Array(Math.min(maxBytes, bytes.length * 4));
+      bigger.set(bytes);
+      bytes = bigger;
+    }
     const n = file.readSync(bytes.subarray(filled));
     if (n === null || n === 0) break;
     filled += n;
