@@ -12,7 +12,11 @@
  * recorded), installed with `--sysfs`, so the run is the same on every machine; it reads the tree
  * as it reads `/sys`.
  *
- * Usage: deno run -A bench/hook_process.ts [--runs 21]
+ * Usage: deno run -A bench/hook_process.ts [--runs 21] [--baseline DIR]
+ *
+ * `--baseline DIR` adds the hook as another checkout installs it from its `bin/passthrough`'s
+ * bundle (`DIR/dist/bin/main.js`, built by its `scripts/bundle_bin.sh`): before and after, in the
+ * same rounds.
  *
  * @module
  */
@@ -25,7 +29,7 @@ import { childrenCpuMs } from "../ffi/rusage.ts";
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
   args: Deno.args,
-  options: { runs: { type: "string", default: "21" } },
+  options: { runs: { type: "string", default: "21" }, baseline: { type: "string" } },
 });
 const RUNS = Number(values.runs);
 const deno = Deno.execPath();
@@ -181,6 +185,15 @@ try {
     stdin: xml,
     code: 0,
   });
+  if (values.baseline !== undefined) {
+    cases.push({
+      name: "hook prepare begin (baseline bin)",
+      cmd: await install(`${values.baseline}/dist/bin/main.js`, "baseline"),
+      args: ["bench", "prepare", "begin", "-"],
+      stdin: xml,
+      code: 0,
+    });
+  }
   cases.push({
     name: "hook release end (fast path)",
     cmd: hook,
