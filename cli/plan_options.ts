@@ -13,7 +13,7 @@ import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
 import { redactedJson } from "../lib/render/redact.ts";
-import { type OpenLibvirtPort, openLibvirtPortInBackground } from "../ffi/port.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { didYouMean } from "./suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
@@ -168,32 +168,29 @@ function checkRemoteHost(uri: string, sysfs: string | undefined, sysfsKey: strin
 }
 
 /**
- * Discovers the host and opens libvirt at the same time: libvirt is loaded and the URI checked
- * first, on this thread, then the connection opens on another thread while discovery's `lspci`
- * runs and this thread reads sysfs. A discovery failure is reported before a connection failure,
- * as when the two ran one after the other.
+ * Discovers the host and opens libvirt at the same time: loading libvirt and opening the
+ * connection block this thread, so they run while discovery's `lspci` child does. A discovery
+ * failure is reported before a connection failure, as when the two ran one after the other.
  */
 async function discoverWhileConnecting(
   sysfs: string | undefined,
   connect: string | undefined,
   allowUriPrograms: boolean,
 ): Promise<{ host: HostTopology; libvirt: OpenLibvirtPort }> {
-  let connecting: Promise<OpenLibvirtPort>;
+  const discovery = loadHost(sysfs, { vendorNames: false });
+  let libvirt: OpenLibvirtPort;
   try {
-    connecting = openLibvirtPortInBackground(connect ?? null, { allowUriPrograms });
+    libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
   } catch (error) {
-    connecting = Promise.reject(error);
-  }
-  // Settled while discovery runs, it must not count as unhandled; it is awaited below.
-  connecting.catch(() => {});
-  let host: HostTopology;
-  try {
-    host = await loadHost(sysfs, { vendorNames: false });
-  } catch (error) {
-    connecting.then((libvirt) => libvirt.close(), () => {});
+    await discovery;
     throw error;
   }
-  return { host, libvirt: await connecting };
+  try {
+    return { host: await discovery, libvirt };
+  } catch (error) {
+    libvirt.close();
+    throw error;
+  }
 }
 
 /**

@@ -6,7 +6,7 @@
 
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
-import { borrowCString, cString, libc, libvirt, libvirtLibrary, takeCString } from "./library.ts";
+import { borrowCString, cString, libc, libvirt, takeCString } from "./library.ts";
 import { NodeDevice } from "./node_device.ts";
 import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 import {
@@ -36,55 +36,6 @@ const DEFAULT_URI_ENV = "LIBVIRT_DEFAULT_URI";
 function defaultUriFromEnvironment(): string | null {
   const value = borrowCString(libc().getenv(cString(DEFAULT_URI_ENV)));
   return value === null || value === "" ? null : value;
-}
-
-/** What one open asks libvirt for, checked: the URI as a C string (or `null`), and for errors. */
-interface OpenRequest {
-  /** The URI given, else `LIBVIRT_DEFAULT_URI`; `null` leaves the choice to libvirt. */
-  requested: string | null;
-  name: Uint8Array<ArrayBuffer> | null;
-  readOnly: boolean;
-  context: string;
-}
-
-/**
- * Checks `uri` (or libvirt's first choice, `LIBVIRT_DEFAULT_URI`, read here so it is checked and
- * named in errors like a URI given; its next choices, libvirt.conf's uri_default and aliases, are
- * root's configuration) and loads libvirt. Throws `UriProgramError` for a URI that would run a
- * program, unless allowed.
- */
-function openRequest(uri: string | null | undefined, options: ConnectionOpenOptions): OpenRequest {
-  libvirt();
-  const given = uri ?? null;
-  const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
-  const requested = given ?? fromEnvironment;
-  const origin = fromEnvironment === null ? undefined : DEFAULT_URI_ENV;
-  const reason = requested === null || options.allowUriPrograms === true
-    ? null
-    : uriProgramReason(requested);
-  if (reason !== null) {
-    throw new UriProgramError(requested!, reason, {
-      ...(origin === undefined ? {} : { origin }),
-      allow: "Open it with allowUriPrograms: true if that is meant.",
-    });
-  }
-  return {
-    requested,
-    name: requested === null ? null : cString(requested),
-    readOnly: options.readOnly ?? false,
-    context: requested === null
-      ? "Cannot connect to libvirt at its default URI"
-      : `Cannot connect to libvirt at "${requested}"${origin === undefined ? "" : ` (${origin})`}`,
-  };
-}
-
-/**
- * Whether `uri` names a driver of this machine that libvirt reaches without running a program:
- * no host and no transport but `unix` (`qemu:///system`, `test:///PATH`), no program parameter.
- */
-function isLocalUri(uri: string): boolean {
-  const m = /^[A-Za-z][A-Za-z0-9.-]*(\+unix)?:\/\/\//i.exec(uri);
-  return m !== null && uriProgramReason(uri) === null;
 }
 
 /** Options for {@link Connection.defineDomain}. */
@@ -140,51 +91,35 @@ export class Connection {
    * `LibvirtError` when the driver or daemon is unreachable.
    */
   static open(uri?: string | null, options: ConnectionOpenOptions = {}): Connection {
-    const request = openRequest(uri, options);
     const lib = libvirt();
+    // libvirt's own first choice, read here so it is checked and named in errors like a URI
+    // given; its next choices (libvirt.conf's uri_default, aliases) are root's configuration.
+    const given = uri ?? null;
+    const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
+    const requested = given ?? fromEnvironment;
+    const origin = fromEnvironment === null ? undefined : DEFAULT_URI_ENV;
+    const reason = requested === null || options.allowUriPrograms === true
+      ? null
+      : uriProgramReason(requested);
+    if (reason !== null) {
+      throw new UriProgramError(requested!, reason, {
+        ...(origin === undefined ? {} : { origin }),
+        allow: "Open it with allowUriPrograms: true if that is meant.",
+      });
+    }
+    const name = requested === null ? null : cString(requested);
+    const readOnly = options.readOnly ?? false;
     const handle = checkPointer(
-      request.readOnly
-        ? lib.virConnectOpenReadOnly(request.name)
-        : lib.virConnectOpen(request.name),
+      readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name),
       {
-        operation: request.readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
-        context: request.context,
+        operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
+        context: requested === null
+          ? "Cannot connect to libvirt at its default URI"
+          : `Cannot connect to libvirt at "${requested}"${
+            origin === undefined ? "" : ` (${origin})`
+          }`,
       },
     );
-    return Connection.#adopt(handle, request.readOnly);
-  }
-
-  /**
-   * {@link Connection.open} with libvirt's own work (a daemon's handshake, the test driver's read
-   * of its file) on a thread of Deno's pool, so this thread reads the host meanwhile. Loading
-   * libvirt and every check of the URI still happen here, before it returns, and throw as in
-   * `open`. Only for a URI naming a local driver (no host, no program); any other, and libvirt's
-   * own default, is opened by `open` itself, before this returns. A failed open is tried once
-   * more on this thread, for libvirt's error: libvirt keeps the last error per thread.
-   */
-  static openInBackground(
-    uri: string | null,
-    options: ConnectionOpenOptions = {},
-  ): Promise<Connection> {
-    const request = openRequest(uri, options);
-    if (request.requested === null || !isLocalUri(request.requested)) {
-      return Promise.resolve(Connection.open(uri, options));
-    }
-    const library = libvirtLibrary();
-    const lib = library.symbols;
-    const name = request.name;
-    return library.onOtherThread(() =>
-      request.readOnly
-        ? lib.virConnectOpenReadOnlyInBackground(name)
-        : lib.virConnectOpenInBackground(name)
-    ).then((handle) =>
-      handle === null ? Connection.open(uri, options) : Connection.#adopt(handle, request.readOnly)
-    );
-  }
-
-  /** A connection over `handle`, just opened, with the canonical URI libvirt reports. */
-  static #adopt(handle: Deno.PointerObject, readOnly: boolean): Connection {
-    const lib = libvirt();
     let canonical: string;
     try {
       canonical = takeCString(checkPointer(lib.virConnectGetURI(handle), {

@@ -24,11 +24,6 @@ export interface LibvirtLibrary {
   /** The path it was opened from. */
   readonly path: string;
   readonly symbols: LibvirtSymbols;
-  /**
-   * Runs `call`, a libvirt call on another thread (a `nonblocking` symbol), with the error
-   * callback able to wake this thread's event loop meanwhile (see {@link openLibvirtLibrary}).
-   */
-  onOtherThread<T>(call: () => Promise<T>): Promise<T>;
   close(): void;
 }
 
@@ -72,25 +67,15 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
     throw new LibvirtLoadError(path, { cause: error });
   }
   // The error callback is process-global and must outlive every libvirt call: so only the main
-  // thread's isolate ever binds libvirt (a Web Worker's callback would be freed when the worker
-  // ends while libvirt still holds it: a crash). libvirt calls it on the thread that fails: for a
-  // call on another thread (`onOtherThread`), Deno runs it here while that thread waits, and the
-  // callback must then wake this thread's event loop, which a plain callback does only while
-  // ref()'d: so it is, during such calls alone (ref'd, it would keep the process alive).
+  // thread ever touches libvirt (a Web Worker's callback would be freed when the worker ends while
+  // libvirt still holds it: a crash). With every call synchronous on that one thread, a plain
+  // (non-threadsafe) callback is enough.
   const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
   library.symbols.virSetErrorFunc(null, silence.pointer);
   let closed = false;
   return {
     path,
     symbols: library.symbols,
-    async onOtherThread<T>(call: () => Promise<T>): Promise<T> {
-      silence.ref();
-      try {
-        return await call();
-      } finally {
-        silence.unref();
-      }
-    },
     close() {
       if (closed) return;
       closed = true;
@@ -117,13 +102,8 @@ function configuredPath(): string {
  * `libvirt.so.0`. Throws {@link LibvirtLoadError} when it cannot be loaded.
  */
 export function libvirt(): LibvirtSymbols {
-  return libvirtLibrary().symbols;
-}
-
-/** The process-wide libvirt of {@link libvirt}, with its `onOtherThread`. */
-export function libvirtLibrary(): LibvirtLibrary {
   cachedLibvirt ??= openLibvirtLibrary(configuredPath());
-  return cachedLibvirt;
+  return cachedLibvirt.symbols;
 }
 
 /** The process-wide libc (for `free()`), opened on first use. */

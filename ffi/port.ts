@@ -29,31 +29,7 @@ export function openLibvirtPort(
   uri?: string | null,
   options: ConnectionOpenOptions = {},
 ): OpenLibvirtPort {
-  return portOver(Connection.open(uri, options));
-}
-
-/**
- * {@link openLibvirtPort} through `Connection.openInBackground`: libvirt is loaded and the URI
- * checked before it returns (and throw then), the connection itself opens on another thread
- * while this one goes on.
- *
- * @example
- * ```ts
- * import { openLibvirtPortInBackground } from "./port.ts";
- * const opening = openLibvirtPortInBackground("test:///default");
- * // ... other work on this thread ...
- * using port = await opening;
- * if (port.listDomains().length !== 1) throw new Error("unexpected domains");
- * ```
- */
-export function openLibvirtPortInBackground(
-  uri: string | null,
-  options: ConnectionOpenOptions = {},
-): Promise<OpenLibvirtPort> {
-  return Connection.openInBackground(uri, options).then(portOver);
-}
-
-function portOver(conn: Connection): OpenLibvirtPort {
+  const conn = Connection.open(uri, options);
   return {
     get uri() {
       return conn.uri;

@@ -15,19 +15,6 @@ export const LIBVIRT_SYMBOLS = {
   virConnectOpen: { parameters: ["buffer"], result: "pointer" },
   // virConnectPtr virConnectOpenReadOnly(const char *name);
   virConnectOpenReadOnly: { parameters: ["buffer"], result: "pointer" },
-  // The same two run on a thread of Deno's pool (`Connection.openInBackground`).
-  virConnectOpenInBackground: {
-    name: "virConnectOpen",
-    parameters: ["buffer"],
-    result: "pointer",
-    nonblocking: true,
-  },
-  virConnectOpenReadOnlyInBackground: {
-    name: "virConnectOpenReadOnly",
-    parameters: ["buffer"],
-    result: "pointer",
-    nonblocking: true,
-  },
   // int virConnectClose(virConnectPtr conn);
   virConnectClose: { parameters: ["pointer"], result: "i32" },
   // char *virConnectGetURI(virConnectPtr conn);  (caller frees)

@@ -11,7 +11,6 @@ import {
   lastLibvirtError,
   LibvirtError,
   LibvirtLoadError,
-  UriProgramError,
   VIR_ERR_NO_DOMAIN,
   VIR_ERR_OK,
   VIR_ERR_SYSTEM_ERROR,
@@ -92,39 +91,6 @@ Deno.test("Connection.open() of a daemon socket that does not exist throws code 
   assertMatch(error.libvirtMessage, /\/nonexistent\/passthrough-test\/libvirt-sock/);
   const readOnly = catchLibvirt(() => Connection.open(uri, { readOnly: true }));
   assertEquals(readOnly.operation, "virConnectOpenReadOnly");
-});
-
-Deno.test("Connection.openInBackground() opens a local URI off this thread and fails as open() does", async () => {
-  {
-    using background = await Connection.openInBackground(WORLD);
-    using plain = Connection.open(WORLD);
-    const names = (conn: Connection) =>
-      conn.listDomains().map((dom) => {
-        using owned = dom;
-        return owned.name;
-      });
-    assertEquals(names(background), names(plain));
-    assertEquals(background.uri, plain.uri);
-  }
-  // A failed open: the same LibvirtError as open()'s (libvirt keeps its last error per thread).
-  const uri = "qemu:///system?socket=/nonexistent/passthrough-test/libvirt-sock";
-  for (const readOnly of [false, true]) {
-    const expected = catchLibvirt(() => Connection.open(uri, { readOnly }));
-    const error = await Connection.openInBackground(uri, { readOnly }).then(
-      () => new Error("Expected a rejection"),
-      (e: unknown) => e,
-    );
-    assert.ok(error instanceof LibvirtError, `expected LibvirtError, got ${error}`);
-    assertEquals(
-      [error.code, error.operation, error.message],
-      [expected.code, expected.operation, expected.message],
-    );
-  }
-  // The URI checks happen before it returns: a URI that runs a program throws, never rejects.
-  const refused = catchError(() =>
-    void Connection.openInBackground("qemu+ext:///system?command=/bin/true")
-  );
-  assert.ok(refused instanceof UriProgramError, `expected UriProgramError, got ${refused}`);
 });
 
 Deno.test("a failed call leaves no error behind for the next check", () => {
