@@ -262,8 +262,10 @@ const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
 /**
  * Looks vendor names up in `pci.ids` (vendor lines only): the first readable file of `paths`
  * (default: `/usr/share/misc/pci.ids`, then `/usr/share/hwdata/pci.ids`) is read on the first
- * lookup, as bytes, and indexed in one pass over its line starts, so discovery never decodes or
- * parses the whole file. Returns a lookup that always answers `null` when no file is readable.
+ * lookup, and each vendor asked for is found by one search for its line (`XXXX  Name` at the
+ * start of a line; device lines start with a tab), remembered for the next device of the same
+ * vendor: a host has a few dozen vendors, `pci.ids` thousands, so nothing indexes them all.
+ * Returns a lookup that always answers `null` when no file is readable.
  *
  * @example
  * ```ts
@@ -277,58 +279,45 @@ const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
  * ```
  */
 export function pciIdsVendorNames(paths: readonly string[] = PCI_IDS_PATHS): VendorNames {
-  let bytes: Uint8Array | null | undefined;
-  let index = new Map<string, [number, number]>();
-  const decoder = new TextDecoder();
+  let text: string | null | undefined;
+  const found = new Map<string, string | null>();
   return (vendorId) => {
-    if (bytes === undefined) {
-      bytes = null;
+    if (text === undefined) {
+      text = null;
       for (const path of paths) {
         try {
-          bytes = Deno.readFileSync(path);
-          index = indexVendorLines(bytes);
+          text = Deno.readTextFileSync(path);
           break;
         } catch {
           // Try the next location; names are optional.
         }
       }
     }
-    const span = index.get(vendorId.toLowerCase());
-    return bytes === null || span === undefined
-      ? null
-      : decoder.decode(bytes.subarray(span[0], span[1])).trim();
+    const id = vendorId.toLowerCase();
+    let name = found.get(id);
+    if (name === undefined) {
+      name = text === null ? null : vendorLine(text, id);
+      found.set(id, name);
+    }
+    return name;
   };
 }
 
-function isLowerHex(c: number | undefined): boolean {
-  return c !== undefined && ((c >= 48 && c <= 57) || (c >= 97 && c <= 102));
-}
-
 /**
- * Vendor ID → where its name is, from the `XXXX  Name` lines of `pci.ids` (device lines start
- * with a tab). Names are decoded only when asked for.
+ * The name on the first `XXXX  Name` line of `pci.ids` for vendor `id` (lower case), as lspci's
+ * own lookup takes the first; `null` when there is none or `id` is not 4 lower-case hex digits.
  */
-function indexVendorLines(bytes: Uint8Array): Map<string, [number, number]> {
-  const names = new Map<string, [number, number]>();
-  for (let pos = 0; pos < bytes.length;) {
-    const end = bytes.indexOf(10, pos);
-    const stop = end < 0 ? bytes.length : end;
-    if (
-      isLowerHex(bytes[pos]) && isLowerHex(bytes[pos + 1]) && isLowerHex(bytes[pos + 2]) &&
-      isLowerHex(bytes[pos + 3]) && bytes[pos + 4] === 32 && bytes[pos + 5] === 32
-    ) {
-      const id = String.fromCharCode(
-        bytes[pos]!,
-        bytes[pos + 1]!,
-        bytes[pos + 2]!,
-        bytes[pos + 3]!,
-      );
-      // The first line for an ID wins, as with lspci's own lookup.
-      if (!names.has(id)) names.set(id, [pos + 6, stop]);
-    }
-    pos = stop + 1;
+function vendorLine(text: string, id: string): string | null {
+  if (!/^[0-9a-f]{4}$/.test(id)) return null;
+  const line = `${id}  `;
+  let start = 0;
+  if (!text.startsWith(line)) {
+    const at = text.indexOf(`\n${line}`);
+    if (at < 0) return null;
+    start = at + 1;
   }
-  return names;
+  const end = text.indexOf("\n", start);
+  return text.slice(start + line.length, end < 0 ? text.length : end).trim();
 }
 
 /**

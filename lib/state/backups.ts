@@ -15,7 +15,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { sha256Hex } from "./sha256.ts";
 import { join } from "./paths.ts";
 import {
   checkPrivateDir,
@@ -159,10 +159,8 @@ export function encodeVmName(name: string): string {
   return out;
 }
 
-/** sha256 of a string's UTF-8 bytes, lower-case hex. */
-export function sha256Hex(text: string | Uint8Array): string {
-  return createHash("sha256").update(text).digest("hex");
-}
+/** The checksum of a backup's sidecar (`sha256`): SHA-256 of its bytes, lower-case hex. */
+export { sha256Hex };
 
 /** `20261124T032101.123Z`: sortable, and free of `:` for file systems that dislike it. */
 function stamp(date: Date): string {

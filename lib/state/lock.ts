@@ -35,7 +35,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { sha256Hex } from "./sha256.ts";
 import { join } from "./paths.ts";
 import { openOwnFileSync, openPrivateDir, StateDirError, writeAllSync } from "./state_dir.ts";
 
@@ -290,9 +290,7 @@ export function lockUri(uri: string): string {
  */
 export function connectionLockPath(uri: string, stateDir: string): string {
   const canonical = lockUri(uri);
-  const name = `connection-${
-    createHash("sha256").update(canonical).digest("hex").slice(0, 32)
-  }.lock`;
+  const name = `connection-${sha256Hex(canonical).slice(0, 32)}.lock`;
   if (canonical.startsWith("test:")) return join(stateDir, name);
   try {
     openPrivateDir(LOCK_DIR);

@@ -311,6 +311,37 @@ Deno.test({
   },
 });
 
+Deno.test("pciIdsVendorNames() reads vendor lines only: the first line, the first of two, no device line", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    Deno.writeTextFileSync(
+      `${dir}/pci.ids`,
+      [
+        "1af4  Red Hat, Inc.",
+        "\t1000  Virtio network device",
+        "\t10de  not a vendor",
+        "10DE  upper case is not a vendor line",
+        "1af4  second entry for the same ID",
+        "C 03  Display controller",
+        "8086 one space is not a vendor line",
+        "10de  NVIDIA Corporation \r",
+        "abcd  Last line without newline",
+      ].join("\n"),
+    );
+    const names = pciIdsVendorNames([`${dir}/missing.ids`, `${dir}/pci.ids`]);
+    assertEquals(names("1AF4"), "Red Hat, Inc.");
+    assertEquals(names("1af4"), "Red Hat, Inc.");
+    assertEquals(names("10de"), "NVIDIA Corporation");
+    assertEquals(names("1000"), null);
+    assertEquals(names("8086"), null);
+    assertEquals(names("abcd"), "Last line without newline");
+    assertEquals(names("c 03"), null);
+    assertEquals(names(""), null);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("discoverHost() tells revision 00 from a tree that recorded no revision", async () => {
   const host = await discover({
     devices: [
