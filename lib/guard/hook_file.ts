@@ -141,10 +141,10 @@ export function checkPermissions(stateDir: string, entry: "check" | "cli" = "cli
 }
 
 /**
- * V8's flags for the check's own entry: its few modules compiled whole when loaded, so Deno's
- * code cache (in DENO_DIR) holds all their functions and a start compiles none, and no baseline
- * compiler (Sparkplug), whose work a run this short never earns back (docs/BENCHMARKS.md). The
- * CLI has too much code for either.
+ * V8's flags for the check's own entry, as `bin/passthrough` runs the CLI: its modules compiled
+ * whole when loaded, so Deno's code cache (in DENO_DIR) holds all their functions and a start
+ * compiles none, and no baseline compiler (Sparkplug), whose work a run this short never earns
+ * back (docs/BENCHMARKS.md).
  */
 export const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
 
