@@ -151,11 +151,11 @@ export const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
 /**
  * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
  * checkout's `main.ts` or `hook/hook_check.js` beside a bundle (`deno task bundle` and
- * `scripts/bundle_bin.sh` write both: the check in chunks, so the state code's `node:` modules
- * load only when a start needs them), with `--no-config` (the check imports no package, so it
- * needs no import map, lock file or npm resolution) and its code compiled eagerly, so that the
- * code cache holds all of it; else of the CLI itself with `hook run`
- * (from a checkout with its `deno.json`). Always without network or remote modules
+ * `scripts/bundle_bin.sh` write both: the check in chunks, so the state code loads only when a
+ * start needs it), its code compiled eagerly, so that the code cache holds all of it; else of the
+ * CLI itself with `hook run`. From a checkout with its `deno.json` (the state code's npm package
+ * is named there), a bundle with `--no-config` (it holds everything: no import map, lock file
+ * or npm resolution to read at each start). Always without network or remote modules
  * (`--cached-only`) and with {@link checkPermissions}; or the compiled binary itself. The check
  * never spawns a program (the security test scans the sources for that).
  */
@@ -174,9 +174,9 @@ export function checkCommand(
     ? join(dirname(main), "cli", "hook_check.ts")
     : join(dirname(main), "hook", "hook_check.js");
   const [entry, args] = exists(lean) ? [lean, tail] : [main, ["hook", "run", ...tail]];
-  // The CLI from a checkout names npm packages through its deno.json; a bundle holds them.
+  // A checkout names npm packages through its deno.json; a bundle holds them.
   const config = join(dirname(main), "deno.json");
-  const useConfig = entry === main && checkout && exists(config);
+  const useConfig = checkout && exists(config);
   return [
     program.execPath,
     "run",

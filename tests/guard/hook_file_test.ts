@@ -161,7 +161,7 @@ Deno.test({
   },
 });
 
-Deno.test("checkCommand() runs the check's own entry with --no-config, else the CLI's hook run", async () => {
+Deno.test("checkCommand() runs the check's own entry (a bundle's with --no-config), else the CLI's hook run", async () => {
   await withDir((dir) => {
     const options = { stateDir: "/var/lib/passthrough", sysfs: "/sys" };
     const tail = ["--state-dir", "/var/lib/passthrough", "--sysfs", "/sys"];
@@ -181,7 +181,7 @@ Deno.test("checkCommand() runs the check's own entry with --no-config, else the 
       Deno.mkdirSync(path.slice(0, path.lastIndexOf("/")), { recursive: true });
       Deno.writeTextFileSync(path, "");
     };
-    // A checkout: the CLI needs its deno.json for npm packages, the check needs nothing.
+    // A checkout: the CLI and the check's state code need its deno.json for npm packages.
     write(`${dir}/co/main.ts`);
     write(`${dir}/co/deno.json`);
     assertEquals(command(`${dir}/co/main.ts`), [
@@ -198,7 +198,8 @@ Deno.test("checkCommand() runs the check's own entry with --no-config, else the 
     write(`${dir}/co/cli/hook_check.ts`);
     assertEquals(command(`${dir}/co/main.ts`), [
       ...head,
-      "--no-config",
+      "--config",
+      `${dir}/co/deno.json`,
       "--cached-only",
       "--v8-flags=--no-lazy,--no-sparkplug",
       "--allow-all",
