@@ -173,12 +173,5 @@ export function describeError(error: unknown): string {
 }
 
 if (import.meta.main) {
-  // Not awaited at the top level: Deno stores this module's code cache once its evaluation is
-  // over and an event loop turn follows. Then exit without tearing the runtime down: everything
-  // is written (synchronously) and closed by then, and the teardown takes longer than a command's
-  // last step.
-  void main(Deno.args).then(async (code) => {
-    await Deno.stdout.write(new Uint8Array(0));
-    Deno.exit(code);
-  });
+  Deno.exitCode = await main(Deno.args);
 }
