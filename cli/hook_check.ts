@@ -12,6 +12,7 @@
 
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import { writeAllSync } from "./io.ts";
 
 /** The arguments the hook passes. */
 export interface HookCheckArgs {
@@ -122,12 +123,9 @@ export function hookCheck(
   return checkStart(parsed, err, denoFsReader({ listings: parsed.sysfs }));
 }
 
-/** Writes all of `text` to standard error (one write may take only part of it). */
+/** Writes all of `text` to standard error. */
 function writeError(text: string): void {
-  const bytes = new TextEncoder().encode(text);
-  for (let written = 0; written < bytes.length;) {
-    written += Deno.stderr.writeSync(bytes.subarray(written));
-  }
+  writeAllSync(Deno.stderr, text);
 }
 
 /** {@link hookCheck} of this process's arguments; a check that throws fails closed, in a line. */

@@ -9,6 +9,26 @@ import type { CliIo } from "./context.ts";
 const encoder = new TextEncoder();
 
 /**
+ * Writes all of `text` to `file` (standard output or error), however many writes it takes: one
+ * `writeSync` may take only part of it, and a JSON plan cut short is worse than none.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * const taken: number[] = [];
+ * // A sink that takes at most 3 bytes per write.
+ * writeAllSync({ writeSync: (p) => (taken.push(...p.subarray(0, 3)), Math.min(3, p.length)) }, "abcdefg");
+ * assertEquals(new TextDecoder().decode(new Uint8Array(taken)), "abcdefg");
+ * ```
+ */
+export function writeAllSync(file: { writeSync(p: Uint8Array): number }, text: string): void {
+  const bytes = encoder.encode(text);
+  for (let written = 0; written < bytes.length;) {
+    written += file.writeSync(bytes.subarray(written));
+  }
+}
+
+/**
  * Reads stdin line by line, lazily, so commands that never prompt never touch stdin. Each read
  * is asked for only when a line is wanted: a stream piped through a decoder would keep a read
  * pending after the last answer, and the process would wait for one more line (or end of input)
@@ -57,8 +77,8 @@ export function defaultIo(): CliIo {
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
   return {
     ...(columns === undefined ? {} : { columns }),
-    out: (text) => void Deno.stdout.writeSync(encoder.encode(text)),
-    err: (text) => void Deno.stderr.writeSync(encoder.encode(text)),
+    out: (text) => writeAllSync(Deno.stdout, text),
+    err: (text) => writeAllSync(Deno.stderr, text),
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),
     readLine: lineReader(),
