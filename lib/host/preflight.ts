@@ -12,7 +12,13 @@
  */
 
 import type { PciAddress, PciDevice } from "./types.ts";
-import { baseName, denoFsReader, readAttribute, type SysfsReader } from "./sysfs.ts";
+import {
+  baseName,
+  denoFsReader,
+  readAttribute,
+  specialFileKind,
+  type SysfsReader,
+} from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 
 /** One line of `/proc/modules`. */
@@ -416,17 +422,7 @@ function parseQemuUser(passwd: string): QemuUser | null {
 
 /** `a FIFO`, `a character device`, ...: what a non-regular file is. */
 function specialKind(info: Deno.FileInfo): string {
-  return info.isDirectory
-    ? "a directory"
-    : info.isFifo
-    ? "a FIFO"
-    : info.isCharDevice
-    ? "a character device"
-    : info.isBlockDevice
-    ? "a block device"
-    : info.isSocket
-    ? "a socket"
-    : "not a regular file";
+  return info.isDirectory ? "a directory" : specialFileKind(info) ?? "not a regular file";
 }
 
 /**

@@ -310,7 +310,7 @@ export function checkCapturedTree(root: string): void {
     }
   }
   for (const path of files) {
-    const kind = specialKind(path);
+    const kind = specialKindAt(path);
     if (kind !== null) throw new SysfsTreeError(path, kind);
   }
 }
@@ -331,13 +331,19 @@ function entries(path: string): Deno.DirEntry[] {
 }
 
 /** What the entry at `path` is (links followed) when it is not a file or directory, or `null`. */
-function specialKind(path: string): string | null {
-  let info: Deno.FileInfo;
+function specialKindAt(path: string): string | null {
   try {
-    info = Deno.statSync(path);
+    return specialFileKind(Deno.statSync(path));
   } catch {
     return null;
   }
+}
+
+/**
+ * What a file is when it is a FIFO, a device node or a socket (`a FIFO`, `a character device`,
+ * ...): the files that block or never end when read; `null` for anything else.
+ */
+export function specialFileKind(info: Deno.FileInfo): string | null {
   return info.isFifo
     ? "a FIFO"
     : info.isCharDevice
