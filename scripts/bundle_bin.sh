@@ -16,3 +16,22 @@ rm -rf "$out"
 "$deno" bundle --quiet --code-splitting --platform browser --outdir "$out" main.ts
 "$deno" bundle --quiet --minify --code-splitting --platform browser --outdir "$out/hook" \
   cli/hook_check.ts
+# Deno reads every module that a dynamic import names with a string literal when it starts (its
+# module graph), so every command would read every other command's chunks. Named through
+# String(), a chunk is read only when its import runs. A bundle without such an import means the
+# bundler's output changed shape: stop rather than ship the slower start unnoticed.
+unanalyzable_imports() {
+  grep -l 'import("\./' "$@" | while read -r file; do
+    sed -i 's/import("\(\.\/[A-Za-z0-9_.-]*\.js\)")/import(String("\1"))/g' "$file"
+  done
+  if grep -q 'import("' "$@"; then
+    echo "bundle_bin.sh: a dynamic import left with a literal specifier" >&2
+    exit 1
+  fi
+  if ! grep -q 'import(String("\./' "$@"; then
+    echo "bundle_bin.sh: no dynamic import of a chunk found: has the bundler's output changed?" >&2
+    exit 1
+  fi
+}
+unanalyzable_imports "$out"/*.js
+unanalyzable_imports "$out"/hook/*.js
