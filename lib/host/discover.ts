@@ -104,8 +104,10 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
       AbortSignal.timeout(0).addEventListener("abort", () => resolve(), { once: true });
     });
   const { devices, groupInconsistencies } = await readDevices(reader, root, pause);
-  const lspci = parseLspci((await lspciText) ?? "");
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
+  // Sysfs has named every vendor: look their names up (reading pci.ids) while lspci finishes.
+  for (const device of devices) vendorNames(device.vendorId);
+  const lspci = parseLspci((await lspciText) ?? "");
   for (const device of devices) {
     const record = lspci.get(device.address);
     if (record !== undefined) mergeLspci(device, record, vendorNames);

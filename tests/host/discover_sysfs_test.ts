@@ -115,6 +115,33 @@ Deno.test("discoverHost() reports a host without IOMMU groups as absent, not an 
   assertEquals(host.devices.map((d) => d.iommuGroup), [null, null]);
 });
 
+Deno.test("discoverHost() looks vendor names up while lspci still runs", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    buildHostTree({
+      devices: [dev("0000:01:00.0", { group: 1 }), dev("0000:02:00.0", { group: 2 })],
+    }, dir);
+    const asked: string[] = [];
+    let finish = (_text: string) => {};
+    // lspci finishes only once a vendor name was asked for: were names looked up after lspci,
+    // discovery would never end (and Deno would fail the test on its pending promise).
+    const lspci = () => new Promise<string>((resolve) => finish = resolve);
+    const host = await discoverHost({
+      root: dir,
+      lspci,
+      vendorNames: (id) => {
+        asked.push(id);
+        finish("");
+        return null;
+      },
+    });
+    assertEquals(host.devices.length, 2);
+    assertEquals(new Set(asked), new Set(host.devices.map((d) => d.vendorId)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("discoverHost() sorts devices and groups and canonicalises addresses", async () => {
   const host = await discover({
     devices: [
