@@ -174,7 +174,7 @@ function readListedFile(
   try {
     if (!regular(path)) return null;
     using file = Deno.openSync(path, { read: true });
-    return readHead(file, maxBytes);
+    return readHead(file, maxBytes, true);
   } catch (error) {
     if (isMissing(error) || error instanceof Deno.errors.IsADirectory) return null;
     throw error;
@@ -184,8 +184,11 @@ function readListedFile(
 /**
  * Up to `maxBytes` from the start of an open file: reads until its end or `maxBytes`, into a
  * buffer that starts at a page (what a sysfs attribute holds) and grows only as the file does.
+ * With `shortReadEnds`, for a sysfs attribute or a regular file (never `/proc`, whose files come
+ * in pieces), a read that fills less than asked is the end, as the libc reader has it: one read
+ * call less per file.
  */
-function readHead(file: Deno.FsFile, maxBytes: number): Uint8Array {
+function readHead(file: Deno.FsFile, maxBytes: number, shortReadEnds = false): Uint8Array {
   let bytes = new Uint8Array(Math.min(maxBytes, 4096));
   let filled = 0;
   while (filled < maxBytes) {
@@ -194,9 +197,11 @@ function readHead(file: Deno.FsFile, maxBytes: number): Uint8Array {
       bigger.set(bytes);
       bytes = bigger;
     }
+    const asked = bytes.length - filled;
     const n = file.readSync(bytes.subarray(filled));
     if (n === null || n === 0) break;
     filled += n;
+    if (shortReadEnds && n < asked) break;
   }
   return bytes.subarray(0, filled);
 }
