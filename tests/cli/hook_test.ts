@@ -313,7 +313,6 @@ Deno.test("the check the hook runs with --allow-all needs only reads and its sta
     const state = `${dir}/state`;
     // No environment, no program, no network, no write outside the state directory: were the
     // check to use any, Deno would refuse it here, and the check would fail closed, not refuse.
-    // Run without --deadline: arming it is the one FFI call (alarm), tested on its own below.
     const config = new URL("../../deno.json", import.meta.url).pathname;
     const flags = ["--no-prompt", "--config", config, "--allow-read", `--allow-write=${state}`];
     const main = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
