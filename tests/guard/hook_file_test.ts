@@ -260,12 +260,6 @@ Deno.test("inspectHook() reports a missing program and a hook libvirt would skip
     let seen = inspectHook(dir);
     assertEquals([seen.present, seen.executable], [true, true]);
     assertEquals(seen.programs.map((p) => [p.path, p.exists]), [[`${dir}/deno`, false]]);
-    // A hook written before the check armed its own deadline ran it under coreutils' timeout:
-    // still read, its timeout listed among its programs (hook install rewrites it).
-    const legacy = { ...settings([`${dir}/deno`, "run"]), timeout: "/usr/bin/timeout" };
-    Deno.writeTextFileSync(path, renderHookScript(legacy));
-    assertEquals(inspectHook(dir).settings, legacy);
-    assertEquals(inspectHook(dir).programs.map((p) => p.path), ["/usr/bin/timeout", `${dir}/deno`]);
     Deno.chmodSync(path, 0o644);
     seen = inspectHook(dir);
     assertEquals(seen.executable, false);
