@@ -11,12 +11,7 @@ import type { Parsed } from "./flags.ts";
 import type { HOOK } from "./specs.ts";
 import { VERSION } from "./version.ts";
 import { LIVE_SYSFS } from "./host_options.ts";
-import {
-  armCheckDeadline,
-  checkStart,
-  MAX_DEADLINE_SECONDS,
-  parseDeadlineSeconds,
-} from "./hook_check.ts";
+import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { recordReload } from "../lib/guard/state.ts";
 import { describePolicies, readPolicyFile } from "../lib/guard/policy.ts";
@@ -25,6 +20,7 @@ import {
   type CheckProgram,
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
+  findTimeout,
   type HookInspection,
   type HookSettings,
   inspectHook,
@@ -58,12 +54,13 @@ function currentProgram(): CheckProgram {
 
 /** The settings `install` writes for this state directory, sysfs and deadline, from here. */
 function settingsFor(
-  options: { stateDir: string; sysfs: string; deadline: number },
+  options: { stateDir: string; sysfs: string; deadline: number; timeout: string },
 ): HookSettings {
   const denoDir = readEnv("DENO_DIR");
   return {
     version: VERSION,
     deadline: options.deadline,
+    timeout: options.timeout,
     command: checkCommand(currentProgram(), options),
     env: denoDir === undefined || denoDir === "" ? {} : { DENO_DIR: denoDir },
     stateDir: options.stateDir,
@@ -73,13 +70,13 @@ function settingsFor(
 
 function parseDeadline(text: string | undefined): number {
   if (text === undefined) return DEFAULT_DEADLINE_SECONDS;
-  const seconds = parseDeadlineSeconds(text);
-  if (seconds === null) {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 600) {
     throw new UsageError(
-      `--deadline must be a whole number of seconds from 1 to ${MAX_DEADLINE_SECONDS}, not "${text}"`,
+      `--deadline must be a whole number of seconds from 1 to 600, not "${text}"`,
     );
   }
-  return seconds;
+  return n;
 }
 
 /** What the hook runs, in words: the entry script, or the compiled binary alone. */
@@ -105,9 +102,13 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const deadline = parseDeadline(values.deadline);
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  const timeout = findTimeout();
+  if (timeout === null) {
+    throw new Error(`Cannot find coreutils' "timeout" (looked for /usr/bin/timeout, /bin/timeout)`);
+  }
   // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
   openStateDir(stateDir);
-  const settings = settingsFor({ stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, deadline });
+  const settings = settingsFor({ stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, deadline, timeout });
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed
@@ -175,9 +176,7 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
         inspection.executable ? "executable" : "NOT executable"
       }`,
       `  runs: ${s.command.join(" ")}`,
-      `  deadline: ${s.deadline} s${
-        s.timeout === undefined ? "" : ` with ${s.timeout}`
-      }; state: ${s.stateDir}; sysfs: ${s.sysfs}`,
+      `  deadline: ${s.deadline} s with ${s.timeout}; state: ${s.stateDir}; sysfs: ${s.sysfs}`,
       ...inspection.programs.map((p) => `  ${p.exists ? "present" : "MISSING"}: ${p.path}`),
       `  policies: ${
         policies?.problem ??
@@ -207,19 +206,13 @@ function check({ values, positionals }: HookLine<"run">, io: CliIo): Promise<num
   const stateDir = values["state-dir"];
   if (stateDir === undefined) throw new UsageError("Missing --state-dir DIR");
   const [vm, operation, subOperation] = positionals;
-  const deadline = values.deadline === undefined ? null : parseDeadline(values.deadline);
-  const args = {
-    stateDir,
-    sysfs: values.sysfs ?? LIVE_SYSFS,
-    deadline,
-    vm,
-    operation,
-    subOperation,
-  };
-  armCheckDeadline(args);
   // Through libc: the CLI (and a compiled binary) runs with the documented permissions, and
   // Deno refuses its own reads under /sys and /proc to anything less than --allow-all.
-  return checkStart(args, io.err, libcSysfsReader({ fewCalls: true }));
+  return checkStart(
+    { stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, vm, operation, subOperation },
+    io.err,
+    libcSysfsReader({ fewCalls: true }),
+  );
 }
 
 /** Runs `passthrough hook SUBCOMMAND`. */

@@ -5,8 +5,7 @@
  * at every VM start. Writes only to standard error; exits 0 to let the start go on, 1 to stop it,
  * 2 on bad arguments (which also stops it: failing closed).
  *
- * Usage: hook_check.ts --state-dir DIR [--sysfs DIR] [--deadline SECONDS] -- VM OPERATION
- * SUB-OPERATION EXTRA
+ * Usage: hook_check.ts --state-dir DIR [--sysfs DIR] -- VM OPERATION SUB-OPERATION EXTRA
  *
  * @module
  */
@@ -14,43 +13,27 @@
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { writeAllSync } from "./io.ts";
-import { armDeadline } from "../ffi/deadline.ts";
 
 /** The arguments the hook passes. */
 export interface HookCheckArgs {
   stateDir: string;
   sysfs: string;
-  /**
-   * Seconds the check may take (`--deadline`), after which the kernel ends it with `SIGALRM`
-   * (see {@link armCheckDeadline}); `null` without the flag, as hooks installed before it ran.
-   */
-  deadline: number | null;
   /** libvirt's four hook arguments. */
   vm: string;
   operation: string;
   subOperation: string;
 }
 
-/** The deadlines `--deadline` accepts, in seconds (`hook install --deadline` says the same). */
-export const MAX_DEADLINE_SECONDS = 600;
-
-/** A `--deadline` value as seconds, or `null` when it is not a whole number from 1 to 600. */
-export function parseDeadlineSeconds(text: string): number | null {
-  const n = /^[0-9]+$/.test(text) ? Number(text) : NaN;
-  return Number.isInteger(n) && n >= 1 && n <= MAX_DEADLINE_SECONDS ? n : null;
-}
-
 /**
- * Reads `--state-dir DIR [--sysfs DIR] [--deadline SECONDS] -- VM OP SUBOP [EXTRA]`; a string
- * saying what is wrong when they are not that.
+ * Reads `--state-dir DIR [--sysfs DIR] -- VM OP SUBOP [EXTRA]`; a string saying what is wrong
+ * when they are not that.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../tests/helpers/assert.ts";
  * assertEquals(
  *   parseHookCheckArgs(["--state-dir", "/s", "--", "-vm", "prepare", "begin", "-"]),
- *   { stateDir: "/s", sysfs: "/sys", deadline: null, vm: "-vm", operation: "prepare",
- *     subOperation: "begin" },
+ *   { stateDir: "/s", sysfs: "/sys", vm: "-vm", operation: "prepare", subOperation: "begin" },
  * );
  * ```
  */
@@ -60,29 +43,19 @@ export function parseHookCheckArgs(args: readonly string[]): HookCheckArgs | str
   for (; i < args.length && args[i] !== "--"; i += 2) {
     const flag = args[i]!;
     const value = args[i + 1];
-    if (
-      (flag !== "--state-dir" && flag !== "--sysfs" && flag !== "--deadline") ||
-      value === undefined
-    ) {
+    if ((flag !== "--state-dir" && flag !== "--sysfs") || value === undefined) {
       return `Unexpected argument "${flag}"`;
     }
     options[flag] = value;
   }
   const [vm, operation, subOperation] = args.slice(i + 1);
   if (options["--state-dir"] === undefined) return "Missing --state-dir DIR";
-  const deadline = options["--deadline"] === undefined
-    ? null
-    : parseDeadlineSeconds(options["--deadline"]);
-  if (deadline === null && options["--deadline"] !== undefined) {
-    return `--deadline must be a whole number of seconds from 1 to ${MAX_DEADLINE_SECONDS}`;
-  }
   if (vm === undefined || operation === undefined || subOperation === undefined) {
     return "Missing the hook's arguments after --: VM OPERATION SUB-OPERATION";
   }
   return {
     stateDir: options["--state-dir"],
     sysfs: options["--sysfs"] ?? "/sys",
-    deadline,
     vm,
     operation,
     subOperation,
@@ -104,17 +77,6 @@ function readStdin(max: number): Uint8Array | null {
     length += n;
     if (length > max) return null;
   }
-}
-
-/**
- * Arms the check's deadline (`ffi/deadline.ts`) before it reads anything, for the operation that
- * runs it (`prepare begin`); the hook's shell reports the `SIGALRM` that ends a check past it.
- * Only the check's entry points call this: a deadline ends the whole process.
- */
-export function armCheckDeadline(args: HookCheckArgs): void {
-  if (args.deadline === null) return;
-  if (args.operation !== "prepare" || args.subOperation !== "begin") return;
-  armDeadline(args.deadline);
 }
 
 /**
@@ -158,7 +120,6 @@ export function hookCheck(
     err(`passthrough hook run: ${parsed}\n`);
     return Promise.resolve(2);
   }
-  armCheckDeadline(parsed);
   return checkStart(parsed, err, denoFsReader({ listings: parsed.sysfs }));
 }
 

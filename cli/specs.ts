@@ -226,15 +226,6 @@ const GUARD_STATE_FLAG = {
   },
 } as const satisfies Flags;
 
-/** `--deadline`: how long the check may take (`install` writes it into the hook, which passes it to `run`). */
-const DEADLINE_FLAG = {
-  deadline: {
-    type: "string",
-    value: "SECONDS",
-    help: "refuse the start when the check takes longer (install's default: 10)",
-  },
-} as const satisfies Flags;
-
 /** `passthrough hook install|status|remove|run`. */
 export const HOOK = {
   name: "hook",
@@ -247,7 +238,11 @@ export const HOOK = {
       flags: {
         ...HOOKS_DIR_FLAG,
         ...GUARD_STATE_FLAG,
-        ...DEADLINE_FLAG,
+        deadline: {
+          type: "string",
+          value: "SECONDS",
+          help: "refuse the start when the check takes longer (default: 10)",
+        },
         ...HOST_FLAGS,
         json: { type: "boolean", help: "print the result as JSON" },
       },
@@ -270,11 +265,7 @@ export const HOOK = {
         },
         { name: "EXTRA" },
       ],
-      flags: {
-        ...GUARD_STATE_FLAG,
-        ...HOST_FLAGS,
-        ...DEADLINE_FLAG,
-      },
+      flags: { ...GUARD_STATE_FLAG, ...HOST_FLAGS },
     },
   ],
   about: `
@@ -285,9 +276,8 @@ host needs (a mounted filesystem's controller, the default route's NIC, the cons
 or virtqemud only for libvirt's own directory; the hook runs the check only at 'prepare begin'.`
     .trim(),
   notes: `
-The hook runs 'hook run --state-dir DIR --sysfs DIR --deadline SECONDS -- VM OPERATION
-SUB-OPERATION EXTRA' (or the leaner cli/hook_check.ts beside main.ts) with libvirt's arguments
-after '--'.
+The hook runs 'hook run --state-dir DIR --sysfs DIR -- VM OPERATION SUB-OPERATION EXTRA' (or
+the leaner cli/hook_check.ts beside main.ts) with libvirt's arguments after '--'.
 
 Exit codes: 0 ok, 1 failed (status: not installed or out of date; run: start refused), 2 usage
 error.`.trim(),

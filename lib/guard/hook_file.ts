@@ -2,11 +2,10 @@
  * The hook executable libvirt runs from `/etc/libvirt/hooks/qemu.d/`: a few lines of `sh` whose
  * fast path exits 0 at once for every operation but `prepare begin` (libvirt runs hooks for
  * every start, stop, migration and daemon restart, and a failure at `reconnect` kills running
- * guests), and otherwise runs `passthrough hook run` (or the check's own entry) with a deadline
- * (libvirt has none: a hung hook hangs the start), which the check arms as its first step
- * (`ffi/deadline.ts`: the kernel's `SIGALRM` ends it whatever it is blocked in). Every program
- * is named by the absolute path found at install time, because libvirt gives hooks only
- * `LC_ALL` and `PATH`; the check's standard output goes to `/dev/null`, because for `migrate` and `restore` libvirt takes a hook's output as the new XML.
+ * guests), and otherwise runs `passthrough hook run` under a deadline (libvirt has none: a hung
+ * hook hangs the start). Every program is named by the absolute path found at install time,
+ * because libvirt gives hooks only `LC_ALL` and `PATH`; the check's standard output goes to
+ * `/dev/null`, because for `migrate` and `restore` libvirt takes a hook's output as the new XML.
  *
  * The script carries its settings on one comment line (`# passthrough-hook: {...}`), which
  * `hook status` and `doctor` read back.
@@ -25,17 +24,17 @@ export const HOOK_FILE_NAME = "50-passthrough-guard";
 /** How long the check may take before the start is refused. */
 export const DEFAULT_DEADLINE_SECONDS = 10;
 
+/** Where coreutils' `timeout` is looked for. */
+export const TIMEOUT_CANDIDATES = ["/usr/bin/timeout", "/bin/timeout"] as const;
+
 /** The settings written into the hook (and read back from it). */
 export interface HookSettings {
   /** The passthrough version that wrote the hook. */
   version: string;
-  /** Seconds the check may take (it is passed `--deadline` with them). */
+  /** Seconds the check may take. */
   deadline: number;
-  /**
-   * Absolute path of coreutils' `timeout`, which hooks written before the check armed its own
-   * deadline ran it under; absent from hooks written now (`hook install` rewrites old ones).
-   */
-  timeout?: string;
+  /** Absolute path of coreutils' `timeout`. */
+  timeout: string;
   /** The check's command line, program first, all paths absolute. */
   command: string[];
   /** Environment given to the check (`DENO_DIR` when the installer had one). */
@@ -47,9 +46,6 @@ export interface HookSettings {
 }
 
 const SETTINGS_PREFIX = "# passthrough-hook: ";
-
-/** The status `sh` gives a check its deadline ended: 128 + `SIGALRM` (14, `ffi/deadline.ts`). */
-const DEADLINE_STATUS = 142;
 
 /** `'text'` for `sh`, safe for any byte but NUL. */
 export function shellQuote(text: string): string {
@@ -63,9 +59,8 @@ export function shellQuote(text: string): string {
  * @example
  * ```ts
  * import { assertEquals, assertMatch } from "../../tests/helpers/assert.ts";
- * const settings = { version: "0.1.0", deadline: 10,
- *   command: ["/usr/bin/deno", "run", "/opt/pt/main.ts", "hook", "run", "--deadline", "10"],
- *   env: {},
+ * const settings = { version: "0.1.0", deadline: 10, timeout: "/usr/bin/timeout",
+ *   command: ["/usr/bin/deno", "run", "/opt/pt/main.ts", "hook", "run"], env: {},
  *   stateDir: "/var/lib/passthrough", sysfs: "/sys" };
  * const script = renderHookScript(settings);
  * assertMatch(script, /^#!\/bin\/sh\n/);
@@ -83,21 +78,16 @@ export function renderHookScript(settings: HookSettings): string {
 # Only "prepare begin" runs the check; every other operation exits 0 at once.
 ${SETTINGS_PREFIX}${JSON.stringify(settings)}
 [ "$2" = prepare ] && [ "$3" = begin ] || exit 0
-# The check's errors go to libvirt (fd 3); the shell's own, such as "Alarm clock" when the
-# deadline ends the check, go nowhere: the check runs in a subshell, which becomes the check.
-exec 3>&2 2>/dev/null
-( ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${command} -- "$1" "$2" "$3" "$4" >/dev/null 2>&3 )
+${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
+  ${command} -- "$1" "$2" "$3" "$4" >/dev/null
 status=$?
 case $status in
   0) exit 0 ;;
-  ${DEADLINE_STATUS})
-    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&3
+  124 | 137)
+    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
     exit 1 ;;
-  126 | 127)
-    printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&3
-    exit 1 ;;
-  12[89] | 1[3-9][0-9] | 2[0-5][0-9])
-    printf 'passthrough guard: refusing to start "%s": the check was ended by signal %s (failing closed)\\n' "$1" $((status - 128)) >&3
+  125 | 126 | 127)
+    printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&2
     exit 1 ;;
   *) exit 1 ;;
 esac
@@ -113,8 +103,7 @@ export function parseHookSettings(text: string): HookSettings | null {
     const strings = (v: unknown) => Array.isArray(v) && v.every((s) => typeof s === "string");
     if (
       typeof data.version !== "string" || typeof data.deadline !== "number" ||
-      (data.timeout !== undefined && typeof data.timeout !== "string") ||
-      !strings(data.command) ||
+      typeof data.timeout !== "string" || !strings(data.command) ||
       typeof data.stateDir !== "string" || typeof data.sysfs !== "string" ||
       typeof data.env !== "object" || data.env === null
     ) {
@@ -172,16 +161,9 @@ export const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
  */
 export function checkCommand(
   program: CheckProgram,
-  options: { stateDir: string; sysfs: string; deadline: number },
+  options: { stateDir: string; sysfs: string },
 ): string[] {
-  const tail = [
-    "--state-dir",
-    options.stateDir,
-    "--sysfs",
-    options.sysfs,
-    "--deadline",
-    String(options.deadline),
-  ];
+  const tail = ["--state-dir", options.stateDir, "--sysfs", options.sysfs];
   if (program.standalone) return [program.execPath, "hook", "run", ...tail];
   if (!program.mainModule.startsWith("file:")) {
     throw new Error(`Cannot install the hook from "${program.mainModule}": not a local file`);
@@ -216,6 +198,11 @@ function exists(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The first of {@link TIMEOUT_CANDIDATES} that exists, or `null`. */
+export function findTimeout(candidates: readonly string[] = TIMEOUT_CANDIDATES): string | null {
+  return candidates.find(exists) ?? null;
 }
 
 /** What {@link installHook} did. */
@@ -301,7 +288,7 @@ export interface HookInspection {
   executable: boolean;
   /** Its settings; `null` when absent or not written by passthrough. */
   settings: HookSettings | null;
-  /** The programs and files its command names (deno, main module), with existence. */
+  /** The programs and files its command names (timeout, deno, main module), with existence. */
   programs: HookProgram[];
   /** Seconds since the epoch when the file was last written, or `null`. */
   modified: number | null;
@@ -338,10 +325,9 @@ export function inspectHook(dir: string): HookInspection {
   }
   const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
   const settings = info.isFile ? parseHookSettings(Deno.readTextFileSync(path)) : null;
-  const files = settings === null ? [] : [
-    ...(settings.timeout === undefined ? [] : [settings.timeout]),
-    ...settings.command.filter((arg) => arg.startsWith("/")),
-  ];
+  const files = settings === null
+    ? []
+    : [settings.timeout, ...settings.command.filter((arg) => arg.startsWith("/"))];
   const programs = [...new Set(files)].filter((f) =>
     f !== settings?.stateDir && f !== settings?.sysfs
   )

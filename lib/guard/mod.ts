@@ -49,6 +49,7 @@ export {
   type CheckProgram,
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
+  findTimeout,
   HOOK_FILE_NAME,
   type HookInspection,
   type HookProgram,

@@ -3,7 +3,7 @@
 // installed hook then runs as libvirt runs it, on a sysfs tree built from a captured host.
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { MAIN, runCli, runHook } from "../helpers/cli.ts";
+import { runCli, runHook } from "../helpers/cli.ts";
 import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
@@ -44,7 +44,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertEquals(status.code, 0, status.stdout);
     assertMatch(status.stdout, /installed by passthrough 0\.1\.0 \(this is 0\.1\.0\); executable/);
     assertMatch(status.stdout, /present: .*\/cli\/hook_check\.ts\n/);
-    assertMatch(status.stdout, /deadline: 10 s; state: .*\/s; sysfs: \/sys\n/);
+    assertMatch(status.stdout, /deadline: 10 s with \S*timeout; state: .*\/s; sysfs: \/sys\n/);
     assertMatch(status.stdout, / {2}up to date\n$/);
 
     Deno.chmodSync(report.path, 0o644);
@@ -333,52 +333,6 @@ Deno.test("the check the hook runs with --allow-all needs only reads and its sta
     const passed = await start(MOVED.replace('device="2684"', 'device="1b06"'));
     assertEquals([passed.code, passed.stdout, passed.stderr], [0, "", ""]);
     assertEquals([...Deno.readDirSync(`${state}/guard/refused`)].length, 0);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("the check ends itself at its deadline, whatever it is blocked in (both entries)", async () => {
-  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-deadline-" });
-  try {
-    const state = `${dir}/state`;
-    const tail = ["--state-dir", state, "--sysfs", tree.dir, "--deadline", "1", "--"];
-    const config = ["--config", new URL("../../deno.json", import.meta.url).pathname];
-    const entries = [
-      // What the hook runs from a checkout, and what a bundle without it or a binary runs.
-      [...config, "--allow-all", new URL("../../cli/hook_check.ts", import.meta.url).pathname],
-      [...config, ...checkPermissions(state), MAIN, "hook", "run"],
-    ];
-    for (const entry of entries) {
-      // Standard input that never ends: the check waits for the XML until the deadline.
-      const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "--quiet", "--no-prompt", ...entry, ...tail, "win11", "prepare", "begin"],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const started = performance.now();
-      // Were no deadline armed, the test would end it (and fail) rather than hang.
-      const backstop = setTimeout(() => child.kill("SIGKILL"), 8000);
-      const out = await child.output();
-      clearTimeout(backstop);
-      const ms = performance.now() - started;
-      await child.stdin.close().catch(() => {});
-      assertEquals([out.signal, new TextDecoder().decode(out.stdout)], ["SIGALRM", ""]);
-      assertOk(ms >= 900 && ms < 8000, `${ms} ms`);
-    }
-    // Every other operation returns before arming anything: it exits 0 at once.
-    const other = await runCli(["hook", "run", ...tail, "win11", "release", "end", "-"], {
-      flags: ["--no-prompt", ...checkPermissions(state)],
-      stdin: "",
-    });
-    assertEquals([other.code, other.stdout, other.stderr], [0, "", ""]);
-    const bad = await runCli(["hook", "run", ...tail.with(5, "0"), "win11", "prepare", "begin"], {
-      flags: ["--no-prompt", ...checkPermissions(state)],
-    });
-    assertEquals(bad.code, 2);
-    assertMatch(bad.stderr, /--deadline must be a whole number of seconds from 1 to 600, not "0"/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
