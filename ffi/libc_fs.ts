@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { SysfsFile, SysfsReader } from "../lib/host/sysfs.ts";
+import type { DirectoryEntry, EntryKind, SysfsFile, SysfsReader } from "../lib/host/sysfs.ts";
 
 /** The C functions used, with their C result types (see {@link bind} for how they are bound). */
 const SIGNATURES = {
@@ -152,6 +152,9 @@ const FILE_FLAGS = O_RDONLY | O_NONBLOCK | O_CLOEXEC;
 const AT_FDCWD = -100;
 /** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
 const DIRENT_NAME_OFFSET = 19;
+const DIRENT_TYPE_OFFSET = 18;
+/** `d_type` values (`DT_DIR`, `DT_REG`, `DT_LNK`); `DT_UNKNOWN` (0) and the rest read as "other". */
+const DIRENT_KINDS: Record<number, EntryKind> = { 4: "directory", 8: "file", 10: "symlink" };
 /** errno values that mean "not there" for an optional sysfs attribute. */
 const MISSING_ERRNO = new Set([
   2, /* ENOENT */
@@ -292,27 +295,40 @@ export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsRead
     }
   }
 
+  /** Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing. */
+  const readDirectory = (path: string, each: (name: string, type: number) => void): boolean => {
+    let dir = lib.opendir(cString(path));
+    for (let attempt = 0; dir === null && attempt < 8; attempt++) {
+      lastErrno = errno();
+      if (!TRANSIENT_ERRNO.has(lastErrno)) break;
+      dir = lib.opendir(cString(path));
+    }
+    if (dir === null) return fail("open directory", path) ?? false;
+    try {
+      for (;;) {
+        const entry = lib.readdir(dir);
+        if (entry === null) break;
+        const view = new Deno.UnsafePointerView(entry);
+        const name = view.getCString(DIRENT_NAME_OFFSET);
+        if (name !== "." && name !== "..") each(name, view.getUint8(DIRENT_TYPE_OFFSET));
+      }
+    } finally {
+      lib.closedir(dir);
+    }
+    return true;
+  };
+
   return {
     listDir(path) {
-      let dir = lib.opendir(cString(path));
-      for (let attempt = 0; dir === null && attempt < 8; attempt++) {
-        lastErrno = errno();
-        if (!TRANSIENT_ERRNO.has(lastErrno)) break;
-        dir = lib.opendir(cString(path));
-      }
-      if (dir === null) return fail("open directory", path);
       const entries: string[] = [];
-      try {
-        for (;;) {
-          const entry = lib.readdir(dir);
-          if (entry === null) break;
-          const name = new Deno.UnsafePointerView(entry).getCString(DIRENT_NAME_OFFSET);
-          if (name !== "." && name !== "..") entries.push(name);
-        }
-      } finally {
-        lib.closedir(dir);
-      }
-      return entries;
+      return readDirectory(path, (name) => entries.push(name)) ? entries : null;
+    },
+    listEntries(path) {
+      const entries: DirectoryEntry[] = [];
+      const read = readDirectory(path, (name, type) => {
+        entries.push({ name, kind: DIRENT_KINDS[type] ?? "other" });
+      });
+      return read ? entries : null;
     },
     readText(path) {
       const n = readFile(path, 65536);

@@ -91,7 +91,7 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const live = options.live ?? root === "/sys";
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
   // Before lspci or the reader opens anything: a FIFO or device planted in a tree blocks them.
-  if (!live && runner !== null) checkCapturedTree(root);
+  if (!live && runner !== null) checkCapturedTree(root, reader);
   // Start lspci first so it runs while sysfs is read.
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.

@@ -13,6 +13,12 @@
 export interface SysfsReader {
   /** Entry names of a directory (without `.` and `..`), or `null` when it is missing. */
   listDir(path: string): string[] | null;
+  /**
+   * Entries of a directory with their kinds as the listing gives them (links not followed), or
+   * `null` when it is missing; optional, for the captured-tree check
+   * ({@link checkCapturedTree}), which lists every device's directory.
+   */
+  listEntries?(path: string): DirectoryEntry[] | null;
   /** A small text file's contents as is, or `null` when it is missing or unreadable. */
   readText(path: string): string | null;
   /** Up to `maxBytes` bytes of a file (e.g. PCI `config`), or `null` when it is missing. */
@@ -25,6 +31,17 @@ export interface SysfsReader {
    * capability walk needs only a few dozen bytes.
    */
   openFile(path: string): SysfsFile | null;
+}
+
+/** What a directory listing says an entry is; `other` covers FIFOs, devices, sockets, unknown. */
+export type EntryKind = "file" | "directory" | "symlink" | "other";
+
+/** One entry of a directory listing ({@link SysfsReader.listEntries}). */
+export interface DirectoryEntry {
+  /** The entry's name. */
+  name: string;
+  /** Its kind, from the listing (`d_type`): a link is `symlink`, whatever it points to. */
+  kind: EntryKind;
 }
 
 /** An open file read at offsets. Dispose it when done (`using`). */
@@ -286,8 +303,9 @@ export class SysfsTreeError extends Error {
  * opens most of them) and the snapshot's own `cmdline` and `host_use.json`. A FIFO or a terminal
  * blocks `open` or `read`, a device such as `/dev/zero` never ends, and opening some devices acts
  * on them. Dangling links and link loops are harmless (opening them fails). Throws
- * {@link SysfsTreeError} naming the first one found; what Deno may not list (`/sys`, `/proc`
- * without `--allow-all`) is not checked.
+ * {@link SysfsTreeError} naming the first one found; what cannot be listed (`/sys`, `/proc`
+ * without `--allow-all`) is not checked. Lists through `reader` when it can tell kinds
+ * ({@link SysfsReader.listEntries}: libc's listing is the cheaper), else through Deno.
  *
  * @example
  * ```ts
@@ -301,16 +319,24 @@ export class SysfsTreeError extends Error {
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
-export function checkCapturedTree(root: string): void {
+export function checkCapturedTree(root: string, reader?: SysfsReader): void {
+  const list = reader?.listEntries === undefined ? entries : (path: string) => {
+    try {
+      return reader.listEntries?.(path) ?? [];
+    } catch {
+      // As `entries`: what cannot be listed here is not checked (discovery then reports it).
+      return [];
+    }
+  };
   const dirs = ["devices", "slots"].flatMap((sub) =>
-    entries(`${root}/bus/pci/${sub}`).map((e) => `${root}/bus/pci/${sub}/${e.name}`)
+    list(`${root}/bus/pci/${sub}`).map((e) => `${root}/bus/pci/${sub}/${e.name}`)
   );
   const files = [`${root}/cmdline`, `${root}/host_use.json`];
   for (const dir of dirs) {
-    for (const entry of entries(dir)) {
-      if (entry.isFile || entry.isDirectory) continue;
+    for (const entry of list(dir)) {
+      if (entry.kind === "file" || entry.kind === "directory") continue;
       // Links that are only ever read as links (their target's name is the fact) are harmless.
-      if (entry.isSymlink && LINK_ONLY.test(entry.name)) continue;
+      if (entry.kind === "symlink" && LINK_ONLY.test(entry.name)) continue;
       files.push(`${dir}/${entry.name}`);
     }
   }
@@ -324,12 +350,15 @@ export function checkCapturedTree(root: string): void {
 const LINK_ONLY = /^(driver|iommu_group|physfn|subsystem|firmware_node|virtfn[0-9]+)$/;
 
 /**
- * A directory's entries (their types come from the listing, without a `stat` each), or none
+ * A directory's entries (their kinds come from the listing, without a `stat` each), or none
  * when it is missing, not a directory or not readable here.
  */
-function entries(path: string): Deno.DirEntry[] {
+function entries(path: string): DirectoryEntry[] {
   try {
-    return [...Deno.readDirSync(path)];
+    return [...Deno.readDirSync(path)].map((e) => ({
+      name: e.name,
+      kind: e.isFile ? "file" : e.isDirectory ? "directory" : e.isSymlink ? "symlink" : "other",
+    }));
   } catch {
     return [];
   }

@@ -283,3 +283,37 @@ Deno.test("the Deno reader with listings reads regular files and links to them, 
   Deno.writeTextFileSync(`${dir}/later2`, "y");
   assertEquals(outside.readText(`${dir}/later2`), "y");
 });
+
+Deno.test("the libc reader's listing tells files, directories and links from FIFOs and sockets, as Deno's does", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.writeTextFileSync(`${dir}/file`, "x");
+    Deno.mkdirSync(`${dir}/dir`);
+    Deno.symlinkSync("/dev/zero", `${dir}/link`);
+    mkfifo(`${dir}/fifo`);
+    const listener = Deno.listen({ transport: "unix", path: `${dir}/socket` });
+    try {
+      const kinds = Object.fromEntries(
+        (libcSysfsReader().listEntries?.(dir) ?? []).map((e) => [e.name, e.kind]),
+      );
+      assertEquals(kinds, {
+        file: "file",
+        dir: "directory",
+        link: "symlink",
+        fifo: "other",
+        socket: "other",
+      });
+      const deno = Object.fromEntries(
+        [...Deno.readDirSync(dir)].map((e) => [e.name, [e.isFile, e.isDirectory, e.isSymlink]]),
+      );
+      for (const [name, kind] of Object.entries(kinds)) {
+        assertEquals(deno[name], [kind === "file", kind === "directory", kind === "symlink"], name);
+      }
+      assertEquals(libcSysfsReader().listEntries?.(`${dir}/missing`), null);
+    } finally {
+      listener.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
