@@ -18,6 +18,8 @@ export type { DeviceReadOptions } from "./sysfs_device.ts";
 export {
   checkCapturedTree,
   denoFsReader,
+  type DirectoryEntry,
+  type EntryKind,
   type SysfsFile,
   type SysfsReader,
   SysfsTreeError,
