@@ -20,10 +20,10 @@ elif [ -n "$on_path" ] && [ "$("$on_path" --version 2>/dev/null | awk 'NR == 1 {
 else
   command -v npm >/dev/null || { echo "setup: npm is required (install Node.js first), or put deno $pinned on PATH" >&2; exit 1; }
   echo "setup: installing Deno $pinned from npm (pinned in tools/deno/package-lock.json)" >&2
-  # Not `npm ci`: npm records only this platform's optional Deno binary in the lock, and `ci`
-  # then refuses the lock as incomplete. `install` honours the lock (exact version, integrity)
-  # and leaves it unchanged.
-  npm install --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
+  # `npm ci`: exactly the lock (version and integrity of deno and of its binary for this
+  # platform), and it never writes the lock, which lists every platform's optional binary so
+  # that no npm has one to add (tests/cli/setup_script_test.ts checks that ci accepts it).
+  npm ci --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
 fi
 
 runtime_pkgs=(libvirt0 pciutils)

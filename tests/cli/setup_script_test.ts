@@ -51,5 +51,41 @@ Deno.test("setup.sh uses the pinned Deno from PATH instead of installing one", a
   const other = await setup("1.46.3");
   assertEquals(other.code, 0, other.stderr);
   assertMatch(other.stderr, new RegExp(`setup: installing Deno ${pinned} from npm`));
-  assertMatch(other.stderr, /npm called: install --prefix tools\/deno/);
+  assertMatch(other.stderr, /npm called: ci --prefix tools\/deno/);
+});
+
+Deno.test({
+  name:
+    "the Deno lock is complete: npm ci installs from it as committed, so setup never rewrites it",
+  // Setup needs npm only where no deno of the pinned version is on PATH.
+  ignore: (() => {
+    try {
+      return !new Deno.Command("npm", { args: ["--version"], stdout: "null", stderr: "null" })
+        .outputSync().success;
+    } catch {
+      return true;
+    }
+  })(),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-lock-" });
+    try {
+      for (const file of ["package.json", "package-lock.json"]) {
+        await Deno.copyFile(`${ROOT}tools/deno/${file}`, `${dir}/${file}`);
+      }
+      const before = await Deno.readTextFile(`${dir}/package-lock.json`);
+      // A dry run resolves the whole tree against the lock and installs nothing. An incomplete
+      // lock (one platform's optional binary recorded, as some npm versions write it) is refused
+      // with EUSAGE, and `npm install` would then add the missing entries to the checkout.
+      const output = await new Deno.Command("npm", {
+        args: ["ci", "--dry-run", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd: dir,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(output.code, 0, new TextDecoder().decode(output.stderr));
+      assertEquals(await Deno.readTextFile(`${dir}/package-lock.json`), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
