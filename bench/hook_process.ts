@@ -25,6 +25,7 @@ import { parseArgs } from "node:util";
 import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
 import { HOOK_FILE_NAME } from "../lib/guard/hook_file.ts";
 import { childrenCpuMs } from "../ffi/rusage.ts";
+import { bundleAsTask } from "../tests/helpers/cli.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -158,16 +159,7 @@ try {
     },
   ];
   // As `deno task bundle` writes them: the CLI, and the check in chunks beside it.
-  await must(deno, ["bundle", "--quiet", "-o", `${work}/dist/passthrough.js`, `${ROOT}main.ts`]);
-  await must(deno, [
-    "bundle",
-    "--quiet",
-    "--minify",
-    "--code-splitting",
-    "--outdir",
-    `${work}/dist/hook`,
-    `${ROOT}cli/hook_check.ts`,
-  ]);
+  await bundleAsTask(`${work}/dist`);
   const bundled = await install(`${work}/dist/passthrough.js`, "bundle");
   cases.push({
     name: "hook prepare begin (bundle)",

@@ -14,6 +14,10 @@
  *   for 8 VMs on a real `libvirtd` (skipped, said why, when none can run here);
  * - the start hook, by `bench/hook_process.ts`, when `bin/passthrough hook --help` succeeds.
  *
+ * And `plan --json` as the Ansible playbook runs it on each host (`ansible/passthrough.yml`:
+ * `deno task bundle`'s one-file bundle, with the playbook's own V8 and permission flags), next to
+ * `bin/passthrough`'s.
+ *
  * Hosts: the TRX40 tree (`tests/fixtures/hosts/trx40-creator.json`, 89 functions, 10 VMs of which
  * 6 are configured) and a generated host of 1,024 functions with 100 VMs (60 configured, some of
  * the others holding virtual functions the config does not name). The domains are libvirt
@@ -37,6 +41,8 @@ import {
 } from "../lib/testing/host_tree.ts";
 import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
 import { canonicalPciAddress, pciAddressToLibvirt } from "../lib/pci/address.ts";
+import { parse as parseYaml } from "yaml";
+import { bundleAsTask } from "../tests/helpers/cli.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SHARED_BENCH = `${ROOT}../shared/bench`;
@@ -383,6 +389,21 @@ function denoBinary(): string {
   return exists(pinned) ? pinned : Deno.execPath();
 }
 
+const ANSIBLE_PLAN = "plan --json (Ansible's)";
+
+/**
+ * The command line the Ansible playbook runs on each host, up to the command: `deno run` with its
+ * `passthrough_v8_flags` and `passthrough_permissions` of `deno task bundle`'s one-file bundle
+ * (built by {@link main} into `WORK/ansible/`).
+ */
+function playbookRun(work: string): string[] {
+  const [play] = parseYaml(Deno.readTextFileSync(`${ROOT}ansible/passthrough.yml`)) as {
+    vars: { passthrough_v8_flags: string; passthrough_permissions: string[] };
+  }[];
+  const { passthrough_v8_flags: v8, passthrough_permissions: permissions } = play!.vars;
+  return [denoBinary(), "run", "--quiet", v8, ...permissions, `${work}/ansible/passthrough.js`];
+}
+
 // ---------------------------------------------------------------- the checks
 
 interface PlanJson {
@@ -422,6 +443,21 @@ function cases(scene: Scene, work: string, seed: boolean): Case[] {
       name: "plan --json",
       cmd: [
         PASSTHROUGH,
+        "plan",
+        "--json",
+        "--config",
+        scene.config,
+        "--sysfs",
+        scene.tree,
+        "--connect",
+        scene.uri,
+      ],
+      check: checkPlan(scene),
+    },
+    {
+      name: ANSIBLE_PLAN,
+      cmd: [
+        ...playbookRun(work),
         "plan",
         "--json",
         "--config",
@@ -560,6 +596,10 @@ async function benchHost(scene: Scene, options: Options, work: string): Promise<
       verdict(floorRatio <= 1.3)
     })`,
   );
+  console.log(
+    `  Ansible's plan / plan:        ${(ms(ANSIBLE_PLAN) / plan).toFixed(2)}x  (the playbook's ` +
+      "command on each host against bin/passthrough's)",
+  );
   if (seedReason === null) {
     const seedRatio = ms("seed-style Python") / plan;
     console.log(
@@ -684,6 +724,8 @@ async function main(): Promise<void> {
   const work = await Deno.makeTempDir({ prefix: "passthrough-whole-process-" });
   try {
     await Deno.writeTextFile(`${work}/empty.ts`, "");
+    // What the playbook copies to each host, as `deno task bundle` writes it.
+    await bundleAsTask(`${work}/ansible`);
     console.log(
       `whole-process benchmark: ${navigator.hardwareConcurrency} CPUs, load ${
         Deno.loadavg().map((l) => l.toFixed(2)).join(" ")

@@ -1,4 +1,5 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { bundleAsTask } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
@@ -66,22 +67,8 @@ Deno.test({
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
 </domain>`);
       }
-      const bundle = await run(Deno.execPath(), [
-        "bundle",
-        "-o",
-        `${dir}/passthrough.js`,
-        `${ROOT}main.ts`,
-      ]);
-      assertEquals(bundle.code, 0, bundle.out);
-      // The start guard's check, as `deno task bundle` writes it beside the CLI.
-      const hookBundle = await run(Deno.execPath(), [
-        "bundle",
-        "--code-splitting",
-        "--outdir",
-        `${dir}/hook`,
-        `${ROOT}cli/hook_check.ts`,
-      ]);
-      assertEquals(hookBundle.code, 0, hookBundle.out);
+      // The CLI and the start guard's check beside it, as `deno task bundle` writes them.
+      await bundleAsTask(dir);
       // The fleet's shared config: this machine's section (picked by its host name) takes the
       // NVMe drive; the other host's rule would be refused here, but it is not this host's.
       const good = `${dir}/good.yaml`;

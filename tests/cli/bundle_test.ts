@@ -2,7 +2,7 @@
 // same commands as the sources with the documented permission flags and prints the same bytes.
 // Also: the command table names each command once.
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { MAIN, runCli } from "../helpers/cli.ts";
+import { bundleAsTask, documentedFlags, runCli, wrapperV8Flags } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { COMMANDS } from "../../cli/commands.ts";
 
@@ -20,13 +20,8 @@ Deno.test("the command table names each command once, and each help names its co
 Deno.test("deno bundle output runs like the sources from a directory of its own", async (t) => {
   const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-" });
   try {
-    const built = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "-o", `${work}/build/passthrough.js`, MAIN],
-      cwd: ROOT.pathname,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    // As `deno task bundle` writes it, which the Ansible playbook copies to each host.
+    await bundleAsTask(`${work}/build`);
     // Alone in a directory with nothing beside it: no demo/, no deno.json, no sources.
     const bundle = `${work}/alone/passthrough.js`;
     await Deno.mkdir(`${work}/alone`);
@@ -34,8 +29,10 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
     await Deno.remove(`${work}/build`, { recursive: true });
     const tree = `${work}/tree`;
     buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);
+    // With the flags the playbook runs it with: bin/passthrough's.
+    const flags = [...documentedFlags(), wrapperV8Flags()];
     const same = async (args: string[]) => {
-      const fromBundle = await runCli(args, { main: bundle, cwd: `${work}/alone` });
+      const fromBundle = await runCli(args, { main: bundle, cwd: `${work}/alone`, flags });
       const fromSources = await runCli(args, { cwd: ROOT.pathname });
       assertEquals(fromBundle, fromSources, args.join(" "));
       return fromBundle;
@@ -47,6 +44,9 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
       assertOk(!/import\(\s*["'][^"']*\.ts["']\s*\)/.test(text), "a dynamic import survived");
       assertOk(!/^import .* from ["']\.{1,2}\//m.test(text), "a relative import survived");
       assertOk(text.includes("init_groups()"), "the groups module is initialised lazily");
+      // Each npm package's ES-module build (--platform browser): yaml's CommonJS one would load
+      // Node's module loader at every start.
+      assertOk(!text.includes('"node:module"'), "a CommonJS build is bundled");
     });
 
     await t.step("--help, a command's --help, version and an unknown command", async () => {
@@ -85,7 +85,7 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
     );
 
     await t.step("demo runs from the bundle's directory without demo/ beside it", async () => {
-      const demo = await runCli(["demo"], { main: bundle, cwd: `${work}/alone` });
+      const demo = await runCli(["demo"], { main: bundle, cwd: `${work}/alone`, flags });
       assertEquals(demo.code, 0, demo.stderr);
       assertMatch(demo.stdout, /passthrough apply --yes/);
     });

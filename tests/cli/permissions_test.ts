@@ -1,10 +1,12 @@
 /**
- * The permission set is written in `bin/passthrough`; README and the `deno.json` tasks must say
- * exactly the same, or users and CI would run with flags nobody tested.
+ * The permission set is written in `bin/passthrough`; README, the `deno.json` tasks and the
+ * Ansible playbook must say exactly the same, or users and CI would run with flags nobody tested.
+ * The playbook also runs the bundle with `bin/passthrough`'s V8 flags.
  */
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
-import { documentedFlags } from "../helpers/cli.ts";
+import { parse } from "yaml";
+import { documentedFlags, wrapperV8Flags } from "../helpers/cli.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 
@@ -24,4 +26,18 @@ Deno.test("README documents exactly bin/passthrough's flags", () => {
   const block = /```sh\n(deno run --no-prompt[\s\S]*?)```/.exec(readme)?.[1];
   assertOk(block, "README has the permissions command block");
   assertEquals(flagsIn(block.replaceAll("\\\n", " ")), documentedFlags());
+});
+
+Deno.test("the Ansible playbook runs the bundle with exactly bin/passthrough's flags", () => {
+  const [play] = parse(Deno.readTextFileSync(new URL("ansible/passthrough.yml", ROOT))) as {
+    vars: Record<string, unknown>;
+  }[];
+  assertOk(play, "the playbook has a play");
+  assertEquals(play.vars.passthrough_permissions, documentedFlags());
+  assertEquals(play.vars.passthrough_v8_flags, wrapperV8Flags());
+  // Every `deno run` of the playbook goes through passthrough_run, which uses both.
+  const text = Deno.readTextFileSync(new URL("ansible/passthrough.yml", ROOT));
+  const run = String(play.vars.passthrough_run);
+  assertOk(run.includes("passthrough_v8_flags") && run.includes("passthrough_permissions"), run);
+  assertEquals([...text.matchAll(/'run'/g)].length, 1, "one deno run in the playbook");
 });

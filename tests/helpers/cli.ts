@@ -20,6 +20,38 @@ export function documentedFlags(): string[] {
   return flags;
 }
 
+/** The `--v8-flags=...` of `bin/passthrough`, which the Ansible playbook runs the bundle with too. */
+export function wrapperV8Flags(): string {
+  const wrapper = Deno.readTextFileSync(`${ROOT}bin/passthrough`);
+  const flags = /(--v8-flags=[^\s\\]+)/.exec(wrapper)?.[1];
+  if (flags === undefined) throw new Error("No --v8-flags found in bin/passthrough");
+  return flags;
+}
+
+/**
+ * Runs `deno task bundle` as deno.json writes it (each `deno bundle` of the task, in the
+ * checkout), with its outputs under `dir` instead of `dist/`: `dir/passthrough.js`, `dir/hook/`.
+ */
+export async function bundleAsTask(dir: string): Promise<void> {
+  const tasks = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks;
+  for (const part of (tasks.bundle.command as string).split("&&")) {
+    const [program, ...words] = part.trim().split(/\s+/);
+    if (program !== "deno" || words[0] !== "bundle") {
+      throw new Error(`deno task bundle runs more than deno bundle: "${part.trim()}"`);
+    }
+    const args = words.map((w) => w.startsWith("dist/") ? `${dir}/${w.slice("dist/".length)}` : w);
+    const output = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!output.success) {
+      throw new Error(`deno ${args.join(" ")}: ${new TextDecoder().decode(output.stderr)}`);
+    }
+  }
+}
+
 /** The outcome of one CLI run. */
 export interface CliResult {
   code: number;
