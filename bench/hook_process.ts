@@ -2,7 +2,7 @@
  * The start guard's cost at a VM start, measured as libvirt pays it: the installed hook run as a
  * process (minimal environment, the domain XML on stdin) for a VM with 4 recorded hostdevs, next
  * to `deno run` of an empty script, alternating in one invocation so all see the same machine
- * load: installed from the checkout (`cli/hook_check.ts`), from `deno task bundle`'s output
+ * load (each round in another order, `bench/rounds.ts`): installed from the checkout (`cli/hook_check.ts`), from `deno task bundle`'s output
  * (`dist/hook/`) and from `scripts/bundle_bin.sh`'s (`dist/bin/hook/`, what `bin/passthrough hook
  * install` installs). Also the fast path (`release end`: every operation but `prepare begin`), and
  * a refused start (which loads the state code and records the refusal).
@@ -26,6 +26,7 @@ import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts"
 import { HOOK_FILE_NAME } from "../lib/guard/hook_file.ts";
 import { childrenCpuMs } from "../ffi/rusage.ts";
 import { bundleAsTask } from "../tests/helpers/cli.ts";
+import { roundOrders } from "./rounds.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -205,12 +206,13 @@ try {
     code: 1,
   });
   for (const c of cases) for (let i = 0; i < 3; i++) await once(c);
-  const runs = cases.map(() => [] as Run[]);
-  for (let r = 0; r < RUNS; r++) {
-    for (const [i, c] of cases.entries()) runs[i]!.push(await once(c));
+  const runs = new Map(cases.map((c) => [c, [] as Run[]]));
+  // Each round in another order (bench/rounds.ts); the warm-up above ran them in the listed one.
+  for (const order of roundOrders(cases, RUNS + 1).slice(1)) {
+    for (const c of order) runs.get(c)!.push(await once(c));
   }
-  const wall = (i: number) => runs[i]!.map((run) => run.ms);
-  const cpu = (i: number) => runs[i]!.map((run) => run.cpuMs);
+  const wall = (i: number) => runs.get(cases[i]!)!.map((run) => run.ms);
+  const cpu = (i: number) => runs.get(cases[i]!)!.map((run) => run.cpuMs);
   const [base, cpuBase] = [median(wall(0)), median(cpu(0))];
   console.log(
     `hook_process: ${RUNS} alternating runs each; ${navigator.hardwareConcurrency} CPUs; load ${

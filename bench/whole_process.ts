@@ -43,6 +43,7 @@ import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
 import { canonicalPciAddress, pciAddressToLibvirt } from "../lib/pci/address.ts";
 import { parse as parseYaml } from "yaml";
 import { bundleAsTask } from "../tests/helpers/cli.ts";
+import { roundOrders } from "./rounds.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SHARED_BENCH = `${ROOT}../shared/bench`;
@@ -339,7 +340,11 @@ async function runOnce(c: Case, work: string): Promise<Sample> {
   };
 }
 
-/** Runs every case once per round, `runs` rounds (plus one warm-up round unless smoking). */
+/**
+ * Runs every case once per round, `runs` rounds (plus one warm-up round unless smoking), each
+ * round in another order: a command's time depends on the one run before it (the same `groups`
+ * measured 79 and 67 ms in one fixed-order run, by its place), so no case keeps one place.
+ */
 async function alternate(
   cases: Case[],
   options: Options,
@@ -347,8 +352,9 @@ async function alternate(
 ): Promise<Map<string, Sample[]>> {
   const samples = new Map(cases.map((c) => [c.name, [] as Sample[]]));
   const rounds = options.smoke ? 1 : options.runs + 1;
+  const orders = roundOrders(cases, rounds);
   for (let round = 0; round < rounds; round++) {
-    for (const c of cases) {
+    for (const c of orders[round]!) {
       const sample = await runOnce(c, work);
       if (options.smoke || round > 0) samples.get(c.name)!.push(sample);
     }
