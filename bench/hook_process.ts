@@ -5,7 +5,8 @@
  * load (each round in another order, `bench/rounds.ts`): installed from the checkout (`cli/hook_check.ts`), from `deno task bundle`'s output
  * (`dist/hook/`) and from `scripts/bundle_bin.sh`'s (`dist/bin/hook/`, what `bin/passthrough hook
  * install` installs). Also the fast path (`release end`: every operation but `prepare begin`), and
- * a refused start (which loads the state code and records the refusal).
+ * a refused start (which loads the state code and records the refusal), and the hook from the bin
+ * bundle given a desktop VM's whole live definition (about 9 KB) instead of the minimal one.
  * Target: the hook at most 1.2x the empty script.
  *
  * The hook checks a sysfs tree built from a captured host (4 GPU functions whose identities are
@@ -93,6 +94,57 @@ function domainXml(): string {
 <devices>${hostdevs.join("\n")}</devices></domain>`;
 }
 
+/**
+ * `xml` with what a desktop VM's live definition holds besides its hostdevs, as libvirt hands it
+ * to the hook at `prepare begin` (UEFI, Hyper-V features, 14 PCIe root ports, disks, a network
+ * interface, SPICE, TPM, audio, a security label: about 9 KB): the check reads and validates the
+ * whole document, so its size is part of the cost at every start.
+ */
+function fullDomainXml(xml: string): string {
+  const ports = Array.from(
+    { length: 14 },
+    (_, i) =>
+      `<controller type='pci' index='${
+        i + 1
+      }' model='pcie-root-port'><model name='pcie-root-port'/><target chassis='${i + 1}' port='0x${
+        (0x11 + i).toString(16)
+      }'/><alias name='pci.${
+        i + 1
+      }'/><address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x${
+        (i + 1) % 8
+      }' multifunction='on'/></controller>`,
+  );
+  const devices = [
+    "<emulator>/usr/bin/qemu-system-x86_64</emulator>",
+    ...ports,
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/><source file='/var/lib/libvirt/images/win11.qcow2' index='2'/><backingStore/><target dev='sda' bus='sata'/><alias name='sata0-0-0'/><address type='drive' controller='0' bus='0' target='0' unit='0'/></disk>",
+    "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/var/lib/libvirt/images/virtio-win.iso' index='1'/><target dev='sdb' bus='sata'/><readonly/><alias name='sata0-0-1'/><address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>",
+    "<controller type='usb' index='0' model='qemu-xhci' ports='15'><alias name='usb'/><address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></controller>",
+    "<controller type='sata' index='0'><alias name='ide'/><address type='pci' domain='0x0000' bus='0x00' slot='0x1f' function='0x2'/></controller>",
+    "<interface type='network'><mac address='52:54:00:12:34:56'/><source network='default' portid='4c1c6c44-8b3a-4b2a-9d8e-1f2a3b4c5d6e' bridge='virbr0'/><target dev='vnet0'/><model type='virtio'/><alias name='net0'/><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>",
+    "<serial type='pty'><source path='/dev/pts/3'/><target type='isa-serial' port='0'><model name='isa-serial'/></target><alias name='serial0'/></serial>",
+    "<console type='pty' tty='/dev/pts/3'><source path='/dev/pts/3'/><target type='serial' port='0'/><alias name='serial0'/></console>",
+    "<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/><alias name='channel0'/><address type='virtio-serial' controller='0' bus='0' port='1'/></channel>",
+    "<input type='tablet' bus='usb'><alias name='input0'/><address type='usb' bus='0' port='1'/></input><input type='mouse' bus='ps2'><alias name='input1'/></input><input type='keyboard' bus='ps2'><alias name='input2'/></input>",
+    "<tpm model='tpm-crb'><backend type='emulator' version='2.0'/><alias name='tpm0'/></tpm>",
+    "<graphics type='spice' port='5900' autoport='yes' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/><image compression='off'/></graphics>",
+    "<sound model='ich9'><alias name='sound0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x1b' function='0x0'/></sound><audio id='1' type='spice'/>",
+    "<video><model type='qxl' ram='65536' vram='65536' vgamem='16384' heads='1' primary='yes'/><alias name='video0'/><address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></video>",
+    "<redirdev bus='usb' type='spicevmc'><alias name='redir0'/><address type='usb' bus='0' port='2'/></redirdev>",
+    "<memballoon model='virtio'><alias name='balloon0'/><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></memballoon>",
+  ];
+  const os =
+    "<os firmware='efi'><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/nvram/bench_VARS.fd</nvram><boot dev='hd'/></os><features><acpi/><apic/><hyperv mode='custom'><relaxed state='on'/><vapic state='on'/><spinlocks state='on' retries='8191'/></hyperv><vmport state='off'/><smm state='on'/></features><cpu mode='host-passthrough' check='none' migratable='on'><topology sockets='1' dies='1' cores='4' threads='2'/></cpu><clock offset='localtime'><timer name='rtc' tickpolicy='catchup'/><timer name='pit' tickpolicy='delay'/><timer name='hpet' present='no'/><timer name='hypervclock' present='yes'/></clock><on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash><pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='no'/></pm>";
+  const label = "libvirt-0c7a4ee2-4b5e-4d3c-9a43-5d0e8f0b1c2d";
+  return xml
+    .replace("<os><type arch='x86_64' machine='q35'>hvm</type></os>", os)
+    .replace("<devices>", `<devices>${devices.join("\n")}\n`)
+    .replace(
+      "</domain>",
+      `<seclabel type='dynamic' model='apparmor' relabel='yes'><label>${label}</label><imagelabel>${label}</imagelabel></seclabel></domain>`,
+    );
+}
+
 interface Case {
   name: string;
   cmd: string;
@@ -176,6 +228,15 @@ try {
     cmd: await install(`${work}/bin/main.js`, "bin"),
     args: ["bench", "prepare", "begin", "-"],
     stdin: xml,
+    code: 0,
+  });
+  const binHook = cases.at(-1)!.cmd;
+  const fullXml = new TextEncoder().encode(fullDomainXml(new TextDecoder().decode(xml)));
+  cases.push({
+    name: `hook (bin), ${(fullXml.length / 1024).toFixed(1)} KB domain`,
+    cmd: binHook,
+    args: ["bench", "prepare", "begin", "-"],
+    stdin: fullXml,
     code: 0,
   });
   if (values.baseline !== undefined) {
