@@ -190,16 +190,21 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     reason,
     fix,
   }));
-  const found = facts.passed.map((p) => ({
-    ...p,
-    // Identity only: a VF's PF link where an interface may be one, and no IOMMU group, NUMA node
-    // or module list, which the check does not use (every read costs at every start).
-    device: readDeviceAt(input.reader, input.root, p.address, {
-      details: false,
-      physfn: p.element === "interface",
-    }),
-    recorded: facts.records.find((r) => r.address === p.address) ?? null,
-  }));
+  const found = facts.passed.map((p) => {
+    const recorded = facts.records.find((r) => r.address === p.address) ?? null;
+    return {
+      ...p,
+      // Identity only: a VF's PF link where an interface may be one, the configuration space
+      // only for a recorded serial number, and no IOMMU group, NUMA node or module list, which
+      // the check does not use (every read costs at every start).
+      device: readDeviceAt(input.reader, input.root, p.address, {
+        details: false,
+        physfn: p.element === "interface",
+        configSpace: recorded?.serial != null,
+      }),
+      recorded,
+    };
+  });
   const devices = found.flatMap((f) => f.device === null ? [] : [f.device]);
   const hostUse = input.hostUse(devices);
   // The domain's own cards were asked for: a storage or network function among them is not

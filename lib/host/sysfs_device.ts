@@ -88,6 +88,8 @@ export interface RawSysfsDevice {
   path: string;
   uevent: string | null;
   config: ConfigSpaceHeaderFacts | null;
+  /** Whether the configuration space was asked for ({@link DeviceReadOptions.configSpace}). */
+  configRead: boolean;
   groupLink: string | null;
   numaNode: string | null;
   physfnLink: string | null;
@@ -103,6 +105,13 @@ export interface DeviceReadOptions {
   details?: boolean;
   /** The `physfn` link of a VF; without it `physfn` is `null`. */
   physfn?: boolean;
+  /**
+   * The configuration space (FLR, serial number, header type, revision); without it those are
+   * unknown, and a bridge is told by its class alone. The start guard reads it only where a
+   * record holds a serial number to compare: to read it the kernel resumes the device's upstream
+   * bridge, and the device itself from D3cold (`pci_config_pm_runtime_get`).
+   */
+  configSpace?: boolean;
 }
 
 /** The entries of one device directory that every device needs. */
@@ -112,7 +121,7 @@ export function readRawDevice(
   name: string,
   options: DeviceReadOptions = {},
 ): RawSysfsDevice {
-  const { details = true, physfn = true } = options;
+  const { details = true, physfn = true, configSpace = true } = options;
   const path = `${root}/bus/pci/devices/${name}`;
   const live = root === "/sys";
   // `uevent` carries driver, class, IDs and subsystem IDs in one read (the kernel writes them
@@ -120,14 +129,24 @@ export function readRawDevice(
   const uevent = reader.readText(`${path}/uevent`);
   // FLR and the serial number are in the configuration space's capabilities. Unprivileged
   // reads of a real device stop after the 64-byte header.
-  const config = readConfig(reader, `${path}/config`, live);
+  const config = configSpace ? readConfig(reader, `${path}/config`, live) : null;
   const groupLink = details ? reader.readLink(`${path}/iommu_group`) : null;
   const numaNode = details ? reader.readText(`${path}/numa_node`) : null;
   const physfnLink = physfn ? reader.readLink(`${path}/physfn`) : null;
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
   const modules = live || !details ? null : reader.readText(`${path}/modules`);
-  return { name, path, uevent, config, groupLink, numaNode, physfnLink, modules };
+  return {
+    name,
+    path,
+    uevent,
+    config,
+    configRead: configSpace,
+    groupLink,
+    numaNode,
+    physfnLink,
+    modules,
+  };
 }
 
 /**
@@ -169,7 +188,9 @@ export function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDev
   const configRevision = config?.revision ?? 0;
   const revision = configRevision !== 0
     ? configRevision.toString(16).padStart(2, "0")
-    : hexId(attr("revision"), 2);
+    : raw.configRead
+    ? hexId(attr("revision"), 2)
+    : null;
   const numa = raw.numaNode?.trim() ?? "";
   const numaNumber = numa === "" ? NaN : Number(numa);
   // The kernel creates boot_vga only for display-class devices: skip the lookup elsewhere.

@@ -272,6 +272,28 @@ Deno.test("checkDomainStart() reads only the addressed functions and the host-us
   assertEquals(paths.filter((p) => p.includes("sriov_")), []);
 });
 
+Deno.test("checkDomainStart() reads a configuration space only to compare a recorded serial", async () => {
+  // Reading config resumes a suspended bridge, and a device in D3cold: only a serial needs it.
+  const config = (address: string) => `/bus/pci/devices/${address}/config`;
+  const plain = await check(domain("vm", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU]));
+  assertEquals(plain.refusals, []);
+  assertEquals(plain.paths.filter((p) => p.endsWith("/config")), []);
+  const nvme: Rec = {
+    address: "0000:0e:00.0",
+    vendor: "144d",
+    device: "a80a",
+    sub: ["144d", "a801"],
+    klass: "010802",
+    serial: "00-11-22-ff-ff-33-44-66",
+    rule: "disk",
+  };
+  const serial = await check(domain("vm", [hostdev(nvme.address)], [nvme]));
+  assertEquals(serial.paths.filter((p) => p.endsWith("/config")), [config(nvme.address)]);
+  // Read, and compared: the serial there now differs.
+  assertEquals(summary(serial.refusals), [["replaced", nvme.address]]);
+  assertMatch(serial.refusals[0]!.reason, /serial 00-11-22-ff-ff-33-44-55/);
+});
+
 Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", async () => {
   // Truncated: the strict reader refuses it; the lenient scanner still finds the replaced card
   // and the hostdev without a readable source, and the records cannot be trusted.
