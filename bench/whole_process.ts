@@ -398,16 +398,25 @@ function denoBinary(): string {
 const ANSIBLE_PLAN = "plan --json (Ansible's)";
 
 /**
- * The command line the Ansible playbook runs on each host, up to the command: `deno run` with its
- * `passthrough_v8_flags` and `passthrough_permissions` of `deno task bundle`'s one-file bundle
- * (built by {@link main} into `WORK/ansible/`).
+ * The command line the Ansible playbook runs on each host, up to the command: its
+ * `passthrough_run` (`deno run --quiet --no-prompt`, its `passthrough_v8_flags` and
+ * `passthrough_permissions`; tests/cli/permissions_test.ts holds that template to this shape) of
+ * `deno task bundle`'s one-file bundle, built by {@link main} into `WORK/ansible/`.
  */
 function playbookRun(work: string): string[] {
   const [play] = parseYaml(Deno.readTextFileSync(`${ROOT}ansible/passthrough.yml`)) as {
-    vars: { passthrough_v8_flags: string; passthrough_permissions: string[] };
+    vars: { passthrough_v8_flags: string[]; passthrough_permissions: string[] };
   }[];
   const { passthrough_v8_flags: v8, passthrough_permissions: permissions } = play!.vars;
-  return [denoBinary(), "run", "--quiet", v8, ...permissions, `${work}/ansible/passthrough.js`];
+  return [
+    denoBinary(),
+    "run",
+    "--quiet",
+    "--no-prompt",
+    ...v8,
+    ...permissions,
+    `${work}/ansible/passthrough.js`,
+  ];
 }
 
 // ---------------------------------------------------------------- the checks

@@ -200,7 +200,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       device: readDeviceAt(input.reader, input.root, p.address, {
         details: false,
         physfn: p.element === "interface",
-        configSpace: recorded?.serial != null,
+        configSpace: recorded !== null && recorded.serial !== null,
       }),
       recorded,
     };

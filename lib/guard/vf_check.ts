@@ -28,7 +28,11 @@ export function vfMismatch(
   if (vf.physfn === null) {
     return `hostdev interface ${vf.address} is no virtual function now (no physfn link), ${what}`;
   }
-  const pf = readDeviceAt(sysfs.reader, root, vf.physfn, { details: false, physfn: false });
+  const pf = readDeviceAt(sysfs.reader, root, vf.physfn, {
+    details: false,
+    physfn: false,
+    configSpace: record.pf.serial !== null,
+  });
   // The hook reads serials as root; one a plan could not read (null) is not compared.
   const samePf = pf !== null &&
     sameIdentity(record.pf, record.pf.serial === null ? { ...pf, serial: null } : pf);

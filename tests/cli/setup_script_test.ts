@@ -55,8 +55,7 @@ Deno.test("setup.sh uses the pinned Deno from PATH instead of installing one", a
 });
 
 Deno.test({
-  name:
-    "the Deno lock is complete: npm ci installs from it as committed, so setup never rewrites it",
+  name: "the Deno lock is complete: npm ci accepts it as committed (npm install would rewrite it)",
   // Setup needs npm only where no deno of the pinned version is on PATH.
   ignore: (() => {
     try {
@@ -72,7 +71,6 @@ Deno.test({
       for (const file of ["package.json", "package-lock.json"]) {
         await Deno.copyFile(`${ROOT}tools/deno/${file}`, `${dir}/${file}`);
       }
-      const before = await Deno.readTextFile(`${dir}/package-lock.json`);
       // A dry run resolves the whole tree against the lock and installs nothing. An incomplete
       // lock (one platform's optional binary recorded, as some npm versions write it) is refused
       // with EUSAGE, and `npm install` would then add the missing entries to the checkout.
@@ -83,7 +81,6 @@ Deno.test({
         stderr: "piped",
       }).output();
       assertEquals(output.code, 0, new TextDecoder().decode(output.stderr));
-      assertEquals(await Deno.readTextFile(`${dir}/package-lock.json`), before);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

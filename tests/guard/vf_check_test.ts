@@ -84,3 +84,29 @@ Deno.test("guard: a recorded VF address that holds no VF, or nothing, is refused
   const [gone] = await check(xml, [pf!]);
   assertEquals(gone?.kind, "missing");
 });
+
+Deno.test("guard: a recorded VF's PF has its configuration space read only for a recorded serial", async () => {
+  const configsRead = async (devices: HostDeviceDescription[]) => {
+    const xml = await plannedXml(devices);
+    await using tree = await tempHostTree({ devices, host_use: [] });
+    const inner = denoFsReader();
+    const read: string[] = [];
+    const refusals = checkDomainStart({
+      vm: "a",
+      xml,
+      reader: {
+        ...inner,
+        readBytes: (path, max) => (read.push(path), inner.readBytes(path, max)),
+        openFile: (path) => (read.push(path), inner.openFile(path)),
+      },
+      root: tree.dir,
+      hostUse: () => [],
+    });
+    assertEquals(refusals, []);
+    return read.filter((p) => p.endsWith("/config")).map((p) => p.slice(tree.dir.length));
+  };
+  // The PF's serial recorded (as root plans it): read, to be compared.
+  assertEquals(await configsRead(sriovNic("07", 4)), ["/bus/pci/devices/0000:07:00.0/config"]);
+  // None recorded: nothing to compare, so no config is read (reading one can wake the device).
+  assertEquals(await configsRead(sriovNic("07", 4, { serial: null })), []);
+});
