@@ -94,8 +94,9 @@ function domainXml(): string {
 /**
  * `xml` with what a desktop VM's live definition holds besides its hostdevs, as libvirt hands it
  * to the hook at `prepare begin` (UEFI, Hyper-V features, 14 PCIe root ports, disks, a network
- * interface, SPICE, TPM, audio, a security label: about 8 KB; libvirt's schema and test driver accept it): the check reads and validates the
- * whole document, so its size is part of the cost at every start.
+ * interface, SPICE, TPM, audio, a security label: about 8 KB, which libvirt's schema and its test
+ * driver accept): the check reads and validates the whole document, so its size is part of the
+ * cost at every start.
  */
 function fullDomainXml(xml: string): string {
   // Functions 0 to 7 of slots 2 and 3 of bus 0, as virt-install lays them out.
