@@ -453,35 +453,16 @@ function expectMatch(pattern: RegExp, what: string): (stdout: string) => void {
 function cases(scene: Scene, work: string, seed: boolean): Case[] {
   const deno = denoBinary();
   const empty = `${work}/empty.ts`;
+  const plan = ["plan", "--json", "--config", scene.config, "--sysfs", scene.tree];
   const list: Case[] = [
     {
       name: "plan --json",
-      cmd: [
-        PASSTHROUGH,
-        "plan",
-        "--json",
-        "--config",
-        scene.config,
-        "--sysfs",
-        scene.tree,
-        "--connect",
-        scene.uri,
-      ],
+      cmd: [PASSTHROUGH, ...plan, "--connect", scene.uri],
       check: checkPlan(scene),
     },
     {
       name: ANSIBLE_PLAN,
-      cmd: [
-        ...playbookRun(work),
-        "plan",
-        "--json",
-        "--config",
-        scene.config,
-        "--sysfs",
-        scene.tree,
-        "--connect",
-        scene.uri,
-      ],
+      cmd: [...playbookRun(work), ...plan, "--connect", scene.uri],
       check: checkPlan(scene),
     },
     {

@@ -91,6 +91,16 @@ const AUDIO: Rec = {
   rule: "gpu",
 };
 
+/** The Z690 host's second NVMe drive (see z690()), recorded without its serial number. */
+const NVME: Rec = {
+  address: "0000:0e:00.0",
+  vendor: "144d",
+  device: "a80a",
+  sub: ["144d", "a801"],
+  klass: "010802",
+  rule: "disk",
+};
+
 /** A reader that remembers every path it was asked for. */
 function recordingReader(): { reader: SysfsReader; paths: string[] } {
   const inner = denoFsReader();
@@ -151,14 +161,7 @@ Deno.test("checkDomainStart() tells identical chips apart by subsystem and seria
     summary((await check(domain("vm", [hostdev(GPU.address)], [otherBoard]))).refusals),
     [["replaced", GPU.address]],
   );
-  const nvme: Rec = {
-    address: "0000:0e:00.0",
-    vendor: "144d",
-    device: "a80a",
-    sub: ["144d", "a801"],
-    klass: "010802",
-    rule: "disk",
-  };
+  const nvme = NVME;
   // No serial recorded (an unprivileged plan reads none): the serial read now does not count.
   assertEquals((await check(domain("vm", [hostdev(nvme.address)], [nvme]))).refusals, []);
   assertEquals(
@@ -278,15 +281,7 @@ Deno.test("checkDomainStart() reads a configuration space only to compare a reco
   const plain = await check(domain("vm", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU]));
   assertEquals(plain.refusals, []);
   assertEquals(plain.paths.filter((p) => p.endsWith("/config")), []);
-  const nvme: Rec = {
-    address: "0000:0e:00.0",
-    vendor: "144d",
-    device: "a80a",
-    sub: ["144d", "a801"],
-    klass: "010802",
-    serial: "00-11-22-ff-ff-33-44-66",
-    rule: "disk",
-  };
+  const nvme = { ...NVME, serial: "00-11-22-ff-ff-33-44-66" };
   const serial = await check(domain("vm", [hostdev(nvme.address)], [nvme]));
   assertEquals(serial.paths.filter((p) => p.endsWith("/config")), [config(nvme.address)]);
   // Read, and compared: the serial there now differs.
