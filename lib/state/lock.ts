@@ -199,6 +199,19 @@ function sameFile(path: string, file: Deno.FsFile): boolean {
   }
 }
 
+/**
+ * Whether `error` is {@link openOwnFileSync}'s refusal of a file replaced while being opened and
+ * `path` is a regular file again (a racing process's lock), not a symlink, FIFO or device.
+ */
+function replacedByLock(error: unknown, path: string): boolean {
+  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return false;
+  try {
+    return Deno.lstatSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 /** Creates the lock exclusively, or returns `null` when `lock` already exists. */
 function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile | null {
   const temp = join(dir, `.lock.${crypto.randomUUID()}.tmp`);
@@ -342,6 +355,9 @@ function acquireNamed(
       existing = openOwnFileSync(path, { write: true });
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) continue; // Released meanwhile: try again.
+      // Between the look and the open another process broke the stale lock and took it: the
+      // name now holds its (regular) lock file, which the next round finds held.
+      if (replacedByLock(error, path)) continue;
       throw error;
     }
     try {

@@ -160,6 +160,45 @@ Deno.test("acquireLock() release leaves a lock file that is no longer its own", 
   }
 });
 
+Deno.test("acquireLock() reports a lock taken while it looked at a stale one as held", () => {
+  // The race the test below hits now and then, made certain: between acquireLock's look at the
+  // stale lock and its open, a racing process breaks it and links its own, which it holds. This
+  // process sees a file other than the one it looked at: held, not an error about the directory.
+  const dir = tempDir();
+  const path = `${dir}/lock`;
+  const stale = {
+    pid: 999999,
+    host: "gone",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    command: "apply",
+  };
+  Deno.writeTextFileSync(path, JSON.stringify(stale), { mode: 0o600 });
+  const lstat = Deno.lstatSync;
+  let winner: Deno.FsFile | null = null;
+  Deno.lstatSync = (p: string | URL) => {
+    const info = lstat(p);
+    if (p === path && winner === null) {
+      // As acquireLock itself takes one: written aside (another inode), locked, then linked.
+      const taken = { ...stale, pid: Deno.pid, host: "racer" };
+      Deno.writeTextFileSync(`${path}.racer`, JSON.stringify(taken), { mode: 0o600 });
+      winner = Deno.openSync(`${path}.racer`, { read: true, write: true });
+      assertOk(winner.tryLockSync(true));
+      Deno.removeSync(path);
+      Deno.linkSync(`${path}.racer`, path);
+      Deno.removeSync(`${path}.racer`);
+    }
+    return info;
+  };
+  try {
+    const error = heldError(() => acquireLock(dir, { command: "apply" }));
+    assertEquals(error.holder?.host, "racer");
+  } finally {
+    Deno.lstatSync = lstat;
+    (winner as Deno.FsFile | null)?.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("acquireLock() lets exactly one of many racing processes break a stale lock", async () => {
   const dir = tempDir();
   const dead = {
