@@ -154,6 +154,10 @@ export function renderReliabilityReport(entries: readonly ReliabilityCase[]): st
 const ELSEWHERE: readonly [string, string][] = [
   ["stale lock broken by exactly one of many racing processes", "tests/state/lock_test.ts"],
   [
+    "stale lock replaced by a racing process's own between the look and the open: held, not refused",
+    "tests/state/lock_test.ts",
+  ],
+  [
     "state directory that is a symlink, group-writable or owned by another user",
     "tests/state/state_dir_test.ts",
   ],
