@@ -220,14 +220,14 @@ try {
   });
   // As bin/passthrough runs the CLI while its bundle is fresh: main.js, the check in hook/.
   await must(`${ROOT}scripts/bundle_bin.sh`, [`${work}/bin`]);
+  const binHook = await install(`${work}/bin/main.js`, "bin");
   cases.push({
     name: "hook prepare begin (bin)",
-    cmd: await install(`${work}/bin/main.js`, "bin"),
+    cmd: binHook,
     args: ["bench", "prepare", "begin", "-"],
     stdin: xml,
     code: 0,
   });
-  const binHook = cases.at(-1)!.cmd;
   const fullXml = new TextEncoder().encode(fullDomainXml(new TextDecoder().decode(xml)));
   cases.push({
     name: `hook (bin), ${(fullXml.length / 1024).toFixed(1)} KB domain`,
