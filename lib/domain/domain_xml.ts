@@ -44,6 +44,8 @@ import {
   readXmlElement,
   scanXml,
   spanAttribute,
+  spanAttributes,
+  spanText,
   type XmlElement,
   type XmlSpan,
   XmlSyntaxError,
@@ -258,6 +260,17 @@ function read(xml: string, span: XmlSpan): XmlElement {
   }
 }
 
+/** The text of a span: straight from the document when it holds text alone. */
+function textOf(xml: string, span: XmlSpan): string {
+  let text: string | null;
+  try {
+    text = spanText(xml, span);
+  } catch (error) {
+    throw errorAt(xml, span.start, `Cannot read "<${span.name}>"`, error);
+  }
+  return text ?? read(xml, span).text;
+}
+
 function attribute(xml: string, span: XmlSpan, name: string): string | undefined {
   try {
     return spanAttribute(span, name);
@@ -290,10 +303,10 @@ function locate(xml: string): Located {
   }
   const child = (name: string) => root.children.find((c) => c.name === name) ?? null;
   const nameSpan = child("name");
-  const name = nameSpan ? read(xml, nameSpan).text.trim() : "";
+  const name = nameSpan ? textOf(xml, nameSpan).trim() : "";
   if (name === "") throw errorAt(xml, root.start, `Domain has no "<name>"`);
   const uuidSpan = child("uuid");
-  const uuid = uuidSpan ? read(xml, uuidSpan).text.trim() : null;
+  const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
 
   const metadata = child("metadata");
   const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
@@ -306,10 +319,12 @@ function locate(xml: string): Located {
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
     if (span.name === "interface") {
-      const element = read(xml, span);
-      const mac = element.children.find((c) => c.name === "mac")?.attributes.address;
+      // Every interface's MAC, from its span; only a hostdev interface is read whole.
+      const macSpan = span.children.find((c) => c.name === "mac");
+      const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
       if (mac !== undefined) macs.push(mac.trim().toLowerCase());
       if (attribute(xml, span, "type") !== "hostdev") continue;
+      const element = read(xml, span);
       const address = interfaceAddress(element);
       if (address !== null) interfaceHostdevs.push(address);
       const nic = readInterface(element, xml.slice(span.start, span.end), ownedVfs);
@@ -450,13 +465,21 @@ function pciControllers(xml: string, devices: XmlSpan | null): PciController[] {
   });
 }
 
-function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
-  const element = read(xml, ours);
+/** The decoded attributes of each child of our element named `local` (with its prefix). */
+function recordAttributes(xml: string, ours: XmlSpan, local: string): Record<string, string>[] {
   const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
+  return ours.children.filter((c) => c.name === `${prefix}${local}`).map((record) => {
+    try {
+      return spanAttributes(record);
+    } catch (error) {
+      throw errorAt(xml, record.start, `Cannot read "<${record.name}>"`, error);
+    }
+  });
+}
+
+function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
   const records: DeviceIdentity[] = [];
-  for (const device of element.children) {
-    if (device.name !== `${prefix}device`) continue;
-    const a = device.attributes;
+  for (const a of recordAttributes(xml, ours, "device")) {
     const required = (key: "address" | "vendorId" | "deviceId" | "classCode" | "rule") => {
       const value = a[RECORD_ATTRIBUTES[key]];
       if (value === undefined) {
@@ -489,10 +512,8 @@ function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
 
 /** The `<passthrough:interface>` records of our element (older versions wrote none). */
 function readVfRecords(xml: string, ours: XmlSpan): VfIdentity[] {
-  const element = read(xml, ours);
-  const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
-  return element.children.filter((c) => c.name === `${prefix}interface`).map((c) =>
-    readVfRecord(c.attributes, (why) => errorAt(xml, ours.start, why))
+  return recordAttributes(xml, ours, "interface").map((a) =>
+    readVfRecord(a, (why) => errorAt(xml, ours.start, why))
   );
 }
 

@@ -345,6 +345,32 @@ export function spanAttribute(span: XmlSpan, name: string): string | undefined {
   return raw === undefined ? undefined : decodeXmlText(raw[1]);
 }
 
+/** Every attribute of a span, decoded, in an object without a prototype. */
+export function spanAttributes(span: XmlSpan): Record<string, string> {
+  const attributes: Record<string, string> = Object.create(null);
+  for (const [name, raw] of span.rawAttributes) attributes[name] = decodeXmlText(raw);
+  return attributes;
+}
+
+/**
+ * The decoded text of a span that holds text alone, or `null` when it holds any markup (a child
+ * element, comment, CDATA section or processing instruction: read those with
+ * {@link readXmlElement}). Elements read for their text (`<name>`, `<uuid>`) hold text alone,
+ * and each fragment fast-xml-parser reads costs a parser of its own.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = "<domain><name>a&amp;b</name><uuid><!-- x -->u</uuid></domain>";
+ * const [name, uuid] = scanXml(xml).children;
+ * assertEquals([spanText(xml, name!), spanText(xml, uuid!)], ["a&b", null]);
+ * ```
+ */
+export function spanText(xml: string, span: XmlSpan): string | null {
+  const content = xml.slice(span.startTagEnd, span.endTagStart);
+  return content.includes("<") ? null : decodeXmlText(content);
+}
+
 const parser = new XMLParser({
   preserveOrder: true,
   ignoreAttributes: false,

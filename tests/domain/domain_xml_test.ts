@@ -643,6 +643,43 @@ Deno.test("parseDomainXml() refuses character references to non-XML characters",
   assertThrowsDomainXmlError("<domain><name>a&#0;</name></domain>");
 });
 
+Deno.test("parseDomainXml() reads name, UUID and MACs alike whether markup is in them or not", () => {
+  // Text alone is read from the document; text with a comment or CDATA through the XML library.
+  const xml = (name: string, uuid: string, mac: string) =>
+    `<domain><name>${name}</name><uuid>${uuid}</uuid><devices>
+  <interface type='network'><!-- <mac address='52:54:00:00:00:99'/> --><mac address='${mac}'/><source network='default'/></interface>
+  <interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/></interface>
+</devices></domain>`;
+  const plain = parseDomainXml(xml("a&amp;b&#x43;", " 0c7a&#45;4ee2 ", "52:54:00:AB:&#x43;D:ef"));
+  const marked = parseDomainXml(
+    xml("a&amp;b<!-- x -->&#x43;", "<![CDATA[ 0c7a-]]>4ee2 ", "52:54:00:ab:cd:EF"),
+  );
+  for (const parsed of [plain, marked]) {
+    assertEquals(
+      [parsed.name, parsed.uuid, parsed.macs],
+      ["a&bC", "0c7a-4ee2", ["52:54:00:ab:cd:ef", "52:54:00:00:00:02"]],
+    );
+  }
+  assertEquals(parseDomainXml("<domain><name>vm</name><uuid/></domain>").uuid, "");
+  const error = assertThrowsDomainXmlError("<domain>\n  <name>vm</name><uuid>&#1;</uuid></domain>");
+  assertMatch(error.message, /^Cannot read "<uuid>": at line 2, column 18/);
+});
+
+Deno.test("parseDomainXml() locates a record whose attribute holds a non-XML character", () => {
+  const xml = `<domain><name>vm</name><metadata>
+  <pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>
+    <pt:device address='0000:0b:00.0' vendor='10de' device='1b06' class='030000' rule='g&amp;pu'/>
+    <pt:device address='0000:0b:00.1' vendor='10de' device='10ef' class='040300' rule='&#0;'/>
+  </pt:hostdevs></metadata></domain>`;
+  const error = assertThrowsDomainXmlError(xml);
+  // The record itself, not the element that holds it.
+  assertMatch(error.message, /^Cannot read "<pt:device>": at line 4, column 5/);
+  assertEquals(
+    parseDomainXml(xml.replace("&#0;", "&lt;gpu&gt;")).records.map((r) => r.rule),
+    ["g&pu", "<gpu>"],
+  );
+});
+
 Deno.test("editDomainXml() rewrites an owned hostdev removed and added in one edit", () => {
   const xml = fixture("pci-rom.xml");
   const added = add(xml, [{ address: "0000:01:00.0", managed: true }]);
