@@ -1161,22 +1161,23 @@ function checkRuleHosts(
 export async function loadConfig(path: string): Promise<Config> {
   const refuse = (detail: string, hint: string, line = 1, column = 1) =>
     new ConfigErrors(path, [new ConfigError(detail, { file: path, line, column, path: "", hint })]);
-  // A FIFO blocks until a writer comes and /dev/zero never ends: read regular files only.
+  const tooLarge = (size: string) =>
+    refuse(
+      `File too large: ${size} bytes, the limit is ${MAX_CONFIG_BYTES}`,
+      "is this the right file?",
+    );
+  // A FIFO blocks until a writer comes and /dev/zero never ends: read regular files only, and
+  // of a huge one nothing (its size is known before reading; one that grows is cut short).
   let bytes: Uint8Array;
   try {
-    if (!(await Deno.stat(path)).isFile) {
-      throw refuse("Not a regular file", "give the path of a YAML file");
-    }
-    bytes = await Deno.readFile(path);
+    const info = await Deno.stat(path);
+    if (!info.isFile) throw refuse("Not a regular file", "give the path of a YAML file");
+    if (info.size > MAX_CONFIG_BYTES) throw tooLarge(String(info.size));
+    bytes = await readAtMost(path, MAX_CONFIG_BYTES + 1);
   } catch (error) {
     throw unreadableConfig(path, error);
   }
-  if (bytes.length > MAX_CONFIG_BYTES) {
-    throw refuse(
-      `File too large: ${bytes.length} bytes, the limit is ${MAX_CONFIG_BYTES}`,
-      "is this the right file?",
-    );
-  }
+  if (bytes.length > MAX_CONFIG_BYTES) throw tooLarge(`more than ${MAX_CONFIG_BYTES}`);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
@@ -1189,6 +1190,19 @@ export async function loadConfig(path: string): Promise<Config> {
     throw refuse(`Invalid UTF-8 at byte ${at}`, "save the file as UTF-8", line, column);
   }
   return parseConfig(text, { file: path });
+}
+
+/** The first `max` bytes of the file at `path` (all of a shorter one). */
+async function readAtMost(path: string, max: number): Promise<Uint8Array> {
+  using file = await Deno.open(path);
+  const out = new Uint8Array(max);
+  let length = 0;
+  while (length < max) {
+    const n = await file.read(out.subarray(length));
+    if (n === null) break;
+    length += n;
+  }
+  return out.subarray(0, length);
 }
 
 /** Why the config file at `path` cannot be read, in words, with the path (the error as is else). */

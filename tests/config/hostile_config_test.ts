@@ -240,6 +240,31 @@ Deno.test("loadConfig() refuses /dev/zero and a FIFO without reading them", asyn
   }
 });
 
+Deno.test("loadConfig() refuses a huge config by its size, without reading it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hostile-config-" });
+  try {
+    // Sparse: 512 MiB on disk costs nothing, read it would cost as much memory.
+    const path = `${dir}/config.yaml`;
+    Deno.writeTextFileSync(path, "version: 1\nvms: {}\n");
+    Deno.truncateSync(path, 512 * 1024 * 1024);
+    const before = Deno.memoryUsage().rss;
+    const error = await loadConfig(path).then(() => null, (e: unknown) => e);
+    const grown = Deno.memoryUsage().rss - before;
+    assertOk(error instanceof ConfigErrors, `${error}`);
+    assertMatch(error.message, /:1:1: File too large: 536870912 bytes, the limit is 65536/);
+    assertOk(grown < 64 * 1024 * 1024, `the process grew by ${grown} bytes`);
+    recordCase({
+      area: "config",
+      name: "a 512 MiB config",
+      count: 1,
+      outcome: "clear error with file:line:col, nothing read",
+      test: TEST,
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "passthrough apply --yes with a hostile config changes nothing on a real libvirtd",
   ignore: libvirtdUnavailable() !== null,
