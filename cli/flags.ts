@@ -5,7 +5,8 @@
  * at 100 columns) and the usage errors (`main` prints them with the help, exit 2). Flags several
  * commands take are declared here once, in groups.
  *
- * The parser is `node:util` `parseArgs`'s strict mode, rules and messages, written out here:
+ * The parser is `node:util` `parseArgs`'s strict mode, rules and messages, written out here, and
+ * refuses an empty value, which parseArgs takes:
  * importing any `node:` module loads Deno's Node compatibility layer at every start. Nothing but
  * `./context.ts` is imported, so the command table and every `--help` stay light.
  *
@@ -463,6 +464,13 @@ function parseFlags(
       ((values[token.name] ??= []) as unknown[]).push(value);
     } else {
       values[token.name] = value;
+    }
+  }
+  // Beyond parseArgs: an empty value names nothing (`--state-dir "$UNSET"` would otherwise mean
+  // the working directory, `--connect ''` libvirt's default).
+  for (const [name, value] of Object.entries(values)) {
+    if (value === "" || (Array.isArray(value) && value.includes(""))) {
+      throw new UsageError(`Option '--${name}' needs a value, not an empty string`);
     }
   }
   for (const [name, flag] of Object.entries(flags)) {

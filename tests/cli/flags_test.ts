@@ -98,6 +98,33 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   assertMatch((await runMain(["hook", "remove", "--json"])).err, /: Unknown option '--json'\n/);
 });
 
+Deno.test("an empty flag value is a usage error, never the working directory or a default", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-empty-flag-" });
+  const cwd = Deno.cwd();
+  try {
+    Deno.chdir(dir);
+    for (
+      const args of [
+        ["apply", "--yes", "--state-dir", ""],
+        ["backups", "--state-dir="],
+        ["rollback", "vm", "--to", ""],
+        ["plan", "-c", ""],
+        ["plan", "--vm", "a", "--vm", ""],
+        ["hook", "install", "--hooks-dir", ""],
+      ]
+    ) {
+      const run = await runMain(args);
+      assertEquals(run.code, 2, args.join(" "));
+      assertMatch(run.err, /: Option '--[a-z-]+' needs a value, not an empty string\n/);
+    }
+    // Nothing was made in the working directory (a state directory there, with backups/).
+    assertEquals([...Deno.readDirSync(dir)], []);
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("doctor -c URI and --connect URI probe that libvirt", async () => {
   const tree = await Deno.makeTempDir({ prefix: "passthrough-flags-" });
   try {
@@ -234,6 +261,13 @@ function nodeParse(flags: Flags, args: string[]): string {
   }
   try {
     const parsed = parseArgs({ args, options, strict: true, allowPositionals: true });
+    // The one rule added to parseArgs's: an empty value is refused.
+    const empty = Object.entries(parsed.values).find(([, v]) =>
+      v === "" || (Array.isArray(v) && v.includes(""))
+    );
+    if (empty !== undefined) {
+      return `usage error: Option '--${empty[0]}' needs a value, not an empty string`;
+    }
     return JSON.stringify([{ ...parsed.values }, parsed.positionals]);
   } catch (error) {
     return `usage error: ${(error as Error).message.replace(/\. To specify.*$/s, "")}`;
