@@ -14,6 +14,7 @@
  */
 
 import { dirname, join } from "../state/paths.ts";
+import { readOwnFileSync, StateDirError } from "../state/state_dir.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -213,6 +214,17 @@ export interface InstallResult {
   changed: boolean;
 }
 
+/** The largest hook file read back (ours is under 4 KiB): a larger one is not ours. */
+const MAX_HOOK_BYTES = 64 * 1024;
+
+/**
+ * The text of the file at `path`, read as the state directory's files are: a symlink, FIFO,
+ * device or a file over {@link MAX_HOOK_BYTES} is refused (`StateDirError`), never read.
+ */
+function readHookFile(path: string): string {
+  return new TextDecoder().decode(readOwnFileSync(path, MAX_HOOK_BYTES));
+}
+
 /**
  * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
  * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`.
@@ -222,8 +234,8 @@ export function installHook(dir: string, script: string): InstallResult {
   try {
     const info = Deno.lstatSync(path);
     if (
-      info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 &&
-      Deno.readTextFileSync(path) === script
+      info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 && info.size <= MAX_HOOK_BYTES &&
+      readHookFile(path) === script
     ) {
       return { path, changed: false };
     }
@@ -258,7 +270,7 @@ export function removeHook(dir: string): boolean {
   const path = join(dir, HOOK_FILE_NAME);
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    text = readHookFile(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return false;
     throw error;
@@ -324,7 +336,15 @@ export function inspectHook(dir: string): HookInspection {
     throw error;
   }
   const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
-  const settings = info.isFile ? parseHookSettings(Deno.readTextFileSync(path)) : null;
+  let settings: HookSettings | null = null;
+  try {
+    if (info.isFile && info.size <= MAX_HOOK_BYTES) {
+      settings = parseHookSettings(readHookFile(path));
+    }
+  } catch (error) {
+    // A link or a file swapped in meanwhile: present, and not one passthrough wrote.
+    if (!(error instanceof StateDirError)) throw error;
+  }
   const files = settings === null
     ? []
     : [settings.timeout, ...settings.command.filter((arg) => arg.startsWith("/"))];

@@ -27,7 +27,7 @@ export type ActivePolicy = Exclude<GuardPolicy, "off">;
 export const POLICY_FILE = "policy.json";
 
 /** The largest policy file the hook reads: a config holds a few dozen VMs. */
-const MAX_POLICY_BYTES = 1024 * 1024;
+export const MAX_POLICY_BYTES = 1024 * 1024;
 
 /** The policies of one VM that differ from the default. */
 export interface VmGuardPolicy {

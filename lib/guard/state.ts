@@ -13,13 +13,19 @@ import {
   checkPrivateDir,
   ensurePrivateDir,
   openStateDir,
+  readOwnFileSync,
   type StateDir,
   StateDirError,
   writeNewFileSync,
 } from "../state/state_dir.ts";
 import { encodeVmName } from "../state/backups.ts";
 import type { GuardRefusal } from "./check.ts";
-import { type ActivePolicy, type GuardPolicyFile, POLICY_FILE } from "./policy.ts";
+import {
+  type ActivePolicy,
+  type GuardPolicyFile,
+  MAX_POLICY_BYTES,
+  POLICY_FILE,
+} from "./policy.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -50,6 +56,20 @@ export interface GuardRefusalRecord {
   refusals: (Omit<GuardRefusal, "vm" | "fix"> & { policy?: ActivePolicy })[];
 }
 
+/**
+ * The text of one of the guard's files, `null` when there is none. Read as the state directory's
+ * other files are: a symlink, FIFO, device or a file over {@link MAX_POLICY_BYTES} (the largest
+ * of them, the policies) is refused with a `StateDirError` instead of being read.
+ */
+function readGuardFile(path: string): string | null {
+  try {
+    return new TextDecoder().decode(readOwnFileSync(path, MAX_POLICY_BYTES));
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw error;
+  }
+}
+
 /** What {@link recordPolicies} did to `guard/policy.json`. */
 export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
 
@@ -74,12 +94,7 @@ export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
  */
 export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyRecordOutcome {
   const path = join(stateDir, "guard", POLICY_FILE);
-  let before: string | null = null;
-  try {
-    before = Deno.readTextFileSync(path);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
+  const before = readGuardFile(path);
   if (Object.keys(file.vms).length === 0) {
     if (before === null) return "unchanged";
     Deno.removeSync(path);
@@ -165,7 +180,8 @@ export function takeAllowance(
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
-  const text = Deno.readTextFileSync(path);
+  const text = readGuardFile(path);
+  if (text === null) return "none";
   Deno.removeSync(path);
   let expires = NaN;
   try {
@@ -250,7 +266,8 @@ export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
   for (const entry of entries) {
     if (!entry.isFile || !entry.name.endsWith(".json")) continue;
     try {
-      records.push(JSON.parse(Deno.readTextFileSync(join(dir, entry.name))) as GuardRefusalRecord);
+      const text = readGuardFile(join(dir, entry.name));
+      if (text !== null) records.push(JSON.parse(text) as GuardRefusalRecord);
     } catch {
       // A damaged record is skipped: it only informs.
     }
@@ -284,7 +301,7 @@ export function recordReload(
 /** The reloads `hook install` recorded, or `[]` when none can be read. Nothing written. */
 export function readReloadRecords(stateDir: string): ReloadRecord[] {
   try {
-    const data = JSON.parse(Deno.readTextFileSync(join(stateDir, "guard", "reloaded.json")));
+    const data = JSON.parse(readGuardFile(join(stateDir, "guard", "reloaded.json")) ?? "null");
     return typeof data?.name === "string" && typeof data?.pid === "number" ? [data] : [];
   } catch {
     return [];

@@ -15,6 +15,7 @@ import {
   renderHookScript,
 } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 const TIMEOUT = findTimeout();
@@ -269,6 +270,35 @@ Deno.test("removeHook() removes our hook and refuses anyone else's file", async 
     assertEquals(inspectHook(dir).present, false);
     Deno.writeTextFileSync(`${dir}/${HOOK_FILE_NAME}`, "#!/bin/sh\nexit 0\n");
     assertThrows(() => removeHook(dir), /not a passthrough hook/);
+  });
+});
+
+Deno.test("remove, status and install refuse a FIFO, a link to /dev/zero or a huge file without reading it", async () => {
+  await withDir((dir) => {
+    const path = `${dir}/${HOOK_FILE_NAME}`;
+    const plants: [string, () => void][] = [
+      ["a FIFO", () => new Deno.Command("mkfifo", { args: [path] }).outputSync()],
+      ["a link to /dev/zero", () => Deno.symlinkSync("/dev/zero", path)],
+      ["a 1 GiB file", () => {
+        Deno.writeTextFileSync(path, "#!/bin/sh\n");
+        Deno.truncateSync(path, 1024 ** 3);
+      }],
+    ];
+    for (const [what, plant] of plants) {
+      plant();
+      // Each would block for ever on the FIFO, or read without end or a gigabyte.
+      assertThrows(() => removeHook(dir), /Refusing ".*": it /, what);
+      const seen = inspectHook(dir);
+      assertEquals([seen.present, seen.settings], [true, null], what);
+      Deno.removeSync(path);
+    }
+    recordCase({
+      area: "fault",
+      name: "installed hook planted as a FIFO, a symlink to /dev/zero, a 1 GiB file",
+      count: 3,
+      outcome: "hook remove refuses it by name, hook status reports it as not ours; nothing read",
+      test: "tests/guard/hook_file_test.ts",
+    });
   });
 });
 

@@ -1,7 +1,7 @@
 // The start guard's policies (`guard: enforce | warn | off` per VM and rule) on a built tree:
 // from the config, through the file `apply` records in the state directory, to one hook run.
 
-import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { runGuard } from "../../lib/guard/run.ts";
@@ -13,6 +13,7 @@ import {
   takeAllowance,
 } from "../../lib/guard/state.ts";
 import { parseConfig } from "../../lib/config/config.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 // 0b:00.0 holds a 10de:1b06 on this tree, not the recorded 10de:2684 of rule "gpu"; nothing sits
 // at 7f:1f.7, which a hand-added hostdev names.
@@ -303,5 +304,64 @@ Deno.test("recordPolicies() writes only non-default policies, and removes the fi
     assertEquals(readVmPolicy(state, "win11").policy, { guard: "enforce", rules: { gpu: "off" } });
     assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "removed");
     assertThrows(() => Deno.statSync(`${state}/guard/policy.json`), Deno.errors.NotFound);
+  });
+});
+
+Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file is refused, never read", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11");
+    recordPolicies(state, guardPolicies(config("warn", null)));
+    const allowance = `${state}/guard/allow/win11.json`;
+    const policy = `${state}/guard/policy.json`;
+    const refused = `${state}/guard/refused/win11.json`;
+    const plants: [string, (path: string) => void][] = [
+      ["a FIFO", (path) => new Deno.Command("mkfifo", { args: [path] }).outputSync()],
+      ["a link to /dev/zero", (path) => Deno.symlinkSync("/dev/zero", path)],
+      ["a 1 GiB file", (path) => {
+        Deno.writeTextFileSync(path, "{}");
+        Deno.truncateSync(path, 1024 ** 3);
+      }],
+    ];
+    const clear = (path: string) => Deno.removeSync(path);
+    const clearIfThere = (path: string) => {
+      try {
+        clear(path);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
+    };
+    for (const [what, plant] of plants) {
+      // apply records the policies: it refuses instead of blocking or reading without end.
+      clearIfThere(policy);
+      plant(policy);
+      assertThrows(
+        () => recordPolicies(state, guardPolicies(config("warn", null))),
+        new RegExp(`Refusing "${policy}": it `),
+        what,
+      );
+      clear(policy);
+      // The start: the allowance cannot be read, so it does not count, and the check says so.
+      clearIfThere(allowance);
+      plant(allowance);
+      assertThrows(() => takeAllowance(state, "win11"), /Refusing ".*win11\.json": it /, what);
+      const result = await run(root, state);
+      assertEquals(result.code, 1, what);
+      assertOk(result.lines.some((l) => l.startsWith("passthrough guard: cannot read allowances")));
+      clear(allowance);
+      // plan's reading of the refusals skips what it cannot read.
+      clearIfThere(refused);
+      plant(refused);
+      assertEquals(readRefusalRecords(state), [], what);
+      clear(refused);
+    }
+    recordCase({
+      area: "fault",
+      name:
+        "guard policy, allowance and refusal files planted as a FIFO, a symlink to /dev/zero, a 1 GiB file",
+      count: 9,
+      outcome:
+        "refused by name without reading; apply never blocks; the start enforced, saying why",
+      test: "tests/guard/policy_test.ts",
+    });
   });
 });
