@@ -71,7 +71,12 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `backup-failed`: no backup could be written, so nothing was defined (`failed`);
  * - `define-failed`: libvirt refused the new definition (`failed`);
  * - `verify-failed`: the defined hostdevs are not the planned ones; the backup was redefined when
- *   possible (`failed`).
+ *   possible (`failed`);
+ * - `undone`: defined, then its previous definition restored because a VM it swaps devices with
+ *   failed (`failed`).
+ *
+ * In a swap (VMs taking devices from each other) every VM is asked before any is defined: one
+ * declined or refused holds the others back (`blocked`), and one that fails undoes the others.
  */
 export type ApplyCode =
   | "applied"
@@ -88,7 +93,8 @@ export type ApplyCode =
   | "backup-failed"
   | "define-failed"
   | "define-unknown"
-  | "verify-failed";
+  | "verify-failed"
+  | "undone";
 
 /**
  * When a defined change reaches the guest: at its `next-start` (it was shut off), at its
@@ -361,18 +367,17 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];
   const answers: Answers = { all: false, quit: false };
-  for (const vm of releaseOrder(plan.vms, plan.groupOf)) {
-    const skipped = skipWithoutAsking(vm, plan, done) ??
-      await askFor(repairView(vm), answers, options.confirm);
+  for (const unit of releaseUnits(plan.vms, plan.groupOf)) {
+    const skipped = await skipOrAsk(unit, plan, done, answers, options.confirm);
     if (skipped !== null) {
-      done.set(vm, skipped);
+      for (const [vm, outcome] of skipped) done.set(vm, outcome);
       continue;
     }
-    const outcome = vm.errors.length > 0 && vm.repair !== undefined
-      ? applyRepair(vm, plan, { ...options, state })
-      : applyVm(vm, plan, { ...options, state });
-    done.set(vm, outcome.result);
-    if (outcome.live !== null) pendingLive.push(outcome.live);
+    const applied = applyUnit(unit, plan, { ...options, state });
+    for (const [vm, outcome] of applied) {
+      done.set(vm, outcome.result);
+      if (outcome.live !== null) pendingLive.push(outcome.live);
+    }
   }
   if (options.live === true) runLive(options.libvirt, pendingLive);
   return report(plan.vms.map((vm) => done.get(vm)!), {
@@ -414,24 +419,161 @@ function takenFrom(
 }
 
 /**
- * `vms` reordered so that a VM releasing a device (or part of its group) comes before the VM taking
- * it (otherwise plan order), so a taker can be held back when the release did not happen. In a cycle (two VMs
- * swapping devices) the first one in plan order goes first.
+ * `vms` in units to apply in turn: a VM releasing a device (or part of its group) comes before the
+ * VM taking it (otherwise plan order), so a taker can be held back when the release did not
+ * happen. VMs that take from each other (two VMs swapping devices, or a longer cycle) form one
+ * unit, in plan order: none of them can go first alone without a device sitting in two
+ * definitions until the others follow.
  */
-function releaseOrder(
+function releaseUnits(
   vms: readonly VmPlan[],
   groupOf: Readonly<Record<PciAddress, number>> | undefined,
-): VmPlan[] {
-  const order: VmPlan[] = [];
-  const seen = new Set<VmPlan>();
+): VmPlan[][] {
+  const takesFrom = new Map(vms.map((vm) => [vm, takenFrom(vm, vms, groupOf).map((t) => t.from)]));
+  // Tarjan's strongly connected components: each is complete once every VM it takes from is
+  // placed, so the units come out releasers first.
+  const units: VmPlan[][] = [];
+  const index = new Map<VmPlan, number>();
+  const low = new Map<VmPlan, number>();
+  const stack: VmPlan[] = [];
   const visit = (vm: VmPlan) => {
-    if (seen.has(vm)) return;
-    seen.add(vm);
-    for (const { from } of takenFrom(vm, vms, groupOf)) visit(from);
-    order.push(vm);
+    index.set(vm, index.size);
+    low.set(vm, index.get(vm)!);
+    stack.push(vm);
+    for (const from of takesFrom.get(vm)!) {
+      if (!index.has(from)) {
+        visit(from);
+        low.set(vm, Math.min(low.get(vm)!, low.get(from)!));
+      } else if (stack.includes(from)) {
+        low.set(vm, Math.min(low.get(vm)!, index.get(from)!));
+      }
+    }
+    if (low.get(vm) !== index.get(vm)) return;
+    const unit = stack.splice(stack.indexOf(vm));
+    units.push(unit.sort((a, b) => vms.indexOf(a) - vms.indexOf(b)));
   };
-  for (const vm of vms) visit(vm);
-  return order;
+  for (const vm of vms) if (!index.has(vm)) visit(vm);
+  return units;
+}
+
+/** `"a"`, `"a" and "b"`, `"a", "b" and "c"`. */
+function quotedList(vms: readonly VmPlan[]): string {
+  const names = vms.map((vm) => `"${vm.name}"`);
+  return names.length < 2 ? names.join("") : `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+}
+
+/**
+ * Why the VMs of `unit` are not applied, each, or `null` when all are to be: a VM alone as
+ * {@link skipWithoutAsking} and {@link askFor} decide; in a swap, every VM is settled (asked,
+ * unless refused or unchanged) before any is defined, and the first one not applied holds the
+ * others back, unasked.
+ */
+async function skipOrAsk(
+  unit: readonly VmPlan[],
+  plan: Plan,
+  done: ReadonlyMap<VmPlan, VmApplyResult>,
+  answers: Answers,
+  confirm: ApplyOptions["confirm"],
+): Promise<Map<VmPlan, VmApplyResult> | null> {
+  for (const [i, vm] of unit.entries()) {
+    const skipped = skipWithoutAsking(vm, plan, done) ??
+      await askFor(repairView(vm), answers, confirm);
+    if (skipped === null) continue;
+    return new Map(unit.map((other, j) => {
+      if (other === vm) return [other, skipped];
+      // After a quit every VM not yet asked is a quit too, as outside a swap.
+      if (j > i && answers.quit) {
+        return [other, result(other, "skipped", "quit", "Not asked: quit earlier")];
+      }
+      const partners = unit.filter((o) => o !== other);
+      const why = partners.length === 1
+        ? `it swaps devices with "${vm.name}", which is not applied`
+        : `it swaps devices with ${quotedList(partners)}, and "${vm.name}" is not applied`;
+      return [
+        other,
+        result(other, "skipped", "blocked", `Not applied: ${why} (${skipped.message})`),
+      ];
+    }));
+  }
+  return null;
+}
+
+/** One VM applied: its result, its pending hot-plug, and the definition it replaced. */
+interface Applied {
+  result: VmApplyResult;
+  live: PendingLive | null;
+  /** The definition (with secrets) before the define, for a VM whose define took effect. */
+  previous: string | null;
+}
+
+/**
+ * Applies the VMs of `unit` in turn (each its repair when the plan refuses it). In a swap, when
+ * one fails, those already defined get their previous definitions back (`undone`) and the rest
+ * are not attempted (`blocked`), so no device stays in two definitions; except after a define
+ * that may or may not have taken effect, where either way could leave one device twice: the
+ * messages say so.
+ */
+function applyUnit(
+  unit: readonly VmPlan[],
+  plan: Plan,
+  options: ApplyOptions & { state: StateDir },
+): Map<VmPlan, Applied> {
+  const out = new Map<VmPlan, Applied>();
+  for (const vm of unit) {
+    const applied = vm.errors.length > 0 && vm.repair !== undefined
+      ? applyRepair(vm, plan, options)
+      : applyVm(vm, plan, options);
+    out.set(vm, applied);
+    if (applied.result.status !== "failed") continue;
+    if (unit.length === 1) return out;
+    const failure = `"${vm.name}", which it swaps devices with, failed (${applied.result.message})`;
+    for (const other of unit) {
+      const earlier = out.get(other);
+      if (other === vm) continue;
+      if (earlier === undefined) {
+        out.set(other, {
+          result: result(other, "skipped", "blocked", `Not applied: ${failure}`),
+          live: null,
+          previous: null,
+        });
+      } else if (applied.result.code === "define-unknown") {
+        earlier.result.message += `; ${failure}: run "passthrough plan" before starting either`;
+      } else {
+        out.set(other, undo(earlier, options.libvirt, failure));
+      }
+    }
+    return out;
+  }
+  return out;
+}
+
+/** `applied`'s define taken back (its previous definition defined again), because of `why`. */
+function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
+  const { result: done, previous } = applied;
+  let note: string;
+  let restored = false;
+  try {
+    libvirt.define(previous!);
+    restored = true;
+    note = `its previous definition was restored`;
+  } catch (error) {
+    note = `restoring its previous definition failed (${
+      errorText(error)
+    }): run "passthrough rollback ${done.vm}" now, or a device sits in two definitions`;
+  }
+  return {
+    result: {
+      ...done,
+      status: "failed",
+      code: "undone",
+      restored,
+      effect: null,
+      live: null,
+      message: `${done.message}, then undone: ${why}; ${note}`,
+    },
+    live: null,
+    previous: null,
+  };
 }
 
 /** Detaches everything first, then attaches, across all running VMs (see module docs). */
@@ -715,7 +857,7 @@ function applyRepair(
   vm: VmPlan,
   plan: Plan,
   options: ApplyOptions & { state: StateDir },
-): { result: VmApplyResult; live: PendingLive | null } {
+): Applied {
   const outcome = applyVm(repairView(vm), plan, options);
   const { result } = outcome;
   if (result.status !== "changed") return outcome;
@@ -746,11 +888,12 @@ function applyVm(
   vm: VmPlan,
   plan: Plan,
   options: ApplyOptions & { state: StateDir },
-): { result: VmApplyResult; live: PendingLive | null } {
+): Applied {
   const { libvirt } = options;
-  const fail = (failure: Failure) => ({
+  const fail = (failure: Failure): Applied => ({
     result: result(vm, "failed", failure.code, failure.message),
     live: null,
+    previous: null,
   });
   const planned = readPlanned(vm);
   if (isFailure(planned)) return fail(planned);
@@ -801,12 +944,13 @@ function applyVm(
     desired: planned.desired,
     base,
   });
-  if (failed !== null) return { result: failed, live: null };
+  if (failed !== null) return { result: failed, live: null, previous: null };
 
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
+  const previous = now.secure;
   if (!now.active) {
-    return { result: { ...base, effect: "next-start", message: summary }, live: null };
+    return { result: { ...base, effect: "next-start", message: summary }, live: null, previous };
   }
   const running = {
     ...base,
@@ -814,9 +958,13 @@ function applyVm(
     message: `${summary}; it is running, so the change takes effect at its next full power-off`,
   };
   if (options.live !== true || (added.length === 0 && removed.length === 0)) {
-    return { result: running, live: null };
+    return { result: running, live: null, previous };
   }
   running.live = { detached: [], attached: [], errors: [] };
   running.message = summary;
-  return { result: running, live: { result: running, detach: removed, attach: added } };
+  return {
+    result: running,
+    live: { result: running, detach: removed, attach: added },
+    previous,
+  };
 }

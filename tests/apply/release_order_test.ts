@@ -4,7 +4,7 @@
  * group ends up in two definitions.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
@@ -15,6 +15,7 @@ import { parseConfig } from "../../lib/config/config.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
 
@@ -194,4 +195,155 @@ Deno.test("applyPlan() holds back a VM taking part of an IOMMU group another VM 
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
+});
+
+const NIC = "0000:02:00.0";
+
+/**
+ * "alpha" holds the GPU and "beta" the NIC (both owned), and a plan swapping them: alpha takes
+ * the NIC and gives up the GPU, beta the reverse. Neither can go first alone: until the other
+ * follows, one device would sit in both definitions.
+ */
+function swapWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-swap-" });
+  writeAlphaBetaWorld(root);
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  const give = (name: string, address: string) =>
+    port.define(editDomainXml(port.getPersistentXml(name, { secure: true }), {
+      remove: [],
+      add: [{ address, managed: true }],
+      records: [gpuIdentity(address)],
+    }));
+  give("alpha", GPU);
+  give("beta", NIC);
+  const vmPlan = (name: string, take: string, release: string): VmPlan => {
+    const currentXml = port.getPersistentXml(name, { secure: true });
+    const desiredXml = editDomainXml(currentXml, {
+      remove: [release],
+      add: [{ address: take, managed: true }],
+      records: [gpuIdentity(take)],
+    });
+    return {
+      ...emptyVmPlan(name, currentXml),
+      hostdevs: [take],
+      add: [{
+        address: take,
+        rule: "dev",
+        reason: "matched" as const,
+        group: take === GPU ? 1 : 2,
+        spec: { address: take, managed: true },
+        identity: gpuIdentity(take),
+        description: "10de:2684 VGA compatible controller",
+      }],
+      remove: [release],
+      active: false,
+      desiredXml,
+      changed: true,
+    };
+  };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "test",
+    uri: port.uri,
+    errors: [],
+    warnings: [],
+    vms: [vmPlan("alpha", NIC, GPU), vmPlan("beta", GPU, NIC)],
+  };
+  return {
+    port,
+    root,
+    plan,
+    [Symbol.dispose]() {
+      port.close();
+      Deno.removeSync(root, { recursive: true });
+    },
+  };
+}
+
+Deno.test("applyPlan() asks every VM of a swap before defining any: one declined holds the other back", async () => {
+  for (const answers of [["yes", "no"], ["no"]] as ConfirmAnswer[][]) {
+    using w = swapWorld();
+    const { asked, confirm } = answering(...answers);
+    const report = await applyPlan(w.plan, {
+      libvirt: w.port,
+      stateDir: `${w.root}/state`,
+      confirm,
+    });
+    assertEquals(asked, ["alpha", "beta"].slice(0, answers.length));
+    const [alpha, beta] = report.vms;
+    if (answers[0] === "no") {
+      assertEquals([alpha!.code, beta!.code], ["declined", "blocked"]);
+      assertEquals(
+        beta!.message,
+        'Not applied: it swaps devices with "alpha", which is not applied (Declined)',
+      );
+    } else {
+      assertEquals([alpha!.code, beta!.code], ["blocked", "declined"]);
+      assertMatch(alpha!.message, /swaps devices with "beta", which is not applied \(Declined\)/);
+    }
+    // Nothing was defined: each device is where it was, in one definition.
+    assertEquals([pciHostdevs(w.port, "alpha"), pciHostdevs(w.port, "beta")], [[GPU], [NIC]]);
+    assertEquals(report.ok, true);
+  }
+});
+
+Deno.test("applyPlan() defines a swap whole, or quits it whole", async () => {
+  {
+    using w = swapWorld();
+    const { asked, confirm } = answering("yes", "yes");
+    const report = await applyPlan(w.plan, {
+      libvirt: w.port,
+      stateDir: `${w.root}/state`,
+      confirm,
+    });
+    assertEquals(asked, ["alpha", "beta"]);
+    assertEquals(report.changed, ["alpha", "beta"]);
+    assertEquals([pciHostdevs(w.port, "alpha"), pciHostdevs(w.port, "beta")], [[NIC], [GPU]]);
+  }
+  {
+    using w = swapWorld();
+    const { asked, confirm } = answering("quit");
+    const report = await applyPlan(w.plan, {
+      libvirt: w.port,
+      stateDir: `${w.root}/state`,
+      confirm,
+    });
+    assertEquals(asked, ["alpha"]);
+    assertEquals(report.vms.map((r) => [r.code, r.message]), [
+      ["quit", "Quit"],
+      ["quit", "Not asked: quit earlier"],
+    ]);
+    assertEquals([pciHostdevs(w.port, "alpha"), pciHostdevs(w.port, "beta")], [[GPU], [NIC]]);
+  }
+});
+
+Deno.test("applyPlan() undoes a swap's first define when the second VM fails", async () => {
+  using w = swapWorld();
+  // libvirt refuses beta's new definition, after alpha's was defined.
+  const beta = w.plan.vms[1]!;
+  beta.desiredXml = beta.desiredXml.replace(/<memory unit='KiB'>\d+</, "<memory unit='KiB'>lots<");
+  const report = await applyPlan(w.plan, {
+    libvirt: w.port,
+    stateDir: `${w.root}/state`,
+    confirm: answering("yes", "yes").confirm,
+  });
+  const [alpha, betaResult] = report.vms;
+  assertEquals([alpha!.status, alpha!.code, alpha!.restored], ["failed", "undone", true]);
+  assertEquals(betaResult!.code, "define-failed");
+  assertMatch(
+    alpha!.message,
+    /^Defined "alpha" \(1 added, 1 removed\), then undone: "beta", which it swaps devices with, failed \(libvirt rejected the new definition of "beta".*\); its previous definition was restored$/s,
+  );
+  assertOk(alpha!.backup !== null);
+  assertEquals(report.ok, false);
+  // Back where they were: the GPU in alpha only, the NIC in beta only.
+  assertEquals([pciHostdevs(w.port, "alpha"), pciHostdevs(w.port, "beta")], [[GPU], [NIC]]);
+  recordCase({
+    area: "fault",
+    name: "two VMs swapping devices: one declined, quit, or its define refused",
+    count: 4,
+    outcome:
+      "both asked before either is defined; the other held back or undone; each device in one definition",
+    test: "tests/apply/release_order_test.ts",
+  });
 });
