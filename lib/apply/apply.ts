@@ -19,7 +19,8 @@
  * VM (unusable state directory, lock held) are thrown before anything is defined. The one
  * dependency: a device moving between VMs leaves its old VM first (that VM is asked first), and
  * the VM taking it is `blocked` when the old VM was not changed, so no device ends up in two
- * definitions.
+ * definitions. VMs swapping devices cannot go one after the other that way: they are asked
+ * together before any is defined, and one that fails has the others `undone`.
  *
  * Running VMs: the define only changes the next-boot definition. With `live: true`, after all
  * defines, the removed hostdevs are detached from every running guest first and the added ones
