@@ -357,8 +357,52 @@ function blockName(reader: SysfsReader, source: string): string | null {
 }
 
 /**
- * What the running host uses: controllers of mounted filesystems, the NIC carrying the default
- * route, and the boot VGA when a framebuffer console is bound.
+ * The PCI functions behind network interface `name`: its own, or, for an interface without one
+ * (a bridge, bond, VLAN, macvlan), those of the interfaces under it (its `lower_*` links: a
+ * bridge's ports, a bond's slaves, a VLAN's parent), followed down.
+ */
+function netPciDevices(
+  reader: SysfsReader,
+  sysRoot: string,
+  name: string,
+  depth = 0,
+): PciAddress[] {
+  if (depth > 8) return [];
+  const link = reader.readLink(`${sysRoot}/class/net/${name}`);
+  if (link === null) return [];
+  const direct = pciAncestor(link);
+  if (direct !== null) return [direct];
+  const lower = (reader.listDir(`${sysRoot}/class/net/${name}`) ?? [])
+    .filter((entry) => entry.startsWith("lower_"));
+  return lower.flatMap((entry) =>
+    netPciDevices(reader, sysRoot, entry.slice("lower_".length), depth + 1)
+  );
+}
+
+/** The interfaces of the default routes, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`). */
+function defaultRouteInterfaces(reader: SysfsReader, procRoot: string): string[] {
+  const names: string[] = [];
+  const v4 = reader.readText(`${procRoot}/net/route`) ?? "";
+  for (const line of v4.split("\n").slice(1)) {
+    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
+    if (iface !== undefined && destination === "00000000" && mask === "00000000") names.push(iface);
+  }
+  // Destination, its prefix length, source, its length, next hop, metric, counts, flags, name.
+  const v6 = reader.readText(`${procRoot}/net/ipv6_route`) ?? "";
+  for (const line of v6.split("\n")) {
+    const fields = line.trim().split(/\s+/);
+    const iface = fields[9];
+    if (iface !== undefined && iface !== "lo" && /^0{32}$/.test(fields[0]!) && fields[1] === "00") {
+      names.push(iface);
+    }
+  }
+  return [...new Set(names)];
+}
+
+/**
+ * What the running host uses: controllers of mounted filesystems, the NIC carrying a default
+ * route (IPv4 or IPv6, through a bridge, bond or VLAN too), and the boot VGA when a framebuffer
+ * console is bound.
  */
 function liveHostUse(
   reader: SysfsReader,
@@ -383,14 +427,11 @@ function liveHostUse(
       }
     }
   }
-  const routes = reader.readText(`${procRoot}/net/route`) ?? "";
-  for (const line of routes.split("\n").slice(1)) {
-    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
-    if (iface === undefined || destination !== "00000000" || mask !== "00000000") continue;
-    const link = reader.readLink(`${sysRoot}/class/net/${iface}`);
-    const address = link === null ? null : pciAncestor(link);
-    if (address !== null && known.has(address)) {
-      uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
+  for (const iface of defaultRouteInterfaces(reader, procRoot)) {
+    for (const address of netPciDevices(reader, sysRoot, iface)) {
+      if (known.has(address)) {
+        uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
+      }
     }
   }
   const consoles = reader.listDir(`${sysRoot}/class/vtconsole`) ?? [];

@@ -1,0 +1,95 @@
+/**
+ * The host's own use of its devices on a running host (`readHostUse` with `live: true`): the NIC
+ * of a default route, IPv4 or IPv6, also when the route goes through a bridge, a bond or a VLAN
+ * (libvirt hosts usually put their uplink in a bridge). Built sysfs trees with a `class/net` and a
+ * `/proc` of their own; the links are laid out as the kernel lays them out (`lower_*` in an upper
+ * device's directory, as a bridge made here with `ip link` shows).
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import { readHostUse } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { PciDevice } from "../../lib/host/types.ts";
+import { nicDescription as dev } from "../helpers/devices.ts";
+
+const UPLINK = "0000:06:00.0";
+const OTHER = "0000:07:00.0";
+
+/**
+ * A tree with two NICs (`enp6s0` at {@link UPLINK}, `enp7s0`), `br0` over `enp6s0`, `bond0` over
+ * both and `vlan5` over `bond0`; `routes` as `/proc/net/route` and `ipv6` as `ipv6_route`.
+ */
+async function hostUse(routes: string[], ipv6: string[] = []) {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-use-" });
+  try {
+    buildHostTree({ devices: [dev(UPLINK, { group: 1 }), dev(OTHER, { group: 2 })] }, dir);
+    const net = (name: string, target: string) => {
+      Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+      Deno.symlinkSync(target, `${dir}/class/net/${name}`);
+    };
+    const virtual = (name: string, lower: string[]) => {
+      Deno.mkdirSync(`${dir}/devices/virtual/net/${name}`, { recursive: true });
+      for (const l of lower) {
+        Deno.symlinkSync(`../${l}`, `${dir}/devices/virtual/net/${name}/lower_${l}`);
+      }
+      net(name, `../../devices/virtual/net/${name}`);
+    };
+    net("enp6s0", `../../devices/pci0000:00/0000:00:01.2/${UPLINK}/net/enp6s0`);
+    net("enp7s0", `../../devices/pci0000:00/0000:00:01.3/${OTHER}/net/enp7s0`);
+    virtual("br0", ["enp6s0"]);
+    virtual("bond0", ["enp6s0", "enp7s0"]);
+    virtual("vlan5", ["bond0"]);
+    virtual("lo", []);
+    Deno.mkdirSync(`${dir}/proc/net`, { recursive: true });
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/self/mounts`, "");
+    Deno.writeTextFileSync(
+      `${dir}/proc/net/route`,
+      [
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT",
+        ...routes,
+      ]
+        .join("\n"),
+    );
+    Deno.writeTextFileSync(`${dir}/proc/net/ipv6_route`, ipv6.join("\n"));
+    const devices = [UPLINK, OTHER].map((address) => ({ address }) as PciDevice);
+    return readHostUse(denoFsReader(), { root: dir, live: true, devices, procRoot: `${dir}/proc` })
+      ?.map((u) => [u.address, u.detail]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** A `/proc/net/route` line: a default route (0.0.0.0/0) via `iface`, or another route. */
+function v4(iface: string, destination = "00000000", mask = "00000000"): string {
+  return `${iface}\t${destination}\t0101A8C0\t0003\t0\t0\t0\t${mask}\t0\t0\t0`;
+}
+
+/** A `/proc/net/ipv6_route` line: `::/0` via `iface`, or another prefix. */
+function v6(iface: string, destination = "0".repeat(32), length = "00"): string {
+  return `${destination} ${length} ${"0".repeat(32)} 00 fd00${
+    "0".repeat(27)
+  }1 00000400 00000003 00000000 00000003 ${iface}`;
+}
+
+Deno.test("readHostUse(): the NIC of the IPv4 default route, directly or under a bridge, bond or VLAN", async () => {
+  assertEquals(await hostUse([v4("enp6s0")]), [[UPLINK, "default route via enp6s0"]]);
+  assertEquals(await hostUse([v4("br0")]), [[UPLINK, "default route via br0"]]);
+  assertEquals(await hostUse([v4("vlan5")]), [
+    [UPLINK, "default route via vlan5"],
+    [OTHER, "default route via vlan5"],
+  ]);
+  // Other routes say nothing about the host's uplink.
+  assertEquals(await hostUse([v4("br0", "0000A8C0", "00FFFFFF")]), []);
+});
+
+Deno.test("readHostUse(): the NIC of the IPv6 default route; the loopback's reject route is none", async () => {
+  assertEquals(await hostUse([], [v6("br0"), v6("lo")]), [[UPLINK, "default route via br0"]]);
+  assertEquals(await hostUse([], [v6("enp7s0", `fd00${"0".repeat(28)}`, "40")]), []);
+  // One NIC on both routes is listed once per interface it carries them for.
+  assertEquals(await hostUse([v4("enp6s0")], [v6("enp6s0")]), [[
+    UPLINK,
+    "default route via enp6s0",
+  ]]);
+});
