@@ -327,6 +327,11 @@ export interface LenientRecords {
   vfRecords: VfIdentity[];
   /** Why the records the XML holds cannot be read (a caller must fail closed), or `null`. */
   problem: string | null;
+  /**
+   * Whether the text is a well-formed document with a `<domain>` root, as every definition
+   * libvirt writes is (empty, truncated or other input is not).
+   */
+  wellFormed: boolean;
 }
 
 /**
@@ -540,20 +545,19 @@ function walkRecords(text: string): WalkedRecords | string {
  */
 export function readRecordsLeniently(xml: string): LenientRecords {
   const text = String(xml);
-  // The records' element is named hostdevs: without the word there is nothing to read.
-  if (!text.includes("hostdevs")) return { records: [], vfRecords: [], problem: null };
   const blanked = blankNonDevices(text, true);
   const walked = walkRecords(blanked);
-  if (typeof walked !== "string") return { ...walked, problem: null };
+  if (typeof walked !== "string") return { ...walked, problem: null, wellFormed: true };
   // Not well-formed: as the strict reader, no records, and a problem only where there may be some.
   if (walked === "" && !text.includes(RECORDS_NAMESPACE) && !RECORDS_TAG.test(blanked)) {
-    return { records: [], vfRecords: [], problem: null };
+    return { records: [], vfRecords: [], problem: null, wellFormed: false };
   }
   const problem = "the domain XML holds passthrough records that cannot be read";
   return {
     records: [],
     vfRecords: [],
     problem: walked === "" ? problem : `${problem}: ${walked}`,
+    wellFormed: false,
   };
 }
 

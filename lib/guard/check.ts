@@ -120,8 +120,10 @@ function readDomain(xml: string): DomainFacts {
     );
   }
   // The problem names no value from the XML, which can hold secrets.
-  const { records, vfRecords, problem } = readRecordsLeniently(xml);
+  const { records, vfRecords, problem, wellFormed } = readRecordsLeniently(xml);
   if (problem !== null) unreadable.push(problem);
+  // libvirt hands the hook a whole definition: anything else (nothing, a cut one) is not read.
+  else if (!wellFormed) unreadable.push("the domain XML is not a whole, well-formed <domain>");
   return {
     passed: lenient.devices,
     records,

@@ -361,7 +361,11 @@ const UNREADABLE = "the domain XML holds passthrough records that cannot be read
 
 function assertReadsLikeStrict(xml: string, message?: string): void {
   const { records, vfRecords } = parseDomainXml(xml);
-  assertEquals(readRecordsLeniently(xml), { records, vfRecords, problem: null }, message);
+  assertEquals(
+    readRecordsLeniently(xml),
+    { records, vfRecords, problem: null, wellFormed: true },
+    message,
+  );
 }
 
 Deno.test("readRecordsLeniently() names the namespace domain_xml.ts writes", () => {
@@ -435,7 +439,12 @@ Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake record
   assertEquals(readRecordsLeniently(xml).records.map((r) => r.address), ["0000:0b:00.0"]);
   // Records only in a comment: none, and nothing to distrust.
   const commented = withMetadata(`<!-- ${OURS} -->`);
-  assertEquals(readRecordsLeniently(commented), { records: [], vfRecords: [], problem: null });
+  assertEquals(readRecordsLeniently(commented), {
+    records: [],
+    vfRecords: [],
+    problem: null,
+    wellFormed: true,
+  });
 });
 
 Deno.test("readRecordsLeniently() reads the records of every domain editDomainXml() writes", () => {
@@ -512,7 +521,7 @@ Deno.test("readRecordsLeniently() fails closed on records it cannot read", () =>
   );
 });
 
-Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no records", () => {
+Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no records, but that it is damaged", () => {
   for (
     const xml of [
       "",
@@ -521,7 +530,11 @@ Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no r
       `<domain><name>vm</name><devices><hostdev mode='subsystem' type='pci'>`,
     ]
   ) {
-    assertEquals(readRecordsLeniently(xml), { records: [], vfRecords: [], problem: null }, xml);
+    assertEquals(
+      readRecordsLeniently(xml),
+      { records: [], vfRecords: [], problem: null, wellFormed: false },
+      xml,
+    );
   }
   // Damaged, and names the namespace: what it says cannot be trusted.
   assertEquals(

@@ -303,7 +303,19 @@ Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", asyn
   ]);
   // The address it could read is still checked (here: it holds a device, nothing recorded).
   const hostile = `<domain><name>vm</name><devices>${hostdev("0000:42:00.0")}`;
-  assertEquals(summary((await check(hostile)).refusals), [["missing", "0000:42:00.0"]]);
+  assertEquals(summary((await check(hostile)).refusals), [
+    ["unreadable", null],
+    ["missing", "0000:42:00.0"],
+  ]);
+  // Nothing, something else, or a definition cut before its first hostdev: nothing is known to
+  // be safe, so nothing starts (libvirt always hands the whole definition).
+  for (const text of ["", "garbage", xml.slice(0, 40), "<domain><name>vm</name></domain><x/>"]) {
+    const { refusals: cut } = await check(text);
+    assertEquals(summary(cut), [["unreadable", null]], text);
+    assertEquals(cut[0]!.reason, "the domain XML is not a whole, well-formed <domain>");
+  }
+  // A whole definition without a hostdev has nothing to refuse.
+  assertEquals((await check("<domain><name>vm</name><devices/></domain>")).refusals, []);
 });
 
 Deno.test("checkDomainStart() reads the records leniently: odd spelling read, damage fails closed", async () => {
