@@ -13,8 +13,8 @@ import { VERSION } from "./version.ts";
 import { LIVE_SYSFS } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
-import { recordReload } from "../lib/guard/state.ts";
-import { describePolicies, readPolicyFile } from "../lib/guard/policy.ts";
+import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
+import { describePolicies } from "../lib/guard/policy.ts";
 import {
   checkCommand,
   type CheckProgram,

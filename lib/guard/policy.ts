@@ -26,7 +26,7 @@ export type ActivePolicy = Exclude<GuardPolicy, "off">;
 /** The file under the state directory's `guard/` folder. */
 export const POLICY_FILE = "policy.json";
 
-/** The largest policy file the hook reads: a config holds a few dozen VMs. */
+/** The largest policy file read: a config holds a few dozen VMs. */
 export const MAX_POLICY_BYTES = 1024 * 1024;
 
 /** The policies of one VM that differ from the default. */
@@ -190,7 +190,7 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
   return { version, config, vms };
 }
 
-/** What {@link readPolicyFile} found. */
+/** What `readPolicyFile` (in `state.ts`, which reads the state directory) found. */
 export interface PolicyFileReading {
   /** The file's policies; `null` when there is none or it cannot be read. */
   file: GuardPolicyFile | null;
@@ -198,64 +198,10 @@ export interface PolicyFileReading {
   problem: string | null;
 }
 
-/**
- * `STATE/guard/policy.json`: `{ file: null, problem: null }` when there is none (every VM
- * enforces); a file that is not a regular file, too large, or not a policy file gives a problem.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(readPolicyFile("/nonexistent"), { file: null, problem: null });
- * ```
- */
-export function readPolicyFile(stateDir: string): PolicyFileReading {
-  const path = `${stateDir}/guard/${POLICY_FILE}`;
-  const fail = (problem: string): PolicyFileReading => ({
-    file: null,
-    problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
-  });
-  let text: string;
-  try {
-    // Not followed if a link: the state directory holds only files passthrough wrote.
-    const info = Deno.lstatSync(path);
-    if (!info.isFile) return fail("not a regular file");
-    if (info.size > MAX_POLICY_BYTES) return fail(`larger than ${MAX_POLICY_BYTES} bytes`);
-    text = Deno.readTextFileSync(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return { file: null, problem: null };
-    return fail(error instanceof Error ? error.message : String(error));
-  }
-  let file: GuardPolicyFile | null = null;
-  try {
-    file = parsePolicyFile(JSON.parse(text));
-  } catch {
-    // Not JSON: reported below like any other damage.
-  }
-  return file === null
-    ? fail("not a passthrough policy file; run passthrough apply again")
-    : { file, problem: null };
-}
-
-/** What {@link readVmPolicy} found. */
+/** What `readVmPolicy` (in `state.ts`) found. */
 export interface VmPolicyReading {
   /** The VM's policy; {@link ENFORCE} when nothing names it or the file cannot be read. */
   policy: VmGuardPolicy;
   /** Why the file could not be read (the policy is then {@link ENFORCE}), or `null`. */
   problem: string | null;
-}
-
-/**
- * The policy the hook applies to `vm`, from {@link readPolicyFile}: {@link ENFORCE} when the
- * file does not name it, is missing, or cannot be read (then with the problem).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(readVmPolicy("/nonexistent", "win11"), { policy: ENFORCE, problem: null });
- * ```
- */
-export function readVmPolicy(stateDir: string, vm: string): VmPolicyReading {
-  const { file, problem } = readPolicyFile(stateDir);
-  const policy = file !== null && Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
-  return { policy, problem };
 }

@@ -18,7 +18,6 @@ import {
   hostNeedsAllowed,
   POLICY_FILE,
   policyFor,
-  readVmPolicy,
 } from "./policy.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
@@ -160,7 +159,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   const listing = guardListing(options.stateDir);
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
-    : readVmPolicy(options.stateDir, options.vm);
+    : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm);
   const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
     const rule = refusal.recorded?.rule ?? null;
     const judged = policyFor(policy, rule);

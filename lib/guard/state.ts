@@ -22,9 +22,13 @@ import { encodeVmName } from "../state/backups.ts";
 import type { GuardRefusal } from "./check.ts";
 import {
   type ActivePolicy,
+  ENFORCE,
   type GuardPolicyFile,
   MAX_POLICY_BYTES,
+  parsePolicyFile,
   POLICY_FILE,
+  type PolicyFileReading,
+  type VmPolicyReading,
 } from "./policy.ts";
 
 /** How long an allowance waits for the start it is meant for. */
@@ -70,6 +74,64 @@ function readGuardFile(path: string): string | null {
   }
 }
 
+/**
+ * `STATE/guard/policy.json`: `{ file: null, problem: null }` when there is none (every VM
+ * enforces). A policy can turn the guard off, so it is trusted only as every other read of the
+ * state directory trusts a file: in directories of ours (not links, writable by us alone), a
+ * regular file of a sane size. Anything else, or a file that is not a policy file, gives a
+ * problem, and every VM enforces.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(readPolicyFile("/nonexistent"), { file: null, problem: null });
+ * ```
+ */
+export function readPolicyFile(stateDir: string): PolicyFileReading {
+  const path = join(stateDir, "guard", POLICY_FILE);
+  const fail = (problem: string): PolicyFileReading => ({
+    file: null,
+    problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
+  });
+  let text: string | null;
+  try {
+    const state = openStateDir(stateDir, { write: false });
+    text = checkPrivateDir(join(state.path, "guard"), state) ? readGuardFile(path) : null;
+  } catch (error) {
+    if (error instanceof StateDirError && error.problem === "missing") {
+      return { file: null, problem: null };
+    }
+    return fail(error instanceof Error ? error.message : String(error));
+  }
+  if (text === null) return { file: null, problem: null };
+  let file: GuardPolicyFile | null = null;
+  try {
+    file = parsePolicyFile(JSON.parse(text));
+  } catch {
+    // Not JSON: reported below like any other damage.
+  }
+  return file === null
+    ? fail("not a passthrough policy file; run passthrough apply again")
+    : { file, problem: null };
+}
+
+/**
+ * The policy the hook applies to `vm`, from {@link readPolicyFile}: {@link ENFORCE} when the
+ * file does not name it, is missing, or cannot be read (then with the problem).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { ENFORCE } from "./policy.ts";
+ * assertEquals(readVmPolicy("/nonexistent", "win11"), { policy: ENFORCE, problem: null });
+ * ```
+ */
+export function readVmPolicy(stateDir: string, vm: string): VmPolicyReading {
+  const { file, problem } = readPolicyFile(stateDir);
+  const policy = file !== null && Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
+  return { policy, problem };
+}
+
 /** What {@link recordPolicies} did to `guard/policy.json`. */
 export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
 
@@ -81,7 +143,6 @@ export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * import { readVmPolicy } from "./policy.ts";
  * const dir = Deno.makeTempDirSync();
  * const file = { version: 1 as const, config: "c.yaml",
  *   vms: { win11: { guard: "warn" as const, rules: {} } } };

@@ -5,10 +5,11 @@ import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/as
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { runGuard } from "../../lib/guard/run.ts";
-import { ENFORCE, guardPolicies, policyFor, readVmPolicy } from "../../lib/guard/policy.ts";
+import { ENFORCE, guardPolicies, policyFor } from "../../lib/guard/policy.ts";
 import {
   allowNextStart,
   readRefusalRecords,
+  readVmPolicy,
   recordPolicies,
   takeAllowance,
 } from "../../lib/guard/state.ts";
@@ -363,5 +364,41 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
         "refused by name without reading; apply never blocks; the start enforced, saying why",
       test: "tests/guard/policy_test.ts",
     });
+  });
+});
+
+Deno.test("policy: one in a guard directory that is a link or writable by others is not trusted", async () => {
+  await withTree(async (root, state) => {
+    // guard: off for the VM: the start goes on unchecked, as long as the policy is trusted.
+    recordPolicies(state, guardPolicies(config("off", null)));
+    assertEquals((await run(root, state)).code, 0);
+    const text = Deno.readTextFileSync(`${state}/guard/policy.json`);
+    const elsewhere = `${state}-elsewhere`;
+    Deno.mkdirSync(elsewhere);
+    Deno.chmodSync(elsewhere, 0o777);
+    Deno.writeTextFileSync(`${elsewhere}/policy.json`, text, { mode: 0o600 });
+    Deno.removeSync(`${state}/guard`, { recursive: true });
+    Deno.symlinkSync(elsewhere, `${state}/guard`);
+    const linked = await run(root, state);
+    assertEquals(linked.code, 1);
+    assertMatch(
+      linked.lines[0]!,
+      /^passthrough guard: cannot read the guard policies in .*: enforcing$/,
+    );
+    // A real directory, but one others may write to.
+    Deno.removeSync(`${state}/guard`);
+    Deno.mkdirSync(`${state}/guard`);
+    Deno.chmodSync(`${state}/guard`, 0o777);
+    Deno.writeTextFileSync(`${state}/guard/policy.json`, text, { mode: 0o600 });
+    const open = await run(root, state);
+    assertEquals(open.code, 1);
+    assertMatch(
+      open.lines[0]!,
+      /^passthrough guard: cannot read the guard policies in .*: enforcing$/,
+    );
+    // Made private again, it counts again.
+    Deno.chmodSync(`${state}/guard`, 0o700);
+    assertEquals((await run(root, state)).code, 0);
+    Deno.removeSync(elsewhere, { recursive: true });
   });
 });
