@@ -131,7 +131,8 @@ export function pciAddressFromLibvirt(
   const slot = num(attrs.slot);
   const fn = num(attrs.function);
   if (domain === null || bus === null || slot === null || fn === null) return null;
-  if (domain > 0xffff || bus > 0xff || slot > 0x1f || fn > 7) return null;
+  // Domains go past 0xffff behind Intel VMD (10000 and up); libvirt takes 32 bits.
+  if (domain > 0xffffffff || bus > 0xff || slot > 0x1f || fn > 7) return null;
   return pciAddressFromParts({ domain, bus, slot, function: fn });
 }
 

@@ -10,6 +10,7 @@ import {
   canonicalPciAddress,
   comparePciAddress,
   pciAddressFromLibvirt,
+  pciAddressToLibvirt,
 } from "../../lib/pci/address.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -30,6 +31,12 @@ Deno.test("canonicalPciAddress() reads a domain as a number: 4 to 8 digits, one 
     pciAddressFromLibvirt({ domain: "0x00000000", bus: "0x21", slot: "0x00", function: "0x0" }),
     canonicalPciAddress("00000000:21:00.0"),
   );
+  // A domain past 0xffff (behind Intel VMD), as libvirt writes it and reads it back.
+  const vmd = { domain: "0x10000", bus: "0xe1", slot: "0x00", function: "0x0" };
+  assertEquals(pciAddressFromLibvirt(vmd), "10000:e1:00.0");
+  assertEquals(pciAddressToLibvirt("10000:e1:00.0"), vmd);
+  assertEquals(pciAddressFromLibvirt({ ...vmd, domain: "0xffffffff" }), "ffffffff:e1:00.0");
+  assertEquals(pciAddressFromLibvirt({ ...vmd, domain: "0x100000000" }), null);
   assertEquals(
     ["10000:00:00.0", "ffff:00:00.0", "0000:21:00.0"].sort(comparePciAddress),
     ["0000:21:00.0", "ffff:00:00.0", "10000:00:00.0"],
