@@ -213,8 +213,10 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // "another slot's" (hostCriticalReason's rule); what the host uses or the platform needs is.
   const matchedCards = new Set(facts.passed.map((p) => cardOf(p.address)));
   for (const { address, element, device, recorded } of found) {
-    const hostNeeds = device === null
-      ? null
+    const hostNeeds = device === null ? null : device.isBridge
+      // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
+      // (hot-plug, error reporting and power management of everything behind it) at start.
+      ? "a PCI bridge, with the devices behind it"
       : hostCriticalReason(device, { matchedCards, hostUse });
     const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
     const vf = facts.vfRecords.find((r) => r.address === address && element === "interface");

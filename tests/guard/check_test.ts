@@ -224,6 +224,16 @@ Deno.test("checkDomainStart() refuses a device the host needs, hand-added or rec
   );
 });
 
+Deno.test("checkDomainStart() refuses a hostdev whose address holds a PCI bridge", async () => {
+  // 00:01.0 is a root port (class 0604, pcieport) on this host.
+  const { refusals } = await check(domain("vm", [hostdev("0000:00:01.0")]));
+  assertEquals(summary(refusals), [["host-needs", "0000:00:01.0"]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /the host needs it: a PCI bridge, with the devices behind it; hand-added, so no allow_host_critical lets it start$/,
+  );
+});
+
 Deno.test("checkDomainStart() lets a hand-added storage or network card through when the host does not use it", async () => {
   // The plan's "another slot" rule is about functions dragged along; a hostdev is asked for.
   assertEquals(
