@@ -332,20 +332,29 @@ export function pciAncestor(path: string): PciAddress | null {
   return null;
 }
 
-/** Block device names behind `name`, following device-mapper/md `slaves` down to disks. */
-function blockPciDevices(
+/**
+ * The PCI functions under `class/KIND/NAME`: its own, or, for a virtual device, those of the
+ * devices it stands on, followed down: a device-mapper or md block device's `slaves`, and a
+ * bridge's, bond's, VLAN's or macvlan's `lower_*` interfaces (a bridge's ports, a bond's slaves, a
+ * VLAN's parent).
+ */
+function pciDevicesUnder(
   reader: SysfsReader,
   sysRoot: string,
+  kind: "block" | "net",
   name: string,
   depth = 0,
 ): PciAddress[] {
   if (depth > 8) return [];
-  const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+  const path = `${sysRoot}/class/${kind}/${name}`;
+  const link = reader.readLink(path);
   if (link === null) return [];
   const direct = pciAncestor(link);
   if (direct !== null) return [direct];
-  const slaves = reader.listDir(`${sysRoot}/class/block/${name}/slaves`) ?? [];
-  return slaves.flatMap((slave) => blockPciDevices(reader, sysRoot, slave, depth + 1));
+  const under = kind === "block"
+    ? reader.listDir(`${path}/slaves`) ?? []
+    : (reader.listDir(path) ?? []).flatMap((e) => e.startsWith("lower_") ? [e.slice(6)] : []);
+  return under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1));
 }
 
 /** The block device name for a mount source (`/dev/nvme0n1p2`, `/dev/mapper/vg-root`). */
@@ -354,29 +363,6 @@ function blockName(reader: SysfsReader, source: string): string | null {
   const link = reader.readLink(source);
   // /dev/mapper/* and /dev/disk/by-* are links to ../dm-0 and the like.
   return baseName(link ?? source);
-}
-
-/**
- * The PCI functions behind network interface `name`: its own, or, for an interface without one
- * (a bridge, bond, VLAN, macvlan), those of the interfaces under it (its `lower_*` links: a
- * bridge's ports, a bond's slaves, a VLAN's parent), followed down.
- */
-function netPciDevices(
-  reader: SysfsReader,
-  sysRoot: string,
-  name: string,
-  depth = 0,
-): PciAddress[] {
-  if (depth > 8) return [];
-  const link = reader.readLink(`${sysRoot}/class/net/${name}`);
-  if (link === null) return [];
-  const direct = pciAncestor(link);
-  if (direct !== null) return [direct];
-  const lower = (reader.listDir(`${sysRoot}/class/net/${name}`) ?? [])
-    .filter((entry) => entry.startsWith("lower_"));
-  return lower.flatMap((entry) =>
-    netPciDevices(reader, sysRoot, entry.slice("lower_".length), depth + 1)
-  );
 }
 
 /** The interfaces of the default routes, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`). */
@@ -417,7 +403,7 @@ function liveHostUse(
     if (source === undefined || target === undefined) continue;
     const name = blockName(reader, source);
     if (name === null) continue;
-    for (const address of blockPciDevices(reader, sysRoot, name)) {
+    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
       if (known.has(address)) {
         uses.push({
           address,
@@ -428,7 +414,7 @@ function liveHostUse(
     }
   }
   for (const iface of defaultRouteInterfaces(reader, procRoot)) {
-    for (const address of netPciDevices(reader, sysRoot, iface)) {
+    for (const address of pciDevicesUnder(reader, sysRoot, "net", iface)) {
       if (known.has(address)) {
         uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
       }

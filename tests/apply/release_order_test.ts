@@ -47,51 +47,50 @@ function testDomain(name: string, uuid: string): string {
 
 const GPU = "0000:01:00.0";
 
-/** A world where "alpha" holds the GPU (owned) and a plan moving it to "beta", listed first. */
-function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
-  const root = Deno.makeTempDirSync({ prefix: "passthrough-release-" });
-  writeAlphaBetaWorld(root);
-  const port = openLibvirtPort(`test://${root}/world.xml`);
-  port.define(editDomainXml(port.getPersistentXml("alpha", { secure: true }), {
+type Edit = Parameters<typeof editDomainXml>[1];
+type TestPort = ReturnType<typeof openLibvirtPort>;
+
+/** `name`'s definition in `port` given `address` (owned, recorded). */
+function give(port: TestPort, name: string, address: string): void {
+  port.define(editDomainXml(port.getPersistentXml(name, { secure: true }), {
     remove: [],
-    add: [{ address: GPU, managed: true }],
-    records: [gpuIdentity(GPU)],
+    add: [{ address, managed: true }],
+    records: [gpuIdentity(address)],
   }));
-  const vmPlan = (name: string, edit: Parameters<typeof editDomainXml>[1]): VmPlan => {
-    const currentXml = port.getPersistentXml(name, { secure: true });
-    const desiredXml = editDomainXml(currentXml, edit);
-    return {
-      ...emptyVmPlan(name, currentXml),
-      hostdevs: edit.add.map((a) => a.address),
-      add: edit.add.map((spec) => ({
-        address: spec.address,
-        rule: "gpu",
-        reason: "matched" as const,
-        group: 1,
-        spec,
-        identity: gpuIdentity(spec.address),
-        description: "10de:2684 VGA compatible controller",
-      })),
-      remove: edit.remove,
-      active: false,
-      desiredXml,
-      changed: desiredXml !== currentXml,
-    };
+}
+
+/** The plan of `edit` to `name`'s definition in `port`, as the planner would make it. */
+function vmPlanOf(port: TestPort, name: string, edit: Edit): VmPlan {
+  const currentXml = port.getPersistentXml(name, { secure: true });
+  const desiredXml = editDomainXml(currentXml, edit);
+  return {
+    ...emptyVmPlan(name, currentXml),
+    hostdevs: edit.add.map((a) => a.address),
+    add: edit.add.map((spec) => ({
+      address: spec.address,
+      rule: "gpu",
+      reason: "matched" as const,
+      group: 1,
+      spec,
+      identity: gpuIdentity(spec.address),
+      description: "10de:2684 VGA compatible controller",
+    })),
+    remove: edit.remove,
+    active: false,
+    desiredXml,
+    changed: desiredXml !== currentXml,
   };
+}
+
+/** A plan of `vms` for `port`'s world in `root`; the port closed and `root` removed when disposed. */
+function disposable(port: TestPort, root: string, vms: VmPlan[]) {
   const plan: Plan = {
     config: "c.yaml",
     host: "test",
     uri: port.uri,
     errors: [],
     warnings: [],
-    vms: [
-      vmPlan("beta", {
-        remove: [],
-        add: [{ address: GPU, managed: true }],
-        records: [gpuIdentity(GPU)],
-      }),
-      vmPlan("alpha", { remove: [GPU], add: [], records: [] }),
-    ],
+    vms,
   };
   return {
     port,
@@ -102,6 +101,22 @@ function moveWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan
       Deno.removeSync(root, { recursive: true });
     },
   };
+}
+
+/** A world where "alpha" holds the GPU (owned) and a plan moving it to "beta", listed first. */
+function moveWorld() {
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-release-" });
+  writeAlphaBetaWorld(root);
+  const port = openLibvirtPort(`test://${root}/world.xml`);
+  give(port, "alpha", GPU);
+  return disposable(port, root, [
+    vmPlanOf(port, "beta", {
+      remove: [],
+      add: [{ address: GPU, managed: true }],
+      records: [gpuIdentity(GPU)],
+    }),
+    vmPlanOf(port, "alpha", { remove: [GPU], add: [], records: [] }),
+  ]);
 }
 
 function answering(...list: ConfirmAnswer[]) {
@@ -204,60 +219,19 @@ const NIC = "0000:02:00.0";
  * the NIC and gives up the GPU, beta the reverse. Neither can go first alone: until the other
  * follows, one device would sit in both definitions.
  */
-function swapWorld(): { port: LibvirtPort & Disposable; root: string; plan: Plan } & Disposable {
+function swapWorld() {
   const root = Deno.makeTempDirSync({ prefix: "passthrough-swap-" });
   writeAlphaBetaWorld(root);
   const port = openLibvirtPort(`test://${root}/world.xml`);
-  const give = (name: string, address: string) =>
-    port.define(editDomainXml(port.getPersistentXml(name, { secure: true }), {
-      remove: [],
-      add: [{ address, managed: true }],
-      records: [gpuIdentity(address)],
-    }));
-  give("alpha", GPU);
-  give("beta", NIC);
-  const vmPlan = (name: string, take: string, release: string): VmPlan => {
-    const currentXml = port.getPersistentXml(name, { secure: true });
-    const desiredXml = editDomainXml(currentXml, {
+  give(port, "alpha", GPU);
+  give(port, "beta", NIC);
+  const swap = (name: string, take: string, release: string) =>
+    vmPlanOf(port, name, {
       remove: [release],
       add: [{ address: take, managed: true }],
       records: [gpuIdentity(take)],
     });
-    return {
-      ...emptyVmPlan(name, currentXml),
-      hostdevs: [take],
-      add: [{
-        address: take,
-        rule: "dev",
-        reason: "matched" as const,
-        group: take === GPU ? 1 : 2,
-        spec: { address: take, managed: true },
-        identity: gpuIdentity(take),
-        description: "10de:2684 VGA compatible controller",
-      }],
-      remove: [release],
-      active: false,
-      desiredXml,
-      changed: true,
-    };
-  };
-  const plan: Plan = {
-    config: "c.yaml",
-    host: "test",
-    uri: port.uri,
-    errors: [],
-    warnings: [],
-    vms: [vmPlan("alpha", NIC, GPU), vmPlan("beta", GPU, NIC)],
-  };
-  return {
-    port,
-    root,
-    plan,
-    [Symbol.dispose]() {
-      port.close();
-      Deno.removeSync(root, { recursive: true });
-    },
-  };
+  return disposable(port, root, [swap("alpha", NIC, GPU), swap("beta", GPU, NIC)]);
 }
 
 Deno.test("applyPlan() asks every VM of a swap before defining any: one declined holds the other back", async () => {
