@@ -9,7 +9,7 @@
  * @module
  */
 
-import { openLibvirtPort } from "../ffi/port.ts";
+import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import { topologyFromDescription } from "../lib/testing/host_description.ts";
 import { generateHost } from "../lib/testing/host_generator.ts";
@@ -68,7 +68,12 @@ function worldXml(vms: number): string {
 }
 
 const dir = Deno.makeTempDirSync({ prefix: "passthrough-plan-bench-" });
-globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+/** The connections the benches plan through, closed at the end as every libvirt handle is. */
+const ports: OpenLibvirtPort[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const port of ports) port.close();
+  Deno.removeSync(dir, { recursive: true });
+});
 
 for (const functions of FUNCTIONS) {
   const host = topologyFromDescription(generateHost(functions), {
@@ -79,6 +84,7 @@ for (const functions of FUNCTIONS) {
     const path = `${dir}/world-${vms}.xml`;
     Deno.writeTextFileSync(path, worldXml(vms));
     const libvirt = openLibvirtPort(`test://${path}`);
+    ports.push(libvirt);
     // Sanity: the plan must be the real thing (every VM gets its card), or the timing means nothing.
     const plan = planHostdevs({ config, host, libvirt });
     const refused = plan.vms.filter((v) => v.errors.length > 0);
@@ -117,6 +123,7 @@ Deno.bench({
     { file: "bench.yaml" },
   );
   const libvirt = openLibvirtPort(`test://${dir}/world-100.xml`);
+  ports.push(libvirt);
   Deno.bench({
     name: "discoverHost() + planHostdevs() 100 VMs on 1024 functions",
     fn: async () => {
