@@ -79,6 +79,8 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
     close() {
       if (closed) return;
       closed = true;
+      // libvirt must stop pointing at the callback before it is freed.
+      library.symbols.virSetErrorFunc(null, null);
       library.close();
       silence.close();
     },
