@@ -72,6 +72,9 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
   // (non-threadsafe) callback is enough.
   const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
   library.symbols.virSetErrorFunc(null, silence.pointer);
+  // The callback dies with this isolate, libvirt lives on in the process (a test or bench runner
+  // runs several isolates in one): it must not keep pointing at freed code.
+  globalThis.addEventListener("unload", () => library.symbols.virSetErrorFunc(null, null));
   let closed = false;
   return {
     path,

@@ -244,3 +244,28 @@ Deno.test("a closed library leaves libvirt no error callback to call once it is 
   assertEquals(new TextDecoder().decode(output.stdout), "refused\n");
   assertMatch(stderr, /^libvirt: /);
 });
+
+Deno.test("at unload libvirt's error callback is unset, before the isolate frees it", async () => {
+  // A test or bench runner frees an isolate's callbacks with the isolate while libvirt stays
+  // loaded in the process; after "unload" a failing call reports through libvirt's default
+  // handler (stderr) instead of the callback.
+  const script = `
+    import { libvirt } from ${
+    JSON.stringify(new URL("../../ffi/library.ts", import.meta.url).href)
+  };
+    const open = () => libvirt().virConnectOpen(new TextEncoder().encode("nosuchdriver:///x\\0"));
+    console.log(open() === null ? "refused" : "opened");
+    globalThis.dispatchEvent(new Event("unload"));
+    console.log(open() === null ? "refused" : "opened");
+  `;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(output.stderr);
+  assertEquals(output.code, 0, stderr);
+  assertEquals(new TextDecoder().decode(output.stdout), "refused\nrefused\n");
+  assertEquals(stderr.match(/^libvirt: /gm)?.length, 1, stderr);
+});
