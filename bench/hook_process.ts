@@ -5,9 +5,11 @@
  * load (each round in another order, `bench/rounds.ts`): installed from the checkout
  * (`cli/hook_check.ts`), from `deno task bundle`'s output (`dist/hook/`) and from
  * `scripts/bundle_bin.sh`'s (`dist/bin/hook/`, what `bin/passthrough hook install` installs). Also
- * the fast path (`release end`: every operation but `prepare begin`), a refused start (which loads
- * the state code and records the refusal), and the hook from the bin bundle given a desktop VM's
- * whole live definition (about 8 KB) instead of the minimal one.
+ * the check from the bin bundle run alone (the hook's command line without `sh` and `timeout`:
+ * the wrapper's cost is the difference), the fast path (`release end`: every operation but
+ * `prepare begin`), a refused start (which loads the state code and records the refusal), and the
+ * hook from the bin bundle given a desktop VM's whole live definition (about 8 KB) instead of the
+ * minimal one.
  * Target: the hook at most 1.2x the empty script.
  *
  * The hook checks a sysfs tree built from a captured host (4 GPU functions whose identities are
@@ -25,7 +27,7 @@
 
 import { parseArgs } from "node:util";
 import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts";
-import { HOOK_FILE_NAME } from "../lib/guard/hook_file.ts";
+import { HOOK_FILE_NAME, parseHookSettings } from "../lib/guard/hook_file.ts";
 import { childrenCpuMs } from "../ffi/rusage.ts";
 import { bundleAsTask, documentedFlags } from "../tests/helpers/cli.ts";
 import { roundOrders } from "./rounds.ts";
@@ -147,6 +149,8 @@ interface Case {
   cmd: string;
   args: string[];
   stdin?: Uint8Array;
+  /** Variables added to the minimal environment libvirt gives a hook. */
+  env?: Record<string, string>;
   /** The exit code every run must have. */
   code: number;
 }
@@ -163,7 +167,7 @@ async function once(c: Case): Promise<Run> {
   const child = new Deno.Command(c.cmd, {
     args: c.args,
     clearEnv: true,
-    env: { LC_ALL: "C", PATH: "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+    env: { LC_ALL: "C", PATH: "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root", ...c.env },
     stdin: c.stdin === undefined ? "null" : "piped",
     stdout: "null",
     stderr: "piped",
@@ -225,6 +229,18 @@ try {
     name: "hook prepare begin (bin)",
     cmd: binHook,
     args: ["bench", "prepare", "begin", "-"],
+    stdin: xml,
+    code: 0,
+  });
+  // The same check without the hook around it (`sh`, its fork, `timeout`): what the wrapper
+  // costs is the difference.
+  const settings = parseHookSettings(await Deno.readTextFile(binHook));
+  if (settings === null) throw new Error(`${binHook}: no settings line`);
+  cases.push({
+    name: "check alone (bin), no wrapper",
+    cmd: settings.command[0]!,
+    args: [...settings.command.slice(1), "--", "bench", "prepare", "begin", "-"],
+    env: { ...settings.env, NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdin: xml,
     code: 0,
   });

@@ -279,6 +279,8 @@ Deno.test("bench/hook_process.ts runs, and every hook run in it exits as it shou
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   assertEquals(out.code, 0, text);
   assertMatch(text, /hook prepare begin \(main\.ts\) +[0-9.]+ ms/);
+  // The check run alone, without the hook's wrapper, as the hook's settings line names it.
+  assertMatch(text, /check alone \(bin\), no wrapper +[0-9.]+ ms/);
 });
 
 Deno.test("hook run, what a bundle without its check or a compiled binary runs, checks with the hook's permissions", async () => {
