@@ -354,6 +354,19 @@ interface Context {
 /** Steps from the root to a node: mapping keys as YAML read them, list indexes as numbers. */
 type Steps = readonly unknown[];
 
+/**
+ * A step to a mapping's entry by its place: a key that is itself a mapping or a list (`? [a, b]`)
+ * reads as a new object each time, so it cannot be found again by its value.
+ */
+class EntryAt {
+  constructor(readonly index: number) {}
+}
+
+/** The step to entry `index` of a mapping whose key is `key`: by value when YAML can find it so. */
+function keyStep(key: unknown, index: number): unknown {
+  return key !== null && typeof key === "object" ? new EntryAt(index) : key;
+}
+
 /** `vms.win10.devices[0].match` */
 function showPath(steps: Steps): string {
   return steps.map((step, i) =>
@@ -371,7 +384,9 @@ function nodeAt(ctx: Context, steps: Steps, key = false): Node | null {
   for (const [i, step] of steps.entries()) {
     let next: unknown;
     if (isMap(node)) {
-      const pair = node.items.find((p) => (isScalar(p.key) ? p.key.value : p.key) === step);
+      const pair = step instanceof EntryAt
+        ? node.items[step.index]
+        : node.items.find((p) => (isScalar(p.key) ? p.key.value : p.key) === step);
       next = key && i === steps.length - 1 ? pair?.key : follow(pair?.value);
     } else if (isSeq(node) && typeof step === "number") {
       next = follow(node.items[step]);
@@ -696,13 +711,14 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
   }
   const pattern = new RegExp(schema.keyPattern);
   const entries: [string, unknown][] = [];
-  for (const [key, item] of value) {
+  for (const [index, [key, item]] of [...value].entries()) {
     if (typeof key === "string" && pattern.test(key)) {
       entries.push([key, check(item, schema.values, [...at, key], ctx)]);
     } else {
       const hint = schema.keyHint ?? "use the libvirt domain name";
       const name = typeof key === "string" ? JSON.stringify(key) : describe(key);
-      report(ctx, [...at, key], `Invalid name ${name}`, hint, { key: true, path: at });
+      const step = keyStep(key, index);
+      report(ctx, [...at, step], `Invalid name ${name}`, hint, { key: true, path: at });
     }
   }
   // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
@@ -717,10 +733,11 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
     return wrongType(ctx, at, "a mapping", value, hint);
   }
   const out: Record<string, unknown> = {};
-  for (const [key, item] of value) {
+  for (const [index, [key, item]] of [...value].entries()) {
     if (typeof key !== "string") {
       const detail = `Invalid key ${describe(key)}`;
-      report(ctx, [...at, key], detail, "keys are plain words", { key: true, path: at });
+      const step = keyStep(key, index);
+      report(ctx, [...at, step], detail, "keys are plain words", { key: true, path: at });
     } else if (!Object.hasOwn(schema.properties, key)) {
       const near = nearest(key, known);
       const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;

@@ -457,3 +457,17 @@ vms:
     /^c\.yaml:4:12: Invalid value "enforced": expected one of "enforce", "warn", "off" at "vms\.win11\.guard"/,
   );
 });
+
+Deno.test("parseConfig() locates a name or a key that is a list or a mapping where it is written", () => {
+  // yaml reads such a key (`? [1]`) as a new object each time: it is found again by its place.
+  const errors = errorsOf(
+    "version: 1\nvms:\n  win:\n    devices:\n" +
+      '      - match: { vendor_device_id: "10de:2684" }\n' +
+      "        ? [1]\n        : 2\n" +
+      "  ? { x: 1 }\n  : { devices: [] }\n",
+  );
+  assertEquals(errors.map((e) => e.message.split(" (")[0]), [
+    'c.yaml:6:11: Invalid key a list at "vms.win.devices[0]"',
+    'c.yaml:8:5: Invalid name a mapping at "vms"',
+  ]);
+});
