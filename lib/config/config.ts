@@ -716,9 +716,9 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
       entries.push([key, check(item, schema.values, [...at, key], ctx)]);
     } else {
       const hint = schema.keyHint ?? "use the libvirt domain name";
-      const name = typeof key === "string" ? JSON.stringify(key) : describe(key);
+      const name = typeof key === "string" ? ` ${JSON.stringify(key)}` : `: ${describe(key)}`;
       const step = keyStep(key, index);
-      report(ctx, [...at, step], `Invalid name ${name}`, hint, { key: true, path: at });
+      report(ctx, [...at, step], `Invalid name${name}`, hint, { key: true, path: at });
     }
   }
   // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
@@ -735,7 +735,7 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
   const out: Record<string, unknown> = {};
   for (const [index, [key, item]] of [...value].entries()) {
     if (typeof key !== "string") {
-      const detail = `Invalid key ${describe(key)}`;
+      const detail = `Invalid key: ${describe(key)}`;
       const step = keyStep(key, index);
       report(ctx, [...at, step], detail, "keys are plain words", { key: true, path: at });
     } else if (!Object.hasOwn(schema.properties, key)) {

@@ -467,7 +467,7 @@ Deno.test("parseConfig() locates a name or a key that is a list or a mapping whe
       "  ? { x: 1 }\n  : { devices: [] }\n",
   );
   assertEquals(errors.map((e) => e.message.split(" (")[0]), [
-    'c.yaml:6:11: Invalid key a list at "vms.win.devices[0]"',
-    'c.yaml:8:5: Invalid name a mapping at "vms"',
+    'c.yaml:6:11: Invalid key: a list at "vms.win.devices[0]"',
+    'c.yaml:8:5: Invalid name: a mapping at "vms"',
   ]);
 });
