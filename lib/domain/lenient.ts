@@ -234,6 +234,12 @@ export interface LenientPassedScan {
   devices: LenientPassedDevice[];
   /** As in {@link LenientHostdevScan}. */
   unresolved: number;
+  /**
+   * The libvirt networks that `<interface type='network'>` elements name (sorted, unique): a
+   * network whose `<forward mode='hostdev'>` is a pool of VFs hands one of them to the guest at
+   * start, whichever is free (see {@link scanHostdevPoolLeniently}).
+   */
+  networks: string[];
 }
 
 /**
@@ -249,6 +255,7 @@ export interface LenientPassedScan {
  * assertEquals(scanPassedDevicesLeniently(xml), {
  *   devices: [{ address: "0000:01:10.2", element: "interface" }],
  *   unresolved: 0,
+ *   networks: [],
  * });
  * ```
  */
@@ -256,6 +263,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const text = blankNonDevices(String(xml));
   const starts = [...text.matchAll(DEVICE_START)];
   const found = new Map<PciAddress, "hostdev" | "interface">();
+  const networks = new Set<string>();
   let unresolved = 0;
   starts.forEach((start, n) => {
     const name = start[1] as "hostdev" | "interface";
@@ -273,7 +281,13 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     // An interface whose type cannot be read but that says hostdev is taken to be one.
     const hostdevInterface = type === "hostdev" ||
       (type === undefined && tag.raw.includes("hostdev"));
-    if (name === "interface" && !hostdevInterface) return;
+    if (name === "interface" && !hostdevInterface) {
+      const network = type === "network" && !tag.selfClosing
+        ? sourceNetwork(element.slice(tag.end))
+        : null;
+      if (network !== null) networks.add(network);
+      return;
+    }
     if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) return;
     if (tag.selfClosing) {
       unresolved++;
@@ -289,7 +303,74 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   return {
     devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
     unresolved,
+    networks: [...networks].sort(),
   };
+}
+
+/** The `network` attribute of the `<source>` in an interface whose content is `body`, or `null`. */
+function sourceNetwork(body: string): string | null {
+  const close = findTag(body, "interface", 0, true);
+  const inside = close === -1 ? body : body.slice(0, close);
+  const open = findTag(inside, "source");
+  return open === -1 ? null : lenientTag(inside, open)?.attributes.network ?? null;
+}
+
+/** What {@link scanHostdevPoolLeniently} finds in a network's XML. */
+export interface LenientHostdevPool {
+  /** The pool's PCI addresses (VFs): canonical, sorted, unique. */
+  addresses: PciAddress[];
+  /**
+   * How many pool entries could not be read (an `<address>` that is not a readable PCI address,
+   * a `<forward>` that cannot be read or does not end): above 0, the pool may hold more.
+   */
+  unresolved: number;
+}
+
+/**
+ * The device pool of a libvirt network with `<forward mode='hostdev'>`: the `<address>`
+ * elements in its `<forward>`, which the status XML of a running network
+ * (`/run/libvirt/network/NAME.xml`) lists even when the definition names only a `<pf>` (libvirt
+ * lists the PF's VFs when it starts the network). `null` for a network of any other mode, or
+ * with no `<forward>`. Comments and `<metadata>` are not searched. Never throws.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const status = `<networkstatus><network><name>sriov</name>
+ *   <forward mode='hostdev' managed='yes'><pf dev='eth2'/>
+ *     <address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x1' connections='1'/>
+ *     <address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x3'/>
+ *   </forward></network></networkstatus>`;
+ * assertEquals(scanHostdevPoolLeniently(status), {
+ *   addresses: ["0000:03:10.1", "0000:03:10.3"],
+ *   unresolved: 0,
+ * });
+ * assertEquals(scanHostdevPoolLeniently("<network><forward mode='nat'/></network>"), null);
+ * ```
+ */
+export function scanHostdevPoolLeniently(xml: string): LenientHostdevPool | null {
+  const text = blankNonDevices(String(xml));
+  const at = findTag(text, "forward");
+  if (at === -1) return null;
+  const forward = lenientTag(text, at);
+  if (forward === null) return { addresses: [], unresolved: 1 };
+  if (forward.attributes.mode !== "hostdev") return null;
+  if (forward.selfClosing) return { addresses: [], unresolved: 0 };
+  const close = findEndTag(text, "forward", forward.end);
+  if (close === null) return { addresses: [], unresolved: 1 };
+  const inside = text.slice(forward.end, close.index);
+  const found = new Set<PciAddress>();
+  let unresolved = 0;
+  for (let i = findTag(inside, "address"); i !== -1; i = findTag(inside, "address", i + 1)) {
+    const tag = lenientTag(inside, i);
+    // libvirt's pools hold PCI addresses only; any other entry is one this cannot check.
+    const address = tag === null || tag.attributes.type !== "pci"
+      ? null
+      : pciAddressFromLibvirt(tag.attributes);
+    if (address === null) unresolved++;
+    else found.add(address);
+  }
+  return { addresses: [...found].sort(comparePciAddress), unresolved };
 }
 
 /**

@@ -23,9 +23,11 @@ export {
   type PciControllerSpec,
 } from "./domain_xml.ts";
 export {
+  type LenientHostdevPool,
   type LenientHostdevScan,
   lenientHostPciAddresses,
   normaliseXmlLine,
+  scanHostdevPoolLeniently,
   scanHostdevsLeniently,
 } from "./lenient.ts";
 export { redactSecrets, secretValues } from "./secrets.ts";

@@ -5,7 +5,10 @@
  * so each PCI `<hostdev>` and `<interface type='hostdev'>` source address is read again from
  * sysfs and refused when the device passthrough recorded there is gone or replaced, or when the
  * device there is one the host needs (recorded or hand-added; `runGuard` lifts the latter for a
- * device recorded under a rule with `allow_host_critical: true`).
+ * device recorded under a rule with `allow_host_critical: true`). An `<interface type='network'>`
+ * whose network is a pool of VFs (`<forward mode='hostdev'>`) gets any free entry at start, so
+ * every entry of the running pool is read too, and refused when it holds nothing, no VF (libvirt
+ * takes only VFs into a pool: the buses moved), or a device the host needs.
  *
  * Only the addressed functions are read (no discovery of the whole host, no lspci), so the
  * check stays fast at every VM start. Unreadable XML fails closed.
@@ -18,7 +21,11 @@ import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfMismatch } from "./vf_check.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/sysfs_device.ts";
-import { readRecordsLeniently, scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import {
+  readRecordsLeniently,
+  scanHostdevPoolLeniently,
+  scanPassedDevicesLeniently,
+} from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 
@@ -32,6 +39,9 @@ export type GuardRefusalKind =
   | "host-needs"
   /** The domain XML names a host device whose address or record cannot be read. */
   | "unreadable";
+
+/** `hostdev`, `interface` (`<interface type='hostdev'>`), or `network`: a VF pool's entry. */
+export type GuardElement = "hostdev" | "interface" | "network";
 
 /** The facts the guard shows about the device at an address now. */
 export type GuardDevice = Pick<
@@ -53,8 +63,14 @@ export interface GuardRefusal {
   kind: GuardRefusalKind;
   /** The host address concerned; `null` when the XML does not let it be read. */
   address: PciAddress | null;
-  /** `hostdev` or `interface` (`<interface type='hostdev'>`). */
-  element: "hostdev" | "interface" | null;
+  /**
+   * `hostdev` or `interface` (`<interface type='hostdev'>`); `network` for an entry of the pool
+   * of a hostdev network that an `<interface type='network'>` names (libvirt hands the guest any
+   * free one at start).
+   */
+  element: GuardElement | null;
+  /** The hostdev network whose pool lists the address (element `network` only). */
+  network?: string;
   /** What sits at the address now; `null` when nothing does or the address is unknown. */
   now: GuardDevice | null;
   /** The identity passthrough recorded for the address; `null` for a hand-added hostdev. */
@@ -86,6 +102,12 @@ export interface GuardCheckInput {
    * without host-use facts) marks nothing; the live host always knows.
    */
   hostUse: (devices: PciDevice[]) => readonly HostUse[] | null;
+  /**
+   * The status XML of the running libvirt network `name` (libvirt keeps it in
+   * `/run/libvirt/network/NAME.xml`), `null` when no such network runs; may throw when it
+   * cannot be read. Without it, hostdev networks are not checked.
+   */
+  networkStatus?: (name: string) => string | null;
 }
 
 /** A host address the domain passes through, and which element names it. */
@@ -100,6 +122,8 @@ interface DomainFacts {
   records: DeviceIdentity[];
   /** The recorded VFs of `vf:` rules' interfaces. */
   vfRecords: VfIdentity[];
+  /** The networks `<interface type='network'>` elements name. */
+  networks: string[];
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];
 }
@@ -128,8 +152,48 @@ function readDomain(xml: string): DomainFacts {
     passed: lenient.devices,
     records,
     vfRecords,
+    networks: lenient.networks,
     unreadable,
   };
+}
+
+/** An address in the VF pool of a hostdev network the domain names. */
+interface Pooled {
+  address: PciAddress;
+  network: string;
+}
+
+/**
+ * The addresses in the pools of the hostdev networks `networks` that run now, and a reason for
+ * each network whose pool cannot be read whole (the check fails closed on it).
+ */
+function readPools(
+  networks: readonly string[],
+  status: GuardCheckInput["networkStatus"],
+): { pooled: Pooled[]; unreadable: string[] } {
+  const pooled: Pooled[] = [];
+  const unreadable: string[] = [];
+  for (const network of status === undefined ? [] : networks) {
+    const name = JSON.stringify(network);
+    let xml: string | null;
+    try {
+      xml = status!(network);
+    } catch (error) {
+      unreadable.push(`the status of network ${name} cannot be read: ${(error as Error).message}`);
+      continue;
+    }
+    // Not running: libvirt refuses the start itself. Not a hostdev pool: nothing is detached.
+    const pool = xml === null ? null : scanHostdevPoolLeniently(xml);
+    if (pool === null) continue;
+    if (pool.unresolved > 0) {
+      unreadable.push(
+        `${pool.unresolved} entry(ies) of the device pool of hostdev network ${name} name no ` +
+          "readable PCI address",
+      );
+    }
+    for (const address of pool.addresses) pooled.push({ address, network });
+  }
+  return { pooled, unreadable };
 }
 
 /**
@@ -143,8 +207,7 @@ export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolea
 
 /** `passthrough plan --vm NAME`, with NAME quoted for a shell when it needs it. */
 export function fixCommand(vm: string): string {
-  const quoted = /^[A-Za-z0-9_.:@%+=,-]+$/.test(vm) ? vm : `'${vm.replaceAll("'", `'\\''`)}'`;
-  return `passthrough plan --vm ${quoted}`;
+  return `passthrough plan --vm ${shellWord(vm)}`;
 }
 
 function now(device: PciDevice): GuardDevice {
@@ -181,7 +244,8 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const { vm } = input;
   const fix = fixCommand(vm);
   const facts = readDomain(input.xml);
-  const refusals: GuardRefusal[] = facts.unreadable.map((reason) => ({
+  const pools = readPools(facts.networks, input.networkStatus);
+  const refusals: GuardRefusal[] = [...facts.unreadable, ...pools.unreadable].map((reason) => ({
     vm,
     kind: "unreadable" as const,
     address: null,
@@ -207,11 +271,17 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       recorded,
     };
   });
-  const devices = found.flatMap((f) => f.device === null ? [] : [f.device]);
-  const hostUse = input.hostUse(devices);
-  // The domain's own cards were asked for: a storage or network function among them is not
-  // "another slot's" (hostCriticalReason's rule); what the host uses or the platform needs is.
-  const matchedCards = new Set(facts.passed.map((p) => cardOf(p.address)));
+  const pooled = pools.pooled.map((p) => ({
+    ...p,
+    device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
+  }));
+  const devices = new Map<PciAddress, PciDevice>();
+  for (const { device } of [...found, ...pooled]) if (device) devices.set(device.address, device);
+  const hostUse = input.hostUse([...devices.values()]);
+  // The domain's own cards (and its networks' VFs) were asked for: a storage or network
+  // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
+  // or the platform needs is.
+  const matchedCards = new Set([...facts.passed, ...pooled].map((p) => cardOf(p.address)));
   for (const { address, element, device, recorded } of found) {
     const hostNeeds = device === null ? null : device.isBridge
       // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
@@ -237,7 +307,52 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     refusal.reason = vfWrong ?? describeRefusal(refusal);
     refusals.push(refusal);
   }
+  for (const { address, network, device } of pooled) {
+    const hostNeeds = device === null
+      ? null
+      : device.isBridge
+      ? "a PCI bridge, with the devices behind it"
+      : hostCriticalReason(device, { matchedCards, hostUse });
+    // libvirt takes only VFs into a pool: anything else there means the buses moved under it.
+    const notVf = device !== null && device.physfn === null;
+    if (device !== null && !notVf && hostNeeds === null) continue;
+    const refusal: GuardRefusal = {
+      vm,
+      kind: device === null ? "missing" : notVf ? "replaced" : "host-needs",
+      address,
+      element: "network",
+      network,
+      now: device === null ? null : now(device),
+      recorded: null,
+      hostNeeds,
+      reason: "",
+      fix: networkFixCommand(network),
+    };
+    refusal.reason = describePoolRefusal(refusal);
+    refusals.push(refusal);
+  }
   return refusals;
+}
+
+/** `name` as one word for a shell: as is when it needs no quotes. */
+function shellWord(name: string): string {
+  return /^[A-Za-z0-9_.:@%+=,-]+$/.test(name) ? name : `'${name.replaceAll("'", `'\\''`)}'`;
+}
+
+/** What corrects a hostdev network's pool: its addresses, then a restart (which lists a PF's VFs again). */
+function networkFixCommand(network: string): string {
+  const word = shellWord(network);
+  return `correct the pool (virsh net-edit ${word}), then virsh net-destroy ${word}; ` +
+    `virsh net-start ${word}`;
+}
+
+/** The reason in words for an entry of a hostdev network's pool. */
+function describePoolRefusal(refusal: GuardRefusal): string {
+  const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
+  const notVf = refusal.kind === "replaced" ? ", not an SR-IOV virtual function" : "";
+  const needs = refusal.hostNeeds === null ? "" : `; the host needs it: ${refusal.hostNeeds}`;
+  return `hostdev network ${JSON.stringify(refusal.network)} lists ${refusal.address}, which ` +
+    `holds ${holds} now${notVf}${needs}; libvirt may hand any free entry of the pool to this VM`;
 }
 
 /** `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., driver nouveau)`. */

@@ -1,6 +1,7 @@
 /**
- * The start guard: a libvirt hook that refuses to start a VM when a hostdev's address now holds
- * another device than the one passthrough recorded, nothing, or a device the host needs. The
+ * The start guard: a libvirt hook that refuses to start a VM when a hostdev's address (or an
+ * entry of a hostdev network's pool the VM draws from) now holds another device than the one
+ * passthrough recorded (or than a VF), nothing, or a device the host needs. The
  * pure check ({@link checkDomainStart}), one hook run ({@link runGuard}), the hook executable
  * (render, install, inspect, remove), the daemon reload, and what the guard keeps in the state
  * directory (one-shot allowances, refusal records, the policies `apply` records).
@@ -15,6 +16,7 @@ export {
   formatRefusal,
   type GuardCheckInput,
   type GuardDevice,
+  type GuardElement,
   type GuardRefusal,
   type GuardRefusalKind,
   matchesRecord,
@@ -23,6 +25,7 @@ export {
   type GuardRunOptions,
   type GuardRunResult,
   MAX_XML_BYTES,
+  NETWORK_STATUS_DIR,
   type PolicedRefusal,
   runGuard,
 } from "./run.ts";

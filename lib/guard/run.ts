@@ -23,6 +23,12 @@ import {
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
 
+/** Where libvirt's network driver (system instance) keeps the status of running networks. */
+export const NETWORK_STATUS_DIR = "/run/libvirt/network";
+
+/** The most of a network's status XML the check reads; a pool of 256 VFs takes about 25 KB. */
+const MAX_NETWORK_XML_BYTES = 4 * 1024 * 1024;
+
 /** Input of {@link runGuard}. */
 export interface GuardRunOptions {
   /** The VM's name: libvirt's first hook argument. */
@@ -43,6 +49,11 @@ export interface GuardRunOptions {
   stateDir: string;
   /** Where `/proc` is; default `/proc`. */
   procRoot?: string;
+  /**
+   * Where the status of running libvirt networks is read (their hostdev pools); default
+   * {@link NETWORK_STATUS_DIR} on the live host, none for a captured tree.
+   */
+  networkStatusDir?: string;
   /** The time allowances are judged and refusals stamped with; default now. */
   now?: Date;
 }
@@ -67,6 +78,25 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/**
+ * The status XML of a running network, read with `reader` from `dir`; `null` when there is none
+ * (or `dir` is `null`). A name with a `/` names no libvirt network (libvirt refuses it).
+ */
+function networkStatusReader(
+  reader: SysfsReader,
+  dir: string | null,
+): (name: string) => string | null {
+  return (name) => {
+    if (dir === null || name.includes("/") || name === "" || name.includes("\0")) return null;
+    const bytes = reader.readBytes(`${dir}/${name}.xml`, MAX_NETWORK_XML_BYTES + 1);
+    if (bytes === null) return null;
+    if (bytes.length > MAX_NETWORK_XML_BYTES) {
+      throw new Error(`it is larger than ${MAX_NETWORK_XML_BYTES} bytes`);
+    }
+    return new TextDecoder().decode(bytes);
+  };
+}
+
 function check(options: GuardRunOptions): GuardRefusal[] {
   const { vm } = options;
   const unreadable = (reason: string): GuardRefusal[] => [{
@@ -89,6 +119,10 @@ function check(options: GuardRunOptions): GuardRefusal[] {
       xml: options.xml,
       reader: options.reader,
       root: options.root,
+      networkStatus: networkStatusReader(
+        options.reader,
+        options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
+      ),
       hostUse: (devices) =>
         readHostUse(options.reader, {
           root: options.root,

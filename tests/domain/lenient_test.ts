@@ -16,6 +16,7 @@ import {
   normaliseXmlLine,
   readRecordsLeniently,
   RECORDS_NAMESPACE,
+  scanHostdevPoolLeniently,
   scanHostdevsLeniently,
   scanPassedDevicesLeniently,
 } from "../../lib/domain/lenient.ts";
@@ -592,5 +593,63 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
       { address: "0000:02:00.0", element: "interface" },
     ],
     unresolved: 0,
+    networks: [],
   });
+});
+
+Deno.test("scanPassedDevicesLeniently() lists the networks of type='network' interfaces", () => {
+  const xml = broken(`
+    <interface type='network'><mac address='52:54:00:00:00:01'/><source network='sriov' portgroup='a'/></interface>
+    <interface type="network"><source network="default"/></interface>
+    <interface type='network'><source network='sriov'/></interface>
+    <interface type='bridge'><source bridge='br0' network='not-this'/></interface>
+    <interface type='network'/>
+    <interface type='network'><model type='virtio'/></interface><source network='outside'/>`);
+  assertEquals(scanPassedDevicesLeniently(xml).networks, ["default", "sriov"]);
+  // Inside <metadata> or a comment, it is no interface.
+  const hidden =
+    `<domain><metadata><x><interface type='network'><source network='m'/></interface></x>
+    </metadata><devices><!-- <interface type='network'><source network='c'/></interface> -->
+    </devices></domain>`;
+  assertEquals(scanPassedDevicesLeniently(hidden).networks, []);
+});
+
+Deno.test("scanHostdevPoolLeniently() reads a hostdev network's pool, failing closed on damage", () => {
+  const net = (forward: string) =>
+    `<!-- <forward mode='nat'/> --><networkstatus><network><name>n</name><metadata>
+    <forward mode='nat'/></metadata>${forward}</network></networkstatus>`;
+  const entry = (attrs: string) => `<address ${attrs}/>`;
+  assertEquals(
+    scanHostdevPoolLeniently(net(`<forward mode="hostdev" managed="no">
+      ${entry("type='pci' domain='0x0000' bus='0x41' slot='0x10' function='0x1'")}
+      ${entry("type='pci' bus='65' slot='16' function='1'")}
+      ${entry("type='pci' domain='0x0000' bus='0x41' slot='0x02' function='0x0'")}
+    </forward >`)),
+    { addresses: ["0000:41:02.0", "0000:41:10.1"], unresolved: 0 },
+  );
+  assertEquals(scanHostdevPoolLeniently(net("<forward mode='hostdev'/>")), {
+    addresses: [],
+    unresolved: 0,
+  });
+  // An entry that is not a readable PCI address, a forward that does not end or cannot be read.
+  assertEquals(
+    scanHostdevPoolLeniently(net(`<forward mode='hostdev'>${entry("type='pci' bus='0x41'")}
+      ${entry("bus='0x41' slot='0' function='0'")}${entry("type='usb' bus='1' device='2'")}
+      ${entry("type='pci' bus='0x41' slot='0x10' function='0x3'")}</forward>`)),
+    { addresses: ["0000:41:10.3"], unresolved: 3 },
+  );
+  assertEquals(
+    scanHostdevPoolLeniently(
+      net(`<forward mode='hostdev'>${entry("type='pci' bus='1' slot='0' function='0'")}`),
+    ),
+    { addresses: [], unresolved: 1 },
+  );
+  assertEquals(scanHostdevPoolLeniently(net("<forward mode='hostdev' <x>")), {
+    addresses: [],
+    unresolved: 1,
+  });
+  for (const other of ["<forward mode='nat'/>", "<forward/>", "", "<forward mode='hostdevx'/>"]) {
+    assertEquals(scanHostdevPoolLeniently(net(other)), null, other);
+  }
+  assertEquals(scanHostdevPoolLeniently("\0\u202e not xml"), null);
 });

@@ -289,6 +289,49 @@ Deno.test({
         await virsh(second.uri, "undefine", moved);
       });
 
+      await t.step({
+        name: "(g) a hostdev network whose pool lists the default route's NIC: refused",
+        ignore: defaultRoute === null || !daemon.isolated,
+        async fn() {
+          // libvirt defines a hostdev pool of VFs only, and this machine has none: the running
+          // network's status file (the hook's only source: it must not call libvirt) is written
+          // by hand, as libvirt writes it, into the daemon's private /run/libvirt/network, as it
+          // stands after the buses moved under a running pool.
+          const network = `pool-${id}`;
+          const statusDir = `${daemon.dir}/state-0/network`;
+          await Deno.mkdir(statusDir, { recursive: true });
+          await Deno.writeTextFile(
+            `${statusDir}/${network}.xml`,
+            `<networkstatus><network><name>${network}</name>
+  <forward mode='hostdev' managed='yes'><address type='pci' ${
+              libvirtAddress(defaultRoute!)
+            }/></forward>
+</network></networkstatus>\n`,
+          );
+          const vm = `guard-pool-${id}`;
+          await Deno.writeTextFile(
+            `${dir}/${vm}.xml`,
+            domainXml(vm, [], []).replace(
+              "<devices>",
+              `<devices><interface type='network'><source network='${network}'/></interface>`,
+            ),
+          );
+          assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
+          const start = await virsh(daemon.uri, "start", vm);
+          console.log(`$ virsh start ${vm}\n${start.out.trim()}`);
+          await virsh(daemon.uri, "undefine", vm);
+          assertEquals(start.code, 1, start.out);
+          assertMatch(
+            start.out,
+            new RegExp(
+              `refusing to start "${vm}": hostdev network "${network}" lists ${defaultRoute}, ` +
+                "which holds .* now, not an SR-IOV virtual function; the host needs it: in use " +
+                "by the host \\(default-route: ",
+            ),
+          );
+        },
+      });
+
       for (const [name] of domains) await virsh(daemon.uri, "undefine", name);
     } finally {
       await Deno.remove(dir, { recursive: true });

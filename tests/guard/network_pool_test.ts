@@ -1,0 +1,241 @@
+// The start guard and hostdev networks: an `<interface type='network'>` whose network is a pool
+// of VFs (`<forward mode='hostdev'>`) gets whichever entry is free at start, and libvirt's managed
+// detach unbinds whatever sits at that address. Checked on the Z690 tree with an SR-IOV NIC
+// added, the network's status XML as libvirt's network driver writes it.
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import type { HostDescription } from "../../lib/testing/host_tree.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { readHostUse } from "../../lib/host/discover.ts";
+import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+
+/** The Z690 host, its NIC on the default route, with an igb PF at 40:00.0 and 4 VFs. */
+function host(): HostDescription {
+  const z690 = loadFixtureHost("z690-asus-adl");
+  z690.host_use = [
+    { address: "0000:0a:00.0", reason: "default-route", detail: "default route via enp10s0" },
+  ];
+  z690.devices.push(...sriovNic("40", 4));
+  return z690;
+}
+
+const VFS = ["0000:40:10.0", "0000:40:10.2", "0000:40:10.4", "0000:40:10.6"];
+
+function libvirtAddress(address: string, extra = ""): string {
+  const [domain, bus, slotFn] = address.split(":");
+  const [slot, fn] = slotFn!.split(".");
+  return `<address type='pci' domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' ` +
+    `function='0x${fn}'${extra}/>`;
+}
+
+/** A running network's status file, as `/run/libvirt/network/NAME.xml` holds it. */
+function status(name: string, forward: string): string {
+  return `<!--
+WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE
+OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:
+  virsh net-edit ${name}
+-->
+<networkstatus>
+  <class_id bitmap='0-2'/>
+  <floor sum='0'/>
+  <network connections='1'>
+    <name>${name}</name>
+    <uuid>8b5d5d05-7e8e-4d0c-9d0e-2f3b4f5a6b7c</uuid>
+    ${forward}
+  </network>
+</networkstatus>
+`;
+}
+
+/** A hostdev pool: a PF's, with its VFs listed as libvirt lists them once the network runs. */
+function pool(addresses: string[]): string {
+  return `<forward mode='hostdev' managed='yes'>
+      <pf dev='enp64s0'/>
+      ${
+    addresses.map((a, i) => libvirtAddress(a, i === 0 ? " connections='1'" : "")).join("\n      ")
+  }
+    </forward>`;
+}
+
+/** A VM with a NIC from each network in `networks`. */
+function domain(networks: string[]): string {
+  const nics = networks.map((n, i) =>
+    `<interface type='network'>
+      <mac address='52:54:00:00:00:0${i}'/>
+      <source network='${n}'/>
+      <model type='virtio'/>
+    </interface>`
+  );
+  return `<domain type='kvm'><name>router</name><devices>${nics.join("")}</devices></domain>`;
+}
+
+async function check(
+  xml: string,
+  networks: Record<string, string | Error>,
+): Promise<{ refusals: GuardRefusal[]; asked: string[] }> {
+  await using tree = await tempHostTree(host());
+  const reader: SysfsReader = denoFsReader();
+  const asked: string[] = [];
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml,
+    reader,
+    root: tree.dir,
+    hostUse: (devices) => readHostUse(reader, { root: tree.dir, live: false, devices }),
+    networkStatus: (name) => {
+      asked.push(name);
+      const found = networks[name];
+      if (found instanceof Error) throw found;
+      return found ?? null;
+    },
+  });
+  return { refusals, asked };
+}
+
+function summary(refusals: GuardRefusal[]): [string, string | null, string | undefined][] {
+  return refusals.map((r) => [r.kind, r.address, r.network]);
+}
+
+Deno.test("guard: a VM on a hostdev network whose pool holds its VFs starts", async () => {
+  const { refusals, asked } = await check(domain(["sriov", "default"]), {
+    sriov: status("sriov", pool(VFS)),
+    default: status(
+      "default",
+      "<forward mode='nat'><nat><port start='1024' end='65535'/></nat></forward>",
+    ),
+  });
+  assertEquals(refusals, []);
+  assertEquals(asked, ["default", "sriov"]);
+});
+
+Deno.test("guard: a pool entry that now holds the default route's NIC refuses the start", async () => {
+  // The buses moved: one entry of the pool now names the host's own NIC, which is no VF.
+  const { refusals } = await check(domain(["sriov"]), {
+    sriov: status("sriov", pool([VFS[0]!, "0000:0a:00.0"])),
+  });
+  assertEquals(summary(refusals), [["replaced", "0000:0a:00.0", "sriov"]]);
+  assertMatch(
+    formatRefusal(refusals[0]!),
+    new RegExp(
+      '^passthrough guard: refusing to start "router": hostdev network "sriov" lists ' +
+        String.raw`0000:0a:00\.0, which holds 8086:\w{4} \(.*\) now, not an SR-IOV virtual ` +
+        String
+          .raw`function; the host needs it: in use by the host \(default-route: default route ` +
+        String.raw`via enp10s0\); libvirt may hand any free entry of the pool to this VM; fix: ` +
+        String.raw`correct the pool \(virsh net-edit sriov\), then virsh net-destroy sriov; ` +
+        "virsh net-start sriov$",
+    ),
+  );
+});
+
+Deno.test("guard: a pool entry that holds nothing, or a PF, refuses the start", async () => {
+  const { refusals } = await check(domain(["sriov"]), {
+    sriov: status("sriov", pool([...VFS, "0000:40:00.0", "0000:77:10.1"])),
+  });
+  assertEquals(summary(refusals), [
+    ["replaced", "0000:40:00.0", "sriov"],
+    ["missing", "0000:77:10.1", "sriov"],
+  ]);
+  assertMatch(refusals[1]!.reason, /lists 0000:77:10\.1, which holds no device now;/);
+});
+
+Deno.test("guard: networks that do not run or are no hostdev pool are not checked", async () => {
+  const { refusals, asked } = await check(domain(["gone", "lan", "sriov"]), {
+    lan: status("lan", "<forward mode='bridge'/><bridge name='br0'/>"),
+    // No <forward>: an isolated network.
+    sriov: status("sriov", ""),
+  });
+  assertEquals([refusals, asked], [[], ["gone", "lan", "sriov"]]);
+});
+
+Deno.test("guard: a hostdev network whose pool cannot be read fails closed", async () => {
+  const cut = status("sriov", pool(VFS)).replace(/<\/forward>[\s\S]*/, "");
+  const odd = status(
+    "odd",
+    pool([]).replace("<pf dev='enp64s0'/>", "<address type='usb' bus='1' device='2'/>"),
+  );
+  const { refusals } = await check(domain(["sriov", "odd", "locked"]), {
+    sriov: cut,
+    odd,
+    locked: new Error("permission denied"),
+  });
+  assertEquals(refusals.map((r) => [r.kind, r.reason]), [
+    ["unreadable", 'the status of network "locked" cannot be read: permission denied'],
+    [
+      "unreadable",
+      '1 entry(ies) of the device pool of hostdev network "odd" name no readable PCI address',
+    ],
+    [
+      "unreadable",
+      '1 entry(ies) of the device pool of hostdev network "sriov" name no readable PCI address',
+    ],
+  ]);
+});
+
+Deno.test("guard: a pool entry the domain also names as a hostdev is read and judged once each", async () => {
+  const xml = domain(["sriov"]).replace(
+    "</devices>",
+    `<hostdev mode='subsystem' type='pci' managed='yes'><source>${
+      libvirtAddress("0000:0a:00.0")
+    }</source></hostdev></devices>`,
+  );
+  const { refusals } = await check(xml, { sriov: status("sriov", pool(["0000:0a:00.0"])) });
+  assertEquals(summary(refusals), [
+    ["host-needs", "0000:0a:00.0", undefined],
+    ["replaced", "0000:0a:00.0", "sriov"],
+  ]);
+});
+
+Deno.test("runGuard() reads a network's status from its directory, refusing a huge one", async () => {
+  await using tree = await tempHostTree(host());
+  const dir = await Deno.makeTempDir();
+  const stateDir = await Deno.makeTempDir();
+  try {
+    const run = (xml: string) =>
+      runGuard({
+        vm: "router",
+        operation: "prepare",
+        subOperation: "begin",
+        xml,
+        reader: denoFsReader(),
+        root: tree.dir,
+        live: false,
+        stateDir,
+        networkStatusDir: dir,
+      });
+    await Deno.writeTextFile(`${dir}/sriov.xml`, status("sriov", pool([VFS[1]!, "0000:0a:00.0"])));
+    const refused = await run(domain(["sriov"]));
+    assertEquals([refused.code, refused.refusals.map((r) => [r.kind, r.address])], [1, [[
+      "replaced",
+      "0000:0a:00.0",
+    ]]]);
+    await Deno.writeTextFile(`${dir}/big.xml`, status("big", pool(VFS)).padEnd(5 << 20, " "));
+    const big = await run(domain(["big"]));
+    assertEquals([big.code, big.lines], [1, [
+      'passthrough guard: refusing to start "router": the status of network "big" cannot be read: ' +
+      "it is larger than 4194304 bytes; fix: passthrough plan --vm router",
+    ]]);
+    // A name with a slash names no libvirt network: nothing outside the directory is read.
+    await Deno.writeTextFile(`${tree.dir}/x.xml`, status("x", pool(["0000:0a:00.0"])));
+    const escaped = await run(domain([`../${tree.dir.split("/").pop()}/x`]));
+    assertEquals(escaped.code, 0);
+    // Without a directory (a captured tree), networks are not read.
+    const none = await runGuard({
+      vm: "router",
+      operation: "prepare",
+      subOperation: "begin",
+      xml: domain(["sriov"]),
+      reader: denoFsReader(),
+      root: tree.dir,
+      live: false,
+      stateDir,
+    });
+    assertEquals(none.code, 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
