@@ -170,26 +170,28 @@ interface Pooled {
 function readPools(
   networks: readonly string[],
   status: GuardCheckInput["networkStatus"],
-): { pooled: Pooled[]; unreadable: string[] } {
+): { pooled: Pooled[]; unreadable: { network: string; reason: string }[] } {
   const pooled: Pooled[] = [];
-  const unreadable: string[] = [];
+  const unreadable: { network: string; reason: string }[] = [];
   for (const network of status === undefined ? [] : networks) {
     const name = JSON.stringify(network);
     let xml: string | null;
     try {
       xml = status!(network);
     } catch (error) {
-      unreadable.push(`the status of network ${name} cannot be read: ${(error as Error).message}`);
+      const reason = `the status of network ${name} cannot be read: ${(error as Error).message}`;
+      unreadable.push({ network, reason });
       continue;
     }
     // Not running: libvirt refuses the start itself. Not a hostdev pool: nothing is detached.
     const pool = xml === null ? null : scanHostdevPoolLeniently(xml);
     if (pool === null) continue;
     if (pool.unresolved > 0) {
-      unreadable.push(
-        `${pool.unresolved} entry(ies) of the device pool of hostdev network ${name} name no ` +
-          "readable PCI address",
-      );
+      unreadable.push({
+        network,
+        reason: `${pool.unresolved} entry(ies) of the device pool of hostdev network ${name} ` +
+          "name no readable PCI address",
+      });
     }
     for (const address of pool.addresses) pooled.push({ address, network });
   }
@@ -245,17 +247,23 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const fix = fixCommand(vm);
   const facts = readDomain(input.xml);
   const pools = readPools(facts.networks, input.networkStatus);
-  const refusals: GuardRefusal[] = [...facts.unreadable, ...pools.unreadable].map((reason) => ({
+  const unreadable = (reason: string, network?: string): GuardRefusal => ({
     vm,
-    kind: "unreadable" as const,
+    kind: "unreadable",
     address: null,
-    element: null,
+    element: network === undefined ? null : "network",
+    ...(network === undefined ? {} : { network }),
     now: null,
     recorded: null,
     hostNeeds: null,
     reason,
-    fix,
-  }));
+    // libvirt writes a network's status again when it starts it.
+    fix: network === undefined ? fix : networkFixCommand(network),
+  });
+  const refusals: GuardRefusal[] = [
+    ...facts.unreadable.map((reason) => unreadable(reason)),
+    ...pools.unreadable.map(({ network, reason }) => unreadable(reason, network)),
+  ];
   const found = facts.passed.map((p) => {
     const recorded = facts.records.find((r) => r.address === p.address) ?? null;
     return {

@@ -162,6 +162,7 @@ Deno.test("guard: a hostdev network whose pool cannot be read fails closed", asy
     odd,
     locked: new Error("permission denied"),
   });
+  assertEquals(refusals.map((r) => r.network), ["locked", "odd", "sriov"]);
   assertEquals(refusals.map((r) => [r.kind, r.reason]), [
     ["unreadable", 'the status of network "locked" cannot be read: permission denied'],
     [
@@ -216,7 +217,8 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
     const big = await run(domain(["big"]));
     assertEquals([big.code, big.lines], [1, [
       'passthrough guard: refusing to start "router": the status of network "big" cannot be read: ' +
-      "it is larger than 4194304 bytes; fix: passthrough plan --vm router",
+      "it is larger than 4194304 bytes; fix: correct the pool (virsh net-edit big), then " +
+      "virsh net-destroy big; virsh net-start big",
     ]]);
     // A name with a slash names no libvirt network: nothing outside the directory is read.
     await Deno.writeTextFile(`${tree.dir}/x.xml`, status("x", pool(["0000:0a:00.0"])));
