@@ -10,7 +10,7 @@ import { UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { HOOK } from "./specs.ts";
 import { VERSION } from "./version.ts";
-import { LIVE_SYSFS } from "./host_options.ts";
+import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
@@ -108,7 +108,12 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   }
   // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
   openStateDir(stateDir);
-  const settings = settingsFor({ stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, deadline, timeout });
+  // This host's sysfs however spelled (`/sys/.`, a link, another mount of it) is written as
+  // `/sys`: the check reads the host's use (its disks, its route) only there.
+  const sysfs = values.sysfs === undefined || liveSysfsRoot(values.sysfs) !== null
+    ? LIVE_SYSFS
+    : values.sysfs;
+  const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed

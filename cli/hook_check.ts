@@ -80,6 +80,21 @@ function readStdin(max: number): Uint8Array | null {
 }
 
 /**
+ * Whether `root` is this host's `/sys`, however spelled (`/sys/.`, `//sys`, a link to it): a
+ * captured tree has no host use to read, so taking the live one for a tree would let the host's
+ * own disk controller or NIC through. Without libc (the check loads none): another mount of
+ * sysfs is not recognised here; `hook install` writes it as `/sys`.
+ */
+function isLiveSysfs(root: string): boolean {
+  if (root === "/sys") return true;
+  try {
+    return Deno.realPathSync(root) === "/sys";
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Runs the check for the hook's arguments, reading sysfs and `/proc` with `reader`, writing
  * refusals to `err`; returns the exit code. Every operation but `prepare begin` returns 0 before
  * anything is read.
@@ -99,7 +114,7 @@ export async function checkStart(
     xml: bytes === null ? null : new TextDecoder().decode(bytes),
     reader,
     root,
-    live: root === "/sys",
+    live: isLiveSysfs(root),
     stateDir: args.stateDir,
   });
   if (result.lines.length > 0) err(`${result.lines.join("\n")}\n`);

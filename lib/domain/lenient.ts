@@ -40,7 +40,9 @@ export interface LenientHostdevScan {
  */
 const START_TAG = /^<([A-Za-z_][\w.:-]*)((?:[^>'"]|'[^']*'|"[^"]*")*)>/;
 /** One attribute in either quote: its name, then its value in group 2 (`'`) or 3 (`"`). */
-const ATTRIBUTE_SOURCE = String.raw`([^\s=<>/"']+)\s*=\s*(?:'([^']*)'|"([^"]*)")`;
+// A name starts after whitespace: without that, a long run of name characters with no `=` is
+// tried from each of its positions (time growing with the square of its length).
+const ATTRIBUTE_SOURCE = String.raw`(?<=\s)([^\s=<>/"']+)\s*=\s*(?:'([^']*)'|"([^"]*)")`;
 const ATTRIBUTE = new RegExp(ATTRIBUTE_SOURCE, "g");
 const DEVICE_START = /<(hostdev|interface)(?=[\s/>]|$)/g;
 /** hostdev types that never hold a whole host PCI device (strict reading skips them too). */

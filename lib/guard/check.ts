@@ -432,6 +432,8 @@ export function formatRefusal(
     ? `passthrough guard: starting ${vm} once despite this (passthrough guard allow)`
     : `passthrough guard: refusing to start ${vm}`;
   const line = `${head}: ${refusal.reason}; fix: ${refusal.fix}`;
+  // C0 and C1 controls (a terminal takes U+009B as an escape), line separators and bidi
+  // overrides (which reorder what the line appears to say) are replaced: it stays one line.
   // deno-lint-ignore no-control-regex
-  return line.replace(/[\u0000-\u001f\u007f]/g, "?");
+  return line.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, "?");
 }

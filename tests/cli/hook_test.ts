@@ -8,6 +8,8 @@ import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
 import { testDomainXml } from "../helpers/world.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -394,6 +396,74 @@ Deno.test({
       const broken = await doctor();
       assertEquals(broken.status, "fail");
       assertMatch(broken.summary, /it is not executable, so libvirt skips it/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "this host's /sys spelled another way is still read as the live host: its NIC is refused",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const reader = libcSysfsReader();
+    const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
+      .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
+    const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
+    const nic = uses.find((u) => u.reason === "default-route")?.address;
+    if (nic === undefined) return;
+    const [domain, bus, slotFn] = nic.split(":");
+    const [slot, fn] = slotFn!.split(".");
+    const xml = `<domain type='kvm'><name>vm</name><devices>
+      <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x${domain}'
+        bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>
+    </devices></domain>`;
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-live-" });
+    try {
+      await Deno.symlink("/sys", `${dir}/sys-link`);
+      const check = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
+      for (const sysfs of ["/sys", "/sys/.", "//sys/", `${dir}/sys-link`]) {
+        const run = await new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-A",
+            check,
+            "--state-dir",
+            `${dir}/s`,
+            "--sysfs",
+            sysfs,
+            "--",
+            "vm",
+            "prepare",
+            "begin",
+            "-",
+          ],
+          stdin: "piped",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        const writer = run.stdin.getWriter();
+        await writer.write(new TextEncoder().encode(xml));
+        await writer.close();
+        const out = await run.output();
+        const stderr = new TextDecoder().decode(out.stderr);
+        assertEquals(out.code, 1, `${sysfs}: ${stderr}`);
+        assertMatch(stderr, /the host needs it: in use by the host \(default-route: /, sysfs);
+      }
+      // And install writes such a spelling as /sys.
+      const installed = await runCli([
+        "hook",
+        "install",
+        "--hooks-dir",
+        `${dir}/h`,
+        "--state-dir",
+        `${dir}/s`,
+        "--sysfs",
+        `${dir}/sys-link`,
+      ]);
+      assertEquals(installed.code, 0, installed.stderr);
+      const script = await Deno.readTextFile(`${dir}/h/${HOOK_FILE_NAME}`);
+      assertMatch(script, /'--sysfs' '\/sys' --/);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -411,3 +411,22 @@ Deno.test("the hook's libc reader (fewCalls) reads a tree as the default one doe
     readDeviceAt(denoFsReader(), tree.dir, GPU.address),
   );
 });
+
+Deno.test("formatRefusal() replaces C1 controls, line separators and bidi overrides too", () => {
+  const refusal: GuardRefusal = {
+    vm: "vm\u009b2J\u202e\u2028x",
+    kind: "missing",
+    address: "0000:0b:00.0",
+    element: "hostdev",
+    now: null,
+    recorded: null,
+    hostNeeds: null,
+    reason: "hostdev 0000:0b:00.0 holds no device now",
+    fix: "passthrough plan --vm x\u0085",
+  };
+  assertEquals(
+    formatRefusal(refusal),
+    'passthrough guard: refusing to start "vm?2J??x": hostdev 0000:0b:00.0 holds no device now; ' +
+      "fix: passthrough plan --vm x?",
+  );
+});
