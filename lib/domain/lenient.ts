@@ -44,7 +44,7 @@ const START_TAG = /^<([A-Za-z_][\w.:-]*)((?:[^>'"]|'[^']*'|"[^"]*")*)>/;
 // tried from each of its positions (time growing with the square of its length).
 const ATTRIBUTE_SOURCE = String.raw`(?<=\s)([^\s=<>/"']+)\s*=\s*(?:'([^']*)'|"([^"]*)")`;
 const ATTRIBUTE = new RegExp(ATTRIBUTE_SOURCE, "g");
-const DEVICE_START = /<(hostdev|interface)(?=[\s/>]|$)/g;
+const DEVICE_START = /<(hostdev|interface|disk)(?=[\s/>]|$)/g;
 /** hostdev types that never hold a whole host PCI device (strict reading skips them too). */
 const NOT_PCI_TYPES = new Set(["usb", "scsi", "scsi_host", "mdev"]);
 
@@ -226,9 +226,16 @@ export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
 export interface LenientPassedDevice {
   /** The canonical host address. */
   address: PciAddress;
-  /** `hostdev` when a `<hostdev>` names it, else `interface` (`<interface type='hostdev'>`). */
-  element: "hostdev" | "interface";
+  /**
+   * `hostdev` when a `<hostdev>` names it, else `interface` (`<interface type='hostdev'>`) or
+   * `disk` (`<disk type='nvme'>`, whose PCI controller libvirt detaches from the host as it does
+   * a managed hostdev's).
+   */
+  element: PassedElement;
 }
+
+/** The elements that pass a host PCI function to the guest. */
+export type PassedElement = "hostdev" | "interface" | "disk";
 
 /** What {@link scanPassedDevicesLeniently} finds. */
 export interface LenientPassedScan {
@@ -264,11 +271,11 @@ export interface LenientPassedScan {
 export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const text = blankNonDevices(String(xml));
   const starts = [...text.matchAll(DEVICE_START)];
-  const found = new Map<PciAddress, "hostdev" | "interface">();
+  const found = new Map<PciAddress, PassedElement>();
   const networks = new Set<string>();
   let unresolved = 0;
   starts.forEach((start, n) => {
-    const name = start[1] as "hostdev" | "interface";
+    const name = start[1] as PassedElement;
     // An element ends at its end tag or, when that is missing, where the next device starts.
     const element = text.slice(start.index, starts[n + 1]?.index ?? text.length);
     const tag = lenientTag(element, 0);
@@ -276,10 +283,14 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       // A start tag that does not even close: count it when it may be a PCI device.
       const stop = element.indexOf("<", 1);
       const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
-      if (name === "hostdev" || head.includes("hostdev")) unresolved++;
+      if (name === "hostdev" || head.includes("hostdev") || head.includes("nvme")) unresolved++;
       return;
     }
     const { type, mode } = tag.attributes;
+    // A disk whose type cannot be read but that says nvme is taken to be one.
+    if (name === "disk" && type !== "nvme" && (type !== undefined || !tag.raw.includes("nvme"))) {
+      return;
+    }
     // An interface whose type cannot be read but that says hostdev is taken to be one.
     const hostdevInterface = type === "hostdev" ||
       (type === undefined && tag.raw.includes("hostdev"));

@@ -41,7 +41,7 @@ export type GuardRefusalKind =
   | "unreadable";
 
 /** `hostdev`, `interface` (`<interface type='hostdev'>`), or `network`: a VF pool's entry. */
-export type GuardElement = "hostdev" | "interface" | "network";
+export type GuardElement = "hostdev" | "interface" | "disk" | "network";
 
 /** The facts the guard shows about the device at an address now. */
 export type GuardDevice = Pick<
@@ -64,7 +64,7 @@ export interface GuardRefusal {
   /** The host address concerned; `null` when the XML does not let it be read. */
   address: PciAddress | null;
   /**
-   * `hostdev` or `interface` (`<interface type='hostdev'>`); `network` for an entry of the pool
+   * `hostdev`, `interface` (`<interface type='hostdev'>`) or `disk` (`<disk type='nvme'>`); `network` for an entry of the pool
    * of a hostdev network that an `<interface type='network'>` names (libvirt hands the guest any
    * free one at start).
    */
@@ -113,7 +113,7 @@ export interface GuardCheckInput {
 /** A host address the domain passes through, and which element names it. */
 interface Passed {
   address: PciAddress;
-  element: "hostdev" | "interface";
+  element: "hostdev" | "interface" | "disk";
 }
 
 /** What the domain XML says. */
@@ -380,7 +380,11 @@ export function describeIdentity(
 
 /** The reason in words: what the address holds now against what was recorded. */
 function describeRefusal(refusal: GuardRefusal): string {
-  const element = refusal.element === "interface" ? "hostdev interface" : "hostdev";
+  const element = refusal.element === "interface"
+    ? "hostdev interface"
+    : refusal.element === "disk"
+    ? "NVMe disk"
+    : "hostdev";
   const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
   const recorded = refusal.recorded === null
     ? " (hand-added: nothing recorded)"

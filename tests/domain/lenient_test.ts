@@ -664,3 +664,17 @@ Deno.test("scanPassedDevicesLeniently() reads a start tag with a long run of nam
     { address: "0000:03:00.0", element: "hostdev" },
   ]);
 });
+
+Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, not other disks", () => {
+  const xml = broken(`
+    <disk type='nvme' device='disk'><source type='pci' managed='yes' namespace='1'>
+      <address domain='0x0001' bus='0x01' slot='0x00' function='0x0'/></source><target dev='vde'/></disk>
+    <disk type='file' device='disk'><source file='/a.img'/>
+      <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></disk>
+    <disk type='nvme' device='disk'><source type='pci' managed='no'/></disk>`);
+  assertEquals(scanPassedDevicesLeniently(xml), {
+    devices: [{ address: "0001:01:00.0", element: "disk" }],
+    unresolved: 1,
+    networks: [],
+  });
+});

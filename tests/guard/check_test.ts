@@ -430,3 +430,25 @@ Deno.test("formatRefusal() replaces C1 controls, line separators and bidi overri
       "fix: passthrough plan --vm x?",
   );
 });
+
+Deno.test("checkDomainStart() checks the PCI controller of an NVMe disk, which libvirt detaches too", async () => {
+  const nvme = (bus: string) =>
+    `<disk type='nvme' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source type='pci' managed='yes' namespace='1'>
+        <address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/>
+      </source>
+      <target dev='vde' bus='virtio'/>
+    </disk>`;
+  const file = `<disk type='file' device='disk'><source file='/var/lib/libvirt/images/a.qcow2'/>
+      <target dev='vda' bus='virtio'/><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></disk>`;
+  // The boot NVMe (mounted: the host needs it), and an address that holds nothing.
+  const { refusals } = await check(domain("win11", [file, nvme("05"), nvme("77")]));
+  assertEquals(summary(refusals), [["host-needs", "0000:05:00.0"], ["missing", "0000:77:00.0"]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /^NVMe disk 0000:05:00\.0 holds 15b7:5011 .* the host needs it: in use by the host \(mounted-filesystem/,
+  );
+  // The second NVMe, which the host does not use: it may go.
+  assertEquals((await check(domain("win11", [file, nvme("0e")]))).refusals, []);
+});
