@@ -195,17 +195,15 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
   const dir = await Deno.makeTempDir();
   const stateDir = await Deno.makeTempDir();
   try {
-    const run = (xml: string) =>
+    // The hook's arguments at a start, on the tree; networks read from `dir` unless told none.
+    const at = { vm: "router", operation: "prepare", subOperation: "begin", live: false, stateDir };
+    const run = (xml: string, networkStatusDir: string | null = dir) =>
       runGuard({
-        vm: "router",
-        operation: "prepare",
-        subOperation: "begin",
+        ...at,
         xml,
         reader: denoFsReader(),
         root: tree.dir,
-        live: false,
-        stateDir,
-        networkStatusDir: dir,
+        ...(networkStatusDir === null ? {} : { networkStatusDir }),
       });
     await Deno.writeTextFile(`${dir}/sriov.xml`, status("sriov", pool([VFS[1]!, "0000:0a:00.0"])));
     const refused = await run(domain(["sriov"]));
@@ -225,16 +223,7 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
     const escaped = await run(domain([`../${tree.dir.split("/").pop()}/x`]));
     assertEquals(escaped.code, 0);
     // Without a directory (a captured tree), networks are not read.
-    const none = await runGuard({
-      vm: "router",
-      operation: "prepare",
-      subOperation: "begin",
-      xml: domain(["sriov"]),
-      reader: denoFsReader(),
-      root: tree.dir,
-      live: false,
-      stateDir,
-    });
+    const none = await run(domain(["sriov"]), null);
     assertEquals(none.code, 0);
   } finally {
     await Deno.remove(dir, { recursive: true });
