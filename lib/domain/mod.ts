@@ -27,6 +27,7 @@ export {
   type LenientHostdevScan,
   lenientHostPciAddresses,
   normaliseXmlLine,
+  type PassedElement,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
 } from "./lenient.ts";

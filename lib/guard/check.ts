@@ -22,6 +22,7 @@ import { vfMismatch } from "./vf_check.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/sysfs_device.ts";
 import {
+  type PassedElement,
   readRecordsLeniently,
   scanHostdevPoolLeniently,
   scanPassedDevicesLeniently,
@@ -40,8 +41,8 @@ export type GuardRefusalKind =
   /** The domain XML names a host device whose address or record cannot be read. */
   | "unreadable";
 
-/** `hostdev`, `interface` (`<interface type='hostdev'>`), or `network`: a VF pool's entry. */
-export type GuardElement = "hostdev" | "interface" | "disk" | "network";
+/** An element that passes a host function ({@link PassedElement}), or `network`: a VF pool's entry. */
+export type GuardElement = PassedElement | "network";
 
 /** The facts the guard shows about the device at an address now. */
 export type GuardDevice = Pick<
@@ -64,9 +65,9 @@ export interface GuardRefusal {
   /** The host address concerned; `null` when the XML does not let it be read. */
   address: PciAddress | null;
   /**
-   * `hostdev`, `interface` (`<interface type='hostdev'>`) or `disk` (`<disk type='nvme'>`); `network` for an entry of the pool
-   * of a hostdev network that an `<interface type='network'>` names (libvirt hands the guest any
-   * free one at start).
+   * `hostdev`, `interface` (`<interface type='hostdev'>`) or `disk` (`<disk type='nvme'>`);
+   * `network` for an entry of the pool of a hostdev network that an `<interface type='network'>`
+   * names (libvirt hands the guest any free one at start).
    */
   element: GuardElement | null;
   /** The hostdev network whose pool lists the address (element `network` only). */
@@ -113,7 +114,7 @@ export interface GuardCheckInput {
 /** A host address the domain passes through, and which element names it. */
 interface Passed {
   address: PciAddress;
-  element: "hostdev" | "interface" | "disk";
+  element: PassedElement;
 }
 
 /** What the domain XML says. */
@@ -244,25 +245,11 @@ function now(device: PciDevice): GuardDevice {
  */
 export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const { vm } = input;
-  const fix = fixCommand(vm);
   const facts = readDomain(input.xml);
   const pools = readPools(facts.networks, input.networkStatus);
-  const unreadable = (reason: string, network?: string): GuardRefusal => ({
-    vm,
-    kind: "unreadable",
-    address: null,
-    element: network === undefined ? null : "network",
-    ...(network === undefined ? {} : { network }),
-    now: null,
-    recorded: null,
-    hostNeeds: null,
-    reason,
-    // libvirt writes a network's status again when it starts it.
-    fix: network === undefined ? fix : networkFixCommand(network),
-  });
   const refusals: GuardRefusal[] = [
-    ...facts.unreadable.map((reason) => unreadable(reason)),
-    ...pools.unreadable.map(({ network, reason }) => unreadable(reason, network)),
+    ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
+    ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
   ];
   const found = facts.passed.map((p) => {
     const recorded = facts.records.find((r) => r.address === p.address) ?? null;
@@ -290,12 +277,14 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
   // or the platform needs is.
   const matchedCards = new Set([...facts.passed, ...pooled].map((p) => cardOf(p.address)));
-  for (const { address, element, device, recorded } of found) {
-    const hostNeeds = device === null ? null : device.isBridge
+  const hostNeedsOf = (device: PciDevice | null) =>
+    device === null ? null : device.isBridge
       // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
       // (hot-plug, error reporting and power management of everything behind it) at start.
       ? "a PCI bridge, with the devices behind it"
       : hostCriticalReason(device, { matchedCards, hostUse });
+  for (const { address, element, device, recorded } of found) {
+    const hostNeeds = hostNeedsOf(device);
     const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
     const vf = facts.vfRecords.find((r) => r.address === address && element === "interface");
     const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
@@ -310,17 +299,13 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
       hostNeeds,
       reason: "",
-      fix,
+      fix: fixCommand(vm),
     };
     refusal.reason = vfWrong ?? describeRefusal(refusal);
     refusals.push(refusal);
   }
   for (const { address, network, device } of pooled) {
-    const hostNeeds = device === null
-      ? null
-      : device.isBridge
-      ? "a PCI bridge, with the devices behind it"
-      : hostCriticalReason(device, { matchedCards, hostUse });
+    const hostNeeds = hostNeedsOf(device);
     // libvirt takes only VFs into a pool: anything else there means the buses moved under it.
     const notVf = device !== null && device.physfn === null;
     if (device !== null && !notVf && hostNeeds === null) continue;
@@ -340,6 +325,26 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     refusals.push(refusal);
   }
   return refusals;
+}
+
+/**
+ * A refusal for what cannot be read (the domain XML, a record, a hostdev network's status), so
+ * nothing can be checked: the start fails closed. With `network`, its fix is the network's.
+ */
+export function unreadableRefusal(vm: string, reason: string, network?: string): GuardRefusal {
+  return {
+    vm,
+    kind: "unreadable",
+    address: null,
+    element: network === undefined ? null : "network",
+    ...(network === undefined ? {} : { network }),
+    now: null,
+    recorded: null,
+    hostNeeds: null,
+    reason,
+    // libvirt writes a network's status again when it starts it.
+    fix: network === undefined ? fixCommand(vm) : networkFixCommand(network),
+  };
 }
 
 /** `name` as one word for a shell: as is when it needs no quotes. */

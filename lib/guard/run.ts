@@ -10,7 +10,7 @@
 
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readHostUse } from "../host/sysfs_device.ts";
-import { checkDomainStart, fixCommand, formatRefusal, type GuardRefusal } from "./check.ts";
+import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
 import {
   type ActivePolicy,
   checksNothing,
@@ -99,17 +99,7 @@ function networkStatusReader(
 
 function check(options: GuardRunOptions): GuardRefusal[] {
   const { vm } = options;
-  const unreadable = (reason: string): GuardRefusal[] => [{
-    vm,
-    kind: "unreadable",
-    address: null,
-    element: null,
-    now: null,
-    recorded: null,
-    hostNeeds: null,
-    reason,
-    fix: fixCommand(vm),
-  }];
+  const unreadable = (reason: string): GuardRefusal[] => [unreadableRefusal(vm, reason)];
   if (options.xml === null) {
     return unreadable(`the domain XML is larger than ${MAX_XML_BYTES} bytes`);
   }
