@@ -49,20 +49,29 @@ export function readDeviceAt(
 }
 
 /**
- * What the host uses among `devices`: on the live host (`live`), the controllers of mounted
- * filesystems, the default route's NIC and the console's boot VGA, read from `/proc` and sysfs;
+ * What the host uses among `devices`: on the live host (`live`), the controllers of its storage
+ * (mounted filesystems, swap partitions, block devices under device-mapper, md or bcache, imported
+ * ZFS pools' disks), the default route's NIC and the console's boot VGA, read from `/proc`, sysfs
+ * and udev's database (`udevDataDir`, only for ZFS);
  * for a captured tree, its `host_use.json` (`null` when it has none: unknown). The same rules as
  * {@link discoverHost}, for callers that read only some devices ({@link readDeviceAt}).
  */
 export function readHostUse(
   reader: SysfsReader,
-  options: { root: string; live: boolean; devices: PciDevice[]; procRoot?: string },
+  options: {
+    root: string;
+    live: boolean;
+    devices: PciDevice[];
+    procRoot?: string;
+    udevDataDir?: string;
+  },
 ): HostUse[] | null {
   const root = options.root.replace(/(.)\/+$/, "$1");
   return options.live
     ? liveHostUse(reader, {
       sysRoot: root,
       procRoot: options.procRoot ?? "/proc",
+      udevDataDir: options.udevDataDir ?? "/run/udev/data",
       devices: options.devices,
     })
     : treeHostUse(reader, root);
@@ -276,6 +285,9 @@ function parseUevent(text: string | null): UeventFields | null {
 
 const HOST_USE_REASONS: readonly HostUseReason[] = [
   "mounted-filesystem",
+  "swap",
+  "block-holder",
+  "zfs-pool",
   "default-route",
   "console-vga",
 ];
@@ -385,57 +397,185 @@ function defaultRouteInterfaces(reader: SysfsReader, procRoot: string): string[]
   return [...new Set(names)];
 }
 
+/** Where the live host's facts are read: sysfs, `/proc` and udev's device database. */
+interface LiveRoots {
+  sysRoot: string;
+  procRoot: string;
+  udevDataDir: string;
+}
+
 /**
- * What the running host uses: controllers of mounted filesystems, the NIC carrying a default
- * route (IPv4 or IPv6, through a bridge, bond or VLAN too), and the boot VGA when a framebuffer
- * console is bound.
+ * What the running host uses: controllers of its storage (mounted filesystems, swap partitions,
+ * block devices held by device-mapper, md or bcache, disks of imported ZFS pools), the NIC
+ * carrying a default route (IPv4 or IPv6, through a bridge, bond or VLAN too), and the boot VGA
+ * when a framebuffer console is bound.
  */
 function liveHostUse(
   reader: SysfsReader,
-  options: { sysRoot: string; procRoot: string; devices: PciDevice[] },
+  options: LiveRoots & { devices: PciDevice[] },
 ): HostUse[] {
-  const { sysRoot, procRoot, devices } = options;
+  const known = new Set(options.devices.map((d) => d.address));
+  const storage = storageUses(reader, options);
+  const uses = [
+    ...storage.filter((u) => known.has(u.address)),
+    ...routeUses(reader, options).filter((u) => known.has(u.address)),
+    ...consoleUses(reader, options),
+  ];
+  return sortHostUse(uses);
+}
+
+/**
+ * The controllers of the host's storage. A controller with a mounted filesystem is named by the
+ * mount alone (the most telling reason); the other storage reasons are added only for controllers
+ * no mount names.
+ */
+function storageUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
+  const mounted = mountUses(reader, roots);
+  const named = new Set(mounted.map((u) => u.address));
+  const others = [
+    ...swapUses(reader, roots),
+    ...heldBlockUses(reader, roots),
+    ...zfsPoolUses(reader, roots),
+  ].filter((u) => !named.has(u.address));
+  return [...mounted, ...others];
+}
+
+/** `/proc` escapes a space, tab, newline and backslash in a path as octal (`\040`). */
+function unescapeProcPath(text: string): string {
+  return text.replace(
+    /\\([0-7]{3})/g,
+    (_, octal: string) => String.fromCharCode(parseInt(octal, 8)),
+  );
+}
+
+/** The controllers under each mounted filesystem's block device. */
+function mountUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
   const uses: HostUse[] = [];
-  const known = new Set(devices.map((d) => d.address));
   const mounts = reader.readText(`${procRoot}/self/mounts`) ?? "";
   for (const line of mounts.split("\n")) {
     const [source, target] = line.split(" ");
     if (source === undefined || target === undefined) continue;
-    const name = blockName(reader, source);
+    const name = blockName(reader, unescapeProcPath(source));
     if (name === null) continue;
     for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
-      if (known.has(address)) {
-        uses.push({
-          address,
-          reason: "mounted-filesystem",
-          detail: `${target.replace(/\\040/g, " ")} on ${name}`,
-        });
-      }
+      const detail = `${unescapeProcPath(target)} on ${name}`;
+      uses.push({ address, reason: "mounted-filesystem", detail });
     }
   }
-  for (const iface of defaultRouteInterfaces(reader, procRoot)) {
-    for (const address of pciDevicesUnder(reader, sysRoot, "net", iface)) {
-      if (known.has(address)) {
-        uses.push({ address, reason: "default-route", detail: `default route via ${iface}` });
-      }
+  return uses;
+}
+
+/**
+ * The controllers under each swap partition (`/proc/swaps`). A swap file lives on a mounted
+ * filesystem, which {@link mountUses} already follows.
+ */
+function swapUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
+  const uses: HostUse[] = [];
+  const swaps = reader.readText(`${procRoot}/swaps`) ?? "";
+  for (const line of swaps.split("\n").slice(1)) {
+    const [source, type] = line.trim().split(/\s+/);
+    if (source === undefined || type !== "partition") continue;
+    const name = blockName(reader, unescapeProcPath(source));
+    if (name === null) continue;
+    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+      uses.push({ address, reason: "swap", detail: `swap on ${name}` });
     }
   }
+  return uses;
+}
+
+/**
+ * The controllers of block devices that device-mapper (LVM, dm-crypt), md or bcache stands on:
+ * the kernel lists those holders in the device's `holders` directory. An active logical volume
+ * holds its disk whether or not anything is mounted on it (a VM's disk on LVM, a RAID member);
+ * handing the disk's controller to a guest would pull it from under them.
+ */
+function heldBlockUses(reader: SysfsReader, { sysRoot }: LiveRoots): HostUse[] {
+  const uses: HostUse[] = [];
+  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
+    const holders = reader.listDir(`${sysRoot}/class/block/${name}/holders`) ?? [];
+    if (holders.length === 0) continue;
+    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address === null) continue;
+    const named = holders.sort().map((h) => {
+      const dmName = readAttribute(reader, `${sysRoot}/class/block/${h}/dm/name`);
+      return dmName === null ? h : `${h} (${dmName})`;
+    });
+    uses.push({ address, reason: "block-holder", detail: `${name} held by ${named.join(", ")}` });
+  }
+  return uses;
+}
+
+/**
+ * The controllers of the disks of imported ZFS pools. ZFS opens its disks without listing itself
+ * as a holder, and a pool's zvols and unmounted datasets leave no trace in the mount table; so a
+ * pool counts as imported when `/proc/spl/kstat/zfs/POOL/state` exists, and a disk as one of its
+ * members when udev's probe of it (`/run/udev/data/bMAJOR:MINOR`) says `zfs_member` with the
+ * pool's name as its label. Nothing is read on a host without imported pools.
+ */
+function zfsPoolUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
+  const { sysRoot, procRoot, udevDataDir } = roots;
+  const kstat = `${procRoot}/spl/kstat/zfs`;
+  const pools = new Set(
+    (reader.listDir(kstat) ?? []).filter((e) => reader.readText(`${kstat}/${e}/state`) !== null),
+  );
+  if (pools.size === 0) return [];
+  const uses: HostUse[] = [];
+  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
+    const number = readAttribute(reader, `${sysRoot}/class/block/${name}/dev`);
+    if (number === null || !/^\d+:\d+$/.test(number)) continue;
+    const probe = udevProperties(reader.readText(`${udevDataDir}/b${number}`) ?? "");
+    const pool = probe.get("ID_FS_LABEL");
+    if (probe.get("ID_FS_TYPE") !== "zfs_member" || pool === undefined || !pools.has(pool)) {
+      continue;
+    }
+    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address !== null) {
+      uses.push({ address, reason: "zfs-pool", detail: `ZFS pool ${pool} on ${name}` });
+    }
+  }
+  return uses;
+}
+
+/** The `E:KEY=VALUE` properties of a udev database entry. */
+function udevProperties(text: string): Map<string, string> {
+  const properties = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const match = /^E:([^=]+)=(.*)$/.exec(line);
+    if (match !== null) properties.set(match[1]!, match[2]!);
+  }
+  return properties;
+}
+
+/** The NICs under each default route's interface. */
+function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
+  return defaultRouteInterfaces(reader, procRoot).flatMap((iface) =>
+    pciDevicesUnder(reader, sysRoot, "net", iface).map((address): HostUse => ({
+      address,
+      reason: "default-route",
+      detail: `default route via ${iface}`,
+    }))
+  );
+}
+
+/** The boot VGA device, when a framebuffer console is bound or a framebuffer exists. */
+function consoleUses(
+  reader: SysfsReader,
+  options: LiveRoots & { devices: PciDevice[] },
+): HostUse[] {
+  const { sysRoot, procRoot, devices } = options;
   const consoles = reader.listDir(`${sysRoot}/class/vtconsole`) ?? [];
   const fbcon = consoles.some((c) =>
     readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
     /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
   );
   const fb = (reader.readText(`${procRoot}/fb`) ?? "").trim() !== "";
-  if (fbcon || fb) {
-    for (const device of devices) {
-      if (device.bootVga === true) {
-        uses.push({
-          address: device.address,
-          reason: "console-vga",
-          detail: `boot_vga=1 with ${fbcon ? "fbcon" : "a framebuffer"}`,
-        });
-      }
-    }
-  }
-  return sortHostUse(uses);
+  if (!fbcon && !fb) return [];
+  return devices.filter((d) => d.bootVga === true).map((device) => ({
+    address: device.address,
+    reason: "console-vga",
+    detail: `boot_vga=1 with ${fbcon ? "fbcon" : "a framebuffer"}`,
+  }));
 }

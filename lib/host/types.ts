@@ -117,8 +117,9 @@ export interface HostTopology {
   /** The kernel command line when known (to spot ACS override), else `null`. */
   kernelCmdline: string | null;
   /**
-   * Devices the running host is using right now: the controller of a mounted filesystem, the NIC
-   * carrying the default route, the boot VGA behind the console. Planning refuses to hand these
+   * Devices the running host is using right now: the controller of its storage (a mounted
+   * filesystem, swap, a block device under LVM or md, a ZFS pool's disk), the NIC carrying the
+   * default route, the boot VGA behind the console. Planning refuses to hand these
    * to a guest. `null` when unknown: only a live host or a tree captured with `snapshot`
    * (`host_use.json`) knows; libvirt's node-device API does not. Planning refuses a host whose
    * use is unknown (`host-use-unknown`).
@@ -128,10 +129,17 @@ export interface HostTopology {
 
 /**
  * Why the host needs a device right now: it is an ancestor of the block device of a mounted
- * filesystem, it is the NIC carrying the default route, or it is the boot VGA device while a
- * framebuffer console is in use.
+ * filesystem, of a swap partition, of a block device that device-mapper, md or bcache holds, or
+ * of a disk of an imported ZFS pool; it is the NIC carrying the default route; or it is the boot
+ * VGA device while a framebuffer console is in use.
  */
-export type HostUseReason = "mounted-filesystem" | "default-route" | "console-vga";
+export type HostUseReason =
+  | "mounted-filesystem"
+  | "swap"
+  | "block-holder"
+  | "zfs-pool"
+  | "default-route"
+  | "console-vga";
 
 /** One device the running host is using. */
 export interface HostUse {
@@ -139,6 +147,9 @@ export interface HostUse {
   address: PciAddress;
   /** What the host uses it for. */
   reason: HostUseReason;
-  /** What was seen: `/ on nvme0n1p2`, `default route via enp5s0`, `boot_vga=1 with fbcon`. */
+  /**
+   * What was seen: `/ on nvme0n1p2`, `swap on nvme0n1p3`, `nvme1n1p1 held by dm-0 (vg-data)`,
+   * `ZFS pool tank on nvme2n1p1`, `default route via enp5s0`, `boot_vga=1 with fbcon`.
+   */
   detail: string;
 }

@@ -1,0 +1,187 @@
+/**
+ * The host's storage as host use on a running host (`readHostUse` with `live: true`): besides
+ * mounted filesystems, swap partitions, block devices that device-mapper or md holds (an LVM volume
+ * group of VM disks, mounted or not), and the disks of imported ZFS pools. A built sysfs tree with
+ * `class/block` laid out as the kernel lays it out (partitions under their disk, `holders` and
+ * `slaves` links, `dm/name`), a `/proc` and a udev database of its own.
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import { readHostUse } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { PciDevice } from "../../lib/host/types.ts";
+
+/** Six NVMe controllers, one disk each (`nvme0n1` at 0000:01:00.0, ...). */
+const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
+
+/** What a host's storage is, as the files that say so. */
+interface Storage {
+  mounts?: string[];
+  swaps?: string[];
+  /** Device-mapper devices: name, `dm/name`, the partitions they stand on. */
+  dm?: [string, string, string[]][];
+  /** Imported pools (`/proc/spl/kstat/zfs/POOL/state`). */
+  pools?: string[];
+  /** udev's probe of a disk: its name and `E:` lines. */
+  udev?: [string, string[]][];
+}
+
+/** `readHostUse` over the tree, as `[address, reason, detail]`. */
+async function storageUse(storage: Storage) {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-storage-use-" });
+  try {
+    buildHostTree({
+      devices: NVME.map((bdf, i) => ({
+        bdf,
+        group: i + 1,
+        class: "0x010802",
+        vendor: "0x144d",
+        device: "0xa808",
+        subsystem_vendor: "0x144d",
+        subsystem_device: "0xa801",
+        driver: "nvme",
+        revision: "0x00",
+      })),
+    }, dir);
+    Deno.mkdirSync(`${dir}/class/block`, { recursive: true });
+    NVME.forEach((bdf, i) => {
+      const disk = `devices/pci0000:00/0000:00:01.${i}/${bdf}/nvme/nvme${i}/nvme${i}n1`;
+      block(dir, `nvme${i}n1`, disk, `259:${i * 4}`);
+      for (const p of [1, 2, 3]) {
+        block(dir, `nvme${i}n1p${p}`, `${disk}/nvme${i}n1p${p}`, `259:${i * 4 + p}`);
+      }
+    });
+    for (const [dm, name, slaves] of storage.dm ?? []) {
+      block(dir, dm, `devices/virtual/block/${dm}`, `253:${dm.slice(3)}`);
+      Deno.writeTextFileSync(`${dir}/devices/virtual/block/${dm}/dm/name`, `${name}\n`);
+      for (const slave of slaves) {
+        const at = Deno.readLinkSync(`${dir}/class/block/${slave}`).replace("../../", "");
+        Deno.symlinkSync(`../../${slave}`, `${dir}/devices/virtual/block/${dm}/slaves/${slave}`);
+        Deno.symlinkSync(`../../../${dm}`, `${dir}/${at}/holders/${dm}`);
+      }
+    }
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/self/mounts`, (storage.mounts ?? []).join("\n"));
+    Deno.writeTextFileSync(
+      `${dir}/proc/swaps`,
+      ["Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority", ...storage.swaps ?? []].join("\n"),
+    );
+    const kstat = `${dir}/proc/spl/kstat/zfs`;
+    Deno.mkdirSync(kstat, { recursive: true });
+    Deno.writeTextFileSync(`${kstat}/arcstats`, "");
+    for (const pool of storage.pools ?? []) {
+      Deno.mkdirSync(`${kstat}/${pool}`);
+      Deno.writeTextFileSync(`${kstat}/${pool}/state`, "ONLINE\n");
+    }
+    Deno.mkdirSync(`${dir}/run/udev/data`, { recursive: true });
+    for (const [disk, lines] of storage.udev ?? []) {
+      const number = Deno.readTextFileSync(`${dir}/class/block/${disk}/dev`).trim();
+      Deno.writeTextFileSync(`${dir}/run/udev/data/b${number}`, lines.join("\n"));
+    }
+    const devices = NVME.map((address) => ({ address }) as PciDevice);
+    return readHostUse(denoFsReader(), {
+      root: dir,
+      live: true,
+      devices,
+      procRoot: `${dir}/proc`,
+      udevDataDir: `${dir}/run/udev/data`,
+    })?.map((u) => [u.address, u.reason, u.detail]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** A block device at `path` (under the tree), listed in `class/block`, with `holders` and `dev`. */
+function block(dir: string, name: string, path: string, number: string): void {
+  Deno.mkdirSync(`${dir}/${path}/holders`, { recursive: true });
+  Deno.mkdirSync(`${dir}/${path}/slaves`, { recursive: true });
+  Deno.mkdirSync(`${dir}/${path}/dm`, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/${path}/dev`, `${number}\n`);
+  Deno.symlinkSync(`../../${path}`, `${dir}/class/block/${name}`);
+}
+
+/** A `/proc/swaps` line for a partition or a file. */
+function swap(path: string, type = "partition"): string {
+  return `${path}\t${type}\t\t8388604\t\t0\t\t-2`;
+}
+
+/** udev's probe of a ZFS pool's disk. */
+function zfsMember(pool: string): string[] {
+  return [
+    "S:disk/by-id/nvme-x",
+    "E:ID_FS_TYPE=zfs_member",
+    `E:ID_FS_LABEL=${pool}`,
+    "E:ID_FS_USAGE=filesystem",
+  ];
+}
+
+Deno.test("readHostUse(): a swap partition's controller; a swap file is its filesystem's", async () => {
+  assertEquals(await storageUse({ swaps: [swap("/dev/nvme1n1p3")] }), [
+    [NVME[1], "swap", "swap on nvme1n1p3"],
+  ]);
+  // A swap file lives on a filesystem; with that filesystem mounted, the mount names the controller.
+  assertEquals(
+    await storageUse({
+      mounts: ["/dev/nvme2n1p1 /srv/my\\040data ext4 rw 0 0"],
+      swaps: [swap("/srv/my\\040data/swapfile", "file"), swap("/dev/zram0")],
+    }),
+    [[NVME[2], "mounted-filesystem", "/srv/my data on nvme2n1p1"]],
+  );
+});
+
+Deno.test("readHostUse(): a controller with a mounted filesystem is named by the mount alone", async () => {
+  assertEquals(
+    await storageUse({
+      mounts: ["/dev/nvme0n1p2 / ext4 rw 0 0"],
+      swaps: [swap("/dev/nvme0n1p3")],
+      dm: [["dm-0", "vg-data", ["nvme0n1p1"]]],
+    }),
+    [[NVME[0], "mounted-filesystem", "/ on nvme0n1p2"]],
+  );
+});
+
+Deno.test("readHostUse(): a disk that device-mapper or md holds, mounted or not, and swap on LVM", async () => {
+  assertEquals(
+    await storageUse({
+      dm: [["dm-0", "vg-vms", ["nvme3n1p1", "nvme4n1p1"]], ["dm-1", "vg-swap", ["nvme3n1p2"]]],
+      swaps: [swap("/dev/dm-1")],
+    }),
+    [
+      [NVME[3], "block-holder", "nvme3n1p1 held by dm-0 (vg-vms)"],
+      [NVME[3], "block-holder", "nvme3n1p2 held by dm-1 (vg-swap)"],
+      [NVME[3], "swap", "swap on dm-1"],
+      [NVME[4], "block-holder", "nvme4n1p1 held by dm-0 (vg-vms)"],
+    ],
+  );
+});
+
+Deno.test("readHostUse(): the disks of an imported ZFS pool, not those of a pool that is not imported", async () => {
+  assertEquals(
+    await storageUse({
+      pools: ["tank"],
+      udev: [
+        ["nvme1n1p1", zfsMember("tank")],
+        ["nvme2n1", zfsMember("tank")],
+        ["nvme3n1p1", zfsMember("exported")],
+        ["nvme4n1p1", ["E:ID_FS_TYPE=ext4", "E:ID_FS_LABEL=tank"]],
+      ],
+    }),
+    [
+      [NVME[1], "zfs-pool", "ZFS pool tank on nvme1n1p1"],
+      [NVME[2], "zfs-pool", "ZFS pool tank on nvme2n1"],
+    ],
+  );
+  // Without an imported pool, udev's database is not read: a member alone is no use.
+  assertEquals(await storageUse({ udev: [["nvme1n1p1", zfsMember("tank")]] }), []);
+});
+
+Deno.test("readHostUse(): storage nothing uses is no host use", async () => {
+  assertEquals(
+    await storageUse({
+      mounts: ["tmpfs /tmp tmpfs rw 0 0", "tank/data /tank zfs rw 0 0"],
+      swaps: [swap("/dev/zram0")],
+    }),
+    [],
+  );
+});
