@@ -16,6 +16,7 @@
  * @module
  */
 
+import { heldAddresses } from "../domain/domain_xml.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
@@ -26,10 +27,7 @@ function heldBy(read: DefinitionRead): { addresses: PciAddress[]; unknown: strin
   switch (read.kind) {
     case "parsed":
       return {
-        addresses: [
-          ...read.domain.hostdevs.map((h) => h.address),
-          ...read.domain.interfaceHostdevs,
-        ],
+        addresses: heldAddresses(read.domain),
         unknown: null,
       };
     case "unreadable":

@@ -14,7 +14,7 @@
 
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
-import { parseDomainXml } from "../domain/domain_xml.ts";
+import { heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange } from "./apply.ts";
@@ -186,10 +186,7 @@ function heldElsewhereNow(
     currentXml: string | null;
   },
 ): string | null {
-  const held = (xml: string) => {
-    const { hostdevs, interfaceHostdevs } = parseDomainXml(xml);
-    return [...hostdevs.map((h) => h.address), ...interfaceHostdevs];
-  };
+  const held = (xml: string) => heldAddresses(parseDomainXml(xml));
   let current: Set<string>;
   try {
     current = new Set(currentXml === null ? [] : held(currentXml));

@@ -104,6 +104,11 @@ export interface ParsedDomain {
    * listed so planning sees them as taken.
    */
   interfaceHostdevs: PciAddress[];
+  /**
+   * Host addresses of `<disk type='nvme'>` controllers: libvirt detaches each from the host at
+   * start as it does a managed hostdev. Never edited; listed so planning sees them as taken.
+   */
+  nvmeDisks: PciAddress[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -230,6 +235,7 @@ interface Located {
   devices: XmlSpan | null;
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
+  nvmeDisks: PciAddress[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -315,6 +321,7 @@ function locate(xml: string): Located {
   const ownedVfs = new Set(vfRecords.map((r) => r.address));
   const hostdevs: HostdevSite[] = [];
   const interfaceHostdevs: PciAddress[] = [];
+  const nvmeDisks: PciAddress[] = [];
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -332,6 +339,10 @@ function locate(xml: string): Located {
     } else if (span.name === "hostdev") {
       const site = readHostdev(xml, span, owned);
       if (site !== null) hostdevs.push(site);
+    } else if (span.name === "disk" && attribute(xml, span, "type") === "nvme") {
+      const address = interfaceAddress(read(xml, span));
+      if (address === null) throw errorAt(xml, span.start, "NVMe disk has no valid source address");
+      nvmeDisks.push(address);
     }
   }
   const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
@@ -345,6 +356,7 @@ function locate(xml: string): Located {
     devices,
     hostdevs,
     interfaceHostdevs,
+    nvmeDisks,
     interfaces,
     macs,
     bootDevices,
@@ -520,10 +532,12 @@ function readVfRecords(xml: string, ours: XmlSpan): VfIdentity[] {
 /**
  * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
  * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) are not
- * listed; `<interface type='hostdev'>` PCI sources are, apart, as `interfaceHostdevs`.
+ * listed; `<interface type='hostdev'>` PCI sources are, apart, as `interfaceHostdevs`, and
+ * `<disk type='nvme'>` controllers as `nvmeDisks` ({@link heldAddresses}: all of them).
  *
  * Throws {@link DomainXmlError} (with line, column) on malformed XML, a DOCTYPE, a root other than
- * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev without a valid source address.
+ * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev or NVMe disk without a valid source
+ * address.
  *
  * @example
  * ```ts
@@ -548,6 +562,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     hostdevs: located.hostdevs.map((site) => site.hostdev),
     records: located.records,
     interfaceHostdevs: located.interfaceHostdevs,
+    nvmeDisks: located.nvmeDisks,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,
@@ -557,6 +572,31 @@ export function parseDomainXml(xml: string): ParsedDomain {
     pciControllers: located.pciControllers,
     pinning: located.pinning,
   };
+}
+
+/**
+ * Every host PCI address a parsed domain passes to its guest, in document order by kind: its
+ * PCI hostdevs, its hostdev interfaces, its NVMe disks' controllers. What "the domain holds".
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain type='kvm'><name>vm</name><devices>
+ *   <disk type='nvme' device='disk'><source type='pci' managed='yes' namespace='1'>
+ *     <address domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></source>
+ *     <target dev='vda' bus='virtio'/></disk>
+ * </devices></domain>`;
+ * assertEquals(heldAddresses(parseDomainXml(xml)), ["0000:05:00.0"]);
+ * ```
+ */
+export function heldAddresses(
+  domain: Pick<ParsedDomain, "hostdevs" | "interfaceHostdevs" | "nvmeDisks">,
+): PciAddress[] {
+  return [
+    ...domain.hostdevs.map((h) => h.address),
+    ...domain.interfaceHostdevs,
+    ...domain.nvmeDisks,
+  ];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -901,10 +941,8 @@ function moveSplices(
   moves: readonly { from: PciAddress; to: PciAddress }[],
   removing: ReadonlySet<PciAddress>,
 ): { splices: Splice[]; present: Set<PciAddress> } {
-  const present = new Set(
-    [...located.hostdevs.map((s) => s.hostdev.address), ...located.interfaceHostdevs]
-      .filter((a) => !removing.has(a)),
-  );
+  const held = heldAddresses({ ...located, hostdevs: located.hostdevs.map((s) => s.hostdev) });
+  const present = new Set(held.filter((a) => !removing.has(a)));
   const splices: Splice[] = [];
   for (const move of moves) {
     const from = canonicalPciAddress(move.from);

@@ -16,6 +16,7 @@ export {
   DomainXmlError,
   editDomainXml,
   type GuestPciAddress,
+  heldAddresses,
   METADATA_NAMESPACE,
   type ParsedDomain,
   parseDomainXml,

@@ -7,7 +7,7 @@
  */
 
 import type { Config } from "../config/config.ts";
-import type { ParsedDomain } from "../domain/domain_xml.ts";
+import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
@@ -143,8 +143,7 @@ export function planUntilSettled(input: SettleInput): Settled {
   const planned = new Set(input.selected);
   const editable = [...survey.editable];
   const records = new Map(editable.map(([n, e]) => [n, e.domain.records]));
-  const holds = (d: ParsedDomain) => [...d.hostdevs.map((h) => h.address), ...d.interfaceHostdevs];
-  const current = new Map(editable.map(([n, e]) => [n, new Set(holds(e.domain))]));
+  const current = new Map(editable.map(([n, e]) => [n, new Set(heldAddresses(e.domain))]));
   const vfRecords = new Map(editable.map(([n, e]) => [n, e.domain.vfRecords]));
   const holdings = [...survey.holdings];
   const occupied = new Map(holdings.map(([n, h]) => [

@@ -20,7 +20,7 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { sameIdentity } from "../resolve/match.ts";
-import { editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
+import { editDomainXml, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
@@ -248,10 +248,7 @@ function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
  */
 export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairInput): VmPlan {
   const { host, byAddress } = input.context;
-  const names = new Set([
-    ...domain.hostdevs.map((h) => h.address),
-    ...domain.interfaceHostdevs,
-  ]);
+  const names = new Set(heldAddresses(domain));
   const stales: Stale[] = [];
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);

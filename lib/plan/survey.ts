@@ -18,7 +18,7 @@
  */
 
 import type { Config } from "../config/config.ts";
-import type { DomainHostdev, ParsedDomain } from "../domain/domain_xml.ts";
+import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
@@ -97,7 +97,7 @@ function liveHolding(
   const out: LiveHolding = { extra: [], errors: [], warnings: [] };
   let held: PciAddress[];
   if (live.kind === "parsed") {
-    held = [...live.domain.hostdevs.map((h) => h.address), ...live.domain.interfaceHostdevs];
+    held = heldAddresses(live.domain);
   } else {
     held = live.scan.addresses;
     const beyond = held.filter((a) => !defined.has(a));
@@ -135,9 +135,10 @@ function surveyDomain(
     holding.hostdevs = domain.hostdevs;
     const owned = new Set(domain.interfaces.filter((i) => i.owned).map((i) => i.address));
     holding.fixed.push(...domain.interfaceHostdevs.filter((a) => !owned.has(a)));
+    holding.fixed.push(...domain.nvmeDisks);
     holding.ownedInterfaces.push(...owned);
     holding.macs.push(...domain.macs);
-    defined = [...domain.hostdevs.map((h) => h.address), ...domain.interfaceHostdevs];
+    defined = heldAddresses(domain);
     if (context.configured.has(name)) survey.editable.set(name, { xml, domain });
     else if (!context.limited && domain.records.length + domain.vfRecords.length > 0) {
       survey.editable.set(name, { xml, domain });

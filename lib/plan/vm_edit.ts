@@ -244,6 +244,8 @@ function takeWanted(edit: Edit): void {
       rewrite("interface now taken as a hostdev");
     } else if (have === undefined && domain.interfaceHostdevs.includes(address)) {
       kept("an <interface type='hostdev'>", "not added twice");
+    } else if (have === undefined && domain.nvmeDisks.includes(address)) {
+      kept("a <disk type='nvme'>", "not added twice");
     } else if (have === undefined) edit.toAdd.push(closed);
     else if (!have.owned) kept("a hand-added hostdev", "not taken over");
     else keepOrRewrite(edit, have, closed);

@@ -294,3 +294,44 @@ Deno.test("planHostdevs() counts a running guest's hot-plugged hostdevs as held,
   assertEquals(win10.errors, []);
   assertEquals(win10.add.map((a) => a.address), ["0000:44:00.0"]);
 });
+
+Deno.test("planHostdevs() counts a <disk type='nvme'> controller as taken and never adds it twice", async () => {
+  using demo = await demoHost();
+  // win10 boots from the Phison NVMe (0000:4a:00.0), handed over as an NVMe disk.
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>",
+    `  <disk type='nvme' device='disk'>
+        <driver name='qemu' type='raw'/>
+        <source type='pci' managed='yes' namespace='1'>
+          <address domain='0x0000' bus='0x4a' slot='0x00' function='0x0'/>
+        </source>
+        <target dev='vdb' bus='virtio'/>
+      </disk>
+    </devices>
+    <test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).nvmeDisks, ["0000:4a:00.0"]);
+
+  // gentoo asks for the NVMe controller that win10 boots from.
+  const wantsNvme = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
+    { file: "nvme.yaml" },
+  );
+  const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt });
+  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
+  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
+  assertEquals(refused.vms[0]!.add, []);
+
+  // win10 itself asking for it: kept as the disk, no <hostdev> added next to it.
+  const own = parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
+    { file: "own.yaml" },
+  );
+  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add, []);
+  assertMatch(win10.reasoning.join("\n"), /already in "win10" as a <disk type='nvme'>/);
+});
