@@ -101,6 +101,7 @@ export function hostFactsFor(root: string | undefined): HostFacts {
     reader: readerFor(sysRoot),
     sysRoot,
     procRoot: live === null ? `${sysRoot}/proc` : "/proc",
+    ...(live === null ? {} : { devRoot: "/dev" }),
     readLabel: (path) => {
       try {
         return readXattr(path, "security.selinux");

@@ -109,6 +109,11 @@ export interface ParsedDomain {
    * start as it does a managed hostdev. Never edited; listed so planning sees them as taken.
    */
   nvmeDisks: PciAddress[];
+  /**
+   * The host block devices of `<disk type='block'>` (`<source dev>`, `/dev/...` as written):
+   * planning counts their controllers as held, when the host can say which they are.
+   */
+  blockDisks: string[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -236,6 +241,7 @@ interface Located {
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
   nvmeDisks: PciAddress[];
+  blockDisks: string[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -322,6 +328,7 @@ function locate(xml: string): Located {
   const hostdevs: HostdevSite[] = [];
   const interfaceHostdevs: PciAddress[] = [];
   const nvmeDisks: PciAddress[] = [];
+  const blockDisks: string[] = [];
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -343,6 +350,10 @@ function locate(xml: string): Located {
       const address = interfaceAddress(read(xml, span));
       if (address === null) throw errorAt(xml, span.start, "NVMe disk has no valid source address");
       nvmeDisks.push(address);
+    } else if (span.name === "disk" && attribute(xml, span, "type") === "block") {
+      const source = span.children.find((c) => c.name === "source");
+      const dev = source === undefined ? undefined : attribute(xml, source, "dev");
+      if (dev !== undefined && dev !== "") blockDisks.push(dev);
     }
   }
   const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
@@ -357,6 +368,7 @@ function locate(xml: string): Located {
     hostdevs,
     interfaceHostdevs,
     nvmeDisks,
+    blockDisks,
     interfaces,
     macs,
     bootDevices,
@@ -563,6 +575,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     records: located.records,
     interfaceHostdevs: located.interfaceHostdevs,
     nvmeDisks: located.nvmeDisks,
+    blockDisks: located.blockDisks,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

@@ -20,6 +20,7 @@ import {
   type SysfsReader,
 } from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
+import { blockDeviceControllers } from "./sysfs_device.ts";
 
 /** One line of `/proc/modules`. */
 export interface KernelModule {
@@ -110,6 +111,12 @@ export interface HostFacts {
   qemuUser(): QemuUser | null;
   /** Whether AppArmor and SELinux (enforcing) confine QEMU on the host. */
   confinement(): { apparmor: boolean; selinux: boolean };
+  /**
+   * The PCI functions under the block device at `path` (a `<disk type='block'>` source such as
+   * `/dev/disk/by-id/nvme-...`): its controller, or those of the disks a device-mapper or md
+   * device stands on. `null` when unknown: only the live host's `/dev` can say.
+   */
+  blockDeviceControllers(path: string): PciAddress[] | null;
 }
 
 /** Options of {@link readHostFacts}. */
@@ -124,6 +131,11 @@ export interface HostFactsOptions {
   readLabel?: (path: string) => string | null;
   /** The password database's text; default `/etc/passwd` read when first needed. */
   passwd?: () => string | null;
+  /**
+   * The host's `/dev`, on the live host only: block device paths name devices there. Absent (a
+   * captured tree): which controller holds a block device is unknown.
+   */
+  devRoot?: string;
 }
 
 /** The framebuffer names firmware and the early kernel register in `/proc/iomem`. */
@@ -356,6 +368,12 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       ),
       selinux: readAttribute(reader, `${sysRoot}/fs/selinux/enforce`) === "1",
     })),
+    blockDeviceControllers: byKey((path) => {
+      const devRoot = options.devRoot;
+      return devRoot === undefined
+        ? null
+        : blockDeviceControllers(reader, { sysRoot, devRoot }, path);
+    }),
   };
 }
 

@@ -369,6 +369,41 @@ function pciDevicesUnder(
   return under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1));
 }
 
+/**
+ * The PCI functions under the block device at `path` (`/dev/nvme1n1`, `/dev/disk/by-id/...`,
+ * `/dev/mapper/vg-lv`), read with `/dev` at `devRoot`: a link there names the device, and a
+ * device-mapper or md device is followed down to the disks it stands on. Empty for a path
+ * outside `/dev`, or a device on no PCI function.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/sys/class/block`, { recursive: true });
+ * Deno.mkdirSync(`${dir}/dev/disk/by-id`, { recursive: true });
+ * Deno.symlinkSync("../../devices/pci0000:00/0000:00:01.1/0000:01:00.0/nvme/nvme0/nvme0n1",
+ *   `${dir}/sys/class/block/nvme0n1`);
+ * Deno.symlinkSync("../../nvme0n1", `${dir}/dev/disk/by-id/nvme-Example_123`);
+ * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev` };
+ * const reader = denoFsReader();
+ * assertEquals(blockDeviceControllers(reader, roots, "/dev/disk/by-id/nvme-Example_123"), [
+ *   "0000:01:00.0",
+ * ]);
+ * assertEquals(blockDeviceControllers(reader, roots, "/srv/disk.img"), []);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function blockDeviceControllers(
+  reader: SysfsReader,
+  roots: { sysRoot: string; devRoot: string },
+  path: string,
+): PciAddress[] {
+  if (!path.startsWith("/dev/")) return [];
+  const link = reader.readLink(`${roots.devRoot}${path.slice(4)}`);
+  return pciDevicesUnder(reader, roots.sysRoot, "block", baseName(link ?? path));
+}
+
 /** The block device name for a mount source (`/dev/nvme0n1p2`, `/dev/mapper/vg-root`). */
 function blockName(reader: SysfsReader, source: string): string | null {
   if (!source.startsWith("/dev/")) return null;

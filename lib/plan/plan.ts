@@ -143,7 +143,12 @@ export function planHostdevs(options: PlanOptions): Plan {
  */
 export function planWorld(options: PlanWorldOptions): Plan {
   const { config, host, world } = options;
-  const survey = surveyWorld(world, config, options.vms !== undefined);
+  const survey = surveyWorld(
+    world,
+    config,
+    options.vms !== undefined,
+    (path) => options.facts?.blockDeviceControllers(path) ?? null,
+  );
   const global = hostIssues(host);
   const errors = [...global.errors, ...survey.errors];
   const warnings = [...global.warnings, ...survey.warnings];

@@ -108,11 +108,30 @@ function liveHolding(
   return out;
 }
 
+/**
+ * Which PCI functions hold the block device at a path (`HostFacts.blockDeviceControllers`), or
+ * `null` when the host cannot say.
+ */
+export type BlockResolver = (path: string) => PciAddress[] | null;
+
+/**
+ * The controllers of a domain's `<disk type='block'>` devices: handing one to another guest
+ * pulls the disk from under this one (QEMU holds it open while the guest runs).
+ */
+function blockDiskControllers(domain: ParsedDomain, resolve: BlockResolver): PciAddress[] {
+  return [...new Set(domain.blockDisks.flatMap((path) => resolve(path) ?? []))];
+}
+
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
 function surveyDomain(
   survey: Survey,
   snapshot: DomainSnapshot,
-  context: { configured: ReadonlySet<string>; limited: boolean; liveWarnings: PlanIssue[] },
+  context: {
+    configured: ReadonlySet<string>;
+    limited: boolean;
+    liveWarnings: PlanIssue[];
+    blockDeviceControllers: BlockResolver;
+  },
 ): void {
   const { name, persistent, live } = snapshot;
   const holding: Holding = { hostdevs: null, fixed: [], ownedInterfaces: [], macs: [] };
@@ -136,6 +155,7 @@ function surveyDomain(
     const owned = new Set(domain.interfaces.filter((i) => i.owned).map((i) => i.address));
     holding.fixed.push(...domain.interfaceHostdevs.filter((a) => !owned.has(a)));
     holding.fixed.push(...domain.nvmeDisks);
+    holding.fixed.push(...blockDiskControllers(domain, context.blockDeviceControllers));
     holding.ownedInterfaces.push(...owned);
     holding.macs.push(...domain.macs);
     defined = heldAddresses(domain);
@@ -145,7 +165,10 @@ function surveyDomain(
       survey.orphans.push(name);
     }
   }
-  if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
+  if (live?.kind === "parsed") {
+    holding.macs.push(...live.domain.macs);
+    holding.fixed.push(...blockDiskControllers(live.domain, context.blockDeviceControllers));
+  }
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));
     survey.errors.push(...extra.errors);
@@ -162,7 +185,12 @@ function surveyDomain(
  * the plan-wide issues of reading them. `limited`: the plan covers only some VMs (no orphans
  * are planned then).
  */
-export function surveyWorld(world: World, config: Config, limited: boolean): Survey {
+export function surveyWorld(
+  world: World,
+  config: Config,
+  limited: boolean,
+  blockDeviceControllers: BlockResolver = () => null,
+): Survey {
   const survey: Survey = {
     holdings: new Map(),
     editable: new Map(),
@@ -178,6 +206,7 @@ export function surveyWorld(world: World, config: Config, limited: boolean): Sur
     configured: new Set(config.vms.map((v) => v.name)),
     limited,
     liveWarnings: [] as PlanIssue[],
+    blockDeviceControllers,
   };
   for (const snapshot of world.domains) surveyDomain(survey, snapshot, context);
   survey.warnings.push(...context.liveWarnings);

@@ -15,6 +15,8 @@ import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { readHostFacts } from "../../lib/host/preflight.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { snapshotDomains } from "../helpers/reliability.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
@@ -334,4 +336,51 @@ Deno.test("planHostdevs() counts a <disk type='nvme'> controller as taken and ne
   assertEquals(win10.errors, []);
   assertEquals(win10.add, []);
   assertMatch(win10.reasoning.join("\n"), /already in "win10" as a <disk type='nvme'>/);
+});
+
+Deno.test("planHostdevs() counts the controller of another VM's <disk type='block'> as taken, on the live host", async () => {
+  using demo = await demoHost();
+  // win10's second disk is the whole Phison NVMe (0000:4a:00.0), by its /dev/disk/by-id name.
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>",
+    `  <disk type='block' device='disk'>
+        <driver name='qemu' type='raw'/>
+        <source dev='/dev/disk/by-id/nvme-Phison_E16_1234'/>
+        <target dev='vdb' bus='virtio'/>
+      </disk>
+    </devices>
+    <test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/class/block`, { recursive: true });
+  Deno.symlinkSync(
+    "../../devices/pci0000:40/0000:40:01.1/0000:4a:00.0/nvme/nvme0/nvme0n1",
+    `${sys}/class/block/nvme0n1`,
+  );
+  Deno.mkdirSync(`${demo.dir}/dev/disk/by-id`, { recursive: true });
+  Deno.symlinkSync("../../nvme0n1", `${demo.dir}/dev/disk/by-id/nvme-Phison_E16_1234`);
+  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).blockDisks, [
+    "/dev/disk/by-id/nvme-Phison_E16_1234",
+  ]);
+  const wantsNvme = parseConfig(
+    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
+    { file: "nvme.yaml" },
+  );
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+
+  // gentoo asks for the controller of win10's disk: refused, naming win10.
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: live });
+  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
+  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
+  assertMatch(issue.message, /"win10" holds it in its definition now/);
+
+  // A captured tree has no /dev: which controller holds the disk is unknown there.
+  const captured = readHostFacts(roots);
+  const planned = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: captured });
+  assertEquals(planned.vms[0]!.errors, []);
+  assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:4a:00.0"]);
 });
