@@ -477,6 +477,7 @@ function storageUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
 
 /** `/proc` escapes a space, tab, newline and backslash in a path as octal (`\040`). */
 function unescapeProcPath(text: string): string {
+  if (!text.includes("\\")) return text;
   return text.replace(
     /\\([0-7]{3})/g,
     (_, octal: string) => String.fromCharCode(parseInt(octal, 8)),
@@ -519,25 +520,32 @@ function swapUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUs
   return uses;
 }
 
+/** Virtual block devices that never stand on another block device: not worth a listing. */
+const NO_SLAVES = /^(loop|zram|ram|nbd)\d/;
+
 /**
  * The controllers of block devices that device-mapper (LVM, dm-crypt), md or bcache stands on:
- * the kernel lists those holders in the device's `holders` directory. An active logical volume
- * holds its disk whether or not anything is mounted on it (a VM's disk on LVM, a RAID member);
- * handing the disk's controller to a guest would pull it from under them.
+ * each such virtual device lists them in its `slaves` directory (and each of them it in its
+ * `holders`). An active logical volume holds its disk whether or not anything is mounted on it (a
+ * VM's disk on LVM, a RAID member); handing the disk's controller to a guest would pull it from
+ * under them. Read from the holders' side: a host has few of them, and many disks.
  */
 function heldBlockUses(reader: SysfsReader, { sysRoot }: LiveRoots): HostUse[] {
   const uses: HostUse[] = [];
-  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
-    const holders = reader.listDir(`${sysRoot}/class/block/${name}/holders`) ?? [];
-    if (holders.length === 0) continue;
-    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
-    const address = link === null ? null : pciAncestor(link);
-    if (address === null) continue;
-    const named = holders.sort().map((h) => {
-      const dmName = readAttribute(reader, `${sysRoot}/class/block/${h}/dm/name`);
-      return dmName === null ? h : `${h} (${dmName})`;
-    });
-    uses.push({ address, reason: "block-holder", detail: `${name} held by ${named.join(", ")}` });
+  const virtual = `${sysRoot}/devices/virtual/block`;
+  for (const holder of (reader.listDir(virtual) ?? []).sort()) {
+    if (NO_SLAVES.test(holder)) continue;
+    const slaves = reader.listDir(`${virtual}/${holder}/slaves`) ?? [];
+    if (slaves.length === 0) continue;
+    const dmName = readAttribute(reader, `${virtual}/${holder}/dm/name`);
+    const by = dmName === null ? holder : `${holder} (${dmName})`;
+    for (const slave of slaves.sort()) {
+      const link = reader.readLink(`${sysRoot}/class/block/${slave}`);
+      const address = link === null ? null : pciAncestor(link);
+      if (address !== null) {
+        uses.push({ address, reason: "block-holder", detail: `${slave} held by ${by}` });
+      }
+    }
   }
   return uses;
 }

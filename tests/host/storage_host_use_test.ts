@@ -19,7 +19,7 @@ const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
 interface Storage {
   mounts?: string[];
   swaps?: string[];
-  /** Device-mapper devices: name, `dm/name`, the partitions they stand on. */
+  /** Device-mapper and md devices: name, `dm/name` (empty for md), the partitions they stand on. */
   dm?: [string, string, string[]][];
   /** Imported pools (`/proc/spl/kstat/zfs/POOL/state`). */
   pools?: string[];
@@ -53,8 +53,10 @@ async function storageUse(storage: Storage) {
       }
     });
     for (const [dm, name, slaves] of storage.dm ?? []) {
-      block(dir, dm, `devices/virtual/block/${dm}`, `253:${dm.slice(3)}`);
-      Deno.writeTextFileSync(`${dir}/devices/virtual/block/${dm}/dm/name`, `${name}\n`);
+      block(dir, dm, `devices/virtual/block/${dm}`, `253:${dm.replace(/\D/g, "")}`);
+      // An md device has no dm directory.
+      if (name === "") Deno.removeSync(`${dir}/devices/virtual/block/${dm}/dm`);
+      else Deno.writeTextFileSync(`${dir}/devices/virtual/block/${dm}/dm/name`, `${name}\n`);
       for (const slave of slaves) {
         const at = Deno.readLinkSync(`${dir}/class/block/${slave}`).replace("../../", "");
         Deno.symlinkSync(`../../${slave}`, `${dir}/devices/virtual/block/${dm}/slaves/${slave}`);
@@ -144,7 +146,11 @@ Deno.test("readHostUse(): a controller with a mounted filesystem is named by the
 Deno.test("readHostUse(): a disk that device-mapper or md holds, mounted or not, and swap on LVM", async () => {
   assertEquals(
     await storageUse({
-      dm: [["dm-0", "vg-vms", ["nvme3n1p1", "nvme4n1p1"]], ["dm-1", "vg-swap", ["nvme3n1p2"]]],
+      dm: [
+        ["dm-0", "vg-vms", ["nvme3n1p1", "nvme4n1p1"]],
+        ["dm-1", "vg-swap", ["nvme3n1p2"]],
+        ["md127", "", ["nvme5n1p1"]],
+      ],
       swaps: [swap("/dev/dm-1")],
     }),
     [
@@ -152,6 +158,7 @@ Deno.test("readHostUse(): a disk that device-mapper or md holds, mounted or not,
       [NVME[3], "block-holder", "nvme3n1p2 held by dm-1 (vg-swap)"],
       [NVME[3], "swap", "swap on dm-1"],
       [NVME[4], "block-holder", "nvme4n1p1 held by dm-0 (vg-vms)"],
+      [NVME[5], "block-holder", "nvme5n1p1 held by md127"],
     ],
   );
 });
