@@ -249,6 +249,11 @@ export interface LenientPassedScan {
    * start, whichever is free (see {@link scanHostdevPoolLeniently}).
    */
   networks: string[];
+  /**
+   * The host block devices `<disk type='block'>` elements name (`<source dev>`, sorted, unique):
+   * the guest holds them open while it runs, so their controllers are its too.
+   */
+  blockDisks: string[];
 }
 
 /**
@@ -265,6 +270,7 @@ export interface LenientPassedScan {
  *   devices: [{ address: "0000:01:10.2", element: "interface" }],
  *   unresolved: 0,
  *   networks: [],
+ *   blockDisks: [],
  * });
  * ```
  */
@@ -273,6 +279,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const starts = [...text.matchAll(DEVICE_START)];
   const found = new Map<PciAddress, PassedElement>();
   const networks = new Set<string>();
+  const blockDisks = new Set<string>();
   let unresolved = 0;
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
@@ -287,6 +294,11 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       return;
     }
     const { type, mode } = tag.attributes;
+    if (name === "disk" && type === "block") {
+      const dev = tag.selfClosing ? null : sourceAttribute(element.slice(tag.end), "disk", "dev");
+      if (dev) blockDisks.add(dev);
+      return;
+    }
     // A disk whose type cannot be read but that says nvme is taken to be one.
     if (name === "disk" && type !== "nvme" && (type !== undefined || !tag.raw.includes("nvme"))) {
       return;
@@ -296,7 +308,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       (type === undefined && tag.raw.includes("hostdev"));
     if (name === "interface" && !hostdevInterface) {
       const network = type === "network" && !tag.selfClosing
-        ? sourceNetwork(element.slice(tag.end))
+        ? sourceAttribute(element.slice(tag.end), "interface", "network")
         : null;
       if (network !== null) networks.add(network);
       return;
@@ -317,15 +329,19 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
     unresolved,
     networks: [...networks].sort(),
+    blockDisks: [...blockDisks].sort(),
   };
 }
 
-/** The `network` attribute of the `<source>` in an interface whose content is `body`, or `null`. */
-function sourceNetwork(body: string): string | null {
-  const close = findTag(body, "interface", 0, true);
+/**
+ * An attribute of the `<source>` in an `element` whose content is `body` (an interface's
+ * `network`, a disk's `dev`), or `null`.
+ */
+function sourceAttribute(body: string, element: string, attribute: string): string | null {
+  const close = findTag(body, element, 0, true);
   const inside = close === -1 ? body : body.slice(0, close);
   const open = findTag(inside, "source");
-  return open === -1 ? null : lenientTag(inside, open)?.attributes.network ?? null;
+  return open === -1 ? null : lenientTag(inside, open)?.attributes[attribute] ?? null;
 }
 
 /** What {@link scanHostdevPoolLeniently} finds in a network's XML. */

@@ -9,7 +9,9 @@
  */
 
 import type { SysfsReader } from "../host/sysfs.ts";
+import type { HostUse, PciDevice } from "../host/types.ts";
 import { readHostUse } from "../host/sysfs_device.ts";
+import { QEMU_STATUS_DIR, runningDiskUses } from "./running_disks.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
 import {
   type ActivePolicy,
@@ -54,6 +56,14 @@ export interface GuardRunOptions {
    * {@link NETWORK_STATUS_DIR} on the live host, none for a captured tree.
    */
   networkStatusDir?: string;
+  /**
+   * Where the status of running QEMU domains is read (their block disks, whose controllers the
+   * starting VM must not take); default {@link QEMU_STATUS_DIR} on the live host, none for a
+   * captured tree.
+   */
+  qemuStatusDir?: string;
+  /** Where `/dev` is, for those disks' paths; default `/dev` on the live host. */
+  devRoot?: string;
   /** The time allowances are judged and refusals stamped with; default now. */
   now?: Date;
 }
@@ -97,6 +107,23 @@ function networkStatusReader(
   };
 }
 
+/**
+ * What the host uses among `devices`, as `plan` reads it, and on the live host also the disks of
+ * the other running VMs (which `plan` reads from their definitions).
+ */
+function hostUseOf(options: GuardRunOptions, devices: PciDevice[]): HostUse[] | null {
+  const uses = readHostUse(options.reader, {
+    root: options.root,
+    live: options.live,
+    devices,
+    ...(options.procRoot === undefined ? {} : { procRoot: options.procRoot }),
+  });
+  const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
+  if (uses === null || statusDir === null) return uses;
+  const roots = { sysRoot: options.root, devRoot: options.devRoot ?? "/dev", statusDir };
+  return [...uses, ...runningDiskUses(options.reader, roots, { vm: options.vm, devices })];
+}
+
 function check(options: GuardRunOptions): GuardRefusal[] {
   const { vm } = options;
   const unreadable = (reason: string): GuardRefusal[] => [unreadableRefusal(vm, reason)];
@@ -113,13 +140,7 @@ function check(options: GuardRunOptions): GuardRefusal[] {
         options.reader,
         options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
       ),
-      hostUse: (devices) =>
-        readHostUse(options.reader, {
-          root: options.root,
-          live: options.live,
-          devices,
-          ...(options.procRoot === undefined ? {} : { procRoot: options.procRoot }),
-        }),
+      hostUse: (devices) => hostUseOf(options, devices),
     });
   } catch (error) {
     return unreadable(`the check failed: ${message(error)}`);

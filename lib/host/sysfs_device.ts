@@ -283,6 +283,7 @@ function parseUevent(text: string | null): UeventFields | null {
   return fields;
 }
 
+/** What `snapshot` records; `vm-disk` is the start guard's alone, read at each start. */
 const HOST_USE_REASONS: readonly HostUseReason[] = [
   "mounted-filesystem",
   "swap",

@@ -594,6 +594,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     ],
     unresolved: 0,
     networks: [],
+    blockDisks: [],
   });
 });
 
@@ -676,5 +677,25 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     devices: [{ address: "0001:01:00.0", element: "disk" }],
     unresolved: 1,
     networks: [],
+    blockDisks: [],
   });
+});
+
+Deno.test("scanPassedDevicesLeniently() lists the host block devices of type='block' disks", () => {
+  const xml = broken(`
+    <disk type='block' device='disk'><driver name='qemu' type='raw'/>
+      <source dev='/dev/disk/by-id/nvme-Samsung_SSD_970_S1'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type="block" device="lun"><source dev="/dev/sdb"><reservations managed='yes'/></source></disk>
+    <disk type='block' device='cdrom'><target dev='sda'/></disk>
+    <disk type='block'/>
+    <disk type='file' device='disk'><source file='/dev/not-a-block'/></disk>
+    <disk type='block' device='disk'><source dev='/dev/sdb'/></disk>`);
+  assertEquals(scanPassedDevicesLeniently(xml).blockDisks, [
+    "/dev/disk/by-id/nvme-Samsung_SSD_970_S1",
+    "/dev/sdb",
+  ]);
+  // Inside <metadata> or a comment, it is no disk.
+  const hidden = `<domain><metadata><disk type='block'><source dev='/dev/m'/></disk></metadata>
+    <devices><!-- <disk type='block'><source dev='/dev/c'/></disk> --></devices></domain>`;
+  assertEquals(scanPassedDevicesLeniently(hidden).blockDisks, []);
 });

@@ -1,0 +1,103 @@
+/**
+ * The disks of the other running VMs, as the start guard sees them: a `<disk type='block'>` on a
+ * whole host disk (`/dev/disk/by-id/nvme-...`) keeps that disk's controller busy while its VM
+ * runs, and libvirt does not know it: a start that detaches the controller pulls the disk from
+ * under that VM. Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one per
+ * running domain): the hook must not call libvirt.
+ *
+ * @module
+ */
+
+import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import type { SysfsReader } from "../host/sysfs.ts";
+import { blockDeviceControllers, pciAncestor } from "../host/sysfs_device.ts";
+import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
+
+/** Where libvirt's QEMU driver keeps the status XML of each running domain. */
+export const QEMU_STATUS_DIR = "/run/libvirt/qemu";
+
+/** The most of a running domain's status XML the check reads. */
+const MAX_STATUS_XML_BYTES = 4 * 1024 * 1024;
+
+/** Where {@link runningDiskUses} reads: sysfs, `/dev`, the status files. */
+export interface RunningDiskRoots {
+  sysRoot: string;
+  devRoot: string;
+  statusDir: string;
+}
+
+/**
+ * Which of `devices` have a block device under them (a disk controller, a USB controller with a
+ * disk plugged in): only their starts need the other VMs' disks read.
+ */
+function withBlockDevices(
+  reader: SysfsReader,
+  sysRoot: string,
+  devices: readonly PciDevice[],
+): Set<PciAddress> {
+  const wanted = new Set(devices.map((d) => d.address));
+  const found = new Set<PciAddress>();
+  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
+    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address !== null && wanted.has(address)) found.add(address);
+  }
+  return found;
+}
+
+/**
+ * The devices among `devices` that hold a disk of another running VM (`vm` is the one starting,
+ * whose own status is skipped): as host use, reason `vm-disk`. Reads nothing more than a
+ * listing of `class/block` unless one of `devices` has a block device under it. Throws when a
+ * status file is larger than 4 MiB (the check then fails closed).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "../host/sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/sys/class/block`, { recursive: true });
+ * Deno.mkdirSync(`${dir}/qemu`);
+ * Deno.symlinkSync("../../devices/pci0000:00/0000:00:01.1/0000:01:00.0/nvme/nvme0/nvme0n1",
+ *   `${dir}/sys/class/block/nvme0n1`);
+ * Deno.writeTextFileSync(`${dir}/qemu/nas.xml`, `<domstatus><domain><name>nas</name><devices>
+ *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
+ * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
+ * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
+ * assertEquals(runningDiskUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme] }), [{
+ *   address: "0000:01:00.0", reason: "vm-disk", detail: 'disk /dev/nvme0n1 of running VM "nas"',
+ * }]);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function runningDiskUses(
+  reader: SysfsReader,
+  roots: RunningDiskRoots,
+  options: { vm: string; devices: readonly PciDevice[] },
+): HostUse[] {
+  const candidates = withBlockDevices(reader, roots.sysRoot, options.devices);
+  if (candidates.size === 0) return [];
+  const uses: HostUse[] = [];
+  for (const entry of (reader.listDir(roots.statusDir) ?? []).sort()) {
+    const name = entry.endsWith(".xml") ? entry.slice(0, -4) : null;
+    if (name === null || name === options.vm) continue;
+    const bytes = reader.readBytes(`${roots.statusDir}/${entry}`, MAX_STATUS_XML_BYTES + 1);
+    // Gone since the listing: that VM stopped.
+    if (bytes === null) continue;
+    if (bytes.length > MAX_STATUS_XML_BYTES) {
+      throw new Error(
+        `the status of running VM ${JSON.stringify(name)} (${roots.statusDir}/${entry}) is ` +
+          `larger than ${MAX_STATUS_XML_BYTES} bytes`,
+      );
+    }
+    const { blockDisks } = scanPassedDevicesLeniently(new TextDecoder().decode(bytes));
+    for (const path of blockDisks) {
+      for (const address of blockDeviceControllers(reader, roots, path)) {
+        if (!candidates.has(address)) continue;
+        const detail = `disk ${path} of running VM ${JSON.stringify(name)}`;
+        uses.push({ address, reason: "vm-disk", detail });
+      }
+    }
+  }
+  return uses;
+}

@@ -1,0 +1,127 @@
+// The start guard and the disks of other running VMs: a `<disk type='block'>` on a whole host disk
+// keeps its controller busy while that VM runs, and libvirt does not count it as assigned, so a
+// start that detaches the controller would pull the disk from under the running VM. The running
+// domains' status files (`/run/libvirt/qemu/NAME.xml`) are read only when a device the starting
+// VM takes has a block device under it. On the Z690 tree: a Samsung NVMe at 06:00.0 (nvme1n1),
+// a GPU at 04:00.0.
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { formatRefusal } from "../../lib/guard/check.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+
+const NVME = "0000:06:00.0";
+const GPU = "0000:04:00.0";
+
+function hostdev(address: string): string {
+  const [, bus, slotFn] = address.split(":");
+  const [slot, fn] = slotFn!.split(".");
+  return `<hostdev mode='subsystem' type='pci' managed='yes'><source>
+      <address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/>
+    </source></hostdev>`;
+}
+
+/** A domain with `devices`, as libvirt hands it to the hook or keeps it in a status file. */
+function domain(name: string, devices: string[]): string {
+  return `<domain type='kvm'><name>${name}</name><devices>${devices.join("\n")}</devices></domain>`;
+}
+
+/** A running domain's status file, as the QEMU driver writes it. */
+function status(name: string, devices: string[]): string {
+  return `<!--
+WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE
+OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:
+  virsh edit ${name}
+-->
+<domstatus state='running' reason='booted' pid='4242'>
+  <monitor path='/var/lib/libvirt/qemu/domain-3-${name}/monitor.sock' type='unix'/>
+  ${domain(name, devices)}
+</domstatus>
+`;
+}
+
+function blockDisk(path: string): string {
+  return `<disk type='block' device='disk'><driver name='qemu' type='raw'/>
+      <source dev='${path}' index='2'/><target dev='vdb' bus='virtio'/></disk>`;
+}
+
+/**
+ * Runs the guard for "desktop" taking `devices`, with the running domains' status files
+ * `running` (name to text), on the tree with `nvme1n1` under {@link NVME} and its by-id link.
+ */
+async function start(devices: string[], running: Record<string, string>) {
+  const z690 = loadFixtureHost("z690-asus-adl");
+  z690.host_use = [];
+  await using tree = await tempHostTree(z690);
+  const dir = tree.dir;
+  Deno.mkdirSync(`${dir}/class/block`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/0000:00:1b.0/${NVME}/nvme/nvme1/nvme1n1`,
+    `${dir}/class/block/nvme1n1`,
+  );
+  Deno.mkdirSync(`${dir}/dev/disk/by-id`, { recursive: true });
+  Deno.symlinkSync("../../nvme1n1", `${dir}/dev/disk/by-id/nvme-Samsung_SSD_980_S6F1`);
+  Deno.mkdirSync(`${dir}/qemu`);
+  for (const [name, text] of Object.entries(running)) {
+    Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
+  }
+  Deno.mkdirSync(`${dir}/state`);
+  const result = await runGuard({
+    vm: "desktop",
+    operation: "prepare",
+    subOperation: "begin",
+    xml: domain("desktop", devices),
+    reader: denoFsReader(),
+    root: dir,
+    live: false,
+    stateDir: `${dir}/state`,
+    qemuStatusDir: `${dir}/qemu`,
+    devRoot: `${dir}/dev`,
+  });
+  return {
+    code: result.code,
+    refusals: result.refusals.map((r) => [r.kind, r.address]),
+    line: result.refusals.map((r) => formatRefusal(r)).join("\n"),
+  };
+}
+
+const BY_ID = "/dev/disk/by-id/nvme-Samsung_SSD_980_S6F1";
+
+Deno.test("guard: taking the controller of a running VM's block disk refuses the start", async () => {
+  const refused = await start([hostdev(NVME)], { nas: status("nas", [blockDisk(BY_ID)]) });
+  assertEquals([refused.code, refused.refusals], [1, [["host-needs", NVME]]]);
+  assertMatch(
+    refused.line,
+    /refusing to start "desktop": hostdev 0000:06:00\.0 holds 144d:a808 .*the host needs it: in use by the host \(vm-disk: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of running VM "nas"\); hand-added/,
+  );
+  // By its kernel name too.
+  const byName = await start([hostdev(NVME)], { nas: status("nas", [blockDisk("/dev/nvme1n1")]) });
+  assertEquals(byName.refusals, [["host-needs", NVME]]);
+});
+
+Deno.test("guard: the starting VM's own status, other disks and other devices pass", async () => {
+  // Its own status file (left by an earlier run), a running VM's disk on another controller, a
+  // file-backed disk.
+  const passes = await start([hostdev(NVME)], {
+    desktop: status("desktop", [blockDisk(BY_ID)]),
+    nas: status("nas", [
+      blockDisk("/dev/sda"),
+      `<disk type='file'><source file='${BY_ID}'/></disk>`,
+    ]),
+  });
+  assertEquals([passes.code, passes.refusals], [0, []]);
+  // The GPU has no block device under it: the running VMs' disks are not its business.
+  const gpu = await start([hostdev(GPU)], { nas: status("nas", [blockDisk(BY_ID)]) });
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+Deno.test("guard: a running VM's status too large to read fails closed, only when it matters", async () => {
+  const huge = status("nas", [blockDisk(BY_ID)]).padEnd(5 << 20, " ");
+  const refused = await start([hostdev(NVME)], { nas: huge });
+  assertEquals([refused.code, refused.refusals], [1, [["unreadable", null]]]);
+  assertMatch(refused.line, /the check failed: the status of running VM "nas" .* is larger than/);
+  // Not read at all for a start that takes no disk controller.
+  const gpu = await start([hostdev(GPU)], { nas: huge });
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
