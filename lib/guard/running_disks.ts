@@ -47,9 +47,10 @@ function withBlockDevices(
 
 /**
  * The devices among `devices` that hold a disk of another running VM (`vm` is the one starting,
- * whose own status is skipped): as host use, reason `vm-disk`. Reads nothing more than a
- * listing of `class/block` unless one of `devices` has a block device under it. Throws when a
- * status file is larger than 4 MiB (the check then fails closed).
+ * whose own status is skipped): as host use, reason `vm-disk`. Reads nothing more than the
+ * status directory's listing when no other VM runs, and than a listing of `class/block` unless
+ * one of `devices` has a block device under it. Throws when a status file is larger than 4 MiB
+ * (the check then fails closed).
  *
  * @example
  * ```ts
@@ -75,19 +76,24 @@ export function runningDiskUses(
   roots: RunningDiskRoots,
   options: { vm: string; devices: readonly PciDevice[] },
 ): HostUse[] {
+  // Most starts find no other VM running: one listing, and nothing else is read.
+  const others = (reader.listDir(roots.statusDir) ?? [])
+    .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
+    .filter((name) => name !== options.vm)
+    .sort();
+  if (others.length === 0) return [];
   const candidates = withBlockDevices(reader, roots.sysRoot, options.devices);
   if (candidates.size === 0) return [];
   const uses: HostUse[] = [];
-  for (const entry of (reader.listDir(roots.statusDir) ?? []).sort()) {
-    const name = entry.endsWith(".xml") ? entry.slice(0, -4) : null;
-    if (name === null || name === options.vm) continue;
-    const bytes = reader.readBytes(`${roots.statusDir}/${entry}`, MAX_STATUS_XML_BYTES + 1);
+  for (const name of others) {
+    const file = `${roots.statusDir}/${name}.xml`;
+    const bytes = reader.readBytes(file, MAX_STATUS_XML_BYTES + 1);
     // Gone since the listing: that VM stopped.
     if (bytes === null) continue;
     if (bytes.length > MAX_STATUS_XML_BYTES) {
       throw new Error(
-        `the status of running VM ${JSON.stringify(name)} (${roots.statusDir}/${entry}) is ` +
-          `larger than ${MAX_STATUS_XML_BYTES} bytes`,
+        `the status of running VM ${JSON.stringify(name)} (${file}) is larger than ` +
+          `${MAX_STATUS_XML_BYTES} bytes`,
       );
     }
     const { blockDisks } = scanPassedDevicesLeniently(new TextDecoder().decode(bytes));
