@@ -346,7 +346,11 @@ function locate(xml: string): Located {
     } else if (span.name === "hostdev") {
       const site = readHostdev(xml, span, owned);
       if (site !== null) hostdevs.push(site);
-    } else if (span.name === "disk" && attribute(xml, span, "type") === "nvme") {
+    } else if (
+      span.name === "disk" && attribute(xml, span, "type") === "nvme" &&
+      span.children.some((c) => c.name === "source")
+    ) {
+      // Without a source there is nothing to detach (libvirt's schema allows it).
       const address = interfaceAddress(read(xml, span));
       if (address === null) throw errorAt(xml, span.start, "NVMe disk has no valid source address");
       nvmeDisks.push(address);

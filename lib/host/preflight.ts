@@ -370,9 +370,13 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     })),
     blockDeviceControllers: byKey((path) => {
       const devRoot = options.devRoot;
-      return devRoot === undefined
-        ? null
-        : blockDeviceControllers(reader, { sysRoot, devRoot }, path);
+      if (devRoot === undefined) return null;
+      try {
+        return blockDeviceControllers(reader, { sysRoot, devRoot }, path);
+      } catch {
+        // A path that cannot be read (permissions, a loop of links) says nothing either way.
+        return null;
+      }
     }),
   };
 }

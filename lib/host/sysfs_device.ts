@@ -67,6 +67,8 @@ export function readHostUse(
   },
 ): HostUse[] | null {
   const root = options.root.replace(/(.)\/+$/, "$1");
+  // The host's use of nothing is nothing (a VM without passthrough, at every start).
+  if (options.live && options.devices.length === 0) return [];
   return options.live
     ? liveHostUse(reader, {
       sysRoot: root,
@@ -364,11 +366,37 @@ function pciDevicesUnder(
   if (link === null) return [];
   const direct = pciAncestor(link);
   if (direct !== null) return [direct];
+  const subsystem = /\/nvme-subsystem\/(nvme-subsys\d+)\//.exec(link)?.[1];
+  if (kind === "block" && subsystem !== undefined) {
+    return nvmeSubsystemControllers(reader, sysRoot, subsystem);
+  }
   const under = kind === "block"
     ? reader.listDir(`${path}/slaves`) ?? []
     : (reader.listDir(path) ?? []).flatMap((e) => e.startsWith("lower_") ? [e.slice(6)] : []);
   return under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1));
 }
+
+/**
+ * The PCI functions of an NVMe subsystem's controllers. With native NVMe multipath (a drive whose
+ * subsystem can have several controllers, such as a dual-port one) the kernel hangs the disk
+ * (`nvme0n1`) under `devices/virtual/nvme-subsystem/nvme-subsysN`, not under a controller, and
+ * links each controller (`nvme0`, `nvme1`) there.
+ */
+function nvmeSubsystemControllers(
+  reader: SysfsReader,
+  sysRoot: string,
+  subsystem: string,
+): PciAddress[] {
+  const dir = `${sysRoot}/devices/virtual/nvme-subsystem/${subsystem}`;
+  return (reader.listDir(dir) ?? []).filter((e) => /^nvme\d+$/.test(e)).sort().flatMap((e) => {
+    const link = reader.readLink(`${dir}/${e}`);
+    const address = link === null ? null : pciAncestor(link);
+    return address === null ? [] : [address];
+  });
+}
+
+/** How many links a `/dev` path is followed through (`/dev/vg/lv` to `/dev/dm-3`). */
+const MAX_DEV_LINKS = 8;
 
 /**
  * The PCI functions under the block device at `path` (`/dev/nvme1n1`, `/dev/disk/by-id/...`,
@@ -400,17 +428,37 @@ export function blockDeviceControllers(
   roots: { sysRoot: string; devRoot: string },
   path: string,
 ): PciAddress[] {
-  if (!path.startsWith("/dev/")) return [];
-  const link = reader.readLink(`${roots.devRoot}${path.slice(4)}`);
-  return pciDevicesUnder(reader, roots.sysRoot, "block", baseName(link ?? path));
+  const name = devName(reader, roots.devRoot, path);
+  return name === null ? [] : pciDevicesUnder(reader, roots.sysRoot, "block", name);
 }
 
-/** The block device name for a mount source (`/dev/nvme0n1p2`, `/dev/mapper/vg-root`). */
-function blockName(reader: SysfsReader, source: string): string | null {
-  if (!source.startsWith("/dev/")) return null;
-  const link = reader.readLink(source);
-  // /dev/mapper/* and /dev/disk/by-* are links to ../dm-0 and the like.
-  return baseName(link ?? source);
+/**
+ * The kernel name of the device node at `path` under `/dev` (read at `devRoot`), its links
+ * followed (`/dev/disk/by-id/x` to `../../nvme0n1`, `/dev/vg/lv` to `../dm-3`); `null` for a path
+ * outside `/dev`.
+ */
+function devName(reader: SysfsReader, devRoot: string, path: string): string | null {
+  let current = path;
+  for (let hop = 0; hop < MAX_DEV_LINKS; hop++) {
+    if (!current.startsWith("/dev/")) return null;
+    const link = reader.readLink(`${devRoot}${current.slice(4)}`);
+    if (link === null) break;
+    current = link.startsWith("/")
+      ? link
+      : joinPath(current.slice(0, current.lastIndexOf("/")), link);
+  }
+  return current.startsWith("/dev/") ? baseName(current) : null;
+}
+
+/** `dir` joined with a relative `link`, `.` and `..` resolved (no file system access). */
+function joinPath(dir: string, link: string): string {
+  const parts: string[] = [];
+  for (const part of `${dir}/${link}`.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return `/${parts.join("/")}`;
 }
 
 /** The interfaces of the default routes, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`). */
@@ -451,7 +499,7 @@ function liveHostUse(
   options: LiveRoots & { devices: PciDevice[] },
 ): HostUse[] {
   const known = new Set(options.devices.map((d) => d.address));
-  const storage = storageUses(reader, options);
+  const storage = storageUses(reader, options, known);
   const uses = [
     ...storage.filter((u) => known.has(u.address)),
     ...routeUses(reader, options).filter((u) => known.has(u.address)),
@@ -465,13 +513,17 @@ function liveHostUse(
  * mount alone (the most telling reason); the other storage reasons are added only for controllers
  * no mount names.
  */
-function storageUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
+function storageUses(
+  reader: SysfsReader,
+  roots: LiveRoots,
+  known: ReadonlySet<PciAddress>,
+): HostUse[] {
   const mounted = mountUses(reader, roots);
   const named = new Set(mounted.map((u) => u.address));
   const others = [
     ...swapUses(reader, roots),
     ...heldBlockUses(reader, roots),
-    ...zfsPoolUses(reader, roots),
+    ...zfsPoolUses(reader, roots, known),
   ].filter((u) => !named.has(u.address));
   return [...mounted, ...others];
 }
@@ -485,18 +537,60 @@ function unescapeProcPath(text: string): string {
   );
 }
 
-/** The controllers under each mounted filesystem's block device. */
-function mountUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
+/** The most of `/proc/self/mountinfo` read: thousands of container mounts fit many times. */
+const MAX_MOUNTINFO_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The controllers under each mounted filesystem's block devices, from `/proc/self/mountinfo`:
+ * the device number it gives (`259:2`, found in `/sys/dev/block` even when the source says
+ * `/dev/root`), and every `/dev` path of the source (bcachefs lists several, `a:b`). Throws when
+ * the table is larger than 4 MiB: a table read in part could leave the root disk out.
+ */
+function mountUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
+  const { sysRoot, procRoot } = roots;
+  const bytes = reader.readBytes(`${procRoot}/self/mountinfo`, MAX_MOUNTINFO_BYTES + 1);
+  if (bytes !== null && bytes.length > MAX_MOUNTINFO_BYTES) {
+    throw new Error(`${procRoot}/self/mountinfo is larger than ${MAX_MOUNTINFO_BYTES} bytes`);
+  }
   const uses: HostUse[] = [];
-  const mounts = reader.readText(`${procRoot}/self/mounts`) ?? "";
-  for (const line of mounts.split("\n")) {
-    const [source, target] = line.split(" ");
-    if (source === undefined || target === undefined) continue;
-    const name = blockName(reader, unescapeProcPath(source));
-    if (name === null) continue;
-    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
-      const detail = `${unescapeProcPath(target)} on ${name}`;
-      uses.push({ address, reason: "mounted-filesystem", detail });
+  for (const line of bytes === null ? [] : new TextDecoder().decode(bytes).split("\n")) {
+    // ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+    const fields = line.split(" ");
+    const separator = fields.indexOf("-", 6);
+    const [number, target, source] = [fields[2], fields[4], fields[separator + 2]];
+    if (separator === -1 || number === undefined || target === undefined) continue;
+    const names = new Set<string>();
+    if (/^[1-9]\d*:\d+$/.test(number)) {
+      const link = reader.readLink(`${sysRoot}/dev/block/${number}`);
+      if (link !== null) names.add(baseName(link));
+    }
+    for (const path of unescapeProcPath(source ?? "").split(":")) {
+      const name = path.startsWith("/dev/") ? devName(reader, "/dev", path) : null;
+      if (name !== null && name !== "root") names.add(name);
+    }
+    for (const name of names) {
+      for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+        const detail = `${unescapeProcPath(target)} on ${name}`;
+        uses.push({ address, reason: "mounted-filesystem", detail });
+      }
+    }
+  }
+  return [...uses, ...btrfsUses(reader, sysRoot)];
+}
+
+/**
+ * The controllers of every device of each mounted btrfs filesystem: the mount table names one
+ * device of a filesystem that spans several, and sysfs lists them all
+ * (`/sys/fs/btrfs/UUID/devices`, present while it is mounted).
+ */
+function btrfsUses(reader: SysfsReader, sysRoot: string): HostUse[] {
+  const uses: HostUse[] = [];
+  for (const uuid of (reader.listDir(`${sysRoot}/fs/btrfs`) ?? []).sort()) {
+    for (const name of (reader.listDir(`${sysRoot}/fs/btrfs/${uuid}/devices`) ?? []).sort()) {
+      for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+        const detail = `btrfs ${uuid} on ${name}`;
+        uses.push({ address, reason: "mounted-filesystem", detail });
+      }
     }
   }
   return uses;
@@ -512,7 +606,7 @@ function swapUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUs
   for (const line of swaps.split("\n").slice(1)) {
     const [source, type] = line.trim().split(/\s+/);
     if (source === undefined || type !== "partition") continue;
-    const name = blockName(reader, unescapeProcPath(source));
+    const name = devName(reader, "/dev", unescapeProcPath(source));
     if (name === null) continue;
     for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
       uses.push({ address, reason: "swap", detail: `swap on ${name}` });
@@ -558,7 +652,11 @@ function heldBlockUses(reader: SysfsReader, { sysRoot }: LiveRoots): HostUse[] {
  * members when udev's probe of it (`/run/udev/data/bMAJOR:MINOR`) says `zfs_member` with the
  * pool's name as its label. Nothing is read on a host without imported pools.
  */
-function zfsPoolUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
+function zfsPoolUses(
+  reader: SysfsReader,
+  roots: LiveRoots,
+  known: ReadonlySet<PciAddress>,
+): HostUse[] {
   const { sysRoot, procRoot, udevDataDir } = roots;
   const kstat = `${procRoot}/spl/kstat/zfs`;
   const pools = new Set(
@@ -566,21 +664,35 @@ function zfsPoolUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
   );
   if (pools.size === 0) return [];
   const uses: HostUse[] = [];
-  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
+  for (const name of (reader.listDir(`${sysRoot}/class/block`) ?? []).sort()) {
+    // Only a disk under a device asked about is worth its udev entry.
+    const addresses = pciDevicesUnder(reader, sysRoot, "block", name).filter((a) => known.has(a));
+    if (addresses.length === 0) continue;
     const number = readAttribute(reader, `${sysRoot}/class/block/${name}/dev`);
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
     const probe = udevProperties(reader.readText(`${udevDataDir}/b${number}`) ?? "");
-    const pool = probe.get("ID_FS_LABEL");
-    if (probe.get("ID_FS_TYPE") !== "zfs_member" || pool === undefined || !pools.has(pool)) {
-      continue;
-    }
-    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
-    const address = link === null ? null : pciAncestor(link);
-    if (address !== null) {
+    const pool = udevLabel(probe);
+    if (probe.get("ID_FS_TYPE") !== "zfs_member" || pool === null || !pools.has(pool)) continue;
+    for (const address of addresses) {
       uses.push({ address, reason: "zfs-pool", detail: `ZFS pool ${pool} on ${name}` });
     }
   }
   return uses;
+}
+
+/**
+ * The label udev's probe read: `ID_FS_LABEL_ENC` decoded (`\x20` for a space), which keeps the
+ * characters `ID_FS_LABEL` replaces with `_`; `null` when neither is there.
+ */
+function udevLabel(probe: ReadonlyMap<string, string>): string | null {
+  const encoded = probe.get("ID_FS_LABEL_ENC");
+  if (encoded === undefined) return probe.get("ID_FS_LABEL") ?? null;
+  // Literal text (valid UTF-8 is kept as is) between `\xNN` escapes of single bytes.
+  const encoder = new TextEncoder();
+  const bytes = encoded.split(/\\x([0-9a-f]{2})/i).flatMap((part, i) =>
+    i % 2 === 1 ? [parseInt(part, 16)] : [...encoder.encode(part)]
+  );
+  return new TextDecoder().decode(Uint8Array.from(bytes));
 }
 
 /** The `E:KEY=VALUE` properties of a udev database entry. */

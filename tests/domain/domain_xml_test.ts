@@ -3,6 +3,7 @@ import {
   DomainEditError,
   DomainXmlError,
   editDomainXml,
+  heldAddresses,
   METADATA_NAMESPACE,
   parseDomainXml,
 } from "../../lib/domain/domain_xml.ts";
@@ -843,5 +844,27 @@ Deno.test("editDomainXml() adds a pcie-root-port before the added hostdevs, refu
       }),
     RangeError,
     "already has one",
+  );
+});
+
+Deno.test("parseDomainXml() lists NVMe disks' controllers and block disks' devices", () => {
+  const xml = `<domain type='kvm'><name>vm</name><devices>
+    <disk type='nvme' device='disk'><driver name='qemu' type='raw'/>
+      <source type='pci' managed='yes' namespace='1'>
+        <address domain='0x0001' bus='0x02' slot='0x00' function='0x0'/>
+      </source><target dev='vda' bus='virtio'/></disk>
+    <disk type='nvme' device='disk'><target dev='vdb' bus='virtio'/></disk>
+    <disk type='block' device='disk'><source dev='/dev/disk/by-id/ata-WDC_1'/><target dev='vdc'/></disk>
+    <disk type='block' device='cdrom'><target dev='sda' bus='sata'/></disk>
+  </devices></domain>`;
+  const parsed = parseDomainXml(xml);
+  // An NVMe disk without a source (libvirt's schema allows it) detaches nothing.
+  assertEquals(parsed.nvmeDisks, ["0001:02:00.0"]);
+  assertEquals(parsed.blockDisks, ["/dev/disk/by-id/ata-WDC_1"]);
+  assertEquals(heldAddresses(parsed), ["0001:02:00.0"]);
+  // A source whose address cannot be read is refused, as a hostdev's is.
+  assertThrows(
+    () => parseDomainXml(xml.replace("bus='0x02'", "bus='zz'")),
+    /NVMe disk has no valid source address: at line 2, column 5/,
   );
 });

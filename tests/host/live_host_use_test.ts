@@ -43,7 +43,7 @@ async function hostUse(routes: string[], ipv6: string[] = []) {
     virtual("lo", []);
     Deno.mkdirSync(`${dir}/proc/net`, { recursive: true });
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
-    Deno.writeTextFileSync(`${dir}/proc/self/mounts`, "");
+    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
     Deno.writeTextFileSync(
       `${dir}/proc/net/route`,
       [

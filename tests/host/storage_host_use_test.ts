@@ -8,7 +8,7 @@
 
 import { assertEquals } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
-import { readHostUse } from "../../lib/host/sysfs_device.ts";
+import { blockDeviceControllers, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 
@@ -17,7 +17,15 @@ const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
 
 /** What a host's storage is, as the files that say so. */
 interface Storage {
+  /** `/proc/self/mountinfo` lines ({@link mount}). */
   mounts?: string[];
+  /** Mounted btrfs filesystems: UUID to the devices `/sys/fs/btrfs/UUID/devices` lists. */
+  btrfs?: Record<string, string[]>;
+  /**
+   * A dual-port NVMe drive under native multipath: `nvme9n1` (259:40) and `nvme9n1p1` (259:41)
+   * hang under `nvme-subsys9`, whose controllers sit on the 5th and 6th NVMe functions.
+   */
+  multipath?: boolean;
   swaps?: string[];
   /** Device-mapper and md devices: name, `dm/name` (empty for md), the partitions they stand on. */
   dm?: [string, string, string[]][];
@@ -52,6 +60,26 @@ async function storageUse(storage: Storage) {
         block(dir, `nvme${i}n1p${p}`, `${disk}/nvme${i}n1p${p}`, `259:${i * 4 + p}`);
       }
     });
+    if (storage.multipath) {
+      const subsystem = `${dir}/devices/virtual/nvme-subsystem/nvme-subsys9`;
+      Deno.mkdirSync(subsystem, { recursive: true });
+      for (const i of [4, 5]) {
+        const controller = `devices/pci0000:00/0000:00:01.${i}/${NVME[i]}/nvme/nvme${i}`;
+        Deno.symlinkSync(`../../../../${controller}`, `${subsystem}/nvme${i}`);
+      }
+      const disk = "devices/virtual/nvme-subsystem/nvme-subsys9/nvme9n1";
+      block(dir, "nvme9n1", disk, "259:40");
+      block(dir, "nvme9n1p1", `${disk}/nvme9n1p1`, "259:41");
+    }
+    for (const [uuid, devices] of Object.entries(storage.btrfs ?? {})) {
+      Deno.mkdirSync(`${dir}/fs/btrfs/${uuid}/devices`, { recursive: true });
+      for (const name of devices) {
+        Deno.symlinkSync(
+          `../../../../class/block/${name}`,
+          `${dir}/fs/btrfs/${uuid}/devices/${name}`,
+        );
+      }
+    }
     for (const [dm, name, slaves] of storage.dm ?? []) {
       block(dir, dm, `devices/virtual/block/${dm}`, `253:${dm.replace(/\D/g, "")}`);
       // An md device has no dm directory.
@@ -64,7 +92,7 @@ async function storageUse(storage: Storage) {
       }
     }
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
-    Deno.writeTextFileSync(`${dir}/proc/self/mounts`, (storage.mounts ?? []).join("\n"));
+    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, (storage.mounts ?? []).join("\n"));
     Deno.writeTextFileSync(
       `${dir}/proc/swaps`,
       ["Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority", ...storage.swaps ?? []].join("\n"),
@@ -101,6 +129,13 @@ function block(dir: string, name: string, path: string, number: string): void {
   Deno.mkdirSync(`${dir}/${path}/dm`, { recursive: true });
   Deno.writeTextFileSync(`${dir}/${path}/dev`, `${number}\n`);
   Deno.symlinkSync(`../../${path}`, `${dir}/class/block/${name}`);
+  Deno.mkdirSync(`${dir}/dev/block`, { recursive: true });
+  Deno.symlinkSync(`../../${path}`, `${dir}/dev/block/${number}`);
+}
+
+/** A `/proc/self/mountinfo` line: the device number, mount point, type and source. */
+function mount(number: string, target: string, type: string, source: string): string {
+  return `36 1 ${number} / ${target} rw,relatime shared:1 - ${type} ${source} rw`;
 }
 
 /** A `/proc/swaps` line for a partition or a file. */
@@ -125,7 +160,7 @@ Deno.test("readHostUse(): a swap partition's controller; a swap file is its file
   // A swap file lives on a filesystem; with that filesystem mounted, the mount names the controller.
   assertEquals(
     await storageUse({
-      mounts: ["/dev/nvme2n1p1 /srv/my\\040data ext4 rw 0 0"],
+      mounts: [mount("259:9", "/srv/my\\040data", "ext4", "/dev/nvme2n1p1")],
       swaps: [swap("/srv/my\\040data/swapfile", "file"), swap("/dev/zram0")],
     }),
     [[NVME[2], "mounted-filesystem", "/srv/my data on nvme2n1p1"]],
@@ -135,7 +170,7 @@ Deno.test("readHostUse(): a swap partition's controller; a swap file is its file
 Deno.test("readHostUse(): a controller with a mounted filesystem is named by the mount alone", async () => {
   assertEquals(
     await storageUse({
-      mounts: ["/dev/nvme0n1p2 / ext4 rw 0 0"],
+      mounts: [mount("259:2", "/", "ext4", "/dev/nvme0n1p2")],
       swaps: [swap("/dev/nvme0n1p3")],
       dm: [["dm-0", "vg-data", ["nvme0n1p1"]]],
     }),
@@ -186,9 +221,87 @@ Deno.test("readHostUse(): the disks of an imported ZFS pool, not those of a pool
 Deno.test("readHostUse(): storage nothing uses is no host use", async () => {
   assertEquals(
     await storageUse({
-      mounts: ["tmpfs /tmp tmpfs rw 0 0", "tank/data /tank zfs rw 0 0"],
+      mounts: [mount("0:25", "/tmp", "tmpfs", "tmpfs"), mount("0:48", "/tank", "zfs", "tank/data")],
       swaps: [swap("/dev/zram0")],
     }),
     [],
   );
+});
+
+Deno.test("readHostUse(): a root the mount table calls /dev/root, a filesystem on several disks", async () => {
+  assertEquals(
+    await storageUse({
+      mounts: [
+        // Mounted by the kernel without an initramfs: only the device number says which disk.
+        mount("259:6", "/", "ext4", "/dev/root"),
+        mount("0:40", "/data", "bcachefs", "/dev/nvme2n1p1:/dev/nvme3n1p1"),
+        mount("0:33", "/srv", "btrfs", "/dev/nvme4n1p1"),
+      ],
+      btrfs: { "5e1f0c2a-0d6b-4f7e-9a52-1b2c3d4e5f60": ["nvme4n1p1", "nvme5n1p1"] },
+    }),
+    [
+      [NVME[1], "mounted-filesystem", "/ on nvme1n1p2"],
+      [NVME[2], "mounted-filesystem", "/data on nvme2n1p1"],
+      [NVME[3], "mounted-filesystem", "/data on nvme3n1p1"],
+      [NVME[4], "mounted-filesystem", "/srv on nvme4n1p1"],
+      [NVME[4], "mounted-filesystem", "btrfs 5e1f0c2a-0d6b-4f7e-9a52-1b2c3d4e5f60 on nvme4n1p1"],
+      [NVME[5], "mounted-filesystem", "btrfs 5e1f0c2a-0d6b-4f7e-9a52-1b2c3d4e5f60 on nvme5n1p1"],
+    ],
+  );
+});
+
+Deno.test("readHostUse(): a disk under NVMe native multipath names every controller of its subsystem", async () => {
+  assertEquals(
+    await storageUse({
+      multipath: true,
+      mounts: [mount("259:41", "/var/lib/libvirt", "xfs", "/dev/nvme9n1p1")],
+    }),
+    [
+      [NVME[4], "mounted-filesystem", "/var/lib/libvirt on nvme9n1p1"],
+      [NVME[5], "mounted-filesystem", "/var/lib/libvirt on nvme9n1p1"],
+    ],
+  );
+});
+
+Deno.test("readHostUse(): a ZFS pool whose name has a space, as udev encodes its label", async () => {
+  assertEquals(
+    await storageUse({
+      pools: ["my pool"],
+      udev: [["nvme1n1p1", [
+        "E:ID_FS_TYPE=zfs_member",
+        "E:ID_FS_LABEL=my_pool",
+        "E:ID_FS_LABEL_ENC=my\\x20pool",
+      ]]],
+    }),
+    [[NVME[1], "zfs-pool", "ZFS pool my pool on nvme1n1p1"]],
+  );
+});
+
+Deno.test("blockDeviceControllers() follows /dev links to the kernel's name, through several", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-dev-links-" });
+  try {
+    Deno.mkdirSync(`${dir}/sys/class/block`, { recursive: true });
+    Deno.symlinkSync(
+      `../../devices/pci0000:00/0000:00:01.0/${NVME[0]}/nvme/nvme0/nvme0n1`,
+      `${dir}/sys/class/block/nvme0n1`,
+    );
+    for (const sub of ["disk/by-id", "vms"]) {
+      Deno.mkdirSync(`${dir}/dev/${sub}`, { recursive: true });
+    }
+    Deno.symlinkSync("../../nvme0n1", `${dir}/dev/disk/by-id/nvme-Samsung_1`);
+    // An absolute link to another link, as an administrator's own names often are.
+    Deno.symlinkSync("/dev/disk/by-id/nvme-Samsung_1", `${dir}/dev/vms/nas`);
+    Deno.symlinkSync("loop-b", `${dir}/dev/vms/loop-a`);
+    Deno.symlinkSync("loop-a", `${dir}/dev/vms/loop-b`);
+    const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev` };
+    const read = (path: string) => blockDeviceControllers(denoFsReader(), roots, path);
+    assertEquals(read("/dev/vms/nas"), [NVME[0]]);
+    assertEquals(read("/dev/disk/by-id/nvme-Samsung_1"), [NVME[0]]);
+    assertEquals(read("/dev/nvme0n1"), [NVME[0]]);
+    // A loop of links, a path outside /dev: nothing, and no hang.
+    assertEquals(read("/dev/vms/loop-a"), []);
+    assertEquals(read("/srv/images/nas.img"), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
