@@ -110,8 +110,9 @@ export interface ParsedDomain {
    */
   nvmeDisks: PciAddress[];
   /**
-   * The host block devices of `<disk type='block'>` (`<source dev>`, `/dev/...` as written):
-   * planning counts their controllers as held, when the host can say which they are.
+   * The host block devices of its disks (every `<source dev>` in a `<disk>`: a `type='block'`
+   * disk's, a block backing store's, mirror's or data store's; `/dev/...` as written): planning
+   * counts their controllers as held, when the host can say which they are.
    */
   blockDisks: string[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
@@ -354,10 +355,8 @@ function locate(xml: string): Located {
       const address = interfaceAddress(read(xml, span));
       if (address === null) throw errorAt(xml, span.start, "NVMe disk has no valid source address");
       nvmeDisks.push(address);
-    } else if (span.name === "disk" && attribute(xml, span, "type") === "block") {
-      const source = span.children.find((c) => c.name === "source");
-      const dev = source === undefined ? undefined : attribute(xml, source, "dev");
-      if (dev !== undefined && dev !== "") blockDisks.push(dev);
+    } else if (span.name === "disk") {
+      blockDisks.push(...sourceDevices(xml, span));
     }
   }
   const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
@@ -408,6 +407,18 @@ function readOurMetadata(
 }
 
 /** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
+/**
+ * The `dev` of every `<source>` under a disk's span: its own (`type='block'`) and those of block
+ * backing stores, mirrors and data stores (`<source file><dataStore><source dev>`), which QEMU
+ * holds open as well.
+ */
+function sourceDevices(xml: string, span: XmlSpan): string[] {
+  return span.children.flatMap((child) => {
+    const dev = child.name === "source" ? attribute(xml, child, "dev") : undefined;
+    return [...(dev ? [dev] : []), ...sourceDevices(xml, child)];
+  });
+}
+
 function interfaceAddress(element: XmlElement): PciAddress | null {
   const source = element.children.find((c) => c.name === "source");
   const address = source?.children.find((c) => c.name === "address");

@@ -294,14 +294,16 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       return;
     }
     const { type, mode } = tag.attributes;
-    if (name === "disk" && type === "block") {
-      const dev = tag.selfClosing ? null : sourceAttribute(element.slice(tag.end), "disk", "dev");
-      if (dev) blockDisks.add(dev);
-      return;
-    }
-    // A disk whose type cannot be read but that says nvme is taken to be one.
-    if (name === "disk" && type !== "nvme" && (type !== undefined || !tag.raw.includes("nvme"))) {
-      return;
+    if (name === "disk") {
+      const inside = tag.selfClosing ? "" : elementContent(element.slice(tag.end), "disk");
+      // A disk whose type cannot be read but that says nvme is taken to be one.
+      const nvme = type === "nvme" || (type === undefined && tag.raw.includes("nvme"));
+      if (!nvme) {
+        for (const dev of sourceDevices(inside)) blockDisks.add(dev);
+        return;
+      }
+      // Without a source there is nothing to detach (libvirt's schema allows it).
+      if (findTag(inside, "source") === -1) return;
     }
     // An interface whose type cannot be read but that says hostdev is taken to be one.
     const hostdevInterface = type === "hostdev" ||
@@ -331,6 +333,25 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     networks: [...networks].sort(),
     blockDisks: [...blockDisks].sort(),
   };
+}
+
+/** The content of an `element` whose content starts `body`: up to its end tag, if any. */
+function elementContent(body: string, element: string): string {
+  const close = findTag(body, element, 0, true);
+  return close === -1 ? body : body.slice(0, close);
+}
+
+/**
+ * The `dev` of every `<source>` in a disk's content `inside`: its own (`type='block'`) and those
+ * of block backing stores, mirrors and data stores, which QEMU holds open as well.
+ */
+function sourceDevices(inside: string): string[] {
+  const devices: string[] = [];
+  for (let at = findTag(inside, "source"); at !== -1; at = findTag(inside, "source", at + 1)) {
+    const dev = lenientTag(inside, at)?.attributes.dev;
+    if (dev) devices.push(dev);
+  }
+  return devices;
 }
 
 /**

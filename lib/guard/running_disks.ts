@@ -10,7 +10,7 @@
 
 import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
-import { blockDeviceControllers, pciAncestor } from "../host/sysfs_device.ts";
+import { blockDeviceControllers, pciDevicesUnder } from "../host/sysfs_device.ts";
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
 
 /** Where libvirt's QEMU driver keeps the status XML of each running domain. */
@@ -38,9 +38,9 @@ function withBlockDevices(
   const wanted = new Set(devices.map((d) => d.address));
   const found = new Set<PciAddress>();
   for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
-    const link = reader.readLink(`${sysRoot}/class/block/${name}`);
-    const address = link === null ? null : pciAncestor(link);
-    if (address !== null && wanted.has(address)) found.add(address);
+    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+      if (wanted.has(address)) found.add(address);
+    }
   }
   return found;
 }

@@ -114,7 +114,8 @@ export interface HostFacts {
   /**
    * The PCI functions under the block device at `path` (a `<disk type='block'>` source such as
    * `/dev/disk/by-id/nvme-...`): its controller, or those of the disks a device-mapper or md
-   * device stands on. `null` when unknown: only the live host's `/dev` can say.
+   * device stands on. `null` when unknown: only the live host's `/dev` can say. Throws when the
+   * path or sysfs cannot be read.
    */
   blockDeviceControllers(path: string): PciAddress[] | null;
 }
@@ -370,13 +371,10 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     })),
     blockDeviceControllers: byKey((path) => {
       const devRoot = options.devRoot;
-      if (devRoot === undefined) return null;
-      try {
-        return blockDeviceControllers(reader, { sysRoot, devRoot }, path);
-      } catch {
-        // A path that cannot be read (permissions, a loop of links) says nothing either way.
-        return null;
-      }
+      // The reader that throws: a path that cannot be read is the caller's to report, not none.
+      return devRoot === undefined
+        ? null
+        : blockDeviceControllers(options.reader, { sysRoot, devRoot }, path);
     }),
   };
 }

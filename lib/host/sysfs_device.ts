@@ -349,11 +349,11 @@ export function pciAncestor(path: string): PciAddress | null {
 
 /**
  * The PCI functions under `class/KIND/NAME`: its own, or, for a virtual device, those of the
- * devices it stands on, followed down: a device-mapper or md block device's `slaves`, and a
- * bridge's, bond's, VLAN's or macvlan's `lower_*` interfaces (a bridge's ports, a bond's slaves, a
- * VLAN's parent).
+ * devices it stands on, followed down: a device-mapper or md block device's `slaves`, a
+ * multipath NVMe disk's controllers, and a bridge's, bond's, VLAN's or macvlan's `lower_*`
+ * interfaces (a bridge's ports, a bond's slaves, a VLAN's parent).
  */
-function pciDevicesUnder(
+export function pciDevicesUnder(
   reader: SysfsReader,
   sysRoot: string,
   kind: "block" | "net",
@@ -537,42 +537,54 @@ function unescapeProcPath(text: string): string {
   );
 }
 
-/** The most of `/proc/self/mountinfo` read: thousands of container mounts fit many times. */
-const MAX_MOUNTINFO_BYTES = 4 * 1024 * 1024;
+/** The most of `/proc/self/mountinfo` read: 64 MiB is some 250,000 container mounts. */
+const MAX_MOUNTINFO_BYTES = 64 * 1024 * 1024;
 
 /**
  * The controllers under each mounted filesystem's block devices, from `/proc/self/mountinfo`:
  * the device number it gives (`259:2`, found in `/sys/dev/block` even when the source says
- * `/dev/root`), and every `/dev` path of the source (bcachefs lists several, `a:b`). Throws when
- * the table is larger than 4 MiB: a table read in part could leave the root disk out.
+ * `/dev/root`), and the source's `/dev` path (a bcachefs source lists several, `a:b`). Each
+ * device is named once, by the first mount of it (bind mounts repeat it, by the thousand on a
+ * container host). Throws when the table cannot be read whole: a table read in part, or not at
+ * all, could leave the root disk out.
  */
 function mountUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
   const { sysRoot, procRoot } = roots;
-  const bytes = reader.readBytes(`${procRoot}/self/mountinfo`, MAX_MOUNTINFO_BYTES + 1);
-  if (bytes !== null && bytes.length > MAX_MOUNTINFO_BYTES) {
-    throw new Error(`${procRoot}/self/mountinfo is larger than ${MAX_MOUNTINFO_BYTES} bytes`);
+  const path = `${procRoot}/self/mountinfo`;
+  const bytes = reader.readBytes(path, MAX_MOUNTINFO_BYTES + 1);
+  if (bytes === null) throw new Error(`Cannot read ${path}: what the host has mounted is unknown`);
+  if (bytes.length > MAX_MOUNTINFO_BYTES) {
+    throw new Error(`${path} is larger than ${MAX_MOUNTINFO_BYTES} bytes`);
   }
-  const uses: HostUse[] = [];
-  for (const line of bytes === null ? [] : new TextDecoder().decode(bytes).split("\n")) {
+  const seen = new Set<string>();
+  // Each block device's name, with the first mount point it was seen at.
+  const mounted = new Map<string, string>();
+  for (const line of new TextDecoder().decode(bytes).split("\n")) {
     // ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
     const fields = line.split(" ");
     const separator = fields.indexOf("-", 6);
-    const [number, target, source] = [fields[2], fields[4], fields[separator + 2]];
+    const [number, target] = [fields[2], fields[4]];
+    const [type, source] = [fields[separator + 1] ?? "", fields[separator + 2] ?? ""];
     if (separator === -1 || number === undefined || target === undefined) continue;
-    const names = new Set<string>();
+    const key = `${number} ${source}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const names: string[] = [];
     if (/^[1-9]\d*:\d+$/.test(number)) {
       const link = reader.readLink(`${sysRoot}/dev/block/${number}`);
-      if (link !== null) names.add(baseName(link));
+      if (link !== null) names.push(baseName(link));
     }
-    for (const path of unescapeProcPath(source ?? "").split(":")) {
-      const name = path.startsWith("/dev/") ? devName(reader, "/dev", path) : null;
-      if (name !== null && name !== "root") names.add(name);
+    const sources = unescapeProcPath(source);
+    for (const part of type === "bcachefs" ? sources.split(":") : [sources]) {
+      const name = part.startsWith("/dev/") ? devName(reader, "/dev", part) : null;
+      if (name !== null && name !== "root") names.push(name);
     }
-    for (const name of names) {
-      for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
-        const detail = `${unescapeProcPath(target)} on ${name}`;
-        uses.push({ address, reason: "mounted-filesystem", detail });
-      }
+    for (const name of names) if (!mounted.has(name)) mounted.set(name, unescapeProcPath(target));
+  }
+  const uses: HostUse[] = [];
+  for (const [name, target] of mounted) {
+    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+      uses.push({ address, reason: "mounted-filesystem", detail: `${target} on ${name}` });
     }
   }
   return [...uses, ...btrfsUses(reader, sysRoot)];
@@ -635,9 +647,8 @@ function heldBlockUses(reader: SysfsReader, { sysRoot }: LiveRoots): HostUse[] {
     const dmName = readAttribute(reader, `${virtual}/${holder}/dm/name`);
     const by = dmName === null ? holder : `${holder} (${dmName})`;
     for (const slave of slaves.sort()) {
-      const link = reader.readLink(`${sysRoot}/class/block/${slave}`);
-      const address = link === null ? null : pciAncestor(link);
-      if (address !== null) {
+      // Followed down: a slave may be a multipath NVMe disk, or itself device-mapper or md.
+      for (const address of pciDevicesUnder(reader, sysRoot, "block", slave)) {
         uses.push({ address, reason: "block-holder", detail: `${slave} held by ${by}` });
       }
     }

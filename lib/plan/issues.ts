@@ -98,6 +98,19 @@ export function readFailedError(name: string, error: string): PlanIssue {
   };
 }
 
+/** The warning for a block disk whose host device cannot be read (`/dev` or sysfs). */
+export function unresolvedDiskWarning(name: string, path: string, error: string): PlanIssue {
+  return {
+    code: "unreadable-definition",
+    message:
+      `Cannot tell which PCI controller holds ${
+        JSON.stringify(path)
+      }, a disk of VM "${name}": ${error}: planning counts none for it; a rule that takes that ` +
+      `controller would pull the disk from under "${name}"`,
+    vm: name,
+  };
+}
+
 /** The warning for a domain outside the config whose definition the strict reader refuses. */
 export function unreadableOutsiderWarning(
   name: string,

@@ -19,7 +19,7 @@
 
 import type { Config } from "../config/config.ts";
 import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
-import type { LenientHostdevScan } from "../domain/lenient.ts";
+import { type LenientHostdevScan, scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,
@@ -28,6 +28,7 @@ import {
   unreadableLiveWarning,
   unreadableOutsiderWarning,
   unreadLiveWarning,
+  unresolvedDiskWarning,
   unresolvedError,
 } from "./issues.ts";
 import type { PlanIssue } from "./types.ts";
@@ -114,12 +115,31 @@ function liveHolding(
  */
 export type BlockResolver = (path: string) => PciAddress[] | null;
 
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /**
- * The controllers of a domain's `<disk type='block'>` devices: handing one to another guest
- * pulls the disk from under this one (QEMU holds it open while the guest runs).
+ * The controllers of a domain's block disks (`<disk type='block'>`, and block backing stores,
+ * mirrors and data stores): handing one to another guest pulls the disk from under this one
+ * (QEMU holds it open while the guest runs). A disk whose device cannot be read is a warning:
+ * planning then counts no controller for it.
  */
-function blockDiskControllers(domain: ParsedDomain, resolve: BlockResolver): PciAddress[] {
-  return [...new Set(domain.blockDisks.flatMap((path) => resolve(path) ?? []))];
+function blockDiskControllers(
+  name: string,
+  domain: { blockDisks: readonly string[] },
+  resolve: BlockResolver,
+): { addresses: PciAddress[]; warnings: PlanIssue[] } {
+  const addresses = new Set<PciAddress>();
+  const warnings: PlanIssue[] = [];
+  for (const path of domain.blockDisks) {
+    try {
+      for (const address of resolve(path) ?? []) addresses.add(address);
+    } catch (error) {
+      warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
+    }
+  }
+  return { addresses: [...addresses], warnings };
 }
 
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
@@ -145,6 +165,10 @@ function surveyDomain(
     // what the lenient scan finds in it counts as held.
     const { xml, error, scan } = persistent;
     holding.fixed.push(...scan.addresses);
+    const { blockDisks } = scanPassedDevicesLeniently(xml);
+    const disks = blockDiskControllers(name, { blockDisks }, context.blockDeviceControllers);
+    holding.fixed.push(...disks.addresses);
+    survey.warnings.push(...disks.warnings);
     defined = scan.addresses;
     if (context.configured.has(name)) survey.unreadable.set(name, { xml, error, scan });
     else survey.warnings.push(unreadableOutsiderWarning(name, error, scan));
@@ -155,7 +179,9 @@ function surveyDomain(
     const owned = new Set(domain.interfaces.filter((i) => i.owned).map((i) => i.address));
     holding.fixed.push(...domain.interfaceHostdevs.filter((a) => !owned.has(a)));
     holding.fixed.push(...domain.nvmeDisks);
-    holding.fixed.push(...blockDiskControllers(domain, context.blockDeviceControllers));
+    const disks = blockDiskControllers(name, domain, context.blockDeviceControllers);
+    holding.fixed.push(...disks.addresses);
+    survey.warnings.push(...disks.warnings);
     holding.ownedInterfaces.push(...owned);
     holding.macs.push(...domain.macs);
     defined = heldAddresses(domain);
@@ -167,7 +193,9 @@ function surveyDomain(
   }
   if (live?.kind === "parsed") {
     holding.macs.push(...live.domain.macs);
-    holding.fixed.push(...blockDiskControllers(live.domain, context.blockDeviceControllers));
+    const disks = blockDiskControllers(name, live.domain, context.blockDeviceControllers);
+    holding.fixed.push(...disks.addresses);
+    context.liveWarnings.push(...disks.warnings);
   }
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));

@@ -856,11 +856,19 @@ Deno.test("parseDomainXml() lists NVMe disks' controllers and block disks' devic
     <disk type='nvme' device='disk'><target dev='vdb' bus='virtio'/></disk>
     <disk type='block' device='disk'><source dev='/dev/disk/by-id/ata-WDC_1'/><target dev='vdc'/></disk>
     <disk type='block' device='cdrom'><target dev='sda' bus='sata'/></disk>
+    <disk type='file' device='disk'><source file='/srv/vm.qcow2'><dataStore type='block'>
+      <format type='raw'/><source dev='/dev/mapper/data'/></dataStore></source>
+      <backingStore type='block' index='1'><format type='raw'/><source dev='/dev/vg/base'/>
+      </backingStore><target dev='vdd'/></disk>
   </devices></domain>`;
   const parsed = parseDomainXml(xml);
   // An NVMe disk without a source (libvirt's schema allows it) detaches nothing.
   assertEquals(parsed.nvmeDisks, ["0001:02:00.0"]);
-  assertEquals(parsed.blockDisks, ["/dev/disk/by-id/ata-WDC_1"]);
+  assertEquals(parsed.blockDisks, [
+    "/dev/disk/by-id/ata-WDC_1",
+    "/dev/mapper/data",
+    "/dev/vg/base",
+  ]);
   assertEquals(heldAddresses(parsed), ["0001:02:00.0"]);
   // A source whose address cannot be read is refused, as a hostdev's is.
   assertThrows(

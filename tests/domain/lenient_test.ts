@@ -672,7 +672,10 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
       <address domain='0x0001' bus='0x01' slot='0x00' function='0x0'/></source><target dev='vde'/></disk>
     <disk type='file' device='disk'><source file='/a.img'/>
       <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></disk>
-    <disk type='nvme' device='disk'><source type='pci' managed='no'/></disk>`);
+    <disk type='nvme' device='disk'><source type='pci' managed='no'/></disk>
+    <disk type='nvme' device='disk'><target dev='vdf'/></disk>
+    <disk type='nvme' device='disk'/>`);
+  // The last two have no source: nothing to detach, so nothing unresolved either.
   assertEquals(scanPassedDevicesLeniently(xml), {
     devices: [{ address: "0001:01:00.0", element: "disk" }],
     unresolved: 1,
@@ -693,6 +696,20 @@ Deno.test("scanPassedDevicesLeniently() lists the host block devices of type='bl
   assertEquals(scanPassedDevicesLeniently(xml).blockDisks, [
     "/dev/disk/by-id/nvme-Samsung_SSD_970_S1",
     "/dev/sdb",
+  ]);
+  // What QEMU also holds open: a block backing store (after a disk-only snapshot), a block copy's
+  // mirror, a qcow2 image's raw data store.
+  const held = broken(`
+    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/vm.snap1'/>
+      <backingStore type='block' index='1'><format type='raw'/><source dev='/dev/vg/base'/>
+      <backingStore/></backingStore><target dev='vda'/>
+      <mirror type='block' job='copy' ready='yes'><format type='raw'/><source dev='/dev/sdc'/></mirror></disk>
+    <disk type='file' device='disk'><source file='/srv/vm.qcow2'><dataStore type='block'>
+      <format type='raw'/><source dev='/dev/mapper/data'/></dataStore></source><target dev='vdb'/></disk>`);
+  assertEquals(scanPassedDevicesLeniently(held).blockDisks, [
+    "/dev/mapper/data",
+    "/dev/sdc",
+    "/dev/vg/base",
   ]);
   // Inside <metadata> or a comment, it is no disk.
   const hidden = `<domain><metadata><disk type='block'><source dev='/dev/m'/></disk></metadata>

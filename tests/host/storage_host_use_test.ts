@@ -6,7 +6,7 @@
  * `slaves` links, `dm/name`), a `/proc` and a udev database of its own.
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { blockDeviceControllers, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
@@ -17,8 +17,8 @@ const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
 
 /** What a host's storage is, as the files that say so. */
 interface Storage {
-  /** `/proc/self/mountinfo` lines ({@link mount}). */
-  mounts?: string[];
+  /** `/proc/self/mountinfo` lines ({@link mount}); `null`: no such file. */
+  mounts?: string[] | null;
   /** Mounted btrfs filesystems: UUID to the devices `/sys/fs/btrfs/UUID/devices` lists. */
   btrfs?: Record<string, string[]>;
   /**
@@ -92,7 +92,9 @@ async function storageUse(storage: Storage) {
       }
     }
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
-    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, (storage.mounts ?? []).join("\n"));
+    if (storage.mounts !== null) {
+      Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, (storage.mounts ?? []).join("\n"));
+    }
     Deno.writeTextFileSync(
       `${dir}/proc/swaps`,
       ["Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority", ...storage.swaps ?? []].join("\n"),
@@ -260,6 +262,33 @@ Deno.test("readHostUse(): a disk under NVMe native multipath names every control
       [NVME[4], "mounted-filesystem", "/var/lib/libvirt on nvme9n1p1"],
       [NVME[5], "mounted-filesystem", "/var/lib/libvirt on nvme9n1p1"],
     ],
+  );
+  // LVM on it, nothing mounted: held, on both controllers.
+  assertEquals(
+    await storageUse({ multipath: true, dm: [["dm-0", "vg-vms", ["nvme9n1p1"]]] }),
+    [
+      [NVME[4], "block-holder", "nvme9n1p1 held by dm-0 (vg-vms)"],
+      [NVME[5], "block-holder", "nvme9n1p1 held by dm-0 (vg-vms)"],
+    ],
+  );
+});
+
+Deno.test("readHostUse(): a device mounted many times is named once, by its first mount", async () => {
+  const binds = Array.from(
+    { length: 2000 },
+    (_, i) => mount("259:2", `/var/lib/docker/containers/c${i}/hostname`, "ext4", "/dev/nvme0n1p2"),
+  );
+  assertEquals(
+    await storageUse({ mounts: [mount("259:2", "/", "ext4", "/dev/nvme0n1p2"), ...binds] }),
+    [[NVME[0], "mounted-filesystem", "/ on nvme0n1p2"]],
+  );
+});
+
+Deno.test("readHostUse(): a live host whose mount table cannot be read is an error, not no mounts", async () => {
+  const error = await storageUse({ mounts: null }).catch((e: Error) => e);
+  assertMatch(
+    String(error),
+    /Cannot read .*\/proc\/self\/mountinfo: what the host has mounted is unknown/,
   );
 });
 

@@ -378,6 +378,44 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
   assertMatch(issue.message, /"win10" holds it in its definition now/);
 
+  // A /dev path that cannot be read is a warning naming the disk, not silently nothing.
+  const denied = {
+    ...roots.reader,
+    readLink(path: string) {
+      if (path.startsWith(`${demo.dir}/dev/`)) throw new Error(`EACCES: ${path}`);
+      return roots.reader.readLink(path);
+    },
+  };
+  const unreadable = readHostFacts({ ...roots, reader: denied, devRoot: `${demo.dir}/dev` });
+  const warned = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: unreadable });
+  assertMatch(
+    warned.warnings.map((w) => `${w.code}: ${w.message}`).join("\n"),
+    /unreadable-definition: Cannot tell which PCI controller holds "\/dev\/disk\/by-id\/nvme-Phison_E16_1234", a disk of VM "win10": EACCES/,
+  );
+
+  // A definition the strict reader refuses (a record damaged by hand) holds its disks all the same.
+  Deno.writeTextFileSync(
+    `${demo.dir}/damaged.xml`,
+    world.replace(
+      "<name>win10</name>",
+      `<name>win10</name>
+    <metadata><passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1">
+      <passthrough:device address="not-an-address" vendor="1d6a" device="07b1" class="020000" rule="x"/>
+    </passthrough:hostdevs></metadata>`,
+    ),
+  );
+  {
+    using damaged = openLibvirtPort(`test://${demo.dir}/damaged.xml`);
+    const plan = planHostdevs({
+      config: wantsNvme,
+      host: demo.host,
+      libvirt: damaged,
+      facts: live,
+    });
+    const twice = plan.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+    assertEquals([...(twice?.vms ?? [])].sort(), ["gentoo", "win10"]);
+  }
+
   // A captured tree has no /dev: which controller holds the disk is unknown there.
   const captured = readHostFacts(roots);
   const planned = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: captured });
