@@ -10,6 +10,29 @@
 import type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
 
 /** Options of {@link generateHost}. */
+/**
+ * A Samsung 144d:a808 NVMe controller at `bdf` in IOMMU group `group`, bound to `nvme`, with
+ * `extra` fields over it.
+ */
+export function nvmeDescription(
+  bdf: string,
+  group: number,
+  extra: Partial<HostDeviceDescription> = {},
+): HostDeviceDescription {
+  return {
+    bdf,
+    group,
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa808",
+    subsystem_vendor: "0x144d",
+    subsystem_device: "0xa801",
+    driver: "nvme",
+    revision: "0x01",
+    ...extra,
+  };
+}
+
 export interface GenerateHostOptions {
   /** Virtual functions per SR-IOV NIC. Default 32. */
   vfsPerNic?: number;
@@ -162,20 +185,12 @@ export function generateHost(
         driver: "snd_hda_intel",
       });
     } else if (kind === "nvme") {
-      push({
-        bdf: address(domain, bus, 0, 0),
-        group: g,
-        class: "0x010802",
-        vendor: "0x144d",
-        device: "0xa808",
-        subsystem_vendor: "0x144d",
-        subsystem_device: "0xa801",
-        driver: "nvme",
+      push(nvmeDescription(address(domain, bus, 0, 0), g, {
         numa_node: numa,
         slot: slotName,
         flr: true,
         serial: serialOf(serial++),
-      });
+      }));
     } else {
       const pf = address(domain, bus, 0, 0);
       push({

@@ -7,6 +7,7 @@ import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
+import { nvmeDiskXml } from "../helpers/devices.ts";
 
 /** The Z690 host (subsystem IDs everywhere), its boot NVMe mounted and its NIC routing. */
 function z690(): HostDescription {
@@ -432,14 +433,7 @@ Deno.test("formatRefusal() replaces C1 controls, line separators and bidi overri
 });
 
 Deno.test("checkDomainStart() checks the PCI controller of an NVMe disk, which libvirt detaches too", async () => {
-  const nvme = (bus: string) =>
-    `<disk type='nvme' device='disk'>
-      <driver name='qemu' type='raw'/>
-      <source type='pci' managed='yes' namespace='1'>
-        <address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/>
-      </source>
-      <target dev='vde' bus='virtio'/>
-    </disk>`;
+  const nvme = (bus: string) => nvmeDiskXml(bus, "vde");
   const file = `<disk type='file' device='disk'><source file='/var/lib/libvirt/images/a.qcow2'/>
       <target dev='vda' bus='virtio'/><address type='pci' domain='0x0000' bus='0x05' slot='0x00' function='0x0'/></disk>`;
   // The boot NVMe (mounted: the host needs it), and an address that holds nothing.

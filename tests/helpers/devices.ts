@@ -1,6 +1,7 @@
 /**
  * Stock device records for tests that need "some device" rather than a captured host: a recorded
- * GPU identity (what apply stores per hostdev) and a network card's host-tree description.
+ * GPU identity (what apply stores per hostdev), a network card's host-tree description, and an
+ * NVMe disk's domain XML.
  *
  * @module
  */
@@ -46,4 +47,15 @@ export function nicDescription(
     revision: "0x00",
     ...extra,
   };
+}
+
+/** A `<disk type='nvme'>` on the controller at host bus `bus` (hex, `4a`), guest disk `target`. */
+export function nvmeDiskXml(bus: string, target: string): string {
+  return `<disk type='nvme' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source type='pci' managed='yes' namespace='1'>
+        <address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/>
+      </source>
+      <target dev='${target}' bus='virtio'/>
+    </disk>`;
 }

@@ -11,6 +11,7 @@ import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { blockDeviceControllers, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
+import { nvmeDescription } from "../../lib/testing/host_generator.ts";
 
 /** Six NVMe controllers, one disk each (`nvme0n1` at 0000:01:00.0, ...). */
 const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
@@ -40,17 +41,7 @@ async function storageUse(storage: Storage) {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-storage-use-" });
   try {
     buildHostTree({
-      devices: NVME.map((bdf, i) => ({
-        bdf,
-        group: i + 1,
-        class: "0x010802",
-        vendor: "0x144d",
-        device: "0xa808",
-        subsystem_vendor: "0x144d",
-        subsystem_device: "0xa801",
-        driver: "nvme",
-        revision: "0x00",
-      })),
+      devices: NVME.map((bdf, i) => nvmeDescription(bdf, i + 1)),
     }, dir);
     Deno.mkdirSync(`${dir}/class/block`, { recursive: true });
     NVME.forEach((bdf, i) => {

@@ -2,7 +2,8 @@
  * VMs that leave the config: the hostdevs this tool added are removed (a device dropped from the
  * config leaves the VM, whether its rule or its whole VM entry went), hand-added ones stay; a
  * configured VM whose definition cannot be read is refused on its own; and devices given to a VM
- * as `<interface type='hostdev'>` count as taken.
+ * otherwise than as a `<hostdev>` count as taken: an `<interface type='hostdev'>`, an NVMe disk's
+ * controller, and (on the live host) the controller under a block disk.
  */
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
@@ -11,10 +12,12 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
-import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { type ParsedDomain, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import type { PlanIssue } from "../../lib/plan/types.ts";
+import { nvmeDiskXml } from "../helpers/devices.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { snapshotDomains } from "../helpers/reliability.ts";
@@ -45,6 +48,41 @@ async function demoHost() {
   buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
   const host = await discoverHost({ root: `${dir}/sysfs` });
   return { dir, host, [Symbol.dispose]: () => Deno.removeSync(dir, { recursive: true }) };
+}
+
+/** The demo world with `devices` added to win10's, written to `dir`; its path. */
+function worldWith(dir: string, devices: string): string {
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+    "</devices>\n    <test:runstate>",
+    `  ${devices}\n    </devices>\n    <test:runstate>`,
+  );
+  Deno.writeTextFileSync(`${dir}/world.xml`, world);
+  return `${dir}/world.xml`;
+}
+
+/** A config giving `vm` the one device with `id` (vendor:device). */
+function wants(vm: string, id: string) {
+  return parseConfig(
+    `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { vendor_device_id: "${id}" }\n`,
+    { file: `${vm}.yaml` },
+  );
+}
+
+/** That gentoo's plan is refused as taking a device win10 holds. */
+function assertTakenFromWin10(plan: ReturnType<typeof planHostdevs>): PlanIssue {
+  const issue = plan.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assert(issue !== undefined, JSON.stringify(plan.vms[0]!.errors));
+  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
+  assertEquals(plan.vms[0]!.add, []);
+  return issue;
+}
+
+/** That win10 asking for the device it holds as `as` keeps it so, adding no hostdev. */
+function assertKeptInWin10(plan: ReturnType<typeof planHostdevs>, as: string): void {
+  const win10 = plan.vms[0]!;
+  assertEquals(win10.errors, []);
+  assertEquals(win10.add, []);
+  assertMatch(win10.reasoning.join("\n"), new RegExp(`already in "win10" as ${as}`));
 }
 
 Deno.test("planHostdevs() removes the hostdevs it added to a VM dropped from the config, keeping hand-added ones", async () => {
@@ -207,42 +245,46 @@ Deno.test("planHostdevs() refuses only the VM whose definition cannot be read", 
   assertEquals(gentoo?.add.map((a) => a.address), ["0000:4c:00.0", "0000:4c:00.1"]);
 });
 
-Deno.test("planHostdevs() counts <interface type='hostdev'> devices as taken and never duplicates them", async () => {
-  using demo = await demoHost();
-  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
-    "</devices>\n    <test:runstate>",
-    `  <interface type='hostdev' managed='yes'>
+/**
+ * Devices win10 holds other than as a `<hostdev>`, which planning must count as taken: the
+ * Aquantia NIC as an SR-IOV-style interface, the Phison NVMe (win10's boot disk) as an NVMe disk.
+ */
+const HELD_OTHERWISE = [
+  {
+    as: "an <interface type='hostdev'>",
+    id: "1d6a:07b1",
+    xml: `<interface type='hostdev' managed='yes'>
         <source><address type='pci' domain='0x0000' bus='0x44' slot='0x00' function='0x0'/></source>
-      </interface>
-    </devices>
-    <test:runstate>`,
-  );
-  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
-  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
-  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).interfaceHostdevs, [
-    "0000:44:00.0",
-  ]);
+      </interface>`,
+    read: (d: ParsedDomain) => d.interfaceHostdevs,
+    address: "0000:44:00.0",
+  },
+  {
+    as: "a <disk type='nvme'>",
+    id: "1987:5016",
+    xml: nvmeDiskXml("4a", "vdb"),
+    read: (d: ParsedDomain) => d.nvmeDisks,
+    address: "0000:4a:00.0",
+  },
+];
 
-  // gentoo asks for the Aquantia NIC that win10 holds as an SR-IOV-style interface.
-  const wantsNic = parseConfig(
-    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
-    { file: "nic.yaml" },
-  );
-  const refused = planHostdevs({ config: wantsNic, host: demo.host, libvirt });
-  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
-  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
-  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
-
-  // win10 itself asking for it: kept as the interface, no <hostdev> added next to it.
-  const own = parseConfig(
-    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
-    { file: "own.yaml" },
-  );
-  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
-  assertEquals(win10.errors, []);
-  assertEquals(win10.add, []);
-  assertMatch(win10.reasoning.join("\n"), /already in "win10" as an <interface type='hostdev'>/);
-});
+for (const held of HELD_OTHERWISE) {
+  Deno.test(`planHostdevs() counts ${held.as} as taken and never adds it twice`, async () => {
+    using demo = await demoHost();
+    const world = worldWith(demo.dir, held.xml);
+    using libvirt = openLibvirtPort(`test://${world}`);
+    assertEquals(held.read(parseDomainXml(libvirt.getPersistentXml("win10"))), [held.address]);
+    // gentoo asks for the device win10 holds.
+    assertTakenFromWin10(
+      planHostdevs({ config: wants("gentoo", held.id), host: demo.host, libvirt }),
+    );
+    // win10 itself asking for it: kept as it is, no <hostdev> added next to it.
+    assertKeptInWin10(
+      planHostdevs({ config: wants("win10", held.id), host: demo.host, libvirt }),
+      held.as,
+    );
+  });
+}
 
 Deno.test("planHostdevs() counts a running guest's hot-plugged hostdevs as held, with a warning", async () => {
   using demo = await demoHost();
@@ -297,61 +339,17 @@ Deno.test("planHostdevs() counts a running guest's hot-plugged hostdevs as held,
   assertEquals(win10.add.map((a) => a.address), ["0000:44:00.0"]);
 });
 
-Deno.test("planHostdevs() counts a <disk type='nvme'> controller as taken and never adds it twice", async () => {
-  using demo = await demoHost();
-  // win10 boots from the Phison NVMe (0000:4a:00.0), handed over as an NVMe disk.
-  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
-    "</devices>\n    <test:runstate>",
-    `  <disk type='nvme' device='disk'>
-        <driver name='qemu' type='raw'/>
-        <source type='pci' managed='yes' namespace='1'>
-          <address domain='0x0000' bus='0x4a' slot='0x00' function='0x0'/>
-        </source>
-        <target dev='vdb' bus='virtio'/>
-      </disk>
-    </devices>
-    <test:runstate>`,
-  );
-  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
-  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
-  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).nvmeDisks, ["0000:4a:00.0"]);
-
-  // gentoo asks for the NVMe controller that win10 boots from.
-  const wantsNvme = parseConfig(
-    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
-    { file: "nvme.yaml" },
-  );
-  const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt });
-  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
-  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
-  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
-  assertEquals(refused.vms[0]!.add, []);
-
-  // win10 itself asking for it: kept as the disk, no <hostdev> added next to it.
-  const own = parseConfig(
-    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
-    { file: "own.yaml" },
-  );
-  const win10 = planHostdevs({ config: own, host: demo.host, libvirt }).vms[0]!;
-  assertEquals(win10.errors, []);
-  assertEquals(win10.add, []);
-  assertMatch(win10.reasoning.join("\n"), /already in "win10" as a <disk type='nvme'>/);
-});
-
 Deno.test("planHostdevs() counts the controller of another VM's <disk type='block'> as taken, on the live host", async () => {
   using demo = await demoHost();
   // win10's second disk is the whole Phison NVMe (0000:4a:00.0), by its /dev/disk/by-id name.
-  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
-    "</devices>\n    <test:runstate>",
-    `  <disk type='block' device='disk'>
+  const world = worldWith(
+    demo.dir,
+    `<disk type='block' device='disk'>
         <driver name='qemu' type='raw'/>
         <source dev='/dev/disk/by-id/nvme-Phison_E16_1234'/>
         <target dev='vdb' bus='virtio'/>
-      </disk>
-    </devices>
-    <test:runstate>`,
+      </disk>`,
   );
-  Deno.writeTextFileSync(`${demo.dir}/world.xml`, world);
   const sys = `${demo.dir}/sysfs`;
   Deno.mkdirSync(`${sys}/class/block`, { recursive: true });
   Deno.symlinkSync(
@@ -360,23 +358,17 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   );
   Deno.mkdirSync(`${demo.dir}/dev/disk/by-id`, { recursive: true });
   Deno.symlinkSync("../../nvme0n1", `${demo.dir}/dev/disk/by-id/nvme-Phison_E16_1234`);
-  using libvirt = openLibvirtPort(`test://${demo.dir}/world.xml`);
+  using libvirt = openLibvirtPort(`test://${world}`);
   assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).blockDisks, [
     "/dev/disk/by-id/nvme-Phison_E16_1234",
   ]);
-  const wantsNvme = parseConfig(
-    `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1987:5016" }\n`,
-    { file: "nvme.yaml" },
-  );
+  const wantsNvme = wants("gentoo", "1987:5016");
   const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
 
   // gentoo asks for the controller of win10's disk: refused, naming win10.
   const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
   const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: live });
-  const issue = refused.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
-  assert(issue !== undefined, JSON.stringify(refused.vms[0]!.errors));
-  assertEquals([...(issue.vms ?? [])].sort(), ["gentoo", "win10"]);
-  assertMatch(issue.message, /"win10" holds it in its definition now/);
+  assertMatch(assertTakenFromWin10(refused).message, /"win10" holds it in its definition now/);
 
   // A /dev path that cannot be read is a warning naming the disk, not silently nothing.
   const denied = {
@@ -396,7 +388,7 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   // A definition the strict reader refuses (a record damaged by hand) holds its disks all the same.
   Deno.writeTextFileSync(
     `${demo.dir}/damaged.xml`,
-    world.replace(
+    Deno.readTextFileSync(world).replace(
       "<name>win10</name>",
       `<name>win10</name>
     <metadata><passthrough:hostdevs xmlns:passthrough="urn:passthrough:hostdevs:1">
@@ -406,14 +398,9 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   );
   {
     using damaged = openLibvirtPort(`test://${demo.dir}/damaged.xml`);
-    const plan = planHostdevs({
-      config: wantsNvme,
-      host: demo.host,
-      libvirt: damaged,
-      facts: live,
-    });
-    const twice = plan.vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
-    assertEquals([...(twice?.vms ?? [])].sort(), ["gentoo", "win10"]);
+    assertTakenFromWin10(
+      planHostdevs({ config: wantsNvme, host: demo.host, libvirt: damaged, facts: live }),
+    );
   }
 
   // A captured tree has no /dev: which controller holds the disk is unknown there.
