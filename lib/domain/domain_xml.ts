@@ -406,7 +406,6 @@ function readOurMetadata(
   return { ours, records, vfRecords };
 }
 
-/** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
 /**
  * The `dev` of every `<source>` under a disk's span: its own (`type='block'`) and those of block
  * backing stores, mirrors and data stores (`<source file><dataStore><source dev>`), which QEMU
@@ -419,6 +418,7 @@ function sourceDevices(xml: string, span: XmlSpan): string[] {
   });
 }
 
+/** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
 function interfaceAddress(element: XmlElement): PciAddress | null {
   const source = element.children.find((c) => c.name === "source");
   const address = source?.children.find((c) => c.name === "address");

@@ -250,8 +250,9 @@ export interface LenientPassedScan {
    */
   networks: string[];
   /**
-   * The host block devices `<disk type='block'>` elements name (`<source dev>`, sorted, unique):
-   * the guest holds them open while it runs, so their controllers are its too.
+   * The host block devices its disks name (every `<source dev>` in a `<disk>`: a `type='block'`
+   * disk's, a block backing store's, mirror's or data store's; sorted, unique): the guest holds
+   * them open while it runs, so their controllers are its too.
    */
   blockDisks: string[];
 }
@@ -310,7 +311,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       (type === undefined && tag.raw.includes("hostdev"));
     if (name === "interface" && !hostdevInterface) {
       const network = type === "network" && !tag.selfClosing
-        ? sourceAttribute(element.slice(tag.end), "interface", "network")
+        ? sourceNetwork(element.slice(tag.end))
         : null;
       if (network !== null) networks.add(network);
       return;
@@ -354,15 +355,11 @@ function sourceDevices(inside: string): string[] {
   return devices;
 }
 
-/**
- * An attribute of the `<source>` in an `element` whose content is `body` (an interface's
- * `network`, a disk's `dev`), or `null`.
- */
-function sourceAttribute(body: string, element: string, attribute: string): string | null {
-  const close = findTag(body, element, 0, true);
-  const inside = close === -1 ? body : body.slice(0, close);
+/** The `network` of the `<source>` in an interface whose content starts `body`, or `null`. */
+function sourceNetwork(body: string): string | null {
+  const inside = elementContent(body, "interface");
   const open = findTag(inside, "source");
-  return open === -1 ? null : lenientTag(inside, open)?.attributes[attribute] ?? null;
+  return open === -1 ? null : lenientTag(inside, open)?.attributes.network ?? null;
 }
 
 /** What {@link scanHostdevPoolLeniently} finds in a network's XML. */

@@ -11,7 +11,7 @@
 import type { SysfsReader } from "../host/sysfs.ts";
 import type { HostUse, PciDevice } from "../host/types.ts";
 import { readHostUse } from "../host/sysfs_device.ts";
-import { QEMU_STATUS_DIR, runningDiskUses } from "./running_disks.ts";
+import { QEMU_STATUS_DIR, readStatusXml, runningDiskUses } from "./running_disks.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
 import {
   type ActivePolicy,
@@ -27,9 +27,6 @@ export const MAX_XML_BYTES = 16 * 1024 * 1024;
 
 /** Where libvirt's network driver (system instance) keeps the status of running networks. */
 export const NETWORK_STATUS_DIR = "/run/libvirt/network";
-
-/** The most of a network's status XML the check reads; a pool of 256 VFs takes about 25 KB. */
-const MAX_NETWORK_XML_BYTES = 4 * 1024 * 1024;
 
 /** Input of {@link runGuard}. */
 export interface GuardRunOptions {
@@ -98,12 +95,7 @@ function networkStatusReader(
 ): (name: string) => string | null {
   return (name) => {
     if (dir === null || name.includes("/") || name === "" || name.includes("\0")) return null;
-    const bytes = reader.readBytes(`${dir}/${name}.xml`, MAX_NETWORK_XML_BYTES + 1);
-    if (bytes === null) return null;
-    if (bytes.length > MAX_NETWORK_XML_BYTES) {
-      throw new Error(`it is larger than ${MAX_NETWORK_XML_BYTES} bytes`);
-    }
-    return new TextDecoder().decode(bytes);
+    return readStatusXml(reader, `${dir}/${name}.xml`);
   };
 }
 

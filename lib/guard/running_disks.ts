@@ -16,8 +16,24 @@ import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
 /** Where libvirt's QEMU driver keeps the status XML of each running domain. */
 export const QEMU_STATUS_DIR = "/run/libvirt/qemu";
 
-/** The most of a running domain's status XML the check reads. */
+/**
+ * The most of a libvirt status file (a running domain's, a running network's) the check reads; a
+ * network pool of 256 VFs takes about 25 KB.
+ */
 const MAX_STATUS_XML_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A libvirt status file's XML, read whole; `null` when it is missing (the domain or network no
+ * longer runs). Throws when it is larger than 4 MiB: a status read in part could hide devices.
+ */
+export function readStatusXml(reader: SysfsReader, file: string): string | null {
+  const bytes = reader.readBytes(file, MAX_STATUS_XML_BYTES + 1);
+  if (bytes === null) return null;
+  if (bytes.length > MAX_STATUS_XML_BYTES) {
+    throw new Error(`it is larger than ${MAX_STATUS_XML_BYTES} bytes`);
+  }
+  return new TextDecoder().decode(bytes);
+}
 
 /** Where {@link runningDiskUses} reads: sysfs, `/dev`, the status files. */
 export interface RunningDiskRoots {
@@ -87,16 +103,16 @@ export function runningDiskUses(
   const uses: HostUse[] = [];
   for (const name of others) {
     const file = `${roots.statusDir}/${name}.xml`;
-    const bytes = reader.readBytes(file, MAX_STATUS_XML_BYTES + 1);
-    // Gone since the listing: that VM stopped.
-    if (bytes === null) continue;
-    if (bytes.length > MAX_STATUS_XML_BYTES) {
-      throw new Error(
-        `the status of running VM ${JSON.stringify(name)} (${file}) is larger than ` +
-          `${MAX_STATUS_XML_BYTES} bytes`,
-      );
+    let xml: string | null;
+    try {
+      xml = readStatusXml(reader, file);
+    } catch (error) {
+      const why = (error as Error).message;
+      throw new Error(`the status of running VM ${JSON.stringify(name)} (${file}): ${why}`);
     }
-    const { blockDisks } = scanPassedDevicesLeniently(new TextDecoder().decode(bytes));
+    // Gone since the listing: that VM stopped.
+    if (xml === null) continue;
+    const { blockDisks } = scanPassedDevicesLeniently(xml);
     for (const path of blockDisks) {
       for (const address of blockDeviceControllers(reader, roots, path)) {
         if (!candidates.has(address)) continue;

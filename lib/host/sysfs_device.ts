@@ -539,8 +539,6 @@ function unescapeProcPath(text: string): string {
 
 /** The most of `/proc/self/mountinfo` read: 64 MiB is some 250,000 container mounts. */
 const MAX_MOUNTINFO_BYTES = 64 * 1024 * 1024;
-/** What is read of it first. */
-const MOUNTINFO_FIRST_READ = 256 * 1024;
 
 /**
  * The controllers under each mounted filesystem's block devices, from `/proc/self/mountinfo`:
@@ -553,11 +551,7 @@ const MOUNTINFO_FIRST_READ = 256 * 1024;
 function mountUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
   const { sysRoot, procRoot } = roots;
   const path = `${procRoot}/self/mountinfo`;
-  // Most tables are a few KiB: a first read that small spares every start a 64 MiB buffer.
-  let bytes = reader.readBytes(path, MOUNTINFO_FIRST_READ + 1);
-  if (bytes !== null && bytes.length > MOUNTINFO_FIRST_READ) {
-    bytes = reader.readBytes(path, MAX_MOUNTINFO_BYTES + 1);
-  }
+  const bytes = reader.readBytes(path, MAX_MOUNTINFO_BYTES + 1);
   if (bytes === null) throw new Error(`Cannot read ${path}: what the host has mounted is unknown`);
   if (bytes.length > MAX_MOUNTINFO_BYTES) {
     throw new Error(`${path} is larger than ${MAX_MOUNTINFO_BYTES} bytes`);

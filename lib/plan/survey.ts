@@ -32,7 +32,7 @@ import {
   unresolvedError,
 } from "./issues.ts";
 import type { PlanIssue } from "./types.ts";
-import type { DefinitionRead, DomainSnapshot, World } from "./world.ts";
+import { type DefinitionRead, type DomainSnapshot, errorText, type World } from "./world.ts";
 
 /** A definition the plan edits, as read. */
 export interface EditableDefinition {
@@ -115,24 +115,34 @@ function liveHolding(
  */
 export type BlockResolver = (path: string) => PciAddress[] | null;
 
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+/**
+ * The host block devices a domain's definitions name (see `ParsedDomain.blockDisks`): the
+ * persistent one's, read strictly or leniently, and the running one's, once each.
+ */
+function blockDisksOf({ persistent, live }: DomainSnapshot): string[] {
+  const paths = new Set<string>();
+  for (const read of [persistent, live]) {
+    if (read?.kind === "parsed") read.domain.blockDisks.forEach((p) => paths.add(p));
+    if (read?.kind === "unreadable") {
+      scanPassedDevicesLeniently(read.xml).blockDisks.forEach((p) => paths.add(p));
+    }
+  }
+  return [...paths];
 }
 
 /**
- * The controllers of a domain's block disks (`<disk type='block'>`, and block backing stores,
- * mirrors and data stores): handing one to another guest pulls the disk from under this one
- * (QEMU holds it open while the guest runs). A disk whose device cannot be read is a warning:
- * planning then counts no controller for it.
+ * The controllers under a domain's block disks: handing one to another guest pulls the disk from
+ * under this one (QEMU holds it open while the guest runs). A disk whose device cannot be read is
+ * a warning: planning then counts no controller for it.
  */
 function blockDiskControllers(
   name: string,
-  domain: { blockDisks: readonly string[] },
+  paths: readonly string[],
   resolve: BlockResolver,
 ): { addresses: PciAddress[]; warnings: PlanIssue[] } {
   const addresses = new Set<PciAddress>();
   const warnings: PlanIssue[] = [];
-  for (const path of domain.blockDisks) {
+  for (const path of paths) {
     try {
       for (const address of resolve(path) ?? []) addresses.add(address);
     } catch (error) {
@@ -165,10 +175,6 @@ function surveyDomain(
     // what the lenient scan finds in it counts as held.
     const { xml, error, scan } = persistent;
     holding.fixed.push(...scan.addresses);
-    const { blockDisks } = scanPassedDevicesLeniently(xml);
-    const disks = blockDiskControllers(name, { blockDisks }, context.blockDeviceControllers);
-    holding.fixed.push(...disks.addresses);
-    survey.warnings.push(...disks.warnings);
     defined = scan.addresses;
     if (context.configured.has(name)) survey.unreadable.set(name, { xml, error, scan });
     else survey.warnings.push(unreadableOutsiderWarning(name, error, scan));
@@ -179,9 +185,6 @@ function surveyDomain(
     const owned = new Set(domain.interfaces.filter((i) => i.owned).map((i) => i.address));
     holding.fixed.push(...domain.interfaceHostdevs.filter((a) => !owned.has(a)));
     holding.fixed.push(...domain.nvmeDisks);
-    const disks = blockDiskControllers(name, domain, context.blockDeviceControllers);
-    holding.fixed.push(...disks.addresses);
-    survey.warnings.push(...disks.warnings);
     holding.ownedInterfaces.push(...owned);
     holding.macs.push(...domain.macs);
     defined = heldAddresses(domain);
@@ -191,12 +194,10 @@ function surveyDomain(
       survey.orphans.push(name);
     }
   }
-  if (live?.kind === "parsed") {
-    holding.macs.push(...live.domain.macs);
-    const disks = blockDiskControllers(name, live.domain, context.blockDeviceControllers);
-    holding.fixed.push(...disks.addresses);
-    context.liveWarnings.push(...disks.warnings);
-  }
+  if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
+  const disks = blockDiskControllers(name, blockDisksOf(snapshot), context.blockDeviceControllers);
+  holding.fixed.push(...disks.addresses);
+  survey.warnings.push(...disks.warnings);
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));
     survey.errors.push(...extra.errors);

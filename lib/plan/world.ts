@@ -45,7 +45,8 @@ export interface World {
   domains: DomainSnapshot[];
 }
 
-function errorText(error: unknown): string {
+/** An error's message, or the thrown value as text. */
+export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 

@@ -264,12 +264,12 @@ Deno.test("readHostUse(): a disk under NVMe native multipath names every control
   );
 });
 
-Deno.test("readHostUse(): a device mounted many times (a table over 256 KiB) is named once, by its first mount", async () => {
+Deno.test("readHostUse(): a device mounted many times (a table over the 64 KiB a text read takes) is named once, by its first mount", async () => {
   const binds = Array.from(
     { length: 4000 },
     (_, i) => mount("259:2", `/var/lib/docker/containers/c${i}/hostname`, "ext4", "/dev/nvme0n1p2"),
   );
-  // The last line, past the first read's 256 KiB, counts as much as the first.
+  // The last line, far past 64 KiB, counts as much as the first.
   const last = mount("259:6", "/srv", "ext4", "/dev/nvme1n1p2");
   assertEquals(
     await storageUse({ mounts: [mount("259:2", "/", "ext4", "/dev/nvme0n1p2"), ...binds, last] }),
