@@ -49,7 +49,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan, libvirt, config }: ComputedPlan,
+  { plan, libvirt, config, facts }: ComputedPlan,
   { values, io, stateDir, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -71,6 +71,7 @@ async function applyComputed(
     confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, io) }),
     live: values.live,
     lock,
+    blockDeviceControllers: facts.blockDeviceControllers,
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -9,6 +9,7 @@
 
 import type { Plan } from "../lib/plan/types.ts";
 import type { HostTopology } from "../lib/host/types.ts";
+import type { HostFacts } from "../lib/host/preflight.ts";
 import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
@@ -78,6 +79,8 @@ export interface ComputedPlan extends Disposable {
   libvirt: OpenLibvirtPort;
   /** The config of the host planned (its host section), every VM of it whatever `--vm` says. */
   config: Config;
+  /** The host's pre-flight facts the plan read (`apply` re-checks block disks with them). */
+  facts: HostFacts;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -225,7 +228,7 @@ export async function computePlan(
       ...(inputs.vm ? { vms: inputs.vm } : {}),
     });
     await addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
-    return { plan, libvirt, config, [Symbol.dispose]: () => libvirt.close() };
+    return { plan, libvirt, config, facts, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();
     throw error;

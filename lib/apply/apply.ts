@@ -43,6 +43,7 @@ import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
+import type { BlockResolver } from "../plan/survey.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -182,6 +183,12 @@ export interface ApplyOptions {
    * take it here and release it at the end.
    */
   lock?: StateLock;
+  /**
+   * Which PCI controllers hold a block device path (`HostFacts.blockDeviceControllers` of the
+   * plan): the re-check before each define then counts the controllers under other domains'
+   * block disks as theirs, as the plan did. Default: they are not re-checked.
+   */
+  blockDeviceControllers?: BlockResolver;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -763,7 +770,11 @@ export function defineOrExplain(
  * The last check before `vm`'s backup and define: every domain read again, and `vm` refused when
  * a device it takes is now held elsewhere beyond what the plan counted on.
  */
-function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure | null {
+function recheckHolders(
+  vm: VmPlan,
+  plan: Plan,
+  { libvirt, blockDeviceControllers }: ApplyOptions,
+): Failure | null {
   let world: World;
   try {
     world = readWorld(libvirt);
@@ -776,7 +787,7 @@ function recheckHolders(vm: VmPlan, plan: Plan, libvirt: LibvirtPort): Failure |
         }`,
     };
   }
-  const problems = heldSincePlan(vm, plan, world);
+  const problems = heldSincePlan(vm, plan, world, blockDeviceControllers);
   if (problems.length === 0) return null;
   return {
     code: "conflict-changed",
@@ -902,7 +913,7 @@ function applyVm(
   if (isFailure(now)) return fail(now);
   const xml = xmlToDefine(vm, now, planned.desired.uuid);
   if (typeof xml !== "string") return fail(xml);
-  const conflict = recheckHolders(vm, plan, libvirt);
+  const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
   let backup: BackupEntry;
   try {

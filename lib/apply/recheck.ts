@@ -21,24 +21,50 @@ import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
+import { blockDisksIn, type BlockResolver } from "../plan/survey.ts";
 
-/** The PCI addresses a definition holds, and why that is not fully known (or `null`). */
-function heldBy(read: DefinitionRead): { addresses: PciAddress[]; unknown: string | null } {
+/** What a definition holds, as far as the re-check goes. */
+interface Held {
+  /** The PCI addresses it passes, and the controllers under its block disks. */
+  addresses: PciAddress[];
+  /** A block disk on each such controller, by the controller's address. */
+  disks: Map<PciAddress, string>;
+  /** Why that is not fully known, or `null`. */
+  unknown: string | null;
+}
+
+/**
+ * The PCI addresses a definition holds, and why that is not fully known (or `null`); with
+ * `blockControllers`, the controllers under its block disks too. A disk whose device cannot be
+ * read adds nothing: the plan warned about it already.
+ */
+function heldBy(read: DefinitionRead, blockControllers?: BlockResolver): Held {
+  const disks = new Map<PciAddress, string>();
+  const resolve = blockControllers ?? (() => null);
+  for (const path of blockControllers === undefined ? [] : blockDisksIn(read)) {
+    try {
+      for (const address of resolve(path) ?? []) disks.set(address, path);
+    } catch {
+      continue;
+    }
+  }
+  const add = (addresses: PciAddress[], unknown: string | null): Held => ({
+    addresses: [...addresses, ...disks.keys()],
+    disks,
+    unknown,
+  });
   switch (read.kind) {
     case "parsed":
-      return {
-        addresses: heldAddresses(read.domain),
-        unknown: null,
-      };
+      return add(heldAddresses(read.domain), null);
     case "unreadable":
-      return {
-        addresses: read.scan.addresses,
-        unknown: read.scan.unresolved > 0
+      return add(
+        read.scan.addresses,
+        read.scan.unresolved > 0
           ? `it holds ${read.scan.unresolved} hostdev(s) with no readable address`
           : null,
-      };
+      );
     case "read-failed":
-      return { addresses: [], unknown: `its definition cannot be read: ${read.error}` };
+      return add([], `its definition cannot be read: ${read.error}`);
   }
 }
 
@@ -78,12 +104,17 @@ function takenBy(vm: VmPlan, groupOf: Readonly<Record<PciAddress, number>>) {
  * ]);
  * ```
  */
-export function heldSincePlan(vm: VmPlan, plan: Plan, world: World): string[] {
+export function heldSincePlan(
+  vm: VmPlan,
+  plan: Plan,
+  world: World,
+  blockControllers?: BlockResolver,
+): string[] {
   const taken = takenBy(vm, plan.groupOf ?? {});
   if (!taken.any) return [];
   const planned = new Map(plan.vms.map((v) => [v.name, v]));
   const none = new Set<PciAddress>();
-  return heldElsewhere(vm.name, taken.has, world, (domain, which) => {
+  const expected = (domain: DomainSnapshot, which: "persistent" | "running") => {
     const other = planned.get(domain.name);
     if (other === undefined) return none;
     const counted = which === "persistent"
@@ -93,20 +124,35 @@ export function heldSincePlan(vm: VmPlan, plan: Plan, world: World): string[] {
       : other.active === true;
     const gives = repairView(other);
     return counted ? new Set([...gives.remove, ...gives.move.map((m) => m.from)]) : none;
+  };
+  return heldElsewhere(vm.name, taken.has, world, {
+    expected,
+    ...(blockControllers === undefined ? {} : { blockControllers }),
   });
+}
+
+/** Options of {@link heldElsewhere}. */
+export interface HeldElsewhereOptions {
+  /** The devices a domain's definition may still hold: what the plan counted on. Default none. */
+  expected?: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress>;
+  /**
+   * Which controllers hold a block device path (on the live host): with it, the controllers
+   * under other domains' block disks count as held by them. Default: not resolved.
+   */
+  blockControllers?: BlockResolver;
 }
 
 /**
  * One sentence per definition (persistent or running) of a domain other than `name` that holds
- * a device `takes` accepts, beyond the devices `expected` allows it, or whose holdings cannot be
- * read: empty when defining `name` with those devices puts none of them in two definitions.
+ * a device `takes` accepts, beyond the devices `options.expected` allows it, or whose holdings
+ * cannot be read: empty when defining `name` with those devices puts none of them in two
+ * definitions.
  */
 export function heldElsewhere(
   name: string,
   takes: (address: PciAddress) => boolean,
   world: World,
-  expected: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress> =
-    () => new Set(),
+  options: HeldElsewhereOptions = {},
 ): string[] {
   const problems: string[] = [];
   for (const domain of world.domains) {
@@ -114,18 +160,18 @@ export function heldElsewhere(
     const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
     if (domain.live !== null) reads.push(["running", domain.live]);
     for (const [which, read] of reads) {
-      const { addresses, unknown } = heldBy(read);
+      const { addresses, disks, unknown } = heldBy(read, options.blockControllers);
       if (unknown !== null) {
         problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);
         continue;
       }
-      const allowed = expected(domain, which);
+      const allowed = options.expected?.(domain, which) ?? new Set();
       const clash = [...new Set(addresses)].filter((a) => takes(a) && !allowed.has(a)).sort();
       if (clash.length > 0) {
+        const named = (a: PciAddress) =>
+          disks.has(a) ? `"${a}" (under its disk ${disks.get(a)})` : `"${a}"`;
         problems.push(
-          `"${domain.name}" holds ${
-            clash.map((a) => `"${a}"`).join(", ")
-          } in its ${which} definition`,
+          `"${domain.name}" holds ${clash.map(named).join(", ")} in its ${which} definition`,
         );
       }
     }

@@ -100,10 +100,15 @@ function networkStatusReader(
 }
 
 /**
- * What the host uses among `devices`, as `plan` reads it, and on the live host also the disks of
- * the other running VMs (which `plan` reads from their definitions).
+ * What the host uses among `devices`, as `plan` reads it, and on the live host also the
+ * controllers of the VM's own block disks (`ownDisks`) and of the other running VMs' (which
+ * `plan` reads from their definitions).
  */
-function hostUseOf(options: GuardRunOptions, devices: PciDevice[]): HostUse[] | null {
+function hostUseOf(
+  options: GuardRunOptions,
+  devices: PciDevice[],
+  ownDisks: readonly string[],
+): HostUse[] | null {
   const uses = readHostUse(options.reader, {
     root: options.root,
     live: options.live,
@@ -113,7 +118,8 @@ function hostUseOf(options: GuardRunOptions, devices: PciDevice[]): HostUse[] | 
   const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
   if (uses === null || statusDir === null) return uses;
   const roots = { sysRoot: options.root, devRoot: options.devRoot ?? "/dev", statusDir };
-  return [...uses, ...runningDiskUses(options.reader, roots, { vm: options.vm, devices })];
+  const disks = runningDiskUses(options.reader, roots, { vm: options.vm, devices, ownDisks });
+  return [...uses, ...disks];
 }
 
 function check(options: GuardRunOptions): GuardRefusal[] {
@@ -132,7 +138,7 @@ function check(options: GuardRunOptions): GuardRefusal[] {
         options.reader,
         options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
       ),
-      hostUse: (devices) => hostUseOf(options, devices),
+      hostUse: (devices, ownDisks) => hostUseOf(options, devices, ownDisks),
     });
   } catch (error) {
     return unreadable(`the check failed: ${message(error)}`);

@@ -3,7 +3,8 @@
  * whole host disk (`/dev/disk/by-id/nvme-...`) keeps that disk's controller busy while its VM
  * runs, and libvirt does not know it: a start that detaches the controller pulls the disk from
  * under that VM. Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one per
- * running domain): the hook must not call libvirt.
+ * running domain): the hook must not call libvirt. The starting VM's own block disks count the
+ * same way: taking their controller would pull the disk from under the guest being started.
  *
  * @module
  */
@@ -63,10 +64,11 @@ function withBlockDevices(
 
 /**
  * The devices among `devices` that hold a disk of another running VM (`vm` is the one starting,
- * whose own status is skipped): as host use, reason `vm-disk`. Reads nothing more than the
- * status directory's listing when no other VM runs, and than a listing of `class/block` unless
- * one of `devices` has a block device under it. Throws when a status file is larger than 4 MiB
- * (the check then fails closed).
+ * whose own status is skipped) or one of `ownDisks` (the starting VM's own block disks): as host
+ * use, reason `vm-disk`. Reads nothing more than the status directory's listing when no other VM
+ * runs and the VM names no block disk, and than a listing of `class/block` unless one of
+ * `devices` has a block device under it. Throws when a status file is larger than 4 MiB or a
+ * disk's path cannot be read (the check then fails closed).
  *
  * @example
  * ```ts
@@ -90,17 +92,25 @@ function withBlockDevices(
 export function runningDiskUses(
   reader: SysfsReader,
   roots: RunningDiskRoots,
-  options: { vm: string; devices: readonly PciDevice[] },
+  options: { vm: string; devices: readonly PciDevice[]; ownDisks?: readonly string[] },
 ): HostUse[] {
-  // Most starts find no other VM running: one listing, and nothing else is read.
+  const ownDisks = options.ownDisks ?? [];
+  // Most starts find no other VM running and name no block disk: one listing, nothing else read.
   const others = (reader.listDir(roots.statusDir) ?? [])
     .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
     .filter((name) => name !== options.vm)
     .sort();
-  if (others.length === 0) return [];
+  if (others.length === 0 && ownDisks.length === 0) return [];
   const candidates = withBlockDevices(reader, roots.sysRoot, options.devices);
   if (candidates.size === 0) return [];
   const uses: HostUse[] = [];
+  const useDisk = (path: string, detail: string) => {
+    for (const address of blockDeviceControllers(reader, roots, path)) {
+      if (candidates.has(address)) uses.push({ address, reason: "vm-disk", detail });
+    }
+  };
+  // The guest's own disk: the start would detach its controller, and the disk with it.
+  for (const path of ownDisks) useDisk(path, `disk ${path} of this VM itself`);
   for (const name of others) {
     const file = `${roots.statusDir}/${name}.xml`;
     let xml: string | null;
@@ -112,13 +122,8 @@ export function runningDiskUses(
     }
     // Gone since the listing: that VM stopped.
     if (xml === null) continue;
-    const { blockDisks } = scanPassedDevicesLeniently(xml);
-    for (const path of blockDisks) {
-      for (const address of blockDeviceControllers(reader, roots, path)) {
-        if (!candidates.has(address)) continue;
-        const detail = `disk ${path} of running VM ${JSON.stringify(name)}`;
-        uses.push({ address, reason: "vm-disk", detail });
-      }
+    for (const path of scanPassedDevicesLeniently(xml).blockDisks) {
+      useDisk(path, `disk ${path} of running VM ${JSON.stringify(name)}`);
     }
   }
   return uses;

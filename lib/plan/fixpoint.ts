@@ -151,6 +151,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     new Set([...(h.hostdevs ?? []).map((d) => d.address), ...h.fixed, ...h.ownedInterfaces]),
   ]));
   const macs = new Map(holdings.map(([n, h]) => [n, h.macs]));
+  const diskControllers = new Map(holdings.map(([n, h]) => [n, h.diskControllers]));
   const context = {
     host,
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
@@ -168,6 +169,7 @@ export function planUntilSettled(input: SettleInput): Settled {
       occupied,
       macs,
       vfRecords,
+      diskControllers,
     });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
     previous = resolved;

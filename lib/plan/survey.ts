@@ -54,6 +54,11 @@ export interface Holding {
   ownedInterfaces: PciAddress[];
   /** The MACs of its interfaces (persistent and live). */
   macs: string[];
+  /**
+   * The PCI controllers under its block disks (persistent and live), each with those disks'
+   * paths: in `fixed` too, and its own rules must not take them.
+   */
+  diskControllers: Map<PciAddress, string[]>;
 }
 
 /** What {@link surveyWorld} finds. Plain data. */
@@ -116,18 +121,18 @@ function liveHolding(
 export type BlockResolver = (path: string) => PciAddress[] | null;
 
 /**
- * The host block devices a domain's definitions name (see `ParsedDomain.blockDisks`): the
- * persistent one's, read strictly or leniently, and the running one's, once each.
+ * The host block devices a definition names (see `ParsedDomain.blockDisks`), read strictly or,
+ * when the strict reader refuses it, leniently; none when it could not be read.
  */
+export function blockDisksIn(read: DefinitionRead): string[] {
+  if (read.kind === "parsed") return read.domain.blockDisks;
+  if (read.kind === "unreadable") return scanPassedDevicesLeniently(read.xml).blockDisks;
+  return [];
+}
+
+/** The host block devices a domain's definitions name, persistent and running, once each. */
 function blockDisksOf({ persistent, live }: DomainSnapshot): string[] {
-  const paths = new Set<string>();
-  for (const read of [persistent, live]) {
-    if (read?.kind === "parsed") read.domain.blockDisks.forEach((p) => paths.add(p));
-    if (read?.kind === "unreadable") {
-      scanPassedDevicesLeniently(read.xml).blockDisks.forEach((p) => paths.add(p));
-    }
-  }
-  return [...paths];
+  return [...new Set([persistent, live].flatMap((read) => read ? blockDisksIn(read) : []))];
 }
 
 /**
@@ -139,17 +144,19 @@ function blockDiskControllers(
   name: string,
   paths: readonly string[],
   resolve: BlockResolver,
-): { addresses: PciAddress[]; warnings: PlanIssue[] } {
-  const addresses = new Set<PciAddress>();
+): { controllers: Map<PciAddress, string[]>; warnings: PlanIssue[] } {
+  const controllers = new Map<PciAddress, string[]>();
   const warnings: PlanIssue[] = [];
   for (const path of paths) {
     try {
-      for (const address of resolve(path) ?? []) addresses.add(address);
+      for (const address of new Set(resolve(path) ?? [])) {
+        controllers.set(address, [...(controllers.get(address) ?? []), path]);
+      }
     } catch (error) {
       warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
     }
   }
-  return { addresses: [...addresses], warnings };
+  return { controllers, warnings };
 }
 
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
@@ -164,7 +171,13 @@ function surveyDomain(
   },
 ): void {
   const { name, persistent, live } = snapshot;
-  const holding: Holding = { hostdevs: null, fixed: [], ownedInterfaces: [], macs: [] };
+  const holding: Holding = {
+    hostdevs: null,
+    fixed: [],
+    ownedInterfaces: [],
+    macs: [],
+    diskControllers: new Map(),
+  };
   let defined: PciAddress[] = [];
   if (persistent.kind === "read-failed") {
     // What it holds is unknown: planning as if it held nothing could give its devices away.
@@ -196,7 +209,8 @@ function surveyDomain(
   }
   if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
   const disks = blockDiskControllers(name, blockDisksOf(snapshot), context.blockDeviceControllers);
-  holding.fixed.push(...disks.addresses);
+  holding.fixed.push(...disks.controllers.keys());
+  holding.diskControllers = disks.controllers;
   survey.warnings.push(...disks.warnings);
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));

@@ -17,6 +17,7 @@ export type IssueCode =
   | "too-many-matches"
   | "group-shared-with-other-vm"
   | "device-assigned-twice"
+  | "own-disk"
   | "sriov-split"
   | "group-contains-host-critical"
   | "group-inconsistent"

@@ -10,6 +10,10 @@ import { heldSincePlan } from "../../lib/apply/recheck.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import { dataWorld } from "../helpers/world.ts";
+import { domainXml, GPU_CONFIG, HOST, WIN10, withPort } from "../helpers/plan_world.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { applyPlan } from "../../lib/apply/apply.ts";
+import { listBackups } from "../../lib/state/backups.ts";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -108,4 +112,61 @@ Deno.test("heldSincePlan() refuses what is new since the plan", () => {
   ]);
   // A VM that takes nothing is never held back.
   assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, started), []);
+});
+
+Deno.test("heldSincePlan() counts another domain's block disk on a device the VM takes, when it can resolve it", () => {
+  const alphaXml = domain("alpha", []);
+  const alpha = vmPlan("alpha", alphaXml, { take: [NIC] });
+  const plan = planOf([alpha]);
+  const disk = (path: string) =>
+    `<domain type='test'><name>nas</name><devices><disk type='block' device='disk'>` +
+    `<source dev='${path}'/><target dev='vdb'/></disk></devices></domain>`;
+  // A block disk given to nas since the plan, on a controller alpha takes.
+  const world = dataWorld({ alpha: alphaXml, nas: disk("/dev/nvme1n1") });
+  const controllers = (path: string) => path === "/dev/nvme1n1" ? [NIC] : [];
+  assertEquals(heldSincePlan(alpha, plan, world, controllers), [
+    `"nas" holds "0000:02:00.0" (under its disk /dev/nvme1n1) in its persistent definition`,
+  ]);
+  // Without a resolver (a captured tree), or with one that cannot say or read the path, nothing
+  // is held: the plan warned about it already.
+  assertEquals(heldSincePlan(alpha, plan, world), []);
+  assertEquals(heldSincePlan(alpha, plan, world, () => null), []);
+  const denied = () => {
+    throw new Error("EACCES");
+  };
+  assertEquals(heldSincePlan(alpha, plan, world, denied), []);
+  // A disk on another controller is not alpha's business.
+  assertEquals(heldSincePlan(alpha, plan, world, () => [GPU]), []);
+});
+
+Deno.test("applyPlan() re-checks other domains' block disks with the plan's resolver before each define", async () => {
+  await withPort([WIN10], async (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
+    assertEquals(plan.vms[0]!.add.map((a) => a.address), [GPU, AUDIO]);
+    // While apply would wait at its prompt, nas is defined with the disk under the GPU's card.
+    libvirt.define(domainXml(
+      "nas",
+      "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a",
+      `<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>`,
+      true, // No test-driver run state: libvirt validates what is defined.
+    ));
+    const stateDir = Deno.makeTempDirSync();
+    try {
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir,
+        confirm: () => Promise.resolve("yes"),
+        blockDeviceControllers: (path) => path === "/dev/sdz" ? [AUDIO] : [],
+      });
+      const result = report.vms[0]!;
+      assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
+      assertMatch(
+        result.message,
+        /since the plan was made, "nas" holds "0000:01:00\.1" \(under its disk \/dev\/sdz\) in its persistent definition/,
+      );
+      assertEquals(listBackups(stateDir), []);
+    } finally {
+      Deno.removeSync(stateDir, { recursive: true });
+    }
+  });
 });

@@ -125,3 +125,17 @@ Deno.test("guard: a running VM's status too large to read fails closed, only whe
   const gpu = await start([hostdev(GPU)], { nas: huge });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
 });
+
+Deno.test("guard: taking the controller of the VM's own block disk refuses the start, with no other VM running", async () => {
+  const own = await start([hostdev(NVME), blockDisk(BY_ID)], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", NVME]]]);
+  assertMatch(
+    own.line,
+    /hostdev 0000:06:00\.0 .*\(vm-disk: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of this VM itself\)/,
+  );
+  // Its own disk on another controller, or a file, takes nothing from it.
+  const other = await start([hostdev(NVME), blockDisk("/dev/sda"), blockDisk("/srv/vm.img")], {});
+  assertEquals([other.code, other.refusals], [0, []]);
+  const gpu = await start([hostdev(GPU), blockDisk(BY_ID)], {});
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});

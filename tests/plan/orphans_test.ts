@@ -370,6 +370,23 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: live });
   assertMatch(assertTakenFromWin10(refused).message, /"win10" holds it in its definition now/);
 
+  // win10 asking for it itself: its start would detach the controller and lose the disk.
+  const own = planHostdevs({
+    config: wants("win10", "1987:5016"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  const win10 = own.vms[0]!;
+  assertEquals(win10.errors.map((e) => [e.code, e.rule, e.devices]), [
+    ["own-disk", "1987:5016", ["0000:4a:00.0"]],
+  ]);
+  assertMatch(
+    win10.errors[0]!.message,
+    /VM "win10" has disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0, and its rule "1987:5016" matches 0000:4a:00\.0: .*remove the disk from the VM's definition first \(virsh edit win10\)/,
+  );
+  assertEquals([win10.add, win10.changed], [[], false]);
+
   // A /dev path that cannot be read is a warning naming the disk, not silently nothing.
   const denied = {
     ...roots.reader,

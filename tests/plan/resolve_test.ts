@@ -63,3 +63,23 @@ Deno.test("resolveConfig() refuses a PF whose VF carries the host's default rout
   assertMatch(errors[0]!.message, /0000:01:10\.2/);
   assertMatch(errors[0]!.message, /allow_host_critical: true/);
 });
+
+Deno.test("resolveConfig() refuses a VM taking the controller under its own block disk, matched or with its group", () => {
+  // A SATA function on the GPU's card, in its IOMMU group; win10's disk /dev/sdb hangs under it.
+  const sata = { ...GPU_AUDIO, bdf: "0000:01:00.2", class: "0x010601", device: "0x22bb" };
+  const topology = host([...baseDevices(), GPU, GPU_AUDIO, sata]);
+  const disks = (vm: string) =>
+    new Map([[vm, new Map([["0000:01:00.2", ["/dev/sdb", "/dev/disk/by-id/ata-X"]]])]]);
+  const byGroup = resolveConfig(GPU_CONFIG, topology, { diskControllers: disks("win10") });
+  const errors = byGroup.get("win10")!.errors;
+  assertEquals(errors.map((e) => [e.code, e.rule, e.devices, e.group]), [
+    ["own-disk", "gpu", ["0000:01:00.2"], 1],
+  ]);
+  assertMatch(
+    errors[0]!.message,
+    /VM "win10" has disks \/dev\/sdb, \/dev\/disk\/by-id\/ata-X on 0000:01:00\.2, and its rule "gpu" takes 0000:01:00\.2 with its IOMMU group: libvirt detaches/,
+  );
+  // Another VM's disk there is not win10's own (the group conflict with it is found elsewhere).
+  const other = resolveConfig(GPU_CONFIG, topology, { diskControllers: disks("nas") });
+  assertEquals(other.get("win10")!.errors, []);
+});
