@@ -292,6 +292,7 @@ const HOST_USE_REASONS: readonly HostUseReason[] = [
   "block-holder",
   "zfs-pool",
   "default-route",
+  "network-route",
   "console-vga",
 ];
 
@@ -461,24 +462,83 @@ function joinPath(dir: string, link: string): string {
   return `/${parts.join("/")}`;
 }
 
-/** The interfaces of the default routes, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`). */
-function defaultRouteInterfaces(reader: SysfsReader, procRoot: string): string[] {
-  const names: string[] = [];
+/** One route of the host's main routing table: its interface and its destination. */
+interface HostRoute {
+  iface: string;
+  /** The destination prefix, `192.0.2.0/24` or `fd00:5::/64`; `default` for a default route. */
+  prefix: string;
+}
+
+/** The kernel's `RTF_REJECT` (an unreachable or prohibit route) and IPv6 `RTF_LOCAL` flags. */
+const RTF_REJECT = 0x0200;
+const RTF_LOCAL = 0x80000000;
+
+/**
+ * The routes the host sends traffic through, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`):
+ * default routes and the networks of its own addresses or static routes. Left out: the
+ * loopback's, reject routes, IPv6 local (own-address) routes, and link-local and multicast
+ * prefixes, which every interface that is up carries.
+ */
+function hostRoutes(reader: SysfsReader, procRoot: string): HostRoute[] {
+  const routes: HostRoute[] = [];
   const v4 = reader.readText(`${procRoot}/net/route`) ?? "";
   for (const line of v4.split("\n").slice(1)) {
-    const [iface, destination, , , , , , mask] = line.trim().split(/\s+/);
-    if (iface !== undefined && destination === "00000000" && mask === "00000000") names.push(iface);
+    const [iface, destination, , flags, , , , mask] = line.trim().split(/\s+/);
+    if (iface === undefined || iface === "lo" || mask === undefined) continue;
+    if ((parseInt(flags ?? "0", 16) & RTF_REJECT) !== 0) continue;
+    const prefix = ipv4Prefix(destination ?? "", mask);
+    if (prefix !== null) routes.push({ iface, prefix });
   }
   // Destination, its prefix length, source, its length, next hop, metric, counts, flags, name.
   const v6 = reader.readText(`${procRoot}/net/ipv6_route`) ?? "";
   for (const line of v6.split("\n")) {
     const fields = line.trim().split(/\s+/);
     const iface = fields[9];
-    if (iface !== undefined && iface !== "lo" && /^0{32}$/.test(fields[0]!) && fields[1] === "00") {
-      names.push(iface);
-    }
+    if (iface === undefined || iface === "lo") continue;
+    if ((parseInt(fields[8] ?? "0", 16) & (RTF_REJECT | RTF_LOCAL)) !== 0) continue;
+    const prefix = ipv6Prefix(fields[0] ?? "", fields[1] ?? "");
+    if (prefix !== null) routes.push({ iface, prefix });
   }
-  return [...new Set(names)];
+  return routes;
+}
+
+/**
+ * `/proc/net/route`'s destination and mask (hex, in the host's byte order: little-endian here)
+ * as `a.b.c.d/len`, `default`, or `null` for a link-local (169.254/16) or multicast prefix.
+ */
+function ipv4Prefix(destination: string, mask: string): string | null {
+  if (!/^[0-9A-Fa-f]{8}$/.test(destination) || !/^[0-9A-Fa-f]{8}$/.test(mask)) return null;
+  const bytes = (hex: string) => [6, 4, 2, 0].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  const length = bytes(mask).reduce((n, b) => n + b.toString(2).replace(/0/g, "").length, 0);
+  if (length === 0) return "default";
+  const [a, b] = bytes(destination);
+  if ((a === 169 && b === 254) || a! >= 224) return null;
+  return `${bytes(destination).join(".")}/${length}`;
+}
+
+/**
+ * `/proc/net/ipv6_route`'s destination (32 hex digits) and prefix length (hex) as
+ * `fd00:5::/64`, `default`, or `null` for a link-local (`fe80::/10`) or multicast prefix.
+ */
+function ipv6Prefix(destination: string, lengthHex: string): string | null {
+  if (!/^[0-9a-f]{32}$/i.test(destination) || !/^[0-9a-f]{2}$/i.test(lengthHex)) return null;
+  const length = parseInt(lengthHex, 16);
+  if (length === 0) return "default";
+  const first = parseInt(destination.slice(0, 4), 16);
+  if ((first & 0xffc0) === 0xfe80 || (first & 0xff00) === 0xff00) return null;
+  const groups = destination.match(/.{4}/g)!.map((g) => parseInt(g, 16).toString(16));
+  // The longest run of two or more zero groups becomes `::` (RFC 5952).
+  let best = { at: -1, length: 1 };
+  for (let i = 0; i < 8; i++) {
+    let j = i;
+    while (j < 8 && groups[j] === "0") j++;
+    if (j - i > best.length) best = { at: i, length: j - i };
+    i = j;
+  }
+  const text = best.at === -1
+    ? groups.join(":")
+    : `${groups.slice(0, best.at).join(":")}::${groups.slice(best.at + best.length).join(":")}`;
+  return `${text}/${length}`;
 }
 
 /** Where the live host's facts are read: sysfs, `/proc` and udev's device database. */
@@ -716,15 +776,31 @@ function udevProperties(text: string): Map<string, string> {
   return properties;
 }
 
-/** The NICs under each default route's interface. */
+/** How many of an interface's networks a `network-route` detail names. */
+const NAMED_NETWORKS = 3;
+
+/**
+ * The NICs under each interface the host routes through: a default route's (`default-route`), or
+ * else a network's (`network-route`: the host's address on a management or storage network, a
+ * static route), named by up to three of its prefixes.
+ */
 function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
-  return defaultRouteInterfaces(reader, procRoot).flatMap((iface) =>
-    pciDevicesUnder(reader, sysRoot, "net", iface).map((address): HostUse => ({
-      address,
-      reason: "default-route",
-      detail: `default route via ${iface}`,
-    }))
-  );
+  const byInterface = new Map<string, string[]>();
+  for (const { iface, prefix } of hostRoutes(reader, procRoot)) {
+    const prefixes = byInterface.get(iface) ?? [];
+    if (!prefixes.includes(prefix)) prefixes.push(prefix);
+    byInterface.set(iface, prefixes);
+  }
+  return [...byInterface].flatMap(([iface, prefixes]) => {
+    const named = prefixes.slice(0, NAMED_NETWORKS).join(", ");
+    const more = prefixes.length > NAMED_NETWORKS
+      ? ` and ${prefixes.length - NAMED_NETWORKS} more`
+      : "";
+    const use: Omit<HostUse, "address"> = prefixes.includes("default")
+      ? { reason: "default-route", detail: `default route via ${iface}` }
+      : { reason: "network-route", detail: `route to ${named}${more} via ${iface}` };
+    return pciDevicesUnder(reader, sysRoot, "net", iface).map((address) => ({ address, ...use }));
+  });
 }
 
 /** The boot VGA device, when a framebuffer console is bound or a framebuffer exists. */

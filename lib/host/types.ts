@@ -130,9 +130,10 @@ export interface HostTopology {
 /**
  * Why the host needs a device right now: it is an ancestor of the block device of a mounted
  * filesystem, of a swap partition, of a block device that device-mapper, md or bcache holds, or
- * of a disk of an imported ZFS pool; it is the NIC carrying the default route; it is the boot
- * VGA device while a framebuffer console is in use; or (the start guard only) it holds a disk of
- * another running VM.
+ * of a disk of an imported ZFS pool; it is the NIC carrying the default route, or a route to a
+ * network the host has an address on or a static route to; it is the boot VGA device while a
+ * framebuffer console is in use; or (the start guard only) it holds a disk of the starting VM or
+ * of another running VM.
  */
 export type HostUseReason =
   | "mounted-filesystem"
@@ -140,6 +141,7 @@ export type HostUseReason =
   | "block-holder"
   | "zfs-pool"
   | "default-route"
+  | "network-route"
   | "console-vga"
   /** A disk of another running VM (the start guard only; `plan` reads it from definitions). */
   | "vm-disk";

@@ -80,16 +80,55 @@ Deno.test("readHostUse(): the NIC of the IPv4 default route, directly or under a
     [UPLINK, "default route via vlan5"],
     [OTHER, "default route via vlan5"],
   ]);
-  // Other routes say nothing about the host's uplink.
-  assertEquals(await hostUse([v4("br0", "0000A8C0", "00FFFFFF")]), []);
+  // Its own network's route beside the default one: the default route names it.
+  assertEquals(await hostUse([v4("enp6s0"), v4("enp6s0", "0000A8C0", "00FFFFFF")]), [
+    [UPLINK, "default route via enp6s0"],
+  ]);
 });
 
 Deno.test("readHostUse(): the NIC of the IPv6 default route; the loopback's reject route is none", async () => {
   assertEquals(await hostUse([], [v6("br0"), v6("lo")]), [[UPLINK, "default route via br0"]]);
-  assertEquals(await hostUse([], [v6("enp7s0", `fd00${"0".repeat(28)}`, "40")]), []);
   // One NIC on both routes is listed once per interface it carries them for.
   assertEquals(await hostUse([v4("enp6s0")], [v6("enp6s0")]), [[
     UPLINK,
     "default route via enp6s0",
   ]]);
+});
+
+Deno.test("readHostUse(): the NIC of a network the host routes to (its address's network, a static route)", async () => {
+  // A management network on br0 (192.168.0.0/24) and a storage network on enp7s0 (fd00:5::/64).
+  assertEquals(await hostUse([v4("br0", "0000A8C0", "00FFFFFF")]), [
+    [UPLINK, "route to 192.168.0.0/24 via br0"],
+  ]);
+  assertEquals(await hostUse([], [v6("enp7s0", `fd000005${"0".repeat(24)}`, "40")]), [
+    [OTHER, "route to fd00:5::/64 via enp7s0"],
+  ]);
+  // A static route through vlan5 too, and at most three networks named per interface.
+  const many = ["0000A8C0", "0001A8C0", "0002A8C0", "0003A8C0"].map((d) =>
+    v4("vlan5", d, "00FFFFFF")
+  );
+  assertEquals(await hostUse(many), [
+    [UPLINK, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 and 1 more via vlan5"],
+    [OTHER, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 and 1 more via vlan5"],
+  ]);
+});
+
+Deno.test("readHostUse(): link-local, multicast, local and reject routes name no NIC", async () => {
+  const reject = "enp6s0\t0000000A\t00000000\t0201\t0\t0\t0\t000000FF\t0\t0\t0";
+  const routes = [
+    v4("enp6s0", "0000FEA9", "0000FFFF"),
+    v4("enp6s0", "000000E0", "000000F0"),
+    reject,
+  ];
+  const zero = "0".repeat(32);
+  const local = `fd00${
+    "0".repeat(27)
+  }2 80 ${zero} 00 ${zero} 00000000 00000004 00000000 80200001 enp7s0`;
+  const ipv6 = [
+    v6("enp7s0", `fe80${"0".repeat(28)}`, "40"),
+    v6("enp7s0", `ff00${"0".repeat(28)}`, "08"),
+    local,
+    v6("lo", `${"0".repeat(31)}1`, "80"),
+  ];
+  assertEquals(await hostUse(routes, ipv6), []);
 });
