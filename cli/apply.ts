@@ -71,7 +71,7 @@ async function applyComputed(
     confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, io) }),
     live: values.live,
     lock,
-    blockDeviceControllers: facts.blockDeviceControllers,
+    devices: facts,
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

@@ -43,7 +43,7 @@ import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
-import type { BlockResolver } from "../plan/survey.ts";
+import type { DeviceResolvers } from "../plan/used_devices.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -184,11 +184,11 @@ export interface ApplyOptions {
    */
   lock?: StateLock;
   /**
-   * Which PCI controllers hold a block device path (`HostFacts.blockDeviceControllers` of the
-   * plan): the re-check before each define then counts the controllers under other domains'
-   * block disks as theirs, as the plan did. Default: they are not re-checked.
+   * Which PCI controllers are under a host device (the plan's `HostFacts`): the re-check before
+   * each define then counts the controllers under the block disks and USB devices other domains
+   * use as theirs, as the plan did. Default: they are not re-checked.
    */
-  blockDeviceControllers?: BlockResolver;
+  devices?: DeviceResolvers;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -773,7 +773,7 @@ export function defineOrExplain(
 function recheckHolders(
   vm: VmPlan,
   plan: Plan,
-  { libvirt, blockDeviceControllers }: ApplyOptions,
+  { libvirt, devices }: ApplyOptions,
 ): Failure | null {
   let world: World;
   try {
@@ -787,7 +787,7 @@ function recheckHolders(
         }`,
     };
   }
-  const problems = heldSincePlan(vm, plan, world, blockDeviceControllers);
+  const problems = heldSincePlan(vm, plan, world, devices);
   if (problems.length === 0) return null;
   return {
     code: "conflict-changed",

@@ -21,36 +21,28 @@ import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { blockDisksIn, type BlockResolver } from "../plan/survey.ts";
+import { controllersUnder, type DeviceResolvers } from "../plan/used_devices.ts";
 
 /** What a definition holds, as far as the re-check goes. */
 interface Held {
-  /** The PCI addresses it passes, and the controllers under its block disks. */
+  /** The PCI addresses it passes, and the controllers under the host devices it uses. */
   addresses: PciAddress[];
-  /** A block disk on each such controller, by the controller's address. */
-  disks: Map<PciAddress, string>;
+  /** What it uses under each such controller (`disk /dev/sdb`), by the controller's address. */
+  uses: Map<PciAddress, string[]>;
   /** Why that is not fully known, or `null`. */
   unknown: string | null;
 }
 
 /**
  * The PCI addresses a definition holds, and why that is not fully known (or `null`); with
- * `blockControllers`, the controllers under its block disks too. A disk whose device cannot be
+ * `resolvers`, the controllers under the host devices it uses too. A disk whose device cannot be
  * read adds nothing: the plan warned about it already.
  */
-function heldBy(read: DefinitionRead, blockControllers?: BlockResolver): Held {
-  const disks = new Map<PciAddress, string>();
-  const resolve = blockControllers ?? (() => null);
-  for (const path of blockControllers === undefined ? [] : blockDisksIn(read)) {
-    try {
-      for (const address of resolve(path) ?? []) disks.set(address, path);
-    } catch {
-      continue;
-    }
-  }
+function heldBy(read: DefinitionRead, resolvers?: DeviceResolvers): Held {
+  const uses = controllersUnder([read], resolvers, () => {});
   const add = (addresses: PciAddress[], unknown: string | null): Held => ({
-    addresses: [...addresses, ...disks.keys()],
-    disks,
+    addresses: [...addresses, ...uses.keys()],
+    uses,
     unknown,
   });
   switch (read.kind) {
@@ -108,7 +100,7 @@ export function heldSincePlan(
   vm: VmPlan,
   plan: Plan,
   world: World,
-  blockControllers?: BlockResolver,
+  resolvers?: DeviceResolvers,
 ): string[] {
   const taken = takenBy(vm, plan.groupOf ?? {});
   if (!taken.any) return [];
@@ -127,7 +119,7 @@ export function heldSincePlan(
   };
   return heldElsewhere(vm.name, taken.has, world, {
     expected,
-    ...(blockControllers === undefined ? {} : { blockControllers }),
+    ...(resolvers === undefined ? {} : { resolvers }),
   });
 }
 
@@ -136,10 +128,11 @@ export interface HeldElsewhereOptions {
   /** The devices a domain's definition may still hold: what the plan counted on. Default none. */
   expected?: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress>;
   /**
-   * Which controllers hold a block device path (on the live host): with it, the controllers
-   * under other domains' block disks count as held by them. Default: not resolved.
+   * Which controllers are under a host device (on the live host): with them, the controllers
+   * under the block disks and USB devices other domains use count as held by them. Default: not
+   * resolved.
    */
-  blockControllers?: BlockResolver;
+  resolvers?: DeviceResolvers;
 }
 
 /**
@@ -160,7 +153,7 @@ export function heldElsewhere(
     const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
     if (domain.live !== null) reads.push(["running", domain.live]);
     for (const [which, read] of reads) {
-      const { addresses, disks, unknown } = heldBy(read, options.blockControllers);
+      const { addresses, uses, unknown } = heldBy(read, options.resolvers);
       if (unknown !== null) {
         problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);
         continue;
@@ -169,7 +162,7 @@ export function heldElsewhere(
       const clash = [...new Set(addresses)].filter((a) => takes(a) && !allowed.has(a)).sort();
       if (clash.length > 0) {
         const named = (a: PciAddress) =>
-          disks.has(a) ? `"${a}" (under its disk ${disks.get(a)})` : `"${a}"`;
+          uses.has(a) ? `"${a}" (under its ${uses.get(a)!.join(", ")})` : `"${a}"`;
         problems.push(
           `"${domain.name}" holds ${clash.map(named).join(", ")} in its ${which} definition`,
         );

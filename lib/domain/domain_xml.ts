@@ -11,6 +11,7 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
+import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
@@ -115,6 +116,11 @@ export interface ParsedDomain {
    * counts their controllers as held, when the host can say which they are.
    */
   blockDisks: string[];
+  /**
+   * The host USB devices of its `<hostdev mode='subsystem' type='usb'>` elements: planning counts
+   * their controllers as held, when the host can say which they are.
+   */
+  usbDevices: UsbSource[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -243,6 +249,7 @@ interface Located {
   interfaceHostdevs: PciAddress[];
   nvmeDisks: PciAddress[];
   blockDisks: string[];
+  usbDevices: UsbSource[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -330,6 +337,7 @@ function locate(xml: string): Located {
   const interfaceHostdevs: PciAddress[] = [];
   const nvmeDisks: PciAddress[] = [];
   const blockDisks: string[] = [];
+  const usbDevices: UsbSource[] = [];
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -347,6 +355,8 @@ function locate(xml: string): Located {
     } else if (span.name === "hostdev") {
       const site = readHostdev(xml, span, owned);
       if (site !== null) hostdevs.push(site);
+      const usb = site === null ? readUsbHostdev(xml, span) : null;
+      if (usb !== null) usbDevices.push(usb);
     } else if (
       span.name === "disk" && attribute(xml, span, "type") === "nvme" &&
       span.children.some((c) => c.name === "source")
@@ -372,6 +382,7 @@ function locate(xml: string): Located {
     interfaceHostdevs,
     nvmeDisks,
     blockDisks,
+    usbDevices,
     interfaces,
     macs,
     bootDevices,
@@ -425,6 +436,21 @@ function interfaceAddress(element: XmlElement): PciAddress | null {
   return address && (address.attributes.type ?? "pci") === "pci"
     ? pciAddressFromLibvirt(address.attributes)
     : null;
+}
+
+/** The source of a USB subsystem `<hostdev>`; `null` for other hostdevs, or one it cannot read. */
+function readUsbHostdev(xml: string, span: XmlSpan): UsbSource | null {
+  const mode = attribute(xml, span, "mode") ?? "subsystem";
+  if (mode !== "subsystem" || attribute(xml, span, "type") !== "usb") return null;
+  const source = read(xml, span).children.find((c) => c.name === "source");
+  const attributeOf = (name: string, key: string) =>
+    source?.children.find((c) => c.name === name)?.attributes[key];
+  return usbSourceFrom({
+    vendor: attributeOf("vendor", "id"),
+    product: attributeOf("product", "id"),
+    bus: attributeOf("address", "bus"),
+    device: attributeOf("address", "device"),
+  });
 }
 
 /** A PCI subsystem `<hostdev>` with its typed fields; `null` for other hostdev kinds. */
@@ -591,6 +617,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     interfaceHostdevs: located.interfaceHostdevs,
     nvmeDisks: located.nvmeDisks,
     blockDisks: located.blockDisks,
+    usbDevices: located.usbDevices,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

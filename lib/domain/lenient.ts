@@ -14,6 +14,7 @@
 
 import type { PciAddress } from "../host/types.ts";
 import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
+import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 
 export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
@@ -255,6 +256,11 @@ export interface LenientPassedScan {
    * them open while it runs, so their controllers are its too.
    */
   blockDisks: string[];
+  /**
+   * The host USB devices its `<hostdev mode='subsystem' type='usb'>` elements name (one whose
+   * source cannot be read names none: libvirt refuses it).
+   */
+  usbDevices: UsbSource[];
 }
 
 /**
@@ -272,6 +278,7 @@ export interface LenientPassedScan {
  *   unresolved: 0,
  *   networks: [],
  *   blockDisks: [],
+ *   usbDevices: [],
  * });
  * ```
  */
@@ -281,6 +288,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const found = new Map<PciAddress, PassedElement>();
   const networks = new Set<string>();
   const blockDisks = new Set<string>();
+  const usbDevices: UsbSource[] = [];
   let unresolved = 0;
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
@@ -316,7 +324,13 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       if (network !== null) networks.add(network);
       return;
     }
-    if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) return;
+    if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
+      const usb = type === "usb" && mode !== "capabilities" && !tag.selfClosing
+        ? usbSource(elementContent(element.slice(tag.end), "hostdev"))
+        : null;
+      if (usb !== null) usbDevices.push(usb);
+      return;
+    }
     if (tag.selfClosing) {
       unresolved++;
       return;
@@ -333,6 +347,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     unresolved,
     networks: [...networks].sort(),
     blockDisks: [...blockDisks].sort(),
+    usbDevices,
   };
 }
 
@@ -353,6 +368,24 @@ function sourceDevices(inside: string): string[] {
     if (dev) devices.push(dev);
   }
   return devices;
+}
+
+/** The source of a USB hostdev whose content is `inside`, or `null` when it cannot be read. */
+function usbSource(inside: string): UsbSource | null {
+  const open = findTag(inside, "source");
+  const source = open === -1 ? null : lenientTag(inside, open);
+  if (source === null || source.selfClosing) return null;
+  const content = elementContent(inside.slice(source.end), "source");
+  const attributeOf = (name: string, key: string) => {
+    const at = findTag(content, name);
+    return at === -1 ? undefined : lenientTag(content, at)?.attributes[key];
+  };
+  return usbSourceFrom({
+    vendor: attributeOf("vendor", "id"),
+    product: attributeOf("product", "id"),
+    bus: attributeOf("address", "bus"),
+    device: attributeOf("address", "device"),
+  });
 }
 
 /** The `network` of the `<source>` in an interface whose content starts `body`, or `null`. */

@@ -32,4 +32,5 @@ export {
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
 } from "./lenient.ts";
+export { describeUsbSource, type UsbSource, usbSourceFrom } from "./usb_source.ts";
 export { redactSecrets, secretValues } from "./secrets.ts";

@@ -19,6 +19,7 @@
 import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfMismatch } from "./vf_check.ts";
+import type { UsedDevices } from "../plan/used_devices.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/sysfs_device.ts";
 import {
@@ -99,12 +100,12 @@ export interface GuardCheckInput {
   root: string;
   /**
    * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
-   * Called once with every device found at the domain's addresses, and the host block devices
-   * the domain's own disks name (their controllers are the guest's own disks: see
-   * `runningDiskUses`). `null` (a captured tree without host-use facts) marks nothing; the live
-   * host always knows.
+   * Called once with every device found at the domain's addresses, and the host devices the
+   * domain itself uses (its block disks and USB hostdevs, whose controllers it must keep: see
+   * `vmDeviceUses`). `null` (a captured tree without host-use facts) marks nothing; the live host
+   * always knows.
    */
-  hostUse: (devices: PciDevice[], ownDisks: readonly string[]) => readonly HostUse[] | null;
+  hostUse: (devices: PciDevice[], own: UsedDevices) => readonly HostUse[] | null;
   /**
    * The status XML of the running libvirt network `name` (libvirt keeps it in
    * `/run/libvirt/network/NAME.xml`), `null` when no such network runs; may throw when it
@@ -127,8 +128,8 @@ interface DomainFacts {
   vfRecords: VfIdentity[];
   /** The networks `<interface type='network'>` elements name. */
   networks: string[];
-  /** The host block devices its disks name. */
-  blockDisks: string[];
+  /** The host devices it uses: its block disks, its USB hostdevs. */
+  used: UsedDevices;
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];
 }
@@ -158,7 +159,7 @@ function readDomain(xml: string): DomainFacts {
     records,
     vfRecords,
     networks: lenient.networks,
-    blockDisks: lenient.blockDisks,
+    used: { blockDisks: lenient.blockDisks, usbDevices: lenient.usbDevices },
     unreadable,
   };
 }
@@ -277,7 +278,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   }));
   const devices = new Map<PciAddress, PciDevice>();
   for (const { device } of [...found, ...pooled]) if (device) devices.set(device.address, device);
-  const hostUse = input.hostUse([...devices.values()], facts.blockDisks);
+  const hostUse = input.hostUse([...devices.values()], facts.used);
   // The domain's own cards (and its networks' VFs) were asked for: a storage or network
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
   // or the platform needs is.

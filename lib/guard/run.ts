@@ -11,7 +11,8 @@
 import type { SysfsReader } from "../host/sysfs.ts";
 import type { HostUse, PciDevice } from "../host/types.ts";
 import { readHostUse } from "../host/sysfs_device.ts";
-import { QEMU_STATUS_DIR, readStatusXml, runningDiskUses } from "./running_disks.ts";
+import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
+import type { UsedDevices } from "../plan/used_devices.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
 import {
   type ActivePolicy,
@@ -101,13 +102,13 @@ function networkStatusReader(
 
 /**
  * What the host uses among `devices`, as `plan` reads it, and on the live host also the
- * controllers of the VM's own block disks (`ownDisks`) and of the other running VMs' (which
- * `plan` reads from their definitions).
+ * controllers under the block disks and USB devices the VM itself uses (`own`) and the other
+ * running VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(
   options: GuardRunOptions,
   devices: PciDevice[],
-  ownDisks: readonly string[],
+  own: UsedDevices,
 ): HostUse[] | null {
   const uses = readHostUse(options.reader, {
     root: options.root,
@@ -118,8 +119,7 @@ function hostUseOf(
   const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
   if (uses === null || statusDir === null) return uses;
   const roots = { sysRoot: options.root, devRoot: options.devRoot ?? "/dev", statusDir };
-  const disks = runningDiskUses(options.reader, roots, { vm: options.vm, devices, ownDisks });
-  return [...uses, ...disks];
+  return [...uses, ...vmDeviceUses(options.reader, roots, { vm: options.vm, devices, own })];
 }
 
 function check(options: GuardRunOptions): GuardRefusal[] {
@@ -138,7 +138,7 @@ function check(options: GuardRunOptions): GuardRefusal[] {
         options.reader,
         options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
       ),
-      hostUse: (devices, ownDisks) => hostUseOf(options, devices, ownDisks),
+      hostUse: (devices, own) => hostUseOf(options, devices, own),
     });
   } catch (error) {
     return unreadable(`the check failed: ${message(error)}`);

@@ -20,7 +20,8 @@ import {
   type SysfsReader,
 } from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { blockDeviceControllers } from "./sysfs_device.ts";
+import { blockDeviceControllers, readUsbDevices, usbDeviceControllers } from "./sysfs_device.ts";
+import type { UsbSource } from "../domain/usb_source.ts";
 
 /** One line of `/proc/modules`. */
 export interface KernelModule {
@@ -118,6 +119,11 @@ export interface HostFacts {
    * path or sysfs cannot be read.
    */
   blockDeviceControllers(path: string): PciAddress[] | null;
+  /**
+   * The USB controllers under the host USB devices a `<hostdev type='usb'>` source names (see
+   * `usbDeviceControllers`). `null` when unknown: only the live host says what is plugged in.
+   */
+  usbDeviceControllers(source: UsbSource): PciAddress[] | null;
 }
 
 /** Options of {@link readHostFacts}. */
@@ -134,7 +140,7 @@ export interface HostFactsOptions {
   passwd?: () => string | null;
   /**
    * The host's `/dev`, on the live host only: block device paths name devices there. Absent (a
-   * captured tree): which controller holds a block device is unknown.
+   * captured tree): which controller holds a block device, or a USB device, is unknown.
    */
   devRoot?: string;
 }
@@ -327,6 +333,7 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   );
   const passwd = options.passwd ?? (() => denoFsReader().readText("/etc/passwd"));
   const qemuUser = once(() => parseQemuUser(passwd() ?? ""));
+  const usbDevices = once(() => readUsbDevices(reader, sysRoot));
   return {
     resetMethods: byKey((address) => {
       const text = readAttribute(reader, `${device(address)}/reset_method`);
@@ -376,6 +383,9 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
         ? null
         : blockDeviceControllers(options.reader, { sysRoot, devRoot }, path);
     }),
+    // A captured tree holds no USB devices: what is plugged in is the live host's alone.
+    usbDeviceControllers: (source) =>
+      options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
   };
 }
 

@@ -10,6 +10,7 @@
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
+import type { UsbSource } from "../domain/usb_source.ts";
 import {
   bufferConfigReader,
   type ConfigSpaceHeaderFacts,
@@ -285,7 +286,7 @@ function parseUevent(text: string | null): UeventFields | null {
   return fields;
 }
 
-/** What `snapshot` records; `vm-disk` is the start guard's alone, read at each start. */
+/** What `snapshot` records; `vm-device` is the start guard's alone, read at each start. */
 const HOST_USE_REASONS: readonly HostUseReason[] = [
   "mounted-filesystem",
   "swap",
@@ -431,6 +432,69 @@ export function blockDeviceControllers(
 ): PciAddress[] {
   const name = devName(reader, roots.devRoot, path);
   return name === null ? [] : pciDevicesUnder(reader, roots.sysRoot, "block", name);
+}
+
+/** A USB device plugged into the host, as `bus/usb/devices` describes it. */
+export interface HostUsbDevice {
+  /** Its sysfs name (`1-2.3`: bus 1, port 2, then port 3 of a hub). */
+  name: string;
+  /** `idVendor` and `idProduct`: 4 lower-case hex digits each. */
+  vendorId: string;
+  productId: string;
+  /** `busnum` and `devnum`, as libvirt's `<address bus device>` gives them. */
+  bus: number;
+  device: number;
+  /** The PCI function (the USB controller) it hangs under, or `null` for none. */
+  controller: PciAddress | null;
+}
+
+/**
+ * Every USB device plugged into the host (root hubs and interfaces left out), from
+ * `bus/usb/devices` under `sysRoot`; a device whose attributes cannot be read is left out.
+ */
+export function readUsbDevices(reader: SysfsReader, sysRoot: string): HostUsbDevice[] {
+  const dir = `${sysRoot}/bus/usb/devices`;
+  return (reader.listDir(dir) ?? []).sort().flatMap((name) => {
+    if (!/^\d+-\d+(?:\.\d+)*$/.test(name)) return [];
+    const attribute = (file: string) => reader.readText(`${dir}/${name}/${file}`)?.trim() ?? "";
+    const [vendorId, productId] = [attribute("idVendor"), attribute("idProduct")];
+    const [bus, device] = [attribute("busnum"), attribute("devnum")];
+    if (!/^[0-9a-f]{4}$/.test(vendorId) || !/^[0-9a-f]{4}$/.test(productId)) return [];
+    if (!/^\d+$/.test(bus) || !/^\d+$/.test(device)) return [];
+    const link = reader.readLink(`${dir}/${name}`);
+    const controller = link === null ? null : pciAncestor(link);
+    return [{ name, vendorId, productId, bus: Number(bus), device: Number(device), controller }];
+  });
+}
+
+/**
+ * The USB controllers under the host USB devices a USB hostdev's `source` names: every plugged
+ * device matching all it gives (IDs, bus and device number), so a source that fits several counts
+ * them all. Empty when none is plugged in.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const receiver = { name: "1-2", vendorId: "046d", productId: "c52b", bus: 1, device: 3,
+ *   controller: "0000:00:14.0" };
+ * const source = { vendorId: "046d", productId: "c52b", bus: null, device: null };
+ * assertEquals(usbDeviceControllers([receiver], source), ["0000:00:14.0"]);
+ * assertEquals(usbDeviceControllers([receiver], { ...source, bus: 2, device: 3 }), []);
+ * ```
+ */
+export function usbDeviceControllers(
+  devices: readonly HostUsbDevice[],
+  source: UsbSource,
+): PciAddress[] {
+  const found = new Set<PciAddress>();
+  for (const d of devices) {
+    if (source.vendorId !== null && d.vendorId !== source.vendorId) continue;
+    if (source.productId !== null && d.productId !== source.productId) continue;
+    if (source.bus !== null && d.bus !== source.bus) continue;
+    if (source.device !== null && d.device !== source.device) continue;
+    if (d.controller !== null) found.add(d.controller);
+  }
+  return [...found].sort();
 }
 
 /**

@@ -132,8 +132,8 @@ export interface HostTopology {
  * filesystem, of a swap partition, of a block device that device-mapper, md or bcache holds, or
  * of a disk of an imported ZFS pool; it is the NIC carrying the default route, or a route to a
  * network the host has an address on or a static route to; it is the boot VGA device while a
- * framebuffer console is in use; or (the start guard only) it holds a disk of the starting VM or
- * of another running VM.
+ * framebuffer console is in use; or (the start guard only) it holds a block disk or USB device of
+ * the starting VM or of another running VM.
  */
 export type HostUseReason =
   | "mounted-filesystem"
@@ -143,8 +143,11 @@ export type HostUseReason =
   | "default-route"
   | "network-route"
   | "console-vga"
-  /** A disk of another running VM (the start guard only; `plan` reads it from definitions). */
-  | "vm-disk";
+  /**
+   * A block disk or USB device of the starting VM or another running VM (the start guard only;
+   * `plan` reads them from definitions).
+   */
+  | "vm-device";
 
 /** One device the running host is using. */
 export interface HostUse {

@@ -151,7 +151,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     new Set([...(h.hostdevs ?? []).map((d) => d.address), ...h.fixed, ...h.ownedInterfaces]),
   ]));
   const macs = new Map(holdings.map(([n, h]) => [n, h.macs]));
-  const diskControllers = new Map(holdings.map(([n, h]) => [n, h.diskControllers]));
+  const deviceControllers = new Map(holdings.map(([n, h]) => [n, h.deviceControllers]));
   const context = {
     host,
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
@@ -169,7 +169,7 @@ export function planUntilSettled(input: SettleInput): Settled {
       occupied,
       macs,
       vfRecords,
-      diskControllers,
+      deviceControllers,
     });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
     previous = resolved;

@@ -11,7 +11,7 @@ export type * from "./libvirt_port.ts";
 export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from "./plan.ts";
 export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
 export { emptyVmPlan } from "./vm_edit.ts";
-export type { BlockResolver } from "./survey.ts";
+export type { DeviceResolvers, UsedDevices } from "./used_devices.ts";
 export {
   type DefinitionRead,
   type DomainSnapshot,

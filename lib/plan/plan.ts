@@ -147,7 +147,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     world,
     config,
     options.vms !== undefined,
-    (path) => options.facts?.blockDeviceControllers(path) ?? null,
+    options.facts,
   );
   const global = hostIssues(host);
   const errors = [...global.errors, ...survey.errors];

@@ -58,10 +58,11 @@ export interface ResolveOptions {
   /** Per VM: the VFs recorded in its domain (keeps a `vf: any` rule on its VF, follows its PF). */
   vfRecords?: ReadonlyMap<string, readonly VfIdentity[]>;
   /**
-   * Per VM: the PCI controllers under its own block disks, each with those disks' paths. Its
-   * rules must not take them: the start would detach the controller, and the disk with it.
+   * Per VM: the PCI controllers under the host devices it uses (block disks, USB devices), each
+   * with what it holds there. Its rules must not take them: the start would detach the
+   * controller, and those devices with it.
    */
-  diskControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
+  deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
 }
 
 /**
@@ -131,34 +132,38 @@ function resolveVm(
     ...closure.errors,
     ...pfInClosure(vm.name, vfs, closure),
     ...inconsistentGroupErrors(vm.name, closure, host),
-    ...ownDiskErrors(vm.name, closure, options.diskControllers?.get(vm.name)),
+    ...ownDeviceErrors(vm.name, closure, options.deviceControllers?.get(vm.name)),
   ];
   return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings], vfs };
 }
 
 /**
- * `own-disk` refusals: the VM would take the controller under one of its own block disks (a
- * whole host disk by its `/dev` path). At start libvirt detaches the controller from its host
- * driver, the disk's device goes away with it, and the guest cannot open its own disk.
+ * `own-device` refusals: the VM would take the controller under a host device it uses itself (a
+ * block disk by its `/dev` path, a USB device). At start libvirt detaches the controller from its
+ * host driver, the device goes away with it, and the guest cannot open it.
  */
-function ownDiskErrors(
+function ownDeviceErrors(
   vm: string,
   closure: ClosureResult,
   controllers: ReadonlyMap<PciAddress, readonly string[]> | undefined,
 ): PlanIssue[] {
   if (controllers === undefined || controllers.size === 0) return [];
   return closure.devices.flatMap(({ device, rule, reason }) => {
-    const disks = controllers.get(device.address);
-    if (disks === undefined) return [];
+    const used = controllers.get(device.address);
+    if (used === undefined) return [];
     const how = reason === "matched"
       ? `rule "${rule.name}" matches ${device.address}`
       : `rule "${rule.name}" takes ${device.address} with its IOMMU group`;
     const group = device.iommuGroup === null ? {} : { group: device.iommuGroup };
     return [{
-      code: "own-disk" as const,
-      message: `VM "${vm}" has ${disks.length === 1 ? "disk" : "disks"} ${
-        disks.join(", ")
-      } on ${device.address}, and its ${how}: libvirt detaches that controller from the host at start, and the disk goes with it: remove the disk from the VM's definition first (virsh edit ${
+      code: "own-device" as const,
+      message: `VM "${vm}" uses ${
+        used.join(", ")
+      } on ${device.address}, and its ${how}: libvirt detaches that controller from the host at start, and ${
+        used.length === 1 ? "that device goes" : "those devices go"
+      } with it: remove ${
+        used.length === 1 ? "it" : "them"
+      } from the VM's definition first (virsh edit ${
         shellWord(vm)
       }), or leave ${device.address} with the host`,
       vm,

@@ -19,7 +19,8 @@
 
 import type { Config } from "../config/config.ts";
 import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
-import { type LenientHostdevScan, scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import type { LenientHostdevScan } from "../domain/lenient.ts";
+import { controllersUnder, type DeviceResolvers } from "./used_devices.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,
@@ -55,10 +56,10 @@ export interface Holding {
   /** The MACs of its interfaces (persistent and live). */
   macs: string[];
   /**
-   * The PCI controllers under its block disks (persistent and live), each with those disks'
-   * paths: in `fixed` too, and its own rules must not take them.
+   * The PCI controllers under the host devices it uses (block disks, USB devices; persistent and
+   * live), each with what it holds there: in `fixed` too, and its own rules must not take them.
    */
-  diskControllers: Map<PciAddress, string[]>;
+  deviceControllers: Map<PciAddress, string[]>;
 }
 
 /** What {@link surveyWorld} finds. Plain data. */
@@ -114,51 +115,6 @@ function liveHolding(
   return out;
 }
 
-/**
- * Which PCI functions hold the block device at a path (`HostFacts.blockDeviceControllers`), or
- * `null` when the host cannot say.
- */
-export type BlockResolver = (path: string) => PciAddress[] | null;
-
-/**
- * The host block devices a definition names (see `ParsedDomain.blockDisks`), read strictly or,
- * when the strict reader refuses it, leniently; none when it could not be read.
- */
-export function blockDisksIn(read: DefinitionRead): string[] {
-  if (read.kind === "parsed") return read.domain.blockDisks;
-  if (read.kind === "unreadable") return scanPassedDevicesLeniently(read.xml).blockDisks;
-  return [];
-}
-
-/** The host block devices a domain's definitions name, persistent and running, once each. */
-function blockDisksOf({ persistent, live }: DomainSnapshot): string[] {
-  return [...new Set([persistent, live].flatMap((read) => read ? blockDisksIn(read) : []))];
-}
-
-/**
- * The controllers under a domain's block disks: handing one to another guest pulls the disk from
- * under this one (QEMU holds it open while the guest runs). A disk whose device cannot be read is
- * a warning: planning then counts no controller for it.
- */
-function blockDiskControllers(
-  name: string,
-  paths: readonly string[],
-  resolve: BlockResolver,
-): { controllers: Map<PciAddress, string[]>; warnings: PlanIssue[] } {
-  const controllers = new Map<PciAddress, string[]>();
-  const warnings: PlanIssue[] = [];
-  for (const path of paths) {
-    try {
-      for (const address of new Set(resolve(path) ?? [])) {
-        controllers.set(address, [...(controllers.get(address) ?? []), path]);
-      }
-    } catch (error) {
-      warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
-    }
-  }
-  return { controllers, warnings };
-}
-
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
 function surveyDomain(
   survey: Survey,
@@ -167,7 +123,7 @@ function surveyDomain(
     configured: ReadonlySet<string>;
     limited: boolean;
     liveWarnings: PlanIssue[];
-    blockDeviceControllers: BlockResolver;
+    resolvers: DeviceResolvers | undefined;
   },
 ): void {
   const { name, persistent, live } = snapshot;
@@ -176,7 +132,7 @@ function surveyDomain(
     fixed: [],
     ownedInterfaces: [],
     macs: [],
-    diskControllers: new Map(),
+    deviceControllers: new Map(),
   };
   let defined: PciAddress[] = [];
   if (persistent.kind === "read-failed") {
@@ -208,10 +164,12 @@ function surveyDomain(
     }
   }
   if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
-  const disks = blockDiskControllers(name, blockDisksOf(snapshot), context.blockDeviceControllers);
-  holding.fixed.push(...disks.controllers.keys());
-  holding.diskControllers = disks.controllers;
-  survey.warnings.push(...disks.warnings);
+  holding.deviceControllers = controllersUnder(
+    [persistent, live],
+    context.resolvers,
+    (path, error) => survey.warnings.push(unresolvedDiskWarning(name, path, errorText(error))),
+  );
+  holding.fixed.push(...holding.deviceControllers.keys());
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));
     survey.errors.push(...extra.errors);
@@ -232,7 +190,7 @@ export function surveyWorld(
   world: World,
   config: Config,
   limited: boolean,
-  blockDeviceControllers: BlockResolver = () => null,
+  resolvers?: DeviceResolvers,
 ): Survey {
   const survey: Survey = {
     holdings: new Map(),
@@ -249,7 +207,7 @@ export function surveyWorld(
     configured: new Set(config.vms.map((v) => v.name)),
     limited,
     liveWarnings: [] as PlanIssue[],
-    blockDeviceControllers,
+    resolvers,
   };
   for (const snapshot of world.domains) surveyDomain(survey, snapshot, context);
   survey.warnings.push(...context.liveWarnings);

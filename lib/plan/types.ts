@@ -17,7 +17,7 @@ export type IssueCode =
   | "too-many-matches"
   | "group-shared-with-other-vm"
   | "device-assigned-twice"
-  | "own-disk"
+  | "own-device"
   | "sriov-split"
   | "group-contains-host-critical"
   | "group-inconsistent"

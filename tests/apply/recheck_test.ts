@@ -14,6 +14,7 @@ import { domainXml, GPU_CONFIG, HOST, WIN10, withPort } from "../helpers/plan_wo
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { listBackups } from "../../lib/state/backups.ts";
+import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -114,32 +115,58 @@ Deno.test("heldSincePlan() refuses what is new since the plan", () => {
   assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, started), []);
 });
 
-Deno.test("heldSincePlan() counts another domain's block disk on a device the VM takes, when it can resolve it", () => {
+/** Resolvers that place block disks and USB devices on controllers by table. */
+function resolvers(
+  disks: Record<string, string[]>,
+  usb: Record<string, string[]> = {},
+): DeviceResolvers {
+  return {
+    blockDeviceControllers: (path) => disks[path] ?? [],
+    usbDeviceControllers: (source) => usb[`${source.vendorId}:${source.productId}`] ?? [],
+  };
+}
+
+Deno.test("heldSincePlan() counts the controllers under another domain's block disks and USB devices, when it can resolve them", () => {
   const alphaXml = domain("alpha", []);
   const alpha = vmPlan("alpha", alphaXml, { take: [NIC] });
   const plan = planOf([alpha]);
-  const disk = (path: string) =>
-    `<domain type='test'><name>nas</name><devices><disk type='block' device='disk'>` +
-    `<source dev='${path}'/><target dev='vdb'/></disk></devices></domain>`;
-  // A block disk given to nas since the plan, on a controller alpha takes.
-  const world = dataWorld({ alpha: alphaXml, nas: disk("/dev/nvme1n1") });
-  const controllers = (path: string) => path === "/dev/nvme1n1" ? [NIC] : [];
-  assertEquals(heldSincePlan(alpha, plan, world, controllers), [
-    `"nas" holds "0000:02:00.0" (under its disk /dev/nvme1n1) in its persistent definition`,
+  const nas = (devices: string) =>
+    `<domain type='test'><name>nas</name><devices>${devices}</devices></domain>`;
+  const disk = `<disk type='block' device='disk'><source dev='/dev/nvme1n1'/>` +
+    `<target dev='vdb'/></disk>`;
+  const usb = `<hostdev mode='subsystem' type='usb'><source><vendor id='0x046d'/>` +
+    `<product id='0xc52b'/></source></hostdev>`;
+  // A block disk and a USB receiver given to nas since the plan, on the controller alpha takes.
+  const world = dataWorld({ alpha: alphaXml, nas: nas(disk + usb) });
+  const both = resolvers({ "/dev/nvme1n1": [NIC] }, { "046d:c52b": [NIC] });
+  assertEquals(heldSincePlan(alpha, plan, world, both), [
+    `"nas" holds "0000:02:00.0" (under its disk /dev/nvme1n1, USB device 046d:c52b) in its persistent definition`,
   ]);
-  // Without a resolver (a captured tree), or with one that cannot say or read the path, nothing
+  const onlyUsb = dataWorld({ alpha: alphaXml, nas: nas(usb) });
+  assertEquals(heldSincePlan(alpha, plan, onlyUsb, both), [
+    `"nas" holds "0000:02:00.0" (under its USB device 046d:c52b) in its persistent definition`,
+  ]);
+  // Without resolvers (a captured tree), or with ones that cannot say or read the path, nothing
   // is held: the plan warned about it already.
   assertEquals(heldSincePlan(alpha, plan, world), []);
-  assertEquals(heldSincePlan(alpha, plan, world, () => null), []);
-  const denied = () => {
-    throw new Error("EACCES");
+  const unknown: DeviceResolvers = {
+    blockDeviceControllers: () => null,
+    usbDeviceControllers: () => null,
+  };
+  assertEquals(heldSincePlan(alpha, plan, world, unknown), []);
+  const denied: DeviceResolvers = {
+    ...unknown,
+    blockDeviceControllers: () => {
+      throw new Error("EACCES");
+    },
   };
   assertEquals(heldSincePlan(alpha, plan, world, denied), []);
-  // A disk on another controller is not alpha's business.
-  assertEquals(heldSincePlan(alpha, plan, world, () => [GPU]), []);
+  // Devices on another controller are not alpha's business.
+  const elsewhere = resolvers({ "/dev/nvme1n1": [GPU] }, { "046d:c52b": [GPU] });
+  assertEquals(heldSincePlan(alpha, plan, world, elsewhere), []);
 });
 
-Deno.test("applyPlan() re-checks other domains' block disks with the plan's resolver before each define", async () => {
+Deno.test("applyPlan() re-checks other domains' block disks with the plan's host facts before each define", async () => {
   await withPort([WIN10], async (libvirt) => {
     const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
     assertEquals(plan.vms[0]!.add.map((a) => a.address), [GPU, AUDIO]);
@@ -156,7 +183,7 @@ Deno.test("applyPlan() re-checks other domains' block disks with the plan's reso
         libvirt,
         stateDir,
         confirm: () => Promise.resolve("yes"),
-        blockDeviceControllers: (path) => path === "/dev/sdz" ? [AUDIO] : [],
+        devices: resolvers({ "/dev/sdz": [AUDIO] }),
       });
       const result = report.vms[0]!;
       assertEquals([result.status, result.code], ["failed", "conflict-changed"]);

@@ -13,6 +13,7 @@
  */
 import { assertEquals } from "../helpers/assert.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { scanPassedDevicesLeniently } from "../../lib/domain/lenient.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 
 const CORPUS = new URL("../../../shared/libvirt-domains/", import.meta.url);
@@ -174,5 +175,28 @@ Deno.test({
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "the strict and lenient readers agree on the host devices every corpus domain uses",
+  ignore: !haveCorpus,
+  fn() {
+    const disagree: string[] = [];
+    let usb = 0;
+    for (const { name, xml } of corpusFiles()) {
+      const strict = parseDomainXml(xml);
+      const lenient = scanPassedDevicesLeniently(xml);
+      const strictUsed = {
+        blockDisks: [...new Set(strict.blockDisks)].sort(),
+        usbDevices: strict.usbDevices,
+      };
+      const lenientUsed = { blockDisks: lenient.blockDisks, usbDevices: lenient.usbDevices };
+      if (JSON.stringify(strictUsed) !== JSON.stringify(lenientUsed)) disagree.push(name);
+      usb += strict.usbDevices.length;
+    }
+    assertEquals(disagree, []);
+    // Every USB hostdev of the corpus (by bus and device number) is read.
+    assertEquals(usb, 12);
   },
 });

@@ -595,6 +595,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     unresolved: 0,
     networks: [],
     blockDisks: [],
+    usbDevices: [],
   });
 });
 
@@ -681,6 +682,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     unresolved: 1,
     networks: [],
     blockDisks: [],
+    usbDevices: [],
   });
 });
 
@@ -715,4 +717,32 @@ Deno.test("scanPassedDevicesLeniently() lists the host block devices of type='bl
   const hidden = `<domain><metadata><disk type='block'><source dev='/dev/m'/></disk></metadata>
     <devices><!-- <disk type='block'><source dev='/dev/c'/></disk> --></devices></domain>`;
   assertEquals(scanPassedDevicesLeniently(hidden).blockDisks, []);
+});
+
+Deno.test("both readers read a USB hostdev's source: IDs, bus and device, or both, as libvirt reads numbers", () => {
+  const devices = `
+    <hostdev mode='subsystem' type='usb' managed='yes'>
+      <source startupPolicy='optional'><vendor id='0x046D'/><product id='0xc52b'/></source>
+      <address type='usb' bus='0' port='1'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='usb'><source><address bus='0x0e' device='6'/></source>
+      <boot order='1'/></hostdev>
+    <hostdev mode='subsystem' type="usb"><source>
+      <vendor id="4711"/><product id="0"/><address bus="1" device="010"/></source></hostdev>
+    <hostdev mode='subsystem' type='usb'><source/></hostdev>
+    <hostdev mode='capabilities' type='misc'><source><char>/dev/input/event3</char></source></hostdev>`;
+  const expected = [
+    { vendorId: "046d", productId: "c52b", bus: null, device: null },
+    { vendorId: null, productId: null, bus: 14, device: 6 },
+    { vendorId: "1267", productId: "0000", bus: 1, device: 8 },
+  ];
+  const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+  assertEquals(parseDomainXml(xml).usbDevices, expected);
+  assertEquals(scanPassedDevicesLeniently(broken(devices)).usbDevices, expected);
+  // In a comment or <metadata>, it is no device.
+  const hidden = `<domain><metadata><hostdev mode='subsystem' type='usb'><source>
+    <vendor id='0x1'/><product id='0x2'/></source></hostdev></metadata><devices><!--
+    <hostdev mode='subsystem' type='usb'><source><address bus='1' device='2'/></source></hostdev>
+    --></devices></domain>`;
+  assertEquals(scanPassedDevicesLeniently(hidden).usbDevices, []);
 });

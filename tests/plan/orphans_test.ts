@@ -379,11 +379,11 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   });
   const win10 = own.vms[0]!;
   assertEquals(win10.errors.map((e) => [e.code, e.rule, e.devices]), [
-    ["own-disk", "1987:5016", ["0000:4a:00.0"]],
+    ["own-device", "1987:5016", ["0000:4a:00.0"]],
   ]);
   assertMatch(
     win10.errors[0]!.message,
-    /VM "win10" has disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0, and its rule "1987:5016" matches 0000:4a:00\.0: .*remove the disk from the VM's definition first \(virsh edit win10\)/,
+    /VM "win10" uses disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0, and its rule "1987:5016" matches 0000:4a:00\.0: .*remove it from the VM's definition first \(virsh edit win10\)/,
   );
   assertEquals([win10.add, win10.changed], [[], false]);
 
@@ -425,4 +425,63 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   const planned = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: captured });
   assertEquals(planned.vms[0]!.errors, []);
   assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:4a:00.0"]);
+});
+
+Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM's, on the live host", async () => {
+  using demo = await demoHost();
+  // The demo's win10 takes a Logitech receiver, plugged here into the ASMedia USB controller
+  // (0000:43:00.0).
+  const world = worldWith(demo.dir, "");
+  const sys = `${demo.dir}/sysfs`;
+  const device = `${sys}/devices/pci0000:40/0000:40:03.1/0000:43:00.0/usb3/3-1`;
+  Deno.mkdirSync(device, { recursive: true });
+  const attributes = { idVendor: "046d", idProduct: "c52b", busnum: "3", devnum: "2" };
+  for (const [name, value] of Object.entries(attributes)) {
+    Deno.writeTextFileSync(`${device}/${name}`, `${value}\n`);
+  }
+  Deno.mkdirSync(`${sys}/bus/usb/devices`, { recursive: true });
+  Deno.symlinkSync(
+    "../../../devices/pci0000:40/0000:40:03.1/0000:43:00.0/usb3/3-1",
+    `${sys}/bus/usb/devices/3-1`,
+  );
+  using libvirt = openLibvirtPort(`test://${world}`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).usbDevices, [
+    { vendorId: "046d", productId: "c52b", bus: null, device: null },
+  ]);
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+
+  // gentoo asks for the controller: refused, naming win10.
+  const refused = planHostdevs({
+    config: wants("gentoo", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertMatch(assertTakenFromWin10(refused).message, /"win10" holds it in its definition now/);
+
+  // win10 asking for it itself: its start would detach the controller and lose the receiver.
+  const own = planHostdevs({
+    config: wants("win10", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [
+    ["own-device", ["0000:43:00.0"]],
+  ]);
+  assertMatch(
+    own.vms[0]!.errors[0]!.message,
+    /VM "win10" uses USB device 046d:c52b on 0000:43:00\.0/,
+  );
+
+  // A captured tree does not say what is plugged in.
+  const captured = readHostFacts(roots);
+  const planned = planHostdevs({
+    config: wants("gentoo", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: captured,
+  });
+  assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });

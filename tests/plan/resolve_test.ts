@@ -69,17 +69,17 @@ Deno.test("resolveConfig() refuses a VM taking the controller under its own bloc
   const sata = { ...GPU_AUDIO, bdf: "0000:01:00.2", class: "0x010601", device: "0x22bb" };
   const topology = host([...baseDevices(), GPU, GPU_AUDIO, sata]);
   const disks = (vm: string) =>
-    new Map([[vm, new Map([["0000:01:00.2", ["/dev/sdb", "/dev/disk/by-id/ata-X"]]])]]);
-  const byGroup = resolveConfig(GPU_CONFIG, topology, { diskControllers: disks("win10") });
+    new Map([[vm, new Map([["0000:01:00.2", ["disk /dev/sdb", "disk /dev/disk/by-id/ata-X"]]])]]);
+  const byGroup = resolveConfig(GPU_CONFIG, topology, { deviceControllers: disks("win10") });
   const errors = byGroup.get("win10")!.errors;
   assertEquals(errors.map((e) => [e.code, e.rule, e.devices, e.group]), [
-    ["own-disk", "gpu", ["0000:01:00.2"], 1],
+    ["own-device", "gpu", ["0000:01:00.2"], 1],
   ]);
   assertMatch(
     errors[0]!.message,
-    /VM "win10" has disks \/dev\/sdb, \/dev\/disk\/by-id\/ata-X on 0000:01:00\.2, and its rule "gpu" takes 0000:01:00\.2 with its IOMMU group: libvirt detaches/,
+    /VM "win10" uses disk \/dev\/sdb, disk \/dev\/disk\/by-id\/ata-X on 0000:01:00\.2, and its rule "gpu" takes 0000:01:00\.2 with its IOMMU group: libvirt detaches that controller from the host at start, and those devices go with it: remove them/,
   );
   // Another VM's disk there is not win10's own (the group conflict with it is found elsewhere).
-  const other = resolveConfig(GPU_CONFIG, topology, { diskControllers: disks("nas") });
+  const other = resolveConfig(GPU_CONFIG, topology, { deviceControllers: disks("nas") });
   assertEquals(other.get("win10")!.errors, []);
 });

@@ -1,9 +1,11 @@
-// The start guard and the disks of other running VMs: a `<disk type='block'>` on a whole host disk
-// keeps its controller busy while that VM runs, and libvirt does not count it as assigned, so a
-// start that detaches the controller would pull the disk from under the running VM. The running
-// domains' status files (`/run/libvirt/qemu/NAME.xml`) are read only when a device the starting
-// VM takes has a block device under it. On the Z690 tree: a Samsung NVMe at 06:00.0 (nvme1n1),
-// a GPU at 04:00.0.
+// The start guard and the host devices VMs use without passing a PCI function: a
+// `<disk type='block'>` on a whole host disk or a `<hostdev type='usb'>` keeps its controller busy
+// while that VM runs, and libvirt does not count it as assigned, so a start that detaches the
+// controller would pull the device from under the running VM (or from the VM being started). The
+// running domains' status files (`/run/libvirt/qemu/NAME.xml`) are read only when a device the
+// starting VM takes has such a device under it. On the Z690 tree: a Samsung NVMe at 06:00.0
+// (nvme1n1), a GPU at 04:00.0, a USB controller at 41:00.0 with a Logitech receiver (bus 3,
+// device 2).
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
@@ -13,6 +15,7 @@ import { runGuard } from "../../lib/guard/run.ts";
 
 const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
+const USB = "0000:41:00.0";
 
 function hostdev(address: string): string {
   const [, bus, slotFn] = address.split(":");
@@ -62,6 +65,14 @@ async function start(devices: string[], running: Record<string, string>) {
   );
   Deno.mkdirSync(`${dir}/dev/disk/by-id`, { recursive: true });
   Deno.symlinkSync("../../nvme1n1", `${dir}/dev/disk/by-id/nvme-Samsung_SSD_980_S6F1`);
+  const receiver = `${dir}/devices/pci0000:00/0000:00:07.0/${USB}/usb3/3-1`;
+  Deno.mkdirSync(receiver, { recursive: true });
+  const attributes = { idVendor: "046d", idProduct: "c52b", busnum: "3", devnum: "2" };
+  for (const [name, value] of Object.entries(attributes)) {
+    Deno.writeTextFileSync(`${receiver}/${name}`, `${value}\n`);
+  }
+  Deno.mkdirSync(`${dir}/bus/usb/devices`, { recursive: true });
+  Deno.symlinkSync(`../../..${receiver.slice(dir.length)}`, `${dir}/bus/usb/devices/3-1`);
   Deno.mkdirSync(`${dir}/qemu`);
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
@@ -93,7 +104,7 @@ Deno.test("guard: taking the controller of a running VM's block disk refuses the
   assertEquals([refused.code, refused.refusals], [1, [["host-needs", NVME]]]);
   assertMatch(
     refused.line,
-    /refusing to start "desktop": hostdev 0000:06:00\.0 holds 144d:a808 .*the host needs it: in use by the host \(vm-disk: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of running VM "nas"\); hand-added/,
+    /refusing to start "desktop": hostdev 0000:06:00\.0 holds 144d:a808 .*the host needs it: in use by the host \(vm-device: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of running VM "nas"\); hand-added/,
   );
   // By its kernel name too.
   const byName = await start([hostdev(NVME)], { nas: status("nas", [blockDisk("/dev/nvme1n1")]) });
@@ -131,11 +142,39 @@ Deno.test("guard: taking the controller of the VM's own block disk refuses the s
   assertEquals([own.code, own.refusals], [1, [["host-needs", NVME]]]);
   assertMatch(
     own.line,
-    /hostdev 0000:06:00\.0 .*\(vm-disk: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of this VM itself\)/,
+    /hostdev 0000:06:00\.0 .*\(vm-device: disk \/dev\/disk\/by-id\/nvme-Samsung_SSD_980_S6F1 of this VM itself\)/,
   );
   // Its own disk on another controller, or a file, takes nothing from it.
   const other = await start([hostdev(NVME), blockDisk("/dev/sda"), blockDisk("/srv/vm.img")], {});
   assertEquals([other.code, other.refusals], [0, []]);
   const gpu = await start([hostdev(GPU), blockDisk(BY_ID)], {});
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+/** A USB hostdev of the receiver, by IDs (a definition) or by bus and device (a status). */
+function usbHostdev(by: "ids" | "address"): string {
+  const source = by === "ids"
+    ? "<vendor id='0x046d'/><product id='0xc52b'/>"
+    : "<address bus='3' device='2'/>";
+  return `<hostdev mode='subsystem' type='usb' managed='yes'><source>${source}</source></hostdev>`;
+}
+
+Deno.test("guard: taking the controller of a USB device the VM or a running VM uses refuses the start", async () => {
+  const other = await start([hostdev(USB)], { kbd: status("kbd", [usbHostdev("address")]) });
+  assertEquals([other.code, other.refusals], [1, [["host-needs", USB]]]);
+  assertMatch(
+    other.line,
+    /hostdev 0000:41:00\.0 .*\(vm-device: USB device at bus 3 device 2 of running VM "kbd"\)/,
+  );
+  const own = await start([hostdev(USB), usbHostdev("ids")], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", USB]]]);
+  assertMatch(own.line, /\(vm-device: USB device 046d:c52b of this VM itself\)/);
+  // A USB device that is not plugged in, or another controller taken: nothing to lose.
+  const unplugged = usbHostdev("ids").replace("c52b", "c534");
+  const absent = await start([hostdev(USB), unplugged], {});
+  assertEquals([absent.code, absent.refusals], [0, []]);
+  const gpu = await start([hostdev(GPU), usbHostdev("ids")], {
+    kbd: status("kbd", [usbHostdev("address")]),
+  });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
 });

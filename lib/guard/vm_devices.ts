@@ -1,0 +1,154 @@
+/**
+ * The host devices VMs use without passing a PCI function through, as the start guard sees them:
+ * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`) or a
+ * `<hostdev type='usb'>` keeps the PCI controller under it busy while its VM runs, and libvirt
+ * does not know it: a start that detaches the controller pulls the device from under that VM.
+ * Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one per running
+ * domain): the hook must not call libvirt. The starting VM's own such devices count the same way:
+ * taking their controller would pull them from under the guest being started.
+ *
+ * @module
+ */
+
+import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import type { SysfsReader } from "../host/sysfs.ts";
+import {
+  blockDeviceControllers,
+  type HostUsbDevice,
+  pciAncestor,
+  pciDevicesUnder,
+  readUsbDevices,
+  usbDeviceControllers,
+} from "../host/sysfs_device.ts";
+import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import { describeUsbSource } from "../domain/usb_source.ts";
+import type { UsedDevices } from "../plan/used_devices.ts";
+
+/** Where libvirt's QEMU driver keeps the status XML of each running domain. */
+export const QEMU_STATUS_DIR = "/run/libvirt/qemu";
+
+/**
+ * The most of a libvirt status file (a running domain's, a running network's) the check reads; a
+ * network pool of 256 VFs takes about 25 KB.
+ */
+const MAX_STATUS_XML_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A libvirt status file's XML, read whole; `null` when it is missing (the domain or network no
+ * longer runs). Throws when it is larger than 4 MiB: a status read in part could hide devices.
+ */
+export function readStatusXml(reader: SysfsReader, file: string): string | null {
+  const bytes = reader.readBytes(file, MAX_STATUS_XML_BYTES + 1);
+  if (bytes === null) return null;
+  if (bytes.length > MAX_STATUS_XML_BYTES) {
+    throw new Error(`it is larger than ${MAX_STATUS_XML_BYTES} bytes`);
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/** Where {@link vmDeviceUses} reads: sysfs, `/dev`, the status files. */
+export interface VmDeviceRoots {
+  sysRoot: string;
+  devRoot: string;
+  statusDir: string;
+}
+
+/**
+ * Which of `devices` have a block device or a USB device under them (a disk controller, a USB
+ * controller): only their starts need the VMs' disks and USB devices resolved.
+ */
+function withHostDevices(
+  reader: SysfsReader,
+  sysRoot: string,
+  devices: readonly PciDevice[],
+): Set<PciAddress> {
+  const wanted = new Set(devices.map((d) => d.address));
+  const found = new Set<PciAddress>();
+  for (const name of reader.listDir(`${sysRoot}/class/block`) ?? []) {
+    for (const address of pciDevicesUnder(reader, sysRoot, "block", name)) {
+      if (wanted.has(address)) found.add(address);
+    }
+  }
+  const usb = `${sysRoot}/bus/usb/devices`;
+  for (const name of reader.listDir(usb) ?? []) {
+    const link = reader.readLink(`${usb}/${name}`);
+    const address = link === null ? null : pciAncestor(link);
+    if (address !== null && wanted.has(address)) found.add(address);
+  }
+  return found;
+}
+
+/**
+ * The devices among `devices` under a host device another running VM uses (`vm` is the one
+ * starting, whose own status is skipped) or the starting VM itself uses (`own`): as host use,
+ * reason `vm-device`. Reads nothing more than the status directory's listing when no other VM
+ * runs and the VM uses no such device, and than listings of `class/block` and `bus/usb/devices`
+ * unless one of `devices` has such a device under it. Throws when a status file is larger than 4
+ * MiB or a disk's path cannot be read (the check then fails closed).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "../host/sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/sys/class/block`, { recursive: true });
+ * Deno.mkdirSync(`${dir}/qemu`);
+ * Deno.symlinkSync("../../devices/pci0000:00/0000:00:01.1/0000:01:00.0/nvme/nvme0/nvme0n1",
+ *   `${dir}/sys/class/block/nvme0n1`);
+ * Deno.writeTextFileSync(`${dir}/qemu/nas.xml`, `<domstatus><domain><name>nas</name><devices>
+ *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
+ * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
+ * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
+ * const own = { blockDisks: [], usbDevices: [] };
+ * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
+ *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',
+ * }]);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function vmDeviceUses(
+  reader: SysfsReader,
+  roots: VmDeviceRoots,
+  options: { vm: string; devices: readonly PciDevice[]; own: UsedDevices },
+): HostUse[] {
+  const { own } = options;
+  // Most starts find no other VM running and use no such device: one listing, nothing else read.
+  const others = (reader.listDir(roots.statusDir) ?? [])
+    .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
+    .filter((name) => name !== options.vm)
+    .sort();
+  if (others.length === 0 && own.blockDisks.length + own.usbDevices.length === 0) return [];
+  const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
+  if (candidates.size === 0) return [];
+  const uses: HostUse[] = [];
+  let plugged: HostUsbDevice[] | null = null;
+  const use = (addresses: readonly PciAddress[], detail: string) => {
+    for (const address of addresses) {
+      if (candidates.has(address)) uses.push({ address, reason: "vm-device", detail });
+    }
+  };
+  const useAll = (used: UsedDevices, whose: string) => {
+    for (const path of used.blockDisks) {
+      use(blockDeviceControllers(reader, roots, path), `disk ${path} of ${whose}`);
+    }
+    for (const source of used.usbDevices) {
+      plugged ??= readUsbDevices(reader, roots.sysRoot);
+      use(usbDeviceControllers(plugged, source), `${describeUsbSource(source)} of ${whose}`);
+    }
+  };
+  useAll(own, "this VM itself");
+  for (const name of others) {
+    const file = `${roots.statusDir}/${name}.xml`;
+    let xml: string | null;
+    try {
+      xml = readStatusXml(reader, file);
+    } catch (error) {
+      const why = (error as Error).message;
+      throw new Error(`the status of running VM ${JSON.stringify(name)} (${file}): ${why}`);
+    }
+    // Gone since the listing: that VM stopped.
+    if (xml === null) continue;
+    useAll(scanPassedDevicesLeniently(xml), `running VM ${JSON.stringify(name)}`);
+  }
+  return uses;
+}
