@@ -19,6 +19,8 @@ import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "./suggest.ts";
+import { hostFactsFor } from "./host_options.ts";
+import { isRemoteUri } from "../lib/config/uri.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -91,6 +93,8 @@ export async function run(
     stateDir,
     lock,
     ...(values.to !== undefined ? { backup: values.to } : {}),
+    // This host's disks and USB devices, when libvirt runs here.
+    ...(isRemoteUri(libvirt.uri) ? {} : { devices: hostFactsFor(undefined) }),
     confirm: values.yes
       ? () => Promise.resolve(true)
       : (preview) => askRollback(io, preview, values["show-secrets"]),

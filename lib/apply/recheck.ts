@@ -22,6 +22,8 @@ import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { controllersUnder, type DeviceResolvers } from "../plan/used_devices.ts";
+import { warnsUnresolvedDisk } from "../plan/issues.ts";
+import { errorText } from "../plan/world.ts";
 
 /** What a definition holds, as far as the re-check goes. */
 interface Held {
@@ -36,14 +38,21 @@ interface Held {
 /**
  * The PCI addresses a definition holds, and why that is not fully known (or `null`); with
  * `resolvers`, the controllers under the host devices it uses too. A disk whose device cannot be
- * read adds nothing: the plan warned about it already.
+ * read makes them unknown, unless `warned` says the plan warned about it already.
  */
-function heldBy(read: DefinitionRead, resolvers?: DeviceResolvers): Held {
-  const uses = controllersUnder([read], resolvers, () => {});
+function heldBy(
+  read: DefinitionRead,
+  resolvers: DeviceResolvers | undefined,
+  warned: (path: string) => boolean,
+): Held {
+  const unreadDisks: string[] = [];
+  const uses = controllersUnder([read], resolvers, (path, error) => {
+    if (!warned(path)) unreadDisks.push(`its disk ${path} cannot be read: ${errorText(error)}`);
+  });
   const add = (addresses: PciAddress[], unknown: string | null): Held => ({
     addresses: [...addresses, ...uses.keys()],
     uses,
-    unknown,
+    unknown: unknown ?? (unreadDisks.length > 0 ? unreadDisks.join("; ") : null),
   });
   switch (read.kind) {
     case "parsed":
@@ -120,6 +129,7 @@ export function heldSincePlan(
   return heldElsewhere(vm.name, taken.has, world, {
     expected,
     ...(resolvers === undefined ? {} : { resolvers }),
+    warned: (domain, path) => plan.warnings.some((w) => warnsUnresolvedDisk(w, domain, path)),
   });
 }
 
@@ -133,6 +143,12 @@ export interface HeldElsewhereOptions {
    * resolved.
    */
   resolvers?: DeviceResolvers;
+  /**
+   * Whether the plan warned that it could not read the disk `path` of `domain`: such a disk
+   * counts nothing, as in the plan. Any other disk that cannot be read makes what its domain
+   * holds unknown. Default: none was warned about.
+   */
+  warned?: (domain: string, path: string) => boolean;
 }
 
 /**
@@ -153,7 +169,8 @@ export function heldElsewhere(
     const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
     if (domain.live !== null) reads.push(["running", domain.live]);
     for (const [which, read] of reads) {
-      const { addresses, uses, unknown } = heldBy(read, options.resolvers);
+      const warned = (path: string) => options.warned?.(domain.name, path) ?? false;
+      const { addresses, uses, unknown } = heldBy(read, options.resolvers, warned);
       if (unknown !== null) {
         problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);
         continue;

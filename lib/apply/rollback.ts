@@ -21,6 +21,7 @@ import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
+import type { DeviceResolvers } from "../plan/used_devices.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -54,6 +55,12 @@ export interface RollbackOptions {
    * take it here and release it at the end.
    */
   lock?: StateLock;
+  /**
+   * Which PCI controllers are under a host device (`HostFacts` of this host, when libvirt runs
+   * here): the controllers under other domains' block disks and USB devices then count as theirs
+   * when checking what the backup gives back. Default: they are not resolved.
+   */
+  devices?: DeviceResolvers;
 }
 
 /**
@@ -179,7 +186,8 @@ function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | nul
  */
 function heldElsewhereNow(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, currentXml }: {
+  { vm, backup, backupXml, currentXml, devices }: {
+    devices: DeviceResolvers | undefined;
     vm: string;
     backup: BackupEntry;
     backupXml: string;
@@ -203,7 +211,9 @@ function heldElsewhereNow(
       errorText(error)
     }`;
   }
-  const problems = heldElsewhere(vm, (a) => adding.has(a), world);
+  const problems = heldElsewhere(vm, (a) => adding.has(a), world, {
+    ...(devices === undefined ? {} : { resolvers: devices }),
+  });
   if (problems.length === 0) return null;
   return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
     problems.join("; ")
@@ -296,7 +306,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
-  const restoring = { vm, backup, backupXml, currentXml };
+  const restoring = { vm, backup, backupXml, currentXml, devices: options.devices };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {

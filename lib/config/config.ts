@@ -45,6 +45,7 @@ import {
 import { canonicalPciAddress } from "../pci/address.ts";
 import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
+export { isRemoteUri } from "./uri.ts";
 
 /** One problem in the config file, located in the source. */
 export class ConfigError extends Error {
@@ -296,24 +297,6 @@ export interface Config {
    * absent: the file is for whichever host runs it.
    */
   hosts?: HostConfig[];
-}
-
-/**
- * Whether a libvirt URI names another machine (`qemu+ssh://hv1/system`) rather than this one
- * (`qemu:///system`, `test:///default`): a URI with a host part is remote.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(isRemoteUri("qemu+ssh://root@hv1/system"), true);
- * assertEquals(isRemoteUri("qemu:///system?socket=/tmp/s"), false);
- * ```
- */
-export function isRemoteUri(uri: string): boolean {
-  const m = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/([^/?#]*)/.exec(uri);
-  if (m === null) return false;
-  const authority = (m[1] ?? "").replace(/^[^@]*@/, "").replace(/:\d*$/, "");
-  return authority !== "";
 }
 
 /** Edit distance, for "did you mean" hints. */

@@ -526,26 +526,50 @@ function joinPath(dir: string, link: string): string {
   return `/${parts.join("/")}`;
 }
 
-/** One route of the host's main routing table: its interface and its destination. */
+/** One route the host sends traffic through: its interface and its destination. */
 interface HostRoute {
   iface: string;
   /** The destination prefix, `192.0.2.0/24` or `fd00:5::/64`; `default` for a default route. */
   prefix: string;
 }
 
-/** The kernel's `RTF_REJECT` (an unreachable or prohibit route) and IPv6 `RTF_LOCAL` flags. */
+/**
+ * The kernel's route flags: `RTF_REJECT` (an unreachable or prohibit route), and IPv6's
+ * `RTF_LOCAL` and `RTF_ANYCAST` (the host's own addresses, in the local table).
+ */
 const RTF_REJECT = 0x0200;
+const RTF_ANYCAST = 0x00100000;
 const RTF_LOCAL = 0x80000000;
 
+/** The most of a routing table (`/proc/net/route`, `ipv6_route`) read: some 500,000 routes. */
+const MAX_ROUTE_TABLE_BYTES = 64 * 1024 * 1024;
+
 /**
- * The routes the host sends traffic through, IPv4 (`net/route`) and IPv6 (`net/ipv6_route`):
- * default routes and the networks of its own addresses or static routes. Left out: the
- * loopback's, reject routes, IPv6 local (own-address) routes, and link-local and multicast
- * prefixes, which every interface that is up carries.
+ * A routing table's text from `/proc/net`, read whole; `""` when it is missing (no IPv6).
+ * Throws when it is larger than 64 MiB: a table read in part could leave out the host's own
+ * networks, or (IPv6 lists the default route last) its default route.
+ */
+function readRouteTable(reader: SysfsReader, path: string): string {
+  const bytes = reader.readBytes(path, MAX_ROUTE_TABLE_BYTES + 1);
+  if (bytes === null) return "";
+  if (bytes.length > MAX_ROUTE_TABLE_BYTES) {
+    throw new Error(
+      `${path} is larger than ${MAX_ROUTE_TABLE_BYTES} bytes: which NICs the host routes through is unknown`,
+    );
+  }
+  return new TextDecoder().decode(bytes);
+}
+
+/**
+ * The routes the host sends traffic through: IPv4's main table (`net/route`; only a route's first
+ * next hop) and every IPv6 table (`net/ipv6_route`), default routes and the networks of its own
+ * addresses or static routes. Left out: the loopback's, reject routes, IPv6 local and anycast
+ * (own-address) routes, and link-local and multicast prefixes, which every interface that is up
+ * carries.
  */
 function hostRoutes(reader: SysfsReader, procRoot: string): HostRoute[] {
   const routes: HostRoute[] = [];
-  const v4 = reader.readText(`${procRoot}/net/route`) ?? "";
+  const v4 = readRouteTable(reader, `${procRoot}/net/route`);
   for (const line of v4.split("\n").slice(1)) {
     const [iface, destination, , flags, , , , mask] = line.trim().split(/\s+/);
     if (iface === undefined || iface === "lo" || mask === undefined) continue;
@@ -554,12 +578,13 @@ function hostRoutes(reader: SysfsReader, procRoot: string): HostRoute[] {
     if (prefix !== null) routes.push({ iface, prefix });
   }
   // Destination, its prefix length, source, its length, next hop, metric, counts, flags, name.
-  const v6 = reader.readText(`${procRoot}/net/ipv6_route`) ?? "";
+  const v6 = readRouteTable(reader, `${procRoot}/net/ipv6_route`);
   for (const line of v6.split("\n")) {
     const fields = line.trim().split(/\s+/);
     const iface = fields[9];
     if (iface === undefined || iface === "lo") continue;
-    if ((parseInt(fields[8] ?? "0", 16) & (RTF_REJECT | RTF_LOCAL)) !== 0) continue;
+    const flags = parseInt(fields[8] ?? "0", 16);
+    if ((flags & (RTF_REJECT | RTF_LOCAL | RTF_ANYCAST)) !== 0) continue;
     const prefix = ipv6Prefix(fields[0] ?? "", fields[1] ?? "");
     if (prefix !== null) routes.push({ iface, prefix });
   }
@@ -567,12 +592,20 @@ function hostRoutes(reader: SysfsReader, procRoot: string): HostRoute[] {
 }
 
 /**
- * `/proc/net/route`'s destination and mask (hex, in the host's byte order: little-endian here)
- * as `a.b.c.d/len`, `default`, or `null` for a link-local (169.254/16) or multicast prefix.
+ * The order of `/proc/net/route`'s hex digit pairs, first byte first: the kernel prints each
+ * address as a number in the host's byte order.
+ */
+const IPV4_BYTE_ORDER = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+  ? [6, 4, 2, 0]
+  : [0, 2, 4, 6];
+
+/**
+ * `/proc/net/route`'s destination and mask (hex, in the host's byte order) as `a.b.c.d/len`,
+ * `default`, or `null` for a link-local (169.254/16) or multicast prefix.
  */
 function ipv4Prefix(destination: string, mask: string): string | null {
   if (!/^[0-9A-Fa-f]{8}$/.test(destination) || !/^[0-9A-Fa-f]{8}$/.test(mask)) return null;
-  const bytes = (hex: string) => [6, 4, 2, 0].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  const bytes = (hex: string) => IPV4_BYTE_ORDER.map((i) => parseInt(hex.slice(i, i + 2), 16));
   const length = bytes(mask).reduce((n, b) => n + b.toString(2).replace(/0/g, "").length, 0);
   if (length === 0) return "default";
   const [a, b] = bytes(destination);
@@ -614,9 +647,10 @@ interface LiveRoots {
 
 /**
  * What the running host uses: controllers of its storage (mounted filesystems, swap partitions,
- * block devices held by device-mapper, md or bcache, disks of imported ZFS pools), the NIC
- * carrying a default route (IPv4 or IPv6, through a bridge, bond or VLAN too), and the boot VGA
- * when a framebuffer console is bound.
+ * block devices held by device-mapper, md or bcache, disks of imported ZFS pools), the NICs it
+ * routes through (a default route, or the networks of its own addresses and static routes; IPv4
+ * or IPv6, through a bridge, bond or VLAN too), and the boot VGA when a framebuffer console is
+ * bound.
  */
 function liveHostUse(
   reader: SysfsReader,
@@ -840,30 +874,43 @@ function udevProperties(text: string): Map<string, string> {
   return properties;
 }
 
-/** How many of an interface's networks a `network-route` detail names. */
+/** How many of a NIC's networks a `network-route` detail names. */
 const NAMED_NETWORKS = 3;
 
 /**
- * The NICs under each interface the host routes through: a default route's (`default-route`), or
- * else a network's (`network-route`: the host's address on a management or storage network, a
- * static route), named by up to three of its prefixes.
+ * The NICs under each interface the host routes through, one use per NIC: the default route's
+ * (`default-route`), or else the networks it carries (`network-route`: the host's address on a
+ * management or storage network, a static route), named by up to three of their prefixes.
  */
 function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
-  const byInterface = new Map<string, string[]>();
+  const byInterface = new Map<string, Set<string>>();
   for (const { iface, prefix } of hostRoutes(reader, procRoot)) {
-    const prefixes = byInterface.get(iface) ?? [];
-    if (!prefixes.includes(prefix)) prefixes.push(prefix);
+    const prefixes = byInterface.get(iface) ?? new Set();
+    prefixes.add(prefix);
     byInterface.set(iface, prefixes);
   }
-  return [...byInterface].flatMap(([iface, prefixes]) => {
-    const named = prefixes.slice(0, NAMED_NETWORKS).join(", ");
-    const more = prefixes.length > NAMED_NETWORKS
-      ? ` and ${prefixes.length - NAMED_NETWORKS} more`
+  const byNic = new Map<PciAddress, { defaultVia: string | null; networks: Map<string, string> }>();
+  for (const [iface, prefixes] of byInterface) {
+    for (const address of pciDevicesUnder(reader, sysRoot, "net", iface)) {
+      const nic = byNic.get(address) ?? { defaultVia: null, networks: new Map() };
+      if (prefixes.has("default")) nic.defaultVia ??= iface;
+      for (const prefix of prefixes) if (prefix !== "default") nic.networks.set(prefix, iface);
+      byNic.set(address, nic);
+    }
+  }
+  return [...byNic].map(([address, { defaultVia, networks }]): HostUse => {
+    if (defaultVia !== null) {
+      return { address, reason: "default-route", detail: `default route via ${defaultVia}` };
+    }
+    const named = new Map<string, string[]>();
+    for (const [prefix, via] of [...networks].slice(0, NAMED_NETWORKS)) {
+      named.set(via, [...(named.get(via) ?? []), prefix]);
+    }
+    const more = networks.size > NAMED_NETWORKS
+      ? ` and ${networks.size - NAMED_NETWORKS} more`
       : "";
-    const use: Omit<HostUse, "address"> = prefixes.includes("default")
-      ? { reason: "default-route", detail: `default route via ${iface}` }
-      : { reason: "network-route", detail: `route to ${named}${more} via ${iface}` };
-    return pciDevicesUnder(reader, sysRoot, "net", iface).map((address) => ({ address, ...use }));
+    const list = [...named].map(([via, prefixes]) => `${prefixes.join(", ")} via ${via}`);
+    return { address, reason: "network-route", detail: `route to ${list.join("; ")}${more}` };
   });
 }
 

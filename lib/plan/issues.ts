@@ -111,6 +111,12 @@ export function unresolvedDiskWarning(name: string, path: string, error: string)
   };
 }
 
+/** Whether `issue` is {@link unresolvedDiskWarning}'s for the disk `path` of VM `name`. */
+export function warnsUnresolvedDisk(issue: PlanIssue, name: string, path: string): boolean {
+  return issue.code === "unreadable-definition" && issue.vm === name &&
+    issue.message.startsWith(`Cannot tell which PCI controller holds ${JSON.stringify(path)},`);
+}
+
 /** The warning for a domain outside the config whose definition the strict reader refuses. */
 export function unreadableOutsiderWarning(
   name: string,

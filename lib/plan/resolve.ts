@@ -18,6 +18,7 @@ import {
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
 import { shellWord } from "./repair.ts";
+import { RUNNING_ONLY } from "./used_devices.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
 
 /** What one VM's rules resolve to on a host, before looking at its domain XML. */
@@ -127,52 +128,92 @@ function resolveVm(
   });
   const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
   closure.reasoning.unshift(...[...vfs.values()].map((c) => c.why));
+  const own = ownDeviceIssues(
+    vm.name,
+    rules,
+    closure,
+    host,
+    options.deviceControllers?.get(vm.name),
+  );
   const errors = [
     ...rules.flatMap((r) => r.issue ? [r.issue] : []),
     ...closure.errors,
     ...pfInClosure(vm.name, vfs, closure),
     ...inconsistentGroupErrors(vm.name, closure, host),
-    ...ownDeviceErrors(vm.name, closure, options.deviceControllers?.get(vm.name)),
+    ...own.errors,
   ];
-  return { vm: vm.name, rules, closure, errors, warnings: [...closure.warnings], vfs };
+  const warnings = [...closure.warnings, ...own.warnings];
+  return { vm: vm.name, rules, closure, errors, warnings, vfs };
+}
+
+/** How to take `used` (descriptions of host devices `vm` uses) out of VM `vm`. */
+function removeAdvice(vm: string, used: readonly string[]): string {
+  const them = used.length === 1 ? "it" : "them";
+  const live = used.some((u) => u.endsWith(RUNNING_ONLY))
+    ? `; what only the running guest uses: virsh detach-device ${shellWord(vm)} FILE --live`
+    : "";
+  return `remove ${them} from the VM first (virsh edit ${shellWord(vm)}${live})`;
 }
 
 /**
- * `own-device` refusals: the VM would take the controller under a host device it uses itself (a
- * block disk by its `/dev` path, a USB device). At start libvirt detaches the controller from its
- * host driver, the device goes away with it, and the guest cannot open it.
+ * The VM's `own-device` issues: taking the controller under a host device it uses itself (a
+ * block disk by its `/dev` path, a USB device) is refused: at start libvirt detaches the
+ * controller from its host driver, the device goes away with it, and the guest cannot open it.
+ * A rule with `iommu_group: false` whose group holds such a controller is warned about: the VM
+ * starts only once that controller is unbound or on vfio-pci, which takes the device too.
  */
-function ownDeviceErrors(
+function ownDeviceIssues(
   vm: string,
+  rules: readonly RuleResolution[],
   closure: ClosureResult,
+  host: HostTopology,
   controllers: ReadonlyMap<PciAddress, readonly string[]> | undefined,
-): PlanIssue[] {
-  if (controllers === undefined || controllers.size === 0) return [];
-  return closure.devices.flatMap(({ device, rule, reason }) => {
+): { errors: PlanIssue[]; warnings: PlanIssue[] } {
+  if (controllers === undefined || controllers.size === 0) return { errors: [], warnings: [] };
+  const errors = closure.devices.flatMap(({ device, rule, reason }): PlanIssue[] => {
     const used = controllers.get(device.address);
     if (used === undefined) return [];
     const how = reason === "matched"
       ? `rule "${rule.name}" matches ${device.address}`
       : `rule "${rule.name}" takes ${device.address} with its IOMMU group`;
-    const group = device.iommuGroup === null ? {} : { group: device.iommuGroup };
     return [{
-      code: "own-device" as const,
-      message: `VM "${vm}" uses ${
-        used.join(", ")
-      } on ${device.address}, and its ${how}: libvirt detaches that controller from the host at start, and ${
-        used.length === 1 ? "that device goes" : "those devices go"
-      } with it: remove ${
-        used.length === 1 ? "it" : "them"
-      } from the VM's definition first (virsh edit ${
-        shellWord(vm)
-      }), or leave ${device.address} with the host`,
+      code: "own-device",
+      message: `VM "${vm}" uses ${used.join(", ")} on ${device.address}, and its ${how}: ` +
+        `libvirt detaches that controller from the host at start, and ${
+          used.length === 1 ? "that device goes" : "those devices go"
+        } with it: ${removeAdvice(vm, used)}, or leave ${device.address} with the host`,
       vm,
       rule: rule.name,
       location: rule.location,
       devices: [device.address],
-      ...group,
+      ...(device.iommuGroup === null ? {} : { group: device.iommuGroup }),
     }];
   });
+  const taken = new Set(closure.devices.map((c) => c.device.address));
+  const warnings = rules.filter((r) => !r.rule.iommuGroup).flatMap(({ rule, devices }) => {
+    const groups = new Set(devices.flatMap((d) => d.iommuGroup === null ? [] : [d.iommuGroup]));
+    return host.devices.filter((d) =>
+      d.iommuGroup !== null && groups.has(d.iommuGroup) && !taken.has(d.address) &&
+      controllers.has(d.address)
+    ).map((d): PlanIssue => {
+      const used = controllers.get(d.address)!;
+      return {
+        code: "own-device",
+        message:
+          `Rule "${rule.name}" of VM "${vm}" shares IOMMU group ${d.iommuGroup} with ${d.address}, under ${
+            used.join(", ")
+          } that "${vm}" uses: with iommu_group: false it stays with the host, and "${vm}" cannot start until it is unbound or on vfio-pci, which takes ${
+            used.length === 1 ? "that device" : "those devices"
+          } from "${vm}" too: ${removeAdvice(vm, used)}`,
+        vm,
+        rule: rule.name,
+        location: rule.location,
+        devices: [d.address],
+        group: d.iommuGroup!,
+      };
+    });
+  });
+  return { errors, warnings };
 }
 
 /**

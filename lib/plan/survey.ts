@@ -20,7 +20,7 @@
 import type { Config } from "../config/config.ts";
 import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { LenientHostdevScan } from "../domain/lenient.ts";
-import { controllersUnder, type DeviceResolvers } from "./used_devices.ts";
+import { controllersUnder, type DeviceResolvers, RUNNING_ONLY } from "./used_devices.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,
@@ -115,6 +115,32 @@ function liveHolding(
   return out;
 }
 
+/**
+ * The controllers under the host devices a domain uses (see `controllersUnder`), what only its
+ * running guest uses marked {@link RUNNING_ONLY}. A disk whose path cannot be read is one warning,
+ * added to `warnings`.
+ */
+function deviceControllersOf(
+  { name, persistent, live }: DomainSnapshot,
+  resolvers: DeviceResolvers | undefined,
+  warnings: PlanIssue[],
+): Map<PciAddress, string[]> {
+  const warned = new Set<string>();
+  const unreadable = (path: string, error: unknown) => {
+    if (!warned.has(path)) warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
+    warned.add(path);
+  };
+  const all = controllersUnder([persistent, live], resolvers, unreadable);
+  if (live === null) return all;
+  const defined = controllersUnder([persistent], resolvers, unreadable);
+  return new Map(
+    [...all].map(([address, uses]) => {
+      const inDefinition = defined.get(address) ?? [];
+      return [address, uses.map((u) => inDefinition.includes(u) ? u : `${u}${RUNNING_ONLY}`)];
+    }),
+  );
+}
+
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */
 function surveyDomain(
   survey: Survey,
@@ -164,11 +190,7 @@ function surveyDomain(
     }
   }
   if (live?.kind === "parsed") holding.macs.push(...live.domain.macs);
-  holding.deviceControllers = controllersUnder(
-    [persistent, live],
-    context.resolvers,
-    (path, error) => survey.warnings.push(unresolvedDiskWarning(name, path, errorText(error))),
-  );
+  holding.deviceControllers = deviceControllersOf(snapshot, context.resolvers, survey.warnings);
   holding.fixed.push(...holding.deviceControllers.keys());
   if (live !== null) {
     const extra = liveHolding(name, live, new Set(defined));

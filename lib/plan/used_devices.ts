@@ -25,6 +25,12 @@ export interface DeviceResolvers {
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
 }
 
+/**
+ * Marks what a running guest uses beyond its persistent definition (`disk /dev/sdc (attached to
+ * the running guest only)`): `virsh edit` cannot take that out of it.
+ */
+export const RUNNING_ONLY = " (attached to the running guest only)";
+
 /** The host devices one definition uses. */
 export interface UsedDevices {
   /** `/dev` paths of its block disks. */

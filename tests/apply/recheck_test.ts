@@ -15,6 +15,7 @@ import { planHostdevs } from "../../lib/plan/plan.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { listBackups } from "../../lib/state/backups.ts";
 import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
+import { unresolvedDiskWarning } from "../../lib/plan/issues.ts";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -146,21 +147,25 @@ Deno.test("heldSincePlan() counts the controllers under another domain's block d
   assertEquals(heldSincePlan(alpha, plan, onlyUsb, both), [
     `"nas" holds "0000:02:00.0" (under its USB device 046d:c52b) in its persistent definition`,
   ]);
-  // Without resolvers (a captured tree), or with ones that cannot say or read the path, nothing
-  // is held: the plan warned about it already.
+  // Without resolvers (a captured tree), or with ones that cannot say, nothing is held.
   assertEquals(heldSincePlan(alpha, plan, world), []);
   const unknown: DeviceResolvers = {
     blockDeviceControllers: () => null,
     usbDeviceControllers: () => null,
   };
   assertEquals(heldSincePlan(alpha, plan, world, unknown), []);
+  // A disk path that cannot be read: what nas holds is unknown, unless the plan warned about it.
   const denied: DeviceResolvers = {
     ...unknown,
     blockDeviceControllers: () => {
       throw new Error("EACCES");
     },
   };
-  assertEquals(heldSincePlan(alpha, plan, world, denied), []);
+  assertEquals(heldSincePlan(alpha, plan, world, denied), [
+    `what "nas" holds is unknown (persistent definition: its disk /dev/nvme1n1 cannot be read: EACCES)`,
+  ]);
+  const warned = { ...plan, warnings: [unresolvedDiskWarning("nas", "/dev/nvme1n1", "EACCES")] };
+  assertEquals(heldSincePlan(alpha, warned, world, denied), []);
   // Devices on another controller are not alpha's business.
   const elsewhere = resolvers({ "/dev/nvme1n1": [GPU] }, { "046d:c52b": [GPU] });
   assertEquals(heldSincePlan(alpha, plan, world, elsewhere), []);

@@ -450,3 +450,42 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
   assertEquals(hostdevs(f, "beta"), [GPU]);
 });
+
+Deno.test("rollbackVm() does not restore a backup giving the VM the controller under another domain's USB device", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addHostdevs(f, "alpha", [GPU]);
+  const withGpu = f.port.getPersistentXml("alpha", { secure: true });
+  const released = editDomainXml(withGpu, { remove: [GPU], add: [], records: [] });
+  const vm: VmPlan = { ...emptyVmPlan("alpha", withGpu), desiredXml: released, changed: true };
+  await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  // beta now takes a USB receiver plugged into that controller (as this host's facts say).
+  f.port.define(
+    f.port.getPersistentXml("beta", { secure: true }).replace(
+      "</devices>",
+      `<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x046d'/>` +
+        `<product id='0xc52b'/></source></hostdev></devices>`,
+    ),
+  );
+  const devices = {
+    blockDeviceControllers: () => [],
+    usbDeviceControllers: () => [GPU],
+  };
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    devices,
+  });
+  assertEquals(rolled.status, "failed");
+  assertMatch(
+    rolled.message,
+    /held elsewhere now: "beta" holds "0000:01:00\.0" \(under its USB device 046d:c52b\) in its persistent definition/,
+  );
+  // Without this host's facts (a remote connection), nothing says so.
+  const blind = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(blind.status, "restored");
+});

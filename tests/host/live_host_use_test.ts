@@ -1,12 +1,12 @@
 /**
  * The host's own use of its devices on a running host (`readHostUse` with `live: true`): the NIC
- * of a default route, IPv4 or IPv6, also when the route goes through a bridge, a bond or a VLAN
- * (libvirt hosts usually put their uplink in a bridge). Built sysfs trees with a `class/net` and a
+ * of a default route, IPv4 or IPv6, or of a network the host routes to, also when the route goes
+ * through a bridge, a bond or a VLAN (libvirt hosts usually put their uplink in a bridge). Built sysfs trees with a `class/net` and a
  * `/proc` of their own; the links are laid out as the kernel lays them out (`lower_*` in an upper
  * device's directory, as a bridge made here with `ip link` shows).
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertRejects } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
@@ -108,9 +108,32 @@ Deno.test("readHostUse(): the NIC of a network the host routes to (its address's
     v4("vlan5", d, "00FFFFFF")
   );
   assertEquals(await hostUse(many), [
-    [UPLINK, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 and 1 more via vlan5"],
-    [OTHER, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 and 1 more via vlan5"],
+    [UPLINK, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 via vlan5 and 1 more"],
+    [OTHER, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 via vlan5 and 1 more"],
   ]);
+  // One use per NIC: the default route's when it carries one, else its networks, by interface.
+  assertEquals(await hostUse([v4("vlan5"), v4("br0", "0000A8C0", "00FFFFFF")]), [
+    [UPLINK, "default route via vlan5"],
+    [OTHER, "default route via vlan5"],
+  ]);
+  assertEquals(
+    await hostUse([v4("br0", "0000A8C0", "00FFFFFF"), v4("enp6s0", "0000000A", "000000FF")]),
+    [[UPLINK, "route to 192.168.0.0/24 via br0; 10.0.0.0/8 via enp6s0"]],
+  );
+});
+
+Deno.test("readHostUse(): a routing table is read whole, and one too large to read whole is an error", async () => {
+  // 2,000 routes of a tunnel (no PCI device under it) before the storage network: 250 KB.
+  const tunnel = Array.from(
+    { length: 2000 },
+    (_, i) =>
+      v4("tun0", `${(i & 0xff).toString(16).padStart(2, "0").toUpperCase()}00000A`, "00FFFFFF"),
+  );
+  assertEquals(await hostUse([...tunnel, v4("enp7s0", "0000A8C0", "00FFFFFF")]), [
+    [OTHER, "route to 192.168.0.0/24 via enp7s0"],
+  ]);
+  const huge = `${"#".repeat(64 * 1024 * 1024)}\n`;
+  await assertRejects(() => hostUse([huge]), /net\/route is larger than 67108864 bytes/);
 });
 
 Deno.test("readHostUse(): link-local, multicast, local and reject routes name no NIC", async () => {
@@ -124,7 +147,11 @@ Deno.test("readHostUse(): link-local, multicast, local and reject routes name no
   const local = `fd00${
     "0".repeat(27)
   }2 80 ${zero} 00 ${zero} 00000000 00000004 00000000 80200001 enp7s0`;
+  const anycast = `fd00${
+    "0".repeat(28)
+  } 80 ${zero} 00 ${zero} 00000000 00000001 00000000 00100001 enp7s0`;
   const ipv6 = [
+    anycast,
     v6("enp7s0", `fe80${"0".repeat(28)}`, "40"),
     v6("enp7s0", `ff00${"0".repeat(28)}`, "08"),
     local,

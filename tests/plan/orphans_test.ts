@@ -383,9 +383,35 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   ]);
   assertMatch(
     win10.errors[0]!.message,
-    /VM "win10" uses disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0, and its rule "1987:5016" matches 0000:4a:00\.0: .*remove it from the VM's definition first \(virsh edit win10\)/,
+    /VM "win10" uses disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0, and its rule "1987:5016" matches 0000:4a:00\.0: .*remove it from the VM first \(virsh edit win10\), or leave 0000:4a:00\.0 with the host$/,
   );
   assertEquals([win10.add, win10.changed], [[], false]);
+  {
+    // Only the running guest has the disk (virsh attach-disk --live): virsh edit cannot remove it.
+    const runs = `${demo.dir}/running.xml`;
+    Deno.writeTextFileSync(
+      runs,
+      Deno.readTextFileSync(world).replace(
+        /(<name>win10<\/name>[\s\S]*?<test:runstate>)5</,
+        "$11<",
+      ),
+    );
+    using port = openLibvirtPort(`test://${runs}`);
+    assertEquals(port.isActive("win10"), true);
+    port.define(
+      port.getPersistentXml("win10").replace(/<disk type='block'[\s\S]*?<\/disk>\s*/, ""),
+    );
+    const running = planHostdevs({
+      config: wants("win10", "1987:5016"),
+      host: demo.host,
+      libvirt: port,
+      facts: live,
+    });
+    assertMatch(
+      running.vms[0]!.errors[0]!.message,
+      /uses disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 \(attached to the running guest only\) on 0000:4a:00\.0.*\(virsh edit win10; what only the running guest uses: virsh detach-device win10 FILE --live\)/,
+    );
+  }
 
   // A /dev path that cannot be read is a warning naming the disk, not silently nothing.
   const denied = {

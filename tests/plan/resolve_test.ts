@@ -83,3 +83,23 @@ Deno.test("resolveConfig() refuses a VM taking the controller under its own bloc
   const other = resolveConfig(GPU_CONFIG, topology, { deviceControllers: disks("nas") });
   assertEquals(other.get("win10")!.errors, []);
 });
+
+Deno.test("resolveConfig() warns when a rule with iommu_group: false leaves the controller of the VM's own disk in its group", () => {
+  const sata = { ...GPU_AUDIO, bdf: "0000:01:00.2", class: "0x010601", device: "0x22bb" };
+  const topology = host([...baseDevices(), GPU, GPU_AUDIO, sata]);
+  const alone = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        iommu_group: false
+`);
+  const deviceControllers = new Map([["win10", new Map([["0000:01:00.2", ["disk /dev/sdb"]]])]]);
+  const win10 = resolveConfig(alone, topology, { deviceControllers }).get("win10")!;
+  assertEquals(win10.errors, []);
+  const own = win10.warnings.filter((w) => w.code === "own-device");
+  assertEquals(own.map((w) => [w.rule, w.devices, w.group]), [["gpu", ["0000:01:00.2"], 1]]);
+  assertMatch(
+    own[0]!.message,
+    /shares IOMMU group 1 with 0000:01:00\.2, under disk \/dev\/sdb that "win10" uses: with iommu_group: false it stays with the host/,
+  );
+});
