@@ -7,6 +7,7 @@
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
 import { borrowCString, cString, libc, libvirt, takeCString } from "./library.ts";
+import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
 import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 import {
@@ -240,6 +241,23 @@ export class Connection {
       operation: "virDomainDefineXMLFlags",
       context: `Cannot define domain${domainNameHint(xml)}`,
     }));
+  }
+
+  /** Every network, running or defined, sorted by name. The caller frees each. */
+  listNetworks(): Network[] {
+    const out = new BigUint64Array(1);
+    const count = checkInt(
+      libvirt().virConnectListAllNetworks(this.#live("listNetworks"), out, 0),
+      {
+        operation: "virConnectListAllNetworks",
+        context: `Cannot list the networks of "${this.#uri}"`,
+      },
+    );
+    const networks = adoptArray(out, count, {
+      wrap: (pointer) => new Network(pointer),
+      release: (pointer) => libvirt().virNetworkFree(pointer),
+    });
+    return networks.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** Node devices (all, or only PCI with `cap: "pci"`), sorted by name. The caller frees each. */

@@ -71,7 +71,7 @@ export class LibvirtError extends Error {
 }
 
 /** Which kind of handle was used after `close()`/`free()`. */
-export type HandleKind = "connection" | "domain" | "node device";
+export type HandleKind = "connection" | "domain" | "node device" | "network";
 
 /** A handle was used after it was closed or freed: a bug in the caller, never a libvirt error. */
 export class ClosedHandleError extends Error {

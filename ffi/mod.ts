@@ -8,6 +8,7 @@
 export * from "./connection.ts";
 export * from "./domain.ts";
 export * from "./node_device.ts";
+export * from "./network.ts";
 export * from "./errors.ts";
 export * from "./port.ts";
 export { DEFAULT_LIBVIRT_PATH, LIBVIRT_PATH_ENV, LibvirtLoadError } from "./library.ts";

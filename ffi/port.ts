@@ -5,10 +5,20 @@
  * @module
  */
 
-import type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import type {
+  DeviceChangeOptions,
+  DomainSummary,
+  LibvirtPort,
+  NetworkSummary,
+} from "../lib/plan/libvirt_port.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
-export type { DeviceChangeOptions, DomainSummary, LibvirtPort } from "../lib/plan/libvirt_port.ts";
+export type {
+  DeviceChangeOptions,
+  DomainSummary,
+  LibvirtPort,
+  NetworkSummary,
+} from "../lib/plan/libvirt_port.ts";
 
 /** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
 export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };
@@ -56,6 +66,12 @@ export function openLibvirtPort(
     isActive(name: string): boolean {
       using dom = conn.lookupDomainByName(name);
       return dom.isActive();
+    },
+    listNetworks(): NetworkSummary[] {
+      return conn.listNetworks().map((net) => {
+        using owned = net;
+        return { name: owned.name, active: owned.isActive(), xml: owned.xml() };
+      });
     },
     define(xml: string): void {
       using _dom = conn.defineDomain(xml, { validate: true });

@@ -70,6 +70,17 @@ export const LIBVIRT_SYMBOLS = {
   // int virNodeDeviceFree(virNodeDevicePtr dev);
   virNodeDeviceFree: { parameters: ["pointer"], result: "i32" },
 
+  // int virConnectListAllNetworks(virConnectPtr conn, virNetworkPtr **nets, unsigned int flags);
+  virConnectListAllNetworks: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  // const char *virNetworkGetName(virNetworkPtr network);  (owned by the network: never free)
+  virNetworkGetName: { parameters: ["pointer"], result: "pointer" },
+  // int virNetworkIsActive(virNetworkPtr net);
+  virNetworkIsActive: { parameters: ["pointer"], result: "i32" },
+  // char *virNetworkGetXMLDesc(virNetworkPtr network, unsigned int flags);  (caller frees)
+  virNetworkGetXMLDesc: { parameters: ["pointer", "u32"], result: "pointer" },
+  // int virNetworkFree(virNetworkPtr network);
+  virNetworkFree: { parameters: ["pointer"], result: "i32" },
+
   // virErrorPtr virGetLastError(void);  (thread-local, owned by libvirt)
   virGetLastError: { parameters: [], result: "pointer" },
   // void virResetLastError(void);

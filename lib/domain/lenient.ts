@@ -404,6 +404,8 @@ export interface LenientHostdevPool {
    * a `<forward>` that cannot be read or does not end): above 0, the pool may hold more.
    */
   unresolved: number;
+  /** The host network interfaces of its `<pf dev>` elements: the physical functions it uses. */
+  pfs: string[];
 }
 
 /**
@@ -424,6 +426,7 @@ export interface LenientHostdevPool {
  * assertEquals(scanHostdevPoolLeniently(status), {
  *   addresses: ["0000:03:10.1", "0000:03:10.3"],
  *   unresolved: 0,
+ *   pfs: ["eth2"],
  * });
  * assertEquals(scanHostdevPoolLeniently("<network><forward mode='nat'/></network>"), null);
  * ```
@@ -433,11 +436,11 @@ export function scanHostdevPoolLeniently(xml: string): LenientHostdevPool | null
   const at = findTag(text, "forward");
   if (at === -1) return null;
   const forward = lenientTag(text, at);
-  if (forward === null) return { addresses: [], unresolved: 1 };
+  if (forward === null) return { addresses: [], unresolved: 1, pfs: [] };
   if (forward.attributes.mode !== "hostdev") return null;
-  if (forward.selfClosing) return { addresses: [], unresolved: 0 };
+  if (forward.selfClosing) return { addresses: [], unresolved: 0, pfs: [] };
   const close = findEndTag(text, "forward", forward.end);
-  if (close === null) return { addresses: [], unresolved: 1 };
+  if (close === null) return { addresses: [], unresolved: 1, pfs: [] };
   const inside = text.slice(forward.end, close.index);
   const found = new Set<PciAddress>();
   let unresolved = 0;
@@ -450,7 +453,12 @@ export function scanHostdevPoolLeniently(xml: string): LenientHostdevPool | null
     if (address === null) unresolved++;
     else found.add(address);
   }
-  return { addresses: [...found].sort(comparePciAddress), unresolved };
+  const pfs: string[] = [];
+  for (let i = findTag(inside, "pf"); i !== -1; i = findTag(inside, "pf", i + 1)) {
+    const dev = lenientTag(inside, i)?.attributes.dev;
+    if (dev) pfs.push(dev);
+  }
+  return { addresses: [...found].sort(comparePciAddress), unresolved, pfs };
 }
 
 /**

@@ -20,7 +20,12 @@ import {
   type SysfsReader,
 } from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { blockDeviceControllers, readUsbDevices, usbDeviceControllers } from "./sysfs_device.ts";
+import {
+  blockDeviceControllers,
+  pciDevicesUnder,
+  readUsbDevices,
+  usbDeviceControllers,
+} from "./sysfs_device.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 
 /** One line of `/proc/modules`. */
@@ -124,6 +129,11 @@ export interface HostFacts {
    * `usbDeviceControllers`). `null` when unknown: only the live host says what is plugged in.
    */
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
+  /**
+   * The PCI functions under a host network interface (`enp65s0f0`; a bond's or bridge's own
+   * NICs). `null` when unknown: only the live host's interfaces say.
+   */
+  netDeviceControllers(name: string): PciAddress[] | null;
 }
 
 /** Options of {@link readHostFacts}. */
@@ -386,6 +396,10 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     // A captured tree holds no USB devices: what is plugged in is the live host's alone.
     usbDeviceControllers: (source) =>
       options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
+    netDeviceControllers: (name) =>
+      options.devRoot === undefined || name.includes("/") || name.startsWith(".")
+        ? null
+        : pciDevicesUnder(reader, sysRoot, "net", name),
   };
 }
 

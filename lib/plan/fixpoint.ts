@@ -14,6 +14,7 @@ import { heldNote } from "./issues.ts";
 import { shellWord } from "./repair.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
+import type { NetworkPool } from "./networks.ts";
 import type { PlanIssue, VmPlan } from "./types.ts";
 import { emptyVmPlan, planVm, type VmContext } from "./vm_edit.ts";
 
@@ -31,6 +32,8 @@ export interface SettleInput {
   uri: string;
   /** Plan-wide refusals: each refuses every VM too. */
   globalErrors: readonly PlanIssue[];
+  /** The pools of the connection's hostdev networks. */
+  pools: readonly NetworkPool[];
   /** Host facts for the pre-flight findings; absent: none are judged. */
   facts?: HostFacts;
 }
@@ -170,6 +173,7 @@ export function planUntilSettled(input: SettleInput): Settled {
       macs,
       vfRecords,
       deviceControllers,
+      pools: input.pools,
     });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
     previous = resolved;

@@ -17,6 +17,16 @@ export interface DomainSummary {
   persistent: boolean;
 }
 
+/** A virtual network as listed. */
+export interface NetworkSummary {
+  /** The network's name. */
+  name: string;
+  /** Whether it runs now. */
+  active: boolean;
+  /** Its XML: the running network's when it runs (`virNetworkGetXMLDesc`, flags 0). */
+  xml: string;
+}
+
 /** Flags for hot-plug: `live` changes the running guest, `config` the persistent definition. */
 export interface DeviceChangeOptions {
   /** Change the running guest (`VIR_DOMAIN_AFFECT_LIVE`); it must be running. */
@@ -43,6 +53,11 @@ export interface LibvirtPort {
   getLiveXml?(name: string): string;
   /** Whether the domain is running now. */
   isActive(name: string): boolean;
+  /**
+   * Optional: every virtual network, sorted by name. Planning reads the pools of hostdev
+   * networks (`<forward mode='hostdev'>`), whose VFs libvirt hands to guests at their start.
+   */
+  listNetworks?(): NetworkSummary[];
   /** Defines (or redefines) a domain with `VIR_DOMAIN_DEFINE_VALIDATE`. */
   define(xml: string): void;
   /** Hot-plugs a device (`virDomainAttachDeviceFlags`). */

@@ -12,9 +12,12 @@ export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from
 export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
 export { emptyVmPlan } from "./vm_edit.ts";
 export type { DeviceResolvers, UsedDevices } from "./used_devices.ts";
+export type { NetworkPool } from "./networks.ts";
 export {
   type DefinitionRead,
   type DomainSnapshot,
+  type HostdevNetwork,
+  type NetworksRead,
   readDefinition,
   readWorld,
   type World,

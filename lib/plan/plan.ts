@@ -25,6 +25,7 @@ import { driftOfOthers, planUntilSettled } from "./fixpoint.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 import { hostIssues } from "./resolve.ts";
 import { surveyWorld } from "./survey.ts";
+import { networkPools, networkWarnings } from "./networks.ts";
 import type { Plan, VmPlan } from "./types.ts";
 import { readWorld, type World } from "./world.ts";
 
@@ -151,8 +152,18 @@ export function planWorld(options: PlanWorldOptions): Plan {
   );
   const global = hostIssues(host);
   const errors = [...global.errors, ...survey.errors];
-  const warnings = [...global.warnings, ...survey.warnings];
+  const warnings = [
+    ...global.warnings,
+    ...survey.warnings,
+    ...networkWarnings(world.networks, world.uri),
+  ];
   const effective = withOrphans(config, survey.orphans);
+  const hostdevNetworks = world.networks?.kind === "read" ? world.networks.hostdev : [];
+  const pools = networkPools(
+    hostdevNetworks,
+    host,
+    options.facts === undefined ? undefined : (name) => options.facts!.netDeviceControllers(name),
+  );
   const input = {
     config,
     effective,
@@ -161,6 +172,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     survey,
     uri: world.uri,
     globalErrors: errors,
+    pools,
     ...(options.facts === undefined ? {} : { facts: options.facts }),
   };
   const settled = planUntilSettled(input);

@@ -19,6 +19,7 @@ import type { HostTopology, PciAddress } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
 import { shellWord } from "./repair.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
+import { type NetworkPool, networkPoolErrors } from "./networks.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
 
 /** What one VM's rules resolve to on a host, before looking at its domain XML. */
@@ -64,6 +65,8 @@ export interface ResolveOptions {
    * controller, and those devices with it.
    */
   deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
+  /** The pools of the hostdev networks: no rule takes their VFs or PFs. */
+  pools?: readonly NetworkPool[];
 }
 
 /**
@@ -141,6 +144,7 @@ function resolveVm(
     ...pfInClosure(vm.name, vfs, closure),
     ...inconsistentGroupErrors(vm.name, closure, host),
     ...own.errors,
+    ...networkPoolErrors(vm.name, closure, options.pools ?? []),
   ];
   const warnings = [...closure.warnings, ...own.warnings];
   return { vm: vm.name, rules, closure, errors, warnings, vfs };
@@ -277,9 +281,14 @@ export function resolveConfig(
   host: HostTopology,
   options: ResolveOptions = {},
 ): Map<string, VmResolution> {
-  // One context for every VM: two `vf: any` rules never take the same VF or MAC.
+  // One context for every VM: two `vf: any` rules never take the same VF or MAC, nor one a
+  // hostdev network hands out.
+  const occupied = new Map(options.occupied ?? []);
+  for (const pool of options.pools ?? []) {
+    occupied.set(`network:${pool.name}`, new Set(pool.vfs));
+  }
   const vf = vfContext({
-    ...(options.occupied ? { occupied: options.occupied } : {}),
+    occupied,
     ...(options.macs ? { macs: options.macs } : {}),
     ...(options.vfRecords ? { records: options.vfRecords } : {}),
   });

@@ -18,6 +18,7 @@ export type IssueCode =
   | "group-shared-with-other-vm"
   | "device-assigned-twice"
   | "own-device"
+  | "hostdev-network"
   | "sriov-split"
   | "group-contains-host-critical"
   | "group-inconsistent"

@@ -9,7 +9,12 @@
  */
 
 import { type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
-import { type LenientHostdevScan, scanHostdevsLeniently } from "../domain/lenient.ts";
+import {
+  type LenientHostdevScan,
+  scanHostdevPoolLeniently,
+  scanHostdevsLeniently,
+} from "../domain/lenient.ts";
+import type { PciAddress } from "../host/types.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 
 /**
@@ -37,12 +42,36 @@ export interface DomainSnapshot {
   live: DefinitionRead | null;
 }
 
+/**
+ * A hostdev network (`<forward mode='hostdev'>`): a pool of SR-IOV VFs that libvirt hands to a
+ * guest's `<interface type='network'>` at its start, whichever entry is free.
+ */
+export interface HostdevNetwork {
+  /** The network's name. */
+  name: string;
+  /** Whether it runs now. */
+  active: boolean;
+  /** The pool's PCI addresses as its XML lists them (a running network lists its PF's VFs). */
+  addresses: PciAddress[];
+  /** Pool entries that could not be read. */
+  unresolved: number;
+  /** The host interfaces of its `<pf dev>` elements. */
+  pfs: string[];
+}
+
+/** The hostdev networks of a connection as read, or why they could not be. */
+export type NetworksRead =
+  | { kind: "read"; hostdev: HostdevNetwork[] }
+  | { kind: "read-failed"; error: string };
+
 /** Every domain of a libvirt connection, read once. Plain data (see {@link readWorld}). */
 export interface World {
   /** The canonical URI of the connection. */
   uri: string;
   /** Every domain, in the port's order (sorted by name). */
   domains: DomainSnapshot[];
+  /** Its hostdev networks; absent when the port cannot list networks. */
+  networks?: NetworksRead;
 }
 
 /** An error's message, or the thrown value as text. */
@@ -151,5 +180,20 @@ export function readWorld(libvirt: LibvirtPort): World {
     }
     domains.push({ name, active, persistent, live: active ? readLive(libvirt, name) : null });
   }
-  return { uri: libvirt.uri, domains };
+  const networks = readNetworks(libvirt);
+  return { uri: libvirt.uri, domains, ...(networks === null ? {} : { networks }) };
+}
+
+/** The hostdev networks of `libvirt`; `null` when the port cannot list networks. */
+function readNetworks(libvirt: LibvirtPort): NetworksRead | null {
+  if (libvirt.listNetworks === undefined) return null;
+  try {
+    const hostdev = libvirt.listNetworks().flatMap(({ name, active, xml }) => {
+      const pool = scanHostdevPoolLeniently(xml);
+      return pool === null ? [] : [{ name, active, ...pool }];
+    });
+    return { kind: "read", hostdev };
+  } catch (error) {
+    return { kind: "read-failed", error: errorText(error) };
+  }
 }

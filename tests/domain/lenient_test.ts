@@ -622,33 +622,35 @@ Deno.test("scanHostdevPoolLeniently() reads a hostdev network's pool, failing cl
     <forward mode='nat'/></metadata>${forward}</network></networkstatus>`;
   const entry = (attrs: string) => `<address ${attrs}/>`;
   assertEquals(
-    scanHostdevPoolLeniently(net(`<forward mode="hostdev" managed="no">
+    scanHostdevPoolLeniently(net(`<forward mode="hostdev" managed="no"><pf dev='enp65s0f0'/>
       ${entry("type='pci' domain='0x0000' bus='0x41' slot='0x10' function='0x1'")}
       ${entry("type='pci' bus='65' slot='16' function='1'")}
       ${entry("type='pci' domain='0x0000' bus='0x41' slot='0x02' function='0x0'")}
     </forward >`)),
-    { addresses: ["0000:41:02.0", "0000:41:10.1"], unresolved: 0 },
+    { addresses: ["0000:41:02.0", "0000:41:10.1"], unresolved: 0, pfs: ["enp65s0f0"] },
   );
   assertEquals(scanHostdevPoolLeniently(net("<forward mode='hostdev'/>")), {
     addresses: [],
     unresolved: 0,
+    pfs: [],
   });
   // An entry that is not a readable PCI address, a forward that does not end or cannot be read.
   assertEquals(
     scanHostdevPoolLeniently(net(`<forward mode='hostdev'>${entry("type='pci' bus='0x41'")}
       ${entry("bus='0x41' slot='0' function='0'")}${entry("type='usb' bus='1' device='2'")}
       ${entry("type='pci' bus='0x41' slot='0x10' function='0x3'")}</forward>`)),
-    { addresses: ["0000:41:10.3"], unresolved: 3 },
+    { addresses: ["0000:41:10.3"], unresolved: 3, pfs: [] },
   );
   assertEquals(
     scanHostdevPoolLeniently(
       net(`<forward mode='hostdev'>${entry("type='pci' bus='1' slot='0' function='0'")}`),
     ),
-    { addresses: [], unresolved: 1 },
+    { addresses: [], unresolved: 1, pfs: [] },
   );
   assertEquals(scanHostdevPoolLeniently(net("<forward mode='hostdev' <x>")), {
     addresses: [],
     unresolved: 1,
+    pfs: [],
   });
   for (const other of ["<forward mode='nat'/>", "<forward/>", "", "<forward mode='hostdevx'/>"]) {
     assertEquals(scanHostdevPoolLeniently(net(other)), null, other);

@@ -434,3 +434,15 @@ Deno.test("vf: a VF passed as a hostdev becomes an interface under a vf: rule, a
   // Planned once more, each form is stable.
   assertEquals(vmOf(plan(asHostdev, sriovHost(), applied(back)), "a").changed, false);
 });
+
+Deno.test("vf: any skips the VFs a hostdev network hands out", () => {
+  const pool = { name: "sriov", active: true, addresses: ["0000:07:10.0"], unresolved: 0, pfs: [] };
+  const world = { ...dataWorld({ a: A }), networks: { kind: "read" as const, hostdev: [pool] } };
+  const p = planWorld({ config: config(UPLINK("a")), host: sriovHost(), world });
+  const a = vmOf(p, "a");
+  assertEquals(a.errors, []);
+  assertEquals(a.add.map((x) => [x.address, x.vf?.index]), [["0000:07:10.2", 1]]);
+  // An explicit VF index on the pool's VF is refused.
+  const explicit = planWorld({ config: config(UPLINK("a", "0")), host: sriovHost(), world });
+  assertEquals(vmOf(explicit, "a").errors.map((e) => e.code), ["hostdev-network"]);
+});

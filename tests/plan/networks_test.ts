@@ -1,0 +1,112 @@
+/**
+ * Hostdev networks (`<forward mode='hostdev'>`) in the plan: libvirt hands each VF of the pool to
+ * a guest's `<interface type='network'>` at its start, so a rule must not take a pool VF (one
+ * device in two guests) nor the pool's PF (its VFs die with the PF's host driver). On the demo's
+ * TRX40 host and world, read through the real libvirt test driver; the Aquantia NIC at
+ * 0000:44:00.0 (`enp68s0` on the built live tree) stands in for a pool entry and for a PF.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { readHostFacts } from "../../lib/host/preflight.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const NIC = "0000:44:00.0";
+
+/** The demo world with `networks` (XML) added, in a temporary directory with the built tree. */
+async function demoWith(networks: string) {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-networks-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  const host = await discoverHost({ root: `${dir}/sysfs` });
+  const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace("</node>", `${networks}</node>`);
+  Deno.writeTextFileSync(`${dir}/world.xml`, world);
+  const libvirt = openLibvirtPort(`test://${dir}/world.xml`);
+  return {
+    dir,
+    host,
+    libvirt,
+    [Symbol.dispose]() {
+      libvirt.close();
+      Deno.removeSync(dir, { recursive: true });
+    },
+  };
+}
+
+const GENTOO_WANTS_NIC = parseConfig(
+  `version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+  { file: "nic.yaml" },
+);
+
+function network(name: string, forward: string): string {
+  return `<network><name>${name}</name><forward mode='hostdev' managed='yes'>${forward}</forward></network>`;
+}
+
+Deno.test("plan refuses a rule taking a VF that a hostdev network hands out", async () => {
+  using demo = await demoWith(
+    network(
+      "sriov",
+      "<address type='pci' domain='0x0000' bus='0x44' slot='0x00' function='0x0'/>",
+    ) +
+      "<network><name>nat</name><forward mode='nat'/><ip address='192.168.122.1' netmask='255.255.255.0'/></network>",
+  );
+  const plan = planHostdevs({ config: GENTOO_WANTS_NIC, host: demo.host, libvirt: demo.libvirt });
+  const gentoo = plan.vms[0]!;
+  assertEquals(gentoo.errors.map((e) => [e.code, e.devices]), [["hostdev-network", [NIC]]]);
+  assertMatch(
+    gentoo.errors[0]!.message,
+    /VM "gentoo" would take 0000:44:00\.0 \(rule "1d6a:07b1"\), a VF that hostdev network "sriov" hands to guests at their start: .*virsh net-edit sriov/,
+  );
+  assertEquals([gentoo.add, gentoo.changed], [[], false]);
+});
+
+Deno.test("plan refuses a rule taking the PF of a hostdev network, on the live host", async () => {
+  using demo = await demoWith(network("sriov", "<pf dev='enp68s0'/>"));
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:40/0000:40:01.3/${NIC}/net/enp68s0`,
+    `${sys}/class/net/enp68s0`,
+  );
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const plan = planHostdevs({
+    config: GENTOO_WANTS_NIC,
+    host: demo.host,
+    libvirt: demo.libvirt,
+    facts: live,
+  });
+  assertEquals(plan.vms[0]!.errors.map((e) => e.code), ["hostdev-network"]);
+  assertMatch(plan.vms[0]!.errors[0]!.message, /the physical function of hostdev network "sriov"/);
+  // A captured tree cannot say which function enp68s0 is.
+  const captured = planHostdevs({
+    config: GENTOO_WANTS_NIC,
+    host: demo.host,
+    libvirt: demo.libvirt,
+    facts: readHostFacts(roots),
+  });
+  assertEquals(captured.vms[0]!.add.map((a) => a.address), [NIC]);
+});
+
+Deno.test("plan warns when the networks cannot be listed, and plans on", async () => {
+  using demo = await demoWith("");
+  const failing: LibvirtPort = {
+    ...demo.libvirt,
+    listNetworks() {
+      throw new Error("this function is not supported by the connection driver");
+    },
+  };
+  const plan = planHostdevs({ config: GENTOO_WANTS_NIC, host: demo.host, libvirt: failing });
+  assertEquals(
+    plan.warnings.filter((w) => w.code === "hostdev-network").map((w) => w.message),
+    [
+      `Cannot list the networks of "${demo.libvirt.uri}": this function is not supported by the connection driver: hostdev networks' pools of VFs are not checked against the plan`,
+    ],
+  );
+  assertEquals(plan.vms[0]!.add.map((a) => a.address), [NIC]);
+});
