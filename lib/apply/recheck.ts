@@ -21,7 +21,7 @@ import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { controllersUnder, type DeviceResolvers } from "../plan/used_devices.ts";
+import { controllersUnder, type DeviceResolvers, usedDevicesIn } from "../plan/used_devices.ts";
 import { warnsUnresolvedDisk } from "../plan/issues.ts";
 import { errorText } from "../plan/world.ts";
 
@@ -46,7 +46,7 @@ function heldBy(
   warned: (path: string) => boolean,
 ): Held {
   const unreadDisks: string[] = [];
-  const uses = controllersUnder([read], resolvers, (path, error) => {
+  const uses = controllersUnder([usedDevicesIn(read)], resolvers, (path, error) => {
     if (!warned(path)) unreadDisks.push(`its disk ${path} cannot be read: ${errorText(error)}`);
   });
   const add = (addresses: PciAddress[], unknown: string | null): Held => ({

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { libvirtNumber } from "../pci/address.ts";
+
 /** A USB hostdev's `<source>`: each part `null` when the definition does not give it. */
 export interface UsbSource {
   /** Vendor ID, 4 lower-case hex digits (`046d`). */
@@ -16,19 +18,6 @@ export interface UsbSource {
   bus: number | null;
   /** Device number on that bus (sysfs `devnum`). */
   device: number | null;
-}
-
-/** A number as libvirt reads these (C's `strtoul` with base 0: `0x` hex, leading `0` octal). */
-function libvirtNumber(text: string | undefined): number | null {
-  const value = text?.trim() ?? "";
-  const match = /^(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))$/.exec(value);
-  if (match === null) return null;
-  const number = match[1] !== undefined
-    ? parseInt(match[1], 16)
-    : match[2] !== undefined
-    ? parseInt(match[2], 8)
-    : parseInt(match[3]!, 10);
-  return Number.isSafeInteger(number) ? number : null;
 }
 
 /** A USB ID as sysfs writes it (`idVendor`: 4 lower-case hex digits), or `null`. */
@@ -68,7 +57,7 @@ export function usbSourceFrom(
     bus: libvirtNumber(values.bus),
     device: libvirtNumber(values.device),
   };
-  const ids = source.vendorId !== null;
+  const ids = source.vendorId !== null && source.productId !== null;
   const address = source.bus !== null && source.device !== null;
   return ids || address ? source : null;
 }
@@ -89,4 +78,28 @@ export function describeUsbSource(source: UsbSource): string {
     ? ""
     : ` at bus ${source.bus} device ${source.device}`;
   return `USB device${ids}${at}`;
+}
+
+/**
+ * Whether the persistent definition's `source` names the device a running guest's `live` source
+ * names: libvirt fills in the bus and device number of a source given by IDs when the guest
+ * starts.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const byIds = { vendorId: "046d", productId: "c52b", bus: null, device: null };
+ * assertEquals(sameUsbDevice(byIds, { ...byIds, bus: 3, device: 2 }), true);
+ * assertEquals(sameUsbDevice(byIds, { ...byIds, productId: "c534" }), false);
+ * ```
+ */
+export function sameUsbDevice(source: UsbSource, live: UsbSource): boolean {
+  if (
+    source.vendorId !== null && (source.vendorId !== live.vendorId ||
+      source.productId !== live.productId)
+  ) return false;
+  if (source.bus !== null && (source.bus !== live.bus || source.device !== live.device)) {
+    return false;
+  }
+  return source.vendorId !== null || source.bus !== null;
 }

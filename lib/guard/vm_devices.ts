@@ -70,7 +70,9 @@ function withHostDevices(
     }
   }
   const usb = `${sysRoot}/bus/usb/devices`;
+  // The devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`).
   for (const name of reader.listDir(usb) ?? []) {
+    if (name.includes(":")) continue;
     const link = reader.readLink(`${usb}/${name}`);
     const address = link === null ? null : pciAncestor(link);
     if (address !== null && wanted.has(address)) found.add(address);

@@ -526,11 +526,13 @@ function joinPath(dir: string, link: string): string {
   return `/${parts.join("/")}`;
 }
 
-/** One route the host sends traffic through: its interface and its destination. */
-interface HostRoute {
-  iface: string;
-  /** The destination prefix, `192.0.2.0/24` or `fd00:5::/64`; `default` for a default route. */
-  prefix: string;
+/** The routes through one interface: whether a default route, and the networks it carries. */
+interface InterfaceRoutes {
+  hasDefault: boolean;
+  /** The first few of its networks (`192.0.2.0/24`, `fd00:5::/64`), for messages. */
+  networks: string[];
+  /** How many networks it carries in all. */
+  count: number;
 }
 
 /**
@@ -541,54 +543,80 @@ const RTF_REJECT = 0x0200;
 const RTF_ANYCAST = 0x00100000;
 const RTF_LOCAL = 0x80000000;
 
-/** The most of a routing table (`/proc/net/route`, `ipv6_route`) read: some 500,000 routes. */
-const MAX_ROUTE_TABLE_BYTES = 64 * 1024 * 1024;
+/** How much of a routing table is read at a time, and the most read in all. */
+const ROUTE_CHUNK_BYTES = 1024 * 1024;
+const MAX_ROUTE_TABLE_BYTES = 1024 * 1024 * 1024;
+/** A line longer than this is no route (each is some 150 bytes): it is skipped. */
+const MAX_ROUTE_LINE = 4096;
 
 /**
- * A routing table's text from `/proc/net`, read whole; `""` when it is missing (no IPv6).
- * Throws when it is larger than 64 MiB: a table read in part could leave out the host's own
- * networks, or (IPv6 lists the default route last) its default route.
+ * Calls `each` with every line of a routing table in `/proc/net`, read a chunk at a time (a host
+ * with a full Internet routing table has a million routes, over 100 MB of text); nothing when
+ * the table is missing (no IPv6). Throws when it goes on past 1 GiB: a table read in part could
+ * leave out the host's own networks, or (IPv6 lists the default route last) its default route.
  */
-function readRouteTable(reader: SysfsReader, path: string): string {
-  const bytes = reader.readBytes(path, MAX_ROUTE_TABLE_BYTES + 1);
-  if (bytes === null) return "";
-  if (bytes.length > MAX_ROUTE_TABLE_BYTES) {
-    throw new Error(
-      `${path} is larger than ${MAX_ROUTE_TABLE_BYTES} bytes: which NICs the host routes through is unknown`,
-    );
+function forEachRouteLine(reader: SysfsReader, path: string, each: (line: string) => void): void {
+  using file = reader.openFile(path);
+  if (file === null) return;
+  const decoder = new TextDecoder();
+  let rest = "";
+  for (let offset = 0;;) {
+    const chunk = file.readAt(offset, ROUTE_CHUNK_BYTES);
+    if (chunk.length === 0) break;
+    offset += chunk.length;
+    if (offset > MAX_ROUTE_TABLE_BYTES) {
+      throw new Error(
+        `${path} is larger than ${MAX_ROUTE_TABLE_BYTES} bytes: which NICs the host routes through is unknown`,
+      );
+    }
+    const lines = (rest + decoder.decode(chunk, { stream: true })).split("\n");
+    rest = lines.pop() ?? "";
+    if (rest.length > MAX_ROUTE_LINE) rest = "\0";
+    for (const line of lines) if (!line.startsWith("\0")) each(line);
   }
-  return new TextDecoder().decode(bytes);
+  if (rest !== "" && !rest.startsWith("\0")) each(rest);
 }
 
+/** How many networks per interface {@link routesByInterface} keeps for messages. */
+const NAMED_NETWORKS = 3;
+
 /**
- * The routes the host sends traffic through: IPv4's main table (`net/route`; only a route's first
- * next hop) and every IPv6 table (`net/ipv6_route`), default routes and the networks of its own
- * addresses or static routes. Left out: the loopback's, reject routes, IPv6 local and anycast
- * (own-address) routes, and link-local and multicast prefixes, which every interface that is up
- * carries.
+ * The routes the host sends traffic through, by interface: IPv4's main table (`net/route`; only
+ * a route's first next hop) and every IPv6 table (`net/ipv6_route`), default routes and the
+ * networks of its own addresses or static routes. Left out: the loopback's, reject routes, IPv6
+ * local and anycast (own-address) routes, and link-local and multicast prefixes, which every
+ * interface that is up carries.
  */
-function hostRoutes(reader: SysfsReader, procRoot: string): HostRoute[] {
-  const routes: HostRoute[] = [];
-  const v4 = readRouteTable(reader, `${procRoot}/net/route`);
-  for (const line of v4.split("\n").slice(1)) {
+function routesByInterface(reader: SysfsReader, procRoot: string): Map<string, InterfaceRoutes> {
+  const byInterface = new Map<string, InterfaceRoutes>();
+  const add = (iface: string, prefix: string | null) => {
+    if (prefix === null) return;
+    const routes = byInterface.get(iface) ?? { hasDefault: false, networks: [], count: 0 };
+    if (prefix === "default") routes.hasDefault = true;
+    else if (!routes.networks.includes(prefix)) {
+      routes.count++;
+      if (routes.networks.length < NAMED_NETWORKS) routes.networks.push(prefix);
+    }
+    byInterface.set(iface, routes);
+  };
+  let header = true;
+  forEachRouteLine(reader, `${procRoot}/net/route`, (line) => {
+    if (header) return void (header = false);
     const [iface, destination, , flags, , , , mask] = line.trim().split(/\s+/);
-    if (iface === undefined || iface === "lo" || mask === undefined) continue;
-    if ((parseInt(flags ?? "0", 16) & RTF_REJECT) !== 0) continue;
-    const prefix = ipv4Prefix(destination ?? "", mask);
-    if (prefix !== null) routes.push({ iface, prefix });
-  }
+    if (iface === undefined || iface === "lo" || mask === undefined) return;
+    if ((parseInt(flags ?? "0", 16) & RTF_REJECT) !== 0) return;
+    add(iface, ipv4Prefix(destination ?? "", mask));
+  });
   // Destination, its prefix length, source, its length, next hop, metric, counts, flags, name.
-  const v6 = readRouteTable(reader, `${procRoot}/net/ipv6_route`);
-  for (const line of v6.split("\n")) {
+  forEachRouteLine(reader, `${procRoot}/net/ipv6_route`, (line) => {
     const fields = line.trim().split(/\s+/);
     const iface = fields[9];
-    if (iface === undefined || iface === "lo") continue;
+    if (iface === undefined || iface === "lo") return;
     const flags = parseInt(fields[8] ?? "0", 16);
-    if ((flags & (RTF_REJECT | RTF_LOCAL | RTF_ANYCAST)) !== 0) continue;
-    const prefix = ipv6Prefix(fields[0] ?? "", fields[1] ?? "");
-    if (prefix !== null) routes.push({ iface, prefix });
-  }
-  return routes;
+    if ((flags & (RTF_REJECT | RTF_LOCAL | RTF_ANYCAST)) !== 0) return;
+    add(iface, ipv6Prefix(fields[0] ?? "", fields[1] ?? ""));
+  });
+  return byInterface;
 }
 
 /**
@@ -874,43 +902,38 @@ function udevProperties(text: string): Map<string, string> {
   return properties;
 }
 
-/** How many of a NIC's networks a `network-route` detail names. */
-const NAMED_NETWORKS = 3;
-
 /**
  * The NICs under each interface the host routes through, one use per NIC: the default route's
  * (`default-route`), or else the networks it carries (`network-route`: the host's address on a
- * management or storage network, a static route), named by up to three of their prefixes.
+ * management or storage network, a static route), named by up to three of them.
  */
 function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
-  const byInterface = new Map<string, Set<string>>();
-  for (const { iface, prefix } of hostRoutes(reader, procRoot)) {
-    const prefixes = byInterface.get(iface) ?? new Set();
-    prefixes.add(prefix);
-    byInterface.set(iface, prefixes);
-  }
-  const byNic = new Map<PciAddress, { defaultVia: string | null; networks: Map<string, string> }>();
-  for (const [iface, prefixes] of byInterface) {
+  const byNic = new Map<
+    PciAddress,
+    { defaultVia: string | null; named: [string, string[]][]; count: number }
+  >();
+  for (const [iface, routes] of routesByInterface(reader, procRoot)) {
     for (const address of pciDevicesUnder(reader, sysRoot, "net", iface)) {
-      const nic = byNic.get(address) ?? { defaultVia: null, networks: new Map() };
-      if (prefixes.has("default")) nic.defaultVia ??= iface;
-      for (const prefix of prefixes) if (prefix !== "default") nic.networks.set(prefix, iface);
+      const nic = byNic.get(address) ?? { defaultVia: null, named: [], count: 0 };
+      if (routes.hasDefault) nic.defaultVia ??= iface;
+      if (routes.networks.length > 0) nic.named.push([iface, routes.networks]);
+      nic.count += routes.count;
       byNic.set(address, nic);
     }
   }
-  return [...byNic].map(([address, { defaultVia, networks }]): HostUse => {
+  return [...byNic].map(([address, { defaultVia, named, count }]): HostUse => {
     if (defaultVia !== null) {
       return { address, reason: "default-route", detail: `default route via ${defaultVia}` };
     }
-    const named = new Map<string, string[]>();
-    for (const [prefix, via] of [...networks].slice(0, NAMED_NETWORKS)) {
-      named.set(via, [...(named.get(via) ?? []), prefix]);
+    const shown: string[] = [];
+    let left = NAMED_NETWORKS;
+    for (const [iface, networks] of named) {
+      if (left <= 0) break;
+      shown.push(`${networks.slice(0, left).join(", ")} via ${iface}`);
+      left -= Math.min(left, networks.length);
     }
-    const more = networks.size > NAMED_NETWORKS
-      ? ` and ${networks.size - NAMED_NETWORKS} more`
-      : "";
-    const list = [...named].map(([via, prefixes]) => `${prefixes.join(", ")} via ${via}`);
-    return { address, reason: "network-route", detail: `route to ${list.join("; ")}${more}` };
+    const more = count > NAMED_NETWORKS ? ` and ${count - NAMED_NETWORKS} more` : "";
+    return { address, reason: "network-route", detail: `route to ${shown.join("; ")}${more}` };
   });
 }
 

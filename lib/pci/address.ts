@@ -109,23 +109,38 @@ export function pciAddressFromParts(parts: PciAddressParts): PciAddress {
 }
 
 /**
+ * A number in a libvirt XML attribute, read as libvirt reads it (C's `strtoul` with base 0: `0x`
+ * hex, a leading `0` octal, else decimal), or `null` when it is no such number.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals([libvirtNumber("0x1f"), libvirtNumber("010"), libvirtNumber("10")], [31, 8, 10]);
+ * assertEquals([libvirtNumber("08"), libvirtNumber("-1"), libvirtNumber(undefined)], [null, null, null]);
+ * ```
+ */
+export function libvirtNumber(text: string | undefined): number | null {
+  const value = text?.trim() ?? "";
+  const match = /^(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))$/.exec(value);
+  if (match === null) return null;
+  const number = match[1] !== undefined
+    ? parseInt(match[1], 16)
+    : match[2] !== undefined
+    ? parseInt(match[2], 8)
+    : parseInt(match[3]!, 10);
+  return Number.isSafeInteger(number) ? number : null;
+}
+
+/**
  * Reads libvirt's `<address>` attributes (`domain='0x0000' bus='0x01' slot='0x00'
- * function='0x0'`, decimal also accepted as libvirt does) into a canonical address, or `null`
- * when an attribute is missing or out of range.
+ * function='0x0'`; decimal and octal too, read as libvirt reads them) into a canonical address,
+ * or `null` when an attribute is missing or out of range.
  */
 export function pciAddressFromLibvirt(
   attrs: Record<string, string | undefined>,
 ): PciAddress | null {
-  const num = (value: string | undefined): number | null => {
-    if (value === undefined) return null;
-    const v = value.trim();
-    const n = /^0x[0-9a-f]+$/i.test(v)
-      ? parseInt(v, 16)
-      : /^[0-9]+$/.test(v)
-      ? parseInt(v, 10)
-      : NaN;
-    return Number.isFinite(n) ? n : null;
-  };
+  const num = (value: string | undefined): number | null =>
+    value === undefined ? null : libvirtNumber(value);
   const domain = num(attrs.domain ?? "0");
   const bus = num(attrs.bus);
   const slot = num(attrs.slot);

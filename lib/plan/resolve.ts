@@ -294,7 +294,27 @@ export function resolveConfig(
   });
   const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
   for (const [vm, issues] of findConflicts(out, options.held ?? new Map(), host)) {
-    out.get(vm)?.errors.push(...issues);
+    out.get(vm)?.errors.push(...issues.map((i) => withUses(i, vm, options.deviceControllers)));
   }
   return out;
+}
+
+/**
+ * `issue` (a conflict of `vm` with other domains) saying, where another domain holds a device of
+ * it as the controller under a host device it uses, which: its definition names no hostdev there.
+ */
+function withUses(
+  issue: PlanIssue,
+  vm: string,
+  controllers: ResolveOptions["deviceControllers"],
+): PlanIssue {
+  const notes = (issue.vms ?? []).filter((other) => other !== vm).flatMap((other) =>
+    (issue.devices ?? []).flatMap((address) => {
+      const uses = controllers?.get(other)?.get(address);
+      return uses === undefined ? [] : [`"${other}" uses ${uses.join(", ")} on ${address}`];
+    })
+  );
+  return notes.length === 0
+    ? issue
+    : { ...issue, message: `${issue.message}; ${notes.join("; ")}` };
 }

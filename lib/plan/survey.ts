@@ -20,7 +20,13 @@
 import type { Config } from "../config/config.ts";
 import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { LenientHostdevScan } from "../domain/lenient.ts";
-import { controllersUnder, type DeviceResolvers, RUNNING_ONLY } from "./used_devices.ts";
+import {
+  controllersUnder,
+  type DeviceResolvers,
+  RUNNING_ONLY,
+  runningOnly,
+  usedDevicesIn,
+} from "./used_devices.ts";
 import type { PciAddress } from "../host/types.ts";
 import {
   liveOnlyWarning,
@@ -130,15 +136,14 @@ function deviceControllersOf(
     if (!warned.has(path)) warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
     warned.add(path);
   };
-  const all = controllersUnder([persistent, live], resolvers, unreadable);
-  if (live === null) return all;
-  const defined = controllersUnder([persistent], resolvers, unreadable);
-  return new Map(
-    [...all].map(([address, uses]) => {
-      const inDefinition = defined.get(address) ?? [];
-      return [address, uses.map((u) => inDefinition.includes(u) ? u : `${u}${RUNNING_ONLY}`)];
-    }),
-  );
+  const defined = usedDevicesIn(persistent);
+  const controllers = controllersUnder([defined], resolvers, unreadable);
+  if (live === null) return controllers;
+  const extra = runningOnly(defined, usedDevicesIn(live));
+  for (const [address, uses] of controllersUnder([extra], resolvers, unreadable, RUNNING_ONLY)) {
+    controllers.set(address, [...(controllers.get(address) ?? []), ...uses]);
+  }
+  return controllers;
 }
 
 /** Adds one domain to `survey`; live-only warnings go to `liveWarnings`, reported last. */

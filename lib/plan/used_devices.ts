@@ -10,7 +10,7 @@
  */
 
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
-import { describeUsbSource, type UsbSource } from "../domain/usb_source.ts";
+import { describeUsbSource, sameUsbDevice, type UsbSource } from "../domain/usb_source.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DefinitionRead } from "./world.ts";
 
@@ -55,42 +55,54 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
 }
 
 /**
- * The PCI controllers under the host devices `reads` use (a domain's persistent and running
- * definitions), each with what it holds (`disk /dev/sdb`, `USB device 046d:c52b`). A block disk
- * whose path cannot be read counts no controller and is passed to `unreadable`.
+ * What a running guest uses (`live`) beyond its persistent definition (`defined`): libvirt fills
+ * in the bus and device number of a USB source given by IDs, and that is still the same device.
+ */
+export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevices {
+  return {
+    blockDisks: live.blockDisks.filter((path) => !defined.blockDisks.includes(path)),
+    usbDevices: live.usbDevices.filter((source) =>
+      !defined.usbDevices.some((d) => sameUsbDevice(d, source))
+    ),
+  };
+}
+
+/**
+ * The PCI controllers under the host devices in `used`, each with what it holds (`disk
+ * /dev/sdb`, `USB device 046d:c52b`, followed by `mark`). A block disk whose path cannot be read
+ * counts no controller and is passed to `unreadable`.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * import { readDefinition } from "./world.ts";
- * const read = readDefinition(`<domain><name>nas</name><devices>
- *   <disk type='block'><source dev='/dev/sdb'/><target dev='vdb'/></disk>
- *   <hostdev mode='subsystem' type='usb'><source><vendor id='0x046d'/><product id='0xc52b'/>
- *   </source></hostdev></devices></domain>`);
+ * const used = {
+ *   blockDisks: ["/dev/sdb"],
+ *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
+ * };
  * const resolvers = {
  *   blockDeviceControllers: () => ["0000:00:17.0"],
  *   usbDeviceControllers: () => ["0000:00:14.0"],
  * };
- * assertEquals(controllersUnder([read], resolvers, () => {}), new Map([
+ * assertEquals(controllersUnder([used], resolvers, () => {}), new Map([
  *   ["0000:00:17.0", ["disk /dev/sdb"]],
  *   ["0000:00:14.0", ["USB device 046d:c52b"]],
  * ]));
  * ```
  */
 export function controllersUnder(
-  reads: readonly (DefinitionRead | null)[],
+  used: readonly UsedDevices[],
   resolvers: DeviceResolvers | undefined,
   unreadable: (path: string, error: unknown) => void,
+  mark = "",
 ): Map<PciAddress, string[]> {
   const controllers = new Map<PciAddress, string[]>();
   if (resolvers === undefined) return controllers;
   const add = (addresses: readonly PciAddress[] | null, what: string) => {
     for (const address of new Set(addresses ?? [])) {
       const held = controllers.get(address) ?? [];
-      if (!held.includes(what)) controllers.set(address, [...held, what]);
+      if (!held.includes(what + mark)) controllers.set(address, [...held, what + mark]);
     }
   };
-  const used = reads.flatMap((read) => read === null ? [] : [usedDevicesIn(read)]);
   for (const path of new Set(used.flatMap((u) => u.blockDisks))) {
     try {
       add(resolvers.blockDeviceControllers(path), `disk ${path}`);

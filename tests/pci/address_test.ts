@@ -76,3 +76,15 @@ Deno.test("an 8-digit zero domain in a sysfs name, a slot address and a config c
     test: TEST,
   });
 });
+
+Deno.test("pciAddressFromLibvirt() reads numbers as libvirt does: hex, octal with a leading 0, decimal", () => {
+  const at = (bus: string) => pciAddressFromLibvirt({ bus, slot: "0", function: "0" });
+  assertEquals([at("0x10"), at("010"), at("10"), at("0")], [
+    "0000:10:00.0",
+    "0000:08:00.0",
+    "0000:0a:00.0",
+    "0000:00:00.0",
+  ]);
+  // Not numbers to libvirt either: it refuses the definition.
+  assertEquals([at("08"), at("0x"), at("-1"), at("1e1")], [null, null, null, null]);
+});

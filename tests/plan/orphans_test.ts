@@ -368,7 +368,10 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   // gentoo asks for the controller of win10's disk: refused, naming win10.
   const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
   const refused = planHostdevs({ config: wantsNvme, host: demo.host, libvirt, facts: live });
-  assertMatch(assertTakenFromWin10(refused).message, /"win10" holds it in its definition now/);
+  assertMatch(
+    assertTakenFromWin10(refused).message,
+    /"win10" holds it in its definition now\): .*; "win10" uses disk \/dev\/disk\/by-id\/nvme-Phison_E16_1234 on 0000:4a:00\.0$/,
+  );
 
   // win10 asking for it itself: its start would detach the controller and lose the disk.
   const own = planHostdevs({
@@ -484,7 +487,10 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
     libvirt,
     facts: live,
   });
-  assertMatch(assertTakenFromWin10(refused).message, /"win10" holds it in its definition now/);
+  assertMatch(
+    assertTakenFromWin10(refused).message,
+    /"win10" holds it in its definition now\): .*; "win10" uses USB device 046d:c52b on 0000:43:00\.0$/,
+  );
 
   // win10 asking for it itself: its start would detach the controller and lose the receiver.
   const own = planHostdevs({
@@ -500,6 +506,32 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
     own.vms[0]!.errors[0]!.message,
     /VM "win10" uses USB device 046d:c52b on 0000:43:00\.0/,
   );
+
+  {
+    // Running, win10's live definition has the bus and device libvirt found: the same receiver.
+    const runs = `${demo.dir}/running.xml`;
+    Deno.writeTextFileSync(
+      runs,
+      Deno.readTextFileSync(world).replace(
+        /(<name>win10<\/name>[\s\S]*?<test:runstate>)5</,
+        "$11<",
+      ),
+    );
+    using port = openLibvirtPort(`test://${runs}`);
+    const running: LibvirtPort = {
+      ...port,
+      getLiveXml: (name) =>
+        port.getLiveXml!(name).replace("</source>", "<address bus='3' device='2'/></source>"),
+    };
+    const message = planHostdevs({
+      config: wants("win10", "1b21:3242"),
+      host: demo.host,
+      libvirt: running,
+      facts: live,
+    }).vms[0]!.errors[0]!.message;
+    assertMatch(message, /VM "win10" uses USB device 046d:c52b on 0000:43:00\.0, and/);
+    assertEquals(/running guest/.test(message), false, message);
+  }
 
   // A captured tree does not say what is plugged in.
   const captured = readHostFacts(roots);
