@@ -16,11 +16,16 @@
  * recorded), installed with `--sysfs`, so the run is the same on every machine; it reads the tree
  * as it reads `/sys`.
  *
- * Usage: deno run -A bench/hook_process.ts [--runs 21] [--baseline DIR]
+ * Usage: deno run -A bench/hook_process.ts [--runs 21] [--baseline DIR] [--live]
  *
  * `--baseline DIR` adds the hook as another checkout installs it from its `bin/passthrough`'s
  * bundle (`DIR/dist/bin/main.js`, built by its `scripts/bundle_bin.sh`): before and after, in the
  * same rounds.
+ *
+ * `--live` adds the bin hook (and the baseline's) installed for this machine's own `/sys`, as
+ * `hook install` installs it on a host: a VM with hand-added hostdevs on up to three functions
+ * the host does not use, a block disk on `/dev/vda` and a USB device, so the host-use reads
+ * (mounts, swap, holders, ZFS, routes) and the VM-device reads run as at a real start.
  *
  * @module
  */
@@ -31,11 +36,19 @@ import { HOOK_FILE_NAME, parseHookSettings } from "../lib/guard/hook_file.ts";
 import { childrenCpuMs } from "../ffi/rusage.ts";
 import { bundleAsTask, documentedFlags } from "../tests/helpers/cli.ts";
 import { roundOrders } from "./rounds.ts";
+import { denoFsReader } from "../lib/host/sysfs.ts";
+import { readHostUse } from "../lib/host/sysfs_device.ts";
+import type { PciDevice } from "../lib/host/types.ts";
+import { canonicalPciAddress, pciAddressToLibvirt } from "../lib/pci/address.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
   args: Deno.args,
-  options: { runs: { type: "string", default: "21" }, baseline: { type: "string" } },
+  options: {
+    runs: { type: "string", default: "21" },
+    baseline: { type: "string" },
+    live: { type: "boolean", default: false },
+  },
 });
 const RUNS = Number(values.runs);
 const deno = Deno.execPath();
@@ -48,7 +61,7 @@ async function must(cmd: string, args: string[]): Promise<void> {
   }
 }
 
-async function install(main: string, name: string): Promise<string> {
+async function install(main: string, name: string, live = false): Promise<string> {
   await must(deno, [
     "run",
     "--quiet",
@@ -60,8 +73,7 @@ async function install(main: string, name: string): Promise<string> {
     `${work}/${name}`,
     "--state-dir",
     `${work}/state-${name}`,
-    "--sysfs",
-    `${work}/tree`,
+    ...(live ? [] : ["--sysfs", `${work}/tree`]),
   ]);
   return `${work}/${name}/${HOOK_FILE_NAME}`;
 }
@@ -142,6 +154,33 @@ function fullDomainXml(xml: string): string {
       "</domain>",
       `<seclabel type='dynamic' model='apparmor' relabel='yes'><label>${label}</label><imagelabel>${label}</imagelabel></seclabel></domain>`,
     );
+}
+
+/**
+ * A VM for this machine's own `/sys`: hand-added hostdevs on up to three PCI functions that are
+ * neither bridges nor used by the host (read as the hook reads it), a block disk on `/dev/vda`,
+ * a USB hostdev.
+ */
+function liveDomainXml(): string {
+  const reader = denoFsReader();
+  const all = (reader.listDir("/sys/bus/pci/devices") ?? []).sort();
+  const endpoints = all.filter((a) =>
+    !(reader.readText(`/sys/bus/pci/devices/${a}/class`) ?? "0x06").startsWith("0x06")
+  );
+  const devices = endpoints.map((address) => ({ address }) as PciDevice);
+  const used = new Set(
+    (readHostUse(reader, { root: "/sys", live: true, devices }) ?? []).map((u) => u.address),
+  );
+  const spare = endpoints.filter((a) => !used.has(a)).slice(0, 3);
+  if (spare.length === 0) throw new Error("--live: no PCI function here the host does not use");
+  const hostdevs = spare.map((a) => {
+    const { domain, bus, slot, function: fn } = pciAddressToLibvirt(canonicalPciAddress(a)!);
+    return `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='${domain}' bus='${bus}' slot='${slot}' function='${fn}'/></source></hostdev>`;
+  });
+  return `<domain type='kvm'><name>bench</name><devices>
+<disk type='block' device='disk'><source dev='/dev/vda'/><target dev='vdb'/></disk>
+<hostdev mode='subsystem' type='usb'><source><vendor id='0x046d'/><product id='0xc52b'/></source></hostdev>
+${hostdevs.join("\n")}</devices></domain>`;
 }
 
 interface Case {
@@ -252,6 +291,25 @@ try {
     stdin: fullXml,
     code: 0,
   });
+  if (values.live) {
+    const stdin = new TextEncoder().encode(liveDomainXml());
+    cases.push({
+      name: "hook (bin), live /sys",
+      cmd: await install(`${work}/bin/main.js`, "bin-live", true),
+      args: ["bench", "prepare", "begin", "-"],
+      stdin,
+      code: 0,
+    });
+    if (values.baseline !== undefined) {
+      cases.push({
+        name: "hook (baseline bin), live /sys",
+        cmd: await install(`${values.baseline}/dist/bin/main.js`, "baseline-live", true),
+        args: ["bench", "prepare", "begin", "-"],
+        stdin,
+        code: 0,
+      });
+    }
+  }
   if (values.baseline !== undefined) {
     cases.push({
       name: "hook prepare begin (baseline bin)",

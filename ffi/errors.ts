@@ -37,6 +37,8 @@ export const VIR_ERR_SYSTEM_ERROR = 38;
 export const VIR_ERR_NO_DOMAIN = 42;
 /** `VIR_ERR_OPERATION_INVALID`: not valid in the domain's current state. */
 export const VIR_ERR_OPERATION_INVALID = 55;
+/** `VIR_ERR_NO_NETWORK`: no network with that name (undefined since it was listed). */
+export const VIR_ERR_NO_NETWORK = 43;
 /** `VIR_ERR_NO_NODE_DEVICE`. */
 export const VIR_ERR_NO_NODE_DEVICE = 53;
 /** `VIR_ERR_CONFIG_UNSUPPORTED`. */

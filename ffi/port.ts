@@ -12,6 +12,8 @@ import type {
   NetworkSummary,
 } from "../lib/plan/libvirt_port.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
+import { LibvirtError, VIR_ERR_NO_NETWORK, VIR_ERR_NO_SUPPORT } from "./errors.ts";
+import type { Network } from "./network.ts";
 
 export type {
   DeviceChangeOptions,
@@ -68,10 +70,27 @@ export function openLibvirtPort(
       return dom.isActive();
     },
     listNetworks(): NetworkSummary[] {
-      return conn.listNetworks().map((net) => {
+      let networks: Network[];
+      try {
+        networks = conn.listNetworks();
+      } catch (error) {
+        // A connection without a network driver (a session, a modular daemon without
+        // virtnetworkd) has no network a guest could take a VF from.
+        if (error instanceof LibvirtError && error.code === VIR_ERR_NO_SUPPORT) return [];
+        throw error;
+      }
+      const out: NetworkSummary[] = [];
+      for (const net of networks) {
         using owned = net;
-        return { name: owned.name, active: owned.isActive(), xml: owned.xml() };
-      });
+        try {
+          out.push({ name: owned.name, xml: owned.xml() });
+        } catch (error) {
+          // Undefined since it was listed: as if listed a moment later.
+          if (error instanceof LibvirtError && error.code === VIR_ERR_NO_NETWORK) continue;
+          out.push({ name: owned.name, xml: null, error: (error as Error).message });
+        }
+      }
+      return out;
     },
     define(xml: string): void {
       using _dom = conn.defineDomain(xml, { validate: true });

@@ -777,7 +777,7 @@ function recheckHolders(
 ): Failure | null {
   let world: World;
   try {
-    world = readWorld(libvirt);
+    world = readWorld(libvirt, { networks: false });
   } catch (error) {
     return {
       code: "read-failed",

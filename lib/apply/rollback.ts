@@ -205,7 +205,7 @@ function heldElsewhereNow(
   if (adding.size === 0) return null;
   let world: World;
   try {
-    world = readWorld(libvirt);
+    world = readWorld(libvirt, { networks: false });
   } catch (error) {
     return `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
       errorText(error)

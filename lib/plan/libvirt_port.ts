@@ -21,10 +21,13 @@ export interface DomainSummary {
 export interface NetworkSummary {
   /** The network's name. */
   name: string;
-  /** Whether it runs now. */
-  active: boolean;
-  /** Its XML: the running network's when it runs (`virNetworkGetXMLDesc`, flags 0). */
-  xml: string;
+  /**
+   * Its XML: the running network's when it runs (`virNetworkGetXMLDesc`, flags 0); `null` when
+   * it could not be read (`error` says why).
+   */
+  xml: string | null;
+  /** Why its XML could not be read. */
+  error?: string;
 }
 
 /** Flags for hot-plug: `live` changes the running guest, `config` the persistent definition. */
@@ -54,8 +57,9 @@ export interface LibvirtPort {
   /** Whether the domain is running now. */
   isActive(name: string): boolean;
   /**
-   * Optional: every virtual network, sorted by name. Planning reads the pools of hostdev
-   * networks (`<forward mode='hostdev'>`), whose VFs libvirt hands to guests at their start.
+   * Optional: every virtual network, sorted by name; none when the connection has no network
+   * driver. Planning reads the pools of hostdev networks (`<forward mode='hostdev'>`), whose VFs
+   * libvirt hands to guests at their start. Throws only when the listing fails.
    */
   listNetworks?(): NetworkSummary[];
   /** Defines (or redefines) a domain with `VIR_DOMAIN_DEFINE_VALIDATE`. */

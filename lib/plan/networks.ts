@@ -24,9 +24,10 @@ export interface NetworkPool {
 }
 
 /**
- * The pools of `networks` on `host`. `netDeviceControllers` names the PCI functions under a host
- * interface (the live host's `HostFacts`); without it a `<pf dev>` resolves to nothing, and only
- * the addresses the network's XML lists count.
+ * The pools of `networks` on `host`: the VFs their XML lists and, where `netDeviceControllers`
+ * (the live host's `HostFacts`) names the function of a `<pf dev>`, every VF of it (VFs created
+ * after the network started count too: a refusal more, never one less); their PFs, from the VFs'
+ * `physfn` and the `<pf dev>` names.
  */
 export function networkPools(
   networks: readonly HostdevNetwork[],
@@ -35,14 +36,19 @@ export function networkPools(
 ): NetworkPool[] {
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
   return networks.map((network) => {
-    const pfs = [...new Set(network.pfs.flatMap((dev) => netDeviceControllers?.(dev) ?? []))];
+    const pfs = new Set(network.pfs.flatMap((dev) => netDeviceControllers?.(dev) ?? []));
     const vfs = new Set(network.addresses);
     for (const pf of pfs) for (const vf of byAddress.get(pf)?.virtfns ?? []) vfs.add(vf);
-    return { name: network.name, vfs: [...vfs].sort(), pfs: pfs.sort() };
+    // The PF of each listed VF, which the host's topology knows on a captured tree too.
+    for (const vf of network.addresses) {
+      const physfn = byAddress.get(vf)?.physfn;
+      if (physfn) pfs.add(physfn);
+    }
+    return { name: network.name, vfs: [...vfs].sort(), pfs: [...pfs].sort() };
   });
 }
 
-/** The plan-wide warnings of reading the networks: a failed listing, unreadable pool entries. */
+/** The plan-wide warnings of reading the networks: a failed listing, unreadable pools. */
 export function networkWarnings(networks: NetworksRead | undefined, uri: string): PlanIssue[] {
   if (networks === undefined) return [];
   if (networks.kind === "read-failed") {
@@ -52,14 +58,22 @@ export function networkWarnings(networks: NetworksRead | undefined, uri: string)
         `Cannot list the networks of "${uri}": ${networks.error}: hostdev networks' pools of VFs are not checked against the plan`,
     }];
   }
-  return networks.hostdev.filter((n) => n.unresolved > 0).map((n) => ({
-    code: "hostdev-network",
-    message: `Hostdev network "${n.name}" lists ${n.unresolved} pool entr${
-      n.unresolved === 1 ? "y" : "ies"
-    } that cannot be read as PCI addresses: a rule may take a VF the network also hands out (virsh net-dumpxml ${
-      shellWord(n.name)
-    })`,
-  }));
+  return [
+    ...networks.unreadable.map(({ name, error }) => ({
+      code: "hostdev-network" as const,
+      message: `Cannot read network ${
+        JSON.stringify(name)
+      }: ${error}: if it is a hostdev network, its pool of VFs is not checked against the plan`,
+    })),
+    ...networks.hostdev.filter((n) => n.unresolved > 0).map((n) => ({
+      code: "hostdev-network" as const,
+      message: `Hostdev network ${JSON.stringify(n.name)} lists ${n.unresolved} pool entr${
+        n.unresolved === 1 ? "y" : "ies"
+      } that cannot be read as PCI addresses: a rule may take a VF the network also hands out (virsh net-dumpxml ${
+        shellWord(n.name)
+      })`,
+    })),
+  ];
 }
 
 /**
@@ -75,13 +89,11 @@ export function networkPoolErrors(
     pools.flatMap((pool): PlanIssue[] => {
       const vf = pool.vfs.includes(device.address);
       if (!vf && !pool.pfs.includes(device.address)) return [];
+      const name = JSON.stringify(pool.name);
+      const net = shellWord(pool.name);
       const what = vf
-        ? `a VF that hostdev network "${pool.name}" hands to guests at their start: a device can belong to one guest only: take it out of the pool (virsh net-edit ${
-          shellWord(pool.name)
-        }), or take a VF outside it`
-        : `the physical function of hostdev network "${pool.name}": passing it to a guest destroys the VFs the network hands out: leave it with the host, or remove the network first (virsh net-destroy ${
-          shellWord(pool.name)
-        }; virsh net-undefine ${shellWord(pool.name)})`;
+        ? `a VF that hostdev network ${name} hands to guests at their start: a device can belong to one guest only: take a VF outside the pool, or leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of <address> entries; then virsh net-destroy ${net}; virsh net-start ${net})`
+        : `the physical function of hostdev network ${name}: passing it to a guest destroys the VFs the network hands out: leave it with the host, or remove the network first (virsh net-destroy ${net}; virsh net-undefine ${net})`;
       return [{
         code: "hostdev-network",
         message: `VM "${vm}" would take ${device.address} (rule "${rule.name}"), ${what}`,

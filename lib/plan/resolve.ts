@@ -283,12 +283,10 @@ export function resolveConfig(
 ): Map<string, VmResolution> {
   // One context for every VM: two `vf: any` rules never take the same VF or MAC, nor one a
   // hostdev network hands out.
-  const occupied = new Map(options.occupied ?? []);
-  for (const pool of options.pools ?? []) {
-    occupied.set(`network:${pool.name}`, new Set(pool.vfs));
-  }
+  const pools = new Map((options.pools ?? []).flatMap((p) => p.vfs.map((vf) => [vf, p.name])));
   const vf = vfContext({
-    occupied,
+    pools,
+    ...(options.occupied ? { occupied: options.occupied } : {}),
     ...(options.macs ? { macs: options.macs } : {}),
     ...(options.vfRecords ? { records: options.vfRecords } : {}),
   });

@@ -49,8 +49,6 @@ export interface DomainSnapshot {
 export interface HostdevNetwork {
   /** The network's name. */
   name: string;
-  /** Whether it runs now. */
-  active: boolean;
   /** The pool's PCI addresses as its XML lists them (a running network lists its PF's VFs). */
   addresses: PciAddress[];
   /** Pool entries that could not be read. */
@@ -61,7 +59,12 @@ export interface HostdevNetwork {
 
 /** The hostdev networks of a connection as read, or why they could not be. */
 export type NetworksRead =
-  | { kind: "read"; hostdev: HostdevNetwork[] }
+  | {
+    kind: "read";
+    hostdev: HostdevNetwork[];
+    /** Networks whose XML could not be read: any of them may be a hostdev pool. */
+    unreadable: { name: string; error: string }[];
+  }
   | { kind: "read-failed"; error: string };
 
 /** Every domain of a libvirt connection, read once. Plain data (see {@link readWorld}). */
@@ -154,7 +157,9 @@ function readPersistentXml(libvirt: LibvirtPort, name: string): string {
  * guest, its live definition, each parsed by the strict reader or, when that refuses it, scanned
  * leniently. A domain undefined between the listing and the read is left out, as if listed a
  * moment later; any other failed read is kept as `read-failed`. Never throws for one domain;
- * only a failed listing throws.
+ * only a failed listing throws. Also reads the hostdev networks (`<forward mode='hostdev'>`
+ * pools), unless `networks: false` (the re-checks before a define, which do not use them); a
+ * failed listing of networks is kept as `read-failed`.
  *
  * @example
  * ```ts
@@ -168,7 +173,7 @@ function readPersistentXml(libvirt: LibvirtPort, name: string): string {
  * ]);
  * ```
  */
-export function readWorld(libvirt: LibvirtPort): World {
+export function readWorld(libvirt: LibvirtPort, options: { networks?: boolean } = {}): World {
   const domains: DomainSnapshot[] = [];
   for (const { name, active } of libvirt.listDomains()) {
     let persistent: DefinitionRead;
@@ -180,7 +185,7 @@ export function readWorld(libvirt: LibvirtPort): World {
     }
     domains.push({ name, active, persistent, live: active ? readLive(libvirt, name) : null });
   }
-  const networks = readNetworks(libvirt);
+  const networks = options.networks === false ? null : readNetworks(libvirt);
   return { uri: libvirt.uri, domains, ...(networks === null ? {} : { networks }) };
 }
 
@@ -188,11 +193,14 @@ export function readWorld(libvirt: LibvirtPort): World {
 function readNetworks(libvirt: LibvirtPort): NetworksRead | null {
   if (libvirt.listNetworks === undefined) return null;
   try {
-    const hostdev = libvirt.listNetworks().flatMap(({ name, active, xml }) => {
-      const pool = scanHostdevPoolLeniently(xml);
-      return pool === null ? [] : [{ name, active, ...pool }];
-    });
-    return { kind: "read", hostdev };
+    const hostdev: HostdevNetwork[] = [];
+    const unreadable: { name: string; error: string }[] = [];
+    for (const { name, xml, error } of libvirt.listNetworks()) {
+      const pool = xml === null ? null : scanHostdevPoolLeniently(xml);
+      if (xml === null) unreadable.push({ name, error: error ?? "no XML" });
+      else if (pool !== null) hostdev.push({ name, ...pool });
+    }
+    return { kind: "read", hostdev, unreadable };
   } catch (error) {
     return { kind: "read-failed", error: errorText(error) };
   }

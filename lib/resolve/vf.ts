@@ -46,6 +46,8 @@ export interface VfContext {
   macs: ReadonlyMap<string, readonly string[]>;
   /** The VF records of each VM's domain, by name. */
   records: ReadonlyMap<string, readonly VfIdentity[]>;
+  /** The VFs hostdev networks hand out, each with its network's name. */
+  pools: ReadonlyMap<PciAddress, string>;
   /** VFs chosen so far in this resolution, each with the VM and rule that took it. */
   claimedVfs: Map<PciAddress, string>;
   /** MACs chosen so far in this resolution, each with the VM and rule that took it. */
@@ -65,11 +67,13 @@ export function vfContext(from: {
   occupied?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
   macs?: ReadonlyMap<string, readonly string[]>;
   records?: ReadonlyMap<string, readonly VfIdentity[]>;
+  pools?: ReadonlyMap<PciAddress, string>;
 }): VfContext {
   return {
     occupied: from.occupied ?? new Map(),
     macs: from.macs ?? new Map(),
     records: from.records ?? new Map(),
+    pools: from.pools ?? new Map(),
     claimedVfs: new Map(),
     claimedMacs: new Map(),
   };
@@ -140,6 +144,9 @@ function holderOf(
 ): string | null {
   const claimed = context.claimedVfs.get(address);
   if (claimed !== undefined) return claimed;
+  // The VM's own VF stays its own: if a pool lists it too, the plan refuses that, by name.
+  const pool = context.pools.get(address);
+  if (pool !== undefined && address !== own) return `hostdev network ${JSON.stringify(pool)}`;
   for (const [domain, held] of context.occupied) {
     if (!held.has(address)) continue;
     if (domain === rule.vm && address === own) continue;

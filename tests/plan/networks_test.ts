@@ -60,7 +60,7 @@ Deno.test("plan refuses a rule taking a VF that a hostdev network hands out", as
   assertEquals(gentoo.errors.map((e) => [e.code, e.devices]), [["hostdev-network", [NIC]]]);
   assertMatch(
     gentoo.errors[0]!.message,
-    /VM "gentoo" would take 0000:44:00\.0 \(rule "1d6a:07b1"\), a VF that hostdev network "sriov" hands to guests at their start: .*virsh net-edit sriov/,
+    /VM "gentoo" would take 0000:44:00\.0 \(rule "1d6a:07b1"\), a VF that hostdev network "sriov" hands to guests at their start: .*virsh net-edit sriov.*virsh net-start sriov\)$/,
   );
   assertEquals([gentoo.add, gentoo.changed], [[], false]);
 });
@@ -109,4 +109,30 @@ Deno.test("plan warns when the networks cannot be listed, and plans on", async (
     ],
   );
   assertEquals(plan.vms[0]!.add.map((a) => a.address), [NIC]);
+});
+
+Deno.test("plan warns about a network it cannot read or a pool entry it cannot read, and checks the rest", async () => {
+  using demo = await demoWith(
+    network("sriov", "<address type='pci' domain='0x0000' bus='0x44' slot='0x00' function='0x0'/>"),
+  );
+  const partly: LibvirtPort = {
+    ...demo.libvirt,
+    listNetworks() {
+      return [
+        ...demo.libvirt.listNetworks!(),
+        { name: "gone", xml: null, error: "internal error: boom" },
+        {
+          name: "odd",
+          xml:
+            "<network><name>odd</name><forward mode='hostdev'><address type='usb' bus='1' device='2'/></forward></network>",
+        },
+      ];
+    },
+  };
+  const plan = planHostdevs({ config: GENTOO_WANTS_NIC, host: demo.host, libvirt: partly });
+  assertEquals(plan.warnings.filter((w) => w.code === "hostdev-network").map((w) => w.message), [
+    `Cannot read network "gone": internal error: boom: if it is a hostdev network, its pool of VFs is not checked against the plan`,
+    `Hostdev network "odd" lists 1 pool entry that cannot be read as PCI addresses: a rule may take a VF the network also hands out (virsh net-dumpxml odd)`,
+  ]);
+  assertEquals(plan.vms[0]!.errors.map((e) => e.code), ["hostdev-network"]);
 });

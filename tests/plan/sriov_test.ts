@@ -15,6 +15,7 @@ import type { HostTopology } from "../../lib/host/types.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { autoMac } from "../../lib/resolve/vf.ts";
+import type { HostFacts } from "../../lib/host/preflight.ts";
 import { sriovNic } from "../helpers/sriov.ts";
 import { tempHostTree } from "../helpers/hosts.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
@@ -435,14 +436,77 @@ Deno.test("vf: a VF passed as a hostdev becomes an interface under a vf: rule, a
   assertEquals(vmOf(plan(asHostdev, sriovHost(), applied(back)), "a").changed, false);
 });
 
-Deno.test("vf: any skips the VFs a hostdev network hands out", () => {
-  const pool = { name: "sriov", active: true, addresses: ["0000:07:10.0"], unresolved: 0, pfs: [] };
-  const world = { ...dataWorld({ a: A }), networks: { kind: "read" as const, hostdev: [pool] } };
+/** `domains` as a world whose connection has the hostdev network `sriov` with `pool`. */
+function withPool(
+  domains: Record<string, DataDomain>,
+  pool: { addresses?: string[]; pfs?: string[] },
+) {
+  const network = {
+    name: "sriov",
+    addresses: pool.addresses ?? [],
+    unresolved: 0,
+    pfs: pool.pfs ?? [],
+  };
+  return {
+    ...dataWorld(domains),
+    networks: { kind: "read" as const, hostdev: [network], unreadable: [] },
+  };
+}
+
+Deno.test("vf: any skips the VFs a hostdev network hands out; a VF it holds already is refused, not moved", () => {
+  const world = withPool({ a: A }, { addresses: ["0000:07:10.0"] });
   const p = planWorld({ config: config(UPLINK("a")), host: sriovHost(), world });
   const a = vmOf(p, "a");
   assertEquals(a.errors, []);
   assertEquals(a.add.map((x) => [x.address, x.vf?.index]), [["0000:07:10.2", 1]]);
-  // An explicit VF index on the pool's VF is refused.
+  // An explicit VF index on the pool's VF: refused, naming the network.
   const explicit = planWorld({ config: config(UPLINK("a", "0")), host: sriovHost(), world });
-  assertEquals(vmOf(explicit, "a").errors.map((e) => e.code), ["hostdev-network"]);
+  const [refusal] = vmOf(explicit, "a").errors;
+  assertEquals(refusal?.code, "hostdev-network");
+  assertMatch(refusal!.message, /hostdev network "sriov"/);
+  // a holds VF 0 already (applied before the network listed it): kept, and refused by name.
+  const held = planWorld({
+    config: config(UPLINK("a")),
+    host: sriovHost(),
+    world: dataWorld({ a: A }),
+  });
+  const again = withPool(applied(held), { addresses: ["0000:07:10.0"] });
+  const next = vmOf(
+    planWorld({ config: config(UPLINK("a")), host: sriovHost(), world: again }),
+    "a",
+  );
+  assertEquals(next.errors.map((e) => [e.code, e.devices]), [["hostdev-network", [
+    "0000:07:10.0",
+  ]]]);
+});
+
+Deno.test("a rule taking the PF of a hostdev network's VFs is refused, on a captured tree too", () => {
+  const pf = `  a:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:10c9" }
+`;
+  const world = withPool({ a: A }, { addresses: ["0000:07:10.0", "0000:07:10.2"] });
+  const a = vmOf(planWorld({ config: config(pf), host: sriovHost(), world }), "a");
+  assertEquals(a.errors.map((e) => [e.code, e.devices]), [["hostdev-network", ["0000:07:00.0"]]]);
+  assertMatch(a.errors[0]!.message, /the physical function of hostdev network "sriov"/);
+});
+
+Deno.test("a <pf dev> pool holds every VF of its PF, where the host says which function it is", () => {
+  const world = withPool({ a: A }, { pfs: ["enp7s0"] });
+  const facts = {
+    netDeviceControllers: (name: string) => name === "enp7s0" ? ["0000:07:00.0"] : [],
+  };
+  const p = planWorld({
+    config: config(UPLINK("a")),
+    host: sriovHost(),
+    world,
+    facts: facts as unknown as HostFacts,
+  });
+  const [refusal] = vmOf(p, "a").errors;
+  assertEquals(refusal?.code, "vf-unavailable");
+  assertMatch(refusal!.message, /hostdev network "sriov"/);
+  // Without the host's facts (a captured tree), the name resolves to nothing.
+  const blind = planWorld({ config: config(UPLINK("a")), host: sriovHost(), world });
+  assertEquals(vmOf(blind, "a").errors, []);
 });
