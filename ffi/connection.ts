@@ -188,18 +188,41 @@ export class Connection {
     }`;
   }
 
+  /**
+   * Every object a `virConnectListAll*` call returns (`what`, for the error), wrapped, sorted by
+   * name. Each one's handle is the caller's to free; on a failure none is left behind.
+   */
+  #listAll<T extends { name: string; free(): void }>(
+    call: {
+      operation: string;
+      what: string;
+      list: (connection: Deno.PointerObject, out: BigUint64Array) => number;
+    },
+    own: {
+      wrap: (pointer: Deno.PointerObject) => T;
+      release: (pointer: Deno.PointerObject) => void;
+    },
+  ): T[] {
+    const out = new BigUint64Array(1);
+    const count = checkInt(call.list(this.#live(call.operation), out), {
+      operation: call.operation,
+      context: `Cannot list the ${call.what} of "${this.#uri}"`,
+    });
+    return adoptArray(out, count, own).sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0
+    );
+  }
+
   /** Every domain, running or defined, sorted by name. The caller frees each. */
   listDomains(): Domain[] {
-    const out = new BigUint64Array(1);
-    const count = checkInt(libvirt().virConnectListAllDomains(this.#live("listDomains"), out, 0), {
+    return this.#listAll({
       operation: "virConnectListAllDomains",
-      context: `Cannot list the domains of "${this.#uri}"`,
-    });
-    const domains = adoptArray(out, count, {
+      what: "domains",
+      list: (connection, out) => libvirt().virConnectListAllDomains(connection, out, 0),
+    }, {
       wrap: (pointer) => new Domain(pointer),
       release: (pointer) => libvirt().virDomainFree(pointer),
     });
-    return domains.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** The domain called `name`. Throws `LibvirtError` with `VIR_ERR_NO_DOMAIN` when absent. */
@@ -245,37 +268,27 @@ export class Connection {
 
   /** Every network, running or defined, sorted by name. The caller frees each. */
   listNetworks(): Network[] {
-    const out = new BigUint64Array(1);
-    const count = checkInt(
-      libvirt().virConnectListAllNetworks(this.#live("listNetworks"), out, 0),
-      {
-        operation: "virConnectListAllNetworks",
-        context: `Cannot list the networks of "${this.#uri}"`,
-      },
-    );
-    const networks = adoptArray(out, count, {
+    return this.#listAll({
+      operation: "virConnectListAllNetworks",
+      what: "networks",
+      list: (connection, out) => libvirt().virConnectListAllNetworks(connection, out, 0),
+    }, {
       wrap: (pointer) => new Network(pointer),
       release: (pointer) => libvirt().virNetworkFree(pointer),
     });
-    return networks.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** Node devices (all, or only PCI with `cap: "pci"`), sorted by name. The caller frees each. */
   listNodeDevices(options: ListNodeDevicesOptions = {}): NodeDevice[] {
-    const out = new BigUint64Array(1);
     const flags = options.cap === "pci" ? VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV : 0;
-    const count = checkInt(
-      libvirt().virConnectListAllNodeDevices(this.#live("listNodeDevices"), out, flags),
-      {
-        operation: "virConnectListAllNodeDevices",
-        context: `Cannot list the node devices of "${this.#uri}"`,
-      },
-    );
-    const devices = adoptArray(out, count, {
+    return this.#listAll({
+      operation: "virConnectListAllNodeDevices",
+      what: "node devices",
+      list: (connection, out) => libvirt().virConnectListAllNodeDevices(connection, out, flags),
+    }, {
       wrap: (pointer) => new NodeDevice(pointer),
       release: (pointer) => libvirt().virNodeDeviceFree(pointer),
     });
-    return devices.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /** The node device called `name` (`pci_0000_01_00_0`). */

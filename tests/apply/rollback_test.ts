@@ -64,6 +64,19 @@ async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promi
   assertEquals(report.changed, [name]);
 }
 
+/** Applies `address` to VM `name`, then its release: the backup of the second apply holds it. */
+async function addThenRelease(f: Fixture, name: string, address: string): Promise<void> {
+  await addHostdevs(f, name, [address]);
+  const withIt = f.port.getPersistentXml(name, { secure: true });
+  const released = editDomainXml(withIt, { remove: [address], add: [], records: [] });
+  const vm: VmPlan = { ...emptyVmPlan(name, withIt), desiredXml: released, changed: true };
+  const report = await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  assertEquals(report.changed, [name]);
+}
+
 function hostdevs(f: Fixture, name: string): string[] {
   return parseDomainXml(f.port.getPersistentXml(name)).hostdevs.map((h) => h.address);
 }
@@ -421,16 +434,8 @@ Deno.test("rollbackVm() does not overwrite a change made to the VM while the que
 Deno.test("rollbackVm() does not restore a backup giving the VM a device another domain holds now", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
-  await addHostdevs(f, "alpha", [GPU]);
   // alpha lets the GPU go (its backup holds it), and beta takes it.
-  const withGpu = f.port.getPersistentXml("alpha", { secure: true });
-  const released = editDomainXml(withGpu, { remove: [GPU], add: [], records: [] });
-  const vm: VmPlan = { ...emptyVmPlan("alpha", withGpu), desiredXml: released, changed: true };
-  const report = await applyPlan(
-    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
-    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
-  );
-  assertEquals(report.changed, ["alpha"]);
+  await addThenRelease(f, "alpha", GPU);
   await addHostdevs(f, "beta", [GPU]);
   const before = f.port.getPersistentXml("alpha", { secure: true });
   let asked = false;
@@ -454,14 +459,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
 Deno.test("rollbackVm() does not restore a backup giving the VM the controller under another domain's USB device", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
-  await addHostdevs(f, "alpha", [GPU]);
-  const withGpu = f.port.getPersistentXml("alpha", { secure: true });
-  const released = editDomainXml(withGpu, { remove: [GPU], add: [], records: [] });
-  const vm: VmPlan = { ...emptyVmPlan("alpha", withGpu), desiredXml: released, changed: true };
-  await applyPlan(
-    { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
-    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
-  );
+  await addThenRelease(f, "alpha", GPU);
   // beta now takes a USB receiver plugged into that controller (as this host's facts say).
   f.port.define(
     f.port.getPersistentXml("beta", { secure: true }).replace(

@@ -60,6 +60,16 @@ function worldWith(dir: string, devices: string): string {
   return `${dir}/world.xml`;
 }
 
+/** A copy of the world file `world` in `dir` in which win10 runs; its path. */
+function withWin10Running(dir: string, world: string): string {
+  const running = Deno.readTextFileSync(world).replace(
+    /(<name>win10<\/name>[\s\S]*?<test:runstate>)5</,
+    "$11<",
+  );
+  Deno.writeTextFileSync(`${dir}/running.xml`, running);
+  return `${dir}/running.xml`;
+}
+
 /** A config giving `vm` the one device with `id` (vendor:device). */
 function wants(vm: string, id: string) {
   return parseConfig(
@@ -391,15 +401,7 @@ Deno.test("planHostdevs() counts the controller of another VM's <disk type='bloc
   assertEquals([win10.add, win10.changed], [[], false]);
   {
     // Only the running guest has the disk (virsh attach-disk --live): virsh edit cannot remove it.
-    const runs = `${demo.dir}/running.xml`;
-    Deno.writeTextFileSync(
-      runs,
-      Deno.readTextFileSync(world).replace(
-        /(<name>win10<\/name>[\s\S]*?<test:runstate>)5</,
-        "$11<",
-      ),
-    );
-    using port = openLibvirtPort(`test://${runs}`);
+    using port = openLibvirtPort(`test://${withWin10Running(demo.dir, world)}`);
     assertEquals(port.isActive("win10"), true);
     port.define(
       port.getPersistentXml("win10").replace(/<disk type='block'[\s\S]*?<\/disk>\s*/, ""),
@@ -509,15 +511,7 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
 
   {
     // Running, win10's live definition has the bus and device libvirt found: the same receiver.
-    const runs = `${demo.dir}/running.xml`;
-    Deno.writeTextFileSync(
-      runs,
-      Deno.readTextFileSync(world).replace(
-        /(<name>win10<\/name>[\s\S]*?<test:runstate>)5</,
-        "$11<",
-      ),
-    );
-    using port = openLibvirtPort(`test://${runs}`);
+    using port = openLibvirtPort(`test://${withWin10Running(demo.dir, world)}`);
     const running: LibvirtPort = {
       ...port,
       getLiveXml: (name) =>
