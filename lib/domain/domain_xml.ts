@@ -121,6 +121,12 @@ export interface ParsedDomain {
    * their controllers as held, when the host can say which they are.
    */
   usbDevices: UsbSource[];
+  /**
+   * The host network interfaces its `<interface type='direct'>` (macvtap on `<source dev>`) and
+   * `<interface type='bridge'>` (`<source bridge>`) elements use: planning counts the NICs under
+   * them as held, when the host can say which they are.
+   */
+  netDevices: string[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -250,6 +256,7 @@ interface Located {
   nvmeDisks: PciAddress[];
   blockDisks: string[];
   usbDevices: UsbSource[];
+  netDevices: string[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -338,6 +345,7 @@ function locate(xml: string): Located {
   const nvmeDisks: PciAddress[] = [];
   const blockDisks: string[] = [];
   const usbDevices: UsbSource[] = [];
+  const netDevices: string[] = [];
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -346,7 +354,12 @@ function locate(xml: string): Located {
       const macSpan = span.children.find((c) => c.name === "mac");
       const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
       if (mac !== undefined) macs.push(mac.trim().toLowerCase());
-      if (attribute(xml, span, "type") !== "hostdev") continue;
+      const type = attribute(xml, span, "type");
+      const netDevice = type === "direct" || type === "bridge"
+        ? interfaceSource(xml, span, type === "direct" ? "dev" : "bridge")
+        : null;
+      if (netDevice !== null) netDevices.push(netDevice);
+      if (type !== "hostdev") continue;
       const element = read(xml, span);
       const address = interfaceAddress(element);
       if (address !== null) interfaceHostdevs.push(address);
@@ -383,6 +396,7 @@ function locate(xml: string): Located {
     nvmeDisks,
     blockDisks,
     usbDevices,
+    netDevices,
     interfaces,
     macs,
     bootDevices,
@@ -436,6 +450,13 @@ function interfaceAddress(element: XmlElement): PciAddress | null {
   return address && (address.attributes.type ?? "pci") === "pci"
     ? pciAddressFromLibvirt(address.attributes)
     : null;
+}
+
+/** The `attribute` of an interface's `<source>` (`dev`, `bridge`), or `null`. */
+function interfaceSource(xml: string, span: XmlSpan, name: string): string | null {
+  const source = span.children.find((c) => c.name === "source");
+  const value = source === undefined ? undefined : attribute(xml, source, name);
+  return value === undefined || value === "" ? null : value;
 }
 
 /** The source of a USB subsystem `<hostdev>`; `null` for other hostdevs, or one it cannot read. */
@@ -618,6 +639,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     nvmeDisks: located.nvmeDisks,
     blockDisks: located.blockDisks,
     usbDevices: located.usbDevices,
+    netDevices: located.netDevices,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

@@ -261,6 +261,11 @@ export interface LenientPassedScan {
    * source cannot be read names none: libvirt refuses it).
    */
   usbDevices: UsbSource[];
+  /**
+   * The host network interfaces its `<interface type='direct'>` (`<source dev>`) and
+   * `<interface type='bridge'>` (`<source bridge>`) elements use (sorted, unique).
+   */
+  netDevices: string[];
 }
 
 /**
@@ -279,6 +284,7 @@ export interface LenientPassedScan {
  *   networks: [],
  *   blockDisks: [],
  *   usbDevices: [],
+ *   netDevices: [],
  * });
  * ```
  */
@@ -289,6 +295,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const networks = new Set<string>();
   const blockDisks = new Set<string>();
   const usbDevices: UsbSource[] = [];
+  const netDevices = new Set<string>();
   let unresolved = 0;
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
@@ -318,10 +325,16 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     const hostdevInterface = type === "hostdev" ||
       (type === undefined && tag.raw.includes("hostdev"));
     if (name === "interface" && !hostdevInterface) {
-      const network = type === "network" && !tag.selfClosing
-        ? sourceNetwork(element.slice(tag.end))
-        : null;
+      const source = (key: string) =>
+        tag.selfClosing ? null : interfaceSourceAttribute(element.slice(tag.end), key);
+      const network = type === "network" ? source("network") : null;
       if (network !== null) networks.add(network);
+      const netDevice = type === "direct"
+        ? source("dev")
+        : type === "bridge"
+        ? source("bridge")
+        : null;
+      if (netDevice !== null) netDevices.add(netDevice);
       return;
     }
     if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
@@ -348,6 +361,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     networks: [...networks].sort(),
     blockDisks: [...blockDisks].sort(),
     usbDevices,
+    netDevices: [...netDevices].sort(),
   };
 }
 
@@ -388,11 +402,15 @@ function usbSource(inside: string): UsbSource | null {
   });
 }
 
-/** The `network` of the `<source>` in an interface whose content starts `body`, or `null`. */
-function sourceNetwork(body: string): string | null {
+/**
+ * The attribute `key` (`network`, `dev`, `bridge`) of the `<source>` in an interface whose
+ * content starts `body`, or `null`.
+ */
+function interfaceSourceAttribute(body: string, key: string): string | null {
   const inside = elementContent(body, "interface");
   const open = findTag(inside, "source");
-  return open === -1 ? null : lenientTag(inside, open)?.attributes.network ?? null;
+  const value = open === -1 ? undefined : lenientTag(inside, open)?.attributes[key];
+  return value === undefined || value === "" ? null : value;
 }
 
 /** What {@link scanHostdevPoolLeniently} finds in a network's XML. */

@@ -159,7 +159,11 @@ function readDomain(xml: string): DomainFacts {
     records,
     vfRecords,
     networks: lenient.networks,
-    used: { blockDisks: lenient.blockDisks, usbDevices: lenient.usbDevices },
+    used: {
+      blockDisks: lenient.blockDisks,
+      usbDevices: lenient.usbDevices,
+      netDevices: lenient.netDevices,
+    },
     unreadable,
   };
 }

@@ -1,8 +1,8 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
- * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`) or a
- * `<hostdev type='usb'>` keeps the PCI controller under it busy while its VM runs, and libvirt
- * does not know it: a start that detaches the controller pulls the device from under that VM.
+ * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
+ * `<hostdev type='usb'>` or an `<interface type='direct'>` or `type='bridge'` on a NIC keeps the
+ * PCI controller under it busy while its VM runs, and libvirt does not know it: a start that detaches the controller pulls the device from under that VM.
  * Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one per running
  * domain): the hook must not call libvirt. The starting VM's own such devices count the same way:
  * taking their controller would pull them from under the guest being started.
@@ -54,8 +54,8 @@ export interface VmDeviceRoots {
 }
 
 /**
- * Which of `devices` have a block device or a USB device under them (a disk controller, a USB
- * controller): only their starts need the VMs' disks and USB devices resolved.
+ * Which of `devices` have a block device, a USB device or a network interface under them (a
+ * disk, USB or network controller): only their starts need the other VMs' devices resolved.
  */
 function withHostDevices(
   reader: SysfsReader,
@@ -69,24 +69,27 @@ function withHostDevices(
       if (wanted.has(address)) found.add(address);
     }
   }
-  const usb = `${sysRoot}/bus/usb/devices`;
-  // The devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`).
-  for (const name of reader.listDir(usb) ?? []) {
-    if (name.includes(":")) continue;
-    const link = reader.readLink(`${usb}/${name}`);
-    const address = link === null ? null : pciAncestor(link);
-    if (address !== null && wanted.has(address)) found.add(address);
-  }
+  // The USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`);
+  // the network interfaces of a PCI function (a bridge or a tap has none).
+  const linked = (dir: string, names: readonly string[]) => {
+    for (const name of names) {
+      const link = name.includes(":") ? null : reader.readLink(`${dir}/${name}`);
+      const address = link === null ? null : pciAncestor(link);
+      if (address !== null && wanted.has(address)) found.add(address);
+    }
+  };
+  linked(`${sysRoot}/bus/usb/devices`, reader.listDir(`${sysRoot}/bus/usb/devices`) ?? []);
+  linked(`${sysRoot}/class/net`, reader.listDir(`${sysRoot}/class/net`) ?? []);
   return found;
 }
 
 /**
- * The devices among `devices` under a host device another running VM uses (`vm` is the one
- * starting, whose own status is skipped) or the starting VM itself uses (`own`): as host use,
- * reason `vm-device`. Reads nothing more than the status directory's listing when no other VM
- * runs and the VM uses no such device, and than listings of `class/block` and `bus/usb/devices`
- * unless one of `devices` has such a device under it. Throws when a status file is larger than 4
- * MiB or a disk's path cannot be read (the check then fails closed).
+ * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
+ * directly, a few links each) or another running VM uses (`vm` is the one starting, whose own
+ * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
+ * when one runs and one of `devices` has a disk, a USB device or a network interface under it.
+ * Throws when a status file is larger than 4 MiB or a disk's path cannot be read (the check then
+ * fails closed).
  *
  * @example
  * ```ts
@@ -101,7 +104,7 @@ function withHostDevices(
  *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
- * const own = { blockDisks: [], usbDevices: [] };
+ * const own = { blockDisks: [], usbDevices: [], netDevices: [] };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
  *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',
  * }]);
@@ -113,32 +116,36 @@ export function vmDeviceUses(
   roots: VmDeviceRoots,
   options: { vm: string; devices: readonly PciDevice[]; own: UsedDevices },
 ): HostUse[] {
-  const { own } = options;
-  // Most starts find no other VM running and use no such device: one listing, nothing else read.
+  const uses: HostUse[] = [];
+  let plugged: HostUsbDevice[] | null = null;
+  const useAll = (used: UsedDevices, whose: string, among: ReadonlySet<PciAddress>) => {
+    const use = (addresses: readonly PciAddress[], what: string) => {
+      for (const address of addresses) {
+        if (among.has(address)) {
+          uses.push({ address, reason: "vm-device", detail: `${what} of ${whose}` });
+        }
+      }
+    };
+    for (const path of used.blockDisks) {
+      use(blockDeviceControllers(reader, roots, path), `disk ${path}`);
+    }
+    for (const source of used.usbDevices) {
+      plugged ??= readUsbDevices(reader, roots.sysRoot);
+      use(usbDeviceControllers(plugged, source), describeUsbSource(source));
+    }
+    for (const name of used.netDevices) {
+      use(pciDevicesUnder(reader, roots.sysRoot, "net", name), `network interface ${name}`);
+    }
+  };
+  useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));
+  // Most starts find no other VM running: one listing, and nothing else is read.
   const others = (reader.listDir(roots.statusDir) ?? [])
     .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
     .filter((name) => name !== options.vm)
     .sort();
-  if (others.length === 0 && own.blockDisks.length + own.usbDevices.length === 0) return [];
+  if (others.length === 0) return uses;
   const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
-  if (candidates.size === 0) return [];
-  const uses: HostUse[] = [];
-  let plugged: HostUsbDevice[] | null = null;
-  const use = (addresses: readonly PciAddress[], detail: string) => {
-    for (const address of addresses) {
-      if (candidates.has(address)) uses.push({ address, reason: "vm-device", detail });
-    }
-  };
-  const useAll = (used: UsedDevices, whose: string) => {
-    for (const path of used.blockDisks) {
-      use(blockDeviceControllers(reader, roots, path), `disk ${path} of ${whose}`);
-    }
-    for (const source of used.usbDevices) {
-      plugged ??= readUsbDevices(reader, roots.sysRoot);
-      use(usbDeviceControllers(plugged, source), `${describeUsbSource(source)} of ${whose}`);
-    }
-  };
-  useAll(own, "this VM itself");
+  if (candidates.size === 0) return uses;
   for (const name of others) {
     const file = `${roots.statusDir}/${name}.xml`;
     let xml: string | null;
@@ -150,7 +157,7 @@ export function vmDeviceUses(
     }
     // Gone since the listing: that VM stopped.
     if (xml === null) continue;
-    useAll(scanPassedDevicesLeniently(xml), `running VM ${JSON.stringify(name)}`);
+    useAll(scanPassedDevicesLeniently(xml), `running VM ${JSON.stringify(name)}`, candidates);
   }
   return uses;
 }

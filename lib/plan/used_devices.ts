@@ -1,7 +1,8 @@
 /**
  * The host devices a domain uses without passing a PCI function through: block disks by their
- * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores) and USB devices
- * (`<hostdev type='usb'>`). Each hangs under a PCI controller, and a rule that passes that
+ * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
+ * (`<hostdev type='usb'>`) and network interfaces (`<interface type='direct'>` on a NIC,
+ * `<interface type='bridge'>` on a bridge whose ports are NICs). Each hangs under a PCI controller, and a rule that passes that
  * controller to a guest takes the device from under the domain: from another VM, or from the VM
  * itself (its start would detach the controller, and the device with it). Pure: the host is read
  * through {@link DeviceResolvers}.
@@ -23,6 +24,8 @@ export interface DeviceResolvers {
   blockDeviceControllers(path: string): PciAddress[] | null;
   /** The controllers under the USB devices a USB hostdev's source names. */
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
+  /** The NICs under a host network interface (a bridge's or bond's ports); absent: not resolved. */
+  netDeviceControllers?(name: string): PciAddress[] | null;
 }
 
 /**
@@ -37,6 +40,8 @@ export interface UsedDevices {
   blockDisks: string[];
   /** Sources of its USB hostdevs. */
   usbDevices: UsbSource[];
+  /** The host network interfaces of its `direct` and `bridge` interfaces. */
+  netDevices: string[];
 }
 
 /**
@@ -45,13 +50,14 @@ export interface UsedDevices {
  */
 export function usedDevicesIn(read: DefinitionRead): UsedDevices {
   if (read.kind === "parsed") {
-    return { blockDisks: read.domain.blockDisks, usbDevices: read.domain.usbDevices };
+    const { blockDisks, usbDevices, netDevices } = read.domain;
+    return { blockDisks, usbDevices, netDevices };
   }
   if (read.kind === "unreadable") {
-    const { blockDisks, usbDevices } = scanPassedDevicesLeniently(read.xml);
-    return { blockDisks, usbDevices };
+    const { blockDisks, usbDevices, netDevices } = scanPassedDevicesLeniently(read.xml);
+    return { blockDisks, usbDevices, netDevices };
   }
-  return { blockDisks: [], usbDevices: [] };
+  return { blockDisks: [], usbDevices: [], netDevices: [] };
 }
 
 /**
@@ -64,12 +70,13 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
     usbDevices: live.usbDevices.filter((source) =>
       !defined.usbDevices.some((d) => sameUsbDevice(d, source))
     ),
+    netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
   };
 }
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, followed by `mark`). A block disk whose path cannot be read
+ * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, followed by `mark`). A block disk whose path cannot be read
  * counts no controller and is passed to `unreadable`.
  *
  * @example
@@ -78,6 +85,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  * const used = {
  *   blockDisks: ["/dev/sdb"],
  *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
+ *   netDevices: [],
  * };
  * const resolvers = {
  *   blockDeviceControllers: () => ["0000:00:17.0"],
@@ -112,6 +120,9 @@ export function controllersUnder(
   }
   for (const source of used.flatMap((u) => u.usbDevices)) {
     add(resolvers.usbDeviceControllers(source), describeUsbSource(source));
+  }
+  for (const name of new Set(used.flatMap((u) => u.netDevices))) {
+    add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);
   }
   return controllers;
 }

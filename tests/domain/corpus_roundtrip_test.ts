@@ -184,19 +184,27 @@ Deno.test({
   fn() {
     const disagree: string[] = [];
     let usb = 0;
+    let net = 0;
     for (const { name, xml } of corpusFiles()) {
       const strict = parseDomainXml(xml);
       const lenient = scanPassedDevicesLeniently(xml);
       const strictUsed = {
         blockDisks: [...new Set(strict.blockDisks)].sort(),
         usbDevices: strict.usbDevices,
+        netDevices: [...new Set(strict.netDevices)].sort(),
       };
-      const lenientUsed = { blockDisks: lenient.blockDisks, usbDevices: lenient.usbDevices };
+      const lenientUsed = {
+        blockDisks: lenient.blockDisks,
+        usbDevices: lenient.usbDevices,
+        netDevices: lenient.netDevices,
+      };
       if (JSON.stringify(strictUsed) !== JSON.stringify(lenientUsed)) disagree.push(name);
       usb += strict.usbDevices.length;
+      net += strict.netDevices.length;
     }
     assertEquals(disagree, []);
-    // Every USB hostdev of the corpus (by bus and device number) is read.
-    assertEquals(usb, 12);
+    // Every USB hostdev of the corpus (by bus and device number) is read, and every direct and
+    // bridge interface's source.
+    assertEquals([usb, net], [12, 26]);
   },
 });

@@ -596,6 +596,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     networks: [],
     blockDisks: [],
     usbDevices: [],
+    netDevices: [],
   });
 });
 
@@ -685,6 +686,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     networks: [],
     blockDisks: [],
     usbDevices: [],
+    netDevices: [],
   });
 });
 

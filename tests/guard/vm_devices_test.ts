@@ -5,7 +5,7 @@
 // running domains' status files (`/run/libvirt/qemu/NAME.xml`) are read only when a device the
 // starting VM takes has such a device under it. On the Z690 tree: a Samsung NVMe at 06:00.0
 // (nvme1n1), a GPU at 04:00.0, a USB controller at 41:00.0 with a Logitech receiver (bus 3,
-// device 2).
+// device 2), an Intel NIC at 0a:00.0 (enp10s0).
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
@@ -16,6 +16,7 @@ import { runGuard } from "../../lib/guard/run.ts";
 const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
 const USB = "0000:41:00.0";
+const NIC = "0000:0a:00.0";
 
 function hostdev(address: string): string {
   const [, bus, slotFn] = address.split(":");
@@ -73,6 +74,11 @@ async function start(devices: string[], running: Record<string, string>) {
   }
   Deno.mkdirSync(`${dir}/bus/usb/devices`, { recursive: true });
   Deno.symlinkSync(`../../..${receiver.slice(dir.length)}`, `${dir}/bus/usb/devices/3-1`);
+  Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/0000:00:1c.4/${NIC}/net/enp10s0`,
+    `${dir}/class/net/enp10s0`,
+  );
   Deno.mkdirSync(`${dir}/qemu`);
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
@@ -176,5 +182,20 @@ Deno.test("guard: taking the controller of a USB device the VM or a running VM u
   const gpu = await start([hostdev(GPU), usbHostdev("ids")], {
     kbd: status("kbd", [usbHostdev("address")]),
   });
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+Deno.test("guard: taking the NIC under a running VM's macvtap interface, or the VM's own, refuses the start", async () => {
+  const macvtap = `<interface type='direct'><source dev='enp10s0' mode='bridge'/></interface>`;
+  const other = await start([hostdev(NIC)], { router: status("router", [macvtap]) });
+  assertEquals([other.code, other.refusals], [1, [["host-needs", NIC]]]);
+  assertMatch(other.line, /\(vm-device: network interface enp10s0 of running VM "router"\)/);
+  const own = await start([hostdev(NIC), macvtap], {});
+  assertMatch(own.line, /\(vm-device: network interface enp10s0 of this VM itself\)/);
+  // On another NIC, or another device taken: nothing to lose.
+  const elsewhere = macvtap.replace("enp10s0", "enp9s0");
+  const passes = await start([hostdev(NIC)], { router: status("router", [elsewhere]) });
+  assertEquals([passes.code, passes.refusals], [0, []]);
+  const gpu = await start([hostdev(GPU)], { router: status("router", [macvtap]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
 });

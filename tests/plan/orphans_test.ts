@@ -537,3 +537,54 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
   });
   assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
+
+Deno.test("planHostdevs() counts the NIC under a VM's bridge or macvtap interface as that VM's, on the live host", async () => {
+  using demo = await demoHost();
+  // win10 is on bridge br0, whose port is the Aquantia NIC (enp68s0, 0000:44:00.0).
+  const world = worldWith(
+    demo.dir,
+    `<interface type='bridge'><mac address='52:54:00:aa:bb:cc'/><source bridge='br0'/>
+        <model type='virtio'/></interface>`,
+  );
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/class/net`, { recursive: true });
+  Deno.mkdirSync(`${sys}/devices/virtual/net/br0`, { recursive: true });
+  Deno.symlinkSync("../enp68s0", `${sys}/devices/virtual/net/br0/lower_enp68s0`);
+  Deno.symlinkSync("../../devices/virtual/net/br0", `${sys}/class/net/br0`);
+  Deno.symlinkSync(
+    "../../devices/pci0000:40/0000:40:01.3/0000:44:00.0/net/enp68s0",
+    `${sys}/class/net/enp68s0`,
+  );
+  using libvirt = openLibvirtPort(`test://${world}`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).netDevices, ["br0"]);
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+
+  const refused = planHostdevs({
+    config: wants("gentoo", "1d6a:07b1"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertMatch(
+    assertTakenFromWin10(refused).message,
+    /; "win10" uses network interface br0 on 0000:44:00\.0$/,
+  );
+  const own = planHostdevs({
+    config: wants("win10", "1d6a:07b1"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
+    "0000:44:00.0",
+  ]]]);
+  // A captured tree has no interfaces to follow.
+  const captured = planHostdevs({
+    config: wants("gentoo", "1d6a:07b1"),
+    host: demo.host,
+    libvirt,
+    facts: readHostFacts(roots),
+  });
+  assertEquals(captured.vms[0]!.add.map((a) => a.address), ["0000:44:00.0"]);
+});
