@@ -93,7 +93,7 @@ export async function run(
     stateDir,
     lock,
     ...(values.to !== undefined ? { backup: values.to } : {}),
-    // This host's disks and USB devices, when libvirt runs here.
+    // This host's disks, USB devices and network interfaces, when libvirt runs here.
     ...(isRemoteUri(libvirt.uri) ? {} : { devices: hostFactsFor(undefined) }),
     confirm: values.yes
       ? () => Promise.resolve(true)

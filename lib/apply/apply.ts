@@ -185,8 +185,8 @@ export interface ApplyOptions {
   lock?: StateLock;
   /**
    * Which PCI controllers are under a host device (the plan's `HostFacts`): the re-check before
-   * each define then counts the controllers under the block disks and USB devices other domains
-   * use as theirs, as the plan did. Default: they are not re-checked.
+   * each define then counts the controllers under the block disks, USB devices and network
+   * interfaces other domains use as theirs, as the plan did. Default: they are not re-checked.
    */
   devices?: DeviceResolvers;
 }

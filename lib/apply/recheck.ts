@@ -139,8 +139,8 @@ export interface HeldElsewhereOptions {
   expected?: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress>;
   /**
    * Which controllers are under a host device (on the live host): with them, the controllers
-   * under the block disks and USB devices other domains use count as held by them. Default: not
-   * resolved.
+   * under the block disks, USB devices and network interfaces other domains use count as held by
+   * them. Default: not resolved.
    */
   resolvers?: DeviceResolvers;
   /**

@@ -57,8 +57,8 @@ export interface RollbackOptions {
   lock?: StateLock;
   /**
    * Which PCI controllers are under a host device (`HostFacts` of this host, when libvirt runs
-   * here): the controllers under other domains' block disks and USB devices then count as theirs
-   * when checking what the backup gives back. Default: they are not resolved.
+   * here): the controllers under other domains' block disks, USB devices and network interfaces
+   * then count as theirs when checking what the backup gives back. Default: they are not resolved.
    */
   devices?: DeviceResolvers;
 }

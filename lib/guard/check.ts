@@ -101,9 +101,9 @@ export interface GuardCheckInput {
   /**
    * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
    * Called once with every device found at the domain's addresses, and the host devices the
-   * domain itself uses (its block disks and USB hostdevs, whose controllers it must keep: see
-   * `vmDeviceUses`). `null` (a captured tree without host-use facts) marks nothing; the live host
-   * always knows.
+   * domain itself uses (its block disks, USB hostdevs and interfaces' NICs, whose controllers it
+   * must keep: see `vmDeviceUses`). `null` (a captured tree without host-use facts) marks
+   * nothing; the live host always knows.
    */
   hostUse: (devices: PciDevice[], own: UsedDevices) => readonly HostUse[] | null;
   /**

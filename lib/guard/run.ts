@@ -102,8 +102,8 @@ function networkStatusReader(
 
 /**
  * What the host uses among `devices`, as `plan` reads it, and on the live host also the
- * controllers under the block disks and USB devices the VM itself uses (`own`) and the other
- * running VMs use (which `plan` reads from their definitions).
+ * controllers under the block disks, USB devices and network interfaces the VM itself uses
+ * (`own`) and the other running VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(
   options: GuardRunOptions,

@@ -1,11 +1,12 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
  * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
- * `<hostdev type='usb'>` or an `<interface type='direct'>` or `type='bridge'` on a NIC keeps the
- * PCI controller under it busy while its VM runs, and libvirt does not know it: a start that detaches the controller pulls the device from under that VM.
- * Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one per running
- * domain): the hook must not call libvirt. The starting VM's own such devices count the same way:
- * taking their controller would pull them from under the guest being started.
+ * `<hostdev type='usb'>` or an `<interface type='direct'>` or `type='bridge'` on a NIC keeps
+ * the PCI controller under it busy while its VM runs, and libvirt does not know it: a start that
+ * detaches the controller pulls the device from under that VM. Read from the QEMU driver's
+ * status files (`/run/libvirt/qemu/NAME.xml`, one per running domain): the hook must not call
+ * libvirt. The starting VM's own such devices count the same way: taking their controller would
+ * pull them from under the guest being started.
  *
  * @module
  */
@@ -15,6 +16,7 @@ import type { SysfsReader } from "../host/sysfs.ts";
 import {
   blockDeviceControllers,
   type HostUsbDevice,
+  nicsUnder,
   pciAncestor,
   pciDevicesUnder,
   readUsbDevices,
@@ -69,23 +71,31 @@ function withHostDevices(
       if (wanted.has(address)) found.add(address);
     }
   }
-  // The USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`);
-  // the network interfaces of a PCI function (a bridge or a tap has none).
-  const linked = (dir: string, names: readonly string[]) => {
-    for (const name of names) {
-      const link = name.includes(":") ? null : reader.readLink(`${dir}/${name}`);
-      const address = link === null ? null : pciAncestor(link);
-      if (address !== null && wanted.has(address)) found.add(address);
+  for (const dir of [`${sysRoot}/bus/usb/devices`, `${sysRoot}/class/net`]) {
+    for (const address of linkedFunctions(reader, dir)) {
+      if (wanted.has(address)) found.add(address);
     }
-  };
-  linked(`${sysRoot}/bus/usb/devices`, reader.listDir(`${sysRoot}/bus/usb/devices`) ?? []);
-  linked(`${sysRoot}/class/net`, reader.listDir(`${sysRoot}/class/net`) ?? []);
+  }
   return found;
 }
 
 /**
+ * The PCI functions the entries of `dir` (`bus/usb/devices`, `class/net`) hang under:
+ * USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`); the
+ * network interfaces of PCI functions (a bridge or a tap has none).
+ */
+function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
+  return (reader.listDir(dir) ?? []).flatMap((name) => {
+    const link = name.includes(":") ? null : reader.readLink(`${dir}/${name}`);
+    const address = link === null ? null : pciAncestor(link);
+    return address === null ? [] : [address];
+  });
+}
+
+/**
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
- * directly, a few links each) or another running VM uses (`vm` is the one starting, whose own
+ * directly, a few links each; its USB devices only when a device taken is a USB controller with
+ * devices plugged in) or another running VM uses (`vm` is the one starting, whose own
  * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
  * when one runs and one of `devices` has a disk, a USB device or a network interface under it.
  * Throws when a status file is larger than 4 MiB or a disk's path cannot be read (the check then
@@ -118,6 +128,12 @@ export function vmDeviceUses(
 ): HostUse[] {
   const uses: HostUse[] = [];
   let plugged: HostUsbDevice[] | null = null;
+  let usbControllers: Set<PciAddress> | null = null;
+  // Each USB device's attributes are read only when a device taken is a USB controller in use.
+  const usbUnder = (among: ReadonlySet<PciAddress>) => {
+    usbControllers ??= new Set(linkedFunctions(reader, `${roots.sysRoot}/bus/usb/devices`));
+    return [...among].some((address) => usbControllers!.has(address));
+  };
   const useAll = (used: UsedDevices, whose: string, among: ReadonlySet<PciAddress>) => {
     const use = (addresses: readonly PciAddress[], what: string) => {
       for (const address of addresses) {
@@ -129,12 +145,12 @@ export function vmDeviceUses(
     for (const path of used.blockDisks) {
       use(blockDeviceControllers(reader, roots, path), `disk ${path}`);
     }
-    for (const source of used.usbDevices) {
+    for (const source of used.usbDevices.length > 0 && usbUnder(among) ? used.usbDevices : []) {
       plugged ??= readUsbDevices(reader, roots.sysRoot);
       use(usbDeviceControllers(plugged, source), describeUsbSource(source));
     }
     for (const name of used.netDevices) {
-      use(pciDevicesUnder(reader, roots.sysRoot, "net", name), `network interface ${name}`);
+      use(nicsUnder(reader, roots.sysRoot, name), `network interface ${name}`);
     }
   };
   useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));

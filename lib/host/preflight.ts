@@ -22,7 +22,7 @@ import {
 import { canonicalPciAddress } from "../pci/address.ts";
 import {
   blockDeviceControllers,
-  pciDevicesUnder,
+  nicsUnder,
   readUsbDevices,
   usbDeviceControllers,
 } from "./sysfs_device.ts";
@@ -399,7 +399,7 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     netDeviceControllers: (name) =>
       options.devRoot === undefined || name.includes("/") || name.startsWith(".")
         ? null
-        : pciDevicesUnder(reader, sysRoot, "net", name),
+        : nicsUnder(reader, sysRoot, name),
   };
 }
 

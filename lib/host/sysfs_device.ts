@@ -379,6 +379,21 @@ export function pciDevicesUnder(
 }
 
 /**
+ * The NICs under the network interface `name` (see {@link pciDevicesUnder}), each with its
+ * physical function when it is an SR-IOV VF: passing the PF to a guest unbinds its host driver,
+ * which destroys the VF, and the macvtap or bridge on it with it.
+ */
+export function nicsUnder(reader: SysfsReader, sysRoot: string, name: string): PciAddress[] {
+  const nics = pciDevicesUnder(reader, sysRoot, "net", name);
+  const pfs = nics.flatMap((address) => {
+    const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/physfn`);
+    const pf = link === null ? null : canonicalPciAddress(baseName(link));
+    return pf === null ? [] : [pf];
+  });
+  return [...new Set([...nics, ...pfs])];
+}
+
+/**
  * The PCI functions of an NVMe subsystem's controllers. With native NVMe multipath (a drive whose
  * subsystem can have several controllers, such as a dual-port one) the kernel hangs the disk
  * (`nvme0n1`) under `devices/virtual/nvme-subsystem/nvme-subsysN`, not under a controller, and

@@ -2,10 +2,10 @@
  * The host devices a domain uses without passing a PCI function through: block disks by their
  * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
  * (`<hostdev type='usb'>`) and network interfaces (`<interface type='direct'>` on a NIC,
- * `<interface type='bridge'>` on a bridge whose ports are NICs). Each hangs under a PCI controller, and a rule that passes that
- * controller to a guest takes the device from under the domain: from another VM, or from the VM
- * itself (its start would detach the controller, and the device with it). Pure: the host is read
- * through {@link DeviceResolvers}.
+ * `<interface type='bridge'>` on a bridge whose ports are NICs). Each hangs under a PCI
+ * controller, and a rule that passes that controller to a guest takes the device from under the
+ * domain: from another VM, or from the VM itself (its start would detach the controller, and the
+ * device with it). Pure: the host is read through {@link DeviceResolvers}.
  *
  * @module
  */
@@ -76,8 +76,8 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, followed by `mark`). A block disk whose path cannot be read
- * counts no controller and is passed to `unreadable`.
+ * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, followed by `mark`). A block disk
+ * whose path cannot be read counts no controller and is passed to `unreadable`.
  *
  * @example
  * ```ts

@@ -120,10 +120,12 @@ Deno.test("heldSincePlan() refuses what is new since the plan", () => {
 function resolvers(
   disks: Record<string, string[]>,
   usb: Record<string, string[]> = {},
+  nics: Record<string, string[]> = {},
 ): DeviceResolvers {
   return {
     blockDeviceControllers: (path) => disks[path] ?? [],
     usbDeviceControllers: (source) => usb[`${source.vendorId}:${source.productId}`] ?? [],
+    netDeviceControllers: (name) => nics[name] ?? [],
   };
 }
 
@@ -142,6 +144,11 @@ Deno.test("heldSincePlan() counts the controllers under another domain's block d
   const both = resolvers({ "/dev/nvme1n1": [NIC] }, { "046d:c52b": [NIC] });
   assertEquals(heldSincePlan(alpha, plan, world, both), [
     `"nas" holds "0000:02:00.0" (under its disk /dev/nvme1n1, USB device 046d:c52b) in its persistent definition`,
+  ]);
+  const bridge = `<interface type='bridge'><source bridge='br0'/></interface>`;
+  const onBridge = dataWorld({ alpha: alphaXml, nas: nas(bridge) });
+  assertEquals(heldSincePlan(alpha, plan, onBridge, resolvers({}, {}, { br0: [NIC] })), [
+    `"nas" holds "0000:02:00.0" (under its network interface br0) in its persistent definition`,
   ]);
   const onlyUsb = dataWorld({ alpha: alphaXml, nas: nas(usb) });
   assertEquals(heldSincePlan(alpha, plan, onlyUsb, both), [

@@ -79,6 +79,16 @@ async function start(devices: string[], running: Record<string, string>) {
     `../../devices/pci0000:00/0000:00:1c.4/${NIC}/net/enp10s0`,
     `${dir}/class/net/enp10s0`,
   );
+  // br1 over enp10s0; enp10s0v0, a VF of it (0000:0a:10.0).
+  Deno.mkdirSync(`${dir}/devices/virtual/net/br1`, { recursive: true });
+  Deno.symlinkSync("../enp10s0", `${dir}/devices/virtual/net/br1/lower_enp10s0`);
+  Deno.symlinkSync("../../devices/virtual/net/br1", `${dir}/class/net/br1`);
+  Deno.symlinkSync(
+    "../../devices/pci0000:00/0000:00:1c.4/0000:0a:10.0/net/enp10s0v0",
+    `${dir}/class/net/enp10s0v0`,
+  );
+  Deno.mkdirSync(`${dir}/bus/pci/devices/0000:0a:10.0`, { recursive: true });
+  Deno.symlinkSync(`../${NIC}`, `${dir}/bus/pci/devices/0000:0a:10.0/physfn`);
   Deno.mkdirSync(`${dir}/qemu`);
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
@@ -191,7 +201,16 @@ Deno.test("guard: taking the NIC under a running VM's macvtap interface, or the 
   assertEquals([other.code, other.refusals], [1, [["host-needs", NIC]]]);
   assertMatch(other.line, /\(vm-device: network interface enp10s0 of running VM "router"\)/);
   const own = await start([hostdev(NIC), macvtap], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", NIC]]]);
   assertMatch(own.line, /\(vm-device: network interface enp10s0 of this VM itself\)/);
+  // A bridge whose port is the NIC; a macvtap on a VF of it (passing the PF destroys the VF).
+  const bridge = `<interface type='bridge'><source bridge='br1'/></interface>`;
+  const onBridge = await start([hostdev(NIC)], { router: status("router", [bridge]) });
+  assertMatch(onBridge.line, /\(vm-device: network interface br1 of running VM "router"\)/);
+  const onVf = await start([hostdev(NIC)], {
+    router: status("router", [macvtap.replace("enp10s0", "enp10s0v0")]),
+  });
+  assertMatch(onVf.line, /\(vm-device: network interface enp10s0v0 of running VM "router"\)/);
   // On another NIC, or another device taken: nothing to lose.
   const elsewhere = macvtap.replace("enp10s0", "enp9s0");
   const passes = await start([hostdev(NIC)], { router: status("router", [elsewhere]) });

@@ -579,6 +579,24 @@ Deno.test("planHostdevs() counts the NIC under a VM's bridge or macvtap interfac
   assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
     "0000:44:00.0",
   ]]]);
+  {
+    // A macvtap on the NIC itself (<interface type='direct'>) holds it the same way.
+    const direct = worldWith(
+      demo.dir,
+      `<interface type='direct'><source dev='enp68s0' mode='bridge'/><model type='virtio'/></interface>`,
+    );
+    using port = openLibvirtPort(`test://${direct}`);
+    const taken = planHostdevs({
+      config: wants("gentoo", "1d6a:07b1"),
+      host: demo.host,
+      libvirt: port,
+      facts: live,
+    });
+    assertMatch(
+      assertTakenFromWin10(taken).message,
+      /"win10" uses network interface enp68s0 on 0000:44:00\.0$/,
+    );
+  }
   // A captured tree has no interfaces to follow.
   const captured = planHostdevs({
     config: wants("gentoo", "1d6a:07b1"),
