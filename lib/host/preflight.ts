@@ -397,9 +397,7 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     usbDeviceControllers: (source) =>
       options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
     netDeviceControllers: (name) =>
-      options.devRoot === undefined || name.includes("/") || name.startsWith(".")
-        ? null
-        : nicsUnder(reader, sysRoot, name),
+      options.devRoot === undefined ? null : nicsUnder(reader, sysRoot, name),
   };
 }
 

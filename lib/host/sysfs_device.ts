@@ -381,9 +381,11 @@ export function pciDevicesUnder(
 /**
  * The NICs under the network interface `name` (see {@link pciDevicesUnder}), each with its
  * physical function when it is an SR-IOV VF: passing the PF to a guest unbinds its host driver,
- * which destroys the VF, and the macvtap or bridge on it with it.
+ * which destroys the VF, and the macvtap or bridge on it with it. None for a name no interface
+ * can have (it comes from a domain's XML: `/` or a leading `.` would leave `class/net`).
  */
 export function nicsUnder(reader: SysfsReader, sysRoot: string, name: string): PciAddress[] {
+  if (name === "" || name.includes("/") || name.startsWith(".")) return [];
   const nics = pciDevicesUnder(reader, sysRoot, "net", name);
   const pfs = nics.flatMap((address) => {
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/physfn`);
@@ -546,7 +548,10 @@ interface InterfaceRoutes {
   hasDefault: boolean;
   /** The first few of its networks (`192.0.2.0/24`, `fd00:5::/64`), for messages. */
   networks: string[];
-  /** How many networks it carries in all. */
+  /**
+   * How many routes to networks it carries: a network routed twice through it (two metrics)
+   * counts twice once three are named, as keeping every prefix of a full table costs too much.
+   */
   count: number;
 }
 

@@ -60,8 +60,8 @@ export interface ResolveOptions {
   /** Per VM: the VFs recorded in its domain (keeps a `vf: any` rule on its VF, follows its PF). */
   vfRecords?: ReadonlyMap<string, readonly VfIdentity[]>;
   /**
-   * Per VM: the PCI controllers under the host devices it uses (block disks, USB devices), each
-   * with what it holds there. Its rules must not take them: the start would detach the
+   * Per VM: the PCI controllers under the host devices it uses (block disks, USB devices, the
+   * NICs under its macvtap and bridge interfaces), each with what it holds there. Its rules must not take them: the start would detach the
    * controller, and those devices with it.
    */
   deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
@@ -161,7 +161,7 @@ function removeAdvice(vm: string, used: readonly string[]): string {
 
 /**
  * The VM's `own-device` issues: taking the controller under a host device it uses itself (a
- * block disk by its `/dev` path, a USB device) is refused: at start libvirt detaches the
+ * block disk by its `/dev` path, a USB device, a NIC its network goes through) is refused: at start libvirt detaches the
  * controller from its host driver, the device goes away with it, and the guest cannot open it.
  * A rule with `iommu_group: false` whose group holds such a controller is warned about: the VM
  * starts only once that controller is unbound or on vfio-pci, which takes the device too.

@@ -62,8 +62,8 @@ export interface Holding {
   /** The MACs of its interfaces (persistent and live). */
   macs: string[];
   /**
-   * The PCI controllers under the host devices it uses (block disks, USB devices; persistent and
-   * live), each with what it holds there: in `fixed` too, and its own rules must not take them.
+   * The PCI controllers under the host devices it uses (block disks, USB devices, interfaces'
+   * NICs; persistent and live), each with what it holds there: in `fixed` too, and its own rules must not take them.
    */
   deviceControllers: Map<PciAddress, string[]>;
 }
