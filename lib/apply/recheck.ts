@@ -37,8 +37,9 @@ interface Held {
 
 /**
  * The PCI addresses a definition holds, and why that is not fully known (or `null`); with
- * `resolvers`, the controllers under the host devices it uses too. A disk whose device cannot be
- * read makes them unknown, unless `warned` says the plan warned about it already.
+ * `resolvers`, the controllers under the host devices it uses too. A disk or character device
+ * whose device cannot be read makes them unknown, unless `warned` says the plan warned about it
+ * already.
  */
 function heldBy(
   read: DefinitionRead,
@@ -46,8 +47,8 @@ function heldBy(
   warned: (path: string) => boolean,
 ): Held {
   const unreadDisks: string[] = [];
-  const uses = controllersUnder([usedDevicesIn(read)], resolvers, (path, error) => {
-    if (!warned(path)) unreadDisks.push(`its disk ${path} cannot be read: ${errorText(error)}`);
+  const uses = controllersUnder([usedDevicesIn(read)], resolvers, (path, error, kind) => {
+    if (!warned(path)) unreadDisks.push(`its ${kind} ${path} cannot be read: ${errorText(error)}`);
   });
   const add = (addresses: PciAddress[], unknown: string | null): Held => ({
     addresses: [...addresses, ...uses.keys()],

@@ -11,6 +11,7 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
+import { CHAR_DEVICE_SOURCES } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
@@ -127,6 +128,12 @@ export interface ParsedDomain {
    * them as held, when the host can say which they are.
    */
   netDevices: string[];
+  /**
+   * The host character devices its evdev inputs and its serial ports, parallel ports, consoles
+   * and channels of `type='dev'` use (`/dev/...` as written; sorted, unique): planning counts
+   * their controllers as held, when the host can say which they are.
+   */
+  charDevices: string[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -257,6 +264,7 @@ interface Located {
   blockDisks: string[];
   usbDevices: UsbSource[];
   netDevices: string[];
+  charDevices: string[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -346,6 +354,7 @@ function locate(xml: string): Located {
   const blockDisks: string[] = [];
   const usbDevices: UsbSource[] = [];
   const netDevices: string[] = [];
+  const charDevices = new Set<string>();
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -356,7 +365,7 @@ function locate(xml: string): Located {
       if (mac !== undefined) macs.push(mac.trim().toLowerCase());
       const type = attribute(xml, span, "type");
       const netDevice = type === "direct" || type === "bridge"
-        ? interfaceSource(xml, span, type === "direct" ? "dev" : "bridge")
+        ? elementSource(xml, span, type === "direct" ? "dev" : "bridge")
         : null;
       if (netDevice !== null) netDevices.push(netDevice);
       if (type !== "hostdev") continue;
@@ -380,6 +389,12 @@ function locate(xml: string): Located {
       nvmeDisks.push(address);
     } else if (span.name === "disk") {
       blockDisks.push(...sourceDevices(xml, span));
+    } else {
+      const char = CHAR_DEVICE_SOURCES.get(span.name);
+      const path = char !== undefined && attribute(xml, span, "type") === char.type
+        ? elementSource(xml, span, char.attribute)
+        : null;
+      if (path !== null) charDevices.add(path);
     }
   }
   const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
@@ -397,6 +412,7 @@ function locate(xml: string): Located {
     blockDisks,
     usbDevices,
     netDevices,
+    charDevices: [...charDevices].sort(),
     interfaces,
     macs,
     bootDevices,
@@ -452,8 +468,11 @@ function interfaceAddress(element: XmlElement): PciAddress | null {
     : null;
 }
 
-/** The `attribute` of an interface's `<source>` (`dev`, `bridge`), or `null`. */
-function interfaceSource(xml: string, span: XmlSpan, name: string): string | null {
+/**
+ * The `attribute` of a device's `<source>` (an interface's `dev` or `bridge`, a serial port's
+ * `path`), or `null`.
+ */
+function elementSource(xml: string, span: XmlSpan, name: string): string | null {
   const source = span.children.find((c) => c.name === "source");
   const value = source === undefined ? undefined : attribute(xml, source, name);
   return value === undefined || value === "" ? null : value;
@@ -640,6 +659,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     blockDisks: located.blockDisks,
     usbDevices: located.usbDevices,
     netDevices: located.netDevices,
+    charDevices: located.charDevices,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

@@ -15,6 +15,7 @@
 import type { PciAddress } from "../host/types.ts";
 import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
+import { CHAR_DEVICE_SOURCES } from "./char_source.ts";
 
 export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
@@ -266,6 +267,11 @@ export interface LenientPassedScan {
    * `<interface type='bridge'>` (`<source bridge>`) elements use (sorted, unique).
    */
   netDevices: string[];
+  /**
+   * The host character devices its evdev inputs and its serial ports, parallel ports, consoles
+   * and channels of `type='dev'` use (sorted, unique).
+   */
+  charDevices: string[];
 }
 
 /**
@@ -285,6 +291,7 @@ export interface LenientPassedScan {
  *   blockDisks: [],
  *   usbDevices: [],
  *   netDevices: [],
+ *   charDevices: [],
  * });
  * ```
  */
@@ -362,7 +369,36 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     blockDisks: [...blockDisks].sort(),
     usbDevices,
     netDevices: [...netDevices].sort(),
+    charDevices: charDeviceSources(text),
   };
+}
+
+/** The start tag of an element whose source may be a host character device. */
+const CHAR_DEVICE_START = new RegExp(
+  `<(${[...CHAR_DEVICE_SOURCES.keys()].join("|")})(?=[\\s/>]|$)`,
+  "g",
+);
+
+/**
+ * The `/dev` paths of the host character devices the elements of {@link CHAR_DEVICE_SOURCES}
+ * in `text` use (sorted, unique). Only an element whose `type` says so counts, which leaves out
+ * a disk's `<serial>` (it has none).
+ */
+function charDeviceSources(text: string): string[] {
+  const paths = new Set<string>();
+  const starts = [...text.matchAll(CHAR_DEVICE_START)];
+  starts.forEach((start, n) => {
+    const name = start[1]!;
+    const tag = lenientTag(text, start.index);
+    const char = CHAR_DEVICE_SOURCES.get(name)!;
+    if (tag === null || tag.selfClosing || tag.attributes.type !== char.type) return;
+    // Its content ends at its end tag or, when that is missing, where the next such element starts.
+    const inside = elementContent(text.slice(tag.end, starts[n + 1]?.index ?? text.length), name);
+    const open = findTag(inside, "source");
+    const path = open === -1 ? undefined : lenientTag(inside, open)?.attributes[char.attribute];
+    if (path) paths.add(path);
+  });
+  return [...paths].sort();
 }
 
 /** The content of an `element` whose content starts `body`: up to its end tag, if any. */

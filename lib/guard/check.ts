@@ -163,6 +163,7 @@ function readDomain(xml: string): DomainFacts {
       blockDisks: lenient.blockDisks,
       usbDevices: lenient.usbDevices,
       netDevices: lenient.netDevices,
+      charDevices: lenient.charDevices,
     },
     unreadable,
   };

@@ -1,8 +1,9 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
  * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
- * `<hostdev type='usb'>` or an `<interface type='direct'>` or `type='bridge'` on a NIC keeps
- * the PCI controller under it busy while its VM runs, and libvirt does not know it: a start that
+ * `<hostdev type='usb'>`, an `<interface type='direct'>` or `type='bridge'` on a NIC, or an
+ * `<input type='evdev'>` or `<serial type='dev'>` on a USB or PCI device keeps the PCI
+ * controller under it busy while its VM runs, and libvirt does not know it: a start that
  * detaches the controller pulls the device from under that VM. Read from the QEMU driver's
  * status files (`/run/libvirt/qemu/NAME.xml`, one per running domain): the hook must not call
  * libvirt. The starting VM's own such devices count the same way: taking their controller would
@@ -15,6 +16,7 @@ import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import {
   blockDeviceControllers,
+  charDeviceControllers,
   type HostUsbDevice,
   nicsUnder,
   pciAncestor,
@@ -56,8 +58,9 @@ export interface VmDeviceRoots {
 }
 
 /**
- * Which of `devices` have a block device, a USB device or a network interface under them (a
- * disk, USB or network controller): only their starts need the other VMs' devices resolved.
+ * Which of `devices` have a block device, a USB device, a network interface or a serial port
+ * under them (a disk, USB or network controller, a serial card): only their starts need the
+ * other VMs' devices resolved. Character devices other than serial ports hang under USB devices.
  */
 function withHostDevices(
   reader: SysfsReader,
@@ -75,6 +78,10 @@ function withHostDevices(
     for (const address of linkedFunctions(reader, dir)) {
       if (wanted.has(address)) found.add(address);
     }
+  }
+  for (const address of wanted) {
+    const ports = reader.listDir(`${sysRoot}/bus/pci/devices/${address}/tty`);
+    if (ports !== null && ports.length > 0) found.add(address);
   }
   return found;
 }
@@ -97,9 +104,9 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
  * devices plugged in) or another running VM uses (`vm` is the one starting, whose own
  * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
- * when one runs and one of `devices` has a disk, a USB device or a network interface under it.
- * Throws when a status file is larger than 4 MiB or a disk's path cannot be read (the check then
- * fails closed).
+ * when one runs and one of `devices` has a disk, a USB device, a network interface or a serial
+ * port under it. Throws when a status file is larger than 4 MiB or a disk's or character device's
+ * path cannot be read (the check then fails closed).
  *
  * @example
  * ```ts
@@ -114,7 +121,7 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
- * const own = { blockDisks: [], usbDevices: [], netDevices: [] };
+ * const own = { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [] };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
  *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',
  * }]);
@@ -151,6 +158,9 @@ export function vmDeviceUses(
     }
     for (const name of used.netDevices) {
       use(nicsUnder(reader, roots.sysRoot, name), `network interface ${name}`);
+    }
+    for (const path of used.charDevices) {
+      use(charDeviceControllers(reader, roots, path), `character device ${path}`);
     }
   };
   useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));

@@ -22,6 +22,7 @@ import {
 import { canonicalPciAddress } from "../pci/address.ts";
 import {
   blockDeviceControllers,
+  charDeviceControllers,
   nicsUnder,
   readUsbDevices,
   usbDeviceControllers,
@@ -134,6 +135,12 @@ export interface HostFacts {
    * NICs). `null` when unknown: only the live host's interfaces say.
    */
   netDeviceControllers(name: string): PciAddress[] | null;
+  /**
+   * The PCI function under the character device at `path` (an evdev input's or a serial port's
+   * `/dev/...`, see `charDeviceControllers`). `null` when unknown: only the live host's `/dev`
+   * can say. Throws when the path or sysfs cannot be read.
+   */
+  charDeviceControllers(path: string): PciAddress[] | null;
 }
 
 /** Options of {@link readHostFacts}. */
@@ -398,6 +405,12 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
     netDeviceControllers: (name) =>
       options.devRoot === undefined ? null : nicsUnder(reader, sysRoot, name),
+    charDeviceControllers: byKey((path) => {
+      const devRoot = options.devRoot;
+      return devRoot === undefined
+        ? null
+        : charDeviceControllers(options.reader, { sysRoot, devRoot }, path);
+    }),
   };
 }
 

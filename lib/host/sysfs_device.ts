@@ -451,6 +451,58 @@ export function blockDeviceControllers(
   return name === null ? [] : pciDevicesUnder(reader, roots.sysRoot, "block", name);
 }
 
+/**
+ * The classes a character device a domain names can be in (`/dev/input/event3` is
+ * `class/input/event3`, `/dev/ttyUSB0` `class/tty/ttyUSB0`): input devices, serial ports, HID
+ * raw and USB misc devices (`hiddev`, `lp`), parallel ports, SCSI generic devices.
+ */
+const CHAR_DEVICE_CLASSES = ["input", "tty", "hidraw", "usbmisc", "ppdev", "scsi_generic"];
+
+/**
+ * The PCI function under the character device at `path` (`/dev/input/by-id/usb-...-event-kbd`,
+ * `/dev/serial/by-id/...`, `/dev/ttyS4`), read with `/dev` at `devRoot`: a USB keyboard's or
+ * serial adapter's USB controller, a PCI serial card. Empty for a path outside `/dev`, a device
+ * in no class of {@link CHAR_DEVICE_CLASSES}, or one on no PCI function (`ttyS0` on the ISA
+ * bus, a PS/2 keyboard).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/sys/class/input`, { recursive: true });
+ * Deno.mkdirSync(`${dir}/dev/input/by-id`, { recursive: true });
+ * Deno.symlinkSync(
+ *   "../../devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/0003:046D:C52B.0001/input/input5/event3",
+ *   `${dir}/sys/class/input/event3`,
+ * );
+ * Deno.symlinkSync("../event3", `${dir}/dev/input/by-id/usb-Logitech_Receiver-event-kbd`);
+ * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev` };
+ * const reader = denoFsReader();
+ * assertEquals(
+ *   charDeviceControllers(reader, roots, "/dev/input/by-id/usb-Logitech_Receiver-event-kbd"),
+ *   ["0000:00:14.0"],
+ * );
+ * assertEquals(charDeviceControllers(reader, roots, "/dev/ttyS0"), []);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function charDeviceControllers(
+  reader: SysfsReader,
+  roots: { sysRoot: string; devRoot: string },
+  path: string,
+): PciAddress[] {
+  const name = devName(reader, roots.devRoot, path);
+  if (name === null || name === "." || name === "..") return [];
+  for (const kind of CHAR_DEVICE_CLASSES) {
+    const link = reader.readLink(`${roots.sysRoot}/class/${kind}/${name}`);
+    if (link === null) continue;
+    const address = pciAncestor(link);
+    return address === null ? [] : [address];
+  }
+  return [];
+}
+
 /** A USB device plugged into the host, as `bus/usb/devices` describes it. */
 export interface HostUsbDevice {
   /** Its sysfs name (`1-2.3`: bus 1, port 2, then port 3 of a hub). */

@@ -8,6 +8,7 @@
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
+import type { DeviceFileKind } from "./used_devices.ts";
 
 /** `10de:2684 VGA compatible controller`: a device for humans. */
 export function describe(device: PciDevice): string {
@@ -98,20 +99,31 @@ export function readFailedError(name: string, error: string): PlanIssue {
   };
 }
 
-/** The warning for a block disk whose host device cannot be read (`/dev` or sysfs). */
-export function unresolvedDiskWarning(name: string, path: string, error: string): PlanIssue {
+/**
+ * The warning for a block disk or character device whose host device cannot be read (`/dev` or
+ * sysfs).
+ */
+export function unresolvedDiskWarning(
+  name: string,
+  path: string,
+  error: string,
+  kind: DeviceFileKind = "disk",
+): PlanIssue {
   return {
     code: "unreadable-definition",
     message:
       `Cannot tell which PCI controller holds ${
         JSON.stringify(path)
-      }, a disk of VM "${name}": ${error}: planning counts none for it; a rule that takes that ` +
-      `controller would pull the disk from under "${name}"`,
+      }, a ${kind} of VM "${name}": ${error}: planning counts none for it; a rule that takes ` +
+      `that controller would pull the ${kind} from under "${name}"`,
     vm: name,
   };
 }
 
-/** Whether `issue` is {@link unresolvedDiskWarning}'s for the disk `path` of VM `name`. */
+/**
+ * Whether `issue` is {@link unresolvedDiskWarning}'s for the disk or character device `path` of
+ * VM `name`.
+ */
 export function warnsUnresolvedDisk(issue: PlanIssue, name: string, path: string): boolean {
   return issue.code === "unreadable-definition" && issue.vm === name &&
     issue.message.startsWith(`Cannot tell which PCI controller holds ${JSON.stringify(path)},`);

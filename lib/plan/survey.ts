@@ -22,6 +22,7 @@ import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import {
   controllersUnder,
+  type DeviceFileKind,
   type DeviceResolvers,
   RUNNING_ONLY,
   runningOnly,
@@ -123,8 +124,8 @@ function liveHolding(
 
 /**
  * The controllers under the host devices a domain uses (see `controllersUnder`), what only its
- * running guest uses marked {@link RUNNING_ONLY}. A disk whose path cannot be read is one warning,
- * added to `warnings`.
+ * running guest uses marked {@link RUNNING_ONLY}. A disk or character device whose path cannot be
+ * read is one warning, added to `warnings`.
  */
 function deviceControllersOf(
   { name, persistent, live }: DomainSnapshot,
@@ -132,8 +133,10 @@ function deviceControllersOf(
   warnings: PlanIssue[],
 ): Map<PciAddress, string[]> {
   const warned = new Set<string>();
-  const unreadable = (path: string, error: unknown) => {
-    if (!warned.has(path)) warnings.push(unresolvedDiskWarning(name, path, errorText(error)));
+  const unreadable = (path: string, error: unknown, kind: DeviceFileKind) => {
+    if (!warned.has(path)) {
+      warnings.push(unresolvedDiskWarning(name, path, errorText(error), kind));
+    }
     warned.add(path);
   };
   const defined = usedDevicesIn(persistent);

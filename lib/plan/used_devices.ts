@@ -2,7 +2,8 @@
  * The host devices a domain uses without passing a PCI function through: block disks by their
  * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
  * (`<hostdev type='usb'>`) and network interfaces (`<interface type='direct'>` on a NIC,
- * `<interface type='bridge'>` on a bridge whose ports are NICs). Each hangs under a PCI
+ * `<interface type='bridge'>` on a bridge whose ports are NICs) and character devices (an
+ * `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each hangs under a PCI
  * controller, and a rule that passes that controller to a guest takes the device from under the
  * domain: from another VM, or from the VM itself (its start would detach the controller, and the
  * device with it). Pure: the host is read through {@link DeviceResolvers}.
@@ -26,6 +27,11 @@ export interface DeviceResolvers {
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
   /** The NICs under a host network interface (a bridge's or bond's ports); absent: not resolved. */
   netDeviceControllers?(name: string): PciAddress[] | null;
+  /**
+   * The controllers under the character device at `path`; throws when the path cannot be read;
+   * absent: not resolved.
+   */
+  charDeviceControllers?(path: string): PciAddress[] | null;
 }
 
 /**
@@ -42,6 +48,8 @@ export interface UsedDevices {
   usbDevices: UsbSource[];
   /** The host network interfaces of its `direct` and `bridge` interfaces. */
   netDevices: string[];
+  /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
+  charDevices: string[];
 }
 
 /**
@@ -50,14 +58,16 @@ export interface UsedDevices {
  */
 export function usedDevicesIn(read: DefinitionRead): UsedDevices {
   if (read.kind === "parsed") {
-    const { blockDisks, usbDevices, netDevices } = read.domain;
-    return { blockDisks, usbDevices, netDevices };
+    const { blockDisks, usbDevices, netDevices, charDevices } = read.domain;
+    return { blockDisks, usbDevices, netDevices, charDevices };
   }
   if (read.kind === "unreadable") {
-    const { blockDisks, usbDevices, netDevices } = scanPassedDevicesLeniently(read.xml);
-    return { blockDisks, usbDevices, netDevices };
+    const { blockDisks, usbDevices, netDevices, charDevices } = scanPassedDevicesLeniently(
+      read.xml,
+    );
+    return { blockDisks, usbDevices, netDevices, charDevices };
   }
-  return { blockDisks: [], usbDevices: [], netDevices: [] };
+  return { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [] };
 }
 
 /**
@@ -71,13 +81,15 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
       !defined.usbDevices.some((d) => sameUsbDevice(d, source))
     ),
     netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
+    charDevices: live.charDevices.filter((path) => !defined.charDevices.includes(path)),
   };
 }
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, followed by `mark`). A block disk
- * whose path cannot be read counts no controller and is passed to `unreadable`.
+ * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, `character device /dev/ttyUSB0`,
+ * followed by `mark`). A block disk or character device whose path cannot be read counts no
+ * controller and is passed to `unreadable`, with what it is (`disk`, `character device`).
  *
  * @example
  * ```ts
@@ -86,6 +98,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  *   blockDisks: ["/dev/sdb"],
  *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
  *   netDevices: [],
+ *   charDevices: [],
  * };
  * const resolvers = {
  *   blockDeviceControllers: () => ["0000:00:17.0"],
@@ -100,7 +113,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
 export function controllersUnder(
   used: readonly UsedDevices[],
   resolvers: DeviceResolvers | undefined,
-  unreadable: (path: string, error: unknown) => void,
+  unreadable: (path: string, error: unknown, kind: DeviceFileKind) => void,
   mark = "",
 ): Map<PciAddress, string[]> {
   const controllers = new Map<PciAddress, string[]>();
@@ -111,12 +124,15 @@ export function controllersUnder(
       if (!held.includes(what + mark)) controllers.set(address, [...held, what + mark]);
     }
   };
-  for (const path of new Set(used.flatMap((u) => u.blockDisks))) {
+  const resolve = (kind: DeviceFileKind, path: string, controllersOf: Resolver) => {
     try {
-      add(resolvers.blockDeviceControllers(path), `disk ${path}`);
+      add(controllersOf(path), `${kind} ${path}`);
     } catch (error) {
-      unreadable(path, error);
+      unreadable(path, error, kind);
     }
+  };
+  for (const path of new Set(used.flatMap((u) => u.blockDisks))) {
+    resolve("disk", path, (p) => resolvers.blockDeviceControllers(p));
   }
   for (const source of used.flatMap((u) => u.usbDevices)) {
     add(resolvers.usbDeviceControllers(source), describeUsbSource(source));
@@ -124,5 +140,13 @@ export function controllersUnder(
   for (const name of new Set(used.flatMap((u) => u.netDevices))) {
     add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);
   }
+  for (const path of new Set(used.flatMap((u) => u.charDevices))) {
+    resolve("character device", path, (p) => resolvers.charDeviceControllers?.(p) ?? null);
+  }
   return controllers;
 }
+
+/** What a device file a domain names is: a block disk's or a character device's. */
+export type DeviceFileKind = "disk" | "character device";
+
+type Resolver = (path: string) => PciAddress[] | null;

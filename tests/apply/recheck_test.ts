@@ -116,20 +116,22 @@ Deno.test("heldSincePlan() refuses what is new since the plan", () => {
   assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, started), []);
 });
 
-/** Resolvers that place block disks and USB devices on controllers by table. */
+/** Resolvers that place block disks, USB devices, NICs and character devices by table. */
 function resolvers(
   disks: Record<string, string[]>,
   usb: Record<string, string[]> = {},
   nics: Record<string, string[]> = {},
+  chars: Record<string, string[]> = {},
 ): DeviceResolvers {
   return {
     blockDeviceControllers: (path) => disks[path] ?? [],
     usbDeviceControllers: (source) => usb[`${source.vendorId}:${source.productId}`] ?? [],
     netDeviceControllers: (name) => nics[name] ?? [],
+    charDeviceControllers: (path) => chars[path] ?? [],
   };
 }
 
-Deno.test("heldSincePlan() counts the controllers under another domain's block disks and USB devices, when it can resolve them", () => {
+Deno.test("heldSincePlan() counts the controllers under another domain's disks, USB devices, interfaces and character devices, when it can resolve them", () => {
   const alphaXml = domain("alpha", []);
   const alpha = vmPlan("alpha", alphaXml, { take: [NIC] });
   const plan = planOf([alpha]);
@@ -149,6 +151,21 @@ Deno.test("heldSincePlan() counts the controllers under another domain's block d
   const onBridge = dataWorld({ alpha: alphaXml, nas: nas(bridge) });
   assertEquals(heldSincePlan(alpha, plan, onBridge, resolvers({}, {}, { br0: [NIC] })), [
     `"nas" holds "0000:02:00.0" (under its network interface br0) in its persistent definition`,
+  ]);
+  const evdev = `<input type='evdev'><source dev='/dev/input/event3'/></input>`;
+  const onInput = dataWorld({ alpha: alphaXml, nas: nas(evdev) });
+  const keyboard = resolvers({}, {}, {}, { "/dev/input/event3": [NIC] });
+  assertEquals(heldSincePlan(alpha, plan, onInput, keyboard), [
+    `"nas" holds "0000:02:00.0" (under its character device /dev/input/event3) in its persistent definition`,
+  ]);
+  const deniedInput: DeviceResolvers = {
+    ...keyboard,
+    charDeviceControllers: () => {
+      throw new Error("EACCES");
+    },
+  };
+  assertEquals(heldSincePlan(alpha, plan, onInput, deniedInput), [
+    `what "nas" holds is unknown (persistent definition: its character device /dev/input/event3 cannot be read: EACCES)`,
   ]);
   const onlyUsb = dataWorld({ alpha: alphaXml, nas: nas(usb) });
   assertEquals(heldSincePlan(alpha, plan, onlyUsb, both), [

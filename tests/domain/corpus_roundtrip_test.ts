@@ -185,6 +185,7 @@ Deno.test({
     const disagree: string[] = [];
     let usb = 0;
     let net = 0;
+    let char = 0;
     for (const { name, xml } of corpusFiles()) {
       const strict = parseDomainXml(xml);
       const lenient = scanPassedDevicesLeniently(xml);
@@ -192,19 +193,22 @@ Deno.test({
         blockDisks: [...new Set(strict.blockDisks)].sort(),
         usbDevices: strict.usbDevices,
         netDevices: [...new Set(strict.netDevices)].sort(),
+        charDevices: strict.charDevices,
       };
       const lenientUsed = {
         blockDisks: lenient.blockDisks,
         usbDevices: lenient.usbDevices,
         netDevices: lenient.netDevices,
+        charDevices: lenient.charDevices,
       };
       if (JSON.stringify(strictUsed) !== JSON.stringify(lenientUsed)) disagree.push(name);
       usb += strict.usbDevices.length;
       net += strict.netDevices.length;
+      char += strict.charDevices.length;
     }
     assertEquals(disagree, []);
-    // Every USB hostdev of the corpus (by bus and device number) is read, and every direct and
-    // bridge interface's source.
-    assertEquals([usb, net], [12, 26]);
+    // Every USB hostdev of the corpus (by bus and device number) is read, every direct and
+    // bridge interface's source, and every evdev input's and type='dev' character device's.
+    assertEquals([usb, net, char], [12, 26, 5]);
   },
 });

@@ -597,6 +597,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     blockDisks: [],
     usbDevices: [],
     netDevices: [],
+    charDevices: [],
   });
 });
 
@@ -687,6 +688,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     blockDisks: [],
     usbDevices: [],
     netDevices: [],
+    charDevices: [],
   });
 });
 
@@ -749,4 +751,39 @@ Deno.test("both readers read a USB hostdev's source: IDs, bus and device, or bot
     <hostdev mode='subsystem' type='usb'><source><address bus='1' device='2'/></source></hostdev>
     --></devices></domain>`;
   assertEquals(scanPassedDevicesLeniently(hidden).usbDevices, []);
+});
+
+Deno.test("both readers read the character devices of evdev inputs and of serial ports and the like of type 'dev'", () => {
+  const devices = `
+    <disk type='block' device='disk'><source dev='/dev/sdb'/><serial>WD-123</serial>
+      <target dev='vda' bus='virtio'/></disk>
+    <input type='evdev'><source dev='/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd'
+      grab='all' grabToggle='ctrl-ctrl' repeat='on'/></input>
+    <input type='mouse' bus='ps2'/>
+    <input type="passthrough" bus="virtio"><source evdev="/dev/input/event7"/></input>
+    <serial type='dev'><source path='/dev/serial/by-id/usb-FTDI_FT232R-if00-port0'/>
+      <target port='0'/></serial>
+    <serial type='pty'><target port='1'/></serial>
+    <console type='dev'><source path='/dev/ttyS4'/><target type='serial' port='0'/></console>
+    <parallel type='dev'><source path='/dev/parport0'/></parallel>
+    <channel type='dev'><source path='/dev/ttyUSB1'/><target type='virtio' name='x'/></channel>
+    <channel type='unix'><source mode='bind' path='/run/agent.sock'/></channel>
+    <serial type='file'><source path='/var/log/vm.log'/></serial>`;
+  const expected = [
+    "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd",
+    "/dev/parport0",
+    "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
+    "/dev/ttyS4",
+    "/dev/ttyUSB1",
+  ];
+  const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+  assertEquals(parseDomainXml(xml).charDevices, expected);
+  assertEquals(scanPassedDevicesLeniently(xml).charDevices, expected);
+  assertEquals(scanPassedDevicesLeniently(broken(devices)).charDevices, expected);
+  // In a comment or <metadata>, it is no device.
+  const hidden = `<domain><metadata><serial type='dev'><source path='/dev/ttyS1'/></serial>
+    </metadata><devices><!-- <input type='evdev'><source dev='/dev/input/event1'/></input> -->
+    </devices></domain>`;
+  assertEquals(scanPassedDevicesLeniently(hidden).charDevices, []);
+  assertEquals(parseDomainXml(`<domain><name>v</name>${hidden.slice(8)}`).charDevices, []);
 });

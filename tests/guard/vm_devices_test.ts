@@ -17,6 +17,8 @@ const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
 const USB = "0000:41:00.0";
 const NIC = "0000:0a:00.0";
+const SERIAL = "0000:00:16.0";
+const KEYBOARD = "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd";
 
 function hostdev(address: string): string {
   const [, bus, slotFn] = address.split(":");
@@ -89,6 +91,18 @@ async function start(devices: string[], running: Record<string, string>) {
   );
   Deno.mkdirSync(`${dir}/bus/pci/devices/0000:0a:10.0`, { recursive: true });
   Deno.symlinkSync(`../${NIC}`, `${dir}/bus/pci/devices/0000:0a:10.0/physfn`);
+  // An evdev keyboard (the receiver's), and a serial port on the MEI function, which stands in
+  // for a PCI serial card (the tree has none).
+  Deno.mkdirSync(`${dir}/class/input`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/0000:00:07.0/${USB}/usb3/3-1/3-1:1.0/0003:046D:C52B.0001/input/input5/event5`,
+    `${dir}/class/input/event5`,
+  );
+  Deno.mkdirSync(`${dir}/dev/input/by-id`, { recursive: true });
+  Deno.symlinkSync("../event5", `${dir}${KEYBOARD}`);
+  Deno.mkdirSync(`${dir}/bus/pci/devices/${SERIAL}/tty/ttyS4`, { recursive: true });
+  Deno.mkdirSync(`${dir}/class/tty`, { recursive: true });
+  Deno.symlinkSync(`../../devices/pci0000:00/${SERIAL}/tty/ttyS4`, `${dir}/class/tty/ttyS4`);
   Deno.mkdirSync(`${dir}/qemu`);
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
@@ -217,4 +231,29 @@ Deno.test("guard: taking the NIC under a running VM's macvtap interface, or the 
   assertEquals([passes.code, passes.refusals], [0, []]);
   const gpu = await start([hostdev(GPU)], { router: status("router", [macvtap]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+Deno.test("guard: taking the controller under an evdev input or a serial port the VM or a running VM uses refuses the start", async () => {
+  const evdev = `<input type='evdev'><source dev='${KEYBOARD}' grab='all'/></input>`;
+  const other = await start([hostdev(USB)], { kvm: status("kvm", [evdev]) });
+  assertEquals([other.code, other.refusals], [1, [["host-needs", USB]]]);
+  assertMatch(
+    other.line,
+    /\(vm-device: character device \/dev\/input\/by-id\/usb-Logitech_USB_Receiver-event-kbd of running VM "kvm"\)/,
+  );
+  const own = await start([hostdev(USB), evdev], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", USB]]]);
+  assertMatch(own.line, /event-kbd of this VM itself\)/);
+  // A serial port on a PCI card: the only device taken has no USB device, disk or NIC under it.
+  const serial = `<serial type='dev'><source path='/dev/ttyS4'/><target port='0'/></serial>`;
+  const console = await start([hostdev(SERIAL)], { bmc: status("bmc", [serial]) });
+  assertEquals([console.code, console.refusals], [1, [["host-needs", SERIAL]]]);
+  assertMatch(console.line, /\(vm-device: character device \/dev\/ttyS4 of running VM "bmc"\)/);
+  // Another device taken, or a port on no PCI function (the ISA ttyS0): nothing to lose.
+  const gpu = await start([hostdev(GPU), evdev], { bmc: status("bmc", [serial]) });
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+  const isa = await start([hostdev(SERIAL)], {
+    bmc: status("bmc", [serial.replace("ttyS4", "ttyS0")]),
+  });
+  assertEquals([isa.code, isa.refusals], [0, []]);
 });

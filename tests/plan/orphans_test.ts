@@ -606,3 +606,90 @@ Deno.test("planHostdevs() counts the NIC under a VM's bridge or macvtap interfac
   });
   assertEquals(captured.vms[0]!.add.map((a) => a.address), ["0000:44:00.0"]);
 });
+
+Deno.test("planHostdevs() counts the controller under a VM's evdev input or serial device as that VM's, on the live host", async () => {
+  using demo = await demoHost();
+  // win10 reads a USB keyboard through evdev and a USB serial adapter, both plugged into the
+  // ASMedia USB controller (0000:43:00.0).
+  const keyboard = "/dev/input/by-id/usb-Keychron_K2-event-kbd";
+  const adapter = "/dev/serial/by-id/usb-FTDI_FT232R_A1B2-if00-port0";
+  const world = worldWith(
+    demo.dir,
+    `<input type='evdev'><source dev='${keyboard}' grab='all' repeat='on'/></input>
+    <serial type='dev'><source path='${adapter}'/><target port='0'/></serial>`,
+  );
+  const sys = `${demo.dir}/sysfs`;
+  const usb = "../../devices/pci0000:40/0000:40:03.1/0000:43:00.0/usb3";
+  Deno.mkdirSync(`${sys}/class/input`, { recursive: true });
+  Deno.mkdirSync(`${sys}/class/tty`, { recursive: true });
+  Deno.symlinkSync(
+    `${usb}/3-2/3-2:1.0/0003:3434:0281.0001/input/input9/event9`,
+    `${sys}/class/input/event9`,
+  );
+  Deno.symlinkSync(`${usb}/3-3/3-3:1.0/ttyUSB0/tty/ttyUSB0`, `${sys}/class/tty/ttyUSB0`);
+  Deno.mkdirSync(`${demo.dir}/dev/input/by-id`, { recursive: true });
+  Deno.mkdirSync(`${demo.dir}/dev/serial/by-id`, { recursive: true });
+  Deno.symlinkSync("../event9", `${demo.dir}${keyboard}`);
+  Deno.symlinkSync("../../ttyUSB0", `${demo.dir}${adapter}`);
+  using libvirt = openLibvirtPort(`test://${world}`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).charDevices, [
+    keyboard,
+    adapter,
+  ]);
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+
+  const refused = planHostdevs({
+    config: wants("gentoo", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertMatch(
+    assertTakenFromWin10(refused).message,
+    new RegExp(
+      `; "win10" uses character device ${keyboard}, character device ${adapter} on ` +
+        `0000:43:00\\.0$`,
+    ),
+  );
+  // win10 asking for the controller itself: its start would pull its own keyboard away.
+  const own = planHostdevs({
+    config: wants("win10", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: live,
+  });
+  assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
+    "0000:43:00.0",
+  ]]]);
+  assertMatch(own.vms[0]!.errors[0]!.message, /VM "win10" uses character device \/dev\/input\//);
+
+  // A /dev path that cannot be read is a warning naming the device, not silently nothing.
+  const denied = {
+    ...roots.reader,
+    readLink(path: string) {
+      if (path.startsWith(`${demo.dir}/dev/input/`)) throw new Error(`EACCES: ${path}`);
+      return roots.reader.readLink(path);
+    },
+  };
+  const unreadable = readHostFacts({ ...roots, reader: denied, devRoot: `${demo.dir}/dev` });
+  const warned = planHostdevs({
+    config: wants("gentoo", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: unreadable,
+  });
+  assertMatch(
+    warned.warnings.map((w) => `${w.code}: ${w.message}`).join("\n"),
+    /unreadable-definition: Cannot tell which PCI controller holds "\/dev\/input\/by-id\/usb-Keychron_K2-event-kbd", a character device of VM "win10": EACCES/,
+  );
+
+  // A captured tree has no /dev to follow.
+  const captured = planHostdevs({
+    config: wants("gentoo", "1b21:3242"),
+    host: demo.host,
+    libvirt,
+    facts: readHostFacts(roots),
+  });
+  assertEquals(captured.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
+});
