@@ -43,7 +43,7 @@ import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
-import type { DeviceResolvers } from "../plan/used_devices.ts";
+import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -185,8 +185,9 @@ export interface ApplyOptions {
   lock?: StateLock;
   /**
    * Which PCI controllers are under a host device (the plan's `HostFacts`): the re-check before
-   * each define then counts the controllers under the block disks, USB devices and network
-   * interfaces other domains use as theirs, as the plan did. Default: they are not re-checked.
+   * each define then counts the controllers under the block disks, USB devices, network
+   * interfaces (their networks', read again) and character devices other domains use as theirs,
+   * as the plan did. Default: they are not re-checked.
    */
   devices?: DeviceResolvers;
 }
@@ -777,7 +778,8 @@ function recheckHolders(
 ): Failure | null {
   let world: World;
   try {
-    world = readWorld(libvirt, { networks: false });
+    // The networks only say which NICs a VM's interfaces use: read when those count.
+    world = readWorld(libvirt, { networks: devices !== undefined });
   } catch (error) {
     return {
       code: "read-failed",
@@ -787,7 +789,8 @@ function recheckHolders(
         }`,
     };
   }
-  const problems = heldSincePlan(vm, plan, world, devices);
+  const resolvers = devices === undefined ? undefined : withNetworks(devices, world.networks);
+  const problems = heldSincePlan(vm, plan, world, resolvers);
   if (problems.length === 0) return null;
   return {
     code: "conflict-changed",

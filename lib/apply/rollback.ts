@@ -21,7 +21,7 @@ import { defineOrExplain, describeXmlChange } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
-import type { DeviceResolvers } from "../plan/used_devices.ts";
+import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -57,8 +57,9 @@ export interface RollbackOptions {
   lock?: StateLock;
   /**
    * Which PCI controllers are under a host device (`HostFacts` of this host, when libvirt runs
-   * here): the controllers under other domains' block disks, USB devices and network interfaces
-   * then count as theirs when checking what the backup gives back. Default: they are not resolved.
+   * here): the controllers under other domains' block disks, USB devices, network interfaces
+   * (their networks' too) and character devices then count as theirs when checking what the
+   * backup gives back. Default: they are not resolved.
    */
   devices?: DeviceResolvers;
 }
@@ -205,14 +206,14 @@ function heldElsewhereNow(
   if (adding.size === 0) return null;
   let world: World;
   try {
-    world = readWorld(libvirt, { networks: false });
+    world = readWorld(libvirt, { networks: devices !== undefined });
   } catch (error) {
     return `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
       errorText(error)
     }`;
   }
   const problems = heldElsewhere(vm, (a) => adding.has(a), world, {
-    ...(devices === undefined ? {} : { resolvers: devices }),
+    ...(devices === undefined ? {} : { resolvers: withNetworks(devices, world.networks) }),
     // The way back must not hang on another domain's disk this host cannot read: as in `plan`,
     // such a disk counts no controller.
     warned: () => true,

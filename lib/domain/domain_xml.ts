@@ -134,6 +134,11 @@ export interface ParsedDomain {
    * their controllers as held, when the host can say which they are.
    */
   charDevices: string[];
+  /**
+   * The libvirt networks its interfaces other than hostdev ones are on (`<source network>`;
+   * sorted, unique): planning counts the NICs under a bridged network's interfaces as held.
+   */
+  networks: string[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -265,6 +270,7 @@ interface Located {
   usbDevices: UsbSource[];
   netDevices: string[];
   charDevices: string[];
+  networks: string[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -355,6 +361,7 @@ function locate(xml: string): Located {
   const usbDevices: UsbSource[] = [];
   const netDevices: string[] = [];
   const charDevices = new Set<string>();
+  const networks = new Set<string>();
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -364,7 +371,11 @@ function locate(xml: string): Located {
       const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
       if (mac !== undefined) macs.push(mac.trim().toLowerCase());
       const type = attribute(xml, span, "type");
-      const netDevice = type === "direct" || type === "bridge"
+      // A running guest's interface on a network shows the device the network gave it, and
+      // the network: the network's interfaces count, whichever it gave.
+      const network = elementSource(xml, span, "network");
+      if (network !== null && type !== "hostdev") networks.add(network);
+      const netDevice = network === null && (type === "direct" || type === "bridge")
         ? elementSource(xml, span, type === "direct" ? "dev" : "bridge")
         : null;
       if (netDevice !== null) netDevices.push(netDevice);
@@ -413,6 +424,7 @@ function locate(xml: string): Located {
     usbDevices,
     netDevices,
     charDevices: [...charDevices].sort(),
+    networks: [...networks].sort(),
     interfaces,
     macs,
     bootDevices,
@@ -660,6 +672,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     usbDevices: located.usbDevices,
     netDevices: located.netDevices,
     charDevices: located.charDevices,
+    networks: located.networks,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

@@ -246,9 +246,10 @@ export interface LenientPassedScan {
   /** As in {@link LenientHostdevScan}. */
   unresolved: number;
   /**
-   * The libvirt networks that `<interface type='network'>` elements name (sorted, unique): a
-   * network whose `<forward mode='hostdev'>` is a pool of VFs hands one of them to the guest at
-   * start, whichever is free (see {@link scanHostdevPoolLeniently}).
+   * The libvirt networks its interfaces other than hostdev ones name (`<source network>`; sorted,
+   * unique): a network whose `<forward mode='hostdev'>` is a pool of VFs hands one of them to the
+   * guest at start, whichever is free (see {@link scanHostdevPoolLeniently}); a bridged network
+   * puts it on one of its host interfaces (see {@link scanNetworkInterfacesLeniently}).
    */
   networks: string[];
   /**
@@ -334,9 +335,13 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     if (name === "interface" && !hostdevInterface) {
       const source = (key: string) =>
         tag.selfClosing ? null : interfaceSourceAttribute(element.slice(tag.end), key);
-      const network = type === "network" ? source("network") : null;
+      // A running guest's interface on a network shows the device the network gave it, and
+      // the network: the network's interfaces count, whichever it gave.
+      const network = source("network");
       if (network !== null) networks.add(network);
-      const netDevice = type === "direct"
+      const netDevice = network !== null
+        ? null
+        : type === "direct"
         ? source("dev")
         : type === "bridge"
         ? source("bridge")
@@ -513,6 +518,50 @@ export function scanHostdevPoolLeniently(xml: string): LenientHostdevPool | null
     if (dev) pfs.push(dev);
   }
   return { addresses: [...found].sort(comparePciAddress), unresolved, pfs };
+}
+
+/** The `<forward>` modes that put a network's guests on host interfaces (macvtap, a host bridge). */
+const BRIDGING_MODES = new Set(["bridge", "private", "vepa", "passthrough"]);
+
+/**
+ * The host network interfaces a libvirt network puts its guests on: the host bridge of a
+ * `<forward mode='bridge'>` network with a `<bridge name>`, or the macvtap pool of a network of
+ * mode `bridge` (without a bridge), `private`, `vepa` or `passthrough`: its `<forward dev>`,
+ * `<interface dev>` and `<pf dev>` (sorted, unique). `null` for a network of another mode (NAT,
+ * routed, isolated, open, hostdev) or one whose `<forward>` cannot be read. Comments and
+ * `<metadata>` are not searched. Never throws.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const bridged = `<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>`;
+ * assertEquals(scanNetworkInterfacesLeniently(bridged), ["br0"]);
+ * const macvtap = `<network><name>direct</name><forward mode='vepa' dev='eth1'>
+ *   <interface dev='eth1'/><interface dev='eth2'/></forward></network>`;
+ * assertEquals(scanNetworkInterfacesLeniently(macvtap), ["eth1", "eth2"]);
+ * assertEquals(scanNetworkInterfacesLeniently("<network><forward mode='nat'/></network>"), null);
+ * ```
+ */
+export function scanNetworkInterfacesLeniently(xml: string): string[] | null {
+  const text = blankNonDevices(String(xml));
+  const at = findTag(text, "forward");
+  const forward = at === -1 ? null : lenientTag(text, at);
+  const mode = forward?.attributes.mode;
+  if (forward === null || mode === undefined || !BRIDGING_MODES.has(mode)) return null;
+  const bridge = findTag(text, "bridge");
+  const bridgeName = bridge === -1 ? undefined : lenientTag(text, bridge)?.attributes.name;
+  if (mode === "bridge" && bridgeName) return [bridgeName];
+  const names = new Set<string>();
+  if (forward.attributes.dev) names.add(forward.attributes.dev);
+  const close = forward.selfClosing ? null : findEndTag(text, "forward", forward.end);
+  const inside = close === null ? "" : text.slice(forward.end, close.index);
+  for (const element of ["interface", "pf"]) {
+    for (let i = findTag(inside, element); i !== -1; i = findTag(inside, element, i + 1)) {
+      const dev = lenientTag(inside, i)?.attributes.dev;
+      if (dev) names.add(dev);
+    }
+  }
+  return [...names].sort();
 }
 
 /**

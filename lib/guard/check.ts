@@ -101,8 +101,8 @@ export interface GuardCheckInput {
   /**
    * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
    * Called once with every device found at the domain's addresses, and the host devices the
-   * domain itself uses (its block disks, USB hostdevs and interfaces' NICs, whose controllers it
-   * must keep: see `vmDeviceUses`). `null` (a captured tree without host-use facts) marks
+   * domain itself uses (its block disks, USB hostdevs, interfaces' and networks' NICs and
+   * character devices, whose controllers it must keep: see `vmDeviceUses`). `null` (a captured tree without host-use facts) marks
    * nothing; the live host always knows.
    */
   hostUse: (devices: PciDevice[], own: UsedDevices) => readonly HostUse[] | null;
@@ -128,7 +128,7 @@ interface DomainFacts {
   vfRecords: VfIdentity[];
   /** The networks `<interface type='network'>` elements name. */
   networks: string[];
-  /** The host devices it uses: its block disks, its USB hostdevs. */
+  /** The host devices it uses: its block disks, USB hostdevs, interfaces, character devices. */
   used: UsedDevices;
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];
@@ -164,6 +164,7 @@ function readDomain(xml: string): DomainFacts {
       usbDevices: lenient.usbDevices,
       netDevices: lenient.netDevices,
       charDevices: lenient.charDevices,
+      networks: lenient.networks,
     },
     unreadable,
   };

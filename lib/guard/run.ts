@@ -13,6 +13,7 @@ import type { HostUse, PciDevice } from "../host/types.ts";
 import { readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
+import { scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
 import {
   type ActivePolicy,
@@ -87,28 +88,33 @@ function message(error: unknown): string {
 }
 
 /**
- * The status XML of a running network, read with `reader` from `dir`; `null` when there is none
- * (or `dir` is `null`). A name with a `/` names no libvirt network (libvirt refuses it).
+ * The status XML of a running network, read with `reader` from `dir` once per network; `null`
+ * when there is none (or `dir` is `null`). A name with a `/` names no libvirt network (libvirt
+ * refuses it).
  */
 function networkStatusReader(
   reader: SysfsReader,
   dir: string | null,
 ): (name: string) => string | null {
+  const read = new Map<string, string | null>();
   return (name) => {
     if (dir === null || name.includes("/") || name === "" || name.includes("\0")) return null;
-    return readStatusXml(reader, `${dir}/${name}.xml`);
+    if (!read.has(name)) read.set(name, readStatusXml(reader, `${dir}/${name}.xml`));
+    return read.get(name)!;
   };
 }
 
 /**
  * What the host uses among `devices`, as `plan` reads it, and on the live host also the
- * controllers under the block disks, USB devices and network interfaces the VM itself uses
- * (`own`) and the other running VMs use (which `plan` reads from their definitions).
+ * controllers under the block disks, USB devices, network interfaces (their networks' too, from
+ * the networks' status) and character devices the VM itself uses (`own`) and the other running
+ * VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(
   options: GuardRunOptions,
   devices: PciDevice[],
   own: UsedDevices,
+  networkStatus: (name: string) => string | null,
 ): HostUse[] | null {
   const uses = readHostUse(options.reader, {
     root: options.root,
@@ -119,7 +125,15 @@ function hostUseOf(
   const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
   if (uses === null || statusDir === null) return uses;
   const roots = { sysRoot: options.root, devRoot: options.devRoot ?? "/dev", statusDir };
-  return [...uses, ...vmDeviceUses(options.reader, roots, { vm: options.vm, devices, own })];
+  // A network that does not run puts no guest on an interface now.
+  const networkInterfaces = (name: string) => {
+    const xml = networkStatus(name);
+    return xml === null ? [] : scanNetworkInterfacesLeniently(xml) ?? [];
+  };
+  return [
+    ...uses,
+    ...vmDeviceUses(options.reader, roots, { vm: options.vm, devices, own, networkInterfaces }),
+  ];
 }
 
 function check(options: GuardRunOptions): GuardRefusal[] {
@@ -129,16 +143,17 @@ function check(options: GuardRunOptions): GuardRefusal[] {
     return unreadable(`the domain XML is larger than ${MAX_XML_BYTES} bytes`);
   }
   try {
+    const networkStatus = networkStatusReader(
+      options.reader,
+      options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
+    );
     return checkDomainStart({
       vm,
       xml: options.xml,
       reader: options.reader,
       root: options.root,
-      networkStatus: networkStatusReader(
-        options.reader,
-        options.networkStatusDir ?? (options.live ? NETWORK_STATUS_DIR : null),
-      ),
-      hostUse: (devices, own) => hostUseOf(options, devices, own),
+      networkStatus,
+      hostUse: (devices, own) => hostUseOf(options, devices, own, networkStatus),
     });
   } catch (error) {
     return unreadable(`the check failed: ${message(error)}`);

@@ -1,9 +1,10 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
  * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
- * `<hostdev type='usb'>`, an `<interface type='direct'>` or `type='bridge'` on a NIC, or an
- * `<input type='evdev'>` or `<serial type='dev'>` on a USB or PCI device keeps the PCI
- * controller under it busy while its VM runs, and libvirt does not know it: a start that
+ * `<hostdev type='usb'>`, an `<interface type='direct'>` or `type='bridge'` on a NIC (or
+ * `type='network'` on a network bridged to one), or an `<input type='evdev'>` or
+ * `<serial type='dev'>` on a USB or PCI device keeps the PCI controller under it busy while its
+ * VM runs, and libvirt does not know it: a start that
  * detaches the controller pulls the device from under that VM. Read from the QEMU driver's
  * status files (`/run/libvirt/qemu/NAME.xml`, one per running domain): the hook must not call
  * libvirt. The starting VM's own such devices count the same way: taking their controller would
@@ -106,7 +107,7 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
  * when one runs and one of `devices` has a disk, a USB device, a network interface or a serial
  * port under it. Throws when a status file is larger than 4 MiB or a disk's or character device's
- * path cannot be read (the check then fails closed).
+ * path cannot be read, or `networkInterfaces` throws (the check then fails closed).
  *
  * @example
  * ```ts
@@ -121,7 +122,7 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
- * const own = { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [] };
+ * const own = { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [], networks: [] };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
  *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',
  * }]);
@@ -131,7 +132,13 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
 export function vmDeviceUses(
   reader: SysfsReader,
   roots: VmDeviceRoots,
-  options: { vm: string; devices: readonly PciDevice[]; own: UsedDevices },
+  options: {
+    vm: string;
+    devices: readonly PciDevice[];
+    own: UsedDevices;
+    /** The host interfaces a running libvirt network puts guests on (none: not resolved). */
+    networkInterfaces?: (name: string) => readonly string[];
+  },
 ): HostUse[] {
   const uses: HostUse[] = [];
   let plugged: HostUsbDevice[] | null = null;
@@ -161,6 +168,11 @@ export function vmDeviceUses(
     }
     for (const path of used.charDevices) {
       use(charDeviceControllers(reader, roots, path), `character device ${path}`);
+    }
+    for (const network of used.networks) {
+      for (const name of options.networkInterfaces?.(network) ?? []) {
+        use(nicsUnder(reader, roots.sysRoot, name), `network ${network} (interface ${name})`);
+      }
     }
   };
   useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));

@@ -11,14 +11,21 @@ export type * from "./libvirt_port.ts";
 export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from "./plan.ts";
 export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
 export { emptyVmPlan } from "./vm_edit.ts";
-export type { DeviceResolvers, UsedDevices } from "./used_devices.ts";
+export {
+  type DeviceFileKind,
+  type DeviceResolvers,
+  type UsedDevices,
+  withNetworks,
+} from "./used_devices.ts";
 export type { NetworkPool } from "./networks.ts";
 export {
+  type BridgedNetwork,
   type DefinitionRead,
   type DomainSnapshot,
   type HostdevNetwork,
   type NetworksRead,
   readDefinition,
+  readNetworks,
   readWorld,
   type World,
 } from "./world.ts";

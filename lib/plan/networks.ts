@@ -55,7 +55,7 @@ export function networkWarnings(networks: NetworksRead | undefined, uri: string)
     return [{
       code: "hostdev-network",
       message:
-        `Cannot list the networks of "${uri}": ${networks.error}: hostdev networks' pools of VFs are not checked against the plan`,
+        `Cannot list the networks of "${uri}": ${networks.error}: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
     }];
   }
   return [
@@ -63,7 +63,7 @@ export function networkWarnings(networks: NetworksRead | undefined, uri: string)
       code: "hostdev-network" as const,
       message: `Cannot read network ${
         JSON.stringify(name)
-      }: ${error}: if it is a hostdev network, its pool of VFs is not checked against the plan`,
+      }: ${error}: if it is a hostdev network, its pool of VFs is not checked against the plan; if it is bridged to host interfaces, the NICs under them are not counted as its guests'`,
     })),
     ...networks.hostdev.filter((n) => n.unresolved > 0).map((n) => ({
       code: "hostdev-network" as const,

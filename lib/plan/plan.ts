@@ -26,6 +26,7 @@ import type { LibvirtPort } from "./libvirt_port.ts";
 import { hostIssues } from "./resolve.ts";
 import { surveyWorld } from "./survey.ts";
 import { networkPools, networkWarnings } from "./networks.ts";
+import { withNetworks } from "./used_devices.ts";
 import type { Plan, VmPlan } from "./types.ts";
 import { readWorld, type World } from "./world.ts";
 
@@ -148,7 +149,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     world,
     config,
     options.vms !== undefined,
-    options.facts,
+    options.facts === undefined ? undefined : withNetworks(options.facts, world.networks),
   );
   const global = hostIssues(host);
   const errors = [...global.errors, ...survey.errors];

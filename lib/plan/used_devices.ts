@@ -2,7 +2,8 @@
  * The host devices a domain uses without passing a PCI function through: block disks by their
  * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
  * (`<hostdev type='usb'>`) and network interfaces (`<interface type='direct'>` on a NIC,
- * `<interface type='bridge'>` on a bridge whose ports are NICs) and character devices (an
+ * `<interface type='bridge'>` on a bridge whose ports are NICs, `<interface type='network'>` on a
+ * network bridged to host interfaces) and character devices (an
  * `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each hangs under a PCI
  * controller, and a rule that passes that controller to a guest takes the device from under the
  * domain: from another VM, or from the VM itself (its start would detach the controller, and the
@@ -14,7 +15,7 @@
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import { describeUsbSource, sameUsbDevice, type UsbSource } from "../domain/usb_source.ts";
 import type { PciAddress } from "../host/types.ts";
-import type { DefinitionRead } from "./world.ts";
+import type { DefinitionRead, NetworksRead } from "./world.ts";
 
 /**
  * Which PCI controllers are under a host device, as the live host says
@@ -32,6 +33,12 @@ export interface DeviceResolvers {
    * absent: not resolved.
    */
   charDeviceControllers?(path: string): PciAddress[] | null;
+  /**
+   * The host interfaces the libvirt network `name` puts guests on (its host bridge, its macvtap
+   * pool; `[]` for a NAT, routed or hostdev network, or none of that name); `null` when unknown
+   * (the network could not be read); absent: not resolved.
+   */
+  networkInterfaces?(name: string): string[] | null;
 }
 
 /**
@@ -50,6 +57,8 @@ export interface UsedDevices {
   netDevices: string[];
   /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
   charDevices: string[];
+  /** The libvirt networks its interfaces are on (`<interface type='network'>`). */
+  networks: string[];
 }
 
 /**
@@ -58,16 +67,15 @@ export interface UsedDevices {
  */
 export function usedDevicesIn(read: DefinitionRead): UsedDevices {
   if (read.kind === "parsed") {
-    const { blockDisks, usbDevices, netDevices, charDevices } = read.domain;
-    return { blockDisks, usbDevices, netDevices, charDevices };
+    const { blockDisks, usbDevices, netDevices, charDevices, networks } = read.domain;
+    return { blockDisks, usbDevices, netDevices, charDevices, networks };
   }
   if (read.kind === "unreadable") {
-    const { blockDisks, usbDevices, netDevices, charDevices } = scanPassedDevicesLeniently(
-      read.xml,
-    );
-    return { blockDisks, usbDevices, netDevices, charDevices };
+    const { blockDisks, usbDevices, netDevices, charDevices, networks } =
+      scanPassedDevicesLeniently(read.xml);
+    return { blockDisks, usbDevices, netDevices, charDevices, networks };
   }
-  return { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [] };
+  return { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [], networks: [] };
 }
 
 /**
@@ -82,13 +90,14 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
     ),
     netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
     charDevices: live.charDevices.filter((path) => !defined.charDevices.includes(path)),
+    networks: live.networks.filter((name) => !defined.networks.includes(name)),
   };
 }
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, `character device /dev/ttyUSB0`,
- * followed by `mark`). A block disk or character device whose path cannot be read counts no
+ * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, `network lan (interface br0)`,
+ * `character device /dev/ttyUSB0`, followed by `mark`). A block disk or character device whose path cannot be read counts no
  * controller and is passed to `unreadable`, with what it is (`disk`, `character device`).
  *
  * @example
@@ -99,6 +108,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
  *   netDevices: [],
  *   charDevices: [],
+ *   networks: [],
  * };
  * const resolvers = {
  *   blockDeviceControllers: () => ["0000:00:17.0"],
@@ -140,6 +150,11 @@ export function controllersUnder(
   for (const name of new Set(used.flatMap((u) => u.netDevices))) {
     add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);
   }
+  for (const network of new Set(used.flatMap((u) => u.networks))) {
+    for (const name of resolvers.networkInterfaces?.(network) ?? []) {
+      add(resolvers.netDeviceControllers?.(name) ?? null, `network ${network} (interface ${name})`);
+    }
+  }
   for (const path of new Set(used.flatMap((u) => u.charDevices))) {
     resolve("character device", path, (p) => resolvers.charDeviceControllers?.(p) ?? null);
   }
@@ -150,3 +165,41 @@ export function controllersUnder(
 export type DeviceFileKind = "disk" | "character device";
 
 type Resolver = (path: string) => PciAddress[] | null;
+
+/**
+ * `resolvers` that also say which host interfaces each libvirt network of `networks` puts its
+ * guests on (see {@link DeviceResolvers.networkInterfaces}).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const networks = {
+ *   kind: "read" as const,
+ *   hostdev: [],
+ *   bridged: [{ name: "lan", interfaces: ["br0"] }],
+ *   unreadable: [{ name: "locked", error: "permission denied" }],
+ * };
+ * const resolvers = withNetworks({
+ *   blockDeviceControllers: () => [],
+ *   usbDeviceControllers: () => [],
+ * }, networks);
+ * assertEquals(
+ *   ["lan", "default", "locked"].map((name) => resolvers.networkInterfaces?.(name)),
+ *   [["br0"], [], null],
+ * );
+ * ```
+ */
+export function withNetworks(
+  resolvers: DeviceResolvers,
+  networks: NetworksRead | null | undefined,
+): DeviceResolvers {
+  const bridged = new Map(
+    networks?.kind === "read" ? networks.bridged.map((n) => [n.name, n.interfaces]) : [],
+  );
+  const unknown = new Set(networks?.kind === "read" ? networks.unreadable.map((n) => n.name) : []);
+  const listed = networks?.kind === "read";
+  return {
+    ...resolvers,
+    networkInterfaces: (name) => bridged.get(name) ?? (listed && !unknown.has(name) ? [] : null),
+  };
+}

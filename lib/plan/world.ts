@@ -13,6 +13,7 @@ import {
   type LenientHostdevScan,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
+  scanNetworkInterfacesLeniently,
 } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
@@ -57,11 +58,24 @@ export interface HostdevNetwork {
   pfs: string[];
 }
 
-/** The hostdev networks of a connection as read, or why they could not be. */
+/**
+ * A network that puts its guests on host interfaces: a `<forward mode='bridge'>` network on a
+ * host bridge, or a macvtap network (see `scanNetworkInterfacesLeniently`). A guest's
+ * `<interface type='network'>` on it uses one of them while it runs.
+ */
+export interface BridgedNetwork {
+  /** The network's name. */
+  name: string;
+  /** The host bridge, or the macvtap pool's interfaces (`<forward dev>`, `<interface dev>`, `<pf dev>`). */
+  interfaces: string[];
+}
+
+/** The hostdev and bridged networks of a connection as read, or why they could not be. */
 export type NetworksRead =
   | {
     kind: "read";
     hostdev: HostdevNetwork[];
+    bridged: BridgedNetwork[];
     /** Networks whose XML could not be read: any of them may be a hostdev pool. */
     unreadable: { name: string; error: string }[];
   }
@@ -73,7 +87,7 @@ export interface World {
   uri: string;
   /** Every domain, in the port's order (sorted by name). */
   domains: DomainSnapshot[];
-  /** Its hostdev networks; absent when the port cannot list networks. */
+  /** Its hostdev and bridged networks; absent when the port cannot list networks. */
   networks?: NetworksRead;
 }
 
@@ -157,9 +171,8 @@ function readPersistentXml(libvirt: LibvirtPort, name: string): string {
  * guest, its live definition, each parsed by the strict reader or, when that refuses it, scanned
  * leniently. A domain undefined between the listing and the read is left out, as if listed a
  * moment later; any other failed read is kept as `read-failed`. Never throws for one domain;
- * only a failed listing throws. Also reads the hostdev networks (`<forward mode='hostdev'>`
- * pools), unless `networks: false` (the re-checks before a define, which do not use them); a
- * failed listing of networks is kept as `read-failed`.
+ * only a failed listing throws. Also reads the networks (see {@link readNetworks}), unless
+ * `networks: false` (a re-check before a define that counts no host devices).
  *
  * @example
  * ```ts
@@ -189,18 +202,28 @@ export function readWorld(libvirt: LibvirtPort, options: { networks?: boolean } 
   return { uri: libvirt.uri, domains, ...(networks === null ? {} : { networks }) };
 }
 
-/** The hostdev networks of `libvirt`; `null` when the port cannot list networks. */
-function readNetworks(libvirt: LibvirtPort): NetworksRead | null {
+/**
+ * The hostdev networks (`<forward mode='hostdev'>` pools) and bridged networks (a host bridge, a
+ * macvtap pool) of `libvirt`; `null` when the port cannot list networks. A failed listing is kept
+ * as `read-failed`, a network that cannot be read in `unreadable`.
+ */
+export function readNetworks(libvirt: LibvirtPort): NetworksRead | null {
   if (libvirt.listNetworks === undefined) return null;
   try {
     const hostdev: HostdevNetwork[] = [];
+    const bridged: BridgedNetwork[] = [];
     const unreadable: { name: string; error: string }[] = [];
     for (const { name, xml, error } of libvirt.listNetworks()) {
-      const pool = xml === null ? null : scanHostdevPoolLeniently(xml);
-      if (xml === null) unreadable.push({ name, error: error ?? "no XML" });
-      else if (pool !== null) hostdev.push({ name, ...pool });
+      if (xml === null) {
+        unreadable.push({ name, error: error ?? "no XML" });
+        continue;
+      }
+      const pool = scanHostdevPoolLeniently(xml);
+      if (pool !== null) hostdev.push({ name, ...pool });
+      const interfaces = scanNetworkInterfacesLeniently(xml);
+      if (interfaces !== null) bridged.push({ name, interfaces });
     }
-    return { kind: "read", hostdev, unreadable };
+    return { kind: "read", hostdev, bridged, unreadable };
   } catch (error) {
     return { kind: "read-failed", error: errorText(error) };
   }

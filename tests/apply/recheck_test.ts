@@ -226,3 +226,36 @@ Deno.test("applyPlan() re-checks other domains' block disks with the plan's host
     }
   });
 });
+
+Deno.test("applyPlan() re-checks other domains' networks too, read again before each define", async () => {
+  const lan = `<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>`;
+  await withPort([WIN10, lan], async (libvirt) => {
+    const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
+    assertEquals(plan.vms[0]!.add.map((a) => a.address), [GPU, AUDIO]);
+    // While apply would wait at its prompt, nas is defined on network lan, whose bridge's port is
+    // under the GPU's card.
+    libvirt.define(domainXml(
+      "nas",
+      "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0b",
+      `<interface type='network'><source network='lan'/></interface>`,
+      true,
+    ));
+    const stateDir = Deno.makeTempDirSync();
+    try {
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir,
+        confirm: () => Promise.resolve("yes"),
+        devices: resolvers({}, {}, { br0: [AUDIO] }),
+      });
+      const result = report.vms[0]!;
+      assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
+      assertMatch(
+        result.message,
+        /"nas" holds "0000:01:00\.1" \(under its network lan \(interface br0\)\) in its persistent definition/,
+      );
+    } finally {
+      Deno.removeSync(stateDir, { recursive: true });
+    }
+  });
+});

@@ -18,6 +18,7 @@ import {
   RECORDS_NAMESPACE,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
+  scanNetworkInterfacesLeniently,
   scanPassedDevicesLeniently,
 } from "../../lib/domain/lenient.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
@@ -601,15 +602,16 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
   });
 });
 
-Deno.test("scanPassedDevicesLeniently() lists the networks of type='network' interfaces", () => {
+Deno.test("scanPassedDevicesLeniently() lists the networks interfaces name", () => {
   const xml = broken(`
     <interface type='network'><mac address='52:54:00:00:00:01'/><source network='sriov' portgroup='a'/></interface>
     <interface type="network"><source network="default"/></interface>
     <interface type='network'><source network='sriov'/></interface>
-    <interface type='bridge'><source bridge='br0' network='not-this'/></interface>
+    <interface type='bridge'><source bridge='br0' network='running-on'/></interface>
     <interface type='network'/>
     <interface type='network'><model type='virtio'/></interface><source network='outside'/>`);
-  assertEquals(scanPassedDevicesLeniently(xml).networks, ["default", "sriov"]);
+  // A running guest's interface shows the type and device its network gave it.
+  assertEquals(scanPassedDevicesLeniently(xml).networks, ["default", "running-on", "sriov"]);
   // Inside <metadata> or a comment, it is no interface.
   const hidden =
     `<domain><metadata><x><interface type='network'><source network='m'/></interface></x>
@@ -786,4 +788,51 @@ Deno.test("both readers read the character devices of evdev inputs and of serial
     </devices></domain>`;
   assertEquals(scanPassedDevicesLeniently(hidden).charDevices, []);
   assertEquals(parseDomainXml(`<domain><name>v</name>${hidden.slice(8)}`).charDevices, []);
+});
+
+Deno.test("both readers read the networks of interfaces, and a running guest's network device as its network's", () => {
+  const devices = `
+    <interface type='network'><source network='lan'/><model type='virtio'/></interface>
+    <interface type='direct'><source network='direct' portid='0c5d' dev='eth1' mode='vepa'/>
+    </interface>
+    <interface type='bridge'><source network='host-bridge' bridge='br0'/></interface>
+    <interface type='bridge'><source bridge='br9'/></interface>
+    <interface type='hostdev' managed='yes'><source network='sriov'>
+      <address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x1'/></source>
+    </interface>`;
+  const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+  const strict = parseDomainXml(xml);
+  const lenient = scanPassedDevicesLeniently(broken(devices));
+  for (const read of [strict, lenient]) {
+    assertEquals(read.networks, ["direct", "host-bridge", "lan"]);
+    assertEquals(read.netDevices, ["br9"]);
+  }
+});
+
+Deno.test("scanNetworkInterfacesLeniently() names a bridged network's host bridge or macvtap pool, and nothing for other networks", () => {
+  const scan = (forward: string, rest = "") =>
+    scanNetworkInterfacesLeniently(`<network><name>n</name>${forward}${rest}</network>`);
+  assertEquals(scan("<forward mode='bridge'/>", "<bridge name='br0'/>"), ["br0"]);
+  // Mode bridge without a bridge: macvtap in bridge mode on the pool.
+  assertEquals(scan("<forward mode='bridge' dev='eth3'/>"), ["eth3"]);
+  assertEquals(
+    scan(`<forward mode="private" dev="eth2"><interface dev="eth2"/><interface dev="eth1"/>
+      </forward>`),
+    ["eth1", "eth2"],
+  );
+  assertEquals(scan("<forward mode='passthrough'><pf dev='enp3s0f0'/></forward>"), ["enp3s0f0"]);
+  assertEquals(scan("<forward mode='vepa'/>"), []);
+  // NAT, routed, isolated, open and hostdev networks put guests on no host interface of theirs.
+  for (const mode of ["nat", "route", "open", "hostdev"]) {
+    assertEquals(scan(`<forward mode='${mode}' dev='eth0'/>`, "<bridge name='virbr1'/>"), null);
+  }
+  assertEquals(scan("", "<bridge name='virbr2'/>"), null);
+  assertEquals(scan("<forward mode='bridge"), null);
+  // In <metadata> or a comment, it is no forward.
+  assertEquals(
+    scan(
+      "<metadata><forward mode='bridge'/><bridge name='br0'/></metadata><!-- <forward mode='vepa' dev='x'/> -->",
+    ),
+    null,
+  );
 });

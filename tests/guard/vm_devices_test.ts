@@ -54,9 +54,13 @@ function blockDisk(path: string): string {
 
 /**
  * Runs the guard for "desktop" taking `devices`, with the running domains' status files
- * `running` (name to text), on the tree with `nvme1n1` under {@link NVME} and its by-id link.
+ * `running` and the running networks' `networks` (name to text), on the tree with `nvme1n1` under {@link NVME} and its by-id link.
  */
-async function start(devices: string[], running: Record<string, string>) {
+async function start(
+  devices: string[],
+  running: Record<string, string>,
+  networks: Record<string, string> = {},
+) {
   const z690 = loadFixtureHost("z690-asus-adl");
   z690.host_use = [];
   await using tree = await tempHostTree(z690);
@@ -107,6 +111,10 @@ async function start(devices: string[], running: Record<string, string>) {
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
   }
+  Deno.mkdirSync(`${dir}/network`);
+  for (const [name, text] of Object.entries(networks)) {
+    Deno.writeTextFileSync(`${dir}/network/${name}.xml`, text);
+  }
   Deno.mkdirSync(`${dir}/state`);
   const result = await runGuard({
     vm: "desktop",
@@ -118,6 +126,7 @@ async function start(devices: string[], running: Record<string, string>) {
     live: false,
     stateDir: `${dir}/state`,
     qemuStatusDir: `${dir}/qemu`,
+    networkStatusDir: `${dir}/network`,
     devRoot: `${dir}/dev`,
   });
   return {
@@ -256,4 +265,37 @@ Deno.test("guard: taking the controller under an evdev input or a serial port th
     bmc: status("bmc", [serial.replace("ttyS4", "ttyS0")]),
   });
   assertEquals([isa.code, isa.refusals], [0, []]);
+});
+
+Deno.test("guard: taking the NIC under a bridged network the VM or a running VM is on refuses the start", async () => {
+  // Network "lan" is bridged to br1, whose port is the NIC; "direct" is a macvtap pool on it.
+  const networks = {
+    lan: `<networkstatus><network><name>lan</name><forward mode='bridge'/><bridge name='br1'/>
+      </network></networkstatus>`,
+    direct: `<networkstatus><network><name>direct</name><forward mode='passthrough'>
+      <interface dev='enp10s0' connections='1'/></forward></network></networkstatus>`,
+  };
+  const onLan =
+    `<interface type='network'><source network='lan'/><model type='virtio'/></interface>`;
+  const own = await start([hostdev(NIC), onLan], {}, networks);
+  assertEquals([own.code, own.refusals], [1, [["host-needs", NIC]]]);
+  assertMatch(own.line, /\(vm-device: network lan \(interface br1\) of this VM itself\)/);
+  // A running VM's status names the network, with the device it gave (<actual>).
+  const onDirect = `<interface type='network'><source network='direct'/>
+    <actual type='direct'><source dev='enp10s0' mode='passthrough'/></actual></interface>`;
+  const other = await start([hostdev(NIC)], { router: status("router", [onDirect]) }, networks);
+  assertEquals([other.code, other.refusals], [1, [["host-needs", NIC]]]);
+  assertMatch(
+    other.line,
+    /\(vm-device: network direct \(interface enp10s0\) of running VM "router"\)/,
+  );
+  // A network that does not run, or another device taken: nothing to lose.
+  const stopped = await start([hostdev(NIC), onLan], {}, {});
+  assertEquals([stopped.code, stopped.refusals], [0, []]);
+  const gpu = await start(
+    [hostdev(GPU), onLan],
+    { router: status("router", [onDirect]) },
+    networks,
+  );
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
 });

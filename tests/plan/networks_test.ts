@@ -105,7 +105,7 @@ Deno.test("plan warns when the networks cannot be listed, and plans on", async (
   assertEquals(
     plan.warnings.filter((w) => w.code === "hostdev-network").map((w) => w.message),
     [
-      `Cannot list the networks of "${demo.libvirt.uri}": this function is not supported by the connection driver: hostdev networks' pools of VFs are not checked against the plan`,
+      `Cannot list the networks of "${demo.libvirt.uri}": this function is not supported by the connection driver: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
     ],
   );
   assertEquals(plan.vms[0]!.add.map((a) => a.address), [NIC]);
@@ -131,8 +131,64 @@ Deno.test("plan warns about a network it cannot read or a pool entry it cannot r
   };
   const plan = planHostdevs({ config: GENTOO_WANTS_NIC, host: demo.host, libvirt: partly });
   assertEquals(plan.warnings.filter((w) => w.code === "hostdev-network").map((w) => w.message), [
-    `Cannot read network "gone": internal error: boom: if it is a hostdev network, its pool of VFs is not checked against the plan`,
+    `Cannot read network "gone": internal error: boom: if it is a hostdev network, its pool of VFs is not checked against the plan; if it is bridged to host interfaces, the NICs under them are not counted as its guests'`,
     `Hostdev network "odd" lists 1 pool entry that cannot be read as PCI addresses: a rule may take a VF the network also hands out (virsh net-dumpxml odd)`,
   ]);
   assertEquals(plan.vms[0]!.errors.map((e) => e.code), ["hostdev-network"]);
+});
+
+Deno.test("plan counts the NIC under a bridged or macvtap network as the VMs' on it, on the live host", async () => {
+  // win10's interface is on network "lan"; enp68s0 (the Aquantia NIC) is br0's port.
+  const lan = "<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>";
+  const direct = `<network><name>direct</name><forward mode='vepa'><interface dev='enp68s0'/>
+    </forward></network>`;
+  const nat = `<network><name>nat</name><forward mode='nat'/><bridge name='virbr9'/>
+    <ip address='192.168.150.1' netmask='255.255.255.0'/></network>`;
+  using demo = await demoWith(lan + direct + nat);
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/class/net`, { recursive: true });
+  Deno.mkdirSync(`${sys}/devices/virtual/net/br0`, { recursive: true });
+  Deno.symlinkSync("../enp68s0", `${sys}/devices/virtual/net/br0/lower_enp68s0`);
+  Deno.symlinkSync("../../devices/virtual/net/br0", `${sys}/class/net/br0`);
+  Deno.symlinkSync(
+    `../../devices/pci0000:40/0000:40:01.3/${NIC}/net/enp68s0`,
+    `${sys}/class/net/enp68s0`,
+  );
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const onNetwork = (name: string) => {
+    const xml = demo.libvirt.getPersistentXml("win10").replace(
+      "</devices>",
+      `<interface type='network'><source network='${name}'/><model type='virtio'/></interface>
+      </devices>`,
+    );
+    demo.libvirt.define(xml);
+  };
+  const plan = (config = GENTOO_WANTS_NIC, facts = live) =>
+    planHostdevs({ config, host: demo.host, libvirt: demo.libvirt, facts });
+
+  onNetwork("lan");
+  const taken = plan().vms[0]!.errors.find((e) => e.code === "device-assigned-twice");
+  assertMatch(
+    taken?.message ?? "",
+    /; "win10" uses network lan \(interface br0\) on 0000:44:00\.0$/,
+  );
+  const own = plan(parseConfig(
+    `version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_device_id: "1d6a:07b1" }\n`,
+    { file: "own.yaml" },
+  )).vms[0]!;
+  assertEquals(own.errors.map((e) => [e.code, e.devices]), [["own-device", [NIC]]]);
+  // A captured tree has no interfaces to follow.
+  assertEquals(plan(GENTOO_WANTS_NIC, readHostFacts(roots)).vms[0]!.add.map((a) => a.address), [
+    NIC,
+  ]);
+
+  // A macvtap network's pool counts the same way; a NAT network puts guests on no host NIC.
+  demo.libvirt.define(demo.libvirt.getPersistentXml("win10").replace("'lan'", "'direct'"));
+  assertMatch(
+    plan().vms[0]!.errors.map((e) => e.message).join("\n"),
+    /"win10" uses network direct \(interface enp68s0\) on 0000:44:00\.0/,
+  );
+  demo.libvirt.define(demo.libvirt.getPersistentXml("win10").replace("'direct'", "'nat'"));
+  assertEquals(plan().vms[0]!.add.map((a) => a.address), [NIC]);
 });

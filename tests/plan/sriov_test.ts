@@ -449,7 +449,7 @@ function withPool(
   };
   return {
     ...dataWorld(domains),
-    networks: { kind: "read" as const, hostdev: [network], unreadable: [] },
+    networks: { kind: "read" as const, hostdev: [network], bridged: [], unreadable: [] },
   };
 }
 
