@@ -123,6 +123,12 @@ export interface ParsedDomain {
    */
   usbDevices: UsbSource[];
   /**
+   * The host SCSI adapters (`scsi_host2`) of its `<hostdev mode='subsystem' type='scsi'>`
+   * elements (sorted, unique; iSCSI ones name none): planning counts their controllers as held,
+   * when the host can say which they are.
+   */
+  scsiHosts: string[];
+  /**
    * The host network interfaces its `<interface type='direct'>` (macvtap on `<source dev>`) and
    * `<interface type='bridge'>` (`<source bridge>`) elements use: planning counts the NICs under
    * them as held, when the host can say which they are.
@@ -268,6 +274,7 @@ interface Located {
   nvmeDisks: PciAddress[];
   blockDisks: string[];
   usbDevices: UsbSource[];
+  scsiHosts: string[];
   netDevices: string[];
   charDevices: string[];
   networks: string[];
@@ -359,6 +366,7 @@ function locate(xml: string): Located {
   const nvmeDisks: PciAddress[] = [];
   const blockDisks: string[] = [];
   const usbDevices: UsbSource[] = [];
+  const scsiHosts = new Set<string>();
   const netDevices: string[] = [];
   const charDevices = new Set<string>();
   const networks = new Set<string>();
@@ -390,6 +398,8 @@ function locate(xml: string): Located {
       if (site !== null) hostdevs.push(site);
       const usb = site === null ? readUsbHostdev(xml, span) : null;
       if (usb !== null) usbDevices.push(usb);
+      const adapter = site === null && usb === null ? readScsiHostdev(xml, span) : null;
+      if (adapter !== null) scsiHosts.add(adapter);
     } else if (
       span.name === "disk" && attribute(xml, span, "type") === "nvme" &&
       span.children.some((c) => c.name === "source")
@@ -422,6 +432,7 @@ function locate(xml: string): Located {
     nvmeDisks,
     blockDisks,
     usbDevices,
+    scsiHosts: [...scsiHosts].sort(),
     netDevices,
     charDevices: [...charDevices].sort(),
     networks: [...networks].sort(),
@@ -488,6 +499,21 @@ function elementSource(xml: string, span: XmlSpan, name: string): string | null 
   const source = span.children.find((c) => c.name === "source");
   const value = source === undefined ? undefined : attribute(xml, source, name);
   return value === undefined || value === "" ? null : value;
+}
+
+/**
+ * The host SCSI adapter (`scsi_host2`) of a SCSI subsystem `<hostdev>` on a host adapter; `null`
+ * for other hostdevs, an iSCSI one, or one without an adapter name.
+ */
+function readScsiHostdev(xml: string, span: XmlSpan): string | null {
+  const mode = attribute(xml, span, "mode") ?? "subsystem";
+  if (mode !== "subsystem" || attribute(xml, span, "type") !== "scsi") return null;
+  const source = span.children.find((c) => c.name === "source");
+  const protocol = source === undefined ? undefined : attribute(xml, source, "protocol");
+  if (source === undefined || (protocol !== undefined && protocol !== "none")) return null;
+  const adapter = source.children.find((c) => c.name === "adapter");
+  const name = adapter === undefined ? undefined : attribute(xml, adapter, "name");
+  return name ? name : null;
 }
 
 /** The source of a USB subsystem `<hostdev>`; `null` for other hostdevs, or one it cannot read. */
@@ -670,6 +696,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     nvmeDisks: located.nvmeDisks,
     blockDisks: located.blockDisks,
     usbDevices: located.usbDevices,
+    scsiHosts: located.scsiHosts,
     netDevices: located.netDevices,
     charDevices: located.charDevices,
     networks: located.networks,

@@ -264,6 +264,11 @@ export interface LenientPassedScan {
    */
   usbDevices: UsbSource[];
   /**
+   * The host SCSI adapters (`scsi_host2`) its `<hostdev mode='subsystem' type='scsi'>` elements
+   * name (sorted, unique; iSCSI ones name none).
+   */
+  scsiHosts: string[];
+  /**
    * The host network interfaces its `<interface type='direct'>` (`<source dev>`) and
    * `<interface type='bridge'>` (`<source bridge>`) elements use (sorted, unique).
    */
@@ -291,6 +296,7 @@ export interface LenientPassedScan {
  *   networks: [],
  *   blockDisks: [],
  *   usbDevices: [],
+ *   scsiHosts: [],
  *   netDevices: [],
  *   charDevices: [],
  * });
@@ -303,6 +309,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const networks = new Set<string>();
   const blockDisks = new Set<string>();
   const usbDevices: UsbSource[] = [];
+  const scsiHosts = new Set<string>();
   const netDevices = new Set<string>();
   let unresolved = 0;
   starts.forEach((start, n) => {
@@ -350,10 +357,13 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       return;
     }
     if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
-      const usb = type === "usb" && mode !== "capabilities" && !tag.selfClosing
-        ? usbSource(elementContent(element.slice(tag.end), "hostdev"))
-        : null;
+      const inside = mode === "capabilities" || tag.selfClosing
+        ? null
+        : elementContent(element.slice(tag.end), "hostdev");
+      const usb = type === "usb" && inside !== null ? usbSource(inside) : null;
       if (usb !== null) usbDevices.push(usb);
+      const adapter = type === "scsi" && inside !== null ? scsiAdapter(inside) : null;
+      if (adapter !== null) scsiHosts.add(adapter);
       return;
     }
     if (tag.selfClosing) {
@@ -373,6 +383,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     networks: [...networks].sort(),
     blockDisks: [...blockDisks].sort(),
     usbDevices,
+    scsiHosts: [...scsiHosts].sort(),
     netDevices: [...netDevices].sort(),
     charDevices: charDeviceSources(text),
   };
@@ -423,6 +434,19 @@ function sourceDevices(inside: string): string[] {
     if (dev) devices.push(dev);
   }
   return devices;
+}
+
+/**
+ * The host adapter (`scsi_host2`) of a SCSI hostdev whose content is `inside`; `null` for an
+ * iSCSI one (`<source protocol='iscsi'>`) or one without an adapter name.
+ */
+function scsiAdapter(inside: string): string | null {
+  const open = findTag(inside, "source");
+  const source = open === -1 ? null : lenientTag(inside, open);
+  const protocol = source?.attributes.protocol;
+  if (source === null || (protocol !== undefined && protocol !== "none")) return null;
+  const at = findTag(inside, "adapter", open);
+  return (at === -1 ? undefined : lenientTag(inside, at)?.attributes.name) || null;
 }
 
 /** The source of a USB hostdev whose content is `inside`, or `null` when it cannot be read. */

@@ -162,6 +162,7 @@ function readDomain(xml: string): DomainFacts {
     used: {
       blockDisks: lenient.blockDisks,
       usbDevices: lenient.usbDevices,
+      scsiHosts: lenient.scsiHosts,
       netDevices: lenient.netDevices,
       charDevices: lenient.charDevices,
       networks: lenient.networks,

@@ -1,14 +1,13 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
  * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
- * `<hostdev type='usb'>`, an `<interface type='direct'>` or `type='bridge'` on a NIC (or
- * `type='network'` on a network bridged to one), or an `<input type='evdev'>` or
+ * `<hostdev type='usb'>` or `type='scsi'`, an `<interface type='direct'>` or `type='bridge'` on
+ * a NIC (or `type='network'` on a network bridged to one), or an `<input type='evdev'>` or
  * `<serial type='dev'>` on a USB or PCI device keeps the PCI controller under it busy while its
- * VM runs, and libvirt does not know it: a start that
- * detaches the controller pulls the device from under that VM. Read from the QEMU driver's
- * status files (`/run/libvirt/qemu/NAME.xml`, one per running domain): the hook must not call
- * libvirt. The starting VM's own such devices count the same way: taking their controller would
- * pull them from under the guest being started.
+ * VM runs, and libvirt does not know it: a start that detaches the controller pulls the device
+ * from under that VM. Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one
+ * per running domain): the hook must not call libvirt. The starting VM's own such devices count
+ * the same way: taking their controller would pull them from under the guest being started.
  *
  * @module
  */
@@ -23,6 +22,7 @@ import {
   pciAncestor,
   pciDevicesUnder,
   readUsbDevices,
+  scsiHostControllers,
   usbDeviceControllers,
 } from "../host/sysfs_device.ts";
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
@@ -59,9 +59,9 @@ export interface VmDeviceRoots {
 }
 
 /**
- * Which of `devices` have a block device, a USB device, a network interface or a serial port
- * under them (a disk, USB or network controller, a serial card): only their starts need the
- * other VMs' devices resolved. Character devices other than serial ports hang under USB devices.
+ * Which of `devices` have a block device, a USB device, a SCSI host adapter, a network interface
+ * or a serial port under them (a disk, USB, storage or network controller, a serial card): only
+ * their starts need the other VMs' devices resolved. Character devices other than serial ports hang under USB devices.
  */
 function withHostDevices(
   reader: SysfsReader,
@@ -75,7 +75,8 @@ function withHostDevices(
       if (wanted.has(address)) found.add(address);
     }
   }
-  for (const dir of [`${sysRoot}/bus/usb/devices`, `${sysRoot}/class/net`]) {
+  const dirs = ["bus/usb/devices", "class/net", "class/scsi_host"].map((d) => `${sysRoot}/${d}`);
+  for (const dir of dirs) {
     for (const address of linkedFunctions(reader, dir)) {
       if (wanted.has(address)) found.add(address);
     }
@@ -88,9 +89,9 @@ function withHostDevices(
 }
 
 /**
- * The PCI functions the entries of `dir` (`bus/usb/devices`, `class/net`) hang under:
- * USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces (`1-2:1.0`); the
- * network interfaces of PCI functions (a bridge or a tap has none).
+ * The PCI functions the entries of `dir` (`bus/usb/devices`, `class/net`, `class/scsi_host`)
+ * hang under: USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces
+ * (`1-2:1.0`); the network interfaces of PCI functions (a bridge or a tap has none); SCSI hosts.
  */
 function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
   return (reader.listDir(dir) ?? []).flatMap((name) => {
@@ -105,8 +106,8 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
  * devices plugged in) or another running VM uses (`vm` is the one starting, whose own
  * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
- * when one runs and one of `devices` has a disk, a USB device, a network interface or a serial
- * port under it. Throws when a status file is larger than 4 MiB or a disk's or character device's
+ * when one runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network
+ * interface or a serial port under it. Throws when a status file is larger than 4 MiB or a disk's or character device's
  * path cannot be read, or `networkInterfaces` throws (the check then fails closed).
  *
  * @example
@@ -122,7 +123,9 @@ function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
  *   <disk type='block' device='disk'><source dev='/dev/nvme0n1'/></disk></devices></domain></domstatus>`);
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
- * const own = { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [], networks: [] };
+ * const own = {
+ *   blockDisks: [], usbDevices: [], scsiHosts: [], netDevices: [], charDevices: [], networks: [],
+ * };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
  *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',
  * }]);
@@ -162,6 +165,9 @@ export function vmDeviceUses(
     for (const source of used.usbDevices.length > 0 && usbUnder(among) ? used.usbDevices : []) {
       plugged ??= readUsbDevices(reader, roots.sysRoot);
       use(usbDeviceControllers(plugged, source), describeUsbSource(source));
+    }
+    for (const adapter of used.scsiHosts) {
+      use(scsiHostControllers(reader, roots.sysRoot, adapter), `SCSI adapter ${adapter}`);
     }
     for (const name of used.netDevices) {
       use(nicsUnder(reader, roots.sysRoot, name), `network interface ${name}`);

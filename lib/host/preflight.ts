@@ -25,6 +25,7 @@ import {
   charDeviceControllers,
   nicsUnder,
   readUsbDevices,
+  scsiHostControllers,
   usbDeviceControllers,
 } from "./sysfs_device.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
@@ -130,6 +131,11 @@ export interface HostFacts {
    * `usbDeviceControllers`). `null` when unknown: only the live host says what is plugged in.
    */
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
+  /**
+   * The PCI function of a SCSI host adapter (`scsi_host2`, a `<hostdev type='scsi'>` adapter).
+   * `null` when unknown: only the live host's adapters say.
+   */
+  scsiHostControllers(adapter: string): PciAddress[] | null;
   /**
    * The PCI functions under a host network interface (`enp65s0f0`; a bond's or bridge's own
    * NICs). `null` when unknown: only the live host's interfaces say.
@@ -403,6 +409,8 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     // A captured tree holds no USB devices: what is plugged in is the live host's alone.
     usbDeviceControllers: (source) =>
       options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
+    scsiHostControllers: (adapter) =>
+      options.devRoot === undefined ? null : scsiHostControllers(reader, sysRoot, adapter),
     netDeviceControllers: (name) =>
       options.devRoot === undefined ? null : nicsUnder(reader, sysRoot, name),
     charDeviceControllers: byKey((path) => {

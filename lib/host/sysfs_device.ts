@@ -503,6 +503,35 @@ export function charDeviceControllers(
   return [];
 }
 
+/**
+ * The PCI function of the SCSI host adapter `adapter` as libvirt names it (`scsi_host2`, which is
+ * `class/scsi_host/host2`): a SATA, SAS or USB storage controller. Empty for another name or an
+ * adapter on no PCI function.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/class/scsi_host`, { recursive: true });
+ * Deno.symlinkSync("../../devices/pci0000:00/0000:00:17.0/ata3/host2/scsi_host/host2",
+ *   `${dir}/class/scsi_host/host2`);
+ * assertEquals(scsiHostControllers(denoFsReader(), dir, "scsi_host2"), ["0000:00:17.0"]);
+ * assertEquals(scsiHostControllers(denoFsReader(), dir, "host2"), []);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function scsiHostControllers(
+  reader: SysfsReader,
+  sysRoot: string,
+  adapter: string,
+): PciAddress[] {
+  const host = /^scsi_(host\d+)$/.exec(adapter)?.[1];
+  const link = host === undefined ? null : reader.readLink(`${sysRoot}/class/scsi_host/${host}`);
+  const address = link === null ? null : pciAncestor(link);
+  return address === null ? [] : [address];
+}
+
 /** A USB device plugged into the host, as `bus/usb/devices` describes it. */
 export interface HostUsbDevice {
   /** Its sysfs name (`1-2.3`: bus 1, port 2, then port 3 of a hub). */

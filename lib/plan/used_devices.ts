@@ -1,13 +1,13 @@
 /**
  * The host devices a domain uses without passing a PCI function through: block disks by their
  * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
- * (`<hostdev type='usb'>`) and network interfaces (`<interface type='direct'>` on a NIC,
- * `<interface type='bridge'>` on a bridge whose ports are NICs, `<interface type='network'>` on a
- * network bridged to host interfaces) and character devices (an
- * `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each hangs under a PCI
- * controller, and a rule that passes that controller to a guest takes the device from under the
- * domain: from another VM, or from the VM itself (its start would detach the controller, and the
- * device with it). Pure: the host is read through {@link DeviceResolvers}.
+ * (`<hostdev type='usb'>`), SCSI devices (`<hostdev type='scsi'>`, on their host adapter), network
+ * interfaces (`<interface type='direct'>` on a NIC, `<interface type='bridge'>` on a bridge whose
+ * ports are NICs, `<interface type='network'>` on a network bridged to host interfaces) and
+ * character devices (an `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each
+ * hangs under a PCI controller, and a rule that passes that controller to a guest takes the
+ * device from under the domain: from another VM, or from the VM itself (its start would detach
+ * the controller, and the device with it). Pure: the host is read through {@link DeviceResolvers}.
  *
  * @module
  */
@@ -26,6 +26,8 @@ export interface DeviceResolvers {
   blockDeviceControllers(path: string): PciAddress[] | null;
   /** The controllers under the USB devices a USB hostdev's source names. */
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
+  /** The controller of a SCSI host adapter (`scsi_host2`); absent: not resolved. */
+  scsiHostControllers?(adapter: string): PciAddress[] | null;
   /** The NICs under a host network interface (a bridge's or bond's ports); absent: not resolved. */
   netDeviceControllers?(name: string): PciAddress[] | null;
   /**
@@ -53,6 +55,8 @@ export interface UsedDevices {
   blockDisks: string[];
   /** Sources of its USB hostdevs. */
   usbDevices: UsbSource[];
+  /** The host adapters of its SCSI hostdevs (`scsi_host2`). */
+  scsiHosts: string[];
   /** The host network interfaces of its `direct` and `bridge` interfaces. */
   netDevices: string[];
   /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
@@ -67,15 +71,24 @@ export interface UsedDevices {
  */
 export function usedDevicesIn(read: DefinitionRead): UsedDevices {
   if (read.kind === "parsed") {
-    const { blockDisks, usbDevices, netDevices, charDevices, networks } = read.domain;
-    return { blockDisks, usbDevices, netDevices, charDevices, networks };
+    return pickUsed(read.domain);
   }
-  if (read.kind === "unreadable") {
-    const { blockDisks, usbDevices, netDevices, charDevices, networks } =
-      scanPassedDevicesLeniently(read.xml);
-    return { blockDisks, usbDevices, netDevices, charDevices, networks };
-  }
-  return { blockDisks: [], usbDevices: [], netDevices: [], charDevices: [], networks: [] };
+  if (read.kind === "unreadable") return pickUsed(scanPassedDevicesLeniently(read.xml));
+  return pickUsed({
+    blockDisks: [],
+    usbDevices: [],
+    scsiHosts: [],
+    netDevices: [],
+    charDevices: [],
+    networks: [],
+  });
+}
+
+/** The {@link UsedDevices} fields of what a reader found. */
+function pickUsed(
+  { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks }: UsedDevices,
+): UsedDevices {
+  return { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks };
 }
 
 /**
@@ -88,6 +101,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
     usbDevices: live.usbDevices.filter((source) =>
       !defined.usbDevices.some((d) => sameUsbDevice(d, source))
     ),
+    scsiHosts: live.scsiHosts.filter((adapter) => !defined.scsiHosts.includes(adapter)),
     netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
     charDevices: live.charDevices.filter((path) => !defined.charDevices.includes(path)),
     networks: live.networks.filter((name) => !defined.networks.includes(name)),
@@ -96,7 +110,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, `network interface br0`, `network lan (interface br0)`,
+ * /dev/sdb`, `USB device 046d:c52b`, `SCSI adapter scsi_host2`, `network interface br0`, `network lan (interface br0)`,
  * `character device /dev/ttyUSB0`, followed by `mark`). A block disk or character device whose path cannot be read counts no
  * controller and is passed to `unreadable`, with what it is (`disk`, `character device`).
  *
@@ -106,6 +120,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  * const used = {
  *   blockDisks: ["/dev/sdb"],
  *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
+ *   scsiHosts: [],
  *   netDevices: [],
  *   charDevices: [],
  *   networks: [],
@@ -146,6 +161,9 @@ export function controllersUnder(
   }
   for (const source of used.flatMap((u) => u.usbDevices)) {
     add(resolvers.usbDeviceControllers(source), describeUsbSource(source));
+  }
+  for (const adapter of new Set(used.flatMap((u) => u.scsiHosts))) {
+    add(resolvers.scsiHostControllers?.(adapter) ?? null, `SCSI adapter ${adapter}`);
   }
   for (const name of new Set(used.flatMap((u) => u.netDevices))) {
     add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);

@@ -131,7 +131,7 @@ function resolvers(
   };
 }
 
-Deno.test("heldSincePlan() counts the controllers under another domain's disks, USB devices, interfaces and character devices, when it can resolve them", () => {
+Deno.test("heldSincePlan() counts the controllers under another domain's disks, USB and SCSI devices, interfaces and character devices, when it can resolve them", () => {
   const alphaXml = domain("alpha", []);
   const alpha = vmPlan("alpha", alphaXml, { take: [NIC] });
   const plan = planOf([alpha]);
@@ -166,6 +166,13 @@ Deno.test("heldSincePlan() counts the controllers under another domain's disks, 
   };
   assertEquals(heldSincePlan(alpha, plan, onInput, deniedInput), [
     `what "nas" holds is unknown (persistent definition: its character device /dev/input/event3 cannot be read: EACCES)`,
+  ]);
+  const scsi = `<hostdev mode='subsystem' type='scsi'><source><adapter name='scsi_host2'/>` +
+    `<address bus='0' target='0' unit='0'/></source></hostdev>`;
+  const onAdapter = dataWorld({ alpha: alphaXml, nas: nas(scsi) });
+  const adapter = { ...resolvers({}), scsiHostControllers: () => [NIC] };
+  assertEquals(heldSincePlan(alpha, plan, onAdapter, adapter), [
+    `"nas" holds "0000:02:00.0" (under its SCSI adapter scsi_host2) in its persistent definition`,
   ]);
   const onlyUsb = dataWorld({ alpha: alphaXml, nas: nas(usb) });
   assertEquals(heldSincePlan(alpha, plan, onlyUsb, both), [

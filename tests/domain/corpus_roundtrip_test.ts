@@ -186,18 +186,21 @@ Deno.test({
     let usb = 0;
     let net = 0;
     let char = 0;
+    let scsi = 0;
     for (const { name, xml } of corpusFiles()) {
       const strict = parseDomainXml(xml);
       const lenient = scanPassedDevicesLeniently(xml);
       const strictUsed = {
         blockDisks: [...new Set(strict.blockDisks)].sort(),
         usbDevices: strict.usbDevices,
+        scsiHosts: strict.scsiHosts,
         netDevices: [...new Set(strict.netDevices)].sort(),
         charDevices: strict.charDevices,
       };
       const lenientUsed = {
         blockDisks: lenient.blockDisks,
         usbDevices: lenient.usbDevices,
+        scsiHosts: lenient.scsiHosts,
         netDevices: lenient.netDevices,
         charDevices: lenient.charDevices,
       };
@@ -205,10 +208,12 @@ Deno.test({
       usb += strict.usbDevices.length;
       net += strict.netDevices.length;
       char += strict.charDevices.length;
+      scsi += strict.scsiHosts.length;
     }
     assertEquals(disagree, []);
     // Every USB hostdev of the corpus (by bus and device number) is read, every direct and
-    // bridge interface's source, and every evdev input's and type='dev' character device's.
-    assertEquals([usb, net, char], [12, 26, 5]);
+    // bridge interface's source, every evdev input's and type='dev' character device's, and
+    // every SCSI hostdev's host adapter.
+    assertEquals([usb, net, char, scsi], [12, 26, 5, 18]);
   },
 });

@@ -597,6 +597,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     networks: [],
     blockDisks: [],
     usbDevices: [],
+    scsiHosts: [],
     netDevices: [],
     charDevices: [],
   });
@@ -689,6 +690,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     networks: [],
     blockDisks: [],
     usbDevices: [],
+    scsiHosts: [],
     netDevices: [],
     charDevices: [],
   });
@@ -835,4 +837,22 @@ Deno.test("scanNetworkInterfacesLeniently() names a bridged network's host bridg
     ),
     null,
   );
+});
+
+Deno.test("both readers read the host adapter of a SCSI hostdev, not of an iSCSI one", () => {
+  const devices = `
+    <hostdev mode='subsystem' type='scsi' sgio='unfiltered' rawio='yes'>
+      <source><adapter name='scsi_host2'/><address bus='0' target='0' unit='0'/></source>
+      <address type='drive' controller='0' bus='0' target='0' unit='1'/></hostdev>
+    <hostdev mode='subsystem' type='scsi'><source protocol='none'>
+      <adapter name='scsi_host0'/><address bus='0' target='1' unit='0'/></source></hostdev>
+    <hostdev mode='subsystem' type='scsi'><source protocol='iscsi' name='iqn.2014-08.com.example:storage/1'>
+      <host name='example.com' port='3260'/></source></hostdev>
+    <hostdev mode='subsystem' type='scsi_host'><source protocol='vhost' wwpn='naa.5123456789abcde0'/>
+    </hostdev>
+    <hostdev mode='subsystem' type='scsi'><source><address bus='0' target='0' unit='0'/></source></hostdev>`;
+  const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+  assertEquals(parseDomainXml(xml).scsiHosts, ["scsi_host0", "scsi_host2"]);
+  assertEquals(scanPassedDevicesLeniently(xml).scsiHosts, ["scsi_host0", "scsi_host2"]);
+  assertEquals(scanPassedDevicesLeniently(broken(devices)).scsiHosts, ["scsi_host0", "scsi_host2"]);
 });

@@ -18,6 +18,7 @@ const GPU = "0000:04:00.0";
 const USB = "0000:41:00.0";
 const NIC = "0000:0a:00.0";
 const SERIAL = "0000:00:16.0";
+const SATA = "0000:00:17.0";
 const KEYBOARD = "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd";
 
 function hostdev(address: string): string {
@@ -111,6 +112,11 @@ async function start(
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
   }
+  Deno.mkdirSync(`${dir}/class/scsi_host`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/${SATA}/ata4/host3/scsi_host/host3`,
+    `${dir}/class/scsi_host/host3`,
+  );
   Deno.mkdirSync(`${dir}/network`);
   for (const [name, text] of Object.entries(networks)) {
     Deno.writeTextFileSync(`${dir}/network/${name}.xml`, text);
@@ -297,5 +303,24 @@ Deno.test("guard: taking the NIC under a bridged network the VM or a running VM 
     { router: status("router", [onDirect]) },
     networks,
   );
+  assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+Deno.test("guard: taking the controller of a SCSI hostdev's adapter the VM or a running VM uses refuses the start", async () => {
+  // scsi_host3 is a port of the SATA controller, which has no disk, USB device or NIC here.
+  const scsi = `<hostdev mode='subsystem' type='scsi'><source><adapter name='scsi_host3'/>
+    <address bus='0' target='0' unit='0'/></source></hostdev>`;
+  const other = await start([hostdev(SATA)], { tape: status("tape", [scsi]) });
+  assertEquals([other.code, other.refusals], [1, [["host-needs", SATA]]]);
+  assertMatch(other.line, /\(vm-device: SCSI adapter scsi_host3 of running VM "tape"\)/);
+  const own = await start([hostdev(SATA), scsi], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", SATA]]]);
+  assertMatch(own.line, /\(vm-device: SCSI adapter scsi_host3 of this VM itself\)/);
+  // Another adapter, or another device taken: nothing to lose.
+  const elsewhere = await start([hostdev(SATA)], {
+    tape: status("tape", [scsi.replace("scsi_host3", "scsi_host9")]),
+  });
+  assertEquals([elsewhere.code, elsewhere.refusals], [0, []]);
+  const gpu = await start([hostdev(GPU)], { tape: status("tape", [scsi]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
 });

@@ -693,3 +693,38 @@ Deno.test("planHostdevs() counts the controller under a VM's evdev input or seri
   });
   assertEquals(captured.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
+
+Deno.test("planHostdevs() counts the controller under a VM's SCSI hostdev as that VM's, on the live host", async () => {
+  using demo = await demoHost();
+  // win10 takes a USB disk's SCSI device (usb-storage puts scsi_host4 under the ASMedia USB
+  // controller, 0000:43:00.0).
+  const world = worldWith(
+    demo.dir,
+    `<hostdev mode='subsystem' type='scsi'><source><adapter name='scsi_host4'/>
+        <address bus='0' target='0' unit='0'/></source></hostdev>`,
+  );
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/class/scsi_host`, { recursive: true });
+  Deno.symlinkSync(
+    "../../devices/pci0000:40/0000:40:03.1/0000:43:00.0/usb3/3-4/3-4:1.0/host4/scsi_host/host4",
+    `${sys}/class/scsi_host/host4`,
+  );
+  using libvirt = openLibvirtPort(`test://${world}`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).scsiHosts, ["scsi_host4"]);
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const plan = (vm: string, facts = live) =>
+    planHostdevs({ config: wants(vm, "1b21:3242"), host: demo.host, libvirt, facts });
+
+  assertMatch(
+    assertTakenFromWin10(plan("gentoo")).message,
+    /; "win10" uses SCSI adapter scsi_host4 on 0000:43:00\.0$/,
+  );
+  assertEquals(plan("win10").vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
+    "0000:43:00.0",
+  ]]]);
+  // A captured tree has no adapters to follow.
+  assertEquals(plan("gentoo", readHostFacts(roots)).vms[0]!.add.map((a) => a.address), [
+    "0000:43:00.0",
+  ]);
+});
