@@ -22,7 +22,7 @@ import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { controllersUnder, type DeviceResolvers, usedDevicesIn } from "../plan/used_devices.ts";
-import { warnsUnresolvedDisk } from "../plan/issues.ts";
+import { warnsUnresolvedDevice } from "../plan/issues.ts";
 import { errorText } from "../plan/world.ts";
 
 /** What a definition holds, as far as the re-check goes. */
@@ -130,7 +130,7 @@ export function heldSincePlan(
   return heldElsewhere(vm.name, taken.has, world, {
     expected,
     ...(resolvers === undefined ? {} : { resolvers }),
-    warned: (domain, path) => plan.warnings.some((w) => warnsUnresolvedDisk(w, domain, path)),
+    warned: (domain, path) => plan.warnings.some((w) => warnsUnresolvedDevice(w, domain, path)),
   });
 }
 

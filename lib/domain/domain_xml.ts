@@ -11,7 +11,7 @@
  */
 
 import type { PciAddress } from "../host/types.ts";
-import { CHAR_DEVICE_SOURCES } from "./char_source.ts";
+import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
@@ -411,10 +411,8 @@ function locate(xml: string): Located {
     } else if (span.name === "disk") {
       blockDisks.push(...sourceDevices(xml, span));
     } else {
-      const char = CHAR_DEVICE_SOURCES.get(span.name);
-      const path = char !== undefined && attribute(xml, span, "type") === char.type
-        ? elementSource(xml, span, char.attribute)
-        : null;
+      const char = charSourceAttribute(span.name, attribute(xml, span, "type"));
+      const path = char === null ? null : elementSource(xml, span, char);
       if (path !== null) charDevices.add(path);
     }
   }

@@ -15,7 +15,7 @@
 import type { PciAddress } from "../host/types.ts";
 import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
-import { CHAR_DEVICE_SOURCES } from "./char_source.ts";
+import { CHAR_DEVICE_SOURCES, charSourceAttribute } from "./char_source.ts";
 
 export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
@@ -385,33 +385,37 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     usbDevices,
     scsiHosts: [...scsiHosts].sort(),
     netDevices: [...netDevices].sort(),
-    charDevices: charDeviceSources(text),
+    charDevices: charDeviceSources(text, starts.map((s) => s.index)),
   };
 }
 
 /** The start tag of an element whose source may be a host character device. */
 const CHAR_DEVICE_START = new RegExp(
-  `<(${[...CHAR_DEVICE_SOURCES.keys()].join("|")})(?=[\\s/>]|$)`,
+  `<(${[...new Set(CHAR_DEVICE_SOURCES.map((s) => s.element))].join("|")})(?=[\\s/>]|$)`,
   "g",
 );
 
 /**
  * The `/dev` paths of the host character devices the elements of {@link CHAR_DEVICE_SOURCES}
- * in `text` use (sorted, unique). Only an element whose `type` says so counts, which leaves out
- * a disk's `<serial>` (it has none).
+ * in `text` use (sorted, unique); `deviceStarts` are where the scan's other devices start. Only
+ * an element whose `type` says so counts, which leaves out a disk's `<serial>` (it has none).
  */
-function charDeviceSources(text: string): string[] {
+function charDeviceSources(text: string, deviceStarts: readonly number[]): string[] {
   const paths = new Set<string>();
   const starts = [...text.matchAll(CHAR_DEVICE_START)];
   starts.forEach((start, n) => {
     const name = start[1]!;
     const tag = lenientTag(text, start.index);
-    const char = CHAR_DEVICE_SOURCES.get(name)!;
-    if (tag === null || tag.selfClosing || tag.attributes.type !== char.type) return;
-    // Its content ends at its end tag or, when that is missing, where the next such element starts.
-    const inside = elementContent(text.slice(tag.end, starts[n + 1]?.index ?? text.length), name);
+    const char = tag === null ? null : charSourceAttribute(name, tag.attributes.type);
+    if (tag === null || tag.selfClosing || char === null) return;
+    // Its content ends at its end tag or, when that is missing, where the next device starts.
+    const next = Math.min(
+      starts[n + 1]?.index ?? text.length,
+      deviceStarts.find((at) => at > start.index) ?? text.length,
+    );
+    const inside = elementContent(text.slice(tag.end, next), name);
     const open = findTag(inside, "source");
-    const path = open === -1 ? undefined : lenientTag(inside, open)?.attributes[char.attribute];
+    const path = open === -1 ? undefined : lenientTag(inside, open)?.attributes[char];
     if (path) paths.add(path);
   });
   return [...paths].sort();

@@ -58,10 +58,29 @@ export interface VmDeviceRoots {
   statusDir: string;
 }
 
+/** USB devices and root hubs (`1-2`, `1-2.4`, `usb1`), not their interfaces (`1-2:1.0`). */
+const USB_DEVICES = { dir: "bus/usb/devices", entry: /^[^:]+$/ };
+
 /**
- * Which of `devices` have a block device, a USB device, a SCSI host adapter, a network interface
- * or a serial port under them (a disk, USB, storage or network controller, a serial card): only
- * their starts need the other VMs' devices resolved. Character devices other than serial ports hang under USB devices.
+ * The sysfs directories whose entries link to the host devices VMs use, with the entries that
+ * can be such a device: USB devices ({@link USB_DEVICES}); network interfaces and SCSI hosts;
+ * serial ports, not the virtual consoles (`tty1`, `console`, `ptmx`); input event devices (what
+ * evdev reads); parallel ports.
+ */
+const DEVICE_DIRS: readonly { dir: string; entry: RegExp }[] = [
+  USB_DEVICES,
+  { dir: "class/net", entry: /^[^:]+$/ },
+  { dir: "class/scsi_host", entry: /^host\d+$/ },
+  { dir: "class/tty", entry: /^(?!tty\d*$|console$|ptmx$)[^:]+$/ },
+  { dir: "class/input", entry: /^event\d+$/ },
+  { dir: "class/ppdev", entry: /^parport\d+$/ },
+];
+
+/**
+ * Which of `devices` have a block device, a USB device, a SCSI host adapter, a network
+ * interface or a character device under them (a disk, USB, storage or network controller, a
+ * serial card, an I2C controller with a touchpad): only their starts need the other VMs' devices
+ * resolved.
  */
 function withHostDevices(
   reader: SysfsReader,
@@ -75,27 +94,18 @@ function withHostDevices(
       if (wanted.has(address)) found.add(address);
     }
   }
-  const dirs = ["bus/usb/devices", "class/net", "class/scsi_host"].map((d) => `${sysRoot}/${d}`);
-  for (const dir of dirs) {
-    for (const address of linkedFunctions(reader, dir)) {
+  for (const { dir, entry } of DEVICE_DIRS) {
+    for (const address of linkedFunctions(reader, `${sysRoot}/${dir}`, entry)) {
       if (wanted.has(address)) found.add(address);
     }
-  }
-  for (const address of wanted) {
-    const ports = reader.listDir(`${sysRoot}/bus/pci/devices/${address}/tty`);
-    if (ports !== null && ports.length > 0) found.add(address);
   }
   return found;
 }
 
-/**
- * The PCI functions the entries of `dir` (`bus/usb/devices`, `class/net`, `class/scsi_host`)
- * hang under: USB devices (`1-2`, `1-2.4`) and root hubs (`usb1`), not their interfaces
- * (`1-2:1.0`); the network interfaces of PCI functions (a bridge or a tap has none); SCSI hosts.
- */
-function linkedFunctions(reader: SysfsReader, dir: string): PciAddress[] {
+/** The PCI functions the entries of `dir` that match `entry` hang under (`pciAncestor`). */
+function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAddress[] {
   return (reader.listDir(dir) ?? []).flatMap((name) => {
-    const link = name.includes(":") ? null : reader.readLink(`${dir}/${name}`);
+    const link = entry.test(name) ? reader.readLink(`${dir}/${name}`) : null;
     const address = link === null ? null : pciAncestor(link);
     return address === null ? [] : [address];
   });
@@ -148,7 +158,9 @@ export function vmDeviceUses(
   let usbControllers: Set<PciAddress> | null = null;
   // Each USB device's attributes are read only when a device taken is a USB controller in use.
   const usbUnder = (among: ReadonlySet<PciAddress>) => {
-    usbControllers ??= new Set(linkedFunctions(reader, `${roots.sysRoot}/bus/usb/devices`));
+    usbControllers ??= new Set(
+      linkedFunctions(reader, `${roots.sysRoot}/${USB_DEVICES.dir}`, USB_DEVICES.entry),
+    );
     return [...among].some((address) => usbControllers!.has(address));
   };
   const useAll = (used: UsedDevices, whose: string, among: ReadonlySet<PciAddress>) => {

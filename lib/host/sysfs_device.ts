@@ -477,6 +477,9 @@ const CHAR_DEVICE_CLASSES = ["input", "tty", "hidraw", "usbmisc", "ppdev", "scsi
  *   `${dir}/sys/class/input/event3`,
  * );
  * Deno.symlinkSync("../event3", `${dir}/dev/input/by-id/usb-Logitech_Receiver-event-kbd`);
+ * Deno.mkdirSync(`${dir}/sys/class/tty`);
+ * Deno.symlinkSync("../../devices/platform/serial8250/serial8250:0/serial8250:0.0/tty/ttyS0",
+ *   `${dir}/sys/class/tty/ttyS0`);
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev` };
  * const reader = denoFsReader();
  * assertEquals(

@@ -103,7 +103,7 @@ export function readFailedError(name: string, error: string): PlanIssue {
  * The warning for a block disk or character device whose host device cannot be read (`/dev` or
  * sysfs).
  */
-export function unresolvedDiskWarning(
+export function unresolvedDeviceWarning(
   name: string,
   path: string,
   error: string,
@@ -121,10 +121,10 @@ export function unresolvedDiskWarning(
 }
 
 /**
- * Whether `issue` is {@link unresolvedDiskWarning}'s for the disk or character device `path` of
+ * Whether `issue` is {@link unresolvedDeviceWarning}'s for the disk or character device `path` of
  * VM `name`.
  */
-export function warnsUnresolvedDisk(issue: PlanIssue, name: string, path: string): boolean {
+export function warnsUnresolvedDevice(issue: PlanIssue, name: string, path: string): boolean {
   return issue.code === "unreadable-definition" && issue.vm === name &&
     issue.message.startsWith(`Cannot tell which PCI controller holds ${JSON.stringify(path)},`);
 }

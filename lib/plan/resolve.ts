@@ -161,10 +161,11 @@ function removeAdvice(vm: string, used: readonly string[]): string {
 
 /**
  * The VM's `own-device` issues: taking the controller under a host device it uses itself (a
- * block disk by its `/dev` path, a USB device, a NIC its network goes through) is refused: at start libvirt detaches the
- * controller from its host driver, the device goes away with it, and the guest cannot open it.
- * A rule with `iommu_group: false` whose group holds such a controller is warned about: the VM
- * starts only once that controller is unbound or on vfio-pci, which takes the device too.
+ * block disk by its `/dev` path, a USB or SCSI device, a NIC its network goes through, an evdev
+ * input or serial port) is refused: at start libvirt detaches the controller from its host
+ * driver, the device goes away with it, and the guest cannot open it. A rule with
+ * `iommu_group: false` whose group holds such a controller is warned about: the VM starts only
+ * once that controller is unbound or on vfio-pci, which takes the device too.
  */
 function ownDeviceIssues(
   vm: string,

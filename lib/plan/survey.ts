@@ -36,7 +36,7 @@ import {
   unreadableLiveWarning,
   unreadableOutsiderWarning,
   unreadLiveWarning,
-  unresolvedDiskWarning,
+  unresolvedDeviceWarning,
   unresolvedError,
 } from "./issues.ts";
 import type { PlanIssue } from "./types.ts";
@@ -135,7 +135,7 @@ function deviceControllersOf(
   const warned = new Set<string>();
   const unreadable = (path: string, error: unknown, kind: DeviceFileKind) => {
     if (!warned.has(path)) {
-      warnings.push(unresolvedDiskWarning(name, path, errorText(error), kind));
+      warnings.push(unresolvedDeviceWarning(name, path, errorText(error), kind));
     }
     warned.add(path);
   };

@@ -15,7 +15,7 @@ import { planHostdevs } from "../../lib/plan/plan.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { listBackups } from "../../lib/state/backups.ts";
 import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
-import { unresolvedDiskWarning } from "../../lib/plan/issues.ts";
+import { unresolvedDeviceWarning } from "../../lib/plan/issues.ts";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -195,7 +195,7 @@ Deno.test("heldSincePlan() counts the controllers under another domain's disks, 
   assertEquals(heldSincePlan(alpha, plan, world, denied), [
     `what "nas" holds is unknown (persistent definition: its disk /dev/nvme1n1 cannot be read: EACCES)`,
   ]);
-  const warned = { ...plan, warnings: [unresolvedDiskWarning("nas", "/dev/nvme1n1", "EACCES")] };
+  const warned = { ...plan, warnings: [unresolvedDeviceWarning("nas", "/dev/nvme1n1", "EACCES")] };
   assertEquals(heldSincePlan(alpha, warned, world, denied), []);
   // Devices on another controller are not alpha's business.
   const elsewhere = resolvers({ "/dev/nvme1n1": [GPU] }, { "046d:c52b": [GPU] });

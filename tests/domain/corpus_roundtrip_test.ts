@@ -212,8 +212,8 @@ Deno.test({
     }
     assertEquals(disagree, []);
     // Every USB hostdev of the corpus (by bus and device number) is read, every direct and
-    // bridge interface's source, every evdev input's and type='dev' character device's, and
-    // every SCSI hostdev's host adapter.
-    assertEquals([usb, net, char, scsi], [12, 26, 5, 18]);
+    // bridge interface's source, every evdev and virtio passthrough input's and type='dev'
+    // character device's, and every SCSI hostdev's host adapter.
+    assertEquals([usb, net, char, scsi], [12, 26, 8, 18]);
   },
 });

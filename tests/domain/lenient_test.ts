@@ -757,7 +757,7 @@ Deno.test("both readers read a USB hostdev's source: IDs, bus and device, or bot
   assertEquals(scanPassedDevicesLeniently(hidden).usbDevices, []);
 });
 
-Deno.test("both readers read the character devices of evdev inputs and of serial ports and the like of type 'dev'", () => {
+Deno.test("both readers read the character devices of evdev and virtio passthrough inputs and of serial ports and the like of type 'dev'", () => {
   const devices = `
     <disk type='block' device='disk'><source dev='/dev/sdb'/><serial>WD-123</serial>
       <target dev='vda' bus='virtio'/></disk>
@@ -775,6 +775,7 @@ Deno.test("both readers read the character devices of evdev inputs and of serial
     <serial type='file'><source path='/var/log/vm.log'/></serial>`;
   const expected = [
     "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd",
+    "/dev/input/event7",
     "/dev/parport0",
     "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0",
     "/dev/ttyS4",
@@ -784,6 +785,11 @@ Deno.test("both readers read the character devices of evdev inputs and of serial
   assertEquals(parseDomainXml(xml).charDevices, expected);
   assertEquals(scanPassedDevicesLeniently(xml).charDevices, expected);
   assertEquals(scanPassedDevicesLeniently(broken(devices)).charDevices, expected);
+  // An element whose end tag is missing ends where the next device starts: a disk's source is
+  // not taken for its own.
+  const unclosed = `<input type='evdev'><disk type='block'><source dev='/dev/sdb'/></disk>
+    <input type='evdev'><source dev='/dev/input/event2'/></input>`;
+  assertEquals(scanPassedDevicesLeniently(broken(unclosed)).charDevices, ["/dev/input/event2"]);
   // In a comment or <metadata>, it is no device.
   const hidden = `<domain><metadata><serial type='dev'><source path='/dev/ttyS1'/></serial>
     </metadata><devices><!-- <input type='evdev'><source dev='/dev/input/event1'/></input> -->

@@ -19,6 +19,7 @@ const USB = "0000:41:00.0";
 const NIC = "0000:0a:00.0";
 const SERIAL = "0000:00:16.0";
 const SATA = "0000:00:17.0";
+const I2C = "0000:00:15.0";
 const KEYBOARD = "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd";
 
 function hostdev(address: string): string {
@@ -105,9 +106,22 @@ async function start(
   );
   Deno.mkdirSync(`${dir}/dev/input/by-id`, { recursive: true });
   Deno.symlinkSync("../event5", `${dir}${KEYBOARD}`);
-  Deno.mkdirSync(`${dir}/bus/pci/devices/${SERIAL}/tty/ttyS4`, { recursive: true });
+  // Linux 6.8 and later put a UART's tty under its serial core port device.
   Deno.mkdirSync(`${dir}/class/tty`, { recursive: true });
-  Deno.symlinkSync(`../../devices/pci0000:00/${SERIAL}/tty/ttyS4`, `${dir}/class/tty/ttyS4`);
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/${SERIAL}/${SERIAL}:0/${SERIAL}:0.0/tty/ttyS4`,
+    `${dir}/class/tty/ttyS4`,
+  );
+  Deno.symlinkSync(
+    "../../devices/platform/serial8250/serial8250:0/serial8250:0.0/tty/ttyS0",
+    `${dir}/class/tty/ttyS0`,
+  );
+  Deno.symlinkSync("../../devices/virtual/tty/tty1", `${dir}/class/tty/tty1`);
+  // A touchpad on the LPSS I2C controller.
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/${I2C}/i2c_designware.0/i2c-0/i2c-ELAN0001:00/0018:04F3:3140.0002/input/input12/event12`,
+    `${dir}/class/input/event12`,
+  );
   Deno.mkdirSync(`${dir}/qemu`);
   for (const [name, text] of Object.entries(running)) {
     Deno.writeTextFileSync(`${dir}/qemu/${name}.xml`, text);
@@ -264,6 +278,15 @@ Deno.test("guard: taking the controller under an evdev input or a serial port th
   const console = await start([hostdev(SERIAL)], { bmc: status("bmc", [serial]) });
   assertEquals([console.code, console.refusals], [1, [["host-needs", SERIAL]]]);
   assertMatch(console.line, /\(vm-device: character device \/dev\/ttyS4 of running VM "bmc"\)/);
+  // A touchpad on an I2C controller, in another running VM.
+  const touchpad = `<input type='passthrough' bus='virtio'><source evdev='/dev/input/event12'/>
+    </input>`;
+  const i2c = await start([hostdev(I2C)], { lap: status("lap", [touchpad]) });
+  assertEquals([i2c.code, i2c.refusals], [1, [["host-needs", I2C]]]);
+  assertMatch(
+    i2c.line,
+    /\(vm-device: character device \/dev\/input\/event12 of running VM "lap"\)/,
+  );
   // Another device taken, or a port on no PCI function (the ISA ttyS0): nothing to lose.
   const gpu = await start([hostdev(GPU), evdev], { bmc: status("bmc", [serial]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
