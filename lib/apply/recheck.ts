@@ -21,8 +21,14 @@ import type { PciAddress } from "../host/types.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { controllersUnder, type DeviceResolvers, usedDevicesIn } from "../plan/used_devices.ts";
+import {
+  controllersUnder,
+  type DeviceResolvers,
+  type UnresolvedKind,
+  usedDevicesIn,
+} from "../plan/used_devices.ts";
 import { warnsUnresolvedDevice } from "../plan/issues.ts";
+import { warnsUnreadableNetwork } from "../plan/networks.ts";
 import { errorText } from "../plan/world.ts";
 
 /** What a definition holds, as far as the re-check goes. */
@@ -37,23 +43,25 @@ interface Held {
 
 /**
  * The PCI addresses a definition holds, and why that is not fully known (or `null`); with
- * `resolvers`, the controllers under the host devices it uses too. A disk or character device
- * whose device cannot be read makes them unknown, unless `warned` says the plan warned about it
+ * `resolvers`, the controllers under the host devices it uses too. A disk, character device or
+ * network that cannot be read makes them unknown, unless `warned` says the plan warned about it
  * already.
  */
 function heldBy(
   read: DefinitionRead,
   resolvers: DeviceResolvers | undefined,
-  warned: (path: string) => boolean,
+  warned: (path: string, kind: UnresolvedKind) => boolean,
 ): Held {
-  const unreadDisks: string[] = [];
+  const unread: string[] = [];
   const uses = controllersUnder([usedDevicesIn(read)], resolvers, (path, error, kind) => {
-    if (!warned(path)) unreadDisks.push(`its ${kind} ${path} cannot be read: ${errorText(error)}`);
+    if (!warned(path, kind)) {
+      unread.push(`its ${kind} ${path} cannot be read: ${errorText(error)}`);
+    }
   });
   const add = (addresses: PciAddress[], unknown: string | null): Held => ({
     addresses: [...addresses, ...uses.keys()],
     uses,
-    unknown: unknown ?? (unreadDisks.length > 0 ? unreadDisks.join("; ") : null),
+    unknown: unknown ?? (unread.length > 0 ? unread.join("; ") : null),
   });
   switch (read.kind) {
     case "parsed":
@@ -130,7 +138,12 @@ export function heldSincePlan(
   return heldElsewhere(vm.name, taken.has, world, {
     expected,
     ...(resolvers === undefined ? {} : { resolvers }),
-    warned: (domain, path) => plan.warnings.some((w) => warnsUnresolvedDevice(w, domain, path)),
+    warned: (domain, path, kind) =>
+      plan.warnings.some((w) =>
+        kind === "network"
+          ? warnsUnreadableNetwork(w, plan.uri, path)
+          : warnsUnresolvedDevice(w, domain, path)
+      ),
   });
 }
 
@@ -140,16 +153,16 @@ export interface HeldElsewhereOptions {
   expected?: (domain: DomainSnapshot, which: "persistent" | "running") => ReadonlySet<PciAddress>;
   /**
    * Which controllers are under a host device (on the live host): with them, the controllers
-   * under the block disks, USB devices and network interfaces other domains use count as held by
-   * them. Default: not resolved.
+   * under the host devices other domains use (see `controllersUnder`) count as held by them.
+   * Default: not resolved.
    */
   resolvers?: DeviceResolvers;
   /**
-   * Whether the plan warned that it could not read the disk `path` of `domain`: such a disk
-   * counts nothing, as in the plan. Any other disk that cannot be read makes what its domain
-   * holds unknown. Default: none was warned about.
+   * Whether the plan warned that it could not read the disk, character device or network `path`
+   * of `domain`: it counts nothing, as in the plan. Any other that cannot be read makes what its
+   * domain holds unknown. Default: none was warned about.
    */
-  warned?: (domain: string, path: string) => boolean;
+  warned?: (domain: string, path: string, kind: UnresolvedKind) => boolean;
 }
 
 /**
@@ -170,7 +183,8 @@ export function heldElsewhere(
     const reads: ["persistent" | "running", DefinitionRead][] = [["persistent", domain.persistent]];
     if (domain.live !== null) reads.push(["running", domain.live]);
     for (const [which, read] of reads) {
-      const warned = (path: string) => options.warned?.(domain.name, path) ?? false;
+      const warned = (path: string, kind: UnresolvedKind) =>
+        options.warned?.(domain.name, path, kind) ?? false;
       const { addresses, uses, unknown } = heldBy(read, options.resolvers, warned);
       if (unknown !== null) {
         problems.push(`what "${domain.name}" holds is unknown (${which} definition: ${unknown})`);

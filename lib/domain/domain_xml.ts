@@ -13,7 +13,7 @@
 import type { PciAddress } from "../host/types.ts";
 import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
-import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
+import { type NetworkDevice, RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
   bootAndRomLines,
@@ -145,6 +145,11 @@ export interface ParsedDomain {
    * sorted, unique): planning counts the NICs under a bridged network's interfaces as held.
    */
   networks: string[];
+  /**
+   * The host interfaces a running guest's interfaces got from their networks (its live XML shows
+   * an interface on a network with the type and `<source dev>` or `bridge` libvirt gave it).
+   */
+  networkDevices: NetworkDevice[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -278,6 +283,7 @@ interface Located {
   netDevices: string[];
   charDevices: string[];
   networks: string[];
+  networkDevices: NetworkDevice[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
@@ -370,6 +376,7 @@ function locate(xml: string): Located {
   const netDevices: string[] = [];
   const charDevices = new Set<string>();
   const networks = new Set<string>();
+  const networkDevices: NetworkDevice[] = [];
   const interfaces: InterfaceSite[] = [];
   const macs: string[] = [];
   for (const span of devices?.children ?? []) {
@@ -379,14 +386,16 @@ function locate(xml: string): Located {
       const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
       if (mac !== undefined) macs.push(mac.trim().toLowerCase());
       const type = attribute(xml, span, "type");
-      // A running guest's interface on a network shows the device the network gave it, and
-      // the network: the network's interfaces count, whichever it gave.
+      // A running guest's interface on a network shows the network and the device it gave.
       const network = elementSource(xml, span, "network");
       if (network !== null && type !== "hostdev") networks.add(network);
-      const netDevice = network === null && (type === "direct" || type === "bridge")
+      const netDevice = type === "direct" || type === "bridge"
         ? elementSource(xml, span, type === "direct" ? "dev" : "bridge")
         : null;
-      if (netDevice !== null) netDevices.push(netDevice);
+      if (netDevice !== null && network === null) netDevices.push(netDevice);
+      if (netDevice !== null && network !== null) {
+        networkDevices.push({ network, device: netDevice });
+      }
       if (type !== "hostdev") continue;
       const element = read(xml, span);
       const address = interfaceAddress(element);
@@ -434,6 +443,7 @@ function locate(xml: string): Located {
     netDevices,
     charDevices: [...charDevices].sort(),
     networks: [...networks].sort(),
+    networkDevices,
     interfaces,
     macs,
     bootDevices,
@@ -698,6 +708,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     netDevices: located.netDevices,
     charDevices: located.charDevices,
     networks: located.networks,
+    networkDevices: located.networkDevices,
     interfaces: located.interfaces.map((site) => site.nic),
     vfRecords: located.vfRecords,
     macs: located.macs,

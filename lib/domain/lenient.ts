@@ -239,6 +239,14 @@ export interface LenientPassedDevice {
 /** The elements that pass a host PCI function to the guest. */
 export type PassedElement = "hostdev" | "interface" | "disk";
 
+/** A host interface that a running guest's interface got from the libvirt network it is on. */
+export interface NetworkDevice {
+  /** The network's name. */
+  network: string;
+  /** The host interface: a macvtap's link (`eth1`) or a bridge (`br0`). */
+  device: string;
+}
+
 /** What {@link scanPassedDevicesLeniently} finds. */
 export interface LenientPassedScan {
   /** Sorted by address, one per address. */
@@ -252,6 +260,11 @@ export interface LenientPassedScan {
    * puts it on one of its host interfaces (see {@link scanNetworkInterfacesLeniently}).
    */
   networks: string[];
+  /**
+   * The host interfaces a running guest's interfaces got from their networks: its live XML's
+   * interface type and `<source dev>` or `bridge`, or its status XML's `<actual>` element.
+   */
+  networkDevices: NetworkDevice[];
   /**
    * The host block devices its disks name (every `<source dev>` in a `<disk>`: a `type='block'`
    * disk's, a block backing store's, mirror's or data store's; sorted, unique): the guest holds
@@ -294,6 +307,7 @@ export interface LenientPassedScan {
  *   devices: [{ address: "0000:01:10.2", element: "interface" }],
  *   unresolved: 0,
  *   networks: [],
+ *   networkDevices: [],
  *   blockDisks: [],
  *   usbDevices: [],
  *   scsiHosts: [],
@@ -311,6 +325,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const usbDevices: UsbSource[] = [];
   const scsiHosts = new Set<string>();
   const netDevices = new Set<string>();
+  const networkDevices = new Map<string, NetworkDevice>();
   let unresolved = 0;
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
@@ -342,18 +357,22 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     if (name === "interface" && !hostdevInterface) {
       const source = (key: string) =>
         tag.selfClosing ? null : interfaceSourceAttribute(element.slice(tag.end), key);
-      // A running guest's interface on a network shows the device the network gave it, and
-      // the network: the network's interfaces count, whichever it gave.
+      // A running guest's interface on a network shows the network and the device it gave: in
+      // its live XML as the interface's type and source, in its status as an <actual> element.
       const network = source("network");
       if (network !== null) networks.add(network);
-      const netDevice = network !== null
+      const actual = network === null || tag.selfClosing
         ? null
-        : type === "direct"
+        : actualDevice(element.slice(tag.end));
+      const netDevice = type === "direct"
         ? source("dev")
         : type === "bridge"
         ? source("bridge")
-        : null;
-      if (netDevice !== null) netDevices.add(netDevice);
+        : actual;
+      if (netDevice !== null && network === null) netDevices.add(netDevice);
+      if (netDevice !== null && network !== null) {
+        networkDevices.set(`${network}\n${netDevice}`, { network, device: netDevice });
+      }
       return;
     }
     if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
@@ -381,6 +400,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
     unresolved,
     networks: [...networks].sort(),
+    networkDevices: [...networkDevices.values()],
     blockDisks: [...blockDisks].sort(),
     usbDevices,
     scsiHosts: [...scsiHosts].sort(),
@@ -419,6 +439,27 @@ function charDeviceSources(text: string, deviceStarts: readonly number[]): strin
     if (path) paths.add(path);
   });
   return [...paths].sort();
+}
+
+/**
+ * The host interface in the `<actual type='direct'>` (`<source dev>`) or `type='bridge'`
+ * (`<source bridge>`) element of an interface whose content starts `body`, as a running
+ * domain's status XML gives the device its network gave it; `null` when there is none.
+ */
+function actualDevice(body: string): string | null {
+  const inside = elementContent(body, "interface");
+  const at = findTag(inside, "actual");
+  const actual = at === -1 ? null : lenientTag(inside, at);
+  const type = actual?.attributes.type;
+  if (actual === null || actual.selfClosing || (type !== "direct" && type !== "bridge")) {
+    return null;
+  }
+  const content = elementContent(inside.slice(actual.end), "actual");
+  const open = findTag(content, "source");
+  const value = open === -1
+    ? undefined
+    : lenientTag(content, open)?.attributes[type === "direct" ? "dev" : "bridge"];
+  return value ? value : null;
 }
 
 /** The content of an `element` whose content starts `body`: up to its end tag, if any. */
@@ -551,37 +592,56 @@ export function scanHostdevPoolLeniently(xml: string): LenientHostdevPool | null
 /** The `<forward>` modes that put a network's guests on host interfaces (macvtap, a host bridge). */
 const BRIDGING_MODES = new Set(["bridge", "private", "vepa", "passthrough"]);
 
+/** What {@link scanNetworkInterfacesLeniently} finds in a network's XML. */
+export type NetworkInterfacesScan =
+  /** A network that puts its guests on these host interfaces. */
+  | { kind: "bridged"; interfaces: string[] }
+  /** A NAT, routed, isolated, open or hostdev network: on none of its own. */
+  | { kind: "other" }
+  /** Not a whole `<network>` (a cut one), or one whose `<forward>` cannot be read. */
+  | { kind: "unreadable"; reason: string };
+
 /**
  * The host network interfaces a libvirt network puts its guests on: the host bridge of a
  * `<forward mode='bridge'>` network with a `<bridge name>`, or the macvtap pool of a network of
  * mode `bridge` (without a bridge), `private`, `vepa` or `passthrough`: its `<forward dev>`,
- * `<interface dev>` and `<pf dev>` (sorted, unique). `null` for a network of another mode (NAT,
- * routed, isolated, open, hostdev) or one whose `<forward>` cannot be read. Comments and
- * `<metadata>` are not searched. Never throws.
+ * `<interface dev>` and `<pf dev>` (sorted, unique; a running network lists its `<pf>`'s VFs as
+ * `<interface dev>` too). Comments and `<metadata>` are not searched. Never throws.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const bridged = `<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>`;
- * assertEquals(scanNetworkInterfacesLeniently(bridged), ["br0"]);
+ * assertEquals(scanNetworkInterfacesLeniently(bridged), { kind: "bridged", interfaces: ["br0"] });
  * const macvtap = `<network><name>direct</name><forward mode='vepa' dev='eth1'>
  *   <interface dev='eth1'/><interface dev='eth2'/></forward></network>`;
- * assertEquals(scanNetworkInterfacesLeniently(macvtap), ["eth1", "eth2"]);
- * assertEquals(scanNetworkInterfacesLeniently("<network><forward mode='nat'/></network>"), null);
+ * assertEquals(scanNetworkInterfacesLeniently(macvtap).kind, "bridged");
+ * const nat = "<network><forward mode='nat'/></network>";
+ * assertEquals(scanNetworkInterfacesLeniently(nat), { kind: "other" });
  * ```
  */
-export function scanNetworkInterfacesLeniently(xml: string): string[] | null {
+export function scanNetworkInterfacesLeniently(xml: string): NetworkInterfacesScan {
   const text = blankNonDevices(String(xml));
+  const root = findTag(text, "network");
+  if (root === -1 || findEndTag(text, "network", root) === null) {
+    return { kind: "unreadable", reason: "it is not a whole <network>" };
+  }
   const at = findTag(text, "forward");
   const forward = at === -1 ? null : lenientTag(text, at);
+  if (at !== -1 && forward === null) {
+    return { kind: "unreadable", reason: "its <forward> cannot be read" };
+  }
   const mode = forward?.attributes.mode;
-  if (forward === null || mode === undefined || !BRIDGING_MODES.has(mode)) return null;
+  if (forward === null || mode === undefined || !BRIDGING_MODES.has(mode)) return { kind: "other" };
   const bridge = findTag(text, "bridge");
   const bridgeName = bridge === -1 ? undefined : lenientTag(text, bridge)?.attributes.name;
-  if (mode === "bridge" && bridgeName) return [bridgeName];
+  if (mode === "bridge" && bridgeName) return { kind: "bridged", interfaces: [bridgeName] };
   const names = new Set<string>();
   if (forward.attributes.dev) names.add(forward.attributes.dev);
   const close = forward.selfClosing ? null : findEndTag(text, "forward", forward.end);
+  if (!forward.selfClosing && close === null) {
+    return { kind: "unreadable", reason: "its <forward> does not end" };
+  }
   const inside = close === null ? "" : text.slice(forward.end, close.index);
   for (const element of ["interface", "pf"]) {
     for (let i = findTag(inside, element); i !== -1; i = findTag(inside, element, i + 1)) {
@@ -589,7 +649,7 @@ export function scanNetworkInterfacesLeniently(xml: string): string[] | null {
       if (dev) names.add(dev);
     }
   }
-  return [...names].sort();
+  return { kind: "bridged", interfaces: [...names].sort() };
 }
 
 /**

@@ -27,10 +27,13 @@ export {
   type LenientHostdevPool,
   type LenientHostdevScan,
   lenientHostPciAddresses,
+  type NetworkDevice,
+  type NetworkInterfacesScan,
   normaliseXmlLine,
   type PassedElement,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
+  scanNetworkInterfacesLeniently,
 } from "./lenient.ts";
 export { describeUsbSource, type UsbSource, usbSourceFrom } from "./usb_source.ts";
 export { redactSecrets, secretValues } from "./secrets.ts";

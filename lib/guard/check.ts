@@ -101,9 +101,9 @@ export interface GuardCheckInput {
   /**
    * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
    * Called once with every device found at the domain's addresses, and the host devices the
-   * domain itself uses (its block disks, USB hostdevs, interfaces' and networks' NICs and
-   * character devices, whose controllers it must keep: see `vmDeviceUses`). `null` (a captured tree without host-use facts) marks
-   * nothing; the live host always knows.
+   * domain itself uses (its block disks, USB and SCSI hostdevs, interfaces' and networks' NICs
+   * and character devices, whose controllers it must keep: see `vmDeviceUses`). `null` (a
+   * captured tree without host-use facts) marks nothing; the live host always knows.
    */
   hostUse: (devices: PciDevice[], own: UsedDevices) => readonly HostUse[] | null;
   /**
@@ -126,7 +126,7 @@ interface DomainFacts {
   records: DeviceIdentity[];
   /** The recorded VFs of `vf:` rules' interfaces. */
   vfRecords: VfIdentity[];
-  /** The networks `<interface type='network'>` elements name. */
+  /** The networks its interfaces name (`<source network>`, hostdev interfaces' aside). */
   networks: string[];
   /** The host devices it uses: its block disks, USB hostdevs, interfaces, character devices. */
   used: UsedDevices;
@@ -164,6 +164,7 @@ function readDomain(xml: string): DomainFacts {
       usbDevices: lenient.usbDevices,
       scsiHosts: lenient.scsiHosts,
       netDevices: lenient.netDevices,
+      networkDevices: lenient.networkDevices,
       charDevices: lenient.charDevices,
       networks: lenient.networks,
     },

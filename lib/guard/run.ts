@@ -128,7 +128,11 @@ function hostUseOf(
   // A network that does not run puts no guest on an interface now.
   const networkInterfaces = (name: string) => {
     const xml = networkStatus(name);
-    return xml === null ? [] : scanNetworkInterfacesLeniently(xml) ?? [];
+    const scan = xml === null ? null : scanNetworkInterfacesLeniently(xml);
+    if (scan?.kind === "unreadable") {
+      throw new Error(`the status of network ${JSON.stringify(name)}: ${scan.reason}`);
+    }
+    return scan?.kind === "bridged" ? scan.interfaces : [];
   };
   return [
     ...uses,

@@ -163,6 +163,10 @@ export function vmDeviceUses(
     );
     return [...among].some((address) => usbControllers!.has(address));
   };
+  const nicAmong = (among: ReadonlySet<PciAddress>) =>
+    [...among].some((address) =>
+      (reader.listDir(`${roots.sysRoot}/bus/pci/devices/${address}/net`) ?? []).length > 0
+    );
   const useAll = (used: UsedDevices, whose: string, among: ReadonlySet<PciAddress>) => {
     const use = (addresses: readonly PciAddress[], what: string) => {
       for (const address of addresses) {
@@ -187,11 +191,13 @@ export function vmDeviceUses(
     for (const path of used.charDevices) {
       use(charDeviceControllers(reader, roots, path), `character device ${path}`);
     }
-    for (const network of used.networks) {
-      for (const name of options.networkInterfaces?.(network) ?? []) {
-        use(nicsUnder(reader, roots.sysRoot, name), `network ${network} (interface ${name})`);
-      }
+    const onNetwork = (network: string, name: string) =>
+      use(nicsUnder(reader, roots.sysRoot, name), `network ${network} (interface ${name})`);
+    // A network's pool can be long: followed only when a device taken has a network interface.
+    for (const network of used.networks.length > 0 && nicAmong(among) ? used.networks : []) {
+      for (const name of options.networkInterfaces?.(network) ?? []) onNetwork(network, name);
     }
+    for (const { network, device } of used.networkDevices) onNetwork(network, device);
   };
   useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));
   // Most starts find no other VM running: one listing, and nothing else is read.

@@ -8,7 +8,7 @@
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
-import type { DeviceFileKind } from "./used_devices.ts";
+import type { UnresolvedKind } from "./used_devices.ts";
 
 /** `10de:2684 VGA compatible controller`: a device for humans. */
 export function describe(device: PciDevice): string {
@@ -107,7 +107,7 @@ export function unresolvedDeviceWarning(
   name: string,
   path: string,
   error: string,
-  kind: DeviceFileKind = "disk",
+  kind: UnresolvedKind = "disk",
 ): PlanIssue {
   return {
     code: "unreadable-definition",

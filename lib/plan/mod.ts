@@ -12,8 +12,9 @@ export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from
 export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
 export { emptyVmPlan } from "./vm_edit.ts";
 export {
-  type DeviceFileKind,
   type DeviceResolvers,
+  onDefinedNetworks,
+  type UnresolvedKind,
   type UsedDevices,
   withNetworks,
 } from "./used_devices.ts";

@@ -48,21 +48,26 @@ export function networkPools(
   });
 }
 
-/** The plan-wide warnings of reading the networks: a failed listing, unreadable pools. */
+/**
+ * The plan-wide warnings of reading the networks: a failed listing or a network that cannot be
+ * read (`unreadable-definition`: it may be a hostdev pool, or bridge guests to host NICs), an
+ * unreadable pool entry (`hostdev-network`).
+ */
 export function networkWarnings(networks: NetworksRead | undefined, uri: string): PlanIssue[] {
   if (networks === undefined) return [];
   if (networks.kind === "read-failed") {
     return [{
-      code: "hostdev-network",
-      message:
-        `Cannot list the networks of "${uri}": ${networks.error}: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
+      code: "unreadable-definition",
+      message: `${
+        listingFailure(uri)
+      }: ${networks.error}: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
     }];
   }
   return [
     ...networks.unreadable.map(({ name, error }) => ({
-      code: "hostdev-network" as const,
-      message: `Cannot read network ${
-        JSON.stringify(name)
+      code: "unreadable-definition" as const,
+      message: `${
+        unreadableNetwork(name)
       }: ${error}: if it is a hostdev network, its pool of VFs is not checked against the plan; if it is bridged to host interfaces, the NICs under them are not counted as its guests'`,
     })),
     ...networks.hostdev.filter((n) => n.unresolved > 0).map((n) => ({
@@ -74,6 +79,24 @@ export function networkWarnings(networks: NetworksRead | undefined, uri: string)
       })`,
     })),
   ];
+}
+
+function listingFailure(uri: string): string {
+  return `Cannot list the networks of "${uri}"`;
+}
+
+function unreadableNetwork(name: string): string {
+  return `Cannot read network ${JSON.stringify(name)}`;
+}
+
+/**
+ * Whether `issue` is {@link networkWarnings}' warning that network `name`, or every network, of
+ * connection `uri` could not be read.
+ */
+export function warnsUnreadableNetwork(issue: PlanIssue, uri: string, name: string): boolean {
+  return issue.code === "unreadable-definition" &&
+    (issue.message.startsWith(`${unreadableNetwork(name)}: `) ||
+      issue.message.startsWith(`${listingFailure(uri)}: `));
 }
 
 /**

@@ -22,10 +22,11 @@ import { type DomainHostdev, heldAddresses, type ParsedDomain } from "../domain/
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import {
   controllersUnder,
-  type DeviceFileKind,
   type DeviceResolvers,
+  onDefinedNetworks,
   RUNNING_ONLY,
   runningOnly,
+  type UnresolvedKind,
   usedDevicesIn,
 } from "./used_devices.ts";
 import type { PciAddress } from "../host/types.ts";
@@ -125,7 +126,7 @@ function liveHolding(
 /**
  * The controllers under the host devices a domain uses (see `controllersUnder`), what only its
  * running guest uses marked {@link RUNNING_ONLY}. A disk or character device whose path cannot be
- * read is one warning, added to `warnings`.
+ * read is one warning, added to `warnings` (a network that cannot be read has its own, once).
  */
 function deviceControllersOf(
   { name, persistent, live }: DomainSnapshot,
@@ -133,16 +134,18 @@ function deviceControllersOf(
   warnings: PlanIssue[],
 ): Map<PciAddress, string[]> {
   const warned = new Set<string>();
-  const unreadable = (path: string, error: unknown, kind: DeviceFileKind) => {
-    if (!warned.has(path)) {
+  const unreadable = (path: string, error: unknown, kind: UnresolvedKind) => {
+    if (kind !== "network" && !warned.has(path)) {
       warnings.push(unresolvedDeviceWarning(name, path, errorText(error), kind));
     }
     warned.add(path);
   };
   const defined = usedDevicesIn(persistent);
-  const controllers = controllersUnder([defined], resolvers, unreadable);
-  if (live === null) return controllers;
-  const extra = runningOnly(defined, usedDevicesIn(live));
+  const running = live === null ? null : usedDevicesIn(live);
+  const own = running === null ? [defined] : [defined, onDefinedNetworks(defined, running)];
+  const controllers = controllersUnder(own, resolvers, unreadable);
+  if (running === null) return controllers;
+  const extra = runningOnly(defined, running);
   for (const [address, uses] of controllersUnder([extra], resolvers, unreadable, RUNNING_ONLY)) {
     controllers.set(address, [...(controllers.get(address) ?? []), ...uses]);
   }

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import { type NetworkDevice, scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import { describeUsbSource, sameUsbDevice, type UsbSource } from "../domain/usb_source.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DefinitionRead, NetworksRead } from "./world.ts";
@@ -37,10 +37,10 @@ export interface DeviceResolvers {
   charDeviceControllers?(path: string): PciAddress[] | null;
   /**
    * The host interfaces the libvirt network `name` puts guests on (its host bridge, its macvtap
-   * pool; `[]` for a NAT, routed or hostdev network, or none of that name); `null` when unknown
-   * (the network could not be read); absent: not resolved.
+   * pool; `[]` for a NAT, routed or hostdev network, or none of that name); throws when the
+   * network could not be read; absent: not resolved.
    */
-  networkInterfaces?(name: string): string[] | null;
+  networkInterfaces?(name: string): readonly string[];
 }
 
 /**
@@ -61,8 +61,10 @@ export interface UsedDevices {
   netDevices: string[];
   /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
   charDevices: string[];
-  /** The libvirt networks its interfaces are on (`<interface type='network'>`). */
+  /** The libvirt networks its interfaces are on (`<source network>`). */
   networks: string[];
+  /** The host interfaces a running guest's interfaces got from their networks. */
+  networkDevices: NetworkDevice[];
 }
 
 /**
@@ -81,19 +83,23 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
     netDevices: [],
     charDevices: [],
     networks: [],
+    networkDevices: [],
   });
 }
 
 /** The {@link UsedDevices} fields of what a reader found. */
 function pickUsed(
-  { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks }: UsedDevices,
+  { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks, networkDevices }:
+    UsedDevices,
 ): UsedDevices {
-  return { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks };
+  return { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks, networkDevices };
 }
 
 /**
  * What a running guest uses (`live`) beyond its persistent definition (`defined`): libvirt fills
- * in the bus and device number of a USB source given by IDs, and that is still the same device.
+ * in the bus and device number of a USB source given by IDs, and that is still the same device;
+ * the device a network the definition names gave the guest is that network's (see
+ * {@link onDefinedNetworks}).
  */
 export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevices {
   return {
@@ -105,14 +111,27 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
     netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
     charDevices: live.charDevices.filter((path) => !defined.charDevices.includes(path)),
     networks: live.networks.filter((name) => !defined.networks.includes(name)),
+    networkDevices: live.networkDevices.filter((d) => !defined.networks.includes(d.network)),
+  };
+}
+
+/**
+ * The devices a running guest (`live`) got from the networks its persistent definition
+ * (`defined`) names: the definition's own, though only the live XML says which they are.
+ */
+export function onDefinedNetworks(defined: UsedDevices, live: UsedDevices): UsedDevices {
+  return {
+    ...usedDevicesIn({ kind: "read-failed", error: "" }),
+    networkDevices: live.networkDevices.filter((d) => defined.networks.includes(d.network)),
   };
 }
 
 /**
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
- * /dev/sdb`, `USB device 046d:c52b`, `SCSI adapter scsi_host2`, `network interface br0`, `network lan (interface br0)`,
- * `character device /dev/ttyUSB0`, followed by `mark`). A block disk or character device whose path cannot be read counts no
- * controller and is passed to `unreadable`, with what it is (`disk`, `character device`).
+ * /dev/sdb`, `USB device 046d:c52b`, `SCSI adapter scsi_host2`, `network interface br0`,
+ * `network lan (interface br0)`, `character device /dev/ttyUSB0`, followed by `mark`). A block disk, character device or
+ * network that cannot be read counts no controller and is passed to `unreadable`, with what it
+ * is (`disk`, `character device`, `network`).
  *
  * @example
  * ```ts
@@ -124,6 +143,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  *   netDevices: [],
  *   charDevices: [],
  *   networks: [],
+ *   networkDevices: [],
  * };
  * const resolvers = {
  *   blockDeviceControllers: () => ["0000:00:17.0"],
@@ -138,7 +158,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
 export function controllersUnder(
   used: readonly UsedDevices[],
   resolvers: DeviceResolvers | undefined,
-  unreadable: (path: string, error: unknown, kind: DeviceFileKind) => void,
+  unreadable: (path: string, error: unknown, kind: UnresolvedKind) => void,
   mark = "",
 ): Map<PciAddress, string[]> {
   const controllers = new Map<PciAddress, string[]>();
@@ -149,7 +169,7 @@ export function controllersUnder(
       if (!held.includes(what + mark)) controllers.set(address, [...held, what + mark]);
     }
   };
-  const resolve = (kind: DeviceFileKind, path: string, controllersOf: Resolver) => {
+  const resolve = (kind: UnresolvedKind, path: string, controllersOf: Resolver) => {
     try {
       add(controllersOf(path), `${kind} ${path}`);
     } catch (error) {
@@ -168,10 +188,19 @@ export function controllersUnder(
   for (const name of new Set(used.flatMap((u) => u.netDevices))) {
     add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);
   }
+  const onNetwork = (network: string, name: string) =>
+    add(resolvers.netDeviceControllers?.(name) ?? null, `network ${network} (interface ${name})`);
   for (const network of new Set(used.flatMap((u) => u.networks))) {
-    for (const name of resolvers.networkInterfaces?.(network) ?? []) {
-      add(resolvers.netDeviceControllers?.(name) ?? null, `network ${network} (interface ${name})`);
+    let names: readonly string[] = [];
+    try {
+      names = resolvers.networkInterfaces?.(network) ?? [];
+    } catch (error) {
+      unreadable(network, error, "network");
     }
+    for (const name of names) onNetwork(network, name);
+  }
+  for (const { network, device } of used.flatMap((u) => u.networkDevices)) {
+    onNetwork(network, device);
   }
   for (const path of new Set(used.flatMap((u) => u.charDevices))) {
     resolve("character device", path, (p) => resolvers.charDeviceControllers?.(p) ?? null);
@@ -179,18 +208,19 @@ export function controllersUnder(
   return controllers;
 }
 
-/** What a device file a domain names is: a block disk's or a character device's. */
-export type DeviceFileKind = "disk" | "character device";
+/** What a domain names that cannot be resolved is: a block disk, a character device, a network. */
+export type UnresolvedKind = "disk" | "character device" | "network";
 
 type Resolver = (path: string) => PciAddress[] | null;
 
 /**
  * `resolvers` that also say which host interfaces each libvirt network of `networks` puts its
- * guests on (see {@link DeviceResolvers.networkInterfaces}).
+ * guests on (see {@link DeviceResolvers.networkInterfaces}): a network that could not be read,
+ * or any network when they could not be listed, throws.
  *
  * @example
  * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { assertEquals, assertThrows } from "../../tests/helpers/assert.ts";
  * const networks = {
  *   kind: "read" as const,
  *   hostdev: [],
@@ -201,23 +231,33 @@ type Resolver = (path: string) => PciAddress[] | null;
  *   blockDeviceControllers: () => [],
  *   usbDeviceControllers: () => [],
  * }, networks);
- * assertEquals(
- *   ["lan", "default", "locked"].map((name) => resolvers.networkInterfaces?.(name)),
- *   [["br0"], [], null],
- * );
+ * assertEquals(["lan", "default"].map((name) => resolvers.networkInterfaces?.(name)), [
+ *   ["br0"],
+ *   [],
+ * ]);
+ * assertThrows(() => resolvers.networkInterfaces?.("locked"), Error, "permission denied");
  * ```
  */
 export function withNetworks(
   resolvers: DeviceResolvers,
   networks: NetworksRead | null | undefined,
 ): DeviceResolvers {
+  if (networks === null || networks === undefined) return resolvers;
   const bridged = new Map(
-    networks?.kind === "read" ? networks.bridged.map((n) => [n.name, n.interfaces]) : [],
+    networks.kind === "read" ? networks.bridged.map((n) => [n.name, n.interfaces]) : [],
   );
-  const unknown = new Set(networks?.kind === "read" ? networks.unreadable.map((n) => n.name) : []);
-  const listed = networks?.kind === "read";
+  const unreadable = new Map(
+    networks.kind === "read" ? networks.unreadable.map((n) => [n.name, n.error]) : [],
+  );
   return {
     ...resolvers,
-    networkInterfaces: (name) => bridged.get(name) ?? (listed && !unknown.has(name) ? [] : null),
+    networkInterfaces: (name) => {
+      if (networks.kind === "read-failed") {
+        throw new Error(`the networks cannot be listed: ${networks.error}`);
+      }
+      const error = unreadable.get(name);
+      if (error !== undefined) throw new Error(error);
+      return bridged.get(name) ?? [];
+    },
   };
 }

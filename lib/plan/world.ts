@@ -66,7 +66,7 @@ export interface HostdevNetwork {
 export interface BridgedNetwork {
   /** The network's name. */
   name: string;
-  /** The host bridge, or the macvtap pool's interfaces (`<forward dev>`, `<interface dev>`, `<pf dev>`). */
+  /** The host bridge, or the macvtap pool (`<forward dev>`, `<interface dev>`, `<pf dev>`). */
   interfaces: string[];
 }
 
@@ -220,8 +220,9 @@ export function readNetworks(libvirt: LibvirtPort): NetworksRead | null {
       }
       const pool = scanHostdevPoolLeniently(xml);
       if (pool !== null) hostdev.push({ name, ...pool });
-      const interfaces = scanNetworkInterfacesLeniently(xml);
-      if (interfaces !== null) bridged.push({ name, interfaces });
+      const scan = scanNetworkInterfacesLeniently(xml);
+      if (scan.kind === "bridged") bridged.push({ name, interfaces: scan.interfaces });
+      if (scan.kind === "unreadable") unreadable.push({ name, error: scan.reason });
     }
     return { kind: "read", hostdev, bridged, unreadable };
   } catch (error) {

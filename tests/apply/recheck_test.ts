@@ -261,6 +261,23 @@ Deno.test("applyPlan() re-checks other domains' networks too, read again before 
         result.message,
         /"nas" holds "0000:01:00\.1" \(under its network lan \(interface br0\)\) in its persistent definition/,
       );
+      // Networks that cannot be listed now: what nas holds is unknown, not nothing.
+      const failing = {
+        ...libvirt,
+        listNetworks(): never {
+          throw new Error("boom");
+        },
+      };
+      const unknown = await applyPlan(plan, {
+        libvirt: failing,
+        stateDir,
+        confirm: () => Promise.resolve("yes"),
+        devices: resolvers({}, {}, { br0: [AUDIO] }),
+      });
+      assertMatch(
+        unknown.vms[0]!.message,
+        /what "nas" holds is unknown \(persistent definition: its network lan cannot be read: the networks cannot be listed: boom\)/,
+      );
     } finally {
       Deno.removeSync(stateDir, { recursive: true });
     }

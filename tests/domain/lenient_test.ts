@@ -595,6 +595,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     ],
     unresolved: 0,
     networks: [],
+    networkDevices: [],
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
@@ -688,6 +689,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     devices: [{ address: "0001:01:00.0", element: "disk" }],
     unresolved: 1,
     networks: [],
+    networkDevices: [],
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
@@ -804,44 +806,67 @@ Deno.test("both readers read the networks of interfaces, and a running guest's n
     <interface type='direct'><source network='direct' portid='0c5d' dev='eth1' mode='vepa'/>
     </interface>
     <interface type='bridge'><source network='host-bridge' bridge='br0'/></interface>
-    <interface type='bridge'><source bridge='br9'/></interface>
-    <interface type='hostdev' managed='yes'><source network='sriov'>
-      <address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x1'/></source>
-    </interface>`;
+    <interface type='bridge'><source bridge='br9'/></interface>`;
   const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
   const strict = parseDomainXml(xml);
   const lenient = scanPassedDevicesLeniently(broken(devices));
   for (const read of [strict, lenient]) {
     assertEquals(read.networks, ["direct", "host-bridge", "lan"]);
     assertEquals(read.netDevices, ["br9"]);
+    assertEquals(read.networkDevices, [
+      { network: "direct", device: "eth1" },
+      { network: "host-bridge", device: "br0" },
+    ]);
   }
+  // A running domain's status keeps the interface on its network, with an <actual> element.
+  const status = `<domstatus><domain><name>vm</name><devices>
+    <interface type='network'><source network='direct'/><actual type='direct'>
+      <source dev='eth2' mode='vepa'/></actual></interface>
+    <interface type='network'><source network='lan'/><actual type='bridge'>
+      <source bridge='br1'/></actual></interface>
+    <interface type='network'><source network='default'/><actual type='network'>
+      <source bridge='virbr0'/></actual></interface></devices></domain></domstatus>`;
+  assertEquals(scanPassedDevicesLeniently(status).networkDevices, [
+    { network: "direct", device: "eth2" },
+    { network: "lan", device: "br1" },
+  ]);
 });
 
-Deno.test("scanNetworkInterfacesLeniently() names a bridged network's host bridge or macvtap pool, and nothing for other networks", () => {
+Deno.test("scanNetworkInterfacesLeniently() names a bridged network's host bridge or macvtap pool, nothing for other networks, and says what it cannot read", () => {
   const scan = (forward: string, rest = "") =>
     scanNetworkInterfacesLeniently(`<network><name>n</name>${forward}${rest}</network>`);
-  assertEquals(scan("<forward mode='bridge'/>", "<bridge name='br0'/>"), ["br0"]);
+  const bridged = (...interfaces: string[]) => ({ kind: "bridged", interfaces });
+  assertEquals(scan("<forward mode='bridge'/>", "<bridge name='br0'/>"), bridged("br0"));
   // Mode bridge without a bridge: macvtap in bridge mode on the pool.
-  assertEquals(scan("<forward mode='bridge' dev='eth3'/>"), ["eth3"]);
+  assertEquals(scan("<forward mode='bridge' dev='eth3'/>"), bridged("eth3"));
   assertEquals(
     scan(`<forward mode="private" dev="eth2"><interface dev="eth2"/><interface dev="eth1"/>
       </forward>`),
-    ["eth1", "eth2"],
+    bridged("eth1", "eth2"),
   );
-  assertEquals(scan("<forward mode='passthrough'><pf dev='enp3s0f0'/></forward>"), ["enp3s0f0"]);
-  assertEquals(scan("<forward mode='vepa'/>"), []);
+  assertEquals(
+    scan("<forward mode='passthrough'><pf dev='enp3s0f0'/></forward>"),
+    bridged("enp3s0f0"),
+  );
+  assertEquals(scan("<forward mode='vepa'/>"), bridged());
   // NAT, routed, isolated, open and hostdev networks put guests on no host interface of theirs.
   for (const mode of ["nat", "route", "open", "hostdev"]) {
-    assertEquals(scan(`<forward mode='${mode}' dev='eth0'/>`, "<bridge name='virbr1'/>"), null);
+    assertEquals(scan(`<forward mode='${mode}' dev='eth0'/>`, "<bridge name='virbr1'/>"), {
+      kind: "other",
+    });
   }
-  assertEquals(scan("", "<bridge name='virbr2'/>"), null);
-  assertEquals(scan("<forward mode='bridge"), null);
+  assertEquals(scan("", "<bridge name='virbr2'/>"), { kind: "other" });
+  // What cannot be read is said so, not taken for a network on no host interface.
+  assertEquals(scan("<forward mode='bridge").kind, "unreadable");
+  assertEquals(scan("<forward mode='vepa'><interface dev='eth1'/>").kind, "unreadable");
+  assertEquals(scanNetworkInterfacesLeniently("").kind, "unreadable");
+  assertEquals(scanNetworkInterfacesLeniently("\0\0\0").kind, "unreadable");
   // In <metadata> or a comment, it is no forward.
   assertEquals(
     scan(
       "<metadata><forward mode='bridge'/><bridge name='br0'/></metadata><!-- <forward mode='vepa' dev='x'/> -->",
     ),
-    null,
+    { kind: "other" },
   );
 });
 

@@ -83,6 +83,7 @@ async function start(
   Deno.mkdirSync(`${dir}/bus/usb/devices`, { recursive: true });
   Deno.symlinkSync(`../../..${receiver.slice(dir.length)}`, `${dir}/bus/usb/devices/3-1`);
   Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+  Deno.mkdirSync(`${dir}/bus/pci/devices/${NIC}/net/enp10s0`, { recursive: true });
   Deno.symlinkSync(
     `../../devices/pci0000:00/0000:00:1c.4/${NIC}/net/enp10s0`,
     `${dir}/class/net/enp10s0`,
@@ -318,6 +319,13 @@ Deno.test("guard: taking the NIC under a bridged network the VM or a running VM 
     other.line,
     /\(vm-device: network direct \(interface enp10s0\) of running VM "router"\)/,
   );
+  // The device a running VM got counts even once its network is gone (virsh net-destroy).
+  const gone = await start([hostdev(NIC)], { router: status("router", [onDirect]) }, {});
+  assertEquals([gone.code, gone.refusals], [1, [["host-needs", NIC]]]);
+  // A network's status that cannot be read fails closed.
+  const broken = await start([hostdev(NIC), onLan], {}, { lan: "<networkstatus><network>" });
+  assertEquals([broken.code, broken.refusals.map(([kind]) => kind)], [1, ["unreadable"]]);
+  assertMatch(broken.line, /the status of network "lan": it is not a whole <network>/);
   // A network that does not run, or another device taken: nothing to lose.
   const stopped = await start([hostdev(NIC), onLan], {}, {});
   assertEquals([stopped.code, stopped.refusals], [0, []]);

@@ -597,6 +597,34 @@ Deno.test("planHostdevs() counts the NIC under a VM's bridge or macvtap interfac
       /"win10" uses network interface enp68s0 on 0000:44:00\.0$/,
     );
   }
+  {
+    // Running on network "wan", which is gone (virsh net-destroy): the macvtap its live XML
+    // shows still counts, as its definition's network's, not as the running guest's alone.
+    const onWan = worldWith(
+      demo.dir,
+      `<interface type='network'><source network='wan'/><model type='virtio'/></interface>`,
+    );
+    using port = openLibvirtPort(`test://${withWin10Running(demo.dir, onWan)}`);
+    const running: LibvirtPort = {
+      ...port,
+      getLiveXml: (name) =>
+        port.getLiveXml!(name).replace(
+          /<interface type='network'>[\s\S]*?<\/interface>/,
+          `<interface type='direct'><source network='wan' portid='7d2c' dev='enp68s0' mode='vepa'/>
+          </interface>`,
+        ),
+    };
+    const taken = planHostdevs({
+      config: wants("gentoo", "1d6a:07b1"),
+      host: demo.host,
+      libvirt: running,
+      facts: live,
+    });
+    assertMatch(
+      assertTakenFromWin10(taken).message,
+      /"win10" uses network wan \(interface enp68s0\) on 0000:44:00\.0$/,
+    );
+  }
   // A captured tree has no interfaces to follow.
   const captured = planHostdevs({
     config: wants("gentoo", "1d6a:07b1"),
