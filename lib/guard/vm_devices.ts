@@ -114,11 +114,12 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
 /**
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
- * devices plugged in) or another running VM uses (`vm` is the one starting, whose own
- * status is skipped): as host use, reason `vm-device`. The other VMs' status files are read only
- * when one runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network
- * interface or a serial port under it. Throws when a status file is larger than 4 MiB or a disk's or character device's
- * path cannot be read, or `networkInterfaces` throws (the check then fails closed).
+ * devices plugged in, its networks' interfaces only when one is a NIC) or another running VM
+ * uses (`vm` is the one starting, whose own status is skipped): as host use, reason `vm-device`.
+ * The other VMs' status files are read only when one runs and one of `devices` has a disk, a
+ * USB device, a SCSI host adapter, a network interface or a character device under it. Throws
+ * when a status file is larger than 4 MiB, a disk's or character device's path cannot be read,
+ * or `networkInterfaces` throws (the check then fails closed).
  *
  * @example
  * ```ts
@@ -135,6 +136,7 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
  * const own = {
  *   blockDisks: [], usbDevices: [], scsiHosts: [], netDevices: [], charDevices: [], networks: [],
+ *   networkDevices: [],
  * };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
  *   address: "0000:01:00.0", reason: "vm-device", detail: 'disk /dev/nvme0n1 of running VM "nas"',

@@ -202,6 +202,26 @@ Deno.test("heldSincePlan() counts the controllers under another domain's disks, 
   assertEquals(heldSincePlan(alpha, plan, world, elsewhere), []);
 });
 
+/** `plan` applied through `libvirt`, every question answered yes, with `devices`; its report. */
+async function applyYes(
+  plan: Plan,
+  libvirt: Parameters<typeof applyPlan>[1]["libvirt"],
+  devices: DeviceResolvers,
+) {
+  const stateDir = Deno.makeTempDirSync();
+  try {
+    const report = await applyPlan(plan, {
+      libvirt,
+      stateDir,
+      confirm: () => Promise.resolve("yes"),
+      devices,
+    });
+    return { report, backups: listBackups(stateDir) };
+  } finally {
+    Deno.removeSync(stateDir, { recursive: true });
+  }
+}
+
 Deno.test("applyPlan() re-checks other domains' block disks with the plan's host facts before each define", async () => {
   await withPort([WIN10], async (libvirt) => {
     const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt });
@@ -213,24 +233,14 @@ Deno.test("applyPlan() re-checks other domains' block disks with the plan's host
       `<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>`,
       true, // No test-driver run state: libvirt validates what is defined.
     ));
-    const stateDir = Deno.makeTempDirSync();
-    try {
-      const report = await applyPlan(plan, {
-        libvirt,
-        stateDir,
-        confirm: () => Promise.resolve("yes"),
-        devices: resolvers({ "/dev/sdz": [AUDIO] }),
-      });
-      const result = report.vms[0]!;
-      assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
-      assertMatch(
-        result.message,
-        /since the plan was made, "nas" holds "0000:01:00\.1" \(under its disk \/dev\/sdz\) in its persistent definition/,
-      );
-      assertEquals(listBackups(stateDir), []);
-    } finally {
-      Deno.removeSync(stateDir, { recursive: true });
-    }
+    const { report, backups } = await applyYes(plan, libvirt, resolvers({ "/dev/sdz": [AUDIO] }));
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
+    assertMatch(
+      result.message,
+      /since the plan was made, "nas" holds "0000:01:00\.1" \(under its disk \/dev\/sdz\) in its persistent definition/,
+    );
+    assertEquals(backups, []);
   });
 });
 
@@ -247,39 +257,24 @@ Deno.test("applyPlan() re-checks other domains' networks too, read again before 
       `<interface type='network'><source network='lan'/></interface>`,
       true,
     ));
-    const stateDir = Deno.makeTempDirSync();
-    try {
-      const report = await applyPlan(plan, {
-        libvirt,
-        stateDir,
-        confirm: () => Promise.resolve("yes"),
-        devices: resolvers({}, {}, { br0: [AUDIO] }),
-      });
-      const result = report.vms[0]!;
-      assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
-      assertMatch(
-        result.message,
-        /"nas" holds "0000:01:00\.1" \(under its network lan \(interface br0\)\) in its persistent definition/,
-      );
-      // Networks that cannot be listed now: what nas holds is unknown, not nothing.
-      const failing = {
-        ...libvirt,
-        listNetworks(): never {
-          throw new Error("boom");
-        },
-      };
-      const unknown = await applyPlan(plan, {
-        libvirt: failing,
-        stateDir,
-        confirm: () => Promise.resolve("yes"),
-        devices: resolvers({}, {}, { br0: [AUDIO] }),
-      });
-      assertMatch(
-        unknown.vms[0]!.message,
-        /what "nas" holds is unknown \(persistent definition: its network lan cannot be read: the networks cannot be listed: boom\)/,
-      );
-    } finally {
-      Deno.removeSync(stateDir, { recursive: true });
-    }
+    const onBridge = resolvers({}, {}, { br0: [AUDIO] });
+    const result = (await applyYes(plan, libvirt, onBridge)).report.vms[0]!;
+    assertEquals([result.status, result.code], ["failed", "conflict-changed"]);
+    assertMatch(
+      result.message,
+      /"nas" holds "0000:01:00\.1" \(under its network lan \(interface br0\)\) in its persistent definition/,
+    );
+    // Networks that cannot be listed now: what nas holds is unknown, not nothing.
+    const failing = {
+      ...libvirt,
+      listNetworks(): never {
+        throw new Error("boom");
+      },
+    };
+    const unknown = (await applyYes(plan, failing, onBridge)).report.vms[0]!;
+    assertMatch(
+      unknown.message,
+      /what "nas" holds is unknown \(persistent definition: its network lan cannot be read: the networks cannot be listed: boom\)/,
+    );
   });
 });

@@ -15,9 +15,10 @@ import { openLibvirtPort } from "../../ffi/port.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
+import { AQUANTIA, linkBridgeOverAquantia } from "../helpers/demo_net.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
-const NIC = "0000:44:00.0";
+const NIC = AQUANTIA;
 
 /** The demo world with `networks` (XML) added, in a temporary directory with the built tree. */
 async function demoWith(networks: string) {
@@ -157,14 +158,7 @@ Deno.test("plan counts the NIC under a bridged or macvtap network as the VMs' on
     <ip address='192.168.150.1' netmask='255.255.255.0'/></network>`;
   using demo = await demoWith(lan + direct + nat);
   const sys = `${demo.dir}/sysfs`;
-  Deno.mkdirSync(`${sys}/class/net`, { recursive: true });
-  Deno.mkdirSync(`${sys}/devices/virtual/net/br0`, { recursive: true });
-  Deno.symlinkSync("../enp68s0", `${sys}/devices/virtual/net/br0/lower_enp68s0`);
-  Deno.symlinkSync("../../devices/virtual/net/br0", `${sys}/class/net/br0`);
-  Deno.symlinkSync(
-    `../../devices/pci0000:40/0000:40:01.3/${NIC}/net/enp68s0`,
-    `${sys}/class/net/enp68s0`,
-  );
+  linkBridgeOverAquantia(sys);
   const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
   const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
   const onNetwork = (name: string) => {

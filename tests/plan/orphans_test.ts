@@ -18,9 +18,11 @@ import { openLibvirtPort } from "../../ffi/port.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import type { PlanIssue } from "../../lib/plan/types.ts";
 import { nvmeDiskXml } from "../helpers/devices.ts";
-import { readHostFacts } from "../../lib/host/preflight.ts";
+import { type HostFacts, readHostFacts } from "../../lib/host/preflight.ts";
+import type { HostTopology } from "../../lib/host/types.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { snapshotDomains } from "../helpers/reliability.ts";
+import { linkBridgeOverAquantia } from "../helpers/demo_net.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -76,6 +78,25 @@ function wants(vm: string, id: string) {
     `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { vendor_device_id: "${id}" }\n`,
     { file: `${vm}.yaml` },
   );
+}
+
+/** The facts of the demo's tree in `dir`: on the live host (its `dev` too), and as captured. */
+function factsOf(dir: string) {
+  const sys = `${dir}/sysfs`;
+  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
+  return {
+    live: readHostFacts({ ...roots, devRoot: `${dir}/dev` }),
+    captured: readHostFacts(roots),
+  };
+}
+
+/** The plan of `vm` asking for the device `id` on `host`. */
+function planFor(
+  { host, libvirt, facts }: { host: HostTopology; libvirt: LibvirtPort; facts: HostFacts },
+  vm: string,
+  id: string,
+) {
+  return planHostdevs({ config: wants(vm, id), host, libvirt, facts });
 }
 
 /** That gentoo's plan is refused as taking a device win10 holds. */
@@ -479,28 +500,18 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
   assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).usbDevices, [
     { vendorId: "046d", productId: "c52b", bus: null, device: null },
   ]);
-  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
-  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const { live, captured } = factsOf(demo.dir);
+  const on = { host: demo.host, libvirt, facts: live };
 
   // gentoo asks for the controller: refused, naming win10.
-  const refused = planHostdevs({
-    config: wants("gentoo", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: live,
-  });
+  const refused = planFor(on, "gentoo", "1b21:3242");
   assertMatch(
     assertTakenFromWin10(refused).message,
     /"win10" holds it in its definition now\): .*; "win10" uses USB device 046d:c52b on 0000:43:00\.0$/,
   );
 
   // win10 asking for it itself: its start would detach the controller and lose the receiver.
-  const own = planHostdevs({
-    config: wants("win10", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: live,
-  });
+  const own = planFor(on, "win10", "1b21:3242");
   assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [
     ["own-device", ["0000:43:00.0"]],
   ]);
@@ -528,13 +539,7 @@ Deno.test("planHostdevs() counts the controller of a VM's USB hostdev as that VM
   }
 
   // A captured tree does not say what is plugged in.
-  const captured = readHostFacts(roots);
-  const planned = planHostdevs({
-    config: wants("gentoo", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: captured,
-  });
+  const planned = planFor({ ...on, facts: captured }, "gentoo", "1b21:3242");
   assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
 
@@ -547,14 +552,7 @@ Deno.test("planHostdevs() counts the NIC under a VM's bridge or macvtap interfac
         <model type='virtio'/></interface>`,
   );
   const sys = `${demo.dir}/sysfs`;
-  Deno.mkdirSync(`${sys}/class/net`, { recursive: true });
-  Deno.mkdirSync(`${sys}/devices/virtual/net/br0`, { recursive: true });
-  Deno.symlinkSync("../enp68s0", `${sys}/devices/virtual/net/br0/lower_enp68s0`);
-  Deno.symlinkSync("../../devices/virtual/net/br0", `${sys}/class/net/br0`);
-  Deno.symlinkSync(
-    "../../devices/pci0000:40/0000:40:01.3/0000:44:00.0/net/enp68s0",
-    `${sys}/class/net/enp68s0`,
-  );
+  linkBridgeOverAquantia(sys);
   using libvirt = openLibvirtPort(`test://${world}`);
   assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).netDevices, ["br0"]);
   const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
@@ -664,62 +662,47 @@ Deno.test("planHostdevs() counts the controller under a VM's evdev input or seri
     keyboard,
     adapter,
   ]);
-  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
-  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const { live, captured } = factsOf(demo.dir);
+  const on = { host: demo.host, libvirt, facts: live };
 
-  const refused = planHostdevs({
-    config: wants("gentoo", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: live,
-  });
   assertMatch(
-    assertTakenFromWin10(refused).message,
+    assertTakenFromWin10(planFor(on, "gentoo", "1b21:3242")).message,
     new RegExp(
       `; "win10" uses character device ${keyboard}, character device ${adapter} on ` +
         `0000:43:00\\.0$`,
     ),
   );
   // win10 asking for the controller itself: its start would pull its own keyboard away.
-  const own = planHostdevs({
-    config: wants("win10", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: live,
-  });
+  const own = planFor(on, "win10", "1b21:3242");
   assertEquals(own.vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
     "0000:43:00.0",
   ]]]);
   assertMatch(own.vms[0]!.errors[0]!.message, /VM "win10" uses character device \/dev\/input\//);
 
   // A /dev path that cannot be read is a warning naming the device, not silently nothing.
+  const reader = denoFsReader();
   const denied = {
-    ...roots.reader,
+    ...reader,
     readLink(path: string) {
       if (path.startsWith(`${demo.dir}/dev/input/`)) throw new Error(`EACCES: ${path}`);
-      return roots.reader.readLink(path);
+      return reader.readLink(path);
     },
   };
-  const unreadable = readHostFacts({ ...roots, reader: denied, devRoot: `${demo.dir}/dev` });
-  const warned = planHostdevs({
-    config: wants("gentoo", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: unreadable,
-  });
+  const roots = {
+    reader: denied,
+    sysRoot: sys,
+    procRoot: `${sys}/proc`,
+    devRoot: `${demo.dir}/dev`,
+  };
+  const warned = planFor({ ...on, facts: readHostFacts(roots) }, "gentoo", "1b21:3242");
   assertMatch(
     warned.warnings.map((w) => `${w.code}: ${w.message}`).join("\n"),
     /unreadable-definition: Cannot tell which PCI controller holds "\/dev\/input\/by-id\/usb-Keychron_K2-event-kbd", a character device of VM "win10": EACCES/,
   );
 
   // A captured tree has no /dev to follow.
-  const captured = planHostdevs({
-    config: wants("gentoo", "1b21:3242"),
-    host: demo.host,
-    libvirt,
-    facts: readHostFacts(roots),
-  });
-  assertEquals(captured.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
+  const planned = planFor({ ...on, facts: captured }, "gentoo", "1b21:3242");
+  assertEquals(planned.vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
 
 Deno.test("planHostdevs() counts the controller under a VM's SCSI hostdev as that VM's, on the live host", async () => {
@@ -739,10 +722,9 @@ Deno.test("planHostdevs() counts the controller under a VM's SCSI hostdev as tha
   );
   using libvirt = openLibvirtPort(`test://${world}`);
   assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).scsiHosts, ["scsi_host4"]);
-  const roots = { reader: denoFsReader(), sysRoot: sys, procRoot: `${sys}/proc` };
-  const live = readHostFacts({ ...roots, devRoot: `${demo.dir}/dev` });
+  const { live, captured } = factsOf(demo.dir);
   const plan = (vm: string, facts = live) =>
-    planHostdevs({ config: wants(vm, "1b21:3242"), host: demo.host, libvirt, facts });
+    planFor({ host: demo.host, libvirt, facts }, vm, "1b21:3242");
 
   assertMatch(
     assertTakenFromWin10(plan("gentoo")).message,
@@ -752,7 +734,5 @@ Deno.test("planHostdevs() counts the controller under a VM's SCSI hostdev as tha
     "0000:43:00.0",
   ]]]);
   // A captured tree has no adapters to follow.
-  assertEquals(plan("gentoo", readHostFacts(roots)).vms[0]!.add.map((a) => a.address), [
-    "0000:43:00.0",
-  ]);
+  assertEquals(plan("gentoo", captured).vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
