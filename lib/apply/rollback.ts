@@ -214,8 +214,8 @@ function heldElsewhereNow(
   }
   const problems = heldElsewhere(vm, (a) => adding.has(a), world, {
     ...(devices === undefined ? {} : { resolvers: withNetworks(devices, world.networks) }),
-    // The way back must not hang on another domain's disk this host cannot read: as in `plan`,
-    // such a disk counts no controller.
+    // The way back must not hang on another domain's disk, character device or network this
+    // host cannot read: as in `plan` (which warns about each), such a device counts nothing.
     warned: () => true,
   });
   if (problems.length === 0) return null;

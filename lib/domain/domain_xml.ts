@@ -518,7 +518,7 @@ function readScsiHostdev(xml: string, span: XmlSpan): string | null {
   if (mode !== "subsystem" || attribute(xml, span, "type") !== "scsi") return null;
   const source = span.children.find((c) => c.name === "source");
   const protocol = source === undefined ? undefined : attribute(xml, source, "protocol");
-  if (source === undefined || (protocol !== undefined && protocol !== "none")) return null;
+  if (source === undefined || protocol === "iscsi") return null;
   const adapter = source.children.find((c) => c.name === "adapter");
   const name = adapter === undefined ? undefined : attribute(xml, adapter, "name");
   return name ? name : null;

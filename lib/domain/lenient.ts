@@ -489,7 +489,7 @@ function scsiAdapter(inside: string): string | null {
   const open = findTag(inside, "source");
   const source = open === -1 ? null : lenientTag(inside, open);
   const protocol = source?.attributes.protocol;
-  if (source === null || (protocol !== undefined && protocol !== "none")) return null;
+  if (source === null || protocol === "iscsi") return null;
   const at = findTag(inside, "adapter", open);
   return (at === -1 ? undefined : lenientTag(inside, at)?.attributes.name) || null;
 }

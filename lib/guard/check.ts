@@ -128,7 +128,7 @@ interface DomainFacts {
   vfRecords: VfIdentity[];
   /** The networks its interfaces name (`<source network>`, hostdev interfaces' aside). */
   networks: string[];
-  /** The host devices it uses: its block disks, USB hostdevs, interfaces, character devices. */
+  /** The host devices it uses: block disks, USB and SCSI hostdevs, interfaces, char devices. */
   used: UsedDevices;
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];

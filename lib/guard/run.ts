@@ -106,8 +106,8 @@ function networkStatusReader(
 
 /**
  * What the host uses among `devices`, as `plan` reads it, and on the live host also the
- * controllers under the block disks, USB devices, network interfaces (their networks' too, from
- * the networks' status) and character devices the VM itself uses (`own`) and the other running
+ * controllers under the block disks, USB and SCSI devices, network interfaces (their networks'
+ * too, from the networks' status) and character devices the VM itself uses (`own`) and the other running
  * VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(

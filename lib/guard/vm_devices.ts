@@ -97,6 +97,12 @@ function withHostDevices(
   for (const { dir, entry } of DEVICE_DIRS) {
     for (const address of linkedFunctions(reader, `${sysRoot}/${dir}`, entry)) {
       if (wanted.has(address)) found.add(address);
+      // A NIC that is an SR-IOV VF: passing its PF destroys it (see `nicsUnder`).
+      const pf = dir === "class/net"
+        ? reader.readLink(`${sysRoot}/bus/pci/devices/${address}/physfn`)
+        : null;
+      const pfAddress = pf === null ? null : pciAncestor(pf);
+      if (pfAddress !== null && wanted.has(pfAddress)) found.add(pfAddress);
     }
   }
   return found;
@@ -114,8 +120,7 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
 /**
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
- * devices plugged in, its networks' interfaces only when one is a NIC) or another running VM
- * uses (`vm` is the one starting, whose own status is skipped): as host use, reason `vm-device`.
+ * devices plugged in) or another running VM uses (`vm` is the one starting, whose own status is skipped): as host use, reason `vm-device`.
  * The other VMs' status files are read only when one runs and one of `devices` has a disk, a
  * USB device, a SCSI host adapter, a network interface or a character device under it. Throws
  * when a status file is larger than 4 MiB, a disk's or character device's path cannot be read,
@@ -165,10 +170,6 @@ export function vmDeviceUses(
     );
     return [...among].some((address) => usbControllers!.has(address));
   };
-  const nicAmong = (among: ReadonlySet<PciAddress>) =>
-    [...among].some((address) =>
-      (reader.listDir(`${roots.sysRoot}/bus/pci/devices/${address}/net`) ?? []).length > 0
-    );
   const useAll = (used: UsedDevices, whose: string, among: ReadonlySet<PciAddress>) => {
     const use = (addresses: readonly PciAddress[], what: string) => {
       for (const address of addresses) {
@@ -195,8 +196,7 @@ export function vmDeviceUses(
     }
     const onNetwork = (network: string, name: string) =>
       use(nicsUnder(reader, roots.sysRoot, name), `network ${network} (interface ${name})`);
-    // A network's pool can be long: followed only when a device taken has a network interface.
-    for (const network of used.networks.length > 0 && nicAmong(among) ? used.networks : []) {
+    for (const network of used.networks) {
       for (const name of options.networkInterfaces?.(network) ?? []) onNetwork(network, name);
     }
     for (const { network, device } of used.networkDevices) onNetwork(network, device);

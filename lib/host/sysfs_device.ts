@@ -8,7 +8,7 @@
  */
 
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
-import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
+import { canonicalPciAddress, comparePciAddress, libvirtNumber } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
@@ -520,6 +520,7 @@ export function charDeviceControllers(
  * Deno.symlinkSync("../../devices/pci0000:00/0000:00:17.0/ata3/host2/scsi_host/host2",
  *   `${dir}/class/scsi_host/host2`);
  * assertEquals(scsiHostControllers(denoFsReader(), dir, "scsi_host2"), ["0000:00:17.0"]);
+ * assertEquals(scsiHostControllers(denoFsReader(), dir, "scsi_host0x2"), ["0000:00:17.0"]);
  * assertEquals(scsiHostControllers(denoFsReader(), dir, "host2"), []);
  * Deno.removeSync(dir, { recursive: true });
  * ```
@@ -529,8 +530,9 @@ export function scsiHostControllers(
   sysRoot: string,
   adapter: string,
 ): PciAddress[] {
-  const host = /^scsi_(host\d+)$/.exec(adapter)?.[1];
-  const link = host === undefined ? null : reader.readLink(`${sysRoot}/class/scsi_host/${host}`);
+  // libvirt reads the number as strtoul does with base 0: `scsi_host010` is host8.
+  const number = adapter.startsWith("scsi_host") ? libvirtNumber(adapter.slice(9)) : null;
+  const link = number === null ? null : reader.readLink(`${sysRoot}/class/scsi_host/host${number}`);
   const address = link === null ? null : pciAncestor(link);
   return address === null ? [] : [address];
 }

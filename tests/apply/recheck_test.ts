@@ -276,5 +276,13 @@ Deno.test("applyPlan() re-checks other domains' networks too, read again before 
       unknown.message,
       /what "nas" holds is unknown \(persistent definition: its network lan cannot be read: the networks cannot be listed: boom\)/,
     );
+    // Unless the plan warned it could not list them either: then they count nothing, as there.
+    const warned = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt: failing });
+    assertEquals(warned.warnings.map((w) => w.code), ["unreadable-definition"]);
+    const applied = (await applyYes(warned, failing, onBridge)).report.vms[0]!;
+    assertEquals([applied.status, applied.message], [
+      "changed",
+      'Defined "win10" (2 added, 0 removed)',
+    ]);
   });
 });

@@ -196,6 +196,8 @@ Deno.test({
         scsiHosts: strict.scsiHosts,
         netDevices: [...new Set(strict.netDevices)].sort(),
         charDevices: strict.charDevices,
+        networks: strict.networks,
+        networkDevices: strict.networkDevices,
       };
       const lenientUsed = {
         blockDisks: lenient.blockDisks,
@@ -203,6 +205,8 @@ Deno.test({
         scsiHosts: lenient.scsiHosts,
         netDevices: lenient.netDevices,
         charDevices: lenient.charDevices,
+        networks: lenient.networks,
+        networkDevices: lenient.networkDevices,
       };
       if (JSON.stringify(strictUsed) !== JSON.stringify(lenientUsed)) disagree.push(name);
       usb += strict.usbDevices.length;

@@ -875,7 +875,7 @@ Deno.test("both readers read the host adapter of a SCSI hostdev, not of an iSCSI
     <hostdev mode='subsystem' type='scsi' sgio='unfiltered' rawio='yes'>
       <source><adapter name='scsi_host2'/><address bus='0' target='0' unit='0'/></source>
       <address type='drive' controller='0' bus='0' target='0' unit='1'/></hostdev>
-    <hostdev mode='subsystem' type='scsi'><source protocol='none'>
+    <hostdev mode='subsystem' type='scsi'><source protocol='adapter'>
       <adapter name='scsi_host0'/><address bus='0' target='1' unit='0'/></source></hostdev>
     <hostdev mode='subsystem' type='scsi'><source protocol='iscsi' name='iqn.2014-08.com.example:storage/1'>
       <host name='example.com' port='3260'/></source></hostdev>

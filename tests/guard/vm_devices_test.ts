@@ -20,6 +20,7 @@ const NIC = "0000:0a:00.0";
 const SERIAL = "0000:00:16.0";
 const SATA = "0000:00:17.0";
 const I2C = "0000:00:15.0";
+const PARALLEL = "0000:00:15.1";
 const KEYBOARD = "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd";
 
 function hostdev(address: string): string {
@@ -62,6 +63,7 @@ async function start(
   devices: string[],
   running: Record<string, string>,
   networks: Record<string, string> = {},
+  tweak: (dir: string) => void = () => {},
 ) {
   const z690 = loadFixtureHost("z690-asus-adl");
   z690.host_use = [];
@@ -118,6 +120,12 @@ async function start(
     `${dir}/class/tty/ttyS0`,
   );
   Deno.symlinkSync("../../devices/virtual/tty/tty1", `${dir}/class/tty/tty1`);
+  // A parallel port on the second LPSS function, which stands in for a PCI parallel card.
+  Deno.mkdirSync(`${dir}/class/ppdev`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:00/${PARALLEL}/parport0/ppdev/parport0`,
+    `${dir}/class/ppdev/parport0`,
+  );
   // A touchpad on the LPSS I2C controller.
   Deno.symlinkSync(
     `../../devices/pci0000:00/${I2C}/i2c_designware.0/i2c-0/i2c-ELAN0001:00/0018:04F3:3140.0002/input/input12/event12`,
@@ -137,6 +145,7 @@ async function start(
     Deno.writeTextFileSync(`${dir}/network/${name}.xml`, text);
   }
   Deno.mkdirSync(`${dir}/state`);
+  tweak(dir);
   const result = await runGuard({
     vm: "desktop",
     operation: "prepare",
@@ -288,6 +297,10 @@ Deno.test("guard: taking the controller under an evdev input or a serial port th
     i2c.line,
     /\(vm-device: character device \/dev\/input\/event12 of running VM "lap"\)/,
   );
+  // A parallel port on a PCI card, in another running VM.
+  const parallel = `<parallel type='dev'><source path='/dev/parport0'/></parallel>`;
+  const lpt = await start([hostdev(PARALLEL)], { old: status("old", [parallel]) });
+  assertEquals([lpt.code, lpt.refusals], [1, [["host-needs", PARALLEL]]]);
   // Another device taken, or a port on no PCI function (the ISA ttyS0): nothing to lose.
   const gpu = await start([hostdev(GPU), evdev], { bmc: status("bmc", [serial]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
@@ -354,4 +367,30 @@ Deno.test("guard: taking the controller of a SCSI hostdev's adapter the VM or a 
   assertEquals([elsewhere.code, elsewhere.refusals], [0, []]);
   const gpu = await start([hostdev(GPU)], { tape: status("tape", [scsi]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
+});
+
+Deno.test("guard: taking a PF without a netdev under a VF a running VM's macvtap uses, or a USB NIC under a network the VM is on, refuses the start", async () => {
+  // The PF's own netdev is gone (a PF driver without one, such as pci-pf-stub): only its VF has
+  // one, and another running VM's macvtap is on it.
+  const noPfNetdev = (dir: string) => {
+    Deno.removeSync(`${dir}/class/net/enp10s0`);
+    Deno.removeSync(`${dir}/bus/pci/devices/${NIC}/net`, { recursive: true });
+    Deno.removeSync(`${dir}/devices/virtual/net/br1/lower_enp10s0`);
+  };
+  const onVf = `<interface type='direct'><source dev='enp10s0v0' mode='bridge'/></interface>`;
+  const pf = await start([hostdev(NIC)], { router: status("router", [onVf]) }, {}, noPfNetdev);
+  assertEquals([pf.code, pf.refusals], [1, [["host-needs", NIC]]]);
+  assertMatch(pf.line, /\(vm-device: network interface enp10s0v0 of running VM "router"\)/);
+  // A USB NIC under the USB controller taken, which network "wan" puts this VM on.
+  const usbNic = (dir: string) =>
+    Deno.symlinkSync(
+      `../../devices/pci0000:00/0000:00:07.0/${USB}/usb3/3-2/3-2:1.0/net/enx0`,
+      `${dir}/class/net/enx0`,
+    );
+  const wan = `<networkstatus><network><name>wan</name><forward mode='vepa'>
+    <interface dev='enx0'/></forward></network></networkstatus>`;
+  const onWan = `<interface type='network'><source network='wan'/></interface>`;
+  const own = await start([hostdev(USB), onWan], {}, { wan }, usbNic);
+  assertEquals([own.code, own.refusals], [1, [["host-needs", USB]]]);
+  assertMatch(own.line, /\(vm-device: network wan \(interface enx0\) of this VM itself\)/);
 });
