@@ -129,6 +129,12 @@ export interface ParsedDomain {
    */
   scsiHosts: string[];
   /**
+   * The UUIDs (lower case) of the host mediated devices of its `<hostdev type='mdev'>` elements (a
+   * vGPU, a GVT-g slice; sorted, unique): planning counts their parent PCI functions as held,
+   * when the host can say which they are.
+   */
+  mdevs: string[];
+  /**
    * The host network interfaces its `<interface type='direct'>` (macvtap on `<source dev>`) and
    * `<interface type='bridge'>` (`<source bridge>`) elements use: planning counts the NICs under
    * them as held, when the host can say which they are.
@@ -280,6 +286,7 @@ interface Located {
   blockDisks: string[];
   usbDevices: UsbSource[];
   scsiHosts: string[];
+  mdevs: string[];
   netDevices: string[];
   charDevices: string[];
   networks: string[];
@@ -373,6 +380,7 @@ function locate(xml: string): Located {
   const blockDisks: string[] = [];
   const usbDevices: UsbSource[] = [];
   const scsiHosts = new Set<string>();
+  const mdevs = new Set<string>();
   const netDevices: string[] = [];
   const charDevices = new Set<string>();
   const networks = new Set<string>();
@@ -409,6 +417,10 @@ function locate(xml: string): Located {
       if (usb !== null) usbDevices.push(usb);
       const adapter = site === null && usb === null ? readScsiHostdev(xml, span) : null;
       if (adapter !== null) scsiHosts.add(adapter);
+      const mdev = site === null && usb === null && adapter === null
+        ? readMdevHostdev(xml, span)
+        : null;
+      if (mdev !== null) mdevs.add(mdev);
     } else if (
       span.name === "disk" && attribute(xml, span, "type") === "nvme" &&
       span.children.some((c) => c.name === "source")
@@ -440,6 +452,7 @@ function locate(xml: string): Located {
     blockDisks,
     usbDevices,
     scsiHosts: [...scsiHosts].sort(),
+    mdevs: [...mdevs].sort(),
     netDevices,
     charDevices: [...charDevices].sort(),
     networks: [...networks].sort(),
@@ -522,6 +535,16 @@ function readScsiHostdev(xml: string, span: XmlSpan): string | null {
   const adapter = source.children.find((c) => c.name === "adapter");
   const name = adapter === undefined ? undefined : attribute(xml, adapter, "name");
   return name ? name : null;
+}
+
+/** The UUID (lower case) of a mediated device's `<hostdev>`; `null` for other hostdevs. */
+function readMdevHostdev(xml: string, span: XmlSpan): string | null {
+  const mode = attribute(xml, span, "mode") ?? "subsystem";
+  if (mode !== "subsystem" || attribute(xml, span, "type") !== "mdev") return null;
+  const source = span.children.find((c) => c.name === "source");
+  const address = source?.children.find((c) => c.name === "address");
+  const uuid = address === undefined ? undefined : attribute(xml, address, "uuid");
+  return uuid ? uuid.trim().toLowerCase() : null;
 }
 
 /** The source of a USB subsystem `<hostdev>`; `null` for other hostdevs, or one it cannot read. */
@@ -705,6 +728,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     blockDisks: located.blockDisks,
     usbDevices: located.usbDevices,
     scsiHosts: located.scsiHosts,
+    mdevs: located.mdevs,
     netDevices: located.netDevices,
     charDevices: located.charDevices,
     networks: located.networks,

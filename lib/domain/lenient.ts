@@ -281,6 +281,8 @@ export interface LenientPassedScan {
    * name (sorted, unique; iSCSI ones name none).
    */
   scsiHosts: string[];
+  /** The UUIDs (lower case) of its `<hostdev type='mdev'>` mediated devices (sorted, unique). */
+  mdevs: string[];
   /**
    * The host network interfaces its `<interface type='direct'>` (`<source dev>`) and
    * `<interface type='bridge'>` (`<source bridge>`) elements use (sorted, unique).
@@ -311,6 +313,7 @@ export interface LenientPassedScan {
  *   blockDisks: [],
  *   usbDevices: [],
  *   scsiHosts: [],
+ *   mdevs: [],
  *   netDevices: [],
  *   charDevices: [],
  * });
@@ -324,6 +327,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const blockDisks = new Set<string>();
   const usbDevices: UsbSource[] = [];
   const scsiHosts = new Set<string>();
+  const mdevs = new Set<string>();
   const netDevices = new Set<string>();
   const networkDevices = new Map<string, NetworkDevice>();
   let unresolved = 0;
@@ -383,6 +387,8 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       if (usb !== null) usbDevices.push(usb);
       const adapter = type === "scsi" && inside !== null ? scsiAdapter(inside) : null;
       if (adapter !== null) scsiHosts.add(adapter);
+      const mdev = type === "mdev" && inside !== null ? mdevUuid(inside) : null;
+      if (mdev !== null) mdevs.add(mdev);
       return;
     }
     if (tag.selfClosing) {
@@ -404,6 +410,7 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     blockDisks: [...blockDisks].sort(),
     usbDevices,
     scsiHosts: [...scsiHosts].sort(),
+    mdevs: [...mdevs].sort(),
     netDevices: [...netDevices].sort(),
     charDevices: charDeviceSources(text, starts.map((s) => s.index)),
   };
@@ -492,6 +499,14 @@ function scsiAdapter(inside: string): string | null {
   if (source === null || protocol === "iscsi") return null;
   const at = findTag(inside, "adapter", open);
   return (at === -1 ? undefined : lenientTag(inside, at)?.attributes.name) || null;
+}
+
+/** The UUID (lower case) in the `<source><address uuid>` of a mediated device's hostdev. */
+function mdevUuid(inside: string): string | null {
+  const open = findTag(inside, "source");
+  const at = open === -1 ? -1 : findTag(inside, "address", open);
+  const uuid = at === -1 ? undefined : lenientTag(inside, at)?.attributes.uuid;
+  return uuid ? uuid.trim().toLowerCase() : null;
 }
 
 /** The source of a USB hostdev whose content is `inside`, or `null` when it cannot be read. */

@@ -163,6 +163,7 @@ function readDomain(xml: string): DomainFacts {
       blockDisks: lenient.blockDisks,
       usbDevices: lenient.usbDevices,
       scsiHosts: lenient.scsiHosts,
+      mdevs: lenient.mdevs,
       netDevices: lenient.netDevices,
       networkDevices: lenient.networkDevices,
       charDevices: lenient.charDevices,

@@ -1,10 +1,10 @@
 /**
  * The host devices VMs use without passing a PCI function through, as the start guard sees them:
  * a `<disk type='block'>` on a whole host disk (`/dev/disk/by-id/nvme-...`), a
- * `<hostdev type='usb'>` or `type='scsi'`, an `<interface type='direct'>` or `type='bridge'` on
- * a NIC (or `type='network'` on a network bridged to one), or an `<input type='evdev'>` or
- * `<serial type='dev'>` on a USB or PCI device keeps the PCI controller under it busy while its
- * VM runs, and libvirt does not know it: a start that detaches the controller pulls the device
+ * `<hostdev type='usb'>`, `type='scsi'` or `type='mdev'` (a vGPU on its GPU), an
+ * `<interface type='direct'>` or `type='bridge'` on a NIC (or `type='network'` on a network
+ * bridged to one), or an `<input type='evdev'>` or `<serial type='dev'>` on a USB or PCI device
+ * keeps the PCI controller under it busy while its VM runs, and libvirt does not know it: a start that detaches the controller pulls the device
  * from under that VM. Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one
  * per running domain): the hook must not call libvirt. The starting VM's own such devices count
  * the same way: taking their controller would pull them from under the guest being started.
@@ -18,6 +18,7 @@ import {
   blockDeviceControllers,
   charDeviceControllers,
   type HostUsbDevice,
+  mdevControllers,
   nicsUnder,
   pciAncestor,
   pciDevicesUnder,
@@ -65,7 +66,7 @@ const USB_DEVICES = { dir: "bus/usb/devices", entry: /^[^:]+$/ };
  * The sysfs directories whose entries link to the host devices VMs use, with the entries that
  * can be such a device: USB devices ({@link USB_DEVICES}); network interfaces and SCSI hosts;
  * serial ports, not the virtual consoles (`tty1`, `console`, `ptmx`); input event devices (what
- * evdev reads); parallel ports.
+ * evdev reads); parallel ports; mediated devices.
  */
 const DEVICE_DIRS: readonly { dir: string; entry: RegExp }[] = [
   USB_DEVICES,
@@ -74,6 +75,7 @@ const DEVICE_DIRS: readonly { dir: string; entry: RegExp }[] = [
   { dir: "class/tty", entry: /^(?!tty\d*$|console$|ptmx$)[^:]+$/ },
   { dir: "class/input", entry: /^event\d+$/ },
   { dir: "class/ppdev", entry: /^parport\d+$/ },
+  { dir: "bus/mdev/devices", entry: /^[0-9a-f-]+$/ },
 ];
 
 /**
@@ -140,7 +142,8 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
  * const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev`, statusDir: `${dir}/qemu` };
  * const nvme = { address: "0000:01:00.0" } as import("../host/types.ts").PciDevice;
  * const own = {
- *   blockDisks: [], usbDevices: [], scsiHosts: [], netDevices: [], charDevices: [], networks: [],
+ *   blockDisks: [], usbDevices: [], scsiHosts: [], mdevs: [], netDevices: [], charDevices: [],
+ *   networks: [],
  *   networkDevices: [],
  * };
  * assertEquals(vmDeviceUses(denoFsReader(), roots, { vm: "desktop", devices: [nvme], own }), [{
@@ -184,6 +187,9 @@ export function vmDeviceUses(
     for (const source of used.usbDevices.length > 0 && usbUnder(among) ? used.usbDevices : []) {
       plugged ??= readUsbDevices(reader, roots.sysRoot);
       use(usbDeviceControllers(plugged, source), describeUsbSource(source));
+    }
+    for (const uuid of used.mdevs) {
+      use(mdevControllers(reader, roots.sysRoot, uuid), `mediated device ${uuid}`);
     }
     for (const adapter of used.scsiHosts) {
       use(scsiHostControllers(reader, roots.sysRoot, adapter), `SCSI adapter ${adapter}`);

@@ -23,6 +23,7 @@ import { canonicalPciAddress } from "../pci/address.ts";
 import {
   blockDeviceControllers,
   charDeviceControllers,
+  mdevControllers,
   nicsUnder,
   readUsbDevices,
   scsiHostControllers,
@@ -136,6 +137,11 @@ export interface HostFacts {
    * `null` when unknown: only the live host's adapters say.
    */
   scsiHostControllers(adapter: string): PciAddress[] | null;
+  /**
+   * The parent PCI function of a mediated device (`<hostdev type='mdev'>`, by UUID). `null` when
+   * unknown: only the live host's mediated devices say.
+   */
+  mdevControllers(uuid: string): PciAddress[] | null;
   /**
    * The PCI functions under a host network interface (`enp65s0f0`; a bond's or bridge's own
    * NICs). `null` when unknown: only the live host's interfaces say.
@@ -409,6 +415,8 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     // A captured tree holds no USB devices: what is plugged in is the live host's alone.
     usbDeviceControllers: (source) =>
       options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
+    mdevControllers: (uuid) =>
+      options.devRoot === undefined ? null : mdevControllers(reader, sysRoot, uuid),
     scsiHostControllers: (adapter) =>
       options.devRoot === undefined ? null : scsiHostControllers(reader, sysRoot, adapter),
     netDeviceControllers: (name) =>

@@ -537,6 +537,34 @@ export function scsiHostControllers(
   return address === null ? [] : [address];
 }
 
+/**
+ * The parent PCI function of the mediated device `uuid` (`bus/mdev/devices/UUID`): the GPU a
+ * vGPU or GVT-g slice is carved from; passing that function to a guest unbinds the host driver
+ * that provides the mediated device. Empty for a UUID with no such device (not created yet) or
+ * a parent on no PCI function.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * const uuid = "c2177883-f1bb-47f0-914d-32a22e3a8804";
+ * Deno.mkdirSync(`${dir}/bus/mdev/devices`, { recursive: true });
+ * Deno.symlinkSync(`../../../devices/pci0000:00/0000:00:02.0/${uuid}`,
+ *   `${dir}/bus/mdev/devices/${uuid}`);
+ * assertEquals(mdevControllers(denoFsReader(), dir, uuid), ["0000:00:02.0"]);
+ * assertEquals(mdevControllers(denoFsReader(), dir, "../../x"), []);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function mdevControllers(reader: SysfsReader, sysRoot: string, uuid: string): PciAddress[] {
+  // From a domain's XML: only a UUID names a device there.
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(uuid)) return [];
+  const link = reader.readLink(`${sysRoot}/bus/mdev/devices/${uuid.toLowerCase()}`);
+  const address = link === null ? null : pciAncestor(link);
+  return address === null ? [] : [address];
+}
+
 /** A USB device plugged into the host, as `bus/usb/devices` describes it. */
 export interface HostUsbDevice {
   /** Its sysfs name (`1-2.3`: bus 1, port 2, then port 3 of a hub). */

@@ -144,9 +144,9 @@ export type HostUseReason =
   | "network-route"
   | "console-vga"
   /**
-   * A block disk, USB or SCSI device, network interface (or network's) or character device of
-   * the starting VM or another running VM (the start guard only; `plan` reads them from
-   * definitions).
+   * A block disk, USB, SCSI or mediated device, network interface (or network's) or character
+   * device of the starting VM or another running VM (the start guard only; `plan` reads them
+   * from definitions).
    */
   | "vm-device";
 

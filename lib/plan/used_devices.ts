@@ -1,10 +1,11 @@
 /**
  * The host devices a domain uses without passing a PCI function through: block disks by their
  * `/dev` path (`<disk type='block'>`, block backing stores, mirrors, data stores), USB devices
- * (`<hostdev type='usb'>`), SCSI devices (`<hostdev type='scsi'>`, on their host adapter), network
- * interfaces (`<interface type='direct'>` on a NIC, `<interface type='bridge'>` on a bridge whose
- * ports are NICs, `<interface type='network'>` on a network bridged to host interfaces) and
- * character devices (an `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each
+ * (`<hostdev type='usb'>`), SCSI devices (`<hostdev type='scsi'>`, on their host adapter),
+ * mediated devices (`<hostdev type='mdev'>`, a vGPU on its parent GPU), network interfaces
+ * (`<interface type='direct'>` on a NIC, `<interface type='bridge'>` on a bridge whose ports are
+ * NICs, `<interface type='network'>` on a network bridged to host interfaces) and character
+ * devices (an `<input type='evdev'>` keyboard, a `<serial type='dev'>` adapter). Each
  * hangs under a PCI controller, and a rule that passes that controller to a guest takes the
  * device from under the domain: from another VM, or from the VM itself (its start would detach
  * the controller, and the device with it). Pure: the host is read through {@link DeviceResolvers}.
@@ -28,6 +29,8 @@ export interface DeviceResolvers {
   usbDeviceControllers(source: UsbSource): PciAddress[] | null;
   /** The controller of a SCSI host adapter (`scsi_host2`); absent: not resolved. */
   scsiHostControllers?(adapter: string): PciAddress[] | null;
+  /** The parent PCI function of a mediated device, by UUID; absent: not resolved. */
+  mdevControllers?(uuid: string): PciAddress[] | null;
   /** The NICs under a host network interface (a bridge's or bond's ports); absent: not resolved. */
   netDeviceControllers?(name: string): PciAddress[] | null;
   /**
@@ -57,6 +60,8 @@ export interface UsedDevices {
   usbDevices: UsbSource[];
   /** The host adapters of its SCSI hostdevs (`scsi_host2`). */
   scsiHosts: string[];
+  /** The UUIDs of its mediated devices (`<hostdev type='mdev'>`). */
+  mdevs: string[];
   /** The host network interfaces of its `direct` and `bridge` interfaces. */
   netDevices: string[];
   /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
@@ -80,6 +85,7 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
+    mdevs: [],
     netDevices: [],
     charDevices: [],
     networks: [],
@@ -89,10 +95,20 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
 
 /** The {@link UsedDevices} fields of what a reader found. */
 function pickUsed(
-  { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks, networkDevices }:
-    UsedDevices,
+  used: UsedDevices,
 ): UsedDevices {
-  return { blockDisks, usbDevices, scsiHosts, netDevices, charDevices, networks, networkDevices };
+  const { blockDisks, usbDevices, scsiHosts, mdevs, netDevices, charDevices } = used;
+  const { networks, networkDevices } = used;
+  return {
+    blockDisks,
+    usbDevices,
+    scsiHosts,
+    mdevs,
+    netDevices,
+    charDevices,
+    networks,
+    networkDevices,
+  };
 }
 
 /**
@@ -108,6 +124,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
       !defined.usbDevices.some((d) => sameUsbDevice(d, source))
     ),
     scsiHosts: live.scsiHosts.filter((adapter) => !defined.scsiHosts.includes(adapter)),
+    mdevs: live.mdevs.filter((uuid) => !defined.mdevs.includes(uuid)),
     netDevices: live.netDevices.filter((name) => !defined.netDevices.includes(name)),
     charDevices: live.charDevices.filter((path) => !defined.charDevices.includes(path)),
     networks: live.networks.filter((name) => !defined.networks.includes(name)),
@@ -140,6 +157,7 @@ export function onDefinedNetworks(defined: UsedDevices, live: UsedDevices): Used
  *   blockDisks: ["/dev/sdb"],
  *   usbDevices: [{ vendorId: "046d", productId: "c52b", bus: null, device: null }],
  *   scsiHosts: [],
+ *   mdevs: [],
  *   netDevices: [],
  *   charDevices: [],
  *   networks: [],
@@ -184,6 +202,9 @@ export function controllersUnder(
   }
   for (const adapter of new Set(used.flatMap((u) => u.scsiHosts))) {
     add(resolvers.scsiHostControllers?.(adapter) ?? null, `SCSI adapter ${adapter}`);
+  }
+  for (const uuid of new Set(used.flatMap((u) => u.mdevs))) {
+    add(resolvers.mdevControllers?.(uuid) ?? null, `mediated device ${uuid}`);
   }
   for (const name of new Set(used.flatMap((u) => u.netDevices))) {
     add(resolvers.netDeviceControllers?.(name) ?? null, `network interface ${name}`);

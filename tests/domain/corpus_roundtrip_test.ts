@@ -187,6 +187,7 @@ Deno.test({
     let net = 0;
     let char = 0;
     let scsi = 0;
+    let mdev = 0;
     for (const { name, xml } of corpusFiles()) {
       const strict = parseDomainXml(xml);
       const lenient = scanPassedDevicesLeniently(xml);
@@ -194,6 +195,7 @@ Deno.test({
         blockDisks: [...new Set(strict.blockDisks)].sort(),
         usbDevices: strict.usbDevices,
         scsiHosts: strict.scsiHosts,
+        mdevs: strict.mdevs,
         netDevices: [...new Set(strict.netDevices)].sort(),
         charDevices: strict.charDevices,
         networks: strict.networks,
@@ -203,6 +205,7 @@ Deno.test({
         blockDisks: lenient.blockDisks,
         usbDevices: lenient.usbDevices,
         scsiHosts: lenient.scsiHosts,
+        mdevs: lenient.mdevs,
         netDevices: lenient.netDevices,
         charDevices: lenient.charDevices,
         networks: lenient.networks,
@@ -213,11 +216,12 @@ Deno.test({
       net += strict.netDevices.length;
       char += strict.charDevices.length;
       scsi += strict.scsiHosts.length;
+      mdev += strict.mdevs.length;
     }
     assertEquals(disagree, []);
     // Every USB hostdev of the corpus (by bus and device number) is read, every direct and
     // bridge interface's source, every evdev and virtio passthrough input's and type='dev'
-    // character device's, and every SCSI hostdev's host adapter.
-    assertEquals([usb, net, char, scsi], [12, 26, 8, 18]);
+    // character device's, every SCSI hostdev's host adapter and every mediated device's UUID.
+    assertEquals([usb, net, char, scsi, mdev], [12, 26, 8, 18, 23]);
   },
 });

@@ -599,6 +599,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
+    mdevs: [],
     netDevices: [],
     charDevices: [],
   });
@@ -693,6 +694,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
+    mdevs: [],
     netDevices: [],
     charDevices: [],
   });
@@ -886,4 +888,18 @@ Deno.test("both readers read the host adapter of a SCSI hostdev, not of an iSCSI
   assertEquals(parseDomainXml(xml).scsiHosts, ["scsi_host0", "scsi_host2"]);
   assertEquals(scanPassedDevicesLeniently(xml).scsiHosts, ["scsi_host0", "scsi_host2"]);
   assertEquals(scanPassedDevicesLeniently(broken(devices)).scsiHosts, ["scsi_host0", "scsi_host2"]);
+});
+
+Deno.test("both readers read the UUID of a mediated device's hostdev", () => {
+  const devices = `
+    <hostdev mode='subsystem' type='mdev' model='vfio-pci' display='on'>
+      <source><address uuid='C2177883-F1BB-47F0-914D-32A22E3A8804'/></source></hostdev>
+    <hostdev mode='subsystem' type='mdev' model='vfio-ap'><source>
+      <address uuid="8a9b6f5e-0000-4000-8000-000000000001"/></source></hostdev>
+    <hostdev mode='subsystem' type='mdev' model='vfio-pci'><source/></hostdev>`;
+  const expected = ["8a9b6f5e-0000-4000-8000-000000000001", "c2177883-f1bb-47f0-914d-32a22e3a8804"];
+  const xml = `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+  assertEquals(parseDomainXml(xml).mdevs, expected);
+  assertEquals(scanPassedDevicesLeniently(xml).mdevs, expected);
+  assertEquals(scanPassedDevicesLeniently(broken(devices)).mdevs, expected);
 });

@@ -21,6 +21,7 @@ const SERIAL = "0000:00:16.0";
 const SATA = "0000:00:17.0";
 const I2C = "0000:00:15.0";
 const PARALLEL = "0000:00:15.1";
+const VGPU = "c2177883-f1bb-47f0-914d-32a22e3a8804";
 const KEYBOARD = "/dev/input/by-id/usb-Logitech_USB_Receiver-event-kbd";
 
 function hostdev(address: string): string {
@@ -140,6 +141,12 @@ async function start(
     `../../devices/pci0000:00/${SATA}/ata4/host3/scsi_host/host3`,
     `${dir}/class/scsi_host/host3`,
   );
+  // A vGPU carved from the GPU.
+  Deno.mkdirSync(`${dir}/bus/mdev/devices`, { recursive: true });
+  Deno.symlinkSync(
+    `../../../devices/pci0000:00/0000:00:01.0/${GPU}/${VGPU}`,
+    `${dir}/bus/mdev/devices/${VGPU}`,
+  );
   Deno.mkdirSync(`${dir}/network`);
   for (const [name, text] of Object.entries(networks)) {
     Deno.writeTextFileSync(`${dir}/network/${name}.xml`, text);
@@ -201,9 +208,10 @@ Deno.test("guard: a running VM's status too large to read fails closed, only whe
   const refused = await start([hostdev(NVME)], { nas: huge });
   assertEquals([refused.code, refused.refusals], [1, [["unreadable", null]]]);
   assertMatch(refused.line, /the check failed: the status of running VM "nas" .* is larger than/);
-  // Not read at all for a start that takes no disk controller.
-  const gpu = await start([hostdev(GPU)], { nas: huge });
-  assertEquals([gpu.code, gpu.refusals], [0, []]);
+  // Not read at all for a start that takes a device with nothing a VM can use under it (the
+  // third LPSS function here).
+  const idle = await start([hostdev("0000:00:15.2")], { nas: huge });
+  assertEquals([idle.code, idle.refusals], [0, []]);
 });
 
 Deno.test("guard: taking the controller of the VM's own block disk refuses the start, with no other VM running", async () => {
@@ -393,4 +401,24 @@ Deno.test("guard: taking a PF without a netdev under a VF a running VM's macvtap
   const own = await start([hostdev(USB), onWan], {}, { wan }, usbNic);
   assertEquals([own.code, own.refusals], [1, [["host-needs", USB]]]);
   assertMatch(own.line, /\(vm-device: network wan \(interface enx0\) of this VM itself\)/);
+});
+
+Deno.test("guard: taking the parent GPU of a mediated device the VM or a running VM uses refuses the start", async () => {
+  const mdev = `<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source>
+    <address uuid='${VGPU}'/></source></hostdev>`;
+  const other = await start([hostdev(GPU)], { vdi: status("vdi", [mdev]) });
+  assertEquals([other.code, other.refusals], [1, [["host-needs", GPU]]]);
+  assertMatch(
+    other.line,
+    new RegExp(`\\(vm-device: mediated device ${VGPU} of running VM "vdi"\\)`),
+  );
+  const own = await start([hostdev(GPU), mdev], {});
+  assertEquals([own.code, own.refusals], [1, [["host-needs", GPU]]]);
+  // Another mediated device, or another device taken: nothing to lose.
+  const elsewhere = await start([hostdev(GPU)], {
+    vdi: status("vdi", [mdev.replace("c2177883", "d2177883")]),
+  });
+  assertEquals([elsewhere.code, elsewhere.refusals], [0, []]);
+  const nic = await start([hostdev(NIC)], { vdi: status("vdi", [mdev]) });
+  assertEquals([nic.code, nic.refusals], [0, []]);
 });

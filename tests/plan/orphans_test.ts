@@ -736,3 +736,38 @@ Deno.test("planHostdevs() counts the controller under a VM's SCSI hostdev as tha
   // A captured tree has no adapters to follow.
   assertEquals(plan("gentoo", captured).vms[0]!.add.map((a) => a.address), ["0000:43:00.0"]);
 });
+
+Deno.test("planHostdevs() counts the parent GPU of a VM's mediated device as that VM's, on the live host", async () => {
+  using demo = await demoHost();
+  // win10 has a vGPU carved from the RX 580 (0000:4c:00.0).
+  const uuid = "c2177883-f1bb-47f0-914d-32a22e3a8804";
+  const world = worldWith(
+    demo.dir,
+    `<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='${uuid}'/>
+        </source></hostdev>`,
+  );
+  const sys = `${demo.dir}/sysfs`;
+  Deno.mkdirSync(`${sys}/bus/mdev/devices`, { recursive: true });
+  Deno.symlinkSync(
+    `../../../devices/pci0000:40/0000:40:03.1/0000:4c:00.0/${uuid}`,
+    `${sys}/bus/mdev/devices/${uuid}`,
+  );
+  using libvirt = openLibvirtPort(`test://${world}`);
+  assertEquals(parseDomainXml(libvirt.getPersistentXml("win10")).mdevs, [uuid]);
+  const { live, captured } = factsOf(demo.dir);
+  const plan = (vm: string, facts = live) =>
+    planFor({ host: demo.host, libvirt, facts }, vm, "1002:67df");
+
+  assertMatch(
+    assertTakenFromWin10(plan("gentoo")).message,
+    new RegExp(`; "win10" uses mediated device ${uuid} on 0000:4c:00\\.0$`),
+  );
+  assertEquals(plan("win10").vms[0]!.errors.map((e) => [e.code, e.devices]), [["own-device", [
+    "0000:4c:00.0",
+  ]]]);
+  // A captured tree has no mediated devices to follow.
+  assertEquals(plan("gentoo", captured).vms[0]!.add.map((a) => a.address), [
+    "0000:4c:00.0",
+    "0000:4c:00.1",
+  ]);
+});
