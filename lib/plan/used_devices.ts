@@ -81,7 +81,12 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
     return pickUsed(read.domain);
   }
   if (read.kind === "unreadable") return pickUsed(scanPassedDevicesLeniently(read.xml));
-  return pickUsed({
+  return noDevices();
+}
+
+/** No host device at all. */
+export function noDevices(): UsedDevices {
+  return {
     blockDisks: [],
     usbDevices: [],
     scsiHosts: [],
@@ -90,7 +95,7 @@ export function usedDevicesIn(read: DefinitionRead): UsedDevices {
     charDevices: [],
     networks: [],
     networkDevices: [],
-  });
+  };
 }
 
 /** The {@link UsedDevices} fields of what a reader found. */
@@ -138,7 +143,7 @@ export function runningOnly(defined: UsedDevices, live: UsedDevices): UsedDevice
  */
 export function onDefinedNetworks(defined: UsedDevices, live: UsedDevices): UsedDevices {
   return {
-    ...usedDevicesIn({ kind: "read-failed", error: "" }),
+    ...noDevices(),
     networkDevices: live.networkDevices.filter((d) => defined.networks.includes(d.network)),
   };
 }

@@ -23,6 +23,7 @@ import {
 } from "../../lib/domain/lenient.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { canonicalPciAddress } from "../../lib/pci/address.ts";
+import { noDevices } from "../../lib/plan/used_devices.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
 
@@ -594,14 +595,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
       { address: "0000:02:00.0", element: "interface" },
     ],
     unresolved: 0,
-    networks: [],
-    networkDevices: [],
-    blockDisks: [],
-    usbDevices: [],
-    scsiHosts: [],
-    mdevs: [],
-    netDevices: [],
-    charDevices: [],
+    ...noDevices(),
   });
 });
 
@@ -689,14 +683,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
   assertEquals(scanPassedDevicesLeniently(xml), {
     devices: [{ address: "0001:01:00.0", element: "disk" }],
     unresolved: 1,
-    networks: [],
-    networkDevices: [],
-    blockDisks: [],
-    usbDevices: [],
-    scsiHosts: [],
-    mdevs: [],
-    netDevices: [],
-    charDevices: [],
+    ...noDevices(),
   });
 });
 
