@@ -13,7 +13,8 @@
 import type { PciAddress } from "../host/types.ts";
 import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
-import { type NetworkDevice, RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
+import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
+import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
   bootAndRomLines,
@@ -92,7 +93,7 @@ export interface DomainHostdev {
 }
 
 /** What {@link parseDomainXml} reads from a domain. */
-export interface ParsedDomain {
+export interface ParsedDomain extends UsedDevices {
   /** The domain's `<name>`, trimmed; never empty (a domain without one is refused). */
   name: string;
   /** The domain's `<uuid>`, trimmed, or `null` when the XML has none. */
@@ -111,51 +112,6 @@ export interface ParsedDomain {
    * start as it does a managed hostdev. Never edited; listed so planning sees them as taken.
    */
   nvmeDisks: PciAddress[];
-  /**
-   * The host block devices of its disks (every `<source dev>` in a `<disk>`: a `type='block'`
-   * disk's, a block backing store's, mirror's or data store's; `/dev/...` as written): planning
-   * counts their controllers as held, when the host can say which they are.
-   */
-  blockDisks: string[];
-  /**
-   * The host USB devices of its `<hostdev mode='subsystem' type='usb'>` elements: planning counts
-   * their controllers as held, when the host can say which they are.
-   */
-  usbDevices: UsbSource[];
-  /**
-   * The host SCSI adapters (`scsi_host2`) of its `<hostdev mode='subsystem' type='scsi'>`
-   * elements (sorted, unique; iSCSI ones name none): planning counts their controllers as held,
-   * when the host can say which they are.
-   */
-  scsiHosts: string[];
-  /**
-   * The UUIDs (lower case) of the host mediated devices of its `<hostdev type='mdev'>` elements (a
-   * vGPU, a GVT-g slice; sorted, unique): planning counts their parent PCI functions as held,
-   * when the host can say which they are.
-   */
-  mdevs: string[];
-  /**
-   * The host network interfaces its `<interface type='direct'>` (macvtap on `<source dev>`) and
-   * `<interface type='bridge'>` (`<source bridge>`) elements use: planning counts the NICs under
-   * them as held, when the host can say which they are.
-   */
-  netDevices: string[];
-  /**
-   * The host character devices its evdev inputs and its serial ports, parallel ports, consoles
-   * and channels of `type='dev'` use (`/dev/...` as written; sorted, unique): planning counts
-   * their controllers as held, when the host can say which they are.
-   */
-  charDevices: string[];
-  /**
-   * The libvirt networks its interfaces other than hostdev ones are on (`<source network>`;
-   * sorted, unique): planning counts the NICs under a bridged network's interfaces as held.
-   */
-  networks: string[];
-  /**
-   * The host interfaces a running guest's interfaces got from their networks (its live XML shows
-   * an interface on a network with the type and `<source dev>` or `bridge` libvirt gave it).
-   */
-  networkDevices: NetworkDevice[];
   /** The `<interface type='hostdev'>` devices with a PCI source, owned or hand-written. */
   interfaces: DomainInterface[];
   /** The VFs recorded in our metadata (`<passthrough:interface>`), apart from `records`. */
@@ -275,7 +231,7 @@ interface OurMetadata {
   created: string | null;
 }
 
-interface Located {
+interface Located extends UsedDevices {
   root: XmlSpan;
   name: string;
   uuid: string | null;
@@ -283,14 +239,6 @@ interface Located {
   hostdevs: HostdevSite[];
   interfaceHostdevs: PciAddress[];
   nvmeDisks: PciAddress[];
-  blockDisks: string[];
-  usbDevices: UsbSource[];
-  scsiHosts: string[];
-  mdevs: string[];
-  netDevices: string[];
-  charDevices: string[];
-  networks: string[];
-  networkDevices: NetworkDevice[];
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];

@@ -16,6 +16,7 @@ import type { PciAddress } from "../host/types.ts";
 import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import { CHAR_DEVICE_SOURCES, charSourceAttribute } from "./char_source.ts";
+import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
 
 export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
@@ -239,60 +240,12 @@ export interface LenientPassedDevice {
 /** The elements that pass a host PCI function to the guest. */
 export type PassedElement = "hostdev" | "interface" | "disk";
 
-/** A host interface that a running guest's interface got from the libvirt network it is on. */
-export interface NetworkDevice {
-  /** The network's name. */
-  network: string;
-  /** The host interface: a macvtap's link (`eth1`) or a bridge (`br0`). */
-  device: string;
-}
-
 /** What {@link scanPassedDevicesLeniently} finds. */
-export interface LenientPassedScan {
+export interface LenientPassedScan extends UsedDevices {
   /** Sorted by address, one per address. */
   devices: LenientPassedDevice[];
   /** As in {@link LenientHostdevScan}. */
   unresolved: number;
-  /**
-   * The libvirt networks its interfaces other than hostdev ones name (`<source network>`; sorted,
-   * unique): a network whose `<forward mode='hostdev'>` is a pool of VFs hands one of them to the
-   * guest at start, whichever is free (see {@link scanHostdevPoolLeniently}); a bridged network
-   * puts it on one of its host interfaces (see {@link scanNetworkInterfacesLeniently}).
-   */
-  networks: string[];
-  /**
-   * The host interfaces a running guest's interfaces got from their networks: its live XML's
-   * interface type and `<source dev>` or `bridge`, or its status XML's `<actual>` element.
-   */
-  networkDevices: NetworkDevice[];
-  /**
-   * The host block devices its disks name (every `<source dev>` in a `<disk>`: a `type='block'`
-   * disk's, a block backing store's, mirror's or data store's; sorted, unique): the guest holds
-   * them open while it runs, so their controllers are its too.
-   */
-  blockDisks: string[];
-  /**
-   * The host USB devices its `<hostdev mode='subsystem' type='usb'>` elements name (one whose
-   * source cannot be read names none: libvirt refuses it).
-   */
-  usbDevices: UsbSource[];
-  /**
-   * The host SCSI adapters (`scsi_host2`) its `<hostdev mode='subsystem' type='scsi'>` elements
-   * name (sorted, unique; iSCSI ones name none).
-   */
-  scsiHosts: string[];
-  /** The UUIDs (lower case) of its `<hostdev type='mdev'>` mediated devices (sorted, unique). */
-  mdevs: string[];
-  /**
-   * The host network interfaces its `<interface type='direct'>` (`<source dev>`) and
-   * `<interface type='bridge'>` (`<source bridge>`) elements use (sorted, unique).
-   */
-  netDevices: string[];
-  /**
-   * The host character devices its evdev inputs and its serial ports, parallel ports, consoles
-   * and channels of `type='dev'` use (sorted, unique).
-   */
-  charDevices: string[];
 }
 
 /**

@@ -27,7 +27,6 @@ export {
   type LenientHostdevPool,
   type LenientHostdevScan,
   lenientHostPciAddresses,
-  type NetworkDevice,
   type NetworkInterfacesScan,
   normaliseXmlLine,
   type PassedElement,
@@ -37,3 +36,4 @@ export {
 } from "./lenient.ts";
 export { describeUsbSource, type UsbSource, usbSourceFrom } from "./usb_source.ts";
 export { redactSecrets, secretValues } from "./secrets.ts";
+export { type NetworkDevice, noDevices, type UsedDevices } from "./device_uses.ts";

@@ -350,6 +350,17 @@ export function pciAncestor(path: string): PciAddress | null {
 }
 
 /**
+ * The PCI function the link at `path` leads under (`[]` when none does), or `null` when `path`
+ * is no link.
+ */
+function linkedPciFunction(reader: SysfsReader, path: string): PciAddress[] | null {
+  const link = reader.readLink(path);
+  if (link === null) return null;
+  const address = pciAncestor(link);
+  return address === null ? [] : [address];
+}
+
+/**
  * The PCI functions under `class/KIND/NAME`: its own, or, for a virtual device, those of the
  * devices it stands on, followed down: a device-mapper or md block device's `slaves`, a
  * multipath NVMe disk's controllers, and a bridge's, bond's, VLAN's or macvlan's `lower_*`
@@ -408,9 +419,7 @@ function nvmeSubsystemControllers(
 ): PciAddress[] {
   const dir = `${sysRoot}/devices/virtual/nvme-subsystem/${subsystem}`;
   return (reader.listDir(dir) ?? []).filter((e) => /^nvme\d+$/.test(e)).sort().flatMap((e) => {
-    const link = reader.readLink(`${dir}/${e}`);
-    const address = link === null ? null : pciAncestor(link);
-    return address === null ? [] : [address];
+    return linkedPciFunction(reader, `${dir}/${e}`) ?? [];
   });
 }
 
@@ -498,10 +507,8 @@ export function charDeviceControllers(
   const name = devName(reader, roots.devRoot, path);
   if (name === null || name === "." || name === "..") return [];
   for (const kind of CHAR_DEVICE_CLASSES) {
-    const link = reader.readLink(`${roots.sysRoot}/class/${kind}/${name}`);
-    if (link === null) continue;
-    const address = pciAncestor(link);
-    return address === null ? [] : [address];
+    const found = linkedPciFunction(reader, `${roots.sysRoot}/class/${kind}/${name}`);
+    if (found !== null) return found;
   }
   return [];
 }
@@ -532,9 +539,9 @@ export function scsiHostControllers(
 ): PciAddress[] {
   // libvirt reads the number as strtoul does with base 0: `scsi_host010` is host8.
   const number = adapter.startsWith("scsi_host") ? libvirtNumber(adapter.slice(9)) : null;
-  const link = number === null ? null : reader.readLink(`${sysRoot}/class/scsi_host/host${number}`);
-  const address = link === null ? null : pciAncestor(link);
-  return address === null ? [] : [address];
+  return number === null
+    ? []
+    : linkedPciFunction(reader, `${sysRoot}/class/scsi_host/host${number}`) ?? [];
 }
 
 /**
@@ -560,9 +567,7 @@ export function scsiHostControllers(
 export function mdevControllers(reader: SysfsReader, sysRoot: string, uuid: string): PciAddress[] {
   // From a domain's XML: only a UUID names a device there.
   if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(uuid)) return [];
-  const link = reader.readLink(`${sysRoot}/bus/mdev/devices/${uuid.toLowerCase()}`);
-  const address = link === null ? null : pciAncestor(link);
-  return address === null ? [] : [address];
+  return linkedPciFunction(reader, `${sysRoot}/bus/mdev/devices/${uuid.toLowerCase()}`) ?? [];
 }
 
 /** A USB device plugged into the host, as `bus/usb/devices` describes it. */

@@ -13,7 +13,10 @@
  * @module
  */
 
-import { type NetworkDevice, scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import { noDevices, type UsedDevices } from "../domain/device_uses.ts";
+
+export { noDevices, type UsedDevices };
 import { describeUsbSource, sameUsbDevice, type UsbSource } from "../domain/usb_source.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DefinitionRead, NetworksRead } from "./world.ts";
@@ -52,68 +55,14 @@ export interface DeviceResolvers {
  */
 export const RUNNING_ONLY = " (attached to the running guest only)";
 
-/** The host devices one definition uses. */
-export interface UsedDevices {
-  /** `/dev` paths of its block disks. */
-  blockDisks: string[];
-  /** Sources of its USB hostdevs. */
-  usbDevices: UsbSource[];
-  /** The host adapters of its SCSI hostdevs (`scsi_host2`). */
-  scsiHosts: string[];
-  /** The UUIDs of its mediated devices (`<hostdev type='mdev'>`). */
-  mdevs: string[];
-  /** The host network interfaces of its `direct` and `bridge` interfaces. */
-  netDevices: string[];
-  /** `/dev` paths of its evdev inputs and of its serial ports and the like of `type='dev'`. */
-  charDevices: string[];
-  /** The libvirt networks its interfaces are on (`<source network>`). */
-  networks: string[];
-  /** The host interfaces a running guest's interfaces got from their networks. */
-  networkDevices: NetworkDevice[];
-}
-
 /**
  * The host devices a definition uses, read strictly or, when the strict reader refuses it,
  * leniently; none when it could not be read.
  */
 export function usedDevicesIn(read: DefinitionRead): UsedDevices {
-  if (read.kind === "parsed") {
-    return pickUsed(read.domain);
-  }
-  if (read.kind === "unreadable") return pickUsed(scanPassedDevicesLeniently(read.xml));
+  if (read.kind === "parsed") return read.domain;
+  if (read.kind === "unreadable") return scanPassedDevicesLeniently(read.xml);
   return noDevices();
-}
-
-/** No host device at all. */
-export function noDevices(): UsedDevices {
-  return {
-    blockDisks: [],
-    usbDevices: [],
-    scsiHosts: [],
-    mdevs: [],
-    netDevices: [],
-    charDevices: [],
-    networks: [],
-    networkDevices: [],
-  };
-}
-
-/** The {@link UsedDevices} fields of what a reader found. */
-function pickUsed(
-  used: UsedDevices,
-): UsedDevices {
-  const { blockDisks, usbDevices, scsiHosts, mdevs, netDevices, charDevices } = used;
-  const { networks, networkDevices } = used;
-  return {
-    blockDisks,
-    usbDevices,
-    scsiHosts,
-    mdevs,
-    netDevices,
-    charDevices,
-    networks,
-    networkDevices,
-  };
 }
 
 /**
