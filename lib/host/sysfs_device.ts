@@ -364,7 +364,8 @@ function linkedPciFunction(reader: SysfsReader, path: string): PciAddress[] | nu
  * The PCI functions under `class/KIND/NAME`: its own, or, for a virtual device, those of the
  * devices it stands on, followed down: a device-mapper or md block device's `slaves`, a
  * multipath NVMe disk's controllers, and a bridge's, bond's, VLAN's or macvlan's `lower_*`
- * interfaces (a bridge's ports, a bond's slaves, a VLAN's parent).
+ * interfaces (a bridge's ports, a bond's slaves, a VLAN's parent), or an Open vSwitch bridge's
+ * (see {@link openVswitchPorts}).
  */
 export function pciDevicesUnder(
   reader: SysfsReader,
@@ -383,10 +384,38 @@ export function pciDevicesUnder(
   if (kind === "block" && subsystem !== undefined) {
     return nvmeSubsystemControllers(reader, sysRoot, subsystem);
   }
+  const entries = reader.listDir(kind === "block" ? `${path}/slaves` : path) ?? [];
   const under = kind === "block"
-    ? reader.listDir(`${path}/slaves`) ?? []
-    : (reader.listDir(path) ?? []).flatMap((e) => e.startsWith("lower_") ? [e.slice(6)] : []);
+    ? entries
+    : entries.flatMap((e) => e.startsWith("lower_") ? [e.slice(6)] : []);
+  if (kind === "net" && under.length === 0) under.push(...openVswitchPorts(reader, path, entries));
   return under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1));
+}
+
+/** The device Open vSwitch's kernel datapath links every port it switches under. */
+const OVS_DATAPATH = "ovs-system";
+
+/**
+ * The ports of the host's Open vSwitch datapath when the virtual interface at `path` (listed as
+ * `entries`) may be one of its bridges or internal ports (`br0`, a management port), else none.
+ * The kernel links each port (`eth0`, a bond's NICs) only under the datapath's own device,
+ * `ovs-system` (its `lower_*` links), never under the bridge it is in, and shows nothing in sysfs
+ * that tells an internal port from a dummy interface: so, while a datapath exists, any Ethernet
+ * interface with nothing under it that is no tap, bridge, bond or veth counts as standing on
+ * every port of the datapath. Too many for a dummy interface on such a host; none missed for a
+ * bridge that carries the host's address or a guest's interface.
+ */
+function openVswitchPorts(reader: SysfsReader, path: string, entries: string[]): string[] {
+  const datapath = `${path.slice(0, path.lastIndexOf("/"))}/${OVS_DATAPATH}`;
+  if (["tun_flags", "bridge", "bonding"].some((e) => entries.includes(e))) return [];
+  const ports = (reader.listDir(datapath) ?? []).flatMap((e) =>
+    e.startsWith("lower_") ? [e.slice(6)] : []
+  );
+  if (ports.length === 0) return [];
+  const attribute = (file: string) => readAttribute(reader, `${path}/${file}`);
+  // ARPHRD_ETHER, and its own link (a veth's `iflink` is its peer's index).
+  if (attribute("type") !== "1" || attribute("iflink") !== attribute("ifindex")) return [];
+  return ports;
 }
 
 /**

@@ -272,6 +272,24 @@ Deno.test("guard: taking the NIC under a running VM's macvtap interface, or the 
     router: status("router", [macvtap.replace("enp10s0", "enp10s0v0")]),
   });
   assertMatch(onVf.line, /\(vm-device: network interface enp10s0v0 of running VM "router"\)/);
+  // An Open vSwitch bridge: the kernel links its port only under the datapath's device.
+  const ovs = (dir: string) => {
+    for (const [name, index] of [["ovs-system", 20], ["ovsbr0", 21]] as const) {
+      const path = `${dir}/devices/virtual/net/${name}`;
+      Deno.mkdirSync(path, { recursive: true });
+      for (const file of ["type", "ifindex", "iflink"]) {
+        Deno.writeTextFileSync(`${path}/${file}`, file === "type" ? "1\n" : `${index}\n`);
+      }
+      Deno.symlinkSync(`../../devices/virtual/net/${name}`, `${dir}/class/net/${name}`);
+    }
+    Deno.symlinkSync("../enp10s0", `${dir}/devices/virtual/net/ovs-system/lower_enp10s0`);
+  };
+  const openVswitch =
+    `<interface type='bridge'><source bridge='ovsbr0'/><virtualport type='openvswitch'/></interface>`;
+  const onOvs = await start([hostdev(NIC)], { router: status("router", [openVswitch]) }, {}, ovs);
+  assertMatch(onOvs.line, /\(vm-device: network interface ovsbr0 of running VM "router"\)/);
+  const ownOvs = await start([hostdev(NIC), openVswitch], {}, {}, ovs);
+  assertMatch(ownOvs.line, /\(vm-device: network interface ovsbr0 of this VM itself\)/);
   // On another NIC, or another device taken: nothing to lose.
   const elsewhere = macvtap.replace("enp10s0", "enp9s0");
   const passes = await start([hostdev(NIC)], { router: status("router", [elsewhere]) });

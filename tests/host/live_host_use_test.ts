@@ -19,8 +19,9 @@ const OTHER = "0000:07:00.0";
 /**
  * A tree with two NICs (`enp6s0` at {@link UPLINK}, `enp7s0`), `br0` over `enp6s0`, `bond0` over
  * both and `vlan5` over `bond0`; `routes` as `/proc/net/route` and `ipv6` as `ipv6_route`.
+ * `extra` adds to the tree (`dir` is its root).
  */
-async function hostUse(routes: string[], ipv6: string[] = []) {
+async function hostUse(routes: string[], ipv6: string[] = [], extra = (_dir: string) => {}) {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-use-" });
   try {
     buildHostTree({ devices: [dev(UPLINK, { group: 1 }), dev(OTHER, { group: 2 })] }, dir);
@@ -41,6 +42,7 @@ async function hostUse(routes: string[], ipv6: string[] = []) {
     virtual("bond0", ["enp6s0", "enp7s0"]);
     virtual("vlan5", ["bond0"]);
     virtual("lo", []);
+    extra(dir);
     Deno.mkdirSync(`${dir}/proc/net`, { recursive: true });
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
     Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
@@ -158,4 +160,52 @@ Deno.test("readHostUse(): link-local, multicast, local and reject routes name no
     v6("lo", `${"0".repeat(31)}1`, "80"),
   ];
   assertEquals(await hostUse(routes, ipv6), []);
+});
+
+/**
+ * Open vSwitch as the kernel lays it out (`net/openvswitch`): the datapath's own device
+ * `ovs-system` over each port it switches (`enp7s0` here), its bridges and internal ports
+ * (`ovsbr0`, `mgmt`) Ethernet devices with nothing under them; beside them a tap, a veth, a
+ * WireGuard interface, and a Linux bridge and a bond without ports, as `ip link` makes them.
+ */
+function openVswitch(datapathPorts: string[]) {
+  return (dir: string) => {
+    const virtual = (name: string, files: Record<string, string>, lower: string[] = []) => {
+      const path = `${dir}/devices/virtual/net/${name}`;
+      Deno.mkdirSync(path, { recursive: true });
+      for (const [file, text] of Object.entries(files)) {
+        if (file.endsWith("/")) Deno.mkdirSync(`${path}/${file}`);
+        else Deno.writeTextFileSync(`${path}/${file}`, `${text}\n`);
+      }
+      for (const l of lower) Deno.symlinkSync(`../${l}`, `${path}/lower_${l}`);
+      Deno.symlinkSync(`../../devices/virtual/net/${name}`, `${dir}/class/net/${name}`);
+    };
+    const ether = (index: number, link = index) => ({
+      type: "1",
+      ifindex: `${index}`,
+      iflink: `${link}`,
+    });
+    virtual("ovs-system", ether(10), datapathPorts);
+    virtual("ovsbr0", ether(11));
+    virtual("mgmt", ether(12));
+    virtual("tap0", { ...ether(13), tun_flags: "0x1002" });
+    virtual("veth0", ether(14, 15));
+    virtual("wg0", { type: "65534", ifindex: "16", iflink: "16" });
+    virtual("linuxbr", { ...ether(17), "bridge/": "", "brif/": "" });
+    virtual("bond1", { ...ether(18), "bonding/": "" });
+  };
+}
+
+Deno.test("readHostUse(): an Open vSwitch bridge's routes name every port of the datapath", async () => {
+  const ovs = openVswitch(["enp7s0"]);
+  assertEquals(await hostUse([v4("ovsbr0")], [], ovs), [[OTHER, "default route via ovsbr0"]]);
+  assertEquals(await hostUse([v4("mgmt", "0000A8C0", "00FFFFFF")], [], ovs), [
+    [OTHER, "route to 192.168.0.0/24 via mgmt"],
+  ]);
+  // Interfaces Open vSwitch does not make: their routes name no port.
+  const others = ["tap0", "veth0", "wg0", "linuxbr", "bond1"].map((i) => v4(i));
+  assertEquals(await hostUse(others, [], ovs), []);
+  // Without a datapath, or one with no port, an interface with nothing under it has no NIC.
+  assertEquals(await hostUse([v4("ovsbr0")], [], openVswitch([])), []);
+  assertEquals(await hostUse([v4("lo")]), []);
 });
