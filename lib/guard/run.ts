@@ -10,7 +10,7 @@
 
 import type { SysfsReader } from "../host/sysfs.ts";
 import type { HostUse, PciDevice } from "../host/types.ts";
-import { readHostUse } from "../host/sysfs_device.ts";
+import { gpuInUse, readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 import { scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
@@ -105,8 +105,8 @@ function networkStatusReader(
 }
 
 /**
- * What the host uses among `devices`, as `plan` reads it, and on the live host also the
- * controllers under the block disks, USB and SCSI devices, network interfaces (their networks'
+ * What the host uses among `devices`, as `plan` reads it, and on the live host also the GPUs a
+ * process holds open, and the controllers under the block disks, USB and SCSI devices, network interfaces (their networks'
  * too, from the networks' status) and character devices the VM itself uses (`own`) and the other running
  * VMs use (which `plan` reads from their definitions).
  */
@@ -116,12 +116,18 @@ function hostUseOf(
   own: UsedDevices,
   networkStatus: (name: string) => string | null,
 ): HostUse[] | null {
+  const procRoot = options.procRoot ?? "/proc";
   const uses = readHostUse(options.reader, {
     root: options.root,
     live: options.live,
     devices,
-    ...(options.procRoot === undefined ? {} : { procRoot: options.procRoot }),
+    procRoot,
   });
+  // Which processes hold a GPU open is read now, at its detach: `plan` only warns of it.
+  if (uses !== null && options.live) {
+    const addresses = devices.map((d) => d.address);
+    uses.push(...gpuInUse(options.reader, { sysRoot: options.root, procRoot }, addresses));
+  }
   const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
   if (uses === null || statusDir === null) return uses;
   const roots = { sysRoot: options.root, devRoot: options.devRoot ?? "/dev", statusDir };

@@ -14,7 +14,7 @@ export {
   readHostUse,
   SysfsRootError,
 } from "./discover.ts";
-export type { DeviceReadOptions } from "./sysfs_device.ts";
+export type { DeviceReadOptions, GpuHolder } from "./sysfs_device.ts";
 export {
   checkCapturedTree,
   denoFsReader,
@@ -47,7 +47,6 @@ export {
 } from "./doctor.ts";
 export {
   driverUsers,
-  type DrmClient,
   type HostFacts,
   type HostFactsOptions,
   type KernelModule,

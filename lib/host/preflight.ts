@@ -1,7 +1,7 @@
 /**
  * The host facts the pre-flight findings judge (`lib/plan/preflight.ts`, `doctor`): firmware
  * framebuffers in `/proc/iomem`, module reference counts in `/proc/modules`, a device's
- * `reset_method`, DRM clients and console, the CPU list of each NUMA node, and what QEMU would
+ * `reset_method`, the processes holding a GPU open and the console, the CPU list of each NUMA node, and what QEMU would
  * find at a ROM file's path. Read lazily and at most once per run each: the planner asks only
  * about the devices it plans, so a plan without a GPU reads neither `/proc` file.
  *
@@ -23,6 +23,8 @@ import { canonicalPciAddress } from "../pci/address.ts";
 import {
   blockDeviceControllers,
   charDeviceControllers,
+  type GpuHolder,
+  gpuHolders,
   mdevControllers,
   nicsUnder,
   readUsbDevices,
@@ -39,14 +41,6 @@ export interface KernelModule {
   refcount: number;
   /** The loaded modules that depend on it (`nvidia_modeset`, `nvidia_uvm`). */
   holders: string[];
-}
-
-/** A process with a DRM device open, from debugfs `dri/N/clients`. */
-export interface DrmClient {
-  /** The command name (`Xorg`, `gnome-shell`). */
-  command: string;
-  /** Its process ID. */
-  pid: number;
 }
 
 /** What QEMU would find at a `rom.file` path, judged without reading more than its first bytes. */
@@ -106,8 +100,11 @@ export interface HostFacts {
   modules(): Map<string, KernelModule> | null;
   /** The module behind a driver (`nvidia` for `nvidia`, `snd_hda_intel` for `snd_hda_intel`). */
   moduleOfDriver(driver: string): string;
-  /** Processes with the device's DRM nodes open; `null` when unknown (debugfs is root-only). */
-  drmClients(address: PciAddress): DrmClient[] | null;
+  /**
+   * Processes with the device's DRM or NVIDIA nodes open (`gpuHolders`; as a user, only the
+   * user's own processes are seen).
+   */
+  gpuHolders(address: PciAddress): GpuHolder[];
   /** Framebuffers of the device a bound framebuffer console (fbcon) draws on (`fb0`). */
   consoleFramebuffers(address: PciAddress): string[];
   /** CPU number to NUMA node; `null` when the host says nothing about its nodes. */
@@ -383,7 +380,9 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       const link = reader.readLink(`${sysRoot}/bus/pci/drivers/${driver}/module`);
       return link === null ? driver.replaceAll("-", "_") : baseName(link);
     }),
-    drmClients: byKey((address) => readDrmClients(reader, sysRoot, device(address))),
+    gpuHolders: byKey((address) =>
+      gpuHolders(reader, { sysRoot, procRoot }, [address]).get(address) ?? []
+    ),
     consoleFramebuffers: byKey((address) => {
       const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
         /^fb\d+$/.test(f)
@@ -430,28 +429,8 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   };
 }
 
-/** Processes with the DRM cards of the device at `path` open, from debugfs; `null`: unknown. */
-function readDrmClients(reader: SysfsReader, sysRoot: string, path: string): DrmClient[] | null {
-  const cards = (reader.listDir(`${path}/drm`) ?? []).filter((c) => /^card\d+$/.test(c));
-  let known = false;
-  const clients: DrmClient[] = [];
-  for (const card of cards) {
-    const text = reader.readText(`${sysRoot}/kernel/debug/dri/${card.slice(4)}/clients`);
-    if (text === null) continue;
-    known = true;
-    // Below a header line: command, pid, and columns this check does not need.
-    for (const line of text.split("\n").slice(1)) {
-      const [command, pid] = line.trim().split(/\s+/);
-      if (command !== undefined && command !== "" && /^\d+$/.test(pid ?? "")) {
-        clients.push({ command, pid: Number(pid) });
-      }
-    }
-  }
-  return known ? clients : null;
-}
-
 /**
- * `reader` with every failure read as absent: a fact that cannot be read (debugfs as a user,
+ * `reader` with every failure read as absent: a fact that cannot be read (another user's process,
  * a denied `/proc` file) is unknown, and an unknown fact is never a finding.
  *
  * @example
@@ -654,9 +633,12 @@ export function driverUsers(device: PciDevice, facts: HostFacts): string[] {
       }`,
     );
   }
-  const clients = facts.drmClients(address) ?? [];
-  if (clients.length > 0) {
-    users.push(`DRM clients ${clients.map((p) => `${p.command} (pid ${p.pid})`).join(", ")}`);
+  const holders = facts.gpuHolders(address);
+  if (holders.length > 0) {
+    const named = holders.map((p) =>
+      `${p.command === "" ? "a process" : p.command} (pid ${p.pid})`
+    );
+    users.push(`its device nodes are open in ${named.join(", ")}`);
   }
   const consoles = facts.consoleFramebuffers(address);
   if (consoles.length > 0) users.push(`the framebuffer console on ${consoles.join(", ")}`);

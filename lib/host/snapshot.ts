@@ -6,19 +6,21 @@
  * lspci's module list as a `modules` file per device).
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
- * each device's `reset_method`, DRM cards and console framebuffers, the debugfs DRM client lists,
- * the bound consoles, the NUMA nodes' CPU lists, the AppArmor and SELinux switches, the drivers'
+ * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes
+ * holding a GPU's nodes open, the bound consoles, the NUMA nodes' CPU lists, the AppArmor and SELinux switches, the drivers'
  * modules, and under `proc/` the files the pre-flight reads from `/proc`. Each is read bounded
  * and only when it is a regular file (the reader's rule), and only what the pre-flight reads is
  * written: `/proc/modules` without the modules' kernel addresses (which defeat KASLR),
- * `/proc/cpuinfo` as its vendor line alone, DRM clients as command and process ID alone (not
- * their user ID nor their DRM authentication magic).
+ * `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open as its command name
+ * and the links to the GPU's nodes alone (`proc/PID/comm`, `proc/PID/fd/N`: none of its other
+ * files).
  *
  * @module
  */
 
-import type { HostTopology } from "./types.ts";
+import type { HostTopology, PciAddress } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
+import { gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 
 /** Attribute files copied as is when present. */
@@ -41,7 +43,7 @@ const ATTRIBUTES = [
   "reset_method",
 ];
 
-/** At most this much of a captured `/proc` or debugfs file is read. */
+/** At most this much of a captured `/proc` file is read. */
 const PROC_LIMIT = 1 << 20;
 
 /** Options of {@link writeSnapshot}. */
@@ -124,9 +126,10 @@ export function writeSnapshot(
   options: SnapshotOptions,
 ): SnapshotSummary {
   const { root, reader } = options;
-  // The pre-flight files are optional evidence: one this process may not read (debugfs and
-  // `/proc/iomem`'s addresses are root's) is left out rather than failing the snapshot.
+  // The pre-flight files are optional evidence: one this process may not read (other users'
+  // processes and `/proc/iomem`'s addresses are root's) is left out rather than failing the snapshot.
   const facts = unknownOnError(reader);
+  const procRoot = options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`);
   ensureEmptyTarget(out);
   const devicesDir = `${out}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
@@ -143,7 +146,14 @@ export function writeSnapshot(
     // snapshot shows lspci exactly the capabilities the live host showed.
     const config = reader.readBytes(`${from}/config`, 4096);
     if (config !== null) Deno.writeFileSync(`${to}/config`, config);
-    copyDisplayFacts({ reader: facts, from, to, out, root });
+    copyDisplayFacts({
+      reader: facts,
+      address: device.address,
+      from,
+      to,
+      out,
+      roots: { sysRoot: root, procRoot },
+    });
     if (device.modules.length > 0) {
       Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
     }
@@ -182,11 +192,7 @@ export function writeSnapshot(
     Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
   }
   copyHostFacts(facts, root, out);
-  copyProcFacts(
-    facts,
-    options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`),
-    out,
-  );
+  copyProcFacts(facts, procRoot, out);
   return { out, devices: host.devices.length, groups: host.groups.length };
 }
 
@@ -211,42 +217,36 @@ function copyDriverModule(reader: SysfsReader, root: string, out: string, driver
 }
 
 /**
- * A device's DRM cards and framebuffers (directories: their names are the facts), and each
- * card's debugfs client list as command and process ID.
+ * A device's DRM card and render nodes and framebuffers (directories: their names are the
+ * facts), and the processes holding its nodes open (`gpuHolders`) as their command name and one
+ * `fd` link per node, under `proc/`.
  */
 function copyDisplayFacts(
-  { reader, from, to, out, root }: {
+  { reader, address, from, to, out, roots }: {
     reader: SysfsReader;
+    address: PciAddress;
     from: string;
     to: string;
     out: string;
-    root: string;
+    roots: { sysRoot: string; procRoot: string };
   },
 ): void {
-  for (const card of reader.listDir(`${from}/drm`) ?? []) {
-    if (!/^card\d+$/.test(card)) continue;
-    Deno.mkdirSync(`${to}/drm/${card}`, { recursive: true });
-    const clients = `kernel/debug/dri/${card.slice(4)}/clients`;
-    const text = readProcText(reader, `${root}/${clients}`);
-    if (text !== null) put(out, clients, drmClientsText(text));
+  for (const node of reader.listDir(`${from}/drm`) ?? []) {
+    if (/^(card|renderD)\d+$/.test(node)) Deno.mkdirSync(`${to}/drm/${node}`, { recursive: true });
+  }
+  for (const holder of gpuHolders(reader, roots, [address]).get(address) ?? []) {
+    // A process holding two GPUs open is met twice: its descriptors are numbered on.
+    const fds = `${out}/proc/${holder.pid}/fd`;
+    Deno.mkdirSync(fds, { recursive: true });
+    const taken = [...Deno.readDirSync(fds)].length;
+    if (taken === 0 && holder.command !== "") {
+      put(out, `proc/${holder.pid}/comm`, `${holder.command}\n`);
+    }
+    holder.nodes.forEach((node, i) => Deno.symlinkSync(node, `${fds}/${taken + i}`));
   }
   for (const fb of reader.listDir(`${from}/graphics`) ?? []) {
     if (/^fb\d+$/.test(fb)) Deno.mkdirSync(`${to}/graphics/${fb}`, { recursive: true });
   }
-}
-
-/**
- * A debugfs `clients` list cut to the two columns the pre-flight reads: the others hold each
- * client's user ID and its DRM authentication magic, which stay on the host.
- */
-function drmClientsText(text: string): string {
-  const rows = text.split("\n").slice(1).flatMap((line) => {
-    const [command, pid] = line.trim().split(/\s+/);
-    return command !== undefined && command !== "" && /^\d+$/.test(pid ?? "")
-      ? [`${command.padStart(20)} ${pid!.padStart(5)}\n`]
-      : [];
-  });
-  return `${"command".padStart(20)}   pid\n${rows.join("")}`;
 }
 
 /**
@@ -280,7 +280,7 @@ function copyHostFacts(reader: SysfsReader, root: string, out: string): void {
   copy("fs/selinux/enforce");
 }
 
-/** A bounded read of a `/proc` or debugfs text file; `null` when missing or not regular. */
+/** A bounded read of a `/proc` text file; `null` when missing or not regular. */
 function readProcText(reader: SysfsReader, path: string): string | null {
   const bytes = reader.readBytes(path, PROC_LIMIT);
   return bytes === null ? null : new TextDecoder().decode(bytes);

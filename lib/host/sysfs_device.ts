@@ -10,6 +10,7 @@
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress, libvirtNumber } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
+import { openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
   bufferConfigReader,
@@ -286,7 +287,10 @@ function parseUevent(text: string | null): UeventFields | null {
   return fields;
 }
 
-/** What `snapshot` records; `vm-device` is the start guard's alone, read at each start. */
+/**
+ * What `snapshot` records; `vm-device` and `gpu-in-use` are the start guard's alone, read at
+ * each start.
+ */
 const HOST_USE_REASONS: readonly HostUseReason[] = [
   "mounted-filesystem",
   "swap",
@@ -1102,6 +1106,80 @@ function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostU
     }
     const more = count > NAMED_NETWORKS ? ` and ${count - NAMED_NETWORKS} more` : "";
     return { address, reason: "network-route", detail: `route to ${shown.join("; ")}${more}` };
+  });
+}
+
+/** A process that holds device nodes of a GPU open. */
+export interface GpuHolder {
+  pid: number;
+  /** Its command name (`Xorg`, `nvidia-persistenced` cut to 15 bytes); `""` when unreadable. */
+  command: string;
+  /** The GPU's nodes it holds (`/dev/dri/card1`, `/dev/dri/renderD129`, `/dev/nvidia0`). */
+  nodes: string[];
+}
+
+/**
+ * The processes holding device nodes of each GPU at `addresses` open (those none holds are
+ * absent), in process-ID order: its DRM card and render nodes (listed in its sysfs `drm/`: a
+ * compositor, Xorg, any OpenGL or Vulkan program) and NVIDIA's `/dev/nvidiaN` (the minor from the
+ * driver's `driver/nvidia/gpus/ADDRESS/information`). Detaching such a GPU pulls it from under
+ * them: NVIDIA's driver waits for them to let go, so the start hangs; others crash them or the
+ * session. Read from `/proc/PID/fd` (see {@link openBy}): as a user, other users' processes are
+ * not seen.
+ */
+export function gpuHolders(
+  reader: SysfsReader,
+  roots: { sysRoot: string; procRoot: string },
+  addresses: readonly PciAddress[],
+): Map<PciAddress, GpuHolder[]> {
+  const nodes = new Map<string, PciAddress>();
+  for (const address of addresses) {
+    const drm = reader.listDir(`${roots.sysRoot}/bus/pci/devices/${address}/drm`) ?? [];
+    for (const name of drm.filter((n) => /^(card|renderD)[0-9]+$/.test(n)).sort()) {
+      nodes.set(`/dev/dri/${name}`, address);
+    }
+    const information = reader.readText(
+      `${roots.procRoot}/driver/nvidia/gpus/${address}/information`,
+    );
+    const minor = /^Device Minor:\s*([0-9]+)\s*$/m.exec(information ?? "")?.[1];
+    if (minor !== undefined) nodes.set(`/dev/nvidia${minor}`, address);
+  }
+  const byAddress = new Map<PciAddress, Map<number, GpuHolder>>();
+  for (const [node, holders] of openBy(reader, roots.procRoot, new Set(nodes.keys()))) {
+    const address = nodes.get(node)!;
+    const processes = byAddress.get(address) ?? new Map<number, GpuHolder>();
+    for (const { pid, command } of holders) {
+      const holder = processes.get(pid) ?? { pid, command, nodes: [] };
+      holder.nodes.push(node);
+      processes.set(pid, holder);
+    }
+    byAddress.set(address, processes);
+  }
+  return new Map(
+    [...byAddress].map(([address, processes]) => {
+      const holders = [...processes.values()].sort((a, b) => a.pid - b.pid);
+      for (const holder of holders) holder.nodes.sort();
+      return [address, holders];
+    }),
+  );
+}
+
+/**
+ * `gpu-in-use` for each GPU at `addresses` that a process holds open ({@link gpuHolders}), named
+ * by the lowest process ID: `/dev/dri/card1, /dev/dri/renderD129 open in Xorg (pid 812) and 2
+ * more processes`.
+ */
+export function gpuInUse(
+  reader: SysfsReader,
+  roots: { sysRoot: string; procRoot: string },
+  addresses: readonly PciAddress[],
+): HostUse[] {
+  return [...gpuHolders(reader, roots, addresses)].map(([address, holders]): HostUse => {
+    const { pid, command, nodes } = holders[0]!;
+    const more = holders.length - 1;
+    const others = more === 0 ? "" : ` and ${more} more process${more === 1 ? "" : "es"}`;
+    const who = `${command === "" ? "a process" : command} (pid ${pid})`;
+    return { address, reason: "gpu-in-use", detail: `${nodes.join(", ")} open in ${who}${others}` };
   });
 }
 

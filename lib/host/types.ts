@@ -132,7 +132,8 @@ export interface HostTopology {
  * filesystem, of a swap partition, of a block device that device-mapper, md or bcache holds, or
  * of a disk of an imported ZFS pool; it is the NIC carrying the default route, or a route to a
  * network the host has an address on or a static route to; it is the boot VGA device while a
- * framebuffer console is in use; or (the start guard only) it holds a block disk or USB device of
+ * framebuffer console is in use; or (the start guard only) it is a GPU whose device node a
+ * process holds open, or it holds a block disk or USB device of
  * the starting VM or of another running VM.
  */
 export type HostUseReason =
@@ -143,6 +144,11 @@ export type HostUseReason =
   | "default-route"
   | "network-route"
   | "console-vga"
+  /**
+   * A process holds the GPU's DRM or NVIDIA device node open (the start guard only; `plan`
+   * warns, `host-driver-busy`).
+   */
+  | "gpu-in-use"
   /**
    * A block disk, USB, SCSI or mediated device, network interface (or network's) or character
    * device of the starting VM or another running VM (the start guard only; `plan` reads them
@@ -158,7 +164,8 @@ export interface HostUse {
   reason: HostUseReason;
   /**
    * What was seen: `/ on nvme0n1p2`, `swap on nvme0n1p3`, `nvme1n1p1 held by dm-0 (vg-data)`,
-   * `ZFS pool tank on nvme2n1p1`, `default route via enp5s0`, `boot_vga=1 with fbcon`.
+   * `ZFS pool tank on nvme2n1p1`, `default route via enp5s0`, `boot_vga=1 with fbcon`,
+   * `/dev/dri/card1 open in Xorg (pid 812)`.
    */
   detail: string;
 }

@@ -3,8 +3,8 @@
  * from host facts (`lib/host/preflight.ts`) for the devices the VM's rules take.
  *
  * - `boot-vga`: the GPU is the boot VGA and a firmware framebuffer holds its memory.
- * - `host-driver-busy`: a GPU's host driver has users (module references, DRM clients, the
- *   console): libvirt's detach at start hangs.
+ * - `host-driver-busy`: a GPU's host driver has users (module references, processes holding
+ *   its nodes open, the console): libvirt's detach at start hangs.
  * - `reset`: the device has no usable reset (replaces `no-flr` where `reset_method` is known).
  * - `rom-unreadable` (refusal): QEMU cannot use the rule's `rom.file`.
  * - `numa-mismatch`: the device's NUMA node is not where the VM is pinned.

@@ -20,8 +20,8 @@
  * - `modules`: written as `modules` beside `modalias` for snapshots; lspci only reports modules
  *   through libkmod, which needs `/lib/modules` of the running kernel.
  * - Pre-flight facts (`lib/host/preflight.ts`), each only when given: `reset_method`; `drm` (a
- *   `drm/cardN` directory, and its clients in `kernel/debug/dri/N/clients` as debugfs lists
- *   them); `console` (a `graphics/fbN` directory and a bound fbcon in `class/vtconsole`);
+ *   `drm/cardN` directory, and the processes with it open as `proc/PID/comm` and a
+ *   `proc/PID/fd/N` link to `/dev/dri/cardN`, as the kernel shows them); `console` (a `graphics/fbN` directory and a bound fbcon in `class/vtconsole`);
  *   `proc` (captured `iomem`, `modules` and the CPU vendor as `cpuinfo`, under `proc/`);
  *   `numa_nodes` (`devices/system/node/nodeN/cpulist`); `security` (AppArmor's and SELinux's
  *   switches).
@@ -90,7 +90,7 @@ export interface HostDeviceDescription {
   modules?: string[] | null;
   /** The `reset_method` attribute's methods (`flr bus`); absent: no file (an older kernel). */
   reset_method?: string | null;
-  /** Its DRM card number, and the processes with it open (debugfs `clients`; absent: unknown). */
+  /** Its DRM card number, and the processes with it open. */
   drm?: { card: number; clients?: { command: string; pid: number }[] } | null;
   /** `true`: a framebuffer of this device carries the (bound) framebuffer console. */
   console?: boolean | null;
@@ -368,7 +368,7 @@ export function buildHostTree(
   return addresses.sort();
 }
 
-/** A device's DRM card, its debugfs clients and its console framebuffer, when described. */
+/** A device's DRM card, the processes with it open and its console framebuffer, when described. */
 function writeDisplayFacts(
   dir: string,
   path: string,
@@ -377,16 +377,12 @@ function writeDisplayFacts(
 ): void {
   if (d.drm != null) {
     Deno.mkdirSync(`${path}/drm/card${d.drm.card}`, { recursive: true });
-    if (d.drm.clients !== undefined) {
-      const debug = `${dir}/kernel/debug/dri/${d.drm.card}`;
-      Deno.mkdirSync(debug, { recursive: true });
-      const rows = d.drm.clients.map((c) =>
-        `${c.command.padStart(20)} ${String(c.pid).padStart(5)}   0 y    y     0          0\n`
-      );
-      Deno.writeTextFileSync(
-        `${debug}/clients`,
-        `${"command".padStart(20)}   pid dev master a   uid      magic\n${rows.join("")}`,
-      );
+    for (const { command, pid } of d.drm.clients ?? []) {
+      const fds = `${dir}/proc/${pid}/fd`;
+      Deno.mkdirSync(fds, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/proc/${pid}/comm`, `${command}\n`);
+      const fd = [...Deno.readDirSync(fds)].length;
+      Deno.symlinkSync(`/dev/dri/card${d.drm.card}`, `${fds}/${fd}`);
     }
   }
   if (d.console === true) {

@@ -40,7 +40,10 @@ Deno.test("doctor: boot VGA held by BOOTFB, nvidia busy, devices without a reset
     assertMatch(boot?.hint ?? "", /initcall_blacklist=sysfb_init/);
     const busy = byCheck(findings, "host-driver-busy");
     assertEquals(busy?.status, "warn");
-    assertMatch(busy?.summary ?? "", /0000:0b:00\.0 \(nvidia: DRM clients Xorg \(pid 812\)\)/);
+    assertMatch(
+      busy?.summary ?? "",
+      /0000:0b:00\.0 \(nvidia: its device nodes are open in Xorg \(pid 812\)\)/,
+    );
     assertEquals(/0000:0c:00\.0/.test(busy?.summary ?? ""), false);
     // 0b:00.0 resets only by bus, but its bus holds nothing but its own audio function, in its
     // IOMMU group: the reset touches nothing that is not passed with it.

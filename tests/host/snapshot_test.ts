@@ -109,7 +109,7 @@ function preflightView(root: string, host: Awaited<ReturnType<typeof discoverHos
     framebuffers: [...facts.firmwareFramebuffers() ?? []],
     modules: [...facts.modules() ?? []].map(([name, m]) => [name, m.refcount, m.holders]),
     nvidiaModule: facts.moduleOfDriver("nvidia"),
-    clients: facts.drmClients("0000:0b:00.0"),
+    holders: facts.gpuHolders("0000:0b:00.0"),
     consoles: facts.consoleFramebuffers("0000:0b:00.0"),
     cpuNodes: [...facts.cpuNodes() ?? []],
     node1: facts.nodeCpuList(1),
@@ -124,7 +124,7 @@ const PREFLIGHT_IOMEM =
 const PREFLIGHT_MODULES =
   "nvidia_uvm 1540096 0 - Live 0xffffffffc1200000 (POE)\nnvidia 56807424 3 nvidia_uvm, Live 0xffffffffc0a00000 (POE)\n";
 
-Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, DRM clients, console, NUMA, confinement", async () => {
+Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU holders, console, NUMA, confinement", async () => {
   const description = described("x570-aorus-pro-wifi", {
     devices: {
       "0000:0b:00.0": {
@@ -147,13 +147,9 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, DRM 
   try {
     buildHostTree(description, root);
     Deno.symlinkSync("../../../../module/nvidia_custom", `${root}/bus/pci/drivers/nvidia/module`);
-    // The columns of a real debugfs list the pre-flight does not read: a user ID and the
-    // client's DRM authentication magic.
-    Deno.writeTextFileSync(
-      `${root}/kernel/debug/dri/0/clients`,
-      "             command   pid dev master a   uid      magic\n" +
-        "                Xorg  1234   0 y    y  4242 3141592653\n",
-    );
+    // What else a process holding the GPU shows in /proc: its other files and its environment.
+    Deno.symlinkSync("/home/alice/.Xauthority", `${root}/proc/1234/fd/7`);
+    Deno.writeTextFileSync(`${root}/proc/1234/environ`, "XAUTHORITY=/home/alice/.Xauthority\0");
     const before = await discoverHost({ root, lspci: null });
     writeSnapshot(before, out, { root, reader: denoFsReader() });
     const after = await discoverHost({ root: out, lspci: null });
@@ -162,15 +158,16 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, DRM 
     assertEquals(expected.resets.filter(([, m]) => m !== null).length, 2);
     assertEquals(expected.framebuffers, [["0000:0b:00.0", ["BOOTFB"]]]);
     assertEquals(expected.nvidiaModule, "nvidia_custom");
-    assertEquals(expected.clients, [{ command: "Xorg", pid: 1234 }]);
+    assertEquals(expected.holders, [{ pid: 1234, command: "Xorg", nodes: ["/dev/dri/card0"] }]);
     assertEquals(expected.consoles, ["fb0"]);
     assertEquals(expected.vendor, "intel");
     assertEquals(preflightView(out, after), expected);
-    // Only what the pre-flight reads is copied: no kernel address, user ID or DRM magic.
+    // Only what the pre-flight reads is copied: no kernel address, no other file of a process.
     const modules = Deno.readTextFileSync(`${out}/proc/modules`);
     assertEquals(modules.includes("ffffffff"), false);
-    const clients = Deno.readTextFileSync(`${out}/kernel/debug/dri/0/clients`);
-    assertEquals([clients.includes("4242"), clients.includes("3141592653")], [false, false]);
+    const process = [...Deno.readDirSync(`${out}/proc/1234`)].map((e) => e.name).sort();
+    assertEquals(process, ["comm", "fd"]);
+    assertEquals([...Deno.readDirSync(`${out}/proc/1234/fd`)].length, 1);
     assertEquals(Deno.readTextFileSync(`${out}/proc/cpuinfo`).split("\n").length, 3);
   } finally {
     await Deno.remove(root, { recursive: true });

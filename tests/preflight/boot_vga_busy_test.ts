@@ -1,6 +1,6 @@
 /**
  * `boot-vga` and `host-driver-busy` on the captured X570 host (GTX 1080 Ti at 0b:00.0, GT 710 at
- * 0c:00.0), with `boot_vga`, `/proc/iomem`, `/proc/modules`, DRM clients and a console added.
+ * 0c:00.0), with `boot_vga`, `/proc/iomem`, `/proc/modules`, processes holding the GPU open and a console added.
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
@@ -71,7 +71,7 @@ const NVIDIA = {
   "0000:0b:00.1": { driver: "snd_hda_intel" },
 };
 
-Deno.test("host-driver-busy: nvidia's references, DRM clients and the console are named", async () => {
+Deno.test("host-driver-busy: nvidia's references, the processes holding the GPU and the console are named", async () => {
   const description = described("x570-aorus-pro-wifi", {
     devices: {
       ...NVIDIA,
@@ -95,7 +95,7 @@ Deno.test("host-driver-busy: nvidia's references, DRM clients and the console ar
     const message = busy[0]!.message;
     assertMatch(message, /host driver "nvidia", which is in use/);
     assertMatch(message, /module nvidia has 3 references beyond .*\(nvidia_uvm, nvidia_modeset\)/);
-    assertMatch(message, /DRM clients Xorg \(pid 1433\)/);
+    assertMatch(message, /its device nodes are open in Xorg \(pid 1433\)/);
     assertMatch(message, /framebuffer console on fb0/);
     assertMatch(message, /detach .* hangs/);
     // The normal-flow note stays: busy is the risk on top of it.

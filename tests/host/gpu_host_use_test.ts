@@ -1,0 +1,212 @@
+/**
+ * The processes holding a GPU's device nodes open (`gpuHolders`, `gpuInUse`), the start guard
+ * refusing to take such a GPU (`gpu-in-use`), and `plan`'s warning (`host-driver-busy`). Built
+ * sysfs trees with each GPU's `drm/` laid out as the kernel lays it out (card and render nodes,
+ * a connector under its card), and a `/proc` of their own: processes' `fd` links as the kernel
+ * shows them, and NVIDIA's `driver/nvidia/gpus/ADDRESS/information`.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import { gpuInUse, readHostUse } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { PciDevice } from "../../lib/host/types.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import { formatRefusal } from "../../lib/guard/check.ts";
+
+/** The host's own GPU (an AMD card), the GPU meant for a guest (NVIDIA), and its audio function. */
+const HOST_GPU = "0000:0b:00.0";
+const GUEST_GPU = "0000:0c:00.0";
+const GUEST_AUDIO = "0000:0c:00.1";
+
+/** Processes: PID, command and the paths their descriptors show. */
+type Processes = [number, string, string[]][];
+
+/**
+ * A tree with the three functions: `card0`/`renderD128` on the host GPU, `card1`/`renderD129` on
+ * the guest GPU (a connector `card1-HDMI-A-1` under its card), NVIDIA's minor 0 on the guest GPU when
+ * `nvidia`, and `processes` in its `/proc`. `run` gets the tree's directory.
+ */
+async function withTree<T>(
+  processes: Processes,
+  nvidia: boolean,
+  run: (dir: string) => T | Promise<T>,
+): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-gpu-use-" });
+  try {
+    const fn = (bdf: string, cls: string, vendor: string, device: string, group: number) => ({
+      bdf,
+      group,
+      class: cls,
+      vendor,
+      device,
+      subsystem_vendor: null,
+      subsystem_device: null,
+      driver: vendor === "0x10de" ? "nvidia" : "amdgpu",
+      revision: "0xa1",
+    });
+    buildHostTree({
+      devices: [
+        fn(HOST_GPU, "0x030000", "0x1002", "0x73bf", 1),
+        fn(GUEST_GPU, "0x030000", "0x10de", "0x2684", 2),
+        { ...fn(GUEST_AUDIO, "0x040300", "0x10de", "0x22ba", 2), driver: "snd_hda_intel" },
+      ],
+    }, dir);
+    const drm = (address: string, node: string) =>
+      Deno.mkdirSync(`${dir}/bus/pci/devices/${address}/drm/${node}`, { recursive: true });
+    drm(HOST_GPU, "card0");
+    drm(HOST_GPU, "renderD128");
+    drm(GUEST_GPU, "card1");
+    drm(GUEST_GPU, "card1/card1-HDMI-A-1");
+    drm(GUEST_GPU, "renderD129");
+    // The control node kernels before 4.x made: no driver of today opens it.
+    drm(GUEST_GPU, "controlD65");
+    if (nvidia) {
+      const info = `${dir}/proc/driver/nvidia/gpus/${GUEST_GPU}`;
+      Deno.mkdirSync(info, { recursive: true });
+      Deno.writeTextFileSync(
+        `${info}/information`,
+        `Model: \t\t NVIDIA GeForce RTX 4090\nBus Location: \t ${GUEST_GPU}\nDevice Minor: \t 0\nGPU Excluded:\t No\n`,
+      );
+    }
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
+    for (const [pid, command, paths] of processes) {
+      Deno.mkdirSync(`${dir}/proc/${pid}/fd`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/proc/${pid}/comm`, `${command}\n`);
+      paths.forEach((path, fd) => Deno.symlinkSync(path, `${dir}/proc/${pid}/fd/${fd}`));
+    }
+    return await run(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** `gpuInUse` of the tree for `devices`, as `[address, reason, detail]`. */
+function gpuUse(processes: Processes, nvidia = false, devices = [HOST_GPU, GUEST_GPU]) {
+  return withTree(
+    processes,
+    nvidia,
+    (dir) =>
+      gpuInUse(denoFsReader(), { sysRoot: dir, procRoot: `${dir}/proc` }, devices)
+        .map((u) => [u.address, u.reason, u.detail]),
+  );
+}
+
+const COMPOSITOR: Processes[number] = [
+  812,
+  "kwin_wayland",
+  ["/dev/null", "/dev/dri/card0", "/dev/dri/renderD128", "socket:[4711]"],
+];
+
+Deno.test("gpuInUse(): a GPU whose DRM card or render node a process holds is gpu-in-use", async () => {
+  assertEquals(await gpuUse([COMPOSITOR]), [
+    [
+      HOST_GPU,
+      "gpu-in-use",
+      "/dev/dri/card0, /dev/dri/renderD128 open in kwin_wayland (pid 812)",
+    ],
+  ]);
+  // A Vulkan program opens every render node, the guest GPU's too; the lowest process ID is named.
+  const game: Processes[number] = [4301, "steam", ["/dev/dri/renderD129", "/dev/dri/renderD128"]];
+  const browser: Processes[number] = [5120, "firefox", ["/dev/dri/renderD129"]];
+  assertEquals(await gpuUse([COMPOSITOR, browser, game]), [
+    [
+      HOST_GPU,
+      "gpu-in-use",
+      "/dev/dri/card0, /dev/dri/renderD128 open in kwin_wayland (pid 812) and 1 more process",
+    ],
+    [GUEST_GPU, "gpu-in-use", "/dev/dri/renderD129 open in steam (pid 4301) and 1 more process"],
+  ]);
+  // Only the devices asked about: the guard asks about those a VM takes.
+  assertEquals(await gpuUse([COMPOSITOR, browser], false, [GUEST_GPU, GUEST_AUDIO]), [
+    [GUEST_GPU, "gpu-in-use", "/dev/dri/renderD129 open in firefox (pid 5120)"],
+  ]);
+});
+
+Deno.test("gpuInUse(): NVIDIA's /dev/nvidiaN counts by the minor its driver reports", async () => {
+  const persistenced: Processes[number] = [977, "nvidia-persiste", [
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+  ]];
+  assertEquals(await gpuUse([persistenced], true), [
+    [GUEST_GPU, "gpu-in-use", "/dev/nvidia0 open in nvidia-persiste (pid 977)"],
+  ]);
+  // The control and UVM nodes serve every NVIDIA GPU: holding only them holds none.
+  const smi: Processes[number] = [990, "nvidia-smi", ["/dev/nvidiactl", "/dev/nvidia-uvm"]];
+  assertEquals(await gpuUse([smi], true), []);
+  // Without the driver's information (no NVIDIA driver), /dev/nvidia0 names no GPU.
+  assertEquals(await gpuUse([persistenced], false), []);
+  // Nor for a GPU not asked about.
+  assertEquals(await gpuUse([persistenced], true, [HOST_GPU]), []);
+});
+
+Deno.test("gpuInUse(): GPUs nobody holds, connectors and other files are no use", async () => {
+  const other: Processes[number] = [300, "sshd", [
+    "/dev/null",
+    "/dev/dri/card1-HDMI-A-1",
+    "/dev/dri/card10",
+    "/dev/dri/controlD65",
+    "pipe:[88]",
+  ]];
+  assertEquals(await gpuUse([other]), []);
+  // A process gone between the listing and the read (no fd directory) holds nothing.
+  assertEquals(
+    await withTree([COMPOSITOR], false, (dir) => {
+      Deno.removeSync(`${dir}/proc/812/fd`, { recursive: true });
+      return gpuInUse(denoFsReader(), { sysRoot: dir, procRoot: `${dir}/proc` }, [HOST_GPU]);
+    }),
+    [],
+  );
+  // Host use as `plan` reads it has none of it: `plan` warns instead (host-driver-busy).
+  assertEquals(
+    await withTree([COMPOSITOR], false, (dir) =>
+      readHostUse(denoFsReader(), {
+        root: dir,
+        live: true,
+        devices: [{ address: HOST_GPU } as PciDevice],
+        procRoot: `${dir}/proc`,
+      })),
+    [],
+  );
+});
+
+Deno.test("guard: taking a GPU a process holds open refuses the start (gpu-in-use)", async () => {
+  const browser: Processes[number] = [5120, "firefox", ["/dev/dri/renderD129"]];
+  const start = (processes: Processes) =>
+    withTree(processes, false, async (dir) => {
+      Deno.mkdirSync(`${dir}/state`);
+      const hostdevs = [GUEST_GPU, GUEST_AUDIO].map((a) => {
+        const [, bus, slotFn] = a.split(":");
+        const [slot, fn] = slotFn!.split(".");
+        return `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+      });
+      const result = await runGuard({
+        vm: "win11",
+        operation: "prepare",
+        subOperation: "begin",
+        xml: `<domain type='kvm'><name>win11</name><devices>${
+          hostdevs.join("")
+        }</devices></domain>`,
+        reader: denoFsReader(),
+        root: dir,
+        live: true,
+        stateDir: `${dir}/state`,
+        procRoot: `${dir}/proc`,
+        qemuStatusDir: `${dir}/qemu`,
+        networkStatusDir: `${dir}/network`,
+        devRoot: `${dir}/dev`,
+      });
+      return {
+        code: result.code,
+        refusals: result.refusals.map((r) => [r.kind, r.address]),
+        line: result.refusals.map((r) => formatRefusal(r)).join("\n"),
+      };
+    });
+  const refused = await start([COMPOSITOR, browser]);
+  assertEquals([refused.code, refused.refusals], [1, [["host-needs", GUEST_GPU]]]);
+  assertMatch(refused.line, /\(gpu-in-use: \/dev\/dri\/renderD129 open in firefox \(pid 5120\)\)/);
+  // The host's own GPU in use stops nothing: this VM does not take it.
+  const passes = await start([COMPOSITOR]);
+  assertEquals([passes.code, passes.refusals], [0, []]);
+});
