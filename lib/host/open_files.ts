@@ -9,6 +9,7 @@ import type { SysfsReader } from "./sysfs.ts";
 
 /** A process that holds a node open. */
 export interface NodeHolder {
+  /** Its process ID. */
   pid: number;
   /** Its command name (`/proc/PID/comm`, at most 15 bytes), `""` when gone or unreadable. */
   command: string;

@@ -1111,6 +1111,7 @@ function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostU
 
 /** A process that holds device nodes of a GPU open. */
 export interface GpuHolder {
+  /** Its process ID. */
   pid: number;
   /** Its command name (`Xorg`, `nvidia-persistenced` cut to 15 bytes); `""` when unreadable. */
   command: string;
