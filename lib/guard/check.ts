@@ -39,6 +39,11 @@ export type GuardRefusalKind =
   | "missing"
   /** The device there is one the host needs (a mounted filesystem's controller, ...). */
   | "host-needs"
+  /**
+   * A program holds the device open (a GPU's DRM or NVIDIA node, `gpu-in-use`), and nothing
+   * else makes the host need it: a state that passes, which no `allow_host_critical` lifts.
+   */
+  | "busy"
   /** The domain XML names a host device whose address or record cannot be read. */
   | "unreadable";
 
@@ -298,15 +303,25 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       // (hot-plug, error reporting and power management of everything behind it) at start.
       ? "a PCI bridge, with the devices behind it"
       : hostCriticalReason(device, { matchedCards, hostUse });
+  // The host's first use of a device is the one its refusal names (`hostCriticalReason`).
+  const busy = (address: PciAddress) =>
+    hostUse?.find((u) => u.address === address)?.reason === "gpu-in-use";
   for (const { address, element, device, recorded } of found) {
     const hostNeeds = hostNeedsOf(device);
     const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
     const vf = facts.vfRecords.find((r) => r.address === address && element === "interface");
     const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
     if (device !== null && !replaced && hostNeeds === null && vfWrong === null) continue;
+    const kind: GuardRefusalKind = device === null
+      ? "missing"
+      : replaced || vfWrong !== null
+      ? "replaced"
+      : busy(address)
+      ? "busy"
+      : "host-needs";
     const refusal: GuardRefusal = {
       vm,
-      kind: device === null ? "missing" : replaced || vfWrong !== null ? "replaced" : "host-needs",
+      kind,
       address,
       element,
       now: device === null ? null : now(device),
@@ -314,7 +329,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
       hostNeeds,
       reason: "",
-      fix: fixCommand(vm),
+      fix: kind === "busy" ? BUSY_FIX : fixCommand(vm),
     };
     refusal.reason = vfWrong ?? describeRefusal(refusal);
     refusals.push(refusal);
@@ -398,6 +413,10 @@ export function describeIdentity(
   return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;
 }
 
+/** What lets a start go on past a device a program holds open. */
+const BUSY_FIX =
+  "close the programs holding it (a desktop's: stop the display manager, systemctl stop display-manager), then start again";
+
 /** The reason in words: what the address holds now against what was recorded. */
 function describeRefusal(refusal: GuardRefusal): string {
   const element = refusal.element === "interface"
@@ -408,10 +427,16 @@ function describeRefusal(refusal: GuardRefusal): string {
   const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
   const recorded = refusal.recorded === null
     ? " (hand-added: nothing recorded)"
-    : `, ${refusal.kind === "host-needs" ? "as" : "not"} the recorded ${
+    : `, ${refusal.kind === "host-needs" || refusal.kind === "busy" ? "as" : "not"} the recorded ${
       describeIdentity({ ...refusal.recorded, driver: null })
     } of rule ${JSON.stringify(refusal.recorded.rule)}`;
-  const needs = refusal.hostNeeds === null ? "" : `; the host needs it: ${refusal.hostNeeds}`;
+  const needs = refusal.hostNeeds === null
+    ? ""
+    : refusal.kind === "busy"
+    ? `; ${
+      refusal.hostNeeds.replace(/^in use by the host/, "in use")
+    }: detaching it now would hang the start or crash them`
+    : `; the host needs it: ${refusal.hostNeeds}`;
   // What lifts it, as `plan` says: only the recording rule's override, never for a hand-added one.
   const override = refusal.kind !== "host-needs"
     ? ""

@@ -18,7 +18,10 @@ export interface NodeHolder {
 /**
  * The processes under `procRoot` that hold any of `nodes` (absolute `/dev` paths) open, by node,
  * in process-ID order; a node no process holds is absent. A process that exits meanwhile, or
- * whose descriptors cannot be read here (another user's, when not run as root), holds nothing.
+ * whose descriptors cannot be read here (another user's, when not run as root; one an LSM hides),
+ * holds nothing. Paths are compared as the kernel shows them in the holder's mount namespace: a
+ * container given a node under another name, a chroot, or a node deleted and made again is not
+ * seen.
  *
  * @example
  * ```ts
@@ -44,14 +47,9 @@ export function openBy(
   const pids = (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
     .map(Number).sort((a, b) => a - b);
   for (const pid of pids) {
-    const fdDir = `${procRoot}/${pid}/fd`;
-    const held = new Set<string>();
-    for (const fd of reader.listDir(fdDir) ?? []) {
-      const target = reader.readLink(`${fdDir}/${fd}`);
-      if (target !== null && nodes.has(target)) held.add(target);
-    }
+    const held = heldBy(reader, `${procRoot}/${pid}`, nodes);
     if (held.size === 0) continue;
-    const command = (reader.readText(`${procRoot}/${pid}/comm`) ?? "").trim();
+    const command = commandOf(reader, `${procRoot}/${pid}`);
     for (const node of held) {
       const list = holders.get(node) ?? [];
       list.push({ pid, command });
@@ -59,4 +57,36 @@ export function openBy(
     }
   }
   return holders;
+}
+
+/**
+ * Which of `nodes` the process at `dir` holds open. None for a process whose descriptors cannot
+ * be read: one that exited meanwhile, or one an LSM or ptrace rule hides from this one.
+ */
+function heldBy(reader: SysfsReader, dir: string, nodes: ReadonlySet<string>): Set<string> {
+  const held = new Set<string>();
+  try {
+    for (const fd of reader.listDir(`${dir}/fd`) ?? []) {
+      const target = reader.readLink(`${dir}/fd/${fd}`);
+      if (target !== null && nodes.has(target)) held.add(target);
+    }
+  } catch {
+    // Not seen, as `fuser` does not see it: a check that fails here would refuse every start.
+  }
+  return held;
+}
+
+/**
+ * The process's command name on one line: any program may name itself, also with a newline
+ * (`PR_SET_NAME`), which would forge a line of its own where the name is printed.
+ */
+function commandOf(reader: SysfsReader, dir: string): string {
+  let text: string | null = null;
+  try {
+    text = reader.readText(`${dir}/comm`);
+  } catch {
+    // As a process gone meanwhile.
+  }
+  // deno-lint-ignore no-control-regex
+  return (text ?? "").replace(/\n$/, "").replace(/[\x00-\x1f\x7f]/g, "?");
 }

@@ -377,8 +377,12 @@ export function pciDevicesUnder(
   kind: "block" | "net",
   name: string,
   depth = 0,
+  // Each device is followed once: stacks share devices (two bridges over one bond), and a tree
+  // may link in circles.
+  seen: Set<string> = new Set(),
 ): PciAddress[] {
-  if (depth > 8) return [];
+  if (depth > 8 || seen.has(name)) return [];
+  seen.add(name);
   const path = `${sysRoot}/class/${kind}/${name}`;
   const link = reader.readLink(path);
   if (link === null) return [];
@@ -393,7 +397,11 @@ export function pciDevicesUnder(
     ? entries
     : entries.flatMap((e) => e.startsWith("lower_") ? [e.slice(6)] : []);
   if (kind === "net" && under.length === 0) under.push(...openVswitchPorts(reader, path, entries));
-  return under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1));
+  return [
+    ...new Set(
+      under.flatMap((next) => pciDevicesUnder(reader, sysRoot, kind, next, depth + 1, seen)),
+    ),
+  ];
 }
 
 /** The device Open vSwitch's kernel datapath links every port it switches under. */
@@ -402,16 +410,19 @@ const OVS_DATAPATH = "ovs-system";
 /**
  * The ports of the host's Open vSwitch datapath when the virtual interface at `path` (listed as
  * `entries`) may be one of its bridges or internal ports (`br0`, a management port), else none.
- * The kernel links each port (`eth0`, a bond's NICs) only under the datapath's own device,
- * `ovs-system` (its `lower_*` links), never under the bridge it is in, and shows nothing in sysfs
- * that tells an internal port from a dummy interface: so, while a datapath exists, any Ethernet
- * interface with nothing under it that is no tap, bridge, bond or veth counts as standing on
- * every port of the datapath. Too many for a dummy interface on such a host; none missed for a
- * bridge that carries the host's address or a guest's interface.
+ * The kernel links each port (`eth0`, a bond's NICs, a tunnel's `vxlan_sys_4789`) only under the
+ * datapath's own device, `ovs-system` (its `lower_*` links), never under the bridge it is in, and
+ * shows nothing in sysfs that tells an internal port from a dummy interface: so, while a datapath
+ * exists, any Ethernet interface with nothing under it that is no port of the datapath, tap,
+ * bridge, bond, veth or device of a named type (`DEVTYPE`: vxlan, geneve, wlan, ...) counts as
+ * standing on every port of the datapath. Too many for a dummy interface on such a host; none
+ * missed for a bridge that carries the host's address or a guest's interface. Open vSwitch's
+ * userspace datapath (`ovs-netdev`, DPDK) makes its bridges taps and links no port: not seen.
  */
 function openVswitchPorts(reader: SysfsReader, path: string, entries: string[]): string[] {
   const datapath = `${path.slice(0, path.lastIndexOf("/"))}/${OVS_DATAPATH}`;
-  if (["tun_flags", "bridge", "bonding"].some((e) => entries.includes(e))) return [];
+  const others = ["tun_flags", "bridge", "bonding", `upper_${OVS_DATAPATH}`];
+  if (others.some((e) => entries.includes(e))) return [];
   const ports = (reader.listDir(datapath) ?? []).flatMap((e) =>
     e.startsWith("lower_") ? [e.slice(6)] : []
   );
@@ -419,6 +430,7 @@ function openVswitchPorts(reader: SysfsReader, path: string, entries: string[]):
   const attribute = (file: string) => readAttribute(reader, `${path}/${file}`);
   // ARPHRD_ETHER, and its own link (a veth's `iflink` is its peer's index).
   if (attribute("type") !== "1" || attribute("iflink") !== attribute("ifindex")) return [];
+  if (/^DEVTYPE=/m.test(attribute("uevent") ?? "")) return [];
   return ports;
 }
 

@@ -13,6 +13,7 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { runGuard } from "../../lib/guard/run.ts";
 import { formatRefusal } from "../../lib/guard/check.ts";
+import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
 
 /** The host's own GPU (an AMD card), the GPU meant for a guest (NVIDIA), and its audio function. */
 const HOST_GPU = "0000:0b:00.0";
@@ -158,6 +159,29 @@ Deno.test("gpuInUse(): GPUs nobody holds, connectors and other files are no use"
     }),
     [],
   );
+  // A process whose descriptors this one may not read (an LSM, ptrace rules) is not seen; the
+  // others still are.
+  const hidden: Processes[number] = [2, "kthreadd", ["/dev/dri/card0"]];
+  assertEquals(
+    await withTree([hidden, COMPOSITOR], false, (dir) => {
+      const base = denoFsReader();
+      const reader = {
+        ...base,
+        listDir: (path: string) => {
+          if (path === `${dir}/proc/2/fd`) throw new Deno.errors.PermissionDenied("EACCES");
+          return base.listDir(path);
+        },
+      };
+      return gpuInUse(reader, { sysRoot: dir, procRoot: `${dir}/proc` }, [HOST_GPU])
+        .map((u) => u.detail);
+    }),
+    ["/dev/dri/card0, /dev/dri/renderD128 open in kwin_wayland (pid 812)"],
+  );
+  // A name with a newline stays on one line.
+  const forged: Processes[number] = [666, "x\nrefused [gpu", ["/dev/dri/card0"]];
+  assertEquals(await gpuUse([forged], false, [HOST_GPU]), [
+    [HOST_GPU, "gpu-in-use", "/dev/dri/card0 open in x?refused [gpu (pid 666)"],
+  ]);
   // Host use as `plan` reads it has none of it: `plan` warns instead (host-driver-busy).
   assertEquals(
     await withTree([COMPOSITOR], false, (dir) =>
@@ -204,8 +228,15 @@ Deno.test("guard: taking a GPU a process holds open refuses the start (gpu-in-us
       };
     });
   const refused = await start([COMPOSITOR, browser]);
-  assertEquals([refused.code, refused.refusals], [1, [["host-needs", GUEST_GPU]]]);
-  assertMatch(refused.line, /\(gpu-in-use: \/dev\/dri\/renderD129 open in firefox \(pid 5120\)\)/);
+  assertEquals([refused.code, refused.refusals], [1, [["busy", GUEST_GPU]]]);
+  assertMatch(
+    refused.line,
+    /; in use \(gpu-in-use: \/dev\/dri\/renderD129 open in firefox \(pid 5120\)\): detaching it now would hang the start or crash them; fix: close the programs holding it \(a desktop's: stop the display manager, systemctl stop display-manager\), then start again$/,
+  );
+  // A passing state, which a rule's allow_host_critical (meant for what the host always needs)
+  // does not lift; a one-shot `guard allow` does, as for every refusal.
+  const policy = { guard: "enforce" as const, rules: {}, allowHostCritical: ["gpu"] };
+  assertEquals(hostNeedsAllowed(policy, "busy", "gpu"), false);
   // The host's own GPU in use stops nothing: this VM does not take it.
   const passes = await start([COMPOSITOR]);
   assertEquals([passes.code, passes.refusals], [0, []]);

@@ -8,7 +8,7 @@
 
 import { assertEquals } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
-import { readHostUse } from "../../lib/host/sysfs_device.ts";
+import { pciDevicesUnder, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { nicDescription as dev } from "../helpers/devices.ts";
@@ -193,6 +193,18 @@ function openVswitch(datapathPorts: string[]) {
     virtual("wg0", { type: "65534", ifindex: "16", iflink: "16" });
     virtual("linuxbr", { ...ether(17), "bridge/": "", "brif/": "" });
     virtual("bond1", { ...ether(18), "bonding/": "" });
+    // The datapath's tunnel ports (a port of it: its `upper_` link), and a VXLAN of the host's.
+    for (
+      const [name, index, type] of [["vxlan_sys_4789", 19, "vxlan"], [
+        "genev_sys_6081",
+        20,
+        "geneve",
+      ]] as const
+    ) {
+      virtual(name, { ...ether(index), uevent: `DEVTYPE=${type}\nINTERFACE=${name}` });
+      Deno.symlinkSync("../ovs-system", `${dir}/devices/virtual/net/${name}/upper_ovs-system`);
+    }
+    virtual("vxlan7", { ...ether(21), uevent: "DEVTYPE=vxlan\nINTERFACE=vxlan7" });
   };
 }
 
@@ -202,10 +214,47 @@ Deno.test("readHostUse(): an Open vSwitch bridge's routes name every port of the
   assertEquals(await hostUse([v4("mgmt", "0000A8C0", "00FFFFFF")], [], ovs), [
     [OTHER, "route to 192.168.0.0/24 via mgmt"],
   ]);
-  // Interfaces Open vSwitch does not make: their routes name no port.
-  const others = ["tap0", "veth0", "wg0", "linuxbr", "bond1"].map((i) => v4(i));
-  assertEquals(await hostUse(others, [], ovs), []);
+  // Interfaces Open vSwitch does not make, and the datapath's own ports: their routes name no
+  // other port.
+  const others = ["tap0", "veth0", "wg0", "linuxbr", "bond1", "vxlan7", "vxlan_sys_4789"];
+  assertEquals(await hostUse(others.map((i) => v4(i)), [], ovs), []);
   // Without a datapath, or one with no port, an interface with nothing under it has no NIC.
   assertEquals(await hostUse([v4("ovsbr0")], [], openVswitch([])), []);
   assertEquals(await hostUse([v4("lo")]), []);
+});
+
+Deno.test("pciDevicesUnder(): each interface is read once, however a datapath's ports or a tree's circles fan out", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-ovs-" });
+  try {
+    Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+    const taps = Array.from({ length: 20 }, (_, i) => `vnet${i}`);
+    openVswitch(["vxlan_sys_4789", "genev_sys_6081", ...taps])(dir);
+    for (const tap of taps) {
+      Deno.mkdirSync(`${dir}/devices/virtual/net/${tap}`);
+      Deno.writeTextFileSync(`${dir}/devices/virtual/net/${tap}/tun_flags`, "0x1002\n");
+      Deno.symlinkSync(`../../devices/virtual/net/${tap}`, `${dir}/class/net/${tap}`);
+    }
+    const base = denoFsReader();
+    const listed: string[] = [];
+    const counting = {
+      ...base,
+      listDir: (path: string) => (listed.push(path), base.listDir(path)),
+    };
+    assertEquals(pciDevicesUnder(counting, dir, "net", "ovsbr0"), []);
+    // ovsbr0, the datapath (twice: from ovsbr0, then as an interface), its 22 ports.
+    assertEquals(listed.length <= 25, true, `${listed.length} listings`);
+    // Three interfaces each over the other two: 3 listings, not 2 to the 9th.
+    for (const name of ["c0", "c1", "c2"]) {
+      Deno.mkdirSync(`${dir}/devices/virtual/net/${name}`);
+      Deno.symlinkSync(`../../devices/virtual/net/${name}`, `${dir}/class/net/${name}`);
+      for (const other of ["c0", "c1", "c2"].filter((o) => o !== name)) {
+        Deno.symlinkSync(`../${other}`, `${dir}/devices/virtual/net/${name}/lower_${other}`);
+      }
+    }
+    listed.length = 0;
+    assertEquals(pciDevicesUnder(counting, dir, "net", "c0"), []);
+    assertEquals(listed.length, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
