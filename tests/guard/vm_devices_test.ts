@@ -8,10 +8,8 @@
 // device 2), an Intel NIC at 0a:00.0 (enp10s0).
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
-import { denoFsReader } from "../../lib/host/sysfs.ts";
-import { formatRefusal } from "../../lib/guard/check.ts";
-import { runGuard } from "../../lib/guard/run.ts";
 
 const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
@@ -153,24 +151,7 @@ async function start(
   }
   Deno.mkdirSync(`${dir}/state`);
   tweak(dir);
-  const result = await runGuard({
-    vm: "desktop",
-    operation: "prepare",
-    subOperation: "begin",
-    xml: domain("desktop", devices),
-    reader: denoFsReader(),
-    root: dir,
-    live: false,
-    stateDir: `${dir}/state`,
-    qemuStatusDir: `${dir}/qemu`,
-    networkStatusDir: `${dir}/network`,
-    devRoot: `${dir}/dev`,
-  });
-  return {
-    code: result.code,
-    refusals: result.refusals.map((r) => [r.kind, r.address]),
-    line: result.refusals.map((r) => formatRefusal(r)).join("\n"),
-  };
+  return guardStartOnTree({ vm: "desktop", xml: domain("desktop", devices), dir, live: false });
 }
 
 const BY_ID = "/dev/disk/by-id/nvme-Samsung_SSD_980_S6F1";

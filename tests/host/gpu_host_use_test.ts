@@ -7,12 +7,11 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { gpuInUse, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
-import { runGuard } from "../../lib/guard/run.ts";
-import { formatRefusal } from "../../lib/guard/check.ts";
 import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
 
 /** The host's own GPU (an AMD card), the GPU meant for a guest (NVIDIA), and its audio function. */
@@ -198,34 +197,17 @@ Deno.test("gpuInUse(): GPUs nobody holds, connectors and other files are no use"
 Deno.test("guard: taking a GPU a process holds open refuses the start (gpu-in-use)", async () => {
   const browser: Processes[number] = [5120, "firefox", ["/dev/dri/renderD129"]];
   const start = (processes: Processes) =>
-    withTree(processes, false, async (dir) => {
+    withTree(processes, false, (dir) => {
       Deno.mkdirSync(`${dir}/state`);
       const hostdevs = [GUEST_GPU, GUEST_AUDIO].map((a) => {
         const [, bus, slotFn] = a.split(":");
         const [slot, fn] = slotFn!.split(".");
         return `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
       });
-      const result = await runGuard({
-        vm: "win11",
-        operation: "prepare",
-        subOperation: "begin",
-        xml: `<domain type='kvm'><name>win11</name><devices>${
-          hostdevs.join("")
-        }</devices></domain>`,
-        reader: denoFsReader(),
-        root: dir,
-        live: true,
-        stateDir: `${dir}/state`,
-        procRoot: `${dir}/proc`,
-        qemuStatusDir: `${dir}/qemu`,
-        networkStatusDir: `${dir}/network`,
-        devRoot: `${dir}/dev`,
-      });
-      return {
-        code: result.code,
-        refusals: result.refusals.map((r) => [r.kind, r.address]),
-        line: result.refusals.map((r) => formatRefusal(r)).join("\n"),
-      };
+      const xml = `<domain type='kvm'><name>win11</name><devices>${
+        hostdevs.join("")
+      }</devices></domain>`;
+      return guardStartOnTree({ vm: "win11", xml, dir, live: true });
     });
   const refused = await start([COMPOSITOR, browser]);
   assertEquals([refused.code, refused.refusals], [1, [["busy", GUEST_GPU]]]);
