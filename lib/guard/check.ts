@@ -414,8 +414,8 @@ export function describeIdentity(
 }
 
 /** What lets a start go on past a device a program holds open. */
-const BUSY_FIX =
-  "close the programs holding it (a desktop's: stop the display manager, systemctl stop display-manager), then start again";
+const BUSY_FIX = "close the programs holding it (a desktop's: stop the display manager, " +
+  "systemctl stop display-manager), then start again";
 
 /** The reason in words: what the address holds now against what was recorded. */
 function describeRefusal(refusal: GuardRefusal): string {

@@ -106,9 +106,9 @@ function networkStatusReader(
 
 /**
  * What the host uses among `devices`, as `plan` reads it, and on the live host also the GPUs a
- * process holds open, and the controllers under the block disks, USB and SCSI devices, network interfaces (their networks'
- * too, from the networks' status) and character devices the VM itself uses (`own`) and the other running
- * VMs use (which `plan` reads from their definitions).
+ * process holds open, and the controllers under the block disks, USB and SCSI devices, network
+ * interfaces (their networks' too, from the networks' status) and character devices the VM
+ * itself uses (`own`) and the other running VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(
   options: GuardRunOptions,

@@ -1,9 +1,10 @@
 /**
  * The host facts the pre-flight findings judge (`lib/plan/preflight.ts`, `doctor`): firmware
  * framebuffers in `/proc/iomem`, module reference counts in `/proc/modules`, a device's
- * `reset_method`, the processes holding a GPU open and the console, the CPU list of each NUMA node, and what QEMU would
- * find at a ROM file's path. Read lazily and at most once per run each: the planner asks only
- * about the devices it plans, so a plan without a GPU reads neither `/proc` file.
+ * `reset_method`, the processes holding a GPU open and the console, the CPU list of each NUMA
+ * node, and what QEMU would find at a ROM file's path. Read lazily and at most once per run each:
+ * the planner asks only about the devices it plans, so a plan without a GPU reads neither `/proc`
+ * file.
  *
  * A live host is read at `/sys` and `/proc`; a captured tree keeps the same files under its own
  * root and `ROOT/proc` (the tree builder writes them, `lib/testing/host_tree.ts`).
@@ -437,7 +438,8 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * import { denoFsReader } from "./sysfs.ts";
- * const reader = unknownOnError({ ...denoFsReader(), readText: () => { throw new Error("EACCES"); } });
+ * const reader = unknownOnError({ ...denoFsReader(), readText: () => { throw new Error("EACCES"); }
+ * });
  * assertEquals(reader.readText("/proc/iomem"), null);
  * ```
  */

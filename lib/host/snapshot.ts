@@ -7,10 +7,10 @@
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
  * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes
- * holding a GPU's nodes open, the bound consoles, the NUMA nodes' CPU lists, the AppArmor and SELinux switches, the drivers'
- * modules, and under `proc/` the files the pre-flight reads from `/proc`. Each is read bounded
- * and only when it is a regular file (the reader's rule), and only what the pre-flight reads is
- * written: `/proc/modules` without the modules' kernel addresses (which defeat KASLR),
+ * holding a GPU's nodes open, the bound consoles, the NUMA nodes' CPU lists, the AppArmor and
+ * SELinux switches, the drivers' modules, and under `proc/` the files the pre-flight reads from
+ * `/proc`. Each is read bounded and only when it is a regular file (the reader's rule), and only
+ * what the pre-flight reads is written: `/proc/modules` without the modules' kernel addresses (which defeat KASLR),
  * `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open as its command name
  * and the links to the GPU's nodes alone (`proc/PID/comm`, `proc/PID/fd/N`: none of its other
  * files).
@@ -127,7 +127,7 @@ export function writeSnapshot(
 ): SnapshotSummary {
   const { root, reader } = options;
   // The pre-flight files are optional evidence: one this process may not read (other users'
-  // processes and `/proc/iomem`'s addresses are root's) is left out rather than failing the snapshot.
+  // processes and `/proc/iomem`'s addresses are root's) is left out, not failing the snapshot.
   const facts = unknownOnError(reader);
   const procRoot = options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`);
   ensureEmptyTarget(out);

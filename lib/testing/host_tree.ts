@@ -21,7 +21,8 @@
  *   through libkmod, which needs `/lib/modules` of the running kernel.
  * - Pre-flight facts (`lib/host/preflight.ts`), each only when given: `reset_method`; `drm` (a
  *   `drm/cardN` directory, and the processes with it open as `proc/PID/comm` and a
- *   `proc/PID/fd/N` link to `/dev/dri/cardN`, as the kernel shows them); `console` (a `graphics/fbN` directory and a bound fbcon in `class/vtconsole`);
+ *   `proc/PID/fd/N` link to `/dev/dri/cardN`, as the kernel shows them); `console` (a
+ *   `graphics/fbN` directory and a bound fbcon in `class/vtconsole`);
  *   `proc` (captured `iomem`, `modules` and the CPU vendor as `cpuinfo`, under `proc/`);
  *   `numa_nodes` (`devices/system/node/nodeN/cpulist`); `security` (AppArmor's and SELinux's
  *   switches).

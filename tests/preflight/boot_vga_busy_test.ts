@@ -1,6 +1,7 @@
 /**
  * `boot-vga` and `host-driver-busy` on the captured X570 host (GTX 1080 Ti at 0b:00.0, GT 710 at
- * 0c:00.0), with `boot_vga`, `/proc/iomem`, `/proc/modules`, processes holding the GPU open and a console added.
+ * 0c:00.0), with `boot_vga`, `/proc/iomem`, `/proc/modules`, processes holding the GPU open and a
+ * console added.
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
