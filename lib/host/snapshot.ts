@@ -10,10 +10,10 @@
  * holding a GPU's nodes open, the bound consoles, the NUMA nodes' CPU lists, the AppArmor and
  * SELinux switches, the drivers' modules, and under `proc/` the files the pre-flight reads from
  * `/proc`. Each is read bounded and only when it is a regular file (the reader's rule), and only
- * what the pre-flight reads is written: `/proc/modules` without the modules' kernel addresses (which defeat KASLR),
- * `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open as its command name
- * and the links to the GPU's nodes alone (`proc/PID/comm`, `proc/PID/fd/N`: none of its other
- * files).
+ * what the pre-flight reads is written: `/proc/modules` without the modules' kernel addresses
+ * (which defeat KASLR), `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open
+ * as its command name and the links to the GPU's nodes alone (`proc/PID/comm`, `proc/PID/fd/N`:
+ * none of its other files).
  *
  * @module
  */

@@ -1125,7 +1125,7 @@ function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostU
 export interface GpuHolder {
   /** Its process ID. */
   pid: number;
-  /** Its command name (`Xorg`, `nvidia-persiste`: the kernel keeps 15 bytes); `""` when unreadable. */
+  /** Its command name (`Xorg`; `nvidia-persiste`: the kernel keeps 15 bytes); `""`: unreadable. */
   command: string;
   /** The GPU's nodes it holds (`/dev/dri/card1`, `/dev/dri/renderD129`, `/dev/nvidia0`). */
   nodes: string[];
