@@ -233,6 +233,15 @@ export function fixCommand(vm: string): string {
   return `passthrough plan --vm ${shellWord(vm)}`;
 }
 
+/**
+ * The fix for a hostdev passthrough did not write: removing it by hand works for any VM, and
+ * `plan` offers it only for a VM its config names.
+ */
+function handAddedFix(vm: string): string {
+  const word = shellWord(vm);
+  return `remove it with virsh edit ${word} (or passthrough plan --vm ${word}, when the config names the VM)`;
+}
+
 function now(device: PciDevice): GuardDevice {
   const { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver } =
     device;
@@ -329,7 +338,11 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
       hostNeeds,
       reason: "",
-      fix: kind === "busy" ? BUSY_FIX : fixCommand(vm),
+      fix: kind === "busy"
+        ? BUSY_FIX
+        : recorded === null && vfWrong === null
+        ? handAddedFix(vm)
+        : fixCommand(vm),
     };
     refusal.reason = vfWrong ?? describeRefusal(refusal);
     refusals.push(refusal);

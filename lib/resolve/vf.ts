@@ -211,6 +211,13 @@ function chooseIndex(
     devices: [pf.address],
   });
   const what = `Rule "${rule.name}" of VM "${rule.vm}"`;
+  // The kernel makes `sriov_*` for every function with the SR-IOV capability, VFs or none.
+  if (vfs.length === 0 && pf.sriovTotalVfs === undefined && pf.sriovNumVfs === undefined) {
+    const asked = typeof rule.vf === "number" ? `VF ${rule.vf}` : "a VF";
+    return refuse(
+      `${what} asks for ${asked} of ${pf.address}, which is not SR-IOV capable (it has no sriov_totalvfs): match a function that is, or drop "vf:" to pass the function itself`,
+    );
+  }
   const counts = vfCounts(pf, vfs.length);
   if (typeof rule.vf === "number") {
     if (rule.vf < vfs.length) return { index: rule.vf, why: "the index the rule names" };

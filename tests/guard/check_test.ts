@@ -379,7 +379,10 @@ Deno.test("checkDomainStart() survives hostile input and never echoes the XML", 
     assertOk(!line.includes(secret), line);
     assertOk(!line.includes("\n"), line);
   }
-  assertMatch(formatRefusal(refusals[1]!), /fix: passthrough plan --vm 'we\?ird'$/);
+  assertMatch(
+    formatRefusal(refusals[1]!),
+    /fix: remove it with virsh edit 'we\?ird' \(or passthrough plan --vm 'we\?ird', when the config names the VM\)$/,
+  );
 });
 
 Deno.test("the hook's libc reader (fewCalls) reads a tree as the default one does, errors included", async () => {

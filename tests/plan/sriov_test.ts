@@ -213,6 +213,21 @@ Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", 
   const vague = vmOf(plan(config(UPLINK("a", "7")), unknown, { a: A }), "a").errors[0];
   assertMatch(vague!.message, /has 4 VFs enabled: raise .*0000:07:00\.0\/sriov_numvfs to 8/);
   assertMatch(vague!.message, /sriov_totalvfs/);
+  // A function without the SR-IOV capability (no sriov_* files): nothing to raise.
+  const plain = sriovHost();
+  const pf = plain.devices.find((d) => d.address === "0000:07:00.0")!;
+  for (const vf of pf.virtfns) plain.devices = plain.devices.filter((d) => d.address !== vf);
+  pf.virtfns = [];
+  delete pf.sriovTotalVfs;
+  delete pf.sriovNumVfs;
+  for (const vf of ["0", "any"]) {
+    const none = vmOf(plan(config(UPLINK("a", vf)), plain, { a: A }), "a").errors[0];
+    assertMatch(
+      none!.message,
+      /asks for (VF 0|a VF) of 0000:07:00\.0, which is not SR-IOV capable \(it has no sriov_totalvfs\): match a function that is, or drop "vf:" to pass the function itself$/,
+    );
+    assertEquals(none!.message.includes("sriov_numvfs"), false);
+  }
   // One VF of one possible, two VMs asking for any: the second is refused, naming who holds it.
   const one = plan(config(UPLINK("a") + UPLINK("b")), sriovHost("07", 1), { a: A, b: B });
   assertEquals(vmOf(one, "a").errors, []);
