@@ -198,7 +198,8 @@ export const PLAN_FLAGS = {
     type: "string",
     short: "f",
     value: "FILE",
-    help: "config file (default: $PASSTHROUGH_CONFIG or ./passthrough_config.yaml)",
+    help:
+      "config file (default: $PASSTHROUGH_CONFIG, else ./passthrough_config.yaml, else /etc/passthrough/passthrough_config.yaml)",
   },
   host: {
     type: "string",
@@ -512,7 +513,9 @@ function parseSubcommandLine(
 ): ParsedSubcommand<SubcommandSpec> {
   const [name, ...rest] = args;
   const names = subcommands.map((c) => c.name);
-  const list = `${names.slice(0, -1).join(", ")} or ${names.at(-1)}`;
+  const list = names.length === 1
+    ? names[0]!
+    : `${names.slice(0, -1).join(", ")} or ${names.at(-1)}`;
   if (name === undefined || name.startsWith("-")) {
     parseCommandLine({ ...spec, positionals: [] }, all, args);
     throw new UsageError(`Missing the subcommand: ${list}`);

@@ -44,7 +44,13 @@ export interface FoundCard<T> {
  * };
  * const card = findMovedCard(record, "0000:08:00.0", host.devices.map((device) => ({ device })), host);
  * assertEquals(card?.found.device.address, "0000:0c:00.0");
- * assertEquals(card?.evidence, "same IDs and subsystem, the only such device on the host");
+ * assertEquals(card?.evidence, "same IDs, the only such device on the host");
+ * // With a subsystem recorded, the evidence says it was compared too.
+ * host.devices[0]!.subsystemVendorId = "1458";
+ * host.devices[0]!.subsystemDeviceId = "4138";
+ * const withSubsystem = { ...record, subsystemVendorId: "1458", subsystemDeviceId: "4138" };
+ * const same = findMovedCard(withSubsystem, "0000:08:00.0", [{ device: host.devices[0]! }], host);
+ * assertEquals(same?.evidence, "same IDs and subsystem, the only such device on the host");
  * ```
  */
 export function findMovedCard<T extends { device: PciDevice }>(
@@ -54,6 +60,8 @@ export function findMovedCard<T extends { device: PciDevice }>(
   host: HostTopology,
 ): FoundCard<T> | undefined {
   const targets = candidates.filter((c) => sameIdentity(record, c.device));
+  // Say "subsystem" only when there was one to compare (most integrated functions have none).
+  const ids = record.subsystemVendorId === null ? "same IDs" : "same IDs and subsystem";
   if (record.serial !== null) {
     return targets[0] && { found: targets[0], evidence: "same IDs and serial" };
   }
@@ -61,7 +69,7 @@ export function findMovedCard<T extends { device: PciDevice }>(
   if (targets.length === 1 && elsewhere.length === 1) {
     return {
       found: targets[0]!,
-      evidence: "same IDs and subsystem, the only such device on the host",
+      evidence: `${ids}, the only such device on the host`,
     };
   }
   const oneCard = elsewhere.length > 1 &&
@@ -70,6 +78,6 @@ export function findMovedCard<T extends { device: PciDevice }>(
   const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
   return same && {
     found: same,
-    evidence: `same IDs and subsystem, function ${fn.slice(1)} of the only such card on the host`,
+    evidence: `${ids}, function ${fn.slice(1)} of the only such card on the host`,
   };
 }

@@ -94,6 +94,8 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   assertMatch((await runMain(["snapshot"])).err, /: Missing the output directory\n/);
   assertMatch((await runMain(["guard", "allow"])).err, /: Missing the VM name\n/);
   assertMatch((await runMain(["hook"])).err, /: Missing the subcommand: install, status, /);
+  // A command with one subcommand names it alone.
+  assertMatch((await runMain(["guard"])).err, /: Missing the subcommand: allow\n/);
   assertMatch((await runMain(["hook", "frob"])).err, /: Unknown subcommand "frob": install, /);
   assertMatch((await runMain(["hook", "remove", "--json"])).err, /: Unknown option '--json'\n/);
 });

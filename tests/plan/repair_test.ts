@@ -79,7 +79,7 @@ Deno.test("a refused VM's repair follows its moved card, rewriting the hostdevs 
         from: GPU_AUDIO.bdf,
         to: "0000:0b:00.1",
         rule: "gpu",
-        evidence: "same IDs and subsystem, the only such device on the host",
+        evidence: "same IDs, the only such device on the host",
       },
     ]);
     const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
