@@ -12,7 +12,7 @@ import { stripAnsi } from "./lib/render/colors.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { colorChoice } from "./cli/flags.ts";
-import { didYouMean } from "./cli/suggest.ts";
+import { didYouMean } from "./lib/render/suggest.ts";
 import { defaultIo } from "./cli/io.ts";
 import { VERSION } from "./cli/version.ts";
 

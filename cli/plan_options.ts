@@ -16,7 +16,7 @@ import { planHostdevs } from "../lib/plan/plan.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
-import { didYouMean } from "./suggest.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
@@ -291,7 +291,7 @@ export interface ChangeCounts {
   remove: number;
   /** Cards moved to another host address. */
   moved: number;
-  /** VMs refused by the plan (a refusal not tied to one VM counts once). */
+  /** VMs refused by the plan (all of them when a refusal is not tied to one VM). */
   refused: number;
 }
 

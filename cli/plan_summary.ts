@@ -27,7 +27,10 @@ export interface PlanSummary {
 
 /** Counts what the plan would change. */
 export function summarizePlan(plan: Plan): PlanSummary {
-  const changing = plan.vms.filter((vm) => vm.changed && vm.errors.length === 0);
+  // A host-wide refusal (no IOMMU, host use unknown) refuses every VM: `apply` skips them all.
+  const hostWide = plan.errors.length > 0;
+  const refused = (vm: Plan["vms"][number]) => hostWide || vm.errors.length > 0;
+  const changing = plan.vms.filter((vm) => vm.changed && !refused(vm));
   return {
     vmsToChange: changing.length,
     add: changing.reduce((n, vm) => n + vm.add.length, 0),
@@ -41,8 +44,7 @@ export function summarizePlan(plan: Plan): PlanSummary {
       (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.move?.length ?? 0 : 0),
       0,
     ),
-    vmsWithErrors: plan.vms.filter((vm) => vm.errors.length > 0).length +
-      (plan.errors.length > 0 ? 1 : 0),
+    vmsWithErrors: plan.vms.filter(refused).length,
     warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
       .filter((w) => w.info !== true).length,
     planned: plan.vms.map((vm) => vm.name),

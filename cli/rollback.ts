@@ -18,7 +18,7 @@ import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
-import { didYouMean } from "./suggest.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor } from "./host_options.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 

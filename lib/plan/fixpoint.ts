@@ -6,6 +6,7 @@
  * @module
  */
 
+import { didYouMean } from "../render/suggest.ts";
 import type { Config } from "../config/config.ts";
 import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
@@ -121,7 +122,9 @@ function planSelected(
       code: "unknown-vm",
       message: resolution === undefined
         ? `VM "${name}" is not in config "${config.file}"`
-        : `VM "${name}" is not defined in libvirt ("${input.uri}"): define it first or fix the name in the config`,
+        : `VM "${name}" is not defined in libvirt ("${input.uri}"): define it first or fix the name in the config${
+          didYouMean(name, [...survey.holdings.keys()])
+        }`,
       vm: name,
     }, config);
   }

@@ -7,4 +7,5 @@
 
 export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
 export { redactedJson } from "./redact.ts";
+export { didYouMean } from "./suggest.ts";
 export { terminalSafe } from "./terminal.ts";

@@ -206,6 +206,14 @@ Deno.test("a refused VM's repair is shown under its refusals: the stale hostdev 
     summaryLine(summarizePlan(whole)),
     "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to remove from refused VMs",
   );
+  // A host-wide refusal (no IOMMU) refuses every VM, each counted once: `apply` skips them all.
+  const noIommu = { code: "no-iommu", message: "no IOMMU groups" } as PlanIssue;
+  const other = { ...plan, name: "other", errors: [], changed: true };
+  const third = { ...plan, name: "third", errors: [], changed: false };
+  assertEquals(
+    summaryLine(summarizePlan({ ...whole, vms: [plan, other, third], errors: [noIommu] })),
+    "0 VMs to change, 0 hostdevs to add, 0 to remove, 3 VMs refused, 1 hostdev to remove from refused VMs",
+  );
 });
 
 Deno.test("a refused VM's repair that follows a moved card says where to, and counts it", () => {

@@ -166,6 +166,8 @@ Deno.test("planHostdevs() reports a configured VM libvirt does not know as unkno
     const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win11");
     assertEquals(vm.errors.map((e) => e.code), ["unknown-vm"]);
     assertMatch(vm.errors[0]!.message, /^VM "win11" is not defined in libvirt/);
+    // The closest name libvirt knows, for a typo in the config.
+    assertMatch(vm.errors[0]!.message, /fix the name in the config \(did you mean "win10"\?\)$/);
     assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
   });
 });

@@ -1,5 +1,6 @@
 /**
- * "Did you mean" for names typed on the command line: commands, VM names.
+ * "Did you mean" for names a user types: commands, options, VM names on the command line and in
+ * the config.
  *
  * @module
  */
@@ -28,7 +29,7 @@ function distance(a: string, b: string): number {
  *
  * @example
  * ```ts
- * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(closestName("plna", ["plan", "apply"]), "plan");
  * assertEquals(closestName("wn11", ["win11", "router"]), "win11");
  * assertEquals(closestName("xyz", ["plan", "apply"]), null);
