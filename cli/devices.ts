@@ -13,6 +13,7 @@ import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
 import { CLASS_NAMES } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
 /** Short notes for a device: bridge, SR-IOV role, host use, a twin with the same IDs. */
@@ -126,17 +127,20 @@ function selected(host: HostTopology, addresses: string[], klass: string | undef
     devices = devices.filter((d) => addresses.some((a) => matchesAddress(d.address, a)));
   }
   if (klass !== undefined) {
-    const prefixes = classPrefixes(klass);
-    if (prefixes === null) {
-      throw new Error(
-        `Unknown class "${klass}": give a class code prefix (02, 0200) or one of ${
-          Object.keys(CLASS_NAMES).join(", ")
-        }`,
-      );
-    }
+    const prefixes = classPrefixes(klass) ?? [];
     devices = devices.filter((d) => prefixes.some((p) => d.classCode.startsWith(p)));
   }
   return devices;
+}
+
+/** A `--class` no class is named by: a usage error, before anything is read. */
+function checkClass(klass: string | undefined): void {
+  if (klass === undefined || classPrefixes(klass) !== null) return;
+  const names = Object.keys(CLASS_NAMES);
+  throw new UsageError(
+    `Unknown class "${klass}"${didYouMean(klass, names)}: give a class code prefix (02, 0200) ` +
+      `or one of ${names.join(", ")}`,
+  );
 }
 
 /** Runs `passthrough devices`: a table, or the {@link PciDevice} objects as JSON. */
@@ -144,6 +148,7 @@ export async function run(
   { values, positionals }: Parsed<typeof DEVICES>,
   io: CliIo,
 ): Promise<number> {
+  checkClass(values.class);
   const host = await loadHost(values.sysfs);
   const devices = selected(host, positionals, values.class);
   if (values.json) {

@@ -10,7 +10,8 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GUARD } from "./specs.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
-import { allowNextStart } from "../lib/guard/state.ts";
+import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
 import { DEFAULT_HOOKS_DIR, type HookSettings, inspectHook } from "../lib/guard/hook_file.ts";
 
 /** The installed hook's settings, or `null` when there is none (or it cannot be read). */
@@ -51,6 +52,17 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
     `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +
       `(until ${allowance.expires}; ${path})\n`,
   );
+  // The allowance waits for any name; a misspelt one leaves the refused VM refused.
+  const refused = readRefusalRecords(stateDir).map((r) => r.vm);
+  if (!refused.includes(vm)) {
+    io.out(
+      `Note: the guard has no refusal recorded for ${JSON.stringify(vm)}${didYouMean(vm, refused)}${
+        refused.length > 0
+          ? `; it last refused ${refused.map((r) => JSON.stringify(r)).join(", ")}`
+          : ""
+      }\n`,
+    );
+  }
   if (hook === null) {
     io.out(`Note: no start guard is installed in ${hooksDir}\n`);
   } else if (hook.stateDir !== stateDir) {

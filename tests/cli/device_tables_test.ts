@@ -125,9 +125,13 @@ Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one li
     missing.err,
     `passthrough devices: No device at 99:00.0 on ${dir}/sysfs: 'passthrough devices' lists them\n`,
   );
-  const badClass = await run(["devices", ...HOST, "--class", "gpus"]);
-  assertEquals(badClass.code, 1);
-  assertMatch(badClass.err, /^passthrough devices: Unknown class "gpus": give a class code/);
+  // A class no name matches is a usage error (exit 2), with the closest name.
+  const badClass = await run(["devices", ...HOST, "--class", "nvm"]);
+  assertEquals(badClass.code, 2);
+  assertMatch(
+    badClass.err,
+    /^passthrough devices: Unknown class "nvm" \(did you mean "nvme"\?\): give a class code/,
+  );
 });
 
 Deno.test("groups GROUP... narrows, and every row carries its group's number and status", async () => {

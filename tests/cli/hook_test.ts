@@ -100,6 +100,14 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
       /^The next start of "win11" goes on once even if the guard refuses it/,
     );
     assertMatch(allow.stdout, new RegExp(`${dir}/state/guard/allow/win11\\.json\\)\\n$`));
+    // A name the guard refused no start of is allowed too, and said to be so.
+    const typo = await runCli(["guard", "allow", "win1", "--hooks-dir", hooks]);
+    assertEquals(typo.code, 0, typo.stderr);
+    assertMatch(
+      typo.stdout,
+      /\nNote: the guard has no refusal recorded for "win1" \(did you mean "win11"\?\); it last refused "win11"\n$/,
+    );
+    Deno.removeSync(`${dir}/state/guard/allow/win1.json`);
     const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
     assertEquals([allowed.code, allowed.stdout], [0, ""]);
     assertMatch(allowed.stderr, /^passthrough guard: starting "win11" once despite this/);
