@@ -128,7 +128,13 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
       "bold",
       `Changed: ${list(report.changed)}. Skipped: ${list(report.skipped)}. Failed: ${
         list(report.failed)
-      }.`,
+      }.${
+        // Their definitions changed; what the running guests hold did not (the exit status is 1).
+        report.liveFailed.length === 0
+          ? ""
+          : ` Hot-plug failed: ${
+            list(report.liveFailed)
+          } (the change lands at the next power-off).`}`,
     ),
   );
   return redactSecrets(lines.join("\n") + "\n");

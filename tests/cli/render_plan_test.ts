@@ -148,6 +148,15 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
     refused: 0,
   });
   assertEquals([json.config, json.vms[0].name, json.vms[0].move], ["c.yaml", "win11", moved.move]);
+  // A hot-plug that failed (apply exits 1) is named in the last line, not only in the JSON.
+  const live = renderApplyReport({ ...report, liveFailed: ["win11"], ok: false }, {
+    color: false,
+    plan,
+  }).trimEnd().split("\n").at(-1);
+  assertEquals(
+    live,
+    "Changed: win11. Skipped: none. Failed: none. Hot-plug failed: win11 (the change lands at the next power-off).",
+  );
 });
 
 Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with its fix", () => {
