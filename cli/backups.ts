@@ -19,12 +19,14 @@ export function run(
 ): Promise<number> {
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   let listing: BackupListing;
+  let missing = false;
   try {
     // Read-only: a missing state directory simply has no backups; an unsafe one is refused.
     listing = inspectBackups(openStateDir(stateDir, { write: false }), vm);
   } catch (error) {
     if (!(error instanceof StateDirError && error.problem === "missing")) throw error;
     listing = { entries: [], problems: [] };
+    missing = true;
   }
   const { entries, problems } = listing;
   // The listing is the JSON contract: problems go to stderr there, below the table otherwise.
@@ -35,7 +37,9 @@ export function run(
   } else {
     if (entries.length === 0) {
       const which = vm === undefined ? "" : ` of VM "${vm}"`;
-      io.out(`No backups${which} in ${stateDir}\n`);
+      // A mistyped --state-dir reads as a directory without backups unless said so.
+      const none = missing ? `: ${stateDir} does not exist` : ` in ${stateDir}`;
+      io.out(`No backups${which}${none}\n`);
     } else {
       // `#` numbers each VM's backups from its newest: `rollback VM --to N` takes it.
       const seen = new Map<string, number>();

@@ -56,6 +56,16 @@ function askRollback(
   return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
 }
 
+function pathExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
 /**
  * No backup of `vm` in `stateDir`: when libvirt defines no such VM either, most likely a typo, so
  * the closest name and the defined VMs are named.
@@ -85,6 +95,13 @@ export async function run(
   }
   const target = connectTarget(values, io);
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  // No state directory holds no backup: say so rather than create one at a mistyped path.
+  if (!pathExists(stateDir)) {
+    throw new Error(
+      `No backup of VM "${vm}": ${stateDir} does not exist (apply keeps backups in its state ` +
+        `directory: --state-dir DIR or $PASSTHROUGH_STATE_DIR names it)`,
+    );
+  }
   const state = openStateDir(stateDir);
   using libvirt = openLibvirtPort(target.uri, target.options);
   using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });

@@ -282,6 +282,15 @@ Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
+function pathExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, ...args],
@@ -399,8 +408,13 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     assertEquals(other.code, 1);
     assertMatch(other.stderr, new RegExp(`backup "${ofBeta.id}" belongs to VM "beta"`));
 
+    // A mistyped state directory says it does not exist, and rollback creates nothing there.
     const none = await cli(["backups", "--state-dir", `${root}/absent`]);
-    assertEquals([none.code, none.stdout], [0, `No backups in ${root}/absent\n`]);
+    assertEquals([none.code, none.stdout], [0, `No backups: ${root}/absent does not exist\n`]);
+    const typo = await cli(["rollback", "alpha", "--yes", "--state-dir", `${root}/absent`]);
+    assertEquals(typo.code, 1);
+    assertMatch(typo.stderr, new RegExp(`No backup of VM "alpha": ${root}/absent does not exist`));
+    assertOk(!pathExists(`${root}/absent`), "rollback created the state directory");
   } finally {
     await Deno.remove(root, { recursive: true });
   }
