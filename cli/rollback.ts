@@ -28,6 +28,15 @@ function askRollback(
   preview: RollbackPreview,
   showSecrets: boolean,
 ): Promise<boolean> {
+  showRollback(io, preview, showSecrets);
+  return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
+}
+
+/**
+ * The backup and the diff from the current definition to it: before the question, and with
+ * `--yes` too, so a scripted rollback's log says what it changed (as `apply --yes` prints its plan).
+ */
+function showRollback(io: CliIo, preview: RollbackPreview, showSecrets: boolean): void {
   const paint = painter(io.color);
   io.out(
     `${
@@ -53,7 +62,6 @@ function askRollback(
       `VM "${preview.vm}" is running: the restored definition takes effect at its next full power-off\n`,
     );
   }
-  return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
 }
 
 function pathExists(path: string): boolean {
@@ -113,7 +121,10 @@ export async function run(
     // This host's disks, USB devices and network interfaces, when libvirt runs here.
     ...(isRemoteUri(libvirt.uri) ? {} : { devices: hostFactsFor(undefined) }),
     confirm: values.yes
-      ? () => Promise.resolve(true)
+      ? (preview) => {
+        if (!values.json) showRollback(io, preview, values["show-secrets"]);
+        return Promise.resolve(true);
+      }
       : (preview) => askRollback(io, preview, values["show-secrets"]),
   }).catch((error) => {
     throw error instanceof BackupNotFoundError && error.ref === null

@@ -357,7 +357,6 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
       ["1", "alpha", "rollback"],
       ["2", "alpha", "apply"],
     ]);
-
     const missing = await cli([
       "rollback",
       "alpha",
@@ -396,6 +395,25 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     const byPrefix = await rollback(applyId.slice(0, applyId.indexOf("Z")));
     assertEquals(byPrefix.code, 0, byPrefix.stderr);
     assertEquals(JSON.parse(byPrefix.stdout).backup.id, applyId);
+    // With --yes, the text output still shows what the rollback changes, before the outcome.
+    const text = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--to",
+      applyId,
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(text.code, 0, text.stderr);
+    assertMatch(text.stdout, /^Backup \S+ \(apply, [^)]+\)\n--- alpha \(current\)\n/);
+    assertMatch(
+      text.stdout,
+      /\n\+ {2}<memory unit='KiB'>2097152<\/memory>\n[^]*\nRestored "alpha"/,
+    );
+
     // A backup of another VM is explained, not just missing.
     const ofBeta = writeBackup(stateDir, {
       vm: "beta",
