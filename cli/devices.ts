@@ -133,6 +133,17 @@ function selected(host: HostTopology, addresses: string[], klass: string | undef
   return devices;
 }
 
+/**
+ * Under a table of a captured tree without `host_use.json`: the devices the host needs are not
+ * marked, which an unmarked row must not be taken to mean. `""` when the host use is known.
+ */
+export function hostUseUnknownNote(host: HostTopology, paint: Paint): string {
+  if (host.hostUse !== null) return "";
+  return `${
+    paint("yellow", "Host use unknown")
+  }: ${host.source} has no host_use.json, so devices the host uses right now are not marked; plan refuses it (capture it with 'passthrough snapshot' on that host)\n`;
+}
+
 /** A `--class` no class is named by: a usage error, before anything is read. */
 function checkClass(klass: string | undefined): void {
   if (klass === undefined || classPrefixes(klass) !== null) return;
@@ -175,6 +186,7 @@ export async function run(
     ? undefined
     : { width: io.columns, column: header.indexOf("DEVICE") };
   io.out(renderTable(header.map((h) => paint("bold", h)), rows, io.color, fit));
+  io.out(hostUseUnknownNote(host, paint));
   if (host.iommu === "absent") {
     io.out(paint("yellow", "No IOMMU groups: the IOMMU is off or absent on this host\n"));
   }

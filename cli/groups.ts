@@ -13,7 +13,14 @@ import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
-import { DEVICE_HEADERS, deviceCells, deviceLabel, deviceNotes, sameIds } from "./devices.ts";
+import {
+  DEVICE_HEADERS,
+  deviceCells,
+  deviceLabel,
+  deviceNotes,
+  hostUseUnknownNote,
+  sameIds,
+} from "./devices.ts";
 
 /**
  * Why each member of `group` is needed by the host (platform function or in use right now),
@@ -104,12 +111,6 @@ export async function run(
     ? undefined
     : { width: io.columns, column: header.indexOf("DEVICE") };
   io.out(renderTable(header.map((h) => paint("bold", h)), rows, io.color, fit));
-  if (host.hostUse === null) {
-    io.out(
-      `${
-        paint("yellow", "Host use unknown")
-      }: ${host.source} has no host_use.json, so devices the host uses right now are not marked; plan refuses it (capture it with 'passthrough snapshot' on that host)\n`,
-    );
-  }
+  io.out(hostUseUnknownNote(host, paint));
   return 0;
 }

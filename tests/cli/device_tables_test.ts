@@ -189,3 +189,25 @@ Deno.test("host-critical in --json agrees with what plan refuses", async () => {
 });
 
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+Deno.test("devices and groups of a tree that does not say what its host uses say so under the table", async () => {
+  const unknown = await Deno.makeTempDir({ prefix: "passthrough-tables-unknown-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), unknown);
+    Deno.removeSync(`${unknown}/host_use.json`);
+    for (const command of ["devices", "groups"]) {
+      const known = await run([command, ...HOST]);
+      assertEquals(known.out.includes("Host use unknown"), false, command);
+      const table = await run([command, "--sysfs", unknown]);
+      assertEquals(table.code, 0, table.err);
+      assertMatch(
+        table.out,
+        new RegExp(
+          `\\nHost use unknown: ${unknown} has no host_use\\.json, so devices the host uses right now are not marked`,
+        ),
+      );
+    }
+  } finally {
+    await Deno.remove(unknown, { recursive: true });
+  }
+});
