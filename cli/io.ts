@@ -71,13 +71,26 @@ function terminalColumns(): number | undefined {
   }
 }
 
+/**
+ * Writes to standard output; a reader that closed it (`passthrough groups --json | head`) ends
+ * the process quietly with status 0, as it wanted no more, instead of an error on stderr.
+ */
+function writeStdout(text: string): void {
+  try {
+    writeAllSync(Deno.stdout, text);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
+    Deno.exit(0);
+  }
+}
+
 /** The process's own stdout/stderr/stdin and environment. */
 export function defaultIo(): CliIo {
   const noColor = (Deno.env.get("NO_COLOR") ?? "") !== "";
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
   return {
     ...(columns === undefined ? {} : { columns }),
-    out: (text) => writeAllSync(Deno.stdout, text),
+    out: writeStdout,
     err: (text) => writeAllSync(Deno.stderr, text),
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),
