@@ -98,7 +98,10 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
       io.err(`passthrough ${command.name}: ${error.message}\n\n${command.help}`);
       return usageCode;
     }
-    if (flags.includes("--json") && isConfigError(error)) io.out(configErrorJson(error));
+    // A script reading --json gets every failure as JSON, not only the config's.
+    if (flags.includes("--json")) {
+      io.out(isConfigError(error) ? configErrorJson(error) : runtimeErrorJson(error));
+    }
     io.err(`passthrough ${command.name}: ${describeError(error)}\n`);
     return 1;
   }
@@ -146,6 +149,13 @@ function configErrorJson(error: ConfigProblem): string {
   }));
   const json = { error: { kind: "config", message: error.message.split("\n")[0], problems } };
   return `${JSON.stringify(json, null, 2)}\n`;
+}
+
+/** Any other failure under `--json`, on stdout: `{ "error": { "kind": "runtime", "message" } }`. */
+function runtimeErrorJson(error: unknown): string {
+  return `${
+    JSON.stringify({ error: { kind: "runtime", message: describeError(error) } }, null, 2)
+  }\n`;
 }
 
 /**

@@ -103,15 +103,14 @@ export async function run(
   }
   const target = connectTarget(values, io);
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  const exists = pathExists(stateDir);
+  using libvirt = openLibvirtPort(target.uri, target.options);
   // No state directory holds no backup: say so rather than create one at a mistyped path.
-  if (!pathExists(stateDir)) {
-    throw new Error(
-      `No backup of VM "${vm}": ${stateDir} does not exist (apply keeps backups in its state ` +
-        `directory: --state-dir DIR or $PASSTHROUGH_STATE_DIR names it)`,
-    );
+  if (!exists) {
+    const names = libvirt.listDomains().map((d) => d.name);
+    throw unknownVmError(vm, `${stateDir} (which does not exist)`, names);
   }
   const state = openStateDir(stateDir);
-  using libvirt = openLibvirtPort(target.uri, target.options);
   using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
   const report = await rollbackVm(vm, {
     libvirt,

@@ -429,9 +429,20 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     // A mistyped state directory says it does not exist, and rollback creates nothing there.
     const none = await cli(["backups", "--state-dir", `${root}/absent`]);
     assertEquals([none.code, none.stdout], [0, `No backups: ${root}/absent does not exist\n`]);
-    const typo = await cli(["rollback", "alpha", "--yes", "--state-dir", `${root}/absent`]);
+    const typo = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      `${root}/absent`,
+    ]);
     assertEquals(typo.code, 1);
-    assertMatch(typo.stderr, new RegExp(`No backup of VM "alpha": ${root}/absent does not exist`));
+    assertMatch(
+      typo.stderr,
+      new RegExp(`No backup of VM "alpha" in ${root}/absent \\(which does not exist\\)`),
+    );
     assertOk(!pathExists(`${root}/absent`), "rollback created the state directory");
   } finally {
     await Deno.remove(root, { recursive: true });

@@ -104,7 +104,7 @@ Deno.test("rollback of an unknown VM names the closest defined VM and lists them
   assertEquals(typo.code, 1);
   assertEquals(
     typo.err,
-    `passthrough rollback: No backup of VM "gentoox" in ${s.dir}/state, and libvirt defines no VM "gentoox" (did you mean "gentoo"?): defined VMs: "gentoo", "win10"\n`,
+    `passthrough rollback: No backup of VM "gentoox" in ${s.dir}/state (which does not exist), and libvirt defines no VM "gentoox" (did you mean "gentoo"?): defined VMs: "gentoo", "win10"\n`,
   );
   const known = await run(["rollback", "win10", ...args]);
   assertEquals(known.code, 1);
@@ -145,4 +145,12 @@ Deno.test("plan --json prints config errors as JSON on stdout", async () => {
   assertMatch(result.err, /Invalid config/);
   // Without --json, stdout stays empty.
   assertEquals((await run(["plan", ...args])).out, "");
+  // Any other failure too: a config that is not there, a VM it does not name.
+  const missing = await run(["plan", "--json", "--config", `${s.dir}/absent.yaml`]);
+  assertEquals(missing.code, 1);
+  const absent = JSON.parse(missing.out);
+  assertEquals(absent.error.kind, "runtime");
+  assertMatch(absent.error.message, /^No config file: tried .*absent\.yaml \(--config\)/);
+  assertMatch(missing.err, /No config file/);
+  assertEquals((await run(["plan", "--config", `${s.dir}/absent.yaml`])).out, "");
 });
