@@ -17,6 +17,7 @@ import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
 import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { pathExists } from "../lib/state/paths.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor } from "./host_options.ts";
@@ -61,16 +62,6 @@ function showRollback(io: CliIo, preview: RollbackPreview, showSecrets: boolean)
     io.out(
       `VM "${preview.vm}" is running: the restored definition takes effect at its next full power-off\n`,
     );
-  }
-}
-
-function pathExists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
   }
 }
 

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { join } from "../state/paths.ts";
+import { join, pathExists } from "../state/paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,
@@ -279,13 +279,7 @@ function existingGuardFile(stateDir: string, kind: "allow" | "refused", vm: stri
   const dir = join(guard, kind);
   if (!checkPrivateDir(guard, state) || !checkPrivateDir(dir, state)) return null;
   const path = join(dir, fileName(vm));
-  try {
-    Deno.lstatSync(path);
-    return path;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return null;
-    throw error;
-  }
+  return pathExists(path) ? path : null;
 }
 
 /**

@@ -16,7 +16,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
-import { join } from "./paths.ts";
+import { join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,
@@ -230,16 +230,6 @@ function writeBackupFiles(dir: string, input: BackupInput): BackupEntry {
     return entry;
   }
   throw new Deno.errors.AlreadyExists(`Too many backups named "${base}" in "${dir}"`);
-}
-
-function pathExists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
 }
 
 function removeIfEmpty(dir: string): void {

@@ -126,3 +126,25 @@ function normalSegments(path: string, aboveRoot: boolean): string[] {
   }
   return out;
 }
+
+/**
+ * Whether anything is at `path` (a link is not followed). A denied look throws: it is not an
+ * answer.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * assertEquals([pathExists(dir), pathExists(`${dir}/none`)], [true, false]);
+ * Deno.removeSync(dir);
+ * ```
+ */
+export function pathExists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}

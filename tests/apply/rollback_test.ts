@@ -3,6 +3,7 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
@@ -281,15 +282,6 @@ Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's
 // `rollback` is the world file's: the backup written here makes a real difference to restore.
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-
-function pathExists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
