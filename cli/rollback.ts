@@ -35,7 +35,8 @@ function askRollback(
 
 /**
  * The backup and the diff from the current definition to it: before the question, and with
- * `--yes` too, so a scripted rollback's log says what it changed (as `apply --yes` prints its plan).
+ * `--yes` too, so a scripted rollback's log says what it changed (as `apply --yes` prints its
+ * plan).
  */
 function showRollback(io: CliIo, preview: RollbackPreview, showSecrets: boolean): void {
   const paint = painter(io.color);

@@ -131,9 +131,10 @@ interface DomainFacts {
   records: DeviceIdentity[];
   /** The recorded VFs of `vf:` rules' interfaces. */
   vfRecords: VfIdentity[];
-  /** The networks its interfaces name (`<source network>`, hostdev interfaces' aside). */
-  networks: string[];
-  /** The host devices it uses: block disks, USB and SCSI hostdevs, interfaces, char devices. */
+  /**
+   * The host devices it uses: block disks, USB and SCSI hostdevs, interfaces, char devices, and
+   * the networks its interfaces name (whose hostdev pools are checked too).
+   */
   used: UsedDevices;
   /** Elements whose host address cannot be read, and records that cannot be read. */
   unreadable: string[];
@@ -163,17 +164,8 @@ function readDomain(xml: string): DomainFacts {
     passed: lenient.devices,
     records,
     vfRecords,
-    networks: lenient.networks,
-    used: {
-      blockDisks: lenient.blockDisks,
-      usbDevices: lenient.usbDevices,
-      scsiHosts: lenient.scsiHosts,
-      mdevs: lenient.mdevs,
-      netDevices: lenient.netDevices,
-      networkDevices: lenient.networkDevices,
-      charDevices: lenient.charDevices,
-      networks: lenient.networks,
-    },
+    // The scan is a UsedDevices itself (with the devices and counts read above).
+    used: lenient,
     unreadable,
   };
 }
@@ -275,7 +267,7 @@ function now(device: PciDevice): GuardDevice {
 export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const { vm } = input;
   const facts = readDomain(input.xml);
-  const pools = readPools(facts.networks, input.networkStatus);
+  const pools = readPools(facts.used.networks, input.networkStatus);
   const refusals: GuardRefusal[] = [
     ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),

@@ -4,9 +4,10 @@
  * `<hostdev type='usb'>`, `type='scsi'` or `type='mdev'` (a vGPU on its GPU), an
  * `<interface type='direct'>` or `type='bridge'` on a NIC (or `type='network'` on a network
  * bridged to one), or an `<input type='evdev'>` or `<serial type='dev'>` on a USB or PCI device
- * keeps the PCI controller under it busy while its VM runs, and libvirt does not know it: a start that detaches the controller pulls the device
- * from under that VM. Read from the QEMU driver's status files (`/run/libvirt/qemu/NAME.xml`, one
- * per running domain): the hook must not call libvirt. The starting VM's own such devices count
+ * keeps the PCI controller under it busy while its VM runs, and libvirt does not know it: a
+ * start that detaches the controller pulls the device from under that VM. Read from the QEMU
+ * driver's status files (`/run/libvirt/qemu/NAME.xml`, one per running domain): the hook must
+ * not call libvirt. The starting VM's own such devices count
  * the same way: taking their controller would pull them from under the guest being started.
  *
  * @module
@@ -122,8 +123,8 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
 /**
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
- * devices plugged in) or another running VM uses (`vm` is the one starting, whose own status is skipped): as host use, reason `vm-device`.
- * The other VMs' status files are read only when one runs and one of `devices` has a disk, a
+ * devices plugged in) or another running VM uses (`vm` is the one starting, whose own status is
+ * skipped): as host use, reason `vm-device`. The other VMs' status files are read only when one runs and one of `devices` has a disk, a
  * USB device, a SCSI host adapter, a network interface or a character device under it. Throws
  * when a status file is larger than 4 MiB, a disk's or character device's path cannot be read,
  * or `networkInterfaces` throws (the check then fails closed).

@@ -361,6 +361,13 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   const passwd = options.passwd ?? (() => denoFsReader().readText("/etc/passwd"));
   const qemuUser = once(() => parseQemuUser(passwd() ?? ""));
   const usbDevices = once(() => readUsbDevices(reader, sysRoot));
+  // One scan of `/proc` for every GPU of the host, however many the plan or `doctor` ask about.
+  const allGpuHolders = once(() => {
+    const addresses = (reader.listDir(`${sysRoot}/bus/pci/devices`) ?? []).flatMap((name) =>
+      canonicalPciAddress(name) ?? []
+    );
+    return gpuHolders(reader, { sysRoot, procRoot }, addresses);
+  });
   return {
     resetMethods: byKey((address) => {
       const text = readAttribute(reader, `${device(address)}/reset_method`);
@@ -381,9 +388,7 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       const link = reader.readLink(`${sysRoot}/bus/pci/drivers/${driver}/module`);
       return link === null ? driver.replaceAll("-", "_") : baseName(link);
     }),
-    gpuHolders: byKey((address) =>
-      gpuHolders(reader, { sysRoot, procRoot }, [address]).get(address) ?? []
-    ),
+    gpuHolders: (address) => allGpuHolders().get(address) ?? [],
     consoleFramebuffers: byKey((address) => {
       const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
         /^fb\d+$/.test(f)

@@ -18,9 +18,9 @@
  * @module
  */
 
-import type { HostTopology, PciAddress } from "./types.ts";
+import type { HostTopology } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
-import { gpuHolders } from "./sysfs_device.ts";
+import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 
 /** Attribute files copied as is when present. */
@@ -131,6 +131,12 @@ export function writeSnapshot(
   const facts = unknownOnError(reader);
   const procRoot = options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`);
   ensureEmptyTarget(out);
+  // One scan of `/proc` for every device's holders.
+  const holders = gpuHolders(
+    facts,
+    { sysRoot: root, procRoot },
+    host.devices.map((d) => d.address),
+  );
   const devicesDir = `${out}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
   Deno.mkdirSync(`${out}/bus/pci/drivers`, { recursive: true });
@@ -148,11 +154,10 @@ export function writeSnapshot(
     if (config !== null) Deno.writeFileSync(`${to}/config`, config);
     copyDisplayFacts({
       reader: facts,
-      address: device.address,
       from,
       to,
       out,
-      roots: { sysRoot: root, procRoot },
+      holders: holders.get(device.address) ?? [],
     });
     if (device.modules.length > 0) {
       Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
@@ -222,19 +227,18 @@ function copyDriverModule(reader: SysfsReader, root: string, out: string, driver
  * `fd` link per node, under `proc/`.
  */
 function copyDisplayFacts(
-  { reader, address, from, to, out, roots }: {
+  { reader, from, to, out, holders }: {
     reader: SysfsReader;
-    address: PciAddress;
     from: string;
     to: string;
     out: string;
-    roots: { sysRoot: string; procRoot: string };
+    holders: readonly GpuHolder[];
   },
 ): void {
   for (const node of reader.listDir(`${from}/drm`) ?? []) {
     if (/^(card|renderD)\d+$/.test(node)) Deno.mkdirSync(`${to}/drm/${node}`, { recursive: true });
   }
-  for (const holder of gpuHolders(reader, roots, [address]).get(address) ?? []) {
+  for (const holder of holders) {
     // A process holding two GPUs open is met twice: its descriptors are numbered on.
     const fds = `${out}/proc/${holder.pid}/fd`;
     Deno.mkdirSync(fds, { recursive: true });
