@@ -29,6 +29,9 @@ const PRIVATE_DIRS = [
   "/etc/libvirt/qemu",
   "/var/lib/libvirt/qemu",
   "/var/cache/libvirt/qemu",
+  // virtlogd's own log and the guests' (`qemu/VM.log`): Debian's libvirt-daemon package alone
+  // does not create the directory, and without it virtlogd does not start.
+  "/var/log/libvirt",
 ] as const;
 
 /** Options of {@link startLibvirtd}. */
