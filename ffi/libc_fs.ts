@@ -1,9 +1,10 @@
 /**
  * A {@link SysfsReader} over libc's `openat`/`read`/`pread`/`close`/`readlinkat`/`opendir`/
- * `readdir`/`closedir`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses `Deno.readFile`
- * under `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going through libc needs
- * only `--allow-ffi`, so the documented permission set can read the real host. Also `getxattr`
- * (a file's SELinux label) and `kill` (`Deno.kill` needs an unrestricted `--allow-run`).
+ * `readdir`/`closedir`/`statx`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses
+ * `Deno.readFile` under `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going
+ * through libc needs only `--allow-ffi`, so the documented permission set can read the real host.
+ * Also `getxattr` (a file's SELinux label) and `kill` (`Deno.kill` needs an unrestricted
+ * `--allow-run`).
  *
  * @module
  */
@@ -38,6 +39,8 @@ const SIGNATURES = {
   realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
   // int statfs(const char *path, struct statfs *buf);
   statfs: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
 } as const;
 
 type Name = keyof typeof SIGNATURES;
@@ -153,6 +156,21 @@ const AT_FDCWD = -100;
 /** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
 const DIRENT_NAME_OFFSET = 19;
 const DIRENT_TYPE_OFFSET = 18;
+/**
+ * `statx` (glibc 2.28): its `struct statx` is the same on every architecture, unlike `struct
+ * stat`. `AT_STATX_DONT_SYNC`: a network file system answers from its cache, never waits on its
+ * server. `STATX_TYPE`: the mode's file type is all that is asked; the device number always comes.
+ */
+const AT_STATX_DONT_SYNC = 0x4000;
+const STATX_TYPE = 0x1;
+const STATX_SIZE = 256;
+/** `stx_mode` (u16), `stx_rdev_major` and `stx_rdev_minor` (u32) in `struct statx`. */
+const STATX_MODE_OFFSET = 28;
+const STATX_RDEV_MAJOR_OFFSET = 128;
+const STATX_RDEV_MINOR_OFFSET = 132;
+/** `S_IFMT` and `S_IFCHR`: the file type bits of a mode, and a character device's. */
+const S_IFMT = 0o170000;
+const S_IFCHR = 0o020000;
 /** `d_type` values (`DT_DIR`, `DT_REG`, `DT_LNK`); `DT_UNKNOWN` (0) and the rest read as "other". */
 const DIRENT_KINDS: Record<number, EntryKind> = { 4: "directory", 8: "file", 10: "symlink" };
 /** errno values that mean "not there" for an optional sysfs attribute. */
@@ -345,6 +363,18 @@ export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsRead
         lastErrno = errno();
         if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fail("read link", path);
       }
+    },
+    deviceNumber(path) {
+      const info = new Uint8Array(STATX_SIZE);
+      for (let attempt = 0;; attempt++) {
+        if (lib.statx(AT_FDCWD, cString(path), AT_STATX_DONT_SYNC, STATX_TYPE, info) === 0) break;
+        lastErrno = errno();
+        if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fail("stat", path);
+      }
+      const view = new DataView(info.buffer);
+      if ((view.getUint16(STATX_MODE_OFFSET, LITTLE_ENDIAN) & S_IFMT) !== S_IFCHR) return null;
+      const major = view.getUint32(STATX_RDEV_MAJOR_OFFSET, LITTLE_ENDIAN);
+      return `${major}:${view.getUint32(STATX_RDEV_MINOR_OFFSET, LITTLE_ENDIAN)}`;
     },
     openFile(path) {
       const fd = openFd(path);

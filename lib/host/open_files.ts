@@ -1,6 +1,7 @@
 /**
  * Which processes hold given device nodes open, read from `/proc/PID/fd` as `fuser` reads it: the
- * kernel shows each open file's path as the target of its `fd/N` link.
+ * kernel shows each open file's path as the target of its `fd/N` link, and `stat` of the link
+ * reaches the open file itself.
  *
  * @module
  */
@@ -15,13 +16,26 @@ export interface NodeHolder {
   command: string;
 }
 
+/** A device node asked about: its path in `/dev`, and its device number when known. */
+export interface DeviceNode {
+  /** `/dev/dri/card1`. */
+  path: string;
+  /** `226:1` (`major:minor`), or `null` when unknown: the node is then known by its path alone. */
+  number: string | null;
+}
+
 /**
- * The processes under `procRoot` that hold any of `nodes` (absolute `/dev` paths) open, by node,
- * in process-ID order; a node no process holds is absent. A process that exits meanwhile, or
- * whose descriptors cannot be read here (another user's, when not run as root; one an LSM hides),
- * holds nothing. Paths are compared as the kernel shows them in the holder's mount namespace: a
- * container given a node under another name, a chroot, or a node deleted and made again is not
- * seen.
+ * The processes under `procRoot` that hold any of `nodes` open, by node path, in process-ID
+ * order; a node no process holds is absent. A process that exits meanwhile, or whose descriptors
+ * cannot be read here (another user's, when not run as root; one an LSM hides), holds nothing.
+ *
+ * A descriptor holds a node when the kernel shows the node's path as its link's target, or, with
+ * the reader's {@link SysfsReader.deviceNumber}, when the link leads to a character device of the
+ * node's number: a container given the node under another name (`/dev/gpu0`), a chroot's copy
+ * (`/srv/root/dev/dri/card1`), a node deleted and made again (`/dev/dri/card1 (deleted)`). Only
+ * targets in a `/dev` directory are asked: a file on a network mount whose server hangs is never
+ * `stat`ed, and a desktop's thousands of sockets, pipes and files cost no call. A node made
+ * elsewhere (`mknod /tmp/gpu`) is not seen.
  *
  * @example
  * ```ts
@@ -32,22 +46,30 @@ export interface NodeHolder {
  * Deno.writeTextFileSync(`${proc}/812/comm`, "Xorg\n");
  * Deno.symlinkSync("/dev/dri/card1", `${proc}/812/fd/14`);
  * Deno.symlinkSync("/dev/null", `${proc}/812/fd/0`);
- * const holders = openBy(denoFsReader(), proc, new Set(["/dev/dri/card1", "/dev/dri/card0"]));
+ * const card = (n: number) => ({ path: `/dev/dri/card${n}`, number: `226:${n}` });
+ * const holders = openBy(denoFsReader(), proc, [card(1), card(0)]);
  * assertEquals([...holders], [["/dev/dri/card1", [{ pid: 812, command: "Xorg" }]]]);
+ * // `/dev/null` is the character device 1:3, whatever its name.
+ * const nullDevice = openBy(denoFsReader(), proc, [{ path: "/dev/zilch", number: "1:3" }]);
+ * assertEquals([...nullDevice], [["/dev/zilch", [{ pid: 812, command: "Xorg" }]]]);
  * Deno.removeSync(proc, { recursive: true });
  * ```
  */
 export function openBy(
   reader: SysfsReader,
   procRoot: string,
-  nodes: ReadonlySet<string>,
+  nodes: readonly DeviceNode[],
 ): Map<string, NodeHolder[]> {
   const holders = new Map<string, NodeHolder[]>();
-  if (nodes.size === 0) return holders;
+  if (nodes.length === 0) return holders;
+  const wanted: Wanted = {
+    byPath: new Set(nodes.map((n) => n.path)),
+    byNumber: new Map(nodes.flatMap((n) => n.number === null ? [] : [[n.number, n.path]])),
+  };
   const pids = (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
     .map(Number).sort((a, b) => a - b);
   for (const pid of pids) {
-    const held = heldBy(reader, `${procRoot}/${pid}`, nodes);
+    const held = heldBy(reader, `${procRoot}/${pid}`, wanted);
     if (held.size === 0) continue;
     const command = commandOf(reader, `${procRoot}/${pid}`);
     for (const node of held) {
@@ -59,21 +81,45 @@ export function openBy(
   return holders;
 }
 
+/** The nodes asked about, by path and by device number (to the path). */
+interface Wanted {
+  byPath: ReadonlySet<string>;
+  byNumber: ReadonlyMap<string, string>;
+}
+
 /**
- * Which of `nodes` the process at `dir` holds open. None for a process whose descriptors cannot
- * be read: one that exited meanwhile, or one an LSM or ptrace rule hides from this one.
+ * Which nodes the process at `dir` holds open, by path. None for a process whose descriptors
+ * cannot be read: one that exited meanwhile, or one an LSM or ptrace rule hides from this one.
  */
-function heldBy(reader: SysfsReader, dir: string, nodes: ReadonlySet<string>): Set<string> {
+function heldBy(reader: SysfsReader, dir: string, wanted: Wanted): Set<string> {
   const held = new Set<string>();
+  const byNumber = reader.deviceNumber === undefined ? null : wanted.byNumber;
   try {
     for (const fd of reader.listDir(`${dir}/fd`) ?? []) {
-      const target = reader.readLink(`${dir}/fd/${fd}`);
-      if (target !== null && nodes.has(target)) held.add(target);
+      const link = `${dir}/fd/${fd}`;
+      const target = reader.readLink(link);
+      if (target === null) continue;
+      if (wanted.byPath.has(target)) {
+        held.add(target);
+      } else if (byNumber !== null && byNumber.size > 0 && target.includes("/dev/")) {
+        const node = byNumber.get(numberOf(reader, link) ?? "");
+        if (node !== undefined) held.add(node);
+      }
     }
   } catch {
     // Not seen, as `fuser` does not see it: a check that fails here would refuse every start.
   }
   return held;
+}
+
+/** The device number the descriptor's link leads to; `null` when it closed meanwhile or the
+ * kernel refuses the `stat`. */
+function numberOf(reader: SysfsReader, link: string): string | null {
+  try {
+    return reader.deviceNumber!(link);
+  } catch {
+    return null;
+  }
 }
 
 /**

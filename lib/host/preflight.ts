@@ -462,6 +462,9 @@ export function unknownOnError(reader: SysfsReader): SysfsReader {
     readBytes: safe((path: string, max: number) => reader.readBytes(path, max)),
     readLink: safe((path: string) => reader.readLink(path)),
     openFile: safe((path: string) => reader.openFile(path)),
+    ...(reader.deviceNumber === undefined
+      ? {}
+      : { deviceNumber: safe((path: string) => reader.deviceNumber!(path)) }),
   };
 }
 

@@ -31,6 +31,12 @@ export interface SysfsReader {
    * capability walk needs only a few dozen bytes.
    */
   openFile(path: string): SysfsFile | null;
+  /**
+   * The device number (`226:1`) of the character device at `path`, links followed (a process's
+   * `fd/N` link leads to the file it holds open, wherever and under whatever name), or `null` for
+   * anything else or nothing; optional: where it is absent, nodes are known by path alone.
+   */
+  deviceNumber?(path: string): string | null;
 }
 
 /** What a directory listing says an entry is; `other` covers FIFOs, devices, sockets, unknown. */
@@ -128,6 +134,15 @@ export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
         throw error;
       }
     },
+    deviceNumber(path) {
+      try {
+        const info = Deno.statSync(path);
+        return info.isCharDevice && info.rdev !== null ? formatDeviceNumber(info.rdev) : null;
+      } catch (error) {
+        if (isMissing(error)) return null;
+        throw error;
+      }
+    },
     openFile(path) {
       try {
         const listed = under !== null && path.startsWith(under);
@@ -139,6 +154,25 @@ export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
       }
     },
   };
+}
+
+/**
+ * `major:minor` of a `dev_t` as glibc encodes it (`gnu_dev_major`, `gnu_dev_minor`): the
+ * major's low 12 bits in bits 8-19 and the rest from bit 44, the minor's low 8 bits in bits 0-7
+ * and the rest in bits 20-43.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(formatDeviceNumber(0xe281), "226:129");
+ * assertEquals(formatDeviceNumber(0x1000_0000_0000 + 0x100 + 0x40_0000 + 0x56), "4097:1110");
+ * ```
+ */
+export function formatDeviceNumber(rdev: number): string {
+  const dev = BigInt(rdev);
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & 0xfffff000n);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xffffff00n);
+  return `${major}:${minor}`;
 }
 
 /** The size of the regular file at `path` (links followed), or `null` for anything else. */

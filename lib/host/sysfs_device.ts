@@ -10,7 +10,7 @@
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress, libvirtNumber } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
-import { openBy } from "./open_files.ts";
+import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
   bufferConfigReader,
@@ -1121,6 +1121,9 @@ function routeUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostU
   });
 }
 
+/** The major number of NVIDIA's `/dev/nvidiaN` (fixed by its driver, `NV_MAJOR_DEVICE_NUMBER`). */
+const NVIDIA_MAJOR = 195;
+
 /** A process that holds device nodes of a GPU open. */
 export interface GpuHolder {
   /** Its process ID. */
@@ -1146,19 +1149,31 @@ export function gpuHolders(
   addresses: readonly PciAddress[],
 ): Map<PciAddress, GpuHolder[]> {
   const nodes = new Map<string, PciAddress>();
+  const numbers: DeviceNode[] = [];
   for (const address of addresses) {
-    const drm = reader.listDir(`${roots.sysRoot}/bus/pci/devices/${address}/drm`) ?? [];
-    for (const name of drm.filter((n) => /^(card|renderD)[0-9]+$/.test(n)).sort()) {
+    const drm = `${roots.sysRoot}/bus/pci/devices/${address}/drm`;
+    for (
+      const name of (reader.listDir(drm) ?? []).filter((n) => /^(card|renderD)[0-9]+$/.test(n))
+        .sort()
+    ) {
       nodes.set(`/dev/dri/${name}`, address);
+      const number = readAttribute(reader, `${drm}/${name}/dev`);
+      numbers.push({
+        path: `/dev/dri/${name}`,
+        number: /^[0-9]+:[0-9]+$/.test(number ?? "") ? number : null,
+      });
     }
     const information = reader.readText(
       `${roots.procRoot}/driver/nvidia/gpus/${address}/information`,
     );
     const minor = /^Device Minor:\s*([0-9]+)\s*$/m.exec(information ?? "")?.[1];
-    if (minor !== undefined) nodes.set(`/dev/nvidia${minor}`, address);
+    if (minor !== undefined) {
+      nodes.set(`/dev/nvidia${minor}`, address);
+      numbers.push({ path: `/dev/nvidia${minor}`, number: `${NVIDIA_MAJOR}:${Number(minor)}` });
+    }
   }
   const byAddress = new Map<PciAddress, Map<number, GpuHolder>>();
-  for (const [node, holders] of openBy(reader, roots.procRoot, new Set(nodes.keys()))) {
+  for (const [node, holders] of openBy(reader, roots.procRoot, numbers)) {
     const address = nodes.get(node)!;
     const processes = byAddress.get(address) ?? new Map<number, GpuHolder>();
     for (const { pid, command } of holders) {

@@ -9,8 +9,10 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
-import { gpuInUse, readHostUse } from "../../lib/host/sysfs_device.ts";
-import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { gpuHolders, gpuInUse, readHostUse } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { unknownOnError } from "../../lib/host/preflight.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
 
@@ -18,6 +20,14 @@ import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
 const HOST_GPU = "0000:0b:00.0";
 const GUEST_GPU = "0000:0c:00.0";
 const GUEST_AUDIO = "0000:0c:00.1";
+
+/** The DRM nodes' device numbers, `[address, node, number]`. */
+const NUMBERS: [string, string, string][] = [
+  [HOST_GPU, "card0", "226:0"],
+  [HOST_GPU, "renderD128", "226:128"],
+  [GUEST_GPU, "card1", "226:1"],
+  [GUEST_GPU, "renderD129", "226:129"],
+];
 
 /** Processes: PID, command and the paths their descriptors show. */
 type Processes = [number, string, string[]][];
@@ -59,6 +69,10 @@ async function withTree<T>(
     drm(GUEST_GPU, "card1");
     drm(GUEST_GPU, "card1/card1-HDMI-A-1");
     drm(GUEST_GPU, "renderD129");
+    // The device numbers as the kernel gives them (`226:N`); no node of this machine has them.
+    for (const [address, node, number] of NUMBERS) {
+      Deno.writeTextFileSync(`${dir}/bus/pci/devices/${address}/drm/${node}/dev`, `${number}\n`);
+    }
     // The control node kernels before 4.x made: no driver of today opens it.
     drm(GUEST_GPU, "controlD65");
     if (nvidia) {
@@ -222,4 +236,140 @@ Deno.test("guard: taking a GPU a process holds open refuses the start (gpu-in-us
   // The host's own GPU in use stops nothing: this VM does not take it.
   const passes = await start([COMPOSITOR]);
   assertEquals([passes.code, passes.refusals], [0, []]);
+});
+
+/** This machine's `/dev/full` (1:7), which no process here keeps open, stands for a GPU's node. */
+const FULL = "1:7";
+
+/** The tree's guest render node given `/dev/full`'s number, as if it were that device. */
+function renumber(dir: string): void {
+  Deno.writeTextFileSync(`${dir}/bus/pci/devices/${GUEST_GPU}/drm/renderD129/dev`, `${FULL}\n`);
+}
+
+for (const [name, reader] of [["Deno", denoFsReader()], ["libc", libcSysfsReader()]] as const) {
+  Deno.test(`gpuHolders() (${name} reader): a node under another name counts by its device number`, async () => {
+    // A container's `/dev/gpu` and a chroot's copy lead to the same device as `/dev/full`;
+    // `/dev/null` (1:3) and a path outside `/dev` are other files.
+    const container: Processes[number] = [700, "ollama", ["/dev/null", "/dev/full"]];
+    const elsewhere: Processes[number] = [701, "cat", ["/tmp/full", "/proc/self/fd/0"]];
+    const holders = (reader: SysfsReader) =>
+      withTree([container, elsewhere], false, (dir) => {
+        renumber(dir);
+        const asked: string[] = [];
+        const counting: SysfsReader = {
+          ...reader,
+          deviceNumber: (path) => (asked.push(path.slice(dir.length)), reader.deviceNumber!(path)),
+        };
+        const found = gpuHolders(counting, { sysRoot: dir, procRoot: `${dir}/proc` }, [
+          HOST_GPU,
+          GUEST_GPU,
+        ]);
+        return { found: [...found], asked };
+      });
+    assertEquals(await holders(reader), {
+      found: [[GUEST_GPU, [{ pid: 700, command: "ollama", nodes: ["/dev/dri/renderD129"] }]]],
+      // Only links into a `/dev` directory are stat'ed: never a file elsewhere, which could sit
+      // on a network mount whose server hangs.
+      asked: ["/proc/700/fd/0", "/proc/700/fd/1"],
+    });
+    // A reader without device numbers knows nodes by their path alone.
+    const { deviceNumber: _, ...pathsOnly } = reader;
+    assertEquals((await holders(pathsOnly)).found, []);
+  });
+}
+
+Deno.test("deviceNumber(): a character device's major:minor, links followed; null for the rest", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-devnum-" });
+  try {
+    Deno.symlinkSync("/dev/full", `${dir}/gpu`);
+    Deno.writeTextFileSync(`${dir}/file`, "");
+    for (const reader of [denoFsReader(), libcSysfsReader()]) {
+      assertEquals(
+        ["/dev/null", `${dir}/gpu`, `${dir}/file`, dir, `${dir}/missing`].map((p) =>
+          reader.deviceNumber!(p)
+        ),
+        ["1:3", FULL, null, null, null],
+      );
+    }
+    // The pre-flight's reader (plan's host-driver-busy, doctor, snapshot) keeps it, and turns a
+    // refusal into an unknown.
+    assertEquals(unknownOnError(libcSysfsReader()).deviceNumber?.("/dev/full"), FULL);
+    const refusing = unknownOnError({
+      ...denoFsReader(),
+      deviceNumber: () => {
+        throw new Deno.errors.PermissionDenied("EACCES");
+      },
+    });
+    assertEquals(refusing.deviceNumber?.("/dev/full"), null);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "gpuHolders() on the live /proc: a renamed node, then deleted, is still the GPU's",
+  ignore: Deno.uid() !== 0,
+  async fn() {
+    await withTree([], false, async (dir) => {
+      renumber(dir);
+      // A chroot's node: another path, the device's number, held open by a real process.
+      Deno.mkdirSync(`${dir}/chroot/dev`, { recursive: true });
+      const node = `${dir}/chroot/dev/gpu0`;
+      const mknod = new Deno.Command("mknod", { args: [node, "c", "1", "7"] }).outputSync();
+      assertEquals(mknod.code, 0, new TextDecoder().decode(mknod.stderr));
+      const child = new Deno.Command("sh", {
+        args: ["-c", 'exec sleep 60 < "$0"', node],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      try {
+        const holder = (reader: SysfsReader) => {
+          const found = gpuHolders(reader, { sysRoot: dir, procRoot: "/proc" }, [GUEST_GPU]);
+          return (found.get(GUEST_GPU) ?? []).find((h) => h.pid === child.pid);
+        };
+        const expected = { pid: child.pid, command: "sleep", nodes: ["/dev/dri/renderD129"] };
+        // The shell opens the node, then becomes sleep.
+        for (let i = 0; i < 100 && holder(libcSysfsReader())?.command !== "sleep"; i++) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        assertEquals(holder(libcSysfsReader()), expected);
+        assertEquals(holder(denoFsReader()), expected);
+        // Deleted: the kernel shows "PATH (deleted)", and the open file is the same device.
+        Deno.removeSync(node);
+        assertMatch(Deno.readLinkSync(`/proc/${child.pid}/fd/0`), / \(deleted\)$/);
+        assertEquals(holder(libcSysfsReader()), expected);
+        assertEquals(holder(denoFsReader()), expected);
+      } finally {
+        child.kill("SIGKILL");
+        await child.status;
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "gpuHolders(): NVIDIA's node under another name counts by its number (195:minor)",
+  ignore: Deno.uid() !== 0,
+  async fn() {
+    const renamed = "/chroot/dev/gpu-nvidia";
+    const processes: Processes = [[1200, "python3", ["placeholder"]]];
+    const found = await withTree(processes, true, (dir) => {
+      // The fd link leads to a node of NVIDIA's major and the GPU's minor under another path; no
+      // driver here opens it, so a link stands for the descriptor (stat follows both alike).
+      Deno.mkdirSync(`${dir}/chroot/dev`, { recursive: true });
+      const mknod = new Deno.Command("mknod", { args: [`${dir}${renamed}`, "c", "195", "0"] })
+        .outputSync();
+      assertEquals(mknod.code, 0, new TextDecoder().decode(mknod.stderr));
+      Deno.removeSync(`${dir}/proc/1200/fd/0`);
+      Deno.symlinkSync(`${dir}${renamed}`, `${dir}/proc/1200/fd/0`);
+      return [
+        ...gpuHolders(denoFsReader(), { sysRoot: dir, procRoot: `${dir}/proc` }, [GUEST_GPU]),
+      ];
+    });
+    assertEquals(found, [[GUEST_GPU, [{
+      pid: 1200,
+      command: "python3",
+      nodes: ["/dev/nvidia0"],
+    }]]]);
+  },
 });
