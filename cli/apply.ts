@@ -9,10 +9,10 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
 import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./plan_options.ts";
-import { renderPlan, renderVmPlan } from "./render_plan.ts";
+import { renderPlan, type RenderPlanOptions, renderVmPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { applyJson, renderApplyReport } from "./render_apply.ts";
-import { applyPlan } from "../lib/apply/apply.ts";
+import { applyPlan, livePlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
@@ -49,7 +49,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan, libvirt, config, facts }: ComputedPlan,
+  { plan: computed, libvirt, config, facts }: ComputedPlan,
   { values, io, stateDir, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -57,6 +57,7 @@ async function applyComputed(
     lock: StateLock;
   },
 ): Promise<number> {
+  const plan = values.live ? livePlan(computed) : computed;
   if (plan.example === true) {
     throw new Error(
       `Config ${plan.config} is the shipped example ("example: true"): apply refuses it. ` +
@@ -64,11 +65,12 @@ async function applyComputed(
         `and name it with --config or $PASSTHROUGH_CONFIG`,
     );
   }
-  if (!values.json) io.out(`${renderPlan(plan, { color: io.color })}\n`);
+  const render = { color: io.color, live: values.live };
+  if (!values.json) io.out(`${renderPlan(plan, render)}\n`);
   const report = await applyPlan(plan, {
     libvirt,
     stateDir,
-    confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, io) }),
+    confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, render) }),
     live: values.live,
     lock,
     devices: facts,
@@ -94,12 +96,12 @@ async function applyComputed(
  * for the first question when its VM's section is the last one printed: only the summary line
  * stands between them.
  */
-function diffBeforeQuestion(plan: Plan, io: CliIo): (vm: VmPlan) => string {
+function diffBeforeQuestion(plan: Plan, render: RenderPlanOptions): (vm: VmPlan) => string {
   let asked = 0;
   return (vm) => {
     asked++;
     if (asked === 1 && plan.vms.at(-1) === vm) return "";
-    return `\n${renderVmPlan(vm, { color: io.color })}`;
+    return `\n${renderVmPlan(vm, render)}`;
   };
 }
 

@@ -17,6 +17,8 @@ export { type PlanSummary, summarizePlan };
 /** Options for {@link renderPlan}. */
 export interface RenderPlanOptions {
   color: boolean;
+  /** `apply --live`: a running VM's hostdevs are hot-plugged, not left for its next power-off. */
+  live?: boolean;
 }
 
 function plural(n: number, one: string, many = `${one}s`): string {
@@ -147,9 +149,12 @@ function renderIssues(errors: readonly PlanIssue[], warnings: readonly PlanIssue
   return lines;
 }
 
-function vmState(vm: VmPlan): string {
+function vmState(vm: VmPlan, live: boolean): string {
   if (vm.active === null) return "";
-  return vm.active ? " (running: changes apply at the next full power-off)" : " (shut off)";
+  if (!vm.active) return " (shut off)";
+  return live
+    ? " (running: --live hot-plugs the changes now; what fails applies at the next full power-off)"
+    : " (running: changes apply at the next full power-off)";
 }
 
 /**
@@ -180,7 +185,7 @@ function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
 /** Renders one VM's section. */
 export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
-  const lines: string[] = [paint("bold", `VM ${vm.name}${vmState(vm)}`)];
+  const lines: string[] = [paint("bold", `VM ${vm.name}${vmState(vm, options.live === true)}`)];
   if (vm.errors.length > 0 && vm.repair !== undefined) {
     lines.push(
       "  only the repair after the refusals below will change this VM until they are resolved",

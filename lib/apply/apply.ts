@@ -105,6 +105,38 @@ export type ApplyCode =
  */
 export type ApplyEffect = "next-start" | "next-power-off" | "now";
 
+/**
+ * `plan` as `apply` with `live: true` carries it out: a running VM's `vm-running` warning says its
+ * hostdevs are hot-plugged now, not left for its next power-off (the planner words it for a
+ * define alone).
+ *
+ * @example
+ * ```ts
+ * import { assertMatch } from "../../tests/helpers/assert.ts";
+ * import type { Plan } from "../plan/types.ts";
+ * const warning = { code: "vm-running" as const, message: "later", vm: "gentoo" };
+ * const plan = { vms: [{ name: "gentoo", active: true, warnings: [warning] }] } as unknown as Plan;
+ * assertMatch(livePlan(plan).vms[0]!.warnings[0]!.message, /--live hot-plugs/);
+ * ```
+ */
+export function livePlan(plan: Plan): Plan {
+  return {
+    ...plan,
+    vms: plan.vms.map((vm) => ({
+      ...vm,
+      warnings: vm.warnings.map((w) =>
+        w.code === "vm-running"
+          ? {
+            ...w,
+            message:
+              `VM "${vm.name}" is running: --live hot-plugs the changed hostdevs now, and the new definition keeps them; what libvirt cannot hot-plug takes effect the next time it is powered off and started`,
+          }
+          : w
+      ),
+    })),
+  };
+}
+
 /** Hot-plug results for a running VM (`live: true`). */
 export interface LiveChange {
   /** Host addresses detached from the running guest. */

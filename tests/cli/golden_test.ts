@@ -68,6 +68,13 @@ const CASES: GoldenCase[] = [
     code: 0,
   },
   { name: "backups", args: (s) => ["backups", "--state-dir", s.stateDir], code: 0 },
+  // The running gentoo's changes are hot-plugged: the plan says so, and the test driver's refusal
+  // of every hot-plug is reported (exit 1) while the definition keeps them.
+  {
+    name: "apply_live",
+    args: (s) => ["apply", "--yes", "--live", ...plan(s, s.config), "--state-dir", `${s.dir}/live`],
+    code: 1,
+  },
   { name: "demo", args: () => ["demo"], code: 0 },
   { name: "plan_help", args: () => ["plan", "--help"], code: 0 },
   { name: "usage_error", args: () => ["plan", "--bogus"], code: 2 },

@@ -275,3 +275,22 @@ Deno.test("a refused VM's repair that follows a moved card says where to, and co
     "0 VMs to change, 0 hostdevs to add, 0 to remove, 1 VM refused, 1 hostdev to follow a moved card in refused VMs",
   );
 });
+
+Deno.test("a running VM's header says when its changes apply: next power-off, or now with --live", () => {
+  const running = { ...vm([], []), active: true };
+  const header = (options: { color: false; live?: boolean }) =>
+    renderVmPlan(running, options).split("\n")[0];
+  assertEquals(
+    header({ color: false }),
+    "VM router (running: changes apply at the next full power-off)",
+  );
+  assertEquals(
+    header({ color: false, live: true }),
+    "VM router (running: --live hot-plugs the changes now; what fails applies at the next full power-off)",
+  );
+  // A shut-off VM takes its changes at its next start either way.
+  assertEquals(
+    renderVmPlan(vm([], []), { color: false, live: true }).split("\n")[0],
+    "VM router (shut off)",
+  );
+});
