@@ -55,7 +55,7 @@ export function shellQuote(text: string): string {
 
 /**
  * The hook script. Exit codes: 0 lets the start go on; 1 stops it (a refusal, a deadline, a
- * check that cannot run). Nothing is ever written to standard output.
+ * check that cannot run or that a signal ended). Nothing is ever written to standard output.
  *
  * @example
  * ```ts
@@ -90,7 +90,11 @@ case $status in
   125 | 126 | 127)
     printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&2
     exit 1 ;;
-  *) exit 1 ;;
+  *)
+    if [ "$status" -gt 128 ]; then
+      printf 'passthrough guard: refusing to start "%s": the check was ended by signal %s (failing closed)\\n' "$1" $((status - 128)) >&2
+    fi
+    exit 1 ;;
 esac
 `;
 }

@@ -158,6 +158,19 @@ Deno.test({
           '(failing closed); see "passthrough hook status"\n',
       );
       assertOk(late.ms >= 900 && late.ms < 5000, `${late.ms} ms`);
+
+      // A check a signal ends (a crash): sh names the signal ("Segmentation fault"), then the
+      // hook says what it means.
+      const crash = installHook(
+        `${dir}/d`,
+        renderHookScript(settings([standIn(dir, 0, "kill -SEGV $$")])),
+      );
+      const crashed = await runScript(crash.path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([crashed.code, crashed.stdout], [1, ""]);
+      assertMatch(
+        crashed.stderr,
+        /\npassthrough guard: refusing to start "vm": the check was ended by signal 11 \(failing closed\)\n$/,
+      );
     });
   },
 });
