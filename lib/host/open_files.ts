@@ -31,11 +31,13 @@ export interface DeviceNode {
  *
  * A descriptor holds a node when the kernel shows the node's path as its link's target, or, with
  * the reader's {@link SysfsReader.deviceNumber}, when the link leads to a character device of the
- * node's number: a container given the node under another name (`/dev/gpu0`), a chroot's copy
- * (`/srv/root/dev/dri/card1`), a node deleted and made again (`/dev/dri/card1 (deleted)`). Only
- * targets in a `/dev` directory are asked: a file on a network mount whose server hangs is never
- * `stat`ed, and a desktop's thousands of sockets, pipes and files cost no call. A node made
- * elsewhere (`mknod /tmp/gpu`) is not seen.
+ * node's number: a container given the node under another name in its own `/dev` (the kernel
+ * shows the path as the container sees it: `/dev/gpu0`), a node deleted and made again
+ * (`/dev/dri/card1 (deleted)`). Only targets under `/dev/` are asked, where the kernel's own file
+ * systems hold device nodes: a `stat` of a file on a network or FUSE mount whose server hangs
+ * would hang too (a user's `~/dev/` included), and a desktop's thousands of sockets, pipes and
+ * files cost no call. A node made elsewhere (`mknod /tmp/gpu`, a chroot's `/srv/root/dev/`) is not
+ * seen.
  *
  * @example
  * ```ts
@@ -101,7 +103,7 @@ function heldBy(reader: SysfsReader, dir: string, wanted: Wanted): Set<string> {
       if (target === null) continue;
       if (wanted.byPath.has(target)) {
         held.add(target);
-      } else if (byNumber !== null && byNumber.size > 0 && target.includes("/dev/")) {
+      } else if (byNumber !== null && byNumber.size > 0 && target.startsWith("/dev/")) {
         const node = byNumber.get(numberOf(reader, link) ?? "");
         if (node !== undefined) held.add(node);
       }

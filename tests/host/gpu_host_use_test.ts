@@ -248,10 +248,15 @@ function renumber(dir: string): void {
 
 for (const [name, reader] of [["Deno", denoFsReader()], ["libc", libcSysfsReader()]] as const) {
   Deno.test(`gpuHolders() (${name} reader): a node under another name counts by its device number`, async () => {
-    // A container's `/dev/gpu` and a chroot's copy lead to the same device as `/dev/full`;
-    // `/dev/null` (1:3) and a path outside `/dev` are other files.
+    // Here `/dev/full` stands for the node as a container shows it under another name;
+    // `/dev/null` (1:3) is another device, and no path outside `/dev/` is stat'ed.
     const container: Processes[number] = [700, "ollama", ["/dev/null", "/dev/full"]];
-    const elsewhere: Processes[number] = [701, "cat", ["/tmp/full", "/proc/self/fd/0"]];
+    const elsewhere: Processes[number] = [701, "cat", [
+      "/tmp/full",
+      "/proc/self/fd/0",
+      "/home/alice/dev/notes.txt",
+      "/srv/root/dev/full",
+    ]];
     const holders = (reader: SysfsReader) =>
       withTree([container, elsewhere], false, (dir) => {
         renumber(dir);
@@ -268,8 +273,8 @@ for (const [name, reader] of [["Deno", denoFsReader()], ["libc", libcSysfsReader
       });
     assertEquals(await holders(reader), {
       found: [[GUEST_GPU, [{ pid: 700, command: "ollama", nodes: ["/dev/dri/renderD129"] }]]],
-      // Only links into a `/dev` directory are stat'ed: never a file elsewhere, which could sit
-      // on a network mount whose server hangs.
+      // Only links under `/dev/` are stat'ed: never a file elsewhere, which could sit on a
+      // network or FUSE mount whose server hangs.
       asked: ["/proc/700/fd/0", "/proc/700/fd/1"],
     });
     // A reader without device numbers knows nodes by their path alone.
@@ -307,69 +312,61 @@ Deno.test("deviceNumber(): a character device's major:minor, links followed; nul
 });
 
 Deno.test({
-  name: "gpuHolders() on the live /proc: a renamed node, then deleted, is still the GPU's",
+  name: "gpuHolders() on the live /proc: a container's node under another name, then deleted",
   ignore: Deno.uid() !== 0,
   async fn() {
     await withTree([], false, async (dir) => {
       renumber(dir);
-      // A chroot's node: another path, the device's number, held open by a real process.
-      Deno.mkdirSync(`${dir}/chroot/dev`, { recursive: true });
-      const node = `${dir}/chroot/dev/gpu0`;
-      const mknod = new Deno.Command("mknod", { args: [node, "c", "1", "7"] }).outputSync();
-      assertEquals(mknod.code, 0, new TextDecoder().decode(mknod.stderr));
-      const child = new Deno.Command("sh", {
-        args: ["-c", 'exec sleep 60 < "$0"', node],
-        stdout: "null",
-        stderr: "null",
+      // A container: its own /dev (a tmpfs in a private mount namespace, unseen by this one),
+      // where the device has another name; the shell holds it open on descriptor 3.
+      const script = "mount -t tmpfs tmpfs /dev && mknod /dev/gpu0 c 1 7 && exec 3</dev/gpu0 && " +
+        "echo held && read step && rm /dev/gpu0 && echo deleted && { read step || true; }";
+      const child = new Deno.Command("unshare", {
+        args: ["-m", "--propagation", "private", "sh", "-c", script],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
       }).spawn();
+      const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      const input = child.stdin.getWriter();
       try {
-        const holder = (reader: SysfsReader) => {
-          const found = gpuHolders(reader, { sysRoot: dir, procRoot: "/proc" }, [GUEST_GPU]);
-          return (found.get(GUEST_GPU) ?? []).find((h) => h.pid === child.pid);
-        };
-        const expected = { pid: child.pid, command: "sleep", nodes: ["/dev/dri/renderD129"] };
-        // The shell opens the node, then becomes sleep.
-        for (let i = 0; i < 100 && holder(libcSysfsReader())?.command !== "sleep"; i++) {
-          await new Promise((r) => setTimeout(r, 20));
-        }
+        assertEquals((await lines.read()).value, "held\n");
+        const link = () => Deno.readLinkSync(`/proc/${child.pid}/fd/3`);
+        assertEquals(link(), "/dev/gpu0");
+        const holder = (reader: SysfsReader) =>
+          gpuHolders(reader, { sysRoot: dir, procRoot: "/proc" }, [GUEST_GPU]).get(GUEST_GPU)
+            ?.find((h) => h.pid === child.pid);
+        const expected = { pid: child.pid, command: "sh", nodes: ["/dev/dri/renderD129"] };
         assertEquals(holder(libcSysfsReader()), expected);
         assertEquals(holder(denoFsReader()), expected);
         // Deleted: the kernel shows "PATH (deleted)", and the open file is the same device.
-        Deno.removeSync(node);
-        assertMatch(Deno.readLinkSync(`/proc/${child.pid}/fd/0`), / \(deleted\)$/);
+        await input.write(new TextEncoder().encode("next\n"));
+        assertEquals((await lines.read()).value, "deleted\n");
+        assertEquals(link(), "/dev/gpu0 (deleted)");
         assertEquals(holder(libcSysfsReader()), expected);
         assertEquals(holder(denoFsReader()), expected);
       } finally {
-        child.kill("SIGKILL");
-        await child.status;
+        await input.close().catch(() => {});
+        await lines.cancel().catch(() => {});
+        const status = await child.status;
+        const stderr = await new Response(child.stderr).text();
+        assertEquals(status.code, 0, stderr);
       }
     });
   },
 });
 
-Deno.test({
-  name: "gpuHolders(): NVIDIA's node under another name counts by its number (195:minor)",
-  ignore: Deno.uid() !== 0,
-  async fn() {
-    const renamed = "/chroot/dev/gpu-nvidia";
-    const processes: Processes = [[1200, "python3", ["placeholder"]]];
-    const found = await withTree(processes, true, (dir) => {
-      // The fd link leads to a node of NVIDIA's major and the GPU's minor under another path; no
-      // driver here opens it, so a link stands for the descriptor (stat follows both alike).
-      Deno.mkdirSync(`${dir}/chroot/dev`, { recursive: true });
-      const mknod = new Deno.Command("mknod", { args: [`${dir}${renamed}`, "c", "195", "0"] })
-        .outputSync();
-      assertEquals(mknod.code, 0, new TextDecoder().decode(mknod.stderr));
-      Deno.removeSync(`${dir}/proc/1200/fd/0`);
-      Deno.symlinkSync(`${dir}${renamed}`, `${dir}/proc/1200/fd/0`);
-      return [
-        ...gpuHolders(denoFsReader(), { sysRoot: dir, procRoot: `${dir}/proc` }, [GUEST_GPU]),
-      ];
-    });
-    assertEquals(found, [[GUEST_GPU, [{
-      pid: 1200,
-      command: "python3",
-      nodes: ["/dev/nvidia0"],
-    }]]]);
-  },
+Deno.test("gpuHolders(): NVIDIA's node under another name counts by its number (195:minor)", async () => {
+  // No NVIDIA driver here opens a 195:N node: a stand-in reader says what a stat of the
+  // descriptor would (a container's /dev/nvidia-ctr0 as the GPU's minor 0).
+  const processes: Processes = [[1200, "python3", ["/dev/nvidia-ctr0", "/dev/nvidia-ctr1"]]];
+  const found = await withTree(processes, true, (dir) => {
+    const numbers: Record<string, string> = {
+      [`${dir}/proc/1200/fd/0`]: "195:0",
+      [`${dir}/proc/1200/fd/1`]: "195:1",
+    };
+    const reader = { ...denoFsReader(), deviceNumber: (path: string) => numbers[path] ?? null };
+    return [...gpuHolders(reader, { sysRoot: dir, procRoot: `${dir}/proc` }, [GUEST_GPU])];
+  });
+  assertEquals(found, [[GUEST_GPU, [{ pid: 1200, command: "python3", nodes: ["/dev/nvidia0"] }]]]);
 });
