@@ -29,15 +29,17 @@ export interface DeviceNode {
  * order; a node no process holds is absent. A process that exits meanwhile, or whose descriptors
  * cannot be read here (another user's, when not run as root; one an LSM hides), holds nothing.
  *
- * A descriptor holds a node when the kernel shows the node's path as its link's target, or, with
- * the reader's {@link SysfsReader.deviceNumber}, when the link leads to a character device of the
- * node's number: a container given the node under another name in its own `/dev` (the kernel
- * shows the path as the container sees it: `/dev/gpu0`), a node deleted and made again
- * (`/dev/dri/card1 (deleted)`). Only targets under `/dev/` are asked, where the kernel's own file
- * systems hold device nodes: a `stat` of a file on a network or FUSE mount whose server hangs
- * would hang too (a user's `~/dev/` included), and a desktop's thousands of sockets, pipes and
- * files cost no call. A node made elsewhere (`mknod /tmp/gpu`, a chroot's `/srv/root/dev/`) is not
- * seen.
+ * With the reader's {@link SysfsReader.deviceNumber} and a node's number known, a descriptor holds
+ * the node when its link leads to a character device of that number, whatever the path; else
+ * when the kernel shows the node's path as the link's target. So the node counts under another
+ * name in a container's own `/dev` (the kernel shows the path as the container sees it:
+ * `/dev/gpu0`) or deleted and made again (`/dev/dri/card1 (deleted)`), and a path a container gave
+ * another GPU's node (`--device /dev/dri/renderD129:/dev/dri/renderD128`) does not count for the
+ * GPU that path names on the host. Only targets under `/dev/` are asked (not `/dev/pts/`), where
+ * the kernel's own file systems hold device nodes: a `stat` of a file on a network or FUSE mount
+ * whose server hangs would hang too (a user's `~/dev/` included), and a desktop's thousands of
+ * sockets, pipes and files cost no call. A node made elsewhere (`mknod /tmp/gpu`, a chroot's
+ * `/srv/root/dev/`) is not seen.
  *
  * @example
  * ```ts
@@ -67,6 +69,7 @@ export function openBy(
   const wanted: Wanted = {
     byPath: new Set(nodes.map((n) => n.path)),
     byNumber: new Map(nodes.flatMap((n) => n.number === null ? [] : [[n.number, n.path]])),
+    numbered: new Set(nodes.flatMap((n) => n.number === null ? [] : [n.path])),
   };
   const pids = (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
     .map(Number).sort((a, b) => a - b);
@@ -83,10 +86,11 @@ export function openBy(
   return holders;
 }
 
-/** The nodes asked about, by path and by device number (to the path). */
+/** The nodes asked about: by path, by device number (to the path), and those with a number. */
 interface Wanted {
   byPath: ReadonlySet<string>;
   byNumber: ReadonlyMap<string, string>;
+  numbered: ReadonlySet<string>;
 }
 
 /**
@@ -101,11 +105,16 @@ function heldBy(reader: SysfsReader, dir: string, wanted: Wanted): Set<string> {
       const link = `${dir}/fd/${fd}`;
       const target = reader.readLink(link);
       if (target === null) continue;
-      if (wanted.byPath.has(target)) {
+      // Terminals (devpts) are never a GPU's node: the most common descriptors cost no call.
+      const asked = byNumber !== null && byNumber.size > 0 && target.startsWith("/dev/") &&
+        !target.startsWith("/dev/pts/");
+      const number = asked ? numberOf(reader, link) : null;
+      const node = number === null ? undefined : byNumber!.get(number);
+      if (node !== undefined) held.add(node);
+      // A path names its node only when the number cannot say: a container may give one GPU's
+      // node another GPU's path (--device /dev/dri/renderD129:/dev/dri/renderD128).
+      else if (wanted.byPath.has(target) && (number === null || !wanted.numbered.has(target))) {
         held.add(target);
-      } else if (byNumber !== null && byNumber.size > 0 && target.startsWith("/dev/")) {
-        const node = byNumber.get(numberOf(reader, link) ?? "");
-        if (node !== undefined) held.add(node);
       }
     }
   } catch {

@@ -249,13 +249,15 @@ function renumber(dir: string): void {
 for (const [name, reader] of [["Deno", denoFsReader()], ["libc", libcSysfsReader()]] as const) {
   Deno.test(`gpuHolders() (${name} reader): a node under another name counts by its device number`, async () => {
     // Here `/dev/full` stands for the node as a container shows it under another name;
-    // `/dev/null` (1:3) is another device, and no path outside `/dev/` is stat'ed.
+    // `/dev/null` (1:3) is another device, and no path outside `/dev/` (nor a terminal) is
+    // stat'ed.
     const container: Processes[number] = [700, "ollama", ["/dev/null", "/dev/full"]];
     const elsewhere: Processes[number] = [701, "cat", [
       "/tmp/full",
       "/proc/self/fd/0",
       "/home/alice/dev/notes.txt",
       "/srv/root/dev/full",
+      "/dev/pts/0",
     ]];
     const holders = (reader: SysfsReader) =>
       withTree([container, elsewhere], false, (dir) => {
@@ -318,8 +320,10 @@ Deno.test({
     await withTree([], false, async (dir) => {
       renumber(dir);
       // A container: its own /dev (a tmpfs in a private mount namespace, unseen by this one),
-      // where the device has another name; the shell holds it open on descriptor 3.
-      const script = "mount -t tmpfs tmpfs /dev && mknod /dev/gpu0 c 1 7 && exec 3</dev/gpu0 && " +
+      // where the device has another name, and also the host GPU's render node's path (as
+      // --device /dev/dri/renderD129:/dev/dri/renderD128 gives it); the shell holds both open.
+      const script = "mount -t tmpfs tmpfs /dev && mkdir /dev/dri && mknod /dev/gpu0 c 1 7 && " +
+        "mknod /dev/dri/renderD128 c 1 7 && exec 3</dev/gpu0 4</dev/dri/renderD128 && " +
         "echo held && read step && rm /dev/gpu0 && echo deleted && { read step || true; }";
       const child = new Deno.Command("unshare", {
         args: ["-m", "--propagation", "private", "sh", "-c", script],
@@ -333,9 +337,15 @@ Deno.test({
         assertEquals((await lines.read()).value, "held\n");
         const link = () => Deno.readLinkSync(`/proc/${child.pid}/fd/3`);
         assertEquals(link(), "/dev/gpu0");
-        const holder = (reader: SysfsReader) =>
-          gpuHolders(reader, { sysRoot: dir, procRoot: "/proc" }, [GUEST_GPU]).get(GUEST_GPU)
-            ?.find((h) => h.pid === child.pid);
+        // Only the GPU whose device it is: not the host GPU whose render node's path it shows.
+        const holder = (reader: SysfsReader) => {
+          const found = gpuHolders(reader, { sysRoot: dir, procRoot: "/proc" }, [
+            HOST_GPU,
+            GUEST_GPU,
+          ]);
+          assertEquals(found.get(HOST_GPU)?.find((h) => h.pid === child.pid), undefined);
+          return found.get(GUEST_GPU)?.find((h) => h.pid === child.pid);
+        };
         const expected = { pid: child.pid, command: "sh", nodes: ["/dev/dri/renderD129"] };
         assertEquals(holder(libcSysfsReader()), expected);
         assertEquals(holder(denoFsReader()), expected);
