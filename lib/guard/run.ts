@@ -2,8 +2,8 @@
  * One run of the hook's check, as `passthrough hook run` does it: only `prepare begin` is
  * checked, under the VM's and its rules' policies (`guard:`, recorded by `apply`); refusals
  * under `enforce` stop the start unless a one-shot allowance is waiting, those under `warn` are
- * only printed; the outcome is recorded in the state directory. Returns the exit code and the lines for standard error, so
- * the CLI only reads standard input and prints.
+ * only printed; the outcome is recorded in the state directory. Returns the exit code and the
+ * lines for standard error, so the CLI only reads standard input and prints.
  *
  * @module
  */

@@ -67,9 +67,8 @@ export function openBy(
   const holders = new Map<string, NodeHolder[]>();
   if (nodes.length === 0) return holders;
   const wanted: Wanted = {
-    byPath: new Set(nodes.map((n) => n.path)),
+    byPath: new Map(nodes.map((n) => [n.path, n.number])),
     byNumber: new Map(nodes.flatMap((n) => n.number === null ? [] : [[n.number, n.path]])),
-    numbered: new Set(nodes.flatMap((n) => n.number === null ? [] : [n.path])),
   };
   const pids = (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
     .map(Number).sort((a, b) => a - b);
@@ -86,11 +85,10 @@ export function openBy(
   return holders;
 }
 
-/** The nodes asked about: by path, by device number (to the path), and those with a number. */
+/** The nodes asked about: by path (to the number), and by device number (to the path). */
 interface Wanted {
-  byPath: ReadonlySet<string>;
+  byPath: ReadonlyMap<string, string | null>;
   byNumber: ReadonlyMap<string, string>;
-  numbered: ReadonlySet<string>;
 }
 
 /**
@@ -99,21 +97,22 @@ interface Wanted {
  */
 function heldBy(reader: SysfsReader, dir: string, wanted: Wanted): Set<string> {
   const held = new Set<string>();
-  const byNumber = reader.deviceNumber === undefined ? null : wanted.byNumber;
+  const byNumber = reader.deviceNumber !== undefined && wanted.byNumber.size > 0;
   try {
     for (const fd of reader.listDir(`${dir}/fd`) ?? []) {
       const link = `${dir}/fd/${fd}`;
       const target = reader.readLink(link);
       if (target === null) continue;
       // Terminals (devpts) are never a GPU's node: the most common descriptors cost no call.
-      const asked = byNumber !== null && byNumber.size > 0 && target.startsWith("/dev/") &&
-        !target.startsWith("/dev/pts/");
+      const asked = byNumber && target.startsWith("/dev/") && !target.startsWith("/dev/pts/");
       const number = asked ? numberOf(reader, link) : null;
-      const node = number === null ? undefined : byNumber!.get(number);
+      const node = number === null ? undefined : wanted.byNumber.get(number);
       if (node !== undefined) held.add(node);
-      // A path names its node only when the number cannot say: a container may give one GPU's
+      // A path names its node only when a number cannot say: a container may give one GPU's
       // node another GPU's path (--device /dev/dri/renderD129:/dev/dri/renderD128).
-      else if (wanted.byPath.has(target) && (number === null || !wanted.numbered.has(target))) {
+      else if (
+        wanted.byPath.has(target) && (number === null || wanted.byPath.get(target) === null)
+      ) {
         held.add(target);
       }
     }
@@ -123,8 +122,10 @@ function heldBy(reader: SysfsReader, dir: string, wanted: Wanted): Set<string> {
   return held;
 }
 
-/** The device number the descriptor's link leads to; `null` when it closed meanwhile or the
- * kernel refuses the `stat`. */
+/**
+ * The device number the descriptor's link leads to; `null` when it closed meanwhile or the kernel
+ * refuses the `stat`.
+ */
 function numberOf(reader: SysfsReader, link: string): string | null {
   try {
     return reader.deviceNumber!(link);

@@ -443,8 +443,10 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * import { denoFsReader } from "./sysfs.ts";
- * const reader = unknownOnError({ ...denoFsReader(), readText: () => { throw new Error("EACCES"); }
- * });
+ * const refusing = () => {
+ *   throw new Error("EACCES");
+ * };
+ * const reader = unknownOnError({ ...denoFsReader(), readText: refusing });
  * assertEquals(reader.readText("/proc/iomem"), null);
  * ```
  */

@@ -1148,33 +1148,28 @@ export function gpuHolders(
   roots: { sysRoot: string; procRoot: string },
   addresses: readonly PciAddress[],
 ): Map<PciAddress, GpuHolder[]> {
-  const nodes = new Map<string, PciAddress>();
-  const numbers: DeviceNode[] = [];
+  const nodes: (DeviceNode & { address: PciAddress })[] = [];
   for (const address of addresses) {
     const drm = `${roots.sysRoot}/bus/pci/devices/${address}/drm`;
-    for (
-      const name of (reader.listDir(drm) ?? []).filter((n) => /^(card|renderD)[0-9]+$/.test(n))
-        .sort()
-    ) {
-      nodes.set(`/dev/dri/${name}`, address);
+    const names = (reader.listDir(drm) ?? []).filter((n) => /^(card|renderD)[0-9]+$/.test(n));
+    for (const name of names.sort()) {
       const number = readAttribute(reader, `${drm}/${name}/dev`);
-      numbers.push({
-        path: `/dev/dri/${name}`,
-        number: /^[0-9]+:[0-9]+$/.test(number ?? "") ? number : null,
-      });
+      const known = number !== null && /^[0-9]+:[0-9]+$/.test(number);
+      nodes.push({ path: `/dev/dri/${name}`, number: known ? number : null, address });
     }
     const information = reader.readText(
       `${roots.procRoot}/driver/nvidia/gpus/${address}/information`,
     );
     const minor = /^Device Minor:\s*([0-9]+)\s*$/m.exec(information ?? "")?.[1];
     if (minor !== undefined) {
-      nodes.set(`/dev/nvidia${minor}`, address);
-      numbers.push({ path: `/dev/nvidia${minor}`, number: `${NVIDIA_MAJOR}:${Number(minor)}` });
+      const number = `${NVIDIA_MAJOR}:${Number(minor)}`;
+      nodes.push({ path: `/dev/nvidia${minor}`, number, address });
     }
   }
+  const addressOf = new Map(nodes.map((n) => [n.path, n.address]));
   const byAddress = new Map<PciAddress, Map<number, GpuHolder>>();
-  for (const [node, holders] of openBy(reader, roots.procRoot, numbers)) {
-    const address = nodes.get(node)!;
+  for (const [node, holders] of openBy(reader, roots.procRoot, nodes)) {
+    const address = addressOf.get(node)!;
     const processes = byAddress.get(address) ?? new Map<number, GpuHolder>();
     for (const { pid, command } of holders) {
       const holder = processes.get(pid) ?? { pid, command, nodes: [] };

@@ -101,8 +101,8 @@ export function onDefinedNetworks(defined: UsedDevices, live: UsedDevices): Used
  * The PCI controllers under the host devices in `used`, each with what it holds (`disk
  * /dev/sdb`, `USB device 046d:c52b`, `SCSI adapter scsi_host2`, `network interface br0`,
  * `network lan (interface br0)`, `character device /dev/ttyUSB0`, followed by `mark`). A block
- * disk, character device or network that cannot be read counts no controller and is passed to `unreadable`, with what it
- * is (`disk`, `character device`, `network`).
+ * disk, character device or network that cannot be read counts no controller and is passed to
+ * `unreadable`, with what it is (`disk`, `character device`, `network`).
  *
  * @example
  * ```ts
