@@ -108,7 +108,8 @@ export interface ParsedDomain extends UsedDevices {
    */
   interfaceHostdevs: PciAddress[];
   /**
-   * Host addresses of `<disk type='nvme'>` controllers: libvirt detaches each from the host at
+   * Host addresses of the NVMe controllers of disks: a `<disk type='nvme'>`'s and every
+   * `<backingStore type='nvme'>`'s in a disk's chain. libvirt detaches each from the host at
    * start as it does a managed hostdev. Never edited; listed so planning sees them as taken.
    */
   nvmeDisks: PciAddress[];
@@ -369,15 +370,8 @@ function locate(xml: string): Located {
         ? readMdevHostdev(xml, span)
         : null;
       if (mdev !== null) mdevs.add(mdev);
-    } else if (
-      span.name === "disk" && attribute(xml, span, "type") === "nvme" &&
-      span.children.some((c) => c.name === "source")
-    ) {
-      // Without a source there is nothing to detach (libvirt's schema allows it).
-      const address = interfaceAddress(read(xml, span));
-      if (address === null) throw errorAt(xml, span.start, "NVMe disk has no valid source address");
-      nvmeDisks.push(address);
     } else if (span.name === "disk") {
+      nvmeDisks.push(...nvmeSources(xml, span));
       blockDisks.push(...sourceDevices(xml, span));
     } else {
       const char = charSourceAttribute(span.name, attribute(xml, span, "type"));
@@ -449,6 +443,28 @@ function sourceDevices(xml: string, span: XmlSpan): string[] {
     const dev = child.name === "source" ? attribute(xml, child, "dev") : undefined;
     return [...(dev ? [dev] : []), ...sourceDevices(xml, child)];
   });
+}
+
+/**
+ * The host PCI addresses of the NVMe controllers in a disk's storage chain: its own source when
+ * it is `type='nvme'`, and that of every `<backingStore type='nvme'>` at any depth (libvirt
+ * detaches each at start; a disk-only snapshot of an NVMe disk writes such a backing store).
+ * Without a source there is nothing to detach (libvirt's schema allows it).
+ */
+function nvmeSources(xml: string, span: XmlSpan): PciAddress[] {
+  const own = attribute(xml, span, "type") === "nvme" &&
+      span.children.some((c) => c.name === "source")
+    ? [span]
+    : [];
+  return [
+    ...own.map((nvme) => {
+      const address = interfaceAddress(read(xml, nvme));
+      if (address !== null) return address;
+      const what = nvme.name === "disk" ? "NVMe disk" : "NVMe backing store";
+      throw errorAt(xml, nvme.start, `${what} has no valid source address`);
+    }),
+    ...span.children.filter((c) => c.name === "backingStore").flatMap((c) => nvmeSources(xml, c)),
+  ];
 }
 
 /** The host PCI address of an `<interface type='hostdev'>`, or `null` for another bus. */
@@ -643,7 +659,8 @@ function readVfRecords(xml: string, ours: XmlSpan): VfIdentity[] {
  * Reads a domain's name, UUID, PCI subsystem hostdevs (with their exact text, and whether our
  * metadata records them) and our metadata records. Other hostdev kinds (usb, scsi, mdev) are not
  * listed; `<interface type='hostdev'>` PCI sources are, apart, as `interfaceHostdevs`, and
- * `<disk type='nvme'>` controllers as `nvmeDisks` ({@link heldAddresses}: all of them).
+ * `<disk type='nvme'>` controllers (and NVMe backing stores) as `nvmeDisks` ({@link heldAddresses}:
+ * all of them).
  *
  * Throws {@link DomainXmlError} (with line, column) on malformed XML, a DOCTYPE, a root other than
  * `<domain>`, a `<domain>` without `<name>`, or a PCI hostdev or NVMe disk without a valid source

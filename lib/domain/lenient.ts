@@ -119,11 +119,52 @@ function lenientTag(text: string, index: number): LenientTag | null {
 }
 
 /**
+ * The index just after the `</metadata>` that closes the `<metadata>` whose start tag ends at
+ * `from`, or -1 when it does not close. Other applications' content may hold `<metadata>`
+ * elements of its own (in another namespace, unprefixed) and comments, CDATA sections and
+ * processing instructions saying `</metadata>`, all kept verbatim by libvirt: the first
+ * `</metadata>` is not always the end.
+ */
+function metadataEnd(xml: string, from: number): number {
+  let depth = 1;
+  for (let i = from;;) {
+    const lt = xml.indexOf("<", i);
+    if (lt === -1) return -1;
+    const skipped = xml.startsWith("<!--", lt)
+      ? ["-->", 4]
+      : xml.startsWith("<![CDATA[", lt)
+      ? ["]]>", 9]
+      : xml.startsWith("<?", lt)
+      ? ["?>", 2]
+      : null;
+    if (skipped !== null) {
+      const [terminator, length] = skipped as [string, number];
+      const end = xml.indexOf(terminator, lt + length);
+      if (end === -1) return -1;
+      i = end + terminator.length;
+    } else if (xml.startsWith("</metadata", lt)) {
+      let end = lt + 10;
+      while (end < xml.length && SPACE.test(xml[end]!)) end++;
+      if (xml[end] === ">" && --depth === 0) return end + 1;
+      i = end;
+    } else if (xml.startsWith("<metadata", lt) && nameEndsAt(xml, lt + 9)) {
+      const tag = lenientTag(xml, lt);
+      if (tag === null) return -1;
+      if (!tag.selfClosing) depth++;
+      i = tag.end;
+    } else {
+      i = lt + 1;
+    }
+  }
+}
+
+/**
  * `xml` with comments, CDATA sections, processing instructions and `<metadata>` blanked out
  * (same length, so indexes still match): none of them holds a device, and `<metadata>` is
- * copied verbatim from whatever other applications wrote, so it may say `<hostdev>` freely.
- * A construct left unterminated is not blanked: what follows it may still be devices. With
- * `keepMetadata`, `<metadata>` stays (for reading the records in it).
+ * copied verbatim from whatever other applications wrote, so it may say `<hostdev>` or
+ * `<forward>` freely (and `</metadata>` inside a comment, or in a `<metadata>` of its own:
+ * {@link metadataEnd}). A construct left unterminated is not blanked: what follows it may
+ * still be devices. With `keepMetadata`, `<metadata>` stays (for reading the records in it).
  */
 function blankNonDevices(xml: string, keepMetadata = false): string {
   // libvirt writes none of these, so in most definitions only <metadata> is to be blanked.
@@ -134,7 +175,7 @@ function blankNonDevices(xml: string, keepMetadata = false): string {
   const through = (terminator: string, from: number): number => {
     if (exhausted.has(terminator)) return -1;
     const found = terminator === "</metadata"
-      ? findEndTag(xml, "metadata", from)?.end ?? -1
+      ? metadataEnd(xml, from)
       : xml.indexOf(terminator, from);
     if (found === -1) exhausted.add(terminator);
     return found === -1 || terminator === "</metadata" ? found : found + terminator.length;
@@ -299,14 +340,12 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     const { type, mode } = tag.attributes;
     if (name === "disk") {
       const inside = tag.selfClosing ? "" : elementContent(element.slice(tag.end), "disk");
-      // A disk whose type cannot be read but that says nvme is taken to be one.
-      const nvme = type === "nvme" || (type === undefined && tag.raw.includes("nvme"));
-      if (!nvme) {
-        for (const dev of sourceDevices(inside)) blockDisks.add(dev);
-        return;
+      for (const dev of sourceDevices(inside)) blockDisks.add(dev);
+      for (const address of nvmeSources(tag, inside)) {
+        if (address === null) unresolved++;
+        else if (address !== "not-pci" && !found.has(address)) found.set(address, "disk");
       }
-      // Without a source there is nothing to detach (libvirt's schema allows it).
-      if (findTag(inside, "source") === -1) return;
+      return;
     }
     // An interface whose type cannot be read but that says hostdev is taken to be one.
     const hostdevInterface = type === "hostdev" ||
@@ -426,6 +465,44 @@ function actualDevice(body: string): string | null {
 function elementContent(body: string, element: string): string {
   const close = findTag(body, element, 0, true);
   return close === -1 ? body : body.slice(0, close);
+}
+
+/** Whether a tag's `type` says `nvme`; one whose type cannot be read but says nvme is taken to be. */
+function saysNvme(tag: LenientTag): boolean {
+  const type = tag.attributes.type;
+  return type === "nvme" || (type === undefined && tag.raw.includes("nvme"));
+}
+
+/**
+ * The host PCI addresses of the NVMe controllers in a disk's storage chain (start tag `disk`,
+ * content `inside`): its own source when the disk is `type='nvme'`, and that of every
+ * `<backingStore type='nvme'>` at any depth. libvirt detaches each of them from the host at
+ * start as it does a managed hostdev (`virHostdevPrepareNVMeDevices` walks the backing chain),
+ * and a disk-only snapshot of an NVMe disk writes such a backing store. `null` for one whose
+ * address cannot be read. A disk without a source has nothing to detach (libvirt's schema
+ * allows it).
+ */
+function nvmeSources(
+  disk: LenientTag,
+  inside: string,
+): Array<PciAddress | "not-pci" | null> {
+  const addresses: Array<PciAddress | "not-pci" | null> = [];
+  if (saysNvme(disk) && findTag(inside, "source") !== -1) addresses.push(sourceAddress(inside));
+  for (let at = findTag(inside, "backingStore"); at !== -1;) {
+    const store = lenientTag(inside, at);
+    if (store === null) {
+      // A start tag that does not even close: counted when it may be an NVMe one.
+      const stop = inside.indexOf("<", at + 1);
+      if (inside.slice(at, stop === -1 ? inside.length : stop).includes("nvme")) {
+        addresses.push(null);
+      }
+    } else if (saysNvme(store)) {
+      // Its own <source> comes before the <backingStore> it nests (libvirt's order).
+      addresses.push(store.selfClosing ? null : sourceAddress(inside.slice(store.end)));
+    }
+    at = findTag(inside, "backingStore", at + 1);
+  }
+  return addresses;
 }
 
 /**
@@ -692,8 +769,17 @@ export const VF_RECORD_ATTRIBUTES = {
 
 const REQUIRED_FIELDS = ["address", "vendorId", "deviceId", "classCode", "rule"] as const;
 
+/**
+ * XML's name characters (XML 1.0 fifth edition, `NameStartChar` and `NameChar`): other
+ * applications' metadata may name elements `<app:données>`, which libvirt keeps.
+ */
+const NAME_START =
+  String.raw`A-Za-z_:\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u02FF\u0370-\u037D\u037F-\u1FFF` +
+  String.raw`\u200C\u200D\u2070-\u218F\u2C00-\u2FEF\u3001-\uD7FF\uF900-\uFDCF\uFDF0-\uFFFD` +
+  String.raw`\u{10000}-\u{EFFFF}`;
+const NAME = String.raw`[${NAME_START}][${NAME_START}\-.0-9\u00B7\u0300-\u036F\u203F\u2040]*`;
 /** A start or end tag at the sticky index: the `/` of an end tag, the name, the rest up to `>`. */
-const TAG_AT = /<(\/?)([A-Za-z_][\w.:-]*)((?:[^<>'"]|'[^'<]*'|"[^"<]*")*)>/y;
+const TAG_AT = new RegExp(String.raw`<(\/?)(${NAME})((?:[^<>'"]|'[^'<]*'|"[^"<]*")*)>`, "uy");
 /** What may follow a start tag's name: attributes, each after whitespace and quoted, then `/`. */
 const ATTRIBUTES_ONLY = /^(?:\s+[^\s=<>/"']+\s*=\s*(?:'[^'<]*'|"[^"<]*"))*\s*\/?$/;
 const CHARACTER_REFERENCE = /&#(?:([0-9]+)|x([0-9a-fA-F]+));/g;

@@ -274,6 +274,8 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   ];
   const found = facts.passed.map((p) => {
     const recorded = facts.records.find((r) => r.address === p.address) ?? null;
+    // By address alone: a VF record is checked whichever element names its address.
+    const vf = facts.vfRecords.find((r) => r.address === p.address);
     return {
       ...p,
       // Identity only: a VF's PF link where an interface may be one, the configuration space
@@ -281,10 +283,11 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       // the check does not use (every read costs at every start).
       device: readDeviceAt(input.reader, input.root, p.address, {
         details: false,
-        physfn: p.element === "interface",
+        physfn: p.element === "interface" || vf !== undefined,
         configSpace: recorded !== null && recorded.serial !== null,
       }),
       recorded,
+      vf,
     };
   });
   const pooled = pools.pooled.map((p) => ({
@@ -307,10 +310,9 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // The host's first use of a device is the one its refusal names (`hostCriticalReason`).
   const busy = (address: PciAddress) =>
     hostUse?.find((u) => u.address === address)?.reason === "gpu-in-use";
-  for (const { address, element, device, recorded } of found) {
+  for (const { address, element, device, recorded, vf } of found) {
     const hostNeeds = hostNeedsOf(device);
     const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
-    const vf = facts.vfRecords.find((r) => r.address === address && element === "interface");
     const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
     if (device !== null && !replaced && hostNeeds === null && vfWrong === null) continue;
     const kind: GuardRefusalKind = device === null

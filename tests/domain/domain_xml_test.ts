@@ -864,6 +864,28 @@ Deno.test("parseDomainXml() lists NVMe disks' controllers and block disks' devic
   const parsed = parseDomainXml(xml);
   // An NVMe disk without a source (libvirt's schema allows it) detaches nothing.
   assertEquals(parsed.nvmeDisks, ["0001:02:00.0"]);
+  // A disk-only snapshot of an NVMe disk: its backing store's controller is detached too.
+  const snapshot = parseDomainXml(xml.replace(
+    "<target dev='vdd'/>",
+    `<target dev='vdd'/></disk><disk type='file' device='disk'><source file='/s.qcow2'/>
+      <backingStore type='nvme' index='1'><format type='raw'/><source type='pci' managed='yes'
+      namespace='1'><address domain='0x0000' bus='0x07' slot='0x00' function='0x0'/></source>
+      <backingStore type='nvme' index='2'><format type='raw'/><source type='pci' managed='yes'
+      namespace='1'><address domain='0x0000' bus='0x08' slot='0x00' function='0x0'/></source>
+      </backingStore></backingStore><target dev='vde'/>`,
+  ));
+  assertEquals(snapshot.nvmeDisks, ["0001:02:00.0", "0000:07:00.0", "0000:08:00.0"]);
+  assertThrows(
+    () =>
+      parseDomainXml(xml.replace(
+        "<target dev='vdd'/>",
+        `<target dev='vdd'/></disk><disk type='file'><source file='/s'/><backingStore
+        type='nvme'><source type='pci'><address type='usb' bus='1' port='1'/></source>
+        </backingStore><target dev='vde'/>`,
+      )),
+    DomainXmlError,
+    "NVMe backing store has no valid source address",
+  );
   assertEquals(parsed.blockDisks, [
     "/dev/disk/by-id/ata-WDC_1",
     "/dev/mapper/data",

@@ -220,6 +220,69 @@ Deno.test("scanHostdevsLeniently() ignores comments, CDATA, processing instructi
   assertEquals(lenientHostPciAddresses(`<domain><!-- <devices>${pci}`), ["0000:09:00.0"]);
 });
 
+Deno.test("scanHostdevsLeniently() blanks <metadata> to its own end tag, not the first one", () => {
+  const fake = (bus: string) =>
+    `<hostdev xmlns="urn:b" mode="subsystem" type="pci"><source><address domain="0x0000" ` +
+    `bus="0x${bus}" slot="0x00" function="0x0"/></source></hostdev>`;
+  const real =
+    `<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source></hostdev>`;
+  // What libvirt keeps verbatim in another application's metadata: its own (unprefixed)
+  // <metadata> element, and comments, CDATA and processing instructions saying </metadata>.
+  const hiders = [
+    `<app:x xmlns:app="urn:app"><metadata xmlns="urn:b">x</metadata>${fake("07")}</app:x>`,
+    `<app:x xmlns:app="urn:app"><metadata xmlns="urn:b"><metadata/></metadata>${
+      fake("07")
+    }</app:x>`,
+    `<app:x xmlns:app="urn:app"><!-- </metadata> -->${fake("07")}</app:x>`,
+    `<app:x xmlns:app="urn:app"><![CDATA[</metadata>]]>${fake("07")}</app:x>`,
+    `<app:x xmlns:app="urn:app"><?app </metadata> ?>${fake("07")}</app:x>`,
+    `<app:x xmlns:app="urn:app"><metadata xmlns="urn:b">x</metadata >${fake("07")}</app:x>`,
+  ];
+  for (const metadata of hiders) {
+    const xml = `<domain type='kvm'><name>vm</name>
+  <metadata>
+    ${metadata}
+  </metadata>
+  <devices>${real}</devices>
+</domain>`;
+    assertEquals(scanPassedDevicesLeniently(xml).devices, [
+      { address: "0000:0a:00.0", element: "hostdev" },
+    ], metadata);
+  }
+  // A <metadataX> is not a <metadata>; an unclosed nested one leaves the rest to be scanned.
+  const unclosed = `<domain><metadata><metadata>${fake("07")}</metadata><devices>${real}`;
+  assertEquals(lenientHostPciAddresses(unclosed), ["0000:07:00.0", "0000:0a:00.0"]);
+  const other = `<domain><metadata><metadataX></metadataX>${fake("07")}</metadata>${real}`;
+  assertEquals(lenientHostPciAddresses(other), ["0000:0a:00.0"]);
+});
+
+Deno.test("scanHostdevPoolLeniently() reads the <forward> after metadata that says </metadata>", () => {
+  const network = (metadata: string) =>
+    `<networkstatus><network><name>pool1</name>
+    <metadata><app:x xmlns:app="urn:app">${metadata}</app:x></metadata>
+    <forward mode='hostdev' managed='yes'><pf dev='ifb0'/>
+      <address type='pci' domain='0x0000' bus='0x07' slot='0x10' function='0x2'/>
+    </forward></network></networkstatus>`;
+  for (
+    const metadata of [
+      `<y/>`,
+      `<metadata xmlns="urn:b">x</metadata><forward xmlns="urn:b" mode="bridge"/>`,
+      `<!-- </metadata> --><forward xmlns="urn:b" mode="nat"/>`,
+    ]
+  ) {
+    assertEquals(scanHostdevPoolLeniently(network(metadata)), {
+      addresses: ["0000:07:10.2"],
+      unresolved: 0,
+      pfs: ["ifb0"],
+    }, metadata);
+    const bridged = network(metadata).replace("mode='hostdev'", "mode='bridge'");
+    assertEquals(scanNetworkInterfacesLeniently(bridged), {
+      kind: "bridged",
+      interfaces: ["ifb0"],
+    }, metadata);
+  }
+});
+
 Deno.test("scanHostdevsLeniently() returns nothing for garbage and never throws", () => {
   for (
     const garbage of [
@@ -392,6 +455,8 @@ Deno.test("readRecordsLeniently() reads what parseDomainXml() reads, whatever th
     `<other:hostdevs xmlns:other="urn:example:other"><other:device address="0000:0c:00.0"/></other:hostdevs>\n${OURS}`,
     // A self-closing records element: none.
     `<pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1"/>`,
+    // Names XML allows beyond ASCII, which libvirt keeps in another application's metadata.
+    `<app:données xmlns:app="urn:app"><app:café·1 app:été="oui"/><ö:x xmlns:ö="urn:ö"/></app:données>\n${OURS}`,
   ];
   for (const metadata of variants) {
     const xml = withMetadata(metadata);
@@ -685,6 +750,44 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
     unresolved: 1,
     ...noDevices(),
   });
+});
+
+Deno.test("scanPassedDevicesLeniently() counts the NVMe controllers of a disk's backing chain", () => {
+  const nvme = (bus: string) =>
+    `<source type='pci' managed='yes' namespace='1'><address domain='0x0000' bus='0x${bus}' ` +
+    `slot='0x00' function='0x0'/></source>`;
+  // A disk-only snapshot of an NVMe disk: a qcow2 overlay whose backing store is the NVMe
+  // namespace; and an NVMe disk whose chain holds another NVMe controller two levels down.
+  const xml = broken(`
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/vm.snap'/>
+      <backingStore type='nvme' index='1'><format type='raw'/>${
+    nvme("03")
+  }<backingStore/></backingStore>
+      <target dev='vda' bus='virtio'/></disk>
+    <disk type='nvme' device='disk'><driver name='qemu' type='raw'/>${nvme("05")}
+      <backingStore type='file' index='1'><format type='qcow2'/><source file='/b.qcow2'/>
+        <backingStore type="nvme" index='2'><format type='raw'/>${nvme("06")}</backingStore>
+      </backingStore><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='disk'><source file='/c.img'/>
+      <backingStore type='nvme' index='1'><format type='raw'/><source type='pci'/></backingStore>
+      <backingStore type='nvme' index='2'/><backingStore type='nvme</disk>`);
+  const scan = scanPassedDevicesLeniently(xml);
+  assertEquals(scan.devices, [
+    { address: "0000:03:00.0", element: "disk" },
+    { address: "0000:05:00.0", element: "disk" },
+    { address: "0000:06:00.0", element: "disk" },
+  ]);
+  // A backing store that says nvme but whose address cannot be read may be one more.
+  assertEquals(scan.unresolved, 3);
+  // A hostdev of the same address keeps its own element's name.
+  const both = broken(`<hostdev mode='subsystem' type='pci'>${nvme("03")}</hostdev>
+    <disk type='file'><source file='/a'/><backingStore type='nvme'>${
+    nvme("03")
+  }</backingStore></disk>`);
+  assertEquals(scanPassedDevicesLeniently(both).devices, [
+    { address: "0000:03:00.0", element: "hostdev" },
+  ]);
 });
 
 Deno.test("scanPassedDevicesLeniently() lists the host block devices of type='block' disks", () => {

@@ -449,3 +449,20 @@ Deno.test("checkDomainStart() checks the PCI controller of an NVMe disk, which l
   // The second NVMe, which the host does not use: it may go.
   assertEquals((await check(domain("win11", [file, nvme("0e")]))).refusals, []);
 });
+
+Deno.test("checkDomainStart() checks the NVMe controllers of a disk's backing chain", async () => {
+  // A disk-only snapshot of an NVMe disk: the overlay is a file, the NVMe its backing store,
+  // which libvirt detaches from the host at start all the same.
+  const snapshot = (bus: string) =>
+    `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/win11.snap'/>
+      <backingStore type='nvme' index='1'><format type='raw'/>
+        <source type='pci' managed='yes' namespace='1'>
+          <address domain='0x0000' bus='0x${bus}' slot='0x00' function='0x0'/>
+        </source><backingStore/></backingStore>
+      <target dev='vda' bus='virtio'/></disk>`;
+  const { refusals } = await check(domain("win11", [snapshot("05")]));
+  assertEquals(summary(refusals), [["host-needs", "0000:05:00.0"]]);
+  assertMatch(refusals[0]!.reason, /^NVMe disk 0000:05:00\.0 holds 15b7:5011 .* the host needs it/);
+  assertEquals((await check(domain("win11", [snapshot("0e")]))).refusals, []);
+});

@@ -61,6 +61,17 @@ Deno.test("guard: a recorded VF whose PF is another card now is refused", async 
   );
 });
 
+Deno.test("guard: a recorded VF is checked even where a hostdev names its address too", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source><address ` +
+    `domain='0x0000' bus='0x07' slot='0x10' function='0x2'/></source></hostdev>`;
+  const both = xml.replace("</devices>", `${hostdev}\n  </devices>`);
+  const other = sriovNic("07", 4, { device: "0x1528", serial: "00-1b-21-ff-ff-00-00-01" });
+  const [refusal, ...rest] = await check(both, other);
+  assertEquals([rest, refusal?.kind, refusal?.address], [[], "replaced", "0000:07:10.2"]);
+  assertMatch(refusal!.reason, /is a VF of 0000:07:00\.0, which holds 8086:1528/);
+});
+
 Deno.test("guard: a recorded VF whose address is another index of its PF now is refused", async () => {
   const xml = await plannedXml(sriovNic("07", 4));
   // The same PF with a VF stride of 1: 07:10.2 is its VF 2, VF 1 sits at 07:10.1.
