@@ -145,25 +145,43 @@ export function hostNeedsAllowed(
     (policy.allowHostCritical ?? []).includes(rule);
 }
 
+// The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
+/** The policies, the strictest first. */
+const POLICIES: readonly string[] = ["enforce", "warn", "off"];
+
 /**
  * The policy of one refusal: its rule's when passthrough recorded the device, else the VM's
- * (a hand-added hostdev, or XML that cannot be read).
+ * (a hand-added hostdev, or XML that cannot be read). With `replacedHostNeeds` (the recorded
+ * address now holds another device, and one the host needs), the stricter of the rule's and the
+ * VM's: a rule's `warn` or `off` speaks for the device it chose, not for whatever the buses put
+ * at its address since (the host's disk controller after a new drive renumbered them).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const policy = { guard: "enforce" as const, rules: { gpu: "off" as const } };
+ * assertEquals(policyFor(policy, "gpu"), "off");
+ * assertEquals(policyFor(policy, "gpu", { replacedHostNeeds: true }), "enforce");
+ * ```
  */
-export function policyFor(policy: VmGuardPolicy, rule: string | null): GuardPolicy {
-  return rule === null
+export function policyFor(
+  policy: VmGuardPolicy,
+  rule: string | null,
+  options: { replacedHostNeeds?: boolean } = {},
+): GuardPolicy {
+  const own = rule === null
     ? policy.guard
     : Object.hasOwn(policy.rules, rule)
     ? policy.rules[rule]!
     : policy.guard;
+  if (!options.replacedHostNeeds) return own;
+  return POLICIES.indexOf(own) <= POLICIES.indexOf(policy.guard) ? own : policy.guard;
 }
 
 /** Whether the guard checks nothing at all for the VM (its policy and every rule's are `off`). */
 export function checksNothing(policy: VmGuardPolicy): boolean {
   return policy.guard === "off" && Object.values(policy.rules).every((p) => p === "off");
 }
-
-// The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
-const POLICIES: readonly string[] = ["enforce", "warn", "off"];
 
 function isPolicy(value: unknown): value is GuardPolicy {
   return typeof value === "string" && POLICIES.includes(value);

@@ -230,7 +230,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm);
   const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
     const rule = refusal.recorded?.rule ?? null;
-    const judged = policyFor(policy, rule);
+    const judged = policyFor(policy, rule, {
+      replacedHostNeeds: refusal.kind === "replaced" && refusal.hostNeeds !== null,
+    });
     return judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)
       ? []
       : [{ ...refusal, policy: judged }];

@@ -130,6 +130,38 @@ Deno.test("policy: a rule's warn under an enforcing VM: its line warns, the hand
   });
 });
 
+Deno.test("policy: a rule's warn or off does not cover another device at its address that the host needs", async () => {
+  // The recorded GPU's address now holds another device, and one the host uses: a rule's policy
+  // speaks for the device it chose, so the stricter of the rule's and the VM's judges this one.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  await using tree = await tempHostTree(host);
+  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-replaced-" });
+  try {
+    const judged = async (vmGuard: string | null, gpuGuard: string) => {
+      recordPolicies(`${state}/state`, guardPolicies(config(vmGuard, gpuGuard)));
+      const result = await run(tree.dir, `${state}/state`);
+      const gpu = result.refusals.find((r) => r.address === "0000:0b:00.0");
+      return [result.code, gpu?.kind, gpu?.policy];
+    };
+    assertEquals(await judged(null, "off"), [1, "replaced", "enforce"]);
+    assertEquals(await judged(null, "warn"), [1, "replaced", "enforce"]);
+    assertEquals(await judged("warn", "off"), [0, "replaced", "warn"]);
+    assertEquals(await judged("off", "warn"), [0, "replaced", "warn"]);
+    assertEquals(await judged("off", "enforce"), [1, "replaced", "enforce"]);
+    // Replaced by a device the host does not need: the rule's policy alone, as before.
+    host.host_use = [];
+    await using free = await tempHostTree(host);
+    recordPolicies(`${state}/state`, guardPolicies(config(null, "off")));
+    const result = await run(free.dir, `${state}/state`);
+    assertEquals(result.refusals.map((r) => r.address), ["0000:7f:1f.7"]);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+});
+
 Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance lets it go once", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", "enforce")));
