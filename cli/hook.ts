@@ -13,6 +13,7 @@ import { VERSION } from "./version.ts";
 import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { join } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
 import {
@@ -21,12 +22,15 @@ import {
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
   findTimeout,
+  HOOK_FILE_NAME,
   type HookInspection,
   type HookSettings,
   inspectHook,
   installHook,
   removeHook,
   renderHookScript,
+  trustedOwners,
+  unsafeHookPaths,
 } from "../lib/guard/hook_file.ts";
 import { findHookDaemons, noDaemonMessage, reloadDaemons } from "../lib/guard/daemon.ts";
 import { libcSysfsReader, signalProcess } from "../ffi/libc_fs.ts";
@@ -98,6 +102,12 @@ function reloadMessages(hooksDir: string, stateDir: string): string[] {
   return messages;
 }
 
+/** Said when the hook runs a checkout's sources rather than the bundle `setup.sh` builds. */
+const SOURCES_NOTE =
+  "It runs the sources, not the bundle (missing, or older than them): its state code then needs " +
+  "root's Deno cache to hold its npm package, or every start is refused once the guard keeps " +
+  "an allowance or a refusal; run scripts/setup.sh, then hook install again, for the bundle";
+
 function install({ values }: HookLine<"install">, io: CliIo): number {
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const deadline = parseDeadline(values.deadline);
@@ -114,6 +124,15 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ? LIVE_SYSFS
     : values.sysfs;
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
+  const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
+  if (unsafe.length > 0) {
+    throw new Error(
+      `Refusing to install the start guard: libvirt runs it as root at every VM start, and ${
+        unsafe.join("; ")
+      }, so another user could change what runs. Install passthrough where only root can write ` +
+        `(README, "On a real host": /opt/passthrough), or fix the owner and mode, then install again`,
+    );
+  }
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed
@@ -122,6 +141,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     `It runs ${
       describeProgram(settings.command)
     } (deadline ${settings.deadline} s, state in ${stateDir})`,
+    ...(settings.command.some((arg) => arg.endsWith("/cli/hook_check.ts")) ? [SOURCES_NOTE] : []),
     // Unchanged: nothing new for the daemon to see.
     ...(result.changed ? reloadMessages(hooksDir, stateDir) : []),
   ];
@@ -135,10 +155,19 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
 
 /** Problems that make the installed hook wrong or useless; `[]` when it is fine. */
 export function hookProblems(inspection: HookInspection, expected: string | null): string[] {
-  if (!inspection.present) return [`No hook at ${inspection.path}`];
+  const leftovers = inspection.leftovers.map((path) =>
+    `${path} is left from an interrupted install (libvirt runs it if it is executable)`
+  );
+  if (!inspection.present) return [`No hook at ${inspection.path}`, ...leftovers];
   if (inspection.settings === null) return [`${inspection.path} is not a passthrough hook`];
-  const problems: string[] = [];
+  const problems: string[] = [...leftovers];
   if (!inspection.executable) problems.push("not executable: libvirt skips it");
+  if (!inspection.intact) {
+    problems.push("changed since it was written: not what 'hook install' writes");
+  }
+  for (const reason of inspection.unsafe) {
+    problems.push(`another user could change what it runs as root: ${reason}`);
+  }
   for (const p of inspection.programs) {
     if (!p.exists) problems.push(`runs ${p.path}, which is missing: every start would be refused`);
   }

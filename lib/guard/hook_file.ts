@@ -84,8 +84,11 @@ ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${d
 status=$?
 case $status in
   0) exit 0 ;;
-  124 | 137)
+  124)
     printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
+    exit 1 ;;
+  137)
+    printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
     exit 1 ;;
   125 | 126 | 127)
     printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&2
@@ -229,36 +232,65 @@ function readHookFile(path: string): string {
   return new TextDecoder().decode(readOwnFileSync(path, MAX_HOOK_BYTES));
 }
 
+/** What an install left behind when it was killed between its temporary file and the rename. */
+const LEFTOVER = new RegExp(`^\\.${HOOK_FILE_NAME}\\..*\\.tmp$`);
+
+/** The names in `dir` of temporary hooks an interrupted install left there. */
+function leftoversIn(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => LEFTOVER.test(n)).sort();
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The users who may own what the hook runs: root, and the installing user (a session daemon
+ * runs its hooks as that user, who owns them).
+ */
+export function trustedOwners(): number[] {
+  return [...new Set([0, Deno.uid() ?? 0])];
+}
+
 /**
  * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
- * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`.
+ * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`. The
+ * temporary file is not executable until its content is on disk (libvirt runs every executable
+ * in the directory, dot files too, and reads the directory at every call), and what an
+ * interrupted install left there is removed. A hook with the same content is rewritten when it
+ * is owned by another user than `owners` (then that user could change it).
  */
-export function installHook(dir: string, script: string): InstallResult {
+export function installHook(
+  dir: string,
+  script: string,
+  owners: readonly number[] = trustedOwners(),
+): InstallResult {
   const path = join(dir, HOOK_FILE_NAME);
+  let same = false;
   try {
     const info = Deno.lstatSync(path);
-    if (
-      info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 && info.size <= MAX_HOOK_BYTES &&
-      readHookFile(path) === script
-    ) {
-      return { path, changed: false };
-    }
+    same = info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 &&
+      owners.includes(info.uid ?? -1) && info.size <= MAX_HOOK_BYTES &&
+      readHookFile(path) === script;
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
+  for (const name of leftoversIn(dir)) Deno.removeSync(join(dir, name));
+  if (same) return { path, changed: false };
   Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
   const temp = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
   try {
-    const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o755 });
+    const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
     try {
       file.writeSync(new TextEncoder().encode(script));
       file.syncSync();
     } finally {
       file.close();
     }
-    // The umask may have removed bits; libvirt runs only executables.
+    // Executable only now that it is whole.
     Deno.chmodSync(temp, 0o755);
     Deno.renameSync(temp, path);
+    syncDirectory(dir);
   } finally {
     try {
       Deno.removeSync(temp);
@@ -267,6 +299,156 @@ export function installHook(dir: string, script: string): InstallResult {
     }
   }
   return { path, changed: true };
+}
+
+/** Flushes a directory's entries (a rename in it) to disk, where the system allows it. */
+function syncDirectory(dir: string): void {
+  try {
+    using handle = Deno.openSync(dir, { read: true });
+    handle.syncSync();
+  } catch {
+    // Not every file system lets a directory be opened or synced: the rename stands.
+  }
+}
+
+/** The largest number of files looked at under one directory the hook's code comes from. */
+const MAX_TREE_ENTRIES = 20_000;
+
+/**
+ * Why another user than `owners` could change `path` (or what it leads to): the first path
+ * component, file or directory, that such a user owns, or that its group (other than root's)
+ * or anyone may write, a sticky directory (`/tmp`) excepted, since others may not rename or
+ * delete what is not theirs in it; `null` when none can, or `path` does not exist.
+ */
+export function changeableBy(
+  path: string,
+  owners: readonly number[],
+  options: { strict?: boolean } = {},
+): string | null {
+  const along = (target: string): string | null => {
+    const parts = target.split("/").filter((p) => p !== "");
+    for (let i = 0; i <= parts.length; i++) {
+      // Where code is looked up by name, a sticky directory lets others add what is missing.
+      const sticky = i < parts.length || !options.strict;
+      const reason = componentReason(`/${parts.slice(0, i).join("/")}`, owners, sticky);
+      if (reason !== null) return reason;
+    }
+    return null;
+  };
+  const lexical = along(path);
+  if (lexical !== null) return lexical;
+  let real: string;
+  try {
+    real = Deno.realPathSync(path);
+  } catch {
+    return null;
+  }
+  return real === path ? null : along(real);
+}
+
+function componentReason(path: string, owners: readonly number[], sticky = true): string | null {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(path);
+  } catch {
+    return null;
+  }
+  const uid = info.uid ?? 0;
+  if (!owners.includes(uid)) return `${path} belongs to uid ${uid}`;
+  // A link's own mode means nothing; where it leads is checked apart.
+  if (info.isSymlink) return null;
+  const mode = info.mode ?? 0;
+  const groupWrites = (mode & 0o020) !== 0 && info.gid !== 0;
+  const othersWrite = (mode & 0o002) !== 0 &&
+    !(sticky && info.isDirectory && (mode & 0o1000) !== 0);
+  if (!groupWrites && !othersWrite) return null;
+  const octal = (mode & 0o7777).toString(8).padStart(4, "0");
+  return `${path} is writable by ${othersWrite ? "anyone" : `group ${info.gid}`} (mode ${octal})`;
+}
+
+/** {@link changeableBy} for `dir` and everything under it (links followed apart, not into). */
+function changeableTree(dir: string, owners: readonly number[]): string | null {
+  const top = changeableBy(dir, owners, { strict: true });
+  if (top !== null) return top;
+  const pending = [dir];
+  let seen = 0;
+  while (pending.length > 0) {
+    const current = pending.pop()!;
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(current)];
+    } catch {
+      continue;
+    }
+    for (const entry of entries) {
+      if (++seen > MAX_TREE_ENTRIES) return `${dir} holds more than ${MAX_TREE_ENTRIES} files`;
+      const path = join(current, entry.name);
+      const reason = entry.isSymlink
+        ? changeableBy(path, owners, { strict: true })
+        : componentReason(path, owners, false);
+      if (reason !== null) return reason;
+      if (entry.isDirectory) pending.push(path);
+    }
+  }
+  return null;
+}
+
+/**
+ * The code a hook's command runs, for {@link unsafeHookPaths}: the programs and files it names,
+ * and the directories the entry loads more code from (a bundle's chunks, a checkout's sources).
+ */
+function hookCode(
+  settings: HookSettings,
+): { files: string[]; trees: string[]; denoDir: string | null } {
+  const files = [settings.timeout, ...settings.command.filter((a) => a.startsWith("/"))]
+    .filter((f) => f !== settings.stateDir && f !== settings.sysfs);
+  const trees: string[] = [];
+  for (const file of files) {
+    if (file.endsWith(".js")) trees.push(dirname(file));
+    const root = file.endsWith("/cli/hook_check.ts")
+      ? dirname(dirname(file))
+      : file.endsWith("/main.ts")
+      ? dirname(file)
+      : null;
+    if (root !== null) trees.push(...["cli", "lib", "ffi"].map((d) => join(root, d)));
+  }
+  const denoDir = settings.env.DENO_DIR;
+  return {
+    files: [...new Set(files)],
+    trees: [...new Set(trees)],
+    denoDir: denoDir !== undefined && denoDir.startsWith("/") ? denoDir : null,
+  };
+}
+
+/**
+ * Why another user than `owners` could change what libvirt runs as root at every VM start
+ * through this hook: the hook file and its directory, the programs and files its command names,
+ * the directories its entry loads code from and its `DENO_DIR` ({@link changeableBy}). Empty
+ * when only `owners` can.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const settings = { version: "0.1.0", deadline: 10, timeout: "/usr/bin/timeout",
+ *   command: ["/usr/bin/timeout"], env: { DENO_DIR: "/tmp" }, stateDir: "/var/lib/passthrough",
+ *   sysfs: "/sys" };
+ * assertEquals(unsafeHookPaths(settings, "/nonexistent/50-passthrough-guard", [0]), []);
+ * ```
+ */
+export function unsafeHookPaths(
+  settings: HookSettings,
+  hookPath: string,
+  owners: readonly number[],
+): string[] {
+  const { files, trees, denoDir } = hookCode(settings);
+  const reasons = [
+    changeableBy(hookPath, owners) ?? changeableBy(dirname(hookPath), owners, { strict: true }),
+    ...files.map((f) => changeableBy(f, owners)),
+    ...trees.map((t) => changeableTree(t, owners)),
+    // Deno's cache: its code caches and npm packages are looked up by name in it.
+    denoDir === null ? null : changeableBy(denoDir, owners, { strict: true }),
+  ];
+  return [...new Set(reasons.filter((r) => r !== null))];
 }
 
 /** Removes the hook; `false` when there was none. Refuses a file that is not our hook. */
@@ -308,6 +490,18 @@ export interface HookInspection {
   programs: HookProgram[];
   /** Seconds since the epoch when the file was last written, or `null`. */
   modified: number | null;
+  /**
+   * Whether the script is exactly what {@link renderHookScript} writes for its own settings
+   * line: `false` when anything in it was changed by hand (an `exit 0` would turn it off).
+   */
+  intact: boolean;
+  /** Why another user than root could change what it runs ({@link unsafeHookPaths}). */
+  unsafe: string[];
+  /**
+   * Temporary hooks an interrupted install left in the directory (libvirt runs them too when
+   * they are executable); `hook install` removes them.
+   */
+  leftovers: string[];
 }
 
 /**
@@ -321,8 +515,12 @@ export interface HookInspection {
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
-export function inspectHook(dir: string): HookInspection {
+export function inspectHook(
+  dir: string,
+  owners: readonly number[] = trustedOwners(),
+): HookInspection {
   const path = join(dir, HOOK_FILE_NAME);
+  const leftovers = leftoversIn(dir).map((name) => join(dir, name));
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(path);
@@ -335,15 +533,21 @@ export function inspectHook(dir: string): HookInspection {
         settings: null,
         programs: [],
         modified: null,
+        intact: false,
+        unsafe: [],
+        leftovers,
       };
     }
     throw error;
   }
   const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
   let settings: HookSettings | null = null;
+  let intact = false;
   try {
     if (info.isFile && info.size <= MAX_HOOK_BYTES) {
-      settings = parseHookSettings(readHookFile(path));
+      const text = readHookFile(path);
+      settings = parseHookSettings(text);
+      intact = settings !== null && text === renderHookScript(settings);
     }
   } catch (error) {
     // A link or a file swapped in meanwhile: present, and not one passthrough wrote.
@@ -363,5 +567,8 @@ export function inspectHook(dir: string): HookInspection {
     settings,
     programs,
     modified: info.mtime === null ? null : info.mtime.getTime() / 1000,
+    intact,
+    unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
+    leftovers,
   };
 }

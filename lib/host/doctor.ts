@@ -477,6 +477,16 @@ function daemonNotes(
 function checkHook(facts: HookDoctorFacts): DoctorFinding {
   const { inspection, version } = facts;
   const settings = inspection.settings;
+  if (inspection.leftovers.length > 0) {
+    return {
+      check: "hook",
+      status: "fail",
+      summary: `${
+        inspection.leftovers.join(", ")
+      } left from an interrupted install: libvirt runs it at every start, stop and daemon restart if it is executable, and fails (a failure at reconnect stops running guests)`,
+      hint: "passthrough hook install (it removes them)",
+    };
+  }
   if (!inspection.present || settings === null) {
     return {
       check: "hook",
@@ -493,6 +503,21 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       status: "fail",
       note: "it is not executable, so libvirt skips it",
       hint: "passthrough hook install",
+    });
+  }
+  if (!inspection.intact) {
+    notes.push({
+      status: "fail",
+      note: "it was changed since it was written, and may not check what it should",
+      hint: "passthrough hook install",
+    });
+  }
+  for (const reason of inspection.unsafe) {
+    notes.push({
+      status: "fail",
+      note: `another user could change what it runs as root: ${reason}`,
+      hint:
+        "install passthrough where only root can write (/opt/passthrough), then passthrough hook install",
     });
   }
   for (const program of inspection.programs.filter((p) => !p.exists)) {

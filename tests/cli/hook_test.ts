@@ -34,6 +34,11 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const report = JSON.parse(first.stdout);
     assertEquals([report.path, report.changed], [`${hooks}/${HOOK_FILE_NAME}`, true]);
     assertEquals(report.messages.at(-1), "Not in /etc/libvirt/hooks/qemu.d: no daemon reloaded");
+    // Installed from the sources (the test runs main.ts): said, with what it needs.
+    assertMatch(
+      report.messages[2],
+      /^It runs the sources, not the bundle .* run scripts\/setup\.sh/,
+    );
     assertEquals(Deno.statSync(report.path).mode! & 0o7777, 0o755);
     // The state directory exists (checked at install), private.
     assertEquals(Deno.statSync(`${dir}/s`).mode! & 0o777, 0o700);
@@ -53,6 +58,37 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const broken = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(broken.code, 1);
     assertEquals(JSON.parse(broken.stdout).problems, ["not executable: libvirt skips it"]);
+    Deno.chmodSync(report.path, 0o755);
+
+    // A hook whose directory another user owns: status says so; install refuses, changing nothing.
+    Deno.chownSync(hooks, 65534, 65534);
+    const theirs = await runCli(["hook", "status", ...common, "--json"]);
+    assertEquals(JSON.parse(theirs.stdout).problems, [
+      `another user could change what it runs as root: ${hooks} belongs to uid 65534`,
+    ]);
+    const text = Deno.readTextFileSync(report.path);
+    const refused = await runCli([
+      "hook",
+      "install",
+      ...common,
+      "--state-dir",
+      `${dir}/s`,
+      "--deadline",
+      "9",
+    ]);
+    assertEquals(refused.code, 1);
+    assertMatch(
+      refused.stderr,
+      new RegExp(`Refusing to install the start guard: .*, and ${hooks} belongs to uid 65534, so`),
+    );
+    assertEquals(Deno.readTextFileSync(report.path), text);
+    Deno.chownSync(hooks, 0, 0);
+    // Changed by hand (the guard turned off): status says so.
+    Deno.writeTextFileSync(report.path, text.replace(/^\[ "\$2"/m, 'exit 0\n[ "$2"'));
+    const edited = await runCli(["hook", "status", ...common, "--json"]);
+    assertEquals(JSON.parse(edited.stdout).problems, [
+      "changed since it was written: not what 'hook install' writes",
+    ]);
 
     const removed = await runCli(["hook", "remove", ...common]);
     assertEquals([removed.code, removed.stdout], [0, `Removed the start guard: ${report.path}\n`]);

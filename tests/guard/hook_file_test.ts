@@ -13,6 +13,7 @@ import {
   parseHookSettings,
   removeHook,
   renderHookScript,
+  unsafeHookPaths,
 } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -171,6 +172,17 @@ Deno.test({
         crashed.stderr,
         /\npassthrough guard: refusing to start "vm": the check was ended by signal 11 \(failing closed\)\n$/,
       );
+      // SIGKILL: timeout's second signal at the deadline, or the kernel's (out of memory).
+      const oom = installHook(
+        `${dir}/e`,
+        renderHookScript(settings([standIn(dir, 0, "kill -KILL $$")])),
+      );
+      const killed = await runScript(oom.path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([killed.code, killed.stdout], [1, ""]);
+      assertMatch(
+        killed.stderr,
+        /^passthrough guard: refusing to start "vm": the check was killed \(SIGKILL\): it did not finish within 10 s, or the system ended it \(out of memory\?\)/m,
+      );
     });
   },
 });
@@ -257,6 +269,97 @@ Deno.test("installHook() writes mode 0755 atomically and reports no change the s
     assertEquals(Deno.statSync(first.path).mode! & 0o7777, 0o755);
     assertEquals([...Deno.readDirSync(`${dir}/qemu.d`)].map((e) => e.name), [HOOK_FILE_NAME]);
     assertEquals(parseHookSettings(Deno.readTextFileSync(first.path))?.command[2], "/opt/main.ts");
+  });
+});
+
+Deno.test("installHook() makes the hook executable only once it is whole, and removes an interrupted install's", async () => {
+  await withDir((dir) => {
+    const hooks = `${dir}/qemu.d`;
+    Deno.mkdirSync(hooks);
+    // What an install killed between its temporary file and the rename left (0755 before).
+    const leftover = `${hooks}/.${HOOK_FILE_NAME}.1b4e28ba-2fa1-11d2-883f-0016d3cca427.tmp`;
+    Deno.writeTextFileSync(leftover, "", { mode: 0o755 });
+    assertEquals(inspectHook(hooks).leftovers, [leftover]);
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    // libvirt runs every executable in the directory, reading it at each call: the temporary
+    // file, looked at just before it becomes executable, must be whole and not executable yet.
+    const chmod = Deno.chmodSync;
+    const seen: [number, string][] = [];
+    Deno.chmodSync = (path: string | URL, mode: number) => {
+      seen.push([Deno.statSync(path).mode! & 0o777, Deno.readTextFileSync(path)]);
+      chmod(path, mode);
+    };
+    try {
+      installHook(hooks, script);
+    } finally {
+      Deno.chmodSync = chmod;
+    }
+    assertEquals(seen, [[0o600, script]]);
+    assertEquals([...Deno.readDirSync(hooks)].map((e) => e.name), [HOOK_FILE_NAME]);
+    // An unchanged hook still clears what an interrupted install left.
+    Deno.writeTextFileSync(leftover, "", { mode: 0o755 });
+    assertEquals(installHook(hooks, script).changed, false);
+    assertEquals(inspectHook(hooks).leftovers, []);
+  });
+});
+
+Deno.test("installHook() rewrites a hook another user owns; inspectHook() sees one changed by hand", async () => {
+  await withDir((dir) => {
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    const { path } = installHook(dir, script, [0]);
+    assertEquals(inspectHook(dir, [0]).intact, true);
+    Deno.chownSync(path, 65534, 65534);
+    assertEquals(installHook(dir, script, [0]).changed, true);
+    assertEquals(Deno.statSync(path).uid, 0);
+    // An exit 0 before the check turns the guard off: no longer what install writes.
+    Deno.writeTextFileSync(
+      path,
+      script.replace('[ "$2" = prepare ]', 'exit 0\n[ "$2" = prepare ]'),
+    );
+    assertEquals(inspectHook(dir, [0]).intact, false);
+  });
+});
+
+Deno.test("unsafeHookPaths() names what another user than root could change in what the hook runs", async () => {
+  await withDir((dir) => {
+    const clone = `${dir}/clone`;
+    Deno.mkdirSync(`${clone}/dist/bin/hook`, { recursive: true });
+    const entry = `${clone}/dist/bin/hook/hook_check.js`;
+    Deno.writeTextFileSync(entry, "");
+    Deno.writeTextFileSync(`${clone}/dist/bin/hook/chunk-A.js`, "");
+    Deno.mkdirSync(`${dir}/qemu.d`);
+    const hook = `${dir}/qemu.d/${HOOK_FILE_NAME}`;
+    const hooked = (env: Record<string, string> = {}) => ({
+      ...settings([TIMEOUT ?? "/usr/bin/timeout", "run", "--allow-all", entry, "--state-dir"]),
+      env,
+    });
+    const unsafe = (env?: Record<string, string>) => unsafeHookPaths(hooked(env), hook, [0]);
+    // The sticky /tmp above the clone's root-owned directories: none of it can be changed.
+    assertEquals(unsafe(), []);
+    // A chunk the entry loads, owned by another user; then the clone itself, group-writable.
+    Deno.chownSync(`${clone}/dist/bin/hook/chunk-A.js`, 65534, 65534);
+    assertEquals(unsafe(), [`${clone}/dist/bin/hook/chunk-A.js belongs to uid 65534`]);
+    Deno.chownSync(`${clone}/dist/bin/hook/chunk-A.js`, 0, 0);
+    Deno.chownSync(clone, 0, 100);
+    Deno.chmodSync(clone, 0o775);
+    assertEquals(unsafe(), [`${clone} is writable by group 100 (mode 0775)`]);
+    Deno.chmodSync(clone, 0o755);
+    // The hooks directory anyone may write to, even sticky: others could add a hook of theirs.
+    Deno.chmodSync(`${dir}/qemu.d`, 0o1777);
+    assertEquals(unsafe(), [`${dir}/qemu.d is writable by anyone (mode 1777)`]);
+    Deno.chmodSync(`${dir}/qemu.d`, 0o755);
+    // Deno's cache in a shared directory: others could put modules in it before root does.
+    Deno.mkdirSync(`${dir}/cache`, { mode: 0o1777 });
+    Deno.chmodSync(`${dir}/cache`, 0o1777);
+    assertEquals(unsafe({ DENO_DIR: `${dir}/cache` }), [
+      `${dir}/cache is writable by anyone (mode 1777)`,
+    ]);
+    // A link to a file another user owns: where it leads counts.
+    Deno.writeTextFileSync(`${dir}/theirs.js`, "");
+    Deno.chownSync(`${dir}/theirs.js`, 65534, 65534);
+    Deno.removeSync(entry);
+    Deno.symlinkSync(`${dir}/theirs.js`, entry);
+    assertEquals(unsafe(), [`${dir}/theirs.js belongs to uid 65534`]);
   });
 });
 

@@ -269,7 +269,7 @@ Deno.test("renderFindings() prints a hint under each finding that needs action",
 /** The hook finding for a hook installed in a temporary directory, with the given facts. */
 async function hookFinding(
   facts: Partial<Omit<HookDoctorFacts, "inspection">>,
-  options: { version?: string; program?: string } = {},
+  options: { version?: string; program?: string; change?: (dir: string) => void } = {},
 ): Promise<DoctorFinding> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-doctor-hook-" });
   try {
@@ -285,6 +285,7 @@ async function hookFinding(
         sysfs: "/sys",
       }),
     );
+    options.change?.(dir);
     const findings = runDoctor({
       host: host(),
       reader: denoFsReader(),
@@ -314,6 +315,32 @@ Deno.test("doctor's hook finding: installed and seen by a daemon started after i
     finding.summary,
     /installed by this version \(0\.1\.0\); virtqemud \(pid 321\) started after/,
   );
+});
+
+Deno.test("doctor's hook finding: a hook changed by hand, one another user can change, an interrupted install", async () => {
+  const edited = await hookFinding({}, {
+    change: (dir) => {
+      const path = `${dir}/50-passthrough-guard`;
+      Deno.writeTextFileSync(path, `${Deno.readTextFileSync(path)}exit 0\n`);
+    },
+  });
+  assertEquals([edited.status, edited.hint], ["fail", "passthrough hook install"]);
+  assertMatch(edited.summary, /it was changed since it was written/);
+  const theirs = await hookFinding({}, { change: (dir) => Deno.chownSync(dir, 65534, 65534) });
+  assertEquals(theirs.status, "fail");
+  assertMatch(
+    theirs.summary,
+    /another user could change what it runs as root: .* belongs to uid 65534/,
+  );
+  const leftover = await hookFinding({}, {
+    change: (dir) =>
+      Deno.writeTextFileSync(`${dir}/.50-passthrough-guard.x.tmp`, "", { mode: 0o755 }),
+  });
+  assertEquals([leftover.status, leftover.hint], [
+    "fail",
+    "passthrough hook install (it removes them)",
+  ]);
+  assertMatch(leftover.summary, /\.50-passthrough-guard\.x\.tmp left from an interrupted install/);
 });
 
 Deno.test("doctor's hook finding: a daemon older than the hook needs a reload unless one is recorded", async () => {
