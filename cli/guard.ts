@@ -52,8 +52,17 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
     `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +
       `(until ${allowance.expires}; ${path})\n`,
   );
+  const records = readRefusalRecords(stateDir);
+  const needed = records.find((r) => r.vm === vm)?.refusals.filter((r) => r.hostNeeds !== null);
+  for (const refusal of needed ?? []) {
+    io.out(
+      `Note: its last refusal names ${refusal.address}, which the host needs (${refusal.hostNeeds}): ` +
+        `an allowance does not let a start take it; only "allow_host_critical: true" on its rule, ` +
+        `then passthrough apply, does\n`,
+    );
+  }
   // The allowance waits for any name; a misspelt one leaves the refused VM refused.
-  const refused = readRefusalRecords(stateDir).map((r) => r.vm);
+  const refused = records.map((r) => r.vm);
   if (!refused.includes(vm)) {
     io.out(
       `Note: the guard has no refusal recorded for ${JSON.stringify(vm)}${didYouMean(vm, refused)}${

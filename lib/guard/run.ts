@@ -204,9 +204,10 @@ function holdsGuardState(stateDir: string, listing: ReadonlySet<string> | null):
 /**
  * Checks a start (only at `prepare begin`; every other operation passes untouched) under the
  * VM's recorded policy (`off` drops a VM's or rule's refusals, and a VM all `off` is not read at
- * all; `warn` prints them and lets the start go on; a rule's `allow_host_critical: true` drops
- * only the host-needs refusals of its recorded devices), then takes the VM's allowance and records
- * the outcome in the state directory. A start the check lets
+ * all; `warn` prints them and lets the start go on, but never past a device the host needs; a
+ * rule's `allow_host_critical: true` drops only the host-needs refusals of its recorded devices),
+ * then takes the VM's allowance (which lets a start go on past changed identities, never past a
+ * device the host needs) and records the outcome in the state directory. A start the check lets
  * through while the guard keeps nothing (the common case) loads no state code and writes
  * nothing: libvirt waits for this at every start, and the state code loads `node:` modules,
  * which take longer to load than the check takes to run.
@@ -233,9 +234,10 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     const judged = policyFor(policy, rule, {
       replacedHostNeeds: refusal.kind === "replaced" && refusal.hostNeeds !== null,
     });
-    return judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)
-      ? []
-      : [{ ...refusal, policy: judged }];
+    if (judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)) return [];
+    // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
+    const needed = refusal.hostNeeds !== null;
+    return [{ ...refusal, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
   if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
     return { code: 0, lines: [], refusals };
@@ -251,12 +253,21 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   } catch (error) {
     lines.push(`passthrough guard: cannot read allowances: ${message(error)}`);
   }
-  const enforced = refusals.filter((r) => r.policy === "enforce").length;
-  const allowed = enforced > 0 && allowance === "allowed";
+  const enforced = refusals.filter((r) => r.policy === "enforce");
+  // An allowance lets a start go on past identities that changed, never past the host's needs.
+  const needed = enforced.filter((r) => r.hostNeeds !== null);
+  const allowed = enforced.length > 0 && allowance === "allowed" && needed.length === 0;
   for (const refusal of refusals) {
     lines.push(formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" }));
   }
-  if (enforced > 0 && allowance === "expired") {
+  if (allowance === "allowed" && needed.length > 0) {
+    lines.push(
+      `passthrough guard: "passthrough guard allow" does not let ${
+        JSON.stringify(options.vm)
+      } take a device the host needs (only "allow_host_critical: true" on its rule, then passthrough apply, does); the allowance is used up`,
+    );
+  }
+  if (enforced.length > 0 && allowance === "expired") {
     lines.push(
       `passthrough guard: an allowance for ${
         JSON.stringify(options.vm)
@@ -271,5 +282,5 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   } catch (error) {
     lines.push(`passthrough guard: cannot record the refusal: ${message(error)}`);
   }
-  return { code: enforced > 0 && !allowed ? 1 : 0, lines, refusals };
+  return { code: enforced.length > 0 && !allowed ? 1 : 0, lines, refusals };
 }

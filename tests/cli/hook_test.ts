@@ -102,6 +102,48 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
   }
 });
 
+Deno.test("guard allow never lets a start take a device the host needs, and says so", async () => {
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  await using tree = await tempHostTree(host);
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const state = ["--state-dir", `${dir}/state`];
+    const installed = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      hooks,
+      ...state,
+      "--sysfs",
+      tree.dir,
+    ]);
+    assertEquals(installed.code, 0, installed.stderr);
+    const hook = `${hooks}/${HOOK_FILE_NAME}`;
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", hooks]);
+    assertMatch(
+      allow.stdout,
+      /\nNote: its last refusal names 0000:0b:00\.0, which the host needs \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\): an allowance does not let a start take it/,
+    );
+    const again = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals(again.code, 1);
+    assertMatch(
+      again.stderr,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/,
+    );
+    assertMatch(
+      again.stderr,
+      /"passthrough guard allow" does not let "win11" take a device the host needs/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the installed hook refuses a moved card until guard allow lets one start through", async () => {
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });

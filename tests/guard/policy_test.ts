@@ -130,7 +130,7 @@ Deno.test("policy: a rule's warn under an enforcing VM: its line warns, the hand
   });
 });
 
-Deno.test("policy: a rule's warn or off does not cover another device at its address that the host needs", async () => {
+Deno.test("policy: warn, an allowance or a rule's off never lets a start take a device the host needs", async () => {
   // The recorded GPU's address now holds another device, and one the host uses: a rule's policy
   // speaks for the device it chose, so the stricter of the rule's and the VM's judges this one.
   const host = loadFixtureHost("x570-aorus-pro-wifi");
@@ -140,7 +140,7 @@ Deno.test("policy: a rule's warn or off does not cover another device at its add
   await using tree = await tempHostTree(host);
   const state = await Deno.makeTempDir({ prefix: "passthrough-guard-replaced-" });
   try {
-    const judged = async (vmGuard: string | null, gpuGuard: string) => {
+    const judged = async (vmGuard: string | null, gpuGuard: string | null) => {
       recordPolicies(`${state}/state`, guardPolicies(config(vmGuard, gpuGuard)));
       const result = await run(tree.dir, `${state}/state`);
       const gpu = result.refusals.find((r) => r.address === "0000:0b:00.0");
@@ -148,9 +148,27 @@ Deno.test("policy: a rule's warn or off does not cover another device at its add
     };
     assertEquals(await judged(null, "off"), [1, "replaced", "enforce"]);
     assertEquals(await judged(null, "warn"), [1, "replaced", "enforce"]);
-    assertEquals(await judged("warn", "off"), [0, "replaced", "warn"]);
-    assertEquals(await judged("off", "warn"), [0, "replaced", "warn"]);
+    // warn never lets the host's disk go, whoever's policy it is.
+    assertEquals(await judged("warn", "off"), [1, "replaced", "enforce"]);
+    assertEquals(await judged("warn", null), [1, "replaced", "enforce"]);
+    assertEquals(await judged("off", "warn"), [1, "replaced", "enforce"]);
     assertEquals(await judged("off", "enforce"), [1, "replaced", "enforce"]);
+    // Both off: the guard was turned off for this VM, and checks nothing.
+    assertEquals(await judged("off", "off"), [0, undefined, undefined]);
+    // Nor does an allowance: it is used up, and says why it did not help.
+    recordPolicies(`${state}/state`, guardPolicies(config(null, null)));
+    allowNextStart(`${state}/state`, "win11");
+    const allowed = await run(tree.dir, `${state}/state`);
+    assertEquals(allowed.code, 1);
+    assertMatch(
+      allowed.lines.join("\n"),
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/m,
+    );
+    assertMatch(
+      allowed.lines.at(-1)!,
+      /^passthrough guard: "passthrough guard allow" does not let "win11" take a device the host needs .*; the allowance is used up$/,
+    );
+    assertEquals(takeAllowance(`${state}/state`, "win11"), "none");
     // Replaced by a device the host does not need: the rule's policy alone, as before.
     host.host_use = [];
     await using free = await tempHostTree(host);
