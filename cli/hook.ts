@@ -13,7 +13,7 @@ import { VERSION } from "./version.ts";
 import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
-import { join } from "../lib/state/paths.ts";
+import { join, resolve } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
 import {
@@ -120,9 +120,10 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   openStateDir(stateDir);
   // This host's sysfs however spelled (`/sys/.`, a link, another mount of it) is written as
   // `/sys`: the check reads the host's use (its disks, its route) only there.
+  // Another tree by its absolute path: libvirt runs hooks from "/", not from here.
   const sysfs = values.sysfs === undefined || liveSysfsRoot(values.sysfs) !== null
     ? LIVE_SYSFS
-    : values.sysfs;
+    : resolve(values.sysfs);
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
   if (unsafe.length > 0) {

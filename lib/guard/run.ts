@@ -229,7 +229,19 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
     : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm);
-  const refusals = (checksNothing(policy) ? [] : check(options)).flatMap((refusal) => {
+  const found = checksNothing(policy) ? [] : check(options);
+  // Every address empty may mean the tree is not there at all (a hook whose --sysfs is gone):
+  // then nothing was checked, whatever the policy.
+  if (
+    found.some((r) => r.kind === "missing") &&
+    options.reader.listDir(`${options.root}/bus/pci/devices`) === null
+  ) {
+    const line = `passthrough guard: refusing to start ${
+      JSON.stringify(options.vm)
+    }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "passthrough hook status"`;
+    return { code: 1, lines: [line], refusals: [] };
+  }
+  const refusals = found.flatMap((refusal) => {
     const rule = refusal.recorded?.rule ?? null;
     const judged = policyFor(policy, rule, {
       replacedHostNeeds: refusal.kind === "replaced" && refusal.hostNeeds !== null,

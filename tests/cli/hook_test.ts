@@ -112,18 +112,23 @@ Deno.test("guard allow never lets a start take a device the host needs, and says
   try {
     const hooks = `${dir}/qemu.d`;
     const state = ["--state-dir", `${dir}/state`];
-    const installed = await runCli([
-      "hook",
-      "install",
-      "--hooks-dir",
-      hooks,
-      ...state,
-      "--sysfs",
-      tree.dir,
-    ]);
+    // The tree named relative to where install runs.
+    const [parent, name] = [
+      tree.dir.slice(0, tree.dir.lastIndexOf("/")),
+      tree.dir.split("/").at(-1)!,
+    ];
+    const installed = await runCli(
+      ["hook", "install", "--hooks-dir", hooks, ...state, "--sysfs", name],
+      { cwd: parent },
+    );
     assertEquals(installed.code, 0, installed.stderr);
     const hook = `${hooks}/${HOOK_FILE_NAME}`;
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+    // A tree named relative to here is written by its absolute path (libvirt runs hooks from /).
+    const relative = await runCli(
+      ["hook", "status", "--hooks-dir", hooks, "--json"],
+    );
+    assertEquals(JSON.parse(relative.stdout).settings.sysfs, tree.dir);
     const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", hooks]);
     assertMatch(
       allow.stdout,

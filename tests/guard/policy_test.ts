@@ -99,6 +99,18 @@ Deno.test("policy: a VM's warn lets the start go on, prints every refusal and re
   });
 });
 
+Deno.test("policy: a sysfs tree that is not there refuses the start whatever the policy", async () => {
+  await withTree(async (_root, state) => {
+    recordPolicies(state, guardPolicies(config("warn", "warn")));
+    const gone = await run(`${state}/no-such-tree`, state);
+    assertEquals([gone.code, gone.refusals], [1, []]);
+    assertMatch(
+      gone.lines[0]!,
+      /^passthrough guard: refusing to start "win11": cannot read .*\/no-such-tree\/bus\/pci\/devices, so nothing was checked/,
+    );
+  });
+});
+
 Deno.test("policy: a VM's off checks nothing, records nothing and creates nothing", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", null)));
