@@ -430,7 +430,7 @@ function hookCode(
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const settings = { version: "0.1.0", deadline: 10, timeout: "/usr/bin/timeout",
- *   command: ["/usr/bin/timeout"], env: { DENO_DIR: "/tmp" }, stateDir: "/var/lib/passthrough",
+ *   command: ["/usr/bin/timeout"], env: {}, stateDir: "/var/lib/passthrough",
  *   sysfs: "/sys" };
  * assertEquals(unsafeHookPaths(settings, "/nonexistent/50-passthrough-guard", [0]), []);
  * ```
