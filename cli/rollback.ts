@@ -20,8 +20,10 @@ import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { pathExists } from "../lib/state/paths.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
-import { hostFactsFor } from "./host_options.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
+import { guardCheck } from "../lib/guard/run.ts";
+import { libcSysfsReader } from "../ffi/libc_fs.ts";
+import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -81,6 +83,17 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
   );
 }
 
+/**
+ * Why the guard would not start `xml` on this host: a recorded device replaced, or one the host
+ * needs. An address that holds nothing is not among them: libvirt then fails the start itself.
+ */
+function startRefusals(vm: string, xml: string): string[] {
+  const reader = libcSysfsReader();
+  return guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true })
+    .filter((r) => r.kind === "replaced" || r.hostNeeds !== null)
+    .map((r) => r.reason);
+}
+
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
 export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
@@ -109,8 +122,11 @@ export async function run(
     stateDir,
     lock,
     ...(values.to !== undefined ? { backup: values.to } : {}),
-    // This host's disks, USB devices and network interfaces, when libvirt runs here.
-    ...(isRemoteUri(libvirt.uri) ? {} : { devices: hostFactsFor(undefined) }),
+    // This host's disks, USB devices and network interfaces, when libvirt runs here; and what
+    // the start guard would say of the backup's hostdevs on it.
+    ...(isRemoteUri(libvirt.uri)
+      ? {}
+      : { devices: hostFactsFor(undefined), startRefusals: (xml) => startRefusals(vm, xml) }),
     confirm: values.yes
       ? (preview) => {
         if (!values.json) showRollback(io, preview, values["show-secrets"]);

@@ -2,7 +2,8 @@
  * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
  * after backing up the definition it replaces, so a rollback can itself be rolled back. A backup
  * that gives the VM a device another domain holds now is not restored (checked before asking and
- * again just before the define): that would put the device in two definitions.
+ * again just before the define): that would put the device in two definitions; nor one whose
+ * hostdevs the start guard would refuse now (a recorded device replaced, one the host needs).
  *
  * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
  * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
@@ -62,6 +63,12 @@ export interface RollbackOptions {
    * backup gives back. Default: they are not resolved.
    */
   devices?: DeviceResolvers;
+  /**
+   * Why the backup's hostdevs may not be started on this host now, as the start guard sees them
+   * (a recorded device replaced by another, or one the host needs): such a backup is not
+   * restored. Default: not asked (libvirt on another host).
+   */
+  startRefusals?: (xml: string) => string[];
 }
 
 /**
@@ -313,6 +320,16 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const restoring = { vm, backup, backupXml, currentXml, devices: options.devices };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);
+  const refusals = options.startRefusals?.(backupXml) ?? [];
+  if (refusals.length > 0) {
+    return report(
+      "failed",
+      `Refusing to restore backup "${backup.id}" into "${vm}": ${
+        refusals.join("; ")
+      }; "passthrough plan --vm ${vm}" shows what the config gives it on this host now`,
+      null,
+    );
+  }
   if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }

@@ -111,7 +111,7 @@ function networkStatusReader(
  * itself uses (`own`) and the other running VMs use (which `plan` reads from their definitions).
  */
 function hostUseOf(
-  options: GuardRunOptions,
+  options: GuardCheckOptions,
   devices: PciDevice[],
   own: UsedDevices,
   networkStatus: (name: string) => string | null,
@@ -146,7 +146,21 @@ function hostUseOf(
   ];
 }
 
-function check(options: GuardRunOptions): GuardRefusal[] {
+/** What {@link guardCheck} reads: a start's inputs without its operation, policy or state. */
+export type GuardCheckOptions = Omit<
+  GuardRunOptions,
+  "operation" | "subOperation" | "stateDir" | "now"
+>;
+
+/**
+ * Every reason the start guard finds not to start the domain `options.xml` now, before any
+ * policy or allowance: what `rollback` asks of a backup before restoring it on this host.
+ */
+export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
+  return check(options);
+}
+
+function check(options: GuardCheckOptions): GuardRefusal[] {
   const { vm } = options;
   const unreadable = (reason: string): GuardRefusal[] => [unreadableRefusal(vm, reason)];
   if (options.xml === null) {

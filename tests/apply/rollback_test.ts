@@ -9,6 +9,9 @@ import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
+import { livePciMissing } from "../helpers/hosts.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -294,6 +297,53 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
+
+Deno.test({
+  name: "passthrough rollback refuses a backup whose hostdev is a device this host needs now",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const reader = libcSysfsReader();
+    const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
+      .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
+    const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
+    const nic = uses.find((u) => u.reason === "default-route")?.address;
+    if (nic === undefined) return;
+    const [dom, bus, slotFn] = nic.split(":");
+    const [slot, fn] = slotFn!.split(".");
+    const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+    try {
+      const world = `${root}/world.xml`;
+      await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+      const stateDir = `${root}/state`;
+      using port = openLibvirtPort(`test://${world}`);
+      const xml = port.getPersistentXml("alpha", { secure: true });
+      // A hand-added hostdev on the NIC of this host's default route.
+      const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source><address ` +
+        `domain='0x${dom}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+      writeBackup(stateDir, {
+        vm: "alpha",
+        uuid: UUID_A,
+        xml: xml.replace("</devices>", `${hostdev}\n</devices>`),
+        reason: "apply",
+        uri: port.uri,
+      });
+      const args = ["rollback", "alpha", "--yes", "--connect", `test://${world}`];
+      const result = await cli([...args, "--state-dir", stateDir]);
+      assertEquals(result.code, 1, result.stderr);
+      assertMatch(
+        result.stdout,
+        new RegExp(
+          `^Refusing to restore backup ".*" into "alpha": hostdev ${nic} holds .* the host needs ` +
+            `it: in use by the host \\(default-route: .*; "passthrough plan --vm alpha" shows`,
+        ),
+      );
+      // Nothing was written: no backup of the definition it would have replaced.
+      assertEquals(listBackups(stateDir, "alpha").length, 1);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
 
 Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
