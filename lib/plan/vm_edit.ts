@@ -19,7 +19,7 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import { recordOf, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
@@ -114,10 +114,12 @@ function identityOf(
   rule: string,
   records: readonly DeviceIdentity[],
 ): DeviceIdentity {
-  // Once libvirt has moved the card to vfio-pci, keep the driver it was first resolved with.
-  const driver = device.driver !== null && VFIO_DRIVERS.has(device.driver)
-    ? recordedDriver(device, records) ?? device.driver
-    : device.driver;
+  // Once libvirt has moved the card to vfio-pci, keep the driver it was first resolved with,
+  // none included (a group member without a driver): else each start and stop changes the plan.
+  const record = device.driver !== null && VFIO_DRIVERS.has(device.driver)
+    ? recordOf(device, records)
+    : null;
+  const driver = record !== null ? record.driver : device.driver;
   return {
     address: device.address,
     vendorId: device.vendorId,

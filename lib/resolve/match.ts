@@ -23,19 +23,31 @@ export function sameIdentity(record: DeviceIdentity, device: PciDevice): boolean
 }
 
 /**
+ * The VM's recorded identity of `device`, or `null` when nothing recorded fits. Without a serial
+ * number only a record at the same address counts, since identical cards are otherwise
+ * indistinguishable.
+ */
+export function recordOf(
+  device: PciDevice,
+  records: readonly DeviceIdentity[],
+): DeviceIdentity | null {
+  for (const record of records) {
+    if (!sameIdentity(record, device)) continue;
+    if (record.address === device.address || record.serial !== null) return record;
+  }
+  return null;
+}
+
+/**
  * The host driver a device was resolved with before libvirt moved it to `vfio-pci`, from the
- * VM's recorded identities; `null` when nothing recorded fits. Without a serial number only a
- * record at the same address counts, since identical cards are otherwise indistinguishable.
+ * VM's recorded identities ({@link recordOf}); `null` when nothing recorded fits, or the device
+ * had no driver then.
  */
 export function recordedDriver(
   device: PciDevice,
   records: readonly DeviceIdentity[],
 ): string | null {
-  for (const record of records) {
-    if (!sameIdentity(record, device)) continue;
-    if (record.address === device.address || record.serial !== null) return record.driver;
-  }
-  return null;
+  return recordOf(device, records)?.driver ?? null;
 }
 
 /** Options for matching. */

@@ -94,6 +94,29 @@ Deno.test("planHostdevs() still matches driver: nvidia after libvirt rebinds the
   });
 });
 
+Deno.test("planHostdevs() does not change a group member's record when libvirt binds it to vfio-pci and back", async () => {
+  // The GPU's audio function had no driver when the plan was applied: its record says none, and
+  // a start (vfio-pci) or a stop (none again) must not make the plan change, or drift checks fire.
+  const unbound = host([...baseDevices(), GPU, { ...GPU_AUDIO, driver: null }]);
+  const started = host([
+    ...baseDevices(),
+    { ...GPU, driver: "vfio-pci" },
+    { ...GPU_AUDIO, driver: "vfio-pci" },
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: unbound, libvirt }), "win10");
+    assertEquals(parseDomainXml(applied.desiredXml).records.map((r) => r.driver), [
+      "nvidia",
+      null,
+    ]);
+    libvirt.define(applied.desiredXml);
+    for (const now of [started, unbound]) {
+      const again = vmOf(planHostdevs({ config: GPU_CONFIG, host: now, libvirt }), "win10");
+      assertEquals([again.errors, again.changed], [[], false]);
+    }
+  });
+});
+
 Deno.test("planHostdevs() keeps hand-added hostdevs byte for byte and never duplicates them", async () => {
   await withPort([LINUX], (libvirt) => {
     const cfg = config(`  linux:
