@@ -292,7 +292,12 @@ function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssu
     code: "group-contains-host-critical",
     message: rule.allowHostCritical
       ? `Rule "${rule.name}" of VM "${vm}" takes devices the host likely needs: ${list} (allowed by allow_host_critical: true)`
-      : `Rule "${rule.name}" of VM "${vm}" would take devices the host likely needs: ${list}: move the card to another slot, or set "allow_host_critical: true" on the rule`,
+      : `Rule "${rule.name}" of VM "${vm}" would take devices the host likely needs: ${list}: ${
+        critical.some((x) => x.c.reason === "matched")
+          // The rule chose the host's own device: no slot makes that one safe to give away.
+          ? `narrow the rule to another device (serial, slot or address), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
+          : `move the card to another slot (another IOMMU group), or set "allow_host_critical: true" on the rule`
+      }`,
     vm,
     rule: rule.name,
     location: rule.location,

@@ -66,7 +66,7 @@ Deno.test("closeOverGroups() refuses a group holding the host's LPC bridge and n
   assertEquals(error.override, "allow_host_critical: true");
   assertEquals(
     error.message,
-    'Rule "sata" of VM "nas" would take devices the host likely needs: 0000:00:1f.0 (ISA/LPC bridge): move the card to another slot, or set "allow_host_critical: true" on the rule',
+    'Rule "sata" of VM "nas" would take devices the host likely needs: 0000:00:1f.0 (ISA/LPC bridge): move the card to another slot (another IOMMU group), or set "allow_host_critical: true" on the rule',
   );
 });
 
@@ -84,6 +84,11 @@ Deno.test("closeOverGroups() refuses a device the running host uses, even when m
   assertMatch(
     error?.message ?? "",
     /0000:4a:00\.0 \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\)/,
+  );
+  // The rule chose the host's own disk: no other slot makes it safe, so that is not the advice.
+  assertMatch(
+    error?.message ?? "",
+    /: narrow the rule to another device \(serial, slot or address\), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule$/,
   );
 });
 
