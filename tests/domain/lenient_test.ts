@@ -24,6 +24,7 @@ import {
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { canonicalPciAddress } from "../../lib/pci/address.ts";
 import { noDevices } from "../../lib/plan/used_devices.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
 
@@ -254,6 +255,15 @@ Deno.test("scanHostdevsLeniently() blanks <metadata> to its own end tag, not the
   assertEquals(lenientHostPciAddresses(unclosed), ["0000:07:00.0", "0000:0a:00.0"]);
   const other = `<domain><metadata><metadataX></metadataX>${fake("07")}</metadata>${real}`;
   assertEquals(lenientHostPciAddresses(other), ["0000:0a:00.0"]);
+  recordCase({
+    area: "domain-xml",
+    name:
+      "another application's metadata saying </metadata> (nested <metadata>, comment, CDATA, PI) before devices of its own",
+    count: hiders.length,
+    outcome:
+      "its content stays metadata: no device added, relabelled or hidden (the start guard's scan)",
+    test: "tests/domain/lenient_test.ts",
+  });
 });
 
 Deno.test("scanHostdevPoolLeniently() reads the <forward> after metadata that says </metadata>", () => {

@@ -300,6 +300,14 @@ Deno.test("installHook() makes the hook executable only once it is whole, and re
     Deno.writeTextFileSync(leftover, "", { mode: 0o755 });
     assertEquals(installHook(hooks, script).changed, false);
     assertEquals(inspectHook(hooks).leftovers, []);
+    recordCase({
+      area: "fault",
+      name: "hook install killed between its temporary file and the rename",
+      count: 1,
+      outcome:
+        "the temporary file is never executable before it is whole; the next install removes it, doctor reports it",
+      test: "tests/guard/hook_file_test.ts",
+    });
   });
 });
 
@@ -360,6 +368,14 @@ Deno.test("unsafeHookPaths() names what another user than root could change in w
     Deno.removeSync(entry);
     Deno.symlinkSync(`${dir}/theirs.js`, entry);
     assertEquals(unsafe(), [`${dir}/theirs.js belongs to uid 65534`]);
+    recordCase({
+      area: "security",
+      name:
+        "what the root-run hook runs changeable by another user (a chunk, a group-writable clone, a world-writable hooks directory or Deno cache, a link to a user's file)",
+      count: 5,
+      outcome: "named; hook install refuses, hook status and doctor report it",
+      test: "tests/guard/hook_file_test.ts",
+    });
   });
 });
 
