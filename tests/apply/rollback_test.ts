@@ -9,9 +9,7 @@ import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
-import { livePciMissing } from "../helpers/hosts.ts";
-import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
+import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -302,14 +300,9 @@ Deno.test({
   name: "passthrough rollback refuses a backup whose hostdev is a device this host needs now",
   ignore: livePciMissing() !== null,
   async fn() {
-    const reader = libcSysfsReader();
-    const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
-      .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
-    const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
-    const nic = uses.find((u) => u.reason === "default-route")?.address;
-    if (nic === undefined) return;
-    const [dom, bus, slotFn] = nic.split(":");
-    const [slot, fn] = slotFn!.split(".");
+    const live = liveDefaultRouteNic();
+    if (live === null) return;
+    const { address: nic, hostdev } = live;
     const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
     try {
       const world = `${root}/world.xml`;
@@ -318,8 +311,6 @@ Deno.test({
       using port = openLibvirtPort(`test://${world}`);
       const xml = port.getPersistentXml("alpha", { secure: true });
       // A hand-added hostdev on the NIC of this host's default route.
-      const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source><address ` +
-        `domain='0x${dom}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
       writeBackup(stateDir, {
         vm: "alpha",
         uuid: UUID_A,

@@ -4,12 +4,15 @@
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { runCli, runHook } from "../helpers/cli.ts";
-import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import {
+  liveDefaultRouteNic,
+  livePciMissing,
+  loadFixtureHost,
+  tempHostTree,
+} from "../helpers/hosts.ts";
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
 import { testDomainXml } from "../helpers/world.ts";
-import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -497,18 +500,9 @@ Deno.test({
   name: "this host's /sys spelled another way is still read as the live host: its NIC is refused",
   ignore: livePciMissing() !== null,
   async fn() {
-    const reader = libcSysfsReader();
-    const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
-      .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
-    const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
-    const nic = uses.find((u) => u.reason === "default-route")?.address;
-    if (nic === undefined) return;
-    const [domain, bus, slotFn] = nic.split(":");
-    const [slot, fn] = slotFn!.split(".");
-    const xml = `<domain type='kvm'><name>vm</name><devices>
-      <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x${domain}'
-        bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>
-    </devices></domain>`;
+    const live = liveDefaultRouteNic();
+    if (live === null) return;
+    const xml = `<domain type='kvm'><name>vm</name><devices>${live.hostdev}</devices></domain>`;
     const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-live-" });
     try {
       await Deno.symlink("/sys", `${dir}/sys-link`);

@@ -10,6 +10,8 @@ import {
   type HostDescription,
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 
 /** `tests/fixtures/hosts/`. */
 export const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
@@ -56,6 +58,24 @@ export async function tempHostTree(
  * Why a test of this machine's real `/sys` cannot run here (no PCI devices listed), or `null`.
  * For `ignore:`.
  */
+/**
+ * The NIC of this machine's default route (which the host needs), and a hand-written managed
+ * `<hostdev>` naming it; `null` when no default route runs over a PCI function here.
+ */
+export function liveDefaultRouteNic(): { address: string; hostdev: string } | null {
+  const reader = libcSysfsReader();
+  const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
+    .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
+  const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
+  const address = uses.find((u) => u.reason === "default-route")?.address;
+  if (address === undefined) return null;
+  const [domain, bus, slotFn] = address.split(":");
+  const [slot, fn] = slotFn!.split(".");
+  const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source><address ` +
+    `domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/></source></hostdev>`;
+  return { address, hostdev };
+}
+
 export function livePciMissing(): string | null {
   try {
     return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0
