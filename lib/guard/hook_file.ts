@@ -553,12 +553,7 @@ export function inspectHook(
     // A link or a file swapped in meanwhile: present, and not one passthrough wrote.
     if (!(error instanceof StateDirError)) throw error;
   }
-  const files = settings === null
-    ? []
-    : [settings.timeout, ...settings.command.filter((arg) => arg.startsWith("/"))];
-  const programs = [...new Set(files)].filter((f) =>
-    f !== settings?.stateDir && f !== settings?.sysfs
-  )
+  const programs = (settings === null ? [] : hookCode(settings).files)
     .map((f) => ({ path: f, exists: exists(f) }));
   return {
     path,

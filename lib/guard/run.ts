@@ -157,10 +157,6 @@ export type GuardCheckOptions = Omit<
  * policy or allowance: what `rollback` asks of a backup before restoring it on this host.
  */
 export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
-  return check(options);
-}
-
-function check(options: GuardCheckOptions): GuardRefusal[] {
   const { vm } = options;
   const unreadable = (reason: string): GuardRefusal[] => [unreadableRefusal(vm, reason)];
   if (options.xml === null) {
@@ -243,7 +239,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
     : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm);
-  const found = checksNothing(policy) ? [] : check(options);
+  const found = checksNothing(policy) ? [] : guardCheck(options);
   // Every address empty may mean the tree is not there at all (a hook whose --sysfs is gone):
   // then nothing was checked, whatever the policy.
   if (

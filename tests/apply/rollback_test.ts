@@ -296,6 +296,23 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
 
+/**
+ * A test-driver world in `root` holding VM alpha, and a backup of it (as `apply` writes one) whose
+ * definition is `edit` of alpha's now.
+ */
+async function alphaWithBackup(
+  root: string,
+  edit: (xml: string) => string,
+): Promise<{ world: string; stateDir: string }> {
+  const world = `${root}/world.xml`;
+  await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+  const stateDir = `${root}/state`;
+  using port = openLibvirtPort(`test://${world}`);
+  const xml = edit(port.getPersistentXml("alpha", { secure: true }));
+  writeBackup(stateDir, { vm: "alpha", uuid: UUID_A, xml, reason: "apply", uri: port.uri });
+  return { world, stateDir };
+}
+
 Deno.test({
   name: "passthrough rollback refuses a backup whose hostdev is a device this host needs now",
   ignore: livePciMissing() !== null,
@@ -305,19 +322,11 @@ Deno.test({
     const { address: nic, hostdev } = live;
     const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
     try {
-      const world = `${root}/world.xml`;
-      await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
-      const stateDir = `${root}/state`;
-      using port = openLibvirtPort(`test://${world}`);
-      const xml = port.getPersistentXml("alpha", { secure: true });
       // A hand-added hostdev on the NIC of this host's default route.
-      writeBackup(stateDir, {
-        vm: "alpha",
-        uuid: UUID_A,
-        xml: xml.replace("</devices>", `${hostdev}\n</devices>`),
-        reason: "apply",
-        uri: port.uri,
-      });
+      const { world, stateDir } = await alphaWithBackup(
+        root,
+        (xml) => xml.replace("</devices>", `${hostdev}\n</devices>`),
+      );
       const args = ["rollback", "alpha", "--yes", "--connect", `test://${world}`];
       const result = await cli([...args, "--state-dir", stateDir]);
       assertEquals(result.code, 1, result.stderr);
@@ -339,20 +348,10 @@ Deno.test({
 Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
-    const world = `${root}/world.xml`;
-    await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
-    const stateDir = `${root}/state`;
-    {
-      using port = openLibvirtPort(`test://${world}`);
-      const xml = port.getPersistentXml("alpha", { secure: true });
-      writeBackup(stateDir, {
-        vm: "alpha",
-        uuid: UUID_A,
-        xml: xml.replace("1048576</memory>", "2097152</memory>"),
-        reason: "apply",
-        uri: port.uri,
-      });
-    }
+    const { world, stateDir } = await alphaWithBackup(
+      root,
+      (xml) => xml.replace("1048576</memory>", "2097152</memory>"),
+    );
     const noTerminal = await cli([
       "rollback",
       "alpha",
