@@ -377,7 +377,7 @@ function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | 
     status: "warn",
     summary: `GPU host drivers in use: ${busy.join("; ")}`,
     hint:
-      "Passing such a GPU hangs libvirt's detach: stop its users first, or bind it to vfio-pci at boot",
+      "Passing such a GPU hangs libvirt's detach: stop its users first, or bind it to vfio-pci at boot (`plan` names a vfio-pci.ids= entry when one takes no device the host keeps)",
   };
 }
 

@@ -108,6 +108,8 @@ export interface HostFacts {
   gpuHolders(address: PciAddress): GpuHolder[];
   /** Framebuffers of the device a bound framebuffer console (fbcon) draws on (`fb0`). */
   consoleFramebuffers(address: PciAddress): string[];
+  /** The bound framebuffer console's entry in `class/vtconsole` (`vtcon1`), or `null`. */
+  frameBufferConsole(): string | null;
   /** CPU number to NUMA node; `null` when the host says nothing about its nodes. */
   cpuNodes(): Map<number, number> | null;
   /** A node's CPU list as the kernel writes it (`16-31`), or `null`. */
@@ -339,11 +341,11 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   const { sysRoot, procRoot } = options;
   const reader = unknownOnError(options.reader);
   const device = (address: PciAddress) => `${sysRoot}/bus/pci/devices/${address}`;
-  const fbconBound = once(() =>
-    (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).some((c) =>
+  const frameBufferConsole = once(() =>
+    (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).sort().find((c) =>
       readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
       /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
-    )
+    ) ?? null
   );
   const cpuNodes = once(() => {
     const nodes = (reader.listDir(`${sysRoot}/devices/system/node`) ?? [])
@@ -393,8 +395,9 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
         /^fb\d+$/.test(f)
       );
-      return fbs.length > 0 && fbconBound() ? fbs.sort() : [];
+      return fbs.length > 0 && frameBufferConsole() !== null ? fbs.sort() : [];
     }),
+    frameBufferConsole,
     cpuNodes,
     nodeCpuList,
     romFile: byKey((path) => {
@@ -653,6 +656,68 @@ export function driverUsers(device: PciDevice, facts: HostFacts): string[] {
     users.push(`its device nodes are open in ${named.join(", ")}`);
   }
   const consoles = facts.consoleFramebuffers(address);
-  if (consoles.length > 0) users.push(`the framebuffer console on ${consoles.join(", ")}`);
+  if (consoles.length > 0) {
+    users.push(`the framebuffer console on ${consoles.join(", ")} (${facts.frameBufferConsole()})`);
+  }
   return users;
+}
+
+/** How {@link vfioIdsBinding} would bind a device at boot. */
+export type VfioIdsBinding =
+  /** `vfio-pci.ids=` with these IDs takes this device and none that the host keeps. */
+  | { kind: "ids"; ids: string }
+  /** The devices the host keeps that any `vfio-pci.ids=` entry for this device would take too. */
+  | { kind: "twins"; ids: string; twins: PciAddress[] };
+
+/**
+ * The `vfio-pci.ids=` entry that binds `device` to vfio-pci at boot without taking a device the
+ * host keeps. The kernel binds every device whose IDs match an entry, whatever its address, so
+ * the entry names the subsystem IDs too when they tell `device` from another device of its model
+ * outside `passed` (the devices going to guests); when nothing tells them apart, no entry is safe.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const gpu = (address: string, subsystemDeviceId: string) => ({
+ *   address, vendorId: "10de", deviceId: "1b06", subsystemVendorId: "1458", subsystemDeviceId,
+ * });
+ * const mine = gpu("0000:0b:00.0", "3752");
+ * assertEquals(vfioIdsBinding(mine, [mine], new Set()), { kind: "ids", ids: "10de:1b06" });
+ * const other = gpu("0000:0c:00.0", "3702");
+ * assertEquals(vfioIdsBinding(mine, [mine, other], new Set()), {
+ *   kind: "ids",
+ *   ids: "10de:1b06:1458:3752",
+ * });
+ * assertEquals(vfioIdsBinding(mine, [mine, other], new Set(["0000:0c:00.0"])).kind, "ids");
+ * assertEquals(vfioIdsBinding(mine, [mine, gpu("0000:0c:00.0", "3752")], new Set()), {
+ *   kind: "twins",
+ *   ids: "10de:1b06",
+ *   twins: ["0000:0c:00.0"],
+ * });
+ * ```
+ */
+export function vfioIdsBinding(
+  device: Pick<
+    PciDevice,
+    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
+  >,
+  devices: readonly Pick<
+    PciDevice,
+    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
+  >[],
+  passed: ReadonlySet<PciAddress>,
+): VfioIdsBinding {
+  const ids = `${device.vendorId}:${device.deviceId}`;
+  const kept = devices.filter((d) =>
+    d.address !== device.address && !passed.has(d.address) &&
+    d.vendorId === device.vendorId && d.deviceId === device.deviceId
+  );
+  if (kept.length === 0) return { kind: "ids", ids };
+  const { subsystemVendorId: vendor, subsystemDeviceId: sub } = device;
+  const twins = kept.filter((d) =>
+    vendor === null || sub === null ||
+    (d.subsystemVendorId ?? vendor) === vendor && (d.subsystemDeviceId ?? sub) === sub
+  );
+  if (twins.length > 0) return { kind: "twins", ids, twins: twins.map((d) => d.address) };
+  return { kind: "ids", ids: `${ids}:${vendor}:${sub}` };
 }

@@ -23,8 +23,9 @@ import {
   parseCpuList,
   permits,
   resetVerdict,
+  vfioIdsBinding,
 } from "../host/preflight.ts";
-import type { HostTopology, PciAddress } from "../host/types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
 
@@ -102,9 +103,38 @@ function driverBusy(
       [c],
       `${named(c)} is bound to host driver "${driver}", which is in use: ${
         users.join("; ")
-      }${shared}: libvirt's detach when "${vm}" starts hangs (or oopses the host) until they let go: stop them (display manager, nvidia-persistenced), unbind the console (echo 0 > /sys/class/vtconsole/vtcon1/bind), or bind the GPU to vfio-pci at boot (vfio-pci.ids=${c.device.vendorId}:${c.device.deviceId})`,
+      }${shared}: libvirt's detach when "${vm}" starts hangs (or oopses the host) until they let go: ${
+        busyRemedies(c.device, users.length, taken, context)
+      }`,
     )];
   });
+}
+
+/** What lets a busy GPU's host driver go: stopping its users, the console, a binding at boot. */
+function busyRemedies(
+  device: PciDevice,
+  users: number,
+  taken: ReadonlySet<PciAddress>,
+  context: { host: HostTopology; facts: HostFacts },
+): string {
+  const vtcon = context.facts.consoleFramebuffers(device.address).length > 0
+    ? context.facts.frameBufferConsole()
+    : null;
+  const remedies = users > (vtcon === null ? 0 : 1)
+    ? ["stop them (display manager, nvidia-persistenced)"]
+    : [];
+  if (vtcon !== null) {
+    remedies.push(`unbind the console (echo 0 > /sys/class/vtconsole/${vtcon}/bind)`);
+  }
+  const binding = vfioIdsBinding(device, context.host.devices, taken);
+  if (binding.kind === "ids") {
+    return `${remedies.join(", ")}${
+      remedies.length > 0 ? ", or " : ""
+    }bind the GPU to vfio-pci at boot (vfio-pci.ids=${binding.ids})`;
+  }
+  return `${remedies.join(", or ")}; not vfio-pci.ids=${binding.ids} at boot: it would bind ${
+    binding.twins.join(", ")
+  } too (the same IDs)`;
 }
 
 /** Why the device will not reset between guest boots, or `null` when it will. */

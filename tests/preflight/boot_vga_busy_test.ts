@@ -127,3 +127,69 @@ Deno.test("host-driver-busy: none when the module has only its dependent modules
     );
   });
 });
+
+/** Two GTX 1080 Ti: the one in slot 1 for the guest, the host's console on the other. */
+function twinGpus(subsystem: { "0000:0b:00.0": string; "0000:0c:00.0": string }) {
+  const gpu = (bdf: keyof typeof subsystem) => ({
+    device: "0x1b06",
+    subsystem_vendor: "0x1458",
+    subsystem_device: subsystem[bdf],
+    name: "NVIDIA Corporation GP102 [GeForce GTX 1080 Ti]",
+  });
+  return described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": {
+        ...gpu("0000:0b:00.0"),
+        slot: "1",
+        driver: "nvidia",
+        drm: { card: 1, clients: [{ command: "Xorg", pid: 1433 }] },
+      },
+      "0000:0c:00.0": { ...gpu("0000:0c:00.0"), driver: "nvidia", console: true },
+    },
+  });
+}
+
+const SLOT_RULE = "vms:\n  win:\n    devices:\n      - name: gpu\n" +
+  "        match: { vendor_device_id: 10de:1b06, slot: '1' }\n";
+
+Deno.test("host-driver-busy: no vfio-pci.ids= advice that would take the host's GPU of the same model", async () => {
+  await withHost(twinGpus({ "0000:0b:00.0": "3752", "0000:0c:00.0": "3752" }), (built) => {
+    const win = vm(planOn(built, SLOT_RULE, { win: domain("win") }), "win");
+    const busy = win.warnings.find((w) => w.code === "host-driver-busy");
+    assertEquals(busy?.devices, ["0000:0b:00.0"]);
+    const message = busy!.message;
+    assertMatch(message, /stop them \(display manager/);
+    assertMatch(
+      message,
+      /not vfio-pci\.ids=10de:1b06 at boot: it would bind 0000:0c:00\.0 too \(the same IDs\)/,
+    );
+    assertEquals(/\(vfio-pci\.ids=/.test(message), false);
+    // The console is on the host's GPU, not this one: nothing to unbind for it.
+    assertEquals(message.includes("vtconsole"), false);
+  });
+  await withHost(twinGpus({ "0000:0b:00.0": "3752", "0000:0c:00.0": "3702" }), (built) => {
+    const win = vm(planOn(built, SLOT_RULE, { win: domain("win") }), "win");
+    const busy = win.warnings.find((w) => w.code === "host-driver-busy");
+    // The subsystem IDs tell the two boards apart: the entry names them.
+    assertMatch(busy?.message ?? "", /\(vfio-pci\.ids=10de:1b06:1458:3752\)$/);
+  });
+});
+
+Deno.test("host-driver-busy: the console to unbind is the framebuffer console's own vtconsole", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia", console: true } },
+  });
+  await withHost(description, (built) => {
+    Deno.renameSync(`${built.dir}/class/vtconsole/vtcon1`, `${built.dir}/class/vtconsole/vtcon2`);
+    Deno.mkdirSync(`${built.dir}/class/vtconsole/vtcon0`);
+    Deno.writeTextFileSync(`${built.dir}/class/vtconsole/vtcon0/name`, "(S) dummy device\n");
+    Deno.writeTextFileSync(`${built.dir}/class/vtconsole/vtcon0/bind`, "0\n");
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const message = win.warnings.find((w) => w.code === "host-driver-busy")?.message ?? "";
+    assertMatch(message, /the framebuffer console on fb0 \(vtcon2\)/);
+    assertMatch(message, /unbind the console \(echo 0 > \/sys\/class\/vtconsole\/vtcon2\/bind\)/);
+    // Only the console holds it: there is nothing else to stop.
+    assertEquals(message.includes("stop them"), false);
+    assertMatch(message, /or bind the GPU to vfio-pci at boot \(vfio-pci\.ids=10de:1b06\)$/);
+  });
+});
