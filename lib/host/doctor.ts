@@ -17,6 +17,7 @@ import type { HookInspection } from "../guard/hook_file.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
+import { cmdlineVfioIds, modprobeVfioIds, vfioIdsMatch } from "./boot_binding.ts";
 
 /** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -50,6 +51,8 @@ export interface DoctorOptions {
   procRoot?: string;
   /** Default `/lib/modules`. */
   modulesRoot?: string;
+  /** Where modprobe's configuration is read on a live host. Default `MODPROBE_DIRS`. */
+  modprobeDirs?: readonly string[];
   /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
   libvirtProbe?: () => string | Error;
   /** The start guard's hook and what runs it (live hosts only): adds the `hook` finding. */
@@ -354,6 +357,81 @@ function checkBootVga(host: HostTopology, facts: HostFacts): DoctorFinding | nul
   };
 }
 
+/**
+ * What `vfio-pci.ids` entries take at boot: every device of the listed IDs, so an entry meant for
+ * a guest's card also takes a device the host uses (fail) or another card of the model (warn).
+ */
+function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
+  const { host } = options;
+  const entries = [
+    ...cmdlineVfioIds(host.kernelCmdline),
+    ...(options.live ? modprobeVfioIds(options.reader, options.modprobeDirs) : []),
+  ];
+  if (entries.length === 0) return null;
+  const uses = new Map((host.hostUse ?? []).map((u) => [u.address, u.detail]));
+  const found = entries.map((entry) => {
+    // vfio-pci binds endpoints only (a bridge's header type is refused).
+    const taken = host.devices.filter((d) => !d.isBridge && vfioIdsMatch(entry, d));
+    const cards = new Set(taken.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
+    const said = `vfio-pci.ids=${entry.text} (${entry.source})`;
+    return { entry, taken, cards, said, needed: taken.filter((d) => uses.has(d.address)) };
+  });
+  const needed = found.filter((f) => f.needed.length > 0);
+  const shared = found.filter((f) => f.cards.size > 1);
+  if (needed.length === 0 && shared.length === 0) {
+    return {
+      check: "boot-binding",
+      status: "ok",
+      summary: `At boot ${
+        found.map((f) =>
+          `${f.said} takes ${
+            f.taken.length === 0 ? "nothing here" : f.taken.map((d) => d.address).join(", ")
+          }`
+        ).join("; ")
+      }`,
+      hint: null,
+    };
+  }
+  const problems = [
+    ...needed.map((f) =>
+      `${f.said} takes ${
+        f.needed.map((d) => `${d.address}, which the host uses (${uses.get(d.address)})`).join(
+          "; ",
+        )
+      }, at the next boot`
+    ),
+    ...shared.filter((f) => !needed.includes(f)).map((f) =>
+      `${f.said} takes every card of that model: ${
+        f.taken.map((d) => d.address).join(", ")
+      }; the host can use none of them`
+    ),
+  ];
+  return {
+    check: "boot-binding",
+    status: needed.length > 0 ? "fail" : "warn",
+    summary: problems.join("; "),
+    hint: narrowerEntries([...needed, ...shared].flatMap((f) => f.taken)) ??
+      "remove the entry (libvirt detaches a managed hostdev from its host driver at start), then update-initramfs -u if modprobe.d is in the initramfs",
+  };
+}
+
+/**
+ * Entries with subsystem IDs that take one card each, when the boards' subsystem IDs tell
+ * them apart; `null` when some do not.
+ */
+function narrowerEntries(taken: readonly PciDevice[]): string | null {
+  const devices = [...new Map(taken.map((d) => [d.address, d])).values()];
+  const key = (d: PciDevice) =>
+    d.subsystemVendorId === null || d.subsystemDeviceId === null
+      ? null
+      : `${d.vendorId}:${d.deviceId}:${d.subsystemVendorId}:${d.subsystemDeviceId}`;
+  const keys = devices.map(key);
+  if (keys.some((k) => k === null) || new Set(keys).size < devices.length) return null;
+  return `to take one board only, name its subsystem IDs: ${
+    devices.map((d) => `${key(d)} (${d.address})`).join(", ")
+  }; then update-initramfs -u if modprobe.d is in the initramfs`;
+}
+
 /** GPUs whose host driver has users: libvirt's detach of them would hang. */
 function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | null {
   const gpus = host.devices.filter((d) =>
@@ -586,6 +664,7 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkInterruptRemapping(options, vendor),
     checkVfioPci(options),
     checkAcsOverride(options.host),
+    checkBootBindings(options),
   ].filter((f) => f !== null);
   if (options.facts !== undefined) findings.push(...preflightFindings(options.host, options.facts));
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));

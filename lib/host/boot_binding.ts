@@ -1,0 +1,120 @@
+/**
+ * Boot-time vfio-pci bindings by IDs: `vfio-pci.ids=` on the kernel command line and
+ * `options vfio-pci ids=` in modprobe.d. The kernel binds every device whose IDs match an entry,
+ * whatever its address, so one entry written for a guest's card also takes an identical card the
+ * host was meant to keep (the second NIC of a model, the host's own GPU of the same model). This
+ * module finds those entries and the devices each one takes here.
+ *
+ * @module
+ */
+
+import type { SysfsReader } from "./sysfs.ts";
+import type { PciDevice } from "./types.ts";
+
+/** One entry of a vfio-pci `ids` list, as the kernel reads it. */
+export interface VfioIdsEntry {
+  /** Where it is written: `kernel command line` or a modprobe.d file's path. */
+  source: string;
+  /** The entry as written (`10de:1b06`). */
+  text: string;
+  /** The IDs it matches (`null`: any, the kernel's `ffffffff`). */
+  vendor: number | null;
+  device: number | null;
+  subvendor: number | null;
+  subdevice: number | null;
+  /** Class and mask (`0`, `0`: any class). */
+  classCode: number;
+  classMask: number;
+}
+
+/** Where modprobe reads its configuration, the overriding directory first (modprobe.d(5)). */
+export const MODPROBE_DIRS = [
+  "/etc/modprobe.d",
+  "/run/modprobe.d",
+  "/usr/local/lib/modprobe.d",
+  "/usr/lib/modprobe.d",
+  "/lib/modprobe.d",
+] as const;
+
+const ANY_ID = 0xffffffff;
+const HEX = /^(0x)?[0-9a-f]{1,8}$/i;
+
+/**
+ * The entries of an `ids` value (`10de:1b06,10de:10ef`), each
+ * `vendor:device[:subvendor[:subdevice[:class[:class_mask]]]]` in hex; what the kernel rejects
+ * (fewer than two fields, not hex) is left out, as the kernel leaves it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const [gpu, board] = parseVfioIds("10de:1b06,10de:1b06:1458:3752,bad", "kernel command line");
+ * assertEquals([gpu!.vendor, gpu!.device, gpu!.subvendor], [0x10de, 0x1b06, null]);
+ * assertEquals([board!.subvendor, board!.subdevice], [0x1458, 0x3752]);
+ * ```
+ */
+export function parseVfioIds(value: string, source: string): VfioIdsEntry[] {
+  return value.split(",").flatMap((text) => {
+    const fields = text.trim().split(":");
+    if (fields.length < 2 || fields.length > 6 || !fields.every((f) => HEX.test(f))) return [];
+    const [vendor, device, subvendor, subdevice, classCode, classMask] = fields.map((f) =>
+      parseInt(f, 16)
+    );
+    const id = (n: number | undefined) => n === undefined || n === ANY_ID ? null : n;
+    return [{
+      source,
+      text: text.trim(),
+      vendor: id(vendor),
+      device: id(device),
+      subvendor: id(subvendor),
+      subdevice: id(subdevice),
+      classCode: classCode ?? 0,
+      classMask: classMask ?? 0,
+    }];
+  });
+}
+
+/** Whether the kernel would bind `device` to vfio-pci for `entry` (`pci_match_one_device`). */
+export function vfioIdsMatch(entry: VfioIdsEntry, device: PciDevice): boolean {
+  const same = (id: number | null, value: string | null) =>
+    id === null || (value !== null && parseInt(value, 16) === id);
+  return same(entry.vendor, device.vendorId) && same(entry.device, device.deviceId) &&
+    same(entry.subvendor, device.subsystemVendorId) &&
+    same(entry.subdevice, device.subsystemDeviceId) &&
+    ((entry.classCode ^ parseInt(device.classCode, 16)) & entry.classMask) === 0;
+}
+
+/** The `ids` entries of `vfio-pci.ids=` (or `vfio_pci.ids=`) on a kernel command line. */
+export function cmdlineVfioIds(cmdline: string | null): VfioIdsEntry[] {
+  return (cmdline ?? "").split(/\s+/).flatMap((word) => {
+    const found = /^vfio[-_]pci\.ids=(.*)$/.exec(word);
+    return found === null ? [] : parseVfioIds(found[1]!, "kernel command line");
+  });
+}
+
+/**
+ * The `ids` entries of `options vfio-pci … ids=…` lines in the modprobe.d files under `dirs`
+ * (default {@link MODPROBE_DIRS}); of files of one name, the first directory's, as modprobe reads
+ * them. Comments and continued lines are read as modprobe reads them.
+ */
+export function modprobeVfioIds(
+  reader: SysfsReader,
+  dirs: readonly string[] = MODPROBE_DIRS,
+): VfioIdsEntry[] {
+  const files = new Map<string, string>();
+  for (const dir of dirs) {
+    for (const name of reader.listDir(dir) ?? []) {
+      if (name.endsWith(".conf") && !files.has(name)) files.set(name, `${dir}/${name}`);
+    }
+  }
+  return [...files.keys()].sort().flatMap((name) => {
+    const path = files.get(name)!;
+    const text = reader.readText(path) ?? "";
+    return text.replace(/\\\n/g, " ").split("\n").flatMap((line) => {
+      const words = line.replace(/#.*/, "").trim().split(/\s+/);
+      if (words[0] !== "options" || words[1]?.replaceAll("-", "_") !== "vfio_pci") return [];
+      return words.slice(2).flatMap((w) =>
+        w.startsWith("ids=") ? parseVfioIds(w.slice(4), path) : []
+      );
+    });
+  });
+}

@@ -1,0 +1,124 @@
+/**
+ * `doctor`'s `boot-binding` finding: what `vfio-pci.ids` entries on the kernel command line and in
+ * modprobe.d take at boot, on the captured X570 host (its GTX 1080 Ti at 0b:00.0 and a second card
+ * of the same model put at 0c:00.0) built into a tree, and modprobe.d files written per case.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { runDoctor } from "../../lib/host/doctor.ts";
+import { modprobeVfioIds } from "../../lib/host/boot_binding.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import type { HostDescription } from "../../lib/testing/host_tree.ts";
+import { described, withHost } from "../preflight/trees.ts";
+
+/** The X570 with a second GTX 1080 Ti at 0c:00.0, subsystem devices as given, and `host`. */
+function twins(
+  subsystems: [string, string],
+  host: Omit<Partial<HostDescription>, "devices"> = {},
+): HostDescription {
+  const gpu = (subsystem_device: string) => ({
+    device: "0x1b06",
+    subsystem_vendor: "0x1458",
+    subsystem_device,
+  });
+  return described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": gpu(subsystems[0]), "0000:0c:00.0": gpu(subsystems[1]) },
+    host,
+  });
+}
+
+const CMDLINE = "BOOT_IMAGE=/vmlinuz amd_iommu=on vfio-pci.ids=10de:1b06,10de:10ef";
+
+async function bootBinding(description: HostDescription) {
+  return await withHost(
+    description,
+    ({ host }) =>
+      runDoctor({ host, reader: denoFsReader(), live: false }).find((f) =>
+        f.check === "boot-binding"
+      ),
+  );
+}
+
+Deno.test("boot-binding: an entry that takes every card of the model warns and names them", async () => {
+  const finding = await bootBinding(twins(["3752", "3752"], { cmdline: CMDLINE }));
+  assertEquals(finding?.status, "warn");
+  assertMatch(
+    finding!.summary,
+    /^vfio-pci\.ids=10de:1b06 \(kernel command line\) takes every card of that model: 0000:0b:00\.0, 0000:0c:00\.0; the host can use none of them$/,
+  );
+  // Identical boards: no narrower entry exists.
+  assertMatch(finding!.hint ?? "", /^remove the entry \(libvirt detaches a managed hostdev/);
+});
+
+Deno.test("boot-binding: boards that differ in subsystem IDs get the entries that take one each", async () => {
+  const finding = await bootBinding(twins(["3752", "3702"], { cmdline: CMDLINE }));
+  assertEquals(finding?.status, "warn");
+  assertMatch(
+    finding!.hint ?? "",
+    /name its subsystem IDs: 10de:1b06:1458:3752 \(0000:0b:00\.0\), 10de:1b06:1458:3702 \(0000:0c:00\.0\)/,
+  );
+});
+
+Deno.test("boot-binding: an entry that takes a device the host uses fails", async () => {
+  const finding = await bootBinding(twins(["3752", "3752"], {
+    cmdline: CMDLINE,
+    host_use: [{ address: "0000:0c:00.0", reason: "console-vga", detail: "boot_vga=1 with fbcon" }],
+  }));
+  assertEquals(finding?.status, "fail");
+  assertMatch(
+    finding!.summary,
+    /takes 0000:0c:00\.0, which the host uses \(boot_vga=1 with fbcon\), at the next boot/,
+  );
+});
+
+Deno.test("boot-binding: one card per entry is ok and says what each takes; no entry, no finding", async () => {
+  const finding = await bootBinding(
+    described("x570-aorus-pro-wifi", { host: { cmdline: `${CMDLINE},8086:abcd quiet` } }),
+  );
+  assertEquals(finding, {
+    check: "boot-binding",
+    status: "ok",
+    summary: "At boot vfio-pci.ids=10de:1b06 (kernel command line) takes 0000:0b:00.0; " +
+      "vfio-pci.ids=10de:10ef (kernel command line) takes 0000:0b:00.1; " +
+      "vfio-pci.ids=8086:abcd (kernel command line) takes nothing here",
+    hint: null,
+  });
+  assertEquals(
+    await bootBinding(described("x570-aorus-pro-wifi", { host: { cmdline: "quiet" } })),
+    undefined,
+  );
+});
+
+Deno.test("modprobeVfioIds: /etc overrides a file of the same name, continued lines and comments read as modprobe reads them", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-modprobe-" });
+  try {
+    Deno.mkdirSync(`${dir}/etc`);
+    Deno.mkdirSync(`${dir}/lib`);
+    Deno.writeTextFileSync(`${dir}/lib/vfio.conf`, "options vfio-pci ids=1111:2222\n");
+    Deno.writeTextFileSync(
+      `${dir}/etc/vfio.conf`,
+      "# options vfio-pci ids=dead:beef\noptions vfio_pci disable_vga=1 \\\n  ids=10de:1b06,10de:10ef\n",
+    );
+    Deno.writeTextFileSync(`${dir}/lib/other.conf`, "options snd_hda_intel ids=10de:10ef\n");
+    Deno.writeTextFileSync(`${dir}/lib/notes.txt`, "options vfio-pci ids=3333:4444\n");
+    const entries = modprobeVfioIds(denoFsReader(), [`${dir}/etc`, `${dir}/run`, `${dir}/lib`]);
+    assertEquals(entries.map((e) => [e.text, e.source]), [
+      ["10de:1b06", `${dir}/etc/vfio.conf`],
+      ["10de:10ef", `${dir}/etc/vfio.conf`],
+    ]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("doctor --sysfs: a captured tree's command line whose entry takes the host's console GPU exits 1", async () => {
+  await using tree = await tempHostTree(twins(["3752", "3752"], {
+    cmdline: CMDLINE,
+    host_use: [{ address: "0000:0c:00.0", reason: "console-vga", detail: "boot_vga=1 with fbcon" }],
+  }));
+  const run = await runCli(["doctor", "--sysfs", tree.dir, "--no-libvirt"]);
+  assertEquals(run.code, 1);
+  assertMatch(run.stdout, /FAIL {2}boot-binding +vfio-pci\.ids=10de:1b06 \(kernel command line\)/);
+});
