@@ -394,11 +394,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   }
   const problems = [
     ...needed.map((f) =>
-      `${f.said} takes ${
+      `${f.said} would take ${
         f.needed.map((d) => `${d.address}, which the host uses (${uses.get(d.address)})`).join(
           "; ",
         )
-      }, at the next boot`
+      }, at a boot where vfio-pci probes it before its driver does`
     ),
     ...shared.filter((f) => !needed.includes(f)).map((f) =>
       `${f.said} takes every card of that model: ${
