@@ -9,6 +9,7 @@
 import { type ClosureResult, findGroupConflicts, type GroupClaim } from "../resolve/closure.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { PlanIssue } from "./types.ts";
+import type { DeviceRule } from "../config/config.ts";
 
 /** What one VM's rules resolve to, as far as conflicts go: its closed-over devices. */
 export interface ClosureOf {
@@ -17,12 +18,13 @@ export interface ClosureOf {
 
 /** One claim per IOMMU group the closure of `vm` takes a device of. */
 function configClaims(vm: string, closure: ClosureResult): GroupClaim[] {
-  const byGroup = new Map<number, GroupClaim>();
+  const byGroup = new Map<number, GroupClaim & { rules: DeviceRule[] }>();
   for (const c of closure.devices) {
     if (c.device.iommuGroup === null) continue;
     const claim = byGroup.get(c.device.iommuGroup) ??
-      { vm, group: c.device.iommuGroup, addresses: [], matched: [], source: "config" };
+      { vm, group: c.device.iommuGroup, addresses: [], matched: [], source: "config", rules: [] };
     claim.addresses.push(c.device.address);
+    if (!claim.rules.includes(c.rule)) claim.rules.push(c.rule);
     if (c.reason === "matched") claim.matched.push(c.device.address);
     byGroup.set(c.device.iommuGroup, claim);
   }

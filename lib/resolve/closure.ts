@@ -376,6 +376,18 @@ export interface GroupClaim {
   matched: PciAddress[];
   /** `config` when the VM's rules take it, `domain` when another domain's XML holds it now. */
   source: "config" | "domain";
+  /** For a `config` claim: the rules whose devices these are, in config order. */
+  rules?: readonly Pick<DeviceRule, "name" | "location">[];
+}
+
+/**
+ * `"win" (rule "gpu")` for the VM an issue is about (its location leads the line), `"win" (rule
+ * "gpu" at FILE:LINE:COL)` for another configured VM, `"win"` for a domain's hold.
+ */
+function claimant(list: readonly GroupClaim[], vm: string, about: string): string {
+  const rules = list.filter((c) => c.vm === vm).flatMap((c) => c.rules ?? []);
+  const named = rules.map((r) => `rule "${r.name}"${vm === about ? "" : ` at ${r.location}`}`);
+  return rules.length === 0 ? `"${vm}"` : `"${vm}" (${named.join(", ")})`;
 }
 
 /**
@@ -408,27 +420,29 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
           held.filter((v) => v !== vm).map((v) => `"${v}"`).join(", ")
         } holds it in its definition now)`
         : "";
+      const own = list.find((c) => c.vm === vm && c.rules !== undefined)?.rules?.[0];
+      const where = own === undefined ? {} : { rule: own.name, location: own.location };
       const issue: PlanIssue = sameDevice.length > 0
         ? {
           code: "device-assigned-twice",
           message: `Device ${sameDevice.join(", ")} is assigned to VMs ${
-            vms.map((v) => `"${v}"`).join(" and ")
+            vms.map((v) => claimant(list, v, vm)).join(" and ")
           }${detail}: a device can belong to one VM only`,
           vm,
+          ...where,
           group,
           devices: sameDevice,
           vms,
         }
         : {
           code: "group-shared-with-other-vm",
-          message: `IOMMU group ${group} is split between VMs ${
-            vms.map((v) => `"${v}"`).join(" and ")
-          } (${
-            addresses.join(", ")
-          })${detail}: a group can only go to one VM; give the devices to ${
+          message: `IOMMU group ${group} (${addresses.join(", ")}) is split between VMs ${
+            vms.map((v) => claimant(list, v, vm)).join(" and ")
+          }${detail}: a group can only go to one VM; give the devices to ${
             others.length === 1 ? `"${vm}" or "${others[0]}"` : "one of them"
           }`,
           vm,
+          ...where,
           group,
           devices: addresses,
           vms,

@@ -36,7 +36,10 @@ Deno.test("planHostdevs() refuses a group another domain holds and leaves the XM
     assertOk(error, JSON.stringify(vm.errors));
     assertEquals(error.vms, ["router", "win10"]);
     assertEquals(error.group, 1);
-    assertMatch(error.message, /IOMMU group 1 is split between VMs "router" and "win10"/);
+    assertMatch(
+      error.message,
+      /IOMMU group 1 \(0000:01:00\.0, 0000:01:00\.1\) is split between VMs "router" and "win10" \(rule "gpu"\)/,
+    );
     assertEquals(vm.desiredXml, vm.currentXml);
     assertEquals(vm.changed, false);
   });

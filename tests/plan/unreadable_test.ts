@@ -405,7 +405,10 @@ Deno.test("plan and apply exit 1 and take nothing from an unreadable domain (CLI
 
   const plan = await runCli(["plan", ...args, "--detailed-exitcode"]);
   assertEquals(plan.code, 1, plan.stdout + plan.stderr);
-  assertMatch(plan.stdout, /Device 0000:44:00\.0 is assigned to VMs "gentoo" and "router"/);
+  assertMatch(
+    plan.stdout,
+    /Device 0000:44:00\.0 is assigned to VMs "gentoo" \(rule "wanted"\) and "router" \("router" holds/,
+  );
   assertMatch(plan.stdout, /"0000:44:00\.0", counts as held by "router" for conflicts/);
 
   const apply = await runCli(["apply", ...args, "--state-dir", `${s.dir}/state`, "--yes"]);

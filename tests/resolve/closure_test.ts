@@ -231,15 +231,26 @@ Deno.test("findGroupConflicts() refuses one device given to two VMs, naming both
       - match: { address: "0b:00.0" }
 `);
   const resolved = resolveConfig(cfg, realHost("x570-aorus-pro-wifi"));
-  for (const vm of ["a", "b"]) {
-    const [error] = resolved.get(vm)!.errors;
+  const [a, b] = ["a", "b"].map((vm) => resolved.get(vm)!.errors[0]);
+  for (const error of [a, b]) {
     assertEquals(error?.code, "device-assigned-twice");
     assertEquals(error?.vms, ["a", "b"]);
-    assertEquals(
-      error?.message,
-      'Device 0000:0b:00.0 is assigned to VMs "a" and "b": a device can belong to one VM only',
-    );
   }
+  // Each VM's issue leads with its own rule's location and says where the other VM's rule is.
+  assertEquals([a?.rule, a?.location, b?.rule, b?.location], [
+    "10de:1b06",
+    "c.yaml:5:9",
+    "0000:0b:00.0",
+    "c.yaml:8:9",
+  ]);
+  assertEquals(
+    a?.message,
+    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06") and "b" (rule "0000:0b:00.0" at c.yaml:8:9): a device can belong to one VM only',
+  );
+  assertEquals(
+    b?.message,
+    'Device 0000:0b:00.0 is assigned to VMs "a" (rule "10de:1b06" at c.yaml:5:9) and "b" (rule "0000:0b:00.0"): a device can belong to one VM only',
+  );
 });
 
 Deno.test("findGroupConflicts() names a domain outside the config that holds part of the group", () => {
@@ -266,7 +277,7 @@ Deno.test("findGroupConflicts() names a domain outside the config that holds par
   assertEquals([issue?.group, issue?.vms], [30, ["old-vm", "win10"]]);
   assertMatch(
     issue?.message ?? "",
-    /^IOMMU group 30 is split between VMs "old-vm" and "win10" \(0000:0b:00\.0, 0000:0b:00\.1\) \("old-vm" holds it in its definition now\)/,
+    /^IOMMU group 30 \(0000:0b:00\.0, 0000:0b:00\.1\) is split between VMs "old-vm" and "win10" \("old-vm" holds it in its definition now\)/,
   );
 });
 
