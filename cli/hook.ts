@@ -103,11 +103,6 @@ function reloadMessages(hooksDir: string, stateDir: string): string[] {
 }
 
 /** Said when the hook runs a checkout's sources rather than the bundle `setup.sh` builds. */
-const SOURCES_NOTE =
-  "It runs the sources, not the bundle (missing, or older than them): its state code then needs " +
-  "root's Deno cache to hold its npm package, or every start is refused once the guard keeps " +
-  "an allowance or a refusal; run scripts/setup.sh, then hook install again, for the bundle";
-
 function install({ values }: HookLine<"install">, io: CliIo): number {
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const deadline = parseDeadline(values.deadline);
@@ -142,7 +137,6 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     `It runs ${
       describeProgram(settings.command)
     } (deadline ${settings.deadline} s, state in ${stateDir})`,
-    ...(settings.command.some((arg) => arg.endsWith("/cli/hook_check.ts")) ? [SOURCES_NOTE] : []),
     // Unchanged: nothing new for the daemon to see.
     ...(result.changed ? reloadMessages(hooksDir, stateDir) : []),
   ];

@@ -216,21 +216,20 @@ Deno.test("--help loads only the command table, and each command only what it us
     devices: [],
     groups: [],
     snapshot: [],
-    // SHA-256 of backups and of the connection lock's name, wherever the state code is used.
-    doctor: ["@noble/hashes"],
-    backups: ["@noble/hashes"],
-    hook: ["@noble/hashes"],
-    guard: ["@noble/hashes"],
+    doctor: [],
+    backups: [],
+    hook: [],
+    guard: [],
     sources: ["fast-xml-parser"],
     // The diff library loads only when the plan is rendered for humans (not for --json).
     plan: ["fast-xml-parser", "yaml"],
-    apply: ["@noble/hashes", "diff", "fast-xml-parser", "yaml"],
-    rollback: ["@noble/hashes", "diff", "fast-xml-parser"],
-    demo: ["@noble/hashes", "diff", "fast-xml-parser", "yaml"],
+    apply: ["diff", "fast-xml-parser", "yaml"],
+    rollback: ["diff", "fast-xml-parser"],
+    demo: ["diff", "fast-xml-parser", "yaml"],
   };
   assertEquals(Object.keys(expected).sort(), COMMANDS.map((c) => c.name).sort());
   // Any node: module loads Deno's Node compatibility layer at start (docs/BENCHMARKS.md): no
-  // command loads one (paths through lib/state/paths.ts, SHA-256 from @noble/hashes).
+  // command loads one (paths through lib/state/paths.ts, SHA-256 from lib/state/sha256.ts).
   for (const [name, packages] of Object.entries(expected)) {
     const loaded = await loadedBy(`cli/${name}.ts`);
     assertEquals(loaded.npm, packages, `what cli/${name}.ts loads`);

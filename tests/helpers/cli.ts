@@ -228,11 +228,12 @@ export async function runHook(
   hook: string,
   args: string[],
   xml: string,
+  env: Record<string, string> = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const child = new Deno.Command(hook, {
     args,
     clearEnv: true,
-    env: { LC_ALL: "C", PATH: "/usr/bin:/bin" },
+    env: { LC_ALL: "C", PATH: "/usr/bin:/bin", ...env },
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
