@@ -53,12 +53,18 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
       `(until ${allowance.expires}; ${path})\n`,
   );
   const records = readRefusalRecords(stateDir);
-  const needed = records.find((r) => r.vm === vm)?.refusals.filter((r) => r.hostNeeds !== null);
-  for (const refusal of needed ?? []) {
+  const last = records.find((r) => r.vm === vm)?.refusals ?? [];
+  for (const refusal of last.filter((r) => r.hostNeeds !== null)) {
     io.out(
       `Note: its last refusal names ${refusal.address}, which the host needs (${refusal.hostNeeds}): ` +
         `an allowance does not let a start take it; only "allow_host_critical: true" on its rule, ` +
         `then passthrough apply, does\n`,
+    );
+  }
+  for (const refusal of last.filter((r) => r.kind === "unreadable")) {
+    io.out(
+      `Note: its last start was refused because ${refusal.reason}: an allowance does not let a ` +
+        `start go on past that (what could not be read may be a device the host needs); fix it first\n`,
     );
   }
   // The allowance waits for any name; a misspelt one leaves the refused VM refused.

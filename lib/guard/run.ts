@@ -252,6 +252,8 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     return { code: 1, lines: [line], refusals: [] };
   }
   const refusals = found.flatMap((refusal) => {
+    // What could not be read may be a device the host needs: no policy or allowance lifts it.
+    if (refusal.kind === "unreadable") return [{ ...refusal, policy: "enforce" as const }];
     const rule = refusal.recorded?.rule ?? null;
     const judged = policyFor(policy, rule, {
       replacedHostNeeds: refusal.kind === "replaced" && refusal.hostNeeds !== null,
@@ -276,17 +278,22 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     lines.push(`passthrough guard: cannot read allowances: ${message(error)}`);
   }
   const enforced = refusals.filter((r) => r.policy === "enforce");
-  // An allowance lets a start go on past identities that changed, never past the host's needs.
+  // An allowance lets a start go on past identities that changed, never past the host's needs,
+  // nor past what could not be read (which may be one).
   const needed = enforced.filter((r) => r.hostNeeds !== null);
-  const allowed = enforced.length > 0 && allowance === "allowed" && needed.length === 0;
+  const unread = enforced.filter((r) => r.kind === "unreadable");
+  const allowed = enforced.length > 0 && allowance === "allowed" && needed.length === 0 &&
+    unread.length === 0;
   for (const refusal of refusals) {
     lines.push(formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" }));
   }
-  if (allowance === "allowed" && needed.length > 0) {
+  if (allowance === "allowed" && (needed.length > 0 || unread.length > 0)) {
     lines.push(
-      `passthrough guard: "passthrough guard allow" does not let ${
-        JSON.stringify(options.vm)
-      } take a device the host needs (only "allow_host_critical: true" on its rule, then passthrough apply, does); the allowance is used up`,
+      `passthrough guard: "passthrough guard allow" does not let ${JSON.stringify(options.vm)} ${
+        needed.length > 0
+          ? `take a device the host needs (only "allow_host_critical: true" on its rule, then passthrough apply, does)`
+          : "start while the check cannot read what it needs (fix that first)"
+      }; the allowance is used up`,
     );
   }
   if (enforced.length > 0 && allowance === "expired") {

@@ -35,14 +35,16 @@ import type { UsedDevices } from "../plan/used_devices.ts";
 export const QEMU_STATUS_DIR = "/run/libvirt/qemu";
 
 /**
- * The most of a libvirt status file (a running domain's, a running network's) the check reads; a
- * network pool of 256 VFs takes about 25 KB.
+ * The most of a libvirt status file (a running domain's, a running network's) the check reads: twice
+ * the largest domain XML the check takes on stdin, since a status holds the definition and more. A
+ * larger one refuses the start (a status read in part could hide devices), so the cap stays above
+ * what libvirt writes, not near a network pool's size (256 VFs take about 25 KB).
  */
-const MAX_STATUS_XML_BYTES = 4 * 1024 * 1024;
+const MAX_STATUS_XML_BYTES = 32 * 1024 * 1024;
 
 /**
  * A libvirt status file's XML, read whole; `null` when it is missing (the domain or network no
- * longer runs). Throws when it is larger than 4 MiB: a status read in part could hide devices.
+ * longer runs). Throws when it is larger than 32 MiB: a status read in part could hide devices.
  */
 export function readStatusXml(reader: SysfsReader, file: string): string | null {
   const bytes = reader.readBytes(file, MAX_STATUS_XML_BYTES + 1);
@@ -127,7 +129,7 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
  * skipped): as host use, reason `vm-device`. The other VMs' status files are read only when one
  * runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network interface or
  * a character device under it. Throws
- * when a status file is larger than 4 MiB, a disk's or character device's path cannot be read,
+ * when a status file is larger than 32 MiB, a disk's or character device's path cannot be read,
  * or `networkInterfaces` throws (the check then fails closed).
  *
  * @example

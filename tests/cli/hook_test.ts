@@ -592,6 +592,14 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     assertEquals(allowed.code, 0, allowed.stderr);
     assertMatch(allowed.stderr, /starting "v+" once despite this \(passthrough guard allow\)/);
     assertEquals([...Deno.readDirSync(`${dir}/state/guard/allow`)], []);
+    // A start refused for what the check could not read: guard allow says it will not help.
+    const damaged = MOVED.replace('address="0000:0b:00.0"', 'address="not-an-address"');
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code, 1);
+    const allow = await runCli(["guard", "allow", "win11", ...common]);
+    assertMatch(
+      allow.stdout,
+      /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

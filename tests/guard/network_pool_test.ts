@@ -211,11 +211,11 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
       "replaced",
       "0000:0a:00.0",
     ]]]);
-    await Deno.writeTextFile(`${dir}/big.xml`, status("big", pool(VFS)).padEnd(5 << 20, " "));
+    await Deno.writeTextFile(`${dir}/big.xml`, status("big", pool(VFS)).padEnd(33 << 20, " "));
     const big = await run(domain(["big"]));
     assertEquals([big.code, big.lines], [1, [
       'passthrough guard: refusing to start "router": the status of network "big" cannot be read: ' +
-      "it is larger than 4194304 bytes; fix: correct the pool (virsh net-edit big), then " +
+      "it is larger than 33554432 bytes; fix: correct the pool (virsh net-edit big), then " +
       "virsh net-destroy big; virsh net-start big",
     ]]);
     // A name with a slash names no libvirt network: nothing outside the directory is read.

@@ -464,3 +464,41 @@ Deno.test("policy: one in a guard directory that is a link or writable by others
     Deno.removeSync(elsewhere, { recursive: true });
   });
 });
+
+Deno.test("policy: what the check cannot read is refused under warn, off rules and an allowance", async () => {
+  // A record that cannot be read: what its hostdev is, and whether the host needs it, is unknown.
+  const damaged = XML.replace('address="0000:0b:00.0"', 'address="not-an-address"');
+  const start = (root: string, state: string) =>
+    runGuard({
+      vm: "win11",
+      operation: "prepare",
+      subOperation: "begin",
+      xml: damaged,
+      reader: denoFsReader(),
+      root,
+      live: false,
+      stateDir: state,
+    });
+  await withTree(async (root, state) => {
+    const unreadable = (result: Awaited<ReturnType<typeof start>>) =>
+      result.refusals.filter((r) => r.kind === "unreadable").map((r) => r.policy);
+    for (const [vmGuard, gpuGuard] of [["warn", null], ["warn", "off"], ["off", "enforce"]]) {
+      recordPolicies(state, guardPolicies(config(vmGuard!, gpuGuard!)));
+      const result = await start(root, state);
+      assertEquals([result.code, unreadable(result)], [1, ["enforce"]], `${vmGuard}/${gpuGuard}`);
+    }
+    recordPolicies(state, guardPolicies(config(null, null)));
+    allowNextStart(state, "win11");
+    const allowed = await start(root, state);
+    assertEquals(allowed.code, 1);
+    assertMatch(
+      allowed.lines.at(-1)!,
+      /^passthrough guard: "passthrough guard allow" does not let "win11" start while the check cannot read what it needs \(fix that first\); the allowance is used up$/,
+    );
+    assertEquals(readRefusalRecords(state)[0]?.allowed, false);
+    assertEquals(takeAllowance(state, "win11"), "none");
+    // The VM's off (every rule's too) still turns the guard off for it.
+    recordPolicies(state, guardPolicies(config("off", null)));
+    assertEquals((await start(root, state)).code, 0);
+  });
+});

@@ -185,7 +185,11 @@ Deno.test("guard: the starting VM's own status, other disks and other devices pa
 });
 
 Deno.test("guard: a running VM's status too large to read fails closed, only when it matters", async () => {
-  const huge = status("nas", [blockDisk(BY_ID)]).padEnd(5 << 20, " ");
+  // A status as large as libvirt writes (a definition with a 4 MiB description) is read.
+  const large = status("nas", [blockDisk(BY_ID)]).padEnd(5 << 20, " ");
+  const read = await start([hostdev(NVME)], { nas: large });
+  assertEquals([read.code, read.refusals], [1, [["host-needs", NVME]]]);
+  const huge = status("nas", [blockDisk(BY_ID)]).padEnd(33 << 20, " ");
   const refused = await start([hostdev(NVME)], { nas: huge });
   assertEquals([refused.code, refused.refusals], [1, [["unreadable", null]]]);
   assertMatch(refused.line, /the check failed: the status of running VM "nas" .* is larger than/);
