@@ -125,8 +125,9 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     throw new Error(
       `Refusing to install the start guard: libvirt runs it as root at every VM start, and ${
         unsafe.join("; ")
-      }, so another user could change what runs. Install passthrough where only root can write ` +
-        `(README, "On a real host": /opt/passthrough), or fix the owner and mode, then install again`,
+      }, so another user could change what runs or the state it obeys. Install passthrough, and ` +
+        `keep its --state-dir, where only root can write (README, "On a real host": ` +
+        `/opt/passthrough), or fix the owner and mode, then install again`,
     );
   }
   const result = installHook(hooksDir, renderHookScript(settings));

@@ -447,6 +447,9 @@ export function unsafeHookPaths(
     ...trees.map((t) => changeableTree(t, owners)),
     // Deno's cache: its code caches and npm packages are looked up by name in it.
     denoDir === null ? null : changeableBy(denoDir, owners, { strict: true }),
+    // The policies and allowances the hook obeys: a user who could swap the state directory
+    // could turn the guard off for a VM.
+    changeableBy(settings.stateDir, owners, { strict: true }),
   ];
   return [...new Set(reasons.filter((r) => r !== null))];
 }

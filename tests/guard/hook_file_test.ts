@@ -368,11 +368,21 @@ Deno.test("unsafeHookPaths() names what another user than root could change in w
     Deno.removeSync(entry);
     Deno.symlinkSync(`${dir}/theirs.js`, entry);
     assertEquals(unsafe(), [`${dir}/theirs.js belongs to uid 65534`]);
+    Deno.removeSync(entry);
+    Deno.writeTextFileSync(entry, "");
+    // The state directory under a directory another user owns: they could swap in a policy
+    // file that turns the guard off.
+    Deno.mkdirSync(`${dir}/home/state`, { recursive: true });
+    Deno.chownSync(`${dir}/home`, 65534, 65534);
+    assertEquals(
+      unsafeHookPaths({ ...hooked(), stateDir: `${dir}/home/state` }, hook, [0]),
+      [`${dir}/home belongs to uid 65534`],
+    );
     recordCase({
       area: "security",
       name:
-        "what the root-run hook runs changeable by another user (a chunk, a group-writable clone, a world-writable hooks directory or Deno cache, a link to a user's file)",
-      count: 5,
+        "what the root-run hook runs or obeys changeable by another user (a chunk, a group-writable clone, a world-writable hooks directory or Deno cache, a link to a user's file, a state directory under a user's directory)",
+      count: 6,
       outcome: "named; hook install refuses, hook status and doctor report it",
       test: "tests/guard/hook_file_test.ts",
     });
