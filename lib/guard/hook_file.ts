@@ -82,8 +82,10 @@ ${SETTINGS_PREFIX}${JSON.stringify(settings)}
 ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
   ${command} -- "$1" "$2" "$3" "$4" >/dev/null
 status=$?
+[ $status -eq 0 ] && exit 0
+# The lines below name the VM: control characters (a terminal's escapes) are not printed.
+case $1 in *[[:cntrl:]]*) set -- "(a name with control characters)" ;; esac
 case $status in
-  0) exit 0 ;;
   124)
     printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
     exit 1 ;;

@@ -183,6 +183,15 @@ Deno.test({
         killed.stderr,
         /^passthrough guard: refusing to start "vm": the check was killed \(SIGKILL\): it did not finish within 10 s, or the system ended it \(out of memory\?\)/m,
       );
+      // A name with a terminal's escapes is not printed; one beyond ASCII is.
+      const escape = await runScript(missing.path, ["a\x1b[2Jb", "prepare", "begin", "-"]);
+      assertMatch(
+        escape.stderr,
+        /\npassthrough guard: refusing to start "\(a name with control characters\)": cannot run/,
+      );
+      assertEquals(escape.stderr.includes("\x1b"), false);
+      const accented = await runScript(missing.path, ["données", "prepare", "begin", "-"]);
+      assertMatch(accented.stderr, /refusing to start "données": cannot run/);
     });
   },
 });
