@@ -275,7 +275,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   try {
     allowance = takeAllowance(options.stateDir, options.vm, options.now);
   } catch (error) {
-    lines.push(`passthrough guard: cannot read allowances: ${message(error)}`);
+    lines.push(
+      `passthrough guard: cannot use its allowance (it does not count): ${message(error)}`,
+    );
   }
   const enforced = refusals.filter((r) => r.policy === "enforce");
   // An allowance lets a start go on past identities that changed, never past the host's needs,

@@ -244,14 +244,33 @@ export function takeAllowance(
   const text = readGuardFile(path);
   if (text === null) return "none";
   Deno.removeSync(path);
-  let expires = NaN;
+  let window = { created: NaN, expires: NaN };
   try {
     const data = JSON.parse(text) as Partial<GuardAllowance>;
-    if (data.vm === vm) expires = Date.parse(String(data.expires));
+    if (data.vm === vm) {
+      window = {
+        created: Date.parse(String(data.created)),
+        expires: Date.parse(String(data.expires)),
+      };
+    }
   } catch {
     // A damaged allowance counts as expired.
   }
-  return Number.isFinite(expires) && now.getTime() <= expires ? "allowed" : "expired";
+  return allowanceCounts(window, now.getTime()) ? "allowed" : "expired";
+}
+
+/** How far the clock may have stood ahead when an allowance was written. */
+const CLOCK_SLACK_MS = 5 * 60 * 1000;
+
+/**
+ * Whether an allowance written for `created`..`expires` counts at `now`: inside that window, and
+ * the window no longer than an allowance lasts. A clock set ahead when it was written (then put
+ * right) would otherwise stretch it by as much, and one set back at the start would too.
+ */
+function allowanceCounts(window: { created: number; expires: number }, now: number): boolean {
+  const { created, expires } = window;
+  return Number.isFinite(created) && Number.isFinite(expires) &&
+    expires - created <= ALLOWANCE_LIFETIME_MS && created - CLOCK_SLACK_MS <= now && now <= expires;
 }
 
 /**

@@ -109,6 +109,30 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   });
 });
 
+Deno.test("an allowance written while the clock stood ahead, or stretched by hand, does not count", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-guard-clock-" });
+  try {
+    const now = new Date("2026-01-01T12:00:00Z");
+    const at = (minutes: number) => new Date(now.getTime() + minutes * 60_000);
+    // Written 30 days ahead (a clock put right since): its window has not begun.
+    allowNextStart(state, "win11", at(30 * 24 * 60));
+    assertEquals(takeAllowance(state, "win11", now), "expired");
+    // A few minutes ahead is a clock's usual drift: it counts.
+    allowNextStart(state, "win11", at(4));
+    assertEquals(takeAllowance(state, "win11", now), "allowed");
+    // A window longer than an allowance lasts (the file edited): not trusted.
+    const { path } = allowNextStart(state, "win11", at(-10));
+    const data = JSON.parse(Deno.readTextFileSync(path));
+    data.expires = at(24 * 60).toISOString();
+    Deno.writeTextFileSync(path, JSON.stringify(data));
+    assertEquals(takeAllowance(state, "win11", now), "expired");
+    allowNextStart(state, "win11", at(-10));
+    assertEquals(takeAllowance(state, "win11", now), "allowed");
+  } finally {
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
 Deno.test("runGuard() consumes an allowance on a clean start too: it is for the next start only", async () => {
   await withTree(async (root, state) => {
     allowNextStart(state, "win11");
