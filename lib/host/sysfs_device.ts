@@ -736,11 +736,19 @@ const MAX_ROUTE_LINE = 4096;
 /**
  * Calls `each` with every line of a routing table in `/proc/net`, read a chunk at a time (a host
  * with a full Internet routing table has a million routes, over 100 MB of text); nothing when
- * the table is missing (no IPv6). Throws when it goes on past 1 GiB: a table read in part could
+ * the table is missing (no IPv6), or throws when it is `required`. Throws when it goes on past 1 GiB: a table read in part could
  * leave out the host's own networks, or (IPv6 lists the default route last) its default route.
  */
-function forEachRouteLine(reader: SysfsReader, path: string, each: (line: string) => void): void {
+function forEachRouteLine(
+  reader: SysfsReader,
+  path: string,
+  each: (line: string) => void,
+  options: { required?: boolean } = {},
+): void {
   using file = reader.openFile(path);
+  if (file === null && options.required) {
+    throw new Error(`Cannot read ${path}: which NICs the host routes through is unknown`);
+  }
   if (file === null) return;
   const decoder = new TextDecoder();
   let rest = "";
@@ -784,13 +792,14 @@ function routesByInterface(reader: SysfsReader, procRoot: string): Map<string, I
     byInterface.set(iface, routes);
   };
   let header = true;
+  // Every kernel with networking has IPv4's table: missing, /proc is not the host's whole one.
   forEachRouteLine(reader, `${procRoot}/net/route`, (line) => {
     if (header) return void (header = false);
     const [iface, destination, , flags, , , , mask] = line.trim().split(/\s+/);
     if (iface === undefined || iface === "lo" || mask === undefined) return;
     if ((parseInt(flags ?? "0", 16) & RTF_REJECT) !== 0) return;
     add(iface, ipv4Prefix(destination ?? "", mask));
-  });
+  }, { required: true });
   // Destination, its prefix length, source, its length, next hop, metric, counts, flags, name.
   forEachRouteLine(reader, `${procRoot}/net/ipv6_route`, (line) => {
     const fields = line.trim().split(/\s+/);

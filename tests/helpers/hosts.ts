@@ -85,3 +85,7 @@ export function livePciMissing(): string | null {
     return "no /sys/bus/pci/devices";
   }
 }
+
+/** `/proc/net/route` with no route: the header line alone. */
+export const ROUTE_HEADER =
+  "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";

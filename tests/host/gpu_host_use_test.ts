@@ -6,6 +6,7 @@
  * shows them, and NVIDIA's `driver/nvidia/gpus/ADDRESS/information`.
  */
 
+import { ROUTE_HEADER } from "../helpers/hosts.ts";
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
@@ -85,6 +86,8 @@ async function withTree<T>(
     }
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
     Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
+    Deno.mkdirSync(`${dir}/proc/net`);
+    Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
     for (const [pid, command, paths] of processes) {
       Deno.mkdirSync(`${dir}/proc/${pid}/fd`, { recursive: true });
       Deno.writeTextFileSync(`${dir}/proc/${pid}/comm`, `${command}\n`);

@@ -6,6 +6,7 @@
  * `slaves` links, `dm/name`), a `/proc` and a udev database of its own.
  */
 
+import { ROUTE_HEADER } from "../helpers/hosts.ts";
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { blockDeviceControllers, readHostUse } from "../../lib/host/sysfs_device.ts";
@@ -20,6 +21,8 @@ const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
 interface Storage {
   /** `/proc/self/mountinfo` lines ({@link mount}); `null`: no such file. */
   mounts?: string[] | null;
+  /** `false`: no `/proc/net/route` (a `/proc` mounted with `subset=pid`). */
+  routes?: false;
   /** Mounted btrfs filesystems: UUID to the devices `/sys/fs/btrfs/UUID/devices` lists. */
   btrfs?: Record<string, string[]>;
   /**
@@ -83,6 +86,9 @@ async function storageUse(storage: Storage) {
       }
     }
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    // No routes: the IPv4 table's header alone (the host-use scan reads it).
+    Deno.mkdirSync(`${dir}/proc/net`);
+    if (storage.routes !== false) Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
     if (storage.mounts !== null) {
       Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, (storage.mounts ?? []).join("\n"));
     }
@@ -285,6 +291,14 @@ Deno.test("readHostUse(): a live host whose mount table cannot be read is an err
   assertMatch(
     String(error),
     /Cannot read .*\/proc\/self\/mountinfo: what the host has mounted is unknown/,
+  );
+});
+
+Deno.test("readHostUse(): a live host whose IPv4 routing table cannot be read is an error, not no routes", async () => {
+  const error = await storageUse({ routes: false }).catch((e: Error) => e);
+  assertMatch(
+    String(error),
+    /Cannot read .*\/proc\/net\/route: which NICs the host routes through is unknown/,
   );
 });
 
