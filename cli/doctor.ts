@@ -10,7 +10,7 @@ import type { Parsed } from "./flags.ts";
 import type { DOCTOR } from "./specs.ts";
 import { type DoctorFinding, type HookDoctorFacts, runDoctor } from "../lib/host/doctor.ts";
 import { readAttribute, type SysfsReader } from "../lib/host/sysfs.ts";
-import { DEFAULT_HOOKS_DIR, inspectHook } from "../lib/guard/hook_file.ts";
+import { DEFAULT_HOOKS_DIR, inspectHook, readByLibvirt } from "../lib/guard/hook_file.ts";
 import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
 import { readXattr } from "../ffi/libc_fs.ts";
@@ -27,6 +27,7 @@ export function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFact
   const enforce = readAttribute(reader, "/sys/fs/selinux/enforce");
   return {
     inspection,
+    readByLibvirt: readByLibvirt(hooksDir),
     version: VERSION,
     daemons: findHookDaemons(reader),
     reloads: stateDir === undefined ? [] : readReloadRecords(stateDir),

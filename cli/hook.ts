@@ -27,6 +27,7 @@ import {
   type HookSettings,
   inspectHook,
   installHook,
+  readByLibvirt,
   removeHook,
   renderHookScript,
   trustedOwners,
@@ -92,7 +93,11 @@ function describeProgram(command: readonly string[]): string {
 
 /** Reloads the daemons that run hooks, when the hook went into libvirt's own directory. */
 function reloadMessages(hooksDir: string, stateDir: string): string[] {
-  if (hooksDir !== DEFAULT_HOOKS_DIR) return [`Not in ${DEFAULT_HOOKS_DIR}: no daemon reloaded`];
+  if (!readByLibvirt(hooksDir)) {
+    return [
+      `Not in ${DEFAULT_HOOKS_DIR}: libvirt's system daemon does not run it from ${hooksDir} (no daemon reloaded)`,
+    ];
+  }
   const daemons = findHookDaemons(libcSysfsReader());
   const messages = daemons.length === 0 ? [noDaemonMessage()] : [];
   for (const outcome of reloadDaemons(daemons, (pid) => signalProcess(pid, 1 /* SIGHUP */))) {

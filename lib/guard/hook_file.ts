@@ -13,11 +13,26 @@
  * @module
  */
 
-import { dirname, join } from "../state/paths.ts";
+import { dirname, join, resolve } from "../state/paths.ts";
 import { readOwnFileSync, StateDirError } from "../state/state_dir.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
+
+/**
+ * Whether libvirt's system daemon runs the hooks in `dir`: {@link DEFAULT_HOOKS_DIR} by any
+ * spelling or link (a hook elsewhere guards nothing, though it may look installed).
+ */
+export function readByLibvirt(dir: string): boolean {
+  const real = (path: string) => {
+    try {
+      return Deno.realPathSync(path);
+    } catch {
+      return resolve(path);
+    }
+  };
+  return real(dir) === real(DEFAULT_HOOKS_DIR);
+}
 
 /** The hook's file name: libvirt runs the directory's executables in name order. */
 export const HOOK_FILE_NAME = "50-passthrough-guard";

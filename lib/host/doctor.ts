@@ -14,6 +14,7 @@
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import type { HookInspection } from "../guard/hook_file.ts";
+import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
@@ -68,6 +69,8 @@ export interface DoctorOptions {
 export interface HookDoctorFacts {
   /** The installed hook (`inspectHook`). */
   inspection: HookInspection;
+  /** Whether libvirt's system daemon runs the hooks of the hook's directory (`readByLibvirt`). */
+  readByLibvirt: boolean;
   /** This passthrough's version. */
   version: string;
   /** The running libvirtd/virtqemud (`findHookDaemons`). */
@@ -615,7 +618,16 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
   if (notes.length === 0) {
     notes.push({ status: "ok", note: `installed by this version (${version})` });
   }
-  notes.push(...daemonNotes(facts));
+  if (facts.readByLibvirt) notes.push(...daemonNotes(facts));
+  else {
+    notes.push({
+      status: "warn",
+      note: `libvirt's system daemon does not run hooks from ${
+        dirname(inspection.path)
+      }, so it guards no start there`,
+      hint: "passthrough hook install (its default --hooks-dir is the one libvirt reads)",
+    });
+  }
   if (facts.selinux !== null) {
     const type = facts.selinux.label?.split(":")[2] ?? null;
     notes.push(

@@ -292,6 +292,7 @@ async function hookFinding(
       live: false,
       hook: {
         inspection: inspectHook(dir),
+        readByLibvirt: true,
         version: "0.1.0",
         daemons: [],
         reloads: [],
@@ -314,6 +315,22 @@ Deno.test("doctor's hook finding: installed and seen by a daemon started after i
   assertMatch(
     finding.summary,
     /installed by this version \(0\.1\.0\); virtqemud \(pid 321\) started after/,
+  );
+});
+
+Deno.test("doctor's hook finding: a hook in a directory libvirt does not read guards nothing", async () => {
+  const finding = await hookFinding({
+    readByLibvirt: false,
+    daemons: [{ name: "virtqemud", pid: 321, started: 0 }],
+  });
+  assertEquals(finding.status, "warn");
+  assertMatch(
+    finding.summary,
+    /installed by this version \(0\.1\.0\); libvirt's system daemon does not run hooks from \S+, so it guards no start there$/,
+  );
+  assertEquals(
+    finding.hint,
+    "passthrough hook install (its default --hooks-dir is the one libvirt reads)",
   );
 });
 
