@@ -38,6 +38,10 @@ async function run(
   return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
 }
 
+async function exists(path: string): Promise<boolean> {
+  return await Deno.lstat(path).then(() => true, () => false);
+}
+
 /** The status Ansible printed for the task named `task` on localhost (`ok`, `changed`, `fatal`). */
 function taskStatus(output: string, task: string): string | null {
   const at = output.indexOf(`TASK [${task}]`);
@@ -90,35 +94,53 @@ vms:
         refused,
         `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { vendor_device_id: "dead:beef" }\n`,
       );
+      // The host's settings in host_vars, as an operator keeps them (a play's own vars would
+      // override these); the config named per run on the command line.
+      await Deno.mkdir(`${dir}/inventory/host_vars`, { recursive: true });
       await Deno.writeTextFile(
-        `${dir}/inventory.ini`,
+        `${dir}/inventory/hosts`,
         "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      await Deno.writeTextFile(
+        `${dir}/inventory/host_vars/localhost.yml`,
+        JSON.stringify({
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_hooks_dir: `${dir}/hooks`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+          passthrough_state_dir: `${dir}/state`,
+          passthrough_connect: daemon.uri,
+          passthrough_sysfs: `${dir}/sysfs`,
+        }),
       );
       const playbook = (config: string, extra: string[] = []) =>
         run("ansible-playbook", [
           "-i",
-          `${dir}/inventory.ini`,
+          `${dir}/inventory`,
           PLAYBOOK,
           ...extra,
           "-e",
-          JSON.stringify({
-            passthrough_bundle: `${dir}/passthrough.js`,
-            passthrough_guard: `${dir}/hook`,
-            passthrough_hooks_dir: `${dir}/hooks`,
-            passthrough_config: config,
-            passthrough_deno: Deno.execPath(),
-            passthrough_dir: `${dir}/remote`,
-            passthrough_state_dir: `${dir}/state`,
-            passthrough_connect: daemon.uri,
-            passthrough_sysfs: `${dir}/sysfs`,
-          }),
+          JSON.stringify({ passthrough_config: config }),
         ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
 
       const check = await playbook(good, ["--check"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
-      // --check installs nothing the plan does not need: the hook waits for a real run.
+      // --check installs nothing: the hook and its code wait for a real run, and the plan ran
+      // its own copy of the bundle and config.
       assertEquals(taskStatus(check.out, "Passthrough start guard"), "skipping", check.out);
+      assertEquals(await exists(`${dir}/remote/hook`), false);
+      assertEquals(await exists(`${dir}/remote/passthrough.js`), false);
+      assertEquals(await exists(`${dir}/remote/check/passthrough.js`), true);
+
+      // A run that outlasts passthrough_timeout is ended on the host, and the failure says so.
+      const slow = await playbook(good, ["--check", "-e", "passthrough_timeout=0.001"]);
+      assertEquals(slow.code, 2, slow.out);
+      assertMatch(
+        slow.out.slice(slow.out.indexOf("TASK [Passthrough failed]")),
+        /"msg": \[\s*"timed out after 0\.001 s \(passthrough_timeout\)"\s*\]/,
+      );
 
       const first = await playbook(good);
       assertEquals(first.code, 0, first.out);

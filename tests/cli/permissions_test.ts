@@ -34,15 +34,22 @@ Deno.test("the Ansible playbook runs the bundle with exactly bin/passthrough's f
   assertOk(play, "the playbook has a play");
   // --no-prompt is written in passthrough_run itself, so overriding the lists cannot drop it.
   assertEquals(
-    play.vars.passthrough_permissions,
+    play.vars.passthrough_default_permissions,
     documentedFlags().filter((f) => f !== "--no-prompt"),
   );
-  assertEquals(play.vars.passthrough_v8_flags, [wrapperV8Flags()]);
+  assertEquals(play.vars.passthrough_default_v8_flags, [wrapperV8Flags()]);
   assertEquals(
     String(play.vars.passthrough_run).replace(/\s+/g, " ").trim(),
-    "{{ [passthrough_deno, 'run', '--quiet', '--no-prompt'] + passthrough_v8_flags + " +
-      "passthrough_permissions + [passthrough_dir ~ '/passthrough.js'] }}",
+    "{{ ['timeout', '-k', '10', _pt_timeout | string, _pt_deno, 'run', '--quiet', '--no-prompt', " +
+      "'--no-config'] + (passthrough_v8_flags | default(passthrough_default_v8_flags)) + " +
+      "(passthrough_permissions | default(passthrough_default_permissions)) + " +
+      "[_pt_run_dir ~ '/passthrough.js'] }}",
   );
   // Every `deno run` of the playbook goes through passthrough_run.
   assertEquals([...text.matchAll(/'run'/g)].length, 1, "one deno run in the playbook");
+  // No setting is a play var: those would win over the inventory, host_vars and group_vars.
+  const settings = Object.keys(play.vars).filter((k) =>
+    k.startsWith("passthrough_") && !k.startsWith("passthrough_default_")
+  );
+  assertEquals(settings.sort(), ["passthrough_common_args", "passthrough_run"]);
 });
