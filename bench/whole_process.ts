@@ -399,20 +399,23 @@ const ANSIBLE_PLAN = "plan --json (Ansible's)";
 
 /**
  * The command line the Ansible playbook runs on each host, up to the command: its
- * `passthrough_run` (`deno run --quiet --no-prompt`, its `passthrough_v8_flags` and
- * `passthrough_permissions`; tests/cli/permissions_test.ts holds that template to this shape) of
- * `deno task bundle`'s one-file bundle, built by {@link main} into `WORK/ansible/`.
+ * `passthrough_run` (`deno run --quiet --no-prompt --no-config`, its default V8 flags and
+ * permissions; tests/cli/permissions_test.ts holds that template to this shape) of `deno task
+ * bundle`'s one-file bundle, built by {@link main} into `WORK/ansible/`. Without the playbook's
+ * `timeout` in front, which adds its own exec and no work.
  */
 function playbookRun(work: string): string[] {
   const [play] = parseYaml(Deno.readTextFileSync(`${ROOT}ansible/passthrough.yml`)) as {
-    vars: { passthrough_v8_flags: string[]; passthrough_permissions: string[] };
+    vars: { passthrough_default_v8_flags: string[]; passthrough_default_permissions: string[] };
   }[];
-  const { passthrough_v8_flags: v8, passthrough_permissions: permissions } = play!.vars;
+  const { passthrough_default_v8_flags: v8, passthrough_default_permissions: permissions } = play!
+    .vars;
   return [
     denoBinary(),
     "run",
     "--quiet",
     "--no-prompt",
+    "--no-config",
     ...v8,
     ...permissions,
     `${work}/ansible/passthrough.js`,
