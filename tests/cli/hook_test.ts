@@ -23,6 +23,22 @@ const MOVED = `<domain type='kvm'><name>win11</name>
     <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
   </hostdev></devices></domain>`;
 
+/** Installs the hook into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
+async function installOnTree(dir: string, sysfs: string): Promise<string> {
+  const installed = await runCli([
+    "hook",
+    "install",
+    "--hooks-dir",
+    `${dir}/qemu.d`,
+    "--state-dir",
+    `${dir}/state`,
+    "--sysfs",
+    sysfs,
+  ]);
+  assertEquals(installed.code, 0, installed.stderr);
+  return `${dir}/qemu.d/${HOOK_FILE_NAME}`;
+}
+
 Deno.test("hook install, status and remove manage one executable in the hooks directory", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
   try {
@@ -155,18 +171,7 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
   try {
     const hooks = `${dir}/qemu.d`;
-    const installed = await runCli([
-      "hook",
-      "install",
-      "--hooks-dir",
-      hooks,
-      "--state-dir",
-      `${dir}/state`,
-      "--sysfs",
-      tree.dir,
-    ]);
-    assertEquals(installed.code, 0, installed.stderr);
-    const hook = `${hooks}/${HOOK_FILE_NAME}`;
+    const hook = await installOnTree(dir, tree.dir);
     const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
     assertEquals([refused.code, refused.stdout], [1, ""]);
     assertEquals(
@@ -563,19 +568,8 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-home-" });
   try {
-    const hooks = `${dir}/qemu.d`;
-    const common = ["--hooks-dir", hooks];
-    const installed = await runCli([
-      "hook",
-      "install",
-      ...common,
-      "--state-dir",
-      `${dir}/state`,
-      "--sysfs",
-      tree.dir,
-    ]);
-    assertEquals(installed.code, 0, installed.stderr);
-    const hook = `${hooks}/${HOOK_FILE_NAME}`;
+    const common = ["--hooks-dir", `${dir}/qemu.d`];
+    const hook = await installOnTree(dir, tree.dir);
     const home = { HOME: `${dir}/home` };
     Deno.mkdirSync(home.HOME);
     // A refusal recorded for win11, and an allowance for a VM with a name too long to keep.
