@@ -288,6 +288,10 @@ function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssu
   if (critical.length === 0) return null;
   const list = critical.map((x) => `${x.c.device.address} (${x.why})`).join(", ");
   const groupsHit = [...new Set(critical.map((x) => x.c.device.iommuGroup))];
+  // Group members the host uses now (its disk, its network): the override would hand them over.
+  const inUse = critical.filter((x) =>
+    x.c.reason !== "matched" && host.hostUse?.some((u) => u.address === x.c.device.address)
+  );
   const issue: PlanIssue = {
     code: "group-contains-host-critical",
     message: rule.allowHostCritical
@@ -296,13 +300,19 @@ function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssu
         critical.some((x) => x.c.reason === "matched")
           // The rule chose the host's own device: no slot makes that one safe to give away.
           ? `narrow the rule to another device (serial, slot or address), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
+          : inUse.length > 0
+          ? `move the card to another slot (another IOMMU group); "allow_host_critical: true" would give the guest ${
+            inUse.map((x) => x.c.device.address).join(", ")
+          }, which the host uses now`
           : `move the card to another slot (another IOMMU group), or set "allow_host_critical: true" on the rule`
       }`,
     vm,
     rule: rule.name,
     location: rule.location,
     devices: critical.map((x) => x.c.device.address),
-    override: "allow_host_critical: true",
+    ...(inUse.length > 0 && !rule.allowHostCritical
+      ? {}
+      : { override: "allow_host_critical: true" }),
   };
   if (groupsHit.length === 1 && groupsHit[0] !== null && groupsHit[0] !== undefined) {
     issue.group = groupsHit[0];

@@ -70,6 +70,33 @@ Deno.test("closeOverGroups() refuses a group holding the host's LPC bridge and n
   );
 });
 
+Deno.test("closeOverGroups(): a group member the host uses now is not offered to the override", () => {
+  // B550's chipset group: the GPU shares it with the SATA controller of / and the NIC of the
+  // default route. allow_host_critical would hand both to the guest: the refusal says so and
+  // names no override.
+  const host = realHost("b550-aorus-pro", {
+    host_use: [
+      { address: "0000:02:00.1", reason: "mounted-filesystem", detail: "/ on sda2" },
+      { address: "0000:05:00.0", reason: "default-route", detail: "default route via enp5s0" },
+    ],
+  });
+  const cfg = config(`  win:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "1002:699f" }
+`);
+  const [error] = closeVm(cfg, host).errors;
+  assertEquals(error?.code, "group-contains-host-critical");
+  assertEquals(error?.override, undefined);
+  assertMatch(
+    error?.message ?? "",
+    /: move the card to another slot \(another IOMMU group\); "allow_host_critical: true" would give the guest 0000:02:00\.1, 0000:05:00\.0, which the host uses now$/,
+  );
+  // Without that use (a captured tree that cannot say), the override is named as before.
+  const [unknown] = closeVm(cfg, realHost("b550-aorus-pro")).errors;
+  assertEquals(unknown?.override, "allow_host_critical: true");
+});
+
 Deno.test("closeOverGroups() refuses a device the running host uses, even when matched directly", () => {
   const host = realHost("trx40-creator", {
     host_use: [{ address: "0000:4a:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" }],
