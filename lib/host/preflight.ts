@@ -341,6 +341,12 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   const { sysRoot, procRoot } = options;
   const reader = unknownOnError(options.reader);
   const device = (address: PciAddress) => `${sysRoot}/bus/pci/devices/${address}`;
+  // fbcon draws on fb0 unless `fbcon=map:` maps consoles to other framebuffers (one digit each).
+  const consoleFramebufferNumbers = once(() => {
+    const cmdline = readAttribute(reader, `${procRoot}/cmdline`) ?? "";
+    const map = /(?:^|\s)fbcon=(?:[^\s]*,)?map:(\d+)/.exec(cmdline)?.[1];
+    return new Set(map === undefined ? [0] : [...map].map(Number));
+  });
   const frameBufferConsole = once(() =>
     (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).sort().find((c) =>
       readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
@@ -392,8 +398,9 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
     }),
     gpuHolders: (address) => allGpuHolders().get(address) ?? [],
     consoleFramebuffers: byKey((address) => {
+      const drawn = consoleFramebufferNumbers();
       const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
-        /^fb\d+$/.test(f)
+        /^fb\d+$/.test(f) && drawn.has(Number(f.slice(2)))
       );
       return fbs.length > 0 && frameBufferConsole() !== null ? fbs.sort() : [];
     }),

@@ -5,7 +5,8 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { parseIomemFramebuffers } from "../../lib/host/preflight.ts";
+import { parseIomemFramebuffers, readHostFacts } from "../../lib/host/preflight.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { described, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
 
 const GPU_RULE =
@@ -191,5 +192,37 @@ Deno.test("host-driver-busy: the console to unbind is the framebuffer console's 
     // Only the console holds it: there is nothing else to stop.
     assertEquals(message.includes("stop them"), false);
     assertMatch(message, /or bind the GPU to vfio-pci at boot \(vfio-pci\.ids=10de:1b06\)$/);
+  });
+});
+
+Deno.test("host-driver-busy: a framebuffer fbcon does not draw on is no console user (fb0, or fbcon=map:)", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": { driver: "nvidia", console: true },
+      "0000:0c:00.0": { driver: "nvidia" },
+    },
+    host: { proc: { modules: "nvidia 56807424 3 nvidia_modeset, Live 0x0\n" } },
+  });
+  await withHost(description, async (built) => {
+    // The guest's GPU has fb1, the host's fb0, where fbcon draws by default.
+    const devices = `${built.dir}/bus/pci/devices`;
+    Deno.renameSync(`${devices}/0000:0b:00.0/graphics/fb0`, `${devices}/0000:0b:00.0/graphics/fb1`);
+    Deno.mkdirSync(`${devices}/0000:0c:00.0/graphics/fb0`, { recursive: true });
+    // Facts read anew each time (they are read once per run).
+    const message = () => {
+      const facts = readHostFacts({
+        reader: denoFsReader(),
+        sysRoot: built.dir,
+        procRoot: `${built.dir}/proc`,
+      });
+      return vm(planOn({ ...built, facts }, GPU_RULE, { win: domain("win") }), "win").warnings
+        .find((w) => w.code === "host-driver-busy")?.message ?? "";
+    };
+    assertMatch(message(), /module nvidia has 2 references/);
+    assertEquals(message().includes("framebuffer console"), false);
+    assertEquals(message().includes("vtconsole"), false);
+    // Consoles mapped to fb1: then it is this GPU's.
+    Deno.writeTextFileSync(`${built.dir}/proc/cmdline`, "quiet fbcon=map:1\n");
+    assertMatch(message(), /the framebuffer console on fb1 \(vtcon1\)/);
   });
 });
