@@ -36,6 +36,9 @@ export const MODPROBE_DIRS = [
   "/lib/modprobe.d",
 ] as const;
 
+/** The `source` of an entry on the kernel command line. */
+export const CMDLINE_SOURCE = "kernel command line";
+
 const ANY_ID = 0xffffffff;
 const HEX = /^(0x)?[0-9a-f]{1,8}$/i;
 
@@ -87,7 +90,7 @@ export function vfioIdsMatch(entry: VfioIdsEntry, device: PciDevice): boolean {
 export function cmdlineVfioIds(cmdline: string | null): VfioIdsEntry[] {
   return (cmdline ?? "").split(/\s+/).flatMap((word) => {
     const found = /^vfio[-_]pci\.ids=(.*)$/.exec(word);
-    return found === null ? [] : parseVfioIds(found[1]!, "kernel command line");
+    return found === null ? [] : parseVfioIds(found[1]!, CMDLINE_SOURCE);
   });
 }
 

@@ -18,7 +18,7 @@ import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
-import { cmdlineVfioIds, modprobeVfioIds, vfioIdsMatch } from "./boot_binding.ts";
+import { CMDLINE_SOURCE, cmdlineVfioIds, modprobeVfioIds, vfioIdsMatch } from "./boot_binding.ts";
 
 /** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -413,16 +413,36 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     check: "boot-binding",
     status: needed.length > 0 ? "fail" : "warn",
     summary: problems.join("; "),
-    hint: narrowerEntries([...needed, ...shared].flatMap((f) => f.taken)) ??
-      "remove the entry (libvirt detaches a managed hostdev from its host driver at start), then update-initramfs -u if modprobe.d is in the initramfs",
+    hint: `${
+      narrowerEntries([...needed, ...shared].flatMap((f) => f.taken), uses) ??
+        "remove the entry (libvirt detaches a managed hostdev from its host driver at start)"
+    }; then ${regenerate([...needed, ...shared].map((f) => f.entry.source))}`,
   };
 }
 
+/** What makes a changed entry count at the next boot, by where entries are written. */
+function regenerate(sources: readonly string[]): string {
+  const steps = [];
+  if (sources.includes(CMDLINE_SOURCE)) {
+    steps.push(
+      "update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
+    );
+  }
+  if (sources.some((s) => s !== CMDLINE_SOURCE)) {
+    steps.push("update-initramfs -u (modprobe.d is copied into the initramfs)");
+  }
+  return steps.join(" and ");
+}
+
 /**
- * Entries with subsystem IDs that take one card each, when the boards' subsystem IDs tell
- * them apart; `null` when some do not.
+ * Entries with subsystem IDs that take one board each (or, when the host uses some, the entry
+ * that takes every other board and none of those), when the boards' subsystem IDs tell them
+ * apart; `null` when some do not.
  */
-function narrowerEntries(taken: readonly PciDevice[]): string | null {
+function narrowerEntries(
+  taken: readonly PciDevice[],
+  uses: ReadonlyMap<string, string>,
+): string | null {
   const devices = [...new Map(taken.map((d) => [d.address, d])).values()];
   const key = (d: PciDevice) =>
     d.subsystemVendorId === null || d.subsystemDeviceId === null
@@ -430,9 +450,18 @@ function narrowerEntries(taken: readonly PciDevice[]): string | null {
       : `${d.vendorId}:${d.deviceId}:${d.subsystemVendorId}:${d.subsystemDeviceId}`;
   const keys = devices.map(key);
   if (keys.some((k) => k === null) || new Set(keys).size < devices.length) return null;
-  return `to take one board only, name its subsystem IDs: ${
-    devices.map((d) => `${key(d)} (${d.address})`).join(", ")
-  }; then update-initramfs -u if modprobe.d is in the initramfs`;
+  const kept = devices.filter((d) => uses.has(d.address));
+  const passed = devices.filter((d) => !uses.has(d.address));
+  if (kept.length === 0) {
+    return `to take one board only, name its subsystem IDs: ${
+      devices.map((d) => `${key(d)} (${d.address})`).join(", ")
+    }`;
+  }
+  return `to leave the host its ${
+    kept.map((d) => d.address).join(", ")
+  }, name the others' subsystem IDs: ${
+    passed.length === 0 ? "none is left to take" : `vfio-pci.ids=${passed.map(key).join(",")}`
+  }`;
 }
 
 /** GPUs whose host driver has users: libvirt's detach of them would hang. */

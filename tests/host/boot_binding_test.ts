@@ -61,6 +61,19 @@ Deno.test("boot-binding: boards that differ in subsystem IDs get the entries tha
   );
 });
 
+Deno.test("boot-binding: with a board the host uses, the hint's entry leaves it out and says how to apply it", async () => {
+  const finding = await bootBinding(twins(["3752", "3702"], {
+    cmdline: CMDLINE,
+    host_use: [{ address: "0000:0c:00.0", reason: "console-vga", detail: "boot_vga=1 with fbcon" }],
+  }));
+  assertEquals(finding?.status, "fail");
+  assertEquals(
+    finding!.hint,
+    "to leave the host its 0000:0c:00.0, name the others' subsystem IDs: vfio-pci.ids=10de:1b06:1458:3752; " +
+      "then update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
+  );
+});
+
 Deno.test("boot-binding: an entry that takes a device the host uses fails", async () => {
   const finding = await bootBinding(twins(["3752", "3752"], {
     cmdline: CMDLINE,
