@@ -12,6 +12,7 @@ import type { GUARD } from "./specs.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
+import { hostNeedsRemedy } from "../lib/guard/policy.ts";
 import { DEFAULT_HOOKS_DIR, type HookSettings, inspectHook } from "../lib/guard/hook_file.ts";
 
 /** The installed hook's settings, or `null` when there is none (or it cannot be read). */
@@ -57,8 +58,7 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   for (const refusal of last.filter((r) => r.hostNeeds !== null)) {
     io.out(
       `Note: its last refusal names ${refusal.address}, which the host needs (${refusal.hostNeeds}): ` +
-        `an allowance does not let a start take it; only "allow_host_critical: true" on its rule, ` +
-        `then passthrough apply, does\n`,
+        `an allowance does not let a start take it; ${hostNeedsRemedy(refusal, vm)}\n`,
     );
   }
   for (const refusal of last.filter((r) => r.kind === "unreadable")) {

@@ -145,6 +145,33 @@ export function hostNeedsAllowed(
     (policy.allowHostCritical ?? []).includes(rule);
 }
 
+/**
+ * What lets a start take a device the host needs that a refusal names (an allowance does not):
+ * `allow_host_critical: true` on the rule that recorded it, for a `host-needs` refusal only; for
+ * anything else (a hand-added hostdev, a replaced device, a GPU in use) nothing does but its fix.
+ *
+ * @example
+ * ```ts
+ * import { assertMatch } from "../../tests/helpers/assert.ts";
+ * assertMatch(hostNeedsRemedy({ kind: "host-needs", recorded: { rule: "gpu" } }, "win"), /"gpu"/);
+ * assertMatch(hostNeedsRemedy({ kind: "host-needs", recorded: null }, "win"), /virsh edit win/);
+ * ```
+ */
+export function hostNeedsRemedy(
+  refusal: { kind: string; recorded: { rule: string | null } | null },
+  vm: string,
+): string {
+  const rule = refusal.recorded?.rule ?? null;
+  if (refusal.kind === "host-needs" && rule !== null) {
+    return `only "allow_host_critical: true" on rule ${
+      JSON.stringify(rule)
+    }, then passthrough apply, does`;
+  }
+  return refusal.recorded === null
+    ? `nothing does: remove the hostdev from the definition (virsh edit ${vm})`
+    : `nothing does: follow the refusal's fix (passthrough plan --vm ${vm})`;
+}
+
 // The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
 /** The policies, the strictest first. */
 const POLICIES: readonly string[] = ["enforce", "warn", "off"];

@@ -20,6 +20,7 @@ import {
   checksNothing,
   ENFORCE,
   hostNeedsAllowed,
+  hostNeedsRemedy,
   POLICY_FILE,
   policyFor,
 } from "./policy.ts";
@@ -293,7 +294,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     lines.push(
       `passthrough guard: "passthrough guard allow" does not let ${JSON.stringify(options.vm)} ${
         needed.length > 0
-          ? `take a device the host needs (only "allow_host_critical: true" on its rule, then passthrough apply, does)`
+          ? `take a device the host needs (${
+            [...new Set(needed.map((r) => hostNeedsRemedy(r, options.vm)))].join("; ")
+          })`
           : "start while the check cannot read what it needs (fix that first)"
       }; the allowance is used up`,
     );
