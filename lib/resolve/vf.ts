@@ -177,17 +177,31 @@ function recordFor(
  * What `pf` says about providing `wanted` VFs when `enabled` are: the command that enables them,
  * or, when `sriov_totalvfs` is below `wanted`, `null` (it cannot).
  */
-function numvfsHint(pf: PciDevice, enabled: number, wanted: number): string | null {
+function numvfsHint(
+  pf: PciDevice,
+  enabled: number,
+  wanted: number,
+  host: HostTopology,
+): string | null {
   const file = `/sys/bus/pci/devices/${pf.address}/sriov_numvfs`;
   const total = pf.sriovTotalVfs;
-  if (total === undefined) {
-    return `raise ${file} to ${wanted} or more (at most its sriov_totalvfs; set it to 0 first)`;
+  if (total !== undefined && wanted > total) return null;
+  // The kernel changes the count only from 0, and writing 0 removes every VF, the host's too.
+  const hosts = enabled === 0
+    ? []
+    : (host.hostUse ?? []).filter((u) => pf.virtfns.includes(u.address));
+  if (hosts.length > 0) {
+    return `more VFs means setting ${file} to 0 first, which removes every VF, and the host uses ${
+      hosts.map((u) => `${u.address} (${u.reason}: ${u.detail})`).join(", ")
+    }: move the host off it first`;
   }
-  if (wanted > total) return null;
-  // The kernel changes the count only from 0, and writing 0 removes the VFs in use.
+  const boot = " (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)";
+  if (total === undefined) {
+    return `raise ${file} to ${wanted} or more (at most its sriov_totalvfs; set it to 0 first)${boot}`;
+  }
   return enabled === 0
-    ? `echo ${wanted} > ${file}`
-    : `echo 0 > ${file}; echo ${wanted} > ${file} (stop the VMs using its VFs first)`;
+    ? `echo ${wanted} > ${file}${boot}`
+    : `echo 0 > ${file}; echo ${wanted} > ${file} (stop the VMs using its VFs first)${boot}`;
 }
 
 /** How many VFs `pf` has of how many it can have, as the refusals say it. */
@@ -221,7 +235,7 @@ function chooseIndex(
   const counts = vfCounts(pf, vfs.length);
   if (typeof rule.vf === "number") {
     if (rule.vf < vfs.length) return { index: rule.vf, why: "the index the rule names" };
-    const hint = numvfsHint(pf, vfs.length, rule.vf + 1);
+    const hint = numvfsHint(pf, vfs.length, rule.vf + 1, env.host);
     return refuse(
       `${what} asks for VF ${rule.vf} of ${pf.address}: ${counts}: ${
         hint ?? `it has no VF ${rule.vf}; name an index below ${pf.sriovTotalVfs}, or "vf: any"`
@@ -236,7 +250,7 @@ function chooseIndex(
   const free = vfs.findIndex((_, i) => holder(i) === null);
   if (free >= 0) return { index: free, why: "the lowest free VF" };
   const held = vfs.map((a, i) => `${i} (${a}) by ${holder(i)}`).join(", ");
-  const hint = numvfsHint(pf, vfs.length, vfs.length + 1);
+  const hint = numvfsHint(pf, vfs.length, vfs.length + 1, env.host);
   return refuse(
     `${what} asks for any free VF of ${pf.address}, but ${
       vfs.length === 0 ? "it has no VF enabled" : `all ${vfs.length} are taken: ${held}`

@@ -258,7 +258,7 @@ Deno.test("vf: a PF with no VF enabled: discovery reads sriov_totalvfs, the refu
   const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
   assertEquals(
     issue?.message,
-    `Rule "uplink" of VM "a" asks for any free VF of 0000:07:00.0, but it has no VF enabled. PF 0000:07:00.0 has 0 VFs enabled of 7 possible: echo 1 > /sys/bus/pci/devices/0000:07:00.0/sriov_numvfs, or free a VF`,
+    `Rule "uplink" of VM "a" asks for any free VF of 0000:07:00.0, but it has no VF enabled. PF 0000:07:00.0 has 0 VFs enabled of 7 possible: echo 1 > /sys/bus/pci/devices/0000:07:00.0/sriov_numvfs (not kept across a reboot: set it at boot, with a udev rule or a systemd unit), or free a VF`,
   );
 });
 
@@ -391,6 +391,20 @@ Deno.test("vf: a VF the host uses is skipped by any and refused by index", () =>
   assertEquals(vmOf(any, "a").add.map((x) => x.address), ["0000:07:10.2"]);
   const named = plan(config(UPLINK("a", "0")), host, { a: A });
   assertEquals(vmOf(named, "a").errors.map((e) => e.code), ["group-contains-host-critical"]);
+});
+
+Deno.test("vf: no advice to set sriov_numvfs to 0 when that removes a VF the host uses", () => {
+  const host = topologyFromDescription({
+    devices: sriovNic("07", 1, { sriov_totalvfs: 7 }),
+    host_use: [{ address: "0000:07:10.0", reason: "default-route", detail: "default via eth9" }],
+  }, { source: "sriov-test" });
+  const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
+  assertEquals(issue?.code, "vf-unavailable");
+  assertMatch(
+    issue?.message ?? "",
+    /more VFs means setting \/sys\/bus\/pci\/devices\/0000:07:00\.0\/sriov_numvfs to 0 first, which removes every VF, and the host uses 0000:07:10\.0 \(default-route: default via eth9\): move the host off it first, or free a VF$/,
+  );
+  assertEquals(issue?.message.includes("echo 0"), false);
 });
 
 Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing them rewrites it", () => {
