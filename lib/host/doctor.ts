@@ -113,9 +113,9 @@ function iommuHint(vendor: CpuVendor): string {
     return `Enable VT-d in the firmware setup, add intel_iommu=on to the kernel command line, ${check}`;
   }
   if (vendor === "amd") {
-    return `Enable the IOMMU (AMD-Vi; "IOMMU" or "AMD-Vi" in the firmware setup, next to SVM), make sure the kernel command line has no amd_iommu=off or iommu=off (amd_iommu=on is the default), ${check}`;
+    return `Enable the IOMMU (AMD-Vi; "IOMMU" or "AMD-Vi" in the firmware setup, next to SVM), make sure the kernel command line has no amd_iommu=off or iommu=off (the kernel turns it on by default; amd_iommu=on is no option of it), ${check}`;
   }
-  return `Enable VT-d (Intel) or AMD-Vi (AMD) in the firmware setup, add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line, ${check}`;
+  return `Enable VT-d (Intel) or AMD-Vi (AMD) in the firmware setup, add intel_iommu=on to the kernel command line (Intel; AMD's IOMMU is on by default unless amd_iommu=off or iommu=off says otherwise), ${check}`;
 }
 
 function checkIommu(host: HostTopology, vendor: CpuVendor): DoctorFinding {

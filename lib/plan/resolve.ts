@@ -99,7 +99,7 @@ export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings:
     errors.push({
       code: "no-iommu",
       message:
-        `Host "${host.source}" has no IOMMU groups: enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on or amd_iommu=on; no device can be passed safely without it`,
+        `Host "${host.source}" has no IOMMU groups: enable VT-d/AMD-Vi in the firmware and boot with intel_iommu=on (Intel; AMD's is on by default, without amd_iommu=off or iommu=off); no device can be passed safely without it`,
     });
   }
   if (host.kernelCmdline !== null && /\bpcie_acs_override=/.test(host.kernelCmdline)) {
