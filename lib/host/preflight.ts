@@ -342,8 +342,10 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
   const reader = unknownOnError(options.reader);
   const device = (address: PciAddress) => `${sysRoot}/bus/pci/devices/${address}`;
   // fbcon draws on fb0 unless `fbcon=map:` maps consoles to other framebuffers (one digit each).
+  // The command line where discovery reads it: the live `/proc`, or a captured tree's root.
   const consoleFramebufferNumbers = once(() => {
-    const cmdline = readAttribute(reader, `${procRoot}/cmdline`) ?? "";
+    const cmdline = readAttribute(reader, `${procRoot}/cmdline`) ??
+      readAttribute(reader, `${sysRoot}/cmdline`) ?? "";
     const map = /(?:^|\s)fbcon=(?:[^\s]*,)?map:(\d+)/.exec(cmdline)?.[1];
     return new Set(map === undefined ? [0] : [...map].map(Number));
   });
@@ -667,64 +669,4 @@ export function driverUsers(device: PciDevice, facts: HostFacts): string[] {
     users.push(`the framebuffer console on ${consoles.join(", ")} (${facts.frameBufferConsole()})`);
   }
   return users;
-}
-
-/** How {@link vfioIdsBinding} would bind a device at boot. */
-export type VfioIdsBinding =
-  /** `vfio-pci.ids=` with these IDs takes this device and none that the host keeps. */
-  | { kind: "ids"; ids: string }
-  /** The devices the host keeps that any `vfio-pci.ids=` entry for this device would take too. */
-  | { kind: "twins"; ids: string; twins: PciAddress[] };
-
-/**
- * The `vfio-pci.ids=` entry that binds `device` to vfio-pci at boot without taking a device the
- * host keeps. The kernel binds every device whose IDs match an entry, whatever its address, so
- * the entry names the subsystem IDs too when they tell `device` from another device of its model
- * outside `passed` (the devices going to guests); when nothing tells them apart, no entry is safe.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const gpu = (address: string, subsystemDeviceId: string) => ({
- *   address, vendorId: "10de", deviceId: "1b06", subsystemVendorId: "1458", subsystemDeviceId,
- * });
- * const mine = gpu("0000:0b:00.0", "3752");
- * assertEquals(vfioIdsBinding(mine, [mine], new Set()), { kind: "ids", ids: "10de:1b06" });
- * const other = gpu("0000:0c:00.0", "3702");
- * assertEquals(vfioIdsBinding(mine, [mine, other], new Set()), {
- *   kind: "ids",
- *   ids: "10de:1b06:1458:3752",
- * });
- * assertEquals(vfioIdsBinding(mine, [mine, other], new Set(["0000:0c:00.0"])).kind, "ids");
- * assertEquals(vfioIdsBinding(mine, [mine, gpu("0000:0c:00.0", "3752")], new Set()), {
- *   kind: "twins",
- *   ids: "10de:1b06",
- *   twins: ["0000:0c:00.0"],
- * });
- * ```
- */
-export function vfioIdsBinding(
-  device: Pick<
-    PciDevice,
-    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
-  >,
-  devices: readonly Pick<
-    PciDevice,
-    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
-  >[],
-  passed: ReadonlySet<PciAddress>,
-): VfioIdsBinding {
-  const ids = `${device.vendorId}:${device.deviceId}`;
-  const kept = devices.filter((d) =>
-    d.address !== device.address && !passed.has(d.address) &&
-    d.vendorId === device.vendorId && d.deviceId === device.deviceId
-  );
-  if (kept.length === 0) return { kind: "ids", ids };
-  const { subsystemVendorId: vendor, subsystemDeviceId: sub } = device;
-  const twins = kept.filter((d) =>
-    vendor === null || sub === null ||
-    (d.subsystemVendorId ?? vendor) === vendor && (d.subsystemDeviceId ?? sub) === sub
-  );
-  if (twins.length > 0) return { kind: "twins", ids, twins: twins.map((d) => d.address) };
-  return { kind: "ids", ids: `${ids}:${vendor}:${sub}` };
 }

@@ -221,8 +221,8 @@ Deno.test("host-driver-busy: a framebuffer fbcon does not draw on is no console 
     assertMatch(message(), /module nvidia has 2 references/);
     assertEquals(message().includes("framebuffer console"), false);
     assertEquals(message().includes("vtconsole"), false);
-    // Consoles mapped to fb1: then it is this GPU's.
-    Deno.writeTextFileSync(`${built.dir}/proc/cmdline`, "quiet fbcon=map:1\n");
+    // Consoles mapped to fb1 (on the tree's command line, where a snapshot keeps it): this GPU's.
+    Deno.writeTextFileSync(`${built.dir}/cmdline`, "quiet fbcon=map:1\n");
     assertMatch(message(), /the framebuffer console on fb1 \(vtcon1\)/);
   });
 });
