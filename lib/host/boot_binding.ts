@@ -9,7 +9,7 @@
  */
 
 import type { SysfsReader } from "./sysfs.ts";
-import type { PciDevice } from "./types.ts";
+import type { PciAddress, PciDevice } from "./types.ts";
 
 /** One entry of a vfio-pci `ids` list, as the kernel reads it. */
 export interface VfioIdsEntry {
@@ -120,4 +120,64 @@ export function modprobeVfioIds(
       );
     });
   });
+}
+
+/** How {@link vfioIdsBinding} would bind a device at boot. */
+export type VfioIdsBinding =
+  /** `vfio-pci.ids=` with these IDs takes this device and none that the host keeps. */
+  | { kind: "ids"; ids: string }
+  /** The devices the host keeps that any `vfio-pci.ids=` entry for this device would take too. */
+  | { kind: "twins"; ids: string; twins: PciAddress[] };
+
+/**
+ * The `vfio-pci.ids=` entry that binds `device` to vfio-pci at boot without taking a device the
+ * host keeps. The kernel binds every device whose IDs match an entry, whatever its address, so
+ * the entry names the subsystem IDs too when they tell `device` from another device of its model
+ * outside `passed` (the devices going to guests); when nothing tells them apart, no entry is safe.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const gpu = (address: string, subsystemDeviceId: string) => ({
+ *   address, vendorId: "10de", deviceId: "1b06", subsystemVendorId: "1458", subsystemDeviceId,
+ * });
+ * const mine = gpu("0000:0b:00.0", "3752");
+ * assertEquals(vfioIdsBinding(mine, [mine], new Set()), { kind: "ids", ids: "10de:1b06" });
+ * const other = gpu("0000:0c:00.0", "3702");
+ * assertEquals(vfioIdsBinding(mine, [mine, other], new Set()), {
+ *   kind: "ids",
+ *   ids: "10de:1b06:1458:3752",
+ * });
+ * assertEquals(vfioIdsBinding(mine, [mine, other], new Set(["0000:0c:00.0"])).kind, "ids");
+ * assertEquals(vfioIdsBinding(mine, [mine, gpu("0000:0c:00.0", "3752")], new Set()), {
+ *   kind: "twins",
+ *   ids: "10de:1b06",
+ *   twins: ["0000:0c:00.0"],
+ * });
+ * ```
+ */
+export function vfioIdsBinding(
+  device: Pick<
+    PciDevice,
+    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
+  >,
+  devices: readonly Pick<
+    PciDevice,
+    "address" | "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId"
+  >[],
+  passed: ReadonlySet<PciAddress>,
+): VfioIdsBinding {
+  const ids = `${device.vendorId}:${device.deviceId}`;
+  const kept = devices.filter((d) =>
+    d.address !== device.address && !passed.has(d.address) &&
+    d.vendorId === device.vendorId && d.deviceId === device.deviceId
+  );
+  if (kept.length === 0) return { kind: "ids", ids };
+  const { subsystemVendorId: vendor, subsystemDeviceId: sub } = device;
+  const twins = kept.filter((d) =>
+    vendor === null || sub === null ||
+    (d.subsystemVendorId ?? vendor) === vendor && (d.subsystemDeviceId ?? sub) === sub
+  );
+  if (twins.length > 0) return { kind: "twins", ids, twins: twins.map((d) => d.address) };
+  return { kind: "ids", ids: `${ids}:${vendor}:${sub}` };
 }

@@ -18,7 +18,13 @@ import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
-import { CMDLINE_SOURCE, cmdlineVfioIds, modprobeVfioIds, vfioIdsMatch } from "./boot_binding.ts";
+import {
+  CMDLINE_SOURCE,
+  cmdlineVfioIds,
+  modprobeVfioIds,
+  vfioIdsBinding,
+  vfioIdsMatch,
+} from "./boot_binding.ts";
 
 /** How a check came out. `fail` blocks passthrough; `warn` needs the user's judgement. */
 export type DoctorStatus = "ok" | "warn" | "fail";
@@ -414,7 +420,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     status: needed.length > 0 ? "fail" : "warn",
     summary: problems.join("; "),
     hint: `${
-      narrowerEntries([...needed, ...shared].flatMap((f) => f.taken), uses) ??
+      narrowerEntries([...needed, ...shared].flatMap((f) => f.taken), uses, host.devices) ??
         "remove the entry (libvirt detaches a managed hostdev from its host driver at start)"
     }; then ${regenerate([...needed, ...shared].map((f) => f.entry.source))}`,
   };
@@ -435,32 +441,38 @@ function regenerate(sources: readonly string[]): string {
 }
 
 /**
- * Entries with subsystem IDs that take one board each (or, when the host uses some, the entry
- * that takes every other board and none of those), when the boards' subsystem IDs tell them
- * apart; `null` when some do not.
+ * The entries that take the boards the host does not use, one each (as {@link vfioIdsBinding}
+ * names them), when every such board has one that takes no other; `null` when one has none.
  */
 function narrowerEntries(
   taken: readonly PciDevice[],
   uses: ReadonlyMap<string, string>,
+  devices: readonly PciDevice[],
 ): string | null {
-  const devices = [...new Map(taken.map((d) => [d.address, d])).values()];
-  const key = (d: PciDevice) =>
-    d.subsystemVendorId === null || d.subsystemDeviceId === null
-      ? null
-      : `${d.vendorId}:${d.deviceId}:${d.subsystemVendorId}:${d.subsystemDeviceId}`;
-  const keys = devices.map(key);
-  if (keys.some((k) => k === null) || new Set(keys).size < devices.length) return null;
-  const kept = devices.filter((d) => uses.has(d.address));
-  const passed = devices.filter((d) => !uses.has(d.address));
+  const boards = [...new Map(taken.map((d) => [d.address, d])).values()];
+  const kept = boards.filter((d) => uses.has(d.address));
+  const passed = boards.filter((d) => !uses.has(d.address));
+  // With none kept, each board is named apart: the user picks the one to take.
+  const entries = (kept.length === 0 ? boards : passed).map((d) => ({
+    d,
+    binding: vfioIdsBinding(
+      d,
+      devices,
+      kept.length === 0 ? new Set() : new Set(passed.map((p) => p.address)),
+    ),
+  }));
+  if (entries.some((e) => e.binding.kind === "twins")) return null;
   if (kept.length === 0) {
     return `to take one board only, name its subsystem IDs: ${
-      devices.map((d) => `${key(d)} (${d.address})`).join(", ")
+      entries.map((e) => `${e.binding.ids} (${e.d.address})`).join(", ")
     }`;
   }
   return `to leave the host its ${
     kept.map((d) => d.address).join(", ")
   }, name the others' subsystem IDs: ${
-    passed.length === 0 ? "none is left to take" : `vfio-pci.ids=${passed.map(key).join(",")}`
+    passed.length === 0
+      ? "none is left to take"
+      : `vfio-pci.ids=${entries.map((e) => e.binding.ids).join(",")}`
   }`;
 }
 

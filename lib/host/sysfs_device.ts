@@ -736,8 +736,9 @@ const MAX_ROUTE_LINE = 4096;
 /**
  * Calls `each` with every line of a routing table in `/proc/net`, read a chunk at a time (a host
  * with a full Internet routing table has a million routes, over 100 MB of text); nothing when
- * the table is missing (no IPv6), or throws when it is `required`. Throws when it goes on past 1 GiB: a table read in part could
- * leave out the host's own networks, or (IPv6 lists the default route last) its default route.
+ * the table is missing (no IPv6), unless it is `required`. Throws when it goes on past 1 GiB: a
+ * table read in part could leave out the host's own networks, or (IPv6 lists the default route
+ * last) its default route.
  */
 function forEachRouteLine(
   reader: SysfsReader,

@@ -23,8 +23,8 @@ import {
   parseCpuList,
   permits,
   resetVerdict,
-  vfioIdsBinding,
 } from "../host/preflight.ts";
+import { vfioIdsBinding } from "../host/boot_binding.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
