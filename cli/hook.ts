@@ -26,6 +26,7 @@ import {
   type HookInspection,
   type HookSettings,
   inspectHook,
+  installCommand,
   installHook,
   readByLibvirt,
   removeHook,
@@ -194,13 +195,16 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
     }
   }
   const problems = hookProblems(inspection, expected);
+  const fix = problems.length === 0 ? null : installCommand(inspection);
   const policies = s === null ? null : readPolicyFile(s.stateDir);
   if (values.json) {
     const policy = policies === null
       ? {}
       : { policies: policies.file, policyProblem: policies.problem };
     io.out(
-      `${JSON.stringify({ ...inspection, toolVersion: VERSION, problems, ...policy }, null, 2)}\n`,
+      `${
+        JSON.stringify({ ...inspection, toolVersion: VERSION, problems, fix, ...policy }, null, 2)
+      }\n`,
     );
     return problems.length === 0 ? 0 : 1;
   }
@@ -224,7 +228,7 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
   lines.push(
     problems.length === 0 ? "  up to date" : problems.map((p) => `  problem: ${p}`).join("\n"),
   );
-  if (problems.length > 0) lines.push("  fix: passthrough hook install");
+  if (fix !== null) lines.push(`  fix: ${fix}`);
   io.out(`${lines.join("\n")}\n`);
   return problems.length === 0 ? 0 : 1;
 }

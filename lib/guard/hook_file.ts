@@ -14,7 +14,8 @@
  */
 
 import { dirname, join, resolve } from "../state/paths.ts";
-import { readOwnFileSync, StateDirError } from "../state/state_dir.ts";
+import { shellQuote, shellWord } from "../render/shell.ts";
+import { DEFAULT_STATE_DIR, readOwnFileSync, StateDirError } from "../state/state_dir.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -63,11 +64,6 @@ export interface HookSettings {
 
 const SETTINGS_PREFIX = "# passthrough-hook: ";
 
-/** `'text'` for `sh`, safe for any byte but NUL. */
-export function shellQuote(text: string): string {
-  return `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
 /**
  * The hook script. Exit codes: 0 lets the start go on; 1 stops it (a refusal, a deadline, a
  * check that cannot run or that a signal ended). Nothing is ever written to standard output.
@@ -87,6 +83,8 @@ export function renderHookScript(settings: HookSettings): string {
   const env = Object.entries(settings.env).map(([k, v]) => `${k}=${shellQuote(v)} `).join("");
   const command = settings.command.map(shellQuote).join(" ");
   const deadline = String(settings.deadline);
+  // libvirt runs hooks only from its own directory: the command leaves --hooks-dir out.
+  const reinstall = shellQuote(installCommand({ path: "", settings }, { hooksDir: false }));
   return `#!/bin/sh
 # passthrough start guard: refuses to start a VM when a passed-through PCI address now holds
 # another device than the one recorded, nothing, or a device the host needs.
@@ -108,7 +106,7 @@ case $status in
     printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
     exit 1 ;;
   125 | 126 | 127)
-    printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "passthrough hook install"\\n' "$1" "$status" >&2
+    printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "%s"\\n' "$1" "$status" ${reinstall} >&2
     exit 1 ;;
   *)
     if [ "$status" -gt 128 ]; then
@@ -522,6 +520,43 @@ export interface HookInspection {
    * they are executable); `hook install` removes them.
    */
   leftovers: string[];
+}
+
+/**
+ * The `hook install` command that writes this hook again with the settings it has now: its
+ * directory, state directory, deadline and sysfs, each given where it is not the default (a bare
+ * `hook install` would put a second hook elsewhere, or one reading another state directory).
+ * `hooksDir: false` leaves the directory out, for moving the hook to libvirt's own.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const settings = {
+ *   version: "1", deadline: 30, timeout: "/usr/bin/timeout", command: [], env: {},
+ *   stateDir: "/srv/pt state", sysfs: "/sys",
+ * };
+ * assertEquals(
+ *   installCommand({ path: "/tmp/hooks/50-passthrough-guard", settings }),
+ *   "passthrough hook install --hooks-dir /tmp/hooks --state-dir '/srv/pt state' --deadline 30",
+ * );
+ * assertEquals(installCommand({ path: "/etc/libvirt/hooks/qemu.d/x", settings: null }),
+ *   "passthrough hook install");
+ * ```
+ */
+export function installCommand(
+  inspection: Pick<HookInspection, "path" | "settings">,
+  options: { hooksDir?: false } = {},
+): string {
+  const words = ["passthrough", "hook", "install"];
+  const dir = dirname(inspection.path);
+  if (options.hooksDir !== false && dir !== DEFAULT_HOOKS_DIR) words.push("--hooks-dir", dir);
+  const s = inspection.settings;
+  if (s !== null) {
+    if (s.stateDir !== DEFAULT_STATE_DIR) words.push("--state-dir", s.stateDir);
+    if (s.deadline !== DEFAULT_DEADLINE_SECONDS) words.push("--deadline", String(s.deadline));
+    if (s.sysfs !== "/sys") words.push("--sysfs", s.sysfs);
+  }
+  return words.map(shellWord).join(" ");
 }
 
 /**

@@ -13,7 +13,7 @@
 
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
-import type { HookInspection } from "../guard/hook_file.ts";
+import { type HookInspection, installCommand } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
@@ -599,6 +599,7 @@ function daemonNotes(
 function checkHook(facts: HookDoctorFacts): DoctorFinding {
   const { inspection, version } = facts;
   const settings = inspection.settings;
+  const install = installCommand(inspection);
   if (inspection.leftovers.length > 0) {
     return {
       check: "hook",
@@ -606,7 +607,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       summary: `${
         inspection.leftovers.join(", ")
       } left from an interrupted install: libvirt runs it at every start, stop and daemon restart if it is executable, and fails (a failure at reconnect stops running guests)`,
-      hint: "passthrough hook install (it removes them)",
+      hint: `${install} (it removes them)`,
     };
   }
   if (!inspection.present || settings === null) {
@@ -616,7 +617,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       summary: inspection.present
         ? `${inspection.path} is not a passthrough hook`
         : `No start guard at ${inspection.path}: a VM starts even when a hostdev's address now holds another device`,
-      hint: "passthrough hook install",
+      hint: install,
     };
   }
   const notes: { status: DoctorStatus; note: string; hint?: string }[] = [];
@@ -624,36 +625,35 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
     notes.push({
       status: "fail",
       note: "it is not executable, so libvirt skips it",
-      hint: "passthrough hook install",
+      hint: install,
     });
   }
   if (!inspection.intact) {
     notes.push({
       status: "fail",
       note: "it was changed since it was written, and may not check what it should",
-      hint: "passthrough hook install",
+      hint: install,
     });
   }
   for (const reason of inspection.unsafe) {
     notes.push({
       status: "fail",
       note: `another user could change what it runs as root: ${reason}`,
-      hint:
-        "install passthrough where only root can write (/opt/passthrough), then passthrough hook install",
+      hint: `install passthrough where only root can write (/opt/passthrough), then ${install}`,
     });
   }
   for (const program of inspection.programs.filter((p) => !p.exists)) {
     notes.push({
       status: "fail",
       note: `it runs ${program.path}, which is missing: every VM start would be refused`,
-      hint: "passthrough hook install (from where passthrough is now)",
+      hint: `${install} (from where passthrough is now)`,
     });
   }
   if (settings.version !== version) {
     notes.push({
       status: "warn",
       note: `written by passthrough ${settings.version}, this is ${version}`,
-      hint: "passthrough hook install",
+      hint: install,
     });
   }
   if (notes.length === 0) {
@@ -666,7 +666,9 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       note: `libvirt's system daemon does not run hooks from ${
         dirname(inspection.path)
       }, so it guards no start there`,
-      hint: "passthrough hook install (its default --hooks-dir is the one libvirt reads)",
+      hint: `${
+        installCommand(inspection, { hooksDir: false })
+      } (its default --hooks-dir is the one libvirt reads)`,
     });
   }
   if (facts.selinux !== null) {

@@ -12,7 +12,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
-import { shellWord } from "./repair.ts";
+import { shellWord } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { NetworkPool } from "./networks.ts";

@@ -10,7 +10,7 @@
 import type { ClosureResult } from "../resolve/closure.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { PlanIssue } from "./types.ts";
-import { shellWord } from "./repair.ts";
+import { shellWord } from "../render/shell.ts";
 import type { HostdevNetwork, NetworksRead } from "./world.ts";
 
 /** One hostdev network's pool, by PCI address. */

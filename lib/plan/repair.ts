@@ -26,6 +26,7 @@ import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "./moves.ts";
+import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
 import type { VmContext } from "./vm_edit.ts";
@@ -96,11 +97,6 @@ interface Stale {
   now: PciDevice | undefined;
   /** Where its card is, when proven, and whether the repair follows it there. */
   card?: { to: PciAddress; evidence: string; closed?: ClosedDevice; blocked: string | null };
-}
-
-/** A VM name as one shell word in a command the user runs: as is, or single-quoted. */
-export function shellWord(word: string): string {
-  return /^[A-Za-z0-9_.:@%+=,-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
 /**

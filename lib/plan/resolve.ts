@@ -17,7 +17,7 @@ import {
 } from "../resolve/vf.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
-import { shellWord } from "./repair.ts";
+import { shellWord } from "../render/shell.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
 import { type NetworkPool, networkPoolErrors } from "./networks.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";

@@ -75,6 +75,17 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const broken = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(broken.code, 1);
     assertEquals(JSON.parse(broken.stdout).problems, ["not executable: libvirt skips it"]);
+    // The fix writes this hook again where it is, with its own state directory.
+    assertEquals(
+      JSON.parse(broken.stdout).fix,
+      `passthrough hook install --hooks-dir ${hooks} --state-dir ${dir}/s`,
+    );
+    assertMatch(
+      (await runCli(["hook", "status", ...common])).stdout,
+      new RegExp(
+        `\n {2}fix: passthrough hook install --hooks-dir ${hooks} --state-dir ${dir}/s\n$`,
+      ),
+    );
     Deno.chmodSync(report.path, 0o755);
 
     // A hook whose directory another user owns: status says so; install refuses, changing nothing.
@@ -470,7 +481,10 @@ Deno.test({
         return (JSON.parse(run.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
       };
       const before = await doctor();
-      assertEquals([before.status, before.hint], ["warn", "passthrough hook install"]);
+      assertEquals([before.status, before.hint], [
+        "warn",
+        `passthrough hook install --hooks-dir ${hooks}`,
+      ]);
       assertMatch(before.summary, /^No start guard at .*50-passthrough-guard/);
       const text = await runCli(["doctor", "--no-libvirt", "--hooks-dir", hooks]);
       console.log(`$ passthrough doctor --no-libvirt (before install)\n${text.stdout}`);
@@ -496,6 +510,11 @@ Deno.test({
       const broken = await doctor();
       assertEquals(broken.status, "fail");
       assertMatch(broken.summary, /it is not executable, so libvirt skips it/);
+      // Its fix writes the same hook again: this directory and this state directory.
+      assertEquals(
+        broken.hint?.split("; ")[0],
+        `passthrough hook install --hooks-dir ${hooks} --state-dir ${dir}/s`,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -3,6 +3,7 @@
 // inspecting and removing it in a temporary directory; and finding the daemon to reload.
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 import {
   checkCommand,
   findTimeout,
@@ -137,12 +138,19 @@ Deno.test({
       const refuse = installHook(`${dir}/a`, renderHookScript(settings([standIn(dir, 1)])));
       assertEquals((await runScript(refuse.path, ["vm", "prepare", "begin", "-"])).code, 1);
 
-      const missing = installHook(`${dir}/b`, renderHookScript(settings([`${dir}/gone`])));
+      // A state directory of its own: the reinstall it names keeps it (quoted for sh).
+      const missing = installHook(
+        `${dir}/b`,
+        renderHookScript({ ...settings([`${dir}/gone`]), stateDir: `${dir}/state` }),
+      );
       const gone = await runScript(missing.path, ["vm", "prepare", "begin", "-"]);
       assertEquals([gone.code, gone.stdout], [1, ""]);
-      assertMatch(
+      assertOk(
+        gone.stderr.includes(
+          '\npassthrough guard: refusing to start "vm": cannot run the check (exit 127); ' +
+            `reinstall with "passthrough hook install --state-dir ${shellQuote(`${dir}/state`)}"\n`,
+        ),
         gone.stderr,
-        /\npassthrough guard: refusing to start "vm": cannot run the check \(exit 127\); reinstall/,
       );
       // coreutils' own line first says which program is missing.
       assertMatch(gone.stderr, /^\S*timeout: failed to run command '.*\/gone'/);

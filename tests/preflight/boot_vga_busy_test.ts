@@ -203,7 +203,7 @@ Deno.test("host-driver-busy: a framebuffer fbcon does not draw on is no console 
     },
     host: { proc: { modules: "nvidia 56807424 3 nvidia_modeset, Live 0x0\n" } },
   });
-  await withHost(description, async (built) => {
+  await withHost(description, (built) => {
     // The guest's GPU has fb1, the host's fb0, where fbcon draws by default.
     const devices = `${built.dir}/bus/pci/devices`;
     Deno.renameSync(`${devices}/0000:0b:00.0/graphics/fb0`, `${devices}/0000:0b:00.0/graphics/fb1`);

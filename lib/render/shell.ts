@@ -1,0 +1,32 @@
+/**
+ * Words for `sh`: what the hook script runs, and the commands printed for users to run.
+ *
+ * @module
+ */
+
+/**
+ * `'text'` for `sh`, safe for any byte but NUL: what a script runs, quoted whatever it holds.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(shellQuote("it's"), `'it'\\''s'`);
+ * ```
+ */
+export function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * One word of a command printed for the user: as is when `sh` reads it so, else single-quoted.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(shellWord("/srv/vm-1"), "/srv/vm-1");
+ * assertEquals(shellWord("win 11"), "'win 11'");
+ * ```
+ */
+export function shellWord(word: string): string {
+  return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : shellQuote(word);
+}
