@@ -237,20 +237,21 @@ export interface RuleResolution {
 
 const SEPARATORS: readonly (readonly [string, (d: PciDevice) => string | null])[] = [
   [
-    "subsystem_vendor_id/subsystem_device_id",
+    '"subsystem_vendor_id" and "subsystem_device_id"',
     (d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`,
   ],
-  ["slot", (d) => d.physicalSlot],
-  ["serial", (d) => d.serial],
-  ["numa_node", (d) => d.numaNode === null ? null : String(d.numaNode)],
-  ["address", (d) => d.address],
+  ['"slot"', (d) => d.physicalSlot],
+  ['"serial"', (d) => d.serial],
+  ['"numa_node"', (d) => d.numaNode === null ? null : String(d.numaNode)],
+  ['"address"', (d) => d.address],
 ];
 
 /**
- * The match criteria that tell the units apart: a criterion qualifies when every unit has a
- * known value for it and no two units share one. `address` always qualifies, as a last resort.
+ * The match criteria that tell the units apart, each as its config keys in quotes: a criterion
+ * qualifies when every unit has a known value for it and no two units share one. `"address"`
+ * always qualifies, as a last resort.
  */
-export function distinguishingCriteria(units: readonly MatchUnit[]): string[] {
+function distinguishingCriteria(units: readonly MatchUnit[]): string[] {
   const out: string[] = [];
   for (const [key, value] of SEPARATORS) {
     const owner = new Map<string, number>();
@@ -333,9 +334,9 @@ export function resolveRule(
     return refused(tooFewIssue(rule, host, { matched, units: units.length, wanted, options }));
   }
   if (units.length > wanted && oneCard(matched)) {
-    return refused(splitCardIssue(rule, matched, units.length, wanted));
+    return refused(splitCardIssue(rule, host, matched, { groups: units.length, wanted }));
   }
-  if (units.length > wanted) return refused(ambiguousIssue(rule, matched, units, wanted));
+  if (units.length > wanted) return refused(ambiguousIssue(rule, host, matched, { units, wanted }));
   return { rule, devices: matched, units, issue: null };
 }
 
@@ -387,16 +388,20 @@ function tooFewIssue(
 /** `ambiguous`: the functions of one card, split by the host into more groups than taken. */
 function splitCardIssue(
   rule: DeviceRule,
+  host: HostTopology,
   matched: PciDevice[],
-  groups: number,
-  wanted: number,
+  counts: { groups: number; wanted: number },
 ): PlanIssue {
+  const used = hostUsed(host, matched);
+  const ways = used === null
+    ? 'take the whole card with "all: true", or one function with "address"'
+    : `take one function with "address" (not the whole card: ${used})`;
   return {
     code: "ambiguous",
     message:
       `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} functions of one card (${
         matched.map((d) => `${d.address} group ${d.iommuGroup ?? "none"}`).join(", ")
-      }), which the host splits into ${groups} IOMMU groups, but takes ${wanted}: take the whole card with "all: true", or one function with "address"`,
+      }), which the host splits into ${counts.groups} IOMMU groups, but takes ${counts.wanted}: ${ways}`,
     ...ruleBase(rule),
     devices: matched.map((d) => d.address),
     candidates: matched.map(toCandidate),
@@ -406,25 +411,49 @@ function splitCardIssue(
 /** `ambiguous`: more IOMMU groups match than the rule takes; names what tells them apart. */
 function ambiguousIssue(
   rule: DeviceRule,
+  host: HostTopology,
   matched: PciDevice[],
-  units: MatchUnit[],
-  wanted: number,
+  found: { units: MatchUnit[]; wanted: number },
 ): PlanIssue {
-  const separators = distinguishingCriteria(units);
+  const { units, wanted } = found;
   const list = units.map((u) =>
     `${u.devices.map((d) => d.address).join(" + ")} (group ${u.group ?? "none"})`
   ).join(", ");
+  const used = hostUsed(host, matched);
+  // All of them would take what the host uses too: planning would refuse that anyway.
+  const all = rule.count !== 1
+    ? ""
+    : used === null
+    ? ', or take them all with "all: true"'
+    : ` (not all of them: ${used})`;
   return {
     code: "ambiguous",
     message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
       matched.length === 1 ? "device" : "devices"
     } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
-      separators.map((s) => `"${s}"`).join(" or ")
-    }${rule.count === 1 ? ', or take them all with "all: true"' : ""}`,
+      narrowWith(units)
+    }${all}`,
     ...ruleBase(rule),
     devices: matched.map((d) => d.address),
     candidates: matched.map(toCandidate),
   };
+}
+
+/** `"serial", or with "address"`: the criteria that tell `units` apart, for a message. */
+export function narrowWith(units: readonly MatchUnit[]): string {
+  return distinguishingCriteria(units).join(", or with ");
+}
+
+/**
+ * The matched devices the host uses now, as `0000:0b:00.0 is the host's (console-vga: ...)`, or
+ * `null` when it uses none of them.
+ */
+function hostUsed(host: HostTopology, matched: readonly PciDevice[]): string | null {
+  const uses = (host.hostUse ?? []).filter((u) => matched.some((d) => d.address === u.address));
+  if (uses.length === 0) return null;
+  return `${uses.map((u) => u.address).filter((a, i, all) => all.indexOf(a) === i).join(", ")} ${
+    uses.length === 1 ? "is" : "are"
+  } the host's (${uses.map((u) => `${u.reason}: ${u.detail}`).join("; ")})`;
 }
 
 /** Whether `devices` are several functions of one card (one `DDDD:BB:SS`). */

@@ -16,8 +16,8 @@ import { comparePciAddress } from "../pci/address.ts";
 import type { PlanIssue, VfIdentity } from "../plan/types.ts";
 import type { ClosureResult } from "./closure.ts";
 import {
-  distinguishingCriteria,
   type MatchOptions,
+  narrowWith,
   resolveRule,
   type RuleResolution,
   sameIdentity,
@@ -303,14 +303,13 @@ function chooseMac(
 
 /** `ambiguous`: the rule matches several PFs in one IOMMU group, where it takes one. */
 function severalPfs(rule: DeviceRule, pfs: readonly PciDevice[]): PlanIssue {
-  const separators = distinguishingCriteria(
-    pfs.map((d) => ({ group: d.iommuGroup, devices: [d] })),
-  );
   return {
     code: "ambiguous",
     message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${pfs.length} physical functions (${
       pfs.map((d) => d.address).join(", ")
-    }) but takes a VF of one: narrow it with ${separators.map((s) => `"${s}"`).join(" or ")}`,
+    }) but takes a VF of one: narrow it with ${
+      narrowWith(pfs.map((d) => ({ group: d.iommuGroup, devices: [d] })))
+    }`,
     ...base(rule),
     devices: pfs.map((d) => d.address),
     candidates: pfs.map(toCandidate),

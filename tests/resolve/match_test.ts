@@ -68,9 +68,52 @@ Deno.test("resolveRule() refuses IDs matching several groups and names subsystem
   );
   assertEquals(
     result.issue?.message,
-    'Rule "10de:2684" of VM "vm" matches 2 devices in 2 IOMMU groups but takes 1: 0000:01:00.0 (group 1), 0000:02:00.0 (group 2): narrow it with "subsystem_vendor_id/subsystem_device_id" or "address", or take them all with "all: true"',
+    'Rule "10de:2684" of VM "vm" matches 2 devices in 2 IOMMU groups but takes 1: 0000:01:00.0 (group 1), 0000:02:00.0 (group 2): narrow it with "subsystem_vendor_id" and "subsystem_device_id", or with "address", or take them all with "all: true"',
   );
   assertEquals(result.issue?.location, "c.yaml:5:9");
+});
+
+Deno.test('resolveRule() does not offer "all: true" when one of the matches is a device the host uses', () => {
+  const console = {
+    address: "0000:01:00.0",
+    reason: "console-vga" as const,
+    detail: "boot_vga=1 with fbcon",
+  };
+  const twoCards = topologyFromDescription({
+    devices: [
+      dev({
+        bdf: "0000:01:00.0",
+        group: 1,
+        subsystem_vendor: "0x1043",
+        subsystem_device: "0x88e2",
+      }),
+      dev({
+        bdf: "0000:02:00.0",
+        group: 2,
+        subsystem_vendor: "0x1462",
+        subsystem_device: "0x5103",
+      }),
+    ],
+    host_use: [console],
+  }, { source: "synthetic" });
+  const result = resolveRule(rule('match: { vendor_device_id: "10de:2684" }'), twoCards);
+  assertEquals(result.issue?.code, "ambiguous");
+  assertEquals(
+    result.issue?.message,
+    'Rule "10de:2684" of VM "vm" matches 2 devices in 2 IOMMU groups but takes 1: 0000:01:00.0 (group 1), 0000:02:00.0 (group 2): narrow it with "subsystem_vendor_id" and "subsystem_device_id", or with "address" (not all of them: 0000:01:00.0 is the host\'s (console-vga: boot_vga=1 with fbcon))',
+  );
+  // One card split into two groups, its first function the host's: only one function is offered.
+  const port = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521" });
+  const split = topologyFromDescription({
+    devices: [port("0000:0a:00.0", 20), port("0000:0a:00.1", 21)],
+    host_use: [{ address: "0000:0a:00.0", reason: "default-route", detail: "eno1" }],
+  }, { source: "t" });
+  const card = resolveRule(rule('match: { vendor_device_id: "8086:1521" }'), split);
+  assertMatch(
+    card.issue?.message ?? "",
+    /: take one function with "address" \(not the whole card: 0000:0a:00\.0 is the host's \(default-route: eno1\)\)$/,
+  );
 });
 
 Deno.test("resolveRule() suggests slot and serial when only those tell identical cards apart", () => {
@@ -79,7 +122,10 @@ Deno.test("resolveRule() suggests slot and serial when only those tell identical
     dev({ bdf: "0000:02:00.0", group: 2, slot: "2", serial: "00-00-00-00-00-00-00-02" }),
   ]);
   const result = resolveRule(rule('match: { vendor_device_id: "10de:2684" }'), identical);
-  assertMatch(result.issue?.message ?? "", /narrow it with "slot" or "serial" or "address"/);
+  assertMatch(
+    result.issue?.message ?? "",
+    /narrow it with "slot", or with "serial", or with "address", or take them all/,
+  );
   const bySerial = resolveRule(
     rule('match: { vendor_device_id: "10de:2684", serial: "00-00-00-00-00-00-00-02" }'),
     identical,
