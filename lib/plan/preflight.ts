@@ -162,9 +162,18 @@ function resetProblem(
     d.address.startsWith(`${bus}:`) && !context.taken.has(d.address) && d.address !== address
   );
   if (others.length === 0) return null;
+  // A device the host uses cannot go to the guest along with it: only the card can move.
+  const hostUses = (context.host.hostUse ?? []).filter((u) =>
+    others.some((d) => d.address === u.address)
+  );
+  const remedy = hostUses.length === 0
+    ? `give them to "${c.rule.vm}" too, or move the card to a slot of its own`
+    : `move the card to a slot of its own (not all of them can go to "${c.rule.vm}": ${
+      hostUses.map((u) => `${u.address} is the host's, ${u.reason}: ${u.detail}`).join("; ")
+    })`;
   return `${named(c)} can only be reset by a secondary-bus reset, which would also reset ${
     others.map((d) => d.address).join(", ")
-  } on the same bus: VFIO does not reset it while they are held elsewhere, so the guest may find it in the state it left it: give them to "${c.rule.vm}" too, or move the card to a slot of its own ${silence}`;
+  } on the same bus: VFIO does not reset it while they are held elsewhere, so the guest may find it in the state it left it: ${remedy} ${silence}`;
 }
 
 /** `reset` warnings, and the devices judged from their `reset_method`. */

@@ -74,6 +74,7 @@ Deno.test("reset: a bus reset that would also reset a device left to the host", 
     const reset = win.warnings.filter((w) => w.code === "reset");
     assertEquals(reset.map((w) => w.devices), [["0000:08:00.1"]]);
     assertMatch(reset[0]!.message, /secondary-bus reset, which would also reset 0000:08:00\.0/);
+    assertMatch(reset[0]!.message, /: give them to "win" too, or move the card to a slot/);
     // Taking both functions, the bus holds nothing else: no bus warning (the VGA function is
     // judged as a Navi 21 instead).
     const both = vm(
@@ -89,6 +90,31 @@ Deno.test("reset: a bus reset that would also reset a device left to the host", 
       [["0000:08:00.0"]],
     );
     assertMatch(both.warnings.find((w) => w.code === "reset")!.message, /Navi 21/);
+  });
+});
+
+Deno.test("reset: a bus shared with the host's console GPU is not to be given to the guest", async () => {
+  const description = described("b550-aorus-pro", {
+    devices: {
+      "0000:08:00.1": { reset_method: "bus" },
+      "0000:08:00.0": { reset_method: "bus" },
+    },
+    host: {
+      host_use: [{
+        address: "0000:08:00.0",
+        reason: "console-vga",
+        detail: "boot_vga=1 with fbcon",
+      }],
+    },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, AUDIO_RULE, { win: domain("win") }), "win");
+    const reset = win.warnings.find((w) => w.code === "reset")?.message ?? "";
+    assertMatch(
+      reset,
+      /: move the card to a slot of its own \(not all of them can go to "win": 0000:08:00\.0 is the host's, console-vga: boot_vga=1 with fbcon\) \(set "allow_no_flr: true"/,
+    );
+    assertEquals(reset.includes("too"), false);
   });
 });
 
