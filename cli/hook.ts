@@ -247,10 +247,14 @@ function check({ values, positionals }: HookLine<"run">, io: CliIo): Promise<num
   const [vm, operation, subOperation] = positionals;
   // Through libc: the CLI (and a compiled binary) runs with the documented permissions, and
   // Deno refuses its own reads under /sys and /proc to anything less than --allow-all.
+  // This host's sysfs however spelled, as `install` decides it: never a tree without host use.
+  const sysfs = values.sysfs ?? LIVE_SYSFS;
+  const live = liveSysfsRoot(sysfs);
   return checkStart(
-    { stateDir, sysfs: values.sysfs ?? LIVE_SYSFS, vm, operation, subOperation },
+    { stateDir, sysfs: live ?? sysfs, vm, operation, subOperation },
     io.err,
     libcSysfsReader({ fewCalls: true }),
+    live !== null,
   );
 }
 

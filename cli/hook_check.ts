@@ -89,20 +89,24 @@ function isLiveSysfs(root: string): boolean {
   if (root === "/sys") return true;
   try {
     return Deno.realPathSync(root) === "/sys";
-  } catch {
-    return false;
+  } catch (error) {
+    // A path Deno will not resolve for this process is taken as live: its reads then fail on
+    // the permission, never pass as a tree without host use.
+    return error instanceof Deno.errors.NotCapable;
   }
 }
 
 /**
  * Runs the check for the hook's arguments, reading sysfs and `/proc` with `reader`, writing
  * refusals to `err`; returns the exit code. Every operation but `prepare begin` returns 0 before
- * anything is read.
+ * anything is read. `live` says whether `args.sysfs` is this host's sysfs, when the caller can
+ * tell better (through libc) than this module.
  */
 export async function checkStart(
   args: HookCheckArgs,
   err: (text: string) => void,
   reader: SysfsReader,
+  live?: boolean,
 ): Promise<number> {
   if (args.operation !== "prepare" || args.subOperation !== "begin") return 0;
   const bytes = readStdin(MAX_XML_BYTES);
@@ -114,7 +118,7 @@ export async function checkStart(
     xml: bytes === null ? null : new TextDecoder().decode(bytes),
     reader,
     root,
-    live: isLiveSysfs(root),
+    live: live ?? isLiveSysfs(root),
     stateDir: args.stateDir,
   });
   if (result.lines.length > 0) err(`${result.lines.join("\n")}\n`);

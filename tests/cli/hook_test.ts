@@ -560,6 +560,29 @@ Deno.test({
         assertEquals(out.code, 1, `${sysfs}: ${stderr}`);
         assertMatch(stderr, /the host needs it: in use by the host \(default-route: /, sysfs);
       }
+      // `hook run` (what a hook runs from a bundle without the check, or a compiled binary),
+      // with the documented permissions: Deno will not resolve these paths for it, and libc
+      // decides, as `install` does; before, "/sys/." read as a tree without host use and passed.
+      for (const sysfs of ["/sys/.", "//sys/", `${dir}/sys-link`]) {
+        const run = await runCli(
+          [
+            "hook",
+            "run",
+            "--state-dir",
+            `${dir}/s`,
+            "--sysfs",
+            sysfs,
+            "--",
+            "vm",
+            "prepare",
+            "begin",
+            "-",
+          ],
+          { stdin: xml },
+        );
+        assertEquals(run.code, 1, `${sysfs}: ${run.stderr}`);
+        assertMatch(run.stderr, /the host needs it: in use by the host \(default-route: /, sysfs);
+      }
       // And install writes such a spelling as /sys.
       const installed = await runCli([
         "hook",
