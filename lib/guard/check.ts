@@ -30,6 +30,7 @@ import {
 } from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
+import { shellWord } from "../render/shell.ts";
 
 /** Why the guard refuses one address. */
 export type GuardRefusalKind =
@@ -384,16 +385,11 @@ export function unreadableRefusal(vm: string, reason: string, network?: string):
   };
 }
 
-/** `name` as one word for a shell: as is when it needs no quotes. */
-function shellWord(name: string): string {
-  return /^[A-Za-z0-9_.:@%+=,-]+$/.test(name) ? name : `'${name.replaceAll("'", `'\\''`)}'`;
-}
-
 /** What corrects a hostdev network's pool: its addresses, then a restart (which lists a PF's VFs again). */
 function networkFixCommand(network: string): string {
   const word = shellWord(network);
-  return `correct the pool (virsh net-edit ${word}), then virsh net-destroy ${word}; ` +
-    `virsh net-start ${word}`;
+  return `correct the pool (virsh net-edit ${word}), then, with the guests that use it shut ` +
+    `down, virsh net-destroy ${word}; virsh net-start ${word}`;
 }
 
 /** The reason in words for an entry of a hostdev network's pool. */

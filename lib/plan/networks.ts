@@ -115,8 +115,8 @@ export function networkPoolErrors(
       const name = JSON.stringify(pool.name);
       const net = shellWord(pool.name);
       const what = vf
-        ? `a VF that hostdev network ${name} hands to guests at their start: a device can belong to one guest only: take a VF outside the pool, or leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of <address> entries; then virsh net-destroy ${net}; virsh net-start ${net})`
-        : `the physical function of hostdev network ${name}: passing it to a guest destroys the VFs the network hands out: leave it with the host, or remove the network first (virsh net-destroy ${net}; virsh net-undefine ${net})`;
+        ? `a VF that hostdev network ${name} hands to guests at their start: a device can belong to one guest only: take a VF outside the pool, or leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy ${net}; virsh net-start ${net})`
+        : `the physical function of hostdev network ${name}: passing it to a guest destroys the VFs the network hands out: leave it with the host, or remove the network first (with the guests that use it shut down: virsh net-destroy ${net}; virsh net-undefine ${net})`;
       return [{
         code: "hostdev-network",
         message: `VM "${vm}" would take ${device.address} (rule "${rule.name}"), ${what}`,

@@ -125,7 +125,8 @@ Deno.test("guard: a pool entry that now holds the default route's NIC refuses th
         String
           .raw`function; the host needs it: in use by the host \(default-route: default route ` +
         String.raw`via enp10s0\); libvirt may hand any free entry of the pool to this VM; fix: ` +
-        String.raw`correct the pool \(virsh net-edit sriov\), then virsh net-destroy sriov; ` +
+        String.raw`correct the pool \(virsh net-edit sriov\), then, with the guests that use it ` +
+        String.raw`shut down, virsh net-destroy sriov; ` +
         "virsh net-start sriov$",
     ),
   );
@@ -215,8 +216,8 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
     const big = await run(domain(["big"]));
     assertEquals([big.code, big.lines], [1, [
       'passthrough guard: refusing to start "router": the status of network "big" cannot be read: ' +
-      "it is larger than 33554432 bytes; fix: correct the pool (virsh net-edit big), then " +
-      "virsh net-destroy big; virsh net-start big",
+      "it is larger than 33554432 bytes; fix: correct the pool (virsh net-edit big), then, " +
+      "with the guests that use it shut down, virsh net-destroy big; virsh net-start big",
     ]]);
     // A name with a slash names no libvirt network: nothing outside the directory is read.
     await Deno.writeTextFile(`${tree.dir}/x.xml`, status("x", pool(["0000:0a:00.0"])));

@@ -61,7 +61,7 @@ Deno.test("plan refuses a rule taking a VF that a hostdev network hands out", as
   assertEquals(gentoo.errors.map((e) => [e.code, e.devices]), [["hostdev-network", [NIC]]]);
   assertMatch(
     gentoo.errors[0]!.message,
-    /VM "gentoo" would take 0000:44:00\.0 \(rule "1d6a:07b1"\), a VF that hostdev network "sriov" hands to guests at their start: .*virsh net-edit sriov.*virsh net-start sriov\)$/,
+    /VM "gentoo" would take 0000:44:00\.0 \(rule "1d6a:07b1"\), a VF that hostdev network "sriov" hands to guests at their start: .*virsh net-edit sriov.*then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov\)$/,
   );
   assertEquals([gentoo.add, gentoo.changed], [[], false]);
 });
