@@ -67,7 +67,7 @@ export function deviceLabel(device: PciDevice): string {
  * Why the host needs `device`, judged as `plan` judges a device of its group when that group is
  * asked for (platform functions, what the host uses now); `null` when it does not.
  */
-export function hostCriticalOf(device: PciDevice, host: HostTopology): string | null {
+function hostCriticalOf(device: PciDevice, host: HostTopology): string | null {
   const group = host.groups.find((g) => g.group === device.iommuGroup);
   const cards = new Set((group?.devices ?? [device]).map((d) => cardOf(d.address)));
   return hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });

@@ -21,7 +21,7 @@ import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
 import { connectTarget } from "./connect.ts";
 
 /** The start guard's facts on this host: the hook, the daemon, SELinux. */
-export function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
+function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
   const inspection = inspectHook(hooksDir);
   const stateDir = inspection.settings?.stateDir;
   const enforce = readAttribute(reader, "/sys/fs/selinux/enforce");

@@ -124,7 +124,7 @@ export type Parsed<S extends CommandSpec> = S extends
 export type Run<S extends CommandSpec> = (parsed: Parsed<S>, io: CliIo) => Promise<number>;
 
 /** `-h, --help`, which every command takes (`main` answers it before parsing). */
-export const HELP_FLAG = {
+const HELP_FLAG = {
   help: { type: "boolean", short: "h", help: "show this help" },
 } as const satisfies Flags;
 
@@ -133,7 +133,7 @@ export const HELP_FLAG = {
  * set), `always` or `never`. `main` reads it before the command runs ({@link colorChoice}), since
  * the output boundary escapes any colour it was not told to expect.
  */
-export const COLOR_FLAG = {
+const COLOR_FLAG = {
   color: {
     type: "string",
     value: "WHEN",

@@ -26,7 +26,7 @@ import {
  * Why each member of `group` is needed by the host (platform function or in use right now),
  * by address. Other kinds of devices only count against a specific request, so not here.
  */
-export function hostCriticalMembers(group: IommuGroup, host: HostTopology): Map<string, string> {
+function hostCriticalMembers(group: IommuGroup, host: HostTopology): Map<string, string> {
   const cards = new Set(group.devices.map((d) => cardOf(d.address)));
   const reasons = new Map<string, string>();
   for (const device of group.devices) {

@@ -156,7 +156,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
 }
 
 /** Problems that make the installed hook wrong or useless; `[]` when it is fine. */
-export function hookProblems(inspection: HookInspection, expected: string | null): string[] {
+function hookProblems(inspection: HookInspection, expected: string | null): string[] {
   const leftovers = inspection.leftovers.map((path) =>
     `${path} is left from an interrupted install (libvirt runs it if it is executable)`
   );

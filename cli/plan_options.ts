@@ -25,9 +25,9 @@ import type { PlanIssue } from "../lib/plan/types.ts";
 import { summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
-export const CONFIG_ENV = "PASSTHROUGH_CONFIG";
+const CONFIG_ENV = "PASSTHROUGH_CONFIG";
 /** The config file used when neither `--config` nor `PASSTHROUGH_CONFIG` is given. */
-export const DEFAULT_CONFIG = "passthrough_config.yaml";
+const DEFAULT_CONFIG = "passthrough_config.yaml";
 /** Where a host keeps its config: tried after {@link DEFAULT_CONFIG} when neither is given. */
 export const HOST_CONFIG = "/etc/passthrough/passthrough_config.yaml";
 
@@ -236,7 +236,7 @@ export async function computePlan(
 }
 
 /** The issue for the start guard's last recorded refusal of a VM's start. */
-export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
+function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
   const what = record.allowed ? "let it start once despite" : "refused it";
   const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
   return {

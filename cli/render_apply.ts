@@ -62,7 +62,7 @@ function counts(result: VmApplyResult, plan: Plan | undefined): string {
  * VMs ended in each status, and the hostdevs added, removed and moved in the changed VMs (the
  * names `plan --json` uses for what it would do).
  */
-export function applyCounts(report: ApplyReport, plan: Plan): ChangeCounts & {
+function applyCounts(report: ApplyReport, plan: Plan): ChangeCounts & {
   changed: number;
   unchanged: number;
   skipped: number;

@@ -111,7 +111,7 @@ function groupedIssue(issues: readonly PlanIssue[]): PlanIssue {
  * `issues` with those of one rule and code that each concern one device merged into one, so a
  * rule on an eight-function card prints one line, not eight; first-seen order is kept.
  */
-export function groupIssues(issues: readonly PlanIssue[]): PlanIssue[] {
+function groupIssues(issues: readonly PlanIssue[]): PlanIssue[] {
   const groups = new Map<string, PlanIssue[]>();
   const order: (PlanIssue | string)[] = [];
   for (const issue of issues) {
@@ -219,7 +219,7 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
 }
 
 /** The first line: which config the plan was computed from, and whether it is the example. */
-export function configLine(plan: Plan): string {
+function configLine(plan: Plan): string {
   const example = plan.example === true
     ? ': the shipped example ("example: true"): apply refuses it until that line is removed'
     : "";

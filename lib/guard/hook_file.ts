@@ -42,7 +42,7 @@ export const HOOK_FILE_NAME = "50-passthrough-guard";
 export const DEFAULT_DEADLINE_SECONDS = 10;
 
 /** Where coreutils' `timeout` is looked for. */
-export const TIMEOUT_CANDIDATES = ["/usr/bin/timeout", "/bin/timeout"] as const;
+const TIMEOUT_CANDIDATES = ["/usr/bin/timeout", "/bin/timeout"] as const;
 
 /** The settings written into the hook (and read back from it). */
 export interface HookSettings {
@@ -169,7 +169,7 @@ export function checkPermissions(stateDir: string, entry: "check" | "cli" = "cli
  * compiles none, and no baseline compiler (Sparkplug), whose work a run this short never earns
  * back (docs/BENCHMARKS.md).
  */
-export const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
+const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
 
 /**
  * The check's command line: `deno run` of the check's own entry, `cli/hook_check.ts` beside a
@@ -335,7 +335,7 @@ const MAX_TREE_ENTRIES = 20_000;
  * or anyone may write, a sticky directory (`/tmp`) excepted, since others may not rename or
  * delete what is not theirs in it; `null` when none can, or `path` does not exist.
  */
-export function changeableBy(
+function changeableBy(
   path: string,
   owners: readonly number[],
   options: { strict?: boolean } = {},

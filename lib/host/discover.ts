@@ -293,7 +293,4 @@ function mergeLspci(device: PciDevice, record: LspciRecord, vendorNames: VendorN
   device.deviceName = split.deviceName;
   device.className = record.className;
   if (record.modules.length > 0) device.modules = record.modules;
-  // Slot, FLR and serial come from sysfs and config space; lspci's (with -v) only fill gaps.
-  device.physicalSlot ??= record.physicalSlot;
-  device.numaNode ??= record.numaNode;
 }

@@ -3,24 +3,21 @@
  * and the serial number from sysfs and config space (the truth) and only what sysfs lacks from
  * here: human names and kernel modules (lspci finds those through libkmod).
  *
- * Why `-nnkD`: it is the cheapest form that prints both; `-vmmnnkD` is slower, and `-vvvnnkD`
- * prints every capability, which discovery now reads from config space itself. It joins the
- * vendor and device names, so
- * {@link splitVendorName} separates them with the vendor table of the same `pci.ids` file lspci
- * reads. The parser still reads `-vvv` output (slot, NUMA node, group, FLR, serial) for callers
- * that run lspci that way.
+ * Why `-nnkD`: it is the least output that holds both (`-vvv` adds every capability, which
+ * discovery reads from config space itself; docs/BENCHMARKS.md compares `-vmm`). It joins the
+ * vendor and device names, so {@link splitVendorName} separates them with the vendor table of the
+ * same `pci.ids` file lspci reads.
  *
  * @module
  */
 
 import type { PciAddress } from "./types.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { parseGroupNumber } from "./iommu_groups.ts";
 
 /** Runs `lspci` with an argument array and resolves to its standard output. */
 export type LspciRunner = (args: string[]) => Promise<string>;
 
-/** What one device's `lspci -nnkD` (or `-vvvnnkD`) paragraph says. */
+/** What one device's `lspci -nnkD` paragraph says. */
 export interface LspciRecord {
   address: PciAddress;
   className: string | null;
@@ -30,14 +27,8 @@ export interface LspciRecord {
   vendorId: string;
   deviceId: string;
   revision: string | null;
-  physicalSlot: string | null;
-  numaNode: number | null;
-  iommuGroup: number | null;
   driver: string | null;
   modules: string[];
-  /** `true` FLReset+ (or AF FLR+), `false` capabilities read without FLR, `null` not readable. */
-  flr: boolean | null;
-  serial: string | null;
 }
 
 /** Raised when `lspci` cannot run or fails. */
@@ -54,7 +45,7 @@ export class LspciError extends Error {
 }
 
 /** The flags discovery runs lspci with (plus `-O sysfs.path=ROOT/bus/pci` for a tree). */
-export const LSPCI_FLAGS: readonly string[] = ["-nnkD"];
+const LSPCI_FLAGS: readonly string[] = ["-nnkD"];
 
 /** The argument array for one discovery run over `root` (`/sys` or a captured tree). */
 export function lspciArgs(root: string): string[] {
@@ -68,7 +59,7 @@ export function lspciArgs(root: string): string[] {
  * functions takes well under a second; one that runs this long is blocked on a file, and
  * discovery must fail clearly rather than hang.
  */
-export const LSPCI_TIME_LIMIT_MS = 10_000;
+const LSPCI_TIME_LIMIT_MS = 10_000;
 
 /**
  * The default runner: `Deno.Command("lspci", { args })`, an argument array, never a shell, with
@@ -134,20 +125,12 @@ export async function runLspci(
   return new TextDecoder().decode(output.stdout);
 }
 
-/** A file in a captured tree that lspci must not open, and what it is. */
-export interface LspciTreeHazard {
-  /** The entry's path. */
-  path: string;
-  /** `a FIFO`, `a character device`, `a block device` or `a socket` (or a link to one). */
-  kind: string;
-}
-
 const HEADER =
   /^(\S+) (.*?) ?\[([0-9a-f]{4})\]: (.*?) ?\[([0-9a-f]{4}):([0-9a-f]{4})\](?: \(rev ([0-9a-f]{2})\))?(?: \(prog-if [0-9a-f]{2}(?: \[.*\])?\))?\s*$/i;
 
 /**
- * Parses `lspci -nnkD` or `lspci -vvvnnkD` output into one record per device, keyed by canonical address.
- * Unknown lines are ignored, so newer lspci versions that print more still parse.
+ * Parses `lspci -nnkD` output into one record per device, keyed by canonical address. Unknown
+ * lines are ignored, so newer lspci versions (or more `-v`) that print more still parse.
  *
  * @example
  * ```ts
@@ -181,70 +164,16 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
       vendorId: (header[5] ?? "").toLowerCase(),
       deviceId: (header[6] ?? "").toLowerCase(),
       revision: header[7]?.toLowerCase() ?? null,
-      physicalSlot: null,
-      numaNode: null,
-      iommuGroup: null,
       driver: null,
       modules: [],
-      flr: null,
-      serial: null,
     };
-    let capabilitiesSeen = false;
-    let capabilitiesDenied = false;
-    let inDevCap = false;
-    let flr = false;
-    // Cheap prefix tests first: -vvv prints ~1.6 kB per device and only a few lines matter.
-    for (let i = 1; i < lines.length; i++) {
-      const line = lines[i]!;
-      if (line.charCodeAt(0) !== 9) continue;
-      if (line.charCodeAt(1) !== 9) {
-        inDevCap = false;
-        const body = line.slice(1);
-        let m: RegExpExecArray | null;
-        switch (body.charCodeAt(0)) {
-          case 80: // P
-            if ((m = /^Physical Slot: (.+)$/.exec(body))) record.physicalSlot = m[1] ?? null;
-            break;
-          case 78: // N
-            if ((m = /^NUMA node: (-?\d+)$/.exec(body))) {
-              const n = Number(m[1]);
-              record.numaNode = n < 0 ? null : n;
-            }
-            break;
-          case 73: // I
-            if ((m = /^IOMMU group: (\d+)$/.exec(body))) {
-              record.iommuGroup = parseGroupNumber(m[1] ?? "");
-            }
-            break;
-          case 75: // K
-            if ((m = /^Kernel driver in use: (.+)$/.exec(body))) record.driver = m[1] ?? null;
-            else if ((m = /^Kernel modules: (.+)$/.exec(body))) {
-              record.modules = (m[1] ?? "").split(",").map((x) => x.trim()).filter((x) => x !== "");
-            }
-            break;
-          case 67: // C
-            if (!body.startsWith("Capabilities:")) break;
-            if (body.includes("<access denied>")) capabilitiesDenied = true;
-            else {
-              capabilitiesSeen = true;
-              const dsn = /Device Serial Number ([0-9a-f]{2}(?:-[0-9a-f]{2}){7})/i.exec(body);
-              if (dsn) record.serial = (dsn[1] ?? "").toLowerCase();
-            }
-            break;
-          case 83: // S
-            // No capability list at all: FLR is impossible, not unknown.
-            if (body.startsWith("Status:") && /\bCap-/.test(body)) capabilitiesSeen = true;
-            break;
-        }
-      } else if (line.charCodeAt(2) !== 9) {
-        inDevCap = line.startsWith("DevCap:", 2);
-        if (inDevCap && line.includes("FLReset+")) flr = true;
-        if (line.startsWith("AFCap:", 2) && line.includes("FLR+")) flr = true;
-      } else if (inDevCap && line.includes("FLReset+")) {
-        flr = true;
+    for (const line of lines.slice(1)) {
+      let m: RegExpExecArray | null;
+      if ((m = /^\tKernel driver in use: (.+)$/.exec(line))) record.driver = m[1] ?? null;
+      else if ((m = /^\tKernel modules: (.+)$/.exec(line))) {
+        record.modules = (m[1] ?? "").split(",").map((x) => x.trim()).filter((x) => x !== "");
       }
     }
-    record.flr = flr ? true : capabilitiesDenied ? null : capabilitiesSeen ? false : null;
     records.set(address, record);
   }
   return records;

@@ -16,7 +16,7 @@ export function describe(device: PciDevice): string {
 }
 
 /** `"a", "b"`. */
-export function quoteAll(addresses: readonly PciAddress[]): string {
+function quoteAll(addresses: readonly PciAddress[]): string {
   return addresses.map((a) => `"${a}"`).join(", ");
 }
 
@@ -55,7 +55,7 @@ export function heldNote(name: string, scan: LenientHostdevScan): string {
 }
 
 /** `; N hostdevs name no readable host address, ...` when the scan could not name some. */
-export function unresolvedNote(scan: LenientHostdevScan): string {
+function unresolvedNote(scan: LenientHostdevScan): string {
   if (scan.unresolved === 0) return "";
   return `; ${scan.unresolved} hostdev${
     scan.unresolved === 1 ? " names" : "s name"

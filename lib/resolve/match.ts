@@ -95,7 +95,7 @@ const CRITERIA: readonly (readonly [keyof MatchCriteria, string, CriterionTest])
 ];
 
 /** The config keys of the criteria `device` fails. */
-export function failedCriteria(
+function failedCriteria(
   device: PciDevice,
   criteria: MatchCriteria,
   options: MatchOptions = {},
@@ -460,9 +460,4 @@ function hostUsed(host: HostTopology, matched: readonly PciDevice[]): string | n
 function oneCard(devices: readonly PciDevice[]): boolean {
   const slots = new Set(devices.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
   return devices.length > 1 && slots.size === 1;
-}
-
-/** The addresses of a resolution, for messages. */
-export function addressesOf(devices: readonly PciDevice[]): PciAddress[] {
-  return devices.map((d) => d.address);
 }

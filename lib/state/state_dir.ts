@@ -336,7 +336,7 @@ export function openOwnFileSync(path: string, options: { write?: boolean } = {})
  * Reads an open file from its current position, at most `maxBytes`: a {@link StateDirError}
  * (`unexpected-file`) when it holds more, so a huge file is refused without being read whole.
  */
-export function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
+function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
   const tooLarge = () => unexpectedFile(path, `it is larger than ${maxBytes} bytes`);
   if ((file.statSync().size ?? 0) > maxBytes) throw tooLarge();
   // One byte more than allowed tells a file that grew since the stat.

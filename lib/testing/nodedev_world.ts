@@ -34,7 +34,7 @@ export interface NodeDeviceWorldOptions {
 }
 
 /** The system UUID used when none is given. */
-export const DEFAULT_WORLD_UUID = "3b5b4b9e-5e7c-4d1a-9f3e-1c2d3e4f5a6b";
+const DEFAULT_WORLD_UUID = "3b5b4b9e-5e7c-4d1a-9f3e-1c2d3e4f5a6b";
 
 /** libvirt's node-device name for an address: `pci_0000_01_00_0`. */
 export function nodeDeviceName(address: PciAddress): string {

@@ -11,7 +11,6 @@ export const assertEquals: <T>(
   expected: T,
   message?: string,
 ) => asserts actual is T = assert.deepStrictEqual;
-export const assertNotEquals = assert.notDeepStrictEqual;
 export const assertMatch: (value: string, pattern: RegExp, message?: string) => void = assert.match;
 export const assertThrows = assert.throws;
 export const assertRejects = assert.rejects;

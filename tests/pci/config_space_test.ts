@@ -12,7 +12,8 @@ import {
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
-import { commandLspciRunner, parseLspci } from "../../lib/host/lspci.ts";
+import { commandLspciRunner } from "../../lib/host/lspci.ts";
+import { lspciVerboseFacts } from "../helpers/lspci_verbose.ts";
 import { nicDescription as dev } from "../helpers/devices.ts";
 
 const VIRTIO = new URL("../fixtures/config_space/virtio-vm/", import.meta.url);
@@ -21,8 +22,7 @@ const VIRTIO = new URL("../fixtures/config_space/virtio-vm/", import.meta.url);
 async function lspciFacts(root: string | null): Promise<Map<string, ConfigSpaceFacts>> {
   const args = ["-vvvnnkD"];
   if (root !== null) args.unshift("-O", `sysfs.path=${root}/bus/pci`);
-  const records = parseLspci(await commandLspciRunner()(args));
-  return new Map([...records].map(([address, r]) => [address, { flr: r.flr, serial: r.serial }]));
+  return lspciVerboseFacts(await commandLspciRunner()(args));
 }
 
 /** Our reading of every device's `config` in the tree at `root`. */
@@ -135,13 +135,13 @@ Deno.test("parseConfigSpace() agrees with lspci -vvv on edited capability lists"
 });
 
 Deno.test("parseConfigSpace() reads this kind of virtio VM as lspci -vvv did (captured files)", () => {
-  const records = parseLspci(
+  const records = lspciVerboseFacts(
     Deno.readTextFileSync(new URL("../fixtures/hosts/lspci-virtio-vm.txt", import.meta.url)),
   );
   assertEquals(records.size, 6);
-  for (const [address, record] of records) {
+  for (const [address, facts] of records) {
     const bytes = Deno.readFileSync(new URL(`${address.replaceAll(":", "-")}.config`, VIRTIO));
-    assertEquals(parseConfigSpace(bytes), { flr: record.flr, serial: record.serial }, address);
+    assertEquals(parseConfigSpace(bytes), facts, address);
   }
 });
 
