@@ -16,7 +16,7 @@ export const LIVE_SYSFS = "/sys";
 
 /**
  * The reader for `root`: libc (Deno refuses `/sys` and `/proc` without `--allow-all`, and libc
- * is twice as fast on trees too). A captured tree falls back to plain Deno reads when FFI is
+ * is faster on trees too: docs/BENCHMARKS.md). A captured tree falls back to plain Deno reads when FFI is
  * not permitted, since `--allow-read` suffices there.
  */
 export function readerFor(root: string): SysfsReader {

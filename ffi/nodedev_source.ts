@@ -40,12 +40,10 @@ export function nodeDeviceSource(conn: Connection): NodeDeviceSource {
       return conn.uri;
     },
     listPciNodeDeviceXml(): string[] {
-      const devices = conn.listNodeDevices({ cap: "pci" });
-      try {
-        return devices.map((device) => device.xml());
-      } finally {
-        for (const device of devices) device.free();
-      }
+      // Every handle freed when this returns, also when reading one of them throws.
+      using owned = new DisposableStack();
+      const devices = conn.listNodeDevices({ cap: "pci" }).map((device) => owned.use(device));
+      return devices.map((device) => device.xml());
     },
   };
 }

@@ -4,7 +4,7 @@
  * `lib/config/config.ts`, and the published `passthrough_config.schema.json` ({@link configJsonSchema}).
  * Change the config format here and nowhere else.
  *
- * Regenerate the JSON file with `deno run lib/config/schema.ts > passthrough_config.schema.json`
+ * Regenerate the JSON file with `deno run scripts/config_schema.ts > passthrough_config.schema.json`
  * (a test fails while the committed file differs).
  *
  * @module
@@ -535,8 +535,4 @@ export function configJsonSchema(): Record<string, unknown> {
 /** The exact text of `passthrough_config.schema.json`. */
 export function configJsonSchemaText(): string {
   return JSON.stringify(configJsonSchema(), null, 2) + "\n";
-}
-
-if (import.meta.main) {
-  Deno.stdout.writeSync(new TextEncoder().encode(configJsonSchemaText()));
 }

@@ -1,7 +1,7 @@
 /**
  * Reads Function Level Reset support and the Device Serial Number straight from a device's PCI
- * configuration space (the sysfs `config` file), so discovery does not need `lspci -vvv` (1.7 MB
- * of text for 1,024 functions) for two facts.
+ * configuration space (the sysfs `config` file), so discovery does not need `lspci -vvv`, which
+ * prints every capability of every function, for two facts.
  *
  * The walk follows what pciutils 3.9 `lspci -vvv` prints, so the answers are the ones discovery
  * gave when it parsed that output:

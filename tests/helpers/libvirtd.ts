@@ -159,7 +159,7 @@ async function launch(
   }
   // A /dev/kvm the QEMU user cannot open (mode 0600, as on this kind of machine) makes libvirt
   // 9.0 probe QEMU again on every call: it probes as root, with KVM, then finds the cached
-  // capabilities invalid because the QEMU user has no KVM (~30 s per define instead of 0.07 s).
+  // capabilities invalid because the QEMU user has no KVM (every define then takes seconds).
   // The daemon sees an empty file there instead: no KVM, as on machines without the device.
   if (exists(KVM_DEVICE)) steps.push(`mount --bind ${shellQuote(`${dir}/no-kvm`)} ${KVM_DEVICE}`);
   return await run("unshare", [
