@@ -16,6 +16,7 @@ import { applyPlan, livePlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { resolve } from "../lib/state/paths.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
 import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
 import { recordPolicies } from "../lib/guard/state.ts";
@@ -132,13 +133,17 @@ function recordGuardPolicies(
     }
     return true;
   }
-  const { stateDir } = guardStateDir(flag, io.env);
+  // Where the installed hook reads them, whatever --state-dir says (it names the backups).
+  const { stateDir, hook } = guardStateDir(flag, io.env, { hookFirst: true });
+  const where = hook !== null && flag !== undefined && resolve(flag) !== stateDir
+    ? `${stateDir} (the installed hook's state directory, not --state-dir)`
+    : stateDir;
   try {
     const outcome = recordPolicies(stateDir, policies);
     if (outcome === "written") {
-      say(`Start guard policies recorded in ${stateDir}: ${named.join("; ")}\n`);
+      say(`Start guard policies recorded in ${where}: ${named.join("; ")}\n`);
     } else if (outcome === "removed") {
-      say(`Start guard policies removed from ${stateDir}: every VM enforces\n`);
+      say(`Start guard policies removed from ${where}: every VM enforces\n`);
     }
     return true;
   } catch (error) {

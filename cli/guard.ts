@@ -13,32 +13,28 @@ import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
-import { DEFAULT_HOOKS_DIR, type HookSettings, inspectHook } from "../lib/guard/hook_file.ts";
-
-/** The installed hook's settings, or `null` when there is none (or it cannot be read). */
-function installedHook(hooksDir: string): HookSettings | null {
-  try {
-    return inspectHook(hooksDir).settings;
-  } catch {
-    // An unreadable hooks directory: the state directory is then chosen as usual.
-    return null;
-  }
-}
+import {
+  DEFAULT_HOOKS_DIR,
+  type HookSettings,
+  installedHookSettings,
+} from "../lib/guard/hook_file.ts";
 
 /**
  * The state directory the guard's settings go to: `--state-dir` when given, else the one the
  * hook installed in `hooksDir` reads (fixed at its install: settings elsewhere would never be
  * seen), else the usual one. With the installed hook's settings, to say where it differs.
+ * `hookFirst`: the installed hook's directory even over `--state-dir` (what the hook reads and
+ * records, rather than where this command was told to write).
  */
 export function guardStateDir(
   flag: string | undefined,
   env: CliIo["env"],
-  hooksDir: string = DEFAULT_HOOKS_DIR,
+  options: { hooksDir?: string; hookFirst?: boolean } = {},
 ): { stateDir: string; hook: HookSettings | null } {
-  const hook = installedHook(hooksDir);
-  const stateDir = flag !== undefined || hook === null
-    ? resolveStateDirPath({ flag, env })
-    : hook.stateDir;
+  const hook = installedHookSettings(options.hooksDir ?? DEFAULT_HOOKS_DIR);
+  const stateDir = hook !== null && (flag === undefined || options.hookFirst === true)
+    ? hook.stateDir
+    : resolveStateDirPath({ flag, env });
   return { stateDir, hook };
 }
 
@@ -47,7 +43,7 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   const [vm] = positionals;
   if (vm === "") throw new UsageError("Missing the VM name");
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
-  const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, hooksDir);
+  const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
   const { allowance, path } = allowNextStart(stateDir, vm);
   io.out(
     `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +

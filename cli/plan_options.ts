@@ -21,6 +21,7 @@ import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.t
 import { checkConnectUri } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { installedHookSettings } from "../lib/guard/hook_file.ts";
 import type { PlanIssue } from "../lib/plan/types.ts";
 import { summarizePlan } from "./plan_summary.ts";
 
@@ -227,7 +228,10 @@ export async function computePlan(
       facts,
       ...(inputs.vm ? { vms: inputs.vm } : {}),
     });
-    await addGuardRefusals(plan, resolveStateDirPath({ flag: inputs["state-dir"], env: io.env }));
+    // Where the installed hook records them, whatever --state-dir says (it names the backups).
+    const guardState = installedHookSettings()?.stateDir ??
+      resolveStateDirPath({ flag: inputs["state-dir"], env: io.env });
+    await addGuardRefusals(plan, guardState);
     return { plan, libvirt, config, facts, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Builds what bin/passthrough runs while no source is newer: main.ts bundled into DIR (default
+# Builds what bin/passthrough runs while no source is newer: main.ts bundled into DEST (default
 # dist/bin) with one chunk per command, so a command loads only its own code, as from the sources;
-# and the start guard's check into DIR/hook/, which `hook install` run from DIR/main.js makes the
+# and the start guard's check into DEST/hook/, which `hook install` run from DEST/main.js makes the
 # hook run (libvirt waits for it at every VM start: it loads only the check's own code, minified,
 # which loads faster).
 # `--platform browser` picks each npm package's ES-module build: yaml's "node" build is CommonJS
 # and would load Node compatibility (require, process, Buffer) at every start.
-# Usage: scripts/bundle_bin.sh [DIR]
+# Usage: scripts/bundle_bin.sh [DEST]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-dist/bin}
+dest=${1:-dist/bin}
 deno=tools/deno/node_modules/.bin/deno
 [ -x "$deno" ] || deno=deno
+# Built beside DEST and put in its place only when whole: an installed start guard runs
+# DEST/hook/hook_check.js at every VM start, and a missing one refuses every start. A failed
+# build leaves the previous bundle as it was.
+out="$dest.new.$$"
+old="$dest.old.$$"
+trap 'rm -rf "$out" "$old"' EXIT
 rm -rf "$out"
 "$deno" bundle --quiet --code-splitting --platform browser --outdir "$out" main.ts
 "$deno" bundle --quiet --minify --code-splitting --platform browser --outdir "$out/hook" \
@@ -35,3 +41,6 @@ unanalyzable_imports() {
 }
 unanalyzable_imports "$out"/*.js
 unanalyzable_imports "$out"/hook/*.js
+# Two renames: DEST is missing only between them, not for the length of a build.
+if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi
+mv -T "$out" "$dest"

@@ -523,6 +523,19 @@ export interface HookInspection {
 }
 
 /**
+ * The settings of the hook installed in `hooksDir`, or `null` when there is none, it is not
+ * passthrough's, or it cannot be read: where the guard's state is, for the commands that read
+ * or write it.
+ */
+export function installedHookSettings(hooksDir: string = DEFAULT_HOOKS_DIR): HookSettings | null {
+  try {
+    return parseHookSettings(readHookFile(join(hooksDir, HOOK_FILE_NAME)));
+  } catch {
+    return null;
+  }
+}
+
+/**
  * The `hook install` command that writes this hook again with the settings it has now: its
  * directory, state directory, deadline and sysfs, each given where it is not the default (a bare
  * `hook install` would put a second hook elsewhere, or one reading another state directory).

@@ -121,6 +121,17 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
       assertOk(!text.includes('"node:module"'), `${entry.name} imports node:module`);
       assertOk(!/\bimport\("\.\//.test(text), `${entry.name} has a literal dynamic import`);
     }
+    // A build that fails (here: Deno cannot cache the bundler) leaves the bundle in place: an
+    // installed start guard runs bin/hook/hook_check.js, and refuses every start without it.
+    const failed = await new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
+      args: [`${work}/bin`],
+      env: { DENO_DIR: "/proc/no-such-dir" },
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    assertEquals(failed.code, 1);
+    assertEquals(await Deno.readTextFile(`${work}/bin/hook/hook_check.js`), check);
+    assertEquals([...Deno.readDirSync(work)].map((e) => e.name), ["bin"]);
     const main = `${work}/bin/main.js`;
     const tree = `${work}/tree`;
     buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);

@@ -5,7 +5,8 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { runCli } from "../helpers/cli.ts";
+import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordRefusals } from "../../lib/guard/state.ts";
 
@@ -74,4 +75,102 @@ Deno.test("plan shows the start guard's recorded refusal under its VM, first", a
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** Whether `unshare -m` can make a private mount namespace here (root, no seccomp block). */
+const canUnshare = (() => {
+  try {
+    return Deno.uid() === 0 &&
+      new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
+        .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "plan and apply use the installed hook's state directory: its refusals, its policies",
+  ignore: !canUnshare,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-dir-" }));
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // The hook libvirt would run, in a private copy of /etc/libvirt/hooks; it reads hookstate.
+      installHook(
+        `${dir}/hooks/qemu.d`,
+        renderHookScript({
+          version: "0.1.0",
+          deadline: 10,
+          timeout: "/usr/bin/timeout",
+          command: ["/bin/false"],
+          env: {},
+          stateDir: `${dir}/hookstate`,
+          sysfs: "/sys",
+        }),
+      );
+      recordRefusals(`${dir}/hookstate`, "win10", [{
+        vm: "win10",
+        kind: "replaced",
+        address: "0000:21:00.0",
+        element: "hostdev",
+        now: null,
+        recorded: null,
+        hostNeeds: null,
+        reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
+        fix: "passthrough plan --vm win10",
+      }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
+      const config = `${dir}/config.yaml`;
+      Deno.writeTextFileSync(
+        config,
+        Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`)
+          .replace("  win10:\n", "  win10:\n    guard: warn\n"),
+      );
+      // Run as root would, with the hooks directory of its own; --state-dir names the backups.
+      await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
+      const run = async (args: string[]) => {
+        const out = await new Deno.Command("unshare", {
+          args: [
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
+            "sh",
+            `${dir}/hooks`,
+            Deno.execPath(),
+            "run",
+            "--quiet",
+            ...documentedFlags(),
+            MAIN,
+            ...args,
+            "--config",
+            config,
+            "--sysfs",
+            `${dir}/sysfs`,
+            "--connect",
+            `test://${DEMO}world.xml`,
+          ],
+          stdin: "null",
+          env: { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` },
+        }).output();
+        const text = (b: Uint8Array) => new TextDecoder().decode(b);
+        return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+      };
+      const plan = await run(["plan"]);
+      assertEquals(plan.code, 0, plan.stderr);
+      assertMatch(plan.stdout, /warning \[guard-refused\] The start guard checked "win10" at /);
+      const applied = await run(["apply", "--yes", "--state-dir", `${dir}/backups`]);
+      assertEquals(applied.code, 0, applied.stderr);
+      assertMatch(applied.stdout, /\[guard-refused\]/);
+      assertMatch(
+        applied.stdout,
+        new RegExp(
+          `Start guard policies recorded in ${dir}/hookstate \\(the installed hook's state ` +
+            `directory, not --state-dir\\): `,
+        ),
+      );
+      assertEquals(Deno.statSync(`${dir}/hookstate/guard/policy.json`).isFile, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
