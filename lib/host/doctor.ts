@@ -23,6 +23,7 @@ import {
   cmdlineVfioIds,
   modprobeVfioIds,
   vfioIdsBinding,
+  type VfioIdsEntry,
   vfioIdsMatch,
 } from "./boot_binding.ts";
 
@@ -419,11 +420,57 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     check: "boot-binding",
     status: needed.length > 0 ? "fail" : "warn",
     summary: problems.join("; "),
-    hint: `${
-      narrowerEntries([...needed, ...shared].flatMap((f) => f.taken), uses, host.devices) ??
-        "remove the entry (libvirt detaches a managed hostdev from its host driver at start)"
-    }; then ${regenerate([...needed, ...shared].map((f) => f.entry.source))}`,
+    hint: `${remedies([...needed, ...shared], uses, host.devices)}; then ${
+      regenerate([...needed, ...shared].map((f) => f.entry.source))
+    }`,
   };
+}
+
+/** Each problem entry's remedy, in one text: the removals together, then the replacements. */
+function remedies(
+  found: readonly { entry: VfioIdsEntry; taken: readonly PciDevice[] }[],
+  uses: ReadonlyMap<string, string>,
+  devices: readonly PciDevice[],
+): string {
+  const each = found.map((f) => ({ text: f.entry.text, remedy: entryRemedy(f, uses, devices) }));
+  const removed = [...new Set(each.filter((e) => e.remedy === null).map((e) => e.text))];
+  return [
+    ...(removed.length === 0 ? [] : [
+      `remove ${
+        removed.join(", ")
+      } (libvirt detaches a managed hostdev from its host driver at start)`,
+    ]),
+    ...new Set(each.flatMap((e) => e.remedy === null ? [] : [e.remedy])),
+  ].join("; ");
+}
+
+/**
+ * What to write instead of one entry that takes a device the host uses or several cards: the
+ * entries that take only boards the host does not use, one each (as {@link vfioIdsBinding} names
+ * them), when each such board has one that takes no other; `null` when it should go.
+ */
+function entryRemedy(
+  found: { entry: VfioIdsEntry; taken: readonly PciDevice[] },
+  uses: ReadonlyMap<string, string>,
+  devices: readonly PciDevice[],
+): string | null {
+  const { entry, taken } = found;
+  const kept = taken.filter((d) => uses.has(d.address));
+  const passed = taken.filter((d) => !uses.has(d.address));
+  if (kept.length > 0 && passed.length === 0) return null;
+  // With none kept, each board is named apart: the user picks the one to take.
+  const boards = kept.length === 0 ? taken : passed;
+  const others = kept.length === 0 ? new Set<string>() : new Set(passed.map((p) => p.address));
+  const bindings = boards.map((d) => ({ d, binding: vfioIdsBinding(d, devices, others) }));
+  if (bindings.some((b) => b.binding.kind === "twins")) return null;
+  if (kept.length === 0) {
+    return `to take one board only, name its subsystem IDs instead of ${entry.text}: ${
+      bindings.map((b) => `${b.binding.ids} (${b.d.address})`).join(", ")
+    }`;
+  }
+  return `to leave the host its ${kept.map((d) => d.address).join(", ")}, write ${
+    [...new Set(bindings.map((b) => b.binding.ids))].join(",")
+  } instead of ${entry.text}`;
 }
 
 /** What makes a changed entry count at the next boot, by where entries are written. */
@@ -438,42 +485,6 @@ function regenerate(sources: readonly string[]): string {
     steps.push("update-initramfs -u (modprobe.d is copied into the initramfs)");
   }
   return steps.join(" and ");
-}
-
-/**
- * The entries that take the boards the host does not use, one each (as {@link vfioIdsBinding}
- * names them), when every such board has one that takes no other; `null` when one has none.
- */
-function narrowerEntries(
-  taken: readonly PciDevice[],
-  uses: ReadonlyMap<string, string>,
-  devices: readonly PciDevice[],
-): string | null {
-  const boards = [...new Map(taken.map((d) => [d.address, d])).values()];
-  const kept = boards.filter((d) => uses.has(d.address));
-  const passed = boards.filter((d) => !uses.has(d.address));
-  // With none kept, each board is named apart: the user picks the one to take.
-  const entries = (kept.length === 0 ? boards : passed).map((d) => ({
-    d,
-    binding: vfioIdsBinding(
-      d,
-      devices,
-      kept.length === 0 ? new Set() : new Set(passed.map((p) => p.address)),
-    ),
-  }));
-  if (entries.some((e) => e.binding.kind === "twins")) return null;
-  if (kept.length === 0) {
-    return `to take one board only, name its subsystem IDs: ${
-      entries.map((e) => `${e.binding.ids} (${e.d.address})`).join(", ")
-    }`;
-  }
-  return `to leave the host its ${
-    kept.map((d) => d.address).join(", ")
-  }, name the others' subsystem IDs: ${
-    passed.length === 0
-      ? "none is left to take"
-      : `vfio-pci.ids=${entries.map((e) => e.binding.ids).join(",")}`
-  }`;
 }
 
 /** GPUs whose host driver has users: libvirt's detach of them would hang. */

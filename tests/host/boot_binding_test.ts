@@ -49,7 +49,7 @@ Deno.test("boot-binding: an entry that takes every card of the model warns and n
     /^vfio-pci\.ids=10de:1b06 \(kernel command line\) takes every card of that model: 0000:0b:00\.0, 0000:0c:00\.0; the host can use none of them$/,
   );
   // Identical boards: no narrower entry exists.
-  assertMatch(finding!.hint ?? "", /^remove the entry \(libvirt detaches a managed hostdev/);
+  assertMatch(finding!.hint ?? "", /^remove 10de:1b06 \(libvirt detaches a managed hostdev/);
 });
 
 Deno.test("boot-binding: boards that differ in subsystem IDs get the entries that take one each", async () => {
@@ -57,7 +57,7 @@ Deno.test("boot-binding: boards that differ in subsystem IDs get the entries tha
   assertEquals(finding?.status, "warn");
   assertMatch(
     finding!.hint ?? "",
-    /name its subsystem IDs: 10de:1b06:1458:3752 \(0000:0b:00\.0\), 10de:1b06:1458:3702 \(0000:0c:00\.0\)/,
+    /name its subsystem IDs instead of 10de:1b06: 10de:1b06:1458:3752 \(0000:0b:00\.0\), 10de:1b06:1458:3702 \(0000:0c:00\.0\)/,
   );
 });
 
@@ -69,7 +69,7 @@ Deno.test("boot-binding: with a board the host uses, the hint's entry leaves it 
   assertEquals(finding?.status, "fail");
   assertEquals(
     finding!.hint,
-    "to leave the host its 0000:0c:00.0, name the others' subsystem IDs: vfio-pci.ids=10de:1b06:1458:3752; " +
+    "to leave the host its 0000:0c:00.0, write 10de:1b06:1458:3752 instead of 10de:1b06; " +
       "then update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
   );
 });
@@ -84,6 +84,22 @@ Deno.test("boot-binding: an entry that takes a device the host uses fails", asyn
     finding!.summary,
     /would take 0000:0c:00\.0, which the host uses \(boot_vga=1 with fbcon\), at a boot where vfio-pci probes it before its driver does/,
   );
+});
+
+Deno.test("boot-binding: each entry gets its own remedy, named once (one takes the host's device, one a model's every card)", async () => {
+  // 10de:10ef takes 0b:00.1 only, which the host uses; 10de:1b06 takes both identical GPUs.
+  const finding = await bootBinding(twins(["3752", "3752"], {
+    cmdline: CMDLINE,
+    host_use: [{ address: "0000:0b:00.1", reason: "console-vga", detail: "hdmi audio" }],
+  }));
+  assertEquals(finding?.status, "fail");
+  assertEquals(
+    finding!.hint,
+    "remove 10de:10ef, 10de:1b06 (libvirt detaches a managed hostdev from its host driver at " +
+      "start); " +
+      "then update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
+  );
+  assertMatch(finding!.summary, /takes every card of that model: 0000:0b:00\.0, 0000:0c:00\.0/);
 });
 
 Deno.test("boot-binding: one card per entry is ok and says what each takes; no entry, no finding", async () => {
