@@ -212,12 +212,13 @@ export const PLAN_FLAGS = {
   json: { type: "boolean", help: "print machine-readable JSON" },
 } as const satisfies Flags;
 
-/** `--state-dir DIR`: where backups and the lock live. */
+/** `--state-dir DIR`: where backups live (and the lock, when not run as root). */
 export const STATE_FLAGS = {
   "state-dir": {
     type: "string",
     value: "DIR",
-    help: "backups and lock (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)",
+    help: "backups (default: $PASSTHROUGH_STATE_DIR or /var/lib/passthrough; " +
+      "the lock is in /run/passthrough as root)",
   },
 } as const satisfies Flags;
 

@@ -27,8 +27,9 @@ const TABLE_FLAGS = {
 const JSON_KEYS_NOTE = `
 JSON keys of a device (the config's match key in brackets): address [address], vendorId
 [vendor_id], deviceId [device_id], subsystemVendorId [subsystem_vendor_id], subsystemDeviceId
-[subsystem_device_id], classCode [class], revision, vendorName, deviceName, className, driver,
-modules, iommuGroup, numaNode, physicalSlot, isBridge, physfn, virtfns, bootVga, flr, serial,
+[subsystem_device_id], classCode [class], revision, vendorName, deviceName, className,
+driver [driver], modules, iommuGroup, numaNode [numa_node], physicalSlot [slot], isBridge,
+physfn, virtfns, bootVga, flr, serial [serial],
 and hostCritical: why the host needs it (what 'plan' refuses), or null.`.trim();
 
 /** `passthrough devices`. */
@@ -168,7 +169,8 @@ One process applies one host: with a hosts: section in the config, the section o
 or of this machine's host name, as for plan. Several hosts: run passthrough on each
 (ansible/passthrough.yml, docs/FLEET.md).
 
-Exit codes: 0 ok, 1 a VM failed or was refused, or a runtime error, 2 usage error.`.trim(),
+Exit codes: 0 ok, 1 a VM failed or was refused, a hot-plug (--live) failed, or a runtime error,
+2 usage error.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough rollback VM`. */
@@ -277,7 +279,8 @@ or virtqemud only for libvirt's own directory; the hook runs the check only at '
     .trim(),
   notes: `
 The hook runs 'hook run --state-dir DIR --sysfs DIR -- VM OPERATION SUB-OPERATION EXTRA' (or
-the leaner cli/hook_check.ts beside main.ts) with libvirt's arguments after '--'.
+the leaner check beside main: hook/hook_check.js beside a bundle, cli/hook_check.ts in a
+checkout) with libvirt's arguments after '--'.
 
 Exit codes: 0 ok, 1 failed (status: not installed or out of date; run: start refused), 2 usage
 error.`.trim(),

@@ -10,6 +10,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import type { CliIo } from "../../cli/context.ts";
 import { main } from "../../main.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { configJsonSchema } from "../../lib/config/schema.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -209,5 +210,24 @@ Deno.test("devices and groups of a tree that does not say what its host uses say
     }
   } finally {
     await Deno.remove(unknown, { recursive: true });
+  }
+});
+
+Deno.test("devices --help names the config's match key of every JSON key that has one", async () => {
+  const help = (await run(["devices", "--help"])).out.replace(/\s+/g, " ");
+  const schema = configJsonSchema() as unknown;
+  const matchKeys = (node: unknown): string[] => {
+    if (node === null || typeof node !== "object") return [];
+    const record = node as Record<string, unknown>;
+    const match = (record.properties as Record<string, { properties?: object }> | undefined)
+      ?.match?.properties;
+    if (match !== undefined) return Object.keys(match);
+    return Object.values(record).flatMap(matchKeys);
+  };
+  const keys = [...new Set(matchKeys(schema))];
+  assertOk(keys.includes("numa_node"), keys.join(" "));
+  // vendor_device_id is two JSON keys at once.
+  for (const key of keys.filter((k) => k !== "vendor_device_id")) {
+    assertOk(help.includes(`[${key}]`), `${key} is not named in devices --help`);
   }
 });
