@@ -230,8 +230,10 @@ export function allowNextStart(
 }
 
 /**
- * Consumes `vm`'s allowance, if any: removed whether it still counts or has expired. An
- * allowance that cannot be removed does not count (it would otherwise allow every start).
+ * Consumes `vm`'s allowance, if any: claimed by a rename, then read and removed, whether it
+ * still counts, has expired or cannot be read. One that cannot be claimed does not count (it
+ * would otherwise allow every start); a `guard allow` that writes a new one after the claim
+ * leaves that one for the next start instead of seeing it removed unused.
  */
 export function takeAllowance(
   stateDir: string,
@@ -241,9 +243,28 @@ export function takeAllowance(
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
-  const text = readGuardFile(path);
+  const claimed = `${path}.taken-${Deno.pid}`;
+  try {
+    Deno.renameSync(path, claimed);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return "none";
+    throw error;
+  }
+  let text: string | null;
+  try {
+    text = readGuardFile(claimed);
+  } catch (error) {
+    // Named by the path the user knows, not the claimed one.
+    if (!(error instanceof StateDirError)) throw error;
+    throw new StateDirError(path, error.problem, error.message.replaceAll(claimed, path));
+  } finally {
+    try {
+      Deno.removeSync(claimed, { recursive: true });
+    } catch {
+      // Left under its claimed name, which no start reads.
+    }
+  }
   if (text === null) return "none";
-  Deno.removeSync(path);
   let window = { created: NaN, expires: NaN };
   try {
     const data = JSON.parse(text) as Partial<GuardAllowance>;

@@ -221,6 +221,34 @@ Deno.test("policy: an allowance is consumed by the next start even when it only 
   });
 });
 
+Deno.test("policy: an allowance written while a start takes the old one stays for the next start", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-race-" });
+  const open = Deno.openSync;
+  try {
+    allowNextStart(state, "win11", new Date(Date.now() - 1000));
+    // "passthrough guard allow win11" runs again just as the start reads the allowance it took.
+    let written = false;
+    Deno.openSync = (path, options) => {
+      const file = open(path, options);
+      if (!written && options?.write !== true && String(path).includes("/guard/allow/")) {
+        written = true;
+        allowNextStart(state, "win11");
+      }
+      return file;
+    };
+    assertEquals(takeAllowance(state, "win11"), "allowed");
+    Deno.openSync = open;
+    assertEquals(written, true);
+    // The new one was not removed with the old: the next start has it.
+    assertEquals(takeAllowance(state, "win11"), "allowed");
+    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
+  } finally {
+    Deno.openSync = open;
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
 Deno.test("policy: a damaged or foreign policy file enforces, and says so with the refusals", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", null)));
@@ -409,6 +437,9 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
       clearIfThere(allowance);
       plant(allowance);
       assertThrows(() => takeAllowance(state, "win11"), /Refusing ".*win11\.json": it /, what);
+      // Taken (it counted for no start): planted again for the check.
+      assertEquals(Deno.readDirSync(`${state}/guard/allow`).toArray(), [], what);
+      plant(allowance);
       const result = await run(root, state);
       assertEquals(result.code, 1, what);
       assertOk(
@@ -416,7 +447,8 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
           l.startsWith("passthrough guard: cannot use its allowance (it does not count)")
         ),
       );
-      clear(allowance);
+      // The start took it too: the next one does not meet it again.
+      assertEquals(Deno.readDirSync(`${state}/guard/allow`).toArray(), [], what);
       // plan's reading of the refusals skips what it cannot read.
       clearIfThere(refused);
       plant(refused);
