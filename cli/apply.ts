@@ -21,6 +21,7 @@ import { type Config, isRemoteUri } from "../lib/config/config.ts";
 import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
 import { recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "./guard.ts";
+import { errorText } from "../lib/render/error_text.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
@@ -147,7 +148,7 @@ function recordGuardPolicies(
     }
     return true;
   } catch (error) {
-    const why = error instanceof Error ? error.message : String(error);
+    const why = errorText(error);
     io.err(`Cannot record the start guard policies in ${stateDir}: ${why}\n`);
     return false;
   }

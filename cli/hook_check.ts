@@ -13,6 +13,7 @@
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { writeAllSync } from "./io.ts";
+import { errorText } from "../lib/render/error_text.ts";
 
 /** The arguments the hook passes. */
 export interface HookCheckArgs {
@@ -153,7 +154,7 @@ async function checkThisStart(): Promise<number> {
     return await hookCheck(Deno.args, writeError);
   } catch (error) {
     // Without a stack trace.
-    const message = error instanceof Error ? error.message : String(error);
+    const message = errorText(error);
     writeError(`passthrough guard: the check failed: ${message}\n`);
     return 1;
   }

@@ -44,6 +44,7 @@ import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -278,10 +279,6 @@ export function describeXmlChange(before: string, after: string): string {
     );
   }
   return parts.length > 0 ? parts.join("; ") : "whitespace only";
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** A result with the fields every outcome shares. */

@@ -29,7 +29,7 @@ import {
 } from "../plan/used_devices.ts";
 import { warnsUnresolvedDevice } from "../plan/issues.ts";
 import { warnsUnreadableNetwork } from "../plan/networks.ts";
-import { errorText } from "../plan/world.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** What a definition holds, as far as the re-check goes. */
 interface Held {

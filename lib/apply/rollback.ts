@@ -23,6 +23,7 @@ import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -137,10 +138,6 @@ export class BackupMismatchError extends Error {
  */
 function sameDefinition(a: string, b: string): boolean {
   return !hasSignificantChanges(a, b);
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). */

@@ -9,6 +9,7 @@
 
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readAttribute } from "../host/sysfs.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** The daemons that run QEMU hooks, with the pidfile each writes when it runs as root. */
 export const HOOK_DAEMONS = [
@@ -111,9 +112,9 @@ export function reloadDaemons(
       return {
         daemon,
         reloaded: false,
-        message: `Cannot reload ${daemon.name} (pid ${daemon.pid}): ${
-          error instanceof Error ? error.message : String(error)
-        }; run: ${reloadHint(daemon)}`,
+        message: `Cannot reload ${daemon.name} (pid ${daemon.pid}): ${errorText(error)}; run: ${
+          reloadHint(daemon)
+        }`,
       };
     }
   });

@@ -24,6 +24,7 @@ import {
   POLICY_FILE,
   policyFor,
 } from "./policy.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -83,10 +84,6 @@ export interface GuardRunResult {
 
 /** A refusal and the policy (`enforce` or `warn`) that judges it. */
 export type PolicedRefusal = GuardRefusal & { policy: ActivePolicy };
-
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
 
 /**
  * The status XML of a running network, read with `reader` from `dir` once per network; `null`
@@ -177,7 +174,7 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
       hostUse: (devices, own) => hostUseOf(options, devices, own, networkStatus),
     });
   } catch (error) {
-    return unreadable(`the check failed: ${message(error)}`);
+    return unreadable(`the check failed: ${errorText(error)}`);
   }
 }
 
@@ -277,7 +274,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     allowance = takeAllowance(options.stateDir, options.vm, options.now);
   } catch (error) {
     lines.push(
-      `passthrough guard: cannot use its allowance (it does not count): ${message(error)}`,
+      `passthrough guard: cannot use its allowance (it does not count): ${errorText(error)}`,
     );
   }
   const enforced = refusals.filter((r) => r.policy === "enforce");
@@ -314,7 +311,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
       ...(options.now === undefined ? {} : { now: options.now }),
     });
   } catch (error) {
-    lines.push(`passthrough guard: cannot record the refusal: ${message(error)}`);
+    lines.push(`passthrough guard: cannot record the refusal: ${errorText(error)}`);
   }
   return { code: enforced.length > 0 && !allowed ? 1 : 0, lines, refusals };
 }

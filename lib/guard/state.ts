@@ -30,6 +30,7 @@ import {
   type PolicyFileReading,
   type VmPolicyReading,
 } from "./policy.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -101,7 +102,7 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
     if (error instanceof StateDirError && error.problem === "missing") {
       return { file: null, problem: null };
     }
-    return fail(error instanceof Error ? error.message : String(error));
+    return fail(errorText(error));
   }
   if (text === null) return { file: null, problem: null };
   let file: GuardPolicyFile | null = null;

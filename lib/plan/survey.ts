@@ -41,7 +41,8 @@ import {
   unresolvedError,
 } from "./issues.ts";
 import type { PlanIssue } from "./types.ts";
-import { type DefinitionRead, type DomainSnapshot, errorText, type World } from "./world.ts";
+import type { DefinitionRead, DomainSnapshot, World } from "./world.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** A definition the plan edits, as read. */
 export interface EditableDefinition {

@@ -17,6 +17,7 @@ import {
 } from "../domain/lenient.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
+import { errorText } from "../render/error_text.ts";
 
 /**
  * One definition of a domain as read: parsed by the strict reader; refused by it (with what the
@@ -89,11 +90,6 @@ export interface World {
   domains: DomainSnapshot[];
   /** Its hostdev and bridged networks; absent when the port cannot list networks. */
   networks?: NetworksRead;
-}
-
-/** An error's message, or the thrown value as text. */
-export function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**

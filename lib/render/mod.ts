@@ -6,6 +6,7 @@
  */
 
 export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
+export { errorText } from "./error_text.ts";
 export { redactedJson } from "./redact.ts";
 export { shellQuote, shellWord } from "./shell.ts";
 export { didYouMean } from "./suggest.ts";

@@ -13,6 +13,7 @@
  */
 
 import { isAbsolute, join, resolve } from "./paths.ts";
+import { errorText } from "../render/error_text.ts";
 
 /** Where state lives when neither `--state-dir` nor `PASSTHROUGH_STATE_DIR` says otherwise. */
 export const DEFAULT_STATE_DIR = "/var/lib/passthrough";
@@ -152,9 +153,7 @@ function cannotUse(path: string, error: unknown): StateDirError {
   return new StateDirError(
     path,
     "unwritable",
-    `Cannot use state directory "${path}": ${
-      error instanceof Error ? error.message : String(error)
-    }`,
+    `Cannot use state directory "${path}": ${errorText(error)}`,
     { cause: error },
   );
 }
@@ -211,9 +210,7 @@ function probeWritable(dir: string): number {
     throw new StateDirError(
       dir,
       "unwritable",
-      `State directory "${dir}" is not writable: ${
-        error instanceof Error ? error.message : String(error)
-      }`,
+      `State directory "${dir}" is not writable: ${errorText(error)}`,
       { cause: error },
     );
   }
