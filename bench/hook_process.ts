@@ -35,7 +35,7 @@ import { buildHostTree, loadHostDescription } from "../lib/testing/host_tree.ts"
 import { HOOK_FILE_NAME, parseHookSettings } from "../lib/guard/hook_file.ts";
 import { childrenCpuMs } from "../ffi/rusage.ts";
 import { bundleAsTask, documentedFlags } from "../tests/helpers/cli.ts";
-import { roundOrders } from "./rounds.ts";
+import { median, roundOrders } from "./rounds.ts";
 import { denoFsReader } from "../lib/host/sysfs.ts";
 import { readHostUse } from "../lib/host/sysfs_device.ts";
 import type { PciDevice } from "../lib/host/types.ts";
@@ -223,11 +223,6 @@ async function once(c: Case): Promise<Run> {
     throw new Error(`${c.name}: exit ${out.code}: ${new TextDecoder().decode(out.stderr)}`);
   }
   return { ms, cpuMs };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 try {

@@ -43,7 +43,7 @@ import { nodeDeviceWorldXml } from "../lib/testing/nodedev_world.ts";
 import { canonicalPciAddress, pciAddressToLibvirt } from "../lib/pci/address.ts";
 import { parse as parseYaml } from "yaml";
 import { bundleAsTask } from "../tests/helpers/cli.ts";
-import { roundOrders } from "./rounds.ts";
+import { median, roundOrders } from "./rounds.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SHARED_BENCH = `${ROOT}../shared/bench`;
@@ -360,12 +360,6 @@ async function alternate(
     }
   }
   return samples;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 /** Newest modification time under `path` (a file or a directory tree), in ms. */

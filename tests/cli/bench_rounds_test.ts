@@ -4,7 +4,7 @@
  */
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
-import { roundOrders } from "../../bench/rounds.ts";
+import { median, roundOrders } from "../../bench/rounds.ts";
 
 Deno.test("every round runs each case once, the first as listed, the others in seeded orders", () => {
   const cases = ["plan", "floor", "groups", "empty", "lspci", "seed", "baseline"];
@@ -17,4 +17,9 @@ Deno.test("every round runs each case once, the first as listed, the others in s
   assertOk(before.size > 2, [...before].join(" "));
   // The same orders at every invocation, so a run can be repeated.
   assertEquals(roundOrders(cases, 12), orders);
+});
+
+Deno.test("both benchmarks report one median: the middle, or the mean of the middle two", () => {
+  assertEquals(median([3, 1, 2]), 2);
+  assertEquals(median([4, 1, 3, 2]), 2.5);
 });
