@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
-import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
+import { cardOf, hostCriticalInGroup } from "../lib/resolve/host_critical.ts";
 import { CLASS_NAMES } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
@@ -61,16 +61,6 @@ export function deviceLabel(device: PciDevice): string {
     (device.vendorName !== null ? `Device ${device.deviceId}` : null);
   const name = [device.vendorName, deviceName].filter((s) => s !== null).join(" ");
   return name === "" ? (device.className ?? "") : name;
-}
-
-/**
- * Why the host needs `device`, judged as `plan` judges a device of its group when that group is
- * asked for (platform functions, what the host uses now); `null` when it does not.
- */
-function hostCriticalOf(device: PciDevice, host: HostTopology): string | null {
-  const group = host.groups.find((g) => g.group === device.iommuGroup);
-  const cards = new Set((group?.devices ?? [device]).map((d) => cardOf(d.address)));
-  return hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });
 }
 
 /** The cells every device table shows, after its group column: IDs, slot, NUMA, driver, name. */
@@ -163,14 +153,14 @@ export async function run(
   const host = await loadHost(values.sysfs);
   const devices = selected(host, positionals, values.class);
   if (values.json) {
-    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalOf(d, host) }));
+    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalInGroup(d, host) }));
     io.out(`${JSON.stringify(json, null, 2)}\n`);
     return 0;
   }
   const paint = painter(io.color);
   const twins = sameIds(host.devices);
   const rows = devices.map((d) => {
-    const critical = hostCriticalOf(d, host);
+    const critical = hostCriticalInGroup(d, host);
     const notes = [deviceNotes(d, host, paint, twins), critical ? paint("red", critical) : ""];
     const [address, ...cells] = deviceCells(d);
     return [

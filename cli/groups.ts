@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
-import { cardOf, hostCriticalReason } from "../lib/resolve/host_critical.ts";
+import { hostCriticalInGroup } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
@@ -21,20 +21,6 @@ import {
   hostUseUnknownNote,
   sameIds,
 } from "./devices.ts";
-
-/**
- * Why each member of `group` is needed by the host (platform function or in use right now),
- * by address. Other kinds of devices only count against a specific request, so not here.
- */
-function hostCriticalMembers(group: IommuGroup, host: HostTopology): Map<string, string> {
-  const cards = new Set(group.devices.map((d) => cardOf(d.address)));
-  const reasons = new Map<string, string>();
-  for (const device of group.devices) {
-    const reason = hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });
-    if (reason !== null) reasons.set(device.address, reason);
-  }
-  return reasons;
-}
 
 /** The groups `wanted` names (all when none is); throws on a group the host does not have. */
 function selected(host: HostTopology, wanted: string[]): IommuGroup[] {
@@ -67,14 +53,14 @@ export async function run(
   const groups = selected(host, positionals);
   if (values.json) {
     const json = groups.map((group) => {
-      const critical = hostCriticalMembers(group, host);
+      const devices = group.devices.map((d) => ({
+        ...d,
+        hostCritical: hostCriticalInGroup(d, host),
+      }));
       return {
         group: group.group,
-        hostCritical: critical.size > 0,
-        devices: group.devices.map((d) => ({
-          ...d,
-          hostCritical: critical.get(d.address) ?? null,
-        })),
+        hostCritical: devices.some((d) => d.hostCritical !== null),
+        devices,
       };
     });
     io.out(`${JSON.stringify(json, null, 2)}\n`);
@@ -92,14 +78,15 @@ export async function run(
   const twins = sameIds(host.devices);
   const rows: string[][] = [];
   for (const group of groups) {
-    const critical = hostCriticalMembers(group, host);
-    for (const d of group.devices) {
-      const reason = critical.get(d.address);
+    const reasons = group.devices.map((d) => hostCriticalInGroup(d, host));
+    const critical = reasons.some((r) => r !== null);
+    for (const [i, d] of group.devices.entries()) {
+      const reason = reasons[i];
       const notes = [deviceNotes(d, host, paint, twins), reason ? paint("red", reason) : ""]
         .filter((n) => n !== "").join(", ");
       rows.push([
         String(group.group),
-        critical.size > 0 ? paint("red", "host-critical") : "",
+        critical ? paint("red", "host-critical") : "",
         ...deviceCells(d),
         d.isBridge ? paint("dim", deviceLabel(d)) : deviceLabel(d),
         notes,

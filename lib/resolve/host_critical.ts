@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { HostUse, PciDevice } from "../host/types.ts";
+import type { HostTopology, HostUse, PciDevice } from "../host/types.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
 const PLATFORM_CLASSES: Readonly<Record<string, string>> = {
@@ -57,4 +57,18 @@ export function hostCriticalReason(
     if (device.classCode.startsWith(prefix)) return `${what} in another slot`;
   }
   return null;
+}
+
+/**
+ * Why the host needs `device`, as `plan` judges a member of its IOMMU group when that group is
+ * asked for (platform functions, what the host uses now; the group's own cards are what was
+ * asked for); `null` when it does not. What `devices` and `groups` show.
+ */
+export function hostCriticalInGroup(
+  device: PciDevice,
+  host: Pick<HostTopology, "groups" | "hostUse">,
+): string | null {
+  const group = host.groups.find((g) => g.group === device.iommuGroup);
+  const cards = new Set((group?.devices ?? [device]).map((d) => cardOf(d.address)));
+  return hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });
 }
