@@ -13,7 +13,7 @@
 import type { PciAddress } from "../host/types.ts";
 import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
-import { RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
+import { deviceRecordFrom, RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
 import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
@@ -616,36 +616,22 @@ function recordAttributes(xml: string, ours: XmlSpan, local: string): Record<str
 }
 
 function readRecords(xml: string, ours: XmlSpan): DeviceIdentity[] {
-  const records: DeviceIdentity[] = [];
-  for (const a of recordAttributes(xml, ours, "device")) {
-    const required = (key: "address" | "vendorId" | "deviceId" | "classCode" | "rule") => {
-      const value = a[RECORD_ATTRIBUTES[key]];
-      if (value === undefined) {
-        throw errorAt(
-          xml,
-          ours.start,
-          `Passthrough record lacks attribute "${RECORD_ATTRIBUTES[key]}"`,
-        );
-      }
-      return value;
-    };
-    const address = canonicalPciAddress(required("address"));
-    if (address === null) {
-      throw errorAt(xml, ours.start, `Passthrough record has a bad address "${a.address}"`);
+  return recordAttributes(xml, ours, "device").map((a) => {
+    const record = deviceRecordFrom(new Map(Object.entries(a)));
+    if (typeof record === "string") {
+      throw errorAt(xml, ours.start, strictRecordReason(record, a[RECORD_ATTRIBUTES.address]));
     }
-    records.push({
-      address,
-      vendorId: required("vendorId"),
-      deviceId: required("deviceId"),
-      subsystemVendorId: a[RECORD_ATTRIBUTES.subsystemVendorId] ?? null,
-      subsystemDeviceId: a[RECORD_ATTRIBUTES.subsystemDeviceId] ?? null,
-      classCode: required("classCode"),
-      serial: a[RECORD_ATTRIBUTES.serial] ?? null,
-      driver: a[RECORD_ATTRIBUTES.driver] ?? null,
-      rule: required("rule"),
-    });
-  }
-  return records;
+    return record;
+  });
+}
+
+/**
+ * The shared reader's reason as the strict reader says it: `Passthrough record lacks ...`, and a
+ * bad address quoted (the strict reader's errors are printed through the terminal boundary).
+ */
+function strictRecordReason(why: string, address: string | undefined): string {
+  const text = `Passthrough ${why.replace(/^an? /, "")}`;
+  return text.endsWith("has a bad address") ? `${text} "${address ?? ""}"` : text;
 }
 
 /** The `<passthrough:interface>` records of our element (older versions wrote none). */

@@ -19,7 +19,7 @@ import {
   yesNo,
 } from "./properties.ts";
 import { escapeXmlAttribute, type XmlElement } from "./xml.ts";
-import { RECORD_ATTRIBUTES, VF_RECORD_ATTRIBUTES } from "./lenient.ts";
+import { RECORD_ATTRIBUTES, VF_RECORD_ATTRIBUTES, vfRecordFrom } from "./lenient.ts";
 
 /** One `<interface type='hostdev'>` with a PCI source. */
 export interface DomainInterface {
@@ -167,40 +167,16 @@ const PF_ATTRIBUTES = {
 } as const satisfies Record<keyof DeviceIdentity, string>;
 
 /**
- * A `<passthrough:interface>` record from its attributes; `fail` builds the error for a missing
- * or malformed one.
+ * A `<passthrough:interface>` record from its attributes (as the shared {@link vfRecordFrom}
+ * reads it); `fail` builds the error for a missing or malformed one.
  */
 export function readVfRecord(
   attributes: Readonly<Record<string, string>>,
   fail: (why: string) => Error,
 ): VfIdentity {
-  const required = (name: string) => {
-    const value = attributes[name];
-    if (value === undefined) throw fail(`Passthrough interface record lacks attribute "${name}"`);
-    return value;
-  };
-  const address = canonicalPciAddress(required(VF_ATTRIBUTES.address));
-  const pfAddress = canonicalPciAddress(required(PF_ATTRIBUTES.address));
-  const index = unsignedDecimal(required(VF_ATTRIBUTES.index));
-  if (address === null || pfAddress === null || index === null) {
-    throw fail("Passthrough interface record has a bad address or VF index");
-  }
-  return {
-    address,
-    index,
-    mac: required(VF_ATTRIBUTES.mac).toLowerCase(),
-    pf: {
-      address: pfAddress,
-      vendorId: required(PF_ATTRIBUTES.vendorId),
-      deviceId: required(PF_ATTRIBUTES.deviceId),
-      subsystemVendorId: attributes[PF_ATTRIBUTES.subsystemVendorId] ?? null,
-      subsystemDeviceId: attributes[PF_ATTRIBUTES.subsystemDeviceId] ?? null,
-      classCode: required(PF_ATTRIBUTES.classCode),
-      serial: attributes[PF_ATTRIBUTES.serial] ?? null,
-      driver: attributes[PF_ATTRIBUTES.driver] ?? null,
-      rule: required(PF_ATTRIBUTES.rule),
-    },
-  };
+  const record = vfRecordFrom(new Map(Object.entries(attributes)));
+  if (typeof record === "string") throw fail(`Passthrough ${record.replace(/^an? /, "")}`);
+  return record;
 }
 
 /** The attributes of a `<passthrough:interface>` record, in a stable order. */

@@ -807,8 +807,12 @@ function entitiesAreValid(text: string): boolean {
   return true;
 }
 
-/** One record from its element's attributes, or the reason it cannot be read. */
-function readRecord(attributes: Map<string, string>): DeviceIdentity | string {
+/**
+ * One `<passthrough:device>` record from its element's attributes, or the reason it cannot be
+ * read (`a record lacks attribute "vendor"`): the one reading of a record, for this reader, the
+ * start guard's, and the strict one `plan` uses.
+ */
+export function deviceRecordFrom(attributes: ReadonlyMap<string, string>): DeviceIdentity | string {
   for (const field of REQUIRED_FIELDS) {
     if (!attributes.has(RECORD_ATTRIBUTES[field])) {
       return `a record lacks attribute "${RECORD_ATTRIBUTES[field]}"`;
@@ -830,8 +834,11 @@ function readRecord(attributes: Map<string, string>): DeviceIdentity | string {
   };
 }
 
-/** A VF record (`<passthrough:interface>`) from its element's attributes, or why it cannot be read. */
-function readVfRecord(attributes: Map<string, string>): VfIdentity | string {
+/**
+ * A VF record (`<passthrough:interface>`) from its element's attributes, or why it cannot be
+ * read; shared as {@link deviceRecordFrom} is.
+ */
+export function vfRecordFrom(attributes: ReadonlyMap<string, string>): VfIdentity | string {
   const names = VF_RECORD_ATTRIBUTES;
   const pfAddress = attributes.get(names.pfAddress);
   const address = canonicalPciAddress(attributes.get(names.address) ?? "");
@@ -845,7 +852,7 @@ function readVfRecord(attributes: Map<string, string>): VfIdentity | string {
   if (address === null || !/^[0-9]+$/.test(index)) {
     return "an interface record has a bad address or VF index";
   }
-  const pf = readRecord(new Map([...attributes, [RECORD_ATTRIBUTES.address, pfAddress]]));
+  const pf = deviceRecordFrom(new Map([...attributes, [RECORD_ATTRIBUTES.address, pfAddress]]));
   if (typeof pf === "string") return pf.replace("a record", "an interface record");
   return { address, index: Number(index), mac: mac.toLowerCase(), pf };
 }
@@ -902,11 +909,11 @@ function walkRecords(text: string): WalkedRecords | string {
         if (ours !== null) return "the domain metadata holds two records elements";
         ours = prefix;
       } else if (oursOpen && stack.length === 3 && name === `${ours}device`) {
-        const record = readRecord(attributes);
+        const record = deviceRecordFrom(attributes);
         if (typeof record === "string") return record;
         records.push(record);
       } else if (oursOpen && stack.length === 3 && name === `${ours}interface`) {
-        const record = readVfRecord(attributes);
+        const record = vfRecordFrom(attributes);
         if (typeof record === "string") return record;
         vfRecords.push(record);
       }
