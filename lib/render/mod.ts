@@ -6,8 +6,6 @@
  */
 
 export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
-export { errorText } from "./error_text.ts";
 export { redactedJson } from "./redact.ts";
-export { shellQuote, shellWord } from "./shell.ts";
 export { didYouMean } from "./suggest.ts";
 export { terminalSafe } from "./terminal.ts";
