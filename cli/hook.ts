@@ -27,6 +27,7 @@ import {
   type HookSettings,
   inspectHook,
   installCommand,
+  installedHookSettings,
   installHook,
   readByLibvirt,
   removeHook,
@@ -108,7 +109,28 @@ function reloadMessages(hooksDir: string, stateDir: string): string[] {
   return messages;
 }
 
-/** Said when the hook runs a checkout's sources rather than the bundle `setup.sh` builds. */
+/**
+ * The guard policies the hook obeys from `stateDir` (recorded there by an earlier `apply`), said
+ * at install: a `guard: off` recorded for another hook, or long ago, would otherwise take effect
+ * unseen. Marked when the hook this install replaces read another directory.
+ */
+function policyMessages(stateDir: string, previous: string | null): string[] {
+  const { file, problem } = readPolicyFile(stateDir);
+  if (problem !== null) return [`Its guard policies: ${problem}`];
+  if (file === null || Object.keys(file.vms).length === 0) {
+    return ["Its guard policies: every VM enforces (none recorded)"];
+  }
+  const moved = previous !== null && previous !== stateDir
+    ? `; the hook it replaces read ${previous}, so these were not recorded for it`
+    : "";
+  return [
+    `Its guard policies, recorded in ${stateDir} from ${file.config}: ${
+      describePolicies(file).join("; ")
+    }${moved} (passthrough apply records the config's current ones)`,
+  ];
+}
+
+/** `passthrough hook install`: writes the hook, says what it runs and obeys, reloads the daemon. */
 function install({ values }: HookLine<"install">, io: CliIo): number {
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const deadline = parseDeadline(values.deadline);
@@ -136,6 +158,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
         `/opt/passthrough), or fix the owner and mode, then install again`,
     );
   }
+  const previous = installedHookSettings(hooksDir);
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed
@@ -144,6 +167,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     `It runs ${
       describeProgram(settings.command)
     } (deadline ${settings.deadline} s, state in ${stateDir})`,
+    ...policyMessages(stateDir, previous?.stateDir ?? null),
     // Unchanged: nothing new for the daemon to see.
     ...(result.changed ? reloadMessages(hooksDir, stateDir) : []),
   ];

@@ -12,6 +12,9 @@ import {
 } from "../helpers/hosts.ts";
 import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import { guardPolicies } from "../../lib/guard/policy.ts";
+import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml } from "../helpers/world.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
@@ -640,6 +643,38 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     assertMatch(
       allow.stdout,
       /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook install says which guard policies the hook obeys, and when they were not recorded for the hook it replaces", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-policies-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const off = parseConfig(
+      "version: 1\nvms:\n  win11:\n    guard: off\n    devices:\n" +
+        "      - name: gpu\n        match: { vendor_id: 10de }\n",
+      { file: "old.yaml" },
+    );
+    // An apply long ago recorded "guard: off" in a; the hook then moved to b.
+    recordPolicies(`${dir}/a`, guardPolicies(off));
+    const install = (state: string) =>
+      runCli(["hook", "install", "--hooks-dir", hooks, "--state-dir", state]);
+    const first = await install(`${dir}/b`);
+    assertEquals(first.code, 0, first.stderr);
+    assertMatch(first.stdout, /\nIts guard policies: every VM enforces \(none recorded\)\n/);
+    // Back to a: its old policy is obeyed again, and said so, with where it came from.
+    const back = await install(`${dir}/a`);
+    assertEquals(back.code, 0, back.stderr);
+    assertMatch(
+      back.stdout,
+      new RegExp(
+        `\\nIts guard policies, recorded in ${dir}/a from old\\.yaml: "win11" off; the hook it ` +
+          `replaces read ${dir}/b, so these were not recorded for it \\(passthrough apply ` +
+          `records the config's current ones\\)\\n`,
+      ),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
