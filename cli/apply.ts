@@ -15,7 +15,7 @@ import { applyJson, renderApplyReport } from "./render_apply.ts";
 import { applyPlan, livePlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
-import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
+import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 import { resolve } from "../lib/state/paths.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
 import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
@@ -149,7 +149,23 @@ function recordGuardPolicies(
     return true;
   } catch (error) {
     const why = errorText(error);
+    if (named.length === 0 && hook !== null && notOurs(error)) {
+      // Nothing to record, in the root-only directory of a hook root installed: not a failure
+      // of this apply, but what is recorded there goes unchecked.
+      io.err(
+        `Note: start guard policies not checked: the installed hook's state directory ` +
+          `${stateDir} is not this user's (${why}); run passthrough apply as root to record them\n`,
+      );
+      return true;
+    }
     io.err(`Cannot record the start guard policies in ${stateDir}: ${why}\n`);
     return false;
   }
+}
+
+/** Whether `error` says the state directory belongs to another user (the hook's, root's). */
+function notOurs(error: unknown): boolean {
+  return error instanceof Deno.errors.PermissionDenied ||
+    (error instanceof StateDirError &&
+      (error.problem === "foreign-owner" || error.problem === "unwritable"));
 }

@@ -15,7 +15,7 @@
 
 import { dirname, join, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
-import { DEFAULT_STATE_DIR, readOwnFileSync, StateDirError } from "../state/state_dir.ts";
+import { readOwnFileSync, StateDirError } from "../state/state_dir.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -536,8 +536,8 @@ export function installedHookSettings(hooksDir: string = DEFAULT_HOOKS_DIR): Hoo
 }
 
 /**
- * The `hook install` command that writes this hook again with the settings it has now: its
- * directory, state directory, deadline and sysfs, each given where it is not the default (a bare
+ * The `hook install` command that writes this hook again with the settings it has now: its state
+ * directory always, and its directory, deadline and sysfs where they are not the default (a bare
  * `hook install` would put a second hook elsewhere, or one reading another state directory).
  * `hooksDir: false` leaves the directory out, for moving the hook to libvirt's own.
  *
@@ -552,6 +552,14 @@ export function installedHookSettings(hooksDir: string = DEFAULT_HOOKS_DIR): Hoo
  *   installCommand({ path: "/tmp/hooks/50-passthrough-guard", settings }),
  *   "passthrough hook install --hooks-dir /tmp/hooks --state-dir '/srv/pt state' --deadline 30",
  * );
+ * // The state directory even when it is the default: $PASSTHROUGH_STATE_DIR would come first.
+ * assertEquals(
+ *   installCommand({
+ *     path: "/etc/libvirt/hooks/qemu.d/50-passthrough-guard",
+ *     settings: { ...settings, deadline: 10, stateDir: "/var/lib/passthrough" },
+ *   }),
+ *   "passthrough hook install --state-dir /var/lib/passthrough",
+ * );
  * assertEquals(installCommand({ path: "/etc/libvirt/hooks/qemu.d/x", settings: null }),
  *   "passthrough hook install");
  * ```
@@ -565,7 +573,8 @@ export function installCommand(
   if (options.hooksDir !== false && dir !== DEFAULT_HOOKS_DIR) words.push("--hooks-dir", dir);
   const s = inspection.settings;
   if (s !== null) {
-    if (s.stateDir !== DEFAULT_STATE_DIR) words.push("--state-dir", s.stateDir);
+    // Always: without the flag, `hook install` would take $PASSTHROUGH_STATE_DIR first.
+    words.push("--state-dir", s.stateDir);
     if (s.deadline !== DEFAULT_DEADLINE_SECONDS) words.push("--deadline", String(s.deadline));
     if (s.sysfs !== "/sys") words.push("--sysfs", s.sysfs);
   }

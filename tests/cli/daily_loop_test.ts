@@ -8,9 +8,10 @@ import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
-import { recordRefusals } from "../../lib/guard/state.ts";
+import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const ROOT = new URL("../../", import.meta.url).pathname;
 
 Deno.test("plan without a config names the paths it tried, in one line", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-config-paths-" });
@@ -169,6 +170,109 @@ Deno.test({
         ),
       );
       assertEquals(Deno.statSync(`${dir}/hookstate/guard/policy.json`).isFile, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
+  ignore: !canUnshare,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-user-" }));
+    try {
+      await Deno.chmod(dir, 0o755);
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // The bundle bin/passthrough runs: it needs no npm cache, which this user has none of.
+      const bundled = await new Deno.Command(`${ROOT}scripts/bundle_bin.sh`, {
+        args: [`${dir}/bin`],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assertEquals(bundled.code, 0, new TextDecoder().decode(bundled.stderr));
+      // Root's hook reads a state directory only root can read, holding a recorded policy.
+      installHook(
+        `${dir}/hooks/qemu.d`,
+        renderHookScript({
+          version: "0.1.0",
+          deadline: 10,
+          timeout: "/usr/bin/timeout",
+          command: ["/bin/false"],
+          env: {},
+          stateDir: `${dir}/hookstate`,
+          sysfs: "/sys",
+        }),
+      );
+      recordPolicies(`${dir}/hookstate`, {
+        version: 1,
+        config: "root.yaml",
+        vms: { win10: { guard: "warn", rules: {} } },
+      });
+      await Deno.mkdir(`${dir}/user`, { mode: 0o700 });
+      await Deno.chown(`${dir}/user`, 65534, 65534);
+      await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
+      const apply = async (config: string) => {
+        Deno.writeTextFileSync(`${dir}/config.yaml`, config);
+        const out = await new Deno.Command("unshare", {
+          args: [
+            "-m",
+            "sh",
+            "-c",
+            'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
+            "sh",
+            `${dir}/hooks`,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            Deno.execPath(),
+            "run",
+            "--quiet",
+            "--cached-only",
+            ...documentedFlags(),
+            `${dir}/bin/main.js`,
+            "apply",
+            "--yes",
+            "--state-dir",
+            `${dir}/user/state`,
+            "--config",
+            `${dir}/config.yaml`,
+            "--sysfs",
+            `${dir}/sysfs`,
+            "--connect",
+            `test://${DEMO}world.xml`,
+          ],
+          stdin: "null",
+          env: { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` },
+        }).output();
+        const text = (b: Uint8Array) => new TextDecoder().decode(b);
+        return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+      };
+      const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+      // Nothing to record: applied, with a note that the hook's policies went unchecked.
+      const plain = await apply(demo);
+      assertEquals(plain.code, 0, plain.stderr);
+      assertMatch(
+        plain.stderr,
+        new RegExp(
+          `Note: start guard policies not checked: the installed hook's state directory ` +
+            `${dir}/hookstate is not this user's \\(.*\\); run passthrough apply as root`,
+        ),
+      );
+      // Something to record: that fails, and says where.
+      const guarded = await apply(demo.replace("  win10:\n", "  win10:\n    guard: off\n"));
+      assertEquals(guarded.code, 1, guarded.stderr);
+      assertMatch(
+        guarded.stderr,
+        new RegExp(`Cannot record the start guard policies in ${dir}/hookstate`),
+      );
+      // Root's recorded policy is as it was.
+      assertEquals(
+        JSON.parse(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`)).vms,
+        { win10: { guard: "warn", rules: {} } },
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
