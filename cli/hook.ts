@@ -29,6 +29,7 @@ import {
   installCommand,
   installedHookSettings,
   installHook,
+  notIntactReason,
   readByLibvirt,
   removeHook,
   renderHookScript,
@@ -59,6 +60,11 @@ function currentProgram(): CheckProgram {
   };
 }
 
+/** Deno's cache for a hook whose installer named none: private, as the state directory is. */
+function hookDenoDir(stateDir: string): string {
+  return join(stateDir, "deno");
+}
+
 /** The settings `install` writes for this state directory, sysfs and deadline, from here. */
 function settingsFor(
   options: { stateDir: string; sysfs: string; deadline: number; timeout: string },
@@ -69,7 +75,11 @@ function settingsFor(
     deadline: options.deadline,
     timeout: options.timeout,
     command: checkCommand(currentProgram(), options),
-    env: denoDir === undefined || denoDir === "" ? {} : { DENO_DIR: denoDir },
+    // Deno's cache (the check's code cache) named, not found through the HOME libvirt passes,
+    // which may be another user's: the installer's, else one in the private state directory.
+    env: {
+      DENO_DIR: denoDir === undefined || denoDir === "" ? hookDenoDir(options.stateDir) : denoDir,
+    },
     stateDir: options.stateDir,
     sysfs: options.sysfs,
   };
@@ -148,6 +158,9 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ? LIVE_SYSFS
     : resolve(values.sysfs);
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
+  if (settings.env.DENO_DIR === hookDenoDir(stateDir)) {
+    Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
+  }
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
   if (unsafe.length > 0) {
     throw new Error(
@@ -189,7 +202,8 @@ function hookProblems(inspection: HookInspection, expected: string | null): stri
   const problems: string[] = [...leftovers];
   if (!inspection.executable) problems.push("not executable: libvirt skips it");
   if (!inspection.intact) {
-    problems.push("changed since it was written: not what 'hook install' writes");
+    const { older, reason } = notIntactReason(inspection);
+    problems.push(older ? reason : `${reason}: not what 'hook install' writes`);
   }
   for (const reason of inspection.unsafe) {
     problems.push(`another user could change what it runs as root: ${reason}`);

@@ -6,10 +6,17 @@
 # which loads faster).
 # `--platform browser` picks each npm package's ES-module build: yaml's "node" build is CommonJS
 # and would load Node compatibility (require, process, Buffer) at every start.
-# Usage: scripts/bundle_bin.sh [DEST]
+# Usage: scripts/bundle_bin.sh [DEST] | --sources-digest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What the bundle is built from, as one digest (written to DEST/.sources; setup.sh compares).
+sources_digest() {
+  find main.ts cli lib ffi deno.json deno.lock -type f -print0 | LC_ALL=C sort -z |
+    xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+if [ "${1:-}" = --sources-digest ]; then sources_digest; exit 0; fi
 dest=${1:-dist/bin}
+dest=${dest%/}
 deno=tools/deno/node_modules/.bin/deno
 [ -x "$deno" ] || deno=deno
 # Built beside DEST and put in its place only when whole: an installed start guard runs
@@ -41,6 +48,10 @@ unanalyzable_imports() {
 }
 unanalyzable_imports "$out"/*.js
 unanalyzable_imports "$out"/hook/*.js
+sources_digest >"$out/.sources"
 # Two renames: DEST is missing only between them, not for the length of a build.
 if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi
-mv -T "$out" "$dest"
+if ! mv -T "$out" "$dest"; then
+  if [ -e "$old" ]; then mv -T "$old" "$dest"; fi
+  exit 1
+fi

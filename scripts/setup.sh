@@ -11,7 +11,8 @@ profile=${1:-runtime}
 pinned=$(awk '/"node_modules\/deno"/ { found = 1 } found && /"version"/ { gsub(/[",]/, "", $2); print $2; exit }' \
   tools/deno/package-lock.json)
 on_path=$(command -v deno 2>/dev/null || true)
-if [ -x tools/deno/node_modules/.bin/deno ]; then
+installed=tools/deno/node_modules/.bin/deno
+if [ -x "$installed" ] && [ "$("$installed" --version 2>/dev/null | awk 'NR == 1 { print $2 }')" = "$pinned" ]; then
   : # installed by an earlier run
 elif [ -n "$on_path" ] && [ "$("$on_path" --version 2>/dev/null | awk 'NR == 1 { print $2 }')" = "$pinned" ]; then
   # bin/passthrough and quickstart.sh fall back to the deno on PATH, so one of the pinned version
@@ -49,9 +50,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # bin/passthrough runs this bundle, which starts faster than the sources, while no source is
-# newer; stale or missing, it runs the sources. Rebuilt here only when stale or missing.
-if [ ! -f dist/bin/main.js ] || [ -n "$(find main.ts cli lib ffi deno.json deno.lock \
-  -newer dist/bin/main.js -print -quit 2>/dev/null)" ]; then
+# newer; stale or missing, it runs the sources. The start guard's hook runs its check. Rebuilt
+# here unless it was built from these very sources (by content: an update that kept old file
+# times, as tar, rsync -a or cp -p do, would fool a comparison of times).
+if [ "$(cat dist/bin/.sources 2>/dev/null)" != "$(scripts/bundle_bin.sh --sources-digest)" ]; then
   scripts/bundle_bin.sh >&2 ||
-    echo "setup: scripts/bundle_bin.sh failed: bin/passthrough runs the sources" >&2
+    echo "setup: scripts/bundle_bin.sh failed: bin/passthrough runs the sources, and an installed start guard keeps the check it had" >&2
 fi

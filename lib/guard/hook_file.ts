@@ -54,7 +54,10 @@ export interface HookSettings {
   timeout: string;
   /** The check's command line, program first, all paths absolute. */
   command: string[];
-  /** Environment given to the check (`DENO_DIR` when the installer had one). */
+  /**
+   * Environment given to the check: `DENO_DIR` (the installer's, or one in the state directory),
+   * so that the check's code cache is not found through whatever `HOME` libvirt passes.
+   */
   env: Record<string, string>;
   /** The state directory the check reads allowances from and records refusals in. */
   stateDir: string;
@@ -63,6 +66,14 @@ export interface HookSettings {
 }
 
 const SETTINGS_PREFIX = "# passthrough-hook: ";
+
+/**
+ * The revision of the script {@link renderHookScript} writes, on a line of its own (a hook
+ * without one is revision 1): a hook whose text differs from what this version writes for its
+ * settings was written by an older passthrough when its revision is lower, else changed by hand.
+ */
+export const HOOK_FORMAT = 2;
+const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
  * The hook script. Exit codes: 0 lets the start go on; 1 stops it (a refusal, a deadline, a
@@ -91,6 +102,7 @@ export function renderHookScript(settings: HookSettings): string {
 # Written by "passthrough hook install"; "passthrough hook remove" deletes it.
 # Only "prepare begin" runs the check; every other operation exits 0 at once.
 ${SETTINGS_PREFIX}${JSON.stringify(settings)}
+# passthrough-hook-format: ${HOOK_FORMAT}
 [ "$2" = prepare ] && [ "$3" = begin ] || exit 0
 ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
   ${command} -- "$1" "$2" "$3" "$4" >/dev/null
@@ -176,9 +188,9 @@ const CHECK_V8_FLAGS = "--v8-flags=--no-lazy,--no-sparkplug";
  * checkout's `main.ts` or `hook/hook_check.js` beside a bundle (`deno task bundle` and
  * `scripts/bundle_bin.sh` write both: the check in chunks, so the state code loads only when a
  * start needs it), its code compiled eagerly, so that the code cache holds all of it; else of the
- * CLI itself with `hook run`. From a checkout with its `deno.json` (the state code's npm package
- * is named there), a bundle with `--no-config` (it holds everything: no import map, lock file
- * or npm resolution to read at each start). Always without network or remote modules
+ * CLI itself with `hook run`. From a checkout with its `deno.json` (its compiler options and
+ * lock file), a bundle with `--no-config` (it holds everything: no import map, lock file or npm
+ * resolution to read at each start). Always without network or remote modules
  * (`--cached-only`) and with {@link checkPermissions}; or the compiled binary itself. The check
  * never spawns a program (the security test scans the sources for that).
  */
@@ -197,7 +209,7 @@ export function checkCommand(
     ? join(dirname(main), "cli", "hook_check.ts")
     : join(dirname(main), "hook", "hook_check.js");
   const [entry, args] = exists(lean) ? [lean, tail] : [main, ["hook", "run", ...tail]];
-  // A checkout names npm packages through its deno.json; a bundle holds them.
+  // A checkout's modules are read under its deno.json; a bundle holds everything.
   const config = join(dirname(main), "deno.json");
   const useConfig = checkout && exists(config);
   return [
@@ -513,6 +525,8 @@ export interface HookInspection {
    * line: `false` when anything in it was changed by hand (an `exit 0` would turn it off).
    */
   intact: boolean;
+  /** The script's revision ({@link HOOK_FORMAT}; 1 when it names none, 0 when absent). */
+  format: number;
   /** Why another user than root could change what it runs ({@link unsafeHookPaths}). */
   unsafe: string[];
   /**
@@ -582,6 +596,24 @@ export function installCommand(
 }
 
 /**
+ * Why a hook is not what `hook install` writes for its settings, when it is not
+ * ({@link HookInspection.intact}): written by an older passthrough (a lower
+ * {@link HOOK_FORMAT}), or changed since it was written.
+ */
+export function notIntactReason(inspection: Pick<HookInspection, "format">): {
+  older: boolean;
+  reason: string;
+} {
+  return inspection.format < HOOK_FORMAT
+    ? {
+      older: true,
+      reason:
+        `written by an older passthrough (hook format ${inspection.format}, this one writes ${HOOK_FORMAT})`,
+    }
+    : { older: false, reason: "changed since it was written" };
+}
+
+/**
  * Reads the installed hook, if any, without running it.
  *
  * @example
@@ -611,6 +643,7 @@ export function inspectHook(
         programs: [],
         modified: null,
         intact: false,
+        format: 0,
         unsafe: [],
         leftovers,
       };
@@ -620,11 +653,13 @@ export function inspectHook(
   const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
   let settings: HookSettings | null = null;
   let intact = false;
+  let format = 1;
   try {
     if (info.isFile && info.size <= MAX_HOOK_BYTES) {
       const text = readHookFile(path);
       settings = parseHookSettings(text);
       intact = settings !== null && text === renderHookScript(settings);
+      format = Number(FORMAT_LINE.exec(text)?.[1] ?? 1);
     }
   } catch (error) {
     // A link or a file swapped in meanwhile: present, and not one passthrough wrote.
@@ -640,6 +675,7 @@ export function inspectHook(
     programs,
     modified: info.mtime === null ? null : info.mtime.getTime() / 1000,
     intact,
+    format,
     unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
     leftovers,
   };

@@ -13,7 +13,7 @@
 
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
-import { type HookInspection, installCommand } from "../guard/hook_file.ts";
+import { type HookInspection, installCommand, notIntactReason } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
@@ -640,9 +640,10 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
     });
   }
   if (!inspection.intact) {
+    const { older, reason } = notIntactReason(inspection);
     notes.push({
-      status: "fail",
-      note: "it was changed since it was written, and may not check what it should",
+      status: older ? "warn" : "fail",
+      note: `it was ${reason}, and may not check what it should`,
       hint: install,
     });
   }

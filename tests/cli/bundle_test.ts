@@ -97,8 +97,9 @@ Deno.test("deno bundle output runs like the sources from a directory of its own"
 Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print what the sources print", async () => {
   const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-bin-" });
   try {
+    // DEST with a trailing slash, as a shell completes it.
     const built = await new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
-      args: [`${work}/bin`],
+      args: [`${work}/bin/`],
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -131,6 +132,15 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
     }).output();
     assertEquals(failed.code, 1);
     assertEquals(await Deno.readTextFile(`${work}/bin/hook/hook_check.js`), check);
+    // What it was built from, by content, for setup.sh to compare with the sources it has.
+    const digest = await new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
+      args: ["--sources-digest"],
+    }).output();
+    assertEquals(
+      await Deno.readTextFile(`${work}/bin/.sources`),
+      new TextDecoder().decode(digest.stdout),
+    );
+    assertMatch(await Deno.readTextFile(`${work}/bin/.sources`), /^[0-9a-f]{64}\n$/);
     assertEquals([...Deno.readDirSync(work)].map((e) => e.name), ["bin"]);
     const main = `${work}/bin/main.js`;
     const tree = `${work}/tree`;

@@ -120,6 +120,13 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertEquals(JSON.parse(edited.stdout).problems, [
       "changed since it was written: not what 'hook install' writes",
     ]);
+    // One written by an older passthrough (a script without this one's format line) says so,
+    // rather than that it was changed by hand.
+    Deno.writeTextFileSync(report.path, text.replace(/^# passthrough-hook-format: \d+\n/m, ""));
+    const older = await runCli(["hook", "status", ...common, "--json"]);
+    assertEquals(JSON.parse(older.stdout).problems, [
+      "written by an older passthrough (hook format 1, this one writes 2)",
+    ]);
 
     const removed = await runCli(["hook", "remove", ...common]);
     assertEquals([removed.code, removed.stdout], [0, `Removed the start guard: ${report.path}\n`]);
@@ -636,6 +643,12 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     assertEquals(allowed.code, 0, allowed.stderr);
     assertMatch(allowed.stderr, /starting "v+" once despite this \(passthrough guard allow\)/);
     assertEquals([...Deno.readDirSync(`${dir}/state/guard/allow`)], []);
+    // Deno's cache is the one the hook names, in its private state directory: nothing in the
+    // HOME libvirt passes (which may be another user's) is read or written.
+    assertMatch(Deno.readTextFileSync(hook), new RegExp(`DENO_DIR='${dir}/state/deno' `));
+    assertEquals([...Deno.readDirSync(home.HOME)], []);
+    assertOk([...Deno.readDirSync(`${dir}/state/deno`)].length > 0);
+    assertEquals(Deno.statSync(`${dir}/state/deno`).mode! & 0o777, 0o700);
     // A start refused for what the check could not read: guard allow says it will not help.
     const damaged = MOVED.replace('address="0000:0b:00.0"', 'address="not-an-address"');
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code, 1);

@@ -9,7 +9,10 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
-async function setup(denoVersion: string): Promise<{ code: number; stderr: string }> {
+async function setup(
+  denoVersion: string,
+  installed?: string,
+): Promise<{ code: number; stderr: string }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-setup-" });
   try {
     await Deno.mkdir(`${dir}/scripts`);
@@ -25,6 +28,16 @@ async function setup(denoVersion: string): Promise<{ code: number; stderr: strin
       await Deno.chmod(`${dir}/bin/${name}`, 0o755);
     };
     await stub("deno", `echo "deno ${denoVersion} (stable, release, x86_64-unknown-linux-gnu)"`);
+    if (installed !== undefined) {
+      // What an earlier run installed under tools/deno.
+      const bin = `${dir}/tools/deno/node_modules/.bin`;
+      await Deno.mkdir(bin, { recursive: true });
+      await Deno.writeTextFile(
+        `${bin}/deno`,
+        `#!/bin/sh\necho "deno ${installed} (stable, release, x86_64-unknown-linux-gnu)"\n`,
+      );
+      await Deno.chmod(`${bin}/deno`, 0o755);
+    }
     await stub("npm", `echo "npm called: $*" >&2`);
     await stub("dpkg-query", `printf 'install ok installed'`);
     const output = await new Deno.Command("bash", {
@@ -85,4 +98,15 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("setup.sh installs the pinned Deno again when the pin moved past the one installed", async () => {
+  const lock = JSON.parse(await Deno.readTextFile(`${ROOT}tools/deno/package-lock.json`));
+  const pinned: string = lock.packages["node_modules/deno"].version;
+  const current = await setup("1.46.3", pinned);
+  assertEquals(current.code, 0, current.stderr);
+  assertOk(!current.stderr.includes("npm called"), current.stderr);
+  const older = await setup("1.46.3", "2.0.0");
+  assertEquals(older.code, 0, older.stderr);
+  assertMatch(older.stderr, /npm called: ci --prefix tools\/deno/);
 });

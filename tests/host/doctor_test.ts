@@ -348,6 +348,21 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     },
   });
   assertEquals(edited.status, "fail");
+  // Written by an older passthrough (no format line): a warning that says so, not tampering.
+  const older = await hookFinding({}, {
+    change: (dir) => {
+      const path = `${dir}/50-passthrough-guard`;
+      Deno.writeTextFileSync(
+        path,
+        Deno.readTextFileSync(path).replace(/^# passthrough-hook-format: \d+\n/m, ""),
+      );
+    },
+  });
+  assertEquals(older.status, "warn");
+  assertMatch(
+    older.summary,
+    /it was written by an older passthrough \(hook format 1, this one writes 2\)/,
+  );
   // The command that writes this hook again: its directory and its state directory, not the
   // defaults (a bare "hook install" would write another hook, reading another state).
   assertMatch(edited.hint!, INSTALL_HERE);
