@@ -96,6 +96,7 @@ export function renderHookScript(settings: HookSettings): string {
   const deadline = String(settings.deadline);
   // libvirt runs hooks only from its own directory: the command leaves --hooks-dir out.
   const reinstall = shellQuote(installCommand({ path: "", settings }, { hooksDir: false }));
+  const files = hookCode(settings).files.map(shellQuote).join(" ");
   return `#!/bin/sh
 # passthrough start guard: refuses to start a VM when a passed-through PCI address now holds
 # another device than the one recorded, nothing, or a device the host needs.
@@ -110,6 +111,12 @@ status=$?
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: control characters (a terminal's escapes) are not printed.
 case $1 in *[[:cntrl:]]*) set -- "(a name with control characters)" ;; esac
+for file in ${files}; do
+  if [ ! -e "$file" ]; then
+    printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again), then see "passthrough hook status"\\n' "$1" "$file" >&2
+    exit 1
+  fi
+done
 case $status in
   124)
     printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2

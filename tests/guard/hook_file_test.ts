@@ -138,22 +138,35 @@ Deno.test({
       const refuse = installHook(`${dir}/a`, renderHookScript(settings([standIn(dir, 1)])));
       assertEquals((await runScript(refuse.path, ["vm", "prepare", "begin", "-"])).code, 1);
 
-      // A state directory of its own: the reinstall it names keeps it (quoted for sh).
-      const missing = installHook(
-        `${dir}/b`,
-        renderHookScript({ ...settings([`${dir}/gone`]), stateDir: `${dir}/state` }),
-      );
+      // The program it runs is gone (a clone moved or cleaned): the line names it and the fix.
+      const missing = installHook(`${dir}/b`, renderHookScript(settings([`${dir}/gone`])));
       const gone = await runScript(missing.path, ["vm", "prepare", "begin", "-"]);
       assertEquals([gone.code, gone.stdout], [1, ""]);
       assertOk(
-        gone.stderr.includes(
-          '\npassthrough guard: refusing to start "vm": cannot run the check (exit 127); ' +
-            `reinstall with "passthrough hook install --state-dir ${shellQuote(`${dir}/state`)}"\n`,
+        gone.stderr.endsWith(
+          `\npassthrough guard: refusing to start "vm": ${dir}/gone is missing (the check cannot ` +
+            `run): restore it (scripts/setup.sh in passthrough's clone, or the Ansible playbook ` +
+            `again), then see "passthrough hook status"\n`,
         ),
         gone.stderr,
       );
       // coreutils' own line first says which program is missing.
       assertMatch(gone.stderr, /^\S*timeout: failed to run command '.*\/gone'/);
+      // There but not runnable: the reinstall it names keeps its own state directory (quoted).
+      Deno.writeTextFileSync(`${dir}/not-runnable`, "");
+      const stuck = installHook(
+        `${dir}/b2`,
+        renderHookScript({ ...settings([`${dir}/not-runnable`]), stateDir: `${dir}/state` }),
+      );
+      const denied = await runScript(stuck.path, ["vm", "prepare", "begin", "-"]);
+      assertEquals([denied.code, denied.stdout], [1, ""]);
+      assertOk(
+        denied.stderr.includes(
+          '\npassthrough guard: refusing to start "vm": cannot run the check (exit 126); ' +
+            `reinstall with "passthrough hook install --state-dir ${shellQuote(`${dir}/state`)}"\n`,
+        ),
+        denied.stderr,
+      );
 
       const slow = installHook(
         `${dir}/c`,
@@ -195,11 +208,11 @@ Deno.test({
       const escape = await runScript(missing.path, ["a\x1b[2Jb", "prepare", "begin", "-"]);
       assertMatch(
         escape.stderr,
-        /\npassthrough guard: refusing to start "\(a name with control characters\)": cannot run/,
+        /\npassthrough guard: refusing to start "\(a name with control characters\)": .* is missing/,
       );
       assertEquals(escape.stderr.includes("\x1b"), false);
       const accented = await runScript(missing.path, ["données", "prepare", "begin", "-"]);
-      assertMatch(accented.stderr, /refusing to start "données": cannot run/);
+      assertMatch(accented.stderr, /refusing to start "données": .* is missing/);
     });
   },
 });
