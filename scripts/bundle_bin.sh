@@ -49,6 +49,17 @@ unanalyzable_imports() {
 unanalyzable_imports "$out"/*.js
 unanalyzable_imports "$out"/hook/*.js
 sources_digest >"$out/.sources"
+# A process of the previous build still running (a VM start's check, a command) imports its
+# chunks by name after its entry loaded, from DEST: the previous build's own chunks (listed in
+# its .chunks) are kept beside the new ones for one build. Entries (main.js, hook_check.js) are
+# the new build's; chunk names carry a hash of their content.
+(cd "$out" && find . -name '*-*.js' -type f | LC_ALL=C sort) >"$out/.chunks"
+if [ -f "$dest/.chunks" ]; then
+  while IFS= read -r chunk; do
+    case $chunk in ./*-*.js) ;; *) continue ;; esac
+    if [ -f "$dest/$chunk" ] && [ ! -e "$out/$chunk" ]; then cp -p "$dest/$chunk" "$out/$chunk"; fi
+  done <"$dest/.chunks"
+fi
 # Two renames: DEST is missing only between them, not for the length of a build.
 if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi
 if ! mv -T "$out" "$dest"; then

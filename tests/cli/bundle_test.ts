@@ -1,7 +1,7 @@
 // The one-file `deno bundle` output, copied alone to a directory outside the checkout, runs the
 // same commands as the sources with the documented permission flags and prints the same bytes.
 // Also: the command table names each command once.
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { bundleAsTask, documentedFlags, runCli, wrapperV8Flags } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { COMMANDS } from "../../cli/commands.ts";
@@ -141,6 +141,20 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
       new TextDecoder().decode(digest.stdout),
     );
     assertMatch(await Deno.readTextFile(`${work}/bin/.sources`), /^[0-9a-f]{64}\n$/);
+    // A chunk of the previous build stays one build longer, for its processes still running
+    // (a VM start's check imports its state chunk after the rebuild swapped the directory).
+    const rebuild = () =>
+      new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
+        args: [`${work}/bin`],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+    await Deno.writeTextFile(`${work}/bin/hook/state-PREVIOUS.js`, "export {};\n");
+    await Deno.writeTextFile(`${work}/bin/.chunks`, "./hook/state-PREVIOUS.js\n", { append: true });
+    assertEquals((await rebuild()).code, 0);
+    assertEquals(Deno.statSync(`${work}/bin/hook/state-PREVIOUS.js`).isFile, true);
+    assertEquals((await rebuild()).code, 0);
+    assertThrows(() => Deno.statSync(`${work}/bin/hook/state-PREVIOUS.js`), Deno.errors.NotFound);
     assertEquals([...Deno.readDirSync(work)].map((e) => e.name), ["bin"]);
     const main = `${work}/bin/main.js`;
     const tree = `${work}/tree`;
