@@ -13,7 +13,7 @@ import { VERSION } from "./version.ts";
 import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
-import { join, resolve } from "../lib/state/paths.ts";
+import { dirname, join, resolve } from "../lib/state/paths.ts";
 import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
 import {
@@ -216,9 +216,30 @@ function hookProblems(inspection: HookInspection, expected: string | null): stri
   }
   if (expected !== null && problems.length === 0) {
     const current = Deno.readTextFileSync(inspection.path);
-    if (current !== expected) problems.push("not what 'hook install' writes from here now");
+    const stale = staleBundle(inspection.settings);
+    if (current !== expected) {
+      problems.push(
+        stale === null
+          ? "not what 'hook install' writes from here now"
+          : `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
+            `(bin/passthrough runs the sources meanwhile): build it again with ${stale.setup}`,
+      );
+    }
   }
   return problems;
+}
+
+/**
+ * The bundle of this checkout that the hook runs, when this process runs the checkout's sources
+ * instead (`bin/passthrough` does while a source is newer than the bundle, after an update
+ * without `setup.sh`): the fix is building it again, not a hook that runs the sources.
+ */
+function staleBundle(settings: HookSettings): { bundle: string; setup: string } | null {
+  if (!Deno.mainModule.startsWith("file:") || !Deno.mainModule.endsWith("/main.ts")) return null;
+  const root = dirname(decodeURIComponent(new URL(Deno.mainModule).pathname));
+  const bundle = join(root, "dist", "bin");
+  const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
+  return runsIt ? { bundle, setup: join(root, "scripts", "setup.sh") } : null;
 }
 
 function status({ values }: HookLine<"status">, io: CliIo): number {
@@ -233,7 +254,12 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
     }
   }
   const problems = hookProblems(inspection, expected);
-  const fix = problems.length === 0 ? null : installCommand(inspection);
+  const stale = s === null ? null : staleBundle(s);
+  const fix = problems.length === 0
+    ? null
+    : stale !== null && problems.some((p) => p.includes(stale.setup))
+    ? stale.setup
+    : installCommand(inspection);
   const policies = s === null ? null : readPolicyFile(s.stateDir);
   if (values.json) {
     const policy = policies === null

@@ -10,7 +10,14 @@ import {
   loadFixtureHost,
   tempHostTree,
 } from "../helpers/hosts.ts";
-import { checkPermissions, HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
+import {
+  checkCommand,
+  checkPermissions,
+  findTimeout,
+  HOOK_FILE_NAME,
+  installHook,
+  renderHookScript,
+} from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
@@ -689,6 +696,42 @@ Deno.test("hook install says which guard policies the hook obeys, and when they 
           `records the config's current ones\\)\\n`,
       ),
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook status after an update without setup.sh: the hook's bundle is older than the sources, and setup.sh is the fix", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-stale-" });
+  try {
+    // What `hook install` run from this checkout's bundle writes; the sources (this process's
+    // runCli) are newer, as after a git pull.
+    const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+    const settings = {
+      version: "0.1.0",
+      deadline: 10,
+      timeout: findTimeout() ?? "/usr/bin/timeout",
+      command: checkCommand(
+        {
+          execPath: Deno.execPath(),
+          mainModule: `file://${root}/dist/bin/main.js`,
+          standalone: false,
+        },
+        { stateDir: `${dir}/state`, sysfs: "/sys" },
+      ),
+      env: { DENO_DIR: `${dir}/state/deno` },
+      stateDir: `${dir}/state`,
+      sysfs: "/sys",
+    };
+    installHook(`${dir}/qemu.d`, renderHookScript(settings));
+    const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
+    assertEquals(status.code, 1, status.stdout);
+    const report = JSON.parse(status.stdout);
+    assertEquals(report.problems, [
+      `it runs the bundle in ${root}/dist/bin, which is older than the sources beside it ` +
+      `(bin/passthrough runs the sources meanwhile): build it again with ${root}/scripts/setup.sh`,
+    ]);
+    assertEquals(report.fix, `${root}/scripts/setup.sh`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
