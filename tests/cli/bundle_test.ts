@@ -2,6 +2,7 @@
 // same commands as the sources with the documented permission flags and prints the same bytes.
 // Also: the command table names each command once.
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 import { bundleAsTask, documentedFlags, runCli, wrapperV8Flags } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { COMMANDS } from "../../cli/commands.ts";
@@ -156,6 +157,13 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
     assertEquals((await rebuild()).code, 0);
     assertThrows(() => Deno.statSync(`${work}/bin/hook/state-PREVIOUS.js`), Deno.errors.NotFound);
     assertEquals([...Deno.readDirSync(work)].map((e) => e.name), ["bin"]);
+    recordCase({
+      area: "fault",
+      name: "the bundle's rebuild fails (setup.sh) while a start guard runs its check",
+      count: 1,
+      outcome: "the previous bundle stays whole in place; the hook keeps running it",
+      test: "tests/cli/bundle_test.ts",
+    });
     const main = `${work}/bin/main.js`;
     const tree = `${work}/tree`;
     buildHostTree(loadHostDescription(new URL("host.json", DEMO)), tree);

@@ -152,6 +152,13 @@ Deno.test({
       );
       // coreutils' own line first says which program is missing.
       assertMatch(gone.stderr, /^\S*timeout: failed to run command '.*\/gone'/);
+      recordCase({
+        area: "fault",
+        name: "the program or check file the hook runs is gone (clone moved, cleaned, rebuilt)",
+        count: 1,
+        outcome: "start refused with a line naming the file and how to restore it",
+        test: "tests/guard/hook_file_test.ts",
+      });
       // There but not runnable: the reinstall it names keeps its own state directory (quoted).
       Deno.writeTextFileSync(`${dir}/not-runnable`, "");
       const stuck = installHook(

@@ -243,6 +243,13 @@ Deno.test("policy: an allowance written while a start takes the old one stays fo
     assertEquals(takeAllowance(state, "win11"), "allowed");
     assertEquals(takeAllowance(state, "win11"), "none");
     assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
+    recordCase({
+      area: "concurrency",
+      name: "guard allow writes a new allowance while a start takes the old one",
+      count: 1,
+      outcome: "the start takes the old one; the new one stays for the next start",
+      test: "tests/guard/policy_test.ts",
+    });
   } finally {
     Deno.openSync = open;
     Deno.removeSync(state, { recursive: true });
