@@ -22,7 +22,6 @@ import { checkConnectUri } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { installedHookSettings } from "../lib/guard/hook_file.ts";
-import type { PlanIssue } from "../lib/plan/types.ts";
 import { summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
@@ -239,20 +238,6 @@ export async function computePlan(
   }
 }
 
-/** The issue for the start guard's last recorded refusal of a VM's start. */
-function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
-  const what = record.allowed ? "let it start once despite" : "refused it";
-  const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
-  return {
-    code: "guard-refused",
-    message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
-      record.refusals.map((r) => r.reason).join("; ")
-    }`,
-    vm: record.vm,
-    ...(devices.length > 0 ? { devices } : {}),
-  };
-}
-
 /**
  * Shows, first among each planned VM's warnings, what the start guard last refused for it
  * (recorded in the state directory's guard/refused). An unreadable directory is skipped: the
@@ -265,7 +250,7 @@ async function addGuardRefusals(plan: Plan, stateDir: string): Promise<void> {
   } catch {
     return;
   }
-  const { readRefusalRecords } = await import("../lib/guard/state.ts");
+  const { guardRefusalIssue, readRefusalRecords } = await import("../lib/guard/state.ts");
   let records: GuardRefusalRecord[];
   try {
     records = readRefusalRecords(stateDir);

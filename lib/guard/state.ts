@@ -20,6 +20,7 @@ import {
 } from "../state/state_dir.ts";
 import { encodeVmName } from "../state/backups.ts";
 import type { GuardRefusal } from "./check.ts";
+import type { PlanIssue } from "../plan/types.ts";
 import {
   type ActivePolicy,
   ENFORCE,
@@ -402,4 +403,18 @@ export function readReloadRecords(stateDir: string): ReloadRecord[] {
   } catch {
     return [];
   }
+}
+
+/** The `plan` warning for the start guard's last recorded refusal of a VM's start. */
+export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
+  const what = record.allowed ? "let it start once despite" : "refused it";
+  const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
+  return {
+    code: "guard-refused",
+    message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
+      record.refusals.map((r) => r.reason).join("; ")
+    }`,
+    vm: record.vm,
+    ...(devices.length > 0 ? { devices } : {}),
+  };
 }
