@@ -581,9 +581,7 @@ function preflightFindings(host: HostTopology, facts: HostFacts): DoctorFinding[
 const SEVERITY: Record<DoctorStatus, number> = { ok: 0, warn: 1, fail: 2 };
 
 /** Whether each running daemon has seen the hook: started after it, or reloaded since. */
-function daemonNotes(
-  facts: HookDoctorFacts,
-): { status: DoctorStatus; note: string; hint?: string }[] {
+function daemonNotes(facts: HookDoctorFacts): HookNote[] {
   const written = facts.inspection.modified ?? Infinity;
   if (facts.daemons.length === 0) {
     return [{
@@ -607,9 +605,15 @@ function daemonNotes(
   });
 }
 
+/** One observation of the `hook` finding, with its severity and what fixes it. */
+interface HookNote {
+  status: DoctorStatus;
+  note: string;
+  hint?: string;
+}
+
 function checkHook(facts: HookDoctorFacts): DoctorFinding {
-  const { inspection, version } = facts;
-  const settings = inspection.settings;
+  const { inspection } = facts;
   const install = installCommand(inspection);
   if (inspection.leftovers.length > 0) {
     return {
@@ -621,7 +625,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       hint: `${install} (it removes them)`,
     };
   }
-  if (!inspection.present || settings === null) {
+  if (!inspection.present || inspection.settings === null) {
     return {
       check: "hook",
       status: "warn",
@@ -631,7 +635,26 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       hint: install,
     };
   }
-  const notes: { status: DoctorStatus; note: string; hint?: string }[] = [];
+  const notes = [
+    ...hookFileNotes(inspection, facts.version, install),
+    ...loaderNotes(facts),
+  ];
+  const status = notes.reduce<DoctorStatus>(
+    (worst, n) => SEVERITY[n.status] > SEVERITY[worst] ? n.status : worst,
+    "ok",
+  );
+  const hints = [...new Set(notes.flatMap((n) => n.hint === undefined ? [] : [n.hint]))];
+  return {
+    check: "hook",
+    status,
+    summary: `Start guard ${inspection.path}: ${notes.map((n) => n.note).join("; ")}`,
+    hint: hints.length === 0 ? null : hints.join("; "),
+  };
+}
+
+/** What is wrong with the hook file itself (runnable, as written, safe, its programs there). */
+function hookFileNotes(inspection: HookInspection, version: string, install: string): HookNote[] {
+  const notes: HookNote[] = [];
   if (!inspection.executable) {
     notes.push({
       status: "fail",
@@ -661,28 +684,31 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       hint: `${install} (from where passthrough is now)`,
     });
   }
-  if (settings.version !== version) {
+  const written = inspection.settings?.version;
+  if (written !== undefined && written !== version) {
     notes.push({
       status: "warn",
-      note: `written by passthrough ${settings.version}, this is ${version}`,
+      note: `written by passthrough ${written}, this is ${version}`,
       hint: install,
     });
   }
-  if (notes.length === 0) {
-    notes.push({ status: "ok", note: `installed by this version (${version})` });
-  }
-  if (facts.readByLibvirt) notes.push(...daemonNotes(facts));
-  else {
-    notes.push({
-      status: "warn",
-      note: `libvirt's system daemon does not run hooks from ${
-        dirname(inspection.path)
-      }, so it guards no start there`,
-      hint: `${
-        installCommand(inspection, { hooksDir: false })
-      } (its default --hooks-dir is the one libvirt reads)`,
-    });
-  }
+  return notes.length > 0
+    ? notes
+    : [{ status: "ok", note: `installed by this version (${version})` }];
+}
+
+/** Whether libvirt runs the hook: its directory, the running daemons, SELinux's label. */
+function loaderNotes(facts: HookDoctorFacts): HookNote[] {
+  const { inspection } = facts;
+  const notes: HookNote[] = facts.readByLibvirt ? daemonNotes(facts) : [{
+    status: "warn",
+    note: `libvirt's system daemon does not run hooks from ${
+      dirname(inspection.path)
+    }, so it guards no start there`,
+    hint: `${
+      installCommand(inspection, { hooksDir: false })
+    } (its default --hooks-dir is the one libvirt reads)`,
+  }];
   if (facts.selinux !== null) {
     const type = facts.selinux.label?.split(":")[2] ?? null;
     notes.push(
@@ -694,17 +720,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       },
     );
   }
-  const status = notes.reduce<DoctorStatus>(
-    (worst, n) => SEVERITY[n.status] > SEVERITY[worst] ? n.status : worst,
-    "ok",
-  );
-  const hints = [...new Set(notes.flatMap((n) => n.hint === undefined ? [] : [n.hint]))];
-  return {
-    check: "hook",
-    status,
-    summary: `Start guard ${inspection.path}: ${notes.map((n) => n.note).join("; ")}`,
-    hint: hints.length === 0 ? null : hints.join("; "),
-  };
+  return notes;
 }
 
 /**
