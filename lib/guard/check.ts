@@ -269,28 +269,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const { vm } = input;
   const facts = readDomain(input.xml);
   const pools = readPools(facts.used.networks, input.networkStatus);
-  const refusals: GuardRefusal[] = [
-    ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
-    ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
-  ];
-  const found = facts.passed.map((p) => {
-    const recorded = facts.records.find((r) => r.address === p.address) ?? null;
-    // By address alone: a VF record is checked whichever element names its address.
-    const vf = facts.vfRecords.find((r) => r.address === p.address);
-    return {
-      ...p,
-      // Identity only: a VF's PF link where an interface may be one, the configuration space
-      // only for a recorded serial number, and no IOMMU group, NUMA node or module list, which
-      // the check does not use (every read costs at every start).
-      device: readDeviceAt(input.reader, input.root, p.address, {
-        details: false,
-        physfn: p.element === "interface" || vf !== undefined,
-        configSpace: recorded !== null && recorded.serial !== null,
-      }),
-      recorded,
-      vf,
-    };
-  });
+  const found = readPassed(input, facts);
   const pooled = pools.pooled.map((p) => ({
     ...p,
     device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
@@ -311,58 +290,109 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // The host's first use of a device is the one its refusal names (`hostCriticalReason`).
   const busy = (address: PciAddress) =>
     hostUse?.find((u) => u.address === address)?.reason === "gpu-in-use";
-  for (const { address, element, device, recorded, vf } of found) {
-    const hostNeeds = hostNeedsOf(device);
-    const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
-    const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
-    if (device !== null && !replaced && hostNeeds === null && vfWrong === null) continue;
-    const kind: GuardRefusalKind = device === null
-      ? "missing"
-      : replaced || vfWrong !== null
-      ? "replaced"
-      : busy(address)
-      ? "busy"
-      : "host-needs";
-    const refusal: GuardRefusal = {
-      vm,
-      kind,
-      address,
-      element,
-      now: device === null ? null : now(device),
-      // For a VF that is no longer the recorded one: its PF's recorded identity.
-      recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
-      hostNeeds,
-      reason: "",
-      fix: kind === "busy"
-        ? BUSY_FIX
-        : recorded === null && vfWrong === null
-        ? handAddedFix(vm)
-        : fixCommand(vm),
+  return [
+    ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
+    ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
+    ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
+    ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
+  ];
+}
+
+/** A device the domain names, with what is at its address now and what was recorded for it. */
+interface PassedDevice {
+  address: PciAddress;
+  element: GuardRefusal["element"];
+  device: PciDevice | null;
+  recorded: DeviceIdentity | null;
+  vf: VfIdentity | undefined;
+}
+
+/** Each device the domain passes, read from sysfs with its records. */
+function readPassed(input: GuardCheckInput, facts: ReturnType<typeof readDomain>): PassedDevice[] {
+  return facts.passed.map((p) => {
+    const recorded = facts.records.find((r) => r.address === p.address) ?? null;
+    // By address alone: a VF record is checked whichever element names its address.
+    const vf = facts.vfRecords.find((r) => r.address === p.address);
+    return {
+      ...p,
+      // Identity only: a VF's PF link where an interface may be one, the configuration space
+      // only for a recorded serial number, and no IOMMU group, NUMA node or module list, which
+      // the check does not use (every read costs at every start).
+      device: readDeviceAt(input.reader, input.root, p.address, {
+        details: false,
+        physfn: p.element === "interface" || vf !== undefined,
+        configSpace: recorded !== null && recorded.serial !== null,
+      }),
+      recorded,
+      vf,
     };
-    refusal.reason = vfWrong ?? describeRefusal(refusal);
-    refusals.push(refusal);
-  }
-  for (const { address, network, device } of pooled) {
-    const hostNeeds = hostNeedsOf(device);
-    // libvirt takes only VFs into a pool: anything else there means the buses moved under it.
-    const notVf = device !== null && device.physfn === null;
-    if (device !== null && !notVf && hostNeeds === null) continue;
-    const refusal: GuardRefusal = {
-      vm,
-      kind: device === null ? "missing" : notVf ? "replaced" : "host-needs",
-      address,
-      element: "network",
-      network,
-      now: device === null ? null : now(device),
-      recorded: null,
-      hostNeeds,
-      reason: "",
-      fix: networkFixCommand(network),
-    };
-    refusal.reason = describePoolRefusal(refusal);
-    refusals.push(refusal);
-  }
-  return refusals;
+  });
+}
+
+/** The refusal for one passed device, or none when it is what was recorded and the host's not. */
+function passedRefusal(
+  { address, element, device, recorded, vf }: PassedDevice,
+  context: {
+    input: GuardCheckInput;
+    hostNeeds: string | null;
+    busy: (address: PciAddress) => boolean;
+  },
+): GuardRefusal[] {
+  const { input, hostNeeds } = context;
+  const vm = input.vm;
+  const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
+  const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
+  if (device !== null && !replaced && hostNeeds === null && vfWrong === null) return [];
+  const kind: GuardRefusalKind = device === null
+    ? "missing"
+    : replaced || vfWrong !== null
+    ? "replaced"
+    : context.busy(address)
+    ? "busy"
+    : "host-needs";
+  const refusal: GuardRefusal = {
+    vm,
+    kind,
+    address,
+    element,
+    now: device === null ? null : now(device),
+    // For a VF that is no longer the recorded one: its PF's recorded identity.
+    recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
+    hostNeeds,
+    reason: "",
+    fix: kind === "busy"
+      ? BUSY_FIX
+      : recorded === null && vfWrong === null
+      ? handAddedFix(vm)
+      : fixCommand(vm),
+  };
+  refusal.reason = vfWrong ?? describeRefusal(refusal);
+  return [refusal];
+}
+
+/** The refusal for one entry of a hostdev network's pool, or none when it is a VF the host's not. */
+function pooledRefusal(
+  vm: string,
+  { address, network, device }: { address: PciAddress; network: string; device: PciDevice | null },
+  hostNeeds: string | null,
+): GuardRefusal[] {
+  // libvirt takes only VFs into a pool: anything else there means the buses moved under it.
+  const notVf = device !== null && device.physfn === null;
+  if (device !== null && !notVf && hostNeeds === null) return [];
+  const refusal: GuardRefusal = {
+    vm,
+    kind: device === null ? "missing" : notVf ? "replaced" : "host-needs",
+    address,
+    element: "network",
+    network,
+    now: device === null ? null : now(device),
+    recorded: null,
+    hostNeeds,
+    reason: "",
+    fix: networkFixCommand(network),
+  };
+  refusal.reason = describePoolRefusal(refusal);
+  return [refusal];
 }
 
 /**
