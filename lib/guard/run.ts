@@ -23,6 +23,7 @@ import {
   hostNeedsRemedy,
   POLICY_FILE,
   policyFor,
+  type VmGuardPolicy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
 
@@ -249,7 +250,42 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "passthrough hook status"`;
     return { code: 1, lines: [line], refusals: [] };
   }
-  const refusals = found.flatMap((refusal) => {
+  const refusals = policed(found, policy);
+  if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
+    return { code: 0, lines: [], refusals };
+  }
+  const { recordRefusals, takeAllowance } = await import("./state.ts");
+  // The policy file could not be read: said only when it matters, since everything enforced.
+  const lines: string[] = problem !== null && refusals.length > 0
+    ? [`passthrough guard: ${problem}`]
+    : [];
+  let allowance: AllowanceOutcome = "none";
+  try {
+    allowance = takeAllowance(options.stateDir, options.vm, options.now);
+  } catch (error) {
+    lines.push(
+      `passthrough guard: cannot use its allowance (it does not count): ${errorText(error)}`,
+    );
+  }
+  const { allowed, enforced } = verdict(refusals, allowance);
+  lines.push(...verdictLines(refusals, { allowed, allowance, vm: options.vm }));
+  try {
+    recordRefusals(options.stateDir, options.vm, refusals, {
+      allowed,
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
+  } catch (error) {
+    lines.push(`passthrough guard: cannot record the refusal: ${errorText(error)}`);
+  }
+  return { code: enforced && !allowed ? 1 : 0, lines, refusals };
+}
+
+/** What a start's allowance came to. */
+type AllowanceOutcome = "allowed" | "expired" | "none";
+
+/** The refusals `policy` keeps, each with the policy it is judged by. */
+function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): PolicedRefusal[] {
+  return found.flatMap((refusal) => {
     // What could not be read may be a device the host needs: no policy or allowance lifts it.
     if (refusal.kind === "unreadable") return [{ ...refusal, policy: "enforce" as const }];
     const rule = refusal.recorded?.rule ?? null;
@@ -261,38 +297,42 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     const needed = refusal.hostNeeds !== null;
     return [{ ...refusal, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
-  if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
-    return { code: 0, lines: [], refusals };
-  }
-  const { recordRefusals, takeAllowance } = await import("./state.ts");
-  // The policy file could not be read: said only when it matters, since everything enforced.
-  const lines: string[] = problem !== null && refusals.length > 0
-    ? [`passthrough guard: ${problem}`]
-    : [];
-  let allowance: "allowed" | "expired" | "none" = "none";
-  try {
-    allowance = takeAllowance(options.stateDir, options.vm, options.now);
-  } catch (error) {
-    lines.push(
-      `passthrough guard: cannot use its allowance (it does not count): ${errorText(error)}`,
-    );
-  }
+}
+
+/**
+ * Whether anything is enforced, and whether the allowance lets the start go on past it: past
+ * identities that changed, never past the host's needs, nor past what could not be read (which
+ * may be one).
+ */
+function verdict(
+  refusals: readonly PolicedRefusal[],
+  allowance: AllowanceOutcome,
+): { enforced: boolean; allowed: boolean } {
   const enforced = refusals.filter((r) => r.policy === "enforce");
-  // An allowance lets a start go on past identities that changed, never past the host's needs,
-  // nor past what could not be read (which may be one).
+  const blocking = enforced.some((r) => r.hostNeeds !== null || r.kind === "unreadable");
+  return {
+    enforced: enforced.length > 0,
+    allowed: enforced.length > 0 && allowance === "allowed" && !blocking,
+  };
+}
+
+/** The lines a start prints: each refusal, then why an allowance did not help. */
+function verdictLines(
+  refusals: readonly PolicedRefusal[],
+  { allowed, allowance, vm }: { allowed: boolean; allowance: AllowanceOutcome; vm: string },
+): string[] {
+  const lines = refusals.map((refusal) =>
+    formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" })
+  );
+  const enforced = refusals.filter((r) => r.policy === "enforce");
   const needed = enforced.filter((r) => r.hostNeeds !== null);
   const unread = enforced.filter((r) => r.kind === "unreadable");
-  const allowed = enforced.length > 0 && allowance === "allowed" && needed.length === 0 &&
-    unread.length === 0;
-  for (const refusal of refusals) {
-    lines.push(formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" }));
-  }
   if (allowance === "allowed" && (needed.length > 0 || unread.length > 0)) {
     lines.push(
-      `passthrough guard: "passthrough guard allow" does not let ${JSON.stringify(options.vm)} ${
+      `passthrough guard: "passthrough guard allow" does not let ${JSON.stringify(vm)} ${
         needed.length > 0
           ? `take a device the host needs (${
-            [...new Set(needed.map((r) => hostNeedsRemedy(r, options.vm)))].join("; ")
+            [...new Set(needed.map((r) => hostNeedsRemedy(r, vm)))].join("; ")
           })`
           : "start while the check cannot read what it needs (fix that first)"
       }; the allowance is used up`,
@@ -301,17 +341,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   if (enforced.length > 0 && allowance === "expired") {
     lines.push(
       `passthrough guard: an allowance for ${
-        JSON.stringify(options.vm)
+        JSON.stringify(vm)
       } had expired: run "passthrough guard allow" again to start it anyway`,
     );
   }
-  try {
-    recordRefusals(options.stateDir, options.vm, refusals, {
-      allowed,
-      ...(options.now === undefined ? {} : { now: options.now }),
-    });
-  } catch (error) {
-    lines.push(`passthrough guard: cannot record the refusal: ${errorText(error)}`);
-  }
-  return { code: enforced.length > 0 && !allowed ? 1 : 0, lines, refusals };
+  return lines;
 }
