@@ -316,15 +316,17 @@ export interface LenientPassedScan extends UsedDevices {
 export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
   const text = blankNonDevices(String(xml));
   const starts = [...text.matchAll(DEVICE_START)];
-  const found = new Map<PciAddress, PassedElement>();
-  const networks = new Set<string>();
-  const blockDisks = new Set<string>();
-  const usbDevices: UsbSource[] = [];
-  const scsiHosts = new Set<string>();
-  const mdevs = new Set<string>();
-  const netDevices = new Set<string>();
-  const networkDevices = new Map<string, NetworkDevice>();
-  let unresolved = 0;
+  const scan: PassedScanState = {
+    found: new Map(),
+    networks: new Set(),
+    blockDisks: new Set(),
+    usbDevices: [],
+    scsiHosts: new Set(),
+    mdevs: new Set(),
+    netDevices: new Set(),
+    networkDevices: new Map(),
+    unresolved: 0,
+  };
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
     // An element ends at its end tag or, when that is missing, where the next device starts.
@@ -334,78 +336,114 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
       // A start tag that does not even close: count it when it may be a PCI device.
       const stop = element.indexOf("<", 1);
       const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
-      if (name === "hostdev" || head.includes("hostdev") || head.includes("nvme")) unresolved++;
+      if (name === "hostdev" || head.includes("hostdev") || head.includes("nvme")) {
+        scan.unresolved++;
+      }
       return;
     }
     const { type, mode } = tag.attributes;
-    if (name === "disk") {
-      const inside = tag.selfClosing ? "" : elementContent(element.slice(tag.end), "disk");
-      for (const dev of sourceDevices(inside)) blockDisks.add(dev);
-      for (const address of nvmeSources(tag, inside)) {
-        if (address === null) unresolved++;
-        else if (address !== "not-pci" && !found.has(address)) found.set(address, "disk");
-      }
-      return;
-    }
     // An interface whose type cannot be read but that says hostdev is taken to be one.
     const hostdevInterface = type === "hostdev" ||
       (type === undefined && tag.raw.includes("hostdev"));
-    if (name === "interface" && !hostdevInterface) {
-      const source = (key: string) =>
-        tag.selfClosing ? null : interfaceSourceAttribute(element.slice(tag.end), key);
-      // A running guest's interface on a network shows the network and the device it gave: in
-      // its live XML as the interface's type and source, in its status as an <actual> element.
-      const network = source("network");
-      if (network !== null) networks.add(network);
-      const actual = network === null || tag.selfClosing
-        ? null
-        : actualDevice(element.slice(tag.end));
-      const netDevice = type === "direct"
-        ? source("dev")
-        : type === "bridge"
-        ? source("bridge")
-        : actual;
-      if (netDevice !== null && network === null) netDevices.add(netDevice);
-      if (netDevice !== null && network !== null) {
-        networkDevices.set(`${network}\n${netDevice}`, { network, device: netDevice });
-      }
-      return;
-    }
-    if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
-      const inside = mode === "capabilities" || tag.selfClosing
-        ? null
-        : elementContent(element.slice(tag.end), "hostdev");
-      const usb = type === "usb" && inside !== null ? usbSource(inside) : null;
-      if (usb !== null) usbDevices.push(usb);
-      const adapter = type === "scsi" && inside !== null ? scsiAdapter(inside) : null;
-      if (adapter !== null) scsiHosts.add(adapter);
-      const mdev = type === "mdev" && inside !== null ? mdevUuid(inside) : null;
-      if (mdev !== null) mdevs.add(mdev);
-      return;
-    }
-    if (tag.selfClosing) {
-      unresolved++;
-      return;
-    }
-    const content = element.slice(tag.end);
-    const close = findTag(content, name, 0, true);
-    const address = sourceAddress(content.slice(0, close === -1 ? content.length : close));
-    if (address === null) unresolved++;
-    else if (address !== "not-pci" && found.get(address) !== "hostdev") found.set(address, name);
+    if (name === "disk") scanDisk(tag, element, scan);
+    else if (name === "interface" && !hostdevInterface) scanNetInterface(tag, element, scan);
+    else if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
+      scanOtherHostdev(tag, element, scan);
+    } else scanPciSource(name, tag, element, scan);
   });
-  const devices = [...found].map(([address, element]) => ({ address, element }));
+  const devices = [...scan.found].map(([address, element]) => ({ address, element }));
   return {
     devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
-    unresolved,
-    networks: [...networks].sort(),
-    networkDevices: [...networkDevices.values()],
-    blockDisks: [...blockDisks].sort(),
-    usbDevices,
-    scsiHosts: [...scsiHosts].sort(),
-    mdevs: [...mdevs].sort(),
-    netDevices: [...netDevices].sort(),
+    unresolved: scan.unresolved,
+    networks: [...scan.networks].sort(),
+    networkDevices: [...scan.networkDevices.values()],
+    blockDisks: [...scan.blockDisks].sort(),
+    usbDevices: scan.usbDevices,
+    scsiHosts: [...scan.scsiHosts].sort(),
+    mdevs: [...scan.mdevs].sort(),
+    netDevices: [...scan.netDevices].sort(),
     charDevices: charDeviceSources(text, starts.map((s) => s.index)),
   };
+}
+
+/** What {@link scanPassedDevicesLeniently} has found so far. */
+interface PassedScanState {
+  found: Map<PciAddress, PassedElement>;
+  networks: Set<string>;
+  blockDisks: Set<string>;
+  usbDevices: UsbSource[];
+  scsiHosts: Set<string>;
+  mdevs: Set<string>;
+  netDevices: Set<string>;
+  networkDevices: Map<string, NetworkDevice>;
+  unresolved: number;
+}
+
+/** A `<disk>`: its block device, and the NVMe controllers of its source and backing chain. */
+function scanDisk(tag: LenientTag, element: string, scan: PassedScanState): void {
+  const inside = tag.selfClosing ? "" : elementContent(element.slice(tag.end), "disk");
+  for (const dev of sourceDevices(inside)) scan.blockDisks.add(dev);
+  for (const address of nvmeSources(tag, inside)) {
+    if (address === null) scan.unresolved++;
+    else if (address !== "not-pci" && !scan.found.has(address)) scan.found.set(address, "disk");
+  }
+}
+
+/**
+ * An `<interface>` other than a hostdev one: its network, and the host interface it stands on. A
+ * running guest's interface on a network shows the network and the device it gave: in its live
+ * XML as the interface's type and source, in its status as an `<actual>` element.
+ */
+function scanNetInterface(tag: LenientTag, element: string, scan: PassedScanState): void {
+  const { type } = tag.attributes;
+  const source = (key: string) =>
+    tag.selfClosing ? null : interfaceSourceAttribute(element.slice(tag.end), key);
+  const network = source("network");
+  if (network !== null) scan.networks.add(network);
+  const actual = network === null || tag.selfClosing ? null : actualDevice(element.slice(tag.end));
+  const netDevice = type === "direct"
+    ? source("dev")
+    : type === "bridge"
+    ? source("bridge")
+    : actual;
+  if (netDevice !== null && network === null) scan.netDevices.add(netDevice);
+  if (netDevice !== null && network !== null) {
+    scan.networkDevices.set(`${network}\n${netDevice}`, { network, device: netDevice });
+  }
+}
+
+/** A USB, SCSI or mediated hostdev (or a capabilities one): the host device it takes. */
+function scanOtherHostdev(tag: LenientTag, element: string, scan: PassedScanState): void {
+  const { type, mode } = tag.attributes;
+  const inside = mode === "capabilities" || tag.selfClosing
+    ? null
+    : elementContent(element.slice(tag.end), "hostdev");
+  const usb = type === "usb" && inside !== null ? usbSource(inside) : null;
+  if (usb !== null) scan.usbDevices.push(usb);
+  const adapter = type === "scsi" && inside !== null ? scsiAdapter(inside) : null;
+  if (adapter !== null) scan.scsiHosts.add(adapter);
+  const mdev = type === "mdev" && inside !== null ? mdevUuid(inside) : null;
+  if (mdev !== null) scan.mdevs.add(mdev);
+}
+
+/** A PCI hostdev or hostdev interface: its source address, or one more unresolved device. */
+function scanPciSource(
+  name: PassedElement,
+  tag: LenientTag,
+  element: string,
+  scan: PassedScanState,
+): void {
+  if (tag.selfClosing) {
+    scan.unresolved++;
+    return;
+  }
+  const content = element.slice(tag.end);
+  const close = findTag(content, name, 0, true);
+  const address = sourceAddress(content.slice(0, close === -1 ? content.length : close));
+  if (address === null) scan.unresolved++;
+  else if (address !== "not-pci" && scan.found.get(address) !== "hostdev") {
+    scan.found.set(address, name);
+  }
 }
 
 /** The start tag of an element whose source may be a host character device. */
