@@ -947,35 +947,9 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
-  let backup: BackupEntry;
-  try {
-    backup = writeBackup(options.state, {
-      vm: vm.name,
-      uuid: now.uuid,
-      xml: now.secure,
-      reason: "apply",
-      uri: libvirt.uri,
-      ...(options.now ? { now: options.now() } : {}),
-    });
-  } catch (error) {
-    return fail({
-      code: "backup-failed",
-      message: `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
-        errorText(error)
-      }`,
-    });
-  }
-  // An interface (a VF of a `vf:` rule) is added, removed and hot-plugged like a hostdev.
-  const nics = (from: ParsedDomain, but: ParsedDomain) =>
-    from.interfaces.filter((i) => !but.interfaces.some((o) => o.address === i.address));
-  const added: PendingLive["attach"] = [
-    ...minus(planned.current.hostdevs, planned.desired.hostdevs),
-    ...nics(planned.desired, planned.current),
-  ];
-  const removed: PendingLive["detach"] = [
-    ...minus(planned.desired.hostdevs, planned.current.hostdevs),
-    ...nics(planned.current, planned.desired),
-  ];
+  const backup = backupBefore(vm, now, options);
+  if (isFailure(backup)) return fail(backup);
+  const { added, removed } = hotplugChanges(planned);
   const base = result(vm, "changed", "applied", "");
   base.added = added.map((h) => h.address);
   base.removed = removed.map((h) => h.address);
@@ -989,7 +963,6 @@ function applyVm(
     base,
   });
   if (failed !== null) return { result: failed, live: null, previous: null };
-
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
   const previous = now.secure;
@@ -1010,5 +983,51 @@ function applyVm(
     result: running,
     live: { result: running, detach: removed, attach: added },
     previous,
+  };
+}
+
+/** The backup of the definition about to be replaced; a failure when it cannot be written. */
+function backupBefore(
+  vm: VmPlan,
+  now: Now,
+  options: ApplyOptions & { state: StateDir },
+): BackupEntry | Failure {
+  try {
+    return writeBackup(options.state, {
+      vm: vm.name,
+      uuid: now.uuid,
+      xml: now.secure,
+      reason: "apply",
+      uri: options.libvirt.uri,
+      ...(options.now ? { now: options.now() } : {}),
+    });
+  } catch (error) {
+    return {
+      code: "backup-failed",
+      message: `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
+        errorText(error)
+      }`,
+    };
+  }
+}
+
+/**
+ * What the plan adds to and removes from the definition, as a running guest would get it: an
+ * interface (a VF of a `vf:` rule) is added, removed and hot-plugged like a hostdev.
+ */
+function hotplugChanges(
+  planned: { current: ParsedDomain; desired: ParsedDomain },
+): { added: PendingLive["attach"]; removed: PendingLive["detach"] } {
+  const nics = (from: ParsedDomain, but: ParsedDomain) =>
+    from.interfaces.filter((i) => !but.interfaces.some((o) => o.address === i.address));
+  return {
+    added: [
+      ...minus(planned.current.hostdevs, planned.desired.hostdevs),
+      ...nics(planned.desired, planned.current),
+    ],
+    removed: [
+      ...minus(planned.desired.hostdevs, planned.current.hostdevs),
+      ...nics(planned.current, planned.desired),
+    ],
   };
 }
