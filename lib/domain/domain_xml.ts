@@ -299,6 +299,48 @@ function isOurElement(xml: string, span: XmlSpan): boolean {
 }
 
 function locate(xml: string): Located {
+  const root = parseRoot(xml);
+  const child = (name: string) => root.children.find((c) => c.name === name) ?? null;
+  const nameSpan = child("name");
+  const name = nameSpan ? textOf(xml, nameSpan).trim() : "";
+  if (name === "") throw errorAt(xml, root.start, `Domain has no "<name>"`);
+  const uuidSpan = child("uuid");
+  const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
+  const metadata = child("metadata");
+  const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
+  const devices = child("devices");
+  const found = locateDevices(xml, devices, {
+    owned: new Set(records.map((r) => r.address)),
+    ownedVfs: new Set(vfRecords.map((r) => r.address)),
+  });
+  const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
+    const dev = c.name === "boot" ? attribute(xml, c, "dev") : undefined;
+    return dev === undefined ? [] : [dev];
+  });
+  return {
+    root,
+    name,
+    uuid,
+    devices,
+    ...found,
+    scsiHosts: [...found.scsiHosts].sort(),
+    mdevs: [...found.mdevs].sort(),
+    charDevices: [...found.charDevices].sort(),
+    networks: [...found.networks].sort(),
+    bootDevices,
+    guestAddresses: guestAddresses(xml, devices),
+    machine: machineOf(xml, child("os")),
+    pciControllers: pciControllers(xml, devices),
+    pinning: pinningOf(xml, child),
+    metadata,
+    ours,
+    records,
+    vfRecords,
+  };
+}
+
+/** The document's root element, which must be `<domain>`. */
+function parseRoot(xml: string): XmlSpan {
   let root: XmlSpan;
   try {
     root = scanXml(xml);
@@ -311,106 +353,109 @@ function locate(xml: string): Located {
   if (root.name !== "domain") {
     throw errorAt(xml, root.start, `Expected a "<domain>" root element, found "<${root.name}>"`);
   }
-  const child = (name: string) => root.children.find((c) => c.name === name) ?? null;
-  const nameSpan = child("name");
-  const name = nameSpan ? textOf(xml, nameSpan).trim() : "";
-  if (name === "") throw errorAt(xml, root.start, `Domain has no "<name>"`);
-  const uuidSpan = child("uuid");
-  const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
+  return root;
+}
 
-  const metadata = child("metadata");
-  const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
-  const devices = child("devices");
-  const owned = new Set(records.map((r) => r.address));
-  const ownedVfs = new Set(vfRecords.map((r) => r.address));
-  const hostdevs: HostdevSite[] = [];
-  const interfaceHostdevs: PciAddress[] = [];
-  const nvmeDisks: PciAddress[] = [];
-  const blockDisks: string[] = [];
-  const usbDevices: UsbSource[] = [];
-  const scsiHosts = new Set<string>();
-  const mdevs = new Set<string>();
-  const netDevices: string[] = [];
-  const charDevices = new Set<string>();
-  const networks = new Set<string>();
-  const networkDevices: NetworkDevice[] = [];
-  const interfaces: InterfaceSite[] = [];
-  const macs: string[] = [];
+/** What the elements under `<devices>` take from the host, as {@link locateDevices} finds it. */
+interface LocatedDevices {
+  hostdevs: HostdevSite[];
+  interfaceHostdevs: PciAddress[];
+  nvmeDisks: PciAddress[];
+  blockDisks: string[];
+  usbDevices: UsbSource[];
+  scsiHosts: Set<string>;
+  mdevs: Set<string>;
+  netDevices: string[];
+  charDevices: Set<string>;
+  networks: Set<string>;
+  networkDevices: NetworkDevice[];
+  interfaces: InterfaceSite[];
+  macs: string[];
+}
+
+/** Each child of `<devices>`, by kind: interfaces, hostdevs, disks, character devices. */
+function locateDevices(
+  xml: string,
+  devices: XmlSpan | null,
+  ours: { owned: ReadonlySet<PciAddress>; ownedVfs: ReadonlySet<PciAddress> },
+): LocatedDevices {
+  const found: LocatedDevices = {
+    hostdevs: [],
+    interfaceHostdevs: [],
+    nvmeDisks: [],
+    blockDisks: [],
+    usbDevices: [],
+    scsiHosts: new Set(),
+    mdevs: new Set(),
+    netDevices: [],
+    charDevices: new Set(),
+    networks: new Set(),
+    networkDevices: [],
+    interfaces: [],
+    macs: [],
+  };
   for (const span of devices?.children ?? []) {
-    if (span.name === "interface") {
-      // Every interface's MAC, from its span; only a hostdev interface is read whole.
-      const macSpan = span.children.find((c) => c.name === "mac");
-      const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
-      if (mac !== undefined) macs.push(mac.trim().toLowerCase());
-      const type = attribute(xml, span, "type");
-      // A running guest's interface on a network shows the network and the device it gave.
-      const network = elementSource(xml, span, "network");
-      if (network !== null && type !== "hostdev") networks.add(network);
-      const netDevice = type === "direct" || type === "bridge"
-        ? elementSource(xml, span, type === "direct" ? "dev" : "bridge")
-        : null;
-      if (netDevice !== null && network === null) netDevices.push(netDevice);
-      if (netDevice !== null && network !== null) {
-        networkDevices.push({ network, device: netDevice });
-      }
-      if (type !== "hostdev") continue;
-      const element = read(xml, span);
-      const address = interfaceAddress(element);
-      if (address !== null) interfaceHostdevs.push(address);
-      const nic = readInterface(element, xml.slice(span.start, span.end), ownedVfs);
-      if (nic !== null) interfaces.push({ nic, span });
-    } else if (span.name === "hostdev") {
-      const site = readHostdev(xml, span, owned);
-      if (site !== null) hostdevs.push(site);
-      const usb = site === null ? readUsbHostdev(xml, span) : null;
-      if (usb !== null) usbDevices.push(usb);
-      const adapter = site === null && usb === null ? readScsiHostdev(xml, span) : null;
-      if (adapter !== null) scsiHosts.add(adapter);
-      const mdev = site === null && usb === null && adapter === null
-        ? readMdevHostdev(xml, span)
-        : null;
-      if (mdev !== null) mdevs.add(mdev);
-    } else if (span.name === "disk") {
-      nvmeDisks.push(...nvmeSources(xml, span));
-      blockDisks.push(...sourceDevices(xml, span));
+    if (span.name === "interface") locateInterface(xml, span, ours.ownedVfs, found);
+    else if (span.name === "hostdev") locateHostdev(xml, span, ours.owned, found);
+    else if (span.name === "disk") {
+      found.nvmeDisks.push(...nvmeSources(xml, span));
+      found.blockDisks.push(...sourceDevices(xml, span));
     } else {
       const char = charSourceAttribute(span.name, attribute(xml, span, "type"));
       const path = char === null ? null : elementSource(xml, span, char);
-      if (path !== null) charDevices.add(path);
+      if (path !== null) found.charDevices.add(path);
     }
   }
-  const bootDevices = (child("os")?.children ?? []).flatMap((c) => {
-    const dev = c.name === "boot" ? attribute(xml, c, "dev") : undefined;
-    return dev === undefined ? [] : [dev];
-  });
-  return {
-    root,
-    name,
-    uuid,
-    devices,
-    hostdevs,
-    interfaceHostdevs,
-    nvmeDisks,
-    blockDisks,
-    usbDevices,
-    scsiHosts: [...scsiHosts].sort(),
-    mdevs: [...mdevs].sort(),
-    netDevices,
-    charDevices: [...charDevices].sort(),
-    networks: [...networks].sort(),
-    networkDevices,
-    interfaces,
-    macs,
-    bootDevices,
-    guestAddresses: guestAddresses(xml, devices),
-    machine: machineOf(xml, child("os")),
-    pciControllers: pciControllers(xml, devices),
-    pinning: pinningOf(xml, child),
-    metadata,
-    ours,
-    records,
-    vfRecords,
-  };
+  return found;
+}
+
+/**
+ * An `<interface>`: its MAC (every interface's, from its span), the network and host interface
+ * it stands on (a running guest's shows the device its network gave), and a hostdev one read
+ * whole.
+ */
+function locateInterface(
+  xml: string,
+  span: XmlSpan,
+  ownedVfs: ReadonlySet<PciAddress>,
+  found: LocatedDevices,
+): void {
+  const macSpan = span.children.find((c) => c.name === "mac");
+  const mac = macSpan === undefined ? undefined : attribute(xml, macSpan, "address");
+  if (mac !== undefined) found.macs.push(mac.trim().toLowerCase());
+  const type = attribute(xml, span, "type");
+  const network = elementSource(xml, span, "network");
+  if (network !== null && type !== "hostdev") found.networks.add(network);
+  const netDevice = type === "direct" || type === "bridge"
+    ? elementSource(xml, span, type === "direct" ? "dev" : "bridge")
+    : null;
+  if (netDevice !== null && network === null) found.netDevices.push(netDevice);
+  if (netDevice !== null && network !== null) {
+    found.networkDevices.push({ network, device: netDevice });
+  }
+  if (type !== "hostdev") return;
+  const element = read(xml, span);
+  const address = interfaceAddress(element);
+  if (address !== null) found.interfaceHostdevs.push(address);
+  const nic = readInterface(element, xml.slice(span.start, span.end), ownedVfs);
+  if (nic !== null) found.interfaces.push({ nic, span });
+}
+
+/** A `<hostdev>`: a PCI one as a site to edit, else the USB, SCSI or mediated device it takes. */
+function locateHostdev(
+  xml: string,
+  span: XmlSpan,
+  owned: ReadonlySet<PciAddress>,
+  found: LocatedDevices,
+): void {
+  const site = readHostdev(xml, span, owned);
+  if (site !== null) return void found.hostdevs.push(site);
+  const usb = readUsbHostdev(xml, span);
+  if (usb !== null) return void found.usbDevices.push(usb);
+  const adapter = readScsiHostdev(xml, span);
+  if (adapter !== null) return void found.scsiHosts.add(adapter);
+  const mdev = readMdevHostdev(xml, span);
+  if (mdev !== null) found.mdevs.add(mdev);
 }
 
 /** Our records element in `<metadata>` (at most one) and the records it holds. */
