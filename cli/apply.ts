@@ -19,7 +19,7 @@ import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/s
 import { resolve } from "../lib/state/paths.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
 import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
-import { recordPolicies } from "../lib/guard/state.ts";
+import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "./guard.ts";
 import { errorText } from "../lib/render/error_text.ts";
 
@@ -150,11 +150,22 @@ function recordGuardPolicies(
   } catch (error) {
     const why = errorText(error);
     if (named.length === 0 && hook !== null && notOurs(error)) {
-      // Nothing to record, in the root-only directory of a hook root installed: not a failure
-      // of this apply, but what is recorded there goes unchecked.
+      // Nothing to record, in the root-only directory of a hook root installed. Policies that
+      // can be read there and that this config no longer has are a failure (the hook still
+      // relaxes them); what cannot be read is said, and the apply stands.
+      const recorded = readPolicyFile(stateDir).file;
+      const stale = recorded === null ? [] : describePolicies(recorded);
+      if (stale.length > 0) {
+        io.err(
+          `Cannot remove the start guard policies in ${stateDir} (${why}): the hook still obeys ` +
+            `${stale.join("; ")} (from ${recorded!.config}); run passthrough apply as root\n`,
+        );
+        return false;
+      }
       io.err(
         `Note: start guard policies not checked: the installed hook's state directory ` +
-          `${stateDir} is not this user's (${why}); run passthrough apply as root to record them\n`,
+          `${stateDir} is not this user's (${why}); any policies recorded there still apply: ` +
+          `run passthrough apply as root to record this config's\n`,
       );
       return true;
     }

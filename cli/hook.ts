@@ -42,15 +42,6 @@ import { libcSysfsReader, signalProcess } from "../ffi/libc_fs.ts";
 /** One parsed `hook` subcommand line. */
 type HookLine<N extends string> = Extract<Parsed<typeof HOOK>, { subcommand: N }>;
 
-function readEnv(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    // Not in the permission set: the hook then finds Deno's cache where root's Deno does.
-    return undefined;
-  }
-}
-
 /** The running program, for the hook's command line. */
 function currentProgram(): CheckProgram {
   return {
@@ -69,17 +60,14 @@ function hookDenoDir(stateDir: string): string {
 function settingsFor(
   options: { stateDir: string; sysfs: string; deadline: number; timeout: string },
 ): HookSettings {
-  const denoDir = readEnv("DENO_DIR");
   return {
     version: VERSION,
     deadline: options.deadline,
     timeout: options.timeout,
     command: checkCommand(currentProgram(), options),
-    // Deno's cache (the check's code cache) named, not found through the HOME libvirt passes,
-    // which may be another user's: the installer's, else one in the private state directory.
-    env: {
-      DENO_DIR: denoDir === undefined || denoDir === "" ? hookDenoDir(options.stateDir) : denoDir,
-    },
+    // Deno's cache (the check's code cache) in the private state directory: not found through
+    // the HOME libvirt passes, which may be another user's.
+    env: { DENO_DIR: hookDenoDir(options.stateDir) },
     stateDir: options.stateDir,
     sysfs: options.sysfs,
   };
@@ -158,9 +146,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ? LIVE_SYSFS
     : resolve(values.sysfs);
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
-  if (settings.env.DENO_DIR === hookDenoDir(stateDir)) {
-    Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
-  }
+  Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
   if (unsafe.length > 0) {
     throw new Error(
@@ -202,8 +188,7 @@ function hookProblems(inspection: HookInspection, expected: string | null): stri
   const problems: string[] = [...leftovers];
   if (!inspection.executable) problems.push("not executable: libvirt skips it");
   if (!inspection.intact) {
-    const { older, reason } = notIntactReason(inspection);
-    problems.push(older ? reason : `${reason}: not what 'hook install' writes`);
+    problems.push(`${notIntactReason(inspection).reason}: not what 'hook install' writes`);
   }
   for (const reason of inspection.unsafe) {
     problems.push(`another user could change what it runs as root: ${reason}`);
@@ -230,16 +215,47 @@ function hookProblems(inspection: HookInspection, expected: string | null): stri
 }
 
 /**
- * The bundle of this checkout that the hook runs, when this process runs the checkout's sources
- * instead (`bin/passthrough` does while a source is newer than the bundle, after an update
- * without `setup.sh`): the fix is building it again, not a hook that runs the sources.
+ * The bundle of this checkout that the hook runs, when a source of the checkout is newer than it
+ * (as `bin/passthrough` decides, which then runs the sources: after an update without
+ * `setup.sh`): the fix is building it again, not a hook that runs the sources.
  */
 function staleBundle(settings: HookSettings): { bundle: string; setup: string } | null {
   if (!Deno.mainModule.startsWith("file:") || !Deno.mainModule.endsWith("/main.ts")) return null;
   const root = dirname(decodeURIComponent(new URL(Deno.mainModule).pathname));
   const bundle = join(root, "dist", "bin");
   const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
-  return runsIt ? { bundle, setup: join(root, "scripts", "setup.sh") } : null;
+  if (!runsIt || !newerSources(root, join(bundle, "main.js"))) return null;
+  return { bundle, setup: join(root, "scripts", "setup.sh") };
+}
+
+/** Whether a source `bin/passthrough` looks at (its globs) is newer than `built`. */
+function newerSources(root: string, built: string): boolean {
+  const mtime = (path: string) => {
+    try {
+      return Deno.statSync(path).mtime?.getTime() ?? null;
+    } catch {
+      return null;
+    }
+  };
+  const builtAt = mtime(built);
+  if (builtAt === null) return false;
+  const list = (dir: string) => {
+    try {
+      return [...Deno.readDirSync(dir)].map((e) => join(dir, e.name));
+    } catch {
+      return [];
+    }
+  };
+  const scripts = (dir: string) => list(dir).filter((f) => f.endsWith(".ts"));
+  const lib = join(root, "lib");
+  const sources = [
+    ...["main.ts", "deno.json", "deno.lock"].map((f) => join(root, f)),
+    ...scripts(join(root, "cli")),
+    ...scripts(join(root, "ffi")),
+    ...scripts(lib),
+    ...list(lib).flatMap(scripts),
+  ];
+  return sources.some((f) => (mtime(f) ?? 0) > builtAt);
 }
 
 function status({ values }: HookLine<"status">, io: CliIo): number {

@@ -11,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # What the bundle is built from, as one digest (written to DEST/.sources; setup.sh compares).
 sources_digest() {
-  find main.ts cli lib ffi deno.json deno.lock -type f -print0 | LC_ALL=C sort -z |
+  find main.ts cli lib ffi deno.json deno.lock scripts/bundle_bin.sh tools/deno/package-lock.json \
+    -type f -print0 | LC_ALL=C sort -z |
     xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 }
 if [ "${1:-}" = --sources-digest ]; then sources_digest; exit 0; fi
 dest=${1:-dist/bin}
-dest=${dest%/}
+while [ "$dest" != / ] && [ "${dest%/}" != "$dest" ]; do dest=${dest%/}; done
 deno=tools/deno/node_modules/.bin/deno
 [ -x "$deno" ] || deno=deno
 # Built beside DEST and put in its place only when whole: an installed start guard runs
@@ -54,11 +55,18 @@ sources_digest >"$out/.sources"
 # its .chunks) are kept beside the new ones for one build. Entries (main.js, hook_check.js) are
 # the new build's; chunk names carry a hash of their content.
 (cd "$out" && find . -name '*-*.js' -type f | LC_ALL=C sort) >"$out/.chunks"
-if [ -f "$dest/.chunks" ]; then
+# A bundle from before .chunks existed: its chunks are all its own.
+if [ -d "$dest" ] && [ ! -f "$dest/.chunks" ]; then
+  (cd "$dest" && find . -name '*-*.js' -type f | LC_ALL=C sort) >"$out/.previous"
+elif [ -f "$dest/.chunks" ]; then
+  cp "$dest/.chunks" "$out/.previous"
+fi
+if [ -f "$out/.previous" ]; then
   while IFS= read -r chunk; do
     case $chunk in ./*-*.js) ;; *) continue ;; esac
     if [ -f "$dest/$chunk" ] && [ ! -e "$out/$chunk" ]; then cp -p "$dest/$chunk" "$out/$chunk"; fi
-  done <"$dest/.chunks"
+  done <"$out/.previous"
+  rm -f "$out/.previous"
 fi
 # Two renames: DEST is missing only between them, not for the length of a build.
 if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi

@@ -12,9 +12,10 @@ pinned=$(awk '/"node_modules\/deno"/ { found = 1 } found && /"version"/ { gsub(/
   tools/deno/package-lock.json)
 on_path=$(command -v deno 2>/dev/null || true)
 installed=tools/deno/node_modules/.bin/deno
-if [ -x "$installed" ] && [ "$("$installed" --version 2>/dev/null | awk 'NR == 1 { print $2 }')" = "$pinned" ]; then
+version_of() { "$1" --version 2>/dev/null | awk 'NR == 1 { print $2 }'; }
+if [ -x "$installed" ] && [ "$(version_of "$installed")" = "$pinned" ]; then
   : # installed by an earlier run
-elif [ -n "$on_path" ] && [ "$("$on_path" --version 2>/dev/null | awk 'NR == 1 { print $2 }')" = "$pinned" ]; then
+elif [ ! -x "$installed" ] && [ -n "$on_path" ] && [ "$(version_of "$on_path")" = "$pinned" ]; then
   # bin/passthrough and quickstart.sh fall back to the deno on PATH, so one of the pinned version
   # is used as is.
   echo "setup: using deno $pinned from PATH ($on_path)" >&2
@@ -56,4 +57,8 @@ fi
 if [ "$(cat dist/bin/.sources 2>/dev/null)" != "$(scripts/bundle_bin.sh --sources-digest)" ]; then
   scripts/bundle_bin.sh >&2 ||
     echo "setup: scripts/bundle_bin.sh failed: bin/passthrough runs the sources, and an installed start guard keeps the check it had" >&2
+else
+  # Built from these sources, though some file is newer (touched, checked out again): told so,
+  # bin/passthrough runs the bundle again instead of the sources.
+  touch dist/bin/main.js
 fi

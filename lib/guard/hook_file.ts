@@ -55,8 +55,8 @@ export interface HookSettings {
   /** The check's command line, program first, all paths absolute. */
   command: string[];
   /**
-   * Environment given to the check: `DENO_DIR` (the installer's, or one in the state directory),
-   * so that the check's code cache is not found through whatever `HOME` libvirt passes.
+   * Environment given to the check: `DENO_DIR`, in the state directory (`deno/`), so that the
+   * check's code cache is not found through whatever `HOME` libvirt passes.
    */
   env: Record<string, string>;
   /** The state directory the check reads allowances from and records refusals in. */
@@ -111,12 +111,16 @@ status=$?
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: control characters (a terminal's escapes) are not printed.
 case $1 in *[[:cntrl:]]*) set -- "(a name with control characters)" ;; esac
-for file in ${files}; do
-  if [ ! -e "$file" ]; then
-    printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again), then see "passthrough hook status"\\n' "$1" "$file" >&2
-    exit 1
-  fi
-done
+# Only where the run failed at once (not a deadline, whose cause may be a mount that hangs, and
+# would hang this look too): a program or check file that is gone is named.
+case $status in 1 | 125 | 126 | 127)
+  for file in ${files}; do
+    if [ ! -e "$file" ]; then
+      printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again); if passthrough moved, reinstall with "%s"\\n' "$1" "$file" ${reinstall} >&2
+      exit 1
+    fi
+  done ;;
+esac
 case $status in
   124)
     printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
@@ -604,19 +608,23 @@ export function installCommand(
 
 /**
  * Why a hook is not what `hook install` writes for its settings, when it is not
- * ({@link HookInspection.intact}): written by an older passthrough (a lower
- * {@link HOOK_FORMAT}), or changed since it was written.
+ * ({@link HookInspection.intact}): by its {@link HOOK_FORMAT}, written by an older passthrough
+ * (whose text this one cannot check, so it may have been changed by hand too), by a newer one,
+ * or changed since it was written.
  */
 export function notIntactReason(inspection: Pick<HookInspection, "format">): {
   older: boolean;
   reason: string;
 } {
-  return inspection.format < HOOK_FORMAT
-    ? {
+  const formats = `hook format ${inspection.format}, this one writes ${HOOK_FORMAT}`;
+  if (inspection.format < HOOK_FORMAT) {
+    return {
       older: true,
-      reason:
-        `written by an older passthrough (hook format ${inspection.format}, this one writes ${HOOK_FORMAT})`,
-    }
+      reason: `written by an older passthrough (${formats}) or changed by hand since`,
+    };
+  }
+  return inspection.format > HOOK_FORMAT
+    ? { older: false, reason: `written by a newer passthrough (${formats})` }
     : { older: false, reason: "changed since it was written" };
 }
 

@@ -663,10 +663,9 @@ function hookFileNotes(inspection: HookInspection, version: string, install: str
     });
   }
   if (!inspection.intact) {
-    const { older, reason } = notIntactReason(inspection);
     notes.push({
-      status: older ? "warn" : "fail",
-      note: `it was ${reason}, and may not check what it should`,
+      status: "fail",
+      note: `it was ${notIntactReason(inspection).reason}, and may not check what it should`,
       hint: install,
     });
   }

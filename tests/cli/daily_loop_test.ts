@@ -258,7 +258,8 @@ Deno.test({
         plain.stderr,
         new RegExp(
           `Note: start guard policies not checked: the installed hook's state directory ` +
-            `${dir}/hookstate is not this user's \\(.*\\); run passthrough apply as root`,
+            `${dir}/hookstate is not this user's \\(.*\\); any policies recorded there still ` +
+            `apply: run passthrough apply as root`,
         ),
       );
       // Something to record: that fails, and says where.

@@ -132,7 +132,8 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     Deno.writeTextFileSync(report.path, text.replace(/^# passthrough-hook-format: \d+\n/m, ""));
     const older = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(JSON.parse(older.stdout).problems, [
-      "written by an older passthrough (hook format 1, this one writes 2)",
+      "written by an older passthrough (hook format 1, this one writes 2) or changed by hand " +
+      "since: not what 'hook install' writes",
     ]);
 
     const removed = await runCli(["hook", "remove", ...common]);
@@ -704,9 +705,18 @@ Deno.test("hook install says which guard policies the hook obeys, and when they 
 Deno.test("hook status after an update without setup.sh: the hook's bundle is older than the sources, and setup.sh is the fix", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-stale-" });
   try {
-    // What `hook install` run from this checkout's bundle writes; the sources (this process's
-    // runCli) are newer, as after a git pull.
-    const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+    // A checkout of its own (sources copied), whose bundle the hook runs.
+    const root = `${dir}/clone`;
+    const here = new URL("../../", import.meta.url).pathname;
+    await Deno.mkdir(root);
+    for (const entry of ["main.ts", "deno.json", "deno.lock", "cli", "lib", "ffi"]) {
+      const copied = await new Deno.Command("cp", { args: ["-r", `${here}${entry}`, root] })
+        .output();
+      assertEquals(copied.code, 0);
+    }
+    await Deno.mkdir(`${root}/dist/bin/hook`, { recursive: true });
+    await Deno.writeTextFile(`${root}/dist/bin/main.js`, "");
+    await Deno.writeTextFile(`${root}/dist/bin/hook/hook_check.js`, "");
     const settings = {
       version: "0.1.0",
       deadline: 10,
@@ -724,14 +734,25 @@ Deno.test("hook status after an update without setup.sh: the hook's bundle is ol
       sysfs: "/sys",
     };
     installHook(`${dir}/qemu.d`, renderHookScript(settings));
-    const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
-    assertEquals(status.code, 1, status.stdout);
-    const report = JSON.parse(status.stdout);
-    assertEquals(report.problems, [
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"], {
+        main: `${root}/main.ts`,
+      });
+      return { code: run.code, ...JSON.parse(run.stdout) };
+    };
+    // An update without setup.sh: a source newer than the bundle.
+    Deno.utimeSync(`${root}/dist/bin/main.js`, new Date(2020, 0, 1), new Date(2020, 0, 1));
+    const stale = await status();
+    assertEquals(stale.code, 1);
+    assertEquals(stale.problems, [
       `it runs the bundle in ${root}/dist/bin, which is older than the sources beside it ` +
       `(bin/passthrough runs the sources meanwhile): build it again with ${root}/scripts/setup.sh`,
     ]);
-    assertEquals(report.fix, `${root}/scripts/setup.sh`);
+    assertEquals(stale.fix, `${root}/scripts/setup.sh`);
+    // Built again: not called stale (this process runs the sources, which write another hook).
+    Deno.utimeSync(`${root}/dist/bin/main.js`, new Date(), new Date());
+    const fresh = await status();
+    assertEquals(fresh.problems, ["not what 'hook install' writes from here now"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -12,7 +12,8 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 async function setup(
   denoVersion: string,
   installed?: string,
-): Promise<{ code: number; stderr: string }> {
+  bundle?: { built: string | null },
+): Promise<{ code: number; stderr: string; touched: boolean }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-setup-" });
   try {
     await Deno.mkdir(`${dir}/scripts`);
@@ -40,6 +41,19 @@ async function setup(
     }
     await stub("npm", `echo "npm called: $*" >&2`);
     await stub("dpkg-query", `printf 'install ok installed'`);
+    // A bundle_bin.sh stand-in: the sources' digest is "now", a build says so.
+    await Deno.writeTextFile(
+      `${dir}/scripts/bundle_bin.sh`,
+      '#!/bin/sh\n[ "$1" = --sources-digest ] && { echo now; exit 0; }\necho "bundle built" >&2\n',
+      { mode: 0o755 },
+    );
+    const old = new Date(2020, 0, 1);
+    if (bundle?.built !== undefined && bundle.built !== null) {
+      await Deno.mkdir(`${dir}/dist/bin`, { recursive: true });
+      await Deno.writeTextFile(`${dir}/dist/bin/.sources`, `${bundle.built}\n`);
+      await Deno.writeTextFile(`${dir}/dist/bin/main.js`, "");
+      await Deno.utime(`${dir}/dist/bin/main.js`, old, old);
+    }
     const output = await new Deno.Command("bash", {
       args: [`${dir}/scripts/setup.sh`],
       env: { PATH: `${dir}/bin:/usr/bin:/bin` },
@@ -47,7 +61,13 @@ async function setup(
       stdout: "piped",
       stderr: "piped",
     }).output();
-    return { code: output.code, stderr: new TextDecoder().decode(output.stderr) };
+    let touched = false;
+    try {
+      touched = Deno.statSync(`${dir}/dist/bin/main.js`).mtime!.getTime() > old.getTime();
+    } catch {
+      // No bundle.
+    }
+    return { code: output.code, stderr: new TextDecoder().decode(output.stderr), touched };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -109,4 +129,25 @@ Deno.test("setup.sh installs the pinned Deno again when the pin moved past the o
   const older = await setup("1.46.3", "2.0.0");
   assertEquals(older.code, 0, older.stderr);
   assertMatch(older.stderr, /npm called: ci --prefix tools\/deno/);
+});
+
+Deno.test("setup.sh replaces an installed Deno of another version even with the pinned one on PATH", async () => {
+  const lock = JSON.parse(await Deno.readTextFile(`${ROOT}tools/deno/package-lock.json`));
+  const pinned: string = lock.packages["node_modules/deno"].version;
+  // bin/passthrough, the bundle and the hook use tools/deno first: it must be the pinned one.
+  const result = await setup(pinned, "2.0.0");
+  assertEquals(result.code, 0, result.stderr);
+  assertMatch(result.stderr, /npm called: ci --prefix tools\/deno/);
+});
+
+Deno.test("setup.sh builds the bundle unless it was built from these sources, by digest", async () => {
+  const none = await setup("1.46.3", undefined, { built: null });
+  assertMatch(none.stderr, /bundle built/);
+  const other = await setup("1.46.3", undefined, { built: "before" });
+  assertMatch(other.stderr, /bundle built/);
+  // Built from these very sources: not built again, and told it is fresh (its time renewed, so
+  // that bin/passthrough, which compares times, runs it rather than the sources).
+  const same = await setup("1.46.3", undefined, { built: "now" });
+  assertOk(!same.stderr.includes("bundle built"), same.stderr);
+  assertEquals(same.touched, true);
 });
