@@ -43,21 +43,26 @@ Deno.test("plan names the environment variable when the file it names is missing
   }
 });
 
+/** The refusal the guard records when win10's recorded GPU address holds an NVMe drive. */
+function recordMovedCardRefusal(stateDir: string): void {
+  recordRefusals(stateDir, "win10", [{
+    vm: "win10",
+    kind: "replaced",
+    address: "0000:21:00.0",
+    element: "hostdev",
+    now: null,
+    recorded: null,
+    hostNeeds: null,
+    reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
+    fix: "passthrough plan --vm win10",
+  }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
+}
+
 Deno.test("plan shows the start guard's recorded refusal under its VM, first", async () => {
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-plan-" }));
   try {
     buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-    recordRefusals(`${dir}/state`, "win10", [{
-      vm: "win10",
-      kind: "replaced",
-      address: "0000:21:00.0",
-      element: "hostdev",
-      now: null,
-      recorded: null,
-      hostNeeds: null,
-      reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
-      fix: "passthrough plan --vm win10",
-    }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
+    recordMovedCardRefusal(`${dir}/state`);
     const args = ["plan", "--config", `${DEMO}passthrough_config.yaml`, "--sysfs", `${dir}/sysfs`];
     const result = await runCli([...args, "--connect", `test://${DEMO}world.xml`], {
       env: { PASSTHROUGH_STATE_DIR: `${dir}/state` },
@@ -89,6 +94,46 @@ const canUnshare = (() => {
   }
 })();
 
+/** The hook root installed, as libvirt would run it (it reads `DIR/hookstate`), in `DIR/hooks`. */
+function installRootHook(dir: string): void {
+  installHook(
+    `${dir}/hooks/qemu.d`,
+    renderHookScript({
+      version: "0.1.0",
+      deadline: 10,
+      timeout: "/usr/bin/timeout",
+      command: ["/bin/false"],
+      env: {},
+      stateDir: `${dir}/hookstate`,
+      sysfs: "/sys",
+    }),
+  );
+}
+
+/** Runs `command` in a private mount namespace whose /etc/libvirt/hooks is `DIR/hooks`. */
+async function inHooksNamespace(
+  dir: string,
+  command: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
+  const out = await new Deno.Command("unshare", {
+    args: [
+      "-m",
+      "sh",
+      "-c",
+      'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
+      "sh",
+      `${dir}/hooks`,
+      ...command,
+    ],
+    stdin: "null",
+    env,
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
 Deno.test({
   name: "plan and apply use the installed hook's state directory: its refusals, its policies",
   ignore: !canUnshare,
@@ -97,29 +142,8 @@ Deno.test({
     try {
       buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
       // The hook libvirt would run, in a private copy of /etc/libvirt/hooks; it reads hookstate.
-      installHook(
-        `${dir}/hooks/qemu.d`,
-        renderHookScript({
-          version: "0.1.0",
-          deadline: 10,
-          timeout: "/usr/bin/timeout",
-          command: ["/bin/false"],
-          env: {},
-          stateDir: `${dir}/hookstate`,
-          sysfs: "/sys",
-        }),
-      );
-      recordRefusals(`${dir}/hookstate`, "win10", [{
-        vm: "win10",
-        kind: "replaced",
-        address: "0000:21:00.0",
-        element: "hostdev",
-        now: null,
-        recorded: null,
-        hostNeeds: null,
-        reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
-        fix: "passthrough plan --vm win10",
-      }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
+      installRootHook(dir);
+      recordMovedCardRefusal(`${dir}/hookstate`);
       const config = `${dir}/config.yaml`;
       Deno.writeTextFileSync(
         config,
@@ -127,35 +151,21 @@ Deno.test({
           .replace("  win10:\n", "  win10:\n    guard: warn\n"),
       );
       // Run as root would, with the hooks directory of its own; --state-dir names the backups.
-      await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
-      const run = async (args: string[]) => {
-        const out = await new Deno.Command("unshare", {
-          args: [
-            "-m",
-            "sh",
-            "-c",
-            'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
-            "sh",
-            `${dir}/hooks`,
-            Deno.execPath(),
-            "run",
-            "--quiet",
-            ...documentedFlags(),
-            MAIN,
-            ...args,
-            "--config",
-            config,
-            "--sysfs",
-            `${dir}/sysfs`,
-            "--connect",
-            `test://${DEMO}world.xml`,
-          ],
-          stdin: "null",
-          env: { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` },
-        }).output();
-        const text = (b: Uint8Array) => new TextDecoder().decode(b);
-        return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
-      };
+      const run = (args: string[]) =>
+        inHooksNamespace(dir, [
+          Deno.execPath(),
+          "run",
+          "--quiet",
+          ...documentedFlags(),
+          MAIN,
+          ...args,
+          "--config",
+          config,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          `test://${DEMO}world.xml`,
+        ], { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` });
       const plan = await run(["plan"]);
       assertEquals(plan.code, 0, plan.stderr);
       assertMatch(plan.stdout, /warning \[guard-refused\] The start guard checked "win10" at /);
@@ -193,18 +203,7 @@ Deno.test({
       }).output();
       assertEquals(bundled.code, 0, new TextDecoder().decode(bundled.stderr));
       // Root's hook reads a state directory only root can read, holding a recorded policy.
-      installHook(
-        `${dir}/hooks/qemu.d`,
-        renderHookScript({
-          version: "0.1.0",
-          deadline: 10,
-          timeout: "/usr/bin/timeout",
-          command: ["/bin/false"],
-          env: {},
-          stateDir: `${dir}/hookstate`,
-          sysfs: "/sys",
-        }),
-      );
+      installRootHook(dir);
       recordPolicies(`${dir}/hookstate`, {
         version: 1,
         config: "root.yaml",
@@ -212,43 +211,30 @@ Deno.test({
       });
       await Deno.mkdir(`${dir}/user`, { mode: 0o700 });
       await Deno.chown(`${dir}/user`, 65534, 65534);
-      await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
       const apply = async (config: string) => {
         Deno.writeTextFileSync(`${dir}/config.yaml`, config);
-        const out = await new Deno.Command("unshare", {
-          args: [
-            "-m",
-            "sh",
-            "-c",
-            'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
-            "sh",
-            `${dir}/hooks`,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            Deno.execPath(),
-            "run",
-            "--quiet",
-            "--cached-only",
-            ...documentedFlags(),
-            `${dir}/bin/main.js`,
-            "apply",
-            "--yes",
-            "--state-dir",
-            `${dir}/user/state`,
-            "--config",
-            `${dir}/config.yaml`,
-            "--sysfs",
-            `${dir}/sysfs`,
-            "--connect",
-            `test://${DEMO}world.xml`,
-          ],
-          stdin: "null",
-          env: { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` },
-        }).output();
-        const text = (b: Uint8Array) => new TextDecoder().decode(b);
-        return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+        return await inHooksNamespace(dir, [
+          "setpriv",
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          Deno.execPath(),
+          "run",
+          "--quiet",
+          "--cached-only",
+          ...documentedFlags(),
+          `${dir}/bin/main.js`,
+          "apply",
+          "--yes",
+          "--state-dir",
+          `${dir}/user/state`,
+          "--config",
+          `${dir}/config.yaml`,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          `test://${DEMO}world.xml`,
+        ], { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` });
       };
       const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
       // Nothing to record: applied, with a note that the hook's policies went unchecked.

@@ -550,22 +550,20 @@ Deno.test({
     try {
       await Deno.symlink("/sys", `${dir}/sys-link`);
       const check = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
+      const checkArgs = (sysfs: string) => [
+        "--state-dir",
+        `${dir}/s`,
+        "--sysfs",
+        sysfs,
+        "--",
+        "vm",
+        "prepare",
+        "begin",
+        "-",
+      ];
       for (const sysfs of ["/sys", "/sys/.", "//sys/", `${dir}/sys-link`]) {
         const run = await new Deno.Command(Deno.execPath(), {
-          args: [
-            "run",
-            "-A",
-            check,
-            "--state-dir",
-            `${dir}/s`,
-            "--sysfs",
-            sysfs,
-            "--",
-            "vm",
-            "prepare",
-            "begin",
-            "-",
-          ],
+          args: ["run", "-A", check, ...checkArgs(sysfs)],
           stdin: "piped",
           stdout: "piped",
           stderr: "piped",
@@ -582,22 +580,7 @@ Deno.test({
       // with the documented permissions: Deno will not resolve these paths for it, and libc
       // decides, as `install` does; before, "/sys/." read as a tree without host use and passed.
       for (const sysfs of ["/sys/.", "//sys/", `${dir}/sys-link`]) {
-        const run = await runCli(
-          [
-            "hook",
-            "run",
-            "--state-dir",
-            `${dir}/s`,
-            "--sysfs",
-            sysfs,
-            "--",
-            "vm",
-            "prepare",
-            "begin",
-            "-",
-          ],
-          { stdin: xml },
-        );
+        const run = await runCli(["hook", "run", ...checkArgs(sysfs)], { stdin: xml });
         assertEquals(run.code, 1, `${sysfs}: ${run.stderr}`);
         assertMatch(run.stderr, /the host needs it: in use by the host \(default-route: /, sysfs);
       }
