@@ -20,7 +20,7 @@ import { resolve } from "../lib/state/paths.ts";
 import { type Config, isRemoteUri } from "../lib/config/config.ts";
 import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
-import { guardStateDir } from "./guard.ts";
+import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */

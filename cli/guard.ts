@@ -9,34 +9,10 @@
 import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GUARD } from "./specs.ts";
-import { resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
-import {
-  DEFAULT_HOOKS_DIR,
-  type HookSettings,
-  installedHookSettings,
-} from "../lib/guard/hook_file.ts";
-
-/**
- * The state directory the guard's settings go to: `--state-dir` when given, else the one the
- * hook installed in `hooksDir` reads (fixed at its install: settings elsewhere would never be
- * seen), else the usual one. With the installed hook's settings, to say where it differs.
- * `hookFirst`: the installed hook's directory even over `--state-dir` (what the hook reads and
- * records, rather than where this command was told to write).
- */
-export function guardStateDir(
-  flag: string | undefined,
-  env: CliIo["env"],
-  options: { hooksDir?: string; hookFirst?: boolean } = {},
-): { stateDir: string; hook: HookSettings | null } {
-  const hook = installedHookSettings(options.hooksDir ?? DEFAULT_HOOKS_DIR);
-  const stateDir = hook !== null && (flag === undefined || options.hookFirst === true)
-    ? hook.stateDir
-    : resolveStateDirPath({ flag, env });
-  return { stateDir, hook };
-}
+import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
 
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {

@@ -51,7 +51,7 @@ function currentProgram(): CheckProgram {
   };
 }
 
-/** Deno's cache for a hook whose installer named none: private, as the state directory is. */
+/** The hook's Deno cache: in its state directory, private as that is. */
 function hookDenoDir(stateDir: string): string {
   return join(stateDir, "deno");
 }
@@ -178,13 +178,24 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   return 0;
 }
 
-/** Problems that make the installed hook wrong or useless; `[]` when it is fine. */
-function hookProblems(inspection: HookInspection, expected: string | null): string[] {
+/**
+ * Problems that make the installed hook wrong or useless (`[]` when it is fine), and the fix:
+ * `hook install` with the hook's settings, or `setup.sh` where only its bundle is stale.
+ */
+function hookProblems(
+  inspection: HookInspection,
+  expected: string | null,
+): { problems: string[]; fix: string | null } {
   const leftovers = inspection.leftovers.map((path) =>
     `${path} is left from an interrupted install (libvirt runs it if it is executable)`
   );
-  if (!inspection.present) return [`No hook at ${inspection.path}`, ...leftovers];
-  if (inspection.settings === null) return [`${inspection.path} is not a passthrough hook`];
+  const fix = installCommand(inspection);
+  if (!inspection.present) {
+    return { problems: [`No hook at ${inspection.path}`, ...leftovers], fix };
+  }
+  if (inspection.settings === null) {
+    return { problems: [`${inspection.path} is not a passthrough hook`], fix };
+  }
   const problems: string[] = [...leftovers];
   if (!inspection.executable) problems.push("not executable: libvirt skips it");
   if (!inspection.intact) {
@@ -200,18 +211,21 @@ function hookProblems(inspection: HookInspection, expected: string | null): stri
     problems.push(`written by passthrough ${inspection.settings.version}, this is ${VERSION}`);
   }
   if (expected !== null && problems.length === 0) {
-    const current = Deno.readTextFileSync(inspection.path);
-    const stale = staleBundle(inspection.settings);
-    if (current !== expected) {
-      problems.push(
-        stale === null
-          ? "not what 'hook install' writes from here now"
-          : `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
+    if (Deno.readTextFileSync(inspection.path) !== expected) {
+      const stale = staleBundle(inspection.settings);
+      if (stale !== null) {
+        return {
+          problems: [
+            `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
             `(bin/passthrough runs the sources meanwhile): build it again with ${stale.setup}`,
-      );
+          ],
+          fix: stale.setup,
+        };
+      }
+      problems.push("not what 'hook install' writes from here now");
     }
   }
-  return problems;
+  return { problems, fix: problems.length === 0 ? null : fix };
 }
 
 /**
@@ -269,13 +283,7 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
       // This program cannot install a hook (not a local file): nothing to compare with.
     }
   }
-  const problems = hookProblems(inspection, expected);
-  const stale = s === null ? null : staleBundle(s);
-  const fix = problems.length === 0
-    ? null
-    : stale !== null && problems.some((p) => p.includes(stale.setup))
-    ? stale.setup
-    : installCommand(inspection);
+  const { problems, fix } = hookProblems(inspection, expected);
   const policies = s === null ? null : readPolicyFile(s.stateDir);
   if (values.json) {
     const policy = policies === null

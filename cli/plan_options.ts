@@ -20,8 +20,7 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
-import { resolveStateDirPath } from "../lib/state/state_dir.ts";
-import { installedHookSettings } from "../lib/guard/hook_file.ts";
+import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
@@ -228,9 +227,8 @@ export async function computePlan(
       ...(inputs.vm ? { vms: inputs.vm } : {}),
     });
     // Where the installed hook records them, whatever --state-dir says (it names the backups).
-    const guardState = installedHookSettings()?.stateDir ??
-      resolveStateDirPath({ flag: inputs["state-dir"], env: io.env });
-    await addGuardRefusals(plan, guardState);
+    const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
+    await addGuardRefusals(plan, guard.stateDir);
     return { plan, libvirt, config, facts, [Symbol.dispose]: () => libvirt.close() };
   } catch (error) {
     libvirt.close();

@@ -15,7 +15,7 @@
 
 import { dirname, join, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
-import { readOwnFileSync, StateDirError } from "../state/state_dir.ts";
+import { readOwnFileSync, resolveStateDirPath, StateDirError } from "../state/state_dir.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -558,6 +558,25 @@ export function installedHookSettings(hooksDir: string = DEFAULT_HOOKS_DIR): Hoo
   } catch {
     return null;
   }
+}
+
+/**
+ * The state directory the guard's settings go to: `--state-dir` when given, else the one the
+ * hook installed in `hooksDir` reads (fixed at its install: settings elsewhere would never be
+ * seen), else the usual one. With the installed hook's settings, to say where it differs.
+ * `hookFirst`: the installed hook's directory even over `--state-dir` (what the hook reads and
+ * records, rather than where this command was told to write).
+ */
+export function guardStateDir(
+  flag: string | undefined,
+  env: (name: string) => string | undefined,
+  options: { hooksDir?: string; hookFirst?: boolean } = {},
+): { stateDir: string; hook: HookSettings | null } {
+  const hook = installedHookSettings(options.hooksDir ?? DEFAULT_HOOKS_DIR);
+  const stateDir = hook !== null && (flag === undefined || options.hookFirst === true)
+    ? hook.stateDir
+    : resolveStateDirPath({ flag, env });
+  return { stateDir, hook };
 }
 
 /**
