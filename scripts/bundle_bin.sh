@@ -54,20 +54,16 @@ sources_digest >"$out/.sources"
 # chunks by name after its entry loaded, from DEST: the previous build's own chunks (listed in
 # its .chunks) are kept beside the new ones for one build. Entries (main.js, hook_check.js) are
 # the new build's; chunk names carry a hash of their content.
-(cd "$out" && find . -name '*-*.js' -type f | LC_ALL=C sort) >"$out/.chunks"
+own_chunks() { (cd "$1" && find . -name '*-*.js' -type f | LC_ALL=C sort); }
+own_chunks "$out" >"$out/.chunks"
 # A bundle from before .chunks existed: its chunks are all its own.
-if [ -d "$dest" ] && [ ! -f "$dest/.chunks" ]; then
-  (cd "$dest" && find . -name '*-*.js' -type f | LC_ALL=C sort) >"$out/.previous"
-elif [ -f "$dest/.chunks" ]; then
-  cp "$dest/.chunks" "$out/.previous"
-fi
-if [ -f "$out/.previous" ]; then
-  while IFS= read -r chunk; do
-    case $chunk in ./*-*.js) ;; *) continue ;; esac
-    if [ -f "$dest/$chunk" ] && [ ! -e "$out/$chunk" ]; then cp -p "$dest/$chunk" "$out/$chunk"; fi
-  done <"$out/.previous"
-  rm -f "$out/.previous"
-fi
+previous_chunks() {
+  if [ -f "$dest/.chunks" ]; then cat "$dest/.chunks"; elif [ -d "$dest" ]; then own_chunks "$dest"; fi
+}
+previous_chunks | while IFS= read -r chunk; do
+  case $chunk in ./*-*.js) ;; *) continue ;; esac
+  if [ -f "$dest/$chunk" ] && [ ! -e "$out/$chunk" ]; then cp -p "$dest/$chunk" "$out/$chunk"; fi
+done
 # Two renames: DEST is missing only between them, not for the length of a build.
 if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi
 if ! mv -T "$out" "$dest"; then
