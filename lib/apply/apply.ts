@@ -172,6 +172,12 @@ export interface VmApplyResult {
   restored: boolean;
   /** Hot-plug results, when `live` was asked and the VM is running. */
   live: LiveChange | null;
+  /**
+   * For a VM whose define took effect and held: the definition it replaced and the one libvirt
+   * read back after the define (with secrets: `--json` prints them redacted), for a diff of what
+   * changed; `null` otherwise.
+   */
+  definition: { before: string; after: string } | null;
 }
 
 /** The whole outcome. Plain data (`apply --json` prints it as is). */
@@ -300,6 +306,7 @@ function result(
     backup: null,
     restored: false,
     live: null,
+    definition: null,
   };
 }
 
@@ -607,6 +614,7 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
       restored,
       effect: null,
       live: null,
+      definition: null,
       message: `${done.message}, then undone: ${why}; ${note}`,
     },
     live: null,
@@ -829,22 +837,37 @@ function recheckHolders(
   };
 }
 
-/** Why the definition libvirt holds after the define is not the planned one, or `null`. */
-function verifyDefined(libvirt: LibvirtPort, vm: VmPlan, desired: ParsedDomain): string | null {
+/**
+ * The definition libvirt holds after the define, read back (`after`), or why it is not the
+ * planned one (`problem`).
+ */
+function verifyDefined(
+  libvirt: LibvirtPort,
+  vm: VmPlan,
+  desired: ParsedDomain,
+): { after: string } | { problem: string } {
   try {
-    const after = parseDomainXml(libvirt.getPersistentXml(vm.name, { secure: true }));
+    const text = libvirt.getPersistentXml(vm.name, { secure: true });
+    const after = parseDomainXml(text);
     const want = [...hostdevKeys(desired.hostdevs), ...interfaceKeys(desired)];
     const got = [...hostdevKeys(after.hostdevs), ...interfaceKeys(after)];
-    if (want.join("\n") === got.join("\n")) return null;
+    if (want.join("\n") === got.join("\n")) return { after: text };
     const missing = want.filter((k) => !got.includes(k));
     const extra = got.filter((k) => !want.includes(k));
-    return `expected hostdevs missing [${missing.join(", ")}], unexpected [${extra.join(", ")}]`;
+    return {
+      problem: `expected hostdevs missing [${missing.join(", ")}], unexpected [${
+        extra.join(", ")
+      }]`,
+    };
   } catch (error) {
-    return `cannot read it back: ${errorText(error)}`;
+    return { problem: `cannot read it back: ${errorText(error)}` };
   }
 }
 
-/** Defines `xml` for a backed-up VM, checks it, and restores the backup when the check fails. */
+/**
+ * Defines `xml` for a backed-up VM, checks it, and restores the backup when the check fails:
+ * the failed result, or the definition libvirt holds now.
+ */
 function defineAndVerify(
   vm: VmPlan,
   { libvirt, xml, secure, desired, base }: {
@@ -854,29 +877,33 @@ function defineAndVerify(
     desired: ParsedDomain;
     base: VmApplyResult;
   },
-): VmApplyResult | null {
+): { failed: VmApplyResult } | { after: string } {
   const failure = defineOrExplain(libvirt, { name: vm.name, xml, before: secure });
   if (failure?.kind === "rejected") {
     return {
-      ...base,
-      status: "failed",
-      code: "define-failed",
-      message:
-        `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${failure.error}`,
+      failed: {
+        ...base,
+        status: "failed",
+        code: "define-failed",
+        message:
+          `libvirt rejected the new definition of "${vm.name}", which is unchanged: ${failure.error}`,
+      },
     };
   }
   if (failure?.kind === "unknown") {
     return {
-      ...base,
-      status: "failed",
-      code: "define-unknown",
-      message:
-        `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "passthrough plan" (no change left for "${vm.name}" means the define took effect)`,
+      failed: {
+        ...base,
+        status: "failed",
+        code: "define-unknown",
+        message:
+          `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "passthrough plan" (no change left for "${vm.name}" means the define took effect)`,
+      },
     };
   }
   // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
-  const problem = verifyDefined(libvirt, vm, desired);
-  if (problem === null) return null;
+  const check = verifyDefined(libvirt, vm, desired);
+  if ("after" in check) return check;
   let restored = false;
   let restoreNote: string;
   try {
@@ -887,12 +914,14 @@ function defineAndVerify(
     restoreNote = `restoring the backup "${base.backup}" failed too: ${errorText(error)}`;
   }
   return {
-    ...base,
-    status: "failed",
-    code: "verify-failed",
-    restored,
-    message:
-      `The new definition of "${vm.name}" did not hold the planned hostdevs (${problem}); ${restoreNote}`,
+    failed: {
+      ...base,
+      status: "failed",
+      code: "verify-failed",
+      restored,
+      message:
+        `The new definition of "${vm.name}" did not hold the planned hostdevs (${check.problem}); ${restoreNote}`,
+    },
   };
 }
 
@@ -955,14 +984,15 @@ function applyVm(
   base.removed = removed.map((h) => h.address);
   base.active = now.active;
   base.backup = backup.path;
-  const failed = defineAndVerify(vm, {
+  const defined = defineAndVerify(vm, {
     libvirt,
     xml,
     secure: now.secure,
     desired: planned.desired,
     base,
   });
-  if (failed !== null) return { result: failed, live: null, previous: null };
+  if ("failed" in defined) return { result: defined.failed, live: null, previous: null };
+  base.definition = { before: now.secure, after: defined.after };
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
   const previous = now.secure;

@@ -1,5 +1,5 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { bundleAsTask } from "../helpers/cli.ts";
+import { bundleAsTask, runCli } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
@@ -43,6 +43,17 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** The status Ansible printed for the task named `task` on localhost (`ok`, `changed`, `fatal`). */
+/** A VNC password in the VM's definition, which no output may show. */
+const SECRET = "vnc7f3a9";
+
+/** The part of `output` from the task's header to the next task's. */
+function taskOutput(output: string, task: string): string {
+  const at = output.indexOf(`TASK [${task}]`);
+  if (at < 0) return "";
+  const next = output.indexOf("TASK [", at + 1);
+  return output.slice(at, next < 0 ? undefined : next);
+}
+
 function taskStatus(output: string, task: string): string | null {
   const at = output.indexOf(`TASK [${task}]`);
   if (at < 0) return null;
@@ -52,7 +63,7 @@ function taskStatus(output: string, task: string): string | null {
 
 Deno.test({
   name:
-    "the Ansible playbook applies this host's section once, reports no change the second time, and fails a refusal",
+    "the Ansible playbook applies this host's section once, shows the definitions' diffs under --diff, reports no change the second time, and fails a refusal",
   ignore: ansibleUnavailable() !== null,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-" });
@@ -69,6 +80,7 @@ Deno.test({
   <name>${vm}</name>
   <memory unit='MiB'>64</memory>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><graphics type='vnc' port='-1' autoport='yes' passwd='${SECRET}'/></devices>
 </domain>`);
       }
       // The CLI and the start guard's check beside it, as `deno task bundle` writes them.
@@ -124,9 +136,18 @@ vms:
           JSON.stringify({ passthrough_config: config }),
         ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
 
-      const check = await playbook(good, ["--check"]);
+      const check = await playbook(good, ["--check", "--diff"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
+      // --diff shows the definition as planned, as Ansible shows a changed file's.
+      const planned = taskOutput(check.out, "Passthrough definitions");
+      assertEquals(taskStatus(check.out, "Passthrough definitions"), "changed", check.out);
+      assertMatch(
+        planned,
+        new RegExp(`--- before: ${vm} \\(now\\)\n\\+\\+\\+ after: ${vm} \\(planned\\)`),
+      );
+      assertMatch(planned, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
+      assertEquals(check.out.includes(SECRET), false, "the VNC password is shown");
       // --check installs nothing: the hook and its code wait for a real run, and the plan ran
       // its own copy of the bundle and config.
       assertEquals(taskStatus(check.out, "Passthrough start guard"), "skipping", check.out);
@@ -142,8 +163,16 @@ vms:
         /"msg": \[\s*"timed out after 0\.001 s \(passthrough_timeout\)"\s*\]/,
       );
 
-      const first = await playbook(good);
+      const first = await playbook(good, ["--diff"]);
       assertEquals(first.code, 0, first.out);
+      // --diff on a real run: the definition before the define, and the one libvirt holds now.
+      const defined = taskOutput(first.out, "Passthrough definitions");
+      assertMatch(
+        defined,
+        new RegExp(`--- before: ${vm} \\(before apply\\)\n\\+\\+\\+ after: ${vm} \\(defined\\)`),
+      );
+      assertMatch(defined, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
+      assertEquals(first.out.includes(SECRET), false, "the VNC password is shown");
       assertEquals(taskStatus(first.out, "Passthrough apply"), "changed", first.out);
       // The start guard: installed once, running the bundled check copied beside the CLI.
       assertEquals(taskStatus(first.out, "Passthrough start guard"), "changed", first.out);
@@ -160,8 +189,9 @@ vms:
         );
       }
 
-      const second = await playbook(good);
+      const second = await playbook(good, ["--diff"]);
       assertEquals(second.code, 0, second.out);
+      assertEquals(taskStatus(second.out, "Passthrough definitions"), "ok", second.out);
       assertEquals(taskStatus(second.out, "Passthrough apply"), "ok", second.out);
       assertEquals(taskStatus(second.out, "Passthrough start guard"), "ok", second.out);
       assertMatch(second.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
@@ -187,6 +217,82 @@ vms:
       assertMatch(bad.out, /dead:beef/);
     } finally {
       await undefineUnlessIsolated(daemon, [vm]);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "the playbook's passthrough_diff action shows a plan's changed VMs and a refused VM's repair, and nothing for output that is not a report",
+  ignore: which("ansible-playbook") === null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-diff-" });
+    try {
+      // A real plan of the demo: both VMs change.
+      const demo = `${ROOT}demo`;
+      buildHostTree(loadHostDescription(`${demo}/host.json`), `${dir}/sysfs`);
+      const planned = await runCli([
+        "plan",
+        "--json",
+        "--config",
+        `${demo}/passthrough_config.yaml`,
+        "--sysfs",
+        `${dir}/sysfs`,
+        "--connect",
+        `test://${demo}/world.xml`,
+      ], { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } });
+      assertEquals(planned.code, 0, planned.stderr);
+      await Deno.writeTextFile(`${dir}/plan.json`, planned.stdout);
+      // The same plan as a refused VM's would read: unchanged, with a repair to define.
+      const report = JSON.parse(planned.stdout);
+      const win10 = report.vms.find((v: { name: string }) => v.name === "win10");
+      win10.repair = { remove: [], move: [], desiredXml: win10.desiredXml };
+      win10.changed = false;
+      report.vms = [win10];
+      await Deno.writeTextFile(`${dir}/repair.json`, JSON.stringify(report));
+      await Deno.writeTextFile(
+        `${dir}/play.yml`,
+        `- hosts: localhost
+  gather_facts: false
+  tasks:
+${
+          ["plan", "repair", "junk"].map((name) =>
+            `    - name: ${name}
+      passthrough_diff:
+        output: "{{ lookup('file', '${dir}/${name}.json', errors='ignore') | default('killed', true) }}"
+`
+          ).join("")
+        }`,
+      );
+      const { code, out } = await run("ansible-playbook", [
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "--diff",
+        `${dir}/play.yml`,
+      ], {
+        ANSIBLE_NOCOLOR: "1",
+        ANSIBLE_FORCE_COLOR: "0",
+        ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
+        ANSIBLE_ACTION_PLUGINS: `${ROOT}ansible/action_plugins`,
+        PATH: Deno.env.get("PATH") ?? "",
+      });
+      assertEquals(code, 0, out);
+      const plan = taskOutput(out, "plan");
+      assertEquals(taskStatus(out, "plan"), "changed", out);
+      for (const vm of ["win10", "gentoo"]) {
+        assertMatch(
+          plan,
+          new RegExp(`--- before: ${vm} \\(now\\)\\n\\+\\+\\+ after: ${vm} \\(planned\\)`),
+        );
+      }
+      assertMatch(plan, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
+      const repair = taskOutput(out, "repair");
+      assertMatch(repair, /--- before: win10 \(now\)\n\+\+\+ after: win10 \(repair planned\)/);
+      assertEquals(taskStatus(out, "junk"), "ok", out);
+    } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -124,6 +124,7 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
       backup: null,
       restored: false,
       live: null,
+      definition: null,
     }],
     changed: ["win11"],
     unchanged: [],
