@@ -136,6 +136,20 @@ vms:
           JSON.stringify({ passthrough_config: config }),
         ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
 
+      // A host whose Deno is not the tested one fails before anything is copied to it.
+      const otherDeno = await playbook(good, ["--check", "-e", "passthrough_deno_version=0.0.1"]);
+      assertEquals(otherDeno.code, 2, otherDeno.out);
+      assertEquals(taskStatus(otherDeno.out, "Passthrough Deno version check"), "fatal");
+      assertMatch(
+        otherDeno.out,
+        new RegExp(
+          `"this host runs Deno ${
+            Deno.version.deno.replaceAll(".", "\\.")
+          }; passthrough is tested with Deno 0\\.0\\.1 `,
+        ),
+      );
+      assertEquals(await exists(`${dir}/remote`), false);
+
       const check = await playbook(good, ["--check", "--diff"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
