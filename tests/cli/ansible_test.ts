@@ -104,7 +104,8 @@ vms:
       const refused = `${dir}/refused.yaml`;
       await Deno.writeTextFile(
         refused,
-        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - match: { vendor_device_id: "dead:beef" }\n`,
+        // The rule's name holds a C1 control, which the CLI's JSON escapes and Ansible decodes.
+        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - name: "beef\\u009b2J"\n        match: { vendor_device_id: "dead:beef" }\n`,
       );
       // The host's settings in host_vars, as an operator keeps them (a play's own vars would
       // override these); the config named per run on the command line.
@@ -220,7 +221,7 @@ vms:
       assertEquals(taskStatus(badCheck.out, "Passthrough failed"), "fatal", badCheck.out);
       assertMatch(
         badCheck.out.slice(badCheck.out.indexOf("TASK [Passthrough failed]")),
-        /dead:beef/,
+        /Rule \\+"beef\\+u009b2J\\+" of VM/,
       );
 
       const bad = await playbook(refused);
@@ -228,7 +229,14 @@ vms:
       assertEquals(taskStatus(bad.out, "Passthrough apply"), "fatal", bad.out);
       assertMatch(bad.out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
       assertEquals(taskStatus(bad.out, "Passthrough failed"), "fatal", bad.out);
-      assertMatch(bad.out, /dead:beef/);
+      assertMatch(bad.out, /Rule \\+"beef\\+u009b2J\\+" of VM/);
+      for (const out of [badCheck.out, bad.out]) {
+        assertEquals(
+          /[\u0080-\u009f]/.test(out),
+          false,
+          `a C1 control reached the terminal: ${out}`,
+        );
+      }
     } finally {
       await undefineUnlessIsolated(daemon, [vm]);
       await Deno.remove(dir, { recursive: true });
@@ -261,7 +269,16 @@ Deno.test({
       // The same plan as a refused VM's would read: unchanged, with a repair to define.
       const report = JSON.parse(planned.stdout);
       const win10 = report.vms.find((v: { name: string }) => v.name === "win10");
-      win10.repair = { remove: [], move: [], desiredXml: win10.desiredXml };
+      // With a description holding C1 controls (U+009B starts an escape sequence on a terminal)
+      // and a bidirectional override, as libvirt accepts them.
+      const hostile = "<description>\u009b2J\u0085\u202etxt</description>";
+      win10.currentXml = win10.currentXml.replace(/<description>.*<\/description>/, hostile);
+      win10.desiredXml = win10.desiredXml.replace(/<description>.*<\/description>/, hostile);
+      win10.repair = {
+        remove: [],
+        move: [],
+        desiredXml: win10.desiredXml.replace(hostile, `${hostile}\n  <title>x</title>`),
+      };
       win10.changed = false;
       report.vms = [win10];
       await Deno.writeTextFile(`${dir}/repair.json`, JSON.stringify(report));
@@ -274,7 +291,7 @@ ${
           ["plan", "repair", "junk"].map((name) =>
             `    - name: ${name}
       passthrough_diff:
-        output: "{{ lookup('file', '${dir}/${name}.json', errors='ignore') | default('killed', true) }}"
+        diffs: "{{ lookup('file', '${dir}/${name}.json', errors='ignore') | default('killed', true) | passthrough_diffs }}"
 `
           ).join("")
         }`,
@@ -291,6 +308,7 @@ ${
         ANSIBLE_FORCE_COLOR: "0",
         ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
         ANSIBLE_ACTION_PLUGINS: `${ROOT}ansible/action_plugins`,
+        ANSIBLE_FILTER_PLUGINS: `${ROOT}ansible/filter_plugins`,
         PATH: Deno.env.get("PATH") ?? "",
       });
       assertEquals(code, 0, out);
@@ -305,6 +323,12 @@ ${
       assertMatch(plan, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
       const repair = taskOutput(out, "repair");
       assertMatch(repair, /--- before: win10 \(now\)\n\+\+\+ after: win10 \(repair planned\)/);
+      assertMatch(repair, /<description>\\u009b2J\\u0085\\u202etxt<\/description>/);
+      assertEquals(
+        /[\u0080-\u009f\u202e]/.test(out),
+        false,
+        "a control character reached the terminal",
+      );
       assertEquals(taskStatus(out, "junk"), "ok", out);
     } finally {
       await Deno.remove(dir, { recursive: true });

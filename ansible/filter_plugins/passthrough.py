@@ -1,0 +1,70 @@
+# Filters for ansible/passthrough.yml, found beside it. Ansible decodes the JSON that passthrough
+# prints on a managed host, so the control characters the CLI wrote as `\uXXXX` escapes are real
+# characters again when Ansible prints them (it does not escape C1 controls, and a terminal takes
+# U+009B as the start of an escape sequence). Every string the playbook prints from that JSON goes
+# through passthrough_terminal_safe, which writes them as escapes again, as the CLI does
+# (lib/render/terminal.ts): C0 controls but tab and newline, DEL, C1 controls, line and paragraph
+# separators, and the bidirectional embeddings, overrides and isolates.
+import json
+import re
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(value):
+    """`value` with every string in it (keys too) safe to print on a terminal."""
+    if isinstance(value, str):
+        return _UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), value)
+    if isinstance(value, dict):
+        return {terminal_safe(k): terminal_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [terminal_safe(v) for v in value]
+    return value
+
+
+def _report(output):
+    """passthrough's JSON report from a run's stdout (or already decoded), else {}."""
+    if isinstance(output, str):
+        try:
+            output = json.loads(output) if output.startswith("{") else {}
+        except ValueError:
+            output = {}
+    return output if isinstance(output, dict) else {}
+
+
+def _definitions(report):
+    for vm in report.get("vms") or []:
+        name = vm.get("name") or vm.get("vm")
+        defined = vm.get("definition")
+        repair = vm.get("repair")
+        if defined:
+            yield name, "before apply", defined["before"], "defined", defined["after"]
+        elif repair and repair.get("desiredXml") is not None:
+            yield name, "now", vm["currentXml"], "repair planned", repair["desiredXml"]
+        elif vm.get("changed") is True:
+            yield name, "now", vm["currentXml"], "planned", vm["desiredXml"]
+
+
+def passthrough_diffs(output):
+    """
+    Ansible's diffs of each VM's definition in a run's output: `plan --json` (the definition now
+    and as planned, or a refused VM's repair) or `apply --json` (before and after each define that
+    took effect); none for output that is not a report (a run killed before it printed one).
+    """
+    return terminal_safe([
+        {
+            "before_header": "%s (%s)" % (name, before_header),
+            "after_header": "%s (%s)" % (name, after_header),
+            "before": before,
+            "after": after,
+        }
+        for name, before_header, before, after_header, after in _definitions(_report(output))
+    ])
+
+
+class FilterModule(object):
+    def filters(self):
+        return {
+            "passthrough_terminal_safe": terminal_safe,
+            "passthrough_diffs": passthrough_diffs,
+        }
