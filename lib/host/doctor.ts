@@ -388,7 +388,9 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   });
   const needed = found.filter((f) => f.needed.length > 0);
   const shared = found.filter((f) => f.cards.size > 1);
-  if (needed.length === 0 && shared.length === 0) {
+  // Where an entry takes the wrong devices, loading vfio-pci first would make that worse.
+  const late = lateBindings(found.filter((f) => !needed.includes(f) && !shared.includes(f)), uses);
+  if (needed.length === 0 && shared.length === 0 && late.length === 0) {
     return {
       check: "boot-binding",
       status: "ok",
@@ -415,15 +417,51 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         f.taken.map((d) => d.address).join(", ")
       }; the host can use none of them`
     ),
+    ...late.map(({ said, device, cmdline }) =>
+      `${said} did not take ${device.address}${
+        cmdline ? " at this boot" : " (if it was there at this boot)"
+      }: "${device.driver}" holds it, because it loaded before vfio-pci`
+    ),
+  ];
+  const wrong = [...needed, ...shared];
+  const hints = [
+    ...(wrong.length === 0 ? [] : [
+      `${remedies(wrong, uses, host.devices)}; then ${
+        regenerate(wrong.map((f) => f.entry.source))
+      }`,
+    ]),
+    ...(late.length === 0 ? [] : [softdepRemedy(late.map((l) => l.device.driver!))]),
   ];
   return {
     check: "boot-binding",
     status: needed.length > 0 ? "fail" : "warn",
     summary: problems.join("; "),
-    hint: `${remedies([...needed, ...shared], uses, host.devices)}; then ${
-      regenerate([...needed, ...shared].map((f) => f.entry.source))
-    }`,
+    hint: hints.join("; and "),
   };
+}
+
+/**
+ * The devices an entry takes that another driver holds now, but for the host's own (a failure of
+ * their own). vfio-pci binds by IDs only a device no driver has taken yet, so a driver
+ * that loads first (from the initramfs, or built in) keeps the device.
+ */
+function lateBindings(
+  found: readonly { said: string; entry: VfioIdsEntry; taken: readonly PciDevice[] }[],
+  uses: ReadonlyMap<string, string>,
+): { said: string; device: PciDevice; cmdline: boolean }[] {
+  return found.flatMap(({ said, entry, taken }) =>
+    taken
+      .filter((d) => d.driver !== null && d.driver !== "vfio-pci" && !uses.has(d.address))
+      .map((device) => ({ said, device, cmdline: entry.source === CMDLINE_SOURCE }))
+  );
+}
+
+/** How vfio-pci comes to load before `drivers`. */
+function softdepRemedy(drivers: readonly string[]): string {
+  const lines = [...new Set(drivers)].map((d) => `"softdep ${d} pre: vfio-pci"`);
+  return `to load vfio-pci first, add ${
+    lines.join(", ")
+  } to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot`;
 }
 
 /** Each problem entry's remedy, in one text: the removals together, then the replacements. */

@@ -128,9 +128,11 @@ function busyRemedies(
   }
   const binding = vfioIdsBinding(device, context.host.devices, taken);
   if (binding.kind === "ids") {
+    // vfio-pci.ids= binds only a device no driver has taken yet: the GPU's driver, often in the
+    // initramfs, must load after vfio-pci.
     return `${remedies.join(", ")}${
       remedies.length > 0 ? ", or " : ""
-    }bind the GPU to vfio-pci at boot (vfio-pci.ids=${binding.ids})`;
+    }bind the GPU to vfio-pci at boot (vfio-pci.ids=${binding.ids}, with "softdep ${device.driver} pre: vfio-pci" in /etc/modprobe.d so that vfio-pci loads first, then rebuild the initramfs)`;
   }
   return `${remedies.join(", or ")}; not vfio-pci.ids=${binding.ids} at boot: it would bind ${
     binding.twins.join(", ")

@@ -151,3 +151,39 @@ Deno.test("doctor --sysfs: a captured tree's command line whose entry takes the 
   assertEquals(run.code, 1);
   assertMatch(run.stdout, /FAIL {2}boot-binding +vfio-pci\.ids=10de:1b06 \(kernel command line\)/);
 });
+
+Deno.test("boot-binding: a device an entry takes that its own driver holds warns that the driver loaded first, and says how to load vfio-pci before it", async () => {
+  const held = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0b:00.1": { driver: "snd_hda_intel" } },
+    host: { cmdline: CMDLINE },
+  });
+  const finding = await bootBinding(held);
+  assertEquals(finding?.status, "warn");
+  assertEquals(
+    finding!.summary,
+    'vfio-pci.ids=10de:1b06 (kernel command line) did not take 0000:0b:00.0 at this boot: "nvidia" holds it, because it loaded before vfio-pci; ' +
+      'vfio-pci.ids=10de:10ef (kernel command line) did not take 0000:0b:00.1 at this boot: "snd_hda_intel" holds it, because it loaded before vfio-pci',
+  );
+  assertEquals(
+    finding!.hint,
+    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci", "softdep snd_hda_intel pre: vfio-pci" to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot',
+  );
+});
+
+Deno.test("boot-binding: no softdep advice for an entry that takes every card of the model (loading vfio-pci first would take the host's too)", async () => {
+  const finding = await bootBinding(described("x570-aorus-pro-wifi", {
+    devices: {
+      "0000:0b:00.0": { subsystem_vendor: "0x1458", subsystem_device: "0x3752" },
+      "0000:0c:00.0": {
+        device: "0x1b06",
+        subsystem_vendor: "0x1458",
+        subsystem_device: "0x3752",
+        driver: "nvidia",
+      },
+    },
+    host: { cmdline: "vfio-pci.ids=10de:1b06" },
+  }));
+  assertEquals(finding?.status, "warn");
+  assertEquals(finding!.summary.includes("did not take"), false);
+  assertEquals(finding!.hint?.includes("softdep"), false);
+});
