@@ -133,9 +133,14 @@ function checkDirShape(path: string): number {
   }
   const mode = info.mode ?? 0;
   if ((mode & 0o022) !== 0) {
-    // A sticky directory (/tmp) is shared on purpose: tightening it would break the system.
+    // A sticky directory (/tmp) is shared on purpose: tightening it would break the system. So
+    // may be one that only its group can write (a team's directory): the user knows which.
+    const own =
+      `use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`;
     const advice = (mode & 0o1000) !== 0
-      ? `, a directory shared with other users: use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`
+      ? `, a directory shared with other users: ${own}`
+      : (mode & 0o002) === 0
+      ? `; if it is passthrough's alone, run "chmod 700 ${path}"; if its group shares it on purpose, ${own}`
       : `; run "chmod 700 ${path}"`;
     throw new StateDirError(
       path,

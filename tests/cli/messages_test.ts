@@ -29,6 +29,16 @@ Deno.test("a shared (sticky, world-writable) state directory is refused without 
   Deno.chmodSync(loose, 0o777);
   const own = await runCli(["backups", "--state-dir", loose]);
   assertMatch(own.stderr, /\(mode 0777\); run "chmod 700 .*loose"/);
+  // A directory only its group may write may be a team's on purpose: both ways are offered.
+  const team = `${tree.dir}/team`;
+  Deno.mkdirSync(team);
+  Deno.chmodSync(team, 0o2775);
+  const group = await runCli(["backups", "--state-dir", team]);
+  assertEquals(group.code, 1, group.stderr);
+  assertMatch(
+    group.stderr,
+    /\(mode 2775\); if it is passthrough's alone, run "chmod 700 .*team"; if its group shares it on purpose, use one of passthrough's own, such as the default \/var\/lib\/passthrough/,
+  );
 });
 
 Deno.test("unreadable, missing and looping configs name the path and the reason", async () => {
