@@ -11,7 +11,7 @@ import { recordCase } from "../../scripts/reliability_report.ts";
 
 const TEST = "tests/cli/messages_test.ts";
 
-Deno.test("a shared (sticky, world-writable) state directory is refused without chmod advice", async () => {
+Deno.test("a shared (sticky, world-writable) state directory is refused without chmod advice; one only its group may write gets both ways", async () => {
   await using tree = await demoTree();
   const shared = `${tree.dir}/shared`;
   Deno.mkdirSync(shared);
