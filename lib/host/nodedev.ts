@@ -90,6 +90,9 @@ interface ParsedNodeDevice {
   groupMembers: PciAddress[] | null;
 }
 
+/** Throws the error for a device's XML that says what is wrong: `detail`. */
+type Fail = (detail: string) => never;
+
 function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
   let root: XmlElement;
   try {
@@ -99,79 +102,27 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
     throw new NodeDeviceXmlError((error as Error).message, { device: null, index }, error);
   }
   const name = child(root, "name")?.text.trim() ?? null;
-  const fail = (detail: string): never => {
+  const fail: Fail = (detail) => {
     throw new NodeDeviceXmlError(detail, { device: name, index });
   };
   if (root.name !== "device") fail(`expected a <device> element, got <${root.name}>`);
   const pci = capabilities(root, "pci")[0];
   // The API may hand over non-PCI devices (the `computer` root) when listed without a filter.
   if (pci === undefined) return null;
-  const number = (tag: string): string => {
-    const text = child(pci, tag)?.text.trim();
-    if (text === undefined || text === "") return fail(`no <${tag}> in the PCI capability`);
-    return text;
-  };
-  const address = pciAddressFromLibvirt({
-    domain: number("domain"),
-    bus: number("bus"),
-    slot: number("slot"),
-    function: number("function"),
-  });
-  if (address === null) return fail("the PCI address is out of range");
-  const id = (tag: string): string => {
-    const value = child(pci, tag)?.attributes.id;
-    const m = value === undefined ? null : /^0x([0-9a-f]{1,4})$/i.exec(value.trim());
-    if (!m) return fail(`bad or missing <${tag} id>: "${value ?? ""}"`);
-    return (m[1] ?? "").toLowerCase().padStart(4, "0");
-  };
-  const vendorId = id("vendor");
-  const deviceId = id("product");
-  const classText = child(pci, "class")?.text.trim();
-  let classCode = "000000";
-  if (classText !== undefined) {
-    const m = /^0x([0-9a-f]{6})$/i.exec(classText);
-    if (!m) fail(`bad <class>: "${classText}"`);
-    classCode = (m?.[1] ?? "").toLowerCase();
-  }
-  const addressesIn = (element: XmlElement): PciAddress[] =>
-    element.children.filter((c) => c.name === "address").map((a) => {
-      const member = pciAddressFromLibvirt(a.attributes);
-      if (member === null) return fail(`bad <address> in <${element.name}>`);
-      return member;
-    }).sort(comparePciAddress);
-  const groupElement = child(pci, "iommuGroup");
-  let iommuGroup: number | null = null;
-  let groupMembers: PciAddress[] | null = null;
-  if (groupElement !== undefined) {
-    const text = groupElement.attributes.number ?? "";
-    iommuGroup = parseGroupNumber(text) ?? fail(`bad <iommuGroup number>: "${text}"`);
-    groupMembers = addressesIn(groupElement);
-  }
+  const address = addressOf(pci, fail);
+  const { vendorId, deviceId, classCode } = idsOf(pci, fail);
+  const group = iommuGroupOf(pci, fail);
+  const { physfn, virtfns, sriov } = sriovOf(pci, fail);
   const numaText = child(pci, "numa")?.attributes.node;
   const numa = numaText === undefined ? NaN : Number(numaText);
-  const physfnCap = capabilities(pci, "phys_function")[0];
-  const physfn = physfnCap === undefined ? null : (addressesIn(physfnCap)[0] ?? null);
-  const vfCap = capabilities(pci, "virt_functions")[0];
-  const vfs = vfCap === undefined ? [] : addressesIn(vfCap);
-  // libvirt lists a PF's enabled VFs and, as maxCount, sriov_totalvfs.
-  const maxVfs = Number(vfCap?.attributes.maxCount ?? NaN);
-  const sriov = vfCap === undefined ? {} : {
-    sriovNumVfs: vfs.length,
-    ...(Number.isInteger(maxVfs) && maxVfs >= 0 && maxVfs <= 0xffff
-      ? { sriovTotalVfs: maxVfs }
-      : {}),
-  };
   const driverElement = child(root, "driver");
-  const driver = driverElement === undefined
-    ? null
-    : (child(driverElement, "name")?.text.trim() || null);
   const label = (tag: string): string | null => {
     const text = child(pci, tag)?.text.trim() ?? "";
     return text === "" ? null : text;
   };
   return {
     name: name ?? `#${index}`,
-    groupMembers,
+    groupMembers: group.members,
     device: {
       address,
       vendorId,
@@ -184,9 +135,11 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
       vendorName: label("vendor"),
       deviceName: label("product"),
       className: null,
-      driver,
+      driver: driverElement === undefined
+        ? null
+        : (child(driverElement, "name")?.text.trim() || null),
       modules: [],
-      iommuGroup,
+      iommuGroup: group.number,
       numaNode: Number.isInteger(numa) && numa >= 0 ? numa : null,
       physicalSlot: null,
       // libvirt writes <capability type='pci-bridge'/> for a type-1 header and 'cardbus-bridge'
@@ -194,11 +147,93 @@ function parseNodeDevice(xml: string, index: number): ParsedNodeDevice | null {
       isBridge: isBridgeClass(classCode) || capabilities(pci, "pci-bridge").length > 0 ||
         capabilities(pci, "cardbus-bridge").length > 0,
       physfn,
-      virtfns: vfs,
+      virtfns,
       ...sriov,
       bootVga: null,
       flr: null,
       serial: null,
+    },
+  };
+}
+
+/** The PCI capability's address. */
+function addressOf(pci: XmlElement, fail: Fail): PciAddress {
+  const number = (tag: string): string => {
+    const text = child(pci, tag)?.text.trim();
+    if (text === undefined || text === "") return fail(`no <${tag}> in the PCI capability`);
+    return text;
+  };
+  const address = pciAddressFromLibvirt({
+    domain: number("domain"),
+    bus: number("bus"),
+    slot: number("slot"),
+    function: number("function"),
+  });
+  return address ?? fail("the PCI address is out of range");
+}
+
+/** The vendor and device IDs (four hex digits each) and the class code (six; none: `000000`). */
+function idsOf(
+  pci: XmlElement,
+  fail: Fail,
+): { vendorId: string; deviceId: string; classCode: string } {
+  const id = (tag: string): string => {
+    const value = child(pci, tag)?.attributes.id;
+    const m = value === undefined ? null : /^0x([0-9a-f]{1,4})$/i.exec(value.trim());
+    if (!m) return fail(`bad or missing <${tag} id>: "${value ?? ""}"`);
+    return (m[1] ?? "").toLowerCase().padStart(4, "0");
+  };
+  const vendorId = id("vendor");
+  const deviceId = id("product");
+  const classText = child(pci, "class")?.text.trim();
+  if (classText === undefined) return { vendorId, deviceId, classCode: "000000" };
+  const m = /^0x([0-9a-f]{6})$/i.exec(classText);
+  if (!m) return fail(`bad <class>: "${classText}"`);
+  return { vendorId, deviceId, classCode: (m[1] ?? "").toLowerCase() };
+}
+
+/** The sorted addresses listed in `element`. */
+function addressesIn(element: XmlElement, fail: Fail): PciAddress[] {
+  return element.children.filter((c) => c.name === "address").map((a) =>
+    pciAddressFromLibvirt(a.attributes) ?? fail(`bad <address> in <${element.name}>`)
+  ).sort(comparePciAddress);
+}
+
+/** The `<iommuGroup>`'s number and members; both `null` without the element. */
+function iommuGroupOf(
+  pci: XmlElement,
+  fail: Fail,
+): { number: number | null; members: PciAddress[] | null } {
+  const element = child(pci, "iommuGroup");
+  if (element === undefined) return { number: null, members: null };
+  const text = element.attributes.number ?? "";
+  return {
+    number: parseGroupNumber(text) ?? fail(`bad <iommuGroup number>: "${text}"`),
+    members: addressesIn(element, fail),
+  };
+}
+
+/** A VF's PF, a PF's enabled VFs, and (for a PF) their count and `sriov_totalvfs`. */
+function sriovOf(pci: XmlElement, fail: Fail): {
+  physfn: PciAddress | null;
+  virtfns: PciAddress[];
+  sriov: { sriovNumVfs?: number; sriovTotalVfs?: number };
+} {
+  const physfnCap = capabilities(pci, "phys_function")[0];
+  const physfn = physfnCap === undefined ? null : (addressesIn(physfnCap, fail)[0] ?? null);
+  const vfCap = capabilities(pci, "virt_functions")[0];
+  if (vfCap === undefined) return { physfn, virtfns: [], sriov: {} };
+  const virtfns = addressesIn(vfCap, fail);
+  // libvirt lists a PF's enabled VFs and, as maxCount, sriov_totalvfs.
+  const maxVfs = Number(vfCap.attributes.maxCount ?? NaN);
+  return {
+    physfn,
+    virtfns,
+    sriov: {
+      sriovNumVfs: virtfns.length,
+      ...(Number.isInteger(maxVfs) && maxVfs >= 0 && maxVfs <= 0xffff
+        ? { sriovTotalVfs: maxVfs }
+        : {}),
     },
   };
 }
