@@ -338,49 +338,24 @@ function byKey<K, T>(read: (key: K) => T): (key: K) => T {
  * ```
  */
 export function readHostFacts(options: HostFactsOptions): HostFacts {
-  const { sysRoot, procRoot } = options;
   const reader = unknownOnError(options.reader);
-  const device = (address: PciAddress) => `${sysRoot}/bus/pci/devices/${address}`;
-  // fbcon draws on fb0 unless `fbcon=map:` maps consoles to other framebuffers (one digit each).
-  // The command line where discovery reads it: the live `/proc`, or a captured tree's root.
-  const consoleFramebufferNumbers = once(() => {
-    const cmdline = readAttribute(reader, `${procRoot}/cmdline`) ??
-      readAttribute(reader, `${sysRoot}/cmdline`) ?? "";
-    const map = /(?:^|\s)fbcon=(?:[^\s]*,)?map:(\d+)/.exec(cmdline)?.[1];
-    return new Set(map === undefined ? [0] : [...map].map(Number));
-  });
-  const frameBufferConsole = once(() =>
-    (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).sort().find((c) =>
-      readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
-      /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
-    ) ?? null
-  );
-  const cpuNodes = once(() => {
-    const nodes = (reader.listDir(`${sysRoot}/devices/system/node`) ?? [])
-      .flatMap((n) => /^node(\d+)$/.exec(n) ? [Number(n.slice(4))] : []);
-    if (nodes.length === 0) return null;
-    const map = new Map<number, number>();
-    for (const node of nodes) {
-      for (const cpu of parseCpuList(nodeCpuList(node) ?? "") ?? []) map.set(cpu, node);
-    }
-    return map;
-  });
-  const nodeCpuList = byKey((node: number) =>
-    readAttribute(reader, `${sysRoot}/devices/system/node/node${node}/cpulist`)
-  );
-  const passwd = options.passwd ?? (() => denoFsReader().readText("/etc/passwd"));
-  const qemuUser = once(() => parseQemuUser(passwd() ?? ""));
-  const usbDevices = once(() => readUsbDevices(reader, sysRoot));
-  // One scan of `/proc` for every GPU of the host, however many the plan or `doctor` ask about.
-  const allGpuHolders = once(() => {
-    const addresses = (reader.listDir(`${sysRoot}/bus/pci/devices`) ?? []).flatMap((name) =>
-      canonicalPciAddress(name) ?? []
-    );
-    return gpuHolders(reader, { sysRoot, procRoot }, addresses);
-  });
+  return {
+    ...driverFacts(reader, options),
+    ...consoleFacts(reader, options),
+    ...numaFacts(reader, options.sysRoot),
+    ...qemuFacts(reader, options),
+    ...controllerFacts(reader, options),
+  };
+}
+
+/** Reset methods, firmware framebuffers, loaded modules, a driver's module. */
+function driverFacts(
+  reader: SysfsReader,
+  { sysRoot, procRoot }: HostFactsOptions,
+): Pick<HostFacts, "resetMethods" | "firmwareFramebuffers" | "modules" | "moduleOfDriver"> {
   return {
     resetMethods: byKey((address) => {
-      const text = readAttribute(reader, `${device(address)}/reset_method`);
+      const text = readAttribute(reader, `${sysRoot}/bus/pci/devices/${address}/reset_method`);
       const methods = text === null ? [] : text.split(/\s+/).filter((m) => m !== "");
       // The kernel hides the file when a device has no method, so an empty one (a FIFO read
       // without a writer, a damaged tree) says nothing.
@@ -398,17 +373,77 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       const link = reader.readLink(`${sysRoot}/bus/pci/drivers/${driver}/module`);
       return link === null ? driver.replaceAll("-", "_") : baseName(link);
     }),
+  };
+}
+
+/** Who holds a GPU: processes, and the framebuffer console. */
+function consoleFacts(
+  reader: SysfsReader,
+  { sysRoot, procRoot }: HostFactsOptions,
+): Pick<HostFacts, "gpuHolders" | "consoleFramebuffers" | "frameBufferConsole"> {
+  // fbcon draws on fb0 unless `fbcon=map:` maps consoles to other framebuffers (one digit each).
+  // The command line where discovery reads it: the live `/proc`, or a captured tree's root.
+  const consoleFramebufferNumbers = once(() => {
+    const cmdline = readAttribute(reader, `${procRoot}/cmdline`) ??
+      readAttribute(reader, `${sysRoot}/cmdline`) ?? "";
+    const map = /(?:^|\s)fbcon=(?:[^\s]*,)?map:(\d+)/.exec(cmdline)?.[1];
+    return new Set(map === undefined ? [0] : [...map].map(Number));
+  });
+  const frameBufferConsole = once(() =>
+    (reader.listDir(`${sysRoot}/class/vtconsole`) ?? []).sort().find((c) =>
+      readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/bind`) === "1" &&
+      /frame buffer/i.test(readAttribute(reader, `${sysRoot}/class/vtconsole/${c}/name`) ?? "")
+    ) ?? null
+  );
+  // One scan of `/proc` for every GPU of the host, however many the plan or `doctor` ask about.
+  const allGpuHolders = once(() => {
+    const addresses = (reader.listDir(`${sysRoot}/bus/pci/devices`) ?? []).flatMap((name) =>
+      canonicalPciAddress(name) ?? []
+    );
+    return gpuHolders(reader, { sysRoot, procRoot }, addresses);
+  });
+  return {
     gpuHolders: (address) => allGpuHolders().get(address) ?? [],
     consoleFramebuffers: byKey((address) => {
       const drawn = consoleFramebufferNumbers();
-      const fbs = (reader.listDir(`${device(address)}/graphics`) ?? []).filter((f) =>
-        /^fb\d+$/.test(f) && drawn.has(Number(f.slice(2)))
-      );
+      const fbs = (reader.listDir(`${sysRoot}/bus/pci/devices/${address}/graphics`) ?? [])
+        .filter((f) => /^fb\d+$/.test(f) && drawn.has(Number(f.slice(2))));
       return fbs.length > 0 && frameBufferConsole() !== null ? fbs.sort() : [];
     }),
     frameBufferConsole,
-    cpuNodes,
-    nodeCpuList,
+  };
+}
+
+/** The NUMA nodes' CPUs. */
+function numaFacts(
+  reader: SysfsReader,
+  sysRoot: string,
+): Pick<HostFacts, "cpuNodes" | "nodeCpuList"> {
+  const nodeCpuList = byKey((node: number) =>
+    readAttribute(reader, `${sysRoot}/devices/system/node/node${node}/cpulist`)
+  );
+  const cpuNodes = once(() => {
+    const nodes = (reader.listDir(`${sysRoot}/devices/system/node`) ?? [])
+      .flatMap((n) => /^node(\d+)$/.exec(n) ? [Number(n.slice(4))] : []);
+    if (nodes.length === 0) return null;
+    const map = new Map<number, number>();
+    for (const node of nodes) {
+      for (const cpu of parseCpuList(nodeCpuList(node) ?? "") ?? []) map.set(cpu, node);
+    }
+    return map;
+  });
+  return { cpuNodes, nodeCpuList };
+}
+
+/** What QEMU may open: ROM files, its user, AppArmor and SELinux. */
+function qemuFacts(
+  reader: SysfsReader,
+  options: HostFactsOptions,
+): Pick<HostFacts, "romFile" | "qemuUser" | "confinement"> {
+  const { sysRoot } = options;
+  const passwd = options.passwd ?? (() => denoFsReader().readText("/etc/passwd"));
+  const qemuUser = once(() => parseQemuUser(passwd() ?? ""));
+  return {
     romFile: byKey((path) => {
       const facts = inspectRomFile(path, options.readLabel);
       const user = qemuUser();
@@ -422,28 +457,46 @@ export function readHostFacts(options: HostFactsOptions): HostFacts {
       ),
       selinux: readAttribute(reader, `${sysRoot}/fs/selinux/enforce`) === "1",
     })),
-    blockDeviceControllers: byKey((path) => {
-      const devRoot = options.devRoot;
-      // The reader that throws: a path that cannot be read is the caller's to report, not none.
-      return devRoot === undefined
+  };
+}
+
+/**
+ * Which PCI controllers hold a block, USB, SCSI host, mediated, network or character device: on
+ * the live host only (`devRoot`); a captured tree holds none of what is plugged in.
+ */
+function controllerFacts(
+  reader: SysfsReader,
+  options: HostFactsOptions,
+): Pick<
+  HostFacts,
+  | "blockDeviceControllers"
+  | "usbDeviceControllers"
+  | "mdevControllers"
+  | "scsiHostControllers"
+  | "netDeviceControllers"
+  | "charDeviceControllers"
+> {
+  const { sysRoot, devRoot } = options;
+  const usbDevices = once(() => readUsbDevices(reader, sysRoot));
+  return {
+    // The reader that throws: a path that cannot be read is the caller's to report, not none.
+    blockDeviceControllers: byKey((path) =>
+      devRoot === undefined
         ? null
-        : blockDeviceControllers(options.reader, { sysRoot, devRoot }, path);
-    }),
-    // A captured tree holds no USB devices: what is plugged in is the live host's alone.
+        : blockDeviceControllers(options.reader, { sysRoot, devRoot }, path)
+    ),
     usbDeviceControllers: (source) =>
-      options.devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
+      devRoot === undefined ? null : usbDeviceControllers(usbDevices(), source),
     mdevControllers: (uuid) =>
-      options.devRoot === undefined ? null : mdevControllers(reader, sysRoot, uuid),
+      devRoot === undefined ? null : mdevControllers(reader, sysRoot, uuid),
     scsiHostControllers: (adapter) =>
-      options.devRoot === undefined ? null : scsiHostControllers(reader, sysRoot, adapter),
-    netDeviceControllers: (name) =>
-      options.devRoot === undefined ? null : nicsUnder(reader, sysRoot, name),
-    charDeviceControllers: byKey((path) => {
-      const devRoot = options.devRoot;
-      return devRoot === undefined
+      devRoot === undefined ? null : scsiHostControllers(reader, sysRoot, adapter),
+    netDeviceControllers: (name) => devRoot === undefined ? null : nicsUnder(reader, sysRoot, name),
+    charDeviceControllers: byKey((path) =>
+      devRoot === undefined
         ? null
-        : charDeviceControllers(options.reader, { sysRoot, devRoot }, path);
-    }),
+        : charDeviceControllers(options.reader, { sysRoot, devRoot }, path)
+    ),
   };
 }
 
