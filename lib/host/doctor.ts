@@ -430,7 +430,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         regenerate(wrong.map((f) => f.entry.source))
       }`,
     ]),
-    ...(late.length === 0 ? [] : [softdepRemedy(late.map((l) => l.device.driver!))]),
+    ...lateRemedies(late, options.facts),
   ];
   return {
     check: "boot-binding",
@@ -456,12 +456,30 @@ function lateBindings(
   );
 }
 
-/** How vfio-pci comes to load before `drivers`. */
-function softdepRemedy(drivers: readonly string[]): string {
-  const lines = [...new Set(drivers)].map((d) => `"softdep ${d} pre: vfio-pci"`);
-  return `to load vfio-pci first, add ${
-    lines.join(", ")
-  } to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot`;
+/**
+ * How vfio-pci comes to take the late-bound devices: loaded before their drivers (softdep), or,
+ * for a driver built into the kernel (not in `/proc/modules`), which binds before any module can
+ * load, an override after boot. Unknown modules (no facts): the common case, a module.
+ */
+function lateRemedies(
+  late: readonly { device: PciDevice }[],
+  facts: HostFacts | undefined,
+): string[] {
+  const loaded = facts?.modules() ?? null;
+  const builtIn = (driver: string) =>
+    facts !== undefined && loaded !== null && !loaded.has(facts.moduleOfDriver(driver));
+  const modular = [...new Set(late.map((l) => l.device.driver!).filter((d) => !builtIn(d)))];
+  const fixed = late.filter((l) => builtIn(l.device.driver!));
+  return [
+    ...(modular.length === 0 ? [] : [
+      `to load vfio-pci first, add ${
+        modular.map((d) => `"softdep ${d} pre: vfio-pci"`).join(", ")
+      } to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot`,
+    ]),
+    ...fixed.map(({ device }) =>
+      `"${device.driver}" is built into the kernel and binds ${device.address} before vfio-pci can: leave it to libvirt's managed detach at start, or bind it after boot with "driverctl set-override ${device.address} vfio-pci"`
+    ),
+  ];
 }
 
 /** Each problem entry's remedy, in one text: the removals together, then the replacements. */

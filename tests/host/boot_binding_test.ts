@@ -187,3 +187,23 @@ Deno.test("boot-binding: no softdep advice for an entry that takes every card of
   assertEquals(finding!.summary.includes("did not take"), false);
   assertEquals(finding!.hint?.includes("softdep"), false);
 });
+
+Deno.test("boot-binding: a driver built into the kernel (not in /proc/modules) gets driverctl, not softdep, which cannot order it", async () => {
+  const held = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0b:00.1": { driver: "snd_hda_intel" } },
+    host: { cmdline: CMDLINE, proc: { modules: "nvidia 56807424 0 - Live 0x0000000000000000\n" } },
+  });
+  const finding = await withHost(
+    held,
+    ({ host, facts }) =>
+      runDoctor({ host, reader: denoFsReader(), live: false, facts }).find((f) =>
+        f.check === "boot-binding"
+      ),
+  );
+  assertEquals(finding?.status, "warn");
+  assertEquals(
+    finding!.hint,
+    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci" to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot; and ' +
+      '"snd_hda_intel" is built into the kernel and binds 0000:0b:00.1 before vfio-pci can: leave it to libvirt\'s managed detach at start, or bind it after boot with "driverctl set-override 0000:0b:00.1 vfio-pci"',
+  );
+});
