@@ -181,7 +181,11 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
       hint: "Enable the IOMMU first (see the iommu check)",
     };
   }
-  if (!live) return null;
+  return live ? remappingUnits(reader, sysRoot, vendor) : null;
+}
+
+/** Whether the live host's IOMMU units remap interrupts (VT-d's ecap IR bit; AMD-Vi always). */
+function remappingUnits(reader: SysfsReader, sysRoot: string, vendor: CpuVendor): DoctorFinding {
   const units = reader.listDir(`${sysRoot}/class/iommu`) ?? [];
   const intel = units.filter((u) => u.startsWith("dmar"));
   const amd = units.filter((u) => u.startsWith("ivhd"));
