@@ -4,9 +4,11 @@ import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PLAYBOOK = `${ROOT}ansible/passthrough.yml`;
+const TEST = "tests/cli/ansible_test.ts";
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
 function which(program: string): string | null {
@@ -237,6 +239,13 @@ vms:
           `a C1 control reached the terminal: ${out}`,
         );
       }
+      recordCase({
+        area: "escaping",
+        name: "a C1 control in a rule's name, through the Ansible playbook (which decodes JSON)",
+        count: 2,
+        outcome: "escaped again in the failure message; no control character reaches the terminal",
+        test: TEST,
+      });
     } finally {
       await undefineUnlessIsolated(daemon, [vm]);
       await Deno.remove(dir, { recursive: true });
@@ -329,6 +338,13 @@ ${
         false,
         "a control character reached the terminal",
       );
+      recordCase({
+        area: "escaping",
+        name: "C1 controls and a bidi override in a definition, through the playbook's --diff",
+        count: 1,
+        outcome: "escaped in the diff Ansible prints",
+        test: TEST,
+      });
       assertEquals(taskStatus(out, "junk"), "ok", out);
     } finally {
       await Deno.remove(dir, { recursive: true });
