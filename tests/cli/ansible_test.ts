@@ -9,6 +9,12 @@ import { recordCase } from "../../scripts/reliability_report.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PLAYBOOK = `${ROOT}ansible/passthrough.yml`;
 const TEST = "tests/cli/ansible_test.ts";
+/** The playbook and the plugins Ansible finds beside it. */
+const PLAYBOOK_FILES = [
+  "passthrough.yml",
+  "action_plugins/passthrough_diff.py",
+  "filter_plugins/passthrough.py",
+];
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
 function which(program: string): string | null {
@@ -129,11 +135,11 @@ vms:
           passthrough_sysfs: `${dir}/sysfs`,
         }),
       );
-      const playbook = (config: string, extra: string[] = []) =>
+      const playbook = (config: string, extra: string[] = [], book = PLAYBOOK) =>
         run("ansible-playbook", [
           "-i",
           `${dir}/inventory`,
-          PLAYBOOK,
+          book,
           ...extra,
           "-e",
           JSON.stringify({ passthrough_config: config }),
@@ -148,10 +154,27 @@ vms:
         new RegExp(
           `"this host runs Deno ${
             Deno.version.deno.replaceAll(".", "\\.")
-          }; passthrough is tested with Deno 0\\.0\\.1 `,
+          }; passthrough is tested with Deno 0\\.0\\.1 \\(passthrough_deno_version\\)`,
         ),
       );
       assertEquals(await exists(`${dir}/remote`), false);
+      // A copy of the playbook kept elsewhere (an operators' repository) has no pin beside it:
+      // it runs with passthrough_deno_version set, and says what is missing without it.
+      await Deno.mkdir(`${dir}/ops/action_plugins`, { recursive: true });
+      await Deno.mkdir(`${dir}/ops/filter_plugins`);
+      for (const file of PLAYBOOK_FILES) {
+        await Deno.copyFile(`${ROOT}ansible/${file}`, `${dir}/ops/${file}`);
+      }
+      const copied = await playbook(good, [
+        "--check",
+        "-e",
+        `passthrough_deno_version=${Deno.version.deno}`,
+      ], `${dir}/ops/passthrough.yml`);
+      assertEquals(copied.code, 0, copied.out);
+      assertEquals(taskStatus(copied.out, "Passthrough Deno version check"), "ok", copied.out);
+      const unpinned = await playbook(good, ["--check"], `${dir}/ops/passthrough.yml`);
+      assertEquals(unpinned.code, 2, unpinned.out);
+      assertMatch(unpinned.out, /tools\/deno\/package-lock\.json/);
 
       const check = await playbook(good, ["--check", "--diff"]);
       assertEquals(check.code, 0, check.out);
