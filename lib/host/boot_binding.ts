@@ -39,6 +39,24 @@ export const MODPROBE_DIRS = [
 /** The `source` of an entry on the kernel command line. */
 export const CMDLINE_SOURCE = "kernel command line";
 
+/** How to rebuild the initramfs, which holds a copy of modprobe.d, on the common distributions. */
+export const REBUILD_INITRAMFS =
+  "rebuild the initramfs, which holds a copy of modprobe.d (update-initramfs -u, dracut -f or mkinitcpio -P)";
+
+/**
+ * The modprobe.d line that loads vfio-pci before `module` (a module name, as modprobe.d keys
+ * them: `i2c_nvidia_gpu`, not the driver's `nvidia-gpu`), so that an `ids` entry binds first.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(softdepLine("nvidia"), "softdep nvidia pre: vfio-pci");
+ * ```
+ */
+export function softdepLine(module: string): string {
+  return `softdep ${module} pre: vfio-pci`;
+}
+
 const ANY_ID = 0xffffffff;
 const HEX = /^(0x)?[0-9a-f]{1,8}$/i;
 

@@ -22,6 +22,8 @@ import {
   CMDLINE_SOURCE,
   cmdlineVfioIds,
   modprobeVfioIds,
+  REBUILD_INITRAMFS,
+  softdepLine,
   vfioIdsBinding,
   type VfioIdsEntry,
   vfioIdsMatch,
@@ -262,11 +264,9 @@ function checkVfioPci(options: DoctorOptions): DoctorFinding | null {
   if (reader.listDir(`${sysRoot}/module/vfio_pci`) !== null) {
     return { check: "vfio-pci", status: "ok", summary: "vfio-pci is loaded", hint: null };
   }
-  const release = readAttribute(reader, `${options.procRoot ?? "/proc"}/sys/kernel/osrelease`);
+  const release = kernelRelease(options);
   if (release !== null) {
-    const base = `${options.modulesRoot ?? "/lib/modules"}/${release}`;
-    const builtin = reader.readText(`${base}/modules.builtin`) ?? "";
-    if (/(^|\/)vfio-pci\.ko$/m.test(builtin)) {
+    if (vfioPciBuiltIn(options)) {
       return {
         check: "vfio-pci",
         status: "ok",
@@ -274,7 +274,7 @@ function checkVfioPci(options: DoctorOptions): DoctorFinding | null {
         hint: null,
       };
     }
-    const dir = `${base}/kernel/drivers/vfio/pci`;
+    const dir = `${options.modulesRoot ?? "/lib/modules"}/${release}/kernel/drivers/vfio/pci`;
     const found = (reader.listDir(dir) ?? []).find((f) => VFIO_PCI_FILES.includes(f));
     if (found !== undefined) {
       return {
@@ -293,6 +293,22 @@ function checkVfioPci(options: DoctorOptions): DoctorFinding | null {
     hint:
       "Install the kernel's modules package (it ships vfio-pci) or build the kernel with CONFIG_VFIO_PCI",
   };
+}
+
+/** The running kernel's release (`6.1.0-18-amd64`), on the live host; `null` when unknown. */
+function kernelRelease(options: DoctorOptions): string | null {
+  if (!options.live) return null;
+  return readAttribute(options.reader, `${options.procRoot ?? "/proc"}/sys/kernel/osrelease`);
+}
+
+/** Whether the live host's kernel has vfio-pci built in (its `modules.builtin` lists it). */
+function vfioPciBuiltIn(options: DoctorOptions): boolean {
+  const release = kernelRelease(options);
+  if (release === null) return false;
+  const builtin = options.reader.readText(
+    `${options.modulesRoot ?? "/lib/modules"}/${release}/modules.builtin`,
+  ) ?? "";
+  return /(^|\/)vfio-pci\.ko$/m.test(builtin);
 }
 
 function checkAcsOverride(host: HostTopology): DoctorFinding {
@@ -392,9 +408,16 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   });
   const needed = found.filter((f) => f.needed.length > 0);
   const shared = found.filter((f) => f.cards.size > 1);
+  // A built-in vfio-pci reads its ids from the kernel command line only.
+  const ignored = vfioPciBuiltIn(options)
+    ? found.filter((f) => f.entry.source !== CMDLINE_SOURCE)
+    : [];
   // Where an entry takes the wrong devices, loading vfio-pci first would make that worse.
-  const late = lateBindings(found.filter((f) => !needed.includes(f) && !shared.includes(f)), uses);
-  if (needed.length === 0 && shared.length === 0 && late.length === 0) {
+  const late = lateBindings(
+    found.filter((f) => !needed.includes(f) && !shared.includes(f) && !ignored.includes(f)),
+    uses,
+  );
+  if (needed.length === 0 && shared.length === 0 && late.length === 0 && ignored.length === 0) {
     return {
       check: "boot-binding",
       status: "ok",
@@ -421,10 +444,13 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         f.taken.map((d) => d.address).join(", ")
       }; the host can use none of them`
     ),
-    ...late.map(({ said, device, cmdline }) =>
+    ...ignored.map((f) =>
+      `${f.said} is ignored: vfio-pci is built into this kernel, and modprobe.d options reach modules only`
+    ),
+    ...late.map(({ said, device, driver, cmdline }) =>
       `${said} did not take ${device.address}${
         cmdline ? " at this boot" : " (if it was there at this boot)"
-      }: "${device.driver}" holds it, because it loaded before vfio-pci`
+      }: "${driver}" holds it, probably because it loaded before vfio-pci`
     ),
   ];
   const wrong = [...needed, ...shared];
@@ -433,6 +459,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       `${remedies(wrong, uses, host.devices)}; then ${
         regenerate(wrong.map((f) => f.entry.source))
       }`,
+    ]),
+    ...(ignored.length === 0 ? [] : [
+      `put ${
+        [...new Set(ignored.map((f) => f.entry.text))].join(",")
+      } on the kernel command line as vfio-pci.ids= instead; then ${regenerate([CMDLINE_SOURCE])}`,
     ]),
     ...lateRemedies(late, options.facts),
   ];
@@ -446,42 +477,49 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
 
 /**
  * The devices an entry takes that another driver holds now, but for the host's own (a failure of
- * their own). vfio-pci binds by IDs only a device no driver has taken yet, so a driver
- * that loads first (from the initramfs, or built in) keeps the device.
+ * their own) and those bound to pci-stub or a vfio driver on purpose. vfio-pci binds by IDs only a
+ * device no driver has taken yet, so a driver that loads first (from the initramfs, or built in)
+ * keeps the device.
  */
 function lateBindings(
   found: readonly { said: string; entry: VfioIdsEntry; taken: readonly PciDevice[] }[],
   uses: ReadonlyMap<string, string>,
-): { said: string; device: PciDevice; cmdline: boolean }[] {
+): { said: string; device: PciDevice; driver: string; cmdline: boolean }[] {
   return found.flatMap(({ said, entry, taken }) =>
-    taken
-      .filter((d) => d.driver !== null && d.driver !== "vfio-pci" && !uses.has(d.address))
-      .map((device) => ({ said, device, cmdline: entry.source === CMDLINE_SOURCE }))
+    taken.flatMap((device) => {
+      const driver = device.driver;
+      if (driver === null || driver === "pci-stub" || /vfio/.test(driver)) return [];
+      if (uses.has(device.address)) return [];
+      return [{ said, device, driver, cmdline: entry.source === CMDLINE_SOURCE }];
+    })
   );
 }
 
 /**
- * How vfio-pci comes to take the late-bound devices: loaded before their drivers (softdep), or,
- * for a driver built into the kernel (not in `/proc/modules`), which binds before any module can
- * load, an override after boot. Unknown modules (no facts): the common case, a module.
+ * How vfio-pci comes to take the late-bound devices: loaded before their drivers' modules
+ * (softdep, keyed by module name), or, for a driver built into the kernel (its module not in
+ * `/proc/modules`), which binds before any module can load, an override after boot. Unknown
+ * modules (no facts): the common case, a module named as its driver.
  */
 function lateRemedies(
-  late: readonly { device: PciDevice }[],
+  late: readonly { device: PciDevice; driver: string }[],
   facts: HostFacts | undefined,
 ): string[] {
   const loaded = facts?.modules() ?? null;
-  const builtIn = (driver: string) =>
-    facts !== undefined && loaded !== null && !loaded.has(facts.moduleOfDriver(driver));
-  const modular = [...new Set(late.map((l) => l.device.driver!).filter((d) => !builtIn(d)))];
-  const fixed = late.filter((l) => builtIn(l.device.driver!));
+  const moduleOf = (driver: string) => facts?.moduleOfDriver(driver) ?? driver;
+  const builtIn = (driver: string) => loaded !== null && !loaded.has(moduleOf(driver));
+  const modules = [
+    ...new Set(late.filter((l) => !builtIn(l.driver)).map((l) => moduleOf(l.driver))),
+  ];
+  const fixed = late.filter((l) => builtIn(l.driver));
   return [
-    ...(modular.length === 0 ? [] : [
+    ...(modules.length === 0 ? [] : [
       `to load vfio-pci first, add ${
-        modular.map((d) => `"softdep ${d} pre: vfio-pci"`).join(", ")
-      } to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot`,
+        modules.map((m) => `"${softdepLine(m)}"`).join(", ")
+      } to a file in /etc/modprobe.d, then ${REBUILD_INITRAMFS} and reboot`,
     ]),
-    ...fixed.map(({ device }) =>
-      `"${device.driver}" is built into the kernel and binds ${device.address} before vfio-pci can: leave it to libvirt's managed detach at start, or bind it after boot with "driverctl set-override ${device.address} vfio-pci"`
+    ...fixed.map(({ device, driver }) =>
+      `"${driver}" is built into the kernel and binds ${device.address} before vfio-pci can: leave it to libvirt's managed detach at start, or stop its users and run "driverctl set-override ${device.address} vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots ("driverctl unset-override ${device.address}" undoes it)`
     ),
   ];
 }
@@ -542,7 +580,7 @@ function regenerate(sources: readonly string[]): string {
     );
   }
   if (sources.some((s) => s !== CMDLINE_SOURCE)) {
-    steps.push("update-initramfs -u (modprobe.d is copied into the initramfs)");
+    steps.push(REBUILD_INITRAMFS);
   }
   return steps.join(" and ");
 }

@@ -24,7 +24,7 @@ import {
   permits,
   resetVerdict,
 } from "../host/preflight.ts";
-import { vfioIdsBinding } from "../host/boot_binding.ts";
+import { REBUILD_INITRAMFS, softdepLine, vfioIdsBinding } from "../host/boot_binding.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
@@ -130,9 +130,12 @@ function busyRemedies(
   if (binding.kind === "ids") {
     // vfio-pci.ids= binds only a device no driver has taken yet: the GPU's driver, often in the
     // initramfs, must load after vfio-pci.
+    const module = context.facts.moduleOfDriver(device.driver!);
     return `${remedies.join(", ")}${
       remedies.length > 0 ? ", or " : ""
-    }bind the GPU to vfio-pci at boot (vfio-pci.ids=${binding.ids}, with "softdep ${device.driver} pre: vfio-pci" in /etc/modprobe.d so that vfio-pci loads first, then rebuild the initramfs)`;
+    }bind the GPU to vfio-pci at boot: vfio-pci.ids=${binding.ids}, and "${
+      softdepLine(module)
+    }" in /etc/modprobe.d so that vfio-pci loads first; then ${REBUILD_INITRAMFS}`;
   }
   return `${remedies.join(", or ")}; not vfio-pci.ids=${binding.ids} at boot: it would bind ${
     binding.twins.join(", ")

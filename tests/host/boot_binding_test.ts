@@ -161,12 +161,12 @@ Deno.test("boot-binding: a device an entry takes that its own driver holds warns
   assertEquals(finding?.status, "warn");
   assertEquals(
     finding!.summary,
-    'vfio-pci.ids=10de:1b06 (kernel command line) did not take 0000:0b:00.0 at this boot: "nvidia" holds it, because it loaded before vfio-pci; ' +
-      'vfio-pci.ids=10de:10ef (kernel command line) did not take 0000:0b:00.1 at this boot: "snd_hda_intel" holds it, because it loaded before vfio-pci',
+    'vfio-pci.ids=10de:1b06 (kernel command line) did not take 0000:0b:00.0 at this boot: "nvidia" holds it, probably because it loaded before vfio-pci; ' +
+      'vfio-pci.ids=10de:10ef (kernel command line) did not take 0000:0b:00.1 at this boot: "snd_hda_intel" holds it, probably because it loaded before vfio-pci',
   );
   assertEquals(
     finding!.hint,
-    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci", "softdep snd_hda_intel pre: vfio-pci" to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot',
+    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci", "softdep snd_hda_intel pre: vfio-pci" to a file in /etc/modprobe.d, then rebuild the initramfs, which holds a copy of modprobe.d (update-initramfs -u, dracut -f or mkinitcpio -P) and reboot',
   );
 });
 
@@ -203,7 +203,69 @@ Deno.test("boot-binding: a driver built into the kernel (not in /proc/modules) g
   assertEquals(finding?.status, "warn");
   assertEquals(
     finding!.hint,
-    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci" to a file in /etc/modprobe.d, then update-initramfs -u (modprobe.d is copied into the initramfs) and reboot; and ' +
-      '"snd_hda_intel" is built into the kernel and binds 0000:0b:00.1 before vfio-pci can: leave it to libvirt\'s managed detach at start, or bind it after boot with "driverctl set-override 0000:0b:00.1 vfio-pci"',
+    'to load vfio-pci first, add "softdep nvidia pre: vfio-pci" to a file in /etc/modprobe.d, then rebuild the initramfs, which holds a copy of modprobe.d (update-initramfs -u, dracut -f or mkinitcpio -P) and reboot; and ' +
+      '"snd_hda_intel" is built into the kernel and binds 0000:0b:00.1 before vfio-pci can: leave it to libvirt\'s managed detach at start, or stop its users and run "driverctl set-override 0000:0b:00.1 vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots ("driverctl unset-override 0000:0b:00.1" undoes it)',
+  );
+});
+
+Deno.test("boot-binding: softdep names the driver's module (modprobe.d keys softdeps by module), and a device bound to pci-stub on purpose is left alone", async () => {
+  const held = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "pci-stub" }, "0000:0b:00.1": { driver: "nvidia-gpu" } },
+    host: { cmdline: CMDLINE, proc: { modules: "i2c_nvidia_gpu 16384 0 - Live 0x0\n" } },
+  });
+  const finding = await withHost(held, ({ host, facts, dir }) => {
+    Deno.mkdirSync(`${dir}/bus/pci/drivers/nvidia-gpu`, { recursive: true });
+    Deno.symlinkSync(
+      "../../../../module/i2c_nvidia_gpu",
+      `${dir}/bus/pci/drivers/nvidia-gpu/module`,
+    );
+    return runDoctor({ host, reader: denoFsReader(), live: false, facts }).find((f) =>
+      f.check === "boot-binding"
+    );
+  });
+  assertEquals(
+    finding?.summary,
+    'vfio-pci.ids=10de:10ef (kernel command line) did not take 0000:0b:00.1 at this boot: "nvidia-gpu" holds it, probably because it loaded before vfio-pci',
+  );
+  assertMatch(
+    finding!.hint ?? "",
+    /^to load vfio-pci first, add "softdep i2c_nvidia_gpu pre: vfio-pci" /,
+  );
+});
+
+Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry is ignored and belongs on the command line", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia" } },
+    host: { cmdline: "quiet" },
+  });
+  const finding = await withHost(description, ({ host, dir }) => {
+    Deno.mkdirSync(`${dir}/etc/modprobe.d`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/etc/modprobe.d/vfio.conf`, "options vfio-pci ids=10de:1b06\n");
+    Deno.mkdirSync(`${dir}/proc/sys/kernel`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/sys/kernel/osrelease`, "6.1.0-test\n");
+    Deno.mkdirSync(`${dir}/lib/modules/6.1.0-test`, { recursive: true });
+    Deno.writeTextFileSync(
+      `${dir}/lib/modules/6.1.0-test/modules.builtin`,
+      "kernel/drivers/vfio/pci/vfio-pci.ko\n",
+    );
+    return runDoctor({
+      host,
+      reader: denoFsReader(),
+      live: true,
+      sysRoot: dir,
+      procRoot: `${dir}/proc`,
+      modulesRoot: `${dir}/lib/modules`,
+      modprobeDirs: [`${dir}/etc/modprobe.d`],
+    }).find((f) => f.check === "boot-binding");
+  });
+  assertEquals(finding?.status, "warn");
+  assertMatch(
+    finding!.summary,
+    /^vfio-pci\.ids=10de:1b06 \(.*vfio\.conf\) is ignored: vfio-pci is built into this kernel, and modprobe\.d options reach modules only$/,
+  );
+  // No softdep: it cannot help an entry the kernel never reads.
+  assertEquals(
+    finding!.hint,
+    "put 10de:1b06 on the kernel command line as vfio-pci.ids= instead; then update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
   );
 });

@@ -172,7 +172,7 @@ Deno.test("host-driver-busy: no vfio-pci.ids= advice that would take the host's 
     const win = vm(planOn(built, SLOT_RULE, { win: domain("win") }), "win");
     const busy = win.warnings.find((w) => w.code === "host-driver-busy");
     // The subsystem IDs tell the two boards apart: the entry names them.
-    assertMatch(busy?.message ?? "", /\(vfio-pci\.ids=10de:1b06:1458:3752, with "softdep /);
+    assertMatch(busy?.message ?? "", /: vfio-pci\.ids=10de:1b06:1458:3752, and "softdep /);
   });
 });
 
@@ -194,7 +194,7 @@ Deno.test("host-driver-busy: the console to unbind is the framebuffer console's 
     // vfio-pci must load before the GPU's driver (nvidia here), or the entry binds nothing.
     assertMatch(
       message,
-      /or bind the GPU to vfio-pci at boot \(vfio-pci\.ids=10de:1b06, with "softdep nvidia pre: vfio-pci" in \/etc\/modprobe\.d so that vfio-pci loads first, then rebuild the initramfs\)$/,
+      /or bind the GPU to vfio-pci at boot: vfio-pci\.ids=10de:1b06, and "softdep nvidia pre: vfio-pci" in \/etc\/modprobe\.d so that vfio-pci loads first; then rebuild the initramfs, which holds a copy of modprobe\.d \(update-initramfs -u, dracut -f or mkinitcpio -P\)$/,
     );
   });
 });
