@@ -614,7 +614,8 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
       restored,
       effect: null,
       live: null,
-      definition: null,
+      // Not restored: the new definition stays, and says so.
+      definition: restored ? null : done.definition,
       message: `${done.message}, then undone: ${why}; ${note}`,
     },
     live: null,

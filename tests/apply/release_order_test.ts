@@ -291,6 +291,31 @@ Deno.test("applyPlan() defines a swap whole, or quits it whole", async () => {
   }
 });
 
+Deno.test("applyPlan() reports the definition a swap's undo could not restore", async () => {
+  using w = swapWorld();
+  const beta = w.plan.vms[1]!;
+  beta.desiredXml = beta.desiredXml.replace(/<memory unit='KiB'>\d+</, "<memory unit='KiB'>lots<");
+  // The third define is alpha's undo: libvirt refuses it.
+  let defines = 0;
+  const libvirt = Object.create(w.port);
+  libvirt.define = (xml: string) => {
+    if (++defines === 3) throw new Error("the daemon went away");
+    return w.port.define(xml);
+  };
+  const report = await applyPlan(w.plan, {
+    libvirt,
+    stateDir: `${w.root}/state`,
+    confirm: answering("yes", "yes").confirm,
+  });
+  const alpha = report.vms[0]!;
+  assertEquals([alpha.code, alpha.restored], ["undone", false]);
+  assertMatch(alpha.message, /restoring its previous definition failed \(the daemon went away\)/);
+  // alpha keeps its new definition, and the report still shows it for a diff.
+  assertEquals(pciHostdevs(w.port, "alpha"), [NIC]);
+  assertOk(alpha.definition !== null);
+  assertMatch(alpha.definition!.after, new RegExp(`<name>alpha</name>`));
+});
+
 Deno.test("applyPlan() undoes a swap's first define when the second VM fails", async () => {
   using w = swapWorld();
   // libvirt refuses beta's new definition, after alpha's was defined.
@@ -303,6 +328,7 @@ Deno.test("applyPlan() undoes a swap's first define when the second VM fails", a
   });
   const [alpha, betaResult] = report.vms;
   assertEquals([alpha!.status, alpha!.code, alpha!.restored], ["failed", "undone", true]);
+  assertEquals(alpha!.definition, null);
   assertEquals(betaResult!.code, "define-failed");
   assertMatch(
     alpha!.message,
