@@ -139,7 +139,7 @@ function checkDirShape(path: string): number {
       `use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`;
     const advice = (mode & 0o1000) !== 0
       ? `, a directory shared with other users: ${own}`
-      : (mode & 0o002) === 0
+      : (mode & 0o002) === 0 && path !== DEFAULT_STATE_DIR
       ? `; if it is passthrough's alone, run "chmod 700 ${path}"; if its group shares it on purpose, ${own}`
       : `; run "chmod 700 ${path}"`;
     throw new StateDirError(

@@ -88,6 +88,52 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
   });
 });
 
+/** Whether `unshare -m` works here (root): a private mount namespace for system paths. */
+function canUnshareMounts(): boolean {
+  try {
+    return new Deno.Command("unshare", {
+      args: ["-m", "--propagation", "private", "true"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name: "the default state directory made group-writable is told to chmod 700, not to use itself",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    // /var/lib is a private tmpfs here: the host's own state directory is never touched.
+    const script = "mount -t tmpfs passthrough-test /var/lib && mkdir /var/lib/passthrough && " +
+      'chmod 2775 /var/lib/passthrough && exec "$@"';
+    const out = await new Deno.Command("unshare", {
+      args: [
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        Deno.execPath(),
+        "run",
+        "--quiet",
+        ...documentedFlags(),
+        MAIN,
+        "backups",
+      ],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 1, stderr);
+    assertMatch(stderr, /\(mode 2775\); run "chmod 700 \/var\/lib\/passthrough"\n$/);
+  },
+});
+
 /** Whether `unshare -U` works here: root then meets file modes like any user. */
 function canDropToUser(): boolean {
   try {
