@@ -5,6 +5,7 @@ import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../h
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { terminalSafe } from "../../lib/render/terminal.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PLAYBOOK = `${ROOT}ansible/passthrough.yml`;
@@ -372,5 +373,28 @@ ${
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test({
+  name: "the playbook's filter escapes exactly the characters the CLI escapes",
+  ignore: which("python3") === null,
+  async fn() {
+    const script = `import importlib.util, sys
+spec = importlib.util.spec_from_file_location("f", sys.argv[1])
+f = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(f)
+print(",".join(str(c) for c in range(0x3000) if f.terminal_safe(chr(c)) != chr(c)))`;
+    const out = await new Deno.Command("python3", {
+      args: ["-c", script, `${ROOT}ansible/filter_plugins/passthrough.py`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const cli = [];
+    for (let c = 0; c < 0x3000; c++) {
+      if (terminalSafe(String.fromCharCode(c), false) !== String.fromCharCode(c)) cli.push(c);
+    }
+    assertEquals(new TextDecoder().decode(out.stdout).trim(), cli.join(","));
   },
 });
