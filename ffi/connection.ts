@@ -6,7 +6,8 @@
 
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
-import { borrowCString, cString, libc, libvirt, takeCString } from "./library.ts";
+import { borrowCString, cString, libvirt, takeCString } from "./library.ts";
+import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
 import { UriProgramError, uriProgramReason } from "./uri_check.ts";

@@ -1,11 +1,12 @@
 /**
- * Loads `libvirt.so.0` and libc lazily, once per process. Nothing is opened at import time, so
+ * Loads `libvirt.so.0` lazily, once per process (libc is `libc.ts`). Nothing is opened at import time, so
  * modules that only need types or pure logic never require `--allow-ffi` or an installed libvirt.
  *
  * @module
  */
 
-import { ERROR_FUNC_DEFINITION, LIBC_SYMBOLS, LIBVIRT_SYMBOLS } from "./symbols.ts";
+import { libc } from "./libc.ts";
+import { ERROR_FUNC_DEFINITION, LIBVIRT_SYMBOLS } from "./symbols.ts";
 
 /** The default soname; the plain `libvirt.so` link only exists with `libvirt-dev`. */
 export const DEFAULT_LIBVIRT_PATH = "libvirt.so.0";
@@ -15,9 +16,6 @@ export const LIBVIRT_PATH_ENV = "PASSTHROUGH_LIBVIRT_PATH";
 
 /** The bound libvirt functions. */
 export type LibvirtSymbols = Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>["symbols"];
-
-/** The bound libc functions. */
-export type LibcSymbols = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 
 /** An opened libvirt with its silencing error callback; `close()` releases both. */
 export interface LibvirtLibrary {
@@ -91,7 +89,6 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
 }
 
 let cachedLibvirt: LibvirtLibrary | undefined;
-let cachedLibc: LibcSymbols | undefined;
 
 function configuredPath(): string {
   // Without env permission the override cannot be read; fall back rather than fail so a run with
@@ -109,23 +106,6 @@ function configuredPath(): string {
 export function libvirt(): LibvirtSymbols {
   cachedLibvirt ??= openLibvirtLibrary(configuredPath());
   return cachedLibvirt.symbols;
-}
-
-/** The process-wide libc (for `free()`), opened on first use. */
-export function libc(): LibcSymbols {
-  if (cachedLibc === undefined) {
-    try {
-      cachedLibc = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
-    } catch (error) {
-      if (
-        error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
-      ) {
-        throw error;
-      }
-      throw new Error(`Cannot load libc from "libc.so.6"`, { cause: error });
-    }
-  }
-  return cachedLibc;
 }
 
 const encoder = new TextEncoder();

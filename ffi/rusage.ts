@@ -7,16 +7,12 @@
  * @module
  */
 
+import { libc } from "./libc.ts";
+
 /** `RUSAGE_CHILDREN`: the children that have been waited for. */
 const RUSAGE_CHILDREN = -1;
 /** `struct rusage` on 64-bit Linux: `ru_utime` at 0, `ru_stime` at 16, each `{ sec, usec }`. */
 const RUSAGE_BYTES = 144;
-
-let libc:
-  | Deno.DynamicLibrary<{
-    getrusage: { parameters: ["i32", "buffer"]; result: "i32" };
-  }>
-  | null = null;
 
 /**
  * User plus system CPU time, in milliseconds, of every child process this process has waited
@@ -31,11 +27,8 @@ let libc:
  * ```
  */
 export function childrenCpuMs(): number {
-  libc ??= Deno.dlopen("libc.so.6", {
-    getrusage: { parameters: ["i32", "buffer"], result: "i32" },
-  });
   const usage = new BigInt64Array(RUSAGE_BYTES / 8);
-  if (libc.symbols.getrusage(RUSAGE_CHILDREN, usage) !== 0) {
+  if (libc().getrusage(RUSAGE_CHILDREN, new Uint8Array(usage.buffer)) !== 0) {
     throw new Error("getrusage(RUSAGE_CHILDREN) failed");
   }
   const [userSec, userUsec, systemSec, systemUsec] = usage;

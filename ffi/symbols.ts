@@ -89,14 +89,6 @@ export const LIBVIRT_SYMBOLS = {
   virSetErrorFunc: { parameters: ["pointer", "function"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** libc, for `free()`: libvirt exports no `virFree`, and its `char*` results come from malloc. */
-export const LIBC_SYMBOLS = {
-  // void free(void *ptr);
-  free: { parameters: ["pointer"], result: "void" },
-  // char *getenv(const char *name);
-  getenv: { parameters: ["buffer"], result: "pointer" },
-} as const satisfies Deno.ForeignLibraryInterface;
-
 /** `typedef void (*virErrorFunc)(void *userData, virErrorPtr error);` */
 export const ERROR_FUNC_DEFINITION = {
   parameters: ["pointer", "pointer"],
