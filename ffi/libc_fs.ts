@@ -91,49 +91,164 @@ export class LibcFsError extends Error {
  * ```
  */
 export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsReader {
-  const lib = libc(options.fewCalls);
-  const encoder = new TextEncoder();
-  const decoder = new TextDecoder();
-  let buffer = new Uint8Array(16384);
-  const linkBuffer = new Uint8Array(4096);
-  const linkBufferSize = BigInt(linkBuffer.length);
-  let pathBuffer = new Uint8Array(4096);
-  // One reused buffer for NUL-terminated absolute paths.
-  const cString = (path: string): Uint8Array => {
-    if (pathBuffer.length < path.length * 3 + 1) pathBuffer = new Uint8Array(path.length * 3 + 1);
-    const { written } = encoder.encodeInto(path, pathBuffer);
-    pathBuffer[written] = 0;
-    return pathBuffer;
+  const reader = new LibcReader(libc(options.fewCalls));
+  // A plain object, as every reader is: a caller may spread it to replace one method.
+  return {
+    listDir: (path) => reader.listDir(path),
+    listEntries: (path) => reader.listEntries(path),
+    readText: (path) => reader.readText(path),
+    readBytes: (path, maxBytes) => reader.readBytes(path, maxBytes),
+    readLink: (path) => reader.readLink(path),
+    deviceNumber: (path) => reader.deviceNumber(path),
+    openFile: (path) => reader.openFile(path),
   };
-  // errno is read after the call returns; a signal handler running in between (Deno's
-  // SIGCHLD handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean
-  // "missing" for open/read/readlink on files, so the call is simply repeated.
-  let lastErrno = 0;
-  const openFd = (path: string): number => {
+}
+
+/** How often a call that failed with a {@link TRANSIENT_ERRNO} is tried again. */
+const RETRIES = 8;
+
+/**
+ * The reader behind {@link libcSysfsReader}: one reused buffer for file contents, one for link
+ * targets and one for NUL-terminated paths, and the errno of the last failed call.
+ */
+class LibcReader {
+  readonly #lib: ReturnType<typeof libc>;
+  readonly #encoder = new TextEncoder();
+  readonly #decoder = new TextDecoder();
+  #buffer = new Uint8Array(16384);
+  readonly #linkBuffer = new Uint8Array(4096);
+  #pathBuffer = new Uint8Array(4096);
+  // errno is read after the call returns; a signal handler running in between (Deno's SIGCHLD
+  // handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean "missing" for
+  // open/read/readlink on files, so the call is simply repeated.
+  #lastErrno = 0;
+
+  constructor(lib: ReturnType<typeof libc>) {
+    this.#lib = lib;
+  }
+
+  listDir(path: string): string[] | null {
+    const entries: string[] = [];
+    return this.#readDirectory(path, (name) => entries.push(name)) ? entries : null;
+  }
+
+  listEntries(path: string): DirectoryEntry[] | null {
+    const entries: DirectoryEntry[] = [];
+    const read = this.#readDirectory(path, (name, type) => {
+      entries.push({ name, kind: DIRENT_KINDS[type] ?? "other" });
+    });
+    return read ? entries : null;
+  }
+
+  readText(path: string): string | null {
+    const n = this.#readFile(path, 65536);
+    return n === null ? null : this.#decoder.decode(this.#buffer.subarray(0, n));
+  }
+
+  readBytes(path: string, maxBytes: number): Uint8Array | null {
+    const n = this.#readFile(path, maxBytes);
+    return n === null ? null : this.#buffer.slice(0, n);
+  }
+
+  readLink(path: string): string | null {
+    const size = BigInt(this.#linkBuffer.length);
     for (let attempt = 0;; attempt++) {
-      const fd = lib.openat(AT_FDCWD, cString(path), FILE_FLAGS);
-      if (fd >= 0) return fd;
-      lastErrno = errno();
-      if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fd;
+      const n = Number(this.#lib.readlinkat(AT_FDCWD, this.#cString(path), this.#linkBuffer, size));
+      if (n >= 0) return this.#decoder.decode(this.#linkBuffer.subarray(0, n));
+      if (!this.#retry(attempt)) return this.#fail("read link", path);
     }
-  };
-  // Reads up to `maxBytes` into `buffer` and closes `fd`: the length, or -1 (see lastErrno).
-  // A short read is the end of a sysfs attribute or a regular file, which saves one syscall
-  // per file; /proc files are read until 0 as usual, because seq_file hands them out in pieces.
-  const readFd = (fd: number, maxBytes: number, untilZero: boolean): number => {
+  }
+
+  deviceNumber(path: string): string | null {
+    const info = new Uint8Array(STATX_SIZE);
+    for (let attempt = 0;; attempt++) {
+      const path0 = this.#cString(path);
+      if (this.#lib.statx(AT_FDCWD, path0, AT_STATX_DONT_SYNC, STATX_TYPE, info) === 0) break;
+      if (!this.#retry(attempt)) return this.#fail("stat", path);
+    }
+    const view = new DataView(info.buffer);
+    if ((view.getUint16(STATX_MODE_OFFSET, LITTLE_ENDIAN) & S_IFMT) !== S_IFCHR) return null;
+    const major = view.getUint32(STATX_RDEV_MAJOR_OFFSET, LITTLE_ENDIAN);
+    return `${major}:${view.getUint32(STATX_RDEV_MINOR_OFFSET, LITTLE_ENDIAN)}`;
+  }
+
+  openFile(path: string): SysfsFile | null {
+    const fd = this.#openFd(path);
+    return fd < 0 ? this.#fail("open", path) : new LibcFile(path, fd, this);
+  }
+
+  /** `pread` into the shared buffer, for {@link LibcFile}; `buffer.slice` of what was read. */
+  readAt(file: { path: string; fd: number }, offset: number, length: number): Uint8Array {
+    if (this.#buffer.length < length) this.#buffer = new Uint8Array(length);
+    for (let attempt = 0;; attempt++) {
+      const n = Number(this.#lib.pread(file.fd, this.#buffer, BigInt(length), BigInt(offset)));
+      if (n >= 0) return this.#buffer.slice(0, n);
+      if (!this.#retry(attempt)) break;
+    }
+    // A register the kernel will not read reads as absent, like a short read.
+    if (MISSING_ERRNO.has(this.#lastErrno)) return new Uint8Array(0);
+    throw new LibcFsError("read", file.path, this.#lastErrno);
+  }
+
+  /** Closes a file of {@link openFile}. */
+  close(fd: number): void {
+    this.#lib.close(fd);
+  }
+
+  /** Records errno after a failed call; whether the call is worth repeating. */
+  #retry(attempt: number): boolean {
+    this.#lastErrno = errno();
+    return TRANSIENT_ERRNO.has(this.#lastErrno) && attempt < RETRIES;
+  }
+
+  /** `null` when the last failure means "missing"; otherwise throws. */
+  #fail(operation: string, path: string): null {
+    if (MISSING_ERRNO.has(this.#lastErrno)) return null;
+    throw new LibcFsError(operation, path, this.#lastErrno);
+  }
+
+  /** `path` NUL-terminated in the reused path buffer. */
+  #cString(path: string): Uint8Array {
+    if (this.#pathBuffer.length < path.length * 3 + 1) {
+      this.#pathBuffer = new Uint8Array(path.length * 3 + 1);
+    }
+    const { written } = this.#encoder.encodeInto(path, this.#pathBuffer);
+    this.#pathBuffer[written] = 0;
+    return this.#pathBuffer;
+  }
+
+  #openFd(path: string): number {
+    for (let attempt = 0;; attempt++) {
+      const fd = this.#lib.openat(AT_FDCWD, this.#cString(path), FILE_FLAGS);
+      if (fd >= 0 || !this.#retry(attempt)) return fd;
+    }
+  }
+
+  /** The file's length in the buffer, or `null` when it is missing. */
+  #readFile(path: string, maxBytes: number): number | null {
+    const fd = this.#openFd(path);
+    if (fd < 0) return this.#fail("open", path);
+    const n = this.#readFd(fd, maxBytes, path.startsWith("/proc/"));
+    return n < 0 ? this.#fail("read", path) : n;
+  }
+
+  /**
+   * Reads up to `maxBytes` into the buffer and closes `fd`: the length, or -1 (see the errno). A
+   * short read is the end of a sysfs attribute or a regular file, which saves one syscall per
+   * file; /proc files are read until 0 as usual, because seq_file hands them out in pieces.
+   */
+  #readFd(fd: number, maxBytes: number, untilZero: boolean): number {
     try {
-      if (buffer.length < maxBytes) buffer = new Uint8Array(maxBytes);
+      if (this.#buffer.length < maxBytes) this.#buffer = new Uint8Array(maxBytes);
       let length = 0;
       // A FIFO whose writer never writes answers EAGAIN forever: retries are counted.
       let retries = 0;
       while (length < maxBytes) {
         const want = maxBytes - length;
-        const n = Number(
-          lib.read(fd, length === 0 ? buffer : buffer.subarray(length), BigInt(want)),
-        );
+        const into = length === 0 ? this.#buffer : this.#buffer.subarray(length);
+        const n = Number(this.#lib.read(fd, into, BigInt(want)));
         if (n < 0) {
-          lastErrno = errno();
-          if (TRANSIENT_ERRNO.has(lastErrno) && retries++ < 8) continue;
+          if (this.#retry(retries++)) continue;
           return -1;
         }
         if (n === 0) break;
@@ -142,113 +257,44 @@ export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsRead
       }
       return length;
     } finally {
-      lib.close(fd);
-    }
-  };
-  const fail = (operation: string, path: string): null => {
-    const code = lastErrno;
-    if (MISSING_ERRNO.has(code)) return null;
-    throw new LibcFsError(operation, path, code);
-  };
-  /** The file's length in `buffer`, or `null` when it is missing. */
-  const readFile = (path: string, maxBytes: number): number | null => {
-    const fd = openFd(path);
-    if (fd < 0) return fail("open", path);
-    const n = readFd(fd, maxBytes, path.startsWith("/proc/"));
-    return n < 0 ? fail("read", path) : n;
-  };
-
-  /** An open file read at offsets (`pread`). */
-  class FileReader implements SysfsFile {
-    #open = true;
-    constructor(readonly path: string, readonly fd: number) {}
-    readAt(offset: number, length: number): Uint8Array {
-      if (!this.#open) throw new Error(`Cannot read "${this.path}": the file was closed`);
-      if (buffer.length < length) buffer = new Uint8Array(length);
-      for (let attempt = 0;; attempt++) {
-        const n = Number(lib.pread(this.fd, buffer, BigInt(length), BigInt(offset)));
-        if (n >= 0) return buffer.slice(0, n);
-        lastErrno = errno();
-        if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) break;
-      }
-      // A register the kernel will not read reads as absent, like a short read.
-      if (MISSING_ERRNO.has(lastErrno)) return new Uint8Array(0);
-      throw new LibcFsError("read", this.path, lastErrno);
-    }
-    [Symbol.dispose](): void {
-      if (this.#open) lib.close(this.fd);
-      this.#open = false;
+      this.#lib.close(fd);
     }
   }
 
   /** Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing. */
-  const readDirectory = (path: string, each: (name: string, type: number) => void): boolean => {
-    let dir = lib.opendir(cString(path));
-    for (let attempt = 0; dir === null && attempt < 8; attempt++) {
-      lastErrno = errno();
-      if (!TRANSIENT_ERRNO.has(lastErrno)) break;
-      dir = lib.opendir(cString(path));
+  #readDirectory(path: string, each: (name: string, type: number) => void): boolean {
+    let dir = this.#lib.opendir(this.#cString(path));
+    for (let attempt = 0; dir === null && this.#retry(attempt); attempt++) {
+      dir = this.#lib.opendir(this.#cString(path));
     }
-    if (dir === null) return fail("open directory", path) ?? false;
+    if (dir === null) return this.#fail("open directory", path) ?? false;
     try {
       for (;;) {
-        const entry = lib.readdir(dir);
+        const entry = this.#lib.readdir(dir);
         if (entry === null) break;
         const view = new Deno.UnsafePointerView(entry);
         const name = view.getCString(DIRENT_NAME_OFFSET);
         if (name !== "." && name !== "..") each(name, view.getUint8(DIRENT_TYPE_OFFSET));
       }
     } finally {
-      lib.closedir(dir);
+      this.#lib.closedir(dir);
     }
     return true;
-  };
+  }
+}
 
-  return {
-    listDir(path) {
-      const entries: string[] = [];
-      return readDirectory(path, (name) => entries.push(name)) ? entries : null;
-    },
-    listEntries(path) {
-      const entries: DirectoryEntry[] = [];
-      const read = readDirectory(path, (name, type) => {
-        entries.push({ name, kind: DIRENT_KINDS[type] ?? "other" });
-      });
-      return read ? entries : null;
-    },
-    readText(path) {
-      const n = readFile(path, 65536);
-      return n === null ? null : decoder.decode(buffer.subarray(0, n));
-    },
-    readBytes(path, maxBytes) {
-      const n = readFile(path, maxBytes);
-      return n === null ? null : buffer.slice(0, n);
-    },
-    readLink(path) {
-      for (let attempt = 0;; attempt++) {
-        const n = Number(lib.readlinkat(AT_FDCWD, cString(path), linkBuffer, linkBufferSize));
-        if (n >= 0) return decoder.decode(linkBuffer.subarray(0, n));
-        lastErrno = errno();
-        if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fail("read link", path);
-      }
-    },
-    deviceNumber(path) {
-      const info = new Uint8Array(STATX_SIZE);
-      for (let attempt = 0;; attempt++) {
-        if (lib.statx(AT_FDCWD, cString(path), AT_STATX_DONT_SYNC, STATX_TYPE, info) === 0) break;
-        lastErrno = errno();
-        if (!TRANSIENT_ERRNO.has(lastErrno) || attempt >= 8) return fail("stat", path);
-      }
-      const view = new DataView(info.buffer);
-      if ((view.getUint16(STATX_MODE_OFFSET, LITTLE_ENDIAN) & S_IFMT) !== S_IFCHR) return null;
-      const major = view.getUint32(STATX_RDEV_MAJOR_OFFSET, LITTLE_ENDIAN);
-      return `${major}:${view.getUint32(STATX_RDEV_MINOR_OFFSET, LITTLE_ENDIAN)}`;
-    },
-    openFile(path) {
-      const fd = openFd(path);
-      return fd < 0 ? fail("open", path) : new FileReader(path, fd);
-    },
-  };
+/** An open file read at offsets (`pread`), through its reader's buffer. */
+class LibcFile implements SysfsFile {
+  #open = true;
+  constructor(readonly path: string, readonly fd: number, readonly reader: LibcReader) {}
+  readAt(offset: number, length: number): Uint8Array {
+    if (!this.#open) throw new Error(`Cannot read "${this.path}": the file was closed`);
+    return this.reader.readAt(this, offset, length);
+  }
+  [Symbol.dispose](): void {
+    if (this.#open) this.reader.close(this.fd);
+    this.#open = false;
+  }
 }
 
 /** A path as the kernel resolves it: see {@link resolvePath}. */
