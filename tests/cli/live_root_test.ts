@@ -5,7 +5,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { isLiveRoot, liveSysfsRoot } from "../../cli/host_options.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { demoTree } from "../helpers/reliability.ts";
@@ -79,22 +79,9 @@ Deno.test("plan refuses another machine's libvirt with this machine's /sys howev
   });
 });
 
-/** Whether `unshare -m` can make a private mount namespace here (root, no seccomp block). */
-function canUnshare(): boolean {
-  try {
-    return new Deno.Command("unshare", {
-      args: ["-m", "true"],
-      stdout: "null",
-      stderr: "null",
-    }).outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name: "devices --sysfs on a bind mount of /sys is the live host",
-  ignore: !canUnshare(),
+  ignore: !canUnshareMounts(),
   fn: async () => {
     const reference = await runCli(["devices"]);
     await using tree = await demoTree();

@@ -5,7 +5,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
@@ -87,19 +87,6 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
     test: TEST,
   });
 });
-
-/** Whether `unshare -m` works here (root): a private mount namespace for system paths. */
-function canUnshareMounts(): boolean {
-  try {
-    return new Deno.Command("unshare", {
-      args: ["-m", "--propagation", "private", "true"],
-      stdout: "null",
-      stderr: "null",
-    }).outputSync().success;
-  } catch {
-    return false;
-  }
-}
 
 Deno.test({
   name: "the default state directory made group-writable is told to chmod 700, not to use itself",

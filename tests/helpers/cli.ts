@@ -246,3 +246,16 @@ export async function runHook(
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
+
+/** Whether `unshare -m` can make a private mount namespace here (root, no seccomp block). */
+export function canUnshareMounts(): boolean {
+  try {
+    return new Deno.Command("unshare", {
+      args: ["-m", "--propagation", "private", "true"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
