@@ -460,11 +460,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         regenerate(wrong.map((f) => f.entry.source))
       }`,
     ]),
-    ...(ignored.length === 0 ? [] : [
-      `put ${
-        [...new Set(ignored.map((f) => f.entry.text))].join(",")
-      } on the kernel command line as vfio-pci.ids= instead; then ${regenerate([CMDLINE_SOURCE])}`,
-    ]),
+    ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f))),
     ...lateRemedies(late, options.facts),
   ];
   return {
@@ -473,6 +469,20 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     summary: problems.join("; "),
     hint: hints.join("; and "),
   };
+}
+
+/**
+ * Where the ignored entries belong: on the kernel command line. Not one that takes a device the
+ * host uses or every card of a model: there it would take them.
+ */
+function ignoredRemedy(ignored: readonly { entry: VfioIdsEntry }[]): string[] {
+  if (ignored.length === 0) return [];
+  const ids = [...new Set(ignored.map((f) => f.entry.text))].join(",");
+  return [
+    `put ${ids} on the kernel command line as vfio-pci.ids= instead; then ${
+      regenerate([CMDLINE_SOURCE])
+    }`,
+  ];
 }
 
 /**

@@ -233,14 +233,11 @@ Deno.test("boot-binding: softdep names the driver's module (modprobe.d keys soft
   );
 });
 
-Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry is ignored and belongs on the command line", async () => {
-  const description = described("x570-aorus-pro-wifi", {
-    devices: { "0000:0b:00.0": { driver: "nvidia" } },
-    host: { cmdline: "quiet" },
-  });
-  const finding = await withHost(description, ({ host, dir }) => {
+/** doctor's boot-binding on a live-looking tree whose kernel has vfio-pci built in. */
+async function builtInVfio(description: HostDescription, modprobe: string) {
+  return await withHost(description, ({ host, dir }) => {
     Deno.mkdirSync(`${dir}/etc/modprobe.d`, { recursive: true });
-    Deno.writeTextFileSync(`${dir}/etc/modprobe.d/vfio.conf`, "options vfio-pci ids=10de:1b06\n");
+    Deno.writeTextFileSync(`${dir}/etc/modprobe.d/vfio.conf`, modprobe);
     Deno.mkdirSync(`${dir}/proc/sys/kernel`, { recursive: true });
     Deno.writeTextFileSync(`${dir}/proc/sys/kernel/osrelease`, "6.1.0-test\n");
     Deno.mkdirSync(`${dir}/lib/modules/6.1.0-test`, { recursive: true });
@@ -258,6 +255,16 @@ Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry
       modprobeDirs: [`${dir}/etc/modprobe.d`],
     }).find((f) => f.check === "boot-binding");
   });
+}
+
+Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry is ignored and belongs on the command line", async () => {
+  const finding = await builtInVfio(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "nvidia" } },
+      host: { cmdline: "quiet" },
+    }),
+    "options vfio-pci ids=10de:1b06\n",
+  );
   assertEquals(finding?.status, "warn");
   assertMatch(
     finding!.summary,
@@ -268,4 +275,14 @@ Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry
     finding!.hint,
     "put 10de:1b06 on the kernel command line as vfio-pci.ids= instead; then update the boot loader's kernel command line (/etc/default/grub, then update-grub)",
   );
+});
+
+Deno.test("boot-binding: an ignored modprobe.d entry that would take every card of a model is not sent to the command line", async () => {
+  const finding = await builtInVfio(
+    twins(["3752", "3752"], { cmdline: "quiet" }),
+    "options vfio-pci ids=10de:1b06\n",
+  );
+  assertMatch(finding!.summary, /is ignored: vfio-pci is built into this kernel/);
+  assertMatch(finding!.summary, /takes every card of that model/);
+  assertEquals(finding!.hint?.includes("kernel command line as vfio-pci.ids="), false);
 });
