@@ -1,6 +1,7 @@
 /**
- * Loads `libvirt.so.0` lazily, once per process (libc is `libc.ts`). Nothing is opened at import time, so
- * modules that only need types or pure logic never require `--allow-ffi` or an installed libvirt.
+ * Loads `libvirt.so.0` lazily, once per process (libc is `libc.ts`'s). Nothing is opened at import
+ * time, so modules that only need types or pure logic never require `--allow-ffi` or an installed
+ * libvirt.
  *
  * @module
  */
