@@ -543,12 +543,13 @@ async function skipOrAsk(
   return null;
 }
 
-/** One VM applied: its result, its pending hot-plug, and the definition it replaced. */
+/**
+ * One VM applied: its result (whose `definition.before` is the definition it replaced, for an
+ * undo) and its pending hot-plug.
+ */
 interface Applied {
   result: VmApplyResult;
   live: PendingLive | null;
-  /** The definition (with secrets) before the define, for a VM whose define took effect. */
-  previous: string | null;
 }
 
 /**
@@ -579,7 +580,6 @@ function applyUnit(
         out.set(other, {
           result: result(other, "skipped", "blocked", `Not applied: ${failure}`),
           live: null,
-          previous: null,
         });
       } else if (applied.result.code === "define-unknown") {
         earlier.result.message += `; ${failure}: run "passthrough plan" before starting either`;
@@ -594,11 +594,11 @@ function applyUnit(
 
 /** `applied`'s define taken back (its previous definition defined again), because of `why`. */
 function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
-  const { result: done, previous } = applied;
+  const { result: done } = applied;
   let note: string;
   let restored = false;
   try {
-    libvirt.define(previous!);
+    libvirt.define(done.definition!.before);
     restored = true;
     note = `its previous definition was restored`;
   } catch (error) {
@@ -619,7 +619,6 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
       message: `${done.message}, then undone: ${why}; ${note}`,
     },
     live: null,
-    previous: null,
   };
 }
 
@@ -967,7 +966,6 @@ function applyVm(
   const fail = (failure: Failure): Applied => ({
     result: result(vm, "failed", failure.code, failure.message),
     live: null,
-    previous: null,
   });
   const planned = readPlanned(vm);
   if (isFailure(planned)) return fail(planned);
@@ -992,13 +990,12 @@ function applyVm(
     desired: planned.desired,
     base,
   });
-  if ("failed" in defined) return { result: defined.failed, live: null, previous: null };
+  if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
-  const previous = now.secure;
   if (!now.active) {
-    return { result: { ...base, effect: "next-start", message: summary }, live: null, previous };
+    return { result: { ...base, effect: "next-start", message: summary }, live: null };
   }
   const running = {
     ...base,
@@ -1006,14 +1003,13 @@ function applyVm(
     message: `${summary}; it is running, so the change takes effect at its next full power-off`,
   };
   if (options.live !== true || (added.length === 0 && removed.length === 0)) {
-    return { result: running, live: null, previous };
+    return { result: running, live: null };
   }
   running.live = { detached: [], attached: [], errors: [] };
   running.message = summary;
   return {
     result: running,
     live: { result: running, detach: removed, attach: added },
-    previous,
   };
 }
 
