@@ -16,6 +16,9 @@
  * @module
  */
 
+import { shellQuote } from "../../lib/render/shell.ts";
+import { canUnshareMounts } from "./cli.ts";
+
 const LIBVIRTD = "/usr/sbin/libvirtd";
 const VIRTLOGD = "/usr/sbin/virtlogd";
 /** Where libvirt looks for hook scripts; a test's own directory is bind-mounted there. */
@@ -111,16 +114,6 @@ async function ensureQemuUser(): Promise<void> {
   }
 }
 
-async function unshareWorks(): Promise<boolean> {
-  if (!exists("/usr/bin/unshare")) return false;
-  const out = await run("unshare", ["-m", "--propagation", "private", "true"]);
-  return out.code === 0;
-}
-
-function shellQuote(text: string): string {
-  return `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
 /** Whether process `pid` is running (a zombie counts as gone). */
 export function processAlive(pid: number): boolean {
   try {
@@ -190,7 +183,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
       "",
     ].join("\n"),
   );
-  const isolated = await unshareWorks();
+  const isolated = canUnshareMounts();
   if (!isolated && (options.hooksDir !== undefined || options.virtlogd)) {
     await Deno.remove(dir, { recursive: true });
     throw new Error("Cannot start libvirtd with hooks or virtlogd: no private mount namespace");
