@@ -1,6 +1,7 @@
 /**
  * The sentences of the planner's issues that more than one step builds, or that are long enough
- * to hide a step's logic: drift, unreadable definitions, live-only devices.
+ * to hide a step's logic: drift, unreadable definitions, live-only devices, devices still in
+ * running guests.
  *
  * @module
  */
@@ -194,6 +195,31 @@ export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): Pla
     } as held by "${name}" until the guest stops or ${one ? "it is" : "they are"} unplugged`,
     vm: name,
     devices: [...extra],
+  };
+}
+
+/**
+ * The warning for a VM (`vm`) whose plan adds devices (`devices`) that another VM's plan releases
+ * while that VM (`holder`) is running: its guest keeps them until it is powered off, and libvirt
+ * refuses to start a guest with a device another guest uses.
+ */
+export function heldByRunningWarning(
+  vm: string,
+  holder: string,
+  devices: readonly PciAddress[],
+): PlanIssue {
+  const one = devices.length === 1;
+  return {
+    code: "held-by-running-vm",
+    message: `${one ? "Device" : "Devices"} ${quoteAll(devices)} ${
+      one ? "goes" : "go"
+    } to "${vm}" but running VM "${holder}" holds ${
+      one ? "it" : "them"
+    } until it is powered off: "${vm}" cannot start before that (libvirt refuses a device another guest uses), unless apply --live unplugs ${
+      one ? "it" : "them"
+    } from "${holder}" now`,
+    vm,
+    devices: [...devices],
   };
 }
 

@@ -23,8 +23,9 @@ import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { driftOfOthers, planUntilSettled } from "./fixpoint.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
+import { heldByRunningWarning } from "./issues.ts";
 import { hostIssues } from "./resolve.ts";
-import { surveyWorld } from "./survey.ts";
+import { type Survey, surveyWorld } from "./survey.ts";
 import { networkPools, networkWarnings } from "./networks.ts";
 import { withNetworks } from "./used_devices.ts";
 import type { Plan, VmPlan } from "./types.ts";
@@ -113,6 +114,22 @@ export function planHostdevs(options: PlanOptions): Plan {
 }
 
 /**
+ * Adds a `held-by-running-vm` warning to each changed VM whose plan adds a device another
+ * running guest holds now (its own plan releases it, or this one would be refused): one per
+ * holder, which must be powered off (or the device unplugged) before this VM can start.
+ */
+function warnHeldByRunning(vms: readonly VmPlan[], survey: Survey): void {
+  for (const vm of vms) {
+    if (!vm.changed || vm.add.length === 0) continue;
+    for (const [holder, devices] of survey.running) {
+      if (holder === vm.name) continue;
+      const held = vm.add.map((a) => a.address).filter((a) => devices.has(a));
+      if (held.length > 0) vm.warnings.push(heldByRunningWarning(vm.name, holder, held));
+    }
+  }
+}
+
+/**
  * Computes the plan from data alone: the config, the host and a world as {@link readWorld} reads
  * it (or built by hand). No I/O but the lazy reads of `options.facts`: {@link planHostdevs} is this after reading the world.
  *
@@ -177,6 +194,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     ...(options.facts === undefined ? {} : { facts: options.facts }),
   };
   const settled = planUntilSettled(input);
+  warnHeldByRunning(settled.vms, survey);
   if (options.vms !== undefined) warnings.push(...driftOfOthers(input, settled));
   const selected = new Set(input.selected);
   const unplanned = config.vms.map((v) => v.name).filter((name) => !selected.has(name));

@@ -87,6 +87,12 @@ export interface Survey {
   keptOrphans: Map<string, PlanIssue>;
   /** Whether each domain was running. */
   active: Map<string, boolean>;
+  /**
+   * What each running guest holds now, by domain name: the PCI devices of its live definition
+   * (of its persistent one when the live one was not read). A device the plan moves out of its
+   * persistent definition stays there until the guest is powered off.
+   */
+  running: Map<string, ReadonlySet<PciAddress>>;
   /** Plan-wide refusals and warnings from reading the world. */
   errors: PlanIssue[];
   warnings: PlanIssue[];
@@ -213,6 +219,14 @@ function surveyDomain(
   }
   survey.holdings.set(name, holding);
   survey.active.set(name, snapshot.active);
+  if (snapshot.active) survey.running.set(name, runningDevices(live, defined));
+}
+
+/** The PCI devices a running guest holds now (see {@link Survey.running}). */
+function runningDevices(live: DefinitionRead | null, defined: PciAddress[]): Set<PciAddress> {
+  if (live?.kind === "parsed") return new Set(heldAddresses(live.domain));
+  if (live?.kind === "unreadable") return new Set([...defined, ...live.scan.addresses]);
+  return new Set(defined);
 }
 
 /**
@@ -234,6 +248,7 @@ export function surveyWorld(
     orphans: [],
     keptOrphans: new Map(),
     active: new Map(),
+    running: new Map(),
     errors: [],
     warnings: [],
   };

@@ -39,6 +39,7 @@ export type IssueCode =
   | "unreadable-definition"
   | "vm-running"
   | "live-only-hostdev"
+  | "held-by-running-vm"
   | "boot-order-conflict"
   | "guard-refused"
   | "host-needed"

@@ -59,3 +59,14 @@ Deno.test("README: troubleshooting answers the first failures", () => {
     ]
   ) assertMatch(trouble, symptom);
 });
+
+Deno.test("README: every issue code a plan can give is explained", () => {
+  // Scripts branch on `plan --json`'s codes: one they cannot look up is one they cannot handle.
+  const types = Deno.readTextFileSync(new URL("../../lib/plan/types.ts", import.meta.url));
+  const start = types.indexOf("export type IssueCode");
+  const union = types.slice(start, types.indexOf(";", start));
+  const codes = [...union.matchAll(/\| "([a-z-]+)"/g)].map((m) => m[1]!);
+  assertOk(codes.length > 30, `found only ${codes.length} codes in lib/plan/types.ts`);
+  const json = section("`plan --json`");
+  assertEquals(codes.filter((code) => !json.includes(`\`${code}\``)), []);
+});

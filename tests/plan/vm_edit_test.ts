@@ -23,13 +23,13 @@ import {
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
-import { dataWorld } from "../helpers/world.ts";
+import { type DataDomain, dataWorld } from "../helpers/world.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { Connection } from "../../ffi/connection.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
-import type { VmPlan } from "../../lib/plan/types.ts";
+import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 
 Deno.test("planHostdevs() adds a matched GPU and its group's audio function, with records", async () => {
   await withPort([WIN10], (libvirt) => {
@@ -575,4 +575,39 @@ Deno.test("planWorld() keeps an owned hostdev whose settings libvirt wrote back 
   // A setting that did change rewrites the element.
   const changed = planVm(`        boot_order: 3\n`, rewritten);
   assertEquals([changed.remove, changed.add.map((a) => a.spec.bootOrder)], [["0000:01:00.0"], [3]]);
+});
+
+Deno.test("planWorld() warns that a card moved away from a running VM cannot start in the other one before it stops", () => {
+  // win10 got the GPU (and its audio) by the plan; the config now gives it to linux.
+  const applied = planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10: WIN10 }) });
+  const win10 = vmOf(applied, "win10").desiredXml;
+  const moved = config(`  win10:
+    devices: []
+  linux:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  const planWith = (holder: DataDomain) =>
+    planWorld({ config: moved, host: HOST, world: dataWorld({ win10: holder, linux }) });
+  const heldWarnings = (plan: Plan) =>
+    vmOf(plan, "linux").warnings.filter((w) => w.code === "held-by-running-vm");
+
+  const running = planWith({ xml: win10, active: true });
+  assertEquals(vmOf(running, "win10").remove, ["0000:01:00.0", "0000:01:00.1"]);
+  assertEquals(vmOf(running, "linux").add.map((a) => a.address), ["0000:01:00.0", "0000:01:00.1"]);
+  const [warning] = heldWarnings(running);
+  assertEquals([warning?.vm, warning?.devices], ["linux", ["0000:01:00.0", "0000:01:00.1"]]);
+  assertMatch(warning!.message, /running VM "win10" holds them until it is powered off: "linux"/);
+  assertMatch(warning!.message, /apply --live unplugs them from "win10"/);
+
+  // Shut off, or already unplugged from the running guest: nothing holds the card.
+  assertEquals(heldWarnings(planWith(win10)), []);
+  assertEquals(heldWarnings(planWith({ xml: win10, active: true, liveXml: WIN10 })), []);
+  // Only hot-plugged into the running guest (not in its definition): held too. The plan then
+  // refuses linux (the device is held), so nothing is added and no such warning is given.
+  const hotPlugged = planWith({ xml: WIN10, active: true, liveXml: win10 });
+  assertEquals(vmOf(hotPlugged, "linux").changed, false);
+  assertEquals(heldWarnings(hotPlugged), []);
 });
