@@ -21,6 +21,7 @@ import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.t
 import { checkConnectUri } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
+import { guardPath } from "../lib/guard/layout.ts";
 import { summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
@@ -244,7 +245,7 @@ export async function computePlan(
 async function addGuardRefusals(plan: Plan, stateDir: string): Promise<void> {
   // The guard's state module (and the node:crypto it loads) only when there are records.
   try {
-    if (!Deno.statSync(`${stateDir}/guard/refused`).isDirectory) return;
+    if (!Deno.statSync(guardPath(stateDir, "refused")).isDirectory) return;
   } catch {
     return;
   }

@@ -38,7 +38,6 @@ export {
   type GuardPolicyFile,
   hostNeedsAllowed,
   parsePolicyFile,
-  POLICY_FILE,
   type PolicyFileReading,
   policyFor,
   type VmGuardPolicy,
@@ -88,3 +87,11 @@ export {
   type ReloadRecord,
   takeAllowance,
 } from "./state.ts";
+export {
+  GUARD_DIR,
+  GUARD_FOLDERS,
+  type GuardFolder,
+  guardPath,
+  POLICY_FILE,
+  RELOAD_FILE,
+} from "./layout.ts";

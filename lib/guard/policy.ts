@@ -23,9 +23,6 @@ import type { Config, GuardPolicy } from "../config/config.ts";
 /** A policy under which the hook still checks: what a refusal was judged by. */
 export type ActivePolicy = Exclude<GuardPolicy, "off">;
 
-/** The file under the state directory's `guard/` folder. */
-export const POLICY_FILE = "policy.json";
-
 /** The largest policy file read: a config holds a few dozen VMs. */
 export const MAX_POLICY_BYTES = 1024 * 1024;
 

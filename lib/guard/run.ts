@@ -21,11 +21,11 @@ import {
   ENFORCE,
   hostNeedsAllowed,
   hostNeedsRemedy,
-  POLICY_FILE,
   policyFor,
   type VmGuardPolicy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
+import { GUARD_DIR, GUARD_FOLDERS, guardPath, POLICY_FILE } from "./layout.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -187,7 +187,7 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
 function guardListing(stateDir: string): ReadonlySet<string> | null {
   const names = (dir: string) => new Set([...Deno.readDirSync(dir)].map((e) => e.name));
   try {
-    return names(stateDir).has("guard") ? names(`${stateDir}/guard`) : new Set();
+    return names(stateDir).has(GUARD_DIR) ? names(guardPath(stateDir)) : new Set();
   } catch (error) {
     return error instanceof Deno.errors.NotFound ? new Set() : null;
   }
@@ -199,10 +199,10 @@ function guardListing(stateDir: string): ReadonlySet<string> | null {
  * A directory that cannot be listed counts as holding something, so its error is reported.
  */
 function holdsGuardState(stateDir: string, listing: ReadonlySet<string> | null): boolean {
-  return ["allow", "refused"].some((kind) => {
+  return GUARD_FOLDERS.some((kind) => {
     if (listing !== null && !listing.has(kind)) return false;
     try {
-      for (const _ of Deno.readDirSync(`${stateDir}/guard/${kind}`)) return true;
+      for (const _ of Deno.readDirSync(guardPath(stateDir, kind))) return true;
       return false;
     } catch (error) {
       return !(error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory);

@@ -1,9 +1,8 @@
 /**
- * What the start guard keeps in the state directory, under `guard/`: one-shot allowances
- * (`passthrough guard allow VM`, since `virsh start` cannot pass a flag to a hook) and the last
- * refusal per VM, so that a later `plan` can show why a start was stopped. One small JSON file
- * per VM in each of `guard/allow/` and `guard/refused/`, named by `encodeVmName`, mode 0600 in
- * 0700 directories, like the backups.
+ * What the start guard keeps in the state directory (where: `layout.ts`): the config's policies,
+ * one-shot allowances (`passthrough guard allow VM`, since `virsh start` cannot pass a flag to a
+ * hook), the last refusal per VM, so that a later `plan` can show why a start was stopped, and
+ * the last daemon reload. Small JSON files, mode 0600 in 0700 directories, like the backups.
  *
  * @module
  */
@@ -27,11 +26,11 @@ import {
   type GuardPolicyFile,
   MAX_POLICY_BYTES,
   parsePolicyFile,
-  POLICY_FILE,
   type PolicyFileReading,
   type VmPolicyReading,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
+import { GUARD_DIR, type GuardFolder, guardPath, POLICY_FILE, RELOAD_FILE } from "./layout.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -90,7 +89,7 @@ function readGuardFile(path: string): string | null {
  * ```
  */
 export function readPolicyFile(stateDir: string): PolicyFileReading {
-  const path = join(stateDir, "guard", POLICY_FILE);
+  const path = guardPath(stateDir, POLICY_FILE);
   const fail = (problem: string): PolicyFileReading => ({
     file: null,
     problem: `cannot read the guard policies in ${path} (${problem}): enforcing`,
@@ -98,7 +97,7 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
   let text: string | null;
   try {
     const state = openStateDir(stateDir, { write: false });
-    text = checkPrivateDir(join(state.path, "guard"), state) ? readGuardFile(path) : null;
+    text = checkPrivateDir(join(state.path, GUARD_DIR), state) ? readGuardFile(path) : null;
   } catch (error) {
     if (error instanceof StateDirError && error.problem === "missing") {
       return { file: null, problem: null };
@@ -156,7 +155,7 @@ export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
  * ```
  */
 export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyRecordOutcome {
-  const path = join(stateDir, "guard", POLICY_FILE);
+  const path = guardPath(stateDir, POLICY_FILE);
   const before = readGuardFile(path);
   if (Object.keys(file.vms).length === 0) {
     if (before === null) return "unchanged";
@@ -166,7 +165,7 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   const text = `${JSON.stringify(file, null, 2)}\n`;
   if (before === text) return "unchanged";
   const state = openStateDir(stateDir);
-  const guard = join(state.path, "guard");
+  const guard = join(state.path, GUARD_DIR);
   ensurePrivateDir(guard, state);
   // Between the removal and the new file the hook finds none and enforces: the safe side.
   replaceFile(guard, POLICY_FILE, text);
@@ -176,8 +175,8 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
 /** What {@link takeAllowance} found. */
 export type AllowanceOutcome = "allowed" | "expired" | "none";
 
-function guardDir(state: StateDir, kind: "allow" | "refused"): string {
-  const guard = join(state.path, "guard");
+function guardDir(state: StateDir, kind: GuardFolder): string {
+  const guard = join(state.path, GUARD_DIR);
   ensurePrivateDir(guard, state);
   const dir = join(guard, kind);
   ensurePrivateDir(dir, state);
@@ -300,10 +299,10 @@ function allowanceCounts(window: { created: number; expires: number }, now: numb
  * `guard/KIND/<vm>.json` when it exists in a safe state directory, without creating anything;
  * `null` when the state directory, its `guard/KIND/` or the file does not exist.
  */
-function existingGuardFile(stateDir: string, kind: "allow" | "refused", vm: string): string | null {
+function existingGuardFile(stateDir: string, kind: GuardFolder, vm: string): string | null {
   // Most starts have neither file: one lstat settles it before the directories are checked.
   try {
-    Deno.lstatSync(join(stateDir, "guard", kind, fileName(vm)));
+    Deno.lstatSync(guardPath(stateDir, kind, fileName(vm)));
   } catch (error) {
     if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory) {
       return null;
@@ -317,7 +316,7 @@ function existingGuardFile(stateDir: string, kind: "allow" | "refused", vm: stri
     if (error instanceof StateDirError && error.problem === "missing") return null;
     throw error;
   }
-  const guard = join(state.path, "guard");
+  const guard = join(state.path, GUARD_DIR);
   const dir = join(guard, kind);
   if (!checkPrivateDir(guard, state) || !checkPrivateDir(dir, state)) return null;
   const path = join(dir, fileName(vm));
@@ -351,7 +350,7 @@ export function recordRefusals(
 
 /** The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. */
 export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
-  const dir = join(stateDir, "guard", "refused");
+  const dir = guardPath(stateDir, "refused");
   const records: GuardRefusalRecord[] = [];
   let entries: Deno.DirEntry[];
   try {
@@ -389,16 +388,16 @@ export function recordReload(
   now: Date = new Date(),
 ): void {
   const state = openStateDir(stateDir);
-  const guard = join(state.path, "guard");
+  const guard = join(state.path, GUARD_DIR);
   ensurePrivateDir(guard, state);
   const record: ReloadRecord = { name: daemon.name, pid: daemon.pid, time: now.toISOString() };
-  replaceFile(guard, "reloaded.json", `${JSON.stringify(record, null, 2)}\n`);
+  replaceFile(guard, RELOAD_FILE, `${JSON.stringify(record, null, 2)}\n`);
 }
 
 /** The reloads `hook install` recorded, or `[]` when none can be read. Nothing written. */
 export function readReloadRecords(stateDir: string): ReloadRecord[] {
   try {
-    const data = JSON.parse(readGuardFile(join(stateDir, "guard", "reloaded.json")) ?? "null");
+    const data = JSON.parse(readGuardFile(guardPath(stateDir, RELOAD_FILE)) ?? "null");
     return typeof data?.name === "string" && typeof data?.pid === "number" ? [data] : [];
   } catch {
     return [];

@@ -1,0 +1,46 @@
+/**
+ * Where the start guard keeps its files in the state directory, named in this one place:
+ *
+ * ```text
+ * STATE/guard/policy.json        the config's guard policies (written by apply)
+ * STATE/guard/reloaded.json      the last daemon reload done by hook install (for doctor)
+ * STATE/guard/allow/VM.json      one-shot allowances (guard allow; taken by the next start)
+ * STATE/guard/refused/VM.json    the last refusal of each VM's start (the hook; shown by plan)
+ * ```
+ *
+ * `VM` is the VM's name as `encodeVmName` writes it. `state.ts` reads and writes these files;
+ * the hook's fast path only lists them, and so loads this module alone (it imports nothing that
+ * loads a `node:` module).
+ *
+ * @module
+ */
+
+import { join } from "../state/paths.ts";
+
+/** The guard's folder in the state directory. */
+export const GUARD_DIR = "guard";
+
+/** The config's guard policies, as `apply` records them. */
+export const POLICY_FILE = "policy.json";
+
+/** The last daemon reload `hook install` did. */
+export const RELOAD_FILE = "reloaded.json";
+
+/** The guard's folders of one file per VM: allowances and refusal records. */
+export type GuardFolder = "allow" | "refused";
+
+/** Every {@link GuardFolder}. */
+export const GUARD_FOLDERS: readonly GuardFolder[] = ["allow", "refused"];
+
+/**
+ * The path of `names` under the state directory's guard folder.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(guardPath("/var/lib/passthrough", "refused"), "/var/lib/passthrough/guard/refused");
+ * ```
+ */
+export function guardPath(stateDir: string, ...names: string[]): string {
+  return join(stateDir, GUARD_DIR, ...names);
+}
