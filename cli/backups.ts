@@ -10,7 +10,27 @@ import type { Parsed } from "./flags.ts";
 import type { BACKUPS } from "./specs.ts";
 import { renderTable } from "./table.ts";
 import { type BackupListing, describeBackupProblem, inspectBackups } from "../lib/state/backups.ts";
-import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
+import {
+  openStateDir,
+  resolveStateDirPath,
+  type StateDir,
+  StateDirError,
+} from "../lib/state/state_dir.ts";
+import { didYouMean } from "../lib/render/suggest.ts";
+
+/**
+ * For `backups VM` that lists none: the VM with backups whose name is closest, and how many
+ * other VMs have some (a mistyped name reads as a VM never backed up unless said so).
+ */
+function otherVms(state: StateDir | null, vm: string | undefined): string {
+  if (state === null || vm === undefined) return "";
+  const names = [...new Set(inspectBackups(state).entries.map((e) => e.vm))];
+  if (names.length === 0) return "";
+  const s = names.length === 1 ? "" : "s";
+  return `${didYouMean(vm, names)}; ${names.length} other VM${s} ha${
+    s === "" ? "s" : "ve"
+  } backups (passthrough backups lists them)`;
+}
 
 /** Runs `passthrough backups [VM]`; writes nothing. Exit 1 when a backup is damaged. */
 export function run(
@@ -19,14 +39,14 @@ export function run(
 ): Promise<number> {
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   let listing: BackupListing;
-  let missing = false;
+  let state: StateDir | null = null;
   try {
     // Read-only: a missing state directory simply has no backups; an unsafe one is refused.
-    listing = inspectBackups(openStateDir(stateDir, { write: false }), vm);
+    state = openStateDir(stateDir, { write: false });
+    listing = inspectBackups(state, vm);
   } catch (error) {
     if (!(error instanceof StateDirError && error.problem === "missing")) throw error;
     listing = { entries: [], problems: [] };
-    missing = true;
   }
   const { entries, problems } = listing;
   // The listing is the JSON contract: problems go to stderr there, below the table otherwise.
@@ -38,8 +58,8 @@ export function run(
     if (entries.length === 0) {
       const which = vm === undefined ? "" : ` of VM "${vm}"`;
       // A mistyped --state-dir reads as a directory without backups unless said so.
-      const none = missing ? `: ${stateDir} does not exist` : ` in ${stateDir}`;
-      io.out(`No backups${which}${none}\n`);
+      const none = state === null ? `: ${stateDir} does not exist` : ` in ${stateDir}`;
+      io.out(`No backups${which}${none}${otherVms(state, vm)}\n`);
     } else {
       // `#` numbers each VM's backups from its newest: `rollback VM --to N` takes it.
       const seen = new Map<string, number>();

@@ -461,6 +461,12 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     // A mistyped state directory says it does not exist, and rollback creates nothing there.
     const none = await cli(["backups", "--state-dir", `${root}/absent`]);
     assertEquals([none.code, none.stdout], [0, `No backups: ${root}/absent does not exist\n`]);
+    // A mistyped VM name reads as a VM never backed up unless the closest one is named.
+    const misspelt = await cli(["backups", "alhpa", "--state-dir", stateDir]);
+    assertEquals([misspelt.code, misspelt.stdout], [
+      0,
+      `No backups of VM "alhpa" in ${stateDir} (did you mean "alpha"?); 2 other VMs have backups (passthrough backups lists them)\n`,
+    ]);
     const typo = await cli([
       "rollback",
       "alpha",
