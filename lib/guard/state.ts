@@ -30,7 +30,7 @@ import {
   type VmPolicyReading,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
-import { GUARD_DIR, type GuardFolder, guardPath, POLICY_FILE, RELOAD_FILE } from "./layout.ts";
+import { type GuardFolder, guardPath, POLICY_FILE, RELOAD_FILE } from "./layout.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -97,7 +97,7 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
   let text: string | null;
   try {
     const state = openStateDir(stateDir, { write: false });
-    text = checkPrivateDir(join(state.path, GUARD_DIR), state) ? readGuardFile(path) : null;
+    text = checkPrivateDir(guardPath(state.path), state) ? readGuardFile(path) : null;
   } catch (error) {
     if (error instanceof StateDirError && error.problem === "missing") {
       return { file: null, problem: null };
@@ -165,7 +165,7 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   const text = `${JSON.stringify(file, null, 2)}\n`;
   if (before === text) return "unchanged";
   const state = openStateDir(stateDir);
-  const guard = join(state.path, GUARD_DIR);
+  const guard = guardPath(state.path);
   ensurePrivateDir(guard, state);
   // Between the removal and the new file the hook finds none and enforces: the safe side.
   replaceFile(guard, POLICY_FILE, text);
@@ -176,7 +176,7 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
 export type AllowanceOutcome = "allowed" | "expired" | "none";
 
 function guardDir(state: StateDir, kind: GuardFolder): string {
-  const guard = join(state.path, GUARD_DIR);
+  const guard = guardPath(state.path);
   ensurePrivateDir(guard, state);
   const dir = join(guard, kind);
   ensurePrivateDir(dir, state);
@@ -316,7 +316,7 @@ function existingGuardFile(stateDir: string, kind: GuardFolder, vm: string): str
     if (error instanceof StateDirError && error.problem === "missing") return null;
     throw error;
   }
-  const guard = join(state.path, GUARD_DIR);
+  const guard = guardPath(state.path);
   const dir = join(guard, kind);
   if (!checkPrivateDir(guard, state) || !checkPrivateDir(dir, state)) return null;
   const path = join(dir, fileName(vm));
@@ -388,7 +388,7 @@ export function recordReload(
   now: Date = new Date(),
 ): void {
   const state = openStateDir(stateDir);
-  const guard = join(state.path, GUARD_DIR);
+  const guard = guardPath(state.path);
   ensurePrivateDir(guard, state);
   const record: ReloadRecord = { name: daemon.name, pid: daemon.pid, time: now.toISOString() };
   replaceFile(guard, RELOAD_FILE, `${JSON.stringify(record, null, 2)}\n`);
