@@ -5,15 +5,18 @@
  * Suitable for cron or a monitoring check; it changes nothing.
  *
  *   deno run --no-prompt --allow-ffi --allow-run=lspci --allow-read --allow-write \
- *     --allow-env=LOG_TOKENS,LOG_STREAM examples/drift_check.ts CONFIG [SYSFS] [URI]
+ *     --allow-sys=hostname --allow-env=LOG_TOKENS,LOG_STREAM \
+ *     examples/drift_check.ts CONFIG [SYSFS] [URI]
  *
  * With no arguments it checks the bundled demo (demo/, built in a temporary directory: hence
- * --allow-write), which has pending changes.
+ * --allow-write), which has pending changes. A config shared by several hosts (`hosts:`) is
+ * checked for this machine's section, found by its host name (hence --allow-sys=hostname), as
+ * `passthrough plan` does.
  *
  * @module
  */
 
-import { discoverHost, loadConfig, planHostdevs } from "../lib/mod.ts";
+import { discoverHost, loadConfig, pickHostSection, planHostdevs } from "../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../lib/testing/mod.ts";
 import { libcSysfsReader, openLibvirtPort } from "../ffi/mod.ts";
 
@@ -37,7 +40,8 @@ try {
     root,
     ...(root === "/sys" ? { reader: libcSysfsReader(), live: true } : {}),
   });
-  const config = await loadConfig(configPath);
+  const loaded = await loadConfig(configPath);
+  const config = pickHostSection(loaded, { hostname: () => Deno.hostname() })?.config ?? loaded;
   using libvirt = openLibvirtPort(uri ?? null, { readOnly: true });
   const plan = planHostdevs({ config, host, libvirt });
 

@@ -1157,7 +1157,19 @@ function checkRuleHosts(
   );
 }
 
-/** Reads and parses a config file. Throws {@link ConfigErrors}, or the read error. */
+/**
+ * Reads and parses a config file. Throws {@link ConfigErrors} for what the file says (located),
+ * and for a file that is no regular file, too large or not UTF-8; {@link ConfigReadError} when it
+ * is missing, a loop of symbolic links or not readable; other read errors as they are.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertOk } from "../../tests/helpers/assert.ts";
+ * const error = await loadConfig("/nonexistent/passthrough_config.yaml").catch((e) => e);
+ * assertEquals(error.message, 'Cannot read config "/nonexistent/passthrough_config.yaml": no such file');
+ * assertOk(error instanceof ConfigReadError && error.problem === "missing");
+ * ```
+ */
 export async function loadConfig(path: string): Promise<Config> {
   const refuse = (detail: string, hint: string, line = 1, column = 1) =>
     new ConfigErrors(path, [new ConfigError(detail, { file: path, line, column, path: "", hint })]);
@@ -1205,17 +1217,44 @@ async function readAtMost(path: string, max: number): Promise<Uint8Array> {
   return out.subarray(0, length);
 }
 
-/** Why the config file at `path` cannot be read, in words, with the path (the error as is else). */
+/** Why a config file cannot be read, as {@link ConfigReadError} tells it. */
+export type ConfigReadProblem = "missing" | "loop" | "permission";
+
+/** A config file that cannot be read: missing, a loop of symbolic links, or not readable. */
+export class ConfigReadError extends Error {
+  /** The error's name. */
+  override name = "ConfigReadError";
+  /** The config file's path. */
+  readonly path: string;
+  /** What stands in the way. */
+  readonly problem: ConfigReadProblem;
+
+  /** Builds the error for the config at `path` that cannot be read because of `problem`. */
+  constructor(path: string, problem: ConfigReadProblem) {
+    const why = problem === "missing"
+      ? "no such file"
+      : problem === "loop"
+      ? "a loop of symbolic links"
+      : "permission denied (check its owner and mode, or run as root)";
+    // The sentence says all the system's error does: it is not kept as a cause, which the CLI
+    // would print again.
+    super(`Cannot read config "${path}": ${why}`);
+    this.path = path;
+    this.problem = problem;
+  }
+}
+
+/** Why the config file at `path` cannot be read, as a {@link ConfigReadError} (the error as is else). */
 function unreadableConfig(path: string, error: unknown): unknown {
-  const why = error instanceof Deno.errors.NotFound
-    ? "no such file"
+  const problem: ConfigReadProblem | null = error instanceof Deno.errors.NotFound
+    ? "missing"
     : error instanceof Deno.errors.FilesystemLoop
-    ? "a loop of symbolic links"
+    ? "loop"
     : error instanceof Deno.errors.PermissionDenied
-    ? "permission denied (check its owner and mode, or run as root)"
+    ? "permission"
     : null;
-  // The sentence says all the system's error does; Deno's own refusals and the rest pass as is.
-  return why === null ? error : new Error(`Cannot read config "${path}": ${why}`);
+  // Deno's own refusals (NotCapable) and the rest pass as they are.
+  return problem === null ? error : new ConfigReadError(path, problem);
 }
 
 /**

@@ -14,6 +14,7 @@ export type HostPick = "flag" | "hostname";
 
 /** A config with `hosts:` that has no section for the host being planned. */
 export class UnknownHostError extends Error {
+  /** The error's name. */
   override name = "UnknownHostError";
   /** The name looked for. */
   host: string;
@@ -22,6 +23,7 @@ export class UnknownHostError extends Error {
   /** The hosts the config declares, in file order. */
   known: string[];
 
+  /** Builds the error for `file`, which declares the hosts `known` but not `host`. */
   constructor(file: string, host: string, pick: HostPick, known: string[]) {
     const why = pick === "flag" ? "--host" : "this machine's host name";
     super(

@@ -9,6 +9,8 @@ export {
   type Config,
   ConfigError,
   ConfigErrors,
+  ConfigReadError,
+  type ConfigReadProblem,
   type DeviceRule,
   type GuardPolicy,
   type HostConfig,
@@ -18,3 +20,10 @@ export {
   parseConfig,
   type VmConfig,
 } from "./config.ts";
+export {
+  configForHost,
+  type HostPick,
+  type PickedHost,
+  pickHostSection,
+  UnknownHostError,
+} from "./host_section.ts";

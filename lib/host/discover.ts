@@ -39,7 +39,10 @@ export interface DiscoverOptions {
   root?: string;
   /** How files are read. Default: plain Deno file access (pass `libcSysfsReader()` for `/sys`). */
   reader?: SysfsReader;
-  /** How lspci runs; `null` skips it (names, modules, FLR and serial stay unknown). */
+  /**
+   * How lspci runs; `null` skips it: names stay `null` and modules `[]` (FLR and serial numbers
+   * come from each function's configuration space).
+   */
   lspci?: LspciRunner | null;
   /**
    * Vendor name lookup that cuts lspci's joined "vendor device" names in two. Default:

@@ -336,6 +336,10 @@ function checkGroups(
  * (see `ffi/nodedev_source.ts` for the real one) and reads them with
  * {@link topologyFromNodeDevices}. The topology's `source` is the connection's URI.
  *
+ * For comparing and listing only: libvirt cannot say what the host uses (its disks, routes,
+ * console), so the topology's `hostUse` is unknown and every plan of it is refused
+ * (`host-use-unknown`). Plan a host discovered from sysfs (`discoverHost`).
+ *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";

@@ -33,7 +33,10 @@ import { readWorld, type World } from "./world.ts";
 
 /** Options of {@link planHostdevs}. */
 export interface PlanOptions {
-  /** The parsed config. */
+  /**
+   * The parsed config, of one host: a config with `hosts:` is cut down to this host's section
+   * first (`pickHostSection` or `configForHost`), or planning throws a `TypeError`.
+   */
   config: Config;
   /** The discovered host. */
   host: HostTopology;
@@ -52,6 +55,18 @@ export interface PlanOptions {
 export interface PlanWorldOptions extends Omit<PlanOptions, "libvirt"> {
   /** Every domain's state and definitions, as {@link readWorld} reads them. */
   world: World;
+}
+
+/**
+ * Refuses a config with `hosts:`: its VMs and rules belong to several hosts, and planning all of
+ * them on this one would give one host's VM another host's device choices.
+ */
+function checkOneHost(config: Config): void {
+  if (config.hosts === undefined) return;
+  throw new TypeError(
+    `${config.file} declares hosts: (a config shared by several hosts): plan one host's section, ` +
+      "cut down with pickHostSection(config, { hostname }) or configForHost(config, NAME)",
+  );
 }
 
 /** The IOMMU group of every function the VMs' plans add, remove or move (see `Plan.groupOf`). */
@@ -162,6 +177,7 @@ function warnHeldByRunning(vms: readonly VmPlan[], survey: Survey): void {
  */
 export function planWorld(options: PlanWorldOptions): Plan {
   const { config, host, world } = options;
+  checkOneHost(config);
   const survey = surveyWorld(
     world,
     config,

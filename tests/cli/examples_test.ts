@@ -1,11 +1,14 @@
 /** The scripts in `examples/` run as users run them and say what they promise. */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/mod.ts";
 
 const EXAMPLE = new URL("../../examples/drift_check.ts", import.meta.url).pathname;
 
-Deno.test("examples/drift_check.ts reports the demo's pending changes with exit code 3", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+
+function driftCheck(...args: string[]): Promise<Deno.CommandOutput> {
+  return new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       "--no-prompt",
@@ -13,14 +16,40 @@ Deno.test("examples/drift_check.ts reports the demo's pending changes with exit 
       "--allow-run=lspci",
       "--allow-read",
       "--allow-write",
+      "--allow-sys=hostname",
       "--allow-env=LOG_TOKENS,LOG_STREAM",
       EXAMPLE,
+      ...args,
     ],
     stdout: "piped",
     stderr: "piped",
   }).output();
+}
+
+Deno.test("examples/drift_check.ts reports the demo's pending changes with exit code 3", async () => {
+  const out = await driftCheck();
   const stdout = new TextDecoder().decode(out.stdout);
   assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
   assertMatch(stdout, /^win10: pending: \+3 -0$/m);
   assertMatch(stdout, /^gentoo: pending: \+3 -0$/m);
+});
+
+Deno.test("examples/drift_check.ts checks this host's section of a config shared by hosts", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-fleet-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // The demo's config, with gentoo moved to another host.
+    const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+    const fleet = demo
+      .replace("vms:\n", `hosts: { ${JSON.stringify(Deno.hostname())}: {}, elsewhere: {} }\nvms:\n`)
+      .replace("  gentoo:\n", "  gentoo:\n    host: elsewhere\n");
+    assertMatch(fleet, /host: elsewhere/);
+    Deno.writeTextFileSync(`${dir}/fleet.yaml`, fleet);
+    const out = await driftCheck(`${dir}/fleet.yaml`, `${dir}/sysfs`, `test://${DEMO}world.xml`);
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
+    assertEquals(stdout, "win10: pending: +3 -0\n");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

@@ -3,7 +3,7 @@
  * goes wrong while reading becomes data, never an exception out of the middle of planning.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
 import { HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
 import { config } from "../helpers/plan_world.ts";
 import { Connection, openLibvirtPort } from "../../ffi/mod.ts";
@@ -11,7 +11,8 @@ import { parseConfig } from "../../lib/config/config.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
-import { readWorld, type World } from "../../lib/plan/world.ts";
+import { readDefinition, readWorld, type World } from "../../lib/plan/world.ts";
+import { configForHost, pickHostSection } from "../../lib/config/mod.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -181,4 +182,32 @@ Deno.test("readWorld() reads definitions on a read-only connection, which refuse
     world.domains.map((d) => [d.name, d.persistent.kind]),
     [["gentoo", "parsed"], ["win10", "parsed"]],
   );
+});
+
+Deno.test("a config shared by several hosts is refused until cut down to one host's section", () => {
+  const fleet = parseConfig(
+    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    host: hv2\n    devices:\n" +
+      "      - match: { vendor_device_id: 10de:1b06 }\n",
+    { file: "fleet.yaml" },
+  );
+  const world: World = {
+    uri: "test:///fleet",
+    domains: [{
+      name: "win10",
+      active: false,
+      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
+      live: null,
+    }],
+  };
+  // hv1 would otherwise hand hv2's VM the GPU it has too.
+  assertThrows(
+    () => planWorld({ config: fleet, host: GPU_HOST, world }),
+    TypeError,
+    "fleet.yaml declares hosts: (a config shared by several hosts): plan one host's section",
+  );
+  const onHv1 = pickHostSection(fleet, { hostname: () => "hv1" })!.config;
+  assertEquals(planWorld({ config: onHv1, host: GPU_HOST, world }).vms, []);
+  const onHv2 = configForHost(fleet, "hv2");
+  const [vm] = planWorld({ config: onHv2, host: GPU_HOST, world }).vms;
+  assertEquals([vm?.name, vm?.add.map((a) => a.address)], ["win10", ["0000:0b:00.0"]]);
 });
