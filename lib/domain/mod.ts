@@ -28,7 +28,6 @@ export {
   type LenientHostdevScan,
   lenientHostPciAddresses,
   type NetworkInterfacesScan,
-  normaliseXmlLine,
   type PassedElement,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
@@ -36,4 +35,4 @@ export {
 } from "./lenient.ts";
 export { describeUsbSource, type UsbSource, usbSourceFrom } from "./usb_source.ts";
 export { redactSecrets, secretValues } from "./secrets.ts";
-export { type NetworkDevice, noDevices, type UsedDevices } from "./device_uses.ts";
+export { type NetworkDevice, type UsedDevices } from "./device_uses.ts";

@@ -12,7 +12,6 @@
 export {
   checkDomainStart,
   describeIdentity,
-  fixCommand,
   formatRefusal,
   type GuardCheckInput,
   type GuardDevice,
@@ -25,7 +24,6 @@ export {
   type GuardRunOptions,
   type GuardRunResult,
   MAX_XML_BYTES,
-  NETWORK_STATUS_DIR,
   type PolicedRefusal,
   runGuard,
 } from "./run.ts";
@@ -33,7 +31,6 @@ export {
   type ActivePolicy,
   checksNothing,
   describePolicies,
-  ENFORCE,
   guardPolicies,
   type GuardPolicyFile,
   hostNeedsAllowed,
@@ -44,8 +41,6 @@ export {
   type VmPolicyReading,
 } from "./policy.ts";
 export {
-  checkCommand,
-  checkPermissions,
   type CheckProgram,
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
@@ -66,7 +61,6 @@ export {
   HOOK_DAEMONS,
   noDaemonMessage,
   reloadDaemons,
-  reloadHint,
   type ReloadOutcome,
   type RunningDaemon,
 } from "./daemon.ts";
@@ -87,11 +81,4 @@ export {
   type ReloadRecord,
   takeAllowance,
 } from "./state.ts";
-export {
-  GUARD_DIR,
-  GUARD_FOLDERS,
-  type GuardFolder,
-  guardPath,
-  POLICY_FILE,
-  RELOAD_FILE,
-} from "./layout.ts";
+export { type GuardFolder, guardPath } from "./layout.ts";

@@ -16,7 +16,6 @@ export {
 } from "./discover.ts";
 export type { DeviceReadOptions, GpuHolder } from "./sysfs_device.ts";
 export {
-  checkCapturedTree,
   denoFsReader,
   type DirectoryEntry,
   type EntryKind,
@@ -50,7 +49,6 @@ export {
   type HostFacts,
   type HostFactsOptions,
   type KernelModule,
-  parseCpuList,
   parseIomemFramebuffers,
   parseProcModules,
   type QemuUser,

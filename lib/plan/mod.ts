@@ -10,7 +10,6 @@ export type * from "./types.ts";
 export type * from "./libvirt_port.ts";
 export { planHostdevs, type PlanOptions, planWorld, type PlanWorldOptions } from "./plan.ts";
 export { hostIssues, resolveConfig, type ResolveOptions, type VmResolution } from "./resolve.ts";
-export { emptyVmPlan } from "./vm_edit.ts";
 export {
   type DeviceResolvers,
   onDefinedNetworks,

@@ -33,11 +33,8 @@ export {
   acquireLock,
   type AcquireLockOptions,
   type ConnectionLockOptions,
-  connectionLockPath,
-  LOCK_DIR,
   LockHeldError,
   type LockHolder,
-  lockUri,
   StaleLockError,
   type StateLock,
 } from "./lock.ts";
