@@ -159,6 +159,22 @@ vms:
         ),
       );
       assertEquals(await exists(`${dir}/remote`), false);
+      // A host's "deno --version" is quoted in that failure, its control characters escaped.
+      const oddDeno = `${dir}/odd-deno`;
+      await Deno.writeTextFile(
+        oddDeno,
+        "#!/bin/sh\nprintf '\\033]0;owned\\007\\302\\2332J deno-ish 1.0\\n'\n",
+      );
+      await Deno.chmod(oddDeno, 0o755);
+      const odd = await playbook(good, ["--check", "-e", `passthrough_deno=${oddDeno}`]);
+      assertEquals(odd.code, 2, odd.out);
+      assertEquals(taskStatus(odd.out, "Passthrough Deno version check"), "fatal", odd.out);
+      assertMatch(odd.out, /--version did not tell a Deno version \(.*2J deno-ish 1\.0\)/);
+      assertEquals(
+        /[\x07\x1b\u0080-\u009f]/.test(odd.out),
+        false,
+        "a control character reached the terminal",
+      );
       // A copy of the playbook kept elsewhere (an operators' repository) has no pin beside it:
       // it runs with passthrough_deno_version set, and says what is missing without it.
       await Deno.mkdir(`${dir}/ops/action_plugins`, { recursive: true });
@@ -177,6 +193,8 @@ vms:
       assertEquals(unpinned.code, 2, unpinned.out);
       assertMatch(unpinned.out, /tools\/deno\/package-lock\.json/);
 
+      // The config is copied anew (a file diff would show it whole).
+      await Deno.remove(`${dir}/remote/check/passthrough_config.yaml`);
       const check = await playbook(good, ["--check", "--diff"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
@@ -189,6 +207,9 @@ vms:
       );
       assertMatch(planned, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
       assertEquals(check.out.includes(SECRET), false, "the VNC password is shown");
+      // The config's copy shows no file diff: it would print every host's section, raw.
+      assertEquals(taskStatus(check.out, "Passthrough config"), "changed", check.out);
+      assertEquals(taskOutput(check.out, "Passthrough config").includes("elsewhere"), false);
       // --check installs nothing: the hook and its code wait for a real run, and the plan ran
       // its own copy of the bundle and config.
       assertEquals(taskStatus(check.out, "Passthrough start guard"), "skipping", check.out);
@@ -215,6 +236,10 @@ vms:
       assertMatch(defined, /^\+ *<hostdev mode='subsystem' type='pci' managed='yes'>$/m);
       assertEquals(first.out.includes(SECRET), false, "the VNC password is shown");
       assertEquals(taskStatus(first.out, "Passthrough apply"), "changed", first.out);
+      assertMatch(
+        taskOutput(first.out, "Passthrough report"),
+        new RegExp(`"msg": "changed: ${vm}; skipped: none"`),
+      );
       // The start guard: installed once, running the bundled check copied beside the CLI.
       assertEquals(taskStatus(first.out, "Passthrough start guard"), "changed", first.out);
       const hook = await Deno.readTextFile(`${dir}/hooks/50-passthrough-guard`);
