@@ -4,11 +4,13 @@
 # U+009B as the start of an escape sequence). Every string the playbook prints from that JSON goes
 # through passthrough_terminal_safe, which writes them as escapes again, as the CLI does
 # (lib/render/terminal.ts): C0 controls but tab and newline, DEL, C1 controls, line and paragraph
-# separators, and the bidirectional embeddings, overrides and isolates.
+# separators, and Unicode's bidirectional controls (embeddings, overrides, isolates and marks).
 import json
 import re
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def terminal_safe(value):

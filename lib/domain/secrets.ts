@@ -20,20 +20,23 @@
 
 /**
  * One secret value: a `passwd` attribute (groups 1 to 3: what precedes the value, the value in
- * double or in single quotes), or a cookie's value (groups 4 and 5: the opening tag, the value up
- * to the closing tag or, for a value split across lines, the end of the text).
+ * double or in single quotes), a cookie's value (groups 4 and 5: the opening tag, the value up
+ * to the closing tag or, for a value split across lines, the end of the text), or the password
+ * of a URI's user information (groups 6 and 7: `scheme://user:`, the password up to the `@`),
+ * which libvirt does not use but an operator may still write into `--connect` or `connect:`.
  */
 const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
     String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
+    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)([^\s/?#@'"]+)(?=@)`,
   ].join("|"),
   "g",
 );
 
 /** The value a {@link SECRET} match redacts. */
 function valueOf(match: RegExpMatchArray | string[]): string {
-  return match[2] ?? match[3] ?? match[5] ?? "";
+  return match[2] ?? match[3] ?? match[5] ?? match[7] ?? "";
 }
 
 /**
@@ -58,6 +61,10 @@ function valueOf(match: RegExpMatchArray | string[]): string {
  *   redactSecrets(`<cookie name='session'>a1b2</cookie>`),
  *   `<cookie name='session'>***</cookie>`,
  * );
+ * assertEquals(
+ *   redactSecrets(`Cannot connect to "qemu+tcp://admin:s3cret@hv9/system" or qemu+tcp://hv9:16509/`),
+ *   `Cannot connect to "qemu+tcp://admin:***@hv9/system" or qemu+tcp://hv9:16509/`,
+ * );
  * ```
  */
 export function redactSecrets(text: string, before?: readonly string[]): string {
@@ -66,8 +73,9 @@ export function redactSecrets(text: string, before?: readonly string[]): string 
     const changed = before !== undefined && before[index] !== valueOf(match);
     index++;
     const mark = changed ? " (changed)" : "";
-    const [, head, , , tag] = match;
-    return head !== undefined ? `${head}'***'${mark}` : `${tag}***${mark}`;
+    const [, head, , , tag, , user] = match;
+    if (head !== undefined) return `${head}'***'${mark}`;
+    return user !== undefined ? `${user}***${mark}` : `${tag}***${mark}`;
   });
 }
 

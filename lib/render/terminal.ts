@@ -10,11 +10,13 @@
 import { PAINTER_SEQUENCES } from "./colors.ts";
 
 /**
- * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and the
- * bidirectional embeddings, overrides and isolates.
+ * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and Unicode's
+ * bidirectional controls (Bidi_Control): the embeddings, overrides and isolates, and the marks
+ * (ALM, LRM, RLM), which reorder what a line shows too.
  */
-// deno-lint-ignore no-control-regex
-const UNSAFE = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const UNSAFE =
+  // deno-lint-ignore no-control-regex
+  /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
 /** The longest painter sequence (`\x1b[22m`). */
 const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length));
@@ -30,6 +32,7 @@ const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length)
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(terminalSafe("vfio\x1b]0;x\x07\r\n", false), "vfio\\u001b]0;x\\u0007\\u000d\n");
  * assertEquals(terminalSafe("\x1b[31mred\x1b[39m \x1b[2J", true), "\x1b[31mred\x1b[39m \\u001b[2J");
+ * assertEquals(terminalSafe("gpu\u200f1\u061c", false), "gpu\\u200f1\\u061c");
  * ```
  */
 export function terminalSafe(text: string, color: boolean): string {

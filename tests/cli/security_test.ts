@@ -20,6 +20,7 @@ import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";
+import { runCli } from "../helpers/cli.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "../helpers/reliability.ts";
 
@@ -553,6 +554,36 @@ Deno.test("passthrough rollback shows disk cookies as *** in its diff and marks 
     name: "rollback diff of a disk cookie that differs from the backup's",
     count: 1,
     outcome: "cookie values shown as ***, the change marked (changed)",
+    test: TEST,
+  });
+});
+
+Deno.test("a password written into a libvirt URI is shown as *** in messages and JSON", async () => {
+  await using tree = await demoTree();
+  // Nothing listens on port 1: the connection fails at once, and its message quotes the URI.
+  const uri = `qemu+tcp://admin:${SECRET}@127.0.0.1:1/system`;
+  const config = `${tree.dir}/c.yaml`;
+  await Deno.writeTextFile(config, gpuConfig("vm"));
+  for (const json of [[], ["--json"]]) {
+    const { code, stdout, stderr } = await runCli([
+      "plan",
+      ...json,
+      "--sysfs",
+      tree.sysfs,
+      "--config",
+      config,
+      "--connect",
+      uri,
+    ]);
+    assertEquals(code, 1, stderr);
+    assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+    assertMatch(`${stdout}${stderr}`, /qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:1\/system/);
+  }
+  recordCase({
+    area: "security",
+    name: "a password in a libvirt URI's user information",
+    count: 2,
+    outcome: "shown as *** in the error message and the JSON error",
     test: TEST,
   });
 });
