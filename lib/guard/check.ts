@@ -31,6 +31,7 @@ import {
 import { sameIdentity } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 import { shellWord } from "../render/shell.ts";
+import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
 /** Why the guard refuses one address. */
 export type GuardRefusalKind =
@@ -514,8 +515,8 @@ export function formatRefusal(
     ? `passthrough guard: starting ${vm} once despite this (passthrough guard allow)`
     : `passthrough guard: refusing to start ${vm}`;
   const line = `${head}: ${refusal.reason}; fix: ${refusal.fix}`;
-  // C0 and C1 controls (a terminal takes U+009B as an escape), line separators and bidi
-  // overrides (which reorder what the line appears to say) are replaced: it stays one line.
-  // deno-lint-ignore no-control-regex
-  return line.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, "?");
+  // What a terminal would act on (C1's U+009B starts an escape; bidi controls reorder what the
+  // line appears to say) is replaced, as are tab and newline: it stays one line. The VM's name
+  // went through JSON.stringify, which wrote its tabs and newlines as escapes already.
+  return line.replace(UNSAFE_ON_TERMINAL, "?").replace(/[\t\n]/g, "?");
 }

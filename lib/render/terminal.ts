@@ -14,7 +14,7 @@ import { PAINTER_SEQUENCES } from "./colors.ts";
  * bidirectional controls (Bidi_Control): the embeddings, overrides and isolates, and the marks
  * (ALM, LRM, RLM), which reorder what a line shows too.
  */
-const UNSAFE =
+export const UNSAFE_ON_TERMINAL: RegExp =
   // deno-lint-ignore no-control-regex
   /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
@@ -36,7 +36,7 @@ const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length)
  * ```
  */
 export function terminalSafe(text: string, color: boolean): string {
-  return text.replace(UNSAFE, (char, offset: number) => {
+  return text.replace(UNSAFE_ON_TERMINAL, (char, offset: number) => {
     if (color && char === "\x1b") {
       const end = text.indexOf("m", offset);
       if (end > offset && end - offset < LONGEST_SEQUENCE) {

@@ -416,9 +416,9 @@ Deno.test("the hook's libc reader (fewCalls) reads a tree as the default one doe
   );
 });
 
-Deno.test("formatRefusal() replaces C1 controls, line separators and bidi overrides too", () => {
+Deno.test("formatRefusal() replaces C1 controls, line separators, bidi overrides and marks too", () => {
   const refusal: GuardRefusal = {
-    vm: "vm\u009b2J\u202e\u2028x",
+    vm: "vm\u009b2J\u202e\u2028\u200fx\tt",
     kind: "missing",
     address: "0000:0b:00.0",
     element: "hostdev",
@@ -430,7 +430,7 @@ Deno.test("formatRefusal() replaces C1 controls, line separators and bidi overri
   };
   assertEquals(
     formatRefusal(refusal),
-    'passthrough guard: refusing to start "vm?2J??x": hostdev 0000:0b:00.0 holds no device now; ' +
+    'passthrough guard: refusing to start "vm?2J???x\\tt": hostdev 0000:0b:00.0 holds no device now; ' +
       "fix: passthrough plan --vm x?",
   );
 });
