@@ -72,7 +72,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 2;
+export const HOOK_FORMAT = 3;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -109,8 +109,14 @@ ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${d
   ${command} -- "$1" "$2" "$3" "$4" >/dev/null
 status=$?
 [ $status -eq 0 ] && exit 0
-# The lines below name the VM: control characters (a terminal's escapes) are not printed.
-case $1 in *[[:cntrl:]]*) set -- "(a name with control characters)" ;; esac
+# The lines below name the VM: not one with a terminal's controls, C0 or, as UTF-8 bytes, C1, the
+# line separators and the bidirectional controls (which terminalSafe escapes in the CLI).
+LC_ALL=C
+c1=$(printf '\\302[\\200-\\237]') bidi=$(printf '\\342\\200[\\216\\217\\250-\\256]')
+isolate=$(printf '\\342\\201[\\246-\\251]') alm=$(printf '\\330\\234')
+case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm*)
+  set -- "(a name with control characters)" ;;
+esac
 # Only where the run failed at once (not a deadline, whose cause may be a mount that hangs, and
 # would hang this look too): a program or check file that is gone is named.
 case $status in 1 | 125 | 126 | 127)
