@@ -12,7 +12,8 @@ import { PAINTER_SEQUENCES } from "./colors.ts";
 /**
  * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and Unicode's
  * bidirectional controls (Bidi_Control): the embeddings, overrides and isolates, and the marks
- * (ALM, LRM, RLM), which reorder what a line shows too.
+ * (ALM, LRM, RLM), which reorder what a line shows too. Global: for `replace` only (a global
+ * expression's `test` and `exec` carry their position from one call to the next).
  */
 export const UNSAFE_ON_TERMINAL: RegExp =
   // deno-lint-ignore no-control-regex

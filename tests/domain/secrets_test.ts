@@ -1,0 +1,30 @@
+/**
+ * `redactSecrets()`: the one redaction every output passes through. A password written into a
+ * URI's user information is cut whole, up to the last `@` before the host, whatever it holds.
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { redactSecrets } from "../../lib/domain/secrets.ts";
+
+Deno.test("a URI's password is redacted whole, up to the last @ before the host", () => {
+  const cases: [string, string][] = [
+    ["qemu+tcp://admin:s3cret@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    // Unencoded `@` and `:` are not valid there, but an operator may still type them.
+    ["qemu+tcp://admin:p@ss@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    ["qemu+tcp://admin:p@ss@hv9", "qemu+tcp://admin:***@hv9"],
+    ["qemu+tcp://admin:pa:ss@hv9:16509/system", "qemu+tcp://admin:***@hv9:16509/system"],
+    ["qemu+tcp://admin:s%40x@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    // What follows the host (a path, a query, other words) is never taken for a password.
+    ["qemu+ssh://a:b@h/system?keyfile=/k@y", "qemu+ssh://a:***@h/system?keyfile=/k@y"],
+    ["qemu+ssh://a:b@h?keyfile=/k@y", "qemu+ssh://a:***@h?keyfile=/k@y"],
+    [
+      '"qemu+tcp://u:x@h1/system" and mail@example.org',
+      '"qemu+tcp://u:***@h1/system" and mail@example.org',
+    ],
+    ["qemu+tcp://u:x@h1 qemu+tls://v:y@z@h2/", "qemu+tcp://u:***@h1 qemu+tls://v:***@h2/"],
+    // No password: nothing changes.
+    ["qemu+tcp://hv9:16509/system", "qemu+tcp://hv9:16509/system"],
+    ["qemu+ssh://root@hv9/system", "qemu+ssh://root@hv9/system"],
+  ];
+  for (const [text, expected] of cases) assertEquals(redactSecrets(text), expected, text);
+});
