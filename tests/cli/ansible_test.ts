@@ -171,6 +171,7 @@ vms:
       assertEquals(taskStatus(odd.out, "Passthrough Deno version check"), "fatal", odd.out);
       assertMatch(odd.out, /--version did not tell a Deno version \(.*2J deno-ish 1\.0\)/);
       assertEquals(
+        // deno-lint-ignore no-control-regex
         /[\x07\x1b\u0080-\u009f]/.test(odd.out),
         false,
         "a control character reached the terminal",
