@@ -231,3 +231,38 @@ Deno.test("runGuard() reads a network's status from its directory, refusing a hu
     await Deno.remove(stateDir, { recursive: true });
   }
 });
+
+Deno.test("guard: on the live host, a pool VF that carries the host's default route refuses the start", async () => {
+  // The host took VF 40:10.2 for its own uplink (enp64s0v1), and the pool still lists it: host
+  // use is read for the pool's entries too, though the domain names no hostdev of its own.
+  await using tree = await tempHostTree(host());
+  Deno.mkdirSync(`${tree.dir}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../../devices/pci0000:40/0000:40:00.0/${VFS[1]}/net/enp64s0v1`,
+    `${tree.dir}/class/net/enp64s0v1`,
+  );
+  Deno.mkdirSync(`${tree.dir}/proc/net`, { recursive: true });
+  Deno.mkdirSync(`${tree.dir}/proc/self`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.dir}/proc/self/mountinfo`, "");
+  Deno.writeTextFileSync(
+    `${tree.dir}/proc/net/route`,
+    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n" +
+      "enp64s0v1\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
+  );
+  Deno.writeTextFileSync(`${tree.dir}/proc/net/ipv6_route`, "");
+  const reader = denoFsReader();
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]),
+    reader,
+    root: tree.dir,
+    hostUse: (devices) =>
+      readHostUse(reader, { root: tree.dir, live: true, devices, procRoot: `${tree.dir}/proc` }),
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(summary(refusals), [["host-needs", VFS[1]!, "sriov"]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /lists 0000:40:10\.2, which holds 8086:10ca \(.*\) now; the host needs it: in use by the host \(default-route: default route via enp64s0v1\)/,
+  );
+});

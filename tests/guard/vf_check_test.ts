@@ -59,6 +59,8 @@ Deno.test("guard: a recorded VF whose PF is another card now is refused", async 
     refusal!.reason,
     /interface 0000:07:10\.2 is a VF of 0000:07:00\.0, which holds 8086:1528, recorded as VF 1 of 8086:10c9/,
   );
+  // Recorded by passthrough, so the plan follows or removes it: not a hand-added device's fix.
+  assertEquals(refusal?.fix, "passthrough plan --vm a");
 });
 
 Deno.test("guard: a recorded VF is checked even where a hostdev names its address too", async () => {
