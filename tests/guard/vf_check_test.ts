@@ -21,14 +21,21 @@ const RULE = config(`  a:
         interface: { mac: auto, vlan: 20 }
 `);
 
-/** The XML `vf: 1` is written with on a tree of `devices` (discovered from the tree). */
-async function plannedXml(devices: HostDeviceDescription[]): Promise<string> {
+/**
+ * The XML `vf: 1` (or `rules`) is written with on a tree of `devices` (discovered from the tree),
+ * adding `adds`.
+ */
+async function plannedXml(
+  devices: HostDeviceDescription[],
+  rules = RULE,
+  adds = ["0000:07:10.2"],
+): Promise<string> {
   await using tree = await tempHostTree({ devices, host_use: [] });
   const host = await discoverHost({ root: tree.dir, lspci: null });
   const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
-  const plan = planWorld({ config: RULE, host, world: dataWorld({ a }) });
+  const plan = planWorld({ config: rules, host, world: dataWorld({ a }) });
   const vm = vmOf(plan, "a");
-  assertEquals([vm.errors, vm.add.map((x) => x.address)], [[], ["0000:07:10.2"]]);
+  assertEquals([vm.errors, vm.add.map((x) => x.address)], [[], adds]);
   return vm.desiredXml;
 }
 
@@ -46,6 +53,22 @@ async function check(xml: string, devices: HostDeviceDescription[]): Promise<Gua
 
 Deno.test("guard: a recorded VF starts while its address is VF N of the recorded PF", async () => {
   const xml = await plannedXml(sriovNic("07", 4));
+  assertEquals(await check(xml, sriovNic("07", 4)), []);
+});
+
+Deno.test("guard: each of two recorded VFs is checked against its own record", async () => {
+  const two = config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9" }
+        vf: 1
+        interface: { mac: auto, vlan: 20 }
+      - name: storage
+        match: { vendor_device_id: "8086:10c9" }
+        vf: 3
+        interface: { mac: auto, vlan: 30 }
+`);
+  const xml = await plannedXml(sriovNic("07", 4), two, ["0000:07:10.2", "0000:07:10.6"]);
   assertEquals(await check(xml, sriovNic("07", 4)), []);
 });
 
