@@ -261,7 +261,13 @@ Deno.test("policy: a damaged or foreign policy file enforces, and says so with t
     recordPolicies(state, guardPolicies(config("off", null)));
     const path = `${state}/guard/policy.json`;
     for (
-      const text of ["{", '{"version":1,"config":"c","vms":{"win11":{"guard":"of","rules":{}}}}']
+      const text of [
+        "{",
+        '{"version":1,"config":"c","vms":{"win11":{"guard":"of","rules":{}}}}',
+        // A misspelt rule policy, and a file a later version wrote: neither is guessed at.
+        '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{"gpu":"of"}}}}',
+        '{"version":2,"config":"c","vms":{"win11":{"guard":"off","rules":{}}}}',
+      ]
     ) {
       Deno.writeTextFileSync(path, text);
       const result = await run(root, state);
