@@ -282,4 +282,15 @@ Deno.test("deviceMatches() keeps driver: nvidia matching a vfio-pci card only th
     deviceMatches(first, criteria, { records: [{ ...record, deviceId: "2704" }] }),
     false,
   );
+  // The record lends the driver it names, no other.
+  assertEquals(deviceMatches(first, { driver: "amdgpu" }, { records: [record] }), false);
+  // Without a record, lspci's candidate modules stand in only for the VM's own devices: never for
+  // a card another VM or a tool bound to vfio-pci.
+  const unrecorded = { ...second, modules: ["nvidiafb", "nouveau", "nvidia"] };
+  assertEquals(deviceMatches(unrecorded, criteria), false);
+  assertEquals(
+    deviceMatches(unrecorded, criteria, { current: new Set([unrecorded.address]) }),
+    true,
+  );
+  assertEquals(deviceMatches(unrecorded, criteria, { current: new Set([first.address]) }), false);
 });
