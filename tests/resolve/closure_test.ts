@@ -51,6 +51,29 @@ Deno.test("closeOverGroups() adds the group's other endpoints and leaves bridges
   assertEquals(closed.warnings.map((w) => w.code).includes("group-contains-host-critical"), true);
 });
 
+Deno.test("closeOverGroups(): a function one rule brings in with its group and another rule matches is that rule's", () => {
+  // Its record (and so the start guard's policy and the plan's wording) names the rule that chose
+  // it, whichever rule came first.
+  const cfg = config(`  linux:
+    devices:
+      - name: rx550
+        match: { vendor_device_id: "1002:699f" }
+        allow_host_critical: true
+      - name: audio
+        match: { vendor_device_id: "1002:aae0" }
+        allow_host_critical: true
+`);
+  const closed = closeVm(cfg, realHost("b550-aorus-pro"));
+  assertEquals(
+    closed.devices.filter((d) => d.device.address.startsWith("0000:04:")).map((d) => [
+      d.device.address,
+      d.reason,
+      d.rule.name,
+    ]),
+    [["0000:04:00.0", "matched", "rx550"], ["0000:04:00.1", "matched", "audio"]],
+  );
+});
+
 Deno.test("closeOverGroups() refuses a group holding the host's LPC bridge and names the override", () => {
   const cfg = config(`  nas:
     devices:
