@@ -162,6 +162,12 @@ Deno.test("checkDomainStart() tells identical chips apart by subsystem and seria
     summary((await check(domain("vm", [hostdev(GPU.address)], [otherBoard]))).refusals),
     [["replaced", GPU.address]],
   );
+  // The same IDs in another class: a card switched to its compute mode, or another function.
+  const compute = { ...GPU, klass: "030200" };
+  assertEquals(
+    summary((await check(domain("vm", [hostdev(GPU.address)], [compute]))).refusals),
+    [["replaced", GPU.address]],
+  );
   const nvme = NVME;
   // No serial recorded (an unprivileged plan reads none): the serial read now does not count.
   assertEquals((await check(domain("vm", [hostdev(nvme.address)], [nvme]))).refusals, []);
