@@ -1,0 +1,67 @@
+/**
+ * `hostCriticalReason()`: which devices planning and the start guard call ones the host needs
+ * when a VM would take them: what the host uses now, platform functions, and storage, network,
+ * display and USB controllers of another slot than the cards asked for. Each class, one by one.
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { hostCriticalReason } from "../../lib/resolve/host_critical.ts";
+
+const ASKED = { matchedCards: new Set(["0000:0b:00"]), hostUse: [] };
+
+Deno.test("hostCriticalReason(): every platform class, whatever was asked for", () => {
+  for (
+    const [classCode, reason] of [
+      ["060000", "host bridge"],
+      ["060100", "ISA/LPC bridge"],
+      ["058000", "memory controller"],
+      ["0c0500", "SMBus controller"],
+    ] as const
+  ) {
+    assertEquals(hostCriticalReason({ address: "0000:00:14.0", classCode }, ASKED), reason);
+    // Even as a function of the card asked for.
+    assertEquals(hostCriticalReason({ address: "0000:0b:00.3", classCode }, ASKED), reason);
+  }
+});
+
+Deno.test("hostCriticalReason(): storage, network, display and USB controllers of another slot", () => {
+  for (
+    const [classCode, what] of [
+      ["010802", "storage controller"],
+      ["010601", "storage controller"],
+      ["020000", "network controller"],
+      ["028000", "network controller"],
+      ["030000", "display controller"],
+      ["030200", "display controller"],
+      ["0c0330", "USB controller"],
+    ] as const
+  ) {
+    assertEquals(
+      hostCriticalReason({ address: "0000:0c:00.0", classCode }, ASKED),
+      `${what} in another slot`,
+      classCode,
+    );
+    // A function of the card asked for is what was asked for.
+    assertEquals(hostCriticalReason({ address: "0000:0b:00.1", classCode }, ASKED), null);
+  }
+  // Other classes of another slot (audio, a serial bus controller but USB, a signal processor).
+  for (const classCode of ["040300", "0c8000", "118000", "0c0010"]) {
+    assertEquals(hostCriticalReason({ address: "0000:0c:00.0", classCode }, ASKED), null);
+  }
+});
+
+Deno.test("hostCriticalReason(): what the host uses now comes first, on any function", () => {
+  const hostUse = [{ address: "0000:0b:00.0", reason: "default-route" as const, detail: "via x" }];
+  assertEquals(
+    hostCriticalReason({ address: "0000:0b:00.0", classCode: "020000" }, { ...ASKED, hostUse }),
+    "in use by the host (default-route: via x)",
+  );
+  // Unknown use marks nothing here: planning refuses such a host as a whole.
+  assertEquals(
+    hostCriticalReason({ address: "0000:0b:00.0", classCode: "020000" }, {
+      ...ASKED,
+      hostUse: null,
+    }),
+    null,
+  );
+});
