@@ -13,13 +13,15 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { checkDomainStart, type GuardRefusal } from "../../lib/guard/check.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
 
-const RULE = config(`  a:
+/** VM `a` with `vf: 1` of the igb card; more rules may follow. */
+const UPLINK = `  a:
     devices:
       - name: uplink
         match: { vendor_device_id: "8086:10c9" }
         vf: 1
         interface: { mac: auto, vlan: 20 }
-`);
+`;
+const RULE = config(UPLINK);
 
 /**
  * The XML `vf: 1` (or `rules`) is written with on a tree of `devices` (discovered from the tree),
@@ -57,13 +59,7 @@ Deno.test("guard: a recorded VF starts while its address is VF N of the recorded
 });
 
 Deno.test("guard: each of two recorded VFs is checked against its own record", async () => {
-  const two = config(`  a:
-    devices:
-      - name: uplink
-        match: { vendor_device_id: "8086:10c9" }
-        vf: 1
-        interface: { mac: auto, vlan: 20 }
-      - name: storage
+  const two = config(`${UPLINK}      - name: storage
         match: { vendor_device_id: "8086:10c9" }
         vf: 3
         interface: { mac: auto, vlan: 30 }
