@@ -60,15 +60,16 @@ export function hostCriticalReason(
 }
 
 /**
- * Why the host needs `device`, as `plan` judges a member of its IOMMU group when that group is
- * asked for (platform functions, what the host uses now; the group's own cards are what was
- * asked for); `null` when it does not. What `devices` and `groups` show.
+ * Why the host needs `device` whichever card is asked for: a platform function, or one the host
+ * uses now; `null` when neither (a storage, network, display or USB controller counts only
+ * against the cards a rule matched, which `plan` knows and a listing does not). What `devices`
+ * and `groups` show.
  */
 export function hostCriticalInGroup(
   device: PciDevice,
-  host: Pick<HostTopology, "groups" | "hostUse">,
+  host: Pick<HostTopology, "hostUse">,
 ): string | null {
-  const group = host.groups.find((g) => g.group === device.iommuGroup);
-  const cards = new Set((group?.devices ?? [device]).map((d) => cardOf(d.address)));
-  return hostCriticalReason(device, { matchedCards: cards, hostUse: host.hostUse });
+  // Its own card counts as asked for: only platform functions and the host's use are left.
+  const own = new Set([cardOf(device.address)]);
+  return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse });
 }
