@@ -4,7 +4,7 @@
 // added, the network's status XML as libvirt's network driver writes it.
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
 import { sriovNic } from "../helpers/sriov.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
@@ -246,7 +246,7 @@ Deno.test("guard: on the live host, a pool VF that carries the host's default ro
   Deno.writeTextFileSync(`${tree.dir}/proc/self/mountinfo`, "");
   Deno.writeTextFileSync(
     `${tree.dir}/proc/net/route`,
-    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n" +
+    ROUTE_HEADER +
       "enp64s0v1\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
   );
   Deno.writeTextFileSync(`${tree.dir}/proc/net/ipv6_route`, "");
