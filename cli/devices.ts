@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
-import { cardOf, hostCriticalInGroup } from "../lib/resolve/host_critical.ts";
+import { cardOf, hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
 import { CLASS_NAMES } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
@@ -153,14 +153,14 @@ export async function run(
   const host = await loadHost(values.sysfs);
   const devices = selected(host, positionals, values.class);
   if (values.json) {
-    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalInGroup(d, host) }));
+    const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalOnItsOwn(d, host) }));
     io.out(`${JSON.stringify(json, null, 2)}\n`);
     return 0;
   }
   const paint = painter(io.color);
   const twins = sameIds(host.devices);
   const rows = devices.map((d) => {
-    const critical = hostCriticalInGroup(d, host);
+    const critical = hostCriticalOnItsOwn(d, host);
     const notes = [deviceNotes(d, host, paint, twins), critical ? paint("red", critical) : ""];
     const [address, ...cells] = deviceCells(d);
     return [

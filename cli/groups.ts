@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
-import { hostCriticalInGroup } from "../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
@@ -55,7 +55,7 @@ export async function run(
     const json = groups.map((group) => {
       const devices = group.devices.map((d) => ({
         ...d,
-        hostCritical: hostCriticalInGroup(d, host),
+        hostCritical: hostCriticalOnItsOwn(d, host),
       }));
       return {
         group: group.group,
@@ -78,7 +78,7 @@ export async function run(
   const twins = sameIds(host.devices);
   const rows: string[][] = [];
   for (const group of groups) {
-    const reasons = group.devices.map((d) => hostCriticalInGroup(d, host));
+    const reasons = group.devices.map((d) => hostCriticalOnItsOwn(d, host));
     const critical = reasons.some((r) => r !== null);
     for (const [i, d] of group.devices.entries()) {
       const reason = reasons[i];

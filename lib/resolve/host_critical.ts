@@ -65,7 +65,7 @@ export function hostCriticalReason(
  * against the cards a rule matched, which `plan` knows and a listing does not). What `devices`
  * and `groups` show.
  */
-export function hostCriticalInGroup(
+export function hostCriticalOnItsOwn(
   device: PciDevice,
   host: Pick<HostTopology, "hostUse">,
 ): string | null {

@@ -5,7 +5,7 @@
  */
 
 import { assertEquals } from "../helpers/assert.ts";
-import { hostCriticalInGroup, hostCriticalReason } from "../../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn, hostCriticalReason } from "../../lib/resolve/host_critical.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 
 const ASKED = { matchedCards: new Set(["0000:0b:00"]), hostUse: [] };
@@ -67,17 +67,17 @@ Deno.test("hostCriticalReason(): what the host uses now comes first, on any func
   );
 });
 
-Deno.test("hostCriticalInGroup(): a listing shows platform functions and the host's use, no slot guesses", () => {
+Deno.test("hostCriticalOnItsOwn(): a listing shows platform functions and the host's use, no slot guesses", () => {
   const at = (address: string, classCode: string) => ({ address, classCode }) as PciDevice;
   const hostUse = [{
     address: "0000:05:00.0",
     reason: "mounted-filesystem" as const,
     detail: "/ on nvme0n1",
   }];
-  assertEquals(hostCriticalInGroup(at("0000:0c:00.0", "020000"), { hostUse }), null);
-  assertEquals(hostCriticalInGroup(at("0000:00:1f.0", "060100"), { hostUse }), "ISA/LPC bridge");
+  assertEquals(hostCriticalOnItsOwn(at("0000:0c:00.0", "020000"), { hostUse }), null);
+  assertEquals(hostCriticalOnItsOwn(at("0000:00:1f.0", "060100"), { hostUse }), "ISA/LPC bridge");
   assertEquals(
-    hostCriticalInGroup(at("0000:05:00.0", "010802"), { hostUse }),
+    hostCriticalOnItsOwn(at("0000:05:00.0", "010802"), { hostUse }),
     "in use by the host (mounted-filesystem: / on nvme0n1)",
   );
 });
