@@ -438,10 +438,11 @@ function openVswitchPorts(reader: SysfsReader, path: string, entries: string[]):
  * The NICs under the network interface `name` (see {@link pciDevicesUnder}), each with its
  * physical function when it is an SR-IOV VF: passing the PF to a guest unbinds its host driver,
  * which destroys the VF, and the macvtap or bridge on it with it. None for a name no interface
- * can have (it comes from a domain's XML: `/` or a leading `.` would leave `class/net`).
+ * can have (it comes from a domain's XML: `/`, `.` or `..` would leave `class/net`); the kernel
+ * allows any other, `.uplink` too.
  */
 export function nicsUnder(reader: SysfsReader, sysRoot: string, name: string): PciAddress[] {
-  if (name === "" || name.includes("/") || name.startsWith(".")) return [];
+  if (name === "" || name === "." || name === ".." || name.includes("/")) return [];
   const nics = pciDevicesUnder(reader, sysRoot, "net", name);
   const pfs = nics.flatMap((address) => {
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/physfn`);

@@ -2,7 +2,13 @@
 // slots, NUMA, boot VGA, bridges by header type, no IOMMU, host use, errors.
 import { livePciMissing } from "../helpers/hosts.ts";
 import { lspciVerboseFacts } from "../helpers/lspci_verbose.ts";
-import { assertEquals, assertOk, assertRejects, assertThrows } from "../helpers/assert.ts";
+import {
+  assertEquals,
+  assertMatch,
+  assertOk,
+  assertRejects,
+  assertThrows,
+} from "../helpers/assert.ts";
 import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
 import { discoverHost, pciAncestor, SysfsRootError } from "../../lib/host/discover.ts";
 import {
@@ -185,6 +191,30 @@ Deno.test("discoverHost() reports host use as unknown for a tree without host_us
     await Deno.remove(`${dir}/host_use.json`);
     const host = await discoverHost({ root: dir });
     assertEquals([host.devices.length, host.hostUse], [1, null]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("discoverHost() refuses a damaged host_use.json, naming the file and what is wrong", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sysfs-" });
+  try {
+    buildHostTree({ devices: [dev("0000:01:00.0")] }, dir);
+    const file = `${dir}/host_use.json`;
+    // Each would otherwise read as "the host uses nothing", or fail with an unnamed TypeError.
+    const damaged: [string, RegExp][] = [
+      ["{", /Cannot parse ".*host_use\.json": /],
+      ['{"0000:01:00.0": "swap"}', /Cannot parse ".*host_use\.json": not an array/],
+      ['"0000:01:00.0"', /Cannot parse ".*host_use\.json": not an array/],
+      ['[{"address": "0000:01:00.0", "reason": "in-use"}]', /bad entry .*"in-use"/],
+      ['[{"address": "01:00", "reason": "swap"}]', /bad entry .*"01:00"/],
+    ];
+    for (const [text, message] of damaged) {
+      Deno.writeTextFileSync(file, text);
+      const error = await discoverHost({ root: dir }).catch((e: Error) => e);
+      assertOk(error instanceof SyntaxError, `${text}: ${error}`);
+      assertMatch(String(error), message);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

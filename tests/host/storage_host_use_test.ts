@@ -330,6 +330,10 @@ Deno.test("blockDeviceControllers() follows /dev links to the kernel's name, thr
     Deno.symlinkSync("../../nvme0n1", `${dir}/dev/disk/by-id/nvme-Samsung_1`);
     // An absolute link to another link, as an administrator's own names often are.
     Deno.symlinkSync("/dev/disk/by-id/nvme-Samsung_1", `${dir}/dev/vms/nas`);
+    // A relative link to a link in another directory: each is read from where the last one led.
+    Deno.symlinkSync("../nvme0n1", `${dir}/dev/vms/data`);
+    Deno.mkdirSync(`${dir}/dev/disk/by-label`);
+    Deno.symlinkSync("../../vms/data", `${dir}/dev/disk/by-label/DATA`);
     Deno.symlinkSync("loop-b", `${dir}/dev/vms/loop-a`);
     Deno.symlinkSync("loop-a", `${dir}/dev/vms/loop-b`);
     const roots = { sysRoot: `${dir}/sys`, devRoot: `${dir}/dev` };
@@ -337,6 +341,7 @@ Deno.test("blockDeviceControllers() follows /dev links to the kernel's name, thr
     assertEquals(read("/dev/vms/nas"), [NVME[0]]);
     assertEquals(read("/dev/disk/by-id/nvme-Samsung_1"), [NVME[0]]);
     assertEquals(read("/dev/nvme0n1"), [NVME[0]]);
+    assertEquals(read("/dev/disk/by-label/DATA"), [NVME[0]]);
     // A loop of links, a path outside /dev: nothing, and no hang.
     assertEquals(read("/dev/vms/loop-a"), []);
     assertEquals(read("/srv/images/nas.img"), []);
