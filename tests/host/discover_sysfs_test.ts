@@ -209,6 +209,17 @@ Deno.test("discoverHost() refuses a damaged host_use.json, naming the file and w
       ['[{"address": "0000:01:00.0", "reason": "in-use"}]', /bad entry .*"in-use"/],
       ['[{"address": "01:00", "reason": "swap"}]', /bad entry .*"01:00"/],
     ];
+    // Every reason `snapshot` writes reads back.
+    const reasons = ["mounted-filesystem", "swap", "block-holder", "zfs-pool", "default-route"];
+    const uses = [...reasons, "network-route", "console-vga"].map((reason) => ({
+      address: "0000:01:00.0",
+      reason,
+      detail: reason,
+    }));
+    Deno.writeTextFileSync(file, JSON.stringify(uses));
+    assertEquals((await discoverHost({ root: dir })).hostUse?.map((u) => u.reason), [
+      ...uses.map((u) => u.reason).sort(),
+    ]);
     for (const [text, message] of damaged) {
       Deno.writeTextFileSync(file, text);
       const error = await discoverHost({ root: dir }).catch((e: Error) => e);

@@ -122,6 +122,11 @@ Deno.test("readHostUse(): the NIC of a network the host routes to (its address's
     await hostUse([v4("br0", "0000A8C0", "00FFFFFF"), v4("enp6s0", "0000000A", "000000FF")]),
     [[UPLINK, "route to 192.168.0.0/24 via br0; 10.0.0.0/8 via enp6s0"]],
   );
+  // Three named in all, across interfaces: the rest only counted.
+  assertEquals(await hostUse([...many.slice(0, 3), v4("br0", "0000000A", "000000FF")]), [
+    [UPLINK, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 via vlan5 and 1 more"],
+    [OTHER, "route to 192.168.0.0/24, 192.168.1.0/24, 192.168.2.0/24 via vlan5"],
+  ]);
 });
 
 Deno.test("readHostUse(): a routing table is read whole, a chunk at a time, past lines no route has", async () => {
@@ -254,6 +259,43 @@ Deno.test("pciDevicesUnder(): each interface is read once, however a datapath's 
     listed.length = 0;
     assertEquals(pciDevicesUnder(counting, dir, "net", "c0"), []);
     assertEquals(listed.length, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readHostUse(): the boot VGA while a framebuffer console is bound or a framebuffer exists, and only then", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-console-" });
+  try {
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.mkdirSync(`${dir}/proc/net`);
+    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
+    Deno.writeTextFileSync(`${dir}/proc/net/route`, "Iface\tDestination\tGateway\n");
+    Deno.writeTextFileSync(`${dir}/proc/fb`, "");
+    const console = (name: string, text: string, bind: string) => {
+      Deno.mkdirSync(`${dir}/class/vtconsole/${name}`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/class/vtconsole/${name}/name`, `${text}\n`);
+      Deno.writeTextFileSync(`${dir}/class/vtconsole/${name}/bind`, `${bind}\n`);
+    };
+    // The boot GPU, a second GPU, and a NIC (no boot_vga file: not a VGA device).
+    const devices = [
+      { address: "0000:0b:00.0", bootVga: true },
+      { address: "0000:0c:00.0", bootVga: false },
+      { address: UPLINK, bootVga: null },
+    ] as PciDevice[];
+    const read = () =>
+      readHostUse(denoFsReader(), { root: dir, live: true, devices, procRoot: `${dir}/proc` })
+        ?.map((u) => [u.address, u.reason, u.detail]);
+    // A text console, a framebuffer console that is not bound, no framebuffer: no console use.
+    console("vtcon0", "(S) dummy device", "1");
+    console("vtcon1", "(M) frame buffer device", "0");
+    assertEquals(read(), []);
+    console("vtcon1", "(M) frame buffer device", "1");
+    assertEquals(read(), [["0000:0b:00.0", "console-vga", "boot_vga=1 with fbcon"]]);
+    // fbcon unbound (a display server on the framebuffer): the framebuffer alone still counts.
+    console("vtcon1", "(M) frame buffer device", "0");
+    Deno.writeTextFileSync(`${dir}/proc/fb`, "0 EFI VGA\n");
+    assertEquals(read(), [["0000:0b:00.0", "console-vga", "boot_vga=1 with a framebuffer"]]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -294,6 +294,17 @@ Deno.test("readHostUse(): a live host whose mount table cannot be read is an err
   );
 });
 
+Deno.test("readHostUse(): a mount table over 64 MiB is an error, not the part of it read", async () => {
+  // Some 300,000 container mounts, the root disk's last: read in part, the root would be missed.
+  const line = mount("0:60", `/run/containers/${"x".repeat(180)}`, "overlay", "overlay");
+  const lines = Array.from({ length: Math.ceil(64 * 1024 * 1024 / line.length) }, () => line);
+  const error = await storageUse({
+    mounts: [...lines, mount("259:2", "/", "ext4", "/dev/nvme0n1p2")],
+  })
+    .catch((e: Error) => e);
+  assertMatch(String(error), /\/proc\/self\/mountinfo is larger than 67108864 bytes/);
+});
+
 Deno.test("readHostUse(): a live host whose IPv4 routing table cannot be read is an error, not no routes", async () => {
   const error = await storageUse({ routes: false }).catch((e: Error) => e);
   assertMatch(
