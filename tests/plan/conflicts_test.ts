@@ -106,6 +106,9 @@ Deno.test("resolveConfig() refuses a PF in one VM while another VM takes one of 
   assertEquals(router[0]?.vms, ["guest", "router"]);
   assertMatch(router[0]!.message, /virtual function 0000:01:10\.0 of 0000:01:00\.0/);
   assertMatch(router[0]!.message, /"guest"/);
+  // The guest holds that VF in its definition too: still one refusal, not one per claim.
+  const held = resolveConfig(cfg, sriovHost(), { held: new Map([["guest", ["0000:01:10.0"]]]) });
+  assertEquals(held.get("router")!.errors.map((e) => e.code), ["sriov-split"]);
 });
 
 Deno.test("resolveConfig() refuses a PF whose VF another domain holds now", () => {
