@@ -120,6 +120,8 @@ Deno.test("discoverHost() reports a host without IOMMU groups as absent, not an 
   assertEquals(host.iommu, "absent");
   assertEquals(host.groups, []);
   assertEquals(host.devices.map((d) => d.iommuGroup), [null, null]);
+  // No group anywhere is no disagreement about groups: the plan's no-iommu refusal says it all.
+  assertEquals(host.groupInconsistencies, []);
 });
 
 Deno.test("discoverHost() looks vendor names up while lspci still runs", async () => {

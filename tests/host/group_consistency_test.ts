@@ -10,6 +10,7 @@ import { assertEquals, assertOk } from "../helpers/assert.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
+import { parseGroupNumber } from "../../lib/host/iommu_groups.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -291,5 +292,46 @@ Deno.test("the group-inconsistent refusal names the rule, the devices and what d
   assertEquals(
     issue.message,
     `VM "a" would take ${GPU} (rule "gtx1080"), but the IOMMU group data of "${tree.sysfs}" disagrees: ${AUDIO}'s iommu_group link names group 59, but kernel/iommu_groups/26/devices lists it: the whole group cannot be known, so nothing is planned for "a" until discovery reads consistent data (rerun it; recapture a tree with 'passthrough snapshot')`,
+  );
+});
+
+Deno.test("each disagreement says what it is: a link naming no group number, a group directory named by none", async () => {
+  const details = async (damage: (root: string) => void) => {
+    await using tree = await demoTree();
+    damage(tree.sysfs);
+    const host = await discoverHost({ root: tree.sysfs, lspci: null });
+    return host.groupInconsistencies.map((p) => [p.devices, p.detail]);
+  };
+  const badLink = await details((root) => relink(root, AUDIO, "0x1a"));
+  assertOk(
+    badLink.some(([devices, detail]) =>
+      `${devices}` === AUDIO &&
+      detail === `${AUDIO}'s iommu_group link names "0x1a", not a group number`
+    ),
+    JSON.stringify(badLink),
+  );
+  const badName = await details((root) => {
+    Deno.mkdirSync(listing(root, "abc"), { recursive: true });
+    Deno.symlinkSync(
+      `../../../../devices/pci0000:00/0000:00:03.1/${AUDIO}`,
+      `${listing(root, "abc")}/${AUDIO}`,
+    );
+  });
+  assertEquals(badName, [[[AUDIO], "kernel/iommu_groups/abc is not a group number"]]);
+});
+
+Deno.test("a tree with iommu_group links and no kernel/iommu_groups listings takes the links' groups", async () => {
+  await using tree = await demoTree();
+  Deno.removeSync(`${tree.sysfs}/kernel/iommu_groups`, { recursive: true });
+  const host = await discoverHost({ root: tree.sysfs, lspci: null });
+  assertEquals(host.groupInconsistencies, []);
+  const group = (address: string) => host.devices.find((d) => d.address === address)?.iommuGroup;
+  assertEquals([group(GPU), group(AUDIO)], [26, 26]);
+});
+
+Deno.test("parseGroupNumber(): the kernel's int range, in decimal without leading zeros", () => {
+  assertEquals(
+    ["0", "26", "2147483647", "2147483648", "026", "0x1a", "-1", ""].map(parseGroupNumber),
+    [0, 26, 2147483647, null, null, null, null, null],
   );
 });
