@@ -112,8 +112,55 @@ Deno.test("heldSincePlan() refuses what is new since the plan", () => {
   assertEquals(heldSincePlan(alpha, planOf([alpha, beta]), started), [
     `"beta" holds "0000:01:00.0" in its running definition`,
   ]);
-  // A VM that takes nothing is never held back.
-  assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, started), []);
+  // A VM that takes nothing is never held back, not even by a domain it cannot read.
+  const unknown = dataWorld({
+    alpha: alphaXml,
+    gamma: "<domain><name>gamma</name><devices><hostdev type='pci'>",
+  });
+  assertEquals(heldSincePlan(alpha, plan, unknown).length, 1);
+  assertEquals(heldSincePlan(vmPlan("alpha", alphaXml, {}), plan, unknown), []);
+});
+
+Deno.test("heldSincePlan() refuses a group-mate given away, a releaser edited since, an unreadable definition's addresses, a failed read", () => {
+  const alphaXml = domain("alpha", []);
+  // alpha takes the GPU; its audio function shares IOMMU group 7 and goes with it.
+  const alpha = vmPlan("alpha", alphaXml, { take: [GPU] });
+  const grouped = planOf([alpha], { [GPU]: 7, [AUDIO]: 7 });
+  assertEquals(
+    heldSincePlan(alpha, grouped, dataWorld({ alpha: alphaXml, gamma: domain("gamma", [AUDIO]) })),
+    [`"gamma" holds "0000:01:00.1" in its persistent definition`],
+  );
+  // beta releases the GPU, but its definition was changed after the plan (still holding it).
+  const betaXml = domain("beta", [GPU]);
+  const beta = vmPlan("beta", betaXml, { release: [GPU] });
+  const edited = domain("beta", [GPU, NIC]);
+  assertEquals(
+    heldSincePlan(alpha, planOf([alpha, beta]), dataWorld({ alpha: alphaXml, beta: edited })),
+    [`"beta" holds "0000:01:00.0" in its persistent definition`],
+  );
+  // beta moves its card away from the GPU's address: the plan counted on that too.
+  const moving = { ...beta, remove: [], move: [{ from: GPU, to: NIC, rule: "r", evidence: "" }] };
+  assertEquals(
+    heldSincePlan(alpha, planOf([alpha, moving]), dataWorld({ alpha: alphaXml, beta: betaXml })),
+    [],
+  );
+  // An unreadable definition still holds the addresses a lenient scan finds in it.
+  const broken = `${domain("gamma", [GPU]).replace("</devices></domain>", "")}<devices`;
+  assertEquals(
+    heldSincePlan(alpha, grouped, dataWorld({ alpha: alphaXml, gamma: broken })),
+    [`"gamma" holds "0000:01:00.0" in its persistent definition`],
+  );
+  // A definition libvirt would not give: what it holds is unknown.
+  const world = dataWorld({ alpha: alphaXml });
+  world.domains.push({
+    name: "gamma",
+    active: false,
+    persistent: { kind: "read-failed", error: "internal error: connection lost" },
+    live: null,
+  });
+  assertEquals(heldSincePlan(alpha, grouped, world), [
+    `what "gamma" holds is unknown (persistent definition: its definition cannot be read: internal error: connection lost)`,
+  ]);
 });
 
 /** Resolvers that place block disks, USB devices, NICs and character devices by table. */
