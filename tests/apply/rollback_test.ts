@@ -195,6 +195,58 @@ Deno.test("rollbackVm() refuses a backup whose uuid is not the VM's", async () =
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
 });
 
+Deno.test("rollbackVm() refuses a backup whose file and sidecar disagree on the uuid, or of another domain for a VM that is gone", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const betaBefore = f.port.getPersistentXml("beta", { secure: true });
+  const OTHER = "99999999-9999-4999-8999-999999999999";
+  const mismatch = (e: unknown) => e instanceof BackupMismatchError;
+  // The sidecar says alpha's uuid, the XML another; then the other way round.
+  for (const [uuid, xml] of [[UUID_A, before.replace(UUID_A, OTHER)], [OTHER, before]]) {
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid: uuid!,
+      xml: xml!,
+      reason: "apply",
+      uri: f.port.uri,
+    });
+    await assertRejects(
+      () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+      mismatch,
+      `sidecar ${uuid}`,
+    );
+  }
+  // "gamma" is undefined, so no uuid to compare: beta's definition filed under its name is refused
+  // by name, and beta is not redefined.
+  writeBackup(f.stateDir, {
+    vm: "gamma",
+    uuid: UUID_B,
+    xml: betaBefore.replace("1048576</memory>", "2097152</memory>"),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  await assertRejects(
+    () => rollbackVm("gamma", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    (e: unknown) => mismatch(e) && /backup is of domain "beta"/.test((e as Error).message),
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(f.port.getPersistentXml("beta", { secure: true }), betaBefore);
+});
+
+Deno.test("rollbackVm() refuses a lock taken for another connection", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  using lock = acquireConnectionLock("test:///elsewhere.xml", {
+    stateDir: f.stateDir,
+    command: "rollback",
+  });
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes, lock }),
+    TypeError,
+  );
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+});
+
 Deno.test("rollbackVm() reports a missing backup and a held lock before writing anything", async () => {
   using f = fixture();
   await assertRejects(
@@ -535,6 +587,30 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
   );
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
   assertEquals(hostdevs(f, "beta"), [GPU]);
+});
+
+Deno.test("rollbackVm() does not restore a backup whose device another domain was given while the question was open", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addThenRelease(f, "alpha", GPU);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      // virsh attach-device --config beta gpu.xml, while the user reads the preview.
+      const beta = f.port.getPersistentXml("beta", { secure: true });
+      f.port.define(editDomainXml(beta, {
+        remove: [],
+        add: [{ address: GPU, managed: true }],
+        records: [],
+      }));
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(rolled.status, "failed");
+  assertMatch(rolled.message, /"beta" holds "0000:01:00\.0" in its persistent definition/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
 });
 
 Deno.test("rollbackVm() does not restore a backup giving the VM the controller under another domain's USB device", async () => {
