@@ -240,3 +240,24 @@ Deno.test("a hand-added hostdev on a device the host needs now is a refusal sayi
     assertEquals([vm.repair, vm.changed], [undefined, false]);
   });
 });
+
+Deno.test("a hostdev whose recorded device is gone is drift alone, also when the host needs what is there now", async () => {
+  const free = await treeHost(baseDevices());
+  // Another NVMe drive (another model) at the same address, carrying the root filesystem.
+  const swapped = baseDevices().map((d) => d.bdf === NVME ? { ...d, device: "0xa80a" } : d);
+  const needed = await treeHost(swapped, [ROOT_FS]);
+  const nvme = config(
+    "  win10:\n    devices:\n      - name: nvme\n        match: { class: nvme }\n",
+  );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(vmOf(planHostdevs({ config: nvme, host: free, libvirt }), "win10").desiredXml);
+    const gone = config("  win10:\n    devices: []\n");
+    const vm = vmOf(planHostdevs({ config: gone, host: needed, libvirt }), "win10");
+    // The record is of the drive that left: the plan removes the hostdev as drift. The drive
+    // there now was never this VM's, so it is no host-needed refusal of this VM.
+    assertEquals(
+      [vm.errors, vm.warnings.map((w) => w.code), vm.remove],
+      [[], ["drift"], [NVME]],
+    );
+  });
+});
