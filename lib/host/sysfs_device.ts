@@ -10,6 +10,7 @@
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
 import { canonicalPciAddress, comparePciAddress, libvirtNumber } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
+import { isFileName } from "../state/paths.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
@@ -442,7 +443,7 @@ function openVswitchPorts(reader: SysfsReader, path: string, entries: string[]):
  * allows any other, `.uplink` too.
  */
 export function nicsUnder(reader: SysfsReader, sysRoot: string, name: string): PciAddress[] {
-  if (name === "" || name === "." || name === ".." || name.includes("/")) return [];
+  if (!isFileName(name)) return [];
   const nics = pciDevicesUnder(reader, sysRoot, "net", name);
   const pfs = nics.flatMap((address) => {
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/physfn`);
@@ -551,7 +552,7 @@ export function charDeviceControllers(
   path: string,
 ): PciAddress[] {
   const name = devName(reader, roots.devRoot, path);
-  if (name === null || name === "." || name === "..") return [];
+  if (name === null || !isFileName(name)) return [];
   for (const kind of CHAR_DEVICE_CLASSES) {
     const found = linkedPciFunction(reader, `${roots.sysRoot}/class/${kind}/${name}`);
     if (found !== null) return found;

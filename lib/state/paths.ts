@@ -24,6 +24,23 @@ export function isAbsolute(path: string): boolean {
 }
 
 /**
+ * Whether `name` is one entry of a directory: not empty, no `/`, not `.` or `..`. A name that
+ * comes from outside (a domain's XML, a link's target) must be one before it is joined to a
+ * directory, or it could lead out of it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals([".uplink", "eth0", "..", ".", "", "a/b"].map(isFileName), [
+ *   true, true, false, false, false, false,
+ * ]);
+ * ```
+ */
+export function isFileName(name: string): boolean {
+  return name !== "" && name !== "." && name !== ".." && !name.includes("/");
+}
+
+/**
  * The segments joined with `/` and normalised: empty segments skipped, `.` dropped, `..` taking
  * the segment before it away (above the root it stays `/`; a relative path keeps leading `..`),
  * repeated slashes made one, a trailing slash kept; `.` when nothing is left.

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { isAbsolute, join, resolve } from "./paths.ts";
+import { isAbsolute, isFileName, join, resolve } from "./paths.ts";
 import { errorText } from "../render/error_text.ts";
 
 /** Where state lives when neither `--state-dir` nor `PASSTHROUGH_STATE_DIR` says otherwise. */
@@ -382,7 +382,7 @@ function syncDir(dir: string): void {
  * dangling symlink). Returns the final path.
  */
 export function writeNewFileSync(dir: string, name: string, data: Uint8Array | string): string {
-  if (name === "" || name.includes("/") || name === "." || name === "..") {
+  if (!isFileName(name)) {
     throw new TypeError(`Not a plain file name: "${name}"`);
   }
   const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
