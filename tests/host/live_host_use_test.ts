@@ -6,6 +6,7 @@
  * device's directory, as a bridge made here with `ip link` shows).
  */
 
+import { ROUTE_HEADER } from "../helpers/hosts.ts";
 import { assertEquals } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { pciDevicesUnder, readHostUse } from "../../lib/host/sysfs_device.ts";
@@ -48,10 +49,7 @@ async function hostUse(routes: string[], ipv6: string[] = [], extra = (_dir: str
     Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
     Deno.writeTextFileSync(
       `${dir}/proc/net/route`,
-      [
-        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT",
-        ...routes,
-      ]
+      [ROUTE_HEADER.trimEnd(), ...routes]
         .join("\n"),
     );
     Deno.writeTextFileSync(`${dir}/proc/net/ipv6_route`, ipv6.join("\n"));
@@ -270,7 +268,7 @@ Deno.test("readHostUse(): the boot VGA while a framebuffer console is bound or a
     Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
     Deno.mkdirSync(`${dir}/proc/net`);
     Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
-    Deno.writeTextFileSync(`${dir}/proc/net/route`, "Iface\tDestination\tGateway\n");
+    Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
     Deno.writeTextFileSync(`${dir}/proc/fb`, "");
     const console = (name: string, text: string, bind: string) => {
       Deno.mkdirSync(`${dir}/class/vtconsole/${name}`, { recursive: true });
