@@ -99,6 +99,11 @@ interface Stale {
   card?: { to: PciAddress; evidence: string; closed?: ClosedDevice; blocked: string | null };
 }
 
+/** Why a card is not followed to an address the VM's definition names already. */
+function namedAlready(plan: VmPlan): string {
+  return `"${plan.name}" names that address already`;
+}
+
 /**
  * Why the repair does not follow `stale`'s card to `closed`, or `null` when it does: the checks
  * an unrefused VM's move passes (no plan-wide refusal, none of the VM's refusals about the rule
@@ -113,7 +118,7 @@ function followBlocker(
   const { host, globalErrors } = input.context;
   const to = closed.device.address;
   if (globalErrors.length > 0) return "the plan has host-wide refusals";
-  if (input.names.has(to)) return `"${plan.name}" names that address already`;
+  if (input.names.has(to)) return namedAlready(plan);
   const use = host.hostUse?.find((u) => u.address === to);
   if (use !== undefined && !closed.rule.allowHostCritical) {
     return `the host needs it there (${use.reason}: ${use.detail})`;
@@ -142,7 +147,8 @@ function locateCards(plan: VmPlan, stales: Stale[], input: RepairInput, names: S
   const { host } = input.context;
   const claimed = new Set<PciAddress>();
   for (const stale of stales) {
-    const free = (a: PciAddress) => !claimed.has(a) && !names.has(a);
+    // An address the VM names already stays a candidate, so that the refusal says the card is there.
+    const free = (a: PciAddress) => !claimed.has(a);
     const taken = input.resolution.closure.devices.filter((c) =>
       c.rule.name === stale.record.rule && free(c.device.address)
     );
@@ -162,11 +168,14 @@ function locateCards(plan: VmPlan, stales: Stale[], input: RepairInput, names: S
       host,
     );
     if (seen === undefined) continue;
+    const to = seen.found.device.address;
     const ruled = input.resolution.rules.some((r) => r.rule.name === stale.record.rule);
     stale.card = {
-      to: seen.found.device.address,
+      to,
       evidence: seen.evidence,
-      blocked: ruled
+      blocked: names.has(to)
+        ? namedAlready(plan)
+        : ruled
         ? `rule "${stale.record.rule}" does not take it there`
         : `rule "${stale.record.rule}" is no longer in the config`,
     };

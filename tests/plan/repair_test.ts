@@ -26,6 +26,7 @@ import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
+import type { VmPlan } from "../../lib/plan/types.ts";
 
 /** The topology discovery reads from a tree built of `devices` and `hostUse`. */
 async function treeHost(
@@ -259,5 +260,256 @@ Deno.test("a hostdev whose recorded device is gone is drift alone, also when the
       [vm.errors, vm.warnings.map((w) => w.code), vm.remove],
       [[], ["drift"], [NVME]],
     );
+  });
+});
+
+/** win10 holding the GPU as `GPU_CONFIG` applied it on the GPU's first host, then `edit`ed. */
+async function appliedGpu(
+  libvirt: Parameters<Parameters<typeof withPort>[1]>[0],
+  edit = (xml: string) => xml,
+): Promise<void> {
+  const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
+  libvirt.define(
+    edit(vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml),
+  );
+}
+
+/** What the repair of win10 does to the GPU's two stale hostdevs: `[move targets, removals]`. */
+function gpuRepair(vm: VmPlan): [string[], string[]] {
+  return [vm.repair?.move?.map((m) => m.to) ?? [], vm.repair?.remove ?? []];
+}
+
+const BOTH_GONE: [string[], string[]] = [[], [GPU.bdf, GPU_AUDIO.bdf]];
+const BOTH_FOLLOWED: [string[], string[]] = [["0000:0b:00.0", "0000:0b:00.1"], []];
+
+Deno.test("a repair never follows a card while the plan has host-wide refusals", async () => {
+  // No host_use.json: whether the host needs the card's new address is unknown.
+  const after = { ...await treeHost(movedGpu()), hostUse: null };
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "host-use-unknown"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /its card is now at 0000:0b:00\.0 \(same IDs and serial\) but the repair does not follow it: the plan has host-wide refusals; it removes the hostdev/,
+    );
+    assertEquals(gpuRepair(vm), BOTH_GONE);
+  });
+});
+
+Deno.test("a repair does not follow a card to an address the host needs, unless its rule allows it", async () => {
+  const vga: HostUse = {
+    address: "0000:0b:00.0",
+    reason: "console-vga",
+    detail: "boot_vga=1 with fbcon",
+  };
+  const after = await treeHost(movedGpu(), [vga]);
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt);
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "group-contains-host-critical"]);
+    // The card itself is the console's; its audio function shares the refused group.
+    assertMatch(
+      vm.errors[0]!.message,
+      /does not follow it: the host needs it there \(console-vga: boot_vga=1 with fbcon\); it removes/,
+    );
+    assertMatch(
+      vm.errors[1]!.message,
+      /does not follow it: rule "gpu" is refused there \(\[group-contains-host-critical\] below\)/,
+    );
+    assertEquals(gpuRepair(vm), BOTH_GONE);
+
+    // allow_host_critical: true on the rule: an unrefused move would go there, so the repair does.
+    const allowed = config(
+      '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        "        allow_host_critical: true\n" +
+        '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+    );
+    const kept = vmOf(planHostdevs({ config: allowed, host: after, libvirt }), "win10");
+    assertEquals(kept.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    assertEquals(gpuRepair(kept), BOTH_FOLLOWED);
+  });
+});
+
+Deno.test("a repair does not follow a card while its rule is refused for any reason", async () => {
+  const after = await treeHost(movedGpu());
+  // boot_order next to <os><boot dev>: a refusal of rule "gpu" naming no device or group.
+  const booting = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      "        boot_order: 2\n",
+  );
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt, (xml) => xml.replace("</os>", "  <boot dev='hd'/>\n  </os>"));
+    const vm = vmOf(planHostdevs({ config: booting, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "boot-order-conflict"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /does not follow it: rule "gpu" is refused there \(\[boot-order-conflict\] below\)/,
+    );
+    assertEquals(gpuRepair(vm), BOTH_GONE);
+  });
+});
+
+Deno.test("a repair does not follow a card into a group another rule's refusal names a device of", async () => {
+  // Rule "usb" is ambiguous between a controller in the card's new group 7 and one in group 8.
+  const usb = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x0c0330", vendor: "0x1b21", device: "0x2142" });
+  const after = await treeHost(movedGpu([usb("0000:0b:00.2", 7), usb("0000:0c:00.0", 8)]));
+  const cfg = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1b21:2142" }\n',
+  );
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt);
+    const vm = vmOf(planHostdevs({ config: cfg, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.slice(0, 2).map((e) => e.code), ["drift", "drift"]);
+    assertOk(vm.errors.some((e) => e.code === "ambiguous" && e.rule === "usb"));
+    assertMatch(
+      vm.errors[0]!.message,
+      /does not follow it: rule "gpu" is refused there \(\[ambiguous\] below\)/,
+    );
+    assertEquals(gpuRepair(vm), BOTH_GONE);
+  });
+});
+
+Deno.test("a repair looks for a card only among what its own rule takes", async () => {
+  // "gpu" names the card by its old address too; another rule of win10 takes it where it is now.
+  const narrowed = config(
+    "  win10:\n    devices:\n      - name: gpu\n" +
+      '        match: { vendor_device_id: "10de:2684", address: "0000:01:00.0" }\n' +
+      '      - name: nv\n        match: { vendor_device_id: "10de:2684" }\n',
+  );
+  const after = await treeHost(movedGpu());
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt);
+    const vm = vmOf(planHostdevs({ config: narrowed, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /its card is now at 0000:0b:00\.0 \(same IDs and serial\) but the repair does not follow it: rule "gpu" does not take it there; it removes/,
+    );
+    assertEquals(gpuRepair(vm), BOTH_GONE);
+  });
+});
+
+Deno.test("a repair follows two functions with one serial to two addresses, never one twice", async () => {
+  // A dual-port NIC whose functions carry the same device serial number, moved from bus 05 to 0c.
+  const port = (bdf: string, group: number) =>
+    dev({
+      bdf,
+      group,
+      class: "0x020000",
+      device: "0x1521",
+      driver: "igb",
+      serial: "a0-36-9f-ff-ff-12-34-56",
+    });
+  const nic = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n',
+  );
+  const withTypo = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+  );
+  const before = await treeHost([
+    ...baseDevices(),
+    port("0000:05:00.0", 5),
+    port("0000:05:00.1", 5),
+  ]);
+  const after = await treeHost([
+    ...baseDevices(),
+    port("0000:0c:00.0", 9),
+    port("0000:0c:00.1", 9),
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: nic, host: before, libvirt }), "win10");
+    assertEquals(applied.add.map((a) => a.address), ["0000:05:00.0", "0000:05:00.1"]);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: withTypo, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
+    assertEquals(vm.repair?.move?.map((m) => [m.from, m.to]), [
+      ["0000:05:00.0", "0000:0c:00.0"],
+      ["0000:05:00.1", "0000:0c:00.1"],
+    ]);
+  });
+});
+
+Deno.test("a hostdev on a device the host needs is allowed by its recorded rule's or its taker's allow_host_critical", async () => {
+  const free = await treeHost(baseDevices());
+  const needed = await treeHost(baseDevices(), [ROOT_FS]);
+  const nvme = (match: string) =>
+    config(
+      `  win10:\n    devices:\n      - name: nvme\n        match: ${match}\n` +
+        "        allow_host_critical: true\n",
+    );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: nvme("{ class: nvme }"), host: free, libvirt }), "win10")
+        .desiredXml,
+    );
+    // The rule that added it allows it: it matches nothing now, yet the hostdev is no refusal.
+    const typo = nvme('{ vendor_device_id: "1234:5678" }');
+    const vm = vmOf(planHostdevs({ config: typo, host: needed, libvirt }), "win10");
+    assertEquals([vm.errors.map((e) => e.code), vm.repair], [["no-match"], undefined]);
+  });
+  // A hand-added hostdev on the root disk's controller, taken by a rule that allows it.
+  const hand = domainXml(
+    "win10",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01",
+    `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
+        </source>
+      </hostdev>`,
+  );
+  await withPort([hand], (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: nvme("{ class: nvme }"), host: needed, libvirt }),
+      "win10",
+    );
+    assertEquals(vm.errors.map((e) => e.code), []);
+    assertOk(vm.warnings.some((w) => w.code === "group-contains-host-critical"));
+  });
+});
+
+Deno.test("a repair says where a card went when the VM names that address already, and does not follow it there", async () => {
+  const after = await treeHost(movedGpu());
+  // A hostdev added by hand at 0000:0b:00.0, where the GPU is now.
+  const handAdded = `<hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>
+      </source>
+    </hostdev>
+  </devices>`;
+  await withPort([WIN10], async (libvirt) => {
+    await appliedGpu(libvirt, (xml) => xml.replace("</devices>", handAdded));
+    const vm = vmOf(planHostdevs({ config: WITH_TYPO, host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code).slice(0, 2), ["drift", "drift"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /its card is now at 0000:0b:00\.0 \(same IDs and serial\) but the repair does not follow it: "win10" names that address already; it removes the hostdev/,
+    );
+    // The audio function follows: with the hand-added hostdev, group 7 is whole in the VM.
+    assertEquals(gpuRepair(vm), [["0000:0b:00.1"], [GPU.bdf]]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    // In place: the audio function's hostdev where it was, the hand-added one kept after it.
+    assertEquals(repaired.hostdevs.map((h) => [h.address, h.owned]), [
+      ["0000:0b:00.1", true],
+      ["0000:0b:00.0", false],
+    ]);
+    // With rule "gpu" gone from the config, the repair still says where each card is.
+    const typo = config(
+      '  win10:\n    devices:\n      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+    );
+    const gone = vmOf(planHostdevs({ config: typo, host: after, libvirt }), "win10");
+    assertMatch(
+      gone.errors[0]!.message,
+      /now at 0000:0b:00\.0 .*: "win10" names that address already;/,
+    );
+    assertMatch(
+      gone.errors[1]!.message,
+      /now at 0000:0b:00\.1 .*: rule "gpu" is no longer in the config;/,
+    );
+    assertEquals(gpuRepair(gone), BOTH_GONE);
   });
 });
