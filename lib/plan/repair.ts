@@ -258,9 +258,8 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = byAddress.get(have.address);
-    if (!have.owned || record === undefined || (now !== undefined && sameIdentity(record, now))) {
-      continue;
-    }
+    // A hostdev passthrough added has a record; one added by hand has none.
+    if (record === undefined || (now !== undefined && sameIdentity(record, now))) continue;
     stales.push({ from: have.address, record, now });
   }
   locateCards(plan, stales, input, names);

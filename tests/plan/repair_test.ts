@@ -71,6 +71,10 @@ Deno.test("a refused VM's repair follows its moved card, rewriting the hostdevs 
       vm.errors[0]!.message,
       /now holds nothing: its card is now at 0000:0b:00\.0 \(same IDs and serial\): the repair follows it there even while the other refusals of "win10" stand/,
     );
+    assertMatch(
+      vm.errors[0]!.message,
+      /so that the next start cannot hand whatever appears there to the guest$/,
+    );
     assertEquals(vm.errors[0]!.devices, [GPU.bdf, "0000:0b:00.0"]);
     assertEquals([vm.changed, vm.desiredXml === vm.currentXml, vm.move], [false, true, []]);
     assertEquals(vm.repair?.remove, []);
@@ -250,7 +254,7 @@ Deno.test("a hostdev whose recorded device is gone is drift alone, also when the
   const nvme = config(
     "  win10:\n    devices:\n      - name: nvme\n        match: { class: nvme }\n",
   );
-  await withPort([WIN10], (libvirt) => {
+  await withPort([WIN10], async (libvirt) => {
     libvirt.define(vmOf(planHostdevs({ config: nvme, host: free, libvirt }), "win10").desiredXml);
     const gone = config("  win10:\n    devices: []\n");
     const vm = vmOf(planHostdevs({ config: gone, host: needed, libvirt }), "win10");
@@ -259,6 +263,24 @@ Deno.test("a hostdev whose recorded device is gone is drift alone, also when the
     assertEquals(
       [vm.errors, vm.warnings.map((w) => w.code), vm.remove],
       [[], ["drift"], [NVME]],
+    );
+    // Refused for another reason, the repair removes it, saying what the start would take.
+    const typo = config(
+      '  win10:\n    devices:\n      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n',
+    );
+    const refused = vmOf(planHostdevs({ config: typo, host: needed, libvirt }), "win10");
+    assertEquals(refused.errors.map((e) => e.code), ["drift", "no-match"]);
+    assertMatch(
+      refused.errors[0]!.message,
+      /the repair removes it even while the other refusals of "win10" stand, so that the next start cannot hand that device, which the host needs \(mounted-filesystem: \/ on nvme0n1p2\), to the guest$/,
+    );
+    assertEquals(refused.repair?.remove, [NVME]);
+    // The same drive where the host does not need it: "that device", no more.
+    const spare = await treeHost(swapped);
+    const plain = vmOf(planHostdevs({ config: typo, host: spare, libvirt }), "win10");
+    assertMatch(
+      plain.errors[0]!.message,
+      /so that the next start cannot hand that device to the guest$/,
     );
   });
 });
