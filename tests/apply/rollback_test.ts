@@ -291,6 +291,36 @@ Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves th
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
 });
 
+Deno.test("rollbackVm() reports a definition libvirt stores other than the backup as failed, naming the safety backup", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Hand-edited in MiB: libvirt takes it but stores KiB, so what it holds is not the backup.
+  const inMiB = before.replace(
+    "<memory unit='KiB'>1048576</memory>",
+    "<memory unit='MiB'>1024</memory>",
+  )
+    .replace("<currentMemory unit='KiB'>1048576</currentMemory>", "");
+  assertOk(inMiB.includes("unit='MiB'"));
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: inMiB,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "failed");
+  assertOk(report.safetyBackup !== null);
+  assertMatch(
+    report.message,
+    new RegExp(
+      `^After the rollback the definition of "alpha" differs from backup "[^"]+": .*memory.*; the replaced definition is in backup "${report.safetyBackup.id}"$`,
+    ),
+  );
+  // The safety backup holds what was replaced.
+  assertEquals(Deno.readTextFileSync(report.safetyBackup.path), before);
+});
+
 Deno.test("rollbackVm() on a running VM says the definition applies at its next power-off", async () => {
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);

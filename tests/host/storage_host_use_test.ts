@@ -21,8 +21,11 @@ const NVME = [1, 2, 3, 4, 5, 6].map((bus) => `0000:0${bus}:00.0`);
 interface Storage {
   /** `/proc/self/mountinfo` lines ({@link mount}); `null`: no such file. */
   mounts?: string[] | null;
-  /** `false`: no `/proc/net/route` (a `/proc` mounted with `subset=pid`). */
-  routes?: false;
+  /**
+   * `false`: no `/proc/net/route` (a `/proc` mounted with `subset=pid`); a number: the table's
+   * header followed by that many zero bytes (a sparse file, no disk used).
+   */
+  routes?: false | number;
   /** Mounted btrfs filesystems: UUID to the devices `/sys/fs/btrfs/UUID/devices` lists. */
   btrfs?: Record<string, string[]>;
   /**
@@ -89,6 +92,9 @@ async function storageUse(storage: Storage) {
     // No routes: the IPv4 table's header alone (the host-use scan reads it).
     Deno.mkdirSync(`${dir}/proc/net`);
     if (storage.routes !== false) Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
+    if (typeof storage.routes === "number") {
+      Deno.truncateSync(`${dir}/proc/net/route`, ROUTE_HEADER.length + storage.routes);
+    }
     if (storage.mounts !== null) {
       Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, (storage.mounts ?? []).join("\n"));
     }
@@ -311,6 +317,17 @@ Deno.test("readHostUse(): a live host whose IPv4 routing table cannot be read is
     String(error),
     /Cannot read .*\/proc\/net\/route: which NICs the host routes through is unknown/,
   );
+});
+
+Deno.test("readHostUse(): a routing table over 1 GiB is an error, not the part of it read", async () => {
+  const GiB = 1024 * 1024 * 1024;
+  const error = await storageUse({ routes: GiB }).catch((e: Error) => e);
+  assertMatch(
+    String(error),
+    /\/proc\/net\/route is larger than 1073741824 bytes: which NICs the host routes through is unknown/,
+  );
+  // Up to the cap, it is read whole (and its zero bytes are no route).
+  assertEquals(await storageUse({ routes: GiB - ROUTE_HEADER.length }), []);
 });
 
 Deno.test("readHostUse(): a ZFS pool whose name has a space, as udev encodes its label", async () => {
