@@ -328,17 +328,22 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
 /**
  * A moved card keeps the guest address its old hostdev had, so the guest sees the same device
  * where it was (no new driver install) and the diff shows the source address change at the same
- * guest address, not one device becoming another.
+ * guest address, not one device becoming another. Unless its rule's `multifunction` turned on or
+ * off with the move: then it takes the new layout, as a card that stayed is rewritten with it.
  */
 function keepGuestAddressOfMoves(
   plan: VmPlan,
   domain: ParsedDomain,
   specs: Map<PciAddress, HostdevSpec>,
+  toAdd: readonly ClosedDevice[],
 ): void {
   for (const move of plan.move) {
-    const guest = domain.hostdevs.find((h) => h.address === move.from)?.guestAddress ?? null;
+    const old = domain.hostdevs.find((h) => h.address === move.from);
+    const guest = old?.guestAddress ?? null;
     const spec = specs.get(move.to);
-    if (guest === null || spec === undefined) continue;
+    const layout = toAdd.find((c) => c.device.address === move.to)?.rule.multifunction;
+    if (old === undefined || guest === null || spec === undefined) continue;
+    if (inMultifunctionSlot(old) !== layout) continue;
     const { domain: d, bus, slot, function: fn } = pciAddressParts(guest.address);
     spec.guestAddress = {
       domain: d,
@@ -392,7 +397,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     plan.reasoning,
   );
   for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
-  keepGuestAddressOfMoves(plan, domain, specs);
+  keepGuestAddressOfMoves(plan, domain, specs, toAdd);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

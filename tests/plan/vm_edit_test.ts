@@ -220,6 +220,44 @@ Deno.test("planHostdevs() keeps a moved card's guest address", async () => {
   });
 });
 
+Deno.test("planHostdevs() lays a moved card out anew when multifunction turns on with the move", async () => {
+  const movedHost = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  const together = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n        multifunction: true\n',
+  );
+  await withPort([WIN10], (libvirt) => {
+    // As a QEMU libvirtd lays it out: each function at function 0 of a guest slot of its own.
+    let slot = 6;
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml.replace(
+      /<\/source>/g,
+      () =>
+        `</source>\n<address type='pci' domain='0x0000' bus='0x00' slot='0x0${++slot}' function='0x0'/>`,
+    ));
+    const vm = vmOf(planHostdevs({ config: together, host: movedHost, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    // Function 0 marked multifunction, both functions in one guest slot.
+    const laidOut = parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.guestAddress);
+    assertEquals(laidOut.map((g) => g?.multifunction), [true, false]);
+    assertEquals(new Set(laidOut.map((g) => g?.address.slice(0, -2))).size, 1);
+    // Applied, it is done: the next plan changes nothing.
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: together, host: movedHost, libvirt }), "win10");
+    assertEquals([again.changed, again.add, again.remove], [false, [], []]);
+    // Turned off as the card moves back: libvirt's own guest addresses, done in one apply too.
+    const back = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    assertEquals(back.move.map((m) => m.to), [GPU.bdf, GPU_AUDIO.bdf]);
+    assertEquals(parseDomainXml(back.desiredXml).hostdevs.map((h) => h.guestAddress), [null, null]);
+    libvirt.define(back.desiredXml);
+    const last = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    assertEquals(last.changed, false);
+  });
+});
+
 Deno.test("planHostdevs() rewrites a moved card's hostdevs where they are, before the ones after them", async () => {
   // Issue 16: the GPU's hostdevs come before the NIC's; after the move they still do, and the
   // diff of <devices> is their two source address lines, not a removal and an addition.
@@ -279,6 +317,179 @@ Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one
       vm.warnings.filter((w) => w.code === "moved").map((w) => w.devices),
       [["0000:05:00.0", "0000:06:00.0"], ["0000:05:00.1", "0000:06:00.1"]],
     );
+  });
+});
+
+Deno.test("planHostdevs() does not call a card moved while another device on the host has its IDs", async () => {
+  // Two identical NICs with no serial, each a card of its own; the rule names one by address.
+  const nic = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const rule = (address: string) =>
+    config(
+      "  win10:\n    devices:\n      - name: nic\n" +
+        `        match: { vendor_device_id: "8086:1521", address: "${address}" }\n`,
+    );
+  const before = host([...baseDevices(), nic("0000:05:00.0", 5), nic("0000:06:00.0", 6)]);
+  const after = host([...baseDevices(), nic("0000:0c:00.0", 9), nic("0000:0d:00.0", 10)]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rule("0000:05:00.0"), host: before, libvirt }), "win10")
+        .desiredXml,
+    );
+    // Which of the two is the recorded card is unknown: the old hostdev goes, the match is new.
+    const vm = vmOf(planHostdevs({ config: rule("0000:0c:00.0"), host: after, libvirt }), "win10");
+    assertEquals([vm.errors, vm.move], [[], []]);
+    assertEquals([vm.remove, vm.add.map((a) => a.address)], [["0000:05:00.0"], ["0000:0c:00.0"]]);
+    assertEquals(vm.warnings.filter((w) => w.code === "drift").map((w) => w.devices), [[
+      "0000:05:00.0",
+    ]]);
+  });
+});
+
+Deno.test("planHostdevs() moves one port of a dual-port NIC to the same function of the moved card", async () => {
+  // Each function in an IOMMU group of its own (ACS): the VM had port 1 alone, now takes both.
+  const port = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const portOne = config(
+    "  win10:\n    devices:\n      - name: nic\n" +
+      '        match: { vendor_device_id: "8086:1521", address: "0000:05:00.1" }\n',
+  );
+  const both = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n',
+  );
+  const before = host([...baseDevices(), port("0000:05:00.0", 9), port("0000:05:00.1", 10)]);
+  const after = host([...baseDevices(), port("0000:06:00.0", 9), port("0000:06:00.1", 10)]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: portOne, host: before, libvirt }), "win10");
+    assertEquals(applied.add.map((a) => a.address), ["0000:05:00.1"]);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: both, host: after, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => [m.from, m.to, m.evidence]), [
+      ["0000:05:00.1", "0000:06:00.1", "same IDs, function 1 of the only such card on the host"],
+    ]);
+    assertEquals(vm.add.map((a) => a.address), ["0000:06:00.0"]);
+  });
+});
+
+Deno.test("planHostdevs() moves two functions with one serial to two addresses, and only by their own rule", async () => {
+  // A dual-port NIC whose functions carry the same device serial number, moved from bus 05 to 0c.
+  const port = (bdf: string) =>
+    dev({
+      bdf,
+      group: 9,
+      class: "0x020000",
+      device: "0x1521",
+      driver: "igb",
+      serial: "a0-36-9f-ff-ff-12-34-56",
+    });
+  const named = (name: string) =>
+    config(
+      `  win10:\n    devices:\n      - name: ${name}\n        match: { vendor_device_id: "8086:1521" }\n`,
+    );
+  const before = host([...baseDevices(), port("0000:05:00.0"), port("0000:05:00.1")]);
+  const after = host([...baseDevices(), port("0000:0c:00.0"), port("0000:0c:00.1")]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: named("nic"), host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: named("nic"), host: after, libvirt }), "win10");
+    assertEquals([vm.errors, vm.add, vm.remove], [[], [], []]);
+    assertEquals(vm.move.map((m) => [m.from, m.to]), [
+      ["0000:05:00.0", "0000:0c:00.0"],
+      ["0000:05:00.1", "0000:0c:00.1"],
+    ]);
+    // Taken by a rule of another name, the card is that rule's new device, not a move.
+    const renamed = vmOf(planHostdevs({ config: named("uplink"), host: after, libvirt }), "win10");
+    assertEquals(renamed.move, []);
+    assertEquals([renamed.remove, renamed.add.map((a) => [a.address, a.rule])], [
+      ["0000:05:00.0", "0000:05:00.1"],
+      [["0000:0c:00.0", "uplink"], ["0000:0c:00.1", "uplink"]],
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() does not call a card moved while it is still where it was", async () => {
+  // Two ports with one serial, each in an IOMMU group of its own; the rule names one by address.
+  const port = (bdf: string, group: number) =>
+    dev({
+      bdf,
+      group,
+      class: "0x020000",
+      device: "0x1521",
+      serial: "a0-36-9f-ff-ff-12-34-56",
+    });
+  const rule = (address: string) =>
+    config(
+      "  win10:\n    devices:\n      - name: nic\n" +
+        `        match: { vendor_device_id: "8086:1521", address: "${address}" }\n`,
+    );
+  const nics = host([...baseDevices(), port("0000:05:00.0", 9), port("0000:05:00.1", 10)]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rule("0000:05:00.0"), host: nics, libvirt }), "win10")
+        .desiredXml,
+    );
+    // Port 0 is still there: the rule now naming port 1 swaps ports, it moves nothing.
+    const vm = vmOf(planHostdevs({ config: rule("0000:05:00.1"), host: nics, libvirt }), "win10");
+    assertEquals([vm.move, vm.remove, vm.add.map((a) => a.address)], [[], ["0000:05:00.0"], [
+      "0000:05:00.1",
+    ]]);
+    assertEquals(vm.warnings.filter((w) => w.code === "moved" || w.code === "drift"), []);
+  });
+});
+
+Deno.test("planHostdevs() never follows a card to an address the VM holds already by hand", async () => {
+  const moved = host([
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ]);
+  const handAdded = `<hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>
+      </source>
+    </hostdev>
+  </devices>`;
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    libvirt.define(applied.desiredXml.replace("</devices>", handAdded));
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: moved, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    // The GPU's hostdev goes (the hand-added one passes the card already); its audio follows.
+    assertEquals([vm.remove, vm.move.map((m) => [m.from, m.to]), vm.add], [
+      ["0000:01:00.0"],
+      [["0000:01:00.1", "0000:0b:00.1"]],
+      [],
+    ]);
+    const hostdevs = parseDomainXml(vm.desiredXml).hostdevs.map((h) => [h.address, h.owned]);
+    assertEquals(hostdevs, [["0000:0b:00.1", true], ["0000:0b:00.0", false]]);
+  });
+});
+
+Deno.test("planHostdevs() keeps a hostdev whose address holds another card its rule matches, saying so", async () => {
+  // The same model with another serial: a replaced card in the same slot.
+  const replaced = host([
+    ...baseDevices(),
+    { ...GPU, serial: "00-11-22-ff-ff-33-44-66" },
+    GPU_AUDIO,
+  ]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: replaced, libvirt }), "win10");
+    assertEquals([vm.errors, vm.add, vm.remove, vm.move], [[], [], [], []]);
+    const drift = vm.warnings.filter((w) => w.code === "drift");
+    assertEquals(drift.map((w) => w.devices), [[GPU.bdf]]);
+    assertMatch(
+      drift[0]!.message,
+      /^Hostdev 0000:01:00\.0 of "win10" was recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55 but the address now holds 10de:2684 .* serial 00-11-22-ff-ff-33-44-66: rule "gpu" matches the new device, so it stays and its record is updated$/,
+    );
+    const records = parseDomainXml(vm.desiredXml).records;
+    assertEquals(records.map((r) => [r.address, r.serial]), [
+      [GPU.bdf, "00-11-22-ff-ff-33-44-66"],
+      [GPU_AUDIO.bdf, null],
+    ]);
   });
 });
 
@@ -402,6 +613,18 @@ Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", asy
       ["0000:01:00.1", false],
     ]);
     assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.managed), [false, false]);
+    // Moved at the same time: the hostdevs follow the card and take the new settings.
+    const moved = host([
+      ...baseDevices(),
+      { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+      { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+    ]);
+    const both = vmOf(planHostdevs({ config: unmanaged, host: moved, libvirt }), "win10");
+    assertEquals(both.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(parseDomainXml(both.desiredXml).hostdevs.map((h) => [h.address, h.managed]), [
+      ["0000:0b:00.0", false],
+      ["0000:0b:00.1", false],
+    ]);
   });
 });
 
