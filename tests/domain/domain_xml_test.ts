@@ -898,3 +898,127 @@ Deno.test("parseDomainXml() lists NVMe disks' controllers and block disks' devic
     /NVMe disk has no valid source address: at line 2, column 5/,
   );
 });
+
+Deno.test("editDomainXml() refuses to remove what the domain lacks, or what is no PCI address", () => {
+  const added = add(SMALL, [{ address: "0000:01:00.0", managed: true }]);
+  const remove = (address: string) => () =>
+    editDomainXml(added, { remove: [address], add: [], records: [] });
+  assertThrows(remove("0000:09:00.0"), DomainEditError, "the domain does not have it");
+  assertThrows(remove("not-an-address"), TypeError, 'Not a PCI address: "not-an-address"');
+});
+
+Deno.test("editDomainXml() refuses to move a hostdev it also removes, or two onto one address", () => {
+  const both = add(SMALL, [
+    { address: "0000:01:00.0", managed: true },
+    { address: "0000:02:00.0", managed: true },
+  ]);
+  const edit = (
+    move: { from: string; to: string }[],
+    extra: Partial<Parameters<typeof editDomainXml>[1]> = {},
+  ) =>
+  () => editDomainXml(both, { remove: [], add: [], records: [], move, ...extra });
+  assertThrows(
+    edit([{ from: "0000:01:00.0", to: "0000:0b:00.0" }], { remove: ["0000:01:00.0"] }),
+    DomainEditError,
+    "it is also removed",
+  );
+  // The first move takes 0b:00.0: a second move there, or an add of it, would hold it twice.
+  assertThrows(
+    edit([
+      { from: "0000:01:00.0", to: "0000:0b:00.0" },
+      { from: "0000:02:00.0", to: "0000:0b:00.0" },
+    ]),
+    DomainEditError,
+    "the domain already has that address",
+  );
+  assertThrows(
+    edit([{ from: "0000:01:00.0", to: "0000:0b:00.0" }], {
+      add: [{ address: "0000:0b:00.0", managed: true }],
+    }),
+    DomainEditError,
+    "the domain already has it",
+  );
+  // A move frees its old address: a hostdev may be added there.
+  const swapped = edit([{ from: "0000:01:00.0", to: "0000:0b:00.0" }], {
+    add: [{ address: "0000:01:00.0", managed: true }],
+    records: [record("0000:0b:00.0"), record("0000:01:00.0"), record("0000:02:00.0")],
+  })();
+  assertEquals(parseDomainXml(swapped).hostdevs.map((h) => h.address), [
+    "0000:0b:00.0",
+    "0000:02:00.0",
+    "0000:01:00.0",
+  ]);
+});
+
+Deno.test("editDomainXml() refuses to add one address twice in one edit", () => {
+  assertThrows(
+    () =>
+      add(SMALL, [
+        { address: "0000:01:00.0", managed: true },
+        { address: "01:00.0", managed: true },
+      ]),
+    DomainEditError,
+    "the domain already has it",
+  );
+});
+
+Deno.test("editDomainXml() keeps what the user put in a <devices> or <metadata> it created", () => {
+  const xml = fixture("xml2vmx-annotation.xml");
+  const added = add(xml, [{ address: "0000:01:00.0", managed: true }]);
+  assertMatch(added, /created='devices metadata'/);
+  const remove = (edited: string) =>
+    editDomainXml(edited, { remove: ["0000:01:00.0"], add: [], records: [] });
+  // An element, or only a comment, written there since.
+  const disk = "<disk type='file' device='disk'><source file='/a.img'/><target dev='vda'/></disk>";
+  for (const mine of [disk, "<!-- the user's note -->"]) {
+    // Before the hostdev and after it.
+    for (
+      const edited of [
+        added.replace("<devices>\n", `<devices>\n    ${mine}\n`),
+        added.replace("</devices>", `  ${mine}\n  </devices>`),
+      ]
+    ) {
+      assertOk(edited !== added);
+      const removed = remove(edited);
+      assertOk(removed.includes(mine), mine);
+      assertMatch(removed, /<devices>/);
+      assertEquals(parseDomainXml(removed).hostdevs, []);
+    }
+  }
+  const other = "<app:note xmlns:app='urn:example:app'>kept</app:note>";
+  const withMeta = added.replace("</metadata>", `  ${other}\n  </metadata>`);
+  const removed = remove(withMeta);
+  assertOk(removed.includes(`<metadata>`) && removed.includes(other));
+  assertEquals(parseDomainXml(removed).records, []);
+});
+
+Deno.test("editDomainXml() removes only the hostdev's element when its line holds more", () => {
+  const added = add(SMALL, [{ address: "0000:01:00.0", managed: true }]);
+  const after = "<!-- hand-written, same line -->";
+  const edited = added.replace(/<\/hostdev>\n/, `</hostdev>${after}\n`);
+  assertOk(edited !== added);
+  const removed = editDomainXml(edited, { remove: ["0000:01:00.0"], add: [], records: [] });
+  assertOk(removed.includes(after));
+  assertEquals(parseDomainXml(removed).hostdevs, []);
+});
+
+Deno.test("editDomainXml() records a <devices> it creates even when the records stay the same", () => {
+  // The records list 01:00.0, but <devices> (its hostdev with it) was deleted by hand.
+  const added = add(SMALL, [{ address: "0000:01:00.0", managed: true }]);
+  assertMatch(added, /created='metadata'/);
+  const cut = (xml: string) => xml.replace(/\n {2}<devices>[^]*<\/devices>/, "");
+  const noDevices = cut(added);
+  const records = parseDomainXml(noDevices).records;
+  assertEquals(records.map((r) => r.address), ["0000:01:00.0"]);
+  const readded = editDomainXml(noDevices, {
+    remove: [],
+    add: [{ address: "0000:01:00.0", managed: true }],
+    records,
+  });
+  assertMatch(readded, /created='devices metadata'/);
+  // So that removing it restores the domain as it was before passthrough, less what was cut.
+  assertEquals(
+    editDomainXml(readded, { remove: ["0000:01:00.0"], add: [], records: [] }),
+    cut(SMALL),
+  );
+});
