@@ -69,23 +69,29 @@ export function ownedInterface(
 }
 
 /**
- * The owned interfaces no wanted VF keeps: removed. One whose rule now takes the same VF index
- * at another address (its PF moved) says so, as a `moved` note.
+ * The owned interfaces no wanted VF keeps: removed. One whose PF moved (the recorded PF is no
+ * longer at its address, and a wanted VF has its index on a PF with its identity elsewhere)
+ * says so, as a `moved` note.
  */
 export function releasedInterfaces(
   vm: string,
   domain: ParsedDomain,
   wanted: ReadonlyMap<PciAddress, VfChoice>,
+  byAddress: ReadonlyMap<PciAddress, PciDevice>,
 ): { remove: PciAddress[]; notes: PlanIssue[]; reasoning: string[] } {
   const out = { remove: [] as PciAddress[], notes: [] as PlanIssue[], reasoning: [] as string[] };
   for (const nic of domain.interfaces) {
     if (!nic.owned || wanted.has(nic.address)) continue;
     out.remove.push(nic.address);
     const record = domain.vfRecords.find((r) => r.address === nic.address);
+    if (record === undefined) continue;
+    const there = byAddress.get(record.pf.address);
+    if (there !== undefined && sameIdentity(record.pf, there)) continue;
     const now = [...wanted.values()].find((c) =>
-      record !== undefined && c.index === record.index && c.pf.address !== record.pf.address
+      c.index === record.index && c.pf.address !== record.pf.address &&
+      sameIdentity(record.pf, c.pf)
     );
-    if (record === undefined || now === undefined) continue;
+    if (now === undefined) continue;
     const rule = record.pf.rule;
     out.notes.push({
       code: "moved",

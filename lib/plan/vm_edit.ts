@@ -264,7 +264,7 @@ function specOf(edit: Edit, closed: ClosedDevice, spec = specFor(closed, edit.fi
 /** Owned hostdevs no longer wanted: removed, unless the same card now sits at a new address. */
 function releaseUnwanted(edit: Edit, context: VmContext): void {
   const { plan, domain } = edit;
-  const released = releasedInterfaces(plan.name, domain, edit.vfs);
+  const released = releasedInterfaces(plan.name, domain, edit.vfs, context.byAddress);
   for (const address of released.remove) edit.remove.add(address);
   plan.warnings.push(...released.notes);
   plan.reasoning.push(...released.reasoning);

@@ -139,6 +139,44 @@ Deno.test("vf: a PF that moved is followed, the VF re-derived by index, the MAC 
   ]]);
 });
 
+Deno.test("vf: only a PF that left its address for another with its identity is called moved", () => {
+  // Two NICs of one model: the second at bus 09 with its own serial and IOMMU groups.
+  const second = (serial: string | null) =>
+    sriovNic("09", 4, { serial }).map((d) => ({ ...d, group: (d.group ?? 0) + 100 }));
+  const onBus = (bus: string, vf: string) =>
+    config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", address: "0000:${bus}:00.0" }
+        vf: ${vf}
+        interface: { mac: auto }
+`);
+  const moved = (p: Plan) => vmOf(p, "a").warnings.filter((w) => w.code === "moved");
+  const topology = (devices: HostDeviceDescription[]) =>
+    topologyFromDescription({ devices }, { source: "two-nics" });
+  const both = topology([...sriovNic("07", 4, { serial: null }), ...second(null)]);
+  const first = plan(onBus("07", "1"), both, { a: A });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:07:10.2"]);
+  // The rule now names the other NIC, VF 1 too: the first (its twin) is still there.
+  const other = plan(onBus("09", "1"), both, applied(first));
+  assertEquals(vmOf(other, "a").add.map((x) => x.address), ["0000:09:10.2"]);
+  assertEquals(moved(other), []);
+  // The first NIC left, and the one at bus 09 is another card (its own serial).
+  const firstOfA = plan(onBus("07", "1"), sriovHost("07"), { a: A });
+  const replaced = plan(
+    onBus("09", "1"),
+    topology(second("00-1b-21-ff-ff-00-00-09")),
+    applied(firstOfA),
+  );
+  assertEquals(vmOf(replaced, "a").add.map((x) => x.address), ["0000:09:10.2"]);
+  assertEquals(moved(replaced), []);
+  // The PF moved, but the rule now takes another VF index of it: a new VF, not a move.
+  const vf1 = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
+  const otherIndex = plan(config(UPLINK("a", "2")), sriovHost("09"), applied(vf1));
+  assertEquals(vmOf(otherIndex, "a").add.map((x) => x.address), ["0000:09:10.4"]);
+  assertEquals(moved(otherIndex), []);
+});
+
 const HAND_WRITTEN = `
       <interface type='hostdev' managed='yes'>
         <mac address='52:54:00:00:00:99'/>
@@ -420,6 +458,30 @@ Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing th
   assertEquals(parseDomainXml(vmOf(changed, "a").desiredXml).interfaces[0]?.romBar, null);
 });
 
+Deno.test("vf: a changed MAC, boot order, managed or ROM file rewrites the owned interface", () => {
+  const rule = (nic: string, extra = "") =>
+    config(UPLINK("a", "any", nic) + extra.split("\n").map((l) => l && `        ${l}`).join("\n"));
+  const first = plan(rule("{ mac: auto }", "boot_order: 2\n"), sriovHost(), { a: A });
+  const was = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!;
+  assertEquals([was.managed, was.bootOrder, was.romFile], [true, 2, null]);
+  const changes: [string, string, (nic: typeof was) => unknown, unknown][] = [
+    ['{ mac: "52:54:00:ab:cd:09" }', "boot_order: 2\n", (n) => n.mac, "52:54:00:ab:cd:09"],
+    ["{ mac: auto }", "boot_order: 3\n", (n) => n.bootOrder, 3],
+    ["{ mac: auto }", "boot_order: 2\nmanaged: false\n", (n) => n.managed, false],
+    [
+      "{ mac: auto }",
+      'boot_order: 2\nrom: { file: "/usr/share/roms/igbvf.rom" }\n',
+      (n) => n.romFile,
+      "/usr/share/roms/igbvf.rom",
+    ],
+  ];
+  for (const [nic, extra, field, want] of changes) {
+    const a = vmOf(plan(rule(nic, extra), sriovHost(), applied(first)), "a");
+    assertEquals([a.remove, a.add.map((x) => x.address)], [[was.address], [was.address]], extra);
+    assertEquals(field(parseDomainXml(a.desiredXml).interfaces[0]!), want, extra);
+  }
+});
+
 Deno.test("vf: a refused VM's interface that is no longer its VF is removed by the repair", () => {
   const first = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
   const refusedCfg = config(
@@ -437,6 +499,32 @@ Deno.test("vf: a refused VM's interface that is no longer its VF is removed by t
   assertEquals(a.repair?.remove, ["0000:07:10.2"]);
   const repaired = parseDomainXml(a.repair!.desiredXml);
   assertEquals([repaired.interfaces, repaired.vfRecords], [[], []]);
+  // Each other way the address can stop being the recorded VF.
+  const [, , vf1] = sriovNic("07", 4);
+  const hosts: [string, HostDeviceDescription[], RegExp][] = [
+    [
+      "gone",
+      [pf!, ...vfs.filter((v) => v.bdf !== vf1!.bdf)],
+      /but nothing is there now: it is removed/,
+    ],
+    [
+      "no VF",
+      [pf!, ...vfs.map((v) => v.bdf === vf1!.bdf ? { ...v, physfn: null } : v)],
+      /but it holds 8086:10ca .*, no VF: it is removed/,
+    ],
+    [
+      "another card",
+      sriovNic("07", 4, { serial: "00-1b-21-ff-ff-00-00-01" }),
+      /but it is a VF of 0000:07:00\.0, which holds 8086:10c9 .*: it is removed/,
+    ],
+  ];
+  for (const [what, devices, message] of hosts) {
+    const host = topologyFromDescription({ devices }, { source: "sriov-test" });
+    const vm = vmOf(plan(refusedCfg, host, applied(first)), "a");
+    assertEquals(vm.errors[0]?.code, "drift", what);
+    assertMatch(vm.errors[0]!.message, message, what);
+    assertEquals(vm.repair?.remove, ["0000:07:10.2"], what);
+  }
   // On the unchanged host the refused VM keeps its interface: nothing to repair.
   const intact = plan(refusedCfg, sriovHost("07"), applied(first));
   assertEquals([vmOf(intact, "a").errors.map((e) => e.code), vmOf(intact, "a").repair], [
