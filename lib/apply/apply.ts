@@ -736,20 +736,17 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   };
 }
 
-/** The XML to define: the plan's, refused when the definition changed since the plan. */
-function xmlToDefine(vm: VmPlan, now: Now, desiredUuid: string | null): string | Failure {
+/**
+ * The XML to define: the plan's, refused when the definition changed since the plan. (Unchanged,
+ * it has the plan's uuid: {@link readPlanned} checked the planned XML against it.)
+ */
+function xmlToDefine(vm: VmPlan, now: Now): string | Failure {
   if (now.secure !== vm.currentXml) {
     return {
       code: "drift",
       message: `Not applied to "${vm.name}": its definition changed since the plan was made: ${
         describeXmlChange(vm.currentXml, now.secure)
       }; run the plan again`,
-    };
-  }
-  if (now.uuid !== desiredUuid) {
-    return {
-      code: "invalid-plan",
-      message: `Cannot apply "${vm.name}": its uuid is "${now.uuid}", the plan's "${desiredUuid}"`,
     };
   }
   return vm.desiredXml;
@@ -971,7 +968,7 @@ function applyVm(
   if (isFailure(planned)) return fail(planned);
   const now = readNow(vm, libvirt);
   if (isFailure(now)) return fail(now);
-  const xml = xmlToDefine(vm, now, planned.desired.uuid);
+  const xml = xmlToDefine(vm, now);
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);

@@ -6,6 +6,7 @@ import {
   assertThrows,
 } from "../helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
@@ -194,6 +195,69 @@ Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt reject
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
 });
 
+Deno.test("applyPlan() refuses a plan whose XML names another domain or another uuid", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
+  const cases: [string, Partial<VmPlan>, RegExp][] = [
+    [
+      "desired name",
+      { desiredXml: vm.desiredXml.replace("<name>beta</name>", "<name>gamma</name>") },
+      /^Cannot apply "beta": the planned XML names domain "gamma"$/,
+    ],
+    [
+      "current name",
+      { currentXml: vm.currentXml.replace("<name>beta</name>", "<name>gamma</name>") },
+      /^Cannot apply "beta": the planned XML names domain "beta"$/,
+    ],
+    [
+      "uuid",
+      { desiredXml: vm.desiredXml.replace(UUIDS.beta!, UUIDS.gamma!) },
+      /^Cannot apply "beta": the planned XML has uuid "3{8}-.*", the current one "2{8}-.*"$/,
+    ],
+    [
+      "no uuid",
+      { desiredXml: vm.desiredXml.replace(/<uuid>[^<]*<\/uuid>/, "") },
+      /the planned XML has uuid "", the current one/,
+    ],
+  ];
+  for (const [what, change, message] of cases) {
+    const report = await applyPlan(planOf(f.port, [{ ...vm, ...change }]), {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      confirm: yes,
+    });
+    assertEquals([report.failed, report.vms[0]?.code], [["beta"], "invalid-plan"], what);
+    assertMatch(report.vms[0]!.message, message, what);
+  }
+  assertEquals([hostdevs(f.port, "beta"), hostdevs(f.port, "gamma")], [[], []]);
+  assertEquals(listBackups(f.stateDir, "beta"), []);
+});
+
+Deno.test("applyPlan() never makes a transient domain persistent", async () => {
+  // test:///default's "test" domain is running; undefined, it lives on as a transient domain.
+  using port = openLibvirtPort("test:///default");
+  const vm = planVm(port, "test", ["0000:01:00.0"]);
+  const stateDir = Deno.makeTempDirSync({ prefix: "passthrough-apply-transient-" });
+  try {
+    {
+      using other = Connection.open("test:///default");
+      using domain = other.lookupDomainByName("test");
+      domain.undefine();
+    }
+    const report = await applyPlan(planOf(port, [vm]), { libvirt: port, stateDir, confirm: yes });
+    assertEquals([report.failed, report.vms[0]?.code], [["test"], "invalid-plan"]);
+    assertMatch(
+      report.vms[0]!.message,
+      /it is a transient domain, and defining it would make it persistent/,
+    );
+    assertEquals(port.listDomains().map((d) => [d.name, d.persistent]), [["test", false]]);
+  } finally {
+    // The default driver is shared by the process: leave "test" as it was.
+    port.define(vm.currentXml);
+    Deno.removeSync(stateDir, { recursive: true });
+  }
+});
+
 Deno.test("applyPlan() does not overwrite a VM whose definition changed after the plan", async () => {
   using f = fixture();
   const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
@@ -363,6 +427,21 @@ Deno.test("applyPlan() says a running VM changes at its next power-off, and repo
   assertEquals(live.vms[0]?.live?.errors.length, 1);
   assertEquals(live.vms[0]?.effect, "next-power-off");
   assertEquals(hostdevs(f.port, "web"), ["0000:01:00.0", "0000:01:00.1"]);
+
+  // --live with only a record to change: nothing to hot-plug, so nothing is tried.
+  const recordOnly = await applyPlan(
+    planOf(f.port, [planVm(f.port, "web", [], {
+      desiredXml: editDomainXml(f.port.getPersistentXml("web", { secure: true }), {
+        remove: [],
+        add: [],
+        records: [identity("0000:01:00.0", { driver: "vfio-pci" }), identity("0000:01:00.1")],
+      }),
+    })]),
+    { libvirt: f.port, stateDir: f.stateDir, confirm: yes, live: true },
+  );
+  assertEquals([recordOnly.changed, recordOnly.liveFailed, recordOnly.ok], [["web"], [], true]);
+  assertEquals([recordOnly.vms[0]?.live, recordOnly.vms[0]?.effect], [null, "next-power-off"]);
+  assertMatch(recordOnly.vms[0]!.message, /next full power-off/);
 });
 
 Deno.test("applyPlan() restores the backup when the defined XML lacks the planned hostdevs", async () => {
