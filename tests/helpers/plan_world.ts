@@ -130,6 +130,26 @@ export const HAND_ADDED_NIC = `
         <!-- added by hand -->
       </hostdev>`;
 
+/** A `<hostdev>` (managed, no record) of the PCI device at `address` (`0000:0b:00.1`). */
+export function hostdevXml(address: string): string {
+  const [domain, bus, slot, fn] = address.split(/[:.]/);
+  return `
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source>
+          <address domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/>
+        </source>
+      </hostdev>`;
+}
+
+/** A port of an Intel I350 NIC (8086:1521, igb); `serial`: its device serial number. */
+export function i350Port(
+  bdf: string,
+  group: number,
+  serial: string | null = null,
+): HostDeviceDescription {
+  return dev({ bdf, group, class: "0x020000", device: "0x1521", driver: "igb", serial });
+}
+
 /** A test-driver `<node>` world holding `domains`. */
 export function world(domains: string[]): string {
   return `<node>

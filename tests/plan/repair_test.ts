@@ -15,6 +15,8 @@ import {
   GPU,
   GPU_AUDIO,
   GPU_CONFIG,
+  hostdevXml,
+  i350Port,
   LINUX,
   vmOf,
   WIN10,
@@ -118,12 +120,7 @@ Deno.test("a repair does not follow a card into an IOMMU group another domain ho
   const other = domainXml(
     "other",
     "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03",
-    `
-      <hostdev mode='subsystem' type='pci' managed='yes'>
-        <source>
-          <address domain='0x0000' bus='0x0b' slot='0x00' function='0x1'/>
-        </source>
-      </hostdev>`,
+    hostdevXml("0000:0b:00.1"),
   );
   await withPort([WIN10, other], (libvirt) => {
     libvirt.define(
@@ -416,15 +413,7 @@ Deno.test("a repair looks for a card only among what its own rule takes", async 
 
 Deno.test("a repair follows two functions with one serial to two addresses, never one twice", async () => {
   // A dual-port NIC whose functions carry the same device serial number, moved from bus 05 to 0c.
-  const port = (bdf: string, group: number) =>
-    dev({
-      bdf,
-      group,
-      class: "0x020000",
-      device: "0x1521",
-      driver: "igb",
-      serial: "a0-36-9f-ff-ff-12-34-56",
-    });
+  const port = (bdf: string, group: number) => i350Port(bdf, group, "a0-36-9f-ff-ff-12-34-56");
   const nic = config(
     '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n',
   );
@@ -474,16 +463,7 @@ Deno.test("a hostdev on a device the host needs is allowed by its recorded rule'
     assertEquals([vm.errors.map((e) => e.code), vm.repair], [["no-match"], undefined]);
   });
   // A hand-added hostdev on the root disk's controller, taken by a rule that allows it.
-  const hand = domainXml(
-    "win10",
-    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01",
-    `
-      <hostdev mode='subsystem' type='pci' managed='yes'>
-        <source>
-          <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/>
-        </source>
-      </hostdev>`,
-  );
+  const hand = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", hostdevXml(NVME));
   await withPort([hand], (libvirt) => {
     const vm = vmOf(
       planHostdevs({ config: nvme("{ class: nvme }"), host: needed, libvirt }),
@@ -496,15 +476,12 @@ Deno.test("a hostdev on a device the host needs is allowed by its recorded rule'
 
 Deno.test("a repair says where a card went when the VM names that address already, and does not follow it there", async () => {
   const after = await treeHost(movedGpu());
-  // A hostdev added by hand at 0000:0b:00.0, where the GPU is now.
-  const handAdded = `<hostdev mode='subsystem' type='pci' managed='yes'>
-      <source>
-        <address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>
-      </source>
-    </hostdev>
-  </devices>`;
   await withPort([WIN10], async (libvirt) => {
-    await appliedGpu(libvirt, (xml) => xml.replace("</devices>", handAdded));
+    // A hostdev added by hand at 0000:0b:00.0, where the GPU is now.
+    await appliedGpu(
+      libvirt,
+      (xml) => xml.replace("</devices>", `${hostdevXml("0000:0b:00.0")}\n  </devices>`),
+    );
     const vm = vmOf(planHostdevs({ config: WITH_TYPO, host: after, libvirt }), "win10");
     assertEquals(vm.errors.map((e) => e.code).slice(0, 2), ["drift", "drift"]);
     assertMatch(

@@ -15,6 +15,8 @@ import {
   GPU_CONFIG,
   HOST,
   host,
+  hostdevXml,
+  i350Port,
   LINUX,
   vmOf,
   WIN10,
@@ -293,8 +295,7 @@ Deno.test("planHostdevs() rewrites a moved card's hostdevs where they are, befor
 
 Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one card", async () => {
   // Issue 16: two functions with identical IDs and no serial are one card moving, not drift.
-  const port = (bdf: string) =>
-    dev({ bdf, group: 9, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const port = (bdf: string) => i350Port(bdf, 9);
   const nicConfig = config(
     '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n',
   );
@@ -322,8 +323,7 @@ Deno.test("planHostdevs() moves a dual-port NIC whose functions share IDs as one
 
 Deno.test("planHostdevs() does not call a card moved while another device on the host has its IDs", async () => {
   // Two identical NICs with no serial, each a card of its own; the rule names one by address.
-  const nic = (bdf: string, group: number) =>
-    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const nic = i350Port;
   const rule = (address: string) =>
     config(
       "  win10:\n    devices:\n      - name: nic\n" +
@@ -348,8 +348,7 @@ Deno.test("planHostdevs() does not call a card moved while another device on the
 
 Deno.test("planHostdevs() moves one port of a dual-port NIC to the same function of the moved card", async () => {
   // Each function in an IOMMU group of its own (ACS): the VM had port 1 alone, now takes both.
-  const port = (bdf: string, group: number) =>
-    dev({ bdf, group, class: "0x020000", vendor: "0x8086", device: "0x1521", driver: "igb" });
+  const port = (bdf: string, group: number) => i350Port(bdf, group);
   const portOne = config(
     "  win10:\n    devices:\n      - name: nic\n" +
       '        match: { vendor_device_id: "8086:1521", address: "0000:05:00.1" }\n',
@@ -373,15 +372,7 @@ Deno.test("planHostdevs() moves one port of a dual-port NIC to the same function
 
 Deno.test("planHostdevs() moves two functions with one serial to two addresses, and only by their own rule", async () => {
   // A dual-port NIC whose functions carry the same device serial number, moved from bus 05 to 0c.
-  const port = (bdf: string) =>
-    dev({
-      bdf,
-      group: 9,
-      class: "0x020000",
-      device: "0x1521",
-      driver: "igb",
-      serial: "a0-36-9f-ff-ff-12-34-56",
-    });
+  const port = (bdf: string) => i350Port(bdf, 9, "a0-36-9f-ff-ff-12-34-56");
   const named = (name: string) =>
     config(
       `  win10:\n    devices:\n      - name: ${name}\n        match: { vendor_device_id: "8086:1521" }\n`,
@@ -410,14 +401,7 @@ Deno.test("planHostdevs() moves two functions with one serial to two addresses, 
 
 Deno.test("planHostdevs() does not call a card moved while it is still where it was", async () => {
   // Two ports with one serial, each in an IOMMU group of its own; the rule names one by address.
-  const port = (bdf: string, group: number) =>
-    dev({
-      bdf,
-      group,
-      class: "0x020000",
-      device: "0x1521",
-      serial: "a0-36-9f-ff-ff-12-34-56",
-    });
+  const port = (bdf: string, group: number) => i350Port(bdf, group, "a0-36-9f-ff-ff-12-34-56");
   const rule = (address: string) =>
     config(
       "  win10:\n    devices:\n      - name: nic\n" +
@@ -444,15 +428,11 @@ Deno.test("planHostdevs() never follows a card to an address the VM holds alread
     { ...GPU, bdf: "0000:0b:00.0", group: 7 },
     { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
   ]);
-  const handAdded = `<hostdev mode='subsystem' type='pci' managed='yes'>
-      <source>
-        <address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/>
-      </source>
-    </hostdev>
-  </devices>`;
   await withPort([WIN10], (libvirt) => {
     const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
-    libvirt.define(applied.desiredXml.replace("</devices>", handAdded));
+    libvirt.define(
+      applied.desiredXml.replace("</devices>", `${hostdevXml("0000:0b:00.0")}\n  </devices>`),
+    );
     const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: moved, libvirt }), "win10");
     assertEquals(vm.errors, []);
     // The GPU's hostdev goes (the hand-added one passes the card already); its audio follows.
