@@ -10,7 +10,9 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { planHostdevs } from "../../lib/plan/plan.ts";
+import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
+import { config, domainXml, GPU_CONFIG, HOST, vmOf } from "../helpers/plan_world.ts";
+import { dataWorld } from "../helpers/world.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { type ParsedDomain, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
@@ -770,4 +772,26 @@ Deno.test("planHostdevs() counts the parent GPU of a VM's mediated device as tha
     "0000:4c:00.0",
     "0000:4c:00.1",
   ]);
+});
+
+Deno.test("a plan limited to some VMs never counts an orphan's devices as released", () => {
+  // win10 holds the GPU as passthrough gave it, and has left the config; gentoo's rule takes it.
+  const win10 = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01");
+  const held =
+    vmOf(planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10 }) }), "win10")
+      .desiredXml;
+  const gentoo = domainXml("gentoo", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  const cfg = config(
+    '  gentoo:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n',
+  );
+  const world = dataWorld({ win10: held, gentoo });
+  // Planned whole, the orphan releases the GPU and gentoo takes it in the same plan.
+  const whole = planWorld({ config: cfg, host: HOST, world });
+  assertEquals(vmOf(whole, "win10").remove, ["0000:01:00.0", "0000:01:00.1"]);
+  assertEquals(vmOf(whole, "gentoo").add.map((a) => a.address), ["0000:01:00.0", "0000:01:00.1"]);
+  // Limited to gentoo, win10 is not planned, so it keeps the GPU: gentoo is refused.
+  const limited = planWorld({ config: cfg, host: HOST, world, vms: ["gentoo"] });
+  assertEquals(limited.vms.map((v) => v.name), ["gentoo"]);
+  assertEquals(vmOf(limited, "gentoo").errors.map((e) => e.code), ["device-assigned-twice"]);
+  assertEquals(vmOf(limited, "gentoo").add, []);
 });

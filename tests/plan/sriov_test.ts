@@ -221,6 +221,13 @@ Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
   const p = plan(config(UPLINK("a")), sriovHost(), { a: A, z: other });
   const mac = vmOf(p, "a").add[0]?.spec.interface?.mac;
   assertEquals(mac, autoMac("00-1b-21-ff-ff-a0-b1-c2\0sriov-test", "a", "uplink", 1));
+  // Also a MAC only a running guest's live definition has (an interface hot-plugged into it).
+  const plain = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", "", true);
+  const live = plan(config(UPLINK("a")), sriovHost(), {
+    a: A,
+    z: { xml: plain, active: true, liveXml: other },
+  });
+  assertEquals(vmOf(live, "a").add[0]?.spec.interface?.mac, mac);
 });
 
 Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", () => {
