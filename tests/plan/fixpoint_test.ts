@@ -70,6 +70,8 @@ Deno.test("planHostdevs() limited to some VMs still reports drift in the others,
     // The same warnings win10's own plan gives when it is planned; then not repeated plan-wide.
     const all = planHostdevs({ config: both, host: swapped, libvirt });
     assertEquals(all.warnings.filter((w) => w.code === "drift"), []);
+    const only = planHostdevs({ config: both, host: swapped, libvirt, vms: ["win10"] });
+    assertEquals(only.warnings.filter((w) => w.code === "drift"), []);
     // win10 is refused (its rule matches nothing): its stale hostdev is a refusal, listed first.
     // Plan-wide, the message says that what it describes waits for win10's own plan.
     const left =
@@ -78,6 +80,33 @@ Deno.test("planHostdevs() limited to some VMs still reports drift in the others,
     assertEquals(
       vmOf(all, "win10").errors.filter((w) => w.code === "drift"),
       drift.map((w) => ({ ...w, message: w.message.slice(0, -left.length) })),
+    );
+  });
+});
+
+Deno.test("planHostdevs() limited to some VMs reports the others' hostdevs on devices the host needs, plan-wide", async () => {
+  const nvme = config(
+    "  win10:\n    devices:\n      - name: nvme\n        match: { class: nvme }\n" +
+      "  linux:\n    devices: []\n",
+  );
+  const rootFs = {
+    address: "0000:03:00.0",
+    reason: "mounted-filesystem" as const,
+    detail: "/ on nvme0n1p2",
+  };
+  const needed = topologyFromDescription({ devices: baseDevices(), host_use: [rootFs] }, {
+    source: "test-host",
+  });
+  await withPort([WIN10, LINUX], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: nvme, host: host(baseDevices()), libvirt }), "win10").desiredXml,
+    );
+    const limited = planHostdevs({ config: nvme, host: needed, libvirt, vms: ["linux"] });
+    const hostNeeded = limited.warnings.filter((w) => w.code === "host-needed");
+    assertEquals(hostNeeded.map((w) => [w.vm, w.devices]), [["win10", ["0000:03:00.0"]]]);
+    assertMatch(
+      hostNeeded[0]!.message,
+      /mounted-filesystem: \/ on nvme0n1p2.*is left out of this plan/,
     );
   });
 });
