@@ -147,7 +147,8 @@ function locateCards(plan: VmPlan, stales: Stale[], input: RepairInput, names: S
   const { host } = input.context;
   const claimed = new Set<PciAddress>();
   for (const stale of stales) {
-    // An address the VM names already stays a candidate, so that the refusal says the card is there.
+    // An address the VM names already stays a candidate, so that the refusal can say the card
+    // is there (followBlocker then refuses it).
     const free = (a: PciAddress) => !claimed.has(a);
     const taken = input.resolution.closure.devices.filter((c) =>
       c.rule.name === stale.record.rule && free(c.device.address)

@@ -341,9 +341,9 @@ function keepGuestAddressOfMoves(
     const old = domain.hostdevs.find((h) => h.address === move.from);
     const guest = old?.guestAddress ?? null;
     const spec = specs.get(move.to);
-    const layout = toAdd.find((c) => c.device.address === move.to)?.rule.multifunction;
     if (old === undefined || guest === null || spec === undefined) continue;
-    if (inMultifunctionSlot(old) !== layout) continue;
+    const rule = toAdd.find((c) => c.device.address === move.to)?.rule;
+    if (inMultifunctionSlot(old) !== rule?.multifunction) continue;
     const { domain: d, bus, slot, function: fn } = pciAddressParts(guest.address);
     spec.guestAddress = {
       domain: d,
