@@ -224,9 +224,12 @@ function slotReasoning(
     : port === "spare"
     ? ` behind the empty pcie-root-port of controller index ${bus}`
     : "";
-  return `${card}: ${count} function${count > 1 ? "s" : ""} ${
-    join ? `join the card's other functions in ${where}` : `kept together in ${where}${behind}`
-  } (multifunction)${
+  const what = join
+    ? `${count > 1 ? `${count} functions join` : "1 function joins"} the card's other functions in`
+    : count > 1
+    ? `${count} functions kept together in`
+    : "1 function takes";
+  return `${card}: ${what} ${where}${behind} (multifunction)${
     hasFunctionZero ? "" : "; function 0 is not passed, the guest may not see them"
   }`;
 }

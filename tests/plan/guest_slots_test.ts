@@ -121,9 +121,10 @@ Deno.test("planHostdevs() puts a card's function that appears later into the car
     assertEquals([later.remove, later.add.map((a) => a.address)], [[], ["0000:01:00.1"]]);
     // Function 1 of the card's own slot, not a slot of its own (0x11 was the next free one).
     assertEquals(later.add[0]!.spec.guestAddress, { domain: 0, bus: 0, slot: 0x10, function: 1 });
+    // Function 0 is in the slot already: no "function 0 is not passed" note.
     assertOk(
-      later.reasoning.some((r) =>
-        /join the card's other functions in guest slot 0000:00:10/.test(r)
+      later.reasoning.includes(
+        "0000:01:00: 1 function joins the card's other functions in guest slot 0000:00:10 (multifunction)",
       ),
       later.reasoning.join("\n"),
     );
@@ -469,4 +470,121 @@ Deno.test("planWorld() leaves a q35 card to libvirt when no controller index is 
     ),
     vm.reasoning.join("\n"),
   );
+});
+
+Deno.test("planWorld() counts only the slots of guest PCI domain 0 as used", () => {
+  // A device in guest PCI domain 1 (a pxb-pcie's) does not take slot 0x10 of domain 0.
+  const other = pciAddress(0x10).replace("domain='0x0000'", "domain='0x0001'");
+  assertEquals(slots(domain(`    <disk type='file'>${other}</disk>`)), ["10.0", "10.1"]);
+});
+
+Deno.test("planWorld() uses slot 0x1f, the last of guest bus 0", () => {
+  const busy = Array.from(
+    { length: 0x0f },
+    (_, i) => `    <disk type='file'>${pciAddress(0x10 + i)}</disk>`,
+  ).join("\n");
+  assertEquals(slots(domain(busy)), ["1f.0", "1f.1"]);
+});
+
+Deno.test("planWorld() takes controller index 255 on q35, the last one, and a new port's index past every controller's", () => {
+  const last = machineDomain("q35", `${ROOT}\n    <disk type='file'>${onBus(0xfe)}</disk>`);
+  assertEquals(busSlots(last), ["ff:0.0", "ff:0.1"]);
+  assertMatch(
+    planOne(last).desiredXml,
+    /<controller type='pci' index='255' model='pcie-root-port'\/>/,
+  );
+  // A controller that is no root port, with nothing behind it, still has its index.
+  const bridge = machineDomain(
+    "q35",
+    `${ROOT}\n    <controller type='pci' index='1' model='dmi-to-pci-bridge'>${
+      pciAddress(0x1e)
+    }</controller>`,
+  );
+  assertEquals(busSlots(bridge), ["2:0.0", "2:0.1"]);
+});
+
+/** A three-function card (a Turing GPU: VGA, HDMI audio, USB) in one IOMMU group. */
+function turing(functions: number[]) {
+  const all = [
+    { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x1e87" },
+    { bdf: "0000:01:00.1", group: 1, class: "0x040300", vendor: "0x10de", device: "0x10f8" },
+    { bdf: "0000:01:00.2", group: 1, class: "0x0c0330", vendor: "0x10de", device: "0x1ad8" },
+  ];
+  return topologyFromDescription({
+    devices: all.filter((_, fn) => functions.includes(fn)).map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "turing" });
+}
+
+Deno.test("planWorld() puts a card's function 0 that appears later into the slot its other functions share", () => {
+  const audio = parseConfig(
+    `version: 1
+vms:
+  vm:
+    devices:
+      - name: card
+        match: { vendor_device_id: "10de:10f8" }
+        multifunction: true
+`,
+    { file: "c.yaml" },
+  );
+  const plan = (functions: number[], xml: string) => {
+    const [vm] =
+      planWorld({ config: audio, host: turing(functions), world: dataWorld({ vm: xml }) })
+        .vms;
+    assertOk(vm);
+    return vm;
+  };
+  // Function 0 hidden at first: functions 1 and 2 share a slot no function 0 marks multifunction.
+  const first = plan([1, 2], domain(""));
+  assertEquals(first.add.map((a) => a.spec.guestAddress), [
+    { domain: 0, bus: 0, slot: 0x10, function: 1 },
+    { domain: 0, bus: 0, slot: 0x10, function: 2 },
+  ]);
+  assertOk(
+    first.reasoning.includes(
+      "0000:01:00: 2 functions kept together in guest slot 0000:00:10 (multifunction); function 0 is not passed, the guest may not see them",
+    ),
+    first.reasoning.join("\n"),
+  );
+  const later = plan([0, 1, 2], first.desiredXml);
+  assertEquals(later.add.map((a) => a.spec.guestAddress), [
+    { domain: 0, bus: 0, slot: 0x10, function: 0, multifunction: true },
+  ]);
+  assertOk(
+    later.reasoning.includes(
+      "0000:01:00: 1 function joins the card's other functions in guest slot 0000:00:10 (multifunction)",
+    ),
+    later.reasoning.join("\n"),
+  );
+  assertEquals(plan([0, 1, 2], later.desiredXml).changed, false);
+});
+
+Deno.test("planWorld() gives a card's later function a slot of its own when its number is taken in the card's", () => {
+  const functionZero = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "function-zero" });
+  const [first] = planWorld({
+    config: MULTIFUNCTION,
+    host: functionZero,
+    world: dataWorld({ vm: domain("") }),
+  }).vms;
+  assertOk(first);
+  assertOk(
+    first.reasoning.includes(
+      "0000:01:00: 1 function takes guest slot 0000:00:10 (multifunction)",
+    ),
+    first.reasoning.join("\n"),
+  );
+  // The user put a disk at function 1 of the card's slot since.
+  const edited = first.desiredXml.replace(
+    "<devices>\n",
+    `<devices>\n    <disk type='file'>${pciAddress(0x10, 1)}</disk>\n`,
+  );
+  assertOk(edited !== first.desiredXml);
+  const later = planOne(edited);
+  assertEquals(later.add.map((a) => a.spec.guestAddress), [
+    { domain: 0, bus: 0, slot: 0x11, function: 1 },
+  ]);
 });
