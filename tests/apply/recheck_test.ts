@@ -333,3 +333,43 @@ Deno.test("applyPlan() re-checks other domains' networks too, read again before 
     ]);
   });
 });
+
+Deno.test("applyPlan() counts nothing under a network the plan warned it could not read, and only that one", async () => {
+  const bridged = (name: string, bridge: string) =>
+    `<network><name>${name}</name><forward mode='bridge'/><bridge name='${bridge}'/></network>`;
+  // nas is on network lan, whose bridge's port is under the GPU's card.
+  const nas = domainXml(
+    "nas",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0b",
+    `<interface type='network'><source network='lan'/></interface>`,
+    true,
+  );
+  const onBridge = resolvers({}, {}, { br0: [AUDIO], br1: [AUDIO] });
+  /** `(warnedAbout, unreadableAtApply)`: the status and message of applying the plan. */
+  const applyWith = (atPlan: string, atApply: string) =>
+    withPort([WIN10, nas, bridged("lan", "br0"), bridged("dmz", "br1")], async (libvirt) => {
+      const unreadable = (name: string) => ({
+        ...libvirt,
+        listNetworks: () =>
+          libvirt.listNetworks!().map((n) =>
+            n.name === name ? { name, xml: null, error: "access denied" } : n
+          ),
+      });
+      const plan = planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt: unreadable(atPlan) });
+      assertEquals(
+        plan.warnings.map((w) => [w.code, w.message.split(":")[0]]),
+        [["unreadable-definition", `Cannot read network "${atPlan}"`]],
+      );
+      const result = (await applyYes(plan, unreadable(atApply), onBridge)).report.vms[0]!;
+      return [result.status, result.message];
+    });
+  // The plan could not read lan and said so: nas's interface on it counts nothing, as there.
+  assertEquals(await applyWith("lan", "lan"), ["changed", 'Defined "win10" (2 added, 0 removed)']);
+  // The plan warned about dmz, not lan: lan unreadable at apply makes what nas holds unknown.
+  const [status, message] = await applyWith("dmz", "lan");
+  assertEquals(status, "failed");
+  assertMatch(
+    message!,
+    /what "nas" holds is unknown \(persistent definition: its network lan cannot be read: access denied\)/,
+  );
+});

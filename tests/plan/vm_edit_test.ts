@@ -67,6 +67,9 @@ Deno.test("planHostdevs() changes nothing when planned again after applying", as
     assertEquals(second.desiredXml, second.currentXml);
     assertEquals([second.add, second.remove, second.move], [[], [], []]);
     assertEquals(second.keep, ["0000:01:00.0", "0000:01:00.1"]);
+    // The GPU is the VM's already: "the host loses it" was said when it was added.
+    assertOk(first.warnings.some((w) => w.code === "host-driver-in-use"));
+    assertEquals(second.warnings.filter((w) => w.code === "host-driver-in-use"), []);
   });
 });
 

@@ -129,6 +129,40 @@ Deno.test("host-driver-busy: none when the module has only its dependent modules
   });
 });
 
+Deno.test("host-driver-busy: the module note only when a module reference is among the users", async () => {
+  // Only Xorg holds the guest's GPU; the GT 710 shares the nvidia module, which has no reference
+  // beyond nvidia_modeset: the references cannot be the GT 710's, so nothing is said of it.
+  const description = described("x570-aorus-pro-wifi", {
+    devices: {
+      ...NVIDIA,
+      "0000:0b:00.0": {
+        driver: "nvidia",
+        drm: { card: 1, clients: [{ command: "Xorg", pid: 1433 }] },
+      },
+      "0000:0c:00.0": { driver: "nvidia" },
+    },
+    host: { proc: { modules: "nvidia 56807424 1 nvidia_modeset, Live 0x0\n" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const busy = win.warnings.find((w) => w.code === "host-driver-busy")?.message ?? "";
+    assertMatch(busy, /which is in use: its device nodes are open in Xorg \(pid 1433\): libvirt/);
+    assertEquals(busy.includes("the module also drives"), false, busy);
+  });
+});
+
+Deno.test("host-driver-busy: none for a GPU on vfio-pci, whatever vfio_pci's references", async () => {
+  // Guests running with other devices hold vfio_pci: the GPU has no host driver to detach.
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { ...NVIDIA, "0000:0b:00.0": { driver: "vfio-pci" } },
+    host: { proc: { modules: "vfio_pci 16384 2 - Live 0x0\nnvidia 56807424 3 - Live 0x0\n" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    assertEquals(warningCodes(win).includes("host-driver-busy"), false, warningCodes(win).join());
+  });
+});
+
 /** Two GTX 1080 Ti: the one in slot 1 for the guest, the host's console on the other. */
 function twinGpus(subsystem: { "0000:0b:00.0": string; "0000:0c:00.0": string }) {
   const gpu = (bdf: keyof typeof subsystem) => ({

@@ -69,3 +69,34 @@ Deno.test("parseDomainXml reads the pinning; parseCpuList reads libvirt's cpuset
   assertEquals(parseCpuList("0-3,^2"), [0, 1, 3]);
   assertEquals(parseCpuList("0-"), null);
 });
+
+Deno.test("numa-mismatch: nothing where the pinning or the device's node is unknown", async () => {
+  await withHost(TWO_NODES, (built) => {
+    const codes = (extra: string) =>
+      warningCodes(vm(planOn(built, NIC_RULE, { db: domain("db", extra) }), "db"));
+    // One cpuset libvirt's syntax does not cover makes the vCPUs' nodes unknown, not node 0.
+    assertEquals(
+      codes("<vcpu cpuset='0-3'>2</vcpu><cputune><vcpupin vcpu='1' cpuset='0-'/></cputune>"),
+      [],
+    );
+    // CPUs the host does not have are on no node.
+    assertEquals(codes("<vcpu cpuset='100-103'>4</vcpu>"), []);
+    // A nodeset that cannot be read says nothing of the memory; the vCPUs are on the right node.
+    assertEquals(
+      codes("<vcpu cpuset='8-11'>4</vcpu><numatune><memory nodeset='one'/></numatune>"),
+      [],
+    );
+  });
+  // The NIC's node unknown (no numa_node, as on a one-node host's devices).
+  const noNode = described("hp-dl380p-g8", {
+    host: { numa_nodes: { "0": "0-7,16-23", "1": "8-15,24-31" } },
+  });
+  await withHost(noNode, (built) => {
+    const pinned = domain(
+      "db",
+      "<vcpu cpuset='0-3'>4</vcpu><numatune><memory nodeset='0'/></numatune>",
+    );
+    assertEquals(built.host.devices.find((d) => d.address === "0000:04:00.0")?.numaNode, null);
+    assertEquals(warningCodes(vm(planOn(built, NIC_RULE, { db: pinned }), "db")), []);
+  });
+});

@@ -9,6 +9,7 @@
 import { discoverHost } from "../../lib/host/discover.ts";
 import { type HostFacts, readHostFacts } from "../../lib/host/preflight.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { readXattr } from "../../ffi/libc_fs.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import type { HostDescription, HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -59,6 +60,8 @@ export async function withHost<T>(
     sysRoot: tree.dir,
     procRoot: `${tree.dir}/proc`,
     passwd: () => QEMU_PASSWD,
+    // The CLI's reader of SELinux labels.
+    readLabel: (path) => readXattr(path, "security.selinux"),
   });
   return await fn({ host, facts, dir: tree.dir });
 }
