@@ -120,6 +120,7 @@ function busyRemedies(
   const vtcon = context.facts.consoleFramebuffers(device.address).length > 0
     ? context.facts.frameBufferConsole()
     : null;
+  // Never empty: a user other than the console, or the console.
   const remedies = users > (vtcon === null ? 0 : 1)
     ? ["stop them (display manager, nvidia-persistenced)"]
     : [];
@@ -131,9 +132,9 @@ function busyRemedies(
     // vfio-pci.ids= binds only a device no driver has taken yet: the GPU's driver, often in the
     // initramfs, must load after vfio-pci.
     const module = context.facts.moduleOfDriver(device.driver!);
-    return `${remedies.join(", ")}${
-      remedies.length > 0 ? ", or " : ""
-    }bind the GPU to vfio-pci at boot: vfio-pci.ids=${binding.ids}, and "${
+    return `${
+      remedies.join(", ")
+    }, or bind the GPU to vfio-pci at boot: vfio-pci.ids=${binding.ids}, and "${
       softdepLine(module)
     }" in /etc/modprobe.d so that vfio-pci loads first; then ${REBUILD_INITRAMFS}`;
   }
@@ -163,8 +164,9 @@ function resetProblem(
     }echo device_specific > /sys/bus/pci/devices/${address}/reset_method (a udev rule keeps it), or the guest finds a hung GPU after its first reboot`;
   }
   const bus = address.slice(0, address.lastIndexOf(":"));
+  // The device itself is among `taken`.
   const others = context.host.devices.filter((d) =>
-    d.address.startsWith(`${bus}:`) && !context.taken.has(d.address) && d.address !== address
+    d.address.startsWith(`${bus}:`) && !context.taken.has(d.address)
   );
   if (others.length === 0) return null;
   // A device the host uses cannot go to the guest along with it: only the card can move.

@@ -100,6 +100,31 @@ Deno.test("resolveConfig() warns when a rule with iommu_group: false leaves the 
   assertEquals(own.map((w) => [w.rule, w.devices, w.group]), [["gpu", ["0000:01:00.2"], 1]]);
   assertMatch(
     own[0]!.message,
-    /shares IOMMU group 1 with 0000:01:00\.2, under disk \/dev\/sdb that "win10" uses: with iommu_group: false it stays with the host/,
+    /shares IOMMU group 1 with 0000:01:00\.2, under disk \/dev\/sdb that "win10" uses: with iommu_group: false it stays with the host, .* which takes that device from "win10" too/,
   );
+  // Two devices under it; and the NVMe under another disk, in a group of its own: not the rule's.
+  const two = new Map([[
+    "win10",
+    new Map([
+      ["0000:01:00.2", ["disk /dev/sdb", "disk /dev/sdc"]],
+      ["0000:03:00.0", ["disk /dev/nvme0n1"]],
+    ]),
+  ]]);
+  const both = resolveConfig(alone, topology, { deviceControllers: two }).get("win10")!;
+  const warned = both.warnings.filter((w) => w.code === "own-device");
+  assertEquals(warned.map((w) => w.devices), [["0000:01:00.2"]]);
+  assertMatch(warned[0]!.message, /which takes those devices from "win10" too/);
+  // A rule that takes the SATA function itself is refused for it; the GPU's rule is not warned.
+  const taken = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684" }
+        iommu_group: false
+      - name: sata
+        match: { vendor_device_id: "10de:22bb" }
+        iommu_group: false
+`);
+  const refused = resolveConfig(taken, topology, { deviceControllers }).get("win10")!;
+  assertEquals(refused.errors.map((e) => [e.code, e.rule]), [["own-device", "sata"]]);
+  assertEquals(refused.warnings.filter((w) => w.code === "own-device"), []);
 });
