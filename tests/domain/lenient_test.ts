@@ -103,6 +103,20 @@ Deno.test("scanHostdevsLeniently() never takes the guest-side address outside <s
   }
 });
 
+Deno.test("scanHostdevsLeniently() takes <source> and <address> by their whole names", () => {
+  // Elements whose names only start with "source" or "address" (another schema's, or damage)
+  // hold no host address: the one in <source><address> is taken, never theirs.
+  const xml = broken(`
+    <hostdev mode='subsystem' type='pci'>
+      <sourcex><address domain='0' bus='0x09' slot='0' function='0'/></sourcex>
+      <source>
+        <addressx domain='0' bus='0x08' slot='0' function='0'/>
+        <address domain='0' bus='0x41' slot='0' function='0'/>
+      </source>
+    </hostdev>`);
+  assertEquals(scanHostdevsLeniently(xml), { addresses: ["0000:41:00.0"], unresolved: 0 });
+});
+
 Deno.test("scanHostdevsLeniently() reads hex and decimal numbers as libvirt does", () => {
   const xml = broken(`
     <hostdev mode='subsystem' type='pci'><source><address domain='0' bus='10' slot='31' function='7'/></source></hostdev>
@@ -574,6 +588,11 @@ Deno.test("readRecordsLeniently() fails closed on records it cannot read", () =>
     ["mismatched end tags", withMetadata(OURS.replace("</pt:hostdevs>", "</pt:other>"))],
     ["a second root", `${withMetadata(OURS)}<domain/>`],
     ["text after the root", `${withMetadata(OURS)}oops`],
+    ["text before the root", `oops${withMetadata(OURS)}`],
+    [
+      "an end tag with an attribute",
+      withMetadata(OURS.replace("</pt:hostdevs>", "</pt:hostdevs x='1'>")),
+    ],
     [
       "another root",
       withMetadata(OURS).replace("<domain type='kvm'>", "<dom>").replace("</domain>", "</dom>"),
