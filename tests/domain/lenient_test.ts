@@ -269,6 +269,12 @@ Deno.test("scanHostdevsLeniently() blanks <metadata> to its own end tag, not the
   assertEquals(lenientHostPciAddresses(unclosed), ["0000:07:00.0", "0000:0a:00.0"]);
   const other = `<domain><metadata><metadataX></metadataX>${fake("07")}</metadata>${real}`;
   assertEquals(lenientHostPciAddresses(other), ["0000:0a:00.0"]);
+  // A nested <metadata> whose start tag cannot be read: where the outer one ends is unknown, so
+  // nothing is hidden.
+  const damaged = `<domain><metadata><metadata a='1>${
+    fake("07")
+  }</metadata></metadata><devices>${real}`;
+  assertEquals(lenientHostPciAddresses(damaged), ["0000:07:00.0", "0000:0a:00.0"]);
   recordCase({
     area: "domain-xml",
     name:
@@ -565,6 +571,18 @@ Deno.test("readRecordsLeniently() reads the records of every domain editDomainXm
     }),
     { numRuns: 200 },
   );
+});
+
+Deno.test("readRecordsLeniently() reads only the records element's children as records", () => {
+  // Records in the default namespace, then another application's metadata with <device> elements
+  // of its own: those are not records, and do not make the records unreadable.
+  const ours = OURS.replaceAll("pt:", "").replace("xmlns:pt=", "xmlns=");
+  const xml = withMetadata(
+    `${ours}\n    <app xmlns="urn:app"><device kind="disk"/></app>`,
+  );
+  const read = readRecordsLeniently(xml);
+  assertEquals([read.problem, read.records.map((r) => r.address)], [null, ["0000:0b:00.0"]]);
+  assertReadsLikeStrict(xml);
 });
 
 Deno.test("readRecordsLeniently() fails closed on records it cannot read", () => {

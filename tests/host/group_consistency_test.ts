@@ -292,7 +292,25 @@ Deno.test("the group-inconsistent refusal names the rule, the devices and what d
   assertEquals(
     issue.message,
     `VM "a" would take ${GPU} (rule "gtx1080"), but the IOMMU group data of "${tree.sysfs}" disagrees: ${AUDIO}'s iommu_group link names group 59, but kernel/iommu_groups/26/devices lists it: the whole group cannot be known, so nothing is planned for "a" until discovery reads consistent data (rerun it; recapture a tree with 'passthrough snapshot')`,
-  );
+  ); // Two groups disagree: the refusal names no one group.
+  assertEquals(issue.group, undefined);
+});
+
+Deno.test("a group-inconsistent refusal about one group names it", async () => {
+  await using tree = await demoTree();
+  // The audio function links to group 26, whose listing leaves it out.
+  Deno.removeSync(`${listing(tree.sysfs, 26)}/${AUDIO}`);
+  const host = await discoverHost({ root: tree.sysfs, lspci: null });
+  assertEquals(host.groupInconsistencies.map((p) => [p.groups, p.devices]), [[[26], [AUDIO]]]);
+  await using world = await writeTempWorld(WORLD);
+  using port = openLibvirtPort(world.uri);
+  const plan = planHostdevs({
+    config: parseConfig(CONFIG, { file: "c.yaml" }),
+    host,
+    libvirt: port,
+  });
+  const issue = plan.vms[0]!.errors.find((e) => e.code === "group-inconsistent");
+  assertEquals([issue?.devices, issue?.group], [[GPU, AUDIO], 26]);
 });
 
 Deno.test("each disagreement says what it is: a link naming no group number, a group directory named by none", async () => {

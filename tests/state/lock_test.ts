@@ -281,6 +281,26 @@ async function acquireInChild(dir: string, ms: number): Promise<string> {
   return output.success ? new TextDecoder().decode(output.stdout).trim() : "hung";
 }
 
+Deno.test("acquireLock() names no holder from a stale lock file it did not write", () => {
+  const dir = tempDir();
+  const holder = { pid: 4242, host: "h", startedAt: "2026-01-01T00:00:00.000Z", command: "apply" };
+  const unknown = { pid: 0, host: "unknown", startedAt: "unknown", command: "unknown" };
+  const brokeWith = (text: string) => {
+    Deno.writeTextFileSync(`${dir}/lock`, text, { mode: 0o600 });
+    using lock = acquireLock(dir, { command: "apply" });
+    return lock.brokeStale;
+  };
+  try {
+    assertEquals(brokeWith(`${JSON.stringify(holder)}\n`), holder);
+    // Ours are a line of a few hundred bytes: a valid holder padded past 4 KiB is not one of them.
+    assertEquals(brokeWith(`${JSON.stringify(holder)}${" ".repeat(4096)}\n`), unknown);
+    assertEquals(brokeWith(JSON.stringify({ ...holder, pid: "4242" })), unknown);
+    assertEquals(brokeWith(JSON.stringify({ ...holder, command: 1 })), unknown);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("acquireLock() refuses a FIFO or a symlink to /dev/zero at the lock's name, and reads a huge lock file only in part", async () => {
   const dir = tempDir();
   const lock = `${dir}/lock`;
