@@ -101,6 +101,14 @@ Deno.test("scanHostdevsLeniently() never takes the guest-side address outside <s
     </hostdev>`);
     assertEquals(scanHostdevsLeniently(noHost), { addresses: [], unresolved: 1 }, source);
   }
+  // A stray </source> after the guest address does not close an empty <source/>.
+  const stray = broken(`
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>
+      </source>
+    </hostdev>`);
+  assertEquals(scanHostdevsLeniently(stray), { addresses: [], unresolved: 1 });
 });
 
 Deno.test("scanHostdevsLeniently() takes <source> and <address> by their whole names", () => {
@@ -583,6 +591,20 @@ Deno.test("readRecordsLeniently() reads only the records element's children as r
   const read = readRecordsLeniently(xml);
   assertEquals([read.problem, read.records.map((r) => r.address)], [null, ["0000:0b:00.0"]]);
   assertReadsLikeStrict(xml);
+  // Elements inside a record are not records either, whatever their name, as for the strict one.
+  const record = OURS.split("\n")[1]!.trim().replace("/>", ">");
+  for (
+    const inner of [
+      `<pt:device address="0000:0c:00.0" vendor="10de" device="1b06" class="030000" rule="x"/>`,
+      `<pt:device kind="x"/>`,
+    ]
+  ) {
+    const nested = withMetadata(
+      `<pt:hostdevs xmlns:pt="${RECORDS_NAMESPACE}">${record}${inner}</pt:device></pt:hostdevs>`,
+    );
+    assertEquals(readRecordsLeniently(nested).records.map((r) => r.address), ["0000:0b:00.0"]);
+    assertReadsLikeStrict(nested, inner);
+  }
 });
 
 Deno.test("readRecordsLeniently() fails closed on records it cannot read", () => {
