@@ -180,6 +180,39 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() refuses a conflicting device_id, a fraction, all: false, an empty host list; takes each bound itself", () => {
+  const got = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - match: { vendor_device_id: "10de:2684", device_id: "2685" }
+      - match: { vendor_device_id: "10de:2684" }
+        count: 1.5
+      - match: { vendor_device_id: "10de:2684" }
+        all: false
+      - match: { vendor_device_id: "10de:2684" }
+        boot_order: 2147483648
+`).map((e) => e.message.replace(/^c\.yaml:/, ""));
+  assertEquals(got, [
+    '5:16: Conflicting criteria: "device_id" is "2685" but "vendor_device_id" says "2684" at "vms.vm.devices[0].match.device_id" (give the ID once)',
+    '7:16: Expected an integer, found number 1.5 at "vms.vm.devices[1].count" (write a whole number without quotes, e.g. 1)',
+    '9:14: Unsupported value false: expected true at "vms.vm.devices[2].all" (omit the key)',
+    '11:21: Value 2147483648 is too large: the maximum is 2147483647 at "vms.vm.devices[3].boot_order" (use 2147483647 or less)',
+  ]);
+  // An empty host list declares nothing a VM could name.
+  assertEquals(
+    errorsOf("version: 1\nhosts: {}\nvms:\n  vm:\n    devices: []\n").map((e) =>
+      e.message.replace(/^c\.yaml:/, "")
+    ),
+    ['2:8: Empty host list at "hosts" (declare at least one host, or remove "hosts:")'],
+  );
+  // The bounds themselves are allowed.
+  const [rule] = rules(`      - match: { vendor_device_id: "10de:2684" }
+        boot_order: 2147483647
+`);
+  assertEquals(rule?.bootOrder, 2147483647);
+});
+
 Deno.test("parseConfig() refuses two rules of one VM with the same name", () => {
   const [error] = errorsOf(`version: 1
 vms:

@@ -36,6 +36,9 @@ Deno.test("parseConfig() reads vf: and interface:, normalising the MAC and the V
     3,
     { mac: "52:54:00:ab:cd:ef", vlan: { tags: [10, 20], trunk: true } },
   ]);
+  // 0 and 4095, the VLAN IDs' bounds, are allowed themselves.
+  const bounds = parse("        vf: 0\n        interface: { vlan: { tags: [0, 4095] } }\n");
+  assertEquals(bounds.interface?.vlan?.tags, [0, 4095]);
   const trunk = parse("        vf: 0\n        interface: { vlan: { tags: [7], trunk: true } }\n");
   assertEquals(trunk.interface, { mac: "auto", vlan: { tags: [7], trunk: true } });
   // vf: alone passes the VF as an interface with an automatic MAC.
