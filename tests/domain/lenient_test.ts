@@ -159,6 +159,11 @@ Deno.test("scanHostdevsLeniently() reads <interface type='hostdev'> sources, not
     addresses: ["0000:01:10.2", "0000:01:10.4"],
     unresolved: 0,
   });
+  // A type that cannot be read (unquoted) but says hostdev: taken to be a hostdev interface.
+  const unquoted = broken(
+    `<interface type=hostdev><source><address type='pci' domain='0' bus='0x05' slot='0' function='0'/></source></interface>`,
+  );
+  assertEquals(scanHostdevsLeniently(unquoted), { addresses: ["0000:05:00.0"], unresolved: 0 });
 });
 
 Deno.test("scanHostdevsLeniently() sorts and removes duplicates", () => {
