@@ -736,6 +736,13 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
     unresolved: 0,
     ...noDevices(),
   });
+  // The <hostdev> is named whichever comes first.
+  const hostdevFirst = broken(`
+    <hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source></hostdev>
+    <interface type='hostdev'><source><address type='pci' domain='0' bus='1' slot='0' function='0'/></source></interface>`);
+  assertEquals(scanPassedDevicesLeniently(hostdevFirst).devices, [
+    { address: "0000:01:00.0", element: "hostdev" },
+  ]);
 });
 
 Deno.test("scanPassedDevicesLeniently() lists the networks interfaces name", () => {
