@@ -173,7 +173,7 @@ Deno.test("scanHostdevsLeniently() sorts and removes duplicates", () => {
   assertEquals(lenientHostPciAddresses(xml), ["0000:01:00.0", "0000:4c:00.0"]);
 });
 
-Deno.test("scanHostdevsLeniently() skips usb, scsi and mdev hostdevs without counting them unresolved", () => {
+Deno.test("scanHostdevsLeniently() skips usb, scsi, vhost-scsi and mdev hostdevs without counting them unresolved", () => {
   const xml = broken(`
     <hostdev mode='subsystem' type='usb' managed='yes'>
       <source><vendor id='0x046d'/><product id='0xc52b'/></source>
@@ -181,6 +181,7 @@ Deno.test("scanHostdevsLeniently() skips usb, scsi and mdev hostdevs without cou
     </hostdev>
     <hostdev mode='subsystem' type='scsi'><source><adapter name='scsi_host0'/><address bus='0' target='0' unit='0'/></source></hostdev>
     <hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='c2177883-f1bb-47f0-914d-32a22e3a8804'/></source></hostdev>
+    <hostdev mode='subsystem' type='scsi_host'><source protocol='vhost' wwpn='naa.5001405df3e54061'/></hostdev>
     <hostdev mode='capabilities' type='storage'><source><block>/dev/sdf1</block></source></hostdev>`);
   assertRefusedStrictly(xml);
   assertEquals(scanHostdevsLeniently(xml), { addresses: [], unresolved: 0 });
