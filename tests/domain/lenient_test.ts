@@ -492,6 +492,11 @@ Deno.test("readRecordsLeniently() reads what parseDomainXml() reads, whatever th
     // Spaces around =, attributes spread over lines, an explicit end tag.
     OURS.replace('address="0000:0b:00.0"', 'address = "0000:0b:00.0"\n        ')
       .replace('rule="gpu"/>', 'rule="gpu" ></pt:device>'),
+    // Two records, the first with an explicit end tag: the second is read too.
+    OURS.replace(
+      'rule="gpu"/>',
+      'rule="gpu"></pt:device>\n      <pt:device address="0000:0b:00.1" vendor="10de" device="10ef" class="040300" rule="gpu"/>',
+    ),
     // Entities in values and in the namespace itself.
     OURS.replace('rule="gpu"', 'rule="a&amp;b &quot;q&quot; &#x3c;"')
       .replace("urn:passthrough:hostdevs:1", "urn&#58;passthrough:hostdevs:1"),
@@ -508,7 +513,11 @@ Deno.test("readRecordsLeniently() reads what parseDomainXml() reads, whatever th
   }
   assertEquals(readRecordsLeniently(withMetadata(OURS)).records, [RECORD]);
   assertEquals(
-    readRecordsLeniently(withMetadata(variants[5]!)).records[0]!.rule,
+    readRecordsLeniently(withMetadata(variants[5]!)).records.map((r) => r.address),
+    ["0000:0b:00.0", "0000:0b:00.1"],
+  );
+  assertEquals(
+    readRecordsLeniently(withMetadata(variants[6]!)).records[0]!.rule,
     'a&b "q" <',
   );
 });
