@@ -693,6 +693,13 @@ Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no r
     readRecordsLeniently(`<domain><metadata><x xmlns="${RECORDS_NAMESPACE}"`).problem,
     UNREADABLE,
   );
+  // Damaged, with a records element whose namespace is written with a character reference.
+  assertEquals(
+    readRecordsLeniently(
+      `<domain><metadata><pt:hostdevs xmlns:pt="urn&#58;passthrough:hostdevs:1"><pt:device`,
+    ).problem,
+    UNREADABLE,
+  );
 });
 
 Deno.test("readRecordsLeniently() stays linear on hostile input", () => {
