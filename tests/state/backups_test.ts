@@ -331,6 +331,85 @@ Deno.test("findBackup() takes an unambiguous id prefix or an index, and explains
   }
 });
 
+Deno.test("findBackup() reads four digits as the start of an id; another VM's backups named only when one matches", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const only = backupOf(state, "a", { second: 1 });
+    backupOf(state, "b", { second: 2 });
+    backupOf(state, "c", { second: 3 });
+    // "2026", the year the ids start with, is no index: the one backup of "a" it starts.
+    assertEquals(findBackup(state, "a", "2026").id, only.id);
+    // A prefix of backups of two other VMs names neither.
+    const error = notFound(() => findBackup(state, "d", "2026"));
+    assertEquals(error.otherVm, null);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("inspectBackups() reads sidecars strictly: an array, a field of another type, an unknown reason, no XML", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const damages: [string, (sidecar: Record<string, unknown>) => unknown, RegExp][] = [
+      ["an array", (s) => [s], /not a JSON object/],
+      ["a number for a field", (s) => ({ ...s, uuid: 7 }), /field "uuid" is missing/],
+      ["an unknown reason", (s) => ({ ...s, reason: "edit" }), /unknown reason "edit"/],
+    ];
+    for (const [what, damage, detail] of damages) {
+      const entry = backupOf(state, what.replaceAll(" ", "-"));
+      const path = entry.path.replace(/\.xml$/, ".json");
+      Deno.writeTextFileSync(path, JSON.stringify(damage(JSON.parse(Deno.readTextFileSync(path)))));
+      const { entries, problems } = inspectBackups(state, entry.vm);
+      assertEquals([entries, problems.map((p) => p.kind)], [[], ["damaged"]], what);
+      assertMatch(problems[0]!.detail, detail, what);
+    }
+    // A sidecar whose XML file is gone.
+    const gone = backupOf(state, "gone");
+    Deno.removeSync(gone.path);
+    assertEquals(
+      inspectBackups(state, "gone").problems.map((p) => [p.kind, p.detail]),
+      [["damaged", `its XML file "${gone.id}.xml" is missing`]],
+    );
+    // A backup of "b" copied into the directory of "a" is not one of "a"'s; a dotfile that is no
+    // temporary file of ours is nothing.
+    const own = backupOf(state, "a", { second: 5 });
+    const ofB = backupOf(state, "b");
+    for (const ext of [".xml", ".json"]) {
+      Deno.copyFileSync(
+        ofB.path.replace(/\.xml$/, ext),
+        `${state.backupsPath}/a${"/"}${ofB.id}${ext}`,
+      );
+    }
+    Deno.writeTextFileSync(`${state.backupsPath}/a/.keep`, "");
+    assertEquals(inspectBackups(state, "a"), { entries: [own], problems: [] });
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("writeBackup() names a backup by the uuid's first hex digits, and leaves nothing when the first one fails", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const write = (vm: string, uuid: string, now: Date) =>
+      writeBackup(state, { vm, uuid, xml: xmlOf(vm), reason: "apply", uri: "u", now });
+    assertEquals(write("a", UUID.toUpperCase(), at(1)).id, "20261124T030001.000Z-0b7e4a7c");
+    assertEquals(write("a", "", at(2)).id, "20261124T030002.000Z-nouuid");
+    // A first backup that fails leaves no empty directory for `backups` to list.
+    assertThrows(() => write("b", UUID, new Date(NaN)), RangeError);
+    assertThrows(() => Deno.lstatSync(`${state.backupsPath}/b`), Deno.errors.NotFound);
+    // A sidecar that cannot be written takes its XML file with it: no half backup.
+    const id = "20261124T030003.000Z-0b7e4a7c";
+    Deno.mkdirSync(`${state.backupsPath}/a/${id}.json`);
+    assertThrows(() => write("a", UUID, at(3)), Deno.errors.AlreadyExists);
+    assertThrows(() => Deno.lstatSync(`${state.backupsPath}/a/${id}.xml`), Deno.errors.NotFound);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha256", () => {
   const root = tempDir();
   try {
