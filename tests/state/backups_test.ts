@@ -379,7 +379,7 @@ Deno.test("inspectBackups() reads sidecars strictly: an array, a field of anothe
     for (const ext of [".xml", ".json"]) {
       Deno.copyFileSync(
         ofB.path.replace(/\.xml$/, ext),
-        `${state.backupsPath}/a${"/"}${ofB.id}${ext}`,
+        `${state.backupsPath}/a/${ofB.id}${ext}`,
       );
     }
     Deno.writeTextFileSync(`${state.backupsPath}/a/.keep`, "");
