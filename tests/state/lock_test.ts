@@ -9,6 +9,7 @@ import {
   StaleLockError,
 } from "../../lib/state/lock.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { canUnshareMounts } from "../helpers/cli.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
 
@@ -377,6 +378,92 @@ Deno.test({
         outcome: "the second fails naming the holder and the connection",
         test: "tests/state/lock_test.ts",
       });
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+/**
+ * Takes the lock of a `qemu:///system` URI in a private mount namespace whose `/run` is a fresh
+ * tmpfs prepared by the shell command `setup`, as root or as uid 65534 with state directory
+ * `stateDir`: the lock's path, or the error's name and problem.
+ */
+async function lockWithRun(setup: string, stateDir: string, uid?: number): Promise<string> {
+  const code = `
+    import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
+    try {
+      using lock = acquireConnectionLock("qemu:///system?socket=/run/none", {
+        stateDir: ${JSON.stringify(stateDir)},
+        command: "apply",
+      });
+      console.log("locked " + lock.path);
+    } catch (error) {
+      console.log("refused " + error.name + " " + error.problem);
+    }
+  `;
+  const as = uid === undefined
+    ? []
+    : ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups"];
+  const out = await new Deno.Command("unshare", {
+    args: [
+      "-m",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      `mount -t tmpfs tmpfs /run && ${setup} && exec "$@"`,
+      "sh",
+      ...as,
+      Deno.execPath(),
+      "eval",
+      "--quiet",
+      code,
+    ],
+    env: { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir },
+    stdin: "null",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  return text;
+}
+
+Deno.test({
+  name:
+    "acquireConnectionLock() refuses an unsafe /run/passthrough, and falls back to the state directory only for a user who cannot use root's",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = tempDir();
+    try {
+      Deno.chmodSync(dir, 0o755);
+      const state = `${dir}/state`;
+      Deno.mkdirSync(state, { mode: 0o700 });
+      Deno.mkdirSync(`${dir}/deno`, { mode: 0o777 });
+      Deno.chmodSync(`${dir}/deno`, 0o777);
+      // Root: a symlink or a world-writable directory at /run/passthrough stops the run.
+      assertEquals(
+        await lockWithRun("mkdir -m 700 /run/elsewhere && ln -s elsewhere /run/passthrough", state),
+        "refused StateDirError symlink",
+      );
+      assertEquals(
+        await lockWithRun("mkdir -m 777 /run/passthrough", state),
+        "refused StateDirError loose-permissions",
+      );
+      assertMatch(
+        await lockWithRun("true", state),
+        /^locked \/run\/passthrough\/connection-[0-9a-f]{32}\.lock$/,
+      );
+      // Another user, with root's /run/passthrough there or not creatable: its state directory.
+      const theirs = `${dir}/theirs`;
+      Deno.mkdirSync(theirs, { mode: 0o700 });
+      Deno.chownSync(theirs, 65534, 65534);
+      for (const setup of ["mkdir -m 700 /run/passthrough", "chmod 755 /run"]) {
+        assertEquals(
+          (await lockWithRun(setup, theirs, 65534)).replace(/[0-9a-f]{32}/, "H"),
+          `locked ${theirs}/connection-H.lock`,
+          setup,
+        );
+      }
     } finally {
       Deno.removeSync(dir, { recursive: true });
     }
