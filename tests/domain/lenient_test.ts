@@ -247,6 +247,10 @@ Deno.test("scanHostdevsLeniently() ignores comments, CDATA, processing instructi
   // An unterminated comment or metadata hides nothing: what follows may still be devices.
   assertEquals(lenientHostPciAddresses(`<domain><metadata><devices>${pci}`), ["0000:09:00.0"]);
   assertEquals(lenientHostPciAddresses(`<domain><!-- <devices>${pci}`), ["0000:09:00.0"]);
+  // Each alone: a CDATA section or a processing instruction is skipped without a comment near.
+  for (const hider of [`<![CDATA[${pci}]]>`, `<?pi ${pci} ?>`]) {
+    assertEquals(lenientHostPciAddresses(broken(hider)), [], hider);
+  }
 });
 
 Deno.test("scanHostdevsLeniently() blanks <metadata> to its own end tag, not the first one", () => {
