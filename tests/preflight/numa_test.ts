@@ -100,3 +100,21 @@ Deno.test("numa-mismatch: nothing where the pinning or the device's node is unkn
     assertEquals(warningCodes(vm(planOn(built, NIC_RULE, { db: pinned }), "db")), []);
   });
 });
+
+Deno.test("numa-mismatch: the functions a rule takes on one node are named in one warning", async () => {
+  // The four ports of the 03:00 NIC share IOMMU group 31: the rule takes them all.
+  const ports = ["0000:03:00.0", "0000:03:00.1", "0000:03:00.2", "0000:03:00.3"];
+  const fourPorts = described("hp-dl380p-g8", {
+    devices: Object.fromEntries(ports.map((p) => [p, { numa_node: 1 }])),
+    host: { numa_nodes: { "0": "0-7,16-23", "1": "8-15,24-31" } },
+  });
+  await withHost(fourPorts, (built) => {
+    const rule =
+      "vms:\n  db:\n    devices:\n      - name: nic\n        match: { address: 03:00.0 }\n";
+    const pinned = domain("db", "<vcpu cpuset='0-3'>4</vcpu>");
+    const found = vm(planOn(built, rule, { db: pinned }), "db").warnings
+      .filter((w) => w.code === "numa-mismatch");
+    assertEquals(found.map((w) => w.devices), [ports]);
+    assertMatch(found[0]!.message, /\(rule "nic"\) sit on NUMA node 1 but VM "db"/);
+  });
+});

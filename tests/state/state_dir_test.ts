@@ -1,4 +1,4 @@
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
   DEFAULT_STATE_DIR,
   openStateDir,
@@ -84,6 +84,28 @@ Deno.test("openStateDir() refuses a group- or world-writable directory", () => {
     assertEquals(problemOf(() => openStateDir(`${root}/state`)), "loose-permissions");
     Deno.chmodSync(`${root}/state`, 0o700);
     assertEquals(problemOf(() => openStateDir(`${root}/state`)), "none");
+    // What to do depends on who shares it: a sticky directory (/tmp) is everyone's, a directory
+    // only its group may write may be a team's, a world-writable one is a mistake.
+    const advice = (mode: number) => {
+      Deno.chmodSync(`${root}/state`, mode);
+      try {
+        openStateDir(`${root}/state`);
+      } catch (error) {
+        return (error as Error).message.replace(/^.*\(mode \d+\)/, "");
+      }
+      throw new Error("expected a refusal");
+    };
+    assertMatch(
+      advice(0o1777),
+      /^, a directory shared with other users: use one of passthrough's own/,
+    );
+    assertMatch(
+      advice(0o770),
+      new RegExp(
+        `^; if it is passthrough's alone, run "chmod 700 ${root}/state"; if its group shares it on purpose, use one of passthrough's own`,
+      ),
+    );
+    assertEquals(advice(0o777), `; run "chmod 700 ${root}/state"`);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
