@@ -637,6 +637,10 @@ Deno.test("readRecordsLeniently() fails closed on records it cannot read", () =>
       withMetadata(OURS.replace("serial", "x").replace('driver="nouveau"', "driver=nouveau")),
     ],
     ["a repeated attribute", withMetadata(OURS.replace('rule="gpu"', 'rule="gpu" rule="x"'))],
+    [
+      "attributes with no space between",
+      withMetadata(OURS.replace('class="030000" driver', 'class="030000"driver')),
+    ],
     ["an unknown entity", withMetadata(OURS.replace('rule="gpu"', 'rule="&nbsp;"'))],
     ["a reference to a non-character", withMetadata(OURS.replace('rule="gpu"', 'rule="&#0;"'))],
     ["an unknown entity elsewhere", withMetadata(OURS).replace("<name>vm", "<name>v&nbsp;m")],
