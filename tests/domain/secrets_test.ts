@@ -28,3 +28,24 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
   ];
   for (const [text, expected] of cases) assertEquals(redactSecrets(text), expected, text);
 });
+
+Deno.test("a passwd with spaces around = and a cookie in CDATA or split across lines are redacted whole", () => {
+  const cases: [string, string][] = [
+    [`<graphics type='vnc' passwd = "s3cret"/>`, `<graphics type='vnc' passwd = '***'/>`],
+    [
+      `<cookie name='s'><![CDATA[a<b&c]]></cookie>`,
+      `<cookie name='s'>***</cookie>`,
+    ],
+    // The first line of a value the diff shows split: the rest of the line is the value.
+    [`<cookie name='s'><![CDATA[first<half`, `<cookie name='s'>***`],
+  ];
+  for (const [text, expected] of cases) assertEquals(redactSecrets(text), expected, text);
+});
+
+Deno.test("each secret is marked changed against the value at its own position", () => {
+  const line = `<graphics passwd='b'/><graphics passwd='b'/>`;
+  assertEquals(
+    redactSecrets(line, ["a", "b"]),
+    `<graphics passwd='***' (changed)/><graphics passwd='***'/>`,
+  );
+});

@@ -1,0 +1,30 @@
+/**
+ * `terminalSafe()`: every line the CLI prints passes it once. Control characters, DEL, C1
+ * controls, line and paragraph separators and Unicode's bidirectional controls come out as
+ * `\uXXXX`; with colour on, only the painter's own sequences pass.
+ */
+
+import { assertEquals } from "../helpers/assert.ts";
+import { terminalSafe } from "../../lib/render/terminal.ts";
+
+Deno.test("terminalSafe() escapes DEL, the separators and every bidirectional control", () => {
+  const cases: [string, string][] = [
+    ["a\x7fb", "a\\u007fb"],
+    ["a\u2028b\u2029c", "a\\u2028b\\u2029c"],
+    ["\u202aL\u202bR\u202cP\u202dO\u202eE", "\\u202aL\\u202bR\\u202cP\\u202dO\\u202eE"],
+    ["\u2066i\u2067r\u2068f\u2069p", "\\u2066i\\u2067r\\u2068f\\u2069p"],
+  ];
+  for (const [text, expected] of cases) assertEquals(terminalSafe(text, false), expected, text);
+});
+
+Deno.test("terminalSafe() with colour lets only the painter's own sequences through", () => {
+  // Conceal (8) hides what follows; a 24-bit colour is longer than any of the painter's.
+  for (const sequence of ["\x1b[8m", "\x1b[38;2;255;0;0m", "\x1b[5m"]) {
+    assertEquals(
+      terminalSafe(`${sequence}text`, true),
+      `\\u001b${sequence.slice(1)}text`,
+      JSON.stringify(sequence),
+    );
+  }
+  assertEquals(terminalSafe("\x1b[1mbold\x1b[22m", true), "\x1b[1mbold\x1b[22m");
+});
