@@ -87,4 +87,20 @@ Deno.test("pciAddressFromLibvirt() reads numbers as libvirt does: hex, octal wit
   ]);
   // Not numbers to libvirt either: it refuses the definition.
   assertEquals([at("08"), at("0x"), at("-1"), at("1e1")], [null, null, null, null]);
+  // Spaces around a number are read past; a number past 2^53 or a part out of range is none.
+  assertEquals(at(" 0x10 "), "0000:10:00.0");
+  assertEquals(at(`0x${"f".repeat(20)}`), null);
+  assertEquals(at("0x100"), null);
+  assertEquals(pciAddressFromLibvirt({ bus: "1", slot: "0x20", function: "0" }), null);
+  assertEquals(pciAddressFromLibvirt({ bus: "1", slot: "0", function: "8" }), null);
+});
+
+Deno.test("canonicalPciAddress() refuses a slot past 0x1f, a function past 7, a domain past 8 digits", () => {
+  for (
+    const text of ["01:20.0", "0000:01:20.0", "0000:01:00.8", "01:00.9", "123456789:01:00.0"]
+  ) {
+    assertEquals(canonicalPciAddress(text), null, text);
+  }
+  // Spaces around are read past.
+  assertEquals(canonicalPciAddress(" 0000:01:00.1\n"), "0000:01:00.1");
 });
