@@ -1,0 +1,80 @@
+/**
+ * The lspci boundary: the arguments discovery runs it with, the parse of `lspci -nnkD` (lspci's
+ * placeholders for unknown names, any case), the vendor-name split, the `pci.ids` lookup, and the
+ * time limit on a run (with the real `sleep`).
+ */
+
+import { assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import {
+  lspciArgs,
+  LspciError,
+  parseLspci,
+  pciIdsVendorNames,
+  runLspci,
+  splitVendorName,
+} from "../../lib/host/lspci.ts";
+
+Deno.test("lspciArgs() points lspci at a captured tree, never at the live /sys however spelled", () => {
+  assertEquals(lspciArgs("/sys"), ["-nnkD"]);
+  assertEquals(lspciArgs("/sys//"), ["-nnkD"]);
+  assertEquals(lspciArgs("/tmp/tree"), ["-O", "sysfs.path=/tmp/tree/bus/pci", "-nnkD"]);
+});
+
+Deno.test("parseLspci() reads lspci's placeholders as unknown names, IDs in any case, and skips a bad address", () => {
+  const text = [
+    "0000:05:00.0 Class [FF00]: Device [1AB4:0B1C] (rev A1)",
+    "\tKernel driver in use: vfio-pci",
+    "\tKernel modules: a , b,",
+    "0000:01:20.0 VGA compatible controller [0300]: NVIDIA Corporation GP104 [10de:1b80]",
+    "",
+  ].join("\n");
+  const records = parseLspci(text);
+  assertEquals([...records.keys()], ["0000:05:00.0"]);
+  const record = records.get("0000:05:00.0")!;
+  assertEquals(
+    [record.className, record.vendorDeviceName, record.classId, record.vendorId, record.deviceId],
+    [null, null, "ff00", "1ab4", "0b1c"],
+  );
+  assertEquals([record.revision, record.driver, record.modules], ["a1", "vfio-pci", ["a", "b"]]);
+});
+
+Deno.test("splitVendorName() cuts the vendor's name only at a word's end", () => {
+  assertEquals(splitVendorName("Intel Corporation I350", "Intel Corporation"), {
+    vendorName: "Intel Corporation",
+    deviceName: "I350",
+  });
+  // "Intel" is not the vendor of "Intelligent ...": the whole text is the device's name.
+  assertEquals(splitVendorName("Intelligent Fabric X", "Intel"), {
+    vendorName: "Intel",
+    deviceName: "Intelligent Fabric X",
+  });
+  assertEquals(splitVendorName("Intel Device", "Intel"), { vendorName: "Intel", deviceName: null });
+});
+
+Deno.test("pciIdsVendorNames() answers vendor lines only, not class or device lines", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-pci-ids-" });
+  try {
+    Deno.writeTextFileSync(
+      `${dir}/pci.ids`,
+      "10de  NVIDIA Corporation\n\t1b80  GP104\nC 03  Display controller\n",
+    );
+    const names = pciIdsVendorNames([`${dir}/missing`, `${dir}/pci.ids`]);
+    assertEquals([names("10DE"), names("C 03"), names("1b80")], ["NVIDIA Corporation", null, null]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("runLspci() kills a run past its time limit and says so", async () => {
+  const started = Date.now();
+  await assertRejects(() => runLspci("sleep", ["30"], 200), (error: unknown) => {
+    assertEquals(error instanceof LspciError, true);
+    assertMatch(
+      (error as Error).message,
+      /^"sleep 30" did not finish within 200 ms and was killed/,
+    );
+    return true;
+  });
+  // Killed, not waited for.
+  assertEquals(Date.now() - started < 20_000, true);
+});
