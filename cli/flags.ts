@@ -458,8 +458,8 @@ function parseFlags(
       positionals.push(token);
       continue;
     }
+    // An unknown name (`__proto__` too) throws here.
     checkFlag(flags, token);
-    if (token.name === "__proto__") continue;
     const value = token.value ?? true;
     const flag = flags[token.name]!;
     if (flag.type === "string" && flag.multiple === true) {

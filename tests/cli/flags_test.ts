@@ -320,6 +320,12 @@ Deno.test("every command's flags parse as node:util parseArgs parses them, error
         "--a=b=c",
       ],
     ];
+    // A value written after "=" may start with a dash: it is the value, never ambiguous.
+    for (const name of names.filter((n) => command.flags[n]!.type === "string")) {
+      for (const args of [[`--${name}=-v`], [`--${name}`, "-v"]]) {
+        assertEquals(await ownParse(command.flags, args), nodeParse(command.flags, args));
+      }
+    }
     for (let i = 0; i < 500; i++) {
       const args = Array.from({ length: random(6) }, () => words[random(words.length)]!);
       assertEquals(
