@@ -317,15 +317,17 @@ Deno.test("planWorld() keeps guest bus 0 slots on i440fx machines and when no ma
   assertEquals(busSlots(domain("")), ["0:10.0", "0:10.1"]);
 });
 
+/** {@link ONE_CARD} before its audio function appears: function 0 alone. */
+const FUNCTION_ZERO = topologyFromDescription({
+  devices: [
+    { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+  ].map((d) => ({ ...d, ...BLANK_IDS })),
+}, { source: "function-zero" });
+
 Deno.test("planWorld() puts a card's function that appears later behind the card's root port on q35", () => {
-  const functionZero = topologyFromDescription({
-    devices: [
-      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
-    ].map((d) => ({ ...d, ...BLANK_IDS })),
-  }, { source: "function-zero" });
   const [first] = planWorld({
     config: MULTIFUNCTION,
-    host: functionZero,
+    host: FUNCTION_ZERO,
     world: dataWorld({ vm: machineDomain("q35", ROOT) }),
   }).vms;
   assertOk(first);
@@ -560,14 +562,9 @@ vms:
 });
 
 Deno.test("planWorld() gives a card's later function a slot of its own when its number is taken in the card's", () => {
-  const functionZero = topologyFromDescription({
-    devices: [
-      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
-    ].map((d) => ({ ...d, ...BLANK_IDS })),
-  }, { source: "function-zero" });
   const [first] = planWorld({
     config: MULTIFUNCTION,
-    host: functionZero,
+    host: FUNCTION_ZERO,
     world: dataWorld({ vm: domain("") }),
   }).vms;
   assertOk(first);
