@@ -118,3 +118,15 @@ Deno.test("numa-mismatch: the functions a rule takes on one node are named in on
     assertMatch(found[0]!.message, /\(rule "nic"\) sit on NUMA node 1 but VM "db"/);
   });
 });
+
+Deno.test("numa-mismatch: node lists are in numeric order", async () => {
+  const many = described("hp-dl380p-g8", {
+    devices: { "0000:04:00.0": { numa_node: 1 } },
+    host: { numa_nodes: { "0": "0-7", "1": "8-15", "2": "16-23", "10": "24-31" } },
+  });
+  await withHost(many, (built) => {
+    const pinned = domain("db", "<numatune><memory nodeset='10,2'/></numatune>");
+    const db = vm(planOn(built, NIC_RULE, { db: pinned }), "db");
+    assertMatch(db.warnings[0]?.message ?? "", /its memory pinned to node 2, 10:/);
+  });
+});
