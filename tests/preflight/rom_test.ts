@@ -162,22 +162,15 @@ Deno.test("rom-unreadable: a ROM file passthrough may not look at is not judged"
     const script = `${tree.dir}/plan.ts`;
     Deno.writeTextFileSync(
       script,
-      `import { discoverHost } from ${JSON.stringify(`${REPO}lib/host/discover.ts`)};
-import { readHostFacts } from ${JSON.stringify(`${REPO}lib/host/preflight.ts`)};
-import { denoFsReader } from ${JSON.stringify(`${REPO}lib/host/sysfs.ts`)};
-import { domain, planOn, QEMU_PASSWD, vm } from ${
+      `import { discoverTree, domain, planOn, vm } from ${
         JSON.stringify(`${REPO}tests/preflight/trees.ts`)
       };
-const root = ${JSON.stringify(tree.dir)};
-const host = await discoverHost({ root, lspci: null, vendorNames: () => null });
-const facts = readHostFacts({
-  reader: denoFsReader(), sysRoot: root, procRoot: root + "/proc", passwd: () => QEMU_PASSWD,
-});
+const built = await discoverTree(${JSON.stringify(tree.dir)});
 const rom = ${JSON.stringify(`${dir}/gpu.rom`)};
-const win = vm(planOn({ host, facts, dir: root }, ${
+const win = vm(planOn(built, ${
         JSON.stringify(romRule(`${dir}/gpu.rom`))
       }, { win: domain("win") }), "win");
-console.log(JSON.stringify([facts.romFile(rom).kind, win.errors.map((e) => e.code), win.changed]));
+console.log(JSON.stringify([built.facts.romFile(rom).kind, win.errors.map((e) => e.code), win.changed]));
 `,
     );
     const out = await new Deno.Command(Deno.execPath(), {

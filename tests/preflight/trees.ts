@@ -54,16 +54,21 @@ export async function withHost<T>(
   fn: (built: BuiltHost) => T | Promise<T>,
 ): Promise<T> {
   await using tree = await tempHostTree(description, { prefix: "passthrough-preflight-" });
-  const host = await discoverHost({ root: tree.dir, lspci: null, vendorNames: () => null });
+  return await fn(await discoverTree(tree.dir));
+}
+
+/** The host of the built tree at `dir` (no lspci), and its facts read as the CLI reads them. */
+export async function discoverTree(dir: string): Promise<BuiltHost> {
+  const host = await discoverHost({ root: dir, lspci: null, vendorNames: () => null });
   const facts = readHostFacts({
     reader: denoFsReader(),
-    sysRoot: tree.dir,
-    procRoot: `${tree.dir}/proc`,
+    sysRoot: dir,
+    procRoot: `${dir}/proc`,
     passwd: () => QEMU_PASSWD,
     // The CLI's reader of SELinux labels.
     readLabel: (path) => readXattr(path, "security.selinux"),
   });
-  return await fn({ host, facts, dir: tree.dir });
+  return { host, facts, dir };
 }
 
 /** A KVM domain named `vm` with `extra` XML (pinning) before `<devices>`. */
