@@ -163,3 +163,82 @@ Deno.test("renderDomainDiff() cuts long unchanged lines, never changed ones", ()
     test: "tests/render/diff_test.ts",
   });
 });
+
+Deno.test("renderDomainDiff() prints no carriage return of a CRLF definition", () => {
+  const before = "<domain>\r\n  <name>vm</name>\r\n  <vcpu>1</vcpu>\r\n</domain>\r\n";
+  const after = before.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>");
+  const diff = renderDomainDiff(before, after, { vm: "vm" });
+  // A carriage return would send the terminal's cursor back over the line it ends.
+  assertEquals(
+    diff,
+    "--- vm (current)\n+++ vm (new)\n@@ -1,4 +1,4 @@\n <domain>\n   <name>vm</name>\n" +
+      "-  <vcpu>1</vcpu>\n+  <vcpu>2</vcpu>\n </domain>\n",
+  );
+});
+
+Deno.test("hasSignificantChanges() sees lines added at the end or removed from it", () => {
+  const before = "<domain>\n  <name>vm</name>\n";
+  assertEquals(hasSignificantChanges(before, `${before}</domain>\n`), true);
+  assertEquals(hasSignificantChanges(`${before}</domain>\n`, before), true);
+});
+
+Deno.test("renderDomainDiff() refuses a context that is not a whole number", () => {
+  assertThrows(
+    () => renderDomainDiff("<a/>", "<b/>", { vm: "vm", context: 1.5 }),
+    RangeError,
+    '"1.5"',
+  );
+});
+
+Deno.test("renderDomainDiff() joins hunks whose contexts touch, as diff -u does", () => {
+  const lines = Array.from({ length: 20 }, (_, i) => `  <l n='${i}'/>`);
+  const render = (gap: number) => {
+    const changed = [...lines];
+    changed[3] = "  <l n='first'/>";
+    changed[3 + gap + 1] = "  <l n='second'/>";
+    return renderDomainDiff(lines.join("\n"), changed.join("\n"), { vm: "vm", context: 2 });
+  };
+  const hunks = (diff: string) => diff.split("\n").filter((l) => l.startsWith("@@"));
+  // Four unchanged lines between the changes: two of context after one, two before the other.
+  assertEquals(hunks(render(4)), ["@@ -2,10 +2,10 @@"]);
+  assertEquals(hunks(render(5)), ["@@ -2,5 +2,5 @@", "@@ -8,5 +8,5 @@"]);
+});
+
+Deno.test("renderDomainDiff() numbers a hunk with no old or no new lines as diff -u does", () => {
+  const before = "<domain>\n  <name>vm</name>\n</domain>\n";
+  const added = "<domain>\n  <name>vm</name>\n  <vcpu>2</vcpu>\n</domain>\n";
+  // With no line on one side, the hunk starts at the line before the change.
+  assertEquals(
+    renderDomainDiff(before, added, { vm: "vm", context: 0 }).split("\n").slice(2, 4),
+    ["@@ -2,0 +3,1 @@", "+  <vcpu>2</vcpu>"],
+  );
+  assertEquals(
+    renderDomainDiff(added, before, { vm: "vm", context: 0 }).split("\n").slice(2, 4),
+    ["@@ -3,1 +2,0 @@", "-  <vcpu>2</vcpu>"],
+  );
+});
+
+Deno.test("renderDomainDiff() cuts an unchanged line from one character over the limit", () => {
+  const line = (length: number) => `  <title>${"t".repeat(length - 17)}</title>`;
+  const render = (context: string) =>
+    renderDomainDiff(
+      `<domain>\n${context}\n  <vcpu>1</vcpu>\n</domain>\n`,
+      `<domain>\n${context}\n  <vcpu>2</vcpu>\n</domain>\n`,
+      { vm: "vm" },
+    ).split("\n")[4]!;
+  assertEquals(render(line(MAX_CONTEXT_LINE)), ` ${line(MAX_CONTEXT_LINE)}`);
+  const cut = render(line(MAX_CONTEXT_LINE + 1));
+  assertEquals(
+    cut,
+    ` ${line(MAX_CONTEXT_LINE + 1).slice(0, 160)}… (41 more characters, unchanged)`,
+  );
+  // An emoji across the cut is left out whole: no half of a surrogate pair is printed.
+  const emoji = render(`${"e".repeat(159)}😀${"e".repeat(100)}`);
+  assertEquals(emoji, ` ${"e".repeat(159)}… (102 more characters, unchanged)`);
+});
+
+Deno.test("renderDomainDiff() paints removed lines red", () => {
+  const before = "<domain>\n  <vcpu>1</vcpu>\n</domain>\n";
+  const colored = renderDomainDiff(before, "<domain>\n</domain>\n", { vm: "vm", color: true });
+  assertOk(colored.includes("\x1b[31m-  <vcpu>1</vcpu>\x1b[39m"), colored);
+});
