@@ -21,8 +21,8 @@ export interface RenderPlanOptions {
   live?: boolean;
 }
 
-function plural(n: number, one: string, many = `${one}s`): string {
-  return `${n} ${n === 1 ? one : many}`;
+function plural(n: number, one: string): string {
+  return `${n} ${n === 1 ? one : `${one}s`}`;
 }
 
 /** The one-line summary: `2 VMs to change, 3 hostdevs to add, 1 to remove`. */

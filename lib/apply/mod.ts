@@ -17,6 +17,7 @@ export {
   type VmApplyResult,
 } from "./apply.ts";
 export {
+  BackupMismatchError,
   type RollbackOptions,
   type RollbackPreview,
   type RollbackReport,

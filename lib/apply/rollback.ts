@@ -49,8 +49,6 @@ export interface RollbackOptions {
   backup?: string;
   /** Asked once, after every check passed and before anything is written. */
   confirm: (preview: RollbackPreview) => Promise<boolean>;
-  /** The clock, for backup names in tests. */
-  now?: () => Date;
   /**
    * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
    * (the CLI takes it before planning, so a second run fails before doing any work). Default:
@@ -341,7 +339,6 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     xml: currentXml,
     reason: "rollback",
     uri: libvirt.uri,
-    ...(options.now ? { now: options.now() } : {}),
   });
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
   if (failed !== null) return report(failed.status, failed.message, safety);

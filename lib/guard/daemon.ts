@@ -75,10 +75,8 @@ export function findHookDaemons(
 }
 
 /** How to reload a daemon by hand. */
-export function reloadHint(daemon: { name: string; pid?: number }): string {
-  return `systemctl reload ${daemon.name}${
-    daemon.pid === undefined ? "" : ` (or kill -HUP ${daemon.pid})`
-  }`;
+function reloadHint(daemon: RunningDaemon): string {
+  return `systemctl reload ${daemon.name} (or kill -HUP ${daemon.pid})`;
 }
 
 /** The outcome of reloading one daemon. */

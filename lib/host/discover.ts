@@ -54,8 +54,6 @@ export interface DiscoverOptions {
    * command line and host use. Default: `root` is `/sys`.
    */
   live?: boolean;
-  /** Where `/proc` is for a live host. Default `/proc`. */
-  procRoot?: string;
 }
 
 /** Raised when the sysfs root has no PCI devices directory at all. */
@@ -116,11 +114,8 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     if (record !== undefined) mergeLspci(device, record, vendorNames);
   }
   const groups = groupDevices(devices);
-  const procRoot = options.procRoot ?? "/proc";
-  const kernelCmdline = live
-    ? readAttribute(reader, `${procRoot}/cmdline`)
-    : readAttribute(reader, `${root}/cmdline`);
-  const hostUse = readHostUse(reader, { root, live, devices, procRoot });
+  const kernelCmdline = readAttribute(reader, live ? "/proc/cmdline" : `${root}/cmdline`);
+  const hostUse = readHostUse(reader, { root, live, devices });
   return {
     source: root,
     iommu: groups.length > 0 ? "enabled" : "absent",

@@ -56,11 +56,6 @@ export interface SnapshotOptions {
    * tree.
    */
   reader: SysfsReader;
-  /**
-   * The `/proc` beside `root`, whose pre-flight files are captured: default `/proc` for the live
-   * `/sys`, `ROOT/proc` for a captured tree.
-   */
-  procRoot?: string;
 }
 
 /** What a snapshot wrote. */
@@ -129,7 +124,8 @@ export function writeSnapshot(
   // The pre-flight files are optional evidence: one this process may not read (other users'
   // processes and `/proc/iomem`'s addresses are root's) is left out, not failing the snapshot.
   const facts = unknownOnError(reader);
-  const procRoot = options.procRoot ?? (/^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`);
+  // The `/proc` beside `root`, whose pre-flight files are captured.
+  const procRoot = /^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`;
   ensureEmptyTarget(out);
   // One scan of `/proc` for every device's holders.
   const holders = gpuHolders(
