@@ -79,25 +79,6 @@ export class LockHeldError extends Error {
   }
 }
 
-/** A lock left by a dead process, when the caller asked not to break it. */
-export class StaleLockError extends Error {
-  /** The error's name. */
-  override name = "StaleLockError";
-  /** The lock file. */
-  readonly path: string;
-  /** The dead holder, or `null` when the file could not be read as a lock. */
-  readonly holder: LockHolder | null;
-
-  /** Builds the error naming the dead holder. */
-  constructor(path: string, holder: LockHolder | null) {
-    super(
-      `Stale lock "${path}" left by ${describeHolder(holder)}, which is no longer running`,
-    );
-    this.path = path;
-    this.holder = holder;
-  }
-}
-
 /** A held lock; release it with `using` or {@link StateLock.release}. */
 export interface StateLock extends Disposable {
   /** The lock file. */
@@ -106,22 +87,16 @@ export interface StateLock extends Disposable {
   readonly holder: LockHolder;
   /** The holder of a stale lock that was broken to get this one, else `null`. */
   readonly brokeStale: LockHolder | null;
-  /** The connection it serialises ({@link lockUri}), or `null` for a plain directory lock. */
-  readonly uri: string | null;
+  /** The connection it serialises ({@link lockUri}). */
+  readonly uri: string;
   /** Releases the lock (idempotent). */
   release(): void;
 }
 
-/** Options for {@link acquireLock}. */
-export interface AcquireLockOptions {
+/** Options for {@link acquireConnectionLock}. */
+export interface ConnectionLockOptions {
   /** Written into the lock for whoever finds it held: `apply`, `rollback`. */
   command: string;
-  /** Break a lock whose holder died (default `true`); with `false`, throw {@link StaleLockError}. */
-  breakStale?: boolean;
-}
-
-/** Options for {@link acquireConnectionLock}. */
-export interface ConnectionLockOptions extends AcquireLockOptions {
   /** The state directory, already opened: where the lock goes when {@link LOCK_DIR} cannot. */
   stateDir: string;
 }
@@ -244,27 +219,6 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
 }
 
 /**
- * Takes the lock file `lock` in `dir`, or throws {@link LockHeldError} at once (no waiting) when
- * a live process holds it. A lock whose holder died is broken (reported in `brokeStale`) unless
- * `breakStale: false`. `apply` and `rollback` take {@link acquireConnectionLock}, this lock named
- * after their libvirt connection.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const dir = Deno.makeTempDirSync();
- * {
- *   using lock = acquireLock(dir, { command: "apply" });
- *   assertEquals(lock.holder.pid, Deno.pid);
- * }
- * Deno.removeSync(dir, { recursive: true });
- * ```
- */
-export function acquireLock(dir: string, options: AcquireLockOptions): StateLock {
-  return acquireNamed(dir, "lock", options, null);
-}
-
-/**
  * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
  * from a local URI (it is the default transport), host lower-cased without user name, trailing
  * slashes and every query parameter but `socket` (which names another daemon) dropped.
@@ -322,33 +276,37 @@ export function connectionLockPath(uri: string, stateDir: string): string {
 
 /**
  * Takes the lock of the libvirt connection `uri` ({@link connectionLockPath}), or throws
- * {@link LockHeldError} at once naming its holder; as {@link acquireLock} otherwise.
+ * {@link LockHeldError} at once (no waiting) naming its holder when a live process holds it. A
+ * lock whose holder died is broken, and reported in `brokeStale`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const stateDir = Deno.makeTempDirSync();
+ * {
+ *   using lock = acquireConnectionLock("test:///default", { command: "apply", stateDir });
+ *   assertEquals([lock.holder.pid, lock.uri], [Deno.pid, "test:///default"]);
+ * }
+ * Deno.removeSync(stateDir, { recursive: true });
+ * ```
  */
 export function acquireConnectionLock(uri: string, options: ConnectionLockOptions): StateLock {
   const path = connectionLockPath(uri, options.stateDir);
   const slash = path.lastIndexOf("/");
-  return acquireNamed(path.slice(0, slash), path.slice(slash + 1), options, lockUri(uri));
-}
-
-function acquireNamed(
-  dir: string,
-  name: string,
-  options: AcquireLockOptions,
-  uri: string | null,
-): StateLock {
-  const path = join(dir, name);
+  const dir = path.slice(0, slash);
+  const canonical = lockUri(uri);
   const holder: LockHolder = {
     pid: Deno.pid,
     host: hostName(),
     startedAt: new Date().toISOString(),
     command: options.command,
-    ...(uri === null ? {} : { uri }),
+    uri: canonical,
   };
   let brokeStale: LockHolder | null = null;
   // A few rounds: each round either wins, finds a live holder, or removes a stale lock.
   for (let round = 0; round < 5; round++) {
     const file = tryCreate(dir, path, holder);
-    if (file !== null) return heldLock(path, file, { holder, brokeStale, uri });
+    if (file !== null) return heldLock(path, file, { holder, brokeStale, uri: canonical });
     let existing: Deno.FsFile;
     try {
       // A symlink, FIFO or device at the lock's name is refused, never followed or opened.
@@ -365,7 +323,6 @@ function acquireNamed(
       if (!existing.tryLockSync(true)) throw new LockHeldError(path, current);
       // We hold the flock of a lock nobody else holds: its holder is gone.
       if (!sameFile(path, existing)) continue; // Released and replaced meanwhile.
-      if (options.breakStale === false) throw new StaleLockError(path, current);
       Deno.removeSync(path);
       brokeStale = current ?? { pid: 0, host: "unknown", startedAt: "unknown", command: "unknown" };
     } finally {
@@ -381,7 +338,7 @@ function heldLock(
   { holder, brokeStale, uri }: {
     holder: LockHolder;
     brokeStale: LockHolder | null;
-    uri: string | null;
+    uri: string;
   },
 ): StateLock {
   let released = false;

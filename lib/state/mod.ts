@@ -30,11 +30,8 @@ export {
 } from "./state_dir.ts";
 export {
   acquireConnectionLock,
-  acquireLock,
-  type AcquireLockOptions,
   type ConnectionLockOptions,
   LockHeldError,
   type LockHolder,
-  StaleLockError,
   type StateLock,
 } from "./lock.ts";

@@ -12,7 +12,7 @@ import { openLibvirtPort } from "../../ffi/port.ts";
 import { commandLspciRunner, lspciArgs } from "../../lib/host/lspci.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
-import { acquireLock } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, connectionLockPath } from "../../lib/state/lock.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { redactSecrets, secretValues } from "../../lib/domain/secrets.ts";
 import { redactedJson } from "../../lib/render/redact.ts";
@@ -130,17 +130,17 @@ Deno.test("commandLspciRunner() passes a tree path full of shell syntax as one a
   }
 });
 
-Deno.test("acquireLock() never writes through a lock symlink planted in the state directory", () => {
+Deno.test("the connection lock never writes through a lock symlink planted in the state directory", () => {
   const base = Deno.makeTempDirSync({ prefix: "passthrough-security-" });
   try {
     const state = `${base}/state`;
     Deno.mkdirSync(state, { mode: 0o700 });
     const victim = `${base}/victim`;
     Deno.writeTextFileSync(victim, "precious\n", { mode: 0o644 });
-    Deno.symlinkSync(victim, `${state}/lock`);
+    Deno.symlinkSync(victim, connectionLockPath("test:///default", state));
     let outcome = "acquired";
     try {
-      using lock = acquireLock(state, { command: "apply" });
+      using lock = acquireConnectionLock("test:///default", { stateDir: state, command: "apply" });
       assertOk(!Deno.lstatSync(lock.path).isSymlink, "the held lock is a regular file");
     } catch (error) {
       outcome = (error as Error).message;

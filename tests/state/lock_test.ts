@@ -1,17 +1,29 @@
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
   acquireConnectionLock,
-  acquireLock,
   connectionLockPath,
   LOCK_DIR,
   LockHeldError,
   lockUri,
-  StaleLockError,
+  type StateLock,
 } from "../../lib/state/lock.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { canUnshareMounts } from "../helpers/cli.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
+
+/** The test driver's connection: its lock lives in the state directory, never under /run. */
+const URI = "test:///default";
+
+/** Takes the lock of {@link URI} with `dir` as the state directory. */
+function acquireLock(dir: string, options: { command: string }): StateLock {
+  return acquireConnectionLock(URI, { stateDir: dir, ...options });
+}
+
+/** Where {@link acquireLock} puts the lock for `dir`. */
+function lockFile(dir: string): string {
+  return connectionLockPath(URI, dir);
+}
 
 function tempDir(): string {
   return Deno.makeTempDirSync({ prefix: "passthrough-lock-test-" });
@@ -30,8 +42,10 @@ function heldError(fn: () => unknown): LockHeldError {
 /** A child process that takes the lock, says "locked" and waits to be killed. */
 async function lockingChild(dir: string): Promise<Deno.ChildProcess> {
   const code = `
-    import { acquireLock } from ${JSON.stringify(LOCK_MODULE)};
-    const lock = acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+    import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
+    const lock = acquireConnectionLock("test:///default", { stateDir: ${
+    JSON.stringify(dir)
+  }, command: "apply" });
     console.log("locked");
     await new Promise(() => setInterval(() => {}, 1000));
   `;
@@ -52,7 +66,7 @@ async function lockingChild(dir: string): Promise<Deno.ChildProcess> {
   return child;
 }
 
-Deno.test("acquireLock() refuses a second holder and names the first", () => {
+Deno.test("the connection lock refuses a second holder and names the first", () => {
   const dir = tempDir();
   try {
     using first = acquireLock(dir, { command: "apply" });
@@ -68,27 +82,27 @@ Deno.test("acquireLock() refuses a second holder and names the first", () => {
   }
 });
 
-Deno.test("acquireLock() lock file holds pid, host, start time and command with mode 0600", () => {
+Deno.test("the connection lock lock file holds pid, host, start time and command with mode 0600", () => {
   const dir = tempDir();
   try {
     using lock = acquireLock(dir, { command: "apply" });
-    const written = JSON.parse(Deno.readTextFileSync(`${dir}/lock`));
+    const written = JSON.parse(Deno.readTextFileSync(lockFile(dir)));
     assertEquals(written, lock.holder);
     assertEquals(typeof written.host, "string");
-    assertEquals((Deno.statSync(`${dir}/lock`).mode ?? 0) & 0o777, 0o600);
+    assertEquals((Deno.statSync(lockFile(dir)).mode ?? 0) & 0o777, 0o600);
     assertEquals(lock.brokeStale, null);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
 });
 
-Deno.test("acquireLock() releases with using, so the next run gets the lock", () => {
+Deno.test("the connection lock releases with using, so the next run gets the lock", () => {
   const dir = tempDir();
   try {
     {
       using _lock = acquireLock(dir, { command: "apply" });
     }
-    assertThrows(() => Deno.lstatSync(`${dir}/lock`), Deno.errors.NotFound);
+    assertThrows(() => Deno.lstatSync(lockFile(dir)), Deno.errors.NotFound);
     using again = acquireLock(dir, { command: "apply" });
     assertEquals(again.brokeStale, null);
     again.release();
@@ -99,7 +113,7 @@ Deno.test("acquireLock() releases with using, so the next run gets the lock", ()
   }
 });
 
-Deno.test("acquireLock() breaks a stale lock left by a dead process and reports it", () => {
+Deno.test("the connection lock breaks a stale lock left by a dead process and reports it", () => {
   const dir = tempDir();
   try {
     const dead = {
@@ -108,22 +122,16 @@ Deno.test("acquireLock() breaks a stale lock left by a dead process and reports 
       startedAt: "2026-01-01T00:00:00.000Z",
       command: "apply",
     };
-    Deno.writeTextFileSync(`${dir}/lock`, JSON.stringify(dead), { mode: 0o600 });
-    assertThrows(
-      () => acquireLock(dir, { command: "apply", breakStale: false }),
-      (error: unknown) => error instanceof StaleLockError && error.holder?.pid === 999999,
-    );
-    // Still there after the refusal.
-    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, 999999);
+    Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
     using lock = acquireLock(dir, { command: "apply" });
     assertEquals(lock.brokeStale, dead);
-    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, Deno.pid);
+    assertEquals(JSON.parse(Deno.readTextFileSync(lockFile(dir))).pid, Deno.pid);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
 });
 
-Deno.test("acquireLock() fails fast while another process holds the lock, and breaks it once that process is killed", async () => {
+Deno.test("the connection lock fails fast while another process holds the lock, and breaks it once that process is killed", async () => {
   const dir = tempDir();
   const child = await lockingChild(dir);
   try {
@@ -132,7 +140,7 @@ Deno.test("acquireLock() fails fast while another process holds the lock, and br
     child.kill("SIGKILL");
     await child.status;
     // The lock file survives the kill; the kernel lock that proved the holder alive does not.
-    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, child.pid);
+    assertEquals(JSON.parse(Deno.readTextFileSync(lockFile(dir))).pid, child.pid);
     using lock = acquireLock(dir, { command: "apply" });
     assertEquals(lock.brokeStale?.pid, child.pid);
   } finally {
@@ -147,26 +155,26 @@ Deno.test("acquireLock() fails fast while another process holds the lock, and br
   }
 });
 
-Deno.test("acquireLock() release leaves a lock file that is no longer its own", () => {
+Deno.test("the connection lock release leaves a lock file that is no longer its own", () => {
   const dir = tempDir();
   try {
     const lock = acquireLock(dir, { command: "apply" });
     // Someone removed our lock by hand and another run took it.
-    Deno.removeSync(`${dir}/lock`);
-    Deno.writeTextFileSync(`${dir}/lock`, '{"pid":1,"host":"h","startedAt":"t","command":"apply"}');
+    Deno.removeSync(lockFile(dir));
+    Deno.writeTextFileSync(lockFile(dir), '{"pid":1,"host":"h","startedAt":"t","command":"apply"}');
     lock.release();
-    assertEquals(JSON.parse(Deno.readTextFileSync(`${dir}/lock`)).pid, 1);
+    assertEquals(JSON.parse(Deno.readTextFileSync(lockFile(dir))).pid, 1);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
 });
 
-Deno.test("acquireLock() reports a lock taken while it looked at a stale one as held", () => {
-  // The race the test below hits now and then, made certain: between acquireLock's look at the
+Deno.test("the connection lock reports a lock taken while it looked at a stale one as held", () => {
+  // The race the test below hits now and then, made certain: between the lock's look at the
   // stale lock and its open, a racing process breaks it and links its own, which it holds. This
   // process sees a file other than the one it looked at: held, not an error about the directory.
   const dir = tempDir();
-  const path = `${dir}/lock`;
+  const path = lockFile(dir);
   const stale = {
     pid: 999999,
     host: "gone",
@@ -179,7 +187,7 @@ Deno.test("acquireLock() reports a lock taken while it looked at a stale one as 
   Deno.lstatSync = (p: string | URL) => {
     const info = lstat(p);
     if (p === path && winner === null) {
-      // As acquireLock itself takes one: written aside (another inode), locked, then linked.
+      // As the lock itself is taken: written aside (another inode), locked, then linked.
       const taken = { ...stale, pid: Deno.pid, host: "racer" };
       Deno.writeTextFileSync(`${path}.racer`, JSON.stringify(taken), { mode: 0o600 });
       winner = Deno.openSync(`${path}.racer`, { read: true, write: true });
@@ -200,7 +208,7 @@ Deno.test("acquireLock() reports a lock taken while it looked at a stale one as 
   }
 });
 
-Deno.test("acquireLock() lets exactly one of many racing processes break a stale lock", async () => {
+Deno.test("the connection lock lets exactly one of many racing processes break a stale lock", async () => {
   const dir = tempDir();
   const dead = {
     pid: 999999,
@@ -208,14 +216,16 @@ Deno.test("acquireLock() lets exactly one of many racing processes break a stale
     startedAt: "2026-01-01T00:00:00.000Z",
     command: "apply",
   };
-  Deno.writeTextFileSync(`${dir}/lock`, JSON.stringify(dead), { mode: 0o600 });
+  Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
   const code = `
-    import { acquireLock, LockHeldError } from ${JSON.stringify(LOCK_MODULE)};
+    import { acquireConnectionLock, LockHeldError } from ${JSON.stringify(LOCK_MODULE)};
     while (true) { try { Deno.statSync(${
     JSON.stringify(`${dir}/go`)
   }); break; } catch { await new Promise((r) => setTimeout(r, 1)); } }
     try {
-      acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+      acquireConnectionLock("test:///default", { stateDir: ${
+    JSON.stringify(dir)
+  }, command: "apply" });
       console.log("won");
       await new Promise(() => setInterval(() => {}, 1000));
     } catch (error) {
@@ -259,12 +269,14 @@ Deno.test("acquireLock() lets exactly one of many racing processes break a stale
   }
 });
 
-/** Runs `acquireLock(dir)` in a child process: its one-line outcome, or `hung` after `ms`. */
+/** Takes the lock of `dir` in a child process: its one-line outcome, or `hung` after `ms`. */
 async function acquireInChild(dir: string, ms: number): Promise<string> {
   const code = `
-    import { acquireLock } from ${JSON.stringify(LOCK_MODULE)};
+    import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
     try {
-      using lock = acquireLock(${JSON.stringify(dir)}, { command: "apply" });
+      using lock = acquireConnectionLock("test:///default", { stateDir: ${
+    JSON.stringify(dir)
+  }, command: "apply" });
       console.log("acquired, broke " + JSON.stringify(lock.brokeStale));
     } catch (error) {
       console.log("refused: " + error.message);
@@ -282,12 +294,12 @@ async function acquireInChild(dir: string, ms: number): Promise<string> {
   return output.success ? new TextDecoder().decode(output.stdout).trim() : "hung";
 }
 
-Deno.test("acquireLock() names no holder from a stale lock file it did not write", () => {
+Deno.test("the connection lock names no holder from a stale lock file it did not write", () => {
   const dir = tempDir();
   const holder = { pid: 4242, host: "h", startedAt: "2026-01-01T00:00:00.000Z", command: "apply" };
   const unknown = { pid: 0, host: "unknown", startedAt: "unknown", command: "unknown" };
   const brokeWith = (text: string) => {
-    Deno.writeTextFileSync(`${dir}/lock`, text, { mode: 0o600 });
+    Deno.writeTextFileSync(lockFile(dir), text, { mode: 0o600 });
     using lock = acquireLock(dir, { command: "apply" });
     return lock.brokeStale;
   };
@@ -302,19 +314,22 @@ Deno.test("acquireLock() names no holder from a stale lock file it did not write
   }
 });
 
-Deno.test("acquireLock() refuses a FIFO or a symlink to /dev/zero at the lock's name, and reads a huge lock file only in part", async () => {
+Deno.test("the connection lock refuses a FIFO or a symlink to /dev/zero at the lock's name, and reads a huge lock file only in part", async () => {
   const dir = tempDir();
-  const lock = `${dir}/lock`;
+  const lock = lockFile(dir);
   try {
     new Deno.Command("mkfifo", { args: [lock] }).outputSync();
-    assertMatch(await acquireInChild(dir, 20_000), /^refused: Refusing ".*\/lock": it is a FIFO/);
+    assertMatch(
+      await acquireInChild(dir, 20_000),
+      /^refused: Refusing ".*\/connection-[0-9a-f]{32}\.lock": it is a FIFO/,
+    );
     assertOk(Deno.lstatSync(lock).isFifo, "the FIFO is left as it was");
     Deno.removeSync(lock);
 
     Deno.symlinkSync("/dev/zero", lock);
     assertMatch(
       await acquireInChild(dir, 20_000),
-      /^refused: Refusing ".*\/lock": it is a symbolic link/,
+      /^refused: Refusing ".*\/connection-[0-9a-f]{32}\.lock": it is a symbolic link/,
     );
     assertEquals(Deno.readLinkSync(lock), "/dev/zero");
     Deno.removeSync(lock);
