@@ -42,6 +42,31 @@ export function openLibvirtPort(
   options: ConnectionOpenOptions = {},
 ): OpenLibvirtPort {
   const conn = Connection.open(uri, options);
+  return Object.assign(connectionPort(conn), {
+    close(): void {
+      conn.close();
+    },
+    [Symbol.dispose](): void {
+      conn.close();
+    },
+  });
+}
+
+/**
+ * A port over a connection the caller keeps (and closes): for a caller that also needs calls the
+ * port does not make, such as a test that undefines a domain of the test driver's world, which
+ * lives inside the one connection that opened it.
+ *
+ * @example
+ * ```ts
+ * import { Connection } from "./connection.ts";
+ * import { connectionPort } from "./port.ts";
+ * using conn = Connection.open("test:///default");
+ * const port = connectionPort(conn);
+ * if (!port.listDomains().some((d) => d.name === "test")) throw new Error("no test domain");
+ * ```
+ */
+export function connectionPort(conn: Connection): LibvirtPort {
   return {
     get uri() {
       return conn.uri;
@@ -102,12 +127,6 @@ export function openLibvirtPort(
     detachDevice(name: string, deviceXml: string, change: DeviceChangeOptions): void {
       using dom = conn.lookupDomainByName(name);
       dom.detachDevice(deviceXml, change);
-    },
-    close(): void {
-      conn.close();
-    },
-    [Symbol.dispose](): void {
-      conn.close();
     },
   };
 }

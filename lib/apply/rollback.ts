@@ -241,6 +241,7 @@ function defineBackup(
   },
 ): { status: "failed" | "unknown"; message: string } | null {
   const failure = defineOrExplain(libvirt, { name: vm, xml: backupXml, before: currentXml });
+  const replaced = safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`;
   if (failure?.kind === "rejected") {
     return {
       status: "failed",
@@ -249,7 +250,6 @@ function defineBackup(
     };
   }
   if (failure?.kind === "unknown") {
-    const replaced = safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`;
     return {
       status: "unknown",
       message:
@@ -261,13 +261,13 @@ function defineBackup(
   try {
     after = libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
-    return failed(`Cannot read "${vm}" back after the rollback: ${errorText(error)}`);
+    return failed(`Cannot read "${vm}" back after the rollback: ${errorText(error)}${replaced}`);
   }
   if (sameDefinition(after, backupXml)) return null;
   return failed(
     `After the rollback the definition of "${vm}" differs from backup "${backup.id}": ${
       describeXmlChange(backupXml, after)
-    }${safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`}`,
+    }${replaced}`,
   );
 }
 

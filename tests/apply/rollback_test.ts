@@ -1,5 +1,7 @@
 import { assertEquals, assertMatch, assertOk, assertRejects } from "../helpers/assert.ts";
-import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
+import { connectionPort, openLibvirtPort } from "../../ffi/port.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
@@ -28,22 +30,28 @@ function domain(name: string, uuid: string, running: boolean): string {
 }
 
 interface Fixture extends Disposable {
-  port: OpenLibvirtPort;
+  /** The test driver's world lives in this connection: undefine a domain through it. */
+  conn: Connection;
+  port: LibvirtPort;
   stateDir: string;
 }
 
-function fixture(): Fixture {
+/** alpha (shut off) and beta (running) with `networks` beside them. */
+function fixture(networks = ""): Fixture {
   const root = Deno.makeTempDirSync({ prefix: "passthrough-rollback-test-" });
   Deno.writeTextFileSync(
     `${root}/world.xml`,
-    `<node>\n${domain("alpha", UUID_A, false)}\n${domain("beta", UUID_B, true)}\n</node>\n`,
+    `<node>\n${domain("alpha", UUID_A, false)}\n${
+      domain("beta", UUID_B, true)
+    }\n${networks}</node>\n`,
   );
-  const port = openLibvirtPort(`test://${root}/world.xml`);
+  const conn = Connection.open(`test://${root}/world.xml`);
   return {
-    port,
+    conn,
+    port: connectionPort(conn),
     stateDir: `${root}/state`,
     [Symbol.dispose]() {
-      port.close();
+      conn.close();
       Deno.removeSync(root, { recursive: true });
     },
   };
@@ -673,4 +681,180 @@ Deno.test("rollbackVm() does not restore a backup giving the VM the controller u
   // Without this host's facts (a remote connection), nothing says so.
   const blind = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
   assertEquals(blind.status, "restored");
+});
+
+Deno.test("rollbackVm() names the uuid the backup holds where its sidecar and file disagree", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const OTHER = "99999999-9999-4999-8999-999999999999";
+  // The file or the sidecar says alpha's uuid, the other another one: that other one is named.
+  for (const [uuid, xml] of [[UUID_A, before.replace(UUID_A, OTHER)], [OTHER, before]]) {
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid: uuid!,
+      xml: xml!,
+      reason: "apply",
+      uri: f.port.uri,
+    });
+    await assertRejects(
+      () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+      (e: unknown) =>
+        e instanceof BackupMismatchError && e.backupUuid === OTHER &&
+        e.message.endsWith(`the backup is of uuid "${OTHER}", the VM has uuid "${UUID_A}"`),
+      `sidecar ${uuid}`,
+    );
+  }
+});
+
+Deno.test("rollbackVm() does not define a VM undefined while the question was open", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      using alpha = f.conn.lookupDomainByName("alpha");
+      alpha.undefine();
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /"alpha" changed since the rollback was shown: it was undefined; /);
+  assertEquals(f.port.listDomains().map((d) => d.name), ["beta"]);
+});
+
+Deno.test("rollbackVm() is not held back by a device its VM already shares with another domain", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  // The newest backup holds the GPU; alpha holds it now too, as beta does (added by hand).
+  await addHostdevs(f, "alpha", [GPU]);
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  f.port.define(editDomainXml(f.port.getPersistentXml("beta", { secure: true }), {
+    remove: [],
+    add: [{ address: GPU, managed: true }],
+    records: [],
+  }));
+  // Restoring adds nothing another domain holds: the double it keeps was there before.
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "restored", report.message);
+  assertEquals(hostdevs(f, "alpha"), [GPU]);
+});
+
+Deno.test("rollbackVm() does not restore a backup giving the VM the NIC under another domain's network", async () => {
+  const NIC = "0000:44:00.0";
+  using f = fixture(
+    "<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>\n",
+  );
+  await addThenRelease(f, "alpha", NIC);
+  f.port.define(
+    f.port.getPersistentXml("beta", { secure: true }).replace(
+      "</devices>",
+      "<interface type='network'><source network='lan'/><model type='virtio'/></interface></devices>",
+    ),
+  );
+  // This host's facts: br0's port is the NIC.
+  const devices = {
+    blockDeviceControllers: () => [],
+    usbDeviceControllers: () => [],
+    netDeviceControllers: (name: string) => name === "br0" ? [NIC] : null,
+  };
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    devices,
+  });
+  assertEquals(rolled.status, "failed");
+  assertMatch(rolled.message, /"beta" holds "0000:44:00\.0" \(under its network lan/);
+  assertEquals(hostdevs(f, "alpha"), []);
+});
+
+Deno.test("rollbackVm() counts nothing for another domain's disk it cannot look under", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addThenRelease(f, "alpha", GPU);
+  f.port.define(
+    f.port.getPersistentXml("beta", { secure: true }).replace(
+      "</devices>",
+      "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk></devices>",
+    ),
+  );
+  // As in plan, which warns about it: the way back does not hang on a disk this host cannot read.
+  const devices = {
+    blockDeviceControllers: (path: string): string[] => {
+      throw new Error(`${path}: permission denied`);
+    },
+    usbDeviceControllers: () => [],
+  };
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    devices,
+  });
+  assertEquals(rolled.status, "restored", rolled.message);
+  assertEquals(hostdevs(f, "alpha"), [GPU]);
+});
+
+/**
+ * Fault injection (a failure libvirt gives only when its daemon goes away, which the test driver
+ * cannot do): the fixture's real port, whose `method` throws from its `after`-th call on.
+ */
+function failing(
+  f: Fixture,
+  method: "listDomains" | "getPersistentXml",
+  after: number,
+): LibvirtPort {
+  let calls = 0;
+  const fail = () => {
+    if (++calls >= after) throw new Error("End of file while reading data: Input/output error");
+  };
+  return {
+    get uri() {
+      return f.port.uri;
+    },
+    listDomains: () => (method === "listDomains" && fail(), f.port.listDomains()),
+    getPersistentXml: (name, options) => (
+      method === "getPersistentXml" && fail(), f.port.getPersistentXml(name, options)
+    ),
+    getLiveXml: (name) => f.port.getLiveXml!(name),
+    isActive: (name) => f.port.isActive(name),
+    listNetworks: () => f.port.listNetworks!(),
+    define: (xml) => f.port.define(xml),
+    attachDevice: (name, xml, options) => f.port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => f.port.detachDevice(name, xml, options),
+  };
+}
+
+Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or after the define", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  await addThenRelease(f, "alpha", GPU);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const roll = (libvirt: LibvirtPort) =>
+    rollbackVm("alpha", { libvirt, stateDir: f.stateDir, confirm: yes });
+  // Listings: the VM's summary, the look at the other domains before asking, the VM's own look
+  // after the answer, the other domains' again. The second fails, then the third.
+  const unlisted = await roll(failing(f, "listDomains", 2));
+  assertEquals(unlisted.status, "failed");
+  assertMatch(
+    unlisted.message,
+    /^Not restored: cannot read the other domains to check that no device backup ".*" gives "alpha" is held elsewhere: .*Input\/output error$/,
+  );
+  const unread = await roll(failing(f, "listDomains", 3));
+  assertEquals(unread.status, "failed");
+  assertMatch(unread.message, /^Cannot read "alpha" before the rollback: .*Input\/output error$/);
+  assertEquals([f.port.getPersistentXml("alpha", { secure: true }), unread.safetyBackup], [
+    before,
+    null,
+  ]);
+  // Definitions read: alpha's, then every domain's (alpha's and beta's) before asking; alpha's
+  // and every domain's again after the answer; the seventh, alpha's read back, fails.
+  const blind = await roll(failing(f, "getPersistentXml", 7));
+  assertEquals(blind.status, "failed");
+  assertOk(blind.safetyBackup !== null);
+  assertEquals(
+    blind.message,
+    `Cannot read "alpha" back after the rollback: End of file while reading data: Input/output error; the replaced definition is in backup "${blind.safetyBackup.id}"`,
+  );
 });
