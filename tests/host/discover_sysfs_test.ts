@@ -522,3 +522,17 @@ Deno.test("discoverHost() lists a PF's VFs from the VFs' physfn links, never fro
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "discoverHost() takes /sys spelled with a trailing slash as the live host, reading /proc",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const { libcSysfsReader } = await import("../../ffi/libc_fs.ts");
+    const host = await discoverHost({ root: "/sys/", reader: libcSysfsReader(), lspci: null });
+    assertEquals(host.source, "/sys");
+    // A captured tree's host use would be its host_use.json, which /sys has not: null.
+    assertOk(host.hostUse !== null);
+    const cmdline = Deno.readTextFileSync("/proc/cmdline").trim();
+    assertEquals(host.kernelCmdline, cmdline === "" ? null : cmdline);
+  },
+});
