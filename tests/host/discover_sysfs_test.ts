@@ -184,6 +184,11 @@ Deno.test("discoverHost() takes the command line and host use from a captured tr
   // A description lists all its host uses: none listed is known, and the tree says so.
   const bare = await discover({ devices: [dev("0000:01:00.0")] });
   assertEquals([bare.kernelCmdline, bare.hostUse], [null, []]);
+  // An empty command line is none.
+  assertEquals(
+    (await discover({ cmdline: "\n", devices: [dev("0000:01:00.0")] })).kernelCmdline,
+    null,
+  );
 });
 
 Deno.test("discoverHost() reports host use as unknown for a tree without host_use.json", async () => {
@@ -237,6 +242,9 @@ Deno.test("discoverHost() rejects a directory that is not a sysfs tree", async (
   const dir = await Deno.makeTempDir();
   try {
     await assertRejects(() => discoverHost({ root: dir, lspci: null }), SysfsRootError);
+    // With lspci failing too: that error, which nobody awaits, is no unhandled rejection.
+    const lspci = () => Promise.reject(new Error("lspci: not found"));
+    await assertRejects(() => discoverHost({ root: dir, lspci }), SysfsRootError);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -317,3 +317,21 @@ Deno.test("the libc reader's listing tells files, directories and links from FIF
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("both readers read only the head of a huge file (1 TiB, sparse), with and without listings", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-huge-" });
+  try {
+    const path = `${dir}/vendor`;
+    Deno.writeTextFileSync(path, "0x10de\n");
+    Deno.truncateSync(path, 2 ** 40);
+    // Read whole, the file would not fit in memory.
+    const readers = [denoFsReader(), denoFsReader({ listings: dir }), libcSysfsReader()];
+    for (const reader of readers) {
+      const text = reader.readText(path);
+      assertEquals([text?.length, text?.slice(0, 7)], [65536, "0x10de\n"]);
+      assertEquals(reader.readBytes(path, 4096)?.length, 4096);
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
