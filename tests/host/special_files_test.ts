@@ -329,7 +329,7 @@ Deno.test("both readers read only the head of a huge file (1 TiB, sparse), with 
     for (const reader of readers) {
       const text = reader.readText(path);
       assertEquals([text?.length, text?.slice(0, 7)], [65536, "0x10de\n"]);
-      assertEquals(reader.readBytes(path, 4096)?.length, 4096);
+      assertEquals([4096, 10000].map((n) => reader.readBytes(path, n)?.length), [4096, 10000]);
     }
   } finally {
     Deno.removeSync(dir, { recursive: true });
