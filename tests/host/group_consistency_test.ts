@@ -353,3 +353,22 @@ Deno.test("parseGroupNumber(): the kernel's int range, in decimal without leadin
     [0, 26, 2147483647, null, null, null, null, null],
   );
 });
+
+Deno.test("a device with no group behind two bridges names the nearer bridge's group", async () => {
+  await using tree = await demoTree();
+  const root = tree.sysfs;
+  // As the kernel lays sysfs out: under root port 00:01.1 (group 1), the bridge 20:03.1 (group
+  // 19), the device, which lost its group.
+  const parent = `${root}/devices/pci0000:00/0000:00:01.1/0000:20:03.1`;
+  Deno.mkdirSync(parent, { recursive: true });
+  Deno.renameSync(`${devices(root)}/${AUDIO}`, `${parent}/${AUDIO}`);
+  Deno.symlinkSync(
+    `../../../devices/pci0000:00/0000:00:01.1/0000:20:03.1/${AUDIO}`,
+    `${devices(root)}/${AUDIO}`,
+  );
+  Deno.removeSync(`${parent}/${AUDIO}/iommu_group`);
+  Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+  const host = await discoverHost({ root, lspci: null });
+  const flagged = host.groupInconsistencies.filter((p) => p.devices.includes(AUDIO));
+  assertEquals(flagged.map((p) => p.groups), [[19, 26]]);
+});
