@@ -544,3 +544,30 @@ Deno.test({
     assertEquals(host.kernelCmdline, cmdline === "" ? null : cmdline);
   },
 });
+
+Deno.test("discoverHost() keeps an SR-IOV count only where its file holds a 16-bit number", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sysfs-" });
+  try {
+    const nics = ["0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:04:00.0"];
+    buildHostTree({ devices: nics.map((a) => dev(a)) }, dir);
+    const write = (address: string, total: string, enabled: string | null) => {
+      Deno.writeTextFileSync(`${dir}/bus/pci/devices/${address}/sriov_totalvfs`, total);
+      if (enabled !== null) {
+        Deno.writeTextFileSync(`${dir}/bus/pci/devices/${address}/sriov_numvfs`, enabled);
+      }
+    };
+    write(nics[0]!, "65535\n", "0\n");
+    write(nics[1]!, "70000\n", "4\n");
+    write(nics[2]!, "8 VFs\n", "4\n");
+    const host = await discoverHost({ root: dir, lspci: null });
+    const counts = host.devices.map((d) => [
+      "sriovTotalVfs" in d ? d.sriovTotalVfs : "none",
+      "sriovNumVfs" in d ? d.sriovNumVfs : "none",
+    ]);
+    // No total, no SR-IOV: the enabled count is not read, and a device without the files has
+    // neither key.
+    assertEquals(counts, [[65535, 0], ["none", "none"], ["none", "none"], ["none", "none"]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -372,3 +372,27 @@ Deno.test("a device with no group behind two bridges names the nearer bridge's g
   const flagged = host.groupInconsistencies.filter((p) => p.devices.includes(AUDIO));
   assertEquals(flagged.map((p) => p.groups), [[19, 26]]);
 });
+
+Deno.test("two bus/pci/devices entries for one address name each entry's group once, in order", async () => {
+  const twoEntries = async (damage: (root: string) => void) => {
+    await using tree = await demoTree();
+    damage(tree.sysfs);
+    const host = await discoverHost({ root: tree.sysfs, lspci: null });
+    return host.groupInconsistencies.filter((p) => p.detail.includes("two entries"))
+      .map((p) => [p.groups, p.devices]);
+  };
+  // A second name for the same entry: its one group, once.
+  const alias = (root: string) => Deno.symlinkSync(AUDIO, `${devices(root)}/00000000:21:00.1`);
+  assertEquals(await twoEntries(alias), [[[26], [AUDIO]]]);
+  // A second entry whose link names group 59: both groups, whichever entry is listed first.
+  const copy = (root: string) => {
+    const from = `${devices(root)}/${AUDIO}`;
+    const to = `${devices(root)}/00000000:21:00.1`;
+    Deno.mkdirSync(to);
+    for (const entry of Deno.readDirSync(from)) {
+      if (entry.isFile) Deno.copyFileSync(`${from}/${entry.name}`, `${to}/${entry.name}`);
+    }
+    Deno.symlinkSync("../../../../kernel/iommu_groups/59", `${to}/iommu_group`);
+  };
+  assertEquals(await twoEntries(copy), [[[26, 59], [AUDIO]]]);
+});
