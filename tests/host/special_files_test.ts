@@ -6,12 +6,17 @@
  * treat such files as unreadable, and lspci itself is killed after its time limit.
  */
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { documentedFlags, runCli } from "../helpers/cli.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { LspciError, runLspci } from "../../lib/host/lspci.ts";
-import { denoFsReader, type SysfsReader, SysfsTreeError } from "../../lib/host/sysfs.ts";
+import {
+  checkCapturedTree,
+  denoFsReader,
+  type SysfsReader,
+  SysfsTreeError,
+} from "../../lib/host/sysfs.ts";
 import { LibcFsError, libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
@@ -75,6 +80,15 @@ const SPECIAL: {
     plant: (root) => {
       Deno.mkdirSync(`${root}/bus/pci/slots/7`, { recursive: true });
       const path = `${root}/bus/pci/slots/7/address`;
+      mkfifo(path);
+      return path;
+    },
+    kind: "a FIFO",
+  },
+  {
+    name: "the snapshot's cmdline a FIFO",
+    plant: (root) => {
+      const path = `${root}/cmdline`;
       mkfifo(path);
       return path;
     },
@@ -331,6 +345,25 @@ Deno.test("both readers read only the head of a huge file (1 TiB, sparse), with 
       assertEquals([text?.length, text?.slice(0, 7)], [65536, "0x10de\n"]);
       assertEquals([4096, 10000].map((n) => reader.readBytes(path, n)?.length), [4096, 10000]);
     }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("the captured-tree check passes over what its reader cannot list, as discovery then reports it", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-unlisted-" });
+  try {
+    Deno.mkdirSync(`${dir}/bus/pci/devices/${GPU}`, { recursive: true });
+    mkfifo(`${dir}/bus/pci/devices/${GPU}/config`);
+    const refusing: SysfsReader = {
+      ...denoFsReader(),
+      listEntries: () => {
+        throw new Deno.errors.PermissionDenied("EACCES: permission denied");
+      },
+    };
+    checkCapturedTree(dir, refusing);
+    // The same tree listed: the FIFO is named.
+    assertThrows(() => checkCapturedTree(dir, libcSysfsReader()), SysfsTreeError, "config");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
