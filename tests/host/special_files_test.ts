@@ -368,3 +368,27 @@ Deno.test("the captured-tree check passes over what its reader cannot list, as d
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+/** A block device node this machine has (an unattached loop device reads nothing), or `null`. */
+const BLOCK_DEVICE = (() => {
+  try {
+    return Deno.statSync("/dev/loop0").isBlockDevice ? "/dev/loop0" : null;
+  } catch {
+    return null;
+  }
+})();
+
+Deno.test({
+  name: "the captured-tree check names a block device where a file should be",
+  ignore: BLOCK_DEVICE === null,
+  fn() {
+    const dir = Deno.makeTempDirSync({ prefix: "passthrough-block-" });
+    try {
+      Deno.mkdirSync(`${dir}/bus/pci/devices/${GPU}`, { recursive: true });
+      Deno.symlinkSync(BLOCK_DEVICE!, `${dir}/bus/pci/devices/${GPU}/config`);
+      assertThrows(() => checkCapturedTree(dir), SysfsTreeError, "with a block device where");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
