@@ -1,0 +1,161 @@
+/**
+ * The check's own entry (`cli/hook_check.ts`), what the installed hook runs at `prepare begin`:
+ * its arguments, which fail closed (exit 2) when they are not the hook's, and what it reads as
+ * the live host.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
+import { parseHookCheckArgs } from "../../cli/hook_check.ts";
+import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
+
+const CHECK = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
+const HOOK_ARGS = ["--", "vm", "prepare", "begin", "-"];
+
+Deno.test("parseHookCheckArgs() takes --state-dir and --sysfs only, each with a value, and three hook arguments", () => {
+  assertEquals(parseHookCheckArgs(["--state-dir", "/s", "--sysfs", "/t", ...HOOK_ARGS]), {
+    stateDir: "/s",
+    sysfs: "/t",
+    vm: "vm",
+    operation: "prepare",
+    subOperation: "begin",
+  });
+  const cases: [string[], string][] = [
+    [["--state-dir", "/s", "--root", "/t", ...HOOK_ARGS], 'Unexpected argument "--root"'],
+    [["--state-dir", "/s", "--sysfs"], 'Unexpected argument "--sysfs"'],
+    [["--sysfs", "/t", ...HOOK_ARGS], "Missing --state-dir DIR"],
+    [
+      ["--state-dir", "/s", "--", "vm", "prepare"],
+      "Missing the hook's arguments after --: VM OPERATION SUB-OPERATION",
+    ],
+  ];
+  for (const [args, error] of cases) assertEquals(parseHookCheckArgs(args), error, args.join(" "));
+});
+
+Deno.test("the check's entry stops the start (exit 2) on arguments that are not the hook's", async () => {
+  const run = await runCli(["--state-dir", "/nonexistent", "--sysfs"], {
+    main: CHECK,
+    flags: ["--allow-all"],
+  });
+  assertEquals([run.code, run.stdout], [2, ""]);
+  assertEquals(run.stderr, 'passthrough hook run: Unexpected argument "--sysfs"\n');
+});
+
+Deno.test({
+  name: "the check's entry reads /sys spelled another way as the live host, with its host use",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const live = liveDefaultRouteNic();
+    if (live === null) return;
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+    try {
+      Deno.symlinkSync("/sys", `${dir}/sys-link`);
+      // A hand-added hostdev on the NIC of this host's default route.
+      const xml = `<domain type='kvm'><name>vm</name><devices>${live.hostdev}</devices></domain>`;
+      for (const sysfs of ["/sys/.", `${dir}/sys-link`]) {
+        const run = await runCli(["--state-dir", `${dir}/state`, "--sysfs", sysfs, ...HOOK_ARGS], {
+          main: CHECK,
+          flags: ["--allow-all"],
+          stdin: xml,
+        });
+        assertEquals([run.code, run.stdout], [1, ""], `${sysfs}: ${run.stderr}`);
+        assertMatch(run.stderr, new RegExp(`hostdev ${live.address} .*the host needs it`), sysfs);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("the check's entry refuses a domain XML one byte over its bound, without parsing it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    const xml = `<domain type='kvm'><name>vm</name>`;
+    const run = await runCli(["--state-dir", `${dir}/state`, "--sysfs", dir, ...HOOK_ARGS], {
+      main: CHECK,
+      flags: ["--allow-all"],
+      stdin: xml + " ".repeat(MAX_XML_BYTES + 1 - xml.length),
+    });
+    assertEquals([run.code, run.stdout], [1, ""]);
+    assertMatch(run.stderr, new RegExp(`larger than ${MAX_XML_BYTES} bytes`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the check's entry lets every operation but prepare begin go on, saying nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    // A tree with no PCI function at all: at prepare begin, the hostdev's address holds nothing.
+    Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
+    const xml = `<domain type='kvm'><name>vm</name><devices><hostdev mode='subsystem' ` +
+      `type='pci' managed='yes'><source><address domain='0x0000' bus='0x0b' slot='0x00' ` +
+      `function='0x0'/></source></hostdev></devices></domain>`;
+    const run = (operation: string, subOperation: string) =>
+      runCli(
+        [
+          "--state-dir",
+          `${dir}/state`,
+          "--sysfs",
+          `${dir}/tree`,
+          "--",
+          "vm",
+          operation,
+          subOperation,
+          "-",
+        ],
+        { main: CHECK, flags: ["--allow-all"], stdin: xml },
+      );
+    const refused = await run("prepare", "begin");
+    assertEquals(refused.code, 1, refused.stderr);
+    // A failure at reconnect would kill running guests; migrate and restore read standard output.
+    for (
+      const [operation, subOperation] of [
+        ["start", "begin"],
+        ["reconnect", "begin"],
+        ["migrate", "begin"],
+        ["restore", "begin"],
+        ["release", "end"],
+        ["prepare", "end"],
+      ]
+    ) {
+      const other = await run(operation!, subOperation!);
+      assertEquals(
+        [other.code, other.stdout, other.stderr],
+        [0, "", ""],
+        `${operation} ${subOperation}`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a check that throws stops the start in one line, with no stack trace", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
+    // Standard input that cannot be read: a directory.
+    const out = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        'exec "$@" < /',
+        "sh",
+        Deno.execPath(),
+        "run",
+        "--quiet",
+        "--allow-all",
+        CHECK,
+        ...["--state-dir", `${dir}/state`, "--sysfs", `${dir}/tree`, ...HOOK_ARGS],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals([out.code, out.stdout.length], [1, 0], stderr);
+    assertMatch(stderr, /^passthrough guard: the check failed: Is a directory \(os error 21\)\n$/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
