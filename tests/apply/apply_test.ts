@@ -1116,3 +1116,33 @@ Deno.test("applyPlan() holds back a repair that follows a card another VM has no
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "passthrough apply and rollback --json on a terminal without --yes are usage errors",
+  ignore: !hasScript(),
+  async fn() {
+    await using demo = await demoSetup();
+    const state = `${demo.root}/state`;
+    for (
+      const args of [
+        ["apply", ...demo.args, "--json"],
+        [
+          "rollback",
+          "win10",
+          "--json",
+          "--connect",
+          `test://${DEMO}world.xml`,
+          "--state-dir",
+          state,
+        ],
+      ]
+    ) {
+      // On a terminal: the question would be asked, and mix with the JSON.
+      await using child = runCliOnPty(args, { flags: ["-A"] });
+      const { code, screen } = await child.finish();
+      assertEquals(code, 2, screen);
+      assertMatch(screen, /--json needs --yes: questions would mix with the JSON/);
+    }
+    assertEquals(listBackups(state), []);
+  },
+});

@@ -6,12 +6,12 @@ import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { pathExists } from "../../lib/state/paths.ts";
-import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
 import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
-import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
+import { liveDefaultRouteNic, livePciMissing, liveSpareFunction } from "../helpers/hosts.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -857,4 +857,76 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
     blind.message,
     `Cannot read "alpha" back after the rollback: End of file while reading data: Input/output error; the replaced definition is in backup "${blind.safetyBackup.id}"`,
   );
+});
+
+Deno.test("passthrough rollback hides a changed password, notes a stale lock and names a mistyped VM", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    // A backup that differs only in the VNC password.
+    const { world, stateDir } = await alphaWithBackup(
+      root,
+      (xml) => xml.replace("passwd='s3cret'", "passwd='older-secret'"),
+    );
+    const uri = `test://${world}`;
+    // A lock left by a process that died (nobody holds its flock).
+    const dead = {
+      pid: 999999,
+      host: "gone",
+      startedAt: "2026-01-01T00:00:00.000Z",
+      command: "apply",
+    };
+    Deno.writeTextFileSync(connectionLockPath(uri, stateDir), JSON.stringify(dead), {
+      mode: 0o600,
+    });
+    const args = ["--connect", uri, "--state-dir", stateDir];
+    const restored = await cli(["rollback", "alpha", "--yes", ...args]);
+    assertEquals(restored.code, 0, restored.stderr);
+    assertMatch(restored.stdout, /^\+ +<graphics .*passwd='\*\*\*' \(changed\)/m);
+    assertOk(!/s3cret|older-secret/.test(restored.stdout), restored.stdout);
+    assertMatch(restored.stdout, /\nThe replaced definition was backed up as "[^"]+"\n$/);
+    assertEquals(
+      restored.stderr,
+      `Note: removed a stale lock left by pid 999999 on "gone" (apply, started 2026-01-01T00:00:00.000Z)\n`,
+    );
+    const misspelt = await cli(["rollback", "alhpa", "--yes", ...args]);
+    assertEquals(misspelt.code, 1);
+    assertEquals(
+      misspelt.stderr,
+      `passthrough rollback: No backup of VM "alhpa" in ${stateDir}, and libvirt defines no VM "alhpa" (did you mean "alpha"?): defined VMs: "alpha"\n`,
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "passthrough rollback refuses a backup whose recorded device was replaced at its address",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    // A function of this machine the host does not use: its recorded identity says a GPU.
+    const spare = liveSpareFunction();
+    if (spare === null) return;
+    const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+    try {
+      const { world, stateDir } = await alphaWithBackup(
+        root,
+        (xml) =>
+          editDomainXml(xml, {
+            remove: [],
+            add: [{ address: spare, managed: true }],
+            records: [identity(spare)],
+          }),
+      );
+      const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
+      const result = await cli(["rollback", "alpha", "--yes", ...args]);
+      assertEquals(result.code, 1, result.stderr);
+      assertMatch(
+        result.stdout,
+        new RegExp(`^Refusing to restore backup ".*" into "alpha": hostdev ${spare} `),
+      );
+      assertEquals(listBackups(stateDir, "alpha").length, 1);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
 });

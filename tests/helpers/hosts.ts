@@ -76,6 +76,17 @@ export function liveDefaultRouteNic(): { address: string; hostdev: string } | nu
   return { address, hostdev };
 }
 
+/** A PCI function of this machine that is no bridge and that the host does not use, or `null`. */
+export function liveSpareFunction(): string | null {
+  const reader = libcSysfsReader();
+  const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
+    .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
+  const used = new Set(
+    (readHostUse(reader, { root: "/sys", live: true, devices }) ?? []).map((u) => u.address),
+  );
+  return devices.find((d) => !d.isBridge && !used.has(d.address))?.address ?? null;
+}
+
 export function livePciMissing(): string | null {
   try {
     return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0
