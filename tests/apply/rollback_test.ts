@@ -859,7 +859,7 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
   );
 });
 
-Deno.test("passthrough rollback hides a changed password, notes a stale lock and names a mistyped VM", async () => {
+Deno.test("passthrough rollback hides a changed password, notes a stale lock, and explains a VM with no backup, one not defined and a mistyped one", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
     // A backup that differs only in the VNC password.
@@ -887,6 +887,34 @@ Deno.test("passthrough rollback hides a changed password, notes a stale lock and
     assertEquals(
       restored.stderr,
       `Note: removed a stale lock left by pid 999999 on "gone" (apply, started 2026-01-01T00:00:00.000Z)\n`,
+    );
+    // A VM libvirt defines, with no backup: apply makes them.
+    const empty = `${root}/empty-state`;
+    Deno.mkdirSync(empty, { mode: 0o700 });
+    const none = await cli(["rollback", "alpha", "--yes", "--connect", uri, "--state-dir", empty]);
+    assertEquals([none.code, none.stderr], [
+      1,
+      `passthrough rollback: No backup of VM "alpha" in ${empty}: 'passthrough apply' backs a VM up before it changes it\n`,
+    ]);
+    // A backup of a VM libvirt does not define: it is defined from the backup.
+    const GAMMA = "33333333-3333-4333-8333-333333333333";
+    writeBackup(stateDir, {
+      vm: "gamma",
+      uuid: GAMMA,
+      // As libvirt writes a definition: alpha's, renamed.
+      xml: (() => {
+        using port = openLibvirtPort(uri);
+        return port.getPersistentXml("alpha", { secure: true })
+          .replace("<name>alpha</name>", "<name>gamma</name>").replace(UUID_A, GAMMA);
+      })(),
+      reason: "apply",
+      uri,
+    });
+    const defined = await cli(["rollback", "gamma", "--yes", ...args]);
+    assertEquals(defined.code, 0, defined.stdout + defined.stderr);
+    assertMatch(
+      defined.stdout,
+      /\nVM "gamma" is not defined now: it will be defined from the backup\nRestored "gamma"/,
     );
     const misspelt = await cli(["rollback", "alhpa", "--yes", ...args]);
     assertEquals(misspelt.code, 1);
