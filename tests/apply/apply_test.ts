@@ -1146,3 +1146,20 @@ Deno.test({
     assertEquals(listBackups(state), []);
   },
 });
+
+Deno.test("passthrough apply --yes exits 1 when the plan refused a VM, after applying the others", async () => {
+  await using demo = await demoSetup();
+  // The demo's config, and a rule for a VM libvirt does not define.
+  const config = `${demo.root}/config.yaml`;
+  Deno.writeTextFileSync(
+    config,
+    Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`) +
+      '  ghost:\n    devices:\n      - name: nvme\n        match: { vendor_device_id: "144d:a808" }\n',
+  );
+  const args = demo.args.map((a) => a === `${DEMO}passthrough_config.yaml` ? config : a);
+  const result = await runCli(["apply", "--yes", ...args], { flags: ["-A"] });
+  assertEquals(result.code, 1, result.stdout + result.stderr);
+  assertMatch(result.stdout, /changed win10/);
+  assertMatch(result.stdout, /refused \[unknown-vm\] .*VM "ghost" is not defined in libvirt/);
+  assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm).sort(), ["gentoo", "win10"]);
+});
