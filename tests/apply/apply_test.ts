@@ -1163,3 +1163,31 @@ Deno.test("passthrough apply --yes exits 1 when the plan refused a VM, after app
   assertMatch(result.stdout, /refused \[unknown-vm\] .*VM "ghost" is not defined in libvirt/);
   assertEquals(listBackups(`${demo.root}/state`).map((b) => b.vm).sort(), ["gentoo", "win10"]);
 });
+
+Deno.test("passthrough apply says it broke a stale lock: in its report, or with --json on standard error", async () => {
+  await using demo = await demoSetup();
+  const state = `${demo.root}/state`;
+  const dead = {
+    pid: 999999,
+    host: "gone",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    command: "apply",
+  };
+  const plant = () => {
+    Deno.mkdirSync(state, { recursive: true, mode: 0o700 });
+    const lock = connectionLockPath(`test://${DEMO}world.xml`, state);
+    Deno.writeTextFileSync(lock, JSON.stringify(dead), { mode: 0o600 });
+  };
+  plant();
+  const text = await runCli(["apply", "--yes", ...demo.args], { flags: ["-A"] });
+  assertEquals(text.code, 0, text.stderr);
+  assertMatch(text.stdout, /Broke a stale lock left by pid 999999/);
+  plant();
+  const json = await runCli(["apply", "--yes", "--json", ...demo.args], { flags: ["-A"] });
+  assertEquals(json.code, 0, json.stderr);
+  JSON.parse(json.stdout);
+  assertEquals(
+    json.stderr,
+    `Note: removed a stale lock left by pid 999999 on "gone" (apply, started 2026-01-01T00:00:00.000Z)\n`,
+  );
+});
