@@ -7,7 +7,13 @@ import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/b
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
-import { BackupMismatchError, type RollbackPreview, rollbackVm } from "../../lib/apply/rollback.ts";
+import {
+  BackupMismatchError,
+  type RollbackPreview,
+  type RollbackReport,
+  rollbackVm,
+} from "../../lib/apply/rollback.ts";
+import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
@@ -92,6 +98,24 @@ function hostdevs(f: Fixture, name: string): string[] {
 }
 
 const yes = () => Promise.resolve(true);
+
+/** Adds `device` to beta's persistent definition, as `virsh attach-device --config` would. */
+function addToBeta(f: Fixture, device: string): void {
+  f.port.define(
+    f.port.getPersistentXml("beta", { secure: true }).replace("</devices>", `${device}</devices>`),
+  );
+}
+
+/** This host's facts with nothing under any disk, USB device or interface. */
+const NO_DEVICES: DeviceResolvers = {
+  blockDeviceControllers: () => [],
+  usbDeviceControllers: () => [],
+};
+
+/** Rolls alpha back to its newest backup, answering yes, with `devices` as this host's facts. */
+function rollAlpha(f: Fixture, devices: DeviceResolvers): Promise<RollbackReport> {
+  return rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes, devices });
+}
 
 Deno.test("rollbackVm() restores the newest backup exactly and backs up what it replaces", async () => {
   using f = fixture();
@@ -661,23 +685,12 @@ Deno.test("rollbackVm() does not restore a backup giving the VM the controller u
   const GPU = "0000:01:00.0";
   await addThenRelease(f, "alpha", GPU);
   // beta now takes a USB receiver plugged into that controller (as this host's facts say).
-  f.port.define(
-    f.port.getPersistentXml("beta", { secure: true }).replace(
-      "</devices>",
-      `<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x046d'/>` +
-        `<product id='0xc52b'/></source></hostdev></devices>`,
-    ),
+  addToBeta(
+    f,
+    `<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x046d'/>` +
+      `<product id='0xc52b'/></source></hostdev>`,
   );
-  const devices = {
-    blockDeviceControllers: () => [],
-    usbDeviceControllers: () => [GPU],
-  };
-  const rolled = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: yes,
-    devices,
-  });
+  const rolled = await rollAlpha(f, { ...NO_DEVICES, usbDeviceControllers: () => [GPU] });
   assertEquals(rolled.status, "failed");
   assertMatch(
     rolled.message,
@@ -728,23 +741,14 @@ Deno.test("rollbackVm() does not restore a backup giving the VM the NIC under an
     "<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/></network>\n",
   );
   await addThenRelease(f, "alpha", NIC);
-  f.port.define(
-    f.port.getPersistentXml("beta", { secure: true }).replace(
-      "</devices>",
-      "<interface type='network'><source network='lan'/><model type='virtio'/></interface></devices>",
-    ),
+  addToBeta(
+    f,
+    "<interface type='network'><source network='lan'/><model type='virtio'/></interface>",
   );
   // This host's facts: br0's port is the NIC.
-  const devices = {
-    blockDeviceControllers: () => [],
-    usbDeviceControllers: () => [],
+  const rolled = await rollAlpha(f, {
+    ...NO_DEVICES,
     netDeviceControllers: (name: string) => name === "br0" ? [NIC] : null,
-  };
-  const rolled = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: yes,
-    devices,
   });
   assertEquals(rolled.status, "failed");
   assertMatch(rolled.message, /"beta" holds "0000:44:00\.0" \(under its network lan/);
@@ -755,24 +759,16 @@ Deno.test("rollbackVm() counts nothing for another domain's disk it cannot look 
   using f = fixture();
   const GPU = "0000:01:00.0";
   await addThenRelease(f, "alpha", GPU);
-  f.port.define(
-    f.port.getPersistentXml("beta", { secure: true }).replace(
-      "</devices>",
-      "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk></devices>",
-    ),
+  addToBeta(
+    f,
+    "<disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdb'/></disk>",
   );
   // As in plan, which warns about it: the way back does not hang on a disk this host cannot read.
-  const devices = {
+  const rolled = await rollAlpha(f, {
+    ...NO_DEVICES,
     blockDeviceControllers: (path: string): string[] => {
       throw new Error(`${path}: permission denied`);
     },
-    usbDeviceControllers: () => [],
-  };
-  const rolled = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: yes,
-    devices,
   });
   assertEquals(rolled.status, "restored", rolled.message);
   assertEquals(hostdevs(f, "alpha"), [GPU]);
