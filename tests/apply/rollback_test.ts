@@ -936,3 +936,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test("passthrough rollback of a running VM says before the outcome when the restore takes effect", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    const world = `${root}/world.xml`;
+    await Deno.writeTextFile(world, `<node>\n${domain("beta", UUID_B, true)}\n</node>\n`);
+    const uri = `test://${world}`;
+    const stateDir = `${root}/state`;
+    {
+      using port = openLibvirtPort(uri);
+      const xml = port.getPersistentXml("beta", { secure: true })
+        .replace("1048576</memory>", "2097152</memory>");
+      writeBackup(stateDir, { vm: "beta", uuid: UUID_B, xml, reason: "apply", uri });
+    }
+    const result = await cli([
+      "rollback",
+      "beta",
+      "--yes",
+      "--connect",
+      uri,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(result.code, 0, result.stderr);
+    assertMatch(
+      result.stdout,
+      /\nVM "beta" is running: the restored definition takes effect at its next full power-off\nRestored "beta" from backup "[^"]+"; it is running/,
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
