@@ -28,6 +28,7 @@ import { checkDomainStart } from "../../lib/guard/check.ts";
 import { readRefusalRecords, recordRefusals } from "../../lib/guard/state.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { plantDeadLock } from "../helpers/locks.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import {
@@ -1166,18 +1167,7 @@ Deno.test("passthrough apply --yes exits 1 when the plan refused a VM, after app
 
 Deno.test("passthrough apply says it broke a stale lock: in its report, or with --json on standard error", async () => {
   await using demo = await demoSetup();
-  const state = `${demo.root}/state`;
-  const dead = {
-    pid: 999999,
-    host: "gone",
-    startedAt: "2026-01-01T00:00:00.000Z",
-    command: "apply",
-  };
-  const plant = () => {
-    Deno.mkdirSync(state, { recursive: true, mode: 0o700 });
-    const lock = connectionLockPath(`test://${DEMO}world.xml`, state);
-    Deno.writeTextFileSync(lock, JSON.stringify(dead), { mode: 0o600 });
-  };
+  const plant = () => plantDeadLock(`test://${DEMO}world.xml`, `${demo.root}/state`);
   plant();
   const text = await runCli(["apply", "--yes", ...demo.args], { flags: ["-A"] });
   assertEquals(text.code, 0, text.stderr);

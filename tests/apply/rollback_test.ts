@@ -6,7 +6,9 @@ import { applyPlan } from "../../lib/apply/apply.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { pathExists } from "../../lib/state/paths.ts";
-import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
+import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
+import { plantDeadLock } from "../helpers/locks.ts";
+import { hostdevXml } from "../helpers/plan_world.ts";
 import {
   BackupMismatchError,
   type RollbackPreview,
@@ -416,19 +418,20 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
 }
 
 /**
- * A test-driver world in `root` holding VM alpha, and a backup of it (as `apply` writes one) whose
- * definition is `edit` of alpha's now.
+ * A test-driver world in `root` holding VM alpha (shut off), and a backup of it (as `apply` writes
+ * one) whose definition is `edit` of alpha's now; with `vm`, that VM instead.
  */
 async function alphaWithBackup(
   root: string,
   edit: (xml: string) => string,
+  vm = { name: "alpha", uuid: UUID_A, running: false },
 ): Promise<{ world: string; stateDir: string }> {
   const world = `${root}/world.xml`;
-  await Deno.writeTextFile(world, `<node>\n${domain("alpha", UUID_A, false)}\n</node>\n`);
+  await Deno.writeTextFile(world, `<node>\n${domain(vm.name, vm.uuid, vm.running)}\n</node>\n`);
   const stateDir = `${root}/state`;
   using port = openLibvirtPort(`test://${world}`);
-  const xml = edit(port.getPersistentXml("alpha", { secure: true }));
-  writeBackup(stateDir, { vm: "alpha", uuid: UUID_A, xml, reason: "apply", uri: port.uri });
+  const xml = edit(port.getPersistentXml(vm.name, { secure: true }));
+  writeBackup(stateDir, { vm: vm.name, uuid: vm.uuid, xml, reason: "apply", uri: port.uri });
   return { world, stateDir };
 }
 
@@ -724,11 +727,7 @@ Deno.test("rollbackVm() is not held back by a device its VM already shares with 
   // The newest backup holds the GPU; alpha holds it now too, as beta does (added by hand).
   await addHostdevs(f, "alpha", [GPU]);
   await addHostdevs(f, "alpha", ["0000:02:00.0"]);
-  f.port.define(editDomainXml(f.port.getPersistentXml("beta", { secure: true }), {
-    remove: [],
-    add: [{ address: GPU, managed: true }],
-    records: [],
-  }));
+  addToBeta(f, hostdevXml(GPU));
   // Restoring adds nothing another domain holds: the double it keeps was there before.
   const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
   assertEquals(report.status, "restored", report.message);
@@ -846,16 +845,7 @@ Deno.test("passthrough rollback hides a changed password, notes a stale lock, an
       (xml) => xml.replace("passwd='s3cret'", "passwd='older-secret'"),
     );
     const uri = `test://${world}`;
-    // A lock left by a process that died (nobody holds its flock).
-    const dead = {
-      pid: 999999,
-      host: "gone",
-      startedAt: "2026-01-01T00:00:00.000Z",
-      command: "apply",
-    };
-    Deno.writeTextFileSync(connectionLockPath(uri, stateDir), JSON.stringify(dead), {
-      mode: 0o600,
-    });
+    plantDeadLock(uri, stateDir);
     const args = ["--connect", uri, "--state-dir", stateDir];
     const restored = await cli(["rollback", "alpha", "--yes", ...args]);
     assertEquals(restored.code, 0, restored.stderr);
@@ -940,25 +930,13 @@ Deno.test({
 Deno.test("passthrough rollback of a running VM says before the outcome when the restore takes effect", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
-    const world = `${root}/world.xml`;
-    await Deno.writeTextFile(world, `<node>\n${domain("beta", UUID_B, true)}\n</node>\n`);
-    const uri = `test://${world}`;
-    const stateDir = `${root}/state`;
-    {
-      using port = openLibvirtPort(uri);
-      const xml = port.getPersistentXml("beta", { secure: true })
-        .replace("1048576</memory>", "2097152</memory>");
-      writeBackup(stateDir, { vm: "beta", uuid: UUID_B, xml, reason: "apply", uri });
-    }
-    const result = await cli([
-      "rollback",
-      "beta",
-      "--yes",
-      "--connect",
-      uri,
-      "--state-dir",
-      stateDir,
-    ]);
+    const { world, stateDir } = await alphaWithBackup(
+      root,
+      (xml) => xml.replace("1048576</memory>", "2097152</memory>"),
+      { name: "beta", uuid: UUID_B, running: true },
+    );
+    const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
+    const result = await cli(["rollback", "beta", "--yes", ...args]);
     assertEquals(result.code, 0, result.stderr);
     assertMatch(
       result.stdout,

@@ -9,9 +9,19 @@ import { runCli } from "../helpers/cli.ts";
 import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
 import { parseHookCheckArgs } from "../../cli/hook_check.ts";
 import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
+import { hostdevXml } from "../helpers/plan_world.ts";
 
 const CHECK = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
 const HOOK_ARGS = ["--", "vm", "prepare", "begin", "-"];
+
+/** Runs the check's entry as the hook does (`--allow-all`), `stdin` as the domain XML. */
+function runCheck(args: string[], stdin?: string) {
+  return runCli(args, {
+    main: CHECK,
+    flags: ["--allow-all"],
+    ...(stdin === undefined ? {} : { stdin }),
+  });
+}
 
 Deno.test("parseHookCheckArgs() takes --state-dir and --sysfs only, each with a value, and three hook arguments", () => {
   assertEquals(parseHookCheckArgs(["--state-dir", "/s", "--sysfs", "/t", ...HOOK_ARGS]), {
@@ -34,10 +44,7 @@ Deno.test("parseHookCheckArgs() takes --state-dir and --sysfs only, each with a 
 });
 
 Deno.test("the check's entry stops the start (exit 2) on arguments that are not the hook's", async () => {
-  const run = await runCli(["--state-dir", "/nonexistent", "--sysfs"], {
-    main: CHECK,
-    flags: ["--allow-all"],
-  });
+  const run = await runCheck(["--state-dir", "/nonexistent", "--sysfs"]);
   assertEquals([run.code, run.stdout], [2, ""]);
   assertEquals(run.stderr, 'passthrough hook run: Unexpected argument "--sysfs"\n');
 });
@@ -54,11 +61,10 @@ Deno.test({
       // A hand-added hostdev on the NIC of this host's default route.
       const xml = `<domain type='kvm'><name>vm</name><devices>${live.hostdev}</devices></domain>`;
       for (const sysfs of ["/sys/.", `${dir}/sys-link`]) {
-        const run = await runCli(["--state-dir", `${dir}/state`, "--sysfs", sysfs, ...HOOK_ARGS], {
-          main: CHECK,
-          flags: ["--allow-all"],
-          stdin: xml,
-        });
+        const run = await runCheck(
+          ["--state-dir", `${dir}/state`, "--sysfs", sysfs, ...HOOK_ARGS],
+          xml,
+        );
         assertEquals([run.code, run.stdout], [1, ""], `${sysfs}: ${run.stderr}`);
         assertMatch(run.stderr, new RegExp(`hostdev ${live.address} .*the host needs it`), sysfs);
       }
@@ -72,11 +78,10 @@ Deno.test("the check's entry refuses a domain XML one byte over its bound, witho
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
   try {
     const xml = `<domain type='kvm'><name>vm</name>`;
-    const run = await runCli(["--state-dir", `${dir}/state`, "--sysfs", dir, ...HOOK_ARGS], {
-      main: CHECK,
-      flags: ["--allow-all"],
-      stdin: xml + " ".repeat(MAX_XML_BYTES + 1 - xml.length),
-    });
+    const run = await runCheck(
+      ["--state-dir", `${dir}/state`, "--sysfs", dir, ...HOOK_ARGS],
+      xml + " ".repeat(MAX_XML_BYTES + 1 - xml.length),
+    );
     assertEquals([run.code, run.stdout], [1, ""]);
     assertMatch(run.stderr, new RegExp(`larger than ${MAX_XML_BYTES} bytes`));
   } finally {
@@ -89,11 +94,11 @@ Deno.test("the check's entry lets every operation but prepare begin go on, sayin
   try {
     // A tree with no PCI function at all: at prepare begin, the hostdev's address holds nothing.
     Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
-    const xml = `<domain type='kvm'><name>vm</name><devices><hostdev mode='subsystem' ` +
-      `type='pci' managed='yes'><source><address domain='0x0000' bus='0x0b' slot='0x00' ` +
-      `function='0x0'/></source></hostdev></devices></domain>`;
+    const xml = `<domain type='kvm'><name>vm</name><devices>${
+      hostdevXml("0000:0b:00.0")
+    }</devices></domain>`;
     const run = (operation: string, subOperation: string) =>
-      runCli(
+      runCheck(
         [
           "--state-dir",
           `${dir}/state`,
@@ -105,7 +110,7 @@ Deno.test("the check's entry lets every operation but prepare begin go on, sayin
           subOperation,
           "-",
         ],
-        { main: CHECK, flags: ["--allow-all"], stdin: xml },
+        xml,
       );
     const refused = await run("prepare", "begin");
     assertEquals(refused.code, 1, refused.stderr);

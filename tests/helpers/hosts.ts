@@ -12,6 +12,7 @@ import {
 } from "../../lib/testing/host_tree.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
+import type { HostUse, PciDevice } from "../../lib/host/types.ts";
 
 /** `tests/fixtures/hosts/`. */
 export const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
@@ -54,20 +55,20 @@ export async function tempHostTree(
   return { dir, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
 }
 
-/**
- * Why a test of this machine's real `/sys` cannot run here (no PCI devices listed), or `null`.
- * For `ignore:`.
- */
+/** This machine's PCI functions and what its host uses of them, read from the live `/sys`. */
+function liveDevicesAndUses(): { devices: PciDevice[]; uses: HostUse[] } {
+  const reader = libcSysfsReader();
+  const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
+    .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
+  return { devices, uses: readHostUse(reader, { root: "/sys", live: true, devices }) ?? [] };
+}
+
 /**
  * The NIC of this machine's default route (which the host needs), and a hand-written managed
  * `<hostdev>` naming it; `null` when no default route runs over a PCI function here.
  */
 export function liveDefaultRouteNic(): { address: string; hostdev: string } | null {
-  const reader = libcSysfsReader();
-  const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
-    .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
-  const uses = readHostUse(reader, { root: "/sys", live: true, devices }) ?? [];
-  const address = uses.find((u) => u.reason === "default-route")?.address;
+  const address = liveDevicesAndUses().uses.find((u) => u.reason === "default-route")?.address;
   if (address === undefined) return null;
   const [domain, bus, slotFn] = address.split(":");
   const [slot, fn] = slotFn!.split(".");
@@ -78,15 +79,15 @@ export function liveDefaultRouteNic(): { address: string; hostdev: string } | nu
 
 /** A PCI function of this machine that is no bridge and that the host does not use, or `null`. */
 export function liveSpareFunction(): string | null {
-  const reader = libcSysfsReader();
-  const devices = (reader.listDir("/sys/bus/pci/devices") ?? [])
-    .flatMap((a) => readDeviceAt(reader, "/sys", a) ?? []);
-  const used = new Set(
-    (readHostUse(reader, { root: "/sys", live: true, devices }) ?? []).map((u) => u.address),
-  );
+  const { devices, uses } = liveDevicesAndUses();
+  const used = new Set(uses.map((u) => u.address));
   return devices.find((d) => !d.isBridge && !used.has(d.address))?.address ?? null;
 }
 
+/**
+ * Why a test of this machine's real `/sys` cannot run here (no PCI devices listed), or `null`.
+ * For `ignore:`.
+ */
 export function livePciMissing(): string | null {
   try {
     return [...Deno.readDirSync("/sys/bus/pci/devices")].length === 0

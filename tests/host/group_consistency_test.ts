@@ -71,6 +71,20 @@ function relink(root: string, address: string, name: string): void {
   );
 }
 
+/**
+ * Moves the audio function under `bridges` (from the root port down), as the kernel lays sysfs
+ * out: its `bus/pci/devices` entry a link to it there. Then takes its group away: no
+ * `iommu_group` link, not in its group's listing.
+ */
+function groupless(root: string, bridges: string[]): void {
+  const path = ["devices/pci0000:00", ...bridges].join("/");
+  Deno.mkdirSync(`${root}/${path}`, { recursive: true });
+  Deno.renameSync(`${devices(root)}/${AUDIO}`, `${root}/${path}/${AUDIO}`);
+  Deno.symlinkSync(`../../../${path}/${AUDIO}`, `${devices(root)}/${AUDIO}`);
+  Deno.removeSync(`${root}/${path}/${AUDIO}/iommu_group`);
+  Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
+}
+
 /** Calls `onList` once, right after discovery first lists `dir`. */
 function afterListing(reader: SysfsReader, dir: string, onList: () => void): SysfsReader {
   let done = false;
@@ -129,18 +143,7 @@ const CASES: DamageCase[] = [
   },
   {
     name: "a device with no group behind a bridge of another group (both groups are refused)",
-    damage: (root) => {
-      // As the kernel lays sysfs out: the entry links to the device under its bridge.
-      const bridge = `${root}/devices/pci0000:00/0000:00:01.1`;
-      Deno.mkdirSync(bridge, { recursive: true });
-      Deno.renameSync(`${devices(root)}/${AUDIO}`, `${bridge}/${AUDIO}`);
-      Deno.symlinkSync(
-        `../../../devices/pci0000:00/0000:00:01.1/${AUDIO}`,
-        `${devices(root)}/${AUDIO}`,
-      );
-      Deno.removeSync(`${bridge}/${AUDIO}/iommu_group`);
-      Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
-    },
+    damage: (root) => groupless(root, ["0000:00:01.1"]),
     groups: [1, 26],
     devices: [AUDIO],
     refused: ["a"],
@@ -356,19 +359,9 @@ Deno.test("parseGroupNumber(): the kernel's int range, in decimal without leadin
 
 Deno.test("a device with no group behind two bridges names the nearer bridge's group", async () => {
   await using tree = await demoTree();
-  const root = tree.sysfs;
-  // As the kernel lays sysfs out: under root port 00:01.1 (group 1), the bridge 20:03.1 (group
-  // 19), the device, which lost its group.
-  const parent = `${root}/devices/pci0000:00/0000:00:01.1/0000:20:03.1`;
-  Deno.mkdirSync(parent, { recursive: true });
-  Deno.renameSync(`${devices(root)}/${AUDIO}`, `${parent}/${AUDIO}`);
-  Deno.symlinkSync(
-    `../../../devices/pci0000:00/0000:00:01.1/0000:20:03.1/${AUDIO}`,
-    `${devices(root)}/${AUDIO}`,
-  );
-  Deno.removeSync(`${parent}/${AUDIO}/iommu_group`);
-  Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
-  const host = await discoverHost({ root, lspci: null });
+  // Under root port 00:01.1 (group 1), the bridge 20:03.1 (group 19).
+  groupless(tree.sysfs, ["0000:00:01.1", "0000:20:03.1"]);
+  const host = await discoverHost({ root: tree.sysfs, lspci: null });
   const flagged = host.groupInconsistencies.filter((p) => p.devices.includes(AUDIO));
   assertEquals(flagged.map((p) => p.groups), [[19, 26]]);
 });
