@@ -23,13 +23,13 @@ import {
   DEFAULT_HOOKS_DIR,
   findTimeout,
   HOOK_FILE_NAME,
+  hookFileProblems,
   type HookInspection,
   type HookSettings,
   inspectHook,
   installCommand,
   installedHookSettings,
   installHook,
-  notIntactReason,
   readByLibvirt,
   removeHook,
   renderHookScript,
@@ -196,20 +196,10 @@ function hookProblems(
   if (inspection.settings === null) {
     return { problems: [`${inspection.path} is not a passthrough hook`], fix };
   }
-  const problems: string[] = [...leftovers];
-  if (!inspection.executable) problems.push("not executable: libvirt skips it");
-  if (!inspection.intact) {
-    problems.push(`${notIntactReason(inspection).reason}: not what 'hook install' writes`);
-  }
-  for (const reason of inspection.unsafe) {
-    problems.push(`another user could change what it runs as root: ${reason}`);
-  }
-  for (const p of inspection.programs) {
-    if (!p.exists) problems.push(`runs ${p.path}, which is missing: every start would be refused`);
-  }
-  if (inspection.settings.version !== VERSION) {
-    problems.push(`written by passthrough ${inspection.settings.version}, this is ${VERSION}`);
-  }
+  const problems = [
+    ...leftovers,
+    ...hookFileProblems(inspection, VERSION, fix).map((p) => p.text),
+  ];
   if (expected !== null && problems.length === 0) {
     if (Deno.readTextFileSync(inspection.path) !== expected) {
       const stale = staleBundle(inspection.settings);

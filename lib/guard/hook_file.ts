@@ -637,20 +637,78 @@ export function installCommand(
  * (whose text this one cannot check, so it may have been changed by hand too), by a newer one,
  * or changed since it was written.
  */
-export function notIntactReason(inspection: Pick<HookInspection, "format">): {
-  older: boolean;
-  reason: string;
-} {
-  const formats = `hook format ${inspection.format}, this one writes ${HOOK_FORMAT}`;
-  if (inspection.format < HOOK_FORMAT) {
-    return {
-      older: true,
-      reason: `written by an older passthrough (${formats}) or changed by hand since`,
-    };
+function notIntactReason(format: number): string {
+  const formats = `hook format ${format}, this one writes ${HOOK_FORMAT}`;
+  if (format < HOOK_FORMAT) {
+    return `written by an older passthrough (${formats}) or changed by hand since`;
   }
-  return inspection.format > HOOK_FORMAT
-    ? { older: false, reason: `written by a newer passthrough (${formats})` }
-    : { older: false, reason: "changed since it was written" };
+  return format > HOOK_FORMAT
+    ? `written by a newer passthrough (${formats})`
+    : "changed since it was written";
+}
+
+/** One thing wrong with an installed passthrough hook, from {@link hookFileProblems}. */
+export interface HookFileProblem {
+  /** `fail` when libvirt skips the hook or it may not check what it should; `warn` otherwise. */
+  severity: "fail" | "warn";
+  /** The problem, in words. */
+  text: string;
+  /** The command that fixes it: `install` (see {@link installCommand}), qualified where needed. */
+  fix: string;
+}
+
+/**
+ * What is wrong with the passthrough hook that `inspection` found (`[]` when nothing is), for
+ * `hook status` and `doctor` alike: not executable, not as written, open to another user, a
+ * program it runs missing, or written by a passthrough other than `version`. `install` is the
+ * command that writes it again ({@link installCommand}).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const inspection = { executable: false, intact: true, format: HOOK_FORMAT, unsafe: [],
+ *   programs: [], settings: null };
+ * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
+ *   severity: "fail", text: "not executable, so libvirt skips it",
+ *   fix: "passthrough hook install",
+ * }]);
+ * ```
+ */
+export function hookFileProblems(
+  inspection: Pick<
+    HookInspection,
+    "executable" | "intact" | "format" | "unsafe" | "programs" | "settings"
+  >,
+  version: string,
+  install: string,
+): HookFileProblem[] {
+  const problems: HookFileProblem[] = [];
+  const fail = (text: string, fix = install) => problems.push({ severity: "fail", text, fix });
+  if (!inspection.executable) fail("not executable, so libvirt skips it");
+  if (!inspection.intact) {
+    fail(`${notIntactReason(inspection.format)}: it may not check what it should`);
+  }
+  for (const reason of inspection.unsafe) {
+    fail(
+      `another user could change what it runs as root: ${reason}`,
+      `install passthrough where only root can write (/opt/passthrough), then ${install}`,
+    );
+  }
+  for (const program of inspection.programs.filter((p) => !p.exists)) {
+    fail(
+      `it runs ${program.path}, which is missing: every VM start would be refused`,
+      `${install} (from where passthrough is now)`,
+    );
+  }
+  const written = inspection.settings?.version;
+  if (written !== undefined && written !== version) {
+    problems.push({
+      severity: "warn",
+      text: `written by passthrough ${written}, this is ${version}`,
+      fix: install,
+    });
+  }
+  return problems;
 }
 
 /**

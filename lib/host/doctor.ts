@@ -13,7 +13,7 @@
 
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
-import { type HookInspection, installCommand, notIntactReason } from "../guard/hook_file.ts";
+import { hookFileProblems, type HookInspection, installCommand } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
@@ -762,43 +762,11 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
 
 /** What is wrong with the hook file itself (runnable, as written, safe, its programs there). */
 function hookFileNotes(inspection: HookInspection, version: string, install: string): HookNote[] {
-  const notes: HookNote[] = [];
-  if (!inspection.executable) {
-    notes.push({
-      status: "fail",
-      note: "it is not executable, so libvirt skips it",
-      hint: install,
-    });
-  }
-  if (!inspection.intact) {
-    notes.push({
-      status: "fail",
-      note: `it was ${notIntactReason(inspection).reason}, and may not check what it should`,
-      hint: install,
-    });
-  }
-  for (const reason of inspection.unsafe) {
-    notes.push({
-      status: "fail",
-      note: `another user could change what it runs as root: ${reason}`,
-      hint: `install passthrough where only root can write (/opt/passthrough), then ${install}`,
-    });
-  }
-  for (const program of inspection.programs.filter((p) => !p.exists)) {
-    notes.push({
-      status: "fail",
-      note: `it runs ${program.path}, which is missing: every VM start would be refused`,
-      hint: `${install} (from where passthrough is now)`,
-    });
-  }
-  const written = inspection.settings?.version;
-  if (written !== undefined && written !== version) {
-    notes.push({
-      status: "warn",
-      note: `written by passthrough ${written}, this is ${version}`,
-      hint: install,
-    });
-  }
+  const notes: HookNote[] = hookFileProblems(inspection, version, install).map((p) => ({
+    status: p.severity,
+    note: p.text,
+    hint: p.fix,
+  }));
   return notes.length > 0
     ? notes
     : [{ status: "ok", note: `installed by this version (${version})` }];

@@ -39,7 +39,6 @@ const ATTRIBUTES = [
   "modalias",
   "sriov_numvfs",
   "sriov_totalvfs",
-  "local_cpulist",
   "reset_method",
 ];
 

@@ -73,6 +73,8 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const again = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`]);
     assertEquals(again.code, 0, again.stderr);
     assertMatch(again.stdout, /^The start guard is already installed and up to date: /);
+    // Nothing new for a daemon to see: no reload, not even the word about one.
+    assertEquals(again.stdout.includes("daemon"), false, again.stdout);
 
     const status = await runCli(["hook", "status", ...common]);
     assertEquals(status.code, 0, status.stdout);
@@ -84,7 +86,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     Deno.chmodSync(report.path, 0o644);
     const broken = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(broken.code, 1);
-    assertEquals(JSON.parse(broken.stdout).problems, ["not executable: libvirt skips it"]);
+    assertEquals(JSON.parse(broken.stdout).problems, ["not executable, so libvirt skips it"]);
     // The fix writes this hook again where it is, with its own state directory.
     assertEquals(
       JSON.parse(broken.stdout).fix,
@@ -125,7 +127,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     Deno.writeTextFileSync(report.path, text.replace(/^\[ "\$2"/m, 'exit 0\n[ "$2"'));
     const edited = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(JSON.parse(edited.stdout).problems, [
-      "changed since it was written: not what 'hook install' writes",
+      "changed since it was written: it may not check what it should",
     ]);
     // One written by an older passthrough (a script without this one's format line) says so,
     // rather than that it was changed by hand.
@@ -133,7 +135,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const older = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(JSON.parse(older.stdout).problems, [
       "written by an older passthrough (hook format 1, this one writes 3) or changed by hand " +
-      "since: not what 'hook install' writes",
+      "since: it may not check what it should",
     ]);
 
     const removed = await runCli(["hook", "remove", ...common]);
@@ -143,6 +145,77 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
       (await runCli(["hook", "remove", ...common])).stdout,
       `No hook at ${report.path}\n`,
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook status names what is wrong with the file at the hook's path, and exits 1", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-status-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const path = `${hooks}/${HOOK_FILE_NAME}`;
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      return { code: run.code, problems: JSON.parse(run.stdout).problems };
+    };
+    // An install killed before its rename, and no hook: both said.
+    Deno.mkdirSync(hooks);
+    const leftover = `${hooks}/.${HOOK_FILE_NAME}.1b4e28ba-2fa1-11d2-883f-0016d3cca427.tmp`;
+    Deno.writeTextFileSync(leftover, "", { mode: 0o755 });
+    assertEquals(await status(), {
+      code: 1,
+      problems: [
+        `No hook at ${path}`,
+        `${leftover} is left from an interrupted install (libvirt runs it if it is executable)`,
+      ],
+    });
+    Deno.removeSync(leftover);
+    // Someone else's hook under our name.
+    Deno.writeTextFileSync(path, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
+    assertEquals(await status(), { code: 1, problems: [`${path} is not a passthrough hook`] });
+    Deno.removeSync(path);
+    // Ours, written by another version for a program that is gone since.
+    const settings = {
+      version: "0.0.9",
+      deadline: 10,
+      timeout: findTimeout() ?? "/usr/bin/timeout",
+      command: ["/nonexistent/deno", "run", "/nonexistent/hook_check.js", "--state-dir", dir],
+      env: {},
+      stateDir: `${dir}/state`,
+      sysfs: "/sys",
+    };
+    installHook(hooks, renderHookScript(settings));
+    assertEquals(await status(), {
+      code: 1,
+      problems: [
+        "it runs /nonexistent/deno, which is missing: every VM start would be refused",
+        "it runs /nonexistent/hook_check.js, which is missing: every VM start would be refused",
+        "written by passthrough 0.0.9, this is 0.1.0",
+      ],
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook install refuses a state directory that is a symbolic link, and writes no hook", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-link-" });
+  try {
+    Deno.mkdirSync(`${dir}/real`, { mode: 0o700 });
+    Deno.symlinkSync(`${dir}/real`, `${dir}/state`);
+    const run = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      `${dir}/qemu.d`,
+      "--state-dir",
+      `${dir}/state`,
+    ]);
+    assertEquals(run.code, 1, run.stdout);
+    assertMatch(run.stderr, new RegExp(`${dir}/state.*symbolic link`));
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["real", "state"]);
+    assertEquals([...Deno.readDirSync(`${dir}/real`)], []);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -475,6 +548,9 @@ Deno.test("hook and guard refuse bad usage with exit 2", async () => {
       ["hook"],
       ["hook", "frobnicate"],
       ["hook", "install", "--deadline", "0", "--hooks-dir", "/nonexistent"],
+      ["hook", "install", "--deadline", "1.5", "--hooks-dir", "/nonexistent"],
+      ["hook", "install", "--deadline", "601", "--hooks-dir", "/nonexistent"],
+      ["hook", "install", "--deadline", "10s", "--hooks-dir", "/nonexistent"],
       ["hook", "status", "extra"],
       ["guard", "allow"],
       ["guard", "deny", "vm"],
@@ -527,7 +603,7 @@ Deno.test({
       Deno.chmodSync(`${hooks}/${HOOK_FILE_NAME}`, 0o600);
       const broken = await doctor();
       assertEquals(broken.status, "fail");
-      assertMatch(broken.summary, /it is not executable, so libvirt skips it/);
+      assertMatch(broken.summary, /not executable, so libvirt skips it/);
       // Its fix writes the same hook again: this directory and this state directory.
       assertEquals(
         broken.hint?.split("; ")[0],
@@ -680,6 +756,27 @@ Deno.test("hook install says which guard policies the hook obeys, and when they 
           `records the config's current ones\\)\\n`,
       ),
     );
+    // The same directory again: recorded for this very hook, so nothing more to say.
+    const same = await install(`${dir}/a`);
+    assertMatch(
+      same.stdout,
+      /\nIts guard policies, recorded in .*: "win11" off \(passthrough apply/,
+    );
+    // Damaged, or naming no VM: said as such (every VM then enforces).
+    const file = `${dir}/a/guard/policy.json`;
+    Deno.writeTextFileSync(file, JSON.stringify({ version: 1, config: "old.yaml", vms: {} }));
+    assertMatch(
+      (await install(`${dir}/a`)).stdout,
+      /\nIts guard policies: every VM enforces \(none recorded\)\n/,
+    );
+    Deno.writeTextFileSync(file, "{");
+    assertMatch(
+      (await install(`${dir}/a`)).stdout,
+      new RegExp(
+        `\\nIts guard policies: cannot read the guard policies in ${file} \\(not a ` +
+          `passthrough policy file; run passthrough apply again\\): enforcing\\n`,
+      ),
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -736,6 +833,50 @@ Deno.test("hook status after an update without setup.sh: the hook's bundle is ol
     Deno.utimeSync(`${root}/dist/bin/main.js`, new Date(), new Date());
     const fresh = await status();
     assertEquals(fresh.problems, ["not what 'hook install' writes from here now"]);
+    // A source in each place bin/passthrough looks is newer than the bundle; one as old is not.
+    const built = new Date(2020, 0, 1);
+    Deno.utimeSync(`${root}/dist/bin/main.js`, built, built);
+    const touched = await new Deno.Command("find", {
+      args: [
+        root,
+        "-path",
+        `${root}/dist`,
+        "-prune",
+        "-o",
+        "-exec",
+        "touch",
+        "-d",
+        "2019-01-01",
+        "{}",
+        "+",
+      ],
+    }).output();
+    assertEquals(touched.code, 0);
+    assertEquals((await status()).problems, fresh.problems);
+    for (
+      const source of ["main.ts", "cli/hook.ts", "ffi/libc.ts", "lib/mod.ts", "lib/host/mod.ts"]
+    ) {
+      Deno.utimeSync(`${root}/${source}`, new Date(), new Date());
+      assertEquals((await status()).problems, stale.problems, source);
+      Deno.utimeSync(`${root}/${source}`, built, built);
+      assertEquals((await status()).problems, fresh.problems, source);
+    }
+    // A hook that runs the sources, while the bundle beside them is older: up to date.
+    Deno.utimeSync(`${root}/main.ts`, new Date(), new Date());
+    const fromSources = {
+      ...settings,
+      command: checkCommand(
+        { execPath: Deno.execPath(), mainModule: `file://${root}/main.ts`, standalone: false },
+        { stateDir: `${dir}/state`, sysfs: "/sys" },
+      ),
+    };
+    installHook(`${dir}/qemu.d`, renderHookScript(fromSources));
+    const current = await status();
+    assertEquals([current.code, current.problems, current.fix], [0, [], null]);
+    // No bundle at all is no stale one.
+    installHook(`${dir}/qemu.d`, renderHookScript(settings));
+    Deno.removeSync(`${root}/dist/bin/main.js`);
+    assertEquals((await status()).problems, fresh.problems);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -362,12 +362,12 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
   assertEquals(older.status, "fail");
   assertMatch(
     older.summary,
-    /it was written by an older passthrough \(hook format 1, this one writes 3\) or changed by hand since/,
+    /: written by an older passthrough \(hook format 1, this one writes 3\) or changed by hand since: it may not check/,
   );
   // The command that writes this hook again: its directory and its state directory, not the
   // defaults (a bare "hook install" would write another hook, reading another state).
   assertMatch(edited.hint!, INSTALL_HERE);
-  assertMatch(edited.summary, /it was changed since it was written/);
+  assertMatch(edited.summary, /changed since it was written: it may not check what it should/);
   const theirs = await hookFinding({}, { change: (dir) => Deno.chownSync(dir, 65534, 65534) });
   assertEquals(theirs.status, "fail");
   assertMatch(

@@ -16,15 +16,22 @@ import { described } from "../preflight/trees.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
-async function roundTrip(description: HostDescription): Promise<HostTopology> {
+/** Snapshots the tree of `description`, discovers it again, and lets `inspect` look at both. */
+async function roundTrip(
+  description: HostDescription,
+  options: { lspci?: null; inspect?: (root: string, out: string) => void } = {},
+): Promise<HostTopology> {
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
   const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
   try {
     buildHostTree(description, root);
-    const before = await discoverHost({ root });
+    // Without lspci when asked: discovery then reads what only the tree holds.
+    const lspci = options.lspci === null ? { lspci: null } : {};
+    const before = await discoverHost({ root, ...lspci });
     writeSnapshot(before, out, { root, reader: denoFsReader() });
-    const after = await discoverHost({ root: out });
+    const after = await discoverHost({ root: out, ...lspci });
     assertEquals({ ...after, source: root }, before);
+    options.inspect?.(root, out);
     return after;
   } finally {
     await Deno.remove(root, { recursive: true });
@@ -46,12 +53,32 @@ Deno.test("writeSnapshot() keeps SR-IOV links, serials, FLR, slots, cmdline and 
   host.host_use = [
     { address: "0000:00:1f.2", reason: "mounted-filesystem", detail: "/ on sda2" },
   ];
-  const after = await roundTrip(host);
+  // The guard reads a VF's index from its PF's virtfnN link: the kernel's numbering, kept.
+  const links = (tree: string) =>
+    [...Deno.readDirSync(`${tree}/bus/pci/devices/${pf.bdf}`)]
+      .filter((e) => e.name.startsWith("virtfn"))
+      .map((e) => [e.name, Deno.readLinkSync(`${tree}/bus/pci/devices/${pf.bdf}/${e.name}`)])
+      .sort();
+  const after = await roundTrip(host, {
+    inspect: (root, out) => {
+      assertEquals(links(root).length, 8);
+      assertEquals(links(out), links(root));
+    },
+  });
   const [read, vf] = [pf.bdf, `${pf.bdf.slice(0, -4)}02.0`].map((a) =>
     after.devices.find((d) => d.address === a)
   );
   assertEquals([read?.sriovTotalVfs, read?.sriovNumVfs, read?.virtfns.length], [64, 8, 8]);
   assertEquals(vf !== undefined && "sriovTotalVfs" in vf, false);
+});
+
+Deno.test("writeSnapshot() keeps each device's kernel modules for a discovery without lspci", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { modules: ["nouveau", "nvidia"] } },
+  });
+  const after = await roundTrip(description, { lspci: null });
+  const gpu = after.devices.find((d) => d.address === "0000:0b:00.0");
+  assertEquals(gpu?.modules, ["nouveau", "nvidia"]);
 });
 
 Deno.test({
@@ -72,6 +99,19 @@ Deno.test({
       writeSnapshot(live, out, { root: "/sys", reader });
       const again = await discoverHost({ root: out });
       assertEquals({ ...again, source: "/sys" }, live);
+      // The live host's /proc beside /sys: its CPU's maker, and nothing else of cpuinfo.
+      const vendor = /^vendor_id\s*:\s*(\S+)/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
+      const captured = (() => {
+        try {
+          return Deno.readTextFileSync(`${out}/proc/cpuinfo`);
+        } catch {
+          return null;
+        }
+      })();
+      assertEquals(
+        captured,
+        vendor === undefined ? null : `processor\t: 0\nvendor_id\t: ${vendor}\n`,
+      );
     } finally {
       await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
     }
@@ -96,6 +136,11 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
       SnapshotTargetError,
     );
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["keep"]);
+    // A file is no empty directory either.
+    assertThrows(
+      () => writeSnapshot(host, `${dir}/keep`, { root: dir, reader: denoFsReader() }),
+      SnapshotTargetError,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -110,6 +155,7 @@ function preflightView(root: string, host: Awaited<ReturnType<typeof discoverHos
     modules: [...facts.modules() ?? []].map(([name, m]) => [name, m.refcount, m.holders]),
     nvidiaModule: facts.moduleOfDriver("nvidia"),
     holders: facts.gpuHolders("0000:0b:00.0"),
+    otherHolders: facts.gpuHolders("0000:0c:00.0"),
     consoles: facts.consoleFramebuffers("0000:0b:00.0"),
     cpuNodes: [...facts.cpuNodes() ?? []],
     node1: facts.nodeCpuList(1),
@@ -135,11 +181,13 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
         console: true,
       },
       "0000:0b:00.1": { reset_method: "flr bus" },
+      // The same process holds the second GPU open too.
+      "0000:0c:00.0": { drm: { card: 1, clients: [{ command: "Xorg", pid: 1234 }] } },
     },
     host: {
       proc: { iomem: PREFLIGHT_IOMEM, modules: PREFLIGHT_MODULES, cpuinfo_vendor: "GenuineIntel" },
       numa_nodes: { "0": "0-7", "1": "8-15" },
-      security: { apparmor: true, selinux: false },
+      security: { apparmor: true, selinux: true },
     },
   });
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
@@ -150,6 +198,11 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
     // What else a process holding the GPU shows in /proc: its other files and its environment.
     Deno.symlinkSync("/home/alice/.Xauthority", `${root}/proc/1234/fd/7`);
     Deno.writeTextFileSync(`${root}/proc/1234/environ`, "XAUTHORITY=/home/alice/.Xauthority\0");
+    // What else /proc/cpuinfo holds: nothing the pre-flight reads.
+    Deno.writeTextFileSync(
+      `${root}/proc/cpuinfo`,
+      "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu vme\n",
+    );
     const before = await discoverHost({ root, lspci: null });
     writeSnapshot(before, out, { root, reader: denoFsReader() });
     const after = await discoverHost({ root: out, lspci: null });
@@ -159,16 +212,28 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
     assertEquals(expected.framebuffers, [["0000:0b:00.0", ["BOOTFB"]]]);
     assertEquals(expected.nvidiaModule, "nvidia_custom");
     assertEquals(expected.holders, [{ pid: 1234, command: "Xorg", nodes: ["/dev/dri/card0"] }]);
+    assertEquals(expected.otherHolders, [{
+      pid: 1234,
+      command: "Xorg",
+      nodes: ["/dev/dri/card1"],
+    }]);
+    assertEquals(expected.confinement, { apparmor: true, selinux: true });
     assertEquals(expected.consoles, ["fb0"]);
     assertEquals(expected.vendor, "intel");
     assertEquals(preflightView(out, after), expected);
     // Only what the pre-flight reads is copied: no kernel address, no other file of a process.
-    const modules = Deno.readTextFileSync(`${out}/proc/modules`);
-    assertEquals(modules.includes("ffffffff"), false);
+    assertEquals(
+      Deno.readTextFileSync(`${out}/proc/modules`),
+      "nvidia_uvm 1540096 0 - Live 0x0000000000000000\n" +
+        "nvidia 56807424 3 nvidia_uvm, Live 0x0000000000000000\n",
+    );
     const process = [...Deno.readDirSync(`${out}/proc/1234`)].map((e) => e.name).sort();
     assertEquals(process, ["comm", "fd"]);
-    assertEquals([...Deno.readDirSync(`${out}/proc/1234/fd`)].length, 1);
-    assertEquals(Deno.readTextFileSync(`${out}/proc/cpuinfo`).split("\n").length, 3);
+    assertEquals([...Deno.readDirSync(`${out}/proc/1234/fd`)].length, 2);
+    assertEquals(
+      Deno.readTextFileSync(`${out}/proc/cpuinfo`),
+      "processor\t: 0\nvendor_id\t: GenuineIntel\n",
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
