@@ -3,7 +3,7 @@
 // installed hook then runs as libvirt runs it, on a sysfs tree built from a captured host.
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { runCli, runHook } from "../helpers/cli.ts";
+import { canUnshareMounts, documentedFlags, MAIN, runCli, runHook } from "../helpers/cli.ts";
 import {
   liveDefaultRouteNic,
   livePciMissing,
@@ -148,6 +148,67 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "doctor looks at the hook's SELinux label only where SELinux is on (a tmpfs stands in for selinuxfs)",
+  // SELinux cannot run on this kernel: a private mount namespace puts a file where selinuxfs
+  // keeps the switch, which is all doctor reads of it besides the hook's own label.
+  ignore: livePciMissing() !== null || !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-selinux-" });
+    try {
+      const hooks = `${dir}/qemu.d`;
+      const install = await runCli(["hook", "install", "--hooks-dir", hooks, "--state-dir", dir]);
+      assertEquals(install.code, 0, install.stderr);
+      const doctor = async (enforce: string) => {
+        const out = await new Deno.Command("unshare", {
+          args: [
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs none /sys/fs && mkdir /sys/fs/selinux && printf %s "$1" ' +
+            '>/sys/fs/selinux/enforce && shift && exec "$@"',
+            "sh",
+            enforce,
+            Deno.execPath(),
+            "run",
+            "--quiet",
+            ...documentedFlags(),
+            MAIN,
+            "doctor",
+            "--json",
+            "--no-libvirt",
+            "--hooks-dir",
+            hooks,
+          ],
+          env: { NO_COLOR: "1" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const stdout = new TextDecoder().decode(out.stdout);
+        assertOk(out.code === 0 || out.code === 1, new TextDecoder().decode(out.stderr));
+        return (JSON.parse(stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+      };
+      // Enforcing: a hook without libvirt's label may be denied what it reads.
+      const enforcing = await doctor("1\n");
+      assertEquals(enforcing.status, "warn");
+      assertMatch(enforcing.summary, /; SELinux label unknown, not virt_hook_t$/);
+      assertMatch(enforcing.hint!, /; restorecon -v .*50-passthrough-guard; /);
+      // Without SELinux, no word of it.
+      const plain = await runCli(["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks]);
+      const hook = (JSON.parse(plain.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+      assertEquals([hook.summary.includes("SELinux"), hook.hint?.includes("restorecon")], [
+        false,
+        false,
+      ]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("hook status names what is wrong with the file at the hook's path, and exits 1", async () => {

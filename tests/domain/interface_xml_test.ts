@@ -101,7 +101,15 @@ Deno.test("parseDomainXml() reads metadata written before interface records exis
   // A record missing its VF index is refused, like a device record missing its IDs.
   const broken = old.replace(
     "</passthrough:hostdevs>",
-    "<passthrough:interface address='0000:07:10.2' mac='52:54:00:ab:cd:ef'/></passthrough:hostdevs>",
+    "<passthrough:interface address='0000:07:10.2' mac='52:54:00:ab:cd:ef' " +
+      "pf-address='0000:07:00.0' vendor='8086' device='1572' class='020000' rule='nic'/>" +
+      "</passthrough:hostdevs>",
   );
-  assertThrows(() => parseDomainXml(broken), SyntaxError, 'lacks attribute "vf"');
+  assertThrows(() => parseDomainXml(broken), SyntaxError, "bad address or VF index");
+  // And one missing what it names its PF by.
+  assertThrows(
+    () => parseDomainXml(broken.replace(" pf-address='0000:07:00.0'", "")),
+    SyntaxError,
+    'lacks attribute "pf-address"',
+  );
 });

@@ -2,6 +2,10 @@
  * Assertions for tests and doc examples: Node's strict assert (JSR's @std/assert is unreachable
  * from CI), re-exported under the names Deno users know.
  *
+ * `assertThrows` and `assertRejects` keep Deno's meaning of a third argument after an error
+ * class: text the error's message must include (Node's would take it as the failure's message
+ * and check nothing more than the class).
+ *
  * @module
  */
 import assert from "node:assert/strict";
@@ -12,7 +16,59 @@ export const assertEquals: <T>(
   message?: string,
 ) => asserts actual is T = assert.deepStrictEqual;
 export const assertMatch: (value: string, pattern: RegExp, message?: string) => void = assert.match;
-export const assertThrows = assert.throws;
-export const assertRejects = assert.rejects;
 export const assertOk: (value: unknown, message?: string) => asserts value = assert.ok;
 export { assert };
+
+/** What Node's `throws` and `rejects` take as the expected error. */
+type Expected = Parameters<typeof assert.throws>[1];
+// deno-lint-ignore no-explicit-any
+type ErrorClass = new (...args: any[]) => Error;
+
+/** `expected`, and with an error class and `includes`, that its message includes that text. */
+function expecting(expected: Expected, includes: string): (error: unknown) => boolean {
+  return (error) => {
+    if (!(error instanceof (expected as ErrorClass))) {
+      throw new assert.AssertionError({
+        message: `Expected a ${(expected as ErrorClass).name}, got ${String(error)}`,
+      });
+    }
+    if (!error.message.includes(includes)) {
+      throw new assert.AssertionError({
+        message: `Expected the message to include "${includes}", got "${error.message}"`,
+      });
+    }
+    return true;
+  };
+}
+
+/** Whether `expected` is an error class (a constructor of an `Error`). */
+function isErrorClass(expected: unknown): expected is ErrorClass {
+  return typeof expected === "function" &&
+    (expected === Error || expected.prototype instanceof Error);
+}
+
+/** Node's `assert.throws`; with an error class and a string, the message must include it. */
+export function assertThrows(fn: () => unknown, expected?: Expected, includes?: string): void {
+  if (isErrorClass(expected) && includes !== undefined) {
+    assert.throws(fn, expecting(expected, includes));
+  } else if (expected === undefined) {
+    assert.throws(fn);
+  } else {
+    assert.throws(fn, expected, includes);
+  }
+}
+
+/** Node's `assert.rejects`; with an error class and a string, the message must include it. */
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  expected?: Expected,
+  includes?: string,
+): Promise<void> {
+  if (isErrorClass(expected) && includes !== undefined) {
+    await assert.rejects(fn, expecting(expected, includes));
+  } else if (expected === undefined) {
+    await assert.rejects(fn);
+  } else {
+    await assert.rejects(fn, expected, includes);
+  }
+}

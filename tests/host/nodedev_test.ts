@@ -209,6 +209,57 @@ Deno.test("topologyFromNodeDevices() refuses malformed XML, bad IDs and duplicat
   );
 });
 
+Deno.test("topologyFromNodeDevices() reads IDs however libvirt spells them, and refuses what no device has", () => {
+  const read = (xml: string) => topologyFromNodeDevices([xml], { source: "test" }).devices[0];
+  const at = { bus: 1, slot: 0, fn: 0 };
+  // Upper case and short IDs are the same IDs; an empty driver name, an odd NUMA node or VF
+  // count are no value at all.
+  const nic = read(
+    pciXml(at, {
+      vendor: "0X15B3",
+      product: "0x15",
+      klass: "0x02000A",
+      extra: `<numa node='1.5'/><capability type='virt_functions' maxCount='70000'/>`,
+    }).replace("</device>", "<driver><name> </name></driver></device>"),
+  );
+  assertEquals(
+    [nic?.vendorId, nic?.deviceId, nic?.classCode, nic?.driver, nic?.numaNode, nic?.sriovTotalVfs],
+    ["15b3", "0015", "02000a", null, null, undefined],
+  );
+  assertEquals(
+    read(pciXml(at, { extra: `<capability type='virt_functions' maxCount='7.5'/>` }))
+      ?.sriovTotalVfs,
+    undefined,
+  );
+  // Two functions of one group that list its members in another order agree.
+  const pair = topologyFromNodeDevices([
+    pciXml(at, { extra: groupXml(3, [[1, 0, 0], [1, 0, 1]]) }),
+    pciXml({ ...at, fn: 1 }, { extra: groupXml(3, [[1, 0, 1], [1, 0, 0]]) }),
+  ], { source: "test" });
+  assertEquals(pair.groups.map((g) => g.devices.length), [2]);
+  // A CardBus bridge without a class is a bridge too.
+  assertEquals(
+    read(pciXml(at, { klass: null, extra: "<capability type='cardbus-bridge'/>" }))?.isBridge,
+    true,
+  );
+  const refused = (xml: string, detail: string) =>
+    assertThrows(
+      () => read(xml),
+      (e: unknown) =>
+        e instanceof NodeDeviceXmlError &&
+        e.message === `Cannot read node device "pci_0000_01_00_0": ${detail}`,
+    );
+  refused(pciXml(at, { vendor: "0x10de0" }), `bad or missing <vendor id>: "0x10de0"`);
+  refused(pciXml(at).replace("<bus>1</bus>", "<bus> </bus>"), "no <bus> in the PCI capability");
+  refused(pciXml(at).replace("<bus>1</bus>", "<bus>256</bus>"), "the PCI address is out of range");
+  refused(
+    pciXml(at, {
+      extra: `<iommuGroup number='3'><address domain='0x0000' bus='0x01'/></iommuGroup>`,
+    }),
+    "bad <address> in <iommuGroup>",
+  );
+});
+
 Deno.test("topologyFromNodeDevices() refuses IOMMU groups that disagree or name unseen devices", () => {
   const cases: [string, string[], RegExp][] = [
     [
