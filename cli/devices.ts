@@ -30,10 +30,22 @@ export function deviceNotes(
   if (device.bootVga === true) notes.push("boot VGA");
   const twin = twins.get(device.address);
   if (twin !== undefined) notes.push(`same IDs as ${twin}`);
+  // Each of the host's uses (a disk may hold / and swap): they make it host-critical.
   for (const use of host.hostUse?.filter((u) => u.address === device.address) ?? []) {
-    notes.push(paint("yellow", `host: ${use.detail}`));
+    notes.push(paint("red", `host: ${use.detail}`));
   }
   return notes.join(", ");
+}
+
+/**
+ * Why the host needs `device` on its own ({@link hostCriticalOnItsOwn}), painted, for a table's
+ * notes: `""` when it does not, or when its uses by the host say it already
+ * ({@link deviceNotes}).
+ */
+export function criticalNote(device: PciDevice, host: HostTopology, paint: Paint): string {
+  if (host.hostUse?.some((u) => u.address === device.address)) return "";
+  const reason = hostCriticalOnItsOwn(device, host);
+  return reason === null ? "" : paint("red", reason);
 }
 
 /**
@@ -160,8 +172,7 @@ export async function run(
   const paint = painter(io.color);
   const twins = sameIds(host.devices);
   const rows = devices.map((d) => {
-    const critical = hostCriticalOnItsOwn(d, host);
-    const notes = [deviceNotes(d, host, paint, twins), critical ? paint("red", critical) : ""];
+    const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)];
     const [address, ...cells] = deviceCells(d);
     return [
       address!,

@@ -14,6 +14,7 @@ import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
 import {
+  criticalNote,
   DEVICE_HEADERS,
   deviceCells,
   deviceLabel,
@@ -78,11 +79,9 @@ export async function run(
   const twins = sameIds(host.devices);
   const rows: string[][] = [];
   for (const group of groups) {
-    const reasons = group.devices.map((d) => hostCriticalOnItsOwn(d, host));
-    const critical = reasons.some((r) => r !== null);
-    for (const [i, d] of group.devices.entries()) {
-      const reason = reasons[i];
-      const notes = [deviceNotes(d, host, paint, twins), reason ? paint("red", reason) : ""]
+    const critical = group.devices.some((d) => hostCriticalOnItsOwn(d, host) !== null);
+    for (const d of group.devices) {
+      const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)]
         .filter((n) => n !== "").join(", ");
       rows.push([
         String(group.group),

@@ -107,6 +107,51 @@ Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named",
   assertOk(!first?.at(-1)?.includes("same IDs"));
 });
 
+Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host's use", async () => {
+  const tree = `${dir}/sriov`;
+  const fn = (bdf: string, group: number, more: Record<string, unknown>) => ({
+    bdf,
+    group,
+    class: "0x020000",
+    vendor: "0x8086",
+    device: "0x1572",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: "0x01",
+    ...more,
+  });
+  buildHostTree({
+    devices: [
+      fn("0000:03:00.0", 5, { class: "0x030000", vendor: "0x10de", boot_vga: true }),
+      fn("0000:44:00.0", 6, {}),
+      fn("0000:44:02.0", 7, { device: "0x154c", physfn: "0000:44:00.0" }),
+      fn("0000:44:02.1", 8, { device: "0x154c", physfn: "0000:44:00.0" }),
+      fn("0000:44:02.2", 9, { device: "0x154c", physfn: "0000:44:00.0" }),
+      // The PF's model on another board (its subsystem): told apart by a rule, so no twin.
+      fn("0000:45:00.0", 10, { subsystem_vendor: "0x8086", subsystem_device: "0x0001" }),
+      // A device lspci's database does not know, by a vendor it does.
+      fn("0000:46:00.0", 11, { device: "0x0ff0" }),
+    ],
+    host_use: [{
+      address: "0000:45:00.0",
+      reason: "default-route",
+      detail: "eno1 (default route)",
+    }],
+  }, tree);
+  const table = await run(["devices", "--sysfs", tree, "--wide"]);
+  assertEquals(table.code, 0, table.err);
+  assertEquals(rows(table.out).map((r) => [r[0], r.at(-1)]), [
+    ["0000:03:00.0", "boot VGA"],
+    ["0000:44:00.0", "3 VFs"],
+    ["0000:44:02.0", "VF of 0000:44:00.0"],
+    ["0000:44:02.1", "VF of 0000:44:00.0, same IDs as 0000:44:02.0"],
+    ["0000:44:02.2", "VF of 0000:44:00.0, same IDs as 0000:44:02.0"],
+    ["0000:45:00.0", "host: eno1 (default route)"],
+    ["0000:46:00.0", "Intel Corporation Device 0ff0"],
+  ]);
+});
+
 Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one line, exit 1", async () => {
   const card = await run(["devices", ...HOST, "21:00"]);
   assertEquals(rows(card.out).map((r) => r[0]), ["0000:21:00.0", "0000:21:00.1"]);
