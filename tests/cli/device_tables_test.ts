@@ -132,6 +132,8 @@ Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host
       fn("0000:45:00.0", 10, { subsystem_vendor: "0x8086", subsystem_device: "0x0001" }),
       // A device lspci's database does not know, by a vendor it does.
       fn("0000:46:00.0", 11, { device: "0x0ff0" }),
+      // A vendor it does not know either: the class's name.
+      fn("0000:47:00.0", 12, { vendor: "0x0bad" }),
     ],
     host_use: [{
       address: "0000:45:00.0",
@@ -149,6 +151,7 @@ Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host
     ["0000:44:02.2", "VF of 0000:44:00.0, same IDs as 0000:44:02.0"],
     ["0000:45:00.0", "host: eno1 (default route)"],
     ["0000:46:00.0", "Intel Corporation Device 0ff0"],
+    ["0000:47:00.0", "Ethernet controller"],
   ]);
 });
 
