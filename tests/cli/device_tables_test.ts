@@ -79,6 +79,9 @@ Deno.test("devices shows subsystem, slot and NUMA, and marks devices with the sa
   // The first of them is not marked; bridges, alike by design, are not either.
   assertOk(!rows(table.out).find((r) => r[0] === "0000:03:00.3")?.at(-1)?.includes("same IDs"));
   assertOk(!table.out.includes("same IDs as 0000:00:01.0"));
+  // Asked for alone, it still names its twin.
+  const alone = await run(["devices", ...HOST, "23:00.3"]);
+  assertEquals(rows(alone.out)[0]?.at(-1), "same IDs as 0000:03:00.3");
 });
 
 Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named", async () => {
@@ -155,14 +158,48 @@ Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host
   ]);
 });
 
+Deno.test("devices of a host without IOMMU groups lists them and says so under the table", async () => {
+  const tree = `${dir}/no-iommu`;
+  buildHostTree({
+    devices: [{
+      bdf: "0000:01:00.0",
+      group: null,
+      class: "0x010802",
+      vendor: "0x144d",
+      device: "0xa808",
+      subsystem_vendor: null,
+      subsystem_device: null,
+      driver: "nvme",
+      revision: null,
+    }],
+  }, tree);
+  const table = await run(["devices", "--sysfs", tree]);
+  assertEquals(table.code, 0, table.err);
+  assertEquals(rows(table.out).map((r) => r.slice(0, 2)), [
+    ["0000:01:00.0", "-"],
+    ["No IOMMU groups: the IOMMU is off or absent on this host"],
+  ]);
+});
+
 Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one line, exit 1", async () => {
   const card = await run(["devices", ...HOST, "21:00"]);
   assertEquals(rows(card.out).map((r) => r[0]), ["0000:21:00.0", "0000:21:00.1"]);
-  const two = await run(["devices", ...HOST, "0000:4c:00.1", "21:00.0"]);
+  const two = await run(["devices", ...HOST, "0000:4C:00.1", "21:00.0"]);
   assertEquals(rows(two.out).map((r) => r[0]), ["0000:21:00.0", "0000:4c:00.1"]);
   const nvme = await run(["devices", ...HOST, "--class", "nvme"]);
   assertOk(rows(nvme.out).length > 0);
   assertOk(rows(nvme.out).every((r) => r[4]!.startsWith("0108")), nvme.out);
+  // Names and codes in any case.
+  for (const klass of ["NVMe", "0108"]) {
+    assertEquals((await run(["devices", ...HOST, "--class", klass])).out, nvme.out, klass);
+  }
+  const usb = await run(["devices", ...HOST, "--class", "0c03"]);
+  assertOk(rows(usb.out).length > 0);
+  assertEquals((await run(["devices", ...HOST, "--class", "0C03"])).out, usb.out);
+  // Not an address at all: a usage error, not a search.
+  const typo = await run(["devices", ...HOST, "21:0"]);
+  assertEquals([typo.code, typo.out], [2, ""]);
+  assertMatch(typo.err, /^passthrough devices: "21:0" is not a PCI address \(0000:44:00\.0, /);
   const vga = await run(["devices", ...HOST, "--class", "0300", "--json"]);
   assertEquals(
     JSON.parse(vga.out).map((d: { classCode: string }) => d.classCode.slice(0, 4)),
