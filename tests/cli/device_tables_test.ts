@@ -179,6 +179,11 @@ Deno.test("devices of a host without IOMMU groups lists them and says so under t
     ["0000:01:00.0", "-"],
     ["No IOMMU groups: the IOMMU is off or absent on this host"],
   ]);
+  const group = await run(["groups", "--sysfs", tree, "0"]);
+  assertEquals([group.code, group.err], [
+    1,
+    `passthrough groups: No IOMMU group 0 on ${tree}: it has none\n`,
+  ]);
 });
 
 Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one line, exit 1", async () => {
@@ -231,6 +236,9 @@ Deno.test("groups GROUP... narrows, and every row carries its group's number and
   const missing = await run(["groups", ...HOST, "999"]);
   assertEquals(missing.code, 1);
   assertMatch(missing.err, /^passthrough groups: No IOMMU group 999 on .*: it has 0 to \d+\n$/);
+  const typo = await run(["groups", ...HOST, "1a"]);
+  assertEquals([typo.code, typo.out], [2, ""]);
+  assertMatch(typo.err, /^passthrough groups: "1a" is not an IOMMU group number\n\nUsage: /);
 });
 
 Deno.test("host-critical in --json agrees with what plan refuses", async () => {
