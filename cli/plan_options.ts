@@ -243,7 +243,7 @@ export async function computePlan(
  * record only informs.
  */
 async function addGuardRefusals(plan: Plan, stateDir: string): Promise<void> {
-  // The guard's state module (and the node:crypto it loads) only when there are records.
+  // The guard's state module only when there are records: `plan` loads no more than it reads.
   try {
     if (!Deno.statSync(guardPath(stateDir, "refused")).isDirectory) return;
   } catch {
