@@ -33,6 +33,16 @@ const MOVED = `<domain type='kvm'><name>win11</name>
     <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
   </hostdev></devices></domain>`;
 
+/** Whether anything is at `path`. */
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Installs the hook into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
 async function installOnTree(dir: string, sysfs: string): Promise<string> {
   const installed = await runCli([
@@ -206,6 +216,64 @@ Deno.test({
         false,
       ]);
     } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "hook install in libvirt's directory reloads the running daemon, and doctor says so (a stand-in daemon)",
+  // No libvirtd may be restarted here: a private mount namespace gives /run and /etc/libvirt
+  // their own empty directories, and a copy of sleep named libvirtd, ignoring SIGHUP as the
+  // daemon does, stands in for it by its pid file and name.
+  ignore: livePciMissing() !== null || !canUnshareMounts() || !exists("/etc/libvirt"),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-reload-" });
+    const hadHook = exists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`);
+    const daemon = new Deno.Command("sh", {
+      args: ["-c", 'trap "" HUP; exec "$0" 60', `${dir}/libvirtd`],
+      stdout: "null",
+      stderr: "null",
+    });
+    Deno.copyFileSync("/bin/sleep", `${dir}/libvirtd`);
+    const child = daemon.spawn();
+    try {
+      const cli = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN];
+      const script = [
+        "mount -t tmpfs none /run",
+        "mount -t tmpfs none /etc/libvirt",
+        `echo ${child.pid} >/run/libvirtd.pid`,
+        '"$@" hook install --state-dir "$STATE" --json >"$OUT/install.json"',
+        '"$@" doctor --json --no-libvirt >"$OUT/doctor.json" || [ $? = 1 ]',
+      ].join(" && ");
+      const out = await new Deno.Command("unshare", {
+        args: ["-m", "--propagation", "private", "sh", "-c", script, "sh", ...cli],
+        env: { NO_COLOR: "1", STATE: `${dir}/state`, OUT: dir },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      const install = JSON.parse(Deno.readTextFileSync(`${dir}/install.json`));
+      assertEquals(
+        install.messages.at(-1),
+        `Reloaded libvirtd (pid ${child.pid}) with SIGHUP: it runs the hook from now on`,
+      );
+      const findings = JSON.parse(Deno.readTextFileSync(`${dir}/doctor.json`)) as DoctorFinding[];
+      const hook = findings.find((f) => f.check === "hook")!;
+      assertEquals(hook.status, "ok", hook.summary);
+      assertMatch(
+        hook.summary,
+        new RegExp(
+          `^Start guard /etc/libvirt/hooks/qemu\\.d/${HOOK_FILE_NAME}: installed by ` +
+            `this version \\(0\\.1\\.0\\); libvirtd \\(pid ${child.pid}\\) was reloaded at \\S+$`,
+        ),
+      );
+      // Nothing of it outside the namespace.
+      assertEquals(exists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`), hadHook);
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
       await Deno.remove(dir, { recursive: true });
     }
   },
