@@ -3,7 +3,13 @@
 // installed hook then runs as libvirt runs it, on a sysfs tree built from a captured host.
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { canUnshareMounts, documentedFlags, MAIN, runCli, runHook } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  cliCommand,
+  runCli,
+  runHook,
+  runInPrivateMounts,
+} from "../helpers/cli.ts";
 import {
   liveDefaultRouteNic,
   livePciMissing,
@@ -23,6 +29,7 @@ import { recordPolicies } from "../../lib/guard/state.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml } from "../helpers/world.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -32,16 +39,6 @@ const MOVED = `<domain type='kvm'><name>win11</name>
     <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
     <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
   </hostdev></devices></domain>`;
-
-/** Whether anything is at `path`. */
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Installs the hook into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
 async function installOnTree(dir: string, sysfs: string): Promise<string> {
@@ -172,39 +169,16 @@ Deno.test({
       const hooks = `${dir}/qemu.d`;
       const install = await runCli(["hook", "install", "--hooks-dir", hooks, "--state-dir", dir]);
       assertEquals(install.code, 0, install.stderr);
-      const doctor = async (enforce: string) => {
-        const out = await new Deno.Command("unshare", {
-          args: [
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'mount -t tmpfs none /sys/fs && mkdir /sys/fs/selinux && printf %s "$1" ' +
-            '>/sys/fs/selinux/enforce && shift && exec "$@"',
-            "sh",
-            enforce,
-            Deno.execPath(),
-            "run",
-            "--quiet",
-            ...documentedFlags(),
-            MAIN,
-            "doctor",
-            "--json",
-            "--no-libvirt",
-            "--hooks-dir",
-            hooks,
-          ],
-          env: { NO_COLOR: "1" },
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
-        const stdout = new TextDecoder().decode(out.stdout);
-        assertOk(out.code === 0 || out.code === 1, new TextDecoder().decode(out.stderr));
-        return (JSON.parse(stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
-      };
       // Enforcing: a hook without libvirt's label may be denied what it reads.
-      const enforcing = await doctor("1\n");
+      const out = await runInPrivateMounts(
+        "mount -t tmpfs none /sys/fs && mkdir /sys/fs/selinux && echo 1 >/sys/fs/selinux/enforce",
+        [...cliCommand(), "doctor", "--json", "--no-libvirt", "--hooks-dir", hooks],
+        { NO_COLOR: "1" },
+      );
+      assertOk(out.code === 0 || out.code === 1, out.stderr);
+      const enforcing = (JSON.parse(out.stdout) as DoctorFinding[]).find((f) =>
+        f.check === "hook"
+      )!;
       assertEquals(enforcing.status, "warn");
       assertMatch(enforcing.summary, /; SELinux label unknown, not virt_hook_t$/);
       assertMatch(enforcing.hint!, /; restorecon -v .*50-passthrough-guard; /);
@@ -227,10 +201,10 @@ Deno.test({
   // No libvirtd may be restarted here: a private mount namespace gives /run and /etc/libvirt
   // their own empty directories, and a copy of sleep named libvirtd, ignoring SIGHUP as the
   // daemon does, stands in for it by its pid file and name.
-  ignore: livePciMissing() !== null || !canUnshareMounts() || !exists("/etc/libvirt"),
+  ignore: livePciMissing() !== null || !canUnshareMounts() || !pathExists("/etc/libvirt"),
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-reload-" });
-    const hadHook = exists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`);
+    const hadHook = pathExists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`);
     const daemon = new Deno.Command("sh", {
       args: ["-c", 'trap "" HUP; exec "$0" 60', `${dir}/libvirtd`],
       stdout: "null",
@@ -239,21 +213,20 @@ Deno.test({
     Deno.copyFileSync("/bin/sleep", `${dir}/libvirtd`);
     const child = daemon.spawn();
     try {
-      const cli = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN];
-      const script = [
-        "mount -t tmpfs none /run",
-        "mount -t tmpfs none /etc/libvirt",
-        `echo ${child.pid} >/run/libvirtd.pid`,
-        '"$@" hook install --state-dir "$STATE" --json >"$OUT/install.json"',
-        '"$@" doctor --json --no-libvirt >"$OUT/doctor.json" || [ $? = 1 ]',
-      ].join(" && ");
-      const out = await new Deno.Command("unshare", {
-        args: ["-m", "--propagation", "private", "sh", "-c", script, "sh", ...cli],
-        env: { NO_COLOR: "1", STATE: `${dir}/state`, OUT: dir },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      const out = await runInPrivateMounts(
+        `mount -t tmpfs none /run && mount -t tmpfs none /etc/libvirt && ` +
+          `echo ${child.pid} >/run/libvirtd.pid`,
+        [
+          "sh",
+          "-c",
+          '"$@" hook install --state-dir "$STATE" --json >"$OUT/install.json" && ' +
+          '{ "$@" doctor --json --no-libvirt >"$OUT/doctor.json" || [ $? = 1 ]; }',
+          "sh",
+          ...cliCommand(),
+        ],
+        { NO_COLOR: "1", STATE: `${dir}/state`, OUT: dir },
+      );
+      assertEquals(out.code, 0, out.stderr);
       const install = JSON.parse(Deno.readTextFileSync(`${dir}/install.json`));
       assertEquals(
         install.messages.at(-1),
@@ -270,7 +243,7 @@ Deno.test({
         ),
       );
       // Nothing of it outside the namespace.
-      assertEquals(exists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`), hadHook);
+      assertEquals(pathExists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`), hadHook);
     } finally {
       child.kill("SIGKILL");
       await child.status;

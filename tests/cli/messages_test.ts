@@ -5,7 +5,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
@@ -64,11 +64,7 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
       "-c",
       'exec "$@" -f <(printf "version: 1\\nvms: {}\\n")',
       "bash",
-      Deno.execPath(),
-      "run",
-      "--quiet",
-      ...documentedFlags(),
-      MAIN,
+      ...cliCommand(),
       "plan",
     ],
     env: { NO_COLOR: "1" },
@@ -93,29 +89,13 @@ Deno.test({
   ignore: !canUnshareMounts(),
   fn: async () => {
     // /var/lib is a private tmpfs here: the host's own state directory is never touched.
-    const script = "mount -t tmpfs passthrough-test /var/lib && mkdir /var/lib/passthrough && " +
-      'chmod 2775 /var/lib/passthrough && exec "$@"';
-    const out = await new Deno.Command("unshare", {
-      args: [
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-        Deno.execPath(),
-        "run",
-        "--quiet",
-        ...documentedFlags(),
-        MAIN,
-        "backups",
-      ],
-      env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
+    const out = await runInPrivateMounts(
+      "mount -t tmpfs passthrough-test /var/lib && mkdir /var/lib/passthrough && " +
+        "chmod 2775 /var/lib/passthrough",
+      [...cliCommand(), "backups"],
+      { NO_COLOR: "1" },
+    );
+    const stderr = out.stderr;
     assertEquals(out.code, 1, stderr);
     assertMatch(stderr, /\(mode 2775\); run "chmod 700 \/var\/lib\/passthrough"\n$/);
   },
@@ -134,7 +114,7 @@ function canDropToUser(): boolean {
 /** `passthrough ARGS` in a user namespace, where file modes apply even to root. */
 async function runAsUser(args: string[]): Promise<{ code: number; stderr: string }> {
   const out = await new Deno.Command("unshare", {
-    args: ["-U", Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    args: ["-U", ...cliCommand(), ...args],
     env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",

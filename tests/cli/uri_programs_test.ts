@@ -11,6 +11,7 @@ import { demoTree } from "../helpers/reliability.ts";
 import { Connection } from "../../ffi/connection.ts";
 import { UriProgramError, uriProgramReason } from "../../ffi/uri_check.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 const TEST = "tests/cli/uri_programs_test.ts";
 
@@ -64,15 +65,6 @@ function thrown(fn: () => unknown): Error {
   throw new Error("expected an error");
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test("Connection.open() refuses a URI that runs a program, given or from LIBVIRT_DEFAULT_URI", async () => {
   await using tree = await demoTree();
   const { script, mark } = planted(tree.dir);
@@ -90,10 +82,10 @@ Deno.test("Connection.open() refuses a URI that runs a program, given or from LI
     if (previous === undefined) Deno.env.delete("LIBVIRT_DEFAULT_URI");
     else Deno.env.set("LIBVIRT_DEFAULT_URI", previous);
   }
-  assertOk(!exists(mark), "the program ran");
+  assertOk(!pathExists(mark), "the program ran");
   // Allowed explicitly, libvirt does run it: the refusal is what kept it from running.
   assertThrows(() => Connection.open(uri, { readOnly: true, allowUriPrograms: true }));
-  assertOk(exists(mark), "allowed, the program runs");
+  assertOk(pathExists(mark), "allowed, the program runs");
 });
 
 Deno.test("every command that opens libvirt refuses a URI that runs a program", async () => {
@@ -140,7 +132,7 @@ Deno.test("every command that opens libvirt refuses a URI that runs a program", 
       label,
     );
     assertMatch(run.stdout + run.stderr, /--allow-uri-programs/, label);
-    assertOk(!exists(mark), `${label} ran the program`);
+    assertOk(!pathExists(mark), `${label} ran the program`);
   }
   const located = await runCli(["plan", "-f", fleet, "--host", "hv1"]);
   assertMatch(
@@ -164,7 +156,7 @@ Deno.test("every command that opens libvirt refuses a URI that runs a program", 
     "--allow-uri-programs",
   ]);
   assertEquals(allowed.code, 1);
-  assertOk(exists(mark), "--allow-uri-programs let libvirt run it");
+  assertOk(pathExists(mark), "--allow-uri-programs let libvirt run it");
   recordCase({
     area: "security",
     name: "libvirt URI running a program (+ext, command=, netcat=) from -c, connect:, env",

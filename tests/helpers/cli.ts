@@ -247,6 +247,32 @@ export async function runHook(
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
 
+/** The CLI's command line as {@link runCli} runs it, for another runner. */
+export function cliCommand(): string[] {
+  return [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN];
+}
+
+/**
+ * Runs `command` in a private mount namespace once the `sh` commands of `setup` (mounts, and
+ * what goes into them) succeeded: for tests that need their own `/etc`, `/run` or `/sys/fs`
+ * paths, which end with the command. See {@link canUnshareMounts}.
+ */
+export async function runInPrivateMounts(
+  setup: string,
+  command: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command("unshare", {
+    args: ["-m", "--propagation", "private", "sh", "-c", `${setup} && exec "$@"`, "sh", ...command],
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
 /** Whether `unshare -m` can make a private mount namespace here (root, no seccomp block). */
 export function canUnshareMounts(): boolean {
   try {

@@ -8,7 +8,7 @@ import {
   type StateLock,
 } from "../../lib/state/lock.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
-import { canUnshareMounts } from "../helpers/cli.ts";
+import { canUnshareMounts, runInPrivateMounts } from "../helpers/cli.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
 
@@ -420,26 +420,13 @@ async function lockWithRun(setup: string, stateDir: string, uid?: number): Promi
   const as = uid === undefined
     ? []
     : ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups"];
-  const out = await new Deno.Command("unshare", {
-    args: [
-      "-m",
-      "--propagation",
-      "private",
-      "sh",
-      "-c",
-      `mount -t tmpfs tmpfs /run && ${setup} && exec "$@"`,
-      "sh",
-      ...as,
-      Deno.execPath(),
-      "eval",
-      "--quiet",
-      code,
-    ],
-    env: { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir },
-    stdin: "null",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  const out = await runInPrivateMounts(
+    `mount -t tmpfs tmpfs /run && ${setup}`,
+    [...as, Deno.execPath(), "eval", "--quiet", code],
+    { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir },
+  );
+  const text = out.stdout.trim();
+  assertEquals(out.code, 0, out.stderr);
   return text;
 }
 
