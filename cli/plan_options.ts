@@ -88,8 +88,8 @@ interface HostInputs {
   config: Config;
   sysfs: string | undefined;
   connect: string | undefined;
-  /** `hosts.NAME.sysfs` when a host section was picked (for messages). */
-  sysfsKey: string | null;
+  /** The host section's name when one was picked (for messages). */
+  section: string | null;
   /** Where `connect` came from, for messages: `--connect` or `hosts.NAME.connect in FILE`. */
   connectOrigin: string;
 }
@@ -111,7 +111,7 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
       config,
       sysfs: inputs.sysfs,
       connect: inputs.connect,
-      sysfsKey: null,
+      section: null,
       connectOrigin: "--connect",
     };
   }
@@ -131,7 +131,7 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
     config: picked.config,
     sysfs: host.sysfs ?? inputs.sysfs,
     connect: host.uri ?? inputs.connect,
-    sysfsKey: `hosts.${host.name}.sysfs`,
+    section: host.name,
     connectOrigin: host.uri === null
       ? "--connect"
       : `hosts.${host.name}.connect in ${config.file}, section declared at ${host.location}`,
@@ -139,15 +139,20 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
 }
 
 /**
- * Checks `--vm` names against the config: a runtime error (the command line is well formed, the
- * config says otherwise) naming the closest VM and every one it names.
+ * Checks `--vm` names against the config (of host `section` when one was picked): a runtime
+ * error (the command line is well formed, the config says otherwise) naming the closest VM and
+ * every one it names.
  */
-function checkVmNames(config: Config, vms: readonly string[] | undefined): void {
+function checkVmNames(
+  config: Config,
+  section: string | null,
+  vms: readonly string[] | undefined,
+): void {
   const names = config.vms.map((vm) => vm.name);
   for (const vm of vms ?? []) {
     if (!names.includes(vm)) {
       throw new Error(
-        `VM "${vm}" is not in ${config.file}${config.hosts === undefined ? "" : " for this host"}${
+        `VM "${vm}" is not in ${config.file}${section === null ? "" : ` for host "${section}"`}${
           didYouMean(vm, names)
         }: it names ${names.map((n) => `"${n}"`).join(", ")}`,
       );
@@ -159,12 +164,14 @@ function checkVmNames(config: Config, vms: readonly string[] | undefined): void 
  * Refuses another machine's libvirt with this machine's `/sys`: the plan would match that
  * host's VMs against this host's devices and this host's use of them.
  */
-function checkRemoteHost(uri: string, sysfs: string | undefined, sysfsKey: string | null): void {
+function checkRemoteHost(uri: string, sysfs: string | undefined, section: string | null): void {
   if (!isRemoteUri(uri) || !isLiveRoot(sysfs ?? LIVE_SYSFS)) return;
   throw new Error(
     `libvirt at "${uri}" is another machine, and this machine's /sys says nothing about its ` +
       `devices or what it uses: plan it from a tree captured there ('passthrough snapshot DIR' ` +
-      `on that host, then --sysfs DIR${sysfsKey === null ? "" : ` or ${sysfsKey}: DIR`} here), ` +
+      `on that host, then --sysfs DIR${
+        section === null ? "" : ` or hosts.${section}.sysfs: DIR`
+      } here), ` +
       `or run passthrough on that host ` +
       `(ansible/passthrough.yml)`,
   );
@@ -208,16 +215,16 @@ export async function computePlan(
   options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
 ): Promise<ComputedPlan> {
   const loaded = await loadConfig(configPath(inputs.config, io));
-  const { config, sysfs, connect, sysfsKey, connectOrigin } = hostInputs(loaded, inputs, io);
-  checkVmNames(config, inputs.vm);
+  const { config, sysfs, connect, section, connectOrigin } = hostInputs(loaded, inputs, io);
+  checkVmNames(config, section, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
   checkConnectUri(connect, connectOrigin, allowUriPrograms, io);
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   const requested = connect ?? io.env("LIBVIRT_DEFAULT_URI");
-  if (requested !== undefined) checkRemoteHost(requested, sysfs, sysfsKey);
+  if (requested !== undefined) checkRemoteHost(requested, sysfs, section);
   const { host, libvirt } = await discoverWhileConnecting(sysfs, connect, allowUriPrograms);
   try {
-    checkRemoteHost(libvirt.uri, sysfs, sysfsKey);
+    checkRemoteHost(libvirt.uri, sysfs, section);
     options.onConnect?.(libvirt);
     const facts = hostFactsFor(sysfs);
     const plan = planHostdevs({

@@ -70,6 +70,19 @@ Deno.test("plan refuses another machine's libvirt with this machine's /sys howev
     assertEquals(run.code, 1, run.stderr);
     assertMatch(run.stderr, /is another machine, and this machine's \/sys says nothing/);
   }
+  // A tree captured there is what plans that machine: libvirt is reached for (and here, fails).
+  const remote = await runCli([
+    "plan",
+    "-f",
+    config,
+    "--sysfs",
+    tree.sysfs,
+    "-c",
+    "qemu+tcp://127.0.0.1:1/system",
+  ]);
+  assertEquals(remote.code, 1, remote.stderr);
+  assertMatch(remote.stderr, /127\.0\.0\.1/);
+  assertEquals(remote.stderr.includes("is another machine"), false, remote.stderr);
   recordCase({
     area: "security",
     name: "remote libvirt with /sys spelled /sys/. or /sys/bus/..",

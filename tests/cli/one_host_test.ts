@@ -175,6 +175,13 @@ Deno.test("a shared config without this host's section, and flags that clash wit
     const wrong = await run("--host", "hv3");
     assertEquals(wrong.code, 1);
     assertMatch(wrong.stderr, /has no section for host "hv3" \(--host\)/);
+    // A VM of another host's section is not this host's to plan.
+    const elsewhere = await run("--host", "hv1", "--vm", "store");
+    assertEquals(elsewhere.code, 1);
+    assertMatch(
+      elsewhere.stderr,
+      /VM "store" is not in .*shared\.yaml for host "hv1": it names "render"\n$/,
+    );
 
     const both = await run("--host", "hv1", "--sysfs", `${dir}/hv1`);
     assertEquals(both.code, 2);
