@@ -74,6 +74,17 @@ for (
   });
 }
 
+Deno.test("devices --sysfs TREE without --allow-ffi reads the tree with Deno's own reads, alike", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const withFfi = await cli(["devices", "--sysfs", tree.dir]);
+  const without = await cli(
+    ["devices", "--sysfs", tree.dir],
+    FLAGS.filter((f) => f !== "--allow-ffi"),
+  );
+  assertEquals([without.code, without.stderr], [0, ""]);
+  assertEquals(without.stdout, withFfi.stdout);
+});
+
 Deno.test("groups --json --sysfs TREE matches every shared host file", async () => {
   for (const name of HOST_NAMES) {
     const description = loadFixtureHost(name);
