@@ -85,6 +85,15 @@ Deno.test("devices --sysfs TREE without --allow-ffi reads the tree with Deno's o
   assertEquals(without.stdout, withFfi.stdout);
 });
 
+Deno.test("devices --sysfs of a path that does not exist says so, and lists nothing of this host", async () => {
+  const run = await cli(["devices", "--sysfs", "/nonexistent/tree"]);
+  assertEquals([run.code, run.stdout], [1, ""]);
+  assertEquals(
+    run.stderr,
+    `passthrough devices: Not a sysfs tree: "/nonexistent/tree": no bus/pci/devices directory\n`,
+  );
+});
+
 Deno.test("groups --json --sysfs TREE matches every shared host file", async () => {
   for (const name of HOST_NAMES) {
     const description = loadFixtureHost(name);
