@@ -32,7 +32,7 @@ export function deviceNotes(
   if (twin !== undefined) notes.push(`same IDs as ${twin}`);
   // Each of the host's uses (a disk may hold / and swap): they make it host-critical.
   for (const use of host.hostUse?.filter((u) => u.address === device.address) ?? []) {
-    notes.push(paint("red", `host: ${use.detail}`));
+    notes.push(paint("red", `host: ${use.detail === "" ? use.reason : use.detail}`));
   }
   return notes.join(", ");
 }

@@ -196,10 +196,8 @@ function hookProblems(
   if (inspection.settings === null) {
     return { problems: [`${inspection.path} is not a passthrough hook`], fix };
   }
-  const problems = [
-    ...leftovers,
-    ...hookFileProblems(inspection, VERSION, fix).map((p) => p.text),
-  ];
+  const fileProblems = hookFileProblems(inspection, VERSION, fix);
+  const problems = [...leftovers, ...fileProblems.map((p) => p.text)];
   if (expected !== null && problems.length === 0) {
     if (Deno.readTextFileSync(inspection.path) !== expected) {
       const stale = staleBundle(inspection.settings);
@@ -215,7 +213,12 @@ function hookProblems(
       problems.push("not what 'hook install' writes from here now");
     }
   }
-  return { problems, fix: problems.length === 0 ? null : fix };
+  // Each problem's own fix (one another user could change is not fixed by installing again).
+  const fixes = [...new Set(fileProblems.map((p) => p.fix))];
+  return {
+    problems,
+    fix: problems.length === 0 ? null : fixes.length === 0 ? fix : fixes.join("; "),
+  };
 }
 
 /**

@@ -649,7 +649,11 @@ function notIntactReason(format: number): string {
 
 /** One thing wrong with an installed passthrough hook, from {@link hookFileProblems}. */
 export interface HookFileProblem {
-  /** `fail` when libvirt skips the hook or it may not check what it should; `warn` otherwise. */
+  /**
+   * `fail` when the hook does not guard as it should (libvirt skips it, it was changed, another
+   * user could change it, or a program it runs is missing, refusing every start); `warn` when
+   * only its version differs.
+   */
   severity: "fail" | "warn";
   /** The problem, in words. */
   text: string;

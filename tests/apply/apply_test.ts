@@ -27,7 +27,7 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { checkDomainStart } from "../../lib/guard/check.ts";
 import { readRefusalRecords, recordRefusals } from "../../lib/guard/state.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
-import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { canUnshareMounts, hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { plantDeadLock } from "../helpers/locks.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -831,20 +831,10 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
   assertThrows(() => Deno.lstatSync(lockPath), Deno.errors.NotFound);
 });
 
-/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
-function canMount(): boolean {
-  try {
-    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name:
     "applyPlan() on a running QEMU guest (TCG): next-boot define, and --live reports libvirt's hot-plug refusal",
-  ignore: daemonMissing !== null || !canMount(),
+  ignore: daemonMissing !== null || !canUnshareMounts(),
   async fn() {
     // A running guest needs virtlogd, or `stdio_handler = "file"` in /etc/libvirt/qemu.conf: give
     // the daemon that config in a private mount namespace instead of touching the host's. The

@@ -5,7 +5,14 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  cliCommand,
+  documentedFlags,
+  runCli,
+  runInPrivateMounts,
+} from "../helpers/cli.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
@@ -83,17 +90,6 @@ Deno.test("plan shows the start guard's recorded refusal under its VM, first", a
   }
 });
 
-/** Whether `unshare -m` can make a private mount namespace here (root, no seccomp block). */
-const canUnshare = (() => {
-  try {
-    return Deno.uid() === 0 &&
-      new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
-        .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 /** The hook root installed, as libvirt would run it (it reads `DIR/hookstate`), in `DIR/hooks`. */
 function installRootHook(dir: string): void {
   installHook(
@@ -117,26 +113,16 @@ async function inHooksNamespace(
   env: Record<string, string>,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
-  const out = await new Deno.Command("unshare", {
-    args: [
-      "-m",
-      "sh",
-      "-c",
-      'mount --bind "$1" /etc/libvirt/hooks && shift && exec "$@"',
-      "sh",
-      `${dir}/hooks`,
-      ...command,
-    ],
-    stdin: "null",
+  return await runInPrivateMounts(
+    `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks`,
+    command,
     env,
-  }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+  );
 }
 
 Deno.test({
   name: "plan and apply use the installed hook's state directory: its refusals, its policies",
-  ignore: !canUnshare,
+  ignore: !canUnshareMounts(),
   async fn() {
     const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-dir-" }));
     try {
@@ -153,11 +139,7 @@ Deno.test({
       // Run as root would, with the hooks directory of its own; --state-dir names the backups.
       const run = (args: string[]) =>
         inHooksNamespace(dir, [
-          Deno.execPath(),
-          "run",
-          "--quiet",
-          ...documentedFlags(),
-          MAIN,
+          ...cliCommand(),
           ...args,
           "--config",
           config,
@@ -189,7 +171,7 @@ Deno.test({
 Deno.test({
   name:
     "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
-  ignore: !canUnshare,
+  ignore: !canUnshareMounts(),
   async fn() {
     const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-user-" }));
     try {

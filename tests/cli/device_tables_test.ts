@@ -138,11 +138,11 @@ Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host
       // A vendor it does not know either: the class's name.
       fn("0000:47:00.0", 12, { vendor: "0x0bad" }),
     ],
-    host_use: [{
-      address: "0000:45:00.0",
-      reason: "default-route",
-      detail: "eno1 (default route)",
-    }],
+    host_use: [
+      { address: "0000:45:00.0", reason: "default-route", detail: "default route via eno1" },
+      // A use recorded without words: its reason stands in.
+      { address: "0000:45:00.0", reason: "network-route", detail: "" },
+    ],
   }, tree);
   const table = await run(["devices", "--sysfs", tree, "--wide"]);
   assertEquals(table.code, 0, table.err);
@@ -152,7 +152,7 @@ Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host
     ["0000:44:02.0", "VF of 0000:44:00.0"],
     ["0000:44:02.1", "VF of 0000:44:00.0, same IDs as 0000:44:02.0"],
     ["0000:44:02.2", "VF of 0000:44:00.0, same IDs as 0000:44:02.0"],
-    ["0000:45:00.0", "host: eno1 (default route)"],
+    ["0000:45:00.0", "host: default route via eno1, host: network-route"],
     ["0000:46:00.0", "Intel Corporation Device 0ff0"],
     ["0000:47:00.0", "Ethernet controller"],
   ]);

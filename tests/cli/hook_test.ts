@@ -113,6 +113,12 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertEquals(JSON.parse(theirs.stdout).problems, [
       `another user could change what it runs as root: ${hooks} belongs to uid 65534`,
     ]);
+    // Installing again would be refused: the fix says where to install first.
+    assertEquals(
+      JSON.parse(theirs.stdout).fix,
+      "install passthrough where only root can write (/opt/passthrough), then passthrough hook " +
+        `install --hooks-dir ${hooks} --state-dir ${dir}/s`,
+    );
     const text = Deno.readTextFileSync(report.path);
     const refused = await runCli([
       "hook",
@@ -205,17 +211,30 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-reload-" });
     const hadHook = pathExists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`);
-    const daemon = new Deno.Command("sh", {
-      args: ["-c", 'trap "" HUP; exec "$0" 60', `${dir}/libvirtd`],
-      stdout: "null",
-      stderr: "null",
-    });
-    Deno.copyFileSync("/bin/sleep", `${dir}/libvirtd`);
-    const child = daemon.spawn();
+    let child: Deno.ChildProcess | null = null;
     try {
+      Deno.copyFileSync("/bin/sleep", `${dir}/libvirtd`);
+      child = new Deno.Command("sh", {
+        args: ["-c", 'trap "" HUP; exec "$0" infinity', `${dir}/libvirtd`],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      // Found by its name: once sh has become it.
+      const pid = child.pid;
+      const comm = () => {
+        try {
+          return Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+        } catch {
+          return null;
+        }
+      };
+      for (let i = 0; i < 100 && comm() !== "libvirtd"; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      assertEquals(comm(), "libvirtd");
       const out = await runInPrivateMounts(
         `mount -t tmpfs none /run && mount -t tmpfs none /etc/libvirt && ` +
-          `echo ${child.pid} >/run/libvirtd.pid`,
+          `echo ${pid} >/run/libvirtd.pid`,
         [
           "sh",
           "-c",
@@ -230,7 +249,7 @@ Deno.test({
       const install = JSON.parse(Deno.readTextFileSync(`${dir}/install.json`));
       assertEquals(
         install.messages.at(-1),
-        `Reloaded libvirtd (pid ${child.pid}) with SIGHUP: it runs the hook from now on`,
+        `Reloaded libvirtd (pid ${pid}) with SIGHUP: it runs the hook from now on`,
       );
       const findings = JSON.parse(Deno.readTextFileSync(`${dir}/doctor.json`)) as DoctorFinding[];
       const hook = findings.find((f) => f.check === "hook")!;
@@ -239,14 +258,18 @@ Deno.test({
         hook.summary,
         new RegExp(
           `^Start guard /etc/libvirt/hooks/qemu\\.d/${HOOK_FILE_NAME}: installed by ` +
-            `this version \\(0\\.1\\.0\\); libvirtd \\(pid ${child.pid}\\) was reloaded at \\S+$`,
+            `this version \\(0\\.1\\.0\\); libvirtd \\(pid ${pid}\\) was reloaded at \\S+$`,
         ),
       );
       // Nothing of it outside the namespace.
       assertEquals(pathExists(`/etc/libvirt/hooks/qemu.d/${HOOK_FILE_NAME}`), hadHook);
     } finally {
-      child.kill("SIGKILL");
-      await child.status;
+      if (child !== null) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already gone */ }
+        await child.status;
+      }
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -5,7 +5,8 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../helpers/cli.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 import { isLiveRoot, liveSysfsRoot } from "../../cli/host_options.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { demoTree } from "../helpers/reliability.ts";
@@ -101,29 +102,13 @@ Deno.test({
     const mount = `${tree.dir}/bound`;
     Deno.mkdirSync(mount);
     // The bind mount lives in a private mount namespace that ends with the command.
-    const out = await new Deno.Command("unshare", {
-      args: [
-        "-m",
-        "sh",
-        "-c",
-        'mount --rbind /sys "$1" && shift && exec "$@"',
-        "sh",
-        mount,
-        Deno.execPath(),
-        "run",
-        "--quiet",
-        ...documentedFlags(),
-        MAIN,
-        "devices",
-        "--sysfs",
-        mount,
-      ],
-      env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(out.stdout);
-    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const out = await runInPrivateMounts(
+      `mount --rbind /sys ${shellQuote(mount)}`,
+      [...cliCommand(), "devices", "--sysfs", mount],
+      { NO_COLOR: "1" },
+    );
+    const stdout = out.stdout;
+    assertEquals(out.code, 0, out.stderr);
     assertEquals(notes(stdout), notes(reference.stdout));
     recordCase({
       area: "security",

@@ -30,6 +30,8 @@ function expecting(expected: Expected, includes: string): (error: unknown) => bo
     if (!(error instanceof (expected as ErrorClass))) {
       throw new assert.AssertionError({
         message: `Expected a ${(expected as ErrorClass).name}, got ${String(error)}`,
+        actual: error,
+        expected,
       });
     }
     if (!error.message.includes(includes)) {

@@ -3,6 +3,7 @@
 
 import { assertEquals } from "../helpers/assert.ts";
 import { shellQuote, shellWord } from "../../lib/render/shell.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 /** What `sh` makes of `text` as the arguments of printf: each word ended by a NUL. */
 function throughSh(text: string): string[] {
@@ -17,11 +18,14 @@ function throughSh(text: string): string[] {
   return new TextDecoder().decode(out.stdout).split("\0").slice(0, -1);
 }
 
+/** Where a word that ran a program would leave its mark. */
+const MARK = `${Deno.makeTempDirSync({ prefix: "passthrough-shell-" })}/ran`;
+
 const HOSTILE = [
   "win 11",
   "it's",
-  "$(touch /tmp/passthrough-shell-test-ran)",
-  "`touch /tmp/passthrough-shell-test-ran`",
+  `$(touch ${MARK})`,
+  `\`touch ${MARK}\``,
   "$HOME",
   "a;b",
   "a|b",
@@ -49,16 +53,8 @@ Deno.test("shellQuote and shellWord: sh reads every word back as it was, and run
     assertEquals(throughSh(shellQuote(word)), [word], JSON.stringify(word));
     assertEquals(throughSh(shellWord(word)), [word], JSON.stringify(word));
   }
-  assertEquals(
-    (() => {
-      try {
-        return Deno.statSync("/tmp/passthrough-shell-test-ran").isFile;
-      } catch {
-        return false;
-      }
-    })(),
-    false,
-  );
+  assertEquals(pathExists(MARK), false);
+  Deno.removeSync(MARK.slice(0, -"/ran".length), { recursive: true });
 });
 
 Deno.test("shellWord leaves a word sh reads as itself bare, and quotes the rest", () => {

@@ -6,6 +6,7 @@ import {
   StateDirError,
   writeNewFileSync,
 } from "../../lib/state/state_dir.ts";
+import { canUnshareMounts } from "../helpers/cli.ts";
 
 function tempDir(): string {
   return Deno.makeTempDirSync({ prefix: "passthrough-state-test-" });
@@ -196,19 +197,9 @@ Deno.test("openStateDir() accepts a directory it created earlier", () => {
   }
 });
 
-/** Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN). */
-function canMount(): boolean {
-  try {
-    return new Deno.Command("unshare", { args: ["-m", "true"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
 Deno.test({
   name: "openStateDir() and writeBackup() report a full disk instead of writing half a backup",
-  ignore: !canMount(),
+  ignore: !canUnshareMounts(),
   async fn() {
     const root = tempDir();
     try {
