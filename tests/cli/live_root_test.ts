@@ -10,6 +10,7 @@ import { shellQuote } from "../../lib/render/shell.ts";
 import { isLiveRoot, liveSysfsRoot } from "../../cli/host_options.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { demoTree } from "../helpers/reliability.ts";
+import { liveDefaultRouteNic } from "../helpers/hosts.ts";
 
 const TEST = "tests/cli/live_root_test.ts";
 
@@ -44,6 +45,14 @@ function notes(stdout: string): string[] {
 Deno.test("devices --sysfs with /sys spelled another way keeps the host-use notes", async () => {
   const reference = await runCli(["devices"]);
   assertEquals(reference.code, 0, reference.stderr);
+  // The notes compared are there to lose: the NIC of the default route is marked.
+  const nic = liveDefaultRouteNic();
+  if (nic !== null) {
+    assertOk(
+      notes(reference.stdout).some((n) => n.startsWith(nic.address) && n.includes("host: ")),
+      reference.stdout,
+    );
+  }
   await using tree = await demoTree();
   const link = `${tree.dir}/sys-link`;
   Deno.symlinkSync("/sys", link);
