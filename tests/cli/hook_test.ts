@@ -69,6 +69,10 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertEquals(first.code, 0, first.stderr);
     const report = JSON.parse(first.stdout);
     assertEquals([report.path, report.changed], [`${hooks}/${HOOK_FILE_NAME}`, true]);
+    assertMatch(
+      report.messages[1],
+      new RegExp(`^It runs \\S+ \\S+/cli/hook_check\\.ts \\(deadline 10 s, state in ${dir}/s\\)$`),
+    );
     assertEquals(
       report.messages.at(-1),
       `Not in /etc/libvirt/hooks/qemu.d: libvirt's system daemon does not run it from ${hooks} (no daemon reloaded)`,
@@ -77,6 +81,15 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     // The state directory exists (checked at install), private.
     assertEquals(Deno.statSync(`${dir}/s`).mode! & 0o777, 0o700);
 
+    const unchanged = await runCli([
+      "hook",
+      "install",
+      ...common,
+      "--state-dir",
+      `${dir}/s`,
+      "--json",
+    ]);
+    assertEquals(JSON.parse(unchanged.stdout).changed, false);
     const again = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`]);
     assertEquals(again.code, 0, again.stderr);
     assertMatch(again.stdout, /^The start guard is already installed and up to date: /);
@@ -91,6 +104,10 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertMatch(status.stdout, / {2}up to date\n$/);
 
     Deno.chmodSync(report.path, 0o644);
+    assertMatch(
+      (await runCli(["hook", "status", ...common])).stdout,
+      /installed by passthrough 0\.1\.0 \(this is 0\.1\.0\); NOT executable\n/,
+    );
     const broken = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(broken.code, 1);
     assertEquals(JSON.parse(broken.stdout).problems, ["not executable, so libvirt skips it"]);
@@ -311,6 +328,10 @@ Deno.test("hook status names what is wrong with the file at the hook's path, and
       sysfs: "/sys",
     };
     installHook(hooks, renderHookScript(settings));
+    assertMatch(
+      (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout,
+      /\n {2}MISSING: \/nonexistent\/deno\n {2}MISSING: \/nonexistent\/hook_check\.js\n/,
+    );
     assertEquals(await status(), {
       code: 1,
       problems: [
@@ -630,6 +651,20 @@ Deno.test("hook run, what a bundle without its check or a compiled binary runs, 
     const missing = await runCli(["hook", "run", "--", "win11", "prepare", "begin"], { flags });
     assertEquals(missing.code, 2);
     assertMatch(missing.stderr, /^passthrough hook: Missing --state-dir DIR\n/);
+    // This host's /sys however spelled is the live host, with its use: a hand-added hostdev on
+    // the NIC of its default route is refused.
+    const nic = livePciMissing() === null ? liveDefaultRouteNic() : null;
+    if (nic !== null) {
+      const live = await runCli(
+        ["hook", "run", "--state-dir", state, "--sysfs", "/sys/.", "--", "vm", "prepare", "begin"],
+        {
+          flags,
+          stdin: `<domain type='kvm'><name>vm</name><devices>${nic.hostdev}</devices></domain>`,
+        },
+      );
+      assertEquals([live.code, live.stdout], [1, ""], live.stderr);
+      assertMatch(live.stderr, new RegExp(`hostdev ${nic.address} .*the host needs it`));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
