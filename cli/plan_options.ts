@@ -290,8 +290,14 @@ export interface ChangeCounts {
   refused: number;
 }
 
-/** The plan's {@link ChangeCounts}: the numbers its summary line shows. */
-export function planCounts(plan: Plan): ChangeCounts & { warnings: number } {
+/**
+ * The plan's {@link ChangeCounts}, and what the repairs of refused VMs remove (`repairRemove`)
+ * and follow to a moved card (`repairMoved`): the numbers its summary line shows. `apply` makes
+ * those repairs too, so a plan that refuses every VM may still change one.
+ */
+export function planCounts(
+  plan: Plan,
+): ChangeCounts & { warnings: number; repairRemove: number; repairMoved: number } {
   const s = summarizePlan(plan);
   return {
     vmsToChange: s.vmsToChange,
@@ -300,6 +306,8 @@ export function planCounts(plan: Plan): ChangeCounts & { warnings: number } {
     moved: s.move,
     refused: s.vmsWithErrors,
     warnings: s.warnings,
+    repairRemove: s.repair,
+    repairMoved: s.repairMove,
   };
 }
 

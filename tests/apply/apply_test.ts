@@ -643,7 +643,16 @@ Deno.test("passthrough apply --yes --json defines every VM and prints the report
   assertEquals(report.vms.map((v: { name: string; vm: string }) => v.name === v.vm), [true, true]);
   const add = plan.vms.reduce((n: number, v: { add: unknown[] }) => n + v.add.length, 0);
   assertOk(add > 0);
-  assertEquals(plan.summary, { vmsToChange: 2, add, remove: 0, moved: 0, refused: 0, warnings: 1 });
+  assertEquals(plan.summary, {
+    vmsToChange: 2,
+    add,
+    remove: 0,
+    moved: 0,
+    refused: 0,
+    warnings: 1,
+    repairRemove: 0,
+    repairMoved: 0,
+  });
   assertEquals(report.summary, {
     vmsToChange: 2,
     changed: 2,

@@ -100,6 +100,21 @@ const CASES: GoldenCase[] = [
     ],
     code: 1,
   },
+  // The same as JSON: the move counted under summary, the drift first among win10's errors.
+  {
+    name: "plan_repair_json",
+    args: (s) => [
+      "plan",
+      "--json",
+      "--config",
+      s.moved.config,
+      "--sysfs",
+      s.moved.sysfs,
+      "--connect",
+      s.moved.uri,
+    ],
+    code: 1,
+  },
   // Issue 16: a selection says what it left unchecked.
   { name: "plan_vm", args: (s) => ["plan", "--vm", "win10", ...plan(s, s.config)], code: 0 },
   {
