@@ -72,6 +72,14 @@ Deno.test("a captured tree without host_use.json refuses to plan; with it, the s
     assertEquals(text.code, 1);
     assertMatch(text.stdout, /refused \[host-use-unknown\] The tree at /);
 
+    // A refusal of the whole host stands with no VM to refuse.
+    await Deno.writeTextFile(`${dir}/none.yaml`, "version: 1\nvms: {}\n");
+    const empty = await runCli(["plan", "--json", ...args.with(1, `${dir}/none.yaml`)]);
+    assertEquals(empty.code, 1, empty.stderr);
+    assertEquals((JSON.parse(empty.stdout) as JsonPlan).errors.map((e) => e.code), [
+      "host-use-unknown",
+    ]);
+
     // Apply changes nothing either.
     const apply = await runCli(["apply", "--yes", "--state-dir", `${dir}/state`, ...args]);
     assertEquals(apply.code, 1, apply.stdout + apply.stderr);
