@@ -50,10 +50,10 @@ Deno.test("plan names the environment variable when the file it names is missing
   }
 });
 
-/** The refusal the guard records when win10's recorded GPU address holds an NVMe drive. */
-function recordMovedCardRefusal(stateDir: string): void {
-  recordRefusals(stateDir, "win10", [{
-    vm: "win10",
+/** The refusal the guard records when `vm`'s recorded GPU address holds an NVMe drive. */
+function recordMovedCardRefusal(stateDir: string, vm = "win10"): void {
+  recordRefusals(stateDir, vm, [{
+    vm,
     kind: "replaced",
     address: "0000:21:00.0",
     element: "hostdev",
@@ -61,7 +61,7 @@ function recordMovedCardRefusal(stateDir: string): void {
     recorded: null,
     hostNeeds: null,
     reason: "hostdev 0000:21:00.0 now holds 144d:a808 (recorded 10de:1b80)",
-    fix: "passthrough plan --vm win10",
+    fix: `passthrough plan --vm ${vm}`,
   }], { allowed: false, now: new Date("2026-12-01T10:00:00.000Z") });
 }
 
@@ -70,6 +70,8 @@ Deno.test("plan shows the start guard's recorded refusal under its VM, first", a
   try {
     buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
     recordMovedCardRefusal(`${dir}/state`);
+    // gentoo, which runs, has a warning of its own: the guard's comes before it.
+    recordMovedCardRefusal(`${dir}/state`, "gentoo");
     const args = ["plan", "--config", `${DEMO}passthrough_config.yaml`, "--sysfs", `${dir}/sysfs`];
     const result = await runCli([...args, "--connect", `test://${DEMO}world.xml`], {
       env: { PASSTHROUGH_STATE_DIR: `${dir}/state` },
@@ -85,6 +87,9 @@ Deno.test("plan shows the start guard's recorded refusal under its VM, first", a
     const win10 = lines.indexOf("VM win10 (shut off)");
     const gentoo = lines.findIndex((l) => l.startsWith("VM gentoo"));
     assertEquals(win10 < at && at < gentoo, true);
+    const gentooWarnings = lines.slice(gentoo).filter((l) => l.startsWith("  warning ["));
+    assertMatch(gentooWarnings[0] ?? "", /^ {2}warning \[guard-refused\] .*"gentoo"/);
+    assertMatch(gentooWarnings[1] ?? "", /^ {2}warning \[vm-running\]/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
