@@ -51,6 +51,15 @@ interface GoldenCase {
 
 const host = (s: Scene) => ["--sysfs", s.sysfs];
 const plan = (s: Scene, config: string) => ["--config", config, ...host(s), "--connect", s.uri];
+/** The moved card's scene: its config, tree and world. */
+const moved = (s: Scene) => [
+  "--config",
+  s.moved.config,
+  "--sysfs",
+  s.moved.sysfs,
+  "--connect",
+  s.moved.uri,
+];
 
 // In order: `backups` lists what `apply --yes` wrote to the same state directory. The test
 // driver keeps domains per connection, so each process starts again from world.xml.
@@ -89,30 +98,13 @@ const CASES: GoldenCase[] = [
   // win10 became ambiguous: the drift is refused first, and the repair follows the card.
   {
     name: "plan_repair",
-    args: (s) => [
-      "plan",
-      "--config",
-      s.moved.config,
-      "--sysfs",
-      s.moved.sysfs,
-      "--connect",
-      s.moved.uri,
-    ],
+    args: (s) => ["plan", ...moved(s)],
     code: 1,
   },
   // The same as JSON: the move counted under summary, the drift first among win10's errors.
   {
     name: "plan_repair_json",
-    args: (s) => [
-      "plan",
-      "--json",
-      "--config",
-      s.moved.config,
-      "--sysfs",
-      s.moved.sysfs,
-      "--connect",
-      s.moved.uri,
-    ],
+    args: (s) => ["plan", "--json", ...moved(s)],
     code: 1,
   },
   // Issue 16: a selection says what it left unchecked.
