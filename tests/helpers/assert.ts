@@ -25,11 +25,11 @@ type Expected = Parameters<typeof assert.throws>[1];
 type ErrorClass = new (...args: any[]) => Error;
 
 /** `expected`, and with an error class and `includes`, that its message includes that text. */
-function expecting(expected: Expected, includes: string): (error: unknown) => boolean {
+function expecting(expected: ErrorClass, includes: string): (error: unknown) => boolean {
   return (error) => {
-    if (!(error instanceof (expected as ErrorClass))) {
+    if (!(error instanceof expected)) {
       throw new assert.AssertionError({
-        message: `Expected a ${(expected as ErrorClass).name}, got ${String(error)}`,
+        message: `Expected a ${expected.name}, got ${String(error)}`,
         actual: error,
         expected,
       });
