@@ -267,6 +267,12 @@ Deno.test("policy: a damaged or foreign policy file enforces, and says so with t
         // A misspelt rule policy, and a file a later version wrote: neither is guessed at.
         '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{"gpu":"of"}}}}',
         '{"version":2,"config":"c","vms":{"win11":{"guard":"off","rules":{}}}}',
+        // Each field of the wrong type.
+        '{"version":1,"config":5,"vms":{"win11":{"guard":"off","rules":{}}}}',
+        '{"version":1,"config":"c","vms":null}',
+        '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":null}}}',
+        '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"allowHostCritical":"gpu"}}}',
+        '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"allowHostCritical":[1]}}}',
       ]
     ) {
       Deno.writeTextFileSync(path, text);
@@ -299,6 +305,10 @@ Deno.test("policy: another VM's policy does not apply, and names like __proto__ 
       "off",
       "off",
     ]);
+    // A rule the file does not name takes the VM's policy, whatever its name: never a property
+    // every object inherits, which no check would take for enforce.
+    assertEquals(policyFor(win12, "constructor"), "off");
+    assertEquals(policyFor(ENFORCE, "toString"), "enforce");
     assertEquals((await run(root, state)).code, 1);
   });
 });
@@ -411,6 +421,13 @@ Deno.test("recordPolicies() writes only non-default policies, and removes the fi
     assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "removed");
     assertThrows(() => Deno.statSync(`${state}/guard/policy.json`), Deno.errors.NotFound);
   });
+});
+
+Deno.test("guardPolicies() takes a VM whose config object has no guard (a library caller's) as enforce", () => {
+  // parseConfig always fills in the VM's guard; a config built in code may leave it out.
+  const parsed = config(null, "warn");
+  const built = { ...parsed, vms: parsed.vms.map(({ guard: _guard, ...vm }) => vm) };
+  assertEquals(guardPolicies(built).vms, { win11: { guard: "enforce", rules: { gpu: "warn" } } });
 });
 
 Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file is refused, never read", async () => {
