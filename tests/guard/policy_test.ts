@@ -299,6 +299,8 @@ Deno.test("policy: another VM's policy does not apply, and names like __proto__ 
     assertEquals(Object.keys(policies.vms), ["__proto__", "win12"]);
     recordPolicies(state, policies);
     assertEquals(readVmPolicy(state, "__proto__").policy.guard, "off");
+    // A VM the file does not name enforces, whatever its name.
+    assertEquals(readVmPolicy(state, "toString").policy, ENFORCE);
     const win12 = readVmPolicy(state, "win12").policy;
     assertEquals([policyFor(win12, "__proto__"), policyFor(win12, "usb"), policyFor(win12, null)], [
       "enforce",
