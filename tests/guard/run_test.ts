@@ -109,7 +109,7 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   });
 });
 
-Deno.test("an allowance written while the clock stood ahead, or stretched by hand, does not count", () => {
+Deno.test("an allowance lasts 60 minutes; one written while the clock stood ahead, or stretched by hand, does not count", () => {
   const state = Deno.makeTempDirSync({ prefix: "passthrough-guard-clock-" });
   try {
     const now = new Date("2026-01-01T12:00:00Z");
@@ -120,6 +120,14 @@ Deno.test("an allowance written while the clock stood ahead, or stretched by han
     // A few minutes ahead is a clock's usual drift: it counts.
     allowNextStart(state, "win11", at(4));
     assertEquals(takeAllowance(state, "win11", now), "allowed");
+    // Ten minutes ahead is more than drift.
+    allowNextStart(state, "win11", at(10));
+    assertEquals(takeAllowance(state, "win11", now), "expired");
+    // The 60 minutes README promises: given 59 minutes ago it counts, 61 minutes ago not.
+    allowNextStart(state, "win11", at(-59));
+    assertEquals(takeAllowance(state, "win11", now), "allowed");
+    allowNextStart(state, "win11", at(-61));
+    assertEquals(takeAllowance(state, "win11", now), "expired");
     // A window longer than an allowance lasts (the file edited): not trusted.
     const { path } = allowNextStart(state, "win11", at(-10));
     const data = JSON.parse(Deno.readTextFileSync(path));
