@@ -87,6 +87,7 @@ Deno.test("runGuard() lets one start through with an allowance, then refuses aga
 Deno.test("runGuard() lets a clean start go on without creating or writing any state", async () => {
   await withTree(async (root, state) => {
     assertEquals(await run(root, state, IN_PLACE), { code: 0, lines: [], refusals: [] });
+    console.log((await run(root, state, MOVED)).lines);
     // Nothing recorded, nothing created: the state directory does not even exist.
     assertThrows(() => Deno.statSync(state), Deno.errors.NotFound);
     // Once the guard keeps something, a clean start of this VM clears its own record.
@@ -215,4 +216,75 @@ Deno.test("allowNextStart() keeps VM names that are not file names apart", async
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("an allowance in a guard directory others may write to, or one that is a link, does not count", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11");
+    const allow = `${state}/guard/allow`;
+    Deno.chmodSync(allow, 0o777);
+    const open = await run(root, state, MOVED);
+    assertEquals(open.code, 1);
+    assertMatch(
+      open.lines[0]!,
+      /^passthrough guard: cannot use its allowance \(it does not count\): .*guard\/allow.*group- or world-writable/,
+    );
+    assertMatch(
+      open.lines[1]!,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/,
+    );
+    // A link to a directory of the same files, private as it is: not ours either.
+    Deno.chmodSync(allow, 0o700);
+    Deno.renameSync(allow, `${state}/allow-elsewhere`);
+    Deno.symlinkSync(`${state}/allow-elsewhere`, allow);
+    assertEquals((await run(root, state, MOVED)).code, 1);
+    // Put back: the allowance was never taken, and counts once.
+    Deno.removeSync(allow);
+    Deno.renameSync(`${state}/allow-elsewhere`, allow);
+    assertEquals((await run(root, state, MOVED)).code, 0);
+    assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+Deno.test("a file where the guard's directory belongs: a clean start says nothing, a refused one why", async () => {
+  await withTree(async (root, state) => {
+    Deno.mkdirSync(state, { recursive: true, mode: 0o700 });
+    Deno.writeTextFileSync(`${state}/guard`, "not a directory\n", { mode: 0o600 });
+    assertEquals(await run(root, state, IN_PLACE), { code: 0, lines: [], refusals: [] });
+    // No allowance is there to be read: not an error of its own.
+    const refused = await run(root, state, MOVED);
+    assertEquals(refused.code, 1);
+    assertEquals(refused.lines.length, 3, refused.lines.join("\n"));
+    assertMatch(refused.lines[0]!, /^passthrough guard: cannot read the guard policies in /);
+    assertMatch(refused.lines[1]!, /^passthrough guard: refusing to start "win11": /);
+    assertMatch(refused.lines[2]!, /^passthrough guard: cannot record the refusal: /);
+  });
+});
+
+Deno.test("readRefusalRecords() lists one record per VM, by name, from the .json files alone", async () => {
+  await withTree(async (root, state) => {
+    const names = ["win11", "zeta", "alpha", "m-2", "m-10", "Beta"];
+    for (const vm of [...names].reverse()) {
+      await runGuard({
+        vm,
+        operation: "prepare",
+        subOperation: "begin",
+        xml: MOVED.replace("<name>win11</name>", `<name>${vm}</name>`),
+        reader: denoFsReader(),
+        root,
+        live: false,
+        stateDir: state,
+      });
+    }
+    // Not a record, whatever it holds: an editor's backup of one.
+    const dir = `${state}/guard/refused`;
+    Deno.writeTextFileSync(
+      `${dir}/win11.json~`,
+      Deno.readTextFileSync(`${dir}/win11.json`).replace('"win11"', '"stray"'),
+    );
+    assertEquals(
+      readRefusalRecords(state).map((r) => r.vm),
+      ["alpha", "Beta", "m-10", "m-2", "win11", "zeta"],
+    );
+  });
 });
