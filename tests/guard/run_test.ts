@@ -8,9 +8,13 @@ import { runGuard } from "../../lib/guard/run.ts";
 import {
   ALLOWANCE_LIFETIME_MS,
   allowNextStart,
+  guardRefusalIssue,
   readRefusalRecords,
+  readReloadRecords,
+  recordReload,
   takeAllowance,
 } from "../../lib/guard/state.ts";
+import { RELOAD_FILE } from "../../lib/guard/layout.ts";
 
 const MOVED = `<domain><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -286,5 +290,46 @@ Deno.test("readRefusalRecords() lists one record per VM, by name, from the .json
       readRefusalRecords(state).map((r) => r.vm),
       ["alpha", "Beta", "m-10", "m-2", "win11", "zeta"],
     );
+  });
+});
+
+Deno.test("guardRefusalIssue() words an allowed start, joins every refusal and names their devices", async () => {
+  await withTree(async (root, state) => {
+    // A second hostdev, added by hand, where nothing sits on this tree.
+    const two = MOVED.replace(
+      "</hostdev></devices>",
+      "</hostdev><hostdev mode='subsystem' type='pci' managed='yes'><source><address " +
+        "domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev></devices>",
+    );
+    allowNextStart(state, "win11");
+    assertEquals((await run(root, state, two)).code, 0);
+    const [allowed] = readRefusalRecords(state);
+    const issue = guardRefusalIssue(allowed!);
+    assertEquals([issue.code, issue.vm, issue.devices], [
+      "guard-refused",
+      "win11",
+      ["0000:0b:00.0", "0000:7f:1f.7"],
+    ]);
+    assertMatch(
+      issue.message,
+      /^The start guard checked "win11" at \S+ and let it start once despite: hostdev 0000:0b:00\.0 [^;]+; hostdev 0000:7f:1f\.7 /,
+    );
+    // XML it cannot read names no device.
+    assertEquals((await run(root, state, null)).code, 1);
+    const unreadable = guardRefusalIssue(readRefusalRecords(state)[0]!);
+    assertMatch(unreadable.message, / and refused it: /);
+    assertEquals("devices" in unreadable, false);
+  });
+});
+
+Deno.test("readReloadRecords() takes a record with the daemon's name and pid, nothing less", async () => {
+  await withTree((_root, state) => {
+    recordReload(state, { name: "virtqemud", pid: 4242 }, new Date("2026-12-01T10:00:00Z"));
+    assertEquals(readReloadRecords(state), [
+      { name: "virtqemud", pid: 4242, time: "2026-12-01T10:00:00.000Z" },
+    ]);
+    const path = `${state}/guard/${RELOAD_FILE}`;
+    Deno.writeTextFileSync(path, JSON.stringify({ name: "virtqemud", time: "x" }));
+    assertEquals(readReloadRecords(state), []);
   });
 });
