@@ -520,5 +520,13 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
     });
     assertEquals(failed[0]!.reloaded, false);
     assertMatch(failed[0]!.message, /run: systemctl reload libvirtd \(or kill -HUP 4242\)$/);
+    // Without the boot time in /proc/stat the start time is unknown, and the daemon still found.
+    Deno.writeTextFileSync(`${dir}/proc/stat`, "cpu 1 2 3\n");
+    assertEquals(
+      findHookDaemons(denoFsReader(), { runDir: `${dir}/run`, procRoot: `${dir}/proc` }),
+      [
+        { name: "libvirtd", pid: 4242, started: null },
+      ],
+    );
   });
 });
