@@ -3,11 +3,11 @@
  * code instead of one per function, and the managed flow's host-driver note after both.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
-import type { Plan, PlanIssue, VmPlan } from "../../lib/plan/types.ts";
+import type { Plan, PlanIssue, PlannedHostdev, VmPlan } from "../../lib/plan/types.ts";
 import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
-import type { ApplyReport } from "../../lib/apply/apply.ts";
+import type { ApplyReport, VmApplyResult } from "../../lib/apply/apply.ts";
 
 const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
 
@@ -37,6 +37,29 @@ function vm(errors: PlanIssue[], warnings: PlanIssue[]): VmPlan {
     currentXml: "",
     desiredXml: "",
     changed: false,
+  };
+}
+
+/** A hostdev a rule matched at `address` (only counted by the summaries). */
+function hostdev(address: string): PlannedHostdev {
+  return {
+    address,
+    rule: "gpu",
+    reason: "matched",
+    group: 1,
+    spec: { address, managed: true },
+    identity: {
+      address,
+      vendorId: "10de",
+      deviceId: "2684",
+      subsystemVendorId: null,
+      subsystemDeviceId: null,
+      classCode: "030000",
+      serial: null,
+      driver: null,
+      rule: "gpu",
+    },
+    description: "10de:2684 VGA compatible controller",
   };
 }
 
@@ -294,4 +317,173 @@ Deno.test("a running VM's header says when its changes apply: next power-off, or
     renderVmPlan(vm([], []), { color: false, live: true }).split("\n")[0],
     "VM router (shut off)",
   );
+});
+
+Deno.test("the summary counts what unrefused VMs change, moves included, and names the checked VMs in plan order", () => {
+  const moveOf = (from: string, to: string) => ({ from, to, rule: "gpu", evidence: "same IDs" });
+  const acs: PlanIssue = { code: "acs-override", message: "ACS override is on" };
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "/sys",
+    uri: "test:///default",
+    vms: [
+      {
+        ...vm([], [acs]),
+        name: "win11",
+        changed: true,
+        add: [hostdev("0000:0c:00.0")],
+        move: [moveOf("0000:01:00.0", "0000:0b:00.0"), moveOf("0000:01:00.1", "0000:0b:00.1")],
+      },
+      // Refused: neither its own changes nor its move count; its repair's move does.
+      {
+        ...vm([refusal], []),
+        changed: true,
+        add: [hostdev("0000:0e:00.0")],
+        move: [moveOf("0000:02:00.0", "0000:0d:00.0")],
+        repair: { remove: [], move: [moveOf("0000:02:00.0", "0000:0d:00.0")], desiredXml: "" },
+      },
+      // Not refused: a repair left on it by hand is no repair of a refused VM.
+      {
+        ...vm([], []),
+        name: "lab",
+        repair: {
+          remove: ["0000:03:00.0"],
+          move: [moveOf("0000:04:00.0", "0000:0f:00.0")],
+          desiredXml: "",
+        },
+      },
+    ],
+    errors: [],
+    warnings: [acs],
+  };
+  const summary = summarizePlan(plan);
+  assertEquals(
+    summaryLine(summary),
+    "1 VM to change, 1 hostdev to add, 0 to remove, 2 moved, 1 VM refused, 1 hostdev to follow a moved card in refused VMs",
+  );
+  // The host's warning and win11's, each counted.
+  assertEquals(summary.warnings, 2);
+  const unchanged: Plan = {
+    ...plan,
+    unplanned: ["router"],
+    vms: [{ ...vm([], []), name: "win11" }, { ...vm([], []), name: "alpha" }],
+    warnings: [],
+  };
+  assertEquals(
+    summaryLine(summarizePlan(unchanged)),
+    "No changes: win11, alpha match the config; 1 other VM not planned",
+  );
+});
+
+Deno.test("apply's report counts each VM by its own moves, and its summary only what changed", () => {
+  const moveOf = (from: string, to: string) => ({ from, to, rule: "gpu", evidence: "same IDs" });
+  const nasMove = moveOf("0000:02:00.0", "0000:0d:00.0");
+  const winMoves = [moveOf("0000:01:00.0", "0000:0b:00.0"), moveOf("0000:01:00.1", "0000:0b:00.1")];
+  const planned = (name: string, extra: Partial<VmPlan>): VmPlan => ({
+    ...vm([], []),
+    name,
+    changed: true,
+    ...extra,
+  });
+  const plan: Plan = {
+    config: "c.yaml",
+    host: "/sys",
+    uri: "test:///default",
+    vms: [
+      planned("nas", { move: [nasMove] }),
+      planned("win11", { add: [hostdev("0000:0c:00.0")], move: winMoves }),
+      planned("router", { add: [hostdev("0000:0e:00.0")], errors: [refusal] }),
+      planned("lab", { add: [hostdev("0000:0f:00.0")] }),
+      planned("idle", { changed: false }),
+    ],
+    errors: [],
+    warnings: [],
+  };
+  const outcome = (
+    name: string,
+    status: VmApplyResult["status"],
+    code: VmApplyResult["code"],
+    message: string,
+    extra: Partial<VmApplyResult> = {},
+  ): VmApplyResult => ({
+    vm: name,
+    status,
+    code,
+    message,
+    added: [],
+    removed: [],
+    active: false,
+    effect: null,
+    backup: null,
+    restored: false,
+    live: null,
+    definition: null,
+    ...extra,
+  });
+  const report: ApplyReport = {
+    uri: "test:///default",
+    stateDir: "/tmp/s",
+    brokeStaleLock: null,
+    vms: [
+      // Defined, then undone: what it added and the move it made are not counted.
+      outcome("nas", "failed", "undone", 'Defined "nas" (1 added, 1 removed), then undone', {
+        added: ["0000:0d:00.0"],
+        removed: ["0000:02:00.0"],
+        backup: "/tmp/s/backups/nas/1.xml",
+        restored: true,
+      }),
+      outcome("win11", "changed", "applied", 'Defined "win11" (3 added, 2 removed)', {
+        added: ["0000:0b:00.0", "0000:0b:00.1", "0000:0c:00.0"],
+        removed: ["0000:01:00.0", "0000:01:00.1"],
+        effect: "next-start",
+      }),
+      outcome("router", "skipped", "plan-errors", "Refused by the plan"),
+      outcome("lab", "skipped", "declined", "Declined"),
+      outcome("idle", "unchanged", "no-changes", "No changes"),
+    ],
+    changed: ["win11"],
+    unchanged: ["idle"],
+    skipped: ["router", "lab"],
+    failed: ["nas"],
+    liveFailed: [],
+    ok: false,
+  };
+  assertEquals(renderApplyReport(report, { color: false, plan }).split("\n"), [
+    'FAILED nas: Defined "nas" (1 added, 1 removed), then undone',
+    "  backup: /tmp/s/backups/nas/1.xml",
+    "  the previous definition was restored from the backup",
+    'changed win11 (+1 -0 hostdevs, 2 moved): Defined "win11" (3 added, 2 removed); takes effect at the next start',
+    "skipped router: Refused by the plan",
+    "skipped lab: Declined",
+    "unchanged idle: No changes",
+    "Changed: win11. Skipped: router, lab. Failed: nas.",
+    "",
+  ]);
+  const json = JSON.parse(applyJson(report, plan));
+  assertEquals(json.summary, {
+    vmsToChange: 3,
+    changed: 1,
+    unchanged: 1,
+    skipped: 2,
+    failed: 1,
+    add: 1,
+    remove: 0,
+    moved: 2,
+    refused: 1,
+  });
+  // Only a changed VM lists the moves it made.
+  assertEquals(json.vms.map((v: { move: unknown[] }) => v.move), [[], winMoves, [], [], []]);
+  // Fewer hostdevs changed than the plan moved (the host changed before apply): never negative.
+  const partial = { ...report.vms[1]!, added: ["0000:0b:00.0"], removed: ["0000:01:00.0"] };
+  const line = renderApplyReport({ ...report, vms: [partial] }, { color: false, plan });
+  assertMatch(line, /^changed win11 \(\+0 -0 hostdevs, 1 moved\): /);
+  // A message quoting a definition (a libvirt error) shows its password as ***, text or JSON.
+  const quoted = {
+    ...report,
+    vms: [{ ...report.vms[0]!, message: "libvirt rejected <graphics passwd='pt-s3crt'/>" }],
+  };
+  const text = renderApplyReport(quoted, { color: false, plan });
+  assertOk(!text.includes("pt-s3crt") && text.includes("passwd='***'"), text);
+  const json2 = applyJson(quoted, plan);
+  assertOk(!json2.includes("pt-s3crt") && json2.includes("passwd='***'"), json2);
 });

@@ -4,7 +4,8 @@
  * `/sys` against a real libvirtd.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 import { runCli } from "../helpers/cli.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
@@ -57,4 +58,80 @@ Deno.test({
     assertEquals(result.code, 0, result.stdout + result.stderr);
     assertMatch(result.stdout, /The two sources agree/);
   },
+});
+
+Deno.test("passthrough sources prints both counts, every difference and how many; agreeing sources exit 0", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sources-" });
+  try {
+    // Without drivers, which the test driver drops: the two sources agree.
+    const full = loadHostDescription(HOST);
+    const description = { ...full, devices: full.devices.map((d) => ({ ...d, driver: null })) };
+    buildHostTree(description, `${dir}/sysfs`);
+    const world = nodeDeviceWorldXml(description);
+    await Deno.writeTextFile(`${dir}/world.xml`, world);
+    const uri = `test://${dir}/world.xml`;
+    const args = ["sources", "--sysfs", `${dir}/sysfs`, "--connect", uri];
+    const functions = description.devices.length;
+    const groups = new Set(description.devices.map((d) => d.group)).size;
+    const header = `sysfs (${dir}/sysfs): ${functions} functions, ${groups} IOMMU groups\n` +
+      `libvirt (${uri}): ${functions} functions, ${groups} IOMMU groups\n`;
+
+    const same = await runCli(args);
+    assertEquals([same.code, same.stdout], [0, `${header}The two sources agree\n`]);
+    const json = await runCli([...args, "--json"]);
+    assertEquals([json.code, JSON.parse(json.stdout)], [0, {
+      sysfs: `${dir}/sysfs`,
+      libvirt: uri,
+      differences: [],
+    }]);
+
+    // libvirt lacks the Wi-Fi card (alone in group 27) and claims the RX 6700 XT's two functions
+    // (groups 21 and 22) are in groups 98 and 99.
+    const lacking = nodeDeviceWorldXml({
+      ...description,
+      devices: description.devices.filter((d) => d.bdf !== "0000:09:00.0"),
+    });
+    const moved = lacking
+      .replace(/(<name>pci_0000_03_00_0<\/name>[\s\S]*?<iommuGroup number=')21(')/, "$198$2")
+      .replace(/(<name>pci_0000_03_00_1<\/name>[\s\S]*?<iommuGroup number=')22(')/, "$199$2");
+    await Deno.writeTextFile(`${dir}/world.xml`, moved);
+    const differ = await runCli(args);
+    assertEquals([differ.code, differ.stdout], [
+      1,
+      `sysfs (${dir}/sysfs): ${functions} functions, ${groups} IOMMU groups\n` +
+      `libvirt (${uri}): ${functions - 1} functions, ${groups - 1} IOMMU groups\n` +
+      "  0000:03:00.0: iommuGroup is 21 in sysfs, 98 in libvirt\n" +
+      "  0000:03:00.1: iommuGroup is 22 in sysfs, 99 in libvirt\n" +
+      "  0000:09:00.0: in sysfs only, missing from libvirt\n" +
+      "3 differences\n",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("passthrough sources --allow-uri-programs opens a URI that runs a program", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sources-" });
+  try {
+    buildHostTree(loadHostDescription(HOST), `${dir}/sysfs`);
+    const mark = `${dir}/RAN`;
+    const script = `${dir}/tunnel.sh`;
+    await Deno.writeTextFile(script, `#!/bin/sh\ntouch '${mark}'\nexit 1\n`, { mode: 0o755 });
+    const uri = `qemu+ext:///system?command=${script}`;
+    const refused = await runCli(["sources", "--sysfs", `${dir}/sysfs`, "-c", uri]);
+    assertEquals([refused.code, pathExists(mark)], [1, false]);
+    // Allowed, libvirt runs the program (which fails here): the flag reaches the connection.
+    const allowed = await runCli([
+      "sources",
+      "--sysfs",
+      `${dir}/sysfs`,
+      "-c",
+      uri,
+      "--allow-uri-programs",
+    ]);
+    assertEquals(allowed.code, 1);
+    assertOk(pathExists(mark), "--allow-uri-programs let libvirt run it");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -144,3 +144,25 @@ Deno.test("compareTopologies() finds a regrouped and a vanished device between s
     ].sort((x, y) => x.address.localeCompare(y.address)),
   );
 });
+
+Deno.test("compareTopologies() joins a PF's virtual functions with spaces; formatSourceDifference() names the sides a and b by default", () => {
+  const pf = device("0000:01:00.0", { class: "0x020000" });
+  const vf = (bdf: string) => device(bdf, { class: "0x020000", physfn: "0000:01:00.0" });
+  const a = topology([pf, vf("0000:01:00.2"), vf("0000:01:00.3")]);
+  const b = topology([pf, vf("0000:01:00.2")]);
+  const differences = compareTopologies(a, b);
+  assertEquals(differences, [
+    {
+      kind: "field",
+      address: "0000:01:00.0",
+      field: "virtfns",
+      a: "0000:01:00.2 0000:01:00.3",
+      b: "0000:01:00.2",
+    },
+    { kind: "missing", address: "0000:01:00.3", missingFrom: "b" },
+  ]);
+  assertEquals(differences.map((d) => formatSourceDifference(d)), [
+    `0000:01:00.0: virtfns is "0000:01:00.2 0000:01:00.3" in a, "0000:01:00.2" in b`,
+    "0000:01:00.3: in a only, missing from b",
+  ]);
+});

@@ -444,3 +444,42 @@ Deno.test("writeBackup() fails, writing nothing, when the VM's backup directory 
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test("passthrough backups lists an incomplete backup below the table and still exits 0", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const entry = backupOf(state, "a", { second: 1 });
+    // What a run killed between the XML and its sidecar leaves: reported, but nothing is damaged.
+    const orphan = `${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`;
+    Deno.writeTextFileSync(orphan, "<x/>");
+    const note = `Backup "${orphan}" is incomplete: its sidecar is missing`;
+    const human = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals([human.code, human.stderr], [0, ""]);
+    const [table, notes] = human.stdout.split("\n\n");
+    assertMatch(table!, new RegExp(`^#\\s+TIME\\s+VM\\s+REASON\\s+ID\\s+UUID\\n1\\s.*${entry.id}`));
+    assertOk(notes!.startsWith(note), notes);
+    const json = await runCli(["backups", "--json", "--state-dir", state.path]);
+    assertEquals(json.code, 0);
+    assertEquals(JSON.parse(json.stdout).map((e: { id: string }) => e.id), [entry.id]);
+    assertOk(json.stderr.startsWith(note), json.stderr);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("passthrough backups VM that has none names the one other VM that has some", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    backupOf(state, "alpha", { second: 1 });
+    backupOf(state, "alpha", { second: 2 });
+    const run = await runCli(["backups", "alhpa", "--state-dir", state.path]);
+    assertEquals([run.code, run.stdout], [
+      0,
+      `No backups of VM "alhpa" in ${state.path} (did you mean "alpha"?); 1 other VM has backups (passthrough backups lists them)\n`,
+    ]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
