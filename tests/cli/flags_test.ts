@@ -93,6 +93,14 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   assertMatch((await runMain(["rollback", "--yes"])).err, /: Missing the VM to roll back\n/);
   assertMatch((await runMain(["snapshot"])).err, /: Missing the output directory\n/);
   assertMatch((await runMain(["guard", "allow"])).err, /: Missing the VM name\n/);
+  const scratch = Deno.makeTempDirSync({ prefix: "passthrough-flags-" });
+  try {
+    const empty = await runMain(["guard", "allow", "", "--state-dir", `${scratch}/state`]);
+    assertEquals([empty.code, [...Deno.readDirSync(scratch)]], [2, []]);
+    assertMatch(empty.err, /: Missing the VM name\n/);
+  } finally {
+    Deno.removeSync(scratch, { recursive: true });
+  }
   assertMatch((await runMain(["hook"])).err, /: Missing the subcommand: install, status, /);
   // A command with one subcommand names it alone.
   assertMatch((await runMain(["guard"])).err, /: Missing the subcommand: allow\n/);

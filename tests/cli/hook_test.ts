@@ -884,6 +884,28 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
       allow.stdout,
       /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
     );
+    // Told another state directory, guard allow writes there and says the hook does not read it;
+    // with no hook in the directory it is told, it says so.
+    const elsewhere = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      ...common,
+      "--state-dir",
+      `${dir}/x`,
+    ]);
+    assertEquals(elsewhere.code, 0, elsewhere.stderr);
+    assertMatch(elsewhere.stdout, /\(until \S+; .*\/x\/guard\/allow\/win11\.json\)\n/);
+    assertOk(
+      elsewhere.stdout.endsWith(`\nNote: the installed hook reads ${dir}/state, not ${dir}/x\n`),
+      elsewhere.stdout,
+    );
+    const none = await runCli(["guard", "allow", "win11", "--hooks-dir", `${dir}/none`]);
+    assertEquals(none.code, 0, none.stderr);
+    assertOk(
+      none.stdout.endsWith(`\nNote: no start guard is installed in ${dir}/none\n`),
+      none.stdout,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
