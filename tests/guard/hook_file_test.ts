@@ -16,7 +16,7 @@ import {
   renderHookScript,
   unsafeHookPaths,
 } from "../../lib/guard/hook_file.ts";
-import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
+import { findHookDaemons, noDaemonMessage, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 
@@ -520,6 +520,10 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
     });
     assertEquals(failed[0]!.reloaded, false);
     assertMatch(failed[0]!.message, /run: systemctl reload libvirtd \(or kill -HUP 4242\)$/);
+    // A pidfile holding anything but a decimal number is not read as one (0x10a2 is 4258).
+    Deno.writeTextFileSync(`${dir}/run/virtqemud.pid`, "0x10a2\n");
+    Deno.mkdirSync(`${dir}/proc/4258`);
+    Deno.writeTextFileSync(`${dir}/proc/4258/comm`, "virtqemud\n");
     // Without the boot time in /proc/stat the start time is unknown, and the daemon still found.
     Deno.writeTextFileSync(`${dir}/proc/stat`, "cpu 1 2 3\n");
     assertEquals(
@@ -527,6 +531,11 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
       [
         { name: "libvirtd", pid: 4242, started: null },
       ],
+    );
+    assertEquals(
+      noDaemonMessage(),
+      "No running libvirtd or virtqemud found (pidfiles /run/libvirtd.pid, /run/virtqemud.pid): " +
+        "the daemon runs the hook from its next start",
     );
   });
 });
