@@ -7,6 +7,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
 import type { Plan, PlanIssue, PlannedHostdev, VmPlan } from "../../lib/plan/types.ts";
 import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
+import { gpuIdentity } from "../helpers/devices.ts";
 import type { ApplyReport, VmApplyResult } from "../../lib/apply/apply.ts";
 
 const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
@@ -48,17 +49,7 @@ function hostdev(address: string): PlannedHostdev {
     reason: "matched",
     group: 1,
     spec: { address, managed: true },
-    identity: {
-      address,
-      vendorId: "10de",
-      deviceId: "2684",
-      subsystemVendorId: null,
-      subsystemDeviceId: null,
-      classCode: "030000",
-      serial: null,
-      driver: null,
-      rule: "gpu",
-    },
+    identity: gpuIdentity(address, { driver: null }),
     description: "10de:2684 VGA compatible controller",
   };
 }
