@@ -91,7 +91,6 @@ Deno.test("runGuard() lets one start through with an allowance, then refuses aga
 Deno.test("runGuard() lets a clean start go on without creating or writing any state", async () => {
   await withTree(async (root, state) => {
     assertEquals(await run(root, state, IN_PLACE), { code: 0, lines: [], refusals: [] });
-    console.log((await run(root, state, MOVED)).lines);
     // Nothing recorded, nothing created: the state directory does not even exist.
     assertThrows(() => Deno.statSync(state), Deno.errors.NotFound);
     // Once the guard keeps something, a clean start of this VM clears its own record.
