@@ -175,30 +175,32 @@ const POLICIES: readonly string[] = ["enforce", "warn", "off"];
 
 /**
  * The policy of one refusal: its rule's when passthrough recorded the device, else the VM's
- * (a hand-added hostdev, or XML that cannot be read). With `replacedHostNeeds` (the recorded
- * address now holds another device, and one the host needs), the stricter of the rule's and the
- * VM's: a rule's `warn` or `off` speaks for the device it chose, not for whatever the buses put
- * at its address since (the host's disk controller after a new drive renumbered them).
+ * (a hand-added hostdev, or XML that cannot be read). With `hostNeeds` (the device now at the
+ * address is one the host needs), the stricter of the rule's and the VM's: a rule's `warn` or
+ * `off` speaks for checking the device it chose, not for taking the host's own, whether that is
+ * the chosen device the host has since begun to use or whatever the buses put at its address
+ * (the host's disk controller after a new drive renumbered them). Only the VM's own `off`, or
+ * `allow_host_critical` on the rule (see {@link hostNeedsAllowed}), lets such a start go on.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const policy = { guard: "enforce" as const, rules: { gpu: "off" as const } };
  * assertEquals(policyFor(policy, "gpu"), "off");
- * assertEquals(policyFor(policy, "gpu", { replacedHostNeeds: true }), "enforce");
+ * assertEquals(policyFor(policy, "gpu", { hostNeeds: true }), "enforce");
  * ```
  */
 export function policyFor(
   policy: VmGuardPolicy,
   rule: string | null,
-  options: { replacedHostNeeds?: boolean } = {},
+  options: { hostNeeds?: boolean } = {},
 ): GuardPolicy {
   const own = rule === null
     ? policy.guard
     : Object.hasOwn(policy.rules, rule)
     ? policy.rules[rule]!
     : policy.guard;
-  if (!options.replacedHostNeeds) return own;
+  if (!options.hostNeeds) return own;
   return POLICIES.indexOf(own) <= POLICIES.indexOf(policy.guard) ? own : policy.guard;
 }
 

@@ -194,6 +194,58 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
   }
 });
 
+Deno.test("policy: a rule's off never lets the host's device go either when it is the recorded one", async () => {
+  // The NVMe recorded under rule "disk" is still there, and the host has since mounted its root
+  // on it: a rule's off (or warn) speaks for checking the identity, not for taking the host's disk.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  await using tree = await tempHostTree(host);
+  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-needed-" });
+  const xml = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`;
+  const diskConfig = (vmGuard: string | null, diskGuard: string | null, allow = false) =>
+    parseConfig(
+      `version: 1\nvms:\n  win11:\n${vmGuard === null ? "" : `    guard: ${vmGuard}\n`}` +
+        "    devices:\n      - name: disk\n        match: { vendor_id: 1cc1 }\n" +
+        (diskGuard === null ? "" : `        guard: ${diskGuard}\n`) +
+        (allow ? "        allow_host_critical: true\n" : ""),
+      { file: "c.yaml" },
+    );
+  try {
+    const judged = async (vmGuard: string | null, diskGuard: string | null, allow = false) => {
+      recordPolicies(`${state}/state`, guardPolicies(diskConfig(vmGuard, diskGuard, allow)));
+      const result = await runGuard({
+        vm: "win11",
+        operation: "prepare",
+        subOperation: "begin",
+        xml,
+        reader: denoFsReader(),
+        root: tree.dir,
+        live: false,
+        stateDir: `${state}/state`,
+      });
+      return [result.code, ...result.refusals.map((r) => `${r.kind} ${r.policy}`)];
+    };
+    assertEquals(await judged(null, null), [1, "host-needs enforce"]);
+    assertEquals(await judged(null, "warn"), [1, "host-needs enforce"]);
+    assertEquals(await judged(null, "off"), [1, "host-needs enforce"]);
+    assertEquals(await judged("warn", "off"), [1, "host-needs enforce"]);
+    // What lets it: allow_host_critical on the rule, or the guard turned off for the whole VM.
+    assertEquals(await judged(null, "off", true), [0]);
+    assertEquals(await judged("off", "off"), [0]);
+    assertEquals(await judged("off", null), [0]);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+});
+
 Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance lets it go once", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", "enforce")));
