@@ -47,12 +47,13 @@ async function withTree(fn: (root: string, state: string) => void | Promise<void
   }
 }
 
-function run(root: string, stateDir: string) {
+/** One `prepare begin` of win11, given {@link XML} unless told another definition. */
+function run(root: string, stateDir: string, xml = XML) {
   return runGuard({
     vm: "win11",
     operation: "prepare",
     subOperation: "begin",
-    xml: XML,
+    xml,
     reader: denoFsReader(),
     root,
     live: false,
@@ -144,7 +145,7 @@ Deno.test("policy: a rule's warn under an enforcing VM: its line warns, the hand
 
 Deno.test("policy: warn, an allowance or a rule's off never lets a start take a device the host needs", async () => {
   // The recorded GPU's address now holds another device, and one the host uses: a rule's policy
-  // speaks for the device it chose, so the stricter of the rule's and the VM's judges this one.
+  // never speaks for the host's device, so the stricter of the rule's and the VM's judges it.
   const host = loadFixtureHost("x570-aorus-pro-wifi");
   host.host_use = [
     { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
@@ -221,16 +222,7 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
   try {
     const judged = async (vmGuard: string | null, diskGuard: string | null, allow = false) => {
       recordPolicies(`${state}/state`, guardPolicies(diskConfig(vmGuard, diskGuard, allow)));
-      const result = await runGuard({
-        vm: "win11",
-        operation: "prepare",
-        subOperation: "begin",
-        xml,
-        reader: denoFsReader(),
-        root: tree.dir,
-        live: false,
-        stateDir: `${state}/state`,
-      });
+      const result = await run(tree.dir, `${state}/state`, xml);
       return [result.code, ...result.refusals.map((r) => `${r.kind} ${r.policy}`)];
     };
     assertEquals(await judged(null, null), [1, "host-needs enforce"]);
