@@ -38,14 +38,18 @@ export function deviceNotes(
 }
 
 /**
- * Why the host needs `device` on its own ({@link hostCriticalOnItsOwn}), painted, for a table's
- * notes: `""` when it does not, or when its uses by the host say it already
- * ({@link deviceNotes}).
+ * Why the host needs `device` on its own (`reason`, from {@link hostCriticalOnItsOwn} unless the
+ * caller has it), painted, for a table's notes: `""` when it does not, or when its uses by the
+ * host say it already ({@link deviceNotes}).
  */
-export function criticalNote(device: PciDevice, host: HostTopology, paint: Paint): string {
-  if (host.hostUse?.some((u) => u.address === device.address)) return "";
-  const reason = hostCriticalOnItsOwn(device, host);
-  return reason === null ? "" : paint("red", reason);
+export function criticalNote(
+  device: PciDevice,
+  host: HostTopology,
+  paint: Paint,
+  reason: string | null = hostCriticalOnItsOwn(device, host),
+): string {
+  if (reason === null || host.hostUse?.some((u) => u.address === device.address)) return "";
+  return paint("red", reason);
 }
 
 /**

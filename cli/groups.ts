@@ -79,9 +79,10 @@ export async function run(
   const twins = sameIds(host.devices);
   const rows: string[][] = [];
   for (const group of groups) {
-    const critical = group.devices.some((d) => hostCriticalOnItsOwn(d, host) !== null);
-    for (const d of group.devices) {
-      const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)]
+    const reasons = group.devices.map((d) => hostCriticalOnItsOwn(d, host));
+    const critical = reasons.some((r) => r !== null);
+    for (const [i, d] of group.devices.entries()) {
+      const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint, reasons[i])]
         .filter((n) => n !== "").join(", ");
       rows.push([
         String(group.group),

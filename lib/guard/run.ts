@@ -289,10 +289,10 @@ function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): Policed
     // What could not be read may be a device the host needs: no policy or allowance lifts it.
     if (refusal.kind === "unreadable") return [{ ...refusal, policy: "enforce" as const }];
     const rule = refusal.recorded?.rule ?? null;
-    const judged = policyFor(policy, rule, { hostNeeds: refusal.hostNeeds !== null });
+    const needed = refusal.hostNeeds !== null;
+    const judged = policyFor(policy, rule, { hostNeeds: needed });
     if (judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)) return [];
     // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
-    const needed = refusal.hostNeeds !== null;
     return [{ ...refusal, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
 }

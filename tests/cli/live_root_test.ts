@@ -116,9 +116,8 @@ Deno.test({
       [...cliCommand(), "devices", "--sysfs", mount],
       { NO_COLOR: "1" },
     );
-    const stdout = out.stdout;
     assertEquals(out.code, 0, out.stderr);
-    assertEquals(notes(stdout), notes(reference.stdout));
+    assertEquals(notes(out.stdout), notes(reference.stdout));
     recordCase({
       area: "security",
       name: "live /sys through a bind mount",

@@ -95,9 +95,8 @@ Deno.test({
       [...cliCommand(), "backups"],
       { NO_COLOR: "1" },
     );
-    const stderr = out.stderr;
-    assertEquals(out.code, 1, stderr);
-    assertMatch(stderr, /\(mode 2775\); run "chmod 700 \/var\/lib\/passthrough"\n$/);
+    assertEquals(out.code, 1, out.stderr);
+    assertMatch(out.stderr, /\(mode 2775\); run "chmod 700 \/var\/lib\/passthrough"\n$/);
   },
 });
 
