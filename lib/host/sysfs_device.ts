@@ -1043,7 +1043,9 @@ function heldBlockUses(reader: SysfsReader, { sysRoot }: LiveRoots): HostUse[] {
  * as a holder, and a pool's zvols and unmounted datasets leave no trace in the mount table; so a
  * pool counts as imported when `/proc/spl/kstat/zfs/POOL/state` exists, and a disk as one of its
  * members when udev's probe of it (`/run/udev/data/bMAJOR:MINOR`) says `zfs_member` with the
- * pool's name as its label. Nothing is read on a host without imported pools.
+ * pool's name as its label. A disk udev has no record of (a host without udev's daemon, a disk
+ * not probed yet) may be a member: it counts as one, as a pool's disk taken away would fault the
+ * pool. Nothing is read on a host without imported pools.
  */
 function zfsPoolUses(
   reader: SysfsReader,
@@ -1063,14 +1065,38 @@ function zfsPoolUses(
     if (addresses.length === 0) continue;
     const number = readAttribute(reader, `${sysRoot}/class/block/${name}/dev`);
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
-    const probe = udevProperties(reader.readText(`${udevDataDir}/b${number}`) ?? "");
-    const pool = udevLabel(probe);
-    if (probe.get("ID_FS_TYPE") !== "zfs_member" || pool === null || !pools.has(pool)) continue;
-    for (const address of addresses) {
-      uses.push({ address, reason: "zfs-pool", detail: `ZFS pool ${pool} on ${name}` });
-    }
+    const record = reader.readText(`${udevDataDir}/b${number}`);
+    const detail = record === null
+      ? unprobedDetail(reader, udevDataDir, pools, name)
+      : memberDetail(udevProperties(record), pools, name);
+    if (detail === null) continue;
+    for (const address of addresses) uses.push({ address, reason: "zfs-pool", detail });
   }
   return uses;
+}
+
+/** `ZFS pool tank on nvme1n1p1` when udev's probe says the disk is a member of an imported pool. */
+function memberDetail(
+  probe: ReadonlyMap<string, string>,
+  pools: ReadonlySet<string>,
+  name: string,
+): string | null {
+  const pool = udevLabel(probe);
+  if (probe.get("ID_FS_TYPE") !== "zfs_member" || pool === null || !pools.has(pool)) return null;
+  return `ZFS pool ${pool} on ${name}`;
+}
+
+/** Why a disk udev never probed may be a pool's: no record of it, or no database at all. */
+function unprobedDetail(
+  reader: SysfsReader,
+  udevDataDir: string,
+  pools: ReadonlySet<string>,
+  name: string,
+): string {
+  const why = reader.listDir(udevDataDir) === null
+    ? `udev has no database (${udevDataDir}) to say which disks it is on`
+    : "udev has no record of that disk";
+  return `ZFS pool ${[...pools].sort().join(" or ")} may be on ${name}: ${why}`;
 }
 
 /**

@@ -38,8 +38,15 @@ interface Storage {
   dm?: [string, string, string[]][];
   /** Imported pools (`/proc/spl/kstat/zfs/POOL/state`). */
   pools?: string[];
-  /** udev's probe of a disk: its name and `E:` lines. */
+  /**
+   * udev's probe of a disk: its name and `E:` lines. Every other block device has a record
+   * without a filesystem type, except the `unprobed` ones, which have none.
+   */
   udev?: [string, string[]][];
+  /** Block devices udev has no record of. */
+  unprobed?: string[];
+  /** `false`: no udev database at all (a host without udev's daemon). */
+  udevDatabase?: false;
 }
 
 /** `readHostUse` over the tree, as `[address, reason, detail]`. */
@@ -109,10 +116,15 @@ async function storageUse(storage: Storage) {
       Deno.mkdirSync(`${kstat}/${pool}`);
       Deno.writeTextFileSync(`${kstat}/${pool}/state`, "ONLINE\n");
     }
-    Deno.mkdirSync(`${dir}/run/udev/data`, { recursive: true });
-    for (const [disk, lines] of storage.udev ?? []) {
-      const number = Deno.readTextFileSync(`${dir}/class/block/${disk}/dev`).trim();
-      Deno.writeTextFileSync(`${dir}/run/udev/data/b${number}`, lines.join("\n"));
+    if (storage.udevDatabase !== false) {
+      Deno.mkdirSync(`${dir}/run/udev/data`, { recursive: true });
+      const probed = new Map(storage.udev ?? []);
+      for (const { name: disk } of Deno.readDirSync(`${dir}/class/block`)) {
+        if (storage.unprobed?.includes(disk)) continue;
+        const number = Deno.readTextFileSync(`${dir}/class/block/${disk}/dev`).trim();
+        const lines = probed.get(disk) ?? ["E:SUBSYSTEM=block", `E:DEVNAME=/dev/${disk}`];
+        Deno.writeTextFileSync(`${dir}/run/udev/data/b${number}`, lines.join("\n"));
+      }
     }
     const devices = NVME.map((address) => ({ address }) as PciDevice);
     return readHostUse(denoFsReader(), {
@@ -221,6 +233,35 @@ Deno.test("readHostUse(): the disks of an imported ZFS pool, not those of a pool
   );
   // Without an imported pool, udev's database is not read: a member alone is no use.
   assertEquals(await storageUse({ udev: [["nvme1n1p1", zfsMember("tank")]] }), []);
+});
+
+Deno.test("readHostUse(): a disk udev has no record of may be an imported pool's, and counts as one", async () => {
+  assertEquals(
+    await storageUse({
+      pools: ["tank", "backup"],
+      udev: [["nvme1n1p1", zfsMember("tank")]],
+      unprobed: ["nvme3n1p2"],
+    }),
+    [
+      [NVME[1], "zfs-pool", "ZFS pool tank on nvme1n1p1"],
+      [
+        NVME[3],
+        "zfs-pool",
+        "ZFS pool backup or tank may be on nvme3n1p2: udev has no record of that disk",
+      ],
+    ],
+  );
+  // Without udev's daemon there is no database: every disk may be a member, one use per disk.
+  const uses = await storageUse({ pools: ["tank"], udevDatabase: false });
+  assertEquals(uses?.length, 6 * 4);
+  const [address, reason, detail] = uses![0]!;
+  assertEquals([address, reason], [NVME[0], "zfs-pool"]);
+  assertMatch(
+    detail!,
+    /^ZFS pool tank may be on nvme0n1: udev has no database \(\/.+\/run\/udev\/data\) to say which disks it is on$/,
+  );
+  // No pool imported: no disk is asked about, with or without udev.
+  assertEquals(await storageUse({ udevDatabase: false, unprobed: ["nvme1n1"] }), []);
 });
 
 Deno.test("readHostUse(): storage nothing uses is no host use", async () => {
