@@ -40,6 +40,24 @@ function writeDemoFiles(dir: string): void {
   Deno.writeTextFileSync(`${dir}/refused_config.yaml`, refusedYaml);
 }
 
+/**
+ * What `--keep` prints: where the demo is, and the commands that look at it. Each process opens
+ * the test driver's world afresh from `world.xml`, so a plan there shows the changes again.
+ */
+function keptNote(tmp: string): string {
+  const options = `--sysfs ${tmp}/sysfs`;
+  const world = `--connect test://${tmp}/demo/world.xml`;
+  return [
+    "",
+    `Kept ${tmp}; look at it with:`,
+    `  passthrough groups ${options}`,
+    `  passthrough devices ${options}`,
+    `  passthrough plan ${options} --config ${tmp}/demo/passthrough_config.yaml ${world}`,
+    "(libvirt's test driver reads world.xml again in each process: the apply above is not in it)",
+    "",
+  ].join("\n");
+}
+
 /** Runs `passthrough demo`: exit 0 when every step did what the demo shows. */
 export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<number> {
   const paint = painter(io.color);
@@ -68,7 +86,8 @@ export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<n
     using libvirt = openLibvirtPort(`test://${worldPath}`);
 
     step(
-      `passthrough plan --config demo/passthrough_config.yaml --connect test://.../demo/world.xml`,
+      "passthrough plan --sysfs .../sysfs --config .../demo/passthrough_config.yaml " +
+        "--connect test://.../demo/world.xml",
     );
     const plan = planHostdevs({ config, host, libvirt });
     io.out(renderPlan(plan, { color: io.color }));
@@ -91,7 +110,7 @@ export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<n
     io.out(renderPlan(refused, { color: io.color }));
     const refusedCodes = [...new Set(refused.vms.flatMap((vm) => vm.errors.map((e) => e.code)))]
       .sort();
-    if (values.keep) io.out(`\nKept ${tmp}\n`);
+    if (values.keep) io.out(keptNote(tmp));
     const expected = ["ambiguous", "group-shared-with-other-vm"];
     return report.ok && again.vms.every((vm) => !vm.changed) &&
         JSON.stringify(refusedCodes) === JSON.stringify(expected)

@@ -29,3 +29,23 @@ Deno.test("passthrough demo plans, applies, converges and shows its refusals, le
     ).length;
   assertEquals(after, before, "the temporary directory is removed");
 });
+
+Deno.test("passthrough demo --keep leaves its directory and prints commands that plan it", async () => {
+  const result = await runCli(["demo", "--keep"]);
+  assertEquals(result.code, 0, result.stderr);
+  const kept = /^Kept (\S+); look at it with:$/m.exec(result.stdout)?.[1];
+  try {
+    assertMatch(String(kept), /passthrough-demo-/);
+    const commands = [...result.stdout.matchAll(/^ {2}passthrough (.+)$/gm)].map((m) => m[1]!);
+    assertEquals(commands.map((c) => c.split(" ")[0]), ["groups", "devices", "plan"]);
+    const groups = await runCli(commands[0]!.split(" "));
+    assertEquals(groups.code, 0, groups.stderr);
+    assertMatch(groups.stdout, /^26 .* 0000:21:00\.0 /m);
+    const plan = await runCli(commands[2]!.split(" "));
+    assertEquals(plan.code, 0, plan.stderr);
+    // A new process, a new test-driver world: the demo's apply is not in it.
+    assertMatch(plan.stdout, /2 VMs to change, 6 hostdevs to add, 0 to remove/);
+  } finally {
+    if (kept !== undefined) await Deno.remove(kept, { recursive: true });
+  }
+});
