@@ -137,8 +137,6 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   if (timeout === null) {
     throw new Error(`Cannot find coreutils' "timeout" (looked for /usr/bin/timeout, /bin/timeout)`);
   }
-  // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
-  openStateDir(stateDir);
   // This host's sysfs however spelled (`/sys/.`, a link, another mount of it) is written as
   // `/sys`: the check reads the host's use (its disks, its route) only there.
   // Another tree by its absolute path: libvirt runs hooks from "/", not from here.
@@ -146,7 +144,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ? LIVE_SYSFS
     : resolve(values.sysfs);
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
-  Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
+  // Before anything is created: a refused install leaves no directory behind.
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
   if (unsafe.length > 0) {
     throw new Error(
@@ -157,6 +155,9 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
         `/opt/passthrough), or fix the owner and mode, then install again`,
     );
   }
+  // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
+  openStateDir(stateDir);
+  Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
   const previous = installedHookSettings(hooksDir);
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [

@@ -153,6 +153,14 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     );
     assertEquals(Deno.readTextFileSync(report.path), text);
     Deno.chownSync(hooks, 0, 0);
+    // A state directory under one anyone can write to: refused before it is created.
+    Deno.mkdirSync(`${dir}/open`, { mode: 0o777 });
+    Deno.chmodSync(`${dir}/open`, 0o777);
+    const open = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/open/s`]);
+    assertEquals(open.code, 1);
+    assertMatch(open.stderr, new RegExp(`${dir}/open is writable by anyone \\(mode 0777\\)`));
+    assertEquals([...Deno.readDirSync(`${dir}/open`)], []);
+    assertEquals(Deno.readTextFileSync(report.path), text);
     // Changed by hand (the guard turned off): status says so.
     Deno.writeTextFileSync(report.path, text.replace(/^\[ "\$2"/m, 'exit 0\n[ "$2"'));
     const edited = await runCli(["hook", "status", ...common, "--json"]);
