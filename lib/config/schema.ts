@@ -244,7 +244,7 @@ const INTERFACE_SCHEMA = {
       type: "string",
       format: "mac",
       description:
-        'The guest MAC: "auto" (default: derived from the PF\'s serial, the VM and the rule, the same on every plan; without a PF serial, the same on every host) or a unicast MAC ("52:54:00:12:34:56")',
+        'The guest MAC: "auto" (default: derived from the PF\'s serial, else its interface\'s MAC, the VM and the rule: the same on every plan) or a unicast MAC ("52:54:00:12:34:56")',
     },
     vlan: {
       type: "oneOf",

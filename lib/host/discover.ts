@@ -246,13 +246,28 @@ function listSysfsDevices(reader: SysfsReader, root: string): string[] {
 function readSriov(
   reader: SysfsReader,
   path: string,
-): Pick<PciDevice, "sriovTotalVfs" | "sriovNumVfs"> {
+): Pick<PciDevice, "sriovTotalVfs" | "sriovNumVfs" | "macAddress"> {
   const total = vfCount(reader.readText(`${path}/sriov_totalvfs`));
   if (total === null) return {};
   const enabled = vfCount(reader.readText(`${path}/sriov_numvfs`));
-  return enabled === null
-    ? { sriovTotalVfs: total }
-    : { sriovTotalVfs: total, sriovNumVfs: enabled };
+  const mac = interfaceMac(reader, path);
+  return {
+    sriovTotalVfs: total,
+    ...(enabled === null ? {} : { sriovNumVfs: enabled }),
+    ...(mac === null ? {} : { macAddress: mac }),
+  };
+}
+
+/**
+ * The MAC of a device's network interface (the first by name, `net/IFACE/address`), or `null`:
+ * no interface (another driver, or none), or no unicast MAC there.
+ */
+function interfaceMac(reader: SysfsReader, path: string): string | null {
+  const name = reader.listDir(`${path}/net`)?.sort()[0];
+  if (name === undefined) return null;
+  const mac = readAttribute(reader, `${path}/net/${name}/address`)?.toLowerCase() ?? "";
+  const unicast = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/.test(mac);
+  return unicast && mac !== "00:00:00:00:00:00" ? mac : null;
 }
 
 function vfCount(text: string | null): number | null {

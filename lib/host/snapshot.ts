@@ -170,6 +170,7 @@ export function writeSnapshot(
         `${groupDir}/${device.address}`,
       );
     }
+    if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
     if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
     // Keep the kernel's virtfnN numbering: it is the VF index, not the sorted position.
     const numVfs = Number(reader.readText(`${from}/sriov_numvfs`)?.trim() ?? "0");
@@ -201,6 +202,19 @@ function put(out: string, path: string, data: string | Uint8Array): void {
   Deno.mkdirSync(`${out}/${path.slice(0, path.lastIndexOf("/"))}`, { recursive: true });
   if (typeof data === "string") Deno.writeTextFileSync(`${out}/${path}`, data);
   else Deno.writeFileSync(`${out}/${path}`, data);
+}
+
+/**
+ * An SR-IOV physical function's network interface and its MAC (`net/IFACE/address`), which
+ * `mac: auto` derives from where the PF has no serial: a plan of the snapshot gives the MACs a
+ * plan on the host gives.
+ */
+function copyInterfaceMac(reader: SysfsReader, from: string, to: string): void {
+  const name = reader.listDir(`${from}/net`)?.sort()[0];
+  const address = name === undefined ? null : reader.readBytes(`${from}/net/${name}/address`, 64);
+  if (address === null) return;
+  Deno.mkdirSync(`${to}/net/${name}`, { recursive: true });
+  Deno.writeFileSync(`${to}/net/${name}/address`, address);
 }
 
 /** The driver's directory, and its `module` link when it has one (`nvidia` behind `nvidia`). */

@@ -1067,7 +1067,7 @@ function zfsPoolUses(
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
     const record = reader.readText(`${udevDataDir}/b${number}`);
     const detail = record === null
-      ? unprobedDetail(reader, udevDataDir, pools, name)
+      ? unprobedDetail(reader, roots, pools, name)
       : memberDetail(udevProperties(record), pools, name);
     if (detail === null) continue;
     for (const address of addresses) uses.push({ address, reason: "zfs-pool", detail });
@@ -1086,13 +1086,17 @@ function memberDetail(
   return `ZFS pool ${pool} on ${name}`;
 }
 
-/** Why a disk udev never probed may be a pool's: no record of it, or no database at all. */
+/**
+ * Why a disk udev never probed may be a pool's: no record of it, or no database at all; `null`
+ * for a hidden disk (a path of a multipath NVMe drive), which has no `/dev` node for ZFS to open.
+ */
 function unprobedDetail(
   reader: SysfsReader,
-  udevDataDir: string,
+  { sysRoot, udevDataDir }: LiveRoots,
   pools: ReadonlySet<string>,
   name: string,
-): string {
+): string | null {
+  if (readAttribute(reader, `${sysRoot}/class/block/${name}/hidden`) === "1") return null;
   const why = reader.listDir(udevDataDir) === null
     ? `udev has no database (${udevDataDir}) to say which disks it is on`
     : "udev has no record of that disk";

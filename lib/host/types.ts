@@ -59,6 +59,12 @@ export interface PciDevice {
   sriovTotalVfs?: number;
   /** For an SR-IOV physical function: how many VFs are enabled now (`sriov_numvfs`), or absent. */
   sriovNumVfs?: number;
+  /**
+   * For an SR-IOV physical function with a network interface: that interface's MAC
+   * (`net/IFACE/address`, lower case), which `mac: auto` derives from where the PF has no
+   * {@link PciDevice.serial}; absent on any other device, and where the source does not say.
+   */
+  macAddress?: string;
   /** `true` when the firmware used this device as the boot display. `null` when not reported. */
   bootVga: boolean | null;
   /**

@@ -265,12 +265,7 @@ function chooseIndex(
 }
 
 /** The MAC of the rule's interface, or the `mac-conflict` refusal. */
-function chooseMac(
-  rule: DeviceRule,
-  pf: PciDevice,
-  host: HostTopology,
-  context: VfContext,
-): string | PlanIssue {
+function chooseMac(rule: DeviceRule, pf: PciDevice, context: VfContext): string | PlanIssue {
   const record = (context.records.get(rule.vm) ?? []).find((r) => r.pf.rule === rule.name);
   const taken = (mac: string): string | null => {
     const claimed = context.claimedMacs.get(mac);
@@ -293,8 +288,9 @@ function chooseMac(
     };
   }
   if (record !== undefined && taken(record.mac) === null) return record.mac;
-  // The PF's serial (most NICs derive it from their own MAC) tells hosts apart; the source too.
-  const hostKey = `${pf.serial ?? ""}\0${host.source}`;
+  // What tells hosts apart: the PF's serial (most NICs derive it from their own MAC), else its
+  // interface's MAC; not the sysfs root, `/sys` on every host and another path for its snapshot.
+  const hostKey = pf.serial ?? pf.macAddress ?? "";
   for (let attempt = 0;; attempt++) {
     const mac = autoMac(hostKey, rule.vm, rule.name, attempt);
     if (taken(mac) === null) return mac;
@@ -377,7 +373,7 @@ export function resolveVfRule(
   if ("code" in index) return refused(index);
   const vf = host.devices.find((d) => d.address === vfs[index.index]);
   if (vf === undefined) throw new Error(`Internal error: VF ${vfs[index.index]} is not a device`);
-  const mac = chooseMac(rule, pf, host, context);
+  const mac = chooseMac(rule, pf, context);
   if (typeof mac !== "string") return refused(mac);
   const who = `"${rule.vm}" (rule "${rule.name}")`;
   context.claimedVfs.set(vf.address, who);

@@ -79,13 +79,15 @@ export function topologyFromDescription(
     if (device.physfn === null) continue;
     devices.find((d) => d.address === device.physfn)?.virtfns.push(device.address);
   }
-  // The counts the tree builder writes (`sriov_numvfs`, `sriov_totalvfs`), as discovery reads them.
+  // The counts the tree builder writes (`sriov_numvfs`, `sriov_totalvfs`) and a PF's interface MAC,
+  // as discovery reads them.
   const byAddress = new Map(devices.map((d) => [d.address, d]));
   for (const d of description.devices) {
     const device = byAddress.get(canonicalPciAddress(d.bdf)!)!;
     if (device.virtfns.length === 0 && d.sriov_totalvfs == null) continue;
     device.sriovTotalVfs = d.sriov_totalvfs ?? device.virtfns.length;
     device.sriovNumVfs = device.virtfns.length;
+    if (d.net != null) device.macAddress = d.net.address.toLowerCase();
   }
   const groups = groupDevices(devices);
   return {

@@ -71,6 +71,8 @@ export interface HostDeviceDescription {
   serial?: string | null;
   /** Physical slot name (`bus/pci/slots/NAME/address`). */
   slot?: string | null;
+  /** Its network interface: its name and MAC (`net/NAME/address`). */
+  net?: { name: string; address: string } | null;
   /** NUMA node; absent or `null` writes `-1` (unknown). */
   numa_node?: number | null;
   /** For a virtual function: its physical function's address. */
@@ -333,6 +335,10 @@ export function buildHostTree(
       groups.add(d.group);
       Deno.symlinkSync(`../../../../kernel/iommu_groups/${d.group}`, `${path}/iommu_group`);
       Deno.symlinkSync(`../../../../bus/pci/devices/${address}`, `${groupDir}/${address}`);
+    }
+    if (d.net != null) {
+      Deno.mkdirSync(`${path}/net/${d.net.name}`, { recursive: true });
+      Deno.writeTextFileSync(`${path}/net/${d.net.name}/address`, `${d.net.address}\n`);
     }
     if (d.slot != null) {
       const slotDir = `${dir}/bus/pci/slots/${d.slot}`;

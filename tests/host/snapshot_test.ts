@@ -50,6 +50,8 @@ Deno.test("writeSnapshot() keeps SR-IOV links, serials, FLR, slots, cmdline and 
   // A PF that can provide more VFs than it has enabled: both counts are captured.
   const pf = host.devices.find((d) => d.device === "0x1572")!;
   pf.sriov_totalvfs = 64;
+  // Its interface's MAC, which mac: auto derives from for a PF without a serial.
+  pf.net = { name: "enp1s0f0", address: "3C:FD:FE:00:00:01" };
   host.host_use = [
     { address: "0000:00:1f.2", reason: "mounted-filesystem", detail: "/ on sda2" },
   ];
@@ -69,6 +71,7 @@ Deno.test("writeSnapshot() keeps SR-IOV links, serials, FLR, slots, cmdline and 
     after.devices.find((d) => d.address === a)
   );
   assertEquals([read?.sriovTotalVfs, read?.sriovNumVfs, read?.virtfns.length], [64, 8, 8]);
+  assertEquals(read?.macAddress, "3c:fd:fe:00:00:01");
   assertEquals(vf !== undefined && "sriovTotalVfs" in vf, false);
 });
 

@@ -45,6 +45,8 @@ interface Storage {
   udev?: [string, string[]][];
   /** Block devices udev has no record of. */
   unprobed?: string[];
+  /** Block devices the kernel hides (`hidden` 1: no `/dev` node). */
+  hidden?: string[];
   /** `false`: no udev database at all (a host without udev's daemon). */
   udevDatabase?: false;
 }
@@ -115,6 +117,9 @@ async function storageUse(storage: Storage) {
     for (const pool of storage.pools ?? []) {
       Deno.mkdirSync(`${kstat}/${pool}`);
       Deno.writeTextFileSync(`${kstat}/${pool}/state`, "ONLINE\n");
+    }
+    for (const name of storage.hidden ?? []) {
+      Deno.writeTextFileSync(`${dir}/class/block/${name}/hidden`, "1\n");
     }
     if (storage.udevDatabase !== false) {
       Deno.mkdirSync(`${dir}/run/udev/data`, { recursive: true });
@@ -259,6 +264,11 @@ Deno.test("readHostUse(): a disk udev has no record of may be an imported pool's
   assertMatch(
     detail!,
     /^ZFS pool tank may be on nvme0n1: udev has no database \(\/.+\/run\/udev\/data\) to say which disks it is on$/,
+  );
+  // A hidden disk (as the paths of a multipath NVMe drive, nvme5c5n1, are) has no /dev node.
+  assertEquals(
+    await storageUse({ pools: ["tank"], unprobed: ["nvme5n1p2"], hidden: ["nvme5n1p2"] }),
+    [],
   );
   // No pool imported: no disk is asked about, with or without udev.
   assertEquals(await storageUse({ udevDatabase: false, unprobed: ["nvme1n1"] }), []);

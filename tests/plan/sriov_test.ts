@@ -209,8 +209,27 @@ Deno.test("vf: a hand-written interface is never touched, and its VF and MAC cou
   assertEquals(vmOf(clash, "b").errors.map((e) => e.code), ["mac-conflict"]);
 });
 
+Deno.test("vf: mac auto tells hosts apart by the PF's serial, else by its interface's MAC", () => {
+  const macOn = (extra: Partial<HostDeviceDescription>, source = "sriov-test") => {
+    const host = topologyFromDescription({ devices: sriovNic("07", 4, extra) }, { source });
+    return vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").add[0]?.spec.interface?.mac;
+  };
+  const net = (address: string) => ({ net: { name: "enp7s0f0", address } });
+  // The PF's serial decides; a host's sysfs path (its snapshot's, elsewhere) does not.
+  assertEquals(macOn({}), autoMac("00-1b-21-ff-ff-a0-b1-c2", "a", "uplink", 0));
+  assertEquals(macOn({}, "/srv/snapshots/hv1"), macOn({}));
+  assertEquals(macOn(net("00:1b:21:a0:b1:c2")), macOn({}));
+  // Two hosts' PFs without a serial: their interfaces' MACs.
+  const hv1 = macOn({ serial: null, ...net("00:1B:21:A0:B1:C2") });
+  const hv2 = macOn({ serial: null, ...net("00:1b:21:a0:b1:c3") });
+  assertEquals(hv1, autoMac("00:1b:21:a0:b1:c2", "a", "uplink", 0));
+  assertEquals(hv2, autoMac("00:1b:21:a0:b1:c3", "a", "uplink", 0));
+  // Neither: the same MAC on every host.
+  assertEquals(macOn({ serial: null }), autoMac("", "a", "uplink", 0));
+});
+
 Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
-  const taken = autoMac("00-1b-21-ff-ff-a0-b1-c2\0sriov-test", "a", "uplink", 0);
+  const taken = autoMac("00-1b-21-ff-ff-a0-b1-c2", "a", "uplink", 0);
   const other = domainXml(
     "z",
     "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f",
@@ -220,7 +239,7 @@ Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
   assertEquals(vmOf(alone, "a").add[0]?.spec.interface?.mac, taken);
   const p = plan(config(UPLINK("a")), sriovHost(), { a: A, z: other });
   const mac = vmOf(p, "a").add[0]?.spec.interface?.mac;
-  assertEquals(mac, autoMac("00-1b-21-ff-ff-a0-b1-c2\0sriov-test", "a", "uplink", 1));
+  assertEquals(mac, autoMac("00-1b-21-ff-ff-a0-b1-c2", "a", "uplink", 1));
   // Also a MAC only a running guest's live definition has (an interface hot-plugged into it).
   const plain = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", "", true);
   const live = plan(config(UPLINK("a")), sriovHost(), {
@@ -293,6 +312,22 @@ Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", 
   assertEquals(vmOf(split, "a").errors.map((e) => [e.code, e.vms]), [
     ["sriov-split", ["a", "z"]],
   ]);
+});
+
+Deno.test("vf: discovery reads a PF's interface MAC, a unicast one only, and no VF's", async () => {
+  const macOf = async (address: string, vf = false) => {
+    const net = { name: "eth0", address };
+    const devices = sriovNic("07", 1, vf ? {} : { net });
+    if (vf) devices[1]!.net = net;
+    await using tree = await tempHostTree({ devices });
+    const host = await discoverHost({ root: tree.dir, lspci: null });
+    return host.devices.filter((d) => "macAddress" in d).map((d) => [d.address, d.macAddress]);
+  };
+  assertEquals(await macOf("00:1B:21:A0:B1:C2"), [["0000:07:00.0", "00:1b:21:a0:b1:c2"]]);
+  for (const address of ["01:00:5e:00:00:01", "00:00:00:00:00:00", "not a mac", ""]) {
+    assertEquals(await macOf(address), [], address);
+  }
+  assertEquals(await macOf("00:1b:21:a0:b1:c2", true), []);
 });
 
 Deno.test("vf: a PF with no VF enabled: discovery reads sriov_totalvfs, the refusal says to raise it", async () => {
