@@ -381,13 +381,28 @@ function changeableBy(
   };
   const lexical = along(path);
   if (lexical !== null) return lexical;
-  let real: string;
-  try {
-    real = Deno.realPathSync(path);
-  } catch {
-    return null;
+  const real = realPathOfExisting(path);
+  return real === null || real === path ? null : along(real);
+}
+
+/**
+ * `path` with its deepest existing ancestor's links resolved and the rest as written: where a
+ * directory not made yet (a state directory `hook install` is about to create) would land.
+ * `null` when not even `/` can be resolved.
+ */
+function realPathOfExisting(path: string): string | null {
+  const missing: string[] = [];
+  for (let at = path;;) {
+    try {
+      return join(Deno.realPathSync(at), ...missing);
+    } catch {
+      const up = dirname(at);
+      if (up === at) return null;
+      const trimmed = at.replace(/\/+$/, "");
+      missing.unshift(trimmed.slice(trimmed.lastIndexOf("/") + 1));
+      at = up;
+    }
   }
-  return real === path ? null : along(real);
 }
 
 function componentReason(path: string, owners: readonly number[], sticky = true): string | null {

@@ -1063,11 +1063,12 @@ function zfsPoolUses(
     // Only a disk under a device asked about is worth its udev entry.
     const addresses = pciDevicesUnder(reader, sysRoot, "block", name).filter((a) => known.has(a));
     if (addresses.length === 0) continue;
+    // A hidden disk (a path of a multipath NVMe drive) has no number, nor a `/dev` node to open.
     const number = readAttribute(reader, `${sysRoot}/class/block/${name}/dev`);
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
     const record = reader.readText(`${udevDataDir}/b${number}`);
     const detail = record === null
-      ? unprobedDetail(reader, roots, pools, name)
+      ? unprobedDetail(reader, udevDataDir, pools, name)
       : memberDetail(udevProperties(record), pools, name);
     if (detail === null) continue;
     for (const address of addresses) uses.push({ address, reason: "zfs-pool", detail });
@@ -1086,17 +1087,13 @@ function memberDetail(
   return `ZFS pool ${pool} on ${name}`;
 }
 
-/**
- * Why a disk udev never probed may be a pool's: no record of it, or no database at all; `null`
- * for a hidden disk (a path of a multipath NVMe drive), which has no `/dev` node for ZFS to open.
- */
+/** Why a disk udev never probed may be a pool's: no record of it, or no database at all. */
 function unprobedDetail(
   reader: SysfsReader,
-  { sysRoot, udevDataDir }: LiveRoots,
+  udevDataDir: string,
   pools: ReadonlySet<string>,
   name: string,
-): string | null {
-  if (readAttribute(reader, `${sysRoot}/class/block/${name}/hidden`) === "1") return null;
+): string {
   const why = reader.listDir(udevDataDir) === null
     ? `udev has no database (${udevDataDir}) to say which disks it is on`
     : "udev has no record of that disk";

@@ -60,9 +60,10 @@ export interface PciDevice {
   /** For an SR-IOV physical function: how many VFs are enabled now (`sriov_numvfs`), or absent. */
   sriovNumVfs?: number;
   /**
-   * For an SR-IOV physical function with a network interface: that interface's MAC
-   * (`net/IFACE/address`, lower case), which `mac: auto` derives from where the PF has no
-   * {@link PciDevice.serial}; absent on any other device, and where the source does not say.
+   * For an SR-IOV physical function with a network interface: the current MAC of its first
+   * interface by name (`net/IFACE/address`, lower case; a bond's slave shows the bond's), which
+   * `mac: auto` derives from where the PF has no {@link PciDevice.serial}, one of this host's
+   * own MACs; absent on any other device, and where the source does not say.
    */
   macAddress?: string;
   /** `true` when the firmware used this device as the boot display. `null` when not reported. */

@@ -160,6 +160,14 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertEquals(open.code, 1);
     assertMatch(open.stderr, new RegExp(`${dir}/open is writable by anyone \\(mode 0777\\)`));
     assertEquals([...Deno.readDirSync(`${dir}/open`)], []);
+    // Or behind root's link into another user's directory.
+    Deno.mkdirSync(`${dir}/theirs`);
+    Deno.chownSync(`${dir}/theirs`, 65534, 65534);
+    Deno.symlinkSync(`${dir}/theirs`, `${dir}/ln`);
+    const linked = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/ln/s`]);
+    assertEquals(linked.code, 1);
+    assertMatch(linked.stderr, new RegExp(`${dir}/theirs belongs to uid 65534`));
+    assertEquals([...Deno.readDirSync(`${dir}/theirs`)], []);
     assertEquals(Deno.readTextFileSync(report.path), text);
     // Changed by hand (the guard turned off): status says so.
     Deno.writeTextFileSync(report.path, text.replace(/^\[ "\$2"/m, 'exit 0\n[ "$2"'));

@@ -425,6 +425,13 @@ Deno.test("unsafeHookPaths() names what another user than root could change in w
       unsafeHookPaths({ ...hooked(), stateDir: `${dir}/home/state` }, hook, [0]),
       [`${dir}/home belongs to uid 65534`],
     );
+    // One not made yet, behind root's link into that directory: where it would land counts.
+    Deno.symlinkSync(`${dir}/home`, `${dir}/link`);
+    for (const stateDir of [`${dir}/link/new`, `${dir}/link/new/deeper/`]) {
+      assertEquals(unsafeHookPaths({ ...hooked(), stateDir }, hook, [0]), [
+        `${dir}/home belongs to uid 65534`,
+      ]);
+    }
     recordCase({
       area: "security",
       name:

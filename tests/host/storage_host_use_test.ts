@@ -45,7 +45,7 @@ interface Storage {
   udev?: [string, string[]][];
   /** Block devices udev has no record of. */
   unprobed?: string[];
-  /** Block devices the kernel hides (`hidden` 1: no `/dev` node). */
+  /** Block devices the kernel hides (`hidden` 1, no `dev`: no number, no `/dev` node). */
   hidden?: string[];
   /** `false`: no udev database at all (a host without udev's daemon). */
   udevDatabase?: false;
@@ -120,6 +120,7 @@ async function storageUse(storage: Storage) {
     }
     for (const name of storage.hidden ?? []) {
       Deno.writeTextFileSync(`${dir}/class/block/${name}/hidden`, "1\n");
+      Deno.removeSync(`${dir}/class/block/${name}/dev`);
     }
     if (storage.udevDatabase !== false) {
       Deno.mkdirSync(`${dir}/run/udev/data`, { recursive: true });
@@ -265,9 +266,10 @@ Deno.test("readHostUse(): a disk udev has no record of may be an imported pool's
     detail!,
     /^ZFS pool tank may be on nvme0n1: udev has no database \(\/.+\/run\/udev\/data\) to say which disks it is on$/,
   );
-  // A hidden disk (as the paths of a multipath NVMe drive, nvme5c5n1, are) has no /dev node.
+  // A hidden disk (as the paths of a multipath NVMe drive, nvme5c5n1, are) has no number, no
+  // /dev node and no record.
   assertEquals(
-    await storageUse({ pools: ["tank"], unprobed: ["nvme5n1p2"], hidden: ["nvme5n1p2"] }),
+    await storageUse({ pools: ["tank"], unprobed: ["nvme5n1"], hidden: ["nvme5n1"] }),
     [],
   );
   // No pool imported: no disk is asked about, with or without udev.
