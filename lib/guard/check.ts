@@ -18,7 +18,7 @@
 
 import type { HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
-import { vfMismatch } from "./vf_check.ts";
+import { vfGone, vfMismatch } from "./vf_check.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { readDeviceAt } from "../host/sysfs_device.ts";
@@ -342,7 +342,11 @@ function passedRefusal(
   const { input, hostNeeds } = context;
   const vm = input.vm;
   const replaced = device !== null && recorded !== null && !matchesRecord(recorded, device);
-  const vfWrong = device === null || vf === undefined ? null : vfMismatch(vf, device, input);
+  const vfWrong = vf === undefined
+    ? null
+    : device === null
+    ? vfGone(vf, address)
+    : vfMismatch(vf, device, input);
   if (device !== null && !replaced && hostNeeds === null && vfWrong === null) return [];
   const kind: GuardRefusalKind = device === null
     ? "missing"

@@ -22,11 +22,14 @@ export function vfMismatch(
   sysfs: { reader: SysfsReader; root: string },
 ): string | null {
   const root = sysfs.root.replace(/(.)\/+$/, "$1");
-  const what = `recorded as VF ${record.index} of ${record.pf.vendorId}:${record.pf.deviceId} ${
-    record.pf.serial === null ? "" : `serial ${record.pf.serial} `
-  }(rule ${JSON.stringify(record.pf.rule)})`;
+  const what = recordedAs(record);
   if (vf.physfn === null) {
     return `hostdev interface ${vf.address} is no virtual function now (no physfn link), ${what}`;
+  }
+  // A VF's address follows from its PF's: at another PF's, it is that PF's VF (the other port of
+  // a card with the same identity, once the VFs were made again), whatever the PF is.
+  if (vf.physfn !== record.pf.address) {
+    return `hostdev interface ${vf.address} is a VF of ${vf.physfn} now, not of ${record.pf.address}, ${what}`;
   }
   const pf = readDeviceAt(sysfs.reader, root, vf.physfn, {
     details: false,
@@ -48,4 +51,21 @@ export function vfMismatch(
     }), ${what}`;
   }
   return null;
+}
+
+/**
+ * Why a recorded VF's interface whose address holds nothing must not be started: the VFs were
+ * not made again since a reboot (`sriov_numvfs`), fewer were, or its PF moved.
+ */
+export function vfGone(record: VfIdentity, address: PciAddress): string {
+  return `hostdev interface ${address} holds no device now, ${
+    recordedAs(record)
+  }: its PF's VFs are not there (not made again since a reboot, fewer of them, or the PF moved)`;
+}
+
+/** `recorded as VF 1 of 8086:10c9 serial ... (rule "uplink")`. */
+function recordedAs(record: VfIdentity): string {
+  return `recorded as VF ${record.index} of ${record.pf.vendorId}:${record.pf.deviceId} ${
+    record.pf.serial === null ? "" : `serial ${record.pf.serial} `
+  }at ${record.pf.address} (rule ${JSON.stringify(record.pf.rule)})`;
 }

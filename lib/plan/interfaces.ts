@@ -111,7 +111,8 @@ export function releasedInterfaces(
 
 /**
  * The owned interfaces of a refused VM whose address is no longer the recorded VF: nothing is
- * there, it is no VF, its PF is another card, or it is another index of the PF. Each is a `drift`
+ * there, it is no VF, its PF is at another address (a VF's address follows from its PF's) or is
+ * another card, or it is another index of the PF. Each is a `drift`
  * refusal; the VM's repair removes them, as it removes stale hostdevs.
  */
 export function staleInterfaces(
@@ -129,6 +130,8 @@ export function staleInterfaces(
       ? "nothing is there now"
       : pf === undefined
       ? `it holds ${describe(now)}, no VF`
+      : pf.address !== record.pf.address
+      ? `it is a VF of ${pf.address} now`
       : !sameIdentity(record.pf, pf)
       ? `it is a VF of ${pf.address}, which holds ${describe(pf)}`
       : virtualFunctions(pf).indexOf(nic.address) !== record.index

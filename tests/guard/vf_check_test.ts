@@ -4,7 +4,7 @@
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { tempHostTree } from "../helpers/hosts.ts";
-import { sriovNic } from "../helpers/sriov.ts";
+import { dualPortNic, sriovNic } from "../helpers/sriov.ts";
 import { config, domainXml, vmOf } from "../helpers/plan_world.ts";
 import { dataWorld } from "../helpers/world.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
@@ -113,8 +113,38 @@ Deno.test("guard: a recorded VF address that holds no VF, or nothing, is refused
   const plain = { ...second!, physfn: null, device: "0x10d3" };
   const [notVf] = await check(xml, [pf!, { ...first!, physfn: null }, plain]);
   assertMatch(notVf!.reason, /is no virtual function now \(no physfn link\)/);
+  // The VFs not made again since a reboot: recorded, so the plan's fix, not a hand-added one's.
   const [gone] = await check(xml, [pf!]);
-  assertEquals(gone?.kind, "missing");
+  assertEquals([gone?.kind, gone?.recorded?.deviceId, gone?.fix], [
+    "missing",
+    "10c9",
+    "passthrough plan --vm a",
+  ]);
+  assertEquals(
+    gone!.reason,
+    'hostdev interface 0000:07:10.2 holds no device now, recorded as VF 1 of 8086:10c9 serial 00-1b-21-ff-ff-a0-b1-c2 at 0000:07:00.0 (rule "uplink"): its PF\'s VFs are not there (not made again since a reboot, fewer of them, or the PF moved)',
+  );
+});
+
+Deno.test("guard: a recorded VF whose address is the other port's VF now is refused, alike as the ports are", async () => {
+  for (const serial of [null, "00-1b-21-ff-ff-a0-b1-c2"]) {
+    const rule = config(`  a:
+    devices:
+      - name: uplink
+        match: { address: "0000:07:00.0" }
+        vf: 1
+        interface: { mac: auto, vlan: 20 }
+`);
+    const xml = await plannedXml(dualPortNic(2, 0, serial), rule, ["0000:07:00.3"]);
+    assertEquals(await check(xml, dualPortNic(2, 0, serial)), []);
+    // Made again, port 1's only: 07:00.3 is its VF 1, of the same identity and index.
+    const [refusal, ...rest] = await check(xml, dualPortNic(0, 2, serial));
+    assertEquals([rest, refusal?.kind, refusal?.fix], [[], "replaced", "passthrough plan --vm a"]);
+    assertMatch(
+      refusal!.reason,
+      /^hostdev interface 0000:07:00\.3 is a VF of 0000:07:00\.1 now, not of 0000:07:00\.0, recorded as VF 1 of 8086:10c9 /,
+    );
+  }
 });
 
 Deno.test("guard: a recorded VF's PF has its configuration space read only for a recorded serial", async () => {

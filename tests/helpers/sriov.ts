@@ -40,3 +40,42 @@ export function sriovNic(
     })),
   ];
 }
+
+/**
+ * The two ports of one card at 07:00.0 and 07:00.1, alike (the same IDs, and `serial` for both:
+ * one card's), with `vfs0` and `vfs1` VFs laid out after them with a stride of 1 (07:00.2, ...),
+ * port 0's first: where the VFs are made again with other counts, an address can move from one
+ * port's VFs to the other's.
+ */
+export function dualPortNic(
+  vfs0: number,
+  vfs1: number,
+  serial: string | null,
+): HostDeviceDescription[] {
+  const port = (f: number): HostDeviceDescription => ({
+    bdf: `0000:07:00.${f}`,
+    group: 20 + f,
+    class: "0x020000",
+    vendor: "0x8086",
+    device: "0x10c9",
+    driver: "igb",
+    serial,
+    sriov_totalvfs: 4,
+    ...BLANK,
+  });
+  const owners = [...Array(vfs0).fill(0), ...Array(vfs1).fill(1)];
+  return [
+    port(0),
+    port(1),
+    ...owners.map((owner, i): HostDeviceDescription => ({
+      bdf: `0000:07:00.${2 + i}`,
+      group: 30 + i,
+      class: "0x020000",
+      vendor: "0x8086",
+      device: "0x10ca",
+      driver: "igbvf",
+      physfn: `0000:07:00.${owner}`,
+      ...BLANK,
+    })),
+  ];
+}

@@ -16,7 +16,7 @@ import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import { autoMac } from "../../lib/resolve/vf.ts";
 import type { HostFacts } from "../../lib/host/preflight.ts";
-import { sriovNic } from "../helpers/sriov.ts";
+import { dualPortNic, sriovNic } from "../helpers/sriov.ts";
 import { tempHostTree } from "../helpers/hosts.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
@@ -573,6 +573,27 @@ Deno.test("vf: a refused VM's interface that is no longer its VF is removed by t
     ["no-match"],
     undefined,
   ]);
+});
+
+Deno.test("vf: a VF that is the other port's now, alike as the ports are, is drift the repair removes", () => {
+  const byAddress = `  a:
+    devices:
+      - name: uplink
+        match: { address: "0000:07:00.0" }
+        vf: 1
+`;
+  const host = (vfs0: number, vfs1: number) =>
+    topologyFromDescription({ devices: dualPortNic(vfs0, vfs1, null) }, { source: "sriov-test" });
+  const first = plan(config(byAddress), host(2, 0), { a: A });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:07:00.3"]);
+  // The VFs made again on port 1 only: 07:00.3 is its VF 1, and port 0 has none.
+  const a = vmOf(plan(config(byAddress), host(0, 2), applied(first)), "a");
+  assertEquals(a.errors.map((e) => e.code), ["drift", "vf-unavailable"]);
+  assertMatch(
+    a.errors[0]!.message,
+    /^Interface 0000:07:00\.3 of "a" was recorded as VF 1 of 8086:10c9 at 0000:07:00\.0 \(rule "uplink"\) but it is a VF of 0000:07:00\.1 now: it is removed/,
+  );
+  assertEquals(a.repair?.remove, ["0000:07:00.3"]);
 });
 
 Deno.test("vf: a VF passed as a hostdev becomes an interface under a vf: rule, and back", () => {
