@@ -256,7 +256,7 @@ function chooseIndex(
       vfs.length === 0 ? "it has no VF enabled" : `all ${vfs.length} are taken: ${held}`
     }. ${counts}: ${
       hint !== null
-        ? `${hint}, or free a VF`
+        ? vfs.length === 0 ? hint : `${hint}, or free a VF`
         : vfs.length === 0
         ? "it cannot provide any"
         : "it cannot provide more; free one of the VFs above"

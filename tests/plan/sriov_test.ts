@@ -338,7 +338,7 @@ Deno.test("vf: a PF with no VF enabled: discovery reads sriov_totalvfs, the refu
   const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
   assertEquals(
     issue?.message,
-    `Rule "uplink" of VM "a" asks for any free VF of 0000:07:00.0, but it has no VF enabled. PF 0000:07:00.0 has 0 VFs enabled of 7 possible: echo 1 > /sys/bus/pci/devices/0000:07:00.0/sriov_numvfs (not kept across a reboot: set it at boot, with a udev rule or a systemd unit), or free a VF`,
+    `Rule "uplink" of VM "a" asks for any free VF of 0000:07:00.0, but it has no VF enabled. PF 0000:07:00.0 has 0 VFs enabled of 7 possible: echo 1 > /sys/bus/pci/devices/0000:07:00.0/sriov_numvfs (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)`,
   );
 });
 
