@@ -2,8 +2,9 @@
  * The start guard's check of recorded VFs (`vf:` rules' `<interface type='hostdev'>`): a VF's
  * address is derived from its PF's, so after the PF moved, or `sriov_numvfs` was set again, the
  * address may hold another PF's VF, or another index of the same one. The interface's address
- * must still be VF `index` of a PF with the recorded identity: its `physfn` link leads to that
- * PF, and the PF's `virtfnN` link leads back to it. Reads only those links and the PF.
+ * must still be VF `index` of the PF at the recorded address, with the recorded identity: its
+ * `physfn` link leads to that PF, and the PF's `virtfnN` link leads back to it. Reads only those
+ * links and the PF.
  *
  * @module
  */
@@ -63,7 +64,7 @@ export function vfGone(record: VfIdentity, address: PciAddress): string {
   }: its PF's VFs are not there (not made again since a reboot, fewer of them, or the PF moved)`;
 }
 
-/** `recorded as VF 1 of 8086:10c9 serial ... (rule "uplink")`. */
+/** `recorded as VF 1 of 8086:10c9 serial ... at 0000:07:00.0 (rule "uplink")`. */
 function recordedAs(record: VfIdentity): string {
   return `recorded as VF ${record.index} of ${record.pf.vendorId}:${record.pf.deviceId} ${
     record.pf.serial === null ? "" : `serial ${record.pf.serial} `

@@ -112,8 +112,8 @@ export function releasedInterfaces(
 /**
  * The owned interfaces of a refused VM whose address is no longer the recorded VF: nothing is
  * there, it is no VF, its PF is at another address (a VF's address follows from its PF's) or is
- * another card, or it is another index of the PF. Each is a `drift`
- * refusal; the VM's repair removes them, as it removes stale hostdevs.
+ * another card, or it is another index of the PF. Each is a `drift` refusal; the VM's repair
+ * removes them, as it removes stale hostdevs.
  */
 export function staleInterfaces(
   vm: string,
