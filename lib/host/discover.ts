@@ -263,11 +263,16 @@ function readSriov(
  * no interface (another driver, or none), or no unicast MAC there.
  */
 function interfaceMac(reader: SysfsReader, path: string): string | null {
-  const name = reader.listDir(`${path}/net`)?.sort()[0];
+  const name = firstInterface(reader, path);
   if (name === undefined) return null;
   const mac = readAttribute(reader, `${path}/net/${name}/address`)?.toLowerCase() ?? "";
   const unicast = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/.test(mac);
   return unicast && mac !== "00:00:00:00:00:00" ? mac : null;
+}
+
+/** The name of a device's first network interface by name (`net/IFACE`), if it has one. */
+export function firstInterface(reader: SysfsReader, path: string): string | undefined {
+  return reader.listDir(`${path}/net`)?.sort()[0];
 }
 
 function vfCount(text: string | null): number | null {

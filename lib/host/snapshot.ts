@@ -22,6 +22,7 @@ import type { HostTopology } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
 import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
+import { firstInterface } from "./discover.ts";
 
 /** Attribute files copied as is when present. */
 const ATTRIBUTES = [
@@ -210,7 +211,7 @@ function put(out: string, path: string, data: string | Uint8Array): void {
  * plan on the host gives.
  */
 function copyInterfaceMac(reader: SysfsReader, from: string, to: string): void {
-  const name = reader.listDir(`${from}/net`)?.sort()[0];
+  const name = firstInterface(reader, from);
   const address = name === undefined ? null : reader.readBytes(`${from}/net/${name}/address`, 64);
   if (address === null) return;
   Deno.mkdirSync(`${to}/net/${name}`, { recursive: true });

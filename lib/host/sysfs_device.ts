@@ -1059,6 +1059,8 @@ function zfsPoolUses(
   );
   if (pools.size === 0) return [];
   const uses: HostUse[] = [];
+  // Worded once, on the first disk udev has no record of: it lists udev's whole database.
+  let unprobed: ((name: string) => string) | undefined;
   for (const name of (reader.listDir(`${sysRoot}/class/block`) ?? []).sort()) {
     // Only a disk under a device asked about is worth its udev entry.
     const addresses = pciDevicesUnder(reader, sysRoot, "block", name).filter((a) => known.has(a));
@@ -1068,7 +1070,7 @@ function zfsPoolUses(
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
     const record = reader.readText(`${udevDataDir}/b${number}`);
     const detail = record === null
-      ? unprobedDetail(reader, udevDataDir, pools, name)
+      ? (unprobed ??= unprobedDetail(reader, udevDataDir, pools))(name)
       : memberDetail(udevProperties(record), pools, name);
     if (detail === null) continue;
     for (const address of addresses) uses.push({ address, reason: "zfs-pool", detail });
@@ -1092,12 +1094,12 @@ function unprobedDetail(
   reader: SysfsReader,
   udevDataDir: string,
   pools: ReadonlySet<string>,
-  name: string,
-): string {
+): (name: string) => string {
   const why = reader.listDir(udevDataDir) === null
     ? `udev has no database (${udevDataDir}) to say which disks it is on`
     : "udev has no record of that disk";
-  return `ZFS pool ${[...pools].sort().join(" or ")} may be on ${name}: ${why}`;
+  const names = [...pools].sort().join(" or ");
+  return (name) => `ZFS pool ${names} may be on ${name}: ${why}`;
 }
 
 /**
