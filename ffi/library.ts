@@ -56,6 +56,7 @@ export class LibvirtLoadError extends Error {
  * ```
  */
 export function openLibvirtLibrary(path: string): LibvirtLibrary {
+  initialiseOpenSslWithoutAtExit();
   let library: Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>;
   try {
     library = Deno.dlopen(path, LIBVIRT_SYMBOLS);
@@ -87,6 +88,38 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
       silence.close();
     },
   };
+}
+
+/** `OPENSSL_INIT_NO_ATEXIT` (OpenSSL 1.1.1b and later): register no `OPENSSL_cleanup()` at exit. */
+const OPENSSL_INIT_NO_ATEXIT = 0x00080000n;
+
+/** The OpenSSL that Debian's libvirt links, through curl and libssh2. */
+const LIBCRYPTO = "libcrypto.so.3";
+
+let openSslInitialised = false;
+
+/**
+ * Initialises OpenSSL before libvirt does, so that it registers no `OPENSSL_cleanup()` with
+ * `atexit`. `deno test` and `deno bench` run each module on a thread of its own; when libvirt
+ * first initialises OpenSSL there, that thread's exit and the main thread's `OPENSSL_cleanup()`
+ * can free the thread's OpenSSL state twice, aborting the process as it exits
+ * (openssl/openssl#6214). The operating system reclaims it all at exit anyway. Best effort, and
+ * never a permission prompt: without `libcrypto.so.3`, or without the permission to load it, or
+ * with OpenSSL already initialised, nothing changes.
+ */
+function initialiseOpenSslWithoutAtExit(): void {
+  if (openSslInitialised) return;
+  openSslInitialised = true;
+  if (Deno.permissions.querySync({ name: "ffi", path: LIBCRYPTO }).state !== "granted") return;
+  try {
+    // Never closed: libvirt, which links it, stays loaded until the process ends.
+    const crypto = Deno.dlopen(LIBCRYPTO, {
+      OPENSSL_init_crypto: { parameters: ["u64", "pointer"], result: "i32" },
+    });
+    crypto.symbols.OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, null);
+  } catch {
+    // No libcrypto.so.3 here: libvirt links another OpenSSL, or none.
+  }
 }
 
 let cachedLibvirt: LibvirtLibrary | undefined;
