@@ -3,7 +3,8 @@
  * after backing up the definition it replaces, so a rollback can itself be rolled back. A backup
  * that gives the VM a device another domain holds now is not restored (checked before asking and
  * again just before the define): that would put the device in two definitions; nor one whose
- * hostdevs the start guard would refuse now (a recorded device replaced, one the host needs).
+ * hostdevs the start guard would refuse now (a recorded device replaced, one the host needs); nor
+ * into a transient domain, as `apply` refuses one: defining it would make it persistent.
  *
  * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
  * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
@@ -160,16 +161,29 @@ function checkBackupIsOf(
 }
 
 /**
+ * Why `backup` is not restored into `vm` when it is a transient domain: it has no persistent
+ * definition (its XML reads as the running guest's), and defining one would make it permanent,
+ * as `apply` refuses to.
+ */
+function transientRefusal(vm: string, backup: BackupEntry): string {
+  return `Not restored: "${vm}" is a transient domain, and defining backup "${backup.id}" would make it persistent; once it is shut off and gone, "passthrough rollback ${vm} --to ${backup.id}" defines it from the backup`;
+}
+
+/**
  * Why the definition of `vm` is no longer `shown` (the one the user confirmed against), or
  * `null`: the question may stay open for minutes, and a change made meanwhile (virsh edit,
- * another tool) would be overwritten with no backup of it.
+ * another tool) would be overwritten with no backup of it. A VM undefined meanwhile while it
+ * runs is still listed, as a transient domain: that is no definition to restore over.
  */
-function changedSinceShown(libvirt: LibvirtPort, vm: string, shown: string | null): string | null {
+function changedSinceShown(
+  libvirt: LibvirtPort,
+  { vm, backup, shown }: { vm: string; backup: BackupEntry; shown: string | null },
+): string | null {
   let now: string | null;
   try {
-    now = libvirt.listDomains().some((d) => d.name === vm)
-      ? libvirt.getPersistentXml(vm, { secure: true })
-      : null;
+    const summary = libvirt.listDomains().find((d) => d.name === vm);
+    if (summary !== undefined && !summary.persistent) return transientRefusal(vm, backup);
+    now = summary === undefined ? null : libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
     return `Cannot read "${vm}" before the rollback: ${errorText(error)}`;
   }
@@ -293,7 +307,6 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
   checkBackupIsOf(vm, backup, parsed, summary);
-  const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
   const active = summary?.active ?? false;
   const report = (status: RollbackStatus, message: string, safety: BackupEntry | null) => ({
     vm,
@@ -304,6 +317,10 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     active,
     brokeStaleLock: lock.brokeStale,
   });
+  if (summary !== null && !summary.persistent) {
+    return report("failed", transientRefusal(vm, backup), null);
+  }
+  const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
 
   if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
     return report(
@@ -329,7 +346,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
   // The question may stay open for minutes: look again.
-  const changed = changedSinceShown(libvirt, vm, currentXml) ??
+  const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml }) ??
     heldElsewhereNow(libvirt, restoring);
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.

@@ -711,14 +711,58 @@ Deno.test("rollbackVm() does not define a VM undefined while the question was op
     libvirt: f.port,
     stateDir: f.stateDir,
     confirm: () => {
-      using alpha = f.conn.lookupDomainByName("alpha");
-      alpha.undefine();
+      undefine(f, "alpha");
       return Promise.resolve(true);
     },
   });
   assertEquals(report.status, "failed");
   assertMatch(report.message, /"alpha" changed since the rollback was shown: it was undefined; /);
   assertEquals(f.port.listDomains().map((d) => d.name), ["beta"]);
+});
+
+/** Undefines `name` through the fixture's connection: a running VM runs on, as a transient domain. */
+function undefine(f: Fixture, name: string): void {
+  using domain = f.conn.lookupDomainByName(name);
+  domain.undefine();
+}
+
+Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines nothing", async () => {
+  using f = fixture();
+  await addHostdevs(f, "beta", ["0000:01:00.0"]);
+  undefine(f, "beta");
+  let asked = false;
+  const report = await rollbackVm("beta", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([report.status, report.safetyBackup, asked], ["failed", null, false]);
+  assertEquals(
+    report.message,
+    `Not restored: "beta" is a transient domain, and defining backup "${report.backup.id}" would make it persistent; once it is shut off and gone, "passthrough rollback beta --to ${report.backup.id}" defines it from the backup`,
+  );
+  assertEquals(f.port.listDomains().find((d) => d.name === "beta")?.persistent, false);
+  assertEquals(listBackups(f.stateDir, "beta").length, 1);
+});
+
+Deno.test("rollbackVm() does not define a running VM undefined while the question was open", async () => {
+  using f = fixture();
+  await addHostdevs(f, "beta", ["0000:01:00.0"]);
+  const report = await rollbackVm("beta", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      undefine(f, "beta");
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([report.status, report.safetyBackup], ["failed", null]);
+  assertMatch(report.message, /^Not restored: "beta" is a transient domain, /);
+  assertEquals(f.port.listDomains().find((d) => d.name === "beta")?.persistent, false);
+  assertEquals(listBackups(f.stateDir, "beta").length, 1);
 });
 
 Deno.test("rollbackVm() is not held back by a device its VM already shares with another domain", async () => {
