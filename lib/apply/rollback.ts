@@ -8,8 +8,9 @@
  *
  * Equality after the define is line by line, each line normalised as `lib/render/diff.ts` does
  * (indentation, attribute quote style, spacing inside tags, `<a></a>` vs `<a/>`; blank lines
- * ignored): libvirt writes its own XML back in a stable form, so a backup taken from libvirt comes
- * back line for line, and only formatting may differ when a backup was edited by hand.
+ * ignored; inside text spanning lines, every space and blank line counts): libvirt writes its own
+ * XML back in a stable form, so a backup taken from libvirt comes back line for line, and only
+ * formatting may differ when a backup was edited by hand.
  *
  * @module
  */
@@ -133,7 +134,8 @@ export class BackupMismatchError extends Error {
 /**
  * The equality a rollback verifies: the same lines once each is normalised by
  * {@link hasSignificantChanges} (indentation, quote style, spacing inside tags, `<a></a>` vs
- * `<a/>`, blank lines). Element order, values and attributes must all match.
+ * `<a/>`, blank lines; not the spaces of text). Element order, values and attributes must all
+ * match.
  */
 function sameDefinition(a: string, b: string): boolean {
   return !hasSignificantChanges(a, b);

@@ -2,9 +2,9 @@
  * The lenient reader: domain XML text the strict reader (`domain_xml.ts`) does not read, read by
  * its start tags alone. For a definition the strict reader refuses, the host PCI devices it names
  * (planning still counts them as held); for the start guard, the passthrough records, trusted
- * only in a document whose tags nest (see {@link readRecordsLeniently}); for single lines of a
- * definition, a comparison key that ignores quote style and spacing (the diff shown before a
- * define); for any text taken from a definition, its secrets hidden. Never throws.
+ * only in a document whose tags nest (see {@link readRecordsLeniently}); for the lines of a
+ * definition, comparison keys that ignore quote style and spacing outside text (the diff shown
+ * before a define); for any text taken from a definition, its secrets hidden. Never throws.
  *
  * It loads no XML library (nor `xml.ts`, which does): the start hook reads the domain with this
  * module alone, at every VM start.
@@ -1060,4 +1060,63 @@ export function normaliseXmlLine(line: string): string {
         .replace(/\s+(\/?>)$/, "$1")
         .replace(/\s+$/, ""))
     .replace(EMPTY_PAIR, "<$1$2/>");
+}
+
+/**
+ * Markup as {@link normaliseXmlLines} finds it: a CDATA section (which it counts as text), a
+ * comment, a processing instruction or declaration, or a tag (a quoted value may hold `>`), each
+ * possibly cut off by the end of the text.
+ */
+const MARKUP =
+  /<!\[CDATA\[[^]*?(?:\]\]>|$)|<!--[^]*?(?:-->|$)|<[!?][^>]*(?:>|$)|<(?:[^>'"]|'[^']*'|"[^"]*")*(?:>|$)/g;
+
+/**
+ * Which characters of `text` are text that counts: a run between two pieces of markup that holds
+ * more than whitespace (a multi-line `<description>`, another tool's `<metadata>`), whose every
+ * space and line then counts. A run of whitespace alone is layout, which libvirt rewrites.
+ */
+function countedText(text: string): Uint8Array {
+  const counted = new Uint8Array(text.length + 1);
+  let runStart = 0;
+  const endRun = (end: number) => {
+    if (/\S/.test(text.slice(runStart, end))) counted.fill(1, runStart, end);
+  };
+  for (const markup of text.matchAll(MARKUP)) {
+    if (markup[0].startsWith("<![CDATA[")) continue;
+    endRun(markup.index);
+    runStart = markup.index + markup[0].length;
+  }
+  endRun(text.length);
+  return counted;
+}
+
+/**
+ * The comparison keys of a document's lines: each line's {@link normaliseXmlLine}, except where
+ * it starts or ends inside text that counts (a run between two pieces of markup holding more than
+ * whitespace), whose spaces are kept: a changed indentation inside a multi-line `<description>`
+ * changes its meaning. A line that starts inside such text has a key starting with a newline
+ * (which no line holds), so a blank line of text is never taken for a blank line of layout.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const keys = (xml: string) => normaliseXmlLines(xml.split("\n"));
+ * assertEquals(keys("  <a x=\"1\" >\n  <b/>\n</a>"), keys("<a x='1'>\n<b/>\n</a>"));
+ * assertEquals(keys("<d>users:\n  - admin\n\n</d>"), ["<d>users:", "\n  - admin", "\n", "</d>"]);
+ * ```
+ */
+export function normaliseXmlLines(lines: readonly string[]): string[] {
+  const counted = countedText(lines.join("\n"));
+  let at = 0;
+  return lines.map((line) => {
+    const start = at;
+    at += line.length + 1;
+    const key = normaliseXmlLine(line);
+    const startsInText = counted[start] === 1;
+    const endsInText = line.length > 0 && counted[start + line.length - 1] === 1;
+    if (!startsInText && !endsInText) return key;
+    if (key === "") return `\n${line}`;
+    const lead = startsInText ? `\n${line.slice(0, line.length - line.trimStart().length)}` : "";
+    return `${lead}${key}${endsInText ? line.slice(line.trimEnd().length) : ""}`;
+  });
 }

@@ -3,15 +3,16 @@
  *
  * Lines are compared in a normalised form, so differences that do not change the document's
  * meaning for libvirt stay out of the diff: attribute quote style (`'` vs `"`), indentation and
- * trailing spaces, spacing inside tags, and `<a></a>` vs `<a/>` (each line's key comes from the
- * domain module's lenient reader, `normaliseXmlLine`). The printed lines are always the original
- * ones.
+ * trailing spaces, blank lines, spacing inside tags, and `<a></a>` vs `<a/>` (each line's key
+ * comes from the domain module's lenient reader, `normaliseXmlLines`). Inside text (a multi-line
+ * `<description>`, another tool's `<metadata>`) every space and blank line counts. The printed
+ * lines are always the original ones.
  *
  * @module
  */
 
 import { diffArrays } from "diff";
-import { normaliseXmlLine } from "../domain/lenient.ts";
+import { normaliseXmlLine, normaliseXmlLines } from "../domain/lenient.ts";
 import { redactSecrets, secretValues } from "../domain/secrets.ts";
 import { painter } from "./colors.ts";
 
@@ -38,9 +39,9 @@ function splitLines(text: string): string[] {
   return lines;
 }
 
-/** Comparison keys of lines (see {@link normaliseXmlLine}). */
+/** Comparison keys of lines (see {@link normaliseXmlLines}). */
 function keys(lines: string[]): string[] {
-  return lines.map(normaliseXmlLine);
+  return normaliseXmlLines(lines);
 }
 
 /**

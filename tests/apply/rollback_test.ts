@@ -3,6 +3,7 @@ import { Connection } from "../../ffi/connection.ts";
 import { connectionPort, openLibvirtPort } from "../../ffi/port.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
+import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { pathExists } from "../../lib/state/paths.ts";
@@ -397,6 +398,87 @@ Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's
   });
   assertEquals([report.status, report.backup.id], ["restored", edited.id]);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+});
+
+/** cloud-init user data as YAML, whose indentation is its meaning. */
+const USER_DATA = "#cloud-config\nusers:\n  - name: admin\n    sudo: ALL\nruncmd:\n  - reboot";
+/** The same lines with the indentation lost and a blank line added: other YAML. */
+const FLATTENED = "#cloud-config\nusers:\n- name: admin\nsudo: ALL\nruncmd:\n\n- reboot";
+
+/** alpha with `userData` in its `<description>` and in another tool's `<metadata>`, as libvirt keeps it. */
+function defineUserData(f: Fixture, userData: string): string {
+  const xml = f.port.getPersistentXml("alpha", { secure: true })
+    .replace(/\n {2}<description>[^]*<\/metadata>/, "")
+    .replace(
+      "</uuid>",
+      `</uuid>\n  <description>${userData}</description>\n  <metadata>\n` +
+        `    <ci:user-data xmlns:ci="urn:example:cloud-init">${userData}</ci:user-data>\n` +
+        "  </metadata>",
+    );
+  f.port.define(xml);
+  return f.port.getPersistentXml("alpha", { secure: true });
+}
+
+Deno.test("rollbackVm() restores a backup whose text differs only in its spaces and blank lines, and shows them", async () => {
+  using f = fixture();
+  const original = defineUserData(f, USER_DATA);
+  assertOk(original.includes("\n    sudo: ALL\n"));
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: original,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  defineUserData(f, FLATTENED);
+  let diff = "";
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: (preview) => {
+      diff = renderDomainDiff(preview.currentXml!, preview.backupXml, { vm: "alpha" });
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals(report.status, "restored", report.message);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+  // The diff confirmed shows the lines whose meaning changed, in both elements.
+  const changed = diff.split("\n").filter((l) => /^[-+](?!-- |\+\+ )/.test(l));
+  assertEquals(changed.filter((l) => l === "-sudo: ALL" || l === "+    sudo: ALL").length, 4);
+  assertEquals(changed.filter((l) => l === "-").length, 2);
+  // Restored, it has the backup's definition.
+  const again = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: report.backup.id,
+    confirm: yes,
+  });
+  assertEquals(again.status, "unchanged");
+});
+
+Deno.test("rollbackVm() reports a restore whose text libvirt holds with other spaces as failed", async () => {
+  using f = fixture();
+  const original = defineUserData(f, USER_DATA);
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    xml: original,
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  f.port.define(original.replace("1048576</memory>", "2097152</memory>"));
+  // A libvirt that loses the text's indentation as it stores the definition.
+  const flattening: LibvirtPort = {
+    ...f.port,
+    define: (xml) => f.port.define(xml.replaceAll("\n    sudo: ALL", "\nsudo: ALL")),
+  };
+  const report = await rollbackVm("alpha", {
+    libvirt: flattening,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals(report.status, "failed");
+  assertMatch(report.message, /^After the rollback the definition of "alpha" differs from backup/);
 });
 
 // ---------------------------------------------------------------------------------------------

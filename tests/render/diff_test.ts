@@ -144,6 +144,30 @@ Deno.test("hasSignificantChanges() sees value, element and text changes", () => 
   assertEquals(hasSignificantChanges("<a></a>", "<a/>"), false);
 });
 
+Deno.test("hasSignificantChanges() sees the spaces and blank lines of text spanning lines", () => {
+  const yaml = (text: string) =>
+    `<domain>\n  <description>${text}</description>\n  <vcpu>1</vcpu>\n</domain>\n`;
+  const nested = yaml("users:\n  - name: admin\n    sudo: ALL\n");
+  assertEquals(hasSignificantChanges(nested, yaml("users:\n- name: admin\nsudo: ALL\n")), true);
+  assertEquals(
+    hasSignificantChanges(nested, yaml("users:\n  - name: admin\n\n    sudo: ALL\n")),
+    true,
+  );
+  assertEquals(
+    hasSignificantChanges(nested, yaml("users:  \n  - name: admin\n    sudo: ALL\n")),
+    true,
+  );
+  // Layout around the text is still layout.
+  assertEquals(hasSignificantChanges(nested, `\n${nested.replaceAll("\n  <", "\n\t<")}`), false);
+  const diff = renderDomainDiff(nested, yaml("users:\n- name: admin\nsudo: ALL\n"), { vm: "vm" });
+  assertEquals(diff.split("\n").filter((l) => /^[-+](?!-- |\+\+ )/.test(l)), [
+    "-  - name: admin",
+    "-    sudo: ALL",
+    "+- name: admin",
+    "+sudo: ALL",
+  ]);
+});
+
 Deno.test("renderDomainDiff() cuts long unchanged lines, never changed ones", () => {
   const description = `  <description>${"x".repeat(3 * 1024 * 1024)}</description>`;
   const long = "  <title>" + "y".repeat(500) + "</title>";
