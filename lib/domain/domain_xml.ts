@@ -13,7 +13,12 @@
 import type { PciAddress } from "../host/types.ts";
 import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
-import { deviceRecordFrom, RECORD_ATTRIBUTES, RECORDS_NAMESPACE } from "./lenient.ts";
+import {
+  deviceRecordFrom,
+  normaliseXmlLines,
+  RECORD_ATTRIBUTES,
+  RECORDS_NAMESPACE,
+} from "./lenient.ts";
 import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
 import {
@@ -763,6 +768,43 @@ export function heldAddresses(
     ...domain.interfaceHostdevs,
     ...domain.nvmeDisks,
   ];
+}
+
+/**
+ * `xml` with the children of its `<devices>` in one order, each sorted by its lines' keys
+ * ({@link normaliseXmlLines}, so layout does not move it): two definitions that differ only in
+ * the order of their devices come out the same. libvirt orders devices itself as it stores a
+ * definition (a USB companion controller before or after its master, a SCSI controller it adds
+ * placed among the others), so the definition it reads back may hold a backup's devices in
+ * another order. What lies between two devices (layout) is dropped. Returns `xml` itself when it
+ * is unreadable or has fewer than two devices.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const domain = (devices: string) => `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+ * assertEquals(
+ *   devicesInOneOrder(domain("<disk/><controller type='usb'/>")),
+ *   devicesInOneOrder(domain("<controller type='usb'/><disk/>")),
+ * );
+ * ```
+ */
+export function devicesInOneOrder(xml: string): string {
+  let root: XmlSpan;
+  try {
+    root = parseRoot(xml);
+  } catch {
+    return xml;
+  }
+  const devices = root.children.find((c) => c.name === "devices")?.children ?? [];
+  if (devices.length < 2) return xml;
+  const keyed = devices.map((span) => {
+    const text = xml.slice(span.start, span.end);
+    return { text, key: normaliseXmlLines(text.split("\n")).join("\n") };
+  });
+  keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const [first, last] = [devices[0]!, devices.at(-1)!];
+  return `${xml.slice(0, first.start)}${keyed.map((d) => d.text).join("\n")}${xml.slice(last.end)}`;
 }
 
 // ---------------------------------------------------------------------------------------------

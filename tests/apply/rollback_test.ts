@@ -400,6 +400,37 @@ Deno.test("rollbackVm() accepts a hand-edited backup that differs from libvirt's
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
 });
 
+Deno.test("rollbackVm() restores a definition libvirt reads back with its devices in its own order, and finds it restored again", async () => {
+  using f = fixture();
+  // USB controllers without an index: libvirt first keeps the companion before its master, and
+  // puts the master first once it stores the definition again (as apply and rollback do).
+  const usb =
+    "<controller type='usb' model='ich9-uhci1'/><controller type='usb' model='ich9-ehci1'/>";
+  f.port.define(
+    f.port.getPersistentXml("alpha", { secure: true }).replace("</devices>", `${usb}</devices>`),
+  );
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "restored", report.message);
+  assertEquals(hostdevs(f, "alpha"), []);
+  const restored = f.port.getPersistentXml("alpha", { secure: true });
+  assertOk(restored !== original, "libvirt kept the backup's order: nothing to test");
+  assertEquals(
+    restored.split("\n").sort().join("\n"),
+    original.split("\n").sort().join("\n"),
+  );
+  // Asked again, it has that definition: nothing defined, no other backup written.
+  const again = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: report.backup.id,
+    confirm: yes,
+  });
+  assertEquals([again.status, again.safetyBackup], ["unchanged", null]);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.reason), ["rollback", "apply"]);
+});
+
 /** cloud-init user data as YAML, whose indentation is its meaning. */
 const USER_DATA = "#cloud-config\nusers:\n  - name: admin\n    sudo: ALL\nruncmd:\n  - reboot";
 /** The same lines with the indentation lost and a blank line added: other YAML. */
