@@ -41,7 +41,10 @@ export interface BackupEntry {
   vm: string;
   /** The VM's uuid when the backup was taken. */
   uuid: string;
-  /** When it was taken, ISO 8601 UTC. */
+  /**
+   * When it was taken, ISO 8601 UTC; never before the VM's previous backup (see
+   * {@link writeBackup}), so it orders the VM's backups as they were written.
+   */
   time: string;
   /** Why the backup was taken. */
   reason: BackupReason;
@@ -178,6 +181,10 @@ function asStateDir(stateDir: string | StateDir, write: boolean): StateDir {
 /**
  * Writes a backup (XML then sidecar, both mode 0600, neither replacing anything) and returns its
  * entry. Throws when anything cannot be written: callers must not define without a backup.
+ *
+ * Backups are ordered by their time, and `rollback` restores the newest: a clock stepped back
+ * (NTP correcting a clock that ran ahead) must not file a new backup before older ones. So one
+ * taken when the clock reads earlier than the VM's newest backup is timed 1 ms after that one.
  */
 export function writeBackup(stateDir: string | StateDir, input: BackupInput): BackupEntry {
   const state = asStateDir(stateDir, true);
@@ -185,7 +192,7 @@ export function writeBackup(stateDir: string | StateDir, input: BackupInput): Ba
   const existed = pathExists(dir);
   ensurePrivateDir(dir, state);
   try {
-    return writeBackupFiles(dir, input);
+    return writeBackupFiles(dir, { ...input, now: notBeforeNewest(dir, input.now ?? new Date()) });
   } catch (error) {
     // A failed first backup (a full disk) leaves no empty directory behind for `backups` to list.
     if (!existed) removeIfEmpty(dir);
@@ -230,6 +237,24 @@ function writeBackupFiles(dir: string, input: BackupInput): BackupEntry {
     return entry;
   }
   throw new Deno.errors.AlreadyExists(`Too many backups named "${base}" in "${dir}"`);
+}
+
+/** A backup file's name, as {@link stamp} starts it: its time. */
+const STAMPED = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2}\.\d{3})Z-/;
+
+/**
+ * `now`, or 1 ms after the newest backup in `dir` when that is later (by the times its file
+ * names start with, which a damaged sidecar cannot hide).
+ */
+function notBeforeNewest(dir: string, now: Date): Date {
+  let newest = -Infinity;
+  for (const file of Deno.readDirSync(dir)) {
+    const m = STAMPED.exec(file.name);
+    const time = m === null ? NaN : Date.parse(`${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z`);
+    if (time > newest) newest = time;
+  }
+  // The same millisecond is kept: the file names' counter orders those.
+  return now.getTime() < newest ? new Date(newest + 1) : now;
 }
 
 function removeIfEmpty(dir: string): void {

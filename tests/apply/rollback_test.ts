@@ -66,8 +66,16 @@ function fixture(networks = ""): Fixture {
   };
 }
 
-/** Applies "add these hostdevs to `name`" for real, leaving a backup of the previous state. */
-async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promise<void> {
+/**
+ * Applies "add these hostdevs to `name`" for real, leaving a backup of the previous state; `now`
+ * is the clock it reads.
+ */
+async function addHostdevs(
+  f: Fixture,
+  name: string,
+  addresses: string[],
+  now?: Date,
+): Promise<void> {
   const currentXml = f.port.getPersistentXml(name, { secure: true });
   const previous = parseDomainXml(currentXml).records;
   const desiredXml = editDomainXml(currentXml, {
@@ -78,7 +86,12 @@ async function addHostdevs(f: Fixture, name: string, addresses: string[]): Promi
   const vm: VmPlan = { ...emptyVmPlan(name, currentXml), desiredXml, changed: true };
   const report = await applyPlan(
     { config: "c", host: "h", uri: f.port.uri, vms: [vm], errors: [], warnings: [] },
-    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+    {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      confirm: () => Promise.resolve("yes"),
+      ...(now === undefined ? {} : { now: () => now }),
+    },
   );
   assertEquals(report.changed, [name]);
 }
@@ -166,6 +179,21 @@ Deno.test("rollbackVm() restores an older backup named with a backup id", async 
   });
   assertEquals([report.status, report.backup.id], ["restored", oldest.id]);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+});
+
+Deno.test("rollbackVm() undoes the last apply after the clock stepped back between two", async () => {
+  using f = fixture();
+  const real = new Date();
+  // The first apply with the clock an hour ahead; NTP steps it back before the second.
+  await addHostdevs(f, "alpha", ["0000:01:00.0"], new Date(real.getTime() + 3_600_000));
+  await addHostdevs(f, "alpha", ["0000:02:00.0"], real);
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "restored", report.message);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+  // Asked again, it undoes that rollback.
+  const redo = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(redo.status, "restored", redo.message);
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0", "0000:02:00.0"]);
 });
 
 Deno.test("rollbackVm() changes nothing when declined", async () => {

@@ -150,6 +150,27 @@ Deno.test("listBackups() lists newest first, per VM or for every VM", () => {
   }
 });
 
+Deno.test("writeBackup() files a backup taken after the clock stepped back as the VM's newest", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    // The clock ran an hour ahead, then NTP stepped it back.
+    const ahead = backupOf(state, "a", { note: "<ahead/>", second: 3600 });
+    const other = backupOf(state, "b", { second: 7200 });
+    const after = backupOf(state, "a", { note: "<after/>", second: 1 });
+    assertEquals(after.time, "2026-11-24T04:00:00.001Z");
+    assertEquals(listBackups(state, "a").map((e) => e.id), [after.id, ahead.id]);
+    assertEquals(findBackup(state, "a").id, after.id);
+    assertEquals(readBackupXml(findBackup(state, "a")), xmlOf("a", "<after/>"));
+    // Another VM's backups do not move its times; a later clock is taken as it reads.
+    assertEquals(backupOf(state, "c", { second: 1 }).time, at(1).toISOString());
+    assertEquals(backupOf(state, "a", { second: 7300 }).time, at(7300).toISOString());
+    assertEquals(other.time, at(7200).toISOString());
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("inspectBackups() lists an XML left without its sidecar, and a temporary file, as incomplete", () => {
   const root = tempDir();
   try {
