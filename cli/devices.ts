@@ -9,7 +9,7 @@ import { type CliIo, UsageError } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
-import { cardOf, hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
+import { hostCriticalOnItsOwn, slotOf } from "../lib/resolve/host_critical.ts";
 import { CLASS_NAMES } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
@@ -100,7 +100,7 @@ function matchesAddress(address: string, wanted: string): boolean {
   const full = /^[0-9a-f]{4}:/i.test(wanted)
     ? wanted.toLowerCase()
     : `0000:${wanted.toLowerCase()}`;
-  return address === full || cardOf(address) === full;
+  return address === full || slotOf(address) === full;
 }
 
 /**

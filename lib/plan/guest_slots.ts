@@ -10,7 +10,7 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { cardOf } from "../resolve/host_critical.ts";
+import { slotOf } from "../resolve/host_critical.ts";
 import type { GuestPciAddress, ParsedDomain, PciControllerSpec } from "../domain/domain_xml.ts";
 import { pciAddressParts } from "../pci/address.ts";
 import type { PciAddress } from "../host/types.ts";
@@ -93,7 +93,7 @@ function appliedCardSlots(
     const entry = at === null ? undefined : used.get(slotKey(at.bus, at.slot));
     // Only a slot laid out as a card (multifunction) is joined, never libvirt's own placement.
     if (at !== null && entry !== undefined && (entry.multifunction || entry.functions.size > 1)) {
-      cards.set(cardOf(hostdev.address), { bus: at.bus, slot: at.slot, ...entry });
+      cards.set(slotOf(hostdev.address), { bus: at.bus, slot: at.slot, ...entry });
     }
   }
   return cards;
@@ -104,7 +104,7 @@ function multifunctionCards(adding: readonly ClosedDevice[]): ClosedDevice[][] {
   const cards = new Map<string, ClosedDevice[]>();
   for (const c of adding) {
     if (!c.rule.multifunction) continue;
-    const key = `${c.rule.name}@${cardOf(c.device.address)}`;
+    const key = `${c.rule.name}@${slotOf(c.device.address)}`;
     cards.set(key, [...(cards.get(key) ?? []), c]);
   }
   return [...cards.values()];
@@ -182,7 +182,7 @@ export function assignGuestSlots(
   const applied = appliedCardSlots(domain, used);
   const allocator = new SlotAllocator(domain, used);
   for (const members of cards) {
-    const card = cardOf(members[0]!.device.address);
+    const card = slotOf(members[0]!.device.address);
     const functions = members.map((m) => pciAddressParts(m.device.address).function);
     const joined = applied.get(card);
     // The card's slot, when every new function's number is free there and function 0 is

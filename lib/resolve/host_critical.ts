@@ -5,7 +5,8 @@
  * @module
  */
 
-import type { HostTopology, HostUse, PciDevice } from "../host/types.ts";
+import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import { pciAddressParts } from "../pci/address.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
 const PLATFORM_CLASSES: Readonly<Record<string, string>> = {
@@ -17,7 +18,7 @@ const PLATFORM_CLASSES: Readonly<Record<string, string>> = {
 
 /**
  * Device kinds the host usually needs for itself (its disks, network, console, keyboard): critical
- * when they come along from another slot than the devices the user asked for.
+ * when they come along from another card than the devices the user asked for.
  */
 const HOST_CLASSES: readonly (readonly [string, string])[] = [
   ["01", "storage controller"],
@@ -26,14 +27,32 @@ const HOST_CLASSES: readonly (readonly [string, string])[] = [
   ["0c03", "USB controller"],
 ];
 
-/** The `bus:slot` part of an address (`0000:0b:00`), which identifies a physical card. */
-export function cardOf(address: string): string {
+/** The `DDDD:BB:SS` part of an address (`0000:0b:00`): the slot its function is in. */
+export function slotOf(address: PciAddress): string {
   return address.slice(0, address.lastIndexOf("."));
 }
 
 /**
+ * The card a function belongs to: its slot (`0000:0b:00`), whose functions are one device
+ * (a GPU's video and audio), except on bus 00, where it is the function itself (`0000:00:14.3`).
+ * Bus 0 is a root bus (a bridge's secondary bus is never 0): what sits there is built into the
+ * chipset or CPU, and one slot holds unrelated devices (Intel's USB controller at `00:14.0`, its
+ * SRAM at `00:14.2`, CNVi Wi-Fi at `00:14.3`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(cardOf("0000:0b:00.1"), "0000:0b:00");
+ * assertEquals(cardOf("0000:00:14.3"), "0000:00:14.3");
+ * ```
+ */
+export function cardOf(address: PciAddress): string {
+  return pciAddressParts(address).bus === 0 ? address : slotOf(address);
+}
+
+/**
  * Why the host likely needs `device`, or `null` when it does not. `matchedCards` holds the
- * `bus:slot` of the devices the rule matched: a storage, network, display or USB function on the
+ * {@link cardOf} of the devices asked for: a storage, network, display or USB function on a
  * matched card itself is what the user asked for.
  *
  * @example
@@ -53,10 +72,13 @@ export function hostCriticalReason(
   const platform = PLATFORM_CLASSES[device.classCode.slice(0, 4)];
   if (platform) return platform;
   if (options.matchedCards.has(cardOf(device.address))) return null;
-  for (const [prefix, what] of HOST_CLASSES) {
-    if (device.classCode.startsWith(prefix)) return `${what} in another slot`;
-  }
-  return null;
+  const what = HOST_CLASSES.find(([prefix]) => device.classCode.startsWith(prefix))?.[1];
+  if (what === undefined) return null;
+  // A matched function of the same root-bus slot is another device: "another slot" would mislead.
+  const slot = `${slotOf(device.address)}.`;
+  return [...options.matchedCards].some((card) => card.startsWith(slot))
+    ? `${what} in the same root-bus slot, not part of the device asked for`
+    : `${what} in another slot`;
 }
 
 /**

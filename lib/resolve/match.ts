@@ -10,6 +10,7 @@
 import type { DeviceRule, MatchCriteria } from "../config/config.ts";
 import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { cardOf } from "./host_critical.ts";
 
 /** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
 export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
@@ -456,8 +457,7 @@ function hostUsed(host: HostTopology, matched: readonly PciDevice[]): string | n
   } the host's (${uses.map((u) => `${u.reason}: ${u.detail}`).join("; ")})`;
 }
 
-/** Whether `devices` are several functions of one card (one `DDDD:BB:SS`). */
+/** Whether `devices` are several functions of one card ({@link cardOf}). */
 function oneCard(devices: readonly PciDevice[]): boolean {
-  const slots = new Set(devices.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
-  return devices.length > 1 && slots.size === 1;
+  return devices.length > 1 && new Set(devices.map((d) => cardOf(d.address))).size === 1;
 }

@@ -152,6 +152,57 @@ Deno.test("closeOverGroups() does not call a card's own functions in one slot ho
   assertEquals(closed.devices.length, 4);
 });
 
+Deno.test("closeOverGroups(): on bus 00 a slot's other functions are other devices, not the one asked for", () => {
+  // Intel's CNVi Wi-Fi sits at 00:14.3 beside the chipset's USB controller (00:14.0) and SRAM
+  // (00:14.2), all three in group 7: taking the Wi-Fi takes the host's USB controller.
+  const z690 = JSON.parse(
+    Deno.readTextFileSync(new URL("z690-asus-adl.json", HOSTS)),
+  ) as HostDescription;
+  const cnvi: HostDeviceDescription = {
+    bdf: "0000:00:14.3",
+    group: 7,
+    class: "0x028000",
+    vendor: "0x8086",
+    device: "0x7af0",
+    subsystem_vendor: "0x8086",
+    subsystem_device: "0x0094",
+    driver: "iwlwifi",
+    revision: "0x11",
+  };
+  const host = topologyFromDescription(
+    { ...z690, devices: [...z690.devices, cnvi] },
+    { source: "z690 with CNVi" },
+  );
+  const cfg = config(`  vm:
+    devices:
+      - name: wifi
+        match: { vendor_device_id: "8086:7af0" }
+`);
+  const closed = closeVm(cfg, host);
+  assertEquals(closed.devices.map((d) => d.device.address), [
+    "0000:00:14.0",
+    "0000:00:14.2",
+    "0000:00:14.3",
+  ]);
+  const [error] = closed.errors;
+  assertEquals([error?.code, error?.rule, error?.devices], [
+    "group-contains-host-critical",
+    "wifi",
+    ["0000:00:14.0"],
+  ]);
+  assertMatch(
+    error?.message ?? "",
+    /0000:00:14\.0 \(USB controller in the same root-bus slot, not part of the device asked for\)/,
+  );
+  // Behind a bridge one slot is one card: the iLO's USB function comes with its VGA function.
+  const ilo = closeVm(
+    config('  vm:\n    devices:\n      - match: { vendor_device_id: "102b:0533" }\n'),
+    realHost("hp-dl380p-g8"),
+  );
+  assertEquals(ilo.devices.map((d) => d.device.address).includes("0000:01:00.4"), true);
+  assertEquals(ilo.errors, []);
+});
+
 Deno.test("closeOverGroups() refuses one device matched by two rules of a VM", () => {
   const cfg = config(`  win10:
     devices:

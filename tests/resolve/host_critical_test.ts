@@ -5,7 +5,11 @@
  */
 
 import { assertEquals } from "../helpers/assert.ts";
-import { hostCriticalOnItsOwn, hostCriticalReason } from "../../lib/resolve/host_critical.ts";
+import {
+  cardOf,
+  hostCriticalOnItsOwn,
+  hostCriticalReason,
+} from "../../lib/resolve/host_critical.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 
 const ASKED = { matchedCards: new Set(["0000:0b:00"]), hostUse: [] };
@@ -49,6 +53,23 @@ Deno.test("hostCriticalReason(): storage, network, display and USB controllers o
   for (const classCode of ["040300", "0c8000", "118000", "0c0010"]) {
     assertEquals(hostCriticalReason({ address: "0000:0c:00.0", classCode }, ASKED), null);
   }
+});
+
+Deno.test("hostCriticalReason(): on bus 00 each function is a device of its own", () => {
+  // The chipset's slot 14: USB at .0, SRAM at .2, CNVi Wi-Fi at .3; the Wi-Fi was asked for.
+  const wifi = { matchedCards: new Set([cardOf("0000:00:14.3")]), hostUse: [] };
+  assertEquals(
+    hostCriticalReason({ address: "0000:00:14.0", classCode: "0c0330" }, wifi),
+    "USB controller in the same root-bus slot, not part of the device asked for",
+  );
+  assertEquals(hostCriticalReason({ address: "0000:00:14.3", classCode: "028000" }, wifi), null);
+  assertEquals(
+    hostCriticalReason({ address: "0000:00:17.0", classCode: "010601" }, wifi),
+    "storage controller in another slot",
+  );
+  // Behind a bridge, a slot's functions stay one card.
+  assertEquals(cardOf("0000:0b:00.3"), "0000:0b:00");
+  assertEquals(cardOf("0000:00:14.3"), "0000:00:14.3");
 });
 
 Deno.test("hostCriticalReason(): what the host uses now comes first, on any function", () => {

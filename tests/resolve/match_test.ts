@@ -230,6 +230,21 @@ Deno.test("resolveRule() recognises two functions of one card split into two IOM
   );
 });
 
+Deno.test("resolveRule(): two functions of one bus-00 slot in two groups are two devices, not a split card", () => {
+  // Intel's serial I/O functions (I2C, SPI) share slot 15 of the root bus, each a device of its own.
+  const lpss = (bdf: string, group: number) =>
+    dev({ bdf, group, class: "0x0c8000", vendor: "0x8086", device: "0x7acc" });
+  const host = topologyFromDescription({
+    devices: [lpss("0000:00:15.0", 8), lpss("0000:00:15.1", 9)],
+  }, { source: "t" });
+  const result = resolveRule(rule('match: { vendor_device_id: "8086:7acc" }'), host);
+  assertEquals(result.issue?.code, "ambiguous");
+  assertMatch(
+    result.issue?.message ?? "",
+    /matches 2 devices in 2 IOMMU groups but takes 1: 0000:00:15\.0 \(group 8\), 0000:00:15\.1 \(group 9\)/,
+  );
+});
+
 Deno.test("resolveRule() tells a 3D controller from a VGA controller by class name", () => {
   const laptop = realHost("laptop-hm87-gtx765m");
   assertEquals(
