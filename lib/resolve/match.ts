@@ -1,7 +1,7 @@
 /**
  * Resolves a config rule to exactly the host devices it allows. A rule takes `count` cards
- * (default 1), where the functions it matches inside one IOMMU group count as one card; more
- * groups than that is `ambiguous`, none is `no-match`, and both list the candidates with the
+ * (default 1), where the functions of one card it matches inside one IOMMU group count as one;
+ * more than that is `ambiguous`, none is `no-match`, and both list the candidates with the
  * criterion that would tell them apart.
  *
  * @module
@@ -216,7 +216,10 @@ export function toCandidate(device: PciDevice): Candidate {
   };
 }
 
-/** The devices one rule matched inside one IOMMU group: one card as far as `count` goes. */
+/**
+ * The functions of one card ({@link cardOf}; a VF's card is its PF's) that one rule matched
+ * inside one IOMMU group: one card as far as `count` goes.
+ */
 export interface MatchUnit {
   /** The IOMMU group, or `null` on a host without groups. */
   group: number | null;
@@ -230,7 +233,7 @@ export interface RuleResolution {
   rule: DeviceRule;
   /** Every matched device of the units taken, sorted by address. */
   devices: PciDevice[];
-  /** The units taken, one per IOMMU group. */
+  /** The units taken, one per card and IOMMU group. */
   units: MatchUnit[];
   /** `no-match` or `ambiguous`; `devices` is then empty. */
   issue: PlanIssue | null;
@@ -282,8 +285,12 @@ function describeCriteria(criteria: MatchCriteria): string {
 function unitsOf(devices: readonly PciDevice[]): MatchUnit[] {
   const units = new Map<string, MatchUnit>();
   for (const device of devices) {
-    // Without a group each function stands alone (no-iommu hosts are refused elsewhere anyway).
-    const key = device.iommuGroup === null ? `@${device.address}` : String(device.iommuGroup);
+    // Two cards in one group are two (VFIO takes them together, but the rule chose both); a VF
+    // belongs to its PF's card. Without a group each function stands alone (no-iommu hosts are
+    // refused elsewhere anyway).
+    const key = device.iommuGroup === null
+      ? `@${device.address}`
+      : `${device.iommuGroup}@${cardOf(device.physfn ?? device.address)}`;
     const unit = units.get(key) ?? { group: device.iommuGroup, devices: [] };
     unit.devices.push(device);
     units.set(key, unit);
@@ -332,7 +339,7 @@ export function resolveRule(
     if (bridges.length > 0) return refused(onlyBridgesIssue(rule, bridges));
   }
   if (units.length === 0 || units.length < wanted) {
-    return refused(tooFewIssue(rule, host, { matched, units: units.length, wanted, options }));
+    return refused(tooFewIssue(rule, host, { matched, units, wanted, options }));
   }
   if (units.length > wanted && oneCard(matched)) {
     return refused(splitCardIssue(rule, host, matched, { groups: units.length, wanted }));
@@ -347,15 +354,16 @@ function ruleBase(rule: DeviceRule) {
 }
 
 /**
- * `no-match`: the rule matches no device, or fewer IOMMU groups than it takes. With no match at
- * all, the devices that fail the fewest criteria are offered as the closest.
+ * `no-match`: the rule matches no device, or fewer cards than it takes. With no match at all,
+ * the devices that fail the fewest criteria are offered as the closest.
  */
 function tooFewIssue(
   rule: DeviceRule,
   host: HostTopology,
-  found: { matched: PciDevice[]; units: number; wanted: number; options: MatchOptions },
+  found: { matched: PciDevice[]; units: MatchUnit[]; wanted: number; options: MatchOptions },
 ): PlanIssue {
-  const { matched, units, wanted, options } = found;
+  const { matched, wanted, options } = found;
+  const units = found.units.length;
   const scored = host.devices
     .filter((d) => !d.isBridge)
     .map((d) => ({ d, failed: failedCriteria(d, rule.match, options) }))
@@ -365,9 +373,12 @@ function tooFewIssue(
   const near = units > 0 ? [] : scored.filter((s) => s.failed.length === best && best < total);
   const nearest = near.slice(0, NEAREST_SHOWN);
   const more = near.length > nearest.length ? ` and ${near.length - nearest.length} more` : "";
+  const groups = groupCount(found.units);
   const what = units === 0
     ? "matches no device"
-    : `needs ${wanted} IOMMU groups but matches ${units}`;
+    : groups === units
+    ? `needs ${wanted} IOMMU groups but matches ${units}`
+    : `needs ${wanted} cards but matches ${units} in ${plural(groups, "IOMMU group")}`;
   const closest = nearest.length > 0
     ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
       nearest.map((s) =>
@@ -409,7 +420,7 @@ function splitCardIssue(
   };
 }
 
-/** `ambiguous`: more IOMMU groups match than the rule takes; names what tells them apart. */
+/** `ambiguous`: more cards match than the rule takes; names what tells them apart. */
 function ambiguousIssue(
   rule: DeviceRule,
   host: HostTopology,
@@ -427,13 +438,16 @@ function ambiguousIssue(
     : used === null
     ? ', or take them all with "all: true"'
     : ` (not all of them: ${used})`;
+  const groups = groupCount(units);
+  // Cards sharing a group: naming only groups would hide that two cards matched.
+  const where = groups === units.length
+    ? `in ${units.length} IOMMU groups`
+    : `on ${units.length} cards in ${plural(groups, "IOMMU group")}`;
   return {
     code: "ambiguous",
-    message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${matched.length} ${
-      matched.length === 1 ? "device" : "devices"
-    } in ${units.length} IOMMU groups but takes ${wanted}: ${list}: narrow it with ${
-      narrowWith(units)
-    }${all}`,
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${
+      plural(matched.length, "device")
+    } ${where} but takes ${wanted}: ${list}: narrow it with ${narrowWith(units)}${all}`,
     ...ruleBase(rule),
     devices: matched.map((d) => d.address),
     candidates: matched.map(toCandidate),
@@ -455,6 +469,16 @@ function hostUsed(host: HostTopology, matched: readonly PciDevice[]): string | n
   return `${uses.map((u) => u.address).filter((a, i, all) => all.indexOf(a) === i).join(", ")} ${
     uses.length === 1 ? "is" : "are"
   } the host's (${uses.map((u) => `${u.reason}: ${u.detail}`).join("; ")})`;
+}
+
+/** How many IOMMU groups `units` are in (a unit without a group counts as one of its own). */
+function groupCount(units: readonly MatchUnit[]): number {
+  return new Set(units.map((u, i) => u.group ?? `@${i}`)).size;
+}
+
+/** `1 device`, `2 devices`. */
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 /** Whether `devices` are several functions of one card ({@link cardOf}). */

@@ -7,6 +7,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
   baseDevices,
   config,
+  dev,
   GPU,
   GPU_AUDIO,
   GPU_CONFIG,
@@ -127,4 +128,36 @@ Deno.test("resolveConfig() warns when a rule with iommu_group: false leaves the 
   const refused = resolveConfig(taken, topology, { deviceControllers }).get("win10")!;
   assertEquals(refused.errors.map((e) => [e.code, e.rule]), [["own-device", "sata"]]);
   assertEquals(refused.warnings.filter((w) => w.code === "own-device"), []);
+});
+
+Deno.test("resolveConfig(): a default rule matching two cards of one IOMMU group is ambiguous, with or without the group", () => {
+  // Two identical USB cards (slots 4 and 5) behind one PCIe switch without ACS, in group 5.
+  const usb = (bdf: string, slot: string) =>
+    dev({
+      bdf,
+      group: 5,
+      slot,
+      class: "0x0c0330",
+      vendor: "0x1b21",
+      device: "0x2142",
+      driver: "xhci_hcd",
+    });
+  const topology = host([...baseDevices(), usb("0000:05:00.0", "4"), usb("0000:06:00.0", "5")]);
+  const resolved = (match: string, more = "") =>
+    resolveConfig(
+      config(`  a:\n    devices:\n      - match: { ${match} }\n${more}`),
+      topology,
+    ).get("a")!;
+  for (const more of ["", "        iommu_group: false\n"]) {
+    const a = resolved('vendor_device_id: "1b21:2142"', more);
+    assertEquals(a.errors.map((e) => e.code), ["ambiguous"]);
+    assertEquals(a.errors[0]!.candidates?.map((c) => c.physicalSlot), ["4", "5"]);
+    assertEquals(a.closure.devices, []);
+  }
+  // Narrowed to the card in slot 4, the other card comes with the group: the host's, refused.
+  const narrowed = resolved('vendor_device_id: "1b21:2142", slot: "4"');
+  assertEquals(narrowed.errors.map((e) => [e.code, e.devices]), [
+    ["group-contains-host-critical", ["0000:06:00.0"]],
+  ]);
+  assertMatch(narrowed.errors[0]!.message, /0000:06:00\.0 \(USB controller in another slot\)/);
 });

@@ -135,6 +135,53 @@ Deno.test("resolveRule() suggests slot and serial when only those tell identical
   assertEquals(bySlot.devices.map((d) => d.address), ["0000:01:00.0"]);
 });
 
+Deno.test("resolveRule(): two cards in one IOMMU group are two cards, not one", () => {
+  // Two identical USB cards behind one PCIe switch without ACS: both in group 5.
+  const usb = (bdf: string, slot: string) =>
+    dev({ bdf, group: 5, slot, class: "0x0c0330", vendor: "0x1b21", device: "0x2142" });
+  const shared = host([
+    dev({ bdf: "0000:04:08.0", group: 5, class: "0x060400", vendor: "0x10b5", device: "0x8747" }),
+    usb("0000:05:00.0", "4"),
+    usb("0000:06:00.0", "5"),
+  ]);
+  const one = resolveRule(rule('match: { vendor_device_id: "1b21:2142" }'), shared);
+  assertEquals(one.issue?.code, "ambiguous");
+  assertEquals(one.devices, []);
+  assertEquals(one.issue?.candidates?.map((c) => c.address), ["0000:05:00.0", "0000:06:00.0"]);
+  assertEquals(
+    one.issue?.message,
+    'Rule "1b21:2142" of VM "vm" matches 2 devices on 2 cards in 1 IOMMU group but takes 1: 0000:05:00.0 (group 5), 0000:06:00.0 (group 5): narrow it with "slot", or with "address", or take them all with "all: true"',
+  );
+  const two = resolveRule(
+    rule('match: { vendor_device_id: "1b21:2142" }\n        count: 2'),
+    shared,
+  );
+  assertEquals([two.issue, two.units.length], [null, 2]);
+  const three = resolveRule(
+    rule('match: { vendor_device_id: "1b21:2142" }\n        count: 3'),
+    shared,
+  );
+  assertMatch(three.issue?.message ?? "", /needs 3 cards but matches 2 in 1 IOMMU group/);
+  // A VF belongs to its PF's card: VFs of one PF in one group (slots 10 and 11) are one unit.
+  const vf = (bdf: string) =>
+    dev({
+      bdf,
+      group: 7,
+      class: "0x020000",
+      vendor: "0x8086",
+      device: "0x10ca",
+      physfn: "07:00.0",
+    });
+  const sriov = host([
+    dev({ bdf: "0000:07:00.0", group: 7, class: "0x020000", vendor: "0x8086", device: "0x10c9" }),
+    vf("0000:07:10.0"),
+    vf("0000:07:10.2"),
+    vf("0000:07:11.0"),
+  ]);
+  const vfs = resolveRule(rule('match: { vendor_device_id: "8086:10ca" }'), sriov);
+  assertEquals([vfs.issue, vfs.units.length, vfs.devices.length], [null, 1, 3]);
+});
+
 Deno.test("resolveRule() reports no-match with the nearest devices and what differs", () => {
   const result = resolveRule(
     rule('match: { vendor_device_id: "10de:1b07" }'),
