@@ -93,12 +93,16 @@ export function closeOverGroups(
     host,
     groups: groupsOf(host),
     byAddress: new Map(),
+    // What any of the VM's rules asked for: a card one rule names is no bystander in another's.
+    matchedCards: new Set(resolutions.flatMap((r) => r.devices.map((d) => cardOf(d.address)))),
     result: { devices: [], reasoning: [], warnings: [], errors: [] },
   };
   closing.result.errors.push(...matchedTwice(vm, resolutions));
-  for (const resolution of resolutions) {
-    if (resolution.devices.length > 0) closeRule(closing, resolution, options);
-  }
+  const resolved = resolutions.filter((r) => r.devices.length > 0);
+  for (const resolution of resolved) closeRule(closing, resolution);
+  // Once every rule has taken its devices, each is judged under the rule it ended up with: the
+  // one that matched it, else the first whose group brought it.
+  for (const { rule } of resolved) checkRule(closing, rule, options);
   closing.result.devices = [...closing.byAddress.values()].sort((a, b) =>
     a.device.address < b.device.address ? -1 : a.device.address > b.device.address ? 1 : 0
   );
@@ -112,17 +116,9 @@ interface Closing {
   readonly groups: ReadonlyMap<number, PciDevice[]>;
   /** Every device taken so far, by address: one hostdev each, whichever rules bring it. */
   readonly byAddress: Map<PciAddress, ClosedDevice>;
-  readonly result: ClosureResult;
-}
-
-/** One rule's closure in progress: the devices it newly takes, and the cards it matched. */
-interface RuleClosing {
-  readonly rule: DeviceRule;
-  readonly resolution: RuleResolution;
-  /** The devices this rule takes that no earlier rule did. */
-  readonly taken: ClosedDevice[];
-  /** The cards (`DDDD:BB:SS`) of the devices the rule matched. */
+  /** The cards ({@link cardOf}) of the devices the VM's rules matched. */
   readonly matchedCards: ReadonlySet<string>;
+  readonly result: ClosureResult;
 }
 
 /** `device-assigned-twice` for every device two rules of `vm` match. */
@@ -157,11 +153,10 @@ function matchedTwice(vm: string, resolutions: readonly RuleResolution[]): PlanI
  */
 function take(
   closing: Closing,
-  ruleClosing: RuleClosing,
+  rule: DeviceRule,
   device: PciDevice,
   reason: InclusionReason,
 ): void {
-  const { rule, taken } = ruleClosing;
   const existing = closing.byAddress.get(device.address);
   if (existing) {
     if (reason === "matched" && existing.reason === "iommu-group") {
@@ -170,38 +165,34 @@ function take(
     }
     return;
   }
-  const closed = { device, rule, reason };
-  closing.byAddress.set(device.address, closed);
-  taken.push(closed);
+  closing.byAddress.set(device.address, { device, rule, reason });
 }
 
-/** One rule: its matches, their groups, then the checks on what it took. */
-function closeRule(closing: Closing, resolution: RuleResolution, options: ClosureOptions): void {
-  const ruleClosing: RuleClosing = {
-    rule: resolution.rule,
-    resolution,
-    taken: [],
-    matchedCards: new Set(resolution.devices.map((d) => cardOf(d.address))),
-  };
-  for (const device of resolution.devices) take(closing, ruleClosing, device, "matched");
+/** One rule: its matches, then their groups. */
+function closeRule(closing: Closing, resolution: RuleResolution): void {
+  for (const device of resolution.devices) take(closing, resolution.rule, device, "matched");
   const matchedGroups = new Set(
     resolution.devices.flatMap((d) => d.iommuGroup === null ? [] : [d.iommuGroup]),
   );
-  for (const group of matchedGroups) closeGroup(closing, ruleClosing, group);
-  const critical = takenHostCritical(closing, ruleClosing);
+  for (const group of matchedGroups) closeGroup(closing, resolution, group);
+}
+
+/** The checks on the devices `rule` ended up with: host-critical ones, no FLR, host drivers. */
+function checkRule(closing: Closing, rule: DeviceRule, options: ClosureOptions): void {
+  const taken = [...closing.byAddress.values()].filter((c) => c.rule === rule);
+  const critical = takenHostCritical(closing, rule, taken);
   if (critical !== null) {
-    (ruleClosing.rule.allowHostCritical ? closing.result.warnings : closing.result.errors)
-      .push(critical);
+    (rule.allowHostCritical ? closing.result.warnings : closing.result.errors).push(critical);
   }
-  closing.result.warnings.push(...takenDeviceWarnings(closing.vm, ruleClosing, options));
+  closing.result.warnings.push(...takenDeviceWarnings(closing.vm, rule, taken, options));
 }
 
 /**
  * One IOMMU group of a rule's matches: its other endpoints are taken (`iommu_group: true`) or
  * named as left behind, and its bridges stay with the host. Says so in the reasoning.
  */
-function closeGroup(closing: Closing, ruleClosing: RuleClosing, group: number): void {
-  const { rule, resolution } = ruleClosing;
+function closeGroup(closing: Closing, resolution: RuleResolution, group: number): void {
+  const { rule } = resolution;
   const { result } = closing;
   const members = closing.groups.get(group) ?? [];
   const matchedHere = resolution.devices.filter((d) => d.iommuGroup === group);
@@ -212,7 +203,7 @@ function closeGroup(closing: Closing, ruleClosing: RuleClosing, group: number): 
     matchedHere.map((d) => d.address).join(", ")
   }`;
   if (rule.iommuGroup) {
-    for (const m of endpoints) take(closing, ruleClosing, m, "iommu-group");
+    for (const m of endpoints) take(closing, rule, m, "iommu-group");
     result.reasoning.push(
       head +
         (endpoints.length > 0
@@ -220,7 +211,7 @@ function closeGroup(closing: Closing, ruleClosing: RuleClosing, group: number): 
           : "; no other endpoint in the group"),
     );
   } else if (endpoints.length > 0) {
-    const warning = leftBehindHostCritical(closing, ruleClosing, group, endpoints);
+    const warning = leftBehindHostCritical(closing, rule, group, endpoints);
     if (warning !== null) result.warnings.push(warning);
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
@@ -246,11 +237,11 @@ function closeGroup(closing: Closing, ruleClosing: RuleClosing, group: number): 
  */
 function leftBehindHostCritical(
   closing: Closing,
-  { rule, matchedCards }: RuleClosing,
+  rule: DeviceRule,
   group: number,
   endpoints: readonly PciDevice[],
 ): PlanIssue | null {
-  const { vm, host } = closing;
+  const { vm, host, matchedCards } = closing;
   const needed = endpoints.flatMap((m) => {
     const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
     return why === null ? [] : [{ address: m.address, why }];
@@ -275,9 +266,12 @@ function leftBehindHostCritical(
  * physical function whose virtual function the host uses; a warning under
  * `allow_host_critical: true`, a refusal otherwise. `null` when it takes none.
  */
-function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssue | null {
-  const { vm, host } = closing;
-  const { rule, taken, matchedCards } = ruleClosing;
+function takenHostCritical(
+  closing: Closing,
+  rule: DeviceRule,
+  taken: readonly ClosedDevice[],
+): PlanIssue | null {
+  const { vm, host, matchedCards } = closing;
   const critical = taken
     .map((c) => ({
       c,
@@ -326,7 +320,8 @@ function takenHostCritical(closing: Closing, ruleClosing: RuleClosing): PlanIssu
  */
 function takenDeviceWarnings(
   vm: string,
-  { rule, taken }: RuleClosing,
+  rule: DeviceRule,
+  taken: readonly ClosedDevice[],
   options: ClosureOptions,
 ): PlanIssue[] {
   const warnings: PlanIssue[] = [];

@@ -323,6 +323,77 @@ Deno.test("closeOverGroups() with iommu_group: false warns when the members left
   assertMatch(warning!.message, /Rule "gpu" of VM "win10"/);
 });
 
+Deno.test("closeOverGroups(): cards of one group that two rules of the VM name are both asked for", () => {
+  // A GPU (video + audio) and a USB card share group 5 behind one root port.
+  const shared = (extra: { host_use?: HostUse[] } = {}) =>
+    topologyFromDescription({
+      devices: [
+        {
+          ...BLANK_IDS,
+          bdf: "0000:00:1c.0",
+          group: 5,
+          class: "0x060400",
+          vendor: "0x8086",
+          device: "0xa338",
+          driver: "pcieport",
+        },
+        {
+          ...BLANK_IDS,
+          bdf: "0000:0b:00.0",
+          group: 5,
+          class: "0x030000",
+          vendor: "0x10de",
+          device: "0x1b06",
+          driver: "vfio-pci",
+        },
+        {
+          ...BLANK_IDS,
+          bdf: "0000:0b:00.1",
+          group: 5,
+          class: "0x040300",
+          vendor: "0x10de",
+          device: "0x10ef",
+          driver: "vfio-pci",
+        },
+        {
+          ...BLANK_IDS,
+          bdf: "0000:0c:00.0",
+          group: 5,
+          class: "0x0c0330",
+          vendor: "0x1b21",
+          device: "0x2142",
+          driver: "vfio-pci",
+        },
+      ],
+      ...extra,
+    }, { source: "shared-group" });
+  const gpu = '      - name: gpu\n        match: { vendor_device_id: "10de:1b06" }\n';
+  const usb = '      - name: usb\n        match: { vendor_device_id: "1b21:2142" }\n';
+  for (const rules of [gpu + usb, usb + gpu]) {
+    const closed = closeVm(config(`  vm:\n    devices:\n${rules}`), shared());
+    assertEquals(closed.errors, []);
+    assertEquals(closed.devices.map((d) => [d.device.address, d.reason]), [
+      ["0000:0b:00.0", "matched"],
+      ["0000:0b:00.1", "iommu-group"],
+      ["0000:0c:00.0", "matched"],
+    ]);
+    // Left with the host, the other rule's card is no device the host needs either.
+    const alone = closeVm(
+      config(`  vm:\n    devices:\n${rules.replaceAll("}\n", "}\n        iommu_group: false\n")}`),
+      shared(),
+    );
+    assertEquals([alone.errors, alone.warnings], [[], []]);
+  }
+  // The USB card holds a disk the host mounted: the refusal is the rule's that chose it, even when
+  // the GPU's rule brought it first.
+  const mounted = shared({
+    host_use: [{ address: "0000:0c:00.0", reason: "mounted-filesystem", detail: "/srv on sdb1" }],
+  });
+  const [error, ...more] = closeVm(config(`  vm:\n    devices:\n${gpu + usb}`), mounted).errors;
+  assertEquals([error?.rule, error?.devices, more], ["usb", ["0000:0c:00.0"], []]);
+  assertMatch(error?.message ?? "", /: narrow the rule to another device/);
+});
+
 Deno.test("findGroupConflicts() refuses one device given to two VMs, naming both", () => {
   const cfg = config(`  a:
     devices:
