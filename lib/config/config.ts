@@ -136,7 +136,8 @@ export interface MatchCriteria {
   classPrefixes?: string[];
   /**
    * The `class` value, for messages: the class name in lower case, or the hex digits in lower
-   * case without `0x`. Present exactly when {@link MatchCriteria.classPrefixes} is.
+   * case without `0x` (with it where the digits spell a class name: `0x3d`, not `3d`). Present
+   * exactly when {@link MatchCriteria.classPrefixes} is.
    */
   classText?: string;
   /** Physical slot name as the firmware reports it (`"3"`, `"CPU1 SLOT2"`), compared exactly. */
@@ -510,8 +511,11 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
       const [v, d] = value.split(":") as [string, string];
       return `${hex(v).padStart(4, "0")}:${hex(d).padStart(4, "0")}`;
     }
-    case "class":
-      return hex(value);
+    case "class": {
+      // Written with 0x it is hex: `0x3d` keeps its 0x, or it would read as the name `3d`.
+      const digits = hex(value);
+      return digits in CLASS_NAMES ? `0x${digits}` : digits;
+    }
     case "pci-address":
       return canonicalPciAddress(value);
     case "serial": {
@@ -861,7 +865,7 @@ function normaliseMatch(raw: RawMatch, at: Steps, ctx: Context): MatchCriteria {
   if (raw.subsystem_device_id !== undefined) m.subsystemDeviceId = raw.subsystem_device_id;
   if (raw.class !== undefined) {
     m.classText = raw.class;
-    m.classPrefixes = [...(CLASS_NAMES[raw.class] ?? [raw.class])];
+    m.classPrefixes = [...(CLASS_NAMES[raw.class] ?? [raw.class.replace(/^0x/, "")])];
   }
   if (raw.slot !== undefined) m.slot = raw.slot;
   if (raw.serial !== undefined) m.serial = raw.serial;

@@ -108,6 +108,14 @@ Deno.test("parseConfig() accepts class names and 2, 4 or 6 hex digits", () => {
   assertEquals(got, [["03"], ["0c03"], ["010802"], ["0401", "0403"], ["0302"]]);
 });
 
+Deno.test('parseConfig() reads a class written with 0x as hex: "0x3d" is no 3D controller', () => {
+  const [hex, name] = rules(`      - match: { class: "0x3D" }
+      - match: { class: "3D" }
+`);
+  assertEquals([hex?.match.classPrefixes, hex?.match.classText], [["3d"], "0x3d"]);
+  assertEquals([name?.match.classPrefixes, name?.match.classText], [["0302"], "3d"]);
+});
+
 Deno.test("parseConfig() reports an unknown key with its position and the nearest valid key", () => {
   const [error] = errorsOf(
     'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_idd: "10de" }\n',
