@@ -405,7 +405,12 @@ function splitCardIssue(
   counts: { groups: number; wanted: number },
 ): PlanIssue {
   const used = hostUsed(host, matched);
-  const ways = used === null
+  // A `vf:` rule takes a VF of one physical function: "all: true" is refused for it.
+  const ways = rule.vf !== undefined
+    ? `a "vf:" rule takes a VF of one physical function: narrow it with ${
+      narrowWith(matched.map((d) => ({ group: d.iommuGroup, devices: [d] })))
+    }`
+    : used === null
     ? 'take the whole card with "all: true", or one function with "address"'
     : `take one function with "address" (not the whole card: ${used})`;
   return {
@@ -432,8 +437,9 @@ function ambiguousIssue(
     `${u.devices.map((d) => d.address).join(" + ")} (group ${u.group ?? "none"})`
   ).join(", ");
   const used = hostUsed(host, matched);
-  // All of them would take what the host uses too: planning would refuse that anyway.
-  const all = rule.count !== 1
+  // All of them would take what the host uses too: planning would refuse that anyway. A `vf:`
+  // rule takes one VF: "all: true" is refused for it.
+  const all = rule.count !== 1 || rule.vf !== undefined
     ? ""
     : used === null
     ? ', or take them all with "all: true"'

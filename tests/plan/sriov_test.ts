@@ -249,6 +249,25 @@ Deno.test("vf: mac auto steps past a MAC another domain uses", () => {
   assertEquals(vmOf(live, "a").add[0]?.spec.interface?.mac, mac);
 });
 
+Deno.test('vf: a rule matching two PFs is told to narrow to one, never to take "all: true"', () => {
+  // The two ports of one card, each in a group of its own.
+  const split = topologyFromDescription({ devices: dualPortNic(2, 2, null) }, { source: "split" });
+  const [ports] = vmOf(plan(config(UPLINK("a")), split, { a: A }), "a").errors;
+  assertEquals(ports?.code, "ambiguous");
+  assertMatch(
+    ports!.message,
+    /matches 2 functions of one card .*: a "vf:" rule takes a VF of one physical function: narrow it with "address"$/,
+  );
+  // Two cards: what tells them apart, and no "all: true", which a vf: rule may not have.
+  const other = { group: 21, serial: "00-1b-21-ff-ff-a0-b1-c3" };
+  const cards = topologyFromDescription({
+    devices: [...sriovNic("07", 2), ...sriovNic("08", 2, other)],
+  }, { source: "two cards" });
+  const [pfs] = vmOf(plan(config(UPLINK("a")), cards, { a: A }), "a").errors;
+  assertEquals(pfs?.code, "ambiguous");
+  assertMatch(pfs!.message, /: narrow it with "serial", or with "address"$/);
+});
+
 Deno.test("vf: too few VFs, all VFs taken, and a PF given to a VM are refused", () => {
   const SYSFS = "/sys/bus/pci/devices/0000:07:00\\.0/sriov_numvfs";
   // The PF can provide 8: the refusal gives the commands that enable them.
