@@ -13,6 +13,7 @@ import type { RuleResolution } from "./match.ts";
 import { VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { pciAddressParts } from "../pci/address.ts";
 
 /** One device in a VM's closed set, and the rule that brought it. */
 export interface ClosedDevice {
@@ -295,10 +296,10 @@ function takenHostCritical(
           // The rule chose the host's own device: no slot makes that one safe to give away.
           ? `narrow the rule to another device (serial, slot or address), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
           : inUse.length > 0
-          ? `move the card to another slot (another IOMMU group); "allow_host_critical: true" would give the guest ${
+          ? `${moveAdvice(taken)}; "allow_host_critical: true" would give the guest ${
             inUse.map((x) => x.c.device.address).join(", ")
           }, which the host uses now`
-          : `move the card to another slot (another IOMMU group), or set "allow_host_critical: true" on the rule`
+          : `${moveAdvice(taken)}, or set "allow_host_critical: true" on the rule`
       }`,
     vm,
     rule: rule.name,
@@ -312,6 +313,21 @@ function takenHostCritical(
     issue.group = groupsHit[0];
   }
   return issue;
+}
+
+/**
+ * How to get the rule's devices into an IOMMU group of their own: a card moves to another slot,
+ * but a device on bus 00 is built into the chipset or CPU, and no slot moves it.
+ */
+function moveAdvice(taken: readonly ClosedDevice[]): string {
+  const matched = taken.filter((c) => c.reason === "matched").map((c) => c.device.address);
+  return matched.length > 0 && matched.every((a) => pciAddressParts(a).bus === 0)
+    ? `${matched.join(", ")} ${
+      matched.length === 1 ? "is" : "are"
+    } built into the chipset or CPU, and no slot moves ${
+      matched.length === 1 ? "it" : "them"
+    } to another IOMMU group: pass a card in a slot with a group of its own instead`
+    : "move the card to another slot (another IOMMU group)";
 }
 
 /**
