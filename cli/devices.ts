@@ -10,7 +10,7 @@ import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { hostCriticalOnItsOwn, slotOf } from "../lib/resolve/host_critical.ts";
-import { CLASS_NAMES } from "../lib/config/schema.ts";
+import { CLASS_NAMES, classPrefixesOf } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
@@ -103,15 +103,6 @@ function matchesAddress(address: string, wanted: string): boolean {
   return address === full || slotOf(address) === full;
 }
 
-/**
- * `--class`: a class code prefix (`02`, `0200`, `010802`) or a config class name (`nvme`,
- * `network`); `null` when it is neither.
- */
-function classPrefixes(value: string): readonly string[] | null {
-  if (/^[0-9a-f]{2,6}$/i.test(value)) return [value.toLowerCase()];
-  return CLASS_NAMES[value.toLowerCase()] ?? null;
-}
-
 /** The devices `addresses` and `--class` name (all when neither is given); throws on a typo. */
 function selected(host: HostTopology, addresses: string[], klass: string | undefined): PciDevice[] {
   const malformed = addresses.find((a) =>
@@ -133,7 +124,7 @@ function selected(host: HostTopology, addresses: string[], klass: string | undef
     devices = devices.filter((d) => addresses.some((a) => matchesAddress(d.address, a)));
   }
   if (klass !== undefined) {
-    const prefixes = classPrefixes(klass) ?? [];
+    const prefixes = classPrefixesOf(klass) ?? [];
     devices = devices.filter((d) => prefixes.some((p) => d.classCode.startsWith(p)));
   }
   return devices;
@@ -152,7 +143,7 @@ export function hostUseUnknownNote(host: HostTopology, paint: Paint): string {
 
 /** A `--class` no class is named by: a usage error, before anything is read. */
 function checkClass(klass: string | undefined): void {
-  if (klass === undefined || classPrefixes(klass) !== null) return;
+  if (klass === undefined || classPrefixesOf(klass) !== null) return;
   const names = Object.keys(CLASS_NAMES);
   throw new UsageError(
     `Unknown class "${klass}"${didYouMean(klass, names)}: give a class code prefix (02, 0200) ` +

@@ -26,6 +26,7 @@ import {
 import {
   type BooleanSchema,
   CLASS_NAMES,
+  classPrefixesOf,
   CONFIG_SCHEMA,
   FORMAT_PATTERNS,
   type IntegerSchema,
@@ -499,7 +500,7 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
   const value = text.trim();
   if (format === "class") {
     const name = value.toLowerCase();
-    if (name in CLASS_NAMES) return name;
+    if (Object.hasOwn(CLASS_NAMES, name)) return name;
   }
   if (format === "slot") return new RegExp(FORMAT_PATTERNS.slot).test(value) ? value : null;
   if (!new RegExp(FORMAT_PATTERNS[format]).test(value)) return null;
@@ -514,7 +515,7 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
     case "class": {
       // Written with 0x it is hex: `0x3d` keeps its 0x, or it would read as the name `3d`.
       const digits = hex(value);
-      return digits in CLASS_NAMES ? `0x${digits}` : digits;
+      return Object.hasOwn(CLASS_NAMES, digits) ? `0x${digits}` : digits;
     }
     case "pci-address":
       return canonicalPciAddress(value);
@@ -865,7 +866,7 @@ function normaliseMatch(raw: RawMatch, at: Steps, ctx: Context): MatchCriteria {
   if (raw.subsystem_device_id !== undefined) m.subsystemDeviceId = raw.subsystem_device_id;
   if (raw.class !== undefined) {
     m.classText = raw.class;
-    m.classPrefixes = [...(CLASS_NAMES[raw.class] ?? [raw.class.replace(/^0x/, "")])];
+    m.classPrefixes = [...(classPrefixesOf(raw.class) ?? [])];
   }
   if (raw.slot !== undefined) m.slot = raw.slot;
   if (raw.serial !== undefined) m.serial = raw.serial;

@@ -146,6 +146,26 @@ export const CLASS_NAMES: Readonly<Record<string, readonly string[]>> = {
   "accelerator": ["12"],
 };
 
+/**
+ * The class code prefixes a `class` value stands for: a name of {@link CLASS_NAMES} (`nvme`,
+ * `3d`, any case) or 2, 4 or 6 hex digits (`0300`), always hex when written with `0x` (`0x3d`);
+ * `null` when it is neither. The one reading of a class, for a rule and `devices --class` alike.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(classPrefixesOf("3D"), ["0302"]);
+ * assertEquals(classPrefixesOf("0x3d"), ["3d"]);
+ * assertEquals(classPrefixesOf("0300"), ["0300"]);
+ * assertEquals(classPrefixesOf("constructor"), null);
+ * ```
+ */
+export function classPrefixesOf(text: string): readonly string[] | null {
+  const value = text.trim().toLowerCase();
+  if (Object.hasOwn(CLASS_NAMES, value)) return CLASS_NAMES[value]!;
+  return new RegExp(FORMAT_PATTERNS.class).test(value) ? [value.replace(/^0x/, "")] : null;
+}
+
 const pciId = (what: string): StringSchema => ({
   type: "string",
   format: "pci-id",

@@ -195,7 +195,7 @@ Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one li
   assertOk(rows(nvme.out).length > 0);
   assertOk(rows(nvme.out).every((r) => r[4]!.startsWith("0108")), nvme.out);
   // Names and codes in any case.
-  for (const klass of ["NVMe", "0108"]) {
+  for (const klass of ["NVMe", "0108", "0x0108"]) {
     assertEquals((await run(["devices", ...HOST, "--class", klass])).out, nvme.out, klass);
   }
   const usb = await run(["devices", ...HOST, "--class", "0c03"]);

@@ -116,6 +116,17 @@ Deno.test('parseConfig() reads a class written with 0x as hex: "0x3d" is no 3D c
   assertEquals([name?.match.classPrefixes, name?.match.classText], [["0302"], "3d"]);
 });
 
+Deno.test("parseConfig() takes no class name from Object's prototype: a located error, not a crash", () => {
+  for (const name of ["constructor", "toString", "__proto__"]) {
+    const [error] = errorsOf(
+      `version: 1\nvms:\n  vm:\n    devices:\n      - match: { class: ${name} }\n`,
+    );
+    assertOk(error instanceof ConfigError, String(error));
+    assertEquals([error.line, error.column], [5, 25], name);
+    assertMatch(error.message, new RegExp(`Invalid class "${name}"`));
+  }
+});
+
 Deno.test("parseConfig() reports an unknown key with its position and the nearest valid key", () => {
   const [error] = errorsOf(
     'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_idd: "10de" }\n',
