@@ -122,10 +122,12 @@ function hostUseOf(
     devices,
     procRoot,
   });
-  // Which processes hold a GPU open is read now, at its detach: `plan` only warns of it.
+  // Which processes hold a GPU open is read now, at its detach: `plan` only warns of it. First,
+  // as a device's first use is the one its refusal names: no `allow_host_critical` lifts a GPU
+  // held open, while one lifts the console's GPU, which the same device may also be.
   if (uses !== null && options.live) {
     const addresses = devices.map((d) => d.address);
-    uses.push(...gpuInUse(options.reader, { sysRoot: options.root, procRoot }, addresses));
+    uses.unshift(...gpuInUse(options.reader, { sysRoot: options.root, procRoot }, addresses));
   }
   const statusDir = options.qemuStatusDir ?? (options.live ? QEMU_STATUS_DIR : null);
   if (uses === null || statusDir === null) return uses;

@@ -16,6 +16,7 @@ import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { unknownOnError } from "../../lib/host/preflight.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
 
 /** The host's own GPU (an AMD card), the GPU meant for a guest (NVIDIA), and its audio function. */
 const HOST_GPU = "0000:0b:00.0";
@@ -239,6 +240,59 @@ Deno.test("guard: taking a GPU a process holds open refuses the start (gpu-in-us
   // The host's own GPU in use stops nothing: this VM does not take it.
   const passes = await start([COMPOSITOR]);
   assertEquals([passes.code, passes.refusals], [0, []]);
+});
+
+Deno.test("guard: the console GPU a process holds open is refused as held open, whatever allow_host_critical says", async () => {
+  // Single-GPU passthrough: the boot GPU drives the console (which allow_host_critical lets a
+  // guest take) while Xorg holds it open (which nothing but closing Xorg lets it take).
+  const start = async (allowHostCritical: string[]) => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-gpu-console-" });
+    try {
+      buildHostTree({
+        devices: [{
+          bdf: GUEST_GPU,
+          group: 2,
+          class: "0x030000",
+          vendor: "0x10de",
+          device: "0x2684",
+          subsystem_vendor: null,
+          subsystem_device: null,
+          driver: "nvidia",
+          revision: "0xa1",
+          boot_vga: true,
+          console: true,
+          drm: { card: 1, clients: [{ command: "Xorg", pid: 812 }] },
+        }],
+      }, dir);
+      Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
+      Deno.mkdirSync(`${dir}/proc/net`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
+      Deno.mkdirSync(`${dir}/state`);
+      recordPolicies(`${dir}/state`, {
+        version: 1,
+        config: "c.yaml",
+        vms: { win11: { guard: "enforce", rules: {}, allowHostCritical } },
+      });
+      const xml = `<domain type='kvm'><name>win11</name><metadata>
+  <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="${GUEST_GPU}" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata><devices><hostdev mode='subsystem' type='pci' managed='yes'><source>
+  <address domain='0x0000' bus='0x0c' slot='0x00' function='0x0'/></source></hostdev>
+</devices></domain>`;
+      return await guardStartOnTree({ vm: "win11", xml, dir, live: true });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  };
+  for (const allowed of [[], ["gpu"]]) {
+    const refused = await start(allowed);
+    assertEquals([refused.code, refused.refusals], [1, [["busy", GUEST_GPU]]], String(allowed));
+    assertMatch(
+      refused.line,
+      /in use \(gpu-in-use: \/dev\/dri\/card1 open in Xorg \(pid 812\)\).*fix: close the programs holding it/,
+    );
+  }
 });
 
 /** This machine's `/dev/full` (1:7), which no process here keeps open, stands for a GPU's node. */
