@@ -21,7 +21,7 @@ import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfGone, vfMismatch } from "./vf_check.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
-import { readDeviceAt } from "../host/sysfs_device.ts";
+import { readDeviceAt, readVirtualFunctions } from "../host/sysfs_device.ts";
 import {
   type PassedElement,
   readRecordsLeniently,
@@ -29,7 +29,7 @@ import {
   scanPassedDevicesLeniently,
 } from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
-import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
+import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
 import { shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
@@ -277,6 +277,10 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   }));
   const devices = new Map<PciAddress, PciDevice>();
   for (const { device } of [...found, ...pooled]) if (device) devices.set(device.address, device);
+  // A PF's VFs go when it leaves its driver: what the host or another VM uses on them counts.
+  for (const vf of found.flatMap(({ device }) => virtualFunctionsOf(input, device))) {
+    if (!devices.has(vf.address)) devices.set(vf.address, vf);
+  }
   const hostUse = input.hostUse([...devices.values()], facts.used);
   // The domain's own cards (and its networks' VFs) were asked for: a storage or network
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
@@ -287,7 +291,8 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
       // (hot-plug, error reporting and power management of everything behind it) at start.
       ? "a PCI bridge, with the devices behind it"
-      : hostCriticalReason(device, { matchedCards, hostUse });
+      : hostCriticalReason(device, { matchedCards, hostUse }) ??
+        virtualFunctionInUse(device, hostUse);
   // The host's first use of a device is the one its refusal names (`hostCriticalReason`).
   const busy = (address: PciAddress) =>
     hostUse?.find((u) => u.address === address)?.reason === "gpu-in-use";
@@ -297,6 +302,23 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
   ];
+}
+
+/**
+ * The VFs of `device` when it is an SR-IOV physical function, each read as the passed devices
+ * are, and listed in its {@link PciDevice.virtfns}; none for anything else.
+ */
+function virtualFunctionsOf(input: GuardCheckInput, device: PciDevice | null): PciDevice[] {
+  if (device === null || device.physfn !== null) return [];
+  device.virtfns = readVirtualFunctions(input.reader, input.root, device.address);
+  return device.virtfns.flatMap((address) => {
+    const vf = readDeviceAt(input.reader, input.root, address, {
+      details: false,
+      physfn: true,
+      configSpace: false,
+    });
+    return vf === null ? [] : [vf];
+  });
 }
 
 /** A device the domain names, with what is at its address now and what was recorded for it. */

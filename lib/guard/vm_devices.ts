@@ -219,7 +219,10 @@ export function vmDeviceUses(
     .sort();
   if (others.length === 0) return uses;
   const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
-  if (candidates.size === 0) return uses;
+  // A VF another VM holds whose PF this VM takes (the check asks about a PF's VFs too): libvirt
+  // checks only the PF's own address and IOMMU group, and the VF would go with the PF.
+  const vfs = new Set(options.devices.flatMap((d) => d.physfn === null ? [] : [d.address]));
+  if (candidates.size === 0 && vfs.size === 0) return uses;
   for (const name of others) {
     const file = `${roots.statusDir}/${name}.xml`;
     let xml: string | null;
@@ -231,7 +234,14 @@ export function vmDeviceUses(
     }
     // Gone since the listing: that VM stopped.
     if (xml === null) continue;
-    useAll(scanPassedDevicesLeniently(xml), `running VM ${JSON.stringify(name)}`, candidates);
+    const whose = `running VM ${JSON.stringify(name)}`;
+    const scan = scanPassedDevicesLeniently(xml);
+    for (const { address, element } of scan.devices) {
+      if (!vfs.has(address)) continue;
+      const what = element === "interface" ? "hostdev interface" : element;
+      uses.push({ address, reason: "vm-device", detail: `${what} of ${whose}` });
+    }
+    useAll(scan, whose, candidates);
   }
   return uses;
 }

@@ -52,6 +52,25 @@ export function readDeviceAt(
 }
 
 /**
+ * The SR-IOV virtual functions of the PF at `address` (its `virtfnN` links), sorted; none for a
+ * device that has none. For a caller that read the PF alone ({@link readDeviceAt}): discovery
+ * fills {@link PciDevice.virtfns} from the VFs' own links.
+ */
+export function readVirtualFunctions(
+  reader: SysfsReader,
+  root: string,
+  address: PciAddress,
+): PciAddress[] {
+  const dir = `${root.replace(/(.)\/+$/, "$1")}/bus/pci/devices/${address}`;
+  const vfs = (reader.listDir(dir) ?? []).flatMap((entry) => {
+    const link = /^virtfn[0-9]+$/.test(entry) ? reader.readLink(`${dir}/${entry}`) : null;
+    const vf = link === null ? null : canonicalPciAddress(baseName(link));
+    return vf === null ? [] : [vf];
+  });
+  return vfs.sort(comparePciAddress);
+}
+
+/**
  * What the host uses among `devices`: on the live host (`live`), the controllers of its storage
  * (mounted filesystems, swap partitions, block devices under device-mapper, md or bcache, imported
  * ZFS pools' disks), the default route's NIC and the console's boot VGA, read from `/proc`, sysfs

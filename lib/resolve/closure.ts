@@ -8,7 +8,7 @@
  */
 
 import type { DeviceRule } from "../config/config.ts";
-import { cardOf, hostCriticalReason } from "./host_critical.ts";
+import { cardOf, hostCriticalReason, virtualFunctionInUse } from "./host_critical.ts";
 import type { RuleResolution } from "./match.ts";
 import { VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
@@ -277,7 +277,7 @@ function takenHostCritical(
     .map((c) => ({
       c,
       why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }) ??
-        virtualFunctionInUse(c.device, host),
+        virtualFunctionInUse(c.device, host.hostUse),
     }))
     .filter((x) => x.why !== null);
   if (critical.length === 0) return null;
@@ -369,20 +369,6 @@ function takenDeviceWarnings(
     }
   }
   return warnings;
-}
-
-/**
- * Why taking `device` (an SR-IOV physical function) takes something the host uses: its virtual
- * functions disappear when the PF leaves its host driver, so a VF the host uses is lost with it.
- */
-function virtualFunctionInUse(device: PciDevice, host: HostTopology): string | null {
-  for (const vf of device.virtfns) {
-    const use = host.hostUse?.find((u) => u.address === vf);
-    if (use) {
-      return `its virtual function ${vf} is in use by the host (${use.reason}: ${use.detail})`;
-    }
-  }
-  return null;
 }
 
 /** One VM's hold on an IOMMU group: planned from the config, or present in a domain now. */

@@ -82,6 +82,24 @@ export function hostCriticalReason(
 }
 
 /**
+ * Why taking `device` (an SR-IOV physical function) takes something the host uses: its virtual
+ * functions disappear when the PF leaves its host driver, so a VF the host uses (or another
+ * running VM, as the start guard reads it) is lost with it. `null` when none is used.
+ */
+export function virtualFunctionInUse(
+  device: Pick<PciDevice, "virtfns">,
+  hostUse: readonly HostUse[] | null,
+): string | null {
+  for (const vf of device.virtfns) {
+    const use = hostUse?.find((u) => u.address === vf);
+    if (use) {
+      return `its virtual function ${vf} is in use by the host (${use.reason}: ${use.detail})`;
+    }
+  }
+  return null;
+}
+
+/**
  * Why the host needs `device` whichever card is asked for: a platform function, or one the host
  * uses now; `null` when neither (a storage, network, display or USB controller counts only
  * against the cards a rule matched, which `plan` knows and a listing does not). What `devices`

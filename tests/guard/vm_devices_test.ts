@@ -9,7 +9,9 @@
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
-import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
+import { hostdevXml as pciHostdev } from "../helpers/plan_world.ts";
+import { sriovNic } from "../helpers/sriov.ts";
 
 const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
@@ -424,4 +426,64 @@ Deno.test("guard: taking the parent GPU of a mediated device the VM or a running
   assertEquals([elsewhere.code, elsewhere.refusals], [0, []]);
   const nic = await start([hostdev(NIC)], { vdi: status("vdi", [mdev]) });
   assertEquals([nic.code, nic.refusals], [0, []]);
+});
+
+Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or another running VM's", async () => {
+  // Unbinding a PF's driver removes its VFs: the host's route over one, or another running
+  // VM's VF (passed as an interface or a hostdev, in an IOMMU group of its own, so libvirt's own
+  // check of the PF's group does not see it) goes with it.
+  const PF = "0000:40:00.0";
+  const start = async (setup: (dir: string) => void) => {
+    const host = loadFixtureHost("z690-asus-adl");
+    host.host_use = [];
+    host.devices.push(...sriovNic("40", 4));
+    await using tree = await tempHostTree(host);
+    const dir = tree.dir;
+    Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+    Deno.mkdirSync(`${dir}/qemu`);
+    Deno.mkdirSync(`${dir}/state`);
+    Deno.mkdirSync(`${dir}/proc/net`, { recursive: true });
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
+    Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
+    setup(dir);
+    const xml = `<domain type='kvm'><name>desktop</name><devices>${
+      pciHostdev(PF)
+    }</devices></domain>`;
+    return await guardStartOnTree({ vm: "desktop", xml, dir, live: true });
+  };
+  const running = (dir: string, device: string) =>
+    Deno.writeTextFileSync(
+      `${dir}/qemu/router.xml`,
+      `<domstatus state='running' pid='4242'><domain type='kvm' id='3'><name>router</name><devices>${device}</devices></domain></domstatus>`,
+    );
+  const vfInterface = `<interface type='hostdev' managed='yes'><mac address='52:54:00:11:22:33'/>
+  <source><address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x0'/></source>
+  <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>`;
+  for (const device of [vfInterface, pciHostdev("0000:40:10.0")]) {
+    const held = await start((dir) => running(dir, device));
+    assertEquals([held.code, held.refusals], [1, [["host-needs", PF]]]);
+    assertMatch(
+      held.line,
+      /its virtual function 0000:40:10\.0 is in use by the host \(vm-device: (hostdev|hostdev interface) of running VM "router"\)/,
+    );
+  }
+  const routed = await start((dir) => {
+    Deno.symlinkSync(
+      `../../devices/pci0000:40/0000:40:10.2/net/enp64s0v1`,
+      `${dir}/class/net/enp64s0v1`,
+    );
+    Deno.writeTextFileSync(
+      `${dir}/proc/net/route`,
+      `${ROUTE_HEADER}enp64s0v1\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n`,
+    );
+  });
+  assertEquals([routed.code, routed.refusals], [1, [["host-needs", PF]]]);
+  assertMatch(
+    routed.line,
+    /its virtual function 0000:40:10\.2 is in use by the host \(default-route: default route via enp64s0v1\)/,
+  );
+  // Nothing on its VFs: the PF goes.
+  const free = await start(() => {});
+  assertEquals([free.code, free.refusals], [0, []]);
 });
