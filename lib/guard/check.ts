@@ -293,9 +293,9 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       ? "a PCI bridge, with the devices behind it"
       : hostCriticalReason(device, { matchedCards, hostUse }) ??
         virtualFunctionInUse(device, hostUse);
-  // The host's first use of a device is the one its refusal names (`hostCriticalReason`).
+  // Held open by a program, whatever else the host uses it for: no override lifts that.
   const busy = (address: PciAddress) =>
-    hostUse?.find((u) => u.address === address)?.reason === "gpu-in-use";
+    hostUse?.some((u) => u.address === address && u.reason === "gpu-in-use") ?? false;
   return [
     ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),

@@ -4,6 +4,7 @@
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
+import type { HostUse } from "../../lib/host/types.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
@@ -471,4 +472,22 @@ Deno.test("checkDomainStart() checks the NVMe controllers of a disk's backing ch
   assertEquals(summary(refusals), [["host-needs", "0000:05:00.0"]]);
   assertMatch(refusals[0]!.reason, /^NVMe disk 0000:05:00\.0 holds 15b7:5011 .* the host needs it/);
   assertEquals((await check(domain("win11", [snapshot("0e")]))).refusals, []);
+});
+
+Deno.test("checkDomainStart() calls a GPU held open busy, whichever of its uses comes first", async () => {
+  await using tree = await tempHostTree(z690());
+  const uses: HostUse[] = [
+    { address: GPU.address, reason: "console-vga", detail: "boot_vga=1 with fbcon" },
+    { address: GPU.address, reason: "gpu-in-use", detail: "/dev/dri/card1 open in Xorg (pid 812)" },
+  ];
+  for (const hostUse of [uses, [...uses].reverse()]) {
+    const refusals = checkDomainStart({
+      vm: "win11",
+      xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+      reader: denoFsReader(),
+      root: tree.dir,
+      hostUse: () => hostUse,
+    });
+    assertEquals(summary(refusals), [["busy", GPU.address]]);
+  }
 });
