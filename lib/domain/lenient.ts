@@ -410,6 +410,9 @@ function scanNetInterface(tag: LenientTag, element: string, scan: PassedScanStat
   if (netDevice !== null && network !== null) {
     scan.networkDevices.set(`${network}\n${netDevice}`, { network, device: netDevice });
   }
+  // A running guest's interface on a hostdev network: the VF the network gave it, passed.
+  const vf = network === null || tag.selfClosing ? null : actualHostdev(element.slice(tag.end));
+  if (vf !== null && scan.found.get(vf) !== "hostdev") scan.found.set(vf, "interface");
 }
 
 /** A USB, SCSI or mediated hostdev (or a capabilities one): the host device it takes. */
@@ -497,6 +500,19 @@ function actualDevice(body: string): string | null {
     ? undefined
     : lenientTag(content, open)?.attributes[type === "direct" ? "dev" : "bridge"];
   return value ? value : null;
+}
+
+/**
+ * The PCI address of the VF in an interface's `<actual type='hostdev'>` (content `body`), as a
+ * running guest's status shows the device a hostdev network gave it; `null` for anything else.
+ */
+function actualHostdev(body: string): PciAddress | null {
+  const inside = elementContent(body, "interface");
+  const at = findTag(inside, "actual");
+  const actual = at === -1 ? null : lenientTag(inside, at);
+  if (actual === null || actual.selfClosing || actual.attributes.type !== "hostdev") return null;
+  const address = sourceAddress(elementContent(inside.slice(actual.end), "actual"));
+  return address === null || address === "not-pci" ? null : address;
 }
 
 /** The content of an `element` whose content starts `body`: up to its end tag, if any. */

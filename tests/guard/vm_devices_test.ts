@@ -460,7 +460,12 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
   const vfInterface = `<interface type='hostdev' managed='yes'><mac address='52:54:00:11:22:33'/>
   <source><address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x0'/></source>
   <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>`;
-  for (const device of [vfInterface, pciHostdev("0000:40:10.0")]) {
+  // As a running guest's status shows a VF a hostdev network gave it.
+  const pooled = `<interface type='network'><mac address='52:54:00:11:22:34'/>
+  <source network='sriov'/><actual type='hostdev' managed='yes'><driver name='vfio'/><source>
+  <address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x0'/></source></actual>
+  <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>`;
+  for (const device of [vfInterface, pciHostdev("0000:40:10.0"), pooled]) {
     const held = await start((dir) => running(dir, device));
     assertEquals([held.code, held.refusals], [1, [["host-needs", PF]]]);
     assertMatch(
