@@ -221,7 +221,10 @@ export function vmDeviceUses(
   const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
   // A VF another VM holds whose PF this VM takes (the check asks about a PF's VFs too): libvirt
   // checks only the PF's own address and IOMMU group, and the VF would go with the PF.
-  const vfs = new Set(options.devices.flatMap((d) => d.physfn === null ? [] : [d.address]));
+  const taken = new Set(options.devices.map((d) => d.address));
+  const vfs = new Set(
+    options.devices.flatMap((d) => d.physfn !== null && taken.has(d.physfn) ? [d.address] : []),
+  );
   if (candidates.size === 0 && vfs.size === 0) return uses;
   for (const name of others) {
     const file = `${roots.statusDir}/${name}.xml`;

@@ -62,6 +62,10 @@ export function readVirtualFunctions(
   address: PciAddress,
 ): PciAddress[] {
   const dir = `${root.replace(/(.)\/+$/, "$1")}/bus/pci/devices/${address}`;
+  // Most devices have no SR-IOV capability, and a reader that lists directories knows without a
+  // system call that the file is missing.
+  const enabled = readAttribute(reader, `${dir}/sriov_numvfs`);
+  if (enabled === null || enabled === "0") return [];
   const vfs = (reader.listDir(dir) ?? []).flatMap((entry) => {
     const link = /^virtfn[0-9]+$/.test(entry) ? reader.readLink(`${dir}/${entry}`) : null;
     const vf = link === null ? null : canonicalPciAddress(baseName(link));
