@@ -9,18 +9,19 @@
  * Equality (before asking, and after the define) is line by line, each line normalised as
  * `lib/render/diff.ts` does (indentation, attribute quote style, spacing inside tags, `<a></a>` vs
  * `<a/>`; blank lines ignored; inside text spanning lines, every space and blank line counts), the
- * children of `<devices>` taken in one order: libvirt writes its own XML back in a stable form,
- * except that it orders some devices itself as it stores a definition (a controller it added when
- * the backup was first defined is placed among the others the second time), so a backup taken
- * from libvirt comes back line for line but for that order, and only formatting may differ when a
- * backup was edited by hand.
+ * `<controller>`s of `<devices>` taken in one order: libvirt writes its own XML back in a stable
+ * form, except that it orders controllers itself as it stores a definition (one it added when the
+ * backup was first defined is placed among the others the second time), so a backup taken from
+ * libvirt comes back line for line but for that order, and only formatting may differ when a
+ * backup was edited by hand. Every other device's order counts (the first interface boots from
+ * the network).
  *
  * @module
  */
 
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
-import { devicesInOneOrder, heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
+import { controllersInOneOrder, heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange } from "./apply.ts";
@@ -137,11 +138,11 @@ export class BackupMismatchError extends Error {
 /**
  * The equality a rollback verifies: the same lines once each is normalised by
  * {@link hasSignificantChanges} (indentation, quote style, spacing inside tags, `<a></a>` vs
- * `<a/>`, blank lines; not the spaces of text) and the devices put in one order
- * ({@link devicesInOneOrder}). Values, attributes and the order of everything else must match.
+ * `<a/>`, blank lines; not the spaces of text) and the controllers put in one order
+ * ({@link controllersInOneOrder}). Values, attributes and the order of everything else must match.
  */
 function sameDefinition(a: string, b: string): boolean {
-  return a === b || !hasSignificantChanges(devicesInOneOrder(a), devicesInOneOrder(b));
+  return a === b || !hasSignificantChanges(controllersInOneOrder(a), controllersInOneOrder(b));
 }
 
 /** Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). */

@@ -771,25 +771,31 @@ export function heldAddresses(
 }
 
 /**
- * `xml` with the children of its `<devices>` in one order, each sorted by its lines' keys
- * ({@link normaliseXmlLines}, so layout does not move it): two definitions that differ only in
- * the order of their devices come out the same. libvirt orders devices itself as it stores a
- * definition (a USB companion controller before or after its master, a SCSI controller it adds
- * placed among the others), so the definition it reads back may hold a backup's devices in
- * another order. What lies between two devices (layout) is dropped. Returns `xml` itself when it
- * is unreadable or has fewer than two devices.
+ * `xml` with the `<controller>` children of its `<devices>` in one order, each sorted by its
+ * lines' keys ({@link normaliseXmlLines}, so layout does not move it) into the places controllers
+ * held: libvirt orders controllers itself as it stores a definition (a USB companion controller
+ * before or after its master, a SCSI controller it adds placed among the others), so the
+ * definition it reads back may hold a backup's controllers in another order. Every other device
+ * keeps its place, as libvirt keeps it, and its order can matter (the first interface boots from
+ * the network, hostdevs take guest slots in order). Returns `xml` itself when it is unreadable or
+ * has fewer than two controllers.
  *
  * @example
  * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { assert, assertEquals } from "../../tests/helpers/assert.ts";
  * const domain = (devices: string) => `<domain><name>vm</name><devices>${devices}</devices></domain>`;
+ * const usb = (model: string) => `<controller type='usb' model='${model}'/>`;
  * assertEquals(
- *   devicesInOneOrder(domain("<disk/><controller type='usb'/>")),
- *   devicesInOneOrder(domain("<controller type='usb'/><disk/>")),
+ *   controllersInOneOrder(domain(`<disk/>${usb("ich9-uhci1")}${usb("ich9-ehci1")}`)),
+ *   controllersInOneOrder(domain(`<disk/>${usb("ich9-ehci1")}${usb("ich9-uhci1")}`)),
+ * );
+ * assert.notEqual(
+ *   controllersInOneOrder(domain("<interface type='user'/><interface type='network'/>")),
+ *   controllersInOneOrder(domain("<interface type='network'/><interface type='user'/>")),
  * );
  * ```
  */
-export function devicesInOneOrder(xml: string): string {
+export function controllersInOneOrder(xml: string): string {
   let root: XmlSpan;
   try {
     root = parseRoot(xml);
@@ -797,14 +803,21 @@ export function devicesInOneOrder(xml: string): string {
     return xml;
   }
   const devices = root.children.find((c) => c.name === "devices")?.children ?? [];
-  if (devices.length < 2) return xml;
-  const keyed = devices.map((span) => {
-    const text = xml.slice(span.start, span.end);
-    return { text, key: normaliseXmlLines(text.split("\n")).join("\n") };
+  const controllers = devices.filter((d) => d.name === "controller");
+  if (controllers.length < 2) return xml;
+  const sorted = controllers
+    .map((span) => {
+      const text = xml.slice(span.start, span.end);
+      return { text, key: normaliseXmlLines(text.split("\n")).join("\n") };
+    })
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  let out = "";
+  let at = 0;
+  controllers.forEach((span, i) => {
+    out += xml.slice(at, span.start) + sorted[i]!.text;
+    at = span.end;
   });
-  keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  const [first, last] = [devices[0]!, devices.at(-1)!];
-  return `${xml.slice(0, first.start)}${keyed.map((d) => d.text).join("\n")}${xml.slice(last.end)}`;
+  return out + xml.slice(at);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -459,6 +459,38 @@ Deno.test("rollbackVm() restores a definition libvirt reads back with its device
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.reason), ["rollback", "apply"]);
 });
 
+Deno.test("rollbackVm() restores a backup whose interfaces are in another order: their order counts", async () => {
+  using f = fixture();
+  // The first interface is the one a legacy network boot uses; libvirt keeps the order given.
+  const nics = (first: string, second: string) =>
+    `<interface type='network'><mac address='${first}'/><source network='default'/></interface>` +
+    `<interface type='network'><mac address='${second}'/><source network='default'/></interface>`;
+  const [a, b] = ["52:54:00:00:00:0a", "52:54:00:00:00:0b"];
+  const base = f.port.getPersistentXml("alpha", { secure: true });
+  f.port.define(base.replace("</devices>", `${nics(a, b)}</devices>`));
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  // The same two interfaces, each with the guest address libvirt gave it, swapped.
+  const blocks = [...before.matchAll(/ *<interface[^]*?<\/interface>\n/g)].map((m) => m[0]);
+  assertEquals(blocks.length, 2);
+  f.port.define(before.replace(blocks[0]! + blocks[1]!, blocks[1]! + blocks[0]!));
+  assertOk(
+    f.port.getPersistentXml("alpha", { secure: true }).indexOf(b) <
+      f.port.getPersistentXml("alpha", { secure: true }).indexOf(a),
+  );
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: listBackups(f.stateDir, "alpha")[0]!.id,
+    confirm: yes,
+  });
+  assertEquals(report.status, "restored", report.message);
+  const restored = f.port.getPersistentXml("alpha", { secure: true });
+  assertOk(restored.indexOf(a) < restored.indexOf(b), restored);
+  assertOk(restored !== applied);
+});
+
 /** cloud-init user data as YAML, whose indentation is its meaning. */
 const USER_DATA = "#cloud-config\nusers:\n  - name: admin\n    sudo: ALL\nruncmd:\n  - reboot";
 /** The same lines with the indentation lost and a blank line added: other YAML. */
