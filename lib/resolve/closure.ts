@@ -324,7 +324,7 @@ function moveAdvice(taken: readonly ClosedDevice[]): string {
   return matched.length > 0 && matched.every((a) => pciAddressParts(a).bus === 0)
     ? `${matched.join(", ")} ${
       matched.length === 1 ? "is" : "are"
-    } built into the chipset or CPU, and no slot moves ${
+    } on bus 00, built into the chipset or CPU (or, on a virtual machine, on its root bus), where no slot moves ${
       matched.length === 1 ? "it" : "them"
     } to another IOMMU group: pass a card in a slot with a group of its own instead`
     : "move the card to another slot (another IOMMU group)";

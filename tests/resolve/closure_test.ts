@@ -89,7 +89,7 @@ Deno.test("closeOverGroups() refuses a group holding the host's LPC bridge and n
   assertEquals(error.override, "allow_host_critical: true");
   assertEquals(
     error.message,
-    'Rule "sata" of VM "nas" would take devices the host likely needs: 0000:00:1f.0 (ISA/LPC bridge): 0000:00:1f.2 is built into the chipset or CPU, and no slot moves it to another IOMMU group: pass a card in a slot with a group of its own instead, or set "allow_host_critical: true" on the rule',
+    'Rule "sata" of VM "nas" would take devices the host likely needs: 0000:00:1f.0 (ISA/LPC bridge): 0000:00:1f.2 is on bus 00, built into the chipset or CPU (or, on a virtual machine, on its root bus), where no slot moves it to another IOMMU group: pass a card in a slot with a group of its own instead, or set "allow_host_critical: true" on the rule',
   );
 });
 
@@ -192,7 +192,7 @@ Deno.test("closeOverGroups(): on bus 00 a slot's other functions are other devic
   ]);
   assertMatch(
     error?.message ?? "",
-    /0000:00:14\.0 \(USB controller in the same root-bus slot, not part of the device asked for\): 0000:00:14\.3 is built into the chipset or CPU, and no slot moves it to another IOMMU group: pass a card in a slot with a group of its own instead, or set "allow_host_critical: true" on the rule$/,
+    /0000:00:14\.0 \(USB controller in the same root-bus slot, not part of the device asked for\): 0000:00:14\.3 is on bus 00, built into the chipset or CPU \(or, on a virtual machine, on its root bus\), where no slot moves it to another IOMMU group: pass a card in a slot with a group of its own instead, or set "allow_host_critical: true" on the rule$/,
   );
   // Behind a bridge one slot is one card: the iLO's USB function comes with its VGA function.
   const ilo = closeVm(
