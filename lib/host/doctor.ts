@@ -13,6 +13,7 @@
 
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
+import { slotOf } from "../pci/address.ts";
 import { hookFileProblems, type HookInspection, installCommand } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
@@ -402,7 +403,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const found = entries.map((entry) => {
     // vfio-pci binds endpoints only (a bridge's header type is refused).
     const taken = host.devices.filter((d) => !d.isBridge && vfioIdsMatch(entry, d));
-    const cards = new Set(taken.map((d) => d.address.slice(0, d.address.lastIndexOf("."))));
+    const cards = new Set(taken.map((d) => slotOf(d.address)));
     const said = `vfio-pci.ids=${entry.text} (${entry.source})`;
     return { entry, taken, cards, said, needed: taken.filter((d) => uses.has(d.address)) };
   });
@@ -629,7 +630,7 @@ function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | 
  */
 function busResetBystanders(device: PciDevice, host: HostTopology): PciDevice[] {
   const bus = device.address.slice(0, device.address.lastIndexOf(":"));
-  const slot = device.address.slice(0, device.address.lastIndexOf("."));
+  const slot = slotOf(device.address);
   return host.devices.filter((d) =>
     d.address !== device.address && d.address.startsWith(`${bus}:`) &&
     !(d.address.startsWith(`${slot}.`) && device.iommuGroup !== null &&

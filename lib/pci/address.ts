@@ -86,6 +86,19 @@ export function canonicalPciSlot(text: string): string | null {
   return address === null ? null : address.slice(0, -2);
 }
 
+/**
+ * The `DDDD:BB:SS` part of an address (`0000:0b:00`): the slot its function is in.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(slotOf("0000:0b:00.1"), "0000:0b:00");
+ * ```
+ */
+export function slotOf(address: PciAddress): string {
+  return address.slice(0, address.lastIndexOf("."));
+}
+
 /** Splits a canonical address into numbers. Throws `TypeError` when it is not an address. */
 export function pciAddressParts(address: PciAddress): PciAddressParts {
   const canonical = canonicalPciAddress(address);

@@ -10,9 +10,8 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { slotOf } from "../resolve/host_critical.ts";
 import type { GuestPciAddress, ParsedDomain, PciControllerSpec } from "../domain/domain_xml.ts";
-import { pciAddressParts } from "../pci/address.ts";
+import { pciAddressParts, slotOf } from "../pci/address.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { HostdevSpec } from "./types.ts";
 

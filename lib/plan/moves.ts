@@ -8,12 +8,8 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { sameIdentity } from "../resolve/match.ts";
+import { slotOf } from "../pci/address.ts";
 import type { DeviceIdentity } from "./types.ts";
-
-/** `DDDD:BB:SS` of an address: the card its function belongs to. */
-function slotOf(address: PciAddress): string {
-  return address.slice(0, address.lastIndexOf("."));
-}
 
 /** The candidate a recorded card was found as, and what proved it is the same card. */
 export interface FoundCard<T> {

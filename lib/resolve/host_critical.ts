@@ -6,7 +6,7 @@
  */
 
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
-import { pciAddressParts } from "../pci/address.ts";
+import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
 const PLATFORM_CLASSES: Readonly<Record<string, string>> = {
@@ -26,11 +26,6 @@ const HOST_CLASSES: readonly (readonly [string, string])[] = [
   ["03", "display controller"],
   ["0c03", "USB controller"],
 ];
-
-/** The `DDDD:BB:SS` part of an address (`0000:0b:00`): the slot its function is in. */
-export function slotOf(address: PciAddress): string {
-  return address.slice(0, address.lastIndexOf("."));
-}
 
 /**
  * The card a function belongs to: its slot (`0000:0b:00`), whose functions are one device

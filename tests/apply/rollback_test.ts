@@ -880,14 +880,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM the controller u
 Deno.test("rollbackVm() does not define a VM undefined while the question was open", async () => {
   using f = fixture();
   await addHostdevs(f, "alpha", ["0000:01:00.0"]);
-  const report = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: () => {
-      undefine(f, "alpha");
-      return Promise.resolve(true);
-    },
-  });
+  const report = await rollbackUndefiningAtQuestion(f, "alpha");
   assertEquals(report.status, "failed");
   assertMatch(report.message, /"alpha" changed since the rollback was shown: it was undefined; /);
   assertEquals(f.port.listDomains().map((d) => d.name), ["beta"]);
@@ -897,6 +890,18 @@ Deno.test("rollbackVm() does not define a VM undefined while the question was op
 function undefine(f: Fixture, name: string): void {
   using domain = f.conn.lookupDomainByName(name);
   domain.undefine();
+}
+
+/** Rolls `vm` back, undefining it while the question is open. */
+function rollbackUndefiningAtQuestion(f: Fixture, vm: string) {
+  return rollbackVm(vm, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      undefine(f, vm);
+      return Promise.resolve(true);
+    },
+  });
 }
 
 Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines nothing", async () => {
@@ -924,14 +929,7 @@ Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines n
 Deno.test("rollbackVm() does not define a running VM undefined while the question was open", async () => {
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);
-  const report = await rollbackVm("beta", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: () => {
-      undefine(f, "beta");
-      return Promise.resolve(true);
-    },
-  });
+  const report = await rollbackUndefiningAtQuestion(f, "beta");
   assertEquals([report.status, report.safetyBackup], ["failed", null]);
   assertMatch(report.message, /^Not restored: "beta" is a transient domain, /);
   assertEquals(f.port.listDomains().find((d) => d.name === "beta")?.persistent, false);
