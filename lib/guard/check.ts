@@ -42,8 +42,9 @@ export type GuardRefusalKind =
   /** The device there is one the host needs (a mounted filesystem's controller, ...). */
   | "host-needs"
   /**
-   * A program holds the device open (a GPU's DRM or NVIDIA node, `gpu-in-use`), and nothing
-   * else makes the host need it: a state that passes, which no `allow_host_critical` lifts.
+   * A program holds the device open (a GPU's DRM or NVIDIA node, `gpu-in-use`), or another
+   * running VM was given a VF of it (an SR-IOV PF, `vm-passed`), whatever else makes the host
+   * need it: a state that passes, which no `allow_host_critical` lifts.
    */
   | "busy"
   /** The domain XML names a host device whose address or record cannot be read. */
@@ -286,16 +287,22 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
   // or the platform needs is.
   const matchedCards = new Set([...facts.passed, ...pooled].map((p) => cardOf(p.address)));
+  // Held open by a program, or a VF of it another running VM's, whatever else the host uses it
+  // for: no override lifts that (`plan` refuses the VF's pair with no override, `sriov-split`).
+  const busy = (device: PciDevice) =>
+    hostUse?.find((u) =>
+      (u.address === device.address && u.reason === "gpu-in-use") ||
+      (u.reason === "vm-passed" && device.virtfns.includes(u.address))
+    ) ?? null;
   const hostNeedsOf = (device: PciDevice | null) =>
     device === null ? null : device.isBridge
       // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
       // (hot-plug, error reporting and power management of everything behind it) at start.
       ? "a PCI bridge, with the devices behind it"
-      : hostCriticalReason(device, { matchedCards, hostUse }) ??
+      // The refusal names what makes it busy: the VF another VM was given before the host's use.
+      : (busy(device)?.reason === "vm-passed" ? virtualFunctionInUse(device, hostUse) : null) ??
+        hostCriticalReason(device, { matchedCards, hostUse }) ??
         virtualFunctionInUse(device, hostUse);
-  // Held open by a program, whatever else the host uses it for: no override lifts that.
-  const busy = (address: PciAddress) =>
-    hostUse?.some((u) => u.address === address && u.reason === "gpu-in-use") ?? false;
   return [
     ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
@@ -358,7 +365,7 @@ function passedRefusal(
   context: {
     input: GuardCheckInput;
     hostNeeds: string | null;
-    busy: (address: PciAddress) => boolean;
+    busy: (device: PciDevice) => HostUse | null;
   },
 ): GuardRefusal[] {
   const { input, hostNeeds } = context;
@@ -370,11 +377,12 @@ function passedRefusal(
     ? vfGone(vf, address)
     : vfMismatch(vf, device, input);
   if (device !== null && !replaced && hostNeeds === null && vfWrong === null) return [];
+  const busy = device === null ? null : context.busy(device);
   const kind: GuardRefusalKind = device === null
     ? "missing"
     : replaced || vfWrong !== null
     ? "replaced"
-    : context.busy(address)
+    : busy !== null
     ? "busy"
     : "host-needs";
   const refusal: GuardRefusal = {
@@ -388,7 +396,7 @@ function passedRefusal(
     hostNeeds,
     reason: "",
     fix: kind === "busy"
-      ? BUSY_FIX
+      ? busy?.reason === "vm-passed" ? VF_PASSED_FIX : BUSY_FIX
       : recorded === null && vfWrong === null
       ? handAddedFix(vm)
       : fixCommand(vm),
@@ -477,6 +485,10 @@ export function describeIdentity(
 const BUSY_FIX = "close the programs holding it (a desktop's: stop the display manager, " +
   "systemctl stop display-manager), then start again";
 
+/** What lets a start take a PF past the VF another running VM was given. */
+const VF_PASSED_FIX = "shut down the VM the virtual function was given to, or take it out of " +
+  "that VM's definition (virsh edit), then start again";
+
 /** The reason in words: what the address holds now against what was recorded. */
 function describeRefusal(refusal: GuardRefusal): string {
   const element = refusal.element === "interface"
@@ -493,9 +505,11 @@ function describeRefusal(refusal: GuardRefusal): string {
   const needs = refusal.hostNeeds === null
     ? ""
     : refusal.kind === "busy"
-    ? `; ${
-      refusal.hostNeeds.replace(/^in use by the host/, "in use")
-    }: detaching it now would hang the start or crash them`
+    ? `; ${refusal.hostNeeds.replace(/^in use by the host/, "in use")}: ${
+      refusal.hostNeeds.startsWith("its virtual function")
+        ? "unbinding it now would take that VF from the running guest"
+        : "detaching it now would hang the start or crash them"
+    }`
     : `; the host needs it: ${refusal.hostNeeds}`;
   // What lifts it, as `plan` says: only the recording rule's override, never for a hand-added one.
   const override = refusal.kind !== "host-needs"

@@ -164,6 +164,8 @@ export function hostNeedsRemedy(
       JSON.stringify(rule)
     }, then passthrough apply, does`;
   }
+  // A state that passes (a program holding the device, another VM's VF): only its own fix.
+  if (refusal.kind === "busy") return "nothing does: follow the refusal's fix";
   return refusal.recorded === null
     ? `nothing does: remove the hostdev from the definition (virsh edit ${vm})`
     : `nothing does: follow the refusal's fix (passthrough plan --vm ${vm})`;

@@ -126,9 +126,10 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
  * devices plugged in) or another running VM uses (`vm` is the one starting, whose own status is
- * skipped): as host use, reason `vm-device`. The other VMs' status files are read only when one
- * runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network interface or
- * a character device under it. Throws
+ * skipped): as host use, reason `vm-device`; and the VFs among `devices` of a PF among them that
+ * another running VM was given, reason `vm-passed`. The other VMs' status files are read only when
+ * one runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network interface
+ * or a character device under it, or is such a VF. Throws
  * when a status file is larger than 32 MiB, a disk's or character device's path cannot be read,
  * or `networkInterfaces` throws (the check then fails closed).
  *
@@ -242,7 +243,7 @@ export function vmDeviceUses(
     for (const { address, element } of scan.devices) {
       if (!vfs.has(address)) continue;
       const what = element === "interface" ? "hostdev interface" : element;
-      uses.push({ address, reason: "vm-device", detail: `${what} of ${whose}` });
+      uses.push({ address, reason: "vm-passed", detail: `${what} of ${whose}` });
     }
     useAll(scan, whose, candidates);
   }

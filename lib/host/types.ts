@@ -161,7 +161,14 @@ export type HostUseReason =
    * device of the starting VM or another running VM (the start guard only; `plan` reads them
    * from definitions).
    */
-  | "vm-device";
+  | "vm-device"
+  /**
+   * An SR-IOV virtual function another running VM was given (a `<hostdev>`, an
+   * `<interface type='hostdev'>` or a hostdev network's entry): the start guard only, asked about
+   * the VFs of a PF the starting VM takes, since unbinding the PF removes them (`plan` refuses the
+   * pair from definitions, `sriov-split`).
+   */
+  | "vm-passed";
 
 /** One device the running host is using. */
 export interface HostUse {

@@ -85,13 +85,12 @@ export function virtualFunctionInUse(
   device: Pick<PciDevice, "virtfns">,
   hostUse: readonly HostUse[] | null,
 ): string | null {
-  for (const vf of device.virtfns) {
-    const use = hostUse?.find((u) => u.address === vf);
-    if (use) {
-      return `its virtual function ${vf} is in use by the host (${use.reason}: ${use.detail})`;
-    }
-  }
-  return null;
+  const uses = device.virtfns.flatMap((vf) => hostUse?.filter((u) => u.address === vf) ?? []);
+  // Another running VM's first: that is the refusal no override lifts (the guard's `busy`).
+  const use = uses.find((u) => u.reason === "vm-passed") ?? uses[0];
+  if (use === undefined) return null;
+  const whose = use.reason === "vm-passed" ? "in use" : "in use by the host";
+  return `its virtual function ${use.address} is ${whose} (${use.reason}: ${use.detail})`;
 }
 
 /**

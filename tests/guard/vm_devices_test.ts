@@ -12,6 +12,7 @@ import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
 import { hostdevXml as pciHostdev } from "../helpers/plan_world.ts";
 import { sriovNic } from "../helpers/sriov.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
 
 const NVME = "0000:06:00.0";
 const GPU = "0000:04:00.0";
@@ -433,7 +434,8 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
   // VM's VF (passed as an interface or a hostdev, in an IOMMU group of its own, so libvirt's own
   // check of the PF's group does not see it) goes with it.
   const PF = "0000:40:00.0";
-  const start = async (setup: (dir: string) => void) => {
+  // The PF recorded under rule "nic", which `allowHostCritical` may name.
+  const start = async (setup: (dir: string) => void, allowHostCritical: string[] = []) => {
     const host = loadFixtureHost("z690-asus-adl");
     host.host_use = [];
     host.devices.push(...sriovNic("40", 4));
@@ -447,9 +449,16 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
     Deno.writeTextFileSync(`${dir}/proc/self/mountinfo`, "");
     Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
     setup(dir);
-    const xml = `<domain type='kvm'><name>desktop</name><devices>${
-      pciHostdev(PF)
-    }</devices></domain>`;
+    recordPolicies(`${dir}/state`, {
+      version: 1,
+      config: "c.yaml",
+      vms: { desktop: { guard: "enforce", rules: {}, allowHostCritical } },
+    });
+    const xml = `<domain type='kvm'><name>desktop</name><metadata>
+  <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="${PF}" vendor="8086" device="10c9" subsystem-vendor="8086"
+      subsystem-device="a03c" class="020000" rule="nic"/>
+  </pt:hostdevs></metadata><devices>${pciHostdev(PF)}</devices></domain>`;
     return await guardStartOnTree({ vm: "desktop", xml, dir, live: true });
   };
   const running = (dir: string, device: string) =>
@@ -465,15 +474,18 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
   <source network='sriov'/><actual type='hostdev' managed='yes'><driver name='vfio'/><source>
   <address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x0'/></source></actual>
   <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></interface>`;
+  // A state that passes, as plan's sriov-split has no override: allow_host_critical lifts none.
   for (const device of [vfInterface, pciHostdev("0000:40:10.0"), pooled]) {
-    const held = await start((dir) => running(dir, device));
-    assertEquals([held.code, held.refusals], [1, [["host-needs", PF]]]);
-    assertMatch(
-      held.line,
-      /its virtual function 0000:40:10\.0 is in use by the host \(vm-device: (hostdev|hostdev interface) of running VM "router"\)/,
-    );
+    for (const allowed of [[], ["nic"]]) {
+      const held = await start((dir) => running(dir, device), allowed);
+      assertEquals([held.code, held.refusals], [1, [["busy", PF]]], String(allowed));
+      assertMatch(
+        held.line,
+        /its virtual function 0000:40:10\.0 is in use \(vm-passed: (hostdev|hostdev interface) of running VM "router"\): unbinding it now would take that VF from the running guest; fix: shut down the VM the virtual function was given to/,
+      );
+    }
   }
-  const routed = await start((dir) => {
+  const route = (dir: string) => {
     Deno.symlinkSync(
       `../../devices/pci0000:40/0000:40:10.2/net/enp64s0v1`,
       `${dir}/class/net/enp64s0v1`,
@@ -482,12 +494,20 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
       `${dir}/proc/net/route`,
       `${ROUTE_HEADER}enp64s0v1\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n`,
     );
-  });
+  };
+  const routed = await start(route);
   assertEquals([routed.code, routed.refusals], [1, [["host-needs", PF]]]);
   assertMatch(
     routed.line,
-    /its virtual function 0000:40:10\.2 is in use by the host \(default-route: default route via enp64s0v1\)/,
+    /its virtual function 0000:40:10\.2 is in use by the host \(default-route: default route via enp64s0v1\); only "allow_host_critical: true" on rule "nic"/,
   );
+  // The host's own use is the rule's to lift; with another VM's VF as well, the start stays refused.
+  assertEquals((await start(route, ["nic"])).code, 0);
+  const both = await start((dir) => {
+    route(dir);
+    running(dir, vfInterface);
+  }, ["nic"]);
+  assertEquals([both.code, both.refusals], [1, [["busy", PF]]]);
   // Nothing on its VFs: the PF goes.
   const free = await start(() => {});
   assertEquals([free.code, free.refusals], [0, []]);
