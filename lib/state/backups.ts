@@ -257,6 +257,20 @@ function notBeforeNewest(dir: string, now: Date): Date {
   return now.getTime() < newest ? new Date(newest + 1) : now;
 }
 
+/**
+ * The order of two ids of one time (`STAMP-UUIDPREFIX[-N]`, {@link writeBackupFiles}): by the
+ * stamp and prefix, then by the counter as a number (`-10` after `-9`), else as text.
+ */
+function sameTimeOrder(a: string, b: string): number {
+  const split = (id: string) => {
+    const m = /^(.*?)(?:-(\d{1,2}))?$/.exec(id)!;
+    return { base: m[1]!, counter: Number(m[2] ?? 0) };
+  };
+  const [x, y] = [split(a), split(b)];
+  if (x.base !== y.base) return x.base < y.base ? -1 : 1;
+  return x.counter - y.counter;
+}
+
 function removeIfEmpty(dir: string): void {
   try {
     Deno.removeSync(dir); // Not recursive: fails, as it should, when anything is inside.
@@ -431,7 +445,7 @@ export function inspectBackups(stateDir: string | StateDir, vm?: string): Backup
     }
   }
   listing.entries.sort((a, b) =>
-    a.time !== b.time ? (a.time < b.time ? 1 : -1) : a.id < b.id ? 1 : a.id > b.id ? -1 : 0
+    a.time !== b.time ? (a.time < b.time ? 1 : -1) : sameTimeOrder(b.id, a.id)
   );
   listing.problems.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return listing;

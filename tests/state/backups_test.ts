@@ -137,9 +137,23 @@ Deno.test("listBackups() lists newest first, per VM or for every VM", () => {
     const a3bis = write("a", 3);
     assertEquals(a3bis.id, `${a3.id}-1`);
     assertEquals(listBackups(state, "a").map((e) => e.id), [a3bis.id, a3.id, a1.id]);
+    // Counters order as numbers: the eleventh of one millisecond ("-10") is the newest.
+    const more = Array.from({ length: 9 }, () => write("c", 4));
+    assertEquals(more.at(-1)!.id.endsWith("-8"), true);
+    const eleventh = [write("c", 4), write("c", 4)].at(-1)!;
+    assertEquals(eleventh.id.endsWith("-10"), true);
+    assertEquals(
+      listBackups(state, "c").slice(0, 3).map((e) => /-(\d+)$/.exec(e.id)?.[1]),
+      ["10", "9", "8"],
+    );
     assertEquals(listBackups(state, "a")[1]?.reason, "rollback");
-    assertEquals(listBackups(state).map((e) => e.vm), ["a", "a", "b", "a"]);
-    assertEquals(listBackups(state).map((e) => e.id)[2], b2.id);
+    assertEquals(listBackups(state).map((e) => e.vm).filter((vm) => vm !== "c"), [
+      "a",
+      "a",
+      "b",
+      "a",
+    ]);
+    assertEquals(listBackups(state).filter((e) => e.vm !== "c").map((e) => e.id)[2], b2.id);
     assertEquals(listBackups(state, "nobody"), []);
     // By path as well as by opened state directory, without creating anything.
     assertEquals(listBackups(`${root}/state`, "b").map((e) => e.id), [b2.id]);
