@@ -363,12 +363,26 @@ export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
     if (!entry.isFile || !entry.name.endsWith(".json")) continue;
     try {
       const text = readGuardFile(join(dir, entry.name));
-      if (text !== null) records.push(JSON.parse(text) as GuardRefusalRecord);
+      const record = text === null ? null : JSON.parse(text);
+      if (isRefusalRecord(record)) records.push(record);
     } catch {
       // A damaged record is skipped: it only informs.
     }
   }
   return records.sort((a, b) => a.vm.localeCompare(b.vm));
+}
+
+/** Whether `data` has the fields a record's readers use (a damaged one is skipped as unreadable). */
+function isRefusalRecord(data: unknown): data is GuardRefusalRecord {
+  const record = data as Partial<Record<keyof GuardRefusalRecord, unknown>> | null;
+  const textOrNull = (v: unknown) => v === null || typeof v === "string";
+  return typeof record === "object" && record !== null && typeof record.vm === "string" &&
+    typeof record.time === "string" && typeof record.allowed === "boolean" &&
+    Array.isArray(record.refusals) &&
+    record.refusals.every((r: Record<string, unknown> | null) =>
+      typeof r === "object" && r !== null && typeof r.kind === "string" &&
+      typeof r.reason === "string" && textOrNull(r.address) && textOrNull(r.hostNeeds)
+    );
 }
 
 /** A daemon reload done by `hook install`, as stored (for `doctor`). */

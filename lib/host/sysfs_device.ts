@@ -339,15 +339,19 @@ function treeHostUse(reader: SysfsReader, root: string): HostUse[] | null {
     throw new SyntaxError(`Cannot parse "${root}/host_use.json": not an array`);
   }
   const uses: HostUse[] = [];
-  for (const item of data as Record<string, unknown>[]) {
-    const address = typeof item.address === "string" ? canonicalPciAddress(item.address) : null;
-    const reason = item.reason as HostUseReason;
+  for (const item of data as unknown[]) {
+    // `null` or a number as an entry is a bad one too, not a TypeError.
+    const entry: Record<string, unknown> = typeof item === "object" && item !== null
+      ? item as Record<string, unknown>
+      : {};
+    const address = typeof entry.address === "string" ? canonicalPciAddress(entry.address) : null;
+    const reason = entry.reason as HostUseReason;
     if (address === null || !HOST_USE_REASONS.includes(reason)) {
       throw new SyntaxError(
         `Cannot parse "${root}/host_use.json": bad entry ${JSON.stringify(item)}`,
       );
     }
-    uses.push({ address, reason, detail: typeof item.detail === "string" ? item.detail : "" });
+    uses.push({ address, reason, detail: typeof entry.detail === "string" ? entry.detail : "" });
   }
   return sortHostUse(uses);
 }

@@ -74,6 +74,21 @@ Deno.test("runGuard() refuses, records the refusal, and forgets it after a clean
   });
 });
 
+Deno.test("readRefusalRecords() skips a record of the wrong shape, as a damaged one", async () => {
+  await withTree(async (root, state) => {
+    await run(root, state, MOVED);
+    const dir = `${state}/guard/refused`;
+    const good = JSON.parse(Deno.readTextFileSync(`${dir}/win11.json`));
+    // Valid JSON each, which plan and `guard allow` read fields of: skipped, not a TypeError.
+    const shapes = ["null", "1", '{"vm":"a"}', '{"vm":"b","time":"t","allowed":false}'];
+    shapes.push(JSON.stringify({ ...good, refusals: [null, ...good.refusals] }));
+    shapes.push(JSON.stringify({ ...good, vm: 7 }));
+    shapes.push(JSON.stringify({ ...good, refusals: [{ ...good.refusals[0], reason: 1 }] }));
+    shapes.forEach((text, i) => Deno.writeTextFileSync(`${dir}/v${i}.json`, text, { mode: 0o600 }));
+    assertEquals(readRefusalRecords(state).map((r) => r.vm), ["win11"]);
+  });
+});
+
 Deno.test("runGuard() lets one start through with an allowance, then refuses again", async () => {
   await withTree(async (root, state) => {
     allowNextStart(state, "win11");

@@ -215,6 +215,8 @@ Deno.test("discoverHost() refuses a damaged host_use.json, naming the file and w
       ['"0000:01:00.0"', /Cannot parse ".*host_use\.json": not an array/],
       ['[{"address": "0000:01:00.0", "reason": "in-use"}]', /bad entry .*"in-use"/],
       ['[{"address": "01:00", "reason": "swap"}]', /bad entry .*"01:00"/],
+      ["[null]", /bad entry null/],
+      ["[1]", /bad entry 1/],
     ];
     // Every reason `snapshot` writes reads back.
     const reasons = ["mounted-filesystem", "swap", "block-holder", "zfs-pool", "default-route"];
