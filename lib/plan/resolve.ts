@@ -307,7 +307,13 @@ function withUses(
   vm: string,
   controllers: ResolveOptions["deviceControllers"],
 ): PlanIssue {
-  const notes = (issue.vms ?? []).filter((other) => other !== vm).flatMap((other) =>
+  // The few domains with such uses are looked up among the issue's VMs, not every one of those
+  // (a group every VM claims) in the map: each VM has an issue naming all of them.
+  const vms = issue.vms ?? [];
+  const users = [...controllers?.keys() ?? []]
+    .filter((other) => other !== vm && vms.includes(other))
+    .sort((a, b) => vms.indexOf(a) - vms.indexOf(b));
+  const notes = users.flatMap((other) =>
     (issue.devices ?? []).flatMap((address) => {
       const uses = controllers?.get(other)?.get(address);
       return uses === undefined ? [] : [`"${other}" uses ${uses.join(", ")} on ${address}`];

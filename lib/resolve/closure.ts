@@ -391,10 +391,38 @@ export interface GroupClaim {
  * `"win" (rule "gpu")` for the VM an issue is about (its location leads the line), `"win" (rule
  * "gpu" at FILE:LINE:COL)` for another configured VM, `"win"` for a domain's hold.
  */
-function claimant(list: readonly GroupClaim[], vm: string, about: string): string {
-  const rules = list.filter((c) => c.vm === vm).flatMap((c) => c.rules ?? []);
+function claimant(rulesOf: ReadonlyMap<string, readonly Rule[]>, vm: string, about: string) {
+  const rules = rulesOf.get(vm) ?? [];
   const named = rules.map((r) => `rule "${r.name}"${vm === about ? "" : ` at ${r.location}`}`);
   return rules.length === 0 ? `"${vm}"` : `"${vm}" (${named.join(", ")})`;
+}
+
+/** A claim's rules, by name and location. */
+type Rule = Pick<DeviceRule, "name" | "location">;
+
+/**
+ * The most VMs one issue names: every VM's issue naming every other would grow as the square of
+ * the VMs sharing a group (a rule every VM has, matching every function, in a small config).
+ */
+const NAMED_CLAIMANTS = 4;
+
+/** `"a" (rule "x") and "b" (rule "y" at FILE:LINE:COL)`: `about` first when not all are named. */
+function claimantList(
+  rulesOf: ReadonlyMap<string, readonly Rule[]>,
+  vms: readonly string[],
+  about: string,
+): string {
+  if (vms.length <= NAMED_CLAIMANTS) {
+    return vms.map((v) => claimant(rulesOf, v, about)).join(" and ");
+  }
+  const named = [about];
+  for (const v of vms) {
+    if (named.length === NAMED_CLAIMANTS) break;
+    if (v !== about) named.push(v);
+  }
+  return `${named.map((v) => claimant(rulesOf, v, about)).join(", ")} and ${
+    vms.length - named.length
+  } more`;
 }
 
 /**
@@ -419,21 +447,26 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
       new Set(list.filter((c) => c.matched.includes(a)).map((c) => c.vm)).size > 1
     );
     const held = list.filter((c) => c.source === "domain").map((c) => c.vm);
-    for (const vm of vms) {
-      if (!list.some((c) => c.vm === vm && c.source === "config")) continue;
-      const others = vms.filter((v) => v !== vm);
-      const detail = held.filter((v) => v !== vm).length > 0
-        ? ` (${
-          held.filter((v) => v !== vm).map((v) => `"${v}"`).join(", ")
-        } holds it in its definition now)`
+    const rulesOf = new Map<string, Rule[]>();
+    for (const claim of list) {
+      rulesOf.set(claim.vm, [...(rulesOf.get(claim.vm) ?? []), ...(claim.rules ?? [])]);
+    }
+    const configured = new Set(list.flatMap((c) => c.source === "config" ? [c.vm] : []));
+    const holdsIt = (holders: string[]) =>
+      holders.length > 0
+        ? ` (${holders.map((v) => `"${v}"`).join(", ")} holds it in its definition now)`
         : "";
-      const own = list.find((c) => c.vm === vm && c.rules !== undefined)?.rules?.[0];
+    const heldByOthers = holdsIt(held);
+    for (const vm of vms) {
+      if (!configured.has(vm)) continue;
+      const detail = held.includes(vm) ? holdsIt(held.filter((v) => v !== vm)) : heldByOthers;
+      const own = rulesOf.get(vm)?.[0];
       const where = own === undefined ? {} : { rule: own.name, location: own.location };
       const issue: PlanIssue = sameDevice.length > 0
         ? {
           code: "device-assigned-twice",
           message: `Device ${sameDevice.join(", ")} is assigned to VMs ${
-            vms.map((v) => claimant(list, v, vm)).join(" and ")
+            claimantList(rulesOf, vms, vm)
           }${detail}: a device can belong to one VM only`,
           vm,
           ...where,
@@ -444,9 +477,9 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
         : {
           code: "group-shared-with-other-vm",
           message: `IOMMU group ${group} (${addresses.join(", ")}) is split between VMs ${
-            vms.map((v) => claimant(list, v, vm)).join(" and ")
+            claimantList(rulesOf, vms, vm)
           }${detail}: a group can only go to one VM; give the devices to ${
-            others.length === 1 ? `"${vm}" or "${others[0]}"` : "one of them"
+            vms.length === 2 ? `"${vm}" or "${vms.find((v) => v !== vm)}"` : "one of them"
           }`,
           vm,
           ...where,
