@@ -33,13 +33,14 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
-  // Checked and created before planning, and the connection locked as soon as it is open, so an
-  // unusable state directory or a concurrent run on this host fails before any work.
-  const state = openStateDir(stateDir);
+  // Checked and created once the config is read and the connection open (a config error leaves
+  // no state directory behind), and the connection locked at once, so an unusable state
+  // directory or a concurrent run on this host fails before any planning.
   const held: { lock?: StateLock } = {};
   try {
     using computed = await computePlan(values, io, {
       onConnect: (libvirt) => {
+        const state = openStateDir(stateDir);
         held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });
       },
     });

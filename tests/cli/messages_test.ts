@@ -6,7 +6,7 @@
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../helpers/cli.ts";
-import { demoTree } from "../helpers/reliability.ts";
+import { demoTree, gpuConfig } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 const TEST = "tests/cli/messages_test.ts";
@@ -82,6 +82,32 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
     outcome: "path and reason said",
     test: TEST,
   });
+});
+
+Deno.test("apply with a config error leaves no state directory behind; an unusable one still stops it before planning", async () => {
+  await using tree = await demoTree();
+  const state = `${tree.dir}/state`;
+  const world = `${tree.dir}/world.xml`;
+  Deno.writeTextFileSync(
+    world,
+    "<node><domain type='test'><name>vm</name><memory>1024</memory><os><type>hvm</type></os></domain></node>",
+  );
+  const args = ["--sysfs", tree.sysfs, "--connect", `test://${world}`, "--state-dir", state];
+  Deno.writeTextFileSync(`${tree.dir}/bad.yaml`, "version: 1\nvms:\n  vm:\n    devices: 7\n");
+  const bad = await runCli(["apply", "--yes", "-f", `${tree.dir}/bad.yaml`, ...args]);
+  assertEquals(bad.code, 1, bad.stderr);
+  assertMatch(bad.stderr, /bad\.yaml:4:/);
+  assertEquals([...Deno.readDirSync(tree.dir)].map((e) => e.name).sort(), [
+    "bad.yaml",
+    "sysfs",
+    "world.xml",
+  ]);
+  // A file where the state directory should be: refused, nothing planned or printed.
+  Deno.writeTextFileSync(state, "");
+  Deno.writeTextFileSync(`${tree.dir}/good.yaml`, gpuConfig("vm"));
+  const unusable = await runCli(["apply", "--yes", "-f", `${tree.dir}/good.yaml`, ...args]);
+  assertEquals([unusable.code, unusable.stdout], [1, ""], unusable.stderr);
+  assertMatch(unusable.stderr, /Cannot use ".*state": it is not a directory/);
 });
 
 Deno.test({
