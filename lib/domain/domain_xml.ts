@@ -935,7 +935,7 @@ function metadataLines(
     let attrs = "";
     for (const [key, name] of Object.entries(RECORD_ATTRIBUTES)) {
       const value = record[key as keyof DeviceIdentity];
-      if (value !== null) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
+      if (value !== null && value !== undefined) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
     }
     lines.push(`  <passthrough:device${attrs}/>`);
   }

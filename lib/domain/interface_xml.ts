@@ -186,7 +186,7 @@ export function vfRecordAttributes(record: VfIdentity): string {
     ` ${VF_ATTRIBUTES.mac}='${escapeXmlAttribute(record.mac)}'`;
   for (const [key, name] of Object.entries(PF_ATTRIBUTES)) {
     const value = record.pf[key as keyof DeviceIdentity];
-    if (value !== null) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
+    if (value !== null && value !== undefined) attrs += ` ${name}='${escapeXmlAttribute(value)}'`;
   }
   return attrs;
 }

@@ -806,6 +806,7 @@ export const RECORD_ATTRIBUTES = {
   subsystemDeviceId: "subsystem-device",
   classCode: "class",
   serial: "serial",
+  slot: "slot",
   driver: "driver",
   rule: "rule",
 } as const satisfies Record<keyof DeviceIdentity, string>;
@@ -875,6 +876,7 @@ export function deviceRecordFrom(attributes: ReadonlyMap<string, string>): Devic
   const address = canonicalPciAddress(attributes.get("address")!);
   if (address === null) return "a record has a bad address";
   const optional = (name: string) => attributes.get(name) ?? null;
+  const slot = attributes.get(RECORD_ATTRIBUTES.slot);
   return {
     address,
     vendorId: attributes.get(RECORD_ATTRIBUTES.vendorId)!,
@@ -883,6 +885,8 @@ export function deviceRecordFrom(attributes: ReadonlyMap<string, string>): Devic
     subsystemDeviceId: optional(RECORD_ATTRIBUTES.subsystemDeviceId),
     classCode: attributes.get(RECORD_ATTRIBUTES.classCode)!,
     serial: optional(RECORD_ATTRIBUTES.serial),
+    // Records written before slots were recorded have none: nothing to compare.
+    ...(slot === undefined ? {} : { slot }),
     driver: optional(RECORD_ATTRIBUTES.driver),
     rule: attributes.get(RECORD_ATTRIBUTES.rule)!,
   };

@@ -21,7 +21,8 @@ import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { vfGone, vfMismatch } from "./vf_check.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
-import { readDeviceAt, readVirtualFunctions } from "../host/sysfs_device.ts";
+import { readDeviceAt, readPhysicalSlots, readVirtualFunctions } from "../host/sysfs_device.ts";
+import { slotOf } from "../pci/address.ts";
 import {
   type PassedElement,
   readRecordsLeniently,
@@ -54,16 +55,24 @@ export type GuardRefusalKind =
 export type GuardElement = PassedElement | "network";
 
 /** The facts the guard shows about the device at an address now. */
-export type GuardDevice = Pick<
-  PciDevice,
-  | "vendorId"
-  | "deviceId"
-  | "subsystemVendorId"
-  | "subsystemDeviceId"
-  | "classCode"
-  | "serial"
-  | "driver"
->;
+export type GuardDevice =
+  & Pick<
+    PciDevice,
+    | "vendorId"
+    | "deviceId"
+    | "subsystemVendorId"
+    | "subsystemDeviceId"
+    | "classCode"
+    | "serial"
+    | "driver"
+  >
+  & {
+    /**
+     * The physical slot it sits in (`null`: none named), read only where the record holds a slot
+     * to compare; absent otherwise.
+     */
+    slot?: string | null;
+  };
 
 /** One reason not to start the VM. */
 export interface GuardRefusal {
@@ -217,7 +226,8 @@ function readPools(
 /**
  * Whether `device` is the recorded card. The serial number counts only where one was recorded:
  * an unprivileged `plan` reads no serial (the configuration space stops at 64 bytes for it), the
- * hook runs as root and does.
+ * hook runs as root and does. The physical slot counts only where one was recorded too (records
+ * written before slots were recorded hold none), and the check reads the slots only then.
  */
 export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolean {
   return sameIdentity(record, record.serial === null ? { ...device, serial: null } : device);
@@ -237,10 +247,20 @@ function handAddedFix(vm: string): string {
   return `remove it with virsh edit ${word} (or passthrough plan --vm ${word}, when the config names the VM)`;
 }
 
-function now(device: PciDevice): GuardDevice {
+/** What the guard shows of `device`; its slot where it was read to compare with `recorded`'s. */
+function now(device: PciDevice, recorded: DeviceIdentity | null): GuardDevice {
   const { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver } =
     device;
-  return { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver };
+  return {
+    vendorId,
+    deviceId,
+    subsystemVendorId,
+    subsystemDeviceId,
+    classCode,
+    serial,
+    ...(recorded?.slot === undefined ? {} : { slot: device.physicalSlot }),
+    driver,
+  };
 }
 
 /**
@@ -339,23 +359,25 @@ interface PassedDevice {
 
 /** Each device the domain passes, read from sysfs with its records. */
 function readPassed(input: GuardCheckInput, facts: ReturnType<typeof readDomain>): PassedDevice[] {
+  // The slot names, read once and only for a record that holds a slot (older records do not).
+  let slots: Map<string, string> | undefined;
   return facts.passed.map((p) => {
     const recorded = facts.records.find((r) => r.address === p.address) ?? null;
     // By address alone: a VF record is checked whichever element names its address.
     const vf = facts.vfRecords.find((r) => r.address === p.address);
-    return {
-      ...p,
-      // Identity only: a VF's PF link where an interface may be one, the configuration space
-      // only for a recorded serial number, and no IOMMU group, NUMA node or module list, which
-      // the check does not use (every read costs at every start).
-      device: readDeviceAt(input.reader, input.root, p.address, {
-        details: false,
-        physfn: p.element === "interface" || vf !== undefined,
-        configSpace: recorded !== null && recorded.serial !== null,
-      }),
-      recorded,
-      vf,
-    };
+    // Identity only: a VF's PF link where an interface may be one, the configuration space
+    // only for a recorded serial number, and no IOMMU group, NUMA node or module list, which
+    // the check does not use (every read costs at every start).
+    const device = readDeviceAt(input.reader, input.root, p.address, {
+      details: false,
+      physfn: p.element === "interface" || vf !== undefined,
+      configSpace: recorded !== null && recorded.serial !== null,
+    });
+    if (device !== null && recorded?.slot !== undefined) {
+      slots ??= readPhysicalSlots(input.reader, input.root);
+      device.physicalSlot = slots.get(slotOf(p.address)) ?? null;
+    }
+    return { ...p, device, recorded, vf };
   });
 }
 
@@ -390,7 +412,7 @@ function passedRefusal(
     kind,
     address,
     element,
-    now: device === null ? null : now(device),
+    now: device === null ? null : now(device, recorded),
     // For a VF that is no longer the recorded one: its PF's recorded identity.
     recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
     hostNeeds,
@@ -420,7 +442,7 @@ function pooledRefusal(
     address,
     element: "network",
     network,
-    now: device === null ? null : now(device),
+    now: device === null ? null : now(device, null),
     recorded: null,
     hostNeeds,
     reason: "",
@@ -466,7 +488,7 @@ function describePoolRefusal(refusal: GuardRefusal): string {
     `holds ${holds} now${notVf}${needs}; libvirt may hand any free entry of the pool to this VM`;
 }
 
-/** `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., driver nouveau)`. */
+/** `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., slot PCIE2, driver nouveau)`. */
 export function describeIdentity(
   identity: Omit<GuardDevice, "driver"> & { driver?: string | null },
 ): string {
@@ -476,6 +498,9 @@ export function describeIdentity(
       : []),
     `class ${identity.classCode}`,
     ...(identity.serial !== null ? [`serial ${identity.serial}`] : []),
+    ...(identity.slot === undefined
+      ? []
+      : [identity.slot === null ? "in no named slot" : `slot ${identity.slot}`]),
     ...(identity.driver ? [`driver ${identity.driver}`] : []),
   ];
   return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;

@@ -9,7 +9,7 @@
  */
 
 import type { GroupInconsistency, HostTopology, PciAddress, PciDevice } from "./types.ts";
-import { canonicalPciAddress, canonicalPciSlot, comparePciAddress } from "../pci/address.ts";
+import { canonicalPciAddress, comparePciAddress, slotOf } from "../pci/address.ts";
 import {
   baseName,
   checkCapturedTree,
@@ -28,7 +28,13 @@ import {
   splitVendorName,
   type VendorNames,
 } from "./lspci.ts";
-import { parseRawDevice, type RawSysfsDevice, readHostUse, readRawDevice } from "./sysfs_device.ts";
+import {
+  parseRawDevice,
+  type RawSysfsDevice,
+  readHostUse,
+  readPhysicalSlots,
+  readRawDevice,
+} from "./sysfs_device.ts";
 
 // Reading one device and host use live in sysfs_device.ts, which the start guard loads alone.
 export { pciAncestor, readDeviceAt, readHostUse } from "./sysfs_device.ts";
@@ -280,28 +286,12 @@ function vfCount(text: string | null): number | null {
   return /^[0-9]{1,5}$/.test(trimmed) && Number(trimmed) <= 0xffff ? Number(trimmed) : null;
 }
 
-/**
- * Physical slot names by `DDDD:BB:SS` from `bus/pci/slots/NAME/address`, as lspci finds them
- * (the address names a slot, so every function of the card gets the slot's name).
- */
-function readSlots(reader: SysfsReader, root: string): Map<string, string> {
-  const slots = new Map<string, string>();
-  const names = reader.listDir(`${root}/bus/pci/slots`);
-  if (names === null || names.length === 0) return slots;
-  for (const name of names) {
-    const text = readAttribute(reader, `${root}/bus/pci/slots/${name}/address`);
-    const key = text === null ? null : canonicalPciSlot(text);
-    if (key !== null) slots.set(key, name);
-  }
-  return slots;
-}
-
 /** Fills physical slot names from sysfs (`lspci -v` would print them, `-nnk` does not). */
 function fillSlots(reader: SysfsReader, root: string, devices: PciDevice[]): void {
-  const slots = readSlots(reader, root);
+  const slots = readPhysicalSlots(reader, root);
   if (slots.size === 0) return;
   for (const device of devices) {
-    device.physicalSlot = slots.get(device.address.slice(0, -2)) ?? null;
+    device.physicalSlot = slots.get(slotOf(device.address)) ?? null;
   }
 }
 /** Fills what sysfs lacks from lspci's record; sysfs values are never overwritten. */

@@ -8,7 +8,12 @@
  */
 
 import type { HostUse, HostUseReason, PciAddress, PciDevice } from "./types.ts";
-import { canonicalPciAddress, comparePciAddress, libvirtNumber } from "../pci/address.ts";
+import {
+  canonicalPciAddress,
+  canonicalPciSlot,
+  comparePciAddress,
+  libvirtNumber,
+} from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
 import { isFileName } from "../state/paths.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
@@ -72,6 +77,38 @@ export function readVirtualFunctions(
     return vf === null ? [] : [vf];
   });
   return vfs.sort(comparePciAddress);
+}
+
+/**
+ * Physical slot names by `DDDD:BB:SS` from `bus/pci/slots/NAME/address`, as lspci finds them
+ * (the address names a slot, so every function of the card gets the slot's name); empty where
+ * the firmware names no slots. Discovery fills every device's slot from it; the start guard reads
+ * it only for a record that holds a slot.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { buildHostTree } from "../testing/host_tree.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * buildHostTree({ devices: [{ bdf: "0000:05:00.0", group: 3, class: "0x030000",
+ *   vendor: "0x1002", device: "0x67ff", subsystem_vendor: null, subsystem_device: null,
+ *   driver: "amdgpu", revision: null, slot: "PCIE2" }] }, dir);
+ * assertEquals(readPhysicalSlots(denoFsReader(), dir), new Map([["0000:05:00", "PCIE2"]]));
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function readPhysicalSlots(reader: SysfsReader, root: string): Map<string, string> {
+  const slots = new Map<string, string>();
+  const dir = `${root.replace(/(.)\/+$/, "$1")}/bus/pci/slots`;
+  const names = reader.listDir(dir);
+  if (names === null || names.length === 0) return slots;
+  for (const name of names) {
+    const text = readAttribute(reader, `${dir}/${name}/address`);
+    const key = text === null ? null : canonicalPciSlot(text);
+    if (key !== null) slots.set(key, name);
+  }
+  return slots;
 }
 
 /**

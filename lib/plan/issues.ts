@@ -22,6 +22,17 @@ function quoteAll(addresses: readonly PciAddress[]): string {
 }
 
 /**
+ * ` in slot PCIE2` where `record` holds a slot: the slot it names, or with `device`, the one that
+ * device sits in (` in no named slot` for none), so that drift between identical cards says what
+ * differs; `""` for a record that holds no slot.
+ */
+export function slotNote(record: DeviceIdentity, device?: PciDevice): string {
+  if (record.slot === undefined) return "";
+  const slot = device === undefined ? record.slot : device.physicalSlot;
+  return slot === null ? " in no named slot" : ` in slot ${slot}`;
+}
+
+/**
  * A `drift` warning: the hostdev at `record.address` was recorded as one device and the address
  * now holds another (`now`) or nothing; `outcome` says what the plan does about it.
  */
@@ -36,8 +47,8 @@ export function driftWarning(
     message:
       `Hostdev ${record.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
         record.serial ? ` serial ${record.serial}` : ""
-      } (rule "${record.rule}") but the address now holds ${
-        now === undefined ? "nothing" : describe(now)
+      }${slotNote(record)} (rule "${record.rule}") but the address now holds ${
+        now === undefined ? "nothing" : `${describe(now)}${slotNote(record, now)}`
       }: ${outcome}`,
     vm,
     rule: record.rule,

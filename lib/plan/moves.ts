@@ -21,10 +21,10 @@ export interface FoundCard<T> {
 
 /**
  * Which of `candidates` is the card `record` describes, recorded at `from` and no longer there:
- * proven by its serial, or by its IDs when it is the only such device on the host, or when every
- * device with its IDs is a function of one card (a dual-port NIC moved whole) at the same
- * function number. `undefined` when none is proven. The caller chooses the candidates (the
- * devices a rule takes, not yet claimed by another move).
+ * proven by its serial, or by its IDs in the slot it was recorded in, or by its IDs when it is the
+ * only such device on the host, or when every device with its IDs is a function of one card (a
+ * dual-port NIC moved whole) at the same function number. `undefined` when none is proven. The
+ * caller chooses the candidates (the devices a rule takes, not yet claimed by another move).
  *
  * @example
  * ```ts
@@ -55,13 +55,24 @@ export function findMovedCard<T extends { device: PciDevice }>(
   candidates: readonly T[],
   host: HostTopology,
 ): FoundCard<T> | undefined {
-  const targets = candidates.filter((c) => sameIdentity(record, c.device));
+  // The card wherever it sits now: the slot it was recorded in is evidence, not identity here.
+  const { slot, ...card } = record;
+  const targets = candidates.filter((c) => sameIdentity(card, c.device));
   // Say "subsystem" only when there was one to compare (most integrated functions have none).
   const ids = record.subsystemVendorId === null ? "same IDs" : "same IDs and subsystem";
   if (record.serial !== null) {
     return targets[0] && { found: targets[0], evidence: "same IDs and serial" };
   }
-  const elsewhere = host.devices.filter((d) => d.address !== from && sameIdentity(record, d));
+  const fn = from.slice(from.lastIndexOf("."));
+  // Of identical cards, the one in the recorded slot: new hardware renumbered the buses under it.
+  const inSlot = slot === undefined ? [] : targets.filter((c) => c.device.physicalSlot === slot);
+  const slotted = inSlot.length === 1
+    ? inSlot[0]
+    : inSlot.find((c) => c.device.address.endsWith(fn));
+  if (slotted !== undefined) {
+    return { found: slotted, evidence: `${ids} in the recorded slot ${slot}` };
+  }
+  const elsewhere = host.devices.filter((d) => d.address !== from && sameIdentity(card, d));
   if (targets.length === 1 && elsewhere.length === 1) {
     return {
       found: targets[0]!,
@@ -70,10 +81,23 @@ export function findMovedCard<T extends { device: PciDevice }>(
   }
   const oneCard = elsewhere.length > 1 &&
     new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
-  const fn = from.slice(from.lastIndexOf("."));
   const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
   return same && {
     found: same,
     evidence: `${ids}, function ${fn.slice(1)} of the only such card on the host`,
+  };
+}
+
+/**
+ * `record` once its card is found at `device` ({@link findMovedCard}): the new address, and the
+ * slot the card sits in now (none when it is in no named slot), so the start guard compares
+ * where it is, not where it was.
+ */
+export function movedRecord(record: DeviceIdentity, device: PciDevice): DeviceIdentity {
+  const { slot: _was, ...rest } = record;
+  return {
+    ...rest,
+    address: device.address,
+    ...(device.physicalSlot === null ? {} : { slot: device.physicalSlot }),
   };
 }

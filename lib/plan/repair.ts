@@ -25,7 +25,7 @@ import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning } from "./issues.ts";
-import { findMovedCard } from "./moves.ts";
+import { findMovedCard, movedRecord } from "./moves.ts";
 import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
@@ -296,7 +296,10 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   const gone = new Set(remove);
   const records = domain.records
     .filter((r) => !gone.has(r.address))
-    .map((r) => movedTo.has(r.address) ? { ...r, address: movedTo.get(r.address)! } : r)
+    .map((r) => {
+      const to = movedTo.get(r.address);
+      return to === undefined ? r : movedRecord(r, byAddress.get(to)!);
+    })
     .sort((a, b) => comparePciAddress(a.address, b.address));
   plan.repair = {
     remove,

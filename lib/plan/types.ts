@@ -121,6 +121,13 @@ export interface DeviceIdentity {
    * only recognised when it is the only device with its IDs on the host.
    */
   serial: string | null;
+  /**
+   * The physical slot name the device sat in (`PCIE2`, from `bus/pci/slots`), recorded when it
+   * had one: of two identical cards without serial numbers, it says which one this is after new
+   * hardware renumbered the buses. Absent from records written before it was recorded, and for
+   * devices in no named slot.
+   */
+  slot?: string;
   /** The host driver bound when the device was first resolved (before libvirt moved it to vfio). */
   driver: string | null;
   /** The config rule that owns this device. */

@@ -24,7 +24,7 @@ import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
-import { describe, driftWarning } from "./issues.ts";
+import { describe, driftWarning, slotNote } from "./issues.ts";
 import { findMovedCard } from "./moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
@@ -128,6 +128,7 @@ function identityOf(
     subsystemDeviceId: device.subsystemDeviceId,
     classCode: device.classCode,
     serial: device.serial,
+    ...(device.physicalSlot === null ? {} : { slot: device.physicalSlot }),
     driver,
     rule,
   };
@@ -193,13 +194,22 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
       message:
         `Hostdev ${address} of "${plan.name}" was recorded as ${record.vendorId}:${record.deviceId}${
           record.serial ? ` serial ${record.serial}` : ""
-        } but the address now holds ${describe(closed.device)}${
+        }${slotNote(record)} but the address now holds ${describe(closed.device)}${
           closed.device.serial ? ` serial ${closed.device.serial}` : ""
+        }${
+          slotNote(record, closed.device)
         }: rule "${rule}" matches the new device, so it stays and its record is updated`,
       vm: plan.name,
       rule,
       devices: [address],
     });
+  } else if (
+    record !== undefined && record.slot === undefined && closed.device.physicalSlot !== null
+  ) {
+    // A record written before slots were recorded: only its metadata changes, so say why.
+    plan.reasoning.push(
+      `${address}: slot ${closed.device.physicalSlot} added to its record (rule "${rule}"), which the start guard compares from then on`,
+    );
   }
   edit.records.push(identityOf(closed.device, rule, domain.records));
   const on = closed.rule.multifunction;

@@ -15,12 +15,19 @@ import { cardOf } from "./host_critical.ts";
 /** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
 export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
 
-/** Whether `record` describes the same card as `device` (IDs, subsystem and serial agree). */
+/**
+ * Whether `record` describes the same card as `device`: IDs, subsystem, class and serial agree,
+ * and the physical slot where one was recorded (identical cards without serial numbers differ
+ * only there). A record without a slot (written before slots were recorded, or a device in no
+ * named slot) compares no slot. To ask where a card sits now, whatever its slot, leave the slot
+ * out of the record (`findMovedCard`).
+ */
 export function sameIdentity(record: DeviceIdentity, device: PciDevice): boolean {
   return record.vendorId === device.vendorId && record.deviceId === device.deviceId &&
     record.subsystemVendorId === device.subsystemVendorId &&
     record.subsystemDeviceId === device.subsystemDeviceId && record.serial === device.serial &&
-    record.classCode === device.classCode;
+    record.classCode === device.classCode &&
+    (record.slot === undefined || record.slot === device.physicalSlot);
 }
 
 /**

@@ -54,6 +54,7 @@ interface Rec {
   sub?: [string, string];
   klass: string;
   serial?: string;
+  slot?: string;
   rule: string;
 }
 
@@ -61,7 +62,9 @@ function domain(name: string, devices: string[], records: Rec[] = []): string {
   const recs = records.map((r) =>
     `<pt:device address="${r.address}" vendor="${r.vendor}" device="${r.device}"${
       r.sub ? ` subsystem-vendor="${r.sub[0]}" subsystem-device="${r.sub[1]}"` : ""
-    } class="${r.klass}"${r.serial ? ` serial="${r.serial}"` : ""} rule="${r.rule}"/>`
+    } class="${r.klass}"${r.serial ? ` serial="${r.serial}"` : ""}${
+      r.slot ? ` slot="${r.slot}"` : ""
+    } rule="${r.rule}"/>`
   ).join("\n      ");
   return `<domain type='kvm'>
   <name>${name}</name>
@@ -184,6 +187,54 @@ Deno.test("checkDomainStart() tells identical chips apart by subsystem and seria
     summary((await check(domain("vm", [hostdev(nvme.address)], [other]))).refusals),
     [["replaced", nvme.address]],
   );
+});
+
+Deno.test("checkDomainStart() tells identical cards apart by the recorded slot, read only for it", async () => {
+  // Two identical RX 560s without serial numbers, in slots PCIE1 and PCIE2; a new NVMe drive
+  // shifted the buses, so the address recorded for PCIE2's card holds PCIE1's now.
+  const host = z690();
+  for (const device of host.devices) {
+    if (device.bdf.startsWith("0000:04:00.")) device.slot = "PCIE1";
+  }
+  const RX560: Rec = {
+    address: "0000:04:00.0",
+    vendor: "1002",
+    device: "67ff",
+    sub: ["1462", "8a91"],
+    klass: "030000",
+    rule: "gpu2",
+  };
+  const recorded = { ...RX560, slot: "PCIE2" };
+  const refused = await check(domain("beta", [hostdev(RX560.address)], [recorded]), {
+    vm: "beta",
+    host,
+  });
+  assertEquals(summary(refused.refusals), [["replaced", RX560.address]]);
+  assertEquals(
+    formatRefusal(refused.refusals[0]!),
+    'passthrough guard: refusing to start "beta": hostdev 0000:04:00.0 holds 1002:67ff ' +
+      "(subsystem 1462:8a91, class 030000, slot PCIE1, driver vfio-pci) now, not the recorded " +
+      '1002:67ff (subsystem 1462:8a91, class 030000, slot PCIE2) of rule "gpu2"; fix: ' +
+      "passthrough plan --vm beta",
+  );
+  // The slot's names are read for the record that holds one, and only then.
+  assertOk(refused.paths.includes("/bus/pci/slots"));
+  const inSlot = await check(
+    domain("alpha", [hostdev(RX560.address)], [{
+      ...RX560,
+      slot: "PCIE1",
+    }]),
+    { host },
+  );
+  assertEquals(inSlot.refusals, []);
+  // A record written before slots were recorded compares none, and reads none.
+  const older = await check(domain("beta", [hostdev(RX560.address)], [RX560]), { host });
+  assertEquals(older.refusals, []);
+  assertEquals(older.paths.filter((p) => p.startsWith("/bus/pci/slots")), []);
+  // A slot recorded, and the firmware names none now: not the recorded card either.
+  const unnamed = await check(domain("beta", [hostdev(RX560.address)], [recorded]));
+  assertEquals(summary(unnamed.refusals), [["replaced", RX560.address]]);
+  assertMatch(unnamed.refusals[0]!.reason, /class 030000, in no named slot, driver vfio-pci\) now/);
 });
 
 Deno.test("checkDomainStart() refuses an address that holds nothing, recorded or not", async () => {

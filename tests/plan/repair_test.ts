@@ -113,6 +113,29 @@ Deno.test("a refused VM's repair follows its moved card, rewriting the hostdevs 
   });
 });
 
+Deno.test("a repair follows a card moved to another slot, and its record names the slot it is in now", async () => {
+  const inSlot = (slot: string, card: HostDeviceDescription[]) => card.map((d) => ({ ...d, slot }));
+  const before = await treeHost([...baseDevices(), ...inSlot("1", [GPU, GPU_AUDIO])]);
+  // Moved by hand from slot 1 to slot 3: its serial proves it, whatever the slot recorded.
+  const after = await treeHost([...baseDevices(), ...inSlot("3", movedGpu().slice(-2))]);
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10");
+    assertEquals(parseDomainXml(applied.desiredXml).records.map((r) => r.slot), ["1", "1"]);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: WITH_TYPO, host: after, libvirt }), "win10");
+    assertEquals(vm.repair?.move?.map((m) => [m.from, m.to, m.evidence]), [
+      [GPU.bdf, "0000:0b:00.0", "same IDs and serial"],
+      [GPU_AUDIO.bdf, "0000:0b:00.1", "same IDs, the only such device on the host"],
+    ]);
+    // The start guard compares the slot recorded: the one the card sits in now.
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals(repaired.records.map((r) => [r.address, r.slot]), [
+      ["0000:0b:00.0", "3"],
+      ["0000:0b:00.1", "3"],
+    ]);
+  });
+});
+
 Deno.test("a repair does not follow a card into an IOMMU group another domain holds: it removes the hostdev and says why", async () => {
   const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
   const after = await treeHost(movedGpu());

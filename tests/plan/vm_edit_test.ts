@@ -449,6 +449,98 @@ Deno.test("planHostdevs() never follows a card to an address the VM holds alread
   });
 });
 
+Deno.test("planWorld() follows identical cards by their recorded slots after new hardware renumbers the buses", () => {
+  // Two identical GPUs without serial numbers, each VM's rule naming its card's slot. A new NVMe
+  // drive at bus 0a shifts both one bus up: PCIE1's card now sits where PCIE2's was recorded.
+  const card = (bus: string, group: number, slot: string) => [
+    { ...GPU, bdf: `0000:${bus}:00.0`, group, serial: null, slot },
+    { ...GPU_AUDIO, bdf: `0000:${bus}:00.1`, group, slot },
+  ];
+  const bySlot = config(`  win10:
+    devices:
+      - name: gpu1
+        match: { vendor_device_id: "10de:2684", slot: PCIE1 }
+  linux:
+    devices:
+      - name: gpu2
+        match: { vendor_device_id: "10de:2684", slot: PCIE2 }
+`);
+  const before = host([...baseDevices(), ...card("0a", 10, "PCIE1"), ...card("0b", 11, "PCIE2")]);
+  const nvme = dev({ bdf: "0000:0a:00.0", group: 12, class: "0x010802", driver: "nvme" });
+  const after = host([
+    ...baseDevices(),
+    nvme,
+    ...card("0b", 10, "PCIE1"),
+    ...card("0c", 11, "PCIE2"),
+  ]);
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  const applied = planWorld({
+    config: bySlot,
+    host: before,
+    world: dataWorld({ win10: WIN10, linux }),
+  });
+  const records = (vm: VmPlan) =>
+    parseDomainXml(vm.desiredXml).records.map((r) => [r.address, r.slot]);
+  assertEquals(records(vmOf(applied, "linux")), [
+    ["0000:0b:00.0", "PCIE2"],
+    ["0000:0b:00.1", "PCIE2"],
+  ]);
+  const world = dataWorld({
+    win10: vmOf(applied, "win10").desiredXml,
+    linux: vmOf(applied, "linux").desiredXml,
+  });
+  const plan = planWorld({ config: bySlot, host: after, world });
+  // The audio function has no subsystem IDs to compare.
+  const evidence = (slot: string, ids = "same IDs and subsystem") =>
+    `${ids} in the recorded slot ${slot}`;
+  const moves = (vm: VmPlan) => vm.move.map((m) => [m.from, m.to, m.evidence]);
+  // linux's recorded address holds win10's card now: not "still there", its own card moved on.
+  assertEquals(moves(vmOf(plan, "linux")), [
+    ["0000:0b:00.0", "0000:0c:00.0", evidence("PCIE2")],
+    ["0000:0b:00.1", "0000:0c:00.1", evidence("PCIE2", "same IDs")],
+  ]);
+  // win10's card is the one at linux's old address: moved there, not removed and added again.
+  assertEquals(moves(vmOf(plan, "win10")), [
+    ["0000:0a:00.0", "0000:0b:00.0", evidence("PCIE1")],
+    ["0000:0a:00.1", "0000:0b:00.1", evidence("PCIE1", "same IDs")],
+  ]);
+  for (const vm of plan.vms) {
+    assertEquals([vm.errors, vm.add, vm.remove], [[], [], []]);
+    assertEquals(vm.warnings.filter((w) => w.code === "drift"), []);
+  }
+  assertEquals(records(vmOf(plan, "linux")), [
+    ["0000:0c:00.0", "PCIE2"],
+    ["0000:0c:00.1", "PCIE2"],
+  ]);
+});
+
+Deno.test("planWorld() says why a record written before slots were recorded gains one", () => {
+  const slotted = host([...baseDevices(), { ...GPU, slot: "4" }, { ...GPU_AUDIO, slot: "4" }]);
+  const applied = vmOf(
+    planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10: WIN10 }) }),
+    "win10",
+  );
+  // The firmware names no slots on HOST: the records hold none, as older records do.
+  assertEquals(parseDomainXml(applied.desiredXml).records.map((r) => r.slot), [
+    undefined,
+    undefined,
+  ]);
+  const vm = vmOf(
+    planWorld({
+      config: GPU_CONFIG,
+      host: slotted,
+      world: dataWorld({ win10: applied.desiredXml }),
+    }),
+    "win10",
+  );
+  assertEquals([vm.changed, vm.add, vm.remove, vm.move], [true, [], [], []]);
+  assertEquals(vm.warnings.filter((w) => w.code === "drift"), []);
+  assertEquals(vm.reasoning.filter((r) => r.includes("added to its record")), [
+    '0000:01:00.0: slot 4 added to its record (rule "gpu"), which the start guard compares from then on',
+    '0000:01:00.1: slot 4 added to its record (rule "gpu"), which the start guard compares from then on',
+  ]);
+});
+
 Deno.test("planHostdevs() keeps a hostdev whose address holds another card its rule matches, saying so", async () => {
   // The same model with another serial: a replaced card in the same slot.
   const replaced = host([
