@@ -22,17 +22,18 @@ import {
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
   findTimeout,
+  foreignHookAdvice,
   HOOK_FILE_NAME,
   hookFileProblems,
   type HookInspection,
   type HookSettings,
   inspectHook,
   installCommand,
-  installedHookSettings,
   installHook,
   readByLibvirt,
   removeHook,
   renderHookScript,
+  replaceableHookSettings,
   trustedOwners,
   unsafeHookPaths,
 } from "../lib/guard/hook_file.ts";
@@ -155,10 +156,11 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
         `/opt/passthrough), or fix the owner and mode, then install again`,
     );
   }
+  // Refused before anything is created too: a file there that is not a passthrough hook.
+  const previous = replaceableHookSettings(hooksDir);
   // Checked now, so an unsafe state directory is reported here rather than at a VM's start.
   openStateDir(stateDir);
   Deno.mkdirSync(hookDenoDir(stateDir), { recursive: true, mode: 0o700 });
-  const previous = installedHookSettings(hooksDir);
   const result = installHook(hooksDir, renderHookScript(settings));
   const messages = [
     result.changed
@@ -195,7 +197,10 @@ function hookProblems(
     return { problems: [`No hook at ${inspection.path}`, ...leftovers], fix };
   }
   if (inspection.settings === null) {
-    return { problems: [`${inspection.path} is not a passthrough hook`], fix };
+    return {
+      problems: [`${inspection.path} is not a passthrough hook`],
+      fix: `${foreignHookAdvice(inspection.path)}, then ${fix}`,
+    };
   }
   const fileProblems = hookFileProblems(inspection, VERSION, fix);
   const problems = [...leftovers, ...fileProblems.map((p) => p.text)];

@@ -297,12 +297,69 @@ export function trustedOwners(): number[] {
 }
 
 /**
+ * What to do with a file at the hook's path that is not a passthrough hook (a user's own hook, a
+ * link to one) so that `hook install` may write there: it never replaces such a file, as
+ * `hook remove` never deletes one. Renamed, it still runs (libvirt runs every executable in the
+ * directory, in name order).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   foreignHookAdvice("/etc/libvirt/hooks/qemu.d/50-passthrough-guard"),
+ *   "rename it (libvirt runs every executable in /etc/libvirt/hooks/qemu.d: " +
+ *     "mv /etc/libvirt/hooks/qemu.d/50-passthrough-guard /etc/libvirt/hooks/qemu.d/50-own-hook) " +
+ *     "or move it out of /etc/libvirt/hooks/qemu.d",
+ * );
+ * ```
+ */
+export function foreignHookAdvice(path: string): string {
+  const dir = dirname(path);
+  const mv = ["mv", path, join(dir, "50-own-hook")].map(shellWord).join(" ");
+  return `rename it (libvirt runs every executable in ${dir}: ${mv}) or move it out of ${dir}`;
+}
+
+/**
+ * The text of the passthrough hook at `path` (any format), or `null` when no file is there.
+ * Throws when the file there is not one (a user's own hook, a link, a FIFO, a file too large
+ * to be ours, as {@link removeHook} tells them): `hook install` never replaces it.
+ */
+function replaceableHookText(path: string): string | null {
+  let text: string | null = null;
+  try {
+    text = readHookFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    if (!(error instanceof StateDirError)) throw error;
+  }
+  if (text === null || parseHookSettings(text) === null) {
+    throw new Error(
+      `Refusing to install the start guard over "${path}": it is not a passthrough hook: ${
+        foreignHookAdvice(path)
+      }, then install again`,
+    );
+  }
+  return text;
+}
+
+/**
+ * The settings of the passthrough hook that `hook install` would replace in `dir`, or `null`
+ * when there is none; throws, as {@link installHook} does, when the file there is not a
+ * passthrough hook. For a check before anything is created.
+ */
+export function replaceableHookSettings(dir: string): HookSettings | null {
+  const text = replaceableHookText(join(dir, HOOK_FILE_NAME));
+  return text === null ? null : parseHookSettings(text);
+}
+
+/**
  * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
  * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`. The
  * temporary file is not executable until its content is on disk (libvirt runs every executable
  * in the directory, dot files too, and reads the directory at every call), and what an
  * interrupted install left there is removed. A hook with the same content is rewritten when it
- * is owned by another user than `owners` (then that user could change it).
+ * is owned by another user than `owners` (then that user could change it). Refuses to replace a
+ * file that is not a passthrough hook ({@link foreignHookAdvice}).
  */
 export function installHook(
   dir: string,
@@ -310,14 +367,12 @@ export function installHook(
   owners: readonly number[] = trustedOwners(),
 ): InstallResult {
   const path = join(dir, HOOK_FILE_NAME);
+  const current = replaceableHookText(path);
   let same = false;
-  try {
+  if (current !== null) {
     const info = Deno.lstatSync(path);
-    same = info.isFile && ((info.mode ?? 0) & 0o7777) === 0o755 &&
-      owners.includes(info.uid ?? -1) && info.size <= MAX_HOOK_BYTES &&
-      readHookFile(path) === script;
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    same = ((info.mode ?? 0) & 0o7777) === 0o755 && owners.includes(info.uid ?? -1) &&
+      current === script;
   }
   for (const name of leftoversIn(dir)) Deno.removeSync(join(dir, name));
   if (same) return { path, changed: false };

@@ -14,7 +14,12 @@
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import { slotOf } from "../pci/address.ts";
-import { hookFileProblems, type HookInspection, installCommand } from "../guard/hook_file.ts";
+import {
+  foreignHookAdvice,
+  hookFileProblems,
+  type HookInspection,
+  installCommand,
+} from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
@@ -734,14 +739,22 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       hint: `${install} (it removes them)`,
     };
   }
-  if (!inspection.present || inspection.settings === null) {
+  if (!inspection.present) {
     return {
       check: "hook",
       status: "warn",
-      summary: inspection.present
-        ? `${inspection.path} is not a passthrough hook`
-        : `No start guard at ${inspection.path}: a VM starts even when a hostdev's address now holds another device`,
+      summary:
+        `No start guard at ${inspection.path}: a VM starts even when a hostdev's address now holds another device`,
       hint: install,
+    };
+  }
+  if (inspection.settings === null) {
+    return {
+      check: "hook",
+      status: "warn",
+      summary: `${inspection.path} is not a passthrough hook`,
+      // Never a bare install: it refuses to replace the file, which may be the user's own hook.
+      hint: `${foreignHookAdvice(inspection.path)}, then ${install}`,
     };
   }
   const notes = [

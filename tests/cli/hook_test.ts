@@ -329,9 +329,33 @@ Deno.test("hook status names what is wrong with the file at the hook's path, and
       ],
     });
     Deno.removeSync(leftover);
-    // Someone else's hook under our name.
+    // Someone else's hook under our name: its fix keeps it (hook install refuses to replace it,
+    // leaving the file and creating nothing).
     Deno.writeTextFileSync(path, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
     assertEquals(await status(), { code: 1, problems: [`${path} is not a passthrough hook`] });
+    const fix = (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout.split("\n").at(-2);
+    assertEquals(
+      fix,
+      `  fix: rename it (libvirt runs every executable in ${hooks}: mv ${path} ${hooks}/50-own-hook)` +
+        ` or move it out of ${hooks}, then passthrough hook install --hooks-dir ${hooks}`,
+    );
+    const install = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      hooks,
+      "--state-dir",
+      `${dir}/s`,
+    ]);
+    assertEquals(install.code, 1, install.stdout);
+    assertEquals(
+      install.stderr,
+      `passthrough hook: Refusing to install the start guard over "${path}": it is not a passthrough hook: ` +
+        `rename it (libvirt runs every executable in ${hooks}: mv ${path} ${hooks}/50-own-hook) or move it ` +
+        `out of ${hooks}, then install again\n`,
+    );
+    assertEquals(Deno.readTextFileSync(path), "#!/bin/sh\nexit 0\n");
+    assertEquals(await pathExists(`${dir}/s`), false);
     Deno.removeSync(path);
     // Ours, written by another version for a program that is gone since.
     const settings = {

@@ -469,6 +469,37 @@ Deno.test("removeHook() removes our hook and refuses anyone else's file", async 
   });
 });
 
+Deno.test("installHook() refuses a user's own hook, or a link to one, and replaces a passthrough hook of any format", async () => {
+  await withDir((dir) => {
+    const path = `${dir}/${HOOK_FILE_NAME}`;
+    const script = renderHookScript(settings(["/bin/true"]));
+    const theirs = '#!/bin/sh\n# my own hook\nlogger "vm $1 $2"\n';
+    Deno.writeTextFileSync(`${dir}/mine`, theirs, { mode: 0o755 });
+    const plants: [string, () => void][] = [
+      ["a user's own hook", () => Deno.copyFileSync(`${dir}/mine`, path)],
+      ["a link to one", () => Deno.symlinkSync(`${dir}/mine`, path)],
+    ];
+    for (const [what, plant] of plants) {
+      plant();
+      const mv = `mv ${shellQuote(path)} ${shellQuote(`${dir}/50-own-hook`)}`;
+      assertThrows(
+        () => installHook(dir, script),
+        Error,
+        `Refusing to install the start guard over "${path}": it is not a passthrough hook: ` +
+          `rename it (libvirt runs every executable in ${dir}: ${mv}) or move it out of ${dir}, ` +
+          `then install again`,
+      );
+      assertEquals(Deno.readTextFileSync(path), theirs, what);
+      assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [HOOK_FILE_NAME, "mine"]);
+      Deno.removeSync(path);
+    }
+    // A passthrough hook written by an older passthrough (no format line) is replaced.
+    Deno.writeTextFileSync(path, script.replace(/^# passthrough-hook-format: \d+\n/m, ""));
+    assertEquals(installHook(dir, script).changed, true);
+    assertEquals(Deno.readTextFileSync(path), script);
+  });
+});
+
 Deno.test("remove, status and install refuse a FIFO, a link to /dev/zero or a huge file without reading it", async () => {
   await withDir((dir) => {
     const path = `${dir}/${HOOK_FILE_NAME}`;
@@ -484,6 +515,7 @@ Deno.test("remove, status and install refuse a FIFO, a link to /dev/zero or a hu
       plant();
       // Each would block for ever on the FIFO, or read without end or a gigabyte.
       assertThrows(() => removeHook(dir), /Refusing ".*": it /, what);
+      assertThrows(() => installHook(dir, "#!/bin/sh\n"), /: it is not a passthrough hook: /, what);
       const seen = inspectHook(dir);
       assertEquals([seen.present, seen.settings], [true, null], what);
       Deno.removeSync(path);

@@ -384,6 +384,16 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     /^passthrough hook install --hooks-dir (\S+) --state-dir \1\/state \(it removes them\)$/,
   );
   assertMatch(leftover.summary, /\.50-passthrough-guard\.x\.tmp left from an interrupted install/);
+  // A user's own hook under our name: the hint keeps it (hook install refuses to replace it).
+  const foreign = await hookFinding({}, {
+    change: (dir) => Deno.writeTextFileSync(`${dir}/50-passthrough-guard`, "#!/bin/sh\nexit 0\n"),
+  });
+  assertEquals(foreign.status, "warn");
+  assertMatch(foreign.summary, /\/50-passthrough-guard is not a passthrough hook$/);
+  assertMatch(
+    foreign.hint!,
+    /^rename it \(libvirt runs every executable in (\/\S+): mv \1\/50-passthrough-guard \1\/50-own-hook\) or move it out of \1, then passthrough hook install --hooks-dir \1$/,
+  );
 });
 
 Deno.test("doctor's hook finding: a daemon older than the hook needs a reload unless one is recorded", async () => {
