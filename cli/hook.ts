@@ -148,12 +148,15 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   // Before anything is created: a refused install leaves no directory behind.
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());
   if (unsafe.length > 0) {
+    const chmods = unsafe.flatMap((u) => u.fix === null ? [] : [u.fix]);
     throw new Error(
       `Refusing to install the start guard: libvirt runs it as root at every VM start, and ${
-        unsafe.join("; ")
+        unsafe.map((u) => u.text).join("; ")
       }, so another user could change what runs or the state it obeys. Install passthrough, and ` +
         `keep its --state-dir, where only root can write (README, "On a real host": ` +
-        `/opt/passthrough), or fix the owner and mode, then install again`,
+        `/opt/passthrough), or fix the owner and mode${
+          chmods.length === 0 ? "" : ` (${chmods.join("; ")})`
+        }, then install again`,
     );
   }
   // Refused before anything is created too: a file there that is not a passthrough hook.

@@ -413,6 +413,17 @@ function syncDirectory(dir: string): void {
 /** The largest number of files looked at under one directory the hook's code comes from. */
 const MAX_TREE_ENTRIES = 20_000;
 
+/** A path another user than root could change in what the hook runs or obeys. */
+export interface UnsafePath {
+  /** Why, in words: `/srv/qemu.d is writable by anyone (mode 0777)`. */
+  text: string;
+  /**
+   * The command that takes the write access away (`chmod o-w /srv/qemu.d`); `null` when another
+   * user owns the path, where the fix is to install passthrough where only root can write.
+   */
+  fix: string | null;
+}
+
 /**
  * Why another user than `owners` could change `path` (or what it leads to): the first path
  * component, file or directory, that such a user owns, or that its group (other than root's)
@@ -423,8 +434,8 @@ function changeableBy(
   path: string,
   owners: readonly number[],
   options: { strict?: boolean } = {},
-): string | null {
-  const along = (target: string): string | null => {
+): UnsafePath | null {
+  const along = (target: string): UnsafePath | null => {
     const parts = target.split("/").filter((p) => p !== "");
     for (let i = 0; i <= parts.length; i++) {
       // Where code is looked up by name, a sticky directory lets others add what is missing.
@@ -460,7 +471,11 @@ function realPathOfExisting(path: string): string | null {
   }
 }
 
-function componentReason(path: string, owners: readonly number[], sticky = true): string | null {
+function componentReason(
+  path: string,
+  owners: readonly number[],
+  sticky = true,
+): UnsafePath | null {
   let info: Deno.FileInfo;
   try {
     info = Deno.lstatSync(path);
@@ -468,7 +483,7 @@ function componentReason(path: string, owners: readonly number[], sticky = true)
     return null;
   }
   const uid = info.uid ?? 0;
-  if (!owners.includes(uid)) return `${path} belongs to uid ${uid}`;
+  if (!owners.includes(uid)) return { text: `${path} belongs to uid ${uid}`, fix: null };
   // A link's own mode means nothing; where it leads is checked apart.
   if (info.isSymlink) return null;
   const mode = info.mode ?? 0;
@@ -477,11 +492,15 @@ function componentReason(path: string, owners: readonly number[], sticky = true)
     !(sticky && info.isDirectory && (mode & 0o1000) !== 0);
   if (!groupWrites && !othersWrite) return null;
   const octal = (mode & 0o7777).toString(8).padStart(4, "0");
-  return `${path} is writable by ${othersWrite ? "anyone" : `group ${info.gid}`} (mode ${octal})`;
+  const who = `${groupWrites ? "g" : ""}${othersWrite ? "o" : ""}`;
+  return {
+    text: `${path} is writable by ${othersWrite ? "anyone" : `group ${info.gid}`} (mode ${octal})`,
+    fix: `chmod ${who}-w ${shellWord(path)}`,
+  };
 }
 
 /** {@link changeableBy} for `dir` and everything under it (links followed apart, not into). */
-function changeableTree(dir: string, owners: readonly number[]): string | null {
+function changeableTree(dir: string, owners: readonly number[]): UnsafePath | null {
   const top = changeableBy(dir, owners, { strict: true });
   if (top !== null) return top;
   const pending = [dir];
@@ -495,7 +514,9 @@ function changeableTree(dir: string, owners: readonly number[]): string | null {
       continue;
     }
     for (const entry of entries) {
-      if (++seen > MAX_TREE_ENTRIES) return `${dir} holds more than ${MAX_TREE_ENTRIES} files`;
+      if (++seen > MAX_TREE_ENTRIES) {
+        return { text: `${dir} holds more than ${MAX_TREE_ENTRIES} files`, fix: null };
+      }
       const path = join(current, entry.name);
       const reason = entry.isSymlink
         ? changeableBy(path, owners, { strict: true })
@@ -537,8 +558,8 @@ function hookCode(
 /**
  * Why another user than `owners` could change what libvirt runs as root at every VM start
  * through this hook: the hook file and its directory, the programs and files its command names,
- * the directories its entry loads code from and its `DENO_DIR` ({@link changeableBy}). Empty
- * when only `owners` can.
+ * the directories its entry loads code from and its `DENO_DIR` ({@link changeableBy}), each with
+ * the `chmod` that fixes it where one does. Empty when only `owners` can.
  *
  * @example
  * ```ts
@@ -553,7 +574,7 @@ export function unsafeHookPaths(
   settings: HookSettings,
   hookPath: string,
   owners: readonly number[],
-): string[] {
+): UnsafePath[] {
   const { files, trees, denoDir } = hookCode(settings);
   const reasons = [
     changeableBy(hookPath, owners) ?? changeableBy(dirname(hookPath), owners, { strict: true }),
@@ -565,7 +586,8 @@ export function unsafeHookPaths(
     // could turn the guard off for a VM.
     changeableBy(settings.stateDir, owners, { strict: true }),
   ];
-  return [...new Set(reasons.filter((r) => r !== null))];
+  const found = reasons.filter((r) => r !== null);
+  return found.filter((r, i) => found.findIndex((o) => o.text === r.text) === i);
 }
 
 /** Removes the hook; `false` when there was none. Refuses a file that is not our hook. */
@@ -615,7 +637,7 @@ export interface HookInspection {
   /** The script's revision ({@link HOOK_FORMAT}; 1 when it names none, 0 when absent). */
   format: number;
   /** Why another user than root could change what it runs ({@link unsafeHookPaths}). */
-  unsafe: string[];
+  unsafe: UnsafePath[];
   /**
    * Temporary hooks an interrupted install left in the directory (libvirt runs them too when
    * they are executable); `hook install` removes them.
@@ -762,10 +784,13 @@ export function hookFileProblems(
   if (!inspection.intact) {
     fail(`${notIntactReason(inspection.format)}: it may not check what it should`);
   }
-  for (const reason of inspection.unsafe) {
+  for (const unsafe of inspection.unsafe) {
+    // Installing again over a path another user can write is refused: take that access first.
     fail(
-      `another user could change what it runs as root: ${reason}`,
-      `install passthrough where only root can write (/opt/passthrough), then ${install}`,
+      `another user could change what it runs as root: ${unsafe.text}`,
+      `${
+        unsafe.fix ?? "install passthrough where only root can write (/opt/passthrough)"
+      }, then ${install}`,
     );
   }
   for (const program of inspection.programs.filter((p) => !p.exists)) {

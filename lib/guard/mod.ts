@@ -55,6 +55,7 @@ export {
   parseHookSettings,
   removeHook,
   renderHookScript,
+  type UnsafePath,
 } from "./hook_file.ts";
 export {
   findHookDaemons,

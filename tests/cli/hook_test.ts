@@ -385,6 +385,36 @@ Deno.test("hook status names what is wrong with the file at the hook's path, and
   }
 });
 
+Deno.test("hook status gives the chmod that fixes a hooks or state directory anyone can write, and that fix works", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-mode-" });
+  try {
+    Deno.chmodSync(dir, 0o755);
+    const [hooks, state] = [`${dir}/qemu.d`, `${dir}/state`];
+    const install = ["hook", "install", "--hooks-dir", hooks, "--state-dir", state];
+    assertEquals((await runCli(install)).code, 0);
+    const command = `passthrough hook install --hooks-dir ${hooks} --state-dir ${state}`;
+    for (const [path, mode, chmod] of [[hooks, 0o777, "o-w"], [state, 0o757, "o-w"]] as const) {
+      Deno.chmodSync(path, mode);
+      const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      assertEquals(status.code, 1);
+      assertEquals(JSON.parse(status.stdout).fix, `chmod ${chmod} ${path}, then ${command}`);
+      // Installing again alone is refused, and says the same chmod.
+      const again = await runCli(install);
+      assertEquals(again.code, 1);
+      assertMatch(
+        again.stderr,
+        new RegExp(`or fix the owner and mode \\(chmod ${chmod} ${path}\\)`),
+      );
+      // The fix as printed works.
+      Deno.chmodSync(path, mode & ~0o002);
+      assertEquals((await runCli(install)).code, 0);
+      assertEquals((await runCli(["hook", "status", "--hooks-dir", hooks])).code, 0);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook install refuses a state directory that is a symbolic link, and writes no hook", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-link-" });
   try {

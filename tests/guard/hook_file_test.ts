@@ -393,28 +393,46 @@ Deno.test("unsafeHookPaths() names what another user than root could change in w
     assertEquals(unsafe(), []);
     // A chunk the entry loads, owned by another user; then the clone itself, group-writable.
     Deno.chownSync(`${clone}/dist/bin/hook/chunk-A.js`, 65534, 65534);
-    assertEquals(unsafe(), [`${clone}/dist/bin/hook/chunk-A.js belongs to uid 65534`]);
+    assertEquals(unsafe(), [
+      { text: `${clone}/dist/bin/hook/chunk-A.js belongs to uid 65534`, fix: null },
+    ]);
     Deno.chownSync(`${clone}/dist/bin/hook/chunk-A.js`, 0, 0);
     Deno.chownSync(clone, 0, 100);
     Deno.chmodSync(clone, 0o775);
-    assertEquals(unsafe(), [`${clone} is writable by group 100 (mode 0775)`]);
+    // Each mode with the chmod that takes the access away (installing again is refused).
+    assertEquals(unsafe(), [
+      {
+        text: `${clone} is writable by group 100 (mode 0775)`,
+        fix: `chmod g-w ${shellQuote(clone)}`,
+      },
+    ]);
     Deno.chmodSync(clone, 0o755);
     // The hooks directory anyone may write to, even sticky: others could add a hook of theirs.
     Deno.chmodSync(`${dir}/qemu.d`, 0o1777);
-    assertEquals(unsafe(), [`${dir}/qemu.d is writable by anyone (mode 1777)`]);
+    assertEquals(unsafe(), [{
+      text: `${dir}/qemu.d is writable by anyone (mode 1777)`,
+      fix: `chmod o-w ${shellQuote(`${dir}/qemu.d`)}`,
+    }]);
+    Deno.chownSync(`${dir}/qemu.d`, 0, 100);
+    Deno.chmodSync(`${dir}/qemu.d`, 0o777);
+    assertEquals(unsafe(), [{
+      text: `${dir}/qemu.d is writable by anyone (mode 0777)`,
+      fix: `chmod go-w ${shellQuote(`${dir}/qemu.d`)}`,
+    }]);
     Deno.chmodSync(`${dir}/qemu.d`, 0o755);
     // Deno's cache in a shared directory: others could put modules in it before root does.
     Deno.mkdirSync(`${dir}/cache`, { mode: 0o1777 });
     Deno.chmodSync(`${dir}/cache`, 0o1777);
-    assertEquals(unsafe({ DENO_DIR: `${dir}/cache` }), [
-      `${dir}/cache is writable by anyone (mode 1777)`,
-    ]);
+    assertEquals(unsafe({ DENO_DIR: `${dir}/cache` }), [{
+      text: `${dir}/cache is writable by anyone (mode 1777)`,
+      fix: `chmod o-w ${shellQuote(`${dir}/cache`)}`,
+    }]);
     // A link to a file another user owns: where it leads counts.
     Deno.writeTextFileSync(`${dir}/theirs.js`, "");
     Deno.chownSync(`${dir}/theirs.js`, 65534, 65534);
     Deno.removeSync(entry);
     Deno.symlinkSync(`${dir}/theirs.js`, entry);
-    assertEquals(unsafe(), [`${dir}/theirs.js belongs to uid 65534`]);
+    assertEquals(unsafe(), [{ text: `${dir}/theirs.js belongs to uid 65534`, fix: null }]);
     Deno.removeSync(entry);
     Deno.writeTextFileSync(entry, "");
     // The state directory under a directory another user owns: they could swap in a policy
@@ -423,13 +441,13 @@ Deno.test("unsafeHookPaths() names what another user than root could change in w
     Deno.chownSync(`${dir}/home`, 65534, 65534);
     assertEquals(
       unsafeHookPaths({ ...hooked(), stateDir: `${dir}/home/state` }, hook, [0]),
-      [`${dir}/home belongs to uid 65534`],
+      [{ text: `${dir}/home belongs to uid 65534`, fix: null }],
     );
     // One not made yet, behind root's link into that directory: where it would land counts.
     Deno.symlinkSync(`${dir}/home`, `${dir}/link`);
     for (const stateDir of [`${dir}/link/new`, `${dir}/link/new/deeper/`]) {
       assertEquals(unsafeHookPaths({ ...hooked(), stateDir }, hook, [0]), [
-        `${dir}/home belongs to uid 65534`,
+        { text: `${dir}/home belongs to uid 65534`, fix: null },
       ]);
     }
     recordCase({

@@ -374,6 +374,17 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     theirs.summary,
     /another user could change what it runs as root: .* belongs to uid 65534/,
   );
+  // A mode's fix is its chmod (installing again alone is refused), then the install.
+  const open = await hookFinding({}, { change: (dir) => Deno.chmodSync(dir, 0o777) });
+  assertEquals(open.status, "fail");
+  assertMatch(
+    open.hint!,
+    /^chmod o-w (\/\S+), then passthrough hook install --hooks-dir \1 --state-dir \1\/state$/,
+  );
+  assertMatch(
+    theirs.hint!,
+    /^install passthrough where only root can write \(\/opt\/passthrough\), then /,
+  );
   const leftover = await hookFinding({}, {
     change: (dir) =>
       Deno.writeTextFileSync(`${dir}/.50-passthrough-guard.x.tmp`, "", { mode: 0o755 }),
