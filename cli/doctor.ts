@@ -15,6 +15,7 @@ import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
 import { readXattr } from "../ffi/libc_fs.ts";
 import { VERSION } from "./version.ts";
+import { hookStaleBundle } from "./hook.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
@@ -31,6 +32,7 @@ function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
     version: VERSION,
     daemons: findHookDaemons(reader),
     reloads: stateDir === undefined ? [] : readReloadRecords(stateDir),
+    staleBundle: inspection.settings === null ? null : hookStaleBundle(inspection.settings),
     selinux: enforce === null ? null : {
       enforcing: enforce === "1",
       label: inspection.present ? readXattr(inspection.path, "security.selinux") : null,

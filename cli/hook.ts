@@ -18,6 +18,7 @@ import { readPolicyFile, recordReload } from "../lib/guard/state.ts";
 import { describePolicies } from "../lib/guard/policy.ts";
 import {
   checkCommand,
+  type CheckoutReader,
   type CheckProgram,
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
@@ -34,6 +35,8 @@ import {
   removeHook,
   renderHookScript,
   replaceableHookSettings,
+  type StaleBundle,
+  staleBundle,
   trustedOwners,
   unsafeHookPaths,
 } from "../lib/guard/hook_file.ts";
@@ -186,7 +189,7 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
 
 /**
  * Problems that make the installed hook wrong or useless (`[]` when it is fine), and the fix:
- * `hook install` with the hook's settings, or `setup.sh` where only its bundle is stale.
+ * `hook install` with the hook's settings, or `setup.sh` where its bundle is stale.
  */
 function hookProblems(
   inspection: HookInspection,
@@ -205,22 +208,15 @@ function hookProblems(
       fix: `${foreignHookAdvice(inspection.path)}, then ${fix}`,
     };
   }
-  const fileProblems = hookFileProblems(inspection, VERSION, fix);
+  const fileProblems = hookFileProblems(inspection, VERSION, fix, {
+    staleBundle: hookStaleBundle(inspection.settings),
+  });
   const problems = [...leftovers, ...fileProblems.map((p) => p.text)];
-  if (expected !== null && problems.length === 0) {
-    if (Deno.readTextFileSync(inspection.path) !== expected) {
-      const stale = staleBundle(inspection.settings);
-      if (stale !== null) {
-        return {
-          problems: [
-            `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
-            `(bin/passthrough runs the sources meanwhile): build it again with ${stale.setup}`,
-          ],
-          fix: stale.setup,
-        };
-      }
-      problems.push("not what 'hook install' writes from here now");
-    }
+  if (
+    expected !== null && problems.length === 0 &&
+    Deno.readTextFileSync(inspection.path) !== expected
+  ) {
+    problems.push("not what 'hook install' writes from here now");
   }
   // Each problem's own fix (one another user could change is not fixed by installing again).
   const fixes = [...new Set(fileProblems.map((p) => p.fix))];
@@ -230,48 +226,35 @@ function hookProblems(
   };
 }
 
-/**
- * The bundle of this checkout that the hook runs, when a source of the checkout is newer than it
- * (as `bin/passthrough` decides, which then runs the sources: after an update without
- * `setup.sh`): the fix is building it again, not a hook that runs the sources.
- */
-function staleBundle(settings: HookSettings): { bundle: string; setup: string } | null {
-  if (!Deno.mainModule.startsWith("file:") || !Deno.mainModule.endsWith("/main.ts")) return null;
-  const root = dirname(decodeURIComponent(new URL(Deno.mainModule).pathname));
-  const bundle = join(root, "dist", "bin");
-  const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
-  if (!runsIt || !newerSources(root, join(bundle, "main.js"))) return null;
-  return { bundle, setup: join(root, "scripts", "setup.sh") };
-}
-
-/** Whether a source `bin/passthrough` looks at (its globs) is newer than `built`. */
-function newerSources(root: string, built: string): boolean {
-  const mtime = (path: string) => {
+/** The file system, as {@link staleBundle} reads a checkout. */
+const CHECKOUT_READER: CheckoutReader = {
+  modified(path) {
     try {
       return Deno.statSync(path).mtime?.getTime() ?? null;
     } catch {
       return null;
     }
-  };
-  const builtAt = mtime(built);
-  if (builtAt === null) return false;
-  const list = (dir: string) => {
+  },
+  listDir(path) {
     try {
-      return [...Deno.readDirSync(dir)].map((e) => join(dir, e.name));
+      return [...Deno.readDirSync(path)].map((e) => e.name);
     } catch {
-      return [];
+      return null;
     }
-  };
-  const scripts = (dir: string) => list(dir).filter((f) => f.endsWith(".ts"));
-  const lib = join(root, "lib");
-  const sources = [
-    ...["main.ts", "deno.json", "deno.lock"].map((f) => join(root, f)),
-    ...scripts(join(root, "cli")),
-    ...scripts(join(root, "ffi")),
-    ...scripts(lib),
-    ...list(lib).flatMap(scripts),
-  ];
-  return sources.some((f) => (mtime(f) ?? 0) > builtAt);
+  },
+};
+
+/**
+ * The bundle of this checkout that the hook runs, when a source is newer than it
+ * ({@link staleBundle}): for `hook status` and `doctor`. Only while this program runs the
+ * checkout's sources, as `bin/passthrough` does then.
+ */
+export function hookStaleBundle(settings: HookSettings): StaleBundle | null {
+  const main = Deno.mainModule;
+  const checkout = main.startsWith("file:") && main.endsWith("/main.ts")
+    ? dirname(decodeURIComponent(new URL(main).pathname))
+    : null;
+  return staleBundle(settings, checkout, CHECKOUT_READER);
 }
 
 function status({ values }: HookLine<"status">, io: CliIo): number {

@@ -739,25 +739,97 @@ function notIntactReason(format: number): string {
     : "changed since it was written";
 }
 
+/** A bundle of a checkout that the hook runs, built before a source of that checkout changed. */
+export interface StaleBundle {
+  /** The bundle's directory (`dist/bin`). */
+  bundle: string;
+  /** The script that builds it again (`scripts/setup.sh`). */
+  setup: string;
+}
+
+/** How {@link staleBundle} reads a checkout. */
+export interface CheckoutReader {
+  /** When the file was last written, in milliseconds since the epoch; `null` when missing. */
+  modified(path: string): number | null;
+  /** The entry names of a directory; `null` when it is missing. */
+  listDir(path: string): string[] | null;
+}
+
+/**
+ * The bundle of the checkout at `checkout` (`dist/bin/`) when the hook runs it and a source of
+ * the checkout is newer than it, as `bin/passthrough` decides (which then runs the sources): after
+ * an update without `setup.sh`, the hook runs older code than the CLI. `null` otherwise, and
+ * for `checkout: null` (no checkout runs this program).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const settings = { version: "0.1.0", deadline: 10, timeout: "/usr/bin/timeout",
+ *   command: ["/usr/bin/deno", "run", "/opt/pt/dist/bin/hook/hook_check.js"], env: {},
+ *   stateDir: "/var/lib/passthrough", sysfs: "/sys" };
+ * const times: Record<string, number> = { "/opt/pt/dist/bin/main.js": 1, "/opt/pt/lib/mod.ts": 2 };
+ * const reader = {
+ *   modified: (path: string) => times[path] ?? null,
+ *   listDir: (path: string) => path === "/opt/pt/lib" ? ["mod.ts"] : null,
+ * };
+ * assertEquals(staleBundle(settings, "/opt/pt", reader), {
+ *   bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh",
+ * });
+ * times["/opt/pt/dist/bin/main.js"] = 3;
+ * assertEquals(staleBundle(settings, "/opt/pt", reader), null);
+ * ```
+ */
+export function staleBundle(
+  settings: HookSettings,
+  checkout: string | null,
+  reader: CheckoutReader,
+): StaleBundle | null {
+  if (checkout === null) return null;
+  const bundle = join(checkout, "dist", "bin");
+  const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
+  const built = reader.modified(join(bundle, "main.js"));
+  if (!runsIt || built === null) return null;
+  const newer = checkoutSources(checkout, reader).some((f) => (reader.modified(f) ?? 0) > built);
+  return newer ? { bundle, setup: join(checkout, "scripts", "setup.sh") } : null;
+}
+
+/** The sources `bin/passthrough` compares with its bundle (its globs). */
+function checkoutSources(root: string, reader: CheckoutReader): string[] {
+  const list = (dir: string) => (reader.listDir(dir) ?? []).map((name) => join(dir, name));
+  const scripts = (dir: string) => list(dir).filter((f) => f.endsWith(".ts"));
+  const lib = join(root, "lib");
+  return [
+    ...["main.ts", "deno.json", "deno.lock"].map((f) => join(root, f)),
+    ...scripts(join(root, "cli")),
+    ...scripts(join(root, "ffi")),
+    ...scripts(lib),
+    ...list(lib).flatMap(scripts),
+  ];
+}
+
 /** One thing wrong with an installed passthrough hook, from {@link hookFileProblems}. */
 export interface HookFileProblem {
   /**
    * `fail` when the hook does not guard as it should (libvirt skips it, it was changed, another
    * user could change it, or a program it runs is missing, refusing every start); `warn` when
-   * only its version differs.
+   * only its version differs, or it runs a bundle older than its sources.
    */
   severity: "fail" | "warn";
   /** The problem, in words. */
   text: string;
-  /** The command that fixes it: `install` (see {@link installCommand}), qualified where needed. */
+  /**
+   * The command that fixes it: `install` (see {@link installCommand}), qualified where needed, or
+   * the checkout's `setup.sh` for a stale bundle.
+   */
   fix: string;
 }
 
 /**
  * What is wrong with the passthrough hook that `inspection` found (`[]` when nothing is), for
  * `hook status` and `doctor` alike: not executable, not as written, open to another user, a
- * program it runs missing, or written by a passthrough other than `version`. `install` is the
- * command that writes it again ({@link installCommand}).
+ * program it runs missing, written by a passthrough other than `version`, or running the bundle
+ * `options.staleBundle` ({@link staleBundle}). `install` is the command that writes it again
+ * ({@link installCommand}).
  *
  * @example
  * ```ts
@@ -777,6 +849,7 @@ export function hookFileProblems(
   >,
   version: string,
   install: string,
+  options: { staleBundle?: StaleBundle | null } = {},
 ): HookFileProblem[] {
   const problems: HookFileProblem[] = [];
   const fail = (text: string, fix = install) => problems.push({ severity: "fail", text, fix });
@@ -805,6 +878,16 @@ export function hookFileProblems(
       severity: "warn",
       text: `written by passthrough ${written}, this is ${version}`,
       fix: install,
+    });
+  }
+  const stale = options.staleBundle;
+  if (stale !== undefined && stale !== null) {
+    // Not a hook that runs the sources: the bundle is what setup.sh and Ansible keep current.
+    problems.push({
+      severity: "warn",
+      text: `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
+        `(bin/passthrough runs the sources meanwhile): build it again with ${stale.setup}`,
+      fix: stale.setup,
     });
   }
   return problems;

@@ -41,6 +41,7 @@ export {
   type VmPolicyReading,
 } from "./policy.ts";
 export {
+  type CheckoutReader,
   type CheckProgram,
   DEFAULT_DEADLINE_SECONDS,
   DEFAULT_HOOKS_DIR,
@@ -55,6 +56,8 @@ export {
   parseHookSettings,
   removeHook,
   renderHookScript,
+  type StaleBundle,
+  staleBundle,
   type UnsafePath,
 } from "./hook_file.ts";
 export {

@@ -19,6 +19,7 @@ import {
   hookFileProblems,
   type HookInspection,
   installCommand,
+  type StaleBundle,
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
@@ -97,6 +98,8 @@ export interface HookDoctorFacts {
    * (`security.selinux`, `null` when unreadable) and whether it is enforcing.
    */
   selinux: { enforcing: boolean; label: string | null } | null;
+  /** The bundle the hook runs when it is older than its sources (`staleBundle`). */
+  staleBundle?: StaleBundle | null;
 }
 
 function cmdlineHas(cmdline: string | null, pattern: RegExp): string | null {
@@ -758,7 +761,7 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
     };
   }
   const notes = [
-    ...hookFileNotes(inspection, facts.version, install),
+    ...hookFileNotes(facts, install),
     ...loaderNotes(facts),
   ];
   const status = notes.reduce<DoctorStatus>(
@@ -774,9 +777,16 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
   };
 }
 
-/** What is wrong with the hook file itself (runnable, as written, safe, its programs there). */
-function hookFileNotes(inspection: HookInspection, version: string, install: string): HookNote[] {
-  const notes: HookNote[] = hookFileProblems(inspection, version, install).map((p) => ({
+/**
+ * What is wrong with the hook file itself (runnable, as written, safe, its programs there, its
+ * bundle current).
+ */
+function hookFileNotes(facts: HookDoctorFacts, install: string): HookNote[] {
+  const { inspection, version } = facts;
+  const problems = hookFileProblems(inspection, version, install, {
+    staleBundle: facts.staleBundle ?? null,
+  });
+  const notes: HookNote[] = problems.map((p) => ({
     status: p.severity,
     note: p.text,
     hint: p.fix,

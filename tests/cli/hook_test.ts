@@ -1081,10 +1081,23 @@ Deno.test("hook status after an update without setup.sh: the hook's bundle is ol
       `(bin/passthrough runs the sources meanwhile): build it again with ${root}/scripts/setup.sh`,
     ]);
     assertEquals(stale.fix, `${root}/scripts/setup.sh`);
+    // doctor says the same, from the same check.
+    const doctor = async () => {
+      const run = await runCli(
+        ["doctor", "--json", "--no-libvirt", "--hooks-dir", `${dir}/qemu.d`],
+        { main: `${root}/main.ts` },
+      );
+      return (JSON.parse(run.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+    };
+    const finding = await doctor();
+    assertEquals(finding.status, "warn");
+    assertOk(finding.summary.includes(`: ${stale.problems[0]}; `), finding.summary);
+    assertOk(finding.hint?.startsWith(`${root}/scripts/setup.sh; `), finding.hint ?? "");
     // Built again: not called stale (this process runs the sources, which write another hook).
     Deno.utimeSync(`${root}/dist/bin/main.js`, new Date(), new Date());
     const fresh = await status();
     assertEquals(fresh.problems, ["not what 'hook install' writes from here now"]);
+    assertMatch((await doctor()).summary, /: installed by this version \(0\.1\.0\); /);
     // A source in each place bin/passthrough looks is newer than the bundle; one as old is not.
     const built = new Date(2020, 0, 1);
     Deno.utimeSync(`${root}/dist/bin/main.js`, built, built);

@@ -442,6 +442,18 @@ Deno.test("doctor's hook finding: another version warns, a missing program fails
   );
 });
 
+Deno.test("doctor's hook finding: a bundle older than its sources warns, and setup.sh is the fix", async () => {
+  const stale = await hookFinding({
+    staleBundle: { bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh" },
+  });
+  assertEquals([stale.status, stale.hint], ["warn", "/opt/pt/scripts/setup.sh"]);
+  assertMatch(
+    stale.summary,
+    /: it runs the bundle in \/opt\/pt\/dist\/bin, which is older than the sources beside it \(bin\/passthrough runs the sources meanwhile\): build it again with \/opt\/pt\/scripts\/setup\.sh; /,
+  );
+  assertEquals((await hookFinding({ staleBundle: null })).status, "ok");
+});
+
 Deno.test("doctor's hook finding: the SELinux label where SELinux is on", async () => {
   const wrong = await hookFinding({
     selinux: { enforcing: true, label: "system_u:object_r:etc_t:s0" },
