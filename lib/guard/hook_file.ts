@@ -643,6 +643,12 @@ export interface HookInspection {
    * they are executable); `hook install` removes them.
    */
   leftovers: string[];
+  /**
+   * When the state directory the hook reads has become a symbolic link since its install (which
+   * refuses one, as the check does: it then reads no allowance and records no refusal): where it
+   * leads, `""` when nowhere; else `null`.
+   */
+  stateDirLink: string | null;
 }
 
 /**
@@ -826,8 +832,8 @@ export interface HookFileProblem {
 
 /**
  * What is wrong with the passthrough hook that `inspection` found (`[]` when nothing is), for
- * `hook status` and `doctor` alike: not executable, not as written, open to another user, a
- * program it runs missing, written by a passthrough other than `version`, or running the bundle
+ * `hook status` and `doctor` alike: not executable, not as written, open to another user, its
+ * state directory a link, a program it runs missing, written by a passthrough other than `version`, or running the bundle
  * `options.staleBundle` ({@link staleBundle}). `install` is the command that writes it again
  * ({@link installCommand}).
  *
@@ -835,7 +841,7 @@ export interface HookFileProblem {
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const inspection = { executable: false, intact: true, format: HOOK_FORMAT, unsafe: [],
- *   programs: [], settings: null };
+ *   programs: [], settings: null, stateDirLink: null };
  * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
  *   severity: "fail", text: "not executable, so libvirt skips it",
  *   fix: "passthrough hook install",
@@ -845,7 +851,7 @@ export interface HookFileProblem {
 export function hookFileProblems(
   inspection: Pick<
     HookInspection,
-    "executable" | "intact" | "format" | "unsafe" | "programs" | "settings"
+    "executable" | "intact" | "format" | "unsafe" | "programs" | "settings" | "stateDirLink"
   >,
   version: string,
   install: string,
@@ -864,6 +870,17 @@ export function hookFileProblems(
       `${
         unsafe.fix ?? "install passthrough where only root can write (/opt/passthrough)"
       }, then ${install}`,
+    );
+  }
+  const stateDir = inspection.settings?.stateDir;
+  const target = inspection.stateDirLink;
+  if (stateDir !== undefined && target !== null) {
+    const [s, t] = [shellWord(stateDir), shellWord(target)];
+    fail(
+      `its state directory ${stateDir} is a symbolic link${
+        target === "" ? " that leads nowhere" : ` to ${target}`
+      }, which the check refuses: it reads no allowance and records no refusal`,
+      target === "" ? `rm ${s}, then ${install}` : `rm ${s} && mv ${t} ${s}`,
     );
   }
   for (const program of inspection.programs.filter((p) => !p.exists)) {
@@ -891,6 +908,20 @@ export function hookFileProblems(
     });
   }
   return problems;
+}
+
+/** Where `path` leads when it is a symbolic link (`""` when nowhere), else `null`. */
+function linkTarget(path: string): string | null {
+  try {
+    if (!Deno.lstatSync(path).isSymlink) return null;
+  } catch {
+    return null;
+  }
+  try {
+    return Deno.realPathSync(path);
+  } catch {
+    return "";
+  }
 }
 
 /**
@@ -926,6 +957,7 @@ export function inspectHook(
         format: 0,
         unsafe: [],
         leftovers,
+        stateDirLink: null,
       };
     }
     throw error;
@@ -958,5 +990,6 @@ export function inspectHook(
     format,
     unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
     leftovers,
+    stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
   };
 }

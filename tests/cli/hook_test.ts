@@ -437,6 +437,31 @@ Deno.test("hook install refuses a state directory that is a symbolic link, and w
   }
 });
 
+Deno.test("hook status reports a state directory that became a symbolic link after install, and its fix works", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-moved-" });
+  try {
+    const [hooks, state] = [`${dir}/qemu.d`, `${dir}/state`];
+    const install = ["hook", "install", "--hooks-dir", hooks, "--state-dir", state];
+    assertEquals((await runCli(install)).code, 0);
+    // Moved to another disk, say, and linked back: the check refuses the link.
+    Deno.renameSync(state, `${dir}/real`);
+    Deno.symlinkSync(`${dir}/real`, state);
+    const status = async () =>
+      JSON.parse((await runCli(["hook", "status", "--hooks-dir", hooks, "--json"])).stdout);
+    const linked = await status();
+    assertEquals(linked.problems, [
+      `its state directory ${state} is a symbolic link to ${dir}/real, which the check refuses: ` +
+      `it reads no allowance and records no refusal`,
+    ]);
+    assertEquals(linked.fix, `rm ${state} && mv ${dir}/real ${state}`);
+    Deno.removeSync(state);
+    Deno.renameSync(`${dir}/real`, state);
+    assertEquals((await status()).problems, []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("guard allow never lets a start take a device the host needs, and says so", async () => {
   const host = loadFixtureHost("x570-aorus-pro-wifi");
   host.host_use = [

@@ -454,6 +454,30 @@ Deno.test("doctor's hook finding: a bundle older than its sources warns, and set
   assertEquals((await hookFinding({ staleBundle: null })).status, "ok");
 });
 
+Deno.test("doctor's hook finding: a state directory that became a symbolic link fails", async () => {
+  const linked = await hookFinding({}, {
+    change: (dir) => {
+      Deno.mkdirSync(`${dir}/real`);
+      Deno.symlinkSync(`${dir}/real`, `${dir}/state`);
+    },
+  });
+  assertEquals(linked.status, "fail");
+  assertMatch(
+    linked.summary,
+    /: its state directory (\S+)\/state is a symbolic link to \1\/real, which the check refuses: it reads no allowance and records no refusal; /,
+  );
+  assertMatch(linked.hint!, /^rm (\S+)\/state && mv \1\/real \1\/state$/);
+  // One that leads nowhere: install makes the directory again.
+  const dangling = await hookFinding({}, {
+    change: (dir) => Deno.symlinkSync(`${dir}/gone`, `${dir}/state`),
+  });
+  assertMatch(dangling.summary, /\/state is a symbolic link that leads nowhere, /);
+  assertMatch(
+    dangling.hint!,
+    /^rm (\S+)\/state, then passthrough hook install --hooks-dir \1 --state-dir \1\/state$/,
+  );
+});
+
 Deno.test("doctor's hook finding: the SELinux label where SELinux is on", async () => {
   const wrong = await hookFinding({
     selinux: { enforcing: true, label: "system_u:object_r:etc_t:s0" },
