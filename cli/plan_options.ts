@@ -46,7 +46,8 @@ function isMissing(path: string): boolean {
  * path tried and how to name another.
  */
 export function configPath(flag: string | undefined, io: CliIo): string {
-  const env = io.env(CONFIG_ENV);
+  // Empty is unset, as for $PASSTHROUGH_STATE_DIR (an empty path names no file).
+  const env = io.env(CONFIG_ENV) || undefined;
   const tried: [string, string][] = flag !== undefined
     ? [[flag, "--config"]]
     : env !== undefined

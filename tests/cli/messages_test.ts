@@ -58,6 +58,10 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
     `passthrough plan: No config file: tried ${tree.dir}/none.yaml (--config): name one with ` +
       `--config FILE or $PASSTHROUGH_CONFIG; a host keeps it in /etc/passthrough/passthrough_config.yaml\n`,
   );
+  // An empty $PASSTHROUGH_CONFIG is unset, as an empty $PASSTHROUGH_STATE_DIR is: the defaults
+  // are tried, not an empty path.
+  const empty = await runCli(["plan"], { env: { PASSTHROUGH_CONFIG: "" }, cwd: tree.dir });
+  assertMatch(empty.stderr, /No config file: tried passthrough_config\.yaml \(current directory\)/);
   // `-f <(cat x)` is a pipe: refused as such, not read (twice) into an "Empty config".
   const pipe = await new Deno.Command("bash", {
     args: [
