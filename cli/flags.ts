@@ -493,8 +493,9 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
   if (!variadic && parsed.positionals.length > declared.length) {
     throw new UsageError(`Unexpected argument "${parsed.positionals[declared.length]}"`);
   }
+  // A required argument given empty (`snapshot ""`, an unset variable) names nothing either.
   declared.forEach((positional, i) => {
-    if (positional.missing !== undefined && parsed.positionals[i] === undefined) {
+    if (positional.missing !== undefined && (parsed.positionals[i] ?? "") === "") {
       throw new UsageError(positional.missing);
     }
   });

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type CliIo, UsageError } from "./context.ts";
+import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GUARD } from "./specs.ts";
 import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
@@ -17,7 +17,6 @@ import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
   const [vm] = positionals;
-  if (vm === "") throw new UsageError("Missing the VM name");
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
   const { allowance, path } = allowNextStart(stateDir, vm);

@@ -60,6 +60,7 @@ const ERRNO_NAMES: Record<number, string> = {
   11: "EAGAIN: nothing to read, not a regular file",
   13: "EACCES",
   24: "EMFILE",
+  40: "ELOOP: a loop of symbolic links",
 };
 
 /** Raised when libc reports a failure that is not "missing" (e.g. `EACCES`). */

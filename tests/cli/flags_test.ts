@@ -93,6 +93,12 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   assertMatch((await runMain(["rollback", "--yes"])).err, /: Missing the VM to roll back\n/);
   assertMatch((await runMain(["snapshot"])).err, /: Missing the output directory\n/);
   assertMatch((await runMain(["guard", "allow"])).err, /: Missing the VM name\n/);
+  // Given empty, a required argument is missing too: a usage error, not a runtime one.
+  for (const args of [["snapshot", ""], ["rollback", "", "--yes"]]) {
+    const run = await runMain(args);
+    assertEquals(run.code, 2, run.err);
+    assertMatch(run.err, /: Missing the (output directory|VM to roll back)\n/);
+  }
   const scratch = Deno.makeTempDirSync({ prefix: "passthrough-flags-" });
   try {
     const empty = await runMain(["guard", "allow", "", "--state-dir", `${scratch}/state`]);

@@ -176,6 +176,17 @@ Deno.test("without lspci, both readers read past FIFOs, device nodes and sockets
   }
 });
 
+Deno.test("a --sysfs that is a loop of symbolic links is named as one by the libc reader, not as errno 40", async () => {
+  await using tree = await demoTree();
+  Deno.symlinkSync(`${tree.dir}/loop-b`, `${tree.dir}/loop-a`);
+  Deno.symlinkSync(`${tree.dir}/loop-a`, `${tree.dir}/loop-b`);
+  const error = await rejection(
+    () => discoverHost({ root: `${tree.dir}/loop-a`, reader: libcSysfsReader(), lspci: null }),
+    LibcFsError,
+  );
+  assertMatch(error.message, /: ELOOP: a loop of symbolic links$/);
+});
+
 Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear error, Deno's reads it as unreadable", async () => {
   await using tree = await demoTree();
   const path = replace(tree.sysfs, "uevent", mkfifo);
