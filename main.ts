@@ -158,6 +158,9 @@ function runtimeErrorJson(error: unknown): string {
   }\n`;
 }
 
+/** Deno's refusal of a path it opens only with `--allow-all` (`/dev/shm/x`, `/proc/self/cwd/x`). */
+const SPECIAL_PATH = /^Requires all access to /;
+
 /**
  * One readable paragraph for any error, with its causes (a cause the message already quotes is not
  * repeated); never a stack trace. Only Deno's own refusal (`NotCapable`) points to the permission
@@ -168,13 +171,18 @@ export function describeError(error: unknown): string {
   let hint = "";
   let current: unknown = error;
   for (let depth = 0; current !== undefined && depth < 5; depth++) {
-    if (current instanceof Deno.errors.NotCapable) {
+    // Deno's own messages may carry colour codes; the terminal boundary would write them out.
+    let text = stripAnsi(current instanceof Error ? current.message : String(current));
+    if (current instanceof Deno.errors.NotCapable && SPECIAL_PATH.test(text)) {
+      // Deno's advice names a flag the user cannot pass to passthrough.
+      text = text.replace(/, run again with the --allow-all flag$/, "");
+      hint = " (Deno opens a file under /dev, /proc or /sys only with --allow-all, which " +
+        "passthrough does not run with: use a path elsewhere, such as /etc/passthrough)";
+    } else if (current instanceof Deno.errors.NotCapable) {
       hint = ` (a Deno permission: see README, "Permissions")`;
     } else if (current instanceof Deno.errors.PermissionDenied && hint === "") {
       hint = " (the system refused: check the owner and mode of that path, or run as root)";
     }
-    // Deno's own messages may carry colour codes; the terminal boundary would write them out.
-    const text = stripAnsi(current instanceof Error ? current.message : String(current));
     if (!parts.some((part) => part.includes(text))) parts.push(text);
     current = current instanceof Error ? current.cause : undefined;
   }

@@ -115,6 +115,36 @@ Deno.test("apply with a config error leaves no state directory behind; an unusab
 });
 
 Deno.test({
+  name:
+    "a config under /dev/shm is refused by Deno's rule for /dev, told so, not told to pass --allow-all",
+  ignore: !isDirectory("/dev/shm"),
+  fn: async () => {
+    const dir = Deno.makeTempDirSync({ dir: "/dev/shm", prefix: "passthrough-" });
+    try {
+      Deno.writeTextFileSync(`${dir}/c.yaml`, "version: 1\nvms: {}\n");
+      const run = await runCli(["plan", "-f", `${dir}/c.yaml`]);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(
+        run.stderr,
+        /^passthrough plan: Requires all access to ".*c\.yaml" \(Deno opens a file under \/dev, \/proc or \/sys only with --allow-all, which passthrough does not run with: use a path elsewhere/,
+      );
+      assertOk(!run.stderr.includes("run again"), run.stderr);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+/** Whether `path` is a directory here. */
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
   name: "the default state directory made group-writable is told to chmod 700, not to use itself",
   ignore: !canUnshareMounts(),
   fn: async () => {
