@@ -266,16 +266,24 @@ export function describeXmlChange(before: string, after: string): string {
   } catch {
     // Unparsable XML: the line summary below still says what changed.
   }
-  const lines: string[] = [];
-  for (const change of diffLines(before, after)) {
-    if (!change.added && !change.removed) continue;
-    for (const line of change.value.split("\n")) {
-      // Either side may come from a read with secrets: never quote a password in a message.
-      if (line.trim() !== "") {
-        lines.push(`${change.added ? "+" : "-"}${redactSecrets(line.trim())}`);
-      }
-    }
+  const changed = diffLines(before, after).flatMap((change) =>
+    change.added || change.removed
+      ? change.value.split("\n").filter((line) => line.trim() !== "").map((line) => ({
+        sign: change.added ? "+" : "-",
+        line,
+      }))
+      : []
+  );
+  // A line on both sides differs only in its spaces (multi-line text re-indented): shown with
+  // them, or "+sudo: ALL", "-sudo: ALL" would say nothing.
+  const signs = new Map<string, Set<string>>();
+  for (const { sign, line } of changed) {
+    signs.set(line.trim(), (signs.get(line.trim()) ?? new Set()).add(sign));
   }
+  // Either side may come from a read with secrets: never quote a password in a message.
+  const lines = changed.map(({ sign, line }) =>
+    `${sign}${redactSecrets(signs.get(line.trim())!.size === 2 ? line.trimEnd() : line.trim())}`
+  );
   if (lines.length > 0) {
     const shown = lines.slice(0, 3).map((l) => `"${l}"`).join(", ");
     parts.push(

@@ -7,7 +7,7 @@ import {
 } from "../helpers/assert.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../../ffi/port.ts";
 import { Connection } from "../../ffi/connection.ts";
-import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
+import { applyPlan, type ConfirmAnswer, describeXmlChange } from "../../lib/apply/apply.ts";
 import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { acquireConnectionLock, connectionLockPath, LockHeldError } from "../../lib/state/lock.ts";
@@ -1179,4 +1179,18 @@ Deno.test("passthrough apply says it broke a stale lock: in its report, or with 
     json.stderr,
     `Note: removed a stale lock left by pid 999999 on "gone" (apply, started 2026-01-01T00:00:00.000Z)\n`,
   );
+});
+
+Deno.test("describeXmlChange() shows the spaces of a line that differs only in them, and no secret", () => {
+  const before = "<domain><description>users:\n  - name: a\n    sudo: ALL\n</description>" +
+    "\n<graphics type='vnc' passwd='s3cret'/></domain>";
+  const after = before.replace("    sudo", "      sudo").replace("s3cret", "s3cret2");
+  const text = describeXmlChange(before, after);
+  assertMatch(
+    text,
+    /^4 changed lines \("-    sudo: ALL", "\+      sudo: ALL", "-<graphics type='vnc' passwd='\*\*\*'\/><\/domain>", \.\.\.\)$/,
+  );
+  assertOk(!text.includes("s3cret"), text);
+  // A line that changed in more than its spaces is shown trimmed, as before.
+  assertMatch(describeXmlChange("<a>\n  <b/>\n</a>", "<a>\n  <c/>\n</a>"), /"-<b\/>", "\+<c\/>"/);
 });
