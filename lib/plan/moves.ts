@@ -21,8 +21,9 @@ export interface FoundCard<T> {
 
 /**
  * Which of `candidates` is the card `record` describes, recorded at `from` and no longer there:
- * proven by its serial, or by its IDs in the slot it was recorded in, or by its IDs when it is the
- * only such device on the host, or when every device with its IDs is a function of one card (a
+ * proven by its serial (at the same function number, when the card has several functions with
+ * that serial), or by its IDs in the slot it was recorded in, or by its IDs when it is the only
+ * such device on the host, or when every device with its IDs is a function of one card (a
  * dual-port NIC moved whole) at the same function number. `undefined` when none is proven. The
  * caller chooses the candidates (the devices a rule takes, not yet claimed by another move).
  *
@@ -60,15 +61,17 @@ export function findMovedCard<T extends { device: PciDevice }>(
   const targets = candidates.filter((c) => sameIdentity(card, c.device));
   // Say "subsystem" only when there was one to compare (most integrated functions have none).
   const ids = record.subsystemVendorId === null ? "same IDs" : "same IDs and subsystem";
-  if (record.serial !== null) {
-    return targets[0] && { found: targets[0], evidence: "same IDs and serial" };
-  }
   const fn = from.slice(from.lastIndexOf("."));
+  const atFunction = (c: T) => c.device.address.endsWith(fn);
+  if (record.serial !== null) {
+    // A serial names a card, not a function: a dual-port NIC's ports share one, so the port is
+    // the one at the recorded function number (a card keeps its numbers when its bus changes).
+    const found = targets.find(atFunction) ?? (targets.length === 1 ? targets[0] : undefined);
+    return found && { found, evidence: "same IDs and serial" };
+  }
   // Of identical cards, the one in the recorded slot: new hardware renumbered the buses under it.
   const inSlot = slot === undefined ? [] : targets.filter((c) => c.device.physicalSlot === slot);
-  const slotted = inSlot.length === 1
-    ? inSlot[0]
-    : inSlot.find((c) => c.device.address.endsWith(fn));
+  const slotted = inSlot.length === 1 ? inSlot[0] : inSlot.find(atFunction);
   if (slotted !== undefined) {
     return { found: slotted, evidence: `${ids} in the recorded slot ${slot}` };
   }
@@ -81,7 +84,7 @@ export function findMovedCard<T extends { device: PciDevice }>(
   }
   const oneCard = elsewhere.length > 1 &&
     new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
-  const same = oneCard ? targets.find((c) => c.device.address.endsWith(fn)) : undefined;
+  const same = oneCard ? targets.find(atFunction) : undefined;
   return same && {
     found: same,
     evidence: `${ids}, function ${fn.slice(1)} of the only such card on the host`,

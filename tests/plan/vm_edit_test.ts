@@ -402,6 +402,52 @@ Deno.test("planHostdevs() moves two functions with one serial to two addresses, 
   });
 });
 
+/** A Kioxia NVMe drive (1e0f:0009) with a device serial number, in IOMMU group `group`. */
+function kioxia(bdf: string, group: number) {
+  const nvme = { class: "0x010802", vendor: "0x1e0f", device: "0x0009", driver: "nvme" };
+  return dev({ bdf, group, ...nvme, serial: "8c-e3-8e-ff-ff-10-20-30" });
+}
+
+/** win10 takes the Kioxia drive and the I350 NIC by IDs; `nic` is more of the NIC's rule. */
+function diskAndNic(nic = "") {
+  return config(
+    '  win10:\n    devices:\n      - name: disk\n        match: { vendor_device_id: "1e0f:0009" }\n' +
+      '      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n' +
+      nic,
+  );
+}
+
+/**
+ * A drive at 07:00.0 and a dual-port NIC with one serial at 08:00, then a new device at bus 04
+ * shifting both by one bus: the drive now sits where the NIC's port 0 was.
+ */
+function renumbered() {
+  const port = (bdf: string, group: number) => i350Port(bdf, group, "a0-36-9f-ff-ff-12-34-56");
+  const at = (bus: number) => [
+    kioxia(`0000:0${bus}:00.0`, 7),
+    port(`0000:0${bus + 1}:00.0`, 8),
+    port(`0000:0${bus + 1}:00.1`, 8),
+  ];
+  return { before: host([...baseDevices(), ...at(7)]), after: host([...baseDevices(), ...at(8)]) };
+}
+
+Deno.test("planHostdevs() follows each port of a dual-port NIC with one serial to its own function", async () => {
+  // Port 0's old address now holds the drive, so port 1's hostdev is followed first: it must
+  // find port 1 (09:00.1), not the first function with the serial (09:00.0).
+  const { before, after } = renumbered();
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: diskAndNic(), host: before, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const vm = vmOf(planHostdevs({ config: diskAndNic(), host: after, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.move.map((m) => [m.from, m.to, m.evidence]), [
+      ["0000:08:00.1", "0000:09:00.1", "same IDs and serial"],
+    ]);
+    assertEquals(vm.add.map((a) => a.address), ["0000:09:00.0"]);
+  });
+});
+
 Deno.test("planHostdevs() does not call a card moved while it is still where it was", async () => {
   // Two ports with one serial, each in an IOMMU group of its own; the rule names one by address.
   const port = (bdf: string, group: number) => i350Port(bdf, group, "a0-36-9f-ff-ff-12-34-56");
