@@ -75,24 +75,62 @@ function usedSlots(domain: ParsedDomain): Map<number, UsedSlot> {
   return bySlot;
 }
 
-/** A guest slot a card's functions take: bus, slot, and what already uses it. */
-type CardSlot = UsedSlot & { bus: number; slot: number };
+/**
+ * The guest slots once the edit is done, for joining: `used` without the functions of the
+ * hostdevs the edit removes (`changes.leaving`), so a card rewritten or moved whole can take its
+ * own functions' places again.
+ */
+function usedAfterEdit(
+  domain: ParsedDomain,
+  used: ReadonlyMap<number, UsedSlot>,
+  changes: HostdevChanges,
+): Map<number, UsedSlot> {
+  const after = new Map(
+    [...used].map(([key, entry]) => [key, { ...entry, functions: new Set(entry.functions) }]),
+  );
+  for (const hostdev of domain.hostdevs) {
+    if (!changes.leaving.has(hostdev.address) || hostdev.guestAddress === null) continue;
+    const at = inDomainZero(hostdev.guestAddress);
+    const entry = at === null ? undefined : after.get(slotKey(at.bus, at.slot));
+    if (at === null || entry === undefined) continue;
+    entry.functions.delete(at.fn);
+    if (at.fn === 0) entry.multifunction = false;
+  }
+  return after;
+}
+
+/** A guest slot a card's functions take. */
+interface CardSlot {
+  bus: number;
+  slot: number;
+}
 
 /**
  * Where each host card's hostdevs already sit, for cards whose functions share one guest slot:
- * by host card (`DDDD:BB:SS`), the guest slot and what uses it.
+ * by host card (`DDDD:BB:SS`), the guest slot. A moved function's hostdev speaks for the card at
+ * its new address; one the edit releases (leaving, nothing added at its address) for none.
  */
 function appliedCardSlots(
   domain: ParsedDomain,
   used: ReadonlyMap<number, UsedSlot>,
+  adding: ReadonlySet<PciAddress>,
+  changes: HostdevChanges,
 ): Map<string, CardSlot> {
+  const movedTo = new Map([...changes.movedFrom].map(([to, from]) => [from, to]));
   const cards = new Map<string, CardSlot>();
   for (const hostdev of domain.hostdevs) {
+    const now = movedTo.get(hostdev.address) ??
+      (changes.leaving.has(hostdev.address) && !adding.has(hostdev.address)
+        ? undefined
+        : hostdev.address);
     const at = hostdev.guestAddress === null ? null : inDomainZero(hostdev.guestAddress);
     const entry = at === null ? undefined : used.get(slotKey(at.bus, at.slot));
     // Only a slot laid out as a card (multifunction) is joined, never libvirt's own placement.
-    if (at !== null && entry !== undefined && (entry.multifunction || entry.functions.size > 1)) {
-      cards.set(slotOf(hostdev.address), { bus: at.bus, slot: at.slot, ...entry });
+    if (
+      now !== undefined && at !== null && entry !== undefined &&
+      (entry.multifunction || entry.functions.size > 1)
+    ) {
+      cards.set(slotOf(now), { bus: at.bus, slot: at.slot });
     }
   }
   return cards;
@@ -152,6 +190,20 @@ class SlotAllocator {
   }
 }
 
+/**
+ * What the edit does to the hostdevs the definition holds, as the guest slots of the cards being
+ * added see it.
+ */
+export interface HostdevChanges {
+  /** By the host address a moved function sits at now, the address its hostdev had. */
+  movedFrom: ReadonlyMap<PciAddress, PciAddress>;
+  /**
+   * The hostdevs the edit removes (rewritten, released or moved) whose guest address no new
+   * hostdev keeps as it is: their guest functions are free for the cards being added.
+   */
+  leaving: ReadonlySet<PciAddress>;
+}
+
 /** What {@link assignGuestSlots} decides: each added device's spec, and controllers to add. */
 export interface GuestLayout {
   /** By host address, the hostdev spec of every device being added. */
@@ -164,34 +216,45 @@ export interface GuestLayout {
  * Host specs for the devices being added; for rules with `multifunction: true`, a card's
  * functions get guest addresses in one guest slot, function numbers preserved: the slot the
  * card's functions already applied sit in (a function that appeared later, e.g. a GPU's audio
- * function enabled after the first apply, joins them), else a free one: on guest bus 0 for
- * i440fx machines, behind a `pcie-root-port` of the card's own for q35 ones (see
- * {@link SlotAllocator}). Says what it did in `reasoning`.
+ * function enabled after the first apply, joins them; a card moved or rewritten whole takes its
+ * slot again), else a free one: on guest bus 0 for i440fx machines, behind a `pcie-root-port` of
+ * the card's own for q35 ones (see {@link SlotAllocator}). Says what it did in `reasoning`.
  */
 export function assignGuestSlots(
   adding: readonly ClosedDevice[],
   firstMatched: ReadonlySet<PciAddress>,
   domain: ParsedDomain,
   reasoning: string[],
+  changes: HostdevChanges = { movedFrom: new Map(), leaving: new Set() },
 ): GuestLayout {
   const specs = new Map(adding.map((c) => [c.device.address, specFor(c, firstMatched)]));
   const cards = multifunctionCards(adding);
   if (cards.length === 0) return { specs, controllers: [] };
   const used = usedSlots(domain);
-  const applied = appliedCardSlots(domain, used);
+  const applied = appliedCardSlots(domain, used, new Set(specs.keys()), changes);
+  // New slots only where nothing is now, so one a hostdev leaves is never handed to another card.
   const allocator = new SlotAllocator(domain, used);
+  const after = usedAfterEdit(domain, used, changes);
   for (const members of cards) {
     const card = slotOf(members[0]!.device.address);
     const functions = members.map((m) => pciAddressParts(m.device.address).function);
     const joined = applied.get(card);
+    const there = joined === undefined ? undefined : after.get(slotKey(joined.bus, joined.slot));
     // The card's slot, when every new function's number is free there and function 0 is
     // marked multifunction already or comes now (the guest then sees the whole card).
-    const join = joined !== undefined && functions.every((fn) => !joined.functions.has(fn)) &&
-      (joined.multifunction || functions.includes(0));
+    const join = joined !== undefined && there !== undefined &&
+      functions.every((fn) => !there.functions.has(fn)) &&
+      (there.multifunction || functions.includes(0));
     const taken = join ? { bus: joined.bus, slot: joined.slot, port: null } : allocator.take();
     if (typeof taken === "string") {
       reasoning.push(`${card}: ${taken} for multifunction, libvirt places it`);
       continue;
+    }
+    const hasFunctionZero = functions.includes(0) || (join && there.functions.has(0));
+    if (join) {
+      // Taken now: another card joining the slot finds these functions in use.
+      for (const fn of functions) there.functions.add(fn);
+      there.multifunction ||= functions.includes(0);
     }
     for (const m of members) {
       const fn = pciAddressParts(m.device.address).function;
@@ -199,7 +262,6 @@ export function assignGuestSlots(
       spec.guestAddress = { domain: 0, bus: taken.bus, slot: taken.slot, function: fn };
       if (fn === 0) spec.guestAddress.multifunction = true;
     }
-    const hasFunctionZero = functions.includes(0) || (join && joined.functions.has(0));
     reasoning.push(slotReasoning(card, members.length, { ...taken, join, hasFunctionZero }));
   }
   return { specs, controllers: allocator.controllers };

@@ -20,7 +20,12 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordOf, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
-import { type DomainHostdev, editDomainXml, type ParsedDomain } from "../domain/domain_xml.ts";
+import {
+  type DomainHostdev,
+  editDomainXml,
+  type GuestPciAddress,
+  type ParsedDomain,
+} from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
@@ -40,6 +45,7 @@ import type { VmResolution } from "./resolve.ts";
 import type {
   DeviceIdentity,
   HostdevSpec,
+  MovedHostdev,
   PlanIssue,
   PlannedHostdev,
   VfIdentity,
@@ -336,24 +342,37 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
 }
 
 /**
- * A moved card keeps the guest address its old hostdev had, so the guest sees the same device
+ * The moves whose hostdev keeps its old guest address as it is, so the guest sees the same device
  * where it was (no new driver install) and the diff shows the source address change at the same
- * guest address, not one device becoming another. Unless its rule's `multifunction` turned on or
- * off with the move: then it takes the new layout, as a card that stayed is rewritten with it.
+ * guest address, not one device becoming another: those libvirt placed, of a rule without
+ * `multifunction`. A `multifunction: true` card is laid out whole by `assignGuestSlots`, in the
+ * slot its hostdevs had when its functions are free there (else a port whose sibling's old
+ * address now holds another device would keep its place and leave the card split); one whose
+ * rule's `multifunction` turned on or off with the move takes the new layout, as a card that
+ * stayed is rewritten with it.
  */
-function keepGuestAddressOfMoves(
+function movesKeepingGuestAddress(
   plan: VmPlan,
   domain: ParsedDomain,
-  specs: Map<PciAddress, HostdevSpec>,
   toAdd: readonly ClosedDevice[],
-): void {
-  for (const move of plan.move) {
+): { move: MovedHostdev; guest: GuestPciAddress }[] {
+  return plan.move.flatMap((move) => {
     const old = domain.hostdevs.find((h) => h.address === move.from);
     const guest = old?.guestAddress ?? null;
-    const spec = specs.get(move.to);
-    if (old === undefined || guest === null || spec === undefined) continue;
     const rule = toAdd.find((c) => c.device.address === move.to)?.rule;
-    if (inMultifunctionSlot(old) !== rule?.multifunction) continue;
+    if (old === undefined || guest === null || rule === undefined) return [];
+    return rule.multifunction || inMultifunctionSlot(old) ? [] : [{ move, guest }];
+  });
+}
+
+/** The specs of the moves {@link movesKeepingGuestAddress} chose get their old guest address. */
+function keepGuestAddressOfMoves(
+  specs: Map<PciAddress, HostdevSpec>,
+  keeping: readonly { move: MovedHostdev; guest: GuestPciAddress }[],
+): void {
+  for (const { move, guest } of keeping) {
+    const spec = specs.get(move.to);
+    if (spec === undefined) continue;
     const { domain: d, bus, slot, function: fn } = pciAddressParts(guest.address);
     spec.guestAddress = {
       domain: d,
@@ -400,14 +419,20 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
       edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
+  const keeping = movesKeepingGuestAddress(plan, domain, toAdd);
+  const kept = new Set(keeping.map(({ move }) => move.from));
   const { specs, controllers } = assignGuestSlots(
     toAdd,
     edit.firstMatched,
     domain,
     plan.reasoning,
+    {
+      movedFrom: new Map(plan.move.map((m) => [m.to, m.from])),
+      leaving: new Set([...remove].filter((a) => !kept.has(a))),
+    },
   );
   for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
-  keepGuestAddressOfMoves(plan, domain, specs, toAdd);
+  keepGuestAddressOfMoves(specs, keeping);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

@@ -277,6 +277,29 @@ Deno.test("planWorld() puts a card behind a new pcie-root-port on q35 machines, 
   assertEquals(planOne(vm.desiredXml).changed, false);
 });
 
+Deno.test("planWorld() keeps a moved card behind its pcie-root-port on q35, adding no other", () => {
+  const first = planOne(machineDomain("pc-q35-7.2", ROOT));
+  const moved = topologyFromDescription({
+    devices: [
+      { bdf: "0000:0b:00.0", group: 7, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+      { bdf: "0000:0b:00.1", group: 7, class: "0x040300", vendor: "0x10de", device: "0x22ba" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "one-card-moved" });
+  const [vm] = planWorld({
+    config: MULTIFUNCTION,
+    host: moved,
+    world: dataWorld({ vm: first.desiredXml }),
+  }).vms;
+  assertOk(vm);
+  assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+  // Before, a second root port was added for the card and left empty once the move kept its place.
+  assertEquals(vm.desiredXml.match(/model='pcie-root-port'/g)?.length, 1, vm.desiredXml);
+  assertEquals(parseDomainXml(vm.desiredXml).hostdevs.map((h) => h.guestAddress?.address), [
+    "0000:01:00.0",
+    "0000:01:00.1",
+  ]);
+});
+
 Deno.test("planWorld() takes the first free controller index on q35, past every bus a device names", () => {
   const devices = [
     ROOT,
@@ -584,4 +607,36 @@ Deno.test("planWorld() gives a card's later function a slot of its own when its 
   assertEquals(later.add.map((a) => a.spec.guestAddress), [
     { domain: 0, bus: 0, slot: 0x11, function: 1 },
   ]);
+});
+
+Deno.test("planWorld() keeps a card's function rewritten for a changed setting in the card's guest slot", () => {
+  // boot_order goes to function 0 alone: a new value rewrites it, and function 1 stays.
+  const booting = (order: number) =>
+    parseConfig(
+      `version: 1\nvms:\n  vm:\n    devices:\n      - name: gpu\n` +
+        `        match: { vendor_device_id: "10de:2684" }\n        multifunction: true\n` +
+        `        boot_order: ${order}\n`,
+      { file: "c.yaml" },
+    );
+  const plan = (order: number, xml: string) => {
+    const [vm] =
+      planWorld({ config: booting(order), host: ONE_CARD, world: dataWorld({ vm: xml }) })
+        .vms;
+    assertOk(vm);
+    return vm;
+  };
+  const first = plan(1, domain(""));
+  const changed = plan(2, first.desiredXml);
+  assertEquals([changed.remove, changed.add.map((a) => a.address)], [["0000:01:00.0"], [
+    "0000:01:00.0",
+  ]]);
+  // Function 0 of the card's slot again, not a slot of its own with no function 1 beside it.
+  assertEquals(changed.add[0]!.spec.guestAddress, {
+    domain: 0,
+    bus: 0,
+    slot: 0x10,
+    function: 0,
+    multifunction: true,
+  });
+  assertEquals(plan(2, changed.desiredXml).changed, false);
 });

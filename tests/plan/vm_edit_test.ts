@@ -448,6 +448,40 @@ Deno.test("planHostdevs() follows each port of a dual-port NIC with one serial t
   });
 });
 
+Deno.test("planHostdevs() keeps a moved multifunction card whole in its guest slot when a port's old address holds another device", async () => {
+  // Port 0's old address holds the drive now: port 1 is followed, port 0 is new to the plan.
+  // Both take the slot the card had, at their function numbers, function 0 marked multifunction.
+  const { before, after } = renumbered();
+  const together = diskAndNic("        multifunction: true\n");
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: together, host: before, libvirt }), "win10");
+    assertEquals(applied.errors, []);
+    libvirt.define(applied.desiredXml);
+    const slot = (fn: number, multifunction = false) => ({
+      address: `0000:00:10.${fn}`,
+      multifunction,
+    });
+    const was = parseDomainXml(applied.desiredXml).hostdevs;
+    assertEquals(was.map((h) => [h.address, h.guestAddress]), [
+      ["0000:07:00.0", null],
+      ["0000:08:00.0", slot(0, true)],
+      ["0000:08:00.1", slot(1)],
+    ]);
+    const vm = vmOf(planHostdevs({ config: together, host: after, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    const nic = parseDomainXml(vm.desiredXml).hostdevs.filter((h) =>
+      h.address.startsWith("0000:09")
+    );
+    assertEquals(nic.map((h) => [h.address, h.guestAddress]).sort(), [
+      ["0000:09:00.0", slot(0, true)],
+      ["0000:09:00.1", slot(1)],
+    ]);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: together, host: after, libvirt }), "win10");
+    assertEquals([again.changed, again.add, again.remove, again.move], [false, [], [], []]);
+  });
+});
+
 Deno.test("planHostdevs() does not call a card moved while it is still where it was", async () => {
   // Two ports with one serial, each in an IOMMU group of its own; the rule names one by address.
   const port = (bdf: string, group: number) => i350Port(bdf, group, "a0-36-9f-ff-ff-12-34-56");
