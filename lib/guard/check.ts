@@ -30,6 +30,7 @@ import {
   scanPassedDevicesLeniently,
 } from "../domain/lenient.ts";
 import { sameIdentity } from "../resolve/match.ts";
+import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
 import { shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
@@ -486,24 +487,6 @@ function describePoolRefusal(refusal: GuardRefusal): string {
   const needs = refusal.hostNeeds === null ? "" : `; the host needs it: ${refusal.hostNeeds}`;
   return `hostdev network ${JSON.stringify(refusal.network)} lists ${refusal.address}, which ` +
     `holds ${holds} now${notVf}${needs}; libvirt may hand any free entry of the pool to this VM`;
-}
-
-/** `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., slot PCIE2, driver nouveau)`. */
-export function describeIdentity(
-  identity: Omit<GuardDevice, "driver"> & { driver?: string | null },
-): string {
-  const details = [
-    ...(identity.subsystemVendorId !== null || identity.subsystemDeviceId !== null
-      ? [`subsystem ${identity.subsystemVendorId ?? "?"}:${identity.subsystemDeviceId ?? "?"}`]
-      : []),
-    `class ${identity.classCode}`,
-    ...(identity.serial !== null ? [`serial ${identity.serial}`] : []),
-    ...(identity.slot === undefined
-      ? []
-      : [identity.slot === null ? "in no named slot" : `slot ${identity.slot}`]),
-    ...(identity.driver ? [`driver ${identity.driver}`] : []),
-  ];
-  return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;
 }
 
 /** What lets a start go on past a device a program holds open. */

@@ -11,7 +11,6 @@
 
 export {
   checkDomainStart,
-  describeIdentity,
   formatRefusal,
   type GuardCheckInput,
   type GuardDevice,
@@ -20,6 +19,7 @@ export {
   type GuardRefusalKind,
   matchesRecord,
 } from "./check.ts";
+export { type DescribedIdentity, describeIdentity } from "../plan/issues.ts";
 export {
   type GuardRunOptions,
   type GuardRunResult,

@@ -16,25 +16,60 @@ export function describe(device: PciDevice): string {
   return `${device.vendorId}:${device.deviceId} ${device.className ?? `class ${device.classCode}`}`;
 }
 
+/** What {@link describeIdentity} prints: a recorded identity, or a device as read now. */
+export type DescribedIdentity =
+  & Pick<
+    PciDevice,
+    "vendorId" | "deviceId" | "subsystemVendorId" | "subsystemDeviceId" | "classCode" | "serial"
+  >
+  & {
+    driver?: string | null;
+    /** The physical slot, where a record holds one to compare (`null`: the device is in none). */
+    slot?: string | null;
+  };
+
+/**
+ * `10de:1b06 (subsystem 1458:3730, class 030000, serial ..., slot PCIE2, driver nouveau)`: all that
+ * tells a device apart, for messages comparing a recorded device with the one there now.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const drive = {
+ *   vendorId: "144d", deviceId: "a808", subsystemVendorId: "144d", subsystemDeviceId: "a801",
+ *   classCode: "010802", serial: "00-11-22-ff-ff-33-44-55",
+ * };
+ * assertEquals(
+ *   describeIdentity(drive),
+ *   "144d:a808 (subsystem 144d:a801, class 010802, serial 00-11-22-ff-ff-33-44-55)",
+ * );
+ * ```
+ */
+export function describeIdentity(identity: DescribedIdentity): string {
+  const details = [
+    ...(identity.subsystemVendorId !== null || identity.subsystemDeviceId !== null
+      ? [`subsystem ${identity.subsystemVendorId ?? "?"}:${identity.subsystemDeviceId ?? "?"}`]
+      : []),
+    `class ${identity.classCode}`,
+    ...(identity.serial !== null ? [`serial ${identity.serial}`] : []),
+    ...(identity.slot === undefined
+      ? []
+      : [identity.slot === null ? "in no named slot" : `slot ${identity.slot}`]),
+    ...(identity.driver ? [`driver ${identity.driver}`] : []),
+  ];
+  return `${identity.vendorId}:${identity.deviceId} (${details.join(", ")})`;
+}
+
 /** `"a", "b"`. */
 function quoteAll(addresses: readonly PciAddress[]): string {
   return addresses.map((a) => `"${a}"`).join(", ");
 }
 
 /**
- * ` in slot PCIE2` where `record` holds a slot: the slot it names, or with `device`, the one that
- * device sits in (` in no named slot` for none), so that drift between identical cards says what
- * differs; `""` for a record that holds no slot.
- */
-export function slotNote(record: DeviceIdentity, device?: PciDevice): string {
-  if (record.slot === undefined) return "";
-  const slot = device === undefined ? record.slot : device.physicalSlot;
-  return slot === null ? " in no named slot" : ` in slot ${slot}`;
-}
-
-/**
  * A `drift` warning: the hostdev at `record.address` was recorded as one device and the address
- * now holds another (`now`) or nothing; `outcome` says what the plan does about it.
+ * now holds another (`now`) or nothing; `outcome` says what the plan does about it. Both sides
+ * say all that tells devices apart (subsystem, serial), so two drives of one model that swapped
+ * slots do not read alike; the drivers are left out (the one there now may be `vfio-pci`).
  */
 export function driftWarning(
   vm: string,
@@ -42,14 +77,14 @@ export function driftWarning(
   now: PciDevice | undefined,
   outcome: string,
 ): PlanIssue {
+  // The slot the device there sits in, where the record holds one to compare.
+  const slot = record.slot === undefined ? {} : { slot: now?.physicalSlot ?? null };
+  const holds = now === undefined ? "nothing" : describeIdentity({ ...now, driver: null, ...slot });
   return {
     code: "drift",
-    message:
-      `Hostdev ${record.address} of "${vm}" was recorded as ${record.vendorId}:${record.deviceId}${
-        record.serial ? ` serial ${record.serial}` : ""
-      }${slotNote(record)} (rule "${record.rule}") but the address now holds ${
-        now === undefined ? "nothing" : `${describe(now)}${slotNote(record, now)}`
-      }: ${outcome}`,
+    message: `Hostdev ${record.address} of "${vm}" (rule "${record.rule}") was recorded as ${
+      describeIdentity({ ...record, driver: null })
+    } but the address now holds ${holds}: ${outcome}`,
     vm,
     rule: record.rule,
     devices: [record.address],

@@ -29,7 +29,7 @@ import {
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
 import { assignGuestSlots, specFor } from "./guest_slots.ts";
-import { describe, driftWarning, slotNote } from "./issues.ts";
+import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "./moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
@@ -195,20 +195,8 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   const rule = closed.rule.name;
   const record = domain.records.find((r) => r.address === address);
   if (record !== undefined && !sameIdentity(record, closed.device)) {
-    plan.warnings.push({
-      code: "drift",
-      message:
-        `Hostdev ${address} of "${plan.name}" was recorded as ${record.vendorId}:${record.deviceId}${
-          record.serial ? ` serial ${record.serial}` : ""
-        }${slotNote(record)} but the address now holds ${describe(closed.device)}${
-          closed.device.serial ? ` serial ${closed.device.serial}` : ""
-        }${
-          slotNote(record, closed.device)
-        }: rule "${rule}" matches the new device, so it stays and its record is updated`,
-      vm: plan.name,
-      rule,
-      devices: [address],
-    });
+    const outcome = `rule "${rule}" matches the new device, so it stays and its record is updated`;
+    plan.warnings.push({ ...driftWarning(plan.name, record, closed.device, outcome), rule });
   } else if (
     record !== undefined && record.slot === undefined && closed.device.physicalSlot !== null
   ) {

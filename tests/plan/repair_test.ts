@@ -467,6 +467,58 @@ Deno.test("a repair follows two functions with one serial to two addresses, neve
   });
 });
 
+Deno.test("a drift refusal says the serial of the drive recorded and of the one there now", async () => {
+  // Two drives of one model in two VMs swap slots while both VMs are refused: told apart only by
+  // their serials, which both sides of the message say, with the rule.
+  const drive = (bdf: string, serial: string) =>
+    dev({
+      bdf,
+      group: bdf === "0000:06:00.0" ? 6 : 7,
+      class: "0x010802",
+      vendor: "0x1e0f",
+      device: "0x0009",
+      subsystem_vendor: "0x1e0f",
+      subsystem_device: "0x0001",
+      driver: "nvme",
+      serial,
+    });
+  const [a, b] = ["8c-e3-8e-ff-ff-10-20-30", "8c-e3-8e-ff-ff-10-20-31"];
+  const rules = (typo: string) =>
+    config(
+      [["va", a], ["vb", b]].map(([vm, serial]) =>
+        `  ${vm}:\n    devices:\n      - name: d\n` +
+        `        match: { vendor_device_id: "1e0f:0009", serial: "${serial}" }\n${typo}`
+      ).join(""),
+    );
+  const typo = '      - name: usb\n        match: { vendor_device_id: "1234:5678" }\n';
+  const before = await treeHost([
+    ...baseDevices(),
+    drive("0000:06:00.0", a),
+    drive("0000:07:00.0", b),
+  ]);
+  const after = await treeHost([
+    ...baseDevices(),
+    drive("0000:06:00.0", b),
+    drive("0000:07:00.0", a),
+  ]);
+  const va = domainXml("va", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e11");
+  const vb = domainXml("vb", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e12");
+  await withPort([va, vb], (libvirt) => {
+    const applied = planHostdevs({ config: rules(""), host: before, libvirt });
+    for (const vm of applied.vms) libvirt.define(vm.desiredXml);
+    const vm = vmOf(planHostdevs({ config: rules(typo), host: after, libvirt }), "va");
+    assertEquals(vm.errors[0]?.code, "drift");
+    assertMatch(
+      vm.errors[0]!.message,
+      new RegExp(
+        '^Hostdev 0000:06:00\\.0 of "va" \\(rule "d"\\) was recorded as 1e0f:0009 \\(subsystem ' +
+          `1e0f:0001, class 010802, serial ${a}\\) but the address now holds 1e0f:0009 \\(subsystem ` +
+          `1e0f:0001, class 010802, serial ${b}\\): its card is now at 0000:07:00\\.0`,
+      ),
+    );
+  });
+});
+
 Deno.test("a hostdev on a device the host needs is allowed by its recorded rule's or its taker's allow_host_critical", async () => {
   const free = await treeHost(baseDevices());
   const needed = await treeHost(baseDevices(), [ROOT_FS]);

@@ -636,9 +636,10 @@ Deno.test("planHostdevs() keeps a hostdev whose address holds another card its r
     assertEquals([vm.errors, vm.add, vm.remove, vm.move], [[], [], [], []]);
     const drift = vm.warnings.filter((w) => w.code === "drift");
     assertEquals(drift.map((w) => w.devices), [[GPU.bdf]]);
-    assertMatch(
+    // Both sides say what tells them apart, and the rule that recorded it.
+    assertEquals(
       drift[0]!.message,
-      /^Hostdev 0000:01:00\.0 of "win10" was recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55 but the address now holds 10de:2684 .* serial 00-11-22-ff-ff-33-44-66: rule "gpu" matches the new device, so it stays and its record is updated$/,
+      'Hostdev 0000:01:00.0 of "win10" (rule "gpu") was recorded as 10de:2684 (subsystem 1043:88e2, class 030000, serial 00-11-22-ff-ff-33-44-55) but the address now holds 10de:2684 (subsystem 1043:88e2, class 030000, serial 00-11-22-ff-ff-33-44-66): rule "gpu" matches the new device, so it stays and its record is updated',
     );
     const records = parseDomainXml(vm.desiredXml).records;
     assertEquals(records.map((r) => [r.address, r.serial]), [
@@ -662,8 +663,11 @@ Deno.test("planHostdevs() reports drift when an owned address now holds another 
     assertEquals(refused.errors.map((e) => e.code), ["drift", "drift", "no-match"]);
     const drift = refused.errors.find((w) => w.code === "drift");
     assertOk(drift);
-    assertMatch(drift.message, /recorded as 10de:2684 serial 00-11-22-ff-ff-33-44-55/);
-    assertMatch(drift.message, /now holds 1002:73df/);
+    assertMatch(
+      drift.message,
+      /\(rule "gpu"\) was recorded as 10de:2684 \(subsystem 1043:88e2, class 030000, serial 00-11-22-ff-ff-33-44-55\)/,
+    );
+    assertMatch(drift.message, /now holds 1002:73df \(class 030000\)/);
     assertEquals(refused.desiredXml, refused.currentXml);
     assertEquals(refused.changed, false);
     // Issue 13 item 4: the stale hostdevs are removed even so, and nothing else changes.
