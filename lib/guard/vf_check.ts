@@ -37,9 +37,11 @@ export function vfMismatch(
     physfn: false,
     configSpace: record.pf.serial !== null,
   });
-  // The hook reads serials as root; one a plan could not read (null) is not compared.
+  // The hook reads serials as root; one a plan could not read (null) is not compared. Nor is a
+  // slot: `plan` records none for a PF, and the PF is read here without one.
+  const { slot: _slot, ...recordedPf } = record.pf;
   const samePf = pf !== null &&
-    sameIdentity(record.pf, record.pf.serial === null ? { ...pf, serial: null } : pf);
+    sameIdentity(recordedPf, record.pf.serial === null ? { ...pf, serial: null } : pf);
   if (!samePf) {
     const holds = pf === null ? "nothing" : `${pf.vendorId}:${pf.deviceId}`;
     return `hostdev interface ${vf.address} is a VF of ${vf.physfn}, which holds ${holds}, ${what}`;

@@ -58,11 +58,17 @@ export function findMovedCard<T extends { device: PciDevice }>(
 ): FoundCard<T> | undefined {
   // The card wherever it sits now: the slot it was recorded in is evidence, not identity here.
   const { slot, ...card } = record;
+  // Its IDs still at its address, in a slot named otherwise: the firmware renamed the slot (or
+  // names none now), unless its card sits in the recorded slot elsewhere (checked below).
+  const here = host.devices.find((d) => d.address === from);
+  const stillHere = here !== undefined && sameIdentity(card, here);
   const targets = candidates.filter((c) => sameIdentity(card, c.device));
   // Say "subsystem" only when there was one to compare (most integrated functions have none).
   const ids = record.subsystemVendorId === null ? "same IDs" : "same IDs and subsystem";
   const fn = from.slice(from.lastIndexOf("."));
   const atFunction = (c: T) => c.device.address.endsWith(fn);
+  // The same serial at the same address: the same card, whatever its slot is called now.
+  if (record.serial !== null && stillHere) return undefined;
   if (record.serial !== null) {
     // A serial names a card, not a function: a dual-port NIC's ports share one, so the port is
     // the one at the recorded function number (a card keeps its numbers when its bus changes).
@@ -75,6 +81,8 @@ export function findMovedCard<T extends { device: PciDevice }>(
   if (slotted !== undefined) {
     return { found: slotted, evidence: `${ids} in the recorded slot ${slot}` };
   }
+  // Renamed: no move to prove, and a twin elsewhere is no evidence of one.
+  if (stillHere) return undefined;
   const elsewhere = host.devices.filter((d) => d.address !== from && sameIdentity(card, d));
   if (targets.length === 1 && elsewhere.length === 1) {
     return {

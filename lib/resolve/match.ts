@@ -40,7 +40,9 @@ export function recordOf(
   records: readonly DeviceIdentity[],
 ): DeviceIdentity | null {
   for (const record of records) {
-    if (!sameIdentity(record, device)) continue;
+    // Its slot aside: a slot named otherwise since must not lose the driver recorded with it.
+    const { slot: _slot, ...card } = record;
+    if (!sameIdentity(card, device)) continue;
     if (record.address === device.address || record.serial !== null) return record;
   }
   return null;

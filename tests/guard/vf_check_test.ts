@@ -58,6 +58,14 @@ Deno.test("guard: a recorded VF starts while its address is VF N of the recorded
   assertEquals(await check(xml, sriovNic("07", 4)), []);
 });
 
+Deno.test("guard: a recorded VF's PF record is compared without a slot, which plan never writes there", async () => {
+  const xml = await plannedXml(sriovNic("07", 4, { slot: "PCIE3" }));
+  // A record that does hold one (by hand, or a later writer): its PF is read with no slot.
+  const slotted = xml.replace(/( pf-address='[^']*')/, "$1 slot='PCIE3'");
+  assertEquals(slotted === xml, false, "the PF record is where the test expects it");
+  assertEquals(await check(slotted, sriovNic("07", 4, { slot: "PCIE3" })), []);
+});
+
 Deno.test("guard: each of two recorded VFs is checked against its own record", async () => {
   const two = config(`${UPLINK}      - name: storage
         match: { vendor_device_id: "8086:10c9" }

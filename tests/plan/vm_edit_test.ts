@@ -621,6 +621,76 @@ Deno.test("planWorld() says why a record written before slots were recorded gain
   ]);
 });
 
+Deno.test("planWorld() keeps the recorded driver of a card on vfio-pci whose slot the firmware renamed", () => {
+  // The record's slot aside, it is still the card's: its driver (the rule's) must stay recorded,
+  // or the next plan finds the rule matching nothing.
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+  const named = (slot: string | null, driver?: string) => [
+    { ...GPU, serial: null, slot, ...(driver ? { driver, modules: ["nvidia"] } : {}) },
+    { ...GPU_AUDIO, slot, ...(driver ? { driver, modules: ["snd_hda_intel"] } : {}) },
+  ];
+  const first = planWorld({
+    config: cfg,
+    host: host([...baseDevices(), ...named("PCIE1")]),
+    world: dataWorld({ win10: WIN10 }),
+  });
+  const renamed = host([...baseDevices(), ...named("1", "vfio-pci")]);
+  let xml = vmOf(first, "win10").desiredXml;
+  for (const round of [1, 2]) {
+    const vm = vmOf(
+      planWorld({ config: cfg, host: renamed, world: dataWorld({ win10: xml }) }),
+      "win10",
+    );
+    assertEquals([vm.errors, vm.add, vm.remove], [[], [], []], `round ${round}`);
+    assertEquals(parseDomainXml(vm.desiredXml).records.map((r) => [r.slot, r.driver]), [
+      ["1", "nvidia"],
+      ["1", "snd_hda_intel"],
+    ]);
+    xml = vm.desiredXml;
+  }
+});
+
+Deno.test("planWorld() does not call identical cards whose slots were renamed moved", () => {
+  // Neither card moved; the firmware names the slots 1 and 2 now. Each rule names the old slot,
+  // so it matches nothing: refused, and no "moved" evidence (two such devices are on the host).
+  const card = (bus: string, group: number, slot: string) => [
+    { ...GPU, bdf: `0000:${bus}:00.0`, group, serial: null, slot },
+    { ...GPU_AUDIO, bdf: `0000:${bus}:00.1`, group, slot },
+  ];
+  const bySlot = config(`  win10:
+    devices:
+      - name: gpu1
+        match: { vendor_device_id: "10de:2684", slot: PCIE1 }
+  linux:
+    devices:
+      - name: gpu2
+        match: { vendor_device_id: "10de:2684", slot: PCIE2 }
+`);
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  const applied = planWorld({
+    config: bySlot,
+    host: host([...baseDevices(), ...card("0a", 10, "PCIE1"), ...card("0b", 11, "PCIE2")]),
+    world: dataWorld({ win10: WIN10, linux }),
+  });
+  const plan = planWorld({
+    config: bySlot,
+    host: host([...baseDevices(), ...card("0a", 10, "1"), ...card("0b", 11, "2")]),
+    world: dataWorld({
+      win10: vmOf(applied, "win10").desiredXml,
+      linux: vmOf(applied, "linux").desiredXml,
+    }),
+  });
+  for (const vm of plan.vms) {
+    assertEquals(vm.move, [], vm.name);
+    assertEquals(vm.errors.some((e) => e.code === "no-match"), true, vm.name);
+    assertEquals(vm.errors.some((e) => /the only such device/.test(e.message)), false, vm.name);
+  }
+});
+
 Deno.test("planHostdevs() keeps a hostdev whose address holds another card its rule matches, saying so", async () => {
   // The same model with another serial: a replaced card in the same slot.
   const replaced = host([
