@@ -105,5 +105,7 @@ export function hostCriticalOnItsOwn(
 ): string | null {
   // Its own card counts as asked for: only platform functions and the host's use are left.
   const own = new Set([cardOf(device.address)]);
-  return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse });
+  // An SR-IOV PF too while the host uses one of its VFs, as `plan` refuses it.
+  return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse }) ??
+    virtualFunctionInUse(device, host.hostUse);
 }

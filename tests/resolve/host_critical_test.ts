@@ -89,12 +89,18 @@ Deno.test("hostCriticalReason(): what the host uses now comes first, on any func
 });
 
 Deno.test("hostCriticalOnItsOwn(): a listing shows platform functions and the host's use, no slot guesses", () => {
-  const at = (address: string, classCode: string) => ({ address, classCode }) as PciDevice;
+  const at = (address: string, classCode: string, virtfns: string[] = []) =>
+    ({ address, classCode, virtfns }) as PciDevice;
   const hostUse = [{
     address: "0000:05:00.0",
     reason: "mounted-filesystem" as const,
     detail: "/ on nvme0n1",
-  }];
+  }, { address: "0000:07:10.0", reason: "default-route" as const, detail: "via enp7s0v0" }];
+  // An SR-IOV PF whose VF carries the host's route, as `plan` refuses it.
+  assertEquals(
+    hostCriticalOnItsOwn(at("0000:07:00.0", "020000", ["0000:07:10.0"]), { hostUse }),
+    "its virtual function 0000:07:10.0 is in use by the host (default-route: via enp7s0v0)",
+  );
   assertEquals(hostCriticalOnItsOwn(at("0000:0c:00.0", "020000"), { hostUse }), null);
   assertEquals(hostCriticalOnItsOwn(at("0000:00:1f.0", "060100"), { hostUse }), "ISA/LPC bridge");
   assertEquals(
