@@ -1095,12 +1095,15 @@ function normaliseVf(rawRule: RawRule, at: Steps, rule: DeviceRule, ctx: Context
       );
     }
     settings.vlan = { tags: vlan.tags, trunk: vlan.trunk ?? vlan.tags.length > 1 };
-    if (vlan.trunk === false && vlan.tags.length > 1) {
+    // libvirt sets a VF's VLAN through its PF, one tag only: it defines a trunk, then refuses to
+    // start the VM ("vlan trunking is not supported by SR-IOV network devices").
+    if (settings.vlan.trunk) {
       report(
         ctx,
-        [...at, "interface", "vlan", "trunk"],
-        "Several VLAN tags need a trunk: the guest must see which VLAN a frame is on",
-        'remove "trunk: false", or give one tag',
+        [...at, "interface", "vlan", vlan.trunk === true ? "trunk" : "tags"],
+        "An SR-IOV virtual function takes one VLAN tag, no trunk: libvirt would refuse to start " +
+          'the VM ("vlan trunking is not supported by SR-IOV network devices")',
+        "give one tag (vlan: 20); for a trunk, give the guest a bridge or macvtap interface instead",
       );
     }
   }

@@ -268,18 +268,19 @@ const INTERFACE_SCHEMA = {
     },
     vlan: {
       type: "oneOf",
-      description: "The VLAN the PF tags the VF's traffic with: one tag, or tags with trunk",
+      description:
+        "The VLAN the PF tags the VF's traffic with: one tag (libvirt sets no trunk on a VF)",
       options: [
         VLAN_TAG,
         {
           type: "object",
-          description: "Several VLAN tags, or one tag passed as a trunk",
+          description: "One VLAN tag, as a list (several, or a trunk, are refused)",
           required: ["tags"],
           properties: {
             tags: { type: "array", description: "The VLAN IDs", items: VLAN_TAG },
             trunk: {
               type: "boolean",
-              description: "The guest sees tagged frames (trunk='yes'); implied by several tags",
+              description: "Must be false: libvirt refuses to start a VF's interface as a trunk",
             },
           },
         },

@@ -53,7 +53,7 @@ const RULES = (vms: string[]) =>
       - name: uplink
         match: { vendor_device_id: "8086:10c9" }
         vf: any
-        interface: { mac: auto, vlan: { tags: [20], trunk: true } }
+        interface: { mac: auto, vlan: { tags: [20] } }
 `
     ).join(""),
   );
@@ -79,7 +79,7 @@ Deno.test("applyPlan() defines vf: interfaces; planning again changes nothing, r
     const macA = interfaces(port, "a")[0]![1];
     assertEquals(interfaces(port, "a"), [["0000:07:10.0", macA, true]]);
     assertEquals(interfaces(port, "b")[0]?.[0], "0000:07:10.2");
-    assertMatch(port.getPersistentXml("a"), /<vlan trunk='yes'>/);
+    assertMatch(port.getPersistentXml("a"), /<vlan>\s*<tag id='20'\/>/);
 
     // Planning again, even with the VMs listed the other way round: nothing changes.
     const second = planHostdevs({ config: RULES(["b", "a"]), host: HOST, libvirt: port });
@@ -139,7 +139,7 @@ Deno.test({
       assertEquals([report.changed, report.ok], [[name], true], report.vms[0]?.message);
       const back = parseDomainXml(port.getPersistentXml(name)).interfaces;
       assertEquals(back.map((i) => [i.address, i.mac, i.owned, i.managed, i.vlan]), [
-        ["0000:07:10.0", planned?.mac, true, true, { tags: [20], trunk: true }],
+        ["0000:07:10.0", planned?.mac, true, true, { tags: [20], trunk: false }],
       ]);
       // libvirt formats it its own way (a guest address added); the plan still sees no change.
       const second = planHostdevs({ config: RULES([name]), host: HOST, libvirt: port });
@@ -217,7 +217,7 @@ Deno.test("applyPlan() --live hot-plugs a vf: interface into a running guest as 
     });
     assertEquals(report.vms[0]?.live?.attached, ["0000:07:10.0"]);
     assertEquals(attached.length, 1);
-    assertMatch(attached[0]!, /^<interface type='hostdev' managed='yes'>[^]*<vlan trunk='yes'>/);
+    assertMatch(attached[0]!, /^<interface type='hostdev' managed='yes'>[^]*<vlan>\s*<tag id='20'\/>/);
   } finally {
     await Deno.remove(stateDir, { recursive: true }).catch(() => {});
   }

@@ -30,17 +30,17 @@ Deno.test("parseConfig() reads vf: and interface:, normalising the MAC and the V
     vlan: { tags: [20], trunk: false },
   }]);
   const given = parse(
-    '        vf: 3\n        interface: { mac: "52-54-00-AB-CD-EF", vlan: { tags: [10, 20] } }\n',
+    '        vf: 3\n        interface: { mac: "52-54-00-AB-CD-EF", vlan: { tags: [10] } }\n',
   );
   assertEquals([given.vf, given.interface], [
     3,
-    { mac: "52:54:00:ab:cd:ef", vlan: { tags: [10, 20], trunk: true } },
+    { mac: "52:54:00:ab:cd:ef", vlan: { tags: [10], trunk: false } },
   ]);
   // 0 and 4095, the VLAN IDs' bounds, are allowed themselves.
-  const bounds = parse("        vf: 0\n        interface: { vlan: { tags: [0, 4095] } }\n");
-  assertEquals(bounds.interface?.vlan?.tags, [0, 4095]);
-  const trunk = parse("        vf: 0\n        interface: { vlan: { tags: [7], trunk: true } }\n");
-  assertEquals(trunk.interface, { mac: "auto", vlan: { tags: [7], trunk: true } });
+  for (const tag of [0, 4095]) {
+    const bounds = parse(`        vf: 0\n        interface: { vlan: { tags: [${tag}] } }\n`);
+    assertEquals(bounds.interface?.vlan?.tags, [tag]);
+  }
   // vf: alone passes the VF as an interface with an automatic MAC.
   assertEquals(parse("        vf: any\n").interface, { mac: "auto" });
   // No vf: the rule is as before.
@@ -70,12 +70,15 @@ Deno.test("parseConfig() reports vf:/interface: mistakes with their place and a 
   assertEquals(errors("        vf: 0\n        interface: { vlan: 4096 }\n"), [
     "7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Value 4096 is too large: the maximum is 4095",
   ]);
-  assertEquals(
-    errors("        vf: 0\n        interface: { vlan: { tags: [1, 2], trunk: false } }\n"),
-    [
-      "7:51 vms.vm.devices[0].interface.vlan.trunk: c.yaml:7:51: Several VLAN tags need a trunk: the guest must see which VLAN a frame is on",
-    ],
-  );
+  // libvirt sets one VLAN tag on a VF, never a trunk: it would define one and refuse the start.
+  const noTrunk = "An SR-IOV virtual function takes one VLAN tag, no trunk: libvirt would " +
+    'refuse to start the VM ("vlan trunking is not supported by SR-IOV network devices")';
+  assertEquals(errors("        vf: 0\n        interface: { vlan: { tags: [1, 2] } }\n"), [
+    `7:36 vms.vm.devices[0].interface.vlan.tags: c.yaml:7:36: ${noTrunk}`,
+  ]);
+  assertEquals(errors("        vf: 0\n        interface: { vlan: { tags: [7], trunk: true } }\n"), [
+    `7:48 vms.vm.devices[0].interface.vlan.trunk: c.yaml:7:48: ${noTrunk}`,
+  ]);
   assertEquals(errors('        vf: 0\n        interface: { vlan: "20" }\n'), [
     '7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Expected an integer or a mapping, found the string "20"',
   ]);

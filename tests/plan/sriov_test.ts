@@ -95,14 +95,14 @@ Deno.test("vf: any keeps the VF it holds when a lower one becomes free", () => {
   assertEquals([vmOf(second, "a").changed, vmOf(second, "a").keep], [false, ["0000:07:10.2"]]);
 });
 
-Deno.test("vf: an explicit VF index is taken, a given MAC and a VLAN trunk are written", () => {
-  const nic = '{ mac: "52:54:00:AB:CD:01", vlan: { tags: [10, 20] } }';
+Deno.test("vf: an explicit VF index is taken, a given MAC and a VLAN are written", () => {
+  const nic = '{ mac: "52:54:00:AB:CD:01", vlan: { tags: [10] } }';
   const p = plan(config(UPLINK("a", "2", nic)), sriovHost(), { a: A });
   const a = vmOf(p, "a");
   assertEquals(a.add.map((x) => [x.address, x.spec.interface]), [
-    ["0000:07:10.4", { mac: "52:54:00:ab:cd:01", vlan: { tags: [10, 20], trunk: true } }],
+    ["0000:07:10.4", { mac: "52:54:00:ab:cd:01", vlan: { tags: [10], trunk: false } }],
   ]);
-  assertMatch(a.desiredXml, /<vlan trunk='yes'>\s*<tag id='10'\/>\s*<tag id='20'\/>/);
+  assertMatch(a.desiredXml, /<vlan>\s*<tag id='10'\/>\s*<\/vlan>/);
 });
 
 Deno.test("vf: a changed VLAN rewrites the owned interface, keeping its VF and MAC", () => {
@@ -398,7 +398,7 @@ Deno.test("vf: a PF sharing its VFs' IOMMU group (real ConnectX-4 Lx host) is re
 Deno.test("vf: the written definitions pass libvirt's schema (test driver, VALIDATE)", async () => {
   const cfg = config(
     UPLINK("a") +
-      UPLINK("b", "3", '{ mac: "52:54:00:12:34:56", vlan: { tags: [42], trunk: true } }'),
+      UPLINK("b", "3", '{ mac: "52:54:00:12:34:56", vlan: { tags: [42] } }'),
   );
   await withPort([A, B], (port) => {
     const p = planHostdevs({ config: cfg, host: sriovHost(), libvirt: port });
