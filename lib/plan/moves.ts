@@ -1,7 +1,8 @@
 /**
  * Where a recorded card sits now: the one evidence rule for a moved card, shared by the edit of
- * an unrefused VM (`vm_edit.ts`, which moves the hostdev) and the repair of a refused one
- * (`repair.ts`, which follows it when that is safe). Pure.
+ * an unrefused VM (`vm_edit.ts`, which moves the hostdev), the repair of a refused one
+ * (`repair.ts`, which follows it when that is safe) and the VF a `vf:` rule holds
+ * (`resolve/vf.ts`, which follows its moved PF). Pure.
  *
  * @module
  */

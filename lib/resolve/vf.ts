@@ -13,6 +13,7 @@
 import type { DeviceRule } from "../config/config.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress } from "../pci/address.ts";
+import { findMovedCard } from "../plan/moves.ts";
 import type { PlanIssue, VfIdentity } from "../plan/types.ts";
 import type { ClosureResult } from "./closure.ts";
 import {
@@ -157,8 +158,10 @@ function holderOf(
 }
 
 /**
- * The recorded VF of this rule whose PF is `pf`: the same identity, and the same address or a
- * serial number or the only such device on the host (the PF moved: its VF is re-derived).
+ * The recorded VF of this rule whose PF is `pf`: the same identity, and the same address, or the
+ * recorded PF left its address and `pf` is proven to be it ({@link findMovedCard}: the PF moved,
+ * its VF is re-derived). A serial alone proves nothing while the recorded PF is still there: the
+ * ports of a dual-port card share one.
  */
 function recordFor(
   rule: DeviceRule,
@@ -168,8 +171,8 @@ function recordFor(
 ): VfIdentity | undefined {
   return (context.records.get(rule.vm) ?? []).find((r) =>
     r.pf.rule === rule.name && sameIdentity(r.pf, pf) &&
-    (r.pf.address === pf.address || r.pf.serial !== null ||
-      host.devices.filter((d) => sameIdentity(r.pf, d)).length === 1)
+    (r.pf.address === pf.address ||
+      findMovedCard(r.pf, r.pf.address, [{ device: pf }], host) !== undefined)
   );
 }
 

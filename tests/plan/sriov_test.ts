@@ -177,6 +177,36 @@ Deno.test("vf: only a PF that left its address for another with its identity is 
   assertEquals(moved(otherIndex), []);
 });
 
+Deno.test("vf: any switched to the other port of a dual-port card takes a free VF, not the record's", () => {
+  // The ports share one serial; z holds port 0's VF 0 (07:00.2), so a's record is VF 1 (07:00.3).
+  const host = topologyFromDescription(
+    { devices: dualPortNic(2, 2, "00-1b-21-ff-ff-a0-b1-c2") },
+    { source: "sriov-test" },
+  );
+  const onPort = (f: number) =>
+    config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", address: "0000:07:00.${f}" }
+        vf: any
+`);
+  const z = domainXml(
+    "z",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f",
+    `<interface type='hostdev' managed='yes'><mac address='52:54:00:00:00:99'/><source>
+      <address type='pci' domain='0x0000' bus='0x07' slot='0x00' function='0x2'/>
+      </source></interface>`,
+  );
+  const first = plan(onPort(0), host, { a: A, z });
+  assertEquals(vmOf(first, "a").add.map((x) => [x.address, x.vf?.index]), [["0000:07:00.3", 1]]);
+  // Port 0 is still at its address: port 1 is another PF, whose lowest free VF is taken.
+  const a = vmOf(plan(onPort(1), host, { ...applied(first), z }), "a");
+  assertEquals(a.add.map((x) => [x.address, x.vf?.index]), [["0000:07:00.4", 0]]);
+  const why = a.reasoning.find((r) => r.startsWith("VF 0 of 0000:07:00.1"));
+  assertOk(why?.includes("the lowest free VF") && !why.includes("follows"), a.reasoning.join("\n"));
+  assertEquals(a.warnings.filter((w) => w.code === "moved"), []);
+});
+
 const HAND_WRITTEN = `
       <interface type='hostdev' managed='yes'>
         <mac address='52:54:00:00:00:99'/>
