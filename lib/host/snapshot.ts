@@ -68,33 +68,39 @@ export interface SnapshotSummary {
   groups: number;
 }
 
-/** Raised when the snapshot target exists and is not an empty directory. */
+/**
+ * Raised when the snapshot target exists and is not an empty directory: a symbolic link, another
+ * kind of file, or a directory with entries.
+ */
 export class SnapshotTargetError extends Error {
   /** The error's name. */
   override name = "SnapshotTargetError";
   /** The target path. */
   readonly path: string;
-  /** Builds the error for the non-empty target `path`. */
-  constructor(path: string) {
-    super(`Cannot write snapshot to "${path}": it exists and is not empty`);
+  /** Builds the error for target `path`; `reason` says what it is (default: a non-empty one). */
+  constructor(path: string, reason = "it exists and is not empty") {
+    super(`Cannot write snapshot to "${path}": ${reason}`);
     this.path = path;
   }
 }
 
 function ensureEmptyTarget(out: string): void {
+  let stat: Deno.FileInfo;
   try {
-    const stat = Deno.statSync(out);
-    if (!stat.isDirectory || [...Deno.readDirSync(out)].length > 0) {
-      throw new SnapshotTargetError(out);
-    }
+    // Not followed: a link, dangling or not, would put the snapshot somewhere else than named.
+    stat = Deno.lstatSync(out);
   } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    if (error instanceof Deno.errors.NotFound) return;
+    throw error;
   }
+  if (stat.isSymlink) throw new SnapshotTargetError(out, "it is a symbolic link");
+  if (!stat.isDirectory) throw new SnapshotTargetError(out, "it is not a directory");
+  if ([...Deno.readDirSync(out)].length > 0) throw new SnapshotTargetError(out);
 }
 
 /**
  * Writes the snapshot of `host` (discovered from `options.root`) into `out`, which must not exist
- * or be empty.
+ * or be an empty directory (not a symbolic link to one): else {@link SnapshotTargetError}.
  *
  * @example
  * ```ts

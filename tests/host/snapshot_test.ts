@@ -139,11 +139,31 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
       SnapshotTargetError,
     );
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["keep"]);
-    // A file is no empty directory either.
-    assertThrows(
-      () => writeSnapshot(host, `${dir}/keep`, { root: dir, reader: denoFsReader() }),
-      SnapshotTargetError,
-    );
+    // A file, a FIFO or a symbolic link (dangling or to an empty directory) is refused by what it
+    // is, and nothing is created through the link.
+    const empty = `${dir}/empty`;
+    Deno.mkdirSync(empty);
+    Deno.writeTextFileSync(`${dir}/blank`, "");
+    new Deno.Command("mkfifo", { args: [`${dir}/fifo`] }).outputSync();
+    Deno.symlinkSync(`${dir}/nowhere`, `${dir}/dangling`);
+    Deno.symlinkSync(empty, `${dir}/link`);
+    for (
+      const [name, reason] of [
+        ["keep", "it is not a directory"],
+        ["blank", "it is not a directory"],
+        ["fifo", "it is not a directory"],
+        ["dangling", "it is a symbolic link"],
+        ["link", "it is a symbolic link"],
+      ]
+    ) {
+      assertThrows(
+        () => writeSnapshot(host, `${dir}/${name}`, { root: dir, reader: denoFsReader() }),
+        SnapshotTargetError,
+        `Cannot write snapshot to "${dir}/${name}": ${reason}`,
+      );
+    }
+    assertEquals([...Deno.readDirSync(empty)], []);
+    assertThrows(() => Deno.lstatSync(`${dir}/nowhere`), Deno.errors.NotFound);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
