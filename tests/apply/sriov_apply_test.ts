@@ -217,7 +217,10 @@ Deno.test("applyPlan() --live hot-plugs a vf: interface into a running guest as 
     });
     assertEquals(report.vms[0]?.live?.attached, ["0000:07:10.0"]);
     assertEquals(attached.length, 1);
-    assertMatch(attached[0]!, /^<interface type='hostdev' managed='yes'>[^]*<vlan>\s*<tag id='20'\/>/);
+    assertMatch(
+      attached[0]!,
+      /^<interface type='hostdev' managed='yes'>[^]*<vlan>\s*<tag id='20'\/>/,
+    );
   } finally {
     await Deno.remove(stateDir, { recursive: true }).catch(() => {});
   }
