@@ -25,7 +25,7 @@ import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning } from "./issues.ts";
-import { findMovedCard, movedRecord } from "./moves.ts";
+import { findMovedCard, movedRecord } from "../resolve/moves.ts";
 import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";

@@ -13,7 +13,7 @@
 import type { DeviceRule } from "../config/config.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress } from "../pci/address.ts";
-import { findMovedCard } from "../plan/moves.ts";
+import { findMovedCard } from "./moves.ts";
 import type { PlanIssue, VfIdentity } from "../plan/types.ts";
 import type { ClosureResult } from "./closure.ts";
 import {

@@ -529,14 +529,16 @@ Deno.test("planHostdevs() never follows a card to an address the VM holds alread
   });
 });
 
-Deno.test("planWorld() follows identical cards by their recorded slots after new hardware renumbers the buses", () => {
-  // Two identical GPUs without serial numbers, each VM's rule naming its card's slot. A new NVMe
-  // drive at bus 0a shifts both one bus up: PCIE1's card now sits where PCIE2's was recorded.
-  const card = (bus: string, group: number, slot: string) => [
+/** One of two identical GPUs without serial numbers (GPU and its audio) at `bus`, in `slot`. */
+function identicalCard(bus: string, group: number, slot: string) {
+  return [
     { ...GPU, bdf: `0000:${bus}:00.0`, group, serial: null, slot },
     { ...GPU_AUDIO, bdf: `0000:${bus}:00.1`, group, slot },
   ];
-  const bySlot = config(`  win10:
+}
+
+/** Two VMs, each rule naming its identical card by its slot. */
+const BY_SLOT = config(`  win10:
     devices:
       - name: gpu1
         match: { vendor_device_id: "10de:2684", slot: PCIE1 }
@@ -545,17 +547,25 @@ Deno.test("planWorld() follows identical cards by their recorded slots after new
       - name: gpu2
         match: { vendor_device_id: "10de:2684", slot: PCIE2 }
 `);
-  const before = host([...baseDevices(), ...card("0a", 10, "PCIE1"), ...card("0b", 11, "PCIE2")]);
+
+Deno.test("planWorld() follows identical cards by their recorded slots after new hardware renumbers the buses", () => {
+  // Two identical GPUs without serial numbers, each VM's rule naming its card's slot. A new NVMe
+  // drive at bus 0a shifts both one bus up: PCIE1's card now sits where PCIE2's was recorded.
+  const before = host([
+    ...baseDevices(),
+    ...identicalCard("0a", 10, "PCIE1"),
+    ...identicalCard("0b", 11, "PCIE2"),
+  ]);
   const nvme = dev({ bdf: "0000:0a:00.0", group: 12, class: "0x010802", driver: "nvme" });
   const after = host([
     ...baseDevices(),
     nvme,
-    ...card("0b", 10, "PCIE1"),
-    ...card("0c", 11, "PCIE2"),
+    ...identicalCard("0b", 10, "PCIE1"),
+    ...identicalCard("0c", 11, "PCIE2"),
   ]);
   const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
   const applied = planWorld({
-    config: bySlot,
+    config: BY_SLOT,
     host: before,
     world: dataWorld({ win10: WIN10, linux }),
   });
@@ -569,7 +579,7 @@ Deno.test("planWorld() follows identical cards by their recorded slots after new
     win10: vmOf(applied, "win10").desiredXml,
     linux: vmOf(applied, "linux").desiredXml,
   });
-  const plan = planWorld({ config: bySlot, host: after, world });
+  const plan = planWorld({ config: BY_SLOT, host: after, world });
   // The audio function has no subsystem IDs to compare.
   const evidence = (slot: string, ids = "same IDs and subsystem") =>
     `${ids} in the recorded slot ${slot}`;
@@ -657,28 +667,23 @@ Deno.test("planWorld() keeps the recorded driver of a card on vfio-pci whose slo
 Deno.test("planWorld() does not call identical cards whose slots were renamed moved", () => {
   // Neither card moved; the firmware names the slots 1 and 2 now. Each rule names the old slot,
   // so it matches nothing: refused, and no "moved" evidence (two such devices are on the host).
-  const card = (bus: string, group: number, slot: string) => [
-    { ...GPU, bdf: `0000:${bus}:00.0`, group, serial: null, slot },
-    { ...GPU_AUDIO, bdf: `0000:${bus}:00.1`, group, slot },
-  ];
-  const bySlot = config(`  win10:
-    devices:
-      - name: gpu1
-        match: { vendor_device_id: "10de:2684", slot: PCIE1 }
-  linux:
-    devices:
-      - name: gpu2
-        match: { vendor_device_id: "10de:2684", slot: PCIE2 }
-`);
   const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
   const applied = planWorld({
-    config: bySlot,
-    host: host([...baseDevices(), ...card("0a", 10, "PCIE1"), ...card("0b", 11, "PCIE2")]),
+    config: BY_SLOT,
+    host: host([
+      ...baseDevices(),
+      ...identicalCard("0a", 10, "PCIE1"),
+      ...identicalCard("0b", 11, "PCIE2"),
+    ]),
     world: dataWorld({ win10: WIN10, linux }),
   });
   const plan = planWorld({
-    config: bySlot,
-    host: host([...baseDevices(), ...card("0a", 10, "1"), ...card("0b", 11, "2")]),
+    config: BY_SLOT,
+    host: host([
+      ...baseDevices(),
+      ...identicalCard("0a", 10, "1"),
+      ...identicalCard("0b", 11, "2"),
+    ]),
     world: dataWorld({
       win10: vmOf(applied, "win10").desiredXml,
       linux: vmOf(applied, "linux").desiredXml,

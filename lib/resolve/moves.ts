@@ -1,16 +1,17 @@
 /**
  * Where a recorded card sits now: the one evidence rule for a moved card, shared by the edit of
- * an unrefused VM (`vm_edit.ts`, which moves the hostdev), the repair of a refused one
- * (`repair.ts`, which follows it when that is safe) and the VF a `vf:` rule holds
- * (`resolve/vf.ts`, which follows its moved PF). Pure.
+ * an unrefused VM (`plan/vm_edit.ts`, which moves the hostdev), the repair of a refused one
+ * (`plan/repair.ts`, which follows it when that is safe) and the VF a `vf:` rule holds
+ * (`vf.ts`, which follows its moved PF): here, with the identity it compares, since both stages
+ * use it. Pure.
  *
  * @module
  */
 
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { sameIdentity } from "../resolve/match.ts";
+import { sameIdentity } from "./match.ts";
 import { slotOf } from "../pci/address.ts";
-import type { DeviceIdentity } from "./types.ts";
+import type { DeviceIdentity } from "../plan/types.ts";
 
 /** The candidate a recorded card was found as, and what proved it is the same card. */
 export interface FoundCard<T> {
