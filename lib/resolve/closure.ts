@@ -452,10 +452,15 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
       rulesOf.set(claim.vm, [...(rulesOf.get(claim.vm) ?? []), ...(claim.rules ?? [])]);
     }
     const configured = new Set(list.flatMap((c) => c.source === "config" ? [c.vm] : []));
-    const holdsIt = (holders: string[]) =>
-      holders.length > 0
-        ? ` (${holders.map((v) => `"${v}"`).join(", ")} holds it in its definition now)`
-        : "";
+    const holdsIt = (holders: string[]) => {
+      if (holders.length === 0) return "";
+      // Capped as the claimants are: a GPU is often in the definitions of many VMs at once.
+      const named = holders.slice(0, NAMED_CLAIMANTS).map((v) => `"${v}"`).join(", ");
+      const more = holders.length - NAMED_CLAIMANTS;
+      return holders.length === 1
+        ? ` (${named} holds it in its definition now)`
+        : ` (${named}${more > 0 ? ` and ${more} more` : ""} hold it in their definitions now)`;
+    };
     const heldByOthers = holdsIt(held);
     for (const vm of vms) {
       if (!configured.has(vm)) continue;

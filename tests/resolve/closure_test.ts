@@ -477,6 +477,35 @@ Deno.test("findGroupConflicts() names at most four VMs in each issue, its own fi
   assertEquals(issues.get("f")?.[0]?.vms, vms);
 });
 
+Deno.test("findGroupConflicts() names at most four VMs that hold the group in their definitions", () => {
+  // A GPU is often in the definitions of many VMs, one of them running at a time: each message
+  // listed every one of them.
+  const holders = ["h1", "h2", "h3", "h4", "h5", "h6"];
+  const issues = findGroupConflicts([
+    {
+      vm: "win11",
+      group: 30,
+      addresses: ["0000:0b:00.0"],
+      matched: ["0000:0b:00.0"],
+      source: "config",
+    },
+    ...holders.map((vm) => ({
+      vm,
+      group: 30,
+      addresses: ["0000:0b:00.0"],
+      matched: [],
+      source: "domain" as const,
+    })),
+  ]);
+  const message = issues.get("win11")?.[0]?.message ?? "";
+  assertMatch(
+    message,
+    / \("h1", "h2", "h3", "h4" and 2 more hold it in their definitions now\): /,
+  );
+  assertEquals(message.includes('"h5"'), false);
+  assertEquals(issues.get("win11")?.[0]?.vms, [...holders, "win11"]);
+});
+
 Deno.test("closeOverGroups() on every real host: whole groups, never a bridge, matched devices first", () => {
   const names = [...Deno.readDirSync(HOSTS)]
     .map((e) => e.name)
