@@ -579,6 +579,12 @@ export function defineCommand<S extends CommandSpec>(
     async run(args: string[], io: CliIo): Promise<number> {
       // The parse follows the spec, so it is the spec's Parsed (see parseCommandLine).
       const parsed = parse(args) as Parsed<S>;
+      // `main` answers `-h` and `--help` given alone; one in a bundle (`apply -yh`) is seen only
+      // here, and must show the help, never run the command the user asked about.
+      if ((parsed.values as { help?: boolean }).help === true) {
+        io.out(help ??= commandHelp(spec, flags));
+        return 0;
+      }
       const run = await load();
       return run(parsed, io);
     },

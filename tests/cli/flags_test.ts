@@ -114,6 +114,29 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
   assertMatch((await runMain(["hook", "remove", "--json"])).err, /: Unknown option '--json'\n/);
 });
 
+Deno.test("-h in a bundle of short flags shows the help and runs nothing", async () => {
+  const scratch = Deno.makeTempDirSync({ prefix: "passthrough-help-bundle-" });
+  try {
+    const demo = `${ROOT}demo/`;
+    const world = ["--connect", `test://${demo}world.xml`, "--state-dir", `${scratch}/state`];
+    for (
+      const args of [
+        ["apply", "-yh", "--config", `${demo}passthrough_config.yaml`, ...world],
+        ["apply", "-hy", "--config", `${demo}passthrough_config.yaml`, ...world],
+        ["rollback", "win10", "-yh", ...world],
+      ]
+    ) {
+      const run = await runMain(args);
+      const command = COMMANDS.find((c) => c.name === args[0])!;
+      assertEquals([run.code, run.out, run.err], [0, command.help, ""], args.join(" "));
+    }
+    // Nothing ran: no state directory, no lock, no backup.
+    assertEquals([...Deno.readDirSync(scratch)], []);
+  } finally {
+    Deno.removeSync(scratch, { recursive: true });
+  }
+});
+
 Deno.test("an empty flag value is a usage error, never the working directory or a default", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "passthrough-empty-flag-" });
   const cwd = Deno.cwd();
@@ -283,6 +306,8 @@ function nodeParse(flags: Flags, args: string[]): string {
     if (empty !== undefined) {
       return `usage error: Option '--${empty[0]}' needs a value, not an empty string`;
     }
+    // A command line asking for help (`-yh` too) shows the help instead of running.
+    if (parsed.values.help === true) return "help";
     return JSON.stringify([{ ...parsed.values }, parsed.positionals]);
   } catch (error) {
     return `usage error: ${(error as Error).message.replace(/\. To specify.*$/s, "")}`;
@@ -301,7 +326,7 @@ async function ownParse(flags: Flags, args: string[]): Promise<string> {
       }),
   );
   try {
-    await command.run(args, {} as CliIo);
+    await command.run(args, { out: () => void (parsed = "help") } as unknown as CliIo);
   } catch (error) {
     return `usage error: ${(error as Error).message}`;
   }
