@@ -100,7 +100,12 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
     }
     // A script reading --json gets every failure as JSON, not only the config's.
     if (flags.includes("--json")) {
-      io.out(isConfigError(error) ? configErrorJson(error) : runtimeErrorJson(error));
+      try {
+        io.out(isConfigError(error) ? configErrorJson(error) : runtimeErrorJson(error));
+      } catch {
+        // Standard output itself failed (`> /dev/full`): the line on stderr below says so, where
+        // a second throw would end the process with a stack trace.
+      }
     }
     io.err(`passthrough ${command.name}: ${describeError(error)}\n`);
     return 1;

@@ -79,7 +79,10 @@ function writeStdout(text: string): void {
   try {
     writeAllSync(Deno.stdout, text);
   } catch (error) {
-    if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
+    // Say which file failed: "No space left on device" alone reads as the state directory's disk.
+    if (!(error instanceof Deno.errors.BrokenPipe)) {
+      throw new Error("Cannot write to standard output", { cause: error });
+    }
     Deno.exit(0);
   }
 }

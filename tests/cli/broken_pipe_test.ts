@@ -35,3 +35,33 @@ Deno.test("a closed standard output ends a command quietly", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a full standard output is one line on stderr, exit 1, also under --json", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-full-" });
+  try {
+    buildHostTree(generateHost(8), dir);
+    for (const json of [[], ["--json"]]) {
+      // Only a shell can hand the program /dev/full as its standard output.
+      const command = [Deno.execPath(), "run", ...documentedFlags(), MAIN, "devices", ...json]
+        .concat("--sysfs", dir).map((arg) => `'${arg}'`).join(" ");
+      const { code, stdout, stderr } = await new Deno.Command("sh", {
+        args: ["-c", `exec ${command} > /dev/full`],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      assertEquals(
+        [code, new TextDecoder().decode(stdout), new TextDecoder().decode(stderr)],
+        [
+          1,
+          "",
+          "passthrough devices: Cannot write to standard output: No space left on device (os error 28)\n",
+        ],
+        `devices ${json.join(" ")}`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
