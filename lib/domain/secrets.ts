@@ -22,15 +22,18 @@
  * One secret value: a `passwd` attribute (groups 1 to 3: what precedes the value, the value in
  * double or in single quotes), a cookie's value (groups 4 and 5: the opening tag, the value up
  * to the closing tag or, for a value split across lines, the end of the text), or the password
- * of a URI's user information (groups 6 and 7: `scheme://user:`, the password up to the last `@`
- * before the host, so that an unencoded `@` in it hides no part), which libvirt does not use but
- * an operator may still write into `--connect` or `connect:`.
+ * of a URI's user information (groups 6 and 7: `scheme://user:`, the password up to the `@` before
+ * the host, so that an unencoded `@`, `/`, `?`, `#` or quote in it hides no part: libvirt's "Unable
+ * to parse URI" quotes such a URI whole), which libvirt does not use but an operator may still
+ * write into `--connect`, `connect:` or `LIBVIRT_DEFAULT_URI`. The host is what follows that `@`
+ * up to the end, a space, `/`, `?`, `#` or a quote, and holds no `@`; a password with a space in
+ * it cannot be told from the words after it.
  */
 const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
     String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
-    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)([^\s/?#'"]+)(?=@)`,
+    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)(\S+?)(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
   ].join("|"),
   "g",
 );

@@ -560,24 +560,25 @@ Deno.test("passthrough rollback shows disk cookies as *** in its diff and marks 
 
 Deno.test("a password written into a libvirt URI is shown as *** in messages and JSON", async () => {
   await using tree = await demoTree();
-  // Nothing listens on port 1: the connection fails at once, and its message quotes the URI.
-  const uri = `qemu+tcp://admin:${SECRET}@127.0.0.1:1/system`;
   const config = `${tree.dir}/c.yaml`;
   await Deno.writeTextFile(config, gpuConfig("vm"));
-  for (const json of [[], ["--json"]]) {
-    const { code, stdout, stderr } = await runCli([
-      "plan",
-      ...json,
-      "--sysfs",
-      tree.sysfs,
-      "--config",
-      config,
-      "--connect",
-      uri,
-    ]);
-    assertEquals(code, 1, stderr);
-    assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
-    assertMatch(`${stdout}${stderr}`, /qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:1\/system/);
+  // A quote, `#`, `?` or `/` in the password makes libvirt quote the whole URI ("Unable to parse
+  // URI ..."); a plain one fails at once too: nothing listens on port 1.
+  for (const password of [SECRET, `${SECRET}"x`, `x'${SECRET}`, `${SECRET}#x?y`, `${SECRET}/+=`]) {
+    const uri = `qemu+tcp://admin:${password}@127.0.0.1:1/system`;
+    for (const json of [[], ["--json"]]) {
+      const ways: [string[], Record<string, string>][] = [
+        [["--connect", uri], {}],
+        [[], { LIBVIRT_DEFAULT_URI: uri }],
+      ];
+      for (const [flags, env] of ways) {
+        const args = ["plan", ...json, "--sysfs", tree.sysfs, "--config", config, ...flags];
+        const { code, stdout, stderr } = await runCli(args, { env });
+        assertEquals(code, 1, stderr);
+        assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+        assertMatch(`${stdout}${stderr}`, /qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:1\/system/);
+      }
+    }
   }
   recordCase({
     area: "security",

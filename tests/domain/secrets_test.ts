@@ -1,6 +1,6 @@
 /**
  * `redactSecrets()`: the one redaction every output passes through. A password written into a
- * URI's user information is cut whole, up to the last `@` before the host, whatever it holds.
+ * URI's user information is cut whole, up to the `@` before the host, whatever it holds but a space.
  */
 
 import { assertEquals } from "../helpers/assert.ts";
@@ -14,6 +14,12 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
     ["qemu+tcp://admin:p@ss@hv9", "qemu+tcp://admin:***@hv9"],
     ["qemu+tcp://admin:pa:ss@hv9:16509/system", "qemu+tcp://admin:***@hv9:16509/system"],
     ["qemu+tcp://admin:s%40x@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    // Nor are quotes, `/`, `?` or `#`; libvirt's "Unable to parse URI" then quotes the URI whole.
+    ["qemu+tcp://admin:s3/c+r=@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    ["qemu+tcp://admin:s3#c?r@hv9/system", "qemu+tcp://admin:***@hv9/system"],
+    [`"qemu+tcp://admin:s3"cr@hv9:1/system"`, `"qemu+tcp://admin:***@hv9:1/system"`],
+    [`'qemu+tcp://admin:s3'cr@hv9'`, `'qemu+tcp://admin:***@hv9'`],
+    [`{"m": "at \\"qemu+tcp://a:s3\\"cr@h/x\\""}`, `{"m": "at \\"qemu+tcp://a:***@h/x\\""}`],
     // What follows the host (a path, a query, other words) is never taken for a password.
     ["qemu+ssh://a:b@h/system?keyfile=/k@y", "qemu+ssh://a:***@h/system?keyfile=/k@y"],
     ["qemu+ssh://a:b@h?keyfile=/k@y", "qemu+ssh://a:***@h?keyfile=/k@y"],
