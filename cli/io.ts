@@ -72,19 +72,27 @@ function terminalColumns(): number | undefined {
 }
 
 /**
- * Writes to standard output; a reader that closed it (`passthrough groups --json | head`) ends
- * the process quietly with status 0, as it wanted no more, instead of an error on stderr.
+ * A writer to standard output. A reader that closed it (`passthrough groups --json | head`) wanted
+ * no more: the rest of the output is dropped quietly, instead of an error on stderr, and the
+ * command runs to its end. Ending the process there instead (status 0) cut `apply --yes | head`
+ * short after its defines: the guard's policies unrecorded, the lock left, a failure reported as
+ * success.
  */
-function writeStdout(text: string): void {
-  try {
-    writeAllSync(Deno.stdout, text);
-  } catch (error) {
-    // Say which file failed: "No space left on device" alone reads as the state directory's disk.
-    if (!(error instanceof Deno.errors.BrokenPipe)) {
+function stdoutWriter(): (text: string) => void {
+  let closed = false;
+  return (text) => {
+    if (closed) return;
+    try {
+      writeAllSync(Deno.stdout, text);
+    } catch (error) {
+      if (error instanceof Deno.errors.BrokenPipe) {
+        closed = true;
+        return;
+      }
+      // Say which file failed: "No space left on device" alone reads as the state directory's disk.
       throw new Error("Cannot write to standard output", { cause: error });
     }
-    Deno.exit(0);
-  }
+  };
 }
 
 /** The process's own stdout/stderr/stdin and environment. */
@@ -93,7 +101,7 @@ export function defaultIo(): CliIo {
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
   return {
     ...(columns === undefined ? {} : { columns }),
-    out: writeStdout,
+    out: stdoutWriter(),
     err: (text) => writeAllSync(Deno.stderr, text),
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),

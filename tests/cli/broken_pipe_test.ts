@@ -1,16 +1,18 @@
 /**
- * A reader that closes the CLI's standard output early (`passthrough groups --json | head`) ends
- * the process quietly: status 0 and nothing on stderr. A real process, a real pipe.
+ * A reader that closes the CLI's standard output early (`passthrough groups --json | head`) gets
+ * no error on stderr, and the command runs to its end (an `apply` records what it applied). A
+ * real process, a real pipe.
  */
 
 import { assertEquals } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { documentedFlags } from "../helpers/cli.ts";
+import { demoTree } from "../helpers/reliability.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
-Deno.test("a closed standard output ends a command quietly", async () => {
+Deno.test("a closed standard output ends a command quietly, exit 0", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-pipe-" });
   try {
     // Far more than a pipe holds (64 KiB): the writes go on after the reader has gone.
@@ -64,4 +66,42 @@ Deno.test("a full standard output is one line on stderr, exit 1, also under --js
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("apply --yes runs to its end when its standard output is closed", async () => {
+  await using tree = await demoTree();
+  const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+  const config = `${tree.dir}/c.yaml`;
+  await Deno.writeTextFile(
+    config,
+    (await Deno.readTextFile(new URL("../../demo/passthrough_config.yaml", import.meta.url)))
+      .replace("  win10:\n", "  win10:\n    guard: warn\n"),
+  );
+  const state = `${tree.dir}/state`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...documentedFlags(), MAIN, "apply", "--yes", "--config", config]
+      .concat("--sysfs", tree.sysfs, "--connect", `test://${world}`, "--state-dir", state),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  // `apply --yes | true`: the reader is gone before the first line is written.
+  await child.stdout.cancel();
+  const { code, stderr } = await child.output();
+  const files = [...Deno.readDirSync(state)].map((e) => e.name).sort();
+  assertEquals(
+    [
+      code,
+      new TextDecoder().decode(stderr),
+      files,
+      [...Deno.readDirSync(`${state}/backups`)].length,
+    ],
+    [0, "", ["backups", "guard"], 2],
+  );
+  // The start guard's policies were recorded, as an apply whose output is read records them.
+  assertEquals(
+    JSON.parse(await Deno.readTextFile(`${state}/guard/policy.json`)).vms,
+    { win10: { guard: "warn", rules: {} } },
+  );
 });
