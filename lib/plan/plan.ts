@@ -201,7 +201,9 @@ export function planWorld(options: PlanWorldOptions): Plan {
   const input = {
     config,
     effective,
-    selected: options.vms ?? effective.vms.map((v) => v.name),
+    // Each VM once, however often it was asked for (`--vm a --vm a`): twice, it was planned twice,
+    // and `apply` defined it, then refused its second plan as a definition changed since.
+    selected: options.vms ? [...new Set(options.vms)] : effective.vms.map((v) => v.name),
     host,
     survey,
     uri: world.uri,

@@ -1,7 +1,8 @@
 /**
  * Messages that must say the right thing: a shared state directory is not to be chmod-ed, the
  * system's EACCES is not Deno's permission set and its cause is said once, an unreadable config
- * names its path and why, and a libvirt error names the URI `LIBVIRT_DEFAULT_URI` gave.
+ * names its path and why, a libvirt error names the URI `LIBVIRT_DEFAULT_URI` gave, and a VM
+ * named twice with `--vm` is planned once.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
@@ -227,4 +228,23 @@ Deno.test("a libvirt error names the URI LIBVIRT_DEFAULT_URI gave", async () => 
     run.stderr.includes(`Cannot connect to libvirt at "${uri}" (LIBVIRT_DEFAULT_URI)`),
     run.stderr,
   );
+});
+
+Deno.test("a VM named twice with --vm is planned and applied once", async () => {
+  await using tree = await demoTree();
+  const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+  const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+  const args = ["--vm", "win10", "--vm", "win10", "-f", config, "--sysfs", tree.sysfs];
+  const connect = ["--connect", `test://${world}`];
+  const plan = await runCli(["plan", "--json", ...args, ...connect]);
+  const json = JSON.parse(plan.stdout);
+  assertEquals(
+    [plan.code, json.vms.map((vm: { name: string }) => vm.name), json.summary.add],
+    [0, ["win10"], 3],
+    plan.stderr,
+  );
+  const state = ["--state-dir", `${tree.dir}/state`];
+  const apply = await runCli(["apply", "--yes", ...args, ...connect, ...state]);
+  assertEquals(apply.code, 0, `${apply.stdout}${apply.stderr}`);
+  assertMatch(apply.stdout, /\nChanged: win10\. Skipped: none\. Failed: none\.\n/);
 });
