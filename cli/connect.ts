@@ -2,7 +2,7 @@
  * The libvirt URI a command opens, checked before libvirt sees it: a URI that would make libvirt
  * run a program it names (`qemu+ext:///system?command=...`, `command=` or `netcat=`) is refused
  * unless `--allow-uri-programs` is given, wherever it came from (`--connect`, a config's
- * `connect:`, `LIBVIRT_DEFAULT_URI`).
+ * `connect:`, `LIBVIRT_DEFAULT_URI`); a test-driver URI must name a regular file.
  *
  * @module
  */
@@ -17,8 +17,9 @@ export interface ConnectValues {
 }
 
 /**
- * Refuses the URI the command will open, unless `--allow-uri-programs`: `uri` as given (from
- * `origin`), else `LIBVIRT_DEFAULT_URI`. A URI that would run no program passes.
+ * Refuses the URI the command will open, `uri` as given (from `origin`), else
+ * `LIBVIRT_DEFAULT_URI`: one that would run a program unless `--allow-uri-programs`, and a
+ * test-driver URI naming a FIFO, a directory or a device.
  */
 export function checkConnectUri(
   uri: string | undefined,
@@ -26,16 +27,47 @@ export function checkConnectUri(
   allowed: boolean,
   io: CliIo,
 ): void {
-  if (allowed) return;
   const fromEnvironment = io.env("LIBVIRT_DEFAULT_URI");
   const requested = uri ?? (fromEnvironment === "" ? undefined : fromEnvironment);
   if (requested === undefined) return;
+  checkTestDriverFile(requested, uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin);
+  if (allowed) return;
   const reason = uriProgramReason(requested);
   if (reason === null) return;
   throw new UriProgramError(requested, reason, {
     origin: uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin,
     allow: `Pass --allow-uri-programs if that is meant (see README, "Security notes").`,
   });
+}
+
+/**
+ * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:
+ * libvirt reads a FIFO until a writer comes (forever) and a directory or `/dev/zero` with parser
+ * noise on stderr. A missing file is libvirt's to report.
+ */
+function checkTestDriverFile(uri: string, origin: string): void {
+  const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
+  if (written === undefined || written === "/default") return;
+  let path = written;
+  try {
+    // libvirt reads the path percent-decoded (`%66ifo` is `fifo`).
+    path = decodeURIComponent(written);
+  } catch {
+    // Not decodable: libvirt refuses that URI itself.
+  }
+  let isFile: boolean;
+  try {
+    isFile = Deno.statSync(path).isFile;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return;
+    throw new Error(`Cannot use libvirt URI "${uri}" (${origin})`, { cause: error });
+  }
+  if (!isFile) {
+    throw new Error(
+      `Cannot use libvirt URI "${uri}" (${origin}): its test driver would read "${path}", ` +
+        "which is not a regular file; name a world XML file",
+    );
+  }
 }
 
 /** The URI of `--connect` (or `null` for the default), checked, with the open options to use. */

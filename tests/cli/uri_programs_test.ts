@@ -2,11 +2,12 @@
  * A libvirt URI must not run a program: libvirt's `ext` transport runs its `command`, and
  * `command=` / `netcat=` name the programs the ssh transports run. From `--connect`, a config's
  * `connect:` or `LIBVIRT_DEFAULT_URI`, such a URI is refused before libvirt sees it, for every
- * command that opens libvirt, unless `--allow-uri-programs`; the library refuses it too.
+ * command that opens libvirt, unless `--allow-uri-programs`; the library refuses it too. A
+ * test-driver URI naming a FIFO or a directory is refused before libvirt reads it (and blocks).
  */
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { runCli } from "../helpers/cli.ts";
+import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { Connection } from "../../ffi/connection.ts";
 import { UriProgramError, uriProgramReason } from "../../ffi/uri_check.ts";
@@ -164,4 +165,47 @@ Deno.test("every command that opens libvirt refuses a URI that runs a program", 
     outcome: "refused before libvirt sees it, nothing run",
     test: TEST,
   });
+});
+
+Deno.test("a test-driver URI naming a FIFO or a directory is refused at once, never read", async () => {
+  await using tree = await demoTree();
+  const fifo = `${tree.dir}/world.fifo`;
+  await new Deno.Command("mkfifo", { args: [fifo] }).output();
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(config, "version: 1\nvms:\n  vm1: { devices: [] }\n");
+  const state = `${tree.dir}/state`;
+  for (
+    const [path, shown] of [[fifo, fifo], [`${tree.dir}/world%2efifo`, fifo], [tree.dir, tree.dir]]
+  ) {
+    const uri = `test://${path}`;
+    const runs: [string[], Record<string, string>][] = [
+      [["plan", "-f", config, "--sysfs", tree.sysfs, "-c", uri], {}],
+      [["plan", "-f", config, "--sysfs", tree.sysfs], { LIBVIRT_DEFAULT_URI: uri }],
+      [
+        ["apply", "--yes", "-f", config, "--sysfs", tree.sysfs, "--state-dir", state, "-c", uri],
+        {},
+      ],
+      [["rollback", "vm1", "--yes", "--state-dir", state, "-c", uri], {}],
+      [["sources", "--sysfs", tree.sysfs, "-c", uri], {}],
+      [["doctor", "--sysfs", tree.sysfs, "-c", uri], {}],
+    ];
+    for (const [args, env] of runs) {
+      // libvirt blocks on a FIFO until a writer comes: a run cut short by the timeout fails.
+      const run = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--quiet", ...documentedFlags(), MAIN, ...args],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1", ...env },
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      const stderr = new TextDecoder().decode(run.stderr);
+      assertEquals(run.code, 1, `${args.join(" ")}: ${stderr}`);
+      assertMatch(
+        stderr,
+        new RegExp(`its test driver would read "${shown}", which is not a regular file`),
+        args.join(" "),
+      );
+    }
+  }
 });
