@@ -841,13 +841,14 @@ function normaliseMatch(raw: RawMatch, at: Steps, ctx: Context): MatchCriteria {
     m.vendorId = v;
     m.deviceId = d;
   }
+  // Located at the key that contradicts, not at the start of the `match` block.
   const conflict = (key: string, a: string, b: string) =>
     report(
       ctx,
-      at,
+      [...at, key],
       `Conflicting criteria: "${key}" is "${a}" but "vendor_device_id" says "${b}"`,
       "give the ID once",
-      { path: [...at, key] },
+      { key: true },
     );
   if (raw.vendor_id !== undefined) {
     if (m.vendorId !== undefined && m.vendorId !== raw.vendor_id) {

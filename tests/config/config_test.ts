@@ -194,8 +194,25 @@ vms:
     '5:9: Missing key "match" at "vms.vm.devices[0]" (add "match:")',
     '6:16: Empty mapping at "vms.vm.devices[1].match" (give at least one of vendor_id, device_id, vendor_device_id, driver, subsystem_vendor_id, subsystem_device_id, class, slot, serial, numa_node, address)',
     '7:27: Invalid pci-address "0000:0b:00.9" at "vms.vm.devices[2].match.address" (expected a PCI address such as "0000:0b:00.0" or "0b:00.0")',
-    '8:16: Conflicting criteria: "vendor_id" is "1002" but "vendor_device_id" says "10de" at "vms.vm.devices[3].match.vendor_id" (give the ID once)',
+    '8:49: Conflicting criteria: "vendor_id" is "1002" but "vendor_device_id" says "10de" at "vms.vm.devices[3].match.vendor_id" (give the ID once)',
     '10:14: Expected a list, found a mapping at "vms.other.devices" (start each item with "- ")',
+  ]);
+});
+
+Deno.test("parseConfig() locates a conflicting ID at its own key, also on the lines below match:", () => {
+  const got = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - match:
+          vendor_device_id: "10de:2684"
+          driver: nvidia
+          vendor_id: "1002"
+          device_id: "2685"
+`).map((e) => e.message.replace(/^c\.yaml:/, "").replace(/ \(give the ID once\)$/, ""));
+  assertEquals(got, [
+    '8:11: Conflicting criteria: "vendor_id" is "1002" but "vendor_device_id" says "10de" at "vms.vm.devices[0].match.vendor_id"',
+    '9:11: Conflicting criteria: "device_id" is "2685" but "vendor_device_id" says "2684" at "vms.vm.devices[0].match.device_id"',
   ]);
 });
 
@@ -213,7 +230,7 @@ vms:
         boot_order: 2147483648
 `).map((e) => e.message.replace(/^c\.yaml:/, ""));
   assertEquals(got, [
-    '5:16: Conflicting criteria: "device_id" is "2685" but "vendor_device_id" says "2684" at "vms.vm.devices[0].match.device_id" (give the ID once)',
+    '5:49: Conflicting criteria: "device_id" is "2685" but "vendor_device_id" says "2684" at "vms.vm.devices[0].match.device_id" (give the ID once)',
     '7:16: Expected an integer, found number 1.5 at "vms.vm.devices[1].count" (write a whole number without quotes, e.g. 1)',
     '9:14: Unsupported value false: expected true at "vms.vm.devices[2].all" (omit the key)',
     '11:21: Value 2147483648 is too large: the maximum is 2147483647 at "vms.vm.devices[3].boot_order" (use 2147483647 or less)',
