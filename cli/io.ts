@@ -76,11 +76,11 @@ function terminalColumns(): number | undefined {
  * no more: the rest of the output is dropped quietly, instead of an error on stderr, and the
  * command runs to its end. Ending the process there instead (status 0) cut `apply --yes | head`
  * short after its defines: the guard's policies unrecorded, the lock left, a failure reported as
- * success.
+ * success. `closed` says whether that happened.
  */
-function stdoutWriter(): (text: string) => void {
+function stdoutWriter(): { write: (text: string) => void; closed: () => boolean } {
   let closed = false;
-  return (text) => {
+  const write = (text: string) => {
     if (closed) return;
     try {
       writeAllSync(Deno.stdout, text);
@@ -93,19 +93,24 @@ function stdoutWriter(): (text: string) => void {
       throw new Error("Cannot write to standard output", { cause: error });
     }
   };
+  return { write, closed: () => closed };
 }
 
 /** The process's own stdout/stderr/stdin and environment. */
 export function defaultIo(): CliIo {
   const noColor = (Deno.env.get("NO_COLOR") ?? "") !== "";
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
+  const stdout = stdoutWriter();
+  const readLine = lineReader();
   return {
     ...(columns === undefined ? {} : { columns }),
-    out: stdoutWriter(),
+    out: stdout.write,
     err: (text) => writeAllSync(Deno.stderr, text),
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),
-    readLine: lineReader(),
+    // A question written to a closed standard output was never seen: it gets no answer (end of
+    // input: apply quits, rollback declines), never one typed blind.
+    readLine: () => stdout.closed() ? Promise.resolve(null) : readLine(),
     env: (name) => Deno.env.get(name),
   };
 }

@@ -4,10 +4,10 @@
  * real process, a real pipe.
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
-import { documentedFlags } from "../helpers/cli.ts";
+import { documentedFlags, hasScript } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -104,4 +104,37 @@ Deno.test("apply --yes runs to its end when its standard output is closed", asyn
     JSON.parse(await Deno.readTextFile(`${state}/guard/policy.json`)).vms,
     { win10: { guard: "warn", rules: {} } },
   );
+});
+
+Deno.test({
+  name: "apply on a terminal whose standard output is closed asks nothing it cannot show",
+  ignore: !hasScript(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+    const state = `${tree.dir}/state`;
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
+      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
+      .concat("--state-dir", state).map(quote).join(" ");
+    // `passthrough apply | true` typed at a terminal: its questions go nowhere, its input stays
+    // open (the terminal), and no answer comes.
+    const line = `${apply} | true; echo "status \${PIPESTATUS[0]}"`;
+    const child = new Deno.Command("script", {
+      args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+      signal: AbortSignal.timeout(20_000),
+    }).spawn();
+    const { code, stdout } = await child.output();
+    const screen = new TextDecoder().decode(stdout);
+    assertEquals(code, 0, screen);
+    assertMatch(screen, /status 0/);
+    // Nothing was applied: no backup was taken.
+    const backups = [...Deno.readDirSync(`${state}/backups`)];
+    assertEquals(backups, []);
+  },
 });
