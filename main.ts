@@ -163,6 +163,11 @@ function runtimeErrorJson(error: unknown): string {
   }\n`;
 }
 
+/** Whether `error` is one of Deno's own (`Deno.errors.NotCapable`, `NotFound`, ...). */
+function isDenoError(error: unknown): boolean {
+  return Object.values(Deno.errors).some((kind) => error instanceof kind);
+}
+
 /** Deno's refusal of a path it opens only with `--allow-all` (`/dev/shm/x`, `/proc/self/cwd/x`). */
 const SPECIAL_PATH = /^Requires all access to /;
 
@@ -177,7 +182,10 @@ export function describeError(error: unknown): string {
   let current: unknown = error;
   for (let depth = 0; current !== undefined && depth < 5; depth++) {
     // Deno's own messages may carry colour codes; the terminal boundary would write them out.
-    let text = stripAnsi(current instanceof Error ? current.message : String(current));
+    // Only theirs: another message may quote a value the user wrote (a config value pasted from
+    // `grep --color`), which the boundary shows escaped, as it is, never silently shortened.
+    const raw = current instanceof Error ? current.message : String(current);
+    let text = isDenoError(current) ? stripAnsi(raw) : raw;
     if (current instanceof Deno.errors.NotCapable && SPECIAL_PATH.test(text)) {
       // Deno's advice names a flag the user cannot pass to passthrough.
       text = text.replace(/, run again with the --allow-all flag$/, "");

@@ -93,3 +93,17 @@ Deno.test({
     assertMatch(screen, /vfio\\u001b\]0;pwned/);
   },
 });
+
+Deno.test("a config value holding colour codes is quoted escaped in its error, never shortened", async () => {
+  await using tree = await demoTree();
+  const config = `${tree.dir}/c.yaml`;
+  // Pasted from `lspci -nn | grep --color=always 10de`: the ID looks right on a terminal.
+  await Deno.writeTextFile(
+    config,
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: "\x1b[31m10de:1b80\x1b[m" }\n',
+  );
+  const run = await runCli(["plan", "--config", config, "--sysfs", tree.sysfs]);
+  assertEquals(run.code, 1, run.stderr);
+  assertMatch(run.stderr, /:5:36: Invalid vendor-device "\\u001b\[31m10de:1b80\\u001b\[m" at /);
+  assertEquals(rawControls(run.stderr), []);
+});
