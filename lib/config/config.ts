@@ -22,6 +22,7 @@ import {
   type Node,
   parseDocument,
   visit,
+  type YAMLMap,
 } from "yaml";
 import {
   type BooleanSchema,
@@ -433,9 +434,18 @@ function stepsTo(chain: readonly unknown[]): unknown[] {
   });
 }
 
+/** Whether a pair with these ancestors (as `visit()` gives them) is an entry of `vms:` or `hosts:`. */
+function isNameKey(ancestors: readonly unknown[]): boolean {
+  // The document, its root mapping, the `vms:` pair, its mapping.
+  const owner = ancestors.length === 4 ? ancestors[2] : undefined;
+  return isPair(owner) && isScalar(owner.key) &&
+    (owner.key.value === "vms" || owner.key.value === "hosts");
+}
+
 /**
- * Prepares the parsed document for {@link Document.toJS}: takes IDs, classes and slots as written
- * (YAML reads `vendor_id: 0x10de` as 4318 and `class: 0300` as 300), indexes what each alias
+ * Prepares the parsed document for {@link Document.toJS}: takes IDs, classes and slots, and the
+ * names of VMs and hosts, as written (YAML reads `vendor_id: 0x10de` as 4318, `class: 0300` as 300
+ * and a VM named `100:` as a number), indexes what each alias
  * points to (for positions) and reports aliases without an anchor.
  */
 function prepare(ctx: Context): void {
@@ -453,13 +463,28 @@ function prepare(ctx: Context): void {
     Node(_, node) {
       if (node.anchor) anchors.set(node.anchor, node);
     },
-    Pair(_, pair) {
+    Pair(_, pair, ancestors) {
       const { key, value } = pair;
       if (
         isScalar(value) && typeof value.value === "number" &&
         isScalar(key) && FORMATTED_KEYS.has(key.value as string)
       ) {
         value.value = value.source;
+      }
+      // A VM or host named `100:` is "100" (YAML reads the number 100, `1e3` as 1000, `true` as a
+      // boolean): a libvirt domain may have such a name, and JSON's keys are strings anyway.
+      if (isScalar(key) && typeof key.value !== "string" && isNameKey(ancestors)) {
+        key.value = key.source;
+        // yaml compared it as a number: `100:` beside `"100":` is a duplicate only now.
+        const siblings = (ancestors[3] as YAMLMap).items;
+        const twin = siblings.find((p) =>
+          p !== pair && isScalar(p.key) && p.key.value === key.value
+        );
+        if (twin !== undefined) {
+          // Located at the second of the two, as yaml locates its own.
+          const second = siblings.indexOf(twin) > siblings.indexOf(pair) ? twin.key : key;
+          errorAt(ctx, second as Node, "", DUPLICATE_KEY[0], DUPLICATE_KEY[1]);
+        }
       }
     },
   });
@@ -876,13 +901,16 @@ function normaliseMatch(raw: RawMatch, at: Steps, ctx: Context): MatchCriteria {
   return m;
 }
 
+/** A duplicate key's message and hint, whether yaml or {@link prepare} found it. */
+const DUPLICATE_KEY = ["Duplicate key: each key may appear once", "merge the two entries"] as const;
+
 /** yaml's own errors (syntax, duplicate keys, nesting) as config errors. */
 function yamlErrors(ctx: Context): void {
   // Nesting too deep overflows the stack once per level, and leaves the rest unparsed: say it once.
   const deep = ctx.doc.errors.find((e) => e.code === "RESOURCE_EXHAUSTION");
   for (const error of deep ? [deep] : ctx.doc.errors) {
     const [detail, hint] = error.code === "DUPLICATE_KEY"
-      ? ["Duplicate key: each key may appear once", "merge the two entries"]
+      ? DUPLICATE_KEY
       : deep
       ? ["Nesting too deep", "a config nests a few levels: is this the right file?"]
       : [error.message, "check the indentation and quoting here"];
@@ -952,7 +980,9 @@ function normaliseConfig(raw: RawConfig | undefined, ctx: Context): Config {
   if (raw?.hosts !== undefined) {
     config.hosts = normaliseHosts(raw.hosts as Record<string, RawHostConfig | undefined>, ctx);
     declared = Object.keys(raw.hosts);
-    if (declared.length === 0) {
+    // Names refused (`"a b":`) were reported: the list is empty only when nothing is under it.
+    const written = nodeAt(ctx, ["hosts"]);
+    if (isMap(written) && written.items.length === 0) {
       report(ctx, ["hosts"], "Empty host list", 'declare at least one host, or remove "hosts:"');
     }
   }

@@ -540,3 +540,33 @@ Deno.test("parseConfig() locates a name or a key that is a list or a mapping whe
     'c.yaml:8:5: Invalid name: a mapping at "vms"',
   ]);
 });
+
+Deno.test("parseConfig() takes a VM or host named by a number or a boolean as written", () => {
+  const config = parseConfig(
+    "version: 1\nhosts:\n  101: {}\nvms:\n  100:\n    devices: []\n  1e3: { devices: [] }\n" +
+      "  0x1f: { devices: [] }\n  true: { devices: [] }\n",
+    { file: "c.yaml" },
+  );
+  assertEquals(config.hosts?.map((h) => [h.name, h.location]), [["101", "c.yaml:3:3"]]);
+  assertEquals(config.vms.map((vm) => [vm.name, vm.location]), [
+    ["100", "c.yaml:5:3"],
+    ["1e3", "c.yaml:7:3"],
+    ["0x1f", "c.yaml:8:3"],
+    ["true", "c.yaml:9:3"],
+  ]);
+  // The same name quoted beside it is a duplicate, located at the second, as yaml's own are.
+  for (const [first, second] of [['"100"', "100"], ["100", '"100"']]) {
+    assertEquals(
+      errorsOf(`version: 1\nvms:\n  ${first}: { devices: [] }\n  ${second}: { devices: [] }\n`)
+        .map((e) => e.message),
+      ["c.yaml:4:3: Duplicate key: each key may appear once (merge the two entries)"],
+    );
+  }
+  // A host name refused is that problem alone, not also an empty host list.
+  assertEquals(
+    errorsOf('version: 1\nhosts:\n  "a b": {}\nvms:\n  vm: { devices: [] }\n').map((e) =>
+      e.message.split(" (")[0]
+    ),
+    ['c.yaml:3:3: Invalid name "a b" at "hosts"'],
+  );
+});
