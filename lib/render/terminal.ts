@@ -12,12 +12,16 @@ import { PAINTER_SEQUENCES } from "./colors.ts";
 /**
  * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and Unicode's
  * bidirectional controls (Bidi_Control): the embeddings, overrides and isolates, and the marks
- * (ALM, LRM, RLM), which reorder what a line shows too. Global: for `replace` only (a global
- * expression's `test` and `exec` carry their position from one call to the next).
+ * (ALM, LRM, RLM), which reorder what a line shows too; and the characters that show nothing
+ * (soft hyphen, zero-width space, word joiner and invisible operators, zero-width no-break space),
+ * which a name pasted from a web page may carry: `VM "win10" is not defined (did you mean
+ * "win10"?)` told nothing. Zero-width joiners (U+200C, U+200D) stay, as Persian and Indic text
+ * and emoji need them. Global: for `replace` only (a global expression's `test` and `exec` carry
+ * their position from one call to the next).
  */
 export const UNSAFE_ON_TERMINAL: RegExp =
   // deno-lint-ignore no-control-regex
-  /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+  /[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
 
 /** The longest painter sequence (`\x1b[22m`). */
 const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length));

@@ -1,7 +1,7 @@
 /**
  * `terminalSafe()`: every line the CLI prints passes it once. Control characters, DEL, C1
- * controls, line and paragraph separators and Unicode's bidirectional controls come out as
- * `\uXXXX`; with colour on, only the painter's own sequences pass.
+ * controls, line and paragraph separators, Unicode's bidirectional controls and the characters
+ * that show nothing come out as `\uXXXX`; with colour on, only the painter's own sequences pass.
  */
 
 import { assertEquals } from "../helpers/assert.ts";
@@ -27,4 +27,18 @@ Deno.test("terminalSafe() with colour lets only the painter's own sequences thro
     );
   }
   assertEquals(terminalSafe("\x1b[1mbold\x1b[22m", true), "\x1b[1mbold\x1b[22m");
+});
+
+Deno.test("terminalSafe() shows the characters that show nothing, and keeps the joiners", () => {
+  const cases: [string, string][] = [
+    ["win10\u200b", "win10\\u200b"],
+    ["gen\xadtoo", "gen\\u00adtoo"],
+    ["\ufeffvm\u2060x\u2062y", "\\ufeffvm\\u2060x\\u2062y"],
+    // Zero-width non-joiner and joiner: Persian text and emoji sequences need them.
+    [
+      "\u0645\u06cc\u200c\u0631\u0648\u0645 \u{1f468}\u200d\u{1f4bb}",
+      "\u0645\u06cc\u200c\u0631\u0648\u0645 \u{1f468}\u200d\u{1f4bb}",
+    ],
+  ];
+  for (const [text, expected] of cases) assertEquals(terminalSafe(text, false), expected, text);
 });
