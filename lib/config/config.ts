@@ -653,6 +653,11 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
       near ? `did you mean "${near}"?` : null,
     );
   }
+  if (schema.minLength !== undefined && value === "") {
+    // Like `--connect ''`: an empty URI or tree would silently mean libvirt's default or the
+    // config's own folder.
+    return report(ctx, at, "Empty value", "give a value, or remove the key for the default");
+  }
   if (schema.format === undefined) return value;
   const normal = normaliseFormat(schema.format, value);
   if (normal !== null) return normal;

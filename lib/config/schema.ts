@@ -27,6 +27,8 @@ export interface StringSchema {
   readonly description: string;
   readonly format?: StringFormat;
   readonly enum?: readonly string[];
+  /** `1` for a value that must not be empty (an empty one would mean a default silently). */
+  readonly minLength?: 1;
 }
 
 /** An integer with an optional lower bound, or one fixed value. */
@@ -381,11 +383,13 @@ const HOST_SCHEMA = {
   properties: {
     connect: {
       type: "string",
+      minLength: 1,
       description:
         'libvirt URI of the host (default: --connect, else libvirt\'s default); a remote one ("qemu+ssh://root@hv1/system") needs "sysfs:"',
     },
     sysfs: {
       type: "string",
+      minLength: 1,
       description:
         "A tree captured on that host with passthrough snapshot, read instead of /sys (a path relative to the config file's folder)",
     },
@@ -490,6 +494,7 @@ function toJsonSchema(schema: Schema): JsonSchema {
       }
       const out: JsonSchema = { type: "string", description: schema.description };
       if (schema.format) out.pattern = FORMAT_PATTERNS[schema.format];
+      if (schema.minLength !== undefined) out.minLength = schema.minLength;
       return out;
     }
     case "integer": {

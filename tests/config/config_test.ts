@@ -570,3 +570,14 @@ Deno.test("parseConfig() takes a VM or host named by a number or a boolean as wr
     ['c.yaml:3:3: Invalid name "a b" at "hosts"'],
   );
 });
+
+Deno.test("parseConfig() refuses an empty connect: or sysfs:, which would mean a default silently", () => {
+  assertEquals(
+    errorsOf('version: 1\nhosts:\n  hv1: { connect: "", sysfs: "" }\nvms:\n  vm: { devices: [] }\n')
+      .map((e) => e.message),
+    [
+      'c.yaml:3:19: Empty value at "hosts.hv1.connect" (give a value, or remove the key for the default)',
+      'c.yaml:3:30: Empty value at "hosts.hv1.sysfs" (give a value, or remove the key for the default)',
+    ],
+  );
+});
