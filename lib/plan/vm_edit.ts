@@ -353,10 +353,31 @@ function movesKeepingGuestAddress(
   });
 }
 
-/** The specs of the moves {@link movesKeepingGuestAddress} chose get their old guest address. */
-function keepGuestAddressOfMoves(
+/**
+ * The owned hostdevs rewritten where they are (a changed `managed`, `rom` or `boot_order`) that
+ * keep their guest address, as a moved card does: the guest must not see its GPU or NIC at a new
+ * place (a new driver install, a renamed interface) because its boot order changed. Those libvirt
+ * placed, of a rule without `multifunction`, and not rewritten as an interface; a
+ * `multifunction` card is laid out by `assignGuestSlots`, and one whose `multifunction` turned on
+ * or off takes the new layout.
+ */
+function rewritesKeepingGuestAddress(
+  edit: Edit,
+): { move: Pick<MovedHostdev, "to">; guest: GuestPciAddress }[] {
+  return edit.toAdd.flatMap((closed) => {
+    const address = closed.device.address;
+    if (!edit.remove.has(address) || edit.vfs.has(address) || closed.rule.multifunction) return [];
+    const old = edit.domain.hostdevs.find((h) => h.address === address && h.owned);
+    const guest = old?.guestAddress ?? null;
+    if (old === undefined || guest === null || inMultifunctionSlot(old)) return [];
+    return [{ move: { to: address }, guest }];
+  });
+}
+
+/** The specs of the hostdevs chosen to keep their guest address get it. */
+function keepGuestAddresses(
   specs: Map<PciAddress, HostdevSpec>,
-  keeping: readonly { move: MovedHostdev; guest: GuestPciAddress }[],
+  keeping: readonly { move: Pick<MovedHostdev, "to">; guest: GuestPciAddress }[],
 ): void {
   for (const { move, guest } of keeping) {
     const spec = specs.get(move.to);
@@ -408,7 +429,12 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     }
   }
   const keeping = movesKeepingGuestAddress(plan, domain, toAdd);
-  const kept = new Set(keeping.map(({ move }) => move.from));
+  const rewrites = rewritesKeepingGuestAddress(edit);
+  // Their guest slots stay taken: no card laid out now may be put there.
+  const kept = new Set([
+    ...keeping.map(({ move }) => move.from),
+    ...rewrites.map(({ move }) => move.to),
+  ]);
   const { specs, controllers } = assignGuestSlots(
     toAdd,
     edit.firstMatched,
@@ -420,7 +446,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     },
   );
   for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
-  keepGuestAddressOfMoves(specs, keeping);
+  keepGuestAddresses(specs, [...keeping, ...rewrites]);
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

@@ -862,6 +862,51 @@ Deno.test("planHostdevs() rewrites an owned hostdev whose settings changed", asy
   });
 });
 
+Deno.test("planHostdevs() keeps the guest address of an owned hostdev rewritten for its settings", async () => {
+  // A changed boot_order or rom must not move the GPU the guest sees to a new guest slot (a new
+  // driver install), as a moved card keeps its guest address.
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    // As a QEMU libvirtd stores it: each hostdev at a guest slot of its own.
+    const placed = applied.desiredXml
+      .replace(
+        /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+        "$1\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+      )
+      .replace(
+        /(bus='0x01' slot='0x00' function='0x1'\/>\s*<\/source>)/,
+        "$1\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x08' function='0x0'/>",
+      );
+    libvirt.define(placed);
+    const guests = (xml: string) =>
+      parseDomainXml(xml).hostdevs.map((h) => [h.address, h.guestAddress?.address ?? null]);
+    assertEquals(guests(libvirt.getPersistentXml("win10", { secure: true })), [
+      ["0000:01:00.0", "0000:00:07.0"],
+      ["0000:01:00.1", "0000:00:08.0"],
+    ]);
+    const booting = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        boot_order: 2
+        rom: { bar: "off" }
+`);
+    const vm = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.remove, ["0000:01:00.0"]);
+    const gpu = parseDomainXml(vm.desiredXml).hostdevs.find((h) => h.address === "0000:01:00.0");
+    assertEquals([gpu?.bootOrder, gpu?.romBar], [2, "off"]);
+    assertEquals(guests(vm.desiredXml).sort(), [
+      ["0000:01:00.0", "0000:00:07.0"],
+      ["0000:01:00.1", "0000:00:08.0"],
+    ]);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), "win10");
+    assertEquals(again.changed, false);
+  });
+});
+
 const DISK_BOOT = `
       <disk type='file' device='disk'>
         <source file='/var/lib/libvirt/images/boot.qcow2'/>
