@@ -182,6 +182,13 @@ export interface DomainEdit {
    * guest address. Default: none.
    */
   move?: readonly { from: PciAddress; to: PciAddress }[];
+  /**
+   * Owned `<hostdev>`s whose settings changed (`managed`, ROM, boot order, guest address): each is
+   * written again from its spec where it is, keeping the children its spec does not describe
+   * (`<driver>`, `<alias>`, `<acpi>`, ...) as they were, so a user's own settings stay and the
+   * diff shows only what changed. Default: none.
+   */
+  rewrite?: readonly HostdevSpec[];
   /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
   addControllers?: PciControllerSpec[];
 }
@@ -1029,7 +1036,8 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
 /**
  * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
  * `edit.remove` are deleted together with their line, those in `edit.move` get their source
- * address rewritten where they are, `edit.add` hostdevs are appended after the
+ * address rewritten where they are, those in `edit.rewrite` are written again where they are
+ * (keeping the children their spec does not describe), `edit.add` hostdevs are appended after the
  * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
  * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
  * byte-identical, and an edit with nothing to do returns `xml` itself.
@@ -1066,6 +1074,7 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   const createdBefore = [...created].sort().join(" ");
   const { removing, removedSpans } = sitesToRemove(located, edit.remove);
   const moved = moveSplices(located, edit.move ?? [], removing);
+  const rewritten = rewriteSplices(xml, located, { rewrite: edit.rewrite ?? [], removing, moved });
   const vfRecords = edit.vfRecords ?? located.vfRecords;
   const lines = [
     ...controllerLines(located, edit.addControllers ?? []),
@@ -1073,6 +1082,7 @@ export function editDomainXml(xml: string, edit: DomainEdit): string {
   ];
   const splices = [
     ...moved.splices,
+    ...rewritten,
     ...removalSplices(xml, {
       located,
       removedSpans,
@@ -1133,6 +1143,68 @@ function sitesToRemove(
     removing.add(address);
   }
   return { removing, removedSpans };
+}
+
+/** Children of a `<hostdev>` that {@link hostdevLines} writes from a spec. */
+const SPEC_CHILDREN = new Set(["source", "boot", "rom", "address"]);
+
+/**
+ * Splices writing each rewritten hostdev again from its spec where it is, with the children its
+ * spec does not describe kept as written (those before `<source>` before it, the others after
+ * the ROM); refusing one the domain lacks, has more than once, did not get from us, or also
+ * removes or moves.
+ */
+function rewriteSplices(
+  xml: string,
+  located: Located,
+  { rewrite, removing, moved }: {
+    rewrite: readonly HostdevSpec[];
+    removing: ReadonlySet<PciAddress>;
+    moved: { present: ReadonlySet<PciAddress> };
+  },
+): Splice[] {
+  const newline = xml.includes("\r\n") ? "\r\n" : "\n";
+  return rewrite.map((spec) => {
+    const address = canonicalPciAddress(spec.address);
+    if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+    const refuse = (why: string) =>
+      new DomainEditError(
+        `Cannot rewrite hostdev "${address}" of "${located.name}": ${why}`,
+        address,
+      );
+    const sites = located.hostdevs.filter((s) => s.hostdev.address === address);
+    if (
+      sites.length !== 1 || removing.has(address) || !moved.present.has(address) ||
+      spec.interface !== undefined
+    ) {
+      throw refuse("the domain does not have it once as a <hostdev>, or it is also removed");
+    }
+    const { span, hostdev } = sites[0]!;
+    if (!hostdev.owned) throw refuse("it was not added by passthrough");
+    const indent = lineIndent(xml, span.start) ?? "";
+    const source = span.children.find((c) => c.name === "source");
+    const kept = (before: boolean) =>
+      span.children
+        .filter((c) =>
+          !SPEC_CHILDREN.has(c.name) && (source !== undefined && c.start < source.start) === before
+        )
+        .flatMap((c) =>
+          xml.slice(c.start, c.end).split(/\r?\n/).map((line, i) =>
+            i === 0 ? `  ${line}` : line.startsWith(indent) ? line.slice(indent.length) : line
+          )
+        );
+    const lines = hostdevLines(spec);
+    const guest = lines.findIndex((l) => l.startsWith("  <address "));
+    const tail = guest === -1 ? lines.length - 1 : guest;
+    const text = [
+      lines[0]!,
+      ...kept(true),
+      ...lines.slice(1, tail),
+      ...kept(false),
+      ...lines.slice(tail),
+    ];
+    return { start: span.start, end: span.end, text: indentLines(text, indent, newline) };
+  });
 }
 
 /** The lines of the PCI controllers to add, refusing an index the domain has already. */

@@ -367,6 +367,8 @@ function rewritesKeepingGuestAddress(
   return edit.toAdd.flatMap((closed) => {
     const address = closed.device.address;
     if (!edit.remove.has(address) || edit.vfs.has(address) || closed.rule.multifunction) return [];
+    // A card moved here keeps the guest address it had (`movesKeepingGuestAddress`).
+    if (edit.plan.move.some((m) => m.to === address || m.from === address)) return [];
     const old = edit.domain.hostdevs.find((h) => h.address === address && h.owned);
     const guest = old?.guestAddress ?? null;
     if (old === undefined || guest === null || inMultifunctionSlot(old)) return [];
@@ -468,10 +470,22 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
+  // A hostdev rewritten at the same address (its settings changed) is written again where it is,
+  // keeping the user's own children (`<alias>`, `<acpi>`, `<driver>`, ...).
+  const again = new Set(
+    rewritten.map((c) => c.device.address).filter((a) =>
+      !edit.vfs.has(a) && !movedTo.has(a) && !movedFrom.has(a) &&
+      domain.hostdevs.filter((h) => h.address === a).length === 1 &&
+      domain.hostdevs.some((h) => h.address === a && h.owned) &&
+      !domain.interfaces.some((i) => i.address === a)
+    ),
+  );
   plan.desiredXml = editDomainXml(xml, {
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),
-    remove: [...remove].filter((a) => !from.has(a)),
-    add: toAdd.filter((c) => !to.has(c.device.address)).map((c) => specs.get(c.device.address)!),
+    remove: [...remove].filter((a) => !from.has(a) && !again.has(a)),
+    add: toAdd.filter((c) => !to.has(c.device.address) && !again.has(c.device.address))
+      .map((c) => specs.get(c.device.address)!),
+    ...(again.size > 0 ? { rewrite: [...again].map((a) => specs.get(a)!) } : {}),
     records: edit.records,
     vfRecords: edit.vfRecords,
     move: inPlace,

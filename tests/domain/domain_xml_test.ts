@@ -699,6 +699,82 @@ Deno.test("editDomainXml() rewrites an owned hostdev removed and added in one ed
   assertEquals(editDomainXml(rewritten, { remove: ["0000:01:00.0"], add: [], records: [] }), xml);
 });
 
+Deno.test("editDomainXml() rewrites an owned hostdev in place, keeping the children its spec does not describe", () => {
+  const added = add(SMALL, [
+    { address: "0000:01:00.0", managed: true, rom: { bar: "on", file: "/roms/old.rom" } },
+    { address: "0000:05:00.0", managed: true },
+  ]);
+  // Set by hand: a driver before <source>; an alias, an ACPI index and a guest address after it.
+  const own = added
+    .replace(
+      /(managed='yes'>)(\s*<source>\s*<address domain='0x0000' bus='0x01')/,
+      "$1\n      <driver name='vfio'/>$2",
+    )
+    .replace(
+      /(<rom bar='on' file='\/roms\/old.rom'\/>)/,
+      "<alias name='ua-gpu'/>\n      $1\n      <acpi index='7'/>\n" +
+        "      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+    );
+  assertOk(own.includes("<acpi index='7'/>") && own.includes("<driver name='vfio'/>"), own);
+  const records = parseDomainXml(own).records;
+  const rewritten = editDomainXml(own, {
+    remove: [],
+    add: [],
+    records,
+    rewrite: [{
+      address: "0000:01:00.0",
+      managed: false,
+      bootOrder: 2,
+      guestAddress: { domain: 0, bus: 0, slot: 7, function: 0 },
+    }],
+  });
+  const hostdevs = parseDomainXml(rewritten).hostdevs;
+  // Same place, new settings, the user's children kept.
+  assertEquals(hostdevs.map((h) => [h.address, h.managed, h.bootOrder, h.romFile]), [
+    ["0000:01:00.0", false, 2, null],
+    ["0000:05:00.0", true, null, null],
+  ]);
+  assertEquals(hostdevs[0]?.guestAddress?.address, "0000:00:07.0");
+  for (const kept of ["<driver name='vfio'/>", "<alias name='ua-gpu'/>", "<acpi index='7'/>"]) {
+    assertOk(hostdevs[0]?.xml.includes(kept), `${kept} kept`);
+  }
+  const lines = (xml: string) => xml.split("\n");
+  assertEquals(lines(rewritten).filter((l) => !lines(own).includes(l)).map((l) => l.trim()), [
+    "<hostdev mode='subsystem' type='pci' managed='no'>",
+    "<boot order='2'/>",
+  ]);
+  assertEquals(lines(own).filter((l) => !lines(rewritten).includes(l)).map((l) => l.trim()), [
+    "<rom bar='on' file='/roms/old.rom'/>",
+  ]);
+  // Never a hostdev the user wrote, nor one the edit also removes.
+  const hand = SMALL.replace(
+    "</devices>",
+    "  <hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x09' slot='0x00' function='0x0'/></source></hostdev>\n  </devices>",
+  );
+  assertThrows(
+    () =>
+      editDomainXml(hand, {
+        remove: [],
+        add: [],
+        records: [],
+        rewrite: [{ address: "0000:09:00.0", managed: true }],
+      }),
+    DomainEditError,
+    "not added by passthrough",
+  );
+  assertThrows(
+    () =>
+      editDomainXml(own, {
+        remove: ["0000:01:00.0"],
+        add: [],
+        records,
+        rewrite: [{ address: "0000:01:00.0", managed: true }],
+      }),
+    DomainEditError,
+    "also removed",
+  );
+});
+
 Deno.test("editDomainXml() creates <devices> and <metadata> in a one-line domain", () => {
   const xml = "<domain><name>d</name></domain>";
   const added = add(xml, [{ address: "0000:01:00.0", managed: true }]);

@@ -907,6 +907,43 @@ Deno.test("planHostdevs() keeps the guest address of an owned hostdev rewritten 
   });
 });
 
+Deno.test("planHostdevs() rewrites an owned hostdev for its settings where it is, keeping the user's own children", async () => {
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    // Set by hand on the applied GPU: a driver, an alias, an ACPI index (the guest's NIC name).
+    const own = applied.desiredXml
+      .replace(
+        /(<hostdev mode='subsystem' type='pci' managed='yes'>)(\s*<source>\s*<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+        "$1\n      <driver name='vfio'/>$2\n      <alias name='ua-gpu'/>\n      <acpi index='7'/>",
+      );
+    assertOk(own !== applied.desiredXml, "the test sets them");
+    libvirt.define(own);
+    const current = libvirt.getPersistentXml("win10", { secure: true });
+    const booting = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        boot_order: 2
+`);
+    const vm = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    assertEquals(vm.currentXml, current);
+    // One line more, in the same place: nothing the user wrote is dropped or moved.
+    const lines = (xml: string) => xml.split("\n");
+    const added = lines(vm.desiredXml).filter((l) => !lines(current).includes(l));
+    assertEquals(added.map((l) => l.trim()), ["<boot order='2'/>"]);
+    assertEquals(lines(vm.desiredXml).length, lines(current).length + 1);
+    libvirt.define(vm.desiredXml);
+    const defined = libvirt.getPersistentXml("win10", { secure: true });
+    for (const kept of ["<driver name='vfio'/>", "<alias name='ua-gpu'/>", "<acpi index='7'/>"]) {
+      assertOk(defined.includes(kept), `${kept} kept`);
+    }
+    const again = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), "win10");
+    assertEquals(again.changed, false);
+  });
+});
+
 const DISK_BOOT = `
       <disk type='file' device='disk'>
         <source file='/var/lib/libvirt/images/boot.qcow2'/>
