@@ -1051,6 +1051,74 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "planHostdevs() keeps what a real QEMU libvirtd and the user gave a hostdev rewritten for its settings" +
+    (noDaemon === null ? "" : ` (skipped: ${noDaemon})`),
+  ignore: noDaemon !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    using libvirt = openLibvirtPort(daemon.uri);
+    const name = `pt-rewrite-${crypto.randomUUID().slice(0, 8)}`;
+    using _cleanup = {
+      [Symbol.dispose]() {
+        using conn = Connection.open(daemon.uri);
+        try {
+          using dom = conn.lookupDomainByName(name);
+          dom.undefine();
+        } catch {
+          // Never defined: nothing to clean up.
+        }
+      },
+    };
+    libvirt.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/var/lib/libvirt/images/${name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+      <boot order='1'/>
+    </disk>
+  </devices>
+</domain>
+`);
+    const rule = (more: string) =>
+      config(`  ${name}:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+${more}`);
+    libvirt.define(vmOf(planHostdevs({ config: rule(""), host: HOST, libvirt }), name).desiredXml);
+    // The QEMU driver gave each hostdev a guest slot; the user puts the GPU at slot 9 (below it,
+    // free slots libvirt would fill first) and gives it an alias.
+    const placed = libvirt.getPersistentXml(name, { secure: true });
+    const guests = (xml: string) =>
+      parseDomainXml(xml).hostdevs.map((h) => [h.address, h.guestAddress?.address ?? null]);
+    const gpu = /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>\s*)<address [^>]*\/>/;
+    assertMatch(placed, gpu);
+    libvirt.define(placed.replace(
+      gpu,
+      "$1<alias name='ua-gpu'/>\n      <address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>",
+    ));
+    const slots = guests(libvirt.getPersistentXml(name, { secure: true }));
+    assertEquals(slots[0], ["0000:01:00.0", "0000:00:09.0"]);
+    const booting = rule("        boot_order: 2\n");
+    const vm = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), name);
+    assertEquals([vm.errors, vm.remove], [[], ["0000:01:00.0"]]);
+    libvirt.define(vm.desiredXml);
+    const stored = libvirt.getPersistentXml(name, { secure: true });
+    assertEquals(guests(stored), slots);
+    assertMatch(stored, /<boot order='2'\/>\s*<alias name='ua-gpu'\/>/);
+    const again = vmOf(planHostdevs({ config: booting, host: HOST, libvirt }), name);
+    assertEquals(again.changed, false);
+  },
+});
+
 const BLANK_IDS = { subsystem_vendor: null, subsystem_device: null, revision: null, driver: null };
 const ONE_GPU = topologyFromDescription({
   devices: [
