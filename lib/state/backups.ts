@@ -361,8 +361,8 @@ export function describeBackupProblem(problem: BackupProblem): string {
 
 /** The backups of one VM directory, and its files that are not backups. */
 function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing): void {
-  const names = new Set<string>();
-  for (const file of Deno.readDirSync(dir)) names.add(file.name);
+  const names = new Map<string, Deno.DirEntry>();
+  for (const file of Deno.readDirSync(dir)) names.set(file.name, file);
   for (const file of Deno.readDirSync(dir)) {
     const path = join(dir, file.name);
     if (file.name.startsWith(".")) {
@@ -406,8 +406,19 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
       continue;
     }
     if (vm !== undefined && entry.vm !== vm) continue;
-    if (!names.has(`${id}.xml`)) {
+    const xml = names.get(`${id}.xml`);
+    if (xml === undefined) {
       damaged(id, `its XML file "${id}.xml" is missing`);
+      continue;
+    }
+    if (!xml.isFile) {
+      // Listed as intact, it would be the one `rollback` picks, and then refuses.
+      const kind = xml.isSymlink
+        ? "a symbolic link"
+        : xml.isDirectory
+        ? "a directory"
+        : "not a regular file";
+      damaged(id, `its XML file "${id}.xml" is ${kind}`);
       continue;
     }
     into.entries.push(entry);

@@ -269,6 +269,39 @@ Deno.test("inspectBackups() reports a damaged sidecar and still lists every othe
   });
 });
 
+Deno.test("inspectBackups() reports a backup whose XML file is a FIFO, a symlink or a directory as damaged, not intact", () => {
+  const damages: [string, RegExp, (path: string) => void][] = [
+    ["a FIFO", /is not a regular file/, (path) => {
+      new Deno.Command("mkfifo", { args: [path] }).outputSync();
+    }],
+    [
+      "a symlink to /etc/passwd",
+      /is a symbolic link/,
+      (path) => Deno.symlinkSync("/etc/passwd", path),
+    ],
+    ["a directory", /is a directory/, (path) => Deno.mkdirSync(path)],
+  ];
+  for (const [name, detail, damage] of damages) {
+    const root = tempDir();
+    try {
+      const state = openStateDir(`${root}/state`);
+      const older = backupOf(state, "a", { note: "<old/>", second: 1 });
+      const newer = backupOf(state, "a", { note: "<new/>", second: 2 });
+      Deno.removeSync(newer.path);
+      damage(newer.path);
+      const { entries, problems } = inspectBackups(state, "a");
+      assertEquals(entries.map((e) => e.id), [older.id], name);
+      assertEquals(problems.map((p) => [p.kind, p.id]), [["damaged", newer.id]], name);
+      assertMatch(problems[0]!.detail, new RegExp(`XML file "${newer.id}.xml" ${detail.source}`));
+      // Newer than the intact one: the newest is not chosen silently, nor this one.
+      assertThrows(() => findBackup(state, "a"), /is damaged: .*choose one with --to/, name);
+      assertEquals(findBackup(state, "a", "1").id, older.id, name);
+    } finally {
+      Deno.removeSync(root, { recursive: true });
+    }
+  }
+});
+
 Deno.test("passthrough backups lists the other backups, reports the damaged one and exits 1", async () => {
   const root = tempDir();
   try {
