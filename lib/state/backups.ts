@@ -518,7 +518,10 @@ export function findBackup(
   const damaged = problems.filter((p) => p.kind === "damaged" && p.id !== null);
   if (ref === undefined) {
     const newest = entries[0];
-    const newer = damaged.filter((p) => newest === undefined || p.id! > newest.id).at(-1);
+    // Only a name passthrough gives a backup tells its time: a stray `notes.json` is no newer.
+    const newer = damaged.filter((p) =>
+      STAMPED.test(p.id!) && (newest === undefined || p.id! > newest.id)
+    ).at(-1);
     if (newer !== undefined) {
       throw new BackupIntegrityError(
         newer.path,

@@ -302,6 +302,22 @@ Deno.test("inspectBackups() reports a backup whose XML file is a FIFO, a symlink
   }
 });
 
+Deno.test("findBackup() picks the newest intact backup past a damaged file whose name is not a backup's", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const newest = backupOf(state, "a", { second: 1 });
+    // Named by hand, not by a backup's time: it says nothing of what is newest.
+    Deno.writeTextFileSync(`${state.backupsPath}/a/notes.json`, `{"note": "kept by hand"}\n`);
+    Deno.mkdirSync(`${state.backupsPath}/a/sub.json`);
+    const { problems } = inspectBackups(state, "a");
+    assertEquals(problems.map((p) => [p.kind, p.id]), [["damaged", "notes"], ["damaged", "sub"]]);
+    assertEquals(findBackup(state, "a").id, newest.id);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("passthrough backups lists the other backups, reports the damaged one and exits 1", async () => {
   const root = tempDir();
   try {
