@@ -282,8 +282,8 @@ function removeIfEmpty(dir: string): void {
 /** A backup file refused by {@link readOwnFileSync} (not a regular file, too large) as damaged. */
 function unreadable(path: string, error: unknown): unknown {
   if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return error;
-  const why = error.message.replace(`Refusing "${path}": `, "");
-  return new BackupIntegrityError(path, why, { cause: error });
+  // The detail is the refusal's own sentence: as a cause too, every message would say it twice.
+  return new BackupIntegrityError(path, error.message.replace(`Refusing "${path}": `, ""));
 }
 
 function readSidecar(dir: string, fileName: string): BackupEntry {

@@ -301,12 +301,13 @@ function kindOf(info: Deno.FileInfo): string {
   return "not a regular file";
 }
 
-function unexpectedFile(path: string, why: string): StateDirError {
-  return new StateDirError(
-    path,
-    "unexpected-file",
-    `Refusing "${path}": ${why}, and passthrough writes only regular files there`,
-  );
+/** `why` says what the file is; `because` why that is refused (the file types we write, or their size). */
+function unexpectedFile(
+  path: string,
+  why: string,
+  because = "passthrough writes only regular files there",
+): StateDirError {
+  return new StateDirError(path, "unexpected-file", `Refusing "${path}": ${why}, and ${because}`);
 }
 
 /**
@@ -339,7 +340,9 @@ export function openOwnFileSync(path: string, options: { write?: boolean } = {})
  * (`unexpected-file`) when it holds more, so a huge file is refused without being read whole.
  */
 function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
-  const tooLarge = () => unexpectedFile(path, `it is larger than ${maxBytes} bytes`);
+  // A regular file: "only regular files" would not say what is wrong with it.
+  const tooLarge = () =>
+    unexpectedFile(path, `it is larger than ${maxBytes} bytes`, "passthrough writes none so large");
   if ((file.statSync().size ?? 0) > maxBytes) throw tooLarge();
   // One byte more than allowed tells a file that grew since the stat.
   const out = new Uint8Array(maxBytes + 1);

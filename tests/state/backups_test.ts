@@ -13,6 +13,7 @@ import {
 } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { runCli } from "../helpers/cli.ts";
+import { describeError } from "../../main.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 const TEST = "tests/state/backups_test.ts";
@@ -505,9 +506,26 @@ Deno.test("readBackupXml() refuses a backup whose XML no longer matches its sha2
     // A huge file (sparse) is refused by its size, never read whole.
     Deno.truncateSync(entry.path, 2 * 1024 ** 3);
     assertThrows(() => readBackupXml(entry), /is damaged: it is larger than 16777216 bytes/);
+    // As the CLI prints it: the reason once, and not "only regular files" for a regular file.
+    const said = () => {
+      try {
+        readBackupXml(entry);
+      } catch (error) {
+        return describeError(error);
+      }
+      throw new Error("did not throw");
+    };
+    assertEquals(
+      said(),
+      `Backup "${entry.path}" is damaged: it is larger than 16777216 bytes, and passthrough writes none so large`,
+    );
     Deno.removeSync(entry.path);
     Deno.symlinkSync("/dev/zero", entry.path);
     assertThrows(() => readBackupXml(entry), /is damaged: it is a symbolic link/);
+    assertEquals(
+      said(),
+      `Backup "${entry.path}" is damaged: it is a symbolic link, and passthrough writes only regular files there`,
+    );
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
