@@ -183,10 +183,11 @@ export interface DomainEdit {
    */
   move?: readonly { from: PciAddress; to: PciAddress }[];
   /**
-   * Owned `<hostdev>`s whose settings changed (`managed`, ROM, boot order, guest address): each is
+   * Owned `<hostdev>`s whose settings changed (`managed`, ROM, boot order, guest address), and
+   * owned `<interface type='hostdev'>`s (a spec with `interface`: MAC, VLAN, ...): each is
    * written again from its spec where it is, keeping the children its spec does not describe
-   * (`<driver>`, `<alias>`, `<acpi>`, ...) as they were, so a user's own settings stay and the
-   * diff shows only what changed. Default: none.
+   * (`<driver>`, `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) as they were, so a
+   * user's own settings stay and the diff shows only what changed. Default: none.
    */
   rewrite?: readonly HostdevSpec[];
   /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
@@ -1145,14 +1146,21 @@ function sitesToRemove(
   return { removing, removedSpans };
 }
 
-/** Children of a `<hostdev>` that {@link hostdevLines} writes from a spec. */
-const SPEC_CHILDREN = new Set(["source", "boot", "rom", "address"]);
+/**
+ * Children that {@link hostdevLines} and `interfaceLines` write from a spec. An interface's spec
+ * never gives a guest address, so its `<address>` stays as libvirt placed it.
+ */
+const SPEC_CHILDREN = {
+  hostdev: new Set(["source", "boot", "rom", "address"]),
+  interface: new Set(["mac", "source", "vlan", "boot", "rom"]),
+};
 
 /**
- * Splices writing each rewritten hostdev again from its spec where it is, with the children its
- * spec does not describe kept as written (those before `<source>` before it, the others after
- * the ROM); refusing one the domain lacks, has more than once, did not get from us, or also
- * removes or moves.
+ * Splices writing each rewritten `<hostdev>` (or `<interface type='hostdev'>`, for a spec with
+ * `interface`) again from its spec where it is, with the children its spec does not describe
+ * kept as written (those before `<source>` after the start tag, the others before the guest
+ * address, else at the end); refusing one the domain lacks, has more than once, did not get
+ * from us, or also removes or moves.
  */
 function rewriteSplices(
   xml: string,
@@ -1172,28 +1180,39 @@ function rewriteSplices(
         `Cannot rewrite hostdev "${address}" of "${located.name}": ${why}`,
         address,
       );
-    const sites = located.hostdevs.filter((s) => s.hostdev.address === address);
-    if (
-      sites.length !== 1 || removing.has(address) || !moved.present.has(address) ||
-      spec.interface !== undefined
-    ) {
-      throw refuse("the domain does not have it once as a <hostdev>, or it is also removed");
+    const nic = spec.interface !== undefined;
+    const sites = nic
+      ? located.interfaces.map((s) => ({
+        owned: s.nic.owned,
+        address: s.nic.address,
+        span: s.span,
+      }))
+      : located.hostdevs.map((s) => ({
+        owned: s.hostdev.owned,
+        address: s.hostdev.address,
+        span: s.span,
+      }));
+    const site = sites.filter((s) => s.address === address);
+    const element = nic ? "<interface type='hostdev'>" : "<hostdev>";
+    if (site.length !== 1 || removing.has(address) || !moved.present.has(address)) {
+      throw refuse(`the domain does not have it once as ${element}, or it is also removed`);
     }
-    const { span, hostdev } = sites[0]!;
-    if (!hostdev.owned) throw refuse("it was not added by passthrough");
+    const { span, owned } = site[0]!;
+    if (!owned) throw refuse("it was not added by passthrough");
+    const described = SPEC_CHILDREN[nic ? "interface" : "hostdev"];
     const indent = lineIndent(xml, span.start) ?? "";
     const source = span.children.find((c) => c.name === "source");
     const kept = (before: boolean) =>
       span.children
         .filter((c) =>
-          !SPEC_CHILDREN.has(c.name) && (source !== undefined && c.start < source.start) === before
+          !described.has(c.name) && (source !== undefined && c.start < source.start) === before
         )
         .flatMap((c) =>
           xml.slice(c.start, c.end).split(/\r?\n/).map((line, i) =>
             i === 0 ? `  ${line}` : line.startsWith(indent) ? line.slice(indent.length) : line
           )
         );
-    const lines = hostdevLines(spec);
+    const lines = nic ? interfaceLines(spec) : hostdevLines(spec);
     const guest = lines.findIndex((l) => l.startsWith("  <address "));
     const tail = guest === -1 ? lines.length - 1 : guest;
     const text = [

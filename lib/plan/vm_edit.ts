@@ -470,15 +470,16 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
-  // A hostdev rewritten at the same address (its settings changed) is written again where it is,
-  // keeping the user's own children (`<alias>`, `<acpi>`, `<driver>`, ...).
+  // A hostdev or interface rewritten at the same address (its settings changed) is written again
+  // where it is, keeping the user's own children (`<alias>`, `<acpi>`, a NIC's guest address...).
   const again = new Set(
-    rewritten.map((c) => c.device.address).filter((a) =>
-      !edit.vfs.has(a) && !movedTo.has(a) && !movedFrom.has(a) &&
-      domain.hostdevs.filter((h) => h.address === a).length === 1 &&
-      domain.hostdevs.some((h) => h.address === a && h.owned) &&
-      !domain.interfaces.some((i) => i.address === a)
-    ),
+    rewritten.map((c) => c.device.address).filter((a) => {
+      if (movedTo.has(a) || movedFrom.has(a)) return false;
+      const hostdevs = domain.hostdevs.filter((h) => h.address === a);
+      const nics = domain.interfaces.filter((i) => i.address === a);
+      const [one] = specs.get(a)?.interface === undefined ? hostdevs : nics;
+      return hostdevs.length + nics.length === 1 && one?.owned === true;
+    }),
   );
   plan.desiredXml = editDomainXml(xml, {
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),

@@ -117,6 +117,43 @@ Deno.test("vf: a changed VLAN rewrites the owned interface, keeping its VF and M
   ]);
 });
 
+Deno.test("vf: a changed VLAN rewrites the interface where it is, keeping its guest address, ACPI index and alias", async () => {
+  await withPort([A], (port) => {
+    const first = vmOf(
+      planHostdevs({ config: config(UPLINK("a")), host: sriovHost(), libvirt: port }),
+      "a",
+    );
+    // Where a QEMU libvirtd placed the guest's NIC, and what names it in a Linux guest (eno3).
+    const own = first.desiredXml.replace(
+      /(<\/vlan>)/,
+      "$1\n      <alias name='ua-uplink'/>\n      <acpi index='3'/>\n" +
+        "      <address type='pci' domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>",
+    );
+    assertOk(own !== first.desiredXml, "the test places the NIC");
+    port.define(own);
+    const current = port.getPersistentXml("a", { secure: true });
+    const cfg = config(UPLINK("a", "any", "{ vlan: 30 }"));
+    const a = vmOf(planHostdevs({ config: cfg, host: sriovHost(), libvirt: port }), "a");
+    assertEquals(a.currentXml, current);
+    // The tag line alone changes.
+    const lines = (xml: string) => xml.split("\n");
+    assertEquals(lines(a.desiredXml).length, lines(current).length);
+    assertEquals(
+      lines(a.desiredXml).filter((l, i) => l !== lines(current)[i]).map((l) => l.trim()),
+      ["<tag id='30'/>"],
+    );
+    port.define(a.desiredXml);
+    const nic = parseDomainXml(port.getPersistentXml("a", { secure: true })).interfaces[0]!;
+    assertEquals([nic.vlan?.tags, nic.owned], [[30], true]);
+    assertMatch(
+      nic.xml,
+      /<alias name='ua-uplink'\/>\s*<acpi index='3'\/>\s*<address type='pci' domain='0x0000' bus='0x00' slot='0x06'/,
+    );
+    const again = vmOf(planHostdevs({ config: cfg, host: sriovHost(), libvirt: port }), "a");
+    assertEquals(again.changed, false);
+  });
+});
+
 Deno.test("vf: a PF that moved is followed, the VF re-derived by index, the MAC kept", () => {
   const first = plan(config(UPLINK("a", "1")), sriovHost("07"), { a: A });
   const mac = parseDomainXml(vmOf(first, "a").desiredXml).interfaces[0]!.mac;
