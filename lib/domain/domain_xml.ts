@@ -187,9 +187,11 @@ export interface DomainEdit {
    * owned `<interface type='hostdev'>`s (a spec with `interface`: MAC, VLAN, ...): each is
    * written again from its spec where it is, keeping the children its spec does not describe
    * (`<driver>`, `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) as they were, so a
-   * user's own settings stay and the diff shows only what changed. Default: none.
+   * user's own settings stay and the diff shows only what changed. With `from`, the element at
+   * that address is the one written again, at the spec's (a VF that moved with its PF). Default:
+   * none.
    */
-  rewrite?: readonly HostdevSpec[];
+  rewrite?: readonly (HostdevSpec & { from?: PciAddress })[];
   /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
   addControllers?: PciControllerSpec[];
 }
@@ -1166,15 +1168,18 @@ function rewriteSplices(
   xml: string,
   located: Located,
   { rewrite, removing, moved }: {
-    rewrite: readonly HostdevSpec[];
+    rewrite: readonly (HostdevSpec & { from?: PciAddress })[];
     removing: ReadonlySet<PciAddress>;
-    moved: { present: ReadonlySet<PciAddress> };
+    moved: { present: Set<PciAddress> };
   },
 ): Splice[] {
   const newline = xml.includes("\r\n") ? "\r\n" : "\n";
   return rewrite.map((spec) => {
-    const address = canonicalPciAddress(spec.address);
-    if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
+    const to = canonicalPciAddress(spec.address);
+    const address = canonicalPciAddress(spec.from ?? spec.address);
+    if (address === null || to === null) {
+      throw new TypeError(`Not a PCI address: "${to === null ? spec.address : spec.from}"`);
+    }
     const refuse = (why: string) =>
       new DomainEditError(
         `Cannot rewrite hostdev "${address}" of "${located.name}": ${why}`,
@@ -1199,6 +1204,11 @@ function rewriteSplices(
     }
     const { span, owned } = site[0]!;
     if (!owned) throw refuse("it was not added by passthrough");
+    if (to !== address) {
+      if (moved.present.has(to)) throw refuse(`the domain already has "${to}"`);
+      moved.present.delete(address);
+      moved.present.add(to);
+    }
     const described = SPEC_CHILDREN[nic ? "interface" : "hostdev"];
     const indent = lineIndent(xml, span.start) ?? "";
     const source = span.children.find((c) => c.name === "source");

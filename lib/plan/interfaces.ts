@@ -71,15 +71,25 @@ export function ownedInterface(
 /**
  * The owned interfaces no wanted VF keeps: removed. One whose PF moved (the recorded PF is no
  * longer at its address, and a wanted VF has its index on a PF with its identity elsewhere)
- * says so, as a `moved` note.
+ * says so, as a `moved` note, and is listed in `moved` (its VF's old and new address).
  */
 export function releasedInterfaces(
   vm: string,
   domain: ParsedDomain,
   wanted: ReadonlyMap<PciAddress, VfChoice>,
   byAddress: ReadonlyMap<PciAddress, PciDevice>,
-): { remove: PciAddress[]; notes: PlanIssue[]; reasoning: string[] } {
-  const out = { remove: [] as PciAddress[], notes: [] as PlanIssue[], reasoning: [] as string[] };
+): {
+  remove: PciAddress[];
+  notes: PlanIssue[];
+  reasoning: string[];
+  moved: { from: PciAddress; to: PciAddress }[];
+} {
+  const out = {
+    remove: [] as PciAddress[],
+    notes: [] as PlanIssue[],
+    reasoning: [] as string[],
+    moved: [] as { from: PciAddress; to: PciAddress }[],
+  };
   for (const nic of domain.interfaces) {
     if (!nic.owned || wanted.has(nic.address)) continue;
     out.remove.push(nic.address);
@@ -105,6 +115,7 @@ export function releasedInterfaces(
     out.reasoning.push(
       `Moved VF ${record.index} from ${nic.address} to ${now.vf.address}, its PF from ${record.pf.address} to ${now.pf.address} (rule "${rule}")`,
     );
+    out.moved.push({ from: nic.address, to: now.vf.address });
   }
   return out;
 }

@@ -82,6 +82,8 @@ interface Edit {
   readonly vfs: ReadonlyMap<PciAddress, VfChoice>;
   /** The new VF records. */
   readonly vfRecords: VfIdentity[];
+  /** Owned interfaces whose VF moved with its PF: the VF's old and new address. */
+  readonly nicMoves: { from: PciAddress; to: PciAddress }[];
 }
 
 /**
@@ -272,6 +274,7 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
   for (const address of released.remove) edit.remove.add(address);
   plan.warnings.push(...released.notes);
   plan.reasoning.push(...released.reasoning);
+  edit.nicMoves.push(...released.moved);
   const claimed = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     if (!have.owned || edit.desired.has(have.address)) continue;
@@ -481,12 +484,28 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
       return hostdevs.length + nics.length === 1 && one?.owned === true;
     }),
   );
+  // An interface whose VF moved with its PF is written again where it was, at its new VF, so
+  // the guest's NIC keeps its guest address and ACPI index, as a moved card's hostdev does.
+  const nicMoves = edit.nicMoves.filter(({ from: old, to: now }) =>
+    remove.has(old) && specs.get(now)?.interface !== undefined &&
+    domain.interfaces.filter((i) => i.address === old).length === 1 &&
+    !domain.hostdevs.some((h) => h.address === old || h.address === now) &&
+    !domain.interfaces.some((i) => i.address === now)
+  );
+  const nicFrom = new Set(nicMoves.map((m) => m.from));
+  const nicTo = new Set(nicMoves.map((m) => m.to));
+  const rewrite = [
+    ...[...again].map((a) => specs.get(a)!),
+    ...nicMoves.map(({ from: old, to: now }) => ({ ...specs.get(now)!, from: old })),
+  ];
   plan.desiredXml = editDomainXml(xml, {
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),
-    remove: [...remove].filter((a) => !from.has(a) && !again.has(a)),
-    add: toAdd.filter((c) => !to.has(c.device.address) && !again.has(c.device.address))
-      .map((c) => specs.get(c.device.address)!),
-    ...(again.size > 0 ? { rewrite: [...again].map((a) => specs.get(a)!) } : {}),
+    remove: [...remove].filter((a) => !from.has(a) && !again.has(a) && !nicFrom.has(a)),
+    add: toAdd.filter((c) => {
+      const a = c.device.address;
+      return !to.has(a) && !again.has(a) && !nicTo.has(a);
+    }).map((c) => specs.get(c.device.address)!),
+    ...(rewrite.length > 0 ? { rewrite } : {}),
     records: edit.records,
     vfRecords: edit.vfRecords,
     move: inPlace,
@@ -549,6 +568,7 @@ export function planVm(
     records: [],
     vfs: resolution.vfs,
     vfRecords: [],
+    nicMoves: [],
   };
   takeWanted(edit);
   releaseUnwanted(edit, context);

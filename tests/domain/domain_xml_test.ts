@@ -773,6 +773,29 @@ Deno.test("editDomainXml() rewrites an owned hostdev in place, keeping the child
     DomainEditError,
     "also removed",
   );
+  // Written again at another address (`from`), never onto one the domain holds.
+  const moved = editDomainXml(own, {
+    remove: [],
+    add: [],
+    records,
+    rewrite: [{ address: "0000:0b:00.0", managed: true, from: "0000:01:00.0" }],
+  });
+  assertEquals(parseDomainXml(moved).hostdevs.map((h) => h.address), [
+    "0000:0b:00.0",
+    "0000:05:00.0",
+  ]);
+  assertOk(parseDomainXml(moved).hostdevs[0]?.xml.includes("<acpi index='7'/>"));
+  assertThrows(
+    () =>
+      editDomainXml(own, {
+        remove: [],
+        add: [],
+        records,
+        rewrite: [{ address: "0000:05:00.0", managed: true, from: "0000:01:00.0" }],
+      }),
+    DomainEditError,
+    `already has "0000:05:00.0"`,
+  );
 });
 
 Deno.test("editDomainXml() creates <devices> and <metadata> in a one-line domain", () => {

@@ -8,6 +8,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { config, domainXml, vmOf, withPort } from "../helpers/plan_world.ts";
 import { type DataDomain, dataWorld } from "../helpers/world.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { normaliseXmlLine } from "../../lib/domain/lenient.ts";
 import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
 import type { Plan } from "../../lib/plan/types.ts";
 import type { Config } from "../../lib/config/config.ts";
@@ -174,6 +175,50 @@ Deno.test("vf: a PF that moved is followed, the VF re-derived by index, the MAC 
     "0000:09:10.0",
     0,
   ]]);
+});
+
+Deno.test("vf: an interface following its moved PF keeps its place, guest address and ACPI index", async () => {
+  await withPort([A], (port) => {
+    const cfg = config(UPLINK("a"));
+    const first = vmOf(planHostdevs({ config: cfg, host: sriovHost("07"), libvirt: port }), "a");
+    // Where a QEMU libvirtd placed the guest's NIC, and what names it in a Linux guest (eno3).
+    const placed = first.desiredXml.replace(
+      /(\n( *)<\/vlan>)/,
+      "$1\n$2<acpi index='3'/>\n" +
+        "$2<address type='pci' domain='0x0000' bus='0x00' slot='0x06' function='0x0'/>",
+    );
+    assertOk(placed !== first.desiredXml, "the test places the NIC");
+    port.define(placed);
+    const own = port.getPersistentXml("a", { secure: true });
+    // The card went to another slot: PF 0000:09:00.0, its VFs on bus 09.
+    const a = vmOf(planHostdevs({ config: cfg, host: sriovHost("09"), libvirt: port }), "a");
+    assertEquals(a.currentXml, own);
+    assertEquals(a.warnings.find((w) => w.code === "moved")?.devices, [
+      "0000:07:10.0",
+      "0000:09:10.0",
+    ]);
+    // Its VF's source address and its record change; nothing else (quote style aside, which the
+    // diff does not show either).
+    const lines = (xml: string) => xml.split("\n").map(normaliseXmlLine);
+    assertEquals(lines(a.desiredXml).length, lines(own).length);
+    const changed = lines(a.desiredXml).filter((l, i) => l !== lines(own)[i]);
+    assertEquals(changed.length, 2, changed.join("\n"));
+    assertMatch(changed[0]!, /^<passthrough:interface address='0000:09:10\.0'/);
+    assertEquals(
+      changed[1],
+      "<address type='pci' domain='0x0000' bus='0x09' slot='0x10' function='0x0'/>",
+    );
+    // libvirt takes it (schema validation), and the next plan changes nothing.
+    port.define(a.desiredXml);
+    const nic = parseDomainXml(port.getPersistentXml("a", { secure: true })).interfaces[0]!;
+    assertEquals([nic.address, nic.owned], ["0000:09:10.0", true]);
+    assertMatch(
+      nic.xml,
+      /<acpi index='3'\/>\s*<address type='pci' domain='0x0000' bus='0x00' slot='0x06'/,
+    );
+    const again = vmOf(planHostdevs({ config: cfg, host: sriovHost("09"), libvirt: port }), "a");
+    assertEquals(again.changed, false);
+  });
 });
 
 Deno.test("vf: only a PF that left its address for another with its identity is called moved", () => {
