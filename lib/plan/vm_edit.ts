@@ -484,26 +484,35 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
       return hostdevs.length + nics.length === 1 && one?.owned === true;
     }),
   );
-  // An interface whose VF moved with its PF is written again where it was, at its new VF, so
-  // the guest's NIC keeps its guest address and ACPI index, as a moved card's hostdev does.
-  const nicMoves = edit.nicMoves.filter(({ from: old, to: now }) =>
-    remove.has(old) && specs.get(now)?.interface !== undefined &&
-    domain.interfaces.filter((i) => i.address === old).length === 1 &&
-    !domain.hostdevs.some((h) => h.address === old || h.address === now) &&
-    !domain.interfaces.some((i) => i.address === now)
-  );
-  const nicFrom = new Set(nicMoves.map((m) => m.from));
-  const nicTo = new Set(nicMoves.map((m) => m.to));
+  // An interface whose VF moved with its PF, and a moved card whose settings changed too (not
+  // moved in place above), are written again where they were, at their new address: the guest
+  // keeps the NIC's ACPI index and what else the user set, as for a card that only moved. Only
+  // one owned element of the spec's kind at the old address, nothing at the new one.
+  const movable = ({ from: old, to: now }: { from: PciAddress; to: PciAddress }) => {
+    if (!specs.has(now)) return false;
+    const hostdevs = domain.hostdevs.filter((h) => h.address === old);
+    const nics = domain.interfaces.filter((i) => i.address === old);
+    const [one] = specs.get(now)?.interface === undefined ? hostdevs : nics;
+    return hostdevs.length + nics.length === 1 && one?.owned === true && remove.has(old) &&
+      !remove.has(now) && !domain.hostdevs.some((h) => h.address === now) &&
+      !domain.interfaces.some((i) => i.address === now);
+  };
+  const movedAgain = [
+    ...edit.nicMoves,
+    ...plan.move.filter((m) => !from.has(m.from)),
+  ].filter(movable);
+  const movedAgainFrom = new Set(movedAgain.map((m) => m.from));
+  const movedAgainTo = new Set(movedAgain.map((m) => m.to));
   const rewrite = [
     ...[...again].map((a) => specs.get(a)!),
-    ...nicMoves.map(({ from: old, to: now }) => ({ ...specs.get(now)!, from: old })),
+    ...movedAgain.map(({ from: old, to: now }) => ({ ...specs.get(now)!, from: old })),
   ];
   plan.desiredXml = editDomainXml(xml, {
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),
-    remove: [...remove].filter((a) => !from.has(a) && !again.has(a) && !nicFrom.has(a)),
+    remove: [...remove].filter((a) => !from.has(a) && !again.has(a) && !movedAgainFrom.has(a)),
     add: toAdd.filter((c) => {
       const a = c.device.address;
-      return !to.has(a) && !again.has(a) && !nicTo.has(a);
+      return !to.has(a) && !again.has(a) && !movedAgainTo.has(a);
     }).map((c) => specs.get(c.device.address)!),
     ...(rewrite.length > 0 ? { rewrite } : {}),
     records: edit.records,

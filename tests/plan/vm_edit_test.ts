@@ -944,6 +944,45 @@ Deno.test("planHostdevs() rewrites an owned hostdev for its settings where it is
   });
 });
 
+Deno.test("planHostdevs() follows a moved card whose settings changed too where it is, keeping the user's own children", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const applied = vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10");
+    const own = applied.desiredXml.replace(
+      /(bus='0x01' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+      "$1\n      <alias name='ua-gpu'/>\n      <acpi index='7'/>\n" +
+        "      <address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+    );
+    assertOk(own !== applied.desiredXml, "the test sets them");
+    libvirt.define(own);
+    const current = libvirt.getPersistentXml("win10", { secure: true });
+    const unmanaged = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        managed: false
+`);
+    const moved = host([
+      ...baseDevices(),
+      { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+      { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+    ]);
+    const vm = vmOf(planHostdevs({ config: unmanaged, host: moved, libvirt }), "win10");
+    assertEquals(vm.move.map((m) => m.to), ["0000:0b:00.0", "0000:0b:00.1"]);
+    const hostdevs = parseDomainXml(vm.desiredXml).hostdevs;
+    // Same places, new addresses and settings, and the GPU's alias, ACPI index and guest slot.
+    assertEquals(hostdevs.map((h) => [h.address, h.managed, h.owned]), [
+      ["0000:0b:00.0", false, true],
+      ["0000:0b:00.1", false, true],
+    ]);
+    assertEquals(hostdevs[0]?.guestAddress?.address, "0000:00:07.0");
+    assertMatch(hostdevs[0]!.xml, /<alias name='ua-gpu'\/>\s*<acpi index='7'\/>/);
+    assertEquals(vm.desiredXml.split("\n").length, current.split("\n").length);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: unmanaged, host: moved, libvirt }), "win10");
+    assertEquals(again.changed, false);
+  });
+});
+
 const DISK_BOOT = `
       <disk type='file' device='disk'>
         <source file='/var/lib/libvirt/images/boot.qcow2'/>
