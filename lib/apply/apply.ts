@@ -36,7 +36,7 @@ import type { LibvirtPort } from "../plan/libvirt_port.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
 import { type DomainHostdev, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
-import { type BackupEntry, writeBackup } from "../state/backups.ts";
+import { backupDir, type BackupEntry, writeBackup } from "../state/backups.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
@@ -1036,9 +1036,10 @@ function backupBefore(
   } catch (error) {
     return {
       code: "backup-failed",
-      message: `Not applied to "${vm.name}": cannot write its backup, so it was not defined: ${
-        errorText(error)
-      }`,
+      // A full disk says only "No space left on device": say where.
+      message: `Not applied to "${vm.name}": cannot write its backup in "${
+        backupDir(options.state, vm.name)
+      }", so it was not defined: ${errorText(error)}`,
     };
   }
 }

@@ -20,7 +20,13 @@
  */
 
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
-import { type BackupEntry, findBackup, readBackupXml, writeBackup } from "../state/backups.ts";
+import {
+  backupDir,
+  type BackupEntry,
+  findBackup,
+  readBackupXml,
+  writeBackup,
+} from "../state/backups.ts";
 import { controllersInOneOrder, heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
@@ -356,13 +362,26 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     heldElsewhereNow(libvirt, restoring);
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.
-  const safety = currentXml === null ? null : writeBackup(state, {
-    vm,
-    uuid: summary?.uuid ?? backup.uuid,
-    xml: currentXml,
-    reason: "rollback",
-    uri: libvirt.uri,
-  });
+  let safety: BackupEntry | null = null;
+  try {
+    safety = currentXml === null ? null : writeBackup(state, {
+      vm,
+      uuid: summary?.uuid ?? backup.uuid,
+      xml: currentXml,
+      reason: "rollback",
+      uri: libvirt.uri,
+    });
+  } catch (error) {
+    // A full disk says only "No space left on device": say whose backup, where, and that
+    // nothing changed.
+    return report(
+      "failed",
+      `Not restored: cannot back up the definition of "${vm}" that backup "${backup.id}" would replace, in "${
+        backupDir(state, vm)
+      }", so nothing was defined: ${errorText(error)}`,
+      null,
+    );
+  }
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
   if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active ? "; it is running, so this takes effect at its next full power-off" : "";

@@ -170,8 +170,22 @@ function stamp(date: Date): string {
   return date.toISOString().replace(/[-:]/g, "");
 }
 
-function vmDir(state: StateDir, vm: string): string {
+/**
+ * The directory holding the backups of `vm` (`backups/<encoded name>`), for messages.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const state = { path: "/s", backupsPath: "/s/backups", uid: 0 };
+ * assertEquals(backupDir(state, "a b"), "/s/backups/a%20b");
+ * ```
+ */
+export function backupDir(state: StateDir, vm: string): string {
   return join(state.backupsPath, encodeVmName(vm));
+}
+
+function vmDir(state: StateDir, vm: string): string {
+  return backupDir(state, vm);
 }
 
 function asStateDir(stateDir: string | StateDir, write: boolean): StateDir {

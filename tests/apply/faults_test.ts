@@ -15,7 +15,7 @@ import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import { type Config, parseConfig } from "../../lib/config/config.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { listBackups, readBackupXml } from "../../lib/state/backups.ts";
+import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { loadHost } from "../../cli/host_options.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -308,9 +308,13 @@ Deno.test("applyPlan() defines nothing when the state directory's disk is full",
     const before = snapshotDomains(port);
     const report = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
     assertEquals(report.vms[0]?.code, "backup-failed");
+    // Where, since the system's error names no file.
     assertMatch(
       report.vms[0]!.message,
-      /cannot write its backup, so it was not defined: .*No space left/i,
+      new RegExp(
+        `cannot write its backup in "${stateDir}/backups/${A}", so it was not defined: .*No space left`,
+        "i",
+      ),
     );
     assertEquals(snapshotDomains(port), before);
     // Nothing half-written: no backup, no sidecar, no temporary file.
@@ -330,6 +334,54 @@ Deno.test("applyPlan() defines nothing when the state directory's disk is full",
       outcome: "backup-failed, no define, no partial file",
       test: TEST,
     });
+  } finally {
+    await new Deno.Command("umount", { args: [mountPoint] }).output();
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("rollbackVm() defines nothing, and says whose backup failed where, when the state directory's disk is full", async (t) => {
+  const base = await Deno.makeTempDir({ prefix: "passthrough-full-" });
+  const mountPoint = `${base}/mnt`;
+  await Deno.mkdir(mountPoint);
+  if (Deno.uid() !== 0 || !mountWorks(mountPoint)) {
+    await Deno.remove(base, { recursive: true });
+    await t.step({ name: "skipped: cannot mount a tmpfs here", ignore: true, fn: () => {} });
+    return;
+  }
+  try {
+    const small = `<domain type='test'>
+    <name>${A}</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98a3fa01</uuid>
+    <memory unit='KiB'>1048576</memory>
+    <os><type arch='x86_64'>hvm</type></os>
+  </domain>`;
+    // Now the definition is larger than what is left on the 64 KiB tmpfs.
+    await using world = await writeTempWorld(`<node>
+${small.replace("</uuid>", `</uuid>\n    <description>${"x".repeat(80 * 1024)}</description>`)}
+</node>`);
+    using port = openLibvirtPort(world.uri);
+    const stateDir = `${mountPoint}/state`;
+    const earlier = writeBackup(stateDir, {
+      vm: A,
+      uuid: "4dea22b3-1d52-d8f3-2516-782e98a3fa01",
+      xml: small,
+      reason: "apply",
+      uri: port.uri,
+    });
+    const before = snapshotDomains(port);
+    const report = await rollbackVm(A, { libvirt: port, stateDir, confirm: yes2 });
+    assertEquals([report.status, report.safetyBackup], ["failed", null]);
+    // The system's error names no file: the message says whose backup, where, and what it did.
+    assertMatch(
+      report.message,
+      new RegExp(
+        `^Not restored: cannot back up the definition of "${A}" that backup "${earlier.id}" would replace, in "${stateDir}/backups/${A}", so nothing was defined: .*No space left`,
+        "i",
+      ),
+    );
+    assertEquals(snapshotDomains(port), before);
+    assertEquals(listBackups(stateDir, A).map((b) => b.id), [earlier.id]);
   } finally {
     await new Deno.Command("umount", { args: [mountPoint] }).output();
     await Deno.remove(base, { recursive: true });
