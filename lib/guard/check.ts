@@ -93,7 +93,10 @@ export interface GuardRefusal {
   network?: string;
   /** What sits at the address now; `null` when nothing does or the address is unknown. */
   now: GuardDevice | null;
-  /** The identity passthrough recorded for the address; `null` for a hand-added hostdev. */
+  /**
+   * The identity passthrough recorded for the address (for a `vf:` rule's VF, its PF's); `null`
+   * for a hand-added hostdev.
+   */
   recorded: DeviceIdentity | null;
   /**
    * Why the host needs the device there (`in use by the host (default-route: ...)`), or `null`.
@@ -408,23 +411,25 @@ function passedRefusal(
     : busy !== null
     ? "busy"
     : "host-needs";
+  // A recorded VF is its `vf:` rule's, through its PF's record: that rule's policy and its
+  // `allow_host_critical` judge it, as `plan` judged it, and it is not hand-added.
+  const owner = recorded ?? vf?.pf ?? null;
   const refusal: GuardRefusal = {
     vm,
     kind,
     address,
     element,
     now: device === null ? null : now(device, recorded),
-    // For a VF that is no longer the recorded one: its PF's recorded identity.
-    recorded: recorded ?? (vfWrong === null ? null : vf?.pf ?? null),
+    recorded: owner,
     hostNeeds,
     reason: "",
     fix: kind === "busy"
       ? busy?.reason === "vm-passed" ? VF_PASSED_FIX : BUSY_FIX
-      : recorded === null && vfWrong === null
+      : owner === null
       ? handAddedFix(vm)
       : fixCommand(vm),
   };
-  refusal.reason = vfWrong ?? describeRefusal(refusal);
+  refusal.reason = vfWrong ?? describeRefusal(refusal, recorded === null ? vf?.index : undefined);
   return [refusal];
 }
 
@@ -497,8 +502,11 @@ const BUSY_FIX = "close the programs holding it (a desktop's: stop the display m
 const VF_PASSED_FIX = "shut down the VM the virtual function was given to, or take it out of " +
   "that VM's definition (virsh edit), then start again";
 
-/** The reason in words: what the address holds now against what was recorded. */
-function describeRefusal(refusal: GuardRefusal): string {
+/**
+ * The reason in words: what the address holds now against what was recorded; with `vfIndex`, the
+ * record is the PF's of a recorded VF (VF `vfIndex` of it).
+ */
+function describeRefusal(refusal: GuardRefusal, vfIndex?: number): string {
   const element = refusal.element === "interface"
     ? "hostdev interface"
     : refusal.element === "disk"
@@ -507,9 +515,11 @@ function describeRefusal(refusal: GuardRefusal): string {
   const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
   const recorded = refusal.recorded === null
     ? " (hand-added: nothing recorded)"
-    : `, ${refusal.kind === "host-needs" || refusal.kind === "busy" ? "as" : "not"} the recorded ${
-      describeIdentity({ ...refusal.recorded, driver: null })
-    } of rule ${JSON.stringify(refusal.recorded.rule)}`;
+    : `, ${refusal.kind === "host-needs" || refusal.kind === "busy" ? "as" : "not"} ${
+      vfIndex === undefined ? "" : `VF ${vfIndex} of `
+    }the recorded ${describeIdentity({ ...refusal.recorded, driver: null })} of rule ${
+      JSON.stringify(refusal.recorded.rule)
+    }`;
   const needs = refusal.hostNeeds === null
     ? ""
     : refusal.kind === "busy"

@@ -12,6 +12,9 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { checkDomainStart, type GuardRefusal } from "../../lib/guard/check.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import { guardPolicies } from "../../lib/guard/policy.ts";
+import { guardStartOnTree } from "../helpers/guard_run.ts";
 
 /** VM `a` with `vf: 1` of the igb card; more rules may follow. */
 const UPLINK = `  a:
@@ -179,4 +182,30 @@ Deno.test("guard: a recorded VF's PF has its configuration space read only for a
   assertEquals(await configsRead(sriovNic("07", 4)), ["/bus/pci/devices/0000:07:00.0/config"]);
   // None recorded: nothing to compare, so no config is read (reading one can wake the device).
   assertEquals(await configsRead(sriovNic("07", 4, { serial: null })), []);
+});
+
+Deno.test("guard: a recorded VF the host uses is its vf: rule's, whose allow_host_critical lets it start as plan let it", async () => {
+  const devices = sriovNic("07", 4);
+  // VF 1 of the PF carries the host's default route.
+  const hostUse = [{ address: "0000:07:10.2", reason: "default-route" as const, detail: "via x" }];
+  await using tree = await tempHostTree({ devices, host_use: hostUse });
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  const start = (rules: typeof RULE, xml: string) => {
+    recordPolicies(`${tree.dir}/state`, guardPolicies(rules));
+    return guardStartOnTree({ vm: "a", xml, dir: tree.dir, live: false });
+  };
+
+  const allowed = config(`${UPLINK}        allow_host_critical: true\n`);
+  const vm = vmOf(planWorld({ config: allowed, host, world: dataWorld({ a }) }), "a");
+  assertEquals([vm.errors, vm.add.map((x) => x.address)], [[], ["0000:07:10.2"]]);
+  assertEquals((await start(allowed, vm.desiredXml)).code, 0);
+
+  // Without the override: refused as the rule's VF, with plan as its fix, not as hand-added.
+  const refused = await start(RULE, vm.desiredXml);
+  assertEquals([refused.code, refused.refusals], [1, [["host-needs", "0000:07:10.2"]]]);
+  assertMatch(
+    refused.line,
+    /holds 8086:10ca .* now, as VF 1 of the recorded 8086:10c9 .* of rule "uplink"; the host needs it: in use by the host \(default-route: via x\); only "allow_host_critical: true" on rule "uplink" \(then passthrough apply\) lets it start; fix: passthrough plan --vm a$/,
+  );
 });
