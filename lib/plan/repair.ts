@@ -49,7 +49,9 @@ export interface HostNeeded {
  * The hostdevs of `domain` whose device the host needs now (`host.hostUse`), in the domain's
  * order, interfaces last: owned ones whose recorded card is still there (a stale one is the
  * repair's in any case) and whose rule does not say `allow_host_critical: true`, and every
- * hand-added one unless a rule taking it says so. Each refuses the VM.
+ * hand-added one: a rule taking it records nothing for it (hand-added hostdevs are never
+ * taken over), so the start guard, which lifts only a recorded device's refusal, would refuse
+ * it whatever the rule says. Each refuses the VM.
  */
 export function hostNeededHostdevs(
   domain: ParsedDomain,
@@ -59,24 +61,41 @@ export function hostNeededHostdevs(
   const out: HostNeeded[] = [];
   const uses = host.hostUse;
   if (uses === null || uses.length === 0) return out;
+  // Only an owned hostdev or interface, whose record apply writes again under the rule taking it.
   const allowedBy = (address: PciAddress, rule: string | null) =>
-    resolution.rules.some((r) => r.rule.allowHostCritical && r.rule.name === rule) ||
-    resolution.closure.devices.some((c) =>
-      c.device.address === address && c.rule.allowHostCritical
+    rule !== null && (
+      resolution.rules.some((r) => r.rule.allowHostCritical && r.rule.name === rule) ||
+      resolution.closure.devices.some((c) =>
+        c.device.address === address && c.rule.allowHostCritical
+      )
     );
-  const check = (address: PciAddress, kind: HostNeeded["kind"], record?: DeviceIdentity) => {
+  const check = (
+    address: PciAddress,
+    kind: HostNeeded["kind"],
+    owner: { record?: DeviceIdentity; rule: string | null },
+  ) => {
     const use = uses.find((u) => u.address === address);
     const device = host.devices.find((d) => d.address === address);
     if (use === undefined || device === undefined) return;
-    if (record !== undefined && !sameIdentity(record, device)) return;
-    const rule = record?.rule ?? null;
+    if (owner.record !== undefined && !sameIdentity(owner.record, device)) return;
+    const { rule } = owner;
     if (!allowedBy(address, rule)) out.push({ address, device, use, kind, rule });
   };
   for (const have of domain.hostdevs) {
-    if (!have.owned) check(have.address, "hand-added");
-    else check(have.address, "owned", domain.records.find((r) => r.address === have.address));
+    if (!have.owned) check(have.address, "hand-added", { rule: null });
+    else {
+      const record = domain.records.find((r) => r.address === have.address);
+      check(have.address, "owned", {
+        ...(record === undefined ? {} : { record }),
+        rule: record?.rule ?? null,
+      });
+    }
   }
-  for (const address of domain.interfaceHostdevs) check(address, "interface");
+  // A `vf:` rule's interface is its rule's through the PF's record; any other was added by hand.
+  for (const address of domain.interfaceHostdevs) {
+    const vf = domain.vfRecords.find((r) => r.address === address);
+    check(address, "interface", { rule: vf?.pf.rule ?? null });
+  }
   return out;
 }
 
@@ -231,13 +250,16 @@ function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
   }, which the host needs now (${use.reason}: ${use.detail})`;
   const head = kind === "interface" ? "Hostdev interface" : "Hostdev";
   const a = pciAddressToLibvirt(address);
+  const ruled = rule === null ? "" : ` (rule "${rule}")`;
+  const byHand = `remove it yourself: run "virsh edit ${
+    shellWord(vm)
+  }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
   const message = kind === "owned"
-    ? `Hostdev ${address} of "${vm}"${
-      rule === null ? "" : ` (rule "${rule}")`
-    } ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
-    : `${head} ${address} of "${vm}" was added by hand and ${holds}: passthrough never edits what was added by hand, so remove it yourself: run "virsh edit ${
-      shellWord(vm)
-    }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
+    ? `Hostdev ${address} of "${vm}"${ruled} ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
+    : rule !== null
+    // A `vf:` rule's own interface: the repair removes hostdevs, not interfaces.
+    ? `${head} ${address} of "${vm}"${ruled} ${holds}: the repair does not remove an interface, so ${byHand}`
+    : `${head} ${address} of "${vm}" was added by hand and ${holds}: passthrough never edits what was added by hand, so ${byHand}`;
   return {
     code: "host-needed",
     message,

@@ -25,10 +25,15 @@ import {
 import { tempHostTree } from "../helpers/hosts.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
-import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
+import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
+import { dataWorld } from "../helpers/world.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import { guardPolicies } from "../../lib/guard/policy.ts";
+import { guardStartOnTree } from "../helpers/guard_run.ts";
 
 /** The topology discovery reads from a tree built of `devices` and `hostUse`. */
 async function treeHost(
@@ -264,6 +269,53 @@ Deno.test("a hand-added hostdev on a device the host needs now is a refusal sayi
     );
     assertEquals([vm.repair, vm.changed], [undefined, false]);
   });
+});
+
+Deno.test("a hand-added hostdev the host needs is refused, as the start guard refuses it, even where a rule with allow_host_critical takes it", async () => {
+  const route: HostUse = { address: "0000:02:00.0", reason: "default-route", detail: "via enp2s0" };
+  await using tree = await tempHostTree({ devices: baseDevices(), host_use: [route] });
+  const host = await discoverHost({ root: tree.dir });
+  // linux has the NIC by hand; the rule takes it too and says the host may lose it.
+  const cfg = config(
+    "  linux:\n    devices:\n      - name: nic\n        match: { address: 0000:02:00.0 }\n" +
+      "        allow_host_critical: true\n",
+  );
+  await withPort([LINUX], async (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host, libvirt }), "linux");
+    // Hand-added hostdevs are never taken over, so nothing records the rule for it.
+    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [["host-needed", ["0000:02:00.0"]]]);
+    assertMatch(vm.errors[0]!.message, /was added by hand .*remove it yourself/);
+    recordPolicies(`${tree.dir}/state`, guardPolicies(cfg));
+    const start = await guardStartOnTree({
+      vm: "linux",
+      xml: libvirt.getPersistentXml("linux"),
+      dir: tree.dir,
+      live: false,
+    });
+    assertEquals([start.code, start.refusals], [1, [["host-needs", "0000:02:00.0"]]]);
+  });
+});
+
+Deno.test("a vf: rule's own interface on a VF the host needs now is refused as the rule's, not as added by hand", async () => {
+  const uplink = config(
+    '  a:\n    devices:\n      - name: uplink\n        match: { vendor_device_id: "8086:10c9" }\n' +
+      "        vf: 1\n",
+  );
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  const applied = vmOf(
+    planWorld({ config: uplink, host: await treeHost(sriovNic("07", 4)), world: dataWorld({ a }) }),
+    "a",
+  ).desiredXml;
+  // The host routes through that VF since.
+  const route: HostUse = { address: "0000:07:10.2", reason: "default-route", detail: "via x" };
+  const host = await treeHost(sriovNic("07", 4), [route]);
+  const vm = vmOf(planWorld({ config: uplink, host, world: dataWorld({ a: applied }) }), "a");
+  const needed = vm.errors.filter((e) => e.code === "host-needed");
+  assertEquals(needed.map((e) => [e.rule, e.devices]), [["uplink", ["0000:07:10.2"]]]);
+  assertMatch(
+    needed[0]!.message,
+    /^Hostdev interface 0000:07:10\.2 of "a" \(rule "uplink"\) holds 8086:10ca .*, which the host needs now \(default-route: via x\): the repair does not remove an interface, so remove it yourself: run "virsh edit a", delete the <interface type='hostdev'> /,
+  );
 });
 
 Deno.test("a hostdev whose recorded device is gone is drift alone, also when the host needs what is there now", async () => {
@@ -519,7 +571,7 @@ Deno.test("a drift refusal says the serial of the drive recorded and of the one 
   });
 });
 
-Deno.test("a hostdev on a device the host needs is allowed by its recorded rule's or its taker's allow_host_critical", async () => {
+Deno.test("a hostdev on a device the host needs is allowed by its recorded rule's allow_host_critical, a hand-added one by none", async () => {
   const free = await treeHost(baseDevices());
   const needed = await treeHost(baseDevices(), [ROOT_FS]);
   const nvme = (match: string) =>
@@ -537,15 +589,17 @@ Deno.test("a hostdev on a device the host needs is allowed by its recorded rule'
     const vm = vmOf(planHostdevs({ config: typo, host: needed, libvirt }), "win10");
     assertEquals([vm.errors.map((e) => e.code), vm.repair], [["no-match"], undefined]);
   });
-  // A hand-added hostdev on the root disk's controller, taken by a rule that allows it.
+  // A hand-added hostdev on the root disk's controller, taken by a rule that allows it: a rule
+  // never takes a hand-added hostdev over, so nothing records it, and the start guard would
+  // refuse it at every start: refused, with how to remove it (the rule then adds its own).
   const hand = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", hostdevXml(NVME));
   await withPort([hand], (libvirt) => {
     const vm = vmOf(
       planHostdevs({ config: nvme("{ class: nvme }"), host: needed, libvirt }),
       "win10",
     );
-    assertEquals(vm.errors.map((e) => e.code), []);
-    assertOk(vm.warnings.some((w) => w.code === "group-contains-host-critical"));
+    assertEquals(vm.errors.map((e) => e.code), ["host-needed"]);
+    assertMatch(vm.errors[0]!.message, /was added by hand .*remove it yourself/);
   });
 });
 
