@@ -39,15 +39,18 @@ export interface HostNeeded {
   device: PciDevice;
   /** What the host uses it for. */
   use: HostUse;
-  /** An `owned` hostdev, a `hand-added` one, or an `<interface type='hostdev'>` (`interface`). */
-  kind: "owned" | "hand-added" | "interface";
+  /**
+   * An `owned` hostdev, a `hand-added` one, an `<interface type='hostdev'>` (`interface`), or a
+   * `<disk type='nvme'>` (`disk`: libvirt detaches its controller at start as a hostdev's).
+   */
+  kind: "owned" | "hand-added" | "interface" | "disk";
   /** The rule recorded for an owned hostdev, when one is. */
   rule: string | null;
 }
 
 /**
  * The hostdevs of `domain` whose device the host needs now (`host.hostUse`), in the domain's
- * order, interfaces last: owned ones whose recorded card is still there (a stale one is the
+ * order, interfaces and then NVMe disks last: owned ones whose recorded card is still there (a stale one is the
  * repair's in any case) and whose rule does not say `allow_host_critical: true`, and every
  * hand-added one: a rule taking it records nothing for it (hand-added hostdevs are never
  * taken over), so the start guard, which lifts only a recorded device's refusal, would refuse
@@ -96,6 +99,8 @@ export function hostNeededHostdevs(
     const vf = domain.vfRecords.find((r) => r.address === address);
     check(address, "interface", { rule: vf?.pf.rule ?? null });
   }
+  // Never written by passthrough: the start guard refuses it as it refuses a hand-added hostdev.
+  for (const address of domain.nvmeDisks) check(address, "disk", { rule: null });
   return out;
 }
 
@@ -244,11 +249,19 @@ function staleIssue(vm: string, stale: Stale, hostUse: HostUse | undefined, stan
 /** The refusal of a hostdev on a device the host needs: removed, or to remove by hand. */
 function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
   const { address, device, use, kind, rule } = needed;
-  const element = kind === "interface" ? "<interface type='hostdev'>" : "<hostdev>";
+  const element = kind === "interface"
+    ? "<interface type='hostdev'>"
+    : kind === "disk"
+    ? "<disk type='nvme'>"
+    : "<hostdev>";
   const holds = `holds ${
     describe(device)
   }, which the host needs now (${use.reason}: ${use.detail})`;
-  const head = kind === "interface" ? "Hostdev interface" : "Hostdev";
+  const head = kind === "interface"
+    ? "Hostdev interface"
+    : kind === "disk"
+    ? "NVMe disk"
+    : "Hostdev";
   const a = pciAddressToLibvirt(address);
   const ruled = rule === null ? "" : ` (rule "${rule}")`;
   const byHand = `remove it yourself: run "virsh edit ${
@@ -294,10 +307,12 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     const stale = stales.find((s) => s.from === have.address);
     const use = host.hostUse?.find((u) => u.address === have.address);
     if (stale !== undefined) first.push(staleIssue(plan.name, stale, use, stand));
-    const needed = input.needed.find((n) => n.address === have.address && n.kind !== "interface");
+    const needed = input.needed.find((n) =>
+      n.address === have.address && (n.kind === "owned" || n.kind === "hand-added")
+    );
     if (needed !== undefined) first.push(neededIssue(plan.name, needed, stand));
   }
-  for (const needed of input.needed.filter((n) => n.kind === "interface")) {
+  for (const needed of input.needed.filter((n) => n.kind === "interface" || n.kind === "disk")) {
     first.push(neededIssue(plan.name, needed, stand));
   }
   plan.errors.unshift(...first, ...nics.issues);

@@ -31,6 +31,7 @@ import type { VmPlan } from "../../lib/plan/types.ts";
 import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
 import { dataWorld } from "../helpers/world.ts";
 import { sriovNic } from "../helpers/sriov.ts";
+import { nvmeDiskXml } from "../helpers/devices.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
@@ -294,6 +295,24 @@ Deno.test("a hand-added hostdev the host needs is refused, as the start guard re
     });
     assertEquals([start.code, start.refusals], [1, [["host-needs", "0000:02:00.0"]]]);
   });
+});
+
+Deno.test("an NVMe disk on the controller the host needs now is a refusal saying how to remove it, as the start guard refuses it", async () => {
+  await using tree = await tempHostTree({ devices: baseDevices(), host_use: [ROOT_FS] });
+  const host = await discoverHost({ root: tree.dir });
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a", nvmeDiskXml("03", "vdb"));
+  const vm = vmOf(
+    planWorld({ config: config("  a:\n    devices: []\n"), host, world: dataWorld({ a }) }),
+    "a",
+  );
+  assertEquals(vm.errors.map((e) => [e.code, e.devices]), [["host-needed", [NVME]]]);
+  assertMatch(
+    vm.errors[0]!.message,
+    /^NVMe disk 0000:03:00\.0 of "a" was added by hand and holds 144d:a808 .*\(mounted-filesystem: .*\): passthrough never edits what was added by hand, so remove it yourself: run "virsh edit a", delete the <disk type='nvme'> whose <source> has <address domain='0x0000' bus='0x03' slot='0x00' function='0x0'\/>, then plan again$/,
+  );
+  assertEquals([vm.repair, vm.changed], [undefined, false]);
+  const start = await guardStartOnTree({ vm: "a", xml: vm.currentXml, dir: tree.dir, live: false });
+  assertEquals([start.code, start.refusals], [1, [["host-needs", NVME]]]);
 });
 
 Deno.test("a vf: rule's own interface on a VF the host needs now is refused as the rule's, not as added by hand", async () => {
