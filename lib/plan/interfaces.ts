@@ -10,7 +10,12 @@
 import type { DomainInterface, ParsedDomain } from "../domain/domain_xml.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { recordedDriver, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import {
+  recordedDriver,
+  sameIdentity,
+  sameIdentityAsRead,
+  VFIO_DRIVERS,
+} from "../resolve/match.ts";
 import { type VfChoice, virtualFunctions } from "../resolve/vf.ts";
 import { describe } from "./issues.ts";
 import type { DeviceIdentity, HostdevSpec, InterfaceSpec, PlanIssue, VfIdentity } from "./types.ts";
@@ -96,7 +101,7 @@ export function releasedInterfaces(
     const record = domain.vfRecords.find((r) => r.address === nic.address);
     if (record === undefined) continue;
     const there = byAddress.get(record.pf.address);
-    if (there !== undefined && sameIdentity(record.pf, there)) continue;
+    if (there !== undefined && sameIdentityAsRead(record.pf, there)) continue;
     const now = [...wanted.values()].find((c) =>
       c.index === record.index && c.pf.address !== record.pf.address &&
       sameIdentity(record.pf, c.pf)
@@ -143,7 +148,7 @@ export function staleInterfaces(
       ? `it holds ${describe(now)}, no VF`
       : pf.address !== record.pf.address
       ? `it is a VF of ${pf.address} now`
-      : !sameIdentity(record.pf, pf)
+      : !sameIdentityAsRead(record.pf, pf)
       ? `it is a VF of ${pf.address}, which holds ${describe(pf)}`
       : virtualFunctions(pf).indexOf(nic.address) !== record.index
       ? `it is VF ${virtualFunctions(pf).indexOf(nic.address)} of ${pf.address} now`

@@ -19,7 +19,7 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { sameIdentity } from "../resolve/match.ts";
+import { sameIdentityAsRead } from "../resolve/match.ts";
 import { editDomainXml, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
@@ -80,7 +80,7 @@ export function hostNeededHostdevs(
     const use = uses.find((u) => u.address === address);
     const device = host.devices.find((d) => d.address === address);
     if (use === undefined || device === undefined) return;
-    if (owner.record !== undefined && !sameIdentity(owner.record, device)) return;
+    if (owner.record !== undefined && !sameIdentityAsRead(owner.record, device)) return;
     const { rule } = owner;
     if (!allowedBy(address, rule)) out.push({ address, device, use, kind, rule });
   };
@@ -295,7 +295,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     const record = domain.records.find((r) => r.address === have.address);
     const now = byAddress.get(have.address);
     // A hostdev passthrough added has a record; one added by hand has none.
-    if (record === undefined || (now !== undefined && sameIdentity(record, now))) continue;
+    if (record === undefined || (now !== undefined && sameIdentityAsRead(record, now))) continue;
     stales.push({ from: have.address, record, now });
   }
   locateCards(plan, stales, input, names);

@@ -19,7 +19,7 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { recordOf, sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
+import { recordOf, sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
 import {
   type DomainHostdev,
   editDomainXml,
@@ -128,6 +128,12 @@ function identityOf(
     ? recordOf(device, records)
     : null;
   const driver = record !== null ? record.driver : device.driver;
+  // A serial this read could not reach keeps the recorded one (see sameIdentityAsRead).
+  const serial = device.serial ??
+    (device.flr !== null
+      ? null
+      : records.find((r) => r.address === device.address && sameIdentityAsRead(r, device))
+        ?.serial ?? null);
   return {
     address: device.address,
     vendorId: device.vendorId,
@@ -135,7 +141,7 @@ function identityOf(
     subsystemVendorId: device.subsystemVendorId,
     subsystemDeviceId: device.subsystemDeviceId,
     classCode: device.classCode,
-    serial: device.serial,
+    serial,
     ...(device.physicalSlot === null ? {} : { slot: device.physicalSlot }),
     driver,
     rule,
@@ -196,7 +202,7 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   const { address } = have;
   const rule = closed.rule.name;
   const record = domain.records.find((r) => r.address === address);
-  if (record !== undefined && !sameIdentity(record, closed.device)) {
+  if (record !== undefined && !sameIdentityAsRead(record, closed.device)) {
     const outcome = `rule "${rule}" matches the new device, so it stays and its record is updated`;
     plan.warnings.push({ ...driftWarning(plan.name, record, closed.device, outcome), rule });
   } else if (
@@ -282,7 +288,7 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
     const record = domain.records.find((r) => r.address === have.address);
     if (record === undefined) continue;
     const now = context.byAddress.get(have.address);
-    const stillThere = now !== undefined && sameIdentity(record, now);
+    const stillThere = now !== undefined && sameIdentityAsRead(record, now);
     const candidates = edit.toAdd.filter((c) =>
       !claimed.has(c.device.address) && c.rule.name === record.rule
     );

@@ -31,6 +31,32 @@ export function sameIdentity(record: DeviceIdentity, device: PciDevice): boolean
 }
 
 /**
+ * {@link sameIdentity} of the device at a record's own address, as far as this read can tell:
+ * where the configuration space could not be read past its 64-byte header (an unprivileged read,
+ * so `flr` is unknown as well), the serial number is unknown, not absent, and is not compared.
+ * Otherwise an unprivileged `plan` took every card recorded with a serial for another one at
+ * its own address (`drift`), whose repair removed it; the start guard, run as root, compares it.
+ * Moves are never proven this way: `findMovedCard` asks for the serial itself.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import type { PciDevice } from "../host/types.ts";
+ * const record = { address: "0000:01:00.0", vendorId: "10de", deviceId: "2684",
+ *   subsystemVendorId: null, subsystemDeviceId: null, classCode: "030000",
+ *   serial: "00-11-22-ff-ff-33-44-55", driver: "nvidia", rule: "gpu" };
+ * const unread = { ...record, serial: null, flr: null, physicalSlot: null } as
+ *   unknown as PciDevice;
+ * assertEquals(sameIdentityAsRead(record, unread), true);
+ * assertEquals(sameIdentityAsRead(record, { ...unread, flr: false }), false);
+ * ```
+ */
+export function sameIdentityAsRead(record: DeviceIdentity, device: PciDevice): boolean {
+  const unread = device.serial === null && device.flr === null;
+  return sameIdentity(record, unread ? { ...device, serial: record.serial } : device);
+}
+
+/**
  * The VM's recorded identity of `device`, or `null` when nothing recorded fits. Without a serial
  * number only a record at the same address counts, since identical cards are otherwise
  * indistinguishable.

@@ -9,7 +9,7 @@
  */
 
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { sameIdentity } from "./match.ts";
+import { sameIdentity, sameIdentityAsRead } from "./match.ts";
 import { slotOf } from "../pci/address.ts";
 import type { DeviceIdentity } from "../plan/types.ts";
 
@@ -63,7 +63,7 @@ export function findMovedCard<T extends { device: PciDevice }>(
   // Its IDs still at its address, in a slot named otherwise: the firmware renamed the slot (or
   // names none now), unless its card sits in the recorded slot elsewhere (checked below).
   const here = host.devices.find((d) => d.address === from);
-  const stillHere = here !== undefined && sameIdentity(card, here);
+  const stillHere = here !== undefined && sameIdentityAsRead(card, here);
   const targets = candidates.filter((c) => sameIdentity(card, c.device));
   // Say "subsystem" only when there was one to compare (most integrated functions have none).
   const ids = record.subsystemVendorId === null ? "same IDs" : "same IDs and subsystem";

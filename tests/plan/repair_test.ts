@@ -315,6 +315,35 @@ Deno.test("an NVMe disk on the controller the host needs now is a refusal saying
   assertEquals([start.code, start.refusals], [1, [["host-needs", NVME]]]);
 });
 
+Deno.test("an unprivileged plan, which reads no serial, keeps a card recorded with one at its address, refused VM or not", async () => {
+  const gpu = config(
+    '  a:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n',
+  );
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  // Applied as root, which reads the GPU's serial number and records it.
+  const applied = vmOf(
+    planWorld({
+      config: gpu,
+      host: await treeHost([...baseDevices(), GPU, GPU_AUDIO]),
+      world: dataWorld({ a }),
+    }),
+    "a",
+  ).desiredXml;
+  assertMatch(applied, /serial='00-11-22-ff-ff-33-44-55'/);
+  // The same card read unprivileged: the configuration space stops after its 64-byte header.
+  const unread = await treeHost([...baseDevices(), { ...GPU, serial: null }, GPU_AUDIO]);
+  const world = dataWorld({ a: applied });
+  const kept = vmOf(planWorld({ config: gpu, host: unread, world }), "a");
+  assertEquals([kept.errors, kept.warnings, kept.changed], [[], [], false]);
+  // Refused for another rule: the GPU is no drift, and the repair does not remove it.
+  const typo = config(
+    '  a:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: typo\n        match: { vendor_device_id: "dead:beef" }\n',
+  );
+  const refused = vmOf(planWorld({ config: typo, host: unread, world }), "a");
+  assertEquals([refused.errors.map((e) => e.code), refused.repair], [["no-match"], undefined]);
+});
+
 Deno.test("a vf: rule's own interface on a VF the host needs now is refused as the rule's, not as added by hand", async () => {
   const uplink = config(
     '  a:\n    devices:\n      - name: uplink\n        match: { vendor_device_id: "8086:10c9" }\n' +
