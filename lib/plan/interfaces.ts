@@ -40,6 +40,12 @@ export function vfRecordOf(
   const driver = pf.driver !== null && VFIO_DRIVERS.has(pf.driver)
     ? recordedDriver(pf, records.map((r) => r.pf)) ?? pf.driver
     : pf.driver;
+  // A serial this read could not reach keeps the recorded one (see sameIdentityAsRead).
+  const serial = pf.serial ??
+    (pf.flr !== null
+      ? null
+      : records.find((r) => r.pf.address === pf.address && sameIdentityAsRead(r.pf, pf))?.pf
+        .serial ?? null);
   const identity: DeviceIdentity = {
     address: pf.address,
     vendorId: pf.vendorId,
@@ -47,7 +53,7 @@ export function vfRecordOf(
     subsystemVendorId: pf.subsystemVendorId,
     subsystemDeviceId: pf.subsystemDeviceId,
     classCode: pf.classCode,
-    serial: pf.serial,
+    serial,
     driver,
     rule,
   };

@@ -21,7 +21,7 @@ import {
   narrowWith,
   resolveRule,
   type RuleResolution,
-  sameIdentity,
+  sameIdentityAsRead,
   toCandidate,
 } from "./match.ts";
 
@@ -170,7 +170,7 @@ function recordFor(
   context: VfContext,
 ): VfIdentity | undefined {
   return (context.records.get(rule.vm) ?? []).find((r) =>
-    r.pf.rule === rule.name && sameIdentity(r.pf, pf) &&
+    r.pf.rule === rule.name && sameIdentityAsRead(r.pf, pf) &&
     (r.pf.address === pf.address ||
       findMovedCard(r.pf, r.pf.address, [{ device: pf }], host) !== undefined)
   );

@@ -821,3 +821,15 @@ Deno.test("a <pf dev> pool holds every VF of its PF, where the host says which f
   const blind = planWorld({ config: config(UPLINK("a")), host: sriovHost(), world });
   assertEquals(vmOf(blind, "a").errors, []);
 });
+
+Deno.test("vf: an unprivileged plan, which reads no serial, keeps the interface and its PF record as root applied them", () => {
+  const cfg = config(UPLINK("a", "any"));
+  const first = applied(plan(cfg, sriovHost(), { a: A }));
+  assertMatch(first.a!, /<passthrough:interface [^>]*serial='00-1b-21-ff-ff-a0-b1-c2'/);
+  // The same card read without root: no serial (nor FLR) past the 64-byte header.
+  const unread = topologyFromDescription({ devices: sriovNic("07", 4, { serial: null }) }, {
+    source: "unprivileged",
+  });
+  const again = vmOf(plan(cfg, unread, first), "a");
+  assertEquals([again.errors, again.warnings, again.changed], [[], [], false]);
+});
