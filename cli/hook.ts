@@ -309,7 +309,13 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
 function remove({ values }: HookLine<"remove">, io: CliIo): number {
   const dir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { path } = inspectHook(dir);
-  io.out(removeHook(dir) ? `Removed the start guard: ${path}\n` : `No hook at ${path}\n`);
+  const { removed, leftovers } = removeHook(dir);
+  io.out(
+    [
+      removed ? `Removed the start guard: ${path}` : `No hook at ${path}`,
+      ...leftovers.map((leftover) => `Removed ${leftover}, left from an interrupted install`),
+    ].join("\n") + "\n",
+  );
   return 0;
 }
 

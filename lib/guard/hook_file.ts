@@ -590,21 +590,35 @@ export function unsafeHookPaths(
   return found.filter((r, i) => found.findIndex((o) => o.text === r.text) === i);
 }
 
-/** Removes the hook; `false` when there was none. Refuses a file that is not our hook. */
-export function removeHook(dir: string): boolean {
+/** What {@link removeHook} removed. */
+export interface RemoveResult {
+  /** Whether the hook was there (and is gone). */
+  removed: boolean;
+  /** The paths of temporary hooks an interrupted install left, removed too. */
+  leftovers: string[];
+}
+
+/**
+ * Removes the hook, and what an interrupted install left beside it: one killed between making
+ * its temporary file executable and the rename leaves a whole hook, which libvirt runs at every
+ * start as it runs the hook (an uninstall must not leave it guarding). Refuses a file at the
+ * hook's path that is not our hook.
+ */
+export function removeHook(dir: string): RemoveResult {
   const path = join(dir, HOOK_FILE_NAME);
-  let text: string;
+  let text: string | null = null;
   try {
     text = readHookFile(path);
   } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  if (parseHookSettings(text) === null) {
+  if (text !== null && parseHookSettings(text) === null) {
     throw new Error(`Refusing to remove "${path}": it is not a passthrough hook`);
   }
-  Deno.removeSync(path);
-  return true;
+  const leftovers = leftoversIn(dir).map((name) => join(dir, name));
+  for (const leftover of leftovers) Deno.removeSync(leftover);
+  if (text !== null) Deno.removeSync(path);
+  return { removed: text !== null, leftovers };
 }
 
 /** A program the hook runs, and whether it is still there. */

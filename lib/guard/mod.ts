@@ -55,6 +55,7 @@ export {
   type InstallResult,
   parseHookSettings,
   removeHook,
+  type RemoveResult,
   renderHookScript,
   type StaleBundle,
   staleBundle,

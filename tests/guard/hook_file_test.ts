@@ -478,12 +478,28 @@ Deno.test("inspectHook() reports a missing program and a hook libvirt would skip
 
 Deno.test("removeHook() removes our hook and refuses anyone else's file", async () => {
   await withDir((dir) => {
-    assertEquals(removeHook(dir), false);
+    assertEquals(removeHook(dir), { removed: false, leftovers: [] });
     installHook(dir, renderHookScript(settings(["/bin/true"])));
-    assertEquals(removeHook(dir), true);
+    assertEquals(removeHook(dir), { removed: true, leftovers: [] });
     assertEquals(inspectHook(dir).present, false);
     Deno.writeTextFileSync(`${dir}/${HOOK_FILE_NAME}`, "#!/bin/sh\nexit 0\n");
     assertThrows(() => removeHook(dir), /not a passthrough hook/);
+  });
+});
+
+Deno.test("removeHook() removes a whole hook an interrupted install left, which libvirt would run", async () => {
+  await withDir((dir) => {
+    const script = renderHookScript(settings(["/bin/false"]));
+    installHook(dir, script);
+    // Killed between the chmod and the rename: an executable hook libvirt runs at every start.
+    const leftover = `${dir}/.${HOOK_FILE_NAME}.0c5e.tmp`;
+    Deno.writeTextFileSync(leftover, script, { mode: 0o755 });
+    assertEquals(removeHook(dir), { removed: true, leftovers: [leftover] });
+    assertEquals([...Deno.readDirSync(dir)], []);
+    // With the hook itself already removed.
+    Deno.writeTextFileSync(leftover, script, { mode: 0o755 });
+    assertEquals(removeHook(dir), { removed: false, leftovers: [leftover] });
+    assertEquals([...Deno.readDirSync(dir)], []);
   });
 });
 
