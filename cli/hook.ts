@@ -242,17 +242,37 @@ const CHECKOUT_READER: CheckoutReader = {
       return null;
     }
   },
+  kind(path) {
+    try {
+      const info = Deno.lstatSync(path);
+      return info.isFile ? "file" : info.isDirectory ? "directory" : null;
+    } catch {
+      return null;
+    }
+  },
+  readFile(path) {
+    try {
+      return Deno.readFileSync(path);
+    } catch {
+      return null;
+    }
+  },
 };
 
 /**
- * The bundle of this checkout that the hook runs, when a source is newer than it
- * ({@link staleBundle}): for `hook status` and `doctor`. Only while this program runs the
- * checkout's sources, as `bin/passthrough` does then.
+ * The bundle of this checkout that the hook runs, when it is not built from the checkout's
+ * sources ({@link staleBundle}): for `hook status` and `doctor`. While this program runs the
+ * checkout's sources (`main.ts`), or its bundle (`dist/bin/main.js`), as `bin/passthrough` does
+ * while no source is newer: after an update that kept the files' times, that bundle is the stale
+ * one.
  */
 export function hookStaleBundle(settings: HookSettings): StaleBundle | null {
   const main = Deno.mainModule;
-  const checkout = main.startsWith("file:") && main.endsWith("/main.ts")
-    ? dirname(decodeURIComponent(new URL(main).pathname))
+  const path = main.startsWith("file:") ? decodeURIComponent(new URL(main).pathname) : "";
+  const checkout = path.endsWith("/dist/bin/main.js")
+    ? dirname(dirname(dirname(path)))
+    : path.endsWith("/main.ts")
+    ? dirname(path)
     : null;
   return staleBundle(settings, checkout, CHECKOUT_READER);
 }

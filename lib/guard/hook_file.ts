@@ -16,6 +16,7 @@
 import { dirname, join, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
 import { readOwnFileSync, resolveStateDirPath, StateDirError } from "../state/state_dir.ts";
+import { sha256Hex } from "../state/sha256.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -765,6 +766,12 @@ export interface StaleBundle {
   bundle: string;
   /** The script that builds it again (`scripts/setup.sh`). */
   setup: string;
+  /**
+   * `older`: a source is newer than the bundle, so `bin/passthrough` runs the sources;
+   * `other-sources`: none is newer, but the bundle was built from other contents (an update that
+   * kept the files' times: tar, `rsync -a`, `cp -p`), so `bin/passthrough` runs the bundle too.
+   */
+  why: "older" | "other-sources";
 }
 
 /** How {@link staleBundle} reads a checkout. */
@@ -773,13 +780,19 @@ export interface CheckoutReader {
   modified(path: string): number | null;
   /** The entry names of a directory; `null` when it is missing. */
   listDir(path: string): string[] | null;
+  /** A regular file or a directory, not following a link (as `find -type f`); else `null`. */
+  kind(path: string): "file" | "directory" | null;
+  /** The file's bytes; `null` when it cannot be read. */
+  readFile(path: string): Uint8Array | null;
 }
 
 /**
- * The bundle of the checkout at `checkout` (`dist/bin/`) when the hook runs it and a source of
- * the checkout is newer than it, as `bin/passthrough` decides (which then runs the sources): after
- * an update without `setup.sh`, the hook runs older code than the CLI. `null` otherwise, and
- * for `checkout: null` (no checkout runs this program).
+ * The bundle of the checkout at `checkout` (`dist/bin/`) when the hook runs it and it is not
+ * built from the checkout's sources: a source is newer than it, as `bin/passthrough` decides
+ * (which then runs the sources), after an update without `setup.sh`; or, though none is newer,
+ * their digest is not the one the build recorded (`dist/bin/.sources`, as `setup.sh` compares),
+ * after an update that kept the files' times, when `bin/passthrough` runs that bundle too. `null`
+ * otherwise, and for `checkout: null` (no checkout runs this program).
  *
  * @example
  * ```ts
@@ -791,9 +804,11 @@ export interface CheckoutReader {
  * const reader = {
  *   modified: (path: string) => times[path] ?? null,
  *   listDir: (path: string) => path === "/opt/pt/lib" ? ["mod.ts"] : null,
+ *   kind: (path: string) => path in times ? "file" as const : null,
+ *   readFile: () => null,
  * };
  * assertEquals(staleBundle(settings, "/opt/pt", reader), {
- *   bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh",
+ *   bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh", why: "older",
  * });
  * times["/opt/pt/dist/bin/main.js"] = 3;
  * assertEquals(staleBundle(settings, "/opt/pt", reader), null);
@@ -809,9 +824,53 @@ export function staleBundle(
   const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
   const built = reader.modified(join(bundle, "main.js"));
   if (!runsIt || built === null) return null;
+  const stale = (why: StaleBundle["why"]) => ({
+    bundle,
+    setup: join(checkout, "scripts", "setup.sh"),
+    why,
+  });
   const newer = checkoutSources(checkout, reader).some((f) => (reader.modified(f) ?? 0) > built);
-  return newer ? { bundle, setup: join(checkout, "scripts", "setup.sh") } : null;
+  if (newer) return stale("older");
+  // A bundle from before the digest was recorded cannot be told apart: its times decide.
+  const recorded = reader.readFile(join(bundle, ".sources"));
+  if (recorded === null) return null;
+  const digest = new TextDecoder().decode(recorded).trim();
+  return digest === sourcesDigest(checkout, reader) ? null : stale("other-sources");
 }
+
+/**
+ * What `scripts/bundle_bin.sh --sources-digest` prints for the checkout at `root`: the sha256 of
+ * `sha256sum`'s lines for every regular file it builds from, in byte order of their paths.
+ */
+function sourcesDigest(root: string, reader: CheckoutReader): string {
+  const filesUnder = (path: string): string[] => {
+    const kind = reader.kind(join(root, path));
+    if (kind === "file") return [path];
+    if (kind === null) return [];
+    return (reader.listDir(join(root, path)) ?? []).flatMap((name) =>
+      filesUnder(`${path}/${name}`)
+    );
+  };
+  // The paths are ASCII (bundle_bin.sh's `LC_ALL=C sort` is byte order; so is this, for ASCII).
+  const files = BUNDLE_SOURCES.flatMap(filesUnder).sort((a, b) => a < b ? -1 : a > b ? 1 : 0);
+  const lines = files.map((file) => {
+    const bytes = reader.readFile(join(root, file)) ?? new Uint8Array();
+    return `${sha256Hex(bytes)}  ${file}\n`;
+  });
+  return sha256Hex(lines.join(""));
+}
+
+/** What `scripts/bundle_bin.sh` digests (its `sources_digest`): keep the two lists alike. */
+const BUNDLE_SOURCES = [
+  "main.ts",
+  "cli",
+  "lib",
+  "ffi",
+  "deno.json",
+  "deno.lock",
+  "scripts/bundle_bin.sh",
+  "tools/deno/package-lock.json",
+] as const;
 
 /** The sources `bin/passthrough` compares with its bundle (its globs). */
 function checkoutSources(root: string, reader: CheckoutReader): string[] {
@@ -916,8 +975,13 @@ export function hookFileProblems(
     // Not a hook that runs the sources: the bundle is what setup.sh and Ansible keep current.
     problems.push({
       severity: "warn",
-      text: `it runs the bundle in ${stale.bundle}, which is older than the sources beside it ` +
-        `(bin/passthrough runs the sources meanwhile): build it again with ${stale.setup}`,
+      text: `it runs the bundle in ${stale.bundle}, ${
+        stale.why === "older"
+          ? "which is older than the sources beside it (bin/passthrough runs the sources meanwhile)"
+          : "which was built from other sources than those beside it, though none is newer (an " +
+            "update that kept the files' times, as tar, rsync -a or cp -p do), so " +
+            "bin/passthrough runs that bundle too"
+      }: build it again with ${stale.setup}`,
       fix: stale.setup,
     });
   }

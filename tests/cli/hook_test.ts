@@ -1059,6 +1059,84 @@ Deno.test("hook install says which guard policies the hook obeys, and when they 
   }
 });
 
+Deno.test("hook status and doctor from the bundle bin/passthrough runs: an update that kept old file times is a stale bundle, and setup.sh is the fix", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-old-times-" });
+  try {
+    // A checkout of its own, with what scripts/bundle_bin.sh builds from, built by it.
+    const root = `${dir}/clone`;
+    const here = new URL("../../", import.meta.url).pathname;
+    await Deno.mkdir(`${root}/scripts`, { recursive: true });
+    await Deno.mkdir(`${root}/tools/deno`, { recursive: true });
+    for (
+      const entry of [
+        "main.ts",
+        "deno.json",
+        "deno.lock",
+        "cli",
+        "lib",
+        "ffi",
+        "demo", // bundled too (cli/demo.ts imports its files)
+        "scripts/bundle_bin.sh",
+        "tools/deno/package-lock.json",
+      ]
+    ) {
+      const copied = await new Deno.Command("cp", {
+        args: ["-rp", `${here}${entry}`, `${root}/${entry}`],
+      }).output();
+      assertEquals(copied.code, 0, entry);
+    }
+    const build = async () => {
+      const built = await new Deno.Command(`${root}/scripts/bundle_bin.sh`, {
+        env: { PATH: `${Deno.execPath().replace(/\/[^/]*$/, "")}:${Deno.env.get("PATH")}` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    };
+    await build();
+    // Run as bin/passthrough runs it while no source is newer than the bundle.
+    const bundled = { main: `${root}/dist/bin/main.js` };
+    const hooks = `${dir}/qemu.d`;
+    const installed = await runCli(
+      ["hook", "install", "--hooks-dir", hooks, "--state-dir", `${dir}/state`],
+      bundled,
+    );
+    assertEquals(installed.code, 0, installed.stderr);
+    const status = async () => {
+      const run = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"], bundled);
+      return { code: run.code, ...JSON.parse(run.stdout) };
+    };
+    assertEquals((await status()).problems, []);
+    // A release unpacked over it (tar -x, rsync -a, cp -p): other contents, the release's older
+    // file times, so bin/passthrough and the start guard both run the bundle of the old ones.
+    const source = `${root}/lib/mod.ts`;
+    const old = Deno.statSync(source).mtime!;
+    await Deno.writeTextFile(source, `// the next release\n${await Deno.readTextFile(source)}`);
+    Deno.utimeSync(source, old, old);
+    assertOk(Deno.statSync(`${root}/dist/bin/main.js`).mtime! > old);
+    const stale = await status();
+    assertEquals(stale.problems, [
+      `it runs the bundle in ${root}/dist/bin, which was built from other sources than those ` +
+      `beside it, though none is newer (an update that kept the files' times, as tar, rsync -a ` +
+      `or cp -p do), so bin/passthrough runs that bundle too: build it again with ` +
+      `${root}/scripts/setup.sh`,
+    ]);
+    assertEquals([stale.code, stale.fix], [1, `${root}/scripts/setup.sh`]);
+    const doctor = await runCli(
+      ["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks],
+      bundled,
+    );
+    const finding = (JSON.parse(doctor.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+    assertEquals(finding.status, "warn");
+    assertOk(finding.summary.includes(`: ${stale.problems[0]}; `), finding.summary);
+    // Built again from them (as setup.sh does, by their digest): up to date.
+    await build();
+    assertEquals((await status()).problems, []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook status after an update without setup.sh: the hook's bundle is older than the sources, and setup.sh is the fix", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-stale-" });
   try {

@@ -444,7 +444,7 @@ Deno.test("doctor's hook finding: another version warns, a missing program fails
 
 Deno.test("doctor's hook finding: a bundle older than its sources warns, and setup.sh is the fix", async () => {
   const stale = await hookFinding({
-    staleBundle: { bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh" },
+    staleBundle: { bundle: "/opt/pt/dist/bin", setup: "/opt/pt/scripts/setup.sh", why: "older" },
   });
   assertEquals([stale.status, stale.hint], ["warn", "/opt/pt/scripts/setup.sh"]);
   assertMatch(
