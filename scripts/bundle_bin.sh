@@ -27,6 +27,12 @@ out="$dest.new.$$"
 old="$dest.old.$$"
 trap 'rm -rf "$out" "$old"' EXIT
 rm -rf "$out"
+# Taken before the build reads them, and main.js dated then: a source that changes while it runs
+# (a pull meanwhile) is newer than the bundle, so bin/passthrough runs the sources, and differs
+# from the digest recorded, so setup.sh builds again, rather than taking a bundle of the old
+# contents for one of the new.
+started=$(date +%s.%N)
+digest=$(sources_digest)
 "$deno" bundle --quiet --code-splitting --platform browser --outdir "$out" main.ts
 "$deno" bundle --quiet --minify --code-splitting --platform browser --outdir "$out/hook" \
   cli/hook_check.ts
@@ -49,7 +55,8 @@ unanalyzable_imports() {
 }
 unanalyzable_imports "$out"/*.js
 unanalyzable_imports "$out"/hook/*.js
-sources_digest >"$out/.sources"
+echo "$digest" >"$out/.sources"
+touch -d "@$started" "$out/main.js"
 # A process of the previous build still running (a VM start's check, a command) imports its
 # chunks by name after its entry loaded, from DEST: the previous build's own chunks (listed in
 # its .chunks) are kept beside the new ones for one build. Entries (main.js, hook_check.js) are

@@ -192,3 +192,53 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("scripts/bundle_bin.sh: a source changed while it builds is newer than the bundle and not in its recorded digest", async () => {
+  const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-race-" });
+  try {
+    // A checkout of its own (no tools/deno/node_modules: the deno on PATH builds it).
+    const root = `${work}/clone`;
+    await Deno.mkdir(`${root}/scripts`, { recursive: true });
+    await Deno.mkdir(`${root}/tools/deno`, { recursive: true });
+    const entries = ["main.ts", "deno.json", "deno.lock", "cli", "lib", "ffi", "demo"];
+    for (const entry of [...entries, "scripts/bundle_bin.sh", "tools/deno/package-lock.json"]) {
+      const copied = await new Deno.Command("cp", {
+        args: ["-r", `${ROOT.pathname}${entry}`, `${root}/${entry}`],
+      }).output();
+      assertEquals(copied.code, 0, entry);
+    }
+    // Deno, with a pull landing while it bundles main.ts: the source changes after it was read,
+    // before main.js is written.
+    await Deno.mkdir(`${work}/bin`);
+    await Deno.writeTextFile(
+      `${work}/bin/deno`,
+      `#!/bin/sh
+${JSON.stringify(Deno.execPath())} "$@" || exit
+out= last=
+for arg; do [ "$last" = --outdir ] && out=$arg; last=$arg; done
+[ "$1 $last" = "bundle main.ts" ] || exit 0
+sed -i 's/^export const VERSION = .*/export const VERSION = "9.9.9";/' cli/version.ts
+touch "$out/main.js"
+`,
+      { mode: 0o755 },
+    );
+    const script = (args: string[]) =>
+      new Deno.Command(`${root}/scripts/bundle_bin.sh`, {
+        args,
+        env: { PATH: `${work}/bin:${Deno.env.get("PATH")}` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const built = await script([]);
+    assertEquals(built.code, 0, new TextDecoder().decode(built.stderr));
+    assertMatch(await Deno.readTextFile(`${root}/cli/version.ts`), /"9\.9\.9"/);
+    // bin/passthrough runs the sources, not the bundle of the old ones...
+    const bundle = Deno.statSync(`${root}/dist/bin/main.js`).mtime!;
+    assertOk(Deno.statSync(`${root}/cli/version.ts`).mtime! > bundle);
+    // ...and setup.sh builds again: the digest recorded is not the sources' now.
+    const now = new TextDecoder().decode((await script(["--sources-digest"])).stdout);
+    assertOk(await Deno.readTextFile(`${root}/dist/bin/.sources`) !== now, now);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
