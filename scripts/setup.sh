@@ -25,7 +25,19 @@ else
   # `npm ci`: exactly the lock (version and integrity of deno and of its binary for this
   # platform), and it never writes the lock, which lists every platform's optional binary so
   # that no npm has one to add (tests/cli/setup_script_test.ts checks that ci accepts it).
-  npm ci --prefix tools/deno --no-audit --no-fund --loglevel=error >&2
+  # Into a directory of its own, put in place only when whole: npm ci first removes the
+  # node_modules it installs into, and an installed start guard runs tools/deno's deno at every VM
+  # start: an install that fails (no network) would leave none, and every start refused.
+  staging=tools/deno.new.$$
+  previous=tools/deno/node_modules.old.$$
+  trap 'rm -rf "$staging" "$previous"' EXIT
+  rm -rf "$staging"
+  mkdir "$staging"
+  cp tools/deno/package.json tools/deno/package-lock.json "$staging/"
+  npm ci --prefix "$staging" --no-audit --no-fund --loglevel=error >&2
+  # Two renames: the old one is missing only between them, not for the length of an install.
+  if [ -e tools/deno/node_modules ]; then mv -T tools/deno/node_modules "$previous"; fi
+  mv -T "$staging/node_modules" tools/deno/node_modules
 fi
 
 runtime_pkgs=(libvirt0 pciutils)

@@ -9,10 +9,29 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
+/** A `deno` stand-in that prints `version` as `deno --version` does. */
+function denoStub(version: string): string {
+  return `#!/bin/sh\necho "deno ${version} (stable, release, x86_64-unknown-linux-gnu)"\n`;
+}
+
+/**
+ * The `npm` stand-in: records its call and, as `npm ci` does, removes the node_modules of its
+ * `--prefix` first; then installs a `deno` stand-in of `installs`, or fails (no network).
+ */
+function npmStub(installs: string | null): string {
+  const install = installs === null
+    ? "exit 1"
+    : `mkdir -p "$3/node_modules/.bin" && printf '%s' '${
+      denoStub(installs)
+    }' >"$3/node_modules/.bin/deno" && chmod +x "$3/node_modules/.bin/deno"`;
+  return `echo "npm called: $*" >&2\n[ "$2" = --prefix ] && rm -rf "$3/node_modules"\n${install}`;
+}
+
 async function setup(
   denoVersion: string,
   installed?: string,
   bundle?: { built: string | null },
+  options: { npmInstalls?: string | null; after?: (dir: string) => void } = {},
 ): Promise<{ code: number; stderr: string; touched: boolean }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-setup-" });
   try {
@@ -20,10 +39,9 @@ async function setup(
     await Deno.mkdir(`${dir}/tools/deno`, { recursive: true });
     await Deno.mkdir(`${dir}/bin`);
     await Deno.copyFile(`${ROOT}scripts/setup.sh`, `${dir}/scripts/setup.sh`);
-    await Deno.copyFile(
-      `${ROOT}tools/deno/package-lock.json`,
-      `${dir}/tools/deno/package-lock.json`,
-    );
+    for (const file of ["package.json", "package-lock.json"]) {
+      await Deno.copyFile(`${ROOT}tools/deno/${file}`, `${dir}/tools/deno/${file}`);
+    }
     const stub = async (name: string, body: string) => {
       await Deno.writeTextFile(`${dir}/bin/${name}`, `#!/bin/sh\n${body}\n`);
       await Deno.chmod(`${dir}/bin/${name}`, 0o755);
@@ -33,13 +51,10 @@ async function setup(
       // What an earlier run installed under tools/deno.
       const bin = `${dir}/tools/deno/node_modules/.bin`;
       await Deno.mkdir(bin, { recursive: true });
-      await Deno.writeTextFile(
-        `${bin}/deno`,
-        `#!/bin/sh\necho "deno ${installed} (stable, release, x86_64-unknown-linux-gnu)"\n`,
-      );
+      await Deno.writeTextFile(`${bin}/deno`, denoStub(installed));
       await Deno.chmod(`${bin}/deno`, 0o755);
     }
-    await stub("npm", `echo "npm called: $*" >&2`);
+    await stub("npm", npmStub(options.npmInstalls === undefined ? "0.0.0" : options.npmInstalls));
     await stub("dpkg-query", `printf 'install ok installed'`);
     // A bundle_bin.sh stand-in: the sources' digest is "now", a build says so.
     await Deno.writeTextFile(
@@ -61,6 +76,7 @@ async function setup(
       stdout: "piped",
       stderr: "piped",
     }).output();
+    options.after?.(dir);
     let touched = false;
     try {
       touched = Deno.statSync(`${dir}/dist/bin/main.js`).mtime!.getTime() > old.getTime();
@@ -84,7 +100,7 @@ Deno.test("setup.sh uses the pinned Deno from PATH instead of installing one", a
   const other = await setup("1.46.3");
   assertEquals(other.code, 0, other.stderr);
   assertMatch(other.stderr, new RegExp(`setup: installing Deno ${pinned} from npm`));
-  assertMatch(other.stderr, /npm called: ci --prefix tools\/deno/);
+  assertMatch(other.stderr, /npm called: ci --prefix tools\/deno\.new\.\d+ /);
 });
 
 Deno.test({
@@ -128,7 +144,7 @@ Deno.test("setup.sh installs the pinned Deno again when the pin moved past the o
   assertOk(!current.stderr.includes("npm called"), current.stderr);
   const older = await setup("1.46.3", "2.0.0");
   assertEquals(older.code, 0, older.stderr);
-  assertMatch(older.stderr, /npm called: ci --prefix tools\/deno/);
+  assertMatch(older.stderr, /npm called: ci --prefix tools\/deno\.new\.\d+ /);
 });
 
 Deno.test("setup.sh replaces an installed Deno of another version even with the pinned one on PATH", async () => {
@@ -137,7 +153,7 @@ Deno.test("setup.sh replaces an installed Deno of another version even with the 
   // bin/passthrough, the bundle and the hook use tools/deno first: it must be the pinned one.
   const result = await setup(pinned, "2.0.0");
   assertEquals(result.code, 0, result.stderr);
-  assertMatch(result.stderr, /npm called: ci --prefix tools\/deno/);
+  assertMatch(result.stderr, /npm called: ci --prefix tools\/deno\.new\.\d+ /);
 });
 
 Deno.test("setup.sh builds the bundle unless it was built from these sources, by digest", async () => {
@@ -150,4 +166,39 @@ Deno.test("setup.sh builds the bundle unless it was built from these sources, by
   const same = await setup("1.46.3", undefined, { built: "now" });
   assertOk(!same.stderr.includes("bundle built"), same.stderr);
   assertEquals(same.touched, true);
+});
+
+Deno.test("setup.sh keeps the installed Deno, which the start guard runs, when npm ci fails", async () => {
+  const lock = JSON.parse(await Deno.readTextFile(`${ROOT}tools/deno/package-lock.json`));
+  const pinned: string = lock.packages["node_modules/deno"].version;
+  const version = (dir: string) =>
+    new TextDecoder().decode(
+      new Deno.Command(`${dir}/tools/deno/node_modules/.bin/deno`, { args: ["--version"] })
+        .outputSync().stdout,
+    ).split(" ")[1];
+  const entries = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  // The pin moved past the installed one, and the registry cannot be reached.
+  const failed = await setup("1.46.3", "2.0.0", undefined, {
+    npmInstalls: null,
+    after: (dir) => {
+      assertEquals(version(dir), "2.0.0");
+      assertEquals(entries(`${dir}/tools`), ["deno"]);
+      assertEquals(entries(`${dir}/tools/deno`), [
+        "node_modules",
+        "package-lock.json",
+        "package.json",
+      ]);
+    },
+  });
+  assertEquals(failed.code, 1, failed.stderr);
+  // Installed: in place of the old one, nothing left beside it.
+  const done = await setup("1.46.3", "2.0.0", undefined, {
+    npmInstalls: pinned,
+    after: (dir) => {
+      assertEquals(version(dir), pinned);
+      assertEquals(entries(`${dir}/tools`), ["deno"]);
+      assertEquals(entries(`${dir}/tools/deno/node_modules`), [".bin"]);
+    },
+  });
+  assertEquals(done.code, 0, done.stderr);
 });
