@@ -73,7 +73,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 3;
+export const HOOK_FORMAT = 4;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -119,11 +119,20 @@ case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm*)
   set -- "(a name with control characters)" ;;
 esac
 # Only where the run failed at once (not a deadline, whose cause may be a mount that hangs, and
-# would hang this look too): a program or check file that is gone is named.
+# would hang this look too): a program or check file that is gone is named. Where passthrough
+# was deleted, "hook install" is gone with it: this hook's own path is the way out, quoted by the
+# shell alone (no sed: libvirt's PATH may have none).
 case $status in 1 | 125 | 126 | 127)
   for file in ${files}; do
     if [ ! -e "$file" ]; then
-      printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again); if passthrough moved, reinstall with "%s"\\n' "$1" "$file" ${reinstall} >&2
+      rest=$0 hook=
+      while :; do
+        case $rest in
+          *"'"*) hook=$hook\${rest%%"'"*}"'\\\\''"; rest=\${rest#*"'"} ;;
+          *) hook=$hook$rest; break ;;
+        esac
+      done
+      printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again); if passthrough moved, reinstall with "%s" from where it is now; if it was removed, remove this hook: rm '"'"'%s'"'"'\\n' "$1" "$file" ${reinstall} "$hook" >&2
       exit 1
     fi
   done ;;

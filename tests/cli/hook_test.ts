@@ -180,7 +180,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     Deno.writeTextFileSync(report.path, text.replace(/^# passthrough-hook-format: \d+\n/m, ""));
     const older = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(JSON.parse(older.stdout).problems, [
-      "written by an older passthrough (hook format 1, this one writes 3) or changed by hand " +
+      "written by an older passthrough (hook format 1, this one writes 4) or changed by hand " +
       "since: it may not check what it should",
     ]);
 

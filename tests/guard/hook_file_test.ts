@@ -147,10 +147,18 @@ Deno.test({
           `\npassthrough guard: refusing to start "vm": ${dir}/gone is missing (the check cannot ` +
             `run): restore it (scripts/setup.sh in passthrough's clone, or the Ansible playbook ` +
             `again); if passthrough moved, reinstall with "passthrough hook install --state-dir ` +
-            `/var/lib/passthrough"\n`,
+            `/var/lib/passthrough" from where it is now; if it was removed, remove this hook: rm ` +
+            `${shellQuote(missing.path)}\n`,
         ),
         gone.stderr,
       );
+      // With passthrough deleted, no "hook remove" is left to run: the rm it prints, as printed.
+      const rm = await new Deno.Command("sh", {
+        args: ["-c", gone.stderr.slice(gone.stderr.lastIndexOf(": rm ") + 2)],
+      }).output();
+      assertEquals(rm.code, 0);
+      assertEquals(inspectHook(`${dir}/b`).present, false);
+      installHook(`${dir}/b`, renderHookScript(settings([`${dir}/gone`])));
       // coreutils' own line first says which program is missing.
       assertMatch(gone.stderr, /^\S*timeout: failed to run command '.*\/gone'/);
       recordCase({

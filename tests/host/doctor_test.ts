@@ -362,7 +362,7 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
   assertEquals(older.status, "fail");
   assertMatch(
     older.summary,
-    /: written by an older passthrough \(hook format 1, this one writes 3\) or changed by hand since: it may not check/,
+    /: written by an older passthrough \(hook format 1, this one writes 4\) or changed by hand since: it may not check/,
   );
   // The command that writes this hook again: its directory and its state directory, not the
   // defaults (a bare "hook install" would write another hook, reading another state).
