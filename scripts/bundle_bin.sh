@@ -9,9 +9,11 @@
 # Usage: scripts/bundle_bin.sh [DEST] | --sources-digest
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# What the bundle is built from, as one digest (written to DEST/.sources; setup.sh compares).
+# What the bundle is built from, as one digest (written to DEST/.sources; setup.sh compares):
+# demo/ too, whose files cli/demo.ts embeds. lib/guard/hook_file.ts computes it alike.
 sources_digest() {
-  find main.ts cli lib ffi deno.json deno.lock scripts/bundle_bin.sh tools/deno/package-lock.json \
+  find main.ts cli lib ffi demo deno.json deno.lock scripts/bundle_bin.sh \
+    tools/deno/package-lock.json \
     -type f -print0 | LC_ALL=C sort -z |
     xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 }

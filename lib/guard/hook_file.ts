@@ -875,6 +875,7 @@ const BUNDLE_SOURCES = [
   "cli",
   "lib",
   "ffi",
+  "demo",
   "deno.json",
   "deno.lock",
   "scripts/bundle_bin.sh",
@@ -892,6 +893,7 @@ function checkoutSources(root: string, reader: CheckoutReader): string[] {
     ...scripts(join(root, "ffi")),
     ...scripts(lib),
     ...list(lib).flatMap(scripts),
+    ...list(join(root, "demo")),
   ];
 }
 

@@ -193,7 +193,7 @@ Deno.test("scripts/bundle_bin.sh's chunks, which bin/passthrough runs, print wha
   }
 });
 
-Deno.test("scripts/bundle_bin.sh: a source changed while it builds is newer than the bundle and not in its recorded digest", async () => {
+Deno.test("scripts/bundle_bin.sh: a source changed while it builds is newer than the bundle and not in its recorded digest; the digest covers the embedded demo", async () => {
   const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-race-" });
   try {
     // A checkout of its own (no tools/deno/node_modules: the deno on PATH builds it).
@@ -238,6 +238,10 @@ touch "$out/main.js"
     // ...and setup.sh builds again: the digest recorded is not the sources' now.
     const now = new TextDecoder().decode((await script(["--sources-digest"])).stdout);
     assertOk(await Deno.readTextFile(`${root}/dist/bin/.sources`) !== now, now);
+    // The demo's files are built in too (cli/demo.ts embeds them): a change to one is a change.
+    await Deno.writeTextFile(`${root}/demo/world.xml`, "\n", { append: true });
+    const demo = new TextDecoder().decode((await script(["--sources-digest"])).stdout);
+    assertOk(demo !== now, demo);
   } finally {
     await Deno.remove(work, { recursive: true });
   }

@@ -10,14 +10,27 @@ const SAYS_WHICH = (which: string) =>
 
 /** A checkout with the real wrapper, a source tree of one file per level, and a fresh bundle. */
 function fakeCheckout(dir: string): void {
-  for (const sub of ["bin", "cli", "ffi", "lib/host", "dist/bin", "tools/deno/node_modules/.bin"]) {
+  for (
+    const sub of [
+      "bin",
+      "cli",
+      "ffi",
+      "lib/host",
+      "demo",
+      "dist/bin",
+      "tools/deno/node_modules/.bin",
+    ]
+  ) {
     Deno.mkdirSync(`${dir}/${sub}`, { recursive: true });
   }
   Deno.copyFileSync(`${ROOT}bin/passthrough`, `${dir}/bin/passthrough`);
   Deno.chmodSync(`${dir}/bin/passthrough`, 0o755);
   Deno.symlinkSync(Deno.execPath(), `${dir}/tools/deno/node_modules/.bin/deno`);
   Deno.writeTextFileSync(`${dir}/main.ts`, SAYS_WHICH("sources"));
-  for (const file of ["deno.json", "cli/a.ts", "ffi/b.ts", "lib/mod.ts", "lib/host/c.ts"]) {
+  // demo/: files the bundle embeds (cli/demo.ts).
+  for (
+    const file of ["deno.json", "cli/a.ts", "ffi/b.ts", "lib/mod.ts", "lib/host/c.ts", "demo/w.xml"]
+  ) {
     Deno.writeTextFileSync(`${dir}/${file}`, "{}\n");
   }
   Deno.writeTextFileSync(`${dir}/dist/bin/main.js`, SAYS_WHICH("bundle"));
@@ -28,7 +41,15 @@ function fakeCheckout(dir: string): void {
 function freshen(dir: string): void {
   const old = new Date(Date.now() - 3_600_000);
   for (
-    const file of ["main.ts", "deno.json", "cli/a.ts", "ffi/b.ts", "lib/mod.ts", "lib/host/c.ts"]
+    const file of [
+      "main.ts",
+      "deno.json",
+      "cli/a.ts",
+      "ffi/b.ts",
+      "lib/mod.ts",
+      "lib/host/c.ts",
+      "demo/w.xml",
+    ]
   ) {
     Deno.utimeSync(`${dir}/${file}`, old, old);
   }
@@ -66,6 +87,7 @@ Deno.test("bin/passthrough runs the bundle while it is fresh, the sources once o
         "ffi/b.ts",
         "lib/mod.ts",
         "lib/host/c.ts",
+        "demo/w.xml",
       ]
     ) {
       Deno.utimeSync(
