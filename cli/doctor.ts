@@ -15,7 +15,7 @@ import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
 import { readXattr } from "../ffi/libc_fs.ts";
 import { VERSION } from "./version.ts";
-import { hookStaleBundle } from "./hook.ts";
+import { hookStaleBundle, runningStaleBundle } from "./hook.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
@@ -86,6 +86,7 @@ export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise
     facts: hostFactsFor(root),
     ...(target === null ? {} : { libvirtProbe: libvirtProbe(target.uri, target.options) }),
     ...(live ? { hook: hookFacts(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR, reader) } : {}),
+    bundle: runningStaleBundle(),
   });
   io.out(
     values.json ? `${JSON.stringify(findings, null, 2)}\n` : renderFindings(findings, io.color),

@@ -37,6 +37,7 @@ import {
   replaceableHookSettings,
   type StaleBundle,
   staleBundle,
+  staleCheckoutBundle,
   trustedOwners,
   unsafeHookPaths,
 } from "../lib/guard/hook_file.ts";
@@ -267,14 +268,33 @@ const CHECKOUT_READER: CheckoutReader = {
  * one.
  */
 export function hookStaleBundle(settings: HookSettings): StaleBundle | null {
+  const { checkout } = runningCheckout();
+  return staleBundle(settings, checkout, CHECKOUT_READER);
+}
+
+/**
+ * The checkout this program runs from, and whether from its bundle (`dist/bin/main.js`, which
+ * `bin/passthrough` runs while no source is newer) or its sources (`main.ts`).
+ */
+function runningCheckout(): { checkout: string | null; bundled: boolean } {
   const main = Deno.mainModule;
   const path = main.startsWith("file:") ? decodeURIComponent(new URL(main).pathname) : "";
-  const checkout = path.endsWith("/dist/bin/main.js")
-    ? dirname(dirname(dirname(path)))
-    : path.endsWith("/main.ts")
-    ? dirname(path)
-    : null;
-  return staleBundle(settings, checkout, CHECKOUT_READER);
+  if (path.endsWith("/dist/bin/main.js")) {
+    return { checkout: dirname(dirname(dirname(path))), bundled: true };
+  }
+  return { checkout: path.endsWith("/main.ts") ? dirname(path) : null, bundled: false };
+}
+
+/**
+ * The bundle this program runs, when it was built from other sources than those of its
+ * checkout, though none is newer (so `bin/passthrough` took it): for `doctor`, as the old code
+ * otherwise runs unsaid.
+ */
+export function runningStaleBundle(): StaleBundle | null {
+  const { checkout, bundled } = runningCheckout();
+  if (checkout === null || !bundled) return null;
+  const stale = staleCheckoutBundle(checkout, CHECKOUT_READER);
+  return stale?.why === "other-sources" ? stale : null;
 }
 
 function status({ values }: HookLine<"status">, io: CliIo): number {

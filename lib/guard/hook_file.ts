@@ -829,10 +829,19 @@ export function staleBundle(
   reader: CheckoutReader,
 ): StaleBundle | null {
   if (checkout === null) return null;
+  const runsIt = settings.command.some((a) => a.startsWith(`${join(checkout, "dist", "bin")}/`));
+  return runsIt ? staleCheckoutBundle(checkout, reader) : null;
+}
+
+/**
+ * The bundle of the checkout at `checkout` (`dist/bin/`) when it is not built from the
+ * checkout's sources, as {@link staleBundle} tells, whoever runs it; `null` when it is, or when
+ * there is none.
+ */
+export function staleCheckoutBundle(checkout: string, reader: CheckoutReader): StaleBundle | null {
   const bundle = join(checkout, "dist", "bin");
-  const runsIt = settings.command.some((a) => a.startsWith(`${bundle}/`));
   const built = reader.modified(join(bundle, "main.js"));
-  if (!runsIt || built === null) return null;
+  if (built === null) return null;
   const stale = (why: StaleBundle["why"]) => ({
     bundle,
     setup: join(checkout, "scripts", "setup.sh"),

@@ -75,6 +75,11 @@ export interface DoctorOptions {
   /** The start guard's hook and what runs it (live hosts only): adds the `hook` finding. */
   hook?: HookDoctorFacts;
   /**
+   * The bundle this doctor runs from when it was built from other sources than those beside it
+   * (`bin/passthrough` runs it while no source is newer): adds the `bundle` finding.
+   */
+  bundle?: StaleBundle | null;
+  /**
    * The host's pre-flight facts (`readHostFacts`): adds the host-wide `boot-vga`,
    * `host-driver-busy` and `reset` findings, each left out when its facts are unknown.
    */
@@ -851,5 +856,20 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
   if (options.facts !== undefined) findings.push(...preflightFindings(options.host, options.facts));
   if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
   if (options.hook !== undefined) findings.push(checkHook(options.hook));
+  if (options.bundle !== undefined && options.bundle !== null) {
+    findings.push(checkBundle(options.bundle));
+  }
   return findings;
+}
+
+/** The `bundle` finding: the commands run older code than the checkout holds. */
+function checkBundle(stale: StaleBundle): DoctorFinding {
+  return {
+    check: "bundle",
+    status: "warn",
+    summary: `bin/passthrough runs the bundle in ${stale.bundle}, which was built from other ` +
+      `sources than those beside it, though none is newer (an update that kept the files' ` +
+      `times, as tar, rsync -a or cp -p do): every command runs the code from before the update`,
+    hint: `build it again: ${stale.setup}`,
+  };
 }

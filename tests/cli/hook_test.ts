@@ -1126,12 +1126,30 @@ Deno.test("hook status and doctor from the bundle bin/passthrough runs: an updat
       ["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks],
       bundled,
     );
-    const finding = (JSON.parse(doctor.stdout) as DoctorFinding[]).find((f) => f.check === "hook")!;
+    const findings = JSON.parse(doctor.stdout) as DoctorFinding[];
+    const finding = findings.find((f) => f.check === "hook")!;
     assertEquals(finding.status, "warn");
     assertOk(finding.summary.includes(`: ${stale.problems[0]}; `), finding.summary);
+    // And, hook or none, that every command runs the old code.
+    assertEquals(findings.find((f) => f.check === "bundle"), {
+      check: "bundle",
+      status: "warn",
+      summary: `bin/passthrough runs the bundle in ${root}/dist/bin, which was built from other ` +
+        `sources than those beside it, though none is newer (an update that kept the files' ` +
+        `times, as tar, rsync -a or cp -p do): every command runs the code from before the update`,
+      hint: `build it again: ${root}/scripts/setup.sh`,
+    });
     // Built again from them (as setup.sh does, by their digest): up to date.
     await build();
     assertEquals((await status()).problems, []);
+    const rebuilt = await runCli(
+      ["doctor", "--json", "--no-libvirt", "--hooks-dir", hooks],
+      bundled,
+    );
+    assertEquals(
+      (JSON.parse(rebuilt.stdout) as DoctorFinding[]).find((f) => f.check === "bundle"),
+      undefined,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
