@@ -39,6 +39,7 @@ import {
   staleBundle,
   staleCheckoutBundle,
   trustedOwners,
+  unreadableHookReason,
   unsafeHookPaths,
 } from "../lib/guard/hook_file.ts";
 import { findHookDaemons, noDaemonMessage, reloadDaemons } from "../lib/guard/daemon.ts";
@@ -204,10 +205,13 @@ function hookProblems(
     return { problems: [`No hook at ${inspection.path}`, ...leftovers], fix };
   }
   if (inspection.settings === null) {
-    return {
-      problems: [`${inspection.path} is not a passthrough hook`],
-      fix: `${foreignHookAdvice(inspection.path)}, then ${fix}`,
-    };
+    // Another passthrough's hook is replaced by an install; a user's own never is.
+    return inspection.ours
+      ? { problems: [...leftovers, unreadableHookReason(inspection.format)], fix }
+      : {
+        problems: [`${inspection.path} is not a passthrough hook`],
+        fix: `${foreignHookAdvice(inspection.path)}, then ${fix}`,
+      };
   }
   const fileProblems = hookFileProblems(inspection, VERSION, fix, {
     staleBundle: hookStaleBundle(inspection.settings),

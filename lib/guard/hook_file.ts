@@ -177,6 +177,31 @@ export function parseHookSettings(text: string): HookSettings | null {
   }
 }
 
+/**
+ * Whether `text` is a hook some passthrough wrote: its settings line holds a JSON object, whose
+ * fields may not be the ones this version reads ({@link parseHookSettings}: one written by
+ * another version's settings). Such a hook is ours to replace and remove, never a user's own.
+ */
+export function isPassthroughHook(text: string): boolean {
+  const line = text.split("\n").find((l) => l.startsWith(SETTINGS_PREFIX));
+  if (line === undefined) return false;
+  try {
+    const data = JSON.parse(line.slice(SETTINGS_PREFIX.length));
+    return typeof data === "object" && data !== null && !Array.isArray(data);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a passthrough hook whose settings this version cannot read ({@link isPassthroughHook})
+ * is a problem, for `hook status` and `doctor`.
+ */
+export function unreadableHookReason(format: number): string {
+  return `written by another passthrough (hook format ${format}, this one writes ${HOOK_FORMAT}), ` +
+    "whose settings this one cannot read: it may not check what it should";
+}
+
 /** Where the running program is, to build the check's command line from. */
 export interface CheckProgram {
   /** `Deno.execPath()`: the deno binary, or the compiled passthrough binary. */
@@ -342,7 +367,7 @@ function replaceableHookText(path: string): string | null {
     if (error instanceof Deno.errors.NotFound) return null;
     if (!(error instanceof StateDirError)) throw error;
   }
-  if (text === null || parseHookSettings(text) === null) {
+  if (text === null || !isPassthroughHook(text)) {
     throw new Error(
       `Refusing to install the start guard over "${path}": it is not a passthrough hook: ${
         foreignHookAdvice(path)
@@ -622,7 +647,7 @@ export function removeHook(dir: string): RemoveResult {
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
-  if (text !== null && parseHookSettings(text) === null) {
+  if (text !== null && !isPassthroughHook(text)) {
     throw new Error(`Refusing to remove "${path}": it is not a passthrough hook`);
   }
   const leftovers = leftoversIn(dir).map((name) => join(dir, name));
@@ -647,8 +672,13 @@ export interface HookInspection {
   present: boolean;
   /** A regular file with execute permission (libvirt skips anything else). */
   executable: boolean;
-  /** Its settings; `null` when absent or not written by passthrough. */
+  /**
+   * Its settings; `null` when absent, not written by passthrough, or written by one whose
+   * settings this version cannot read (then {@link HookInspection.ours}).
+   */
   settings: HookSettings | null;
+  /** Written by a passthrough, of whatever version ({@link isPassthroughHook}). */
+  ours: boolean;
   /** The programs and files its command names (timeout, deno, main module), with existence. */
   programs: HookProgram[];
   /** Seconds since the epoch when the file was last written, or `null`. */
@@ -1049,6 +1079,7 @@ export function inspectHook(
         present: false,
         executable: false,
         settings: null,
+        ours: false,
         programs: [],
         modified: null,
         intact: false,
@@ -1063,11 +1094,13 @@ export function inspectHook(
   const executable = info.isFile && ((info.mode ?? 0) & 0o111) !== 0;
   let settings: HookSettings | null = null;
   let intact = false;
+  let ours = false;
   let format = 1;
   try {
     if (info.isFile && info.size <= MAX_HOOK_BYTES) {
       const text = readHookFile(path);
       settings = parseHookSettings(text);
+      ours = isPassthroughHook(text);
       intact = settings !== null && text === renderHookScript(settings);
       format = Number(FORMAT_LINE.exec(text)?.[1] ?? 1);
     }
@@ -1082,6 +1115,7 @@ export function inspectHook(
     present: true,
     executable,
     settings,
+    ours,
     programs,
     modified: info.mtime === null ? null : info.mtime.getTime() / 1000,
     intact,

@@ -53,6 +53,7 @@ export {
   inspectHook,
   installHook,
   type InstallResult,
+  isPassthroughHook,
   parseHookSettings,
   removeHook,
   type RemoveResult,

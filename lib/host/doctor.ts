@@ -20,6 +20,7 @@ import {
   type HookInspection,
   installCommand,
   type StaleBundle,
+  unreadableHookReason,
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
@@ -753,6 +754,14 @@ function checkHook(facts: HookDoctorFacts): DoctorFinding {
       status: "warn",
       summary:
         `No start guard at ${inspection.path}: a VM starts even when a hostdev's address now holds another device`,
+      hint: install,
+    };
+  }
+  if (inspection.settings === null && inspection.ours) {
+    return {
+      check: "hook",
+      status: "fail",
+      summary: `Start guard ${inspection.path}: ${unreadableHookReason(inspection.format)}`,
       hint: install,
     };
   }

@@ -183,6 +183,24 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
       "written by an older passthrough (hook format 1, this one writes 4) or changed by hand " +
       "since: it may not check what it should",
     ]);
+    // One whose settings have another shape (one passthrough wrote with no "timeout", as it ran
+    // its own deadline): still ours, so status says install, and install and remove replace it.
+    const otherShape = text.replace(/"timeout":"[^"]*",/, "")
+      .replace(/^# passthrough-hook-format: \d+\n/m, "");
+    assertOk(otherShape !== text.replace(/^# passthrough-hook-format: \d+\n/m, ""));
+    Deno.writeTextFileSync(report.path, otherShape);
+    const unreadable = JSON.parse((await runCli(["hook", "status", ...common, "--json"])).stdout);
+    assertEquals([unreadable.problems, unreadable.fix], [
+      [
+        "written by another passthrough (hook format 1, this one writes 4), whose settings this " +
+        "one cannot read: it may not check what it should",
+      ],
+      `passthrough hook install --hooks-dir ${hooks}`,
+    ]);
+    const replaced = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`]);
+    assertEquals(replaced.code, 0, replaced.stderr);
+    assertEquals(Deno.readTextFileSync(report.path), text);
+    Deno.writeTextFileSync(report.path, otherShape);
 
     const removed = await runCli(["hook", "remove", ...common]);
     assertEquals([removed.code, removed.stdout], [0, `Removed the start guard: ${report.path}\n`]);

@@ -405,6 +405,19 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     foreign.hint!,
     /^rename it \(libvirt runs every executable in (\/\S+): mv \1\/50-passthrough-guard \1\/50-own-hook\) or move it out of \1, then passthrough hook install --hooks-dir \1$/,
   );
+  // Ours, written by a passthrough whose settings have another shape: install replaces it.
+  const other = await hookFinding({}, {
+    change: (dir) => {
+      const path = `${dir}/50-passthrough-guard`;
+      Deno.writeTextFileSync(path, Deno.readTextFileSync(path).replace(/"timeout":"[^"]*",/, ""));
+    },
+  });
+  assertEquals(other.status, "fail");
+  assertMatch(
+    other.summary,
+    /: written by another passthrough \(hook format \d+, this one writes \d+\), whose settings this one cannot read: it may not check what it should$/,
+  );
+  assertMatch(other.hint!, /^passthrough hook install --hooks-dir \/\S+$/);
 });
 
 Deno.test("doctor's hook finding: a daemon older than the hook needs a reload unless one is recorded", async () => {
