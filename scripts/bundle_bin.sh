@@ -26,8 +26,7 @@ deno=tools/deno/node_modules/.bin/deno
 # DEST/hook/hook_check.js at every VM start, and a missing one refuses every start. A failed
 # build leaves the previous bundle as it was.
 out="$dest.new.$$"
-old="$dest.old.$$"
-trap 'rm -rf "$out" "$old"' EXIT
+trap 'rm -rf "$out"' EXIT
 rm -rf "$out"
 # Taken before the build reads them, and main.js dated then: a source that changes while it runs
 # (a pull meanwhile) is newer than the bundle, so bin/passthrough runs the sources, and differs
@@ -65,17 +64,28 @@ touch -d "@$started" "$out/main.js"
 # the new build's; chunk names carry a hash of their content.
 own_chunks() { (cd "$1" && find . -name '*-*.js' -type f | LC_ALL=C sort); }
 own_chunks "$out" >"$out/.chunks"
-# A bundle from before .chunks existed: its chunks are all its own.
-previous_chunks() {
-  if [ -f "$dest/.chunks" ]; then cat "$dest/.chunks"; elif [ -d "$dest" ]; then own_chunks "$dest"; fi
-}
-previous_chunks | while IFS= read -r chunk; do
-  case $chunk in ./*-*.js) ;; *) continue ;; esac
-  if [ -f "$dest/$chunk" ] && [ ! -e "$out/$chunk" ]; then cp -p "$dest/$chunk" "$out/$chunk"; fi
-done
-# Two renames: DEST is missing only between them, not for the length of a build.
-if [ -e "$dest" ]; then mv -T "$dest" "$old"; fi
-if ! mv -T "$out" "$dest"; then
-  if [ -e "$old" ]; then mv -T "$old" "$dest"; fi
-  exit 1
+if [ ! -d "$dest" ]; then
+  # The first build: nothing runs it yet.
+  mv -T "$out" "$dest"
+  exit 0
 fi
+# A bundle from before .chunks existed: its chunks are all its own.
+previous=$(if [ -f "$dest/.chunks" ]; then cat "$dest/.chunks"; else own_chunks "$dest"; fi)
+# Put in place in DEST itself, never missing: a VM start's check loads DEST/hook/hook_check.js
+# and then its chunks at any moment (with DEST renamed aside and the new one renamed in, a start
+# between the two renames was refused). The new chunks go in first, beside the old (their names
+# are their content: one already there is the same); then each entry and record is renamed over
+# the old one (rename(2) replaces a file at once); last, the chunks of neither this build nor the
+# previous one go.
+mkdir -p "$dest/hook"
+while IFS= read -r chunk; do
+  if [ ! -e "$dest/$chunk" ]; then mv "$out/$chunk" "$dest/$chunk"; fi
+done <"$out/.chunks"
+for entry in hook/hook_check.js main.js .chunks .sources; do
+  mv -f "$out/$entry" "$dest/$entry"
+done
+own_chunks "$dest" | while IFS= read -r chunk; do
+  if grep -qxF -- "$chunk" "$dest/.chunks"; then continue; fi
+  if printf '%s\n' "$previous" | grep -qxF -- "$chunk"; then continue; fi
+  rm -f "$dest/$chunk"
+done

@@ -246,3 +246,42 @@ touch "$out/main.js"
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("scripts/bundle_bin.sh builds again with the start guard's check never missing from DEST", async () => {
+  const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-in-place-" });
+  try {
+    const build = () =>
+      new Deno.Command(`${ROOT.pathname}scripts/bundle_bin.sh`, {
+        args: [`${work}/bin`],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+    const first = await build();
+    assertEquals(first.code, 0, new TextDecoder().decode(first.stderr));
+    // A VM start loads the check at any moment: look for it all along three builds again.
+    const check = `${work}/bin/hook/hook_check.js`;
+    let done = false;
+    const builds = (async () => {
+      for (let i = 0; i < 3; i++) assertEquals((await build()).code, 0);
+      done = true;
+    })();
+    let looks = 0;
+    let missing = 0;
+    while (!done) {
+      for (let i = 0; i < 200; i++, looks++) {
+        try {
+          Deno.statSync(check);
+        } catch {
+          missing++;
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    await builds;
+    assertOk(looks > 1000, `${looks} looks`);
+    assertEquals(missing, 0, `missing at ${missing} of ${looks} looks`);
+    assertEquals([...Deno.readDirSync(work)].map((e) => e.name), ["bin"]);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
