@@ -4,12 +4,15 @@
 # U+009B as the start of an escape sequence). Every string the playbook prints from that JSON goes
 # through passthrough_terminal_safe, which writes them as escapes again, as the CLI does
 # (lib/render/terminal.ts): C0 controls but tab and newline, DEL, C1 controls, line and paragraph
-# separators, and Unicode's bidirectional controls (embeddings, overrides, isolates and marks).
+# separators, Unicode's bidirectional controls (embeddings, overrides, isolates and marks), and the
+# characters that show nothing (soft hyphen, zero-width space, word joiner and invisible operators,
+# U+FEFF).
 import json
 import re
 
 _UNSAFE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u2069\ufeff]"
 )
 
 

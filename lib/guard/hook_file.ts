@@ -73,7 +73,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 4;
+export const HOOK_FORMAT = 5;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -111,11 +111,13 @@ ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${d
 status=$?
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: not one with a terminal's controls, C0 or, as UTF-8 bytes, C1, the
-# line separators and the bidirectional controls (which terminalSafe escapes in the CLI).
+# line separators, the bidirectional controls and the characters that show nothing (soft hyphen,
+# zero-width space, word joiner, U+FEFF), all of which terminalSafe escapes in the CLI.
 LC_ALL=C
-c1=$(printf '\\302[\\200-\\237]') bidi=$(printf '\\342\\200[\\216\\217\\250-\\256]')
-isolate=$(printf '\\342\\201[\\246-\\251]') alm=$(printf '\\330\\234')
-case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm*)
+c1=$(printf '\\302[\\200-\\237\\255]') bidi=$(printf '\\342\\200[\\213\\216\\217\\250-\\256]')
+isolate=$(printf '\\342\\201[\\240-\\244\\246-\\251]') alm=$(printf '\\330\\234')
+bom=$(printf '\\357\\273\\277')
+case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm* | *$bom*)
   set -- "(a name with control characters)" ;;
 esac
 # Only where the run failed at once (not a deadline, whose cause may be a mount that hangs, and

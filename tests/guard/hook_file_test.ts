@@ -229,9 +229,22 @@ Deno.test({
         /\npassthrough guard: refusing to start "\(a name with control characters\)": .* is missing/,
       );
       assertEquals(escape.stderr.includes("\x1b"), false);
-      // C1 controls, a line separator and the bidirectional controls, as UTF-8, are not printed.
+      // C1 controls, a line separator, the bidirectional controls and the characters that show
+      // nothing, as UTF-8, are not printed.
       for (
-        const name of ["a\u009b2Jb", "a\u2028b", "a\u200fb", "a\u202eb", "a\u2067b", "a\u061cb"]
+        const name of [
+          "a\u009b2Jb",
+          "a\u2028b",
+          "a\u200fb",
+          "a\u202eb",
+          "a\u2067b",
+          "a\u061cb",
+          "win10\u200b",
+          "a\u00adb",
+          "a\u2060b",
+          "a\u2064b",
+          "\ufeffwin10",
+        ]
       ) {
         const hidden = await runScript(missing.path, [name, "prepare", "begin", "-"]);
         assertMatch(hidden.stderr, /refusing to start "\(a name with control characters\)"/, name);
