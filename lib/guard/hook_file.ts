@@ -185,14 +185,39 @@ export function parseHookSettings(text: string): HookSettings | null {
  * another version's settings). Such a hook is ours to replace and remove, never a user's own.
  */
 export function isPassthroughHook(text: string): boolean {
+  return settingsObject(text) !== null;
+}
+
+/** The JSON object on the settings line of `text`, whatever its fields; else `null`. */
+function settingsObject(text: string): Record<string, unknown> | null {
   const line = text.split("\n").find((l) => l.startsWith(SETTINGS_PREFIX));
-  if (line === undefined) return false;
+  if (line === undefined) return null;
   try {
     const data = JSON.parse(line.slice(SETTINGS_PREFIX.length));
-    return typeof data === "object" && data !== null && !Array.isArray(data);
+    return typeof data === "object" && data !== null && !Array.isArray(data) ? data : null;
   } catch {
-    return false;
+    return null;
   }
+}
+
+/**
+ * What `hook install` needs to write a hook again with its own settings (`--state-dir`,
+ * `--deadline`, `--sysfs`), each where the hook holds it.
+ */
+export type InstallSettings = Partial<Pick<HookSettings, "stateDir" | "deadline" | "sysfs">>;
+
+/**
+ * The {@link InstallSettings} that a passthrough hook whose settings this version cannot read
+ * whole ({@link isPassthroughHook}) still holds: the install that replaces it must keep its state
+ * directory (where `apply` records the guard's policies), not take the default.
+ */
+function installSettingsOf(text: string): InstallSettings {
+  const data = settingsObject(text) ?? {};
+  return {
+    ...(typeof data.stateDir === "string" ? { stateDir: data.stateDir } : {}),
+    ...(typeof data.deadline === "number" ? { deadline: data.deadline } : {}),
+    ...(typeof data.sysfs === "string" ? { sysfs: data.sysfs } : {}),
+  };
 }
 
 /**
@@ -681,6 +706,11 @@ export interface HookInspection {
   settings: HookSettings | null;
   /** Written by a passthrough, of whatever version ({@link isPassthroughHook}). */
   ours: boolean;
+  /**
+   * For a hook that is {@link HookInspection.ours} but whose settings this version cannot read:
+   * those {@link installCommand} still needs from it.
+   */
+  writtenWith?: InstallSettings;
   /** The programs and files its command names (timeout, deno, main module), with existence. */
   programs: HookProgram[];
   /** Seconds since the epoch when the file was last written, or `null`. */
@@ -769,19 +799,19 @@ export function guardStateDir(
  * ```
  */
 export function installCommand(
-  inspection: Pick<HookInspection, "path" | "settings">,
+  inspection: Pick<HookInspection, "path" | "settings" | "writtenWith">,
   options: { hooksDir?: false } = {},
 ): string {
   const words = ["passthrough", "hook", "install"];
   const dir = dirname(inspection.path);
   if (options.hooksDir !== false && dir !== DEFAULT_HOOKS_DIR) words.push("--hooks-dir", dir);
-  const s = inspection.settings;
-  if (s !== null) {
-    // Always: without the flag, `hook install` would take $PASSTHROUGH_STATE_DIR first.
-    words.push("--state-dir", s.stateDir);
-    if (s.deadline !== DEFAULT_DEADLINE_SECONDS) words.push("--deadline", String(s.deadline));
-    if (s.sysfs !== "/sys") words.push("--sysfs", s.sysfs);
+  const s: InstallSettings = inspection.settings ?? inspection.writtenWith ?? {};
+  // Always: without the flag, `hook install` would take $PASSTHROUGH_STATE_DIR first.
+  if (s.stateDir !== undefined) words.push("--state-dir", s.stateDir);
+  if (s.deadline !== undefined && s.deadline !== DEFAULT_DEADLINE_SECONDS) {
+    words.push("--deadline", String(s.deadline));
   }
+  if (s.sysfs !== undefined && s.sysfs !== "/sys") words.push("--sysfs", s.sysfs);
   return words.map(shellWord).join(" ");
 }
 
@@ -1097,12 +1127,14 @@ export function inspectHook(
   let settings: HookSettings | null = null;
   let intact = false;
   let ours = false;
+  let writtenWith: InstallSettings | undefined;
   let format = 1;
   try {
     if (info.isFile && info.size <= MAX_HOOK_BYTES) {
       const text = readHookFile(path);
       settings = parseHookSettings(text);
       ours = isPassthroughHook(text);
+      if (ours && settings === null) writtenWith = installSettingsOf(text);
       intact = settings !== null && text === renderHookScript(settings);
       format = Number(FORMAT_LINE.exec(text)?.[1] ?? 1);
     }
@@ -1118,6 +1150,7 @@ export function inspectHook(
     executable,
     settings,
     ours,
+    ...(writtenWith === undefined ? {} : { writtenWith }),
     programs,
     modified: info.mtime === null ? null : info.mtime.getTime() / 1000,
     intact,

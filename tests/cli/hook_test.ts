@@ -195,7 +195,8 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
         "written by another passthrough (hook format 1, this one writes 4), whose settings this " +
         "one cannot read: it may not check what it should",
       ],
-      `passthrough hook install --hooks-dir ${hooks}`,
+      // With its own state directory, as for any hook of ours: the default is another state.
+      `passthrough hook install --hooks-dir ${hooks} --state-dir ${dir}/s`,
     ]);
     const replaced = await runCli(["hook", "install", ...common, "--state-dir", `${dir}/s`]);
     assertEquals(replaced.code, 0, replaced.stderr);

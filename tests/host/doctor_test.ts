@@ -417,7 +417,8 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
     other.summary,
     /: written by another passthrough \(hook format \d+, this one writes \d+\), whose settings this one cannot read: it may not check what it should$/,
   );
-  assertMatch(other.hint!, /^passthrough hook install --hooks-dir \/\S+$/);
+  // With the hook's own state directory: the default would read another state.
+  assertMatch(other.hint!, /^passthrough hook install --hooks-dir (\/\S+) --state-dir \1\/state$/);
 });
 
 Deno.test("doctor's hook finding: a daemon older than the hook needs a reload unless one is recorded", async () => {
