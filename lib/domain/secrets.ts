@@ -27,13 +27,16 @@
  * to parse URI" quotes such a URI whole), which libvirt does not use but an operator may still
  * write into `--connect`, `connect:` or `LIBVIRT_DEFAULT_URI`. The host is what follows that `@`
  * up to the end, a space, `/`, `?`, `#` or a quote, and holds no `@`; a password with a space in
- * it cannot be told from the words after it.
+ * it cannot be told from the words after it. Digits then `/`, `?` or `#` after the `:` are a port
+ * (`qemu+tcp://hv1:16509/system?x=/home/alice@corp`), as libvirt reads them, not a password: a
+ * password that starts so is shown.
  */
 const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
     String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
-    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)(\S+?)(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
+    String
+      .raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)(?![0-9]*[/?#])(\S+?)(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
   ].join("|"),
   "g",
 );

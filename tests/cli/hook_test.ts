@@ -21,6 +21,7 @@ import {
   checkPermissions,
   findTimeout,
   HOOK_FILE_NAME,
+  HOOK_FORMAT,
   installHook,
   renderHookScript,
 } from "../../lib/guard/hook_file.ts";
@@ -180,7 +181,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     Deno.writeTextFileSync(report.path, text.replace(/^# passthrough-hook-format: \d+\n/m, ""));
     const older = await runCli(["hook", "status", ...common, "--json"]);
     assertEquals(JSON.parse(older.stdout).problems, [
-      "written by an older passthrough (hook format 1, this one writes 4) or changed by hand " +
+      `written by an older passthrough (hook format 1, this one writes ${HOOK_FORMAT}) or changed by hand ` +
       "since: it may not check what it should",
     ]);
     // One whose settings have another shape (one passthrough wrote with no "timeout", as it ran
@@ -192,7 +193,7 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     const unreadable = JSON.parse((await runCli(["hook", "status", ...common, "--json"])).stdout);
     assertEquals([unreadable.problems, unreadable.fix], [
       [
-        "written by another passthrough (hook format 1, this one writes 4), whose settings this " +
+        `written by another passthrough (hook format 1, this one writes ${HOOK_FORMAT}), whose settings this ` +
         "one cannot read: it may not check what it should",
       ],
       // With its own state directory, as for any hook of ours: the default is another state.

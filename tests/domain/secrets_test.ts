@@ -28,8 +28,19 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
       '"qemu+tcp://u:***@h1/system" and mail@example.org',
     ],
     ["qemu+tcp://u:x@h1 qemu+tls://v:y@z@h2/", "qemu+tcp://u:***@h1 qemu+tls://v:***@h2/"],
-    // No password: nothing changes.
+    // No password: nothing changes, also with an `@` after a port (a home directory in AD).
     ["qemu+tcp://hv9:16509/system", "qemu+tcp://hv9:16509/system"],
+    [
+      "qemu+tcp://127.0.0.1:1/system?x=/home/alice@corp/y",
+      "qemu+tcp://127.0.0.1:1/system?x=/home/alice@corp/y",
+    ],
+    [
+      "qemu+ssh://hv1:2222/system?keyfile=/root/.ssh/id@work",
+      "qemu+ssh://hv1:2222/system?keyfile=/root/.ssh/id@work",
+    ],
+    ["qemu+tcp://hv1:/system?k=a@b", "qemu+tcp://hv1:/system?k=a@b"],
+    // Digits alone before the `@` are a password still.
+    ["qemu+tcp://admin:1234@hv9/system", "qemu+tcp://admin:***@hv9/system"],
     ["qemu+ssh://root@hv9/system", "qemu+ssh://root@hv9/system"],
   ];
   for (const [text, expected] of cases) assertEquals(redactSecrets(text), expected, text);

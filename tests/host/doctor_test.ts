@@ -8,7 +8,12 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { libvirtProbe, renderFindings } from "../../cli/doctor.ts";
 import type { HookDoctorFacts } from "../../lib/host/doctor.ts";
-import { inspectHook, installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
+import {
+  HOOK_FORMAT,
+  inspectHook,
+  installHook,
+  renderHookScript,
+} from "../../lib/guard/hook_file.ts";
 
 const RELEASE = "6.1.0-test-amd64";
 
@@ -362,7 +367,9 @@ Deno.test("doctor's hook finding: a hook changed by hand, one another user can c
   assertEquals(older.status, "fail");
   assertMatch(
     older.summary,
-    /: written by an older passthrough \(hook format 1, this one writes 4\) or changed by hand since: it may not check/,
+    new RegExp(
+      `: written by an older passthrough \\(hook format 1, this one writes ${HOOK_FORMAT}\\) or changed by hand since: it may not check`,
+    ),
   );
   // The command that writes this hook again: its directory and its state directory, not the
   // defaults (a bare "hook install" would write another hook, reading another state).
