@@ -53,6 +53,7 @@ export {
   inspectHook,
   installHook,
   type InstallResult,
+  type InstallSettings,
   isPassthroughHook,
   parseHookSettings,
   removeHook,
