@@ -35,7 +35,12 @@ import { diffLines } from "diff";
 import type { LibvirtPort } from "../plan/libvirt_port.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { PciAddress } from "../host/types.ts";
-import { type DomainHostdev, type ParsedDomain, parseDomainXml } from "../domain/domain_xml.ts";
+import {
+  type DomainHostdev,
+  heldAddresses,
+  type ParsedDomain,
+  parseDomainXml,
+} from "../domain/domain_xml.ts";
 import { backupDir, type BackupEntry, writeBackup } from "../state/backups.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
@@ -630,9 +635,33 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
   };
 }
 
+/**
+ * `item` cut down to what its running guest still needs: a device the definition loses but the
+ * guest does not hold (added to the definition by an `apply` without `--live`) is not detached,
+ * and one the definition gains that the guest holds already (hot-plugged by hand) is not attached;
+ * libvirt refuses both ("device not found", "in use"), and the guest is already as planned. As it
+ * was when the running definition cannot be read.
+ */
+function stillToHotplug(libvirt: LibvirtPort, item: PendingLive): PendingLive {
+  let running: Set<PciAddress>;
+  try {
+    if (libvirt.getLiveXml === undefined) return item;
+    running = new Set(heldAddresses(parseDomainXml(libvirt.getLiveXml(item.result.vm))));
+  } catch {
+    return item;
+  }
+  return {
+    ...item,
+    detach: item.detach.filter((h) => running.has(h.address)),
+    attach: item.attach.filter((h) => !running.has(h.address)),
+  };
+}
+
 /** Detaches everything first, then attaches, across all running VMs (see module docs). */
-function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
+function runLive(libvirt: LibvirtPort, planned: PendingLive[]): void {
   const change = { live: true, config: false };
+  // Every guest read before any hot-plug: what one guest holds does not depend on another's.
+  const pending = planned.map((item) => stillToHotplug(libvirt, item));
   // Every detach across all VMs before any attach: a device moving between two running guests
   // must be free first.
   const hotplug = (
@@ -666,7 +695,9 @@ function runLive(libvirt: LibvirtPort, pending: PendingLive[]): void {
     const live = item.result.live!;
     if (live.errors.length === 0) {
       item.result.effect = "now";
-      item.result.message = `${item.result.message}; hot-plugged into the running guest`;
+      item.result.message = live.detached.length + live.attached.length === 0
+        ? `${item.result.message}; the running guest already holds the planned hostdevs`
+        : `${item.result.message}; hot-plugged into the running guest`;
     } else {
       item.result.message =
         `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;

@@ -842,7 +842,7 @@ Deno.test("passthrough apply fails fast naming the holder of the lock, and break
 
 Deno.test({
   name:
-    "applyPlan() on a running QEMU guest (TCG): next-boot define, and --live reports libvirt's hot-plug refusal",
+    "applyPlan() on a running QEMU guest (TCG): next-boot define, --live reports libvirt's hot-plug refusal and unplugs only what the guest holds",
   ignore: daemonMissing !== null || !canUnshareMounts(),
   async fn() {
     // A running guest needs virtlogd, or `stdio_handler = "file"` in /etc/libvirt/qemu.conf: give
@@ -870,10 +870,10 @@ Deno.test({
         virsh("start", name);
         const record = (address) => ({ address, vendorId: "10de", deviceId: "2684", subsystemVendorId: null,
           subsystemDeviceId: null, classCode: "030000", serial: null, driver: null, rule: "gpu" });
-        const plan = (addresses) => {
+        const plan = (addresses, remove = []) => {
           const currentXml = port.getPersistentXml(name, { secure: true });
-          const have = parseDomainXml(currentXml).records;
-          const desiredXml = editDomainXml(currentXml, { remove: [],
+          const have = parseDomainXml(currentXml).records.filter((r) => !remove.includes(r.address));
+          const desiredXml = editDomainXml(currentXml, { remove,
             add: addresses.map((address) => ({ address, managed: true })),
             records: [...have, ...addresses.map(record)] });
           return { config: "", host: "", uri: port.uri, errors: [], warnings: [], vms: [{ name,
@@ -892,6 +892,10 @@ Deno.test({
           out.second = { changed: second.changed, liveFailed: second.liveFailed, live: second.vms[0].live,
             effect: second.vms[0].effect };
           out.persistent = parseDomainXml(port.getPersistentXml(name)).hostdevs.map((h) => h.address);
+          // 0000:42:00.0 went into the definition only: the guest has nothing to unplug.
+          const third = await applyPlan(plan([], ["0000:42:00.0"]), { libvirt: port, stateDir, confirm, live: true });
+          out.third = { ok: third.ok, live: third.vms[0].live, effect: third.vms[0].effect,
+            message: third.vms[0].message };
           out.secretKept = port.getPersistentXml(name, { secure: true }).includes("s3cret");
         } finally {
           virsh("destroy", name);
@@ -930,6 +934,11 @@ Deno.test({
         /Cannot attach "0000:43:00\.0".*passthrough of host PCI devices/,
       );
       assertEquals(out.persistent, ["0000:42:00.0", "0000:43:00.0"]);
+      // A device only the definition held is not detached from the guest (libvirt would say
+      // "device not found" and apply would call the hot-plug failed and exit 1).
+      assertEquals(out.third.live, { detached: [], attached: [], errors: [] });
+      assertEquals([out.third.ok, out.third.effect], [true, "now"]);
+      assertMatch(out.third.message, /the running guest already holds the planned hostdevs/);
       assertEquals(out.secretKept, true);
     } finally {
       await Deno.remove(etc, { recursive: true });
