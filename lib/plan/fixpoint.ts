@@ -158,6 +158,7 @@ export function planUntilSettled(input: SettleInput): Settled {
   ]));
   const macs = new Map(holdings.map(([n, h]) => [n, h.macs]));
   const deviceControllers = new Map(holdings.map(([n, h]) => [n, h.deviceControllers]));
+  const runningOnly = new Map(holdings.map(([n, h]) => [n, new Set(h.runningOnly)]));
   const context = {
     host,
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
@@ -176,6 +177,7 @@ export function planUntilSettled(input: SettleInput): Settled {
       macs,
       vfRecords,
       deviceControllers,
+      runningOnly,
       pools: input.pools,
     });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));

@@ -236,7 +236,7 @@ export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): Pla
     code: "live-only-hostdev",
     message: `Running VM "${name}" has ${
       quoteAll(extra)
-    } hot-plugged but not in its persistent definition: ${
+    } in its running guest but not in its persistent definition (hot-plugged, or removed from it while the guest ran): ${
       one ? "it counts" : "they count"
     } as held by "${name}" until the guest stops or ${one ? "it is" : "they are"} unplugged`,
     vm: name,
@@ -247,14 +247,31 @@ export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): Pla
 /**
  * The warning for a VM (`vm`) whose plan adds devices (`devices`) that another VM's plan releases
  * while that VM (`holder`) is running: its guest keeps them until it is powered off, and libvirt
- * refuses to start a guest with a device another guest uses.
+ * refuses to start a guest with a device another guest uses. `kept`: the devices are in the
+ * definition of `vm` already (an earlier `apply` moved them while `holder` ran).
  */
 export function heldByRunningWarning(
   vm: string,
   holder: string,
   devices: readonly PciAddress[],
+  options: { kept?: boolean } = {},
 ): PlanIssue {
   const one = devices.length === 1;
+  if (options.kept === true) {
+    // Already in this VM's definition: no apply of this plan unplugs them from the guest.
+    return {
+      code: "held-by-running-vm",
+      message: `${one ? "Device" : "Devices"} ${quoteAll(devices)} ${
+        one ? "is" : "are"
+      } in the definition of "${vm}" but running VM "${holder}" holds ${
+        one ? "it" : "them"
+      } until it is powered off: "${vm}" cannot start before that (libvirt refuses a device another guest uses), unless ${
+        one ? "it is" : "they are"
+      } unplugged from "${holder}" (virsh detach-device --live)`,
+      vm,
+      devices: [...devices],
+    };
+  }
   return {
     code: "held-by-running-vm",
     message: `${one ? "Device" : "Devices"} ${quoteAll(devices)} ${

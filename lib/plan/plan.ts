@@ -130,16 +130,22 @@ export function planHostdevs(options: PlanOptions): Plan {
 
 /**
  * Adds a `held-by-running-vm` warning to each changed VM whose plan adds a device another
- * running guest holds now (its own plan releases it, or this one would be refused): one per
- * holder, which must be powered off (or the device unplugged) before this VM can start.
+ * running guest holds now (its own plan releases it, or this one would be refused), and to each
+ * unrefused VM whose definition keeps one (released by an earlier apply while the guest ran):
+ * one per holder, which must be powered off (or the device unplugged) before this VM can start.
  */
 function warnHeldByRunning(vms: readonly VmPlan[], survey: Survey): void {
   for (const vm of vms) {
-    if (!vm.changed || vm.add.length === 0) continue;
+    const adding = new Set(vm.changed ? vm.add.map((a) => a.address) : []);
+    const keeping = vm.errors.length === 0 ? vm.hostdevs.filter((a) => !adding.has(a)) : [];
     for (const [holder, devices] of survey.running) {
       if (holder === vm.name) continue;
-      const held = vm.add.map((a) => a.address).filter((a) => devices.has(a));
+      const held = [...adding].filter((a) => devices.has(a));
       if (held.length > 0) vm.warnings.push(heldByRunningWarning(vm.name, holder, held));
+      const kept = keeping.filter((a) => devices.has(a));
+      if (kept.length > 0) {
+        vm.warnings.push(heldByRunningWarning(vm.name, holder, kept, { kept: true }));
+      }
     }
   }
 }

@@ -67,6 +67,11 @@ export interface ResolveOptions {
   deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
   /** The pools of the hostdev networks: no rule takes their VFs or PFs. */
   pools?: readonly NetworkPool[];
+  /**
+   * Per running domain: the devices of `held` that only its running guest holds (not its
+   * persistent definition), such as a device an `apply` released while it ran.
+   */
+  runningOnly?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
 }
 
 /**
@@ -292,10 +297,41 @@ export function resolveConfig(
     ...(options.vfRecords ? { records: options.vfRecords } : {}),
   });
   const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
-  for (const [vm, issues] of findConflicts(out, options.held ?? new Map(), host)) {
+  for (const [vm, issues] of findConflicts(out, heldForConflicts(out, options), host)) {
     out.get(vm)?.errors.push(...issues.map((i) => withUses(i, vm, options.deviceControllers)));
   }
   return out;
+}
+
+/**
+ * `options.held` without what only a running guest holds of a device another VM's definition
+ * holds and its rules keep: refusing that VM would change nothing (its definition keeps the
+ * device), and is what a plan after `apply` moved a device away from a running VM would do. That
+ * VM gets a `held-by-running-vm` warning instead: it cannot start before the guest lets go.
+ */
+function heldForConflicts(
+  resolved: ReadonlyMap<string, VmResolution>,
+  options: ResolveOptions,
+): ReadonlyMap<string, readonly PciAddress[]> {
+  const held = options.held ?? new Map<string, readonly PciAddress[]>();
+  if (options.runningOnly === undefined || options.current === undefined) return held;
+  const kept = new Map<PciAddress, string[]>();
+  for (const [vm, resolution] of resolved) {
+    const current = options.current.get(vm);
+    for (const { device } of resolution.closure.devices) {
+      if (current?.has(device.address)) {
+        kept.set(device.address, [...(kept.get(device.address) ?? []), vm]);
+      }
+    }
+  }
+  return new Map([...held].map(([name, addresses]) => {
+    const running = options.runningOnly!.get(name);
+    if (running === undefined) return [name, addresses];
+    return [
+      name,
+      addresses.filter((a) => !running.has(a) || !kept.get(a)?.some((vm) => vm !== name)),
+    ];
+  }));
 }
 
 /**

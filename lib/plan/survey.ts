@@ -69,6 +69,8 @@ export interface Holding {
    * NICs; persistent and live), each with what it holds there: in `fixed` too, and its own rules must not take them.
    */
   deviceControllers: Map<PciAddress, string[]>;
+  /** What only its running guest holds, beyond its persistent definition: in `fixed` too. */
+  runningOnly: PciAddress[];
 }
 
 /** What {@link surveyWorld} finds. Plain data. */
@@ -177,6 +179,7 @@ function surveyDomain(
     ownedInterfaces: [],
     macs: [],
     deviceControllers: new Map(),
+    runningOnly: [],
   };
   let defined: PciAddress[] = [];
   if (persistent.kind === "read-failed") {
@@ -215,6 +218,7 @@ function surveyDomain(
     survey.errors.push(...extra.errors);
     survey.warnings.push(...extra.warnings);
     holding.fixed.push(...extra.extra);
+    holding.runningOnly.push(...extra.extra);
     if (extra.extra.length > 0) context.liveWarnings.push(liveOnlyWarning(name, extra.extra));
   }
   survey.holdings.set(name, holding);

@@ -1257,3 +1257,60 @@ Deno.test("planWorld() warns that a card moved away from a running VM cannot sta
   assertEquals(vmOf(hotPlugged, "linux").changed, false);
   assertEquals(heldWarnings(hotPlugged), []);
 });
+
+Deno.test("planWorld() after a card was applied away from a running VM: the VM that got it is warned, not refused", () => {
+  const applied = planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10: WIN10 }) });
+  const win10 = vmOf(applied, "win10").desiredXml;
+  const moved = config(`  win10:
+    devices: []
+  linux:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  const first = planWorld({
+    config: moved,
+    host: HOST,
+    world: dataWorld({ win10: { xml: win10, active: true }, linux }),
+  });
+  // As apply without --live leaves it: win10's definition lost the card, its guest still has it.
+  const after = planWorld({
+    config: moved,
+    host: HOST,
+    world: dataWorld({
+      win10: { xml: vmOf(first, "win10").desiredXml, active: true, liveXml: win10 },
+      linux: vmOf(first, "linux").desiredXml,
+    }),
+  });
+  const got = vmOf(after, "linux");
+  assertEquals([got.errors, got.changed], [[], false]);
+  assertEquals(got.hostdevs, ["0000:01:00.0", "0000:01:00.1"]);
+  const held = got.warnings.filter((w) => w.code === "held-by-running-vm");
+  assertEquals(held.map((w) => w.devices), [["0000:01:00.0", "0000:01:00.1"]]);
+  assertMatch(
+    held[0]!.message,
+    /are in the definition of "linux" but running VM "win10" holds them/,
+  );
+  const liveOnly = after.warnings.find((w) => w.code === "live-only-hostdev");
+  assertMatch(liveOnly!.message, /removed from it while the guest ran/);
+  // A third VM taking the card the running guest holds is still refused.
+  const third = planWorld({
+    config: config(`  win10:
+    devices: []
+  linux:
+    devices: []
+  other:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`),
+    host: HOST,
+    world: dataWorld({
+      win10: { xml: vmOf(first, "win10").desiredXml, active: true, liveXml: win10 },
+      linux: vmOf(first, "linux").desiredXml,
+      other: domainXml("other", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03"),
+    }),
+  });
+  assertEquals(vmOf(third, "other").errors.map((e) => e.code), ["device-assigned-twice"]);
+});
