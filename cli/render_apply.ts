@@ -111,8 +111,9 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
   }
   for (const result of report.vms) {
     const changed = result.status === "changed" ? counts(result, options.plan) : "";
-    // The engine's message already says when a running VM's change lands; say it for the rest.
-    const effect = result.effect !== null && !/takes effect/.test(result.message)
+    // The engine's message already says when a running VM's change lands (a define alone, or
+    // what --live did to the guest); say it for the rest.
+    const effect = result.effect !== null && !/takes effect|running guest/.test(result.message)
       ? `; ${EFFECT[result.effect] ?? result.effect}`
       : "";
     lines.push(`${statusWord(result, paint)} ${result.vm}${changed}: ${result.message}${effect}`);

@@ -172,6 +172,23 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
     live,
     "Changed: win11. Skipped: none. Failed: none. Hot-plug failed: win11 (the change lands at the next power-off).",
   );
+  // apply --live says what it did to the guest once, never "hot-plugged" when nothing was.
+  for (
+    const said of [
+      "hot-plugged into the running guest",
+      "the running guest already holds the planned hostdevs",
+    ]
+  ) {
+    const now = {
+      ...report.vms[0]!,
+      active: true,
+      effect: "now" as const,
+      message: `Defined "win11"; ${said}`,
+    };
+    const line =
+      renderApplyReport({ ...report, vms: [now] }, { color: false, plan }).split("\n")[0];
+    assertEquals(line, `changed win11 (+1 -0 hostdevs, 2 moved): Defined "win11"; ${said}`);
+  }
 });
 
 Deno.test("host-driver-in-use of an unmanaged rule stays a warning, grouped with its fix", () => {
