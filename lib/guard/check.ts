@@ -32,7 +32,7 @@ import {
 import { sameIdentity } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
-import { shellWord } from "../render/shell.ts";
+import { flagWord, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
 /** Why the guard refuses one address. */
@@ -237,9 +237,9 @@ export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolea
   return sameIdentity(record, record.serial === null ? { ...device, serial: null } : device);
 }
 
-/** `passthrough plan --vm NAME`, with NAME quoted for a shell when it needs it. */
+/** `passthrough plan --vm NAME`, with NAME as a shell and the option parser read it. */
 export function fixCommand(vm: string): string {
-  return `passthrough plan --vm ${shellWord(vm)}`;
+  return `passthrough plan ${flagWord("--vm", vm)}`;
 }
 
 /**
@@ -247,8 +247,9 @@ export function fixCommand(vm: string): string {
  * `plan` offers it only for a VM its config names.
  */
 function handAddedFix(vm: string): string {
-  const word = shellWord(vm);
-  return `remove it with virsh edit ${word} (or passthrough plan --vm ${word}, when the config names the VM)`;
+  return `remove it with virsh edit ${shellWord(vm)} (or ${
+    fixCommand(vm)
+  }, when the config names the VM)`;
 }
 
 /** What the guard shows of `device`; its slot where it was read to compare with `recorded`'s. */

@@ -30,3 +30,19 @@ export function shellQuote(text: string): string {
 export function shellWord(word: string): string {
   return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : shellQuote(word);
 }
+
+/**
+ * `--flag VALUE` of a command printed for the user, with VALUE as {@link shellWord} writes it;
+ * `--flag=VALUE` when VALUE starts with `-`, which the parser would otherwise read as an option
+ * (`plan --vm -lab` fails: "Option '--vm' argument is ambiguous").
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(flagWord("--vm", "win 11"), "--vm 'win 11'");
+ * assertEquals(flagWord("--vm", "-lab"), "--vm=-lab");
+ * ```
+ */
+export function flagWord(flag: string, value: string): string {
+  return `${flag}${value.startsWith("-") ? "=" : " "}${shellWord(value)}`;
+}

@@ -116,6 +116,42 @@ Deno.test("runGuard() lets a clean start go on without creating or writing any s
   });
 });
 
+Deno.test("runGuard() prints commands a shell and passthrough read as the VM's, whatever its name", async () => {
+  await withTree(async (root, state) => {
+    // libvirt takes any name without a "/": this one splits into two words unquoted, and reads
+    // as an option after a bare --vm.
+    const vm = "-my lab";
+    const guard = (xml: string) =>
+      runGuard({
+        vm,
+        operation: "prepare",
+        subOperation: "begin",
+        xml,
+        reader: denoFsReader(),
+        root,
+        live: false,
+        stateDir: state,
+      });
+    const moved = await guard(MOVED);
+    assertMatch(moved.lines[0]!, /; fix: passthrough plan --vm='-my lab'$/);
+    // A hand-added hostdev on a PCI bridge, with an allowance, which says what else would do.
+    allowNextStart(state, vm);
+    const bridge = await guard(`<domain><name>x</name><devices>
+      <hostdev mode='subsystem' type='pci'>
+        <source><address domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></source>
+      </hostdev></devices></domain>`);
+    assertEquals(bridge.code, 1);
+    assertMatch(
+      bridge.lines[0]!,
+      / fix: remove it with virsh edit '-my lab' \(or passthrough plan --vm='-my lab', when/,
+    );
+    assertMatch(
+      bridge.lines.at(-1)!,
+      /\(nothing does: remove the hostdev from the definition \(virsh edit '-my lab'\)\); the allowance is used up$/,
+    );
+  });
+});
+
 Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
