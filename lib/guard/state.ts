@@ -13,9 +13,9 @@ import {
   ensurePrivateDir,
   openStateDir,
   readOwnFileSync,
+  replaceFileSync,
   type StateDir,
   StateDirError,
-  writeNewFileSync,
 } from "../state/state_dir.ts";
 import { encodeVmName } from "../state/backups.ts";
 import type { GuardRefusal } from "./check.ts";
@@ -167,8 +167,8 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   const state = openStateDir(stateDir);
   const guard = guardPath(state.path);
   ensurePrivateDir(guard, state);
-  // Between the removal and the new file the hook finds none and enforces: the safe side.
-  replaceFile(guard, POLICY_FILE, text);
+  // In one step: a start reads the old policies or the new ones, never none.
+  replaceFileSync(guard, POLICY_FILE, text);
   return "written";
 }
 
@@ -185,16 +185,6 @@ function guardDir(state: StateDir, kind: GuardFolder): string {
 
 function fileName(vm: string): string {
   return `${encodeVmName(vm)}.json`;
-}
-
-/** Replaces `name` in the private directory `dir` (remove, then write a new file). */
-function replaceFile(dir: string, name: string, text: string): string {
-  try {
-    Deno.removeSync(join(dir, name));
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-  return writeNewFileSync(dir, name, text);
 }
 
 /**
@@ -222,7 +212,7 @@ export function allowNextStart(
     created: now.toISOString(),
     expires: new Date(now.getTime() + ALLOWANCE_LIFETIME_MS).toISOString(),
   };
-  const path = replaceFile(
+  const path = replaceFileSync(
     guardDir(state, "allow"),
     fileName(vm),
     `${JSON.stringify(allowance, null, 2)}\n`,
@@ -345,7 +335,7 @@ export function recordRefusals(
     allowed: options.allowed,
     refusals: refusals.map(({ vm: _vm, fix: _fix, ...rest }) => rest),
   };
-  return replaceFile(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
+  return replaceFileSync(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
 }
 
 /** The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. */
@@ -405,7 +395,7 @@ export function recordReload(
   const guard = guardPath(state.path);
   ensurePrivateDir(guard, state);
   const record: ReloadRecord = { name: daemon.name, pid: daemon.pid, time: now.toISOString() };
-  replaceFile(guard, RELOAD_FILE, `${JSON.stringify(record, null, 2)}\n`);
+  replaceFileSync(guard, RELOAD_FILE, `${JSON.stringify(record, null, 2)}\n`);
 }
 
 /** The reloads `hook install` recorded, or `[]` when none can be read. Nothing written. */

@@ -320,18 +320,25 @@ function unexpectedFile(
  * Throws `Deno.errors.NotFound` when nothing is there.
  */
 export function openOwnFileSync(path: string, options: { write?: boolean } = {}): Deno.FsFile {
-  const named = Deno.lstatSync(path);
-  if (!named.isFile) throw unexpectedFile(path, `it is ${kindOf(named)}`);
-  const file = Deno.openSync(path, { read: true, write: options.write ?? false });
-  try {
-    const opened = file.statSync();
-    if (!opened.isFile || opened.ino !== named.ino || opened.dev !== named.dev) {
+  // A writer that renamed a new file over this one in between (`replaceFileSync`: a guard
+  // allowance or policy written at that moment) makes the two differ: the new one is looked at
+  // again, as the first was, a few times.
+  for (let attempt = 1;; attempt++) {
+    const named = Deno.lstatSync(path);
+    if (!named.isFile) throw unexpectedFile(path, `it is ${kindOf(named)}`);
+    const file = Deno.openSync(path, { read: true, write: options.write ?? false });
+    let opened: Deno.FileInfo;
+    try {
+      opened = file.statSync();
+    } catch (error) {
+      file.close();
+      throw error;
+    }
+    if (opened.isFile && opened.ino === named.ino && opened.dev === named.dev) return file;
+    file.close();
+    if (!opened.isFile || attempt === 3) {
       throw unexpectedFile(path, "it was replaced while being opened");
     }
-    return file;
-  } catch (error) {
-    file.close();
-    throw error;
   }
 }
 
@@ -408,6 +415,43 @@ export function writeNewFileSync(dir: string, name: string, data: Uint8Array | s
     } catch {
       // Already gone: nothing to clean up.
     }
+  }
+  syncDir(dir);
+  return target;
+}
+
+/**
+ * Writes `name` in the private directory `dir` with mode 0600, replacing whatever file is there
+ * in one step: the data goes to a temporary name created with `createNew`, is synced, then
+ * renamed over `name` (which replaces a link itself, never what it points to). A reader finds
+ * the old file or the new one, never none; of two writers at the same moment the last rename
+ * stands, where removing the old file and then linking the new one failed for the second
+ * ("File exists"). Returns the final path.
+ */
+export function replaceFileSync(dir: string, name: string, data: Uint8Array | string): string {
+  if (!isFileName(name)) {
+    throw new TypeError(`Not a plain file name: "${name}"`);
+  }
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const target = join(dir, name);
+  const temp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
+  const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
+  try {
+    try {
+      Deno.chmodSync(temp, 0o600);
+      writeAllSync(file, bytes);
+      file.syncSync();
+    } finally {
+      file.close();
+    }
+    Deno.renameSync(temp, target);
+  } catch (error) {
+    try {
+      Deno.removeSync(temp);
+    } catch {
+      // Already gone: nothing to clean up.
+    }
+    throw error;
   }
   syncDir(dir);
   return target;

@@ -152,6 +152,41 @@ Deno.test("runGuard() prints commands a shell and passthrough read as the VM's, 
   });
 });
 
+Deno.test("guard allow and apply in processes at the same moment each replace the guard's files", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-guard-race-" });
+  const state = `${dir}/state`;
+  try {
+    // Each writes what the others write, each time: `guard allow` run twice for one VM, and
+    // `apply` recording policies that change.
+    const code = `import { allowNextStart, recordPolicies } from ${
+      JSON.stringify(new URL("../../lib/guard/state.ts", import.meta.url).href)
+    };
+      for (let i = 0; i < 60; i++) {
+        allowNextStart(${JSON.stringify(state)}, "win11");
+        recordPolicies(${JSON.stringify(state)}, { version: 1, config: "c.yaml",
+          vms: { win11: { guard: i % 2 === 0 ? "warn" : "off", rules: {} } } });
+      }`;
+    allowNextStart(state, "win11");
+    const outputs = await Promise.all(
+      [1, 2, 3, 4].map(() =>
+        new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "null", stderr: "piped" })
+          .output()
+      ),
+    );
+    const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+    assertEquals(outputs.map((o) => [o.code, decode(o.stderr)]), [1, 2, 3, 4].map(() => [0, ""]));
+    assertEquals(takeAllowance(state, "win11"), "allowed");
+    // Nothing left under a temporary name.
+    assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
+    assertEquals([...Deno.readDirSync(`${state}/guard`)].map((e) => e.name).sort(), [
+      "allow",
+      "policy.json",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
