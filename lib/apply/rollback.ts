@@ -36,6 +36,7 @@ import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
+import { flagWord } from "../render/shell.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -350,7 +351,9 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       "failed",
       `Refusing to restore backup "${backup.id}" into "${vm}": ${
         refusals.join("; ")
-      }; "passthrough plan --vm ${vm}" shows what the config gives it on this host now`,
+      }; "passthrough plan ${
+        flagWord("--vm", vm)
+      }" shows what the config gives it on this host now`,
       null,
     );
   }

@@ -1142,6 +1142,36 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "passthrough rollback's refusal names a VM whose name needs quoting as a shell and plan read it",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const spare = liveSpareFunction();
+    if (spare === null) return;
+    const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+    try {
+      const vm = "-my alpha";
+      const { world, stateDir } = await alphaWithBackup(
+        root,
+        (xml) =>
+          editDomainXml(xml, {
+            remove: [],
+            add: [{ address: spare, managed: true }],
+            records: [identity(spare)],
+          }),
+        { name: vm, uuid: UUID_A, running: false },
+      );
+      const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
+      const result = await cli(["rollback", "--yes", ...args, "--", vm]);
+      assertEquals(result.code, 1, result.stderr);
+      assertMatch(result.stdout, /; "passthrough plan --vm='-my alpha'" shows what the config/);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
 Deno.test("passthrough rollback of a running VM says before the outcome when the restore takes effect", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
