@@ -159,7 +159,12 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   const before = readGuardFile(path);
   if (Object.keys(file.vms).length === 0) {
     if (before === null) return "unchanged";
-    Deno.removeSync(path);
+    try {
+      Deno.removeSync(path);
+    } catch (error) {
+      // Removed by another apply at the same moment: as asked.
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
     return "removed";
   }
   const text = `${JSON.stringify(file, null, 2)}\n`;
