@@ -104,12 +104,73 @@ export function vfioIdsMatch(entry: VfioIdsEntry, device: PciDevice): boolean {
     ((entry.classCode ^ parseInt(device.classCode, 16)) & entry.classMask) === 0;
 }
 
-/** The `ids` entries of `vfio-pci.ids=` (or `vfio_pci.ids=`) on a kernel command line. */
+/** One parameter of a kernel command line: its name and value (`null`: no `=`). */
+export interface KernelParam {
+  param: string;
+  value: string | null;
+}
+
+/**
+ * The parameters of a kernel command line as the kernel reads them (`next_arg()`): a double
+ * quote keeps spaces in a word, and the quotes around a value, or around the whole word, are not
+ * part of it; a bare `--` ends the kernel's parameters (what follows goes to init). Module
+ * options from modprobe.d reach the kernel as such a line too.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(kernelParams('quiet vfio-pci.ids="10de:1b06, 10de:10ef" -- x=1'), [
+ *   { param: "quiet", value: null },
+ *   { param: "vfio-pci.ids", value: "10de:1b06, 10de:10ef" },
+ * ]);
+ * ```
+ */
+export function kernelParams(line: string): KernelParam[] {
+  const params: KernelParam[] = [];
+  let rest = line.trimStart();
+  while (rest !== "") {
+    const quoted = rest.startsWith('"');
+    const args = quoted ? rest.slice(1) : rest;
+    let inQuote = quoted;
+    let equals = -1;
+    let i = 0;
+    for (; i < args.length; i++) {
+      const c = args[i]!;
+      if (/\s/.test(c) && !inQuote) break;
+      if (equals < 0 && c === "=") equals = i;
+      if (c === '"') inQuote = !inQuote;
+    }
+    // The kernel cuts a closing quote when the value or the whole word opened with one.
+    let word = args.slice(0, i);
+    const valueQuoted = equals >= 0 && word[equals + 1] === '"';
+    if ((quoted || valueQuoted) && word.endsWith('"') && (word.length - 1 > equals + 1 || quoted)) {
+      word = word.slice(0, -1);
+    }
+    rest = args.slice(i + 1).trimStart();
+    if (equals < 0) {
+      if (word === "--") break;
+      params.push({ param: word, value: null });
+    } else {
+      const value = word.slice(equals + 1);
+      params.push({
+        param: word.slice(0, equals),
+        value: valueQuoted ? value.slice(1) : value,
+      });
+    }
+  }
+  return params;
+}
+
+/**
+ * The `ids` entries of `vfio-pci.ids=` (or `vfio_pci.ids=`) on a kernel command line, read as the
+ * kernel reads it (`"10de:1b06,10de:10ef"` in quotes is the same value).
+ */
 export function cmdlineVfioIds(cmdline: string | null): VfioIdsEntry[] {
-  return (cmdline ?? "").split(/\s+/).flatMap((word) => {
-    const found = /^vfio[-_]pci\.ids=(.*)$/.exec(word);
-    return found === null ? [] : parseVfioIds(found[1]!, CMDLINE_SOURCE);
-  });
+  return kernelParams(cmdline ?? "").flatMap(({ param, value }) =>
+    param.replaceAll("-", "_") === "vfio_pci.ids" && value !== null
+      ? parseVfioIds(value, CMDLINE_SOURCE)
+      : []
+  );
 }
 
 /**

@@ -152,6 +152,21 @@ Deno.test("doctor --sysfs: a captured tree's command line whose entry takes the 
   assertMatch(run.stdout, /FAIL {2}boot-binding +vfio-pci\.ids=10de:1b06 \(kernel command line\)/);
 });
 
+Deno.test("doctor --sysfs: a quoted vfio-pci.ids= value is read as the kernel reads it, and an entry after -- is init's", async () => {
+  await using tree = await tempHostTree(twins(["3752", "3752"], {
+    cmdline:
+      'BOOT_IMAGE=/vmlinuz quiet vfio-pci.ids="10de:1b06, 10de:10ef" -- vfio-pci.ids=8086:abcd',
+    host_use: [{ address: "0000:0c:00.0", reason: "console-vga", detail: "boot_vga=1 with fbcon" }],
+  }));
+  const run = await runCli(["doctor", "--sysfs", tree.dir, "--no-libvirt"]);
+  assertEquals(run.code, 1);
+  assertMatch(
+    run.stdout,
+    /FAIL {2}boot-binding +vfio-pci\.ids=10de:1b06 \(kernel command line\) would take 0000:0c:00\.0, which the host uses/,
+  );
+  assertEquals(run.stdout.includes("8086:abcd"), false);
+});
+
 Deno.test("boot-binding: a device an entry takes that its own driver holds warns that the driver loaded first, and says how to load vfio-pci before it", async () => {
   const held = described("x570-aorus-pro-wifi", {
     devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0b:00.1": { driver: "snd_hda_intel" } },
