@@ -162,26 +162,45 @@ export function kernelParams(line: string): KernelParam[] {
 }
 
 /**
- * The `ids` entries of `vfio-pci.ids=` (or `vfio_pci.ids=`) on a kernel command line, read as the
+ * One `ids=` given to vfio-pci: where, the value as written, and its entries. vfio-pci's `ids` is
+ * a string parameter, which each `ids=` overwrites: of several, the kernel keeps the last one
+ * (modprobe gives the module the options of modprobe.d, in file name order, then those of the
+ * kernel command line).
+ */
+export interface VfioIdsAssignment {
+  /** Where it is written: `kernel command line` or a modprobe.d file's path. */
+  source: string;
+  /** The value as the kernel reads it (`10de:1b06,10de:10ef`; empty for a bare `ids=`). */
+  value: string;
+  /** Its entries ({@link parseVfioIds}). */
+  entries: VfioIdsEntry[];
+}
+
+function assignment(value: string, source: string): VfioIdsAssignment {
+  return { source, value, entries: parseVfioIds(value, source) };
+}
+
+/**
+ * The `vfio-pci.ids=` (or `vfio_pci.ids=`) of a kernel command line, in order, read as the
  * kernel reads it (`"10de:1b06,10de:10ef"` in quotes is the same value).
  */
-export function cmdlineVfioIds(cmdline: string | null): VfioIdsEntry[] {
+export function cmdlineVfioIds(cmdline: string | null): VfioIdsAssignment[] {
   return kernelParams(cmdline ?? "").flatMap(({ param, value }) =>
     param.replaceAll("-", "_") === "vfio_pci.ids" && value !== null
-      ? parseVfioIds(value, CMDLINE_SOURCE)
+      ? [assignment(value, CMDLINE_SOURCE)]
       : []
   );
 }
 
 /**
- * The `ids` entries of `options vfio-pci … ids=…` lines in the modprobe.d files under `dirs`
- * (default {@link MODPROBE_DIRS}); of files of one name, the first directory's, as modprobe reads
- * them. Comments and continued lines are read as modprobe reads them.
+ * The `ids=` of `options vfio-pci … ids=…` lines in the modprobe.d files under `dirs` (default
+ * {@link MODPROBE_DIRS}), in the order modprobe gives them: by file name; of files of one name,
+ * the first directory's. Comments and continued lines are read as modprobe reads them.
  */
 export function modprobeVfioIds(
   reader: SysfsReader,
   dirs: readonly string[] = MODPROBE_DIRS,
-): VfioIdsEntry[] {
+): VfioIdsAssignment[] {
   const files = new Map<string, string>();
   for (const dir of dirs) {
     for (const name of reader.listDir(dir) ?? []) {
@@ -195,10 +214,37 @@ export function modprobeVfioIds(
       const words = line.replace(/#.*/, "").trim().split(/\s+/);
       if (words[0] !== "options" || words[1]?.replaceAll("-", "_") !== "vfio_pci") return [];
       return words.slice(2).flatMap((w) =>
-        w.startsWith("ids=") ? parseVfioIds(w.slice(4), path) : []
+        w.startsWith("ids=") ? [assignment(w.slice(4), path)] : []
       );
     });
   });
+}
+
+/**
+ * Of `assignments` in the order vfio-pci is given them, the one it keeps (the last; `null` when
+ * there is none), those it overwrites that name an entry the kept one does not, and those entries
+ * (each once), which take nothing at boot.
+ */
+export function keptVfioIds(assignments: readonly VfioIdsAssignment[]): {
+  kept: VfioIdsAssignment | null;
+  overwritten: VfioIdsAssignment[];
+  lost: VfioIdsEntry[];
+} {
+  const kept = assignments.at(-1) ?? null;
+  const key = (e: VfioIdsEntry) =>
+    [e.vendor, e.device, e.subvendor, e.subdevice, e.classCode, e.classMask].join(":");
+  const seen = new Set(kept?.entries.map(key) ?? []);
+  const lost: VfioIdsEntry[] = [];
+  for (const entry of assignments.slice(0, -1).flatMap((a) => a.entries)) {
+    if (seen.has(key(entry))) continue;
+    seen.add(key(entry));
+    lost.push(entry);
+  }
+  return {
+    kept,
+    overwritten: assignments.slice(0, -1).filter((a) => a.entries.some((e) => lost.includes(e))),
+    lost,
+  };
 }
 
 /** How {@link vfioIdsBinding} would bind a device at boot. */

@@ -29,9 +29,11 @@ import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
 import {
   CMDLINE_SOURCE,
   cmdlineVfioIds,
+  keptVfioIds,
   modprobeVfioIds,
   REBUILD_INITRAMFS,
   softdepLine,
+  type VfioIdsAssignment,
   vfioIdsBinding,
   type VfioIdsEntry,
   vfioIdsMatch,
@@ -408,11 +410,17 @@ function checkBootVga(host: HostTopology, facts: HostFacts): DoctorFinding | nul
  */
 function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const { host } = options;
-  const entries = [
-    ...cmdlineVfioIds(host.kernelCmdline),
-    ...(options.live ? modprobeVfioIds(options.reader, options.modprobeDirs) : []),
-  ];
-  if (entries.length === 0) return null;
+  const cmdline = cmdlineVfioIds(host.kernelCmdline);
+  const modprobe = options.live ? modprobeVfioIds(options.reader, options.modprobeDirs) : [];
+  // A built-in vfio-pci reads its ids from the kernel command line only.
+  const builtIn = vfioPciBuiltIn(options);
+  // modprobe gives the module modprobe.d's options, then the command line's.
+  const { kept, overwritten, lost } = keptVfioIds(builtIn ? cmdline : [...modprobe, ...cmdline]);
+  // Each entry once: the kept ones, those lost to a later ids=, and those a built-in ignores.
+  const entries = [...cmdline, ...modprobe].flatMap((a) => a.entries).filter((e) =>
+    kept?.entries.includes(e) || lost.includes(e) || (builtIn && e.source !== CMDLINE_SOURCE)
+  );
+  if (entries.length === 0 && overwritten.length === 0) return null;
   const uses = new Map((host.hostUse ?? []).map((u) => [u.address, u.detail]));
   const found = entries.map((entry) => {
     // vfio-pci binds endpoints only (a bridge's header type is refused).
@@ -423,16 +431,20 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   });
   const needed = found.filter((f) => f.needed.length > 0);
   const shared = found.filter((f) => f.cards.size > 1);
-  // A built-in vfio-pci reads its ids from the kernel command line only.
-  const ignored = vfioPciBuiltIn(options)
-    ? found.filter((f) => f.entry.source !== CMDLINE_SOURCE)
-    : [];
-  // Where an entry takes the wrong devices, loading vfio-pci first would make that worse.
+  const ignored = builtIn ? found.filter((f) => f.entry.source !== CMDLINE_SOURCE) : [];
+  // Where an entry takes the wrong devices, loading vfio-pci first would make that worse; an
+  // entry of an overwritten ids= takes nothing, whatever loads first.
   const late = lateBindings(
-    found.filter((f) => !needed.includes(f) && !shared.includes(f) && !ignored.includes(f)),
+    found.filter((f) =>
+      !needed.includes(f) && !shared.includes(f) && !ignored.includes(f) &&
+      kept !== null && kept.entries.includes(f.entry)
+    ),
     uses,
   );
-  if (needed.length === 0 && shared.length === 0 && late.length === 0 && ignored.length === 0) {
+  if (
+    needed.length === 0 && shared.length === 0 && late.length === 0 && ignored.length === 0 &&
+    overwritten.length === 0
+  ) {
     return {
       check: "boot-binding",
       status: "ok",
@@ -462,6 +474,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     ...ignored.map((f) =>
       `${f.said} is ignored: vfio-pci is built into this kernel, and modprobe.d options reach modules only`
     ),
+    ...overwritten.map((a) =>
+      `vfio-pci.ids=${a.value} (${a.source}) takes nothing at boot: vfio-pci.ids=${kept!.value} (${
+        kept!.source
+      }) comes after it, and vfio-pci keeps only the last ids= it is given`
+    ),
     ...late.map(({ said, device, driver, cmdline }) =>
       `${said} did not take ${device.address}${
         cmdline ? " at this boot" : " (if it was there at this boot)"
@@ -476,6 +493,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       }`,
     ]),
     ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f))),
+    ...overwrittenRemedy(kept, overwritten, new Set(wrong.map((f) => f.entry.text))),
     ...lateRemedies(late, options.facts),
   ];
   return {
@@ -484,6 +502,38 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     summary: problems.join("; "),
     hint: hints.join("; and "),
   };
+}
+
+/**
+ * One `ids=` with the entries of the overwritten ones and the kept one, where the kept one is
+ * written, but for entries that take the wrong devices (their own remedy says what to write).
+ */
+function overwrittenRemedy(
+  kept: VfioIdsAssignment | null,
+  overwritten: readonly VfioIdsAssignment[],
+  wrong: ReadonlySet<string>,
+): string[] {
+  if (kept === null || overwritten.length === 0) return [];
+  const given = [...overwritten, kept];
+  const ids = [...new Set(given.flatMap((a) => a.entries.map((e) => e.text)))]
+    .filter((text) => !wrong.has(text)).join(",");
+  const one = kept.source === CMDLINE_SOURCE
+    ? `vfio-pci.ids=${ids} on the kernel command line`
+    : `"options vfio-pci ids=${ids}" in ${kept.source}`;
+  const others = [
+    ...new Set(
+      overwritten.map((a) =>
+        a.source === CMDLINE_SOURCE
+          ? "the other vfio-pci.ids= from the kernel command line"
+          : `the ids= from ${a.source}`
+      ),
+    ),
+  ];
+  return [
+    `give vfio-pci one ids= with every entry: ${one}, and remove ${others.join(" and ")}; then ${
+      regenerate(given.map((a) => a.source))
+    }`,
+  ];
 }
 
 /**

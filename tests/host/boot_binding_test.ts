@@ -132,7 +132,8 @@ Deno.test("modprobeVfioIds: /etc overrides a file of the same name, continued li
     );
     Deno.writeTextFileSync(`${dir}/lib/other.conf`, "options snd_hda_intel ids=10de:10ef\n");
     Deno.writeTextFileSync(`${dir}/lib/notes.txt`, "options vfio-pci ids=3333:4444\n");
-    const entries = modprobeVfioIds(denoFsReader(), [`${dir}/etc`, `${dir}/run`, `${dir}/lib`]);
+    const entries = modprobeVfioIds(denoFsReader(), [`${dir}/etc`, `${dir}/run`, `${dir}/lib`])
+      .flatMap((a) => a.entries);
     assertEquals(entries.map((e) => [e.text, e.source]), [
       ["10de:1b06", `${dir}/etc/vfio.conf`],
       ["10de:10ef", `${dir}/etc/vfio.conf`],
@@ -246,6 +247,72 @@ Deno.test("boot-binding: softdep names the driver's module (modprobe.d keys soft
     finding!.hint ?? "",
     /^to load vfio-pci first, add "softdep i2c_nvidia_gpu pre: vfio-pci" /,
   );
+});
+
+Deno.test("doctor --sysfs: of two vfio-pci.ids= on the command line only the last counts: no softdep advice for the first one's device", async () => {
+  await using tree = await tempHostTree(described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0c:00.0": { driver: "vfio-pci" } },
+    host: {
+      cmdline: "BOOT_IMAGE=/vmlinuz vfio-pci.ids=10de:1b06 quiet vfio-pci.ids=10de:128b",
+      proc: { modules: "nvidia 56807424 0 - Live 0x0\n" },
+    },
+  }));
+  const run = await runCli(["doctor", "--sysfs", tree.dir, "--no-libvirt"]);
+  assertEquals(run.code, 0);
+  assertMatch(
+    run.stdout,
+    /warn {2}boot-binding +vfio-pci\.ids=10de:1b06 \(kernel command line\) takes nothing at boot: vfio-pci\.ids=10de:128b \(kernel command line\) comes after it, and vfio-pci keeps only the last ids= it is given\n/,
+  );
+  assertMatch(
+    run.stdout,
+    /-> give vfio-pci one ids= with every entry: vfio-pci\.ids=10de:1b06,10de:128b on the kernel command line, and remove the other vfio-pci\.ids= from the kernel command line; then update the boot loader's kernel command line/,
+  );
+  assertEquals(run.stdout.includes("softdep"), false);
+});
+
+Deno.test("boot-binding: an earlier ids= whose entries the last one repeats loses nothing, and each entry is said once", async () => {
+  const finding = await bootBinding(described("x570-aorus-pro-wifi", {
+    host: { cmdline: "vfio-pci.ids=10de:1b06 vfio-pci.ids=10de:1b06,10de:10ef" },
+  }));
+  assertEquals(finding, {
+    check: "boot-binding",
+    status: "ok",
+    summary: "At boot vfio-pci.ids=10de:1b06 (kernel command line) takes 0000:0b:00.0; " +
+      "vfio-pci.ids=10de:10ef (kernel command line) takes 0000:0b:00.1",
+    hint: null,
+  });
+});
+
+Deno.test("boot-binding: a modprobe.d ids= is overwritten by the command line's (modprobe gives that last)", async () => {
+  const finding = await withHost(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0c:00.0": { driver: "vfio-pci" } },
+      host: { cmdline: "quiet vfio-pci.ids=10de:128b" },
+    }),
+    ({ host, dir }) => {
+      Deno.mkdirSync(`${dir}/etc/modprobe.d`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/etc/modprobe.d/vfio.conf`, "options vfio-pci ids=10de:1b06\n");
+      return runDoctor({
+        host,
+        reader: denoFsReader(),
+        live: true,
+        sysRoot: dir,
+        procRoot: `${dir}/proc`,
+        modulesRoot: `${dir}/lib/modules`,
+        modprobeDirs: [`${dir}/etc/modprobe.d`],
+      }).find((f) => f.check === "boot-binding");
+    },
+  );
+  assertEquals(finding?.status, "warn");
+  assertMatch(
+    finding!.summary,
+    /^vfio-pci\.ids=10de:1b06 \(.*\/etc\/modprobe\.d\/vfio\.conf\) takes nothing at boot: vfio-pci\.ids=10de:128b \(kernel command line\) comes after it/,
+  );
+  assertMatch(
+    finding!.hint ?? "",
+    /^give vfio-pci one ids= with every entry: vfio-pci\.ids=10de:1b06,10de:128b on the kernel command line, and remove the ids= from .*vfio\.conf; /,
+  );
+  assertEquals(finding!.hint?.includes("softdep"), false);
 });
 
 /** doctor's boot-binding on a live-looking tree whose kernel has vfio-pci built in. */
