@@ -210,11 +210,14 @@ export function modprobeVfioIds(
   return [...files.keys()].sort().flatMap((name) => {
     const path = files.get(name)!;
     const text = reader.readText(path) ?? "";
-    return text.replace(/\\\n/g, " ").split("\n").flatMap((line) => {
-      const words = line.replace(/#.*/, "").trim().split(/\s+/);
-      if (words[0] !== "options" || words[1]?.replaceAll("-", "_") !== "vfio_pci") return [];
-      return words.slice(2).flatMap((w) =>
-        w.startsWith("ids=") ? [assignment(w.slice(4), path)] : []
+    // modprobe joins a line ending in a backslash to the next as it is, without a space, and
+    // hands the rest of an options line to the kernel, which reads it as it reads its command
+    // line (quotes, an `ids=` given twice).
+    return text.replace(/\\\n/g, "").split("\n").flatMap((line) => {
+      const found = /^[\t ]*options[\t ]+(\S+)(.*)$/.exec(line);
+      if (found === null || found[1]!.replaceAll("-", "_") !== "vfio_pci") return [];
+      return kernelParams(found[2]!).flatMap(({ param, value }) =>
+        param === "ids" && value !== null ? [assignment(value, path)] : []
       );
     });
   });

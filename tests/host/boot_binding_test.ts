@@ -143,6 +143,21 @@ Deno.test("modprobeVfioIds: /etc overrides a file of the same name, continued li
   }
 });
 
+Deno.test("modprobeVfioIds: a line continued mid-value joins without a space, and a quoted value is the kernel's", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-modprobe-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/a.conf`, "options vfio-pci ids=10de:1b06,\\\n10de:10ef # GPU\n");
+    Deno.writeTextFileSync(`${dir}/b.conf`, 'options vfio_pci ids="1002:67df, 1002:aaf0"\n');
+    const given = modprobeVfioIds(denoFsReader(), [dir]);
+    assertEquals(given.map((a) => [a.value, a.entries.map((e) => e.text)]), [
+      ["10de:1b06,10de:10ef", ["10de:1b06", "10de:10ef"]],
+      ["1002:67df, 1002:aaf0", ["1002:67df", "1002:aaf0"]],
+    ]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("doctor --sysfs: a captured tree's command line whose entry takes the host's console GPU exits 1", async () => {
   await using tree = await tempHostTree(twins(["3752", "3752"], {
     cmdline: CMDLINE,
