@@ -10,7 +10,7 @@ import type { Parsed } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
-import { slotOf } from "../lib/pci/address.ts";
+import { canonicalPciAddress, slotOf } from "../lib/pci/address.ts";
 import { CLASS_NAMES, classPrefixesOf } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
@@ -96,33 +96,44 @@ export function deviceCells(d: PciDevice): string[] {
 /** The headers of {@link deviceCells}. */
 export const DEVICE_HEADERS = ["ADDRESS", "IDS", "SUBSYSTEM", "CLASS", "SLOT", "NUMA", "DRIVER"];
 
-/** `44:00.0` or `0000:44:00.0` (one function), `44:00` (every function of the card). */
+/**
+ * The canonical function (`0000:44:00.0`) or card (`0000:44:00`) that `wanted` names: `44:00.0`
+ * or `0000:44:00.0`, `44:00` for every function of the card, with a domain of up to 8 hex digits
+ * as the kernel numbers them (Intel VMD's are `10000` and up); `null` when it names none.
+ */
+function wantedAddress(wanted: string): string | null {
+  if (/\.[0-7]$/.test(wanted)) return canonicalPciAddress(wanted);
+  const first = canonicalPciAddress(`${wanted}.0`);
+  return first === null ? null : slotOf(first);
+}
+
+/** Whether `address` is the function or on the card that `wanted` ({@link wantedAddress}) names. */
 function matchesAddress(address: string, wanted: string): boolean {
-  const full = /^[0-9a-f]{4}:/i.test(wanted)
-    ? wanted.toLowerCase()
-    : `0000:${wanted.toLowerCase()}`;
-  return address === full || slotOf(address) === full;
+  return address === wanted || slotOf(address) === wanted;
 }
 
 /** The devices `addresses` and `--class` name (all when neither is given); throws on a typo. */
 function selected(host: HostTopology, addresses: string[], klass: string | undefined): PciDevice[] {
-  const malformed = addresses.find((a) =>
-    !/^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}(\.[0-7])?$/i.test(a)
-  );
+  const malformed = addresses.find((a) => wantedAddress(a) === null);
   if (malformed !== undefined) {
     throw new UsageError(
       `"${malformed}" is not a PCI address (0000:44:00.0, 44:00.0, or 44:00 for a whole card)`,
     );
   }
+  const wanted = addresses.map((a) => ({ text: a, address: wantedAddress(a)! }));
   let devices = host.devices;
-  if (addresses.length > 0) {
-    const unknown = addresses.filter((a) => !devices.some((d) => matchesAddress(d.address, a)));
+  if (wanted.length > 0) {
+    const unknown = wanted.filter((w) =>
+      !devices.some((d) => matchesAddress(d.address, w.address))
+    );
     if (unknown.length > 0) {
       throw new Error(
-        `No device at ${unknown.join(", ")} on ${host.source}: 'passthrough devices' lists them`,
+        `No device at ${
+          unknown.map((w) => w.text).join(", ")
+        } on ${host.source}: 'passthrough devices' lists them`,
       );
     }
-    devices = devices.filter((d) => addresses.some((a) => matchesAddress(d.address, a)));
+    devices = devices.filter((d) => wanted.some((w) => matchesAddress(d.address, w.address)));
   }
   if (klass !== undefined) {
     const prefixes = classPrefixesOf(klass) ?? [];

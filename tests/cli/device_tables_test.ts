@@ -225,6 +225,32 @@ Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one li
   );
 });
 
+Deno.test("devices ADDRESS takes a PCI domain of more than four digits (Intel VMD's 10000), as the table writes it", async () => {
+  const vmd = await Deno.makeTempDir({ prefix: "passthrough-tables-vmd-" });
+  try {
+    const nvme = (bdf: string, group: number) => ({
+      bdf,
+      group,
+      class: "0x010802",
+      vendor: "0x144d",
+      device: "0xa80a",
+      subsystem_vendor: "0x144d",
+      subsystem_device: "0xa801",
+      driver: "nvme",
+      revision: null,
+    });
+    buildHostTree({ devices: [nvme("0000:01:00.0", 1), nvme("10000:e1:00.0", 2)] }, vmd);
+    const listed = await run(["devices", "--sysfs", vmd]);
+    assertEquals(rows(listed.out).map((r) => r[0]), ["0000:01:00.0", "10000:e1:00.0"]);
+    for (const wanted of ["10000:e1:00.0", "10000:E1:00", "00010000:e1:00.0"]) {
+      const one = await run(["devices", "--sysfs", vmd, wanted]);
+      assertEquals([one.code, rows(one.out).map((r) => r[0])], [0, ["10000:e1:00.0"]], wanted);
+    }
+  } finally {
+    await Deno.remove(vmd, { recursive: true });
+  }
+});
+
 Deno.test("groups GROUP... narrows, and every row carries its group's number and status", async () => {
   const table = await run(["groups", ...HOST, "11", "26"]);
   assertEquals(table.code, 0, table.err);
