@@ -55,18 +55,27 @@ export function criticalNote(
 
 /**
  * For each device whose vendor, device and subsystem IDs repeat an earlier device's, that
- * device's address: a rule matching by IDs cannot tell them apart. Bridges, which the platform
- * repeats by design and which stay with the host, are left out.
+ * device's address: a rule matching by IDs cannot tell them apart. The first of them is marked
+ * too, with the next one, when the table (`shown`) holds none of the later ones (`devices 03:00`
+ * asks for its card alone), or it would look as if nothing shared its IDs. Bridges, which the
+ * platform repeats by design and which stay with the host, are left out.
  */
-export function sameIds(devices: readonly PciDevice[]): Map<string, string> {
-  const first = new Map<string, string>();
-  const twins = new Map<string, string>();
+export function sameIds(
+  devices: readonly PciDevice[],
+  shown: readonly PciDevice[] = devices,
+): Map<string, string> {
+  const byIds = new Map<string, string[]>();
   for (const d of devices) {
     if (d.classCode.startsWith("06") || d.classCode.startsWith("13")) continue;
     const key = `${d.vendorId}:${d.deviceId}:${d.subsystemVendorId}:${d.subsystemDeviceId}`;
-    const earlier = first.get(key);
-    if (earlier === undefined) first.set(key, d.address);
-    else twins.set(d.address, earlier);
+    byIds.set(key, [...(byIds.get(key) ?? []), d.address]);
+  }
+  const visible = new Set(shown.map((d) => d.address));
+  const twins = new Map<string, string>();
+  for (const [first, ...later] of byIds.values()) {
+    if (later.length === 0) continue;
+    for (const address of later) twins.set(address, first!);
+    if (!later.some((a) => visible.has(a))) twins.set(first!, later[0]!);
   }
   return twins;
 }
@@ -177,7 +186,7 @@ export async function run(
     return 0;
   }
   const paint = painter(io.color);
-  const twins = sameIds(host.devices);
+  const twins = sameIds(host.devices, devices);
   const rows = devices.map((d) => {
     const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)];
     const [address, ...cells] = deviceCells(d);

@@ -76,7 +76,7 @@ export async function run(
     );
     return 0;
   }
-  const twins = sameIds(host.devices);
+  const twins = sameIds(host.devices, groups.flatMap((g) => g.devices));
   const rows: string[][] = [];
   for (const group of groups) {
     const reasons = group.devices.map((d) => hostCriticalOnItsOwn(d, host));

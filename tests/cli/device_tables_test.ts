@@ -84,6 +84,25 @@ Deno.test("devices shows subsystem, slot and NUMA, and marks devices with the sa
   assertEquals(rows(alone.out)[0]?.at(-1), "same IDs as 0000:03:00.3");
 });
 
+Deno.test("devices and groups narrowed to the first of two devices with the same IDs name the other", async () => {
+  // 0000:03:00.3 is the first Starship USB controller; the full table marks only 0000:23:00.3.
+  const card = await run(["devices", ...HOST, "03:00"]);
+  assertEquals(
+    rows(card.out).find((r) => r[0] === "0000:03:00.3")?.at(-1),
+    "same IDs as 0000:23:00.3",
+  );
+  const group = await run(["groups", ...HOST, "15"]);
+  assertEquals(rows(group.out).map((r) => [r[1], r.at(-1)]), [
+    ["0000:03:00.3", "same IDs as 0000:23:00.3"],
+  ]);
+  // With its twin in the table, the twin's row says it once.
+  const both = await run(["devices", ...HOST, "03:00.3", "23:00.3"]);
+  assertEquals(rows(both.out).map((r) => r.filter((c) => c.startsWith("same IDs"))), [
+    [],
+    ["same IDs as 0000:03:00.3"],
+  ]);
+});
+
 Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named", async () => {
   const tree = `${dir}/nic`;
   const port = (bdf: string, group: number) => ({
