@@ -99,5 +99,27 @@ export async function run(
     : { width: io.columns, column: header.indexOf("DEVICE") };
   io.out(renderTable(header.map((h) => paint("bold", h)), rows, io.color, fit));
   io.out(hostUseUnknownNote(host, paint));
+  io.out(inconsistencyNotes(host, positionals.length === 0 ? null : groups, paint));
   return 0;
+}
+
+/**
+ * Under the table: where sysfs's group data disagrees with itself (a device without a group on a
+ * host with groups, a listing that contradicts a link), so a group shown may lack a member;
+ * `plan` refuses a VM taking such a device (`group-inconsistent`). Of the `shown` groups only
+ * (`null`: every group).
+ */
+function inconsistencyNotes(
+  host: HostTopology,
+  shown: readonly IommuGroup[] | null,
+  paint: ReturnType<typeof painter>,
+): string {
+  const numbers = new Set(shown?.map((g) => g.group));
+  return host.groupInconsistencies
+    .filter((p) => shown === null || p.groups.some((g) => numbers.has(g)))
+    .map((p) =>
+      `${paint("yellow", "Group data disagrees")}: ${p.detail}; plan refuses a VM taking ${
+        p.groups.length > 0 ? `a device of group ${p.groups.join(", ")}` : p.devices.join(", ")
+      }\n`
+    ).join("");
 }

@@ -286,6 +286,28 @@ Deno.test("groups GROUP... narrows, and every row carries its group's number and
   assertMatch(typo.err, /^passthrough groups: "1a" is not an IOMMU group number\n\nUsage: /);
 });
 
+Deno.test("groups says under the table when a shown group's data disagrees (a member without a group), which plan refuses", async () => {
+  const tree = `${dir}/groupless`;
+  const x570 = loadHostDescription(
+    new URL("../fixtures/hosts/x570-aorus-pro-wifi.json", import.meta.url),
+  );
+  buildHostTree({
+    ...x570,
+    host_use: [],
+    devices: x570.devices.map((d) => d.bdf === "0000:0b:00.1" ? { ...d, group: null } : d),
+  }, tree);
+  const gpu = await run(["groups", "--sysfs", tree, "30"]);
+  assertEquals(gpu.code, 0, gpu.err);
+  assertMatch(
+    gpu.out,
+    /\nGroup data disagrees: 0000:0b:00\.1 has no IOMMU group on a host that has groups .*; plan refuses a VM taking a device of group 30\n$/,
+  );
+  const all = await run(["groups", "--sysfs", tree]);
+  assertMatch(all.out, /Group data disagrees: 0000:0b:00\.1 /);
+  const other = await run(["groups", "--sysfs", tree, "31"]);
+  assertEquals(other.out.includes("disagrees"), false);
+});
+
 Deno.test("host-critical in --json agrees with what plan refuses", async () => {
   const groups = JSON.parse((await run(["groups", ...HOST, "10", "26", "--json"])).out);
   assertEquals(
