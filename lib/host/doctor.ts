@@ -482,7 +482,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     ...late.map(({ said, device, driver, cmdline }) =>
       `${said} did not take ${device.address}${
         cmdline ? " at this boot" : " (if it was there at this boot)"
-      }: "${driver}" holds it, probably because it loaded before vfio-pci`
+      }: "${driver}" holds it, ${
+        builtIn
+          ? "though vfio-pci is built into this kernel"
+          : "probably because it loaded before vfio-pci"
+      }`
     ),
   ];
   const wrong = [...needed, ...shared];
@@ -494,7 +498,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     ]),
     ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f))),
     ...overwrittenRemedy(kept, overwritten, new Set(wrong.map((f) => f.entry.text))),
-    ...lateRemedies(late, options.facts),
+    ...lateRemedies(late, options.facts, builtIn),
   ];
   return {
     check: "boot-binding",
@@ -573,28 +577,38 @@ function lateBindings(
 /**
  * How vfio-pci comes to take the late-bound devices: loaded before their drivers' modules
  * (softdep, keyed by module name), or, for a driver built into the kernel (its module not in
- * `/proc/modules`), which binds before any module can load, an override after boot. Unknown
- * modules (no facts): the common case, a module named as its driver.
+ * `/proc/modules`), which binds before any module can load, an override after boot. With
+ * vfio-pci built in (`vfioBuiltIn`), which takes its ids before any module loads, a module that
+ * holds such a device was bound to it after boot: no load order helps, the override does.
+ * Unknown modules (no facts): the common case, a module named as its driver.
  */
 function lateRemedies(
   late: readonly { device: PciDevice; driver: string }[],
   facts: HostFacts | undefined,
+  vfioBuiltIn: boolean,
 ): string[] {
   const loaded = facts?.modules() ?? null;
   const moduleOf = (driver: string) => facts?.moduleOfDriver(driver) ?? driver;
   const builtIn = (driver: string) => loaded !== null && !loaded.has(moduleOf(driver));
-  const modules = [
+  const modules = vfioBuiltIn ? [] : [
     ...new Set(late.filter((l) => !builtIn(l.driver)).map((l) => moduleOf(l.driver))),
   ];
-  const fixed = late.filter((l) => builtIn(l.driver));
+  const override = (address: string) =>
+    `leave it to libvirt's managed detach at start, or stop its users and run "driverctl set-override ${address} vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots ("driverctl unset-override ${address}" undoes it)`;
   return [
     ...(modules.length === 0 ? [] : [
       `to load vfio-pci first, add ${
         modules.map((m) => `"${softdepLine(m)}"`).join(", ")
       } to a file in /etc/modprobe.d, then ${REBUILD_INITRAMFS} and reboot`,
     ]),
-    ...fixed.map(({ device, driver }) =>
-      `"${driver}" is built into the kernel and binds ${device.address} before vfio-pci can: leave it to libvirt's managed detach at start, or stop its users and run "driverctl set-override ${device.address} vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots ("driverctl unset-override ${device.address}" undoes it)`
+    ...late.filter((l) => builtIn(l.driver) || vfioBuiltIn).map(({ device, driver }) =>
+      builtIn(driver)
+        ? `"${driver}" is built into the kernel and binds ${device.address} before vfio-pci can: ${
+          override(device.address)
+        }`
+        : `"${driver}" was bound to ${device.address} after boot (vfio-pci, built into this kernel, takes its ids before any module loads, so no softdep helps): ${
+          override(device.address)
+        }`
     ),
   ];
 }

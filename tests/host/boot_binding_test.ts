@@ -374,6 +374,27 @@ Deno.test("boot-binding: with vfio-pci built into the kernel, a modprobe.d entry
   );
 });
 
+Deno.test("boot-binding: with vfio-pci built in, a module holding a device of a command-line entry was bound after boot: driverctl, not softdep", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nvidia" } },
+    host: {
+      cmdline: "quiet vfio-pci.ids=10de:1b06",
+      proc: { modules: "nvidia 56807424 0 - Live 0x0\n" },
+    },
+  });
+  const finding = await builtInVfio(description, "");
+  assertEquals(finding?.status, "warn");
+  assertEquals(
+    finding!.summary,
+    'vfio-pci.ids=10de:1b06 (kernel command line) did not take 0000:0b:00.0 at this boot: "nvidia" holds it, though vfio-pci is built into this kernel',
+  );
+  assertEquals(finding!.hint?.includes("softdep nvidia"), false);
+  assertMatch(
+    finding!.hint ?? "",
+    /^"nvidia" was bound to 0000:0b:00\.0 after boot \(vfio-pci, built into this kernel, takes its ids before any module loads, so no softdep helps\): .*"driverctl set-override 0000:0b:00\.0 vfio-pci"/,
+  );
+});
+
 Deno.test("boot-binding: an ignored modprobe.d entry that would take every card of a model is not sent to the command line", async () => {
   const finding = await builtInVfio(
     twins(["3752", "3752"], { cmdline: "quiet" }),
