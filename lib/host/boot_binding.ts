@@ -192,35 +192,69 @@ export function cmdlineVfioIds(cmdline: string | null): VfioIdsAssignment[] {
   );
 }
 
+/** One option of a module in modprobe.d: the file, the parameter and its value. */
+export interface ModprobeOption extends KernelParam {
+  /** The modprobe.d file's path. */
+  source: string;
+}
+
 /**
- * The `ids=` of `options vfio-pci … ids=…` lines in the modprobe.d files under `dirs` (default
- * {@link MODPROBE_DIRS}), in the order modprobe gives them: by file name; of files of one name,
- * the first directory's. Comments and continued lines are read as modprobe reads them.
+ * The options modprobe.d gives `module` (`vfio_pci`: dashes and underscores alike), in the order
+ * modprobe gives them: by file name; of files of one name, the first directory's (`dirs`, default
+ * {@link MODPROBE_DIRS}). Comments and continued lines are read as modprobe reads them.
  */
-export function modprobeVfioIds(
+export function modprobeOptions(
   reader: SysfsReader,
+  module: string,
   dirs: readonly string[] = MODPROBE_DIRS,
-): VfioIdsAssignment[] {
+): ModprobeOption[] {
   const files = new Map<string, string>();
   for (const dir of dirs) {
     for (const name of reader.listDir(dir) ?? []) {
       if (name.endsWith(".conf") && !files.has(name)) files.set(name, `${dir}/${name}`);
     }
   }
+  const wanted = module.replaceAll("-", "_");
   return [...files.keys()].sort().flatMap((name) => {
     const path = files.get(name)!;
     const text = reader.readText(path) ?? "";
     // modprobe joins a line ending in a backslash to the next as it is, without a space, and
     // hands the rest of an options line to the kernel, which reads it as it reads its command
-    // line (quotes, an `ids=` given twice).
+    // line (quotes, a parameter given twice).
     return text.replace(/\\\n/g, "").split("\n").flatMap((line) => {
       const found = /^[\t ]*options[\t ]+(\S+)(.*)$/.exec(line);
-      if (found === null || found[1]!.replaceAll("-", "_") !== "vfio_pci") return [];
-      return kernelParams(found[2]!).flatMap(({ param, value }) =>
-        param === "ids" && value !== null ? [assignment(value, path)] : []
-      );
+      if (found === null || found[1]!.replaceAll("-", "_") !== wanted) return [];
+      return kernelParams(found[2]!).map((p) => ({ ...p, source: path }));
     });
   });
+}
+
+/**
+ * The `ids=` of `options vfio-pci … ids=…` lines in modprobe.d ({@link modprobeOptions}), in the
+ * order modprobe gives them.
+ */
+export function modprobeVfioIds(
+  reader: SysfsReader,
+  dirs: readonly string[] = MODPROBE_DIRS,
+): VfioIdsAssignment[] {
+  return modprobeOptions(reader, "vfio_pci", dirs).flatMap(({ param, value, source }) =>
+    param === "ids" && value !== null ? [assignment(value, source)] : []
+  );
+}
+
+/**
+ * Whether a boolean module parameter's value is true as the kernel reads it (`kstrtobool`, and a
+ * bare name for true): `1`, `y`, `Y`, `on`, `true`...
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals([null, "1", "Y", "on", "true", "0", "off", "n"].map(kernelTrue),
+ *   [true, true, true, true, true, false, false, false]);
+ * ```
+ */
+export function kernelTrue(value: string | null): boolean {
+  return value === null || /^([1yYtT]|[oO][nN])/.test(value);
 }
 
 /**

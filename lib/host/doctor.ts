@@ -30,6 +30,9 @@ import {
   CMDLINE_SOURCE,
   cmdlineVfioIds,
   keptVfioIds,
+  kernelParams,
+  kernelTrue,
+  modprobeOptions,
   modprobeVfioIds,
   REBUILD_INITRAMFS,
   softdepLine,
@@ -179,7 +182,22 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
         `Remove "${off}" from the kernel command line; without remapping a guest can forge interrupts`,
     };
   }
-  const unsafe = cmdlineHas(cmdline, /^vfio_iommu_type1\.allow_unsafe_interrupts=(1|y|Y)$/);
+  // The module takes the parameter from modprobe.d, then the command line, when it loads (libvirt
+  // loads it at the first start): the last one given counts, as its value reads now once loaded.
+  const given = [
+    ...(live ? modprobeOptions(reader, "vfio_iommu_type1", options.modprobeDirs) : []),
+    ...kernelParams(cmdline ?? "").flatMap((p) => {
+      const [module, param] = p.param.replaceAll("-", "_").split(".");
+      return module === "vfio_iommu_type1"
+        ? [{ ...p, param: param ?? "", source: CMDLINE_SOURCE }]
+        : [];
+    }),
+  ].filter((p) => p.param === "allow_unsafe_interrupts").at(-1);
+  const unsafe = given !== undefined && kernelTrue(given.value)
+    ? `${given.source === CMDLINE_SOURCE ? "vfio_iommu_type1." : ""}allow_unsafe_interrupts${
+      given.value === null ? "" : `=${given.value}`
+    } ${given.source === CMDLINE_SOURCE ? "on the kernel command line" : `in ${given.source}`}`
+    : null;
   const unsafeParam = live
     ? readAttribute(reader, `${sysRoot}/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts`)
     : null;

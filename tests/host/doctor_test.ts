@@ -139,6 +139,40 @@ Deno.test("runDoctor() warns when unsafe interrupts are allowed", async () => {
   });
 });
 
+Deno.test("runDoctor() warns of unsafe interrupts given in modprobe.d or on the command line as the kernel reads them, before the module loads", async () => {
+  await withRoot({
+    "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n",
+    "etc/modprobe.d/iommu_unsafe_interrupts.conf":
+      "options vfio_iommu_type1 allow_unsafe_interrupts=1\n",
+  }, (options) => {
+    const modprobeDirs = [`${options.sysRoot}/../etc/modprobe.d`];
+    const status = (kernelCmdline: string) =>
+      find(
+        runDoctor({ ...options, modprobeDirs, host: host({ kernelCmdline }) }),
+        "interrupt-remapping",
+      );
+    const fromFile = status("quiet");
+    assertEquals(fromFile.status, "warn");
+    assertMatch(
+      fromFile.summary,
+      /\(allow_unsafe_interrupts=1 in .*iommu_unsafe_interrupts\.conf\)$/,
+    );
+    // The command line comes after modprobe.d: its value counts.
+    assertEquals(status("vfio_iommu_type1.allow_unsafe_interrupts=0").status, "ok");
+    assertEquals(
+      find(
+        runDoctor({
+          ...options,
+          modprobeDirs: [],
+          host: host({ kernelCmdline: "vfio-iommu-type1.allow_unsafe_interrupts=on" }),
+        }),
+        "interrupt-remapping",
+      ).status,
+      "warn",
+    );
+  });
+});
+
 Deno.test("runDoctor() accepts AMD-Vi units as interrupt remapping", async () => {
   await withRoot({ "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n" }, (options) => {
     assertEquals(find(runDoctor({ ...options, host: host() }), "interrupt-remapping").status, "ok");
