@@ -113,13 +113,14 @@ export interface KernelParam {
 /**
  * The parameters of a kernel command line as the kernel reads them (`next_arg()`): a double
  * quote keeps spaces in a word, and the quotes around a value, or around the whole word, are not
- * part of it; a bare `--` ends the kernel's parameters (what follows goes to init). Module
- * options from modprobe.d reach the kernel as such a line too.
+ * part of it. Module options from modprobe.d reach the kernel as such a line too. Words
+ * after a bare `--` are read too: they go to init, not to a built-in module, but modprobe
+ * reads the whole line for the options of the module it loads, past `--` as well.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(kernelParams('quiet vfio-pci.ids="10de:1b06, 10de:10ef" -- x=1'), [
+ * assertEquals(kernelParams('quiet vfio-pci.ids="10de:1b06, 10de:10ef"'), [
  *   { param: "quiet", value: null },
  *   { param: "vfio-pci.ids", value: "10de:1b06, 10de:10ef" },
  * ]);
@@ -148,7 +149,6 @@ export function kernelParams(line: string): KernelParam[] {
     }
     rest = args.slice(i + 1).trimStart();
     if (equals < 0) {
-      if (word === "--") break;
       params.push({ param: word, value: null });
     } else {
       const value = word.slice(equals + 1);
