@@ -12,7 +12,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
-import { shellWord } from "../render/shell.ts";
+import { flagWord } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { NetworkPool } from "./networks.ts";
@@ -210,8 +210,8 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
     });
     // A refused VM lists its stale and host-needed hostdevs as refusals; plan-wide they are
     // warnings, and what they say the plan does waits for a plan of that VM.
-    const left = `; "${name}" is left out of this plan: its own plan (passthrough plan --vm ${
-      shellWord(name)
+    const left = `; "${name}" is left out of this plan: its own plan (passthrough plan ${
+      flagWord("--vm", name)
     }) does that`;
     return [...other.errors, ...other.warnings]
       .filter((w) => w.code === "drift" || w.code === "host-needed")

@@ -8,6 +8,7 @@ import {
   baseDevices,
   config,
   dev,
+  domainXml,
   HOST,
   host,
   LINUX,
@@ -210,4 +211,23 @@ Deno.test("planWorld() settles refusals over several rounds, each refused VM kee
   assertMatch(plan.vms[1]!.errors[0]!.message, /"alpha" holds it in its definition now/);
   assertMatch(plan.vms[2]!.errors[0]!.message, /"beta" holds it in its definition now/);
   assertEquals(plan.vms.map((vm) => vm.keep), [["0000:01:00.0"], ["0000:02:00.0"], []]);
+});
+
+Deno.test("planHostdevs() limited to some VMs names a left-out VM starting with - as --vm=NAME", async () => {
+  const swapped = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x1002", device: "0x73df" }),
+  ]);
+  await withPort([domainXml("-lab", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03"), LINUX], (libvirt) => {
+    const both = config(
+      '  "-lab":\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        "  linux:\n    devices: []\n",
+    );
+    libvirt.define(vmOf(planHostdevs({ config: both, host: HOST, libvirt }), "-lab").desiredXml);
+    const limited = planHostdevs({ config: both, host: swapped, libvirt, vms: ["linux"] });
+    const drift = limited.warnings.filter((w) => w.code === "drift");
+    assertOk(drift.length > 0);
+    // `--vm -lab` fails: "Option '--vm' argument is ambiguous".
+    assertOk(drift.every((w) => w.message.includes("(passthrough plan --vm=-lab)")));
+  });
 });
