@@ -640,13 +640,16 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
  * guest does not hold (added to the definition by an `apply` without `--live`) is not detached,
  * and one the definition gains that the guest holds already (hot-plugged by hand) is not attached;
  * libvirt refuses both ("device not found", "in use"), and the guest is already as planned. As it
- * was when the running definition cannot be read.
+ * was when the running definition cannot be read, or the guest is no longer running.
  */
 function stillToHotplug(libvirt: LibvirtPort, item: PendingLive): PendingLive {
   let running: Set<PciAddress>;
   try {
     if (libvirt.getLiveXml === undefined) return item;
     running = new Set(heldAddresses(parseDomainXml(libvirt.getLiveXml(item.result.vm))));
+    // A guest stopped since the define: libvirt gave its new persistent definition, which
+    // holds everything planned; that is no running guest as planned, and the hot-plug says so.
+    if (!libvirt.isActive(item.result.vm)) return item;
   } catch {
     return item;
   }

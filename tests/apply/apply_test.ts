@@ -445,6 +445,40 @@ Deno.test("applyPlan() says a running VM changes at its next power-off, and repo
   assertMatch(recordOnly.vms[0]!.message, /next full power-off/);
 });
 
+Deno.test("applyPlan() --live does not call a guest stopped since the define as planned", async () => {
+  using f = fixture();
+  // Real libvirt underneath; "alpha" (shut off) read as running until its define: as a guest
+  // shut down between the define and the hot-plug (while later VMs were asked about).
+  let defined = false;
+  const stopping: LibvirtPort = {
+    get uri() {
+      return f.port.uri;
+    },
+    listDomains: () => f.port.listDomains(),
+    getPersistentXml: (name, options) => f.port.getPersistentXml(name, options),
+    getLiveXml: (name) => f.port.getLiveXml!(name),
+    isActive: (name) => !defined || f.port.isActive(name),
+    define: (xml) => {
+      f.port.define(xml);
+      defined = true;
+    },
+    attachDevice: (name, xml, change) => f.port.attachDevice(name, xml, change),
+    detachDevice: (name, xml, change) => f.port.detachDevice(name, xml, change),
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: stopping,
+    stateDir: f.stateDir,
+    confirm: yes,
+    live: true,
+  });
+  assertEquals(hostdevs(f.port, "alpha"), ["0000:01:00.0"]);
+  // libvirt's "live" XML of a stopped domain is its new definition: not a guest holding the card.
+  assertEquals(report.vms[0]?.live?.attached, []);
+  assertEquals(report.vms[0]?.live?.errors.length, 1);
+  assertEquals([report.ok, report.liveFailed], [false, ["alpha"]]);
+  assertOk(!/already holds/.test(report.vms[0]!.message), report.vms[0]!.message);
+});
+
 Deno.test("applyPlan() restores the backup when the defined XML lacks the planned hostdevs", async () => {
   using f = fixture();
   const before = f.port.getPersistentXml("alpha", { secure: true });
