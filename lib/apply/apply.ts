@@ -50,6 +50,7 @@ import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
+import { positionalCommand } from "../render/shell.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -615,9 +616,9 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
     restored = true;
     note = `its previous definition was restored`;
   } catch (error) {
-    note = `restoring its previous definition failed (${
-      errorText(error)
-    }): run "passthrough rollback ${done.vm}" now, or a device sits in two definitions`;
+    note = `restoring its previous definition failed (${errorText(error)}): run "${
+      positionalCommand("passthrough rollback", done.vm)
+    }" now, or a device sits in two definitions`;
   }
   return {
     result: {

@@ -36,7 +36,7 @@ import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
-import { flagWord } from "../render/shell.ts";
+import { flagWord, positionalCommand } from "../render/shell.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -179,7 +179,9 @@ function checkBackupIsOf(
  * as `apply` refuses to.
  */
 function transientRefusal(vm: string, backup: BackupEntry): string {
-  return `Not restored: "${vm}" is a transient domain, and defining backup "${backup.id}" would make it persistent; once it is shut off and gone, "passthrough rollback ${vm} --to ${backup.id}" defines it from the backup`;
+  return `Not restored: "${vm}" is a transient domain, and defining backup "${backup.id}" would make it persistent; once it is shut off and gone, "${
+    positionalCommand("passthrough rollback", vm, ["--to", backup.id])
+  }" defines it from the backup`;
 }
 
 /**
@@ -280,7 +282,9 @@ function defineBackup(
     return {
       status: "unknown",
       message:
-        `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "passthrough rollback ${vm} --to ${backup.id}" (it says when "${vm}" already has that definition)`,
+        `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "${
+          positionalCommand("passthrough rollback", vm, ["--to", backup.id])
+        }" (it says when "${vm}" already has that definition)`,
     };
   }
   const failed = (message: string) => ({ status: "failed" as const, message });

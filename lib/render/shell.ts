@@ -46,3 +46,32 @@ export function shellWord(word: string): string {
 export function flagWord(flag: string, value: string): string {
   return `${flag}${value.startsWith("-") ? "=" : " "}${shellWord(value)}`;
 }
+
+/**
+ * `command VALUE OPTIONS...` printed for the user, VALUE one positional argument as
+ * {@link shellWord} writes it; when VALUE starts with `-`, which the parser would otherwise read
+ * as an option, the options come first and VALUE last, after `--`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   positionalCommand("passthrough rollback", "win 11", ["--to", "ID"]),
+ *   "passthrough rollback 'win 11' --to ID",
+ * );
+ * assertEquals(
+ *   positionalCommand("passthrough rollback", "-lab", ["--to", "ID"]),
+ *   "passthrough rollback --to ID -- -lab",
+ * );
+ * ```
+ */
+export function positionalCommand(
+  command: string,
+  value: string,
+  options: readonly string[] = [],
+): string {
+  const words = options.map(shellWord);
+  return value.startsWith("-")
+    ? [command, ...words, "--", shellWord(value)].join(" ")
+    : [command, shellWord(value), ...words].join(" ");
+}

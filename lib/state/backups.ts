@@ -16,6 +16,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
+import { positionalCommand } from "../render/shell.ts";
 import { join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
@@ -100,7 +101,7 @@ export class BackupNotFoundError extends Error {
       ref === null
         ? `No backup of VM "${vm}"${where}`
         : `No backup "${ref}" of VM "${vm}"${where}: ${
-          options.detail ?? `run "passthrough backups ${vm}" to list them`
+          options.detail ?? `run "${positionalCommand("passthrough backups", vm)}" to list them`
         }`,
     );
     this.vm = vm;
@@ -539,7 +540,9 @@ export function findBackup(
     if (newer !== undefined) {
       throw new BackupIntegrityError(
         newer.path,
-        `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "passthrough backups ${vm}")`,
+        `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "${
+          positionalCommand("passthrough backups", vm)
+        }")`,
       );
     }
     if (newest === undefined) throw new BackupNotFoundError(vm, null, { where: state(stateDir) });
@@ -552,7 +555,7 @@ export function findBackup(
     throw new BackupNotFoundError(vm, ref, {
       where: state(stateDir),
       detail: `"${vm}" has ${entries.length} backup${entries.length === 1 ? "" : "s"}` +
-        ` (1 is the newest): run "passthrough backups ${vm}" to list them`,
+        ` (1 is the newest): run "${positionalCommand("passthrough backups", vm)}" to list them`,
     });
   }
   const found = [...matching(entries, ref), ...matching(damaged, ref)];
@@ -588,7 +591,7 @@ function notOfThisVm(stateDir: string | StateDir, vm: string, ref: string): Back
     where: state(stateDir),
     otherVm: other,
     detail: `backup "${other.id}" belongs to VM "${other.vm}": restore it with ` +
-      `"passthrough rollback ${other.vm} --to ${other.id}"`,
+      `"${positionalCommand("passthrough rollback", other.vm, ["--to", other.id])}"`,
   });
 }
 

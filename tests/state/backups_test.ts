@@ -416,6 +416,33 @@ Deno.test("findBackup() takes an unambiguous id prefix or an index, and explains
   }
 });
 
+Deno.test("findBackup() prints commands a shell and passthrough read as the VM's, whatever its name", () => {
+  // A name with a space, or one starting with "-" (libvirt takes both), gave a command that did
+  // not work: "passthrough rollback my vm --to ID", "passthrough backups -lab".
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const ofLab = backupOf(state, "-lab", { second: 1 });
+    backupOf(state, "my vm", { second: 2 });
+    assertEquals(
+      notFound(() => findBackup(state, "my vm", ofLab.id)).message,
+      `No backup "${ofLab.id}" of VM "my vm" in ${state.path}: backup "${ofLab.id}" belongs to ` +
+        `VM "-lab": restore it with "passthrough rollback --to ${ofLab.id} -- -lab"`,
+    );
+    assertEquals(
+      notFound(() => findBackup(state, "my vm", "zzz")).message,
+      `No backup "zzz" of VM "my vm" in ${state.path}: run "passthrough backups 'my vm'" to list them`,
+    );
+    assertEquals(
+      notFound(() => findBackup(state, "-lab", "7")).message,
+      `No backup "7" of VM "-lab" in ${state.path}: "-lab" has 1 backup (1 is the newest): ` +
+        `run "passthrough backups -- -lab" to list them`,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("findBackup() reads four digits as the start of an id; another VM's backups named only when one matches", () => {
   const root = tempDir();
   try {
