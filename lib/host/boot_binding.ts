@@ -174,22 +174,31 @@ export interface VfioIdsAssignment {
   value: string;
   /** Its entries ({@link parseVfioIds}). */
   entries: VfioIdsEntry[];
+  /**
+   * After a bare `--` on the kernel command line: the kernel gives it to init, so a built-in
+   * vfio-pci never sees it (modprobe reads it for a module all the same).
+   */
+  toInit: boolean;
 }
 
-function assignment(value: string, source: string): VfioIdsAssignment {
-  return { source, value, entries: parseVfioIds(value, source) };
+function assignment(value: string, source: string, toInit = false): VfioIdsAssignment {
+  return { source, value, entries: parseVfioIds(value, source), toInit };
 }
 
 /**
  * The `vfio-pci.ids=` (or `vfio_pci.ids=`) of a kernel command line, in order, read as the
- * kernel reads it (`"10de:1b06,10de:10ef"` in quotes is the same value).
+ * kernel reads it (`"10de:1b06,10de:10ef"` in quotes is the same value); those after a bare `--`
+ * marked `toInit`.
  */
 export function cmdlineVfioIds(cmdline: string | null): VfioIdsAssignment[] {
-  return kernelParams(cmdline ?? "").flatMap(({ param, value }) =>
-    param.replaceAll("-", "_") === "vfio_pci.ids" && value !== null
-      ? [assignment(value, CMDLINE_SOURCE)]
-      : []
-  );
+  let toInit = false;
+  return kernelParams(cmdline ?? "").flatMap(({ param, value }) => {
+    // The kernel's parse_args() stops at the first bare `--`.
+    if (param === "--" && value === null) toInit = true;
+    return param.replaceAll("-", "_") === "vfio_pci.ids" && value !== null
+      ? [assignment(value, CMDLINE_SOURCE, toInit)]
+      : [];
+  });
 }
 
 /** One option of a module in modprobe.d: the file, the parameter and its value. */

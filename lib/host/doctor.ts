@@ -430,13 +430,19 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const { host } = options;
   const cmdline = cmdlineVfioIds(host.kernelCmdline);
   const modprobe = options.live ? modprobeVfioIds(options.reader, options.modprobeDirs) : [];
-  // A built-in vfio-pci reads its ids from the kernel command line only.
+  // A built-in vfio-pci reads its ids from the kernel command line only, and not past a bare `--`
+  // (the kernel gives the rest to init).
   const builtIn = vfioPciBuiltIn(options);
+  const toInit = builtIn ? cmdline.filter((a) => a.toInit).flatMap((a) => a.entries) : [];
+  const unseen = (e: VfioIdsEntry) =>
+    builtIn && (e.source !== CMDLINE_SOURCE || toInit.includes(e));
   // modprobe gives the module modprobe.d's options, then the command line's.
-  const { kept, overwritten, lost } = keptVfioIds(builtIn ? cmdline : [...modprobe, ...cmdline]);
+  const { kept, overwritten, lost } = keptVfioIds(
+    builtIn ? cmdline.filter((a) => !a.toInit) : [...modprobe, ...cmdline],
+  );
   // Each entry once: the kept ones, those lost to a later ids=, and those a built-in ignores.
   const entries = [...cmdline, ...modprobe].flatMap((a) => a.entries).filter((e) =>
-    kept?.entries.includes(e) || lost.includes(e) || (builtIn && e.source !== CMDLINE_SOURCE)
+    kept?.entries.includes(e) || lost.includes(e) || unseen(e)
   );
   if (entries.length === 0 && overwritten.length === 0) return null;
   const uses = new Map((host.hostUse ?? []).map((u) => [u.address, u.detail]));
@@ -449,7 +455,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   });
   const needed = found.filter((f) => f.needed.length > 0);
   const shared = found.filter((f) => f.cards.size > 1);
-  const ignored = builtIn ? found.filter((f) => f.entry.source !== CMDLINE_SOURCE) : [];
+  const ignored = found.filter((f) => unseen(f.entry));
   // Where an entry takes the wrong devices, loading vfio-pci first would make that worse; an
   // entry of an overwritten ids= takes nothing, whatever loads first.
   const late = lateBindings(
@@ -490,7 +496,9 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       }; the host can use none of them`
     ),
     ...ignored.map((f) =>
-      `${f.said} is ignored: vfio-pci is built into this kernel, and modprobe.d options reach modules only`
+      toInit.includes(f.entry)
+        ? `${f.said} is ignored: it comes after "--", which gives the rest of the line to init, and vfio-pci is built into this kernel`
+        : `${f.said} is ignored: vfio-pci is built into this kernel, and modprobe.d options reach modules only`
     ),
     ...overwritten.map((a) =>
       `vfio-pci.ids=${a.value} (${a.source}) takes nothing at boot: vfio-pci.ids=${kept!.value} (${
@@ -514,7 +522,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         regenerate(wrong.map((f) => f.entry.source))
       }`,
     ]),
-    ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f))),
+    ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f)), toInit.length > 0),
     ...overwrittenRemedy(kept, overwritten, new Set(wrong.map((f) => f.entry.text))),
     ...lateRemedies(late, options.facts, builtIn),
   ];
@@ -562,13 +570,13 @@ function overwrittenRemedy(
  * Where the ignored entries belong: on the kernel command line. Not one that takes a device the
  * host uses or every card of a model: there it would take them.
  */
-function ignoredRemedy(ignored: readonly { entry: VfioIdsEntry }[]): string[] {
+function ignoredRemedy(ignored: readonly { entry: VfioIdsEntry }[], toInit: boolean): string[] {
   if (ignored.length === 0) return [];
   const ids = [...new Set(ignored.map((f) => f.entry.text))].join(",");
   return [
-    `put ${ids} on the kernel command line as vfio-pci.ids= instead; then ${
-      regenerate([CMDLINE_SOURCE])
-    }`,
+    `put ${ids} on the kernel command line${
+      toInit ? ' before "--"' : ""
+    } as vfio-pci.ids= instead; then ${regenerate([CMDLINE_SOURCE])}`,
   ];
 }
 

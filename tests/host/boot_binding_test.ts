@@ -394,6 +394,33 @@ Deno.test("boot-binding: with vfio-pci built in, a module holding a device of a 
   );
 });
 
+Deno.test("boot-binding: with vfio-pci built in, an ids= past a bare -- goes to init: not said to overwrite the one before it, nor to have lost to a driver", async () => {
+  const taken = await builtInVfio(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "vfio-pci" }, "0000:0b:00.1": { driver: "vfio-pci" } },
+      host: { cmdline: "quiet vfio-pci.ids=10de:1b06,10de:10ef -- vfio-pci.ids=10de:128b" },
+    }),
+    "",
+  );
+  assertEquals(
+    taken?.summary,
+    'vfio-pci.ids=10de:128b (kernel command line) is ignored: it comes after "--", which gives the rest of the line to init, and vfio-pci is built into this kernel',
+  );
+  const held = await builtInVfio(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "nvidia" } },
+      host: {
+        cmdline: "quiet -- vfio-pci.ids=10de:1b06",
+        proc: { modules: "nvidia 56807424 0 - Live 0x0\n" },
+      },
+    }),
+    "",
+  );
+  assertMatch(held?.summary ?? "", /is ignored: it comes after "--"/);
+  assertMatch(held?.hint ?? "", /^put 10de:1b06 on the kernel command line before "--" as /);
+  assertEquals(held?.hint?.includes("driverctl"), false);
+});
+
 Deno.test("boot-binding: an ignored modprobe.d entry that would take every card of a model is not sent to the command line", async () => {
   const finding = await builtInVfio(
     twins(["3752", "3752"], { cmdline: "quiet" }),
