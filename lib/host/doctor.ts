@@ -522,7 +522,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
         regenerate(wrong.map((f) => f.entry.source))
       }`,
     ]),
-    ...ignoredRemedy(ignored.filter((f) => !wrong.includes(f)), toInit.length > 0),
+    ...ignoredRemedy(
+      ignored.filter((f) => !wrong.includes(f)),
+      toInit.length > 0,
+      kept?.entries.filter((e) => !wrong.some((f) => f.entry === e)) ?? null,
+    ),
     ...overwrittenRemedy(kept, overwritten, new Set(wrong.map((f) => f.entry.text))),
     ...lateRemedies(late, options.facts, builtIn),
   ];
@@ -567,17 +571,27 @@ function overwrittenRemedy(
 }
 
 /**
- * Where the ignored entries belong: on the kernel command line. Not one that takes a device the
- * host uses or every card of a model: there it would take them.
+ * Where the ignored entries belong: on the kernel command line, in the `vfio-pci.ids=` the kernel
+ * keeps there (its entries `kept`, but for the wrong ones) if there is one. Not one that takes a
+ * device the host uses or every card of a model: there it would take them.
  */
-function ignoredRemedy(ignored: readonly { entry: VfioIdsEntry }[], toInit: boolean): string[] {
+function ignoredRemedy(
+  ignored: readonly { entry: VfioIdsEntry }[],
+  toInit: boolean,
+  kept: readonly VfioIdsEntry[] | null,
+): string[] {
   if (ignored.length === 0) return [];
-  const ids = [...new Set(ignored.map((f) => f.entry.text))].join(",");
-  return [
-    `put ${ids} on the kernel command line${
-      toInit ? ' before "--"' : ""
-    } as vfio-pci.ids= instead; then ${regenerate([CMDLINE_SOURCE])}`,
-  ];
+  const texts = [...new Set(ignored.map((f) => f.entry.text))];
+  const where = `the kernel command line${toInit ? ' before "--"' : ""}`;
+  // A second vfio-pci.ids= would overwrite the one the kernel keeps now: extend that one.
+  const put = kept === null
+    ? `put ${texts.join(",")} on ${where} as vfio-pci.ids= instead`
+    : `add ${
+      texts.join(",")
+    } to the vfio-pci.ids= on ${where}, not as a second one (vfio-pci keeps only the last): vfio-pci.ids=${
+      [...new Set([...kept.map((e) => e.text), ...texts])].join(",")
+    }`;
+  return [`${put}; then ${regenerate([CMDLINE_SOURCE])}`];
 }
 
 /**

@@ -421,6 +421,20 @@ Deno.test("boot-binding: with vfio-pci built in, an ids= past a bare -- goes to 
   assertEquals(held?.hint?.includes("driverctl"), false);
 });
 
+Deno.test("boot-binding: with vfio-pci built in and a vfio-pci.ids= on the command line, an ignored modprobe.d entry joins that one, not a second ids= that would overwrite it", async () => {
+  const finding = await builtInVfio(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0c:00.0": { driver: "vfio-pci" } },
+      host: { cmdline: "quiet vfio-pci.ids=10de:128b" },
+    }),
+    "options vfio-pci ids=10de:1b06,10de:10ef\n",
+  );
+  assertMatch(
+    finding?.hint ?? "",
+    /^add 10de:1b06,10de:10ef to the vfio-pci\.ids= on the kernel command line, not as a second one \(vfio-pci keeps only the last\): vfio-pci\.ids=10de:128b,10de:1b06,10de:10ef; then /,
+  );
+});
+
 Deno.test("boot-binding: an ignored modprobe.d entry that would take every card of a model is not sent to the command line", async () => {
   const finding = await builtInVfio(
     twins(["3752", "3752"], { cmdline: "quiet" }),
