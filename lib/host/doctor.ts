@@ -184,6 +184,7 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
   }
   // The module takes the parameter from modprobe.d, then the command line, when it loads (libvirt
   // loads it at the first start): the last one given counts, as its value reads now once loaded.
+  // The kernel matches parameter names with dashes and underscores alike.
   const given = [
     ...(live ? modprobeOptions(reader, "vfio_iommu_type1", options.modprobeDirs) : []),
     ...kernelParams(cmdline ?? "").flatMap((p) => {
@@ -192,7 +193,7 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
         ? [{ ...p, param: param ?? "", source: CMDLINE_SOURCE }]
         : [];
     }),
-  ].filter((p) => p.param === "allow_unsafe_interrupts").at(-1);
+  ].filter((p) => p.param.replaceAll("-", "_") === "allow_unsafe_interrupts").at(-1);
   const unsafe = given !== undefined && kernelTrue(given.value)
     ? `${given.source === CMDLINE_SOURCE ? "vfio_iommu_type1." : ""}allow_unsafe_interrupts${
       given.value === null ? "" : `=${given.value}`

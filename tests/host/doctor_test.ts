@@ -173,6 +173,20 @@ Deno.test("runDoctor() warns of unsafe interrupts given in modprobe.d or on the 
   });
 });
 
+Deno.test("runDoctor() warns of unsafe interrupts given in modprobe.d with a dashed parameter name, which the kernel reads as the underscored one", async () => {
+  await withRoot({
+    "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n",
+    "etc/modprobe.d/unsafe.conf": "options vfio-iommu-type1 allow-unsafe-interrupts=1\n",
+  }, (options) => {
+    const modprobeDirs = [`${options.sysRoot}/../etc/modprobe.d`];
+    const finding = find(
+      runDoctor({ ...options, modprobeDirs, host: host({ kernelCmdline: "quiet" }) }),
+      "interrupt-remapping",
+    );
+    assertEquals(finding.status, "warn");
+  });
+});
+
 Deno.test("runDoctor() accepts AMD-Vi units as interrupt remapping", async () => {
   await withRoot({ "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n" }, (options) => {
     assertEquals(find(runDoctor({ ...options, host: host() }), "interrupt-remapping").status, "ok");
