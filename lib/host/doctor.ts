@@ -6,7 +6,7 @@
  * Interrupt remapping is judged without `dmesg` (unreadable without privileges): the IOMMU's
  * own capability register in `/sys/class/iommu/dmar*\/intel-iommu/ecap` (bit 3, IR), AMD's
  * `ivhd*` units (AMD-Vi always remaps interrupts unless disabled), and the command line
- * (`intremap=off`, `nointremap`, `allow_unsafe_interrupts`).
+ * (`intremap=off` or `intremap=nosid,off`, `nointremap`, `allow_unsafe_interrupts`).
  *
  * @module
  */
@@ -165,6 +165,27 @@ function checkIommu(host: HostTopology, vendor: CpuVendor): DoctorFinding {
 }
 
 /**
+ * The word of the command line that leaves interrupt remapping off, or `null`. The kernel reads
+ * the words in order up to a bare `--` (`parse_args()`), each `on` or `off` undoing the one before:
+ * `intremap=` is a comma list whose items it compares by prefix (`setup_irqremapping()`:
+ * `intremap=nosid,off` is off, `intremap=off intremap=on` on).
+ */
+function remappingOff(cmdline: string | null): string | null {
+  let off: string | null = null;
+  for (const { param, value } of kernelParams(cmdline ?? "")) {
+    if (param === "--" && value === null) break;
+    const word = value === null ? param : `${param}=${value}`;
+    if (word === "nointremap" || /^intel_iommu=.*\birq_remap_off\b/.test(word)) off = word;
+    if (param !== "intremap" || value === null) continue;
+    for (const item of value.split(",")) {
+      if (item.startsWith("on")) off = null;
+      else if (item.startsWith("off")) off = word;
+    }
+  }
+  return off;
+}
+
+/**
  * `null` on a captured tree whose command line says nothing against remapping: the IOMMU units
  * are not part of a tree, so there is nothing to judge and nothing the user could do.
  */
@@ -172,7 +193,7 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
   const { host, reader, live } = options;
   const sysRoot = options.sysRoot ?? "/sys";
   const cmdline = host.kernelCmdline;
-  const off = cmdlineHas(cmdline, /^(intremap=off|nointremap|intel_iommu=.*\birq_remap_off\b)$/);
+  const off = remappingOff(cmdline);
   if (off !== null) {
     return {
       check: "interrupt-remapping",

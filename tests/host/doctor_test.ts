@@ -127,6 +127,20 @@ Deno.test("runDoctor() fails when the command line turns interrupt remapping off
   });
 });
 
+Deno.test("runDoctor() reads intremap= as the kernel's comma list: the last on or off in it counts", async () => {
+  await withRoot({ "sys/class/iommu/dmar0/intel-iommu/ecap": "f020df\n" }, (options) => {
+    const status = (kernelCmdline: string) =>
+      find(runDoctor({ ...options, host: host({ kernelCmdline }) }), "interrupt-remapping");
+    const off = status("intel_iommu=on intremap=nosid,off");
+    assertEquals(off.status, "fail");
+    assertMatch(off.hint ?? "", /Remove "intremap=nosid,off"/);
+    assertEquals(status("intel_iommu=on intremap=off intremap=on").status, "ok");
+    assertEquals(status("intel_iommu=on intremap=nosid").status, "ok");
+    // The kernel gives the words after a bare -- to init.
+    assertEquals(status("intel_iommu=on -- intremap=off").status, "ok");
+  });
+});
+
 Deno.test("runDoctor() warns when unsafe interrupts are allowed", async () => {
   await withRoot({
     "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n",
