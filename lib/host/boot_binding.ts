@@ -210,7 +210,8 @@ export interface ModprobeOption extends KernelParam {
 /**
  * The options modprobe.d gives `module` (`vfio_pci`: dashes and underscores alike), in the order
  * modprobe gives them: by file name; of files of one name, the first directory's (`dirs`, default
- * {@link MODPROBE_DIRS}). Comments and continued lines are read as modprobe reads them.
+ * {@link MODPROBE_DIRS}); hidden files left out. Comments and continued lines are read as modprobe
+ * reads them.
  */
 export function modprobeOptions(
   reader: SysfsReader,
@@ -220,7 +221,9 @@ export function modprobeOptions(
   const files = new Map<string, string>();
   for (const dir of dirs) {
     for (const name of reader.listDir(dir) ?? []) {
-      if (name.endsWith(".conf") && !files.has(name)) files.set(name, `${dir}/${name}`);
+      // kmod skips hidden files (`.name.conf`; conf_files_filter_out()): they set nothing.
+      if (name.startsWith(".") || !name.endsWith(".conf") || files.has(name)) continue;
+      files.set(name, `${dir}/${name}`);
     }
   }
   const wanted = module.replaceAll("-", "_");

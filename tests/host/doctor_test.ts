@@ -201,6 +201,20 @@ Deno.test("runDoctor() warns of unsafe interrupts given in modprobe.d with a das
   });
 });
 
+Deno.test("runDoctor() skips hidden modprobe.d files, as kmod does", async () => {
+  await withRoot({
+    "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n",
+    "etc/modprobe.d/.unsafe.conf": "options vfio_iommu_type1 allow_unsafe_interrupts=1\n",
+  }, (options) => {
+    const modprobeDirs = [`${options.sysRoot}/../etc/modprobe.d`];
+    const finding = find(
+      runDoctor({ ...options, modprobeDirs, host: host({ kernelCmdline: "quiet" }) }),
+      "interrupt-remapping",
+    );
+    assertEquals(finding.status, "ok");
+  });
+});
+
 Deno.test("runDoctor() accepts AMD-Vi units as interrupt remapping", async () => {
   await withRoot({ "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n" }, (options) => {
     assertEquals(find(runDoctor({ ...options, host: host() }), "interrupt-remapping").status, "ok");
