@@ -205,10 +205,15 @@ function checkInterruptRemapping(options: DoctorOptions, vendor: CpuVendor): Doc
   }
   // The module takes the parameter from modprobe.d, then the command line, when it loads (libvirt
   // loads it at the first start): the last one given counts, as its value reads now once loaded.
-  // The kernel matches parameter names with dashes and underscores alike.
+  // The kernel matches parameter names with dashes and underscores alike. Built in, it takes the
+  // command line's only, and not past a bare `--` (the kernel gives the rest to init).
+  const builtIn = moduleBuiltIn(options, "vfio_iommu_type1");
+  let toInit = false;
   const given = [
-    ...(live ? modprobeOptions(reader, "vfio_iommu_type1", options.modprobeDirs) : []),
+    ...(live && !builtIn ? modprobeOptions(reader, "vfio_iommu_type1", options.modprobeDirs) : []),
     ...kernelParams(cmdline ?? "").flatMap((p) => {
+      if (p.param === "--" && p.value === null) toInit = true;
+      if (toInit && builtIn) return [];
       const [module, param] = p.param.replaceAll("-", "_").split(".");
       return module === "vfio_iommu_type1"
         ? [{ ...p, param: param ?? "", source: CMDLINE_SOURCE }]
@@ -323,7 +328,7 @@ function checkVfioPci(options: DoctorOptions): DoctorFinding | null {
   }
   const release = kernelRelease(options);
   if (release !== null) {
-    if (vfioPciBuiltIn(options)) {
+    if (moduleBuiltIn(options, "vfio_pci")) {
       return {
         check: "vfio-pci",
         status: "ok",
@@ -358,14 +363,20 @@ function kernelRelease(options: DoctorOptions): string | null {
   return readAttribute(options.reader, `${options.procRoot ?? "/proc"}/sys/kernel/osrelease`);
 }
 
-/** Whether the live host's kernel has vfio-pci built in (its `modules.builtin` lists it). */
-function vfioPciBuiltIn(options: DoctorOptions): boolean {
+/**
+ * Whether the live host's kernel has `module` (`vfio_pci`) built in: its `modules.builtin` lists
+ * it, by file name (`vfio-pci.ko`), dashes and underscores alike as kmod matches them.
+ */
+function moduleBuiltIn(options: DoctorOptions, module: string): boolean {
   const release = kernelRelease(options);
   if (release === null) return false;
   const builtin = options.reader.readText(
     `${options.modulesRoot ?? "/lib/modules"}/${release}/modules.builtin`,
   ) ?? "";
-  return /(^|\/)vfio-pci\.ko$/m.test(builtin);
+  const wanted = `${module.replaceAll("-", "_")}.ko`;
+  return builtin.split("\n").some((line) =>
+    line.slice(line.lastIndexOf("/") + 1).replaceAll("-", "_") === wanted
+  );
 }
 
 function checkAcsOverride(host: HostTopology): DoctorFinding {
@@ -454,7 +465,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const modprobe = options.live ? modprobeVfioIds(options.reader, options.modprobeDirs) : [];
   // A built-in vfio-pci reads its ids from the kernel command line only, and not past a bare `--`
   // (the kernel gives the rest to init).
-  const builtIn = vfioPciBuiltIn(options);
+  const builtIn = moduleBuiltIn(options, "vfio_pci");
   const toInit = builtIn ? cmdline.filter((a) => a.toInit).flatMap((a) => a.entries) : [];
   const unseen = (e: VfioIdsEntry) =>
     builtIn && (e.source !== CMDLINE_SOURCE || toInit.includes(e));

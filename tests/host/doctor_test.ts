@@ -215,6 +215,24 @@ Deno.test("runDoctor() skips hidden modprobe.d files, as kmod does", async () =>
   });
 });
 
+Deno.test("runDoctor() with vfio_iommu_type1 built in counts neither modprobe.d options nor words after --", async () => {
+  await withRoot({
+    "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n",
+    "etc/modprobe.d/unsafe.conf": "options vfio_iommu_type1 allow_unsafe_interrupts=1\n",
+    [`lib/modules/${RELEASE}/modules.builtin`]: "kernel/drivers/vfio/vfio_iommu_type1.ko\n",
+  }, (options) => {
+    const modprobeDirs = [`${options.sysRoot}/../etc/modprobe.d`];
+    const status = (kernelCmdline: string) =>
+      find(
+        runDoctor({ ...options, modprobeDirs, host: host({ kernelCmdline }) }),
+        "interrupt-remapping",
+      ).status;
+    assertEquals(status("quiet"), "ok");
+    assertEquals(status("quiet -- vfio_iommu_type1.allow_unsafe_interrupts=1"), "ok");
+    assertEquals(status("vfio_iommu_type1.allow_unsafe_interrupts=1 -- quiet"), "warn");
+  });
+});
+
 Deno.test("runDoctor() accepts AMD-Vi units as interrupt remapping", async () => {
   await withRoot({ "sys/class/iommu/ivhd0/amd-iommu/cap": "0\n" }, (options) => {
     assertEquals(find(runDoctor({ ...options, host: host() }), "interrupt-remapping").status, "ok");
