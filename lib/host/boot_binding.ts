@@ -270,6 +270,28 @@ export function kernelTrue(value: string | null): boolean {
 }
 
 /**
+ * What an entry matches, as one string: entries of equal keys take the same devices
+ * (`10de:1b06` and `10DE:1b06:ffffffff`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const [a, b] = parseVfioIds("10de:1b06,10DE:1b06:ffffffff", "kernel command line");
+ * assertEquals(vfioIdsKey(a!), vfioIdsKey(b!));
+ * ```
+ */
+export function vfioIdsKey(entry: VfioIdsEntry): string {
+  return [
+    entry.vendor,
+    entry.device,
+    entry.subvendor,
+    entry.subdevice,
+    entry.classCode,
+    entry.classMask,
+  ].join(":");
+}
+
+/**
  * Of `assignments` in the order vfio-pci is given them, the one it keeps (the last; `null` when
  * there is none), those it overwrites that name an entry the kept one does not, and those entries
  * (each once), which take nothing at boot.
@@ -280,13 +302,11 @@ export function keptVfioIds(assignments: readonly VfioIdsAssignment[]): {
   lost: VfioIdsEntry[];
 } {
   const kept = assignments.at(-1) ?? null;
-  const key = (e: VfioIdsEntry) =>
-    [e.vendor, e.device, e.subvendor, e.subdevice, e.classCode, e.classMask].join(":");
-  const seen = new Set(kept?.entries.map(key) ?? []);
+  const seen = new Set(kept?.entries.map(vfioIdsKey) ?? []);
   const lost: VfioIdsEntry[] = [];
   for (const entry of assignments.slice(0, -1).flatMap((a) => a.entries)) {
-    if (seen.has(key(entry))) continue;
-    seen.add(key(entry));
+    if (seen.has(vfioIdsKey(entry))) continue;
+    seen.add(vfioIdsKey(entry));
     lost.push(entry);
   }
   return {

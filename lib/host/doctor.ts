@@ -39,6 +39,7 @@ import {
   type VfioIdsAssignment,
   vfioIdsBinding,
   type VfioIdsEntry,
+  vfioIdsKey,
   vfioIdsMatch,
 } from "./boot_binding.ts";
 
@@ -473,10 +474,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const { kept, overwritten, lost } = keptVfioIds(
     builtIn ? cmdline.filter((a) => !a.toInit) : [...modprobe, ...cmdline],
   );
-  // Each entry once: the kept ones, those lost to a later ids=, and those a built-in ignores.
-  const entries = [...cmdline, ...modprobe].flatMap((a) => a.entries).filter((e) =>
-    kept?.entries.includes(e) || lost.includes(e) || unseen(e)
-  );
+  // Each entry once: the kept ones, those lost to a later ids=, and those a built-in ignores; of
+  // an entry repeated in one ids=, the first (the repeat takes nothing more).
+  const entries = [...cmdline, ...modprobe].flatMap((a) =>
+    a.entries.filter((e, i) => a.entries.findIndex((o) => vfioIdsKey(o) === vfioIdsKey(e)) === i)
+  ).filter((e) => kept?.entries.includes(e) || lost.includes(e) || unseen(e));
   if (entries.length === 0 && overwritten.length === 0) return null;
   const uses = new Map((host.hostUse ?? []).map((u) => [u.address, u.detail]));
   const found = entries.map((entry) => {

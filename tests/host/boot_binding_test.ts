@@ -120,6 +120,17 @@ Deno.test("boot-binding: one card per entry is ok and says what each takes; no e
   );
 });
 
+Deno.test("boot-binding: an entry repeated in one ids= is said once", async () => {
+  const finding = await bootBinding(described("x570-aorus-pro-wifi", {
+    host: { cmdline: "vfio-pci.ids=10de:1b06,10de:10ef,10de:1b06" },
+  }));
+  assertEquals(
+    finding?.summary,
+    "At boot vfio-pci.ids=10de:1b06 (kernel command line) takes 0000:0b:00.0; " +
+      "vfio-pci.ids=10de:10ef (kernel command line) takes 0000:0b:00.1",
+  );
+});
+
 Deno.test("modprobeVfioIds: /etc overrides a file of the same name, continued lines and comments read as modprobe reads them", () => {
   const dir = Deno.makeTempDirSync({ prefix: "passthrough-modprobe-" });
   try {
