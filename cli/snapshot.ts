@@ -9,7 +9,7 @@ import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { SNAPSHOT } from "./specs.ts";
 import { writeSnapshot } from "../lib/host/snapshot.ts";
-import { LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
+import { isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 
 /** Runs `passthrough snapshot OUT`. */
 export async function run(
@@ -18,7 +18,12 @@ export async function run(
 ): Promise<number> {
   const root = values.sysfs ?? LIVE_SYSFS;
   const host = await loadHost(root);
-  const summary = writeSnapshot(host, out, { root, reader: readerFor(root) });
+  // The live host spelled otherwise (`//sys`, a link to it) has its pre-flight files in `/proc`.
+  const summary = writeSnapshot(host, out, {
+    root,
+    reader: readerFor(root),
+    live: isLiveRoot(root),
+  });
   io.out(
     `Wrote ${summary.devices} devices in ${summary.groups} IOMMU groups from ${root} to ${out}\n`,
   );

@@ -56,6 +56,12 @@ export interface SnapshotOptions {
    * tree.
    */
   reader: SysfsReader;
+  /**
+   * Whether `root` is the running host's own sysfs, however spelled (`//sys`, a link to `/sys`),
+   * so the pre-flight files are read from the host's `/proc`, not from `root`'s `proc/`.
+   * Default: `root` is `/sys`, as for `discoverHost`.
+   */
+  live?: boolean;
 }
 
 /** What a snapshot wrote. */
@@ -131,7 +137,8 @@ export function writeSnapshot(
   // processes and `/proc/iomem`'s addresses are root's) is left out, not failing the snapshot.
   const facts = unknownOnError(reader);
   // The `/proc` beside `root`, whose pre-flight files are captured.
-  const procRoot = /^\/sys\/*$/.test(root) ? "/proc" : `${root}/proc`;
+  const live = options.live ?? /^\/sys\/*$/.test(root);
+  const procRoot = live ? "/proc" : `${root}/proc`;
   ensureEmptyTarget(out);
   // One scan of `/proc` for every device's holders.
   const holders = gpuHolders(

@@ -160,6 +160,28 @@ Deno.test("snapshot OUT then groups --sysfs OUT shows the same host", async () =
   }
 });
 
+Deno.test({
+  name: "snapshot --sysfs //sys captures the live host's /proc pre-flight files as of /sys",
+  ignore: LIVE_PCI === null,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const plain = await cli(["snapshot", `${dir}/plain`]);
+      assertEquals(plain.code, 0, plain.stderr);
+      // The live sysfs spelled otherwise was taken for a tree with its own `proc/`: the snapshot
+      // lost /proc/iomem, /proc/modules, the CPU vendor and the processes holding a GPU.
+      const other = await cli(["snapshot", "--sysfs", "//sys", `${dir}/other`]);
+      assertEquals(other.code, 0, other.stderr);
+      const files = (root: string) =>
+        [...Deno.readDirSync(`${root}/proc`)].map((e) => e.name).sort();
+      assertOk(files(`${dir}/plain`).includes("cpuinfo"));
+      assertEquals(files(`${dir}/other`), files(`${dir}/plain`));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("devices rejects unknown flags with usage, exit 2", async () => {
   const run = await cli(["devices", "--bogus"]);
   assertEquals(run.code, 2);
