@@ -237,6 +237,15 @@ function probeWritable(dir: string): number {
  */
 export function openStateDir(path: string, options: OpenStateDirOptions = {}): StateDir {
   const write = options.write ?? true;
+  // An empty path (an unset variable) would resolve to the working directory and put backups/
+  // there; the CLI refuses `--state-dir ""` as a usage error, and the library the same way.
+  if (path === "") {
+    throw new StateDirError(
+      path,
+      "missing",
+      `No state directory given (an empty path); the default is ${DEFAULT_STATE_DIR}`,
+    );
+  }
   const root = isAbsolute(path) ? path : resolve(path);
   const backupsPath = join(root, "backups");
   if (write) createPrivateDir(root);

@@ -153,6 +153,28 @@ Deno.test("openStateDir() with write: false creates nothing and reports a missin
   }
 });
 
+Deno.test('openStateDir("") is refused and writes nothing in the working directory', async () => {
+  const cwd = tempDir();
+  try {
+    // In a process of its own, whose working directory is an empty one: "" resolved to it and
+    // got a backups/ directory there.
+    const module = new URL("../../lib/state/state_dir.ts", import.meta.url).href;
+    const code = `import { openStateDir } from "${module}";
+      try { openStateDir(""); console.log("opened"); } catch (e) { console.log(e.name, e.problem); }`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", code],
+      cwd,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(stdout, "StateDirError missing\n", new TextDecoder().decode(out.stderr));
+    assertEquals([...Deno.readDirSync(cwd)].map((e) => e.name), []);
+  } finally {
+    Deno.removeSync(cwd, { recursive: true });
+  }
+});
+
 Deno.test("writeNewFileSync() writes a 0600 file and never replaces an existing one", () => {
   const root = tempDir();
   try {
