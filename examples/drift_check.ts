@@ -34,12 +34,9 @@ if (configPath === undefined) {
 }
 
 try {
-  const root = sysfs ?? "/sys";
-  // The live /sys is read through libc: Deno refuses /sys without --allow-all.
-  const host = await discoverHost({
-    root,
-    ...(root === "/sys" ? { reader: libcSysfsReader(), live: true } : {}),
-  });
+  // Read through libc: Deno refuses the live /sys (however spelled: `/sys/`) without
+  // --allow-all. discoverHost tells the live /sys from a captured tree.
+  const host = await discoverHost({ root: sysfs ?? "/sys", reader: libcSysfsReader() });
   const loaded = await loadConfig(configPath);
   const config = pickHostSection(loaded, { hostname: () => Deno.hostname() })?.config ?? loaded;
   using libvirt = openLibvirtPort(uri ?? null, { readOnly: true });

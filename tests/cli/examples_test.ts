@@ -53,3 +53,15 @@ Deno.test("examples/drift_check.ts checks this host's section of a config shared
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("examples/drift_check.ts reads the live sysfs given as /sys/ as it reads /sys", async () => {
+  const uri = `test://${DEMO}world.xml`;
+  const config = `${DEMO}passthrough_config.yaml`;
+  const plain = await driftCheck(config, "/sys", uri);
+  // "/sys/" was read with Deno's own reads, which refuse /sys: an uncaught NotCapable.
+  const slash = await driftCheck(config, "/sys/", uri);
+  const text = (out: Deno.CommandOutput) => new TextDecoder().decode(out.stdout);
+  assertEquals(new TextDecoder().decode(slash.stderr), "");
+  assertEquals([slash.code, text(slash)], [plain.code, text(plain)]);
+  assertMatch(text(plain), /^(win10|host): /m);
+});
