@@ -146,9 +146,32 @@ export class HostDescriptionError extends Error {
 
 /** Reads and checks a host description JSON file. */
 export function loadHostDescription(path: string | URL): HostDescription {
-  const data = JSON.parse(Deno.readTextFileSync(path)) as HostDescription;
+  const text = Deno.readTextFileSync(path);
+  let data: HostDescription;
+  try {
+    data = JSON.parse(text) as HostDescription;
+  } catch (error) {
+    throw new HostDescriptionError(
+      `Not a host description: "${path}": ${(error as Error).message}`,
+    );
+  }
   if (!Array.isArray(data?.devices)) {
     throw new HostDescriptionError(`Not a host description: "${path}": no "devices" array`);
+  }
+  // The fields every device needs, which the builders read as strings: a hand-written file
+  // without one failed inside them with a TypeError naming no device.
+  for (const [i, d] of data.devices.entries()) {
+    const missing = ["bdf", "class", "vendor", "device"].filter((key) =>
+      typeof (d as unknown as Record<string, unknown> | null)?.[key] !== "string"
+    );
+    if (missing.length > 0) {
+      const bdf = typeof d?.bdf === "string" ? d.bdf : null;
+      throw new HostDescriptionError(
+        `Not a host description: "${path}": device ${i + 1}${bdf === null ? "" : ` "${bdf}"`} ` +
+          `needs ${missing.map((key) => `"${key}"`).join(", ")} as a string`,
+        bdf,
+      );
+    }
   }
   return data;
 }

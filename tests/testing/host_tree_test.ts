@@ -4,6 +4,7 @@ import {
   buildHostTree,
   HostDescriptionError,
   type HostDeviceDescription,
+  loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
 import { commandLspciRunner } from "../../lib/host/lspci.ts";
 
@@ -181,5 +182,24 @@ Deno.test(
       () => buildHostTree({ devices: [dev("0000:01:00.0", { serial: "12345" })] }, `${dir}/d`),
       /Invalid serial "12345" for device "0000:01:00.0"/,
     );
+  }),
+);
+
+Deno.test(
+  "loadHostDescription() refuses a file that is no JSON, or a device without class, as HostDescriptionError",
+  withDir((dir) => {
+    const load = (text: string) => {
+      Deno.writeTextFileSync(`${dir}/host.json`, text);
+      return () => loadHostDescription(`${dir}/host.json`);
+    };
+    // Were a SyntaxError naming no file, and a TypeError from inside buildHostTree.
+    assertThrows(load("{ devices: [] }"), HostDescriptionError, `"${dir}/host.json"`);
+    const { class: _, ...noClass } = dev("0000:01:00.0");
+    assertThrows(
+      load(JSON.stringify({ devices: [noClass] })),
+      HostDescriptionError,
+      `"${dir}/host.json": device 1 "0000:01:00.0" needs "class" as a string`,
+    );
+    assertThrows(load('{"devices": [null]}'), HostDescriptionError);
   }),
 );
