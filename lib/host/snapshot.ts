@@ -11,7 +11,7 @@
  * SELinux switches, the drivers' modules, and under `proc/` the files the pre-flight reads from
  * `/proc`. Each is read bounded and only when it is a regular file (the reader's rule), and only
  * what the pre-flight reads is written: `/proc/modules` without the modules' kernel addresses
- * (which defeat KASLR), `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open
+ * and `/proc/iomem` without the kernel image's ranges (which defeat KASLR), `/proc/cpuinfo` as its vendor line alone, a process holding a GPU open
  * as its command name and the links to the GPU's nodes alone (`proc/PID/comm`, `proc/PID/fd/N`:
  * none of its other files).
  *
@@ -313,13 +313,15 @@ function readProcText(reader: SysfsReader, path: string): string | null {
   return bytes === null ? null : new TextDecoder().decode(bytes);
 }
 
-/** `proc/iomem` as read, `proc/modules` without addresses, `proc/cpuinfo`'s vendor alone. */
+/** `proc/iomem` without the kernel image's ranges, `proc/modules` without addresses, `proc/cpuinfo`'s vendor alone. */
 function copyProcFacts(reader: SysfsReader, procRoot: string, out: string): void {
   const iomem = readProcText(reader, `${procRoot}/iomem`);
   if (iomem !== null) {
     // Its ranges and their names; a line of any other shape is not something iomem writes.
+    // Without where the kernel image lies (`Kernel code`, `Kernel data`, ...): that defeats KASLR
+    // as the modules' addresses do, and the pre-flight reads only PCI ranges and framebuffers.
     const ranges = iomem.split("\n").filter((l) =>
-      /^ *[0-9a-f]+-[0-9a-f]+ : [\x20-\x7e]*$/i.test(l)
+      /^ *[0-9a-f]+-[0-9a-f]+ : [\x20-\x7e]*$/i.test(l) && !/ : Kernel /.test(l)
     );
     put(out, "proc/iomem", ranges.map((l) => `${l}\n`).join(""));
   }

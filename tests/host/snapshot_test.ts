@@ -226,6 +226,14 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
       `${root}/proc/cpuinfo`,
       "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu vme\n",
     );
+    // Where root's /proc/iomem shows the kernel image: KASLR's secret, which the pre-flight
+    // does not read.
+    const ram = "00100000-bfffffff : System RAM\n";
+    Deno.writeTextFileSync(
+      `${root}/proc/iomem`,
+      `${ram}  01000000-02259aff : Kernel code\n  02400000-02dfdfff : Kernel rodata\n` +
+        `  02e00000-0307a57f : Kernel data\n  03928000-03a59fff : Kernel bss\n${PREFLIGHT_IOMEM}`,
+    );
     const before = await discoverHost({ root, lspci: null });
     writeSnapshot(before, out, { root, reader: denoFsReader() });
     const after = await discoverHost({ root: out, lspci: null });
@@ -250,6 +258,7 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
       "nvidia_uvm 1540096 0 - Live 0x0000000000000000\n" +
         "nvidia 56807424 3 nvidia_uvm, Live 0x0000000000000000\n",
     );
+    assertEquals(Deno.readTextFileSync(`${out}/proc/iomem`), `${ram}${PREFLIGHT_IOMEM}`);
     const process = [...Deno.readDirSync(`${out}/proc/1234`)].map((e) => e.name).sort();
     assertEquals(process, ["comm", "fd"]);
     assertEquals([...Deno.readDirSync(`${out}/proc/1234/fd`)].length, 2);
