@@ -310,6 +310,9 @@ function defineBackup(
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt } = options;
+  // Looked up read-only first: opening the state directory creates it (and the lock), and a
+  // missing backup (a mistyped state directory) must leave nothing behind.
+  findBackup(options.stateDir, vm, options.backup);
   const state = openStateDir(options.stateDir);
   using owned = options.lock === undefined
     ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })

@@ -315,6 +315,16 @@ Deno.test("rollbackVm() refuses a lock taken for another connection", async () =
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
 });
 
+Deno.test("rollbackVm() with a state directory that does not exist creates none", async () => {
+  using f = fixture();
+  // A mistyped state directory: it was created (with backups/) before no backup was found.
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupNotFoundError,
+  );
+  assertEquals(pathExists(f.stateDir), false);
+});
+
 Deno.test("rollbackVm() reports a missing backup and a held lock before writing anything", async () => {
   using f = fixture();
   await assertRejects(
