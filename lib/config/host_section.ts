@@ -86,7 +86,8 @@ function onHost(entry: { hosts?: string[] }, host: string): boolean {
 /**
  * The config one host is planned with: the VMs that name it (or name no host), each with the
  * rules that name it (or name no host), and no `hosts:`. A VM kept with no rule left is planned
- * with none, which removes the hostdevs passthrough added to it earlier on that host.
+ * with none, which removes the hostdevs passthrough added to it earlier on that host. Throws
+ * {@link UnknownHostError} when `hosts:` declares no host named `host`.
  *
  * @example
  * ```ts
@@ -103,6 +104,11 @@ function onHost(entry: { hosts?: string[] }, host: string): boolean {
  * ```
  */
 export function configForHost(config: Config, host: string): Config {
+  // A name `hosts:` does not declare (a typo) would keep the VMs that name no host with none of
+  // their rules for the declared hosts, and a plan of that removes their hostdevs.
+  if (config.hosts !== undefined && !config.hosts.some((h) => h.name === host)) {
+    throw new UnknownHostError(config.file, host, "flag", config.hosts.map((h) => h.name));
+  }
   const vms: VmConfig[] = config.vms
     .filter((vm) => onHost(vm, host))
     .map((vm) => ({ ...vm, rules: vm.rules.filter((rule) => onHost(rule, host)) }));

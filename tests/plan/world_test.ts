@@ -12,7 +12,7 @@ import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { planHostdevs, planWorld } from "../../lib/plan/plan.ts";
 import { readDefinition, readWorld, type World } from "../../lib/plan/world.ts";
-import { configForHost, pickHostSection } from "../../lib/config/mod.ts";
+import { configForHost, pickHostSection, UnknownHostError } from "../../lib/config/mod.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -210,4 +210,30 @@ Deno.test("a config shared by several hosts is refused until cut down to one hos
   const onHv2 = configForHost(fleet, "hv2");
   const [vm] = planWorld({ config: onHv2, host: GPU_HOST, world }).vms;
   assertEquals([vm?.name, vm?.add.map((a) => a.address)], ["win10", ["0000:0b:00.0"]]);
+});
+
+Deno.test("configForHost() refuses a host hosts: does not declare, whose plan removed hostdevs", () => {
+  const fleet = parseConfig(
+    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    devices:\n" +
+      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv1\n",
+    { file: "fleet.yaml" },
+  );
+  // win10 as hv1 left it: with the GPU passthrough added.
+  const onHv1 = configForHost(fleet, "hv1");
+  const world: World = {
+    uri: "test:///fleet",
+    domains: [{
+      name: "win10",
+      active: false,
+      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
+      live: null,
+    }],
+  };
+  assertEquals(planWorld({ config: onHv1, host: GPU_HOST, world }).vms[0]?.add.length, 1);
+  // "hvl" for "hv1": win10 was kept with no rule, a plan that removes what hv1 added.
+  assertThrows(
+    () => configForHost(fleet, "hvl"),
+    UnknownHostError,
+    'fleet.yaml has no section for host "hvl"',
+  );
 });
