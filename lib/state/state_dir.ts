@@ -395,12 +395,16 @@ function syncDir(dir: string): void {
 }
 
 /**
- * Writes a new file `name` in `dir` with mode 0600, never replacing or following anything already
- * there: the data goes to a temporary name created with `createNew`, is synced, and is then
- * hard-linked to `name` (failing with `Deno.errors.AlreadyExists` if `name` exists, even as a
- * dangling symlink). Returns the final path.
+ * Writes `data` to a temporary name in `dir` (created with `createNew`, mode 0600, synced), then
+ * `place`s it at `name`; the temporary name is gone afterwards, whatever happened. Returns the
+ * final path.
  */
-export function writeNewFileSync(dir: string, name: string, data: Uint8Array | string): string {
+function writeThenPlace(
+  dir: string,
+  name: string,
+  data: Uint8Array | string,
+  place: (temp: string, target: string) => void,
+): string {
   if (!isFileName(name)) {
     throw new TypeError(`Not a plain file name: "${name}"`);
   }
@@ -417,16 +421,26 @@ export function writeNewFileSync(dir: string, name: string, data: Uint8Array | s
     } finally {
       file.close();
     }
-    linkNoReplace(temp, target);
+    place(temp, target);
   } finally {
     try {
       Deno.removeSync(temp);
     } catch {
-      // Already gone: nothing to clean up.
+      // Already gone (renamed into place): nothing to clean up.
     }
   }
   syncDir(dir);
   return target;
+}
+
+/**
+ * Writes a new file `name` in `dir` with mode 0600, never replacing or following anything already
+ * there: the data goes to a temporary name created with `createNew`, is synced, and is then
+ * hard-linked to `name` (failing with `Deno.errors.AlreadyExists` if `name` exists, even as a
+ * dangling symlink). Returns the final path.
+ */
+export function writeNewFileSync(dir: string, name: string, data: Uint8Array | string): string {
+  return writeThenPlace(dir, name, data, linkNoReplace);
 }
 
 /**
@@ -438,32 +452,7 @@ export function writeNewFileSync(dir: string, name: string, data: Uint8Array | s
  * ("File exists"). Returns the final path.
  */
 export function replaceFileSync(dir: string, name: string, data: Uint8Array | string): string {
-  if (!isFileName(name)) {
-    throw new TypeError(`Not a plain file name: "${name}"`);
-  }
-  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-  const target = join(dir, name);
-  const temp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
-  const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
-  try {
-    try {
-      Deno.chmodSync(temp, 0o600);
-      writeAllSync(file, bytes);
-      file.syncSync();
-    } finally {
-      file.close();
-    }
-    Deno.renameSync(temp, target);
-  } catch (error) {
-    try {
-      Deno.removeSync(temp);
-    } catch {
-      // Already gone: nothing to clean up.
-    }
-    throw error;
-  }
-  syncDir(dir);
-  return target;
+  return writeThenPlace(dir, name, data, (temp, target) => Deno.renameSync(temp, target));
 }
 
 /** `link()` when the file system supports it, else a checked `rename()` in the private dir. */
