@@ -783,7 +783,7 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
  * The XML to define: the plan's, refused when the definition changed since the plan. (Unchanged,
  * it has the plan's uuid: {@link readPlanned} checked the planned XML against it.)
  */
-function xmlToDefine(vm: VmPlan, now: Now): string | Failure {
+function xmlToDefine(vm: VmPlan, now: Pick<Now, "secure">): string | Failure {
   if (now.secure !== vm.currentXml) {
     return {
       code: "drift",
@@ -793,6 +793,21 @@ function xmlToDefine(vm: VmPlan, now: Now): string | Failure {
     };
   }
   return vm.desiredXml;
+}
+
+/** Why `vm`'s definition, read once more, is no longer the plan's (`drift`), or `null`. */
+function unchangedBeforeDefine(vm: VmPlan, libvirt: LibvirtPort): Failure | null {
+  let secure: string;
+  try {
+    secure = libvirt.getPersistentXml(vm.name, { secure: true });
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message: `Cannot read the definition of "${vm.name}": ${errorText(error)}`,
+    };
+  }
+  const xml = xmlToDefine(vm, { secure });
+  return typeof xml === "string" ? null : xml;
 }
 
 /**
@@ -1017,6 +1032,16 @@ function applyVm(
   if (conflict !== null) return fail(conflict);
   const backup = backupBefore(vm, now, options);
   if (isFailure(backup)) return fail(backup);
+  // The re-check and the synced backup take tens of milliseconds, in which a `virsh edit` or
+  // `virsh desc` of this VM would be overwritten by the define, and be in no backup: look once
+  // more, just before the define. (libvirt has no compare-and-define; this leaves one round trip.)
+  const late = unchangedBeforeDefine(vm, libvirt);
+  if (late !== null) {
+    return {
+      result: { ...result(vm, "failed", late.code, late.message), backup: backup.path },
+      live: null,
+    };
+  }
   const { added, removed } = hotplugChanges(planned);
   const base = result(vm, "changed", "applied", "");
   base.added = added.map((h) => h.address);

@@ -699,3 +699,58 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: an edit (virsh desc) landing after apply read the definition, before its define, is not overwritten",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(A));
+    const before = port.getPersistentXml(A, { secure: true });
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    let edited = false;
+    // The user's edit lands right after apply's read (its next call asks whether A runs); the
+    // re-check of every domain and the synced backup still come before the define.
+    const racing: LibvirtPort = {
+      ...withFault(port, () => {}),
+      isActive: (name) => {
+        if (!edited) {
+          edited = true;
+          const out = new Deno.Command("virsh", {
+            args: ["-c", daemon.uri, "desc", A, "--config", "pt-user-note"],
+            stdout: "null",
+            stderr: "piped",
+          }).outputSync();
+          assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        }
+        return port.isActive(name);
+      },
+    };
+    const report = await applyPlan(plan, { libvirt: racing, stateDir, confirm: yes });
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.code, report.ok], ["failed", "drift", false]);
+    assertMatch(
+      result.message,
+      new RegExp(
+        `^Not applied to "${A}": its definition changed since the plan was made: .*pt-user-note.*; run the plan again`,
+      ),
+    );
+    const now = port.getPersistentXml(A, { secure: true });
+    assertOk(now.includes("<description>pt-user-note</description>"), "the user's edit stands");
+    assertEquals(hostdevsOf(port, A), []);
+    // The backup taken before the last look holds the definition the plan was made from.
+    assertEquals(listBackups(stateDir, A).map(readBackupXml), [before]);
+    assertEquals(result.backup, listBackups(stateDir, A)[0]!.path);
+    recordCase({
+      area: "concurrency",
+      name: "definition edited between apply's read and its define (virsh desc)",
+      count: 1,
+      outcome: "drift, nothing defined; the user's edit stands",
+      test: TEST,
+    });
+  },
+});
