@@ -392,6 +392,10 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
+  // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
+  // would be overwritten by the define, and be in no backup: look once more, just before it.
+  const late = changedSinceShown(libvirt, { vm, backup, shown: currentXml });
+  if (late !== null) return report("failed", late, null);
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
   if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active ? "; it is running, so this takes effect at its next full power-off" : "";

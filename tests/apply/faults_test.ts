@@ -754,3 +754,55 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(A));
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    const applied = await applyPlan(plan, { libvirt: port, stateDir, confirm: yes });
+    assertEquals(applied.changed, [A]);
+    // Reads with secrets: the definition shown, then the look after the confirmation; the user's
+    // edit lands right after that look, before the safety backup and the define.
+    let reads = 0;
+    const racing: LibvirtPort = {
+      ...withFault(port, () => {}),
+      getPersistentXml: (name, options) => {
+        const xml = port.getPersistentXml(name, options);
+        if (options?.secure === true && ++reads === 2) {
+          const out = new Deno.Command("virsh", {
+            args: ["-c", daemon.uri, "desc", A, "--config", "pt-user-note"],
+            stdout: "null",
+            stderr: "piped",
+          }).outputSync();
+          assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        }
+        return xml;
+      },
+    };
+    const report = await rollbackVm(A, { libvirt: racing, stateDir, confirm: yes2 });
+    assertEquals(report.status, "failed", report.message);
+    assertMatch(
+      report.message,
+      new RegExp(
+        `^Not restored: the definition of "${A}" changed since the rollback was shown: .*pt-user-note.*; run the rollback again`,
+      ),
+    );
+    const now = port.getPersistentXml(A, { secure: true });
+    assertOk(now.includes("<description>pt-user-note</description>"), "the user's edit stands");
+    assertEquals(hostdevsOf(port, A), ["0000:21:00.0", "0000:21:00.1"], "nothing restored");
+    recordCase({
+      area: "concurrency",
+      name: "definition edited between rollback's last look and its define (virsh desc)",
+      count: 1,
+      outcome: "failed, nothing defined; the user's edit stands",
+      test: TEST,
+    });
+  },
+});

@@ -1051,8 +1051,9 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
     null,
   ]);
   // Definitions read: alpha's, then every domain's (alpha's and beta's) before asking; alpha's
-  // and every domain's again after the answer; the seventh, alpha's read back, fails.
-  const blind = await roll(failing(f, "getPersistentXml", 7));
+  // and every domain's again after the answer, alpha's once more just before the define; the
+  // eighth, alpha's read back, fails.
+  const blind = await roll(failing(f, "getPersistentXml", 8));
   assertEquals(blind.status, "failed");
   assertOk(blind.safetyBackup !== null);
   assertEquals(
