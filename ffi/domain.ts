@@ -151,6 +151,20 @@ export class Domain {
     }) === 1;
   }
 
+  /**
+   * Whether the domain has a managed save image (`virsh managedsave`, or libvirt-guests'
+   * suspend at host shutdown): its next start resumes that saved guest, not its definition.
+   */
+  hasManagedSaveImage(): boolean {
+    return checkInt(
+      libvirt().virDomainHasManagedSaveImage(this.#live("hasManagedSaveImage"), 0),
+      {
+        operation: "virDomainHasManagedSaveImage",
+        context: `Cannot tell whether domain "${this.#name}" has a managed save image`,
+      },
+    ) === 1;
+  }
+
   /** The domain XML: live by default, the persistent definition with `inactive`. */
   xml(options: DomainXmlOptions = {}): string {
     const flags = (options.inactive ? VIR_DOMAIN_XML_INACTIVE : 0) |

@@ -94,6 +94,10 @@ export function connectionPort(conn: Connection): LibvirtPort {
       using dom = conn.lookupDomainByName(name);
       return dom.isActive();
     },
+    hasManagedSave(name: string): boolean {
+      using dom = conn.lookupDomainByName(name);
+      return dom.hasManagedSaveImage();
+    },
     listNetworks(): NetworkSummary[] {
       let networks: Network[];
       try {

@@ -49,6 +49,8 @@ export const LIBVIRT_SYMBOLS = {
   virDomainIsActive: { parameters: ["pointer"], result: "i32" },
   // int virDomainIsPersistent(virDomainPtr dom);
   virDomainIsPersistent: { parameters: ["pointer"], result: "i32" },
+  // int virDomainHasManagedSaveImage(virDomainPtr dom, unsigned int flags);
+  virDomainHasManagedSaveImage: { parameters: ["pointer", "u32"], result: "i32" },
   // char *virDomainGetXMLDesc(virDomainPtr domain, unsigned int flags);  (caller frees)
   virDomainGetXMLDesc: { parameters: ["pointer", "u32"], result: "pointer" },
   // int virDomainAttachDeviceFlags(virDomainPtr domain, const char *xml, unsigned int flags);

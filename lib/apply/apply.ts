@@ -107,8 +107,9 @@ export type ApplyCode =
 
 /**
  * When a defined change reaches the guest: at its `next-start` (it was shut off), at its
- * `next-power-off` (it is running: a reboot inside the guest is not enough), or `now` (hot-plugged
- * into the running guest with `live: true`).
+ * `next-power-off` (it is running: a reboot inside the guest is not enough; or it has a managed
+ * save image, which its next start resumes as saved), or `now` (hot-plugged into the running
+ * guest with `live: true`).
  */
 export type ApplyEffect = "next-start" | "next-power-off" | "now";
 
@@ -748,6 +749,8 @@ function readPlanned(vm: VmPlan): { current: ParsedDomain; desired: ParsedDomain
 interface Now {
   secure: string;
   active: boolean;
+  /** Whether it has a managed save image, which its next start resumes instead of booting. */
+  saved: boolean;
   uuid: string;
 }
 
@@ -757,7 +760,7 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   try {
     const secure = libvirt.getPersistentXml(vm.name, { secure: true });
     const active = libvirt.isActive(vm.name);
-    now = { secure, active, uuid: parseDomainXml(secure).uuid ?? "" };
+    now = { secure, active, saved: false, uuid: parseDomainXml(secure).uuid ?? "" };
   } catch (error) {
     return {
       code: "read-failed",
@@ -769,6 +772,11 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
     persistent = libvirt.listDomains().find((d) => d.name === vm.name)?.persistent ?? true;
   } catch {
     // Listing is only a safety net here; the reads above already proved the domain exists.
+  }
+  try {
+    now.saved = !now.active && (libvirt.hasManagedSave?.(vm.name) ?? false);
+  } catch {
+    // Only says when the change takes effect; the define does not depend on it.
   }
   if (persistent) return now;
   // A transient domain has no persistent definition: defining one would make it permanent.
@@ -1059,6 +1067,20 @@ function applyVm(
   base.definition = { before: now.secure, after: defined.after };
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
+  if (!now.active && now.saved) {
+    // libvirt resumes the saved guest, with the devices it was saved with: the next start is no
+    // boot of the new definition (seen on a real libvirtd: no hostdev after the start).
+    const discard = positionalCommand("virsh managedsave-remove", vm.name);
+    return {
+      result: {
+        ...base,
+        effect: "next-power-off",
+        message:
+          `${summary}; it has a saved state (virsh managedsave), which its next start resumes without this change: the change takes effect at its next full power-off, or at its next start after "${discard}" (the saved state is lost)`,
+      },
+      live: null,
+    };
+  }
   if (!now.active) {
     return { result: { ...base, effect: "next-start", message: summary }, live: null };
   }

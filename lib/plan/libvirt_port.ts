@@ -57,6 +57,11 @@ export interface LibvirtPort {
   /** Whether the domain is running now. */
   isActive(name: string): boolean;
   /**
+   * Optional: whether the domain has a managed save image (`virsh managedsave`), which its next
+   * start resumes, with the devices it was saved with, instead of booting its definition.
+   */
+  hasManagedSave?(name: string): boolean;
+  /**
    * Optional: every virtual network, sorted by name; none when the connection has no network
    * driver. Planning reads the pools of hostdev networks (`<forward mode='hostdev'>`), whose VFs
    * libvirt hands to guests at their start. Throws only when the listing fails.

@@ -45,6 +45,7 @@ import {
   WIN10,
   withPort,
 } from "../helpers/plan_world.ts";
+import { demoTree, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
 const UUIDS: Record<string, string> = {
   alpha: "11111111-1111-4111-8111-111111111111",
@@ -1236,4 +1237,49 @@ Deno.test("describeXmlChange() shows the spaces of a line that differs only in t
   assertOk(!text.includes("s3cret"), text);
   // A line that changed in more than its spaces is shown trimmed, as before.
   assertMatch(describeXmlChange("<a>\n  <b/>\n</a>", "<a>\n  <c/>\n</a>"), /"-<b\/>", "\+<c\/>"/);
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: a VM with a managed save image is told its next start resumes it without the change",
+  ignore: daemonMissing !== null || !canUnshareMounts(),
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const name = `pt-saved-${Deno.pid}`;
+    port.define(qemuDomainXml(name));
+    const virsh = async (...args: string[]) => {
+      const out = await new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder();
+      assertEquals(out.code, 0, `virsh ${args.join(" ")}: ${text.decode(out.stderr)}`);
+      return text.decode(out.stdout);
+    };
+    // A guest (TCG, no disk) started and saved, as libvirt-guests suspends guests at shutdown.
+    await virsh("start", name);
+    await virsh("managedsave", name);
+    const plan = await planGpu(name, { sysfs: tree.sysfs, libvirt: port });
+    const report = await applyPlan(plan, {
+      libvirt: port,
+      stateDir: `${tree.dir}/state`,
+      confirm: () => Promise.resolve("yes"),
+    });
+    const result = report.vms[0]!;
+    assertEquals([result.code, result.active, result.effect], ["applied", false, "next-power-off"]);
+    assertMatch(
+      result.message,
+      new RegExp(
+        `; it has a saved state \\(virsh managedsave\\), which its next start resumes without this change: the change takes effect at its next full power-off, or at its next start after "virsh managedsave-remove ${name}"`,
+      ),
+    );
+    // Why: the next start resumes the saved guest, without the hostdevs just defined.
+    await virsh("start", name);
+    assertEquals(parseDomainXml(port.getLiveXml!(name)).hostdevs, []);
+    assertEquals(parseDomainXml(port.getPersistentXml(name)).hostdevs.length, 2);
+    await virsh("destroy", name);
+  },
 });
