@@ -658,15 +658,38 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
     // config's own folder.
     return report(ctx, at, "Empty value", "give a value, or remove the key for the default");
   }
-  if (schema.format === undefined) return value;
+  if (schema.format === undefined) return xmlCarriable(value, at, ctx);
   const normal = normaliseFormat(schema.format, value);
-  if (normal !== null) return normal;
+  if (normal !== null) return xmlCarriable(normal, at, ctx);
   const near = schema.format === "class" ? nearest(value, Object.keys(CLASS_NAMES)) : null;
   return report(
     ctx,
     at,
     `Invalid ${schema.format} "${value}"`,
     near ? `did you mean "${near}"?` : FORMAT_HINTS[schema.format],
+  );
+}
+
+/**
+ * What XML 1.0 cannot hold, not even as a character reference: C0 controls but tab, newline and
+ * carriage return, U+FFFE, U+FFFF and unpaired surrogates. A rule's name and ROM file are written
+ * into the domain's definition, which libvirt then refuses at define (C cuts a NUL short), and
+ * no other value of the config has a use for them: a NUL in a path stopped `plan` unlocated.
+ */
+const NOT_IN_XML =
+  // deno-lint-ignore no-control-regex
+  /[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** `value`, or reported (and `undefined`) when it holds a character of {@link NOT_IN_XML}. */
+function xmlCarriable(value: string, at: Steps, ctx: Context): string | undefined {
+  const bad = NOT_IN_XML.exec(value);
+  if (bad === null) return value;
+  const code = bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0");
+  return report(
+    ctx,
+    at,
+    `Invalid character U+${code} in "${value}"`,
+    "no value may hold a control character but tab and newline (libvirt's XML cannot): remove it",
   );
 }
 

@@ -148,6 +148,27 @@ const CASES: HostileConfig[] = [
     error: /:6:22: Invalid absolute-path "gpu\.rom" .*expected an absolute path/,
   },
   {
+    // Written into the domain's <metadata>: libvirt refused the define (after a backup was
+    // written), and its error quoted the whole definition.
+    name: "NUL in a rule name (XML cannot hold it)",
+    bytes: rule(`{ vendor_id: "10de" }`, `        name: "g\\0pu"\n`),
+    // The library's message holds the NUL (the dot), the CLI's its escape.
+    error:
+      /:6:15: Invalid character U\+0000 in "g(.|\\u0000)pu" at "vms\.pt-hostile-config\.devices\[0\]\.name"/,
+  },
+  {
+    name: "U+FFFF in a rule name (XML cannot hold it)",
+    bytes: rule(`{ vendor_id: "10de" }`, `        name: "gpu\\uFFFF"\n`),
+    error: /:6:15: Invalid character U\+FFFF in "gpu\uFFFF" at /,
+  },
+  {
+    // A NUL stopped plan with Deno's "file name contained an unexpected NUL byte: stat ...".
+    name: "control character in a ROM file (XML cannot hold it)",
+    bytes: rule(`{ vendor_id: "10de" }`, `        rom: { file: "/usr/share/vgabios/\\x01.rom" }\n`),
+    error:
+      /:6:22: Invalid character U\+0001 in .* at "vms\.pt-hostile-config\.devices\[0\]\.rom\.file"/,
+  },
+  {
     name: "alias bomb (9^4 nested aliases)",
     bytes: enc(
       [
