@@ -73,10 +73,12 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   if (command === undefined) {
     const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
     outputTo(terminal, terminal.color).err(
-      suggestion === ""
-        ? `passthrough: unknown command "${name}"\n\n${usage()}`
-        : `passthrough: unknown command "${name}"${suggestion}\n` +
-          "Run 'passthrough --help' for the list of commands.\n",
+      errorText(
+        suggestion === ""
+          ? `passthrough: unknown command "${name}"\n\n${usage()}`
+          : `passthrough: unknown command "${name}"${suggestion}\n` +
+            "Run 'passthrough --help' for the list of commands.\n",
+      ),
     );
     return 2;
   }
@@ -95,7 +97,7 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
     return await command.run(rest, io);
   } catch (error) {
     if (error instanceof UsageError) {
-      io.err(`passthrough ${command.name}: ${error.message}\n\n${command.help}`);
+      io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
       return usageCode;
     }
     // A script reading --json gets every failure as JSON, not only the config's.
@@ -107,9 +109,18 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
         // a second throw would end the process with a stack trace.
       }
     }
-    io.err(`passthrough ${command.name}: ${describeError(error)}\n`);
+    io.err(errorText(`passthrough ${command.name}: ${describeError(error)}\n`));
     return 1;
   }
+}
+
+/**
+ * An error's text, escaped as with colour off. Errors are never painted, so every escape in one is
+ * a value's (a config value pasted from coloured output): with colour on, the boundary let the
+ * painter's own sequences through, and the value read as a valid one in colour.
+ */
+function errorText(text: string): string {
+  return terminalSafe(text, false);
 }
 
 /**

@@ -107,3 +107,23 @@ Deno.test("a config value holding colour codes is quoted escaped in its error, n
   assertMatch(run.stderr, /:5:36: Invalid vendor-device "\\u001b\[31m10de:1b80\\u001b\[m" at /);
   assertEquals(rawControls(run.stderr), []);
 });
+
+Deno.test("with colour on, an error quotes a value's colour codes escaped too", async () => {
+  await using tree = await demoTree();
+  const config = `${tree.dir}/c.yaml`;
+  // The painter's own codes: the boundary let them through as colour, so the error read
+  // `Invalid vendor-device "10de:1b80"` on a terminal, a valid-looking ID in red.
+  const red = "\x1b[31m10de:1b80\x1b[39m";
+  await Deno.writeTextFile(
+    config,
+    `version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: "${red}" }\n`,
+  );
+  const runs = [
+    await runCli(["plan", "--color=always", "--config", config, "--sysfs", tree.sysfs]),
+    await runCli(["devices", "--color=always", "--class", red, "--sysfs", tree.sysfs]),
+  ];
+  assertEquals(runs.map((run) => run.code), [1, 2], runs.map((run) => run.stderr).join(""));
+  assertMatch(runs[0]!.stderr, /:5:36: Invalid vendor-device "\\u001b\[31m10de:1b80\\u001b\[39m"/);
+  assertMatch(runs[1]!.stderr, /Unknown class "\\u001b\[31m10de:1b80\\u001b\[39m"/);
+  for (const run of runs) assertOk(!run.stderr.includes("\x1b"), run.stderr);
+});
