@@ -21,9 +21,10 @@
 import type { Config } from "../config/config.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
-import { driftOfOthers, planUntilSettled } from "./fixpoint.ts";
+import { driftOfOthers, planUntilSettled, type SettleInput } from "./fixpoint.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 import { heldByRunningWarning } from "./issues.ts";
+import { flagWord } from "../render/shell.ts";
 import { hostIssues } from "./resolve.ts";
 import { type Survey, surveyWorld } from "./survey.ts";
 import { networkPools, networkWarnings } from "./networks.ts";
@@ -150,6 +151,46 @@ function warnHeldByRunning(vms: readonly VmPlan[], survey: Survey): void {
   }
 }
 
+/** The refusals a VM left out by `--vm` may lift by giving its device up in its own plan. */
+const CROSS_VM_CODES: ReadonlySet<string> = new Set([
+  "device-assigned-twice",
+  "group-shared-with-other-vm",
+]);
+
+/**
+ * With `--vm`, a VM refused for a device a configured VM left out of the plan holds may be half
+ * of a swap (two identical cards exchanged, each VM following its own): the other VM's own plan
+ * gives the device up, so planned together neither is refused. Say so, with the command, on each
+ * such refusal: alone, the repair would strip the card from the VM, and the guard's
+ * `plan --vm VM` would lead there.
+ */
+function hintPlanTogether(input: SettleInput, vms: readonly VmPlan[]): void {
+  const selected = new Set(input.selected);
+  const configured = new Set(input.config.vms.map((v) => v.name));
+  for (const vm of vms) {
+    const partners = [
+      ...new Set(
+        vm.errors.filter((e) => CROSS_VM_CODES.has(e.code))
+          .flatMap((e) => e.vms ?? [])
+          .filter((name) => !selected.has(name) && configured.has(name)),
+      ),
+    ].sort();
+    if (partners.length === 0) continue;
+    const together = [vm.name, ...partners];
+    const joint = planUntilSettled({ ...input, selected: together }).vms;
+    if (joint.some((p) => together.includes(p.name) && p.errors.length > 0)) continue;
+    const command = `passthrough plan ${together.map((name) => flagWord("--vm", name)).join(" ")}`;
+    const names = partners.map((name) => `"${name}"`).join(", ");
+    for (const error of vm.errors) {
+      if (!CROSS_VM_CODES.has(error.code)) continue;
+      if (!(error.vms ?? []).some((name) => partners.includes(name))) continue;
+      error.message += `; ${names} ${partners.length === 1 ? "gives" : "give"} it up in ${
+        partners.length === 1 ? "its" : "their"
+      } own plan: planned together, nothing is refused (${command})`;
+    }
+  }
+}
+
 /**
  * Computes the plan from data alone: the config, the host and a world as {@link readWorld} reads
  * it (or built by hand). No I/O but the lazy reads of `options.facts`: {@link planHostdevs} is this after reading the world.
@@ -219,7 +260,10 @@ export function planWorld(options: PlanWorldOptions): Plan {
   };
   const settled = planUntilSettled(input);
   warnHeldByRunning(settled.vms, survey);
-  if (options.vms !== undefined) warnings.push(...driftOfOthers(input, settled));
+  if (options.vms !== undefined) {
+    hintPlanTogether(input, settled.vms);
+    warnings.push(...driftOfOthers(input, settled));
+  }
   const selected = new Set(input.selected);
   const unplanned = config.vms.map((v) => v.name).filter((name) => !selected.has(name));
   return {

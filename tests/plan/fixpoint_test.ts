@@ -24,9 +24,20 @@ import { editDomainXml } from "../../lib/domain/domain_xml.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { dataWorld } from "../helpers/world.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
 const GPU_ADDRESS = "0000:01:00.0";
+/** One model of GPU with no serial: two of them are told apart by slot only. */
+const GPU_ONE = {
+  class: "0x030000",
+  vendor: "0x10de",
+  device: "0x2684",
+  subsystem_vendor: "0x1043",
+  subsystem_device: "0x88e2",
+  driver: "vfio-pci",
+};
 
 /** `root/world.xml`: two shut-off test-driver domains, "alpha" and "beta", with no devices. */
 function writeAlphaBetaWorld(root: string): void {
@@ -229,5 +240,76 @@ Deno.test("planHostdevs() limited to some VMs names a left-out VM starting with 
     assertOk(drift.length > 0);
     // `--vm -lab` fails: "Option '--vm' argument is ambiguous".
     assertOk(drift.every((w) => w.message.includes("(passthrough plan --vm=-lab)")));
+  });
+});
+
+Deno.test("planHostdevs() limited to one VM of a swap names the plan that takes both", async () => {
+  // Two identical GPUs, told apart by slot; the cards are swapped, so each VM's card is at the
+  // other VM's address. Alone, each VM is refused (the other holds its card); together, each
+  // follows its own.
+  const gpu = (bdf: string, group: number, slot: string) => dev({ ...GPU_ONE, bdf, group, slot });
+  const before = [
+    ...baseDevices(),
+    gpu("0000:01:00.0", 1, "PCIE1"),
+    gpu("0000:05:00.0", 5, "PCIE2"),
+  ];
+  const after = [
+    ...baseDevices(),
+    gpu("0000:01:00.0", 1, "PCIE2"),
+    gpu("0000:05:00.0", 5, "PCIE1"),
+  ];
+  const bySlot = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684", slot: PCIE1 }\n' +
+      '  linux:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684", slot: PCIE2 }\n',
+  );
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  await using beforeTree = await tempHostTree({ devices: before });
+  await using afterTree = await tempHostTree({ devices: after });
+  const first = await discoverHost({ root: beforeTree.dir });
+  const swapped = await discoverHost({ root: afterTree.dir });
+  await withPort([WIN10, linux], (libvirt) => {
+    for (const vm of planHostdevs({ config: bySlot, host: first, libvirt }).vms) {
+      libvirt.define(vm.desiredXml);
+    }
+    const both = planHostdevs({ config: bySlot, host: swapped, libvirt });
+    assertEquals(both.vms.map((vm) => [vm.name, vm.errors, vm.move.map((m) => m.to)]), [
+      ["win10", [], ["0000:05:00.0"]],
+      ["linux", [], ["0000:01:00.0"]],
+    ]);
+    for (const [vm, other] of [["win10", "linux"], ["linux", "win10"]] as const) {
+      const alone = vmOf(planHostdevs({ config: bySlot, host: swapped, libvirt, vms: [vm] }), vm);
+      const twice = alone.errors.filter((e) => e.code === "device-assigned-twice");
+      assertEquals(twice.length, 1);
+      assertMatch(
+        twice[0]!.message,
+        new RegExp(
+          `; "${other}" gives it up in its own plan: planned together, nothing is refused \\(passthrough plan --vm ${vm} --vm ${other}\\)$`,
+        ),
+      );
+    }
+  });
+});
+
+Deno.test("planHostdevs() limited to one VM names no joint plan when the other VM keeps the device", async () => {
+  const card = dev({ ...GPU_ONE, bdf: "0000:01:00.0", group: 1 });
+  await using tree = await tempHostTree({ devices: [...baseDevices(), card] });
+  const one = await discoverHost({ root: tree.dir });
+  const both = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '  linux:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n',
+  );
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02");
+  await withPort([WIN10, linux], (libvirt) => {
+    const onlyLinux = config(
+      "  win10:\n    devices: []\n" +
+        '  linux:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n',
+    );
+    libvirt.define(
+      vmOf(planHostdevs({ config: onlyLinux, host: one, libvirt }), "linux").desiredXml,
+    );
+    const alone = vmOf(planHostdevs({ config: both, host: one, libvirt, vms: ["win10"] }), "win10");
+    const twice = alone.errors.filter((e) => e.code === "device-assigned-twice");
+    assertEquals(twice.length, 1);
+    assertMatch(twice[0]!.message, /: a device can belong to one VM only$/);
   });
 });
