@@ -318,8 +318,41 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
       );
     } else if (!stillThere) {
       plan.warnings.push(driftWarning(plan.name, record, now, "it is removed"));
+    } else {
+      const left = leftItsGroup(have.address, now, record.rule, edit.desired);
+      if (left !== null) plan.reasoning.push(left);
     }
   }
+}
+
+/**
+ * Why a function still there leaves the VM when another function of its card stays under the same
+ * rule in another IOMMU group: it came only with the group (a GPU's audio), and a firmware or ACS
+ * change split the group. Without this, the diff removes it with no word why. `null` otherwise.
+ */
+function leftItsGroup(
+  address: PciAddress,
+  now: PciDevice,
+  rule: string,
+  desired: ReadonlyMap<PciAddress, ClosedDevice>,
+): string | null {
+  const card = cardOf(address);
+  const sibling = [...desired.values()].find((c) =>
+    c.rule.name === rule && cardOf(c.device.address) === card &&
+    c.device.iommuGroup !== now.iommuGroup
+  );
+  if (sibling === undefined) return null;
+  return `Removed ${address}: it came with the IOMMU group of ${sibling.device.address} (rule "${rule}"), but is in group ${
+    now.iommuGroup ?? "none"
+  } now, apart from group ${
+    sibling.device.iommuGroup ?? "none"
+  } (the group split, by a firmware or ACS setting): match it in a rule to keep it`;
+}
+
+/** The card of a function: its address without the function number. */
+function cardOf(address: PciAddress): string {
+  const { domain, bus, slot } = pciAddressParts(address);
+  return `${domain}:${bus}:${slot}`;
 }
 
 function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHostdev {

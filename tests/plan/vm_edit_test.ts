@@ -32,6 +32,8 @@ import { Connection } from "../../ffi/connection.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
 
 Deno.test("planHostdevs() adds a matched GPU and its group's audio function, with records", async () => {
   await withPort([WIN10], (libvirt) => {
@@ -1313,4 +1315,34 @@ Deno.test("planWorld() after a card was applied away from a running VM: the VM t
     }),
   });
   assertEquals(vmOf(third, "other").errors.map((e) => e.code), ["device-assigned-twice"]);
+});
+
+Deno.test("planHostdevs() says why a function that came with its group leaves once the group split", async () => {
+  // The GPU's audio function joined win10 only with group 1; a firmware or ACS change put it in a
+  // group of its own. It leaves, and the plan says why rather than only removing it in the diff.
+  const split = { ...GPU_AUDIO, group: 9 };
+  await using before = await tempHostTree({ devices: [...baseDevices(), GPU, GPU_AUDIO] });
+  await using after = await tempHostTree({ devices: [...baseDevices(), GPU, split] });
+  const whole = await discoverHost({ root: before.dir });
+  const apart = await discoverHost({ root: after.dir });
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: whole, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: GPU_CONFIG, host: apart, libvirt }), "win10");
+    assertEquals([vm.errors, vm.remove, vm.hostdevs], [[], ["0000:01:00.1"], ["0000:01:00.0"]]);
+    assertOk(
+      vm.reasoning.includes(
+        'Removed 0000:01:00.1: it came with the IOMMU group of 0000:01:00.0 (rule "gpu"), but is in group 9 now, apart from group 1 (the group split, by a firmware or ACS setting): match it in a rule to keep it',
+      ),
+      vm.reasoning.join("\n"),
+    );
+    // A function removed for another reason (the rule dropped) gets no such line.
+    const dropped = vmOf(
+      planHostdevs({ config: config("  win10:\n    devices: []\n"), host: apart, libvirt }),
+      "win10",
+    );
+    assertEquals(dropped.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(dropped.reasoning.filter((r) => r.includes("group split")), []);
+  });
 });
