@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Candidate, Plan, PlanIssue, VmPlan } from "../lib/plan/types.ts";
+import type { Candidate, MovedHostdev, Plan, PlanIssue, VmPlan } from "../lib/plan/types.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
@@ -135,15 +135,24 @@ function groupIssues(issues: readonly PlanIssue[]): PlanIssue[] {
 }
 
 /** Refusals first, then warnings, then notes; several of one rule and code on one line. */
-function renderIssues(errors: readonly PlanIssue[], warnings: readonly PlanIssue[], paint: Paint) {
+function renderIssues(
+  errors: readonly PlanIssue[],
+  warnings: readonly PlanIssue[],
+  paint: Paint,
+  moves: readonly MovedHostdev[] | null = null,
+) {
   const lines: string[] = [];
   for (const issue of groupIssues(errors)) lines.push(...renderIssue(issue, "error", paint));
   const grouped = groupIssues(warnings);
   for (const issue of grouped.filter((i) => i.info !== true)) {
     lines.push(...renderIssue(issue, "warning", paint));
   }
-  // Moves have their own line under the diff; the `moved` notes are for --json.
-  for (const issue of grouped.filter((i) => i.info === true && i.code !== "moved")) {
+  // A moved card has its own line (`moves`: under the diff, or its repair's); a VF that moved
+  // with its PF has none, so its `moved` note is the only line that says the interface follows it.
+  const ownLine = new Set(moves?.map((m) => m.from));
+  const shown = (i: PlanIssue) =>
+    i.code !== "moved" || (moves !== null && !ownLine.has(i.devices?.[0] ?? ""));
+  for (const issue of grouped.filter((i) => i.info === true && shown(i))) {
     lines.push(...renderIssue(issue, "info", paint));
   }
   return lines;
@@ -212,7 +221,8 @@ export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
     lines.push("  why:");
     for (const reason of vm.reasoning) lines.push(`    - ${reason}`);
   }
-  lines.push(...renderIssues(vm.errors, vm.warnings, paint));
+  const moves = [...vm.move, ...(vm.repair?.move ?? [])];
+  lines.push(...renderIssues(vm.errors, vm.warnings, paint, moves));
   lines.push(...renderRepair(vm, options));
   // The plan holds definitions with their passwords; nothing printed shows them.
   return redactSecrets(lines.join("\n") + "\n");

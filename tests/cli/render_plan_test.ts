@@ -9,6 +9,11 @@ import type { Plan, PlanIssue, PlannedHostdev, VmPlan } from "../../lib/plan/typ
 import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
 import { gpuIdentity } from "../helpers/devices.ts";
 import type { ApplyReport, VmApplyResult } from "../../lib/apply/apply.ts";
+import { config, domainXml, vmOf } from "../helpers/plan_world.ts";
+import { dataWorld } from "../helpers/world.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { planWorld } from "../../lib/plan/plan.ts";
 
 const ADDRESSES = ["0000:0a:00.0", "0000:0a:00.1", "0000:0a:00.2", "0000:0a:00.3", "0000:0a:00.4"];
 
@@ -494,4 +499,23 @@ Deno.test("apply's report counts each VM by its own moves, and its summary only 
   assertOk(!text.includes("pt-s3crt") && text.includes("passwd='***'"), text);
   const json2 = applyJson(quoted, plan);
   assertOk(!json2.includes("pt-s3crt") && json2.includes("passwd='***'"), json2);
+});
+
+Deno.test("renderVmPlan() says a VF follows its moved PF: it has no moved line of its own", () => {
+  const uplink = config(
+    '  a:\n    devices:\n      - name: uplink\n        match: { vendor_device_id: "8086:10c9" }\n        vf: 1\n',
+  );
+  const nic = (bus: string) =>
+    topologyFromDescription({ devices: sriovNic(bus, 4) }, { source: "sriov-test" });
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
+  const first = planWorld({ config: uplink, host: nic("07"), world: dataWorld({ a }) });
+  // The card went to another slot: PF 0000:09:00.0, its VFs on bus 09.
+  const world = dataWorld({ a: vmOf(first, "a").desiredXml });
+  const moved = vmOf(planWorld({ config: uplink, host: nic("09"), world }), "a");
+  assertEquals(moved.move, []);
+  const text = renderVmPlan(moved, { color: false });
+  assertMatch(
+    text,
+    /\n  note \[moved\] VF 1 of "a" \(rule "uplink"\) moved with its physical function from 0000:07:00\.0 to 0000:09:00\.0: the interface follows it, 0000:07:10\.2 becomes 0000:09:10\.2\n/,
+  );
 });
