@@ -51,6 +51,7 @@ Deno.test("README: troubleshooting answers the first failures", () => {
     const symptom of [
       /no IOMMU groups/,
       /No config file/,
+      /Cannot connect to libvirt/,
       /Cannot reach libvirt/,
       /No terminal to confirm on/,
       /ambiguous/,
