@@ -302,7 +302,8 @@ export const GUARD = {
         "state-dir": {
           type: "string",
           value: "DIR",
-          help: "where the allowance goes (default: the installed hook's state directory)",
+          help: "where the allowance goes (default: the installed hook's state directory, " +
+            "else $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)",
         },
         ...HOOKS_DIR_FLAG,
       },

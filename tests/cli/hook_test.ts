@@ -529,6 +529,26 @@ Deno.test("guard allow never lets a start take a device the host needs, and says
   }
 });
 
+Deno.test("guard allow without an installed hook writes where its help says", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const help = await runCli(["guard", "allow", "--help"]);
+    assertMatch(
+      help.stdout.replace(/\s+/g, " "),
+      /--state-dir DIR where the allowance goes \(default: the installed hook's state directory, else \$PASSTHROUGH_STATE_DIR or \/var\/lib\/passthrough\)/,
+    );
+    Deno.mkdirSync(`${dir}/qemu.d`);
+    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", `${dir}/qemu.d`], {
+      env: { PASSTHROUGH_STATE_DIR: `${dir}/env-state` },
+    });
+    assertEquals(allow.code, 0, allow.stderr);
+    assertOk(pathExists(`${dir}/env-state/guard/allow/win11.json`), allow.stdout);
+    assertMatch(allow.stdout, /\nNote: no start guard is installed in /);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the installed hook refuses a moved card until guard allow lets one start through", async () => {
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
