@@ -76,9 +76,12 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  *   transient (`failed`);
  * - `read-failed`: libvirt could not return the definition again (`failed`);
  * - `drift`: the definition changed since the plan was made (`failed`);
- * - `secrets-missing`: the plan's edits touch lines that hold secrets it never saw (`failed`);
+ * - `conflict-changed`: another domain was given a device this VM takes since the plan was made
+ *   (`failed`);
  * - `backup-failed`: no backup could be written, so nothing was defined (`failed`);
  * - `define-failed`: libvirt refused the new definition (`failed`);
+ * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
+ *   effect, and the backup is named (`failed`);
  * - `verify-failed`: the defined hostdevs are not the planned ones; the backup was redefined when
  *   possible (`failed`);
  * - `undone`: defined, then its previous definition restored because a VM it swaps devices with

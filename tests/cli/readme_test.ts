@@ -71,3 +71,18 @@ Deno.test("README: every issue code a plan can give is explained", () => {
   const json = section("`plan --json`");
   assertEquals(codes.filter((code) => !json.includes(`\`${code}\``)), []);
 });
+
+Deno.test("README: every code apply --json gives a VM is explained, as ApplyCode's own docs are", () => {
+  const source = Deno.readTextFileSync(new URL("../../lib/apply/apply.ts", import.meta.url));
+  const start = source.indexOf("export type ApplyCode");
+  const union = source.slice(start, source.indexOf(";", start));
+  const codes = [...union.matchAll(/\| "([a-z-]+)"/g)].map((m) => m[1]!);
+  assertOk(codes.length > 10, `found only ${codes.length} codes in lib/apply/apply.ts`);
+  const json = section("`plan --json`");
+  assertEquals(codes.filter((code) => !json.includes(`\`${code}\``)), []);
+  // The type's JSDoc lists each code once, and none that the type no longer has.
+  const jsdoc = source.slice(source.lastIndexOf("/**", start), start);
+  const documented = [...jsdoc.matchAll(/^ \* - `([a-z-]+)`(?:, `([a-z-]+)`)?:/gm)]
+    .flatMap((m) => m.slice(1).filter((c) => c !== undefined));
+  assertEquals([...documented].sort(), [...codes].sort());
+});
