@@ -377,26 +377,29 @@ Deno.test("hook status names what is wrong with the file at the hook's path, and
     assertEquals(Deno.readTextFileSync(path), "#!/bin/sh\nexit 0\n");
     assertEquals(await pathExists(`${dir}/s`), false);
     Deno.removeSync(path);
-    // Ours, written by another version for a program that is gone since.
+    // Ours, written by another version for a program that is gone since (paths under this
+    // test's own directory: a fixed path such as /nonexistent may exist on a machine).
+    const gone = `${dir}/gone`;
     const settings = {
       version: "0.0.9",
       deadline: 10,
       timeout: findTimeout() ?? "/usr/bin/timeout",
-      command: ["/nonexistent/deno", "run", "/nonexistent/hook_check.js", "--state-dir", dir],
+      command: [`${gone}/deno`, "run", `${gone}/hook_check.js`, "--state-dir", dir],
       env: {},
       stateDir: `${dir}/state`,
       sysfs: "/sys",
     };
     installHook(hooks, renderHookScript(settings));
-    assertMatch(
-      (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout,
-      /\n {2}MISSING: \/nonexistent\/deno\n {2}MISSING: \/nonexistent\/hook_check\.js\n/,
+    const listing = (await runCli(["hook", "status", "--hooks-dir", hooks])).stdout;
+    assertOk(
+      listing.includes(`\n  MISSING: ${gone}/deno\n  MISSING: ${gone}/hook_check.js\n`),
+      listing,
     );
     assertEquals(await status(), {
       code: 1,
       problems: [
-        "it runs /nonexistent/deno, which is missing: every VM start would be refused",
-        "it runs /nonexistent/hook_check.js, which is missing: every VM start would be refused",
+        `it runs ${gone}/deno, which is missing: every VM start would be refused`,
+        `it runs ${gone}/hook_check.js, which is missing: every VM start would be refused`,
         "written by passthrough 0.0.9, this is 0.1.0",
       ],
     });

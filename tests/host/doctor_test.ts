@@ -373,7 +373,12 @@ const INSTALL_HERE = /^passthrough hook install --hooks-dir (\/\S+) --state-dir 
 /** The hook finding for a hook installed in a temporary directory, with the given facts. */
 async function hookFinding(
   facts: Partial<Omit<HookDoctorFacts, "inspection">>,
-  options: { version?: string; program?: string; change?: (dir: string) => void } = {},
+  options: {
+    version?: string;
+    /** The program the hook runs, given the hook's directory. */
+    program?: (dir: string) => string;
+    change?: (dir: string) => void;
+  } = {},
 ): Promise<DoctorFinding> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-doctor-hook-" });
   try {
@@ -383,7 +388,7 @@ async function hookFinding(
         version: options.version ?? "0.1.0",
         deadline: 10,
         timeout: "/bin/sh",
-        command: [options.program ?? "/bin/sh", "run"],
+        command: [options.program?.(dir) ?? "/bin/sh", "run"],
         env: {},
         stateDir: `${dir}/state`,
         sysfs: "/sys",
@@ -549,11 +554,12 @@ Deno.test("doctor's hook finding: another version warns, a missing program fails
   assertEquals(older.status, "warn");
   assertMatch(older.hint!, INSTALL_HERE);
   assertMatch(older.summary, /written by passthrough 0\.0\.9, this is 0\.1\.0/);
-  const moved = await hookFinding({}, { program: "/nonexistent/deno" });
+  // Under the test's own directory: a fixed path such as /nonexistent may exist on a machine.
+  const moved = await hookFinding({}, { program: (dir) => `${dir}/gone/deno` });
   assertEquals(moved.status, "fail");
   assertMatch(
     moved.summary,
-    /it runs \/nonexistent\/deno, which is missing: every VM start would be refused/,
+    /it runs \/\S+\/gone\/deno, which is missing: every VM start would be refused/,
   );
 });
 
