@@ -38,9 +38,10 @@ function usage(): string {
 /**
  * Runs the CLI with `args` (without the program name) and returns the exit code instead of
  * exiting: 0 ok, 1 runtime error, 2 usage error (with `--detailed-exitcode`: 2 changes pending,
- * 1 usage error). A runtime error is one line on stderr; under `--json`, a config error is also
- * printed as JSON on stdout. Output goes through `terminal` (the real one by default), control
- * characters escaped; pass your own {@link CliIo} to capture it.
+ * 1 usage error). A runtime error is one line on stderr, a usage error its message and the
+ * command's help; under `--json`, either is also printed as JSON on stdout. Output goes through
+ * `terminal` (the real one by default), control characters escaped; pass your own {@link CliIo}
+ * to capture it.
  *
  * @example Capture the output of a command
  * ```ts
@@ -91,23 +92,33 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   }
   // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that.
   const usageCode = flags.includes("--detailed-exitcode") ? 1 : 2;
+  // A script reading --json gets every failure as JSON on stdout, its command line's too: it
+  // parses stdout, and would otherwise find nothing there. Only where the command has JSON output
+  // (`hook`'s counts for each subcommand: the script asked one of them for JSON).
+  const json = flags.includes("--json") && Object.hasOwn(command.flags, "json");
   let io = outputTo(terminal, terminal.color);
   try {
     io = outputTo(terminal, colorChoice(flags, terminal.color));
     return await command.run(rest, io);
   } catch (error) {
-    if (error instanceof UsageError) {
-      io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
-      return usageCode;
-    }
-    // A script reading --json gets every failure as JSON, not only the config's.
-    if (flags.includes("--json")) {
+    const usage = error instanceof UsageError;
+    if (json) {
       try {
-        io.out(isConfigError(error) ? configErrorJson(error) : runtimeErrorJson(error));
+        io.out(
+          usage
+            ? errorJson("usage", error.message)
+            : isConfigError(error)
+            ? configErrorJson(error)
+            : errorJson("runtime", describeError(error)),
+        );
       } catch {
         // Standard output itself failed (`> /dev/full`): the line on stderr below says so, where
         // a second throw would end the process with a stack trace.
       }
+    }
+    if (usage) {
+      io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
+      return usageCode;
     }
     io.err(errorText(`passthrough ${command.name}: ${describeError(error)}\n`));
     return 1;
@@ -167,11 +178,12 @@ function configErrorJson(error: ConfigProblem): string {
   return `${JSON.stringify(json, null, 2)}\n`;
 }
 
-/** Any other failure under `--json`, on stdout: `{ "error": { "kind": "runtime", "message" } }`. */
-function runtimeErrorJson(error: unknown): string {
-  return `${
-    JSON.stringify({ error: { kind: "runtime", message: describeError(error) } }, null, 2)
-  }\n`;
+/**
+ * Any other failure under `--json`, on stdout: `{ "error": { "kind", "message" } }`, `kind`
+ * `usage` for a wrong command line (exit 2), `runtime` for the rest (exit 1).
+ */
+function errorJson(kind: "usage" | "runtime", message: string): string {
+  return `${JSON.stringify({ error: { kind, message } }, null, 2)}\n`;
 }
 
 /** Whether `error` is one of Deno's own (`Deno.errors.NotCapable`, `NotFound`, ...). */

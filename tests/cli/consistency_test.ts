@@ -154,3 +154,41 @@ Deno.test("plan --json prints config errors as JSON on stdout", async () => {
   assertMatch(missing.err, /No config file/);
   assertEquals((await run(["plan", "--config", `${s.dir}/absent.yaml`])).out, "");
 });
+
+Deno.test("--json prints a usage error as JSON on stdout too, as it prints a runtime one", async () => {
+  const takers = COMMANDS.filter((c) => Object.hasOwn(c.flags, "json")).map((c) => c.name);
+  assertEquals(
+    takers,
+    ["devices", "groups", "doctor", "sources", "plan", "apply", "rollback", "backups", "hook"],
+  );
+  for (const name of takers) {
+    const args = name === "hook" ? ["hook", "status", "--json", "--bogus"] : [
+      name,
+      "--json",
+      "--bogus",
+    ];
+    const bad = await run(args);
+    assertEquals(bad.code, 2, name);
+    assertEquals(JSON.parse(bad.out), {
+      error: { kind: "usage", message: "Unknown option '--bogus'" },
+    }, name);
+    // stderr as without --json: the message and the help.
+    assertEquals(bad.err, (await run(args.filter((a) => a !== "--json"))).err, name);
+  }
+  // Under --detailed-exitcode the exit is 1, the JSON the same.
+  const detailed = await run(["plan", "--json", "--detailed-exitcode", "--vm"]);
+  assertEquals(detailed.code, 1);
+  assertEquals(JSON.parse(detailed.out).error, {
+    kind: "usage",
+    message: "Option '--vm <value>' argument missing",
+  });
+  // A bad --color, and a subcommand missing, are usage errors too.
+  assertEquals(JSON.parse((await run(["groups", "--json", "--color=x"])).out).error.kind, "usage");
+  assertEquals(JSON.parse((await run(["hook", "--json"])).out).error, {
+    kind: "usage",
+    message: "Missing the subcommand: install, status, remove or run",
+  });
+  // A command with no JSON output prints none; nor does --json after "--" (data, not a flag).
+  assertEquals((await run(["snapshot", "--json", "--bogus"])).out, "");
+  assertEquals((await run(["plan", "--bogus", "--", "--json"])).out, "");
+});
