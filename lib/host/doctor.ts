@@ -488,9 +488,16 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     const said = `vfio-pci.ids=${entry.text} (${entry.source})`;
     return { entry, taken, cards, said, needed: taken.filter((d) => uses.has(d.address)) };
   });
-  const needed = found.filter((f) => f.needed.length > 0);
-  const shared = found.filter((f) => f.cards.size > 1);
+  // Only what vfio-pci is given takes devices: an entry of an overwritten ids=, or one a built-in
+  // vfio-pci never reads, takes nothing at boot, whatever it would take were it given.
+  const given = found.filter((f) => !unseen(f.entry) && !lost.includes(f.entry));
+  const needed = given.filter((f) => f.needed.length > 0);
+  const shared = given.filter((f) => f.cards.size > 1);
   const ignored = found.filter((f) => unseen(f.entry));
+  // Those that would take the wrong devices there: no remedy carries them to where they count.
+  const unsafe = found.filter((f) =>
+    !given.includes(f) && (f.needed.length > 0 || f.cards.size > 1)
+  );
   // Where an entry takes the wrong devices, loading vfio-pci first would make that worse; an
   // entry of an overwritten ids= takes nothing, whatever loads first.
   const late = lateBindings(
@@ -558,11 +565,27 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       }`,
     ]),
     ...ignoredRemedy(
-      ignored.filter((f) => !wrong.includes(f)),
+      ignored.filter((f) => !unsafe.includes(f)),
       toInit.length > 0,
       kept?.entries.filter((e) => !wrong.some((f) => f.entry === e)) ?? null,
     ),
-    ...overwrittenRemedy(kept, overwritten, new Set(wrong.map((f) => f.entry.text))),
+    ...overwrittenRemedy(
+      kept,
+      overwritten,
+      new Set([...wrong, ...unsafe].map((f) => f.entry.text)),
+    ),
+    ...unsafe.map((f) =>
+      `${
+        ignored.includes(f)
+          ? `do not put ${f.entry.text} on the kernel command line`
+          : `leave ${f.entry.text} out of it`
+      }: it would take ${
+        f.needed.length > 0
+          ? f.needed.map((d) => `${d.address}, which the host uses (${uses.get(d.address)})`)
+            .join("; ")
+          : `every card of that model: ${f.taken.map((d) => d.address).join(", ")}`
+      }`
+    ),
     ...lateRemedies(late, options.facts, builtIn),
   ];
   return {
