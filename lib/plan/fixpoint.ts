@@ -164,6 +164,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     byAddress: new Map(host.devices.map((d) => [d.address, d])),
     globalErrors: input.globalErrors,
     ...(input.facts === undefined ? {} : { facts: input.facts }),
+    pools: input.pools,
   };
   const refused = new Set<string>();
   let previous = new Map<string, VmResolution>();
@@ -199,6 +200,7 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
     host: input.host,
     byAddress: new Map(input.host.devices.map((d) => [d.address, d])),
     globalErrors: input.globalErrors,
+    pools: input.pools,
   };
   return input.effective.vms.flatMap(({ name }) => {
     const entry = input.survey.editable.get(name);

@@ -115,7 +115,9 @@ export function networkPoolErrors(
       const name = JSON.stringify(pool.name);
       const net = shellWord(pool.name);
       const what = vf
-        ? `a VF that hostdev network ${name} hands to guests at their start: a device can belong to one guest only: take a VF outside the pool, or leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy ${net}; virsh net-start ${net})`
+        ? `a VF that hostdev network ${name} hands to guests at their start: a device can belong to one guest only: take a VF outside the pool, or ${
+          leaveOutOfPool(pool.name)
+        }`
         : `the physical function of hostdev network ${name}: passing it to a guest destroys the VFs the network hands out: leave it with the host, or remove the network first (with the guests that use it shut down: virsh net-destroy ${net}; virsh net-undefine ${net})`;
       return [{
         code: "hostdev-network",
@@ -128,4 +130,15 @@ export function networkPoolErrors(
       }];
     })
   );
+}
+
+/**
+ * How to take a VF out of hostdev network `network`'s pool: libvirt reads a pool again only when
+ * the network starts.
+ */
+export function leaveOutOfPool(network: string): string {
+  const net = shellWord(network);
+  return `leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of ` +
+    `<address> entries; then, with the guests that use it shut down, virsh net-destroy ${net}; ` +
+    `virsh net-start ${net})`;
 }

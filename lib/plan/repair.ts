@@ -30,6 +30,7 @@ import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
 import type { VmContext } from "./vm_edit.ts";
+import { leaveOutOfPool, type NetworkPool } from "./networks.ts";
 
 /** A hostdev of a VM whose device the host needs now. */
 export interface HostNeeded {
@@ -40,12 +41,15 @@ export interface HostNeeded {
   /** What the host uses it for. */
   use: HostUse;
   /**
-   * An `owned` hostdev, a `hand-added` one, an `<interface type='hostdev'>` (`interface`), or a
-   * `<disk type='nvme'>` (`disk`: libvirt detaches its controller at start as a hostdev's).
+   * An `owned` hostdev, a `hand-added` one, an `<interface type='hostdev'>` (`interface`), a
+   * `<disk type='nvme'>` (`disk`: libvirt detaches its controller at start as a hostdev's), or
+   * an entry of the pool of a hostdev network an `<interface type='network'>` is on (`network`).
    */
-  kind: "owned" | "hand-added" | "interface" | "disk";
+  kind: "owned" | "hand-added" | "interface" | "disk" | "network";
   /** The rule recorded for an owned hostdev, when one is. */
   rule: string | null;
+  /** The hostdev network whose pool lists it (kind `network` only). */
+  network?: string;
 }
 
 /**
@@ -60,6 +64,7 @@ export function hostNeededHostdevs(
   domain: ParsedDomain,
   resolution: VmResolution,
   host: HostTopology,
+  pools: readonly NetworkPool[] = [],
 ): HostNeeded[] {
   const out: HostNeeded[] = [];
   const uses = host.hostUse;
@@ -75,14 +80,15 @@ export function hostNeededHostdevs(
   const check = (
     address: PciAddress,
     kind: HostNeeded["kind"],
-    owner: { record?: DeviceIdentity; rule: string | null },
+    owner: { record?: DeviceIdentity; rule: string | null; network?: string },
   ) => {
     const use = uses.find((u) => u.address === address);
     const device = host.devices.find((d) => d.address === address);
     if (use === undefined || device === undefined) return;
     if (owner.record !== undefined && !sameIdentityAsRead(owner.record, device)) return;
-    const { rule } = owner;
-    if (!allowedBy(address, rule)) out.push({ address, device, use, kind, rule });
+    const { rule, network } = owner;
+    if (allowedBy(address, rule)) return;
+    out.push({ address, device, use, kind, rule, ...(network === undefined ? {} : { network }) });
   };
   for (const have of domain.hostdevs) {
     if (!have.owned) check(have.address, "hand-added", { rule: null });
@@ -101,6 +107,11 @@ export function hostNeededHostdevs(
   }
   // Never written by passthrough: the start guard refuses it as it refuses a hand-added hostdev.
   for (const address of domain.nvmeDisks) check(address, "disk", { rule: null });
+  // libvirt hands any free entry of a hostdev network's pool to an interface on it at start, so
+  // the start guard refuses the start while any entry is a device the host needs.
+  for (const pool of pools.filter((p) => domain.networks.includes(p.name))) {
+    for (const address of pool.vfs) check(address, "network", { rule: null, network: pool.name });
+  }
   return out;
 }
 
@@ -267,7 +278,13 @@ function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
   const byHand = `remove it yourself: run "virsh edit ${
     shellWord(vm)
   }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
-  const message = kind === "owned"
+  const message = kind === "network"
+    ? `Hostdev network ${
+      JSON.stringify(needed.network)
+    }, which an interface of "${vm}" is on, lists ${address}, which ${holds}: libvirt may hand any free entry of the pool to "${vm}" at its start, and the start guard refuses every start while the pool lists it: ${
+      leaveOutOfPool(needed.network!)
+    }, then plan again`
+    : kind === "owned"
     ? `Hostdev ${address} of "${vm}"${ruled} ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
     : rule !== null
     // A `vf:` rule's own interface: the repair removes hostdevs, not interfaces.
@@ -312,7 +329,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     );
     if (needed !== undefined) first.push(neededIssue(plan.name, needed, stand));
   }
-  for (const needed of input.needed.filter((n) => n.kind === "interface" || n.kind === "disk")) {
+  for (const needed of input.needed.filter((n) => n.kind !== "owned" && n.kind !== "hand-added")) {
     first.push(neededIssue(plan.name, needed, stand));
   }
   plan.errors.unshift(...first, ...nics.issues);

@@ -34,6 +34,7 @@ import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
 import type { HostFacts } from "../host/preflight.ts";
+import type { NetworkPool } from "./networks.ts";
 import {
   interfaceChanged,
   interfaceSpecOf,
@@ -62,6 +63,8 @@ export interface VmContext {
   active: boolean | null;
   /** Host facts for the pre-flight findings (`preflight.ts`); absent: none are judged. */
   facts?: HostFacts;
+  /** The pools of the hostdev networks, whose entries the VM's network interfaces may get. */
+  pools?: readonly NetworkPool[];
 }
 
 /** The edit being built for one VM. */
@@ -600,7 +603,7 @@ export function planVm(
     ...bootOrderConflicts(vm, domain, resolution),
     ...preflight?.errors ?? [],
   );
-  const needed = hostNeededHostdevs(domain, resolution, context.host);
+  const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {
     return repairRefused(plan, domain, { resolution, context, needed });
   }

@@ -16,6 +16,9 @@ import { readHostFacts } from "../../lib/host/preflight.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { AQUANTIA, linkBridgeOverAquantia } from "../helpers/demo_net.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { sriovNic } from "../helpers/sriov.ts";
+import { guardCheck } from "../../lib/guard/run.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const NIC = AQUANTIA;
@@ -202,4 +205,72 @@ Deno.test("plan counts the NIC under a bridged or macvtap network as the VMs' on
   );
   demo.libvirt.define(demo.libvirt.getPersistentXml("win10").replace("'direct'", "'nat'"));
   assertEquals(plan().vms[0]!.add.map((a) => a.address), [NIC]);
+});
+
+Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF the host uses, as the start guard does", async () => {
+  // The Z690 host with an igb PF and 4 VFs; the host's default route runs over VF 40:10.2.
+  const z690 = loadFixtureHost("z690-asus-adl");
+  z690.devices.push(...sriovNic("40", 4));
+  z690.host_use = [
+    { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
+  ];
+  await using tree = await tempHostTree(z690);
+  const address = (fn: string) =>
+    `<address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x${fn}'/>`;
+  const forward = `<forward mode='hostdev' managed='yes'>${address("0")}${address("2")}</forward>`;
+  const router = `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>router</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1940</uuid>
+    <memory unit='KiB'>1048576</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>
+    <devices><interface type='network'><mac address='52:54:00:00:00:01'/>
+    <source network='sriov'/></interface></devices><test:runstate>5</test:runstate></domain>`;
+  Deno.writeTextFileSync(
+    `${tree.dir}/world.xml`,
+    `<node>${router}<network><name>sriov</name>${forward}</network></node>`,
+  );
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  const libvirt = openLibvirtPort(`test://${tree.dir}/world.xml`);
+  try {
+    const config = parseConfig("version: 1\nvms:\n  router:\n    devices: []\n", {
+      file: "router.yaml",
+    });
+    const plan = planHostdevs({ config, host, libvirt });
+    const vm = plan.vms[0]!;
+    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [["host-needed", ["0000:40:10.2"]]]);
+    assertEquals(
+      vm.errors[0]!.message,
+      `Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:10.2, which holds 8086:10ca class 020000, which the host needs now (default-route: default route via enp64s0v1): libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`,
+    );
+    assertEquals(vm.changed, false);
+    // The guard, reading the running network's status, refuses that entry at every start.
+    Deno.mkdirSync(`${tree.dir}/network`);
+    Deno.writeTextFileSync(
+      `${tree.dir}/network/sriov.xml`,
+      `<networkstatus><network><name>sriov</name>${forward}</network></networkstatus>`,
+    );
+    const refusals = guardCheck({
+      vm: "router",
+      xml: router,
+      reader: denoFsReader(),
+      root: tree.dir,
+      live: false,
+      networkStatusDir: `${tree.dir}/network`,
+    });
+    assertEquals(refusals.map((r) => [r.kind, r.address, r.network]), [
+      ["host-needs", "0000:40:10.2", "sriov"],
+    ]);
+    // With the VF out of the pool, neither refuses.
+    const spared = `<forward mode='hostdev' managed='yes'>${address("0")}</forward>`;
+    Deno.writeTextFileSync(
+      `${tree.dir}/world2.xml`,
+      `<node>${router}<network><name>sriov</name>${spared}</network></node>`,
+    );
+    const other = openLibvirtPort(`test://${tree.dir}/world2.xml`);
+    try {
+      assertEquals(planHostdevs({ config, host, libvirt: other }).vms[0]!.errors, []);
+    } finally {
+      other.close();
+    }
+  } finally {
+    libvirt.close();
+  }
 });
