@@ -186,8 +186,9 @@ export interface DomainEdit {
    * Owned `<hostdev>`s whose settings changed (`managed`, ROM, boot order, guest address), and
    * owned `<interface type='hostdev'>`s (a spec with `interface`: MAC, VLAN, ...): each is
    * written again from its spec where it is, keeping the children its spec does not describe
-   * (`<driver>`, `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) as they were, so a
-   * user's own settings stay and the diff shows only what changed. With `from`, the element at
+   * (`<driver>`, `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) and the comments
+   * between its children as they were, so a user's own settings stay and the diff shows only
+   * what changed (a comment inside a child the spec writes, such as `<source>`, goes with it). With `from`, the element at
    * that address is the one written again, at the spec's (a VF that moved with its PF). Default:
    * none.
    */
@@ -1040,7 +1041,7 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
  * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
  * `edit.remove` are deleted together with their line, those in `edit.move` get their source
  * address rewritten where they are, those in `edit.rewrite` are written again where they are
- * (keeping the children their spec does not describe), `edit.add` hostdevs are appended after the
+ * (keeping the children their spec does not describe, and comments), `edit.add` hostdevs are appended after the
  * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
  * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
  * byte-identical, and an edit with nothing to do returns `xml` itself.
@@ -1212,11 +1213,15 @@ function rewriteSplices(
     const described = SPEC_CHILDREN[nic ? "interface" : "hostdev"];
     const indent = lineIndent(xml, span.start) ?? "";
     const source = span.children.find((c) => c.name === "source");
+    // The user's comments directly inside the element are theirs as its other children are; one
+    // inside a child the spec writes (`<source>`, `<rom>`, ...) goes with that child.
+    const ownChildren = [
+      ...span.children.filter((c) => !described.has(c.name)),
+      ...commentsBetween(xml, span),
+    ].sort((a, b) => a.start - b.start);
     const kept = (before: boolean) =>
-      span.children
-        .filter((c) =>
-          !described.has(c.name) && (source !== undefined && c.start < source.start) === before
-        )
+      ownChildren
+        .filter((c) => (source !== undefined && c.start < source.start) === before)
         .flatMap((c) =>
           xml.slice(c.start, c.end).split(/\r?\n/).map((line, i) =>
             i === 0 ? `  ${line}` : line.startsWith(indent) ? line.slice(indent.length) : line
@@ -1234,6 +1239,37 @@ function rewriteSplices(
     ];
     return { start: span.start, end: span.end, text: indentLines(text, indent, newline) };
   });
+}
+
+/**
+ * The comments directly inside `span` (between its children, not within one), as offsets into
+ * `xml`.
+ */
+function commentsBetween(xml: string, span: XmlSpan): { start: number; end: number }[] {
+  const found: { start: number; end: number }[] = [];
+  const gaps = [
+    span.startTagEnd,
+    ...span.children.flatMap((c) => [c.start, c.end]),
+    span.endTagStart,
+  ];
+  for (let i = 0; i < gaps.length; i += 2) {
+    const [from, to] = [gaps[i]!, gaps[i + 1]!];
+    // Between children there is only text, comments, CDATA and processing instructions (the
+    // scanner placed every element): a "<!--" inside CDATA or an instruction is no comment.
+    for (let at = xml.indexOf("<", from); at !== -1 && at < to; at = xml.indexOf("<", at + 1)) {
+      const close = xml.startsWith("<!--", at)
+        ? "-->"
+        : xml.startsWith("<![CDATA[", at)
+        ? "]]>"
+        : "?>";
+      // As the scanner reads them: a comment's "-->" after its "<!--", never within it.
+      const closed = xml.indexOf(close, at + (close === "-->" ? 4 : 2));
+      if (closed === -1) break;
+      if (close === "-->") found.push({ start: at, end: closed + 3 });
+      at = closed;
+    }
+  }
+  return found;
 }
 
 /** The lines of the PCI controllers to add, refusing an index the domain has already. */

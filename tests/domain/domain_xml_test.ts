@@ -1121,3 +1121,48 @@ Deno.test("editDomainXml() records a <devices> it creates even when the records 
     cut(SMALL),
   );
 });
+
+Deno.test("editDomainXml() keeps the comments written inside an owned hostdev it rewrites, where they were", () => {
+  const added = add(SMALL, [{
+    address: "0000:01:00.0",
+    managed: true,
+    rom: { bar: "on" },
+    guestAddress: { domain: 0, bus: 0, slot: 7, function: 0 },
+  }]);
+  // A comment before <source>, one after the <rom> the rewrite drops, and one inside <source>,
+  // which goes with it (the spec writes <source>).
+  const own = added
+    .replace(
+      /(managed='yes'>)(\s*<source>)/,
+      "$1\n      <!-- RTX 4090: the guest driver binds by slot 7 -->$2",
+    )
+    .replace("<rom bar='on'/>", "<rom bar='on'/>\n      <!-- <rom file='/roms/old.rom'/> -->")
+    .replace("<source>", "<source><!-- host side -->");
+  const rewritten = editDomainXml(own, {
+    remove: [],
+    add: [],
+    records: parseDomainXml(own).records,
+    rewrite: [{
+      address: "0000:01:00.0",
+      managed: true,
+      bootOrder: 1,
+      guestAddress: { domain: 0, bus: 0, slot: 7, function: 0 },
+    }],
+  });
+  const hostdev = parseDomainXml(rewritten).hostdevs[0]!;
+  assertEquals([hostdev.bootOrder, hostdev.romBar], [1, null]);
+  assertEquals(
+    hostdev.xml.split("\n").map((l) => l.trim()),
+    [
+      "<hostdev mode='subsystem' type='pci' managed='yes'>",
+      "<!-- RTX 4090: the guest driver binds by slot 7 -->",
+      "<source>",
+      "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>",
+      "</source>",
+      "<boot order='1'/>",
+      "<!-- <rom file='/roms/old.rom'/> -->",
+      "<address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/>",
+      "</hostdev>",
+    ],
+  );
+});
