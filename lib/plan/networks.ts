@@ -8,7 +8,8 @@
  */
 
 import type { ClosureResult } from "../resolve/closure.ts";
-import type { HostTopology, PciAddress } from "../host/types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
+import { describe } from "./issues.ts";
 import type { PlanIssue } from "./types.ts";
 import { shellWord } from "../render/shell.ts";
 import type { HostdevNetwork, NetworksRead } from "./world.ts";
@@ -127,6 +128,51 @@ export function networkPoolErrors(
         location: rule.location,
         devices: [device.address],
         ...(device.iommuGroup === null ? {} : { group: device.iommuGroup }),
+      }];
+    })
+  );
+}
+
+/**
+ * The refusal of VM `vm`, whose interface is on hostdev network `network`, for the pool entry at
+ * `address`, which `holds` what makes it wrong: libvirt may hand it to the VM at its start.
+ */
+export function poolEntryMessage(
+  vm: string,
+  { network, address, holds }: { network: string; address: PciAddress; holds: string },
+): string {
+  return `Hostdev network ${
+    JSON.stringify(network)
+  }, which an interface of "${vm}" is on, lists ${address}, which ${holds}: libvirt may hand any free entry of the pool to "${vm}" at its start, and the start guard refuses every start while the pool lists it: ${
+    leaveOutOfPool(network)
+  }, then plan again`;
+}
+
+/**
+ * The `hostdev-network` refusals of VM `vm`, whose interfaces are on `networks`: an entry of such
+ * a network's pool that holds no device, or one that is not an SR-IOV VF (libvirt takes only VFs
+ * into a pool: the buses moved under it), as the start guard refuses them.
+ */
+export function poolEntryErrors(
+  vm: string,
+  networks: readonly string[],
+  pools: readonly NetworkPool[],
+  byAddress: ReadonlyMap<PciAddress, PciDevice>,
+): PlanIssue[] {
+  return pools.filter((pool) => networks.includes(pool.name)).flatMap((pool) =>
+    pool.vfs.flatMap((address): PlanIssue[] => {
+      const device = byAddress.get(address);
+      if (device !== undefined && device.physfn !== null) return [];
+      const holds = device === undefined
+        ? "holds no device"
+        : `holds ${
+          describe(device)
+        }, not an SR-IOV virtual function (libvirt takes only VFs into a pool: the buses moved under it)`;
+      return [{
+        code: "hostdev-network",
+        message: poolEntryMessage(vm, { network: pool.name, address, holds }),
+        vm,
+        devices: [address],
       }];
     })
   );

@@ -30,7 +30,7 @@ import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
 import type { VmContext } from "./vm_edit.ts";
-import { leaveOutOfPool, type NetworkPool } from "./networks.ts";
+import { type NetworkPool, poolEntryMessage } from "./networks.ts";
 
 /** A hostdev of a VM whose device the host needs now. */
 export interface HostNeeded {
@@ -279,11 +279,7 @@ function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
     shellWord(vm)
   }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
   const message = kind === "network"
-    ? `Hostdev network ${
-      JSON.stringify(needed.network)
-    }, which an interface of "${vm}" is on, lists ${address}, which ${holds}: libvirt may hand any free entry of the pool to "${vm}" at its start, and the start guard refuses every start while the pool lists it: ${
-      leaveOutOfPool(needed.network!)
-    }, then plan again`
+    ? poolEntryMessage(vm, { network: needed.network!, address, holds })
     : kind === "owned"
     ? `Hostdev ${address} of "${vm}"${ruled} ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
     : rule !== null

@@ -34,7 +34,7 @@ import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
 import type { HostFacts } from "../host/preflight.ts";
-import type { NetworkPool } from "./networks.ts";
+import { type NetworkPool, poolEntryErrors } from "./networks.ts";
 import {
   interfaceChanged,
   interfaceSpecOf,
@@ -602,6 +602,7 @@ export function planVm(
     ...resolution.errors,
     ...bootOrderConflicts(vm, domain, resolution),
     ...preflight?.errors ?? [],
+    ...poolEntryErrors(vm, domain.networks, context.pools ?? [], context.byAddress),
   );
   const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {

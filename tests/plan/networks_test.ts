@@ -7,7 +7,11 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import {
+  buildHostTree,
+  type HostDescription,
+  loadHostDescription,
+} from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
@@ -207,70 +211,100 @@ Deno.test("plan counts the NIC under a bridged or macvtap network as the VMs' on
   assertEquals(plan().vms[0]!.add.map((a) => a.address), [NIC]);
 });
 
-Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF the host uses, as the start guard does", async () => {
-  // The Z690 host with an igb PF and 4 VFs; the host's default route runs over VF 40:10.2.
+/** A PCI `<address>` in a hostdev network's pool, as libvirt writes one. */
+function poolAddress(address: string): string {
+  const [domain, bus, slotFn] = address.split(":");
+  const [slot, fn] = slotFn!.split(".");
+  return `<address type='pci' domain='0x${domain}' bus='0x${bus}' slot='0x${slot}' function='0x${fn}'/>`;
+}
+
+/** VM "router", shut off, with an interface on network "sriov". */
+const ROUTER = `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+  <name>router</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1940</uuid>
+  <memory unit='KiB'>1048576</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>
+  <devices><interface type='network'><mac address='52:54:00:00:00:01'/>
+  <source network='sriov'/></interface></devices><test:runstate>5</test:runstate></domain>`;
+
+/**
+ * The Z690 host with an igb PF at 40:00.0 and 4 VFs (and `hostUse`), and "router" on hostdev
+ * network "sriov" whose pool lists `pool`: what `plan` refuses of router, and what the start
+ * guard refuses at its start (reading the running network's status).
+ */
+async function routerOnPool(
+  pool: string[],
+  hostUse: HostDescription["host_use"] = [],
+): Promise<{ errors: [string, string[] | undefined][]; messages: string[]; guard: unknown[] }> {
   const z690 = loadFixtureHost("z690-asus-adl");
   z690.devices.push(...sriovNic("40", 4));
-  z690.host_use = [
-    { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
-  ];
+  z690.host_use = hostUse;
   await using tree = await tempHostTree(z690);
-  const address = (fn: string) =>
-    `<address type='pci' domain='0x0000' bus='0x40' slot='0x10' function='0x${fn}'/>`;
-  const forward = `<forward mode='hostdev' managed='yes'>${address("0")}${address("2")}</forward>`;
-  const router = `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
-    <name>router</name><uuid>6695eb01-f6a4-8304-79aa-97f2502e1940</uuid>
-    <memory unit='KiB'>1048576</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>
-    <devices><interface type='network'><mac address='52:54:00:00:00:01'/>
-    <source network='sriov'/></interface></devices><test:runstate>5</test:runstate></domain>`;
+  const forward = `<forward mode='hostdev' managed='yes'>${
+    pool.map(poolAddress).join("")
+  }</forward>`;
   Deno.writeTextFileSync(
     `${tree.dir}/world.xml`,
-    `<node>${router}<network><name>sriov</name>${forward}</network></node>`,
+    `<node>${ROUTER}<network><name>sriov</name>${forward}</network></node>`,
   );
   const host = await discoverHost({ root: tree.dir, lspci: null });
   const libvirt = openLibvirtPort(`test://${tree.dir}/world.xml`);
+  const config = parseConfig("version: 1\nvms:\n  router:\n    devices: []\n", {
+    file: "router.yaml",
+  });
+  let vm;
   try {
-    const config = parseConfig("version: 1\nvms:\n  router:\n    devices: []\n", {
-      file: "router.yaml",
-    });
-    const plan = planHostdevs({ config, host, libvirt });
-    const vm = plan.vms[0]!;
-    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [["host-needed", ["0000:40:10.2"]]]);
-    assertEquals(
-      vm.errors[0]!.message,
-      `Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:10.2, which holds 8086:10ca class 020000, which the host needs now (default-route: default route via enp64s0v1): libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`,
-    );
-    assertEquals(vm.changed, false);
-    // The guard, reading the running network's status, refuses that entry at every start.
-    Deno.mkdirSync(`${tree.dir}/network`);
-    Deno.writeTextFileSync(
-      `${tree.dir}/network/sriov.xml`,
-      `<networkstatus><network><name>sriov</name>${forward}</network></networkstatus>`,
-    );
-    const refusals = guardCheck({
-      vm: "router",
-      xml: router,
-      reader: denoFsReader(),
-      root: tree.dir,
-      live: false,
-      networkStatusDir: `${tree.dir}/network`,
-    });
-    assertEquals(refusals.map((r) => [r.kind, r.address, r.network]), [
-      ["host-needs", "0000:40:10.2", "sriov"],
-    ]);
-    // With the VF out of the pool, neither refuses.
-    const spared = `<forward mode='hostdev' managed='yes'>${address("0")}</forward>`;
-    Deno.writeTextFileSync(
-      `${tree.dir}/world2.xml`,
-      `<node>${router}<network><name>sriov</name>${spared}</network></node>`,
-    );
-    const other = openLibvirtPort(`test://${tree.dir}/world2.xml`);
-    try {
-      assertEquals(planHostdevs({ config, host, libvirt: other }).vms[0]!.errors, []);
-    } finally {
-      other.close();
-    }
+    vm = planHostdevs({ config, host, libvirt }).vms[0]!;
   } finally {
     libvirt.close();
   }
+  Deno.mkdirSync(`${tree.dir}/network`);
+  Deno.writeTextFileSync(
+    `${tree.dir}/network/sriov.xml`,
+    `<networkstatus><network><name>sriov</name>${forward}</network></networkstatus>`,
+  );
+  const refusals = guardCheck({
+    vm: "router",
+    xml: ROUTER,
+    reader: denoFsReader(),
+    root: tree.dir,
+    live: false,
+    networkStatusDir: `${tree.dir}/network`,
+  });
+  return {
+    errors: vm.errors.map((e) => [e.code, e.devices]),
+    messages: vm.errors.map((e) => e.message),
+    guard: refusals.map((r) => [r.kind, r.address, r.network]),
+  };
+}
+
+Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF the host uses, as the start guard does", async () => {
+  // The host's default route runs over VF 40:10.2.
+  const used = [
+    { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
+  ] as const satisfies HostDescription["host_use"];
+  const refused = await routerOnPool(["0000:40:10.0", "0000:40:10.2"], used);
+  assertEquals(refused.errors, [["host-needed", ["0000:40:10.2"]]]);
+  assertEquals(refused.messages, [
+    `Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:10.2, which holds 8086:10ca class 020000, which the host needs now (default-route: default route via enp64s0v1): libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`,
+  ]);
+  assertEquals(refused.guard, [["host-needs", "0000:40:10.2", "sriov"]]);
+  // With the VF out of the pool, neither refuses.
+  const spared = await routerOnPool(["0000:40:10.0"], used);
+  assertEquals([spared.errors, spared.guard], [[], []]);
+});
+
+Deno.test("plan refuses a VM on a hostdev network whose pool lists an address holding nothing, or a PF, as the start guard does", async () => {
+  const refused = await routerOnPool(["0000:40:10.0", "0000:77:10.1", "0000:40:00.0"]);
+  assertEquals(refused.errors, [
+    ["hostdev-network", ["0000:40:00.0"]],
+    ["hostdev-network", ["0000:77:10.1"]],
+  ]);
+  assertMatch(
+    refused.messages[0]!,
+    /^Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:00\.0, which holds 8086:10c9 class 020000, not an SR-IOV virtual function \(libvirt takes only VFs into a pool: the buses moved under it\): libvirt may hand /,
+  );
+  assertMatch(refused.messages[1]!, /lists 0000:77:10\.1, which holds no device: libvirt may /);
+  assertEquals(refused.guard, [
+    ["replaced", "0000:40:00.0", "sriov"],
+    ["missing", "0000:77:10.1", "sriov"],
+  ]);
 });
