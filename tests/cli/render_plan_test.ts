@@ -516,6 +516,6 @@ Deno.test("renderVmPlan() says a VF follows its moved PF: it has no moved line o
   const text = renderVmPlan(moved, { color: false });
   assertMatch(
     text,
-    /\n  note \[moved\] VF 1 of "a" \(rule "uplink"\) moved with its physical function from 0000:07:00\.0 to 0000:09:00\.0: the interface follows it, 0000:07:10\.2 becomes 0000:09:10\.2\n/,
+    /\n {2}note \[moved\] VF 1 of "a" \(rule "uplink"\) moved with its physical function from 0000:07:00\.0 to 0000:09:00\.0: the interface follows it, 0000:07:10\.2 becomes 0000:09:10\.2\n/,
   );
 });
