@@ -23,20 +23,30 @@
  * double or in single quotes), a cookie's value (groups 4 and 5: the opening tag, the value up
  * to the closing tag or, for a value split across lines, the end of the text), or the password
  * of a URI's user information (groups 6 and 7: `scheme://user:`, the password up to the `@` before
- * the host, so that an unencoded `@`, `/`, `?`, `#` or quote in it hides no part: libvirt's "Unable
- * to parse URI" quotes such a URI whole), which libvirt does not use but an operator may still
- * write into `--connect`, `connect:` or `LIBVIRT_DEFAULT_URI`. The host is what follows that `@`
- * up to the end, a space, `/`, `?`, `#` or a quote, and holds no `@`; a password with a space in
- * it cannot be told from the words after it. Digits then `/`, `?` or `#` after the `:` are a port
- * (`qemu+tcp://hv1:16509/system?x=/home/alice@corp`), as libvirt reads them, not a password: a
- * password that starts so is shown.
+ * the host, so that an unencoded `@`, `/`, `?`, `#`, quote or space in it hides no part: libvirt's
+ * "Unable to parse URI" quotes such a URI whole), which libvirt does not use but an operator may
+ * still write into `--connect`, `connect:` or `LIBVIRT_DEFAULT_URI`. The host is what follows the
+ * first such `@` up to the end, a space, `/`, `?`, `#` or a quote, and holds no `@`. Digits then
+ * a space, a quote or the end after the `:` are a port (`qemu+tcp://hv1:16509 failed, mail
+ * admin@corp`), and so are digits then `/` (or a bare `/`) unless an `@` and a host follow before
+ * any space, `?` or `#`: an `@` in a query (`qemu+tcp://hv1:16509/system?x=/home/alice@corp`) is
+ * libvirt's usual place for one, one in the path (`qemu+ssh://user:123/abc@hv1/system`) is a
+ * password's. A password that starts with digits then a space, a quote, `?` or `#`, or one with a
+ * space longer than {@link MAX_SPACED} characters, is shown.
  */
+/**
+ * The longest URI password with a space that {@link SECRET} finds: looking further for the `@`
+ * from every `scheme://user:` of a long line would take time growing with its square.
+ */
+const MAX_SPACED = 256;
+
 const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
     String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
-    String
-      .raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)(?![0-9]*[/?#])(\S+?)(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
+    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)` +
+    String.raw`((?![0-9]*(?:[\s/?#'"]|$))(?:\S+?|.{1,${MAX_SPACED}}?)|[0-9]*/[^\s?#]*?)` +
+    String.raw`(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
   ].join("|"),
   "g",
 );

@@ -564,7 +564,9 @@ Deno.test("a password written into a libvirt URI is shown as *** in messages and
   await Deno.writeTextFile(config, gpuConfig("vm"));
   // A quote, `#`, `?` or `/` in the password makes libvirt quote the whole URI ("Unable to parse
   // URI ..."); a plain one fails at once too: nothing listens on port 1.
-  for (const password of [SECRET, `${SECRET}"x`, `x'${SECRET}`, `${SECRET}#x?y`, `${SECRET}/+=`]) {
+  // A space makes libvirt quote it too; digits then `/` it reads as a port and a path.
+  const passwords = [SECRET, `${SECRET}"x`, `x'${SECRET}`, `${SECRET}#x?y`, `${SECRET}/+=`];
+  for (const password of [...passwords, `${SECRET} x`, `123/${SECRET}`]) {
     const uri = `qemu+tcp://admin:${password}@127.0.0.1:1/system`;
     for (const json of [[], ["--json"]]) {
       const ways: [string[], Record<string, string>][] = [

@@ -1,6 +1,6 @@
 /**
  * `redactSecrets()`: the one redaction every output passes through. A password written into a
- * URI's user information is cut whole, up to the `@` before the host, whatever it holds but a space.
+ * URI's user information is cut whole, up to the `@` before the host, whatever it holds.
  */
 
 import { assertEquals } from "../helpers/assert.ts";
@@ -20,6 +20,15 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
     [`"qemu+tcp://admin:s3"cr@hv9:1/system"`, `"qemu+tcp://admin:***@hv9:1/system"`],
     [`'qemu+tcp://admin:s3'cr@hv9'`, `'qemu+tcp://admin:***@hv9'`],
     [`{"m": "at \\"qemu+tcp://a:s3\\"cr@h/x\\""}`, `{"m": "at \\"qemu+tcp://a:***@h/x\\""}`],
+    // A space, or digits then `/` (which libvirt reads as a port and a path), hide no part either.
+    ["qemu+ssh://user:pass word@hv9/system", "qemu+ssh://user:***@hv9/system"],
+    [
+      `at "qemu+ssh://u:a b@h/system": Unable to parse URI qemu+ssh://u:a b@h/system`,
+      `at "qemu+ssh://u:***@h/system": Unable to parse URI qemu+ssh://u:***@h/system`,
+    ],
+    ["qemu+ssh://user:123/abc@hv9/system", "qemu+ssh://user:***@hv9/system"],
+    ["qemu+ssh://user:123/a@b@hv9", "qemu+ssh://user:***@hv9"],
+    ["qemu+ssh://user:/abc@hv9/system", "qemu+ssh://user:***@hv9/system"],
     // What follows the host (a path, a query, other words) is never taken for a password.
     ["qemu+ssh://a:b@h/system?keyfile=/k@y", "qemu+ssh://a:***@h/system?keyfile=/k@y"],
     ["qemu+ssh://a:b@h?keyfile=/k@y", "qemu+ssh://a:***@h?keyfile=/k@y"],
@@ -39,6 +48,16 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
       "qemu+ssh://hv1:2222/system?keyfile=/root/.ssh/id@work",
     ],
     ["qemu+tcp://hv1:/system?k=a@b", "qemu+tcp://hv1:/system?k=a@b"],
+    // Nor with words after a port, quoted or not, and an `@` among them.
+    [
+      "qemu+tcp://hv1:16509 failed, mail admin@corp",
+      "qemu+tcp://hv1:16509 failed, mail admin@corp",
+    ],
+    [
+      `"qemu+tcp://hv1:16509" failed, mail admin@corp`,
+      `"qemu+tcp://hv1:16509" failed, mail admin@corp`,
+    ],
+    ["qemu+tcp://hv1:16509/system failed: a@b", "qemu+tcp://hv1:16509/system failed: a@b"],
     // Digits alone before the `@` are a password still.
     ["qemu+tcp://admin:1234@hv9/system", "qemu+tcp://admin:***@hv9/system"],
     ["qemu+ssh://root@hv9/system", "qemu+ssh://root@hv9/system"],
