@@ -1,7 +1,8 @@
 /**
  * A nightly drift check built on the passthrough library: plans the config against the host and
  * libvirt, prints one line per VM, and exits 0 when every VM matches, 3 when changes are pending,
- * 1 when something is refused (a card moved, a group became unsafe, a rule became ambiguous).
+ * 1 when something is refused (a card moved, a group became unsafe, a rule became ambiguous) or
+ * cannot be checked (a missing config, libvirt unreachable: one line on stderr).
  * Suitable for cron or a monitoring check; it changes nothing.
  *
  *   deno run --no-prompt --allow-ffi --allow-run=lspci --allow-read --allow-write \
@@ -16,7 +17,13 @@
  * @module
  */
 
-import { discoverHost, loadConfig, pickHostSection, planHostdevs } from "../lib/mod.ts";
+import {
+  discoverHost,
+  loadConfig,
+  pickHostSection,
+  planHostdevs,
+  redactSecrets,
+} from "../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../lib/testing/mod.ts";
 import { libcSysfsReader, openLibvirtPort } from "../ffi/mod.ts";
 
@@ -62,6 +69,13 @@ try {
     }
   }
   Deno.exitCode = status === 3 ? 3 : status;
+} catch (error) {
+  // A missing config, an unreadable tree, libvirt down: one line, as a cron mail should say it,
+  // without the password a URI given on the command line may hold.
+  console.error(
+    `drift_check: ${redactSecrets(error instanceof Error ? error.message : String(error))}`,
+  );
+  Deno.exitCode = 1;
 } finally {
   if (tmp !== undefined) Deno.removeSync(tmp, { recursive: true });
 }

@@ -65,3 +65,15 @@ Deno.test("examples/drift_check.ts reads the live sysfs given as /sys/ as it rea
   assertEquals([slash.code, text(slash)], [plain.code, text(plain)]);
   assertMatch(text(plain), /^(win10|host): /m);
 });
+
+Deno.test("examples/drift_check.ts says in one line that the config is missing, exit code 1", async () => {
+  const out = await driftCheck("/nonexistent/passthrough.yaml");
+  const stderr = new TextDecoder().decode(out.stderr);
+  // It printed an uncaught ConfigReadError with its stack.
+  assertEquals(out.code, 1, stderr);
+  assertEquals(
+    stderr,
+    'drift_check: Cannot read config "/nonexistent/passthrough.yaml": no such file\n',
+  );
+  assertEquals(new TextDecoder().decode(out.stdout), "");
+});
