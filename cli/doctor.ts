@@ -20,6 +20,8 @@ import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./hos
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
 import { connectTarget } from "./connect.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 
 /** The start guard's facts on this host: the hook, the daemon, SELinux. */
 function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
@@ -88,8 +90,9 @@ export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise
     ...(live ? { hook: hookFacts(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR, reader) } : {}),
     bundle: runningStaleBundle(),
   });
+  // The libvirt finding quotes the URI, which may hold a password (`--connect`, the environment).
   io.out(
-    values.json ? `${JSON.stringify(findings, null, 2)}\n` : renderFindings(findings, io.color),
+    values.json ? redactedJson(findings) : redactSecrets(renderFindings(findings, io.color)),
   );
   return findings.some((f) => f.status === "fail") ? 1 : 0;
 }

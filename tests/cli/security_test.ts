@@ -590,3 +590,15 @@ Deno.test("a password written into a libvirt URI is shown as *** in messages and
     test: TEST,
   });
 });
+
+Deno.test("doctor shows a password written into a libvirt URI as ***, as text and as JSON", async () => {
+  await using tree = await demoTree();
+  const uri = `qemu+tcp://admin:${SECRET}@127.0.0.1:1/system`;
+  for (const json of [[], ["--json"]]) {
+    const args = ["doctor", ...json, "--sysfs", tree.sysfs, "--connect", uri];
+    const { stdout, stderr } = await runCli(args);
+    // Its libvirt finding quoted the URI as given: "Cannot reach libvirt: ... admin:pt-s3crt@...".
+    assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+    assertMatch(stdout, /qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:1\/system/);
+  }
+});
