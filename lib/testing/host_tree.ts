@@ -249,6 +249,38 @@ export interface BuildHostTreeOptions {
 }
 
 /**
+ * Refuses a VF whose `physfn` the kernel could not have made, naming the VF: a PF the description
+ * does not hold (the tree's `physfn` would dangle, and its PF's `virtfnN` could not be written:
+ * "No such file or directory ... virtfn0"), the VF itself, or another VF (a VF has no VFs).
+ * For the builders of this folder.
+ */
+export function checkPhysfns(description: HostDescription): void {
+  const byAddress = new Map(description.devices.flatMap((d) => {
+    const address = canonicalPciAddress(d.bdf);
+    return address === null ? [] : [[address, d]];
+  }));
+  for (const d of description.devices) {
+    if (d.physfn == null) continue;
+    const pf = canonicalPciAddress(d.physfn);
+    const why = pf === null
+      ? "not a PCI address"
+      : !byAddress.has(pf)
+      ? "no device of the description has that address"
+      : pf === canonicalPciAddress(d.bdf)
+      ? "the device itself"
+      : byAddress.get(pf)!.physfn != null
+      ? "a VF itself"
+      : null;
+    if (why !== null) {
+      throw new HostDescriptionError(
+        `Invalid physfn "${d.physfn}" for device "${d.bdf}": ${why}`,
+        d.bdf,
+      );
+    }
+  }
+}
+
+/**
  * Writes the sysfs-shaped tree for `description` into `dir` (which must exist or be creatable).
  * Returns the canonical addresses written, sorted.
  *
@@ -269,6 +301,7 @@ export function buildHostTree(
   dir: string,
   options: BuildHostTreeOptions = {},
 ): PciAddress[] {
+  checkPhysfns(description);
   const devicesDir = `${dir}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
   Deno.mkdirSync(`${dir}/bus/pci/drivers`, { recursive: true });
@@ -369,8 +402,7 @@ export function buildHostTree(
       Deno.writeTextFileSync(`${slotDir}/address`, `${address.slice(0, -2)}\n`);
     }
     if (d.physfn != null) {
-      const pf = canonicalPciAddress(d.physfn);
-      if (pf === null) throw new HostDescriptionError(`Invalid physfn "${d.physfn}"`, d.bdf);
+      const pf = canonicalPciAddress(d.physfn)!; // checkPhysfns
       Deno.symlinkSync(`../${pf}`, `${path}/physfn`);
       vfsOf.set(pf, [...(vfsOf.get(pf) ?? []), address]);
     }

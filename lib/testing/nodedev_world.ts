@@ -19,7 +19,7 @@
  */
 
 import type { HostDescription } from "./host_tree.ts";
-import { HostDescriptionError } from "./host_tree.ts";
+import { checkPhysfns, HostDescriptionError } from "./host_tree.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import type { PciAddress } from "../host/types.ts";
 import { escapeXmlAttribute } from "../domain/xml.ts";
@@ -58,7 +58,7 @@ function addressXml(address: PciAddress, indent: string): string {
 
 /**
  * Builds the `<node>` document for `description`. Throws `HostDescriptionError` for a malformed
- * address, ID or class, or a duplicate device.
+ * address, ID or class, a duplicate device, or a VF's `physfn` that names no PF of it.
  *
  * @example
  * ```ts
@@ -82,6 +82,7 @@ export function nodeDeviceWorldXml(
     }
     addresses.set(address, d);
   }
+  checkPhysfns(description);
   const sorted = [...addresses.keys()].sort(comparePciAddress);
   const membersOf = new Map<number, PciAddress[]>();
   const vfsOf = new Map<PciAddress, PciAddress[]>();
@@ -90,8 +91,7 @@ export function nodeDeviceWorldXml(
     const d = addresses.get(address)!;
     if (d.group !== null) membersOf.set(d.group, [...(membersOf.get(d.group) ?? []), address]);
     if (d.physfn != null) {
-      const pf = canonicalPciAddress(d.physfn);
-      if (pf === null) throw new HostDescriptionError(`Invalid physfn "${d.physfn}"`, d.bdf);
+      const pf = canonicalPciAddress(d.physfn)!; // checkPhysfns
       physfnOf.set(address, pf);
       vfsOf.set(pf, [...(vfsOf.get(pf) ?? []), address]);
     }

@@ -7,6 +7,8 @@ import {
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
 import { commandLspciRunner } from "../../lib/host/lspci.ts";
+import { nodeDeviceWorldXml } from "../../lib/testing/nodedev_world.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
   return {
@@ -182,6 +184,43 @@ Deno.test(
       () => buildHostTree({ devices: [dev("0000:01:00.0", { serial: "12345" })] }, `${dir}/d`),
       /Invalid serial "12345" for device "0000:01:00.0"/,
     );
+  }),
+);
+
+Deno.test(
+  "buildHostTree() and nodeDeviceWorldXml() refuse a physfn no kernel makes, with the VF named, writing nothing",
+  withDir((dir) => {
+    const pf = dev("0000:01:00.0", { class: "0x020000" });
+    const vf = (bdf: string, physfn: string) => dev(bdf, { class: "0x020000", physfn });
+    // The devices, and the message naming the VF whose physfn is wrong.
+    const cases: [HostDeviceDescription[], string][] = [
+      // Was "No such file or directory ... symlink '../0000:01:10.0' -> '.../0000:99:00.0/virtfn0'".
+      [
+        [pf, vf("0000:01:10.0", "0000:99:00.0")],
+        `"0000:99:00.0" for device "0000:01:10.0": no device of the description has that address`,
+      ],
+      // Were written: a function that is its own VF, a VF of a VF, two VFs of each other.
+      [
+        [pf, vf("0000:01:10.0", "01:10.0")],
+        `"01:10.0" for device "0000:01:10.0": the device itself`,
+      ],
+      [
+        [pf, vf("0000:01:10.0", "0000:01:00.0"), vf("0000:01:10.1", "0000:01:10.0")],
+        `"0000:01:10.0" for device "0000:01:10.1": a VF itself`,
+      ],
+      [
+        [vf("0000:01:10.0", "0000:01:10.1"), vf("0000:01:10.1", "0000:01:10.0")],
+        `"0000:01:10.1" for device "0000:01:10.0": a VF itself`,
+      ],
+      [[pf, vf("0000:01:10.0", "eth0")], `"eth0" for device "0000:01:10.0": not a PCI address`],
+    ];
+    for (const [i, [devices, detail]] of cases.entries()) {
+      const message = `Invalid physfn ${detail}`;
+      const check = (e: unknown) => e instanceof HostDescriptionError && e.message === message;
+      assertThrows(() => buildHostTree({ devices }, `${dir}/${i}`), check, message);
+      assertEquals(pathExists(`${dir}/${i}`), false, "a partial tree was written");
+      assertThrows(() => nodeDeviceWorldXml({ devices }), check, message);
+    }
   }),
 );
 
