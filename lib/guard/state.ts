@@ -229,17 +229,19 @@ export function allowNextStart(
  * Consumes `vm`'s allowance, if any: claimed by a rename, then read and removed, whether it
  * still counts, has expired or cannot be read. One that cannot be claimed does not count (it
  * would otherwise allow every start); a `guard allow` that writes a new one after the claim
- * leaves that one for the next start instead of seeing it removed unused.
+ * leaves that one for the next start instead of seeing it removed unused. A claim an earlier
+ * start of `vm` left (killed before it removed it) is removed first.
  */
 export function takeAllowance(
   stateDir: string,
   vm: string,
   now: Date = new Date(),
 ): AllowanceOutcome {
+  removeLeftoverClaims(stateDir, vm);
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
-  const claimed = `${path}.taken-${Deno.pid}`;
+  const claimed = `${path}${CLAIM}${Deno.pid}`;
   try {
     Deno.renameSync(path, claimed);
   } catch (error) {
@@ -274,6 +276,45 @@ export function takeAllowance(
     // A damaged allowance counts as expired.
   }
   return allowanceCounts(window, now.getTime()) ? "allowed" : "expired";
+}
+
+/** What a claimed allowance's name adds to the allowance's, before the claiming process's id. */
+const CLAIM = ".taken-";
+
+/**
+ * Removes the claims of `vm`'s allowance that a start killed between its claim and its removal
+ * left (the hook's deadline, the OOM killer). Any but ours is such a leftover: libvirt runs one
+ * start of a domain at a time. Left there, one would make every later start of every VM take the
+ * slow path (the guard keeps something), and nothing else ever removes it.
+ */
+function removeLeftoverClaims(stateDir: string, vm: string): void {
+  const dir = guardPath(stateDir, "allow");
+  const prefix = `${fileName(vm)}${CLAIM}`;
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].map((e) => e.name);
+  } catch {
+    return; // No allowances (or none readable, which the take reports).
+  }
+  const leftovers = names.filter((name) =>
+    name.startsWith(prefix) && /^[0-9]+$/.test(name.slice(prefix.length)) &&
+    name !== `${prefix}${Deno.pid}`
+  );
+  if (leftovers.length === 0) return;
+  // Removed only from directories the state directory's checks trust, as allowances are read.
+  try {
+    const state = openStateDir(stateDir, { write: false });
+    if (!checkPrivateDir(guardPath(state.path), state) || !checkPrivateDir(dir, state)) return;
+  } catch {
+    return;
+  }
+  for (const name of leftovers) {
+    try {
+      Deno.removeSync(join(dir, name), { recursive: true });
+    } catch {
+      // Gone meanwhile: it never counts as an allowance anyway.
+    }
+  }
 }
 
 /** How far the clock may have stood ahead when an allowance was written. */

@@ -416,3 +416,33 @@ Deno.test("readReloadRecords() takes a record with the daemon's name and pid, no
     assertEquals(readReloadRecords(state), []);
   });
 });
+
+Deno.test("a start killed between claiming its allowance and removing it leaves a claim the VM's next start removes", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11");
+    // The hook killed at that moment (its deadline, the OOM killer): SIGKILL instead of the removal.
+    const code = `import { takeAllowance } from ${
+      JSON.stringify(new URL("../../lib/guard/state.ts", import.meta.url).href)
+    };
+      const remove = Deno.removeSync;
+      Deno.removeSync = (path, options) => {
+        if (String(path).includes(".taken-")) Deno.kill(Deno.pid, "SIGKILL");
+        remove(path, options);
+      };
+      takeAllowance(${JSON.stringify(state)}, "win11");`;
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const allow = `${state}/guard/allow`;
+    const names = () => [...Deno.readDirSync(allow)].map((e) => e.name);
+    assertMatch(names().join(), /^win11\.json\.taken-[0-9]+$/);
+    // It was never removed: every later start of every VM took the slow path for it.
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals(names(), []);
+    // The killed start consumed the allowance: the next one is refused.
+    assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
