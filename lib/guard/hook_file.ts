@@ -15,7 +15,12 @@
 
 import { dirname, join, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
-import { readOwnFileSync, resolveStateDirPath, StateDirError } from "../state/state_dir.ts";
+import {
+  readOwnFileSync,
+  resolveStateDirPath,
+  StateDirError,
+  writeAllSync,
+} from "../state/state_dir.ts";
 import { sha256Hex } from "../state/sha256.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
@@ -338,7 +343,10 @@ function readHookFile(path: string): string {
   return new TextDecoder().decode(readOwnFileSync(path, MAX_HOOK_BYTES));
 }
 
-/** What an install left behind when it was killed between its temporary file and the rename. */
+/**
+ * What an install left behind when it was killed between its temporary file and the rename: a
+ * directory holding the hook (a file, from installs before the hook was staged in one).
+ */
 const LEFTOVER = new RegExp(`^\\.${HOOK_FILE_NAME}\\..*\\.tmp$`);
 
 /** The names in `dir` of temporary hooks an interrupted install left there. */
@@ -417,9 +425,10 @@ export function replaceableHookSettings(dir: string): HookSettings | null {
 /**
  * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
  * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`. The
- * temporary file is not executable until its content is on disk (libvirt runs every executable
- * in the directory, dot files too, and reads the directory at every call), and what an
- * interrupted install left there is removed. A hook with the same content is rewritten when it
+ * temporary file is not executable until its content is on disk, and lies in a private
+ * subdirectory until it is renamed (libvirt runs every executable regular file of the directory,
+ * dot files too, and reads the directory at every call); what an interrupted install left there
+ * is removed. A hook with the same content is rewritten when it
  * is owned by another user than `owners` (then that user could change it). Refuses to replace a
  * file that is not a passthrough hook ({@link foreignHookAdvice}).
  */
@@ -436,14 +445,19 @@ export function installHook(
     same = ((info.mode ?? 0) & 0o7777) === 0o755 && owners.includes(info.uid ?? -1) &&
       current === script;
   }
-  for (const name of leftoversIn(dir)) Deno.removeSync(join(dir, name));
+  for (const name of leftoversIn(dir)) Deno.removeSync(join(dir, name), { recursive: true });
   if (same) return { path, changed: false };
   Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const temp = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
+  // Written in a directory of its own in `dir` (one file system, so the rename is atomic):
+  // libvirt runs every executable regular file of `dir`, never one in a subdirectory, so an
+  // install killed between the chmod and the rename leaves nothing it runs.
+  const staging = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
+  Deno.mkdirSync(staging, { mode: 0o700 });
+  const temp = join(staging, HOOK_FILE_NAME);
   try {
     const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
     try {
-      file.writeSync(new TextEncoder().encode(script));
+      writeAllSync(file, new TextEncoder().encode(script));
       file.syncSync();
     } finally {
       file.close();
@@ -454,9 +468,9 @@ export function installHook(
     syncDirectory(dir);
   } finally {
     try {
-      Deno.removeSync(temp);
+      Deno.removeSync(staging, { recursive: true });
     } catch {
-      // Renamed: nothing left to clean.
+      // Gone already: nothing left to clean.
     }
   }
   return { path, changed: true };
@@ -678,7 +692,7 @@ export function removeHook(dir: string): RemoveResult {
     throw new Error(`Refusing to remove "${path}": it is not a passthrough hook`);
   }
   const leftovers = leftoversIn(dir).map((name) => join(dir, name));
-  for (const leftover of leftovers) Deno.removeSync(leftover);
+  for (const leftover of leftovers) Deno.removeSync(leftover, { recursive: true });
   if (text !== null) Deno.removeSync(path);
   return { removed: text !== null, leftovers };
 }
@@ -725,8 +739,9 @@ export interface HookInspection {
   /** Why another user than root could change what it runs ({@link unsafeHookPaths}). */
   unsafe: UnsafePath[];
   /**
-   * Temporary hooks an interrupted install left in the directory (libvirt runs them too when
-   * they are executable); `hook install` removes them.
+   * Temporary hook files an interrupted install left in the directory (libvirt runs them too
+   * when they are executable); `hook install` removes them, and the staging directories that
+   * installs leave now, which libvirt never runs and which are not listed here.
    */
   leftovers: string[];
   /**
@@ -1100,7 +1115,14 @@ export function inspectHook(
   owners: readonly number[] = trustedOwners(),
 ): HookInspection {
   const path = join(dir, HOOK_FILE_NAME);
-  const leftovers = leftoversIn(dir).map((name) => join(dir, name));
+  // A staging directory libvirt never runs: install and remove clear it, no need to warn.
+  const leftovers = leftoversIn(dir).map((name) => join(dir, name)).filter((leftover) => {
+    try {
+      return !Deno.lstatSync(leftover).isDirectory;
+    } catch {
+      return false;
+    }
+  });
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(path);

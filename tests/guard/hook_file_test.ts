@@ -633,3 +633,43 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
     );
   });
 });
+
+Deno.test("installHook() killed at any step leaves no executable file in the hooks directory, and the next install removes what it left", async () => {
+  await withDir(async (dir) => {
+    const hooks = `${dir}/qemu.d`;
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    // libvirt runs every executable regular file in the directory (dot files too), not what is
+    // in a subdirectory. Killed just before the rename, the whole hook was left there, 0755.
+    for (const step of ["chmodSync", "renameSync"] as const) {
+      const code = `import { installHook } from ${
+        JSON.stringify(new URL("../../lib/guard/hook_file.ts", import.meta.url).href)
+      };
+        const real = Deno.${step};
+        Deno.${step} = (...args) => {
+          if (${
+        step === "chmodSync" ? "true" : "String(args[1]).endsWith('/50-passthrough-guard')"
+      }) Deno.kill(Deno.pid, "SIGKILL");
+          return real(...args);
+        };
+        installHook(${JSON.stringify(hooks)}, ${JSON.stringify(script)});`;
+      const killed = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", code],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+      const runnable = [...Deno.readDirSync(hooks)].filter((e) =>
+        e.isFile && (Deno.statSync(`${hooks}/${e.name}`).mode! & 0o111) !== 0
+      ).map((e) => e.name);
+      assertEquals(runnable, [], `killed at ${step}`);
+      // What it left, which the next install removes.
+      assertMatch(
+        [...Deno.readDirSync(hooks)].map((e) => e.name).join(),
+        /^\.50-passthrough-guard\.[^,]*\.tmp$/,
+      );
+      assertEquals(installHook(hooks, script).changed, true);
+      assertEquals([...Deno.readDirSync(hooks)].map((e) => e.name), [HOOK_FILE_NAME]);
+      assertEquals(removeHook(hooks).removed, true);
+    }
+  });
+});
