@@ -237,7 +237,7 @@ export function takeAllowance(
   vm: string,
   now: Date = new Date(),
 ): AllowanceOutcome {
-  removeLeftoverClaims(stateDir, vm);
+  removeLeftovers(stateDir, "allow", vm);
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
@@ -282,26 +282,33 @@ export function takeAllowance(
 const CLAIM = ".taken-";
 
 /**
- * Removes the claims of `vm`'s allowance that a start killed between its claim and its removal
- * left (the hook's deadline, the OOM killer). Any but ours is such a leftover: libvirt runs one
- * start of a domain at a time. Left there, one would make every later start of every VM take the
- * slow path (the guard keeps something), and nothing else ever removes it.
+ * Removes what a start of `vm` killed half-way (the hook's deadline, the OOM killer) left in
+ * `kind`: a claim of its allowance (`allow/VM.json.taken-PID`, killed between the claim and its
+ * removal) or a temporary refusal record (`refused/.VM.json.UUID.tmp`, killed before the rename).
+ * Any but ours is such a leftover: libvirt runs one start of a domain at a time, and nothing else
+ * writes those names. Left there, one would make every later start of every VM take the slow
+ * path (the guard keeps something), and nothing else ever removes it.
  */
-function removeLeftoverClaims(stateDir: string, vm: string): void {
-  const dir = guardPath(stateDir, "allow");
-  const prefix = `${fileName(vm)}${CLAIM}`;
-  let names: string[];
+function removeLeftovers(stateDir: string, kind: GuardFolder, vm: string): void {
+  const dir = guardPath(stateDir, kind);
+  const leftover = kind === "allow"
+    ? (name: string) => {
+      const prefix = `${fileName(vm)}${CLAIM}`;
+      return name.startsWith(prefix) && /^[0-9]+$/.test(name.slice(prefix.length)) &&
+        name !== `${prefix}${Deno.pid}`;
+    }
+    : (name: string) => {
+      const prefix = `.${fileName(vm)}.`;
+      return name.startsWith(prefix) && /^[0-9a-f-]{36}\.tmp$/.test(name.slice(prefix.length));
+    };
+  let leftovers: string[];
   try {
-    names = [...Deno.readDirSync(dir)].map((e) => e.name);
+    leftovers = [...Deno.readDirSync(dir)].map((e) => e.name).filter(leftover);
   } catch {
-    return; // No allowances (or none readable, which the take reports).
+    return; // Nothing kept there (or nothing readable, which the start's reads report).
   }
-  const leftovers = names.filter((name) =>
-    name.startsWith(prefix) && /^[0-9]+$/.test(name.slice(prefix.length)) &&
-    name !== `${prefix}${Deno.pid}`
-  );
   if (leftovers.length === 0) return;
-  // Removed only from directories the state directory's checks trust, as allowances are read.
+  // Removed only from directories the state directory's checks trust, as its files are read.
   try {
     const state = openStateDir(stateDir, { write: false });
     if (!checkPrivateDir(guardPath(state.path), state) || !checkPrivateDir(dir, state)) return;
@@ -312,7 +319,7 @@ function removeLeftoverClaims(stateDir: string, vm: string): void {
     try {
       Deno.removeSync(join(dir, name), { recursive: true });
     } catch {
-      // Gone meanwhile: it never counts as an allowance anyway.
+      // Gone meanwhile: never read as an allowance or a record anyway.
     }
   }
 }
@@ -361,7 +368,8 @@ function existingGuardFile(stateDir: string, kind: GuardFolder, vm: string): str
 
 /**
  * Records the refusals of `vm`'s start (replacing the previous record), or removes the record
- * when `refusals` is empty: the record says what stopped the last start, not history.
+ * when `refusals` is empty: the record says what stopped the last start, not history. A
+ * temporary record an earlier start of `vm` left (killed before its rename) is removed first.
  */
 export function recordRefusals(
   stateDir: string,
@@ -369,6 +377,7 @@ export function recordRefusals(
   refusals: readonly (GuardRefusal & { policy?: ActivePolicy })[],
   options: { allowed: boolean; now?: Date },
 ): string | null {
+  removeLeftovers(stateDir, "refused", vm);
   if (refusals.length === 0) {
     const path = existingGuardFile(stateDir, "refused", vm);
     if (path !== null) Deno.removeSync(path);

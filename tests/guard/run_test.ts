@@ -446,3 +446,37 @@ Deno.test("a start killed between claiming its allowance and removing it leaves 
     assertEquals((await run(root, state, MOVED)).code, 1);
   });
 });
+
+Deno.test("a start killed before renaming its refusal record into place leaves a temporary record the VM's next start removes", async () => {
+  await withTree(async (root, state) => {
+    // The hook killed at that moment (its deadline during a slow fsync): SIGKILL instead.
+    const code = `import { runGuard } from ${
+      JSON.stringify(new URL("../../lib/guard/run.ts", import.meta.url).href)
+    };
+      import { denoFsReader } from ${
+      JSON.stringify(new URL("../../lib/host/sysfs.ts", import.meta.url).href)
+    };
+      const rename = Deno.renameSync;
+      Deno.renameSync = (from, to) => {
+        if (String(to).endsWith("/refused/win11.json")) Deno.kill(Deno.pid, "SIGKILL");
+        rename(from, to);
+      };
+      await runGuard({ vm: "win11", operation: "prepare", subOperation: "begin",
+        xml: ${JSON.stringify(MOVED)}, reader: denoFsReader(), root: ${JSON.stringify(root)},
+        live: false, stateDir: ${JSON.stringify(state)} });`;
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const refused = `${state}/guard/refused`;
+    const names = () => [...Deno.readDirSync(refused)].map((e) => e.name).sort();
+    assertMatch(names().join(), /^\.win11\.json\.[0-9a-f-]{36}\.tmp$/);
+    // It was never removed: every later start of every VM took the slow path for it.
+    assertEquals((await run(root, state, MOVED)).code, 1);
+    assertEquals(names(), ["win11.json"]);
+    assertEquals((await run(root, state, IN_PLACE)).code, 0);
+    assertEquals(names(), []);
+  });
+});
