@@ -17,6 +17,7 @@ import {
   StateDirError,
 } from "../lib/state/state_dir.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 
 /**
  * For `backups VM` that lists none: the VM with backups whose name is closest, and how many
@@ -52,7 +53,8 @@ export function run(
   // The listing is the JSON contract: problems go to stderr there, below the table otherwise.
   const notes = problems.map((p) => `${describeBackupProblem(p)}\n`).join("");
   if (values.json) {
-    io.out(`${JSON.stringify(entries, null, 2)}\n`);
+    // Each entry names the URI its definition came from, which may hold a password.
+    io.out(redactedJson(entries));
     if (notes !== "") io.err(notes);
   } else {
     if (entries.length === 0) {

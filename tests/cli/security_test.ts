@@ -602,3 +602,20 @@ Deno.test("doctor shows a password written into a libvirt URI as ***, as text an
     assertMatch(stdout, /qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:1\/system/);
   }
 });
+
+Deno.test("backups --json shows a password in the libvirt URI a backup came from as ***", async () => {
+  const base = Deno.makeTempDirSync({ prefix: "passthrough-security-" });
+  try {
+    // As `apply --connect test://u:PASSWORD@/ABS/world.xml` records it (the test driver opens it).
+    const uri = `test://admin:${SECRET}@/srv/world.xml`;
+    const state = openStateDir(`${base}/state`);
+    writeBackup(state, { vm: "vm", uuid: "u", xml: "<domain/>", reason: "apply", uri });
+    const run = await runCli(["backups", "--json", "--state-dir", `${base}/state`]);
+    assertEquals(run.code, 0, run.stderr);
+    // It printed "uri": "test://admin:pt-s3crt@/srv/world.xml".
+    assertEquals(run.stdout.includes(SECRET), false, run.stdout);
+    assertEquals(JSON.parse(run.stdout)[0].uri, "test://admin:***@/srv/world.xml");
+  } finally {
+    Deno.removeSync(base, { recursive: true });
+  }
+});
