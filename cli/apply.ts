@@ -22,6 +22,7 @@ import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
@@ -128,9 +129,12 @@ function recordGuardPolicies(
   if (isRemoteUri(uri)) {
     // The hook of that machine reads that machine's state directory.
     if (named.length > 0) {
+      // The URI as libvirt gives it back, which keeps a password written into --connect.
       io.err(
-        `Note: start guard policies not recorded: libvirt at "${uri}" is another machine; ` +
-          "run passthrough apply on it\n",
+        redactSecrets(
+          `Note: start guard policies not recorded: libvirt at "${uri}" is another machine; ` +
+            "run passthrough apply on it\n",
+        ),
       );
     }
     return true;

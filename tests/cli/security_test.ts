@@ -20,6 +20,7 @@ import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 import { runCli } from "../helpers/cli.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "../helpers/reliability.ts";
@@ -618,4 +619,55 @@ Deno.test("backups --json shows a password in the libvirt URI a backup came from
   } finally {
     Deno.removeSync(base, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "apply to another machine's libvirt shows a password in its URI as *** in its guard note",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    // A URI with a host that still reaches the private daemon: the ext transport runs a program
+    // that relays its standard input and output to the daemon's socket.
+    const relay = `${tree.dir}/relay.sh`;
+    const socket = daemon.uri.split("socket=")[1]!;
+    Deno.writeTextFileSync(
+      `${tree.dir}/relay.ts`,
+      `const conn = await Deno.connect({ transport: "unix", path: ${JSON.stringify(socket)} });
+      await Promise.all([Deno.stdin.readable.pipeTo(conn.writable), conn.readable.pipeTo(Deno.stdout.writable)]);`,
+    );
+    Deno.writeTextFileSync(
+      relay,
+      `#!/bin/sh\nexec ${shellQuote(Deno.execPath())} run -A ${
+        shellQuote(`${tree.dir}/relay.ts`)
+      }\n`,
+      { mode: 0o755 },
+    );
+    const uri = `qemu+ext://admin:${SECRET}@hv9.invalid/system?command=${relay}`;
+    const config = `${tree.dir}/c.yaml`;
+    // A guard policy: the note says it is not recorded for another machine, naming the URI.
+    await Deno.writeTextFile(
+      config,
+      gpuConfig("pt-absent").replace("devices:", "guard: warn\n    devices:"),
+    );
+    const { stdout, stderr } = await runCli([
+      "apply",
+      "--yes",
+      "--sysfs",
+      tree.sysfs,
+      "--config",
+      config,
+      "--connect",
+      uri,
+      "--allow-uri-programs",
+      "--state-dir",
+      `${tree.dir}/state`,
+    ]);
+    assertMatch(
+      stderr,
+      /start guard policies not recorded: libvirt at "qemu\+ext:\/\/admin:\*\*\*@hv9\.invalid\/system/,
+    );
+    // It printed the URI as libvirt gave it back, password and all.
+    assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+  },
 });
