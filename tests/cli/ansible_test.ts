@@ -159,14 +159,15 @@ vms:
         ),
       );
       assertEquals(await exists(`${dir}/remote`), false);
-      // A host's "deno --version" is quoted in that failure, its control characters escaped.
+      // A host's "deno --version" is quoted in that failure, its control characters escaped;
+      // under -v too, where Ansible prints every command's output raw.
       const oddDeno = `${dir}/odd-deno`;
       await Deno.writeTextFile(
         oddDeno,
         "#!/bin/sh\nprintf '\\033]0;owned\\007\\302\\2332J deno-ish 1.0\\n'\n",
       );
       await Deno.chmod(oddDeno, 0o755);
-      const odd = await playbook(good, ["--check", "-e", `passthrough_deno=${oddDeno}`]);
+      const odd = await playbook(good, ["--check", "-v", "-e", `passthrough_deno=${oddDeno}`]);
       assertEquals(odd.code, 2, odd.out);
       assertEquals(taskStatus(odd.out, "Passthrough Deno version check"), "fatal", odd.out);
       assertMatch(odd.out, /--version did not tell a Deno version \(.*2J deno-ish 1\.0\)/);
