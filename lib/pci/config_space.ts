@@ -18,7 +18,7 @@
  * @module
  */
 
-/** What {@link parseConfigSpace} finds in a configuration space. */
+/** FLR and serial number as a configuration space gives them (see {@link readConfigSpace}). */
 export interface ConfigSpaceFacts {
   /** Function Level Reset: `true`, `false`, or `null` when the capabilities were not readable. */
   flr: boolean | null;
@@ -73,26 +73,6 @@ export interface ConfigSpaceHeaderFacts extends ConfigSpaceFacts {
  */
 export function bufferConfigReader(config: Uint8Array): ConfigSpaceReader {
   return (offset, length) => config.subarray(Math.min(offset, config.length), offset + length);
-}
-
-/**
- * FLR and serial number from the bytes of a sysfs `config` file (64, 256 or 4,096 bytes).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const config = new Uint8Array(256);
- * config[0x06] = 0x10; // Status: capability list present
- * config[0x34] = 0x40; // first capability at 0x40
- * config.set([0x10, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x10], 0x40); // PCIe, DevCap FLR
- * assertEquals(parseConfigSpace(config), { flr: true, serial: null });
- * // An unprivileged read stops after the 64-byte header: FLR is unknown.
- * assertEquals(parseConfigSpace(config.slice(0, 64)), { flr: null, serial: null });
- * ```
- */
-export function parseConfigSpace(config: Uint8Array): ConfigSpaceFacts {
-  const { flr, serial } = readConfigSpace(bufferConfigReader(config));
-  return { flr, serial };
 }
 
 /**

@@ -19,7 +19,7 @@ import {
 } from "../../lib/host/lspci.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { parseConfigSpace } from "../../lib/pci/config_space.ts";
+import { bufferConfigReader, readConfigSpace } from "../../lib/pci/config_space.ts";
 import { nicDescription as dev } from "../helpers/devices.ts";
 
 async function discover(description: HostDescription): Promise<HostTopology> {
@@ -495,7 +495,7 @@ Deno.test({
     // The same facts as reading every config file whole.
     for (const device of live.devices) {
       const bytes = libc.readBytes(`/sys/bus/pci/devices/${device.address}/config`, 4096)!;
-      const facts = parseConfigSpace(bytes);
+      const facts = readConfigSpace(bufferConfigReader(bytes));
       assertEquals([device.flr, device.serial], [facts.flr, facts.serial], device.address);
       assertEquals(device.revision, bytes[8]!.toString(16).padStart(2, "0"), device.address);
     }

@@ -6,7 +6,6 @@ import { assertEquals, assertOk } from "../helpers/assert.ts";
 import {
   bufferConfigReader,
   type ConfigSpaceFacts,
-  parseConfigSpace,
   readConfigSpace,
 } from "../../lib/pci/config_space.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
@@ -25,11 +24,17 @@ async function lspciFacts(root: string | null): Promise<Map<string, ConfigSpaceF
   return lspciVerboseFacts(await commandLspciRunner()(args));
 }
 
+/** FLR and serial from a whole `config` file's bytes. */
+function flrAndSerial(bytes: Uint8Array): ConfigSpaceFacts {
+  const { flr, serial } = readConfigSpace(bufferConfigReader(bytes));
+  return { flr, serial };
+}
+
 /** Our reading of every device's `config` in the tree at `root`. */
 function configFacts(root: string): Map<string, ConfigSpaceFacts> {
   const dir = `${root}/bus/pci/devices`;
   const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-  return new Map(names.map((n) => [n, parseConfigSpace(Deno.readFileSync(`${dir}/${n}/config`))]));
+  return new Map(names.map((n) => [n, flrAndSerial(Deno.readFileSync(`${dir}/${n}/config`))]));
 }
 
 async function withTree<T>(
@@ -55,7 +60,7 @@ function patch(root: string, bdf: string, edits: Record<number, number>): void {
   Deno.writeFileSync(path, bytes);
 }
 
-Deno.test("parseConfigSpace() reads FLR and serials from configs built by host_tree.ts", async () => {
+Deno.test("flrAndSerial() reads FLR and serials from configs built by host_tree.ts", async () => {
   await withTree(
     {
       devices: [
@@ -81,7 +86,7 @@ Deno.test("parseConfigSpace() reads FLR and serials from configs built by host_t
   );
 });
 
-Deno.test("parseConfigSpace() agrees with lspci -vvv on a generated host of 256 functions", async () => {
+Deno.test("flrAndSerial() agrees with lspci -vvv on a generated host of 256 functions", async () => {
   await withTree(generateHost(256), () => {}, async (root) => {
     const ours = configFacts(root);
     const theirs = await lspciFacts(root);
@@ -93,7 +98,7 @@ Deno.test("parseConfigSpace() agrees with lspci -vvv on a generated host of 256 
   });
 });
 
-Deno.test("parseConfigSpace() agrees with lspci -vvv on edited capability lists", async () => {
+Deno.test("flrAndSerial() agrees with lspci -vvv on edited capability lists", async () => {
   const devices = [
     dev("0000:01:00.0", { flr: true }), // root port below: FLR bit set but not an endpoint
     dev("0000:02:00.0", { group: 2, flr: false }), // AF capability with FLR
@@ -134,19 +139,19 @@ Deno.test("parseConfigSpace() agrees with lspci -vvv on edited capability lists"
   });
 });
 
-Deno.test("parseConfigSpace() reads this kind of virtio VM as lspci -vvv did (captured files)", () => {
+Deno.test("flrAndSerial() reads this kind of virtio VM as lspci -vvv did (captured files)", () => {
   const records = lspciVerboseFacts(
     Deno.readTextFileSync(new URL("../fixtures/hosts/lspci-virtio-vm.txt", import.meta.url)),
   );
   assertEquals(records.size, 6);
   for (const [address, facts] of records) {
     const bytes = Deno.readFileSync(new URL(`${address.replaceAll(":", "-")}.config`, VIRTIO));
-    assertEquals(parseConfigSpace(bytes), facts, address);
+    assertEquals(flrAndSerial(bytes), facts, address);
   }
 });
 
 Deno.test({
-  name: "parseConfigSpace() agrees with lspci -vvv on this machine's /sys",
+  name: "flrAndSerial() agrees with lspci -vvv on this machine's /sys",
   ignore: livePciMissing() !== null,
   async fn() {
     const theirs = await lspciFacts(null);
@@ -154,15 +159,15 @@ Deno.test({
   },
 });
 
-Deno.test("parseConfigSpace() answers unknown for truncated or empty configs", () => {
-  assertEquals(parseConfigSpace(new Uint8Array(0)), { flr: null, serial: null });
+Deno.test("flrAndSerial() answers unknown for truncated or empty configs", () => {
+  assertEquals(flrAndSerial(new Uint8Array(0)), { flr: null, serial: null });
   const header = new Uint8Array(64);
   header[0x06] = 0x10;
   header[0x34] = 0x40;
-  assertEquals(parseConfigSpace(header), { flr: null, serial: null });
+  assertEquals(flrAndSerial(header), { flr: null, serial: null });
   // A capability list flag with a null pointer: nothing listed, as lspci prints nothing.
   header[0x34] = 0;
-  assertEquals(parseConfigSpace(header), { flr: null, serial: null });
+  assertEquals(flrAndSerial(header), { flr: null, serial: null });
 });
 
 /** `read` wrapped to count the bytes asked for. */
@@ -188,7 +193,7 @@ Deno.test("readConfigSpace() reads only the visited registers and finds what the
       const bytes = Deno.readFileSync(`${dir}/${name}/config`);
       const counter = counting(bufferConfigReader(bytes));
       const facts = readConfigSpace(counter.read);
-      assertEquals({ flr: facts.flr, serial: facts.serial }, parseConfigSpace(bytes), name);
+      assertEquals({ flr: facts.flr, serial: facts.serial }, flrAndSerial(bytes), name);
       assertEquals([facts.revision, facts.headerType], [bytes[8], bytes[0x0e]! & 0x7f], name);
       asked += counter.bytes;
       whole += bytes.length;
