@@ -384,7 +384,7 @@ export function resolveRule(
 }
 
 /** Where a rule's issue points: its VM, name and config location. */
-function ruleBase(rule: DeviceRule) {
+export function ruleBase(rule: DeviceRule) {
   return { vm: rule.vm, rule: rule.name, location: rule.location };
 }
 

@@ -20,6 +20,7 @@ import {
   type MatchOptions,
   narrowWith,
   resolveRule,
+  ruleBase,
   type RuleResolution,
   sameIdentityAsRead,
   toCandidate,
@@ -130,11 +131,6 @@ export function autoMac(hostKey: string, vm: string, rule: string, attempt: numb
   return bytes.map((b) => b.toString(16).padStart(2, "0")).join(":");
 }
 
-/** Where a rule's issue points. */
-function base(rule: DeviceRule) {
-  return { vm: rule.vm, rule: rule.name, location: rule.location };
-}
-
 /** The domain (or VM and rule) holding `address`, other than `rule`'s own VF; `null`: free. */
 function holderOf(
   address: PciAddress,
@@ -224,7 +220,7 @@ function chooseIndex(
   const refuse = (message: string): PlanIssue => ({
     code: "vf-unavailable",
     message,
-    ...base(rule),
+    ...ruleBase(rule),
     devices: [pf.address],
   });
   const what = `Rule "${rule.name}" of VM "${rule.vm}"`;
@@ -287,7 +283,7 @@ function chooseMac(rule: DeviceRule, pf: PciDevice, context: VfContext): string 
       code: "mac-conflict",
       message:
         `Rule "${rule.name}" of VM "${rule.vm}" sets MAC ${given}, which ${holder} already uses: two NICs with one MAC break both; give another MAC, or "mac: auto"`,
-      ...base(rule),
+      ...ruleBase(rule),
     };
   }
   if (record !== undefined && taken(record.mac) === null) return record.mac;
@@ -309,7 +305,7 @@ function severalPfs(rule: DeviceRule, pfs: readonly PciDevice[]): PlanIssue {
     }) but takes a VF of one: narrow it with ${
       narrowWith(pfs.map((d) => ({ group: d.iommuGroup, devices: [d] })))
     }`,
-    ...base(rule),
+    ...ruleBase(rule),
     devices: pfs.map((d) => d.address),
     candidates: pfs.map(toCandidate),
   };
@@ -365,7 +361,7 @@ export function resolveVfRule(
       message: `Rule "${rule.name}" of VM "${rule.vm}" takes a VF of ${pf.address}, which "${
         heldBy[0]
       }" holds as a device: passing a physical function to a guest destroys its VFs; leave ${pf.address} with the host`,
-      ...base(rule),
+      ...ruleBase(rule),
       devices: [pf.address],
       vms: [...new Set([rule.vm, ...heldBy])].sort(),
     });
