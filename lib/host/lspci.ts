@@ -21,7 +21,6 @@ export type LspciRunner = (args: string[]) => Promise<string>;
 export interface LspciRecord {
   address: PciAddress;
   className: string | null;
-  classId: string;
   /** Vendor and device names as lspci joins them (`NVIDIA Corporation GP104 [GeForce GTX 1080]`). */
   vendorDeviceName: string | null;
   vendorId: string;
@@ -159,7 +158,6 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
     const record: LspciRecord = {
       address,
       className: className === "" || className === "Class" ? null : className,
-      classId: (header[3] ?? "").toLowerCase(),
       vendorDeviceName: joined === "" || joined === "Device" ? null : joined,
       vendorId: (header[5] ?? "").toLowerCase(),
       deviceId: (header[6] ?? "").toLowerCase(),

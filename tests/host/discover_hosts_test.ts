@@ -55,14 +55,14 @@ for (const name of HOST_NAMES) {
         // lspci read the tree: every device got its class name from the PCI ID database.
         assertOk(found.className !== null, `${d.bdf} has no class name from lspci`);
       }
-      // lspci on its own (not merged with sysfs) reads the same IDs, class and driver.
+      // lspci on its own (not merged with sysfs) reads the same IDs and driver.
       const records = parseLspci(await commandLspciRunner()(lspciArgs(dir)));
       assertEquals(records.size, description.devices.length);
       for (const d of description.devices) {
         const r = records.get(d.bdf);
         assertEquals(
-          [r?.vendorId, r?.deviceId, r?.classId, r?.driver],
-          [hex(d.vendor, 4), hex(d.device, 4), hex(d.class, 6)?.slice(0, 4), d.driver],
+          [r?.vendorId, r?.deviceId, r?.driver],
+          [hex(d.vendor, 4), hex(d.device, 4), d.driver],
           `lspci ${name} ${d.bdf}`,
         );
       }
