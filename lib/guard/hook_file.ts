@@ -19,6 +19,7 @@ import {
   readOwnFileSync,
   resolveStateDirPath,
   StateDirError,
+  syncDir,
   writeAllSync,
 } from "../state/state_dir.ts";
 import { sha256Hex } from "../state/sha256.ts";
@@ -465,7 +466,7 @@ export function installHook(
     // Executable only now that it is whole.
     Deno.chmodSync(temp, 0o755);
     Deno.renameSync(temp, path);
-    syncDirectory(dir);
+    syncDir(dir);
   } finally {
     try {
       Deno.removeSync(staging, { recursive: true });
@@ -474,16 +475,6 @@ export function installHook(
     }
   }
   return { path, changed: true };
-}
-
-/** Flushes a directory's entries (a rename in it) to disk, where the system allows it. */
-function syncDirectory(dir: string): void {
-  try {
-    using handle = Deno.openSync(dir, { read: true });
-    handle.syncSync();
-  } catch {
-    // Not every file system lets a directory be opened or synced: the rename stands.
-  }
 }
 
 /** The largest number of files looked at under one directory the hook's code comes from. */

@@ -384,8 +384,11 @@ export function writeAllSync(file: Deno.FsFile, data: Uint8Array): void {
   while (offset < data.length) offset += file.writeSync(data.subarray(offset));
 }
 
-/** Syncs a directory so a new name in it survives a crash. */
-function syncDir(dir: string): void {
+/**
+ * Syncs a directory so a new name in it (a link or a rename) survives a crash. Where the file
+ * system refuses (not every one lets a directory be opened or synced) the name still stands.
+ */
+export function syncDir(dir: string): void {
   try {
     using handle = Deno.openSync(dir, { read: true });
     handle.syncSync();
