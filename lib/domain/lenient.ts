@@ -17,8 +17,6 @@ import { BAD_AMPERSAND, decodeEntities, isXmlChar } from "./entities.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import { CHAR_DEVICE_SOURCES, charSourceAttribute } from "./char_source.ts";
 import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
-
-export { decodeEntities };
 import type { DeviceIdentity, VfIdentity } from "../plan/types.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
 

@@ -10,8 +10,8 @@ import fc from "fast-check";
 import { assert, assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
 import { editDomainXml, METADATA_NAMESPACE, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { decodeXmlText } from "../../lib/domain/xml.ts";
+import { decodeEntities } from "../../lib/domain/entities.ts";
 import {
-  decodeEntities,
   lenientHostPciAddresses,
   normaliseXmlLine,
   readRecordsLeniently,
@@ -23,7 +23,7 @@ import {
 } from "../../lib/domain/lenient.ts";
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { canonicalPciAddress } from "../../lib/pci/address.ts";
-import { noDevices } from "../../lib/plan/used_devices.ts";
+import { noDevices } from "../../lib/domain/device_uses.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
