@@ -16,7 +16,7 @@
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
 import { noDevices, type UsedDevices } from "../domain/device_uses.ts";
 
-export { noDevices, type UsedDevices };
+export type { UsedDevices };
 import { describeUsbSource, sameUsbDevice, type UsbSource } from "../domain/usb_source.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DefinitionRead, NetworksRead } from "./world.ts";
