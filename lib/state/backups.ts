@@ -163,9 +163,6 @@ export function encodeVmName(name: string): string {
   return out;
 }
 
-/** The checksum of a backup's sidecar (`sha256`): SHA-256 of its bytes, lower-case hex. */
-export { sha256Hex };
-
 /** `20261124T032101.123Z`: sortable, and free of `:` for file systems that dislike it. */
 function stamp(date: Date): string {
   return date.toISOString().replace(/[-:]/g, "");

@@ -8,9 +8,9 @@ import {
   inspectBackups,
   listBackups,
   readBackupXml,
-  sha256Hex,
   writeBackup,
 } from "../../lib/state/backups.ts";
+import { sha256Hex } from "../../lib/state/sha256.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { runCli } from "../helpers/cli.ts";
 import { describeError } from "../../main.ts";
