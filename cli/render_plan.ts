@@ -12,8 +12,6 @@ import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
-export { type PlanSummary, summarizePlan };
-
 /** Options for {@link renderPlan}. */
 export interface RenderPlanOptions {
   color: boolean;

@@ -4,7 +4,8 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { renderVmPlan, summarizePlan, summaryLine } from "../../cli/render_plan.ts";
+import { renderVmPlan, summaryLine } from "../../cli/render_plan.ts";
+import { summarizePlan } from "../../cli/plan_summary.ts";
 import type { Plan, PlanIssue, PlannedHostdev, VmPlan } from "../../lib/plan/types.ts";
 import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
 import { gpuIdentity } from "../helpers/devices.ts";
