@@ -776,11 +776,7 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   } catch {
     // Listing is only a safety net here; the reads above already proved the domain exists.
   }
-  try {
-    now.saved = !now.active && (libvirt.hasManagedSave?.(vm.name) ?? false);
-  } catch {
-    // Only says when the change takes effect; the define does not depend on it.
-  }
+  now.saved = !now.active && hasSavedState(libvirt, vm.name);
   if (persistent) return now;
   // A transient domain has no persistent definition: defining one would make it permanent.
   return {
@@ -804,6 +800,29 @@ function xmlToDefine(vm: VmPlan, now: Pick<Now, "secure">): string | Failure {
     };
   }
   return vm.desiredXml;
+}
+
+/**
+ * Whether shut-off `vm` has a managed save image (`virsh managedsave`, libvirt-guests' suspend at
+ * host shutdown), which its next start resumes instead of booting its definition; `false` when
+ * the port cannot tell: it only says when a define takes effect, nothing depends on it.
+ */
+export function hasSavedState(libvirt: LibvirtPort, vm: string): boolean {
+  try {
+    return libvirt.hasManagedSave?.(vm) ?? false;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * What a define means for `vm` with a saved state ({@link hasSavedState}): libvirt resumes the
+ * saved guest, with the devices it was saved with, so its next start is no boot of the new
+ * definition (seen on a real libvirtd: no hostdev after the start).
+ */
+export function savedStateNote(vm: string): string {
+  const discard = positionalCommand("virsh managedsave-remove", vm);
+  return `; it has a saved state (virsh managedsave), which its next start resumes without this change: the change takes effect at its next full power-off, or at its next start after "${discard}" (the saved state is lost)`;
 }
 
 /** Why `vm`'s definition, read once more, is no longer the plan's (`drift`), or `null`. */
@@ -1071,16 +1090,8 @@ function applyVm(
   const summary =
     `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
   if (!now.active && now.saved) {
-    // libvirt resumes the saved guest, with the devices it was saved with: the next start is no
-    // boot of the new definition (seen on a real libvirtd: no hostdev after the start).
-    const discard = positionalCommand("virsh managedsave-remove", vm.name);
     return {
-      result: {
-        ...base,
-        effect: "next-power-off",
-        message:
-          `${summary}; it has a saved state (virsh managedsave), which its next start resumes without this change: the change takes effect at its next full power-off, or at its next start after "${discard}" (the saved state is lost)`,
-      },
+      result: { ...base, effect: "next-power-off", message: summary + savedStateNote(vm.name) },
       live: null,
     };
   }

@@ -30,7 +30,7 @@ import {
 import { controllersInOneOrder, heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir } from "../state/state_dir.ts";
-import { defineOrExplain, describeXmlChange } from "./apply.ts";
+import { defineOrExplain, describeXmlChange, hasSavedState, savedStateNote } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
@@ -398,6 +398,10 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (late !== null) return report("failed", late, null);
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
   if (failed !== null) return report(failed.status, failed.message, safety);
-  const when = active ? "; it is running, so this takes effect at its next full power-off" : "";
+  const when = active
+    ? "; it is running, so this takes effect at its next full power-off"
+    : hasSavedState(libvirt, vm)
+    ? savedStateNote(vm)
+    : "";
   return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
 }

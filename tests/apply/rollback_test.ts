@@ -21,6 +21,9 @@ import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 import { liveDefaultRouteNic, livePciMissing, liveSpareFunction } from "../helpers/hosts.ts";
+import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { canUnshareMounts } from "../helpers/cli.ts";
+import { demoTree, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -1201,4 +1204,54 @@ Deno.test("passthrough rollback of a running VM says before the outcome when the
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "rollbackVm() on a real libvirtd: a VM with a managed save image is told its next start resumes it, not the restored definition",
+  ignore: libvirtdUnavailable() !== null || !canUnshareMounts(),
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    const name = `pt-saved-${Deno.pid}`;
+    port.define(qemuDomainXml(name));
+    const virsh = async (...args: string[]) => {
+      const out = await new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, ...args],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(out.code, 0, `virsh ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+    };
+    // Running, the GPU applied (for its next power-off), then saved, as libvirt-guests suspends
+    // guests at host shutdown: the saved guest has a description its definition lacks.
+    await virsh("start", name);
+    const plan = await planGpu(name, { sysfs: tree.sysfs, libvirt: port });
+    const yes = () => Promise.resolve("yes" as const);
+    assertEquals((await applyPlan(plan, { libvirt: port, stateDir, confirm: yes })).changed, [
+      name,
+    ]);
+    await virsh("desc", name, "--live", "pt-saved-state");
+    await virsh("managedsave", name);
+    const report = await rollbackVm(name, {
+      libvirt: port,
+      stateDir,
+      confirm: () => Promise.resolve(true),
+    });
+    assertEquals([report.status, report.active], ["restored", false]);
+    assertMatch(
+      report.message,
+      new RegExp(
+        `^Restored "${name}" from backup "[^"]+"; it has a saved state \\(virsh managedsave\\), which its next start resumes without this change: the change takes effect at its next full power-off, or at its next start after "virsh managedsave-remove ${name}" \\(the saved state is lost\\)$`,
+      ),
+    );
+    // Why: the next start resumes the saved guest, not the definition just restored.
+    await virsh("start", name);
+    const live = port.getLiveXml!(name);
+    assertOk(live.includes("<description>pt-saved-state</description>"), live);
+    assertOk(!port.getPersistentXml(name).includes("pt-saved-state"));
+    await virsh("destroy", name);
+  },
 });
