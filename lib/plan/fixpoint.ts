@@ -211,12 +211,23 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
       active: input.survey.active.get(name) ?? null,
     });
     // A refused VM lists its stale and host-needed hostdevs as refusals; plan-wide they are
-    // warnings, and what they say the plan does waits for a plan of that VM.
-    const left = `; "${name}" is left out of this plan: its own plan (passthrough plan ${
-      flagWord("--vm", name)
-    }) does that`;
+    // warnings, and what they say the plan does waits for a plan of that VM. What it leaves to
+    // the user (a hand-added hostdev, an interface, a hostdev network's pool entry) no plan does.
+    const command = `passthrough plan ${flagWord("--vm", name)}`;
+    const repaired = new Set([
+      ...other.repair?.remove ?? [],
+      ...(other.repair?.move ?? []).map((m) => m.from),
+    ]);
+    const planDoes = (w: PlanIssue) =>
+      w.code === "drift" || (w.devices ?? []).some((d) => repaired.has(d));
     return [...other.errors, ...other.warnings]
       .filter((w) => w.code === "drift" || w.code === "host-needed")
-      .map((w) => ({ ...w, message: w.message + left }));
+      .map((w) => ({
+        ...w,
+        message: w.message +
+          (planDoes(w)
+            ? `; "${name}" is left out of this plan: its own plan (${command}) does that`
+            : `; "${name}" is left out of this plan (${command} plans it)`),
+      }));
   });
 }

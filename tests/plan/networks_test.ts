@@ -308,3 +308,39 @@ Deno.test("plan refuses a VM on a hostdev network whose pool lists an address ho
     ["missing", "0000:77:10.1", "sriov"],
   ]);
 });
+
+Deno.test("plan --vm: another VM on a hostdev network whose pool lists a VF the host uses is warned of, with no claim its plan edits the network", async () => {
+  const z690 = loadFixtureHost("z690-asus-adl");
+  z690.devices.push(...sriovNic("40", 4));
+  z690.host_use = [
+    { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
+  ];
+  await using tree = await tempHostTree(z690);
+  const forward = `<forward mode='hostdev' managed='yes'>${
+    ["0000:40:10.0", "0000:40:10.2"].map(poolAddress).join("")
+  }</forward>`;
+  const other = ROUTER.replace("<name>router</name>", "<name>other</name>")
+    .replace("6695eb01-f6a4-8304-79aa-97f2502e1940", "7695eb01-f6a4-8304-79aa-97f2502e1941")
+    .replace("52:54:00:00:00:01", "52:54:00:00:00:02");
+  Deno.writeTextFileSync(
+    `${tree.dir}/world.xml`,
+    `<node>${ROUTER}${other}<network><name>sriov</name>${forward}</network></node>`,
+  );
+  const host = await discoverHost({ root: tree.dir, lspci: null });
+  using libvirt = openLibvirtPort(`test://${tree.dir}/world.xml`);
+  const config = parseConfig(
+    "version: 1\nvms:\n  router:\n    devices: []\n  other:\n    devices: []\n",
+    { file: "router.yaml" },
+  );
+  const plan = planHostdevs({ config, host, libvirt, vms: ["router"] });
+  assertEquals(plan.vms[0]!.errors.map((e) => [e.code, e.devices]), [
+    ["host-needed", ["0000:40:10.2"]],
+  ]);
+  const warned = plan.warnings.filter((w) => w.vm === "other");
+  assertEquals(warned.map((w) => [w.code, w.devices]), [["host-needed", ["0000:40:10.2"]]]);
+  // No plan of "other" takes the VF out of the pool: the user does, as the message says.
+  assertMatch(
+    warned[0]!.message,
+    /^Hostdev network "sriov", which an interface of "other" is on, lists 0000:40:10\.2, .*, then plan again; "other" is left out of this plan \(passthrough plan --vm other plans it\)$/,
+  );
+});
