@@ -330,8 +330,11 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
 
 /**
  * Why a function still there leaves the VM when another function of its card stays under the same
- * rule in another IOMMU group: it came only with the group (a GPU's audio), and a firmware or ACS
- * change split the group. Without this, the diff removes it with no word why. `null` otherwise.
+ * rule in another IOMMU group: a function comes with a matched device only from its group (a GPU's
+ * audio), so a firmware or ACS change that split the group drops it. Nothing records the group it
+ * had, and a narrowed rule leaves a function of a card whose groups never changed the same way, so
+ * this says what holds now, not that the group split. Without it, the diff removes it with no word
+ * why. `null` otherwise.
  */
 function leftItsGroup(
   address: PciAddress,
@@ -345,11 +348,11 @@ function leftItsGroup(
     c.device.iommuGroup !== now.iommuGroup
   );
   if (sibling === undefined) return null;
-  return `Removed ${address}: it came with the IOMMU group of ${sibling.device.address} (rule "${rule}"), but is in group ${
-    now.iommuGroup ?? "none"
-  } now, apart from group ${
+  return `Removed ${address}: rule "${rule}" takes ${sibling.device.address} of its card, in IOMMU group ${
     sibling.device.iommuGroup ?? "none"
-  } (the group split, by a firmware or ACS setting): match it in a rule to keep it`;
+  }, and this function is in group ${
+    now.iommuGroup ?? "none"
+  }: a function comes with a matched device only from its group (one a firmware or ACS setting split no longer brings it): match it in a rule to keep it`;
 }
 
 /** The card of a function: its address without the function number. */

@@ -1333,7 +1333,7 @@ Deno.test("planHostdevs() says why a function that came with its group leaves on
     assertEquals([vm.errors, vm.remove, vm.hostdevs], [[], ["0000:01:00.1"], ["0000:01:00.0"]]);
     assertOk(
       vm.reasoning.includes(
-        'Removed 0000:01:00.1: it came with the IOMMU group of 0000:01:00.0 (rule "gpu"), but is in group 9 now, apart from group 1 (the group split, by a firmware or ACS setting): match it in a rule to keep it',
+        'Removed 0000:01:00.1: rule "gpu" takes 0000:01:00.0 of its card, in IOMMU group 1, and this function is in group 9: a function comes with a matched device only from its group (one a firmware or ACS setting split no longer brings it): match it in a rule to keep it',
       ),
       vm.reasoning.join("\n"),
     );
@@ -1344,5 +1344,41 @@ Deno.test("planHostdevs() says why a function that came with its group leaves on
     );
     assertEquals(dropped.remove, ["0000:01:00.0", "0000:01:00.1"]);
     assertEquals(dropped.reasoning.filter((r) => r.includes("group split")), []);
+  });
+});
+
+Deno.test("planHostdevs() does not say a group split when a narrowed rule leaves a function of a card whose groups never changed", async () => {
+  // Both ports of an I350, each in its own group all along, taken by one rule (all: true); the
+  // rule is then narrowed to port 0. Port 1 leaves because of the config, not a split.
+  await using tree = await tempHostTree({
+    devices: [...baseDevices(), i350Port("0000:05:00.0", 40), i350Port("0000:05:00.1", 41)],
+  });
+  const ports = await discoverHost({ root: tree.dir });
+  const rule = (match: string, all: string) =>
+    config(`  win10:\n    devices:\n      - name: nics\n        match: ${match}\n${all}`);
+  await withPort([WIN10], (libvirt) => {
+    const both = vmOf(
+      planHostdevs({
+        config: rule('{ vendor_device_id: "8086:1521" }', "        all: true\n"),
+        host: ports,
+        libvirt,
+      }),
+      "win10",
+    );
+    assertEquals(both.add.map((a) => a.address), ["0000:05:00.0", "0000:05:00.1"]);
+    libvirt.define(both.desiredXml);
+    const narrowed = vmOf(
+      planHostdevs({
+        config: rule('{ vendor_device_id: "8086:1521", address: "0000:05:00.0" }', ""),
+        host: ports,
+        libvirt,
+      }),
+      "win10",
+    );
+    assertEquals([narrowed.errors, narrowed.remove], [[], ["0000:05:00.1"]]);
+    const said = narrowed.reasoning.filter((r) => r.startsWith("Removed 0000:05:00.1"));
+    assertEquals(said, [
+      'Removed 0000:05:00.1: rule "nics" takes 0000:05:00.0 of its card, in IOMMU group 40, and this function is in group 41: a function comes with a matched device only from its group (one a firmware or ACS setting split no longer brings it): match it in a rule to keep it',
+    ]);
   });
 });
