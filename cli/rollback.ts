@@ -146,7 +146,11 @@ export async function run(
   } else {
     io.out(`${report.message}\n`);
     if (report.safetyBackup !== null) {
-      io.out(`The replaced definition was backed up as "${report.safetyBackup.id}"\n`);
+      // Written before a failed define too: then it may have replaced nothing.
+      const which = report.status === "restored"
+        ? "The replaced definition"
+        : "The definition shown";
+      io.out(`${which} was backed up as "${report.safetyBackup.id}"\n`);
     }
   }
   return report.status === "failed" || report.status === "unknown" ? 1 : 0;

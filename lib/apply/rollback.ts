@@ -101,7 +101,10 @@ export interface RollbackReport {
   message: string;
   /** The backup restored (or that would have been). */
   backup: BackupEntry;
-  /** The backup of the definition it replaced, when one was taken. */
+  /**
+   * The backup of the definition it replaced (or, when it failed, would have replaced), when one
+   * was written.
+   */
   safetyBackup: BackupEntry | null;
   /** Whether the VM was running (then the restored definition applies at its next power-off). */
   active: boolean;
@@ -395,7 +398,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
   // would be overwritten by the define, and be in no backup: look once more, just before it.
   const late = changedSinceShown(libvirt, { vm, backup, shown: currentXml });
-  if (late !== null) return report("failed", late, null);
+  // The safety backup is written by now: name it, as `apply` names its backup on a late `drift`.
+  if (late !== null) return report("failed", late, safety);
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
   if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active

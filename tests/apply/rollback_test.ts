@@ -820,6 +820,41 @@ Deno.test("rollbackVm() does not overwrite a change made to the VM while the que
   assertEquals(listBackups(f.stateDir, "alpha").length, before);
 });
 
+Deno.test("rollbackVm() names the safety backup it wrote when the definition changed just before the define", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const shown = f.port.getPersistentXml("alpha", { secure: true });
+  const before = listBackups(f.stateDir, "alpha").length;
+  let edited = "";
+  // The user's edit (virsh edit) lands once the safety backup is written: on the last look.
+  const racing: LibvirtPort = {
+    ...f.port,
+    get uri() {
+      return f.port.uri;
+    },
+    getPersistentXml: (name, options) => {
+      if (edited === "" && listBackups(f.stateDir, "alpha").length > before) {
+        edited = shown.replace("1048576</memory>", "2097152</memory>");
+        f.port.define(edited);
+      }
+      return f.port.getPersistentXml(name, options);
+    },
+  };
+  const report = await rollbackVm("alpha", { libvirt: racing, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "failed");
+  assertMatch(
+    report.message,
+    /^Not restored: the definition of "alpha" changed since the rollback/,
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), edited);
+  // The backup written before the last look exists: the report names it (a script needs its id).
+  const written = listBackups(f.stateDir, "alpha");
+  assertEquals(written.length, before + 1);
+  assertOk(report.safetyBackup !== null, "the safety backup written is named");
+  assertEquals(report.safetyBackup.id, written.find((b) => b.reason === "rollback")?.id);
+  assertEquals(Deno.readTextFileSync(report.safetyBackup.path), shown);
+});
+
 Deno.test("rollbackVm() does not restore a backup giving the VM a device another domain holds now", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
@@ -1063,6 +1098,37 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
     blind.message,
     `Cannot read "alpha" back after the rollback: End of file while reading data: Input/output error; the replaced definition is in backup "${blind.safetyBackup.id}"`,
   );
+});
+
+Deno.test("passthrough rollback that fails after writing its safety backup names it as the definition shown", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    // Hand-edited in MiB: libvirt takes it but stores KiB, so the check after the define fails.
+    const { world, stateDir } = await alphaWithBackup(
+      root,
+      (xml) =>
+        xml.replace("<memory unit='KiB'>1048576</memory>", "<memory unit='MiB'>1024</memory>")
+          .replace("<currentMemory unit='KiB'>1048576</currentMemory>", ""),
+    );
+    const result = await cli([
+      "rollback",
+      "alpha",
+      "--yes",
+      "--connect",
+      `test://${world}`,
+      "--state-dir",
+      stateDir,
+    ]);
+    assertEquals(result.code, 1, result.stderr);
+    const safety = listBackups(stateDir, "alpha").find((b) => b.reason === "rollback");
+    assertOk(safety !== undefined);
+    assertMatch(
+      result.stdout,
+      new RegExp(`\nThe definition shown was backed up as "${safety.id}"\n$`),
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
 
 Deno.test("passthrough rollback hides a changed password, notes a stale lock, and explains a VM with no backup, one not defined and a mistyped one", async () => {
