@@ -165,6 +165,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     globalErrors: input.globalErrors,
     ...(input.facts === undefined ? {} : { facts: input.facts }),
     pools: input.pools,
+    deviceControllers,
   };
   const refused = new Set<string>();
   let previous = new Map<string, VmResolution>();

@@ -151,20 +151,37 @@ export function poolEntryMessage(
 /**
  * The `hostdev-network` refusals of VM `vm`, whose interfaces are on `networks`: an entry of such
  * a network's pool that holds no device, or one that is not an SR-IOV VF (libvirt takes only VFs
- * into a pool: the buses moved under it), as the start guard refuses them.
+ * into a pool: the buses moved under it), or a VF under a host device a domain uses
+ * (`deviceControllers`: its netdev under a macvtap interface of this VM or another), as the start
+ * guard refuses them (a `vm-device` use: handed to the guest, it pulls that device away).
  */
 export function poolEntryErrors(
   vm: string,
   networks: readonly string[],
   pools: readonly NetworkPool[],
   byAddress: ReadonlyMap<PciAddress, PciDevice>,
+  { deviceControllers }: {
+    deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>> | undefined;
+  } = {},
 ): PlanIssue[] {
+  // This VM's own uses first, then the other domains' by name.
+  const users = [...deviceControllers ?? []].sort(([a], [b]) =>
+    a === vm ? -1 : b === vm ? 1 : a < b ? -1 : a > b ? 1 : 0
+  );
+  const usedBy = (address: PciAddress) =>
+    users.flatMap(([owner, controllers]) => {
+      const uses = controllers.get(address);
+      return uses === undefined ? [] : [`${uses.join(", ")} of "${owner}"`];
+    });
   return pools.filter((pool) => networks.includes(pool.name)).flatMap((pool) =>
     pool.vfs.flatMap((address): PlanIssue[] => {
       const device = byAddress.get(address);
-      if (device !== undefined && device.physfn !== null) return [];
+      const used = device === undefined ? [] : usedBy(address);
+      if (device !== undefined && device.physfn !== null && used.length === 0) return [];
       const holds = device === undefined
         ? "holds no device"
+        : device.physfn !== null
+        ? `holds ${describe(device)}, under ${used.join("; ")}`
         : `holds ${
           describe(device)
         }, not an SR-IOV virtual function (libvirt takes only VFs into a pool: the buses moved under it)`;

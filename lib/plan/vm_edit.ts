@@ -65,6 +65,11 @@ export interface VmContext {
   facts?: HostFacts;
   /** The pools of the hostdev networks, whose entries the VM's network interfaces may get. */
   pools?: readonly NetworkPool[];
+  /**
+   * Per domain, the PCI devices under host devices it uses (a block disk, a NIC its macvtap is
+   * on), with what they are: a pool entry among them is refused, as the start guard does.
+   */
+  deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
 }
 
 /** The edit being built for one VM. */
@@ -605,7 +610,9 @@ export function planVm(
     ...resolution.errors,
     ...bootOrderConflicts(vm, domain, resolution),
     ...preflight?.errors ?? [],
-    ...poolEntryErrors(vm, domain.networks, context.pools ?? [], context.byAddress),
+    ...poolEntryErrors(vm, domain.networks, context.pools ?? [], context.byAddress, {
+      deviceControllers: context.deviceControllers,
+    }),
   );
   const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {

@@ -344,3 +344,86 @@ Deno.test("plan --vm: another VM on a hostdev network whose pool lists a VF the 
     /^Hostdev network "sriov", which an interface of "other" is on, lists 0000:40:10\.2, .*, then plan again; "other" is left out of this plan \(passthrough plan --vm other plans it\)$/,
   );
 });
+
+Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF under a macvtap interface of it or another VM, as the start guard does", async () => {
+  const z690 = loadFixtureHost("z690-asus-adl");
+  const nic = sriovNic("40", 4);
+  nic[3]!.net = { name: "enp64s0v1", address: "02:00:00:00:00:01" }; // VF 40:10.2
+  z690.devices.push(...nic);
+  z690.host_use = [];
+  await using tree = await tempHostTree(z690);
+  const dir = tree.dir;
+  const vf = Deno.realPathSync(`${dir}/bus/pci/devices/0000:40:10.2`);
+  Deno.mkdirSync(`${dir}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../..${vf.slice(Deno.realPathSync(dir).length)}/net/enp64s0v1`,
+    `${dir}/class/net/enp64s0v1`,
+  );
+  const forward = `<forward mode='hostdev' managed='yes'>${
+    ["0000:40:10.0", "0000:40:10.2"].map(poolAddress).join("")
+  }</forward>`;
+  Deno.mkdirSync(`${dir}/network`);
+  Deno.writeTextFileSync(
+    `${dir}/network/sriov.xml`,
+    `<networkstatus><network><name>sriov</name>${forward}</network></networkstatus>`,
+  );
+  Deno.mkdirSync(`${dir}/qemu`);
+  const macvtap = `<interface type='direct'><mac address='52:54:00:00:00:09'/>
+    <source dev='enp64s0v1' mode='bridge'/></interface>`;
+  // The same VF's netdev under a macvtap interface of router itself, or of VM "other".
+  const withMacvtap = ROUTER.replace("</devices>", `${macvtap}</devices>`);
+  const other = `<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+    <name>other</name><uuid>7695eb01-f6a4-8304-79aa-97f2502e1941</uuid>
+    <memory unit='KiB'>1048576</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>
+    <devices>${macvtap}</devices></domain>`;
+  const facts = readHostFacts({
+    reader: denoFsReader(),
+    sysRoot: dir,
+    procRoot: `${dir}/proc`,
+    devRoot: `${dir}/dev`,
+  });
+  const host = await discoverHost({ root: dir, lspci: null });
+  const config = parseConfig("version: 1\nvms:\n  router:\n    devices: []\n", {
+    file: "router.yaml",
+  });
+  const planOf = (world: string) => {
+    Deno.writeTextFileSync(
+      `${dir}/world.xml`,
+      `<node>${world}<network><name>sriov</name>${forward}</network></node>`,
+    );
+    using libvirt = openLibvirtPort(`test://${dir}/world.xml`);
+    return planHostdevs({ config, host, libvirt, facts }).vms[0]!.errors;
+  };
+  const guard = (xml: string) =>
+    guardCheck({
+      vm: "router",
+      xml,
+      reader: denoFsReader(),
+      root: dir,
+      live: false,
+      networkStatusDir: `${dir}/network`,
+      qemuStatusDir: `${dir}/qemu`,
+      devRoot: `${dir}/dev`,
+    }).map((r) => [r.kind, r.address, r.network]);
+  const tail =
+    `: libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`;
+  const own = planOf(withMacvtap);
+  assertEquals(own.map((e) => [e.code, e.devices, e.message]), [[
+    "hostdev-network",
+    ["0000:40:10.2"],
+    `Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:10.2, which holds 8086:10ca class 020000, under network interface enp64s0v1 of "router"${tail}`,
+  ]]);
+  assertEquals(guard(withMacvtap), [["host-needs", "0000:40:10.2", "sriov"]]);
+  // Another VM's: plan counts its definition; the guard, once it runs.
+  const elsewhere = planOf(ROUTER + other);
+  assertEquals(elsewhere.map((e) => [e.code, e.devices]), [["hostdev-network", ["0000:40:10.2"]]]);
+  assertMatch(elsewhere[0]!.message, /, under network interface enp64s0v1 of "other": libvirt /);
+  Deno.writeTextFileSync(
+    `${dir}/qemu/other.xml`,
+    `<domstatus state='running'>${other.replace("type='test'", "type='kvm'")}</domstatus>`,
+  );
+  assertEquals(guard(ROUTER), [["host-needs", "0000:40:10.2", "sriov"]]);
+  // With no macvtap on a pool VF, neither refuses.
+  Deno.removeSync(`${dir}/qemu/other.xml`);
+  assertEquals([planOf(ROUTER), guard(ROUTER)], [[], []]);
+});
