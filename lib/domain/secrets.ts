@@ -31,8 +31,10 @@
  * admin@corp`), and so are digits then `/` (or a bare `/`) unless an `@` and a host follow before
  * any space, `?` or `#`: an `@` in a query (`qemu+tcp://hv1:16509/system?x=/home/alice@corp`) is
  * libvirt's usual place for one, one in the path (`qemu+ssh://user:123/abc@hv1/system`) is a
- * password's. A password that starts with digits then a space, a quote, `?` or `#`, or one with a
- * space longer than {@link MAX_SPACED} characters, is shown.
+ * password's. The user holds no `[` or `]`, which only an IPv6 host's brackets can (RFC 3986):
+ * `qemu+tcp://[::1]:16509/system?keyfile=/id@work` has no password. A password that starts with
+ * digits then a space, a quote, `?` or `#`, or one with a space longer than {@link MAX_SPACED}
+ * characters, is shown.
  */
 /**
  * The longest URI password with a space that {@link SECRET} finds: looking further for the `@`
@@ -44,7 +46,7 @@ const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
     String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
-    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"]*:)` +
+    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"\[\]]*:)` +
     String.raw`((?![0-9]*(?:[\s/?#'"]|$))(?:\S+?|.{1,${MAX_SPACED}}?)|[0-9]*/[^\s?#]*?)` +
     String.raw`(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
   ].join("|"),

@@ -48,6 +48,16 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
       "qemu+ssh://hv1:2222/system?keyfile=/root/.ssh/id@work",
     ],
     ["qemu+tcp://hv1:/system?k=a@b", "qemu+tcp://hv1:/system?k=a@b"],
+    // An IPv6 host's brackets and colons are no user and password.
+    [
+      `libvirt at "qemu+tcp://[::1]:16509/system?keyfile=/root/.ssh/id@work" is another machine`,
+      `libvirt at "qemu+tcp://[::1]:16509/system?keyfile=/root/.ssh/id@work" is another machine`,
+    ],
+    [
+      "qemu+ssh://[2001:db8::1]/system: Cannot recv data: alice@2001:db8::1: Permission denied",
+      "qemu+ssh://[2001:db8::1]/system: Cannot recv data: alice@2001:db8::1: Permission denied",
+    ],
+    ["qemu+ssh://u:pw@[::1]:22/system", "qemu+ssh://u:***@[::1]:22/system"],
     // Nor with words after a port, quoted or not, and an `@` among them.
     [
       "qemu+tcp://hv1:16509 failed, mail admin@corp",
