@@ -33,21 +33,33 @@
  * libvirt's usual place for one, one in the path (`qemu+ssh://user:123/abc@hv1/system`) is a
  * password's. The user holds no `[` or `]`, which only an IPv6 host's brackets can (RFC 3986):
  * `qemu+tcp://[::1]:16509/system?keyfile=/id@work` has no password. A password that starts with
- * digits then a space, a quote, `?` or `#`, or one with a space longer than {@link MAX_SPACED}
- * characters, is shown.
+ * digits then a space, a quote, `?` or `#`, one with a space longer than {@link MAX_SPACED}
+ * characters, one longer than {@link MAX_PASSWORD}, or a URI whose scheme is longer than
+ * {@link MAX_SCHEME}, is shown.
  */
 /**
- * The longest URI password with a space that {@link SECRET} finds: looking further for the `@`
- * from every `scheme://user:` of a long line would take time growing with its square.
+ * The longest URI password with a space that {@link SECRET} finds: a space may be the password's
+ * or the end of the URI, so looking further would take other words for one.
  */
 const MAX_SPACED = 256;
+/**
+ * The longest URI password, and the longest URI scheme, that {@link SECRET} finds: looking
+ * further for the `@` from every `scheme://user:` of a long line, or for the `://` from every word
+ * start, takes time growing with its square (a 100 KB line of `a://b:c`, `a.a.a` or `<cookie `
+ * took seconds, and `plan --json` of a VM with a 300 KB `<description>` of `a+` 100 s); bounded,
+ * it grows with its length.
+ */
+const MAX_PASSWORD = 1024;
+const MAX_SCHEME = 32;
 
 const SECRET = new RegExp(
   [
     String.raw`(\spasswd\s*=\s*)(?:"([^"]*)"|'([^']*)')`,
-    String.raw`(<cookie(?:\s[^>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
-    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"\[\]]*:)` +
-    String.raw`((?![0-9]*(?:[\s/?#'"]|$))(?:\S+?|.{1,${MAX_SPACED}}?)|[0-9]*/[^\s?#]*?)` +
+    // An attribute value holds no `<` (XML escapes it), so each `<cookie` looks only to the next.
+    String.raw`(<cookie(?:\s[^<>]*)?(?<!/)>)((?:<!\[CDATA\[[\s\S]*?(?:\]\]>|$)|[^<])*)`,
+    String.raw`(\b[A-Za-z][A-Za-z0-9+.-]{0,${MAX_SCHEME - 1}}://[^\s/?#@:'"\[\]]*:)` +
+    String.raw`((?![0-9]*(?:[\s/?#'"]|$))(?:\S{1,${MAX_PASSWORD}}?|.{1,${MAX_SPACED}}?)` +
+    String.raw`|[0-9]*/[^\s?#]{0,${MAX_PASSWORD}}?)` +
     String.raw`(?=@[^\s@/?#'"]*(?:[\s/?#'"]|$))`,
   ].join("|"),
   "g",

@@ -75,6 +75,22 @@ Deno.test("a URI's password is redacted whole, up to the last @ before the host"
   for (const [text, expected] of cases) assertEquals(redactSecrets(text), expected, text);
 });
 
+Deno.test("a long line takes time growing with its length, not with its square", () => {
+  // Each took seconds at 100 KB before the scans were bounded, and plan --json redacts a whole
+  // definition: a 300 KB <description> of `a+` made it take 100 s.
+  const patterns = ["a://b:c", "a://b:1/", "a://", "a.", "a+", "<cookie "];
+  for (const pattern of patterns) {
+    const line = pattern.repeat(300_000 / pattern.length);
+    const start = performance.now();
+    assertEquals(redactSecrets(line), line, pattern);
+    const took = performance.now() - start;
+    if (took > 3000) throw new Error(`${pattern}: ${Math.round(took)} ms for ${line.length} chars`);
+  }
+  // Bounded, a long password is still found.
+  const long = `qemu+tcp://u:${"p".repeat(1000)}@h/system`;
+  assertEquals(redactSecrets(long), "qemu+tcp://u:***@h/system");
+});
+
 Deno.test("a passwd with spaces around = and a cookie in CDATA or split across lines are redacted whole", () => {
   const cases: [string, string][] = [
     [`<graphics type='vnc' passwd = "s3cret"/>`, `<graphics type='vnc' passwd = '***'/>`],
