@@ -7,6 +7,7 @@
  */
 
 import { redactSecrets } from "./lib/domain/secrets.ts";
+import { redactedJson } from "./lib/render/redact.ts";
 import { terminalSafe } from "./lib/render/terminal.ts";
 import { stripAnsi } from "./lib/render/colors.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
@@ -128,10 +129,11 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
 /**
  * An error's text, escaped as with colour off. Errors are never painted, so every escape in one is
  * a value's (a config value pasted from coloured output): with colour on, the boundary let the
- * painter's own sequences through, and the value read as a valid one in colour.
+ * painter's own sequences through, and the value read as a valid one in colour. Redacted: a usage
+ * error quotes the argument it refuses, a URI given without `--connect` included.
  */
 function errorText(text: string): string {
-  return terminalSafe(text, false);
+  return terminalSafe(redactSecrets(text), false);
 }
 
 /**
@@ -175,7 +177,8 @@ function configErrorJson(error: ConfigProblem): string {
     hint: e.hint ?? null,
   }));
   const json = { error: { kind: "config", message: error.message.split("\n")[0], problems } };
-  return `${JSON.stringify(json, null, 2)}\n`;
+  // A problem quotes the value it refuses: a `connect:` URI's password too.
+  return redactedJson(json);
 }
 
 /**
@@ -183,7 +186,7 @@ function configErrorJson(error: ConfigProblem): string {
  * `usage` for a wrong command line (exit 2), `runtime` for the rest (exit 1).
  */
 function errorJson(kind: "usage" | "runtime", message: string): string {
-  return `${JSON.stringify({ error: { kind, message } }, null, 2)}\n`;
+  return redactedJson({ error: { kind, message } });
 }
 
 /** Whether `error` is one of Deno's own (`Deno.errors.NotCapable`, `NotFound`, ...). */

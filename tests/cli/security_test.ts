@@ -592,6 +592,31 @@ Deno.test("a password written into a libvirt URI is shown as *** in messages and
   });
 });
 
+Deno.test("a password in a libvirt URI is *** in a config error and a usage error, as text and as JSON", async () => {
+  await using tree = await demoTree();
+  const uri = `qemu+tcp://admin:${SECRET}@hv1/system`;
+  const config = `${tree.dir}/c.yaml`;
+  // A config value holding a control character is quoted in its error (escaped).
+  await Deno.writeTextFile(
+    config,
+    `version: 1\nhosts:\n  lab:\n    connect: "${uri}\\x01"\nvms: {}\n`,
+  );
+  for (const json of [[], ["--json"]]) {
+    const runs = [
+      // --json printed "message": "... Invalid character U+0001 in \"qemu+tcp://admin:pt-s3crt@...".
+      ["plan", ...json, "--sysfs", tree.sysfs, "--config", config, "--host", "lab"],
+      // The URI without --connect: "Unexpected argument \"qemu+tcp://admin:pt-s3crt@hv1/system\"".
+      ["plan", ...json, "--sysfs", tree.sysfs, "--config", config, uri],
+    ];
+    for (const args of runs) {
+      const { code, stdout, stderr } = await runCli(args);
+      assertOk(code !== 0, stderr);
+      assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+      assertMatch(`${stdout}${stderr}`, /qemu\+tcp:\/\/admin:\*\*\*@hv1\/system/);
+    }
+  }
+});
+
 Deno.test("doctor shows a password written into a libvirt URI as ***, as text and as JSON", async () => {
   await using tree = await demoTree();
   const uri = `qemu+tcp://admin:${SECRET}@127.0.0.1:1/system`;
