@@ -16,6 +16,8 @@ import { openNodeDeviceSource } from "../ffi/nodedev_source.ts";
 import { loadHost } from "./host_options.ts";
 import { connectTarget } from "./connect.ts";
 import { painter } from "../lib/render/colors.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 
 /** Runs `passthrough sources`: exit 0 when the two discoveries agree, 1 when they differ. */
 export async function run({ values }: Parsed<typeof SOURCES>, io: CliIo): Promise<number> {
@@ -24,18 +26,18 @@ export async function run({ values }: Parsed<typeof SOURCES>, io: CliIo): Promis
   using source = openNodeDeviceSource(target.uri, target.options);
   const libvirt = discoverViaLibvirt(source);
   const differences = compareTopologies(sysfs, libvirt);
+  // libvirt's source is the URI as libvirt gives it back, a password written into it included.
   if (values.json) {
-    io.out(
-      JSON.stringify({ sysfs: sysfs.source, libvirt: libvirt.source, differences }, null, 2) +
-        "\n",
-    );
+    io.out(redactedJson({ sysfs: sysfs.source, libvirt: libvirt.source, differences }));
     return differences.length === 0 ? 0 : 1;
   }
   const paint = painter(io.color);
   const labels = { a: "sysfs", b: "libvirt" };
   io.out(
     `sysfs (${sysfs.source}): ${sysfs.devices.length} functions, ${sysfs.groups.length} IOMMU groups\n` +
-      `libvirt (${libvirt.source}): ${libvirt.devices.length} functions, ${libvirt.groups.length} IOMMU groups\n`,
+      redactSecrets(
+        `libvirt (${libvirt.source}): ${libvirt.devices.length} functions, ${libvirt.groups.length} IOMMU groups\n`,
+      ),
   );
   if (differences.length === 0) {
     io.out(paint("green", "The two sources agree\n"));

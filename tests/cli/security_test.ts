@@ -617,6 +617,25 @@ Deno.test("a password in a libvirt URI is *** in a config error and a usage erro
   }
 });
 
+Deno.test("sources shows a password written into a libvirt URI as ***, as text and as JSON", async () => {
+  await using tree = await demoTree();
+  // The test driver opens a URI with user information, and gives it back as written.
+  const uri = `test://admin:${SECRET}@${ROOT}tests/fixtures/worlds/empty.xml`;
+  for (const json of [[], ["--json"]]) {
+    const { stdout, stderr } = await runCli([
+      "sources",
+      ...json,
+      "--sysfs",
+      tree.sysfs,
+      "--connect",
+      uri,
+    ]);
+    // It printed "libvirt (test://admin:pt-s3crt@/...): 0 functions" and "libvirt": "test://...".
+    assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
+    assertMatch(stdout, /test:\/\/admin:\*\*\*@\//);
+  }
+});
+
 Deno.test("doctor shows a password written into a libvirt URI as ***, as text and as JSON", async () => {
   await using tree = await demoTree();
   const uri = `qemu+tcp://admin:${SECRET}@127.0.0.1:1/system`;
