@@ -177,6 +177,20 @@ vms:
         false,
         "a control character reached the terminal",
       );
+      // A Deno that cannot run says why on stderr, which the hidden task output no longer shows:
+      // the check quotes it ("non-zero return code" alone said nothing).
+      const brokenDeno = `${dir}/broken-deno`;
+      await Deno.writeTextFile(
+        brokenDeno,
+        "#!/bin/sh\necho 'deno: error while loading shared libraries: libgcc_s.so.1' >&2\nexit 127\n",
+      );
+      await Deno.chmod(brokenDeno, 0o755);
+      const broken = await playbook(good, ["--check", "-e", `passthrough_deno=${brokenDeno}`]);
+      assertEquals(broken.code, 2, broken.out);
+      assertMatch(
+        broken.out,
+        /did not tell a Deno version \(non-zero return code: deno: error while loading shared libraries: libgcc_s\.so\.1\)/,
+      );
       // A copy of the playbook kept elsewhere (an operators' repository) has no pin beside it:
       // it runs with passthrough_deno_version set, and says what is missing without it.
       await Deno.mkdir(`${dir}/ops/action_plugins`, { recursive: true });
