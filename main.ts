@@ -91,12 +91,15 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
     outputTo(terminal, terminal.color).out(command.help);
     return 0;
   }
+  // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
+  // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
+  const asked = (flag: string) => flags.some((f) => f === flag || f.startsWith(`${flag}=`));
   // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that.
-  const usageCode = flags.includes("--detailed-exitcode") ? 1 : 2;
+  const usageCode = asked("--detailed-exitcode") ? 1 : 2;
   // A script reading --json gets every failure as JSON on stdout, its command line's too: it
   // parses stdout, and would otherwise find nothing there. Only where the command has JSON output
   // (`hook`'s counts for each subcommand: the script asked one of them for JSON).
-  const json = flags.includes("--json") && Object.hasOwn(command.flags, "json");
+  const json = asked("--json") && Object.hasOwn(command.flags, "json");
   let io = outputTo(terminal, terminal.color);
   try {
     io = outputTo(terminal, colorChoice(flags, terminal.color));

@@ -85,6 +85,18 @@ Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)
   assertEquals(bad.code, 1);
   assertMatch(bad.err, /Unknown option '--bogus'/);
   assertEquals((await run(["plan", "--bogus"])).code, 2);
+  // Written with a value (terraform's -detailed-exitcode=true), it is refused as a usage error,
+  // which exited 2: "changes pending" to the script that asked for it.
+  const valued = await run(["plan", "--detailed-exitcode=true"]);
+  assertEquals(valued.code, 1, valued.err);
+  assertMatch(valued.err, /Option '--detailed-exitcode' does not take an argument/);
+  // And --json=true printed no JSON: the script that asked for it found nothing on stdout.
+  const json = await run(["plan", "--json=true"]);
+  assertEquals(json.code, 2, json.err);
+  assertEquals(JSON.parse(json.out).error, {
+    kind: "usage",
+    message: "Option '--json' does not take an argument",
+  });
 });
 
 Deno.test("an unknown --vm is a runtime error: one line, the closest name, no usage", async () => {
