@@ -64,12 +64,10 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   // `help CMD` is `CMD --help`.
   const name = first === "help" && rest[0] !== undefined ? rest[0] : first;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
-    outputTo(terminal, terminal.color).out(usage());
-    return name === undefined ? 2 : 0;
+    return print(terminal, "passthrough", usage(), name === undefined ? 2 : 0);
   }
   if (name === "--version" || name === "-V" || name === "version") {
-    outputTo(terminal, terminal.color).out(`passthrough ${VERSION}\n`);
-    return 0;
+    return print(terminal, "passthrough", `passthrough ${VERSION}\n`, 0);
   }
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
@@ -88,8 +86,7 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   // "--" are data (the hook passes VM names there), never a request for help.
   const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
   if (first === "help" || flags.includes("--help") || flags.includes("-h")) {
-    outputTo(terminal, terminal.color).out(command.help);
-    return 0;
+    return print(terminal, `passthrough ${command.name}`, command.help, 0);
   }
   // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
   // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
@@ -125,6 +122,21 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
       return usageCode;
     }
     io.err(errorText(`passthrough ${command.name}: ${describeError(error)}\n`));
+    return 1;
+  }
+}
+
+/**
+ * Prints help or the version and returns `code`; a failed write (`> /dev/full`) is one line on
+ * stderr and exit 1, as in a command, not an uncaught error with its stack trace.
+ */
+function print(terminal: CliIo, who: string, text: string, code: number): number {
+  const io = outputTo(terminal, terminal.color);
+  try {
+    io.out(text);
+    return code;
+  } catch (error) {
+    io.err(errorText(`${who}: ${describeError(error)}\n`));
     return 1;
   }
 }

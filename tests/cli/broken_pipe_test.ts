@@ -68,6 +68,33 @@ Deno.test("a full standard output is one line on stderr, exit 1, also under --js
   }
 });
 
+Deno.test("help and the version to a full standard output are one line on stderr, exit 1", async () => {
+  const cases: [string[], string][] = [
+    [["--version"], "passthrough"],
+    [["--help"], "passthrough"],
+    [["plan", "--help"], "passthrough plan"],
+    [["help", "plan"], "passthrough plan"],
+  ];
+  for (const [args, who] of cases) {
+    // They printed "error: Uncaught (in promise) Error: Cannot write to standard output" and a
+    // stack trace.
+    const command = [Deno.execPath(), "run", ...documentedFlags(), MAIN, ...args]
+      .map((arg) => `'${arg}'`).join(" ");
+    const { code, stderr } = await new Deno.Command("sh", {
+      args: ["-c", `exec ${command} > /dev/full`],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    assertEquals(
+      [code, new TextDecoder().decode(stderr)],
+      [1, `${who}: Cannot write to standard output: No space left on device (os error 28)\n`],
+      args.join(" "),
+    );
+  }
+});
+
 Deno.test("apply --yes runs to its end when its standard output is closed", async () => {
   await using tree = await demoTree();
   const world = new URL("../../demo/world.xml", import.meta.url).pathname;
