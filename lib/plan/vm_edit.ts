@@ -20,6 +20,7 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordOf, sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
+import { cardOf } from "../resolve/host_critical.ts";
 import {
   type DomainHostdev,
   editDomainXml,
@@ -358,12 +359,6 @@ function leftItsGroup(
   }, and this function is in group ${
     now.iommuGroup ?? "none"
   }: a function comes with a matched device only from its group (one a firmware or ACS setting split no longer brings it): match it in a rule to keep it`;
-}
-
-/** The card of a function: its address without the function number. */
-function cardOf(address: PciAddress): string {
-  const { domain, bus, slot } = pciAddressParts(address);
-  return `${domain}:${bus}:${slot}`;
 }
 
 function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHostdev {
