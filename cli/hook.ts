@@ -72,8 +72,10 @@ function settingsFor(
     timeout: options.timeout,
     command: checkCommand(currentProgram(), options),
     // Deno's cache (the check's code cache) in the private state directory: not found through
-    // the HOME libvirt passes, which may be another user's.
-    env: { DENO_DIR: hookDenoDir(options.stateDir) },
+    // the HOME libvirt passes, which may be another user's. HOME there too: Deno reads
+    // $HOME/.npmrc (with HOME unset, the passwd entry's: /root) before any code runs and stops on
+    // one it cannot read (HOME a file, a registry that is no URL), which refused every start.
+    env: { DENO_DIR: hookDenoDir(options.stateDir), HOME: hookDenoDir(options.stateDir) },
     stateDir: options.stateDir,
     sysfs: options.sysfs,
   };

@@ -63,7 +63,8 @@ export interface HookSettings {
   command: string[];
   /**
    * Environment given to the check: `DENO_DIR`, in the state directory (`deno/`), so that the
-   * check's code cache is not found through whatever `HOME` libvirt passes.
+   * check's code cache is not found through whatever `HOME` libvirt passes, and `HOME`, the same
+   * directory, so that Deno reads no `.npmrc` of libvirt's HOME (one it cannot read stops it).
    */
   env: Record<string, string>;
   /** The state directory the check reads allowances from and records refusals in. */
@@ -79,7 +80,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 5;
+export const HOOK_FORMAT = 6;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**

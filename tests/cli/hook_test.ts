@@ -1049,6 +1049,33 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
   }
 });
 
+Deno.test("the installed hook runs whatever HOME libvirt passes: a file, or one with a .npmrc Deno cannot read", async () => {
+  // Deno reads $HOME/.npmrc (with HOME unset, the passwd entry's: /root for libvirtd) before it
+  // runs any code, and stops on one it cannot read: every start was refused with Deno's "Error
+  // loading .npmrc", naming no VM and no passthrough.
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-npmrc-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    Deno.writeTextFileSync(`${dir}/file`, "");
+    Deno.mkdirSync(`${dir}/home`);
+    Deno.writeTextFileSync(`${dir}/home/.npmrc`, "registry=not-a-url\n");
+    for (const HOME of [`${dir}/file`, `${dir}/home`]) {
+      const plain = testDomainXml("plain");
+      assertEquals(
+        await runHook(hook, ["plain", "prepare", "begin", "-"], plain, { HOME }),
+        { code: 0, stdout: "", stderr: "" },
+        HOME,
+      );
+      const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED, { HOME });
+      assertEquals(refused.code, 1);
+      assertMatch(refused.stderr, /^passthrough guard: refusing to start "win11": /);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook install says which guard policies the hook obeys, and when they were not recorded for the hook it replaces", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-policies-" });
   try {
