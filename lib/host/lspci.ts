@@ -86,9 +86,13 @@ export async function runLspci(
       .spawn();
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) {
-      throw new LspciError(`Cannot run "${program}": not found: install pciutils`, args, {
-        cause: error,
-      });
+      // Found through PATH, which may lack the directory of an installed lspci (a cron job's or
+      // a unit's PATH where pciutils keeps it in /usr/sbin): both fixes are named.
+      throw new LspciError(
+        `Cannot run "${program}": not found in any directory on PATH: install pciutils, or add the directory holding it to PATH`,
+        args,
+        { cause: error },
+      );
     }
     throw error;
   }

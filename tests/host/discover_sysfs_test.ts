@@ -263,7 +263,9 @@ Deno.test("discoverHost() reports a failing lspci with its arguments", async () 
     const { commandLspciRunner } = await import("../../lib/host/lspci.ts");
     await assertRejects(
       () => discoverHost({ root: dir, lspci: commandLspciRunner("lspci-not-installed-here") }),
-      /Cannot run "lspci-not-installed-here": not found: install pciutils/,
+      // PATH may lack lspci's directory where pciutils is installed (a cron job's or a unit's
+      // PATH on a system keeping it in /usr/sbin): "install pciutils" alone misled there.
+      /Cannot run "lspci-not-installed-here": not found in any directory on PATH: install pciutils, or add the directory holding it to PATH/,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
