@@ -62,7 +62,18 @@ function keptNote(tmp: string): string {
 export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<number> {
   const paint = painter(io.color);
   const step = (text: string) => io.out(`\n${paint("cyan", `==> ${text}`)}\n\n`);
-  const tmp = await Deno.makeTempDir({ prefix: "passthrough-demo-" });
+  let tmp: string;
+  try {
+    tmp = await Deno.makeTempDir({ prefix: "passthrough-demo-" });
+  } catch (error) {
+    // Deno's message names no directory ("...: tmpdir"): it is $TMPDIR's, else /tmp.
+    throw new Error(
+      `Cannot create the demo's directory in $TMPDIR (else /tmp): ${
+        error instanceof Error ? error.message : String(error)
+      }: set TMPDIR to a writable directory, or unset it`,
+      { cause: error },
+    );
+  }
   try {
     const sysfs = `${tmp}/sysfs`;
     const stateDir = `${tmp}/state`;

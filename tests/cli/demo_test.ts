@@ -49,3 +49,14 @@ Deno.test("passthrough demo --keep leaves its directory and prints commands that
     if (kept !== undefined) await Deno.remove(kept, { recursive: true });
   }
 });
+
+Deno.test("passthrough demo with TMPDIR naming a missing directory says that is where it failed", async () => {
+  // Deno's own error names no directory ("No such file or directory (os error 2): tmpdir").
+  const result = await runCli(["demo"], { env: { TMPDIR: "/nonexistent/passthrough-tmp" } });
+  assertEquals(result.code, 1);
+  assertEquals(result.stdout, "");
+  assertMatch(
+    result.stderr,
+    /^passthrough demo: Cannot create the demo's directory in \$TMPDIR \(else \/tmp\): No such file or directory \(os error 2\)[^\n]*: set TMPDIR to a writable directory, or unset it\n$/,
+  );
+});
