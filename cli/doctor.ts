@@ -10,7 +10,12 @@ import type { Parsed } from "./flags.ts";
 import type { DOCTOR } from "./specs.ts";
 import { type DoctorFinding, type HookDoctorFacts, runDoctor } from "../lib/host/doctor.ts";
 import { readAttribute, type SysfsReader } from "../lib/host/sysfs.ts";
-import { DEFAULT_HOOKS_DIR, inspectHook, readByLibvirt } from "../lib/guard/hook_file.ts";
+import {
+  DEFAULT_HOOKS_DIR,
+  type HookInspection,
+  inspectHook,
+  readByLibvirt,
+} from "../lib/guard/hook_file.ts";
 import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
 import { readXattr } from "../ffi/libc_fs.ts";
@@ -23,9 +28,19 @@ import { connectTarget } from "./connect.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 
-/** The start guard's facts on this host: the hook, the daemon, SELinux. */
-function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts {
-  const inspection = inspectHook(hooksDir);
+/**
+ * The start guard's facts on this host: the hook, the daemon, SELinux; the error when this user
+ * may not look into the hooks directory (libvirt's may be root's alone), which the `hook` finding
+ * reports while every other check still runs.
+ */
+function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts | Error {
+  let inspection: HookInspection;
+  try {
+    inspection = inspectHook(hooksDir);
+  } catch (error) {
+    if (error instanceof Deno.errors.PermissionDenied) return error;
+    throw error;
+  }
   const stateDir = inspection.settings?.stateDir;
   const enforce = readAttribute(reader, "/sys/fs/selinux/enforce");
   return {

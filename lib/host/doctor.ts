@@ -79,8 +79,11 @@ export interface DoctorOptions {
   modprobeDirs?: readonly string[];
   /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
   libvirtProbe?: () => string | Error;
-  /** The start guard's hook and what runs it (live hosts only): adds the `hook` finding. */
-  hook?: HookDoctorFacts;
+  /**
+   * The start guard's hook and what runs it (live hosts only): adds the `hook` finding; the
+   * error when the hooks directory could not be read (another user than root).
+   */
+  hook?: HookDoctorFacts | Error;
   /**
    * The bundle this doctor runs from when it was built from other sources than those beside it
    * (`bin/passthrough` runs it while no source is newer): adds the `bundle` finding.
@@ -897,7 +900,16 @@ interface HookNote {
   hint?: string;
 }
 
-function checkHook(facts: HookDoctorFacts): DoctorFinding {
+function checkHook(facts: HookDoctorFacts | Error): DoctorFinding {
+  if (facts instanceof Error) {
+    // Unknown, not absent: the other checks stand, and root sees the hook.
+    return {
+      check: "hook",
+      status: "warn",
+      summary: `Cannot tell whether a start guard is installed: ${facts.message}`,
+      hint: "run doctor as root",
+    };
+  }
   const { inspection } = facts;
   const install = installCommand(inspection);
   if (inspection.leftovers.length > 0) {

@@ -1076,6 +1076,53 @@ Deno.test("the installed hook runs whatever HOME libvirt passes: a file, or one 
   }
 });
 
+Deno.test("doctor run by another user than root who may not read the hooks directory still reports every check", async () => {
+  // libvirt's hooks directory may be root's alone: doctor stopped at it with one "Permission
+  // denied" line and reported none of its checks.
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-doctor-user-" }));
+  try {
+    await Deno.chmod(dir, 0o755);
+    await installOnTree(dir, "/sys");
+    await Deno.chmod(`${dir}/qemu.d`, 0o700);
+    await Deno.mkdir(`${dir}/user`, { mode: 0o700 });
+    await Deno.chown(`${dir}/user`, 65534, 65534);
+    const out = await new Deno.Command("setpriv", {
+      args: [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        ...cliCommand(),
+        "doctor",
+        "--no-libvirt",
+        "--hooks-dir",
+        `${dir}/qemu.d`,
+      ],
+      clearEnv: true,
+      env: {
+        NO_COLOR: "1",
+        PATH: "/usr/bin:/bin",
+        HOME: `${dir}/user`,
+        DENO_DIR: `${dir}/user/deno`,
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(stderr, "");
+    assertMatch(stdout, /^(ok {2}|warn|FAIL) {2}iommu /m);
+    assertMatch(
+      stdout,
+      new RegExp(
+        `^warn  hook +Cannot tell whether a start guard is installed: Permission denied \\(os error 13\\): stat '${dir}/qemu\\.d/${HOOK_FILE_NAME}'\n +-> run doctor as root\n`,
+        "m",
+      ),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook install says which guard policies the hook obeys, and when they were not recorded for the hook it replaces", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-policies-" });
   try {
