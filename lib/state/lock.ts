@@ -14,7 +14,7 @@
  * writable by root only, so no other user can plant or hold the lock). A process that cannot use
  * it (not root) keeps the lock in its state directory instead: runs of that user sharing a state
  * directory still exclude each other, but not runs with another state directory; run `apply` as
- * root to have the host-wide lock. The test driver (`test:` URIs) keeps its lock in the state
+ * root to have the host-wide lock. Root whose `/run` is read-only or full is refused instead. The test driver (`test:` URIs) keeps its lock in the state
  * directory too: its world lives inside the process that opened it, so no other process can
  * change it, and test runs never touch `/run`. A remote URI locks on this machine only.
  *
@@ -36,6 +36,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
+import { errorText } from "../render/error_text.ts";
 import { join } from "./paths.ts";
 import { openOwnFileSync, openPrivateDir, StateDirError, writeAllSync } from "./state_dir.ts";
 
@@ -263,12 +264,27 @@ export function connectionLockPath(uri: string, stateDir: string): string {
     openPrivateDir(LOCK_DIR);
     return join(LOCK_DIR, name);
   } catch (error) {
-    // Not root: the directory cannot be created, or is root's.
+    // Not root: the directory cannot be created, or is root's. Root (the owner of its opened
+    // state directory, which is always this process's: learnt without --allow-sys) has no such
+    // way out: where /run is read-only or full, a lock in the state directory would not exclude
+    // a run with another one, so the run stops, saying why.
     if (
       error instanceof StateDirError &&
-      (error.problem === "unwritable" || error.problem === "foreign-owner")
+      (error.problem === "unwritable" || error.problem === "foreign-owner") &&
+      Deno.statSync(stateDir).uid !== 0
     ) {
       return join(stateDir, name);
+    }
+    if (error instanceof StateDirError && error.problem === "unwritable") {
+      const cause = error.cause ?? error;
+      throw new StateDirError(
+        LOCK_DIR,
+        "unwritable",
+        `Cannot use the lock directory "${LOCK_DIR}": ${
+          errorText(cause)
+        }: root's apply and rollback lock the libvirt connection there, whatever the state directory; make /run writable (or free space in it)`,
+        { cause },
+      );
     }
     throw error;
   }

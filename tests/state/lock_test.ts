@@ -455,6 +455,12 @@ Deno.test({
         await lockWithRun("true", state),
         /^locked \/run\/passthrough\/connection-[0-9a-f]{32}\.lock$/,
       );
+      // Root, with /run read-only (or out of inodes): the lock went to the state directory
+      // unsaid, where a run with another state directory did not see it.
+      assertEquals(
+        await lockWithRun("mount -o remount,ro /run", state),
+        "refused StateDirError unwritable",
+      );
       // Another user, with root's /run/passthrough there or not creatable: its state directory.
       const theirs = `${dir}/theirs`;
       Deno.mkdirSync(theirs, { mode: 0o700 });
