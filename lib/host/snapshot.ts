@@ -2,8 +2,8 @@
  * Captures a host's PCI/IOMMU topology (the live `/sys` or a captured tree) into a portable
  * sysfs-shaped tree that discovery and `lspci -O sysfs.path=` read back as the same host:
  * attribute files and `config` bytes are copied as read, links are rewritten relative to the new
- * tree, and what only a live host knows is written beside them (`cmdline`, `host_use.json`, and
- * lspci's module list as a `modules` file per device).
+ * tree, and what only a live host knows is written beside them (`cmdline`, with any URI password
+ * as `***`, `host_use.json`, and lspci's module list as a `modules` file per device).
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
  * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes
@@ -23,6 +23,7 @@ import { baseName, type SysfsReader } from "./sysfs.ts";
 import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { firstInterface } from "./discover.ts";
+import { redactSecrets } from "../domain/secrets.ts";
 
 /** Attribute files copied as is when present. */
 const ATTRIBUTES = [
@@ -200,7 +201,9 @@ export function writeSnapshot(
     Deno.writeTextFileSync(`${out}/bus/pci/slots/${slot}/address`, address);
   }
   if (host.kernelCmdline !== null) {
-    Deno.writeTextFileSync(`${out}/cmdline`, `${host.kernelCmdline}\n`);
+    // A snapshot is made to be shared; an install or boot URL's password (`inst.ks=` with
+    // `user:password@`) is no parameter any check reads, so it is written as `***`.
+    Deno.writeTextFileSync(`${out}/cmdline`, `${redactSecrets(host.kernelCmdline)}\n`);
   }
   // A snapshot of a tree that did not know its host's use stays unknowing.
   if (host.hostUse !== null) {
