@@ -87,7 +87,9 @@ export const SNAPSHOT = {
   about: `
 Captures the PCI devices, IOMMU groups, kernel command line and host-use facts of this host
 (or of a captured tree) into OUT, a sysfs-shaped tree: 'passthrough groups --sysfs OUT' then
-shows the same host anywhere, e.g. to plan on another machine or to attach to a bug report.`
+shows the same host anywhere, e.g. to plan on another machine or to attach to a bug report.
+It identifies the machine: serial numbers, MACs, the kernel command line (URI passwords as ***),
+mount points. Read it before you share it (README, "Security notes").`
     .trim(),
 } as const satisfies CommandSpec;
 

@@ -326,3 +326,25 @@ Deno.test("writeSnapshot() copies no pre-flight file that is not one: a FIFO, a 
     await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
   }
 });
+
+Deno.test("writeSnapshot() holds the identifying facts README's Secrets part names", async () => {
+  // What a plan matches by and judges with, and identifies the machine: a serial number (in the
+  // config space's bytes, unseen by someone reading the files), a PF's MAC, a mount point.
+  const description = described("c246-cx4lx-sriov");
+  const nic = description.devices.find((d) => d.bdf === "0000:01:00.0")!;
+  nic.sriov_totalvfs = 8;
+  nic.serial = "00-25-38-5b-91-b0-4e-7c";
+  nic.net = { name: "enp1s0f0", address: "3c:fd:fe:12:34:56" };
+  description.host_use = [
+    { address: nic.bdf, reason: "mounted-filesystem", detail: "/home/alice on nvme0n1p3" },
+  ];
+  const after = await roundTrip(description);
+  const read = after.devices.find((d) => d.address === nic.bdf);
+  assertEquals([read?.serial, read?.macAddress], ["00-25-38-5b-91-b0-4e-7c", "3c:fd:fe:12:34:56"]);
+  assertEquals(after.hostUse?.[0]?.detail, "/home/alice on nvme0n1p3");
+  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+  const said = /A snapshot holds [\s\S]*?bug report\./.exec(readme)?.[0].replace(/\s+/g, " ");
+  for (const fact of ["serial numbers", "MACs", "kernel command line", "mount points"]) {
+    assertEquals(said?.includes(fact), true, `README's snapshot sentence names ${fact}: ${said}`);
+  }
+});
