@@ -187,11 +187,12 @@ export function writeSnapshot(
     }
     if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
     if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
-    // Keep the kernel's virtfnN numbering: it is the VF index, not the sorted position.
-    const numVfs = Number(reader.readText(`${from}/sriov_numvfs`)?.trim() ?? "0");
-    for (let i = 0; i < numVfs; i++) {
-      const link = reader.readLink(`${from}/virtfn${i}`);
-      if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/virtfn${i}`);
+    // Keep the kernel's virtfnN numbering: it is the VF index, not the sorted position. The
+    // links the PF has, not `sriov_numvfs` counted up to: a damaged tree's 99999999999 there
+    // meant as many lookups, a snapshot that never ended.
+    for (const name of reader.listDir(from) ?? []) {
+      const link = /^virtfn\d+$/.test(name) ? reader.readLink(`${from}/${name}`) : null;
+      if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
     }
   }
   for (const slot of reader.listDir(`${root}/bus/pci/slots`) ?? []) {

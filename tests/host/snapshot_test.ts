@@ -14,6 +14,7 @@ import { readHostFacts } from "../../lib/host/preflight.ts";
 import { cpuVendor } from "../../lib/host/doctor.ts";
 import { described } from "../preflight/trees.ts";
 import { redactSecrets } from "../../lib/domain/secrets.ts";
+import { documentedFlags, MAIN } from "../helpers/cli.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
@@ -346,5 +347,41 @@ Deno.test("writeSnapshot() holds the identifying facts README's Secrets part nam
   const said = /A snapshot holds [\s\S]*?bug report\./.exec(readme)?.[0].replace(/\s+/g, " ");
   for (const fact of ["serial numbers", "MACs", "kernel command line", "mount points"]) {
     assertEquals(said?.includes(fact), true, `README's snapshot sentence names ${fact}: ${said}`);
+  }
+});
+
+Deno.test("snapshot of a tree whose sriov_numvfs is no count ends, as discovery does", async () => {
+  const host = generateHost(120, { vfsPerNic: 2 });
+  const pf = host.devices.find((d) => d.device === "0x1572")!;
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(host, root);
+    // Beyond the capability's 16 bits (a damaged or hand-edited tree): it walked virtfn0,
+    // virtfn1, ... up to it, 10^11 lookups, hanging the snapshot.
+    Deno.writeTextFileSync(`${root}/bus/pci/devices/${pf.bdf}/sriov_numvfs`, "99999999999\n");
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", ...documentedFlags(), MAIN, "snapshot", "--sysfs", root, out],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(60_000),
+    }).spawn();
+    const result = await child.output();
+    assertEquals(
+      [result.code, new TextDecoder().decode(result.stderr)],
+      [0, ""],
+      "snapshot ended within 60 s",
+    );
+    // The PF's VF links are those it has, under the kernel's numbering, as with a true count.
+    const links = (tree: string) =>
+      [...Deno.readDirSync(`${tree}/bus/pci/devices/${pf.bdf}`)]
+        .filter((e) => e.name.startsWith("virtfn"))
+        .map((e) => [e.name, Deno.readLinkSync(`${tree}/bus/pci/devices/${pf.bdf}/${e.name}`)])
+        .sort();
+    assertEquals(links(out), links(root));
+    assertEquals(links(root).length, 2);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
   }
 });
