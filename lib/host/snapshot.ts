@@ -172,7 +172,10 @@ export function writeSnapshot(
     if (device.modules.length > 0) {
       Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
     }
-    if (device.driver !== null) {
+    // A captured tree's uevent may name any "driver" (`../../../../x`): only a name that is one
+    // path component gets a directory under drivers/, else it would be made outside `out`. The
+    // copied uevent still names it.
+    if (device.driver !== null && /^(?!\.\.?$)[^/\0]+$/.test(device.driver)) {
       copyDriverModule(facts, root, out, device.driver);
       Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
     }

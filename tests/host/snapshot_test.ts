@@ -385,3 +385,32 @@ Deno.test("snapshot of a tree whose sriov_numvfs is no count ends, as discovery 
     await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
   }
 });
+
+Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose driver name is a path", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-" });
+  const out = `${dir}/tree`;
+  try {
+    const bound = { devices: { "0000:0b:00.0": { driver: "nouveau" } } };
+    buildHostTree(described("x570-aorus-pro-wifi", bound), root);
+    // A hostile or damaged tree (one attached to a bug report): its uevent names a "driver" that
+    // climbs out of bus/pci/drivers/, without a driver link.
+    const device = `${root}/bus/pci/devices/0000:0b:00.0`;
+    const uevent = Deno.readTextFileSync(`${device}/uevent`).replace(/^DRIVER=.*\n/m, "");
+    Deno.writeTextFileSync(`${device}/uevent`, `DRIVER=../../../../escape\n${uevent}`);
+    Deno.removeSync(`${device}/driver`);
+    const before = await discoverHost({ root, lspci: null });
+    assertEquals(
+      before.devices.find((d) => d.address === "0000:0b:00.0")?.driver,
+      "../../../../escape",
+    );
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    // It made bus/pci/drivers/../../../../escape, a directory beside OUT.
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["tree"]);
+    const after = await discoverHost({ root: out, lspci: null });
+    assertEquals({ ...after, source: root }, before);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
