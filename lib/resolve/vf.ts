@@ -264,11 +264,20 @@ function chooseIndex(
 }
 
 /** The MAC of the rule's interface, or the `mac-conflict` refusal. */
-function chooseMac(rule: DeviceRule, pf: PciDevice, context: VfContext): string | PlanIssue {
+function chooseMac(
+  rule: DeviceRule,
+  pf: PciDevice,
+  context: VfContext,
+  host: HostTopology,
+): string | PlanIssue {
   const record = (context.records.get(rule.vm) ?? []).find((r) => r.pf.rule === rule.name);
   const taken = (mac: string): string | null => {
     const claimed = context.claimedMacs.get(mac);
     if (claimed !== undefined) return claimed;
+    // The host's own NICs count too: a VF given its PF's MAC (copied from `ip link`) shares one
+    // MAC with the PF on the same wire, and the switch sends each one's traffic to the other.
+    const nic = host.devices.find((d) => d.macAddress === mac);
+    if (nic !== undefined) return `the host (the network interface of ${nic.address})`;
     for (const [domain, macs] of context.macs) {
       if (domain === rule.vm && mac === record?.mac) continue;
       if (macs.includes(mac)) return `"${domain}"`;
@@ -372,7 +381,7 @@ export function resolveVfRule(
   if ("code" in index) return refused(index);
   const vf = host.devices.find((d) => d.address === vfs[index.index]);
   if (vf === undefined) throw new Error(`Internal error: VF ${vfs[index.index]} is not a device`);
-  const mac = chooseMac(rule, pf, context);
+  const mac = chooseMac(rule, pf, context, host);
   if (typeof mac !== "string") return refused(mac);
   const who = `"${rule.vm}" (rule "${rule.name}")`;
   context.claimedVfs.set(vf.address, who);

@@ -833,3 +833,17 @@ Deno.test("vf: an unprivileged plan, which reads no serial, keeps the interface 
   const again = vmOf(plan(cfg, unread, first), "a");
   assertEquals([again.errors, again.warnings, again.changed], [[], [], false]);
 });
+
+Deno.test("vf: a given MAC its PF's network interface has is refused as mac-conflict", () => {
+  const pfMac = "00:1b:21:a0:b1:c2";
+  const host = topologyFromDescription({
+    devices: sriovNic("07", 4, { serial: null, net: { name: "enp7s0f0", address: pfMac } }),
+  }, { source: "sriov-test" });
+  // Copied from `ip link` as it prints it, or as written on the card's label.
+  for (const written of [pfMac.toUpperCase(), pfMac.replaceAll(":", "-")]) {
+    const p = plan(config(UPLINK("a", "any", `{ mac: "${written}" }`)), host, { a: A });
+    const errors = vmOf(p, "a").errors;
+    assertEquals(errors.map((e) => e.code), ["mac-conflict"], written);
+    assertMatch(errors[0]!.message, /the host \(the network interface of 0000:07:00\.0\)/);
+  }
+});
