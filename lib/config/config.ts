@@ -33,6 +33,7 @@ import {
   type IntegerSchema,
   type MapSchema,
   MATCH_SCHEMA,
+  NOT_IN_XML_CHARS,
   type ObjectSchema,
   type OneOfSchema,
   type RawConfig,
@@ -676,9 +677,9 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
  * into the domain's definition, which libvirt then refuses at define (C cuts a NUL short), and
  * no other value of the config has a use for them: a NUL in a path stopped `plan` unlocated.
  */
-const NOT_IN_XML =
-  // deno-lint-ignore no-control-regex
-  /[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const NOT_IN_XML = new RegExp(
+  `${NOT_IN_XML_CHARS}|[\\ud800-\\udbff](?![\\udc00-\\udfff])|(?<![\\ud800-\\udbff])[\\udc00-\\udfff]`,
+);
 
 /** `value`, or reported (and `undefined`) when it holds a character of {@link NOT_IN_XML}. */
 function xmlCarriable(value: string, at: Steps, ctx: Context): string | undefined {

@@ -468,6 +468,15 @@ export const FORMAT_PATTERNS: Readonly<Record<StringFormat, string>> = {
   "mac": "^(auto|[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5})$",
 };
 
+/**
+ * The characters no string of the config may hold, as a regular expression's character class:
+ * C0 controls but tab, newline and carriage return, U+FFFE and U+FFFF, which XML 1.0 cannot hold
+ * (not even as a character reference) and libvirt's definitions are XML. Published in the JSON
+ * schema so that an editor marks what loading the config refuses; unpaired surrogates, which it
+ * refuses too, no JSON Schema pattern can name.
+ */
+export const NOT_IN_XML_CHARS = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]";
+
 type JsonSchema = Record<string, unknown>;
 
 function toJsonSchema(schema: Schema): JsonSchema {
@@ -489,11 +498,18 @@ function toJsonSchema(schema: Schema): JsonSchema {
         // YAML reads `slot: 3` as a number; both spellings name the same slot.
         return {
           description: schema.description,
-          anyOf: [{ type: "string", pattern: FORMAT_PATTERNS.slot }, { type: "integer" }],
+          anyOf: [
+            { type: "string", pattern: FORMAT_PATTERNS.slot, not: { pattern: NOT_IN_XML_CHARS } },
+            { type: "integer" },
+          ],
         };
       }
       const out: JsonSchema = { type: "string", description: schema.description };
       if (schema.format) out.pattern = FORMAT_PATTERNS[schema.format];
+      // A format of hex digits holds no control character already.
+      if (schema.format === undefined || schema.format === "absolute-path") {
+        out.not = { pattern: NOT_IN_XML_CHARS };
+      }
       if (schema.minLength !== undefined) out.minLength = schema.minLength;
       return out;
     }

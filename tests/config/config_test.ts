@@ -328,6 +328,35 @@ Deno.test("the committed passthrough_config.schema.json is the one generated fro
   assertEquals(committed, configJsonSchemaText());
 });
 
+Deno.test("the JSON schema refuses in every string the control characters loading refuses", () => {
+  type Node = Record<string, unknown>;
+  const strings: [string, Node][] = [];
+  const walk = (node: unknown, at: string): void => {
+    if (typeof node !== "object" || node === null) return;
+    const n = node as Node;
+    if (n.type === "string" && n.enum === undefined) strings.push([at, n]);
+    for (const [key, child] of Object.entries(n)) walk(child, `${at}/${key}`);
+  };
+  walk(JSON.parse(configJsonSchemaText()), "#");
+  // What an editor checks of a string: its own pattern, and a pattern it must not match.
+  const accepts = (n: Node, value: string) =>
+    (typeof n.pattern !== "string" || new RegExp(n.pattern, "u").test(value)) &&
+    !(typeof (n.not as Node | undefined)?.pattern === "string" &&
+      new RegExp((n.not as Node).pattern as string, "u").test(value));
+  // A rule's name, its slot, a ROM file: each took a NUL or a \x01 the loader then refuses.
+  assertOk(strings.length > 5, `${strings.length}`);
+  for (const [at, n] of strings) {
+    for (const value of ["/g\x00pu", "/g\x01pu", "/gpu\uFFFF"]) {
+      assertOk(!accepts(n, value), `${at} accepts ${JSON.stringify(value)}`);
+    }
+    if (n.pattern === undefined) assertOk(accepts(n, "gpu\tone\n"), at);
+  }
+  const [error] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de" }\n        name: "g\\x01pu"\n',
+  );
+  assertMatch(error?.message ?? "", /Invalid character U\+0001/);
+});
+
 Deno.test("the example passthrough_config.yaml is valid and points editors at the schema", async () => {
   const path = new URL("passthrough_config.yaml", ROOT).pathname;
   const text = Deno.readTextFileSync(path);
