@@ -386,9 +386,13 @@ export function resolveVfRule(
   const who = `"${rule.vm}" (rule "${rule.name}")`;
   context.claimedVfs.set(vf.address, who);
   context.claimedMacs.set(mac, who);
-  const moved = record !== undefined && record.address !== vf.address
-    ? `; it was ${record.address}, its PF was ${record.pf.address}: the interface follows it`
-    : "";
+  // A VF's address changes with its PF's, and also when VFs are made again with other counts
+  // (the other port's VFs, laid out before its own): the PF then did not move.
+  const moved = record === undefined || record.address === vf.address
+    ? ""
+    : record.pf.address === pf.address
+    ? `; it was ${record.address}, before the VFs were made again (sriov_numvfs): the interface follows VF ${index.index} there`
+    : `; it was ${record.address}, its PF was ${record.pf.address}: the interface follows it`;
   return {
     resolution: {
       rule,

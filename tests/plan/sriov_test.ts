@@ -847,3 +847,28 @@ Deno.test("vf: a given MAC its PF's network interface has is refused as mac-conf
     assertMatch(errors[0]!.message, /the host \(the network interface of 0000:07:00\.0\)/);
   }
 });
+
+Deno.test("vf: a VF address changed by the other port's new VF count is not called a moved PF", () => {
+  const onPort1 = config(`  a:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9", address: "0000:07:00.1" }
+        vf: any
+`);
+  const dual = (vfs0: number) =>
+    topologyFromDescription(
+      { devices: dualPortNic(vfs0, 2, "00-1b-21-ff-ff-a0-b1-c2") },
+      { source: "sriov-test" },
+    );
+  const first = plan(onPort1, dual(2), { a: A });
+  assertEquals(vmOf(first, "a").add.map((x) => x.address), ["0000:07:00.4"]);
+  // Port 0 got a third VF: port 1's VF 0 is at 07:00.5 now, port 1 never left 07:00.1.
+  const a = vmOf(plan(onPort1, dual(3), applied(first)), "a");
+  assertEquals(a.add.map((x) => [x.address, x.vf?.index]), [["0000:07:00.5", 0]]);
+  const why = a.reasoning.find((r) => r.startsWith("VF 0 of 0000:07:00.1"));
+  assertMatch(
+    why ?? a.reasoning.join("\n"),
+    /it was 0000:07:00\.4, before the VFs were made again/,
+  );
+  assertOk(!why?.includes("its PF was"), why);
+});
