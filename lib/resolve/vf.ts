@@ -24,6 +24,7 @@ import {
   type RuleResolution,
   sameIdentityAsRead,
   toCandidate,
+  VFIO_DRIVERS,
 } from "./match.ts";
 
 /** The VF a `vf:` rule of a VM resolved to, and how it is passed. */
@@ -185,6 +186,27 @@ function numvfsHint(
   const file = `/sys/bus/pci/devices/${pf.address}/sriov_numvfs`;
   const total = pf.sriovTotalVfs;
   if (total !== undefined && wanted > total) return null;
+  const boot = " (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)";
+  // The kernel takes a count only through the PF's driver (its `sriov_configure`: "no driver
+  // bound to device; cannot configure SR-IOV", and vfio-pci's needs `enable_sriov`), and libvirt
+  // sets a VF's MAC and VLAN through the PF's network interface: the echo alone would fail.
+  if (pf.driver === null || VFIO_DRIVERS.has(pf.driver)) {
+    const dir = `/sys/bus/pci/devices/${pf.address}`;
+    const rebind = [
+      `echo > ${dir}/driver_override`,
+      ...(pf.driver === null ? [] : [`echo ${pf.address} > ${dir}/driver/unbind`]),
+      `echo ${pf.address} > /sys/bus/pci/drivers_probe`,
+    ].join("; ");
+    return `${pf.address} is bound to ${
+      pf.driver === null ? "no driver" : `"${pf.driver}"`
+    }, not its network driver, so the kernel refuses a count in ${file}: give it back to its network driver first (${rebind}${
+      enabled === 0
+        ? ""
+        : `, which removes its ${enabled === 1 ? "VF" : `${enabled} VFs`}: stop the VMs using ${
+          enabled === 1 ? "it" : "them"
+        } first`
+    }), then echo ${wanted} > ${file}${boot}`;
+  }
   // The kernel changes the count only from 0, and writing 0 removes every VF, the host's too.
   const hosts = enabled === 0
     ? []
@@ -194,7 +216,6 @@ function numvfsHint(
       hosts.map((u) => `${u.address} (${u.reason}: ${u.detail})`).join(", ")
     }: move the host off it first`;
   }
-  const boot = " (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)";
   if (total === undefined) {
     return `raise ${file} to ${wanted} or more (at most its sriov_totalvfs; set it to 0 first)${boot}`;
   }

@@ -473,6 +473,31 @@ Deno.test("vf: a PF with no VF enabled: discovery reads sriov_totalvfs, the refu
   );
 });
 
+Deno.test("vf: a PF without its network driver: the refusal says to give it back before raising sriov_numvfs", async () => {
+  const dir = "/sys/bus/pci/devices/0000:07:00.0";
+  const cases: [string | null, string][] = [
+    [null, ""],
+    ["vfio-pci", `echo 0000:07:00.0 > ${dir}/driver/unbind; `],
+  ];
+  for (const [driver, unbind] of cases) {
+    await using tree = await tempHostTree({
+      devices: sriovNic("07", 0, { sriov_totalvfs: 7, driver }),
+    });
+    const host = await discoverHost({ root: tree.dir, lspci: null });
+    const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
+    assertEquals(issue?.code, "vf-unavailable");
+    // The kernel refuses the count without the PF's driver: "echo 1 > sriov_numvfs" alone failed.
+    assertOk(
+      issue!.message.endsWith(
+        `PF 0000:07:00.0 has 0 VFs enabled of 7 possible: 0000:07:00.0 is bound to ${
+          driver === null ? "no driver" : `"${driver}"`
+        }, not its network driver, so the kernel refuses a count in ${dir}/sriov_numvfs: give it back to its network driver first (echo > ${dir}/driver_override; ${unbind}echo 0000:07:00.0 > /sys/bus/pci/drivers_probe), then echo 1 > ${dir}/sriov_numvfs (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)`,
+      ),
+      issue!.message,
+    );
+  }
+});
+
 Deno.test("vf: a VF another domain holds is refused when named by index", () => {
   const held = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", HAND_WRITTEN);
   const p = plan(config(UPLINK("a", "0", '{ mac: "52:54:00:00:00:01" }')), sriovHost(), {
@@ -871,4 +896,17 @@ Deno.test("vf: a VF address changed by the other port's new VF count is not call
     /it was 0000:07:00\.4, before the VFs were made again/,
   );
   assertOk(!why?.includes("its PF was"), why);
+});
+
+Deno.test("vf: a PF on vfio-pci whose VFs are all taken: giving it back says it removes them", () => {
+  const held = domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", HAND_WRITTEN);
+  const host = topologyFromDescription(
+    { devices: sriovNic("07", 1, { driver: "vfio-pci", sriov_totalvfs: 7 }) },
+    { source: "sriov-test" },
+  );
+  const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A, z: held }), "a").errors;
+  assertMatch(
+    issue?.message ?? "",
+    /drivers_probe, which removes its VF: stop the VMs using it first\), then echo 2 > /,
+  );
 });
