@@ -293,8 +293,13 @@ function takenHostCritical(
       ? `Rule "${rule.name}" of VM "${vm}" takes devices the host likely needs: ${list} (allowed by allow_host_critical: true)`
       : `Rule "${rule.name}" of VM "${vm}" would take devices the host likely needs: ${list}: ${
         critical.some((x) => x.c.reason === "matched")
-          // The rule chose the host's own device: no slot makes that one safe to give away.
-          ? `narrow the rule to another device (serial, slot or address), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
+          // The rule chose the host's own device: no slot makes that one safe to give away. A
+          // `vf: N` rule's match names the PF, and narrowing it picks no other VF: its index does.
+          ? `${
+            typeof rule.vf === "number"
+              ? `name another VF index, or "vf: any" (which passes over the VFs the host uses)`
+              : "narrow the rule to another device (serial, slot or address)"
+          }, or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
           : inUse.length > 0
           ? `${moveAdvice(taken)}; "allow_host_critical: true" would give the guest ${
             inUse.map((x) => x.c.device.address).join(", ")

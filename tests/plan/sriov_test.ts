@@ -627,6 +627,11 @@ Deno.test("vf: a VF the host uses is skipped by any and refused by index", () =>
   assertEquals(vmOf(any, "a").add.map((x) => x.address), ["0000:07:10.2"]);
   const named = plan(config(UPLINK("a", "0")), host, { a: A });
   assertEquals(vmOf(named, "a").errors.map((e) => e.code), ["group-contains-host-critical"]);
+  // Narrowing the match (serial, slot, address) picks the same PF, so the same VF 0.
+  assertMatch(
+    vmOf(named, "a").errors[0]!.message,
+    /\(default-route: default via eth9\)\): name another VF index, or "vf: any" \(which passes over the VFs the host uses\), or, only if the host no longer needs it, set "allow_host_critical: true" on the rule$/,
+  );
 });
 
 Deno.test("vf: no advice to set sriov_numvfs to 0 when that removes a VF the host uses", () => {
