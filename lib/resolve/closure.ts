@@ -130,10 +130,14 @@ function matchedTwice(vm: string, resolutions: readonly RuleResolution[]): PlanI
     for (const device of devices) {
       const other = matchedBy.get(device.address);
       if (other !== undefined && other !== rule) {
+        // Two `vf: N` rules naming one VF: their matches name the PF, which no narrowing changes.
+        const fix = typeof rule.vf === "number" && typeof other.vf === "number"
+          ? `give one of them another VF index, or "vf: any"`
+          : "narrow one of them";
         errors.push({
           code: "device-assigned-twice",
           message:
-            `Device ${device.address} is matched by rules "${other.name}" and "${rule.name}" of VM "${vm}": narrow one of them`,
+            `Device ${device.address} is matched by rules "${other.name}" and "${rule.name}" of VM "${vm}": ${fix}`,
           vm,
           rule: rule.name,
           location: rule.location,

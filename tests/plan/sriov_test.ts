@@ -509,6 +509,19 @@ Deno.test("vf: a VF another domain holds is refused when named by index", () => 
   assertEquals(vmOf(p, "a").changed, false);
 });
 
+Deno.test("vf: two rules of a VM naming one VF index are told to change an index, not to narrow", () => {
+  const rule = (name: string) =>
+    `      - name: ${name}\n        match: { vendor_device_id: "8086:10c9" }\n        vf: 0\n`;
+  const p = plan(config(`  a:\n    devices:\n${rule("u1")}${rule("u2")}`), sriovHost(), { a: A });
+  const [issue] = vmOf(p, "a").errors;
+  assertEquals(issue?.code, "device-assigned-twice");
+  // Both matches name the one PF: narrowing either still gives VF 0.
+  assertMatch(
+    issue!.message,
+    /matched by rules "u1" and "u2" of VM "a": give one of them another VF index, or "vf: any"$/,
+  );
+});
+
 Deno.test("vf: a PF sharing its VFs' IOMMU group (real ConnectX-4 Lx host) is refused", async () => {
   const real = JSON.parse(
     await Deno.readTextFile(new URL("../fixtures/hosts/c246-cx4lx-sriov.json", import.meta.url)),
