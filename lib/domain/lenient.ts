@@ -908,9 +908,17 @@ export function vfRecordFrom(attributes: ReadonlyMap<string, string>): VfIdentit
   if (address === null || !/^[0-9]+$/.test(index)) {
     return "an interface record has a bad address or VF index";
   }
+  // `mac: auto` writes the recorded MAC back as the interface's: one edited by hand in the
+  // config's spellings (dashes, upper case) is read as the config reads it, and anything else is
+  // no record rather than a MAC the interface writer refuses, unlocated, in the middle of a plan.
+  const canonicalMac = mac.trim().replace(/-/g, ":").toLowerCase();
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(canonicalMac)) {
+    // Like the other problems, naming no value: the start guard prints it from any definition.
+    return "an interface record has a bad MAC";
+  }
   const pf = deviceRecordFrom(new Map([...attributes, [RECORD_ATTRIBUTES.address, pfAddress]]));
   if (typeof pf === "string") return pf.replace("a record", "an interface record");
-  return { address, index: Number(index), mac: mac.toLowerCase(), pf };
+  return { address, index: Number(index), mac: canonicalMac, pf };
 }
 
 /** What {@link walkRecords} returns for a well-formed document. */

@@ -535,11 +535,20 @@ Deno.test("readRecordsLeniently() reads vf: interface records as parseDomainXml(
   assertEquals(read.map((r) => [r.address, r.index, r.mac, r.pf.address, r.pf.rule]), [
     ["0000:07:10.1", 3, "52:54:00:ab:cd:ef", "0000:07:00.0", "uplink"],
   ]);
+  // Edited by hand in a spelling the config takes: read as the config reads it.
+  const dashed = withMetadata(
+    OURS.replace(
+      "</pt:hostdevs>",
+      `${vf.replaceAll(":AB:CD:EF", "-AB-CD-EF").replace("52:54:00", "52-54-00")}\n</pt:hostdevs>`,
+    ),
+  );
+  assertEquals(readRecordsLeniently(dashed).vfRecords.map((r) => r.mac), ["52:54:00:ab:cd:ef"]);
   for (
     const damaged of [
       vf.replace(' vf="3"', ""),
       vf.replace('vf="3"', 'vf="x"'),
       vf.replace(' mac="52:54:00:AB:CD:EF"', ""),
+      vf.replace('mac="52:54:00:AB:CD:EF"', 'mac="52:54:zz"'),
     ]
   ) {
     const result = readRecordsLeniently(

@@ -522,6 +522,29 @@ Deno.test("vf: two rules of a VM naming one VF index are told to change an index
   );
 });
 
+Deno.test("vf: a recorded MAC edited by hand is read as the config reads MACs, or refuses the VM, never throws", () => {
+  const first = plan(config(UPLINK("a", "any", '{ mac: "52:54:00:ab:cd:ef" }')), sriovHost(), {
+    a: A,
+  });
+  const xml = applied(first).a!;
+  const edited = (mac: string) =>
+    xml.replace(/(<passthrough:interface [^>]*mac=')52:54:00:ab:cd:ef'/, `$1${mac}'`);
+  assertOk(edited("x") !== xml);
+  // mac: auto writes the recorded MAC back: in dashes and upper case it is the same MAC.
+  const dashed = vmOf(
+    plan(config(UPLINK("a")), sriovHost(), { a: edited("52-54-00-AB-CD-EF") }),
+    "a",
+  );
+  assertEquals(dashed.errors, []);
+  assertEquals(parseDomainXml(dashed.desiredXml).interfaces.map((i) => i.mac), [
+    "52:54:00:ab:cd:ef",
+  ]);
+  // No MAC at all: the VM's definition is unreadable, said so; the plan goes on.
+  const bad = vmOf(plan(config(UPLINK("a")), sriovHost(), { a: edited("52:54:zz") }), "a");
+  assertEquals(bad.errors.map((e) => e.code), ["unreadable-definition"]);
+  assertMatch(bad.errors[0]!.message, /interface record has a bad MAC: at line 5/);
+});
+
 Deno.test("vf: a PF sharing its VFs' IOMMU group (real ConnectX-4 Lx host) is refused", async () => {
   const real = JSON.parse(
     await Deno.readTextFile(new URL("../fixtures/hosts/c246-cx4lx-sriov.json", import.meta.url)),
