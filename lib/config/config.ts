@@ -610,7 +610,12 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
     ? ["object", "map"]
     : [];
   const option = schema.options.find((o) => kinds.includes(o.type));
-  if (option !== undefined) return check(value, option, at, ctx);
+  // A quoted number (`vf: "0"`) is a string to YAML: the string option alone ("any") would be
+  // named as expected, as if no index could be given.
+  const quotedInteger = typeof value === "string" && /^[0-9]+$/.test(value) &&
+    option?.type === "string" && option.enum !== undefined && !option.enum.includes(value) &&
+    schema.options.some((o) => o.type === "integer");
+  if (option !== undefined && !quotedInteger) return check(value, option, at, ctx);
   const expected = schema.options.map((o) =>
     o.type === "string" && o.enum
       ? o.enum.map((e) => `"${e}"`).join(" or ")
@@ -622,7 +627,13 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
       ? "a list"
       : `a ${o.type}`
   );
-  return wrongType(ctx, at, expected.join(" or "), value, schema.description);
+  return wrongType(
+    ctx,
+    at,
+    expected.join(" or "),
+    value,
+    quotedInteger ? `write the number without quotes: ${value}` : schema.description,
+  );
 }
 
 /** Reports the node at `at` as not the `expected` kind of value (`value` is what it holds). */

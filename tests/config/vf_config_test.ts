@@ -83,3 +83,20 @@ Deno.test("parseConfig() reports vf:/interface: mistakes with their place and a 
     '7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Expected an integer or a mapping, found the string "20"',
   ]);
 });
+
+Deno.test('parseConfig() tells a quoted vf: index to drop its quotes, not that only "any" is taken', () => {
+  assertEquals(errors('        vf: "2"\n'), [
+    '6:13 vms.vm.devices[0].vf: c.yaml:6:13: Expected "any" or an integer, found the string "2"',
+  ]);
+  let hint = "";
+  try {
+    parse('        vf: "2"\n');
+  } catch (error) {
+    hint = (error as ConfigErrors).errors[0]!.message;
+  }
+  assertEquals(hint.endsWith("(write the number without quotes: 2)"), true, hint);
+  // Another word is still one the string option names.
+  assertEquals(errors('        vf: "Any"\n'), [
+    '6:13 vms.vm.devices[0].vf: c.yaml:6:13: Invalid value "Any": expected one of "any"',
+  ]);
+});
