@@ -3,7 +3,7 @@
  * sysfs-shaped tree that discovery and `lspci -O sysfs.path=` read back as the same host:
  * attribute files and `config` bytes are copied as read, links are rewritten relative to the new
  * tree, and what only a live host knows is written beside them (`cmdline`, with any URI password
- * as `***`, `host_use.json`, and lspci's module list as a `modules` file per device).
+ * as `***` ({@link sharedCmdline}), `host_use.json`, and lspci's module list as a `modules` file per device).
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
  * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes
@@ -24,6 +24,27 @@ import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { firstInterface } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
+
+/**
+ * The kernel command line as a snapshot writes it: a snapshot is made to be shared, and an install
+ * or boot URL's password (`inst.ks=` with `user:password@`) is no parameter any check reads, so it
+ * is written as `***`. Word by word as the kernel splits them (`kernelParams`: at spaces outside
+ * double quotes): on the whole line, a URI with no password in its word
+ * (`ftp://anonymous:@host`) took all up to a later word's `@` (`serial-getty@ttyS0`) for one,
+ * `pcie_acs_override=` and `vfio-pci.ids=` with it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   sharedCmdline("ks=ftp://a:@h/k iommu=pt ks=http://u:pw@h/k x=getty@tty1"),
+ *   "ks=ftp://a:@h/k iommu=pt ks=http://u:***@h/k x=getty@tty1",
+ * );
+ * ```
+ */
+export function sharedCmdline(cmdline: string): string {
+  return cmdline.replace(/(?:[^\s"]|"[^"]*(?:"|$))+/g, (word) => redactSecrets(word));
+}
 
 /** Attribute files copied as is when present. */
 const ATTRIBUTES = [
@@ -205,9 +226,7 @@ export function writeSnapshot(
     Deno.writeTextFileSync(`${out}/bus/pci/slots/${slot}/address`, address);
   }
   if (host.kernelCmdline !== null) {
-    // A snapshot is made to be shared; an install or boot URL's password (`inst.ks=` with
-    // `user:password@`) is no parameter any check reads, so it is written as `***`.
-    Deno.writeTextFileSync(`${out}/cmdline`, `${redactSecrets(host.kernelCmdline)}\n`);
+    Deno.writeTextFileSync(`${out}/cmdline`, `${sharedCmdline(host.kernelCmdline)}\n`);
   }
   // A snapshot of a tree that did not know its host's use stays unknowing.
   if (host.hostUse !== null) {

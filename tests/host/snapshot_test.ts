@@ -6,14 +6,13 @@ import {
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
-import { SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
+import { sharedCmdline, SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { cpuVendor } from "../../lib/host/doctor.ts";
 import { described } from "../preflight/trees.ts";
-import { redactSecrets } from "../../lib/domain/secrets.ts";
 import { documentedFlags, MAIN } from "../helpers/cli.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
@@ -109,6 +108,32 @@ Deno.test("writeSnapshot() keeps no URI password of the kernel command line", as
   }
 });
 
+Deno.test("writeSnapshot() redacts a URI password within its own parameter: the ACS override and vfio-pci.ids after it are kept", async () => {
+  // The kernel splits its command line at spaces (outside quotes): a URI without a password in
+  // its own word (an anonymous FTP's empty one, a host:name) ended at the @ of a later
+  // parameter (serial-getty@ttyS0), and everything between, the checks' parameters, was ***.
+  const cmdline = "inst.ks=ftp://anonymous:@10.0.0.1/ks.cfg pcie_acs_override=downstream " +
+    "vfio-pci.ids=10de:1b80,10de:10f0 inst.ks=http://admin:hunter2@10.0.0.1/ks.cfg " +
+    'x="http://u:p q@h" systemd.wants=serial-getty@ttyS0.service';
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(described("x570-aorus-pro-wifi", { host: { cmdline } }), root);
+    const before = await discoverHost({ root, lspci: null });
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    const after = await discoverHost({ root: out, lspci: null });
+    assertEquals(
+      after.kernelCmdline,
+      "inst.ks=ftp://anonymous:@10.0.0.1/ks.cfg pcie_acs_override=downstream " +
+        "vfio-pci.ids=10de:1b80,10de:10f0 inst.ks=http://admin:***@10.0.0.1/ks.cfg " +
+        'x="http://u:***@h" systemd.wants=serial-getty@ttyS0.service',
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
+  }
+});
+
 Deno.test({
   name: "writeSnapshot() of the live /sys reads back as this host",
   ignore: (() => {
@@ -127,7 +152,7 @@ Deno.test({
       writeSnapshot(live, out, { root: "/sys", reader });
       const again = await discoverHost({ root: out });
       // The command line as written: a URI password on it (a netboot's) is `***`.
-      const cmdline = live.kernelCmdline === null ? null : redactSecrets(live.kernelCmdline);
+      const cmdline = live.kernelCmdline === null ? null : sharedCmdline(live.kernelCmdline);
       assertEquals({ ...again, source: "/sys" }, { ...live, kernelCmdline: cmdline });
       // The live host's /proc beside /sys: its CPU's maker, and nothing else of cpuinfo.
       const vendor = /^vendor_id\s*:\s*(\S+)/m.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
