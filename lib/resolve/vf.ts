@@ -187,6 +187,16 @@ function numvfsHint(
   const total = pf.sriovTotalVfs;
   if (total !== undefined && wanted > total) return null;
   const boot = " (not kept across a reboot: set it at boot, with a udev rule or a systemd unit)";
+  // The kernel changes the count only from 0, and writing 0 removes every VF, the host's too;
+  // so does giving a PF on vfio-pci back to its driver below: this comes first.
+  const hosts = enabled === 0
+    ? []
+    : (host.hostUse ?? []).filter((u) => pf.virtfns.includes(u.address));
+  if (hosts.length > 0) {
+    return `more VFs means setting ${file} to 0 first, which removes every VF, and the host uses ${
+      hosts.map((u) => `${u.address} (${u.reason}: ${u.detail})`).join(", ")
+    }: move the host off it first`;
+  }
   // The kernel takes a count only through the PF's driver (its `sriov_configure`: "no driver
   // bound to device; cannot configure SR-IOV", and vfio-pci's needs `enable_sriov`), and libvirt
   // sets a VF's MAC and VLAN through the PF's network interface: the echo alone would fail.
@@ -206,15 +216,6 @@ function numvfsHint(
           enabled === 1 ? "it" : "them"
         } first`
     }), then echo ${wanted} > ${file}${boot}`;
-  }
-  // The kernel changes the count only from 0, and writing 0 removes every VF, the host's too.
-  const hosts = enabled === 0
-    ? []
-    : (host.hostUse ?? []).filter((u) => pf.virtfns.includes(u.address));
-  if (hosts.length > 0) {
-    return `more VFs means setting ${file} to 0 first, which removes every VF, and the host uses ${
-      hosts.map((u) => `${u.address} (${u.reason}: ${u.detail})`).join(", ")
-    }: move the host off it first`;
   }
   if (total === undefined) {
     return `raise ${file} to ${wanted} or more (at most its sriov_totalvfs; set it to 0 first)${boot}`;

@@ -684,6 +684,22 @@ Deno.test("vf: no advice to set sriov_numvfs to 0 when that removes a VF the hos
   assertEquals(issue?.message.includes("echo 0"), false);
 });
 
+Deno.test("vf: no advice to give a PF on vfio-pci back to its driver when that removes a VF the host uses", () => {
+  // vfio-pci's VFs (enable_sriov) with one given to the host's network driver by hand: unbinding
+  // the PF removes every VF, the host's default route with them.
+  const host = topologyFromDescription({
+    devices: sriovNic("07", 1, { sriov_totalvfs: 7, driver: "vfio-pci" }),
+    host_use: [{ address: "0000:07:10.0", reason: "default-route", detail: "default via eth9" }],
+  }, { source: "sriov-test" });
+  const [issue] = vmOf(plan(config(UPLINK("a")), host, { a: A }), "a").errors;
+  assertEquals(issue?.code, "vf-unavailable");
+  assertMatch(
+    issue?.message ?? "",
+    /and the host uses 0000:07:10\.0 \(default-route: default via eth9\): move the host off it first, or free a VF$/,
+  );
+  assertEquals(issue?.message.includes("unbind"), false);
+});
+
 Deno.test("vf: boot_order and rom of a vf: rule go on its interface; changing them rewrites it", () => {
   const rule = (extra: string) =>
     config(UPLINK("a") + extra.split("\n").map((l) => l && `        ${l}`).join("\n"));
