@@ -409,12 +409,15 @@ export function resolveVfRule(
   context.claimedVfs.set(vf.address, who);
   context.claimedMacs.set(mac, who);
   // A VF's address changes with its PF's, and also when VFs are made again with other counts
-  // (the other port's VFs, laid out before its own): the PF then did not move.
+  // (the other port's VFs, laid out before its own): the PF then did not move. Another index (the
+  // rule names another, or `vf: any`'s VF is taken now) is another VF, not the same one moved.
   const moved = record === undefined || record.address === vf.address
     ? ""
-    : record.pf.address === pf.address
-    ? `; it was ${record.address}, before the VFs were made again (sriov_numvfs): the interface follows VF ${index.index} there`
-    : `; it was ${record.address}, its PF was ${record.pf.address}: the interface follows it`;
+    : record.pf.address !== pf.address
+    ? `; it was ${record.address}, its PF was ${record.pf.address}: the interface follows it`
+    : record.index !== index.index
+    ? `; it was VF ${record.index} (${record.address})`
+    : `; it was ${record.address}, before the VFs were made again (sriov_numvfs): the interface follows VF ${index.index} there`;
   return {
     resolution: {
       rule,

@@ -967,3 +967,15 @@ Deno.test("vf: a PF on vfio-pci whose VFs are all taken: giving it back says it 
     /drivers_probe, which removes its VF: stop the VMs using it first\), then echo 2 > /,
   );
 });
+
+Deno.test("vf: a rule naming another VF index is not told the VFs were made again", () => {
+  const first = plan(config(UPLINK("a", "0")), sriovHost(), { a: A });
+  const a = vmOf(plan(config(UPLINK("a", "1")), sriovHost(), applied(first)), "a");
+  assertEquals(a.add.map((x) => [x.address, x.vf?.index]), [["0000:07:10.2", 1]]);
+  const why = a.reasoning.find((r) => r.startsWith("VF 1 of 0000:07:00.0"));
+  // The config named VF 1 instead of VF 0: sriov_numvfs never changed.
+  assertMatch(
+    why ?? a.reasoning.join("\n"),
+    /the index the rule names, .*; it was VF 0 \(0000:07:10\.0\)$/,
+  );
+});
