@@ -651,6 +651,16 @@ function wrongType(
 function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Context): unknown {
   if (typeof value !== "string") {
     const single = value instanceof Map || Array.isArray(value);
+    if (schema.enum) {
+      // Quoted, `guard: false` or `bar: 0` is no value of the field either: name its values.
+      const values = schema.enum.map((e) => `"${e}"`).join(", ");
+      return report(
+        ctx,
+        at,
+        `Expected one of ${values}, found ${describe(value)}`,
+        single ? "write a single value" : null,
+      );
+    }
     const hint = single ? 'write a single value, quoted: "..."' : 'quote the value: "..."';
     return wrongType(ctx, at, "a string", value, hint);
   }

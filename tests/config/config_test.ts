@@ -548,8 +548,13 @@ vms:
   assertEquals(errors.map((e) => [e.line, e.column, e.path, e.hint]), [
     [4, 12, "vms.win11.guard", 'did you mean "enforce"?'],
     [7, 16, "vms.win11.devices[0].guard", 'did you mean "warn"?'],
-    [9, 16, "vms.win11.devices[1].guard", 'quote the value: "..."'],
+    [9, 16, "vms.win11.devices[1].guard", null],
   ]);
+  // Quoted, false is no guard value either: the values it takes are named, not "quote the value".
+  assertMatch(
+    errors[2]!.message,
+    /^c\.yaml:9:16: Expected one of "enforce", "warn", "off", found boolean false at "vms\.win11\.devices\[1\]\.guard"$/,
+  );
   assertMatch(
     errors[0]!.message,
     /^c\.yaml:4:12: Invalid value "enforced": expected one of "enforce", "warn", "off" at "vms\.win11\.guard"/,
@@ -609,4 +614,28 @@ Deno.test("parseConfig() refuses an empty connect: or sysfs:, which would mean a
       'c.yaml:3:30: Empty value at "hosts.hv1.sysfs" (give a value, or remove the key for the default)',
     ],
   );
+});
+
+Deno.test("parseConfig() names the values of a rom bar: written as a number or a boolean", () => {
+  const errors = errorsOf(`version: 1
+vms:
+  win11:
+    devices:
+      - { match: { class: vga }, rom: { bar: 0 } }
+      - { match: { class: usb }, rom: { bar: [on] } }
+`);
+  assertEquals(errors.map((e) => [e.line, e.path, e.message.split(" at ")[0], e.hint]), [
+    [
+      5,
+      "vms.win11.devices[0].rom.bar",
+      'c.yaml:5:46: Expected one of "on", "off", found number 0',
+      null,
+    ],
+    [
+      6,
+      "vms.win11.devices[1].rom.bar",
+      'c.yaml:6:46: Expected one of "on", "off", found a list',
+      "write a single value",
+    ],
+  ]);
 });
