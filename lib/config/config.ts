@@ -610,12 +610,12 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
     ? ["object", "map"]
     : [];
   const option = schema.options.find((o) => kinds.includes(o.type));
-  // A quoted number (`vf: "0"`) is a string to YAML: the string option alone ("any") would be
-  // named as expected, as if no index could be given.
-  const quotedInteger = typeof value === "string" && /^[0-9]+$/.test(value) &&
-    option?.type === "string" && option.enum !== undefined && !option.enum.includes(value) &&
-    schema.options.some((o) => o.type === "integer");
-  if (option !== undefined && !quotedInteger) return check(value, option, at, ctx);
+  // A quoted number (`vf: "0"`, `"-1"`, `"1.5"`) is a string to YAML: the string option alone
+  // ("any") would be named as expected, as if no index could be given.
+  const quotedNumber = typeof value === "string" && value.trim() !== "" &&
+    Number.isFinite(Number(value)) && option?.type === "string" && option.enum !== undefined &&
+    !option.enum.includes(value) && schema.options.some((o) => o.type === "integer");
+  if (option !== undefined && !quotedNumber) return check(value, option, at, ctx);
   const expected = schema.options.map((o) =>
     o.type === "string" && o.enum
       ? o.enum.map((e) => `"${e}"`).join(" or ")
@@ -632,7 +632,9 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
     at,
     expected.join(" or "),
     value,
-    quotedInteger ? `write the number without quotes: ${value}` : schema.description,
+    quotedNumber && /^[0-9]+$/.test(value)
+      ? `write the number without quotes: ${value}`
+      : schema.description,
   );
 }
 

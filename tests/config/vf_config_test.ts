@@ -95,6 +95,12 @@ Deno.test('parseConfig() tells a quoted vf: index to drop its quotes, not that o
     hint = (error as ConfigErrors).errors[0]!.message;
   }
   assertEquals(hint.endsWith("(write the number without quotes: 2)"), true, hint);
+  // Any other number quoted is no "any" either: both forms are named.
+  for (const quoted of ["-1", "1.5"]) {
+    assertEquals(errors(`        vf: "${quoted}"\n`), [
+      `6:13 vms.vm.devices[0].vf: c.yaml:6:13: Expected "any" or an integer, found the string "${quoted}"`,
+    ]);
+  }
   // Another word is still one the string option names.
   assertEquals(errors('        vf: "Any"\n'), [
     '6:13 vms.vm.devices[0].vf: c.yaml:6:13: Invalid value "Any": expected one of "any"',
