@@ -19,7 +19,7 @@ import {
   yesNo,
 } from "./properties.ts";
 import { escapeXmlAttribute, type XmlElement } from "./xml.ts";
-import { RECORD_ATTRIBUTES, VF_RECORD_ATTRIBUTES, vfRecordFrom } from "./lenient.ts";
+import { canonicalMac, RECORD_ATTRIBUTES, VF_RECORD_ATTRIBUTES, vfRecordFrom } from "./lenient.ts";
 
 /** One `<interface type='hostdev'>` with a PCI source. */
 export interface DomainInterface {
@@ -113,7 +113,7 @@ export function interfaceLines(spec: HostdevSpec): string[] {
   if (address === null) throw new TypeError(`Not a PCI address: "${spec.address}"`);
   const nic = spec.interface;
   if (nic === undefined) throw new TypeError(`Not an interface: "${spec.address}"`);
-  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(nic.mac)) {
+  if (canonicalMac(nic.mac) !== nic.mac) {
     throw new TypeError(`Not a MAC address: "${nic.mac}"`);
   }
   const a = pciAddressToLibvirt(address);

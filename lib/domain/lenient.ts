@@ -911,14 +911,30 @@ export function vfRecordFrom(attributes: ReadonlyMap<string, string>): VfIdentit
   // `mac: auto` writes the recorded MAC back as the interface's: one edited by hand in the
   // config's spellings (dashes, upper case) is read as the config reads it, and anything else is
   // no record rather than a MAC the interface writer refuses, unlocated, in the middle of a plan.
-  const canonicalMac = mac.trim().replace(/-/g, ":").toLowerCase();
-  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(canonicalMac)) {
+  const canonical = canonicalMac(mac.trim());
+  if (canonical === null) {
     // Like the other problems, naming no value: the start guard prints it from any definition.
     return "an interface record has a bad MAC";
   }
   const pf = deviceRecordFrom(new Map([...attributes, [RECORD_ATTRIBUTES.address, pfAddress]]));
   if (typeof pf === "string") return pf.replace("a record", "an interface record");
-  return { address, index: Number(index), mac: canonicalMac, pf };
+  return { address, index: Number(index), mac: canonical, pf };
+}
+
+/**
+ * `mac` as libvirt writes a MAC (`52:54:00:ab:cd:ef`), read in the config's spellings too (dashes,
+ * upper case); `null` when it is no MAC.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(canonicalMac("52-54-00-AB-CD-EF"), "52:54:00:ab:cd:ef");
+ * assertEquals(canonicalMac("52:54:00:ab:cd"), null);
+ * ```
+ */
+export function canonicalMac(mac: string): string | null {
+  const canonical = mac.replace(/-/g, ":").toLowerCase();
+  return /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(canonical) ? canonical : null;
 }
 
 /** What {@link walkRecords} returns for a well-formed document. */
