@@ -184,13 +184,13 @@ export interface DomainEdit {
   move?: readonly { from: PciAddress; to: PciAddress }[];
   /**
    * Owned `<hostdev>`s whose settings changed (`managed`, ROM, boot order, guest address), and
-   * owned `<interface type='hostdev'>`s (a spec with `interface`: MAC, VLAN, ...): each is
-   * written again from its spec where it is, keeping the children its spec does not describe
-   * (`<driver>`, `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) and the comments
-   * between its children as they were, so a user's own settings stay and the diff shows only
-   * what changed (a comment inside a child the spec writes, such as `<source>`, goes with it). With `from`, the element at
-   * that address is the one written again, at the spec's (a VF that moved with its PF). Default:
-   * none.
+   * owned `<interface type='hostdev'>`s (a spec with `interface`: MAC, VLAN, ...): each is written
+   * again from its spec where it is, keeping the children its spec does not describe (`<driver>`,
+   * `<alias>`, `<acpi>`, an interface's guest `<address>`, ...) and the comments between its
+   * children as they were, so a user's own settings stay and the diff shows only what changed (a
+   * comment inside a child the spec writes, such as `<source>`, goes with it). With `from`, the
+   * element at that address is the one written again, at the spec's (a VF that moved with its PF).
+   * Default: none.
    */
   rewrite?: readonly (HostdevSpec & { from?: PciAddress })[];
   /** PCI controllers to append to `<devices>` before the added hostdevs (never removed). */
@@ -1039,11 +1039,11 @@ type CreatedToken = "metadata" | "devices" | "metadata-self-closing" | "devices-
 
 /**
  * Applies `edit` to a domain's XML by splicing the original text: owned hostdevs listed in
- * `edit.remove` are deleted together with their line, those in `edit.move` get their source
- * address rewritten where they are, those in `edit.rewrite` are written again where they are
- * (keeping the children their spec does not describe, and comments), `edit.add` hostdevs are appended after the
- * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and
- * our metadata element is rewritten from `edit.records` (removed when empty). Everything else is
+ * `edit.remove` are deleted together with their line, those in `edit.move` get their source address
+ * rewritten where they are, those in `edit.rewrite` are written again where they are (keeping the
+ * children their spec does not describe, and comments), `edit.add` hostdevs are appended after the
+ * last `<hostdev>` (else at the end of `<devices>`, created if missing) in libvirt's style, and our
+ * metadata element is rewritten from `edit.records` (removed when empty). Everything else is
  * byte-identical, and an edit with nothing to do returns `xml` itself.
  *
  * When it has to create `<metadata>` or `<devices>` (or open a self-closing one), our element

@@ -1,9 +1,10 @@
 /**
  * Captures a host's PCI/IOMMU topology (the live `/sys` or a captured tree) into a portable
- * sysfs-shaped tree that discovery and `lspci -O sysfs.path=` read back as the same host:
- * attribute files and `config` bytes are copied as read, links are rewritten relative to the new
- * tree, and what only a live host knows is written beside them (`cmdline`, with any URI password
- * as `***` ({@link sharedCmdline}), `host_use.json`, and lspci's module list as a `modules` file per device).
+ * sysfs-shaped tree that discovery and `lspci -O sysfs.path=` read back as the same host: attribute
+ * files and `config` bytes are copied as read, links are rewritten relative to the new tree, and
+ * what only a live host knows is written beside them (`cmdline`, with any URI password as `***`
+ * ({@link sharedCmdline}), `host_use.json`, and lspci's module list as a `modules` file per
+ * device).
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
  * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes

@@ -14,9 +14,10 @@
  * writable by root only, so no other user can plant or hold the lock). A process that cannot use
  * it (not root) keeps the lock in its state directory instead: runs of that user sharing a state
  * directory still exclude each other, but not runs with another state directory; run `apply` as
- * root to have the host-wide lock. Root whose `/run` is read-only or full is refused instead. The test driver (`test:` URIs) keeps its lock in the state
- * directory too: its world lives inside the process that opened it, so no other process can
- * change it, and test runs never touch `/run`. A remote URI locks on this machine only.
+ * root to have the host-wide lock. Root whose `/run` is read-only or full is refused instead. The
+ * test driver (`test:` URIs) keeps its lock in the state directory too: its world lives inside
+ * the process that opened it, so no other process can change it, and test runs never touch
+ * `/run`. A remote URI locks on this machine only.
  *
  * The lock is a file holding JSON with the holder's pid, host, start time, command and URI. It is created exclusively: the content is written to a temporary file first, that file
  * is `flock`ed, and only then hard-linked to `lock` (`link()` fails when `lock` exists). The holder
