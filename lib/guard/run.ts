@@ -177,6 +177,16 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
       hostUse: (devices, own) => hostUseOf(options, devices, own, networkStatus),
     });
   } catch (error) {
+    // Deno refusing a read is no fault of the VM or its config: the hook's command lacks a
+    // permission this check needs, as a hook written by an older passthrough does (the first
+    // ones allowed reads of the state directory alone) once the clone is updated in place.
+    if (error instanceof Deno.errors.NotCapable) {
+      return [{
+        ...unreadableRefusal(vm, `the hook's command does not allow a read: ${errorText(error)}`),
+        fix: 'install the hook again, as "passthrough hook status" says: its command lacks a ' +
+          "permission the check needs (a hook written by an older passthrough)",
+      }];
+    }
     return unreadable(`the check failed: ${errorText(error)}`);
   }
 }

@@ -5,7 +5,7 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { runCli } from "../helpers/cli.ts";
+import { runCli, runHook } from "../helpers/cli.ts";
 import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
 import { parseHookCheckArgs } from "../../cli/hook_check.ts";
 import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
@@ -160,6 +160,44 @@ Deno.test("a check that throws stops the start in one line, with no stack trace"
     const stderr = new TextDecoder().decode(out.stderr);
     assertEquals([out.code, out.stdout.length], [1, 0], stderr);
     assertMatch(stderr, /^passthrough guard: the check failed: Is a directory \(os error 21\)\n$/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a hook written by the first passthrough with a guard, run after an update, says to install it again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
+    Deno.mkdirSync(`${dir}/state`, { mode: 0o700 });
+    // Written by "hook install" at 3db6eb7 (hook format 1): the check may read its state
+    // directory alone. An update of the clone in place makes it run this checkout's check.
+    const old = Deno.readTextFileSync(
+      new URL("../fixtures/hooks/format1_3db6eb7.sh", import.meta.url),
+    );
+    const checkout = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+    const hook = `${dir}/50-passthrough-guard`;
+    Deno.writeTextFileSync(
+      hook,
+      old.replaceAll("@DENO@", Deno.execPath()).replaceAll("@CHECKOUT@", checkout)
+        .replaceAll("@STATE@", `${dir}/state`).replaceAll("@SYSFS@", `${dir}/tree`),
+      { mode: 0o755 },
+    );
+    const xml = `<domain type='kvm'><name>vm</name><devices>${
+      hostdevXml("0000:0b:00.0")
+    }</devices></domain>`;
+    const env = Deno.env.get("DENO_DIR");
+    const run = await runHook(
+      hook,
+      ["vm", "prepare", "begin", "-"],
+      xml,
+      env === undefined ? {} : { DENO_DIR: env },
+    );
+    assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+    assertMatch(
+      run.stderr,
+      /^passthrough guard: refusing to start "vm": the hook's command does not allow a read: .*; fix: install the hook again, as "passthrough hook status" says: its command lacks a permission the check needs \(a hook written by an older passthrough\)\n$/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
