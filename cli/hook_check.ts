@@ -137,7 +137,12 @@ export function hookCheck(
 ): Promise<number> {
   const parsed = parseHookCheckArgs(args);
   if (typeof parsed === "string") {
-    err(`passthrough hook run: ${parsed}\n`);
+    // Only a hook passes these: one written by another passthrough (one that ran its own
+    // deadline passed --deadline) refuses every start here until it is written again.
+    err(
+      `passthrough hook run: ${parsed}: install the hook again, as "passthrough hook status" ` +
+        "says (a hook written by another passthrough passes arguments this check does not take)\n",
+    );
     return Promise.resolve(2);
   }
   return checkStart(parsed, err, denoFsReader({ listings: parsed.sysfs }));

@@ -46,7 +46,12 @@ Deno.test("parseHookCheckArgs() takes --state-dir and --sysfs only, each with a 
 Deno.test("the check's entry stops the start (exit 2) on arguments that are not the hook's", async () => {
   const run = await runCheck(["--state-dir", "/nonexistent", "--sysfs"]);
   assertEquals([run.code, run.stdout], [2, ""]);
-  assertEquals(run.stderr, 'passthrough hook run: Unexpected argument "--sysfs"\n');
+  assertEquals(
+    run.stderr,
+    'passthrough hook run: Unexpected argument "--sysfs": install the hook again, as "passthrough ' +
+      'hook status" says (a hook written by another passthrough passes arguments this check does ' +
+      "not take)\n",
+  );
 });
 
 Deno.test({
@@ -165,38 +170,70 @@ Deno.test("a check that throws stops the start in one line, with no stack trace"
   }
 });
 
+/**
+ * A hook an older passthrough wrote (`tests/fixtures/hooks/NAME.sh`, its paths made placeholders)
+ * as it reads after the clone it runs was updated in place: it runs this checkout's check.
+ */
+function writeOldHook(name: string, dir: string): string {
+  const old = Deno.readTextFileSync(new URL(`../fixtures/hooks/${name}.sh`, import.meta.url));
+  const checkout = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+  const hook = `${dir}/50-passthrough-guard`;
+  Deno.writeTextFileSync(
+    hook,
+    old.replaceAll("@DENO@", Deno.execPath()).replaceAll("@CHECKOUT@", checkout)
+      .replaceAll("@STATE@", `${dir}/state`).replaceAll("@SYSFS@", `${dir}/tree`),
+    { mode: 0o755 },
+  );
+  return hook;
+}
+
+/** {@link runHook} with the Deno cache this test uses (hooks that old name none of their own). */
+function runOldHook(hook: string, xml: string) {
+  const denoDir = Deno.env.get("DENO_DIR");
+  return runHook(
+    hook,
+    ["vm", "prepare", "begin", "-"],
+    xml,
+    denoDir === undefined ? {} : { DENO_DIR: denoDir },
+  );
+}
+
 Deno.test("a hook written by the first passthrough with a guard, run after an update, says to install it again", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
   try {
     Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
     Deno.mkdirSync(`${dir}/state`, { mode: 0o700 });
     // Written by "hook install" at 3db6eb7 (hook format 1): the check may read its state
-    // directory alone. An update of the clone in place makes it run this checkout's check.
-    const old = Deno.readTextFileSync(
-      new URL("../fixtures/hooks/format1_3db6eb7.sh", import.meta.url),
-    );
-    const checkout = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-    const hook = `${dir}/50-passthrough-guard`;
-    Deno.writeTextFileSync(
-      hook,
-      old.replaceAll("@DENO@", Deno.execPath()).replaceAll("@CHECKOUT@", checkout)
-        .replaceAll("@STATE@", `${dir}/state`).replaceAll("@SYSFS@", `${dir}/tree`),
-      { mode: 0o755 },
-    );
+    // directory alone.
+    const hook = writeOldHook("format1_3db6eb7", dir);
     const xml = `<domain type='kvm'><name>vm</name><devices>${
       hostdevXml("0000:0b:00.0")
     }</devices></domain>`;
-    const env = Deno.env.get("DENO_DIR");
-    const run = await runHook(
-      hook,
-      ["vm", "prepare", "begin", "-"],
-      xml,
-      env === undefined ? {} : { DENO_DIR: env },
-    );
+    const run = await runOldHook(hook, xml);
     assertEquals([run.code, run.stdout], [1, ""], run.stderr);
     assertMatch(
       run.stderr,
       /^passthrough guard: refusing to start "vm": the hook's command does not allow a read: .*; fix: install the hook again, as "passthrough hook status" says: its command lacks a permission the check needs \(a hook written by an older passthrough\)\n$/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a hook written by a passthrough whose check ran its own deadline, run after an update, says to install it again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
+    Deno.mkdirSync(`${dir}/state`, { mode: 0o700 });
+    // Written by "hook install" at 170e001: it passes the check --deadline.
+    const hook = writeOldHook("format1_170e001", dir);
+    const run = await runOldHook(hook, "<domain type='kvm'><name>vm</name></domain>");
+    assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+    assertEquals(
+      run.stderr,
+      'passthrough hook run: Unexpected argument "--deadline": install the hook again, as ' +
+        '"passthrough hook status" says (a hook written by another passthrough passes arguments ' +
+        "this check does not take)\n",
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
