@@ -489,6 +489,24 @@ function prepare(ctx: Context): void {
       }
     },
   });
+  // yaml compares only keys written out: a key written as an alias (`*k :`) that repeats another
+  // one of its mapping would replace it silently (`{ &v vendor_id: "10de", *v : "1002" }` matched
+  // 1002). Duplicates written out were reported above.
+  visit(ctx.doc, {
+    Map(_, map) {
+      // Each key's value, and whether one of its uses was an alias.
+      const seen = new Map<unknown, boolean>();
+      for (const { key } of map.items) {
+        const written = isAlias(key) ? ctx.aliases.get(key) : key;
+        if (!isScalar(written)) continue;
+        const earlier = seen.get(written.value);
+        if (earlier !== undefined && (earlier || isAlias(key))) {
+          errorAt(ctx, key as Node, "", DUPLICATE_KEY[0], DUPLICATE_KEY[1]);
+        }
+        seen.set(written.value, (earlier ?? false) || isAlias(key));
+      }
+    },
+  });
 }
 
 /** The document as data (mappings as `Map`s, in file order), aliases expanded by yaml. */

@@ -154,6 +154,31 @@ Deno.test("parseConfig() refuses duplicate keys instead of keeping the last one"
   assertMatch(first.message, /:6:3: Duplicate key: each key may appear once/);
 });
 
+Deno.test("parseConfig() refuses a key repeated through an alias (*k :) instead of keeping the last one", () => {
+  // The rule read as written gives the GTX 1080; keeping the last entry gave the RX 580.
+  const [inMatch] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { &v vendor_device_id: "10de:1b80", *v : "1002:67df" }\n',
+  );
+  assertEquals(
+    inMatch?.message,
+    "c.yaml:5:52: Duplicate key: each key may appear once (merge the two entries)",
+  );
+  // A VM whose rules a second entry named by an alias replaced.
+  const [vm] = errorsOf(
+    'version: 1\nvms:\n  &k vm: { devices: [ { match: { vendor_id: "10de" } } ] }\n  *k : { devices: [] }\n',
+  );
+  assertMatch(vm?.message ?? "", /^c\.yaml:4:3: Duplicate key/);
+  // A written key after its alias, and a VM named by a number, are found too.
+  const [after] = errorsOf("version: 1\nvms:\n  &k 100: { devices: [] }\n  *k : { devices: [] }\n");
+  assertMatch(after?.message ?? "", /^c\.yaml:4:3: Duplicate key/);
+  // An alias naming another key is no duplicate.
+  const config = parseConfig(
+    'version: 1\nhosts: { &h hv1: {} }\nvms:\n  vm:\n    devices: [ { match: { vendor_id: "10de" }, host: *h } ]\n',
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms[0]?.rules[0]?.hosts, ["hv1"]);
+});
+
 Deno.test("loadConfig() collects every problem of a file, in source order", async () => {
   const file = new URL("typos.yaml", CONFIGS).pathname;
   const error = await loadConfig(file).then(() => null, (e: unknown) => e);
