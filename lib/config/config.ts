@@ -974,13 +974,23 @@ function normaliseMatch(raw: RawMatch, at: Steps, ctx: Context): MatchCriteria {
 /** A duplicate key's message and hint, whether yaml or {@link prepare} found it. */
 const DUPLICATE_KEY = ["Duplicate key: each key may appear once", "merge the two entries"] as const;
 
-/** yaml's own errors (syntax, duplicate keys, nesting) as config errors. */
-function yamlErrors(ctx: Context): void {
+/**
+ * yaml's own errors (syntax, duplicate keys, nesting) as config errors, and the tags it does not
+ * know: yaml only warns of those and reads the value untagged (`connect: !env URI` read as the
+ * URI "URI", `driver: !env GPU` as a driver "GPU"), a meaning the tag's writer did not give it.
+ */
+function yamlErrors(ctx: Context, text: string): void {
   // Nesting too deep overflows the stack once per level, and leaves the rest unparsed: say it once.
   const deep = ctx.doc.errors.find((e) => e.code === "RESOURCE_EXHAUSTION");
-  for (const error of deep ? [deep] : ctx.doc.errors) {
+  const unknownTags = ctx.doc.warnings.filter((w) => w.code === "TAG_RESOLVE_FAILED");
+  for (const error of deep ? [deep] : [...ctx.doc.errors, ...unknownTags]) {
     const [detail, hint] = error.code === "DUPLICATE_KEY"
       ? DUPLICATE_KEY
+      : error.code === "TAG_RESOLVE_FAILED"
+      ? [
+        `Unsupported tag "${text.slice(error.pos[0], error.pos[1])}"`,
+        "the config is plain YAML: remove the tag and write the value itself",
+      ]
       : deep
       ? ["Nesting too deep", "a config nests a few levels: is this the right file?"]
       : [error.message, "check the indentation and quoting here"];
@@ -1018,8 +1028,8 @@ export function parseConfig(text: string, options: { file: string }): Config {
 
 /**
  * The YAML of `text` as data, with the context that locates its nodes. Throws
- * {@link ConfigErrors} when the YAML itself is unusable (syntax, duplicate keys, no content,
- * unknown aliases, alias bombs), before any schema check.
+ * {@link ConfigErrors} when the YAML itself is unusable (syntax, duplicate keys, unknown tags, no
+ * content, unknown aliases, alias bombs), before any schema check.
  */
 function readDocument(text: string, file: string): { ctx: Context; data: unknown } {
   const lines = new LineCounter();
@@ -1029,7 +1039,7 @@ function readDocument(text: string, file: string): { ctx: Context; data: unknown
   const stopOnErrors = () => {
     if (ctx.errors.length > 0) throw new ConfigErrors(ctx.file, ctx.errors);
   };
-  yamlErrors(ctx);
+  yamlErrors(ctx, text);
   stopOnErrors();
   if (doc.contents === null) {
     errorAt(ctx, null, "", "Empty config", 'start with "version: 1" and "vms:"');

@@ -179,6 +179,23 @@ Deno.test("parseConfig() refuses a key repeated through an alias (*k :) instead 
   assertEquals(config.vms[0]?.rules[0]?.hosts, ["hv1"]);
 });
 
+Deno.test("parseConfig() refuses a tag it does not know instead of reading the value untagged", () => {
+  // `!env` read the URI "LIBVIRT_URI" and the driver "GPU", which the writer did not mean.
+  const errors = errorsOf(
+    "version: 1\nhosts:\n  hv1: { connect: !env LIBVIRT_URI }\nvms:\n  !foo vm:\n    devices:\n" +
+      "      - match: { driver: !env GPU, vendor_id: !!python/object:os.system '10de' }\n",
+  );
+  assertEquals(errors.map((e) => e.message), [
+    'c.yaml:3:19: Unsupported tag "!env" (the config is plain YAML: remove the tag and write the value itself)',
+    'c.yaml:5:3: Unsupported tag "!foo" (the config is plain YAML: remove the tag and write the value itself)',
+    'c.yaml:7:26: Unsupported tag "!env" (the config is plain YAML: remove the tag and write the value itself)',
+    'c.yaml:7:47: Unsupported tag "!!python/object:os.system" (the config is plain YAML: remove the tag and write the value itself)',
+  ]);
+  // YAML's own tags are read as YAML says.
+  const [rule] = rules("      - match: { vendor_id: !!str 10de }\n        count: !!int '2'\n");
+  assertEquals([rule?.match.vendorId, rule?.count], ["10de", 2]);
+});
+
 Deno.test("loadConfig() collects every problem of a file, in source order", async () => {
   const file = new URL("typos.yaml", CONFIGS).pathname;
   const error = await loadConfig(file).then(() => null, (e: unknown) => e);
