@@ -356,8 +356,10 @@ function keyStep(key: unknown, index: number): unknown {
 
 /** `vms.win10.devices[0].match` */
 function showPath(steps: Steps): string {
+  // yaml reads a merge key as the symbol `<<`.
+  const text = (step: unknown) => typeof step === "symbol" ? step.description : String(step);
   return steps.map((step, i) =>
-    typeof step === "number" ? `[${step}]` : i === 0 ? String(step) : `.${String(step)}`
+    typeof step === "number" ? `[${step}]` : i === 0 ? text(step) : `.${text(step)}`
   ).join("");
 }
 
@@ -466,6 +468,18 @@ function prepare(ctx: Context): void {
     },
     Pair(_, pair, ancestors) {
       const { key, value } = pair;
+      // yaml reads a merge key (`<<`) as a symbol, and throws an unlocated error at `toJS` for a
+      // merge of anything but mappings.
+      const merge = isScalar(key) && typeof key.value === "symbol";
+      if (merge && !mergesMappings(value, anchors)) {
+        errorAt(
+          ctx,
+          isNode(value) ? value : key,
+          "",
+          `A merge key ("<<") takes a mapping or a list of mappings`,
+          "merge an anchored mapping (<<: *name), or write the keys out",
+        );
+      }
       if (
         isScalar(value) && typeof value.value === "number" &&
         isScalar(key) && FORMATTED_KEYS.has(key.value as string)
@@ -474,7 +488,7 @@ function prepare(ctx: Context): void {
       }
       // A VM or host named `100:` is "100" (YAML reads the number 100, `1e3` as 1000, `true` as a
       // boolean): a libvirt domain may have such a name, and JSON's keys are strings anyway.
-      if (isScalar(key) && typeof key.value !== "string" && isNameKey(ancestors)) {
+      if (isScalar(key) && !merge && typeof key.value !== "string" && isNameKey(ancestors)) {
         key.value = key.source;
         // yaml compared it as a number: `100:` beside `"100":` is a duplicate only now.
         const siblings = (ancestors[3] as YAMLMap).items;
@@ -507,6 +521,18 @@ function prepare(ctx: Context): void {
       }
     },
   });
+}
+
+/**
+ * Whether a merge key's value is a mapping, or a list of them (each perhaps an alias); an alias
+ * without an anchor counts as one, as it is reported as such.
+ */
+function mergesMappings(value: unknown, anchors: ReadonlyMap<string, Node>): boolean {
+  const mapping = (node: unknown) =>
+    isAlias(node) ? !anchors.has(node.source) || isMap(anchors.get(node.source)) : isMap(node);
+  const source = isAlias(value) ? anchors.get(value.source) : value;
+  if (isAlias(value) && source === undefined) return true;
+  return isSeq(source) ? source.items.every(mapping) : mapping(source);
 }
 
 /** The document as data (mappings as `Map`s, in file order), aliases expanded by yaml. */

@@ -351,6 +351,33 @@ vms:
   assertEquals(error?.path, "vms.a.devices[0]");
 });
 
+Deno.test("parseConfig() locates a merge key (<<) of something but mappings instead of crashing", () => {
+  // Under YAML 1.1, `<<: 3` stopped plan with "Merge sources must be maps or map aliases", as a
+  // runtime error naming no file, line or key.
+  const head = "%YAML 1.1\n---\nversion: 1\nvms:\n  vm:\n    devices:\n";
+  const rule = "      - &g { match: { vendor_id: '10de' }, name: one }\n";
+  for (const merge of ["3", "[ *g, 3 ]", "", "*v"]) {
+    const errors = errorsOf(
+      `${head}${rule}      - match: { vendor_id: &v '1002' }\n        <<: ${merge}\n`,
+    );
+    assertEquals(errors.map((e) => e.message), [
+      'c.yaml:9:13: A merge key ("<<") takes a mapping or a list of mappings (merge an anchored mapping (<<: *name), or write the keys out)',
+    ], merge);
+  }
+  // An unknown anchor is said once, with the key as written.
+  const [unknown, ...more] = errorsOf(`${head}${rule}      - <<: *nope\n`);
+  assertEquals(unknown?.path, "vms.vm.devices[1].<<");
+  assertEquals(more, []);
+  // Merging mappings still works.
+  const config = parseConfig(`${head}${rule}      - <<: [ *g ]\n        name: two\n`, {
+    file: "c.yaml",
+  });
+  assertEquals(config.vms[0]?.rules.map((r) => [r.name, r.match.vendorId]), [
+    ["one", "10de"],
+    ["two", "10de"],
+  ]);
+});
+
 Deno.test("parseConfig() refuses keys named like built-in object properties", () => {
   const [error] = errorsOf(
     'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de", constructor: 1 }\n',
