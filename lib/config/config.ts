@@ -1059,8 +1059,10 @@ export function parseConfig(text: string, options: { file: string }): Config {
  */
 function readDocument(text: string, file: string): { ctx: Context; data: unknown } {
   const lines = new LineCounter();
-  // yaml refuses duplicate keys itself (`uniqueKeys`, on by default).
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  // yaml refuses duplicate keys itself (`uniqueKeys`, on by default). Merge keys (`<<: *base`)
+  // merge under YAML 1.2 too, as under `%YAML 1.1` and in editors checking the schema: else `<<`
+  // was an unknown key ("did you mean vf?") and, under `vms:`, a VM named "<<".
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true });
   const ctx: Context = { file, doc, lines, aliases: new Map(), errors: [] };
   const stopOnErrors = () => {
     if (ctx.errors.length > 0) throw new ConfigErrors(ctx.file, ctx.errors);

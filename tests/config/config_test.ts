@@ -378,6 +378,39 @@ Deno.test("parseConfig() locates a merge key (<<) of something but mappings inst
   ]);
 });
 
+Deno.test("parseConfig() merges a merge key (<<: *base) without a %YAML 1.1 line, as editors do", () => {
+  // It was the unknown key "<<" (did you mean "vf"?), and under vms: a VM named "<<".
+  const config = parseConfig(
+    `version: 1
+vms:
+  a: &vm
+    guard: warn
+    devices:
+      - &gpu { name: gpu, match: { vendor_id: "10de" }, managed: false }
+      - <<: *gpu
+        name: audio
+  b:
+    <<: *vm
+    devices: []
+  "<<": { devices: [] }
+`,
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms.map((vm) => [vm.name, vm.guard, vm.rules.length]), [
+    ["a", "warn", 2],
+    ["b", "warn", 0],
+    ["<<", "enforce", 0],
+  ]);
+  const audio = config.vms[0]?.rules[1];
+  assertEquals([audio?.name, audio?.match.vendorId, audio?.managed], ["audio", "10de", false]);
+  // What a merge brings in is checked as if written out.
+  const [error] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - <<: { match: { vendor_id: "10de" }, count: "2" }\n',
+  );
+  assertEquals(error?.path, "vms.vm.devices[0].count");
+  assertMatch(error?.message ?? "", /^c\.yaml:5:9: Expected an integer, found the string "2"/);
+});
+
 Deno.test("parseConfig() refuses keys named like built-in object properties", () => {
   const [error] = errorsOf(
     'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de", constructor: 1 }\n',
