@@ -1012,6 +1012,12 @@ function yamlErrors(ctx: Context, text: string): void {
   for (const error of deep ? [deep] : [...ctx.doc.errors, ...unknownTags]) {
     const [detail, hint] = error.code === "DUPLICATE_KEY"
       ? DUPLICATE_KEY
+      : error.code === "MULTIPLE_DOCS"
+      // yaml's own message asks for `YAML.parseAllDocuments()`, an API the user cannot call.
+      ? [
+        "A second YAML document starts here: a config is one document",
+        'keep one: a "---" line starts another document, and so does content after a "..." line',
+      ]
       : error.code === "TAG_RESOLVE_FAILED"
       ? [
         `Unsupported tag "${text.slice(error.pos[0], error.pos[1])}"`,

@@ -419,6 +419,18 @@ Deno.test("parseConfig() refuses keys named like built-in object properties", ()
   assertMatch(error?.message ?? "", /^c\.yaml:5:37: Unknown key "constructor"/);
 });
 
+Deno.test("parseConfig() says where a second YAML document starts, not which yaml API to call", () => {
+  // It said "Source contains multiple documents; please use YAML.parseAllDocuments()".
+  for (const [text, line] of [["---\nversion: 1\n", 3], ["...\nversion: 1\n", 4]] as const) {
+    const errors = errorsOf(`version: 1\nvms: {}\n${text}`);
+    assertEquals(errors.map((e) => e.message), [
+      `c.yaml:${line}:1: A second YAML document starts here: a config is one document (keep one: a "---" line starts another document, and so does content after a "..." line)`,
+    ]);
+  }
+  // A document marked at its start and end is one.
+  assertEquals(parseConfig("---\nversion: 1\nvms: {}\n...\n", { file: "c.yaml" }).vms, []);
+});
+
 Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
   const [error] = errorsOf("version: 1\nvms:\n  vm:\n    devices: [\n");
   assertOk(error);
