@@ -1063,7 +1063,9 @@ export function parseConfig(text: string, options: { file: string }): Config {
  * {@link ConfigErrors} when the YAML itself is unusable (syntax, duplicate keys, unknown tags, no
  * content, unknown aliases, alias bombs), before any schema check.
  */
-function readDocument(text: string, file: string): { ctx: Context; data: unknown } {
+function readDocument(written: string, file: string): { ctx: Context; data: unknown } {
+  // A byte order mark (Notepad's UTF-8) is no column: editors count line 1 from after it.
+  const text = written.startsWith("\ufeff") ? written.slice(1) : written;
   const lines = new LineCounter();
   // yaml refuses duplicate keys itself (`uniqueKeys`, on by default). Merge keys (`<<: *base`)
   // merge under YAML 1.2 too, as under `%YAML 1.1` and in editors checking the schema: else `<<`

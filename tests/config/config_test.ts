@@ -431,6 +431,14 @@ Deno.test("parseConfig() says where a second YAML document starts, not which yam
   assertEquals(parseConfig("---\nversion: 1\nvms: {}\n...\n", { file: "c.yaml" }).vms, []);
 });
 
+Deno.test("parseConfig() counts columns of a file saved with a byte order mark as editors do", () => {
+  // Line 1 was a column off (1:11), the invisible mark counted as one.
+  const [error] = errorsOf("\ufeffversion: 2\r\nvms: {}\r\n");
+  assertMatch(error?.message ?? "", /^c\.yaml:1:10: Unsupported value 2/);
+  const [tag] = errorsOf("\ufeff!foo version: 1\nvms: {}\n");
+  assertMatch(tag?.message ?? "", /^c\.yaml:1:1: Unsupported tag "!foo"/);
+});
+
 Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
   const [error] = errorsOf("version: 1\nvms:\n  vm:\n    devices: [\n");
   assertOk(error);
