@@ -25,6 +25,7 @@ import {
   type VmGuardPolicy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
+import { positionalCommand } from "../render/shell.ts";
 import { GUARD_DIR, GUARD_FOLDERS, guardPath, POLICY_FILE } from "./layout.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
@@ -349,11 +350,12 @@ function verdictLines(
     );
   }
   if (enforced.length > 0 && allowance === "expired") {
-    lines.push(
-      `passthrough guard: an allowance for ${
-        JSON.stringify(vm)
-      } had expired: run "passthrough guard allow" again to start it anyway`,
-    );
+    // A new allowance lifts only identities that changed: with a device the host needs, or
+    // what could not be read, among the refusals, it would not start the VM either.
+    const again = needed.length > 0 || unread.length > 0
+      ? ""
+      : `: run "${positionalCommand("passthrough guard allow", vm)}" again to start it anyway`;
+    lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
   }
   return lines;
 }

@@ -192,8 +192,31 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
     const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
     const result = await run(root, state, MOVED, later);
     assertEquals(result.code, 1);
-    assertMatch(result.lines.at(-1)!, /an allowance for "win11" had expired/);
+    assertEquals(
+      result.lines.at(-1),
+      'passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11" again to start it anyway',
+    );
     assertEquals(takeAllowance(state, "win11"), "none");
+  });
+});
+
+Deno.test("runGuard() does not offer a new allowance where none would start the VM", async () => {
+  await withTree(async (root, state) => {
+    const given = new Date("2026-01-01T00:00:00Z");
+    allowNextStart(state, "win11", given);
+    const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
+    // A hand-added hostdev on the host bridge: the host needs it, which no allowance lifts.
+    const bridge = `<domain><name>win11</name><devices>
+      <hostdev mode='subsystem' type='pci'>
+        <source><address domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></source>
+      </hostdev></devices></domain>`;
+    const result = await run(root, state, bridge, later);
+    assertEquals(result.code, 1);
+    assertMatch(result.lines[0]!, /the host needs it: host bridge/);
+    assertEquals(
+      result.lines.at(-1),
+      'passthrough guard: an allowance for "win11" had expired',
+    );
   });
 });
 
