@@ -38,6 +38,7 @@ import {
   type StaleBundle,
   staleBundle,
   staleCheckoutBundle,
+  sysfsTreePresent,
   trustedOwners,
   unreadableHookReason,
   unsafeHookPaths,
@@ -151,6 +152,13 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   const sysfs = values.sysfs === undefined || liveSysfsRoot(values.sysfs) !== null
     ? LIVE_SYSFS
     : resolve(values.sysfs);
+  // A hook over no tree would refuse every start, having checked nothing.
+  if (!sysfsTreePresent(sysfs)) {
+    throw new Error(
+      `Not a sysfs tree: "${sysfs}": no bus/pci/devices directory (the hook would refuse every ` +
+        `VM start, checking nothing)`,
+    );
+  }
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });
   // Before anything is created: a refused install leaves no directory behind.
   const unsafe = unsafeHookPaths(settings, join(hooksDir, HOOK_FILE_NAME), trustedOwners());

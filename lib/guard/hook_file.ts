@@ -742,6 +742,12 @@ export interface HookInspection {
    * leads, `""` when nowhere; else `null`.
    */
   stateDirLink: string | null;
+  /**
+   * When the hook reads a captured tree (`--sysfs DIR`, not `/sys`) that has no
+   * `bus/pci/devices` now (moved or deleted since the install): the check then refuses every
+   * start, checking nothing.
+   */
+  sysfsMissing: boolean;
 }
 
 /**
@@ -995,15 +1001,16 @@ export interface HookFileProblem {
 /**
  * What is wrong with the passthrough hook that `inspection` found (`[]` when nothing is), for
  * `hook status` and `doctor` alike: not executable, not as written, open to another user, its
- * state directory a link, a program it runs missing, written by a passthrough other than `version`, or running the bundle
- * `options.staleBundle` ({@link staleBundle}). `install` is the command that writes it again
- * ({@link installCommand}).
+ * state directory a link, its captured tree gone, a program it runs missing, written by a
+ * passthrough other than `version`, or running the bundle `options.staleBundle`
+ * ({@link staleBundle}). `install` is the command that writes it again ({@link installCommand}).
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const inspection = { executable: false, intact: true, format: HOOK_FORMAT, unsafe: [],
- *   programs: [], settings: null, stateDirLink: null };
+ * const inspection = { path: "/etc/libvirt/hooks/qemu.d/50-passthrough-guard",
+ *   executable: false, intact: true, format: HOOK_FORMAT, unsafe: [], programs: [],
+ *   settings: null, stateDirLink: null, sysfsMissing: false };
  * assertEquals(hookFileProblems(inspection, "0.1.0", "passthrough hook install"), [{
  *   severity: "fail", text: "not executable, so libvirt skips it",
  *   fix: "passthrough hook install",
@@ -1013,7 +1020,15 @@ export interface HookFileProblem {
 export function hookFileProblems(
   inspection: Pick<
     HookInspection,
-    "executable" | "intact" | "format" | "unsafe" | "programs" | "settings" | "stateDirLink"
+    | "path"
+    | "executable"
+    | "intact"
+    | "format"
+    | "unsafe"
+    | "programs"
+    | "settings"
+    | "stateDirLink"
+    | "sysfsMissing"
   >,
   version: string,
   install: string,
@@ -1043,6 +1058,19 @@ export function hookFileProblems(
         target === "" ? " that leads nowhere" : ` to ${target}`
       }, which the check refuses: it reads no allowance and records no refusal`,
       target === "" ? `rm ${s}, then ${install}` : `rm ${s} && mv ${t} ${s}`,
+    );
+  }
+  const settings = inspection.settings;
+  if (settings !== null && inspection.sysfsMissing) {
+    // Installing again with the same --sysfs is refused: a tree there, or this host's /sys.
+    const live = installCommand({
+      path: inspection.path,
+      settings: { ...settings, sysfs: "/sys" },
+    });
+    fail(
+      `it reads the captured tree ${settings.sysfs}, which has no bus/pci/devices now: every VM ` +
+        `start is refused, with nothing checked`,
+      `put the tree back at ${shellWord(settings.sysfs)}, or guard this host's /sys: ${live}`,
     );
   }
   for (const program of inspection.programs.filter((p) => !p.exists)) {
@@ -1075,6 +1103,14 @@ export function hookFileProblems(
     });
   }
   return problems;
+}
+
+/**
+ * Whether the check can read PCI devices under `sysfs`: this host's `/sys` always (which Deno
+ * would not let `stat` without `--allow-all`), a captured tree while it has `bus/pci/devices`.
+ */
+export function sysfsTreePresent(sysfs: string): boolean {
+  return sysfs === "/sys" || exists(join(sysfs, "bus", "pci", "devices"));
 }
 
 /** Where `path` leads when it is a symbolic link (`""` when nowhere), else `null`. */
@@ -1133,6 +1169,7 @@ export function inspectHook(
         unsafe: [],
         leftovers,
         stateDirLink: null,
+        sysfsMissing: false,
       };
     }
     throw error;
@@ -1172,5 +1209,6 @@ export function inspectHook(
     unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
     leftovers,
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
+    sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs),
   };
 }

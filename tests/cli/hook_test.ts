@@ -31,6 +31,7 @@ import { guardPolicies } from "../../lib/guard/policy.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
 
 const MOVED = `<domain type='kvm'><name>win11</name>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -480,6 +481,80 @@ Deno.test("hook status reports a state directory that became a symbolic link aft
     Deno.removeSync(state);
     Deno.renameSync(`${dir}/real`, state);
     assertEquals((await status()).problems, []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook status reports the captured tree its hook reads gone, as the refusal it causes says, and its fix works", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-tree-gone-" });
+  try {
+    const [hooks, state, tree] = [`${dir}/qemu.d`, `${dir}/state`, `${dir}/tree`];
+    buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
+    const hook = await installOnTree(dir, tree);
+    Deno.renameSync(tree, `${dir}/elsewhere`);
+    // Every start is refused, pointing at hook status.
+    const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    assertEquals(refused.code, 1);
+    assertMatch(refused.stderr, /so nothing was checked; see "passthrough hook status"\n$/);
+    const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+    assertEquals(status.code, 1);
+    const report = JSON.parse(status.stdout);
+    assertEquals(report.problems, [
+      `it reads the captured tree ${tree}, which has no bus/pci/devices now: every VM start is ` +
+      `refused, with nothing checked`,
+    ]);
+    assertEquals(
+      report.fix,
+      `put the tree back at ${tree}, or guard this host's /sys: ` +
+        `passthrough hook install --hooks-dir ${hooks} --state-dir ${state}`,
+    );
+    // Installing again over the missing tree is refused, and leaves the hook as it was.
+    const again = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      hooks,
+      "--state-dir",
+      state,
+      "--sysfs",
+      tree,
+    ]);
+    assertEquals(again.code, 1);
+    assertMatch(again.stderr, /Not a sysfs tree: ".*\/tree": no bus\/pci\/devices directory/);
+    // The tree back: nothing wrong.
+    Deno.renameSync(`${dir}/elsewhere`, tree);
+    assertEquals(
+      JSON.parse((await runCli(["hook", "status", "--hooks-dir", hooks, "--json"])).stdout)
+        .problems,
+      [],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-no-tree-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    const install = await runCli([
+      "hook",
+      "install",
+      "--hooks-dir",
+      hooks,
+      "--state-dir",
+      `${dir}/state`,
+      "--sysfs",
+      `${dir}/none`,
+    ]);
+    assertEquals(install.code, 1);
+    assertEquals(
+      install.stderr,
+      `passthrough hook: Not a sysfs tree: "${dir}/none": no bus/pci/devices directory (the hook ` +
+        `would refuse every VM start, checking nothing)\n`,
+    );
+    assertEquals(pathExists(`${hooks}/${HOOK_FILE_NAME}`), false);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
