@@ -10,6 +10,7 @@ import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
 import type { UnresolvedKind } from "./used_devices.ts";
+import { shellWord } from "../render/shell.ts";
 
 /** `10de:2684 VGA compatible controller`: a device for humans. */
 export function describe(device: PciDevice): string {
@@ -267,7 +268,7 @@ export function heldByRunningWarning(
         one ? "it" : "them"
       } until it is powered off: "${vm}" cannot start before that (libvirt refuses a device another guest uses), unless ${
         one ? "it is" : "they are"
-      } unplugged from "${holder}" (virsh detach-device --live)`,
+      } unplugged from "${holder}" (${unplugCommand(holder, one)})`,
       vm,
       devices: [...devices],
     };
@@ -284,6 +285,17 @@ export function heldByRunningWarning(
     vm,
     devices: [...devices],
   };
+}
+
+/**
+ * How to unplug hostdevs from running VM `holder` alone: virsh takes one device per file, and
+ * the domain and the file are required.
+ */
+function unplugCommand(holder: string, one: boolean): string {
+  const vm = shellWord(holder);
+  return `virsh detach-device ${vm} FILE --live, FILE holding ${
+    one ? "its" : "one's"
+  } <hostdev> element from virsh dumpxml ${vm}${one ? "" : ", once for each"}`;
 }
 
 /**

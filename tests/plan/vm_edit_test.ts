@@ -1294,6 +1294,11 @@ Deno.test("planWorld() after a card was applied away from a running VM: the VM t
     held[0]!.message,
     /are in the definition of "linux" but running VM "win10" holds them/,
   );
+  // The command that unplugs them, whole: virsh needs the domain and a file per device.
+  assertMatch(
+    held[0]!.message,
+    / unless they are unplugged from "win10" \(virsh detach-device win10 FILE --live, FILE holding one's <hostdev> element from virsh dumpxml win10, once for each\)$/,
+  );
   const liveOnly = after.warnings.find((w) => w.code === "live-only-hostdev");
   assertMatch(liveOnly!.message, /removed from it while the guest ran/);
   // A third VM taking the card the running guest holds is still refused.
