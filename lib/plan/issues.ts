@@ -121,14 +121,18 @@ export function unresolvedError(
   which: "persistent" | "running",
 ): PlanIssue {
   const definition = which === "running" ? "running definition" : "definition";
+  const vm = shellWord(name);
+  // virsh edit changes the persistent definition only, and an undefined domain keeps running
+  // (transient) with the same one: only stopping the guest ends a running definition.
+  const until = which === "running"
+    ? `the guest is stopped (virsh shutdown ${vm})`
+    : `the definition is fixed (virsh edit ${vm}) or the domain is undefined`;
   return {
     code: "unreadable-definition",
     message:
       `Cannot tell which PCI devices domain "${name}" holds: its ${definition} cannot be read and ${
         scan.unresolved === 1 ? "a hostdev in it names" : `${scan.unresolved} hostdevs in it name`
-      } no readable host address: nothing is applied until the ${definition} is fixed (virsh edit ${name})${
-        which === "running" ? ", the guest is stopped," : ""
-      } or the domain is undefined`,
+      } no readable host address: nothing is applied until ${until}`,
     vm: name,
     ...(scan.addresses.length > 0 ? { devices: scan.addresses } : {}),
   };
