@@ -57,6 +57,25 @@ export function softdepLine(module: string): string {
   return `softdep ${module} pre: vfio-pci`;
 }
 
+/**
+ * The command that gives `address` to vfio-pci now and at every boot, for a device whose driver
+ * binds it before any `vfio-pci.ids=` can (built into the kernel), with its undo.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   driverctlOverride("0000:0b:00.1"),
+ *   '"driverctl set-override 0000:0b:00.1 vfio-pci", which unbinds it at once and keeps it ' +
+ *     'with vfio-pci across reboots ("driverctl unset-override 0000:0b:00.1" undoes it)',
+ * );
+ * ```
+ */
+export function driverctlOverride(address: string): string {
+  return `"driverctl set-override ${address} vfio-pci", which unbinds it at once and keeps it ` +
+    `with vfio-pci across reboots ("driverctl unset-override ${address}" undoes it)`;
+}
+
 const ANY_ID = 0xffffffff;
 const HEX = /^(0x)?[0-9a-f]{1,8}$/i;
 

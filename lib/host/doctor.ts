@@ -29,6 +29,7 @@ import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
 import {
   CMDLINE_SOURCE,
   cmdlineVfioIds,
+  driverctlOverride,
   keptVfioIds,
   kernelParams,
   kernelTrue,
@@ -695,7 +696,9 @@ function lateRemedies(
     ...new Set(late.filter((l) => !builtIn(l.driver)).map((l) => moduleOf(l.driver))),
   ];
   const override = (address: string) =>
-    `leave it to libvirt's managed detach at start, or stop its users and run "driverctl set-override ${address} vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots ("driverctl unset-override ${address}" undoes it)`;
+    `leave it to libvirt's managed detach at start, or stop its users and run ${
+      driverctlOverride(address)
+    }`;
   return [
     ...(modules.length === 0 ? [] : [
       `to load vfio-pci first, add ${

@@ -24,7 +24,12 @@ import {
   permits,
   resetVerdict,
 } from "../host/preflight.ts";
-import { REBUILD_INITRAMFS, softdepLine, vfioIdsBinding } from "../host/boot_binding.ts";
+import {
+  driverctlOverride,
+  REBUILD_INITRAMFS,
+  softdepLine,
+  vfioIdsBinding,
+} from "../host/boot_binding.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
@@ -128,10 +133,19 @@ function busyRemedies(
     remedies.push(`unbind the console (echo 0 > /sys/class/vtconsole/${vtcon}/bind)`);
   }
   const binding = vfioIdsBinding(device, context.host.devices, taken);
+  const module = context.facts.moduleOfDriver(device.driver!);
+  if (binding.kind === "ids" && context.facts.modules()?.has(module) === false) {
+    // Built in (not in /proc/modules, as doctor judges it): it binds the GPU before vfio-pci
+    // can take its ids, and no softdep orders what no module loads.
+    return `${
+      remedies.join(", or ")
+    }; "${device.driver}" is built into the kernel and binds ${device.address} before vfio-pci can: once the GPU is free, ${
+      driverctlOverride(device.address)
+    }`;
+  }
   if (binding.kind === "ids") {
     // vfio-pci.ids= binds only a device no driver has taken yet: the GPU's driver, often in the
     // initramfs, must load after vfio-pci.
-    const module = context.facts.moduleOfDriver(device.driver!);
     return `${
       remedies.join(", ")
     }, or bind the GPU to vfio-pci at boot: vfio-pci.ids=${binding.ids}, and "${

@@ -264,3 +264,22 @@ Deno.test("host-driver-busy: a framebuffer fbcon does not draw on is no console 
     assertMatch(message(), /the framebuffer console on fb1 \(vtcon1\)/);
   });
 });
+
+Deno.test("host-driver-busy: a GPU driver built into the kernel gets driverctl, not vfio-pci.ids= and softdep, which it binds before", async () => {
+  // nouveau built in (not in /proc/modules), the console on its GPU.
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "nouveau", console: true } },
+    host: { proc: { modules: "snd_hda_intel 57344 3 - Live 0x0\n" } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const message = win.warnings.find((w) => w.code === "host-driver-busy")?.message ?? "";
+    assertMatch(message, /unbind the console \(echo 0 > \/sys\/class\/vtconsole\/vtcon1\/bind\)/);
+    assertEquals(message.includes("softdep"), false, message);
+    assertEquals(message.includes("vfio-pci.ids="), false, message);
+    assertMatch(
+      message,
+      /; "nouveau" is built into the kernel and binds 0000:0b:00\.0 before vfio-pci can: once the GPU is free, "driverctl set-override 0000:0b:00\.0 vfio-pci", which unbinds it at once and keeps it with vfio-pci across reboots \("driverctl unset-override 0000:0b:00\.0" undoes it\)$/,
+    );
+  });
+});
