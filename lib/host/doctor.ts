@@ -891,7 +891,11 @@ function daemonNotes(facts: HookDoctorFacts): HookNote[] {
     return {
       status: "warn",
       note: `${d.name} (pid ${d.pid}) ran before the hook was written and no reload is recorded`,
-      hint: `reload it so it runs the hook: systemctl reload ${d.name} (or kill -HUP ${d.pid})`,
+      // A reload by hand leaves no trace this check can read (only `hook install` records its
+      // own): a restart shows in the daemon's start time, and leaves the running guests running.
+      hint: `restart it so it runs the hook: systemctl restart ${d.name} (its running guests ` +
+        `keep running); a reload (systemctl reload ${d.name}, or kill -HUP ${d.pid}) does too, ` +
+        `but this check cannot see one and keeps this warning`,
     };
   });
 }

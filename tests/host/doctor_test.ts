@@ -533,8 +533,16 @@ Deno.test("doctor's hook finding: a daemon older than the hook needs a reload un
   assertEquals(stale.status, "warn");
   assertEquals(
     stale.hint,
-    "reload it so it runs the hook: systemctl reload libvirtd (or kill -HUP 77)",
+    "restart it so it runs the hook: systemctl restart libvirtd (its running guests keep " +
+      "running); a reload (systemctl reload libvirtd, or kill -HUP 77) does too, but this check " +
+      "cannot see one and keeps this warning",
   );
+  // Followed: the restarted daemon started after the hook was written.
+  const restarted = await hookFinding({
+    daemons: [{ ...old, pid: 78, started: Date.now() / 1000 + 1 }],
+  });
+  assertEquals(restarted.status, "ok");
+  assertMatch(restarted.summary, /libvirtd \(pid 78\) started after the hook was written/);
   const reloaded = await hookFinding({
     daemons: [old],
     reloads: [{ name: "libvirtd", pid: 77, time: new Date(Date.now() + 1000).toISOString() }],
