@@ -14,6 +14,7 @@
 
 import { isAbsolute, isFileName, join, resolve } from "./paths.ts";
 import { errorText } from "../render/error_text.ts";
+import { shellWord } from "../render/shell.ts";
 
 /** Where state lives when neither `--state-dir` nor `PASSTHROUGH_STATE_DIR` says otherwise. */
 export const DEFAULT_STATE_DIR = "/var/lib/passthrough";
@@ -137,11 +138,13 @@ function checkDirShape(path: string): number {
     // may be one that only its group can write (a team's directory): the user knows which.
     const own =
       `use one of passthrough's own, such as the default /var/lib/passthrough (a missing one is created with mode 0700)`;
+    // Quoted as the shell reads it: a path with a space would be two arguments to chmod.
+    const chmod = `chmod 700 ${shellWord(path)}`;
     const advice = (mode & 0o1000) !== 0
       ? `, a directory shared with other users: ${own}`
       : (mode & 0o002) === 0 && path !== DEFAULT_STATE_DIR
-      ? `; if it is passthrough's alone, run "chmod 700 ${path}"; if its group shares it on purpose, ${own}`
-      : `; run "chmod 700 ${path}"`;
+      ? `; if it is passthrough's alone, run "${chmod}"; if its group shares it on purpose, ${own}`
+      : `; run "${chmod}"`;
     throw new StateDirError(
       path,
       "loose-permissions",

@@ -107,6 +107,14 @@ Deno.test("openStateDir() refuses a group- or world-writable directory", () => {
       ),
     );
     assertEquals(advice(0o777), `; run "chmod 700 ${root}/state"`);
+    // A path with a space, quoted for the shell: unquoted, chmod would take two paths.
+    Deno.mkdirSync(`${root}/pt state`);
+    Deno.chmodSync(`${root}/pt state`, 0o777);
+    assertThrows(
+      () => openStateDir(`${root}/pt state`),
+      Error,
+      `; run "chmod 700 '${root}/pt state'"`,
+    );
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
