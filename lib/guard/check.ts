@@ -499,9 +499,13 @@ function describePoolRefusal(refusal: GuardRefusal): string {
 const BUSY_FIX = "close the programs holding it (a desktop's: stop the display manager, " +
   "systemctl stop display-manager), then start again";
 
-/** What lets a start take a PF past the VF another running VM was given. */
-const VF_PASSED_FIX = "shut down the VM the virtual function was given to, or take it out of " +
-  "that VM's definition (virsh edit), then start again";
+/**
+ * What lets a start take a PF past the VF another running VM was given: the guard reads that
+ * VM's running definition, which editing its persistent one (virsh edit) does not change.
+ */
+const VF_PASSED_FIX = "shut down the VM the virtual function was given to, or unplug it from " +
+  "that running guest (virsh detach-device VM FILE --live, FILE holding its element from " +
+  "virsh dumpxml VM; virsh edit changes only its next start), then start again";
 
 /**
  * The reason in words: what the address holds now against what was recorded; with `vfIndex`, the

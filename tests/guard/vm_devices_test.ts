@@ -483,6 +483,11 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
         held.line,
         /its virtual function 0000:40:10\.0 is in use \(vm-passed: (hostdev|hostdev interface) of running VM "router"\): unbinding it now would take that VF from the running guest; fix: shut down the VM the virtual function was given to/,
       );
+      // What the guard reads is the running guest's: editing its definition does not lift it.
+      assertMatch(
+        held.line,
+        /, or unplug it from that running guest \(virsh detach-device VM FILE --live, FILE holding its element from virsh dumpxml VM; virsh edit changes only its next start\), then start again$/,
+      );
     }
   }
   const route = (dir: string) => {
