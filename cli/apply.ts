@@ -23,6 +23,7 @@ import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
+import { deferSignals } from "./signals.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
@@ -71,6 +72,10 @@ async function applyComputed(
   }
   const render = { color: io.color, live: values.live };
   if (!values.json) io.out(`${renderPlan(plan, render)}\n`);
+  // From the first question to the guard's policies recorded: a stop asked for (Ctrl-C, kill, a
+  // closed session) takes effect between VMs, never inside a define or a swap, and the report
+  // still says what was done.
+  using signals = deferSignals();
   const report = await applyPlan(plan, {
     libvirt,
     stateDir,
@@ -78,6 +83,7 @@ async function applyComputed(
     live: values.live,
     lock,
     devices: facts,
+    interrupted: () => signals.check(),
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
@@ -91,6 +97,15 @@ async function applyComputed(
     io,
     say: values.json ? io.err : io.out,
   });
+  // Also one that came during the last define, seen only now.
+  const stop = await signals.check();
+  if (stop !== null) {
+    io.err(
+      `passthrough apply: stopped by ${stop}: the report above says which VMs were ` +
+        `changed; those marked interrupted were not applied\n`,
+    );
+    return signals.status;
+  }
   return report.ok && !planHasErrors(plan) && recorded ? 0 : 1;
 }
 

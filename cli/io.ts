@@ -41,7 +41,7 @@ function lineReader(): () => Promise<string | null> {
   let ended = false;
   return async () => {
     while (!ended && !buffered.includes("\n")) {
-      const n = await Deno.stdin.read(chunk);
+      const n = await readStdin(chunk);
       if (n === null) {
         ended = true;
         buffered += decoder.decode();
@@ -60,6 +60,21 @@ function lineReader(): () => Promise<string | null> {
     buffered = buffered.slice(index + 1);
     return line;
   };
+}
+
+/**
+ * One read of stdin; `null` at its end, and also once it was closed under a pending read (a
+ * signal stopping `apply` at a question, cli/signals.ts): no answer comes any more.
+ */
+async function readStdin(chunk: Uint8Array): Promise<number | null> {
+  try {
+    return await Deno.stdin.read(chunk);
+  } catch (error) {
+    if (error instanceof Deno.errors.Interrupted || error instanceof Deno.errors.BadResource) {
+      return null;
+    }
+    throw error;
+  }
 }
 
 /** The terminal's width, or `undefined` when the system does not say. */

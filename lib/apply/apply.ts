@@ -85,7 +85,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `verify-failed`: the defined hostdevs are not the planned ones; the backup was redefined when
  *   possible (`failed`);
  * - `undone`: defined, then its previous definition restored because a VM it swaps devices with
- *   failed (`failed`).
+ *   failed (`failed`);
+ * - `interrupted`: not asked nor applied, because the run was told to stop (`skipped`).
  *
  * In a swap (VMs taking devices from each other) every VM is asked before any is defined: one
  * declined or refused holds the others back (`blocked`), and one that fails undoes the others.
@@ -106,7 +107,8 @@ export type ApplyCode =
   | "define-failed"
   | "define-unknown"
   | "verify-failed"
-  | "undone";
+  | "undone"
+  | "interrupted";
 
 /**
  * When a defined change reaches the guest: at its `next-start` (it was shut off), at its
@@ -204,7 +206,7 @@ export interface ApplyReport {
   changed: string[];
   /** VMs with nothing to change. */
   unchanged: string[];
-  /** VMs not applied: declined, quit, refused by the plan, or blocked by another VM. */
+  /** VMs not applied: declined, quit, refused by the plan, blocked by another VM, interrupted. */
   skipped: string[];
   /** VMs whose apply failed (see each result's message). */
   failed: string[];
@@ -239,6 +241,13 @@ export interface ApplyOptions {
    * as the plan did. Default: they are not re-checked.
    */
   devices?: DeviceResolvers;
+  /**
+   * Asked before each VM (or each set of VMs swapping devices) is asked about and applied: a
+   * reason (`SIGINT`, ...) stops the apply there, the VMs left skipped (`interrupted`), so a stop
+   * asked for during a define comes after the define and its check, and never between two VMs
+   * swapping devices (one device in two definitions). Default: never stopped.
+   */
+  interrupted?: () => Promise<string | null>;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -431,6 +440,18 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   const pendingLive: PendingLive[] = [];
   const answers: Answers = { all: false, quit: false };
   for (const unit of releaseUnits(plan.vms, plan.groupOf)) {
+    const stop = await options.interrupted?.() ?? null;
+    if (stop !== null) {
+      for (const vm of unit) {
+        // Still said when it would not have been applied anyway (no changes, refused).
+        done.set(
+          vm,
+          skipWithoutAsking(vm, plan, done) ??
+            result(vm, "skipped", "interrupted", `Not applied: interrupted (${stop})`),
+        );
+      }
+      continue;
+    }
     const skipped = await skipOrAsk(unit, plan, done, answers, options.confirm);
     if (skipped !== null) {
       for (const [vm, outcome] of skipped) done.set(vm, outcome);

@@ -7,13 +7,14 @@
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
-import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { documentedFlags, hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { listBackups } from "../../lib/state/backups.ts";
 import { Connection } from "../../ffi/mod.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 const unavailable = libvirtdUnavailable();
 
 const CONFIG = `version: 1
@@ -282,5 +283,77 @@ Deno.test({
     assertEquals(apply.code, 1);
     assertMatch(apply.stderr, /--yes/);
     assertEquals(s.xml("win10"), before);
+  },
+});
+
+Deno.test({
+  name:
+    "apply --yes stopped by SIGTERM between two VMs swapping cards finishes the swap, says so, exit 143",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    // gentoo holds the GTX 1080 and win10 the RX 580 first; CONFIG swaps them.
+    const first = `${s.dir}/first.yaml`;
+    await Deno.writeTextFile(
+      first,
+      CONFIG.replace("win10:", "x:").replace("gentoo:", "win10:").replace("x:", "gentoo:"),
+    );
+    const setup = await runCli(
+      ["apply", ...s.args, "--config", first, "--state-dir", s.stateDir, "--yes"],
+    );
+    assertEquals(setup.code, 0, setup.stderr + setup.stdout);
+    assertEquals(pciSources(s.xml("gentoo")), ["0000:21:00.0", "0000:21:00.1"]);
+    const gentooBackups = `${s.stateDir}/backups/gentoo`;
+    const before = [...Deno.readDirSync(gentooBackups)].length;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", ...documentedFlags(), MAIN, "apply", ...s.args]
+        .concat("--state-dir", s.stateDir, "--yes"),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const output = child.output();
+    // win10 is defined first; gentoo's backup being written is the moment between the two
+    // defines, when win10 holds the GTX 1080 that gentoo still holds too.
+    for (let i = 0; i < 20_000; i++) {
+      if ([...Deno.readDirSync(gentooBackups)].length > before) break;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    child.kill("SIGTERM");
+    const { code, stdout, stderr } = await output;
+    const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    // Killed there, it left "0000:21:00.0" in both definitions and said nothing.
+    assertEquals(
+      [pciSources(s.xml("win10")), pciSources(s.xml("gentoo"))],
+      [["0000:21:00.0", "0000:21:00.1"], ["0000:4c:00.0", "0000:4c:00.1"]],
+      text,
+    );
+    assertEquals(code, 143, text);
+    assertMatch(text, /changed win10/);
+    assertMatch(text, /changed gentoo/);
+    assertMatch(text, /passthrough apply: stopped by SIGTERM: /);
+  },
+});
+
+Deno.test({
+  name:
+    "Ctrl-C at apply's second question stops there and reports the VM applied before it, exit 130",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+    await pty.waitFor(/Apply the changes to "win10"\? \[y\/N\/a\/q\]/);
+    await pty.type("y\n");
+    await pty.waitFor(/Apply the changes to "gentoo"\? \[y\/N\/a\/q\]/);
+    await pty.type("\x03");
+    // Killed there, it printed nothing of win10's define, which had been made.
+    const { code, screen } = await pty.exited(20_000);
+    assertMatch(screen, /changed win10 \(\+2 -0 hostdevs\)/);
+    assertMatch(screen, /skipped gentoo: Quit/);
+    assertMatch(screen, /passthrough apply: stopped by SIGINT: /);
+    assertEquals(code, 130, screen);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    assertEquals(pciSources(s.xml("gentoo")), []);
   },
 });
