@@ -161,6 +161,9 @@ function outputTo(terminal: CliIo, color: boolean): CliIo {
     color,
     out: (text) => terminal.out(terminalSafe(text, color)),
     err: (text) => terminal.err(terminalSafe(text, color)),
+    ...(terminal.prompt === undefined
+      ? {}
+      : { prompt: (text: string) => terminal.prompt!(terminalSafe(text, color)) }),
   };
 }
 

@@ -26,16 +26,17 @@ const ANSWERS: Record<string, ConfirmAnswer> = {
  * of input counts as `quit`, so a closed stdin never applies anything.
  */
 export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
+  const say = io.prompt ?? io.out;
   for (;;) {
-    io.out(`${question} [y/N/a/q] `);
+    say(`${question} [y/N/a/q] `);
     const line = await io.readLine();
     if (line === null) {
-      io.out("\n");
+      say("\n");
       return "quit";
     }
     const answer = line.trim() === "" ? "no" : ANSWERS[line.trim().toLowerCase()];
     if (answer !== undefined) return answer;
-    io.out("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
+    say("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
   }
 }
 
@@ -63,16 +64,17 @@ export function makeConfirm(
 
 /** A yes/no question (rollback), asked until answered; Enter alone or end of input is no. */
 export async function confirmYesNo(io: CliIo, question: string): Promise<boolean> {
+  const say = io.prompt ?? io.out;
   for (;;) {
-    io.out(`${question} [y/N] `);
+    say(`${question} [y/N] `);
     const line = await io.readLine();
     if (line === null) {
-      io.out("\n");
+      say("\n");
       return false;
     }
     const answer = line.trim().toLowerCase();
     if (answer === "y" || answer === "yes") return true;
     if (answer === "" || answer === "n" || answer === "no") return false;
-    io.out("Please answer y or n\n");
+    say("Please answer y or n\n");
   }
 }

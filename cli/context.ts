@@ -28,6 +28,12 @@ export interface CliIo {
    * `groups`); absent when it is not a terminal, so piped output is never cut.
    */
   columns?: number;
+  /**
+   * Writes a question (`apply`'s and `rollback`'s) where the user reads it: standard error when
+   * standard output is not a terminal and standard error is (`passthrough apply > apply.log`),
+   * else as {@link CliIo.out}, which is used when this is absent.
+   */
+  prompt?(text: string): void;
   /** Reads one line from standard input without its line ending; `null` at end of input. */
   readLine(): Promise<string | null>;
   /**

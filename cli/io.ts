@@ -117,15 +117,20 @@ export function defaultIo(): CliIo {
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
   const stdout = stdoutWriter();
   const readLine = lineReader();
+  const err = (text: string) => writeAllSync(Deno.stderr, text);
+  // Standard output in a file or a pipe, the terminal on standard error: a question written to
+  // standard output was never seen, and the run waited for an answer to it.
+  const promptOnStderr = !Deno.stdout.isTerminal() && Deno.stderr.isTerminal();
   return {
     ...(columns === undefined ? {} : { columns }),
     out: stdout.write,
-    err: (text) => writeAllSync(Deno.stderr, text),
+    err,
+    prompt: promptOnStderr ? err : stdout.write,
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),
     // A question written to a closed standard output was never seen: it gets no answer (end of
     // input: apply quits, rollback declines), never one typed blind.
-    readLine: () => stdout.closed() ? Promise.resolve(null) : readLine(),
+    readLine: () => !promptOnStderr && stdout.closed() ? Promise.resolve(null) : readLine(),
     env: (name) => Deno.env.get(name),
   };
 }

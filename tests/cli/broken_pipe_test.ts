@@ -145,9 +145,10 @@ Deno.test({
     const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
       .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
       .concat("--state-dir", state).map(quote).join(" ");
-    // `passthrough apply | true` typed at a terminal: its questions go nowhere, its input stays
-    // open (the terminal), and no answer comes.
-    const line = `${apply} | true; echo "status \${PIPESTATUS[0]}"`;
+    // `passthrough apply 2>/dev/null | true` typed at a terminal: its questions go nowhere (with
+    // standard error on the terminal they are asked there), its input stays open (the terminal),
+    // and no answer comes.
+    const line = `${apply} 2>/dev/null | true; echo "status \${PIPESTATUS[0]}"`;
     const child = new Deno.Command("script", {
       args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
       stdin: "piped",
@@ -163,5 +164,52 @@ Deno.test({
     // Nothing was applied: no backup was taken.
     const backups = [...Deno.readDirSync(`${state}/backups`)];
     assertEquals(backups, []);
+  },
+});
+
+Deno.test({
+  name: "apply at a terminal with its standard output in a file asks on standard error",
+  ignore: !hasScript(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+    const log = `${tree.dir}/apply.log`;
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
+      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
+      .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ");
+    // `passthrough apply > apply.log` typed at a terminal: its questions went to the file, and it
+    // waited for answers to questions nobody saw.
+    const line = `${apply} > ${quote(log)}; echo "status $?"`;
+    const child = new Deno.Command("script", {
+      args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+      env: { NO_COLOR: "1" },
+      signal: AbortSignal.timeout(20_000),
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    let screen = "";
+    const decoder = new TextDecoder();
+    const answers: [RegExp, string][] = [
+      [/Apply the changes to "win10"\? \[y\/N\/a\/q\] $/, "y\n"],
+      [/Apply the changes to "gentoo"\? \[y\/N\/a\/q\] $/, "n\n"],
+    ];
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      if (answers.length > 0 && answers[0]![0].test(screen)) {
+        await writer.write(new TextEncoder().encode(answers.shift()![1]));
+      }
+      if (/status \d+/.test(screen)) break;
+    }
+    await writer.close().catch(() => {});
+    await child.status;
+    assertMatch(screen, /status 0/);
+    const written = await Deno.readTextFile(log);
+    assertMatch(written, /changed win10/);
+    assertMatch(written, /skipped gentoo: Declined/);
+    assertEquals(/Apply the changes/.test(written), false, written);
   },
 });
