@@ -34,14 +34,14 @@ export function writeAllSync(file: { writeSync(p: Uint8Array): number }, text: s
  * pending after the last answer, and the process would wait for one more line (or end of input)
  * before it could exit.
  */
-function lineReader(): () => Promise<string | null> {
+function lineReader(stdinTerminal: boolean): () => Promise<string | null> {
   const decoder = new TextDecoder();
   const chunk = new Uint8Array(4096);
   let buffered = "";
   let ended = false;
   return async () => {
     while (!ended && !buffered.includes("\n")) {
-      const n = await readStdin(chunk);
+      const n = await readStdin(chunk, stdinTerminal);
       if (n === null) {
         ended = true;
         buffered += decoder.decode();
@@ -63,14 +63,28 @@ function lineReader(): () => Promise<string | null> {
 }
 
 /**
- * One read of stdin; `null` at its end, and also once it was closed under a pending read (a
- * signal stopping `apply` at a question, cli/signals.ts): no answer comes any more.
+ * Whether `error`, from reading or writing a stream that was a terminal, says the terminal hung
+ * up (EIO: the terminal window or SSH session was closed; it is then no terminal any more, so it
+ * is asked at the start: `wasTerminal`). Of a file, EIO is a disk's error and stays one.
  */
-async function readStdin(chunk: Uint8Array): Promise<number | null> {
+function hungUp(error: unknown, wasTerminal: boolean): boolean {
+  return wasTerminal && error instanceof Error &&
+    (error as { code?: unknown }).code === "EIO";
+}
+
+/**
+ * One read of stdin; `null` at its end, and also once it was closed under a pending read (a
+ * signal stopping `apply` at a question, cli/signals.ts) or its terminal hung up: no answer
+ * comes any more.
+ */
+async function readStdin(chunk: Uint8Array, stdinTerminal: boolean): Promise<number | null> {
   try {
     return await Deno.stdin.read(chunk);
   } catch (error) {
-    if (error instanceof Deno.errors.Interrupted || error instanceof Deno.errors.BadResource) {
+    if (
+      error instanceof Deno.errors.Interrupted || error instanceof Deno.errors.BadResource ||
+      hungUp(error, stdinTerminal)
+    ) {
       return null;
     }
     throw error;
@@ -87,20 +101,21 @@ function terminalColumns(): number | undefined {
 }
 
 /**
- * A writer to standard output. A reader that closed it (`passthrough groups --json | head`) wanted
+ * A writer to standard output. A reader that closed it (`passthrough groups --json | head`, or a terminal that hung up) wanted
  * no more: the rest of the output is dropped quietly, instead of an error on stderr, and the
  * command runs to its end. Ending the process there instead (status 0) cut `apply --yes | head`
  * short after its defines: the guard's policies unrecorded, the lock left, a failure reported as
  * success. `closed` says whether that happened.
  */
-function stdoutWriter(): { write: (text: string) => void; closed: () => boolean } {
+function stdoutWriter(terminal: boolean): { write: (text: string) => void; closed: () => boolean } {
   let closed = false;
   const write = (text: string) => {
     if (closed) return;
     try {
       writeAllSync(Deno.stdout, text);
     } catch (error) {
-      if (error instanceof Deno.errors.BrokenPipe) {
+      // A terminal that hung up (the SSH session closed mid-apply) has no reader either.
+      if (error instanceof Deno.errors.BrokenPipe || hungUp(error, terminal)) {
         closed = true;
         return;
       }
@@ -115,9 +130,21 @@ function stdoutWriter(): { write: (text: string) => void; closed: () => boolean 
 export function defaultIo(): CliIo {
   const noColor = (Deno.env.get("NO_COLOR") ?? "") !== "";
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
-  const stdout = stdoutWriter();
-  const readLine = lineReader();
-  const err = (text: string) => writeAllSync(Deno.stderr, text);
+  const stdout = stdoutWriter(Deno.stdout.isTerminal());
+  const readLine = lineReader(Deno.stdin.isTerminal());
+  const stderrTerminal = Deno.stderr.isTerminal();
+  let errGone = false;
+  const err = (text: string) => {
+    if (errGone) return;
+    try {
+      writeAllSync(Deno.stderr, text);
+    } catch (error) {
+      // Nobody reads a hung-up terminal: what is left to do (the report, the guard's policies,
+      // the lock) must not stop at a message nobody sees.
+      if (!hungUp(error, stderrTerminal)) throw error;
+      errGone = true;
+    }
+  };
   // Standard output in a file or a pipe, the terminal on standard error: a question written to
   // standard output was never seen, and the run waited for an answer to it.
   const promptOnStderr = !Deno.stdout.isTerminal() && Deno.stderr.isTerminal();

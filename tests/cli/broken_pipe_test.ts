@@ -9,6 +9,7 @@ import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { documentedFlags, hasScript } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
@@ -211,5 +212,60 @@ Deno.test({
     assertMatch(written, /changed win10/);
     assertMatch(written, /skipped gentoo: Declined/);
     assertEquals(/Apply the changes/.test(written), false, written);
+  },
+});
+
+Deno.test({
+  name: "apply whose terminal hangs up at a question still records the guard's policies",
+  ignore: !hasScript(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const config = `${tree.dir}/c.yaml`;
+    await Deno.writeTextFile(
+      config,
+      (await Deno.readTextFile(new URL("../../demo/passthrough_config.yaml", import.meta.url)))
+        .replace("  win10:\n", "  win10:\n    guard: warn\n"),
+    );
+    const state = `${tree.dir}/state`;
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
+      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
+      .concat("--state-dir", state).map(quote).join(" ");
+    const child = new Deno.Command("script", {
+      args: ["-q", "-e", "-c", apply, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    let screen = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      screen += decoder.decode(chunk, { stream: true });
+      if (/Apply the changes to "win10"\? \[y\/N\/a\/q\] $/.test(screen)) {
+        await writer.write(new TextEncoder().encode("y\n"));
+      }
+      if (/Apply the changes to "gentoo"\? \[y\/N\/a\/q\] $/.test(screen)) break;
+    }
+    // The terminal closes (an SSH session dropped): `script` goes, and its terminal with it.
+    child.kill("SIGKILL");
+    await child.status;
+    await writer.close().catch(() => {});
+    const policy = `${state}/guard/policy.json`;
+    const lock = () => [...Deno.readDirSync(state)].some((e) => e.name.endsWith(".lock"));
+    for (let i = 0; i < 200 && (lock() || !pathExists(policy)); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    // Its questions' hung-up terminal failed the report's write, which ended the run before the
+    // guard's policies were recorded.
+    assertEquals(pathExists(policy), true, "policies recorded");
+    assertEquals(
+      JSON.parse(await Deno.readTextFile(policy)).vms,
+      { win10: { guard: "warn", rules: {} } },
+    );
+    assertEquals(lock(), false, "lock released");
+    assertEquals([...Deno.readDirSync(`${state}/backups`)].map((e) => e.name), ["win10"]);
   },
 });
