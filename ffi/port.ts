@@ -12,7 +12,12 @@ import type {
   NetworkSummary,
 } from "../lib/plan/libvirt_port.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
-import { LibvirtError, VIR_ERR_NO_NETWORK, VIR_ERR_NO_SUPPORT } from "./errors.ts";
+import {
+  LibvirtError,
+  VIR_ERR_NO_DOMAIN,
+  VIR_ERR_NO_NETWORK,
+  VIR_ERR_NO_SUPPORT,
+} from "./errors.ts";
 import type { Network } from "./network.ts";
 
 export type {
@@ -72,15 +77,24 @@ export function connectionPort(conn: Connection): LibvirtPort {
       return conn.uri;
     },
     listDomains(): DomainSummary[] {
-      return conn.listDomains().map((dom) => {
+      const out: DomainSummary[] = [];
+      for (const dom of conn.listDomains()) {
         using owned = dom;
-        return {
-          name: owned.name,
-          uuid: owned.uuid,
-          active: owned.isActive(),
-          persistent: owned.isPersistent(),
-        };
-      });
+        try {
+          out.push({
+            name: owned.name,
+            uuid: owned.uuid,
+            active: owned.isActive(),
+            persistent: owned.isPersistent(),
+          });
+        } catch (error) {
+          // Undefined (or a transient guest stopped) since it was listed: as if listed a moment
+          // later, rather than failing every command over a domain it may not even name.
+          if (error instanceof LibvirtError && error.code === VIR_ERR_NO_DOMAIN) continue;
+          throw error;
+        }
+      }
+      return out;
     },
     getPersistentXml(name: string, xmlOptions: { secure?: boolean } = {}): string {
       using dom = conn.lookupDomainByName(name);

@@ -5,7 +5,10 @@
  */
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
+import { PROC_CONNECT_LIST_ALL_DOMAINS, startRpcHook } from "../helpers/rpc_hook.ts";
+import { demoTree, gpuConfig, qemuDomainXml } from "../helpers/reliability.ts";
+import { runCli } from "../helpers/cli.ts";
 import {
   Connection,
   LibvirtError,
@@ -194,5 +197,54 @@ Deno.test({
     const error = catchLibvirt(() => Connection.open(daemon.uri));
     assertEquals(error.code, 38);
     assertMatch(error.message, /^Cannot connect to libvirt at "qemu:\/\/\/system\?socket=/);
+  },
+});
+
+Deno.test({
+  name:
+    "openLibvirtPort().listDomains() and plan leave out a domain undefined between listing and reading" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const kept = `pt-race-kept-${crypto.randomUUID().slice(0, 8)}`;
+    const gone = `pt-race-gone-${crypto.randomUUID().slice(0, 8)}`;
+    {
+      using conn = Connection.open(daemon.uri);
+      for (const name of [kept, gone]) {
+        using _dom = conn.defineDomain(qemuDomainXml(name));
+      }
+    }
+    try {
+      // Another client undefines `gone` once libvirt has listed it, before its state is read.
+      const race = async () =>
+        await startRpcHook({
+          socket: `${daemon.dir}/libvirt-sock`,
+          dir: daemon.dir,
+          proc: PROC_CONNECT_LIST_ALL_DOMAINS,
+          command: ["virsh", "-c", daemon.uri, "undefine", gone],
+        });
+      {
+        await using hook = await race();
+        using port = openLibvirtPort(hook.uri);
+        assertEquals(port.listDomains().map((d) => d.name), [kept]);
+        assertMatch(await hook.ran, /^ran 0 /);
+      }
+      // The same race under `plan`, whose config names only the other VM.
+      {
+        using conn = Connection.open(daemon.uri);
+        using _dom = conn.defineDomain(qemuDomainXml(gone));
+      }
+      await using hook = await race();
+      const config = `${tree.dir}/c.yaml`;
+      await Deno.writeTextFile(config, gpuConfig(kept));
+      const out = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", hook.uri]);
+      assertMatch(await hook.ran, /^ran 0 /);
+      assertEquals([out.code, out.stderr], [0, ""]);
+      assertMatch(out.stdout, /1 VM to change, 2 hostdevs to add/);
+    } finally {
+      await undefineUnlessIsolated(daemon, [kept, gone]);
+    }
   },
 });
