@@ -129,6 +129,12 @@ export interface ParsedDomain extends UsedDevices {
    * them.
    */
   bootDevices: string[];
+  /**
+   * The `<boot order>` of every device in `<devices>` that has one (hostdevs and interfaces
+   * included), with its element name (`disk`, `interface`, ...), in document order: libvirt
+   * refuses one boot order on two devices.
+   */
+  bootOrders: DeviceBootOrder[];
   /** The guest PCI address of every device in `<devices>` (hostdevs included), in document order. */
   guestAddresses: GuestPciAddress[];
   /** `<os><type machine>` as written (`pc-q35-7.2`, `pc`), or `null` when absent. */
@@ -137,6 +143,14 @@ export interface ParsedDomain extends UsedDevices {
   pciControllers: PciController[];
   /** Where the guest's vCPUs and memory are pinned (NUMA pre-flight). */
   pinning: DomainPinning;
+}
+
+/** A device's `<boot order>`: the device's element name and the order. */
+export interface DeviceBootOrder {
+  /** The device's element name (`disk`, `interface`, `hostdev`, ...). */
+  device: string;
+  /** The order, a positive integer. */
+  order: number;
 }
 
 /** A domain's pinning, as written; empty lists: not pinned. */
@@ -259,6 +273,7 @@ interface Located extends UsedDevices {
   interfaces: InterfaceSite[];
   macs: string[];
   bootDevices: string[];
+  bootOrders: DeviceBootOrder[];
   guestAddresses: GuestPciAddress[];
   metadata: XmlSpan | null;
   ours: OurMetadata | null;
@@ -344,6 +359,7 @@ function locate(xml: string): Located {
     charDevices: [...found.charDevices].sort(),
     networks: [...found.networks].sort(),
     bootDevices,
+    bootOrders: deviceBootOrders(xml, devices),
     guestAddresses: guestAddresses(xml, devices),
     machine: machineOf(xml, child("os")),
     pciControllers: pciControllers(xml, devices),
@@ -631,6 +647,16 @@ function guestAddresses(xml: string, devices: XmlSpan | null): GuestPciAddress[]
   return out;
 }
 
+/** The `<boot order>` of each device in `<devices>` that has a valid one. */
+function deviceBootOrders(xml: string, devices: XmlSpan | null): DeviceBootOrder[] {
+  return (devices?.children ?? []).flatMap((device) => {
+    const boot = device.children.find((c) => c.name === "boot");
+    const order = boot === undefined ? undefined : attribute(xml, boot, "order")?.trim();
+    const value = order === undefined || !/^\d+$/.test(order) ? 0 : Number(order);
+    return value > 0 ? [{ device: device.name, order: value }] : [];
+  });
+}
+
 /** `<os><type machine>`, or `null`. */
 function machineOf(xml: string, os: XmlSpan | null): string | null {
   const type = os?.children.find((c) => c.name === "type");
@@ -749,6 +775,7 @@ export function parseDomainXml(xml: string): ParsedDomain {
     vfRecords: located.vfRecords,
     macs: located.macs,
     bootDevices: located.bootDevices,
+    bootOrders: located.bootOrders,
     guestAddresses: located.guestAddresses,
     machine: located.machine,
     pciControllers: located.pciControllers,

@@ -8,6 +8,7 @@
  */
 
 export {
+  type DeviceBootOrder,
   type DomainEdit,
   DomainEditError,
   type DomainHostdev,

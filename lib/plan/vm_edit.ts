@@ -187,15 +187,20 @@ function inMultifunctionSlot(hostdev: DomainHostdev): boolean {
   return guest !== null && (guest.multifunction || pciAddressParts(guest.address).function !== 0);
 }
 
-/** libvirt refuses per-device boot order next to `<os><boot dev=...>`: say so before apply. */
+/**
+ * libvirt refuses per-device boot order next to `<os><boot dev=...>`, and one boot order on two
+ * devices (`boot order '1' used for more than one device`): say so before apply, at the rule.
+ */
 function bootOrderConflicts(
   vm: string,
   domain: ParsedDomain,
   resolution: VmResolution,
 ): PlanIssue[] {
-  if (domain.bootDevices.length === 0) return [];
-  return resolution.rules.filter((r) => r.rule.bootOrder !== undefined && r.devices.length > 0)
-    .map((r): PlanIssue => ({
+  const setting = resolution.rules.filter((r) =>
+    r.rule.bootOrder !== undefined && r.devices.length > 0
+  );
+  if (domain.bootDevices.length > 0) {
+    return setting.map((r): PlanIssue => ({
       code: "boot-order-conflict",
       message:
         `Rule "${r.rule.name}" sets boot_order but VM "${vm}" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
@@ -203,6 +208,38 @@ function bootOrderConflicts(
       rule: r.rule.name,
       location: r.rule.location,
     }));
+  }
+  // Our own hostdevs and interfaces are written again from the rules, or removed: their orders
+  // are free. A hand-written one stays as it is, and so do the other devices.
+  const hand = [...domain.hostdevs, ...domain.interfaces].filter((d) => !d.owned);
+  const ours = new Set(
+    [...domain.hostdevs, ...domain.interfaces].flatMap((d) =>
+      d.owned && d.bootOrder !== null ? [d.bootOrder] : []
+    ),
+  );
+  const taken = new Map(
+    domain.bootOrders.filter((b) => !ours.has(b.order)).map((b) => [b.order, `a <${b.device}>`]),
+  );
+  const issues: PlanIssue[] = [];
+  for (const r of setting) {
+    const order = r.rule.bootOrder!;
+    // A first device kept as hand-written gets no boot order from the rule.
+    if (hand.some((d) => d.address === r.devices[0]!.address)) continue;
+    const holder = taken.get(order);
+    if (holder === undefined) {
+      taken.set(order, `rule "${r.rule.name}"`);
+      continue;
+    }
+    issues.push({
+      code: "boot-order-conflict",
+      message:
+        `Rule "${r.rule.name}" sets boot_order ${order}, which ${holder} of VM "${vm}" has too, and libvirt refuses one boot order on two devices: give the rule a boot_order no other device has`,
+      vm,
+      rule: r.rule.name,
+      location: r.rule.location,
+    });
+  }
+  return issues;
 }
 
 /** One wanted device the VM already has as an owned hostdev: kept, or rewritten if it changed. */

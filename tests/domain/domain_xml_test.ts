@@ -1166,3 +1166,20 @@ Deno.test("editDomainXml() keeps the comments written inside an owned hostdev it
     ],
   );
 });
+
+Deno.test("parseDomainXml() lists each device's <boot order> with its element, never from comments or metadata", () => {
+  const parsed = parseDomainXml(`<domain><name>d</name>
+  <metadata><other:notes xmlns:other='urn:other'><devices><disk><boot order='7'/></disk></devices></other:notes></metadata>
+  <devices>
+    <disk type='file'><target dev='vda'/><boot order=' 2 '/></disk>
+    <!-- <disk><boot order='5'/></disk> -->
+    <interface type='network'><source network='default'/><boot order='1'/></interface>
+    <hostdev mode='subsystem' type='pci'><source><address bus='0' slot='0x14' function='0'/></source><boot order='3'/></hostdev>
+    <redirdev bus='usb' type='spicevmc'><boot order='x'/></redirdev>
+  </devices></domain>`);
+  assertEquals(parsed.bootOrders, [
+    { device: "disk", order: 2 },
+    { device: "interface", order: 1 },
+    { device: "hostdev", order: 3 },
+  ]);
+});

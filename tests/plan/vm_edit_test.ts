@@ -4,7 +4,7 @@
  * when one can start), and as pure data tests over planWorld() with no libvirt.
  */
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import {
   baseDevices,
   config,
@@ -1031,6 +1031,89 @@ Deno.test("planHostdevs() refuses boot_order for a domain that boots by <os><boo
       `Rule "gpu" sets boot_order but VM "win10" boots by <os><boot dev=...>, which libvirt refuses to combine: replace the <boot dev> lines with <boot order='N'/> on its disk, or drop boot_order`,
     );
     assertEquals(vm.desiredXml, vm.currentXml);
+  });
+});
+
+/** A GPU rule and an I350 port rule for win10, with the boot orders given (none: omitted). */
+function twoRuleConfig(gpu: number | null, nic: number | null) {
+  const order = (n: number | null) => n === null ? "" : `        boot_order: ${n}\n`;
+  return config(
+    `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n${
+      order(gpu)
+    }      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n${order(nic)}`,
+  );
+}
+
+const NIC_HOST = host([...baseDevices(), GPU, GPU_AUDIO, i350Port("0000:05:00.0", 9)]);
+
+Deno.test("planHostdevs() refuses a boot_order another device of the VM has, which libvirt rejects at define", async () => {
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
+    // The premise: libvirt refuses the definition such a plan would make.
+    const fine = vmOf(
+      planHostdevs({ config: twoRuleConfig(2, null), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(fine.errors, []);
+    assertThrows(
+      () => libvirt.define(fine.desiredXml.replace("<boot order='2'/>", "<boot order='1'/>")),
+      Error,
+      "boot order '1' used for more than one device",
+    );
+
+    // The disk's order, at the rule's line.
+    const disk = vmOf(
+      planHostdevs({ config: twoRuleConfig(1, null), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(disk.errors.map((e) => [e.code, e.rule, e.location]), [
+      ["boot-order-conflict", "gpu", "passthrough_config.yaml:5:9"],
+    ]);
+    assertEquals(
+      disk.errors[0]!.message,
+      `Rule "gpu" sets boot_order 1, which a <disk> of VM "win10" has too, and libvirt refuses one boot order on two devices: give the rule a boot_order no other device has`,
+    );
+    assertEquals(disk.desiredXml, disk.currentXml);
+
+    // Two rules of the VM with one order: the second is refused.
+    const twice = vmOf(
+      planHostdevs({ config: twoRuleConfig(3, 3), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(twice.errors.map((e) => [e.code, e.rule]), [["boot-order-conflict", "nic"]]);
+    assertMatch(twice.errors[0]!.message, /which rule "gpu" of VM "win10" has too/);
+  });
+});
+
+Deno.test("planHostdevs() lets rules trade the boot orders of hostdevs it wrote, and keeps a hand-written one's", async () => {
+  const bootable = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", DISK_BOOT);
+  await withPort([bootable], (libvirt) => {
+    const first = vmOf(
+      planHostdevs({ config: twoRuleConfig(2, 3), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(first.errors, []);
+    libvirt.define(first.desiredXml);
+    const swapped = vmOf(
+      planHostdevs({ config: twoRuleConfig(3, 2), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(swapped.errors, []);
+    libvirt.define(swapped.desiredXml);
+  });
+  // The GPU written by hand with order 1: kept as written, so the rule writes no order of its own.
+  const hand = hostdevXml("0000:01:00.0").replace(
+    "</source>",
+    "</source>\n        <boot order='1'/>",
+  );
+  const handWritten = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", hand);
+  await withPort([handWritten], (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: twoRuleConfig(1, null), host: NIC_HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(vm.errors, []);
+    libvirt.define(vm.desiredXml);
   });
 });
 
