@@ -82,8 +82,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `define-failed`: libvirt refused the new definition (`failed`);
  * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
  *   effect, and the backup is named (`failed`);
- * - `verify-failed`: the defined hostdevs are not the planned ones; the backup was redefined when
- *   possible (`failed`);
+ * - `verify-failed`: the defined hostdevs are not the planned ones, or could not be read back to
+ *   be checked; the backup was redefined when possible (`failed`);
  * - `undone`: defined, then its previous definition restored because a VM it swaps devices with
  *   failed (`failed`);
  * - `interrupted`: not asked nor applied, because the run was told to stop (`skipped`).
@@ -944,14 +944,14 @@ function recheckHolders(
 }
 
 /**
- * The definition libvirt holds after the define, read back (`after`), or why it is not the
- * planned one (`problem`).
+ * The definition libvirt holds after the define, read back (`after`), why it is not the planned
+ * one (`problem`), or why it could not be read back to be checked (`unread`).
  */
 function verifyDefined(
   libvirt: LibvirtPort,
   vm: VmPlan,
   desired: ParsedDomain,
-): { after: string } | { problem: string } {
+): { after: string } | { problem: string } | { unread: string } {
   try {
     const text = libvirt.getPersistentXml(vm.name, { secure: true });
     const after = parseDomainXml(text);
@@ -966,7 +966,7 @@ function verifyDefined(
       }]`,
     };
   } catch (error) {
-    return { problem: `cannot read it back: ${errorText(error)}` };
+    return { unread: errorText(error) };
   }
 }
 
@@ -1019,15 +1019,17 @@ function defineAndVerify(
   } catch (error) {
     restoreNote = `restoring the backup "${base.backup}" failed too: ${errorText(error)}`;
   }
+  // libvirt took the define: unread, it most likely holds the planned hostdevs (the daemon
+  // died after its reply, say), and then the restore failed too: say so, not that it did not.
+  const message = "problem" in check
+    ? `The new definition of "${vm.name}" did not hold the planned hostdevs (${check.problem}); ${restoreNote}`
+    : `The new definition of "${vm.name}" was defined but could not be read back to check its hostdevs: ${check.unread}; ${restoreNote}${
+      restored
+        ? ""
+        : `, so "${vm.name}" most likely holds the new definition: check with "passthrough plan" once libvirt answers (no change left for "${vm.name}" means it does)`
+    }`;
   return {
-    failed: {
-      ...base,
-      status: "failed",
-      code: "verify-failed",
-      restored,
-      message:
-        `The new definition of "${vm.name}" did not hold the planned hostdevs (${check.problem}); ${restoreNote}`,
-    },
+    failed: { ...base, status: "failed", code: "verify-failed", restored, message },
   };
 }
 
