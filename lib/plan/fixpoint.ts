@@ -12,7 +12,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
-import { flagWord } from "../render/shell.ts";
+import { flagWord, shellQuote } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { NetworkPool } from "./networks.ts";
@@ -110,6 +110,17 @@ function planSelected(
       code: "unreadable-definition",
       message:
         `Cannot read the definition of VM "${name}": ${unread}: the devices it holds are unknown`,
+      vm: name,
+    }, config);
+  }
+  if (survey.transient.has(name)) {
+    // Defining a planned definition would make it persistent (apply refuses that too).
+    return refusedVm(name, survey.editable.get(name)?.xml ?? "", {
+      code: "transient-vm",
+      message:
+        `VM "${name}" is a transient domain (no persistent definition), which apply does not make persistent: define it first (virsh dumpxml ${
+          shellQuote(name)
+        } > vm.xml; virsh define vm.xml), or fix the name in the config`,
       vm: name,
     }, config);
   }

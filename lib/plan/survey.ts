@@ -89,6 +89,8 @@ export interface Survey {
   keptOrphans: Map<string, PlanIssue>;
   /** Whether each domain was running. */
   active: Map<string, boolean>;
+  /** Transient domains (no persistent definition), which `apply` does not make persistent. */
+  transient: Set<string>;
   /**
    * What each running guest holds now, by domain name: the PCI devices of its live definition
    * (of its persistent one when the live one was not read). A device the plan moves out of its
@@ -223,6 +225,7 @@ function surveyDomain(
   }
   survey.holdings.set(name, holding);
   survey.active.set(name, snapshot.active);
+  if (snapshot.transient === true) survey.transient.add(name);
   if (snapshot.active) survey.running.set(name, runningDevices(live, defined));
 }
 
@@ -252,6 +255,7 @@ export function surveyWorld(
     orphans: [],
     keptOrphans: new Map(),
     active: new Map(),
+    transient: new Set(),
     running: new Map(),
     errors: [],
     warnings: [],

@@ -35,6 +35,7 @@ export type IssueCode =
   | "drift"
   | "moved"
   | "unknown-vm"
+  | "transient-vm"
   | "vm-not-in-config"
   | "unreadable-definition"
   | "vm-running"

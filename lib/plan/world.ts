@@ -34,6 +34,11 @@ export interface DomainSnapshot {
   name: string;
   /** Whether it was running when listed. */
   active: boolean;
+  /**
+   * `true` for a transient domain (running, with no persistent definition, gone once it stops),
+   * which `apply` does not make persistent; absent: persistent.
+   */
+  transient?: boolean;
   /** The persistent definition (`VIR_DOMAIN_XML_INACTIVE`), as planning reads it. */
   persistent: DefinitionRead;
   /**
@@ -184,7 +189,7 @@ function readPersistentXml(libvirt: LibvirtPort, name: string): string {
  */
 export function readWorld(libvirt: LibvirtPort, options: { networks?: boolean } = {}): World {
   const domains: DomainSnapshot[] = [];
-  for (const { name, active } of libvirt.listDomains()) {
+  for (const { name, active, persistent: defined } of libvirt.listDomains()) {
     let persistent: DefinitionRead;
     try {
       persistent = readDefinition(readPersistentXml(libvirt, name));
@@ -192,7 +197,13 @@ export function readWorld(libvirt: LibvirtPort, options: { networks?: boolean } 
       if (!stillListed(libvirt, name)) continue;
       persistent = { kind: "read-failed", error: errorText(error) };
     }
-    domains.push({ name, active, persistent, live: active ? readLive(libvirt, name) : null });
+    domains.push({
+      name,
+      active,
+      ...(defined ? {} : { transient: true }),
+      persistent,
+      live: active ? readLive(libvirt, name) : null,
+    });
   }
   const networks = options.networks === false ? null : readNetworks(libvirt);
   return { uri: libvirt.uri, domains, ...(networks === null ? {} : { networks }) };

@@ -237,3 +237,28 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
     'fleet.yaml has no section for host "hvl"',
   );
 });
+
+Deno.test("planHostdevs() refuses a transient VM the config names, whose definition apply would make persistent", () => {
+  // test:///default's running "test" domain, undefined, lives on as a transient domain (the
+  // driver is shared by the process: it is defined again below).
+  using libvirt = openLibvirtPort("test:///default");
+  const xml = libvirt.getPersistentXml("test", { secure: true });
+  {
+    using other = Connection.open("test:///default");
+    using domain = other.lookupDomainByName("test");
+    domain.undefine();
+  }
+  try {
+    const plan = planHostdevs({ config: wantsGpu("test"), host: GPU_HOST, libvirt });
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
+      ["test", ["transient-vm"], false],
+    ]);
+    assertEquals(
+      plan.vms[0]!.errors[0]!.message,
+      `VM "test" is a transient domain (no persistent definition), which apply does not make persistent: define it first (virsh dumpxml 'test' > vm.xml; virsh define vm.xml), or fix the name in the config`,
+    );
+    assertEquals(plan.vms[0]!.errors[0]!.location, "c.yaml:3:3");
+  } finally {
+    libvirt.define(xml);
+  }
+});
