@@ -234,7 +234,7 @@ export class Connection {
     );
     return new Domain(checkPointer(pointer, {
       operation: "virDomainLookupByName",
-      context: `Cannot find domain "${name}"`,
+      context: `Cannot look up domain "${name}"`,
     }));
   }
 
@@ -246,7 +246,7 @@ export class Connection {
     );
     return new Domain(checkPointer(pointer, {
       operation: "virDomainLookupByUUIDString",
-      context: `Cannot find domain with UUID "${uuid}"`,
+      context: `Cannot look up domain with UUID "${uuid}"`,
     }));
   }
 

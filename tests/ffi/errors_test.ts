@@ -43,7 +43,7 @@ Deno.test("lookupDomainByName() of an unknown domain throws LibvirtError code 42
   assertEquals(error.name, "LibvirtError");
   assertEquals(error.operation, "virDomainLookupByName");
   assert.ok(error.domain > 0, "libvirt names the reporting module");
-  assertEquals(error.message, `Cannot find domain "ghost": ${error.libvirtMessage}`);
+  assertEquals(error.message, `Cannot look up domain "ghost": ${error.libvirtMessage}`);
   assertMatch(error.libvirtMessage, /^Domain not found/);
 });
 
@@ -53,7 +53,7 @@ Deno.test("lookupDomainByUuid() of an unknown UUID throws LibvirtError code 42",
   assertEquals(error.code, VIR_ERR_NO_DOMAIN);
   assertMatch(
     error.message,
-    /^Cannot find domain with UUID "00000000-0000-0000-0000-000000000001": /,
+    /^Cannot look up domain with UUID "00000000-0000-0000-0000-000000000001": /,
   );
 });
 

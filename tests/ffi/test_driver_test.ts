@@ -87,7 +87,7 @@ Deno.test("Connection.lookupDomainByName() throws LibvirtError 42 for an unknown
   using conn = Connection.open(WORLD);
   const error = assertThrowsLibvirt(() => conn.lookupDomainByName("nope"));
   assertEquals(error.code, VIR_ERR_NO_DOMAIN);
-  assertMatch(error.message, /^Cannot find domain "nope": /);
+  assertMatch(error.message, /^Cannot look up domain "nope": /);
 });
 
 Deno.test("Domain.xml() returns the inactive definition with hostdevs and hides secrets", () => {
