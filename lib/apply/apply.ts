@@ -55,6 +55,8 @@ import { positionalCommand } from "../render/shell.ts";
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
 
+const CONFIRM_ANSWERS: readonly ConfirmAnswer[] = ["yes", "no", "all", "quit"];
+
 /**
  * What happened to one VM: its definition was `changed`; it was `unchanged` (the plan changes
  * nothing); it was `skipped` (not attempted: refused, declined or blocked); or its apply `failed`.
@@ -222,7 +224,10 @@ export interface ApplyOptions {
   libvirt: LibvirtPort;
   /** The state directory path (checked and created by {@link applyPlan}). */
   stateDir: string;
-  /** Asked once per VM that would change, in plan order. */
+  /**
+   * Asked once per VM that would change, in plan order. Any other answer than a
+   * {@link ConfirmAnswer} throws a `TypeError` before that VM is touched.
+   */
   confirm: (vm: VmPlan) => Promise<ConfirmAnswer>;
   /** Hot-plug the hostdev changes into running guests too. */
   live?: boolean;
@@ -390,7 +395,15 @@ async function askFor(
 ): Promise<VmApplyResult | null> {
   if (answers.quit) return result(vm, "skipped", "quit", "Not asked: quit earlier");
   if (answers.all) return null;
-  const answer = await confirm(vm);
+  const answer: unknown = await confirm(vm);
+  // Fail closed: an answer of a script's own (a prompt's "n", a forgotten return) is no "yes".
+  if (!CONFIRM_ANSWERS.includes(answer as ConfirmAnswer)) {
+    throw new TypeError(
+      `Invalid answer of confirm for VM "${vm.name}": ${
+        typeof answer === "string" ? `"${answer}"` : String(answer)
+      } (expected "yes", "no", "all" or "quit")`,
+    );
+  }
   if (answer === "quit") {
     answers.quit = true;
     return result(vm, "skipped", "quit", "Quit");
@@ -423,8 +436,9 @@ function report(
 
 /**
  * Applies `plan`: see the module documentation for the exact sequence and guarantees. Throws
- * `StateDirError` or `LockHeldError` before anything is defined; per-VM problems are reported in
- * the returned {@link ApplyReport}.
+ * `StateDirError` or `LockHeldError` before anything is defined, and a `TypeError` when `confirm`
+ * gives an answer it does not know (the VMs applied before it stay applied); per-VM problems are
+ * reported in the returned {@link ApplyReport}.
  */
 export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<ApplyReport> {
   const state = openStateDir(options.stateDir);

@@ -346,6 +346,32 @@ Deno.test("applyPlan() honours yes, no, all and quit answers", async () => {
   assertEquals(hostdevs(f.port, "beta"), ["0000:02:00.0"]);
 });
 
+Deno.test("applyPlan() refuses a confirm answer it does not know instead of applying", async () => {
+  using f = fixture();
+  // What a script's confirm returns when it forgets to map a prompt's input, or to return at all:
+  // each of these redefined the VM as if it had answered "yes".
+  for (const answer of ["n", "No", undefined, false]) {
+    const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+    await assertRejects(
+      () =>
+        applyPlan(plan, {
+          libvirt: f.port,
+          stateDir: f.stateDir,
+          confirm: () => Promise.resolve(answer as unknown as ConfirmAnswer),
+        }),
+      TypeError,
+      `Invalid answer of confirm for VM "alpha": ${
+        typeof answer === "string" ? `"${answer}"` : String(answer)
+      } (expected "yes", "no", "all" or "quit")`,
+    );
+    assertEquals(hostdevs(f.port, "alpha"), []);
+  }
+  // The lock was released: the next apply runs.
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  const report = await applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.changed, ["alpha"]);
+});
+
 Deno.test("applyPlan() skips unchanged VMs and VMs with refusals without asking", async () => {
   using f = fixture();
   const refused = planVm(f.port, "beta", ["0000:01:00.0"]);
