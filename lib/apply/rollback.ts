@@ -60,7 +60,10 @@ export interface RollbackOptions {
   stateDir: string;
   /** A backup id, file name or path as `backups` lists it; default: the newest. */
   backup?: string;
-  /** Asked once, after every check passed and before anything is written. */
+  /**
+   * Asked once, after every check passed and before anything is written. An answer that is no
+   * boolean throws a `TypeError`, and nothing is written.
+   */
   confirm: (preview: RollbackPreview) => Promise<boolean>;
   /**
    * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
@@ -307,9 +310,10 @@ function defineBackup(
 
 /**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
- * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), or it
- * belongs to another domain ({@link BackupMismatchError}). A define or check failure is reported
- * as `failed`, a define whose outcome could not be learnt (connection lost) as `unknown`.
+ * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), it
+ * belongs to another domain ({@link BackupMismatchError}), or `confirm` answers no boolean
+ * (`TypeError`). A define or check failure is reported as `failed`, a define whose outcome could
+ * not be learnt (connection lost) as `unknown`.
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt } = options;
@@ -367,7 +371,16 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
-  if (!(await options.confirm({ vm, backup, currentXml, backupXml, active }))) {
+  const answer: unknown = await options.confirm({ vm, backup, currentXml, backupXml, active });
+  // Fail closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes.
+  if (typeof answer !== "boolean") {
+    throw new TypeError(
+      `Invalid answer of confirm for the rollback of "${vm}": ${
+        typeof answer === "string" ? `"${answer}"` : String(answer)
+      } (expected true or false)`,
+    );
+  }
+  if (!answer) {
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
   // The question may stay open for minutes: look again.

@@ -213,6 +213,32 @@ Deno.test("rollbackVm() changes nothing when declined", async () => {
   assertEquals(listBackups(f.stateDir, "alpha").length, 1);
 });
 
+Deno.test("rollbackVm() refuses a confirm answer that is no boolean instead of restoring", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const applied = f.port.getPersistentXml("alpha", { secure: true });
+  // applyPlan's answers, or a prompt's input passed on: "no" restored the backup, as if true.
+  for (const answer of ["no", "n", undefined]) {
+    await assertRejects(
+      () =>
+        rollbackVm("alpha", {
+          libvirt: f.port,
+          stateDir: f.stateDir,
+          confirm: () => Promise.resolve(answer as unknown as boolean),
+        }),
+      TypeError,
+      `Invalid answer of confirm for the rollback of "alpha": ${
+        typeof answer === "string" ? `"${answer}"` : String(answer)
+      } (expected true or false)`,
+    );
+    assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
+  }
+  assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+  // The lock was released: the next rollback runs.
+  const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals(report.status, "restored");
+});
+
 Deno.test("rollbackVm() does not ask or define when the VM already matches the backup", async () => {
   using f = fixture();
   const xml = f.port.getPersistentXml("alpha", { secure: true });
