@@ -4,7 +4,12 @@
  * the JSDoc examples are the ones that run).
  */
 
-import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import { main } from "../../main.ts";
+import type { CliIo } from "../../cli/context.ts";
+import { discoverHost, loadConfig, planHostdevs, redactedJson } from "../../lib/mod.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/mod.ts";
+import { openLibvirtPort } from "../../ffi/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const GUIDE = Deno.readTextFileSync(new URL("docs/LIBRARY.md", ROOT));
@@ -32,6 +37,50 @@ Deno.test("docs/LIBRARY.md: every ts block type-checks against the library", asy
       const stderr = new TextDecoder().decode(out.stderr);
       assertEquals(out.code, 0, `block ${i + 1} of docs/LIBRARY.md:\n${code}\n${stderr}`);
     }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("docs/LIBRARY.md: plan --json is planHostdevs()' plan through redactedJson, plus summary", async () => {
+  // The guide says so, and that the plan itself holds the passwords JSON.stringify would print.
+  assertMatch(GUIDE, /`redactedJson\(plan\)`, as `--json` does, not `JSON.stringify`/);
+  assertMatch(GUIDE, /but for the `summary` the CLI adds/);
+  const demo = new URL("demo/", ROOT).pathname;
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-json-" });
+  try {
+    buildHostTree(loadHostDescription(`${demo}host.json`), `${dir}/sysfs`);
+    const world = Deno.readTextFileSync(`${demo}world.xml`);
+    const withPassword = world.replace(
+      "<devices>",
+      "<devices>\n      <graphics type='vnc' port='-1' autoport='yes' passwd='s3cret'/>",
+    );
+    assertOk(withPassword !== world);
+    Deno.writeTextFileSync(`${dir}/world.xml`, withPassword);
+    const uri = `test://${dir}/world.xml`;
+    const configPath = `${demo}passthrough_config.yaml`;
+
+    const host = await discoverHost({ root: `${dir}/sysfs` });
+    const config = await loadConfig(configPath);
+    using libvirt = openLibvirtPort(uri);
+    const plan = planHostdevs({ config, host, libvirt });
+    assertOk(JSON.stringify(plan).includes("passwd='s3cret'"));
+
+    let out = "";
+    const io: CliIo = {
+      out: (text) => void (out += text),
+      err: () => {},
+      color: false,
+      interactive: false,
+      readLine: () => Promise.resolve(null),
+      env: () => undefined,
+    };
+    const args = ["plan", "--json", "--sysfs", `${dir}/sysfs`, "--config", configPath];
+    assertEquals(await main([...args, "--connect", uri], io), 0);
+    assertOk(!out.includes("s3cret") && out.includes("passwd='***'"));
+    const { summary, ...printed } = JSON.parse(out);
+    assertOk(typeof summary === "object" && summary !== null);
+    assertEquals(printed, JSON.parse(redactedJson(plan)));
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
