@@ -9,6 +9,7 @@
 
 import type { CliIo } from "./context.ts";
 import { UriProgramError, uriProgramReason } from "../ffi/uri_check.ts";
+import type { ConnectionOpenOptions } from "../ffi/connection.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -16,26 +17,35 @@ export interface ConnectValues {
   "allow-uri-programs"?: boolean | undefined;
 }
 
+/** The URI a command opens (`null`: libvirt's default) and the options to open it with. */
+export interface ConnectTarget {
+  uri: string | null;
+  options: ConnectionOpenOptions & { allowUriPrograms: boolean };
+}
+
 /**
- * Refuses the URI the command will open, `uri` as given (from `origin`), else
- * `LIBVIRT_DEFAULT_URI`: one that would run a program unless `--allow-uri-programs`, and a
- * test-driver URI naming a FIFO, a directory or a device.
+ * The URI the command will open, `uri` as given (from `origin`), else `LIBVIRT_DEFAULT_URI` as
+ * `io` reads it (what an embedder of `main` gives, not only the process's own), checked: one that
+ * would run a program is refused unless `--allow-uri-programs`, and a test-driver URI naming a
+ * FIFO, a directory or a device.
  */
 export function checkConnectUri(
   uri: string | undefined,
   origin: string,
   allowed: boolean,
   io: CliIo,
-): void {
+): ConnectTarget {
   const fromEnvironment = io.env("LIBVIRT_DEFAULT_URI");
   const requested = uri ?? (fromEnvironment === "" ? undefined : fromEnvironment);
-  if (requested === undefined) return;
-  checkTestDriverFile(requested, uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin);
-  if (allowed) return;
+  if (requested === undefined) return { uri: null, options: { allowUriPrograms: allowed } };
+  const from = uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin;
+  checkTestDriverFile(requested, from);
+  const target = { uri: requested, options: { allowUriPrograms: allowed, origin: from } };
+  if (allowed) return target;
   const reason = uriProgramReason(requested);
-  if (reason === null) return;
+  if (reason === null) return target;
   throw new UriProgramError(requested, reason, {
-    origin: uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin,
+    origin: from,
     allow: `Pass --allow-uri-programs if that is meant (see README, "Security notes").`,
   });
 }
@@ -70,12 +80,7 @@ function checkTestDriverFile(uri: string, origin: string): void {
   }
 }
 
-/** The URI of `--connect` (or `null` for the default), checked, with the open options to use. */
-export function connectTarget(
-  values: ConnectValues,
-  io: CliIo,
-): { uri: string | null; options: { allowUriPrograms: boolean } } {
-  const allowed = values["allow-uri-programs"] === true;
-  checkConnectUri(values.connect, "--connect", allowed, io);
-  return { uri: values.connect ?? null, options: { allowUriPrograms: allowed } };
+/** The URI of `--connect` (else `LIBVIRT_DEFAULT_URI`, else `null`), checked (see above). */
+export function connectTarget(values: ConnectValues, io: CliIo): ConnectTarget {
+  return checkConnectUri(values.connect, "--connect", values["allow-uri-programs"] === true, io);
 }

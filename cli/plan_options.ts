@@ -18,7 +18,7 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
-import { checkConnectUri } from "./connect.ts";
+import { checkConnectUri, type ConnectTarget } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { guardPath } from "../lib/guard/layout.ts";
@@ -185,13 +185,12 @@ function checkRemoteHost(uri: string, sysfs: string | undefined, section: string
  */
 async function discoverWhileConnecting(
   sysfs: string | undefined,
-  connect: string | undefined,
-  allowUriPrograms: boolean,
+  target: ConnectTarget,
 ): Promise<{ host: HostTopology; libvirt: OpenLibvirtPort }> {
   const discovery = loadHost(sysfs, { vendorNames: false });
   let libvirt: OpenLibvirtPort;
   try {
-    libvirt = openLibvirtPort(connect ?? null, { allowUriPrograms });
+    libvirt = openLibvirtPort(target.uri, target.options);
   } catch (error) {
     await discovery;
     throw error;
@@ -219,11 +218,10 @@ export async function computePlan(
   const { config, sysfs, connect, section, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, section, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
-  checkConnectUri(connect, connectOrigin, allowUriPrograms, io);
+  const target = checkConnectUri(connect, connectOrigin, allowUriPrograms, io);
   // Checked before discovery when the URI is known; libvirt's own default only once open.
-  const requested = connect ?? io.env("LIBVIRT_DEFAULT_URI");
-  if (requested !== undefined) checkRemoteHost(requested, sysfs, section);
-  const { host, libvirt } = await discoverWhileConnecting(sysfs, connect, allowUriPrograms);
+  if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);
+  const { host, libvirt } = await discoverWhileConnecting(sysfs, target);
   try {
     checkRemoteHost(libvirt.uri, sysfs, section);
     options.onConnect?.(libvirt);

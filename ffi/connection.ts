@@ -26,6 +26,11 @@ export interface ConnectionOpenOptions {
    * `UriProgramError` before libvirt sees it.
    */
   allowUriPrograms?: boolean;
+  /**
+   * Where a `uri` given came from (`--connect`, `LIBVIRT_DEFAULT_URI` as the caller read it),
+   * named beside it in errors. A `uri` of `null` read from the environment is named so anyway.
+   */
+  origin?: string;
 }
 
 /** The environment variable libvirt opens when given no URI. */
@@ -99,7 +104,7 @@ export class Connection {
     const given = uri ?? null;
     const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
     const requested = given ?? fromEnvironment;
-    const origin = fromEnvironment === null ? undefined : DEFAULT_URI_ENV;
+    const origin = fromEnvironment === null ? options.origin : DEFAULT_URI_ENV;
     const reason = requested === null || options.allowUriPrograms === true
       ? null
       : uriProgramReason(requested);

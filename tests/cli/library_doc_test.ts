@@ -85,3 +85,45 @@ Deno.test("docs/LIBRARY.md: plan --json is planHostdevs()' plan through redacted
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("main() opens the LIBVIRT_DEFAULT_URI its io gives, not the process's", async () => {
+  // The `./cli` export reads and writes through `io`: an embedder's environment names the libvirt
+  // the commands open. It used to be checked, then libvirt opened the process's own default.
+  const demo = new URL("demo/", ROOT).pathname;
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-env-" });
+  try {
+    buildHostTree(loadHostDescription(`${demo}host.json`), `${dir}/sysfs`);
+    const run = async (args: string[], env: Record<string, string>) => {
+      let out = "";
+      let err = "";
+      const io: CliIo = {
+        out: (text) => void (out += text),
+        err: (text) => void (err += text),
+        color: false,
+        interactive: false,
+        readLine: () => Promise.resolve(null),
+        env: (name) => env[name],
+      };
+      return { code: await main(args, io), out, err };
+    };
+    const uri = `test://${demo}world.xml`;
+    const env = { LIBVIRT_DEFAULT_URI: uri, PASSTHROUGH_CONFIG: `${demo}passthrough_config.yaml` };
+    const plan = await run(["plan", "--json", "--sysfs", `${dir}/sysfs`], env);
+    assertEquals([plan.code, plan.err], [0, ""]);
+    assertEquals(JSON.parse(plan.out).uri, uri);
+    const sources = await run(["sources", "--json", "--sysfs", `${dir}/sysfs`], env);
+    // Exit 1: the demo world has no node devices, so the two discoveries differ.
+    assertEquals([sources.code, sources.err], [1, ""]);
+    assertEquals(JSON.parse(sources.out).libvirt, uri);
+    // Named as coming from there when it cannot be opened.
+    const missing = `test://${dir}/missing.xml`;
+    const failed = await run(["plan", "--sysfs", `${dir}/sysfs`], {
+      ...env,
+      LIBVIRT_DEFAULT_URI: missing,
+    });
+    assertEquals(failed.code, 1);
+    assertMatch(failed.err, new RegExp(`at "${missing}" \\(LIBVIRT_DEFAULT_URI\\)`));
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
