@@ -6,7 +6,7 @@
 
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
-import { borrowCString, cString, libvirt, takeCString } from "./library.ts";
+import { borrowCString, cString, libvirt, takeCString, valueKind } from "./library.ts";
 import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
@@ -102,6 +102,9 @@ export class Connection {
     // libvirt's own first choice, read here so it is checked and named in errors like a URI
     // given; its next choices (libvirt.conf's uri_default, aliases) are root's configuration.
     const given = uri ?? null;
+    if (given !== null && typeof given !== "string") {
+      throw new TypeError(`Expected a libvirt URI (a string) or null, got ${valueKind(given)}`);
+    }
     const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
     const requested = given ?? fromEnvironment;
     const origin = fromEnvironment === null ? options.origin : DEFAULT_URI_ENV;

@@ -146,13 +146,22 @@ const encoder = new TextEncoder();
 
 /**
  * A NUL-terminated copy of `text` for a `const char*` parameter. Throws `TypeError` when `text`
- * holds a NUL, which C would silently truncate at.
+ * is no string, or holds a NUL, which C would silently truncate at.
  */
 export function cString(text: string): Uint8Array<ArrayBuffer> {
+  // A plain-JavaScript caller's number or object would fail below on `includes`, naming nothing.
+  if (typeof text !== "string") throw new TypeError(`Expected a string, got ${valueKind(text)}`);
   if (text.includes("\0")) {
     throw new TypeError(`String contains a NUL character: "${text.replaceAll("\0", "\\0")}"`);
   }
   return encoder.encode(text + "\0");
+}
+
+/** `number 42`, `null`, `object`: what a wrong argument was, for a `TypeError`. */
+export function valueKind(value: unknown): string {
+  if (value === null || value === undefined) return String(value);
+  const kind = typeof value;
+  return kind === "number" || kind === "boolean" || kind === "bigint" ? `${kind} ${value}` : kind;
 }
 
 /** Reads a `char*` the caller owns and releases it with libc `free()`; `null` stays `null`. */

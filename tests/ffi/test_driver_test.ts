@@ -249,6 +249,24 @@ Deno.test("openLibvirtPort() implements LibvirtPort over the test driver", () =>
   port.close();
 });
 
+Deno.test("openLibvirtPort() names an argument of the wrong type from plain JavaScript", () => {
+  // Each failed with a TypeError about its internals ("uri.includes is not a function").
+  const wrong = <T>(value: unknown) => value as T;
+  assertThrows(
+    () => openLibvirtPort(wrong<string>(42)),
+    TypeError,
+    "Expected a libvirt URI (a string) or null, got number 42",
+  );
+  using port = openLibvirtPort(WORLD);
+  assertThrows(
+    () => port.getPersistentXml(wrong<string>({ name: "win11" })),
+    TypeError,
+    "Expected a string, got object",
+  );
+  assertThrows(() => port.isActive(wrong<string>(undefined)), TypeError, "got undefined");
+  assertThrows(() => port.define(wrong<string>(null)), TypeError, "Expected a string, got null");
+});
+
 function assertThrowsLibvirt(fn: () => unknown): LibvirtError {
   try {
     fn();
