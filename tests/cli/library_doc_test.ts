@@ -42,6 +42,16 @@ Deno.test("docs/LIBRARY.md: every ts block type-checks against the library", asy
   }
 });
 
+Deno.test("docs/LIBRARY.md: the whole flow applies with the re-check apply makes", () => {
+  // apply passes the plan's facts as `devices`; without them applyPlan's last check before a
+  // define does not see another domain's disk or NIC under a controller the VM takes.
+  const flow = blocks().find((code) => code.includes("applyPlan(plan"));
+  assertOk(flow !== undefined, "the guide has lost its applyPlan example");
+  assertMatch(flow, /const facts = readHostFacts\(/);
+  assertMatch(flow, /applyPlan\(plan, \{[^}]*\n {2}devices: facts,\n\}\)/);
+  assertEquals(flow.includes("planHostdevs({ config, host, libvirt, facts })"), true);
+});
+
 Deno.test("docs/LIBRARY.md: plan --json is planHostdevs()' plan through redactedJson, plus summary", async () => {
   // The guide says so, and that the plan itself holds the passwords JSON.stringify would print.
   assertMatch(GUIDE, /`redactedJson\(plan\)`, as `--json` does, not `JSON.stringify`/);
