@@ -7,12 +7,14 @@
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { main } from "../../main.ts";
 import type { CliIo } from "../../cli/context.ts";
-import { discoverHost, loadConfig, planHostdevs, redactedJson } from "../../lib/mod.ts";
+import { applyPlan, discoverHost, loadConfig, planHostdevs, redactedJson } from "../../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/mod.ts";
 import { openLibvirtPort } from "../../ffi/mod.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const GUIDE = Deno.readTextFileSync(new URL("docs/LIBRARY.md", ROOT));
+/** The guide's text with its line breaks as spaces, for sentences that `deno fmt` rewraps. */
+const PROSE = GUIDE.replaceAll(/\s+/g, " ");
 
 /** The guide's `ts` blocks, with the repository-relative imports made absolute. */
 function blocks(): string[] {
@@ -54,8 +56,8 @@ Deno.test("docs/LIBRARY.md: the whole flow applies with the re-check apply makes
 
 Deno.test("docs/LIBRARY.md: plan --json is planHostdevs()' plan through redactedJson, plus summary", async () => {
   // The guide says so, and that the plan itself holds the passwords JSON.stringify would print.
-  assertMatch(GUIDE, /`redactedJson\(plan\)`, as `--json` does, not `JSON.stringify`/);
-  assertMatch(GUIDE, /but for the `summary` the CLI adds/);
+  assertMatch(PROSE, /`redactedJson\(plan\)`, as `--json` does, not `JSON.stringify`/);
+  assertMatch(PROSE, /but for the `summary` the CLI adds/);
   const demo = new URL("demo/", ROOT).pathname;
   const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-json-" });
   try {
@@ -91,6 +93,20 @@ Deno.test("docs/LIBRARY.md: plan --json is planHostdevs()' plan through redacted
     const { summary, ...printed } = JSON.parse(out);
     assertOk(typeof summary === "object" && summary !== null);
     assertEquals(printed, JSON.parse(redactedJson(plan)));
+
+    // So does the apply report, which the guide says to print the same way.
+    assertMatch(
+      PROSE,
+      /and `applyPlan`'s report too \(each changed VM's `definition` holds them\)/,
+    );
+    const report = await applyPlan(plan, {
+      libvirt,
+      stateDir: `${dir}/state`,
+      confirm: () => Promise.resolve("yes"),
+    });
+    assertEquals(report.changed, ["win10", "gentoo"]);
+    assertOk(JSON.stringify(report).includes("passwd='s3cret'"));
+    assertOk(!redactedJson(report).includes("s3cret"));
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
