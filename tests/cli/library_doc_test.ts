@@ -1,7 +1,8 @@
 /**
  * docs/LIBRARY.md's code is what a developer copies first: every `ts` block type-checks against
- * the library as it is (the blocks read the live host and libvirt, so they are checked, not run;
- * the JSDoc examples are the ones that run).
+ * the library as it is, and the whole flow (written for the live host and libvirt) runs with its
+ * paths swapped for the demo's captured host and test-driver world. Its claims about the data are
+ * checked against the CLI's own output.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
@@ -39,6 +40,47 @@ Deno.test("docs/LIBRARY.md: every ts block type-checks against the library", asy
       const stderr = new TextDecoder().decode(out.stderr);
       assertEquals(out.code, 0, `block ${i + 1} of docs/LIBRARY.md:\n${code}\n${stderr}`);
     }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("docs/LIBRARY.md: the whole flow runs as written on a captured host and the test driver", async () => {
+  // Only its paths are swapped: the demo's tree for /sys, its config and libvirt world, a
+  // temporary state directory, and the demo's VM for "win11".
+  const flow = blocks().find((code) => code.includes("applyPlan(plan"))!;
+  const demo = new URL("demo/", ROOT).pathname;
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-flow-" });
+  try {
+    buildHostTree(loadHostDescription(`${demo}host.json`), `${dir}/sysfs`);
+    let code = flow;
+    for (
+      const [from, to] of [
+        ["discoverHost({ reader })", `discoverHost({ reader, root: "${dir}/sysfs" })`],
+        [`sysRoot: "/sys"`, `sysRoot: "${dir}/sysfs"`],
+        ["/etc/passthrough/passthrough_config.yaml", `${demo}passthrough_config.yaml`],
+        [`stateDir: "/var/lib/passthrough"`, `stateDir: "${dir}/state"`],
+        [`vm.name === "win11"`, `vm.name === "win10"`],
+      ]
+    ) {
+      assertOk(code.includes(from!), `the whole flow no longer has ${from}`);
+      code = code.replace(from!, to!);
+    }
+    Deno.writeTextFileSync(`${dir}/flow.ts`, code);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", "--config", new URL("deno.json", ROOT).pathname, "flow.ts"],
+      cwd: dir,
+      env: { LIBVIRT_DEFAULT_URI: `test://${demo}world.xml`, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals([out.code, stderr], [0, ""], stdout);
+    // Both VMs' diffs, then the report: win10 confirmed and changed, gentoo declined.
+    assertMatch(stdout, /^--- win10 \(current\)\n\+\+\+ win10 \(new\)\n/m);
+    assertMatch(stdout, /^--- gentoo \(current\)\n/m);
+    assertOk(stdout.endsWith(`[ "win10" ] []\n`), stdout);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
