@@ -210,6 +210,7 @@ class LibcReader {
 
   /** `path` NUL-terminated in the reused path buffer. */
   #cString(path: string): Uint8Array {
+    refuseNul(path);
     if (this.#pathBuffer.length < path.length * 3 + 1) {
       this.#pathBuffer = new Uint8Array(path.length * 3 + 1);
     }
@@ -325,7 +326,7 @@ const SYSFS_MAGIC = 0x62656572;
  */
 export function resolvePath(path: string): ResolvedPath | null {
   const lib = libc();
-  const name = new TextEncoder().encode(`${path}\0`);
+  const name = cPath(path);
   const resolved = new Uint8Array(PATH_MAX);
   if (lib.realpath(name, resolved) === null) return null;
   const end = resolved.indexOf(0);
@@ -338,7 +339,18 @@ export function resolvePath(path: string): ResolvedPath | null {
 
 /** NUL-terminated UTF-8, for the calls below (not the reader's hot path). */
 function cPath(text: string): Uint8Array<ArrayBuffer> {
+  refuseNul(text);
   return new TextEncoder().encode(`${text}\0`);
+}
+
+/**
+ * Throws `TypeError` for a path holding a NUL: C would end it there and read another file (a
+ * root `/x\0/y` read as `/x`), where Deno's own file API refuses it.
+ */
+function refuseNul(path: string): void {
+  if (path.includes("\0")) {
+    throw new TypeError(`Path contains a NUL character: "${path.replaceAll("\0", "\\0")}"`);
+  }
 }
 
 /** `ENOTSUP`: the file system keeps no extended attributes. */

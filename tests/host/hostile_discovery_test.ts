@@ -6,14 +6,20 @@
  * or a topology that cannot split a group.
  */
 
-import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
+import {
+  assertEquals,
+  assertMatch,
+  assertOk,
+  assertRejects,
+  assertThrows,
+} from "../helpers/assert.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { discoverHost, SysfsRootError } from "../../lib/host/discover.ts";
 import { commandLspciRunner, lspciArgs } from "../../lib/host/lspci.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { libcSysfsReader } from "../../ffi/libc_fs.ts";
+import { libcSysfsReader, readXattr } from "../../ffi/libc_fs.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
@@ -280,6 +286,27 @@ Deno.test("discoverHost() on damaged sysfs trees: a clear error or a topology th
       });
     });
   }
+});
+
+Deno.test("discoverHost() refuses a root holding a NUL through libc as through Deno's reader", async () => {
+  await withTree(async (root) => {
+    // C ends a path at its NUL: libc read the tree "/x/sysfs" for "/x/sysfs\0/other", and found
+    // no device there, where Deno's reader refuses the path.
+    const named = `${root}\0/other`;
+    for (const reader of [denoFsReader(), libcSysfsReader()]) {
+      await assertRejects(
+        () => discoverHost({ root: named, lspci: null, reader }),
+        TypeError,
+        "NUL",
+      );
+    }
+    const libc = libcSysfsReader();
+    const first = [...Deno.readDirSync(`${root}/bus/pci/devices`)][0]!.name;
+    const file = `${root}/bus/pci/devices/${first}/vendor`;
+    assertEquals(libc.readText(file), Deno.readTextFileSync(file));
+    assertThrows(() => libc.readText(`${file}\0.old`), TypeError, "contains a NUL character");
+    assertThrows(() => readXattr(`${file}\0.old`, "security.selinux"), TypeError, "NUL");
+  });
 });
 
 Deno.test("planHostdevs() still gives a GPU's whole group when its audio function lost the iommu_group link", async () => {
