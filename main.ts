@@ -10,6 +10,7 @@ import { redactSecrets } from "./lib/domain/secrets.ts";
 import { redactedJson } from "./lib/render/redact.ts";
 import { terminalSafe } from "./lib/render/terminal.ts";
 import { stripAnsi } from "./lib/render/colors.ts";
+import { libvirtAccessAdvice } from "./lib/render/error_text.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
 import { colorChoice } from "./cli/flags.ts";
@@ -243,6 +244,10 @@ export function describeError(error: unknown): string {
     if (!parts.some((part) => part.includes(text))) parts.push(text);
     current = current instanceof Error ? current.cause : undefined;
   }
+  // A connection libvirt refused to this user: the system's "Permission denied" alone does not
+  // say that a group, or root, is the way in.
+  const access = libvirtAccessAdvice(error);
+  if (access !== null) hint = ` (${access})`;
   // A libvirt error may quote a definition read with its secrets.
   return redactSecrets(parts.join(": ") + hint);
 }

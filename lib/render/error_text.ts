@@ -17,3 +17,58 @@
 export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/** `virErrorNumber`s of a connection libvirt's daemon refused to this user. */
+const ACCESS_CODES = new Set([
+  45, // VIR_ERR_AUTH_FAILED
+  79, // VIR_ERR_AUTH_CANCELLED
+  88, // VIR_ERR_ACCESS_DENIED
+  94, // VIR_ERR_AUTH_UNAVAILABLE: polkit, with no agent to ask
+]);
+
+/**
+ * What to do when libvirt refused to open a connection to this user (the `LibvirtError` of
+ * `virConnectOpen`, or a cause of `error` that is one), or `null` for any other error: the daemon's
+ * socket let only its owner or group in (`Permission denied`), or polkit said no or could not be
+ * asked (no D-Bus). Told by the error's fields, not its class: `lib/` does not import `ffi/`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const refused = Object.assign(new Error("Cannot connect"), {
+ *   name: "LibvirtError",
+ *   code: 38,
+ *   operation: "virConnectOpen",
+ *   libvirtMessage: "Failed to connect socket to '/run/libvirt/libvirt-sock': Permission denied",
+ * });
+ * assertEquals(libvirtAccessAdvice(refused)?.startsWith("run as root"), true);
+ * assertEquals(libvirtAccessAdvice(new Error("Permission denied")), null);
+ * ```
+ */
+export function libvirtAccessAdvice(error: unknown): string | null {
+  for (let current = error, depth = 0; current instanceof Error && depth < 5; depth++) {
+    const fields = current as Error & {
+      code?: unknown;
+      operation?: unknown;
+      libvirtMessage?: unknown;
+    };
+    if (
+      current.name === "LibvirtError" && typeof fields.operation === "string" &&
+      fields.operation.startsWith("virConnectOpen") && typeof fields.libvirtMessage === "string"
+    ) {
+      const message = fields.libvirtMessage;
+      if (/Unable to get system bus connection/.test(message)) {
+        // auth_unix_rw = "polkit" on a host where D-Bus (so polkit) is not running: no group helps.
+        return "libvirt asks polkit whether this user may manage it, and polkit cannot be reached: run as root";
+      }
+      if (
+        (fields.code === 38 && /: Permission denied$/.test(message)) ||
+        ACCESS_CODES.has(fields.code as number)
+      ) {
+        return `run as root, or as a user libvirt lets manage it (on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again)`;
+      }
+    }
+    current = current.cause;
+  }
+  return null;
+}

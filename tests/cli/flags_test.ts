@@ -242,6 +242,7 @@ Deno.test("--help loads only the command table, and each command only what it us
       "cli/version.ts",
       "lib/domain/secrets.ts",
       "lib/render/colors.ts",
+      "lib/render/error_text.ts",
       "lib/render/redact.ts",
       "lib/render/suggest.ts",
       "lib/render/terminal.ts",

@@ -43,6 +43,8 @@ export interface LibvirtdOptions {
   hooksDir?: string;
   /** Also run `virtlogd` (starting a guest needs it; needs the private mount namespace). */
   virtlogd?: boolean;
+  /** More `libvirtd.conf` lines, such as `unix_sock_rw_perms = "0700"` (a socket only root may use). */
+  config?: string[];
 }
 
 /** A running private daemon. `stop()` (or `await using`) kills it and removes its directory. */
@@ -180,6 +182,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
       `auth_unix_rw = "none"`,
       `auth_unix_ro = "none"`,
       `log_outputs = "3:file:${dir}/libvirtd.log"`,
+      ...(options.config ?? []),
       "",
     ].join("\n"),
   );

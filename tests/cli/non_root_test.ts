@@ -1,0 +1,91 @@
+/**
+ * The CLI run by a user who is not root (uid 65534, through `setpriv`), against a real libvirtd
+ * whose read-write socket only root may use (`unix_sock_rw_perms = "0700"`, as a socket of the
+ * `libvirt` group is to a user outside it); its read-only socket stays open to all, libvirt's
+ * default. What such a user is told, by `plan` and by `doctor`.
+ */
+
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { canUnshareMounts, documentedFlags, runInPrivateMounts } from "../helpers/cli.ts";
+import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const ROOT = new URL("../../", import.meta.url).pathname;
+const NOBODY = 65534;
+
+const unavailable = libvirtdUnavailable() ??
+  (canUnshareMounts() ? null : "needs a private mount namespace (unshare -m)");
+
+/** A daemon only root may manage, and a directory the user can read: bundle, tree, config. */
+interface Scene extends AsyncDisposable {
+  daemon: Libvirtd;
+  dir: string;
+  /** Runs the bundled CLI as {@link NOBODY}, after `setup` (shell, as root, in private mounts). */
+  asUser(args: string[], setup?: string): Promise<{ code: number; stdout: string; stderr: string }>;
+}
+
+async function scene(): Promise<Scene> {
+  const daemon = await startLibvirtd({ config: [`unix_sock_rw_perms = "0700"`] });
+  // The user reaches the sockets through the daemon's directory.
+  await Deno.chmod(daemon.dir, 0o755);
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-non-root-" }));
+  await Deno.chmod(dir, 0o755);
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
+  // The bundle needs no npm cache, which this user has none of.
+  const bundled = await new Deno.Command(`${ROOT}scripts/bundle_bin.sh`, {
+    args: [`${dir}/bin`],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assertEquals(bundled.code, 0, new TextDecoder().decode(bundled.stderr));
+  await Deno.mkdir(`${dir}/user`, { mode: 0o700 });
+  await Deno.chown(`${dir}/user`, NOBODY, NOBODY);
+  return {
+    daemon,
+    dir,
+    asUser: (args, setup = "true") =>
+      runInPrivateMounts(setup, [
+        "setpriv",
+        `--reuid=${NOBODY}`,
+        `--regid=${NOBODY}`,
+        "--clear-groups",
+        Deno.execPath(),
+        "run",
+        "--quiet",
+        "--cached-only",
+        ...documentedFlags(),
+        `${dir}/bin/main.js`,
+        ...args,
+      ], { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` }),
+    async [Symbol.asyncDispose]() {
+      await daemon.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test({
+  name: "plan by a user libvirt's socket shuts out says to run as root or join the libvirt group",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const plan = await s.asUser([
+      "plan",
+      "--config",
+      `${s.dir}/config.yaml`,
+      "--sysfs",
+      `${s.dir}/sysfs`,
+      "--connect",
+      s.daemon.uri,
+    ]);
+    assertEquals(plan.code, 1, plan.stderr);
+    assertEquals(plan.stdout, "");
+    assertEquals(plan.stderr.trimEnd().split("\n").length, 1, plan.stderr);
+    assertMatch(
+      plan.stderr,
+      /^passthrough plan: Cannot connect to libvirt at ".*": Failed to connect socket to '.*libvirt-sock': Permission denied \(run as root, or as a user libvirt lets manage it \(on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again\)\)$/m,
+    );
+  },
+});
