@@ -8,7 +8,13 @@
 import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { DOCTOR } from "./specs.ts";
-import { type DoctorFinding, type HookDoctorFacts, runDoctor } from "../lib/host/doctor.ts";
+import {
+  type DoctorFinding,
+  type HookDoctorFacts,
+  type LibvirtReach,
+  runDoctor,
+} from "../lib/host/doctor.ts";
+import { libvirtAccessAdvice } from "../lib/render/error_text.ts";
 import { readAttribute, type SysfsReader } from "../lib/host/sysfs.ts";
 import {
   DEFAULT_HOOKS_DIR,
@@ -57,17 +63,32 @@ function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts | Err
   };
 }
 
-/** Opens `uri` read-only and describes it; the error when it cannot. */
+/**
+ * Opens `uri` read-write, as `plan`, `apply` and `rollback` do, and describes it; when libvirt
+ * refuses this user that, whether it answers read-only (its read-only socket is open to every
+ * user by default, so that alone would call libvirt reachable to a user every command is then
+ * refused); the error when it cannot be reached.
+ */
 export function libvirtProbe(
   uri: string | null,
   options: ConnectionOpenOptions = {},
-): () => string | Error {
+): () => LibvirtReach {
+  const describe = (readOnly: boolean) => {
+    using conn = Connection.open(uri, { ...options, readOnly });
+    return `${conn.uri} (libvirt ${conn.libVersion})`;
+  };
   return () => {
+    let refused: Error;
     try {
-      using conn = Connection.open(uri, { ...options, readOnly: true });
-      return `${conn.uri} (libvirt ${conn.libVersion})`;
+      return describe(false);
     } catch (error) {
-      return error instanceof Error ? error : new Error(String(error));
+      refused = error instanceof Error ? error : new Error(String(error));
+    }
+    if (libvirtAccessAdvice(refused) === null) return refused;
+    try {
+      return { readOnly: describe(true), refused };
+    } catch {
+      return refused;
     }
   };
 }

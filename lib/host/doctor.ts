@@ -23,6 +23,7 @@ import {
   unreadableHookReason,
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
+import { libvirtAccessAdvice } from "../render/error_text.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
@@ -78,8 +79,8 @@ export interface DoctorOptions {
   modulesRoot?: string;
   /** Where modprobe's configuration is read on a live host. Default `MODPROBE_DIRS`. */
   modprobeDirs?: readonly string[];
-  /** Opens libvirt and describes it (`qemu:///system, libvirt 9.0.0`), or returns the error. */
-  libvirtProbe?: () => string | Error;
+  /** Opens libvirt and says how far it let this user in ({@link LibvirtReach}). */
+  libvirtProbe?: () => LibvirtReach;
   /**
    * The start guard's hook and what runs it (live hosts only): adds the `hook` finding; the
    * error when the hooks directory could not be read (another user than root).
@@ -406,8 +407,16 @@ function checkAcsOverride(host: HostTopology): DoctorFinding {
   return { check: "acs-override", status: "ok", summary: "No ACS override", hint: null };
 }
 
-function checkLibvirt(probe: () => string | Error): DoctorFinding {
-  let result: string | Error;
+/**
+ * How far libvirt let this user in: a description of the connection (`qemu:///system (libvirt
+ * 9.0.0)`) when it opened read-write; the read-only one and the refusal of read-write when only
+ * that opened (a socket or polkit that shuts this user out of managing it); the error when it
+ * did not open at all.
+ */
+export type LibvirtReach = string | Error | { readOnly: string; refused: Error };
+
+function checkLibvirt(probe: () => LibvirtReach): DoctorFinding {
+  let result: LibvirtReach;
   try {
     result = probe();
   } catch (error) {
@@ -418,8 +427,18 @@ function checkLibvirt(probe: () => string | Error): DoctorFinding {
       check: "libvirt",
       status: "fail",
       summary: `Cannot reach libvirt: ${result.message}`,
-      hint:
+      hint: libvirtAccessAdvice(result) ??
         "Start libvirtd (or virtqemud), check LIBVIRT_DEFAULT_URI or --connect, and that you may use its socket",
+    };
+  }
+  if (typeof result !== "string") {
+    // The host may be ready; this user is not let in to change it.
+    return {
+      check: "libvirt",
+      status: "warn",
+      summary:
+        `libvirt answers read-only only: ${result.readOnly}; plan, apply and rollback, which open it read-write, are refused: ${result.refused.message}`,
+      hint: libvirtAccessAdvice(result.refused),
     };
   }
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };

@@ -42,6 +42,7 @@ export {
   type DoctorOptions,
   type DoctorStatus,
   type HookDoctorFacts,
+  type LibvirtReach,
   runDoctor,
 } from "./doctor.ts";
 export {

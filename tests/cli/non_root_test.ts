@@ -9,6 +9,7 @@ import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { canUnshareMounts, documentedFlags, runInPrivateMounts } from "../helpers/cli.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { shellQuote } from "../../lib/render/shell.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -87,5 +88,42 @@ Deno.test({
       plan.stderr,
       /^passthrough plan: Cannot connect to libvirt at ".*": Failed to connect socket to '.*libvirt-sock': Permission denied \(run as root, or as a user libvirt lets manage it \(on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again\)\)$/m,
     );
+  },
+});
+
+Deno.test({
+  name: "doctor by a user libvirt lets in read-only warns that plan and apply are refused",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    // libvirt's default URI for its sockets: read-only opens libvirt-sock-ro, open to all.
+    const doctor = await s.asUser(
+      ["doctor", "--json", "--sysfs", `${s.dir}/sysfs`, "--connect", "qemu:///system"],
+      `mount --bind ${shellQuote(s.daemon.dir)} /run/libvirt`,
+    );
+    const findings: { check: string; status: string; summary: string; hint: string | null }[] = JSON
+      .parse(doctor.stdout);
+    const libvirt = findings.find((f) => f.check === "libvirt");
+    assertEquals(libvirt?.status, "warn", doctor.stdout + doctor.stderr);
+    assertMatch(
+      libvirt!.summary,
+      /^libvirt answers read-only only: qemu:\/\/\/system \(libvirt \d+\.\d+\.\d+\); plan, apply and rollback, which open it read-write, are refused: .*Permission denied$/,
+    );
+    assertMatch(libvirt!.hint ?? "", /^run as root, or as a user libvirt lets manage it/);
+    // And plan, as doctor said.
+    const plan = await s.asUser(
+      [
+        "plan",
+        "--config",
+        `${s.dir}/config.yaml`,
+        "--sysfs",
+        `${s.dir}/sysfs`,
+        "--connect",
+        "qemu:///system",
+      ],
+      `mount --bind ${shellQuote(s.daemon.dir)} /run/libvirt`,
+    );
+    assertEquals(plan.code, 1, plan.stderr);
+    assertMatch(plan.stderr, /libvirt-sock': Permission denied \(run as root/);
   },
 });
