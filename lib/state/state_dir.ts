@@ -171,7 +171,9 @@ function checkOwner(path: string, owner: number, uid: number | null): void {
     throw new StateDirError(
       path,
       "foreign-owner",
-      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid})`,
+      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid}): run as ${
+        owner === 0 ? "root" : "its owner"
+      }, or name a state directory of your own (--state-dir, $${STATE_DIR_ENV})`,
     );
   }
 }

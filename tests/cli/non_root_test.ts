@@ -127,3 +127,20 @@ Deno.test({
     assertMatch(plan.stderr, /libvirt-sock': Permission denied \(run as root/);
   },
 });
+
+Deno.test({
+  name: "backups by a user in root's state directory says to run as root or name one of their own",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    // As /var/lib/passthrough: root's, 0700, which the user may look at but not into.
+    await Deno.mkdir(`${s.dir}/root-state`, { mode: 0o700 });
+    const backups = await s.asUser(["backups", "--state-dir", `${s.dir}/root-state`]);
+    assertEquals(backups.code, 1, backups.stderr);
+    assertEquals(backups.stderr.trimEnd().split("\n").length, 1, backups.stderr);
+    assertMatch(
+      backups.stderr,
+      /^passthrough backups: Refusing to use ".*\/root-state": it is owned by uid 0, not by the current user \(uid 65534\): run as root, or name a state directory of your own \(--state-dir, \$PASSTHROUGH_STATE_DIR\)$/m,
+    );
+  },
+});

@@ -130,7 +130,10 @@ Deno.test({
       Deno.mkdirSync(`${root}/state`, { mode: 0o700 });
       Deno.chownSync(`${root}/state`, 65534, null);
       assertEquals(problemOf(() => openStateDir(`${root}/state`)), "foreign-owner");
-      assertThrows(() => openStateDir(`${root}/state`), /owned by uid 65534/);
+      assertThrows(
+        () => openStateDir(`${root}/state`),
+        /owned by uid 65534, not by the current user \(uid 0\): run as its owner, or name a state directory of your own \(--state-dir, \$PASSTHROUGH_STATE_DIR\)$/,
+      );
     } finally {
       Deno.removeSync(root, { recursive: true });
     }
