@@ -27,5 +27,11 @@ export async function run(
   io.out(
     `Wrote ${summary.devices} devices in ${summary.groups} IOMMU groups from ${root} to ${out}\n`,
   );
+  if (isLiveRoot(root) && summary.headerOnly > 0) {
+    // A plan of the snapshot elsewhere would match no `serial:` rule on those devices, silently.
+    io.err(
+      `Note: the configuration space of ${summary.headerOnly} of them could be read only up to its 64-byte header (the kernel shows the rest to root alone): their serial numbers and reset (FLR) capability are unknown to a plan of this snapshot; run snapshot as root to capture them\n`,
+    );
+  }
   return 0;
 }

@@ -95,6 +95,12 @@ export interface SnapshotSummary {
   devices: number;
   /** How many IOMMU groups it holds (`0` for a host without IOMMU). */
   groups: number;
+  /**
+   * How many functions' configuration space it holds only up to the 64-byte header (what a
+   * process without root may read): their serial numbers and reset capability are unknown to a
+   * plan of the snapshot.
+   */
+  headerOnly: number;
 }
 
 /**
@@ -169,6 +175,7 @@ export function writeSnapshot(
     { sysRoot: root, procRoot },
     host.devices.map((d) => d.address),
   );
+  let headerOnly = 0;
   const devicesDir = `${out}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
   Deno.mkdirSync(`${out}/bus/pci/drivers`, { recursive: true });
@@ -184,6 +191,7 @@ export function writeSnapshot(
     // snapshot shows lspci exactly the capabilities the live host showed.
     const config = reader.readBytes(`${from}/config`, 4096);
     if (config !== null) Deno.writeFileSync(`${to}/config`, config);
+    if (config !== null && config.length <= 64) headerOnly++;
     copyDisplayFacts({
       reader: facts,
       from,
@@ -235,7 +243,7 @@ export function writeSnapshot(
   }
   copyHostFacts(facts, root, out);
   copyProcFacts(facts, procRoot, out);
-  return { out, devices: host.devices.length, groups: host.groups.length };
+  return { out, devices: host.devices.length, groups: host.groups.length, headerOnly };
 }
 
 /** Writes `text` at `path` under `out`, making its directories. */
