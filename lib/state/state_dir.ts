@@ -171,9 +171,11 @@ function checkOwner(path: string, owner: number, uid: number | null): void {
     throw new StateDirError(
       path,
       "foreign-owner",
-      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid}): run as ${
-        owner === 0 ? "root" : "its owner"
-      }, or name a state directory of your own (--state-dir, $${STATE_DIR_ENV})`,
+      // The way on, right wherever the directory came from: chosen by the user (--state-dir) or
+      // by the installed hook, whose state directory `guard allow`, `plan` and `hook status` read.
+      `Refusing to use "${path}": it is owned by uid ${owner}, not by the current user (uid ${uid}): ${
+        owner === 0 ? "run as root" : "run as its owner, or use a directory of your own"
+      }`,
     );
   }
 }
