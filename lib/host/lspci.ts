@@ -13,6 +13,7 @@
 
 import type { PciAddress } from "./types.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
+import { resolve } from "../state/paths.ts";
 
 /** Runs `lspci` with an argument array and resolves to its standard output. */
 export type LspciRunner = (args: string[]) => Promise<string>;
@@ -49,7 +50,10 @@ const LSPCI_FLAGS: readonly string[] = ["-nnkD"];
 /** The argument array for one discovery run over `root` (`/sys` or a captured tree). */
 export function lspciArgs(root: string): string[] {
   const args = [...LSPCI_FLAGS];
-  if (root.replace(/\/+$/, "") !== "/sys") args.unshift("-O", `sysfs.path=${root}/bus/pci`);
+  // Absolute: lspci runs in `/` (see runLspci), not in this process's working directory.
+  if (root.replace(/\/+$/, "") !== "/sys") {
+    args.unshift("-O", `sysfs.path=${resolve(root)}/bus/pci`);
+  }
   return args;
 }
 
@@ -82,8 +86,16 @@ export async function runLspci(
 ): Promise<string> {
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(program, { args, stdin: "null", stdout: "piped", stderr: "piped" })
-      .spawn();
+    // In `/`: Deno starts a child in this process's working directory, and one this user may
+    // not enter (`sudo -u alice` or `su alice` from root's home) failed every command with
+    // "Failed to spawn '/usr/bin/lspci': Permission denied", blaming lspci.
+    child = new Deno.Command(program, {
+      args,
+      cwd: "/",
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) {
       // Found through PATH, which may lack the directory of an installed lspci (a cron job's or

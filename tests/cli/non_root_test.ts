@@ -184,3 +184,26 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "devices by a user in a directory it may not enter (su from root's home) still runs lspci",
+  ignore: Deno.uid() !== 0 || !canUnshareMounts(),
+  async fn() {
+    const { dir, asUser } = await userDir();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // As /root is to a user `su` or `sudo -u` left there.
+      await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
+      const devices = await asUser(
+        ["devices", "--sysfs", `${dir}/sysfs`, "0000:21:00.0"],
+        `cd ${shellQuote(`${dir}/root-home`)}`,
+      );
+      // It said: Failed to spawn 'lspci': Permission denied (os error 13) (the system refused:
+      // check the owner and mode of that path, or run as root).
+      assertEquals(devices.code, 0, devices.stderr);
+      assertMatch(devices.stdout, /^0000:21:00\.0 .*NVIDIA/m);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
