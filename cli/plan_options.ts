@@ -31,12 +31,18 @@ const DEFAULT_CONFIG = "passthrough_config.yaml";
 /** Where a host keeps its config: tried after {@link DEFAULT_CONFIG} when neither is given. */
 export const HOST_CONFIG = "/etc/passthrough/passthrough_config.yaml";
 
-function isMissing(path: string): boolean {
+/**
+ * Whether nothing is at `path`; with `unseen`, also when this user may not look into its
+ * directory: a working directory `su` or `sudo -u` left in root's home holds no config this user
+ * could read, and the next place to look (the host's config) is the one meant.
+ */
+function isMissing(path: string, unseen = false): boolean {
   try {
     Deno.lstatSync(path);
     return false;
   } catch (error) {
-    return error instanceof Deno.errors.NotFound;
+    return error instanceof Deno.errors.NotFound ||
+      (unseen && error instanceof Deno.errors.PermissionDenied);
   }
 }
 
@@ -53,7 +59,7 @@ export function configPath(flag: string | undefined, io: CliIo): string {
     : env !== undefined
     ? [[env, `$${CONFIG_ENV}`]]
     : [[DEFAULT_CONFIG, "current directory"], [HOST_CONFIG, "host config"]];
-  const found = tried.find(([path]) => !isMissing(path));
+  const found = tried.find(([path, why]) => !isMissing(path, why === "current directory"));
   if (found !== undefined) return found[0];
   throw new Error(
     `No config file: tried ${tried.map(([path, why]) => `${path} (${why})`).join(", ")}: ` +

@@ -207,3 +207,28 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "plan by a user in a directory it may not enter looks for the host's config next",
+  ignore: Deno.uid() !== 0 || !canUnshareMounts(),
+  async fn() {
+    const { dir, asUser } = await userDir();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
+      const plan = await asUser(
+        ["plan", "--sysfs", `${dir}/sysfs`, "--connect", `test://${DEMO}world.xml`],
+        `cd ${shellQuote(`${dir}/root-home`)}`,
+      );
+      // It said: Cannot read config "passthrough_config.yaml": permission denied (check its
+      // owner and mode, or run as root), of a file that is not there, and never looked in /etc.
+      assertEquals(plan.code, 1, plan.stderr);
+      assertMatch(
+        plan.stderr,
+        /^passthrough plan: No config file: tried passthrough_config\.yaml \(current directory\), \/etc\/passthrough\/passthrough_config\.yaml \(host config\)/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
