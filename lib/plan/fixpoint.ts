@@ -135,7 +135,7 @@ function planSelected(
         ? `VM "${name}" is not in config "${config.file}"`
         : `VM "${name}" is not defined in libvirt ("${input.uri}"): define it first or fix the name in the config${
           didYouMean(name, [...survey.holdings.keys()])
-        }`,
+        }${sessionNote(input.uri)}`,
       vm: name,
     }, config);
   }
@@ -242,4 +242,16 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
             : `; "${name}" is left out of this plan (${command} plans it)`),
       }));
   });
+}
+
+/**
+ * For a session URI (`qemu:///session`: libvirt's default for a user other than root), that the
+ * system's VMs are elsewhere: such a user who left out `-c` is told a VM of the host "is not
+ * defined", and defining it there is not the fix.
+ */
+function sessionNote(uri: string): string {
+  const driver = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/?$/i.exec(uri)?.[1];
+  if (driver === undefined) return "";
+  const system = `${driver}:///system`;
+  return `; "${uri}" is this user's own libvirt, not the host's: for the host's VMs connect to "${system}" (--connect, or connect: in the config) as root or a member of the "libvirt" group`;
 }

@@ -232,3 +232,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "plan by a user on libvirt's default for them (qemu:///session) says the host's VMs are in qemu:///system",
+  ignore: unavailable !== null,
+  async fn() {
+    const { dir, asUser } = await userDir();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
+      // No --connect: libvirt starts this user's session daemon (in $HOME) and opens it.
+      const plan = await asUser([
+        "plan",
+        "--config",
+        `${dir}/config.yaml`,
+        "--sysfs",
+        `${dir}/sysfs`,
+      ]);
+      assertEquals(plan.code, 1, plan.stderr);
+      // It said only: not defined in libvirt ("qemu:///session"): define it first or fix the name.
+      assertMatch(
+        plan.stdout,
+        /refused \[unknown-vm\] .*VM "win10" is not defined in libvirt \("qemu:\/\/\/session"\): define it first or fix the name in the config; "qemu:\/\/\/session" is this user's own libvirt, not the host's: for the host's VMs connect to "qemu:\/\/\/system" \(--connect, or connect: in the config\) as root or a member of the "libvirt" group$/m,
+      );
+    } finally {
+      // The session daemon libvirt started for the user (it would exit when idle for a while).
+      const pidFile = `${dir}/user/.cache/libvirt/libvirtd.pid`;
+      try {
+        Deno.kill(parseInt(Deno.readTextFileSync(pidFile), 10), "SIGTERM");
+      } catch {
+        // Not started, or gone.
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
