@@ -441,6 +441,18 @@ function checkLibvirt(probe: () => LibvirtReach): DoctorFinding {
       hint: libvirtAccessAdvice(result.refused),
     };
   }
+  const session = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/? /i.exec(result)?.[1];
+  if (session !== undefined) {
+    // libvirt's default for a user other than root: their own libvirt, without the host's VMs.
+    return {
+      check: "libvirt",
+      status: "warn",
+      summary:
+        `libvirt reachable: ${result}, this user's own libvirt, not the host's: the host's VMs are in ${session}:///system`,
+      hint:
+        `pass --connect ${session}:///system (or set LIBVIRT_DEFAULT_URI), as root or a member of the "libvirt" group`,
+    };
+  }
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
 }
 

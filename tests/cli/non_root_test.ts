@@ -268,3 +268,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "doctor by a user on libvirt's default for them (qemu:///session) warns that it is not the host's",
+  ignore: unavailable !== null,
+  async fn() {
+    const { dir, asUser } = await userDir();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      const doctor = await asUser(["doctor", "--json", "--sysfs", `${dir}/sysfs`]);
+      const findings: { check: string; status: string; summary: string; hint: string | null }[] =
+        JSON.parse(doctor.stdout);
+      // It said: ok, libvirt reachable: qemu:///session.
+      const libvirt = findings.find((f) => f.check === "libvirt");
+      assertEquals(libvirt?.status, "warn", doctor.stdout + doctor.stderr);
+      assertMatch(
+        libvirt!.summary,
+        /^libvirt reachable: qemu:\/\/\/session \(libvirt \d+\.\d+\.\d+\), this user's own libvirt, not the host's: the host's VMs are in qemu:\/\/\/system$/,
+      );
+      assertEquals(
+        libvirt!.hint,
+        `pass --connect qemu:///system (or set LIBVIRT_DEFAULT_URI), as root or a member of the "libvirt" group`,
+      );
+    } finally {
+      try {
+        Deno.kill(
+          parseInt(Deno.readTextFileSync(`${dir}/user/.cache/libvirt/libvirtd.pid`), 10),
+          "SIGTERM",
+        );
+      } catch {
+        // Not started, or gone.
+      }
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
