@@ -213,6 +213,16 @@ function isDenoError(error: unknown): boolean {
   return Object.values(Deno.errors).some((kind) => error instanceof kind);
 }
 
+/**
+ * libc's `EACCES` or `EPERM` on a path read through `ffi/libc_fs.ts` (the live `/sys`, a captured
+ * tree): the system's refusal as Deno's `PermissionDenied` is. Told by name: no `ffi/` import here.
+ */
+function isLibcRefusal(error: unknown): boolean {
+  if (!(error instanceof Error) || error.name !== "LibcFsError") return false;
+  const errno = (error as Error & { errno?: unknown }).errno;
+  return errno === 13 || errno === 1;
+}
+
 /** Deno's refusal of a path it opens only with `--allow-all` (`/dev/shm/x`, `/proc/self/cwd/x`). */
 const SPECIAL_PATH = /^Requires all access to /;
 
@@ -238,7 +248,9 @@ export function describeError(error: unknown): string {
         "passthrough does not run with: use a path elsewhere, such as /etc/passthrough)";
     } else if (current instanceof Deno.errors.NotCapable) {
       hint = ` (a Deno permission: see README, "Permissions")`;
-    } else if (current instanceof Deno.errors.PermissionDenied && hint === "") {
+    } else if (
+      (current instanceof Deno.errors.PermissionDenied || isLibcRefusal(current)) && hint === ""
+    ) {
       hint = " (the system refused: check the owner and mode of that path, or run as root)";
     }
     if (!parts.some((part) => part.includes(text))) parts.push(text);

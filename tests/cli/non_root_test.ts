@@ -304,3 +304,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "groups by a user on a captured tree it may not read says the system refused, and the fix",
+  ignore: Deno.uid() !== 0 || !canUnshareMounts(),
+  async fn() {
+    const { dir, asUser } = await userDir();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // As a tree root captured into a directory of its own.
+      await Deno.chmod(`${dir}/sysfs/bus/pci/devices`, 0o700);
+      const groups = await asUser(["groups", "--sysfs", `${dir}/sysfs`]);
+      assertEquals(groups.code, 1, groups.stderr);
+      // It said only: Cannot open directory "…/bus/pci/devices": EACCES.
+      assertEquals(
+        groups.stderr,
+        `passthrough groups: Cannot open directory "${dir}/sysfs/bus/pci/devices": EACCES (the system refused: check the owner and mode of that path, or run as root)\n`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
