@@ -104,6 +104,16 @@ Deno.test({
       plan.stderr,
       /^passthrough plan: Cannot connect to libvirt at ".*": Failed to connect socket to '.*libvirt-sock': Permission denied \(run as root, or as a user libvirt lets manage it \(on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again\)\)$/m,
     );
+    // doctor on the same URI: it cannot reach it at all, and says how to get in.
+    const doctor = await s.asUser(
+      ["doctor", "--json", "--sysfs", `${s.dir}/sysfs`, "--connect", s.daemon.uri],
+    );
+    const findings: { check: string; status: string; hint: string | null }[] = JSON.parse(
+      doctor.stdout,
+    );
+    const libvirt = findings.find((f) => f.check === "libvirt");
+    assertEquals(libvirt?.status, "fail", doctor.stdout);
+    assertMatch(libvirt?.hint ?? "", /^run as root, or as a user libvirt lets manage it/);
   },
 });
 
