@@ -361,6 +361,21 @@ function leftoversIn(dir: string): string[] {
 }
 
 /**
+ * Removes `dir/name`, a temporary hook; one already gone counts as removed: another install
+ * running at the same moment placed its own, or removed it too.
+ */
+function removeLeftover(dir: string, name: string): void {
+  try {
+    Deno.removeSync(join(dir, name), { recursive: true });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+}
+
+/** How often an install stages its hook again when another install or remove took its staging. */
+const STAGING_ATTEMPTS = 5;
+
+/**
  * The users who may own what the hook runs: root, and the installing user (a session daemon
  * runs its hooks as that user, who owns them).
  */
@@ -447,35 +462,54 @@ export function installHook(
     same = ((info.mode ?? 0) & 0o7777) === 0o755 && owners.includes(info.uid ?? -1) &&
       current === script;
   }
-  for (const name of leftoversIn(dir)) Deno.removeSync(join(dir, name), { recursive: true });
+  for (const name of leftoversIn(dir)) removeLeftover(dir, name);
   if (same) return { path, changed: false };
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
-  // Written in a directory of its own in `dir` (one file system, so the rename is atomic):
-  // libvirt runs every executable regular file of `dir`, never one in a subdirectory, so an
-  // install killed between the chmod and the rename leaves nothing it runs.
-  const staging = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
-  Deno.mkdirSync(staging, { mode: 0o700 });
-  const temp = join(staging, HOOK_FILE_NAME);
-  try {
-    const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
+  for (let attempt = 1;; attempt++) {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // Written in a directory of its own in `dir` (one file system, so the rename is atomic):
+    // libvirt runs every executable regular file of `dir`, never one in a subdirectory, so an
+    // install killed between the chmod and the rename leaves nothing it runs.
+    const staging = join(dir, `.${HOOK_FILE_NAME}.${crypto.randomUUID()}.tmp`);
+    Deno.mkdirSync(staging, { mode: 0o700 });
+    const temp = join(staging, HOOK_FILE_NAME);
     try {
-      writeAllSync(file, new TextEncoder().encode(script));
-      file.syncSync();
+      placeHook(temp, script, path);
+      return { path, changed: true };
+    } catch (error) {
+      // Another install or a remove at the same moment took the staging directory for one an
+      // interrupted install left, and removed it (its file first): staged again, the last
+      // rename stands, as it would had they run one after the other.
+      if (!(error instanceof Deno.errors.NotFound) || exists(temp)) throw error;
+      if (attempt === STAGING_ATTEMPTS) {
+        throw new Error(
+          `Cannot install the start guard in "${dir}": another "passthrough hook install" or ` +
+            `"hook remove" removed its temporary file ${attempt} times; run it again`,
+          { cause: error },
+        );
+      }
     } finally {
-      file.close();
-    }
-    // Executable only now that it is whole.
-    Deno.chmodSync(temp, 0o755);
-    Deno.renameSync(temp, path);
-    syncDir(dir);
-  } finally {
-    try {
-      Deno.removeSync(staging, { recursive: true });
-    } catch {
-      // Gone already: nothing left to clean.
+      try {
+        Deno.removeSync(staging, { recursive: true });
+      } catch {
+        // Gone already: nothing left to clean.
+      }
     }
   }
-  return { path, changed: true };
+}
+
+/** Writes `script` as `temp`, makes it executable once whole, and renames it to `path`. */
+function placeHook(temp: string, script: string, path: string): void {
+  const file = Deno.openSync(temp, { write: true, createNew: true, mode: 0o600 });
+  try {
+    writeAllSync(file, new TextEncoder().encode(script));
+    file.syncSync();
+  } finally {
+    file.close();
+  }
+  // Executable only now that it is whole.
+  Deno.chmodSync(temp, 0o755);
+  Deno.renameSync(temp, path);
+  syncDir(dirname(path));
 }
 
 /** The largest number of files looked at under one directory the hook's code comes from. */
@@ -683,8 +717,9 @@ export function removeHook(dir: string): RemoveResult {
   if (text !== null && !isPassthroughHook(text)) {
     throw new Error(`Refusing to remove "${path}": it is not a passthrough hook`);
   }
-  const leftovers = leftoversIn(dir).map((name) => join(dir, name));
-  for (const leftover of leftovers) Deno.removeSync(leftover, { recursive: true });
+  const names = leftoversIn(dir);
+  for (const name of names) removeLeftover(dir, name);
+  const leftovers = names.map((name) => join(dir, name));
   if (text !== null) Deno.removeSync(path);
   return { removed: text !== null, leftovers };
 }

@@ -379,6 +379,45 @@ Deno.test("installHook() makes the hook executable only once it is whole, and re
   });
 });
 
+Deno.test("installHook() run at the same moment as another install or a remove still installs, whichever removes the other's temporary file", async () => {
+  await withDir((dir) => {
+    const hooks = `${dir}/qemu.d`;
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    // What another install (or a remove) does at the same moment: it takes this install's
+    // staging directory for an interrupted install's leftover and removes it, just before this
+    // one makes its hook executable; or it places its own hook and removes its staging
+    // directory just after this one listed it as a leftover.
+    const chmod = Deno.chmodSync;
+    const remove = Deno.removeSync;
+    let taken = 0;
+    Deno.chmodSync = (path: string | URL, mode: number) => {
+      if (taken++ === 0) {
+        remove(String(path).slice(0, String(path).lastIndexOf("/")), { recursive: true });
+      }
+      chmod(path, mode);
+    };
+    const leftover = `${hooks}/.${HOOK_FILE_NAME}.1b4e28ba-2fa1-11d2-883f-0016d3cca427.tmp`;
+    Deno.mkdirSync(leftover, { recursive: true });
+    Deno.removeSync = (path: string | URL, options?: Deno.RemoveOptions) => {
+      if (String(path) === leftover) remove(leftover, { recursive: true });
+      remove(path, options);
+    };
+    try {
+      assertEquals(installHook(hooks, script).changed, true);
+      Deno.mkdirSync(leftover);
+      assertEquals(removeHook(hooks), {
+        removed: true,
+        leftovers: [leftover],
+      });
+    } finally {
+      Deno.chmodSync = chmod;
+      Deno.removeSync = remove;
+    }
+    assertEquals(taken, 2);
+    assertEquals([...Deno.readDirSync(hooks)].map((e) => e.name), []);
+  });
+});
+
 Deno.test("installHook() rewrites a hook another user owns; inspectHook() sees one changed by hand", async () => {
   await withDir((dir) => {
     const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
