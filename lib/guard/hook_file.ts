@@ -720,8 +720,15 @@ export function removeHook(dir: string): RemoveResult {
   const names = leftoversIn(dir);
   for (const name of names) removeLeftover(dir, name);
   const leftovers = names.map((name) => join(dir, name));
-  if (text !== null) Deno.removeSync(path);
-  return { removed: text !== null, leftovers };
+  if (text === null) return { removed: false, leftovers };
+  try {
+    Deno.removeSync(path);
+  } catch (error) {
+    // Another remove at the same moment removed it: gone, as asked, though not by this one.
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    return { removed: false, leftovers };
+  }
+  return { removed: true, leftovers };
 }
 
 /** A program the hook runs, and whether it is still there. */

@@ -418,6 +418,26 @@ Deno.test("installHook() run at the same moment as another install or a remove s
   });
 });
 
+Deno.test("removeHook() run at the same moment as another remove finds the hook gone, not an error", async () => {
+  await withDir((dir) => {
+    const hooks = `${dir}/qemu.d`;
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    const { path } = installHook(hooks, script);
+    // The other remove deletes the hook between this one's read and its own delete.
+    const remove = Deno.removeSync;
+    Deno.removeSync = (target: string | URL, options?: Deno.RemoveOptions) => {
+      if (String(target) === path) remove(path);
+      remove(target, options);
+    };
+    try {
+      assertEquals(removeHook(hooks), { removed: false, leftovers: [] });
+    } finally {
+      Deno.removeSync = remove;
+    }
+    assertEquals([...Deno.readDirSync(hooks)].map((e) => e.name), []);
+  });
+});
+
 Deno.test("installHook() rewrites a hook another user owns; inspectHook() sees one changed by hand", async () => {
   await withDir((dir) => {
     const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
