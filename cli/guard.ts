@@ -9,10 +9,11 @@
 import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GUARD } from "./specs.ts";
-import { allowNextStart, readRefusalRecords } from "../lib/guard/state.ts";
+import { allowNextStart, type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
 import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
+import { errorText } from "../lib/render/error_text.ts";
 
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
@@ -24,7 +25,13 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
     `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +
       `(until ${allowance.expires}; ${path})\n`,
   );
-  const records = readRefusalRecords(stateDir);
+  // The records only inform: once the allowance is written, the command has done what it says.
+  let records: GuardRefusalRecord[] = [];
+  try {
+    records = readRefusalRecords(stateDir);
+  } catch (error) {
+    io.err(`Note: cannot read the start guard's refusal records: ${errorText(error)}\n`);
+  }
   const last = records.find((r) => r.vm === vm)?.refusals ?? [];
   for (const refusal of last.filter((r) => r.hostNeeds !== null)) {
     io.out(

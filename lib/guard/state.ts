@@ -393,7 +393,10 @@ export function recordRefusals(
   return replaceFileSync(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
 }
 
-/** The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. */
+/**
+ * The recorded refusals, one per VM that has one, sorted by VM name. Nothing written. A
+ * `guard/refused` that is not a directory is a {@link StateDirError} saying to remove it.
+ */
 export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
   const dir = guardPath(stateDir, "refused");
   const records: GuardRefusalRecord[] = [];
@@ -402,6 +405,15 @@ export function readRefusalRecords(stateDir: string): GuardRefusalRecord[] {
     entries = [...Deno.readDirSync(dir)];
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return [];
+    // The hook cannot record a refusal there either (it says "not a directory"): say what to do.
+    if (error instanceof Deno.errors.NotADirectory) {
+      throw new StateDirError(
+        dir,
+        "not-directory",
+        `Cannot use "${dir}": it is not a directory; remove it (the start guard keeps its refusal records there)`,
+        { cause: error },
+      );
+    }
     throw error;
   }
   for (const entry of entries) {

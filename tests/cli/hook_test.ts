@@ -627,6 +627,35 @@ Deno.test("guard allow without an installed hook writes where its help says", as
   }
 });
 
+Deno.test("guard allow exits 0 with its allowance given when the refusal records cannot be read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    Deno.mkdirSync(`${dir}/qemu.d`);
+    Deno.mkdirSync(`${dir}/state/guard`, { recursive: true, mode: 0o700 });
+    // A stray file where the guard keeps its refusal records.
+    Deno.writeTextFileSync(`${dir}/state/guard/refused`, "");
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--hooks-dir",
+      `${dir}/qemu.d`,
+      "--state-dir",
+      `${dir}/state`,
+    ]);
+    assertEquals(allow.code, 0, allow.stderr);
+    assertOk(pathExists(`${dir}/state/guard/allow/win11.json`), allow.stdout);
+    assertMatch(allow.stdout, /^The next start of "win11" goes on once/);
+    assertEquals(
+      allow.stderr,
+      `Note: cannot read the start guard's refusal records: Cannot use "${dir}/state/guard/refused": ` +
+        "it is not a directory; remove it (the start guard keeps its refusal records there)\n",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("the installed hook refuses a moved card until guard allow lets one start through", async () => {
   await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
