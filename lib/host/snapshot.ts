@@ -25,6 +25,8 @@ import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { firstInterface } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
+import { errorText } from "../render/error_text.ts";
+import { join, pathExists } from "../state/paths.ts";
 
 /**
  * The kernel command line as a snapshot writes it: a snapshot is made to be shared, and an install
@@ -135,7 +137,9 @@ function ensureEmptyTarget(out: string): void {
 
 /**
  * Writes the snapshot of `host` (discovered from `options.root`) into `out`, which must not exist
- * or be an empty directory (not a symbolic link to one): else {@link SnapshotTargetError}.
+ * or be an empty directory (not a symbolic link to one): else {@link SnapshotTargetError}. The
+ * tree appears whole or not at all: a failure (a full disk) removes what was written, and throws
+ * an `Error` naming `out`.
  *
  * @example
  * ```ts
@@ -161,6 +165,40 @@ export function writeSnapshot(
   out: string,
   options: SnapshotOptions,
 ): SnapshotSummary {
+  ensureEmptyTarget(out);
+  // Written into a temporary directory inside `out` (on the same file system, also when `out`
+  // is a mount point), then moved up whole: a run stopped half-way (a full disk) leaves no
+  // partial tree that `devices --sysfs` would show as the host with devices missing, and that
+  // a second snapshot would refuse as not empty.
+  const made = !pathExists(out);
+  if (made) Deno.mkdirSync(out, { recursive: true });
+  const temp = join(out, `.snapshot-${crypto.randomUUID()}.tmp`);
+  try {
+    const summary = writeTree(host, temp, options);
+    for (const entry of Deno.readDirSync(temp)) {
+      Deno.renameSync(join(temp, entry.name), join(out, entry.name));
+    }
+    Deno.removeSync(temp);
+    return { ...summary, out };
+  } catch (error) {
+    // `out` was empty: all in it is this run's.
+    try {
+      for (const entry of [...Deno.readDirSync(out)]) {
+        Deno.removeSync(join(out, entry.name), { recursive: true });
+      }
+      if (made) Deno.removeSync(out);
+    } catch {
+      // What cannot be removed is said by the error below only as its cause.
+    }
+    throw new Error(
+      `Cannot write snapshot to "${out}": ${errorText(error)}; nothing was left there`,
+      { cause: error },
+    );
+  }
+}
+
+/** Writes the snapshot's tree into `out`, a directory not made yet. */
+function writeTree(host: HostTopology, out: string, options: SnapshotOptions): SnapshotSummary {
   const { root, reader } = options;
   // The pre-flight files are optional evidence: one this process may not read (other users'
   // processes and `/proc/iomem`'s addresses are root's) is left out, not failing the snapshot.
@@ -168,7 +206,6 @@ export function writeSnapshot(
   // The `/proc` beside `root`, whose pre-flight files are captured.
   const live = options.live ?? /^\/sys\/*$/.test(root);
   const procRoot = live ? "/proc" : `${root}/proc`;
-  ensureEmptyTarget(out);
   // One scan of `/proc` for every device's holders.
   const holders = gpuHolders(
     facts,

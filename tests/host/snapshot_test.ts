@@ -13,7 +13,13 @@ import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { cpuVendor } from "../../lib/host/doctor.ts";
 import { described } from "../preflight/trees.ts";
-import { documentedFlags, MAIN } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  cliCommand,
+  documentedFlags,
+  MAIN,
+  runInPrivateMounts,
+} from "../helpers/cli.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
@@ -219,6 +225,46 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "snapshot on a full disk leaves nothing at OUT, nor in an empty OUT that is a mount point, and says so",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-full-" });
+    try {
+      buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), `${dir}/src`);
+      const mnt = `${dir}/mnt`;
+      Deno.mkdirSync(mnt);
+      // Run in a private mount namespace on a 64 KiB tmpfs, far smaller than the tree.
+      const snapshot = (out: string) =>
+        runInPrivateMounts(
+          `mount -t tmpfs -o size=64k tmpfs ${mnt}`,
+          [
+            "sh",
+            "-c",
+            `"$@"; echo "code $?"; ls -A ${mnt}`,
+            "sh",
+            ...cliCommand(),
+            "snapshot",
+            out,
+            "--sysfs",
+            `${dir}/src`,
+          ],
+        );
+      for (const [out, left] of [[`${mnt}/snap`, ""], [mnt, ""]] as const) {
+        const run = await snapshot(out);
+        assertEquals(run.stdout, `code 1\n${left}`, run.stderr);
+        assertEquals(
+          run.stderr.replace(/: No space left on device \(os error 28\): .*;/, ": ENOSPC;"),
+          `passthrough snapshot: Cannot write snapshot to "${out}": ENOSPC; nothing was left there\n`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 /** The pre-flight facts of the tree at `root`, as `plan` and `doctor` read them. */
