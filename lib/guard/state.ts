@@ -102,7 +102,8 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
     if (error instanceof StateDirError && error.problem === "missing") {
       return { file: null, problem: null };
     }
-    return fail(errorText(error));
+    const again = replaceablePolicyFile(error, path) ? "; run passthrough apply again" : "";
+    return fail(`${errorText(error)}${again}`);
   }
   if (text === null) return { file: null, problem: null };
   let file: GuardPolicyFile | null = null;
@@ -114,6 +115,19 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
   return file === null
     ? fail("not a passthrough policy file; run passthrough apply again")
     : { file, problem: null };
+}
+
+/**
+ * Whether `error` is the refusal of a policy file at `path` that {@link recordPolicies} replaces:
+ * a FIFO, a link or a file too large, never read; not a directory, which a rename cannot replace.
+ */
+function replaceablePolicyFile(error: unknown, path: string): boolean {
+  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return false;
+  try {
+    return error.path === path && !Deno.lstatSync(path).isDirectory;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -156,7 +170,18 @@ export type PolicyRecordOutcome = "written" | "removed" | "unchanged";
  */
 export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyRecordOutcome {
   const path = guardPath(stateDir, POLICY_FILE);
-  const before = readGuardFile(path);
+  let before: string | null;
+  try {
+    before = readGuardFile(path);
+  } catch (error) {
+    if (!replaceablePolicyFile(error, path)) throw error;
+    // Not a file apply wrote (a FIFO, a link, one too large), never read: while it is there the
+    // hook enforces every VM and says it cannot read it, so it is replaced (or removed) as a
+    // damaged one is, once the guard directory passes the checks the writes below make.
+    const state = openStateDir(stateDir);
+    ensurePrivateDir(guardPath(state.path), state);
+    before = "";
+  }
   if (Object.keys(file.vms).length === 0) {
     if (before === null) return "unchanged";
     try {

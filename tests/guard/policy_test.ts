@@ -8,6 +8,7 @@ import { runGuard } from "../../lib/guard/run.ts";
 import { ENFORCE, guardPolicies, policyFor } from "../../lib/guard/policy.ts";
 import {
   allowNextStart,
+  readPolicyFile,
   readRefusalRecords,
   readVmPolicy,
   recordPolicies,
@@ -500,15 +501,21 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
       }
     };
     for (const [what, plant] of plants) {
-      // apply records the policies: it refuses instead of blocking or reading without end.
+      // The start enforces, saying what fixes it; apply replaces it without reading it (never
+      // blocking or reading without end), or removes it when there is nothing to record.
       clearIfThere(policy);
       plant(policy);
-      assertThrows(
-        () => recordPolicies(state, guardPolicies(config("warn", null))),
-        new RegExp(`Refusing "${policy}": it `),
+      assertMatch(
+        readPolicyFile(state).problem ?? "",
+        new RegExp(`Refusing "${policy}": it .*; run passthrough apply again\\): enforcing$`),
         what,
       );
+      assertEquals(recordPolicies(state, guardPolicies(config("warn", null))), "written", what);
+      assertEquals(readVmPolicy(state, "win11").policy.guard, "warn", what);
       clear(policy);
+      plant(policy);
+      assertEquals(recordPolicies(state, guardPolicies(config(null, null))), "removed", what);
+      assertThrows(() => Deno.lstatSync(policy), Deno.errors.NotFound);
       // The start: the allowance cannot be read, so it does not count, and the check says so.
       clearIfThere(allowance);
       plant(allowance);
@@ -537,7 +544,7 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
         "guard policy, allowance and refusal files planted as a FIFO, a symlink to /dev/zero, a 1 GiB file",
       count: 9,
       outcome:
-        "refused by name without reading; apply never blocks; the start enforced, saying why",
+        "refused by name without reading; apply replaces the policy file unread; the start enforced, saying why",
       test: "tests/guard/policy_test.ts",
     });
   });
