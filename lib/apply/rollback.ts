@@ -23,6 +23,7 @@ import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
 import {
   backupDir,
   type BackupEntry,
+  BackupIntegrityError,
   findBackup,
   readBackupXml,
   writeBackup,
@@ -329,7 +330,21 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
   const backup = findBackup(state, vm, options.backup);
-  const backupXml = readBackupXml(backup);
+  let backupXml: string;
+  try {
+    backupXml = readBackupXml(backup);
+  } catch (error) {
+    // The newest, chosen for the user: say how to choose another, as a damaged sidecar's
+    // refusal (findBackup) does, instead of leaving them before a hash mismatch.
+    if (options.backup !== undefined || !(error instanceof BackupIntegrityError)) throw error;
+    throw new BackupIntegrityError(
+      error.path,
+      `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
+        positionalCommand("passthrough backups", vm)
+      }")`,
+      { cause: error },
+    );
+  }
   const parsed = parseDomainXml(backupXml);
   const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.

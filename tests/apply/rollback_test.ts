@@ -4,7 +4,12 @@ import { connectionPort, openLibvirtPort } from "../../ffi/port.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { applyPlan } from "../../lib/apply/apply.ts";
 import { renderDomainDiff } from "../../lib/render/diff.ts";
-import { BackupNotFoundError, listBackups, writeBackup } from "../../lib/state/backups.ts";
+import {
+  BackupIntegrityError,
+  BackupNotFoundError,
+  listBackups,
+  writeBackup,
+} from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { acquireConnectionLock, LockHeldError } from "../../lib/state/lock.ts";
@@ -380,6 +385,46 @@ Deno.test("rollbackVm() reports a missing backup and a held lock before writing 
   }
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
   assertEquals(listBackups(f.stateDir, "alpha").length, 1);
+});
+
+Deno.test("rollbackVm() of a newest backup whose XML is damaged says how to choose another, and defines nothing", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  const [newest, older] = listBackups(f.stateDir, "alpha");
+  // Cut short, as a disk that filled (or a hand edit) can leave it.
+  Deno.truncateSync(newest!.path, 100);
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupIntegrityError,
+    `Backup "${newest!.path}" is damaged: sha256 is `,
+  );
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupIntegrityError,
+    `; it is the newest backup of "alpha": choose another with --to (run "passthrough backups alpha")`,
+  );
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0", "0000:02:00.0"]);
+  // Named, it is refused as is: the user chose it.
+  await assertRejects(
+    () =>
+      rollbackVm("alpha", {
+        libvirt: f.port,
+        stateDir: f.stateDir,
+        backup: newest!.id,
+        confirm: yes,
+      }),
+    BackupIntegrityError,
+    "the sidecar recorded ",
+  );
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    backup: older!.id,
+    confirm: yes,
+  });
+  assertEquals(report.status, "restored", report.message);
+  assertEquals(hostdevs(f, "alpha"), []);
 });
 
 Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves the VM as it was", async () => {
