@@ -102,7 +102,12 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
     if (error instanceof StateDirError && error.problem === "missing") {
       return { file: null, problem: null };
     }
-    const again = replaceablePolicyFile(error, path) ? "; run passthrough apply again" : "";
+    const kind = policyFileKind(error, path);
+    const again = kind === "replaceable"
+      ? "; run passthrough apply again"
+      : kind === "directory"
+      ? `; ${REMOVE_DIRECTORY}`
+      : "";
     return fail(`${errorText(error)}${again}`);
   }
   if (text === null) return { file: null, problem: null };
@@ -117,16 +122,21 @@ export function readPolicyFile(stateDir: string): PolicyFileReading {
     : { file, problem: null };
 }
 
+/** What makes a directory at the policy file's name go: apply cannot replace one by a rename. */
+const REMOVE_DIRECTORY = "remove that directory, then run passthrough apply again";
+
 /**
- * Whether `error` is the refusal of a policy file at `path` that {@link recordPolicies} replaces:
- * a FIFO, a link or a file too large, never read; not a directory, which a rename cannot replace.
+ * What the refusal `error` of the policy file at `path` refused: `replaceable` for what
+ * {@link recordPolicies} replaces unread (a FIFO, a link, a file too large), `directory` for a
+ * directory, which only its removal clears; `null` for any other error.
  */
-function replaceablePolicyFile(error: unknown, path: string): boolean {
-  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return false;
+function policyFileKind(error: unknown, path: string): "replaceable" | "directory" | null {
+  if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return null;
+  if (error.path !== path) return null;
   try {
-    return error.path === path && !Deno.lstatSync(path).isDirectory;
+    return Deno.lstatSync(path).isDirectory ? "directory" : "replaceable";
   } catch {
-    return false;
+    return null;
   }
 }
 
@@ -174,7 +184,11 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   try {
     before = readGuardFile(path);
   } catch (error) {
-    if (!replaceablePolicyFile(error, path)) throw error;
+    const kind = policyFileKind(error, path);
+    if (kind === "directory") {
+      throw new StateDirError(path, "unexpected-file", `${errorText(error)}; ${REMOVE_DIRECTORY}`);
+    }
+    if (kind !== "replaceable") throw error;
     // Not a file apply wrote (a FIFO, a link, one too large), never read: while it is there the
     // hook enforces every VM and says it cannot read it, so it is replaced (or removed) as a
     // damaged one is, once the guard directory passes the checks the writes below make.

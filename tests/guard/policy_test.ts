@@ -550,6 +550,31 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
   });
 });
 
+Deno.test("policy: a directory where the policy file belongs: the start enforces and apply refuses, both saying to remove it", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("off", null)));
+    const policy = `${state}/guard/policy.json`;
+    Deno.removeSync(policy);
+    Deno.mkdirSync(`${policy}/x`, { recursive: true });
+    const fix = "; remove that directory, then run passthrough apply again";
+    const result = await run(root, state);
+    assertEquals(result.code, 1);
+    assertEquals(
+      result.lines[0],
+      `passthrough guard: cannot read the guard policies in ${policy} (Refusing "${policy}": it is ` +
+        `a directory, and passthrough writes only regular files there${fix}): enforcing`,
+    );
+    assertThrows(
+      () => recordPolicies(state, guardPolicies(config("off", null))),
+      Error,
+      `Refusing "${policy}": it is a directory, and passthrough writes only regular files there${fix}`,
+    );
+    Deno.removeSync(policy, { recursive: true });
+    assertEquals(recordPolicies(state, guardPolicies(config("off", null))), "written");
+    assertEquals((await run(root, state)).code, 0);
+  });
+});
+
 Deno.test("policy: one in a guard directory that is a link or writable by others is not trusted", async () => {
   await withTree(async (root, state) => {
     // guard: off for the VM: the start goes on unchecked, as long as the policy is trusted.
