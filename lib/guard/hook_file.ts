@@ -1148,11 +1148,19 @@ export function hookFileProblems(
 }
 
 /**
- * Whether the check can read PCI devices under `sysfs`: this host's `/sys` always (which Deno
- * would not let `stat` without `--allow-all`), a captured tree while it has `bus/pci/devices`.
+ * Whether the check can read PCI devices under `sysfs`: this host's `/sys` always, a captured
+ * tree while it has `bus/pci/devices`. A path Deno will not `stat` without `--allow-all` (under
+ * `/sys`, `/dev` or `/proc`, such as a tree in `/dev/shm`) counts as present: the check, which
+ * runs with it, reads it, and its own refusal says so when it cannot.
  */
 export function sysfsTreePresent(sysfs: string): boolean {
-  return sysfs === "/sys" || exists(join(sysfs, "bus", "pci", "devices"));
+  if (sysfs === "/sys") return true;
+  try {
+    Deno.statSync(join(sysfs, "bus", "pci", "devices"));
+    return true;
+  } catch (error) {
+    return error instanceof Deno.errors.NotCapable;
+  }
 }
 
 /** Where `path` leads when it is a symbolic link (`""` when nowhere), else `null`. */

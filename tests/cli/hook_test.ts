@@ -534,6 +534,34 @@ Deno.test("hook status reports the captured tree its hook reads gone, as the ref
   }
 });
 
+Deno.test({
+  name:
+    "hook install takes a captured tree Deno reads only with --allow-all (/dev/shm), and hook status finds it there",
+  // The CLI's --allow-read does not reach /dev: the tree was "no bus/pci/devices", so install
+  // refused it and hook status said every start was refused, while the check (run with
+  // --allow-all) read it and let a start through.
+  ignore: !pathExists("/dev/shm"),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-shm-" });
+    const tree = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "passthrough-tree-" });
+    try {
+      buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
+      const hook = await installOnTree(dir, tree);
+      const start = await runHook(
+        hook,
+        ["w", "prepare", "begin", "-"],
+        "<domain type='kvm'><name>w</name><devices/></domain>",
+      );
+      assertEquals(start.code, 0, start.stderr);
+      const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
+      assertEquals(JSON.parse(status.stdout).problems, []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(tree, { recursive: true });
+    }
+  },
+});
+
 Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-no-tree-" });
   try {
