@@ -293,13 +293,16 @@ export function heldByRunningWarning(
 
 /**
  * How to unplug hostdevs from running VM `holder` alone: virsh takes one device per file, and
- * the domain and the file are required.
+ * the domain and the file are required. A VF of a `vf:` rule is no `<hostdev>` in the guest but
+ * an `<interface type='hostdev'>`, the element to detach.
  */
 function unplugCommand(holder: string, one: boolean): string {
   const vm = shellWord(holder);
   return `virsh detach-device ${vm} FILE --live, FILE holding ${
     one ? "its" : "one's"
-  } <hostdev> element from virsh dumpxml ${vm}${one ? "" : ", once for each"}`;
+  } <hostdev> element (a VF's <interface type='hostdev'>) from virsh dumpxml ${vm}${
+    one ? "" : ", once for each"
+  }`;
 }
 
 /**

@@ -979,3 +979,23 @@ Deno.test("vf: a rule naming another VF index is not told the VFs were made agai
     /the index the rule names, .*; it was VF 0 \(0000:07:10\.0\)$/,
   );
 });
+
+Deno.test("vf: a VF a running VM still holds is to be unplugged as the interface the guest has, not a hostdev", () => {
+  const host = sriovHost();
+  const first = plan(config(UPLINK("a", "0")), host, { a: A, b: B });
+  const held = vmOf(first, "a").desiredXml;
+  // Applied to b without --live while a ran: a's guest keeps the VF.
+  const moved = config(`  a:\n    devices: []\n${UPLINK("b", "0")}`);
+  const applying = plan(moved, host, { a: { xml: held, active: true }, b: B });
+  const after = plan(moved, host, {
+    a: { xml: vmOf(applying, "a").desiredXml, active: true, liveXml: held },
+    b: vmOf(applying, "b").desiredXml,
+  });
+  const [warning] = vmOf(after, "b").warnings.filter((w) => w.code === "held-by-running-vm");
+  // The guest has it as <interface type='hostdev'>: there was no <hostdev> to find in dumpxml.
+  assertMatch(parseDomainXml(held).interfaces[0]?.address ?? "", /^0000:07:10\.0$/);
+  assertMatch(
+    warning?.message ?? "",
+    /\(virsh detach-device a FILE --live, FILE holding its <hostdev> element \(a VF's <interface type='hostdev'>\) from virsh dumpxml a\)$/,
+  );
+});

@@ -1380,7 +1380,7 @@ Deno.test("planWorld() after a card was applied away from a running VM: the VM t
   // The command that unplugs them, whole: virsh needs the domain and a file per device.
   assertMatch(
     held[0]!.message,
-    / unless they are unplugged from "win10" \(virsh detach-device win10 FILE --live, FILE holding one's <hostdev> element from virsh dumpxml win10, once for each\)$/,
+    / unless they are unplugged from "win10" \(virsh detach-device win10 FILE --live, FILE holding one's <hostdev> element \(a VF's <interface type='hostdev'>\) from virsh dumpxml win10, once for each\)$/,
   );
   const liveOnly = after.warnings.find((w) => w.code === "live-only-hostdev");
   assertMatch(liveOnly!.message, /removed from it while the guest ran/);
