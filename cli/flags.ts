@@ -66,6 +66,11 @@ export interface SubcommandSpec {
   readonly positionals?: readonly Positional[];
   /** Its flags. */
   readonly flags: Flags;
+  /**
+   * Said after each usage error of its line, for a line that a program writes (`hook run`: a
+   * hook written by another passthrough) rather than the user, who cannot fix it by hand.
+   */
+  readonly usageHint?: string;
 }
 
 /** Everything about a command except what it does when it runs. */
@@ -524,8 +529,13 @@ function parseSubcommandLine(
   }
   const sub = subcommands.find((c) => c.name === name);
   if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
-  const line = parseCommandLine(sub, { ...sub.flags, ...COLOR_FLAG }, rest);
-  return { subcommand: sub.name, ...line };
+  try {
+    const line = parseCommandLine(sub, { ...sub.flags, ...COLOR_FLAG }, rest);
+    return { subcommand: sub.name, ...line };
+  } catch (error) {
+    if (!(error instanceof UsageError) || sub.usageHint === undefined) throw error;
+    throw new UsageError(`${error.message}: ${sub.usageHint}`);
+  }
 }
 
 /**

@@ -138,7 +138,8 @@ export function hookCheck(
   const parsed = parseHookCheckArgs(args);
   if (typeof parsed === "string") {
     // Only a hook passes these: one written by another passthrough (one that ran its own
-    // deadline passed --deadline) refuses every start here until it is written again.
+    // deadline passed --deadline) refuses every start here until it is written again. The
+    // same words as `hook run`'s usageHint in cli/specs.ts, which this lean entry does not load.
     err(
       `passthrough hook run: ${parsed}: install the hook again, as "passthrough hook status" ` +
         "says (a hook written by another passthrough passes arguments this check does not take)\n",

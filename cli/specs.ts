@@ -272,6 +272,11 @@ export const HOOK = {
         { name: "EXTRA" },
       ],
       flags: { ...GUARD_STATE_FLAG, ...HOST_FLAGS },
+      // Only a hook writes this line: one written by another passthrough (one whose check ran
+      // its own deadline passed --deadline) refuses every start here until it is written again.
+      // The same words as cli/hook_check.ts says for its own line.
+      usageHint: 'install the hook again, as "passthrough hook status" says (a hook written by ' +
+        "another passthrough passes arguments this check does not take)",
     },
   ],
   about: `

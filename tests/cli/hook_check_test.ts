@@ -239,3 +239,19 @@ Deno.test("a hook written by a passthrough whose check ran its own deadline, run
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("hook run (the check a bundle's or a binary's hook runs) given a hook's old arguments says to install the hook again, as the lean check does", async () => {
+  // A hook written at 170e001 for a bundle or a compiled binary ran `hook run ... --deadline 10`:
+  // after an update it said only "Unknown option '--deadline'" and the command's help.
+  const args = ["--state-dir", "/nonexistent", "--deadline", "10", "--", "vm", "prepare", "begin"];
+  const cli = await runCli(["hook", "run", ...args], { stdin: "<domain/>" });
+  const lean = await runCheck(args);
+  assertEquals([cli.code, lean.code], [2, 2]);
+  const hint = ': install the hook again, as "passthrough hook status" says (a hook written by ' +
+    "another passthrough passes arguments this check does not take)\n";
+  assertEquals(
+    cli.stderr.split("\n\n")[0] + "\n",
+    `passthrough hook: Unknown option '--deadline'${hint}`,
+  );
+  assertEquals(lean.stderr, `passthrough hook run: Unexpected argument "--deadline"${hint}`);
+});
