@@ -1019,10 +1019,7 @@ function yamlErrors(ctx: Context, text: string): void {
         'keep one: a "---" line starts another document, and so does content after a "..." line',
       ]
       : error.code === "TAG_RESOLVE_FAILED"
-      ? [
-        `Unsupported tag "${text.slice(error.pos[0], error.pos[1])}"`,
-        "the config is plain YAML: remove the tag and write the value itself",
-      ]
+      ? tagProblem(ctx, text.slice(error.pos[0], error.pos[1]))
       : deep
       ? ["Nesting too deep", "a config nests a few levels: is this the right file?"]
       : [error.message, "check the indentation and quoting here"];
@@ -1031,6 +1028,24 @@ function yamlErrors(ctx: Context, text: string): void {
       new ConfigError(detail, { file: ctx.file, line: pos.line, column: pos.col, path: "", hint }),
     );
   }
+}
+
+/**
+ * What is wrong with a tag yaml could not resolve: one of YAML's own (`!!int`) on a value it does
+ * not fit (`!!int 2.0`, `!!bool yes`), which yaml warns of alike, or a tag the config does not know.
+ */
+function tagProblem(ctx: Context, tag: string): [string, string] {
+  const name = ctx.doc.directives?.tagName(tag, () => {});
+  if (name && ctx.doc.schema.tags.some((t) => t.tag === name)) {
+    return [
+      `The value does not fit its tag "${tag}"`,
+      "write a value of that type, or remove the tag",
+    ];
+  }
+  return [
+    `Unsupported tag "${tag}"`,
+    "the config is plain YAML: remove the tag and write the value itself",
+  ];
 }
 
 /**

@@ -196,6 +196,19 @@ Deno.test("parseConfig() refuses a tag it does not know instead of reading the v
   assertEquals([rule?.match.vendorId, rule?.count], ["10de", 2]);
 });
 
+Deno.test("parseConfig() says a value does not fit YAML's own tag, not that the tag is unsupported", () => {
+  // `!!int` is read (`count: !!int '2'` is 2): "Unsupported tag "!!int"" sent the user to a tag
+  // that works, on a value that does not.
+  const errors = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de" }\n' +
+      "        count: !!int 2.0\n        managed: !!bool yes\n",
+  );
+  assertEquals(errors.map((e) => e.message), [
+    'c.yaml:6:16: The value does not fit its tag "!!int" (write a value of that type, or remove the tag)',
+    'c.yaml:7:18: The value does not fit its tag "!!bool" (write a value of that type, or remove the tag)',
+  ]);
+});
+
 Deno.test("loadConfig() collects every problem of a file, in source order", async () => {
   const file = new URL("typos.yaml", CONFIGS).pathname;
   const error = await loadConfig(file).then(() => null, (e: unknown) => e);
