@@ -196,8 +196,14 @@ function bootOrderConflicts(
   domain: ParsedDomain,
   resolution: VmResolution,
 ): PlanIssue[] {
+  // A first device kept as written (a hand-added hostdev or interface, a `<disk type='nvme'>`)
+  // gets no boot order from the rule: nothing of the rule's meets libvirt's checks.
+  const kept = new Set([
+    ...[...domain.hostdevs, ...domain.interfaces].filter((d) => !d.owned).map((d) => d.address),
+    ...domain.nvmeDisks,
+  ]);
   const setting = resolution.rules.filter((r) =>
-    r.rule.bootOrder !== undefined && r.devices.length > 0
+    r.rule.bootOrder !== undefined && r.devices.length > 0 && !kept.has(r.devices[0]!.address)
   );
   if (domain.bootDevices.length > 0) {
     return setting.map((r): PlanIssue => ({
@@ -211,7 +217,6 @@ function bootOrderConflicts(
   }
   // Our own hostdevs and interfaces are written again from the rules, or removed: their orders
   // are free. A hand-written one stays as it is, and so do the other devices.
-  const hand = [...domain.hostdevs, ...domain.interfaces].filter((d) => !d.owned);
   const ours = new Set(
     [...domain.hostdevs, ...domain.interfaces].flatMap((d) =>
       d.owned && d.bootOrder !== null ? [d.bootOrder] : []
@@ -223,8 +228,6 @@ function bootOrderConflicts(
   const issues: PlanIssue[] = [];
   for (const r of setting) {
     const order = r.rule.bootOrder!;
-    // A first device kept as hand-written gets no boot order from the rule.
-    if (hand.some((d) => d.address === r.devices[0]!.address)) continue;
     const holder = taken.get(order);
     if (holder === undefined) {
       taken.set(order, `rule "${r.rule.name}"`);

@@ -34,6 +34,7 @@ import { planWorld } from "../../lib/plan/plan.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import { tempHostTree } from "../helpers/hosts.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
+import { nvmeDiskXml } from "../helpers/devices.ts";
 
 Deno.test("planHostdevs() adds a matched GPU and its group's audio function, with records", async () => {
   await withPort([WIN10], (libvirt) => {
@@ -1112,6 +1113,35 @@ Deno.test("planHostdevs() lets rules trade the boot orders of hostdevs it wrote,
       planHostdevs({ config: twoRuleConfig(1, null), host: NIC_HOST, libvirt }),
       "win10",
     );
+    assertEquals(vm.errors, []);
+    libvirt.define(vm.desiredXml);
+  });
+});
+
+Deno.test("planHostdevs() lets boot_order be when the rule's first device is kept as a <disk type='nvme'> or a hand-added hostdev", async () => {
+  const nvmeRule = config(
+    `  win10:\n    devices:\n      - name: nvme\n        match: { vendor_device_id: "144d:a808" }\n        boot_order: 1\n`,
+  );
+  // The NVMe drive given by hand as a disk that boots first: kept as written, and the rule
+  // writes no order of its own, so its order 1 is no other device's.
+  const nvme = nvmeDiskXml("03", "vdb").replace("</disk>", "  <boot order='1'/>\n    </disk>");
+  await withPort([domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", nvme)], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: nvmeRule, host: HOST, libvirt }), "win10");
+    assertEquals(vm.errors, []);
+    libvirt.define(vm.desiredXml);
+  });
+  // The GPU added by hand to a VM booting by <os><boot dev>: the rule writes no boot order there.
+  const gpuRule = config(
+    `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n        boot_order: 1\n`,
+  );
+  const hand = domainXml(
+    "win10",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01",
+    hostdevXml("0000:01:00.0"),
+  );
+  await withPort([hand], (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: gpuRule, host: HOST, libvirt }), "win10");
+    assertMatch(vm.currentXml, /<boot dev='hd'\/>/);
     assertEquals(vm.errors, []);
     libvirt.define(vm.desiredXml);
   });
