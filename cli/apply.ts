@@ -79,7 +79,11 @@ async function applyComputed(
   const report = await applyPlan(plan, {
     libvirt,
     stateDir,
-    confirm: makeConfirm(io, { yes: values.yes, show: diffBeforeQuestion(plan, render) }),
+    confirm: makeConfirm(io, {
+      yes: values.yes,
+      // Questions asked apart from the plan (CliIo.prompt): the first one's diff was not seen.
+      show: diffBeforeQuestion(plan, render, { planSeen: io.prompt === undefined }),
+    }),
     live: values.live,
     lock,
     devices: facts,
@@ -112,14 +116,18 @@ async function applyComputed(
 /**
  * What to print before the question about a VM: its section of the plan again, so the question
  * sits right under its diff even when other VMs' sections or answers came in between. Nothing
- * for the first question when its VM's section is the last one printed: only the summary line
- * stands between them.
+ * for the first question when its VM's section is the last one printed where the question is
+ * asked (`planSeen`): only the summary line stands between them.
  */
-function diffBeforeQuestion(plan: Plan, render: RenderPlanOptions): (vm: VmPlan) => string {
+function diffBeforeQuestion(
+  plan: Plan,
+  render: RenderPlanOptions,
+  { planSeen }: { planSeen: boolean },
+): (vm: VmPlan) => string {
   let asked = 0;
   return (vm) => {
     asked++;
-    if (asked === 1 && plan.vms.at(-1) === vm) return "";
+    if (planSeen && asked === 1 && plan.vms.at(-1) === vm) return "";
     return `\n${renderVmPlan(vm, render)}`;
   };
 }

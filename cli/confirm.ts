@@ -57,7 +57,8 @@ export function makeConfirm(
   if (options.yes) return () => Promise.resolve("all");
   return (vm) => {
     const shown = options.show?.(vm) ?? "";
-    if (shown !== "") io.out(shown);
+    // Where the question goes: with standard output in a file, the diff there was never seen.
+    if (shown !== "") (io.prompt ?? io.out)(shown);
     return confirmVm(io, vm);
   };
 }

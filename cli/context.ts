@@ -29,9 +29,10 @@ export interface CliIo {
    */
   columns?: number;
   /**
-   * Writes a question (`apply`'s and `rollback`'s) where the user reads it: standard error when
-   * standard output is not a terminal and standard error is (`passthrough apply > apply.log`),
-   * else as {@link CliIo.out}, which is used when this is absent.
+   * Writes a question (`apply`'s and `rollback`'s) where the user reads it, when that is not
+   * {@link CliIo.out}: standard error when standard output is not a terminal and standard error is
+   * (`passthrough apply > apply.log`). What a question asks about (the VM's diff) is written here
+   * too before it, since what went to `out` was not seen. Absent: questions go to `out`.
    */
   prompt?(text: string): void;
   /** Reads one line from standard input without its line ending; `null` at end of input. */

@@ -152,7 +152,8 @@ export function defaultIo(): CliIo {
     ...(columns === undefined ? {} : { columns }),
     out: stdout.write,
     err,
-    prompt: promptOnStderr ? err : stdout.write,
+    // Absent when questions go to standard output with the rest (CliIo.prompt).
+    ...(promptOnStderr ? { prompt: err } : {}),
     color: !noColor && Deno.stdout.isTerminal(),
     interactive: Deno.stdin.isTerminal(),
     // A question written to a closed standard output was never seen: it gets no answer (end of

@@ -32,6 +32,8 @@ function askRollback(
   showSecrets: boolean,
 ): Promise<boolean> {
   showRollback(io, preview, showSecrets);
+  // Asked apart from standard output (a file: CliIo.prompt): shown where it is asked too.
+  if (io.prompt !== undefined) showRollback({ ...io, out: io.prompt }, preview, showSecrets);
   return confirmYesNo(io, `Restore "${preview.vm}" from this backup?`);
 }
 

@@ -269,3 +269,74 @@ Deno.test({
     assertEquals([...Deno.readDirSync(`${state}/backups`)].map((e) => e.name), ["win10"]);
   },
 });
+
+/** Runs `line` in bash on a pseudo-terminal, typing each answer once its question shows. */
+async function onTerminal(line: string, answers: [RegExp, string][]): Promise<string> {
+  const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+  const child = new Deno.Command("script", {
+    args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+    env: { NO_COLOR: "1" },
+    signal: AbortSignal.timeout(20_000),
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  let screen = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of child.stdout) {
+    screen += decoder.decode(chunk, { stream: true });
+    if (answers.length > 0 && answers[0]![0].test(screen)) {
+      await writer.write(new TextEncoder().encode(answers.shift()![1]));
+    }
+    if (/status \d+/.test(screen)) break;
+  }
+  await writer.close().catch(() => {});
+  await child.status;
+  return screen.replaceAll("\r", "");
+}
+
+Deno.test({
+  name:
+    "apply and rollback at a terminal with standard output in a file show each diff above its question",
+  ignore: !hasScript(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+    const run = (args: string[], out: string) =>
+      [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args]
+        .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ") +
+      ` > ${quote(`${tree.dir}/${out}`)}; echo "status $?"`;
+    const apply = await onTerminal(
+      run(
+        ["apply", "--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`],
+        "a",
+      ),
+      [[/"win10"\? \[y\/N\/a\/q\] $/, "y\n"], [/"gentoo"\? \[y\/N\/a\/q\] $/, "n\n"]],
+    );
+    assertMatch(apply, /status 0/);
+    // The plan went to the file: the questions alone were asked, each VM's diff unseen.
+    assertMatch(
+      apply,
+      /--- win10 \(current\)\n[^]*<address domain='0x0000' bus='0x21'[^]*Apply the changes to "win10"\?/,
+    );
+    assertMatch(apply, /\n\s+--- gentoo \(current\)\n[^]*Apply the changes to "gentoo"\?/);
+    assertMatch(await Deno.readTextFile(`${tree.dir}/a`), /--- win10 \(current\)/);
+
+    // win10 now as another client left it: its backup (the demo's) differs by the description.
+    const changed = `${tree.dir}/world.xml`;
+    await Deno.writeTextFile(
+      changed,
+      (await Deno.readTextFile(world)).replace("the GTX 1080 goes here", "edited since"),
+    );
+    const rollback = await onTerminal(
+      run(["rollback", "win10", "--connect", `test://${changed}`], "r"),
+      [[/Restore "win10" from this backup\? \[y\/N\] $/, "n\n"]],
+    );
+    assertMatch(rollback, /status 0/);
+    assertMatch(rollback, /edited since[^]*the GTX 1080 goes here[^]*Restore "win10" from this/);
+    assertMatch(await Deno.readTextFile(`${tree.dir}/r`), /edited since/);
+  },
+});
