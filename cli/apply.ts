@@ -23,10 +23,12 @@ import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
-import { deferSignals } from "./signals.ts";
+import { deferSignals, keepIgnoredSignals } from "./signals.ts";
 
 /** Runs `passthrough apply`: exit 1 when a VM failed or was refused. */
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
+  // Before lspci runs: Deno then ends the process on a signal nohup asked to be ignored.
+  keepIgnoredSignals();
   if (!values.yes && !io.interactive) {
     // A runtime error (exit 1): the command line is right, this run has no terminal.
     throw new Error("No terminal to confirm on: pass --yes to apply without asking");

@@ -12,6 +12,8 @@
  * @module
  */
 
+import { libcSysfsReader } from "../ffi/libc_fs.ts";
+
 /** Ctrl-C, `kill`'s default, and the hangup of a closed terminal or SSH session. */
 const SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
@@ -35,10 +37,52 @@ export interface DeferredSignals extends Disposable {
   readonly status: number;
 }
 
-/** Catches {@link SIGNALS} until disposed. */
+/** The signal numbers of {@link SIGNALS}, for the kernel's ignored-signals mask. */
+const NUMBER: Record<(typeof SIGNALS)[number], number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
+/**
+ * Those of {@link SIGNALS} this process ignores (`SigIgn` of /proc/self/status): `nohup` ignores
+ * SIGHUP, and a shell ignores SIGINT for a job it starts in the background without job control.
+ * None when unreadable.
+ */
+function ignoredSignals(): Set<(typeof SIGNALS)[number]> {
+  let mask: bigint;
+  try {
+    // Through libc: Deno opens nothing under /proc without --allow-all.
+    const status = libcSysfsReader({ fewCalls: true }).readText("/proc/self/status") ?? "";
+    const line = /^SigIgn:\s*([0-9a-f]+)$/m.exec(status);
+    if (line === null) return new Set();
+    mask = BigInt(`0x${line[1]}`);
+  } catch {
+    return new Set();
+  }
+  return new Set(SIGNALS.filter((s) => ((mask >> BigInt(NUMBER[s] - 1)) & 1n) === 1n));
+}
+
+/** Signals the process was started ignoring, kept ignored by a listener of their own. */
+const keptIgnored = new Set<string>();
+
+/**
+ * Keeps ignored, for the rest of the process, those of {@link SIGNALS} it ignores now (`nohup`'s
+ * SIGHUP, a background job's SIGINT). Deno handles SIGHUP, SIGINT and SIGTERM itself from its
+ * first signal listener or child process on (`lspci`), and ends the process on one no listener
+ * takes, an ignored one too: `nohup passthrough apply --yes` was killed, or stopped between VMs,
+ * by the hangup nohup was for. A listener doing nothing, never removed, keeps what the caller
+ * asked (it does not keep the process alive). Call it before any child process or listener.
+ */
+export function keepIgnoredSignals(): void {
+  for (const signal of ignoredSignals()) {
+    if (keptIgnored.has(signal)) continue;
+    keptIgnored.add(signal);
+    Deno.addSignalListener(signal, () => {});
+  }
+}
+
+/** Catches {@link SIGNALS} until disposed, but those the process ignores (they stay ignored). */
 export function deferSignals(): DeferredSignals {
   let caught: (typeof SIGNALS)[number] | null = null;
-  const handlers = SIGNALS.map((signal) => {
+  keepIgnoredSignals();
+  const handlers = SIGNALS.filter((signal) => !keptIgnored.has(signal)).map((signal) => {
     const handler = () => {
       if (caught !== null) return;
       caught = signal;

@@ -126,15 +126,23 @@ export interface PtySession extends AsyncDisposable {
   exited(ms: number): Promise<{ code: number; screen: string }>;
 }
 
-/** Starts `passthrough ARGS` on a pseudo-terminal (`script` from util-linux). */
-export function runCliOnPty(args: string[], options: CliOptions = {}): PtySession {
+/**
+ * Starts `passthrough ARGS` on a pseudo-terminal (`script` from util-linux); `shell`: commands the
+ * shell runs first, in the process that then becomes the CLI (`exec`), e.g. `trap '' HUP` as
+ * `nohup` does.
+ */
+export function runCliOnPty(
+  args: string[],
+  options: CliOptions & { shell?: string } = {},
+): PtySession {
   const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
   const flags = options.flags ?? documentedFlags();
   const command = [Deno.execPath(), "run", "--quiet", ...flags, options.main ?? MAIN, ...args]
     .map(quote).join(" ");
+  const line = options.shell === undefined ? command : `${options.shell}; exec ${command}`;
   const child = new Deno.Command("script", {
     ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-    args: ["-q", "-e", "-c", command, "/dev/null"],
+    args: ["-q", "-e", "-c", line, "/dev/null"],
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
