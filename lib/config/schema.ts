@@ -168,10 +168,12 @@ export function classPrefixesOf(text: string): readonly string[] | null {
   return new RegExp(FORMAT_PATTERNS.class).test(value) ? [value.replace(/^0x/, "")] : null;
 }
 
-const pciId = (what: string): StringSchema => ({
+// Up to 4 digits, as the loader reads them: leading zeros may be left out ("de" is "00de").
+const pciId = (what: string, example: string): StringSchema => ({
   type: "string",
   format: "pci-id",
-  description: `${what}: 4 hex digits, with or without 0x, any case (e.g. "10de")`,
+  description:
+    `${what}: up to 4 hex digits (leading zeros optional), with or without 0x, any case (e.g. "${example}")`,
 });
 
 /** The `match` block of a rule (its formatted keys are the ones YAML may read as numbers). */
@@ -181,8 +183,8 @@ export const MATCH_SCHEMA = {
     "Which host devices the rule selects: every criterion given must hold (they are ANDed)",
   minProperties: 1,
   properties: {
-    vendor_id: pciId("PCI vendor ID"),
-    device_id: pciId("PCI device ID"),
+    vendor_id: pciId("PCI vendor ID", "10de"),
+    device_id: pciId("PCI device ID", "2684"),
     vendor_device_id: {
       type: "string",
       format: "vendor-device",
@@ -193,8 +195,8 @@ export const MATCH_SCHEMA = {
       description:
         "Host kernel driver the device was resolved with (nvidia, xhci_hcd); still matches after libvirt rebinds it to vfio-pci",
     },
-    subsystem_vendor_id: pciId("Subsystem vendor ID (the board maker)"),
-    subsystem_device_id: pciId("Subsystem device ID"),
+    subsystem_vendor_id: pciId("Subsystem vendor ID (the board maker)", "1043"),
+    subsystem_device_id: pciId("Subsystem device ID", "88e2"),
     class: {
       type: "string",
       format: "class",
@@ -308,7 +310,7 @@ const RULE_SCHEMA = {
       type: "integer",
       minimum: 1,
       description:
-        "How many devices the rule must resolve to (default 1); functions of one card in one IOMMU group count once",
+        "How many cards the rule takes (default 1): functions of one card in one IOMMU group count once (a card split over groups, once per group), two cards sharing a group twice; more is ambiguous, fewer no-match",
     },
     all: {
       type: "boolean",

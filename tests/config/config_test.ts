@@ -774,3 +774,20 @@ vms:
     ],
   ]);
 });
+
+Deno.test("the JSON schema describes each ID as parseConfig() reads it", () => {
+  const match = JSON.parse(configJsonSchemaText()).properties.vms.additionalProperties.properties
+    .devices.items.properties.match.properties;
+  // Leading zeros may be left out: "de" is "00de", as the description now says.
+  const [rule] = rules(`      - match: { vendor_id: "de", device_id: "0x2684" }\n`);
+  assertEquals(rule?.match, { vendorId: "00de", deviceId: "2684" });
+  // Each key's example is a value of that key: a device ID example is no vendor ID.
+  const examples = ["vendor_id", "device_id", "subsystem_vendor_id", "subsystem_device_id"].map(
+    (key) => {
+      const description: string = match[key].description;
+      assertMatch(description, /: up to 4 hex digits \(leading zeros optional\), /);
+      return /e\.g\. "([0-9a-f]{4})"/.exec(description)?.[1];
+    },
+  );
+  assertEquals(examples, ["10de", "2684", "1043", "88e2"]);
+});
