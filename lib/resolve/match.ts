@@ -52,8 +52,7 @@ export function sameIdentity(record: DeviceIdentity, device: PciDevice): boolean
  * ```
  */
 export function sameIdentityAsRead(record: DeviceIdentity, device: PciDevice): boolean {
-  const unread = device.serial === null && device.flr === null;
-  return sameIdentity(record, unread ? { ...device, serial: record.serial } : device);
+  return sameIdentity(record, serialUnread(device) ? { ...device, serial: record.serial } : device);
 }
 
 /**
@@ -416,20 +415,53 @@ function tooFewIssue(
     : `needs ${wanted} cards but matches ${units} in ${plural(groups, "IOMMU group")}`;
   const closest = nearest.length > 0
     ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
-      nearest.map((s) =>
-        `${s.d.address} (${s.failed.join(", ")} ${s.failed.length === 1 ? "differs" : "differ"})`
-      ).join(", ")
+      nearest.map((s) => `${s.d.address} (${whyNot(s.d, s.failed)})`).join(", ")
     }${more}`
+    : "";
+  // A rule naming only a serial lists no closest device: say it where this read saw no serials.
+  const unread = units === 0 && nearest.length === 0
+    ? scored.filter((s) => serialUnread(s.d) && s.failed.join() === "serial").length
+    : 0;
+  const unknown = unread > 0
+    ? `: the serial number of ${plural(unread, "device")} is unknown here (${unreadSerial(unread)})`
     : "";
   const candidates = units > 0 ? matched : nearest.map((s) => s.d);
   return {
     code: "no-match",
     message: `Rule "${rule.name}" of VM "${rule.vm}" ${what} (${
       describeCriteria(rule.match)
-    })${closest}`,
+    })${closest}${unknown}`,
     ...ruleBase(rule),
     candidates: candidates.map(toCandidate),
   };
+}
+
+/** Why the serial number of `n` devices is unknown, for a `no-match` message. */
+function unreadSerial(n: number): string {
+  return n === 1
+    ? "its configuration space could be read only up to its 64-byte header, run as root to read it"
+    : "their configuration space could be read only up to its 64-byte header, run as root to read them";
+}
+
+/** Whether this read could not see `device`'s serial number, as {@link sameIdentityAsRead}. */
+function serialUnread(device: PciDevice): boolean {
+  return device.serial === null && device.flr === null;
+}
+
+/**
+ * Why a close device failed its criteria: `serial, slot differ`. A serial number this read could
+ * not see (the configuration space stops after its 64-byte header, as it does for a user other
+ * than root) is unknown, not another one: saying it differs sent users to fix a correct serial.
+ */
+function whyNot(device: PciDevice, failed: readonly string[]): string {
+  const differ = serialUnread(device) ? failed.filter((key) => key !== "serial") : failed;
+  const parts = differ.length > 0
+    ? [`${differ.join(", ")} ${differ.length === 1 ? "differs" : "differ"}`]
+    : [];
+  if (differ.length < failed.length) {
+    parts.push(`serial unknown: ${unreadSerial(1)}`);
+  }
+  return parts.join("; ");
 }
 
 /** `ambiguous`: the functions of one card, split by the host into more groups than taken. */

@@ -6,6 +6,8 @@ import { deviceMatches, recordedDriver, resolveRule } from "../../lib/resolve/ma
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { gpuIdentity } from "../helpers/devices.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
@@ -355,4 +357,37 @@ Deno.test("deviceMatches() keeps driver: nvidia matching a vfio-pci card only th
     true,
   );
   assertEquals(deviceMatches(unrecorded, criteria, { current: new Set([first.address]) }), false);
+});
+
+Deno.test("resolveRule() says a serial it could not read is unknown, not that it differs", async () => {
+  // Read as a user other than root reads it: 0b:00.0's configuration space stops after its
+  // 64-byte header; 0c:00.0's was read whole and has another serial.
+  await using tree = await tempHostTree({
+    devices: [
+      dev({ bdf: "0000:0b:00.0", group: 30, device: "0x1b06", flr: null, serial: null }),
+      dev({
+        bdf: "0000:0c:00.0",
+        group: 31,
+        device: "0x1b06",
+        flr: true,
+        serial: "00-11-22-ff-ff-33-44-99",
+      }),
+    ],
+  });
+  const host = await discoverHost({ root: tree.dir });
+  const result = resolveRule(
+    rule('match: { vendor_device_id: "10de:1b06", serial: "00-11-22-ff-ff-33-44-55" }'),
+    host,
+  );
+  assertEquals(result.issue?.code, "no-match");
+  assertMatch(
+    result.issue?.message ?? "",
+    /: closest are 0000:0b:00\.0 \(serial unknown: its configuration space could be read only up to its 64-byte header, run as root to read it\), 0000:0c:00\.0 \(serial differs\)$/,
+  );
+  // Naming only the serial, the rule has no closest device: the unread serial is said all the same.
+  const alone = resolveRule(rule('match: { serial: "00-11-22-ff-ff-33-44-55" }'), host);
+  assertMatch(
+    alone.issue?.message ?? "",
+    /\(serial "00-11-22-ff-ff-33-44-55"\): the serial number of 1 device is unknown here \(its configuration space could be read only up to its 64-byte header, run as root to read it\)$/,
+  );
 });
