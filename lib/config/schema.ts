@@ -142,7 +142,9 @@ export const CLASS_NAMES: Readonly<Record<string, readonly string[]>> = {
   "firewire": ["0c00"],
   "usb": ["0c03"],
   "smbus": ["0c05"],
-  "thunderbolt": ["0c0a"],
+  // The USB4 Host Interface (prog-if 40 of USB), what Thunderbolt 4 and USB4 NHIs report; PCI
+  // defines no class 0c0a. Thunderbolt 3 NHIs are "other system peripherals" (0880): IDs name them.
+  "thunderbolt": ["0c0340"],
   "crypto": ["10"],
   "signal-processing": ["11"],
   "accelerator": ["12"],

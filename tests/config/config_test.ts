@@ -1,6 +1,6 @@
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { ConfigError, ConfigErrors, loadConfig, parseConfig } from "../../lib/config/config.ts";
-import { configJsonSchemaText } from "../../lib/config/schema.ts";
+import { CLASS_NAMES, configJsonSchemaText } from "../../lib/config/schema.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const CONFIGS = new URL("../fixtures/configs/", import.meta.url);
@@ -790,4 +790,24 @@ Deno.test("the JSON schema describes each ID as parseConfig() reads it", () => {
     },
   );
   assertEquals(examples, ["10de", "2684", "1043", "88e2"]);
+});
+
+Deno.test("every class name stands for classes PCI defines (the system's pci.ids)", () => {
+  // "thunderbolt" stood for 0c0a, which PCI does not define: it matched nothing on any host.
+  const defined = new Set<string>();
+  let base = "", sub = "";
+  for (const line of Deno.readTextFileSync("/usr/share/misc/pci.ids").split("\n")) {
+    const c = /^C ([0-9a-f]{2}) /.exec(line);
+    const s = /^\t([0-9a-f]{2}) /.exec(line);
+    const p = /^\t\t([0-9a-f]{2}) /.exec(line);
+    if (c) [base, sub] = [c[1]!, ""];
+    else if (!line.startsWith("\t") && !line.startsWith("#") && line !== "") base = "";
+    if (c) defined.add(base);
+    else if (s && base !== "") defined.add(sub = base + s[1]);
+    else if (p && sub !== "") defined.add(sub + p[1]);
+  }
+  const undefinedPrefixes = Object.entries(CLASS_NAMES).flatMap(([name, prefixes]) =>
+    prefixes.filter((p) => !defined.has(p)).map((p) => `${name}: ${p}`)
+  );
+  assertEquals(undefinedPrefixes, []);
 });

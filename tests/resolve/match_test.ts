@@ -6,7 +6,7 @@ import { deviceMatches, recordedDriver, resolveRule } from "../../lib/resolve/ma
 import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { gpuIdentity } from "../helpers/devices.ts";
-import { tempHostTree } from "../helpers/hosts.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
@@ -390,4 +390,21 @@ Deno.test("resolveRule() says a serial it could not read is unknown, not that it
     alone.issue?.message ?? "",
     /\(serial "00-11-22-ff-ff-33-44-55"\): the serial number of 1 device is unknown here \(its configuration space could be read only up to its 64-byte header, run as root to read it\)$/,
   );
+});
+
+Deno.test('resolveRule() takes a Thunderbolt 4 NHI by "class: thunderbolt"', async () => {
+  // The Z690 host's Maple Ridge NHI with the class lspci shows for it on the machine itself:
+  // USB controller, prog-if 40 (USB4 Host Interface); the listing gave only its [0c03].
+  const description = loadFixtureHost("z690-asus-adl");
+  const devices = description.devices.map((d) =>
+    d.bdf === "0000:0d:00.0" ? { ...d, class: "0x0c0340" } : d
+  );
+  await using tree = await tempHostTree({ ...description, devices });
+  const host = await discoverHost({ root: tree.dir });
+  const result = resolveRule(rule("match: { class: thunderbolt }"), host);
+  assertEquals(result.issue, null);
+  assertEquals(result.devices.map((d) => [d.address, d.driver]), [["0000:0d:00.0", "thunderbolt"]]);
+  // Still a USB controller by class, as PCI files it.
+  const usb = resolveRule(rule("match: { class: usb, vendor_device_id: 8086:1137 }"), host);
+  assertEquals(usb.devices.map((d) => d.address), ["0000:0d:00.0"]);
 });
