@@ -13,7 +13,7 @@
 
 import type { PciAddress } from "./types.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { resolve } from "../state/paths.ts";
+import { isAbsolute } from "../state/paths.ts";
 
 /** Runs `lspci` with an argument array and resolves to its standard output. */
 export type LspciRunner = (args: string[]) => Promise<string>;
@@ -50,9 +50,12 @@ const LSPCI_FLAGS: readonly string[] = ["-nnkD"];
 /** The argument array for one discovery run over `root` (`/sys` or a captured tree). */
 export function lspciArgs(root: string): string[] {
   const args = [...LSPCI_FLAGS];
-  // Absolute: lspci runs in `/` (see runLspci), not in this process's working directory.
+  // Absolute: lspci runs in `/` (see runLspci), not in this process's working directory. The
+  // working directory prefixed, not the path normalised: `link/../tree` is the kernel's (the tree
+  // beside where `link` points, which the reader reads), not `tree` here.
   if (root.replace(/\/+$/, "") !== "/sys") {
-    args.unshift("-O", `sysfs.path=${resolve(root)}/bus/pci`);
+    const path = isAbsolute(root) ? root : `${Deno.cwd()}/${root}`;
+    args.unshift("-O", `sysfs.path=${path}/bus/pci`);
   }
   return args;
 }

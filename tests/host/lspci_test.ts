@@ -13,11 +13,38 @@ import {
   runLspci,
   splitVendorName,
 } from "../../lib/host/lspci.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 
 Deno.test("lspciArgs() points lspci at a captured tree, never at the live /sys however spelled", () => {
   assertEquals(lspciArgs("/sys"), ["-nnkD"]);
   assertEquals(lspciArgs("/sys//"), ["-nnkD"]);
   assertEquals(lspciArgs("/tmp/tree"), ["-O", "sysfs.path=/tmp/tree/bus/pci", "-nnkD"]);
+});
+
+Deno.test("lspci reads the tree a relative root names through a symbolic link, as the reader does", async () => {
+  const dir = Deno.realPathSync(Deno.makeTempDirSync({ prefix: "passthrough-lspci-cwd-" }));
+  const cwd = Deno.cwd();
+  try {
+    const host = loadHostDescription(new URL("../../demo/host.json", import.meta.url).pathname);
+    buildHostTree(host, `${dir}/real/tree`);
+    // Another host beside it: the same addresses, other devices.
+    const other = structuredClone(host);
+    for (const device of other.devices) [device.vendor, device.device] = ["0x8086", "0x1572"];
+    buildHostTree(other, `${dir}/tree`);
+    Deno.mkdirSync(`${dir}/real/sub`);
+    Deno.symlinkSync(`${dir}/real/sub`, `${dir}/link`);
+    Deno.chdir(dir);
+    // `link/..` is `real/`: the kernel's answer, and the reader's.
+    const discovered = await discoverHost({ root: "link/../tree", vendorNames: () => null });
+    const bridge = discovered.devices.find((d) => d.address === "0000:00:01.0")!;
+    assertEquals(bridge.vendorId, "1022");
+    // It named the other tree's device: "... Intel Corporation Ethernet Controller X710".
+    assertMatch(bridge.deviceName ?? "", /Starship\/Matisse/);
+  } finally {
+    Deno.chdir(cwd);
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("parseLspci() reads lspci's placeholders as unknown names, IDs in any case, and skips a bad address", () => {
