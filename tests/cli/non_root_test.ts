@@ -102,7 +102,7 @@ Deno.test({
     assertEquals(plan.stderr.trimEnd().split("\n").length, 1, plan.stderr);
     assertMatch(
       plan.stderr,
-      /^passthrough plan: Cannot connect to libvirt at ".*": Failed to connect socket to '.*libvirt-sock': Permission denied \(run as root, or as a user libvirt lets manage it \(on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again\)\)$/m,
+      /^passthrough plan: Cannot connect to libvirt at ".*" \(--connect\): Failed to connect socket to '.*libvirt-sock': Permission denied \(run as root, or as a user libvirt lets manage it \(on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again\)\)$/m,
     );
     // doctor on the same URI: it cannot reach it at all, and says how to get in.
     const doctor = await s.asUser(
