@@ -64,10 +64,13 @@ function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts | Err
 }
 
 /**
- * Opens `uri` read-write, as `plan`, `apply` and `rollback` do, and describes it; when libvirt
- * refuses this user that, whether it answers read-only (its read-only socket is open to every
- * user by default, so that alone would call libvirt reachable to a user every command is then
- * refused); the error when it cannot be reached.
+ * Opens `uri` read-write, as `plan`, `apply` and `rollback` do, and describes it; when that
+ * fails, whether it answers read-only (its read-only socket is open to every user by default, so
+ * that alone would call libvirt reachable to a user every command is then refused); the error
+ * when it cannot be reached. Read-only is tried after a refusal, told by its code or, over ssh
+ * (the far host's, in words of its own: `Cannot recv data: virt-ssh-helper: ...: Permission
+ * denied: Connection reset by peer`), by its text; not after a host that did not answer, which
+ * would be waited for twice.
  */
 export function libvirtProbe(
   uri: string | null,
@@ -84,7 +87,9 @@ export function libvirtProbe(
     } catch (error) {
       refused = error instanceof Error ? error : new Error(String(error));
     }
-    if (libvirtAccessAdvice(refused) === null) return refused;
+    if (libvirtAccessAdvice(refused) === null && !/Permission denied/.test(refused.message)) {
+      return refused;
+    }
     try {
       return { readOnly: describe(true), refused };
     } catch {

@@ -438,7 +438,9 @@ function checkLibvirt(probe: () => LibvirtReach): DoctorFinding {
       status: "warn",
       summary:
         `libvirt answers read-only only: ${result.readOnly}; plan, apply and rollback, which open it read-write, are refused: ${result.refused.message}`,
-      hint: libvirtAccessAdvice(result.refused),
+      // Told apart only when refused here; a far host's refusal (over ssh) comes in its words.
+      hint: libvirtAccessAdvice(result.refused) ??
+        `connect as a user libvirt lets manage it: root, or (on Debian) a member of the "libvirt" group; over ssh, the user the URI logs in as on that host`,
     };
   }
   const session = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/? /i.exec(result)?.[1];

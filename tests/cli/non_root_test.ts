@@ -155,6 +155,40 @@ Deno.test({
 });
 
 Deno.test({
+  name: "doctor over ssh as a user libvirt lets in read-only there warns, not that it is down",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    // ssh to a host where the login user is this one: libvirt runs the far side's helper here.
+    Deno.writeTextFileSync(`${s.dir}/ssh`, `#!/bin/sh\nfor last; do :; done\nexec sh -c "$last"\n`);
+    await Deno.chmod(`${s.dir}/ssh`, 0o755);
+    const doctor = await s.asUser(
+      [
+        "doctor",
+        "--json",
+        "--sysfs",
+        `${s.dir}/sysfs`,
+        "--allow-uri-programs",
+        "--connect",
+        `qemu+ssh://nobody@hv3/system?command=${s.dir}/ssh`,
+      ],
+      `mount --bind ${shellQuote(s.daemon.dir)} /run/libvirt`,
+    );
+    const findings: { check: string; status: string; summary: string; hint: string | null }[] = JSON
+      .parse(doctor.stdout);
+    const libvirt = findings.find((f) => f.check === "libvirt");
+    // It said: fail, Cannot reach libvirt: ... Permission denied: Connection reset by peer, and
+    // to start libvirtd, which was running and answered read-only.
+    assertEquals(libvirt?.status, "warn", doctor.stdout + doctor.stderr);
+    assertMatch(
+      libvirt!.summary,
+      /^libvirt answers read-only only: qemu\+ssh:\/\/nobody@hv3\/system\?command=.* \(libvirt \d+\.\d+\.\d+\); plan, apply and rollback, which open it read-write, are refused: .*Permission denied/,
+    );
+    assertMatch(libvirt!.hint ?? "", /over ssh, the user the URI logs in as on that host$/);
+  },
+});
+
+Deno.test({
   name: "backups by a user in root's state directory says to run as root",
   ignore: unavailable !== null,
   async fn() {
