@@ -62,7 +62,10 @@ export function libvirtAccessAdvice(error: unknown): string | null {
         return "libvirt asks polkit whether this user may manage it, and polkit cannot be reached: run as root";
       }
       if (
-        (fields.code === 38 && /: Permission denied$/.test(message)) ||
+        // The socket's refusal only: `su alice` keeps root's XDG_RUNTIME_DIR, where alice's own
+        // libvirt (qemu:///session) "Cannot create user runtime directory": no group helps there.
+        (fields.code === 38 &&
+          /^Failed to connect socket to '.*': Permission denied$/.test(message)) ||
         ACCESS_CODES.has(fields.code as number)
       ) {
         return `run as root, or as a user libvirt lets manage it (on Debian, a member of the "libvirt" group: adduser USER libvirt, then log in again)`;
