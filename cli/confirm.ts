@@ -34,7 +34,9 @@ export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
       say("\n");
       return "quit";
     }
-    const answer = line.trim() === "" ? "no" : ANSWERS[line.trim().toLowerCase()];
+    const word = line.trim().toLowerCase();
+    // Own keys only: `constructor` or `__proto__` is no answer (an object's, not one of ours).
+    const answer = word === "" ? "no" : Object.hasOwn(ANSWERS, word) ? ANSWERS[word] : undefined;
     if (answer !== undefined) return answer;
     say("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
   }

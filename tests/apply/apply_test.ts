@@ -621,6 +621,15 @@ Deno.test("confirmVm() reads y, n, a, q (and words), Enter is no, re-asks on any
   assertEquals(io.output.filter((o) => /Please answer y, n, a or q/.test(o)).length, 1);
 });
 
+Deno.test("confirmVm() re-asks on a word every object has (constructor, __proto__)", async () => {
+  using f = fixture();
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"]);
+  const io = scriptedIo(["constructor", "__proto__", "n"]);
+  // It returned Object and Object.prototype: apply stopped at "Invalid answer of confirm".
+  assertEquals(await confirmVm(io, vm), "no");
+  assertEquals(io.output.filter((o) => /Please answer y, n, a or q/.test(o)).length, 2);
+});
+
 Deno.test("confirmYesNo() asks [y/N]: Enter and end of input are no, y is yes", async () => {
   const io = scriptedIo(["", "what", "y"]);
   assertEquals(await confirmYesNo(io, "Restore?"), false);
