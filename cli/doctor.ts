@@ -21,6 +21,7 @@ import {
   type HookInspection,
   inspectHook,
   readByLibvirt,
+  trustedOwners,
 } from "../lib/guard/hook_file.ts";
 import { findHookDaemons } from "../lib/guard/daemon.ts";
 import { readReloadRecords } from "../lib/guard/state.ts";
@@ -42,7 +43,7 @@ import { redactedJson } from "../lib/render/redact.ts";
 function hookFacts(hooksDir: string, reader: SysfsReader): HookDoctorFacts | Error {
   let inspection: HookInspection;
   try {
-    inspection = inspectHook(hooksDir);
+    inspection = inspectHook(hooksDir, trustedOwners(), reader);
   } catch (error) {
     if (error instanceof Deno.errors.PermissionDenied) return error;
     throw error;

@@ -153,7 +153,8 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     ? LIVE_SYSFS
     : resolve(values.sysfs);
   // A hook over no tree would refuse every start, having checked nothing.
-  if (!sysfsTreePresent(sysfs)) {
+  // Through libc: the CLI's Deno stats nothing under /dev (a tree in /dev/shm), the check can.
+  if (!sysfsTreePresent(sysfs, libcSysfsReader({ fewCalls: true }))) {
     throw new Error(
       `Not a sysfs tree: "${sysfs}": no bus/pci/devices directory (the hook would refuse every ` +
         `VM start, checking nothing)`,
@@ -312,7 +313,11 @@ export function runningStaleBundle(): StaleBundle | null {
 }
 
 function status({ values }: HookLine<"status">, io: CliIo): number {
-  const inspection = inspectHook(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR);
+  const inspection = inspectHook(
+    values["hooks-dir"] ?? DEFAULT_HOOKS_DIR,
+    trustedOwners(),
+    libcSysfsReader({ fewCalls: true }),
+  );
   const s = inspection.settings;
   let expected: string | null = null;
   if (s !== null) {

@@ -23,6 +23,7 @@ import {
   writeAllSync,
 } from "../state/state_dir.ts";
 import { sha256Hex } from "../state/sha256.ts";
+import type { SysfsReader } from "../host/sysfs.ts";
 
 /** Where libvirt (6.5 and later) looks for QEMU hook executables. */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
@@ -1150,16 +1151,24 @@ export function hookFileProblems(
 /**
  * Whether the check can read PCI devices under `sysfs`: this host's `/sys` always, a captured
  * tree while it has `bus/pci/devices`. A path Deno will not `stat` without `--allow-all` (under
- * `/sys`, `/dev` or `/proc`, such as a tree in `/dev/shm`) counts as present: the check, which
- * runs with it, reads it, and its own refusal says so when it cannot.
+ * `/sys`, `/dev` or `/proc`, such as a tree in `/dev/shm`) is listed with `reader` (libc's, which
+ * reaches there): a tree in `/dev/shm` is gone after a reboot, and the check then refuses every
+ * start. Without a `reader`, or where it cannot tell, such a path counts as present: the check,
+ * which runs with `--allow-all`, reads it, and its own refusal says so when it cannot.
  */
-export function sysfsTreePresent(sysfs: string): boolean {
+export function sysfsTreePresent(sysfs: string, reader?: Pick<SysfsReader, "listDir">): boolean {
   if (sysfs === "/sys") return true;
+  const devices = join(sysfs, "bus", "pci", "devices");
   try {
-    Deno.statSync(join(sysfs, "bus", "pci", "devices"));
+    Deno.statSync(devices);
     return true;
   } catch (error) {
-    return error instanceof Deno.errors.NotCapable;
+    if (!(error instanceof Deno.errors.NotCapable)) return false;
+  }
+  try {
+    return reader === undefined || reader.listDir(devices) !== null;
+  } catch {
+    return true;
   }
 }
 
@@ -1191,6 +1200,7 @@ function linkTarget(path: string): string | null {
 export function inspectHook(
   dir: string,
   owners: readonly number[] = trustedOwners(),
+  reader?: Pick<SysfsReader, "listDir">,
 ): HookInspection {
   const path = join(dir, HOOK_FILE_NAME);
   // A staging directory libvirt never runs: install and remove clear it, no need to warn.
@@ -1259,6 +1269,6 @@ export function inspectHook(
     unsafe: settings === null ? [] : unsafeHookPaths(settings, path, owners),
     leftovers,
     stateDirLink: settings === null ? null : linkTarget(settings.stateDir),
-    sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs),
+    sysfsMissing: settings !== null && !sysfsTreePresent(settings.sysfs, reader),
   };
 }

@@ -562,6 +562,44 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "hook install refuses a tree under /dev that is not there, and hook status says a hook reading one refuses every start",
+  // /dev/shm is emptied by a reboot: a hook over a tree captured there refused every start, while
+  // install took the path and hook status said "up to date" (Deno will not stat under /dev).
+  ignore: !pathExists("/dev/shm"),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-shm-gone-" });
+    const tree = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "passthrough-tree-" });
+    let removed = false;
+    try {
+      const install = await runCli([
+        "hook",
+        "install",
+        "--hooks-dir",
+        `${dir}/qemu.d`,
+        "--state-dir",
+        `${dir}/state`,
+        "--sysfs",
+        `${tree}/none`,
+      ]);
+      assertEquals(install.code, 1, install.stdout);
+      assertOk(install.stderr.includes(`Not a sysfs tree: "${tree}/none"`), install.stderr);
+      buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
+      await installOnTree(dir, tree);
+      // The reboot.
+      await Deno.remove(tree, { recursive: true });
+      removed = true;
+      const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
+      assertEquals(status.code, 1, status.stdout);
+      assertEquals(JSON.parse(status.stdout).sysfsMissing, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      if (!removed) await Deno.remove(tree, { recursive: true });
+    }
+  },
+});
+
 Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-no-tree-" });
   try {
