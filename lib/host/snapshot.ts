@@ -27,6 +27,7 @@ import { firstInterface } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { errorText } from "../render/error_text.ts";
 import { join, pathExists } from "../state/paths.ts";
+import { shellWord } from "../render/shell.ts";
 
 /**
  * The kernel command line as a snapshot writes it: a snapshot is made to be shared, and an install
@@ -132,8 +133,24 @@ function ensureEmptyTarget(out: string): void {
   }
   if (stat.isSymlink) throw new SnapshotTargetError(out, "it is a symbolic link");
   if (!stat.isDirectory) throw new SnapshotTargetError(out, "it is not a directory");
-  if ([...Deno.readDirSync(out)].length > 0) throw new SnapshotTargetError(out);
+  const names = [...Deno.readDirSync(out)].map((e) => e.name);
+  if (names.length === 0) return;
+  // A snapshot killed while it wrote (Ctrl-C, `kill`) leaves its hidden temporary directory: the
+  // target then looks empty to `ls`, and "not empty" alone would not say what is in it.
+  if (names.every((name) => TEMP_NAME.test(name))) {
+    throw new SnapshotTargetError(
+      out,
+      `it holds only ${names.join(", ")}, left by a snapshot that was stopped while it wrote; ` +
+        `remove ${names.length === 1 ? "it" : "them"} (rm -r ${
+          names.map((name) => shellWord(join(out, name))).join(" ")
+        }), then run snapshot again`,
+    );
+  }
+  throw new SnapshotTargetError(out);
 }
+
+/** The temporary directory {@link writeSnapshot} writes the tree into before moving it up. */
+const TEMP_NAME = /^\.snapshot-[0-9a-f-]{36}\.tmp$/;
 
 /**
  * Writes the snapshot of `host` (discovered from `options.root`) into `out`, which must not exist

@@ -1,5 +1,6 @@
 // snapshot round trips: a captured tree reads back as the same host, with the real lspci.
-import { assertEquals, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 import {
   buildHostTree,
   type HostDescription,
@@ -177,6 +178,36 @@ Deno.test({
       await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
     }
   },
+});
+
+Deno.test("writeSnapshot() names the temporary directory a killed snapshot left, which ls does not show", async () => {
+  // A snapshot killed while it wrote left only its hidden temporary directory: the next one said
+  // "it exists and is not empty" of a directory `ls` shows empty.
+  const dir = await Deno.makeTempDir();
+  try {
+    const left = `${dir}/out/.snapshot-${crypto.randomUUID()}.tmp`;
+    Deno.mkdirSync(`${left}/bus/pci/devices`, { recursive: true });
+    const host = {
+      source: "x",
+      iommu: "absent" as const,
+      devices: [],
+      groups: [],
+      groupInconsistencies: [],
+      kernelCmdline: null,
+      hostUse: [],
+    };
+    assertThrows(
+      () => writeSnapshot(host, `${dir}/out`, { root: dir, reader: denoFsReader() }),
+      SnapshotTargetError,
+      `Cannot write snapshot to "${dir}/out": it holds only ${
+        left.slice(`${dir}/out/`.length)
+      }, left by a snapshot that was stopped while it wrote; remove it (rm -r ${left}), then run ` +
+        `snapshot again`,
+    );
+    assertOk(pathExists(`${left}/bus/pci/devices`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
