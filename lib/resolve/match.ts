@@ -415,7 +415,7 @@ function tooFewIssue(
     : `needs ${wanted} cards but matches ${units} in ${plural(groups, "IOMMU group")}`;
   const closest = nearest.length > 0
     ? `: closest ${nearest.length === 1 ? "is" : "are"} ${
-      nearest.map((s) => `${s.d.address} (${whyNot(s.d, s.failed)})`).join(", ")
+      nearest.map((s) => `${s.d.address} (${whyNot(s.d, s.failed, host)})`).join(", ")
     }${more}`
     : "";
   // A rule naming only a serial lists no closest device: say it where this read saw no serials.
@@ -423,7 +423,9 @@ function tooFewIssue(
     ? scored.filter((s) => serialUnread(s.d) && s.failed.join() === "serial").length
     : 0;
   const unknown = unread > 0
-    ? `: the serial number of ${plural(unread, "device")} is unknown here (${unreadSerial(unread)})`
+    ? `: the serial number of ${plural(unread, "device")} is unknown here (${
+      unreadSerial(unread, host)
+    })`
     : "";
   const candidates = units > 0 ? matched : nearest.map((s) => s.d);
   return {
@@ -436,11 +438,17 @@ function tooFewIssue(
   };
 }
 
-/** Why the serial number of `n` devices is unknown, for a `no-match` message. */
-function unreadSerial(n: number): string {
-  return n === 1
-    ? "its configuration space could be read only up to its 64-byte header, run as root to read it"
-    : "their configuration space could be read only up to its 64-byte header, run as root to read them";
+/**
+ * Why the serial number of `n` devices of `host` is unknown, for a `no-match` message. A captured
+ * tree holds what the user who took it could read: read again as root, it still stops at the
+ * header, so only a snapshot taken as root has the serial.
+ */
+function unreadSerial(n: number, host: HostTopology): string {
+  const what = `${n === 1 ? "its" : "their"} configuration space could be read only up to its ` +
+    "64-byte header";
+  return host.source === "/sys"
+    ? `${what}, run as root to read ${n === 1 ? "it" : "them"}`
+    : `${what} when the tree was captured, capture it again with passthrough snapshot as root`;
 }
 
 /** Whether this read could not see `device`'s serial number, as {@link sameIdentityAsRead}. */
@@ -453,13 +461,13 @@ function serialUnread(device: PciDevice): boolean {
  * not see (the configuration space stops after its 64-byte header, as it does for a user other
  * than root) is unknown, not another one: saying it differs sent users to fix a correct serial.
  */
-function whyNot(device: PciDevice, failed: readonly string[]): string {
+function whyNot(device: PciDevice, failed: readonly string[], host: HostTopology): string {
   const differ = serialUnread(device) ? failed.filter((key) => key !== "serial") : failed;
   const parts = differ.length > 0
     ? [`${differ.join(", ")} ${differ.length === 1 ? "differs" : "differ"}`]
     : [];
   if (differ.length < failed.length) {
-    parts.push(`serial unknown: ${unreadSerial(1)}`);
+    parts.push(`serial unknown: ${unreadSerial(1, host)}`);
   }
   return parts.join("; ");
 }

@@ -380,12 +380,22 @@ Deno.test("resolveRule() says a serial it could not read is unknown, not that it
     host,
   );
   assertEquals(result.issue?.code, "no-match");
+  // The tree was captured so: read again as root it stops at the header all the same.
   assertMatch(
     result.issue?.message ?? "",
+    /: closest are 0000:0b:00\.0 \(serial unknown: its configuration space could be read only up to its 64-byte header when the tree was captured, capture it again with passthrough snapshot as root\), 0000:0c:00\.0 \(serial differs\)$/,
+  );
+  // The live host, read by a user other than root.
+  const live = { ...host, source: "/sys" };
+  assertMatch(
+    resolveRule(
+      rule('match: { vendor_device_id: "10de:1b06", serial: "00-11-22-ff-ff-33-44-55" }'),
+      live,
+    ).issue?.message ?? "",
     /: closest are 0000:0b:00\.0 \(serial unknown: its configuration space could be read only up to its 64-byte header, run as root to read it\), 0000:0c:00\.0 \(serial differs\)$/,
   );
   // Naming only the serial, the rule has no closest device: the unread serial is said all the same.
-  const alone = resolveRule(rule('match: { serial: "00-11-22-ff-ff-33-44-55" }'), host);
+  const alone = resolveRule(rule('match: { serial: "00-11-22-ff-ff-33-44-55" }'), live);
   assertMatch(
     alone.issue?.message ?? "",
     /\(serial "00-11-22-ff-ff-33-44-55"\): the serial number of 1 device is unknown here \(its configuration space could be read only up to its 64-byte header, run as root to read it\)$/,
