@@ -25,6 +25,7 @@ import {
   type BackupEntry,
   BackupIntegrityError,
   findBackup,
+  listBackups,
   readBackupXml,
   writeBackup,
 } from "../state/backups.ts";
@@ -337,11 +338,15 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     // The newest, chosen for the user: say how to choose another, as a damaged sidecar's
     // refusal (findBackup) does, instead of leaving them before a hash mismatch.
     if (options.backup !== undefined || !(error instanceof BackupIntegrityError)) throw error;
+    // With no other backup, "choose another" sent the user to a listing of this one alone.
+    const only = listBackups(state, vm).length <= 1;
     throw new BackupIntegrityError(
       error.path,
-      `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
-        positionalCommand("passthrough backups", vm)
-      }")`,
+      only
+        ? `${error.detail}; it is the only backup of "${vm}": there is no other to restore`
+        : `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
+          positionalCommand("passthrough backups", vm)
+        }")`,
       { cause: error },
     );
   }

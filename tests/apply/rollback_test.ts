@@ -427,6 +427,19 @@ Deno.test("rollbackVm() of a newest backup whose XML is damaged says how to choo
   assertEquals(hostdevs(f, "alpha"), []);
 });
 
+Deno.test("rollbackVm() of the only backup, its XML damaged, sends the user to no other backup", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  const [only] = listBackups(f.stateDir, "alpha");
+  Deno.truncateSync(only!.path, 100);
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupIntegrityError,
+    `; it is the only backup of "alpha": there is no other to restore`,
+  );
+  assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
+});
+
 Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves the VM as it was", async () => {
   using f = fixture();
   const before = f.port.getPersistentXml("alpha", { secure: true });
