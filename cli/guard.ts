@@ -26,13 +26,13 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
       `(until ${allowance.expires}; ${path})\n`,
   );
   // The records only inform: once the allowance is written, the command has done what it says.
-  let records: GuardRefusalRecord[] = [];
+  let records: GuardRefusalRecord[] | null = null;
   try {
     records = readRefusalRecords(stateDir);
   } catch (error) {
     io.err(`Note: cannot read the start guard's refusal records: ${errorText(error)}\n`);
   }
-  const last = records.find((r) => r.vm === vm)?.refusals ?? [];
+  const last = records?.find((r) => r.vm === vm)?.refusals ?? [];
   for (const refusal of last.filter((r) => r.hostNeeds !== null)) {
     io.out(
       `Note: its last refusal names ${refusal.address}, which the host needs (${refusal.hostNeeds}): ` +
@@ -46,8 +46,9 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
     );
   }
   // The allowance waits for any name; a misspelt one leaves the refused VM refused.
-  const refused = records.map((r) => r.vm);
-  if (!refused.includes(vm)) {
+  // Records that could not be read say nothing of what the guard refused.
+  const refused = records?.map((r) => r.vm) ?? [];
+  if (records !== null && !refused.includes(vm)) {
     io.out(
       `Note: the guard has no refusal recorded for ${JSON.stringify(vm)}${didYouMean(vm, refused)}${
         refused.length > 0

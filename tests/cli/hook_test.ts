@@ -717,6 +717,8 @@ Deno.test("guard allow exits 0 with its allowance given when the refusal records
       `Note: cannot read the start guard's refusal records: Cannot use "${dir}/state/guard/refused": ` +
         "it is not a directory; remove it (the start guard keeps its refusal records there)\n",
     );
+    // Unread, the records do not say the guard refused nothing.
+    assertEquals(allow.stdout.includes("has no refusal recorded"), false, allow.stdout);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
