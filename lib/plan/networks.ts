@@ -57,11 +57,15 @@ export function networkPools(
 export function networkWarnings(networks: NetworksRead | undefined, uri: string): PlanIssue[] {
   if (networks === undefined) return [];
   if (networks.kind === "read-failed") {
+    // The libvirt binding's error already opens with what failed: say it once.
+    const opening = `${listingFailure(uri)}: `;
+    const cause = networks.error.startsWith(opening)
+      ? networks.error
+      : `${opening}${networks.error}`;
     return [{
       code: "unreadable-definition",
-      message: `${
-        listingFailure(uri)
-      }: ${networks.error}: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
+      message:
+        `${cause}: hostdev networks' pools of VFs are not checked against the plan, and the NICs under bridged networks are not counted as their guests'`,
     }];
   }
   return [

@@ -16,6 +16,9 @@ import {
   VIR_ERR_NO_DOMAIN,
   VIR_ERR_OPERATION_INVALID,
 } from "../../ffi/mod.ts";
+import { connectionPort } from "../../ffi/port.ts";
+import { readNetworks } from "../../lib/plan/world.ts";
+import { networkWarnings } from "../../lib/plan/networks.ts";
 
 const unavailable = libvirtdUnavailable();
 
@@ -249,5 +252,22 @@ Deno.test({
     } finally {
       await undefineUnlessIsolated(daemon, [kept, gone]);
     }
+  },
+});
+
+Deno.test({
+  name: "plan's warning that the networks cannot be listed says what failed once" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    const daemon = await startLibvirtd();
+    using conn = Connection.open(daemon.uri, { readOnly: true });
+    await daemon.stop();
+    const warnings = networkWarnings(readNetworks(connectionPort(conn)) ?? undefined, daemon.uri);
+    assertEquals(warnings.length, 1);
+    const opening = `Cannot list the networks of "${daemon.uri}": `;
+    assert(warnings[0]!.message.startsWith(opening), warnings[0]!.message);
+    assertEquals(warnings[0]!.message.split(opening).length, 2, warnings[0]!.message);
+    assertMatch(warnings[0]!.message, /: hostdev networks' pools of VFs are not checked/);
   },
 });
