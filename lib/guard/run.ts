@@ -206,16 +206,24 @@ function guardListing(stateDir: string): ReadonlySet<string> | null {
   }
 }
 
+/** The name `replaceFileSync` writes a file under before renaming it into place. */
+const TEMPORARY = /^\..*\.[0-9a-f-]{36}\.tmp$/;
+
 /**
  * Whether the guard keeps anything in `stateDir` now: an allowance or a refusal record of any
- * VM. Only then can a start that the check lets through have something to consume or clear.
- * A directory that cannot be listed counts as holding something, so its error is reported.
+ * VM, or a claim a killed start left (which the VM's next start removes). Only then can a start
+ * that the check lets through have something to consume or clear. A temporary file a killed
+ * writer left (`.VM.json.UUID.tmp`: a `guard allow` killed before its rename, which no start
+ * removes) is none of these: counted, it would send every later start of every VM down the slow
+ * path. A directory that cannot be listed counts as holding something, so its error is reported.
  */
 function holdsGuardState(stateDir: string, listing: ReadonlySet<string> | null): boolean {
   return GUARD_FOLDERS.some((kind) => {
     if (listing !== null && !listing.has(kind)) return false;
     try {
-      for (const _ of Deno.readDirSync(guardPath(stateDir, kind))) return true;
+      for (const entry of Deno.readDirSync(guardPath(stateDir, kind))) {
+        if (!TEMPORARY.test(entry.name)) return true;
+      }
       return false;
     } catch (error) {
       return !(error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory);

@@ -503,3 +503,62 @@ Deno.test("a start killed before renaming its refusal record into place leaves a
     assertEquals(names(), []);
   });
 });
+
+Deno.test("a guard allow killed before renaming its allowance into place leaves a temporary file that sends no start down the slow path", async () => {
+  await withTree(async (root, state) => {
+    const url = (path: string) => new URL(path, import.meta.url).href;
+    // guard allow killed at that moment (Ctrl-C in a slow fsync): SIGKILL instead of the rename.
+    const code = `import { allowNextStart } from ${JSON.stringify(url("../../lib/guard/state.ts"))};
+      const rename = Deno.renameSync;
+      Deno.renameSync = (from, to) => {
+        if (String(to).endsWith("/allow/win11.json")) Deno.kill(Deno.pid, "SIGKILL");
+        rename(from, to);
+      };
+      allowNextStart(${JSON.stringify(state)}, "win11");`;
+    const killed = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    const allow = `${state}/guard/allow`;
+    assertMatch(
+      [...Deno.readDirSync(allow)].map((e) => e.name).join(),
+      /^\.win11\.json\.[0-9a-f-]{36}\.tmp$/,
+    );
+    // A start whose state code cannot load fails if it takes the slow path.
+    const dir = Deno.makeTempDirSync({ dir: `${state}/..` });
+    Deno.writeTextFileSync(`${dir}/state.ts`, 'throw new Error("the state code was loaded");\n');
+    const config = JSON.parse(Deno.readTextFileSync(new URL("../../deno.json", import.meta.url)));
+    Deno.writeTextFileSync(
+      `${dir}/map.json`,
+      JSON.stringify({
+        imports: {
+          ...config.imports,
+          [url("../../lib/guard/state.ts")]: new URL(`file://${dir}/state.ts`).href,
+        },
+      }),
+    );
+    const start = (xml: string) =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          "--no-lock",
+          `--import-map=${dir}/map.json`,
+          `import { runGuard } from ${JSON.stringify(url("../../lib/guard/run.ts"))};
+          import { denoFsReader } from ${JSON.stringify(url("../../lib/host/sysfs.ts"))};
+          const result = await runGuard({ vm: "other", operation: "prepare", subOperation: "begin",
+            xml: ${JSON.stringify(xml)}, reader: denoFsReader(), root: ${JSON.stringify(root)},
+            live: false, stateDir: ${JSON.stringify(state)} });
+          Deno.exit(result.code);`,
+        ],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+    const clean = await start(IN_PLACE.replace("<name>win11</name>", "<name>other</name>"));
+    assertEquals(clean.code, 0, new TextDecoder().decode(clean.stderr));
+    // The same start with a refusal takes the slow path: the test can see it.
+    const refused = await start(MOVED.replace("<name>win11</name>", "<name>other</name>"));
+    assertMatch(new TextDecoder().decode(refused.stderr), /the state code was loaded/);
+  });
+});
