@@ -81,7 +81,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 6;
+export const HOOK_FORMAT = 7;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -114,6 +114,9 @@ export function renderHookScript(settings: HookSettings): string {
 ${SETTINGS_PREFIX}${JSON.stringify(settings)}
 # passthrough-hook-format: ${HOOK_FORMAT}
 [ "$2" = prepare ] && [ "$3" = begin ] || exit 0
+# What the check creates is root's alone, the state directory too when it was deleted (Deno's
+# cache in it is made with its parents): under libvirt's umask (022) it would be 0755.
+umask 077
 ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
   ${command} -- "$1" "$2" "$3" "$4" >/dev/null
 status=$?

@@ -1556,3 +1556,28 @@ Deno.test("hook status after an update without setup.sh: the hook's bundle is ol
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a hook started on a deleted state directory makes it again root's alone (0700)", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-umask-" });
+  try {
+    const hook = await installOnTree(dir, tree.dir);
+    await Deno.remove(`${dir}/state`, { recursive: true });
+    // libvirt runs hooks under its umask, 022.
+    const wrapper = `${dir}/under-022`;
+    Deno.writeTextFileSync(wrapper, `#!/bin/sh\numask 022\nexec '${hook}' "$@"\n`, {
+      mode: 0o755,
+    });
+    const started = await runHook(
+      wrapper,
+      ["plain", "prepare", "begin", "-"],
+      testDomainXml("plain"),
+      { HOME: dir },
+    );
+    assertEquals(started, { code: 0, stdout: "", stderr: "" });
+    assertEquals(Deno.statSync(`${dir}/state`).mode! & 0o777, 0o700);
+    assertEquals(Deno.statSync(`${dir}/state/deno`).mode! & 0o777, 0o700);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
