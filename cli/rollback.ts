@@ -24,6 +24,7 @@ import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck } from "../lib/guard/run.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
+import { deferSignals, keepIgnoredSignals } from "./signals.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -101,6 +102,8 @@ export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
   io: CliIo,
 ): Promise<number> {
+  // Before lspci runs: Deno then ends the process on a signal nohup asked to be ignored.
+  keepIgnoredSignals();
   if (!values.yes && !io.interactive) {
     // A runtime error (exit 1): the command line is right, this run has no terminal.
     throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
@@ -119,6 +122,9 @@ export async function run(
   }
   const state = openStateDir(stateDir);
   using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
+  // From the question to the report: a stop asked for (Ctrl-C, kill, a closed session) waits for
+  // the define and its read-back check, so the report still says whether the VM was restored.
+  using signals = deferSignals();
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,
@@ -154,6 +160,12 @@ export async function run(
         : "The definition shown";
       io.out(`${which} was backed up as "${report.safetyBackup.id}"\n`);
     }
+  }
+  // Also one that came during the define, seen only now.
+  const stop = await signals.check();
+  if (stop !== null) {
+    io.err(`passthrough rollback: stopped by ${stop}: the report above says what was done\n`);
+    return signals.status;
   }
   return report.status === "failed" || report.status === "unknown" ? 1 : 0;
 }

@@ -8,6 +8,7 @@
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { documentedFlags, hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { listBackups } from "../../lib/state/backups.ts";
@@ -355,5 +356,63 @@ Deno.test({
     assertEquals(code, 130, screen);
     assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
     assertEquals(pciSources(s.xml("gentoo")), []);
+  },
+});
+
+Deno.test({
+  name: "rollback --yes stopped by SIGTERM during its define finishes it, reports it and exits 143",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const original = s.xml("win10");
+    const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
+    assertEquals(apply.code, 0, apply.stderr + apply.stdout);
+    // The SIGTERM is sent while the define's reply is held back: the define is made, and the
+    // rollback is waiting for it.
+    const pidFile = `${s.dir}/rollback.pid`;
+    await using hook = await startRpcHook({
+      socket: `${s.daemon.dir}/libvirt-sock`,
+      dir: s.daemon.dir,
+      proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+      command: ["sh", "-c", `kill -TERM "$(cat '${pidFile}')"`],
+    });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", ...documentedFlags(), MAIN, "rollback", "win10"]
+        .concat("--state-dir", s.stateDir, "--connect", hook.uri, "--yes"),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    await Deno.writeTextFile(pidFile, String(child.pid));
+    const { code, stdout, stderr } = await child.output();
+    const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    assertMatch(await hook.ran, /^ran 0 /);
+    // Killed there, it printed nothing of whether the VM was restored.
+    assertMatch(text, /Restored "win10" from backup /);
+    assertMatch(text, /passthrough rollback: stopped by SIGTERM: /);
+    assertEquals(code, 143, text);
+    assertEquals(s.xml("win10"), original);
+  },
+});
+
+Deno.test({
+  name: "Ctrl-C at rollback's question restores nothing, says so, exit 130",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const apply = await runCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
+    assertEquals(apply.code, 0, apply.stderr + apply.stdout);
+    const applied = s.xml("win10");
+    await using pty = runCliOnPty(
+      ["rollback", "win10", "--state-dir", s.stateDir, "--connect", s.daemon.uri],
+    );
+    await pty.waitFor(/Restore "win10" from this backup\? \[y\/N\]/);
+    await pty.type("\x03");
+    const { code, screen } = await pty.exited(20_000);
+    assertMatch(screen, /Rollback of "win10" declined/);
+    assertMatch(screen, /passthrough rollback: stopped by SIGINT: /);
+    assertEquals(code, 130, screen);
+    assertEquals(s.xml("win10"), applied);
   },
 });

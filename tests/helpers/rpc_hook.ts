@@ -14,6 +14,8 @@
 
 /** `REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS` in libvirt's `remote_protocol.x`. */
 export const PROC_CONNECT_LIST_ALL_DOMAINS = 273;
+/** `REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS`: `virDomainDefineXMLFlags`. */
+export const PROC_DOMAIN_DEFINE_XML_FLAGS = 350;
 const TYPE_REPLY = 1;
 
 /** A running proxy; `stop()` (or `await using`) ends it. */
