@@ -6,7 +6,7 @@
  */
 
 import type { CliIo } from "./context.ts";
-import type { Parsed } from "./flags.ts";
+import { type Parsed, runFlags } from "./flags.ts";
 import type { BACKUPS } from "./specs.ts";
 import { renderTable } from "./table.ts";
 import { type BackupListing, describeBackupProblem, inspectBackups } from "../lib/state/backups.ts";
@@ -18,19 +18,20 @@ import {
 } from "../lib/state/state_dir.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { redactedJson } from "../lib/render/redact.ts";
+import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 
 /**
  * For `backups VM` that lists none: the VM with backups whose name is closest, and how many
  * other VMs have some (a mistyped name reads as a VM never backed up unless said so).
  */
-function otherVms(state: StateDir | null, vm: string | undefined): string {
+function otherVms(state: StateDir | null, vm: string | undefined, run: RunFlags): string {
   if (state === null || vm === undefined) return "";
   const names = [...new Set(inspectBackups(state).entries.map((e) => e.vm))];
   if (names.length === 0) return "";
   const s = names.length === 1 ? "" : "s";
   return `${didYouMean(vm, names)}; ${names.length} other VM${s} ha${
     s === "" ? "s" : "ve"
-  } backups (passthrough backups lists them)`;
+  } backups (${followUpCommand(run, "passthrough backups")} lists them)`;
 }
 
 /** Runs `passthrough backups [VM]`; writes nothing. Exit 1 when a backup is damaged. */
@@ -61,7 +62,7 @@ export function run(
       const which = vm === undefined ? "" : ` of VM "${vm}"`;
       // A mistyped --state-dir reads as a directory without backups unless said so.
       const none = state === null ? `: ${stateDir} does not exist` : ` in ${stateDir}`;
-      io.out(`No backups${which}${none}${otherVms(state, vm)}\n`);
+      io.out(`No backups${which}${none}${otherVms(state, vm, runFlags(values))}\n`);
     } else {
       // `#` numbers each VM's backups from its newest: `rollback VM --to N` takes it.
       const seen = new Map<string, number>();

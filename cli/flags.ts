@@ -14,6 +14,7 @@
  */
 
 import { type CliIo, type Command, UsageError } from "./context.ts";
+import type { RunFlags } from "../lib/render/shell.ts";
 
 /** A flag without a value: `false` unless given. */
 export interface BooleanFlag {
@@ -226,6 +227,38 @@ export const STATE_FLAGS = {
       "the lock is in /run/passthrough as root)",
   },
 } as const satisfies Flags;
+
+/**
+ * The flags of this run that the commands it advises repeat (see `followUpCommand`): those of
+ * {@link PLAN_FLAGS}, {@link CONNECT_FLAG} and {@link STATE_FLAGS} that `values` holds.
+ *
+ * @example
+ * ```ts
+ * import { runFlags } from "./flags.ts";
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(runFlags({ connect: "test:///default", "state-dir": undefined }), {
+ *   connect: "test:///default",
+ * });
+ * ```
+ */
+export function runFlags(values: {
+  config?: string | undefined;
+  host?: string | undefined;
+  sysfs?: string | undefined;
+  connect?: string | undefined;
+  "allow-uri-programs"?: boolean | undefined;
+  "state-dir"?: string | undefined;
+}): RunFlags {
+  const run: RunFlags = {
+    config: values.config,
+    host: values.host,
+    sysfs: values.sysfs,
+    connect: values.connect,
+    allowUriPrograms: values["allow-uri-programs"],
+    stateDir: values["state-dir"],
+  };
+  return Object.fromEntries(Object.entries(run).filter(([, v]) => v !== undefined && v !== false));
+}
 
 /** `--hooks-dir DIR`: where the start guard's hook is (`hook`, `guard`, `doctor`). */
 export const HOOKS_DIR_FLAG = {

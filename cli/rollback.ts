@@ -6,7 +6,7 @@
  */
 
 import { type CliIo, UsageError } from "./context.ts";
-import type { Parsed } from "./flags.ts";
+import { type Parsed, runFlags } from "./flags.ts";
 import type { ROLLBACK } from "./specs.ts";
 import { confirmYesNo } from "./confirm.ts";
 import { painter } from "../lib/render/colors.ts";
@@ -129,6 +129,7 @@ export async function run(
     libvirt,
     stateDir,
     lock,
+    run: runFlags(values),
     ...(values.to !== undefined ? { backup: values.to } : {}),
     // This host's disks, USB devices and network interfaces, when libvirt runs here; and what
     // the start guard would say of the backup's hostdevs on it.

@@ -38,7 +38,7 @@ import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
-import { flagWord, positionalCommand } from "../render/shell.ts";
+import { followUpCommand, type RunFlags } from "../render/shell.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -86,6 +86,11 @@ export interface RollbackOptions {
    * restored. Default: not asked (libvirt on another host).
    */
   startRefusals?: (xml: string) => string[];
+  /**
+   * The flags of this run (`--connect`, `--state-dir`) that the commands a message advises
+   * repeat, so they open the same libvirt and state directory. Default: none.
+   */
+  run?: RunFlags;
 }
 
 /**
@@ -186,9 +191,9 @@ function checkBackupIsOf(
  * definition (its XML reads as the running guest's), and defining one would make it permanent,
  * as `apply` refuses to.
  */
-function transientRefusal(vm: string, backup: BackupEntry): string {
+function transientRefusal(vm: string, backup: BackupEntry, run: RunFlags | undefined): string {
   return `Not restored: "${vm}" is a transient domain, and defining backup "${backup.id}" would make it persistent; once it is shut off and gone, "${
-    positionalCommand("passthrough rollback", vm, ["--to", backup.id])
+    followUpCommand(run, "passthrough rollback", { value: vm, options: [["--to", backup.id]] })
   }" defines it from the backup`;
 }
 
@@ -200,12 +205,17 @@ function transientRefusal(vm: string, backup: BackupEntry): string {
  */
 function changedSinceShown(
   libvirt: LibvirtPort,
-  { vm, backup, shown }: { vm: string; backup: BackupEntry; shown: string | null },
+  { vm, backup, shown, run }: {
+    vm: string;
+    backup: BackupEntry;
+    shown: string | null;
+    run: RunFlags | undefined;
+  },
 ): string | null {
   let now: string | null;
   try {
     const summary = libvirt.listDomains().find((d) => d.name === vm);
-    if (summary !== undefined && !summary.persistent) return transientRefusal(vm, backup);
+    if (summary !== undefined && !summary.persistent) return transientRefusal(vm, backup, run);
     now = summary === undefined ? null : libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
     return `Cannot read "${vm}" before the rollback: ${errorText(error)}`;
@@ -269,12 +279,13 @@ function heldElsewhereNow(
  */
 function defineBackup(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, currentXml, safety }: {
+  { vm, backup, backupXml, currentXml, safety, run }: {
     vm: string;
     backup: BackupEntry;
     backupXml: string;
     currentXml: string | null;
     safety: BackupEntry | null;
+    run: RunFlags | undefined;
   },
 ): { status: "failed" | "unknown"; message: string } | null {
   const failure = defineOrExplain(libvirt, { name: vm, xml: backupXml, before: currentXml });
@@ -291,7 +302,10 @@ function defineBackup(
       status: "unknown",
       message:
         `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "${
-          positionalCommand("passthrough rollback", vm, ["--to", backup.id])
+          followUpCommand(run, "passthrough rollback", {
+            value: vm,
+            options: [["--to", backup.id]],
+          })
         }" (it says when "${vm}" already has that definition)`,
     };
   }
@@ -318,10 +332,11 @@ function defineBackup(
  * not be learnt (connection lost) as `unknown`.
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
-  const { libvirt } = options;
+  const { libvirt, run } = options;
+  const found = { run };
   // Looked up read-only first: opening the state directory creates it (and the lock), and a
   // missing backup (a mistyped state directory) must leave nothing behind.
-  findBackup(options.stateDir, vm, options.backup);
+  findBackup(options.stateDir, vm, options.backup, found);
   const state = openStateDir(options.stateDir);
   using owned = options.lock === undefined
     ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })
@@ -330,7 +345,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (lock.uri !== lockUri(libvirt.uri)) {
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
-  const backup = findBackup(state, vm, options.backup);
+  const backup = findBackup(state, vm, options.backup, found);
   let backupXml: string;
   try {
     backupXml = readBackupXml(backup);
@@ -345,7 +360,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       only
         ? `${error.detail}; it is the only backup of "${vm}": there is no other to restore`
         : `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
-          positionalCommand("passthrough backups", vm)
+          followUpCommand(run, "passthrough backups", { value: vm })
         }")`,
       { cause: error },
     );
@@ -365,7 +380,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     brokeStaleLock: lock.brokeStale,
   });
   if (summary !== null && !summary.persistent) {
-    return report("failed", transientRefusal(vm, backup), null);
+    return report("failed", transientRefusal(vm, backup, run), null);
   }
   const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
 
@@ -383,10 +398,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (refusals.length > 0) {
     return report(
       "failed",
-      `Refusing to restore backup "${backup.id}" into "${vm}": ${
-        refusals.join("; ")
-      }; "passthrough plan ${
-        flagWord("--vm", vm)
+      `Refusing to restore backup "${backup.id}" into "${vm}": ${refusals.join("; ")}; "${
+        followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] })
       }" shows what the config gives it on this host now`,
       null,
     );
@@ -404,7 +417,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     return report("declined", `Rollback of "${vm}" declined`, null);
   }
   // The question may stay open for minutes: look again.
-  const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml }) ??
+  const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run }) ??
     heldElsewhereNow(libvirt, restoring);
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.
@@ -430,10 +443,10 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   }
   // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
   // would be overwritten by the define, and be in no backup: look once more, just before it.
-  const late = changedSinceShown(libvirt, { vm, backup, shown: currentXml });
+  const late = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run });
   // The safety backup is written by now: name it, as `apply` names its backup on a late `drift`.
   if (late !== null) return report("failed", late, safety);
-  const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety });
+  const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety, run });
   if (failed !== null) return report(failed.status, failed.message, safety);
   const when = active
     ? "; it is running, so this takes effect at its next full power-off"

@@ -7,5 +7,6 @@
 
 export { type DomainDiffOptions, hasSignificantChanges, renderDomainDiff } from "./diff.ts";
 export { redactedJson } from "./redact.ts";
+export { type FollowUp, followUpCommand, type RunFlags } from "./shell.ts";
 export { didYouMean } from "./suggest.ts";
 export { terminalSafe } from "./terminal.ts";

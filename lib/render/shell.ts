@@ -4,6 +4,8 @@
  * @module
  */
 
+import { redactSecrets } from "../domain/secrets.ts";
+
 /**
  * `'text'` for `sh`, safe for any byte but NUL: what a script runs, quoted whatever it holds.
  *
@@ -70,8 +72,103 @@ export function positionalCommand(
   value: string,
   options: readonly string[] = [],
 ): string {
-  const words = options.map(shellWord);
+  return withPositional(command, value, options.map(shellWord));
+}
+
+/** {@link positionalCommand} of `words` already written for `sh`. */
+function withPositional(command: string, value: string, words: readonly string[]): string {
   return value.startsWith("-")
     ? [command, ...words, "--", shellWord(value)].join(" ")
     : [command, shellWord(value), ...words].join(" ");
+}
+
+/**
+ * The flags of this run that a printed follow-up command repeats, as the user typed them (what
+ * came from the environment carries over by itself): `passthrough backups VM` printed by a
+ * `rollback --state-dir /srv/pt` lists another directory's backups without its `--state-dir`,
+ * and `passthrough plan` printed by an `apply -c qemu+ssh://hv2/system` reads another libvirt.
+ */
+export interface RunFlags {
+  /** `-f, --config FILE`. */
+  config?: string | undefined;
+  /** `--host NAME`. */
+  host?: string | undefined;
+  /** `--sysfs DIR`. */
+  sysfs?: string | undefined;
+  /** `-c, --connect URI`. */
+  connect?: string | undefined;
+  /** `--allow-uri-programs`, which the same `--connect` needs again. */
+  allowUriPrograms?: boolean | undefined;
+  /** `--state-dir DIR`. */
+  stateDir?: string | undefined;
+}
+
+/** A command {@link followUpCommand} prints. */
+export type FollowUp =
+  | "passthrough plan"
+  | "passthrough devices"
+  | "passthrough backups"
+  | "passthrough rollback";
+
+/**
+ * The {@link RunFlags} that change what each follow-up does, so it must repeat them: the config,
+ * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups.
+ */
+const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
+  "passthrough plan": ["config", "host", "sysfs", "connect"],
+  "passthrough devices": ["sysfs"],
+  "passthrough backups": ["stateDir"],
+  "passthrough rollback": ["connect", "stateDir"],
+};
+
+/**
+ * `command` as the user should run it next: `VALUE` (one positional, as
+ * {@link positionalCommand} writes it), `options` (`[FLAG, VALUE]` pairs), then those of `run`'s flags that `command`
+ * takes, so it reads the same config, tree, libvirt and state directory as this run. A URI with a
+ * password is never printed to re-run with: `-c URI` stands in for it, and the text says so.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const run = { connect: "qemu+ssh://hv2/system", stateDir: "/srv/pt state", sysfs: "/t" };
+ * assertEquals(
+ *   followUpCommand(run, "passthrough rollback", { value: "win 11", options: [["--to", "ID"]] }),
+ *   "passthrough rollback 'win 11' --to ID -c qemu+ssh://hv2/system --state-dir '/srv/pt state'",
+ * );
+ * assertEquals(followUpCommand(run, "passthrough backups"), "passthrough backups --state-dir '/srv/pt state'");
+ * assertEquals(
+ *   followUpCommand({}, "passthrough plan", { options: [["--vm", "-lab"]] }),
+ *   "passthrough plan --vm=-lab",
+ * );
+ * assertEquals(
+ *   followUpCommand({ connect: "qemu+tcp://admin:pw@hv9/system" }, "passthrough plan"),
+ *   "passthrough plan -c URI (your URI: this run's holds a password, not repeated here)",
+ * );
+ * ```
+ */
+export function followUpCommand(
+  run: RunFlags | undefined,
+  command: FollowUp,
+  options: { value?: string; options?: readonly (readonly [string, string])[] } = {},
+): string {
+  const words = (options.options ?? []).map(([flag, value]) => flagWord(flag, value));
+  let secret = false;
+  for (const flag of FOLLOW_UP_FLAGS[command]) {
+    const value = run?.[flag];
+    if (typeof value !== "string") continue;
+    if (flag === "connect") {
+      secret = redactSecrets(value) !== value;
+      // `-c VALUE`, or `--connect=VALUE`: the short flag has no `=` form.
+      const shown = secret ? "URI" : value;
+      words.push(flagWord(shown.startsWith("-") ? "--connect" : "-c", shown));
+      if (run?.allowUriPrograms === true) words.push("--allow-uri-programs");
+    } else {
+      const name = `--${flag === "stateDir" ? "state-dir" : flag}`;
+      words.push(flagWord(name, value));
+    }
+  }
+  const text = options.value === undefined
+    ? [command, ...words].join(" ")
+    : withPositional(command, options.value, words);
+  return secret ? `${text} (your URI: this run's holds a password, not repeated here)` : text;
 }

@@ -16,7 +16,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
-import { positionalCommand } from "../render/shell.ts";
+import { followUpCommand, type RunFlags } from "../render/shell.ts";
 import { join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
@@ -89,19 +89,28 @@ export class BackupNotFoundError extends Error {
 
   /**
    * Builds the error for `vm` and the reference asked for; `where` is the state directory
-   * searched, `detail` replaces the default explanation of a `ref` not found.
+   * searched, `detail` replaces the default explanation of a `ref` not found, `run` the flags
+   * its `passthrough backups` advice repeats.
    */
   constructor(
     vm: string,
     ref: string | null,
-    options: { where?: string; detail?: string; otherVm?: BackupEntry } = {},
+    options: {
+      where?: string;
+      detail?: string;
+      otherVm?: BackupEntry;
+      run?: RunFlags | undefined;
+    } = {},
   ) {
     const where = options.where === undefined ? "" : ` in ${options.where}`;
     super(
       ref === null
         ? `No backup of VM "${vm}"${where}`
         : `No backup "${ref}" of VM "${vm}"${where}: ${
-          options.detail ?? `run "${positionalCommand("passthrough backups", vm)}" to list them`
+          options.detail ??
+            `run "${
+              followUpCommand(options.run, "passthrough backups", { value: vm })
+            }" to list them`
         }`,
     );
     this.vm = vm;
@@ -507,7 +516,7 @@ function matching<T extends { id: string | null; path: string }>(items: T[], ref
  * or newer than every intact one when the newest is asked for, it is a
  * {@link BackupIntegrityError} (restoring an older one instead would silently skip a change).
  * A `ref` not found says where it looked, which backups an ambiguous prefix matches, and whose a
- * backup of another VM is.
+ * backup of another VM is; the commands it advises repeat `options.run`'s flags.
  *
  * @example
  * ```ts
@@ -525,7 +534,9 @@ export function findBackup(
   stateDir: string | StateDir,
   vm: string,
   ref?: string,
+  options: { run?: RunFlags | undefined } = {},
 ): BackupEntry {
+  const { run } = options;
   const { entries, problems } = inspectBackups(stateDir, vm);
   const damaged = problems.filter((p) => p.kind === "damaged" && p.id !== null);
   if (ref === undefined) {
@@ -538,7 +549,7 @@ export function findBackup(
       throw new BackupIntegrityError(
         newer.path,
         `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "${
-          positionalCommand("passthrough backups", vm)
+          followUpCommand(run, "passthrough backups", { value: vm })
         }")`,
       );
     }
@@ -552,7 +563,9 @@ export function findBackup(
     throw new BackupNotFoundError(vm, ref, {
       where: state(stateDir),
       detail: `"${vm}" has ${entries.length} backup${entries.length === 1 ? "" : "s"}` +
-        ` (1 is the newest): run "${positionalCommand("passthrough backups", vm)}" to list them`,
+        ` (1 is the newest): run "${
+          followUpCommand(run, "passthrough backups", { value: vm })
+        }" to list them`,
     });
   }
   const found = [...matching(entries, ref), ...matching(damaged, ref)];
@@ -564,12 +577,13 @@ export function findBackup(
   if (found.length > 1) {
     throw new BackupNotFoundError(vm, ref, {
       where: state(stateDir),
+      run,
       detail: `"${ref}" is the start of ${found.length} backup ids (${
         found.map((f) => f.id).join(", ")
       }): give more of the id`,
     });
   }
-  throw notOfThisVm(stateDir, vm, ref);
+  throw notOfThisVm(stateDir, vm, ref, run);
 }
 
 /** The state directory's path, for messages. */
@@ -578,17 +592,27 @@ function state(stateDir: string | StateDir): string {
 }
 
 /** No backup `ref` of `vm`: explains a backup of another VM that `ref` names, if there is one. */
-function notOfThisVm(stateDir: string | StateDir, vm: string, ref: string): BackupNotFoundError {
+function notOfThisVm(
+  stateDir: string | StateDir,
+  vm: string,
+  ref: string,
+  run: RunFlags | undefined,
+): BackupNotFoundError {
   const others = matching(inspectBackups(stateDir).entries.filter((e) => e.vm !== vm), ref);
   const [other] = others;
   if (others.length !== 1 || other === undefined) {
-    return new BackupNotFoundError(vm, ref, { where: state(stateDir) });
+    return new BackupNotFoundError(vm, ref, { where: state(stateDir), run });
   }
   return new BackupNotFoundError(vm, ref, {
     where: state(stateDir),
     otherVm: other,
     detail: `backup "${other.id}" belongs to VM "${other.vm}": restore it with ` +
-      `"${positionalCommand("passthrough rollback", other.vm, ["--to", other.id])}"`,
+      `"${
+        followUpCommand(run, "passthrough rollback", {
+          value: other.vm,
+          options: [["--to", other.id]],
+        })
+      }"`,
   });
 }
 

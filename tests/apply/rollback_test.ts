@@ -726,7 +726,7 @@ Deno.test({
         result.stdout,
         new RegExp(
           `^Refusing to restore backup ".*" into "alpha": hostdev ${nic} holds .* the host needs ` +
-            `it: in use by the host \\(default-route: .*; "passthrough plan --vm alpha" shows`,
+            `it: in use by the host \\(default-route: .*; "passthrough plan --vm alpha -c test://${world}" shows`,
         ),
       );
       // Nothing was written: no backup of the definition it would have replaced.
@@ -796,6 +796,11 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     assertMatch(missing.stderr, /No backup "nope" of VM "alpha"/);
     // It says where it looked.
     assertOk(missing.stderr.includes(`of VM "alpha" in ${stateDir}:`), missing.stderr);
+    // And the command it advises lists that directory, not the default one.
+    assertOk(
+      missing.stderr.includes(`run "passthrough backups alpha --state-dir ${stateDir}" to list`),
+      missing.stderr,
+    );
 
     const rollback = (to: string) =>
       cli([
@@ -849,6 +854,13 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     const other = await rollback(ofBeta.id);
     assertEquals(other.code, 1);
     assertMatch(other.stderr, new RegExp(`backup "${ofBeta.id}" belongs to VM "beta"`));
+    // Its command restores it through the same libvirt and state directory.
+    assertOk(
+      other.stderr.includes(
+        `"passthrough rollback beta --to ${ofBeta.id} -c test://${world} --state-dir ${stateDir}"`,
+      ),
+      other.stderr,
+    );
 
     // A mistyped state directory says it does not exist, and rollback creates nothing there.
     const none = await cli(["backups", "--state-dir", `${root}/absent`]);
@@ -857,7 +869,7 @@ Deno.test("passthrough rollback --yes restores a backup, and backups lists both"
     const misspelt = await cli(["backups", "alhpa", "--state-dir", stateDir]);
     assertEquals([misspelt.code, misspelt.stdout], [
       0,
-      `No backups of VM "alhpa" in ${stateDir} (did you mean "alpha"?); 2 other VMs have backups (passthrough backups lists them)\n`,
+      `No backups of VM "alhpa" in ${stateDir} (did you mean "alpha"?); 2 other VMs have backups (passthrough backups --state-dir ${stateDir} lists them)\n`,
     ]);
     const typo = await cli([
       "rollback",
@@ -1329,7 +1341,13 @@ Deno.test({
       const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
       const result = await cli(["rollback", "--yes", ...args, "--", vm]);
       assertEquals(result.code, 1, result.stderr);
-      assertMatch(result.stdout, /; "passthrough plan --vm='-my alpha'" shows what the config/);
+      // The same libvirt as the rollback's: -c repeated.
+      assertOk(
+        result.stdout.includes(
+          `; "passthrough plan --vm='-my alpha' -c test://${world}" shows what the config`,
+        ),
+        result.stdout,
+      );
     } finally {
       await Deno.remove(root, { recursive: true });
     }

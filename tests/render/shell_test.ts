@@ -2,7 +2,7 @@
 // read each back as the one word it was, whatever it holds, and run nothing from it.
 
 import { assertEquals } from "../helpers/assert.ts";
-import { shellQuote, shellWord } from "../../lib/render/shell.ts";
+import { followUpCommand, shellQuote, shellWord } from "../../lib/render/shell.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 
 /** What `sh` makes of `text` as the arguments of printf: each word ended by a NUL. */
@@ -64,4 +64,69 @@ Deno.test("shellWord leaves a word sh reads as itself bare, and quotes the rest"
   for (const word of HOSTILE.filter((w) => w !== "-n")) {
     assertEquals(shellWord(word), shellQuote(word), JSON.stringify(word));
   }
+});
+
+Deno.test("followUpCommand() repeats the flags of this run that the command takes, as sh reads them", () => {
+  const run = {
+    config: "/etc/pt/my config.yaml",
+    host: "hv2",
+    sysfs: "/srv/trees/hv2",
+    connect: "qemu+ssh://root@hv2/system",
+    stateDir: "-odd state",
+  };
+  // Nothing typed: the command as before.
+  assertEquals(
+    followUpCommand({}, "passthrough plan", { options: [["--vm", "win 11"]] }),
+    "passthrough plan --vm 'win 11'",
+  );
+  assertEquals(
+    followUpCommand(undefined, "passthrough backups", { value: "win10" }),
+    "passthrough backups win10",
+  );
+  const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", "win 11"]] });
+  assertEquals(
+    plan,
+    "passthrough plan --vm 'win 11' --config '/etc/pt/my config.yaml' --host hv2 --sysfs /srv/trees/hv2 -c qemu+ssh://root@hv2/system",
+  );
+  assertEquals(throughSh(plan.slice("passthrough ".length)), [
+    "plan",
+    "--vm",
+    "win 11",
+    "--config",
+    "/etc/pt/my config.yaml",
+    "--host",
+    "hv2",
+    "--sysfs",
+    "/srv/trees/hv2",
+    "-c",
+    "qemu+ssh://root@hv2/system",
+  ]);
+  // Only what the command takes: backups reads no libvirt, devices only the tree.
+  assertEquals(
+    followUpCommand(run, "passthrough backups", { value: "-lab" }),
+    "passthrough backups --state-dir='-odd state' -- -lab",
+  );
+  assertEquals(
+    followUpCommand(run, "passthrough devices"),
+    "passthrough devices --sysfs /srv/trees/hv2",
+  );
+  assertEquals(
+    followUpCommand({ connect: "-weird", allowUriPrograms: true }, "passthrough rollback", {
+      value: "vm",
+    }),
+    "passthrough rollback vm --connect=-weird --allow-uri-programs",
+  );
+});
+
+Deno.test("followUpCommand() never prints a URI's password to re-run with: it asks for the user's own -c", () => {
+  const text = followUpCommand(
+    { connect: "qemu+tcp://admin:s3cret@hv9/system", stateDir: "/srv/pt" },
+    "passthrough rollback",
+    { value: "win10", options: [["--to", "1"]] },
+  );
+  assertEquals(
+    text,
+    "passthrough rollback win10 --to 1 -c URI --state-dir /srv/pt (your URI: this run's holds a password, not repeated here)",
+  );
+  assertEquals(text.includes("s3cret") || text.includes("admin"), false);
 });

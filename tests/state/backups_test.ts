@@ -606,7 +606,7 @@ Deno.test("passthrough backups VM that has none names the one other VM that has 
     const run = await runCli(["backups", "alhpa", "--state-dir", state.path]);
     assertEquals([run.code, run.stdout], [
       0,
-      `No backups of VM "alhpa" in ${state.path} (did you mean "alpha"?); 1 other VM has backups (passthrough backups lists them)\n`,
+      `No backups of VM "alhpa" in ${state.path} (did you mean "alpha"?); 1 other VM has backups (passthrough backups --state-dir ${state.path} lists them)\n`,
     ]);
   } finally {
     Deno.removeSync(root, { recursive: true });
