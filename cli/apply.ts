@@ -6,7 +6,7 @@
  */
 
 import { type CliIo, UsageError } from "./context.ts";
-import type { Parsed } from "./flags.ts";
+import { type Parsed, runFlags } from "./flags.ts";
 import type { APPLY } from "./specs.ts";
 import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./plan_options.ts";
 import { renderPlan, type RenderPlanOptions, renderVmPlan } from "./render_plan.ts";
@@ -90,6 +90,7 @@ async function applyComputed(
     lock,
     devices: facts,
     interrupted: () => signals.check(),
+    run: runFlags(values),
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

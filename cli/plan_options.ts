@@ -16,6 +16,7 @@ import { planHostdevs } from "../lib/plan/plan.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
+import { runFlags } from "./flags.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
 import { checkConnectUri, type ConnectTarget } from "./connect.ts";
@@ -238,6 +239,7 @@ export async function computePlan(
       libvirt,
       facts,
       ...(inputs.vm ? { vms: inputs.vm } : {}),
+      run: runFlags(inputs),
     });
     // Where the installed hook records them, whatever --state-dir says (it names the backups).
     const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });

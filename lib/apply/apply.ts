@@ -50,7 +50,7 @@ import { repairView } from "../plan/repair.ts";
 import { heldSincePlan } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
-import { positionalCommand } from "../render/shell.ts";
+import { followUpCommand, positionalCommand, type RunFlags } from "../render/shell.ts";
 
 /** An answer to "apply this VM?": `all` says yes to the rest too, `quit` skips the rest. */
 export type ConfirmAnswer = "yes" | "no" | "all" | "quit";
@@ -253,6 +253,12 @@ export interface ApplyOptions {
    * swapping devices (one device in two definitions). Default: never stopped.
    */
   interrupted?: () => Promise<string | null>;
+  /**
+   * The flags of this run (`--config`, `--host`, `--sysfs`, `--connect`, `--state-dir`) that the
+   * `passthrough plan` and `passthrough rollback` a message advises repeat, so they read the same
+   * config, tree, libvirt and backups. Default: none.
+   */
+  run?: RunFlags;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -635,9 +641,11 @@ function applyUnit(
           live: null,
         });
       } else if (applied.result.code === "define-unknown") {
-        earlier.result.message += `; ${failure}: run "passthrough plan" before starting either`;
+        earlier.result.message += `; ${failure}: run "${
+          followUpCommand(options.run, "passthrough plan")
+        }" before starting either`;
       } else {
-        out.set(other, undo(earlier, options.libvirt, failure));
+        out.set(other, undo(earlier, options, failure));
       }
     }
     return out;
@@ -646,7 +654,11 @@ function applyUnit(
 }
 
 /** `applied`'s define taken back (its previous definition defined again), because of `why`. */
-function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
+function undo(
+  applied: Applied,
+  { libvirt, run }: Pick<ApplyOptions, "libvirt" | "run">,
+  why: string,
+): Applied {
   const { result: done } = applied;
   let note: string;
   let restored = false;
@@ -656,7 +668,7 @@ function undo(applied: Applied, libvirt: LibvirtPort, why: string): Applied {
     note = `its previous definition was restored`;
   } catch (error) {
     note = `restoring its previous definition failed (${errorText(error)}): run "${
-      positionalCommand("passthrough rollback", done.vm)
+      followUpCommand(run, "passthrough rollback", { value: done.vm })
     }" now, or a device sits in two definitions`;
   }
   return {
@@ -990,14 +1002,16 @@ function verifyDefined(
  */
 function defineAndVerify(
   vm: VmPlan,
-  { libvirt, xml, secure, desired, base }: {
+  { libvirt, xml, secure, desired, base, run }: {
     libvirt: LibvirtPort;
+    run: RunFlags | undefined;
     xml: string;
     secure: string;
     desired: ParsedDomain;
     base: VmApplyResult;
   },
 ): { failed: VmApplyResult } | { after: string } {
+  const plan = followUpCommand(run, "passthrough plan");
   const failure = defineOrExplain(libvirt, { name: vm.name, xml, before: secure });
   if (failure?.kind === "rejected") {
     return {
@@ -1017,7 +1031,7 @@ function defineAndVerify(
         status: "failed",
         code: "define-unknown",
         message:
-          `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "passthrough plan" (no change left for "${vm.name}" means the define took effect)`,
+          `The define of "${vm.name}" may or may not have taken effect: ${failure.error}; ${failure.why}; its previous definition is in backup "${base.backup}": check with "${plan}" (no change left for "${vm.name}" means the define took effect)`,
       },
     };
   }
@@ -1040,7 +1054,7 @@ function defineAndVerify(
     : `The new definition of "${vm.name}" was defined but could not be read back to check its hostdevs: ${check.unread}; ${restoreNote}${
       restored
         ? ""
-        : `, so "${vm.name}" most likely holds the new definition: check with "passthrough plan" once libvirt answers (no change left for "${vm.name}" means it does)`
+        : `, so "${vm.name}" most likely holds the new definition: check with "${plan}" once libvirt answers (no change left for "${vm.name}" means it does)`
     }`;
   return {
     failed: { ...base, status: "failed", code: "verify-failed", restored, message },
@@ -1121,6 +1135,7 @@ function applyVm(
     secure: now.secure,
     desired: planned.desired,
     base,
+    run: options.run,
   });
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };

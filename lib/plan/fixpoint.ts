@@ -12,7 +12,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { heldNote } from "./issues.ts";
-import { flagWord, shellQuote } from "../render/shell.ts";
+import { followUpCommand, type RunFlags, shellQuote } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { NetworkPool } from "./networks.ts";
@@ -37,6 +37,8 @@ export interface SettleInput {
   pools: readonly NetworkPool[];
   /** Host facts for the pre-flight findings; absent: none are judged. */
   facts?: HostFacts;
+  /** The flags of this run that the `passthrough plan` a message advises repeats. */
+  run?: RunFlags | undefined;
 }
 
 /** The VMs' plans once settled, and the resolution they were planned from. */
@@ -225,7 +227,7 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
     // A refused VM lists its stale and host-needed hostdevs as refusals; plan-wide they are
     // warnings, and what they say the plan does waits for a plan of that VM. What it leaves to
     // the user (a hand-added hostdev, an interface, a hostdev network's pool entry) no plan does.
-    const command = `passthrough plan ${flagWord("--vm", name)}`;
+    const command = followUpCommand(input.run, "passthrough plan", { options: [["--vm", name]] });
     const repaired = new Set([
       ...other.repair?.remove ?? [],
       ...(other.repair?.move ?? []).map((m) => m.from),

@@ -24,7 +24,7 @@ import type { HostFacts } from "../host/preflight.ts";
 import { driftOfOthers, planUntilSettled, type SettleInput } from "./fixpoint.ts";
 import type { LibvirtPort } from "./libvirt_port.ts";
 import { heldByRunningWarning } from "./issues.ts";
-import { flagWord } from "../render/shell.ts";
+import { followUpCommand, type RunFlags } from "../render/shell.ts";
 import { hostIssues } from "./resolve.ts";
 import { type Survey, surveyWorld } from "./survey.ts";
 import { networkPools, networkWarnings } from "./networks.ts";
@@ -50,6 +50,12 @@ export interface PlanOptions {
    * absent: no pre-flight finding (`boot-vga`, `reset`, `rom-unreadable`, ...) is judged.
    */
   facts?: HostFacts;
+  /**
+   * The flags of this run (`--config`, `--host`, `--sysfs`, `--connect`) that the
+   * `passthrough plan --vm ...` a message advises repeats, so it reads the same config, tree and
+   * libvirt. Default: none.
+   */
+  run?: RunFlags;
 }
 
 /** Options of {@link planWorld}: those of {@link planHostdevs}, with the world read already. */
@@ -179,7 +185,9 @@ function hintPlanTogether(input: SettleInput, vms: readonly VmPlan[]): void {
     const together = [vm.name, ...partners];
     const joint = planUntilSettled({ ...input, selected: together }).vms;
     if (joint.some((p) => together.includes(p.name) && p.errors.length > 0)) continue;
-    const command = `passthrough plan ${together.map((name) => flagWord("--vm", name)).join(" ")}`;
+    const command = followUpCommand(input.run, "passthrough plan", {
+      options: together.map((name) => ["--vm", name] as const),
+    });
     const names = partners.map((name) => `"${name}"`).join(", ");
     for (const error of vm.errors) {
       if (!CROSS_VM_CODES.has(error.code)) continue;
@@ -257,6 +265,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     globalErrors: errors,
     pools,
     ...(options.facts === undefined ? {} : { facts: options.facts }),
+    run: options.run,
   };
   const settled = planUntilSettled(input);
   warnHeldByRunning(settled.vms, survey);

@@ -519,15 +519,23 @@ Deno.test({
         await using cut = await cutter();
         using through = openLibvirtPort(cut.uri);
         const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: through });
-        const report = await applyPlan(plan, { libvirt: through, stateDir, confirm: yes });
+        // As `apply --sysfs TREE -c URI` runs it: the plan it says to check with reads the same.
+        const run = { sysfs: tree.sysfs, connect: cut.uri };
+        const report = await applyPlan(plan, { libvirt: through, stateDir, confirm: yes, run });
         await cut.cut;
         const result = report.vms[0]!;
         assertEquals([result.status, result.code, report.ok], ["failed", "define-unknown", false]);
         assertMatch(
           result.message,
           new RegExp(
-            `^The define of "${A}" may or may not have taken effect: .*; its previous definition is in backup ".*": check with "passthrough plan"`,
+            `^The define of "${A}" may or may not have taken effect: .*; its previous definition is in backup ".*": check with "passthrough plan`,
           ),
+        );
+        assertOk(
+          result.message.includes(
+            `check with "passthrough plan --sysfs ${tree.sysfs} -c '${cut.uri}'" (no change left`,
+          ),
+          result.message,
         );
         assertEquals(readBackupXml(listBackups(stateDir, A)[0]!), original);
         assertEquals(result.backup, listBackups(stateDir, A)[0]!.path);

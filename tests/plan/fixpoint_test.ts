@@ -93,6 +93,21 @@ Deno.test("planHostdevs() limited to some VMs still reports drift in the others,
       vmOf(all, "win10").errors.filter((w) => w.code === "drift"),
       drift.map((w) => ({ ...w, message: w.message.slice(0, -left.length) })),
     );
+    // Planned as `plan --vm linux -f F --sysfs T -c URI` does: that own plan reads the same
+    // config, tree and libvirt, and a URI's password is not printed to paste.
+    const run = {
+      config: "/etc/pt/my config.yaml",
+      sysfs: "/srv/tree",
+      connect: "qemu+tcp://admin:s3cret@hv9/system",
+    };
+    const flagged = planHostdevs({ config: both, host: swapped, libvirt, vms: ["linux"], run })
+      .warnings.filter((w) => w.code === "drift");
+    assertEquals(flagged.length, drift.length);
+    const own =
+      "(passthrough plan --vm win10 --config '/etc/pt/my config.yaml' --sysfs /srv/tree " +
+      "-c URI (your URI: this run's holds a password, not repeated here)) does that";
+    assertOk(flagged.every((w) => w.message.endsWith(own)), flagged[0]?.message);
+    assertOk(flagged.every((w) => !w.message.includes("s3cret")));
   });
 });
 
@@ -287,6 +302,16 @@ Deno.test("planHostdevs() limited to one VM of a swap names the plan that takes 
         ),
       );
     }
+    // Run with --sysfs and -c, the joint plan it names reads the same tree and libvirt.
+    const run = { sysfs: afterTree.dir, connect: "qemu+ssh://root@hv2/system", stateDir: "/x" };
+    const flagged = planHostdevs({ config: bySlot, host: swapped, libvirt, vms: ["win10"], run });
+    assertOk(
+      vmOf(flagged, "win10").errors.some((e) =>
+        e.message.endsWith(
+          `(passthrough plan --vm win10 --vm linux --sysfs ${afterTree.dir} -c qemu+ssh://root@hv2/system)`,
+        )
+      ),
+    );
   });
 });
 
