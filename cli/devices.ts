@@ -6,7 +6,7 @@
  */
 
 import { type CliIo, UsageError } from "./context.ts";
-import type { Parsed } from "./flags.ts";
+import { type Parsed, runFlags } from "./flags.ts";
 import type { DEVICES } from "./specs.ts";
 import type { HostTopology, PciDevice } from "../lib/host/types.ts";
 import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
@@ -15,6 +15,7 @@ import { CLASS_NAMES, classPrefixesOf } from "../lib/config/schema.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
+import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
 /** Short notes for a device: bridge, SR-IOV role, host use, a twin with the same IDs. */
@@ -121,8 +122,14 @@ function matchesAddress(address: string, wanted: string): boolean {
   return address === wanted || slotOf(address) === wanted;
 }
 
-/** The devices `addresses` and `--class` name (all when neither is given); throws on a typo. */
-function selected(host: HostTopology, addresses: string[], klass: string | undefined): PciDevice[] {
+/**
+ * The devices `addresses` and `--class` name (all when neither is given); throws on a typo,
+ * pointing at the `devices` of the same tree (`run`'s `--sysfs`).
+ */
+function selected(
+  host: HostTopology,
+  { addresses, klass, run }: { addresses: string[]; klass: string | undefined; run: RunFlags },
+): PciDevice[] {
   const malformed = addresses.find((a) => wantedAddress(a) === null);
   if (malformed !== undefined) {
     throw new UsageError(
@@ -137,9 +144,9 @@ function selected(host: HostTopology, addresses: string[], klass: string | undef
     );
     if (unknown.length > 0) {
       throw new Error(
-        `No device at ${
-          unknown.map((w) => w.text).join(", ")
-        } on ${host.source}: 'passthrough devices' lists them`,
+        `No device at ${unknown.map((w) => w.text).join(", ")} on ${host.source}: '${
+          followUpCommand(run, "passthrough devices")
+        }' lists them`,
       );
     }
     devices = devices.filter((d) => wanted.some((w) => matchesAddress(d.address, w.address)));
@@ -179,7 +186,11 @@ export async function run(
 ): Promise<number> {
   checkClass(values.class);
   const host = await loadHost(values.sysfs);
-  const devices = selected(host, positionals, values.class);
+  const devices = selected(host, {
+    addresses: positionals,
+    klass: values.class,
+    run: runFlags(values),
+  });
   if (values.json) {
     const json = devices.map((d) => ({ ...d, hostCritical: hostCriticalOnItsOwn(d, host) }));
     io.out(`${JSON.stringify(json, null, 2)}\n`);

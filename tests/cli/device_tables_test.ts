@@ -233,7 +233,8 @@ Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one li
   assertEquals(missing.code, 1);
   assertEquals(
     missing.err,
-    `passthrough devices: No device at 99:00.0 on ${dir}/sysfs: 'passthrough devices' lists them\n`,
+    // The devices of that same tree, not of /sys.
+    `passthrough devices: No device at 99:00.0 on ${dir}/sysfs: 'passthrough devices --sysfs ${dir}/sysfs' lists them\n`,
   );
   // A class no name matches is a usage error (exit 2), with the closest name.
   const badClass = await run(["devices", ...HOST, "--class", "nvm"]);
