@@ -25,7 +25,7 @@ import {
   type VmGuardPolicy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
-import { positionalCommand } from "../render/shell.ts";
+import { followUpCommand } from "../render/shell.ts";
 import { GUARD_DIR, GUARD_FOLDERS, guardPath, POLICY_FILE } from "./layout.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
@@ -289,7 +289,12 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     );
   }
   const { allowed, enforced } = verdict(refusals, allowance);
-  lines.push(...verdictLines(refusals, { allowed, allowance, vm: options.vm }));
+  lines.push(...verdictLines(refusals, {
+    allowed,
+    allowance,
+    vm: options.vm,
+    stateDir: options.stateDir,
+  }));
   try {
     recordRefusals(options.stateDir, options.vm, refusals, {
       allowed,
@@ -335,10 +340,20 @@ function verdict(
   };
 }
 
-/** The lines a start prints: each refusal, then why an allowance did not help. */
+/**
+ * The lines a start prints: each refusal, then why an allowance did not help. A new allowance
+ * is to go to `stateDir`, where this hook reads it: `guard allow` finds the installed hook's
+ * only in its default hooks directory, and a hook installed elsewhere (`--hooks-dir`) would
+ * never see one written to the default state directory.
+ */
 function verdictLines(
   refusals: readonly PolicedRefusal[],
-  { allowed, allowance, vm }: { allowed: boolean; allowance: AllowanceOutcome; vm: string },
+  { allowed, allowance, vm, stateDir }: {
+    allowed: boolean;
+    allowance: AllowanceOutcome;
+    vm: string;
+    stateDir: string;
+  },
 ): string[] {
   const lines = refusals.map((refusal) =>
     formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" })
@@ -362,7 +377,9 @@ function verdictLines(
     // what could not be read, among the refusals, it would not start the VM either.
     const again = needed.length > 0 || unread.length > 0
       ? ""
-      : `: run "${positionalCommand("passthrough guard allow", vm)}" again to start it anyway`;
+      : `: run "${
+        followUpCommand({ stateDir }, "passthrough guard allow", { value: vm })
+      }" again to start it anyway`;
     lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
   }
   return lines;

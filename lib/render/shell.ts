@@ -108,17 +108,20 @@ export type FollowUp =
   | "passthrough plan"
   | "passthrough devices"
   | "passthrough backups"
-  | "passthrough rollback";
+  | "passthrough rollback"
+  | "passthrough guard allow";
 
 /**
  * The {@link RunFlags} that change what each follow-up does, so it must repeat them: the config,
- * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups.
+ * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups and
+ * of the start guard's allowances.
  */
 const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
   "passthrough plan": ["config", "host", "sysfs", "connect"],
   "passthrough devices": ["sysfs"],
   "passthrough backups": ["stateDir"],
   "passthrough rollback": ["connect", "stateDir"],
+  "passthrough guard allow": ["stateDir"],
 };
 
 /**

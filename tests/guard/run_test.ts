@@ -194,7 +194,8 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
     assertEquals(result.code, 1);
     assertEquals(
       result.lines.at(-1),
-      'passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11" again to start it anyway',
+      // Into the state directory this hook reads, wherever the hook was installed.
+      `passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11 --state-dir ${state}" again to start it anyway`,
     );
     assertEquals(takeAllowance(state, "win11"), "none");
   });
