@@ -194,6 +194,7 @@ export function planUntilSettled(input: SettleInput): Settled {
       deviceControllers,
       runningOnly,
       pools: input.pools,
+      run: input.run,
     });
     const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
     previous = resolved;

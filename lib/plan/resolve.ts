@@ -17,7 +17,7 @@ import {
 } from "../resolve/vf.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import { findConflicts } from "./conflicts.ts";
-import { shellWord } from "../render/shell.ts";
+import { type RunFlags, shellWord } from "../render/shell.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
 import { type NetworkPool, networkPoolErrors } from "./networks.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
@@ -72,6 +72,8 @@ export interface ResolveOptions {
    * persistent definition), such as a device an `apply` released while it ran.
    */
   runningOnly?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /** The flags of this run that the commands a refusal advises repeat. */
+  run?: RunFlags | undefined;
 }
 
 /**
@@ -126,7 +128,7 @@ function resolveVm(
 ): VmResolution {
   const records = options.records?.get(vm.name) ?? [];
   const current = options.current?.get(vm.name);
-  const match = current === undefined ? { records } : { records, current };
+  const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
   const vfs = new Map<PciAddress, VfChoice>();
   const rules = vm.rules.map((rule) => {
     if (rule.vf === undefined) return resolveRule(rule, host, match);

@@ -11,6 +11,7 @@ import type { DeviceRule, MatchCriteria } from "../config/config.ts";
 import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { cardOf } from "./host_critical.ts";
+import { followUpCommand, type RunFlags } from "../render/shell.ts";
 
 /** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
 export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
@@ -96,6 +97,8 @@ export interface MatchOptions {
    * to a device some other VM or tool bound to vfio-pci.
    */
   current?: ReadonlySet<PciAddress>;
+  /** The flags of this run (`--sysfs`) that the `passthrough devices` a refusal advises repeats. */
+  run?: RunFlags | undefined;
 }
 
 type CriterionTest = (device: PciDevice, m: MatchCriteria, options: MatchOptions) => boolean;
@@ -177,7 +180,11 @@ function criteriaHold(device: PciDevice, criteria: MatchCriteria, options: Match
 const NEAREST_SHOWN = 8;
 
 /** The `no-match` of a rule whose criteria fit only PCI bridges, which no guest gets. */
-function onlyBridgesIssue(rule: DeviceRule, bridges: readonly PciDevice[]): PlanIssue {
+function onlyBridgesIssue(
+  rule: DeviceRule,
+  bridges: readonly PciDevice[],
+  run: RunFlags | undefined,
+): PlanIssue {
   const shown = bridges.slice(0, NEAREST_SHOWN).map((d) => d.address).join(", ");
   const cut = bridges.length - NEAREST_SHOWN;
   const list = cut > 0 ? `${shown} and ${cut} more` : shown;
@@ -186,7 +193,9 @@ function onlyBridgesIssue(rule: DeviceRule, bridges: readonly PciDevice[]): Plan
     code: "no-match",
     message: `Rule "${rule.name}" of VM "${rule.vm}" matches no device it can take (${
       describeCriteria(rule.match)
-    }): ${list} ${are}; bridges stay with the host: name the device behind it instead (see "passthrough devices")`,
+    }): ${list} ${are}; bridges stay with the host: name the device behind it instead (see "${
+      followUpCommand(run, "passthrough devices")
+    }")`,
     vm: rule.vm,
     rule: rule.name,
     location: rule.location,
@@ -370,7 +379,7 @@ export function resolveRule(
     const bridges = possibleDevices(host, rule.match).filter((d) =>
       d.isBridge && criteriaHold(d, rule.match, options)
     );
-    if (bridges.length > 0) return refused(onlyBridgesIssue(rule, bridges));
+    if (bridges.length > 0) return refused(onlyBridgesIssue(rule, bridges, options.run));
   }
   if (units.length === 0 || units.length < wanted) {
     return refused(tooFewIssue(rule, host, { matched, units, wanted, options }));

@@ -338,3 +338,21 @@ Deno.test("planHostdevs() limited to one VM names no joint plan when the other V
     assertMatch(twice[0]!.message, /: a device can belong to one VM only$/);
   });
 });
+
+Deno.test("planHostdevs() run with --sysfs points a bridge rule's refusal at the devices of that tree", async () => {
+  await withPort([WIN10], (libvirt) => {
+    const bridge = config(
+      '  win10:\n    devices:\n      - name: bridge\n        match: { class: "0604" }\n',
+    );
+    const run = { sysfs: "/srv/trees/hv2", connect: "qemu+ssh://hv2/system" };
+    const [issue] = vmOf(planHostdevs({ config: bridge, host: HOST, libvirt, run }), "win10")
+      .errors.filter((e) => e.code === "no-match");
+    // `devices` reads no libvirt: only the tree is repeated.
+    assertOk(
+      issue?.message.endsWith(
+        'name the device behind it instead (see "passthrough devices --sysfs /srv/trees/hv2")',
+      ),
+      issue?.message,
+    );
+  });
+});
