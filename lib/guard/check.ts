@@ -32,7 +32,7 @@ import {
 import { sameIdentity } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
-import { flagWord, shellWord } from "../render/shell.ts";
+import { followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
 /** Why the guard refuses one address. */
@@ -237,9 +237,12 @@ export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolea
   return sameIdentity(record, record.serial === null ? { ...device, serial: null } : device);
 }
 
-/** `passthrough plan --vm NAME`, with NAME as a shell and the option parser read it. */
+/**
+ * `passthrough plan --vm NAME`, with NAME as a shell and the option parser read it; none of the
+ * hook's flags: the plan is the user's to run, with their config and libvirt.
+ */
 export function fixCommand(vm: string): string {
-  return `passthrough plan ${flagWord("--vm", vm)}`;
+  return followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] });
 }
 
 /**

@@ -19,7 +19,7 @@
  */
 
 import type { Config, GuardPolicy } from "../config/config.ts";
-import { flagWord, shellWord } from "../render/shell.ts";
+import { followUpCommand, shellWord } from "../render/shell.ts";
 
 /** A policy under which the hook still checks: what a refusal was judged by. */
 export type ActivePolicy = Exclude<GuardPolicy, "off">;
@@ -169,7 +169,9 @@ export function hostNeedsRemedy(
   if (refusal.kind === "busy") return "nothing does: follow the refusal's fix";
   return refusal.recorded === null
     ? `nothing does: remove the hostdev from the definition (virsh edit ${shellWord(vm)})`
-    : `nothing does: follow the refusal's fix (passthrough plan ${flagWord("--vm", vm)})`;
+    : `nothing does: follow the refusal's fix (${
+      followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] })
+    })`;
 }
 
 // The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.
