@@ -157,6 +157,9 @@ export function followUpCommand(
   const words = (options.options ?? []).map(([flag, value]) => flagWord(flag, value));
   let secret = false;
   for (const flag of FOLLOW_UP_FLAGS[command]) {
+    // Whatever named the URI (-c, a config's `connect:`, $LIBVIRT_DEFAULT_URI), one that runs a
+    // program is refused again without it.
+    if (flag === "connect" && run?.allowUriPrograms === true) words.push("--allow-uri-programs");
     const value = run?.[flag];
     if (typeof value !== "string") continue;
     if (flag === "connect") {
@@ -164,7 +167,6 @@ export function followUpCommand(
       // `-c VALUE`, or `--connect=VALUE`: the short flag has no `=` form.
       const shown = secret ? "URI" : value;
       words.push(flagWord(shown.startsWith("-") ? "--connect" : "-c", shown));
-      if (run?.allowUriPrograms === true) words.push("--allow-uri-programs");
     } else {
       const name = `--${flag === "stateDir" ? "state-dir" : flag}`;
       words.push(flagWord(name, value));

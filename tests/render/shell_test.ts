@@ -114,8 +114,18 @@ Deno.test("followUpCommand() repeats the flags of this run that the command take
     followUpCommand({ connect: "-weird", allowUriPrograms: true }, "passthrough rollback", {
       value: "vm",
     }),
-    "passthrough rollback vm --connect=-weird --allow-uri-programs",
+    "passthrough rollback vm --allow-uri-programs --connect=-weird",
   );
+});
+
+Deno.test("followUpCommand() repeats --allow-uri-programs for a URI the config names, not -c", () => {
+  const run = { config: "/etc/pt.yaml", allowUriPrograms: true };
+  assertEquals(
+    followUpCommand(run, "passthrough plan"),
+    "passthrough plan --config /etc/pt.yaml --allow-uri-programs",
+  );
+  // backups opens no libvirt.
+  assertEquals(followUpCommand(run, "passthrough backups"), "passthrough backups");
 });
 
 Deno.test("followUpCommand() never prints a URI's password to re-run with: it asks for the user's own -c", () => {
