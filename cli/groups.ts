@@ -6,13 +6,14 @@
  */
 
 import { type CliIo, UsageError } from "./context.ts";
-import type { Parsed } from "./flags.ts";
+import { type Parsed, runFlags } from "./flags.ts";
 import type { GROUPS } from "./specs.ts";
 import type { HostTopology, IommuGroup } from "../lib/host/types.ts";
 import { hostCriticalOnItsOwn } from "../lib/resolve/host_critical.ts";
 import { loadHost } from "./host_options.ts";
 import { renderTable } from "./table.ts";
 import { painter } from "../lib/render/colors.ts";
+import { followUpCommand } from "../lib/render/shell.ts";
 import {
   criticalNote,
   DEVICE_HEADERS,
@@ -72,7 +73,9 @@ export async function run(
     io.out(
       `${
         paint("yellow", "No IOMMU groups")
-      }: the IOMMU is off or absent on this host, so no device can be passed through safely (see 'passthrough doctor')\n`,
+      }: the IOMMU is off or absent on this host, so no device can be passed through safely (see '${
+        followUpCommand(runFlags(values), "passthrough doctor")
+      }')\n`,
     );
     return 0;
   }

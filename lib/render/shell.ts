@@ -109,12 +109,13 @@ export type FollowUp =
   | "passthrough devices"
   | "passthrough backups"
   | "passthrough rollback"
-  | "passthrough guard allow";
+  | "passthrough guard allow"
+  | "passthrough doctor";
 
 /**
  * The {@link RunFlags} that change what each follow-up does, so it must repeat them: the config,
  * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups and
- * of the start guard's allowances.
+ * of the start guard's allowances, the tree and libvirt `doctor` checks.
  */
 const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
   "passthrough plan": ["config", "host", "sysfs", "connect"],
@@ -122,6 +123,7 @@ const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
   "passthrough backups": ["stateDir"],
   "passthrough rollback": ["connect", "stateDir"],
   "passthrough guard allow": ["stateDir"],
+  "passthrough doctor": ["sysfs", "connect"],
 };
 
 /**

@@ -203,6 +203,13 @@ Deno.test("devices of a host without IOMMU groups lists them and says so under t
     1,
     `passthrough groups: No IOMMU group 0 on ${tree}: it has none\n`,
   ]);
+  // What doctor says of that tree, not of this machine's /sys.
+  const groups = await run(["groups", "--sysfs", tree]);
+  assertEquals(
+    groups.out,
+    "No IOMMU groups: the IOMMU is off or absent on this host, so no device can be passed " +
+      `through safely (see 'passthrough doctor --sysfs ${tree}')\n`,
+  );
 });
 
 Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one line, exit 1", async () => {
