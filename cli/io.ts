@@ -101,11 +101,11 @@ function terminalColumns(): number | undefined {
 }
 
 /**
- * A writer to standard output. A reader that closed it (`passthrough groups --json | head`, or a terminal that hung up) wanted
- * no more: the rest of the output is dropped quietly, instead of an error on stderr, and the
- * command runs to its end. Ending the process there instead (status 0) cut `apply --yes | head`
- * short after its defines: the guard's policies unrecorded, the lock left, a failure reported as
- * success. `closed` says whether that happened.
+ * A writer to standard output. A reader that closed it (`passthrough groups --json | head`, or a
+ * terminal that hung up) wanted no more: the rest of the output is dropped quietly, instead of an
+ * error on stderr, and the command runs to its end. Ending the process there instead (status 0)
+ * cut `apply --yes | head` short after its defines: the guard's policies unrecorded, the lock
+ * left, a failure reported as success. `closed` says whether that happened.
  */
 function stdoutWriter(terminal: boolean): { write: (text: string) => void; closed: () => boolean } {
   let closed = false;

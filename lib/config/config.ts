@@ -1032,7 +1032,8 @@ function yamlErrors(ctx: Context, text: string): void {
 
 /**
  * What is wrong with a tag yaml could not resolve: one of YAML's own (`!!int`) on a value it does
- * not fit (`!!int 2.0`, `!!bool yes`), which yaml warns of alike, or a tag the config does not know.
+ * not fit (`!!int 2.0`, `!!bool yes`), which yaml warns of alike, or a tag the config does not
+ * know.
  */
 function tagProblem(ctx: Context, tag: string): [string, string] {
   const name = ctx.doc.directives?.tagName(tag, () => {});

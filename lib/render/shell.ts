@@ -127,9 +127,9 @@ const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
 };
 
 /**
- * `command` as the user should run it next: `VALUE` (one positional, as
- * {@link positionalCommand} writes it), `options` (`[FLAG, VALUE]` pairs), then those of `run`'s flags that `command`
- * takes, so it reads the same config, tree, libvirt and state directory as this run. A URI with a
+ * `command` as the user should run it next: `VALUE` (one positional, as {@link positionalCommand}
+ * writes it), `options` (`[FLAG, VALUE]` pairs), then those of `run`'s flags that `command` takes,
+ * so it reads the same config, tree, libvirt and state directory as this run. A URI with a
  * password is never printed to re-run with: `-c URI` stands in for it, and the text says so.
  *
  * @example
@@ -140,7 +140,10 @@ const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
  *   followUpCommand(run, "passthrough rollback", { value: "win 11", options: [["--to", "ID"]] }),
  *   "passthrough rollback 'win 11' --to ID -c qemu+ssh://hv2/system --state-dir '/srv/pt state'",
  * );
- * assertEquals(followUpCommand(run, "passthrough backups"), "passthrough backups --state-dir '/srv/pt state'");
+ * assertEquals(
+ *   followUpCommand(run, "passthrough backups"),
+ *   "passthrough backups --state-dir '/srv/pt state'",
+ * );
  * assertEquals(
  *   followUpCommand({}, "passthrough plan", { options: [["--vm", "-lab"]] }),
  *   "passthrough plan --vm=-lab",
