@@ -105,7 +105,7 @@ async function applyComputed(
     say: values.json ? io.err : io.out,
   });
   // Also one that came during the last define, seen only now.
-  const stop = await signals.check();
+  const stop = await signals.check(true);
   if (stop !== null) {
     io.err(
       `passthrough apply: stopped by ${stop}: the report above says which VMs were ` +

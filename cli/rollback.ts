@@ -163,7 +163,7 @@ export async function run(
     }
   }
   // Also one that came during the define, seen only now.
-  const stop = await signals.check();
+  const stop = await signals.check(true);
   if (stop !== null) {
     io.err(`passthrough rollback: stopped by ${stop}: the report above says what was done\n`);
     return signals.status;

@@ -27,10 +27,12 @@ const STATUS: Record<(typeof SIGNALS)[number], number> = {
 /** The signals caught while it is not disposed (`using`), the first one kept. */
 export interface DeferredSignals extends Disposable {
   /**
-   * The first signal caught so far, or `null`; lets the event loop turn first, so a signal that
-   * came during synchronous work (a define) is seen.
+   * The first signal caught so far, or `null`; lets the event loop turn first. A signal that came
+   * during synchronous work (a define) may be seen only at a later look, unless `settle` waits
+   * for it: the last look before the report settles, the looks between VMs do not (a wait at each
+   * would slow every apply, and a signal seen one VM later still stops it between VMs).
    */
-  check(): Promise<string | null>;
+  check(settle?: boolean): Promise<string | null>;
   /** The first signal caught, or `null`. */
   readonly caught: string | null;
   /** The exit status that tells a caller which signal stopped the run (130 for SIGINT). */
@@ -98,11 +100,11 @@ export function deferSignals(): DeferredSignals {
     return { signal, handler };
   });
   return {
-    async check() {
+    async check(settle = false) {
       // A signal's listener runs only when the event loop turns, never inside a microtask, and
       // one that came during a blocking call (a define) only once the runtime has waited for
-      // I/O: a timer already due (0 ms) missed about 1 in 100 such signals, 10 ms none in 1000.
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      // I/O: a timer already due (0 ms) missed about 1 in 200 such signals, 10 ms none in 1000.
+      await new Promise((resolve) => setTimeout(resolve, settle ? 10 : 0));
       return caught;
     },
     get caught() {
