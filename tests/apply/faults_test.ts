@@ -30,7 +30,7 @@ import {
   snapshotDomains,
 } from "../helpers/reliability.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
-import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcCut } from "../helpers/rpc_cut.ts";
+import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.ts";
 import { rollbackVm } from "../../lib/apply/rollback.ts";
 
 const TEST = "tests/apply/faults_test.ts";
@@ -506,11 +506,12 @@ Deno.test({
     // A proxy in front of the daemon: it lets the define through, kills the daemon once the
     // define is committed and answered, and drops the answer.
     const cutter = () =>
-      startRpcCut({
+      startRpcHook({
         socket: `${daemon.dir}/libvirt-sock`,
-        pid: daemon.pid,
         dir: daemon.dir,
         proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+        command: ["kill", "-KILL", String(daemon.pid)],
+        cut: true,
       });
     try {
       port.define(qemuDomainXml(A));
@@ -522,7 +523,7 @@ Deno.test({
         // As `apply --sysfs TREE -c URI` runs it: the plan it says to check with reads the same.
         const run = { sysfs: tree.sysfs, connect: cut.uri };
         const report = await applyPlan(plan, { libvirt: through, stateDir, confirm: yes, run });
-        await cut.cut;
+        await cut.ran;
         const result = report.vms[0]!;
         assertEquals([result.status, result.code, report.ok], ["failed", "define-unknown", false]);
         assertMatch(
@@ -553,7 +554,7 @@ Deno.test({
         await using cut = await cutter();
         using through = openLibvirtPort(cut.uri);
         const report = await rollbackVm(A, { libvirt: through, stateDir, confirm: yes2 });
-        await cut.cut;
+        await cut.ran;
         assertEquals(report.status, "unknown");
         assertMatch(
           report.message,

@@ -4,7 +4,9 @@
  * both ways, and when the daemon's first reply to one procedure comes by, runs a command (another
  * client, such as `virsh undefine`) to its end before passing that reply on. The client then goes
  * on from an answer the world no longer matches, as when the other client's call lands between
- * two of its own.
+ * two of its own. With `cut`, the reply is dropped and the client's connection closed instead: a
+ * command that kills the daemon then makes a daemon that committed a call and died before its
+ * answer reached the client.
  *
  * libvirt's RPC messages are a 4-byte big-endian length (itself included) followed by a header
  * of 4-byte fields: program, version, procedure, type (1 = reply), serial, status.
@@ -32,7 +34,7 @@ export interface RpcHook extends AsyncDisposable {
  * reply to procedure `proc` arrives, before passing the reply on.
  */
 export async function startRpcHook(
-  options: { socket: string; dir: string; proc: number; command: string[] },
+  options: { socket: string; dir: string; proc: number; command: string[]; cut?: boolean },
 ): Promise<RpcHook> {
   const listen = `${options.dir}/hook-${crypto.randomUUID().slice(0, 8)}.sock`;
   const child = new Deno.Command(Deno.execPath(), {
@@ -44,6 +46,7 @@ export async function startRpcHook(
       options.socket,
       String(options.proc),
       JSON.stringify(options.command),
+      options.cut === true ? "cut" : "pass",
     ],
     stdin: "null",
     stdout: "piped",
@@ -89,8 +92,16 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
 /** The proxy's state across connections: the command runs once. */
 const once = { fired: false };
 
-/** Passes the daemon's messages to the client, running the command before the first `proc` reply. */
-async function relay(client: Deno.UnixConn, proc: number, command: string[]): Promise<void> {
+/**
+ * Passes the daemon's messages to the client, running the command before the first `proc` reply;
+ * with `cut`, that reply is dropped and the client's connection closed.
+ */
+async function relay(
+  client: Deno.UnixConn,
+  proc: number,
+  command: string[],
+  cut: boolean,
+): Promise<void> {
   const daemon = await Deno.connect({ transport: "unix", path: Deno.args[1]! });
   client.readable.pipeTo(daemon.writable).catch(() => {});
   const writer = client.writable.getWriter();
@@ -111,6 +122,10 @@ async function relay(client: Deno.UnixConn, proc: number, command: string[]): Pr
         }).outputSync();
         const text = new TextDecoder().decode(out.stderr).trim();
         console.log(`ran ${out.code} ${JSON.stringify(text)}`);
+        if (cut) {
+          client.close();
+          return;
+        }
       }
       await writer.write(buffer.slice(0, length));
       buffer = buffer.slice(length);
@@ -120,10 +135,10 @@ async function relay(client: Deno.UnixConn, proc: number, command: string[]): Pr
 }
 
 if (import.meta.main) {
-  const [listen, , proc, command] = Deno.args;
+  const [listen, , proc, command, mode] = Deno.args;
   const listener = Deno.listen({ transport: "unix", path: listen! });
   console.log("ready");
   for await (const client of listener) {
-    relay(client, Number(proc), JSON.parse(command!)).catch(() => client.close());
+    relay(client, Number(proc), JSON.parse(command!), mode === "cut").catch(() => client.close());
   }
 }
