@@ -101,26 +101,31 @@ function terminalColumns(): number | undefined {
 }
 
 /**
- * A writer to standard output. A reader that closed it (`passthrough groups --json | head`, or a
- * terminal that hung up) wanted no more: the rest of the output is dropped quietly, instead of an
- * error on stderr, and the command runs to its end. Ending the process there instead (status 0)
- * cut `apply --yes | head` short after its defines: the guard's policies unrecorded, the lock
- * left, a failure reported as success. `closed` says whether that happened.
+ * A writer to `stream` that stops, quietly, once nobody reads it: a terminal that hung up (the SSH
+ * session closed mid-apply), and with `brokenPipe`, a reader that closed its pipe
+ * (`passthrough groups --json | head`). What is left to do (the report, the guard's policies, the
+ * lock) runs to its end: ending the process there instead (status 0) cut `apply --yes | head`
+ * short after its defines, the policies unrecorded, the lock left, a failure reported as success.
+ * `closed` says whether that happened. Another error is thrown, as `Cannot write to NAME` when
+ * `name` is given: "No space left on device" alone reads as the state directory's disk.
  */
-function stdoutWriter(terminal: boolean): { write: (text: string) => void; closed: () => boolean } {
+function quietWriter(
+  stream: typeof Deno.stdout | typeof Deno.stderr,
+  options: { terminal: boolean; brokenPipe: boolean; name?: string },
+): { write: (text: string) => void; closed: () => boolean } {
   let closed = false;
   const write = (text: string) => {
     if (closed) return;
     try {
-      writeAllSync(Deno.stdout, text);
+      writeAllSync(stream, text);
     } catch (error) {
-      // A terminal that hung up (the SSH session closed mid-apply) has no reader either.
-      if (error instanceof Deno.errors.BrokenPipe || hungUp(error, terminal)) {
+      const gone = options.brokenPipe && error instanceof Deno.errors.BrokenPipe;
+      if (gone || hungUp(error, options.terminal)) {
         closed = true;
         return;
       }
-      // Say which file failed: "No space left on device" alone reads as the state directory's disk.
-      throw new Error("Cannot write to standard output", { cause: error });
+      if (options.name === undefined) throw error;
+      throw new Error(`Cannot write to ${options.name}`, { cause: error });
     }
   };
   return { write, closed: () => closed };
@@ -130,21 +135,14 @@ function stdoutWriter(terminal: boolean): { write: (text: string) => void; close
 export function defaultIo(): CliIo {
   const noColor = (Deno.env.get("NO_COLOR") ?? "") !== "";
   const columns = Deno.stdout.isTerminal() ? terminalColumns() : undefined;
-  const stdout = stdoutWriter(Deno.stdout.isTerminal());
+  const stdout = quietWriter(Deno.stdout, {
+    terminal: Deno.stdout.isTerminal(),
+    brokenPipe: true,
+    name: "standard output",
+  });
   const readLine = lineReader(Deno.stdin.isTerminal());
-  const stderrTerminal = Deno.stderr.isTerminal();
-  let errGone = false;
-  const err = (text: string) => {
-    if (errGone) return;
-    try {
-      writeAllSync(Deno.stderr, text);
-    } catch (error) {
-      // Nobody reads a hung-up terminal: what is left to do (the report, the guard's policies,
-      // the lock) must not stop at a message nobody sees.
-      if (!hungUp(error, stderrTerminal)) throw error;
-      errGone = true;
-    }
-  };
+  const err = quietWriter(Deno.stderr, { terminal: Deno.stderr.isTerminal(), brokenPipe: false })
+    .write;
   // Standard output in a file or a pipe, the terminal on standard error: a question written to
   // standard output was never seen, and the run waited for an answer to it.
   const promptOnStderr = !Deno.stdout.isTerminal() && Deno.stderr.isTerminal();
