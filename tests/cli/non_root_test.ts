@@ -33,7 +33,7 @@ type Run = { code: number; stdout: string; stderr: string };
  * `asUser` runs the CLI as {@link NOBODY} after `setup` (shell, as root, in private mounts).
  */
 async function userDir(): Promise<
-  { dir: string; asUser(args: string[], setup?: string): Promise<Run> }
+  { dir: string; asUser(args: string[], setup?: string): Promise<Run> } & AsyncDisposable
 > {
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-non-root-" }));
   await Deno.chmod(dir, 0o755);
@@ -62,6 +62,19 @@ async function userDir(): Promise<
         `${dir}/bin/main.js`,
         ...args,
       ], { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` }),
+    [Symbol.asyncDispose]: async () => {
+      // The session daemon libvirt starts for the user without --connect (it would exit when idle
+      // for a while).
+      try {
+        Deno.kill(
+          parseInt(Deno.readTextFileSync(`${dir}/user/.cache/libvirt/libvirtd.pid`), 10),
+          "SIGTERM",
+        );
+      } catch {
+        // Not started, or gone.
+      }
+      await Deno.remove(dir, { recursive: true });
+    },
   };
 }
 
@@ -69,7 +82,8 @@ async function scene(): Promise<Scene> {
   const daemon = await startLibvirtd({ config: [`unix_sock_rw_perms = "0700"`] });
   // The user reaches the sockets through the daemon's directory.
   await Deno.chmod(daemon.dir, 0o755);
-  const { dir, asUser } = await userDir();
+  const user = await userDir();
+  const { dir, asUser } = user;
   buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
   Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
   return {
@@ -78,7 +92,7 @@ async function scene(): Promise<Scene> {
     asUser,
     async [Symbol.asyncDispose]() {
       await daemon.stop();
-      await Deno.remove(dir, { recursive: true });
+      await user[Symbol.asyncDispose]();
     },
   };
 }
@@ -213,19 +227,16 @@ Deno.test({
       Deno.statSync(`/sys/bus/pci/devices/${entry.name}/config`).size > 64
     ),
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      const snapshot = await asUser(["snapshot", `${dir}/user/snap`]);
-      assertEquals(snapshot.code, 0, snapshot.stderr);
-      const devices = Array.from(Deno.readDirSync("/sys/bus/pci/devices")).length;
-      assertMatch(snapshot.stdout, new RegExp(`^Wrote ${devices} devices in `));
-      assertMatch(
-        snapshot.stderr,
-        /^Note: the configuration space of \d+ of them could be read only up to its 64-byte header \(the kernel shows the rest to root alone\): their serial numbers and reset \(FLR\) capability are unknown to a plan of this snapshot; run snapshot as root to capture them\n$/,
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    const snapshot = await asUser(["snapshot", `${dir}/user/snap`]);
+    assertEquals(snapshot.code, 0, snapshot.stderr);
+    const devices = Array.from(Deno.readDirSync("/sys/bus/pci/devices")).length;
+    assertMatch(snapshot.stdout, new RegExp(`^Wrote ${devices} devices in `));
+    assertMatch(
+      snapshot.stderr,
+      /^Note: the configuration space of \d+ of them could be read only up to its 64-byte header \(the kernel shows the rest to root alone\): their serial numbers and reset \(FLR\) capability are unknown to a plan of this snapshot; run snapshot as root to capture them\n$/,
+    );
   },
 });
 
@@ -233,22 +244,19 @@ Deno.test({
   name: "devices by a user in a directory it may not enter (su from root's home) still runs lspci",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      // As /root is to a user `su` or `sudo -u` left there.
-      await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
-      const devices = await asUser(
-        ["devices", "--sysfs", `${dir}/sysfs`, "0000:21:00.0"],
-        `cd ${shellQuote(`${dir}/root-home`)}`,
-      );
-      // It said: Failed to spawn 'lspci': Permission denied (os error 13) (the system refused:
-      // check the owner and mode of that path, or run as root).
-      assertEquals(devices.code, 0, devices.stderr);
-      assertMatch(devices.stdout, /^0000:21:00\.0 .*NVIDIA/m);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // As /root is to a user `su` or `sudo -u` left there.
+    await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
+    const devices = await asUser(
+      ["devices", "--sysfs", `${dir}/sysfs`, "0000:21:00.0"],
+      `cd ${shellQuote(`${dir}/root-home`)}`,
+    );
+    // It said: Failed to spawn 'lspci': Permission denied (os error 13) (the system refused:
+    // check the owner and mode of that path, or run as root).
+    assertEquals(devices.code, 0, devices.stderr);
+    assertMatch(devices.stdout, /^0000:21:00\.0 .*NVIDIA/m);
   },
 });
 
@@ -256,24 +264,21 @@ Deno.test({
   name: "plan by a user in a directory it may not enter looks for the host's config next",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
-      const plan = await asUser(
-        ["plan", "--sysfs", `${dir}/sysfs`, "--connect", `test://${DEMO}world.xml`],
-        `cd ${shellQuote(`${dir}/root-home`)}`,
-      );
-      // It said: Cannot read config "passthrough_config.yaml": permission denied (check its
-      // owner and mode, or run as root), of a file that is not there, and never looked in /etc.
-      assertEquals(plan.code, 1, plan.stderr);
-      assertMatch(
-        plan.stderr,
-        /^passthrough plan: No config file: tried passthrough_config\.yaml \(current directory\), \/etc\/passthrough\/passthrough_config\.yaml \(host config\)/,
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
+    const plan = await asUser(
+      ["plan", "--sysfs", `${dir}/sysfs`, "--connect", `test://${DEMO}world.xml`],
+      `cd ${shellQuote(`${dir}/root-home`)}`,
+    );
+    // It said: Cannot read config "passthrough_config.yaml": permission denied (check its
+    // owner and mode, or run as root), of a file that is not there, and never looked in /etc.
+    assertEquals(plan.code, 1, plan.stderr);
+    assertMatch(
+      plan.stderr,
+      /^passthrough plan: No config file: tried passthrough_config\.yaml \(current directory\), \/etc\/passthrough\/passthrough_config\.yaml \(host config\)/,
+    );
   },
 });
 
@@ -282,34 +287,24 @@ Deno.test({
     "plan by a user on libvirt's default for them (qemu:///session) says the host's VMs are in qemu:///system",
   ignore: unavailable !== null,
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
-      // No --connect: libvirt starts this user's session daemon (in $HOME) and opens it.
-      const plan = await asUser([
-        "plan",
-        "--config",
-        `${dir}/config.yaml`,
-        "--sysfs",
-        `${dir}/sysfs`,
-      ]);
-      assertEquals(plan.code, 1, plan.stderr);
-      // It said only: not defined in libvirt ("qemu:///session"): define it first or fix the name.
-      assertMatch(
-        plan.stdout,
-        /refused \[unknown-vm\] .*VM "win10" is not defined in libvirt \("qemu:\/\/\/session"\): define it first or fix the name in the config; "qemu:\/\/\/session" is this user's own libvirt, not the host's: for the host's VMs connect to "qemu:\/\/\/system" \(--connect, or connect: in the config\) as root or a member of the "libvirt" group$/m,
-      );
-    } finally {
-      // The session daemon libvirt started for the user (it would exit when idle for a while).
-      const pidFile = `${dir}/user/.cache/libvirt/libvirtd.pid`;
-      try {
-        Deno.kill(parseInt(Deno.readTextFileSync(pidFile), 10), "SIGTERM");
-      } catch {
-        // Not started, or gone.
-      }
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
+    // No --connect: libvirt starts this user's session daemon (in $HOME) and opens it.
+    const plan = await asUser([
+      "plan",
+      "--config",
+      `${dir}/config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+    ]);
+    assertEquals(plan.code, 1, plan.stderr);
+    // It said only: not defined in libvirt ("qemu:///session"): define it first or fix the name.
+    assertMatch(
+      plan.stdout,
+      /refused \[unknown-vm\] .*VM "win10" is not defined in libvirt \("qemu:\/\/\/session"\): define it first or fix the name in the config; "qemu:\/\/\/session" is this user's own libvirt, not the host's: for the host's VMs connect to "qemu:\/\/\/system" \(--connect, or connect: in the config\) as root or a member of the "libvirt" group$/m,
+    );
   },
 });
 
@@ -318,26 +313,23 @@ Deno.test({
     "plan by a user whose runtime directory is root's (su without -) is not told to join the libvirt group",
   ignore: unavailable !== null,
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
-      // As /run/user/0, which `su alice` leaves in XDG_RUNTIME_DIR: libvirt's session is there.
-      await Deno.mkdir(`${dir}/run-user-0`, { mode: 0o700 });
-      const plan = await asUser(
-        ["plan", "--config", `${dir}/config.yaml`, "--sysfs", `${dir}/sysfs`],
-        `export XDG_RUNTIME_DIR=${shellQuote(`${dir}/run-user-0`)}`,
-      );
-      assertEquals(plan.code, 1, plan.stderr);
-      // It added: (run as root, or as a user libvirt lets manage it (on Debian, a member of the
-      // "libvirt" group ...)), which changes nothing here.
-      assertEquals(
-        plan.stderr,
-        `passthrough plan: Cannot connect to libvirt at its default URI: Cannot create user runtime directory '${dir}/run-user-0/libvirt': Permission denied\n`,
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
+    // As /run/user/0, which `su alice` leaves in XDG_RUNTIME_DIR: libvirt's session is there.
+    await Deno.mkdir(`${dir}/run-user-0`, { mode: 0o700 });
+    const plan = await asUser(
+      ["plan", "--config", `${dir}/config.yaml`, "--sysfs", `${dir}/sysfs`],
+      `export XDG_RUNTIME_DIR=${shellQuote(`${dir}/run-user-0`)}`,
+    );
+    assertEquals(plan.code, 1, plan.stderr);
+    // It added: (run as root, or as a user libvirt lets manage it (on Debian, a member of the
+    // "libvirt" group ...)), which changes nothing here.
+    assertEquals(
+      plan.stderr,
+      `passthrough plan: Cannot connect to libvirt at its default URI: Cannot create user runtime directory '${dir}/run-user-0/libvirt': Permission denied\n`,
+    );
   },
 });
 
@@ -346,34 +338,23 @@ Deno.test({
     "doctor by a user on libvirt's default for them (qemu:///session) warns that it is not the host's",
   ignore: unavailable !== null,
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      const doctor = await asUser(["doctor", "--json", "--sysfs", `${dir}/sysfs`]);
-      const findings: { check: string; status: string; summary: string; hint: string | null }[] =
-        JSON.parse(doctor.stdout);
-      // It said: ok, libvirt reachable: qemu:///session.
-      const libvirt = findings.find((f) => f.check === "libvirt");
-      assertEquals(libvirt?.status, "warn", doctor.stdout + doctor.stderr);
-      assertMatch(
-        libvirt!.summary,
-        /^libvirt reachable: qemu:\/\/\/session \(libvirt \d+\.\d+\.\d+\), this user's own libvirt, not the host's: the host's VMs are in qemu:\/\/\/system$/,
-      );
-      assertEquals(
-        libvirt!.hint,
-        `pass --connect qemu:///system (or set LIBVIRT_DEFAULT_URI), as root or a member of the "libvirt" group`,
-      );
-    } finally {
-      try {
-        Deno.kill(
-          parseInt(Deno.readTextFileSync(`${dir}/user/.cache/libvirt/libvirtd.pid`), 10),
-          "SIGTERM",
-        );
-      } catch {
-        // Not started, or gone.
-      }
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    const doctor = await asUser(["doctor", "--json", "--sysfs", `${dir}/sysfs`]);
+    const findings: { check: string; status: string; summary: string; hint: string | null }[] = JSON
+      .parse(doctor.stdout);
+    // It said: ok, libvirt reachable: qemu:///session.
+    const libvirt = findings.find((f) => f.check === "libvirt");
+    assertEquals(libvirt?.status, "warn", doctor.stdout + doctor.stderr);
+    assertMatch(
+      libvirt!.summary,
+      /^libvirt reachable: qemu:\/\/\/session \(libvirt \d+\.\d+\.\d+\), this user's own libvirt, not the host's: the host's VMs are in qemu:\/\/\/system$/,
+    );
+    assertEquals(
+      libvirt!.hint,
+      `pass --connect qemu:///system (or set LIBVIRT_DEFAULT_URI), as root or a member of the "libvirt" group`,
+    );
   },
 });
 
@@ -381,20 +362,17 @@ Deno.test({
   name: "groups by a user on a captured tree it may not read says the system refused, and the fix",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    const { dir, asUser } = await userDir();
-    try {
-      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-      // As a tree root captured into a directory of its own.
-      await Deno.chmod(`${dir}/sysfs/bus/pci/devices`, 0o700);
-      const groups = await asUser(["groups", "--sysfs", `${dir}/sysfs`]);
-      assertEquals(groups.code, 1, groups.stderr);
-      // It said only: Cannot open directory "…/bus/pci/devices": EACCES.
-      assertEquals(
-        groups.stderr,
-        `passthrough groups: Cannot open directory "${dir}/sysfs/bus/pci/devices": EACCES (the system refused: check the owner and mode of that path, or run as root)\n`,
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using user = await userDir();
+    const { dir, asUser } = user;
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // As a tree root captured into a directory of its own.
+    await Deno.chmod(`${dir}/sysfs/bus/pci/devices`, 0o700);
+    const groups = await asUser(["groups", "--sysfs", `${dir}/sysfs`]);
+    assertEquals(groups.code, 1, groups.stderr);
+    // It said only: Cannot open directory "…/bus/pci/devices": EACCES.
+    assertEquals(
+      groups.stderr,
+      `passthrough groups: Cannot open directory "${dir}/sysfs/bus/pci/devices": EACCES (the system refused: check the owner and mode of that path, or run as root)\n`,
+    );
   },
 });
