@@ -182,31 +182,10 @@ Deno.test({
       .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ");
     // `passthrough apply > apply.log` typed at a terminal: its questions went to the file, and it
     // waited for answers to questions nobody saw.
-    const line = `${apply} > ${quote(log)}; echo "status $?"`;
-    const child = new Deno.Command("script", {
-      args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "null",
-      env: { NO_COLOR: "1" },
-      signal: AbortSignal.timeout(20_000),
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    let screen = "";
-    const decoder = new TextDecoder();
-    const answers: [RegExp, string][] = [
+    const screen = await onTerminal(`${apply} > ${quote(log)}; echo "status $?"`, [
       [/Apply the changes to "win10"\? \[y\/N\/a\/q\] $/, "y\n"],
       [/Apply the changes to "gentoo"\? \[y\/N\/a\/q\] $/, "n\n"],
-    ];
-    for await (const chunk of child.stdout) {
-      screen += decoder.decode(chunk, { stream: true });
-      if (answers.length > 0 && answers[0]![0].test(screen)) {
-        await writer.write(new TextEncoder().encode(answers.shift()![1]));
-      }
-      if (/status \d+/.test(screen)) break;
-    }
-    await writer.close().catch(() => {});
-    await child.status;
+    ]);
     assertMatch(screen, /status 0/);
     const written = await Deno.readTextFile(log);
     assertMatch(written, /changed win10/);
