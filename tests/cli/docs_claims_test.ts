@@ -1,0 +1,326 @@
+/**
+ * The documentation names command lines, flags and JSON fields that users copy into scripts and
+ * playbooks. These tests keep those names true as the CLI changes: every passthrough command line
+ * the docs show uses a command, subcommand and flags that command takes; every other flag they
+ * name belongs to a tool they name (Deno, Ansible, virsh, ...), not to a passthrough flag that was
+ * renamed or removed; and every field README's `plan --json` section lists is in the JSON that
+ * `plan --json` and `apply --yes --json` print on the demo world (the golden files).
+ */
+
+import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { runCli } from "../helpers/cli.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import * as SPECS from "../../cli/specs.ts";
+import type { CommandSpec, Flags } from "../../cli/flags.ts";
+
+const ROOT = new URL("../../", import.meta.url);
+const DOCS = [
+  "README.md",
+  "CONTRIBUTING.md",
+  "RELIABILITY.md",
+  "docs/STATUS.md",
+  "docs/PERMISSIONS.md",
+  "docs/LIBRARY.md",
+  "docs/FLEET.md",
+];
+
+/** Every command by name, with the flags `defineCommand` adds to each. */
+const COMMANDS = new Map<string, CommandSpec>(
+  Object.values(SPECS).map((spec) => [(spec as CommandSpec).name, spec as CommandSpec]),
+);
+const ADDED: Flags = {
+  color: { type: "string", value: "WHEN", help: "" },
+  help: { type: "boolean", short: "h", help: "" },
+};
+
+/** Flags the docs name that belong to other programs: Deno, Ansible, virsh, udevadm, ... */
+const OTHER_TOOLS = new Set([
+  "allow-all", // deno
+  "allow-env",
+  "allow-ffi",
+  "allow-read",
+  "allow-run",
+  "allow-sys",
+  "allow-write",
+  "no-prompt",
+  "no-config",
+  "cached-only",
+  "v8-flags",
+  "no-lazy", // V8
+  "no-sparkplug",
+  "doc", // deno test --doc
+  "lint", // deno doc --lint
+  "version", // deno --version
+  "check", // ansible-playbook --check
+  "diff", // ansible-playbook --diff
+  "forks", // ansible-playbook --forks
+  "all", // virsh list --all
+  "live", // virsh detach-device --live (and apply --live)
+  "settle", // udevadm trigger --settle
+  "stop", // mdadm --stop
+]);
+
+/** Flags that passthrough once had and the docs mention as gone: they must stay gone. */
+const REMOVED = new Set(["parallel", "host-timeout"]);
+
+function read(path: string): string {
+  return Deno.readTextFileSync(new URL(path, ROOT));
+}
+
+/** The code of a document: its fenced blocks' lines and its inline code spans. */
+function codeOf(text: string): string[] {
+  const code: string[] = [];
+  const prose = text.replaceAll(/^```[^\n]*\n([\s\S]*?)^```$/gm, (_, block: string) => {
+    // A line continued with a backslash is one command line.
+    code.push(...block.replaceAll("\\\n", " ").split("\n"));
+    return "";
+  });
+  for (const m of prose.matchAll(/`([^`]+)`/g)) code.push(m[1]!.replaceAll(/\s+/g, " "));
+  return code;
+}
+
+/** `ubuntu--vg-root` is a device-mapper name, not a flag. */
+function flagsIn(words: readonly string[]): string[] {
+  return words.map((w) => w.replace(/^\[/, "")).filter((w) => /^--?[a-z]/.test(w))
+    .map((w) => w.replace(/[=|\]].*$/, ""));
+}
+
+interface CommandLine {
+  doc: string;
+  text: string;
+  command: string;
+  words: string[];
+}
+
+/**
+ * The passthrough command lines in `code`: those after `passthrough` (or `bin/passthrough`,
+ * `passthrough.js`), and spans that start with a command's name and go on with a flag or a
+ * subcommand (`plan --detailed-exitcode --json`, `hook install --json`).
+ */
+function commandLines(doc: string, code: readonly string[]): CommandLine[] {
+  const lines: CommandLine[] = [];
+  for (const text of code) {
+    const starts: number[] = [];
+    const words = text.split(" ").filter((w) => w !== "");
+    words.forEach((w, i) => {
+      if (/(^|\/)passthrough(\.js)?$/.test(w) && COMMANDS.has(words[i + 1] ?? "")) {
+        starts.push(i + 1);
+      }
+    });
+    const first = COMMANDS.get(words[0] ?? "");
+    const next = words[1] ?? "";
+    if (
+      first !== undefined && starts.length === 0 &&
+      (next.startsWith("-") || first.subcommands?.some((s) => s.name === next))
+    ) starts.push(0);
+    for (const start of starts) {
+      const rest = words.slice(start + 1);
+      // A shell separator, a comment or the prose after a span ends the command line.
+      const end = rest.findIndex((w) => /^(#|;|\||&&|\)|\()/.test(w) || /[;)]$/.test(w));
+      lines.push({
+        doc,
+        text,
+        command: words[start]!,
+        words: end < 0 ? rest : rest.slice(0, end),
+      });
+    }
+  }
+  return lines;
+}
+
+/** The flags a command line may use: its subcommand's, or the command's, and `--color`/`--help`. */
+function allowedFlags(line: CommandLine): { flags: Flags; problem?: string } {
+  const spec = COMMANDS.get(line.command)!;
+  if (spec.subcommands === undefined) return { flags: { ...spec.flags, ...ADDED } };
+  const sub = spec.subcommands.find((s) => s.name === line.words[0]);
+  if (sub === undefined) {
+    return {
+      flags: ADDED,
+      problem: `"${line.command} ${line.words[0] ?? ""}" is no subcommand of "${line.command}"`,
+    };
+  }
+  return { flags: { ...sub.flags, ...ADDED } };
+}
+
+const ALL_LINES = DOCS.flatMap((doc) => commandLines(doc, codeOf(read(doc))));
+
+Deno.test("docs: every passthrough command line shown uses flags its command takes", () => {
+  assertOk(ALL_LINES.length > 40, `found only ${ALL_LINES.length} command lines in the docs`);
+  const problems: string[] = [];
+  for (const line of ALL_LINES) {
+    const { flags, problem } = allowedFlags(line);
+    if (problem !== undefined) problems.push(`${line.doc}: \`${line.text}\`: ${problem}`);
+    const shorts = new Map(
+      Object.entries(flags).flatMap(([name, f]) => f.short === undefined ? [] : [[f.short, name]]),
+    );
+    for (const flag of flagsIn(line.words)) {
+      const known = flag.startsWith("--")
+        ? Object.hasOwn(flags, flag.slice(2))
+        : [...flag.slice(1)].every((letter) => shorts.has(letter));
+      // `virsh detach-device --live` and the like are other programs' lines, not passthrough's.
+      if (!known) {
+        problems.push(`${line.doc}: \`${line.text}\`: "${line.command}" takes no ${flag}`);
+      }
+    }
+  }
+  assertEquals(problems, []);
+});
+
+Deno.test("docs: every other flag named is a passthrough flag or another tool's, none removed", () => {
+  const ours = new Set(
+    [...COMMANDS.values()].flatMap((spec) => [
+      ...Object.keys(spec.flags),
+      ...(spec.subcommands ?? []).flatMap((s) => Object.keys(s.flags)),
+    ]),
+  );
+  for (const name of Object.keys(ADDED)) ours.add(name);
+  for (const name of REMOVED) assertOk(!ours.has(name), `--${name} is back: update docs/FLEET.md`);
+  for (const name of OTHER_TOOLS) {
+    // A name in both sets would let a doc's typo for one pass as the other.
+    if (name !== "live") assertOk(!ours.has(name), `--${name} is now passthrough's own`);
+  }
+  const unknown: string[] = [];
+  for (const doc of DOCS) {
+    for (const m of read(doc).matchAll(/(?<![\w-])--([a-z][a-z0-9-]*)/g)) {
+      const name = m[1]!;
+      if (!ours.has(name) && !OTHER_TOOLS.has(name) && !REMOVED.has(name)) {
+        unknown.push(`${doc}: --${name}`);
+      }
+    }
+  }
+  assertEquals(unknown, []);
+});
+
+/** The keys of every object in `value`, as paths (`vms[].add[].rule`). */
+function keyPaths(value: unknown, prefix = "", into = new Set<string>()): Set<string> {
+  if (Array.isArray(value)) {
+    for (const item of value) keyPaths(item, `${prefix}[]`, into);
+  } else if (value !== null && typeof value === "object") {
+    for (const [key, inner] of Object.entries(value)) {
+      const path = prefix === "" ? key : `${prefix}.${key}`;
+      into.add(path);
+      keyPaths(inner, path, into);
+    }
+  }
+  return into;
+}
+
+/** The JSON on stdout of a golden file (`tests/fixtures/golden/NAME.txt`). */
+function goldenJson(name: string): unknown {
+  const text = read(`tests/fixtures/golden/${name}.txt`);
+  const stdout = text.slice(text.indexOf("--- stdout\n") + 11, text.indexOf("\n--- stderr"));
+  return JSON.parse(stdout);
+}
+
+/** What `apply --yes --json` prints on the demo world, run by the real CLI. */
+async function demoApplyJson(): Promise<unknown> {
+  const demo = new URL("demo/", ROOT).pathname;
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-h148-docs-" });
+  try {
+    buildHostTree(loadHostDescription(`${demo}host.json`), `${dir}/sysfs`);
+    await Deno.copyFile(`${demo}world.xml`, `${dir}/world.xml`);
+    const result = await runCli([
+      "apply",
+      "--yes",
+      "--json",
+      "--config",
+      `${demo}passthrough_config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      `test://${dir}/world.xml`,
+      "--state-dir",
+      `${dir}/state`,
+    ]);
+    assertEquals(result.code, 0, result.stderr);
+    return JSON.parse(result.stdout);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("README: the fields plan --json and apply --json are said to print are printed", async () => {
+  const plan = new Set([
+    ...keyPaths(goldenJson("plan_json")),
+    ...keyPaths(goldenJson("plan_repair_json")),
+  ]);
+  const apply = keyPaths(await demoApplyJson());
+  // README's outline of `plan --json`, as paths; `example` and `unplanned` are printed only for
+  // the shipped example and with --vm, which the types say (below).
+  const readme = read("README.md").replaceAll(/\s+/g, " ");
+  const outline = /`(\{ "config", [^`]*\})`/.exec(readme)?.[1];
+  assertOk(outline, "README's plan --json outline");
+  const documented = outlinePaths(outline);
+  assertOk(documented.length > 40, `only ${documented.length} paths in the outline`);
+  const types = read("lib/plan/types.ts");
+  // The goldens move cards only in a repair; `move` and `repair.move` are both `MovedHostdev[]`.
+  const printed = (path: string) =>
+    plan.has(path) || plan.has(path.replace(/^vms\[\]\.move\[\]/, "vms[].repair.move[]"));
+  assertOk(/ move: MovedHostdev\[\];/.test(types) && /move\?: MovedHostdev\[\];/.test(types));
+  const missing = documented.filter((path) =>
+    !printed(path) &&
+    !(/^(example|unplanned)$/.test(path) && new RegExp(`\\b${path}\\?:`).test(types))
+  );
+  assertEquals(missing, []);
+  // The rest of the section names these, each where it says.
+  for (
+    const path of [
+      "vms[].errors[].code",
+      "vms[].errors[].message",
+      "vms[].errors[].candidates",
+      "vms[].warnings[].code",
+      "vms[].warnings[].message",
+      "vms[].repair.remove",
+      "vms[].repair.move",
+      "vms[].repair.desiredXml",
+    ]
+  ) assertOk(plan.has(path), `plan --json prints no ${path}`);
+  for (
+    const path of [
+      "config",
+      "vms[].name",
+      "vms[].vm",
+      "vms[].move",
+      "vms[].status",
+      "vms[].code",
+      "vms[].definition",
+      "vms[].definition.before",
+      "vms[].definition.after",
+      "summary.vmsToChange",
+      "summary.refused",
+      "summary.add",
+      "summary.remove",
+      "summary.moved",
+      "summary.changed",
+      "summary.unchanged",
+      "summary.skipped",
+      "summary.failed",
+    ]
+  ) assertOk(apply.has(path), `apply --yes --json prints no ${path}`);
+});
+
+/**
+ * `{ "a", "b": [ { "c" } ], "d": { "e" } }` as the paths `a`, `b`, `b[].c`, `d`, `d.e`; notes in
+ * brackets and the `"<address>": <IOMMU group>` placeholder are left out.
+ */
+function outlinePaths(outline: string): string[] {
+  const text = outline.replaceAll(/\([^)]*\)/g, "").replaceAll(/"<[^>]*>": <[^>]*>/g, "");
+  const paths: string[] = [];
+  // The path of each object the outline is inside; the outermost is the top level.
+  const stack: string[] = [];
+  let last = "";
+  for (const m of text.matchAll(/"([A-Za-z]+)"|\[ *\{|\{|\}/g)) {
+    const prefix = stack.at(-1) ?? "";
+    if (m[1] !== undefined) {
+      last = prefix === "" ? m[1] : `${prefix}.${m[1]}`;
+      paths.push(last);
+    } else if (m[0].startsWith("[")) {
+      stack.push(`${last}[]`);
+    } else if (m[0] === "{") {
+      stack.push(paths.length === 0 ? "" : last);
+    } else {
+      stack.pop();
+    }
+  }
+  return paths;
+}
