@@ -8,7 +8,8 @@
  */
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
-import { runCli } from "../helpers/cli.ts";
+import { documentedFlags, runCli } from "../helpers/cli.ts";
+import { parse } from "yaml";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import * as SPECS from "../../cli/specs.ts";
 import type { CommandSpec, Flags } from "../../cli/flags.ts";
@@ -70,9 +71,9 @@ function read(path: string): string {
 /** The code of a document: its fenced blocks' lines and its inline code spans. */
 function codeOf(text: string): string[] {
   const code: string[] = [];
-  const prose = text.replaceAll(/^```[^\n]*\n([\s\S]*?)^```$/gm, (_, block: string) => {
+  const prose = text.replaceAll(/^ *```[^\n]*\n([\s\S]*?)^ *```$/gm, (_, block: string) => {
     // A line continued with a backslash is one command line.
-    code.push(...block.replaceAll("\\\n", " ").split("\n"));
+    code.push(...block.replaceAll(/\\\n\s*/g, " ").split("\n").map((l) => l.trim()));
     return "";
   });
   for (const m of prose.matchAll(/`([^`]+)`/g)) code.push(m[1]!.replaceAll(/\s+/g, " "));
@@ -324,3 +325,48 @@ function outlinePaths(outline: string): string[] {
   }
   return paths;
 }
+
+Deno.test("docs: every deno run of the CLI they show has exactly bin/passthrough's permissions", () => {
+  let runs = 0;
+  for (const doc of DOCS) {
+    for (const line of codeOf(read(doc))) {
+      if (!/\bdeno run\b/.test(line) || !/(passthrough\.js|main\.ts)\b/.test(line)) continue;
+      // `deno run <the flags below> dist/passthrough.js` points at the lines that have them.
+      if (/<[^>]*flags[^>]*>/.test(line)) continue;
+      runs++;
+      const flags = line.split(" ").filter((w) => /^--(no-prompt|allow-)/.test(w));
+      assertEquals(flags, documentedFlags(), `${doc}: ${line}`);
+    }
+  }
+  assertOk(runs >= 2, `found only ${runs} deno run lines`);
+});
+
+Deno.test("docs/PERMISSIONS.md: the variables table is exactly bin/passthrough's --allow-env", () => {
+  const allowed = documentedFlags().find((f) => f.startsWith("--allow-env="))!.slice(12).split(",");
+  const text = read("docs/PERMISSIONS.md");
+  const table = text.slice(text.indexOf("| variable "), text.indexOf("\n## "));
+  const listed = [...table.matchAll(/^\| ([^|]+?) +\|/gm)].slice(2)
+    .flatMap((m) => [...m[1]!.matchAll(/`([A-Z_]+)`/g)].map((v) => v[1]!));
+  assertEquals([...listed].sort(), [...allowed].sort());
+});
+
+Deno.test("docs/FLEET.md: the variables table is every setting the playbook reads, with its defaults", () => {
+  const playbook = read("ansible/passthrough.yml");
+  const read_ = new Set(
+    [...playbook.matchAll(/\b(passthrough_[a-z0-9_]+) *(?:\| *default\(|is defined)/g)]
+      .map((m) => m[1]!),
+  );
+  const text = read("docs/FLEET.md");
+  const rows = [...text.matchAll(/^\| `(passthrough_[a-z0-9_]+)` +\| ([^|]+?) +\|/gm)];
+  assertEquals(rows.map((m) => m[1]!).sort(), [...read_].sort());
+  // A default written as a literal is the playbook's literal.
+  const [play] = parse(playbook) as { vars: Record<string, unknown> }[];
+  const vars = JSON.stringify(play!.vars);
+  for (const [, name, shown] of rows) {
+    const literal = /^`([^`]+)`$/.exec(shown!)?.[1];
+    if (literal === undefined || literal.includes("/") && !literal.startsWith("/")) continue;
+    const expected = /^\d+$/.test(literal) ? `default(${literal})` : `default('${literal}')`;
+    const uses = new RegExp(`${name} \\| ${expected.replaceAll(/[()]/g, "\\$&")}`);
+    assertOk(uses.test(vars) || uses.test(playbook), `${name}: default ${literal}`);
+  }
+});
