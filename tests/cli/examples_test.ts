@@ -34,6 +34,24 @@ Deno.test("examples/drift_check.ts reports the demo's pending changes with exit 
   assertMatch(stdout, /^gentoo: pending: \+3 -0$/m);
 });
 
+Deno.test("examples/drift_check.ts exits 1 when a VM is refused", async () => {
+  // A nightly check must not read as "all matches" (0) when the plan refuses every VM.
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-refused-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    const out = await driftCheck(
+      `${DEMO}refused_config.yaml`,
+      `${dir}/sysfs`,
+      `test://${DEMO}world.xml`,
+    );
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 1, new TextDecoder().decode(out.stderr));
+    assertMatch(stdout, /^win10: refused: .*group-shared-with-other-vm/m);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("examples/drift_check.ts checks this host's section of a config shared by hosts", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "drift-check-fleet-" });
   try {
