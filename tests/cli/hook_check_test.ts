@@ -4,12 +4,17 @@
  * the live host.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { runCli, runHook } from "../helpers/cli.ts";
 import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
 import { parseHookCheckArgs } from "../../cli/hook_check.ts";
 import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
 import { hostdevXml } from "../helpers/plan_world.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
 
 const CHECK = new URL("../../cli/hook_check.ts", import.meta.url).pathname;
 const HOOK_ARGS = ["--", "vm", "prepare", "begin", "-"];
@@ -254,4 +259,53 @@ Deno.test("hook run (the check a bundle's or a binary's hook runs) given a hook'
     `passthrough hook: Unknown option '--deadline'${hint}`,
   );
   assertEquals(lean.stderr, `passthrough hook run: Unexpected argument "--deadline"${hint}`);
+});
+
+Deno.test("the check's entry needs no environment, network, program or FFI, and writes only its state directory", async () => {
+  // docs/PERMISSIONS.md: the hook runs the check with --allow-all (Deno reads /sys only so), and
+  // the check "writes only the state directory, reads no environment, starts no program and opens
+  // no connection". On a captured tree it needs no --allow-all: run it with reads, writes to the
+  // state directory alone and nothing else, so any other access fails the start it should pass.
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-h148-check-perms-" });
+  try {
+    const description = loadHostDescription(new URL("../../demo/host.json", import.meta.url));
+    buildHostTree(description, `${dir}/sysfs`);
+    const host = await discoverHost({ root: `${dir}/sysfs` });
+    const config = parseConfig(
+      Deno.readTextFileSync(new URL("../../demo/passthrough_config.yaml", import.meta.url)),
+      { file: "passthrough_config.yaml" },
+    );
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    let xml: string;
+    {
+      using libvirt = openLibvirtPort(`test://${world}`);
+      const vm = planHostdevs({ config, host, libvirt }).vms.find((v) => v.name === "win10")!;
+      assertOk(vm.add.length > 0 && vm.errors.length === 0, "win10 takes devices");
+      xml = vm.desiredXml;
+    }
+    // As applied: the devices recorded, the tree unchanged. Then the GPU moved to bus 0x2a.
+    const moved = description.devices.map((d) =>
+      d.bdf.startsWith("0000:21:00.") ? { ...d, bdf: d.bdf.replace(":21:", ":2a:") } : d
+    );
+    buildHostTree({ ...description, devices: moved }, `${dir}/moved`);
+    const state = `${dir}/state`;
+    Deno.mkdirSync(state, { mode: 0o700 });
+    const flags = ["--no-prompt", "--allow-read", `--allow-write=${state}`];
+    const run = (sysfs: string, allow: string[]) =>
+      runCli(["--state-dir", state, "--sysfs", sysfs, "--", "win10", "prepare", "begin", "-"], {
+        main: CHECK,
+        flags: allow,
+        stdin: xml,
+      });
+    const ok = await run(`${dir}/sysfs`, flags);
+    assertEquals([ok.code, ok.stderr], [0, ""]);
+    const refused = await run(`${dir}/moved`, flags);
+    assertEquals(refused.code, 1, refused.stderr);
+    assertMatch(refused.stderr, /refusing to start "win10"/);
+    // The same as with --allow-all, as the hook runs it.
+    const all = await run(`${dir}/moved`, ["--allow-all"]);
+    assertEquals([all.code, all.stderr], [refused.code, refused.stderr]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
