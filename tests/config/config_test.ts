@@ -1,5 +1,11 @@
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { ConfigError, ConfigErrors, loadConfig, parseConfig } from "../../lib/config/config.ts";
+import {
+  ConfigError,
+  ConfigErrors,
+  ConfigReadError,
+  loadConfig,
+  parseConfig,
+} from "../../lib/config/config.ts";
 import { CLASS_NAMES, configJsonSchemaText } from "../../lib/config/schema.ts";
 
 const ROOT = new URL("../../", import.meta.url);
@@ -810,4 +816,20 @@ Deno.test("every class name stands for classes PCI defines (the system's pci.ids
     prefixes.filter((p) => !defined.has(p)).map((p) => `${name}: ${p}`)
   );
   assertEquals(undefinedPrefixes, []);
+});
+
+Deno.test("loadConfig() throws ConfigReadError whose problem says missing or a loop of links", async () => {
+  // docs/LIBRARY.md: a script tells these apart by `problem`, not by the message.
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-h148-config-read-" });
+  try {
+    Deno.symlinkSync(`${dir}/b.yaml`, `${dir}/a.yaml`);
+    Deno.symlinkSync(`${dir}/a.yaml`, `${dir}/b.yaml`);
+    for (const [path, problem] of [[`${dir}/none.yaml`, "missing"], [`${dir}/a.yaml`, "loop"]]) {
+      const error = await loadConfig(path!).then(() => null, (e: unknown) => e);
+      assertOk(error instanceof ConfigReadError, `${path}: ${error}`);
+      assertEquals([error.path, error.problem], [path, problem]);
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
