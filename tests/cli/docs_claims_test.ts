@@ -370,3 +370,44 @@ Deno.test("docs/FLEET.md: the variables table is every setting the playbook read
     assertOk(uses.test(vars) || uses.test(playbook), `${name}: default ${literal}`);
   }
 });
+
+Deno.test("docs: every file of the repository they name exists", () => {
+  // Build outputs (dist/), placeholders (NAME) and files a user writes are not the repository's.
+  const missing: string[] = [];
+  for (const doc of DOCS) {
+    for (
+      const m of read(doc).matchAll(
+        /`\.?\/?((?:lib|cli|ffi|tests|scripts|examples|ansible|bin|demo|docs|bench)\/[^`\s]*)`/g,
+      )
+    ) {
+      const path = m[1]!.replace(/\/$/, "");
+      if (/\bNAME\b|\*/.test(path) || path === "ansible/passthrough_config.yaml") continue;
+      try {
+        Deno.statSync(new URL(path, ROOT));
+      } catch {
+        missing.push(`${doc}: ${path}`);
+      }
+    }
+  }
+  assertEquals(missing, []);
+});
+
+Deno.test("docs/LIBRARY.md: its table is deno.json's exports, and each names what that module exports", async () => {
+  const exports = JSON.parse(read("deno.json")).exports as Record<string, string>;
+  const text = read("docs/LIBRARY.md");
+  const rows = [...text.matchAll(/^\| `(\.[^`]*)` +\| `([^`]+)` +\| (.+?) +\|$/gm)];
+  assertEquals(
+    Object.fromEntries(rows.map((m) => [m[1]!, `./${m[2]!}`])),
+    exports,
+  );
+  // Each function or class a row names (camelCase or PascalCase: not `main`'s `io`) is exported
+  // by one of them: the ffi row names `applyPlan` as what takes its port.
+  const modules = await Promise.all(rows.map((m) => import(new URL(m[2]!, ROOT).href)));
+  const missing = rows.flatMap(([, , file, what]) =>
+    [...what!.matchAll(/`([a-z]+[A-Z][A-Za-z0-9]*|[A-Z][A-Za-z0-9]+)`/g)]
+      .map((m) => m[1]!)
+      .filter((name) => !modules.some((module) => name in module))
+      .map((name) => `${file}: ${name}`)
+  );
+  assertEquals(missing, []);
+});
