@@ -411,3 +411,26 @@ Deno.test("docs/LIBRARY.md: its table is deno.json's exports, and each names wha
   );
   assertEquals(missing, []);
 });
+
+Deno.test("README: a failed --json command prints the error fields it says, config problems too", async () => {
+  const readme = read("README.md").replaceAll(/\s+/g, " ");
+  const error = /`\{ "error": \{ ([^}]*) \} \}`/.exec(readme)?.[1];
+  const problems = /`\[\{ ([^}]*) \}\]`/.exec(readme)?.[1];
+  assertOk(error && problems, "README names the error's and a problem's fields");
+  const names = (list: string) => [...list.matchAll(/"(\w+)"/g)].map((m) => m[1]!);
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-h148-docs-error-" });
+  try {
+    await Deno.writeTextFile(`${dir}/bad.yaml`, "version: 1\nvms:\n  vm:\n    devise: []\n");
+    const bad = await runCli(["plan", "--json", "--config", `${dir}/bad.yaml`]);
+    assertEquals(bad.code, 1, bad.stderr);
+    const json = JSON.parse(bad.stdout);
+    assertEquals(Object.keys(json), ["error"]);
+    // `problems` only for a config error.
+    assertEquals(Object.keys(json.error), [...names(error), "problems"]);
+    for (const problem of json.error.problems) assertEquals(Object.keys(problem), names(problems));
+    const runtime = JSON.parse((await runCli(["plan", "--json", "-f", `${dir}/none.yaml`])).stdout);
+    assertEquals(Object.keys(runtime.error), names(error));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
