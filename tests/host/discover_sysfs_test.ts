@@ -9,7 +9,11 @@ import {
   assertRejects,
   assertThrows,
 } from "../helpers/assert.ts";
-import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
+import {
+  buildHostTree,
+  type HostDescription,
+  loadHostDescription,
+} from "../../lib/testing/host_tree.ts";
 import { discoverHost, pciAncestor, SysfsRootError } from "../../lib/host/discover.ts";
 import {
   LspciError,
@@ -571,6 +575,35 @@ Deno.test("discoverHost() keeps an SR-IOV count only where its file holds a 16-b
     // No total, no SR-IOV: the enabled count is not read, and a device without the files has
     // neither key.
     assertEquals(counts, [[65535, 0], ["none", "none"], ["none", "none"], ["none", "none"]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("discoverHost() without lspci leaves names unknown and modules empty, and still reads FLR and serials", async () => {
+  // docs/LIBRARY.md, "Discovery without lspci": what a watcher that skips lspci still gets.
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-h148-no-lspci-" });
+  try {
+    const demo = loadHostDescription(new URL("../../demo/host.json", import.meta.url));
+    // The demo's first NVMe drive, given a serial number (the demo has none).
+    const nvme = demo.devices.findIndex((d) => d.class.startsWith("0x0108"));
+    assertOk(nvme >= 0, "the demo has an NVMe drive");
+    const devices = demo.devices.map((d, i) =>
+      i === nvme ? { ...d, flr: true, serial: "00-11-22-ff-ff-33-44-55" } : d
+    );
+    buildHostTree({ ...demo, devices }, dir);
+    const withLspci = await discoverHost({ root: dir });
+    const without = await discoverHost({ root: dir, lspci: null });
+    assertEquals(without.devices.map((d) => d.address), withLspci.devices.map((d) => d.address));
+    for (const d of without.devices) {
+      assertEquals([d.vendorName, d.deviceName, d.className, d.modules], [null, null, null, []]);
+    }
+    // lspci named them: the test would pass on names alone if it had not run.
+    assertOk(withLspci.devices.some((d) => d.vendorName !== null && d.className !== null));
+    const facts = (host: typeof without) => host.devices.map((d) => [d.address, d.flr, d.serial]);
+    assertEquals(facts(without), facts(withLspci));
+    assertOk(without.devices.some((d) => d.serial !== null), "the demo has serial numbers");
+    assertOk(without.devices.some((d) => d.flr === true), "the demo has FLR");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
