@@ -434,3 +434,38 @@ Deno.test("README: a failed --json command prints the error fields it says, conf
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** The members of the string union `export type NAME = | "a" | "b"` in `file`. */
+function unionOf(file: string, name: string): string[] {
+  const source = read(file);
+  const start = source.indexOf(`export type ${name}`);
+  assertOk(start >= 0, `${file} has no ${name}`);
+  return [...source.slice(start, source.indexOf(";", start)).matchAll(/"([a-z-]+)"/g)]
+    .map((m) => m[1]!);
+}
+
+Deno.test("README: every code it lists as what plans emit and apply reports is one the code has", () => {
+  // The other direction (every code explained) is readme_test's.
+  const json = read("README.md").replaceAll(/\s+/g, " ");
+  let plans = json.slice(
+    json.indexOf("The codes plans emit:"),
+    json.indexOf("The pre-flight codes"),
+  );
+  // The notes in brackets name other things (`<interface type='network'>`, `virsh edit`).
+  for (let before = ""; before !== plans;) {
+    before = plans;
+    plans = plans.replaceAll(/\([^()]*\)/g, "");
+  }
+  const codes = (text: string) => [...text.matchAll(/`([a-z][a-z-]+)`/g)].map((m) => m[1]!);
+  const issues = unionOf("lib/plan/types.ts", "IssueCode");
+  assertOk(codes(plans).length > 25, "README lists the codes plans emit");
+  assertEquals(codes(plans).filter((code) => !issues.includes(code)), []);
+  const apply = json.slice(json.indexOf("Each VM of the report has"), json.indexOf("`ApplyCode`"));
+  const statuses = ["status", "code", "changed", "unchanged", "skipped", "failed"];
+  const applyCodes = unionOf("lib/apply/apply.ts", "ApplyCode");
+  assertOk(codes(apply).length > 15, "README lists the codes apply reports");
+  assertEquals(
+    codes(apply).filter((code) => !statuses.includes(code) && !applyCodes.includes(code)),
+    [],
+  );
+});
