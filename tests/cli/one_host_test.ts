@@ -198,6 +198,19 @@ Deno.test("a shared config without this host's section, and flags that clash wit
       /--sysfs and hosts\.hv1\.sysfs in .* both say where to look: keep one/,
     );
 
+    // The same for --connect: which libvirt to define in would be a guess.
+    const connected = `${dir}/connected.yaml`;
+    await Deno.writeTextFile(
+      connected,
+      sharedConfig(`  hv1: { sysfs: hv1, connect: ${JSON.stringify(world.uri)} }\n  hv2: {}`),
+    );
+    const clash = await runCli(["plan", "-f", connected, "--host", "hv1", "-c", world.uri]);
+    assertEquals([clash.code, clash.stdout], [2, ""]);
+    assertMatch(
+      clash.stderr,
+      /--connect and hosts\.hv1\.connect in .* both say where to look: keep one/,
+    );
+
     // hv2 has no tree: with a remote URI it would be planned against this machine's /sys.
     const remote = await runCli([
       "plan",
