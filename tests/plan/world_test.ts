@@ -262,3 +262,33 @@ Deno.test("planHostdevs() refuses a transient VM the config names, whose definit
     libvirt.define(xml);
   }
 });
+
+Deno.test("a VM planned on a host where none of its rules apply is planned with none: what passthrough added there is removed", () => {
+  // docs/FLEET.md: the VM is kept (not dropped as vm-not-in-config, which would keep its devices).
+  const fleet = parseConfig(
+    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    devices:\n" +
+      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv1\n",
+    { file: "fleet.yaml" },
+  );
+  const empty: World = {
+    uri: "test:///fleet",
+    domains: [{
+      name: "win10",
+      active: false,
+      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
+      live: null,
+    }],
+  };
+  const [added] = planWorld({ config: configForHost(fleet, "hv1"), host: GPU_HOST, world: empty })
+    .vms;
+  assertEquals(added?.add.map((a) => a.address), ["0000:0b:00.0"]);
+  // The same definition, as an apply left it, planned with the rules of a host they do not name.
+  const applied: World = {
+    ...empty,
+    domains: [{ ...empty.domains[0]!, persistent: readDefinition(added!.desiredXml) }],
+  };
+  const onHv2 = configForHost(fleet, "hv2");
+  assertEquals(onHv2.vms.map((vm) => [vm.name, vm.rules.length]), [["win10", 0]]);
+  const [vm] = planWorld({ config: onHv2, host: GPU_HOST, world: applied }).vms;
+  assertEquals([vm?.name, vm?.remove, vm?.errors], ["win10", ["0000:0b:00.0"], []]);
+});
