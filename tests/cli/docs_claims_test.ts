@@ -1,10 +1,13 @@
 /**
- * The documentation names command lines, flags and JSON fields that users copy into scripts and
- * playbooks. These tests keep those names true as the CLI changes: every passthrough command line
- * the docs show uses a command, subcommand and flags that command takes; every other flag they
- * name belongs to a tool they name (Deno, Ansible, virsh, ...), not to a passthrough flag that was
- * renamed or removed; and every field README's `plan --json` section lists is in the JSON that
- * `plan --json` and `apply --yes --json` print on the demo world (the golden files).
+ * The documentation names command lines, flags, permissions, settings, files, exports and JSON
+ * fields that users copy into scripts and playbooks. These tests keep those names true as the code
+ * changes: every passthrough command line the docs show uses a command, subcommand and flags that
+ * command takes; every other flag they name belongs to a tool they name (Deno, Ansible, virsh, ...),
+ * not to a passthrough flag that was renamed or removed; every `deno run` of the CLI has
+ * `bin/passthrough`'s permissions; PERMISSIONS.md's variables, FLEET.md's settings and LIBRARY.md's
+ * exports are those of `bin/passthrough`, the playbook and `deno.json`; every repository file they
+ * name exists; and every field and code README's `plan --json` section lists is printed, or is one
+ * the code has.
  */
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
@@ -80,7 +83,7 @@ function codeOf(text: string): string[] {
   return code;
 }
 
-/** `ubuntu--vg-root` is a device-mapper name, not a flag. */
+/** The flags among a command line's words (`[--to` of a usage line too), without their values. */
 function flagsIn(words: readonly string[]): string[] {
   return words.map((w) => w.replace(/^\[/, "")).filter((w) => /^--?[a-z]/.test(w))
     .map((w) => w.replace(/[=|\]].*$/, ""));
@@ -182,6 +185,7 @@ Deno.test("docs: every other flag named is a passthrough flag or another tool's,
   }
   const unknown: string[] = [];
   for (const doc of DOCS) {
+    // Not inside a word: `ubuntu--vg-root` is a device-mapper name, not a flag.
     for (const m of read(doc).matchAll(/(?<![\w-])--([a-z][a-z0-9-]*)/g)) {
       const name = m[1]!;
       if (!ours.has(name) && !OTHER_TOOLS.has(name) && !REMOVED.has(name)) {
