@@ -25,6 +25,7 @@ import { guardCheck } from "../lib/guard/run.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
+import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -97,6 +98,15 @@ function startRefusals(vm: string, xml: string): string[] {
     .map((r) => r.reason);
 }
 
+/**
+ * The IOMMU group of `address` on this host (its `iommu_group` link), or `null`: none (no IOMMU,
+ * no such device).
+ */
+function liveGroupOf(address: string): number | null {
+  const link = libcSysfsReader().readLink(`${LIVE_SYSFS}/bus/pci/devices/${address}/iommu_group`);
+  return link === null ? null : parseGroupNumber(link.slice(link.lastIndexOf("/") + 1));
+}
+
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
 export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
@@ -133,9 +143,11 @@ export async function run(
     ...(values.to !== undefined ? { backup: values.to } : {}),
     // This host's disks, USB devices and network interfaces, when libvirt runs here; and what
     // the start guard would say of the backup's hostdevs on it.
-    ...(isRemoteUri(libvirt.uri)
-      ? {}
-      : { devices: hostFactsFor(undefined), startRefusals: (xml) => startRefusals(vm, xml) }),
+    ...(isRemoteUri(libvirt.uri) ? {} : {
+      devices: hostFactsFor(undefined),
+      startRefusals: (xml) => startRefusals(vm, xml),
+      iommuGroupOf: liveGroupOf,
+    }),
     confirm: values.yes
       ? (preview) => {
         if (!values.json) showRollback(io, preview, values["show-secrets"]);

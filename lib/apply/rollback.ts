@@ -20,6 +20,7 @@
  */
 
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
+import type { PciAddress } from "../host/types.ts";
 import {
   backupDir,
   type BackupEntry,
@@ -86,6 +87,13 @@ export interface RollbackOptions {
    * restored. Default: not asked (libvirt on another host).
    */
   startRefusals?: (xml: string) => string[];
+  /**
+   * The IOMMU group of a host PCI address now (this host's sysfs, when libvirt runs here), or
+   * `null` when it has none: with it, a device another domain holds in the group of one the
+   * backup gives back counts as held, as `plan` refuses a group shared with another VM (a
+   * group's devices can only be handed to one guest). Default: exact addresses only.
+   */
+  iommuGroupOf?: (address: PciAddress) => number | null;
   /**
    * The flags of this run (`--connect`, `--state-dir`) that the commands a message advises
    * repeat, so they open the same libvirt and state directory. Default: none.
@@ -236,8 +244,9 @@ function changedSinceShown(
  */
 function heldElsewhereNow(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, currentXml, devices }: {
+  { vm, backup, backupXml, currentXml, devices, iommuGroupOf }: {
     devices: DeviceResolvers | undefined;
+    iommuGroupOf: ((address: PciAddress) => number | null) | undefined;
     vm: string;
     backup: BackupEntry;
     backupXml: string;
@@ -261,16 +270,38 @@ function heldElsewhereNow(
       errorText(error)
     }`;
   }
-  const problems = heldElsewhere(vm, (a) => adding.has(a), world, {
+  const options = {
     ...(devices === undefined ? {} : { resolvers: withNetworks(devices, world.networks) }),
     // The way back must not hang on another domain's disk, character device or network this
     // host cannot read: as in `plan` (which warns about each), such a device counts nothing.
     warned: () => true,
-  });
-  if (problems.length === 0) return null;
-  return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
-    problems.join("; ")
-  }; restoring it would put a device in two definitions: release them there first`;
+  };
+  const problems = heldElsewhere(vm, (a) => adding.has(a), world, options);
+  if (problems.length > 0) {
+    return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
+      problems.join("; ")
+    }; restoring it would put a device in two definitions: release them there first`;
+  }
+  // Another function of the group of a device given back: libvirt would define both, and the
+  // second guest to start fails (or takes the group from the first), as plan refuses it.
+  const groupOf = new Map([...adding].map((a) => [a, iommuGroupOf?.(a) ?? null] as const));
+  const groups = new Set([...groupOf.values()].filter((g): g is number => g !== null));
+  if (groups.size === 0) return null;
+  const mates = heldElsewhere(
+    vm,
+    (a) => !adding.has(a) && groups.has(iommuGroupOf!(a) ?? -1),
+    world,
+    options,
+  );
+  if (mates.length === 0) return null;
+  const given = [...groupOf].filter(([, g]) => g !== null).map(([a, g]) =>
+    `"${a}" (IOMMU group ${g})`
+  );
+  return `Not restored: backup "${backup.id}" gives "${vm}" ${
+    given.join(", ")
+  }, and another domain holds a device of that group now: ${
+    mates.join("; ")
+  }; a group's devices can go to one VM only (plan refuses it: group-shared-with-other-vm): release them there first`;
 }
 
 /**
@@ -391,7 +422,14 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       null,
     );
   }
-  const restoring = { vm, backup, backupXml, currentXml, devices: options.devices };
+  const restoring = {
+    vm,
+    backup,
+    backupXml,
+    currentXml,
+    devices: options.devices,
+    iommuGroupOf: options.iommuGroupOf,
+  };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);
   const refusals = options.startRefusals?.(backupXml) ?? [];

@@ -976,6 +976,42 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
   assertEquals(hostdevs(f, "beta"), [GPU]);
 });
 
+Deno.test("rollbackVm() does not restore a backup giving the VM a device whose IOMMU group another domain holds a device of now", async () => {
+  using f = fixture();
+  const GPU = "0000:01:00.0";
+  const AUDIO = "0000:01:00.1";
+  // alpha lets the GPU go (its backup holds it), and beta takes the GPU's audio function, in
+  // the GPU's group: plan would refuse the group to both (group-shared-with-other-vm).
+  await addThenRelease(f, "alpha", GPU);
+  await addHostdevs(f, "beta", [AUDIO]);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  let asked = false;
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    iommuGroupOf: (a) => a.startsWith("0000:01:00.") ? 5 : null,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([rolled.status, asked], ["failed", false]);
+  assertEquals(
+    rolled.message,
+    `Not restored: backup "${rolled.backup.id}" gives "alpha" "0000:01:00.0" (IOMMU group 5), and another domain holds a device of that group now: "beta" holds "0000:01:00.1" in its persistent definition; a group's devices can go to one VM only (plan refuses it: group-shared-with-other-vm): release them there first`,
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  // A device in another group does not hold it back.
+  const other = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    iommuGroupOf: (a) => a === GPU ? 5 : 6,
+    confirm: yes,
+  });
+  assertEquals(other.status, "restored", other.message);
+  assertEquals(hostdevs(f, "alpha"), [GPU]);
+});
+
 Deno.test("rollbackVm() does not restore a backup whose device another domain was given while the question was open", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
