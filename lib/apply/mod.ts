@@ -18,6 +18,7 @@ export {
 } from "./apply.ts";
 export {
   BackupMismatchError,
+  type RollbackCode,
   type RollbackOptions,
   type RollbackPreview,
   type RollbackReport,

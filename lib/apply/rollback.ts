@@ -109,12 +109,44 @@ export interface RollbackOptions {
  */
 export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | "unknown";
 
+/**
+ * Why, as a stable code a script can test (the message is for humans): `restored`, `no-changes`
+ * (`unchanged`), `declined`; refusals, with nothing written: `transient` (a transient domain),
+ * `held-elsewhere` (a device, or one of its IOMMU group, another domain holds now),
+ * `start-refused` (the start guard would refuse its hostdevs on this host now), `drift` (the
+ * definition changed after it was shown); failures: `read-failed` (libvirt could not be read),
+ * `backup-failed` (the definition it replaces could not be backed up: nothing defined),
+ * `define-failed` (libvirt rejected the backup), `define-unknown` (status `unknown`) and
+ * `verify-failed` (libvirt holds another definition after the define, or it cannot be read back).
+ */
+export type RollbackCode =
+  | "restored"
+  | "no-changes"
+  | "declined"
+  | "transient"
+  | "held-elsewhere"
+  | "start-refused"
+  | "drift"
+  | "read-failed"
+  | "backup-failed"
+  | "define-failed"
+  | "define-unknown"
+  | "verify-failed";
+
+/** A rollback that stopped: why (stable) and in words. */
+interface Stop {
+  code: RollbackCode;
+  message: string;
+}
+
 /** The outcome of a rollback. Plain data. */
 export interface RollbackReport {
   /** The VM. */
   vm: string;
   /** What happened. */
   status: RollbackStatus;
+  /** Why, as a stable code (see {@link RollbackCode}). */
+  code: RollbackCode;
   /** One sentence for humans. */
   message: string;
   /** The backup restored (or that would have been). */
@@ -219,23 +251,31 @@ function changedSinceShown(
     shown: string | null;
     run: RunFlags | undefined;
   },
-): string | null {
+): Stop | null {
   let now: string | null;
   try {
     const summary = libvirt.listDomains().find((d) => d.name === vm);
-    if (summary !== undefined && !summary.persistent) return transientRefusal(vm, backup, run);
+    if (summary !== undefined && !summary.persistent) {
+      return { code: "transient", message: transientRefusal(vm, backup, run) };
+    }
     now = summary === undefined ? null : libvirt.getPersistentXml(vm, { secure: true });
   } catch (error) {
-    return `Cannot read "${vm}" before the rollback: ${errorText(error)}`;
+    return {
+      code: "read-failed",
+      message: `Cannot read "${vm}" before the rollback: ${errorText(error)}`,
+    };
   }
   if (now === shown) return null;
-  return `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
-    now === null
-      ? "it was undefined"
-      : shown === null
-      ? "it was defined"
-      : describeXmlChange(shown, now)
-  }; run the rollback again`;
+  return {
+    code: "drift",
+    message: `Not restored: the definition of "${vm}" changed since the rollback was shown: ${
+      now === null
+        ? "it was undefined"
+        : shown === null
+        ? "it was defined"
+        : describeXmlChange(shown, now)
+    }; run the rollback again`,
+  };
 }
 
 /**
@@ -252,7 +292,7 @@ function heldElsewhereNow(
     backupXml: string;
     currentXml: string | null;
   },
-): string | null {
+): Stop | null {
   const held = (xml: string) => heldAddresses(parseDomainXml(xml));
   let current: Set<string>;
   try {
@@ -266,9 +306,13 @@ function heldElsewhereNow(
   try {
     world = readWorld(libvirt, { networks: devices !== undefined });
   } catch (error) {
-    return `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
-      errorText(error)
-    }`;
+    return {
+      code: "read-failed",
+      message:
+        `Not restored: cannot read the other domains to check that no device backup "${backup.id}" gives "${vm}" is held elsewhere: ${
+          errorText(error)
+        }`,
+    };
   }
   const options = {
     ...(devices === undefined ? {} : { resolvers: withNetworks(devices, world.networks) }),
@@ -278,9 +322,12 @@ function heldElsewhereNow(
   };
   const problems = heldElsewhere(vm, (a) => adding.has(a), world, options);
   if (problems.length > 0) {
-    return `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
-      problems.join("; ")
-    }; restoring it would put a device in two definitions: release them there first`;
+    return {
+      code: "held-elsewhere",
+      message: `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
+        problems.join("; ")
+      }; restoring it would put a device in two definitions: release them there first`,
+    };
   }
   // Another function of the group of a device given back: libvirt would define both, and the
   // second guest to start fails (or takes the group from the first), as plan refuses it.
@@ -297,11 +344,14 @@ function heldElsewhereNow(
   const given = [...groupOf].filter(([, g]) => g !== null).map(([a, g]) =>
     `"${a}" (IOMMU group ${g})`
   );
-  return `Not restored: backup "${backup.id}" gives "${vm}" ${
-    given.join(", ")
-  }, and another domain holds a device of that group now: ${
-    mates.join("; ")
-  }; a group's devices can go to one VM only (plan refuses it: group-shared-with-other-vm): release them there first`;
+  return {
+    code: "held-elsewhere",
+    message: `Not restored: backup "${backup.id}" gives "${vm}" ${
+      given.join(", ")
+    }, and another domain holds a device of that group now: ${
+      mates.join("; ")
+    }; a group's devices can go to one VM only (plan refuses it: group-shared-with-other-vm): release them there first`,
+  };
 }
 
 /**
@@ -318,12 +368,13 @@ function defineBackup(
     safety: BackupEntry | null;
     run: RunFlags | undefined;
   },
-): { status: "failed" | "unknown"; message: string } | null {
+): (Stop & { status: "failed" | "unknown" }) | null {
   const failure = defineOrExplain(libvirt, { name: vm, xml: backupXml, before: currentXml });
   const replaced = safety === null ? "" : `; the replaced definition is in backup "${safety.id}"`;
   if (failure?.kind === "rejected") {
     return {
       status: "failed",
+      code: "define-failed",
       message:
         `libvirt rejected backup "${backup.id}" of "${vm}", which is unchanged: ${failure.error}`,
     };
@@ -331,6 +382,7 @@ function defineBackup(
   if (failure?.kind === "unknown") {
     return {
       status: "unknown",
+      code: "define-unknown",
       message:
         `The rollback of "${vm}" to backup "${backup.id}" may or may not have taken effect: ${failure.error}; ${failure.why}${replaced}: check with "${
           followUpCommand(run, "passthrough rollback", {
@@ -340,7 +392,11 @@ function defineBackup(
         }" (it says when "${vm}" already has that definition)`,
     };
   }
-  const failed = (message: string) => ({ status: "failed" as const, message });
+  const failed = (message: string) => ({
+    status: "failed" as const,
+    code: "verify-failed" as const,
+    message,
+  });
   let after: string;
   try {
     after = libvirt.getPersistentXml(vm, { secure: true });
@@ -401,9 +457,14 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
   checkBackupIsOf(vm, backup, parsed, summary);
   const active = summary?.active ?? false;
-  const report = (status: RollbackStatus, message: string, safety: BackupEntry | null) => ({
+  const report = (
+    status: RollbackStatus,
+    { code, message }: Stop,
+    safety: BackupEntry | null,
+  ): RollbackReport => ({
     vm,
     status,
+    code,
     message,
     backup,
     safetyBackup: safety,
@@ -411,16 +472,19 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     brokeStaleLock: lock.brokeStale,
   });
   if (summary !== null && !summary.persistent) {
-    return report("failed", transientRefusal(vm, backup, run), null);
+    return report(
+      "failed",
+      { code: "transient", message: transientRefusal(vm, backup, run) },
+      null,
+    );
   }
   const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
 
   if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
-    return report(
-      "unchanged",
-      `VM "${vm}" already has the definition of backup "${backup.id}"`,
-      null,
-    );
+    return report("unchanged", {
+      code: "no-changes",
+      message: `VM "${vm}" already has the definition of backup "${backup.id}"`,
+    }, null);
   }
   const restoring = {
     vm,
@@ -434,13 +498,12 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (conflict !== null) return report("failed", conflict, null);
   const refusals = options.startRefusals?.(backupXml) ?? [];
   if (refusals.length > 0) {
-    return report(
-      "failed",
-      `Refusing to restore backup "${backup.id}" into "${vm}": ${refusals.join("; ")}; "${
+    return report("failed", {
+      code: "start-refused",
+      message: `Refusing to restore backup "${backup.id}" into "${vm}": ${refusals.join("; ")}; "${
         followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] })
       }" shows what the config gives it on this host now`,
-      null,
-    );
+    }, null);
   }
   const answer: unknown = await options.confirm({ vm, backup, currentXml, backupXml, active });
   // Fail closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes.
@@ -452,7 +515,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     );
   }
   if (!answer) {
-    return report("declined", `Rollback of "${vm}" declined`, null);
+    return report("declined", { code: "declined", message: `Rollback of "${vm}" declined` }, null);
   }
   // The question may stay open for minutes: look again.
   const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run }) ??
@@ -471,13 +534,13 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   } catch (error) {
     // A full disk says only "No space left on device": say whose backup, where, and that
     // nothing changed.
-    return report(
-      "failed",
-      `Not restored: cannot back up the definition of "${vm}" that backup "${backup.id}" would replace, in "${
-        backupDir(state, vm)
-      }", so nothing was defined: ${errorText(error)}`,
-      null,
-    );
+    return report("failed", {
+      code: "backup-failed",
+      message:
+        `Not restored: cannot back up the definition of "${vm}" that backup "${backup.id}" would replace, in "${
+          backupDir(state, vm)
+        }", so nothing was defined: ${errorText(error)}`,
+    }, null);
   }
   // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
   // would be overwritten by the define, and be in no backup: look once more, just before it.
@@ -485,11 +548,14 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   // The safety backup is written by now: name it, as `apply` names its backup on a late `drift`.
   if (late !== null) return report("failed", late, safety);
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety, run });
-  if (failed !== null) return report(failed.status, failed.message, safety);
+  if (failed !== null) return report(failed.status, failed, safety);
   const when = active
     ? "; it is running, so this takes effect at its next full power-off"
     : hasSavedState(libvirt, vm)
     ? savedStateNote(vm)
     : "";
-  return report("restored", `Restored "${vm}" from backup "${backup.id}"${when}`, safety);
+  return report("restored", {
+    code: "restored",
+    message: `Restored "${vm}" from backup "${backup.id}"${when}`,
+  }, safety);
 }

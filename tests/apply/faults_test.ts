@@ -375,7 +375,11 @@ ${small.replace("</uuid>", `</uuid>\n    <description>${"x".repeat(80 * 1024)}</
     });
     const before = snapshotDomains(port);
     const report = await rollbackVm(A, { libvirt: port, stateDir, confirm: yes2 });
-    assertEquals([report.status, report.safetyBackup], ["failed", null]);
+    assertEquals([report.status, report.code, report.safetyBackup], [
+      "failed",
+      "backup-failed",
+      null,
+    ]);
     // The system's error names no file: the message says whose backup, where, and what it did.
     assertMatch(
       report.message,
@@ -555,7 +559,7 @@ Deno.test({
         using through = openLibvirtPort(cut.uri);
         const report = await rollbackVm(A, { libvirt: through, stateDir, confirm: yes2 });
         await cut.ran;
-        assertEquals(report.status, "unknown");
+        assertEquals([report.status, report.code], ["unknown", "define-unknown"]);
         assertMatch(
           report.message,
           new RegExp(

@@ -155,7 +155,7 @@ Deno.test("rollbackVm() restores the newest backup exactly and backs up what it 
       return Promise.resolve(true);
     },
   });
-  assertEquals(report.status, "restored");
+  assertEquals([report.status, report.code], ["restored", "restored"]);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
   assertEquals(hostdevs(f, "alpha"), []);
   assertEquals(previews.length, 1);
@@ -213,7 +213,7 @@ Deno.test("rollbackVm() changes nothing when declined", async () => {
     stateDir: f.stateDir,
     confirm: () => Promise.resolve(false),
   });
-  assertEquals([report.status, report.safetyBackup], ["declined", null]);
+  assertEquals([report.status, report.code, report.safetyBackup], ["declined", "declined", null]);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), applied);
   assertEquals(listBackups(f.stateDir, "alpha").length, 1);
 });
@@ -254,7 +254,7 @@ Deno.test("rollbackVm() does not ask or define when the VM already matches the b
     stateDir: f.stateDir,
     confirm: () => Promise.resolve(++asked > 0),
   });
-  assertEquals([report.status, asked], ["unchanged", 0]);
+  assertEquals([report.status, report.code, asked], ["unchanged", "no-changes", 0]);
 });
 
 Deno.test("rollbackVm() refuses a backup whose uuid is not the VM's", async () => {
@@ -451,7 +451,7 @@ Deno.test("rollbackVm() reports a backup libvirt rejects as failed and leaves th
     uri: f.port.uri,
   });
   const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
-  assertEquals(report.status, "failed");
+  assertEquals([report.status, report.code], ["failed", "define-failed"]);
   assertMatch(report.message, /libvirt rejected backup/);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
 });
@@ -474,7 +474,7 @@ Deno.test("rollbackVm() reports a definition libvirt stores other than the backu
     uri: f.port.uri,
   });
   const report = await rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
-  assertEquals(report.status, "failed");
+  assertEquals([report.status, report.code], ["failed", "verify-failed"]);
   assertOk(report.safetyBackup !== null);
   assertMatch(
     report.message,
@@ -731,6 +731,15 @@ Deno.test({
       );
       // Nothing was written: no backup of the definition it would have replaced.
       assertEquals(listBackups(stateDir, "alpha").length, 1);
+      // A script tells this refusal from a failed define by its code, not the sentence.
+      const json = await cli([...args, "--state-dir", stateDir, "--json"]);
+      assertEquals(json.code, 1, json.stderr);
+      const report = JSON.parse(json.stdout);
+      assertEquals([report.status, report.code, report.safetyBackup], [
+        "failed",
+        "start-refused",
+        null,
+      ]);
     } finally {
       await Deno.remove(root, { recursive: true });
     }
@@ -909,7 +918,7 @@ Deno.test("rollbackVm() does not overwrite a change made to the VM while the que
       return Promise.resolve(true);
     },
   });
-  assertEquals(report.status, "failed");
+  assertEquals([report.status, report.code], ["failed", "drift"]);
   assertMatch(report.message, /"alpha".*changed since/);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), edited);
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
@@ -967,7 +976,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
       return Promise.resolve(true);
     },
   });
-  assertEquals([rolled.status, asked], ["failed", false]);
+  assertEquals([rolled.status, rolled.code, asked], ["failed", "held-elsewhere", false]);
   assertMatch(
     rolled.message,
     /^Not restored: backup ".*" gives "alpha" devices held elsewhere now: "beta" holds "0000:01:00\.0" in its persistent definition; .*two definitions/,
@@ -995,7 +1004,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
       return Promise.resolve(true);
     },
   });
-  assertEquals([rolled.status, asked], ["failed", false]);
+  assertEquals([rolled.status, rolled.code, asked], ["failed", "held-elsewhere", false]);
   assertEquals(
     rolled.message,
     `Not restored: backup "${rolled.backup.id}" gives "alpha" "0000:01:00.0" (IOMMU group 5), and another domain holds a device of that group now: "beta" holds "0000:01:00.1" in its persistent definition; a group's devices can go to one VM only (plan refuses it: group-shared-with-other-vm): release them there first`,
@@ -1097,7 +1106,12 @@ Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines n
       return Promise.resolve(true);
     },
   });
-  assertEquals([report.status, report.safetyBackup, asked], ["failed", null, false]);
+  assertEquals([report.status, report.code, report.safetyBackup, asked], [
+    "failed",
+    "transient",
+    null,
+    false,
+  ]);
   assertEquals(
     report.message,
     `Not restored: "beta" is a transient domain, and defining backup "${report.backup.id}" would make it persistent; once it is shut off and gone, "passthrough rollback beta --to ${report.backup.id}" defines it from the backup`,
@@ -1110,7 +1124,7 @@ Deno.test("rollbackVm() does not define a running VM undefined while the questio
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);
   const report = await rollbackUndefiningAtQuestion(f, "beta");
-  assertEquals([report.status, report.safetyBackup], ["failed", null]);
+  assertEquals([report.status, report.code, report.safetyBackup], ["failed", "transient", null]);
   assertMatch(report.message, /^Not restored: "beta" is a transient domain, /);
   assertEquals(f.port.listDomains().find((d) => d.name === "beta")?.persistent, false);
   assertEquals(listBackups(f.stateDir, "beta").length, 1);
@@ -1208,13 +1222,13 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
   // Listings: the VM's summary, the look at the other domains before asking, the VM's own look
   // after the answer, the other domains' again. The second fails, then the third.
   const unlisted = await roll(failing(f, "listDomains", 2));
-  assertEquals(unlisted.status, "failed");
+  assertEquals([unlisted.status, unlisted.code], ["failed", "read-failed"]);
   assertMatch(
     unlisted.message,
     /^Not restored: cannot read the other domains to check that no device backup ".*" gives "alpha" is held elsewhere: .*Input\/output error$/,
   );
   const unread = await roll(failing(f, "listDomains", 3));
-  assertEquals(unread.status, "failed");
+  assertEquals([unread.status, unread.code], ["failed", "read-failed"]);
   assertMatch(unread.message, /^Cannot read "alpha" before the rollback: .*Input\/output error$/);
   assertEquals([f.port.getPersistentXml("alpha", { secure: true }), unread.safetyBackup], [
     before,
@@ -1224,7 +1238,7 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
   // and every domain's again after the answer, alpha's once more just before the define; the
   // eighth, alpha's read back, fails.
   const blind = await roll(failing(f, "getPersistentXml", 8));
-  assertEquals(blind.status, "failed");
+  assertEquals([blind.status, blind.code], ["failed", "verify-failed"]);
   assertOk(blind.safetyBackup !== null);
   assertEquals(
     blind.message,
