@@ -22,6 +22,8 @@ import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck } from "../lib/guard/run.ts";
+import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
+import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
@@ -65,6 +67,7 @@ function showRollback(io: CliIo, preview: RollbackPreview, showSecrets: boolean)
       }),
     );
   }
+  for (const warning of preview.warnings) io.out(`${paint("yellow", "Warning")}: ${warning}\n`);
   if (preview.active) {
     io.out(
       `VM "${preview.vm}" is running: the restored definition takes effect at its next full power-off\n`,
@@ -88,14 +91,34 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
 }
 
 /**
- * Why the guard would not start `xml` on this host: a recorded device replaced, or one the host
- * needs. An address that holds nothing is not among them: libvirt then fails the start itself.
+ * What the guard would say of `xml` on this host, split: `refusals`, why the restore is refused
+ * (a recorded device replaced, or one the host needs); `warnings`, the rest (an address that
+ * holds nothing, a record that cannot be read): nothing can be taken from the host there, but
+ * the VM will not start as restored. Checked once per definition.
  */
-function startRefusals(vm: string, xml: string): string[] {
-  const reader = libcSysfsReader();
-  return guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true })
-    .filter((r) => r.kind === "replaced" || r.hostNeeds !== null)
-    .map((r) => r.reason);
+function startCheck(
+  vm: string,
+  run: RunFlags,
+): (xml: string) => { refusals: string[]; warnings: string[] } {
+  // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
+  const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
+  const seen = new Map<string, { refusals: string[]; warnings: string[] }>();
+  return (xml) => {
+    if (!seen.has(xml)) {
+      const reader = libcSysfsReader();
+      const found = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
+      const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
+      seen.set(xml, {
+        refusals: found.filter(refused).map((r) => r.reason),
+        warnings: found.filter((r) => !refused(r)).map((r) =>
+          `the start guard would refuse to start ${
+            JSON.stringify(vm)
+          } as restored: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
+        ),
+      });
+    }
+    return seen.get(xml)!;
+  };
 }
 
 /**
@@ -135,6 +158,7 @@ export async function run(
   // From the question to the report: a stop asked for (Ctrl-C, kill, a closed session) waits for
   // the define and its read-back check, so the report still says whether the VM was restored.
   using signals = deferSignals();
+  const check = startCheck(vm, runFlags(values));
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,
@@ -145,7 +169,8 @@ export async function run(
     // the start guard would say of the backup's hostdevs on it.
     ...(isRemoteUri(libvirt.uri) ? {} : {
       devices: hostFactsFor(undefined),
-      startRefusals: (xml) => startRefusals(vm, xml),
+      startRefusals: (xml) => check(xml).refusals,
+      startWarnings: (xml) => check(xml).warnings,
       iommuGroupOf: liveGroupOf,
     }),
     confirm: values.yes

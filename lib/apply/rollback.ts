@@ -53,6 +53,12 @@ export interface RollbackPreview {
   backupXml: string;
   /** Whether the VM is running now. */
   active: boolean;
+  /**
+   * What the restore does not refuse but the user should know before saying yes: hostdevs of the
+   * backup that the start guard would not start now (no device at their address), one sentence
+   * each (from {@link RollbackOptions.startWarnings}).
+   */
+  warnings: string[];
 }
 
 /** Options for {@link rollbackVm}. */
@@ -87,6 +93,13 @@ export interface RollbackOptions {
    * restored. Default: not asked (libvirt on another host).
    */
   startRefusals?: (xml: string) => string[];
+  /**
+   * What the start guard would refuse of the backup's hostdevs on this host now that does not
+   * hold the restore back (an address that holds no device: nothing can be taken from the host,
+   * but the VM will not start), one sentence each: shown before the question and in the report.
+   * Default: not asked.
+   */
+  startWarnings?: (xml: string) => string[];
   /**
    * The IOMMU group of a host PCI address now (this host's sysfs, when libvirt runs here), or
    * `null` when it has none: with it, a device another domain holds in the group of one the
@@ -158,6 +171,8 @@ export interface RollbackReport {
   safetyBackup: BackupEntry | null;
   /** Whether the VM was running (then the restored definition applies at its next power-off). */
   active: boolean;
+  /** What the user was told before the question ({@link RollbackPreview.warnings}); may be empty. */
+  warnings: string[];
   /** The dead holder of a stale lock that was broken, if any. */
   brokeStaleLock: LockHolder | null;
 }
@@ -457,6 +472,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
   checkBackupIsOf(vm, backup, parsed, summary);
   const active = summary?.active ?? false;
+  // Set once the backup passed every check, before the question.
+  let warnings: string[] = [];
   const report = (
     status: RollbackStatus,
     { code, message }: Stop,
@@ -469,6 +486,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     backup,
     safetyBackup: safety,
     active,
+    warnings,
     brokeStaleLock: lock.brokeStale,
   });
   if (summary !== null && !summary.persistent) {
@@ -505,7 +523,15 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       }" shows what the config gives it on this host now`,
     }, null);
   }
-  const answer: unknown = await options.confirm({ vm, backup, currentXml, backupXml, active });
+  warnings = options.startWarnings?.(backupXml) ?? [];
+  const answer: unknown = await options.confirm({
+    vm,
+    backup,
+    currentXml,
+    backupXml,
+    active,
+    warnings,
+  });
   // Fail closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes.
   if (typeof answer !== "boolean") {
     throw new TypeError(

@@ -746,6 +746,49 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "passthrough rollback warns, before it asks, that a restored hostdev whose address holds no device keeps the VM from starting",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    // An address no machine like this one has: the card the backup recorded there is gone.
+    const gone = "0000:fe:1f.7";
+    assertEquals(pathExists(`/sys/bus/pci/devices/${gone}`), false);
+    const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+    try {
+      const rollback = async (dir: string, flags: string[]) => {
+        await Deno.mkdir(`${root}/${dir}`);
+        const { world, stateDir } = await alphaWithBackup(
+          `${root}/${dir}`,
+          (xml) =>
+            editDomainXml(xml, {
+              remove: [],
+              add: [{ address: gone, managed: true }],
+              records: [identity(gone)],
+            }),
+        );
+        const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
+        const result = await cli(["rollback", "alpha", "--yes", ...flags, ...args]);
+        assertEquals(result.code, 0, result.stderr);
+        return { world, stdout: result.stdout };
+      };
+      const warning = (world: string) =>
+        `the start guard would refuse to start "alpha" as restored: hostdev ${gone} holds no device now, not the recorded 10de:2684 (class 030000) of rule "gpu"; fix: passthrough plan --vm alpha -c test://${world}`;
+      const json = await rollback("json", ["--json"]);
+      const report = JSON.parse(json.stdout);
+      assertEquals([report.status, report.warnings], ["restored", [warning(json.world)]]);
+      // Shown with the diff, before the outcome (and before the question without --yes).
+      const text = await rollback("text", []);
+      assertOk(
+        text.stdout.includes(`\n </domain>\nWarning: ${warning(text.world)}\nRestored "alpha"`),
+        text.stdout,
+      );
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
 Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
