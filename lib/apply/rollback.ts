@@ -39,7 +39,7 @@ import { readWorld, type World } from "../plan/world.ts";
 import { heldElsewhere } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
-import { followUpCommand, type RunFlags } from "../render/shell.ts";
+import { followUpCommand, type RunFlags, shellWord } from "../render/shell.ts";
 
 /** What the user is asked to confirm. */
 export interface RollbackPreview {
@@ -125,6 +125,7 @@ export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | 
 /**
  * Why, as a stable code a script can test (the message is for humans): `restored`, `no-changes`
  * (`unchanged`), `declined`; refusals, with nothing written: `transient` (a transient domain),
+ * `renamed` (the VM is gone, and its uuid is another domain's now: `virsh domrename`),
  * `held-elsewhere` (a device, or one of its IOMMU group, another domain holds now),
  * `start-refused` (the start guard would refuse its hostdevs on this host now), `drift` (the
  * definition changed after it was shown); failures: `read-failed` (libvirt could not be read),
@@ -137,6 +138,7 @@ export type RollbackCode =
   | "no-changes"
   | "declined"
   | "transient"
+  | "renamed"
   | "held-elsewhere"
   | "start-refused"
   | "drift"
@@ -489,6 +491,25 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     warnings,
     brokeStaleLock: lock.brokeStale,
   });
+  // Renamed since (virsh domrename): libvirt would refuse the uuid only after the question, in
+  // words that name neither the rename nor the way back.
+  const renamed = summary === null
+    ? libvirt.listDomains().find((d) => d.uuid === (parsed.uuid ?? backup.uuid))
+    : undefined;
+  if (renamed !== undefined) {
+    return report("failed", {
+      code: "renamed",
+      message:
+        `Not restored: "${vm}" is not defined, and its uuid ${backup.uuid} is "${renamed.name}" now (renamed): libvirt takes no second domain with that uuid; to restore backup "${backup.id}", rename it back with "virsh domrename ${
+          shellWord(renamed.name)
+        } ${shellWord(vm)}" (while it is shut off), then run "${
+          followUpCommand(run, "passthrough rollback", {
+            value: vm,
+            options: [["--to", backup.id]],
+          })
+        }"`,
+    }, null);
+  }
   if (summary !== null && !summary.persistent) {
     return report(
       "failed",

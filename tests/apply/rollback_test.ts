@@ -1136,6 +1136,35 @@ function rollbackUndefiningAtQuestion(f: Fixture, vm: string) {
   });
 }
 
+Deno.test("rollbackVm() of a VM renamed since its backup says so before asking, and defines nothing", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  // virsh domrename alpha gamma: the same uuid under another name.
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  undefine(f, "alpha");
+  f.port.define(xml.replace("<name>alpha</name>", "<name>gamma</name>"));
+  let asked = false;
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  assertEquals([report.status, report.code, report.safetyBackup, asked], [
+    "failed",
+    "renamed",
+    null,
+    false,
+  ]);
+  assertEquals(
+    report.message,
+    `Not restored: "alpha" is not defined, and its uuid ${UUID_A} is "gamma" now (renamed): libvirt takes no second domain with that uuid; to restore backup "${report.backup.id}", rename it back with "virsh domrename gamma alpha" (while it is shut off), then run "passthrough rollback alpha --to ${report.backup.id}"`,
+  );
+  assertEquals(f.port.listDomains().map((d) => d.name).sort(), ["beta", "gamma"]);
+});
+
 Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines nothing", async () => {
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);
