@@ -28,6 +28,7 @@ import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
 import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
+import { readVirtualFunctions } from "../lib/host/sysfs_device.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -130,6 +131,15 @@ function liveGroupOf(address: string): number | null {
   return link === null ? null : parseGroupNumber(link.slice(link.lastIndexOf("/") + 1));
 }
 
+/** The PF of `address` when it is a VF, its VFs when it is a PF, on this host; else none. */
+function liveSriovPeersOf(address: string): string[] {
+  const reader = libcSysfsReader();
+  const physfn = reader.readLink(`${LIVE_SYSFS}/bus/pci/devices/${address}/physfn`);
+  return physfn !== null
+    ? [physfn.slice(physfn.lastIndexOf("/") + 1)]
+    : readVirtualFunctions(reader, LIVE_SYSFS, address);
+}
+
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
 export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
@@ -172,6 +182,7 @@ export async function run(
       startRefusals: (xml) => check(xml).refusals,
       startWarnings: (xml) => check(xml).warnings,
       iommuGroupOf: liveGroupOf,
+      sriovPeersOf: liveSriovPeersOf,
     }),
     confirm: values.yes
       ? (preview) => {

@@ -108,6 +108,13 @@ export interface RollbackOptions {
    */
   iommuGroupOf?: (address: PciAddress) => number | null;
   /**
+   * The SR-IOV functions tied to a host PCI address now (this host's sysfs): its PF when it is a
+   * VF, its VFs when it is a PF; none otherwise. With it, another domain holding one of them
+   * counts as holding the device, as `plan` refuses `sriov-split` (passing a PF to a guest
+   * unbinds its host driver, which destroys every VF). Default: not checked.
+   */
+  sriovPeersOf?: (address: PciAddress) => PciAddress[];
+  /**
    * The flags of this run (`--connect`, `--state-dir`) that the commands a message advises
    * repeat, so they open the same libvirt and state directory. Default: none.
    */
@@ -301,9 +308,10 @@ function changedSinceShown(
  */
 function heldElsewhereNow(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, currentXml, devices, iommuGroupOf }: {
+  { vm, backup, backupXml, currentXml, devices, iommuGroupOf, sriovPeersOf }: {
     devices: DeviceResolvers | undefined;
     iommuGroupOf: ((address: PciAddress) => number | null) | undefined;
+    sriovPeersOf: ((address: PciAddress) => PciAddress[]) | undefined;
     vm: string;
     backup: BackupEntry;
     backupXml: string;
@@ -344,6 +352,20 @@ function heldElsewhereNow(
       message: `Not restored: backup "${backup.id}" gives "${vm}" devices held elsewhere now: ${
         problems.join("; ")
       }; restoring it would put a device in two definitions: release them there first`,
+    };
+  }
+  // The PF of a VF given back, or a VF of a PF given back (usually in other IOMMU groups).
+  const peers = new Set(
+    [...adding].flatMap((a) => sriovPeersOf?.(a) ?? []).filter((a) => !adding.has(a)),
+  );
+  const split = peers.size === 0 ? [] : heldElsewhere(vm, (a) => peers.has(a), world, options);
+  if (split.length > 0) {
+    return {
+      code: "held-elsewhere",
+      message:
+        `Not restored: backup "${backup.id}" gives "${vm}" an SR-IOV function whose PF or VF another domain holds now: ${
+          split.join("; ")
+        }; a PF and its VFs stay with one VM (plan refuses it: sriov-split): release them there first`,
     };
   }
   // Another function of the group of a device given back: libvirt would define both, and the
@@ -532,6 +554,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     currentXml,
     devices: options.devices,
     iommuGroupOf: options.iommuGroupOf,
+    sriovPeersOf: options.sriovPeersOf,
   };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);

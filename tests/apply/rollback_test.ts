@@ -1064,6 +1064,32 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
   assertEquals(hostdevs(f, "alpha"), [GPU]);
 });
 
+Deno.test("rollbackVm() does not restore a backup giving the VM an SR-IOV PF whose VF another domain holds now, nor a VF whose PF it holds", async () => {
+  const PF = "0000:03:00.0";
+  const VF = "0000:03:02.0";
+  const peers = (a: string) => a === PF ? [VF] : a === VF ? [PF] : [];
+  for (const [given, held] of [[PF, VF], [VF, PF]] as const) {
+    using f = fixture();
+    // alpha lets `given` go (its backup holds it); beta takes its PF or VF, in another group.
+    await addThenRelease(f, "alpha", given);
+    await addHostdevs(f, "beta", [held]);
+    const before = f.port.getPersistentXml("alpha", { secure: true });
+    const rolled = await rollbackVm("alpha", {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      iommuGroupOf: (a) => a === PF ? 7 : 8,
+      sriovPeersOf: peers,
+      confirm: yes,
+    });
+    assertEquals([rolled.status, rolled.code], ["failed", "held-elsewhere"]);
+    assertEquals(
+      rolled.message,
+      `Not restored: backup "${rolled.backup.id}" gives "alpha" an SR-IOV function whose PF or VF another domain holds now: "beta" holds "${held}" in its persistent definition; a PF and its VFs stay with one VM (plan refuses it: sriov-split): release them there first`,
+    );
+    assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  }
+});
+
 Deno.test("rollbackVm() does not restore a backup whose device another domain was given while the question was open", async () => {
   using f = fixture();
   const GPU = "0000:01:00.0";
