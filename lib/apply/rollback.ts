@@ -2,9 +2,12 @@
  * Rollback: redefine a VM from one of its backups (the newest by default), after confirmation and
  * after backing up the definition it replaces, so a rollback can itself be rolled back. A backup
  * that gives the VM a device another domain holds now is not restored (checked before asking and
- * again just before the define): that would put the device in two definitions; nor one whose
- * hostdevs the start guard would refuse now (a recorded device replaced, one the host needs); nor
- * into a transient domain, as `apply` refuses one: defining it would make it persistent.
+ * again just before the define): that would put the device in two definitions; nor, with this
+ * host's facts, one giving it a device whose IOMMU group or SR-IOV PF/VF another domain holds
+ * (`plan`'s `group-shared-with-other-vm` and `sriov-split`), or whose hostdevs the start guard
+ * would refuse now (a recorded device replaced, one the host needs: an address holding nothing
+ * is only warned of); nor into a transient domain, as `apply` refuses one: defining it would make
+ * it persistent; nor under a name whose uuid another domain carries now (renamed).
  *
  * Equality (before asking, and after the define) is line by line, each line normalised as
  * `lib/render/diff.ts` does (indentation, attribute quote style, spacing inside tags, `<a></a>` vs
