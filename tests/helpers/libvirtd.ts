@@ -25,6 +25,7 @@ const VIRTLOGD = "/usr/sbin/virtlogd";
 const HOOKS_DIR = "/etc/libvirt/hooks";
 const QEMU = "/usr/bin/qemu-system-x86_64";
 const KVM_DEVICE = "/dev/kvm";
+const ETC_DIR = "/etc/libvirt";
 
 /** Overlaid in the daemon's private mount namespace, each by a directory in the temp dir. */
 const PRIVATE_DIRS = [
@@ -116,6 +117,29 @@ async function ensureQemuUser(): Promise<void> {
   }
 }
 
+/**
+ * A copy of `/etc/libvirt` in `DIR/etc` whose `qemu.conf` starts guests without a private `/dev`:
+ * libvirt would move the daemon's `/dev/kvm`, an empty file bound there (see {@link launch}), into
+ * it, which the kernel refuses for a file bind mount ("Unable to move ... kvm mount to /dev/kvm").
+ * Debian's packages ship no `qemu.conf`, so a file of our own cannot simply be bound over one.
+ */
+async function privateEtc(dir: string): Promise<void> {
+  await Deno.mkdir(`${dir}/etc`);
+  const copy = await run("cp", ["-a", `${ETC_DIR}/.`, `${dir}/etc/`]);
+  if (copy.code !== 0) {
+    throw new Error(`Cannot copy ${ETC_DIR}: ${new TextDecoder().decode(copy.stderr).trim()}`);
+  }
+  let conf = "";
+  try {
+    conf = await Deno.readTextFile(`${dir}/etc/qemu.conf`);
+  } catch {
+    // No qemu.conf: libvirt's defaults, as on Debian.
+  }
+  if (/^\s*namespaces\s*=/m.test(conf)) return;
+  const sep = conf === "" || conf.endsWith("\n") ? "" : "\n";
+  await Deno.writeTextFile(`${dir}/etc/qemu.conf`, `${conf}${sep}namespaces = []\n`);
+}
+
 /** Whether process `pid` is running (a zombie counts as gone). */
 export function processAlive(pid: number): boolean {
   try {
@@ -143,6 +167,8 @@ async function launch(
   const steps = PRIVATE_DIRS.map((target, i) =>
     `mount --bind ${shellQuote(`${dir}/state-${i}`)} ${shellQuote(target)}`
   );
+  // First, so that the binds below land inside the copy (see {@link privateEtc}).
+  if (exists(KVM_DEVICE)) steps.unshift(`mount --bind ${shellQuote(`${dir}/etc`)} ${ETC_DIR}`);
   if (options.hooksDir !== undefined) {
     steps.push(`mount --bind ${shellQuote(options.hooksDir)} ${HOOKS_DIR}`);
   }
@@ -199,6 +225,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
       // The mount point must exist on the host; an empty directory there is harmless.
       await Deno.mkdir(target, { recursive: true });
     }
+    if (exists(KVM_DEVICE)) await privateEtc(dir);
   }
   const log = () => Deno.readTextFile(`${dir}/libvirtd.log`).catch(() => "");
   const output = await launch(dir, isolated, options);
