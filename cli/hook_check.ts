@@ -11,6 +11,7 @@
  */
 
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
+import { guardLine } from "../lib/guard/check.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { writeAllSync } from "./io.ts";
 import { errorText } from "../lib/render/error_text.ts";
@@ -161,7 +162,7 @@ async function checkThisStart(): Promise<number> {
   } catch (error) {
     // Without a stack trace.
     const message = errorText(error);
-    writeError(`passthrough guard: the check failed: ${message}\n`);
+    writeError(`${guardLine(`passthrough guard: the check failed: ${message}`)}\n`);
     return 1;
   }
 }

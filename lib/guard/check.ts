@@ -580,9 +580,21 @@ export function formatRefusal(
     : options.allowed
     ? `passthrough guard: starting ${vm} once despite this (passthrough guard allow)`
     : `passthrough guard: refusing to start ${vm}`;
-  const line = `${head}: ${refusal.reason}; fix: ${refusal.fix}`;
-  // What a terminal would act on (C1's U+009B starts an escape; bidi controls reorder what the
-  // line appears to say) is replaced, as are tab and newline: it stays one line. The VM's name
-  // went through JSON.stringify, which wrote its tabs and newlines as escapes already.
+  return guardLine(`${head}: ${refusal.reason}; fix: ${refusal.fix}`);
+}
+
+/**
+ * `line` as the hook prints it: what a terminal would act on (C1's U+009B starts an escape; bidi
+ * controls reorder what the line appears to say) is replaced, as are tab and newline, so it stays
+ * one line. Every line the guard prints goes through it: each may name the VM, whose name the
+ * domain's definer chose (libvirt allows C1 and bidi controls in it, which JSON.stringify keeps).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(guardLine('for "a\u009b31m\u202eb"\nnext'), 'for "a?31m?b"?next');
+ * ```
+ */
+export function guardLine(line: string): string {
   return line.replace(UNSAFE_ON_TERMINAL, "?").replace(/[\t\n]/g, "?");
 }

@@ -14,7 +14,13 @@ import { gpuInUse, readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 import { scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
-import { checkDomainStart, formatRefusal, type GuardRefusal, unreadableRefusal } from "./check.ts";
+import {
+  checkDomainStart,
+  formatRefusal,
+  guardLine,
+  type GuardRefusal,
+  unreadableRefusal,
+} from "./check.ts";
 import {
   type ActivePolicy,
   checksNothing,
@@ -269,7 +275,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     const line = `passthrough guard: refusing to start ${
       JSON.stringify(options.vm)
     }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "passthrough hook status"`;
-    return { code: 1, lines: [line], refusals: [] };
+    return { code: 1, lines: [guardLine(line)], refusals: [] };
   }
   const refusals = policed(found, policy);
   if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
@@ -303,7 +309,8 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   } catch (error) {
     lines.push(`passthrough guard: cannot record the refusal: ${errorText(error)}`);
   }
-  return { code: enforced && !allowed ? 1 : 0, lines, refusals };
+  // Each line as a refusal's: the VM's name in them is the definer's choice.
+  return { code: enforced && !allowed ? 1 : 0, lines: lines.map(guardLine), refusals };
 }
 
 /** What a start's allowance came to. */

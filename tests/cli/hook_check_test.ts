@@ -10,6 +10,8 @@ import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
 import { parseHookCheckArgs } from "../../cli/hook_check.ts";
 import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
 import { hostdevXml } from "../helpers/plan_world.ts";
+import { ALLOWANCE_LIFETIME_MS, allowNextStart } from "../../lib/guard/state.ts";
+import { UNSAFE_ON_TERMINAL } from "../../lib/render/terminal.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -142,6 +144,31 @@ Deno.test("the check's entry lets every operation but prepare begin go on, sayin
         `${operation} ${subOperation}`,
       );
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("every line the check's entry prints names the VM without a terminal's controls", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-" });
+  try {
+    Deno.mkdirSync(`${dir}/tree/bus/pci/devices`, { recursive: true });
+    // libvirt takes C1 controls (U+009B starts an escape) and bidi controls in a domain's name,
+    // which whoever may define a domain chooses; an expired allowance names the VM again.
+    const vm = "vm\u009b31m\u202eevil";
+    allowNextStart(`${dir}/state`, vm, new Date(Date.now() - 2 * ALLOWANCE_LIFETIME_MS));
+    const xml = `<domain type='kvm'><name>vm</name><devices>${
+      hostdevXml("0000:0b:00.0")
+    }</devices></domain>`;
+    const run = await runCheck(
+      ["--state-dir", `${dir}/state`, "--sysfs", `${dir}/tree`, "--", vm, "prepare", "begin", "-"],
+      xml,
+    );
+    assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+    const lines = run.stderr.trimEnd().split("\n");
+    assertEquals(lines.length, 2, run.stderr);
+    assertMatch(lines[1]!, /^passthrough guard: an allowance for "vm\?31m\?evil" had expired/);
+    assertEquals(run.stderr.replace(UNSAFE_ON_TERMINAL, "#").includes("#"), false, run.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
