@@ -26,6 +26,13 @@ export const POLICY_FILE = "policy.json";
 /** The last daemon reload `hook install` did. */
 export const RELOAD_FILE = "reloaded.json";
 
+/**
+ * The most refusals of one start the guard prints and records; the rest are counted. A domain
+ * XML of 16 MiB can name some 100,000 hostdevs: every one listed made a line of libvirt's error
+ * per hostdev and a record of 28 MB, which no reader takes (they stop at 1 MiB).
+ */
+export const MAX_LISTED_REFUSALS = 100;
+
 /** The guard's folders of one file per VM: allowances and refusal records. */
 export type GuardFolder = "allow" | "refused";
 

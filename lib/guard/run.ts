@@ -32,7 +32,7 @@ import {
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand } from "../render/shell.ts";
-import { GUARD_DIR, GUARD_FOLDERS, guardPath, POLICY_FILE } from "./layout.ts";
+import { GUARD_DIR, GUARD_FOLDERS, guardPath, MAX_LISTED_REFUSALS, POLICY_FILE } from "./layout.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -362,9 +362,17 @@ function verdictLines(
     stateDir: string;
   },
 ): string[] {
-  const lines = refusals.map((refusal) =>
+  const lines = refusals.slice(0, MAX_LISTED_REFUSALS).map((refusal) =>
     formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" })
   );
+  const unlisted = refusals.length - MAX_LISTED_REFUSALS;
+  if (unlisted > 0) {
+    lines.push(
+      `passthrough guard: and ${unlisted} more for ${
+        JSON.stringify(vm)
+      }, not listed (only the first ${MAX_LISTED_REFUSALS} are, here and in its record)`,
+    );
+  }
   const enforced = refusals.filter((r) => r.policy === "enforce");
   const needed = enforced.filter((r) => r.hostNeeds !== null);
   const unread = enforced.filter((r) => r.kind === "unreadable");

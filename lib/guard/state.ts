@@ -30,7 +30,13 @@ import {
   type VmPolicyReading,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
-import { type GuardFolder, guardPath, POLICY_FILE, RELOAD_FILE } from "./layout.ts";
+import {
+  type GuardFolder,
+  guardPath,
+  MAX_LISTED_REFUSALS,
+  POLICY_FILE,
+  RELOAD_FILE,
+} from "./layout.ts";
 
 /** How long an allowance waits for the start it is meant for. */
 export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
@@ -59,6 +65,11 @@ export interface GuardRefusalRecord {
    * policies, which all enforced).
    */
   refusals: (Omit<GuardRefusal, "vm" | "fix"> & { policy?: ActivePolicy })[];
+  /**
+   * How many more the check found than `refusals` holds (the first {@link MAX_LISTED_REFUSALS});
+   * absent when it holds them all.
+   */
+  more?: number;
 }
 
 /**
@@ -423,11 +434,13 @@ export function recordRefusals(
     return null;
   }
   const dir = guardDir(openStateDir(stateDir), "refused");
+  const more = refusals.length - MAX_LISTED_REFUSALS;
   const record: GuardRefusalRecord = {
     vm,
     time: (options.now ?? new Date()).toISOString(),
     allowed: options.allowed,
-    refusals: refusals.map(({ vm: _vm, fix: _fix, ...rest }) => rest),
+    refusals: refusals.slice(0, MAX_LISTED_REFUSALS).map(({ vm: _vm, fix: _fix, ...rest }) => rest),
+    ...(more > 0 ? { more } : {}),
   };
   return replaceFileSync(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
 }
@@ -522,7 +535,7 @@ export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
     code: "guard-refused",
     message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
       record.refusals.map((r) => r.reason).join("; ")
-    }`,
+    }${typeof record.more === "number" && record.more > 0 ? `; and ${record.more} more` : ""}`,
     vm: record.vm,
     ...(devices.length > 0 ? { devices } : {}),
   };

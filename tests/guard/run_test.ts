@@ -74,6 +74,32 @@ Deno.test("runGuard() refuses, records the refusal, and forgets it after a clean
   });
 });
 
+Deno.test("runGuard() lists and records the first 100 refusals of a start and counts the rest", async () => {
+  await withTree(async (root, state) => {
+    // Whoever may define a domain may give it thousands of hostdevs (here in PCI domain 1,
+    // where the tree has nothing): each listed, the record outgrew what its readers take.
+    const hostdevs = Array.from(
+      { length: 5000 },
+      (_, i) =>
+        `<hostdev mode='subsystem' type='pci'><source><address domain='0x0001' bus='0x${
+          (i >> 8).toString(16)
+        }' slot='0x${((i >> 3) & 31).toString(16)}' function='0x${i & 7}'/></source></hostdev>`,
+    );
+    const xml = `<domain><name>win11</name><devices>${hostdevs.join("")}</devices></domain>`;
+    const refused = await run(root, state, xml);
+    assertEquals([refused.code, refused.lines.length, refused.refusals.length], [1, 101, 5000]);
+    assertMatch(refused.lines[99]!, /^passthrough guard: refusing to start "win11": hostdev /);
+    assertEquals(
+      refused.lines[100],
+      'passthrough guard: and 4900 more for "win11", not listed (only the first 100 are, here ' +
+        "and in its record)",
+    );
+    const [record] = readRefusalRecords(state);
+    assertEquals([record?.vm, record?.refusals.length, record?.more], ["win11", 100, 4900]);
+    assertMatch(guardRefusalIssue(record!).message, /holds no device now .*; and 4900 more$/);
+  });
+});
+
 Deno.test("readRefusalRecords() skips a record of the wrong shape, as a damaged one", async () => {
   await withTree(async (root, state) => {
     await run(root, state, MOVED);
