@@ -89,9 +89,13 @@ export interface ReloadOutcome {
   message: string;
 }
 
+/** `errno` of a signal sent to a process that no longer exists. */
+const ESRCH = 3;
+
 /**
  * Sends SIGHUP to each daemon through `signal` and says what happened. A daemon that cannot be
- * signalled gets the command to reload it by hand.
+ * signalled gets the command to reload it by hand, one that exited meanwhile (the error's
+ * `errno` is `ESRCH`) the note that it reads the hook when it starts again.
  */
 export function reloadDaemons(
   daemons: readonly RunningDaemon[],
@@ -107,6 +111,17 @@ export function reloadDaemons(
           `Reloaded ${daemon.name} (pid ${daemon.pid}) with SIGHUP: it runs the hook from now on`,
       };
     } catch (error) {
+      // ESRCH: it exited since it was found (a socket-activated daemon ends after --timeout idle
+      // seconds). It reads the hooks directory when it starts again, so nothing is left to do,
+      // and `systemctl reload` of a stopped unit would only fail.
+      if ((error as { errno?: unknown })?.errno === ESRCH) {
+        return {
+          daemon,
+          reloaded: false,
+          message: `${daemon.name} (pid ${daemon.pid}) exited before it could be reloaded: ` +
+            `it runs the hook from its next start`,
+        };
+      }
       return {
         daemon,
         reloaded: false,

@@ -19,6 +19,7 @@ import {
 import { findHookDaemons, noDaemonMessage, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { libcSysfsReader, signalProcess } from "../../ffi/libc_fs.ts";
 
 const TIMEOUT = findTimeout();
 
@@ -690,6 +691,42 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
       "No running libvirtd or virtqemud found (pidfiles /run/libvirtd.pid, /run/virtqemud.pid): " +
         "the daemon runs the hook from its next start",
     );
+  });
+});
+
+Deno.test("reloadDaemons() says a virtqemud that exited since it was found runs the hook from its next start", async () => {
+  await withDir(async (dir) => {
+    // A real process named virtqemud (/proc/PID/comm is the file's name), as systemd runs it:
+    // socket-activated with --timeout 120, it ends when idle and removes its pidfile.
+    const binary = `${dir}/virtqemud`;
+    Deno.copyFileSync("/usr/bin/sleep", binary);
+    Deno.chmodSync(binary, 0o755);
+    const child = new Deno.Command(binary, { args: ["600"], stdout: "null", stderr: "null" })
+      .spawn();
+    try {
+      Deno.writeTextFileSync(`${dir}/virtqemud.pid`, `${child.pid}\n`);
+      const daemons = findHookDaemons(libcSysfsReader(), { runDir: dir });
+      assertEquals(daemons.map((d) => [d.name, d.pid]), [["virtqemud", child.pid]]);
+      child.kill("SIGTERM");
+      await child.status;
+      const [outcome] = reloadDaemons(daemons, (pid) => signalProcess(pid, 1 /* SIGHUP */));
+      assertEquals(outcome?.reloaded, false);
+      assertEquals(
+        outcome?.message,
+        `virtqemud (pid ${child.pid}) exited before it could be reloaded: it runs the hook ` +
+          `from its next start`,
+      );
+      // Gone with its pidfile: not found, and install says the next start reads the hook.
+      Deno.removeSync(`${dir}/virtqemud.pid`);
+      assertEquals(findHookDaemons(libcSysfsReader(), { runDir: dir }), []);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+        await child.status;
+      } catch {
+        // Already reaped above.
+      }
+    }
   });
 });
 
