@@ -16,6 +16,8 @@
  */
 
 import { join } from "../state/paths.ts";
+// A type only: erased, so the fast path still loads nothing of the check.
+import type { GuardRefusal } from "./check.ts";
 
 /** The guard's folder in the state directory. */
 export const GUARD_DIR = "guard";
@@ -32,6 +34,26 @@ export const RELOAD_FILE = "reloaded.json";
  * per hostdev and a record of 28 MB, which no reader takes (they stop at 1 MiB).
  */
 export const MAX_LISTED_REFUSALS = 100;
+
+/**
+ * The refusals of one start the guard prints and records: at most {@link MAX_LISTED_REFUSALS},
+ * in the check's order, those no allowance lifts (a device the host needs, what could not be
+ * read) taken first: `guard allow` reads the record to say an allowance will not start the VM,
+ * and such a refusal after 100 others would be in neither the lines nor the record.
+ */
+export function listedRefusals<T extends Pick<GuardRefusal, "hostNeeds" | "kind">>(
+  refusals: readonly T[],
+): T[] {
+  if (refusals.length <= MAX_LISTED_REFUSALS) return [...refusals];
+  const binding = (r: T) => r.hostNeeds !== null || r.kind === "unreadable";
+  const listed = new Set(
+    [...refusals.filter(binding), ...refusals.filter((r) => !binding(r))].slice(
+      0,
+      MAX_LISTED_REFUSALS,
+    ),
+  );
+  return refusals.filter((r) => listed.has(r));
+}
 
 /** The guard's folders of one file per VM: allowances and refusal records. */
 export type GuardFolder = "allow" | "refused";

@@ -32,7 +32,14 @@ import {
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand } from "../render/shell.ts";
-import { GUARD_DIR, GUARD_FOLDERS, guardPath, MAX_LISTED_REFUSALS, POLICY_FILE } from "./layout.ts";
+import {
+  GUARD_DIR,
+  GUARD_FOLDERS,
+  guardPath,
+  listedRefusals,
+  MAX_LISTED_REFUSALS,
+  POLICY_FILE,
+} from "./layout.ts";
 
 /** The most domain XML the check reads: far above any real definition, far below trouble. */
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
@@ -362,7 +369,7 @@ function verdictLines(
     stateDir: string;
   },
 ): string[] {
-  const lines = refusals.slice(0, MAX_LISTED_REFUSALS).map((refusal) =>
+  const lines = listedRefusals(refusals).map((refusal) =>
     formatRefusal(refusal, { allowed, warn: refusal.policy === "warn" })
   );
   const unlisted = refusals.length - MAX_LISTED_REFUSALS;
@@ -370,7 +377,7 @@ function verdictLines(
     lines.push(
       `passthrough guard: and ${unlisted} more for ${
         JSON.stringify(vm)
-      }, not listed (only the first ${MAX_LISTED_REFUSALS} are, here and in its record)`,
+      }, not listed (only ${MAX_LISTED_REFUSALS} are, here and in its record: those the host needs first)`,
     );
   }
   const enforced = refusals.filter((r) => r.policy === "enforce");

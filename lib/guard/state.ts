@@ -33,6 +33,7 @@ import { errorText } from "../render/error_text.ts";
 import {
   type GuardFolder,
   guardPath,
+  listedRefusals,
   MAX_LISTED_REFUSALS,
   POLICY_FILE,
   RELOAD_FILE,
@@ -66,7 +67,8 @@ export interface GuardRefusalRecord {
    */
   refusals: (Omit<GuardRefusal, "vm" | "fix"> & { policy?: ActivePolicy })[];
   /**
-   * How many more the check found than `refusals` holds (the first {@link MAX_LISTED_REFUSALS});
+   * How many more the check found than `refusals` holds (at most {@link MAX_LISTED_REFUSALS}, see
+   * {@link listedRefusals});
    * absent when it holds them all.
    */
   more?: number;
@@ -439,7 +441,7 @@ export function recordRefusals(
     vm,
     time: (options.now ?? new Date()).toISOString(),
     allowed: options.allowed,
-    refusals: refusals.slice(0, MAX_LISTED_REFUSALS).map(({ vm: _vm, fix: _fix, ...rest }) => rest),
+    refusals: listedRefusals(refusals).map(({ vm: _vm, fix: _fix, ...rest }) => rest),
     ...(more > 0 ? { more } : {}),
   };
   return replaceFileSync(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);

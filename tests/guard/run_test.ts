@@ -91,13 +91,50 @@ Deno.test("runGuard() lists and records the first 100 refusals of a start and co
     assertMatch(refused.lines[99]!, /^passthrough guard: refusing to start "win11": hostdev /);
     assertEquals(
       refused.lines[100],
-      'passthrough guard: and 4900 more for "win11", not listed (only the first 100 are, here ' +
-        "and in its record)",
+      'passthrough guard: and 4900 more for "win11", not listed (only 100 are, here and in its ' +
+        "record: those the host needs first)",
     );
     const [record] = readRefusalRecords(state);
     assertEquals([record?.vm, record?.refusals.length, record?.more], ["win11", 100, 4900]);
     assertMatch(guardRefusalIssue(record!).message, /holds no device now .*; and 4900 more$/);
   });
+});
+
+Deno.test("runGuard() lists and records a device the host needs even beyond the first 100 refusals", async () => {
+  // `guard allow` reads the record to say an allowance will not start a VM taking a device the
+  // host needs: one refusal of that kind after 100 others must still be listed and recorded.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  await using tree = await tempHostTree(host);
+  const state = await Deno.makeTempDir({ prefix: "passthrough-h152-guard-state-" });
+  try {
+    const absent = Array.from(
+      { length: 150 },
+      (_, i) =>
+        `<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x${
+          (1 + (i >> 3)).toString(16)
+        }' function='0x${i & 7}'/></source></hostdev>`,
+    );
+    // Addresses before 0000:0b:00.0 that hold nothing (bus 0x0a has slot 0 only): listed first.
+    const xml = IN_PLACE.replace("<devices>", `<devices>${absent.join("")}`);
+    const refused = await run(tree.dir, `${state}/state`, xml);
+    assertEquals([refused.code, refused.refusals.length], [1, 151]);
+    const needed = /hostdev 0000:0b:00\.0.*the host needs it/;
+    assertEquals(refused.lines.filter((l) => needed.test(l)).length, 1, refused.lines.join("\n"));
+    assertEquals(
+      refused.lines.at(-1),
+      'passthrough guard: and 51 more for "win11", not listed (only 100 are, here and in its record: those the host needs first)',
+    );
+    const [record] = readRefusalRecords(`${state}/state`);
+    assertEquals(record?.refusals.length, 100);
+    assertEquals(record?.refusals.filter((r) => r.hostNeeds !== null).map((r) => r.address), [
+      "0000:0b:00.0",
+    ]);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
 });
 
 Deno.test("readRefusalRecords() skips a record of the wrong shape, as a damaged one", async () => {
