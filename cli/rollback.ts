@@ -22,6 +22,8 @@ import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck } from "../lib/guard/run.ts";
+import { readVmPolicy } from "../lib/guard/state.ts";
+import { hostNeedsAllowed } from "../lib/guard/policy.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
@@ -100,6 +102,7 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
 function startCheck(
   vm: string,
   run: RunFlags,
+  stateDir: string,
 ): (xml: string) => { refusals: string[]; warnings: string[] } {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
@@ -107,7 +110,12 @@ function startCheck(
   return (xml) => {
     if (!seen.has(xml)) {
       const reader = libcSysfsReader();
-      const found = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
+      // A device the host needs, recorded under a rule with allow_host_critical: true (in the
+      // policies apply left in this state directory), is one the guard starts, as plan kept it.
+      const { policy } = readVmPolicy(stateDir, vm);
+      const found = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true }).filter((r) =>
+        !hostNeedsAllowed(policy, r.kind, r.recorded?.rule ?? null)
+      );
       const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
       seen.set(xml, {
         refusals: found.filter(refused).map((r) => r.reason),
@@ -168,7 +176,7 @@ export async function run(
   // From the question to the report: a stop asked for (Ctrl-C, kill, a closed session) waits for
   // the define and its read-back check, so the report still says whether the VM was restored.
   using signals = deferSignals();
-  const check = startCheck(vm, runFlags(values));
+  const check = startCheck(vm, runFlags(values), stateDir);
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,

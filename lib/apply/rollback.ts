@@ -92,8 +92,8 @@ export interface RollbackOptions {
   devices?: DeviceResolvers;
   /**
    * Why the backup's hostdevs may not be started on this host now, as the start guard sees them
-   * (a recorded device replaced by another, or one the host needs): such a backup is not
-   * restored. Default: not asked (libvirt on another host).
+   * (a recorded device replaced by another, or one the host needs that no `allow_host_critical`
+   * lets it start): such a backup is not restored. Default: not asked (libvirt on another host).
    */
   startRefusals?: (xml: string) => string[];
   /**

@@ -8,6 +8,7 @@ import {
   BackupIntegrityError,
   BackupNotFoundError,
   listBackups,
+  readBackupXml,
   writeBackup,
 } from "../../lib/state/backups.ts";
 import { editDomainXml, parseDomainXml } from "../../lib/domain/domain_xml.ts";
@@ -28,6 +29,9 @@ import { gpuIdentity as identity } from "../helpers/devices.ts";
 import { liveDefaultRouteNic, livePciMissing, liveSpareFunction } from "../helpers/hosts.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { canUnshareMounts } from "../helpers/cli.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { demoTree, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
@@ -740,6 +744,70 @@ Deno.test({
         "start-refused",
         null,
       ]);
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "passthrough rollback restores a device the host needs that its rule's allow_host_critical lets the start guard start",
+  ignore: livePciMissing() !== null,
+  async fn() {
+    const live = liveDefaultRouteNic();
+    if (live === null) return;
+    const { address: nic, hostdev } = live;
+    const sys = (file: string) =>
+      Deno.readTextFileSync(`/sys/bus/pci/devices/${nic}/${file}`).trim().replace(/^0x/, "");
+    // As apply records a device of rule "nic", whose allow_host_critical: true plan honoured.
+    const record = `<metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1"><pt:device ` +
+      `address="${nic}" vendor="${sys("vendor")}" device="${sys("device")}" subsystem-vendor="${
+        sys("subsystem_vendor")
+      }" subsystem-device="${sys("subsystem_device")}" class="${
+        sys("class")
+      }" rule="nic"/></pt:hostdevs></metadata>`;
+    const root = await Deno.makeTempDir({ prefix: "passthrough-h152-rollback-cli-" });
+    try {
+      const { world, stateDir } = await alphaWithBackup(root, (xml) => {
+        // In libvirt's own form (where it puts the metadata), as apply's backups hold it.
+        using port = openLibvirtPort(`test://${root}/world.xml`);
+        port.define(
+          xml.replace("</devices>", `${hostdev}\n</devices>`).replace(
+            "</domain>",
+            `${record}\n</domain>`,
+          ),
+        );
+        return port.getPersistentXml("alpha", { secure: true });
+      });
+      const args = ["rollback", "alpha", "--yes", "--json", "--connect", `test://${world}`];
+      // Without the override the guard refuses it, and so does the rollback.
+      const refused = await cli([...args, "--state-dir", stateDir]);
+      assertEquals([refused.code, JSON.parse(refused.stdout).code], [1, "start-refused"]);
+      recordPolicies(stateDir, {
+        version: 1,
+        config: `${root}/passthrough_config.yaml`,
+        vms: { alpha: { guard: "enforce", rules: {}, allowHostCritical: ["nic"] } },
+      });
+      const backupXml = readBackupXml(listBackups(stateDir, "alpha")[0]!);
+      const guard = await runGuard({
+        vm: "alpha",
+        operation: "prepare",
+        subOperation: "begin",
+        xml: backupXml,
+        reader: libcSysfsReader(),
+        root: "/sys",
+        live: true,
+        stateDir,
+      });
+      assertEquals([guard.code, guard.lines], [0, []], "the start guard starts it");
+      const json = await cli([...args, "--state-dir", stateDir]);
+      const report = JSON.parse(json.stdout);
+      assertEquals(
+        [json.code, report.status, report.code],
+        [0, "restored", "restored"],
+        json.stdout,
+      );
     } finally {
       await Deno.remove(root, { recursive: true });
     }
