@@ -466,7 +466,7 @@ function unionOf(file: string, name: string): string[] {
     .map((m) => m[1]!);
 }
 
-Deno.test("README: every code it lists as what plans emit and apply reports is one the code has", () => {
+Deno.test("README: every code it lists as what plans emit and apply reports is one the code has, and rollback's are all of its", () => {
   // The other direction (every code explained) is readme_test's.
   const json = read("README.md").replaceAll(/\s+/g, " ");
   let plans = json.slice(
@@ -489,5 +489,18 @@ Deno.test("README: every code it lists as what plans emit and apply reports is o
   assertEquals(
     codes(apply).filter((code) => !statuses.includes(code) && !applyCodes.includes(code)),
     [],
+  );
+  // rollback's: every code, each status's, and nothing else; scripts branch on them.
+  const rollback = json.slice(
+    json.indexOf("`rollback --yes --json` prints"),
+    json.indexOf("`RollbackCode`"),
+  );
+  const rollbackStatuses = unionOf("lib/apply/rollback.ts", "RollbackStatus");
+  const rollbackCodes = unionOf("lib/apply/rollback.ts", "RollbackCode");
+  const named = codes(rollback.slice(rollback.indexOf("`status` is") + 11));
+  assertOk(rollbackCodes.length > 10, "lib/apply/rollback.ts has its codes");
+  assertEquals(
+    [...new Set(named)].sort(),
+    [...new Set([...rollbackStatuses, ...rollbackCodes])].sort(),
   );
 });
