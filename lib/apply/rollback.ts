@@ -376,14 +376,21 @@ function heldElsewhereNow(
   const groupOf = new Map([...adding].map((a) => [a, iommuGroupOf?.(a) ?? null] as const));
   const groups = new Set([...groupOf.values()].filter((g): g is number => g !== null));
   if (groups.size === 0) return null;
+  // The groups another domain holds a device of: the message names the devices given in those.
+  const shared = new Set<number>();
   const mates = heldElsewhere(
     vm,
-    (a) => !adding.has(a) && groups.has(iommuGroupOf!(a) ?? -1),
+    (a) => {
+      const group = adding.has(a) ? null : iommuGroupOf!(a);
+      if (group === null || !groups.has(group)) return false;
+      shared.add(group);
+      return true;
+    },
     world,
     options,
   );
   if (mates.length === 0) return null;
-  const given = [...groupOf].filter(([, g]) => g !== null).map(([a, g]) =>
+  const given = [...groupOf].filter(([, g]) => g !== null && shared.has(g)).map(([a, g]) =>
     `"${a}" (IOMMU group ${g})`
   );
   return {

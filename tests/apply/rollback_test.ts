@@ -1132,6 +1132,35 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
   assertEquals(hostdevs(f, "alpha"), [GPU]);
 });
 
+Deno.test("rollbackVm() names only the devices of the IOMMU group another domain holds a device of", async () => {
+  using f = fixture();
+  const [GPU, AUDIO, NIC] = ["0000:01:00.0", "0000:01:00.1", "0000:02:00.0"];
+  // alpha lets the GPU and a NIC in another group go (its backup holds both); beta takes the
+  // GPU's audio function: the GPU's group is the one shared, not the NIC's.
+  await addHostdevs(f, "alpha", [GPU, NIC]);
+  const withThem = f.port.getPersistentXml("alpha", { secure: true });
+  const released = editDomainXml(withThem, { remove: [GPU, NIC], add: [], records: [] });
+  const release: VmPlan = {
+    ...emptyVmPlan("alpha", withThem),
+    desiredXml: released,
+    changed: true,
+  };
+  await applyPlan(
+    { config: "c", host: "h", uri: f.port.uri, vms: [release], errors: [], warnings: [] },
+    { libvirt: f.port, stateDir: f.stateDir, confirm: () => Promise.resolve("yes") },
+  );
+  await addHostdevs(f, "beta", [AUDIO]);
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    iommuGroupOf: (a) => a.startsWith("0000:01:00.") ? 5 : a === NIC ? 6 : null,
+    confirm: yes,
+  });
+  assertEquals([rolled.status, rolled.code], ["failed", "held-elsewhere"]);
+  assertMatch(rolled.message, /gives "alpha" "0000:01:00\.0" \(IOMMU group 5\), and another/);
+  assertEquals(rolled.message.includes(NIC), false, rolled.message);
+});
+
 Deno.test("rollbackVm() does not restore a backup giving the VM an SR-IOV PF whose VF another domain holds now, nor a VF whose PF it holds", async () => {
   const PF = "0000:03:00.0";
   const VF = "0000:03:02.0";
