@@ -39,7 +39,7 @@ import { openStateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange, hasSavedState, savedStateNote } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
-import { heldElsewhere } from "./recheck.ts";
+import { heldElsewhere, type HeldElsewhereOptions } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand, type RunFlags, shellWord } from "../render/shell.ts";
@@ -371,9 +371,27 @@ function heldElsewhereNow(
         }; a PF and its VFs stay with one VM (plan refuses it: sriov-split): release them there first`,
     };
   }
-  // Another function of the group of a device given back: libvirt would define both, and the
-  // second guest to start fails (or takes the group from the first), as plan refuses it.
-  const groupOf = new Map([...adding].map((a) => [a, iommuGroupOf?.(a) ?? null] as const));
+  return iommuGroupOf === undefined
+    ? null
+    : groupSharedNow(vm, backup, { adding, iommuGroupOf, world, options });
+}
+
+/**
+ * Why another domain holding a function of the IOMMU group of a device `adding` gives `vm` back
+ * holds the restore back, or `null`: libvirt would define both, and the second guest to start
+ * fails (or takes the group from the first), as `plan` refuses it.
+ */
+function groupSharedNow(
+  vm: string,
+  backup: BackupEntry,
+  { adding, iommuGroupOf, world, options }: {
+    adding: ReadonlySet<PciAddress>;
+    iommuGroupOf: (address: PciAddress) => number | null;
+    world: World;
+    options: HeldElsewhereOptions;
+  },
+): Stop | null {
+  const groupOf = new Map([...adding].map((a) => [a, iommuGroupOf(a)] as const));
   const groups = new Set([...groupOf.values()].filter((g): g is number => g !== null));
   if (groups.size === 0) return null;
   // The groups another domain holds a device of: the message names the devices given in those.
@@ -381,7 +399,7 @@ function heldElsewhereNow(
   const mates = heldElsewhere(
     vm,
     (a) => {
-      const group = adding.has(a) ? null : iommuGroupOf!(a);
+      const group = adding.has(a) ? null : iommuGroupOf(a);
       if (group === null || !groups.has(group)) return false;
       shared.add(group);
       return true;
