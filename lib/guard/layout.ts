@@ -30,8 +30,9 @@ export const RELOAD_FILE = "reloaded.json";
 
 /**
  * The most refusals of one start the guard prints and records; the rest are counted. A domain
- * XML of 16 MiB can name some 100,000 hostdevs: every one listed made a line of libvirt's error
- * per hostdev and a record of 28 MB, which no reader takes (they stop at 1 MiB).
+ * XML the guard reads (up to 16 MiB) can name many thousands of hostdevs: every one listed made a
+ * line of libvirt's error per hostdev and a record larger than its readers take (they stop at
+ * 1 MiB).
  */
 export const MAX_LISTED_REFUSALS = 100;
 
