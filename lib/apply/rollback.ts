@@ -265,6 +265,30 @@ function transientRefusal(vm: string, backup: BackupEntry, run: RunFlags | undef
 }
 
 /**
+ * Why backup `backup` of `vm`, which is not defined, is not restored while `holder` carries its
+ * uuid: libvirt takes no second domain with it. A persistent holder is `vm` renamed (`virsh
+ * domrename` takes it back while it is shut off); a transient one cannot be renamed, and is gone
+ * once shut off.
+ */
+function renamedRefusal(
+  vm: string,
+  backup: BackupEntry,
+  holder: DomainSummary,
+  run: RunFlags | undefined,
+): string {
+  const again = followUpCommand(run, "passthrough rollback", {
+    value: vm,
+    options: [["--to", backup.id]],
+  });
+  const head = `Not restored: "${vm}" is not defined, and its uuid ${backup.uuid} is`;
+  return holder.persistent
+    ? `${head} "${holder.name}" now (renamed): libvirt takes no second domain with that uuid; to restore backup "${backup.id}", rename it back with "virsh domrename ${
+      shellWord(holder.name)
+    } ${shellWord(vm)}" (while it is shut off), then run "${again}"`
+    : `${head} the transient domain "${holder.name}" now: libvirt takes no second domain with that uuid; once "${holder.name}" is shut off and gone, run "${again}"`;
+}
+
+/**
  * Why the definition of `vm` is no longer `shown` (the one the user confirmed against), or
  * `null`: the question may stay open for minutes, and a change made meanwhile (virsh edit,
  * another tool) would be overwritten with no backup of it. A VM undefined meanwhile while it
@@ -547,18 +571,11 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     ? libvirt.listDomains().find((d) => d.uuid === (parsed.uuid ?? backup.uuid))
     : undefined;
   if (renamed !== undefined) {
-    return report("failed", {
-      code: "renamed",
-      message:
-        `Not restored: "${vm}" is not defined, and its uuid ${backup.uuid} is "${renamed.name}" now (renamed): libvirt takes no second domain with that uuid; to restore backup "${backup.id}", rename it back with "virsh domrename ${
-          shellWord(renamed.name)
-        } ${shellWord(vm)}" (while it is shut off), then run "${
-          followUpCommand(run, "passthrough rollback", {
-            value: vm,
-            options: [["--to", backup.id]],
-          })
-        }"`,
-    }, null);
+    return report(
+      "failed",
+      { code: "renamed", message: renamedRefusal(vm, backup, renamed, run) },
+      null,
+    );
   }
   if (summary !== null && !summary.persistent) {
     return report(

@@ -1288,6 +1288,27 @@ Deno.test("rollbackVm() of a VM renamed since its backup says so before asking, 
   assertEquals(f.port.listDomains().map((d) => d.name).sort(), ["beta", "gamma"]);
 });
 
+Deno.test("rollbackVm() of a VM whose uuid a transient domain carries now says to wait for it to go, not to rename it", async () => {
+  using f = fixture();
+  // delta's backup; delta was undefined, and its definition started as a transient "beta" (virsh
+  // create): virsh domrename takes no transient domain, and one shut off is gone.
+  const xml = f.port.getPersistentXml("beta", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "delta",
+    uuid: UUID_B,
+    xml: xml.replace("<name>beta</name>", "<name>delta</name>"),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  undefine(f, "beta");
+  const report = await rollbackVm("delta", { libvirt: f.port, stateDir: f.stateDir, confirm: yes });
+  assertEquals([report.status, report.code], ["failed", "renamed"]);
+  assertEquals(
+    report.message,
+    `Not restored: "delta" is not defined, and its uuid ${UUID_B} is the transient domain "beta" now: libvirt takes no second domain with that uuid; once "beta" is shut off and gone, run "passthrough rollback delta --to ${report.backup.id}"`,
+  );
+});
+
 Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines nothing", async () => {
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);
