@@ -135,9 +135,10 @@ async function privateEtc(dir: string): Promise<void> {
   } catch {
     // No qemu.conf: libvirt's defaults, as on Debian.
   }
-  if (/^\s*namespaces\s*=/m.test(conf)) return;
-  const sep = conf === "" || conf.endsWith("\n") ? "" : "\n";
-  await Deno.writeTextFile(`${dir}/etc/qemu.conf`, `${conf}${sep}namespaces = []\n`);
+  // A host's own `namespaces = [ "mount" ]` (one line, as libvirt's sample has it) gives way.
+  const kept = conf.split("\n").filter((line) => !/^\s*namespaces\s*=/.test(line)).join("\n");
+  const sep = kept === "" || kept.endsWith("\n") ? "" : "\n";
+  await Deno.writeTextFile(`${dir}/etc/qemu.conf`, `${kept}${sep}namespaces = []\n`);
 }
 
 /** Whether process `pid` is running (a zombie counts as gone). */
