@@ -321,7 +321,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
 }
 
 /** What a start's allowance came to. */
-type AllowanceOutcome = "allowed" | "expired" | "none";
+type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
 
 /** The refusals `policy` keeps, each with the policy it is judged by. */
 function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): PolicedRefusal[] {
@@ -394,15 +394,25 @@ function verdictLines(
       }; the allowance is used up`,
     );
   }
-  if (enforced.length > 0 && allowance === "expired") {
+  if (enforced.length > 0 && (allowance === "expired" || allowance === "future")) {
     // A new allowance lifts only identities that changed: with a device the host needs, or
     // what could not be read, among the refusals, it would not start the VM either.
-    const again = needed.length > 0 || unread.length > 0
-      ? ""
-      : `: run "${
-        followUpCommand({ stateDir }, "passthrough guard allow", { value: vm })
-      }" again to start it anyway`;
-    lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
+    const allow = followUpCommand({ stateDir }, "passthrough guard allow", { value: vm });
+    const blocked = needed.length > 0 || unread.length > 0;
+    if (allowance === "expired") {
+      const again = blocked ? "" : `: run "${allow}" again to start it anyway`;
+      lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
+    } else {
+      // Written later than this host's clock says it is now: not old, but dated ahead.
+      const again = blocked
+        ? ""
+        : `; check the clock ("timedatectl"), then run "${allow}" on this host to start it anyway`;
+      lines.push(
+        `passthrough guard: an allowance for ${
+          JSON.stringify(vm)
+        } was dated ahead of this host's clock (the clock was set back since it was written, or it came from another host); it does not count and is used up${again}`,
+      );
+    }
   }
   return lines;
 }

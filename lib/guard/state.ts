@@ -229,8 +229,12 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
   return "written";
 }
 
-/** What {@link takeAllowance} found. */
-export type AllowanceOutcome = "allowed" | "expired" | "none";
+/**
+ * What {@link takeAllowance} found: one that counts, one past its window (or damaged), one whose
+ * window begins later than this host's clock allows for (`future`: the clock was set back since,
+ * or the file came from another host), or none.
+ */
+export type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
 
 function guardDir(state: StateDir, kind: GuardFolder): string {
   const guard = guardPath(state.path);
@@ -327,7 +331,7 @@ export function takeAllowance(
   } catch {
     // A damaged allowance counts as expired.
   }
-  return allowanceCounts(window, now.getTime()) ? "allowed" : "expired";
+  return allowanceOutcome(window, now.getTime());
 }
 
 /** What a claimed allowance's name adds to the allowance's, before the claiming process's id. */
@@ -382,12 +386,23 @@ const CLOCK_SLACK_MS = 5 * 60 * 1000;
 /**
  * Whether an allowance written for `created`..`expires` counts at `now`: inside that window, and
  * the window no longer than an allowance lasts. A clock set ahead when it was written (then put
- * right) would otherwise stretch it by as much, and one set back at the start would too.
+ * right) would otherwise stretch it by as much, and one set back at the start would too. One
+ * whose window has not begun is `future`, not `expired`: "expired" sent users looking at its
+ * age, when what is wrong is a clock (set back since, or another host's).
  */
-function allowanceCounts(window: { created: number; expires: number }, now: number): boolean {
+function allowanceOutcome(
+  window: { created: number; expires: number },
+  now: number,
+): "allowed" | "expired" | "future" {
   const { created, expires } = window;
-  return Number.isFinite(created) && Number.isFinite(expires) &&
-    expires - created <= ALLOWANCE_LIFETIME_MS && created - CLOCK_SLACK_MS <= now && now <= expires;
+  if (
+    !Number.isFinite(created) || !Number.isFinite(expires) ||
+    expires - created > ALLOWANCE_LIFETIME_MS
+  ) {
+    return "expired";
+  }
+  if (created - CLOCK_SLACK_MS > now) return "future";
+  return now <= expires ? "allowed" : "expired";
 }
 
 /**

@@ -264,6 +264,21 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   });
 });
 
+Deno.test("runGuard() tells an allowance dated ahead of the clock from an expired one", async () => {
+  await withTree(async (root, state) => {
+    const now = new Date("2026-01-01T00:00:00Z");
+    // Written while the clock stood a day ahead (set back since), or on a host whose clock does.
+    allowNextStart(state, "win11", new Date(now.getTime() + 24 * 60 * 60 * 1000));
+    const result = await run(root, state, MOVED, now);
+    assertEquals(result.code, 1);
+    assertEquals(
+      result.lines.at(-1),
+      `passthrough guard: an allowance for "win11" was dated ahead of this host's clock (the clock was set back since it was written, or it came from another host); it does not count and is used up; check the clock ("timedatectl"), then run "passthrough guard allow win11 --state-dir ${state}" on this host to start it anyway`,
+    );
+    assertEquals(takeAllowance(state, "win11"), "none");
+  });
+});
+
 Deno.test("runGuard() does not offer a new allowance where none would start the VM", async () => {
   await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
@@ -291,13 +306,13 @@ Deno.test("an allowance lasts 60 minutes; one written while the clock stood ahea
     const at = (minutes: number) => new Date(now.getTime() + minutes * 60_000);
     // Written 30 days ahead (a clock put right since): its window has not begun.
     allowNextStart(state, "win11", at(30 * 24 * 60));
-    assertEquals(takeAllowance(state, "win11", now), "expired");
+    assertEquals(takeAllowance(state, "win11", now), "future");
     // A few minutes ahead is a clock's usual drift: it counts.
     allowNextStart(state, "win11", at(4));
     assertEquals(takeAllowance(state, "win11", now), "allowed");
     // Ten minutes ahead is more than drift.
     allowNextStart(state, "win11", at(10));
-    assertEquals(takeAllowance(state, "win11", now), "expired");
+    assertEquals(takeAllowance(state, "win11", now), "future");
     // The 60 minutes README promises: given 59 minutes ago it counts, 61 minutes ago not.
     allowNextStart(state, "win11", at(-59));
     assertEquals(takeAllowance(state, "win11", now), "allowed");
