@@ -847,6 +847,8 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
       const detail = `Invalid key: ${describe(key)}`;
       const step = keyStep(key, index);
       report(ctx, [...at, step], detail, "keys are plain words", { key: true, path: at });
+    } else if (schema.removed !== undefined && Object.hasOwn(schema.removed, key)) {
+      report(ctx, [...at, key], `Key "${key}" was removed`, schema.removed[key]!, { key: true });
     } else if (!Object.hasOwn(schema.properties, key)) {
       const near = nearest(key, known);
       const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;

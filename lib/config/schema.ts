@@ -57,6 +57,11 @@ export interface ObjectSchema {
   readonly minProperties?: number;
   /** Pairs of keys that must not appear together. */
   readonly exclusive?: readonly (readonly [string, string])[];
+  /**
+   * Keys an earlier version took, each with what to do instead: a config written for it is told
+   * that, not that the key is unknown. Not part of the JSON Schema (there they are unknown).
+   */
+  readonly removed?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -397,6 +402,12 @@ const HOST_SCHEMA = {
       description:
         "A tree captured on that host with passthrough snapshot, read instead of /sys (a path relative to the config file's folder)",
     },
+  },
+  removed: {
+    // Gone with the host worker pool: libvirt's node-device API cannot say what a host uses
+    // (its disks, its default-route NIC), so nothing is planned from it.
+    discovery:
+      'every host is read from its sysfs now: delete the line ("discovery: sysfs" was the default); for "discovery: libvirt", capture the host\'s tree there with "passthrough snapshot DIR" and give it as "sysfs: DIR"',
   },
 } as const satisfies ObjectSchema;
 

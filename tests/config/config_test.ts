@@ -147,6 +147,13 @@ Deno.test("parseConfig() reports an unknown key with its position and the neares
   );
 });
 
+Deno.test("parseConfig() says a host's discovery: was removed and what replaces it, not that it is unknown", () => {
+  const [error] = errorsOf("version: 1\nhosts:\n  hv1:\n    discovery: libvirt\nvms: {}\n");
+  assertEquals([error?.line, error?.column, error?.path], [4, 5, "hosts.hv1.discovery"]);
+  assertMatch(error?.message ?? "", /: Key "discovery" was removed at "hosts\.hv1\.discovery" \(/);
+  assertMatch(error?.hint ?? "", /"passthrough snapshot DIR" and give it as "sysfs: DIR"/);
+});
+
 Deno.test("parseConfig() refuses duplicate keys instead of keeping the last one", async () => {
   const file = new URL("duplicate_keys.yaml", CONFIGS).pathname;
   const error = await loadConfig(file).then(
@@ -572,7 +579,7 @@ vms:
         4,
         37,
         "hosts.hv2.discovery",
-        'Unknown key "discovery" at "hosts.hv2.discovery" (expected one of connect, sysfs)',
+        'Key "discovery" was removed at "hosts.hv2.discovery" (every host is read from its sysfs now: delete the line ("discovery: sysfs" was the default); for "discovery: libvirt", capture the host\'s tree there with "passthrough snapshot DIR" and give it as "sysfs: DIR")',
       ],
       [
         5,
