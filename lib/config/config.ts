@@ -1083,7 +1083,11 @@ export function parseConfig(text: string, options: { file: string }): Config {
  */
 function readDocument(written: string, file: string): { ctx: Context; data: unknown } {
   // A byte order mark (Notepad's UTF-8) is no column: editors count line 1 from after it.
-  const text = written.startsWith("\ufeff") ? written.slice(1) : written;
+  const unmarked = written.startsWith("\ufeff") ? written.slice(1) : written;
+  // A lone CR (classic Mac OS line ends) breaks a line in YAML 1.2, but npm yaml reads the whole
+  // file as one line ("Nested mappings are not allowed in compact mappings" at 1:10, 1:16, ...).
+  // One character for one: every line and column stays where the editor shows it.
+  const text = unmarked.replace(/\r(?!\n)/g, "\n");
   const lines = new LineCounter();
   // yaml refuses duplicate keys itself (`uniqueKeys`, on by default). Merge keys (`<<: *base`)
   // merge under YAML 1.2 too, as under `%YAML 1.1` and in editors checking the schema: else `<<`

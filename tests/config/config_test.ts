@@ -465,6 +465,18 @@ Deno.test("parseConfig() counts columns of a file saved with a byte order mark a
   assertMatch(tag?.message ?? "", /^c\.yaml:1:1: Unsupported tag "!foo"/);
 });
 
+Deno.test("parseConfig() reads a file with CR-only line ends (classic Mac OS) line by line", () => {
+  const lines = ["version: 1", "vms:", "  win11:", "    devices:", "      - name: gpu"];
+  const text = [...lines, '        match: { vendor_idd: "10de" }', ""].join("\r");
+  // It was one line: "Nested mappings are not allowed in compact mappings" at 1:10, 1:16, ...
+  const errors = errorsOf(text);
+  assertEquals(errors.map((e) => [e.line, e.column, e.path]), [
+    [6, 18, "vms.win11.devices[0].match.vendor_idd"],
+  ]);
+  const config = parseConfig(text.replace("vendor_idd", "vendor_id"), { file: "c.yaml" });
+  assertEquals(config.vms[0]?.rules[0]?.location, "c.yaml:5:9");
+});
+
 Deno.test("parseConfig() reports YAML syntax errors with their position", () => {
   const [error] = errorsOf("version: 1\nvms:\n  vm:\n    devices: [\n");
   assertOk(error);
