@@ -229,6 +229,31 @@ function probeWritable(dir: string): number {
 }
 
 /**
+ * What passthrough itself puts at the top of a state directory: `backups/`, `guard/`, the start
+ * guard's Deno cache `deno/`, a connection lock kept there (`connection-HASH.lock`) and the
+ * temporary names of the write probe and of a lock being made.
+ */
+const OWN_ENTRY =
+  /^(?:backups|guard|deno|connection-[0-9a-f]{32}\.lock|\.probe-[0-9a-f-]{36}|\.lock\.[0-9a-f-]{36}\.tmp)$/;
+
+/**
+ * Makes a state directory that others may read or enter (0755: made by an older passthrough, or
+ * by the start guard under libvirt's umask before hook format 7) 0700, as a new one is, when it
+ * holds nothing but passthrough's own entries. One holding anything else was chosen for more than
+ * passthrough (`--state-dir ~/work`), and its mode is its owner's: what passthrough keeps in it is
+ * private on its own (`backups/` and `guard/` 0700, files 0600). Called once the directory is
+ * known to be ours and writable.
+ */
+function tightenOwnStateDir(path: string): void {
+  const mode = Deno.lstatSync(path).mode ?? 0;
+  if ((mode & 0o077) === 0) return;
+  for (const entry of Deno.readDirSync(path)) {
+    if (!OWN_ENTRY.test(entry.name)) return;
+  }
+  Deno.chmodSync(path, mode & 0o7700);
+}
+
+/**
  * Opens the state directory: creates it (0700) if needed, refuses unsafe ones with
  * {@link StateDirError}, and (unless `write: false`) proves it is writable, so that a read-only or
  * full file system is reported before any domain is defined.
@@ -263,6 +288,7 @@ export function openStateDir(path: string, options: OpenStateDirOptions = {}): S
     uid ??= probed;
   }
   checkOwner(root, owner, uid);
+  if (write) tightenOwnStateDir(root);
   if (write) createPrivateDir(backupsPath);
   try {
     checkOwner(backupsPath, checkDirShape(backupsPath), uid);

@@ -50,6 +50,29 @@ Deno.test("openStateDir() creates the directory and backups/ with mode 0700", ()
   }
 });
 
+Deno.test("openStateDir() makes a 0755 state directory holding only its own entries 0700, and leaves one holding more", () => {
+  const root = tempDir();
+  try {
+    // What an older passthrough, or the start guard under libvirt's umask, left.
+    const old = `${root}/old`;
+    for (const dir of [old, `${old}/deno`, `${old}/guard`]) Deno.mkdirSync(dir, { mode: 0o755 });
+    Deno.chmodSync(old, 0o755);
+    openStateDir(old, { write: false });
+    assertEquals(mode(old), 0o755); // A read-only open changes nothing.
+    openStateDir(old);
+    assertEquals(mode(old), 0o700);
+    // A directory chosen for more than passthrough keeps its owner's mode.
+    const shared = `${root}/shared`;
+    Deno.mkdirSync(shared, { mode: 0o755 });
+    Deno.chmodSync(shared, 0o755);
+    Deno.writeTextFileSync(`${shared}/notes.txt`, "mine\n");
+    openStateDir(shared);
+    assertEquals(mode(shared), 0o755);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("openStateDir() refuses a state directory that is a symlink", () => {
   const root = tempDir();
   try {
