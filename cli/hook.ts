@@ -388,8 +388,16 @@ function check({ values, positionals }: HookLine<"run">, io: CliIo): Promise<num
   // This host's sysfs however spelled, as `install` decides it: never a tree without host use.
   const sysfs = values.sysfs ?? LIVE_SYSFS;
   const live = liveSysfsRoot(sysfs);
+  const hooksDir = values["hooks-dir"];
   return checkStart(
-    { stateDir, sysfs: live ?? sysfs, vm, operation, subOperation },
+    {
+      stateDir,
+      sysfs: live ?? sysfs,
+      ...(hooksDir === undefined ? {} : { hooksDir }),
+      vm,
+      operation,
+      subOperation,
+    },
     io.err,
     libcSysfsReader({ fewCalls: true }),
     live !== null,

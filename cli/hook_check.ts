@@ -5,7 +5,8 @@
  * at every VM start. Writes only to standard error; exits 0 to let the start go on, 1 to stop it,
  * 2 on bad arguments (which also stops it: failing closed).
  *
- * Usage: hook_check.ts --state-dir DIR [--sysfs DIR] -- VM OPERATION SUB-OPERATION EXTRA
+ * Usage: hook_check.ts --state-dir DIR [--sysfs DIR] [--hooks-dir DIR] -- VM OPERATION SUB-OPERATION
+ * EXTRA
  *
  * @module
  */
@@ -20,6 +21,8 @@ import { errorText } from "../lib/render/error_text.ts";
 export interface HookCheckArgs {
   stateDir: string;
   sysfs: string;
+  /** The directory of the hook that runs the check, which `hook status` is to read. */
+  hooksDir?: string;
   /** libvirt's four hook arguments. */
   vm: string;
   operation: string;
@@ -45,7 +48,10 @@ export function parseHookCheckArgs(args: readonly string[]): HookCheckArgs | str
   for (; i < args.length && args[i] !== "--"; i += 2) {
     const flag = args[i]!;
     const value = args[i + 1];
-    if ((flag !== "--state-dir" && flag !== "--sysfs") || value === undefined) {
+    if (
+      (flag !== "--state-dir" && flag !== "--sysfs" && flag !== "--hooks-dir") ||
+      value === undefined
+    ) {
       return `Unexpected argument "${flag}"`;
     }
     options[flag] = value;
@@ -58,6 +64,7 @@ export function parseHookCheckArgs(args: readonly string[]): HookCheckArgs | str
   return {
     stateDir: options["--state-dir"],
     sysfs: options["--sysfs"] ?? "/sys",
+    ...(options["--hooks-dir"] === undefined ? {} : { hooksDir: options["--hooks-dir"] }),
     vm,
     operation,
     subOperation,
@@ -122,6 +129,7 @@ export async function checkStart(
     root,
     live: live ?? isLiveSysfs(root),
     stateDir: args.stateDir,
+    ...(args.hooksDir === undefined ? {} : { hooksDir: args.hooksDir }),
   });
   if (result.lines.length > 0) err(`${result.lines.join("\n")}\n`);
   return result.code;

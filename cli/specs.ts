@@ -271,7 +271,7 @@ export const HOOK = {
         },
         { name: "EXTRA" },
       ],
-      flags: { ...GUARD_STATE_FLAG, ...HOST_FLAGS },
+      flags: { ...GUARD_STATE_FLAG, ...HOST_FLAGS, ...HOOKS_DIR_FLAG },
       // Only a hook writes this line: one written by another passthrough (one whose check ran
       // its own deadline passed --deadline) refuses every start here until it is written again.
       // The same words as cli/hook_check.ts says for its own line.

@@ -24,9 +24,9 @@ import {
 } from "../state/state_dir.ts";
 import { sha256Hex } from "../state/sha256.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
+import { DEFAULT_HOOKS_DIR } from "./layout.ts";
 
-/** Where libvirt (6.5 and later) looks for QEMU hook executables. */
-export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
+export { DEFAULT_HOOKS_DIR };
 
 /**
  * Whether libvirt's system daemon runs the hooks in `dir`: {@link DEFAULT_HOOKS_DIR} by any
@@ -81,7 +81,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 7;
+export const HOOK_FORMAT = 8;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -117,8 +117,10 @@ ${SETTINGS_PREFIX}${JSON.stringify(settings)}
 # What the check creates is root's alone, the state directory too when it was deleted (Deno's
 # cache in it is made with its parents): under libvirt's umask (022) it would be 0755.
 umask 077
+# The check is told this hook's directory, for the "passthrough hook status" its refusals name:
+# without --hooks-dir that reads libvirt's default one, not where this hook was installed.
 ${env}NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 ${shellQuote(settings.timeout)} -k 2 ${deadline} \\
-  ${command} -- "$1" "$2" "$3" "$4" >/dev/null
+  ${command} --hooks-dir "\${0%/*}" -- "$1" "$2" "$3" "$4" >/dev/null
 status=$?
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: not one with a terminal's controls, C0 or, as UTF-8 bytes, C1, the
@@ -131,20 +133,30 @@ bom=$(printf '\\357\\273\\277')
 case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm* | *$bom*)
   set -- "(a name with control characters)" ;;
 esac
+# Quotes $1 for sh into $quoted, by the shell alone (no sed: libvirt's PATH may have none).
+quote() {
+  rest=$1 quoted=
+  while :; do
+    case $rest in
+      *"'"*) quoted=$quoted\${rest%%"'"*}"'\\\\''"; rest=\${rest#*"'"} ;;
+      *) quoted=$quoted$rest; break ;;
+    esac
+  done
+}
+see='passthrough hook status'
+case \${0%/*} in
+  ${DEFAULT_HOOKS_DIR}) ;;
+  *[!A-Za-z0-9_./:@%+=,-]*) quote "\${0%/*}"; see="$see --hooks-dir '$quoted'" ;;
+  *) see="$see --hooks-dir \${0%/*}" ;;
+esac
 # Only where the run failed at once (not a deadline, whose cause may be a mount that hangs, and
 # would hang this look too): a program or check file that is gone is named. Where passthrough
-# was deleted, "hook install" is gone with it: this hook's own path is the way out, quoted by the
-# shell alone (no sed: libvirt's PATH may have none).
+# was deleted, "hook install" is gone with it: this hook's own path is the way out.
 case $status in 1 | 125 | 126 | 127)
   for file in ${files}; do
     if [ ! -e "$file" ]; then
-      rest=$0 hook=
-      while :; do
-        case $rest in
-          *"'"*) hook=$hook\${rest%%"'"*}"'\\\\''"; rest=\${rest#*"'"} ;;
-          *) hook=$hook$rest; break ;;
-        esac
-      done
+      quote "$0"
+      hook=$quoted
       printf 'passthrough guard: refusing to start "%s": %s is missing (the check cannot run): restore it (scripts/setup.sh in passthrough'"'"'s clone, or the Ansible playbook again); if passthrough moved, reinstall with "%s" from where it is now; if it was removed, remove this hook: rm '"'"'%s'"'"'\\n' "$1" "$file" ${reinstall} "$hook" >&2
       exit 1
     fi
@@ -152,10 +164,10 @@ case $status in 1 | 125 | 126 | 127)
 esac
 case $status in
   124)
-    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
+    printf 'passthrough guard: refusing to start "%s": the check did not finish within %s s (failing closed); see "%s"\\n' "$1" ${deadline} "$see" >&2
     exit 1 ;;
   137)
-    printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed); see "passthrough hook status"\\n' "$1" ${deadline} >&2
+    printf 'passthrough guard: refusing to start "%s": the check was killed (SIGKILL): it did not finish within %s s, or the system ended it (out of memory?) (failing closed); see "%s"\\n' "$1" ${deadline} "$see" >&2
     exit 1 ;;
   125 | 126 | 127)
     printf 'passthrough guard: refusing to start "%s": cannot run the check (exit %s); reinstall with "%s"\\n' "$1" "$status" ${reinstall} >&2

@@ -19,6 +19,12 @@ import { join } from "../state/paths.ts";
 // A type only: erased, so the fast path still loads nothing of the check.
 import type { GuardRefusal } from "./check.ts";
 
+/**
+ * Where libvirt (6.5 and later) looks for QEMU hook executables: `hook status` and `hook install`
+ * read and write there unless `--hooks-dir` says otherwise.
+ */
+export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
+
 /** The guard's folder in the state directory. */
 export const GUARD_DIR = "guard";
 

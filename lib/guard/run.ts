@@ -31,8 +31,9 @@ import {
   type VmGuardPolicy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
-import { followUpCommand } from "../render/shell.ts";
+import { flagWord, followUpCommand } from "../render/shell.ts";
 import {
+  DEFAULT_HOOKS_DIR,
   GUARD_DIR,
   GUARD_FOLDERS,
   guardPath,
@@ -65,6 +66,11 @@ export interface GuardRunOptions {
   live: boolean;
   /** The state directory: allowances read, refusals recorded. */
   stateDir: string;
+  /**
+   * The directory of the hook running the check, which the `passthrough hook status` its
+   * refusals name is to read; default {@link DEFAULT_HOOKS_DIR}.
+   */
+  hooksDir?: string;
   /** Where `/proc` is; default `/proc`. */
   procRoot?: string;
   /**
@@ -197,8 +203,9 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
     if (error instanceof Deno.errors.NotCapable) {
       return [{
         ...unreadableRefusal(vm, `the hook's command does not allow a read: ${errorText(error)}`),
-        fix: 'install the hook again, as "passthrough hook status" says: its command lacks a ' +
-          "permission the check needs (a hook written by an older passthrough)",
+        fix: `install the hook again, as "${
+          hookStatusCommand(options.hooksDir)
+        }" says: its command lacks a permission the check needs (a hook written by an older passthrough)`,
       }];
     }
     return unreadable(`the check failed: ${errorText(error)}`);
@@ -281,7 +288,9 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   ) {
     const line = `passthrough guard: refusing to start ${
       JSON.stringify(options.vm)
-    }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "passthrough hook status"`;
+    }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "${
+      hookStatusCommand(options.hooksDir)
+    }"`;
     return { code: 1, lines: [guardLine(line)], refusals: [] };
   }
   const refusals = policed(found, policy);
@@ -318,6 +327,17 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   }
   // Each line as a refusal's: the VM's name in them is the definer's choice.
   return { code: enforced && !allowed ? 1 : 0, lines: lines.map(guardLine), refusals };
+}
+
+/**
+ * The `passthrough hook status` that reads the hook running this check: without `--hooks-dir`
+ * it reads libvirt's default directory, and says no hook is installed there.
+ */
+function hookStatusCommand(hooksDir: string | undefined): string {
+  const command = "passthrough hook status";
+  return hooksDir === undefined || hooksDir === DEFAULT_HOOKS_DIR
+    ? command
+    : `${command} ${flagWord("--hooks-dir", hooksDir)}`;
 }
 
 /** What a start's allowance came to. */

@@ -493,10 +493,11 @@ Deno.test("hook status reports the captured tree its hook reads gone, as the ref
     buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
     const hook = await installOnTree(dir, tree);
     Deno.renameSync(tree, `${dir}/elsewhere`);
-    // Every start is refused, pointing at hook status.
+    // Every start is refused, pointing at the hook status that reads this hook's directory.
     const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
     assertEquals(refused.code, 1);
-    assertMatch(refused.stderr, /so nothing was checked; see "passthrough hook status"\n$/);
+    const named = `so nothing was checked; see "passthrough hook status --hooks-dir ${hooks}"\n`;
+    assertOk(refused.stderr.endsWith(named), refused.stderr);
     const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
     assertEquals(status.code, 1);
     const report = JSON.parse(status.stdout);

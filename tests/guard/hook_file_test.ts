@@ -92,6 +92,9 @@ Deno.test({
       assertEquals(Deno.readTextFileSync(`${dir}/log`).split("\n").slice(0, -1), [
         "run",
         "x y",
+        // The hook's own directory, for the "hook status" the check's refusals name.
+        "--hooks-dir",
+        dir,
         "--",
         vm,
         "prepare",
@@ -193,10 +196,12 @@ Deno.test({
       );
       const late = await runScript(slow.path, ["vm", "prepare", "begin", "-"]);
       assertEquals([late.code, late.stdout], [1, ""]);
+      // The "hook status" that reads this hook: it was "passthrough hook status", which reads
+      // libvirt's default directory and says no hook is installed.
       assertEquals(
         late.stderr,
         'passthrough guard: refusing to start "vm": the check did not finish within 1 s ' +
-          '(failing closed); see "passthrough hook status"\n',
+          `(failing closed); see "passthrough hook status --hooks-dir ${shellQuote(`${dir}/c`)}"\n`,
       );
       assertOk(late.ms >= 900 && late.ms < 5000, `${late.ms} ms`);
 
