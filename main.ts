@@ -104,6 +104,7 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
     return await command.run(rest, io);
   } catch (error) {
     const usage = error instanceof UsageError;
+    const system = usage ? { systemHint: null } : await systemHint(error);
     if (json) {
       try {
         io.out(
@@ -111,7 +112,7 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
             ? errorJson("usage", error.message)
             : isConfigError(error)
             ? configErrorJson(error)
-            : errorJson("runtime", describeError(error)),
+            : errorJson("runtime", describeError(error, system)),
         );
       } catch {
         // Standard output itself failed (`> /dev/full`): the line on stderr below says so, where
@@ -122,8 +123,36 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
       io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
       return usageCode;
     }
-    io.err(errorText(`passthrough ${command.name}: ${describeError(error)}\n`));
+    io.err(
+      errorText(`passthrough ${command.name}: ${describeError(error, system)}\n`),
+    );
     return 1;
+  }
+}
+
+/**
+ * What to do about a file system's refusal (EPERM: an immutable file; EROFS: a read-only mount,
+ * named from `/proc/self/mountinfo`), or `null`. Its module, and libc for `/proc` (Deno opens
+ * nothing there without `--allow-all`), load only on this path.
+ */
+async function systemHint(error: unknown): Promise<{ systemHint: string | null }> {
+  const errno = (text: string) => /\(os error (1|30)\)/.exec(text)?.[1];
+  let found: string | undefined;
+  for (let current = error, depth = 0; current instanceof Error && depth < 5; depth++) {
+    found ??= errno(current.message);
+    current = current.cause;
+  }
+  if (found === undefined) return { systemHint: null };
+  try {
+    const { fileSystemHint } = await import("./lib/render/fs_hint.ts");
+    let mountInfo: string | null = null;
+    if (found === "30") {
+      const { libcSysfsReader } = await import("./ffi/libc_fs.ts");
+      mountInfo = libcSysfsReader({ fewCalls: true }).readText("/proc/self/mountinfo");
+    }
+    return { systemHint: fileSystemHint(error, mountInfo) };
+  } catch {
+    return { systemHint: null };
   }
 }
 
@@ -228,10 +257,14 @@ const SPECIAL_PATH = /^Requires all access to /;
 
 /**
  * One readable paragraph for any error, with its causes (a cause the message already quotes is not
- * repeated); never a stack trace. Only Deno's own refusal (`NotCapable`) points to the permission
+ * repeated); never a stack trace. `systemHint` (from `fs_hint.ts`) replaces the owner-and-mode
+ * advice where the file system's refusal is not about them. Only Deno's own refusal (`NotCapable`) points to the permission
  * set; the system's (`PermissionDenied`: EACCES, EPERM) is about files and users.
  */
-export function describeError(error: unknown): string {
+export function describeError(
+  error: unknown,
+  options: { systemHint?: string | null } = {},
+): string {
   const parts: string[] = [];
   let hint = "";
   let current: unknown = error;
@@ -256,6 +289,9 @@ export function describeError(error: unknown): string {
     if (!parts.some((part) => part.includes(text))) parts.push(text);
     current = current instanceof Error ? current.cause : undefined;
   }
+  // An immutable file (EPERM) or a read-only mount (EROFS): owner and mode are not the cause.
+  const system = options.systemHint ?? null;
+  if (system !== null && !hint.includes("Deno")) hint = ` (${system})`;
   // A connection libvirt refused to this user: the system's "Permission denied" alone does not
   // say that a group, or root, is the way in.
   const access = libvirtAccessAdvice(error);

@@ -38,6 +38,7 @@
 
 import { sha256Hex } from "./sha256.ts";
 import { errorText } from "../render/error_text.ts";
+import { shellWord } from "../render/shell.ts";
 import { join } from "./paths.ts";
 import { openOwnFileSync, openPrivateDir, StateDirError, writeAllSync } from "./state_dir.ts";
 
@@ -333,20 +334,46 @@ export function acquireConnectionLock(uri: string, options: ConnectionLockOption
       // Between the look and the open another process broke the stale lock and took it: the
       // name now holds its (regular) lock file, which the next round finds held.
       if (replacedByLock(error, path)) continue;
-      throw error;
+      throw cannotBreak(path, null, error);
     }
     try {
       const current = readHolder(existing);
       if (!existing.tryLockSync(true)) throw new LockHeldError(path, current);
       // We hold the flock of a lock nobody else holds: its holder is gone.
       if (!sameFile(path, existing)) continue; // Released and replaced meanwhile.
-      Deno.removeSync(path);
+      try {
+        Deno.removeSync(path);
+      } catch (error) {
+        throw cannotBreak(path, current ?? undefined, error);
+      }
       brokeStale = current ?? { pid: 0, host: "unknown", startedAt: "unknown", command: "unknown" };
     } finally {
       existing.close();
     }
   }
   throw new LockHeldError(path, null);
+}
+
+/**
+ * A lock file left at `path` that this process may not open or remove (`chattr +i`, a directory
+ * the system will not let it change): the way out, when no run holds it, is removing it by hand.
+ * `holder` is who left it (`undefined`: it has ended, unnamed; `null`: not known whether anyone
+ * holds it: the file could not be opened to tell). Other
+ * errors pass as they are.
+ */
+function cannotBreak(path: string, holder: LockHolder | null | undefined, error: unknown): unknown {
+  if (!(error instanceof Deno.errors.PermissionDenied)) return error;
+  const who = holder === undefined
+    ? "left by a process that has ended"
+    : holder === null
+    ? "which may be stale"
+    : `left by ${describeHolder(holder)}, which has ended`;
+  return new Error(
+    `Cannot break the lock "${path}" ${who}: if no passthrough apply or rollback runs, remove it ("rm ${
+      shellWord(path)
+    }")`,
+    { cause: error },
+  );
 }
 
 function heldLock(

@@ -248,3 +248,61 @@ Deno.test("a VM named twice with --vm is planned and applied once", async () => 
   assertEquals(apply.code, 0, `${apply.stdout}${apply.stderr}`);
   assertMatch(apply.stdout, /\nChanged: win10\. Skipped: none\. Failed: none\.\n/);
 });
+
+Deno.test({
+  name: "a state directory on a read-only mount names the mount and how to make it writable",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ro-mount-" });
+    try {
+      const mount = `${dir}/mnt`;
+      // A private tmpfs, its state directory made, then the mount turned read-only.
+      const out = await runInPrivateMounts(
+        `mkdir ${mount} && mount -t tmpfs passthrough-test ${mount} && ` +
+          `mkdir -m 700 ${mount}/state && mount -o remount,ro ${mount}`,
+        [...cliCommand(), "guard", "allow", "win11", "--state-dir", `${mount}/state`],
+        { NO_COLOR: "1" },
+      );
+      assertEquals(out.code, 1, out.stderr);
+      // It said "Read-only file system (os error 30): open '...'" and nothing more.
+      assertMatch(
+        out.stderr,
+        new RegExp(
+          `Read-only file system \\(os error 30\\): open '${mount}/state/\\.probe-[^']+' \\(on the read-only mount "${mount}": make it writable \\("mount -o remount,rw ${mount}"\\), or use a directory elsewhere\\)\\n$`,
+        ),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("a state file that cannot be replaced (chattr +i) says how to see and clear the attribute", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-immutable-" });
+  const allowance = `${dir}/state/guard/allow/win11.json`;
+  const chattr = (flags: string) =>
+    new Deno.Command("chattr", { args: [flags, allowance], stderr: "null" }).outputSync().success;
+  try {
+    assertEquals(
+      (await runCli(["guard", "allow", "win11", "--state-dir", `${dir}/state`])).code,
+      0,
+    );
+    if (!chattr("+i")) {
+      await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
+      return;
+    }
+    const run = await runCli(["guard", "allow", "win11", "--state-dir", `${dir}/state`]);
+    chattr("-i");
+    assertEquals(run.code, 1, run.stderr);
+    // It said "the system refused: check the owner and mode of that path, or run as root", to root.
+    assertOk(
+      run.stderr.endsWith(
+        ` -> '${allowance}' (the system refused whatever the owner and mode: where "lsattr -d ${dir}/state/guard/allow ${allowance}" shows "i" (immutable) or "a" (append-only), "chattr -i -a" on that path clears it; else check the owner and mode, or run as root)\n`,
+      ),
+      run.stderr,
+    );
+  } finally {
+    chattr("-i");
+    await Deno.remove(dir, { recursive: true });
+  }
+});

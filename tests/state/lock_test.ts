@@ -131,6 +131,51 @@ Deno.test("the connection lock breaks a stale lock left by a dead process and re
   }
 });
 
+/** `chattr` `flags` on `path`; false where the file system or the user cannot (not root, tmpfs). */
+function chattr(flags: string, path: string): boolean {
+  return new Deno.Command("chattr", { args: [flags, path], stderr: "null" }).outputSync().success;
+}
+
+Deno.test("the connection lock says to remove a stale lock it may not break (chattr +i)", async (t) => {
+  const dir = tempDir();
+  try {
+    const dead = {
+      pid: 999999,
+      host: "gone",
+      startedAt: "2026-01-01T00:00:00.000Z",
+      command: "apply",
+    };
+    Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
+    if (!chattr("+i", lockFile(dir))) {
+      await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
+      return;
+    }
+    try {
+      let error: unknown = null;
+      try {
+        acquireLock(dir, { command: "apply" }).release();
+      } catch (thrown) {
+        error = thrown;
+      }
+      assertOk(error instanceof Error, String(error));
+      // It was the system's "Operation not permitted (os error 1): open '...'" alone.
+      assertEquals(
+        error.message,
+        `Cannot break the lock "${
+          lockFile(dir)
+        }" which may be stale: if no passthrough apply or rollback runs, remove it ("rm ${
+          lockFile(dir)
+        }")`,
+      );
+      assertOk(error.cause instanceof Deno.errors.PermissionDenied);
+    } finally {
+      chattr("-i", lockFile(dir));
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("the connection lock fails fast while another process holds the lock, and breaks it once that process is killed", async () => {
   const dir = tempDir();
   const child = await lockingChild(dir);
