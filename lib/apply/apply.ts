@@ -440,6 +440,42 @@ function report(
   };
 }
 
+/** `VIR_ERR_OPERATION_DENIED`: a read-only connection asked for a write or for secrets. */
+const OPERATION_DENIED = 29;
+/** `VIR_ERR_ACCESS_DENIED`: libvirt's access control refused this user the operation. */
+const ACCESS_DENIED = 88;
+
+/**
+ * Throws, before any question, backup or define, when libvirt lets this connection only read:
+ * its read-only socket (`libvirt-sock-ro`, which opens every connection read-only whatever the
+ * client asks), or access control that denies this user a definition's secrets. Each VM failed
+ * with libvirt's own words ("operation forbidden: virDomainGetXMLDesc with secure flag") instead.
+ * Told by reading the first VM to change with its secrets, as its apply would; any other failure
+ * is left to that VM.
+ */
+function checkWritable(plan: Plan, libvirt: LibvirtPort): void {
+  const first = plan.vms.find((vm) => skipWithoutAsking(vm, plan, new Map()) === null);
+  if (first === undefined) return;
+  try {
+    libvirt.getPersistentXml(first.name, { secure: true });
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (code !== OPERATION_DENIED && code !== ACCESS_DENIED) return;
+    const why = code === OPERATION_DENIED
+      ? `libvirt at "${libvirt.uri}" answers this connection read-only`
+      : `libvirt at "${libvirt.uri}" does not let this user read definitions with their secrets`;
+    const fix = code === OPERATION_DENIED
+      ? "connect through its read-write socket (libvirt-sock, not libvirt-sock-ro), as root or a user libvirt lets manage it"
+      : "run as root, or as a user libvirt's access rules let write domains and read their secrets";
+    throw new Error(
+      `${why}: apply reads each definition with its secrets and defines it, so nothing was applied (${
+        errorText(error)
+      }); ${fix}`,
+      { cause: error },
+    );
+  }
+}
+
 /**
  * Applies `plan`: see the module documentation for the exact sequence and guarantees. Throws
  * `StateDirError` or `LockHeldError` before anything is defined, and a `TypeError` when `confirm`
@@ -456,6 +492,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   if (lock.uri !== lockUri(uri)) {
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${uri}"`);
   }
+  checkWritable(plan, options.libvirt);
   const done = new Map<VmPlan, VmApplyResult>();
   const pendingLive: PendingLive[] = [];
   const answers: Answers = { all: false, quit: false };

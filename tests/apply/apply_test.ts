@@ -179,6 +179,31 @@ Deno.test("applyPlan() backs up the previous definition (with secrets, mode 0600
   assertEquals((Deno.statSync(f.stateDir).mode ?? 0) & 0o777, 0o700);
 });
 
+Deno.test("applyPlan() over a read-only connection fails once, before any question, backup or define", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:02:00.0"]),
+  ]);
+  // libvirt-sock-ro opens every connection so, whatever the client asks.
+  using readOnly = openLibvirtPort(f.port.uri, { readOnly: true });
+  const { asked, confirm } = answers("yes", "yes");
+  let message = "";
+  try {
+    await applyPlan(plan, { libvirt: readOnly, stateDir: f.stateDir, confirm });
+  } catch (error) {
+    message = (error as Error).message;
+  }
+  // Each VM failed with "Cannot read the definition of ...: operation forbidden: ...".
+  assertEquals(
+    message,
+    `libvirt at "${f.port.uri}" answers this connection read-only: apply reads each definition with its secrets and defines it, so nothing was applied (Cannot read the XML of domain "alpha": operation forbidden: virDomainGetXMLDesc with secure flag); connect through its read-write socket (libvirt-sock, not libvirt-sock-ro), as root or a user libvirt lets manage it`,
+  );
+  assertEquals(asked, []);
+  assertEquals([hostdevs(f.port, "alpha"), hostdevs(f.port, "beta")], [[], []]);
+  assertEquals(listBackups(f.stateDir, "alpha"), []);
+});
+
 Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt rejects the XML", async () => {
   using f = fixture();
   const before = f.port.getPersistentXml("alpha", { secure: true });
