@@ -10,6 +10,7 @@ import { discoverHost } from "../lib/host/discover.ts";
 import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
+import { keepIgnoredSignals } from "./signals.ts";
 
 /** The real sysfs root. */
 export const LIVE_SYSFS = "/sys";
@@ -73,11 +74,17 @@ export interface LoadHostOptions {
   vendorNames?: boolean;
 }
 
-/** Discovers the host at `root` (default `/sys`) with the reader that suits it. */
+/**
+ * Discovers the host at `root` (default `/sys`) with the reader that suits it. Every command that
+ * reads a host comes here, and lspci's run makes Deno end the process on a hangup from then on,
+ * one `nohup` asked to be ignored too: `nohup passthrough plan` was killed when its session
+ * closed. Such signals stay ignored (`keepIgnoredSignals`).
+ */
 export function loadHost(
   root: string | undefined,
   options: LoadHostOptions = {},
 ): Promise<HostTopology> {
+  keepIgnoredSignals();
   const sysfs = root ?? LIVE_SYSFS;
   const live = liveSysfsRoot(sysfs);
   // The live host is read at its canonical root, so lspci reads it as itself too.

@@ -32,3 +32,40 @@ Deno.test({
     assertEquals(code, 0, screen);
   },
 });
+
+Deno.test("a command that reads the host, run with SIGHUP ignored (nohup), is not ended by a hangup after lspci", async () => {
+  await using tree = await demoTree();
+  const hostOptions = new URL("../../cli/host_options.ts", import.meta.url).href;
+  // What `plan`, `devices` and `doctor` do first (lspci included), then a wait in the event loop,
+  // where Deno acts on a signal: the hangup that ends a `nohup passthrough plan` session.
+  const script = `import { loadHost } from ${JSON.stringify(hostOptions)};
+await loadHost(${JSON.stringify(tree.sysfs)});
+console.log("loaded");
+await new Promise((resolve) => setTimeout(resolve, 3000));
+console.log("went on");`;
+  const child = new Deno.Command("sh", {
+    args: ["-c", `trap '' HUP; exec "$0" eval "$1"`, Deno.execPath(), script],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("loaded\n")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    out += value;
+  }
+  assertMatch(out, /loaded\n/);
+  // Deno takes the signal over a moment after its first child process: the hangup comes later.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  Deno.kill(child.pid, "SIGHUP");
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    out += value;
+  }
+  const { code, signal } = await child.status;
+  await child.stderr.cancel();
+  // It was ended by the hangup (signal SIGHUP, or 129 from Deno's own exit).
+  assertEquals([code, signal, out], [0, null, "loaded\nwent on\n"]);
+});
