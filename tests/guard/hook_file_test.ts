@@ -701,11 +701,11 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
 
 Deno.test("reloadDaemons() says a virtqemud that exited since it was found runs the hook from its next start", async () => {
   await withDir(async (dir) => {
-    // A real process named virtqemud (/proc/PID/comm is the file's name), as systemd runs it:
-    // socket-activated with --timeout 120, it ends when idle and removes its pidfile.
+    // A real process named virtqemud (/proc/PID/comm is the name exec was given), as systemd
+    // runs it: socket-activated with --timeout 120, it ends when idle and removes its pidfile. A
+    // link, not a copy: a copy just written can fail to exec (ETXTBSY) while any thread forks.
     const binary = `${dir}/virtqemud`;
-    Deno.copyFileSync("/usr/bin/sleep", binary);
-    Deno.chmodSync(binary, 0o755);
+    Deno.symlinkSync("/usr/bin/sleep", binary);
     const child = new Deno.Command(binary, { args: ["600"], stdout: "null", stderr: "null" })
       .spawn();
     try {
