@@ -191,10 +191,6 @@ export function backupDir(state: StateDir, vm: string): string {
   return join(state.backupsPath, encodeVmName(vm));
 }
 
-function vmDir(state: StateDir, vm: string): string {
-  return backupDir(state, vm);
-}
-
 function asStateDir(stateDir: string | StateDir, write: boolean): StateDir {
   return typeof stateDir === "string" ? openStateDir(stateDir, { write }) : stateDir;
 }
@@ -209,7 +205,7 @@ function asStateDir(stateDir: string | StateDir, write: boolean): StateDir {
  */
 export function writeBackup(stateDir: string | StateDir, input: BackupInput): BackupEntry {
   const state = asStateDir(stateDir, true);
-  const dir = vmDir(state, input.vm);
+  const dir = backupDir(state, input.vm);
   const existed = pathExists(dir);
   ensurePrivateDir(dir, state);
   try {
@@ -462,7 +458,7 @@ export function inspectBackups(stateDir: string | StateDir, vm?: string): Backup
     throw error;
   }
   if (vm !== undefined) {
-    const dir = vmDir(state, vm);
+    const dir = backupDir(state, vm);
     if (checkPrivateDir(dir, state)) inspectVmDir(dir, vm, listing);
   } else if (checkPrivateDir(state.backupsPath, state)) {
     for (const entry of Deno.readDirSync(state.backupsPath)) {
