@@ -39,11 +39,6 @@ function splitLines(text: string): string[] {
   return lines;
 }
 
-/** Comparison keys of lines (see {@link normaliseXmlLines}). */
-function keys(lines: string[]): string[] {
-  return normaliseXmlLines(lines);
-}
-
 /**
  * Whether `after` differs from `before` other than in quote style and insignificant whitespace
  * (the differences {@link renderDomainDiff} hides).
@@ -57,8 +52,8 @@ function keys(lines: string[]): string[] {
  */
 export function hasSignificantChanges(before: string, after: string): boolean {
   if (before === after) return false;
-  const a = keys(splitLines(before)).filter((k) => k !== "");
-  const b = keys(splitLines(after)).filter((k) => k !== "");
+  const a = normaliseXmlLines(splitLines(before)).filter((k) => k !== "");
+  const b = normaliseXmlLines(splitLines(after)).filter((k) => k !== "");
   return a.length !== b.length || a.some((key, i) => key !== b[i]);
 }
 
@@ -97,7 +92,7 @@ export function renderDomainDiff(
   const ops: Op[] = [];
   let oldIndex = 0;
   let newIndex = 0;
-  for (const change of diffArrays(keys(oldLines), keys(newLines))) {
+  for (const change of diffArrays(normaliseXmlLines(oldLines), normaliseXmlLines(newLines))) {
     const count = change.value.length;
     for (let k = 0; k < count; k++) {
       if (change.removed) {
