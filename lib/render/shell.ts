@@ -50,9 +50,10 @@ export function flagWord(flag: string, value: string): string {
 }
 
 /**
- * `command VALUE OPTIONS...` printed for the user, VALUE one positional argument as
- * {@link shellWord} writes it; when VALUE starts with `-`, which the parser would otherwise read
- * as an option, the options come first and VALUE last, after `--`.
+ * `command VALUE WORDS...` printed for the user, VALUE one positional argument as
+ * {@link shellWord} writes it and `words` already written for `sh`; when VALUE starts with `-`,
+ * which the parser would otherwise read as an option, the words come first and VALUE last, after
+ * `--`.
  *
  * @example
  * ```ts
@@ -70,13 +71,8 @@ export function flagWord(flag: string, value: string): string {
 export function positionalCommand(
   command: string,
   value: string,
-  options: readonly string[] = [],
+  words: readonly string[] = [],
 ): string {
-  return withPositional(command, value, options.map(shellWord));
-}
-
-/** {@link positionalCommand} of `words` already written for `sh`. */
-function withPositional(command: string, value: string, words: readonly string[]): string {
   return value.startsWith("-")
     ? [command, ...words, "--", shellWord(value)].join(" ")
     : [command, shellWord(value), ...words].join(" ");
@@ -179,6 +175,6 @@ export function followUpCommand(
   }
   const text = options.value === undefined
     ? [command, ...words].join(" ")
-    : withPositional(command, options.value, words);
+    : positionalCommand(command, options.value, words);
   return secret ? `${text} (your URI: this run's holds a password, not repeated here)` : text;
 }
