@@ -338,8 +338,8 @@ function exists(path: string): boolean {
 }
 
 /** The first of {@link TIMEOUT_CANDIDATES} that exists, or `null`. */
-export function findTimeout(candidates: readonly string[] = TIMEOUT_CANDIDATES): string | null {
-  return candidates.find(exists) ?? null;
+export function findTimeout(): string | null {
+  return TIMEOUT_CANDIDATES.find(exists) ?? null;
 }
 
 /** What {@link installHook} did. */
