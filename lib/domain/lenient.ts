@@ -257,6 +257,7 @@ function sourceAddress(body: string): PciAddress | "not-pci" | null {
  *   addresses: ["0000:01:10.2", "0000:03:00.1"],
  *   unresolved: 1,
  * });
+ * assertEquals(scanHostdevsLeniently("not xml at all"), { addresses: [], unresolved: 0 });
  * ```
  */
 export function scanHostdevsLeniently(xml: string): LenientHostdevScan {
@@ -747,24 +748,6 @@ export function scanNetworkInterfacesLeniently(xml: string): NetworkInterfacesSc
     }
   }
   return { kind: "bridged", interfaces: [...names].sort() };
-}
-
-/**
- * The host PCI addresses {@link scanHostdevsLeniently} finds: canonical, sorted, unique. Never
- * throws; `[]` for anything that names none.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const broken = `<domain><name>vm</name><devices>
- *   <hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source></hostdev>
- *   <hostdev mode='subsystem' type='pci'>`;
- * assertEquals(lenientHostPciAddresses(broken), ["0000:0a:00.0"]);
- * assertEquals(lenientHostPciAddresses("not xml at all"), []);
- * ```
- */
-export function lenientHostPciAddresses(xml: string): PciAddress[] {
-  return scanHostdevsLeniently(xml).addresses;
 }
 
 // ---------------------------------------------------------------------------------------------

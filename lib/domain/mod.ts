@@ -27,7 +27,6 @@ export {
 export {
   type LenientHostdevPool,
   type LenientHostdevScan,
-  lenientHostPciAddresses,
   type NetworkInterfacesScan,
   type PassedElement,
   scanHostdevPoolLeniently,

@@ -1,5 +1,5 @@
 /**
- * The lenient reader. `scanHostdevsLeniently()` / `lenientHostPciAddresses()`: the host PCI
+ * The lenient reader. `scanHostdevsLeniently()`: the host PCI
  * addresses a domain XML names even when `parseDomainXml()` refuses it, so planning can count them
  * as held. It must take every host source address whatever the quoting, order, spacing and number
  * base, never the guest slot, say when a possible PCI device names no readable address, and never
@@ -12,7 +12,6 @@ import { editDomainXml, METADATA_NAMESPACE, parseDomainXml } from "../../lib/dom
 import { decodeXmlText } from "../../lib/domain/xml.ts";
 import { decodeEntities } from "../../lib/domain/entities.ts";
 import {
-  lenientHostPciAddresses,
   normaliseXmlLine,
   readRecordsLeniently,
   RECORDS_NAMESPACE,
@@ -170,7 +169,7 @@ Deno.test("scanHostdevsLeniently() sorts and removes duplicates", () => {
   const hostdev = (bus: string) =>
     `<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='${bus}' slot='0x00' function='0x0'/></source></hostdev>`;
   const xml = broken([hostdev("0x4c"), hostdev("0x01"), hostdev("0x4c"), hostdev("1")].join("\n"));
-  assertEquals(lenientHostPciAddresses(xml), ["0000:01:00.0", "0000:4c:00.0"]);
+  assertEquals(scanHostdevsLeniently(xml).addresses, ["0000:01:00.0", "0000:4c:00.0"]);
 });
 
 Deno.test("scanHostdevsLeniently() skips usb, scsi, vhost-scsi and mdev hostdevs without counting them unresolved", () => {
@@ -216,11 +215,11 @@ Deno.test("scanHostdevsLeniently() counts possible PCI devices with no readable 
   }
   // An unquoted type is unreadable, so the hostdev is taken as a possible PCI device.
   assertEquals(
-    lenientHostPciAddresses(
+    scanHostdevsLeniently(
       broken(
         "<hostdev type=pci><source><address bus='0x05' slot='0' function='0'/></source></hostdev>",
       ),
-    ),
+    ).addresses,
     ["0000:05:00.0"],
   );
 });
@@ -245,11 +244,13 @@ Deno.test("scanHostdevsLeniently() ignores comments, CDATA, processing instructi
   assertRefusedStrictly(xml);
   assertEquals(scanHostdevsLeniently(xml), { addresses: ["0000:0a:00.0"], unresolved: 0 });
   // An unterminated comment or metadata hides nothing: what follows may still be devices.
-  assertEquals(lenientHostPciAddresses(`<domain><metadata><devices>${pci}`), ["0000:09:00.0"]);
-  assertEquals(lenientHostPciAddresses(`<domain><!-- <devices>${pci}`), ["0000:09:00.0"]);
+  assertEquals(scanHostdevsLeniently(`<domain><metadata><devices>${pci}`).addresses, [
+    "0000:09:00.0",
+  ]);
+  assertEquals(scanHostdevsLeniently(`<domain><!-- <devices>${pci}`).addresses, ["0000:09:00.0"]);
   // Each alone: a CDATA section or a processing instruction is skipped without a comment near.
   for (const hider of [`<![CDATA[${pci}]]>`, `<?pi ${pci} ?>`]) {
-    assertEquals(lenientHostPciAddresses(broken(hider)), [], hider);
+    assertEquals(scanHostdevsLeniently(broken(hider)).addresses, [], hider);
   }
 });
 
@@ -284,15 +285,15 @@ Deno.test("scanHostdevsLeniently() blanks <metadata> to its own end tag, not the
   }
   // A <metadataX> is not a <metadata>; an unclosed nested one leaves the rest to be scanned.
   const unclosed = `<domain><metadata><metadata>${fake("07")}</metadata><devices>${real}`;
-  assertEquals(lenientHostPciAddresses(unclosed), ["0000:07:00.0", "0000:0a:00.0"]);
+  assertEquals(scanHostdevsLeniently(unclosed).addresses, ["0000:07:00.0", "0000:0a:00.0"]);
   const other = `<domain><metadata><metadataX></metadataX>${fake("07")}</metadata>${real}`;
-  assertEquals(lenientHostPciAddresses(other), ["0000:0a:00.0"]);
+  assertEquals(scanHostdevsLeniently(other).addresses, ["0000:0a:00.0"]);
   // A nested <metadata> whose start tag cannot be read: where the outer one ends is unknown, so
   // nothing is hidden.
   const damaged = `<domain><metadata><metadata a='1>${
     fake("07")
   }</metadata></metadata><devices>${real}`;
-  assertEquals(lenientHostPciAddresses(damaged), ["0000:07:00.0", "0000:0a:00.0"]);
+  assertEquals(scanHostdevsLeniently(damaged).addresses, ["0000:07:00.0", "0000:0a:00.0"]);
   recordCase({
     area: "domain-xml",
     name:
