@@ -14,7 +14,6 @@ import type { PciAddress } from "../host/types.ts";
 export type IssueCode =
   | "no-match"
   | "ambiguous"
-  | "too-many-matches"
   | "group-shared-with-other-vm"
   | "device-assigned-twice"
   | "own-device"
@@ -87,7 +86,7 @@ export interface PlanIssue {
   group?: number;
   /** Canonical host addresses (`0000:01:00.0`) of the devices it concerns; absent when none. */
   devices?: PciAddress[];
-  /** For `ambiguous`, `too-many-matches` and `no-match` (closest devices). */
+  /** For `ambiguous` and `no-match` (closest devices). */
   candidates?: Candidate[];
   /** For `group-shared-with-other-vm`: every VM involved. */
   vms?: string[];

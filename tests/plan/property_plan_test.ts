@@ -29,7 +29,6 @@ const RUNS = 100;
 const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "no-match",
   "ambiguous",
-  "too-many-matches",
   "group-shared-with-other-vm",
   "device-assigned-twice",
   "sriov-split",
