@@ -7,7 +7,7 @@
  */
 
 /** Named styles the CLI uses. */
-export type Style = "bold" | "dim" | "red" | "green" | "yellow" | "cyan" | "magenta";
+export type Style = "bold" | "dim" | "red" | "green" | "yellow" | "cyan";
 
 /** Wraps text in a style, or returns it unchanged when colour is off. */
 export type Paint = (style: Style, text: string) => string;
@@ -19,7 +19,6 @@ const CODES: Record<Style, [number, number]> = {
   green: [32, 39],
   yellow: [33, 39],
   cyan: [36, 39],
-  magenta: [35, 39],
 };
 
 /** Every escape sequence a painter writes (`\x1b[31m`, `\x1b[39m`, ...), for the output boundary. */
