@@ -23,6 +23,7 @@ import { loadHost } from "./host_options.ts";
 import { renderPlan } from "./render_plan.ts";
 import { renderApplyReport } from "./render_apply.ts";
 import { painter } from "../lib/render/colors.ts";
+import { errorText } from "../lib/render/error_text.ts";
 
 // Embedded at build time rather than read from `../demo/` beside this module, so the one-file
 // `deno bundle` output runs the demo from anywhere (Ansible copies it alone to each host).
@@ -69,7 +70,7 @@ export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<n
     // Deno's message names no directory ("...: tmpdir"): it is $TMPDIR's, else /tmp.
     throw new Error(
       `Cannot create the demo's directory in $TMPDIR (else /tmp): ${
-        error instanceof Error ? error.message : String(error)
+        errorText(error)
       }: set TMPDIR to a writable directory, or unset it`,
       { cause: error },
     );
