@@ -23,7 +23,7 @@ import { checkConnectUri, type ConnectTarget } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { guardPath } from "../lib/guard/layout.ts";
-import { summarizePlan } from "./plan_summary.ts";
+import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
 const CONFIG_ENV = "PASSTHROUGH_CONFIG";
@@ -281,41 +281,12 @@ export function planHasErrors(plan: Plan): boolean {
 }
 
 /**
- * Counts under `summary` in `plan --json` and `apply --json`, with the same names in both: in a
- * plan what would change (the numbers of the summary line), in an apply report what did.
+ * The plan's counts under `summary` in `plan --json`: the numbers its summary line shows. `apply`
+ * makes the repairs of refused VMs too, so a plan that refuses every VM may still change one.
  */
-export interface ChangeCounts {
-  /** VMs whose definition the plan changes (refused VMs not included). */
-  vmsToChange: number;
-  /** Hostdevs written (new or rewritten) into those VMs; a moved card is counted in `moved`. */
-  add: number;
-  /** Hostdevs deleted from those VMs; a moved card's old address is counted in `moved`. */
-  remove: number;
-  /** Cards moved to another host address. */
-  moved: number;
-  /** VMs refused by the plan (all of them when a refusal is not tied to one VM). */
-  refused: number;
-}
-
-/**
- * The plan's {@link ChangeCounts}, and what the repairs of refused VMs remove (`repairRemove`)
- * and follow to a moved card (`repairMoved`): the numbers its summary line shows. `apply` makes
- * those repairs too, so a plan that refuses every VM may still change one.
- */
-export function planCounts(
-  plan: Plan,
-): ChangeCounts & { warnings: number; repairRemove: number; repairMoved: number } {
-  const s = summarizePlan(plan);
-  return {
-    vmsToChange: s.vmsToChange,
-    add: s.add,
-    remove: s.remove,
-    moved: s.move,
-    refused: s.vmsWithErrors,
-    warnings: s.warnings,
-    repairRemove: s.repair,
-    repairMoved: s.repairMove,
-  };
+export function planCounts(plan: Plan): Omit<PlanSummary, "planned" | "unplanned"> {
+  const { planned: _planned, unplanned: _unplanned, ...counts } = summarizePlan(plan);
+  return counts;
 }
 
 /**

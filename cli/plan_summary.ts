@@ -7,18 +7,34 @@
 
 import type { Plan } from "../lib/plan/types.ts";
 
-/** Counts behind the summary line. */
-export interface PlanSummary {
+/**
+ * Counts under `summary` in `plan --json` and `apply --json`, with the same names in both: in a
+ * plan what would change (the numbers of the summary line), in an apply report what did.
+ */
+export interface ChangeCounts {
+  /** VMs whose definition the plan changes (refused VMs not included). */
   vmsToChange: number;
+  /** Hostdevs written (new or rewritten) into those VMs; a moved card is counted in `moved`. */
   add: number;
+  /** Hostdevs deleted from those VMs; a moved card's old address is counted in `moved`. */
   remove: number;
-  move: number;
-  /** Hostdevs (stale or on a device the host needs) the repairs of refused VMs remove. */
-  repair: number;
-  /** Stale hostdevs the repairs of refused VMs move to where their card is now. */
-  repairMove: number;
-  vmsWithErrors: number;
+  /** Cards moved to another host address. */
+  moved: number;
+  /** VMs refused by the plan (all of them when a refusal is not tied to one VM). */
+  refused: number;
+}
+
+/**
+ * Counts behind the summary line, named as `plan --json` prints them under `summary` (all but
+ * `planned` and `unplanned`).
+ */
+export interface PlanSummary extends ChangeCounts {
+  /** Warnings, notes (`info`) not counted. */
   warnings: number;
+  /** Hostdevs (stale or on a device the host needs) the repairs of refused VMs remove. */
+  repairRemove: number;
+  /** Stale hostdevs the repairs of refused VMs move to where their card is now. */
+  repairMoved: number;
   /** The VMs planned, in plan order. */
   planned: string[];
   /** How many configured VMs a selection (`--vm`) left out: they were not checked. */
@@ -35,18 +51,18 @@ export function summarizePlan(plan: Plan): PlanSummary {
     vmsToChange: changing.length,
     add: changing.reduce((n, vm) => n + vm.add.length, 0),
     remove: changing.reduce((n, vm) => n + vm.remove.length, 0),
-    move: changing.reduce((n, vm) => n + vm.move.length, 0),
-    repair: plan.vms.reduce(
+    moved: changing.reduce((n, vm) => n + vm.move.length, 0),
+    refused: plan.vms.filter(refused).length,
+    warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
+      .filter((w) => w.info !== true).length,
+    repairRemove: plan.vms.reduce(
       (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.remove.length ?? 0 : 0),
       0,
     ),
-    repairMove: plan.vms.reduce(
+    repairMoved: plan.vms.reduce(
       (n, vm) => n + (vm.errors.length > 0 ? vm.repair?.move?.length ?? 0 : 0),
       0,
     ),
-    vmsWithErrors: plan.vms.filter(refused).length,
-    warnings: [...plan.warnings, ...plan.vms.flatMap((vm) => vm.warnings)]
-      .filter((w) => w.info !== true).length,
     planned: plan.vms.map((vm) => vm.name),
     unplanned: plan.unplanned?.length ?? 0,
   };

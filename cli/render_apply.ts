@@ -11,7 +11,8 @@ import { type Paint, painter } from "../lib/render/colors.ts";
 import type { Plan } from "../lib/plan/types.ts";
 import { repairView } from "../lib/plan/repair.ts";
 import { redactedJson } from "../lib/render/redact.ts";
-import { type ChangeCounts, planCounts } from "./plan_options.ts";
+import { planCounts } from "./plan_options.ts";
+import type { ChangeCounts } from "./plan_summary.ts";
 
 const EFFECT: Record<string, string> = {
   "next-start": "takes effect at the next start",

@@ -28,7 +28,7 @@ export function summaryLine(summary: PlanSummary): string {
   const others = summary.unplanned === 0
     ? ""
     : `; ${plural(summary.unplanned, "other VM")} not planned`;
-  if (summary.vmsToChange === 0 && summary.vmsWithErrors === 0) {
+  if (summary.vmsToChange === 0 && summary.refused === 0) {
     if (summary.unplanned === 0) return "No changes: every VM matches the config";
     const names = summary.planned.join(", ");
     return `No changes: ${names} ${
@@ -40,13 +40,13 @@ export function summaryLine(summary: PlanSummary): string {
     `${plural(summary.add, "hostdev")} to add`,
     `${summary.remove} to remove`,
   ];
-  if (summary.move > 0) parts.push(`${summary.move} moved`);
-  if (summary.vmsWithErrors > 0) parts.push(`${plural(summary.vmsWithErrors, "VM")} refused`);
-  if (summary.repair > 0) {
-    parts.push(`${plural(summary.repair, "hostdev")} to remove from refused VMs`);
+  if (summary.moved > 0) parts.push(`${summary.moved} moved`);
+  if (summary.refused > 0) parts.push(`${plural(summary.refused, "VM")} refused`);
+  if (summary.repairRemove > 0) {
+    parts.push(`${plural(summary.repairRemove, "hostdev")} to remove from refused VMs`);
   }
-  if (summary.repairMove > 0) {
-    parts.push(`${plural(summary.repairMove, "hostdev")} to follow a moved card in refused VMs`);
+  if (summary.repairMoved > 0) {
+    parts.push(`${plural(summary.repairMoved, "hostdev")} to follow a moved card in refused VMs`);
   }
   return parts.join(", ") + others;
 }
