@@ -22,13 +22,13 @@ const ANSWERS: Record<string, ConfirmAnswer> = {
 };
 
 /**
- * Asks `question` until the answer is one of y/n/a/q (or the words); an empty line is `no`. End
- * of input counts as `quit`, so a closed stdin never applies anything.
+ * Asks whether to apply `vm`'s changes until the answer is one of y/n/a/q (or the words); an
+ * empty line is `no`. End of input counts as `quit`, so a closed stdin never applies anything.
  */
-export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
+export async function confirmVm(io: CliIo, vm: VmPlan): Promise<ConfirmAnswer> {
   const say = io.prompt ?? io.out;
   for (;;) {
-    say(`${question} [y/N/a/q] `);
+    say(`Apply the changes to "${vm.name}"? [y/N/a/q] `);
     const line = await io.readLine();
     if (line === null) {
       say("\n");
@@ -40,11 +40,6 @@ export async function ask(io: CliIo, question: string): Promise<ConfirmAnswer> {
     if (answer !== undefined) return answer;
     say("Please answer y, n, a or q (yes, no, all remaining, quit)\n");
   }
-}
-
-/** Asks whether to apply one VM's changes. */
-export function confirmVm(io: CliIo, vm: VmPlan): Promise<ConfirmAnswer> {
-  return ask(io, `Apply the changes to "${vm.name}"?`);
 }
 
 /**
