@@ -11,11 +11,13 @@ import type { PciAddress } from "../host/types.ts";
 import { pciAddressFromLibvirt } from "../pci/address.ts";
 import type { XmlElement } from "./xml.ts";
 
-/** One typed field: where it is in an element and how its text becomes a value. */
+/**
+ * One typed field: how the value at its path in an element becomes a value. The path, given to
+ * {@link attributeProperty} or {@link elementProperty}, is `@attr`, `child/@attr` or
+ * `child/grandchild` (an element); the first match of each step.
+ */
 export interface XmlProperty<T> {
-  /** `@attr`, `child/@attr` or `child/grandchild` (an element); the first match of each step. */
-  path: string;
-  /** The value at `path` in `element`, or `null` when absent or unreadable. */
+  /** The value at its path in `element`, or `null` when absent or unreadable. */
   read(element: XmlElement): T | null;
 }
 
@@ -38,7 +40,6 @@ export function attributeProperty<T>(
   const last = steps.pop() ?? "";
   if (!last.startsWith("@")) throw new TypeError(`Not an attribute path: "${path}"`);
   return {
-    path,
     read(element) {
       const value = descend(element, steps)?.attributes[last.slice(1)];
       return value === undefined ? null : convert(value);
@@ -53,7 +54,6 @@ export function elementProperty<T>(
 ): XmlProperty<T> {
   const steps = path.split("/");
   return {
-    path,
     read(element) {
       const found = descend(element, steps);
       return found === null ? null : convert(found);
