@@ -233,7 +233,7 @@ function readPools(
  * hook runs as root and does. The physical slot counts only where one was recorded too (records
  * written before slots were recorded hold none), and the check reads the slots only then.
  */
-export function matchesRecord(record: DeviceIdentity, device: PciDevice): boolean {
+function matchesRecord(record: DeviceIdentity, device: PciDevice): boolean {
   return sameIdentity(record, record.serial === null ? { ...device, serial: null } : device);
 }
 

@@ -12,7 +12,7 @@ import { readAttribute } from "../host/sysfs.ts";
 import { errorText } from "../render/error_text.ts";
 
 /** The daemons that run QEMU hooks, with the pidfile each writes when it runs as root. */
-export const HOOK_DAEMONS = [
+const HOOK_DAEMONS = [
   { name: "libvirtd", pidfile: "/run/libvirtd.pid" },
   { name: "virtqemud", pidfile: "/run/virtqemud.pid" },
 ] as const;

@@ -207,7 +207,7 @@ export function parseHookSettings(text: string): HookSettings | null {
  * fields may not be the ones this version reads ({@link parseHookSettings}: one written by
  * another version's settings). Such a hook is ours to replace and remove, never a user's own.
  */
-export function isPassthroughHook(text: string): boolean {
+function isPassthroughHook(text: string): boolean {
   return settingsObject(text) !== null;
 }
 

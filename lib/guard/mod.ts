@@ -17,7 +17,6 @@ export {
   type GuardElement,
   type GuardRefusal,
   type GuardRefusalKind,
-  matchesRecord,
 } from "./check.ts";
 export { type DescribedIdentity, describeIdentity } from "../plan/issues.ts";
 export {
@@ -54,7 +53,6 @@ export {
   installHook,
   type InstallResult,
   type InstallSettings,
-  isPassthroughHook,
   parseHookSettings,
   removeHook,
   type RemoveResult,
@@ -65,7 +63,6 @@ export {
 } from "./hook_file.ts";
 export {
   findHookDaemons,
-  HOOK_DAEMONS,
   noDaemonMessage,
   reloadDaemons,
   type ReloadOutcome,
