@@ -507,6 +507,21 @@ function movesInPlace(
   }).map(({ from, to }) => ({ from, to }));
 }
 
+/**
+ * Whether `address` holds one element of `domain`'s, owned, and of `spec`'s kind (an
+ * `<interface>` for a spec with `interface`, else a `<hostdev>`): one that can be written again.
+ */
+function soleOwnedAt(
+  domain: ParsedDomain,
+  address: PciAddress,
+  spec: HostdevSpec | undefined,
+): boolean {
+  const hostdevs = domain.hostdevs.filter((h) => h.address === address);
+  const nics = domain.interfaces.filter((i) => i.address === address);
+  const [one] = spec?.interface === undefined ? hostdevs : nics;
+  return hostdevs.length + nics.length === 1 && one?.owned === true;
+}
+
 /** The lists, records and desired XML from the decisions taken. */
 function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const { plan, domain, toAdd, remove } = edit;
@@ -561,27 +576,18 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   // A hostdev or interface rewritten at the same address (its settings changed) is written again
   // where it is, keeping the user's own children (`<alias>`, `<acpi>`, a NIC's guest address...).
   const again = new Set(
-    rewritten.map((c) => c.device.address).filter((a) => {
-      if (movedTo.has(a) || movedFrom.has(a)) return false;
-      const hostdevs = domain.hostdevs.filter((h) => h.address === a);
-      const nics = domain.interfaces.filter((i) => i.address === a);
-      const [one] = specs.get(a)?.interface === undefined ? hostdevs : nics;
-      return hostdevs.length + nics.length === 1 && one?.owned === true;
-    }),
+    rewritten.map((c) => c.device.address).filter((a) =>
+      !movedTo.has(a) && !movedFrom.has(a) && soleOwnedAt(domain, a, specs.get(a))
+    ),
   );
   // An interface whose VF moved with its PF, and a moved card whose settings changed too (not
   // moved in place above), are written again where they were, at their new address: the guest
   // keeps the NIC's ACPI index and what else the user set, as for a card that only moved. Only
   // one owned element of the spec's kind at the old address, nothing at the new one.
-  const movable = ({ from: old, to: now }: { from: PciAddress; to: PciAddress }) => {
-    if (!specs.has(now)) return false;
-    const hostdevs = domain.hostdevs.filter((h) => h.address === old);
-    const nics = domain.interfaces.filter((i) => i.address === old);
-    const [one] = specs.get(now)?.interface === undefined ? hostdevs : nics;
-    return hostdevs.length + nics.length === 1 && one?.owned === true && remove.has(old) &&
-      !remove.has(now) && !domain.hostdevs.some((h) => h.address === now) &&
-      !domain.interfaces.some((i) => i.address === now);
-  };
+  const movable = ({ from: old, to: now }: { from: PciAddress; to: PciAddress }) =>
+    specs.has(now) && soleOwnedAt(domain, old, specs.get(now)) && remove.has(old) &&
+    !remove.has(now) && !domain.hostdevs.some((h) => h.address === now) &&
+    !domain.interfaces.some((i) => i.address === now);
   const movedAgain = [
     ...edit.nicMoves,
     ...plan.move.filter((m) => !from.has(m.from)),
