@@ -813,7 +813,7 @@ export interface HookInspection {
  * passthrough's, or it cannot be read: where the guard's state is, for the commands that read
  * or write it.
  */
-export function installedHookSettings(hooksDir: string = DEFAULT_HOOKS_DIR): HookSettings | null {
+function installedHookSettings(hooksDir: string): HookSettings | null {
   try {
     return parseHookSettings(readHookFile(join(hooksDir, HOOK_FILE_NAME)));
   } catch {

@@ -203,7 +203,7 @@ export function poolEntryErrors(
  * How to take a VF out of hostdev network `network`'s pool: libvirt reads a pool again only when
  * the network starts.
  */
-export function leaveOutOfPool(network: string): string {
+function leaveOutOfPool(network: string): string {
   const net = shellWord(network);
   return `leave this one out of it (virsh net-edit ${net}: a <pf> pool becomes a list of ` +
     `<address> entries; then, with the guests that use it shut down, virsh net-destroy ${net}; ` +
