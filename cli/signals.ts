@@ -33,8 +33,6 @@ export interface DeferredSignals extends Disposable {
    * would slow every apply, and a signal seen one VM later still stops it between VMs).
    */
   check(settle?: boolean): Promise<string | null>;
-  /** The first signal caught, or `null`. */
-  readonly caught: string | null;
   /** The exit status that tells a caller which signal stopped the run (130 for SIGINT). */
   readonly status: number;
 }
@@ -105,9 +103,6 @@ export function deferSignals(): DeferredSignals {
       // one that came during a blocking call (a define) only once the runtime has waited for
       // I/O: a timer already due (0 ms) missed about 1 in 200 such signals, 10 ms none in 1000.
       await new Promise((resolve) => setTimeout(resolve, settle ? 10 : 0));
-      return caught;
-    },
-    get caught() {
       return caught;
     },
     get status() {
