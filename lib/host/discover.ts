@@ -21,6 +21,7 @@ import { groupDevices, parseGroupNumber, readGroupListings, settleGroups } from 
 import {
   commandLspciRunner,
   lspciArgs,
+  LspciError,
   type LspciRecord,
   type LspciRunner,
   parseLspci,
@@ -76,6 +77,47 @@ export class SysfsRootError extends Error {
 }
 
 /**
+ * Raised when the host's PCI functions kept changing while discovery read them (a hot-plug, a
+ * `remove` or `rescan`, SR-IOV VFs created or destroyed): every attempt saw functions appear or
+ * vanish between listing `bus/pci/devices` and reading them, so no consistent view exists to plan
+ * from. Running again once the host settles is the fix.
+ */
+export class HostChangedError extends Error {
+  /** The error's name. */
+  override name = "HostChangedError";
+  /** Functions that appeared during the last attempt, sorted. */
+  readonly appeared: PciAddress[];
+  /** Functions that vanished during the last attempt, sorted. */
+  readonly vanished: PciAddress[];
+  /** Builds the error for the `root` read and what changed during the last attempt. */
+  constructor(
+    root: string,
+    change: { appeared: PciAddress[]; vanished: PciAddress[] },
+    options?: ErrorOptions,
+  ) {
+    const what = [
+      ...change.appeared.map((a) => `${a} appeared`),
+      ...change.vanished.map((a) => `${a} vanished`),
+    ];
+    super(
+      `The PCI devices of "${root}" changed while they were read (${
+        what.join(", ")
+      }): run again once the host's devices settle`,
+      options,
+    );
+    this.appeared = change.appeared;
+    this.vanished = change.vanished;
+  }
+}
+
+/**
+ * Discovery reads sysfs this many times at most when functions appear or vanish during a read,
+ * before it gives up with {@link HostChangedError}: a single hot-plug or VF change settles within
+ * one more read; a host that keeps changing has no view to plan from.
+ */
+const READ_ATTEMPTS = 3;
+
+/**
  * Discovers the host's PCI devices and IOMMU groups.
  *
  * @example
@@ -110,11 +152,22 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
     new Promise<void>((resolve) => {
       AbortSignal.timeout(0).addEventListener("abort", () => resolve(), { once: true });
     });
-  const { devices, groupInconsistencies } = await readDevices(reader, root, pause);
+  const { devices, groupInconsistencies, attempts } = await readSettledDevices(reader, {
+    root,
+    live,
+    pause,
+  });
+  // A change seen by sysfs was likely seen by lspci too, which ran meanwhile: run it again over
+  // the settled host, so names and modules describe the functions that were read.
+  const lspciRun = attempts > 1 && runner !== null ? runner(lspciArgs(root)) : lspciText;
+  lspciRun.catch(() => {});
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   // Sysfs has named every vendor: look their names up (reading pci.ids) while lspci finishes.
   for (const device of devices) vendorNames(device.vendorId);
-  const lspci = parseLspci((await lspciText) ?? "");
+  const lspci = parseLspci(
+    (await settledLspci(lspciRun, { runner, root, reader, devices, changed: attempts > 1 })) ??
+      "",
+  );
   for (const device of devices) {
     const record = lspci.get(device.address);
     if (record !== undefined) mergeLspci(device, record, vendorNames);
@@ -140,23 +193,110 @@ interface SysfsDevices {
 }
 
 /**
+ * lspci's output once it finished without tripping over a function that vanished under it:
+ * pcilib fails the whole run (`Cannot open .../bus/pci/devices/0000:01:00.1/config`) when a
+ * function it listed is gone before it opens its files. Such a run is made again, up to
+ * {@link READ_ATTEMPTS} runs in all; after the last, {@link HostChangedError} when the function
+ * named is gone, is not among the functions sysfs read, or sysfs saw the host change (`changed`);
+ * otherwise (a captured tree missing a file) lspci's own error.
+ */
+async function settledLspci(
+  first: Promise<string | null>,
+  { runner, root, reader, devices, changed }: {
+    runner: LspciRunner | null;
+    root: string;
+    reader: SysfsReader;
+    devices: readonly PciDevice[];
+    changed: boolean;
+  },
+): Promise<string | null> {
+  let run = first;
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await run;
+    } catch (error) {
+      const name = runner === null ? null : lspciMissingDevice(error);
+      if (name === null) throw error;
+      if (attempt < READ_ATTEMPTS) {
+        run = runner!(lspciArgs(root));
+        continue;
+      }
+      const address = canonicalPciAddress(name) ?? name;
+      const gone = changed || !devices.some((d) => d.address === address) ||
+        isGone(reader, `${root}/bus/pci/devices/${name}`);
+      if (!gone) throw error;
+      throw new HostChangedError(root, { appeared: [], vanished: [address] }, { cause: error });
+    }
+  }
+}
+
+/** The function whose files a failed lspci run could not open (pcilib's complaint), or `null`. */
+function lspciMissingDevice(error: unknown): string | null {
+  if (!(error instanceof LspciError)) return null;
+  return /Cannot open \S*\/bus\/pci\/devices\/([^/\s]+)\//.exec(error.message)?.[1] ?? null;
+}
+
+/**
+ * {@link readDevices} until one read saw the same functions from its listing of
+ * `bus/pci/devices` to its end: sysfs is no snapshot, and a function that vanished after the
+ * listing would be read as an `ffff:ffff` device with no group, one that appeared would be missing
+ * while its group listing names it. Throws {@link HostChangedError} after
+ * {@link READ_ATTEMPTS} reads that each saw a change.
+ */
+async function readSettledDevices(
+  reader: SysfsReader,
+  { root, live, pause }: { root: string; live: boolean; pause: (() => Promise<void>) | undefined },
+): Promise<SysfsDevices & { attempts: number }> {
+  for (let attempt = 1;; attempt++) {
+    const read = await readDevices(reader, root, { live, pause });
+    if (!("changed" in read)) return { ...read, attempts: attempt };
+    if (attempt === READ_ATTEMPTS) throw new HostChangedError(root, read.changed);
+  }
+}
+
+/**
  * Reads every PCI function from sysfs alone (no lspci): IDs, class, driver, group, NUMA node,
  * SR-IOV links, `boot_vga`, the bridge flag, physical slot, and FLR and serial number from the
  * configuration space. Sorted by address. Calls `pause` now and then so other work (lspci's pipe)
- * runs.
+ * runs. What changed instead when a function vanished while it was read (its `uevent`, which the
+ * live kernel always writes, unreadable), or when listing `bus/pci/devices` again at the end names
+ * other functions.
  */
 async function readDevices(
   reader: SysfsReader,
   root: string,
-  pause: (() => Promise<void>) | undefined,
-): Promise<SysfsDevices> {
+  { live, pause }: { live: boolean; pause: (() => Promise<void>) | undefined },
+): Promise<SysfsDevices | { changed: { appeared: PciAddress[]; vanished: PciAddress[] } }> {
   const names = listSysfsDevices(reader, root);
   const raw: RawSysfsDevice[] = [];
+  const vanished = new Set<string>();
   for (let i = 0; i < names.length; i++) {
     if (pause !== undefined && i % 128 === 127) await pause();
-    raw.push(readRawDevice(reader, root, names[i]!));
+    const entry = readRawDevice(reader, root, names[i]!);
+    if (entry.uevent === null && (live || isGone(reader, entry.path))) vanished.add(entry.name);
+    raw.push(entry);
   }
-  return finishDevices(reader, root, raw);
+  const settled = vanished.size === 0 ? finishDevices(reader, root, raw) : null;
+  // Listed again after everything else is read (group listings, SR-IOV, slots): a function added
+  // or removed at any point of the read shows here.
+  const now = new Set(listSysfsDevices(reader, root));
+  const before = new Set(names);
+  const appeared = [...now].filter((name) => !before.has(name));
+  for (const name of names) if (!now.has(name)) vanished.add(name);
+  if (settled !== null && appeared.length === 0 && vanished.size === 0) return settled;
+  const addresses = (list: Iterable<string>) =>
+    [...list].map((name) => canonicalPciAddress(name) ?? name).sort(comparePciAddress);
+  return { changed: { appeared: addresses(appeared), vanished: addresses(vanished) } };
+}
+
+/**
+ * Whether nothing is at `path` any more: no directory, no link (a dangling one is a damaged tree,
+ * not a change), no file (a damaged tree's entry). The live kernel writes every device's
+ * `uevent`, so there a missing one says enough; a captured tree may hold none.
+ */
+function isGone(reader: SysfsReader, path: string): boolean {
+  return reader.listDir(path) === null && reader.readLink(path) === null &&
+    reader.readText(path) === null;
 }
 
 /**

@@ -10,6 +10,7 @@ export type * from "./types.ts";
 export {
   discoverHost,
   type DiscoverOptions,
+  HostChangedError,
   readDeviceAt,
   readHostUse,
   SysfsRootError,

@@ -85,22 +85,6 @@ function groupless(root: string, bridges: string[]): void {
   Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
 }
 
-/** Calls `onList` once, right after discovery first lists `dir`. */
-function afterListing(reader: SysfsReader, dir: string, onList: () => void): SysfsReader {
-  let done = false;
-  return {
-    ...reader,
-    listDir(path) {
-      const names = reader.listDir(path);
-      if (!done && path === dir) {
-        done = true;
-        onList();
-      }
-      return names;
-    },
-  };
-}
-
 const CASES: DamageCase[] = [
   {
     name: "a group member missing from bus/pci/devices",
@@ -190,28 +174,8 @@ const CASES: DamageCase[] = [
     devices: [AUDIO],
     refused: ["a"],
   },
-  {
-    name: "a device removed after its entry was read, before the group listings",
-    during: (root, reader) =>
-      afterListing(reader, `${root}/kernel/iommu_groups`, () => {
-        Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
-        Deno.removeSync(`${devices(root)}/${AUDIO}`, { recursive: true });
-      }),
-    groups: [26],
-    devices: [AUDIO],
-    refused: ["a"],
-  },
-  {
-    name: "a device removed after bus/pci/devices was listed, before its entry was read",
-    during: (root, reader) =>
-      afterListing(reader, devices(root), () => {
-        Deno.removeSync(`${listing(root, 26)}/${AUDIO}`);
-        Deno.removeSync(`${devices(root)}/${AUDIO}`, { recursive: true });
-      }),
-    groups: [26],
-    devices: [AUDIO],
-    refused: ["a"],
-  },
+  // A device removed while discovery reads (after the listing of bus/pci/devices, before the
+  // group listings) is no damage: discovery reads again (tests/host/hot_change_test.ts).
 ];
 
 /** Whether some reported inconsistency names every expected group and device. */
