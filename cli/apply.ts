@@ -56,7 +56,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan: computed, libvirt, config, facts }: ComputedPlan,
+  { plan: computed, libvirt, config, facts, hardware }: ComputedPlan,
   { values, io, stateDir, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -89,6 +89,7 @@ async function applyComputed(
     live: values.live,
     lock,
     devices: facts,
+    hardware,
     interrupted: () => signals.check(),
     run: runFlags(values),
   });

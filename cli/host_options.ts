@@ -5,9 +5,12 @@
  * @module
  */
 
-import type { HostTopology } from "../lib/host/types.ts";
-import { discoverHost } from "../lib/host/discover.ts";
-import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
+import { discoverHost, readDeviceAt } from "../lib/host/discover.ts";
+import { readPhysicalSlots } from "../lib/host/sysfs_device.ts";
+import { slotOf } from "../lib/pci/address.ts";
+import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 import { keepIgnoredSignals } from "./signals.ts";
@@ -117,4 +120,32 @@ export function hostFactsFor(root: string | undefined): HostFacts {
       }
     },
   });
+}
+
+/**
+ * Reads one PCI function of the host at `root` (default `/sys`) as it is now, with its IOMMU
+ * group from its `iommu_group` link and its physical slot, or `null` when none is at the address: `apply` checks with it
+ * before each define that the devices planned are still there, the same, in the same group.
+ */
+export function hostDeviceReader(
+  root: string | undefined,
+): (address: PciAddress) => PciDevice | null {
+  // Nothing is resolved or opened until apply asks: `plan` builds this too.
+  let read: { reader: SysfsReader; sysRoot: string } | undefined;
+  return (address) => {
+    if (read === undefined) {
+      const live = liveSysfsRoot(root ?? LIVE_SYSFS);
+      const sysRoot = live ?? (root ?? LIVE_SYSFS).replace(/(.)\/+$/, "$1");
+      read = { reader: readerFor(sysRoot), sysRoot };
+    }
+    const { reader, sysRoot } = read;
+    const device = readDeviceAt(reader, sysRoot, address);
+    if (device === null) return null;
+    const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/iommu_group`);
+    device.iommuGroup = link === null ? null : parseGroupNumber(baseName(link));
+    // The plan records a card's named slot, and compares it: a card in a slot read without it
+    // would be another card.
+    device.physicalSlot = readPhysicalSlots(reader, sysRoot).get(slotOf(address)) ?? null;
+    return device;
+  };
 }

@@ -8,7 +8,7 @@
  */
 
 import type { Plan } from "../lib/plan/types.ts";
-import type { HostTopology } from "../lib/host/types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
 import type { HostFacts } from "../lib/host/preflight.ts";
 import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
@@ -18,7 +18,13 @@ import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { runFlags } from "./flags.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
-import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost } from "./host_options.ts";
+import {
+  hostDeviceReader,
+  hostFactsFor,
+  isLiveRoot,
+  LIVE_SYSFS,
+  loadHost,
+} from "./host_options.ts";
 import { checkConnectUri, type ConnectTarget } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
@@ -89,6 +95,8 @@ export interface ComputedPlan extends Disposable {
   config: Config;
   /** The host's pre-flight facts the plan read (`apply` re-checks block disks with them). */
   facts: HostFacts;
+  /** Reads a function of the planned host (its sysfs) as it is now, for `apply`'s re-check. */
+  hardware: (address: PciAddress) => PciDevice | null;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -244,7 +252,14 @@ export async function computePlan(
     // Where the installed hook records them, whatever --state-dir says (it names the backups).
     const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
     await addGuardRefusals(plan, guard.stateDir);
-    return { plan, libvirt, config, facts, [Symbol.dispose]: () => libvirt.close() };
+    return {
+      plan,
+      libvirt,
+      config,
+      facts,
+      hardware: hostDeviceReader(sysfs),
+      [Symbol.dispose]: () => libvirt.close(),
+    };
   } catch (error) {
     libvirt.close();
     throw error;

@@ -47,7 +47,7 @@ import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { heldSincePlan } from "./recheck.ts";
+import { hardwareSincePlan, heldSincePlan, type ReadHostDevice } from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand, positionalCommand, type RunFlags } from "../render/shell.ts";
@@ -105,6 +105,7 @@ export type ApplyCode =
   | "read-failed"
   | "drift"
   | "conflict-changed"
+  | "hardware-changed"
   | "backup-failed"
   | "define-failed"
   | "define-unknown"
@@ -246,6 +247,12 @@ export interface ApplyOptions {
    * as the plan did. Default: they are not re-checked.
    */
   devices?: DeviceResolvers;
+  /**
+   * Reads a PCI function of the planned host as it is now: before each define, a VM whose
+   * devices are gone, another card, or in another IOMMU group since the plan is not applied
+   * (`hardware-changed`). Default: the host is not read again.
+   */
+  hardware?: ReadHostDevice;
   /**
    * Asked before each VM (or each set of VMs swapping devices) is asked about and applied: a
    * reason (`SIGINT`, ...) stops the apply there, the VMs left skipped (`interrupted`), so a stop
@@ -1148,6 +1155,17 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
+  const changed = options.hardware === undefined
+    ? []
+    : hardwareSincePlan(vm, options.hardware, plan.groupOf);
+  if (changed.length > 0) {
+    return fail({
+      code: "hardware-changed",
+      message: `Not applied to "${vm.name}": since the plan was made, the host's devices changed: ${
+        changed.join("; ")
+      }: run the plan again`,
+    });
+  }
   const backup = backupBefore(vm, now, options);
   if (isFailure(backup)) return fail(backup);
   // The re-check and the synced backup take tens of milliseconds, in which a `virsh edit` or

@@ -17,7 +17,8 @@
  */
 
 import { heldAddresses } from "../domain/domain_xml.ts";
-import type { PciAddress } from "../host/types.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
+import { sameIdentityAsRead } from "../resolve/match.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
@@ -203,3 +204,87 @@ export function heldElsewhere(
   }
   return problems;
 }
+
+/**
+ * One PCI function of the host as it is now, its `iommuGroup` read too, or `null` when nothing is
+ * at `address` (see `hostDeviceReader` in `cli/host_options.ts`).
+ */
+export type ReadHostDevice = (address: PciAddress) => PciDevice | null;
+
+/**
+ * Why the devices `vm` takes are no longer the ones its plan showed, one sentence per device
+ * (empty when each is still there, the same card, in the same IOMMU group: for a card that moved,
+ * the group `groupOf` gives, the plan's `groupOf`). Between the plan and
+ * the define (the prompt, minutes) a card can be hot-removed or swapped, SR-IOV VFs destroyed and
+ * made again, a group renumbered by a rescan: defining then would hand the guest whatever now sits
+ * at the address, or nothing. What `read` cannot tell (a serial number an unprivileged read does
+ * not reach) is not compared.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { emptyVmPlan } from "../plan/vm_edit.ts";
+ * import type { PlannedHostdev } from "../plan/types.ts";
+ * const identity = { address: "0000:01:00.1", vendorId: "10de", deviceId: "10f0",
+ *   subsystemVendorId: null, subsystemDeviceId: null, classCode: "040300", serial: null,
+ *   driver: "snd_hda_intel", rule: "gpu" };
+ * const add = { address: "0000:01:00.1", rule: "gpu", group: 1, identity } as PlannedHostdev;
+ * const vm = { ...emptyVmPlan("a", ""), add: [add] };
+ * assertEquals(hardwareSincePlan(vm, () => null), [
+ *   `"0000:01:00.1" (rule "gpu") is gone from the host`,
+ * ]);
+ * ```
+ */
+export function hardwareSincePlan(
+  vm: VmPlan,
+  read: ReadHostDevice,
+  groupOf: Readonly<Record<PciAddress, number>> = {},
+): string[] {
+  const problems: string[] = [];
+  // A card that moved was proven at its new address by the plan; it must still be there, in the
+  // group the plan saw (`Plan.groupOf`).
+  for (const move of vm.move) {
+    const named = `"${move.to}" (rule "${move.rule}", the card that moved from "${move.from}")`;
+    const now = read(move.to);
+    const group = groupOf[move.to];
+    if (now === null) {
+      problems.push(`${named} is gone from the host`);
+    } else if (group !== undefined && now.iommuGroup !== group) {
+      problems.push(`${named} is now in IOMMU group ${now.iommuGroup ?? "none"}, not ${group}`);
+    }
+  }
+  for (const entry of vm.add) {
+    const named = `"${entry.address}" (rule "${entry.rule}")`;
+    const now = read(entry.address);
+    if (now === null) {
+      problems.push(`${named} is gone from the host`);
+    } else if (!sameIdentityAsRead(entry.identity, now)) {
+      problems.push(`${named} is now another device (${identityChange(entry.identity, now)})`);
+    } else if (now.iommuGroup !== entry.group) {
+      problems.push(
+        `${named} is now in IOMMU group ${now.iommuGroup ?? "none"}, not ${entry.group ?? "none"}`,
+      );
+    }
+  }
+  return problems;
+}
+
+/** The identity fields that differ, `vendor 10de, now 1002`. */
+function identityChange(
+  was: PlannedHostdevIdentity,
+  now: PciDevice,
+): string {
+  const fields: [string, string | null, string | null][] = [
+    ["vendor", was.vendorId, now.vendorId],
+    ["device", was.deviceId, now.deviceId],
+    ["subsystem vendor", was.subsystemVendorId, now.subsystemVendorId],
+    ["subsystem device", was.subsystemDeviceId, now.subsystemDeviceId],
+    ["class", was.classCode, now.classCode],
+    ["serial", was.serial, now.serial],
+    ["slot", was.slot ?? null, was.slot === undefined ? null : now.physicalSlot],
+  ];
+  return fields.filter(([, a, b]) => a !== b)
+    .map(([name, a, b]) => `${name} ${a ?? "none"}, now ${b ?? "none"}`).join("; ");
+}
+
+type PlannedHostdevIdentity = VmPlan["add"][number]["identity"];
