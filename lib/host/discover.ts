@@ -223,7 +223,7 @@ async function settledLspci(
       }
       const address = canonicalPciAddress(name) ?? name;
       const gone = changed || !devices.some((d) => d.address === address) ||
-        isGone(reader, `${root}/bus/pci/devices/${name}`);
+        entryGone(reader, `${root}/bus/pci/devices/${name}`);
       if (!gone) throw error;
       throw new HostChangedError(root, { appeared: [], vanished: [address] }, { cause: error });
     }
@@ -273,7 +273,7 @@ async function readDevices(
   for (let i = 0; i < names.length; i++) {
     if (pause !== undefined && i % 128 === 127) await pause();
     const entry = readRawDevice(reader, root, names[i]!);
-    if (entry.uevent === null && (live || isGone(reader, entry.path))) vanished.add(entry.name);
+    if (entry.uevent === null && (live || entryGone(reader, entry.path))) vanished.add(entry.name);
     raw.push(entry);
   }
   const settled = vanished.size === 0 ? finishDevices(reader, root, raw) : null;
@@ -293,8 +293,17 @@ async function readDevices(
  * Whether nothing is at `path` any more: no directory, no link (a dangling one is a damaged tree,
  * not a change), no file (a damaged tree's entry). The live kernel writes every device's
  * `uevent`, so there a missing one says enough; a captured tree may hold none.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * assertEquals([entryGone(denoFsReader(), dir), entryGone(denoFsReader(), `${dir}/x`)], [false, true]);
+ * Deno.removeSync(dir);
+ * ```
  */
-function isGone(reader: SysfsReader, path: string): boolean {
+export function entryGone(reader: SysfsReader, path: string): boolean {
   return reader.listDir(path) === null && reader.readLink(path) === null &&
     reader.readText(path) === null;
 }

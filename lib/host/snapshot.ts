@@ -23,7 +23,7 @@ import type { HostTopology } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
 import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
-import { firstInterface } from "./discover.ts";
+import { entryGone, firstInterface, HostChangedError } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { errorText } from "../render/error_text.ts";
 import { join, pathExists } from "../state/paths.ts";
@@ -237,9 +237,16 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
     const from = `${root}/bus/pci/devices/${device.address}`;
     const to = `${devicesDir}/${device.address}`;
     Deno.mkdirSync(to);
+    let uevent = false;
     for (const name of ATTRIBUTES) {
       const bytes = reader.readBytes(`${from}/${name}`, 65536);
       if (bytes !== null) Deno.writeFileSync(`${to}/${name}`, bytes);
+      if (name === "uevent") uevent = bytes !== null;
+    }
+    // Discovery read it a moment ago: one removed since would be written as a directory of
+    // nothing, read back from the snapshot as an ffff:ffff device still in its group.
+    if (!uevent && (live || entryGone(reader, from))) {
+      throw new HostChangedError(root, { appeared: [], vanished: [device.address] });
     }
     // As much config space as this process may read: 4096 bytes as root, 64 otherwise, so the
     // snapshot shows lspci exactly the capabilities the live host showed.

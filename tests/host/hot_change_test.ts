@@ -11,6 +11,16 @@ import { buildHostTree, type HostDeviceDescription } from "../../lib/testing/hos
 import { discoverHost, HostChangedError } from "../../lib/host/discover.ts";
 import { commandLspciRunner, LspciError, type LspciRunner } from "../../lib/host/lspci.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
+import { writeSnapshot } from "../../lib/host/snapshot.ts";
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function device(
   bdf: string,
@@ -220,5 +230,28 @@ Deno.test("discoverHost() keeps lspci's own error when the function it cannot re
       LspciError,
       "pcilib: Cannot open",
     );
+  });
+});
+
+Deno.test("writeSnapshot() of a function hot-removed after discovery fails in one line and writes nothing", async () => {
+  await withTree(async (root) => {
+    const host = await discoverHost({ root, lspci: null });
+    hotRemove(root, AUDIO, 1);
+    const out = `${root}/../snapshot`;
+    // Before: the snapshot held the function as a directory of nothing, read back from it as an
+    // ffff:ffff device of class 000000 still in group 1.
+    let message = "";
+    try {
+      writeSnapshot(host, out, { root, reader: denoFsReader() });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    assertMatch(
+      message,
+      new RegExp(
+        `^Cannot write snapshot to ".*": The PCI devices of ".*" changed while they were read \\(${AUDIO} vanished\\): run again once the host's devices settle; nothing was left there$`,
+      ),
+    );
+    assertEquals(existsSync(out), false);
   });
 });
