@@ -164,10 +164,18 @@ export async function discoverHost(options: DiscoverOptions = {}): Promise<HostT
   const vendorNames = options.vendorNames ?? pciIdsVendorNames();
   // Sysfs has named every vendor: look their names up (reading pci.ids) while lspci finishes.
   for (const device of devices) vendorNames(device.vendorId);
-  const lspci = parseLspci(
-    (await settledLspci(lspciRun, { runner, root, reader, devices, changed: attempts > 1 })) ??
-      "",
-  );
+  const settle = { runner, root, reader, devices, changed: attempts > 1 };
+  let lspci = parseLspci((await settledLspci(lspciRun, settle)) ?? "");
+  // lspci lists the host as it starts, sysfs just after: a function added between the two has
+  // no record (no names, no kernel modules, which a `driver` rule of a vfio-bound card needs).
+  // lspci over a host lists every function sysfs does, so one run more, over the host as read
+  // (not for one that listed none: that is no race, and a second run would say no more).
+  const missed = lspci.size > 0 && devices.some((d) => !lspci.has(d.address));
+  if (runner !== null && lspciRun === lspciText && missed) {
+    const again = runner(lspciArgs(root));
+    again.catch(() => {});
+    lspci = parseLspci((await settledLspci(again, settle)) ?? "");
+  }
   for (const device of devices) {
     const record = lspci.get(device.address);
     if (record !== undefined) mergeLspci(device, record, vendorNames);

@@ -255,3 +255,22 @@ Deno.test("writeSnapshot() of a function hot-removed after discovery fails in on
     assertEquals(existsSync(out), false);
   });
 });
+
+Deno.test("discoverHost() runs lspci again when it missed a function hot-added before sysfs was listed", async () => {
+  await withTree(async (root) => {
+    hotRemove(root, AUDIO, 1);
+    let runs = 0;
+    // lspci lists the host, then the function arrives before discovery lists bus/pci/devices.
+    const lspci: LspciRunner = (args) => {
+      runs++;
+      const output = new Deno.Command("lspci", { args, stdout: "piped", stderr: "null" })
+        .outputSync();
+      if (runs === 1) hotAdd(root, AUDIO, 1);
+      return Promise.resolve(new TextDecoder().decode(output.stdout));
+    };
+    const host = await discoverHost({ root, reader: denoFsReader(), lspci });
+    const audio = host.devices.find((d) => d.address === AUDIO);
+    // Before: sysfs's function had no lspci record: no names, no kernel modules.
+    assertEquals([runs, audio?.className], [2, "Audio device"]);
+  });
+});
