@@ -6,7 +6,15 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { baseDevices, GPU, GPU_AUDIO, GPU_CONFIG, WIN10, withPort } from "../helpers/plan_world.ts";
+import {
+  baseDevices,
+  config,
+  GPU,
+  GPU_AUDIO,
+  GPU_CONFIG,
+  WIN10,
+  withPort,
+} from "../helpers/plan_world.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
@@ -110,4 +118,56 @@ Deno.test("hardwareSincePlan() checks a moved card's new address: still there, i
   assertEquals(hardwareSincePlan(vm, at(9), { "0000:05:00.0": 7 }), [
     `"0000:05:00.0" (rule "gpu", the card that moved from "0000:02:00.0") is now in IOMMU group 9, not 7`,
   ]);
+});
+
+Deno.test("applyPlan() does not define a vf: interface whose VF was destroyed since the plan (sriov_numvfs written)", async () => {
+  const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
+  const nic = { class: "0x020000", vendor: "0x8086", ...blank };
+  const vfs = [0, 2].map((fn, i) => ({
+    ...nic,
+    bdf: `0000:07:10.${fn}`,
+    group: 30 + i,
+    device: "0x10ca",
+    driver: "igbvf",
+    physfn: "0000:07:00.0",
+  }));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hardware-recheck-" });
+  try {
+    const root = `${dir}/sysfs`;
+    buildHostTree({
+      devices: [
+        { ...nic, bdf: "0000:07:00.0", group: 20, device: "0x10c9", driver: "igb" },
+        ...vfs,
+      ],
+    }, root);
+    const host = await discoverHost({ root, lspci: null });
+    const rules = config(`  win10:
+    devices:
+      - name: uplink
+        match: { vendor_device_id: "8086:10c9" }
+        vf: any
+        interface: { mac: auto }
+`);
+    await withPort([WIN10], async (libvirt: LibvirtPort) => {
+      const plan = planHostdevs({ config: rules, host, libvirt });
+      assertEquals(plan.vms[0]!.add.map((a) => a.address), ["0000:07:10.0"]);
+      // The PF's VFs destroyed (echo 0 > sriov_numvfs) while apply waits at its prompt.
+      for (const vf of vfs) {
+        Deno.removeSync(`${root}/bus/pci/devices/${vf.bdf}`, { recursive: true });
+      }
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir: `${dir}/state`,
+        confirm: () => Promise.resolve("yes"),
+        hardware: hostDeviceReader(root),
+      });
+      assertEquals([report.vms[0]!.status, report.vms[0]!.code], ["failed", "hardware-changed"]);
+      assertMatch(
+        report.vms[0]!.message,
+        /"0000:07:10\.0" \(rule "uplink"\) is gone from the host/,
+      );
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
