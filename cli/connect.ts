@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { CliIo } from "./context.ts";
+import { type CliIo, UsageError } from "./context.ts";
 import { UriProgramError, uriProgramReason } from "../ffi/uri_check.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
 
@@ -15,6 +15,50 @@ import type { ConnectionOpenOptions } from "../ffi/connection.ts";
 export interface ConnectValues {
   connect?: string | undefined;
   "allow-uri-programs"?: boolean | undefined;
+  "libvirt-timeout"?: string | undefined;
+}
+
+/**
+ * How long one libvirt call may go unanswered by default, in seconds: twice libvirt's own wait
+ * for a busy domain's job lock (30 s, after which that call fails by itself), so a healthy but
+ * busy daemon is waited for, and a stopped or deadlocked one is not waited for forever.
+ */
+export const DEFAULT_LIBVIRT_TIMEOUT = 60;
+
+/**
+ * The seconds of `--libvirt-timeout` (its default when absent; `0`: no bound), or a
+ * {@link UsageError} for anything but a number of seconds.
+ */
+export function libvirtTimeout(value: string | undefined): number {
+  if (value === undefined) return DEFAULT_LIBVIRT_TIMEOUT;
+  const seconds = /^\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : NaN;
+  // Past a year, the timer's seconds lose nothing, but no one means it: a typo.
+  if (!Number.isFinite(seconds) || seconds > 31_536_000) {
+    throw new UsageError(
+      `--libvirt-timeout takes a number of seconds (0 for no limit), not "${value}"`,
+    );
+  }
+  return seconds;
+}
+
+/**
+ * `target` with the deadline of `--libvirt-timeout` (`value`; see {@link libvirtTimeout}):
+ * each libvirt call of the command is bounded by it, except on the test driver, which has no
+ * daemon to wait for.
+ */
+export function withLibvirtTimeout(
+  target: ConnectTarget,
+  value: string | undefined,
+): ConnectTarget {
+  const seconds = libvirtTimeout(value);
+  if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
+  return {
+    uri: target.uri,
+    options: {
+      ...target.options,
+      deadline: { seconds, hint: "wait longer with --libvirt-timeout N (seconds)" },
+    },
+  };
 }
 
 /** The URI a command opens (`null`: libvirt's default) and the options to open it with. */
@@ -80,7 +124,12 @@ function checkTestDriverFile(uri: string, origin: string): void {
   }
 }
 
-/** The URI of `--connect` (else `LIBVIRT_DEFAULT_URI`, else `null`), checked (see above). */
+/**
+ * The URI of `--connect` (else `LIBVIRT_DEFAULT_URI`, else `null`), checked (see above), with
+ * the deadline of `--libvirt-timeout`.
+ */
 export function connectTarget(values: ConnectValues, io: CliIo): ConnectTarget {
-  return checkConnectUri(values.connect, "--connect", values["allow-uri-programs"] === true, io);
+  const allowed = values["allow-uri-programs"] === true;
+  const target = checkConnectUri(values.connect, "--connect", allowed, io);
+  return withLibvirtTimeout(target, values["libvirt-timeout"]);
 }

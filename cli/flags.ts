@@ -181,8 +181,9 @@ export const HOST_FLAGS = {
 } as const satisfies Flags;
 
 /**
- * `-c, --connect URI`: the libvirt to open, for every command that opens one; and
- * `--allow-uri-programs`, without which a URI that makes libvirt run a program is refused.
+ * `-c, --connect URI`: the libvirt to open, for every command that opens one;
+ * `--allow-uri-programs`, without which a URI that makes libvirt run a program is refused; and
+ * `--libvirt-timeout N`, how many seconds one libvirt call may go unanswered.
  */
 export const CONNECT_FLAG = {
   connect: {
@@ -195,6 +196,12 @@ export const CONNECT_FLAG = {
     type: "boolean",
     help:
       "open a libvirt URI that runs a program it names (the ext transport, command= or netcat=), refused otherwise",
+  },
+  "libvirt-timeout": {
+    type: "string",
+    value: "N",
+    help:
+      "give up (exit 1) when one libvirt call has not answered in N seconds (default: 60; 0: wait for ever)",
   },
 } as const satisfies Flags;
 

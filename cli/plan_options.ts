@@ -25,7 +25,7 @@ import {
   LIVE_SYSFS,
   loadHost,
 } from "./host_options.ts";
-import { checkConnectUri, type ConnectTarget } from "./connect.ts";
+import { checkConnectUri, type ConnectTarget, withLibvirtTimeout } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { guardPath } from "../lib/guard/layout.ts";
@@ -85,6 +85,8 @@ export interface PlanInputs {
   "state-dir"?: string | undefined;
   /** `--allow-uri-programs`: open a URI that makes libvirt run a program. */
   "allow-uri-programs"?: boolean | undefined;
+  /** `--libvirt-timeout`: how long one libvirt call may go unanswered. */
+  "libvirt-timeout"?: string | undefined;
 }
 
 /** A plan together with the connection it was read through (close it when done). */
@@ -233,7 +235,10 @@ export async function computePlan(
   const { config, sysfs, connect, section, connectOrigin } = hostInputs(loaded, inputs, io);
   checkVmNames(config, section, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
-  const target = checkConnectUri(connect, connectOrigin, allowUriPrograms, io);
+  const target = withLibvirtTimeout(
+    checkConnectUri(connect, connectOrigin, allowUriPrograms, io),
+    inputs["libvirt-timeout"],
+  );
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);
   const { host, libvirt } = await discoverWhileConnecting(sysfs, target);

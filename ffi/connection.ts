@@ -4,6 +4,7 @@
  * @module
  */
 
+import { setLibvirtDeadline, setLibvirtDeadlineTarget, withDeadlineNote } from "./deadline.ts";
 import { Domain } from "./domain.ts";
 import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
 import { borrowCString, cString, libvirt, takeCString, valueKind } from "./library.ts";
@@ -31,6 +32,13 @@ export interface ConnectionOpenOptions {
    * named beside it in errors. A `uri` of `null` read from the environment is named so anyway.
    */
   origin?: string;
+  /**
+   * Bound each libvirt call of this process from now on (the open included) by
+   * `deadline.seconds`: past it, the process prints why (`deadline.who: libvirt at "URI" did not
+   * answer in N s: ...; deadline.hint`) and exits with status 1 (see `deadline.ts`). Default:
+   * calls wait as long as libvirt makes them, which is forever when the daemon is stopped.
+   */
+  deadline?: { seconds: number; who?: string; hint?: string };
 }
 
 /** The environment variable libvirt opens when given no URI. */
@@ -98,7 +106,8 @@ export class Connection {
    * `LibvirtError` when the driver or daemon is unreachable.
    */
   static open(uri?: string | null, options: ConnectionOpenOptions = {}): Connection {
-    const lib = libvirt();
+    // Loaded first: a library that cannot load is reported before anything about the URI.
+    libvirt();
     // libvirt's own first choice, read here so it is checked and named in errors like a URI
     // given; its next choices (libvirt.conf's uri_default, aliases) are root's configuration.
     const given = uri ?? null;
@@ -118,6 +127,15 @@ export class Connection {
       });
     }
     const name = requested === null ? null : cString(requested);
+    if (options.deadline !== undefined) {
+      setLibvirtDeadline(options.deadline.seconds, {
+        target: requested === null ? "its default URI" : JSON.stringify(requested),
+        who: options.deadline.who,
+        hint: options.deadline.hint,
+      });
+    }
+    // Read after the deadline is set: these symbols are armed by it.
+    const lib = libvirt();
     const readOnly = options.readOnly ?? false;
     const handle = checkPointer(
       readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name),
@@ -140,6 +158,7 @@ export class Connection {
       lib.virConnectClose(handle);
       throw error;
     }
+    if (options.deadline !== undefined) setLibvirtDeadlineTarget(JSON.stringify(canonical));
     return new Connection(handle, { uri: canonical, readOnly });
   }
 
@@ -264,10 +283,14 @@ export class Connection {
    */
   defineDomain(xml: string, options: DefineDomainOptions = {}): Domain {
     const flags = (options.validate ?? true) ? VIR_DOMAIN_DEFINE_VALIDATE : 0;
-    const pointer = libvirt().virDomainDefineXMLFlags(
-      this.#live("defineDomain"),
-      cString(xml),
-      flags,
+    const handle = this.#live("defineDomain");
+    const text = cString(xml);
+    const pointer = withDeadlineNote(
+      `while defining${
+        domainNameHint(xml) || " a domain"
+      }: whether that define took effect is unknown ` +
+        "(its previous definition is in a backup: `passthrough backups`)",
+      () => libvirt().virDomainDefineXMLFlags(handle, text, flags),
     );
     return new Domain(checkPointer(pointer, {
       operation: "virDomainDefineXMLFlags",

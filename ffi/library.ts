@@ -6,6 +6,7 @@
  * @module
  */
 
+import { guardSymbols, libvirtDeadlineArmed } from "./deadline.ts";
 import { libc } from "./libc.ts";
 import { ERROR_FUNC_DEFINITION, LIBVIRT_SYMBOLS } from "./symbols.ts";
 
@@ -123,6 +124,8 @@ function initialiseOpenSslWithoutAtExit(): void {
 }
 
 let cachedLibvirt: LibvirtLibrary | undefined;
+/** The symbols armed by the deadline (`deadline.ts`), made when one is first set. */
+let guardedLibvirt: LibvirtSymbols | undefined;
 
 function configuredPath(): string {
   // Without env permission the override cannot be read; fall back rather than fail so a run with
@@ -135,11 +138,13 @@ function configuredPath(): string {
 
 /**
  * The process-wide libvirt, opened on first use from `PASSTHROUGH_LIBVIRT_PATH` or
- * `libvirt.so.0`. Throws {@link LibvirtLoadError} when it cannot be loaded.
+ * `libvirt.so.0`, each call bounded while a deadline is set (`setLibvirtDeadline`). Throws
+ * {@link LibvirtLoadError} when it cannot be loaded.
  */
 export function libvirt(): LibvirtSymbols {
   cachedLibvirt ??= openLibvirtLibrary(configuredPath());
-  return cachedLibvirt.symbols;
+  if (!libvirtDeadlineArmed()) return cachedLibvirt.symbols;
+  return guardedLibvirt ??= guardSymbols(cachedLibvirt.symbols);
 }
 
 const encoder = new TextEncoder();

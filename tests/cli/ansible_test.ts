@@ -241,6 +241,21 @@ vms:
         /"msg": \[\s*"timed out after 0\.001 s \(passthrough_timeout\)"\s*\]/,
       );
 
+      // A libvirtd that stops answering fails the host with the CLI's own message, not a hang
+      // until passthrough_timeout.
+      Deno.kill(daemon.pid, "SIGSTOP");
+      let stuck;
+      try {
+        stuck = await playbook(good, ["--check", "-e", "passthrough_libvirt_timeout=1"]);
+      } finally {
+        Deno.kill(daemon.pid, "SIGCONT");
+      }
+      assertEquals(stuck.code, 2, stuck.out);
+      assertMatch(
+        stuck.out.slice(stuck.out.indexOf("TASK [Passthrough failed]")),
+        /libvirt at \\"qemu:[^ ]*\\" did not answer in 1 s: is libvirtd running\?/,
+      );
+
       const first = await playbook(good, ["--diff"]);
       assertEquals(first.code, 0, first.out);
       // --diff on a real run: the definition before the define, and the one libvirt holds now.

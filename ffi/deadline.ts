@@ -1,0 +1,279 @@
+/**
+ * A bound on how long one libvirt call may block: without it a stopped, deadlocked or overloaded
+ * libvirtd hangs every command forever (libvirt's client sends keepalives only with an event loop
+ * running, and the calls here block the one thread that could run it; a JavaScript timer cannot
+ * fire either while that thread is in C).
+ *
+ * So the watchdog is libc's: two POSIX timers (`timer_create` with `SIGEV_THREAD`), armed before
+ * each libvirt call and disarmed after it. When the first expires, glibc's own timer thread (which
+ * never touches libvirt, whose error callback is process-global) runs `system()` with a prepared
+ * command that prints the message on this process's standard error; a second later the other
+ * calls `_exit(1)` on a thread of its own: the process ends with status 1 wherever the call is
+ * stuck. No signal is involved: SIGINT, SIGTERM and SIGHUP keep the handling `apply` gives them
+ * (held back during a define), and `nohup` keeps its meaning. A call that answers after the
+ * message was printed ends the process too, as the message said. Arming and disarming cost four
+ * `timer_settime` calls (a few microseconds); nothing runs unless a call outlives the deadline.
+ *
+ * Linux with glibc only (`SIGEV_THREAD` is glibc's); where a piece is missing, no deadline is
+ * armed and calls wait as libvirt makes them.
+ *
+ * @module
+ */
+
+import { LITTLE_ENDIAN } from "./libc.ts";
+
+/**
+ * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime`, four times per
+ * libvirt call, gets Deno's compiled fast call (about 0.3 µs a call instead of 7); the others run
+ * once or twice, and their results, declared as a struct of the one integer or pointer (returned
+ * in the same register), spare the compilation (see `libc.ts`).
+ */
+const WATCHDOG_SYMBOLS = {
+  // int timer_create(clockid_t clockid, struct sigevent *sevp, timer_t *timerid);
+  timer_create: { parameters: ["i32", "buffer", "buffer"], result: { struct: ["i32"] } },
+  // int timer_settime(timer_t timerid, int flags, const struct itimerspec *new_value,
+  //                   struct itimerspec *old_value);
+  timer_settime: { parameters: ["pointer", "i32", "buffer", "buffer"], result: "i32" },
+  // void *dlsym(void *handle, const char *symbol);  (glibc 2.34 and later: in libc itself)
+  dlsym: { parameters: ["pointer", "buffer"], result: { struct: ["pointer"] } },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type WatchdogSymbols = Deno.DynamicLibrary<typeof WATCHDOG_SYMBOLS>["symbols"];
+
+const CLOCK_MONOTONIC = 1;
+const SIGEV_THREAD = 2;
+/** How long after the message the process ends, so that `sh` has printed it. */
+const GRACE_SECONDS = 1;
+/** Room for the command `system()` runs; its address is fixed when the timer is created. */
+const COMMAND_BYTES = 4096;
+
+interface Watchdog {
+  libc: WatchdogSymbols;
+  /** Runs `system(command)`: the message. */
+  say: Deno.PointerValue;
+  /** Runs `_exit(1)`, {@link GRACE_SECONDS} later. */
+  end: Deno.PointerValue;
+  command: Uint8Array<ArrayBuffer>;
+  armSay: Uint8Array<ArrayBuffer>;
+  armEnd: Uint8Array<ArrayBuffer>;
+  disarm: Uint8Array<ArrayBuffer>;
+  /** What `say` had left when disarmed (its it_value zero once it fired), and as integers. */
+  left: Uint8Array<ArrayBuffer>;
+  leftValue: BigInt64Array<ArrayBuffer>;
+}
+
+/** The watchdog once created; `null` when this system cannot have one. */
+let watchdog: Watchdog | null | undefined;
+/** The deadline in force, in seconds; `null`: calls wait as long as libvirt makes them. */
+let seconds: number | null = null;
+/** Where the deadline's libvirt is (`"qemu:///system"`, or how its default is named). */
+let target = "";
+/** What the message starts with (`passthrough plan`) and ends with (how to wait longer). */
+let who = "passthrough";
+let hint: string | null = null;
+/** The call in flight, when one needs more said than the default (a define). */
+let note: string | null = null;
+
+const encoder = new TextEncoder();
+
+function cString(text: string): Uint8Array<ArrayBuffer> {
+  return encoder.encode(text.replaceAll("\0", "") + "\0");
+}
+
+/**
+ * A timer whose expiry runs `run(value)` on a thread of glibc's (`SIGEV_THREAD`); `null` when it
+ * cannot be made.
+ */
+function threadTimer(
+  libc: WatchdogSymbols,
+  run: Deno.PointerObject,
+  value: bigint,
+): Deno.PointerValue | undefined {
+  // struct sigevent: sigev_value at 0, sigev_signo at 8, sigev_notify at 12, then
+  // _sigev_thread's _function at 16 and _attribute at 24 (64 bytes on 64-bit Linux).
+  const event = new Uint8Array(64);
+  const view = new DataView(event.buffer);
+  view.setBigUint64(0, value, LITTLE_ENDIAN);
+  view.setInt32(12, SIGEV_THREAD, LITTLE_ENDIAN);
+  view.setBigUint64(16, BigInt(Deno.UnsafePointer.value(run)), LITTLE_ENDIAN);
+  const id = new Uint8Array(8);
+  const status = libc.timer_create(CLOCK_MONOTONIC, event, id);
+  if (new DataView(status.buffer).getInt32(0, LITTLE_ENDIAN) !== 0) return undefined;
+  return Deno.UnsafePointer.create(new DataView(id.buffer).getBigUint64(0, LITTLE_ENDIAN));
+}
+
+function createWatchdog(): Watchdog | null {
+  let libc: WatchdogSymbols;
+  try {
+    libc = Deno.dlopen("libc.so.6", WATCHDOG_SYMBOLS).symbols;
+  } catch {
+    // glibc before 2.34 keeps timers in librt and dlsym in libdl; a libc that is not glibc
+    // has no SIGEV_THREAD. No deadline there rather than a failing command.
+    return null;
+  }
+  const symbol = (name: string) =>
+    Deno.UnsafePointer.create(
+      new DataView(libc.dlsym(null, cString(name)).buffer).getBigUint64(0, LITTLE_ENDIAN),
+    );
+  const exit = symbol("_exit");
+  const system = symbol("system");
+  if (exit === null || system === null) return null;
+  // Never moved nor collected while this module lives: the timer's thread reads it.
+  const command = new Uint8Array(COMMAND_BYTES);
+  const say = threadTimer(
+    libc,
+    system,
+    BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(command))),
+  );
+  // `_exit` takes the sigval as its int: 1, a runtime error's status.
+  const end = threadTimer(libc, exit, 1n);
+  if (say === undefined || end === undefined) return null;
+  // struct itimerspec: it_interval (seconds, nanoseconds), then it_value; all zero disarms.
+  const left = new Uint8Array(32);
+  return {
+    libc,
+    say,
+    end,
+    command,
+    armSay: new Uint8Array(32),
+    armEnd: new Uint8Array(32),
+    disarm: new Uint8Array(32),
+    left,
+    leftValue: new BigInt64Array(left.buffer),
+  };
+}
+
+/** `'text'` for `sh`, whatever it holds. */
+function shellWord(text: string): string {
+  return `'${text.replaceAll("'", `'\\''`)}'`;
+}
+
+/** What a deadline's message says; see {@link deadlineMessage}. */
+export interface DeadlineMessageFields {
+  /** Where libvirt is, as the message shows it (`"qemu:///system"`). */
+  target: string;
+  seconds: number;
+  /** What the message starts with; default `passthrough`. */
+  who?: string | undefined;
+  /** The call in flight, when it needs saying (`while defining "vm": ...`). */
+  note?: string | null | undefined;
+  /** The last words: how to wait longer. */
+  hint?: string | null | undefined;
+}
+
+/**
+ * The line the process prints when a libvirt call outlives the deadline.
+ *
+ * @example
+ * ```ts
+ * import { deadlineMessage } from "./deadline.ts";
+ * const line = deadlineMessage({ target: '"qemu:///system"', seconds: 60 });
+ * if (!line.includes("did not answer in 60 s")) throw new Error(line);
+ * ```
+ */
+export function deadlineMessage(fields: DeadlineMessageFields): string {
+  const inFlight = fields.note === null || fields.note === undefined ? "" : `, ${fields.note}`;
+  const end = fields.hint === null || fields.hint === undefined ? "" : `; ${fields.hint}`;
+  return `${fields.who ?? "passthrough"}: libvirt at ${fields.target} did not answer in ` +
+    `${fields.seconds} s${inFlight}: is libvirtd running? \`systemctl status libvirtd\`${end}`;
+}
+
+/** Writes the command the timer's thread runs, for the current message. */
+function prepareCommand(dog: Watchdog): void {
+  const message = deadlineMessage({ target, seconds: seconds ?? 0, who, note, hint });
+  let text = `printf '%s\\n' ${shellWord(message)} >&2`;
+  // A URI long enough to overflow the buffer loses its message, never the exit.
+  if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
+  dog.command.fill(0);
+  encoder.encodeInto(text, dog.command.subarray(0, COMMAND_BYTES - 1));
+}
+
+/**
+ * Bounds every later libvirt call of this process by `wait` seconds (`null` or `0`: no bound),
+ * naming `fields.target` (`"qemu:///system"`) in the message. Returns whether a deadline is now
+ * armed around calls (`false` without one, and where this system cannot have one).
+ */
+export function setLibvirtDeadline(
+  wait: number | null,
+  fields: { target: string; who?: string | undefined; hint?: string | undefined },
+): boolean {
+  if (wait === null || !(wait > 0)) {
+    seconds = null;
+    return false;
+  }
+  watchdog ??= createWatchdog();
+  if (watchdog === null) return false;
+  seconds = wait;
+  target = fields.target;
+  who = fields.who ?? "passthrough";
+  hint = fields.hint ?? null;
+  const whole = Math.floor(wait);
+  const nanoseconds = BigInt(Math.min(999_999_999, Math.round((wait - whole) * 1e9)));
+  const say = new DataView(watchdog.armSay.buffer);
+  say.setBigInt64(16, BigInt(whole), LITTLE_ENDIAN);
+  say.setBigInt64(24, nanoseconds, LITTLE_ENDIAN);
+  const end = new DataView(watchdog.armEnd.buffer);
+  end.setBigInt64(16, BigInt(whole + GRACE_SECONDS), LITTLE_ENDIAN);
+  end.setBigInt64(24, nanoseconds, LITTLE_ENDIAN);
+  prepareCommand(watchdog);
+  return true;
+}
+
+/** Names the deadline's libvirt anew (its canonical URI, once open). */
+export function setLibvirtDeadlineTarget(where: string): void {
+  if (seconds === null || watchdog === null || watchdog === undefined) return;
+  target = where;
+  prepareCommand(watchdog);
+}
+
+/**
+ * Runs `call` with `text` said of it should it outlive the deadline (`while defining "vm":
+ * whether that define took effect is unknown`).
+ */
+export function withDeadlineNote<T>(text: string, call: () => T): T {
+  if (seconds === null || watchdog === null || watchdog === undefined) return call();
+  note = text;
+  prepareCommand(watchdog);
+  try {
+    return call();
+  } finally {
+    note = null;
+    prepareCommand(watchdog);
+  }
+}
+
+/** Whether a deadline is in force (see {@link setLibvirtDeadline}). */
+export function libvirtDeadlineArmed(): boolean {
+  return seconds !== null && watchdog !== null && watchdog !== undefined;
+}
+
+/**
+ * `symbols` with each function armed by the deadline while it runs: one object, made once by
+ * the caller (`libvirt()`), so a call costs four more libc calls only while a deadline is set.
+ */
+export function guardSymbols<T extends object>(symbols: T): T {
+  const guarded: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(symbols)) {
+    if (typeof value !== "function") {
+      guarded[name] = value;
+      continue;
+    }
+    const call = value as (...args: unknown[]) => unknown;
+    guarded[name] = (...args: unknown[]) => {
+      const dog = watchdog;
+      if (seconds === null || dog === null || dog === undefined) return call(...args);
+      dog.libc.timer_settime(dog.say, 0, dog.armSay, null);
+      dog.libc.timer_settime(dog.end, 0, dog.armEnd, null);
+      try {
+        return call(...args);
+      } finally {
+        dog.libc.timer_settime(dog.say, 0, dog.disarm, dog.left);
+        // The message is out (or going out): it said this run ends, so it does, the answer that
+        // came too late notwithstanding. `end` stays armed should anything below hang.
+        if (dog.leftValue[2] === 0n && dog.leftValue[3] === 0n) Deno.exit(1);
+        dog.libc.timer_settime(dog.end, 0, dog.disarm, null);
+      }
+    };
+  }
+  return guarded as T;
+}

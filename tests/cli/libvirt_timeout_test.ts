@@ -1,0 +1,187 @@
+/**
+ * A libvirtd that stops answering, for real: a private daemon stopped with `SIGSTOP` (its socket
+ * still accepts connections: the kernel queues them), stopped between two calls of a command, or
+ * holding back the reply to a define. Each command must give up after `--libvirt-timeout`,
+ * exit 1 and say where libvirt was, instead of waiting forever.
+ */
+
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { documentedFlags, MAIN } from "../helpers/cli.ts";
+import {
+  PROC_CONNECT_LIST_ALL_DOMAINS,
+  PROC_DOMAIN_DEFINE_XML_FLAGS,
+  startRpcHook,
+} from "../helpers/rpc_hook.ts";
+import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { Connection } from "../../ffi/mod.ts";
+
+const DEMO = new URL("../../demo/", import.meta.url).pathname;
+const unavailable = libvirtdUnavailable();
+
+/** How long a test waits for the CLI before killing it: far past the 1 s deadline it is given. */
+const SAFETY_MS = 120_000;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Whether the test had to kill it: the CLI hung. */
+  killed: boolean;
+}
+
+/** Runs the CLI, killed (and reported so) if it is still running after {@link SAFETY_MS}. */
+async function runBounded(args: string[]): Promise<Run> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill("SIGKILL");
+  }, SAFETY_MS);
+  const out = await child.output();
+  clearTimeout(timer);
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr), killed };
+}
+
+interface Scene extends AsyncDisposable {
+  daemon: Libvirtd;
+  dir: string;
+  /** Every flag but `--connect`. */
+  args: string[];
+  xml(name: string): string;
+}
+
+async function scene(): Promise<Scene> {
+  const daemon = await startLibvirtd();
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-" });
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+  await Deno.writeTextFile(
+    `${dir}/passthrough_config.yaml`,
+    `version: 1\nvms:\n  win10:\n    devices:\n      - name: gtx1080\n` +
+      `        match: { vendor_device_id: "10de:1b80" }\n`,
+  );
+  {
+    using conn = Connection.open(daemon.uri);
+    conn.defineDomain(`<domain type='qemu'><name>win10</name>
+  <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid><memory unit='KiB'>65536</memory>
+  <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>`).free();
+  }
+  return {
+    daemon,
+    dir,
+    args: [
+      "--config",
+      `${dir}/passthrough_config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--libvirt-timeout",
+      "1",
+    ],
+    xml(name) {
+      using conn = Connection.open(daemon.uri, { readOnly: true });
+      using dom = conn.lookupDomainByName(name);
+      return dom.xml({ inactive: true });
+    },
+    async [Symbol.asyncDispose]() {
+      // A stopped daemon ends on SIGKILL too; continued, it also ends as the helper expects.
+      try {
+        Deno.kill(daemon.pid, "SIGCONT");
+      } catch {
+        // Already gone.
+      }
+      await daemon.stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test({
+  name: "plan --libvirt-timeout 1 gives up on a stopped libvirtd: exit 1, one line naming the URI",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    Deno.kill(s.daemon.pid, "SIGSTOP");
+    for (const command of ["plan", "doctor", "sources"]) {
+      const args = command === "plan"
+        ? [...s.args, "--connect", s.daemon.uri]
+        : ["--sysfs", `${s.dir}/sysfs`, "--libvirt-timeout", "1", "--connect", s.daemon.uri];
+      const run = await runBounded([command, ...args]);
+      assert(!run.killed, `${command} hung on a stopped daemon: ${run.stderr}`);
+      assertEquals(run.code, 1, `${command}: ${run.stderr}`);
+      assertMatch(
+        run.stderr,
+        new RegExp(
+          `libvirt at "${
+            s.daemon.uri.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")
+          }" did not answer in 1 s: ` +
+            "is libvirtd running\\? `systemctl status libvirtd`; wait longer with --libvirt-timeout",
+        ),
+        command,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: "plan gives up when the daemon stops between two of its calls",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    await using hook = await startRpcHook({
+      socket: `${s.daemon.dir}/libvirt-sock`,
+      dir: s.daemon.dir,
+      proc: PROC_CONNECT_LIST_ALL_DOMAINS,
+      command: ["kill", "-STOP", String(s.daemon.pid)],
+    });
+    const run = await runBounded(["plan", ...s.args, "--connect", hook.uri]);
+    assert(!run.killed, `plan hung: ${run.stderr}`);
+    assertMatch(await hook.ran, /^ran 0 /);
+    assertEquals(run.code, 1, run.stderr);
+    assertEquals(run.stdout, "");
+    // Opened by then: the message names the URI libvirt gave back.
+    assertMatch(run.stderr, /libvirt at "qemu:\/\/\/system\?socket=[^"]*" did not answer in 1 s/);
+  },
+});
+
+Deno.test({
+  name: "apply gives up when a define is not answered, and says the define's outcome is unknown",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const before = s.xml("win10");
+    // The daemon defines; its reply is held back past the deadline (the proxy runs `sleep`
+    // before passing it on).
+    await using hook = await startRpcHook({
+      socket: `${s.daemon.dir}/libvirt-sock`,
+      dir: s.daemon.dir,
+      proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+      command: ["sleep", "10"],
+    });
+    const run = await runBounded(
+      ["apply", ...s.args, "--connect", hook.uri, "--state-dir", `${s.dir}/state`, "--yes"],
+    );
+    assert(!run.killed, `apply hung: ${run.stderr}`);
+    assertEquals(run.code, 1, run.stderr);
+    assertMatch(
+      run.stderr,
+      /did not answer in 1 s, while defining "win10": whether that define took effect is unknown \(its previous definition is in a backup: `passthrough backups`\)/,
+    );
+    assert(s.xml("win10") !== before, "the daemon did define: the reply alone was held back");
+  },
+});
+
+Deno.test("--libvirt-timeout refuses what is not a number of seconds (exit 2)", async () => {
+  const run = await runBounded(["sources", "--libvirt-timeout", "soon"]);
+  assertEquals(run.code, 2, run.stderr);
+  assertMatch(
+    run.stderr,
+    /--libvirt-timeout takes a number of seconds \(0 for no limit\), not "soon"/,
+  );
+});
