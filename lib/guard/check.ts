@@ -241,7 +241,7 @@ function matchesRecord(record: DeviceIdentity, device: PciDevice): boolean {
  * `passthrough plan --vm NAME`, with NAME as a shell and the option parser read it; none of the
  * hook's flags: the plan is the user's to run, with their config and libvirt.
  */
-function fixCommand(vm: string): string {
+export function fixCommand(vm: string): string {
   return followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] });
 }
 
