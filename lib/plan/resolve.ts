@@ -7,7 +7,7 @@
 
 import type { Config, VmConfig } from "../config/config.ts";
 import { closeOverGroups, type ClosureResult } from "../resolve/closure.ts";
-import { resolveRule, type RuleResolution } from "../resolve/match.ts";
+import { resolveRule, type RuleResolution, sameIdentityAsRead } from "../resolve/match.ts";
 import {
   pfInClosure,
   resolveVfRule,
@@ -21,6 +21,8 @@ import { type RunFlags, shellWord } from "../render/shell.ts";
 import { RUNNING_ONLY } from "./used_devices.ts";
 import { type NetworkPool, networkPoolErrors } from "./networks.ts";
 import type { DeviceIdentity, PlanIssue, VfIdentity } from "./types.ts";
+import type { MatchCriteria } from "../config/config.ts";
+import { describeIdentity } from "./issues.ts";
 
 /** What one VM's rules resolve to on a host, before looking at its domain XML. */
 export interface VmResolution {
@@ -131,7 +133,7 @@ function resolveVm(
   const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
   const vfs = new Map<PciAddress, VfChoice>();
   const rules = vm.rules.map((rule) => {
-    if (rule.vf === undefined) return resolveRule(rule, host, match);
+    if (rule.vf === undefined) return addressAloneReplaced(resolveRule(rule, host, match), records);
     const { resolution, choice } = resolveVfRule(rule, host, vfContext, match);
     if (choice !== null) vfs.set(choice.vf.address, choice);
     return resolution;
@@ -155,6 +157,60 @@ function resolveVm(
   ];
   const warnings = [...closure.warnings, ...own.warnings];
   return { vm: vm.name, rules, closure, errors, warnings, vfs };
+}
+
+/** The criteria that say what a device is, rather than where it sits or what drives it now. */
+const IDENTITY_KEYS: readonly (keyof MatchCriteria)[] = [
+  "vendorId",
+  "deviceId",
+  "subsystemVendorId",
+  "subsystemDeviceId",
+  "classPrefixes",
+  "slot",
+  "serial",
+];
+
+/**
+ * A rule naming its device by address alone takes whatever sits there. Where the VM recorded
+ * another device at that address (other IDs, subsystem, class or serial), the card there was
+ * replaced: keeping it handed the new device to the guest on a mere warning, and the record
+ * updated with it let the start guard pass. Refused instead (`drift`), so the repair removes the
+ * stale hostdev and the rule must say which device it means.
+ */
+function addressAloneReplaced(
+  resolution: RuleResolution,
+  records: readonly DeviceIdentity[],
+): RuleResolution {
+  const { rule } = resolution;
+  const address = rule.match.address;
+  if (address === undefined || IDENTITY_KEYS.some((k) => rule.match[k] !== undefined)) {
+    return resolution;
+  }
+  const device = resolution.devices.find((d) => d.address === address);
+  const record = records.find((r) => r.address === address);
+  if (device === undefined || record === undefined) return resolution;
+  // The slot aside: a firmware that names the slot otherwise has not replaced the card.
+  const { slot: _slot, ...card } = record;
+  if (sameIdentityAsRead(card, device)) return resolution;
+  const ids = `${device.vendorId}:${device.deviceId}`;
+  return {
+    rule,
+    devices: [],
+    units: [],
+    issue: {
+      code: "drift",
+      message:
+        `Rule "${rule.name}" of VM "${rule.vm}" names its device by address alone, and ${address} now holds ${
+          describeIdentity({ ...device, driver: null })
+        }, not the recorded ${
+          describeIdentity({ ...card, driver: null })
+        }: add the IDs of the device you mean to the rule (vendor_device_id: "${record.vendorId}:${record.deviceId}" for the recorded one, "${ids}" to take the new one)`,
+      vm: rule.vm,
+      rule: rule.name,
+      location: rule.location,
+      devices: [address],
+    },
+  };
 }
 
 /** How to take `used` (descriptions of host devices `vm` uses) out of VM `vm`. */

@@ -689,3 +689,50 @@ Deno.test("a repair says where a card went when the VM names that address alread
     assertEquals(gpuRepair(gone), BOTH_GONE);
   });
 });
+
+Deno.test("a rule naming its device by address alone is refused when another device sits there now, and the repair removes the hostdev", async () => {
+  const usb = (bdf: string) =>
+    dev({
+      bdf,
+      group: bdf === "0000:07:00.0" ? 7 : 8,
+      class: "0x0c0330",
+      vendor: "0x1912",
+      device: "0x0014",
+      subsystem_vendor: "0x1912",
+      subsystem_device: "0x0014",
+      driver: "xhci_hcd",
+    });
+  const rules = config(
+    '  win10:\n    devices:\n      - name: usb\n        match: { address: "0000:08:00.0" }\n',
+  );
+  const before = await treeHost([...baseDevices(), usb("0000:07:00.0"), usb("0000:08:00.0")]);
+  // The controller at 08:00.0 gave way to a NIC: the address alone cannot tell.
+  const nic = dev({
+    bdf: "0000:08:00.0",
+    group: 8,
+    class: "0x020000",
+    device: "0x1533",
+    subsystem_vendor: "0x8086",
+    subsystem_device: "0x0001",
+    driver: "igb",
+  });
+  const after = await treeHost([...baseDevices(), usb("0000:07:00.0"), nic]);
+  const same = await treeHost([...baseDevices(), usb("0000:07:00.0"), usb("0000:08:00.0")]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
+    );
+    // The recorded controller still there: nothing to say.
+    const kept = vmOf(planHostdevs({ config: rules, host: same, libvirt }), "win10");
+    assertEquals([kept.errors, kept.changed], [[], false]);
+    const vm = vmOf(planHostdevs({ config: rules, host: after, libvirt }), "win10");
+    const own = vm.errors.find((e) => e.rule === "usb" && e.location !== undefined);
+    assertEquals(own?.code, "drift");
+    assertMatch(
+      own!.message,
+      /^Rule "usb" of VM "win10" names its device by address alone, and 0000:08:00\.0 now holds 8086:1533 \(subsystem 8086:0001, class 020000\), not the recorded 1912:0014 \(subsystem 1912:0014, class 0c0330\): add the IDs of the device you mean to the rule \(vendor_device_id: "1912:0014" for the recorded one, "8086:1533" to take the new one\)$/,
+    );
+    assertEquals(vm.changed, false);
+    assertEquals(vm.repair?.remove, ["0000:08:00.0"]);
+  });
+});
