@@ -18,7 +18,10 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 
-/** Short notes for a device: bridge, SR-IOV role, host use, a twin with the same IDs. */
+/**
+ * Short notes for a device: bridge, SR-IOV role, host use, a twin with the same IDs, and its
+ * serial number where another card has its IDs.
+ */
 export function deviceNotes(
   device: PciDevice,
   host: HostTopology,
@@ -32,11 +35,25 @@ export function deviceNotes(
   if (device.bootVga === true) notes.push("boot VGA");
   const twin = twins.get(device.address);
   if (twin !== undefined) notes.push(`same IDs as ${twin}`);
+  // What tells it from an identical card: without it the table showed twins alike, and a rule
+  // for one of them could not be written from it.
+  if (device.serial !== null && hasTwinCard(device, host)) notes.push(`serial ${device.serial}`);
   // Each of the host's uses (a disk may hold / and swap): they make it host-critical.
   for (const use of host.hostUse?.filter((u) => u.address === device.address) ?? []) {
     notes.push(paint("red", `host: ${use.detail === "" ? use.reason : use.detail}`));
   }
   return notes.join(", ");
+}
+
+/** Whether another card of `host` has `device`'s vendor, device and subsystem IDs. */
+function hasTwinCard(device: PciDevice, host: HostTopology): boolean {
+  if (device.isBridge) return false;
+  const card = slotOf(device.address);
+  return host.devices.some((d) =>
+    !d.isBridge && slotOf(d.address) !== card && d.vendorId === device.vendorId &&
+    d.deviceId === device.deviceId && d.subsystemVendorId === device.subsystemVendorId &&
+    d.subsystemDeviceId === device.subsystemDeviceId
+  );
 }
 
 /**

@@ -54,7 +54,8 @@ export const DEVICES = {
 Lists every PCI function (or those at ADDRESS: 0000:44:00.0, 44:00.0, or 44:00 for every
 function of a card) with its IOMMU group, IDs, subsystem IDs, class, physical slot, NUMA node,
 driver and name. Notes mark bridges, SR-IOV, devices with the same IDs as another (a rule
-matching by IDs cannot tell them apart) and what the host needs (as 'plan' judges it).`.trim(),
+matching by IDs cannot tell them apart; their serial numbers, where known, can) and what the
+host needs (as 'plan' judges it).`.trim(),
   notes: JSON_KEYS_NOTE,
 } as const satisfies CommandSpec;
 

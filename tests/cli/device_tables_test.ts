@@ -129,6 +129,40 @@ Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named",
   assertOk(!first?.at(-1)?.includes("same IDs"));
 });
 
+Deno.test("devices and groups show the serial of drives with the same IDs, which tells them apart", async () => {
+  const tree = `${dir}/drives`;
+  const drive = (bdf: string, group: number, serial?: string) => ({
+    bdf,
+    group,
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa808",
+    subsystem_vendor: "0x144d",
+    subsystem_device: "0xa801",
+    driver: "nvme",
+    revision: null,
+    ...(serial === undefined ? {} : { serial }),
+  });
+  buildHostTree({
+    devices: [
+      drive("0000:03:00.0", 12, "00-25-38-b1-71-00-00-01"),
+      drive("0000:04:00.0", 13, "00-25-38-b1-71-00-00-02"),
+      { ...drive("0000:05:00.0", 14, "00-25-38-b1-71-00-00-03"), device: "0xa80a" },
+    ],
+  }, tree);
+  const table = await run(["devices", "--sysfs", tree]);
+  assertEquals(table.code, 0, table.err);
+  const [first, second, own] = rows(table.out);
+  assertEquals(first?.at(-1), "serial 00-25-38-b1-71-00-00-01");
+  assertEquals(second?.at(-1), "same IDs as 0000:03:00.0, serial 00-25-38-b1-71-00-00-02");
+  // A drive of its own model needs no serial to be told apart.
+  assertEquals(own?.[0], "0000:05:00.0");
+  assertOk(!own?.join(" ").includes("serial"), table.out);
+  const groups = await run(["groups", "--sysfs", tree]);
+  assertEquals(groups.code, 0, groups.err);
+  assertOk(groups.out.includes("serial 00-25-38-b1-71-00-00-02"), groups.out);
+});
+
 Deno.test("devices notes a PF's VFs, a VF's PF, the boot VGA, twins and the host's use", async () => {
   const tree = `${dir}/sriov`;
   const fn = (bdf: string, group: number, more: Record<string, unknown>) => ({
