@@ -537,16 +537,59 @@ function ambiguousIssue(
     code: "ambiguous",
     message: `Rule "${rule.name}" of VM "${rule.vm}" matches ${
       plural(matched.length, "device")
-    } ${where} but takes ${wanted}: ${list}: narrow it with ${narrowWith(units)}${all}`,
+    } ${where} but takes ${wanted}: ${list}: narrow it with ${narrowWith(units, host)}${all}${
+      viaPf(rule, matched)
+    }`,
     ...ruleBase(rule),
     devices: matched.map((d) => d.address),
     candidates: matched.map(toCandidate),
   };
 }
 
-/** `"serial", or with "address"`: the criteria that tell `units` apart, for a message. */
-export function narrowWith(units: readonly MatchUnit[]): string {
-  return distinguishingCriteria(units).join(", or with ");
+/**
+ * For a rule matching only SR-IOV virtual functions: a VF's address follows from how many VFs its
+ * PF has enabled, so the stable way is a `vf:` rule naming the PF by its identity.
+ */
+function viaPf(rule: DeviceRule, matched: readonly PciDevice[]): string {
+  if (rule.vf !== undefined || !matched.every((d) => d.physfn !== null)) return "";
+  return ', or match their physical function instead and take one of its VFs with "vf: any"';
+}
+
+/**
+ * `"serial", or with "address"`: the criteria that tell `units` apart, for a message. Where the
+ * address is the only one, a slot or serial that names some of them alone follows (a card in a
+ * named slot beside one in none, a drive with a serial beside one without), since it survives a
+ * renumbering the address does not; and with `host`, serial numbers this read could not see are
+ * said to be unknown, not absent.
+ */
+export function narrowWith(units: readonly MatchUnit[], host?: HostTopology): string {
+  const full = distinguishingCriteria(units);
+  const parts = [full.join(", or with ")];
+  // Another key tells them apart: nothing more to say.
+  if (full.length > 1) return parts[0]!;
+  for (const [key, value] of SEPARATORS) {
+    if (key !== '"slot"' && key !== '"serial"') continue;
+    const values = units.map((u) => {
+      const seen = new Set(u.devices.map(value));
+      return seen.size === 1 ? [...seen][0] ?? null : null;
+    });
+    units.forEach((unit, i) => {
+      const v = values[i];
+      const shared = units.some((other, j) => j !== i && other.devices.some((d) => value(d) === v));
+      if (v === null || v === undefined || shared) return;
+      parts.push(`${unit.devices[0]!.address} alone with ${key.slice(1, -1)} "${v}"`);
+    });
+  }
+  const unread = host !== undefined
+    ? units.flatMap((u) => u.devices).filter(serialUnread).length
+    : 0;
+  // Only the header of their configuration space was readable: a serial may still be there.
+  const note = unread === 0
+    ? ""
+    : host!.source === "/sys"
+    ? " (run as root to read their serial numbers, which may tell them apart)"
+    : " (a snapshot taken as root would hold their serial numbers, which may tell them apart)";
+  return parts.join(", or ") + note;
 }
 
 /**

@@ -418,3 +418,88 @@ Deno.test('resolveRule() takes a Thunderbolt 4 NHI by "class: thunderbolt"', asy
   const usb = resolveRule(rule("match: { class: usb, vendor_device_id: 8086:1137 }"), host);
   assertEquals(usb.devices.map((d) => d.address), ["0000:0d:00.0"]);
 });
+
+Deno.test("resolveRule() of twins told apart by the address alone offers the slot or serial that names one of them alone, which then resolves to it", () => {
+  const twins = host([
+    dev({ bdf: "0000:0a:00.0", group: 20, slot: "SLOT1", flr: true }),
+    dev({ bdf: "0000:0b:00.0", group: 21, flr: true }),
+    dev({
+      bdf: "0000:20:00.0",
+      group: 40,
+      class: "0x010802",
+      device: "0xa808",
+      serial: "00-00-00-00-00-00-00-20",
+    }),
+    dev({ bdf: "0000:21:00.0", group: 41, class: "0x010802", device: "0xa808", flr: true }),
+  ]);
+  const gpu = resolveRule(rule('match: { vendor_device_id: "10de:2684" }'), twins);
+  assertMatch(
+    gpu.issue?.message ?? "",
+    /: narrow it with "address", or 0000:0a:00\.0 alone with slot "SLOT1", or take them all with "all: true"$/,
+  );
+  const drive = resolveRule(rule('match: { vendor_device_id: "10de:a808" }'), twins);
+  assertMatch(
+    drive.issue?.message ?? "",
+    /: narrow it with "address", or 0000:20:00\.0 alone with serial "00-00-00-00-00-00-00-20", or take them all with "all: true"$/,
+  );
+  // Copied into the rule, each suggestion takes exactly the one it named.
+  const bySlot = resolveRule(rule('match: { vendor_device_id: "10de:2684", slot: SLOT1 }'), twins);
+  assertEquals([bySlot.issue, bySlot.devices.map((d) => d.address)], [null, ["0000:0a:00.0"]]);
+  const bySerial = resolveRule(
+    rule('match: { vendor_device_id: "10de:a808", serial: "00-00-00-00-00-00-00-20" }'),
+    twins,
+  );
+  assertEquals([bySerial.issue, bySerial.devices.map((d) => d.address)], [null, ["0000:20:00.0"]]);
+});
+
+Deno.test("resolveRule() of twins whose serial numbers this read could not see says a read as root may tell them apart", () => {
+  // No `flr` and no `serial`: only the 64-byte header was readable, as for a user other than root.
+  const unread = host([
+    dev({ bdf: "0000:22:00.0", group: 42, class: "0x010802", device: "0x0009" }),
+    dev({ bdf: "0000:23:00.0", group: 43, class: "0x010802", device: "0x0009" }),
+  ]);
+  const result = resolveRule(rule('match: { vendor_device_id: "10de:0009" }'), unread);
+  assertMatch(
+    result.issue?.message ?? "",
+    /: narrow it with "address" \(a snapshot taken as root would hold their serial numbers, which may tell them apart\), or take them all with "all: true"$/,
+  );
+  const read = host([
+    dev({ bdf: "0000:22:00.0", group: 42, class: "0x010802", device: "0x0009", flr: false }),
+    dev({ bdf: "0000:23:00.0", group: 43, class: "0x010802", device: "0x0009", flr: false }),
+  ]);
+  const none = resolveRule(rule('match: { vendor_device_id: "10de:0009" }'), read);
+  assertMatch(none.issue?.message ?? "", /: narrow it with "address", or take them all/);
+});
+
+Deno.test("resolveRule() of SR-IOV VFs of identical cards points to a vf: rule on their physical function", () => {
+  const pf = (bus: string, group: number, serial: string) =>
+    dev({
+      bdf: `0000:${bus}:00.0`,
+      group,
+      class: "0x020000",
+      vendor: "0x8086",
+      device: "0x1521",
+      serial,
+    });
+  const vf = (bus: string, group: number) =>
+    dev({
+      bdf: `0000:${bus}:10.0`,
+      group,
+      class: "0x020000",
+      vendor: "0x8086",
+      device: "0x1520",
+      physfn: `0000:${bus}:00.0`,
+      flr: true,
+    });
+  const sriov = host([
+    pf("10", 30, "a0-36-9f-ff-ff-00-00-10"),
+    vf("10", 31),
+    pf("11", 33, "a0-36-9f-ff-ff-00-00-11"),
+    vf("11", 34),
+  ]);
+  const result = resolveRule(rule('match: { vendor_device_id: "8086:1520" }'), sriov);
+  assertMatch(
+    result.issue?.message ?? "",
+    /: narrow it with "address", or take them all with "all: true", or match their physical function instead and take one of its VFs with "vf: any"$/,
+  );
+});
