@@ -387,7 +387,9 @@ export function resolveRule(
   if (units.length > wanted && oneCard(matched)) {
     return refused(splitCardIssue(rule, host, matched, { groups: units.length, wanted }));
   }
-  if (units.length > wanted) return refused(ambiguousIssue(rule, host, matched, { units, wanted }));
+  if (units.length > wanted) {
+    return refused(ambiguousIssue(rule, host, matched, { units, wanted, options }));
+  }
   return { rule, devices: matched, units, issue: null };
 }
 
@@ -514,7 +516,7 @@ function ambiguousIssue(
   rule: DeviceRule,
   host: HostTopology,
   matched: PciDevice[],
-  found: { units: MatchUnit[]; wanted: number },
+  found: { units: MatchUnit[]; wanted: number; options: MatchOptions },
 ): PlanIssue {
   const { units, wanted } = found;
   const list = units.map((u) =>
@@ -539,11 +541,46 @@ function ambiguousIssue(
       plural(matched.length, "device")
     } ${where} but takes ${wanted}: ${list}: narrow it with ${narrowWith(units, host)}${all}${
       viaPf(rule, matched)
-    }`,
+    }${keepHeld(rule, units, found.options.records ?? [])}`,
     ...ruleBase(rule),
     devices: matched.map((d) => d.address),
     candidates: matched.map(toCandidate),
   };
+}
+
+/**
+ * `; "vm" holds 0000:01:00.0 now: add slot: "PCIE1" to keep it`: when a second card like the one
+ * a one-card rule took appears, the key that keeps the VM's own card, so the rule need not be
+ * worked out from the candidates. The most stable key naming that card alone: its subsystem,
+ * serial or slot, else its address.
+ */
+function keepHeld(
+  rule: DeviceRule,
+  units: readonly MatchUnit[],
+  records: readonly DeviceIdentity[],
+): string {
+  if (rule.count !== 1) return "";
+  const held = units.filter((u) => u.devices.some((d) => recordOf(d, records)?.rule === rule.name));
+  if (held.length !== 1) return "";
+  const unit = held[0]!;
+  const others = units.filter((u) => u !== unit).flatMap((u) => u.devices);
+  const keys: readonly (readonly [(d: PciDevice) => string | null, (v: string) => string])[] = [
+    [(d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`, (
+      v,
+    ) => `subsystem_vendor_id: "${v.split(":")[0]}", subsystem_device_id: "${v.split(":")[1]}"`],
+    [(d) => d.serial, (v) => `serial: "${v}"`],
+    [(d) => d.physicalSlot, (v) => `slot: "${v}"`],
+  ];
+  const address = unit.devices[0]!.address;
+  let key = `address: "${address}"`;
+  for (const [value, written] of keys) {
+    const seen = new Set(unit.devices.map(value));
+    const v = seen.size === 1 ? [...seen][0] : null;
+    if (v === null || v === undefined || others.some((d) => value(d) === v)) continue;
+    key = written(v);
+    break;
+  }
+  return `; "${rule.vm}" holds ${address} now: add ${key} to the rule to keep it`;
 }
 
 /**

@@ -161,3 +161,37 @@ Deno.test("resolveConfig(): a default rule matching two cards of one IOMMU group
   ]);
   assertMatch(narrowed.errors[0]!.message, /0000:06:00\.0 \(USB controller in another slot\)/);
 });
+
+Deno.test("planHostdevs(): a second card like the one a rule took says which key keeps the VM's own, and that key plans no change", async () => {
+  const inSlot = (slot: string, bus: string, group: number) =>
+    [GPU, GPU_AUDIO].map((d) => ({
+      ...d,
+      bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
+      group,
+      slot,
+      serial: null,
+      flr: true,
+    }));
+  const before = host([...baseDevices(), ...inSlot("PCIE1", "01", 1)]);
+  const after = host([...baseDevices(), ...inSlot("PCIE1", "01", 1), ...inSlot("PCIE2", "0b", 7)]);
+  const rule = (extra: string) =>
+    config(
+      `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684"${extra} }\n`,
+    );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rule(""), host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: rule(""), host: after, libvirt }), "win10");
+    assertEquals(vm.errors.map((e) => e.code), ["ambiguous"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /; "win10" holds 0000:01:00\.0 now: add slot: "PCIE1" to the rule to keep it$/,
+    );
+    const kept = vmOf(
+      planHostdevs({ config: rule(', slot: "PCIE1"'), host: after, libvirt }),
+      "win10",
+    );
+    assertEquals([kept.errors, kept.changed], [[], false]);
+  });
+});
