@@ -178,13 +178,20 @@ function followBlocker(
  * is and why it is not followed). A followed card whose new IOMMU group holds a device the repair
  * would not put in the VM is not followed either: the group goes to a guest whole.
  */
-function locateCards(plan: VmPlan, stales: Stale[], input: RepairInput, names: Set<PciAddress>) {
+function locateCards(
+  plan: VmPlan,
+  stales: Stale[],
+  input: RepairInput,
+  held: { names: Set<PciAddress>; accounted: ReadonlySet<PciAddress> },
+) {
   const { host } = input.context;
+  const { names } = held;
   const claimed = new Set<PciAddress>();
   for (const stale of stales) {
     // An address the VM names already stays a candidate, so that the refusal can say the card
-    // is there (followBlocker then refuses it).
-    const free = (a: PciAddress) => !claimed.has(a);
+    // is there (followBlocker then refuses it), unless it holds the card recorded there: then
+    // it is the twin the VM holds, and saying the stale card went there was false.
+    const free = (a: PciAddress) => !claimed.has(a) && !held.accounted.has(a);
     const taken = input.resolution.closure.devices.filter((c) =>
       c.rule.name === stale.record.rule && free(c.device.address)
     );
@@ -304,14 +311,21 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   const { host, byAddress } = input.context;
   const names = new Set(heldAddresses(domain));
   const stales: Stale[] = [];
+  // Addresses that still hold the card recorded there: that card is accounted for, and is no
+  // stale hostdev's card, however alike the two are.
+  const accounted = new Set<PciAddress>();
   for (const have of domain.hostdevs) {
     const record = domain.records.find((r) => r.address === have.address);
     const now = byAddress.get(have.address);
     // A hostdev passthrough added has a record; one added by hand has none.
-    if (record === undefined || (now !== undefined && sameIdentityAsRead(record, now))) continue;
+    if (record === undefined) continue;
+    if (now !== undefined && sameIdentityAsRead(record, now)) {
+      accounted.add(have.address);
+      continue;
+    }
     stales.push({ from: have.address, record, now });
   }
-  locateCards(plan, stales, input, names);
+  locateCards(plan, stales, input, { names, accounted });
   const nics = staleInterfaces(plan.name, domain, byAddress);
   const others = plan.errors.length + stales.length + nics.issues.length + input.needed.length - 1;
   const stand = others > 0 ? ` even while the other refusals of "${plan.name}" stand` : "";

@@ -736,3 +736,38 @@ Deno.test("a rule naming its device by address alone is refused when another dev
     assertEquals(vm.repair?.remove, ["0000:08:00.0"]);
   });
 });
+
+Deno.test("a repair does not say a removed card went to its twin that the VM holds at its own recorded address", async () => {
+  const usb = (bdf: string, group: number) =>
+    dev({
+      bdf,
+      group,
+      class: "0x0c0330",
+      vendor: "0x1912",
+      device: "0x0014",
+      subsystem_vendor: "0x1912",
+      subsystem_device: "0x0014",
+      driver: "xhci_hcd",
+    });
+  const rules = config(
+    "  win10:\n    devices:\n" +
+      '      - name: a\n        match: { vendor_device_id: "1912:0014", address: "07:00.0" }\n' +
+      '      - name: b\n        match: { vendor_device_id: "1912:0014", address: "08:00.0" }\n',
+  );
+  const before = await treeHost([...baseDevices(), usb("0000:07:00.0", 7), usb("0000:08:00.0", 8)]);
+  // The controller at 08:00.0 was pulled; its twin at 07:00.0 is rule a's, recorded there.
+  const after = await treeHost([...baseDevices(), usb("0000:07:00.0", 7)]);
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: rules, host: after, libvirt }), "win10");
+    const stale = vm.errors.find((e) => e.code === "drift");
+    assertMatch(
+      stale?.message ?? "",
+      /^Hostdev 0000:08:00\.0 of "win10" \(rule "b"\) was recorded as 1912:0014 .* but the address now holds nothing: the repair removes it even while/,
+    );
+    assertEquals(vm.repair?.remove, ["0000:08:00.0"]);
+    assertEquals(vm.repair?.move, []);
+  });
+});
