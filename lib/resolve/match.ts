@@ -295,8 +295,8 @@ const SEPARATORS: readonly (readonly [string, (d: PciDevice) => string | null])[
 
 /**
  * The match criteria that tell the units apart, each as its config keys in quotes: a criterion
- * qualifies when every unit has a known value for it and no two units share one. `"address"`
- * always qualifies, as a last resort.
+ * qualifies when every unit has a known value for it and no two units share one (for a serial,
+ * on one function of the unit at least). `"address"` always qualifies, as a last resort.
  */
 function distinguishingCriteria(units: readonly MatchUnit[]): string[] {
   const out: string[] = [];
@@ -304,8 +304,13 @@ function distinguishingCriteria(units: readonly MatchUnit[]): string[] {
     const owner = new Map<string, number>();
     let ok = true;
     units.forEach((unit, i) => {
+      // A multi-function card may carry its Device Serial Number on function 0 alone (PCIe
+      // allows it): its other functions then read none, yet the serial still names the card, and
+      // its group brings them along.
+      const lenient = key === '"serial"' && unit.devices.some((d) => value(d) !== null);
       for (const device of unit.devices) {
         const v = value(device);
+        if (v === null && lenient) continue;
         if (v === null || (owner.has(v) && owner.get(v) !== i)) ok = false;
         else owner.set(v, i);
       }

@@ -503,3 +503,33 @@ Deno.test("resolveRule() of SR-IOV VFs of identical cards points to a vf: rule o
     /: narrow it with "address", or take them all with "all: true", or match their physical function instead and take one of its VFs with "vf: any"$/,
   );
 });
+
+Deno.test("resolveRule() of dual-port NICs with a serial on function 0 alone names the serial, which takes one card with its group", () => {
+  // PCIe lets a multi-function card carry its Device Serial Number on function 0 only.
+  const port = (bus: string, fn: number, serial?: string) =>
+    dev({
+      bdf: `0000:${bus}:00.${fn}`,
+      group: bus === "05" ? 14 : 15,
+      class: "0x020000",
+      vendor: "0x8086",
+      device: "0x1521",
+      flr: true,
+      ...(serial === undefined ? {} : { serial }),
+    });
+  const nics = host([
+    port("05", 0, "a0-36-9f-ff-ff-00-00-01"),
+    port("05", 1),
+    port("06", 0, "a0-36-9f-ff-ff-00-00-02"),
+    port("06", 1),
+  ]);
+  const both = resolveRule(rule('match: { vendor_device_id: "8086:1521" }'), nics);
+  assertMatch(
+    both.issue?.message ?? "",
+    /: narrow it with "serial", or with "address", or take them all/,
+  );
+  const one = resolveRule(
+    rule('match: { vendor_device_id: "8086:1521", serial: "a0-36-9f-ff-ff-00-00-02" }'),
+    nics,
+  );
+  assertEquals([one.issue, one.units.map((u) => u.group)], [null, [15]]);
+});
