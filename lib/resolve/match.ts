@@ -579,9 +579,10 @@ function keepHeld(
   const address = unit.devices[0]!.address;
   let key = `address: "${address}"`;
   for (const [value, written] of keys) {
-    const seen = new Set(unit.devices.map(value));
-    const v = seen.size === 1 ? [...seen][0] : null;
-    if (v === null || v === undefined || others.some((d) => value(d) === v)) continue;
+    // Functions without the value (a serial on function 0 alone) come with the card's group.
+    const seen = new Set(unit.devices.map(value).filter((v) => v !== null));
+    const v = seen.size === 1 ? [...seen][0] : undefined;
+    if (v === undefined || others.some((d) => value(d) === v)) continue;
     key = written(v);
     break;
   }

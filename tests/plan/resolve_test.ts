@@ -195,3 +195,37 @@ Deno.test("planHostdevs(): a second card like the one a rule took says which key
     assertEquals([kept.errors, kept.changed], [[], false]);
   });
 });
+
+Deno.test("planHostdevs(): the key that keeps the VM's NIC is its serial when only function 0 carries one", async () => {
+  const port = (bus: string, fn: number, serial?: string) =>
+    dev({
+      bdf: `0000:${bus}:00.${fn}`,
+      group: bus === "05" ? 5 : 6,
+      class: "0x020000",
+      device: "0x1521",
+      driver: "igb",
+      flr: true,
+      ...(serial === undefined ? {} : { serial }),
+    });
+  const first = [port("05", 0, "a0-36-9f-ff-ff-00-00-01"), port("05", 1)];
+  const before = host([...baseDevices(), ...first]);
+  const after = host([
+    ...baseDevices(),
+    ...first,
+    port("06", 0, "a0-36-9f-ff-ff-00-00-02"),
+    port("06", 1),
+  ]);
+  const rules = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n',
+  );
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: rules, host: after, libvirt }), "win10");
+    assertMatch(
+      vm.errors[0]?.message ?? "",
+      /; "win10" holds 0000:05:00\.0 now: add serial: "a0-36-9f-ff-ff-00-00-01" to the rule to keep it$/,
+    );
+  });
+});
