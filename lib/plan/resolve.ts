@@ -189,9 +189,11 @@ function addressAloneReplaced(
   const device = resolution.devices.find((d) => d.address === address);
   const record = records.find((r) => r.address === address);
   if (device === undefined || record === undefined) return resolution;
-  // The slot aside: a firmware that names the slot otherwise has not replaced the card.
+  // The slot aside: a firmware that names the slot otherwise has not replaced the card. A record
+  // without a serial may come from a read that could not see it: a serial seen now is no proof.
   const { slot: _slot, ...card } = record;
-  if (sameIdentityAsRead(card, device)) return resolution;
+  const seen = card.serial === null ? { ...device, serial: null } : device;
+  if (sameIdentityAsRead(card, seen)) return resolution;
   const ids = `${device.vendorId}:${device.deviceId}`;
   return {
     rule,
