@@ -242,12 +242,6 @@ function configSpace(
   return bytes;
 }
 
-/** Options of {@link buildHostTree}. */
-export interface BuildHostTreeOptions {
-  /** Write `modalias` files (lspci's module lookup key). Default `true`. */
-  modalias?: boolean;
-}
-
 /**
  * Refuses a VF whose `physfn` the kernel could not have made, naming the VF: a PF the description
  * does not hold (the tree's `physfn` would dangle, and its PF's `virtfnN` could not be written:
@@ -299,7 +293,6 @@ export function checkPhysfns(description: HostDescription): void {
 export function buildHostTree(
   description: HostDescription,
   dir: string,
-  options: BuildHostTreeOptions = {},
 ): PciAddress[] {
   checkPhysfns(description);
   const devicesDir = `${dir}/bus/pci/devices`;
@@ -344,19 +337,15 @@ export function buildHostTree(
     write("resource", "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".repeat(13));
     write("numa_node", `${d.numa_node ?? -1}\n`);
     if (d.boot_vga != null) write("boot_vga", d.boot_vga ? "1\n" : "0\n");
-    if (options.modalias ?? true) {
-      const sub = (v: string | null | undefined) =>
-        v == null ? "*" : hex(hexNumber(v, d.bdf, "subsystem", 0xffff), 8).slice(2).toUpperCase();
-      const up = (n: number, w: number) => n.toString(16).padStart(w, "0").toUpperCase();
-      write(
-        "modalias",
-        `pci:v0000${up(vendor, 4)}d0000${up(device, 4)}sv${sub(d.subsystem_vendor)}sd${
-          sub(d.subsystem_device)
-        }bc${up(classCode >> 16, 2)}sc${up((classCode >> 8) & 0xff, 2)}i${
-          up(classCode & 0xff, 2)
-        }\n`,
-      );
-    }
+    const sub = (v: string | null | undefined) =>
+      v == null ? "*" : hex(hexNumber(v, d.bdf, "subsystem", 0xffff), 8).slice(2).toUpperCase();
+    const up = (n: number, w: number) => n.toString(16).padStart(w, "0").toUpperCase();
+    write(
+      "modalias",
+      `pci:v0000${up(vendor, 4)}d0000${up(device, 4)}sv${sub(d.subsystem_vendor)}sd${
+        sub(d.subsystem_device)
+      }bc${up(classCode >> 16, 2)}sc${up((classCode >> 8) & 0xff, 2)}i${up(classCode & 0xff, 2)}\n`,
+    );
     const upper = (n: number) => n.toString(16).padStart(4, "0").toUpperCase();
     const subsys = d.subsystem_vendor != null && d.subsystem_device != null
       ? `PCI_SUBSYS_ID=${upper(hexNumber(d.subsystem_vendor, d.bdf, "subsystem vendor", 0xffff))}:${

@@ -7,10 +7,5 @@
  */
 
 export type { HostDescription, HostDeviceDescription, HostProcDescription } from "./host_tree.ts";
-export {
-  buildHostTree,
-  type BuildHostTreeOptions,
-  HostDescriptionError,
-  loadHostDescription,
-} from "./host_tree.ts";
+export { buildHostTree, HostDescriptionError, loadHostDescription } from "./host_tree.ts";
 export { topologyFromDescription } from "./host_description.ts";
