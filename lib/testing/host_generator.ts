@@ -36,9 +36,10 @@ export function nvmeDescription(
 export interface GenerateHostOptions {
   /** Virtual functions per SR-IOV NIC. Default 32. */
   vfsPerNic?: number;
-  /** Cards per PCI domain before the next domain starts (bus numbers run out). Default 200. */
-  cardsPerDomain?: number;
 }
+
+/** Cards per PCI domain before the next domain starts (bus numbers run out). */
+const CARDS_PER_DOMAIN = 200;
 
 type Card = "gpu" | "nvme" | "nic";
 const ROTATION: readonly Card[] = ["gpu", "nvme", "nic", "nvme", "gpu", "nvme"];
@@ -75,7 +76,6 @@ export function generateHost(
     throw new RangeError(`Invalid function count "${functions}": must be a positive integer`);
   }
   const vfsPerNic = options.vfsPerNic ?? 32;
-  const cardsPerDomain = options.cardsPerDomain ?? 200;
   if (vfsPerNic > 240) throw new RangeError(`Invalid VF count "${vfsPerNic}": at most 240`);
   const devices: HostDeviceDescription[] = [];
   let group = 0;
@@ -141,8 +141,8 @@ export function generateHost(
     flr: false,
   });
   for (let card = 0; devices.length < functions; card++) {
-    const domain = Math.floor(card / cardsPerDomain);
-    const k = card % cardsPerDomain;
+    const domain = Math.floor(card / CARDS_PER_DOMAIN);
+    const k = card % CARDS_PER_DOMAIN;
     const bus = k + 1;
     const numa = card % 2;
     const slotName = `${domain}-${k + 1}`;
