@@ -4,7 +4,7 @@
  * @module
  */
 
-import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
+import { checkPointer, ClosedHandleError } from "./errors.ts";
 import { borrowCString, libvirt, takeCString } from "./library.ts";
 
 // Handles the caller forgot to free are released when the object is collected; explicit free()
@@ -65,22 +65,6 @@ export class NodeDevice {
       context: `Cannot read the XML of node device "${this.#name}"`,
     });
     return takeCString(pointer) ?? "";
-  }
-
-  /** Unbinds the device from its host driver for assignment (`virNodeDeviceDetachFlags`). */
-  detach(): void {
-    checkInt(libvirt().virNodeDeviceDetachFlags(this.#live("detach"), null, 0), {
-      operation: "virNodeDeviceDetachFlags",
-      context: `Cannot detach node device "${this.#name}" from the host`,
-    });
-  }
-
-  /** Gives the device back to its host driver (`virNodeDeviceReAttach`). */
-  reattach(): void {
-    checkInt(libvirt().virNodeDeviceReAttach(this.#live("reattach")), {
-      operation: "virNodeDeviceReAttach",
-      context: `Cannot reattach node device "${this.#name}" to the host`,
-    });
   }
 
   /** Releases the handle. Idempotent. */

@@ -64,11 +64,6 @@ export const LIBVIRT_SYMBOLS = {
   virNodeDeviceGetName: { parameters: ["pointer"], result: "pointer" },
   // char *virNodeDeviceGetXMLDesc(virNodeDevicePtr dev, unsigned int flags);  (caller frees)
   virNodeDeviceGetXMLDesc: { parameters: ["pointer", "u32"], result: "pointer" },
-  // int virNodeDeviceDetachFlags(virNodeDevicePtr dev, const char *driverName,
-  //                              unsigned int flags);
-  virNodeDeviceDetachFlags: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
-  // int virNodeDeviceReAttach(virNodeDevicePtr dev);
-  virNodeDeviceReAttach: { parameters: ["pointer"], result: "i32" },
   // int virNodeDeviceFree(virNodeDevicePtr dev);
   virNodeDeviceFree: { parameters: ["pointer"], result: "i32" },
 

@@ -130,12 +130,12 @@ Deno.test("using a freed domain or node device throws ClosedHandleError", () => 
   for (const call of [() => dom.uuid, () => dom.state(), () => dom.undefine()]) {
     assertThrows(call, ClosedHandleError);
   }
-  const devError = catchError(() => dev.detach());
+  const devError = catchError(() => dev.xml());
   assert.ok(devError instanceof ClosedHandleError);
   assertEquals(devError.kind, "node device");
   assertEquals(
     devError.message,
-    `Cannot call "detach" on node device "pci_0000_01_00_0": it was freed`,
+    `Cannot call "xml" on node device "pci_0000_01_00_0": it was freed`,
   );
 });
 
