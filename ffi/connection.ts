@@ -265,18 +265,6 @@ export class Connection {
     }));
   }
 
-  /** The domain with this UUID (text form). Throws `LibvirtError` with `VIR_ERR_NO_DOMAIN`. */
-  lookupDomainByUuid(uuid: string): Domain {
-    const pointer = libvirt().virDomainLookupByUUIDString(
-      this.#live("lookupDomainByUuid"),
-      cString(uuid),
-    );
-    return new Domain(checkPointer(pointer, {
-      operation: "virDomainLookupByUUIDString",
-      context: `Cannot look up domain with UUID "${uuid}"`,
-    }));
-  }
-
   /**
    * Defines or redefines a domain from its XML (keep the `<uuid>` when redefining). Validates
    * against the schema unless `validate: false`.

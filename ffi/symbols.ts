@@ -31,8 +31,6 @@ export const LIBVIRT_SYMBOLS = {
 
   // virDomainPtr virDomainLookupByName(virConnectPtr conn, const char *name);
   virDomainLookupByName: { parameters: ["pointer", "buffer"], result: "pointer" },
-  // virDomainPtr virDomainLookupByUUIDString(virConnectPtr conn, const char *uuidstr);
-  virDomainLookupByUUIDString: { parameters: ["pointer", "buffer"], result: "pointer" },
   // virDomainPtr virDomainDefineXMLFlags(virConnectPtr conn, const char *xml, unsigned int flags);
   virDomainDefineXMLFlags: { parameters: ["pointer", "buffer", "u32"], result: "pointer" },
   // int virDomainUndefineFlags(virDomainPtr domain, unsigned int flags);

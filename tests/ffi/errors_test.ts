@@ -47,16 +47,6 @@ Deno.test("lookupDomainByName() of an unknown domain throws LibvirtError code 42
   assertMatch(error.libvirtMessage, /^Domain not found/);
 });
 
-Deno.test("lookupDomainByUuid() of an unknown UUID throws LibvirtError code 42", () => {
-  using conn = Connection.open(WORLD);
-  const error = catchLibvirt(() => conn.lookupDomainByUuid("00000000-0000-0000-0000-000000000001"));
-  assertEquals(error.code, VIR_ERR_NO_DOMAIN);
-  assertMatch(
-    error.message,
-    /^Cannot look up domain with UUID "00000000-0000-0000-0000-000000000001": /,
-  );
-});
-
 Deno.test("defineDomain() of malformed XML throws LibvirtError code 35", () => {
   using conn = Connection.open(WORLD);
   const error = catchLibvirt(() => conn.defineDomain("<domain type='test'><name>broken</name>"));

@@ -75,12 +75,10 @@ Deno.test("Connection.listDomains() returns an empty list for a world without do
   assertEquals(conn.listDomains(), []);
 });
 
-Deno.test("Connection.lookupDomainByName() and lookupDomainByUuid() find the same domain", () => {
+Deno.test("Connection.lookupDomainByName() finds the domain with its UUID", () => {
   using conn = Connection.open(WORLD);
   using byName = conn.lookupDomainByName("win11");
-  using byUuid = conn.lookupDomainByUuid(WIN11_UUID);
   assertEquals(byName.uuid, WIN11_UUID);
-  assertEquals(byUuid.name, "win11");
 });
 
 Deno.test("Connection.lookupDomainByName() throws LibvirtError 42 for an unknown name", () => {
