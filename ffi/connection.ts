@@ -189,20 +189,6 @@ export class Connection {
     return this.#handle;
   }
 
-  /**
-   * Whether the connection still works (`virConnectIsAlive`): `false` once a remote daemon went
-   * away. Always `true` for local drivers, and when this libvirt lacks the call.
-   */
-  isAlive(): boolean {
-    const handle = this.#live("isAlive");
-    const isAlive = libvirt().virConnectIsAlive;
-    if (isAlive === null) return true;
-    return checkInt(isAlive(handle), {
-      operation: "virConnectIsAlive",
-      context: `Cannot tell whether the connection to "${this.#uri}" is alive`,
-    }) === 1;
-  }
-
   /** The version of the libvirt library in use, `major.minor.release` (`9.0.0`). */
   get libVersion(): string {
     const out = new BigUint64Array(1);

@@ -1,6 +1,6 @@
 /**
  * The libvirt and libc symbols passthrough binds, as one declarative table each. Every entry
- * carries its C prototype; `optional: true` marks symbols an older libvirt may lack.
+ * carries its C prototype.
  *
  * Conventions (see FACTS.md): `const char*` parameters are `"buffer"` (a NUL-terminated
  * `Uint8Array`, or `null`), out-parameters are `"buffer"` (`BigUint64Array(1)` for `T**` and
@@ -21,8 +21,6 @@ export const LIBVIRT_SYMBOLS = {
   virConnectGetURI: { parameters: ["pointer"], result: "pointer" },
   // int virConnectGetLibVersion(virConnectPtr conn, unsigned long *libVer);
   virConnectGetLibVersion: { parameters: ["pointer", "buffer"], result: "i32" },
-  // int virConnectIsAlive(virConnectPtr conn);
-  virConnectIsAlive: { parameters: ["pointer"], result: "i32", optional: true },
   // int virConnectListAllDomains(virConnectPtr conn, virDomainPtr **domains, unsigned int flags);
   virConnectListAllDomains: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // int virConnectListAllNodeDevices(virConnectPtr conn, virNodeDevicePtr **devices,

@@ -192,12 +192,10 @@ Deno.test({
     const daemon = await startLibvirtd();
     using conn = Connection.open(daemon.uri, { readOnly: true });
     assertMatch(conn.libVersion, /^\d+\.\d+\.\d+$/);
-    assertEquals(conn.isAlive(), true);
     await daemon.stop();
     // The client learns of the hang-up on its next call; a lookup then fails for want of the
     // daemon, and must not say the domain is not there.
     catchLibvirt(() => conn.listDomains());
-    assertEquals(conn.isAlive(), false);
     const lookup = catchLibvirt(() => conn.lookupDomainByName("vm"));
     assertMatch(lookup.message, /^Cannot look up domain "vm": /);
     const error = catchLibvirt(() => Connection.open(daemon.uri));

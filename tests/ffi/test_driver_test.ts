@@ -32,7 +32,6 @@ Deno.test("Connection.open() opens a world read-write and reports its URI and ve
   assertEquals(conn.readOnly, false);
   assertMatch(conn.libVersion, /^\d+\.\d+\.\d+$/);
   assertEquals(conn.closed, false);
-  assertEquals(conn.isAlive(), true);
 });
 
 Deno.test("Connection.open() with readOnly refuses to define", () => {
