@@ -4,7 +4,7 @@
  * @module
  */
 
-import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
+import { checkPointer, ClosedHandleError } from "./errors.ts";
 import { borrowCString, libvirt, takeCString } from "./library.ts";
 
 // Handles the caller forgot to free are released when the object is collected; explicit free()
@@ -23,7 +23,7 @@ const finalizer = new FinalizationRegistry<Deno.PointerObject>((pointer) => {
  * using conn = Connection.open("test:///default");
  * const [net] = conn.listNetworks();
  * using owned = net!;
- * if (owned.name !== "default" || !owned.isActive()) throw new Error("unexpected network");
+ * if (owned.name !== "default") throw new Error("unexpected network");
  * if (!owned.xml().includes("<name>default</name>")) throw new Error("unexpected XML");
  * ```
  */
@@ -48,14 +48,6 @@ export class Network {
       throw new ClosedHandleError({ kind: "network", label: this.#name, operation });
     }
     return this.#handle;
-  }
-
-  /** Whether the network runs now (`virNetworkIsActive`). */
-  isActive(): boolean {
-    return checkInt(libvirt().virNetworkIsActive(this.#live("isActive")), {
-      operation: "virNetworkIsActive",
-      context: `Cannot tell whether network "${this.#name}" runs`,
-    }) === 1;
   }
 
   /**

@@ -67,8 +67,6 @@ export const LIBVIRT_SYMBOLS = {
   virConnectListAllNetworks: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
   // const char *virNetworkGetName(virNetworkPtr network);  (owned by the network: never free)
   virNetworkGetName: { parameters: ["pointer"], result: "pointer" },
-  // int virNetworkIsActive(virNetworkPtr net);
-  virNetworkIsActive: { parameters: ["pointer"], result: "i32" },
   // char *virNetworkGetXMLDesc(virNetworkPtr network, unsigned int flags);  (caller frees)
   virNetworkGetXMLDesc: { parameters: ["pointer", "u32"], result: "pointer" },
   // int virNetworkFree(virNetworkPtr network);
