@@ -11,22 +11,8 @@ import { VIR_ERROR_LAYOUT } from "./symbols.ts";
 
 /** `VIR_ERR_OK`: no error recorded (the call failed without telling libvirt's error layer). */
 export const VIR_ERR_OK = 0;
-/** `VIR_ERR_INTERNAL_ERROR`. */
-export const VIR_ERR_INTERNAL_ERROR = 1;
 /** `VIR_ERR_NO_SUPPORT`: the driver does not implement the call (e.g. attach on `test:///`). */
 export const VIR_ERR_NO_SUPPORT = 3;
-/** `VIR_ERR_NO_CONNECT`: no driver or daemon for the URI. */
-export const VIR_ERR_NO_CONNECT = 5;
-/** `VIR_ERR_INVALID_CONN`. */
-export const VIR_ERR_INVALID_CONN = 6;
-/** `VIR_ERR_INVALID_DOMAIN`. */
-export const VIR_ERR_INVALID_DOMAIN = 7;
-/** `VIR_ERR_INVALID_ARG`. */
-export const VIR_ERR_INVALID_ARG = 8;
-/** `VIR_ERR_OPERATION_FAILED`. */
-export const VIR_ERR_OPERATION_FAILED = 9;
-/** `VIR_ERR_XML_ERROR`. */
-export const VIR_ERR_XML_ERROR = 27;
 /** `VIR_ERR_XML_DETAIL`: malformed XML. */
 export const VIR_ERR_XML_DETAIL = 35;
 /** `VIR_ERR_OPERATION_DENIED`: e.g. a write on a read-only connection. */
@@ -41,8 +27,6 @@ export const VIR_ERR_OPERATION_INVALID = 55;
 export const VIR_ERR_NO_NETWORK = 43;
 /** `VIR_ERR_NO_NODE_DEVICE`. */
 export const VIR_ERR_NO_NODE_DEVICE = 53;
-/** `VIR_ERR_CONFIG_UNSUPPORTED`. */
-export const VIR_ERR_CONFIG_UNSUPPORTED = 67;
 /** `VIR_ERR_XML_INVALID_SCHEMA`: `VIR_DOMAIN_DEFINE_VALIDATE` rejected the XML. */
 export const VIR_ERR_XML_INVALID_SCHEMA = 92;
 
