@@ -1,7 +1,7 @@
 /**
  * The one description of `passthrough_config.yaml`. Three things derive from it: the TypeScript
  * type of a validated raw config ({@link RawConfig}, via {@link Infer}), the validation in
- * `lib/config/config.ts`, and the published `passthrough_config.schema.json` ({@link configJsonSchema}).
+ * `lib/config/config.ts`, and the published `passthrough_config.schema.json` ({@link configJsonSchemaText}).
  * Change the config format here and nowhere else.
  *
  * Regenerate the JSON file with `deno run scripts/config_schema.ts > passthrough_config.schema.json`
@@ -570,26 +570,22 @@ function toJsonSchema(schema: Schema): JsonSchema {
 }
 
 /**
- * The JSON Schema (draft 2020-12) published as `passthrough_config.schema.json`, generated from
- * {@link CONFIG_SCHEMA}; editors use it through the `yaml-language-server` comment.
+ * The exact text of `passthrough_config.schema.json`: the JSON Schema (draft 2020-12) generated
+ * from {@link CONFIG_SCHEMA}; editors use it through the `yaml-language-server` comment.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const schema = configJsonSchema() as { required: string[] };
+ * const schema = JSON.parse(configJsonSchemaText()) as { required: string[] };
  * assertEquals(schema.required, ["version", "vms"]);
  * ```
  */
-export function configJsonSchema(): Record<string, unknown> {
-  return {
+export function configJsonSchemaText(): string {
+  const schema = {
     $schema: "https://json-schema.org/draft/2020-12/schema",
     $id: "urn:passthrough:config:1",
     title: "passthrough_config.yaml",
     ...toJsonSchema(CONFIG_SCHEMA),
   };
-}
-
-/** The exact text of `passthrough_config.schema.json`. */
-export function configJsonSchemaText(): string {
-  return JSON.stringify(configJsonSchema(), null, 2) + "\n";
+  return JSON.stringify(schema, null, 2) + "\n";
 }
