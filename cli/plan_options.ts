@@ -10,7 +10,8 @@
 import type { Plan } from "../lib/plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
 import type { HostFacts } from "../lib/host/preflight.ts";
-import { type Config, isRemoteUri, loadConfig } from "../lib/config/config.ts";
+import { type Config, loadConfig } from "../lib/config/config.ts";
+import { isRemoteUri } from "../lib/config/uri.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
 import { redactedJson } from "../lib/render/redact.ts";

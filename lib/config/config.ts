@@ -48,7 +48,6 @@ import {
 import { canonicalPciAddress } from "../pci/address.ts";
 import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
-export { isRemoteUri } from "./uri.ts";
 
 /** One problem in the config file, located in the source. */
 export class ConfigError extends Error {
