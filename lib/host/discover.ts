@@ -37,9 +37,6 @@ import {
   readRawDevice,
 } from "./sysfs_device.ts";
 
-// Reading one device and host use live in sysfs_device.ts, which the start guard loads alone.
-export { pciAncestor, readDeviceAt, readHostUse } from "./sysfs_device.ts";
-
 /** Options of {@link discoverHost}. */
 export interface DiscoverOptions {
   /** The sysfs root: `/sys` (default) or a captured tree with the same shape. */

@@ -11,11 +11,14 @@ export {
   discoverHost,
   type DiscoverOptions,
   HostChangedError,
-  readDeviceAt,
-  readHostUse,
   SysfsRootError,
 } from "./discover.ts";
-export type { DeviceReadOptions, GpuHolder } from "./sysfs_device.ts";
+export {
+  type DeviceReadOptions,
+  type GpuHolder,
+  readDeviceAt,
+  readHostUse,
+} from "./sysfs_device.ts";
 export {
   denoFsReader,
   type DirectoryEntry,

@@ -6,7 +6,7 @@ import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
 import { nvmeDiskXml } from "../helpers/devices.ts";
 

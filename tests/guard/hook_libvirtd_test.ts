@@ -11,7 +11,7 @@ import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { runCli, runHook } from "../helpers/cli.ts";
 import { livePciMissing } from "../helpers/hosts.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { readRefusalRecords, recordPolicies } from "../../lib/guard/state.ts";
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";

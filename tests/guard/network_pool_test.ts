@@ -8,7 +8,7 @@ import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts
 import { sriovNic } from "../helpers/sriov.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
-import { readHostUse } from "../../lib/host/discover.ts";
+import { readHostUse } from "../../lib/host/sysfs_device.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
 import { runGuard } from "../../lib/guard/run.ts";
 

@@ -11,7 +11,7 @@ import {
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { readDeviceAt, readHostUse } from "../../lib/host/discover.ts";
+import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import type { HostUse, PciDevice } from "../../lib/host/types.ts";
 
 /** `tests/fixtures/hosts/`. */

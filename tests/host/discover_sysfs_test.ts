@@ -14,7 +14,8 @@ import {
   type HostDescription,
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
-import { discoverHost, pciAncestor, SysfsRootError } from "../../lib/host/discover.ts";
+import { discoverHost, SysfsRootError } from "../../lib/host/discover.ts";
+import { pciAncestor } from "../../lib/host/sysfs_device.ts";
 import {
   LspciError,
   parseLspci,
