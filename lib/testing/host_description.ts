@@ -12,8 +12,6 @@ import type { HostDescription } from "./host_tree.ts";
 import { groupDevices, parseGroupNumber } from "../host/iommu_groups.ts";
 import { isBridgeClass } from "../pci/class.ts";
 
-export type { HostDescription, HostDeviceDescription } from "./host_tree.ts";
-
 function hexId(text: string | null | undefined, width: number): string | null {
   if (text === null || text === undefined) return null;
   return text.replace(/^0x/i, "").toLowerCase().padStart(width, "0");
