@@ -9,8 +9,6 @@
 import type { NodeDeviceSource } from "../lib/host/nodedev.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
-export type { NodeDeviceSource } from "../lib/host/nodedev.ts";
-
 /** A {@link NodeDeviceSource} that owns its connection: close it with `close()` or `using`. */
 export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): void };
 
