@@ -20,13 +20,6 @@ import {
 } from "./errors.ts";
 import type { Network } from "./network.ts";
 
-export type {
-  DeviceChangeOptions,
-  DomainSummary,
-  LibvirtPort,
-  NetworkSummary,
-} from "../lib/plan/libvirt_port.ts";
-
 /** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
 export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };
 
