@@ -64,17 +64,12 @@ export function openNodeDeviceSource(
   options: ConnectionOpenOptions = {},
 ): OpenNodeDeviceSource {
   const conn = Connection.open(uri, { readOnly: true, ...options });
-  const source = nodeDeviceSource(conn);
-  return {
-    get uri() {
-      return source.uri;
-    },
-    listPciNodeDeviceXml: () => source.listPciNodeDeviceXml(),
+  return Object.assign(nodeDeviceSource(conn), {
     close(): void {
       conn.close();
     },
     [Symbol.dispose](): void {
       conn.close();
     },
-  };
+  });
 }
