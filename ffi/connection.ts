@@ -53,15 +53,6 @@ function defaultUriFromEnvironment(): string | null {
   return value === null || value === "" ? null : value;
 }
 
-/** Options for {@link Connection.defineDomain}. */
-export interface DefineDomainOptions {
-  /**
-   * Validate against libvirt's RNG schema (`VIR_DOMAIN_DEFINE_VALIDATE`), default `true`. Without
-   * it libvirt silently drops unknown elements.
-   */
-  validate?: boolean;
-}
-
 /** Options for {@link Connection.listNodeDevices}. */
 export interface ListNodeDevicesOptions {
   /** Only devices with this capability. */
@@ -252,11 +243,11 @@ export class Connection {
   }
 
   /**
-   * Defines or redefines a domain from its XML (keep the `<uuid>` when redefining). Validates
-   * against the schema unless `validate: false`.
+   * Defines or redefines a domain from its XML (keep the `<uuid>` when redefining), validated
+   * against libvirt's RNG schema (`VIR_DOMAIN_DEFINE_VALIDATE`): without it libvirt silently
+   * drops unknown elements.
    */
-  defineDomain(xml: string, options: DefineDomainOptions = {}): Domain {
-    const flags = (options.validate ?? true) ? VIR_DOMAIN_DEFINE_VALIDATE : 0;
+  defineDomain(xml: string): Domain {
     const handle = this.#live("defineDomain");
     const text = cString(xml);
     const pointer = withDeadlineNote(
@@ -264,7 +255,7 @@ export class Connection {
         domainNameHint(xml) || " a domain"
       }: whether that define took effect is unknown ` +
         "(its previous definition is in a backup: `passthrough backups`)",
-      () => libvirt().virDomainDefineXMLFlags(handle, text, flags),
+      () => libvirt().virDomainDefineXMLFlags(handle, text, VIR_DOMAIN_DEFINE_VALIDATE),
     );
     return new Domain(checkPointer(pointer, {
       operation: "virDomainDefineXMLFlags",

@@ -129,7 +129,7 @@ export function connectionPort(conn: Connection): LibvirtPort {
       return out;
     },
     define(xml: string): void {
-      using _dom = conn.defineDomain(xml, { validate: true });
+      using _dom = conn.defineDomain(xml);
     },
     attachDevice(name: string, deviceXml: string, change: DeviceChangeOptions): void {
       using dom = conn.lookupDomainByName(name);
