@@ -26,7 +26,6 @@ export interface LspciRecord {
   vendorDeviceName: string | null;
   vendorId: string;
   deviceId: string;
-  revision: string | null;
   driver: string | null;
   modules: string[];
 }
@@ -144,7 +143,7 @@ export async function runLspci(
 }
 
 const HEADER =
-  /^(\S+) (.*?) ?\[([0-9a-f]{4})\]: (.*?) ?\[([0-9a-f]{4}):([0-9a-f]{4})\](?: \(rev ([0-9a-f]{2})\))?(?: \(prog-if [0-9a-f]{2}(?: \[.*\])?\))?\s*$/i;
+  /^(\S+) (.*?) ?\[([0-9a-f]{4})\]: (.*?) ?\[([0-9a-f]{4}):([0-9a-f]{4})\](?: \(rev [0-9a-f]{2}\))?(?: \(prog-if [0-9a-f]{2}(?: \[.*\])?\))?\s*$/i;
 
 /**
  * Parses `lspci -nnkD` output into one record per device, keyed by canonical address. Unknown
@@ -180,7 +179,6 @@ export function parseLspci(text: string): Map<PciAddress, LspciRecord> {
       vendorDeviceName: joined === "" || joined === "Device" ? null : joined,
       vendorId: (header[5] ?? "").toLowerCase(),
       deviceId: (header[6] ?? "").toLowerCase(),
-      revision: header[7]?.toLowerCase() ?? null,
       driver: null,
       modules: [],
     };
