@@ -32,7 +32,6 @@ export {
   LspciError,
   type LspciRunner,
   pciIdsVendorNames,
-  runLspci,
   type VendorNames,
 } from "./lspci.ts";
 export {
@@ -54,13 +53,10 @@ export {
   type HostFacts,
   type HostFactsOptions,
   type KernelModule,
-  parseIomemFramebuffers,
-  parseProcModules,
   type QemuUser,
   readHostFacts,
   resetVerdict,
   type RomFileFacts,
-  vendorResetFamily,
 } from "./preflight.ts";
 export {
   discoverViaLibvirt,
