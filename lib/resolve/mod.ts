@@ -8,4 +8,4 @@
 export { deviceMatches, type MatchOptions, sameIdentity } from "./match.ts";
 export type { ClosedDevice, ClosureResult } from "./closure.ts";
 export type { MatchUnit, RuleResolution } from "./match.ts";
-export { autoMac, resolveVfRule, type VfChoice, type VfContext, vfContext } from "./vf.ts";
+export type { VfChoice } from "./vf.ts";
