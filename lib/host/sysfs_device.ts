@@ -15,7 +15,7 @@ import {
   libvirtNumber,
 } from "../pci/address.ts";
 import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
-import { isFileName } from "../state/paths.ts";
+import { isFileName, join } from "../state/paths.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
 import {
@@ -755,22 +755,9 @@ function devName(reader: SysfsReader, devRoot: string, path: string): string | n
     if (!current.startsWith("/dev/")) return null;
     const link = reader.readLink(`${devRoot}${current.slice(4)}`);
     if (link === null) break;
-    current = link.startsWith("/")
-      ? link
-      : joinPath(current.slice(0, current.lastIndexOf("/")), link);
+    current = link.startsWith("/") ? link : join(current.slice(0, current.lastIndexOf("/")), link);
   }
   return current.startsWith("/dev/") ? baseName(current) : null;
-}
-
-/** `dir` joined with a relative `link`, `.` and `..` resolved (no file system access). */
-function joinPath(dir: string, link: string): string {
-  const parts: string[] = [];
-  for (const part of `${dir}/${link}`.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return `/${parts.join("/")}`;
 }
 
 /** The routes through one interface: whether a default route, and the networks it carries. */
