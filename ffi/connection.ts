@@ -288,18 +288,6 @@ export class Connection {
     });
   }
 
-  /** The node device called `name` (`pci_0000_01_00_0`). */
-  lookupNodeDevice(name: string): NodeDevice {
-    const pointer = libvirt().virNodeDeviceLookupByName(
-      this.#live("lookupNodeDevice"),
-      cString(name),
-    );
-    return new NodeDevice(checkPointer(pointer, {
-      operation: "virNodeDeviceLookupByName",
-      context: `Cannot find node device "${name}"`,
-    }));
-  }
-
   /** Closes the connection. Idempotent. Domains still held keep libvirt's side alive. */
   close(): void {
     const handle = this.#handle;

@@ -25,8 +25,6 @@ export const VIR_ERR_NO_DOMAIN = 42;
 export const VIR_ERR_OPERATION_INVALID = 55;
 /** `VIR_ERR_NO_NETWORK`: no network with that name (undefined since it was listed). */
 export const VIR_ERR_NO_NETWORK = 43;
-/** `VIR_ERR_NO_NODE_DEVICE`. */
-export const VIR_ERR_NO_NODE_DEVICE = 53;
 /** `VIR_ERR_XML_INVALID_SCHEMA`: `VIR_DOMAIN_DEFINE_VALIDATE` rejected the XML. */
 export const VIR_ERR_XML_INVALID_SCHEMA = 92;
 

@@ -21,8 +21,10 @@ const finalizer = new FinalizationRegistry<Deno.PointerObject>((pointer) => {
  * ```ts
  * import { Connection } from "./connection.ts";
  * using conn = Connection.open("test:///default");
- * using computer = conn.lookupNodeDevice("computer");
- * if (!computer.xml().includes("<name>computer</name>")) throw new Error("unexpected XML");
+ * for (const device of conn.listNodeDevices()) {
+ *   using owned = device;
+ *   if (!owned.xml().includes(`<name>${owned.name}</name>`)) throw new Error("unexpected XML");
+ * }
  * ```
  */
 export class NodeDevice {

@@ -54,8 +54,6 @@ export const LIBVIRT_SYMBOLS = {
   // int virDomainDetachDeviceFlags(virDomainPtr domain, const char *xml, unsigned int flags);
   virDomainDetachDeviceFlags: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
 
-  // virNodeDevicePtr virNodeDeviceLookupByName(virConnectPtr conn, const char *name);
-  virNodeDeviceLookupByName: { parameters: ["pointer", "buffer"], result: "pointer" },
   // const char *virNodeDeviceGetName(virNodeDevicePtr dev);  (owned by the device: never free)
   virNodeDeviceGetName: { parameters: ["pointer"], result: "pointer" },
   // char *virNodeDeviceGetXMLDesc(virNodeDevicePtr dev, unsigned int flags);  (caller frees)

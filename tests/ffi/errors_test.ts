@@ -4,7 +4,7 @@
  */
 
 import { assert, assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
-import { worldUri } from "../helpers/world.ts";
+import { nodeDeviceNamed, worldUri } from "../helpers/world.ts";
 import {
   ClosedHandleError,
   Connection,
@@ -110,7 +110,7 @@ Deno.test("using a closed connection throws ClosedHandleError", () => {
 Deno.test("using a freed domain or node device throws ClosedHandleError", () => {
   using conn = Connection.open(WORLD);
   const dom = conn.lookupDomainByName("win11");
-  const dev = conn.lookupNodeDevice("pci_0000_01_00_0");
+  const dev = nodeDeviceNamed(conn, "pci_0000_01_00_0");
   dom.free();
   dev.free();
   const domError = catchError(() => dom.xml({ inactive: true }));
@@ -132,7 +132,7 @@ Deno.test("using a freed domain or node device throws ClosedHandleError", () => 
 Deno.test("close() and free() are idempotent", () => {
   const conn = Connection.open(WORLD);
   const dom = conn.lookupDomainByName("gentoo");
-  const dev = conn.lookupNodeDevice("pci_0000_05_00_0");
+  const dev = nodeDeviceNamed(conn, "pci_0000_05_00_0");
   dom.free();
   dom.free();
   dom[Symbol.dispose]();

@@ -5,7 +5,7 @@
  */
 
 import { assert } from "../helpers/assert.ts";
-import { COMPUTER_DEVICE, writeTempWorld } from "../helpers/world.ts";
+import { COMPUTER_DEVICE, nodeDeviceNamed, writeTempWorld } from "../helpers/world.ts";
 import { Connection } from "../../ffi/mod.ts";
 
 const MIB = 1024 * 1024;
@@ -51,7 +51,7 @@ Deno.test("lookups, lists and node-device XML 10,000 times grow RSS by less than
   const grown = growth(ROUNDS, () => {
     using dom = conn.lookupDomainByName("leaky");
     for (const listed of conn.listDomains()) listed.free();
-    using dev = conn.lookupNodeDevice("computer");
+    using dev = nodeDeviceNamed(conn, "computer");
     dev.xml();
     void dom.uuid;
   });

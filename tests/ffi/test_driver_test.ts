@@ -3,14 +3,19 @@
  */
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { COMPUTER_DEVICE, testDomainXml, worldUri, writeTempWorld } from "../helpers/world.ts";
+import {
+  COMPUTER_DEVICE,
+  nodeDeviceNamed,
+  testDomainXml,
+  worldUri,
+  writeTempWorld,
+} from "../helpers/world.ts";
 import {
   ClosedHandleError,
   Connection,
   LibvirtError,
   openLibvirtPort,
   VIR_ERR_NO_DOMAIN,
-  VIR_ERR_NO_NODE_DEVICE,
   VIR_ERR_NO_SUPPORT,
   VIR_ERR_OPERATION_DENIED,
 } from "../../ffi/mod.ts";
@@ -153,24 +158,17 @@ Deno.test("Connection.listNodeDevices() lists PCI devices whose XML carries IOMM
     "pci_0000_05_00_0",
   ]);
   assertOk(names(conn.listNodeDevices()).includes("computer"));
-  using gpu = conn.lookupNodeDevice("pci_0000_01_00_0");
+  using gpu = nodeDeviceNamed(conn, "pci_0000_01_00_0");
   const xml = gpu.xml();
   assertMatch(xml, /<iommuGroup number='1'>/);
   assertMatch(xml, /<vendor id='0x10de'>/);
   assertEquals(xml.match(/<address /g)?.length, 2);
 });
 
-Deno.test("Connection.lookupNodeDevice() throws LibvirtError for an unknown device", () => {
-  using conn = Connection.open(WORLD);
-  const error = assertThrowsLibvirt(() => conn.lookupNodeDevice("pci_0000_99_00_0"));
-  assertEquals(error.code, VIR_ERR_NO_NODE_DEVICE);
-  assertMatch(error.message, /^Cannot find node device "pci_0000_99_00_0": /);
-});
-
 Deno.test("Deno.inspect() shows URI, name, UUID and state, and marks closed handles", () => {
   const conn = Connection.open(WORLD);
   const dom = conn.lookupDomainByName("win11");
-  const dev = conn.lookupNodeDevice("pci_0000_01_00_1");
+  const dev = nodeDeviceNamed(conn, "pci_0000_01_00_1");
   assertEquals(
     Deno.inspect(conn),
     `Connection { uri: "${WORLD}", readOnly: false, closed: false }`,
@@ -195,7 +193,7 @@ Deno.test("using disposes domains, node devices and the connection", () => {
   {
     using c = Connection.open(WORLD);
     using d = c.lookupDomainByName("gentoo");
-    using n = c.lookupNodeDevice("pci_0000_05_00_0");
+    using n = nodeDeviceNamed(c, "pci_0000_05_00_0");
     conn = c;
     dom = d;
     dev = n;

@@ -6,6 +6,8 @@
  */
 
 import { readDefinition, type World } from "../../lib/plan/world.ts";
+import type { Connection } from "../../ffi/connection.ts";
+import type { NodeDevice } from "../../ffi/node_device.ts";
 
 const WORLDS = new URL("../fixtures/worlds/", import.meta.url);
 
@@ -86,4 +88,13 @@ export function dataWorld(domains: Record<string, DataDomain>): World {
       },
     ),
   };
+}
+
+/** The node device `name` of `conn`, every other listed handle freed. */
+export function nodeDeviceNamed(conn: Connection, name: string): NodeDevice {
+  const devices = conn.listNodeDevices();
+  const found = devices.find((device) => device.name === name);
+  for (const device of devices) if (device !== found) device.free();
+  if (found === undefined) throw new Error(`No node device "${name}" in ${conn.uri}`);
+  return found;
 }
