@@ -9,8 +9,6 @@ import { borrowCString, cString, libvirt, takeCString } from "./library.ts";
 import {
   VIR_DOMAIN_AFFECT_CONFIG,
   VIR_DOMAIN_AFFECT_LIVE,
-  VIR_DOMAIN_UNDEFINE_KEEP_NVRAM,
-  VIR_DOMAIN_UNDEFINE_NVRAM,
   VIR_DOMAIN_XML_INACTIVE,
   VIR_DOMAIN_XML_SECURE,
   VIR_UUID_STRING_BUFLEN,
@@ -52,12 +50,6 @@ export interface DomainDeviceOptions {
   live: boolean;
   /** Change the persistent definition. */
   config: boolean;
-}
-
-/** Options for {@link Domain.undefine}. */
-export interface DomainUndefineOptions {
-  /** What to do with the UEFI variable store, if the domain has one. */
-  nvram?: "keep" | "remove";
 }
 
 // Handles the caller forgot to free are released when the object is collected; explicit free()
@@ -177,16 +169,11 @@ export class Domain {
   }
 
   /**
-   * Removes the persistent definition (a running domain keeps running, now transient). A domain
-   * with UEFI variables needs `nvram: "keep"` or `"remove"`, or libvirt refuses.
+   * Removes the persistent definition (a running domain keeps running, now transient). libvirt
+   * refuses it for a domain with UEFI variables.
    */
-  undefine(options: DomainUndefineOptions = {}): void {
-    const flags = options.nvram === "remove"
-      ? VIR_DOMAIN_UNDEFINE_NVRAM
-      : options.nvram === "keep"
-      ? VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-      : 0;
-    checkInt(libvirt().virDomainUndefineFlags(this.#live("undefine"), flags), {
+  undefine(): void {
+    checkInt(libvirt().virDomainUndefineFlags(this.#live("undefine"), 0), {
       operation: "virDomainUndefineFlags",
       context: `Cannot undefine domain "${this.#name}"`,
     });

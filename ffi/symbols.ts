@@ -96,10 +96,6 @@ export const VIR_DOMAIN_XML_SECURE = 1;
 export const VIR_DOMAIN_XML_INACTIVE = 2;
 /** `virDomainDefineFlags`: validate against the RNG schema. */
 export const VIR_DOMAIN_DEFINE_VALIDATE = 1;
-/** `virDomainUndefineFlagsValues`: also delete the UEFI variable store. */
-export const VIR_DOMAIN_UNDEFINE_NVRAM = 4;
-/** `virDomainUndefineFlagsValues`: keep the UEFI variable store. */
-export const VIR_DOMAIN_UNDEFINE_KEEP_NVRAM = 8;
 /** `virDomainModificationImpact`. */
 export const VIR_DOMAIN_AFFECT_LIVE = 1;
 /** `virDomainModificationImpact`. */

@@ -164,7 +164,7 @@ Deno.test({
       await t.step("undefine() leaves nothing behind", async () => {
         {
           using dom = conn.lookupDomainByName(name);
-          dom.undefine({ nvram: "remove" });
+          dom.undefine();
         }
         assertEquals(catchLibvirt(() => conn.lookupDomainByName(name)).code, VIR_ERR_NO_DOMAIN);
         const names = conn.listDomains().map((dom) => {
