@@ -29,12 +29,10 @@ import { headerTypeOfClass } from "../pci/class.ts";
 export interface NodeDeviceWorldOptions {
   /** `<domain type='test'>` documents to put in the world as they are. */
   domains?: readonly string[];
-  /** The `computer` device's system UUID (the test driver refuses a world without one). */
-  uuid?: string;
 }
 
-/** The system UUID used when none is given. */
-const DEFAULT_WORLD_UUID = "3b5b4b9e-5e7c-4d1a-9f3e-1c2d3e4f5a6b";
+/** The `computer` device's system UUID (the test driver refuses a world without one). */
+const WORLD_UUID = "3b5b4b9e-5e7c-4d1a-9f3e-1c2d3e4f5a6b";
 
 /** libvirt's node-device name for an address: `pci_0000_01_00_0`. */
 export function nodeDeviceName(address: PciAddress): string {
@@ -153,7 +151,6 @@ export function nodeDeviceWorldXml(
     lines.push("    </capability>", "  </device>");
     return lines.join("\n");
   });
-  const uuid = options.uuid ?? DEFAULT_WORLD_UUID;
   return [
     "<?xml version='1.0'?>",
     "<node>",
@@ -175,7 +172,7 @@ export function nodeDeviceWorldXml(
     "        <vendor>Test</vendor>",
     "        <version>1</version>",
     "        <serial>0</serial>",
-    `        <uuid>${escapeXmlAttribute(uuid)}</uuid>`,
+    `        <uuid>${WORLD_UUID}</uuid>`,
     "      </hardware>",
     "    </capability>",
     "  </device>",
