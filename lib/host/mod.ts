@@ -70,7 +70,6 @@ export {
   COMPARED_FIELDS,
   type ComparedField,
   compareTopologies,
-  type CompareTopologiesOptions,
   type FieldValue,
   formatSourceDifference,
   OPTIONAL_FIELDS,

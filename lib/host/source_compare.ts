@@ -58,15 +58,6 @@ export type SourceDifference =
   | { kind: "missing"; address: PciAddress; missingFrom: "a" | "b" }
   | { kind: "field"; address: PciAddress; field: ComparedField; a: FieldValue; b: FieldValue };
 
-/** Options of {@link compareTopologies}. */
-export interface CompareTopologiesOptions {
-  /**
-   * Fields not to compare, e.g. `["driver"]` against libvirt's test driver, which drops
-   * `<driver>` from node devices.
-   */
-  ignore?: readonly ComparedField[];
-}
-
 function fieldValue(device: PciDevice, field: ComparedField): FieldValue {
   const value = device[field];
   return Array.isArray(value) ? value.join(" ") : value;
@@ -90,16 +81,9 @@ function fieldValue(device: PciDevice, field: ComparedField): FieldValue {
  * assertEquals(compareTopologies(a, b), [
  *   { kind: "field", address: "0000:01:00.0", field: "driver", a: "nouveau", b: "vfio-pci" },
  * ]);
- * assertEquals(compareTopologies(a, b, { ignore: ["driver"] }), []);
  * ```
  */
-export function compareTopologies(
-  a: HostTopology,
-  b: HostTopology,
-  options: CompareTopologiesOptions = {},
-): SourceDifference[] {
-  const ignore = new Set(options.ignore ?? []);
-  const fields = COMPARED_FIELDS.filter((f) => !ignore.has(f));
+export function compareTopologies(a: HostTopology, b: HostTopology): SourceDifference[] {
   const differences: SourceDifference[] = [];
   if (a.iommu !== b.iommu) differences.push({ kind: "iommu", a: a.iommu, b: b.iommu });
   const inA = new Map(a.devices.map((d) => [d.address, d]));
@@ -112,7 +96,7 @@ export function compareTopologies(
       differences.push({ kind: "missing", address, missingFrom: da === undefined ? "a" : "b" });
       continue;
     }
-    for (const field of fields) {
+    for (const field of COMPARED_FIELDS) {
       const va = fieldValue(da, field);
       const vb = fieldValue(db, field);
       if (va === vb) continue;
