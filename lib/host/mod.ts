@@ -62,9 +62,7 @@ export {
   discoverViaLibvirt,
   NodeDeviceGroupError,
   type NodeDeviceSource,
-  type NodeDeviceTopologyOptions,
   NodeDeviceXmlError,
-  topologyFromNodeDevices,
 } from "./nodedev.ts";
 export {
   COMPARED_FIELDS,
