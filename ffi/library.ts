@@ -19,14 +19,6 @@ export const LIBVIRT_PATH_ENV = "PASSTHROUGH_LIBVIRT_PATH";
 /** The bound libvirt functions. */
 export type LibvirtSymbols = Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>["symbols"];
 
-/** An opened libvirt with its silencing error callback; `close()` releases both. */
-export interface LibvirtLibrary {
-  /** The path it was opened from. */
-  readonly path: string;
-  readonly symbols: LibvirtSymbols;
-  close(): void;
-}
-
 /** libvirt (or libc) could not be loaded: the package is missing or the path is wrong. */
 export class LibvirtLoadError extends Error {
   /** Always `"LibvirtLoadError"`. */
@@ -53,10 +45,10 @@ export class LibvirtLoadError extends Error {
  * ```ts
  * import { openLibvirtLibrary } from "./library.ts";
  * const lib = openLibvirtLibrary("libvirt.so.0");
- * lib.close();
+ * if (typeof lib.virConnectOpen !== "function") throw new Error("virConnectOpen not bound");
  * ```
  */
-export function openLibvirtLibrary(path: string): LibvirtLibrary {
+export function openLibvirtLibrary(path: string): LibvirtSymbols {
   initialiseOpenSslWithoutAtExit();
   let library: Deno.DynamicLibrary<typeof LIBVIRT_SYMBOLS>;
   try {
@@ -76,19 +68,7 @@ export function openLibvirtLibrary(path: string): LibvirtLibrary {
   // The callback dies with this isolate, libvirt lives on in the process (a test or bench runner
   // runs several isolates in one): it must not keep pointing at freed code.
   globalThis.addEventListener("unload", () => library.symbols.virSetErrorFunc(null, null));
-  let closed = false;
-  return {
-    path,
-    symbols: library.symbols,
-    close() {
-      if (closed) return;
-      closed = true;
-      // libvirt must stop pointing at the callback before it is freed.
-      library.symbols.virSetErrorFunc(null, null);
-      library.close();
-      silence.close();
-    },
-  };
+  return library.symbols;
 }
 
 /** `OPENSSL_INIT_NO_ATEXIT` (OpenSSL 1.1.1b and later): register no `OPENSSL_cleanup()` at exit. */
@@ -123,7 +103,7 @@ function initialiseOpenSslWithoutAtExit(): void {
   }
 }
 
-let cachedLibvirt: LibvirtLibrary | undefined;
+let cachedLibvirt: LibvirtSymbols | undefined;
 /** The symbols armed by the deadline (`deadline.ts`), made when one is first set. */
 let guardedLibvirt: LibvirtSymbols | undefined;
 
@@ -143,8 +123,8 @@ function configuredPath(): string {
  */
 export function libvirt(): LibvirtSymbols {
   cachedLibvirt ??= openLibvirtLibrary(configuredPath());
-  if (!libvirtDeadlineArmed()) return cachedLibvirt.symbols;
-  return guardedLibvirt ??= guardSymbols(cachedLibvirt.symbols);
+  if (!libvirtDeadlineArmed()) return cachedLibvirt;
+  return guardedLibvirt ??= guardSymbols(cachedLibvirt);
 }
 
 const encoder = new TextEncoder();

@@ -208,33 +208,6 @@ function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-Deno.test("a closed library leaves libvirt no error callback to call once it is freed", async () => {
-  // A second binding of libvirt, which installs no callback of its own, fails a call after the
-  // first was closed: libvirt must report through its default handler (stderr), not jump into
-  // the freed callback (SIGSEGV).
-  const script = `
-    import { openLibvirtLibrary } from ${
-    JSON.stringify(new URL("../../ffi/library.ts", import.meta.url).href)
-  };
-    openLibvirtLibrary("libvirt.so.0").close();
-    const other = Deno.dlopen("libvirt.so.0", {
-      virConnectOpen: { parameters: ["buffer"], result: "pointer" },
-    });
-    const conn = other.symbols.virConnectOpen(new TextEncoder().encode("nosuchdriver:///x\\0"));
-    console.log(conn === null ? "refused" : "opened");
-  `;
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stderr = new TextDecoder().decode(output.stderr);
-  assertEquals(output.code, 0, stderr);
-  assertEquals(new TextDecoder().decode(output.stdout), "refused\n");
-  assertMatch(stderr, /^libvirt: /);
-});
-
 Deno.test("at unload libvirt's error callback is unset, before the isolate frees it", async () => {
   // A test or bench runner frees an isolate's callbacks with the isolate while libvirt stays
   // loaded in the process; after "unload" a failing call reports through libvirt's default
