@@ -6,8 +6,8 @@
  */
 
 import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
-import { discoverHost, readDeviceAt } from "../lib/host/discover.ts";
-import { readPhysicalSlots } from "../lib/host/sysfs_device.ts";
+import { discoverHost } from "../lib/host/discover.ts";
+import { readDeviceAt, readPhysicalSlots } from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
 import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
