@@ -141,11 +141,13 @@ function planSelected(
       vm: name,
     }, config);
   }
+  const dropped = survey.orphans.includes(name);
   const plan = planVm(entry.xml, entry.domain, resolution, {
     ...context,
     active: survey.active.get(name) ?? null,
+    dropped,
   });
-  if (survey.orphans.includes(name)) {
+  if (dropped) {
     plan.reasoning.unshift(
       `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
     );

@@ -71,6 +71,8 @@ export interface VmContext {
    * on), with what they are: a pool entry among them is refused, as the start guard does.
    */
   deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
+  /** `true` for a VM dropped from the config, planned with no rules (it says so once). */
+  dropped?: boolean;
 }
 
 /** The edit being built for one VM. */
@@ -93,6 +95,10 @@ interface Edit {
   readonly vfRecords: VfIdentity[];
   /** Owned interfaces whose VF moved with its PF: the VF's old and new address. */
   readonly nicMoves: { from: PciAddress; to: PciAddress }[];
+  /** The names of the VM's rules. */
+  readonly rules: ReadonlySet<string>;
+  /** Kept hostdevs whose record names another rule now, by `"old\0new"` rule names. */
+  readonly renamed: Map<string, PciAddress[]>;
 }
 
 /**
@@ -262,6 +268,12 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
       `${address}: slot ${closed.device.physicalSlot} added to its record (rule "${rule}"), which the start guard compares from then on`,
     );
   }
+  if (record !== undefined && record.rule !== rule) {
+    // Only the record changes: say so, or the diff shows metadata rewritten with no word why
+    // (and the start guard's policies go by the recorded rule name).
+    const key = `${record.rule}\0${rule}`;
+    edit.renamed.set(key, [...edit.renamed.get(key) ?? [], address]);
+  }
   edit.records.push(identityOf(closed.device, rule, domain.records));
   const on = closed.rule.multifunction;
   let why: string | null = null;
@@ -313,6 +325,16 @@ function takeWanted(edit: Edit): void {
     else if (!have.owned) kept("a hand-added hostdev", "not taken over");
     else keepOrRewrite(edit, have, closed);
   }
+  for (const [key, addresses] of edit.renamed) {
+    const [was, now] = key.split("\0");
+    plan.reasoning.push(
+      `${
+        addresses.join(", ")
+      }: recorded under rule "${was}", now under rule "${now}" (the rule was renamed, or another rule takes ${
+        addresses.length === 1 ? "it" : "them"
+      }): the record says so, the hostdev stays`,
+    );
+  }
 }
 
 /** The spec of a wanted device: an interface for a `vf:` rule's VF. */
@@ -331,6 +353,8 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
   plan.reasoning.push(...released.reasoning);
   edit.nicMoves.push(...released.moved);
   const claimed = new Set<PciAddress>();
+  // Hostdevs removed although their card is still there, by the rule that recorded them.
+  const dropped = new Map<string, PciAddress[]>();
   for (const have of domain.hostdevs) {
     if (!have.owned || edit.desired.has(have.address)) continue;
     edit.remove.add(have.address);
@@ -370,7 +394,20 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
     } else {
       const left = leftItsGroup(have.address, now, record.rule, edit.desired);
       if (left !== null) plan.reasoning.push(left);
+      else dropped.set(record.rule, [...dropped.get(record.rule) ?? [], have.address]);
     }
+  }
+  // A VM dropped from the config says so once, for all of its hostdevs (`fixpoint.ts`).
+  if (context.dropped === true) return;
+  for (const [rule, addresses] of dropped) {
+    const them = addresses.length === 1 ? "it" : "them";
+    plan.reasoning.push(
+      `Removed ${addresses.join(", ")}: ${
+        edit.rules.has(rule)
+          ? `rule "${rule}" no longer takes ${them}`
+          : `"${plan.name}" has no rule "${rule}" any more`
+      }`,
+    );
   }
 }
 
@@ -672,6 +709,8 @@ export function planVm(
     vfs: resolution.vfs,
     vfRecords: [],
     nicMoves: [],
+    rules: new Set(resolution.rules.map((r) => r.rule.name)),
+    renamed: new Map(),
   };
   takeWanted(edit);
   releaseUnwanted(edit, context);

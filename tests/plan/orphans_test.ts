@@ -139,6 +139,8 @@ Deno.test("planHostdevs() removes the hostdevs it added to a VM dropped from the
   assert(win10 !== undefined, "win10 is planned although the config no longer names it");
   assertEquals(win10.remove.sort(), ["0000:21:00.0", "0000:21:00.1"]);
   assertMatch(win10.reasoning[0]!, /no longer in config "gentoo\.yaml"/);
+  // Said once for the VM, not again for each of its rules.
+  assertEquals(win10.reasoning.length, 1);
   assertEquals(plan.vms.find((vm) => vm.name === "gentoo")?.changed, false);
 
   // Limited to gentoo, win10 is left alone.

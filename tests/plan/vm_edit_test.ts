@@ -164,6 +164,56 @@ Deno.test("planHostdevs() removes owned hostdevs of a rule dropped from the conf
   });
 });
 
+Deno.test("planHostdevs() says which rule is gone when its hostdevs leave the VM", async () => {
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(
+      planHostdevs({ config: config("  win10:\n    devices: []\n"), host: HOST, libvirt }),
+      "win10",
+    );
+    assertEquals(vm.remove, ["0000:01:00.0", "0000:01:00.1"]);
+    assertEquals(vm.reasoning, [
+      'Removed 0000:01:00.0, 0000:01:00.1: "win10" has no rule "gpu" any more',
+    ]);
+  });
+});
+
+Deno.test("planHostdevs() keeps the hostdevs of a renamed rule where they are and says their records change", async () => {
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: GPU_CONFIG, host: HOST, libvirt }), "win10").desiredXml,
+    );
+    const before = parseDomainXml(libvirt.getPersistentXml("win10"));
+    const renamed = config(`  win10:
+    devices:
+      - name: graphics
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+    const vm = vmOf(planHostdevs({ config: renamed, host: HOST, libvirt }), "win10");
+    // No hostdev removed and added again: the guest keeps its devices where they were.
+    assertEquals([vm.add, vm.remove, vm.move], [[], [], []]);
+    assertEquals(vm.keep, ["0000:01:00.0", "0000:01:00.1"]);
+    assertOk(vm.changed);
+    const after = parseDomainXml(vm.desiredXml);
+    assertEquals(after.hostdevs, before.hostdevs);
+    assertEquals(after.records.map((r) => [r.address, r.rule]), [
+      ["0000:01:00.0", "graphics"],
+      ["0000:01:00.1", "graphics"],
+    ]);
+    assertEquals(vm.reasoning.filter((r) => r.includes("recorded under")), [
+      '0000:01:00.0, 0000:01:00.1: recorded under rule "gpu", now under rule "graphics" (the rule was renamed, or another rule takes them): the record says so, the hostdev stays',
+    ]);
+    libvirt.define(vm.desiredXml);
+    const again = vmOf(planHostdevs({ config: renamed, host: HOST, libvirt }), "win10");
+    assertEquals([again.changed, again.reasoning.filter((r) => r.includes("recorded under"))], [
+      false,
+      [],
+    ]);
+  });
+});
+
 Deno.test("planHostdevs() moves a card found at a new address with the same IDs and serial", async () => {
   const movedHost = host([
     ...baseDevices(),
