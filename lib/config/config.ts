@@ -300,6 +300,12 @@ export interface Config {
    * absent: the file is for whichever host runs it.
    */
   hosts?: HostConfig[];
+  /**
+   * Set on the config one host is planned with (`configForHost`): that host's section name, and
+   * the hosts of each VM of the file planned only elsewhere (for messages about a VM dropped here
+   * that the file still names). Absent: the file as read.
+   */
+  section?: { host: string; elsewhere: Record<string, string[]> };
 }
 
 /** Edit distance, for "did you mean" hints. */

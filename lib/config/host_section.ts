@@ -112,6 +112,10 @@ export function configForHost(config: Config, host: string): Config {
   const vms: VmConfig[] = config.vms
     .filter((vm) => onHost(vm, host))
     .map((vm) => ({ ...vm, rules: vm.rules.filter((rule) => onHost(rule, host)) }));
+  // Built with fromEntries: a VM named "__proto__" stays a key of its own.
+  const elsewhere = Object.fromEntries(
+    config.vms.flatMap((vm) => onHost(vm, host) ? [] : [[vm.name, vm.hosts ?? []] as const]),
+  );
   const { hosts: _hosts, ...rest } = config;
-  return { ...rest, vms };
+  return { ...rest, vms, section: { host, elsewhere } };
 }

@@ -148,8 +148,19 @@ function planSelected(
     dropped,
   });
   if (dropped) {
+    const hosts = config.section !== undefined && Object.hasOwn(config.section.elsewhere, name)
+      ? config.section.elsewhere[name]!
+      : null;
     plan.reasoning.unshift(
-      `VM "${name}" is no longer in config "${config.file}": the hostdevs passthrough added are removed (hand-added ones stay)`,
+      hosts === null
+        ? `VM "${name}" is no longer in config "${config.file}"${
+          config.section === undefined ? "" : ` for host "${config.section.host}"`
+        }: the hostdevs passthrough added are removed (hand-added ones stay)`
+        : `VM "${name}" is planned only on ${
+          hosts.map((h) => `"${h}"`).join(", ")
+        } in config "${config.file}", not on "${
+          config.section!.host
+        }": the hostdevs passthrough added here are removed (hand-added ones stay)`,
     );
   }
   return plan;

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { Config } from "../config/config.ts";
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
@@ -308,20 +309,45 @@ function unplugCommand(holder: string, one: boolean): string {
 /**
  * The refusal for an orphan (a domain the config no longer names that holds hostdevs this tool
  * added) whose devices are kept: the config names VMs libvirt does not have (`unknown`, perhaps
- * the orphan misspelt), or names no VM at all. Releasing them is said by naming the VM with
- * `devices: []`.
+ * the orphan misspelt), or names no VM at all (on this host, with a host `section`). Releasing
+ * them is said by naming the VM with no device (on this host only, with a `section`).
  */
-export function orphanKeptError(name: string, file: string, unknown: readonly string[]): PlanIssue {
-  const release = `list "${name}: { devices: [] }" under vms:`;
+export function orphanKeptError(
+  name: string,
+  file: string,
+  unknown: readonly string[],
+  section?: Config["section"],
+): PlanIssue {
+  const release = releaseHint(name, section);
+  const here = section === undefined ? "" : ` for host "${section.host}"`;
   const message = unknown.length === 0
-    ? `they are not released, since the config names no VM (releasing every VM's devices is never done by omission). To release them, ${release}`
+    ? `they are not released, since the config names no VM${here} (releasing every VM's devices is never done by omission). To release them, ${release}`
     : `they are not released while the config names ${
       unknown.map((n) => `"${n}"`).join(", ")
     }, which libvirt does not have (misspelt?). Fix the name, or to release them ${release}`;
   return {
     code: "vm-not-in-config",
     message:
-      `VM "${name}" is not in config "${file}" but holds hostdevs passthrough added: ${message}`,
+      `VM "${name}" is not in config "${file}"${here} but holds hostdevs passthrough added: ${message}`,
     vm: name,
   };
+}
+
+/**
+ * How to release a dropped VM's devices: name it with no device. With a host section, on that
+ * host only ("devices: []" on every host would strip it where it runs, and a VM the file names
+ * for other hosts cannot be listed twice: it is planned here with its rules kept elsewhere).
+ */
+function releaseHint(name: string, section: Config["section"]): string {
+  if (section === undefined) return `list "${name}: { devices: [] }" under vms:`;
+  const { host, elsewhere } = section;
+  if (!Object.hasOwn(elsewhere, name)) {
+    return `list "${name}: { host: ${host}, devices: [] }" under vms:`;
+  }
+  const hosts = elsewhere[name]!;
+  return `add "${host}" to the hosts of "${name}" (hosts: [${
+    [...hosts, host].join(", ")
+  }]) and limit each of its rules to ${
+    hosts.length === 1 ? `host: ${hosts[0]}` : `hosts: [${hosts.join(", ")}]`
+  }: it is then planned on "${host}" with no rule`;
 }

@@ -271,7 +271,7 @@ export function surveyWorld(
   const unknown = config.vms.map((v) => v.name).filter((name) => !survey.holdings.has(name));
   if (unknown.length > 0 || config.vms.length === 0) {
     for (const name of survey.orphans) {
-      survey.keptOrphans.set(name, orphanKeptError(name, config.file, unknown));
+      survey.keptOrphans.set(name, orphanKeptError(name, config.file, unknown, config.section));
     }
   }
   return survey;

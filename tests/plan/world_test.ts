@@ -292,3 +292,81 @@ Deno.test("a VM planned on a host where none of its rules apply is planned with 
   const [vm] = planWorld({ config: onHv2, host: GPU_HOST, world: applied }).vms;
   assertEquals([vm?.name, vm?.remove, vm?.errors], ["win10", ["0000:0b:00.0"], []]);
 });
+
+Deno.test("a VM moved to another host by hosts: is released here, and the refusal that keeps it says how on that host", () => {
+  const fleet = (win10: string, gentoo: string) =>
+    parseConfig(
+      "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n" +
+        `  win10:\n    ${win10}\n    devices:\n      - match: { vendor_device_id: 10de:1b06 }\n` +
+        `  gentoo:\n    ${gentoo}\n    devices: []\n`,
+      { file: "fleet.yaml" },
+    );
+  const domain = (name: string, xml = `<domain><name>${name}</name><devices/></domain>`) => ({
+    name,
+    active: false,
+    persistent: readDefinition(xml),
+    live: null,
+  });
+  const empty: World = { uri: "test:///fleet", domains: [domain("win10"), domain("gentoo")] };
+  const first = planWorld({
+    config: configForHost(fleet("host: hv1", "host: hv1"), "hv1"),
+    host: GPU_HOST,
+    world: empty,
+  });
+  const added = first.vms.find((vm) => vm.name === "win10")!;
+  assertEquals(added.add.map((a) => a.address), ["0000:0b:00.0"]);
+  const applied: World = {
+    ...empty,
+    domains: [domain("win10", added.desiredXml), domain("gentoo")],
+  };
+
+  // gentoo stays on hv1: win10, now hv2's, leaves hv1 with its device, and the plan says why.
+  const moved = planWorld({
+    config: configForHost(fleet("host: hv2", "host: hv1"), "hv1"),
+    host: GPU_HOST,
+    world: applied,
+  });
+  const released = moved.vms.find((vm) => vm.name === "win10")!;
+  assertEquals([released.remove, released.errors], [["0000:0b:00.0"], []]);
+  assertEquals(released.reasoning, [
+    'VM "win10" is planned only on "hv2" in config "fleet.yaml", not on "hv1": the hostdevs passthrough added here are removed (hand-added ones stay)',
+  ]);
+
+  // Both moved: hv1's section names no VM, so win10 keeps its device, and the way to release it
+  // names this host (listing "win10: { devices: [] }" again would be a duplicate key).
+  const none = planWorld({
+    config: configForHost(fleet("host: hv2", "host: hv2"), "hv1"),
+    host: GPU_HOST,
+    world: applied,
+  });
+  const kept = none.vms.find((vm) => vm.name === "win10")!;
+  assertEquals(kept.errors.map((e) => e.code), ["vm-not-in-config"]);
+  assertEquals(
+    kept.errors[0]!.message,
+    'VM "win10" is not in config "fleet.yaml" for host "hv1" but holds hostdevs passthrough added: they are not released, since the config names no VM for host "hv1" (releasing every VM\'s devices is never done by omission). To release them, add "hv1" to the hosts of "win10" (hosts: [hv2, hv1]) and limit each of its rules to host: hv2: it is then planned on "hv1" with no rule',
+  );
+  // Doing what it says releases it on hv1.
+  const hinted = parseConfig(
+    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n" +
+      "  win10:\n    hosts: [hv2, hv1]\n    devices:\n" +
+      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv2\n",
+    { file: "fleet.yaml" },
+  );
+  const [done] = planWorld({ config: configForHost(hinted, "hv1"), host: GPU_HOST, world: applied })
+    .vms;
+  assertEquals([done?.name, done?.remove, done?.errors], ["win10", ["0000:0b:00.0"], []]);
+
+  // A VM the file no longer names at all: named for this host only, with no device.
+  const gone = planWorld({
+    config: configForHost(
+      parseConfig("version: 1\nhosts: { hv1: {}, hv2: {} }\nvms: {}\n", { file: "fleet.yaml" }),
+      "hv1",
+    ),
+    host: GPU_HOST,
+    world: applied,
+  });
+  assertMatch(
+    gone.vms.find((vm) => vm.name === "win10")!.errors[0]!.message,
+    /To release them, list "win10: \{ host: hv1, devices: \[\] \}" under vms:$/,
+  );
+});
