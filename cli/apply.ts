@@ -19,7 +19,7 @@ import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/s
 import { resolve } from "../lib/state/paths.ts";
 import type { Config } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
-import { describePolicies, guardPolicies } from "../lib/guard/policy.ts";
+import { describePolicies, guardPolicies, keepStricterRulePolicies } from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
@@ -101,6 +101,10 @@ async function applyComputed(
     values.json ? applyJson(report, plan) : renderApplyReport(report, { color: io.color, plan }),
   );
   const recorded = recordGuardPolicies(config, {
+    // Their definitions hold the config's rule names now.
+    settled: new Set(
+      report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
+    ),
     flag: values["state-dir"],
     uri: libvirt.uri,
     io,
@@ -145,7 +149,8 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { flag, uri, io, say }: {
+  { settled, flag, uri, io, say }: {
+    settled: ReadonlySet<string>;
     flag: string | undefined;
     uri: string;
     io: CliIo;
@@ -173,9 +178,12 @@ function recordGuardPolicies(
     ? `${stateDir} (the installed hook's state directory, not --state-dir)`
     : stateDir;
   try {
-    const outcome = recordPolicies(stateDir, policies);
+    // What cannot be read keeps nothing: the hook enforces while it is there.
+    const previous = readPolicyFile(stateDir).file;
+    const file = keepStricterRulePolicies(policies, { config, previous, settled });
+    const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {
-      say(`Start guard policies recorded in ${where}: ${named.join("; ")}\n`);
+      say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);
     } else if (outcome === "removed") {
       say(`Start guard policies removed from ${where}: every VM enforces\n`);
     }

@@ -95,6 +95,57 @@ export function guardPolicies(config: Config): GuardPolicyFile {
 }
 
 /**
+ * `file` (the config's policies) with the rule policies `previous` (the file recorded before)
+ * gave rule names the config no longer has, for each VM not in `settled` (the VMs whose
+ * definitions now hold the config's rule names, as an apply left them), where stricter than the
+ * VM's new policy. A renamed rule's records keep its old name until its VM is applied (declined,
+ * refused, or left out by `--vm`), and the guard judges a recorded device by the rule it names:
+ * without this, a rule's `enforce` in a `warn` or `off` VM would lapse for them until then.
+ * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { parseConfig } from "../config/config.ts";
+ * const config = parseConfig(
+ *   "version: 1\nvms:\n  win11:\n    guard: warn\n    devices:\n" +
+ *     "      - { name: graphics, match: { class: vga }, guard: enforce }\n",
+ *   { file: "c.yaml" },
+ * );
+ * const previous = { version: 1 as const, config: "c.yaml",
+ *   vms: { win11: { guard: "warn" as const, rules: { gpu: "enforce" as const } } } };
+ * const next = guardPolicies(config);
+ * assertEquals(keepStricterRulePolicies(next, { config, previous, settled: new Set() }).vms, {
+ *   win11: { guard: "warn", rules: { graphics: "enforce", gpu: "enforce" } },
+ * });
+ * assertEquals(keepStricterRulePolicies(next, { config, previous, settled: new Set(["win11"]) }), next);
+ * ```
+ */
+export function keepStricterRulePolicies(
+  file: GuardPolicyFile,
+  { config, previous, settled }: {
+    config: Config;
+    previous: GuardPolicyFile | null;
+    settled: ReadonlySet<string>;
+  },
+): GuardPolicyFile {
+  if (previous === null) return file;
+  const vms = { ...file.vms };
+  for (const vm of config.vms) {
+    const before = Object.hasOwn(previous.vms, vm.name) ? previous.vms[vm.name]! : null;
+    if (settled.has(vm.name) || before === null) continue;
+    const now = Object.hasOwn(vms, vm.name) ? vms[vm.name]! : ENFORCE;
+    const names = new Set(vm.rules.map((rule) => rule.name));
+    const kept = Object.entries(before.rules).filter(([rule, policy]) =>
+      !names.has(rule) && POLICIES.indexOf(policy) < POLICIES.indexOf(now.guard)
+    );
+    if (kept.length === 0) continue;
+    vms[vm.name] = { ...now, rules: { ...now.rules, ...Object.fromEntries(kept) } };
+  }
+  return { ...file, vms };
+}
+
+/**
  * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce, rule "hba" allow_host_critical`.
  *
  * @example

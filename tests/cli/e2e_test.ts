@@ -12,6 +12,8 @@ import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { listBackups } from "../../lib/state/backups.ts";
+import { readVmPolicy } from "../../lib/guard/state.ts";
+import { policyFor } from "../../lib/guard/policy.ts";
 import { Connection } from "../../ffi/mod.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
@@ -414,5 +416,55 @@ Deno.test({
     assertMatch(screen, /passthrough rollback: stopped by SIGINT: /);
     assertEquals(code, 130, screen);
     assertEquals(s.xml("win10"), applied);
+  },
+});
+
+Deno.test({
+  name:
+    "a renamed rule's guard: enforce in a warn VM holds for its recorded devices while its VM is not applied (--vm), and goes with the old name once it is",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const config = (rule: string) =>
+      `version: 1
+vms:
+  win10:
+    guard: warn
+    devices:
+      - name: ${rule}
+        guard: enforce
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_id: "1002", device_id: "67df" }
+`;
+    const apply = async (...more: string[]) => {
+      const result = await runCli(["apply", "--yes", ...s.args, ...more], {
+        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
+      });
+      assertEquals(result.code, 0, result.stderr + result.stdout);
+      return result;
+    };
+    /** The policy the start guard applies to win10's GPU, by the rule its record names. */
+    const gpuPolicy = () => {
+      const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
+      const { policy } = readVmPolicy(s.stateDir, "win10");
+      return [rules[0], policyFor(policy, rules[0]!)];
+    };
+    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config("gtx1080"));
+    await apply();
+    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+
+    // Renamed, and only gentoo applied: win10's records still name "gtx1080".
+    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config("gpu"));
+    const limited = await apply("--vm", "gentoo");
+    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    assertMatch(limited.stdout, /"win10" warn, rule "gpu" enforce, rule "gtx1080" enforce/);
+
+    // win10 applied: its records name "gpu", and the old name's policy is gone.
+    await apply();
+    assertEquals(gpuPolicy(), ["gpu", "enforce"]);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, { gpu: "enforce" });
   },
 });
