@@ -146,6 +146,7 @@ function planSelected(
     ...context,
     active: survey.active.get(name) ?? null,
     dropped,
+    ...(config.section === undefined ? {} : { section: config.section.host }),
   });
   if (dropped) {
     const hosts = config.section !== undefined && Object.hasOwn(config.section.elsewhere, name)

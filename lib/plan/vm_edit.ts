@@ -73,6 +73,8 @@ export interface VmContext {
   deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>>;
   /** `true` for a VM dropped from the config, planned with no rules (it says so once). */
   dropped?: boolean;
+  /** The host section planned (`hosts:`), whose rules are the VM's here; absent: none. */
+  section?: string;
 }
 
 /** The edit being built for one VM. */
@@ -405,7 +407,9 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
       `Removed ${addresses.join(", ")}: ${
         edit.rules.has(rule)
           ? `rule "${rule}" no longer takes ${them}`
-          : `"${plan.name}" has no rule "${rule}" any more`
+          : `"${plan.name}" has no rule "${rule}"${
+            context.section === undefined ? " any more" : ` for host "${context.section}"`
+          }`
       }`,
     );
   }

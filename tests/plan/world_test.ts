@@ -355,6 +355,10 @@ Deno.test("a VM moved to another host by hosts: is released here, and the refusa
   const [done] = planWorld({ config: configForHost(hinted, "hv1"), host: GPU_HOST, world: applied })
     .vms;
   assertEquals([done?.name, done?.remove, done?.errors], ["win10", ["0000:0b:00.0"], []]);
+  // Its rule is hv2's: said so, not that it is gone.
+  assertEquals(done?.reasoning, [
+    'Removed 0000:0b:00.0: "win10" has no rule "10de:1b06" for host "hv1"',
+  ]);
 
   // A VM the file no longer names at all: named for this host only, with no device.
   const gone = planWorld({
