@@ -105,6 +105,12 @@ async function applyComputed(
     settled: new Set(
       report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
     ),
+    // VMs dropped from the config whose devices the plan keeps: their policies stay too.
+    kept: new Set(
+      plan.vms.filter((vm) => vm.errors.some((e) => e.code === "vm-not-in-config")).map((vm) =>
+        vm.name
+      ),
+    ),
     flag: values["state-dir"],
     uri: libvirt.uri,
     io,
@@ -149,8 +155,9 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, flag, uri, io, say }: {
+  { settled, kept, flag, uri, io, say }: {
     settled: ReadonlySet<string>;
+    kept: ReadonlySet<string>;
     flag: string | undefined;
     uri: string;
     io: CliIo;
@@ -180,7 +187,7 @@ function recordGuardPolicies(
   try {
     // What cannot be read keeps nothing: the hook enforces while it is there.
     const previous = readPolicyFile(stateDir).file;
-    const file = keepStricterRulePolicies(policies, { config, previous, settled });
+    const file = keepStricterRulePolicies(policies, { config, previous, settled, kept });
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);

@@ -102,6 +102,9 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  * refused, or left out by `--vm`), and the guard judges a recorded device by the rule it names:
  * without this, a rule's `enforce` in a `warn` or `off` VM would lapse for them until then.
  * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
+ * A VM the config no longer names that the plan keeps as it is (`kept`: refused
+ * `vm-not-in-config`, its devices not released) keeps its previous policies whole, as its
+ * definition stays: they go once its devices are released.
  *
  * @example
  * ```ts
@@ -119,18 +122,30 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  *   win11: { guard: "warn", rules: { graphics: "enforce", gpu: "enforce" } },
  * });
  * assertEquals(keepStricterRulePolicies(next, { config, previous, settled: new Set(["win11"]) }), next);
+ * // Dropped from a config that names no VM, its devices kept: its policies stay.
+ * const empty = parseConfig("version: 1\nvms: {}\n", { file: "c.yaml" });
+ * const kept = new Set(["win11"]);
+ * assertEquals(
+ *   keepStricterRulePolicies(guardPolicies(empty), { config: empty, previous, settled: new Set(), kept }).vms,
+ *   previous.vms,
+ * );
  * ```
  */
 export function keepStricterRulePolicies(
   file: GuardPolicyFile,
-  { config, previous, settled }: {
+  { config, previous, settled, kept = new Set() }: {
     config: Config;
     previous: GuardPolicyFile | null;
     settled: ReadonlySet<string>;
+    kept?: ReadonlySet<string>;
   },
 ): GuardPolicyFile {
   if (previous === null) return file;
   const vms = { ...file.vms };
+  const named = new Set(config.vms.map((vm) => vm.name));
+  for (const vm of kept) {
+    if (!named.has(vm) && Object.hasOwn(previous.vms, vm)) vms[vm] = previous.vms[vm]!;
+  }
   for (const vm of config.vms) {
     const before = Object.hasOwn(previous.vms, vm.name) ? previous.vms[vm.name]! : null;
     if (settled.has(vm.name) || before === null) continue;

@@ -468,3 +468,36 @@ vms:
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, { gpu: "enforce" });
   },
 });
+
+Deno.test({
+  name:
+    "a VM dropped from a config that names no VM keeps its devices and its guard policies; released, it loses both",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const apply = async (config: string) => {
+      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config);
+      return await runCli(["apply", "--yes", ...s.args], {
+        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
+      });
+    };
+    const warnWin10 = CONFIG.replace("  win10:\n", "  win10:\n    guard: warn\n");
+    assertEquals((await apply(warnWin10)).code, 0);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
+
+    // Emptied: refused, nothing released, so the guard judges win10's GPU as before.
+    const emptied = await apply("version: 1\nvms: {}\n");
+    assertEquals(emptied.code, 1, emptied.stderr + emptied.stdout);
+    assertMatch(emptied.stdout, /refused \[vm-not-in-config\] VM "win10"/);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
+
+    // Released (another VM named): its devices and its policies go.
+    const released = await apply(
+      'version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_id: "1002", device_id: "67df" }\n        name: rx580\n',
+    );
+    assertEquals(released.code, 0, released.stderr + released.stdout);
+    assertEquals(pciSources(s.xml("win10")), []);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+  },
+});
