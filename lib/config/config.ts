@@ -46,6 +46,7 @@ import {
   type StringSchema,
 } from "./schema.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
+import { closestName } from "../render/suggest.ts";
 import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
 
@@ -306,32 +307,6 @@ export interface Config {
    * that the file still names). Absent: the file as read.
    */
   section?: { host: string; elsewhere: Record<string, string[]> };
-}
-
-/** Edit distance, for "did you mean" hints. */
-function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
-    }
-  }
-  return row[b.length]!;
-}
-
-/** The closest of `options` to `word`, when close enough to be a plausible typo. */
-function nearest(word: string, options: readonly string[]): string | null {
-  let best: string | null = null;
-  let bestDistance = Infinity;
-  for (const option of options) {
-    const d = editDistance(word.toLowerCase(), option);
-    if (d < bestDistance) [best, bestDistance] = [option, d];
-  }
-  return best !== null && bestDistance <= Math.max(2, Math.floor(word.length / 2)) ? best : null;
 }
 
 interface Context {
@@ -717,7 +692,7 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   }
   if (schema.enum) {
     if (schema.enum.includes(value)) return value;
-    const near = nearest(value, schema.enum);
+    const near = closestName(value, schema.enum);
     const expected = schema.enum.map((e) => `"${e}"`).join(", ");
     return report(
       ctx,
@@ -734,7 +709,7 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   if (schema.format === undefined) return xmlCarriable(value, at, ctx);
   const normal = normaliseFormat(schema.format, value);
   if (normal !== null) return xmlCarriable(normal, at, ctx);
-  const near = schema.format === "class" ? nearest(value, Object.keys(CLASS_NAMES)) : null;
+  const near = schema.format === "class" ? closestName(value, Object.keys(CLASS_NAMES)) : null;
   return report(
     ctx,
     at,
@@ -855,7 +830,7 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
     } else if (schema.removed !== undefined && Object.hasOwn(schema.removed, key)) {
       report(ctx, [...at, key], `Key "${key}" was removed`, schema.removed[key]!, { key: true });
     } else if (!Object.hasOwn(schema.properties, key)) {
-      const near = nearest(key, known);
+      const near = closestName(key, known);
       const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;
       report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });
     } else {
@@ -934,7 +909,7 @@ function hostReferences(
   }
   names.forEach((name, i) => {
     if (declared.includes(name)) return;
-    const near = nearest(name, declared);
+    const near = closestName(name, declared);
     report(
       ctx,
       raw.host !== undefined ? [...at, "host"] : [...at, "hosts", i],

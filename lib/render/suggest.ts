@@ -24,14 +24,15 @@ function distance(a: string, b: string): number {
 
 /**
  * The candidate `word` was most likely meant to be: the closest within a third of its length
- * (at least 1, so one typo is always forgiven), or one it is a case-insensitive prefix of;
- * `null` when none is close.
+ * (at least 1, so one typo is always forgiven), or one it is a case-insensitive prefix of, or one
+ * that is a prefix of it at least half its length; `null` when none is close.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(closestName("plna", ["plan", "apply"]), "plan");
  * assertEquals(closestName("wn11", ["win11", "router"]), "win11");
+ * assertEquals(closestName("warning", ["enforce", "warn", "off"]), "warn");
  * assertEquals(closestName("xyz", ["plan", "apply"]), null);
  * ```
  */
@@ -47,9 +48,14 @@ export function closestName(word: string, candidates: readonly string[]): string
     }
   }
   if (best !== null) return best;
-  return lower.length >= 2
-    ? candidates.find((c) => c.toLowerCase().startsWith(lower)) ?? null
-    : null;
+  if (lower.length < 2) return null;
+  return candidates.find((c) => c.toLowerCase().startsWith(lower)) ??
+    // A word that runs on past a candidate ("warning" for "warn") meant it, when the candidate is
+    // at least half of it: a short name is not every word's stem.
+    candidates.find((c) => {
+      const name = c.toLowerCase();
+      return name.length >= 2 && name.length * 2 >= lower.length && lower.startsWith(name);
+    }) ?? null;
 }
 
 /** ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`. */

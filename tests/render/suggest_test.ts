@@ -3,7 +3,7 @@
 import { assertEquals } from "../helpers/assert.ts";
 import { closestName, didYouMean } from "../../lib/render/suggest.ts";
 
-Deno.test("closestName forgives a typo or two by the word's length, in any case, and a prefix", () => {
+Deno.test("closestName forgives a typo or two by the word's length, in any case, and a prefix either way", () => {
   const cases: [string, string[], string | null][] = [
     ["plna", ["plan", "apply"], "plan"], // two letters swapped: one edit
     ["aply", ["plan", "apply"], "apply"], // one left out
@@ -15,6 +15,9 @@ Deno.test("closestName forgives a typo or two by the word's length, in any case,
     ["routerr", ["rooter", "router"], "router"], // the closer, not the first
     ["win", ["win11", "router"], "win11"], // too far, but what it begins
     ["w", ["win11"], null], // one letter is no prefix to go by
+    ["warning", ["enforce", "warn", "off"], "warn"], // too far, but it runs on past one
+    ["offline-mode", ["enforce", "warn", "off"], null], // "off" is under half of it: no stem
+    ["abcd", ["a", "b"], null], // one letter is no stem either
     ["xyz", ["plan", "apply"], null],
   ];
   for (const [word, candidates, expected] of cases) {
