@@ -24,6 +24,7 @@ import { renderPlan } from "./render_plan.ts";
 import { renderApplyReport } from "./render_apply.ts";
 import { painter } from "../lib/render/colors.ts";
 import { errorText } from "../lib/render/error_text.ts";
+import { flagWord, shellWord } from "../lib/render/shell.ts";
 
 // Embedded at build time rather than read from `../demo/` beside this module, so the one-file
 // `deno bundle` output runs the demo from anywhere (Ansible copies it alone to each host).
@@ -46,17 +47,26 @@ function writeDemoFiles(dir: string): void {
  * the test driver's world afresh from `world.xml`, so a plan there shows the changes again.
  */
 function keptNote(tmp: string): string {
-  const options = `--sysfs ${tmp}/sysfs`;
-  const world = `--connect test://${tmp}/demo/world.xml`;
+  const options = flagWord("--sysfs", `${tmp}/sysfs`);
+  const config = flagWord("--config", `${tmp}/demo/passthrough_config.yaml`);
+  const world = flagWord("--connect", testDriverUri(`${tmp}/demo/world.xml`));
   return [
     "",
-    `Kept ${tmp}; look at it with:`,
+    `Kept ${shellWord(tmp)}; look at it with:`,
     `  passthrough groups ${options}`,
     `  passthrough devices ${options}`,
-    `  passthrough plan ${options} --config ${tmp}/demo/passthrough_config.yaml ${world}`,
+    `  passthrough plan ${options} ${config} ${world}`,
     "(libvirt's test driver reads world.xml again in each process: the apply above is not in it)",
     "",
   ].join("\n");
+}
+
+/**
+ * `test://PATH` with each path segment percent-encoded: libvirt cannot parse a URI holding a space
+ * (a `$TMPDIR` such as `/tmp/my dir`), and decodes `%20` back to the file's name.
+ */
+function testDriverUri(path: string): string {
+  return `test://${path.split("/").map(encodeURIComponent).join("/")}`;
 }
 
 /** Runs `passthrough demo`: exit 0 when every step did what the demo shows. */
@@ -95,7 +105,7 @@ export async function run({ values }: Parsed<typeof DEMO>, io: CliIo): Promise<n
         } bridges (read back with lspci from ${sysfs})\n`,
     );
     const config = await loadConfig(configPath);
-    using libvirt = openLibvirtPort(`test://${worldPath}`);
+    using libvirt = openLibvirtPort(testDriverUri(worldPath));
 
     step(
       "passthrough plan --sysfs .../sysfs --config .../demo/passthrough_config.yaml " +
