@@ -394,12 +394,13 @@ Deno.test("docs/FLEET.md: the variables table is every setting the playbook read
 });
 
 Deno.test("docs: every file of the repository they name exists", () => {
-  // Build outputs (dist/), placeholders (NAME) and files a user writes are not the repository's.
+  // Build outputs (dist/), placeholders (NAME), files a user writes and absolute paths (`/bin/sh`)
+  // are not the repository's.
   const missing: string[] = [];
   for (const doc of DOCS) {
     for (
       const m of read(doc).matchAll(
-        /`\.?\/?((?:lib|cli|ffi|tests|scripts|examples|ansible|bin|demo|docs|bench)\/[^`\s]*)`/g,
+        /`(?:\.\/)?((?:lib|cli|ffi|tests|scripts|examples|ansible|bin|demo|docs|bench)\/[^`\s]*)`/g,
       )
     ) {
       const path = m[1]!.replace(/\/$/, "");
