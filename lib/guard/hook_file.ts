@@ -337,7 +337,7 @@ function exists(path: string): boolean {
   }
 }
 
-/** The first of {@link TIMEOUT_CANDIDATES} that exists, or `null`. */
+/** coreutils' `timeout`: `/usr/bin/timeout`, else `/bin/timeout`; `null` when neither exists. */
 export function findTimeout(): string | null {
   return TIMEOUT_CANDIDATES.find(exists) ?? null;
 }
