@@ -10,7 +10,7 @@ import { discoverHost } from "../lib/host/discover.ts";
 import { readDeviceAt, readPhysicalSlots } from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
 import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
-import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
+import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 import { keepIgnoredSignals } from "./signals.ts";
@@ -124,8 +124,9 @@ export function hostFactsFor(root: string | undefined): HostFacts {
 
 /**
  * Reads one PCI function of the host at `root` (default `/sys`) as it is now, with its IOMMU
- * group from its `iommu_group` link and its physical slot, or `null` when none is at the address: `apply` checks with it
- * before each define that the devices planned are still there, the same, in the same group.
+ * group (its `iommu_group` link, else the one group listing it, as discovery reads it) and its
+ * physical slot, or `null` when none is at the address: `apply` checks with it before each define
+ * that the devices planned are still there, the same, in the same group.
  */
 export function hostDeviceReader(
   root: string | undefined,
@@ -143,6 +144,11 @@ export function hostDeviceReader(
     if (device === null) return null;
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/iommu_group`);
     device.iommuGroup = link === null ? null : parseGroupNumber(baseName(link));
+    // As discovery does: a device without a link (a partly copied tree) is in the one group
+    // whose listing names it; else a plan over such a tree was refused as a group change.
+    if (link === null) {
+      settleGroups([device], { links: new Map(), listings: readGroupListings(reader, sysRoot) });
+    }
     // The plan records a card's named slot, and compares it: a card in a slot read without it
     // would be another card.
     device.physicalSlot = readPhysicalSlots(reader, sysRoot).get(slotOf(address)) ?? null;

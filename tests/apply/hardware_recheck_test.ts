@@ -31,6 +31,7 @@ const AUDIO = "0000:01:00.1";
 /** Plans win10 over a tree of the test host, runs `change` on the tree, applies with yes. */
 async function planChangeApply(
   change: (root: string) => void,
+  captured: (root: string) => void = () => {},
 ): Promise<{ report: ApplyReport; backups: number; xml: string; before: string }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hardware-recheck-" });
   try {
@@ -38,6 +39,7 @@ async function planChangeApply(
     // In a named slot: the plan records it, so the check must read it too.
     const inSlot = [GPU, GPU_AUDIO].map((d) => ({ ...d, slot: "PCIE1" }));
     buildHostTree({ devices: [...baseDevices(), ...inSlot] }, root);
+    captured(root);
     const host = await discoverHost({ root, lspci: null });
     return await withPort([WIN10], async (libvirt: LibvirtPort) => {
       const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt });
@@ -65,6 +67,16 @@ async function planChangeApply(
 
 Deno.test("applyPlan() defines as planned when the host's devices are as the plan read them", async () => {
   const { report, backups } = await planChangeApply(() => {});
+  assertEquals([report.vms[0]!.status, report.vms[0]!.code, backups], ["changed", "applied", 1]);
+});
+
+Deno.test("applyPlan() defines as planned over a tree whose group a device's listing gives, not its link", async () => {
+  // A partly copied tree: the audio function has no iommu_group link, and discovery takes its
+  // group from kernel/iommu_groups/1/devices. Nothing changes after the plan.
+  const { report, backups } = await planChangeApply(() => {}, (root) => {
+    Deno.removeSync(`${root}/bus/pci/devices/${AUDIO}/iommu_group`);
+  });
+  // Before: refused, "0000:01:00.1" (rule "gpu") is now in IOMMU group none, not 1.
   assertEquals([report.vms[0]!.status, report.vms[0]!.code, backups], ["changed", "applied", 1]);
 });
 
