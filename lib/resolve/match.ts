@@ -573,8 +573,9 @@ function keepHeld(
     [(d) => d.subsystemVendorId === null ? null : `${d.subsystemVendorId}:${d.subsystemDeviceId}`, (
       v,
     ) => `subsystem_vendor_id: "${v.split(":")[0]}", subsystem_device_id: "${v.split(":")[1]}"`],
-    [(d) => d.serial, (v) => `serial: "${v}"`],
-    [(d) => d.physicalSlot, (v) => `slot: "${v}"`],
+    // Quoted as JSON, which YAML reads back: a firmware's slot name may hold `"` or `\`.
+    [(d) => d.serial, (v) => `serial: ${JSON.stringify(v)}`],
+    [(d) => d.physicalSlot, (v) => `slot: ${JSON.stringify(v)}`],
   ];
   const address = unit.devices[0]!.address;
   let key = `address: "${address}"`;

@@ -196,6 +196,37 @@ Deno.test("planHostdevs(): a second card like the one a rule took says which key
   });
 });
 
+Deno.test("planHostdevs(): the slot key that keeps the VM's card is YAML that reads back as its slot, quotes and backslashes included", async () => {
+  for (const slot of ['SLOT "6"', "C:\\6"]) {
+    const inSlot = (name: string, bus: string, group: number) =>
+      [GPU, GPU_AUDIO].map((d) => ({
+        ...d,
+        bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
+        group,
+        slot: name,
+        serial: null,
+        flr: true,
+      }));
+    const before = host([...baseDevices(), ...inSlot(slot, "01", 1)]);
+    const after = host([...baseDevices(), ...inSlot(slot, "01", 1), ...inSlot("PCIE2", "0b", 7)]);
+    const rule = (extra: string) =>
+      config(
+        `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684"${extra} }\n`,
+      );
+    await withPort([WIN10], (libvirt) => {
+      libvirt.define(
+        vmOf(planHostdevs({ config: rule(""), host: before, libvirt }), "win10").desiredXml,
+      );
+      const vm = vmOf(planHostdevs({ config: rule(""), host: after, libvirt }), "win10");
+      const key = /now: add (.*) to the rule to keep it$/.exec(vm.errors[0]?.message ?? "")?.[1];
+      assertMatch(key ?? "", /^slot: /);
+      // Before: `slot: "SLOT "6""`, which the config refused as YAML (and `"C:\6"` too).
+      const kept = vmOf(planHostdevs({ config: rule(`, ${key}`), host: after, libvirt }), "win10");
+      assertEquals([kept.errors, kept.changed], [[], false]);
+    });
+  }
+});
+
 Deno.test("planHostdevs(): the key that keeps the VM's NIC is its serial when only function 0 carries one", async () => {
   const port = (bus: string, fn: number, serial?: string) =>
     dev({
