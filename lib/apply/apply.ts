@@ -80,6 +80,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `drift`: the definition changed since the plan was made (`failed`);
  * - `conflict-changed`: another domain was given a device this VM takes since the plan was made
  *   (`failed`);
+ * - `hardware-changed`: a device this VM takes is gone from the host, another card, or in another
+ *   IOMMU group since the plan was made ({@link ApplyOptions.hardware}) (`failed`);
  * - `backup-failed`: no backup could be written, so nothing was defined (`failed`);
  * - `define-failed`: libvirt refused the new definition (`failed`);
  * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
