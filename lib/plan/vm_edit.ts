@@ -563,9 +563,9 @@ function soleOwnedAt(
   return hostdevs.length + nics.length === 1 && one?.owned === true;
 }
 
-/** The lists, records and desired XML from the decisions taken. */
-function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
-  const { plan, domain, toAdd, remove } = edit;
+/** The identity record of each device added, but for those also removed (rewritten in place). */
+function recordAdded(edit: Edit): void {
+  const { domain, toAdd, remove } = edit;
   for (const closed of toAdd) {
     const choice = edit.vfs.get(closed.device.address);
     if (choice !== undefined && !remove.has(closed.device.address)) {
@@ -574,6 +574,26 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
       edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
     }
   }
+}
+
+/** The plan's removed, kept and final hostdev lists, and the records sorted by address. */
+function listOutcome(edit: Edit): void {
+  const { plan, domain, toAdd, remove } = edit;
+  const movedFrom = new Set(plan.move.map((m) => m.from));
+  plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
+  plan.keep = [
+    ...domain.hostdevs.map((h) => h.address),
+    ...domain.interfaces.filter((i) => i.owned).map((i) => i.address),
+  ].filter((a) => !remove.has(a)).sort();
+  plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
+  edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+}
+
+/** The lists, records and desired XML from the decisions taken. */
+function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
+  const { plan, domain, toAdd, remove } = edit;
+  recordAdded(edit);
   const keeping = movesKeepingGuestAddress(plan, domain, toAdd);
   const rewrites = rewritesKeepingGuestAddress(edit);
   // Their guest slots stay taken: no card laid out now may be put there.
@@ -603,14 +623,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   for (const closed of [...fresh, ...rewritten]) {
     plan.add.push(planned(closed, specs.get(closed.device.address)!, edit));
   }
-  plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
-  plan.keep = [
-    ...domain.hostdevs.map((h) => h.address),
-    ...domain.interfaces.filter((i) => i.owned).map((i) => i.address),
-  ].filter((a) => !remove.has(a)).sort();
-  plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
-  edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
-  edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  listOutcome(edit);
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
@@ -652,15 +665,18 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     move: inPlace,
   });
   plan.changed = plan.desiredXml !== plan.currentXml;
-  if (plan.changed && active === true) {
-    plan.warnings.push({
-      code: "vm-running",
-      message:
-        `VM "${plan.name}" is running: the new definition takes effect the next time it is powered off and started`,
-      vm: plan.name,
-    });
-  }
+  if (plan.changed && active === true) warnRunning(plan);
   return plan;
+}
+
+/** A changed definition of a running VM takes effect only at its next cold start. */
+function warnRunning(plan: VmPlan): void {
+  plan.warnings.push({
+    code: "vm-running",
+    message:
+      `VM "${plan.name}" is running: the new definition takes effect the next time it is powered off and started`,
+    vm: plan.name,
+  });
 }
 
 /**
