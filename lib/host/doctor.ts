@@ -561,7 +561,45 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       hint: null,
     };
   }
-  const problems = [
+  const sorted = { needed, shared, ignored, unsafe, late, kept, overwritten, uses, toInit };
+  return {
+    check: "boot-binding",
+    status: needed.length > 0 ? "fail" : "warn",
+    summary: bootBindingProblems(sorted, builtIn).join("; "),
+    hint: bootBindingHints(sorted, options, builtIn).join("; and "),
+  };
+}
+
+/** One `vfio-pci.ids` entry, as {@link checkBootBindings} finds it, and what it takes. */
+interface BootEntry {
+  entry: VfioIdsEntry;
+  /** The devices of the host it matches (endpoints only). */
+  taken: PciDevice[];
+  /** The cards (slots) of those devices. */
+  cards: Set<string>;
+  /** How messages name it: the entry and where it is written. */
+  said: string;
+  /** The devices it takes that the host uses. */
+  needed: PciDevice[];
+}
+
+/** The boot entries sorted by what is wrong with them, as {@link checkBootBindings} sorts them. */
+interface BootEntries {
+  needed: BootEntry[];
+  shared: BootEntry[];
+  ignored: BootEntry[];
+  unsafe: BootEntry[];
+  late: ReturnType<typeof lateBindings>;
+  kept: VfioIdsAssignment | null;
+  overwritten: VfioIdsAssignment[];
+  uses: Map<string, string>;
+  toInit: VfioIdsEntry[];
+}
+
+/** What is wrong with the boot entries, one text each. */
+function bootBindingProblems(sorted: BootEntries, builtIn: boolean): string[] {
+  const { needed, shared, ignored, late, kept, overwritten, uses, toInit } = sorted;
+  return [
     ...needed.map((f) =>
       `${f.said} would take ${
         f.needed.map((d) => `${d.address}, which the host uses (${uses.get(d.address)})`).join(
@@ -594,8 +632,14 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
       }`
     ),
   ];
+}
+
+/** How to fix what {@link bootBindingProblems} finds, one text each. */
+function bootBindingHints(sorted: BootEntries, options: DoctorOptions, builtIn: boolean): string[] {
+  const { needed, shared, ignored, unsafe, late, kept, overwritten, uses, toInit } = sorted;
+  const { host } = options;
   const wrong = [...needed, ...shared];
-  const hints = [
+  return [
     ...(wrong.length === 0 ? [] : [
       `${remedies(wrong, uses, host.devices)}; then ${
         regenerate(wrong.map((f) => f.entry.source))
@@ -625,12 +669,6 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     ),
     ...lateRemedies(late, options.facts, builtIn),
   ];
-  return {
-    check: "boot-binding",
-    status: needed.length > 0 ? "fail" : "warn",
-    summary: problems.join("; "),
-    hint: hints.join("; and "),
-  };
 }
 
 /**
