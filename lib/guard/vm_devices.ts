@@ -214,28 +214,13 @@ export function vmDeviceUses(
   };
   useAll(options.own, "this VM itself", new Set(options.devices.map((d) => d.address)));
   // Most starts find no other VM running: one listing, and nothing else is read.
-  const others = (reader.listDir(roots.statusDir) ?? [])
-    .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
-    .filter((name) => name !== options.vm)
-    .sort();
+  const others = otherRunningVms(reader, roots.statusDir, options.vm);
   if (others.length === 0) return uses;
   const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
-  // A VF another VM holds whose PF this VM takes (the check asks about a PF's VFs too): libvirt
-  // checks only the PF's own address and IOMMU group, and the VF would go with the PF.
-  const taken = new Set(options.devices.map((d) => d.address));
-  const vfs = new Set(
-    options.devices.flatMap((d) => d.physfn !== null && taken.has(d.physfn) ? [d.address] : []),
-  );
+  const vfs = vfsOfTakenPfs(options.devices);
   if (candidates.size === 0 && vfs.size === 0) return uses;
   for (const name of others) {
-    const file = `${roots.statusDir}/${name}.xml`;
-    let xml: string | null;
-    try {
-      xml = readStatusXml(reader, file);
-    } catch (error) {
-      const why = (error as Error).message;
-      throw new Error(`the status of running VM ${JSON.stringify(name)} (${file}): ${why}`);
-    }
+    const xml = readOtherStatus(reader, roots.statusDir, name);
     // Gone since the listing: that VM stopped.
     if (xml === null) continue;
     const whose = `running VM ${JSON.stringify(name)}`;
@@ -248,4 +233,35 @@ export function vmDeviceUses(
     useAll(scan, whose, candidates);
   }
   return uses;
+}
+
+/** The names of the VMs running besides `vm`, from libvirt's status files in `statusDir`. */
+function otherRunningVms(reader: SysfsReader, statusDir: string, vm: string): string[] {
+  return (reader.listDir(statusDir) ?? [])
+    .flatMap((entry) => entry.endsWith(".xml") ? [entry.slice(0, -4)] : [])
+    .filter((name) => name !== vm)
+    .sort();
+}
+
+/**
+ * The VFs among `devices` whose PF is among them too. One another VM holds is in use (the check
+ * asks about a PF's VFs too): libvirt checks only the PF's own address and IOMMU group, and the VF
+ * would go with the PF.
+ */
+function vfsOfTakenPfs(devices: readonly PciDevice[]): Set<PciAddress> {
+  const taken = new Set(devices.map((d) => d.address));
+  return new Set(
+    devices.flatMap((d) => d.physfn !== null && taken.has(d.physfn) ? [d.address] : []),
+  );
+}
+
+/** The status XML of running VM `name`; `null` when it is gone (the VM stopped). */
+function readOtherStatus(reader: SysfsReader, statusDir: string, name: string): string | null {
+  const file = `${statusDir}/${name}.xml`;
+  try {
+    return readStatusXml(reader, file);
+  } catch (error) {
+    const why = (error as Error).message;
+    throw new Error(`the status of running VM ${JSON.stringify(name)} (${file}): ${why}`);
+  }
 }
