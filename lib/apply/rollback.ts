@@ -35,7 +35,7 @@ import {
 } from "../state/backups.ts";
 import { controllersInOneOrder, heldAddresses, parseDomainXml } from "../domain/domain_xml.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
-import { openStateDir } from "../state/state_dir.ts";
+import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange, hasSavedState, savedStateNote } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
@@ -503,6 +503,77 @@ function defineBackup(
 }
 
 /**
+ * The XML of `backup`. A damaged newest backup, chosen for the user (no `chosen` reference), is
+ * refused with how to choose another.
+ */
+function readChosenBackup(
+  state: StateDir,
+  backup: BackupEntry,
+  options: { vm: string; chosen: string | undefined; run: RunFlags | undefined },
+): string {
+  const { vm, run } = options;
+  try {
+    return readBackupXml(backup);
+  } catch (error) {
+    // The newest, chosen for the user: say how to choose another, as a damaged sidecar's
+    // refusal (findBackup) does, instead of leaving them before a hash mismatch.
+    if (options.chosen !== undefined || !(error instanceof BackupIntegrityError)) throw error;
+    // With no other backup, "choose another" sent the user to a listing of this one alone.
+    const only = listBackups(state, vm).length <= 1;
+    throw new BackupIntegrityError(
+      error.path,
+      only
+        ? `${error.detail}; it is the only backup of "${vm}": there is no other to restore`
+        : `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
+          followUpCommand(run, "passthrough backups", { value: vm })
+        }")`,
+      { cause: error },
+    );
+  }
+}
+
+/**
+ * Why the backup of `vm` (its domain `uuid`) cannot be defined as it stands (`summary`: `vm` as
+ * libvirt lists it now, `null` when no domain has the name): another name holds the uuid, or the
+ * domain is transient. `null` when neither.
+ */
+function definitionRefusal(
+  libvirt: LibvirtPort,
+  options: {
+    vm: string;
+    backup: BackupEntry;
+    uuid: string;
+    summary: DomainSummary | null;
+    run: RunFlags | undefined;
+  },
+): Stop | null {
+  const { vm, backup, summary, run } = options;
+  // Renamed since (virsh domrename): libvirt would refuse the uuid only after the question, in
+  // words that name neither the rename nor the way back.
+  const renamed = summary === null
+    ? libvirt.listDomains().find((d) => d.uuid === options.uuid)
+    : undefined;
+  if (renamed !== undefined) {
+    return { code: "renamed", message: renamedRefusal(vm, backup, renamed, run) };
+  }
+  if (summary !== null && !summary.persistent) {
+    return { code: "transient", message: transientRefusal(vm, backup, run) };
+  }
+  return null;
+}
+
+/** Fails closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes. */
+function assertAnswer(vm: string, answer: unknown): asserts answer is boolean {
+  if (typeof answer !== "boolean") {
+    throw new TypeError(
+      `Invalid answer of confirm for the rollback of "${vm}": ${
+        typeof answer === "string" ? `"${answer}"` : String(answer)
+      } (expected true or false)`,
+    );
+  }
+}
+
+/**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), it
  * belongs to another domain ({@link BackupMismatchError}), or `confirm` answers no boolean
@@ -524,25 +595,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
   const backup = findBackup(state, vm, options.backup, found);
-  let backupXml: string;
-  try {
-    backupXml = readBackupXml(backup);
-  } catch (error) {
-    // The newest, chosen for the user: say how to choose another, as a damaged sidecar's
-    // refusal (findBackup) does, instead of leaving them before a hash mismatch.
-    if (options.backup !== undefined || !(error instanceof BackupIntegrityError)) throw error;
-    // With no other backup, "choose another" sent the user to a listing of this one alone.
-    const only = listBackups(state, vm).length <= 1;
-    throw new BackupIntegrityError(
-      error.path,
-      only
-        ? `${error.detail}; it is the only backup of "${vm}": there is no other to restore`
-        : `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
-          followUpCommand(run, "passthrough backups", { value: vm })
-        }")`,
-      { cause: error },
-    );
-  }
+  const backupXml = readChosenBackup(state, backup, { vm, chosen: options.backup, run });
   const parsed = parseDomainXml(backupXml);
   const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
@@ -565,25 +618,14 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     warnings,
     brokeStaleLock: lock.brokeStale,
   });
-  // Renamed since (virsh domrename): libvirt would refuse the uuid only after the question, in
-  // words that name neither the rename nor the way back.
-  const renamed = summary === null
-    ? libvirt.listDomains().find((d) => d.uuid === (parsed.uuid ?? backup.uuid))
-    : undefined;
-  if (renamed !== undefined) {
-    return report(
-      "failed",
-      { code: "renamed", message: renamedRefusal(vm, backup, renamed, run) },
-      null,
-    );
-  }
-  if (summary !== null && !summary.persistent) {
-    return report(
-      "failed",
-      { code: "transient", message: transientRefusal(vm, backup, run) },
-      null,
-    );
-  }
+  const unfit = definitionRefusal(libvirt, {
+    vm,
+    backup,
+    uuid: parsed.uuid ?? backup.uuid,
+    summary,
+    run,
+  });
+  if (unfit !== null) return report("failed", unfit, null);
   const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
 
   if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
@@ -621,14 +663,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     active,
     warnings,
   });
-  // Fail closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes.
-  if (typeof answer !== "boolean") {
-    throw new TypeError(
-      `Invalid answer of confirm for the rollback of "${vm}": ${
-        typeof answer === "string" ? `"${answer}"` : String(answer)
-      } (expected true or false)`,
-    );
-  }
+  assertAnswer(vm, answer);
   if (!answer) {
     return report("declined", { code: "declined", message: `Rollback of "${vm}" declined` }, null);
   }
