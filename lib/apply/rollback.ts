@@ -573,6 +573,40 @@ function assertAnswer(vm: string, answer: unknown): asserts answer is boolean {
   }
 }
 
+/** The refusal of a backup whose hostdevs the start guard would refuse on this host now. */
+function startRefused(
+  vm: string,
+  backup: BackupEntry,
+  refusals: readonly string[],
+  run: RunFlags | undefined,
+): Stop {
+  return {
+    code: "start-refused",
+    message: `Refusing to restore backup "${backup.id}" into "${vm}": ${refusals.join("; ")}; "${
+      followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] })
+    }" shows what the config gives it on this host now`,
+  };
+}
+
+/**
+ * The stop when the definition a rollback replaces cannot be backed up. A full disk says only
+ * "No space left on device": say whose backup, where, and that nothing changed.
+ */
+function safetyBackupFailed(
+  state: StateDir,
+  vm: string,
+  backup: BackupEntry,
+  error: unknown,
+): Stop {
+  return {
+    code: "backup-failed",
+    message:
+      `Not restored: cannot back up the definition of "${vm}" that backup "${backup.id}" would replace, in "${
+        backupDir(state, vm)
+      }", so nothing was defined: ${errorText(error)}`,
+  };
+}
+
 /**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), it
@@ -646,14 +680,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);
   const refusals = options.startRefusals?.(backupXml) ?? [];
-  if (refusals.length > 0) {
-    return report("failed", {
-      code: "start-refused",
-      message: `Refusing to restore backup "${backup.id}" into "${vm}": ${refusals.join("; ")}; "${
-        followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] })
-      }" shows what the config gives it on this host now`,
-    }, null);
-  }
+  if (refusals.length > 0) return report("failed", startRefused(vm, backup, refusals, run), null);
   warnings = options.startWarnings?.(backupXml) ?? [];
   const answer: unknown = await options.confirm({
     vm,
@@ -682,15 +709,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       uri: libvirt.uri,
     });
   } catch (error) {
-    // A full disk says only "No space left on device": say whose backup, where, and that
-    // nothing changed.
-    return report("failed", {
-      code: "backup-failed",
-      message:
-        `Not restored: cannot back up the definition of "${vm}" that backup "${backup.id}" would replace, in "${
-          backupDir(state, vm)
-        }", so nothing was defined: ${errorText(error)}`,
-    }, null);
+    return report("failed", safetyBackupFailed(state, vm, backup, error), null);
   }
   // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
   // would be overwritten by the define, and be in no backup: look once more, just before it.
