@@ -19,7 +19,7 @@
  * @module
  */
 
-import type { HostTopology } from "./types.ts";
+import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
 import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
@@ -234,60 +234,7 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
   Deno.mkdirSync(devicesDir, { recursive: true });
   Deno.mkdirSync(`${out}/bus/pci/drivers`, { recursive: true });
   for (const device of host.devices) {
-    const from = `${root}/bus/pci/devices/${device.address}`;
-    const to = `${devicesDir}/${device.address}`;
-    Deno.mkdirSync(to);
-    let uevent = false;
-    for (const name of ATTRIBUTES) {
-      const bytes = reader.readBytes(`${from}/${name}`, 65536);
-      if (bytes !== null) Deno.writeFileSync(`${to}/${name}`, bytes);
-      if (name === "uevent") uevent = bytes !== null;
-    }
-    // Discovery read it a moment ago: one removed since would be written as a directory of
-    // nothing, read back from the snapshot as an ffff:ffff device still in its group.
-    if (!uevent && (live || entryGone(reader, from))) {
-      throw new HostChangedError(root, { appeared: [], vanished: [device.address] });
-    }
-    // As much config space as this process may read: 4096 bytes as root, 64 otherwise, so the
-    // snapshot shows lspci exactly the capabilities the live host showed.
-    const config = reader.readBytes(`${from}/config`, 4096);
-    if (config !== null) Deno.writeFileSync(`${to}/config`, config);
-    if (config !== null && config.length <= 64) headerOnly++;
-    copyDisplayFacts({
-      reader: facts,
-      from,
-      to,
-      out,
-      holders: holders.get(device.address) ?? [],
-    });
-    if (device.modules.length > 0) {
-      Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
-    }
-    // A captured tree's uevent may name any "driver" (`../../../../x`): only a name that is one
-    // path component gets a directory under drivers/, else it would be made outside `out`. The
-    // copied uevent still names it.
-    if (device.driver !== null && /^(?!\.\.?$)[^/\0]+$/.test(device.driver)) {
-      copyDriverModule(facts, root, out, device.driver);
-      Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
-    }
-    if (device.iommuGroup !== null) {
-      const groupDir = `${out}/kernel/iommu_groups/${device.iommuGroup}/devices`;
-      Deno.mkdirSync(groupDir, { recursive: true });
-      Deno.symlinkSync(`../../../../kernel/iommu_groups/${device.iommuGroup}`, `${to}/iommu_group`);
-      Deno.symlinkSync(
-        `../../../../bus/pci/devices/${device.address}`,
-        `${groupDir}/${device.address}`,
-      );
-    }
-    if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
-    if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
-    // Keep the kernel's virtfnN numbering: it is the VF index, not the sorted position. The
-    // links the PF has, not `sriov_numvfs` counted up to: a damaged tree's 99999999999 there
-    // meant as many lookups, a snapshot that never ended.
-    for (const name of reader.listDir(from) ?? []) {
-      const link = /^virtfn\d+$/.test(name) ? reader.readLink(`${from}/${name}`) : null;
-      if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
-    }
+    if (writeDevice(device, { root, out, reader, facts, live, holders })) headerOnly++;
   }
   for (const slot of reader.listDir(`${root}/bus/pci/slots`) ?? []) {
     const address = reader.readText(`${root}/bus/pci/slots/${slot}/address`);
@@ -305,6 +252,79 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
   copyHostFacts(facts, root, out);
   copyProcFacts(facts, procRoot, out);
   return { out, devices: host.devices.length, groups: host.groups.length, headerOnly };
+}
+
+/**
+ * Writes one device's directory under `out` (its attributes, config space, driver, IOMMU group
+ * and SR-IOV links); whether only its 64-byte header could be read.
+ */
+function writeDevice(
+  device: PciDevice,
+  options: {
+    root: string;
+    out: string;
+    reader: SysfsReader;
+    facts: SysfsReader;
+    live: boolean;
+    holders: ReadonlyMap<PciAddress, GpuHolder[]>;
+  },
+): boolean {
+  const { root, out, reader, facts, live, holders } = options;
+  const devicesDir = `${out}/bus/pci/devices`;
+  const from = `${root}/bus/pci/devices/${device.address}`;
+  const to = `${devicesDir}/${device.address}`;
+  Deno.mkdirSync(to);
+  let uevent = false;
+  for (const name of ATTRIBUTES) {
+    const bytes = reader.readBytes(`${from}/${name}`, 65536);
+    if (bytes !== null) Deno.writeFileSync(`${to}/${name}`, bytes);
+    if (name === "uevent") uevent = bytes !== null;
+  }
+  // Discovery read it a moment ago: one removed since would be written as a directory of
+  // nothing, read back from the snapshot as an ffff:ffff device still in its group.
+  if (!uevent && (live || entryGone(reader, from))) {
+    throw new HostChangedError(root, { appeared: [], vanished: [device.address] });
+  }
+  // As much config space as this process may read: 4096 bytes as root, 64 otherwise, so the
+  // snapshot shows lspci exactly the capabilities the live host showed.
+  const config = reader.readBytes(`${from}/config`, 4096);
+  if (config !== null) Deno.writeFileSync(`${to}/config`, config);
+  copyDisplayFacts({
+    reader: facts,
+    from,
+    to,
+    out,
+    holders: holders.get(device.address) ?? [],
+  });
+  if (device.modules.length > 0) {
+    Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
+  }
+  // A captured tree's uevent may name any "driver" (`../../../../x`): only a name that is one
+  // path component gets a directory under drivers/, else it would be made outside `out`. The
+  // copied uevent still names it.
+  if (device.driver !== null && /^(?!\.\.?$)[^/\0]+$/.test(device.driver)) {
+    copyDriverModule(facts, root, out, device.driver);
+    Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
+  }
+  if (device.iommuGroup !== null) {
+    const groupDir = `${out}/kernel/iommu_groups/${device.iommuGroup}/devices`;
+    Deno.mkdirSync(groupDir, { recursive: true });
+    Deno.symlinkSync(`../../../../kernel/iommu_groups/${device.iommuGroup}`, `${to}/iommu_group`);
+    Deno.symlinkSync(
+      `../../../../bus/pci/devices/${device.address}`,
+      `${groupDir}/${device.address}`,
+    );
+  }
+  if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
+  if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
+  // Keep the kernel's virtfnN numbering: it is the VF index, not the sorted position. The
+  // links the PF has, not `sriov_numvfs` counted up to: a damaged tree's 99999999999 there
+  // meant as many lookups, a snapshot that never ended.
+  for (const name of reader.listDir(from) ?? []) {
+    const link = /^virtfn\d+$/.test(name) ? reader.readLink(`${from}/${name}`) : null;
+    if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
+  }
+  return config !== null && config.length <= 64;
 }
 
 /** Writes `text` at `path` under `out`, making its directories. */
