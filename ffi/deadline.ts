@@ -21,6 +21,8 @@
  */
 
 import { LITTLE_ENDIAN } from "./libc.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
+import { terminalSafe } from "../lib/render/terminal.ts";
 
 /**
  * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime`, four times per
@@ -162,20 +164,25 @@ export interface DeadlineMessageFields {
 }
 
 /**
- * The line the process prints when a libvirt call outlives the deadline.
+ * The line the process prints when a libvirt call outlives the deadline, as every error is shown
+ * (`main.ts`): a URI's password as `***`, and a control character of a URI or a VM's name
+ * escaped. It never reaches the CLI's error boundary: `sh` prints it.
  *
  * @example
  * ```ts
  * import { deadlineMessage } from "./deadline.ts";
  * const line = deadlineMessage({ target: '"qemu:///system"', seconds: 60 });
  * if (!line.includes("did not answer in 60 s")) throw new Error(line);
+ * const remote = deadlineMessage({ target: '"qemu+tcp://admin:pw@hv1/system"', seconds: 60 });
+ * if (!remote.includes('"qemu+tcp://admin:***@hv1/system"')) throw new Error(remote);
  * ```
  */
 export function deadlineMessage(fields: DeadlineMessageFields): string {
   const inFlight = fields.note === null || fields.note === undefined ? "" : `, ${fields.note}`;
   const end = fields.hint === null || fields.hint === undefined ? "" : `; ${fields.hint}`;
-  return `${fields.who ?? "passthrough"}: libvirt at ${fields.target} did not answer in ` +
+  const line = `${fields.who ?? "passthrough"}: libvirt at ${fields.target} did not answer in ` +
     `${fields.seconds} s${inFlight}: is libvirtd running? \`systemctl status libvirtd\`${end}`;
+  return terminalSafe(redactSecrets(line), false);
 }
 
 /** Writes the command the timer's thread runs, for the current message. */

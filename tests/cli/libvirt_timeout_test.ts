@@ -185,3 +185,27 @@ Deno.test("--libvirt-timeout refuses what is not a number of seconds (exit 2)", 
     /--libvirt-timeout takes a number of seconds \(0 for no limit\), not "soon"/,
   );
 });
+
+Deno.test("the deadline's message hides a password written into the URI, as every error does", async () => {
+  // A libvirt that takes the connection and never answers: a socket that only listens.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) held.push(conn);
+  })();
+  try {
+    const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${listener.addr.port}/system`;
+    const run = await runBounded(["sources", "--libvirt-timeout", "1", "--connect", uri]);
+    assert(!run.killed, `sources hung: ${run.stderr}`);
+    assertEquals(run.code, 1, run.stderr);
+    assertMatch(
+      run.stderr,
+      /libvirt at "qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:\d+\/system" did not/,
+    );
+    assert(!run.stderr.includes("s3cret-pw"), run.stderr);
+  } finally {
+    listener.close();
+    await accepting.catch(() => {});
+    for (const conn of held) conn.close();
+  }
+});
