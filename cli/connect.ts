@@ -44,22 +44,34 @@ export function libvirtTimeout(value: string | undefined): number {
 /**
  * `target` with the deadline of `--libvirt-timeout` (`value`; see {@link libvirtTimeout}):
  * each libvirt call of the command is bounded by it, except on the test driver, which has no
- * daemon to wait for.
+ * daemon to wait for, and the open of an ssh or ext URI when `interactive` (stdin a terminal):
+ * that program may be asking the user something, for as long as they take (Ctrl-C ends it).
  */
 export function withLibvirtTimeout(
   target: ConnectTarget,
   value: string | undefined,
+  interactive: boolean,
 ): ConnectTarget {
   const seconds = libvirtTimeout(value);
   if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
+  // ssh (or an ext program) asks a person at the terminal for a password or an unknown host's
+  // key while libvirt opens: ended mid-question, it kept reading the terminal after we were gone.
+  const asks = interactive && target.uri !== null && ASKING_TRANSPORT.test(target.uri);
   return {
     uri: target.uri,
     options: {
       ...target.options,
-      deadline: { seconds, hint: "wait longer with --libvirt-timeout N (seconds)" },
+      deadline: {
+        seconds,
+        hint: "wait longer with --libvirt-timeout N (seconds)",
+        ...(asks ? { afterOpen: true } : {}),
+      },
     },
   };
 }
+
+/** A URI whose transport runs a program that may ask on the terminal: `qemu+ssh:`, `+ext:`. */
+const ASKING_TRANSPORT = /^[A-Za-z][A-Za-z0-9.-]*\+(ssh|ext):/i;
 
 /** The URI a command opens (`null`: libvirt's default) and the options to open it with. */
 export interface ConnectTarget {
@@ -131,5 +143,5 @@ function checkTestDriverFile(uri: string, origin: string): void {
 export function connectTarget(values: ConnectValues, io: CliIo): ConnectTarget {
   const allowed = values["allow-uri-programs"] === true;
   const target = checkConnectUri(values.connect, "--connect", allowed, io);
-  return withLibvirtTimeout(target, values["libvirt-timeout"]);
+  return withLibvirtTimeout(target, values["libvirt-timeout"], io.interactive);
 }

@@ -239,6 +239,7 @@ export async function computePlan(
   const target = withLibvirtTimeout(
     checkConnectUri(connect, connectOrigin, allowUriPrograms, io),
     inputs["libvirt-timeout"],
+    io.interactive,
   );
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);

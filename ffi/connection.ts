@@ -38,7 +38,17 @@ export interface ConnectionOpenOptions {
    * answer in N s: ...; deadline.hint`) and exits with status 1 (see `deadline.ts`). Default:
    * calls wait as long as libvirt makes them, which is forever when the daemon is stopped.
    */
-  deadline?: { seconds: number; who?: string; hint?: string };
+  deadline?: {
+    seconds: number;
+    who?: string;
+    hint?: string;
+    /**
+     * Leave the open itself unbounded, bounding the calls after it: the transport runs a program
+     * (`ssh`) that may ask a person at the terminal for a password or a host key, for as long as
+     * they take to answer.
+     */
+    afterOpen?: boolean;
+  };
 }
 
 /** The environment variable libvirt opens when given no URI. */
@@ -118,18 +128,22 @@ export class Connection {
       });
     }
     const name = requested === null ? null : cString(requested);
-    if (options.deadline !== undefined) {
-      setLibvirtDeadline(options.deadline.seconds, {
+    const deadline = options.deadline;
+    const bound = (open: boolean) => {
+      if (deadline === undefined) return;
+      const unbounded = open && deadline.afterOpen === true;
+      setLibvirtDeadline(unbounded ? null : deadline.seconds, {
         target: requested === null ? "its default URI" : JSON.stringify(requested),
-        who: options.deadline.who,
-        hint: options.deadline.hint,
+        who: deadline.who,
+        hint: deadline.hint,
       });
-    }
+    };
+    bound(true);
     // Read after the deadline is set: these symbols are armed by it.
-    const lib = libvirt();
+    const opener = libvirt();
     const readOnly = options.readOnly ?? false;
     const handle = checkPointer(
-      readOnly ? lib.virConnectOpenReadOnly(name) : lib.virConnectOpen(name),
+      readOnly ? opener.virConnectOpenReadOnly(name) : opener.virConnectOpen(name),
       {
         operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
         context: requested === null
@@ -139,6 +153,8 @@ export class Connection {
           }`,
       },
     );
+    if (deadline?.afterOpen === true) bound(false);
+    const lib = libvirt();
     let canonical: string;
     try {
       canonical = takeCString(checkPointer(lib.virConnectGetURI(handle), {

@@ -7,7 +7,7 @@
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
-import { documentedFlags, MAIN } from "../helpers/cli.ts";
+import { documentedFlags, hasScript, MAIN, runCliOnPty } from "../helpers/cli.ts";
 import {
   PROC_CONNECT_LIST_ALL_DOMAINS,
   PROC_DOMAIN_DEFINE_XML_FLAGS,
@@ -208,4 +208,38 @@ Deno.test("the deadline's message hides a password written into the URI, as ever
     await accepting.catch(() => {});
     for (const conn of held) conn.close();
   }
+});
+
+Deno.test({
+  name: "the deadline does not end an ssh password prompt at a terminal, nor leave ssh behind",
+  ignore: !hasScript(),
+  async fn() {
+    // An `ssh` first on PATH that asks as ssh does, on the terminal, then fails the connection.
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-ssh-" });
+    try {
+      await Deno.writeTextFile(
+        `${dir}/ssh`,
+        `#!/bin/sh\nprintf 'root@hv9 password: ' > /dev/tty\nread -r answer < /dev/tty\n` +
+          `echo "answered $answer" > '${dir}/answered'\nexit 255\n`,
+        { mode: 0o755 },
+      );
+      await using pty = runCliOnPty(
+        ["sources", "--libvirt-timeout", "1", "--connect", "qemu+ssh://root@hv9.invalid/system"],
+        { env: { PATH: `${dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` } },
+      );
+      await pty.waitFor(/password: /);
+      // The user takes longer than the deadline and its grace second to type.
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      // Typing fails when the run is already over: the screen then says why.
+      await pty.type("hunter2\r").catch(() => {});
+      const { code, screen } = await pty.exited(SAFETY_MS);
+      assertEquals(code, 1, screen);
+      assert(!screen.includes("did not answer"), screen);
+      // ssh read the answer while passthrough waited for it, not after passthrough was gone.
+      assertEquals(await Deno.readTextFile(`${dir}/answered`), "answered hunter2\n");
+      assertMatch(screen, /Cannot connect to libvirt at "qemu\+ssh:\/\/root@hv9\.invalid\/system"/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
