@@ -255,6 +255,7 @@ export function runFlags(values: {
   connect?: string | undefined;
   "allow-uri-programs"?: boolean | undefined;
   "state-dir"?: string | undefined;
+  "libvirt-timeout"?: string | undefined;
 }): RunFlags {
   const run: RunFlags = {
     config: values.config,
@@ -263,6 +264,7 @@ export function runFlags(values: {
     connect: values.connect,
     allowUriPrograms: values["allow-uri-programs"],
     stateDir: values["state-dir"],
+    libvirtTimeout: values["libvirt-timeout"],
   };
   return Object.fromEntries(Object.entries(run).filter(([, v]) => v !== undefined && v !== false));
 }

@@ -97,6 +97,8 @@ export interface RunFlags {
   allowUriPrograms?: boolean | undefined;
   /** `--state-dir DIR`. */
   stateDir?: string | undefined;
+  /** `--libvirt-timeout N`: a daemon this run waited longer for makes the next one wait too. */
+  libvirtTimeout?: string | undefined;
 }
 
 /** A command {@link followUpCommand} prints. */
@@ -111,15 +113,22 @@ export type FollowUp =
 /**
  * The {@link RunFlags} that change what each follow-up does, so it must repeat them: the config,
  * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups and
- * of the start guard's allowances, the tree and libvirt `doctor` checks.
+ * of the start guard's allowances, the tree and libvirt `doctor` checks; and how long a libvirt
+ * call may take, for each command that opens libvirt.
  */
 const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
-  "passthrough plan": ["config", "host", "sysfs", "connect"],
+  "passthrough plan": ["config", "host", "sysfs", "connect", "libvirtTimeout"],
   "passthrough devices": ["sysfs"],
   "passthrough backups": ["stateDir"],
-  "passthrough rollback": ["connect", "stateDir"],
+  "passthrough rollback": ["connect", "libvirtTimeout", "stateDir"],
   "passthrough guard allow": ["stateDir"],
-  "passthrough doctor": ["sysfs", "connect"],
+  "passthrough doctor": ["sysfs", "connect", "libvirtTimeout"],
+};
+
+/** The flags whose property in {@link RunFlags} is not their name. */
+const FLAG_NAMES: Partial<Record<keyof RunFlags, string>> = {
+  stateDir: "state-dir",
+  libvirtTimeout: "libvirt-timeout",
 };
 
 /**
@@ -169,7 +178,7 @@ export function followUpCommand(
       const shown = secret ? "URI" : value;
       words.push(flagWord(shown.startsWith("-") ? "--connect" : "-c", shown));
     } else {
-      const name = `--${flag === "stateDir" ? "state-dir" : flag}`;
+      const name = `--${FLAG_NAMES[flag] ?? flag}`;
       words.push(flagWord(name, value));
     }
   }

@@ -4,6 +4,7 @@
 import { assertEquals } from "../helpers/assert.ts";
 import { followUpCommand, shellQuote, shellWord } from "../../lib/render/shell.ts";
 import { pathExists } from "../../lib/state/paths.ts";
+import { runFlags } from "../../cli/flags.ts";
 
 /** What `sh` makes of `text` as the arguments of printf: each word ended by a NUL. */
 function throughSh(text: string): string[] {
@@ -139,4 +140,23 @@ Deno.test("followUpCommand() never prints a URI's password to re-run with: it as
     "passthrough rollback win10 --to 1 -c URI --state-dir /srv/pt (your URI: this run's holds a password, not repeated here)",
   );
   assertEquals(text.includes("s3cret") || text.includes("admin"), false);
+});
+
+Deno.test("followUpCommand() repeats --libvirt-timeout for the commands that open libvirt", () => {
+  // A daemon that needed 300 s for this run needs them for the plan it advises too.
+  const run = runFlags({ connect: "qemu:///system", "libvirt-timeout": "300", "state-dir": "/s" });
+  assertEquals(
+    followUpCommand(run, "passthrough plan"),
+    "passthrough plan -c qemu:///system --libvirt-timeout 300",
+  );
+  assertEquals(
+    followUpCommand(run, "passthrough rollback", { value: "win10" }),
+    "passthrough rollback win10 -c qemu:///system --libvirt-timeout 300 --state-dir /s",
+  );
+  assertEquals(
+    followUpCommand(run, "passthrough doctor"),
+    "passthrough doctor -c qemu:///system --libvirt-timeout 300",
+  );
+  // backups opens no libvirt.
+  assertEquals(followUpCommand(run, "passthrough backups"), "passthrough backups --state-dir /s");
 });
