@@ -12,7 +12,8 @@
  * stuck. No signal is involved: SIGINT, SIGTERM and SIGHUP keep the handling `apply` gives them
  * (held back during a define), and `nohup` keeps its meaning. A call that answers after the
  * message was printed ends the process too, as the message said. Arming and disarming cost four
- * `timer_settime` calls (a few microseconds); nothing runs unless a call outlives the deadline.
+ * `timer_settime` calls and a `timer_gettime` (a few microseconds); nothing runs unless a call
+ * outlives the deadline.
  *
  * Linux with glibc only (`SIGEV_THREAD` is glibc's); where a piece is missing, no deadline is
  * armed and calls wait as libvirt makes them.
@@ -25,8 +26,8 @@ import { redactSecrets } from "../lib/domain/secrets.ts";
 import { terminalSafe } from "../lib/render/terminal.ts";
 
 /**
- * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime`, four times per
- * libvirt call, gets Deno's compiled fast call (about 0.3 µs a call instead of 7); the others run
+ * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime` and
+ * `timer_gettime`, five calls per libvirt call, get Deno's compiled fast call (about 0.3 µs a call instead of 7); the others run
  * once or twice, and their results, declared as a struct of the one integer or pointer (returned
  * in the same register), spare the compilation (see `libc.ts`).
  */
@@ -36,6 +37,8 @@ const WATCHDOG_SYMBOLS = {
   // int timer_settime(timer_t timerid, int flags, const struct itimerspec *new_value,
   //                   struct itimerspec *old_value);
   timer_settime: { parameters: ["pointer", "i32", "buffer", "buffer"], result: "i32" },
+  // int timer_gettime(timer_t timerid, struct itimerspec *curr_value);
+  timer_gettime: { parameters: ["pointer", "buffer"], result: "i32" },
   // void *dlsym(void *handle, const char *symbol);  (glibc 2.34 and later: in libc itself)
   dlsym: { parameters: ["pointer", "buffer"], result: { struct: ["pointer"] } },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -75,6 +78,8 @@ let who = "passthrough";
 let hint: string | null = null;
 /** The call in flight, when one needs more said than the default (a define). */
 let note: string | null = null;
+/** The message the timer's command prints, for the one case this thread prints it itself. */
+let message = "";
 
 const encoder = new TextEncoder();
 
@@ -187,7 +192,7 @@ export function deadlineMessage(fields: DeadlineMessageFields): string {
 
 /** Writes the command the timer's thread runs, for the current message. */
 function prepareCommand(dog: Watchdog): void {
-  const message = deadlineMessage({ target, seconds: seconds ?? 0, who, note, hint });
+  message = deadlineMessage({ target, seconds: seconds ?? 0, who, note, hint });
   let text = `printf '%s\\n' ${shellWord(message)} >&2`;
   // A URI long enough to overflow the buffer loses its message, never the exit.
   if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
@@ -255,8 +260,17 @@ export function libvirtDeadlineArmed(): boolean {
 }
 
 /**
+ * Blocks this thread until the `end` timer ends the process ({@link GRACE_SECONDS} after the
+ * message began); should it not, exits all the same.
+ */
+function awaitEnd(): never {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, (GRACE_SECONDS + 1) * 1000);
+  Deno.exit(1);
+}
+
+/**
  * `symbols` with each function armed by the deadline while it runs: one object, made once by
- * the caller (`libvirt()`), so a call costs four more libc calls only while a deadline is set.
+ * the caller (`libvirt()`), so a call costs five more libc calls only while a deadline is set.
  */
 export function guardSymbols<T extends object>(symbols: T): T {
   const guarded: Record<string, unknown> = {};
@@ -274,10 +288,19 @@ export function guardSymbols<T extends object>(symbols: T): T {
       try {
         return call(...args);
       } finally {
+        // Expired: the message is going out, so the run ends (the answer came too late), by
+        // `end` as when no answer comes: exiting here could beat `sh` to the message. Not
+        // disarmed then: reprogramming a timer drops its expiry signal not yet delivered
+        // (Linux 6.13 and later), and with it the message.
+        dog.libc.timer_gettime(dog.say, dog.left);
+        if (dog.leftValue[2] === 0n && dog.leftValue[3] === 0n) awaitEnd();
         dog.libc.timer_settime(dog.say, 0, dog.disarm, dog.left);
-        // The message is out (or going out): it said this run ends, so it does, the answer that
-        // came too late notwithstanding. `end` stays armed should anything below hang.
-        if (dog.leftValue[2] === 0n && dog.leftValue[3] === 0n) Deno.exit(1);
+        if (dog.leftValue[2] === 0n && dog.leftValue[3] === 0n) {
+          // Expired between the look and the disarm, which may have dropped the message: said
+          // here (twice, in this window of a microsecond, where a kernel keeps the signal).
+          Deno.stderr.writeSync(encoder.encode(`${message}\n`));
+          awaitEnd();
+        }
         dog.libc.timer_settime(dog.end, 0, dog.disarm, null);
       }
     };
