@@ -220,7 +220,10 @@ export function setLibvirtDeadline(
   who = fields.who ?? "passthrough";
   hint = fields.hint ?? null;
   const whole = Math.floor(wait);
-  const nanoseconds = BigInt(Math.min(999_999_999, Math.round((wait - whole) * 1e9)));
+  // At least a nanosecond: a zero it_value arms nothing, and reads as expired after the call.
+  const nanoseconds = BigInt(
+    Math.min(999_999_999, Math.max(whole === 0 ? 1 : 0, Math.round((wait - whole) * 1e9))),
+  );
   const say = new DataView(watchdog.armSay.buffer);
   say.setBigInt64(16, BigInt(whole), LITTLE_ENDIAN);
   say.setBigInt64(24, nanoseconds, LITTLE_ENDIAN);

@@ -33,3 +33,11 @@ Deno.test("a call answered just after the deadline ends the run with the message
     assertMatch(run.stderr, /libvirt at "test:\/\/\/default" did not answer in 1e-9 s/);
   }
 });
+
+Deno.test("a deadline shorter than the timer's nanosecond still says why the process ends", async () => {
+  // Rounded to no time at all, the timer was never armed, and its "nothing left" after the call
+  // read as fired: the process ended with status 1 after the first call, saying nothing.
+  const run = await openWithDeadline(1e-10);
+  assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+  assertMatch(run.stderr, /libvirt at "test:\/\/\/default" did not answer in 1e-10 s/);
+});
