@@ -16,6 +16,7 @@ export interface ConnectValues {
   connect?: string | undefined;
   "allow-uri-programs"?: boolean | undefined;
   "libvirt-timeout"?: string | undefined;
+  json?: boolean | undefined;
 }
 
 /**
@@ -42,21 +43,21 @@ export function libvirtTimeout(value: string | undefined): number {
 }
 
 /**
- * `target` with the deadline of `--libvirt-timeout` (`value`; see {@link libvirtTimeout}):
+ * `target` with the deadline of `--libvirt-timeout` (`run.value`; see {@link libvirtTimeout}),
+ * reported as `--json` reports errors when `run.json`:
  * each libvirt call of the command is bounded by it, except on the test driver, which has no
- * daemon to wait for, and the open of an ssh or ext URI when `interactive` (stdin a terminal):
+ * daemon to wait for, and the open of an ssh or ext URI when `run.interactive` (stdin a terminal):
  * that program may be asking the user something, for as long as they take (Ctrl-C ends it).
  */
 export function withLibvirtTimeout(
   target: ConnectTarget,
-  value: string | undefined,
-  interactive: boolean,
+  run: { value: string | undefined; interactive: boolean; json: boolean },
 ): ConnectTarget {
-  const seconds = libvirtTimeout(value);
+  const seconds = libvirtTimeout(run.value);
   if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
   // ssh (or an ext program) asks a person at the terminal for a password or an unknown host's
   // key while libvirt opens: ended mid-question, it kept reading the terminal after we were gone.
-  const asks = interactive && target.uri !== null && ASKING_TRANSPORT.test(target.uri);
+  const asks = run.interactive && target.uri !== null && ASKING_TRANSPORT.test(target.uri);
   return {
     uri: target.uri,
     options: {
@@ -65,6 +66,7 @@ export function withLibvirtTimeout(
         seconds,
         hint: "wait longer with --libvirt-timeout N (seconds)",
         ...(asks ? { afterOpen: true } : {}),
+        ...(run.json ? { json: true } : {}),
       },
     },
   };
@@ -143,5 +145,9 @@ function checkTestDriverFile(uri: string, origin: string): void {
 export function connectTarget(values: ConnectValues, io: CliIo): ConnectTarget {
   const allowed = values["allow-uri-programs"] === true;
   const target = checkConnectUri(values.connect, "--connect", allowed, io);
-  return withLibvirtTimeout(target, values["libvirt-timeout"], io.interactive);
+  return withLibvirtTimeout(target, {
+    value: values["libvirt-timeout"],
+    interactive: io.interactive,
+    json: values.json === true,
+  });
 }

@@ -88,6 +88,8 @@ export interface PlanInputs {
   "allow-uri-programs"?: boolean | undefined;
   /** `--libvirt-timeout`: how long one libvirt call may go unanswered. */
   "libvirt-timeout"?: string | undefined;
+  /** `--json`: a libvirt that does not answer is reported as JSON too. */
+  json?: boolean | undefined;
 }
 
 /** A plan together with the connection it was read through (close it when done). */
@@ -238,8 +240,7 @@ export async function computePlan(
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
   const target = withLibvirtTimeout(
     checkConnectUri(connect, connectOrigin, allowUriPrograms, io),
-    inputs["libvirt-timeout"],
-    io.interactive,
+    { value: inputs["libvirt-timeout"], interactive: io.interactive, json: inputs.json === true },
   );
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);

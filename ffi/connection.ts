@@ -42,6 +42,8 @@ export interface ConnectionOpenOptions {
     seconds: number;
     who?: string;
     hint?: string;
+    /** Also print the failure on standard output as `{ "error": { "kind", "message" } }`. */
+    json?: boolean;
     /**
      * Leave the open itself unbounded, bounding the calls after it: the transport runs a program
      * (`ssh`) that may ask a person at the terminal for a password or a host key, for as long as
@@ -136,6 +138,7 @@ export class Connection {
         target: requested === null ? "its default URI" : JSON.stringify(requested),
         who: deadline.who,
         hint: deadline.hint,
+        json: deadline.json,
       });
     };
     bound(true);

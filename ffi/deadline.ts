@@ -78,8 +78,14 @@ let who = "passthrough";
 let hint: string | null = null;
 /** The call in flight, when one needs more said than the default (a define). */
 let note: string | null = null;
-/** The message the timer's command prints, for the one case this thread prints it itself. */
+/** Whether the failure is also reported as `--json` reports errors, on standard output. */
+let json = false;
+/**
+ * The message the timer's command prints, and its JSON report (or `null`), for the one case
+ * this thread prints them itself.
+ */
 let message = "";
+let report: string | null = null;
 
 const encoder = new TextEncoder();
 
@@ -183,17 +189,28 @@ export interface DeadlineMessageFields {
  * ```
  */
 export function deadlineMessage(fields: DeadlineMessageFields): string {
+  return `${fields.who ?? "passthrough"}: ${deadlineReason(fields)}`;
+}
+
+/** {@link deadlineMessage} without whose it is: what `--json` reports as the error's message. */
+function deadlineReason(fields: DeadlineMessageFields): string {
   const inFlight = fields.note === null || fields.note === undefined ? "" : `, ${fields.note}`;
   const end = fields.hint === null || fields.hint === undefined ? "" : `; ${fields.hint}`;
-  const line = `${fields.who ?? "passthrough"}: libvirt at ${fields.target} did not answer in ` +
-    `${fields.seconds} s${inFlight}: is libvirtd running? \`systemctl status libvirtd\`${end}`;
+  const line = `libvirt at ${fields.target} did not answer in ${fields.seconds} s${inFlight}: ` +
+    `is libvirtd running? \`systemctl status libvirtd\`${end}`;
   return terminalSafe(redactSecrets(line), false);
 }
 
 /** Writes the command the timer's thread runs, for the current message. */
 function prepareCommand(dog: Watchdog): void {
-  message = deadlineMessage({ target, seconds: seconds ?? 0, who, note, hint });
+  const fields = { target, seconds: seconds ?? 0, who, note, hint };
+  message = deadlineMessage(fields);
+  // Under --json the failure is on standard output too, as every error is (`main.ts`).
+  report = json
+    ? JSON.stringify({ error: { kind: "runtime", message: deadlineReason(fields) } }, null, 2)
+    : null;
   let text = `printf '%s\\n' ${shellWord(message)} >&2`;
+  if (report !== null) text = `printf '%s\\n' ${shellWord(report)}; ${text}`;
   // A URI long enough to overflow the buffer loses its message, never the exit.
   if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
   dog.command.fill(0);
@@ -207,7 +224,13 @@ function prepareCommand(dog: Watchdog): void {
  */
 export function setLibvirtDeadline(
   wait: number | null,
-  fields: { target: string; who?: string | undefined; hint?: string | undefined },
+  fields: {
+    target: string;
+    who?: string | undefined;
+    hint?: string | undefined;
+    /** Report the failure on standard output too, as `--json` reports errors. */
+    json?: boolean | undefined;
+  },
 ): boolean {
   if (wait === null || !(wait > 0)) {
     seconds = null;
@@ -219,6 +242,7 @@ export function setLibvirtDeadline(
   target = fields.target;
   who = fields.who ?? "passthrough";
   hint = fields.hint ?? null;
+  json = fields.json === true;
   const whole = Math.floor(wait);
   // At least a nanosecond: a zero it_value arms nothing, and reads as expired after the call.
   const nanoseconds = BigInt(
@@ -301,6 +325,7 @@ export function guardSymbols<T extends object>(symbols: T): T {
         if (dog.leftValue[2] === 0n && dog.leftValue[3] === 0n) {
           // Expired between the look and the disarm, which may have dropped the message: said
           // here (twice, in this window of a microsecond, where a kernel keeps the signal).
+          if (report !== null) Deno.stdout.writeSync(encoder.encode(`${report}\n`));
           Deno.stderr.writeSync(encoder.encode(`${message}\n`));
           awaitEnd();
         }

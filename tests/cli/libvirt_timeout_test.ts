@@ -186,15 +186,25 @@ Deno.test("--libvirt-timeout refuses what is not a number of seconds (exit 2)", 
   );
 });
 
-Deno.test("the deadline's message hides a password written into the URI, as every error does", async () => {
-  // A libvirt that takes the connection and never answers: a socket that only listens.
+/** A libvirt that takes connections and never answers (a socket that only listens), on a port. */
+async function withSilentLibvirt(body: (port: number) => Promise<void>): Promise<void> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const held: Deno.Conn[] = [];
   const accepting = (async () => {
     for await (const conn of listener) held.push(conn);
   })();
   try {
-    const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${listener.addr.port}/system`;
+    await body(listener.addr.port);
+  } finally {
+    listener.close();
+    await accepting.catch(() => {});
+    for (const conn of held) conn.close();
+  }
+}
+
+Deno.test("the deadline's message hides a password written into the URI, as every error does", async () => {
+  await withSilentLibvirt(async (port) => {
+    const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${port}/system`;
     const run = await runBounded(["sources", "--libvirt-timeout", "1", "--connect", uri]);
     assert(!run.killed, `sources hung: ${run.stderr}`);
     assertEquals(run.code, 1, run.stderr);
@@ -203,11 +213,23 @@ Deno.test("the deadline's message hides a password written into the URI, as ever
       /libvirt at "qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:\d+\/system" did not/,
     );
     assert(!run.stderr.includes("s3cret-pw"), run.stderr);
-  } finally {
-    listener.close();
-    await accepting.catch(() => {});
-    for (const conn of held) conn.close();
-  }
+  });
+});
+
+Deno.test("under --json, a libvirt that does not answer is reported on stdout as every error is", async () => {
+  await withSilentLibvirt(async (port) => {
+    const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${port}/system`;
+    const run = await runBounded(["sources", "--json", "--libvirt-timeout", "1", "--connect", uri]);
+    assert(!run.killed, `sources hung: ${run.stderr}`);
+    assertEquals(run.code, 1, run.stderr);
+    const report = JSON.parse(run.stdout);
+    assertEquals(report.error.kind, "runtime");
+    assertMatch(
+      report.error.message,
+      /^libvirt at "qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:\d+\/system" did not answer in 1 s/,
+    );
+    assertMatch(run.stderr, /^passthrough: libvirt at .* did not answer in 1 s/);
+  });
 });
 
 Deno.test({
