@@ -51,6 +51,8 @@ const SIGEV_THREAD = 2;
 const GRACE_SECONDS = 1;
 /** Room for the command `system()` runs; its address is fixed when the timer is created. */
 const COMMAND_BYTES = 4096;
+/** How much of a URI too long for that room the message keeps. */
+const SHORT_TARGET = 200;
 
 interface Watchdog {
   libc: WatchdogSymbols;
@@ -203,18 +205,27 @@ function deadlineReason(fields: DeadlineMessageFields): string {
 
 /** Writes the command the timer's thread runs, for the current message. */
 function prepareCommand(dog: Watchdog): void {
-  const fields = { target, seconds: seconds ?? 0, who, note, hint };
+  let text = deadlineCommand({ target, seconds: seconds ?? 0, who, note, hint });
+  // A URI too long for the buffer is cut in the message, which the exit never goes without.
+  if (encoder.encode(text).length >= COMMAND_BYTES) {
+    // Redacted before it is cut: a password cut from its `@` would no longer read as one.
+    const short = `${redactSecrets(target).slice(0, SHORT_TARGET)}..."`;
+    text = deadlineCommand({ target: short, seconds: seconds ?? 0, who, note, hint });
+  }
+  if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
+  dog.command.fill(0);
+  encoder.encodeInto(text, dog.command.subarray(0, COMMAND_BYTES - 1));
+}
+
+/** The command that prints the message (and, under `--json`, its report), kept for this thread. */
+function deadlineCommand(fields: DeadlineMessageFields): string {
   message = deadlineMessage(fields);
+  const line = `printf '%s\\n' ${shellWord(message)} >&2`;
   // Under --json the failure is on standard output too, as every error is (`main.ts`).
   report = json
     ? JSON.stringify({ error: { kind: "runtime", message: deadlineReason(fields) } }, null, 2)
     : null;
-  let text = `printf '%s\\n' ${shellWord(message)} >&2`;
-  if (report !== null) text = `printf '%s\\n' ${shellWord(report)}; ${text}`;
-  // A URI long enough to overflow the buffer loses its message, never the exit.
-  if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
-  dog.command.fill(0);
-  encoder.encodeInto(text, dog.command.subarray(0, COMMAND_BYTES - 1));
+  return report === null ? line : `printf '%s\\n' ${shellWord(report)}; ${line}`;
 }
 
 /**

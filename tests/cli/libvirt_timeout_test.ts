@@ -265,3 +265,18 @@ Deno.test({
     }
   },
 });
+
+Deno.test("a URI too long for the deadline's command is cut in its message, not left unsaid", async () => {
+  await withSilentLibvirt(async (port) => {
+    // libvirt's TCP transport ignores the user: thousands of characters of it still connect.
+    for (const [user, json] of [["u".repeat(1900), true], ["u".repeat(5000), false]] as const) {
+      const uri = `qemu+tcp://${user}@127.0.0.1:${port}/system`;
+      const args = ["sources", "--libvirt-timeout", "1", "--connect", uri];
+      const run = await runBounded(json ? [...args, "--json"] : args);
+      assert(!run.killed, `sources hung: ${run.stderr}`);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(run.stderr, /^passthrough: libvirt at "qemu\+tcp:\/\/u+.* did not answer in 1 s/);
+      if (json) assertMatch(JSON.parse(run.stdout).error.message, /did not answer in 1 s/);
+    }
+  });
+});
