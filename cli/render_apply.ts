@@ -6,7 +6,7 @@
  */
 
 import { redactSecrets } from "../lib/domain/secrets.ts";
-import type { ApplyReport, VmApplyResult } from "../lib/apply/apply.ts";
+import { type ApplyReport, hostdevCounts, type VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 import type { Plan } from "../lib/plan/types.ts";
 import { repairView } from "../lib/plan/repair.ts";
@@ -46,9 +46,8 @@ function vmCounts(
   plan: Plan | undefined,
 ): { add: number; remove: number; moved: number } {
   const vm = plan?.vms.find((v) => v.name === result.vm);
-  const moved = vm === undefined ? 0 : repairView(vm).move.length;
-  const m = Math.min(moved, result.added.length, result.removed.length);
-  return { add: result.added.length - m, remove: result.removed.length - m, moved: m };
+  const moves = vm === undefined ? 0 : repairView(vm).move.length;
+  return hostdevCounts(moves, result.added.length, result.removed.length);
 }
 
 /** `(+1 -0 hostdevs, 2 moved)`. */

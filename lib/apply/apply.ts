@@ -1138,6 +1138,20 @@ function applyRepair(
   return outcome;
 }
 
+/**
+ * The hostdevs a define added, removed and moved: a card that moved (`moves`, the plan's) left
+ * its old address and came to its new one, counted once as moved, not also as added and removed.
+ * The report's line and the define's message both count with this.
+ */
+export function hostdevCounts(
+  moves: number,
+  added: number,
+  removed: number,
+): { add: number; remove: number; moved: number } {
+  const moved = Math.min(moves, added, removed);
+  return { add: added - moved, remove: removed - moved, moved };
+}
+
 /** Defines one confirmed VM of `plan`; never throws. */
 function applyVm(
   vm: VmPlan,
@@ -1196,8 +1210,10 @@ function applyVm(
   });
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
-  const summary =
-    `Defined "${vm.name}" (${base.added.length} added, ${base.removed.length} removed)`;
+  const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
+  const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
+    n.moved > 0 ? `, ${n.moved} moved` : ""
+  })`;
   if (!now.active && now.saved) {
     return {
       result: { ...base, effect: "next-power-off", message: summary + savedStateNote(vm.name) },

@@ -15,6 +15,7 @@ import { StateDirError } from "../../lib/state/state_dir.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { confirmVm, confirmYesNo, makeConfirm } from "../../cli/confirm.ts";
+import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { CliIo } from "../../cli/context.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { rollbackVm } from "../../lib/apply/rollback.ts";
@@ -1342,4 +1343,40 @@ Deno.test({
     assertEquals(parseDomainXml(port.getPersistentXml(name)).hostdevs.length, 2);
     await virsh("destroy", name);
   },
+});
+
+Deno.test("applyPlan() counts a moved card as moved in its message, as the report's line does", async () => {
+  const moved = [
+    ...baseDevices(),
+    { ...GPU, bdf: "0000:0b:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0b:00.1", group: 7 },
+  ];
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-h159-moved-" });
+  try {
+    buildHostTree({ devices: [...baseDevices(), GPU, GPU_AUDIO] }, `${root}/before`);
+    buildHostTree({ devices: moved }, `${root}/after`);
+    const before = await discoverHost({ root: `${root}/before` });
+    const after = await discoverHost({ root: `${root}/after` });
+    await withPort([WIN10], async (libvirt) => {
+      libvirt.define(
+        vmOf(planHostdevs({ config: GPU_CONFIG, host: before, libvirt }), "win10").desiredXml,
+      );
+      const plan = planHostdevs({ config: GPU_CONFIG, host: after, libvirt });
+      assertEquals(vmOf(plan, "win10").move.length, 2);
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir: `${root}/state`,
+        confirm: answers("yes").confirm,
+      });
+      const [result] = report.vms;
+      assertEquals([result?.added.length, result?.removed.length], [2, 2]);
+      assertEquals(result?.message, 'Defined "win10" (0 added, 0 removed, 2 moved)');
+      assertMatch(
+        renderApplyReport(report, { color: false, plan }),
+        /^changed win10 \(\+0 -0 hostdevs, 2 moved\): Defined "win10" \(0 added, 0 removed, 2 moved\);/,
+      );
+    });
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
 });

@@ -446,7 +446,7 @@ Deno.test("apply's report counts each VM by its own moves, and its summary only 
         backup: "/tmp/s/backups/nas/1.xml",
         restored: true,
       }),
-      outcome("win11", "changed", "applied", 'Defined "win11" (3 added, 2 removed)', {
+      outcome("win11", "changed", "applied", 'Defined "win11" (1 added, 0 removed, 2 moved)', {
         added: ["0000:0b:00.0", "0000:0b:00.1", "0000:0c:00.0"],
         removed: ["0000:01:00.0", "0000:01:00.1"],
         effect: "next-start",
@@ -466,7 +466,7 @@ Deno.test("apply's report counts each VM by its own moves, and its summary only 
     'FAILED nas: Defined "nas" (1 added, 1 removed), then undone',
     "  backup: /tmp/s/backups/nas/1.xml",
     "  the previous definition was restored from the backup",
-    'changed win11 (+1 -0 hostdevs, 2 moved): Defined "win11" (3 added, 2 removed); takes effect at the next start',
+    'changed win11 (+1 -0 hostdevs, 2 moved): Defined "win11" (1 added, 0 removed, 2 moved); takes effect at the next start',
     "skipped router: Refused by the plan",
     "skipped lab: Declined",
     "unchanged idle: No changes",
