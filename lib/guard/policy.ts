@@ -103,8 +103,9 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  * without this, a rule's `enforce` in a `warn` or `off` VM would lapse for them until then.
  * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
  * A VM the config no longer names that the plan keeps as it is (`kept`: refused
- * `vm-not-in-config`, its devices not released) keeps its previous policies whole, as its
- * definition stays: they go once its devices are released.
+ * `vm-not-in-config`, its devices not released) keeps its previous policies, as its definition
+ * stays, but not what lets a start take a device the host needs (see {@link droppedVmPolicy}):
+ * they go once its devices are released.
  *
  * @example
  * ```ts
@@ -144,7 +145,9 @@ export function keepStricterRulePolicies(
   const vms = { ...file.vms };
   const named = new Set(config.vms.map((vm) => vm.name));
   for (const vm of kept) {
-    if (!named.has(vm) && Object.hasOwn(previous.vms, vm)) vms[vm] = previous.vms[vm]!;
+    if (!named.has(vm) && Object.hasOwn(previous.vms, vm)) {
+      vms[vm] = droppedVmPolicy(previous.vms[vm]!);
+    }
   }
   for (const vm of config.vms) {
     const before = Object.hasOwn(previous.vms, vm.name) ? previous.vms[vm.name]! : null;
@@ -158,6 +161,27 @@ export function keepStricterRulePolicies(
     vms[vm.name] = { ...now, rules: { ...now.rules, ...Object.fromEntries(kept) } };
   }
   return { ...file, vms };
+}
+
+/**
+ * The policy a VM dropped from the config keeps while the plan keeps its devices: its own, but
+ * neither its `off` (now `warn`) nor any rule's `allow_host_critical`. Only these two let a start
+ * take a device the host needs (its disk controller, its default-route NIC), and the config no
+ * longer says either: the user removed the VM, perhaps by a typo, and the host's disk or network
+ * is never given away on a line no longer written. What they relaxed otherwise stays (a changed
+ * device warns and starts).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   droppedVmPolicy({ guard: "off", rules: { gpu: "enforce" }, allowHostCritical: ["hba"] }),
+ *   { guard: "warn", rules: { gpu: "enforce" } },
+ * );
+ * ```
+ */
+export function droppedVmPolicy(policy: VmGuardPolicy): VmGuardPolicy {
+  return { guard: policy.guard === "off" ? "warn" : policy.guard, rules: policy.rules };
 }
 
 /**

@@ -5,7 +5,12 @@ import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/as
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { runGuard } from "../../lib/guard/run.ts";
-import { ENFORCE, guardPolicies, policyFor } from "../../lib/guard/policy.ts";
+import {
+  ENFORCE,
+  guardPolicies,
+  keepStricterRulePolicies,
+  policyFor,
+} from "../../lib/guard/policy.ts";
 import {
   allowNextStart,
   readPolicyFile,
@@ -234,6 +239,65 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
     assertEquals(await judged(null, "off", true), [0]);
     assertEquals(await judged("off", "off"), [0]);
     assertEquals(await judged("off", null), [0]);
+  } finally {
+    await Deno.remove(state, { recursive: true });
+  }
+});
+
+Deno.test("policy: a VM dropped from the config keeps its warn, never its off or allow_host_critical, for the host's device", async () => {
+  // win11 had `guard: off`, or `allow_host_critical: true` on rule "disk"; the config now names
+  // no VM, so the plan keeps its devices (vm-not-in-config) and apply keeps its policies: the
+  // host has since mounted its root on the NVMe, and no written line gives it away any more.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  await using tree = await tempHostTree(host);
+  const state = await Deno.makeTempDir({ prefix: "passthrough-h159-dropped-" });
+  const xml = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`;
+  const empty = parseConfig("version: 1\nvms: {}\n", { file: "c.yaml" });
+  try {
+    const judged = async (vmLine: string, ruleLine = "") => {
+      const config = parseConfig(
+        `version: 1\nvms:\n  win11:\n${vmLine}    devices:\n` +
+          `      - name: disk\n        match: { vendor_id: 1cc1 }\n${ruleLine}`,
+        { file: "c.yaml" },
+      );
+      recordPolicies(`${state}/state`, guardPolicies(config));
+      const previous = readPolicyFile(`${state}/state`).file;
+      recordPolicies(
+        `${state}/state`,
+        keepStricterRulePolicies(guardPolicies(empty), {
+          config: empty,
+          previous,
+          settled: new Set(),
+          kept: new Set(["win11"]),
+        }),
+      );
+      const { policy } = readVmPolicy(`${state}/state`, "win11");
+      const result = await run(tree.dir, `${state}/state`, xml);
+      return [
+        policy.guard,
+        policy.allowHostCritical ?? [],
+        result.code,
+        ...result.refusals.map((r) => `${r.kind} ${r.policy}`),
+      ];
+    };
+    assertEquals(await judged("    guard: off\n"), ["warn", [], 1, "host-needs enforce"]);
+    assertEquals(await judged("", "        allow_host_critical: true\n"), [
+      "enforce",
+      [],
+      1,
+      "host-needs enforce",
+    ]);
+    // Its warn stays: a changed device would warn and start, as before (the host's never does).
+    assertEquals(await judged("    guard: warn\n"), ["warn", [], 1, "host-needs enforce"]);
   } finally {
     await Deno.remove(state, { recursive: true });
   }
