@@ -12,7 +12,7 @@ import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./pl
 import { renderPlan, type RenderPlanOptions, renderVmPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { applyJson, renderApplyReport } from "./render_apply.ts";
-import { applyPlan, livePlan } from "../lib/apply/apply.ts";
+import { applyPlan, type ApplyReport, livePlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
@@ -105,12 +105,7 @@ async function applyComputed(
     settled: new Set(
       report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
     ),
-    // VMs dropped from the config whose devices the plan keeps: their policies stay too.
-    kept: new Set(
-      plan.vms.filter((vm) => vm.errors.some((e) => e.code === "vm-not-in-config")).map((vm) =>
-        vm.name
-      ),
-    ),
+    keeps: droppedKept(plan, report, values.vm !== undefined),
     flag: values["state-dir"],
     uri: libvirt.uri,
     io,
@@ -126,6 +121,22 @@ async function applyComputed(
     return signals.status;
   }
   return report.ok && !planHasErrors(plan) && recorded ? 0 : 1;
+}
+
+/**
+ * Whether a VM the config no longer names keeps its recorded policies (its devices stay): the
+ * plan kept them (`vm-not-in-config`), or its release was declined, refused or undone, or
+ * `--vm` (`limited`) left it out of the plan. A VM neither planned nor left out (libvirt no
+ * longer has it, or it holds nothing passthrough added) keeps nothing, so none pile up.
+ */
+function droppedKept(
+  plan: Plan,
+  report: ApplyReport,
+  limited: boolean,
+): (vm: string) => boolean {
+  const planned = new Set(plan.vms.map((vm) => vm.name));
+  const released = new Set(report.vms.filter((r) => r.code === "applied").map((r) => r.vm));
+  return (vm) => !released.has(vm) && (limited || planned.has(vm));
 }
 
 /**
@@ -155,9 +166,10 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, kept, flag, uri, io, say }: {
+  { settled, keeps, flag, uri, io, say }: {
     settled: ReadonlySet<string>;
-    kept: ReadonlySet<string>;
+    /** Whether a VM the config no longer names keeps its previous policies. */
+    keeps: (vm: string) => boolean;
     flag: string | undefined;
     uri: string;
     io: CliIo;
@@ -187,6 +199,7 @@ function recordGuardPolicies(
   try {
     // What cannot be read keeps nothing: the hook enforces while it is there.
     const previous = readPolicyFile(stateDir).file;
+    const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
     const file = keepStricterRulePolicies(policies, { config, previous, settled, kept });
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {

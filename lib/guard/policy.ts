@@ -102,9 +102,9 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  * refused, or left out by `--vm`), and the guard judges a recorded device by the rule it names:
  * without this, a rule's `enforce` in a `warn` or `off` VM would lapse for them until then.
  * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
- * A VM the config no longer names that the plan keeps as it is (`kept`: refused
- * `vm-not-in-config`, its devices not released) keeps its previous policies, as its definition
- * stays, but not what lets a start take a device the host needs (see {@link droppedVmPolicy}):
+ * A VM the config no longer names whose devices stay (`kept`: refused `vm-not-in-config`, its
+ * release declined or undone, or left out by `--vm`) keeps its previous policies, as its
+ * definition stays, but not what lets a start take a device the host needs (see {@link droppedVmPolicy}):
  * they go once its devices are released.
  *
  * @example

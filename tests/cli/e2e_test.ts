@@ -501,3 +501,34 @@ Deno.test({
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
   },
 });
+
+Deno.test({
+  name:
+    "a VM dropped from the config keeps its guard policies while apply --vm naming another leaves its devices; released, it loses both",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const apply = async (config: string, ...more: string[]) => {
+      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config);
+      return await runCli(["apply", ...s.args, ...more], {
+        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
+      });
+    };
+    const warnWin10 = CONFIG.replace("  win10:\n", "  win10:\n    guard: warn\n");
+    assertEquals((await apply(warnWin10, "--yes")).code, 0);
+    const gentooOnly =
+      'version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_id: "1002", device_id: "67df" }\n        name: rx580\n';
+
+    // --vm gentoo: win10 is not planned, so its devices stay, and so does its policy.
+    const limited = await apply(gentooOnly, "--yes", "--vm", "gentoo");
+    assertEquals(limited.code, 0, limited.stderr + limited.stdout);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
+
+    // Every VM planned: win10's devices are released, and its policy goes with them.
+    const released = await apply(gentooOnly, "--yes");
+    assertEquals(released.code, 0, released.stderr + released.stdout);
+    assertEquals(pciSources(s.xml("win10")), []);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+  },
+});
