@@ -14,6 +14,8 @@ import { makeConfirm } from "./confirm.ts";
 import { applyJson, renderApplyReport } from "./render_apply.ts";
 import { applyPlan, type ApplyReport, livePlan } from "../lib/apply/apply.ts";
 import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 import { resolve } from "../lib/state/paths.ts";
@@ -106,6 +108,7 @@ async function applyComputed(
       report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
     ),
     keeps: droppedKept(plan, report, values.vm !== undefined),
+    recorded: () => recordedRules(libvirt, config),
     flag: values["state-dir"],
     uri: libvirt.uri,
     io,
@@ -140,6 +143,28 @@ function droppedKept(
 }
 
 /**
+ * The rule names each VM of `config` records in its persistent definition as it is now, after
+ * the apply: the names the start guard judges its devices by. A definition that cannot be read
+ * is left out (its policies are then kept by the names the previous file listed).
+ */
+function recordedRules(libvirt: LibvirtPort, config: Config): Map<string, string[]> {
+  const recorded = new Map<string, string[]>();
+  for (const vm of config.vms) {
+    try {
+      const domain = parseDomainXml(libvirt.getPersistentXml(vm.name));
+      const rules = [
+        ...domain.records.map((r) => r.rule),
+        ...domain.vfRecords.map((v) => v.pf.rule),
+      ];
+      recorded.set(vm.name, [...new Set(rules)]);
+    } catch {
+      // Not there, or unreadable: the names the previous file listed stand in.
+    }
+  }
+  return recorded;
+}
+
+/**
  * What to print before the question about a VM: its section of the plan again, so the question
  * sits right under its diff even when other VMs' sections or answers came in between. Nothing
  * for the first question when its VM's section is the last one printed where the question is
@@ -166,8 +191,10 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, keeps, flag, uri, io, say }: {
+  { settled, keeps, recorded, flag, uri, io, say }: {
     settled: ReadonlySet<string>;
+    /** The rule names each VM's definition records now (read only for this host's hook). */
+    recorded: () => ReadonlyMap<string, readonly string[]>;
     /** Whether a VM the config no longer names keeps its previous policies. */
     keeps: (vm: string) => boolean;
     flag: string | undefined;
@@ -200,7 +227,13 @@ function recordGuardPolicies(
     // What cannot be read keeps nothing: the hook enforces while it is there.
     const previous = readPolicyFile(stateDir).file;
     const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
-    const file = keepStricterRulePolicies(policies, { config, previous, settled, kept });
+    const file = keepStricterRulePolicies(policies, {
+      config,
+      previous,
+      settled,
+      kept,
+      recorded: recorded(),
+    });
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);

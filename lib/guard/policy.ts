@@ -101,7 +101,12 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  * VM's new policy. A renamed rule's records keep its old name until its VM is applied (declined,
  * refused, or left out by `--vm`), and the guard judges a recorded device by the rule it names:
  * without this, a rule's `enforce` in a `warn` or `off` VM would lapse for them until then.
- * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
+ * `recorded`: the rule names each VM's definition records now, as the apply left it; for a VM
+ * in it, only these names are kept, each with the policy the previous file gave it (a name it
+ * did not list had its VM's, `enforce` without a file), so a rule `enforce` only by its VM's
+ * default keeps it too, and names no record holds (renamed twice before its VM was applied) do
+ * not pile up. Never laxer than `file`; an entry no record may still name is dropped once its VM
+ * is settled.
  * A VM the config no longer names whose devices stay (`kept`: refused `vm-not-in-config`, its
  * release declined or undone, or left out by `--vm`) keeps its previous policies, as its
  * definition stays, but not what lets a start take a device the host needs (see {@link droppedVmPolicy}):
@@ -134,28 +139,36 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  */
 export function keepStricterRulePolicies(
   file: GuardPolicyFile,
-  { config, previous, settled, kept = new Set() }: {
+  { config, previous, settled, kept = new Set(), recorded = new Map() }: {
     config: Config;
     previous: GuardPolicyFile | null;
     settled: ReadonlySet<string>;
     kept?: ReadonlySet<string>;
+    recorded?: ReadonlyMap<string, readonly string[]>;
   },
 ): GuardPolicyFile {
-  if (previous === null) return file;
   const vms = { ...file.vms };
   const named = new Set(config.vms.map((vm) => vm.name));
+  const had = (vm: string) =>
+    previous !== null && Object.hasOwn(previous.vms, vm) ? previous.vms[vm]! : ENFORCE;
   for (const vm of kept) {
-    if (!named.has(vm) && Object.hasOwn(previous.vms, vm)) {
+    if (!named.has(vm) && previous !== null && Object.hasOwn(previous.vms, vm)) {
       vms[vm] = droppedVmPolicy(previous.vms[vm]!);
     }
   }
   for (const vm of config.vms) {
-    const before = Object.hasOwn(previous.vms, vm.name) ? previous.vms[vm.name]! : null;
-    if (settled.has(vm.name) || before === null) continue;
+    if (settled.has(vm.name)) continue;
+    const before = had(vm.name);
+    const names = recorded.get(vm.name);
+    // Without the names its definition records, those the previous file listed (none without
+    // one); a name it did not list had the VM's policy, `enforce` without a file.
+    const old: [string, GuardPolicy][] = names === undefined
+      ? (previous === null ? [] : Object.entries(before.rules))
+      : names.map((rule) => [rule, policyFor(before, rule)]);
     const now = Object.hasOwn(vms, vm.name) ? vms[vm.name]! : ENFORCE;
-    const names = new Set(vm.rules.map((rule) => rule.name));
-    const kept = Object.entries(before.rules).filter(([rule, policy]) =>
-      !names.has(rule) && POLICIES.indexOf(policy) < POLICIES.indexOf(now.guard)
+    const rules = new Set(vm.rules.map((rule) => rule.name));
+    const kept = old.filter(([rule, policy]) =>
+      !rules.has(rule) && POLICIES.indexOf(policy) < POLICIES.indexOf(now.guard)
     );
     if (kept.length === 0) continue;
     vms[vm.name] = { ...now, rules: { ...now.rules, ...Object.fromEntries(kept) } };

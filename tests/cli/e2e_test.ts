@@ -532,3 +532,54 @@ Deno.test({
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
   },
 });
+
+Deno.test({
+  name:
+    "a renamed rule's devices keep the enforce their VM gave them when it turns warn, and names no record holds do not pile up",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    const config = (vmGuard: string, rule: string) =>
+      `version: 1
+vms:
+  win10:
+${vmGuard}    devices:
+      - name: ${rule}
+        guard: enforce
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_id: "1002", device_id: "67df" }
+`;
+    const apply = async (text: string, ...more: string[]) => {
+      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, text);
+      const result = await runCli(["apply", "--yes", ...s.args, ...more], {
+        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
+      });
+      assertEquals(result.code, 0, result.stderr + result.stdout);
+    };
+    /** The policy the start guard applies to win10's GPU, by the rule its record names. */
+    const gpuPolicy = () => {
+      const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
+      const { policy } = readVmPolicy(s.stateDir, "win10");
+      return [rules[0], policyFor(policy, rules[0]!)];
+    };
+    // win10 enforces (no file entry at all): its GPU is enforced as rule "gtx1080"'s.
+    await apply(config("", "gtx1080"));
+    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+
+    // Renamed "gpu", still enforce, in a VM now warn; only gentoo applied: the record still
+    // names "gtx1080", which had the VM's enforce.
+    await apply(config("    guard: warn\n", "gpu"), "--vm", "gentoo");
+    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+
+    // Renamed again before win10 is applied: "gpu" was never recorded, and is not kept.
+    await apply(config("    guard: warn\n", "graphics"), "--vm", "gentoo");
+    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, {
+      graphics: "enforce",
+      gtx1080: "enforce",
+    });
+  },
+});
