@@ -319,6 +319,22 @@ vms:
           `a C1 control reached the terminal: ${out}`,
         );
       }
+      // The fixed config applied again, a drift check reports nothing to change: the plan's own
+      // copy (which still held the refused config) is not counted as a change.
+      const fixed = await playbook(good);
+      assertEquals(fixed.code, 0, fixed.out);
+      assertEquals(taskStatus(fixed.out, "Passthrough apply"), "ok", fixed.out);
+      const drift = await playbook(good, ["--check"]);
+      assertEquals(drift.code, 0, drift.out);
+      assertMatch(drift.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
+      // A config changed on the controller is reported as a copy --check would make.
+      await Deno.writeTextFile(good, `${await Deno.readTextFile(good)}# edited\n`);
+      const edited = await playbook(good, ["--check"]);
+      assertEquals(taskStatus(edited.out, "Passthrough config"), "changed", edited.out);
+      assertEquals(
+        (await Deno.readTextFile(`${dir}/remote/passthrough_config.yaml`)).includes("# edited"),
+        false,
+      );
       recordCase({
         area: "escaping",
         name: "a C1 control in a rule's name, through the Ansible playbook (which decodes JSON)",
