@@ -470,3 +470,51 @@ print(",".join(str(c) for c in range(0x3000) if f.terminal_safe(chr(c)) != chr(c
     assertEquals(new TextDecoder().decode(out.stdout).trim(), cli.join(","));
   },
 });
+
+Deno.test({
+  name:
+    "the playbook fails a host whose start guard install is refused with the refusal's own line",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-hook-" });
+    try {
+      await bundleAsTask(dir);
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      // A state directory another user could change: hook install refuses it.
+      await Deno.mkdir(`${dir}/open`);
+      await Deno.chmod(`${dir}/open`, 0o777);
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const { code, out } = await run("ansible-playbook", [
+        "-i",
+        `${dir}/hosts`,
+        PLAYBOOK,
+        "-e",
+        JSON.stringify({
+          passthrough_config: `${dir}/config.yaml`,
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_hooks_dir: `${dir}/hooks`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+          passthrough_state_dir: `${dir}/open/state`,
+          passthrough_connect: "test:///default",
+        }),
+      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      assertEquals(code, 2, out);
+      assertEquals(taskStatus(out, "Passthrough start guard failed"), "fatal", out);
+      assertMatch(
+        taskOutput(out, "Passthrough start guard failed"),
+        /"msg": "passthrough hook: Refusing to install the start guard: [^"]*is writable by anyone/,
+      );
+      assertEquals(out.includes("non-zero return code"), false, out);
+      // Nothing is applied after the refusal.
+      assertEquals(taskOutput(out, "Passthrough apply"), "");
+      assertMatch(out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
