@@ -28,7 +28,12 @@ def terminal_safe(value):
 
 
 def _report(output):
-    """passthrough's JSON report from a run's stdout (or already decoded), else {}."""
+    """
+    passthrough's JSON report from a run's stdout (or already decoded), else {}. The playbook
+    decodes reports with this, not from_json on a variable holding the stdout: Ansible turns a
+    variable's text that reads as a Python literal (a JSON report without true, false or null,
+    such as `{"error": {...}}`) into a dict, on which the text's tests fail.
+    """
     if isinstance(output, str):
         try:
             output = json.loads(output) if output.startswith("{") else {}
@@ -72,4 +77,5 @@ class FilterModule(object):
         return {
             "passthrough_terminal_safe": terminal_safe,
             "passthrough_diffs": passthrough_diffs,
+            "passthrough_report": _report,
         }

@@ -473,7 +473,7 @@ print(",".join(str(c) for c in range(0x3000) if f.terminal_safe(chr(c)) != chr(c
 
 Deno.test({
   name:
-    "the playbook fails a host whose start guard install is refused with the refusal's own line",
+    "the playbook fails a host with the tool's own words: a refused start guard install, an unreachable libvirt (once), a bad config (located)",
   ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-hook-" });
@@ -513,6 +513,55 @@ Deno.test({
       // Nothing is applied after the refusal.
       assertEquals(taskOutput(out, "Passthrough apply"), "");
       assertMatch(out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
+
+      // An apply whose libvirt cannot be reached fails with its own one line (its JSON report's
+      // error), once: no second run repeats it.
+      const gone = await run("ansible-playbook", [
+        "-i",
+        `${dir}/hosts`,
+        PLAYBOOK,
+        "-e",
+        JSON.stringify({
+          passthrough_config: `${dir}/config.yaml`,
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_hooks_dir: `${dir}/hooks`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+          passthrough_state_dir: `${dir}/state`,
+          passthrough_connect: `qemu+unix:///system?socket=${dir}/no-libvirtd`,
+        }),
+      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      assertEquals(gone.code, 2, gone.out);
+      assertEquals(taskStatus(gone.out, "Passthrough apply"), "fatal", gone.out);
+      assertEquals(taskStatus(gone.out, "Passthrough refusals"), "skipping", gone.out);
+      assertMatch(
+        taskOutput(gone.out, "Passthrough failed"),
+        /"msg": \["Cannot connect to libvirt at \\"qemu\+unix:[^"]*no-libvirtd\\" \(--connect\)[^"]*"\]/,
+      );
+      // A bad config: its error, then each problem where it is.
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms:\n  x:\n    devices: 5\n");
+      const bad = await run("ansible-playbook", [
+        "-i",
+        `${dir}/hosts`,
+        PLAYBOOK,
+        "-e",
+        JSON.stringify({
+          passthrough_config: `${dir}/config.yaml`,
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_hooks_dir: `${dir}/hooks`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+          passthrough_state_dir: `${dir}/state`,
+          passthrough_connect: "test:///default",
+        }),
+      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      assertEquals(bad.code, 2, bad.out);
+      assertMatch(
+        taskOutput(bad.out, "Passthrough failed"),
+        /"msg": \["Invalid config .*: 1 problem", "[^"]*passthrough_config\.yaml:4:14: Expected a list/,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
