@@ -567,3 +567,51 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "the playbook fails a host where the play is not root before copying anything, saying to use become",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0 || which("su") === null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-user-" });
+    // Ansible's files for a become user that is not root: a folder that user can create.
+    const remoteTmp = `${dir}-nobody`;
+    try {
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      await Deno.writeTextFile(`${dir}/passthrough.js`, "");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3 " +
+          'ansible_become=true ansible_become_method=su ansible_become_user=nobody ansible_become_flags="-s /bin/sh"\n',
+      );
+      const { code, out } = await run("ansible-playbook", [
+        "-i",
+        `${dir}/hosts`,
+        PLAYBOOK,
+        "-e",
+        JSON.stringify({
+          passthrough_config: `${dir}/config.yaml`,
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+        }),
+      ], {
+        ANSIBLE_NOCOLOR: "1",
+        ANSIBLE_FORCE_COLOR: "0",
+        ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
+        ANSIBLE_REMOTE_TEMP: remoteTmp,
+      });
+      assertEquals(code, 2, out);
+      assertEquals(taskStatus(out, "Passthrough root check"), "fatal", out);
+      assertMatch(
+        taskOutput(out, "Passthrough root check"),
+        /"msg": "the play runs as UID 65534 on this host, and passthrough must run as root there: run the playbook with become/,
+      );
+      assertEquals(await exists(`${dir}/remote`), false);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(remoteTmp, { recursive: true }).catch(() => {});
+    }
+  },
+});
