@@ -58,6 +58,7 @@ const OTHER_TOOLS = new Set([
   "check", // ansible-playbook --check
   "diff", // ansible-playbook --diff
   "forks", // ansible-playbook --forks
+  "limit", // ansible-playbook --limit
   "all", // virsh list --all
   "live", // virsh detach-device --live (and apply --live)
   "settle", // udevadm trigger --settle
