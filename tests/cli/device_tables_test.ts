@@ -11,6 +11,7 @@ import type { CliIo } from "../../cli/context.ts";
 import { main } from "../../main.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { configJsonSchemaText } from "../../lib/config/schema.ts";
+import { nvmeDescription } from "../../lib/testing/host_generator.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 
@@ -131,23 +132,11 @@ Deno.test("a dual-port NIC: subsystem, slot and NUMA filled in, its twin named",
 
 Deno.test("devices and groups show the serial of drives with the same IDs, which tells them apart", async () => {
   const tree = `${dir}/drives`;
-  const drive = (bdf: string, group: number, serial?: string) => ({
-    bdf,
-    group,
-    class: "0x010802",
-    vendor: "0x144d",
-    device: "0xa808",
-    subsystem_vendor: "0x144d",
-    subsystem_device: "0xa801",
-    driver: "nvme",
-    revision: null,
-    ...(serial === undefined ? {} : { serial }),
-  });
   buildHostTree({
     devices: [
-      drive("0000:03:00.0", 12, "00-25-38-b1-71-00-00-01"),
-      drive("0000:04:00.0", 13, "00-25-38-b1-71-00-00-02"),
-      { ...drive("0000:05:00.0", 14, "00-25-38-b1-71-00-00-03"), device: "0xa80a" },
+      nvmeDescription("0000:03:00.0", 12, { serial: "00-25-38-b1-71-00-00-01" }),
+      nvmeDescription("0000:04:00.0", 13, { serial: "00-25-38-b1-71-00-00-02" }),
+      nvmeDescription("0000:05:00.0", 14, { serial: "00-25-38-b1-71-00-00-03", device: "0xa80a" }),
     ],
   }, tree);
   const table = await run(["devices", "--sysfs", tree]);
