@@ -18,6 +18,7 @@ import { plantDeadLock } from "../helpers/locks.ts";
 import { hostdevXml } from "../helpers/plan_world.ts";
 import {
   BackupMismatchError,
+  type RollbackOptions,
   type RollbackPreview,
   type RollbackReport,
   rollbackVm,
@@ -143,6 +144,25 @@ const NO_DEVICES: DeviceResolvers = {
 /** Rolls alpha back to its newest backup, answering yes, with `devices` as this host's facts. */
 function rollAlpha(f: Fixture, devices: DeviceResolvers): Promise<RollbackReport> {
   return rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes, devices });
+}
+
+/** Rolls `vm` back to its newest backup with `extra` options, noting whether it asked first. */
+async function rollbackNotingQuestion(
+  f: Fixture,
+  vm: string,
+  extra: Partial<RollbackOptions> = {},
+): Promise<{ report: RollbackReport; asked: boolean }> {
+  let asked = false;
+  const report = await rollbackVm(vm, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    ...extra,
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  return { report, asked };
 }
 
 Deno.test("rollbackVm() restores the newest backup exactly and backs up what it replaces", async () => {
@@ -1078,15 +1098,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device another
   await addThenRelease(f, "alpha", GPU);
   await addHostdevs(f, "beta", [GPU]);
   const before = f.port.getPersistentXml("alpha", { secure: true });
-  let asked = false;
-  const rolled = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: () => {
-      asked = true;
-      return Promise.resolve(true);
-    },
-  });
+  const { report: rolled, asked } = await rollbackNotingQuestion(f, "alpha");
   assertEquals([rolled.status, rolled.code, asked], ["failed", "held-elsewhere", false]);
   assertMatch(
     rolled.message,
@@ -1105,15 +1117,8 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
   await addThenRelease(f, "alpha", GPU);
   await addHostdevs(f, "beta", [AUDIO]);
   const before = f.port.getPersistentXml("alpha", { secure: true });
-  let asked = false;
-  const rolled = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
+  const { report: rolled, asked } = await rollbackNotingQuestion(f, "alpha", {
     iommuGroupOf: (a) => a.startsWith("0000:01:00.") ? 5 : null,
-    confirm: () => {
-      asked = true;
-      return Promise.resolve(true);
-    },
   });
   assertEquals([rolled.status, rolled.code, asked], ["failed", "held-elsewhere", false]);
   assertEquals(
@@ -1266,15 +1271,7 @@ Deno.test("rollbackVm() of a VM renamed since its backup says so before asking, 
   const xml = f.port.getPersistentXml("alpha", { secure: true });
   undefine(f, "alpha");
   f.port.define(xml.replace("<name>alpha</name>", "<name>gamma</name>"));
-  let asked = false;
-  const report = await rollbackVm("alpha", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: () => {
-      asked = true;
-      return Promise.resolve(true);
-    },
-  });
+  const { report, asked } = await rollbackNotingQuestion(f, "alpha");
   assertEquals([report.status, report.code, report.safetyBackup, asked], [
     "failed",
     "renamed",
@@ -1313,15 +1310,7 @@ Deno.test("rollbackVm() refuses a transient domain, as apply does, and defines n
   using f = fixture();
   await addHostdevs(f, "beta", ["0000:01:00.0"]);
   undefine(f, "beta");
-  let asked = false;
-  const report = await rollbackVm("beta", {
-    libvirt: f.port,
-    stateDir: f.stateDir,
-    confirm: () => {
-      asked = true;
-      return Promise.resolve(true);
-    },
-  });
+  const { report, asked } = await rollbackNotingQuestion(f, "beta");
   assertEquals([report.status, report.code, report.safetyBackup, asked], [
     "failed",
     "transient",
