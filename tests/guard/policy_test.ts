@@ -43,8 +43,11 @@ function config(vmGuard: string | null, gpuGuard: string | null) {
   );
 }
 
-async function withTree(fn: (root: string, state: string) => void | Promise<void>) {
-  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+async function withTree(
+  fn: (root: string, state: string) => void | Promise<void>,
+  host = loadFixtureHost("x570-aorus-pro-wifi"),
+) {
+  await using tree = await tempHostTree(host);
   const state = await Deno.makeTempDir({ prefix: "passthrough-guard-policy-" });
   try {
     await fn(tree.dir, `${state}/state`);
@@ -52,6 +55,24 @@ async function withTree(fn: (root: string, state: string) => void | Promise<void
     await Deno.remove(state, { recursive: true });
   }
 }
+
+/** The X570 tree with its NVMe (01:00.0) holding the host's mounted root. */
+function mountedNvmeHost() {
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [
+    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+  ];
+  return host;
+}
+
+/** win11 holding that NVMe, recorded under rule "disk". */
+const DISK_XML = `<domain><name>win11</name>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`;
 
 /** One `prepare begin` of win11, given {@link XML} unless told another definition. */
 function run(root: string, stateDir: string, xml = XML) {
@@ -204,19 +225,6 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
 Deno.test("policy: a rule's off never lets the host's device go either when it is the recorded one", async () => {
   // The NVMe recorded under rule "disk" is still there, and the host has since mounted its root
   // on it: a rule's off (or warn) speaks for checking the identity, not for taking the host's disk.
-  const host = loadFixtureHost("x570-aorus-pro-wifi");
-  host.host_use = [
-    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
-  ];
-  await using tree = await tempHostTree(host);
-  const state = await Deno.makeTempDir({ prefix: "passthrough-guard-needed-" });
-  const xml = `<domain><name>win11</name>
-  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
-    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
-  </pt:hostdevs></metadata>
-  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
-    <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
-  </hostdev></devices></domain>`;
   const diskConfig = (vmGuard: string | null, diskGuard: string | null, allow = false) =>
     parseConfig(
       `version: 1\nvms:\n  win11:\n${vmGuard === null ? "" : `    guard: ${vmGuard}\n`}` +
@@ -225,10 +233,10 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
         (allow ? "        allow_host_critical: true\n" : ""),
       { file: "c.yaml" },
     );
-  try {
+  await withTree(async (root, state) => {
     const judged = async (vmGuard: string | null, diskGuard: string | null, allow = false) => {
-      recordPolicies(`${state}/state`, guardPolicies(diskConfig(vmGuard, diskGuard, allow)));
-      const result = await run(tree.dir, `${state}/state`, xml);
+      recordPolicies(state, guardPolicies(diskConfig(vmGuard, diskGuard, allow)));
+      const result = await run(root, state, DISK_XML);
       return [result.code, ...result.refusals.map((r) => `${r.kind} ${r.policy}`)];
     };
     assertEquals(await judged(null, null), [1, "host-needs enforce"]);
@@ -239,40 +247,25 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
     assertEquals(await judged(null, "off", true), [0]);
     assertEquals(await judged("off", "off"), [0]);
     assertEquals(await judged("off", null), [0]);
-  } finally {
-    await Deno.remove(state, { recursive: true });
-  }
+  }, mountedNvmeHost());
 });
 
 Deno.test("policy: a VM dropped from the config keeps its warn, never its off or allow_host_critical, for the host's device", async () => {
   // win11 had `guard: off`, or `allow_host_critical: true` on rule "disk"; the config now names
   // no VM, so the plan keeps its devices (vm-not-in-config) and apply keeps its policies: the
   // host has since mounted its root on the NVMe, and no written line gives it away any more.
-  const host = loadFixtureHost("x570-aorus-pro-wifi");
-  host.host_use = [
-    { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
-  ];
-  await using tree = await tempHostTree(host);
-  const state = await Deno.makeTempDir({ prefix: "passthrough-h159-dropped-" });
-  const xml = `<domain><name>win11</name>
-  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
-    <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
-  </pt:hostdevs></metadata>
-  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
-    <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
-  </hostdev></devices></domain>`;
   const empty = parseConfig("version: 1\nvms: {}\n", { file: "c.yaml" });
-  try {
+  await withTree(async (root, state) => {
     const judged = async (vmLine: string, ruleLine = "") => {
       const config = parseConfig(
         `version: 1\nvms:\n  win11:\n${vmLine}    devices:\n` +
           `      - name: disk\n        match: { vendor_id: 1cc1 }\n${ruleLine}`,
         { file: "c.yaml" },
       );
-      recordPolicies(`${state}/state`, guardPolicies(config));
-      const previous = readPolicyFile(`${state}/state`).file;
+      recordPolicies(state, guardPolicies(config));
+      const previous = readPolicyFile(state).file;
       recordPolicies(
-        `${state}/state`,
+        state,
         keepStricterRulePolicies(guardPolicies(empty), {
           config: empty,
           previous,
@@ -280,8 +273,8 @@ Deno.test("policy: a VM dropped from the config keeps its warn, never its off or
           kept: new Set(["win11"]),
         }),
       );
-      const { policy } = readVmPolicy(`${state}/state`, "win11");
-      const result = await run(tree.dir, `${state}/state`, xml);
+      const { policy } = readVmPolicy(state, "win11");
+      const result = await run(root, state, DISK_XML);
       return [
         policy.guard,
         policy.allowHostCritical ?? [],
@@ -298,9 +291,7 @@ Deno.test("policy: a VM dropped from the config keeps its warn, never its off or
     ]);
     // Its warn stays: a changed device would warn and start, as before (the host's never does).
     assertEquals(await judged("    guard: warn\n"), ["warn", [], 1, "host-needs enforce"]);
-  } finally {
-    await Deno.remove(state, { recursive: true });
-  }
+  }, mountedNvmeHost());
 });
 
 Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance lets it go once", async () => {
