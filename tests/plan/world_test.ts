@@ -184,21 +184,35 @@ Deno.test("readWorld() reads definitions on a read-only connection, which refuse
   );
 });
 
+/** A shut-off VM `name` on a fleet's host, defined as `xml` (with no devices unless told). */
+function fleetDomain(
+  name: string,
+  xml = `<domain><name>${name}</name><devices/></domain>`,
+): World["domains"][number] {
+  return { name, active: false, persistent: readDefinition(xml), live: null };
+}
+
+/** A fleet host's libvirt world of `domains`. */
+function fleetWorld(...domains: World["domains"]): World {
+  return { uri: "test:///fleet", domains };
+}
+
+/** A config for hosts hv1 and hv2 that gives win10 the GPU by a rule for hv1 only. */
+function gpuOnHv1() {
+  return parseConfig(
+    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    devices:\n" +
+      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv1\n",
+    { file: "fleet.yaml" },
+  );
+}
+
 Deno.test("a config shared by several hosts is refused until cut down to one host's section", () => {
   const fleet = parseConfig(
     "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    host: hv2\n    devices:\n" +
       "      - match: { vendor_device_id: 10de:1b06 }\n",
     { file: "fleet.yaml" },
   );
-  const world: World = {
-    uri: "test:///fleet",
-    domains: [{
-      name: "win10",
-      active: false,
-      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
-      live: null,
-    }],
-  };
+  const world = fleetWorld(fleetDomain("win10"));
   // hv1 would otherwise hand hv2's VM the GPU it has too.
   assertThrows(
     () => planWorld({ config: fleet, host: GPU_HOST, world }),
@@ -213,22 +227,10 @@ Deno.test("a config shared by several hosts is refused until cut down to one hos
 });
 
 Deno.test("configForHost() refuses a host hosts: does not declare, whose plan removed hostdevs", () => {
-  const fleet = parseConfig(
-    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    devices:\n" +
-      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv1\n",
-    { file: "fleet.yaml" },
-  );
+  const fleet = gpuOnHv1();
   // win10 as hv1 left it: with the GPU passthrough added.
   const onHv1 = configForHost(fleet, "hv1");
-  const world: World = {
-    uri: "test:///fleet",
-    domains: [{
-      name: "win10",
-      active: false,
-      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
-      live: null,
-    }],
-  };
+  const world = fleetWorld(fleetDomain("win10"));
   assertEquals(planWorld({ config: onHv1, host: GPU_HOST, world }).vms[0]?.add.length, 1);
   // "hvl" for "hv1": win10 was kept with no rule, a plan that removes what hv1 added.
   assertThrows(
@@ -265,20 +267,8 @@ Deno.test("planHostdevs() refuses a transient VM the config names, whose definit
 
 Deno.test("a VM planned on a host where none of its rules apply is planned with none: what passthrough added there is removed", () => {
   // docs/FLEET.md: the VM is kept (not dropped as vm-not-in-config, which would keep its devices).
-  const fleet = parseConfig(
-    "version: 1\nhosts: { hv1: {}, hv2: {} }\nvms:\n  win10:\n    devices:\n" +
-      "      - match: { vendor_device_id: 10de:1b06 }\n        host: hv1\n",
-    { file: "fleet.yaml" },
-  );
-  const empty: World = {
-    uri: "test:///fleet",
-    domains: [{
-      name: "win10",
-      active: false,
-      persistent: readDefinition("<domain><name>win10</name><devices/></domain>"),
-      live: null,
-    }],
-  };
+  const fleet = gpuOnHv1();
+  const empty = fleetWorld(fleetDomain("win10"));
   const [added] = planWorld({ config: configForHost(fleet, "hv1"), host: GPU_HOST, world: empty })
     .vms;
   assertEquals(added?.add.map((a) => a.address), ["0000:0b:00.0"]);
@@ -301,13 +291,7 @@ Deno.test("a VM moved to another host by hosts: is released here, and the refusa
         `  gentoo:\n    ${gentoo}\n    devices: []\n`,
       { file: "fleet.yaml" },
     );
-  const domain = (name: string, xml = `<domain><name>${name}</name><devices/></domain>`) => ({
-    name,
-    active: false,
-    persistent: readDefinition(xml),
-    live: null,
-  });
-  const empty: World = { uri: "test:///fleet", domains: [domain("win10"), domain("gentoo")] };
+  const empty = fleetWorld(fleetDomain("win10"), fleetDomain("gentoo"));
   const first = planWorld({
     config: configForHost(fleet("host: hv1", "host: hv1"), "hv1"),
     host: GPU_HOST,
@@ -317,7 +301,7 @@ Deno.test("a VM moved to another host by hosts: is released here, and the refusa
   assertEquals(added.add.map((a) => a.address), ["0000:0b:00.0"]);
   const applied: World = {
     ...empty,
-    domains: [domain("win10", added.desiredXml), domain("gentoo")],
+    domains: [fleetDomain("win10", added.desiredXml), fleetDomain("gentoo")],
   };
 
   // gentoo stays on hv1: win10, now hv2's, leaves hv1 with its device, and the plan says why.
