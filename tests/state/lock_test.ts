@@ -9,6 +9,7 @@ import {
 } from "../../lib/state/lock.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { canUnshareMounts, runInPrivateMounts } from "../helpers/cli.ts";
+import { DEAD_HOLDER, plantDeadLock } from "../helpers/locks.ts";
 
 const LOCK_MODULE = new URL("../../lib/state/lock.ts", import.meta.url).href;
 
@@ -116,15 +117,9 @@ Deno.test("the connection lock releases with using, so the next run gets the loc
 Deno.test("the connection lock breaks a stale lock left by a dead process and reports it", () => {
   const dir = tempDir();
   try {
-    const dead = {
-      pid: 999999,
-      host: "gone",
-      startedAt: "2026-01-01T00:00:00.000Z",
-      command: "apply",
-    };
-    Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
+    plantDeadLock(URI, dir);
     using lock = acquireLock(dir, { command: "apply" });
-    assertEquals(lock.brokeStale, dead);
+    assertEquals(lock.brokeStale, DEAD_HOLDER);
     assertEquals(JSON.parse(Deno.readTextFileSync(lockFile(dir))).pid, Deno.pid);
   } finally {
     Deno.removeSync(dir, { recursive: true });
@@ -139,13 +134,7 @@ function chattr(flags: string, path: string): boolean {
 Deno.test("the connection lock says to remove a stale lock it may not break (chattr +i)", async (t) => {
   const dir = tempDir();
   try {
-    const dead = {
-      pid: 999999,
-      host: "gone",
-      startedAt: "2026-01-01T00:00:00.000Z",
-      command: "apply",
-    };
-    Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
+    plantDeadLock(URI, dir);
     if (!chattr("+i", lockFile(dir))) {
       await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
       return;
@@ -220,20 +209,14 @@ Deno.test("the connection lock reports a lock taken while it looked at a stale o
   // process sees a file other than the one it looked at: held, not an error about the directory.
   const dir = tempDir();
   const path = lockFile(dir);
-  const stale = {
-    pid: 999999,
-    host: "gone",
-    startedAt: "2026-01-01T00:00:00.000Z",
-    command: "apply",
-  };
-  Deno.writeTextFileSync(path, JSON.stringify(stale), { mode: 0o600 });
+  plantDeadLock(URI, dir);
   const lstat = Deno.lstatSync;
   let winner: Deno.FsFile | null = null;
   Deno.lstatSync = (p: string | URL) => {
     const info = lstat(p);
     if (p === path && winner === null) {
       // As the lock itself is taken: written aside (another inode), locked, then linked.
-      const taken = { ...stale, pid: Deno.pid, host: "racer" };
+      const taken = { ...DEAD_HOLDER, pid: Deno.pid, host: "racer" };
       Deno.writeTextFileSync(`${path}.racer`, JSON.stringify(taken), { mode: 0o600 });
       winner = Deno.openSync(`${path}.racer`, { read: true, write: true });
       assertOk(winner.tryLockSync(true));
@@ -255,13 +238,7 @@ Deno.test("the connection lock reports a lock taken while it looked at a stale o
 
 Deno.test("the connection lock lets exactly one of many racing processes break a stale lock", async () => {
   const dir = tempDir();
-  const dead = {
-    pid: 999999,
-    host: "gone",
-    startedAt: "2026-01-01T00:00:00.000Z",
-    command: "apply",
-  };
-  Deno.writeTextFileSync(lockFile(dir), JSON.stringify(dead), { mode: 0o600 });
+  plantDeadLock(URI, dir);
   const code = `
     import { acquireConnectionLock, LockHeldError } from ${JSON.stringify(LOCK_MODULE)};
     while (true) { try { Deno.statSync(${
