@@ -690,22 +690,29 @@ Deno.test("a repair says where a card went when the VM names that address alread
   });
 });
 
+/** A Renesas 1912:0014 USB 3 controller at `bdf`, alone in IOMMU group `group`. */
+function usbController(bdf: string, group: number): HostDeviceDescription {
+  return dev({
+    bdf,
+    group,
+    class: "0x0c0330",
+    vendor: "0x1912",
+    device: "0x0014",
+    subsystem_vendor: "0x1912",
+    subsystem_device: "0x0014",
+    driver: "xhci_hcd",
+  });
+}
+
 Deno.test("a rule naming its device by address alone is refused when another device sits there now, and the repair removes the hostdev", async () => {
-  const usb = (bdf: string) =>
-    dev({
-      bdf,
-      group: bdf === "0000:07:00.0" ? 7 : 8,
-      class: "0x0c0330",
-      vendor: "0x1912",
-      device: "0x0014",
-      subsystem_vendor: "0x1912",
-      subsystem_device: "0x0014",
-      driver: "xhci_hcd",
-    });
   const rules = config(
     '  win10:\n    devices:\n      - name: usb\n        match: { address: "0000:08:00.0" }\n',
   );
-  const before = await treeHost([...baseDevices(), usb("0000:07:00.0"), usb("0000:08:00.0")]);
+  const before = await treeHost([
+    ...baseDevices(),
+    usbController("0000:07:00.0", 7),
+    usbController("0000:08:00.0", 8),
+  ]);
   // The controller at 08:00.0 gave way to a NIC: the address alone cannot tell.
   const nic = dev({
     bdf: "0000:08:00.0",
@@ -716,12 +723,16 @@ Deno.test("a rule naming its device by address alone is refused when another dev
     subsystem_device: "0x0001",
     driver: "igb",
   });
-  const after = await treeHost([...baseDevices(), usb("0000:07:00.0"), nic]);
-  const same = await treeHost([...baseDevices(), usb("0000:07:00.0"), usb("0000:08:00.0")]);
+  const after = await treeHost([...baseDevices(), usbController("0000:07:00.0", 7), nic]);
+  const same = await treeHost([
+    ...baseDevices(),
+    usbController("0000:07:00.0", 7),
+    usbController("0000:08:00.0", 8),
+  ]);
   const withSerial = await treeHost([
     ...baseDevices(),
-    usb("0000:07:00.0"),
-    { ...usb("0000:08:00.0"), serial: "00-11-22-ff-ff-33-44-66" },
+    usbController("0000:07:00.0", 7),
+    { ...usbController("0000:08:00.0", 8), serial: "00-11-22-ff-ff-33-44-66" },
   ]);
   await withPort([WIN10], (libvirt) => {
     libvirt.define(
@@ -747,25 +758,18 @@ Deno.test("a rule naming its device by address alone is refused when another dev
 });
 
 Deno.test("a repair does not say a removed card went to its twin that the VM holds at its own recorded address", async () => {
-  const usb = (bdf: string, group: number) =>
-    dev({
-      bdf,
-      group,
-      class: "0x0c0330",
-      vendor: "0x1912",
-      device: "0x0014",
-      subsystem_vendor: "0x1912",
-      subsystem_device: "0x0014",
-      driver: "xhci_hcd",
-    });
   const rules = config(
     "  win10:\n    devices:\n" +
       '      - name: a\n        match: { vendor_device_id: "1912:0014", address: "07:00.0" }\n' +
       '      - name: b\n        match: { vendor_device_id: "1912:0014", address: "08:00.0" }\n',
   );
-  const before = await treeHost([...baseDevices(), usb("0000:07:00.0", 7), usb("0000:08:00.0", 8)]);
+  const before = await treeHost([
+    ...baseDevices(),
+    usbController("0000:07:00.0", 7),
+    usbController("0000:08:00.0", 8),
+  ]);
   // The controller at 08:00.0 was pulled; its twin at 07:00.0 is rule a's, recorded there.
-  const after = await treeHost([...baseDevices(), usb("0000:07:00.0", 7)]);
+  const after = await treeHost([...baseDevices(), usbController("0000:07:00.0", 7)]);
   await withPort([WIN10], (libvirt) => {
     libvirt.define(
       vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
