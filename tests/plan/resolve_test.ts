@@ -162,34 +162,44 @@ Deno.test("resolveConfig(): a default rule matching two cards of one IOMMU group
   assertMatch(narrowed.errors[0]!.message, /0000:06:00\.0 \(USB controller in another slot\)/);
 });
 
+/** The GPU and its audio function on bus `bus`, in slot `slot` and IOMMU group `group`, no serial. */
+function gpuInSlot(slot: string, bus: string, group: number) {
+  return [GPU, GPU_AUDIO].map((d) => ({
+    ...d,
+    bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
+    group,
+    slot,
+    serial: null,
+    flr: true,
+  }));
+}
+
+/** win10 taking the 10de:2684 GPU as rule "gpu", with `extra` match keys after the IDs. */
+function gpuRule(extra: string) {
+  return config(
+    `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684"${extra} }\n`,
+  );
+}
+
 Deno.test("planHostdevs(): a second card like the one a rule took says which key keeps the VM's own, and that key plans no change", async () => {
-  const inSlot = (slot: string, bus: string, group: number) =>
-    [GPU, GPU_AUDIO].map((d) => ({
-      ...d,
-      bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
-      group,
-      slot,
-      serial: null,
-      flr: true,
-    }));
-  const before = host([...baseDevices(), ...inSlot("PCIE1", "01", 1)]);
-  const after = host([...baseDevices(), ...inSlot("PCIE1", "01", 1), ...inSlot("PCIE2", "0b", 7)]);
-  const rule = (extra: string) =>
-    config(
-      `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684"${extra} }\n`,
-    );
+  const before = host([...baseDevices(), ...gpuInSlot("PCIE1", "01", 1)]);
+  const after = host([
+    ...baseDevices(),
+    ...gpuInSlot("PCIE1", "01", 1),
+    ...gpuInSlot("PCIE2", "0b", 7),
+  ]);
   await withPort([WIN10], (libvirt) => {
     libvirt.define(
-      vmOf(planHostdevs({ config: rule(""), host: before, libvirt }), "win10").desiredXml,
+      vmOf(planHostdevs({ config: gpuRule(""), host: before, libvirt }), "win10").desiredXml,
     );
-    const vm = vmOf(planHostdevs({ config: rule(""), host: after, libvirt }), "win10");
+    const vm = vmOf(planHostdevs({ config: gpuRule(""), host: after, libvirt }), "win10");
     assertEquals(vm.errors.map((e) => e.code), ["ambiguous"]);
     assertMatch(
       vm.errors[0]!.message,
       /; "win10" holds 0000:01:00\.0 now: add slot: "PCIE1" to the rule to keep it$/,
     );
     const kept = vmOf(
-      planHostdevs({ config: rule(', slot: "PCIE1"'), host: after, libvirt }),
+      planHostdevs({ config: gpuRule(', slot: "PCIE1"'), host: after, libvirt }),
       "win10",
     );
     assertEquals([kept.errors, kept.changed], [[], false]);
@@ -198,30 +208,24 @@ Deno.test("planHostdevs(): a second card like the one a rule took says which key
 
 Deno.test("planHostdevs(): the slot key that keeps the VM's card is YAML that reads back as its slot, quotes and backslashes included", async () => {
   for (const slot of ['SLOT "6"', "C:\\6"]) {
-    const inSlot = (name: string, bus: string, group: number) =>
-      [GPU, GPU_AUDIO].map((d) => ({
-        ...d,
-        bdf: d.bdf.replace("0000:01:", `0000:${bus}:`),
-        group,
-        slot: name,
-        serial: null,
-        flr: true,
-      }));
-    const before = host([...baseDevices(), ...inSlot(slot, "01", 1)]);
-    const after = host([...baseDevices(), ...inSlot(slot, "01", 1), ...inSlot("PCIE2", "0b", 7)]);
-    const rule = (extra: string) =>
-      config(
-        `  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684"${extra} }\n`,
-      );
+    const before = host([...baseDevices(), ...gpuInSlot(slot, "01", 1)]);
+    const after = host([
+      ...baseDevices(),
+      ...gpuInSlot(slot, "01", 1),
+      ...gpuInSlot("PCIE2", "0b", 7),
+    ]);
     await withPort([WIN10], (libvirt) => {
       libvirt.define(
-        vmOf(planHostdevs({ config: rule(""), host: before, libvirt }), "win10").desiredXml,
+        vmOf(planHostdevs({ config: gpuRule(""), host: before, libvirt }), "win10").desiredXml,
       );
-      const vm = vmOf(planHostdevs({ config: rule(""), host: after, libvirt }), "win10");
+      const vm = vmOf(planHostdevs({ config: gpuRule(""), host: after, libvirt }), "win10");
       const key = /now: add (.*) to the rule to keep it$/.exec(vm.errors[0]?.message ?? "")?.[1];
       assertMatch(key ?? "", /^slot: /);
       // Before: `slot: "SLOT "6""`, which the config refused as YAML (and `"C:\6"` too).
-      const kept = vmOf(planHostdevs({ config: rule(`, ${key}`), host: after, libvirt }), "win10");
+      const kept = vmOf(
+        planHostdevs({ config: gpuRule(`, ${key}`), host: after, libvirt }),
+        "win10",
+      );
       assertEquals([kept.errors, kept.changed], [[], false]);
     });
   }
