@@ -92,6 +92,40 @@ async function scene(): Promise<Scene> {
   };
 }
 
+/** {@link CONFIG} with win10's guard turned to warn. */
+const WARN_WIN10 = CONFIG.replace("  win10:\n", "  win10:\n    guard: warn\n");
+
+/** A config that names gentoo alone. */
+const GENTOO_ONLY =
+  'version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_id: "1002", device_id: "67df" }\n        name: rx580\n';
+
+/** win10's PCI hostdevs, and the guard policy its next start would have. */
+function win10Guarded(s: Scene): [string[], string] {
+  return [pciSources(s.xml("win10")), readVmPolicy(s.stateDir, "win10").policy.guard];
+}
+
+/** Writes `config` as the scene's config file and runs `apply --yes` over it with `more` flags. */
+async function applyConfig(s: Scene, config: string, ...more: string[]) {
+  await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config);
+  return await runCli(["apply", "--yes", ...s.args, ...more], {
+    env: { PASSTHROUGH_STATE_DIR: s.stateDir },
+  });
+}
+
+/** {@link applyConfig}, which must succeed. */
+async function appliedConfig(s: Scene, config: string, ...more: string[]) {
+  const result = await applyConfig(s, config, ...more);
+  assertEquals(result.code, 0, result.stderr + result.stdout);
+  return result;
+}
+
+/** The rule win10's GPU record names, and the policy the start guard applies to it by that rule. */
+function gpuPolicy(s: Scene) {
+  const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
+  const { policy } = readVmPolicy(s.stateDir, "win10");
+  return [rules[0], policyFor(policy, rules[0]!)];
+}
+
 function pciSources(xml: string): string[] {
   return parseDomainXml(xml).hostdevs.map((h) => h.address);
 }
@@ -439,32 +473,17 @@ vms:
       - name: rx580
         match: { vendor_id: "1002", device_id: "67df" }
 `;
-    const apply = async (...more: string[]) => {
-      const result = await runCli(["apply", "--yes", ...s.args, ...more], {
-        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
-      });
-      assertEquals(result.code, 0, result.stderr + result.stdout);
-      return result;
-    };
-    /** The policy the start guard applies to win10's GPU, by the rule its record names. */
-    const gpuPolicy = () => {
-      const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
-      const { policy } = readVmPolicy(s.stateDir, "win10");
-      return [rules[0], policyFor(policy, rules[0]!)];
-    };
-    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config("gtx1080"));
-    await apply();
-    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    await appliedConfig(s, config("gtx1080"));
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
     // Renamed, and only gentoo applied: win10's records still name "gtx1080".
-    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config("gpu"));
-    const limited = await apply("--vm", "gentoo");
-    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    const limited = await appliedConfig(s, config("gpu"), "--vm", "gentoo");
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
     assertMatch(limited.stdout, /"win10" warn, rule "gpu" enforce, rule "gtx1080" enforce/);
 
     // win10 applied: its records name "gpu", and the old name's policy is gone.
-    await apply();
-    assertEquals(gpuPolicy(), ["gpu", "enforce"]);
+    await appliedConfig(s, config("gpu"));
+    assertEquals(gpuPolicy(s), ["gpu", "enforce"]);
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, { gpu: "enforce" });
   },
 });
@@ -475,30 +494,18 @@ Deno.test({
   ignore: unavailable !== null,
   async fn() {
     await using s = await scene();
-    const apply = async (config: string) => {
-      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config);
-      return await runCli(["apply", "--yes", ...s.args], {
-        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
-      });
-    };
-    const warnWin10 = CONFIG.replace("  win10:\n", "  win10:\n    guard: warn\n");
-    assertEquals((await apply(warnWin10)).code, 0);
+    await appliedConfig(s, WARN_WIN10);
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
 
     // Emptied: refused, nothing released, so the guard judges win10's GPU as before.
-    const emptied = await apply("version: 1\nvms: {}\n");
+    const emptied = await applyConfig(s, "version: 1\nvms: {}\n");
     assertEquals(emptied.code, 1, emptied.stderr + emptied.stdout);
     assertMatch(emptied.stdout, /refused \[vm-not-in-config\] VM "win10"/);
-    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
-    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
+    assertEquals(win10Guarded(s), [["0000:21:00.0", "0000:21:00.1"], "warn"]);
 
     // Released (another VM named): its devices and its policies go.
-    const released = await apply(
-      'version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_id: "1002", device_id: "67df" }\n        name: rx580\n',
-    );
-    assertEquals(released.code, 0, released.stderr + released.stdout);
-    assertEquals(pciSources(s.xml("win10")), []);
-    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+    await appliedConfig(s, GENTOO_ONLY);
+    assertEquals(win10Guarded(s), [[], "enforce"]);
   },
 });
 
@@ -508,28 +515,15 @@ Deno.test({
   ignore: unavailable !== null,
   async fn() {
     await using s = await scene();
-    const apply = async (config: string, ...more: string[]) => {
-      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, config);
-      return await runCli(["apply", ...s.args, ...more], {
-        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
-      });
-    };
-    const warnWin10 = CONFIG.replace("  win10:\n", "  win10:\n    guard: warn\n");
-    assertEquals((await apply(warnWin10, "--yes")).code, 0);
-    const gentooOnly =
-      'version: 1\nvms:\n  gentoo:\n    devices:\n      - match: { vendor_id: "1002", device_id: "67df" }\n        name: rx580\n';
+    await appliedConfig(s, WARN_WIN10);
 
     // --vm gentoo: win10 is not planned, so its devices stay, and so does its policy.
-    const limited = await apply(gentooOnly, "--yes", "--vm", "gentoo");
-    assertEquals(limited.code, 0, limited.stderr + limited.stdout);
-    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
-    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "warn");
+    await appliedConfig(s, GENTOO_ONLY, "--vm", "gentoo");
+    assertEquals(win10Guarded(s), [["0000:21:00.0", "0000:21:00.1"], "warn"]);
 
     // Every VM planned: win10's devices are released, and its policy goes with them.
-    const released = await apply(gentooOnly, "--yes");
-    assertEquals(released.code, 0, released.stderr + released.stdout);
-    assertEquals(pciSources(s.xml("win10")), []);
-    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+    await appliedConfig(s, GENTOO_ONLY);
+    assertEquals(win10Guarded(s), [[], "enforce"]);
   },
 });
 
@@ -552,31 +546,18 @@ ${vmGuard}    devices:
       - name: rx580
         match: { vendor_id: "1002", device_id: "67df" }
 `;
-    const apply = async (text: string, ...more: string[]) => {
-      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, text);
-      const result = await runCli(["apply", "--yes", ...s.args, ...more], {
-        env: { PASSTHROUGH_STATE_DIR: s.stateDir },
-      });
-      assertEquals(result.code, 0, result.stderr + result.stdout);
-    };
-    /** The policy the start guard applies to win10's GPU, by the rule its record names. */
-    const gpuPolicy = () => {
-      const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
-      const { policy } = readVmPolicy(s.stateDir, "win10");
-      return [rules[0], policyFor(policy, rules[0]!)];
-    };
     // win10 enforces (no file entry at all): its GPU is enforced as rule "gtx1080"'s.
-    await apply(config("", "gtx1080"));
-    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    await appliedConfig(s, config("", "gtx1080"));
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
     // Renamed "gpu", still enforce, in a VM now warn; only gentoo applied: the record still
     // names "gtx1080", which had the VM's enforce.
-    await apply(config("    guard: warn\n", "gpu"), "--vm", "gentoo");
-    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    await appliedConfig(s, config("    guard: warn\n", "gpu"), "--vm", "gentoo");
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
     // Renamed again before win10 is applied: "gpu" was never recorded, and is not kept.
-    await apply(config("    guard: warn\n", "graphics"), "--vm", "gentoo");
-    assertEquals(gpuPolicy(), ["gtx1080", "enforce"]);
+    await appliedConfig(s, config("    guard: warn\n", "graphics"), "--vm", "gentoo");
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, {
       graphics: "enforce",
       gtx1080: "enforce",
