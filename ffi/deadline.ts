@@ -27,9 +27,9 @@ import { terminalSafe } from "../lib/render/terminal.ts";
 
 /**
  * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime` and
- * `timer_gettime`, five calls per libvirt call, get Deno's compiled fast call (about 0.3 µs a call instead of 7); the others run
- * once or twice, and their results, declared as a struct of the one integer or pointer (returned
- * in the same register), spare the compilation (see `libc.ts`).
+ * `timer_gettime`, five calls per libvirt call, get Deno's compiled fast call; the others run once
+ * or twice, and their results, declared as a struct of the one integer or pointer (returned in the
+ * same register), spare the compilation (see `libc.ts`).
  */
 const WATCHDOG_SYMBOLS = {
   // int timer_create(clockid_t clockid, struct sigevent *sevp, timer_t *timerid);
