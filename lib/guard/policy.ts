@@ -105,8 +105,9 @@ export function guardPolicies(config: Config): GuardPolicyFile {
  * in it, only these names are kept, each with the policy the previous file gave it (a name it
  * did not list had its VM's, `enforce` without a file), so a rule `enforce` only by its VM's
  * default keeps it too, and names no record holds (renamed twice before its VM was applied) do
- * not pile up. Never laxer than `file`; an entry no record may still name is dropped once its VM
- * is settled.
+ * not pile up. A recorded name the config still has (perhaps given to a new rule) keeps the
+ * stricter of its previous and new policies, and `allow_host_critical` only where both gave it.
+ * Never laxer than `file`; an entry no record may still name is dropped once its VM is settled.
  * A VM the config no longer names whose devices stay (`kept`: refused `vm-not-in-config`, its
  * release declined or undone, or left out by `--vm`) keeps its previous policies, as its
  * definition stays, but not what lets a start take a device the host needs (see {@link droppedVmPolicy}):
@@ -166,12 +167,23 @@ export function keepStricterRulePolicies(
       ? (previous === null ? [] : Object.entries(before.rules))
       : names.map((rule) => [rule, policyFor(before, rule)]);
     const now = Object.hasOwn(vms, vm.name) ? vms[vm.name]! : ENFORCE;
-    const rules = new Set(vm.rules.map((rule) => rule.name));
+    // A recorded name the config still has may now be another rule's (renamed, its old name
+    // given to a new rule): until the VM is applied it keeps the stricter of both policies, and
+    // allow_host_critical only where the previous file granted it too.
     const kept = old.filter(([rule, policy]) =>
-      !rules.has(rule) && POLICIES.indexOf(policy) < POLICIES.indexOf(now.guard)
+      POLICIES.indexOf(policy) < POLICIES.indexOf(policyFor(now, rule))
     );
-    if (kept.length === 0) continue;
-    vms[vm.name] = { ...now, rules: { ...now.rules, ...Object.fromEntries(kept) } };
+    const granted = now.allowHostCritical?.filter((rule) =>
+      (names !== undefined && !names.includes(rule)) ||
+      (before.allowHostCritical ?? []).includes(rule)
+    );
+    if (kept.length === 0 && granted?.length === now.allowHostCritical?.length) continue;
+    const rules = { ...now.rules, ...Object.fromEntries(kept) };
+    if (granted !== undefined && granted.length > 0) {
+      vms[vm.name] = { guard: now.guard, rules, allowHostCritical: granted };
+    } else if (now.guard !== "enforce" || Object.keys(rules).length > 0) {
+      vms[vm.name] = { guard: now.guard, rules };
+    } else delete vms[vm.name]; // All default once the grant waits: as a VM the file omits.
   }
   return { ...file, vms };
 }

@@ -564,3 +564,24 @@ ${vmGuard}    devices:
     });
   },
 });
+
+Deno.test({
+  name:
+    "a rule's guard loosened waits for its VM to be applied (--vm naming another keeps enforce), and a plain apply settles it",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    await appliedConfig(s, CONFIG);
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
+    const loosened = CONFIG.replace(
+      '"10de:1b80" }\n',
+      '"10de:1b80" }\n        guard: warn\n',
+    );
+    // win10 not applied: its record's name may now be another rule's, so it stays strict.
+    await appliedConfig(s, loosened, "--vm", "gentoo");
+    assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
+    // A change of policy alone plans no change for win10: applied, its warn holds.
+    await appliedConfig(s, loosened);
+    assertEquals(gpuPolicy(s), ["gtx1080", "warn"]);
+  },
+});

@@ -703,3 +703,79 @@ Deno.test("policy: what the check cannot read is refused under warn, off rules a
     assertEquals((await start(root, state)).code, 0);
   });
 });
+
+Deno.test("policy: a renamed rule's old name taken by a new rule keeps the old rule's guard for its records until the VM is applied", async () => {
+  // win11's records name "gpu" (the replaced GPU) and "disk" (the NVMe the host has since
+  // mounted). The config renames both rules and gives their old names to new rules for other
+  // devices, one `off`, one `allow_host_critical`; win11 is not applied (--vm, declined), so
+  // its records still name "gpu" and "disk": neither rule's new line speaks for those devices.
+  const renamed = (extra: string) =>
+    parseConfig(
+      "version: 1\nvms:\n  win11:\n    devices:\n" +
+        "      - { name: nvidia, match: { vendor_id: 10de } }\n" +
+        "      - { name: nvme, match: { vendor_id: 1cc1 } }\n" + extra,
+      { file: "c.yaml" },
+    );
+  const judged = async (root: string, state: string, extra: string, xml: string) => {
+    const before = parseConfig(
+      "version: 1\nvms:\n  win11:\n    devices:\n" +
+        "      - { name: gpu, match: { vendor_id: 10de } }\n" +
+        "      - { name: disk, match: { vendor_id: 1cc1 } }\n",
+      { file: "c.yaml" },
+    );
+    recordPolicies(state, guardPolicies(before));
+    const config = renamed(extra);
+    recordPolicies(
+      state,
+      keepStricterRulePolicies(guardPolicies(config), {
+        config,
+        previous: readPolicyFile(state).file,
+        settled: new Set(),
+        recorded: new Map([["win11", ["gpu", "disk"]]]),
+      }),
+    );
+    const result = await run(root, state, xml);
+    return [result.code, ...result.refusals.map((r) => `${r.kind} ${r.policy}`)];
+  };
+  await withTree(async (root, state) => {
+    assertEquals(
+      await judged(
+        root,
+        state,
+        "      - { name: gpu, match: { vendor_id: 8086 }, guard: off }\n",
+        XML,
+      ),
+      [1, "replaced enforce", "missing enforce"],
+    );
+  });
+  await withTree(async (root, state) => {
+    assertEquals(
+      await judged(
+        root,
+        state,
+        "      - { name: disk, match: { vendor_id: 8086 }, allow_host_critical: true }\n",
+        DISK_XML,
+      ),
+      [1, "host-needs enforce"],
+    );
+  }, mountedNvmeHost());
+});
+
+Deno.test("keepStricterRulePolicies() leaves out a VM that is all enforce once its new allow_host_critical waits", () => {
+  const config = parseConfig(
+    "version: 1\nvms:\n  win11:\n    devices:\n" +
+      "      - { name: disk, match: { vendor_id: 1cc1 }, allow_host_critical: true }\n",
+    { file: "c.yaml" },
+  );
+  const kept = (settled: string[]) =>
+    keepStricterRulePolicies(guardPolicies(config), {
+      config,
+      previous: null,
+      settled: new Set(settled),
+      recorded: new Map([["win11", ["disk"]]]),
+    }).vms;
+  assertEquals(kept([]), {});
+  assertEquals(kept(["win11"]), {
+    win11: { guard: "enforce", rules: {}, allowHostCritical: ["disk"] },
+  });
+});
