@@ -585,3 +585,24 @@ Deno.test({
     assertEquals(gpuPolicy(s), ["gtx1080", "warn"]);
   },
 });
+
+Deno.test({
+  name:
+    "a VM dropped from the config whose release is declined keeps its devices and its guard policies, its off as warn",
+  ignore: unavailable !== null,
+  async fn() {
+    await using s = await scene();
+    await appliedConfig(s, CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n"));
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "off");
+
+    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, GENTOO_ONLY);
+    {
+      await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+      await pty.waitFor(/Apply the changes to "win10"\?/);
+      await pty.type("n\n");
+      const { code, screen } = await pty.finish();
+      assertEquals(code, 0, screen);
+    }
+    assertEquals(win10Guarded(s), [["0000:21:00.0", "0000:21:00.1"], "warn"]);
+  },
+});
