@@ -327,6 +327,11 @@ vms:
       const drift = await playbook(good, ["--check"]);
       assertEquals(drift.code, 0, drift.out);
       assertMatch(drift.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
+      // A start guard gone from the host is one a real run installs again: --check says so.
+      await Deno.remove(`${dir}/hooks/50-passthrough-guard`);
+      const unguarded = await playbook(good, ["--check"]);
+      assertEquals(unguarded.code, 0, unguarded.out);
+      assertMatch(unguarded.out, /localhost\s+: ok=\d+\s+changed=[1-9]/, unguarded.out);
       // A config changed on the controller is reported as a copy --check would make.
       await Deno.writeTextFile(good, `${await Deno.readTextFile(good)}# edited\n`);
       const edited = await playbook(good, ["--check"]);
