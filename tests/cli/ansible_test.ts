@@ -611,7 +611,8 @@ Deno.test({
       assertEquals(taskStatus(out, "Passthrough root check"), "fatal", out);
       assertMatch(
         taskOutput(out, "Passthrough root check"),
-        /"msg": "the play runs as UID 65534 on this host, and passthrough must run as root there: run the playbook with become/,
+        // become is on here: the message names the become user to change, not become alone.
+        /"msg": "the play runs as UID 65534 on this host, and passthrough must run as root there: run the playbook with become as root \(-b, or become: true for these hosts, with become_user root, the default\) or log in as root"/,
       );
       assertEquals(await exists(`${dir}/remote`), false);
     } finally {
