@@ -492,22 +492,25 @@ Deno.test({
         `${dir}/hosts`,
         "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
       );
-      const { code, out } = await run("ansible-playbook", [
-        "-i",
-        `${dir}/hosts`,
-        PLAYBOOK,
-        "-e",
-        JSON.stringify({
-          passthrough_config: `${dir}/config.yaml`,
-          passthrough_bundle: `${dir}/passthrough.js`,
-          passthrough_guard: `${dir}/hook`,
-          passthrough_hooks_dir: `${dir}/hooks`,
-          passthrough_deno: Deno.execPath(),
-          passthrough_dir: `${dir}/remote`,
-          passthrough_state_dir: `${dir}/open/state`,
-          passthrough_connect: "test:///default",
-        }),
-      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      // The playbook on this host with a state directory and a libvirt of the test's choosing.
+      const playbook = (stateDir: string, connect = "test:///default") =>
+        run("ansible-playbook", [
+          "-i",
+          `${dir}/hosts`,
+          PLAYBOOK,
+          "-e",
+          JSON.stringify({
+            passthrough_config: `${dir}/config.yaml`,
+            passthrough_bundle: `${dir}/passthrough.js`,
+            passthrough_guard: `${dir}/hook`,
+            passthrough_hooks_dir: `${dir}/hooks`,
+            passthrough_deno: Deno.execPath(),
+            passthrough_dir: `${dir}/remote`,
+            passthrough_state_dir: stateDir,
+            passthrough_connect: connect,
+          }),
+        ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      const { code, out } = await playbook(`${dir}/open/state`);
       assertEquals(code, 2, out);
       assertEquals(taskStatus(out, "Passthrough start guard failed"), "fatal", out);
       assertMatch(
@@ -521,22 +524,7 @@ Deno.test({
 
       // An apply whose libvirt cannot be reached fails with its own one line (its JSON report's
       // error), once: no second run repeats it.
-      const gone = await run("ansible-playbook", [
-        "-i",
-        `${dir}/hosts`,
-        PLAYBOOK,
-        "-e",
-        JSON.stringify({
-          passthrough_config: `${dir}/config.yaml`,
-          passthrough_bundle: `${dir}/passthrough.js`,
-          passthrough_guard: `${dir}/hook`,
-          passthrough_hooks_dir: `${dir}/hooks`,
-          passthrough_deno: Deno.execPath(),
-          passthrough_dir: `${dir}/remote`,
-          passthrough_state_dir: `${dir}/state`,
-          passthrough_connect: `qemu+unix:///system?socket=${dir}/no-libvirtd`,
-        }),
-      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      const gone = await playbook(`${dir}/state`, `qemu+unix:///system?socket=${dir}/no-libvirtd`);
       assertEquals(gone.code, 2, gone.out);
       assertEquals(taskStatus(gone.out, "Passthrough apply"), "fatal", gone.out);
       assertEquals(taskStatus(gone.out, "Passthrough refusals"), "skipping", gone.out);
@@ -546,22 +534,7 @@ Deno.test({
       );
       // A bad config: its error, then each problem where it is.
       await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms:\n  x:\n    devices: 5\n");
-      const bad = await run("ansible-playbook", [
-        "-i",
-        `${dir}/hosts`,
-        PLAYBOOK,
-        "-e",
-        JSON.stringify({
-          passthrough_config: `${dir}/config.yaml`,
-          passthrough_bundle: `${dir}/passthrough.js`,
-          passthrough_guard: `${dir}/hook`,
-          passthrough_hooks_dir: `${dir}/hooks`,
-          passthrough_deno: Deno.execPath(),
-          passthrough_dir: `${dir}/remote`,
-          passthrough_state_dir: `${dir}/state`,
-          passthrough_connect: "test:///default",
-        }),
-      ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      const bad = await playbook(`${dir}/state`);
       assertEquals(bad.code, 2, bad.out);
       assertMatch(
         taskOutput(bad.out, "Passthrough failed"),
