@@ -27,9 +27,8 @@ import { hostNeedsAllowed } from "../lib/guard/policy.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
-import { hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
+import { hostDeviceReader, hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
-import { parseGroupNumber } from "../lib/host/iommu_groups.ts";
 import { readVirtualFunctions } from "../lib/host/sysfs_device.ts";
 
 /** Shows what the rollback would change and asks. */
@@ -131,21 +130,24 @@ function startCheck(
 }
 
 /**
- * The IOMMU group of `address` on this host (its `iommu_group` link), or `null`: none (no IOMMU,
- * no such device).
+ * What the held-elsewhere checks read of a device on this host, through the reader `apply`'s
+ * hardware re-check uses (its group as discovery reads it): its IOMMU group (`null`: none, or no
+ * such device), and its SR-IOV peers (its PF when it is a VF, its VFs when it is a PF).
  */
-function liveGroupOf(address: string): number | null {
-  const link = libcSysfsReader().readLink(`${LIVE_SYSFS}/bus/pci/devices/${address}/iommu_group`);
-  return link === null ? null : parseGroupNumber(link.slice(link.lastIndexOf("/") + 1));
-}
-
-/** The PF of `address` when it is a VF, its VFs when it is a PF, on this host; else none. */
-function liveSriovPeersOf(address: string): string[] {
-  const reader = libcSysfsReader();
-  const physfn = reader.readLink(`${LIVE_SYSFS}/bus/pci/devices/${address}/physfn`);
-  return physfn !== null
-    ? [physfn.slice(physfn.lastIndexOf("/") + 1)]
-    : readVirtualFunctions(reader, LIVE_SYSFS, address);
+function liveDeviceFacts(): {
+  iommuGroupOf: (address: string) => number | null;
+  sriovPeersOf: (address: string) => string[];
+} {
+  const readDevice = hostDeviceReader(undefined);
+  return {
+    iommuGroupOf: (address) => readDevice(address)?.iommuGroup ?? null,
+    sriovPeersOf: (address) => {
+      const physfn = readDevice(address)?.physfn ?? null;
+      return physfn !== null
+        ? [physfn]
+        : readVirtualFunctions(libcSysfsReader(), LIVE_SYSFS, address);
+    },
+  };
 }
 
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
@@ -189,8 +191,7 @@ export async function run(
       devices: hostFactsFor(undefined),
       startRefusals: (xml) => check(xml).refusals,
       startWarnings: (xml) => check(xml).warnings,
-      iommuGroupOf: liveGroupOf,
-      sriovPeersOf: liveSriovPeersOf,
+      ...liveDeviceFacts(),
     }),
     confirm: values.yes
       ? (preview) => {
