@@ -101,17 +101,27 @@ export function loadHost(
 }
 
 /**
+ * Where the host at `root` (default `/sys`) is read: the live `/sys` at its canonical path, or a
+ * captured tree without its trailing slashes; `live` says which.
+ */
+function sysfsRootOf(root: string | undefined): { sysRoot: string; live: boolean } {
+  const live = liveSysfsRoot(root ?? LIVE_SYSFS);
+  return live === null
+    ? { sysRoot: (root ?? LIVE_SYSFS).replace(/(.)\/+$/, "$1"), live: false }
+    : { sysRoot: live, live: true };
+}
+
+/**
  * The pre-flight facts of the host at `root` (default `/sys`): the live `/sys` and `/proc`, or a
  * captured tree and its `proc/`. Nothing is read until a finding asks.
  */
 export function hostFactsFor(root: string | undefined): HostFacts {
-  const live = liveSysfsRoot(root ?? LIVE_SYSFS);
-  const sysRoot = live ?? (root ?? LIVE_SYSFS).replace(/(.)\/+$/, "$1");
+  const { sysRoot, live } = sysfsRootOf(root);
   return readHostFacts({
     reader: readerFor(sysRoot),
     sysRoot,
-    procRoot: live === null ? `${sysRoot}/proc` : "/proc",
-    ...(live === null ? {} : { devRoot: "/dev" }),
+    procRoot: live ? "/proc" : `${sysRoot}/proc`,
+    ...(live ? { devRoot: "/dev" } : {}),
     readLabel: (path) => {
       try {
         return readXattr(path, "security.selinux");
@@ -135,8 +145,7 @@ export function hostDeviceReader(
   let read: { reader: SysfsReader; sysRoot: string } | undefined;
   return (address) => {
     if (read === undefined) {
-      const live = liveSysfsRoot(root ?? LIVE_SYSFS);
-      const sysRoot = live ?? (root ?? LIVE_SYSFS).replace(/(.)\/+$/, "$1");
+      const { sysRoot } = sysfsRootOf(root);
       read = { reader: readerFor(sysRoot), sysRoot };
     }
     const { reader, sysRoot } = read;
