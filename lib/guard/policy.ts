@@ -170,15 +170,15 @@ export function keepStricterRulePolicies(
     // A recorded name the config still has may now be another rule's (renamed, its old name
     // given to a new rule): until the VM is applied it keeps the stricter of both policies, and
     // allow_host_critical only where the previous file granted it too.
-    const kept = old.filter(([rule, policy]) =>
+    const stricter = old.filter(([rule, policy]) =>
       POLICIES.indexOf(policy) < POLICIES.indexOf(policyFor(now, rule))
     );
     const granted = now.allowHostCritical?.filter((rule) =>
       (names !== undefined && !names.includes(rule)) ||
       (before.allowHostCritical ?? []).includes(rule)
     );
-    if (kept.length === 0 && granted?.length === now.allowHostCritical?.length) continue;
-    const rules = { ...now.rules, ...Object.fromEntries(kept) };
+    if (stricter.length === 0 && granted?.length === now.allowHostCritical?.length) continue;
+    const rules = { ...now.rules, ...Object.fromEntries(stricter) };
     if (granted !== undefined && granted.length > 0) {
       vms[vm.name] = { guard: now.guard, rules, allowHostCritical: granted };
     } else if (now.guard !== "enforce" || Object.keys(rules).length > 0) {
