@@ -78,14 +78,34 @@ async function userDir(): Promise<
   };
 }
 
+/**
+ * {@link userDir} with the demo host's tree in `sysfs/` and, with `config`, the demo config in
+ * `config.yaml`.
+ */
+async function userHost(
+  { config = false }: { config?: boolean } = {},
+): ReturnType<typeof userDir> {
+  const user = await userDir();
+  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${user.dir}/sysfs`);
+  if (config) Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${user.dir}/config.yaml`);
+  return user;
+}
+
+/**
+ * The `asUser` setup that starts in a directory the user may not enter, as /root is to a user
+ * `su` or `sudo -u` left there.
+ */
+async function inDirItMayNotEnter(dir: string): Promise<string> {
+  await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
+  return `cd ${shellQuote(`${dir}/root-home`)}`;
+}
+
 async function scene(): Promise<Scene> {
   const daemon = await startLibvirtd({ config: [`unix_sock_rw_perms = "0700"`] });
   // The user reaches the sockets through the daemon's directory.
   await Deno.chmod(daemon.dir, 0o755);
-  const user = await userDir();
+  const user = await userHost({ config: true });
   const { dir, asUser } = user;
-  buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-  Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
   return {
     daemon,
     dir,
@@ -244,14 +264,11 @@ Deno.test({
   name: "devices by a user in a directory it may not enter (su from root's home) still runs lspci",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost();
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-    // As /root is to a user `su` or `sudo -u` left there.
-    await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
     const devices = await asUser(
       ["devices", "--sysfs", `${dir}/sysfs`, "0000:21:00.0"],
-      `cd ${shellQuote(`${dir}/root-home`)}`,
+      await inDirItMayNotEnter(dir),
     );
     // It said: Failed to spawn 'lspci': Permission denied (os error 13) (the system refused:
     // check the owner and mode of that path, or run as root).
@@ -264,13 +281,11 @@ Deno.test({
   name: "plan by a user in a directory it may not enter looks for the host's config next",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost();
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-    await Deno.mkdir(`${dir}/root-home`, { mode: 0o700 });
     const plan = await asUser(
       ["plan", "--sysfs", `${dir}/sysfs`, "--connect", `test://${DEMO}world.xml`],
-      `cd ${shellQuote(`${dir}/root-home`)}`,
+      await inDirItMayNotEnter(dir),
     );
     // It said: Cannot read config "passthrough_config.yaml": permission denied (check its
     // owner and mode, or run as root), of a file that is not there, and never looked in /etc.
@@ -287,10 +302,8 @@ Deno.test({
     "plan by a user on libvirt's default for them (qemu:///session) says the host's VMs are in qemu:///system",
   ignore: unavailable !== null,
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost({ config: true });
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-    Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
     // No --connect: libvirt starts this user's session daemon (in $HOME) and opens it.
     const plan = await asUser([
       "plan",
@@ -313,10 +326,8 @@ Deno.test({
     "plan by a user whose runtime directory is root's (su without -) is not told to join the libvirt group",
   ignore: unavailable !== null,
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost({ config: true });
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
-    Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${dir}/config.yaml`);
     // As /run/user/0, which `su alice` leaves in XDG_RUNTIME_DIR: libvirt's session is there.
     await Deno.mkdir(`${dir}/run-user-0`, { mode: 0o700 });
     const plan = await asUser(
@@ -338,9 +349,8 @@ Deno.test({
     "doctor by a user on libvirt's default for them (qemu:///session) warns that it is not the host's",
   ignore: unavailable !== null,
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost();
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
     const doctor = await asUser(["doctor", "--json", "--sysfs", `${dir}/sysfs`]);
     const findings: { check: string; status: string; summary: string; hint: string | null }[] = JSON
       .parse(doctor.stdout);
@@ -362,9 +372,8 @@ Deno.test({
   name: "groups by a user on a captured tree it may not read says the system refused, and the fix",
   ignore: Deno.uid() !== 0 || !canUnshareMounts(),
   async fn() {
-    await using user = await userDir();
+    await using user = await userHost();
     const { dir, asUser } = user;
-    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
     // As a tree root captured into a directory of its own.
     await Deno.chmod(`${dir}/sysfs/bus/pci/devices`, 0o700);
     const groups = await asUser(["groups", "--sysfs", `${dir}/sysfs`]);
