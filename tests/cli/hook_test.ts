@@ -42,9 +42,9 @@ const MOVED = `<domain type='kvm'><name>win11</name>
     <address type='pci' domain='0x0000' bus='0x06' slot='0x00' function='0x0'/>
   </hostdev></devices></domain>`;
 
-/** Installs the hook into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
-async function installOnTree(dir: string, sysfs: string): Promise<string> {
-  const installed = await runCli([
+/** `hook install` into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
+function installArgs(dir: string, sysfs: string): string[] {
+  return [
     "hook",
     "install",
     "--hooks-dir",
@@ -53,7 +53,32 @@ async function installOnTree(dir: string, sysfs: string): Promise<string> {
     `${dir}/state`,
     "--sysfs",
     sysfs,
-  ]);
+  ];
+}
+
+/**
+ * Runs `fn` with a temporary directory (`prefix`) and an empty one in /dev/shm, which Deno reads
+ * only with --allow-all, for a tree; removes both after (the tree only if `fn` left it).
+ */
+async function withShmTree(
+  prefix: string,
+  fn: (dir: string, tree: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  const tree = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "passthrough-tree-" });
+  try {
+    await fn(dir, tree);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(tree, { recursive: true }).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
+  }
+}
+
+/** Installs the hook into `DIR/qemu.d` with its state in `DIR/state`, over the tree at `sysfs`. */
+async function installOnTree(dir: string, sysfs: string): Promise<string> {
+  const installed = await runCli(installArgs(dir, sysfs));
   assertEquals(installed.code, 0, installed.stderr);
   return `${dir}/qemu.d/${HOOK_FILE_NAME}`;
 }
@@ -511,16 +536,7 @@ Deno.test("hook status reports the captured tree its hook reads gone, as the ref
         `passthrough hook install --hooks-dir ${hooks} --state-dir ${state}`,
     );
     // Installing again over the missing tree is refused, and leaves the hook as it was.
-    const again = await runCli([
-      "hook",
-      "install",
-      "--hooks-dir",
-      hooks,
-      "--state-dir",
-      state,
-      "--sysfs",
-      tree,
-    ]);
+    const again = await runCli(installArgs(dir, tree));
     assertEquals(again.code, 1);
     assertMatch(again.stderr, /Not a sysfs tree: ".*\/tree": no bus\/pci\/devices directory/);
     // The tree back: nothing wrong.
@@ -542,10 +558,8 @@ Deno.test({
   // refused it and hook status said every start was refused, while the check (run with
   // --allow-all) read it and let a start through.
   ignore: !pathExists("/dev/shm"),
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-shm-" });
-    const tree = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "passthrough-tree-" });
-    try {
+  fn: () =>
+    withShmTree("passthrough-hook-shm-", async (dir, tree) => {
       buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
       const hook = await installOnTree(dir, tree);
       const start = await runHook(
@@ -556,11 +570,7 @@ Deno.test({
       assertEquals(start.code, 0, start.stderr);
       const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
       assertEquals(JSON.parse(status.stdout).problems, []);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-      await Deno.remove(tree, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -569,52 +579,26 @@ Deno.test({
   // /dev/shm is emptied by a reboot: a hook over a tree captured there refused every start, while
   // install took the path and hook status said "up to date" (Deno will not stat under /dev).
   ignore: !pathExists("/dev/shm"),
-  fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-shm-gone-" });
-    const tree = await Deno.makeTempDir({ dir: "/dev/shm", prefix: "passthrough-tree-" });
-    let removed = false;
-    try {
-      const install = await runCli([
-        "hook",
-        "install",
-        "--hooks-dir",
-        `${dir}/qemu.d`,
-        "--state-dir",
-        `${dir}/state`,
-        "--sysfs",
-        `${tree}/none`,
-      ]);
+  fn: () =>
+    withShmTree("passthrough-hook-shm-gone-", async (dir, tree) => {
+      const install = await runCli(installArgs(dir, `${tree}/none`));
       assertEquals(install.code, 1, install.stdout);
       assertOk(install.stderr.includes(`Not a sysfs tree: "${tree}/none"`), install.stderr);
       buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
       await installOnTree(dir, tree);
       // The reboot.
       await Deno.remove(tree, { recursive: true });
-      removed = true;
       const status = await runCli(["hook", "status", "--hooks-dir", `${dir}/qemu.d`, "--json"]);
       assertEquals(status.code, 1, status.stdout);
       assertEquals(JSON.parse(status.stdout).sysfsMissing, true);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-      if (!removed) await Deno.remove(tree, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-no-tree-" });
   try {
     const hooks = `${dir}/qemu.d`;
-    const install = await runCli([
-      "hook",
-      "install",
-      "--hooks-dir",
-      hooks,
-      "--state-dir",
-      `${dir}/state`,
-      "--sysfs",
-      `${dir}/none`,
-    ]);
+    const install = await runCli(installArgs(dir, `${dir}/none`));
     assertEquals(install.code, 1);
     assertEquals(
       install.stderr,
