@@ -36,6 +36,19 @@ async function withTree(fn: (root: string, state: string) => void | Promise<void
   }
 }
 
+/**
+ * Runs `code` in `deno eval`, which kills itself with SIGKILL at the moment under test (as a
+ * deadline or the OOM killer would), and asserts that it died so.
+ */
+async function evalKilled(code: string): Promise<void> {
+  const killed = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+}
+
 function run(root: string, stateDir: string, xml: string | null, now?: Date) {
   return runGuard({
     vm: "win11",
@@ -532,12 +545,7 @@ Deno.test("a start killed between claiming its allowance and removing it leaves 
         remove(path, options);
       };
       takeAllowance(${JSON.stringify(state)}, "win11");`;
-    const killed = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", code],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    await evalKilled(code);
     const allow = `${state}/guard/allow`;
     const names = () => [...Deno.readDirSync(allow)].map((e) => e.name);
     assertMatch(names().join(), /^win11\.json\.taken-[0-9]+$/);
@@ -566,12 +574,7 @@ Deno.test("a start killed before renaming its refusal record into place leaves a
       await runGuard({ vm: "win11", operation: "prepare", subOperation: "begin",
         xml: ${JSON.stringify(MOVED)}, reader: denoFsReader(), root: ${JSON.stringify(root)},
         live: false, stateDir: ${JSON.stringify(state)} });`;
-    const killed = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", code],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    await evalKilled(code);
     const refused = `${state}/guard/refused`;
     const names = () => [...Deno.readDirSync(refused)].map((e) => e.name).sort();
     assertMatch(names().join(), /^\.win11\.json\.[0-9a-f-]{36}\.tmp$/);
@@ -594,12 +597,7 @@ Deno.test("a guard allow killed before renaming its allowance into place leaves 
         rename(from, to);
       };
       allowNextStart(${JSON.stringify(state)}, "win11");`;
-    const killed = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", code],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assertEquals(killed.signal, "SIGKILL", new TextDecoder().decode(killed.stderr));
+    await evalKilled(code);
     const allow = `${state}/guard/allow`;
     assertMatch(
       [...Deno.readDirSync(allow)].map((e) => e.name).join(),
