@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { PciDevice } from "../lib/host/types.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { ROLLBACK } from "./specs.ts";
@@ -138,7 +139,13 @@ function liveDeviceFacts(): {
   iommuGroupOf: (address: string) => number | null;
   sriovPeersOf: (address: string) => string[];
 } {
-  const readDevice = hostDeviceReader(undefined);
+  const read = hostDeviceReader(undefined);
+  // Asked again for each device every other domain holds, by each check: read each one once.
+  const seen = new Map<string, PciDevice | null>();
+  const readDevice = (address: string) => {
+    if (!seen.has(address)) seen.set(address, read(address));
+    return seen.get(address)!;
+  };
   return {
     iommuGroupOf: (address) => readDevice(address)?.iommuGroup ?? null,
     sriovPeersOf: (address) => {
