@@ -24,6 +24,7 @@
 import { LITTLE_ENDIAN } from "./libc.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { terminalSafe } from "../lib/render/terminal.ts";
+import { redactedJson } from "../lib/render/redact.ts";
 
 /**
  * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime` and
@@ -223,7 +224,7 @@ function deadlineCommand(fields: DeadlineMessageFields): string {
   const line = `printf '%s\\n' ${shellWord(message)} >&2`;
   // Under --json the failure is on standard output too, as every error is (`main.ts`).
   report = json
-    ? JSON.stringify({ error: { kind: "runtime", message: deadlineReason(fields) } }, null, 2)
+    ? redactedJson({ error: { kind: "runtime", message: deadlineReason(fields) } }).trimEnd()
     : null;
   return report === null ? line : `printf '%s\\n' ${shellWord(report)}; ${line}`;
 }
