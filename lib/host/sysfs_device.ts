@@ -961,8 +961,17 @@ function storageUses(
   return [...mounted, ...others];
 }
 
-/** `/proc` escapes a space, tab, newline and backslash in a path as octal (`\040`). */
-function unescapeProcPath(text: string): string {
+/**
+ * `text` with the octal escapes `/proc` writes for a space, tab, newline and backslash in a path
+ * (`\040`) undone.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(unescapeProcPath("/mnt/my\\040disk"), "/mnt/my disk");
+ * ```
+ */
+export function unescapeProcPath(text: string): string {
   if (!text.includes("\\")) return text;
   return text.replace(
     /\\([0-7]{3})/g,

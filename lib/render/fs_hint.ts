@@ -6,6 +6,7 @@
  */
 
 import { shellWord } from "./shell.ts";
+import { unescapeProcPath } from "../host/sysfs_device.ts";
 
 /**
  * The `errno` of a system call Deno reports as `... (os error N): open '/path'`, in `error` or
@@ -25,9 +26,7 @@ function mountPoints(mountInfo: string): string[] {
   return mountInfo.split("\n").flatMap((line) => {
     const field = line.split(" ")[4];
     if (field === undefined || !field.startsWith("/")) return [];
-    return [
-      field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))),
-    ];
+    return [unescapeProcPath(field)];
   });
 }
 
