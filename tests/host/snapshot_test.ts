@@ -180,6 +180,19 @@ Deno.test({
   },
 });
 
+/** A host with no devices: what a snapshot's refusals of its target are tested with. */
+function emptyHost(): HostTopology {
+  return {
+    source: "x",
+    iommu: "absent",
+    devices: [],
+    groups: [],
+    groupInconsistencies: [],
+    kernelCmdline: null,
+    hostUse: [],
+  };
+}
+
 Deno.test("writeSnapshot() names the temporary directory a killed snapshot left, which ls does not show", async () => {
   // A snapshot killed while it wrote left only its hidden temporary directory: the next one said
   // "it exists and is not empty" of a directory `ls` shows empty.
@@ -187,15 +200,7 @@ Deno.test("writeSnapshot() names the temporary directory a killed snapshot left,
   try {
     const left = `${dir}/out/.snapshot-${crypto.randomUUID()}.tmp`;
     Deno.mkdirSync(`${left}/bus/pci/devices`, { recursive: true });
-    const host = {
-      source: "x",
-      iommu: "absent" as const,
-      devices: [],
-      groups: [],
-      groupInconsistencies: [],
-      kernelCmdline: null,
-      hostUse: [],
-    };
+    const host = emptyHost();
     assertThrows(
       () => writeSnapshot(host, `${dir}/out`, { root: dir, reader: denoFsReader() }),
       SnapshotTargetError,
@@ -214,15 +219,7 @@ Deno.test("writeSnapshot() refuses a target that is not empty", async () => {
   const dir = await Deno.makeTempDir();
   try {
     Deno.writeTextFileSync(`${dir}/keep`, "x");
-    const host = {
-      source: "x",
-      iommu: "absent" as const,
-      devices: [],
-      groups: [],
-      groupInconsistencies: [],
-      kernelCmdline: null,
-      hostUse: [],
-    };
+    const host = emptyHost();
     assertThrows(
       () => writeSnapshot(host, dir, { root: dir, reader: denoFsReader() }),
       SnapshotTargetError,
