@@ -13,6 +13,33 @@ import { pathExists } from "../../lib/state/paths.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
+/** `a` quoted for a shell. */
+const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
+
+/** The shell line of `passthrough apply` of `config` over `sysfs` and the demo's world. */
+function applyLine(sysfs: string, config: string, state: string): string {
+  const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+  return [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
+    .concat("--config", config, "--sysfs", sysfs, "--connect", `test://${world}`)
+    .concat("--state-dir", state).map(quote).join(" ");
+}
+
+/** Runs `command` under `script`, on a pseudo-terminal whose input and output the test holds. */
+function inScript(
+  command: string,
+  stderr: "piped" | "null",
+  signal?: AbortSignal,
+): Deno.ChildProcess {
+  return new Deno.Command("script", {
+    args: ["-q", "-e", "-c", command, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr,
+    env: { NO_COLOR: "1" },
+    ...signal && { signal },
+  }).spawn();
+}
+
 Deno.test("a closed standard output ends a command quietly, exit 0", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-pipe-" });
   try {
@@ -139,25 +166,14 @@ Deno.test({
   ignore: !hasScript(),
   fn: async () => {
     await using tree = await demoTree();
-    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
     const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
     const state = `${tree.dir}/state`;
-    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
-    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
-      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
-      .concat("--state-dir", state).map(quote).join(" ");
+    const apply = applyLine(tree.sysfs, config, state);
     // `passthrough apply 2>/dev/null | true` typed at a terminal: its questions go nowhere (with
     // standard error on the terminal they are asked there), its input stays open (the terminal),
     // and no answer comes.
     const line = `${apply} 2>/dev/null | true; echo "status \${PIPESTATUS[0]}"`;
-    const child = new Deno.Command("script", {
-      args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-      signal: AbortSignal.timeout(20_000),
-    }).spawn();
+    const child = inScript(`bash -c ${quote(line)}`, "piped", AbortSignal.timeout(20_000));
     const { code, stdout } = await child.output();
     const screen = new TextDecoder().decode(stdout);
     assertEquals(code, 0, screen);
@@ -173,13 +189,9 @@ Deno.test({
   ignore: !hasScript(),
   fn: async () => {
     await using tree = await demoTree();
-    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
     const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
     const log = `${tree.dir}/apply.log`;
-    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
-    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
-      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
-      .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ");
+    const apply = applyLine(tree.sysfs, config, `${tree.dir}/state`);
     // `passthrough apply > apply.log` typed at a terminal: its questions went to the file, and it
     // waited for answers to questions nobody saw.
     const screen = await onTerminal(`${apply} > ${quote(log)}; echo "status $?"`, [
@@ -199,7 +211,6 @@ Deno.test({
   ignore: !hasScript(),
   fn: async () => {
     await using tree = await demoTree();
-    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
     const config = `${tree.dir}/c.yaml`;
     await Deno.writeTextFile(
       config,
@@ -207,17 +218,7 @@ Deno.test({
         .replace("  win10:\n", "  win10:\n    guard: warn\n"),
     );
     const state = `${tree.dir}/state`;
-    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
-    const apply = [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, "apply"]
-      .concat("--config", config, "--sysfs", tree.sysfs, "--connect", `test://${world}`)
-      .concat("--state-dir", state).map(quote).join(" ");
-    const child = new Deno.Command("script", {
-      args: ["-q", "-e", "-c", apply, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "null",
-      env: { NO_COLOR: "1" },
-    }).spawn();
+    const child = inScript(applyLine(tree.sysfs, config, state), "null");
     const writer = child.stdin.getWriter();
     let screen = "";
     const decoder = new TextDecoder();
@@ -251,15 +252,7 @@ Deno.test({
 
 /** Runs `line` in bash on a pseudo-terminal, typing each answer once its question shows. */
 async function onTerminal(line: string, answers: [RegExp, string][]): Promise<string> {
-  const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
-  const child = new Deno.Command("script", {
-    args: ["-q", "-e", "-c", `bash -c ${quote(line)}`, "/dev/null"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "null",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(20_000),
-  }).spawn();
+  const child = inScript(`bash -c ${quote(line)}`, "null", AbortSignal.timeout(20_000));
   const writer = child.stdin.getWriter();
   let screen = "";
   const decoder = new TextDecoder();
@@ -283,7 +276,6 @@ Deno.test({
     await using tree = await demoTree();
     const world = new URL("../../demo/world.xml", import.meta.url).pathname;
     const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
-    const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
     const run = (args: string[], out: string) =>
       [Deno.execPath(), "run", "--quiet", ...documentedFlags(), MAIN, ...args]
         .concat("--state-dir", `${tree.dir}/state`).map(quote).join(" ") +
