@@ -119,6 +119,38 @@ async function appliedConfig(s: Scene, config: string, ...more: string[]) {
   return result;
 }
 
+/** `rollback VM --yes` of the scene's state. */
+function rollbackYes(s: Scene, vm: string) {
+  return runCli(["rollback", vm, "--state-dir", s.stateDir, "--connect", s.daemon.uri, "--yes"]);
+}
+
+/** Starts the CLI with `args`, no input, its output piped to the test (which may signal it). */
+function spawnCli(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", ...documentedFlags(), MAIN, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+/** A config whose win10 (`vmGuard` its guard line, or "") enforces its GPU under `rule`. */
+function ruleConfig(vmGuard: string, rule: string): string {
+  return `version: 1
+vms:
+  win10:
+${vmGuard}    devices:
+      - name: ${rule}
+        guard: enforce
+        match: { vendor_device_id: "10de:1b80" }
+  gentoo:
+    devices:
+      - name: rx580
+        match: { vendor_id: "1002", device_id: "67df" }
+`;
+}
+
 /** The rule win10's GPU record names, and the policy the start guard applies to it by that rule. */
 function gpuPolicy(s: Scene) {
   const rules = parseDomainXml(s.xml("win10")).records.map((r) => r.rule);
@@ -208,15 +240,7 @@ Deno.test({
     assert(s.xml("gentoo") !== gentooBefore);
     {
       // Roll gentoo back, then quit at the first question: nothing changes.
-      const back = await runCli([
-        "rollback",
-        "gentoo",
-        "--state-dir",
-        s.stateDir,
-        "--connect",
-        s.daemon.uri,
-        "--yes",
-      ]);
+      const back = await rollbackYes(s, "gentoo");
       assertEquals(back.code, 0, back.stderr + back.stdout);
       await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
       await pty.waitFor(/Apply the changes to "win10"\?/);
@@ -278,15 +302,7 @@ Deno.test({
     const listed = await runCli(["backups", "win10", "--state-dir", s.stateDir, "--json"]);
     assertEquals(JSON.parse(listed.stdout).length, 1);
 
-    const back = await runCli([
-      "rollback",
-      "win10",
-      "--state-dir",
-      s.stateDir,
-      "--connect",
-      s.daemon.uri,
-      "--yes",
-    ]);
+    const back = await rollbackYes(s, "win10");
     assertEquals(back.code, 0, back.stderr + back.stdout);
     assertEquals(s.xml("win10"), original);
     // The rollback itself backed up the applied definition first.
@@ -342,14 +358,7 @@ Deno.test({
     assertEquals(pciSources(s.xml("gentoo")), ["0000:21:00.0", "0000:21:00.1"]);
     const gentooBackups = `${s.stateDir}/backups/gentoo`;
     const before = [...Deno.readDirSync(gentooBackups)].length;
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--quiet", ...documentedFlags(), MAIN, "apply", ...s.args]
-        .concat("--state-dir", s.stateDir, "--yes"),
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
+    const child = spawnCli(["apply", ...s.args, "--state-dir", s.stateDir, "--yes"]);
     const output = child.output();
     // win10 is defined first; gentoo's backup being written is the moment between the two
     // defines, when win10 holds the GTX 1080 that gentoo still holds too.
@@ -412,14 +421,9 @@ Deno.test({
       proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
       command: ["sh", "-c", `kill -TERM "$(cat '${pidFile}')"`],
     });
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--quiet", ...documentedFlags(), MAIN, "rollback", "win10"]
-        .concat("--state-dir", s.stateDir, "--connect", hook.uri, "--yes"),
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
+    const child = spawnCli(
+      ["rollback", "win10", "--state-dir", s.stateDir, "--connect", hook.uri, "--yes"],
+    );
     await Deno.writeTextFile(pidFile, String(child.pid));
     const { code, stdout, stderr } = await child.output();
     const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
@@ -459,20 +463,7 @@ Deno.test({
   ignore: unavailable !== null,
   async fn() {
     await using s = await scene();
-    const config = (rule: string) =>
-      `version: 1
-vms:
-  win10:
-    guard: warn
-    devices:
-      - name: ${rule}
-        guard: enforce
-        match: { vendor_device_id: "10de:1b80" }
-  gentoo:
-    devices:
-      - name: rx580
-        match: { vendor_id: "1002", device_id: "67df" }
-`;
+    const config = (rule: string) => ruleConfig("    guard: warn\n", rule);
     await appliedConfig(s, config("gtx1080"));
     assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
@@ -533,30 +524,17 @@ Deno.test({
   ignore: unavailable !== null,
   async fn() {
     await using s = await scene();
-    const config = (vmGuard: string, rule: string) =>
-      `version: 1
-vms:
-  win10:
-${vmGuard}    devices:
-      - name: ${rule}
-        guard: enforce
-        match: { vendor_device_id: "10de:1b80" }
-  gentoo:
-    devices:
-      - name: rx580
-        match: { vendor_id: "1002", device_id: "67df" }
-`;
     // win10 enforces (no file entry at all): its GPU is enforced as rule "gtx1080"'s.
-    await appliedConfig(s, config("", "gtx1080"));
+    await appliedConfig(s, ruleConfig("", "gtx1080"));
     assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
     // Renamed "gpu", still enforce, in a VM now warn; only gentoo applied: the record still
     // names "gtx1080", which had the VM's enforce.
-    await appliedConfig(s, config("    guard: warn\n", "gpu"), "--vm", "gentoo");
+    await appliedConfig(s, ruleConfig("    guard: warn\n", "gpu"), "--vm", "gentoo");
     assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
 
     // Renamed again before win10 is applied: "gpu" was never recorded, and is not kept.
-    await appliedConfig(s, config("    guard: warn\n", "graphics"), "--vm", "gentoo");
+    await appliedConfig(s, ruleConfig("    guard: warn\n", "graphics"), "--vm", "gentoo");
     assertEquals(gpuPolicy(s), ["gtx1080", "enforce"]);
     assertEquals(readVmPolicy(s.stateDir, "win10").policy.rules, {
       graphics: "enforce",
