@@ -136,6 +136,28 @@ function appliedCardSlots(
   return cards;
 }
 
+/**
+ * The function 0s the guest has after the edit apart from the cards being laid out, by host
+ * address: hostdevs the edit keeps (a hand-added one kept as written, another rule's) and those
+ * another rule adds. The value is the guest address, `null` where libvirt places it.
+ */
+function functionZeroes(
+  domain: ParsedDomain,
+  adding: ReadonlySet<PciAddress>,
+  changes: HostdevChanges,
+): Map<PciAddress, string | null> {
+  const zeroes = new Map<PciAddress, string | null>();
+  for (const hostdev of domain.hostdevs) {
+    if (pciAddressParts(hostdev.address).function !== 0) continue;
+    if (changes.leaving.has(hostdev.address)) continue;
+    zeroes.set(hostdev.address, hostdev.guestAddress?.address ?? null);
+  }
+  for (const address of adding) {
+    if (pciAddressParts(address).function === 0 && !zeroes.has(address)) zeroes.set(address, null);
+  }
+  return zeroes;
+}
+
 /** The functions being added, grouped by card and rule, for rules with `multifunction: true`. */
 function multifunctionCards(adding: readonly ClosedDevice[]): ClosedDevice[][] {
   const cards = new Map<string, ClosedDevice[]>();
@@ -218,7 +240,10 @@ export interface GuestLayout {
  * card's functions already applied sit in (a function that appeared later, e.g. a GPU's audio
  * function enabled after the first apply, joins them; a card moved or rewritten whole takes its
  * slot again), else a free one: on guest bus 0 for i440fx machines, behind a `pcie-root-port` of
- * the card's own for q35 ones (see {@link SlotAllocator}). Says what it did in `reasoning`.
+ * the card's own for q35 ones (see {@link SlotAllocator}). Functions that cannot join the card's
+ * function 0 where the guest has it (added by hand, by another rule, or its slot's numbers taken)
+ * are left to libvirt: apart from function 0 the guest would not find them. Says what it did in
+ * `reasoning`.
  */
 export function assignGuestSlots(
   adding: readonly ClosedDevice[],
@@ -235,6 +260,7 @@ export function assignGuestSlots(
   // New slots only where nothing is now, so one a hostdev leaves is never handed to another card.
   const allocator = new SlotAllocator(domain, used);
   const after = usedAfterEdit(domain, used, changes);
+  const zeroes = functionZeroes(domain, new Set(specs.keys()), changes);
   for (const members of cards) {
     const card = slotOf(members[0]!.device.address);
     const functions = members.map((m) => pciAddressParts(m.device.address).function);
@@ -245,6 +271,13 @@ export function assignGuestSlots(
     const join = joined !== undefined && there !== undefined &&
       functions.every((fn) => !there.functions.has(fn)) &&
       (there.multifunction || functions.includes(0));
+    const zero = zeroes.get(`${card}.0`);
+    if (!join && !functions.includes(0) && zero !== undefined) {
+      // A guest finds a slot's other functions only through its function 0: in a slot of
+      // their own they would be invisible, so libvirt gives each a slot where it is function 0.
+      reasoning.push(aloneReasoning(card, members.length, zero));
+      continue;
+    }
     const taken = join ? { bus: joined.bus, slot: joined.slot, port: null } : allocator.take();
     if (typeof taken === "string") {
       reasoning.push(`${card}: ${taken} for multifunction, libvirt places it`);
@@ -265,6 +298,14 @@ export function assignGuestSlots(
     reasoning.push(slotReasoning(card, members.length, { ...taken, join, hasFunctionZero }));
   }
   return { specs, controllers: allocator.controllers };
+}
+
+function aloneReasoning(card: string, count: number, zero: string | null): string {
+  const what = count > 1 ? `${count} functions cannot` : "1 function cannot";
+  const at = zero === null ? "" : ` (guest ${zero})`;
+  return `${card}: ${what} join the card's function 0${at}: libvirt places ${
+    count > 1 ? "them, so the guest sees them" : "it, so the guest sees it"
+  }`;
 }
 
 function slotReasoning(

@@ -584,7 +584,7 @@ vms:
   assertEquals(plan([0, 1, 2], later.desiredXml).changed, false);
 });
 
-Deno.test("planWorld() gives a card's later function a slot of its own when its number is taken in the card's", () => {
+Deno.test("planWorld() leaves a card's later function to libvirt when its number is taken in the card's slot", () => {
   const [first] = planWorld({
     config: MULTIFUNCTION,
     host: FUNCTION_ZERO,
@@ -604,9 +604,14 @@ Deno.test("planWorld() gives a card's later function a slot of its own when its 
   );
   assertOk(edited !== first.desiredXml);
   const later = planOne(edited);
-  assertEquals(later.add.map((a) => a.spec.guestAddress), [
-    { domain: 0, bus: 0, slot: 0x11, function: 1 },
-  ]);
+  // Function 1 of a slot of its own, with no function 0 there, would be hidden from the guest.
+  assertEquals(later.add.map((a) => a.spec.guestAddress), [undefined]);
+  assertOk(
+    later.reasoning.includes(
+      "0000:01:00: 1 function cannot join the card's function 0 (guest 0000:00:10.0): libvirt places it, so the guest sees it",
+    ),
+    later.reasoning.join("\n"),
+  );
 });
 
 Deno.test("planWorld() keeps a card's function rewritten for a changed setting in the card's guest slot", () => {
@@ -639,4 +644,27 @@ Deno.test("planWorld() keeps a card's function rewritten for a changed setting i
     multifunction: true,
   });
   assertEquals(plan(2, changed.desiredXml).changed, false);
+});
+
+Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 is passed on its own", () => {
+  // The GPU added by hand (virt-manager) where libvirt placed it, kept as written: its audio
+  // function alone at function 1 of another slot would be a device the guest never finds.
+  const handAdded = `    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+      <boot order='2'/>
+      ${pciAddress(0x07)}
+    </hostdev>`;
+  const vm = planOne(domain(handAdded));
+  assertEquals(vm.add.map((a) => [a.address, a.spec.guestAddress]), [["0000:01:00.1", undefined]]);
+  assertOk(
+    vm.reasoning.includes(
+      "0000:01:00: 1 function cannot join the card's function 0 (guest 0000:00:07.0): libvirt places it, so the guest sees it",
+    ),
+    vm.reasoning.join("\n"),
+  );
+  assertEquals(vm.reasoning.some((r) => r.includes("function 0 is not passed")), false);
+  assertMatch(
+    vm.desiredXml,
+    /<boot order='2'\/>\s*<address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'\/>/,
+  );
 });
