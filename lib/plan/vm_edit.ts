@@ -29,7 +29,7 @@ import {
 } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
-import { assignGuestSlots, specFor } from "./guest_slots.ts";
+import { assignGuestSlots, specFor, strandedFunctions } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
@@ -613,6 +613,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   );
   for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
   keepGuestAddresses(specs, [...keeping, ...rewrites]);
+  plan.reasoning.push(...strandedFunctions(domain, remove, specs));
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
   // New hostdevs first, then the rewritten ones (listed as both removed and added).

@@ -668,3 +668,37 @@ Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 
     /<boot order='2'\/>\s*<address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'\/>/,
   );
 });
+
+Deno.test("planWorld() says when a card's function kept in its guest slot loses the slot's function 0", () => {
+  // A firmware or ACS setting split the card's groups, and the rule now matches the audio alone.
+  const split = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+      { bdf: "0000:01:00.1", group: 2, class: "0x040300", vendor: "0x10de", device: "0x22ba" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "split" });
+  const rule = (match: string) =>
+    parseConfig(
+      `version: 1\nvms:\n  vm:\n    devices:\n      - name: card\n        match: ${match}\n` +
+        `        multifunction: true\n`,
+      { file: "c.yaml" },
+    );
+  const plan = (match: string, xml: string) => {
+    const [vm] = planWorld({ config: rule(match), host: split, world: dataWorld({ vm: xml }) })
+      .vms;
+    assertOk(vm);
+    return vm;
+  };
+  const both = plan(`{ vendor_id: "10de" }\n        count: 2`, domain(""));
+  assertMatch(both.desiredXml, /slot='0x10' function='0x1'\/>/);
+  const audio = plan(`{ vendor_device_id: "10de:22ba" }`, both.desiredXml);
+  assertEquals([audio.remove, audio.keep], [["0000:01:00.0"], ["0000:01:00.1"]]);
+  assertOk(
+    audio.reasoning.includes(
+      "0000:01:00.1 stays at guest 0000:00:10.1, whose function 0 leaves: the guest may not see it until a function 0 is there again",
+    ),
+    audio.reasoning.join("\n"),
+  );
+  // Said once, when function 0 leaves: the next plan changes nothing.
+  assertEquals(plan(`{ vendor_device_id: "10de:22ba" }`, audio.desiredXml).changed, false);
+});
