@@ -2,7 +2,8 @@
  * The hostdev specs of the devices a VM gains, and their guest slots: for rules with
  * `multifunction: true`, a card's functions share one guest slot with their host function
  * numbers, so the guest sees the card as one device. On i440fx (`pc`) machines that slot is on
- * guest bus 0; on q35 machines it is slot 0 of a `pcie-root-port` of the card's own (the layout
+ * guest bus 0; on q35 machines (and others with a `pcie-root`, as aarch64 `virt`) it is slot 0 of
+ * a `pcie-root-port` of the card's own (the layout
  * VFIO guides describe, and what PCIe drivers expect), added to the definition when no empty
  * one is there. Pure.
  *
@@ -169,9 +170,14 @@ function multifunctionCards(adding: readonly ClosedDevice[]): ClosedDevice[][] {
   return [...cards.values()];
 }
 
-/** Whether the domain's machine type is a q35 one (`q35`, `pc-q35-7.2`); else i440fx rules. */
-function isQ35(domain: ParsedDomain): boolean {
-  return domain.machine !== null && domain.machine.includes("q35");
+/**
+ * Whether the domain's guest PCI bus is PCIe: a q35 machine type (`q35`, `pc-q35-7.2`) or a
+ * `pcie-root` controller, which libvirt gives every PCIe machine (aarch64 and riscv64 `virt`
+ * too); else i440fx rules.
+ */
+function isPcie(domain: ParsedDomain): boolean {
+  return (domain.machine !== null && domain.machine.includes("q35")) ||
+    domain.pciControllers.some((c) => c.model === "pcie-root");
 }
 
 /**
@@ -198,7 +204,7 @@ class SlotAllocator {
 
   /** A free slot for a card, or a sentence saying why there is none. */
   take(): { bus: number; slot: number; port: "spare" | "new" | null } | string {
-    if (isQ35(this.domain)) {
+    if (isPcie(this.domain)) {
       const spare = this.#spare.shift();
       if (spare !== undefined) return { bus: spare, slot: 0, port: "spare" };
       if (this.#nextIndex > LAST_BUS) return "no free PCI controller index for a pcie-root-port";

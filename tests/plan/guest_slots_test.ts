@@ -702,3 +702,19 @@ Deno.test("planWorld() says when a card's function kept in its guest slot loses 
   // Said once, when function 0 leaves: the next plan changes nothing.
   assertEquals(plan(`{ vendor_device_id: "10de:22ba" }`, audio.desiredXml).changed, false);
 });
+
+Deno.test("planWorld() puts a card behind a pcie-root-port on any machine with a pcie-root (aarch64 virt)", () => {
+  // libvirt gives an aarch64 or riscv64 `virt` machine a pcie-root, as a q35 one: a card on it
+  // directly would be an integrated endpoint, not the PCIe device its driver expects.
+  for (const arch of ["aarch64", "riscv64"]) {
+    const xml = domain(
+      ROOT,
+      `\n  <os><type arch='${arch}' machine='virt'>hvm</type></os>`,
+    );
+    assertEquals(busSlots(xml), ["1:0.0", "1:0.1"], arch);
+    assertMatch(
+      planOne(xml).desiredXml,
+      /<controller type='pci' index='1' model='pcie-root-port'\/>/,
+    );
+  }
+});
