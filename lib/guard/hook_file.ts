@@ -446,11 +446,44 @@ function replaceableHookText(path: string): string | null {
 }
 
 /**
+ * Throws when `dir`, or a directory above it, cannot be a directory `hook install` writes in: a
+ * symbolic link to nothing (a hooks directory kept as a link into a tree not there), or a file.
+ * Creating it would otherwise fail with a bare "File exists".
+ */
+function assertHooksDirUsable(dir: string): void {
+  const parts = resolve(dir).split("/").filter((p) => p !== "");
+  for (let i = 1; i <= parts.length; i++) {
+    const path = `/${parts.slice(0, i).join("/")}`;
+    let info: Deno.FileInfo;
+    try {
+      info = Deno.lstatSync(path);
+    } catch {
+      // Missing (made with the rest), or not ours to judge: creating it says why.
+      return;
+    }
+    if (info.isDirectory) continue;
+    let problem = `"${path}" is not a directory`;
+    if (info.isSymlink) {
+      try {
+        if (Deno.statSync(path).isDirectory) continue;
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+        problem = `"${path}" is a symbolic link to "${
+          Deno.readLinkSync(path)
+        }", which does not exist: make that directory or remove the link`;
+      }
+    }
+    throw new Error(`Cannot install the start guard in "${dir}": ${problem}, then install again`);
+  }
+}
+
+/**
  * The settings of the passthrough hook that `hook install` would replace in `dir`, or `null`
  * when there is none; throws, as {@link installHook} does, when the file there is not a
- * passthrough hook. For a check before anything is created.
+ * passthrough hook or `dir` cannot be made. For a check before anything is created.
  */
 export function replaceableHookSettings(dir: string): HookSettings | null {
+  assertHooksDirUsable(dir);
   const text = replaceableHookText(join(dir, HOOK_FILE_NAME));
   return text === null ? null : parseHookSettings(text);
 }
@@ -470,6 +503,7 @@ export function installHook(
   script: string,
   owners: readonly number[] = trustedOwners(),
 ): InstallResult {
+  assertHooksDirUsable(dir);
   const path = join(dir, HOOK_FILE_NAME);
   const current = replaceableHookText(path);
   let same = false;

@@ -486,6 +486,41 @@ Deno.test("hook install refuses a state directory that is a symbolic link, and w
   }
 });
 
+Deno.test("hook install into a hooks directory that is a link to nothing says so, and creates nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-dangling-" });
+  try {
+    // /etc/libvirt/hooks/qemu.d kept as a link into a tree not there (yet): libvirt runs nothing.
+    Deno.symlinkSync(`${dir}/dotfiles/qemu.d`, `${dir}/qemu.d`);
+    Deno.writeTextFileSync(`${dir}/file`, "");
+    for (
+      const [hooks, problem] of [
+        [
+          `${dir}/qemu.d`,
+          `"${dir}/qemu.d" is a symbolic link to "${dir}/dotfiles/qemu.d", which does not exist: make that directory or remove the link`,
+        ],
+        [`${dir}/file/qemu.d`, `"${dir}/file" is not a directory`],
+      ]
+    ) {
+      const run = await runCli([
+        "hook",
+        "install",
+        "--hooks-dir",
+        hooks!,
+        "--state-dir",
+        `${dir}/state`,
+      ]);
+      assertEquals([run.code, run.stdout], [1, ""]);
+      assertEquals(
+        run.stderr,
+        `passthrough hook: Cannot install the start guard in "${hooks}": ${problem}, then install again\n`,
+      );
+      assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["file", "qemu.d"]);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("hook status reports a state directory that became a symbolic link after install, and its fix works", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-moved-" });
   try {
