@@ -277,6 +277,42 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "a hooks directory linked onto a read-only mount names that mount, not the link's",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ro-link-" });
+    try {
+      const mount = `${dir}/mnt`;
+      // qemu.d a link into a read-only tree (a generated one); the link itself on a writable mount.
+      const out = await runInPrivateMounts(
+        `mkdir ${mount} && mount -t tmpfs passthrough-test ${mount} && ` +
+          `mkdir ${mount}/qemu.d && mount -o remount,ro ${mount} && ln -s ${mount}/qemu.d ${dir}/qemu.d`,
+        [
+          ...cliCommand(),
+          "hook",
+          "install",
+          "--hooks-dir",
+          `${dir}/qemu.d`,
+          "--state-dir",
+          `${dir}/state`,
+        ],
+        { NO_COLOR: "1" },
+      );
+      assertEquals(out.code, 1, out.stderr);
+      // It named the mount holding the link ("/", already writable) and said to remount it.
+      assertMatch(
+        out.stderr,
+        new RegExp(
+          `Read-only file system \\(os error 30\\): mkdir '${dir}/qemu.d/[^']+' \\(on the read-only mount "${mount}": make it writable \\("mount -o remount,rw ${mount}"\\), or use a directory elsewhere\\)\\n$`,
+        ),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("a state file that cannot be replaced (chattr +i) says how to see and clear the attribute", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-immutable-" });
   const allowance = `${dir}/state/guard/allow/win11.json`;
