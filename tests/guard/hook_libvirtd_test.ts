@@ -9,7 +9,7 @@
 import { assert, assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { runCli, runHook } from "../helpers/cli.ts";
-import { livePciMissing } from "../helpers/hosts.ts";
+import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
@@ -333,6 +333,105 @@ Deno.test({
       });
 
       for (const [name] of domains) await virsh(daemon.uri, "undefine", name);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** The VFIO-Tools hooks helper's dispatcher: runs `qemu.d/VM/OPERATION/SUB-OPERATION/*`. */
+const VFIO_TOOLS_DISPATCHER = `#!/bin/bash
+HOOKPATH="$(dirname $0)/qemu.d/$1/$2/$3"
+set -e
+if [ -f "$HOOKPATH" ]; then
+  eval \\""$HOOKPATH"\\" "$@"
+elif [ -d "$HOOKPATH" ]; then
+  while read file; do
+    eval \\""$file"\\" "$@"
+  done <<< "$(find -L "$HOOKPATH" -maxdepth 1 -type f -executable -print;)"
+fi
+`;
+
+/** Every path under `dir` with its content (a directory's: `null`), sorted. */
+function treeOf(dir: string, under = dir): [string, string | null][] {
+  return [...Deno.readDirSync(under)].flatMap((e): [string, string | null][] => {
+    const path = `${under}/${e.name}`;
+    return e.isDirectory
+      ? [[path.slice(dir.length), null], ...treeOf(dir, path)]
+      : [[path.slice(dir.length), Deno.readTextFileSync(path)]];
+  }).sort(([a], [b]) => a < b ? -1 : 1);
+}
+
+Deno.test({
+  name:
+    "beside the VFIO-Tools hooks helper on a real libvirtd, the guard sees what its single-GPU " +
+    "script freed at prepare begin, and install and remove leave its folders alone" +
+    (libvirtdUnavailable() === null ? "" : ` (skipped: ${libvirtdUnavailable()})`),
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const host = loadFixtureHost("x570-aorus-pro-wifi");
+    const gpu = "0000:0c:00.0";
+    host.host_use = [{ address: gpu, reason: "console-vga", detail: "boot_vga=1 with fbcon" }];
+    await using tree = await tempHostTree(host);
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-vfio-tools-" });
+    try {
+      const hooksDir = `${dir}/hooks`;
+      const begin = `${hooksDir}/qemu.d/single-gpu/prepare/begin`;
+      Deno.mkdirSync(begin, { recursive: true });
+      Deno.mkdirSync(`${hooksDir}/qemu.d/single-gpu/release/end`, { recursive: true });
+      Deno.writeTextFileSync(`${hooksDir}/qemu`, VFIO_TOOLS_DISPATCHER, { mode: 0o755 });
+      // Stands for stopping the display manager and unbinding the console: the captured tree's
+      // host use is what the guard reads. Not executable yet, so the dispatcher skips it.
+      const teardown = `${begin}/10-vfio-startup.sh`;
+      Deno.writeTextFileSync(teardown, `#!/bin/sh\necho '[]' > ${tree.dir}/host_use.json\n`, {
+        mode: 0o644,
+      });
+      Deno.writeTextFileSync(`${hooksDir}/qemu.d/single-gpu/release/end/teardown.sh`, "", {
+        mode: 0o755,
+      });
+      const before = treeOf(hooksDir);
+      const hooks = ["--hooks-dir", `${hooksDir}/qemu.d`];
+      const install = await runCli(
+        ["hook", "install", ...hooks, "--state-dir", `${dir}/state`, "--sysfs", tree.dir],
+      );
+      assertEquals(install.code, 0, install.stderr);
+      const status = await runCli(["hook", "status", ...hooks]);
+      assertEquals(status.code, 0, status.stdout);
+
+      const bus = (address: string) => `0x${address.slice(5, 7)}`;
+      const id = (f: string) => Deno.readTextFileSync(`${tree.dir}/bus/pci/devices/${gpu}/${f}`);
+      const [vendor, device, klass] = ["vendor", "device", "class"].map((f) =>
+        id(f).trim().slice(2)
+      );
+      const xml = domainXml("single-gpu", [], [
+        `<passthrough:device address="${gpu}" vendor="${vendor}" device="${device}" class="${klass}" rule="gpu"/>`,
+      ]).replace(
+        "<devices>",
+        `<devices><hostdev mode='subsystem' type='pci' managed='no'><source><address ` +
+          `domain='0x0000' bus='${bus(gpu)}' slot='0x00' function='0x0'/></source></hostdev>`,
+      );
+      await Deno.writeTextFile(`${dir}/single-gpu.xml`, xml);
+      await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
+      assertEquals((await virsh(daemon.uri, "define", `${dir}/single-gpu.xml`)).code, 0);
+      try {
+        const bound = await virsh(daemon.uri, "start", "single-gpu");
+        assertMatch(
+          bound.out,
+          /refusing to start "single-gpu": hostdev 0000:0c:00\.0 .*console-vga.*; only "allow_host_critical: true" on rule "gpu" \(then passthrough apply\) lets it start/,
+        );
+        Deno.chmodSync(teardown, 0o755);
+        const freed = await virsh(daemon.uri, "start", "single-gpu");
+        console.log(`$ virsh start single-gpu\n${freed.out.trim()}`);
+        // The start fails later, in libvirt, for lack of the device: not in the hook.
+        assertEquals(freed.code, 1, freed.out);
+        assert.doesNotMatch(freed.out, /Hook script execution failed|passthrough guard/);
+      } finally {
+        await virsh(daemon.uri, "undefine", "single-gpu");
+      }
+      Deno.chmodSync(teardown, 0o644);
+      const remove = await runCli(["hook", "remove", ...hooks]);
+      assertEquals(remove.code, 0, remove.stderr);
+      assertEquals(treeOf(hooksDir), before);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
