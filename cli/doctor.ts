@@ -79,7 +79,7 @@ export function libvirtProbe(
 ): () => LibvirtReach {
   const describe = (readOnly: boolean) => {
     using conn = Connection.open(uri, { ...options, readOnly });
-    return `${conn.uri} (libvirt ${conn.libVersion})`;
+    return { uri: conn.uri, version: conn.libVersion };
   };
   return () => {
     let refused: Error;

@@ -407,22 +407,51 @@ function checkAcsOverride(host: HostTopology): DoctorFinding {
   return { check: "acs-override", status: "ok", summary: "No ACS override", hint: null };
 }
 
-/**
- * How far libvirt let this user in: a description of the connection (`qemu:///system (libvirt
- * 9.0.0)`) when it opened read-write; the read-only one and the refusal of read-write when only
- * that opened (a socket or polkit that shuts this user out of managing it); the error when it
- * did not open at all.
- */
-export type LibvirtReach = string | Error | { readOnly: string; refused: Error };
+/** A connection libvirt opened: its URI and the daemon's libvirt version (`9.0.0`). */
+export interface LibvirtConnected {
+  /** The URI libvirt says it connected to. */
+  uri: string;
+  /** The version of libvirt the daemon runs (`virConnectGetLibVersion`). */
+  version: string;
+}
 
-function checkLibvirt(probe: () => LibvirtReach): DoctorFinding {
-  let result: LibvirtReach;
+/**
+ * How far libvirt let this user in: the connection when it opened read-write; the read-only one
+ * and the refusal of read-write when only that opened (a socket or polkit that shuts this user
+ * out of managing it); the error when it did not open at all.
+ */
+export type LibvirtReach = LibvirtConnected | Error | {
+  readOnly: LibvirtConnected;
+  refused: Error;
+};
+
+/** The probe's answer, a throw taken as the error it is. */
+function reachOf(probe: () => LibvirtReach): LibvirtReach {
   try {
-    result = probe();
+    return probe();
   } catch (error) {
-    result = error instanceof Error ? error : new Error(String(error));
+    return error instanceof Error ? error : new Error(String(error));
   }
-  if (result instanceof Error) {
+}
+
+/** `qemu:///system (libvirt 9.0.0)`. */
+function describeConnection(connected: LibvirtConnected): string {
+  return `${connected.uri} (libvirt ${connected.version})`;
+}
+
+/**
+ * The libvirt version of this host's daemon, when the probe reached one here: a URI naming
+ * another host (`qemu+ssh://far/system`) says nothing of the hooks this host runs.
+ */
+function localLibvirtVersion(reach: LibvirtReach | undefined): string | null {
+  if (reach === undefined || reach instanceof Error) return null;
+  const connected = "readOnly" in reach ? reach.readOnly : reach;
+  return /^[a-z0-9+]+:\/\/\//i.test(connected.uri) ? connected.version : null;
+}
+
+function checkLibvirt(reach: LibvirtReach): DoctorFinding {
+  if (reach instanceof Error) {
+    const result = reach;
     return {
       check: "libvirt",
       status: "fail",
@@ -431,18 +460,21 @@ function checkLibvirt(probe: () => LibvirtReach): DoctorFinding {
         "Start libvirtd (or virtqemud), check LIBVIRT_DEFAULT_URI or --connect, and that you may use its socket",
     };
   }
-  if (typeof result !== "string") {
+  if ("readOnly" in reach) {
+    const result = reach;
     // The host may be ready; this user is not let in to change it.
     return {
       check: "libvirt",
       status: "warn",
-      summary:
-        `libvirt answers read-only only: ${result.readOnly}; plan, apply and rollback, which open it read-write, are refused: ${result.refused.message}`,
+      summary: `libvirt answers read-only only: ${
+        describeConnection(result.readOnly)
+      }; plan, apply and rollback, which open it read-write, are refused: ${result.refused.message}`,
       // Told apart only when refused here; a far host's refusal (over ssh) comes in its words.
       hint: libvirtAccessAdvice(result.refused) ??
         `connect as a user libvirt lets manage it: root, or (on Debian) a member of the "libvirt" group; over ssh, the user the URI logs in as on that host`,
     };
   }
+  const result = describeConnection(reach);
   const session = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/? /i.exec(result)?.[1];
   if (session !== undefined) {
     // libvirt's default for a user other than root: their own libvirt, without the host's VMs.
@@ -978,7 +1010,7 @@ interface HookNote {
   hint?: string;
 }
 
-function checkHook(facts: HookDoctorFacts | Error): DoctorFinding {
+function checkHook(facts: HookDoctorFacts | Error, libvirtVersion: string | null): DoctorFinding {
   if (facts instanceof Error) {
     // Unknown, not absent: the other checks stand, and root sees the hook.
     return {
@@ -1028,7 +1060,7 @@ function checkHook(facts: HookDoctorFacts | Error): DoctorFinding {
   }
   const notes = [
     ...hookFileNotes(facts, install),
-    ...loaderNotes(facts),
+    ...loaderNotes(facts, libvirtVersion),
   ];
   const status = notes.reduce<DoctorStatus>(
     (worst, n) => SEVERITY[n.status] > SEVERITY[worst] ? n.status : worst,
@@ -1062,18 +1094,45 @@ function hookFileNotes(facts: HookDoctorFacts, install: string): HookNote[] {
     : [{ status: "ok", note: `installed by this version (${version})` }];
 }
 
-/** Whether libvirt runs the hook: its directory, the running daemons, SELinux's label. */
-function loaderNotes(facts: HookDoctorFacts): HookNote[] {
+/** The first libvirt that runs the executables of `qemu.d` (before it, only `hooks/qemu`). */
+const HOOK_DIR_LIBVIRT = [6, 5, 0];
+
+/** Whether `version` (`6.0.0`) is older than {@link HOOK_DIR_LIBVIRT}. */
+function readsNoHookDir(version: string): boolean {
+  const parts = version.split(".").map(Number);
+  for (const [i, least] of HOOK_DIR_LIBVIRT.entries()) {
+    const part = parts[i] ?? 0;
+    if (part !== least) return part < least;
+  }
+  return false;
+}
+
+/**
+ * Whether libvirt runs the hook: its directory, the running daemons (and the libvirt version of
+ * this host's, when the libvirt check reached it), SELinux's label.
+ */
+function loaderNotes(facts: HookDoctorFacts, libvirtVersion: string | null): HookNote[] {
   const { inspection } = facts;
-  const notes: HookNote[] = facts.readByLibvirt ? daemonNotes(facts) : [{
-    status: "warn",
-    note: `libvirt's system daemon does not run hooks from ${
-      dirname(inspection.path)
-    }, so it guards no start there`,
-    hint: `${
-      installCommand(inspection, { hooksDir: false })
-    } (its default --hooks-dir is the one libvirt reads)`,
-  }];
+  const tooOld = facts.readByLibvirt && libvirtVersion !== null && readsNoHookDir(libvirtVersion);
+  const notes: HookNote[] = tooOld
+    ? [{
+      status: "warn",
+      note: `libvirt ${libvirtVersion} runs no hooks from ${dirname(inspection.path)} (${
+        HOOK_DIR_LIBVIRT.join(".")
+      } and later do), so it guards no start`,
+      hint: `upgrade libvirt to ${HOOK_DIR_LIBVIRT.join(".")} or later`,
+    }]
+    : facts.readByLibvirt
+    ? daemonNotes(facts)
+    : [{
+      status: "warn",
+      note: `libvirt's system daemon does not run hooks from ${
+        dirname(inspection.path)
+      }, so it guards no start there`,
+      hint: `${
+        installCommand(inspection, { hooksDir: false })
+      } (its default --hooks-dir is the one libvirt reads)`,
+    }];
   if (facts.selinux !== null) {
     const type = facts.selinux.label?.split(":")[2] ?? null;
     notes.push(
@@ -1115,8 +1174,11 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkBootBindings(options),
   ].filter((f) => f !== null);
   if (options.facts !== undefined) findings.push(...preflightFindings(options.host, options.facts));
-  if (options.libvirtProbe !== undefined) findings.push(checkLibvirt(options.libvirtProbe));
-  if (options.hook !== undefined) findings.push(checkHook(options.hook));
+  const reach = options.libvirtProbe === undefined ? undefined : reachOf(options.libvirtProbe);
+  if (reach !== undefined) findings.push(checkLibvirt(reach));
+  if (options.hook !== undefined) {
+    findings.push(checkHook(options.hook, localLibvirtVersion(reach)));
+  }
   if (options.bundle !== undefined && options.bundle !== null) {
     findings.push(checkBundle(options.bundle));
   }

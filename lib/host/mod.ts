@@ -45,6 +45,7 @@ export {
   type DoctorOptions,
   type DoctorStatus,
   type HookDoctorFacts,
+  type LibvirtConnected,
   type LibvirtReach,
   runDoctor,
 } from "./doctor.ts";
