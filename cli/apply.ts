@@ -59,7 +59,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan: computed, libvirt, config, facts, hardware }: ComputedPlan,
+  { plan: computed, libvirt, config, facts, hardware, hostNow }: ComputedPlan,
   { values, io, stateDir, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -93,6 +93,7 @@ async function applyComputed(
     lock,
     devices: facts,
     hardware,
+    hostNow,
     interrupted: () => signals.check(),
     run: runFlags(values),
   });

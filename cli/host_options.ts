@@ -7,13 +7,14 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
 import { discoverHost } from "../lib/host/discover.ts";
-import { readDeviceAt, readPhysicalSlots } from "../lib/host/sysfs_device.ts";
+import { readDeviceAt, readHostUse, readPhysicalSlots } from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
 import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 import { keepIgnoredSignals } from "./signals.ts";
+import type { HostNow } from "../lib/apply/recheck.ts";
 
 /** The real sysfs root. */
 export const LIVE_SYSFS = "/sys";
@@ -162,5 +163,33 @@ export function hostDeviceReader(
     // would be another card.
     device.physicalSlot = readPhysicalSlots(reader, sysRoot).get(slotOf(address)) ?? null;
     return device;
+  };
+}
+
+/**
+ * The IOMMU groups and host use of the host at `root` (default `/sys`) as they are now, beside
+ * `planned`, the host the plan read there: `apply` checks with it before each define that no
+ * function joined the groups the VM takes and that the host uses none of them since the plan.
+ */
+export function hostNowReader(root: string | undefined, planned: HostTopology): HostNow {
+  // Nothing is resolved or opened until apply asks: `plan` builds this too.
+  let read: { reader: SysfsReader; sysRoot: string; live: boolean } | undefined;
+  const opened = () => {
+    if (read === undefined) {
+      const { sysRoot, live } = sysfsRootOf(root);
+      read = { reader: readerFor(sysRoot), sysRoot, live };
+    }
+    return read;
+  };
+  return {
+    planned,
+    groupMembers: (group) => {
+      const { reader, sysRoot } = opened();
+      return reader.listDir(`${sysRoot}/kernel/iommu_groups/${group}/devices`)?.sort() ?? null;
+    },
+    hostUse: (devices) => {
+      const { reader, sysRoot, live } = opened();
+      return readHostUse(reader, { root: sysRoot, live, devices });
+    },
   };
 }

@@ -9,6 +9,7 @@
 
 import type { Plan } from "../lib/plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
+import type { HostNow } from "../lib/apply/recheck.ts";
 import type { HostFacts } from "../lib/host/preflight.ts";
 import { type Config, loadConfig } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
@@ -22,6 +23,7 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import {
   hostDeviceReader,
   hostFactsFor,
+  hostNowReader,
   isLiveRoot,
   LIVE_SYSFS,
   loadHost,
@@ -102,6 +104,8 @@ export interface ComputedPlan extends Disposable {
   facts: HostFacts;
   /** Reads a function of the planned host (its sysfs) as it is now, for `apply`'s re-check. */
   hardware: (address: PciAddress) => PciDevice | null;
+  /** The planned host's IOMMU groups and use, as read and as they are now, for that re-check. */
+  hostNow: HostNow;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -266,6 +270,7 @@ export async function computePlan(
       config,
       facts,
       hardware: hostDeviceReader(sysfs),
+      hostNow: hostNowReader(sysfs, host),
       [Symbol.dispose]: () => libvirt.close(),
     };
   } catch (error) {

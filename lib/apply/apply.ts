@@ -47,7 +47,13 @@ import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { hardwareSincePlan, heldSincePlan, type ReadHostDevice } from "./recheck.ts";
+import {
+  hardwareSincePlan,
+  heldSincePlan,
+  type HostNow,
+  hostSincePlan,
+  type ReadHostDevice,
+} from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand, positionalCommand, type RunFlags } from "../render/shell.ts";
@@ -81,7 +87,9 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `conflict-changed`: another domain was given a device this VM takes since the plan was made
  *   (`failed`);
  * - `hardware-changed`: a device this VM takes is gone from the host, another card, or in another
- *   IOMMU group since the plan was made ({@link ApplyOptions.hardware}) (`failed`);
+ *   IOMMU group since the plan was made ({@link ApplyOptions.hardware}), or its group gained a
+ *   function or the host uses it or a function of its group since then
+ *   ({@link ApplyOptions.hostNow}) (`failed`);
  * - `backup-failed`: no backup could be written, so nothing was defined (`failed`);
  * - `define-failed`: libvirt refused the new definition (`failed`);
  * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
@@ -255,6 +263,13 @@ export interface ApplyOptions {
    * (`hardware-changed`). Default: the host is not read again.
    */
   hardware?: ReadHostDevice;
+  /**
+   * The planned host's IOMMU groups and use, as the plan read them and as they are now: with
+   * `hardware`, before each define, a VM whose groups gained a function, or a device of whose
+   * groups the host uses, since the plan is not applied (`hardware-changed`). Default: not
+   * read again.
+   */
+  hostNow?: HostNow;
   /**
    * Asked before each VM (or each set of VMs swapping devices) is asked about and applied: a
    * reason (`SIGINT`, ...) stops the apply there, the VMs left skipped (`interrupted`), so a stop
@@ -1171,9 +1186,11 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
-  const changed = options.hardware === undefined
-    ? []
-    : hardwareSincePlan(vm, options.hardware, plan.groupOf);
+  const { hardware, hostNow } = options;
+  const changed = hardware === undefined ? [] : [
+    ...hardwareSincePlan(vm, hardware, plan.groupOf),
+    ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, hardware, plan.groupOf)),
+  ];
   if (changed.length > 0) {
     return fail({
       code: "hardware-changed",

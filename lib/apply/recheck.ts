@@ -17,7 +17,7 @@
  */
 
 import { heldAddresses } from "../domain/domain_xml.ts";
-import type { PciAddress, PciDevice } from "../host/types.ts";
+import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { sameIdentityAsRead } from "../resolve/match.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
@@ -288,3 +288,98 @@ function identityChange(
 }
 
 type PlannedHostdevIdentity = VmPlan["add"][number]["identity"];
+
+/**
+ * The host's IOMMU groups and use, as the plan read them and as they are now (see
+ * `hostNowReader` in `cli/host_options.ts`).
+ */
+export interface HostNow {
+  /** The host the plan was computed from. */
+  planned: Pick<HostTopology, "groups" | "hostUse">;
+  /** The addresses IOMMU group `group` lists now, or `null` when the host lists no groups. */
+  groupMembers: (group: number) => PciAddress[] | null;
+  /** What the host uses now of `devices`, or `null` when that cannot be told. */
+  hostUse: (devices: PciDevice[]) => readonly HostUse[] | null;
+}
+
+/**
+ * Why the IOMMU groups of the devices `vm` takes, or the host's use of them, are no longer what
+ * its plan judged, one sentence per change (empty when none). The plan refused a group holding a
+ * device the host needs and a group split with another domain; between the plan and the define a
+ * function can be hot-added into the group (VFIO hands the guest all of it, so the VM would take
+ * it, or not start), and the host can start using a device of the group (a filesystem mounted on
+ * its disk, the route or the console moved to it). A new PCI bridge does not count: bridges stay
+ * with the host. Use the plan already knew of was judged by the plan.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { emptyVmPlan } from "../plan/vm_edit.ts";
+ * import type { PciDevice } from "../host/types.ts";
+ * import type { PlannedHostdev } from "../plan/types.ts";
+ * const add = { address: "0000:01:00.0", rule: "gpu", group: 1 } as PlannedHostdev;
+ * const vm = { ...emptyVmPlan("a", ""), add: [add] };
+ * const gpu = { address: "0000:01:00.0", isBridge: false } as PciDevice;
+ * const now = {
+ *   planned: { groups: [{ group: 1, devices: [gpu] }], hostUse: [] },
+ *   groupMembers: () => ["0000:01:00.0"],
+ *   hostUse: () => [{ address: "0000:01:00.0", reason: "console-vga" as const, detail: "fb0" }],
+ * };
+ * assertEquals(hostSincePlan(vm, now, () => gpu), [
+ *   `"0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: fb0), which it was not at the plan`,
+ * ]);
+ * ```
+ */
+export function hostSincePlan(
+  vm: VmPlan,
+  now: HostNow,
+  read: ReadHostDevice,
+  groupOf: Readonly<Record<PciAddress, number>> = {},
+): string[] {
+  const taking = new Map<PciAddress, string>([
+    ...vm.add.map((a): [PciAddress, string] => [a.address, `"${a.address}" (rule "${a.rule}")`]),
+    ...vm.move.map((m): [PciAddress, string] => [m.to, `"${m.to}" (rule "${m.rule}")`]),
+  ]);
+  if (taking.size === 0) return [];
+  const planned = new Map(now.planned.groups.map((g) => [g.group, g.devices]));
+  const problems: string[] = [];
+  // Everything VFIO would hand over with the VM's devices, as the host is now.
+  const bound = new Map<PciAddress, PciDevice>();
+  const seen = new Set<number>();
+  for (const [address, named] of taking) {
+    const device = read(address);
+    if (device !== null) bound.set(address, device);
+    const group = groupOf[address] ?? device?.iommuGroup ?? null;
+    if (group === null || seen.has(group)) continue;
+    seen.add(group);
+    const before = new Set((planned.get(group) ?? []).map((d) => d.address));
+    for (const mate of now.groupMembers(group) ?? []) {
+      if (taking.has(mate) || bound.has(mate)) continue;
+      const other = read(mate);
+      if (other === null || other.isBridge) continue;
+      bound.set(mate, other);
+      if (before.has(mate)) continue;
+      problems.push(
+        `IOMMU group ${group} of ${named} now also holds "${mate}" (${
+          other.className ?? `class ${other.classCode}`
+        }${
+          other.driver === null ? "" : `, driver ${other.driver}`
+        }), which the plan did not see (VFIO hands a guest the whole group)`,
+      );
+    }
+  }
+  const use = now.hostUse([...bound.values()]);
+  if (use === null) {
+    return [...problems, "what the host uses of them cannot be read now"];
+  }
+  const known = new Set((now.planned.hostUse ?? []).map((u) => `${u.address} ${u.reason}`));
+  for (const u of use) {
+    if (!bound.has(u.address) || known.has(`${u.address} ${u.reason}`)) continue;
+    problems.push(
+      `${
+        taking.get(u.address) ?? `"${u.address}", in the IOMMU group of a device it takes,`
+      } is now in use by the host (${u.reason}: ${u.detail}), which it was not at the plan`,
+    );
+  }
+  return problems;
+}
