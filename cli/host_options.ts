@@ -14,7 +14,7 @@ import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/i
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 import { keepIgnoredSignals } from "./signals.ts";
-import type { HostNow } from "../lib/apply/recheck.ts";
+import type { HostRead } from "../lib/apply/recheck.ts";
 
 /** The real sysfs root. */
 export const LIVE_SYSFS = "/sys";
@@ -167,12 +167,13 @@ export function hostDeviceReader(
 }
 
 /**
- * The IOMMU groups and host use of the host at `root` (default `/sys`) as they are now, beside
- * `planned`, the host the plan read there: `apply` checks with it before each define that no
- * function joined the groups the VM takes and that the host uses none of them since the plan.
+ * The devices, IOMMU groups and host use of the host at `root` (default `/sys`) as they are now:
+ * `apply` checks with them before each define that no function joined the groups a VM takes and
+ * that the host uses none of them since the plan; `rollback` that a backup's groups hold nothing
+ * the host needs.
  */
-export function hostNowReader(root: string | undefined, planned: HostTopology): HostNow {
-  // Nothing is resolved or opened until apply asks: `plan` builds this too.
+export function hostReader(root: string | undefined): HostRead {
+  // Nothing is resolved or opened until apply or rollback asks: `plan` builds this too.
   let read: { reader: SysfsReader; sysRoot: string; live: boolean } | undefined;
   const opened = () => {
     if (read === undefined) {
@@ -182,7 +183,7 @@ export function hostNowReader(root: string | undefined, planned: HostTopology): 
     return read;
   };
   return {
-    planned,
+    device: hostDeviceReader(root),
     groupMembers: (group) => {
       const { reader, sysRoot } = opened();
       return reader.listDir(`${sysRoot}/kernel/iommu_groups/${group}/devices`)?.sort() ?? null;

@@ -23,7 +23,7 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import {
   hostDeviceReader,
   hostFactsFor,
-  hostNowReader,
+  hostReader,
   isLiveRoot,
   LIVE_SYSFS,
   loadHost,
@@ -270,7 +270,7 @@ export async function computePlan(
       config,
       facts,
       hardware: hostDeviceReader(sysfs),
-      hostNow: hostNowReader(sysfs, host),
+      hostNow: { planned: host, ...hostReader(sysfs) },
       [Symbol.dispose]: () => libvirt.close(),
     };
   } catch (error) {

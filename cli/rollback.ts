@@ -28,7 +28,7 @@ import { hostNeedsAllowed } from "../lib/guard/policy.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
-import { hostDeviceReader, hostFactsFor, LIVE_SYSFS } from "./host_options.ts";
+import { hostDeviceReader, hostFactsFor, hostReader, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
 import { readVirtualFunctions } from "../lib/host/sysfs_device.ts";
 
@@ -97,18 +97,18 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
  * What the guard would say of `xml` on this host, split: `refusals`, why the restore is refused
  * (a recorded device replaced, or one the host needs); `warnings`, the rest (an address that
  * holds nothing, a record that cannot be read): nothing can be taken from the host there, but
- * the VM will not start as restored. Checked once per definition.
+ * the VM will not start as restored. Checked once per definition, unless `fresh` asks again.
  */
 function startCheck(
   vm: string,
   run: RunFlags,
   stateDir: string,
-): (xml: string) => { refusals: string[]; warnings: string[] } {
+): (xml: string, fresh?: boolean) => { refusals: string[]; warnings: string[] } {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
   const seen = new Map<string, { refusals: string[]; warnings: string[] }>();
-  return (xml) => {
-    if (!seen.has(xml)) {
+  return (xml, fresh = false) => {
+    if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
       // A device the host needs, recorded under a rule with allow_host_critical: true (in the
       // policies apply left in this state directory), is one the guard starts, as plan kept it.
@@ -196,7 +196,9 @@ export async function run(
     // the start guard would say of the backup's hostdevs on it.
     ...(isRemoteUri(libvirt.uri) ? {} : {
       devices: hostFactsFor(undefined),
-      startRefusals: (xml) => check(xml).refusals,
+      // Read afresh each time: asked again after the question, which may stay open for minutes.
+      startRefusals: (xml) => check(xml, true).refusals,
+      host: hostReader(undefined),
       startWarnings: (xml) => check(xml).warnings,
       ...liveDeviceFacts(),
     }),

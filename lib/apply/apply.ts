@@ -1189,7 +1189,7 @@ function applyVm(
   const { hardware, hostNow } = options;
   const changed = hardware === undefined ? [] : [
     ...hardwareSincePlan(vm, hardware, plan.groupOf),
-    ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, hardware, plan.groupOf)),
+    ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, plan.groupOf)),
   ];
   if (changed.length > 0) {
     return fail({

@@ -16,7 +16,7 @@ export {
   type LiveChange,
   type VmApplyResult,
 } from "./apply.ts";
-export { type HostNow, type ReadHostDevice } from "./recheck.ts";
+export { type HostNow, type HostRead, type ReadHostDevice } from "./recheck.ts";
 export {
   BackupMismatchError,
   type RollbackCode,

@@ -19,6 +19,7 @@
 import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { sameIdentityAsRead } from "../resolve/match.ts";
+import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
@@ -290,16 +291,22 @@ function identityChange(
 type PlannedHostdevIdentity = VmPlan["add"][number]["identity"];
 
 /**
- * The host's IOMMU groups and use, as the plan read them and as they are now (see
- * `hostNowReader` in `cli/host_options.ts`).
+ * The host's devices, IOMMU groups and use as they are now (see `hostReader` in
+ * `cli/host_options.ts`).
  */
-export interface HostNow {
-  /** The host the plan was computed from. */
-  planned: Pick<HostTopology, "groups" | "hostUse">;
+export interface HostRead {
+  /** One PCI function as it is now, or `null` when none is at the address. */
+  device: ReadHostDevice;
   /** The addresses IOMMU group `group` lists now, or `null` when the host lists no groups. */
   groupMembers: (group: number) => PciAddress[] | null;
   /** What the host uses now of `devices`, or `null` when that cannot be told. */
   hostUse: (devices: PciDevice[]) => readonly HostUse[] | null;
+}
+
+/** {@link HostRead} beside the host the plan was computed from. */
+export interface HostNow extends HostRead {
+  /** The host the plan read: its groups and what it used. */
+  planned: Pick<HostTopology, "groups" | "hostUse">;
 }
 
 /**
@@ -322,10 +329,11 @@ export interface HostNow {
  * const gpu = { address: "0000:01:00.0", isBridge: false } as PciDevice;
  * const now = {
  *   planned: { groups: [{ group: 1, devices: [gpu] }], hostUse: [] },
+ *   device: () => gpu,
  *   groupMembers: () => ["0000:01:00.0"],
  *   hostUse: () => [{ address: "0000:01:00.0", reason: "console-vga" as const, detail: "fb0" }],
  * };
- * assertEquals(hostSincePlan(vm, now, () => gpu), [
+ * assertEquals(hostSincePlan(vm, now), [
  *   `"0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: fb0), which it was not at the plan`,
  * ]);
  * ```
@@ -333,9 +341,9 @@ export interface HostNow {
 export function hostSincePlan(
   vm: VmPlan,
   now: HostNow,
-  read: ReadHostDevice,
   groupOf: Readonly<Record<PciAddress, number>> = {},
 ): string[] {
+  const read = now.device;
   const taking = new Map<PciAddress, string>([
     ...vm.add.map((a): [PciAddress, string] => [a.address, `"${a.address}" (rule "${a.rule}")`]),
     ...vm.move.map((m): [PciAddress, string] => [m.to, `"${m.to}" (rule "${m.rule}")`]),
@@ -382,4 +390,59 @@ export function hostSincePlan(
     );
   }
   return problems;
+}
+
+/**
+ * Why passing `passed` (the hostdevs of a definition about to be restored) would take from the
+ * host a device it needs, one sentence per such device: VFIO hands a guest the whole IOMMU group,
+ * so a function that joined a passed device's group (a hot-added one, groups merged by a kernel
+ * command line without the ACS override), or one the host uses now, goes too, or the guest does
+ * not start. A PCI bridge stays with the host. The device's own use is the start guard's.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import type { PciDevice } from "../host/types.ts";
+ * const device = (address: string, classCode: string) =>
+ *   ({ address, classCode, iommuGroup: 1, isBridge: false }) as PciDevice;
+ * const host = {
+ *   device: (a: string) => device(a, a.endsWith(".0") ? "030000" : "010802"),
+ *   groupMembers: () => ["0000:01:00.0", "0000:05:00.0"],
+ *   hostUse: () => [{ address: "0000:05:00.0", reason: "mounted-filesystem" as const, detail: "/" }],
+ * };
+ * assertEquals(groupMatesHostNeeds(["0000:01:00.0"], host), [
+ *   `IOMMU group 1 of "0000:01:00.0" also holds "0000:05:00.0", which it does not pass and the host needs (in use by the host (mounted-filesystem: /)): VFIO hands a guest the whole group`,
+ * ]);
+ * ```
+ */
+export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRead): string[] {
+  const passing = new Set(passed);
+  const mates = new Map<PciAddress, { device: PciDevice; of: PciAddress; group: number }>();
+  const seen = new Set<number>();
+  for (const address of passing) {
+    const group = host.device(address)?.iommuGroup ?? null;
+    if (group === null || seen.has(group)) continue;
+    seen.add(group);
+    for (const mate of host.groupMembers(group) ?? []) {
+      if (passing.has(mate) || mates.has(mate)) continue;
+      const device = host.device(mate);
+      if (device !== null && !device.isBridge) mates.set(mate, { device, of: address, group });
+    }
+  }
+  if (mates.size === 0) return [];
+  const hostUse = host.hostUse([...mates.values()].map((m) => m.device));
+  if (hostUse === null) {
+    return [
+      `what the host uses of the IOMMU groups of ${
+        [...passing].map((a) => `"${a}"`).join(", ")
+      } cannot be read now`,
+    ];
+  }
+  const matchedCards = new Set([...passing].map(cardOf));
+  return [...mates].flatMap(([address, { device, of, group }]) => {
+    const why = hostCriticalReason(device, { matchedCards, hostUse });
+    return why === null ? [] : [
+      `IOMMU group ${group} of "${of}" also holds "${address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,
+    ];
+  });
 }

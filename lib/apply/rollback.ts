@@ -39,7 +39,12 @@ import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { defineOrExplain, describeXmlChange, hasSavedState, savedStateNote } from "./apply.ts";
 import { hasSignificantChanges } from "../render/diff.ts";
 import { readWorld, type World } from "../plan/world.ts";
-import { heldElsewhere, type HeldElsewhereOptions } from "./recheck.ts";
+import {
+  groupMatesHostNeeds,
+  heldElsewhere,
+  type HeldElsewhereOptions,
+  type HostRead,
+} from "./recheck.ts";
 import { type DeviceResolvers, withNetworks } from "../plan/used_devices.ts";
 import { errorText } from "../render/error_text.ts";
 import { followUpCommand, type RunFlags, shellWord } from "../render/shell.ts";
@@ -93,7 +98,8 @@ export interface RollbackOptions {
   /**
    * Why the backup's hostdevs may not be started on this host now, as the start guard sees them
    * (a recorded device replaced by another, or one the host needs that no `allow_host_critical`
-   * lets it start): such a backup is not restored. Default: not asked (libvirt on another host).
+   * lets it start): such a backup is not restored. Asked before the question and again after it.
+   * Default: not asked (libvirt on another host).
    */
   startRefusals?: (xml: string) => string[];
   /**
@@ -117,6 +123,13 @@ export interface RollbackOptions {
    * unbinds its host driver, which destroys every VF). Default: not checked.
    */
   sriovPeersOf?: (address: PciAddress) => PciAddress[];
+  /**
+   * This host's devices, IOMMU groups and use now (when libvirt runs here): a backup passing a
+   * device whose group also holds a function the host needs (in use, or a platform device) is
+   * not restored (`start-refused`), as VFIO would hand it to the guest with the group. Checked
+   * before the question and again after it. Default: not checked.
+   */
+  host?: HostRead;
   /**
    * The flags of this run (`--connect`, `--state-dir`) that the commands a message advises
    * repeat, so they open the same libvirt and state directory. Default: none.
@@ -679,8 +692,18 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);
-  const refusals = options.startRefusals?.(backupXml) ?? [];
-  if (refusals.length > 0) return report("failed", startRefused(vm, backup, refusals, run), null);
+  // The guard's refusals of the backup's own devices, and what their groups would take along.
+  const refusedNow = (): Stop | null => {
+    const refusals = [
+      ...(options.startRefusals?.(backupXml) ?? []),
+      ...(options.host === undefined
+        ? []
+        : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
+    ];
+    return refusals.length > 0 ? startRefused(vm, backup, refusals, run) : null;
+  };
+  const refused = refusedNow();
+  if (refused !== null) return report("failed", refused, null);
   warnings = options.startWarnings?.(backupXml) ?? [];
   const answer: unknown = await options.confirm({
     vm,
@@ -696,7 +719,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   }
   // The question may stay open for minutes: look again.
   const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run }) ??
-    heldElsewhereNow(libvirt, restoring);
+    heldElsewhereNow(libvirt, restoring) ?? refusedNow();
   if (changed !== null) return report("failed", changed, null);
   // Without a backup of what is replaced, the rollback itself could not be undone.
   let safety: BackupEntry | null = null;

@@ -6,7 +6,7 @@
  * test driver.
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import {
   baseDevices,
   dev,
@@ -20,8 +20,10 @@ import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree
 import { discoverHost } from "../../lib/host/discover.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { applyPlan, type ApplyReport } from "../../lib/apply/apply.ts";
-import { listBackups } from "../../lib/state/backups.ts";
-import { hostDeviceReader, hostNowReader } from "../../cli/host_options.ts";
+import { listBackups, writeBackup } from "../../lib/state/backups.ts";
+import { openStateDir } from "../../lib/state/state_dir.ts";
+import { type RollbackOptions, type RollbackReport, rollbackVm } from "../../lib/apply/rollback.ts";
+import { hostDeviceReader, hostReader } from "../../cli/host_options.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 
@@ -58,7 +60,7 @@ async function planChangeApply(
         stateDir: `${dir}/state`,
         confirm: () => Promise.resolve("yes"),
         hardware: hostDeviceReader(root),
-        hostNow: hostNowReader(root, host),
+        hostNow: { planned: host, ...hostReader(root) },
       });
       return {
         report,
@@ -121,4 +123,96 @@ Deno.test("applyPlan() does not define a VM whose group's disk the host mounted 
     result.message,
     `Not applied to "win10": since the plan was made, the host's devices changed: "0000:01:00.2" (rule "gpu") is now in use by the host (mounted-filesystem: /srv), which it was not at the plan: run the plan again`,
   );
+});
+
+/** Restores the backup `apply` wrote for win10 over a tree rebuilt as `after`, answering yes. */
+async function applyChangeRollback(
+  after: HostDescription,
+  change: "before" | "at-question",
+  extra: Partial<RollbackOptions> = {},
+): Promise<{ report: RollbackReport; xml: string; was: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
+  try {
+    const root = `${dir}/sysfs`;
+    buildHostTree(PLANNED, root);
+    const host = await discoverHost({ root, lspci: null });
+    return await withPort([WIN10], async (libvirt: LibvirtPort) => {
+      const stateDir = `${dir}/state`;
+      const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt });
+      // The VM's definition without the GPU is the backup; back to it, then roll forward.
+      const applied = await applyPlan(plan, {
+        libvirt,
+        stateDir,
+        confirm: () => Promise.resolve("yes"),
+      });
+      assertEquals(applied.changed, ["win10"]);
+      const withGpu = libvirt.getPersistentXml("win10", { secure: true });
+      const uuid = listBackups(stateDir, "win10")[0]!.uuid;
+      writeBackup(openStateDir(stateDir), {
+        vm: "win10",
+        uuid,
+        xml: withGpu,
+        reason: "apply",
+        uri: libvirt.uri,
+        now: new Date(Date.now() + 60_000),
+      });
+      libvirt.define(plan.vms[0]!.currentXml);
+      const rebuild = () => {
+        Deno.removeSync(root, { recursive: true });
+        buildHostTree(after, root);
+      };
+      if (change === "before") rebuild();
+      const was = libvirt.getPersistentXml("win10", { secure: true });
+      const report = await rollbackVm("win10", {
+        libvirt,
+        stateDir,
+        host: hostReader(root),
+        ...extra,
+        confirm: () => {
+          if (change === "at-question") rebuild();
+          return Promise.resolve(true);
+        },
+      });
+      return { report, xml: libvirt.getPersistentXml("win10", { secure: true }), was };
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("rollbackVm() does not restore a backup whose IOMMU group now holds a drive the host mounted", async () => {
+  const { report, xml, was } = await applyChangeRollback({
+    devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+    host_use: [{ address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/srv" }],
+  }, "before");
+  // Before: restored; the guest's start would fail on a group it cannot have, or, with the drive
+  // unbound to let it start, take the host's mounted drive.
+  assertEquals([report.status, report.code, xml], ["failed", "start-refused", was]);
+  assertMatch(
+    report.message,
+    /^Refusing to restore backup "[^"]+" into "win10": IOMMU group 1 of "0000:01:00\.0" also holds "0000:05:00\.0", which it does not pass and the host needs \(in use by the host \(mounted-filesystem: \/srv\)\): VFIO hands a guest the whole group; "passthrough plan --vm win10" shows/,
+  );
+});
+
+Deno.test("rollbackVm() looks at the IOMMU groups again after its question", async () => {
+  const { report, xml, was } = await applyChangeRollback({
+    devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+    host_use: [{ address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/srv" }],
+  }, "at-question");
+  assertEquals([report.status, report.code, xml], ["failed", "start-refused", was]);
+});
+
+Deno.test("rollbackVm() restores a backup whose IOMMU groups hold nothing the host needs", async () => {
+  const { report } = await applyChangeRollback(PLANNED, "before");
+  assertEquals([report.status, report.code], ["restored", "restored"]);
+});
+
+Deno.test("rollbackVm() asks the start guard again after its question", async () => {
+  // The guard's view changes while the question is open (the host mounted the restored drive).
+  let asked = 0;
+  const { report, xml, was } = await applyChangeRollback(PLANNED, "before", {
+    startRefusals: () => asked++ === 0 ? [] : ["the host mounted it"],
+  });
+  // Before: asked once, before the question, and restored.
+  assertEquals([report.status, report.code, xml, asked], ["failed", "start-refused", was, 2]);
 });
