@@ -26,7 +26,9 @@
  * defines, the removed hostdevs are detached from every running guest first and the added ones
  * attached after (so a device moving between two running VMs is free before it is attached), with
  * `VIR_DOMAIN_AFFECT_LIVE` only: the persistent side is already done by the define, and adding
- * `CONFIG` would add each device a second time.
+ * `CONFIG` would add each device a second time. The attach takes the devices from the host at
+ * once, minutes after the define when later VMs were asked about: a VM's devices are read again
+ * as before its define, and none is attached when they changed.
  *
  * @module
  */
@@ -374,6 +376,11 @@ function result(
 
 interface PendingLive {
   result: VmApplyResult;
+  /**
+   * Why the devices to attach are no longer as planned (the define's re-check made again): the
+   * attach comes after every later VM's question, minutes after the define.
+   */
+  changed: () => string[];
   /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
   detach: Pick<DomainHostdev, "address" | "xml">[];
   attach: Pick<DomainHostdev, "address" | "xml">[];
@@ -787,6 +794,16 @@ function runLive(libvirt: LibvirtPort, planned: PendingLive[]): void {
   ) => {
     for (const item of pending) {
       const live = item.result.live!;
+      // Attaching takes the devices from the host now: not one it came to need since the define.
+      const changed = step === "attach" && item.attach.length > 0 ? item.changed() : [];
+      if (changed.length > 0) {
+        live.errors.push(
+          `Not attached: since the plan was made, the host's devices changed: ${
+            changed.join("; ")
+          }: run the plan again`,
+        );
+        continue;
+      }
       for (const hostdev of item[step]) {
         try {
           call(item.result.vm, hostdev.xml);
@@ -1186,11 +1203,7 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
-  const { hardware, hostNow } = options;
-  const changed = hardware === undefined ? [] : [
-    ...hardwareSincePlan(vm, hardware, plan.groupOf),
-    ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, plan.groupOf)),
-  ];
+  const changed = hardwareChanged(vm, plan, options);
   if (changed.length > 0) {
     return fail({
       code: "hardware-changed",
@@ -1252,8 +1265,25 @@ function applyVm(
   running.message = summary;
   return {
     result: running,
-    live: { result: running, detach: removed, attach: added },
+    live: {
+      result: running,
+      detach: removed,
+      attach: added,
+      changed: () => hardwareChanged(vm, plan, options),
+    },
   };
+}
+
+/** Why the devices `vm` takes are not as `plan` read them (see `recheck.ts`), one sentence each. */
+function hardwareChanged(
+  vm: VmPlan,
+  plan: Plan,
+  { hardware, hostNow }: Pick<ApplyOptions, "hardware" | "hostNow">,
+): string[] {
+  return hardware === undefined ? [] : [
+    ...hardwareSincePlan(vm, hardware, plan.groupOf),
+    ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, plan.groupOf)),
+  ];
 }
 
 /** The backup of the definition about to be replaced; a failure when it cannot be written. */

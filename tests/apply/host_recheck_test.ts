@@ -10,6 +10,7 @@ import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import {
   baseDevices,
   dev,
+  domainXml,
   GPU,
   GPU_AUDIO,
   GPU_CONFIG,
@@ -215,4 +216,59 @@ Deno.test("rollbackVm() asks the start guard again after its question", async ()
   });
   // Before: asked once, before the question, and restored.
   assertEquals([report.status, report.code, xml, asked], ["failed", "start-refused", was, 2]);
+});
+
+Deno.test("applyPlan() --live does not attach a device the host came to use after its define", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
+  try {
+    const root = `${dir}/sysfs`;
+    buildHostTree(PLANNED, root);
+    const host = await discoverHost({ root, lspci: null });
+    const running = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", "", true);
+    await withPort([running], async (port) => {
+      const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt: port });
+      const attached: string[] = [];
+      // Real libvirt underneath; the host mounts the GPU's group's drive just after the define,
+      // as while a later VM is asked about, before the hot-plug.
+      const libvirt: LibvirtPort = {
+        get uri() {
+          return port.uri;
+        },
+        listDomains: () => port.listDomains(),
+        getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+        isActive: (name) => port.isActive(name),
+        define: (xml) => {
+          port.define(xml);
+          Deno.removeSync(root, { recursive: true });
+          buildHostTree({
+            ...PLANNED,
+            host_use: [{ address: GPU.bdf, reason: "console-vga", detail: "the boot console" }],
+          }, root);
+        },
+        attachDevice: (_name, xml) => attached.push(xml),
+        detachDevice: () => {},
+      };
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir: `${dir}/state`,
+        confirm: () => Promise.resolve("yes"),
+        live: true,
+        hardware: hostDeviceReader(root),
+        hostNow: { planned: host, ...hostReader(root) },
+      });
+      const result = report.vms[0]!;
+      // Before: both functions attached, the host's console taken from it at once.
+      assertEquals([attached, result.code, result.effect, report.liveFailed], [
+        [],
+        "applied",
+        "next-power-off",
+        ["win10"],
+      ]);
+      assertEquals(result.live?.errors, [
+        `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: run the plan again`,
+      ]);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
