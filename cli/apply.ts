@@ -19,6 +19,7 @@ import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 import { resolve } from "../lib/state/paths.ts";
+import { DEFAULT_KEEP_BACKUPS } from "../lib/state/backups.ts";
 import type { Config } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { describePolicies, guardPolicies, keepStricterRulePolicies } from "../lib/guard/policy.ts";
@@ -40,6 +41,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
+  const keepBackups = keepBackupsOf(values["keep-backups"]);
   // Checked and created once the config is read and the connection open (a config error leaves
   // no state directory behind), and the connection locked at once, so an unusable state
   // directory or a concurrent run on this host fails before any planning.
@@ -51,19 +53,37 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
         held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });
       },
     });
-    return await applyComputed(computed, { values, io, stateDir, lock: held.lock! });
+    return await applyComputed(computed, {
+      values,
+      io,
+      stateDir,
+      keepBackups,
+      lock: held.lock!,
+    });
   } finally {
     held.lock?.release();
   }
 }
 
+/** `--keep-backups N` as a number ({@link DEFAULT_KEEP_BACKUPS} when absent), else a usage error. */
+function keepBackupsOf(value: string | undefined): number {
+  if (value === undefined) return DEFAULT_KEEP_BACKUPS;
+  if (!/^\d{1,6}$/.test(value.trim())) {
+    throw new UsageError(
+      `--keep-backups takes a number of backups (0 to keep all), not "${value}"`,
+    );
+  }
+  return Number(value);
+}
+
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
   { plan: computed, libvirt, config, facts, hardware, hostNow }: ComputedPlan,
-  { values, io, stateDir, lock }: {
+  { values, io, stateDir, keepBackups, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
     stateDir: string;
+    keepBackups: number;
     lock: StateLock;
   },
 ): Promise<number> {
@@ -90,6 +110,7 @@ async function applyComputed(
       show: diffBeforeQuestion(plan, render, { planSeen: io.prompt === undefined }),
     }),
     live: values.live,
+    keepBackups,
     lock,
     devices: facts,
     hardware,

@@ -102,6 +102,23 @@ export function applyJson(report: ApplyReport, plan: Plan): string {
   });
 }
 
+/** What was removed of a VM's older backups, or why not; `null` when nothing was tried. */
+function prunedLine(result: VmApplyResult, keep: number): string | null {
+  const ids = result.pruned.map((path) => path.slice(path.lastIndexOf("/") + 1, -".xml".length));
+  const n = ids.length;
+  const what = n === 0
+    ? ""
+    : `removed ${n} older backup${
+      n === 1 ? "" : "s"
+    } of "${result.vm}", keeping its newest ${keep}: ${
+      n <= 2 ? ids.join(", ") : `${ids.at(-1)} to ${ids[0]}`
+    }`;
+  if (result.pruneError === null) return n === 0 ? null : what;
+  return `${
+    what === "" ? "" : `${what}; `
+  }could not remove its older backups: ${result.pruneError}`;
+}
+
 /** The report as lines of text ending with a newline. */
 export function renderApplyReport(report: ApplyReport, options: RenderApplyOptions): string {
   const paint = painter(options.color);
@@ -118,6 +135,8 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
       : "";
     lines.push(`${statusWord(result, paint)} ${result.vm}${changed}: ${result.message}${effect}`);
     if (result.backup !== null) lines.push(`  backup: ${result.backup}`);
+    const pruned = prunedLine(result, report.keepBackups);
+    if (pruned !== null) lines.push(`  ${pruned}`);
     if (result.restored) lines.push(`  the previous definition was restored from the backup`);
     for (const error of result.live?.errors ?? []) {
       lines.push(`  ${paint("red", "hot-plug")}: ${error}`);

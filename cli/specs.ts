@@ -161,6 +161,12 @@ export const APPLY = {
     ...YES_FLAG,
     live: { type: "boolean", help: "also hot-plug/unplug the hostdevs of running VMs" },
     ...STATE_FLAGS,
+    "keep-backups": {
+      type: "string",
+      value: "N",
+      help:
+        "after a VM's change held, remove its backups beyond the newest N (default: 10; 0: keep all)",
+    },
   },
   about: `
 Shows the plan, then for each VM that would change asks whether to apply it

@@ -43,7 +43,14 @@ import {
   type ParsedDomain,
   parseDomainXml,
 } from "../domain/domain_xml.ts";
-import { backupDir, type BackupEntry, writeBackup } from "../state/backups.ts";
+import {
+  backupDir,
+  type BackupEntry,
+  DEFAULT_KEEP_BACKUPS,
+  listBackups,
+  pruneBackups,
+  writeBackup,
+} from "../state/backups.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { redactSecrets } from "../domain/secrets.ts";
@@ -195,6 +202,12 @@ export interface VmApplyResult {
   effect: ApplyEffect | null;
   /** Path of the backup taken before the define, if one was written. */
   backup: string | null;
+  /**
+   * Paths of the VM's older backups removed once its change held (`keepBackups`), newest first.
+   */
+  pruned: string[];
+  /** Why removing them stopped (the rest were kept), else `null`. */
+  pruneError: string | null;
   /** `true` when a failed check was undone by redefining the backup. */
   restored: boolean;
   /** Hot-plug results, when `live` was asked and the VM is running. */
@@ -213,6 +226,8 @@ export interface ApplyReport {
   uri: string;
   /** The state directory holding the backups. */
   stateDir: string;
+  /** How many backups of its domain each changed VM kept (`0`: all; see `pruned`). */
+  keepBackups: number;
   /** The dead holder of a stale lock that was broken, if any. */
   brokeStaleLock: LockHolder | null;
   /** One result per VM of the plan, in plan order. */
@@ -246,6 +261,12 @@ export interface ApplyOptions {
   live?: boolean;
   /** The clock, for backup names in tests. */
   now?: () => Date;
+  /**
+   * How many backups of its domain each changed VM keeps, its new one included: the older ones
+   * go once every VM is applied (see {@link pruneBackups}). `0` keeps them all. Default:
+   * {@link DEFAULT_KEEP_BACKUPS}.
+   */
+  keepBackups?: number;
   /**
    * The lock of this connection ({@link acquireConnectionLock}), when the caller already holds it
    * (the CLI takes it before planning, so a second run fails before doing any work). Default:
@@ -368,6 +389,8 @@ function result(
     active: null,
     effect: null,
     backup: null,
+    pruned: [],
+    pruneError: null,
     restored: false,
     live: null,
     definition: null,
@@ -453,7 +476,12 @@ async function askFor(
 /** The report of `results` (in plan order). */
 function report(
   results: VmApplyResult[],
-  context: { uri: string; stateDir: string; brokeStaleLock: LockHolder | null },
+  context: {
+    uri: string;
+    stateDir: string;
+    keepBackups: number;
+    brokeStaleLock: LockHolder | null;
+  },
 ): ApplyReport {
   const names = (status: ApplyStatus) =>
     results.filter((r) => r.status === status).map((r) => r.vm);
@@ -552,11 +580,32 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
     }
   }
   if (options.live === true) runLive(options.libvirt, pendingLive);
+  const keepBackups = options.keepBackups ?? DEFAULT_KEEP_BACKUPS;
+  for (const vm of done.values()) prune(vm, state, keepBackups);
   return report(plan.vms.map((vm) => done.get(vm)!), {
     uri: options.libvirt.uri,
     stateDir: state.path,
+    keepBackups,
     brokeStaleLock: lock.brokeStale,
   });
+}
+
+/**
+ * Removes the older backups of a VM whose change held (not one undone, failed or skipped: its
+ * backups are what puts it right), keeping `keep` of its domain, the new one first.
+ */
+function prune(vm: VmApplyResult, state: StateDir, keep: number): void {
+  if (vm.status !== "changed" || vm.backup === null || keep <= 0) return;
+  try {
+    const uuid = listBackups(state, vm.vm).find((b) => b.path === vm.backup)?.uuid;
+    if (uuid === undefined) return;
+    const { removed, error } = pruneBackups(state, vm.vm, { uuid, keep });
+    vm.pruned = removed.map((b) => b.path);
+    vm.pruneError = error;
+  } catch (error) {
+    // The change held: a backup directory that cannot be read now costs its report nothing.
+    vm.pruneError = errorText(error);
+  }
 }
 
 /**

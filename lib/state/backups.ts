@@ -487,6 +487,48 @@ export function listBackups(stateDir: string | StateDir, vm?: string): BackupEnt
   return inspectBackups(stateDir, vm).entries;
 }
 
+/** How many backups of each VM `apply` keeps when told no other number (`--keep-backups`). */
+export const DEFAULT_KEEP_BACKUPS = 10;
+
+/** What {@link pruneBackups} removed, and why it stopped early, if it did. Plain data. */
+export interface PruneOutcome {
+  /** The backups removed, newest first. */
+  removed: BackupEntry[];
+  /** Why a backup could not be removed (the rest were then kept), else `null`. */
+  error: string | null;
+}
+
+/**
+ * Removes the backups of `vm` taken from the domain `uuid` beyond its newest `keep` (`0`: none
+ * removed). The newest is what `rollback VM` restores, so `keep` is at least 1 when anything
+ * goes. Only intact backups of that uuid count and go: those of another domain once named `vm`
+ * (undefined since) may be the only way to define it again, and a damaged or incomplete file is
+ * left for a person to look at, as `backups` lists it.
+ */
+export function pruneBackups(
+  stateDir: string | StateDir,
+  vm: string,
+  options: { uuid: string; keep: number },
+): PruneOutcome {
+  const outcome: PruneOutcome = { removed: [], error: null };
+  if (options.keep <= 0) return outcome;
+  const ours = listBackups(stateDir, vm).filter((e) => e.uuid === options.uuid);
+  for (const entry of ours.slice(options.keep)) {
+    try {
+      // The sidecar first: cut short here, the XML left is listed as incomplete, never restored.
+      Deno.removeSync(entry.path.replace(/\.xml$/, ".json"));
+      Deno.removeSync(entry.path);
+    } catch (error) {
+      outcome.error = `cannot remove "${entry.path}": ${
+        error instanceof Error ? error.message : String(error)
+      }`;
+      break;
+    }
+    outcome.removed.push(entry);
+  }
+  return outcome;
+}
+
 /**
  * A `ref` made of one to three digits (or `#N`) is an index, as `backups` numbers each VM's
  * backups (1 = newest): ids start with an eight-digit date, so no useful id prefix is that short.

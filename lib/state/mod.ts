@@ -12,10 +12,13 @@ export {
   BackupNotFoundError,
   type BackupProblem,
   type BackupReason,
+  DEFAULT_KEEP_BACKUPS,
   describeBackupProblem,
   findBackup,
   inspectBackups,
   listBackups,
+  pruneBackups,
+  type PruneOutcome,
   readBackupXml,
 } from "./backups.ts";
 export {

@@ -223,6 +223,71 @@ Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt reject
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
 });
 
+Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and removes the older ones", async () => {
+  using f = fixture();
+  const old = (uuid: string, second: number) =>
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid,
+      xml: `<domain><name>alpha</name><uuid>${uuid}</uuid></domain>`,
+      reason: "apply",
+      uri: f.port.uri,
+      now: new Date(Date.UTC(2026, 0, 1, 0, 0, second)),
+    });
+  const ours = Array.from({ length: 4 }, (_, i) => old(UUIDS.alpha!, i));
+  // A domain once named alpha, undefined since: its backup may be the only way back.
+  const gone = old("99999999-9999-4999-8999-999999999999", 10);
+  const damaged = `${f.stateDir}/backups/alpha/20260101T000020.000Z-11111111.json`;
+  Deno.writeTextFileSync(damaged, "{", { mode: 0o600 });
+  // beta is declined: its backups stay whatever their number.
+  const betas = Array.from({ length: 3 }, (_, i) =>
+    writeBackup(f.stateDir, {
+      vm: "beta",
+      uuid: UUIDS.beta!,
+      xml: "<domain/>",
+      reason: "apply",
+      uri: f.port.uri,
+      now: new Date(Date.UTC(2026, 0, 1, 0, 0, i)),
+    }));
+  const plan = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:02:00.0"]),
+  ]);
+  const report = await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: answers("yes", "no").confirm,
+    keepBackups: 2,
+  });
+  const [alpha, beta] = report.vms;
+  assertEquals(alpha?.code, "applied");
+  // The new backup and the newest before it stay; rollback's newest is the one just taken.
+  assertEquals(alpha?.pruned, [ours[2]!.path, ours[1]!.path, ours[0]!.path]);
+  assertEquals(alpha?.pruneError, null);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [
+    alpha!.backup,
+    gone.path,
+    ours[3]!.path,
+  ]);
+  assertEquals(Deno.readTextFileSync(damaged), "{");
+  assertEquals(beta?.pruned, []);
+  assertEquals(listBackups(f.stateDir, "beta").length, betas.length);
+  assertMatch(
+    renderApplyReport(report, { color: false, plan }),
+    new RegExp(
+      `backup: ${alpha!.backup}\n  removed 3 older backups of "alpha", keeping its newest 2: ` +
+        `${ours[0]!.id} to ${ours[2]!.id}\n`,
+    ),
+  );
+  // 0 keeps them all.
+  const again = await applyPlan(
+    planOf(f.port, [planVm(f.port, "alpha", ["0000:02:00.0"])]),
+    { libvirt: f.port, stateDir: f.stateDir, confirm: yes, keepBackups: 0 },
+  );
+  assertEquals(again.vms[0]?.pruned, []);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 4);
+});
+
 Deno.test("applyPlan() refuses a plan whose XML names another domain or another uuid", async () => {
   using f = fixture();
   const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
@@ -721,6 +786,31 @@ Deno.test("passthrough apply refuses to run without a terminal unless --yes (exi
     "passthrough apply: No terminal to confirm on: pass --yes to apply without asking\n",
   );
   assertEquals(listBackups(`${demo.root}/state`), []);
+});
+
+Deno.test("passthrough apply --keep-backups N keeps each changed VM's newest N backups and says what went", async () => {
+  await using demo = await demoSetup();
+  const state = `${demo.root}/state`;
+  const apply = (...more: string[]) =>
+    runCli(["apply", ...demo.args, "--yes", ...more], { flags: ["-A"] });
+  // The test driver's world is each process's own: every run defines both VMs again.
+  assertEquals((await apply()).code, 0);
+  const first = listBackups(state, "win10");
+  const second = await apply("--keep-backups", "1");
+  assertEquals(second.code, 0, second.stderr);
+  assertMatch(
+    second.stdout,
+    new RegExp(`removed 1 older backup of "win10", keeping its newest 1: ${first[0]!.id}\n`),
+  );
+  assertEquals(listBackups(state).map((b) => b.vm).sort(), ["gentoo", "win10"]);
+  const json = await apply("--json", "--keep-backups", "1");
+  const report = JSON.parse(json.stdout);
+  assertEquals(report.keepBackups, 1);
+  assertEquals(report.vms[0].pruned.length, 1);
+  assertEquals(listBackups(state).length, 2);
+  const bad = await apply("--keep-backups", "ten");
+  assertEquals(bad.code, 2);
+  assertMatch(bad.stderr, /--keep-backups takes a number of backups \(0 to keep all\), not "ten"/);
 });
 
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {

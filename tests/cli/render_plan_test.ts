@@ -131,6 +131,7 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
   const report: ApplyReport = {
     uri: "test:///default",
     stateDir: "/tmp/s",
+    keepBackups: 10,
     brokeStaleLock: null,
     vms: [{
       vm: "win11",
@@ -142,6 +143,8 @@ Deno.test("apply counts a moved card as moved, not as an add and a remove", () =
       active: false,
       effect: "next-start",
       backup: null,
+      pruned: [],
+      pruneError: null,
       restored: false,
       live: null,
       definition: null,
@@ -429,6 +432,8 @@ Deno.test("apply's report counts each VM by its own moves, and its summary only 
     active: false,
     effect: null,
     backup: null,
+    pruned: [],
+    pruneError: null,
     restored: false,
     live: null,
     definition: null,
@@ -437,6 +442,7 @@ Deno.test("apply's report counts each VM by its own moves, and its summary only 
   const report: ApplyReport = {
     uri: "test:///default",
     stateDir: "/tmp/s",
+    keepBackups: 10,
     brokeStaleLock: null,
     vms: [
       // Defined, then undone: what it added and the move it made are not counted.

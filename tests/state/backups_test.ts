@@ -7,6 +7,7 @@ import {
   findBackup,
   inspectBackups,
   listBackups,
+  pruneBackups,
   readBackupXml,
   writeBackup,
 } from "../../lib/state/backups.ts";
@@ -181,6 +182,27 @@ Deno.test("writeBackup() files a backup taken after the clock stepped back as th
     assertEquals(backupOf(state, "c", { second: 1 }).time, at(1).toISOString());
     assertEquals(backupOf(state, "a", { second: 7300 }).time, at(7300).toISOString());
     assertEquals(other.time, at(7200).toISOString());
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("pruneBackups() keeps the newest by the order rollback reads, after a clock step and within one millisecond", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    // The clock ran an hour ahead, then stepped back; then two backups in one millisecond.
+    const ahead = backupOf(state, "a", { second: 3600 });
+    const stepped = backupOf(state, "a", { second: 1 });
+    const twin = backupOf(state, "a", { second: 1 });
+    assertEquals(pruneBackups(state, "a", { uuid: UUID, keep: 0 }).removed, []);
+    assertEquals(pruneBackups(state, "a", { uuid: "other", keep: 1 }).removed, []);
+    const { removed, error } = pruneBackups(state, "a", { uuid: UUID, keep: 2 });
+    assertEquals([removed.map((e) => e.id), error], [[ahead.id], null]);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [twin.id, stepped.id]);
+    assertEquals(findBackup(state, "a").id, twin.id);
+    // Both files go: nothing is left for `backups` to list as incomplete or damaged.
+    assertEquals(inspectBackups(state, "a").problems, []);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
