@@ -65,9 +65,9 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
   }
 }
 
-/** `--keep-backups N` as a number ({@link DEFAULT_KEEP_BACKUPS} when absent), else a usage error. */
-function keepBackupsOf(value: string | undefined): number {
-  if (value === undefined) return DEFAULT_KEEP_BACKUPS;
+/** `--keep-backups N` as a number (`null` when absent), else a usage error. */
+function keepBackupsOf(value: string | undefined): number | null {
+  if (value === undefined) return null;
   if (!/^\d{1,6}$/.test(value.trim())) {
     throw new UsageError(
       `--keep-backups takes a number of backups (0 to keep all), not "${value}"`,
@@ -78,12 +78,12 @@ function keepBackupsOf(value: string | undefined): number {
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan: computed, libvirt, config, facts, hardware, hostNow }: ComputedPlan,
+  { plan: computed, libvirt, config, facts, hardware, hostNow, keepBackups: section }: ComputedPlan,
   { values, io, stateDir, keepBackups, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
     stateDir: string;
-    keepBackups: number;
+    keepBackups: number | null;
     lock: StateLock;
   },
 ): Promise<number> {
@@ -110,7 +110,7 @@ async function applyComputed(
       show: diffBeforeQuestion(plan, render, { planSeen: io.prompt === undefined }),
     }),
     live: values.live,
-    keepBackups,
+    keepBackups: keepBackups ?? section ?? DEFAULT_KEEP_BACKUPS,
     lock,
     devices: facts,
     hardware,

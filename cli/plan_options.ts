@@ -92,6 +92,8 @@ export interface PlanInputs {
   "libvirt-timeout"?: string | undefined;
   /** `--json`: a libvirt that does not answer is reported as JSON too. */
   json?: boolean | undefined;
+  /** `apply`'s `--keep-backups`, which a host section's `keep_backups:` may not repeat. */
+  "keep-backups"?: string | undefined;
 }
 
 /** A plan together with the connection it was read through (close it when done). */
@@ -106,6 +108,8 @@ export interface ComputedPlan extends Disposable {
   hardware: (address: PciAddress) => PciDevice | null;
   /** The planned host's IOMMU groups and use, as read and as they are now, for that re-check. */
   hostNow: HostNow;
+  /** The host section's `keep_backups:`, else `null`. */
+  keepBackups: number | null;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -117,6 +121,8 @@ interface HostInputs {
   section: string | null;
   /** Where `connect` came from, for messages: `--connect` or `hosts.NAME.connect in FILE`. */
   connectOrigin: string;
+  /** The section's `keep_backups:`, else `null`. */
+  keepBackups: number | null;
 }
 
 /**
@@ -138,18 +144,22 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
       connect: inputs.connect,
       section: null,
       connectOrigin: "--connect",
+      keepBackups: null,
     };
   }
   const { host } = picked;
-  const both = (flag: "sysfs" | "connect", value: string | null) => {
+  const both = (flag: "sysfs" | "connect" | "keep-backups", value: unknown, say: string) => {
     if (inputs[flag] !== undefined && value !== null) {
       throw new UsageError(
-        `--${flag} and hosts.${host.name}.${flag} in ${config.file} both say where to look: keep one`,
+        `--${flag} and hosts.${host.name}.${
+          flag.replace("-", "_")
+        } in ${config.file} both say ${say}: keep one`,
       );
     }
   };
-  both("sysfs", host.sysfs);
-  both("connect", host.uri);
+  both("sysfs", host.sysfs, "where to look");
+  both("connect", host.uri, "where to look");
+  both("keep-backups", host.keepBackups, "how many backups to keep");
   const why = picked.pick === "flag" ? "--host" : "this machine's host name";
   io.err(`Host section "${host.name}" of ${config.file} (${why}), declared at ${host.location}\n`);
   return {
@@ -160,6 +170,7 @@ function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
     connectOrigin: host.uri === null
       ? "--connect"
       : `hosts.${host.name}.connect in ${config.file}, section declared at ${host.location}`,
+    keepBackups: host.keepBackups,
   };
 }
 
@@ -239,7 +250,11 @@ export async function computePlan(
   options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
 ): Promise<ComputedPlan> {
   const loaded = await loadConfig(configPath(inputs.config, io));
-  const { config, sysfs, connect, section, connectOrigin } = hostInputs(loaded, inputs, io);
+  const { config, sysfs, connect, section, connectOrigin, keepBackups } = hostInputs(
+    loaded,
+    inputs,
+    io,
+  );
   checkVmNames(config, section, inputs.vm);
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
   const target = withLibvirtTimeout(
@@ -271,6 +286,7 @@ export async function computePlan(
       facts,
       hardware: hostDeviceReader(sysfs),
       hostNow: { planned: host, ...hostReader(sysfs) },
+      keepBackups,
       [Symbol.dispose]: () => libvirt.close(),
     };
   } catch (error) {

@@ -284,6 +284,8 @@ export interface HostConfig {
    * folder), or `null`: `--sysfs`, else this machine's `/sys`.
    */
   sysfs: string | null;
+  /** How many backups of each VM `apply` keeps there (`keep_backups:`), or `null`: the default. */
+  keepBackups: number | null;
 }
 
 /** A validated, normalised config. */
@@ -879,6 +881,7 @@ function normaliseHosts(
       location: location(ctx, ["hosts", name], true),
       uri: rawHost.connect ?? null,
       sysfs,
+      keepBackups: rawHost.keep_backups ?? null,
     });
   }
   return hosts;

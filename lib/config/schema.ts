@@ -402,6 +402,12 @@ const HOST_SCHEMA = {
       description:
         "A tree captured on that host with passthrough snapshot, read instead of /sys (a path relative to the config file's folder)",
     },
+    keep_backups: {
+      type: "integer",
+      minimum: 0,
+      description:
+        "How many backups of each VM apply keeps there once its change held, removing older ones (default 10; 0: keep all; or --keep-backups N)",
+    },
   },
   removed: {
     // Gone with the host worker pool: libvirt's node-device API cannot say what a host uses

@@ -813,6 +813,29 @@ Deno.test("passthrough apply --keep-backups N keeps each changed VM's newest N b
   assertMatch(bad.stderr, /--keep-backups takes a number of backups \(0 to keep all\), not "ten"/);
 });
 
+Deno.test("passthrough apply keeps the number of backups its host section's keep_backups: says", async () => {
+  await using demo = await demoSetup();
+  const config = `${demo.root}/config.yaml`;
+  Deno.writeTextFileSync(
+    config,
+    Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`)
+      .replace("version: 1\n", "version: 1\nhosts:\n  hv1: { keep_backups: 1 }\n"),
+  );
+  const args = ["--config", config, ...demo.args.slice(2), "--host", "hv1", "--yes"];
+  const apply = (...more: string[]) => runCli(["apply", ...args, ...more], { flags: ["-A"] });
+  assertEquals((await apply()).code, 0);
+  const second = await apply();
+  assertEquals(second.code, 0, second.stderr);
+  assertMatch(second.stdout, /removed 1 older backup of "win10", keeping its newest 1: /);
+  assertEquals(listBackups(`${demo.root}/state`).length, 2);
+  const both = await apply("--keep-backups", "5");
+  assertEquals(both.code, 2);
+  assertMatch(
+    both.stderr,
+    /--keep-backups and hosts\.hv1\.keep_backups in .*config\.yaml both say how many backups to keep: keep one/,
+  );
+});
+
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
   await using demo = await demoSetup();
   // plan takes no --state-dir: the last two arguments.
