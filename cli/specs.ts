@@ -223,8 +223,9 @@ export const BACKUPS = {
   },
   about: `
 Lists the backups 'apply' and 'rollback' took before each define, newest first,
-numbered per VM from its newest: 'passthrough rollback VM --to N' restores the one
-numbered N (--to also takes an id, or a unique start of one). Files that are not
+numbered per VM from its newest: 'passthrough rollback VM' restores number 1, and
+'--to N' the one numbered N (--to also takes an id, or a unique start of one). Once a
+VM's change held, 'apply' keeps its newest 10 (--keep-backups). Files that are not
 usable backups (a damaged sidecar, a backup a killed run left incomplete) are listed
 after them; exit 1 when one is damaged. Writes nothing.`.trim(),
 } as const satisfies CommandSpec;

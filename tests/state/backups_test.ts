@@ -2,6 +2,7 @@ import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/as
 import {
   BackupIntegrityError,
   BackupNotFoundError,
+  DEFAULT_KEEP_BACKUPS,
   describeBackupProblem,
   encodeVmName,
   findBackup,
@@ -617,6 +618,19 @@ Deno.test("passthrough backups lists an incomplete backup below the table and st
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
+});
+
+Deno.test("passthrough backups --help says which backup rollback restores and how many apply keeps", async () => {
+  const help = await runCli(["backups", "--help"]);
+  assertEquals(help.code, 0);
+  assertMatch(help.stdout, /'passthrough rollback VM' restores number 1/);
+  // The help's number is the default's.
+  assertMatch(
+    help.stdout,
+    new RegExp(`'apply' keeps its newest ${DEFAULT_KEEP_BACKUPS} \\(--keep`),
+  );
+  const apply = await runCli(["apply", "--help"]);
+  assertMatch(apply.stdout, new RegExp(`\\(default: ${DEFAULT_KEEP_BACKUPS}; 0: keep all\\)`));
 });
 
 Deno.test("passthrough backups VM that has none names the one other VM that has some", async () => {
