@@ -502,8 +502,8 @@ export interface PruneOutcome {
  * Removes the backups of `vm` taken from the domain `uuid` beyond its newest `keep` (`0`: none
  * removed). The newest is what `rollback VM` restores, so `keep` is at least 1 when anything
  * goes. Only intact backups of that uuid count and go: those of another domain once named `vm`
- * (undefined since) may be the only way to define it again, and a damaged or incomplete file is
- * left for a person to look at, as `backups` lists it.
+ * (undefined since) may be the only way to define it again, and a damaged or incomplete file (an
+ * XML that no longer matches its sidecar's sha256 too) is left for a person to look at.
  */
 export function pruneBackups(
   stateDir: string | StateDir,
@@ -512,7 +512,7 @@ export function pruneBackups(
 ): PruneOutcome {
   const outcome: PruneOutcome = { removed: [], error: null };
   if (options.keep <= 0) return outcome;
-  const ours = listBackups(stateDir, vm).filter((e) => e.uuid === options.uuid);
+  const ours = listBackups(stateDir, vm).filter((e) => e.uuid === options.uuid && restorable(e));
   for (const entry of ours.slice(options.keep)) {
     try {
       // The sidecar first: cut short here, the XML left is listed as incomplete, never restored.
@@ -527,6 +527,17 @@ export function pruneBackups(
     outcome.removed.push(entry);
   }
   return outcome;
+}
+
+/** Whether `rollback` could restore `entry`: an XML changed since its sidecar is not kept for one. */
+function restorable(entry: BackupEntry): boolean {
+  try {
+    readBackupXml(entry);
+    return true;
+  } catch (error) {
+    if (error instanceof BackupIntegrityError) return false;
+    throw error;
+  }
 }
 
 /**

@@ -209,6 +209,29 @@ Deno.test("pruneBackups() keeps the newest by the order rollback reads, after a 
   }
 });
 
+Deno.test("pruneBackups() neither counts nor removes a backup whose XML no longer matches its sha256", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const good = backupOf(state, "a", { second: 1 });
+    const changed = backupOf(state, "a", { second: 2 });
+    const newest = backupOf(state, "a", { second: 3 });
+    // Changed on disk since: listed, but `rollback --to` refuses it.
+    Deno.writeTextFileSync(changed.path, "<domain/>\n");
+    const { removed, error } = pruneBackups(state, "a", { uuid: UUID, keep: 2 });
+    // The two usable ones are the newest and the oldest: nothing goes.
+    assertEquals([removed, error], [[], null]);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, changed.id, good.id]);
+    assertEquals(readBackupXml(findBackup(state, "a", good.id)), xmlOf("a"));
+    const one = pruneBackups(state, "a", { uuid: UUID, keep: 1 });
+    // The damaged one stays for a person to look at.
+    assertEquals(one.removed.map((e) => e.id), [good.id]);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, changed.id]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("inspectBackups() lists an XML left without its sidecar, and a temporary file, as incomplete", () => {
   const root = tempDir();
   try {
