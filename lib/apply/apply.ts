@@ -592,14 +592,19 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
 
 /**
  * Removes the older backups of a VM whose change held (not one undone, failed or skipped: its
- * backups are what puts it right), keeping `keep` of its domain, the new one first.
+ * backups are what puts it right), keeping `keep` of its domain on this connection, the new one
+ * first.
  */
 function prune(vm: VmApplyResult, state: StateDir, keep: number): void {
   if (vm.status !== "changed" || vm.backup === null || keep <= 0) return;
   try {
-    const uuid = listBackups(state, vm.vm).find((b) => b.path === vm.backup)?.uuid;
-    if (uuid === undefined) return;
-    const { removed, error } = pruneBackups(state, vm.vm, { uuid, keep });
+    const taken = listBackups(state, vm.vm).find((b) => b.path === vm.backup);
+    if (taken === undefined) return;
+    const { removed, error } = pruneBackups(state, vm.vm, {
+      uuid: taken.uuid,
+      uri: taken.uri,
+      keep,
+    });
     vm.pruned = removed.map((b) => b.path);
     vm.pruneError = error;
   } catch (error) {

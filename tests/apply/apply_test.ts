@@ -288,6 +288,38 @@ Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and rem
   assertEquals(listBackups(f.stateDir, "alpha").length, 4);
 });
 
+Deno.test("applyPlan() keeps the backups another connection took of a domain with the same name and uuid", async () => {
+  using f = fixture();
+  // The same domain migrated to another host, or defined there from one XML: its backups are the
+  // way back there, and an apply of that connection, which this lock does not exclude, prunes
+  // them itself.
+  const backup = (uri: string, second: number) =>
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid: UUIDS.alpha!,
+      xml: `<domain><name>alpha</name><uuid>${UUIDS.alpha}</uuid></domain>`,
+      reason: "apply",
+      uri,
+      now: new Date(Date.UTC(2026, 0, 1, 0, 0, second)),
+    });
+  const elsewhere = backup("qemu+ssh://hv2/system", 1);
+  const ours = backup(`${f.port.uri}/`, 0);
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    keepBackups: 1,
+  });
+  const [alpha] = report.vms;
+  assertEquals(alpha?.code, "applied");
+  // The one of this connection goes, though spelled with a trailing slash.
+  assertEquals([alpha?.pruned, alpha?.pruneError], [[ours.path], null]);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [
+    alpha!.backup,
+    elsewhere.path,
+  ]);
+});
+
 Deno.test("applyPlan() refuses a plan whose XML names another domain or another uuid", async () => {
   using f = fixture();
   const vm = planVm(f.port, "beta", ["0000:01:00.0"]);
