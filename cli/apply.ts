@@ -70,7 +70,7 @@ function keepBackupsOf(value: string | undefined): number | null {
   if (value === undefined) return null;
   if (!/^\d{1,6}$/.test(value.trim())) {
     throw new UsageError(
-      `--keep-backups takes a number of backups (0 to keep all), not "${value}"`,
+      `--keep-backups takes a number of backups from 0 (keep all) to 999999, not "${value}"`,
     );
   }
   return Number(value);

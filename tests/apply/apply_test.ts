@@ -842,7 +842,14 @@ Deno.test("passthrough apply --keep-backups N keeps each changed VM's newest N b
   assertEquals(listBackups(state).length, 2);
   const bad = await apply("--keep-backups", "ten");
   assertEquals(bad.code, 2);
-  assertMatch(bad.stderr, /--keep-backups takes a number of backups \(0 to keep all\), not "ten"/);
+  assertMatch(
+    bad.stderr,
+    /--keep-backups takes a number of backups from 0 \(keep all\) to 999999, not "ten"/,
+  );
+  // A number, but more than it takes: the message says the bound, not "not a number".
+  const huge = await apply("--keep-backups", "1000000");
+  assertEquals(huge.code, 2);
+  assertMatch(huge.stderr, /from 0 \(keep all\) to 999999, not "1000000"/);
 });
 
 Deno.test("passthrough apply keeps the number of backups its host section's keep_backups: says", async () => {
