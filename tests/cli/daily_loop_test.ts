@@ -9,6 +9,7 @@ import {
   canUnshareMounts,
   cliCommand,
   documentedFlags,
+  openToAll,
   runCli,
   runInPrivateMounts,
 } from "../helpers/cli.ts";
@@ -180,7 +181,6 @@ Deno.test({
   async fn() {
     const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-user-" }));
     try {
-      await Deno.chmod(dir, 0o755);
       buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
       // The bundle bin/passthrough runs: it needs no npm cache, which this user has none of.
       const bundled = await new Deno.Command(`${ROOT}scripts/bundle_bin.sh`, {
@@ -191,6 +191,7 @@ Deno.test({
       assertEquals(bundled.code, 0, new TextDecoder().decode(bundled.stderr));
       // Root's hook reads a state directory only root can read, holding a recorded policy.
       installRootHook(dir);
+      await openToAll(dir);
       recordPolicies(`${dir}/hookstate`, {
         version: 1,
         config: "root.yaml",
@@ -200,6 +201,7 @@ Deno.test({
       await Deno.chown(`${dir}/user`, 65534, 65534);
       const apply = async (config: string) => {
         Deno.writeTextFileSync(`${dir}/config.yaml`, config);
+        await openToAll(`${dir}/config.yaml`);
         return await inHooksNamespace(dir, [
           "setpriv",
           "--reuid=65534",

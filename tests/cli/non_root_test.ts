@@ -6,7 +6,12 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
-import { canUnshareMounts, documentedFlags, runInPrivateMounts } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  documentedFlags,
+  openToAll,
+  runInPrivateMounts,
+} from "../helpers/cli.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { shellQuote } from "../../lib/render/shell.ts";
@@ -36,7 +41,6 @@ async function userDir(): Promise<
   { dir: string; asUser(args: string[], setup?: string): Promise<Run> } & AsyncDisposable
 > {
   const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-non-root-" }));
-  await Deno.chmod(dir, 0o755);
   // The bundle needs no npm cache, which this user has none of.
   const bundled = await new Deno.Command(`${ROOT}scripts/bundle_bin.sh`, {
     args: [`${dir}/bin`],
@@ -44,6 +48,7 @@ async function userDir(): Promise<
     stderr: "piped",
   }).output();
   assertEquals(bundled.code, 0, new TextDecoder().decode(bundled.stderr));
+  await openToAll(dir);
   await Deno.mkdir(`${dir}/user`, { mode: 0o700 });
   await Deno.chown(`${dir}/user`, NOBODY, NOBODY);
   return {
@@ -88,6 +93,7 @@ async function userHost(
   const user = await userDir();
   buildHostTree(loadHostDescription(`${DEMO}host.json`), `${user.dir}/sysfs`);
   if (config) Deno.copyFileSync(`${DEMO}passthrough_config.yaml`, `${user.dir}/config.yaml`);
+  await openToAll(`${user.dir}/sysfs`, ...(config ? [`${user.dir}/config.yaml`] : []));
   return user;
 }
 

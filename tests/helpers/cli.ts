@@ -293,3 +293,18 @@ export function canUnshareMounts(): boolean {
     return false;
   }
 }
+
+/**
+ * Lets every user read `paths` and what is in them (`chmod -R go+rX`), for what a test hands to
+ * another user: created under the umask the suite runs with, 077 leaves it root's alone.
+ */
+export async function openToAll(...paths: string[]): Promise<void> {
+  const out = await new Deno.Command("chmod", {
+    args: ["-R", "go+rX", "--", ...paths],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`chmod -R go+rX failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+}
