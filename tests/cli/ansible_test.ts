@@ -41,8 +41,14 @@ async function run(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ code: number; out: string }> {
-  const output = await new Deno.Command(program, { args, env, stdout: "piped", stderr: "piped" })
-    .output();
+  const output = await new Deno.Command(program, {
+    args,
+    // Ansible refuses to run in a locale that is not UTF-8 ("Detected None"), as a suite run
+    // under LC_ALL=C would give it.
+    env: { LC_ALL: "C.UTF-8", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
 }
