@@ -5,7 +5,12 @@
  */
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
+import {
+  libvirtdUnavailable,
+  processAlive,
+  startLibvirtd,
+  undefineUnlessIsolated,
+} from "../helpers/libvirtd.ts";
 import { PROC_CONNECT_LIST_ALL_DOMAINS, startRpcHook } from "../helpers/rpc_hook.ts";
 import { demoTree, gpuConfig, qemuDomainXml } from "../helpers/reliability.ts";
 import { runCli } from "../helpers/cli.ts";
@@ -267,5 +272,40 @@ Deno.test({
     assert(warnings[0]!.message.startsWith(opening), warnings[0]!.message);
     assertEquals(warnings[0]!.message.split(opening).length, 2, warnings[0]!.message);
     assertMatch(warnings[0]!.message, /: hostdev networks' pools of VFs are not checked/);
+  },
+});
+
+Deno.test({
+  name:
+    "a daemon its test never stopped (it failed first) ends with the test file, directory and all" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    const helper = new URL("../helpers/libvirtd.ts", import.meta.url).href;
+    const script = `import { startLibvirtd } from ${JSON.stringify(helper)};
+const daemon = await startLibvirtd({ virtlogd: true });
+console.log(JSON.stringify({ dir: daemon.dir, pid: daemon.pid,
+  virtlogd: Number(Deno.readTextFileSync(daemon.dir + "/virtlogd.pid")) }));`;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const { dir, pid, virtlogd } = JSON.parse(new TextDecoder().decode(out.stdout));
+    // SIGKILL is sent before the process exits; the kernel ends the daemons a moment later.
+    for (let i = 0; i < 200 && (processAlive(pid) || processAlive(virtlogd)); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const left = [
+      processAlive(pid),
+      processAlive(virtlogd),
+      await Deno.lstat(dir).then(() => true, () => false),
+    ];
+    for (const target of [pid, virtlogd]) {
+      if (processAlive(target)) Deno.kill(target, "SIGKILL");
+    }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    assertEquals(left, [false, false, false], "libvirtd, virtlogd and the directory left behind");
   },
 });

@@ -141,6 +141,16 @@ async function privateEtc(dir: string): Promise<void> {
   await Deno.writeTextFile(`${dir}/etc/qemu.conf`, `${kept}${sep}namespaces = []\n`);
 }
 
+/**
+ * How to end each daemon started and not stopped yet, run when the test file's runtime unloads: a
+ * test that failed before its `stop()` (in a setup that throws after starting one) would leave
+ * its daemon running for the ten idle minutes of `-t 600`, and its directory behind for good.
+ */
+const unstopped = new Set<() => void>();
+globalThis.addEventListener("unload", () => {
+  for (const end of unstopped) end();
+});
+
 /** Whether process `pid` is running (a zombie counts as gone). */
 export function processAlive(pid: number): boolean {
   try {
@@ -237,10 +247,31 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
   }
   const readPid = async () => parseInt((await Deno.readTextFile(pidFile)).trim(), 10);
   let pid = await readPid();
+  // Synchronous, as an unload listener must be. Only a process whose command line names `dir` is
+  // signalled (its pid may be another's by now); SIGKILL, so nothing writes there once removed.
+  const end = () => {
+    for (const file of ["libvirtd.pid", "virtlogd.pid"]) {
+      try {
+        const target = parseInt(Deno.readTextFileSync(`${dir}/${file}`), 10);
+        if (Deno.readTextFileSync(`/proc/${target}/cmdline`).includes(dir)) {
+          Deno.kill(target, "SIGKILL");
+        }
+      } catch {
+        // Never written, or gone already.
+      }
+    }
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // Removed already.
+    }
+  };
+  unstopped.add(end);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    unstopped.delete(end);
     try {
       Deno.kill(pid, "SIGTERM");
     } catch {
