@@ -9,6 +9,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import process from "node:process";
 
 export const assertEquals: <T>(
   actual: unknown,
@@ -73,4 +74,18 @@ export async function assertRejects(
   } else {
     await assert.rejects(fn, expected, includes);
   }
+}
+
+/**
+ * Runs `fn` and fails, with `label`, when it took more than `ms` milliseconds of this process's
+ * CPU: a bound that tells quadratic work from linear even on a loaded machine, where the wall
+ * clock also counts the time other processes had the CPU. Returns what `fn` returned.
+ */
+export function assertCpuWithin<T>(ms: number, fn: () => T, label: string): T {
+  const before = process.cpuUsage();
+  const result = fn();
+  const { user, system } = process.cpuUsage(before);
+  const took = (user + system) / 1000;
+  assert.ok(took <= ms, `${label}: ${Math.round(took)} ms of CPU, more than ${ms}`);
+  return result;
 }
