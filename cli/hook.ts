@@ -24,6 +24,7 @@ import {
   DEFAULT_HOOKS_DIR,
   findTimeout,
   foreignHookAdvice,
+  GUARD_SCOPE,
   HOOK_FILE_NAME,
   hookFileProblems,
   type HookInspection,
@@ -355,6 +356,7 @@ function status({ values }: HookLine<"status">, io: CliIo): number {
             ? `${describePolicies(policies.file).join("; ")} (from ${policies.file.config})`
             : "every VM enforces (no guard: in the config at the last apply)")
       }`,
+      `  guards: ${GUARD_SCOPE}`,
     );
   }
   lines.push(

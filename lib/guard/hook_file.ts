@@ -46,6 +46,14 @@ export function readByLibvirt(dir: string): boolean {
 /** The hook's file name: libvirt runs the directory's executables in name order. */
 export const HOOK_FILE_NAME = "50-passthrough-guard";
 
+/**
+ * What the guard sees, for `hook status` and `doctor`: libvirt runs `prepare begin` at every
+ * launch of a VM's QEMU (start, create, restore, snapshot revert, autostart, incoming migration),
+ * and no hook at all when it detaches a device from the host into a running guest or by hand.
+ */
+export const GUARD_SCOPE =
+  "starts only; a hot-plug (virsh attach-device --live) and virsh nodedev-detach run no hook";
+
 /** How long the check may take before the start is refused. */
 export const DEFAULT_DEADLINE_SECONDS = 10;
 

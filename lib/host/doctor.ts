@@ -16,6 +16,7 @@ import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import { slotOf } from "../pci/address.ts";
 import {
   foreignHookAdvice,
+  GUARD_SCOPE,
   hookFileProblems,
   type HookInspection,
   installCommand,
@@ -1067,10 +1068,14 @@ function checkHook(facts: HookDoctorFacts | Error, libvirtVersion: string | null
     "ok",
   );
   const hints = [...new Set(notes.flatMap((n) => n.hint === undefined ? [] : [n.hint]))];
+  // Said of a working guard, whose "ok" would otherwise read as every way a VM takes a device.
+  const said = status === "ok"
+    ? [...notes.map((n) => n.note), `guards ${GUARD_SCOPE}`]
+    : notes.map((n) => n.note);
   return {
     check: "hook",
     status,
-    summary: `Start guard ${inspection.path}: ${notes.map((n) => n.note).join("; ")}`,
+    summary: `Start guard ${inspection.path}: ${said.join("; ")}`,
     hint: hints.length === 0 ? null : hints.join("; "),
   };
 }

@@ -61,6 +61,8 @@ const OTHER_TOOLS = new Set([
   "limit", // ansible-playbook --limit
   "all", // virsh list --all
   "live", // virsh detach-device --live (and apply --live)
+  "paused", // virsh start --paused
+  "type", // virsh attach-interface --type
   "settle", // udevadm trigger --settle
   "stop", // mdadm --stop
 ]);

@@ -128,6 +128,10 @@ Deno.test("hook install, status and remove manage one executable in the hooks di
     assertMatch(status.stdout, /installed by passthrough 0\.1\.0 \(this is 0\.1\.0\); executable/);
     assertMatch(status.stdout, /present: .*\/cli\/hook_check\.ts\n/);
     assertMatch(status.stdout, /deadline: 10 s with \S*timeout; state: .*\/s; sysfs: \/sys\n/);
+    assertMatch(
+      status.stdout,
+      /\n {2}guards: starts only; a hot-plug \(virsh attach-device --live\) and virsh nodedev-detach run no hook\n/,
+    );
     assertMatch(status.stdout, / {2}up to date\n$/);
 
     Deno.chmodSync(report.path, 0o644);
@@ -337,7 +341,7 @@ Deno.test({
         hook.summary,
         new RegExp(
           `^Start guard /etc/libvirt/hooks/qemu\\.d/${HOOK_FILE_NAME}: installed by ` +
-            `this version \\(0\\.1\\.0\\); libvirtd \\(pid ${pid}\\) was reloaded at \\S+$`,
+            `this version \\(0\\.1\\.0\\); libvirtd \\(pid ${pid}\\) was reloaded at \\S+; guards starts only;`,
         ),
       );
       // Nothing of it outside the namespace.

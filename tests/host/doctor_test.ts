@@ -425,6 +425,10 @@ Deno.test("doctor's hook finding: installed and seen by a daemon started after i
     finding.summary,
     /installed by this version \(0\.1\.0\); virtqemud \(pid 321\) started after/,
   );
+  assertMatch(
+    finding.summary,
+    /; guards starts only; a hot-plug \(virsh attach-device --live\) and virsh nodedev-detach run no hook$/,
+  );
 });
 
 Deno.test("doctor's hook finding: a hook in a directory libvirt does not read guards nothing", async () => {
@@ -665,7 +669,7 @@ Deno.test("doctor's hook finding: the SELinux label where SELinux is on", async 
     selinux: { enforcing: true, label: "system_u:object_r:virt_hook_t:s0" },
   });
   assertEquals(right.status, "ok");
-  assertMatch(right.summary, /SELinux label virt_hook_t$/);
+  assertMatch(right.summary, /; SELinux label virt_hook_t; guards starts only;/);
   const permissive = await hookFinding({ selinux: { enforcing: false, label: null } });
   assertEquals(permissive.status, "ok");
 });
