@@ -23,6 +23,7 @@ import {
   nicsUnder,
   pciAncestor,
   pciDevicesUnder,
+  pciFunctionsHolding,
   readUsbDevices,
   scsiHostControllers,
   usbDeviceControllers,
@@ -113,12 +114,11 @@ function withHostDevices(
   return found;
 }
 
-/** The PCI functions the entries of `dir` that match `entry` hang under (`pciAncestor`). */
+/** The PCI functions the entries of `dir` that match `entry` hang under (`pciFunctionsHolding`). */
 function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAddress[] {
   return (reader.listDir(dir) ?? []).flatMap((name) => {
     const link = entry.test(name) ? reader.readLink(`${dir}/${name}`) : null;
-    const address = link === null ? null : pciAncestor(link);
-    return address === null ? [] : [address];
+    return link === null ? [] : pciFunctionsHolding(link);
   });
 }
 

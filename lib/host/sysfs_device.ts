@@ -419,14 +419,38 @@ export function pciAncestor(path: string): PciAddress | null {
 }
 
 /**
- * The PCI function the link at `path` leads under (`[]` when none does), or `null` when `path`
- * is no link.
+ * The PCI functions a guest given any of them takes a sysfs device path's device from: the one it
+ * hangs under ({@link pciAncestor}), and each function above that hosts a PCI domain of its own
+ * (Intel VMD: `0000:00:0e.0/pci10000:e0/10000:e0:06.0/10000:e1:00.0`), an endpoint that takes
+ * every disk behind it to the guest. The bridges between are never passed.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const disk = "../../devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:06.0/10000:e1:00.0/nvme/nvme0/nvme0n1";
+ * assertEquals(pciFunctionsHolding(disk), ["10000:e1:00.0", "0000:00:0e.0"]);
+ * ```
+ */
+export function pciFunctionsHolding(path: string): PciAddress[] {
+  const address = pciAncestor(path);
+  if (address === null) return [];
+  const parts = path.split("/");
+  const hosts = parts.flatMap((part, i) =>
+    /^pci[0-9a-f]{4,8}:[0-9a-f]{2}$/i.test(parts[i + 1] ?? "") &&
+      /^[0-9a-f]{4,}:/i.test(part)
+      ? [canonicalPciAddress(part)]
+      : []
+  ).filter((a): a is PciAddress => a !== null && a !== address);
+  return [address, ...hosts.reverse()];
+}
+
+/**
+ * The PCI functions the link at `path` leads under ({@link pciFunctionsHolding}; `[]` when none
+ * does), or `null` when `path` is no link.
  */
 function linkedPciFunction(reader: SysfsReader, path: string): PciAddress[] | null {
   const link = reader.readLink(path);
-  if (link === null) return null;
-  const address = pciAncestor(link);
-  return address === null ? [] : [address];
+  return link === null ? null : pciFunctionsHolding(link);
 }
 
 /**
@@ -451,8 +475,8 @@ export function pciDevicesUnder(
   const path = `${sysRoot}/class/${kind}/${name}`;
   const link = reader.readLink(path);
   if (link === null) return [];
-  const direct = pciAncestor(link);
-  if (direct !== null) return [direct];
+  const direct = pciFunctionsHolding(link);
+  if (direct.length > 0) return direct;
   const subsystem = /\/nvme-subsystem\/(nvme-subsys\d+)\//.exec(link)?.[1];
   if (kind === "block" && subsystem !== undefined) {
     return nvmeSubsystemControllers(reader, sysRoot, subsystem);

@@ -430,3 +430,55 @@ Deno.test("blockDeviceControllers() follows /dev links to the kernel's name, thr
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("readHostUse(): a disk behind Intel VMD makes the VMD controller the host's too, as passing it takes the disk", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-storage-vmd-" });
+  try {
+    const vmd = "0000:00:0e.0";
+    const nvme = "10000:e1:00.0";
+    const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
+    buildHostTree({
+      devices: [
+        {
+          bdf: vmd,
+          group: 5,
+          class: "0x010400",
+          vendor: "0x8086",
+          device: "0x9a0b",
+          driver: "vmd",
+          ...blank,
+        },
+        { ...nvmeDescription(nvme, 1), group: null },
+      ],
+    }, dir);
+    Deno.mkdirSync(`${dir}/class/block`, { recursive: true });
+    // The kernel hangs VMD's own PCI domain (`pci10000:e0`) under the VMD controller's function.
+    const disk = `devices/pci0000:00/${vmd}/pci10000:e0/10000:e0:06.0/${nvme}/nvme/nvme0/nvme0n1`;
+    block(dir, "nvme0n1", disk, "259:0");
+    block(dir, "nvme0n1p1", `${disk}/nvme0n1p1`, "259:1");
+    Deno.mkdirSync(`${dir}/proc/self`, { recursive: true });
+    Deno.mkdirSync(`${dir}/proc/net`);
+    Deno.writeTextFileSync(`${dir}/proc/net/route`, ROUTE_HEADER);
+    Deno.writeTextFileSync(`${dir}/proc/swaps`, "Filename\tType\tSize\tUsed\tPriority\n");
+    Deno.writeTextFileSync(
+      `${dir}/proc/self/mountinfo`,
+      mount("259:1", "/", "ext4", "/dev/nvme0n1p1"),
+    );
+    const uses = (devices: string[]) =>
+      readHostUse(denoFsReader(), {
+        root: dir,
+        live: true,
+        devices: devices.map((address) => ({ address }) as PciDevice),
+        procRoot: `${dir}/proc`,
+        udevDataDir: `${dir}/run/udev/data`,
+      })?.map((u) => [u.address, u.reason, u.detail]);
+    // The start guard reads the use of the devices a VM takes alone: the VMD controller.
+    assertEquals(uses([vmd]), [[vmd, "mounted-filesystem", "/ on nvme0n1p1"]]);
+    assertEquals(uses([vmd, nvme]), [
+      [vmd, "mounted-filesystem", "/ on nvme0n1p1"],
+      [nvme, "mounted-filesystem", "/ on nvme0n1p1"],
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
