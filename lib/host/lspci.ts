@@ -124,18 +124,21 @@ export async function runLspci(
   } finally {
     limit.removeEventListener("abort", kill);
   }
+  const command = [program, ...args].join(" ");
   if (timedOut) {
     throw new LspciError(
-      `"${program} ${
-        args.join(" ")
-      }" did not finish within ${timeLimitMs} ms and was killed: a file it reads blocks (a FIFO or device in a captured tree) or the host's PCI access hangs`,
+      `"${command}" did not finish within ${timeLimitMs} ms and was killed: a file it reads blocks (a FIFO or device in a captured tree) or the host's PCI access hangs`,
       args,
     );
   }
   if (!output.success) {
     const stderr = new TextDecoder().decode(output.stderr).trim();
+    // A crash leaves no message and an exit code of 128 plus its signal, which reads as lspci's.
+    const how = output.signal === null
+      ? `failed with exit code ${output.code}`
+      : `was killed by signal ${output.signal}`;
     throw new LspciError(
-      `"${program} ${args.join(" ")}" failed with exit code ${output.code}: ${stderr}`,
+      `"${command}" ${how}${stderr === "" ? " and printed no message" : `: ${stderr}`}`,
       args,
     );
   }

@@ -105,3 +105,27 @@ Deno.test("runLspci() kills a run past its time limit and says so", async () => 
   // Killed, not waited for.
   assertEquals(Date.now() - started < 20_000, true);
 });
+
+Deno.test("runLspci() says when a failed run printed nothing, and names the signal that ended one", async () => {
+  const message = async (program: string, args: string[]) => {
+    let text = "";
+    await assertRejects(() => runLspci(program, args, 10_000), (error: unknown) => {
+      assertEquals(error instanceof LspciError, true);
+      text = (error as Error).message;
+      return true;
+    });
+    return text;
+  };
+  assertEquals(
+    await message("false", []),
+    `"false" failed with exit code 1 and printed no message`,
+  );
+  assertEquals(
+    await message("sh", ["-c", "echo broken >&2; exit 2"]),
+    `"sh -c echo broken >&2; exit 2" failed with exit code 2: broken`,
+  );
+  assertEquals(
+    await message("sh", ["-c", "kill -SEGV $$"]),
+    `"sh -c kill -SEGV $$" was killed by signal SIGSEGV and printed no message`,
+  );
+});
