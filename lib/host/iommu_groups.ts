@@ -9,7 +9,7 @@
 
 import type { GroupInconsistency, IommuGroup, PciAddress, PciDevice } from "./types.ts";
 import type { SysfsReader } from "./sysfs.ts";
-import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
+import { canonicalPciAddress, comparePciAddress, pciAddressParts } from "../pci/address.ts";
 
 /**
  * The devices' IOMMU groups in ascending group order, members in the order given; devices with
@@ -204,13 +204,33 @@ function flagGroupless(
     if (device.iommuGroup !== null) continue;
     const card = device.address.slice(0, -2);
     const mates = devices.filter((d) => d.address.startsWith(card) && d !== device);
-    const ancestor = (evidence.ancestors?.(device.address) ?? []).find((a) =>
-      (groupOf.get(a) ?? null) !== null
-    );
+    const ancestors = evidence.ancestors?.(device.address) ?? [];
+    const ancestor = ancestors.find((a) => (groupOf.get(a) ?? null) !== null);
     flag(
       [...mates.map((d) => d.iommuGroup), ancestor === undefined ? null : groupOf.get(ancestor)!],
       [device.address],
-      `${device.address} has no IOMMU group on a host that has groups (no iommu_group link, and no kernel/iommu_groups/N/devices lists it): VFIO cannot assign it, and the group it belongs to if it should have one (an entry that vanished while discovery read it, a damaged tree) is unknown`,
+      `${device.address} has no IOMMU group on a host that has groups (no iommu_group link, and no kernel/iommu_groups/N/devices lists it): ${
+        vmdDomainNote(device.address, ancestors) ??
+          "VFIO cannot assign it, and the group it belongs to if it should have one (an entry that vanished while discovery read it, a damaged tree) is unknown"
+      }`,
     );
   }
+}
+
+/**
+ * Why a groupless device in a PCI domain of its own has no group, or `null` for another: behind
+ * Intel VMD, whose controller (a function of domain 0000) hosts the domain (`10000` and up) and
+ * whose DMA the IOMMU sees for every device behind it, so none has a group of its own; VFIO
+ * cannot assign one, and a guest given the controller takes them all. A captured tree records no
+ * ancestors, so a domain past `ffff` alone names VMD there.
+ */
+function vmdDomainNote(address: PciAddress, ancestors: readonly PciAddress[]): string | null {
+  const domain = pciAddressParts(address).domain;
+  const host = ancestors.find((a) => pciAddressParts(a).domain !== domain);
+  const domainText = address.slice(0, address.indexOf(":"));
+  if (host !== undefined) {
+    return `it is in PCI domain ${domainText}, which ${host} (an Intel VMD controller) hosts, and the IOMMU sees its DMA as ${host}'s: VFIO cannot assign it, and a guest given ${host} takes it too`;
+  }
+  if (domain <= 0xffff) return null;
+  return `it is in PCI domain ${domainText}, past the firmware's last (ffff), as Intel VMD numbers the domain behind its controller, and the IOMMU sees its DMA as the controller's: VFIO cannot assign it, and a guest given the controller takes it too`;
 }

@@ -8,6 +8,7 @@
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
 import { demoTree } from "../helpers/reliability.ts";
+import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseGroupNumber } from "../../lib/host/iommu_groups.ts";
@@ -352,4 +353,61 @@ Deno.test("two bus/pci/devices entries for one address name each entry's group o
     Deno.symlinkSync("../../../../kernel/iommu_groups/59", `${to}/iommu_group`);
   };
   assertEquals(await twoEntries(copy), [[[26, 59], [AUDIO]]]);
+});
+
+Deno.test("a device behind Intel VMD without a group is said to be VMD's, with the controller when the tree shows it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-groups-vmd-" });
+  try {
+    const blank = { subsystem_vendor: null, subsystem_device: null, revision: null, driver: null };
+    buildHostTree({
+      devices: [
+        {
+          bdf: "0000:00:0e.0",
+          group: 5,
+          class: "0x010400",
+          vendor: "0x8086",
+          device: "0x9a0b",
+          ...blank,
+        },
+        {
+          bdf: "10000:e1:00.0",
+          group: null,
+          class: "0x010802",
+          vendor: "0x144d",
+          device: "0xa808",
+          ...blank,
+        },
+      ],
+    }, dir);
+    const detail = async () => {
+      const host = await discoverHost({ root: dir, lspci: null });
+      return host.groupInconsistencies.map((p) => [p.groups, p.devices, p.detail]);
+    };
+    const note = (host: string) =>
+      `10000:e1:00.0 has no IOMMU group on a host that has groups (no iommu_group link, and no kernel/iommu_groups/N/devices lists it): it is in PCI domain 10000, ${host}, and the IOMMU sees its DMA as ${
+        host.startsWith("which") ? "0000:00:0e.0's" : "the controller's"
+      }: VFIO cannot assign it, and a guest given ${
+        host.startsWith("which") ? "0000:00:0e.0" : "the controller"
+      } takes it too`;
+    // A captured tree keeps no topology: the domain alone says VMD.
+    assertEquals(await detail(), [[
+      [],
+      ["10000:e1:00.0"],
+      note(
+        "past the firmware's last (ffff), as Intel VMD numbers the domain behind its controller",
+      ),
+    ]]);
+    // The kernel's layout: VMD's domain hangs under the controller's function.
+    const at = "devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:06.0/10000:e1:00.0";
+    Deno.mkdirSync(`${dir}/${at.slice(0, at.lastIndexOf("/"))}`, { recursive: true });
+    Deno.renameSync(`${dir}/bus/pci/devices/10000:e1:00.0`, `${dir}/${at}`);
+    Deno.symlinkSync(`../../../${at}`, `${dir}/bus/pci/devices/10000:e1:00.0`);
+    assertEquals(await detail(), [[
+      [5],
+      ["10000:e1:00.0"],
+      note("which 0000:00:0e.0 (an Intel VMD controller) hosts"),
+    ]]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
