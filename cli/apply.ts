@@ -13,8 +13,9 @@ import { renderPlan, type RenderPlanOptions, renderVmPlan } from "./render_plan.
 import { makeConfirm } from "./confirm.ts";
 import { applyJson, renderApplyReport } from "./render_apply.ts";
 import { applyPlan, type ApplyReport, livePlan } from "../lib/apply/apply.ts";
-import type { Plan, VmPlan } from "../lib/plan/types.ts";
+import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan/types.ts";
 import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
+import type { PciAddress } from "../lib/host/types.ts";
 import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
@@ -22,7 +23,12 @@ import { resolve } from "../lib/state/paths.ts";
 import { DEFAULT_KEEP_BACKUPS } from "../lib/state/backups.ts";
 import type { Config } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
-import { describePolicies, guardPolicies, keepStricterRulePolicies } from "../lib/guard/policy.ts";
+import {
+  bindRecords,
+  describePolicies,
+  guardPolicies,
+  keepStricterRulePolicies,
+} from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
@@ -124,11 +130,13 @@ async function applyComputed(
   io.out(
     values.json ? applyJson(report, plan) : renderApplyReport(report, { color: io.color, plan }),
   );
+  // Their definitions hold the config's rule names now.
+  const settled = new Set(
+    report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
+  );
   const recorded = recordGuardPolicies(config, {
-    // Their definitions hold the config's rule names now.
-    settled: new Set(
-      report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
-    ),
+    settled,
+    applied: () => appliedRecords(plan, settled),
     keeps: droppedKept(plan, report, values.vm !== undefined),
     recorded: () => recordedRules(libvirt, config),
     flag: values["state-dir"],
@@ -162,6 +170,27 @@ function droppedKept(
   const planned = new Set(plan.vms.map((vm) => vm.name));
   const released = new Set(report.vms.filter((r) => r.code === "applied").map((r) => r.vm));
   return (vm) => !released.has(vm) && (limited || planned.has(vm));
+}
+
+/**
+ * The records each of the `settled` VMs' definitions holds as the apply left it (its plan's
+ * desired definition, written from the config), by the address each element passes (a VF's:
+ * its PF's record): what the start guard lets its rules' policies judge.
+ */
+function appliedRecords(
+  plan: Plan,
+  settled: ReadonlySet<string>,
+): Map<string, Record<PciAddress, DeviceIdentity>> {
+  return new Map(
+    plan.vms.filter((vm) => settled.has(vm.name)).map((vm) => {
+      const { records, vfRecords } = parseDomainXml(vm.desiredXml);
+      const byAddress = [
+        ...records.map((record) => [record.address, record] as const),
+        ...vfRecords.map((vf) => [vf.address, vf.pf] as const),
+      ];
+      return [vm.name, Object.fromEntries(byAddress)];
+    }),
+  );
 }
 
 /**
@@ -213,8 +242,10 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, keeps, recorded, flag, uri, io, say }: {
+  { settled, applied, keeps, recorded, flag, uri, io, say }: {
     settled: ReadonlySet<string>;
+    /** The records the settled VMs' definitions hold as the apply left them. */
+    applied: () => ReadonlyMap<string, Readonly<Record<PciAddress, DeviceIdentity>>>;
     /** The rule names each VM's definition records now (read only for this host's hook). */
     recorded: () => ReadonlyMap<string, readonly string[]>;
     /** Whether a VM the config no longer names keeps its previous policies. */
@@ -249,13 +280,10 @@ function recordGuardPolicies(
     // What cannot be read keeps nothing: the hook enforces while it is there.
     const previous = readPolicyFile(stateDir).file;
     const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
-    const file = keepStricterRulePolicies(policies, {
-      config,
-      previous,
-      settled,
-      kept,
-      recorded: recorded(),
-    });
+    const file = bindRecords(
+      keepStricterRulePolicies(policies, { config, previous, settled, kept, recorded: recorded() }),
+      { previous, applied: applied() },
+    );
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);

@@ -542,10 +542,15 @@ function describeRefusal(refusal: GuardRefusal, vfIndex?: number): string {
     ? ""
     : refusal.recorded === null
     ? "; hand-added, so no allow_host_critical lets it start"
-    : `; only "allow_host_critical: true" on rule ${
-      JSON.stringify(refusal.recorded.rule)
-    } (then passthrough apply) lets it start`;
+    : hostNeedsOverride(refusal.recorded.rule);
   return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}${override}`;
+}
+
+/** What a refusal of a device the host needs, recorded under `rule`, says lifts it. */
+export function hostNeedsOverride(rule: string): string {
+  return `; only "allow_host_critical: true" on rule ${
+    JSON.stringify(rule)
+  } (then passthrough apply) lets it start`;
 }
 
 /**

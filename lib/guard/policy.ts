@@ -19,6 +19,8 @@
  */
 
 import type { Config, GuardPolicy } from "../config/config.ts";
+import type { PciAddress } from "../host/types.ts";
+import type { DeviceIdentity } from "../plan/types.ts";
 import { followUpCommand, shellWord } from "../render/shell.ts";
 
 /** A policy under which the hook still checks: what a refusal was judged by. */
@@ -38,6 +40,15 @@ export interface VmGuardPolicy {
    * host needs them, as `plan` keeps them (absent: none; files from before it have none).
    */
   allowHostCritical?: string[];
+  /**
+   * The records `apply` left in the VM's definition for the rules of `rules` and
+   * `allowHostCritical`, by the host address each element passes (a VF's: its PF's record). A
+   * rule's policy judges only a device whose record in the domain XML is the one here: anyone
+   * who may `virsh edit` the VM can write any rule name into its `<metadata>`, and this file is
+   * root's (absent: none, as in files from before it; such rules then judge nothing laxer than
+   * the VM until it is applied).
+   */
+  devices?: Record<PciAddress, DeviceIdentity>;
 }
 
 /** What `guard/policy.json` holds. */
@@ -189,6 +200,96 @@ export function keepStricterRulePolicies(
 }
 
 /**
+ * `file` with each VM's {@link VmGuardPolicy.devices}, the records its rules' policies judge: for
+ * a VM in `applied` (its definition as this apply left it: written from the config, or found
+ * to hold what the config gives it), the records that definition holds; for any other (left out
+ * by `--vm`, declined, refused), those `previous` bound, as its definition still holds them
+ * unless someone edited it since. A record no apply wrote (its rule name edited by hand, copied
+ * from another VM's XML) therefore never borrows a rule's `off` or `allow_host_critical`. Only the
+ * records of rules the VM's entry names are kept.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const hba = { address: "0000:04:00.0", vendorId: "1b21", deviceId: "0612",
+ *   subsystemVendorId: null, subsystemDeviceId: null, classCode: "010601", serial: null,
+ *   driver: "ahci", rule: "hba" };
+ * const file = { version: 1 as const, config: "c.yaml",
+ *   vms: { db: { guard: "enforce" as const, rules: {}, allowHostCritical: ["hba"] } } };
+ * const nic = { ...hba, address: "0000:05:00.0", rule: "nic" };
+ * const applied = new Map([["db", { "0000:04:00.0": hba, "0000:05:00.0": nic }]]);
+ * assertEquals(bindRecords(file, { previous: null, applied }).vms.db!.devices, {
+ *   "0000:04:00.0": hba,
+ * });
+ * assertEquals(bindRecords(file, { previous: null, applied: new Map() }), file);
+ * ```
+ */
+export function bindRecords(
+  file: GuardPolicyFile,
+  { previous, applied }: {
+    previous: GuardPolicyFile | null;
+    applied: ReadonlyMap<string, Readonly<Record<PciAddress, DeviceIdentity>>>;
+  },
+): GuardPolicyFile {
+  const vms = Object.entries(file.vms).map(([vm, policy]) => {
+    const { devices: _, ...unbound } = policy;
+    const before = previous !== null && Object.hasOwn(previous.vms, vm)
+      ? previous.vms[vm]!.devices ?? {}
+      : {};
+    const named = new Set([...Object.keys(policy.rules), ...(policy.allowHostCritical ?? [])]);
+    const devices = Object.entries(applied.get(vm) ?? before)
+      .filter(([, record]) => named.has(record.rule));
+    return [
+      vm,
+      devices.length === 0 ? unbound : { ...unbound, devices: Object.fromEntries(devices) },
+    ];
+  });
+  return { ...file, vms: Object.fromEntries(vms) };
+}
+
+/**
+ * Whether `recorded`, the record the domain XML holds for the device it passes at `address`, is
+ * the one `apply` left there ({@link VmGuardPolicy.devices}): only then does the policy of the
+ * rule it names judge that device.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const hba = { address: "0000:04:00.0", vendorId: "1b21", deviceId: "0612",
+ *   subsystemVendorId: null, subsystemDeviceId: null, classCode: "010601", serial: null,
+ *   driver: "ahci", rule: "hba" };
+ * const policy = { guard: "enforce" as const, rules: {}, devices: { "0000:04:00.0": hba } };
+ * assertEquals(appliedRecord(policy, "0000:04:00.0", hba), true);
+ * assertEquals(appliedRecord(policy, "0000:01:00.0", { ...hba, address: "0000:01:00.0" }), false);
+ * assertEquals(appliedRecord(policy, "0000:04:00.0", { ...hba, deviceId: "0611" }), false);
+ * ```
+ */
+export function appliedRecord(
+  policy: VmGuardPolicy,
+  address: PciAddress | null,
+  recorded: DeviceIdentity,
+): boolean {
+  const devices = policy.devices ?? {};
+  if (address === null || !Object.hasOwn(devices, address)) return false;
+  const applied = devices[address]!;
+  return RECORD_FIELDS.every((field) => (applied[field] ?? null) === (recorded[field] ?? null));
+}
+
+/** Every field of a record, each compared by {@link appliedRecord}. */
+const RECORD_FIELDS = [
+  "address",
+  "vendorId",
+  "deviceId",
+  "subsystemVendorId",
+  "subsystemDeviceId",
+  "classCode",
+  "serial",
+  "slot",
+  "driver",
+  "rule",
+] as const satisfies readonly (keyof DeviceIdentity)[];
+
+/**
  * The policy a VM dropped from the config keeps while the plan keeps its devices: its own, but
  * neither its `off` (now `warn`) nor any rule's `allow_host_critical`. Only these two let a start
  * take a device the host needs (its disk controller, its default-route NIC), and the config no
@@ -333,6 +434,24 @@ function isPolicy(value: unknown): value is GuardPolicy {
   return typeof value === "string" && POLICIES.includes(value);
 }
 
+/** Whether `value` is absent or a {@link VmGuardPolicy.devices}: records by a canonical address. */
+function isDeviceMap(value: unknown): boolean {
+  if (value === undefined) return true;
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  return Object.entries(value).every(([address, record]) => {
+    if (typeof record !== "object" || record === null) return false;
+    const fields = record as Record<string, unknown>;
+    return /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(address) &&
+      RECORD_FIELDS.every((field) =>
+        typeof fields[field] === "string" ||
+        ((fields[field] ?? null) === null && !REQUIRED_FIELDS.includes(field))
+      );
+  });
+}
+
+/** The fields every record holds (the others may be `null` or absent). */
+const REQUIRED_FIELDS: readonly string[] = ["address", "vendorId", "deviceId", "classCode", "rule"];
+
 /** `data` as a policy file, or `null` when it is not one (a damaged file enforces). */
 export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
   if (typeof data !== "object" || data === null) return null;
@@ -350,6 +469,7 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
     ) {
       return null;
     }
+    if (!isDeviceMap((entry as Partial<VmGuardPolicy>).devices)) return null;
   }
   return { version, config, vms };
 }

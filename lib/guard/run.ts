@@ -19,10 +19,12 @@ import {
   formatRefusal,
   guardLine,
   type GuardRefusal,
+  hostNeedsOverride,
   unreadableRefusal,
 } from "./check.ts";
 import {
   type ActivePolicy,
+  appliedRecord,
   checksNothing,
   ENFORCE,
   hostNeedsAllowed,
@@ -343,18 +345,43 @@ function hookStatusCommand(hooksDir: string | undefined): string {
 /** What a start's allowance came to. */
 type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
 
-/** The refusals `policy` keeps, each with the policy it is judged by. */
+/**
+ * The refusals `policy` keeps, each with the policy it is judged by. A rule's own policy and its
+ * `allow_host_critical` judge only a device whose record is the one apply left
+ * ({@link appliedRecord}); any other record (a rule name edited in, a record copied from another
+ * VM) is judged as strictly as the VM and its named rule, and its refusal says why.
+ */
 function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): PolicedRefusal[] {
   return found.flatMap((refusal) => {
     // What could not be read may be a device the host needs: no policy or allowance lifts it.
     if (refusal.kind === "unreadable") return [{ ...refusal, policy: "enforce" as const }];
     const rule = refusal.recorded?.rule ?? null;
     const needed = refusal.hostNeeds !== null;
-    const judged = policyFor(policy, rule, { hostNeeds: needed });
-    if (judged === "off" || hostNeedsAllowed(policy, refusal.kind, rule)) return [];
+    const applied = refusal.recorded !== null &&
+      appliedRecord(policy, refusal.address, refusal.recorded);
+    const judged = policyFor(policy, rule, { hostNeeds: needed || !applied });
+    const lifted = hostNeedsAllowed(policy, refusal.kind, rule);
+    if (judged === "off" || (applied && lifted)) return [];
+    const unapplied = !applied && rule !== null &&
+      (lifted || policyFor(policy, rule, { hostNeeds: needed }) !== judged);
+    // The rule already says allow_host_critical: that clause would send the user in a circle.
+    const reason = unapplied
+      ? `${refusal.reason.replace(hostNeedsOverride(rule), "")}; ${unappliedNote(refusal, policy)}`
+      : refusal.reason;
     // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
-    return [{ ...refusal, policy: judged === "warn" && needed ? "enforce" : judged }];
+    return [{ ...refusal, reason, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
+}
+
+/** Why the recorded rule's laxer policy did not judge `refusal`, whose record apply did not leave. */
+function unappliedNote(refusal: GuardRefusal, policy: VmGuardPolicy): string {
+  const rule = refusal.recorded!.rule;
+  const lax = hostNeedsAllowed(policy, refusal.kind, rule)
+    ? "allow_host_critical"
+    : `guard: ${policyFor(policy, rule)}`;
+  return `rule ${JSON.stringify(rule)}'s ${lax} does not count here: passthrough apply recorded ` +
+    `no such device under it at ${refusal.address} for this VM (its record was edited, copied ` +
+    "from another VM's definition, or written since the VM was last applied)";
 }
 
 /**

@@ -866,8 +866,8 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
       /\n {2}policies: every VM enforces/,
     );
 
-    // A card recorded under rule "gpu" that the host needs: refused until the rule says
-    // allow_host_critical (as plan keeps it then); a card that is not the recorded one still is.
+    // A card recorded under rule "gpu" that the host needs: refused, and still refused once the
+    // rule says allow_host_critical, as apply never recorded that card under it.
     const needed = MOVED.replaceAll("0x0b", "0x0c").replace(
       'address="0000:0b:00.0" vendor="10de" device="2684"',
       'address="0000:0c:00.0" vendor="10de" device="128b"',
@@ -884,9 +884,13 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
           "allow_host_critical\n$",
       ),
     );
-    assertEquals(
-      await runHook(hook, ["win11", "prepare", "begin", "-"], needed),
-      { code: 0, stdout: "", stderr: "" },
+    // Rule "gpu" took 10de:1b06 at 0b:00.0: a record of the console's GPU under its name, which
+    // no apply wrote (edited in, or copied from another VM), does not borrow its override.
+    const borrowed = await runHook(hook, ["win11", "prepare", "begin", "-"], needed);
+    assertEquals([borrowed.code, borrowed.stdout], [1, ""]);
+    assertMatch(
+      borrowed.stderr,
+      /\(console-vga: fbcon on it\); rule "gpu"'s allow_host_critical does not count here: passthrough apply recorded no such device under it at 0000:0c:00\.0 for this VM .*; fix: passthrough plan --vm win11\n$/,
     );
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
   } finally {

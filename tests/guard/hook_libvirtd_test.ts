@@ -604,3 +604,90 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a record whose rule name was edited in the domain XML does not borrow that rule's " +
+    "allow_host_critical for a device the host needs" +
+    (libvirtdUnavailable() === null ? "" : ` (skipped: ${libvirtdUnavailable()})`),
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    // The host's root is on the NVMe 01:00.0; rule "sata" holds the ASMedia controller 04:00.0
+    // with allow_host_critical. Someone with virsh edit rights adds the NVMe under rule "sata".
+    const host = loadFixtureHost("x570-aorus-pro-wifi");
+    host.host_use = [
+      { address: "0000:01:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
+    ];
+    await using tree = await tempHostTree(host);
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-forged-" });
+    const hooksDir = `${dir}/hooks`;
+    const stateDir = `${dir}/state`;
+    const vm = `guard-forged-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      const install = await runCli([
+        "hook",
+        "install",
+        "--hooks-dir",
+        `${hooksDir}/qemu.d`,
+        "--state-dir",
+        stateDir,
+        "--sysfs",
+        tree.dir,
+      ]);
+      assertEquals(install.code, 0, install.stderr);
+      await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
+      await Deno.writeTextFile(`${dir}/${vm}.xml`, domainXml(vm, [], []));
+      assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
+      await Deno.writeTextFile(
+        `${dir}/config.yaml`,
+        `version: 1\nvms:\n  ${vm}:\n    devices:\n      - name: sata\n` +
+          `        match: { vendor_device_id: "1b21:0612" }\n        allow_host_critical: true\n`,
+      );
+      const applied = await runCli([
+        "apply",
+        "--yes",
+        "--config",
+        `${dir}/config.yaml`,
+        "--sysfs",
+        tree.dir,
+        "--connect",
+        daemon.uri,
+        "--state-dir",
+        stateDir,
+      ]);
+      assertEquals(applied.code, 0, applied.stderr + applied.stdout);
+      const nvme = { vendorId: "1cc1", deviceId: "5350", classCode: "010800" };
+      const dumped = await virsh(daemon.uri, "dumpxml", "--inactive", vm);
+      assertEquals(dumped.code, 0, dumped.out);
+      const forged = dumped.out
+        .replace(
+          "</passthrough:hostdevs>",
+          `${record("0000:01:00.0", nvme, "sata")}</passthrough:hostdevs>`,
+        )
+        .replace(
+          "</devices>",
+          `<hostdev mode='subsystem' type='pci' managed='no'><source><address ${
+            libvirtAddress("0000:01:00.0")
+          }/></source></hostdev></devices>`,
+        );
+      assertMatch(forged, /rule="sata"[^]*rule="sata"/);
+      await Deno.writeTextFile(`${dir}/forged.xml`, forged);
+      const defined = await virsh(daemon.uri, "define", `${dir}/forged.xml`);
+      assertEquals(defined.code, 0, defined.out);
+      const start = await virsh(daemon.uri, "start", vm);
+      console.log(`$ virsh start ${vm}\n${start.out.trim()}`);
+      await virsh(daemon.uri, "undefine", vm);
+      assertEquals(start.code, 1, start.out);
+      assertMatch(
+        start.out,
+        new RegExp(
+          `Hook script execution failed: .*refusing to start "${vm}": hostdev 0000:01:00\\.0 ` +
+            "holds 1cc1:5350 .*the host needs it: in use by the host \\(mounted-filesystem: " +
+            `/ on nvme0n1p2\\); rule "sata"'s allow_host_critical does not count here: ` +
+            "passthrough apply recorded no such device under it at 0000:01:00\\.0 for this VM",
+        ),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

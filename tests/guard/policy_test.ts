@@ -6,8 +6,10 @@ import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { runGuard } from "../../lib/guard/run.ts";
 import {
+  bindRecords,
   ENFORCE,
   guardPolicies,
+  type GuardPolicyFile,
   keepStricterRulePolicies,
   policyFor,
 } from "../../lib/guard/policy.ts";
@@ -20,6 +22,7 @@ import {
   takeAllowance,
 } from "../../lib/guard/state.ts";
 import { parseConfig } from "../../lib/config/config.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
 // 0b:00.0 holds a 10de:1b06 on this tree, not the recorded 10de:2684 of rule "gpu"; nothing sits
@@ -88,6 +91,12 @@ function run(root: string, stateDir: string, xml = XML) {
   });
 }
 
+/** `file` with win11's records in `xml` bound to its rules, as an apply of win11 leaves them. */
+function applied(file: GuardPolicyFile, xml = XML): GuardPolicyFile {
+  const records = Object.fromEntries(parseDomainXml(xml).records.map((r) => [r.address, r]));
+  return bindRecords(file, { previous: null, applied: new Map([["win11", records]]) });
+}
+
 /** Each refusal's address and policy, and each line's head. */
 function summary(result: Awaited<ReturnType<typeof run>>) {
   return {
@@ -150,7 +159,7 @@ Deno.test("policy: a VM's off checks nothing, records nothing and creates nothin
 
 Deno.test("policy: a rule's off drops its refusals only; the VM's policy judges hand-added ones", async () => {
   await withTree(async (root, state) => {
-    recordPolicies(state, guardPolicies(config(null, "off")));
+    recordPolicies(state, applied(guardPolicies(config(null, "off"))));
     assertEquals(summary(await run(root, state)), {
       code: 1,
       refusals: [["0000:7f:1f.7", "missing", "enforce"]],
@@ -161,7 +170,7 @@ Deno.test("policy: a rule's off drops its refusals only; the VM's policy judges 
 
 Deno.test("policy: a rule's warn under an enforcing VM: its line warns, the hand-added one refuses", async () => {
   await withTree(async (root, state) => {
-    recordPolicies(state, guardPolicies(config(null, "warn")));
+    recordPolicies(state, applied(guardPolicies(config(null, "warn"))));
     assertEquals(summary(await run(root, state)), {
       code: 1,
       refusals: [["0000:0b:00.0", "replaced", "warn"], ["0000:7f:1f.7", "missing", "enforce"]],
@@ -181,7 +190,7 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
   const state = await Deno.makeTempDir({ prefix: "passthrough-guard-replaced-" });
   try {
     const judged = async (vmGuard: string | null, gpuGuard: string | null) => {
-      recordPolicies(`${state}/state`, guardPolicies(config(vmGuard, gpuGuard)));
+      recordPolicies(`${state}/state`, applied(guardPolicies(config(vmGuard, gpuGuard))));
       const result = await run(tree.dir, `${state}/state`);
       const gpu = result.refusals.find((r) => r.address === "0000:0b:00.0");
       return [result.code, gpu?.kind, gpu?.policy];
@@ -214,7 +223,7 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
     // Replaced by a device the host does not need: the rule's policy alone, as before.
     host.host_use = [];
     await using free = await tempHostTree(host);
-    recordPolicies(`${state}/state`, guardPolicies(config(null, "off")));
+    recordPolicies(`${state}/state`, applied(guardPolicies(config(null, "off"))));
     const result = await run(free.dir, `${state}/state`);
     assertEquals(result.refusals.map((r) => r.address), ["0000:7f:1f.7"]);
   } finally {
@@ -235,7 +244,10 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
     );
   await withTree(async (root, state) => {
     const judged = async (vmGuard: string | null, diskGuard: string | null, allow = false) => {
-      recordPolicies(state, guardPolicies(diskConfig(vmGuard, diskGuard, allow)));
+      recordPolicies(
+        state,
+        applied(guardPolicies(diskConfig(vmGuard, diskGuard, allow)), DISK_XML),
+      );
       const result = await run(root, state, DISK_XML);
       return [result.code, ...result.refusals.map((r) => `${r.kind} ${r.policy}`)];
     };
@@ -477,7 +489,7 @@ Deno.test("policy: allow_host_critical lifts only the host-needs refusal of a de
     assertEquals(policies.vms, {
       win11: { guard: "enforce", rules: {}, allowHostCritical: ["disk"] },
     });
-    assertEquals(recordPolicies(`${state}/state`, policies), "written");
+    assertEquals(recordPolicies(`${state}/state`, applied(policies, CRITICAL)), "written");
     assertEquals(readVmPolicy(`${state}/state`, "win11").policy.allowHostCritical, ["disk"]);
     assertEquals(kinds(await start(CRITICAL)), [1, [
       ["0000:06:00.0", "host-needs"],

@@ -13,7 +13,8 @@ import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { checkDomainStart, type GuardRefusal } from "../../lib/guard/check.ts";
 import { planWorld } from "../../lib/plan/plan.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
-import { guardPolicies } from "../../lib/guard/policy.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { bindRecords, guardPolicies } from "../../lib/guard/policy.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
 
 /** VM `a` with `vf: 1` of the igb card; more rules may follow. */
@@ -192,7 +193,16 @@ Deno.test("guard: a recorded VF the host uses is its vf: rule's, whose allow_hos
   const host = await discoverHost({ root: tree.dir, lspci: null });
   const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a");
   const start = (rules: typeof RULE, xml: string) => {
-    recordPolicies(`${tree.dir}/state`, guardPolicies(rules));
+    // As an apply of "a" leaves it: the VF's record (its PF's) bound at the VF's address.
+    const { vfRecords } = parseDomainXml(xml);
+    const applied = new Map([[
+      "a",
+      Object.fromEntries(vfRecords.map((vf) => [vf.address, vf.pf])),
+    ]]);
+    recordPolicies(
+      `${tree.dir}/state`,
+      bindRecords(guardPolicies(rules), { previous: null, applied }),
+    );
     return guardStartOnTree({ vm: "a", xml, dir: tree.dir, live: false });
   };
 

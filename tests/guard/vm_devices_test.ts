@@ -452,7 +452,27 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
     recordPolicies(`${dir}/state`, {
       version: 1,
       config: "c.yaml",
-      vms: { desktop: { guard: "enforce", rules: {}, allowHostCritical } },
+      vms: {
+        desktop: {
+          guard: "enforce",
+          rules: {},
+          allowHostCritical,
+          // The record below, as the apply that wrote it bound it.
+          devices: {
+            [PF]: {
+              address: PF,
+              vendorId: "8086",
+              deviceId: "10c9",
+              subsystemVendorId: "8086",
+              subsystemDeviceId: "a03c",
+              classCode: "020000",
+              serial: null,
+              driver: null,
+              rule: "nic",
+            },
+          },
+        },
+      },
     });
     const xml = `<domain type='kvm'><name>desktop</name><metadata>
   <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
