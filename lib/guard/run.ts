@@ -364,9 +364,17 @@ function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): Policed
     if (judged === "off" || (applied && lifted)) return [];
     const unapplied = !applied && rule !== null &&
       (lifted || policyFor(policy, rule, { hostNeeds: needed }) !== judged);
-    // The rule already says allow_host_critical: that clause would send the user in a circle.
+    const renamed = !applied && rule !== null && !unapplied ? relaxedRules(policy, rule) : [];
+    // The rule already says allow_host_critical, or may have a new name that does: that clause
+    // would send the user in a circle, or to a rule the config no longer has.
+    const override = unapplied ||
+        renamed.some((r) => (policy.allowHostCritical ?? []).includes(r))
+      ? refusal.reason.replace(hostNeedsOverride(rule!), "")
+      : refusal.reason;
     const reason = unapplied
-      ? `${refusal.reason.replace(hostNeedsOverride(rule), "")}; ${unappliedNote(refusal, policy)}`
+      ? `${override}; ${unappliedNote(refusal, policy)}`
+      : renamed.length > 0
+      ? `${override}; ${renamedNote(refusal, policy, renamed)}`
       : refusal.reason;
     // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
     return [{ ...refusal, reason, policy: judged === "warn" && needed ? "enforce" : judged }];
@@ -382,6 +390,37 @@ function unappliedNote(refusal: GuardRefusal, policy: VmGuardPolicy): string {
   return `rule ${JSON.stringify(rule)}'s ${lax} does not count here: passthrough apply recorded ` +
     `no such device under it at ${refusal.address} for this VM (its record was edited, copied ` +
     "from another VM's definition, or written since the VM was last applied)";
+}
+
+/**
+ * The rules other than `rule` whose policy `policy` makes laxer than the VM's, or that
+ * `allow_host_critical`: what a rule renamed since its VM was last applied may be called now.
+ */
+function relaxedRules(policy: VmGuardPolicy, rule: string): string[] {
+  const laxer = Object.keys(policy.rules).filter((r) =>
+    policyFor(policy, r) !== policyFor(policy, r, { hostNeeds: true })
+  );
+  return [...new Set([...laxer, ...(policy.allowHostCritical ?? [])])].filter((r) => r !== rule);
+}
+
+/**
+ * Why a device whose record names `rule` is judged strictly while the VM's policies relax
+ * `others`: a rule renamed (and loosened) since the VM was last applied keeps its old name, and
+ * its old policy, until an apply of the VM records the device under the new one.
+ */
+function renamedNote(refusal: GuardRefusal, policy: VmGuardPolicy, others: string[]): string {
+  const relaxed = others.map((r) =>
+    `${JSON.stringify(r)} (${
+      (policy.allowHostCritical ?? []).includes(r) && policyFor(policy, r) === policy.guard
+        ? "allow_host_critical"
+        : `guard: ${policyFor(policy, r)}`
+    })`
+  ).join(", ");
+  const apply = `passthrough apply ${flagWord("--vm", refusal.vm)}`;
+  return `the recorded policies relax only rule ${relaxed} for this VM, not ${
+    JSON.stringify(refusal.recorded!.rule)
+  }: a rule renamed since the VM was last applied is judged by its old name until "${apply}" ` +
+    "records its devices under the new one";
 }
 
 /**

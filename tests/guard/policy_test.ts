@@ -791,3 +791,55 @@ Deno.test("keepStricterRulePolicies() leaves out a VM that is all enforce once i
     win11: { guard: "enforce", rules: {}, allowHostCritical: ["disk"] },
   });
 });
+
+Deno.test("policy: a rule renamed and loosened before its VM is applied: the refusal says its old name judges it, and what applies the new one", async () => {
+  // win11's record names "gpu"; the config renamed it "nvidia" with guard: off (then with
+  // allow_host_critical, its card now the host's console) and applied another VM only.
+  const renamed = async (extra: string, host = loadFixtureHost("x570-aorus-pro-wifi")) => {
+    await using tree = await tempHostTree(host);
+    const state = await Deno.makeTempDir({ prefix: "passthrough-guard-renamed-" });
+    try {
+      const before = parseConfig(
+        "version: 1\nvms:\n  win11:\n    devices:\n      - { name: gpu, match: { vendor_id: 10de } }\n",
+        { file: "c.yaml" },
+      );
+      const after = parseConfig(
+        "version: 1\nvms:\n  win11:\n    devices:\n" +
+          `      - { name: nvidia, match: { vendor_id: 10de }${extra} }\n`,
+        { file: "c.yaml" },
+      );
+      const previous = applied(guardPolicies(before));
+      const kept = keepStricterRulePolicies(guardPolicies(after), {
+        config: after,
+        previous,
+        settled: new Set(),
+        recorded: new Map([["win11", ["gpu"]]]),
+      });
+      recordPolicies(`${state}/state`, bindRecords(kept, { previous, applied: new Map() }));
+      const result = await run(tree.dir, `${state}/state`);
+      return [result.code, ...result.lines];
+    } finally {
+      await Deno.remove(state, { recursive: true });
+    }
+  };
+  const waits = 'the recorded policies relax only rule "nvidia" \\(%s\\) for this VM, not "gpu": ' +
+    'a rule renamed since the VM was last applied is judged by its old name until "passthrough ' +
+    'apply --vm win11" records its devices under the new one; fix: passthrough plan --vm win11$';
+  const [code, line] = await renamed(", guard: off");
+  assertEquals(code, 1);
+  assertMatch(
+    line as string,
+    new RegExp(`not the recorded 10de:2684 .* of rule "gpu"; ${waits.replace("%s", "guard: off")}`),
+  );
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  host.host_use = [{ address: "0000:0b:00.0", reason: "console-vga", detail: "fbcon on it" }];
+  const [, needed] = await renamed(", allow_host_critical: true", host);
+  // No advice to set allow_host_critical on "gpu", a rule the config no longer has.
+  assertOk(!(needed as string).includes('on rule "gpu"'), needed as string);
+  assertMatch(
+    needed as string,
+    new RegExp(
+      `the host needs it: .*fbcon on it\\); ${waits.replace("%s", "allow_host_critical")}`,
+    ),
+  );
+});
