@@ -314,6 +314,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   }
   const { allowed, enforced } = verdict(refusals, allowance);
   lines.push(...verdictLines(refusals, {
+    policy,
     allowed,
     allowance,
     vm: options.vm,
@@ -362,13 +363,10 @@ function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): Policed
     const judged = policyFor(policy, rule, { hostNeeds: needed || !applied });
     const lifted = hostNeedsAllowed(policy, refusal.kind, rule);
     if (judged === "off" || (applied && lifted)) return [];
-    const unapplied = !applied && rule !== null &&
-      (lifted || policyFor(policy, rule, { hostNeeds: needed }) !== judged);
-    const renamed = !applied && rule !== null && !unapplied ? relaxedRules(policy, rule) : [];
-    // The rule already says allow_host_critical, or may have a new name that does: that clause
+    const { unapplied, renamed, withdrawn } = unboundRule(refusal, policy);
+    // The rule already says allow_host_critical, or may have a new name that does: its advice
     // would send the user in a circle, or to a rule the config no longer has.
-    const override = unapplied ||
-        renamed.some((r) => (policy.allowHostCritical ?? []).includes(r))
+    const override = withdrawn
       ? refusal.reason.replace(hostNeedsOverride(rule!), "")
       : refusal.reason;
     const reason = unapplied
@@ -379,6 +377,28 @@ function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): Policed
     // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
     return [{ ...refusal, reason, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
+}
+
+/**
+ * Whether the rule `refusal`'s record names does not judge it as it says, its record not being
+ * one apply left: `unapplied` when that rule's own laxer policy or `allow_host_critical` does not
+ * count, else the VM's `renamed` rules (those relaxed, which a renamed rule may now be called);
+ * `withdrawn` when "allow_host_critical on that rule" is no advice to give.
+ */
+function unboundRule(
+  refusal: GuardRefusal,
+  policy: VmGuardPolicy,
+): { unapplied: boolean; renamed: string[]; withdrawn: boolean } {
+  const rule = refusal.recorded?.rule ?? null;
+  if (rule === null || appliedRecord(policy, refusal.address, refusal.recorded!)) {
+    return { unapplied: false, renamed: [], withdrawn: false };
+  }
+  const needed = refusal.hostNeeds !== null;
+  const unapplied = hostNeedsAllowed(policy, refusal.kind, rule) ||
+    policyFor(policy, rule, { hostNeeds: needed }) !== policyFor(policy, rule, { hostNeeds: true });
+  const renamed = unapplied ? [] : relaxedRules(policy, rule);
+  const withdrawn = unapplied || renamed.some((r) => (policy.allowHostCritical ?? []).includes(r));
+  return { unapplied, renamed, withdrawn };
 }
 
 /** Why the recorded rule's laxer policy did not judge `refusal`, whose record apply did not leave. */
@@ -424,6 +444,20 @@ function renamedNote(refusal: GuardRefusal, policy: VmGuardPolicy, others: strin
 }
 
 /**
+ * What lets a start take the device the host needs that `refusal` names; for a record apply did
+ * not leave under a rule that allow_host_critical (or may now have been renamed to one), only an
+ * apply of the VM, which records the device under the rule that takes it now (or removes it).
+ */
+function remedyOf(refusal: PolicedRefusal, policy: VmGuardPolicy): string {
+  if (refusal.kind !== "host-needs" || !unboundRule(refusal, policy).withdrawn) {
+    return hostNeedsRemedy(refusal, refusal.vm);
+  }
+  return `only "passthrough apply ${
+    flagWord("--vm", refusal.vm)
+  }", recording it under a rule with "allow_host_critical: true", does`;
+}
+
+/**
  * Whether anything is enforced, and whether the allowance lets the start go on past it: past
  * identities that changed, never past the host's needs, nor past what could not be read (which
  * may be one).
@@ -448,7 +482,8 @@ function verdict(
  */
 function verdictLines(
   refusals: readonly PolicedRefusal[],
-  { allowed, allowance, vm, stateDir }: {
+  { policy, allowed, allowance, vm, stateDir }: {
+    policy: VmGuardPolicy;
     allowed: boolean;
     allowance: AllowanceOutcome;
     vm: string;
@@ -474,7 +509,7 @@ function verdictLines(
       `passthrough guard: "passthrough guard allow" does not let ${JSON.stringify(vm)} ${
         needed.length > 0
           ? `take a device the host needs (${
-            [...new Set(needed.map((r) => hostNeedsRemedy(r, vm)))].join("; ")
+            [...new Set(needed.map((r) => remedyOf(r, policy)))].join("; ")
           })`
           : "start while the check cannot read what it needs (fix that first)"
       }; the allowance is used up`,

@@ -795,7 +795,12 @@ Deno.test("keepStricterRulePolicies() leaves out a VM that is all enforce once i
 Deno.test("policy: a rule renamed and loosened before its VM is applied: the refusal says its old name judges it, and what applies the new one", async () => {
   // win11's record names "gpu"; the config renamed it "nvidia" with guard: off (then with
   // allow_host_critical, its card now the host's console) and applied another VM only.
-  const renamed = async (extra: string, host = loadFixtureHost("x570-aorus-pro-wifi")) => {
+  const renamed = async (
+    extra: string,
+    host = loadFixtureHost("x570-aorus-pro-wifi"),
+    allow = false,
+    xml = XML,
+  ) => {
     await using tree = await tempHostTree(host);
     const state = await Deno.makeTempDir({ prefix: "passthrough-guard-renamed-" });
     try {
@@ -816,7 +821,8 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
         recorded: new Map([["win11", ["gpu"]]]),
       });
       recordPolicies(`${state}/state`, bindRecords(kept, { previous, applied: new Map() }));
-      const result = await run(tree.dir, `${state}/state`);
+      if (allow) allowNextStart(`${state}/state`, "win11");
+      const result = await run(tree.dir, `${state}/state`, xml);
       return [result.code, ...result.lines];
     } finally {
       await Deno.remove(state, { recursive: true });
@@ -833,7 +839,10 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
   );
   const host = loadFixtureHost("x570-aorus-pro-wifi");
   host.host_use = [{ address: "0000:0b:00.0", reason: "console-vga", detail: "fbcon on it" }];
-  const [, needed] = await renamed(", allow_host_critical: true", host);
+  // Recorded as the card that is there: only the host's need for it refuses it.
+  const same = XML.replace('device="2684"', 'device="1b06"');
+  const [, needed, ...more] = await renamed(", allow_host_critical: true", host, true, same);
+  assertMatch(needed as string, /holds 10de:1b06 .* now, as the recorded 10de:1b06 /);
   // No advice to set allow_host_critical on "gpu", a rule the config no longer has.
   assertOk(!(needed as string).includes('on rule "gpu"'), needed as string);
   assertMatch(
@@ -841,5 +850,12 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
     new RegExp(
       `the host needs it: .*fbcon on it\\); ${waits.replace("%s", "allow_host_critical")}`,
     ),
+  );
+  // Nor in the line saying why the allowance did not help.
+  assertEquals(
+    more.at(-1),
+    'passthrough guard: "passthrough guard allow" does not let "win11" take a device the host ' +
+      'needs (only "passthrough apply --vm win11", recording it under a rule with ' +
+      '"allow_host_critical: true", does); the allowance is used up',
   );
 });
