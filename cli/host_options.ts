@@ -7,7 +7,12 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "../lib/host/types.ts";
 import { discoverHost } from "../lib/host/discover.ts";
-import { readDeviceAt, readHostUse, readPhysicalSlots } from "../lib/host/sysfs_device.ts";
+import {
+  readDeviceAt,
+  readHostUse,
+  readPhysicalSlots,
+  readVirtualFunctions,
+} from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
 import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
@@ -162,6 +167,8 @@ export function hostDeviceReader(
     // The plan records a card's named slot, and compares it: a card in a slot read without it
     // would be another card.
     device.physicalSlot = readPhysicalSlots(reader, sysRoot).get(slotOf(address)) ?? null;
+    // As discovery has them: apply's re-check reads the host's use of an SR-IOV PF's VFs.
+    device.virtfns = readVirtualFunctions(reader, sysRoot, address);
     return device;
   };
 }

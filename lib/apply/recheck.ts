@@ -316,7 +316,8 @@ export interface HostNow extends HostRead {
  * function can be hot-added into the group (VFIO hands the guest all of it, so the VM would take
  * it, or not start), and the host can start using a device of the group (a filesystem mounted on
  * its disk, the route or the console moved to it). A new PCI bridge does not count: bridges stay
- * with the host. Use the plan already knew of was judged by the plan.
+ * with the host. The VFs of an SR-IOV PF it takes are destroyed when the PF leaves its driver:
+ * their use counts too. Use the plan already knew of was judged by the plan.
  *
  * @example
  * ```ts
@@ -326,7 +327,7 @@ export interface HostNow extends HostRead {
  * import type { PlannedHostdev } from "../plan/types.ts";
  * const add = { address: "0000:01:00.0", rule: "gpu", group: 1 } as PlannedHostdev;
  * const vm = { ...emptyVmPlan("a", ""), add: [add] };
- * const gpu = { address: "0000:01:00.0", isBridge: false } as PciDevice;
+ * const gpu = { address: "0000:01:00.0", isBridge: false, virtfns: [] as string[] } as PciDevice;
  * const now = {
  *   planned: { groups: [{ group: 1, devices: [gpu] }], hostUse: [] },
  *   device: () => gpu,
@@ -376,13 +377,30 @@ export function hostSincePlan(
       );
     }
   }
-  const use = now.hostUse([...bound.values()]);
+  // An SR-IOV PF leaving its driver destroys its VFs: one the host uses goes too (the plan
+  // refused such a PF, `virtualFunctionInUse`).
+  const pfOf = new Map<PciAddress, PciAddress>();
+  for (const [address, device] of bound) {
+    for (const vf of device.virtfns) if (!bound.has(vf)) pfOf.set(vf, address);
+  }
+  const vfs = [...pfOf.keys()].flatMap((vf) => read(vf) ?? []);
+  const use = now.hostUse([...bound.values(), ...vfs]);
   if (use === null) {
     return [...problems, "what the host uses of them cannot be read now"];
   }
   const known = new Set((now.planned.hostUse ?? []).map((u) => `${u.address} ${u.reason}`));
   for (const u of use) {
-    if (!bound.has(u.address) || known.has(`${u.address} ${u.reason}`)) continue;
+    if (known.has(`${u.address} ${u.reason}`)) continue;
+    const pf = pfOf.get(u.address);
+    if (pf !== undefined) {
+      problems.push(
+        `the virtual function "${u.address}" of ${
+          taking.get(pf) ?? `"${pf}" (in the IOMMU group of a device it takes)`
+        } is now in use by the host (${u.reason}: ${u.detail}), which it was not at the plan (taking a physical function from its driver destroys its virtual functions)`,
+      );
+      continue;
+    }
+    if (!bound.has(u.address)) continue;
     problems.push(
       `${
         taking.get(u.address) ?? `"${u.address}", in the IOMMU group of a device it takes,`

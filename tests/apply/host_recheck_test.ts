@@ -9,6 +9,7 @@
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import {
   baseDevices,
+  config,
   dev,
   domainXml,
   GPU,
@@ -43,6 +44,7 @@ const NVME_IN_GROUP = dev({
 async function planChangeApply(
   before: HostDescription,
   after: HostDescription,
+  config = GPU_CONFIG,
 ): Promise<{ report: ApplyReport; backups: number; xml: string; was: string }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
@@ -50,7 +52,7 @@ async function planChangeApply(
     buildHostTree(before, root);
     const host = await discoverHost({ root, lspci: null });
     return await withPort([WIN10], async (libvirt: LibvirtPort) => {
-      const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt });
+      const plan = planHostdevs({ config, host, libvirt });
       assertEquals(plan.vms[0]!.errors, []);
       const was = libvirt.getPersistentXml("win10");
       // While apply waits at its prompt, the host changes.
@@ -123,6 +125,28 @@ Deno.test("applyPlan() does not define a VM whose group's disk the host mounted 
   assertEquals(
     result.message,
     `Not applied to "win10": since the plan was made, the host's devices changed: "0000:01:00.2" (rule "gpu") is now in use by the host (mounted-filesystem: /srv), which it was not at the plan: run the plan again`,
+  );
+});
+
+Deno.test("applyPlan() does not define a VM whose SR-IOV function's VF the host uses since the plan", async () => {
+  // An SR-IOV NIC: the plan refuses it while the host uses a VF, which leaving igb destroys.
+  const pf = dev({ bdf: "0000:06:00.0", group: 13, class: "0x020000", device: "0x1521" });
+  const vf = dev({ bdf: "0000:06:10.0", group: 14, class: "0x020000", physfn: pf.bdf });
+  const devices = [...baseDevices(), pf, vf];
+  const route = { address: vf.bdf, reason: "default-route", detail: "default route via enp6s16" };
+  const { report, backups, xml, was } = await planChangeApply(
+    { devices },
+    { devices, host_use: [route as HostUse] },
+    config(
+      `  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n`,
+    ),
+  );
+  const result = report.vms[0]!;
+  // Before: defined, the host's route going with the VF at the guest's start.
+  assertEquals([result.status, result.code, backups, xml], ["failed", "hardware-changed", 0, was]);
+  assertEquals(
+    result.message,
+    `Not applied to "win10": since the plan was made, the host's devices changed: the virtual function "0000:06:10.0" of "0000:06:00.0" (rule "nic") is now in use by the host (default-route: default route via enp6s16), which it was not at the plan (taking a physical function from its driver destroys its virtual functions): run the plan again`,
   );
 });
 
