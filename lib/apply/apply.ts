@@ -579,7 +579,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       if (outcome.live !== null) pendingLive.push(outcome.live);
     }
   }
-  if (options.live === true) runLive(options.libvirt, pendingLive);
+  if (options.live === true) runLive(options, pendingLive);
   const keepBackups = options.keepBackups ?? DEFAULT_KEEP_BACKUPS;
   for (const vm of done.values()) prune(vm, state, keepBackups);
   return report(plan.vms.map((vm) => done.get(vm)!), {
@@ -835,8 +835,13 @@ function stillToHotplug(libvirt: LibvirtPort, item: PendingLive): PendingLive {
 }
 
 /** Detaches everything first, then attaches, across all running VMs (see module docs). */
-function runLive(libvirt: LibvirtPort, planned: PendingLive[]): void {
+function runLive(
+  { libvirt, run }: Pick<ApplyOptions, "libvirt" | "run">,
+  planned: PendingLive[],
+): void {
   const change = { live: true, config: false };
+  // Not attached for a change since the plan: the definition holds what the host now needs.
+  const refused = new Set<PendingLive>();
   // Every guest read before any hot-plug: what one guest holds does not depend on another's.
   const pending = planned.map((item) => stillToHotplug(libvirt, item));
   // Every detach across all VMs before any attach: a device moving between two running guests
@@ -851,10 +856,13 @@ function runLive(libvirt: LibvirtPort, planned: PendingLive[]): void {
       // Attaching takes the devices from the host now: not one it came to need since the define.
       const changed = step === "attach" && item.attach.length > 0 ? item.changed() : [];
       if (changed.length > 0) {
+        refused.add(item);
         live.errors.push(
           `Not attached: since the plan was made, the host's devices changed: ${
             changed.join("; ")
-          }: run the plan again`,
+          }: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
+            followUpCommand(run, "passthrough rollback", { value: item.result.vm })
+          }" to restore the definition it had, or the plan again`,
         );
         continue;
       }
@@ -885,6 +893,9 @@ function runLive(libvirt: LibvirtPort, planned: PendingLive[]): void {
       item.result.message = live.detached.length + live.attached.length === 0
         ? `${item.result.message}; the running guest already holds the planned hostdevs`
         : `${item.result.message}; hot-plugged into the running guest`;
+    } else if (refused.has(item)) {
+      item.result.message =
+        `${item.result.message}; not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`;
     } else {
       item.result.message =
         `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;

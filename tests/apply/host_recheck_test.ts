@@ -289,8 +289,14 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
         ["win10"],
       ]);
       assertEquals(result.live?.errors, [
-        `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: run the plan again`,
+        `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
       ]);
+      // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
+      // definition were safe to start.
+      assertEquals(
+        result.message,
+        `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`,
+      );
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
