@@ -854,13 +854,11 @@ function runLive(
     for (const item of pending) {
       const live = item.result.live!;
       // Attaching takes the devices from the host now: not one it came to need since the define.
-      const changed = step === "attach" && item.attach.length > 0 ? item.changed() : [];
-      if (changed.length > 0) {
+      const why = step === "attach" && item.attach.length > 0 ? notToAttach(item) : null;
+      if (why !== null) {
         refused.add(item);
         live.errors.push(
-          `Not attached: since the plan was made, the host's devices changed: ${
-            changed.join("; ")
-          }: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
+          `Not attached: ${why}: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
             followUpCommand(run, "passthrough rollback", { value: item.result.vm })
           }" to restore the definition it had, or the plan again`,
         );
@@ -900,6 +898,20 @@ function runLive(
       item.result.message =
         `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;
     }
+  }
+}
+
+/** Why `item`'s devices may not be attached now (its re-check), or `null` when they may. */
+function notToAttach(item: PendingLive): string | null {
+  try {
+    const changed = item.changed();
+    return changed.length === 0
+      ? null
+      : `since the plan was made, the host's devices changed: ${changed.join("; ")}`;
+  } catch (error) {
+    // Not read is not unchanged; and a throw here would lose every later guest's attach and the
+    // report of every define already made.
+    return `the host's devices cannot be read again (${errorText(error)})`;
   }
 }
 

@@ -242,18 +242,21 @@ Deno.test("rollbackVm() asks the start guard again after its question", async ()
   assertEquals([report.status, report.code, xml, asked], ["failed", "start-refused", was, 2]);
 });
 
-Deno.test("applyPlan() --live does not attach a device the host came to use after its define", async () => {
+/** Applies win10, running, with `--live`; `afterDefine` changes the tree just after its define. */
+async function applyLive(
+  afterDefine: (root: string) => void,
+): Promise<{ report: ApplyReport; attached: string[] }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
     const root = `${dir}/sysfs`;
     buildHostTree(PLANNED, root);
     const host = await discoverHost({ root, lspci: null });
     const running = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", "", true);
-    await withPort([running], async (port) => {
+    return await withPort([running], async (port) => {
       const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt: port });
       const attached: string[] = [];
-      // Real libvirt underneath; the host mounts the GPU's group's drive just after the define,
-      // as while a later VM is asked about, before the hot-plug.
+      // Real libvirt underneath; the host changes just after the define, as while a later VM is
+      // asked about, before the hot-plug.
       const libvirt: LibvirtPort = {
         get uri() {
           return port.uri;
@@ -263,11 +266,7 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
         isActive: (name) => port.isActive(name),
         define: (xml) => {
           port.define(xml);
-          Deno.removeSync(root, { recursive: true });
-          buildHostTree({
-            ...PLANNED,
-            host_use: [{ address: GPU.bdf, reason: "console-vga", detail: "the boot console" }],
-          }, root);
+          afterDefine(root);
         },
         attachDevice: (_name, xml) => attached.push(xml),
         detachDevice: () => {},
@@ -280,25 +279,49 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
         hardware: hostDeviceReader(root),
         hostNow: { planned: host, ...hostReader(root) },
       });
-      const result = report.vms[0]!;
-      // Before: both functions attached, the host's console taken from it at once.
-      assertEquals([attached, result.code, result.effect, report.liveFailed], [
-        [],
-        "applied",
-        "next-power-off",
-        ["win10"],
-      ]);
-      assertEquals(result.live?.errors, [
-        `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
-      ]);
-      // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
-      // definition were safe to start.
-      assertEquals(
-        result.message,
-        `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`,
-      );
+      return { report, attached };
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+Deno.test("applyPlan() --live does not attach a device the host came to use after its define", async () => {
+  const { report, attached } = await applyLive((root) => {
+    Deno.removeSync(root, { recursive: true });
+    buildHostTree({
+      ...PLANNED,
+      host_use: [{ address: GPU.bdf, reason: "console-vga", detail: "the boot console" }],
+    }, root);
+  });
+  const result = report.vms[0]!;
+  // Before: both functions attached, the host's console taken from it at once.
+  assertEquals([attached, result.code, result.effect, report.liveFailed], [
+    [],
+    "applied",
+    "next-power-off",
+    ["win10"],
+  ]);
+  assertEquals(result.live?.errors, [
+    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
+  ]);
+  // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
+  // definition were safe to start.
+  assertEquals(
+    result.message,
+    `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`,
+  );
+});
+
+Deno.test("applyPlan() --live attaches nothing, and reports, when the host cannot be read again", async () => {
+  const { report, attached } = await applyLive((root) => {
+    Deno.writeTextFileSync(`${root}/host_use.json`, "[{");
+  });
+  const result = report.vms[0]!;
+  // Before: applyPlan threw after the define, every later guest's attach and the report lost.
+  assertEquals([attached, result.code, report.liveFailed], [[], "applied", ["win10"]]);
+  assertMatch(
+    result.live!.errors[0]!,
+    /^Not attached: the host's devices cannot be read again \(Cannot parse "[^"]+\/host_use\.json": .+\): its definition holds them even so/,
+  );
 });
