@@ -10,6 +10,7 @@
 import { type CliIo, UsageError } from "./context.ts";
 import { UriProgramError, uriProgramReason } from "../ffi/uri_check.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
+import { libvirtUriFor } from "../ffi/libvirt_conf.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -47,7 +48,8 @@ export function libvirtTimeout(value: string | undefined): number {
  * reported as `--json` reports errors when `run.json`:
  * each libvirt call of the command is bounded by it, except on the test driver, which has no
  * daemon to wait for, and the open of an ssh or ext URI when `run.interactive` (stdin a terminal):
- * that program may be asking the user something, for as long as they take (Ctrl-C ends it).
+ * that program may be asking the user something, for as long as they take (Ctrl-C ends it). The
+ * URI is the one libvirt opens: libvirt.conf's `uri_default` when none is given, an alias resolved.
  */
 export function withLibvirtTimeout(
   target: ConnectTarget,
@@ -57,7 +59,7 @@ export function withLibvirtTimeout(
   if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
   // ssh (or an ext program) asks a person at the terminal for a password or an unknown host's
   // key while libvirt opens: ended mid-question, it kept reading the terminal after we were gone.
-  const asks = run.interactive && target.uri !== null && ASKING_TRANSPORT.test(target.uri);
+  const asks = run.interactive && ASKING_TRANSPORT.test(libvirtUriFor(target.uri) ?? "");
   return {
     uri: target.uri,
     options: {

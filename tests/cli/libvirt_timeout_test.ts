@@ -7,7 +7,14 @@
 
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
-import { documentedFlags, hasScript, MAIN, runCliOnPty } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  documentedFlags,
+  hasScript,
+  MAIN,
+  type PtySession,
+  runCliOnPty,
+} from "../helpers/cli.ts";
 import {
   PROC_CONNECT_LIST_ALL_DOMAINS,
   PROC_DOMAIN_DEFINE_XML_FLAGS,
@@ -232,36 +239,85 @@ Deno.test("under --json, a libvirt that does not answer is reported on stdout as
   });
 });
 
+/**
+ * Runs `body` with a directory holding an `ssh` that asks as ssh does, on the terminal, writes
+ * what it was answered to `answered` there, then fails the connection.
+ */
+async function withAskingSsh(body: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-ssh-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/ssh`,
+      `#!/bin/sh\nprintf 'root@hv9 password: ' > /dev/tty\nread -r answer < /dev/tty\n` +
+        `echo "answered $answer" > '${dir}/answered'\nexit 255\n`,
+      { mode: 0o755 },
+    );
+    await body(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/**
+ * Answers the password prompt on `pty` later than the deadline and its grace second, and checks
+ * that the run waited for it: ssh read the answer while passthrough was there to wait.
+ */
+async function answerLate(pty: PtySession, dir: string): Promise<string> {
+  await pty.waitFor(/password: /);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  // Typing fails when the run is already over: the screen then says why.
+  await pty.type("hunter2\r").catch(() => {});
+  const { code, screen } = await pty.exited(SAFETY_MS);
+  assertEquals(code, 1, screen);
+  assert(!screen.includes("did not answer"), screen);
+  assertEquals(await Deno.readTextFile(`${dir}/answered`), "answered hunter2\n");
+  return screen;
+}
+
 Deno.test({
   name: "the deadline does not end an ssh password prompt at a terminal, nor leave ssh behind",
   ignore: !hasScript(),
   async fn() {
-    // An `ssh` first on PATH that asks as ssh does, on the terminal, then fails the connection.
-    const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-ssh-" });
-    try {
-      await Deno.writeTextFile(
-        `${dir}/ssh`,
-        `#!/bin/sh\nprintf 'root@hv9 password: ' > /dev/tty\nread -r answer < /dev/tty\n` +
-          `echo "answered $answer" > '${dir}/answered'\nexit 255\n`,
-        { mode: 0o755 },
-      );
+    await withAskingSsh(async (dir) => {
       await using pty = runCliOnPty(
         ["sources", "--libvirt-timeout", "1", "--connect", "qemu+ssh://root@hv9.invalid/system"],
         { env: { PATH: `${dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` } },
       );
-      await pty.waitFor(/password: /);
-      // The user takes longer than the deadline and its grace second to type.
-      await new Promise((resolve) => setTimeout(resolve, 3000));
-      // Typing fails when the run is already over: the screen then says why.
-      await pty.type("hunter2\r").catch(() => {});
-      const { code, screen } = await pty.exited(SAFETY_MS);
-      assertEquals(code, 1, screen);
-      assert(!screen.includes("did not answer"), screen);
-      // ssh read the answer while passthrough waited for it, not after passthrough was gone.
-      assertEquals(await Deno.readTextFile(`${dir}/answered`), "answered hunter2\n");
+      const screen = await answerLate(pty, dir);
       assertMatch(screen, /Cannot connect to libvirt at "qemu\+ssh:\/\/root@hv9\.invalid\/system"/);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "an ssh URI named only by libvirt.conf (its uri_default, an alias) is waited for at a terminal as one given",
+  ignore: !hasScript() || !canUnshareMounts(),
+  async fn() {
+    for (const connect of [[], ["--connect", "hv9"]]) {
+      await withAskingSsh(async (dir) => {
+        await Deno.writeTextFile(
+          `${dir}/libvirt.conf`,
+          `# a comment = "test:///default"\nuri_aliases = [\n  "hv9=qemu+ssh://root@hv9.invalid/system",\n]\n` +
+            `uri_default = "qemu+ssh://root@hv9.invalid/system"\n`,
+        );
+        // Root's libvirt.conf, in a mount namespace of the run's own.
+        await using pty = runCliOnPty(["sources", "--libvirt-timeout", "1", ...connect], {
+          env: { PATH: `${dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` },
+          wrap: [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
+            "sh",
+          ],
+        });
+        const screen = await answerLate(pty, dir);
+        assertMatch(screen, /Cannot connect to libvirt at (its default URI|"hv9")/, connect.join());
+      });
     }
   },
 });

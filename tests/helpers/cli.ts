@@ -129,16 +129,23 @@ export interface PtySession extends AsyncDisposable {
 /**
  * Starts `passthrough ARGS` on a pseudo-terminal (`script` from util-linux); `shell`: commands the
  * shell runs first, in the process that then becomes the CLI (`exec`), e.g. `trap '' HUP` as
- * `nohup` does.
+ * `nohup` does; `wrap`: a command the CLI's is the arguments of (`unshare -m ...`).
  */
 export function runCliOnPty(
   args: string[],
-  options: CliOptions & { shell?: string } = {},
+  options: CliOptions & { shell?: string; wrap?: string[] } = {},
 ): PtySession {
   const quote = (a: string) => `'${a.replaceAll("'", "'\\''")}'`;
   const flags = options.flags ?? documentedFlags();
-  const command = [Deno.execPath(), "run", "--quiet", ...flags, options.main ?? MAIN, ...args]
-    .map(quote).join(" ");
+  const command = [
+    ...(options.wrap ?? []),
+    Deno.execPath(),
+    "run",
+    "--quiet",
+    ...flags,
+    options.main ?? MAIN,
+    ...args,
+  ].map(quote).join(" ");
   const line = options.shell === undefined ? command : `${options.shell}; exec ${command}`;
   const child = new Deno.Command("script", {
     ...(options.cwd === undefined ? {} : { cwd: options.cwd }),

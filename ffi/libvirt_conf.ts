@@ -1,0 +1,66 @@
+/**
+ * The URI libvirt will open for a name, found as libvirt finds it before it opens anything: no
+ * name takes `LIBVIRT_DEFAULT_URI`, else `uri_default` of the libvirt.conf it reads (root's
+ * `/etc/libvirt/libvirt.conf`, another user's `$XDG_CONFIG_HOME/libvirt/libvirt.conf`, by default
+ * `~/.config/libvirt/libvirt.conf`); a name that is an alias of that file's `uri_aliases` stands
+ * for the URI it names. What a caller needs of the URI before the open (is it ssh?) holds then
+ * for the ones named only there too.
+ *
+ * @module
+ */
+
+import { borrowCString, cString } from "./library.ts";
+import { libc } from "./libc.ts";
+
+/** The environment as libvirt reads it (libc's `getenv`: no Deno permission needed). */
+function environment(name: string): string | null {
+  const value = borrowCString(libc().getenv(cString(name)));
+  return value === null || value === "" ? null : value;
+}
+
+/** The libvirt.conf libvirt reads for this user; `null` when it has no place to look. */
+function confPath(): string | null {
+  if (Deno.uid() === 0) return "/etc/libvirt/libvirt.conf";
+  const home = environment("HOME");
+  const config = environment("XDG_CONFIG_HOME") ?? (home === null ? null : `${home}/.config`);
+  return config === null ? null : `${config}/libvirt/libvirt.conf`;
+}
+
+/**
+ * The strings of setting `key` in libvirt.conf's `text` (virConf: `key = "value"`, `'value'`, or a
+ * list of them in `[...]`; `#` starts a comment); `[]` when it is not set.
+ */
+function confStrings(text: string, key: string): string[] {
+  const uncommented = text.split("\n").map((line) => line.replace(/#.*$/, "")).join("\n");
+  const value = new RegExp(
+    `^[ \\t]*${key}[ \\t]*=[ \\t]*(\\[[^\\]]*\\]|"[^"\\n]*"|'[^'\\n]*')`,
+    "m",
+  )
+    .exec(uncommented)?.[1];
+  if (value === undefined) return [];
+  return [...value.matchAll(/"([^"]*)"|'([^']*)'/g)].map((m) => m[1] ?? m[2] ?? "");
+}
+
+/**
+ * The URI libvirt will open for `uri` (`null`: its default), as far as it can be told before the
+ * open; `null` when libvirt will pick a driver itself, or its config cannot be read.
+ *
+ * @example
+ * ```ts
+ * import { libvirtUriFor } from "./libvirt_conf.ts";
+ * if (libvirtUriFor("test:///default") !== "test:///default") throw new Error("changed");
+ * ```
+ */
+export function libvirtUriFor(uri: string | null): string | null {
+  let text = "";
+  try {
+    const path = confPath();
+    if (path !== null) text = Deno.readTextFileSync(path);
+  } catch {
+    // None there, or not readable by this user: libvirt reads none either.
+  }
+  const name = uri ?? environment("LIBVIRT_DEFAULT_URI") ?? confStrings(text, "uri_default")[0];
+  if (name === undefined) return null;
+  const alias = confStrings(text, "uri_aliases").find((entry) => entry.startsWith(`${name}=`));
+  return alias === undefined ? name : alias.slice(name.length + 1);
+}
