@@ -54,6 +54,7 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
   const held: { lock?: StateLock } = {};
   try {
     using computed = await computePlan(values, io, {
+      command: "apply",
       onConnect: (libvirt) => {
         const state = openStateDir(stateDir);
         held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });

@@ -53,7 +53,7 @@ export function libvirtTimeout(value: string | undefined): number {
  */
 export function withLibvirtTimeout(
   target: ConnectTarget,
-  run: { value: string | undefined; interactive: boolean; json: boolean },
+  run: { value: string | undefined; interactive: boolean; json: boolean; command: string },
 ): ConnectTarget {
   const seconds = libvirtTimeout(run.value);
   if (seconds === 0 || (target.uri !== null && /^test:/i.test(target.uri))) return target;
@@ -66,6 +66,8 @@ export function withLibvirtTimeout(
       ...target.options,
       deadline: {
         seconds,
+        // Named as every other error of the command is (`passthrough apply: ...`).
+        who: `passthrough ${run.command}`,
         hint: "wait longer with --libvirt-timeout N (seconds)",
         ...(asks ? { afterOpen: true } : {}),
         ...(run.json ? { json: true } : {}),
@@ -142,14 +144,15 @@ function checkTestDriverFile(uri: string, origin: string): void {
 
 /**
  * The URI of `--connect` (else `LIBVIRT_DEFAULT_URI`, else `null`), checked (see above), with
- * the deadline of `--libvirt-timeout`.
+ * the deadline of `--libvirt-timeout` for `command` (`doctor`).
  */
-export function connectTarget(values: ConnectValues, io: CliIo): ConnectTarget {
+export function connectTarget(values: ConnectValues, io: CliIo, command: string): ConnectTarget {
   const allowed = values["allow-uri-programs"] === true;
   const target = checkConnectUri(values.connect, "--connect", allowed, io);
   return withLibvirtTimeout(target, {
     value: values["libvirt-timeout"],
     interactive: io.interactive,
     json: values.json === true,
+    command,
   });
 }

@@ -119,7 +119,7 @@ export function renderFindings(findings: DoctorFinding[], color: boolean): strin
 /** Runs `passthrough doctor`: exit 1 when a check fails. */
 export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise<number> {
   const root = values.sysfs ?? LIVE_SYSFS;
-  const target = values["no-libvirt"] ? null : connectTarget(values, io);
+  const target = values["no-libvirt"] ? null : connectTarget(values, io, "doctor");
   const host = await loadHost(root);
   const reader = readerFor(root);
   const live = isLiveRoot(root);

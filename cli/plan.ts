@@ -11,7 +11,7 @@ import { computePlan, planHasErrors, planJson } from "./plan_options.ts";
 
 /** Runs `passthrough plan`: exit 1 when anything is refused, 2 for pending changes if asked. */
 export async function run({ values }: Parsed<typeof PLAN>, io: CliIo): Promise<number> {
-  using computed = await computePlan(values, io);
+  using computed = await computePlan(values, io, { command: "plan" });
   const { plan } = computed;
   // The diff renderer (and its diff library) loads only for the human form.
   io.out(

@@ -242,12 +242,13 @@ async function discoverWhileConnecting(
  * Loads the config, picks this process's host, discovers it, opens libvirt and plans. The
  * connection stays open so `apply` can re-check and define through the same one (the test
  * driver keeps state per connection). `onConnect` runs once the connection is open, before
- * planning (`apply` takes the connection's lock there).
+ * planning (`apply` takes the connection's lock there). `options.command` names the command in the
+ * message of a libvirt that does not answer.
  */
 export async function computePlan(
   inputs: PlanInputs,
   io: CliIo,
-  options: { onConnect?: (libvirt: OpenLibvirtPort) => void } = {},
+  options: { command: "plan" | "apply"; onConnect?: (libvirt: OpenLibvirtPort) => void },
 ): Promise<ComputedPlan> {
   const loaded = await loadConfig(configPath(inputs.config, io));
   const { config, sysfs, connect, section, connectOrigin, keepBackups } = hostInputs(
@@ -259,7 +260,12 @@ export async function computePlan(
   const allowUriPrograms = inputs["allow-uri-programs"] === true;
   const target = withLibvirtTimeout(
     checkConnectUri(connect, connectOrigin, allowUriPrograms, io),
-    { value: inputs["libvirt-timeout"], interactive: io.interactive, json: inputs.json === true },
+    {
+      value: inputs["libvirt-timeout"],
+      interactive: io.interactive,
+      json: inputs.json === true,
+      command: options.command,
+    },
   );
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);

@@ -171,7 +171,7 @@ export async function run(
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
-  const target = connectTarget(values, io);
+  const target = connectTarget(values, io, "rollback");
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const exists = pathExists(stateDir);
   using libvirt = openLibvirtPort(target.uri, target.options);

@@ -21,7 +21,7 @@ import { redactedJson } from "../lib/render/redact.ts";
 
 /** Runs `passthrough sources`: exit 0 when the two discoveries agree, 1 when they differ. */
 export async function run({ values }: Parsed<typeof SOURCES>, io: CliIo): Promise<number> {
-  const target = connectTarget(values, io);
+  const target = connectTarget(values, io, "sources");
   const sysfs = await loadHost(values.sysfs);
   using source = openNodeDeviceSource(target.uri, target.options);
   const libvirt = discoverViaLibvirt(source);

@@ -125,7 +125,7 @@ Deno.test({
       assertMatch(
         run.stderr,
         new RegExp(
-          `libvirt at "${
+          `^passthrough ${command}: libvirt at "${
             s.daemon.uri.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")
           }" did not answer in 1 s: ` +
             "is libvirtd running\\? `systemctl status libvirtd`; wait longer with --libvirt-timeout",
@@ -178,7 +178,7 @@ Deno.test({
     assertEquals(run.code, 1, run.stderr);
     assertMatch(
       run.stderr,
-      /did not answer in 1 s, while defining "win10": whether that define took effect is unknown \(its previous definition is in a backup: `passthrough backups`\)/,
+      /^passthrough apply: libvirt at .* did not answer in 1 s, while defining "win10": whether that define took effect is unknown \(its previous definition is in a backup: `passthrough backups`\)/,
     );
     assert(s.xml("win10") !== before, "the daemon did define: the reply alone was held back");
   },
@@ -235,7 +235,7 @@ Deno.test("under --json, a libvirt that does not answer is reported on stdout as
       report.error.message,
       /^libvirt at "qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:\d+\/system" did not answer in 1 s/,
     );
-    assertMatch(run.stderr, /^passthrough: libvirt at .* did not answer in 1 s/);
+    assertMatch(run.stderr, /^passthrough sources: libvirt at .* did not answer in 1 s/);
   });
 });
 
@@ -331,7 +331,10 @@ Deno.test("a URI too long for the deadline's command is cut in its message, not 
       const run = await runBounded(json ? [...args, "--json"] : args);
       assert(!run.killed, `sources hung: ${run.stderr}`);
       assertEquals(run.code, 1, run.stderr);
-      assertMatch(run.stderr, /^passthrough: libvirt at "qemu\+tcp:\/\/u+.* did not answer in 1 s/);
+      assertMatch(
+        run.stderr,
+        /^passthrough sources: libvirt at "qemu\+tcp:\/\/u+.* did not answer in 1 s/,
+      );
       if (json) assertMatch(JSON.parse(run.stdout).error.message, /did not answer in 1 s/);
     }
   });
