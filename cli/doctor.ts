@@ -32,6 +32,8 @@ import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./hos
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
 import { connectTarget } from "./connect.ts";
+import { withDeadlineOutput } from "../ffi/deadline.ts";
+import { terminalSafe } from "../lib/render/terminal.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 
@@ -123,18 +125,26 @@ export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise
   const host = await loadHost(root);
   const reader = readerFor(root);
   const live = isLiveRoot(root);
-  const findings = runDoctor({
+  const options = {
     host,
     reader,
     live,
     facts: hostFactsFor(root),
-    ...(target === null ? {} : { libvirtProbe: libvirtProbe(target.uri, target.options) }),
     ...(live ? { hook: hookFacts(values["hooks-dir"] ?? DEFAULT_HOOKS_DIR, reader) } : {}),
     bundle: runningStaleBundle(),
-  });
+  };
   // The libvirt finding quotes the URI, which may hold a password (`--connect`, the environment).
-  io.out(
-    values.json ? redactedJson(findings) : redactSecrets(renderFindings(findings, io.color)),
+  const text = (findings: DoctorFinding[]) => redactSecrets(renderFindings(findings, io.color));
+  const findings = target === null ? runDoctor(options) : withDeadlineOutput(
+    // A libvirt that does not answer ends the process in the call: the findings are printed
+    // then, its own saying why, as they would be had it refused.
+    (reason) =>
+      terminalSafe(
+        text(runDoctor({ ...options, libvirtProbe: () => new Error(reason) })),
+        io.color,
+      ),
+    () => runDoctor({ ...options, libvirtProbe: libvirtProbe(target.uri, target.options) }),
   );
+  io.out(values.json ? redactedJson(findings) : text(findings));
   return findings.some((f) => f.status === "fail") ? 1 : 0;
 }

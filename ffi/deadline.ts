@@ -50,8 +50,11 @@ const CLOCK_MONOTONIC = 1;
 const SIGEV_THREAD = 2;
 /** How long after the message the process ends, so that `sh` has printed it. */
 const GRACE_SECONDS = 1;
-/** Room for the command `system()` runs; its address is fixed when the timer is created. */
-const COMMAND_BYTES = 4096;
+/**
+ * Room for the command `system()` runs (with `doctor`'s findings); its address is fixed when the
+ * timer is created.
+ */
+const COMMAND_BYTES = 16384;
 /** How much of a URI too long for that room the message keeps. */
 const SHORT_TARGET = 200;
 
@@ -83,12 +86,15 @@ let hint: string | null = null;
 let note: string | null = null;
 /** Whether the failure is also reported as `--json` reports errors, on standard output. */
 let json = false;
+/** What standard output gets before the message, from its reason (see {@link withDeadlineOutput}). */
+let output: ((reason: string) => string) | null = null;
 /**
  * The message the timer's command prints, and its JSON report (or `null`), for the one case
  * this thread prints them itself.
  */
 let message = "";
 let report: string | null = null;
+let shown: string | null = null;
 
 const encoder = new TextEncoder();
 
@@ -206,27 +212,36 @@ function deadlineReason(fields: DeadlineMessageFields): string {
 
 /** Writes the command the timer's thread runs, for the current message. */
 function prepareCommand(dog: Watchdog): void {
-  let text = deadlineCommand({ target, seconds: seconds ?? 0, who, note, hint });
-  // A URI too long for the buffer is cut in the message, which the exit never goes without.
+  let text = deadlineCommand({ target, seconds: seconds ?? 0, who, note, hint }, true);
+  // Output too long for the buffer is left out, and a URI too long is cut in the message, which
+  // the exit never goes without.
+  if (encoder.encode(text).length >= COMMAND_BYTES) {
+    text = deadlineCommand({ target, seconds: seconds ?? 0, who, note, hint }, false);
+  }
   if (encoder.encode(text).length >= COMMAND_BYTES) {
     // Redacted before it is cut: a password cut from its `@` would no longer read as one.
     const short = `${redactSecrets(target).slice(0, SHORT_TARGET)}..."`;
-    text = deadlineCommand({ target: short, seconds: seconds ?? 0, who, note, hint });
+    text = deadlineCommand({ target: short, seconds: seconds ?? 0, who, note, hint }, false);
   }
   if (encoder.encode(text).length >= COMMAND_BYTES) text = "true";
   dog.command.fill(0);
   encoder.encodeInto(text, dog.command.subarray(0, COMMAND_BYTES - 1));
 }
 
-/** The command that prints the message (and, under `--json`, its report), kept for this thread. */
-function deadlineCommand(fields: DeadlineMessageFields): string {
+/**
+ * The command that prints the message (and, under `--json`, its report; else, `withOutput`, what
+ * {@link withDeadlineOutput} shows), kept for this thread.
+ */
+function deadlineCommand(fields: DeadlineMessageFields, withOutput: boolean): string {
   message = deadlineMessage(fields);
   const line = `printf '%s\\n' ${shellWord(message)} >&2`;
   // Under --json the failure is on standard output too, as every error is (`main.ts`).
   report = json
     ? redactedJson({ error: { kind: "runtime", message: deadlineReason(fields) } }).trimEnd()
     : null;
-  return report === null ? line : `printf '%s\\n' ${shellWord(report)}; ${line}`;
+  shown = json || !withOutput || output === null ? null : output(deadlineReason(fields));
+  if (report !== null) return `printf '%s\\n' ${shellWord(report)}; ${line}`;
+  return shown === null ? line : `printf '%s' ${shellWord(shown)}; ${line}`;
 }
 
 /**
@@ -293,6 +308,22 @@ export function withDeadlineNote<T>(text: string, call: () => T): T {
   }
 }
 
+/**
+ * Runs `call` with `show(reason)` written on standard output before the message should it outlive
+ * the deadline (`doctor`'s findings so far, its libvirt one saying why); not under `--json`, whose
+ * report is the output then.
+ */
+export function withDeadlineOutput<T>(show: (reason: string) => string, call: () => T): T {
+  output = show;
+  if (watchdog !== null && watchdog !== undefined && seconds !== null) prepareCommand(watchdog);
+  try {
+    return call();
+  } finally {
+    output = null;
+    if (watchdog !== null && watchdog !== undefined && seconds !== null) prepareCommand(watchdog);
+  }
+}
+
 /** Whether a deadline is in force (see {@link setLibvirtDeadline}). */
 export function libvirtDeadlineArmed(): boolean {
   return seconds !== null && watchdog !== null && watchdog !== undefined;
@@ -338,6 +369,7 @@ export function guardSymbols<T extends object>(symbols: T): T {
           // Expired between the look and the disarm, which may have dropped the message: said
           // here (twice, in this window of a microsecond, where a kernel keeps the signal).
           if (report !== null) Deno.stdout.writeSync(encoder.encode(`${report}\n`));
+          if (shown !== null) Deno.stdout.writeSync(encoder.encode(shown));
           Deno.stderr.writeSync(encoder.encode(`${message}\n`));
           awaitEnd();
         }

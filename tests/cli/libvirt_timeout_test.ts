@@ -223,6 +223,33 @@ Deno.test("the deadline's message hides a password written into the URI, as ever
   });
 });
 
+Deno.test("doctor prints its findings when libvirt does not answer, its libvirt one saying why", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-doctor-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    await withSilentLibvirt(async (port) => {
+      const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${port}/system`;
+      const args = ["doctor", "--sysfs", `${dir}/sysfs`, "--libvirt-timeout", "1"];
+      const run = await runBounded([...args, "--connect", uri]);
+      assert(!run.killed, `doctor hung: ${run.stderr}`);
+      assertEquals(run.code, 1, run.stderr);
+      assertMatch(run.stdout, /^ok {4}iommu +IOMMU on: \d+ groups/);
+      assertMatch(
+        run.stdout,
+        /\nFAIL {2}libvirt +Cannot reach libvirt: libvirt at "qemu\+tcp:\/\/admin:\*\*\*@127\.0\.0\.1:\d+\/system" did not answer in 1 s: is libvirtd running\?/,
+      );
+      assert(!run.stdout.includes("s3cret-pw"), run.stdout);
+      assertMatch(run.stderr, /^passthrough doctor: libvirt at .* did not answer in 1 s/);
+      // Under --json, stdout is the error report alone, as for every error.
+      const json = await runBounded([...args, "--json", "--connect", uri]);
+      assertEquals(json.code, 1, json.stderr);
+      assertMatch(JSON.parse(json.stdout).error.message, /did not answer in 1 s/);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("under --json, a libvirt that does not answer is reported on stdout as every error is", async () => {
   await withSilentLibvirt(async (port) => {
     const uri = `qemu+tcp://admin:s3cret-pw@127.0.0.1:${port}/system`;
@@ -325,7 +352,7 @@ Deno.test({
 Deno.test("a URI too long for the deadline's command is cut in its message, not left unsaid", async () => {
   await withSilentLibvirt(async (port) => {
     // libvirt's TCP transport ignores the user: thousands of characters of it still connect.
-    for (const [user, json] of [["u".repeat(1900), true], ["u".repeat(5000), false]] as const) {
+    for (const [user, json] of [["u".repeat(7900), true], ["u".repeat(17000), false]] as const) {
       const uri = `qemu+tcp://${user}@127.0.0.1:${port}/system`;
       const args = ["sources", "--libvirt-timeout", "1", "--connect", uri];
       const run = await runBounded(json ? [...args, "--json"] : args);
