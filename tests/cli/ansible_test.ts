@@ -301,11 +301,8 @@ vms:
 
       const badCheck = await playbook(refused, ["--check"]);
       assertEquals(badCheck.code, 2, badCheck.out);
-      assertEquals(
-        taskStatus(badCheck.out, "Passthrough plan (check mode)"),
-        "fatal",
-        badCheck.out,
-      );
+      // The run's task does not fail itself: Ansible would print its whole result first.
+      assertEquals(taskStatus(badCheck.out, "Passthrough plan (check mode)"), "ok", badCheck.out);
       assertEquals(taskStatus(badCheck.out, "Passthrough failed"), "fatal", badCheck.out);
       assertMatch(
         badCheck.out.slice(badCheck.out.indexOf("TASK [Passthrough failed]")),
@@ -314,7 +311,7 @@ vms:
 
       const bad = await playbook(refused);
       assertEquals(bad.code, 2, bad.out);
-      assertEquals(taskStatus(bad.out, "Passthrough apply"), "fatal", bad.out);
+      assertEquals(taskStatus(bad.out, "Passthrough apply"), "ok", bad.out);
       assertMatch(bad.out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
       assertEquals(taskStatus(bad.out, "Passthrough failed"), "fatal", bad.out);
       assertMatch(bad.out, /Rule \\+"beef\\+u009b2J\\+" of VM/);
@@ -532,7 +529,9 @@ Deno.test({
       // error), once: no second run repeats it.
       const gone = await playbook(`${dir}/state`, `qemu+unix:///system?socket=${dir}/no-libvirtd`);
       assertEquals(gone.code, 2, gone.out);
-      assertEquals(taskStatus(gone.out, "Passthrough apply"), "fatal", gone.out);
+      // The run's task does not fail itself: Ansible would print its whole result first.
+      assertEquals(taskStatus(gone.out, "Passthrough apply"), "ok", gone.out);
+      assertEquals(taskOutput(gone.out, "Passthrough apply").includes("FAILED"), false, gone.out);
       assertEquals(taskStatus(gone.out, "Passthrough refusals"), "skipping", gone.out);
       assertMatch(
         taskOutput(gone.out, "Passthrough failed"),
