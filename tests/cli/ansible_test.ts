@@ -496,11 +496,12 @@ Deno.test({
         "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
       );
       // The playbook on this host with a state directory and a libvirt of the test's choosing.
-      const playbook = (stateDir: string, connect = "test:///default") =>
+      const playbook = (stateDir: string, connect = "test:///default", extra: string[] = []) =>
         run("ansible-playbook", [
           "-i",
           `${dir}/hosts`,
           PLAYBOOK,
+          ...extra,
           "-e",
           JSON.stringify({
             passthrough_config: `${dir}/config.yaml`,
@@ -513,6 +514,12 @@ Deno.test({
             passthrough_connect: connect,
           }),
         ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      const tree = ["-e", `passthrough_sysfs=${dir}/sysfs`];
+
       const { code, out } = await playbook(`${dir}/open/state`);
       assertEquals(code, 2, out);
       assertEquals(taskStatus(out, "Passthrough start guard failed"), "fatal", out);
@@ -541,9 +548,39 @@ Deno.test({
       await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms:\n  x:\n    devices: 5\n");
       const bad = await playbook(`${dir}/state`);
       assertEquals(bad.code, 2, bad.out);
+      // Located in the controller's file, whose lines the host's copy has.
       assertMatch(
         taskOutput(bad.out, "Passthrough failed"),
-        /"msg": \["Invalid config .*: 1 problem", "[^"]*passthrough_config\.yaml:4:14: Expected a list/,
+        new RegExp(
+          `"msg": \\["Invalid config \\\\"${dir}/config\\.yaml\\\\": 1 problem", "${dir}/config\\.yaml:4:14: Expected a list`,
+        ),
+      );
+      for (const run of [gone, bad]) {
+        assertEquals(taskOutput(run.out, "Passthrough failed").includes(`${dir}/remote/`), false);
+      }
+      // A libvirt that does not answer: the CLI's line, its hint naming the playbook's variable.
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const held: Deno.Conn[] = [];
+      const accepting = (async () => {
+        for await (const conn of listener) held.push(conn);
+      })();
+      let silent;
+      try {
+        silent = await playbook(
+          `${dir}/state`,
+          `qemu+tcp://127.0.0.1:${listener.addr.port}/system`,
+          ["-e", "passthrough_libvirt_timeout=1", ...tree],
+        );
+      } finally {
+        listener.close();
+        await accepting.catch(() => {});
+        for (const conn of held) conn.close();
+      }
+      assertEquals(silent.code, 2, silent.out);
+      assertMatch(
+        taskOutput(silent.out, "Passthrough failed"),
+        /did not answer in 1 s: is libvirtd running\? `systemctl status libvirtd`; wait longer with passthrough_libvirt_timeout \(seconds\)"/,
       );
     } finally {
       await Deno.remove(dir, { recursive: true });
