@@ -215,8 +215,6 @@ vms:
       assertEquals(unpinned.code, 2, unpinned.out);
       assertMatch(unpinned.out, /tools\/deno\/package-lock\.json/);
 
-      // The config is copied anew (a file diff would show it whole).
-      await Deno.remove(`${dir}/remote/check/passthrough_config.yaml`);
       const check = await playbook(good, ["--check", "--diff"]);
       assertEquals(check.code, 0, check.out);
       assertEquals(taskStatus(check.out, "Passthrough plan (check mode)"), "changed", check.out);
@@ -233,11 +231,9 @@ vms:
       assertEquals(taskStatus(check.out, "Passthrough config"), "changed", check.out);
       assertEquals(taskOutput(check.out, "Passthrough config").includes("elsewhere"), false);
       // --check installs nothing: the hook and its code wait for a real run, and the plan ran
-      // its own copy of the bundle and config.
+      // its own copy of the bundle and config, elsewhere: not even passthrough_dir is made.
       assertEquals(taskStatus(check.out, "Passthrough start guard"), "skipping", check.out);
-      assertEquals(await exists(`${dir}/remote/hook`), false);
-      assertEquals(await exists(`${dir}/remote/passthrough.js`), false);
-      assertEquals(await exists(`${dir}/remote/check/passthrough.js`), true);
+      assertEquals(await exists(`${dir}/remote`), false);
 
       // A run that outlasts passthrough_timeout is ended on the host, and the failure says so.
       const slow = await playbook(good, ["--check", "-e", "passthrough_timeout=0.001"]);
@@ -514,11 +510,16 @@ Deno.test({
             passthrough_connect: connect,
           }),
         ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+      // --check on a host never applied leaves it as it was: no passthrough_dir, no copy.
       buildHostTree(
         loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
         `${dir}/sysfs`,
       );
       const tree = ["-e", `passthrough_sysfs=${dir}/sysfs`];
+      const checked = await playbook(`${dir}/state`, "test:///default", ["--check", ...tree]);
+      assertEquals(checked.code, 0, checked.out);
+      assertEquals(taskStatus(checked.out, "Passthrough plan (check mode)"), "ok", checked.out);
+      assertEquals(await exists(`${dir}/remote`), false);
 
       const { code, out } = await playbook(`${dir}/open/state`);
       assertEquals(code, 2, out);
