@@ -41,7 +41,7 @@ else
 fi
 
 runtime_pkgs=(libvirt0 pciutils)
-test_pkgs=(libvirt-clients libxml2-utils libvirt-daemon qemu-system-x86 util-linux ansible-core)
+test_pkgs=(libvirt-clients libxml2-utils libvirt-daemon qemu-system-x86 qemu-utils util-linux ansible-core)
 pkgs=("${runtime_pkgs[@]}")
 [ "$profile" = test ] && pkgs+=("${test_pkgs[@]}")
 
