@@ -715,8 +715,11 @@ export interface HostUsbDevice {
   /** `busnum` and `devnum`, as libvirt's `<address bus device>` gives them. */
   bus: number;
   device: number;
-  /** The PCI function (the USB controller) it hangs under, or `null` for none. */
-  controller: PciAddress | null;
+  /**
+   * The PCI functions a guest given any of them takes it from ({@link pciFunctionsHolding}): the
+   * USB controller it hangs under, and an Intel VMD controller above that; none for none.
+   */
+  controllers: PciAddress[];
 }
 
 /**
@@ -733,21 +736,21 @@ export function readUsbDevices(reader: SysfsReader, sysRoot: string): HostUsbDev
     if (!/^[0-9a-f]{4}$/.test(vendorId) || !/^[0-9a-f]{4}$/.test(productId)) return [];
     if (!/^\d+$/.test(bus) || !/^\d+$/.test(device)) return [];
     const link = reader.readLink(`${dir}/${name}`);
-    const controller = link === null ? null : pciAncestor(link);
-    return [{ name, vendorId, productId, bus: Number(bus), device: Number(device), controller }];
+    const controllers = link === null ? [] : pciFunctionsHolding(link);
+    return [{ name, vendorId, productId, bus: Number(bus), device: Number(device), controllers }];
   });
 }
 
 /**
- * The USB controllers under the host USB devices a USB hostdev's `source` names: every plugged
- * device matching all it gives (IDs, bus and device number), so a source that fits several counts
- * them all. Empty when none is plugged in.
+ * The controllers (USB, and an Intel VMD above one) of the host USB devices a USB hostdev's
+ * `source` names: every plugged device matching all it gives (IDs, bus and device number), so a
+ * source that fits several counts them all. Empty when none is plugged in.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const receiver = { name: "1-2", vendorId: "046d", productId: "c52b", bus: 1, device: 3,
- *   controller: "0000:00:14.0" };
+ *   controllers: ["0000:00:14.0"] };
  * const source = { vendorId: "046d", productId: "c52b", bus: null, device: null };
  * assertEquals(usbDeviceControllers([receiver], source), ["0000:00:14.0"]);
  * assertEquals(usbDeviceControllers([receiver], { ...source, bus: 2, device: 3 }), []);
@@ -763,7 +766,7 @@ export function usbDeviceControllers(
     if (source.productId !== null && d.productId !== source.productId) continue;
     if (source.bus !== null && d.bus !== source.bus) continue;
     if (source.device !== null && d.device !== source.device) continue;
-    if (d.controller !== null) found.add(d.controller);
+    for (const controller of d.controllers) found.add(controller);
   }
   return [...found].sort();
 }

@@ -537,3 +537,39 @@ Deno.test("guard: an SR-IOV PF is refused while a VF of it is the host's or anot
   const free = await start(() => {});
   assertEquals([free.code, free.refusals], [0, []]);
 });
+
+Deno.test("guard: taking the Intel VMD controller over a USB controller behind it refuses the start while the VM or a running VM uses a USB device there", async () => {
+  const VMD = "0000:00:0e.0";
+  // A USB card in a root port VMD remaps: the kernel hangs VMD's domain under its function.
+  const behindVmd = (dir: string) => {
+    const card = `devices/pci0000:00/${VMD}/pci10000:e0/10000:e0:1c.0/10000:e1:00.0`;
+    const stick = `${dir}/${card}/usb5/5-1`;
+    Deno.mkdirSync(stick, { recursive: true });
+    const attributes = { idVendor: "0781", idProduct: "5581", busnum: "5", devnum: "2" };
+    for (const [name, value] of Object.entries(attributes)) {
+      Deno.writeTextFileSync(`${stick}/${name}`, `${value}\n`);
+    }
+    Deno.symlinkSync(`../../../${card}/usb5/5-1`, `${dir}/bus/usb/devices/5-1`);
+  };
+  const stick = (by: "ids" | "address") =>
+    `<hostdev mode='subsystem' type='usb' managed='yes'><source>${
+      by === "ids" ? "<vendor id='0x0781'/><product id='0x5581'/>" : "<address bus='5' device='2'/>"
+    }</source></hostdev>`;
+  const other = await start(
+    [hostdev(VMD)],
+    { nas: status("nas", [stick("address")]) },
+    {},
+    behindVmd,
+  );
+  assertEquals([other.code, other.refusals], [1, [["host-needs", VMD]]]);
+  assertMatch(
+    other.line,
+    /hostdev 0000:00:0e\.0 .*\(vm-device: USB device at bus 5 device 2 of running VM "nas"\)/,
+  );
+  const own = await start([hostdev(VMD), stick("ids")], {}, {}, behindVmd);
+  assertEquals([own.code, own.refusals], [1, [["host-needs", VMD]]]);
+  assertMatch(own.line, /\(vm-device: USB device 0781:5581 of this VM itself\)/);
+  // The receiver hangs under a controller outside VMD's domain: nothing to lose.
+  const outside = await start([hostdev(VMD), usbHostdev("ids")], {}, {}, behindVmd);
+  assertEquals([outside.code, outside.refusals], [0, []]);
+});

@@ -130,10 +130,10 @@ Deno.test("usbDeviceControllers(): devices behind hubs, and a source's bus and d
     Deno.mkdirSync(`${dir}/bus/usb/devices/1-2.3:1.0`);
     usbDevice(dir, ["usb1", "1d6b:0002", 1, 1, "0000:0b:00.3"]);
     const plugged = readUsbDevices(denoFsReader(), dir);
-    assertEquals(plugged.map((d) => [d.name, d.bus, d.device, d.controller]), [
-      ["1-2", 1, 2, "0000:0b:00.3"],
-      ["1-2.3", 1, 5, "0000:0b:00.3"],
-      ["3-1", 3, 2, "0000:0c:00.3"],
+    assertEquals(plugged.map((d) => [d.name, d.bus, d.device, d.controllers]), [
+      ["1-2", 1, 2, ["0000:0b:00.3"]],
+      ["1-2.3", 1, 5, ["0000:0b:00.3"]],
+      ["3-1", 3, 2, ["0000:0c:00.3"]],
     ]);
     const controllers = (bus: number | null, device: number | null) =>
       usbDeviceControllers(plugged, { vendorId: "046d", productId: "c52b", bus, device });
