@@ -312,3 +312,38 @@ console.log(JSON.stringify({ dir: daemon.dir, pid: daemon.pid, virtlogd: ${virtl
     assertEquals(left, [false, false], "a daemon or the directory left behind");
   },
 });
+
+Deno.test({
+  name: "a guest its test never destroyed (it failed first) ends with its daemon" +
+    (unavailable === null
+      ? (canUnshareMounts() ? "" : " (skipped: needs a private mount namespace (unshare -m))")
+      : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null || !canUnshareMounts(),
+  async fn() {
+    const daemon = await startLibvirtd({ virtlogd: true });
+    let qemu = 0;
+    try {
+      const name = `left-${crypto.randomUUID().slice(0, 8)}`;
+      await Deno.writeTextFile(
+        `${daemon.dir}/${name}.xml`,
+        `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>` +
+          `<os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>`,
+      );
+      for (const args of [["define", `${daemon.dir}/${name}.xml`], ["start", "--paused", name]]) {
+        const out = await new Deno.Command("virsh", { args: ["-c", daemon.uri, ...args] }).output();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      }
+      // The daemon's private /run/libvirt (see startLibvirtd).
+      qemu = parseInt(await Deno.readTextFile(`${daemon.dir}/state-0/qemu/${name}.pid`), 10);
+      assert(processAlive(qemu), "the guest did not start");
+    } finally {
+      await daemon.stop();
+    }
+    for (let i = 0; i < 100 && processAlive(qemu); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const left = processAlive(qemu);
+    if (left) Deno.kill(qemu, "SIGKILL");
+    assertEquals(left, false, "the guest's QEMU left running");
+  },
+});

@@ -151,6 +151,32 @@ globalThis.addEventListener("unload", () => {
   for (const end of unstopped) end();
 });
 
+/**
+ * Kills with SIGKILL the QEMU processes the isolated daemon in `dir` started and has not stopped:
+ * each outlives its daemon (libvirt leaves guests running when it exits), so a test that fails
+ * between a guest's start and its destroy would leave it running for good. Found by the pid files
+ * in the daemon's private `/run/libvirt/qemu`, signalled only while their command line is QEMU's
+ * (a pid may be another's by now). Synchronous, for the unload listener.
+ */
+function killGuests(dir: string): void {
+  const status = `${dir}/state-${PRIVATE_DIRS.indexOf("/run/libvirt")}/qemu`;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(status)];
+  } catch {
+    return;
+  }
+  for (const { name } of entries) {
+    if (!name.endsWith(".pid")) continue;
+    try {
+      const pid = parseInt(Deno.readTextFileSync(`${status}/${name}`), 10);
+      if (Deno.readTextFileSync(`/proc/${pid}/cmdline`).startsWith(QEMU)) Deno.kill(pid, "SIGKILL");
+    } catch {
+      // Gone already.
+    }
+  }
+}
+
 /** Whether process `pid` is running (a zombie counts as gone). */
 export function processAlive(pid: number): boolean {
   try {
@@ -250,6 +276,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
   // Synchronous, as an unload listener must be. Only a process whose command line names `dir` is
   // signalled (its pid may be another's by now); SIGKILL, so nothing writes there once removed.
   const end = () => {
+    killGuests(dir);
     for (const file of ["libvirtd.pid", "virtlogd.pid"]) {
       try {
         const target = parseInt(Deno.readTextFileSync(`${dir}/${file}`), 10);
@@ -272,6 +299,7 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
     if (stopped) return;
     stopped = true;
     unstopped.delete(end);
+    killGuests(dir);
     try {
       Deno.kill(pid, "SIGTERM");
     } catch {
