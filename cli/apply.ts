@@ -20,7 +20,7 @@ import { parseDomainXml } from "../lib/domain/domain_xml.ts";
 import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 import { resolve } from "../lib/state/paths.ts";
-import { DEFAULT_KEEP_BACKUPS } from "../lib/state/backups.ts";
+import { DEFAULT_KEEP_BACKUPS, MAX_KEEP_BACKUPS } from "../lib/state/backups.ts";
 import type { Config } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import {
@@ -75,12 +75,13 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
 /** `--keep-backups N` as a number (`null` when absent), else a usage error. */
 function keepBackupsOf(value: string | undefined): number | null {
   if (value === undefined) return null;
-  if (!/^\d{1,6}$/.test(value.trim())) {
+  const keep = /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!(keep <= MAX_KEEP_BACKUPS)) {
     throw new UsageError(
-      `--keep-backups takes a number of backups from 0 (keep all) to 999999, not "${value}"`,
+      `--keep-backups takes a number of backups from 0 (keep all) to ${MAX_KEEP_BACKUPS}, not "${value}"`,
     );
   }
-  return Number(value);
+  return keep;
 }
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { MAX_KEEP_BACKUPS } from "../state/backups.ts";
+
 /** Value formats with a normalising parser in `lib/config/config.ts` and a pattern in the JSON schema. */
 export type StringFormat =
   | "pci-id"
@@ -405,6 +407,7 @@ const HOST_SCHEMA = {
     keep_backups: {
       type: "integer",
       minimum: 0,
+      maximum: MAX_KEEP_BACKUPS,
       description:
         "How many backups of each VM apply keeps there once its change held, removing older ones (default 10; 0: keep all; or --keep-backups N)",
     },

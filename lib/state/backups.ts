@@ -491,6 +491,9 @@ export function listBackups(stateDir: string | StateDir, vm?: string): BackupEnt
 /** How many backups of each VM `apply` keeps when told no other number (`--keep-backups`). */
 export const DEFAULT_KEEP_BACKUPS = 10;
 
+/** The most backups of each VM `apply` may be told to keep (`--keep-backups`, `keep_backups:`). */
+export const MAX_KEEP_BACKUPS = 999999;
+
 /** What {@link pruneBackups} removed, and why it stopped early, if it did. Plain data. */
 export interface PruneOutcome {
   /** The backups removed, newest first. */

@@ -303,6 +303,15 @@ vms:
     '9:14: Unsupported value false: expected true at "vms.vm.devices[2].all" (omit the key)',
     '11:21: Value 2147483648 is too large: the maximum is 2147483647 at "vms.vm.devices[3].boot_order" (use 2147483647 or less)',
   ]);
+  // keep_backups: takes what --keep-backups takes, one bound for both.
+  assertEquals(
+    errorsOf("version: 1\nhosts:\n  hv1: { keep_backups: 1000000 }\nvms: {}\n").map((e) =>
+      e.message.replace(/^c\.yaml:/, "")
+    ),
+    [
+      '3:24: Value 1000000 is too large: the maximum is 999999 at "hosts.hv1.keep_backups" (use 999999 or less)',
+    ],
+  );
   // An empty host list declares nothing a VM could name.
   assertEquals(
     errorsOf("version: 1\nhosts: {}\nvms:\n  vm:\n    devices: []\n").map((e) =>
