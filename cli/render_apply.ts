@@ -111,8 +111,9 @@ function prunedLine(result: VmApplyResult, keep: number): string | null {
     : `removed ${n} older backup${
       n === 1 ? "" : "s"
     } of "${result.vm}", keeping its newest ${keep}: ${
-      n <= 2 ? ids.join(", ") : `${ids.at(-1)} to ${ids[0]}`
-    }`;
+      // A backup kept (another domain's or connection's, a damaged one) may lie between two
+      // removed: a range alone would have it removed too.
+      n <= 3 ? ids.join(", ") : `${n} of the backups from ${ids.at(-1)} to ${ids[0]}`}`;
   if (result.pruneError === null) return n === 0 ? null : what;
   return `${
     what === "" ? "" : `${what}; `

@@ -234,9 +234,11 @@ Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and rem
       uri: f.port.uri,
       now: new Date(Date.UTC(2026, 0, 1, 0, 0, second)),
     });
-  const ours = Array.from({ length: 4 }, (_, i) => old(UUIDS.alpha!, i));
-  // A domain once named alpha, undefined since: its backup may be the only way back.
-  const gone = old("99999999-9999-4999-8999-999999999999", 10);
+  const ours = [0, 1].map((i) => old(UUIDS.alpha!, i));
+  // A domain once named alpha, undefined since: its backup may be the only way back. Kept, it
+  // lies among those removed, which the report line must not imply went too.
+  const gone = old("99999999-9999-4999-8999-999999999999", 2);
+  ours.push(...[3, 4, 5].map((i) => old(UUIDS.alpha!, i)));
   const damaged = `${f.stateDir}/backups/alpha/20260101T000020.000Z-11111111.json`;
   Deno.writeTextFileSync(damaged, "{", { mode: 0o600 });
   // beta is declined: its backups stay whatever their number.
@@ -262,12 +264,12 @@ Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and rem
   const [alpha, beta] = report.vms;
   assertEquals(alpha?.code, "applied");
   // The new backup and the newest before it stay; rollback's newest is the one just taken.
-  assertEquals(alpha?.pruned, [ours[2]!.path, ours[1]!.path, ours[0]!.path]);
+  assertEquals(alpha?.pruned, [3, 2, 1, 0].map((i) => ours[i]!.path));
   assertEquals(alpha?.pruneError, null);
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [
     alpha!.backup,
+    ours[4]!.path,
     gone.path,
-    ours[3]!.path,
   ]);
   assertEquals(Deno.readTextFileSync(damaged), "{");
   assertEquals(beta?.pruned, []);
@@ -275,8 +277,8 @@ Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and rem
   assertMatch(
     renderApplyReport(report, { color: false, plan }),
     new RegExp(
-      `backup: ${alpha!.backup}\n  removed 3 older backups of "alpha", keeping its newest 2: ` +
-        `${ours[0]!.id} to ${ours[2]!.id}\n`,
+      `backup: ${alpha!.backup}\n  removed 4 older backups of "alpha", keeping its newest 2: ` +
+        `4 of the backups from ${ours[0]!.id} to ${ours[3]!.id}\n`,
     ),
   );
   // 0 keeps them all.
