@@ -27,9 +27,7 @@ import type { PciAddress } from "../host/types.ts";
 import {
   backupDir,
   type BackupEntry,
-  BackupIntegrityError,
   findBackup,
-  listBackups,
   readBackupXml,
   writeBackup,
 } from "../state/backups.ts";
@@ -516,36 +514,6 @@ function defineBackup(
 }
 
 /**
- * The XML of `backup`. A damaged newest backup, chosen for the user (no `chosen` reference), is
- * refused with how to choose another.
- */
-function readChosenBackup(
-  state: StateDir,
-  backup: BackupEntry,
-  options: { vm: string; chosen: string | undefined; run: RunFlags | undefined },
-): string {
-  const { vm, run } = options;
-  try {
-    return readBackupXml(backup);
-  } catch (error) {
-    // The newest, chosen for the user: say how to choose another, as a damaged sidecar's
-    // refusal (findBackup) does, instead of leaving them before a hash mismatch.
-    if (options.chosen !== undefined || !(error instanceof BackupIntegrityError)) throw error;
-    // With no other backup, "choose another" sent the user to a listing of this one alone.
-    const only = listBackups(state, vm).length <= 1;
-    throw new BackupIntegrityError(
-      error.path,
-      only
-        ? `${error.detail}; it is the only backup of "${vm}": there is no other to restore`
-        : `${error.detail}; it is the newest backup of "${vm}": choose another with --to (run "${
-          followUpCommand(run, "passthrough backups", { value: vm })
-        }")`,
-      { cause: error },
-    );
-  }
-}
-
-/**
  * Why the backup of `vm` (its domain `uuid`) cannot be defined as it stands (`summary`: `vm` as
  * libvirt lists it now, `null` when no domain has the name): another name holds the uuid, or the
  * domain is transient. `null` when neither.
@@ -642,7 +610,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
   const backup = findBackup(state, vm, options.backup, found);
-  const backupXml = readChosenBackup(state, backup, { vm, chosen: options.backup, run });
+  const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);
   const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.

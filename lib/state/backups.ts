@@ -348,7 +348,8 @@ function readSidecar(dir: string, fileName: string): BackupEntry {
  * A file (or a VM's directory) under `backups/` that is not a usable backup. Plain data.
  *
  * - `damaged`: a sidecar that cannot be read as one (not JSON, a field missing, not a regular
- *   file), a sidecar whose XML file is gone, or a VM directory that is unsafe to read.
+ *   file), a sidecar whose XML file is gone or no longer matches its sha256, or a VM directory
+ *   that is unsafe to read.
  * - `incomplete`: an XML file without its sidecar, or a temporary file: what a run killed while
  *   writing a backup leaves. Such a run defined nothing after it, since every define waits for
  *   the whole backup.
@@ -439,6 +440,15 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
       damaged(id, `its XML file "${id}.xml" is ${kind}`);
       continue;
     }
+    // Listed as intact, an XML changed since would be numbered for `rollback --to N`, which
+    // refuses it, and counted among the backups `apply` keeps.
+    try {
+      readBackupXml(entry);
+    } catch (error) {
+      if (!(error instanceof BackupIntegrityError)) throw error;
+      into.problems.push({ kind: "damaged", id, path: entry.path, detail: error.detail });
+      continue;
+    }
     into.entries.push(entry);
   }
 }
@@ -520,7 +530,7 @@ export function pruneBackups(
   if (options.keep <= 0) return outcome;
   const uri = lockUri(options.uri);
   const ours = listBackups(stateDir, vm).filter((e) =>
-    e.uuid === options.uuid && lockUri(e.uri) === uri && restorable(e)
+    e.uuid === options.uuid && lockUri(e.uri) === uri
   );
   for (const entry of ours.slice(options.keep)) {
     try {
@@ -536,17 +546,6 @@ export function pruneBackups(
     outcome.removed.push(entry);
   }
   return outcome;
-}
-
-/** Whether `rollback` could restore `entry`: an XML changed since its sidecar is not kept for one. */
-function restorable(entry: BackupEntry): boolean {
-  try {
-    readBackupXml(entry);
-    return true;
-  } catch (error) {
-    if (error instanceof BackupIntegrityError) return false;
-    throw error;
-  }
 }
 
 /**
@@ -606,9 +605,12 @@ export function findBackup(
     if (newer !== undefined) {
       throw new BackupIntegrityError(
         newer.path,
-        `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "${
-          followUpCommand(run, "passthrough backups", { value: vm })
-        }")`,
+        newest === undefined
+          // "Choose one" sent the user to a listing with nothing to choose.
+          ? `${newer.detail}; "${vm}" has no intact backup to restore`
+          : `${newer.detail}; it is newer than every intact backup of "${vm}": choose one with --to (run "${
+            followUpCommand(run, "passthrough backups", { value: vm })
+          }")`,
       );
     }
     if (newest === undefined) throw new BackupNotFoundError(vm, null, { where: state(stateDir) });

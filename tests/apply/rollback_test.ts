@@ -426,7 +426,7 @@ Deno.test("rollbackVm() of a newest backup whose XML is damaged says how to choo
   await assertRejects(
     () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
     BackupIntegrityError,
-    `; it is the newest backup of "alpha": choose another with --to (run "passthrough backups alpha")`,
+    `; it is newer than every intact backup of "alpha": choose one with --to (run "passthrough backups alpha")`,
   );
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0", "0000:02:00.0"]);
   // Named, it is refused as is: the user chose it.
@@ -459,7 +459,7 @@ Deno.test("rollbackVm() of the only backup, its XML damaged, sends the user to n
   await assertRejects(
     () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
     BackupIntegrityError,
-    `; it is the only backup of "alpha": there is no other to restore`,
+    `; "alpha" has no intact backup to restore`,
   );
   assertEquals(hostdevs(f, "alpha"), ["0000:01:00.0"]);
 });

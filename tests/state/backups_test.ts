@@ -216,17 +216,21 @@ Deno.test("pruneBackups() neither counts nor removes a backup whose XML no longe
     const good = backupOf(state, "a", { second: 1 });
     const changed = backupOf(state, "a", { second: 2 });
     const newest = backupOf(state, "a", { second: 3 });
-    // Changed on disk since: listed, but `rollback --to` refuses it.
+    // Changed on disk since: `rollback --to` refuses it, so it is listed as damaged.
     Deno.writeTextFileSync(changed.path, "<domain/>\n");
     const { removed, error } = pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 2 });
     // The two usable ones are the newest and the oldest: nothing goes.
     assertEquals([removed, error], [[], null]);
-    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, changed.id, good.id]);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, good.id]);
     assertEquals(readBackupXml(findBackup(state, "a", good.id)), xmlOf("a"));
     const one = pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 1 });
     // The damaged one stays for a person to look at.
     assertEquals(one.removed.map((e) => e.id), [good.id]);
-    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, changed.id]);
+    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id]);
+    assertEquals(
+      inspectBackups(state, "a").problems.map((p) => [p.kind, p.path]),
+      [["damaged", changed.path]],
+    );
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
@@ -300,7 +304,10 @@ Deno.test("inspectBackups() reports a damaged sidecar and still lists every othe
       assertThrows(() => findBackup(state, "a", older.id), BackupIntegrityError);
       // Damaged and newer than every intact one: the newest cannot be chosen silently.
       damage(`${state.backupsPath}/a/${newer.id}.json`);
-      assertThrows(() => findBackup(state, "a"), /is damaged: .*choose one with --to/);
+      assertThrows(
+        () => findBackup(state, "a"),
+        /is damaged: .*"a" has no intact backup to restore/,
+      );
       assertEquals(findBackup(state, "b").id, other.id);
     } finally {
       Deno.removeSync(root, { recursive: true });
@@ -365,24 +372,34 @@ Deno.test("findBackup() picks the newest intact backup past a damaged file whose
   }
 });
 
-Deno.test("passthrough backups lists the other backups, reports the damaged one and exits 1", async () => {
+Deno.test("passthrough backups lists the other backups, reports the damaged ones and exits 1", async () => {
   const root = tempDir();
   try {
     const state = openStateDir(`${root}/state`);
     const older = backupOf(state, "a", { second: 1 });
     const other = backupOf(state, "b", { second: 2 });
+    const changed = backupOf(state, "b", { second: 3 });
     Deno.writeTextFileSync(`${state.backupsPath}/a/${older.id}.json`, "{ nope");
+    // Its XML changed since its sidecar recorded its sha256: `rollback` refuses it.
+    Deno.writeTextFileSync(changed.path, xmlOf("b", "<tampered/>"));
     const human = await runCli(["backups", "--state-dir", state.path]);
     assertEquals(human.code, 1, human.stderr);
-    assertMatch(human.stdout, new RegExp(other.id));
+    assertMatch(human.stdout, new RegExp(`\\n1 .* b .*${other.id}`));
     assertMatch(
       human.stdout,
       new RegExp(`Backup ".*/a/${older.id}\\.json" is damaged: the sidecar is not valid JSON`),
+    );
+    assertMatch(
+      human.stdout,
+      new RegExp(
+        `Backup ".*/b/${changed.id}\\.xml" is damaged: sha256 is [0-9a-f]{64}, the sidecar`,
+      ),
     );
     const json = await runCli(["backups", "--json", "--state-dir", state.path]);
     assertEquals(json.code, 1);
     assertEquals(JSON.parse(json.stdout).map((e: { id: string }) => e.id), [other.id]);
     assertMatch(json.stderr, /is damaged: the sidecar is not valid JSON/);
+    assertMatch(json.stderr, /is damaged: sha256 is /);
   } finally {
     Deno.removeSync(root, { recursive: true });
   }
