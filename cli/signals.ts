@@ -37,11 +37,11 @@ export interface DeferredSignals extends Disposable {
   readonly status: number;
 }
 
-/** The signal numbers of {@link SIGNALS}, for the kernel's ignored-signals mask. */
+/** The signal numbers of `SIGNALS`, for the kernel's ignored-signals mask. */
 const NUMBER: Record<(typeof SIGNALS)[number], number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
 /**
- * Those of {@link SIGNALS} this process ignores (`SigIgn` of /proc/self/status): `nohup` ignores
+ * Those of `SIGNALS` this process ignores (`SigIgn` of /proc/self/status): `nohup` ignores
  * SIGHUP, and a shell ignores SIGINT for a job it starts in the background without job control.
  * None when unreadable.
  */
@@ -63,7 +63,7 @@ function ignoredSignals(): Set<(typeof SIGNALS)[number]> {
 const keptIgnored = new Set<string>();
 
 /**
- * Keeps ignored, for the rest of the process, those of {@link SIGNALS} it ignores now (`nohup`'s
+ * Keeps ignored, for the rest of the process, those of `SIGNALS` it ignores now (`nohup`'s
  * SIGHUP, a background job's SIGINT). Deno handles SIGHUP, SIGINT and SIGTERM itself from its
  * first signal listener or child process on (`lspci`), and ends the process on one no listener
  * takes, an ignored one too: `nohup passthrough apply --yes` was killed, or stopped between VMs,
@@ -78,7 +78,7 @@ export function keepIgnoredSignals(): void {
   }
 }
 
-/** Catches {@link SIGNALS} until disposed, but those the process ignores (they stay ignored). */
+/** Catches `SIGNALS` until disposed, but those the process ignores (they stay ignored). */
 export function deferSignals(): DeferredSignals {
   let caught: (typeof SIGNALS)[number] | null = null;
   keepIgnoredSignals();

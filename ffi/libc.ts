@@ -6,7 +6,7 @@
  * @module
  */
 
-/** The C functions used, with their C result types (see {@link bind} for how they are bound). */
+/** The C functions used, with their C result types (see `bind` for how they are bound). */
 const SIGNATURES = {
   // int openat(int dirfd, const char *pathname, int flags);
   openat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
@@ -102,7 +102,7 @@ function bind(names: readonly Name[], compiled: boolean): Partial<Libc> {
 /**
  * libc's functions, bound on first use (needs `--allow-ffi`), so importing needs nothing and a
  * process pays only for the functions it calls, with their {@link GROUPS}; `compiled` as in
- * {@link bind}. `__errno_location` is bound before any other (and only once, without a
+ * `bind`. `__errno_location` is bound before any other (and only once, without a
  * trampoline): binding runs `dlopen`, which may set errno, so it must not happen between a failed
  * call and the reading of its errno.
  */
@@ -130,7 +130,7 @@ const compiledLibc = lazyLibc(true);
 const plainLibc = lazyLibc(false);
 let errnoView: Deno.UnsafePointerView | null | undefined;
 
-/** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see {@link bind}. */
+/** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see `bind`. */
 export function libc(fewCalls = false): Libc {
   if (errnoView === undefined) errno();
   return fewCalls ? plainLibc : compiledLibc;

@@ -38,12 +38,12 @@
  * {@link MAX_SCHEME}, is shown.
  */
 /**
- * The longest URI password with a space that {@link SECRET} finds: a space may be the password's
+ * The longest URI password with a space that `SECRET` finds: a space may be the password's
  * or the end of the URI, so looking further would take other words for one.
  */
 const MAX_SPACED = 256;
 /**
- * The longest URI password, and the longest URI scheme, that {@link SECRET} finds: looking
+ * The longest URI password, and the longest URI scheme, that `SECRET` finds: looking
  * further for the `@` from every `scheme://user:` of a long line, or for the `://` from every word
  * start, takes time growing with its square (a 100 KB line of `a://b:c`, `a.a.a` or `<cookie `
  * took seconds, and `plan --json` of a VM with a 300 KB `<description>` of `a+` 100 s); bounded,
@@ -65,7 +65,7 @@ const SECRET = new RegExp(
   "g",
 );
 
-/** The value a {@link SECRET} match redacts. */
+/** The value a `SECRET` match redacts. */
 function valueOf(match: RegExpMatchArray | string[]): string {
   return match[2] ?? match[3] ?? match[5] ?? match[7] ?? "";
 }

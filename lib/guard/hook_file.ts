@@ -239,7 +239,7 @@ export type InstallSettings = Partial<Pick<HookSettings, "stateDir" | "deadline"
 
 /**
  * The {@link InstallSettings} that a passthrough hook whose settings this version cannot read
- * whole ({@link isPassthroughHook}) still holds: the install that replaces it must keep its state
+ * whole (`isPassthroughHook`) still holds: the install that replaces it must keep its state
  * directory (where `apply` records the guard's policies), not take the default.
  */
 function installSettingsOf(text: string): InstallSettings {
@@ -252,7 +252,7 @@ function installSettingsOf(text: string): InstallSettings {
 }
 
 /**
- * Why a passthrough hook whose settings this version cannot read ({@link isPassthroughHook})
+ * Why a passthrough hook whose settings this version cannot read (`isPassthroughHook`)
  * is a problem, for `hook status` and `doctor`.
  */
 export function unreadableHookReason(format: number): string {
@@ -810,7 +810,7 @@ export interface HookInspection {
    * settings this version cannot read (then {@link HookInspection.ours}).
    */
   settings: HookSettings | null;
-  /** Written by a passthrough, of whatever version ({@link isPassthroughHook}). */
+  /** Written by a passthrough, of whatever version (`isPassthroughHook`). */
   ours: boolean;
   /**
    * For a hook that is {@link HookInspection.ours} but whose settings this version cannot read:
