@@ -127,8 +127,9 @@ interface HostInputs {
 
 /**
  * The host this process plans. Without `hosts:`, the config as is with the flags. With it, the
- * section of `--host` or of this machine's host name (said on stderr), whose `connect:` and
- * `sysfs:` stand in for the flags: giving both is a usage error.
+ * section of `--host` or of this machine's host name (said on stderr), whose `connect:`, `sysfs:`
+ * and `keep_backups:` stand in for `--connect`, `--sysfs` and `--keep-backups`: giving both is a
+ * usage error.
  */
 function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
   const picked = pickHostSection(config, { flag: inputs.host, hostname: () => Deno.hostname() });
