@@ -497,6 +497,24 @@ export function replaceableHookSettings(dir: string): HookSettings | null {
 }
 
 /**
+ * Creates `dir` and its missing parents 0755 whatever the umask (root's 077 would hide the hook
+ * from a non-root `apply`, which then reads no guard policy); one that exists keeps its mode.
+ */
+function makeHooksDir(dir: string): void {
+  if (exists(dir)) return;
+  const parent = dirname(dir);
+  if (parent !== dir) makeHooksDir(parent);
+  try {
+    Deno.mkdirSync(dir, { mode: 0o755 });
+  } catch (error) {
+    // Another install made it at the same moment: its mode is that one's.
+    if (error instanceof Deno.errors.AlreadyExists) return;
+    throw error;
+  }
+  Deno.chmodSync(dir, 0o755);
+}
+
+/**
  * Writes `script` as `dir/50-passthrough-guard`, mode 0755, replacing the file atomically (a
  * temporary file renamed over it), so libvirt never runs a half-written hook. Creates `dir`. The
  * temporary file is not executable until its content is on disk, and lies in a private
@@ -523,7 +541,7 @@ export function installHook(
   for (const name of leftoversIn(dir)) removeLeftover(dir, name);
   if (same) return { path, changed: false };
   for (let attempt = 1;; attempt++) {
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    makeHooksDir(dir);
     // Written in a directory of its own in `dir` (one file system, so the rename is atomic):
     // libvirt runs every executable regular file of `dir`, never one in a subdirectory, so an
     // install killed between the chmod and the rename leaves nothing it runs.

@@ -346,6 +346,24 @@ Deno.test("installHook() writes mode 0755 atomically and reports no change the s
   });
 });
 
+Deno.test("installHook() creates the hooks directory 0755 whatever the umask, and leaves an existing one as it is", async () => {
+  await withDir((dir) => {
+    const script = renderHookScript(settings(["/usr/bin/deno", "run", "/opt/main.ts"]));
+    // root's umask 077: a qemu.d only root reads hides the hook from a non-root apply.
+    const before = Deno.umask(0o077);
+    try {
+      installHook(`${dir}/hooks/qemu.d`, script);
+      Deno.mkdirSync(`${dir}/own`, { mode: 0o700 });
+      installHook(`${dir}/own`, script);
+    } finally {
+      Deno.umask(before);
+    }
+    const mode = (path: string) => Deno.statSync(path).mode! & 0o7777;
+    assertEquals([mode(`${dir}/hooks`), mode(`${dir}/hooks/qemu.d`)], [0o755, 0o755]);
+    assertEquals(mode(`${dir}/own`), 0o700);
+  });
+});
+
 Deno.test("installHook() makes the hook executable only once it is whole, and removes an interrupted install's", async () => {
   await withDir((dir) => {
     const hooks = `${dir}/qemu.d`;
@@ -748,8 +766,10 @@ Deno.test("installHook() killed at any step leaves no executable file in the hoo
         const real = Deno.${step};
         Deno.${step} = (...args) => {
           if (${
-        step === "chmodSync" ? "true" : "String(args[1]).endsWith('/50-passthrough-guard')"
-      }) Deno.kill(Deno.pid, "SIGKILL");
+        // The hook's chmod, not the new hooks directory's.
+        step === "chmodSync"
+          ? "String(args[0]).endsWith('.tmp/50-passthrough-guard')"
+          : "String(args[1]).endsWith('/50-passthrough-guard')"}) Deno.kill(Deno.pid, "SIGKILL");
           return real(...args);
         };
         installHook(${JSON.stringify(hooks)}, ${JSON.stringify(script)});`;
