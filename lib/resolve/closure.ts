@@ -461,19 +461,27 @@ export function findGroupConflicts(claims: readonly GroupClaim[]): Map<string, P
       rulesOf.set(claim.vm, [...(rulesOf.get(claim.vm) ?? []), ...(claim.rules ?? [])]);
     }
     const configured = new Set(list.flatMap((c) => c.source === "config" ? [c.vm] : []));
-    const holdsIt = (holders: string[]) => {
-      if (holders.length === 0) return "";
-      // Capped as the claimants are: a GPU is often in the definitions of many VMs at once.
-      const named = holders.slice(0, NAMED_CLAIMANTS).map((v) => `"${v}"`).join(", ");
-      const more = holders.length - NAMED_CLAIMANTS;
-      return holders.length === 1
-        ? ` (${named} holds it in its definition now)`
-        : ` (${named}${more > 0 ? ` and ${more} more` : ""} hold it in their definitions now)`;
+    const heldSet = new Set(held);
+    // The domains other than `about` that hold the group. Capped as the claimants are, and found
+    // without copying `held`: a GPU is often in the definitions of many VMs at once.
+    const holdsIt = (about: string) => {
+      const count = held.length - (heldSet.has(about) ? 1 : 0);
+      if (count === 0) return "";
+      const named: string[] = [];
+      for (const v of held) {
+        if (named.length === NAMED_CLAIMANTS) break;
+        if (v !== about) named.push(`"${v}"`);
+      }
+      const more = count - named.length;
+      return count === 1
+        ? ` (${named[0]} holds it in its definition now)`
+        : ` (${named.join(", ")}${
+          more > 0 ? ` and ${more} more` : ""
+        } hold it in their definitions now)`;
     };
-    const heldByOthers = holdsIt(held);
     for (const vm of vms) {
       if (!configured.has(vm)) continue;
-      const detail = held.includes(vm) ? holdsIt(held.filter((v) => v !== vm)) : heldByOthers;
+      const detail = holdsIt(vm);
       const own = rulesOf.get(vm)?.[0];
       const where = own === undefined ? {} : { rule: own.name, location: own.location };
       const issue: PlanIssue = sameDevice.length > 0
