@@ -5,7 +5,8 @@
  *
  * - `findGroupConflicts()`: N configured VMs taking one GPU that every one of them also holds in
  *   its definition now (a template cloned N times);
- * - `scanXml()`: a domain of N disks with no `&` in it;
+ * - `scanXml()`, which reads every domain `plan`, `apply` and the start guard read: a domain
+ *   of N disks with no `&` in it;
  * - `renderDomainDiff()`: a domain whose `<description>` has N lines, with one hostdev added.
  *
  * Run: `deno bench --allow-all bench/scaling_bench.ts`
@@ -15,6 +16,7 @@
 
 import { findGroupConflicts, type GroupClaim } from "../lib/resolve/closure.ts";
 import type { PciAddress } from "../lib/host/types.ts";
+import { scanXml } from "../lib/domain/xml.ts";
 
 /** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
@@ -43,5 +45,16 @@ scaling("findGroupConflicts() VMs sharing a GPU", 1000, (vms) => {
   }
   return () => {
     findGroupConflicts(claims);
+  };
+});
+
+scaling("scanXml() disks", 5000, (disks) => {
+  const xml = `<domain type='kvm'>\n  <name>vm</name>\n  <devices>\n${
+    Array.from({ length: disks }, (_, i) =>
+      `    <disk type='file' device='disk'>\n      <source file='/var/lib/img/d${i}.qcow2'/>\n` +
+      `      <target dev='vd${i}' bus='virtio'/>\n    </disk>\n`).join("")
+  }  </devices>\n</domain>\n`;
+  return () => {
+    scanXml(xml);
   };
 });

@@ -275,8 +275,15 @@ export function scanXml(text: string): XmlSpan {
   const fail = (message: string, index: number): never => {
     throw new XmlSyntaxError(`Malformed XML: ${message}`, lineColumnAt(text, index));
   };
+  // The scan calls this with `from` moving forward: the first `&` at or after the last search's
+  // start is kept, so a document with few `&` is searched once, not once per text or attribute.
+  let searchedFrom = Infinity;
+  let amp = -1;
   const checkEntities = (from: number, to: number) => {
-    const amp = text.indexOf("&", from);
+    if (from < searchedFrom || (amp !== -1 && amp < from)) {
+      searchedFrom = from;
+      amp = text.indexOf("&", from);
+    }
     if (amp === -1 || amp >= to) return;
     const segment = text.slice(from, to);
     const bad = BAD_AMPERSAND.exec(segment);
