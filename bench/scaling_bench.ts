@@ -17,6 +17,7 @@
 import { findGroupConflicts, type GroupClaim } from "../lib/resolve/closure.ts";
 import type { PciAddress } from "../lib/host/types.ts";
 import { scanXml } from "../lib/domain/xml.ts";
+import { renderDomainDiff } from "../lib/render/diff.ts";
 
 /** `BENCH_SMOKE=1` (tests/cli/bench_smoke_test.ts): the smallest size only, to check the set-up. */
 const SMOKE = Deno.env.get("BENCH_SMOKE") === "1";
@@ -56,5 +57,20 @@ scaling("scanXml() disks", 5000, (disks) => {
   }  </devices>\n</domain>\n`;
   return () => {
     scanXml(xml);
+  };
+});
+
+scaling("renderDomainDiff() description lines", 12_500, (lines) => {
+  const before = `<domain type='kvm'>\n  <name>vm</name>\n  <description>${
+    "line &amp; x\n".repeat(lines)
+  }</description>\n  <devices>\n  </devices>\n</domain>\n`;
+  const after = before.replace(
+    "  </devices>",
+    "    <hostdev mode='subsystem' type='pci' managed='yes'>\n      <source>\n" +
+      "        <address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>\n" +
+      "      </source>\n    </hostdev>\n  </devices>",
+  );
+  return () => {
+    renderDomainDiff(before, after, { vm: "vm" });
   };
 });

@@ -52,8 +52,13 @@ function splitLines(text: string): string[] {
  */
 export function hasSignificantChanges(before: string, after: string): boolean {
   if (before === after) return false;
-  const a = normaliseXmlLines(splitLines(before)).filter((k) => k !== "");
-  const b = normaliseXmlLines(splitLines(after)).filter((k) => k !== "");
+  return keysDiffer(normaliseXmlLines(splitLines(before)), normaliseXmlLines(splitLines(after)));
+}
+
+/** Whether two documents' line keys differ other than in blank lines. */
+function keysDiffer(before: readonly string[], after: readonly string[]): boolean {
+  const a = before.filter((k) => k !== "");
+  const b = after.filter((k) => k !== "");
   return a.length !== b.length || a.some((key, i) => key !== b[i]);
 }
 
@@ -86,13 +91,17 @@ export function renderDomainDiff(
   if (!Number.isInteger(context) || context < 0) {
     throw new RangeError(`Diff context must be a non-negative integer: "${context}"`);
   }
-  if (!hasSignificantChanges(before, after)) return "";
+  if (before === after) return "";
   const oldLines = splitLines(before);
   const newLines = splitLines(after);
+  // Each line's key once: a `<description>` may hold hundreds of thousands of lines.
+  const oldKeys = normaliseXmlLines(oldLines);
+  const newKeys = normaliseXmlLines(newLines);
+  if (!keysDiffer(oldKeys, newKeys)) return "";
   const ops: Op[] = [];
   let oldIndex = 0;
   let newIndex = 0;
-  for (const change of diffArrays(normaliseXmlLines(oldLines), normaliseXmlLines(newLines))) {
+  for (const change of diffArrays(oldKeys, newKeys)) {
     const count = change.value.length;
     for (let k = 0; k < count; k++) {
       if (change.removed) {
