@@ -374,8 +374,11 @@ function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): Policed
       : renamed.length > 0
       ? `${override}; ${renamedNote(refusal, policy, renamed)}`
       : refusal.reason;
+    // What binds a record the config gives the VM (one written before records were bound, say)
+    // is an apply of the VM; a plan of it may show no change to make.
+    const fix = unapplied ? `passthrough apply ${flagWord("--vm", refusal.vm)}` : refusal.fix;
     // The host's disk or network is never taken on a warning: only allow_host_critical lets it.
-    return [{ ...refusal, reason, policy: judged === "warn" && needed ? "enforce" : judged }];
+    return [{ ...refusal, reason, fix, policy: judged === "warn" && needed ? "enforce" : judged }];
   });
 }
 
@@ -409,7 +412,8 @@ function unappliedNote(refusal: GuardRefusal, policy: VmGuardPolicy): string {
     : `guard: ${policyFor(policy, rule)}`;
   return `rule ${JSON.stringify(rule)}'s ${lax} does not count here: passthrough apply recorded ` +
     `no such device under it at ${refusal.address} for this VM (its record was edited, copied ` +
-    "from another VM's definition, or written since the VM was last applied)";
+    "from another VM's definition, written since the VM was last applied, or last applied by " +
+    "a passthrough that listed no records)";
 }
 
 /**

@@ -890,7 +890,7 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
     assertEquals([borrowed.code, borrowed.stdout], [1, ""]);
     assertMatch(
       borrowed.stderr,
-      /\(console-vga: fbcon on it\); rule "gpu"'s allow_host_critical does not count here: passthrough apply recorded no such device under it at 0000:0c:00\.0 for this VM .*; fix: passthrough plan --vm win11\n$/,
+      /\(console-vga: fbcon on it\); rule "gpu"'s allow_host_critical does not count here: passthrough apply recorded no such device under it at 0000:0c:00\.0 for this VM .*; fix: passthrough apply --vm win11\n$/,
     );
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
   } finally {

@@ -262,6 +262,27 @@ Deno.test("policy: a rule's off never lets the host's device go either when it i
   }, mountedNvmeHost());
 });
 
+Deno.test("policy: a file from before records were bound lifts nothing until the VM is applied, and its refusal says to apply it", async () => {
+  // What an apply of an earlier version wrote: the rule's allow_host_critical, no records.
+  const config = parseConfig(
+    "version: 1\nvms:\n  win11:\n    devices:\n      - name: disk\n" +
+      "        match: { vendor_id: 1cc1 }\n        allow_host_critical: true\n",
+    { file: "c.yaml" },
+  );
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config));
+    const refused = await run(root, state, DISK_XML);
+    assertEquals(refused.code, 1);
+    // `plan --vm win11` shows no change for it: only an apply binds its record.
+    assertMatch(
+      refused.lines.join("\n"),
+      /rule "disk"'s allow_host_critical does not count here: .*last applied by a passthrough that listed no records\); fix: passthrough apply --vm win11$/,
+    );
+    recordPolicies(state, applied(guardPolicies(config), DISK_XML));
+    assertEquals((await run(root, state, DISK_XML)).code, 0);
+  }, mountedNvmeHost());
+});
+
 Deno.test("policy: a VM dropped from the config keeps its warn, never its off or allow_host_critical, for the host's device", async () => {
   // win11 had `guard: off`, or `allow_host_critical: true` on rule "disk"; the config now names
   // no VM, so the plan keeps its devices (vm-not-in-config) and apply keeps its policies: the
