@@ -22,9 +22,8 @@ import { pathExists } from "../lib/state/paths.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
-import { guardCheck } from "../lib/guard/run.ts";
+import { guardCheck, policed } from "../lib/guard/run.ts";
 import { readVmPolicy } from "../lib/guard/state.ts";
-import { hostNeedsAllowed } from "../lib/guard/policy.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
@@ -111,11 +110,15 @@ function startCheck(
     if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
       // A device the host needs, recorded under a rule with allow_host_critical: true (in the
-      // policies apply left in this state directory), is one the guard starts, as plan kept it.
+      // policies apply left in this state directory), is one the guard starts, as plan kept it:
+      // judged as the hook judges it (only the record apply left there), the rules' warn and
+      // off aside.
       const { policy } = readVmPolicy(stateDir, vm);
-      const found = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true }).filter((r) =>
-        !hostNeedsAllowed(policy, r.kind, r.recorded?.rule ?? null)
-      );
+      const found = policed(guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true }), {
+        ...policy,
+        guard: "enforce",
+        rules: {},
+      });
       const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
       seen.set(xml, {
         refusals: found.filter(refused).map((r) => r.reason),

@@ -352,7 +352,10 @@ type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
  * ({@link appliedRecord}); any other record (a rule name edited in, a record copied from another
  * VM) is judged as strictly as the VM and its named rule, and its refusal says why.
  */
-function policed(found: readonly GuardRefusal[], policy: VmGuardPolicy): PolicedRefusal[] {
+export function policed(
+  found: readonly GuardRefusal[],
+  policy: VmGuardPolicy,
+): PolicedRefusal[] {
   return found.flatMap((refusal) => {
     // What could not be read may be a device the host needs: no policy or allowance lifts it.
     if (refusal.kind === "unreadable") return [{ ...refusal, policy: "enforce" as const }];

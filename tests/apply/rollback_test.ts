@@ -804,12 +804,23 @@ Deno.test({
       // Without the override the guard refuses it, and so does the rollback.
       const refused = await cli([...args, "--state-dir", stateDir]);
       assertEquals([refused.code, JSON.parse(refused.stdout).code], [1, "start-refused"]);
-      recordPolicies(stateDir, {
-        version: 1,
-        config: `${root}/passthrough_config.yaml`,
-        vms: { alpha: { guard: "enforce", rules: {}, allowHostCritical: ["nic"] } },
-      });
+      const policy = { guard: "enforce" as const, rules: {}, allowHostCritical: ["nic"] };
+      const config = `${root}/passthrough_config.yaml`;
+      // The rule allows it, but no apply left that record there (an edited record, or a file an
+      // earlier version wrote): the guard refuses to start it, and so does the rollback.
+      recordPolicies(stateDir, { version: 1, config, vms: { alpha: policy } });
+      const unbound = await cli([...args, "--state-dir", stateDir]);
+      assertEquals([unbound.code, JSON.parse(unbound.stdout).code], [1, "start-refused"]);
+      assertMatch(
+        JSON.parse(unbound.stdout).message,
+        new RegExp(`rule "nic"'s allow_host_critical does not count here: .* at ${nic} `),
+      );
       const backupXml = readBackupXml(listBackups(stateDir, "alpha")[0]!);
+      // As apply leaves it: the record it wrote, listed under the rule.
+      const devices = Object.fromEntries(
+        parseDomainXml(backupXml).records.map((r) => [r.address, r]),
+      );
+      recordPolicies(stateDir, { version: 1, config, vms: { alpha: { ...policy, devices } } });
       const guard = await runGuard({
         vm: "alpha",
         operation: "prepare",
