@@ -840,8 +840,9 @@ function runLive(
   planned: PendingLive[],
 ): void {
   const change = { live: true, config: false };
-  // Not attached for a change since the plan: the definition holds what the host now needs.
-  const refused = new Set<PendingLive>();
+  // Not attached, by the re-check's outcome: the definition holds what the host now needs, or
+  // what it could not read again.
+  const refused = new Map<PendingLive, Refused>();
   // Every guest read before any hot-plug: what one guest holds does not depend on another's.
   const pending = planned.map((item) => stillToHotplug(libvirt, item));
   // Every detach across all VMs before any attach: a device moving between two running guests
@@ -856,9 +857,9 @@ function runLive(
       // Attaching takes the devices from the host now: not one it came to need since the define.
       const why = step === "attach" && item.attach.length > 0 ? notToAttach(item) : null;
       if (why !== null) {
-        refused.add(item);
+        refused.set(item, why);
         live.errors.push(
-          `Not attached: ${why}: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
+          `Not attached: ${why.detail}: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
             followUpCommand(run, "passthrough rollback", { value: item.result.vm })
           }" to restore the definition it had, or the plan again`,
         );
@@ -892,8 +893,11 @@ function runLive(
         ? `${item.result.message}; the running guest already holds the planned hostdevs`
         : `${item.result.message}; hot-plugged into the running guest`;
     } else if (refused.has(item)) {
-      item.result.message =
-        `${item.result.message}; not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`;
+      item.result.message = `${item.result.message}; not hot-plugged into the running guest, as ${
+        refused.get(item)!.unread
+          ? "the host's devices could not be read again: not known to be safe to start as defined"
+          : "the host's devices changed since the plan: not safe to start as defined"
+      }`;
     } else {
       item.result.message =
         `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;
@@ -901,17 +905,27 @@ function runLive(
   }
 }
 
+/** Why a re-check refused an attach: the host's devices `unread`, else changed; in words. */
+interface Refused {
+  unread: boolean;
+  detail: string;
+}
+
 /** Why `item`'s devices may not be attached now (its re-check), or `null` when they may. */
-function notToAttach(item: PendingLive): string | null {
+function notToAttach(item: PendingLive): Refused | null {
   try {
     const changed = item.changed();
-    return changed.length === 0
-      ? null
-      : `since the plan was made, the host's devices changed: ${changed.join("; ")}`;
+    return changed.length === 0 ? null : {
+      unread: false,
+      detail: `since the plan was made, the host's devices changed: ${changed.join("; ")}`,
+    };
   } catch (error) {
     // Not read is not unchanged; and a throw here would lose every later guest's attach and the
     // report of every define already made.
-    return `the host's devices cannot be read again (${errorText(error)})`;
+    return {
+      unread: true,
+      detail: `the host's devices cannot be read again (${errorText(error)})`,
+    };
   }
 }
 

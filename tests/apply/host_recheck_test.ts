@@ -324,4 +324,9 @@ Deno.test("applyPlan() --live attaches nothing, and reports, when the host canno
     result.live!.errors[0]!,
     /^Not attached: the host's devices cannot be read again \(Cannot parse "[^"]+\/host_use\.json": .+\): its definition holds them even so/,
   );
+  // Not that they changed: nothing says so.
+  assertEquals(
+    result.message,
+    `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices could not be read again: not known to be safe to start as defined`,
+  );
 });
