@@ -456,7 +456,12 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
       } cannot be read now`,
     ];
   }
-  const matchedCards = new Set([...passing].map(cardOf));
+  const matchedCards = new Set(
+    [...passing].flatMap((a) => {
+      const device = host.device(a);
+      return device === null ? [] : [cardOf(device)];
+    }),
+  );
   return [...mates].flatMap(([address, { device, of, group }]) => {
     const why = hostCriticalReason(device, { matchedCards, hostUse });
     return why === null ? [] : [

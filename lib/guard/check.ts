@@ -314,7 +314,9 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   // The domain's own cards (and its networks' VFs) were asked for: a storage or network
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
   // or the platform needs is.
-  const matchedCards = new Set([...facts.passed, ...pooled].map((p) => cardOf(p.address)));
+  const matchedCards = new Set(
+    [...found, ...pooled].flatMap(({ device }) => device === null ? [] : [cardOf(device)]),
+  );
   // Held open by a program, or a VF of it another running VM's, whatever else the host uses it
   // for: no override lifts that (`plan` refuses the VF's pair with no override, `sriov-split`).
   const busy = (device: PciDevice) =>

@@ -429,9 +429,9 @@ function leftItsGroup(
   rule: string,
   desired: ReadonlyMap<PciAddress, ClosedDevice>,
 ): string | null {
-  const card = cardOf(address);
+  const card = cardOf(now);
   const sibling = [...desired.values()].find((c) =>
-    c.rule.name === rule && cardOf(c.device.address) === card &&
+    c.rule.name === rule && cardOf(c.device) === card &&
     c.device.iommuGroup !== now.iommuGroup
   );
   if (sibling === undefined) return null;

@@ -13,7 +13,7 @@ import type { RuleResolution } from "./match.ts";
 import { VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { pciAddressParts } from "../pci/address.ts";
+import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** One device in a VM's closed set, and the rule that brought it. */
 export interface ClosedDevice {
@@ -95,7 +95,7 @@ export function closeOverGroups(
     groups: groupsOf(host),
     byAddress: new Map(),
     // What any of the VM's rules asked for: a card one rule names is no bystander in another's.
-    matchedCards: new Set(resolutions.flatMap((r) => r.devices.map((d) => cardOf(d.address)))),
+    matchedCards: new Set(resolutions.flatMap((r) => r.devices.map(cardOf))),
     result: { devices: [], reasoning: [], warnings: [], errors: [] },
   };
   closing.result.errors.push(...matchedTwice(vm, resolutions));
@@ -305,10 +305,20 @@ function takenHostCritical(
               : "narrow the rule to another device (serial, slot or address)"
           }, or, only if the host no longer needs it, set "allow_host_critical: true" on the rule`
           : inUse.length > 0
-          ? `${moveAdvice(taken)}; "allow_host_critical: true" would give the guest ${
+          ? `${
+            moveAdvice(
+              taken,
+              critical.map((x) => x.c.device),
+            )
+          }; "allow_host_critical: true" would give the guest ${
             inUse.map((x) => x.c.device.address).join(", ")
           }, which the host uses now`
-          : `${moveAdvice(taken)}, or set "allow_host_critical: true" on the rule`
+          : `${
+            moveAdvice(
+              taken,
+              critical.map((x) => x.c.device),
+            )
+          }, or set "allow_host_critical: true" on the rule`
       }`,
     vm,
     rule: rule.name,
@@ -326,10 +336,25 @@ function takenHostCritical(
 
 /**
  * How to get the rule's devices into an IOMMU group of their own: a card moves to another slot,
- * but a device on bus 00 is built into the chipset or CPU, and no slot moves it.
+ * but a device on bus 00 is built into the chipset or CPU, and no slot moves it, nor parts another
+ * vendor's function in a matched device's slot from it ({@link hostCriticalReason}).
  */
-function moveAdvice(taken: readonly ClosedDevice[]): string {
+function moveAdvice(taken: readonly ClosedDevice[], critical: readonly PciDevice[]): string {
   const matched = taken.filter((c) => c.reason === "matched").map((c) => c.device.address);
+  // Another vendor's function in a matched function's slot is in the same chip (an APU's USB
+  // controllers beside its iGPU): moving a card cannot part them.
+  const slots = new Set(matched.map(slotOf));
+  const mates = critical.filter((d) =>
+    pciAddressParts(d.address).bus !== 0 && slots.has(slotOf(d.address))
+  );
+  if (mates.length > 0) {
+    const chips = matched.filter((a) => mates.some((d) => slotOf(d.address) === slotOf(a)));
+    return `${mates.map((d) => d.address).join(", ")} share${
+      mates.length === 1 ? "s" : ""
+    } the chip of ${
+      chips.join(", ")
+    }, and no slot moves them apart: pass a card in a slot with a group of its own instead`;
+  }
   return matched.length > 0 && matched.every((a) => pciAddressParts(a).bus === 0)
     ? `${matched.join(", ")} ${
       matched.length === 1 ? "is" : "are"

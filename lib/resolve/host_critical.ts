@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import type { HostTopology, HostUse, PciDevice } from "../host/types.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
@@ -28,21 +28,25 @@ const HOST_CLASSES: readonly (readonly [string, string])[] = [
 ];
 
 /**
- * The card a function belongs to: its slot (`0000:0b:00`), whose functions are one device
- * (a GPU's video and audio), except on bus 00, where it is the function itself (`0000:00:14.3`).
- * Bus 0 is a root bus (a bridge's secondary bus is never 0): what sits there is built into the
- * chipset or CPU, and one slot holds unrelated devices (Intel's USB controller at `00:14.0`, its
- * SRAM at `00:14.2`, CNVi Wi-Fi at `00:14.3`).
+ * The card a function belongs to: the functions of its slot (`0000:0b:00`) made by its vendor,
+ * which are one device (a GPU's video and audio, its USB-C port), except on bus 00, where it is
+ * the function itself (`0000:00:14.3`). Bus 0 is a root bus (a bridge's secondary bus is never 0):
+ * what sits there is built into the chipset or CPU, and one slot holds unrelated devices (Intel's
+ * USB controller at `00:14.0`, its SRAM at `00:14.2`, CNVi Wi-Fi at `00:14.3`). Another vendor's
+ * function in a slot is another device built into the same chip: an AMD APU's iGPU (1002) shares
+ * its slot with the CPU's USB controllers (1022), and HP's iLO (103c) its USB controller, the
+ * remote console's keyboard, with the Matrox VGA (102b) it carries.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(cardOf("0000:0b:00.1"), "0000:0b:00");
- * assertEquals(cardOf("0000:00:14.3"), "0000:00:14.3");
+ * assertEquals(cardOf({ address: "0000:0b:00.1", vendorId: "10de" }), "0000:0b:00 10de");
+ * assertEquals(cardOf({ address: "0000:00:14.3", vendorId: "8086" }), "0000:00:14.3");
  * ```
  */
-export function cardOf(address: PciAddress): string {
-  return pciAddressParts(address).bus === 0 ? address : slotOf(address);
+export function cardOf(device: Pick<PciDevice, "address" | "vendorId">): string {
+  const { address, vendorId } = device;
+  return pciAddressParts(address).bus === 0 ? address : `${slotOf(address)} ${vendorId}`;
 }
 
 /**
@@ -53,12 +57,12 @@ export function cardOf(address: PciAddress): string {
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const lpc = { address: "0000:00:1f.0", classCode: "060100" };
+ * const lpc = { address: "0000:00:1f.0", vendorId: "8086", classCode: "060100" };
  * assertEquals(hostCriticalReason(lpc, { matchedCards: new Set(), hostUse: [] }), "ISA/LPC bridge");
  * ```
  */
 export function hostCriticalReason(
-  device: Pick<PciDevice, "address" | "classCode">,
+  device: Pick<PciDevice, "address" | "vendorId" | "classCode">,
   options: { matchedCards: ReadonlySet<string>; hostUse: readonly HostUse[] | null },
 ): string | null {
   // Unknown use (`null`) marks nothing here: planning refuses such a host as a whole.
@@ -66,14 +70,17 @@ export function hostCriticalReason(
   if (use) return `in use by the host (${use.reason}: ${use.detail})`;
   const platform = PLATFORM_CLASSES[device.classCode.slice(0, 4)];
   if (platform) return platform;
-  if (options.matchedCards.has(cardOf(device.address))) return null;
+  if (options.matchedCards.has(cardOf(device))) return null;
   const what = HOST_CLASSES.find(([prefix]) => device.classCode.startsWith(prefix))?.[1];
   if (what === undefined) return null;
-  // A matched function of the same root-bus slot is another device: "another slot" would mislead.
-  const slot = `${slotOf(device.address)}.`;
-  return [...options.matchedCards].some((card) => card.startsWith(slot))
+  // A matched function of the same slot is another device: "another slot" would mislead.
+  const slot = slotOf(device.address);
+  if (![...options.matchedCards].some((card) => card.startsWith(slot))) {
+    return `${what} in another slot`;
+  }
+  return pciAddressParts(device.address).bus === 0
     ? `${what} in the same root-bus slot, not part of the device asked for`
-    : `${what} in another slot`;
+    : `${what} of another vendor (${device.vendorId}) in the same slot, not part of the device asked for`;
 }
 
 /**
@@ -104,7 +111,7 @@ export function hostCriticalOnItsOwn(
   host: Pick<HostTopology, "hostUse">,
 ): string | null {
   // Its own card counts as asked for: only platform functions and the host's use are left.
-  const own = new Set([cardOf(device.address)]);
+  const own = new Set([cardOf(device)]);
   // An SR-IOV PF too while the host uses one of its VFs, as `plan` refuses it.
   return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse }) ??
     virtualFunctionInUse(device, host.hostUse);

@@ -338,7 +338,7 @@ function unitsOf(devices: readonly PciDevice[]): MatchUnit[] {
     // refused elsewhere anyway).
     const key = device.iommuGroup === null
       ? `@${device.address}`
-      : `${device.iommuGroup}@${cardOf(device.physfn ?? device.address)}`;
+      : `${device.iommuGroup}@${cardOf({ ...device, address: device.physfn ?? device.address })}`;
     const unit = units.get(key) ?? { group: device.iommuGroup, devices: [] };
     unit.devices.push(device);
     units.set(key, unit);
@@ -660,5 +660,5 @@ function plural(n: number, noun: string): string {
 
 /** Whether `devices` are several functions of one card ({@link cardOf}). */
 function oneCard(devices: readonly PciDevice[]): boolean {
-  return devices.length > 1 && new Set(devices.map((d) => cardOf(d.address))).size === 1;
+  return devices.length > 1 && new Set(devices.map(cardOf)).size === 1;
 }

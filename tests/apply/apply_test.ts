@@ -1197,8 +1197,9 @@ Deno.test({
 });
 
 Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), and only that", async () => {
-  // win10 holds the GPU and its audio function; the audio function's address now holds a NIC,
-  // and a second rule matches nothing, so the plan refuses win10.
+  // win10 holds the GPU and its audio function; the audio function's address now holds an Intel
+  // NIC (not the NVIDIA card's, refused too), and a second rule matches nothing, so the plan
+  // refuses win10.
   const audioGone = host([
     ...baseDevices(),
     GPU,
@@ -1223,7 +1224,7 @@ Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), an
       assertEquals([result?.added, result?.removed], [[], [GPU_AUDIO.bdf]]);
       assertMatch(
         result?.message ?? "",
-        /^Repaired "win10": removed the hostdev "0000:01:00.1"; the rest .*refuses it \(2 refusals\)/,
+        /^Repaired "win10": removed the hostdev "0000:01:00.1"; the rest .*refuses it \(3 refusals\)/,
       );
       assertOk(result?.backup);
       const defined = parseDomainXml(libvirt.getPersistentXml("win10"));
@@ -1231,7 +1232,10 @@ Deno.test("applyPlan() still removes a refused VM's stale hostdev (issue 13), an
       assertEquals(defined.records.map((r) => r.address), [GPU.bdf]);
       // Planned again: the stale refusal is gone, the rule's own stands, nothing left to repair.
       const again = vmOf(planHostdevs({ config: withTypo, host: audioGone, libvirt }), "win10");
-      assertEquals([again.errors.map((e) => e.code), again.repair], [["no-match"], undefined]);
+      assertEquals([again.errors.map((e) => e.code), again.repair], [
+        ["no-match", "group-contains-host-critical"],
+        undefined,
+      ]);
     });
   } finally {
     Deno.removeSync(stateDir, { recursive: true });

@@ -29,12 +29,12 @@ import { hostDeviceReader, hostReader } from "../../cli/host_options.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 
-/** An NVMe drive hot-added into the GPU's group 1. */
+/** An NVMe drive hot-added into the GPU's group 1, a function of the GPU's card (its vendor's). */
 const NVME_IN_GROUP = dev({
   bdf: "0000:01:00.2",
   group: 1,
   class: "0x010802",
-  vendor: "0x144d",
+  vendor: "0x10de",
   device: "0xa808",
   driver: "nvme",
   class_name: "Non-Volatile memory controller",

@@ -121,3 +121,56 @@ for (const c of cases) {
 Deno.test("cases tree cleanup", () => {
   Deno.removeSync(dir, { recursive: true });
 });
+
+Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes the CPU's USB controllers in its slot", async () => {
+  // Renoir's internal bus, one IOMMU group: the iGPU and its HDMI audio are 1002's; the PSP, two
+  // USB controllers and the audio coprocessor in the same slot are the CPU's (1022).
+  const fn = (bdf: string, vendor: string, device: string, cls: string, driver: string) => ({
+    bdf,
+    group: 7,
+    class: cls,
+    vendor,
+    device,
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver,
+    revision: null,
+  });
+  const base = `${dir}/apu`;
+  buildHostTree({
+    host_use: [],
+    devices: [
+      fn("0000:00:08.1", "0x1022", "0x1635", "0x060400", "pcieport"),
+      fn("0000:05:00.0", "0x1002", "0x1638", "0x030000", "amdgpu"),
+      fn("0000:05:00.1", "0x1002", "0x1637", "0x040300", "snd_hda_intel"),
+      fn("0000:05:00.2", "0x1022", "0x15df", "0x108000", "ccp"),
+      fn("0000:05:00.3", "0x1022", "0x1639", "0x0c0330", "xhci_hcd"),
+      fn("0000:05:00.4", "0x1022", "0x1639", "0x0c0330", "xhci_hcd"),
+      fn("0000:05:00.6", "0x1022", "0x15e3", "0x040300", "snd_hda_intel"),
+    ],
+  }, `${base}/sysfs`);
+  Deno.writeTextFileSync(
+    `${base}/world.xml`,
+    `<node>\n${testDomainXml("vm1", { running: false })}\n</node>\n`,
+  );
+  Deno.writeTextFileSync(
+    `${base}/config.yaml`,
+    'version: 1\nvms:\n  vm1:\n    devices:\n      - name: igpu\n        match: { vendor_device_id: "1002:1638" }\n',
+  );
+  const result = await runCli([
+    "plan",
+    "--json",
+    "--config",
+    `${base}/config.yaml`,
+    "--sysfs",
+    `${base}/sysfs`,
+    "--connect",
+    `test://${base}/world.xml`,
+  ]);
+  const plan = JSON.parse(result.stdout) as Plan;
+  const vm = plan.vms.find((v) => v.name === "vm1");
+  // Before: planned, the USB controllers taken as the iGPU's own with a note on their drivers.
+  assertEquals([result.code, vm?.changed, vm?.errors.map((e) => [e.code, e.devices])], [1, false, [
+    ["group-contains-host-critical", ["0000:05:00.3", "0000:05:00.4"]],
+  ]]);
+});

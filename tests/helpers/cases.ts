@@ -35,7 +35,18 @@ export interface Case {
   why: string;
 }
 
+/**
+ * Cases whose `why` leaves the warning open ("whether the tool warns is not checked"), with the
+ * refusal this tool makes: the shared file stays a byte-identical copy. dl380-04: the iLO's
+ * virtual USB controller (103c), the remote console's keyboard and media, shares the Matrox
+ * VGA's (102b) slot, and another vendor's USB controller there is not the card asked for.
+ */
+const DECIDED: Readonly<Record<string, string>> = { "dl380-04": "group-contains-host-critical" };
+
 /** Every case of `tests/fixtures/hosts/cases.json`, in file order. */
 export function loadCases(): Case[] {
-  return JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+  const cases = JSON.parse(Deno.readTextFileSync(new URL("cases.json", HOSTS))) as Case[];
+  return cases.map((c) =>
+    c.id in DECIDED ? { ...c, expect: { ...c.expect, warn: DECIDED[c.id]! } } : c
+  );
 }

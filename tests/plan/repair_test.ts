@@ -170,7 +170,14 @@ Deno.test("a repair does not follow a card into an IOMMU group another domain ho
 
 Deno.test("a repair does not follow a card whose new IOMMU group holds a device it would not add", async () => {
   const before = await treeHost([...baseDevices(), GPU, GPU_AUDIO]);
-  const usb = dev({ bdf: "0000:0b:00.2", group: 7, class: "0x0c0330", device: "0x1ada" });
+  // The card's own USB-C controller (NVIDIA's), come with it.
+  const usb = dev({
+    bdf: "0000:0b:00.2",
+    group: 7,
+    class: "0x0c0330",
+    vendor: "0x10de",
+    device: "0x1ada",
+  });
   const after = await treeHost(movedGpu([usb]));
   await withPort([WIN10], (libvirt) => {
     libvirt.define(

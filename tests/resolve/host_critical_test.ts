@@ -12,7 +12,7 @@ import {
 } from "../../lib/resolve/host_critical.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 
-const ASKED = { matchedCards: new Set(["0000:0b:00"]), hostUse: [] };
+const ASKED = { matchedCards: new Set(["0000:0b:00 10de"]), hostUse: [] };
 
 Deno.test("hostCriticalReason(): every platform class, whatever was asked for", () => {
   for (
@@ -23,9 +23,15 @@ Deno.test("hostCriticalReason(): every platform class, whatever was asked for", 
       ["0c0500", "SMBus controller"],
     ] as const
   ) {
-    assertEquals(hostCriticalReason({ address: "0000:00:14.0", classCode }, ASKED), reason);
+    assertEquals(
+      hostCriticalReason({ address: "0000:00:14.0", vendorId: "10de", classCode }, ASKED),
+      reason,
+    );
     // Even as a function of the card asked for.
-    assertEquals(hostCriticalReason({ address: "0000:0b:00.3", classCode }, ASKED), reason);
+    assertEquals(
+      hostCriticalReason({ address: "0000:0b:00.3", vendorId: "10de", classCode }, ASKED),
+      reason,
+    );
   }
 });
 
@@ -42,45 +48,77 @@ Deno.test("hostCriticalReason(): storage, network, display and USB controllers o
     ] as const
   ) {
     assertEquals(
-      hostCriticalReason({ address: "0000:0c:00.0", classCode }, ASKED),
+      hostCriticalReason({ address: "0000:0c:00.0", vendorId: "10de", classCode }, ASKED),
       `${what} in another slot`,
       classCode,
     );
     // A function of the card asked for is what was asked for.
-    assertEquals(hostCriticalReason({ address: "0000:0b:00.1", classCode }, ASKED), null);
+    assertEquals(
+      hostCriticalReason({ address: "0000:0b:00.1", vendorId: "10de", classCode }, ASKED),
+      null,
+    );
   }
   // Other classes of another slot (audio, a serial bus controller but USB, a signal processor).
   for (const classCode of ["040300", "0c8000", "118000", "0c0010"]) {
-    assertEquals(hostCriticalReason({ address: "0000:0c:00.0", classCode }, ASKED), null);
+    assertEquals(
+      hostCriticalReason({ address: "0000:0c:00.0", vendorId: "10de", classCode }, ASKED),
+      null,
+    );
   }
 });
 
 Deno.test("hostCriticalReason(): on bus 00 each function is a device of its own", () => {
   // The chipset's slot 14: USB at .0, SRAM at .2, CNVi Wi-Fi at .3; the Wi-Fi was asked for.
-  const wifi = { matchedCards: new Set([cardOf("0000:00:14.3")]), hostUse: [] };
+  const wifi = {
+    matchedCards: new Set([cardOf({ address: "0000:00:14.3", vendorId: "8086" })]),
+    hostUse: [],
+  };
   assertEquals(
-    hostCriticalReason({ address: "0000:00:14.0", classCode: "0c0330" }, wifi),
+    hostCriticalReason({ address: "0000:00:14.0", vendorId: "10de", classCode: "0c0330" }, wifi),
     "USB controller in the same root-bus slot, not part of the device asked for",
   );
-  assertEquals(hostCriticalReason({ address: "0000:00:14.3", classCode: "028000" }, wifi), null);
   assertEquals(
-    hostCriticalReason({ address: "0000:00:17.0", classCode: "010601" }, wifi),
+    hostCriticalReason({ address: "0000:00:14.3", vendorId: "10de", classCode: "028000" }, wifi),
+    null,
+  );
+  assertEquals(
+    hostCriticalReason({ address: "0000:00:17.0", vendorId: "10de", classCode: "010601" }, wifi),
     "storage controller in another slot",
   );
-  // Behind a bridge, a slot's functions stay one card.
-  assertEquals(cardOf("0000:0b:00.3"), "0000:0b:00");
-  assertEquals(cardOf("0000:00:14.3"), "0000:00:14.3");
+  // Behind a bridge, a slot's functions of one vendor stay one card.
+  assertEquals(cardOf({ address: "0000:0b:00.3", vendorId: "10de" }), "0000:0b:00 10de");
+  assertEquals(cardOf({ address: "0000:00:14.3", vendorId: "8086" }), "0000:00:14.3");
+});
+
+Deno.test("hostCriticalReason(): behind a bridge another vendor's function in the slot is another device", () => {
+  // An AMD APU's slot: the iGPU (1002) was asked for; its HDMI audio is 1002's, the USB
+  // controller beside it the CPU's (1022).
+  const igpu = {
+    matchedCards: new Set([cardOf({ address: "0000:05:00.0", vendorId: "1002" })]),
+    hostUse: [],
+  };
+  assertEquals(
+    hostCriticalReason({ address: "0000:05:00.3", vendorId: "1022", classCode: "0c0330" }, igpu),
+    "USB controller of another vendor (1022) in the same slot, not part of the device asked for",
+  );
+  assertEquals(
+    hostCriticalReason({ address: "0000:05:00.1", vendorId: "1002", classCode: "040300" }, igpu),
+    null,
+  );
 });
 
 Deno.test("hostCriticalReason(): what the host uses now comes first, on any function", () => {
   const hostUse = [{ address: "0000:0b:00.0", reason: "default-route" as const, detail: "via x" }];
   assertEquals(
-    hostCriticalReason({ address: "0000:0b:00.0", classCode: "020000" }, { ...ASKED, hostUse }),
+    hostCriticalReason({ address: "0000:0b:00.0", vendorId: "10de", classCode: "020000" }, {
+      ...ASKED,
+      hostUse,
+    }),
     "in use by the host (default-route: via x)",
   );
   // Unknown use marks nothing here: planning refuses such a host as a whole.
   assertEquals(
-    hostCriticalReason({ address: "0000:0b:00.0", classCode: "020000" }, {
+    hostCriticalReason({ address: "0000:0b:00.0", vendorId: "10de", classCode: "020000" }, {
       ...ASKED,
       hostUse: null,
     }),
