@@ -11,6 +11,7 @@
 
 import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
+import { libvirtConfUri } from "../lib/config/uri.ts";
 
 /** The environment as libvirt reads it (libc's `getenv`: no Deno permission needed). */
 function environment(name: string): string | null {
@@ -24,21 +25,6 @@ function confPath(): string | null {
   const home = environment("HOME");
   const config = environment("XDG_CONFIG_HOME") ?? (home === null ? null : `${home}/.config`);
   return config === null ? null : `${config}/libvirt/libvirt.conf`;
-}
-
-/**
- * The strings of setting `key` in libvirt.conf's `text` (virConf: `key = "value"`, `'value'`, or a
- * list of them in `[...]`; `#` starts a comment); `[]` when it is not set.
- */
-function confStrings(text: string, key: string): string[] {
-  const uncommented = text.split("\n").map((line) => line.replace(/#.*$/, "")).join("\n");
-  const value = new RegExp(
-    `^[ \\t]*${key}[ \\t]*=[ \\t]*(\\[[^\\]]*\\]|"[^"\\n]*"|'[^'\\n]*')`,
-    "m",
-  )
-    .exec(uncommented)?.[1];
-  if (value === undefined) return [];
-  return [...value.matchAll(/"([^"]*)"|'([^']*)'/g)].map((m) => m[1] ?? m[2] ?? "");
 }
 
 /**
@@ -59,8 +45,5 @@ export function libvirtUriFor(uri: string | null): string | null {
   } catch {
     // None there, or not readable by this user: libvirt reads none either.
   }
-  const name = uri ?? environment("LIBVIRT_DEFAULT_URI") ?? confStrings(text, "uri_default")[0];
-  if (name === undefined) return null;
-  const alias = confStrings(text, "uri_aliases").find((entry) => entry.startsWith(`${name}=`));
-  return alias === undefined ? name : alias.slice(name.length + 1);
+  return libvirtConfUri(uri, environment("LIBVIRT_DEFAULT_URI"), text);
 }

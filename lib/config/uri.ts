@@ -22,3 +22,114 @@ export function isRemoteUri(uri: string): boolean {
   const authority = (m[1] ?? "").replace(/^[^@]*@/, "").replace(/:\d*$/, "");
   return authority !== "";
 }
+
+/** A value of a libvirt.conf setting: a string, a list of strings, or other (a number). */
+type ConfValue = string | string[] | null;
+
+/**
+ * The settings of libvirt.conf's `text`, read as libvirt's virConf reads it: `name = value`
+ * statements ended by a line's end or `;`; strings in `"..."`, `'...'` or `"""..."""` (several
+ * lines), taken as written (no escapes); lists in `[...]` over any lines; `#` starts a comment
+ * outside a string and a list. Reading stops where a statement is not understood: libvirt refuses
+ * the whole file then. A setting given twice is its first.
+ */
+function confSettings(text: string): Map<string, ConfValue> {
+  const settings = new Map<string, ConfValue>();
+  let at = 0;
+  // Between statements: blanks, lines' ends and comments; in a list, no comments (virConf's).
+  const skip = (what: RegExp) => {
+    what.lastIndex = at;
+    at += what.exec(text)?.[0].length ?? 0;
+  };
+  const between = () => {
+    // A loop, not one pattern's `(...|...)*`: that backtracks through every character of a large
+    // file on the regular expression engine's stack, which it overflows.
+    for (let from = -1; from !== at;) {
+      from = at;
+      skip(/[ \t\r\n]*/y);
+      if (text[at] === "#") skip(/[^\n]*/y);
+    }
+  };
+  const string = (): string | undefined => {
+    // One that opens with three quotes ends with three, as libvirt reads it.
+    const m = text.startsWith('"""', at) ? /"""([\s\S]*?)"""/y : /"([^"\n]*)"|'([^'\n]*)'/y;
+    m.lastIndex = at;
+    const found = m.exec(text);
+    if (found === null) return undefined;
+    at = m.lastIndex;
+    return found[1] ?? found[2] ?? "";
+  };
+  const value = (): ConfValue | undefined => {
+    if (text[at] !== "[") {
+      const s = string();
+      if (s !== undefined) return s;
+      const number = /-?[0-9]+/y;
+      number.lastIndex = at;
+      if (number.exec(text) === null) return undefined;
+      at = number.lastIndex;
+      return null;
+    }
+    at++;
+    const list: string[] = [];
+    for (;;) {
+      skip(/[ \t\r\n]*/y);
+      if (text[at] === "]") break;
+      const s = string();
+      if (s === undefined) return undefined;
+      list.push(s);
+      skip(/[ \t\r\n]*/y);
+      if (text[at] === ",") at++;
+      else if (text[at] !== "]") return undefined;
+    }
+    at++;
+    return list;
+  };
+  for (;;) {
+    between();
+    while (text[at] === ";") {
+      at++;
+      between();
+    }
+    if (at >= text.length) return settings;
+    const name = /([A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*/y;
+    name.lastIndex = at;
+    const key = name.exec(text)?.[1];
+    if (key === undefined) return settings;
+    at = name.lastIndex;
+    const v = value();
+    if (v === undefined) return settings;
+    if (!settings.has(key)) settings.set(key, v);
+    skip(/[ \t]*/y);
+    if (at < text.length && !/[\r\n;#]/.test(text[at] ?? "")) return settings;
+  }
+}
+
+/**
+ * The URI libvirt opens for `uri` (`null`: its default), given `LIBVIRT_DEFAULT_URI` (`env`) and
+ * the text of the libvirt.conf it reads: no URI takes `env`, else `uri_default`; one that is an
+ * alias in `uri_aliases` (`name=URI`) stands for its URI. `null`: libvirt picks a driver itself.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const conf = `uri_aliases = [ "v6=qemu+ssh://root@[::1]/system",\n] # the lab`;
+ * assertEquals(libvirtConfUri("v6", null, conf), "qemu+ssh://root@[::1]/system");
+ * assertEquals(libvirtConfUri(null, null, `uri_default = "qemu:///system#x"`), "qemu:///system#x");
+ * ```
+ */
+export function libvirtConfUri(
+  uri: string | null,
+  env: string | null,
+  text: string,
+): string | null {
+  const settings = confSettings(text);
+  const configured = settings.get("uri_default");
+  const name = uri ?? env ?? (typeof configured === "string" ? configured : null);
+  if (name === null) return null;
+  const aliases = settings.get("uri_aliases");
+  // libvirt matches the whole alias, which has no `=`.
+  const alias = (Array.isArray(aliases) ? aliases : []).find((entry) =>
+    entry.includes("=") && entry.slice(0, entry.indexOf("=")) === name
+  );
+  return alias === undefined ? name : alias.slice(name.length + 1);
+}

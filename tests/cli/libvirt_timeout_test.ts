@@ -325,8 +325,10 @@ Deno.test({
       await withAskingSsh(async (dir) => {
         await Deno.writeTextFile(
           `${dir}/libvirt.conf`,
-          `# a comment = "test:///default"\nuri_aliases = [\n  "hv9=qemu+ssh://root@hv9.invalid/system",\n]\n` +
-            `uri_default = "qemu+ssh://root@hv9.invalid/system"\n`,
+          // As virConf reads it: a `#` or `]` in a string is the string's (an IPv6 host).
+          `# a comment = "test:///default"\nuri_aliases = [\n  "v6=test:///[::1]#x",\n` +
+            `  "hv9=qemu+ssh://root@[fe80::9]/system",\n] # the lab's\n` +
+            `uri_default = "qemu+ssh://root@hv9.invalid/system?keyfile=/root/.ssh/id#2"\n`,
         );
         // Root's libvirt.conf, in a mount namespace of the run's own.
         await using pty = runCliOnPty(["sources", "--libvirt-timeout", "1", ...connect], {
