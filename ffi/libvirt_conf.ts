@@ -13,6 +13,9 @@ import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
 import { libvirtConfUri } from "../lib/config/uri.ts";
 
+/** The largest libvirt.conf libvirt reads (virconf.c's `MAX_CONFIG_FILE_SIZE`). */
+const MAX_CONF_BYTES = 10 * 1024 * 1024;
+
 /** The environment as libvirt reads it (libc's `getenv`: no Deno permission needed). */
 function environment(name: string): string | null {
   const value = borrowCString(libc().getenv(cString(name)));
@@ -41,7 +44,12 @@ export function libvirtUriFor(uri: string | null): string | null {
   let text = "";
   try {
     const path = confPath();
-    if (path !== null) text = Deno.readTextFileSync(path);
+    // A file only, of the size libvirt reads at most: a FIFO no one writes, or a link to a
+    // device, would hold this read with no deadline over it (libvirt's own read of it has one).
+    const info = path === null ? null : Deno.statSync(path);
+    if (path !== null && info?.isFile && info.size <= MAX_CONF_BYTES) {
+      text = Deno.readTextFileSync(path);
+    }
   } catch {
     // None there, or not readable by this user: libvirt reads none either.
   }

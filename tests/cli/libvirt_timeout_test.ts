@@ -351,6 +351,40 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "a libvirt.conf that is not a file (a FIFO no one writes) is left to libvirt, under the deadline",
+  ignore: !hasScript() || !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-libvirt-timeout-fifo-" });
+    try {
+      const made = await new Deno.Command("mkfifo", { args: [`${dir}/libvirt.conf`] }).output();
+      assert(made.success, "mkfifo");
+      // Read at a terminal only (is the URI ssh?), before libvirt reads it within the deadline.
+      await using pty = runCliOnPty(
+        ["sources", "--libvirt-timeout", "1", "--connect", "qemu+tcp://127.0.0.1:1/system"],
+        {
+          wrap: [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
+            "sh",
+          ],
+        },
+      );
+      const { code, screen } = await pty.exited(30_000);
+      assertEquals(code, 1, screen);
+      assertMatch(screen, /passthrough sources: libvirt at .* did not answer in 1 s/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("a URI too long for the deadline's command is cut in its message, not left unsaid", async () => {
   await withSilentLibvirt(async (port) => {
     // libvirt's TCP transport ignores the user: thousands of characters of it still connect.
