@@ -637,3 +637,45 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "the playbook's --check leaves no temporary directory on the host when a task fails",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-check-tmp-" });
+    try {
+      // Where the host's temporary directories go (Ansible's tempfile asks Python's tempfile).
+      await Deno.mkdir(`${dir}/host-tmp`);
+      await Deno.writeTextFile(`${dir}/passthrough.js`, "");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const { code, out } = await run("ansible-playbook", [
+        "-i",
+        `${dir}/hosts`,
+        PLAYBOOK,
+        "--check",
+        "-e",
+        JSON.stringify({
+          // A config the controller does not have: its copy fails.
+          passthrough_config: `${dir}/missing.yaml`,
+          passthrough_bundle: `${dir}/passthrough.js`,
+          passthrough_guard: `${dir}/hook`,
+          passthrough_deno: Deno.execPath(),
+          passthrough_dir: `${dir}/remote`,
+        }),
+      ], {
+        ANSIBLE_NOCOLOR: "1",
+        ANSIBLE_FORCE_COLOR: "0",
+        ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
+        TMPDIR: `${dir}/host-tmp`,
+      });
+      assertEquals(code, 2, out);
+      assertEquals(taskStatus(out, "Passthrough config"), "fatal", out);
+      assertEquals([...Deno.readDirSync(`${dir}/host-tmp`)].map((e) => e.name), [], out);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
