@@ -274,7 +274,15 @@ function recordGuardPolicies(
     return true;
   }
   // Where the installed hook reads them, whatever --state-dir says (it names the backups).
-  const { stateDir, hook } = guardStateDir(flag, io.env, { hookFirst: true });
+  const { stateDir, hook, unreadable } = guardStateDir(flag, io.env, { hookFirst: true });
+  if (unreadable !== null) {
+    // Recorded elsewhere, they would be where the hook does not look.
+    io.err(
+      `Note: cannot read the installed hook ${unreadable} (permission denied): start guard ` +
+        `policies not recorded where it reads them; run passthrough apply as root\n`,
+    );
+    return true;
+  }
   const where = hook !== null && flag !== undefined && resolve(flag) !== stateDir
     ? `${stateDir} (the installed hook's state directory, not --state-dir)`
     : stateDir;

@@ -869,22 +869,26 @@ export interface HookInspection {
 }
 
 /**
- * The settings of the hook installed in `hooksDir`, or `null` when there is none, it is not
- * passthrough's, or it cannot be read: where the guard's state is, for the commands that read
- * or write it.
+ * The settings of the hook installed in `hooksDir`, `null` when there is none or it is not
+ * passthrough's; `unreadable`: the hook's path when this user may not read it (a hook root
+ * installed in its root-only directory may be there, reading another state directory).
  */
-function installedHookSettings(hooksDir: string): HookSettings | null {
+function installedHookSettings(
+  hooksDir: string,
+): { hook: HookSettings | null; unreadable: string | null } {
+  const path = join(hooksDir, HOOK_FILE_NAME);
   try {
-    return parseHookSettings(readHookFile(join(hooksDir, HOOK_FILE_NAME)));
-  } catch {
-    return null;
+    return { hook: parseHookSettings(readHookFile(path)), unreadable: null };
+  } catch (error) {
+    return { hook: null, unreadable: error instanceof Deno.errors.PermissionDenied ? path : null };
   }
 }
 
 /**
  * The state directory the guard's settings go to: `--state-dir` when given, else the one the
  * hook installed in `hooksDir` reads (fixed at its install: settings elsewhere would never be
- * seen), else the usual one. With the installed hook's settings, to say where it differs.
+ * seen), else the usual one. With the installed hook's settings, to say where it differs, and
+ * the hook's path when this user may not read it (where the hook reads is then unknown).
  * `hookFirst`: the installed hook's directory even over `--state-dir` (what the hook reads and
  * records, rather than where this command was told to write).
  */
@@ -892,12 +896,12 @@ export function guardStateDir(
   flag: string | undefined,
   env: (name: string) => string | undefined,
   options: { hooksDir?: string; hookFirst?: boolean } = {},
-): { stateDir: string; hook: HookSettings | null } {
-  const hook = installedHookSettings(options.hooksDir ?? DEFAULT_HOOKS_DIR);
+): { stateDir: string; hook: HookSettings | null; unreadable: string | null } {
+  const { hook, unreadable } = installedHookSettings(options.hooksDir ?? DEFAULT_HOOKS_DIR);
   const stateDir = hook !== null && (flag === undefined || options.hookFirst === true)
     ? hook.stateDir
     : resolveStateDirPath({ flag, env });
-  return { stateDir, hook };
+  return { stateDir, hook, unreadable };
 }
 
 /**

@@ -15,6 +15,8 @@ import {
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { shellQuote } from "../../lib/render/shell.ts";
+import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
+import { POLICY_FILE } from "../../lib/guard/layout.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -388,6 +390,72 @@ Deno.test({
     assertEquals(
       groups.stderr,
       `passthrough groups: Cannot open directory "${dir}/sysfs/bus/pci/devices": EACCES (the system refused: check the owner and mode of that path, or run as root)\n`,
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "apply by a user who may not read the hooks directory says the guard policies were not recorded",
+  ignore: Deno.uid() !== 0 || !canUnshareMounts(),
+  async fn() {
+    await using user = await userHost({ config: true });
+    const { dir, asUser } = user;
+    Deno.writeTextFileSync(
+      `${dir}/config.yaml`,
+      Deno.readTextFileSync(`${dir}/config.yaml`).replace(/^ {2}gentoo:$/m, "$&\n    guard: warn"),
+    );
+    // A hook root installed, reading a state directory of its own, in libvirt's root-only
+    // directory.
+    await Deno.mkdir(`${dir}/hooks/qemu.d`, { recursive: true });
+    installHook(
+      `${dir}/hooks/qemu.d`,
+      renderHookScript({
+        version: "1",
+        deadline: 10,
+        timeout: "/usr/bin/timeout",
+        command: ["/bin/true"],
+        env: {},
+        stateDir: "/srv/hookstate",
+        sysfs: "/sys",
+      }),
+    );
+    await Deno.chmod(`${dir}/hooks`, 0o755);
+    await Deno.chmod(`${dir}/hooks/qemu.d`, 0o700);
+    const args = [
+      "apply",
+      "--yes",
+      "--config",
+      `${dir}/config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      `test://${DEMO}world.xml`,
+      "--state-dir",
+      `${dir}/user/state`,
+    ];
+    const bind = `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks`;
+    const apply = await asUser(args, bind);
+    // It said: Start guard policies recorded in …/user/state, where the hook never looks.
+    assertEquals(apply.code, 0, apply.stderr);
+    assertEquals(
+      apply.stderr,
+      "Note: cannot read the installed hook /etc/libvirt/hooks/qemu.d/50-passthrough-guard " +
+        "(permission denied): start guard policies not recorded where it reads them; run " +
+        "passthrough apply as root\n",
+    );
+    assertEquals(
+      [...Deno.readDirSync(`${dir}/user/state`)].some((e) => e.name === POLICY_FILE),
+      false,
+    );
+    // No hook at all: the usual state directory, silently.
+    await Deno.remove(`${dir}/hooks/qemu.d`, { recursive: true });
+    const absent = await asUser(args, bind);
+    assertEquals(absent.code, 0, absent.stderr);
+    assertEquals(absent.stderr, "");
+    assertMatch(
+      absent.stdout,
+      /^Start guard policies recorded in .*\/user\/state: "gentoo" warn$/m,
     );
   },
 });
