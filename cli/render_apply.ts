@@ -120,6 +120,25 @@ function prunedLine(result: VmApplyResult, keep: number): string | null {
   }could not remove its older backups: ${result.pruneError}`;
 }
 
+/**
+ * The report's last words on the hot-plugs that failed: a change that lands at the next
+ * power-off, or, for an attach the re-check refused, a definition not safe to start.
+ */
+function liveFooter(report: ApplyReport): string {
+  const refused = new Set(report.vms.filter((r) => r.live?.refused === true).map((r) => r.vm));
+  const failed = report.liveFailed.filter((vm) => !refused.has(vm));
+  const unsafe = report.liveFailed.filter((vm) => refused.has(vm));
+  return `${
+    failed.length === 0
+      ? ""
+      : ` Hot-plug failed: ${failed.join(", ")} (the change lands at the next power-off).`
+  }${
+    unsafe.length === 0
+      ? ""
+      : ` Not hot-plugged: ${unsafe.join(", ")} (not safe to start as defined).`
+  }`;
+}
+
 /** The report as lines of text ending with a newline. */
 export function renderApplyReport(report: ApplyReport, options: RenderApplyOptions): string {
   const paint = painter(options.color);
@@ -151,11 +170,7 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
         list(report.failed)
       }.${
         // Their definitions changed; what the running guests hold did not (the exit status is 1).
-        report.liveFailed.length === 0
-          ? ""
-          : ` Hot-plug failed: ${
-            list(report.liveFailed)
-          } (the change lands at the next power-off).`}`,
+        liveFooter(report)}`,
     ),
   );
   return redactSecrets(lines.join("\n") + "\n");

@@ -180,6 +180,11 @@ export interface LiveChange {
   attached: PciAddress[];
   /** One sentence per failed attach or detach. */
   errors: string[];
+  /**
+   * Whether its attach was not made because the re-check found the host's devices changed since
+   * the plan: its definition is then not safe to start, rather than due at the next power-off.
+   */
+  refused: boolean;
 }
 
 /** The outcome for one VM. Plain data. */
@@ -858,6 +863,7 @@ function runLive(
       const why = step === "attach" && item.attach.length > 0 ? notToAttach(item) : null;
       if (why !== null) {
         refused.set(item, why);
+        live.refused = true;
         live.errors.push(
           `Not attached: ${why.detail}: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
             followUpCommand(run, "passthrough rollback", { value: item.result.vm })
@@ -1352,7 +1358,7 @@ function applyVm(
   if (options.live !== true || (added.length === 0 && removed.length === 0)) {
     return { result: running, live: null };
   }
-  running.live = { detached: [], attached: [], errors: [] };
+  running.live = { detached: [], attached: [], errors: [], refused: false };
   running.message = summary;
   return {
     result: running,

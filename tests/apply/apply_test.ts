@@ -1186,7 +1186,7 @@ Deno.test({
       assertEquals(out.persistent, ["0000:42:00.0", "0000:43:00.0"]);
       // A device only the definition held is not detached from the guest (libvirt would say
       // "device not found" and apply would call the hot-plug failed and exit 1).
-      assertEquals(out.third.live, { detached: [], attached: [], errors: [] });
+      assertEquals(out.third.live, { detached: [], attached: [], errors: [], refused: false });
       assertEquals([out.third.ok, out.third.effect], [true, "now"]);
       assertMatch(out.third.message, /the running guest already holds the planned hostdevs/);
       assertEquals(out.secretKept, true);

@@ -26,6 +26,7 @@ import { listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir } from "../../lib/state/state_dir.ts";
 import { type RollbackOptions, type RollbackReport, rollbackVm } from "../../lib/apply/rollback.ts";
 import { hostDeviceReader, hostReader } from "../../cli/host_options.ts";
+import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 
@@ -310,6 +311,12 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
   assertEquals(
     result.message,
     `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices changed since the plan: not safe to start as defined`,
+  );
+  // Before: "Hot-plug failed: win10 (the change lands at the next power-off)", under the line
+  // saying it is not safe to start.
+  assertEquals(
+    renderApplyReport(report, { color: false }).trimEnd().split("\n").at(-1),
+    "Changed: win10. Skipped: none. Failed: none. Not hot-plugged: win10 (not safe to start as defined).",
   );
 });
 
