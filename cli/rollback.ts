@@ -5,7 +5,6 @@
  * @module
  */
 
-import type { PciDevice } from "../lib/host/types.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { ROLLBACK } from "./specs.ts";
@@ -29,7 +28,6 @@ import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
 import { hostDeviceReader, hostFactsFor, hostReader, LIVE_SYSFS } from "./host_options.ts";
 import { deferSignals, keepIgnoredSignals } from "./signals.ts";
-import { readVirtualFunctions } from "../lib/host/sysfs_device.ts";
 
 /** Shows what the rollback would change and asks. */
 function askRollback(
@@ -133,33 +131,6 @@ function startCheck(
   };
 }
 
-/**
- * What the held-elsewhere checks read of a device on this host, through the reader `apply`'s
- * hardware re-check uses (its group as discovery reads it): its IOMMU group (`null`: none, or no
- * such device), and its SR-IOV peers (its PF when it is a VF, its VFs when it is a PF).
- */
-function liveDeviceFacts(): {
-  iommuGroupOf: (address: string) => number | null;
-  sriovPeersOf: (address: string) => string[];
-} {
-  const read = hostDeviceReader(undefined);
-  // Asked again for each device every other domain holds, by each check: read each one once.
-  const seen = new Map<string, PciDevice | null>();
-  const readDevice = (address: string) => {
-    if (!seen.has(address)) seen.set(address, read(address));
-    return seen.get(address)!;
-  };
-  return {
-    iommuGroupOf: (address) => readDevice(address)?.iommuGroup ?? null,
-    sriovPeersOf: (address) => {
-      const physfn = readDevice(address)?.physfn ?? null;
-      return physfn !== null
-        ? [physfn]
-        : readVirtualFunctions(libcSysfsReader(), LIVE_SYSFS, address);
-    },
-  };
-}
-
 /** Runs `passthrough rollback VM`: exit 1 when the restore failed. */
 export async function run(
   { values, positionals: [vm] }: Parsed<typeof ROLLBACK>,
@@ -203,7 +174,8 @@ export async function run(
       startRefusals: (xml) => check(xml, true).refusals,
       host: hostReader(undefined),
       startWarnings: (xml) => check(xml).warnings,
-      ...liveDeviceFacts(),
+      // Through the reader `apply`'s hardware re-check uses (its group as discovery reads it).
+      readDevice: hostDeviceReader(undefined),
     }),
     confirm: values.yes
       ? (preview) => {

@@ -19,6 +19,7 @@ export {
 export { type HostNow, type HostRead, type ReadHostDevice } from "./recheck.ts";
 export {
   BackupMismatchError,
+  type HostDeviceNow,
   type RollbackCode,
   type RollbackOptions,
   type RollbackPreview,

@@ -23,7 +23,7 @@
  */
 
 import type { DomainSummary, LibvirtPort } from "../plan/libvirt_port.ts";
-import type { PciAddress } from "../host/types.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
 import {
   backupDir,
   type BackupEntry,
@@ -67,6 +67,9 @@ export interface RollbackPreview {
   warnings: string[];
 }
 
+/** What the held-elsewhere checks read of a host device: its IOMMU group and SR-IOV links. */
+export type HostDeviceNow = Pick<PciDevice, "iommuGroup" | "physfn" | "virtfns">;
+
 /** Options for {@link rollbackVm}. */
 export interface RollbackOptions {
   /** The libvirt connection to read and define through. */
@@ -108,19 +111,15 @@ export interface RollbackOptions {
    */
   startWarnings?: (xml: string) => string[];
   /**
-   * The IOMMU group of a host PCI address now (this host's sysfs, when libvirt runs here), or
-   * `null` when it has none: with it, a device another domain holds in the group of one the
-   * backup gives back counts as held, as `plan` refuses a group shared with another VM (a
-   * group's devices can only be handed to one guest). Default: exact addresses only.
+   * A host PCI device now (this host's sysfs, when libvirt runs here), or `null` when there is
+   * none; read afresh by each check, once per device. With it, a device another domain holds in
+   * the IOMMU group of one the backup gives back counts as held, as `plan` refuses a group shared
+   * with another VM (a group's devices can only be handed to one guest); and so does one holding
+   * its PF (when it is a VF) or one of its VFs (when it is a PF), as `plan` refuses `sriov-split`
+   * (passing a PF to a guest unbinds its host driver, which destroys every VF). Default: exact
+   * addresses only.
    */
-  iommuGroupOf?: (address: PciAddress) => number | null;
-  /**
-   * The SR-IOV functions tied to a host PCI address now (this host's sysfs): its PF when it is a
-   * VF, its VFs when it is a PF; none otherwise. With it, another domain holding one of them
-   * counts as holding the device, as `plan` refuses `sriov-split` (passing a PF to a guest
-   * unbinds its host driver, which destroys every VF). Default: not checked.
-   */
-  sriovPeersOf?: (address: PciAddress) => PciAddress[];
+  readDevice?: (address: PciAddress) => HostDeviceNow | null;
   /**
    * This host's devices, IOMMU groups and use now (when libvirt runs here): a backup passing a
    * device whose group also holds a function the host needs (in use, or a platform device) is
@@ -346,10 +345,9 @@ function changedSinceShown(
  */
 function heldElsewhereNow(
   libvirt: LibvirtPort,
-  { vm, backup, backupXml, currentXml, devices, iommuGroupOf, sriovPeersOf }: {
+  { vm, backup, backupXml, currentXml, devices, readDevice }: {
     devices: DeviceResolvers | undefined;
-    iommuGroupOf: ((address: PciAddress) => number | null) | undefined;
-    sriovPeersOf: ((address: PciAddress) => PciAddress[]) | undefined;
+    readDevice: ((address: PciAddress) => HostDeviceNow | null) | undefined;
     vm: string;
     backup: BackupEntry;
     backupXml: string;
@@ -392,9 +390,21 @@ function heldElsewhereNow(
       }; restoring it would put a device in two definitions: release them there first`,
     };
   }
+  if (readDevice === undefined) return null;
+  // Asked again for each device every other domain holds: read each one once. Not kept for the
+  // check after the question, which may stay open for minutes.
+  const seen = new Map<PciAddress, HostDeviceNow | null>();
+  const now = (address: PciAddress) => {
+    if (!seen.has(address)) seen.set(address, readDevice(address));
+    return seen.get(address)!;
+  };
   // The PF of a VF given back, or a VF of a PF given back (usually in other IOMMU groups).
+  const sriovPeersOf = (address: PciAddress) => {
+    const device = now(address);
+    return device === null ? [] : device.physfn !== null ? [device.physfn] : device.virtfns;
+  };
   const peers = new Set(
-    [...adding].flatMap((a) => sriovPeersOf?.(a) ?? []).filter((a) => !adding.has(a)),
+    [...adding].flatMap(sriovPeersOf).filter((a) => !adding.has(a)),
   );
   const split = peers.size === 0 ? [] : heldElsewhere(vm, (a) => peers.has(a), world, options);
   if (split.length > 0) {
@@ -406,9 +416,12 @@ function heldElsewhereNow(
         }; a PF and its VFs stay with one VM (plan refuses it: sriov-split): release them there first`,
     };
   }
-  return iommuGroupOf === undefined
-    ? null
-    : groupSharedNow(vm, backup, { adding, iommuGroupOf, world, options });
+  return groupSharedNow(vm, backup, {
+    adding,
+    iommuGroupOf: (address) => now(address)?.iommuGroup ?? null,
+    world,
+    options,
+  });
 }
 
 /**
@@ -655,8 +668,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     backupXml,
     currentXml,
     devices: options.devices,
-    iommuGroupOf: options.iommuGroupOf,
-    sriovPeersOf: options.sriovPeersOf,
+    readDevice: options.readDevice,
   };
   const conflict = heldElsewhereNow(libvirt, restoring);
   if (conflict !== null) return report("failed", conflict, null);

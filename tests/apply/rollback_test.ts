@@ -147,6 +147,16 @@ function rollAlpha(f: Fixture, devices: DeviceResolvers): Promise<RollbackReport
 }
 
 /** Rolls `vm` back to its newest backup with `extra` options, noting whether it asked first. */
+/** Devices in the IOMMU groups `groupOf` gives (none: no such device), without SR-IOV. */
+function inGroups(
+  groupOf: (address: string) => number | null,
+): NonNullable<RollbackOptions["readDevice"]> {
+  return (address) => {
+    const group = groupOf(address);
+    return group === null ? null : { iommuGroup: group, physfn: null, virtfns: [] };
+  };
+}
+
 async function rollbackNotingQuestion(
   f: Fixture,
   vm: string,
@@ -1129,7 +1139,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
   await addHostdevs(f, "beta", [AUDIO]);
   const before = f.port.getPersistentXml("alpha", { secure: true });
   const { report: rolled, asked } = await rollbackNotingQuestion(f, "alpha", {
-    iommuGroupOf: (a) => a.startsWith("0000:01:00.") ? 5 : null,
+    readDevice: inGroups((a) => a.startsWith("0000:01:00.") ? 5 : null),
   });
   assertEquals([rolled.status, rolled.code, asked], ["failed", "held-elsewhere", false]);
   assertEquals(
@@ -1141,7 +1151,7 @@ Deno.test("rollbackVm() does not restore a backup giving the VM a device whose I
   const other = await rollbackVm("alpha", {
     libvirt: f.port,
     stateDir: f.stateDir,
-    iommuGroupOf: (a) => a === GPU ? 5 : 6,
+    readDevice: inGroups((a) => a === GPU ? 5 : 6),
     confirm: yes,
   });
   assertEquals(other.status, "restored", other.message);
@@ -1169,7 +1179,7 @@ Deno.test("rollbackVm() names only the devices of the IOMMU group another domain
   const rolled = await rollbackVm("alpha", {
     libvirt: f.port,
     stateDir: f.stateDir,
-    iommuGroupOf: (a) => a.startsWith("0000:01:00.") ? 5 : a === NIC ? 6 : null,
+    readDevice: inGroups((a) => a.startsWith("0000:01:00.") ? 5 : a === NIC ? 6 : null),
     confirm: yes,
   });
   assertEquals([rolled.status, rolled.code], ["failed", "held-elsewhere"]);
@@ -1180,7 +1190,6 @@ Deno.test("rollbackVm() names only the devices of the IOMMU group another domain
 Deno.test("rollbackVm() does not restore a backup giving the VM an SR-IOV PF whose VF another domain holds now, nor a VF whose PF it holds", async () => {
   const PF = "0000:03:00.0";
   const VF = "0000:03:02.0";
-  const peers = (a: string) => a === PF ? [VF] : a === VF ? [PF] : [];
   for (const [given, held] of [[PF, VF], [VF, PF]] as const) {
     using f = fixture();
     // alpha lets `given` go (its backup holds it); beta takes its PF or VF, in another group.
@@ -1190,8 +1199,11 @@ Deno.test("rollbackVm() does not restore a backup giving the VM an SR-IOV PF who
     const rolled = await rollbackVm("alpha", {
       libvirt: f.port,
       stateDir: f.stateDir,
-      iommuGroupOf: (a) => a === PF ? 7 : 8,
-      sriovPeersOf: peers,
+      readDevice: (a) => ({
+        iommuGroup: a === PF ? 7 : 8,
+        physfn: a === VF ? PF : null,
+        virtfns: a === PF ? [VF] : [],
+      }),
       confirm: yes,
     });
     assertEquals([rolled.status, rolled.code], ["failed", "held-elsewhere"]);
@@ -1225,6 +1237,39 @@ Deno.test("rollbackVm() does not restore a backup whose device another domain wa
   assertEquals(rolled.status, "failed");
   assertMatch(rolled.message, /"beta" holds "0000:01:00\.0" in its persistent definition/);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+});
+
+Deno.test("rollbackVm() reads the host's devices again after the question, once per device per check", async () => {
+  using f = fixture();
+  const [GPU, AUDIO] = ["0000:01:00.0", "0000:01:00.1"];
+  await addThenRelease(f, "alpha", GPU);
+  await addHostdevs(f, "beta", [AUDIO]);
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // The audio function is in a group of its own until the question, in the GPU's after it.
+  let asked = false;
+  const reads: string[] = [];
+  const rolled = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    readDevice: (address) => {
+      reads.push(`${asked ? "after" : "before"} ${address}`);
+      return { iommuGroup: address === AUDIO && !asked ? 6 : 5, physfn: null, virtfns: [] };
+    },
+    confirm: () => {
+      asked = true;
+      return Promise.resolve(true);
+    },
+  });
+  // Before: the answers read before the question were used after it, and alpha was restored.
+  assertEquals([rolled.status, rolled.code], ["failed", "held-elsewhere"], rolled.message);
+  assertMatch(rolled.message, /"beta" holds "0000:01:00\.1" in its persistent definition/);
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  assertEquals(reads.toSorted(), [
+    `after ${GPU}`,
+    `after ${AUDIO}`,
+    `before ${GPU}`,
+    `before ${AUDIO}`,
+  ]);
 });
 
 Deno.test("rollbackVm() does not restore a backup giving the VM the controller under another domain's USB device", async () => {
