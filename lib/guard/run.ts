@@ -432,8 +432,8 @@ function relaxedRules(policy: VmGuardPolicy, rule: string): string[] {
 
 /**
  * Why a device whose record names `rule` is judged strictly while the VM's policies relax
- * `others`: a rule renamed (and loosened) since the VM was last applied keeps its old name, and
- * its old policy, until an apply of the VM records the device under the new one.
+ * `others`: a rule renamed (and loosened) since the VM was last applied would keep its old name,
+ * and its old policy, until an apply of the VM records the device under the new one.
  */
 function renamedNote(refusal: GuardRefusal, policy: VmGuardPolicy, others: string[]): string {
   const relaxed = others.map((r) =>
@@ -444,10 +444,11 @@ function renamedNote(refusal: GuardRefusal, policy: VmGuardPolicy, others: strin
     })`
   ).join(", ");
   const apply = `passthrough apply ${flagWord("--vm", refusal.vm)}`;
-  return `the recorded policies relax only rule ${relaxed} for this VM, not ${
-    JSON.stringify(refusal.recorded!.rule)
-  }: a rule renamed since the VM was last applied is judged by its old name until "${apply}" ` +
-    "records its devices under the new one";
+  const rule = JSON.stringify(refusal.recorded!.rule);
+  // The policy file cannot tell a rename from a rule kept beside a laxer one: say it as an if.
+  return `the recorded policies relax only rule ${relaxed} for this VM, not ${rule}: if ${rule} ` +
+    `was renamed since the VM was last applied, its devices are judged by that name until ` +
+    `"${apply}" records them under the new one`;
 }
 
 /**

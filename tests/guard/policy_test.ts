@@ -821,6 +821,7 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
     host = loadFixtureHost("x570-aorus-pro-wifi"),
     allow = false,
     xml = XML,
+    devices = `      - { name: nvidia, match: { vendor_id: 10de }${extra} }\n`,
   ) => {
     await using tree = await tempHostTree(host);
     const state = await Deno.makeTempDir({ prefix: "passthrough-guard-renamed-" });
@@ -830,8 +831,7 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
         { file: "c.yaml" },
       );
       const after = parseConfig(
-        "version: 1\nvms:\n  win11:\n    devices:\n" +
-          `      - { name: nvidia, match: { vendor_id: 10de }${extra} }\n`,
+        "version: 1\nvms:\n  win11:\n    devices:\n" + devices,
         { file: "c.yaml" },
       );
       const previous = applied(guardPolicies(before));
@@ -850,8 +850,9 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
     }
   };
   const waits = 'the recorded policies relax only rule "nvidia" \\(%s\\) for this VM, not "gpu": ' +
-    'a rule renamed since the VM was last applied is judged by its old name until "passthrough ' +
-    'apply --vm win11" records its devices under the new one; fix: passthrough plan --vm win11$';
+    'if "gpu" was renamed since the VM was last applied, its devices are judged by that name ' +
+    'until "passthrough apply --vm win11" records them under the new one; fix: passthrough plan ' +
+    "--vm win11$";
   const [code, line] = await renamed(", guard: off");
   assertEquals(code, 1);
   assertMatch(
@@ -871,6 +872,19 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
     new RegExp(
       `the host needs it: .*fbcon on it\\); ${waits.replace("%s", "allow_host_critical")}`,
     ),
+  );
+  // A rule not renamed ("gpu" kept, enforce) beside a laxer one: the note asserts no rename.
+  const [, kept] = await renamed(
+    "",
+    undefined,
+    false,
+    XML,
+    "      - { name: gpu, match: { vendor_id: 10de } }\n" +
+      "      - { name: usb, match: { vendor_id: 1022 }, guard: off }\n",
+  );
+  assertMatch(
+    kept as string,
+    /not the recorded 10de:2684 .* relax only rule "usb" \(guard: off\) for this VM, not "gpu": if "gpu" was renamed since/,
   );
   // Nor in the line saying why the allowance did not help.
   assertEquals(
