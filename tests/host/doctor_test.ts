@@ -378,6 +378,8 @@ async function hookFinding(
     /** The program the hook runs, given the hook's directory. */
     program?: (dir: string) => string;
     change?: (dir: string) => void;
+    /** What the daemon says of itself (virConnectGetLibVersion). */
+    libvirtProbe?: () => { uri: string; version: string };
   } = {},
 ): Promise<DoctorFinding> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-doctor-hook-" });
@@ -408,6 +410,7 @@ async function hookFinding(
         selinux: null,
         ...facts,
       },
+      ...(options.libvirtProbe === undefined ? {} : { libvirtProbe: options.libvirtProbe }),
     });
     return findings.find((f) => f.check === "hook")!;
   } finally {
@@ -449,50 +452,19 @@ Deno.test("doctor's hook finding: a hook in a directory libvirt does not read gu
 });
 
 Deno.test("doctor's hook finding: a libvirt older than 6.5, which reads no qemu.d, runs no guard", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-doctor-old-libvirt-" });
-  try {
-    installHook(
-      dir,
-      renderHookScript({
-        version: "0.1.0",
-        deadline: 10,
-        timeout: "/bin/sh",
-        command: ["/bin/sh", "run"],
-        env: {},
-        stateDir: `${dir}/state`,
-        sysfs: "/sys",
-      }),
-    );
-    const hook = {
-      inspection: inspectHook(dir),
-      readByLibvirt: true,
-      version: "0.1.0",
-      daemons: [],
-      reloads: [],
-      selinux: null,
-    };
-    // What the daemon says of itself (virConnectGetLibVersion): Ubuntu 20.04's, or RHEL 8.2's.
-    const finding = (uri: string, version: string) =>
-      runDoctor({
-        host: host(),
-        reader: denoFsReader(),
-        live: false,
-        hook,
-        libvirtProbe: () => ({ uri, version }),
-      }).find((f) => f.check === "hook")!;
-    const old = finding("qemu:///system", "6.0.0");
-    assertEquals(old.status, "warn");
-    assertMatch(
-      old.summary,
-      /; libvirt 6\.0\.0 runs no hooks from \S+ \(6\.5\.0 and later do\), so it guards no start$/,
-    );
-    assertEquals(old.hint, "upgrade libvirt to 6.5.0 or later");
-    assertEquals(finding("qemu:///system", "6.5.0").status, "ok");
-    // Another host's libvirt says nothing of this one's.
-    assertEquals(finding("qemu+ssh://far/system", "6.0.0").status, "ok");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  // What the daemon says of itself (virConnectGetLibVersion): Ubuntu 20.04's, or RHEL 8.2's.
+  const finding = (uri: string, version: string) =>
+    hookFinding({}, { libvirtProbe: () => ({ uri, version }) });
+  const old = await finding("qemu:///system", "6.0.0");
+  assertEquals(old.status, "warn");
+  assertMatch(
+    old.summary,
+    /; libvirt 6\.0\.0 runs no hooks from \S+ \(6\.5\.0 and later do\), so it guards no start$/,
+  );
+  assertEquals(old.hint, "upgrade libvirt to 6.5.0 or later");
+  assertEquals((await finding("qemu:///system", "6.5.0")).status, "ok");
+  // Another host's libvirt says nothing of this one's.
+  assertEquals((await finding("qemu+ssh://far/system", "6.0.0")).status, "ok");
 });
 
 Deno.test("doctor's hook finding: a hook changed by hand, one another user can change, an interrupted install", async () => {
