@@ -266,6 +266,21 @@ Deno.test("under --json, a libvirt that does not answer is reported on stdout as
   });
 });
 
+/** A wrapper that runs the command with `path` bound over root's libvirt.conf, in a mount
+ * namespace of the run's own. */
+function asLibvirtConf(path: string): string[] {
+  return [
+    "unshare",
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    `mount --bind '${path}' /etc/libvirt/libvirt.conf && exec "$@"`,
+    "sh",
+  ];
+}
+
 /**
  * Runs `body` with a directory holding an `ssh` that asks as ssh does, on the terminal, writes
  * what it was answered to `answered` there, then fails the connection.
@@ -330,19 +345,9 @@ Deno.test({
             `  "hv9=qemu+ssh://root@[fe80::9]/system",\n] # the lab's\n` +
             `uri_default = "qemu+ssh://root@hv9.invalid/system?keyfile=/root/.ssh/id#2"\n`,
         );
-        // Root's libvirt.conf, in a mount namespace of the run's own.
         await using pty = runCliOnPty(["sources", "--libvirt-timeout", "1", ...connect], {
           env: { PATH: `${dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` },
-          wrap: [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
-            "sh",
-          ],
+          wrap: asLibvirtConf(`${dir}/libvirt.conf`),
         });
         const screen = await answerLate(pty, dir);
         assertMatch(screen, /Cannot connect to libvirt at (its default URI|"hv9")/, connect.join());
@@ -364,16 +369,7 @@ Deno.test({
       await using pty = runCliOnPty(
         ["sources", "--libvirt-timeout", "1", "--connect", "qemu+tcp://127.0.0.1:1/system"],
         {
-          wrap: [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
-            "sh",
-          ],
+          wrap: asLibvirtConf(`${dir}/libvirt.conf`),
         },
       );
       const { code, screen } = await pty.exited(30_000);
