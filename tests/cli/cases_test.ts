@@ -44,6 +44,20 @@ function configYaml(c: Case, allowHostCritical: boolean): string {
   return lines.join("\n") + "\n";
 }
 
+/** `passthrough plan --json` of `base`'s config.yaml and world.xml over the tree at `sysfs`. */
+function planJson(base: string, sysfs: string): ReturnType<typeof runCli> {
+  return runCli([
+    "plan",
+    "--json",
+    "--config",
+    `${base}/config.yaml`,
+    "--sysfs",
+    sysfs,
+    "--connect",
+    `test://${base}/world.xml`,
+  ]);
+}
+
 async function planCase(c: Case, allowHostCritical: boolean): Promise<VmPlan> {
   const base = `${dir}/${c.id}${allowHostCritical ? "-allow" : ""}`;
   Deno.mkdirSync(base);
@@ -51,16 +65,7 @@ async function planCase(c: Case, allowHostCritical: boolean): Promise<VmPlan> {
   const domains = [...vms].map((vm) => testDomainXml(vm, { running: false })).join("\n");
   Deno.writeTextFileSync(`${base}/world.xml`, `<node>\n${domains}\n</node>\n`);
   Deno.writeTextFileSync(`${base}/config.yaml`, configYaml(c, allowHostCritical));
-  const result = await runCli([
-    "plan",
-    "--json",
-    "--config",
-    `${base}/config.yaml`,
-    "--sysfs",
-    tree(c.host),
-    "--connect",
-    `test://${base}/world.xml`,
-  ]);
+  const result = await planJson(base, tree(c.host));
   assertOk(
     result.stdout.startsWith("{"),
     `${c.id}: no JSON (exit ${result.code}): ${result.stderr}`,
@@ -157,16 +162,7 @@ Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes 
     `${base}/config.yaml`,
     'version: 1\nvms:\n  vm1:\n    devices:\n      - name: igpu\n        match: { vendor_device_id: "1002:1638" }\n',
   );
-  const result = await runCli([
-    "plan",
-    "--json",
-    "--config",
-    `${base}/config.yaml`,
-    "--sysfs",
-    `${base}/sysfs`,
-    "--connect",
-    `test://${base}/world.xml`,
-  ]);
+  const result = await planJson(base, `${base}/sysfs`);
   const plan = JSON.parse(result.stdout) as Plan;
   const vm = plan.vms.find((v) => v.name === "vm1");
   // Before: planned, the USB controllers taken as the iGPU's own with a note on their drivers.
