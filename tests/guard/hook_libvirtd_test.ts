@@ -86,6 +86,14 @@ function record(address: string, id: Partial<PciDevice>, rule: string): string {
   return `<passthrough:device address="${address}" vendor="${id.vendorId}" device="${id.deviceId}"${sub} class="${id.classCode}" rule="${rule}"/>`;
 }
 
+/** `passthrough hook install` into `hooksDir` with `stateDir` and `more` options, succeeding. */
+async function installHook(hooksDir: string, stateDir: string, ...more: string[]): Promise<void> {
+  const install = await runCli(
+    ["hook", "install", "--hooks-dir", hooksDir, "--state-dir", stateDir, ...more],
+  );
+  assertEquals(install.code, 0, install.stderr);
+}
+
 async function virsh(uri: string, ...args: string[]): Promise<{ code: number; out: string }> {
   const output = await new Deno.Command(VIRSH, {
     args: ["-c", uri, ...args],
@@ -106,15 +114,7 @@ Deno.test({
     const stateDir = `${dir}/state`;
     const hook = `${hooksDir}/qemu.d/${HOOK_FILE_NAME}`;
     try {
-      const install = await runCli([
-        "hook",
-        "install",
-        "--hooks-dir",
-        `${hooksDir}/qemu.d`,
-        "--state-dir",
-        stateDir,
-      ]);
-      assertEquals(install.code, 0, install.stderr);
+      await installHook(`${hooksDir}/qemu.d`, stateDir);
       const { devices, defaultRoute } = liveHost();
       // A function no rule of the host-use or platform kind protects: the balloon or the RNG.
       const spare = devices.find((d) => d.vendorId === "1af4" && d.classCode.startsWith("ff")) ??
@@ -219,17 +219,7 @@ Deno.test({
         "(e) a check that hangs is cut by the deadline and the start refused",
         async () => {
           const slow = `${dir}/slow`;
-          const installed = await runCli([
-            "hook",
-            "install",
-            "--hooks-dir",
-            slow,
-            "--state-dir",
-            stateDir,
-            "--deadline",
-            "1",
-          ]);
-          assertEquals(installed.code, 0, installed.stderr);
+          await installHook(slow, stateDir, "--deadline", "1");
           // Standard input that never ends: the check waits for the XML until the deadline.
           const child = new Deno.Command(`${slow}/${HOOK_FILE_NAME}`, {
             args: [moved, "prepare", "begin", "-"],
@@ -262,15 +252,7 @@ Deno.test({
         await Deno.mkdir(later);
         await using second = await startLibvirtd({ hooksDir: later, virtlogd: true });
         assertEquals((await virsh(second.uri, "define", `${dir}/${moved}.xml`)).code, 0);
-        const installed = await runCli([
-          "hook",
-          "install",
-          "--hooks-dir",
-          `${later}/qemu.d`,
-          "--state-dir",
-          stateDir,
-        ]);
-        assertEquals(installed.code, 0, installed.stderr);
+        await installHook(`${later}/qemu.d`, stateDir);
         const before = await virsh(second.uri, "start", moved);
         assertEquals(before.code, 1, before.out);
         assert.doesNotMatch(
@@ -397,10 +379,7 @@ Deno.test({
       });
       const before = treeOf(hooksDir);
       const hooks = ["--hooks-dir", `${hooksDir}/qemu.d`];
-      const install = await runCli(
-        ["hook", "install", ...hooks, "--state-dir", `${dir}/state`, "--sysfs", tree.dir],
-      );
-      assertEquals(install.code, 0, install.stderr);
+      await installHook(`${hooksDir}/qemu.d`, `${dir}/state`, "--sysfs", tree.dir);
       const status = await runCli(["hook", "status", ...hooks]);
       assertEquals(status.code, 0, status.stdout);
 
@@ -456,10 +435,7 @@ Deno.test({
     const stateDir = `${dir}/state`;
     const calls = `${dir}/calls`;
     try {
-      const install = await runCli(
-        ["hook", "install", "--hooks-dir", `${hooksDir}/qemu.d`, "--state-dir", stateDir],
-      );
-      assertEquals(install.code, 0, install.stderr);
+      await installHook(`${hooksDir}/qemu.d`, stateDir);
       // Sorts before the guard and records each call libvirt makes.
       Deno.writeTextFileSync(
         `${hooksDir}/qemu.d/10-record`,
@@ -628,17 +604,7 @@ Deno.test({
     const stateDir = `${dir}/state`;
     const vm = `guard-forged-${crypto.randomUUID().slice(0, 8)}`;
     try {
-      const install = await runCli([
-        "hook",
-        "install",
-        "--hooks-dir",
-        `${hooksDir}/qemu.d`,
-        "--state-dir",
-        stateDir,
-        "--sysfs",
-        tree.dir,
-      ]);
-      assertEquals(install.code, 0, install.stderr);
+      await installHook(`${hooksDir}/qemu.d`, stateDir, "--sysfs", tree.dir);
       await using daemon = await startLibvirtd({ hooksDir, virtlogd: true });
       await Deno.writeTextFile(`${dir}/${vm}.xml`, domainXml(vm, [], []));
       assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
