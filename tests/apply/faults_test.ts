@@ -30,6 +30,7 @@ import {
   snapshotDomains,
 } from "../helpers/reliability.ts";
 import { hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
+import { withFault } from "../helpers/plan_world.ts";
 import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.ts";
 import { rollbackVm } from "../../lib/apply/rollback.ts";
 
@@ -60,29 +61,6 @@ const yes2 = (): Promise<boolean> => Promise.resolve(true);
 
 function hostdevsOf(port: LibvirtPort, vm: string): string[] {
   return parseDomainXml(port.getPersistentXml(vm)).hostdevs.map((h) => h.address).sort();
-}
-
-/** The real port with a fault injected before or after each define. */
-function withFault(
-  port: LibvirtPort,
-  before: (xml: string) => void,
-  after: (xml: string) => void = () => {},
-): LibvirtPort {
-  return {
-    get uri() {
-      return port.uri;
-    },
-    listDomains: () => port.listDomains(),
-    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
-    isActive: (name) => port.isActive(name),
-    define: (xml) => {
-      before(xml);
-      port.define(xml);
-      after(xml);
-    },
-    attachDevice: (name, xml, options) => port.attachDevice(name, xml, options),
-    detachDevice: (name, xml, options) => port.detachDevice(name, xml, options),
-  };
 }
 
 Deno.test({

@@ -16,6 +16,7 @@ import {
   GPU_AUDIO,
   GPU_CONFIG,
   WIN10,
+  withFault,
   withPort,
 } from "../helpers/plan_world.ts";
 import { buildHostTree, type HostDescription } from "../../lib/testing/host_tree.ts";
@@ -259,16 +260,7 @@ async function applyLive(
       // Real libvirt underneath; the host changes just after the define, as while a later VM is
       // asked about, before the hot-plug.
       const libvirt: LibvirtPort = {
-        get uri() {
-          return port.uri;
-        },
-        listDomains: () => port.listDomains(),
-        getPersistentXml: (name, options) => port.getPersistentXml(name, options),
-        isActive: (name) => port.isActive(name),
-        define: (xml) => {
-          port.define(xml);
-          afterDefine(root);
-        },
+        ...withFault(port, () => {}, () => afterDefine(root)),
         attachDevice: (_name, xml) => attached.push(xml),
         detachDevice: () => {},
       };

@@ -14,6 +14,7 @@ import { topologyFromDescription } from "../../lib/testing/host_description.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
+import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 
 /** A device description with defaults for everything but its address, group and class. */
 export type Dev = Partial<HostDeviceDescription> & {
@@ -198,6 +199,29 @@ export async function withPort<T>(
   await using w = await writeTempWorld(world(domains));
   using port = openLibvirtPort(w.uri);
   return await fn(port);
+}
+
+/** The real port with a fault injected before or after each define. */
+export function withFault(
+  port: LibvirtPort,
+  before: (xml: string) => void,
+  after: (xml: string) => void = () => {},
+): LibvirtPort {
+  return {
+    get uri() {
+      return port.uri;
+    },
+    listDomains: () => port.listDomains(),
+    getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+    isActive: (name) => port.isActive(name),
+    define: (xml) => {
+      before(xml);
+      port.define(xml);
+      after(xml);
+    },
+    attachDevice: (name, xml, options) => port.attachDevice(name, xml, options),
+    detachDevice: (name, xml, options) => port.detachDevice(name, xml, options),
+  };
 }
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
