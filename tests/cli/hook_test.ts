@@ -4,6 +4,7 @@
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
+  applyYes,
   canUnshareMounts,
   cliCommand,
   runCli,
@@ -814,18 +815,7 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
         `version: 1\nvms:\n  win11:\n${guard}    devices:\n` +
           `      - { name: gpu, match: { vendor_device_id: "10de:1b06" }${rule} }\n`,
       );
-      return runCli([
-        "apply",
-        "--yes",
-        "--config",
-        `${dir}/config.yaml`,
-        "--sysfs",
-        tree.dir,
-        "--connect",
-        `test://${dir}/world.xml`,
-        "--state-dir",
-        state,
-      ]);
+      return applyYes(`${dir}/config.yaml`, tree.dir, `test://${dir}/world.xml`, state);
     };
     const installed = await runCli(
       ["hook", "install", "--hooks-dir", hooks, "--state-dir", state, "--sysfs", tree.dir],

@@ -8,7 +8,7 @@
 
 import { assert, assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { libvirtdUnavailable, processAlive, startLibvirtd } from "../helpers/libvirtd.ts";
-import { canUnshareMounts, runCli, runHook } from "../helpers/cli.ts";
+import { applyYes, canUnshareMounts, runCli, runHook } from "../helpers/cli.ts";
 import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
@@ -613,18 +613,7 @@ Deno.test({
         `version: 1\nvms:\n  ${vm}:\n    devices:\n      - name: sata\n` +
           `        match: { vendor_device_id: "1b21:0612" }\n        allow_host_critical: true\n`,
       );
-      const applied = await runCli([
-        "apply",
-        "--yes",
-        "--config",
-        `${dir}/config.yaml`,
-        "--sysfs",
-        tree.dir,
-        "--connect",
-        daemon.uri,
-        "--state-dir",
-        stateDir,
-      ]);
+      const applied = await applyYes(`${dir}/config.yaml`, tree.dir, daemon.uri, stateDir);
       assertEquals(applied.code, 0, applied.stderr + applied.stdout);
       const nvme = { vendorId: "1cc1", deviceId: "5350", classCode: "010800" };
       const dumped = await virsh(daemon.uri, "dumpxml", "--inactive", vm);

@@ -98,6 +98,27 @@ export async function runCli(
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
 
+/** `passthrough apply --yes` of the config at `config` over the tree at `sysfs`, on `connect`. */
+export function applyYes(
+  config: string,
+  sysfs: string,
+  connect: string,
+  stateDir: string,
+): Promise<CliResult> {
+  return runCli([
+    "apply",
+    "--yes",
+    "--config",
+    config,
+    "--sysfs",
+    sysfs,
+    "--connect",
+    connect,
+    "--state-dir",
+    stateDir,
+  ]);
+}
+
 /** Whether util-linux `script` is here to provide a pseudo-terminal. */
 export function hasScript(): boolean {
   try {
