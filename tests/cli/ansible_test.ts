@@ -53,6 +53,32 @@ async function run(
   return { code: output.code, out: decode(output.stdout) + decode(output.stderr) };
 }
 
+/**
+ * The playbook on the inventory `dir`/hosts, with `dir`'s bundle, guard and remote directory and
+ * this Deno; `vars` add to those, `extra` goes before them, `env` adds to Ansible's.
+ */
+function playbookIn(
+  dir: string,
+  vars: Record<string, string>,
+  extra: string[] = [],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string }> {
+  return run("ansible-playbook", [
+    "-i",
+    `${dir}/hosts`,
+    PLAYBOOK,
+    ...extra,
+    "-e",
+    JSON.stringify({
+      passthrough_bundle: `${dir}/passthrough.js`,
+      passthrough_guard: `${dir}/hook`,
+      passthrough_deno: Deno.execPath(),
+      passthrough_dir: `${dir}/remote`,
+      ...vars,
+    }),
+  ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp`, ...env });
+}
+
 async function exists(path: string): Promise<boolean> {
   return await Deno.lstat(path).then(() => true, () => false);
 }
@@ -493,23 +519,12 @@ Deno.test({
       );
       // The playbook on this host with a state directory and a libvirt of the test's choosing.
       const playbook = (stateDir: string, connect = "test:///default", extra: string[] = []) =>
-        run("ansible-playbook", [
-          "-i",
-          `${dir}/hosts`,
-          PLAYBOOK,
-          ...extra,
-          "-e",
-          JSON.stringify({
-            passthrough_config: `${dir}/config.yaml`,
-            passthrough_bundle: `${dir}/passthrough.js`,
-            passthrough_guard: `${dir}/hook`,
-            passthrough_hooks_dir: `${dir}/hooks`,
-            passthrough_deno: Deno.execPath(),
-            passthrough_dir: `${dir}/remote`,
-            passthrough_state_dir: stateDir,
-            passthrough_connect: connect,
-          }),
-        ], { ANSIBLE_NOCOLOR: "1", ANSIBLE_FORCE_COLOR: "0", ANSIBLE_LOCAL_TEMP: `${dir}/tmp` });
+        playbookIn(dir, {
+          passthrough_config: `${dir}/config.yaml`,
+          passthrough_hooks_dir: `${dir}/hooks`,
+          passthrough_state_dir: stateDir,
+          passthrough_connect: connect,
+        }, extra);
       // --check on a host never applied leaves it as it was: no passthrough_dir, no copy.
       buildHostTree(
         loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
@@ -605,24 +620,14 @@ Deno.test({
         "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3 " +
           'ansible_become=true ansible_become_method=su ansible_become_user=nobody ansible_become_flags="-s /bin/sh"\n',
       );
-      const { code, out } = await run("ansible-playbook", [
-        "-i",
-        `${dir}/hosts`,
-        PLAYBOOK,
-        "-e",
-        JSON.stringify({
-          passthrough_config: `${dir}/config.yaml`,
-          passthrough_bundle: `${dir}/passthrough.js`,
-          passthrough_guard: `${dir}/hook`,
-          passthrough_deno: Deno.execPath(),
-          passthrough_dir: `${dir}/remote`,
-        }),
-      ], {
-        ANSIBLE_NOCOLOR: "1",
-        ANSIBLE_FORCE_COLOR: "0",
-        ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
-        ANSIBLE_REMOTE_TEMP: remoteTmp,
-      });
+      const { code, out } = await playbookIn(
+        dir,
+        { passthrough_config: `${dir}/config.yaml` },
+        [],
+        {
+          ANSIBLE_REMOTE_TEMP: remoteTmp,
+        },
+      );
       assertEquals(code, 2, out);
       assertEquals(taskStatus(out, "Passthrough root check"), "fatal", out);
       assertMatch(
@@ -651,26 +656,13 @@ Deno.test({
         `${dir}/hosts`,
         "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
       );
-      const { code, out } = await run("ansible-playbook", [
-        "-i",
-        `${dir}/hosts`,
-        PLAYBOOK,
-        "--check",
-        "-e",
-        JSON.stringify({
-          // A config the controller does not have: its copy fails.
-          passthrough_config: `${dir}/missing.yaml`,
-          passthrough_bundle: `${dir}/passthrough.js`,
-          passthrough_guard: `${dir}/hook`,
-          passthrough_deno: Deno.execPath(),
-          passthrough_dir: `${dir}/remote`,
-        }),
-      ], {
-        ANSIBLE_NOCOLOR: "1",
-        ANSIBLE_FORCE_COLOR: "0",
-        ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
-        TMPDIR: `${dir}/host-tmp`,
-      });
+      const { code, out } = await playbookIn(
+        dir,
+        // A config the controller does not have: its copy fails.
+        { passthrough_config: `${dir}/missing.yaml` },
+        ["--check"],
+        { TMPDIR: `${dir}/host-tmp` },
+      );
       assertEquals(code, 2, out);
       assertEquals(taskStatus(out, "Passthrough config"), "fatal", out);
       assertEquals([...Deno.readDirSync(`${dir}/host-tmp`)].map((e) => e.name), [], out);
