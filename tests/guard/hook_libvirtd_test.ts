@@ -94,6 +94,14 @@ async function installHook(hooksDir: string, stateDir: string, ...more: string[]
   assertEquals(install.code, 0, install.stderr);
 }
 
+/** `virsh start` of `vm`, shown, then `vm` undefined. */
+async function startOnce(uri: string, vm: string): Promise<{ code: number; out: string }> {
+  const start = await virsh(uri, "start", vm);
+  console.log(`$ virsh start ${vm}\n${start.out.trim()}`);
+  await virsh(uri, "undefine", vm);
+  return start;
+}
+
 async function virsh(uri: string, ...args: string[]): Promise<{ code: number; out: string }> {
   const output = await new Deno.Command(VIRSH, {
     args: ["-c", uri, ...args],
@@ -305,9 +313,7 @@ Deno.test({
             ),
           );
           assertEquals((await virsh(daemon.uri, "define", `${dir}/${vm}.xml`)).code, 0);
-          const start = await virsh(daemon.uri, "start", vm);
-          console.log(`$ virsh start ${vm}\n${start.out.trim()}`);
-          await virsh(daemon.uri, "undefine", vm);
+          const start = await startOnce(daemon.uri, vm);
           assertEquals(start.code, 1, start.out);
           assertMatch(
             start.out,
@@ -633,9 +639,7 @@ Deno.test({
       await Deno.writeTextFile(`${dir}/forged.xml`, forged);
       const defined = await virsh(daemon.uri, "define", `${dir}/forged.xml`);
       assertEquals(defined.code, 0, defined.out);
-      const start = await virsh(daemon.uri, "start", vm);
-      console.log(`$ virsh start ${vm}\n${start.out.trim()}`);
-      await virsh(daemon.uri, "undefine", vm);
+      const start = await startOnce(daemon.uri, vm);
       assertEquals(start.code, 1, start.out);
       assertMatch(
         start.out,
