@@ -123,10 +123,6 @@ for (const c of cases) {
   });
 }
 
-Deno.test("cases tree cleanup", () => {
-  Deno.removeSync(dir, { recursive: true });
-});
-
 Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes the CPU's USB controllers in its slot", async () => {
   // Renoir's internal bus, one IOMMU group: the iGPU and its HDMI audio are 1002's; the PSP, two
   // USB controllers and the audio coprocessor in the same slot are the CPU's (1022).
@@ -169,4 +165,8 @@ Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes 
   assertEquals([result.code, vm?.changed, vm?.errors.map((e) => [e.code, e.devices])], [1, false, [
     ["group-contains-host-critical", ["0000:05:00.3", "0000:05:00.4"]],
   ]]);
+});
+
+Deno.test("cases tree cleanup", () => {
+  Deno.removeSync(dir, { recursive: true });
 });
