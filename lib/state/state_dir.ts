@@ -392,16 +392,23 @@ function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uin
   // A regular file: "only regular files" would not say what is wrong with it.
   const tooLarge = () =>
     unexpectedFile(path, `it is larger than ${maxBytes} bytes`, "passthrough writes none so large");
-  if ((file.statSync().size ?? 0) > maxBytes) throw tooLarge();
-  // One byte more than allowed tells a file that grew since the stat.
-  const out = new Uint8Array(maxBytes + 1);
+  const size = file.statSync().size ?? 0;
+  if (size > maxBytes) throw tooLarge();
+  // Sized by the stat, not by `maxBytes`: a backup's limit allocated at every read of a small
+  // file adds up over every backup an apply lists. The byte more tells a file that grew since.
+  let out = new Uint8Array(size + 1);
   let length = 0;
-  while (length < out.length) {
+  for (;;) {
+    if (length === out.length) {
+      if (length > maxBytes) throw tooLarge();
+      const grown = new Uint8Array(Math.min(length * 2, maxBytes + 1));
+      grown.set(out);
+      out = grown;
+    }
     const n = file.readSync(out.subarray(length));
     if (n === null || n === 0) break;
     length += n;
   }
-  if (length > maxBytes) throw tooLarge();
   return out.slice(0, length);
 }
 

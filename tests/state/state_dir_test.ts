@@ -2,6 +2,7 @@ import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/as
 import {
   DEFAULT_STATE_DIR,
   openStateDir,
+  readOwnFileSync,
   resolveStateDirPath,
   StateDirError,
   writeNewFileSync,
@@ -296,4 +297,17 @@ Deno.test({
       Deno.removeSync(root, { recursive: true });
     }
   },
+});
+
+Deno.test("readOwnFileSync() sizes its buffer by the file, not by its limit", () => {
+  const dir = tempDir();
+  try {
+    const path = writeNewFileSync(dir, "small", "four");
+    // No buffer of this limit can be allocated: read by it, the file would be a RangeError.
+    assertEquals(new TextDecoder().decode(readOwnFileSync(path, Number.MAX_SAFE_INTEGER)), "four");
+    assertEquals(readOwnFileSync(path, 4).length, 4);
+    assertThrows(() => readOwnFileSync(path, 3), StateDirError, "larger than 3 bytes");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
