@@ -38,14 +38,18 @@ Deno.test("the Ansible playbook runs the bundle with exactly bin/passthrough's f
     documentedFlags().filter((f) => f !== "--no-prompt"),
   );
   assertEquals(play.vars.passthrough_default_v8_flags, [wrapperV8Flags()]);
+  const oneLine = (name: string) => String(play.vars[name]).replace(/\s+/g, " ").trim();
   assertEquals(
-    String(play.vars.passthrough_run).replace(/\s+/g, " ").trim(),
+    oneLine("_pt_deno_run"),
     "{{ ['timeout', '-k', '10', _pt_timeout | string, _pt_deno, 'run', '--quiet', '--no-prompt', " +
       "'--no-config'] + (passthrough_v8_flags | default(passthrough_default_v8_flags)) + " +
-      "(passthrough_permissions | default(passthrough_default_permissions)) + " +
-      "[_pt_run_dir ~ '/passthrough.js'] }}",
+      "(passthrough_permissions | default(passthrough_default_permissions)) }}",
   );
-  // Every `deno run` of the playbook goes through passthrough_run.
+  assertEquals(
+    oneLine("passthrough_run"),
+    "{{ _pt_deno_run + [_pt_run_dir ~ '/passthrough.js'] }}",
+  );
+  // Every `deno run` of the playbook goes through _pt_deno_run.
   assertEquals([...text.matchAll(/'run'/g)].length, 1, "one deno run in the playbook");
   // No setting is a play var: those would win over the inventory, host_vars and group_vars.
   const settings = Object.keys(play.vars).filter((k) =>
