@@ -362,7 +362,12 @@ export function hostSincePlan(
     if (group === null || seen.has(group)) continue;
     seen.add(group);
     const before = new Set((planned.get(group) ?? []).map((d) => d.address));
-    for (const mate of now.groupMembers(group) ?? []) {
+    const members = now.groupMembers(group);
+    if (members === null) {
+      problems.push(unlistedGroup(group, named));
+      continue;
+    }
+    for (const mate of members) {
       if (taking.has(mate) || bound.has(mate)) continue;
       const other = read(mate);
       if (other === null || other.isBridge) continue;
@@ -437,20 +442,27 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
   const passing = new Set(passed);
   const mates = new Map<PciAddress, { device: PciDevice; of: PciAddress; group: number }>();
   const seen = new Set<number>();
+  const problems: string[] = [];
   for (const address of passing) {
     const group = host.device(address)?.iommuGroup ?? null;
     if (group === null || seen.has(group)) continue;
     seen.add(group);
-    for (const mate of host.groupMembers(group) ?? []) {
+    const members = host.groupMembers(group);
+    if (members === null) {
+      problems.push(unlistedGroup(group, `"${address}"`));
+      continue;
+    }
+    for (const mate of members) {
       if (passing.has(mate) || mates.has(mate)) continue;
       const device = host.device(mate);
       if (device !== null && !device.isBridge) mates.set(mate, { device, of: address, group });
     }
   }
-  if (mates.size === 0) return [];
+  if (mates.size === 0) return problems;
   const hostUse = host.hostUse([...mates.values()].map((m) => m.device));
   if (hostUse === null) {
     return [
+      ...problems,
       `what the host uses of the IOMMU groups of ${
         [...passing].map((a) => `"${a}"`).join(", ")
       } cannot be read now`,
@@ -462,10 +474,22 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
       return device === null ? [] : [cardOf(device)];
     }),
   );
-  return [...mates].flatMap(([address, { device, of, group }]) => {
-    const why = hostCriticalReason(device, { matchedCards, hostUse });
-    return why === null ? [] : [
-      `IOMMU group ${group} of "${of}" also holds "${address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,
-    ];
-  });
+  return [
+    ...problems,
+    ...[...mates].flatMap(([address, { device, of, group }]) => {
+      const why = hostCriticalReason(device, { matchedCards, hostUse });
+      return why === null ? [] : [
+        `IOMMU group ${group} of "${of}" also holds "${address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,
+      ];
+    }),
+  ];
+}
+
+/**
+ * Why a group whose listing cannot be read fails the check: read as empty, it would pass as a
+ * group without mates, when what else VFIO would hand over with the device is unknown.
+ */
+function unlistedGroup(group: number, named: string): string {
+  return `the members of IOMMU group ${group} of ${named} cannot be read now ` +
+    `(kernel/iommu_groups/${group}/devices), so what else a guest would take with it is unknown`;
 }

@@ -47,6 +47,7 @@ async function planChangeApply(
   before: HostDescription,
   after: HostDescription,
   config = GPU_CONFIG,
+  damage: (root: string) => void = () => {},
 ): Promise<{ report: ApplyReport; backups: number; xml: string; was: string }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
@@ -60,6 +61,7 @@ async function planChangeApply(
       // While apply waits at its prompt, the host changes.
       Deno.removeSync(root, { recursive: true });
       buildHostTree(after, root);
+      damage(root);
       const report = await applyPlan(plan, {
         libvirt,
         stateDir: `${dir}/state`,
@@ -96,6 +98,25 @@ Deno.test("applyPlan() does not define a VM whose IOMMU group gained a function 
   assertEquals(
     result.message,
     `Not applied to "win10": since the plan was made, the host's devices changed: IOMMU group 1 of "0000:01:00.0" (rule "gpu") now also holds "0000:01:00.2" (class 010802, driver nvme), which the plan did not see (VFIO hands a guest the whole group): run the plan again`,
+  );
+});
+
+Deno.test("applyPlan() does not define a VM whose IOMMU group's listing cannot be read now", async () => {
+  const after = { devices: [...PLANNED.devices, NVME_IN_GROUP] };
+  const { report, backups, xml, was } = await planChangeApply(
+    PLANNED,
+    after,
+    GPU_CONFIG,
+    (root) => {
+      Deno.removeSync(`${root}/kernel/iommu_groups/1/devices`, { recursive: true });
+    },
+  );
+  const result = report.vms[0]!;
+  // Before: read as a group without mates, defined although the drive joined it.
+  assertEquals([result.status, result.code, backups, xml], ["failed", "hardware-changed", 0, was]);
+  assertEquals(
+    result.message,
+    `Not applied to "win10": since the plan was made, the host's devices changed: the members of IOMMU group 1 of "0000:01:00.0" (rule "gpu") cannot be read now (kernel/iommu_groups/1/devices), so what else a guest would take with it is unknown: run the plan again`,
   );
 });
 
@@ -157,6 +178,7 @@ async function applyChangeRollback(
   after: HostDescription,
   change: "before" | "at-question",
   extra: Partial<RollbackOptions> = {},
+  damage: (root: string) => void = () => {},
 ): Promise<{ report: RollbackReport; xml: string; was: string }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
@@ -187,6 +209,7 @@ async function applyChangeRollback(
       const rebuild = () => {
         Deno.removeSync(root, { recursive: true });
         buildHostTree(after, root);
+        damage(root);
       };
       if (change === "before") rebuild();
       const was = libvirt.getPersistentXml("win10", { secure: true });
@@ -218,6 +241,18 @@ Deno.test("rollbackVm() does not restore a backup whose IOMMU group now holds a 
   assertMatch(
     report.message,
     /^Refusing to restore backup "[^"]+" into "win10": IOMMU group 1 of "0000:01:00\.0" also holds "0000:05:00\.0", which it does not pass and the host needs \(in use by the host \(mounted-filesystem: \/srv\)\): VFIO hands a guest the whole group; "passthrough plan --vm win10" shows/,
+  );
+});
+
+Deno.test("rollbackVm() does not restore a backup whose IOMMU group's listing cannot be read", async () => {
+  const { report, xml, was } = await applyChangeRollback(PLANNED, "before", {}, (root) => {
+    Deno.removeSync(`${root}/kernel/iommu_groups/1/devices`, { recursive: true });
+  });
+  // Before: restored, the group read as one without mates.
+  assertEquals([report.status, report.code, xml], ["failed", "start-refused", was]);
+  assertMatch(
+    report.message,
+    /: the members of IOMMU group 1 of "0000:01:00\.0" cannot be read now \(kernel\/iommu_groups\/1\/devices\), so what else a guest would take with it is unknown; /,
   );
 });
 
