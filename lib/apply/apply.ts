@@ -91,7 +91,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  *   changed (`skipped`);
  * - `invalid-plan`: the planned XML is unreadable, names another domain or uuid, or the domain is
  *   transient (`failed`);
- * - `read-failed`: libvirt could not return the definition again (`failed`);
+ * - `read-failed`: libvirt could not return the definition or the other domains again, or the
+ *   host's devices could not be read again to check them (`failed`);
  * - `drift`: the definition changed since the plan was made (`failed`);
  * - `conflict-changed`: another domain was given a device this VM takes since the plan was made
  *   (`failed`);
@@ -1300,7 +1301,8 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
-  const changed = hardwareChanged(vm, plan, options);
+  const changed = hardwareChangedOr(vm, plan, options);
+  if (!Array.isArray(changed)) return fail(changed);
   if (changed.length > 0) {
     return fail({
       code: "hardware-changed",
@@ -1381,6 +1383,28 @@ function hardwareChanged(
     ...hardwareSincePlan(vm, hardware, plan.groupOf),
     ...(hostNow === undefined ? [] : hostSincePlan(vm, hostNow, plan.groupOf)),
   ];
+}
+
+/**
+ * {@link hardwareChanged}, or a failure when the host cannot be read again: not read is not
+ * unchanged, and a throw would end the whole apply, the VMs defined before this one unreported.
+ */
+function hardwareChangedOr(
+  vm: VmPlan,
+  plan: Plan,
+  options: Pick<ApplyOptions, "hardware" | "hostNow">,
+): string[] | Failure {
+  try {
+    return hardwareChanged(vm, plan, options);
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message:
+        `Not applied to "${vm.name}": cannot read the host's devices again to check that they are as planned (${
+          errorText(error)
+        }): run the plan again`,
+    };
+  }
 }
 
 /** The backup of the definition about to be replaced; a failure when it cannot be written. */

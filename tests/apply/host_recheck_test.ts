@@ -364,3 +364,49 @@ Deno.test("applyPlan() --live attaches nothing, and reports, when the host canno
     `Defined "win10" (2 added, 0 removed); not hot-plugged into the running guest, as the host's devices could not be read again: not known to be safe to start as defined`,
   );
 });
+
+Deno.test("applyPlan() refuses the VM whose host cannot be read again, and goes on with the others", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
+  try {
+    const root = `${dir}/sysfs`;
+    buildHostTree(PLANNED, root);
+    const host = await discoverHost({ root, lspci: null });
+    const other = domainXml("other", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e03");
+    const both = config(`  other:
+    devices:
+      - name: nvme
+        match: { vendor_device_id: "144d:a808" }
+  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+`);
+    await withPort([WIN10, other], async (port) => {
+      const plan = planHostdevs({ config: both, host, libvirt: port });
+      assertEquals(plan.vms.map((v) => [v.name, v.errors]), [["other", []], ["win10", []]]);
+      // The tree breaks just after the first define, as while the host is changed under apply.
+      const libvirt = withFault(port, () => {}, () => {
+        Deno.writeTextFileSync(`${root}/host_use.json`, "[{");
+      });
+      const report = await applyPlan(plan, {
+        libvirt,
+        stateDir: `${dir}/state`,
+        confirm: () => Promise.resolve("yes"),
+        hardware: hostDeviceReader(root),
+        hostNow: { planned: host, ...hostReader(root) },
+      });
+      // Before: applyPlan threw after "other" was defined, with no report of it.
+      assertEquals(report.vms.map((v) => [v.vm, v.status, v.code]), [
+        ["other", "changed", "applied"],
+        ["win10", "failed", "read-failed"],
+      ]);
+      assertMatch(
+        report.vms[1]!.message,
+        /^Not applied to "win10": cannot read the host's devices again to check that they are as planned \(Cannot parse "[^"]+\/host_use\.json": .+\): run the plan again$/,
+      );
+      assertEquals(port.getPersistentXml("win10"), plan.vms[1]!.currentXml);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
