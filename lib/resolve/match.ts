@@ -12,6 +12,7 @@ import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { cardOf } from "./host_critical.ts";
 import { followUpCommand, type RunFlags } from "../render/shell.ts";
+import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** Drivers that only hold a device for a guest: the device's real host driver is elsewhere. */
 export const VFIO_DRIVERS: ReadonlySet<string> = new Set(["vfio-pci", "pci-stub"]);
@@ -395,7 +396,48 @@ export function resolveRule(
   if (units.length > wanted) {
     return refused(ambiguousIssue(rule, host, matched, { units, wanted, options }));
   }
+  const chip = oneChip(units);
+  if (chip !== null) return refused(oneChipIssue(rule, chip));
   return { rule, devices: matched, units, issue: null };
+}
+
+/**
+ * Units of two vendors in one slot and one IOMMU group, or `null`: one chip, whose other
+ * vendor's functions {@link cardOf} keeps apart from the card (an AMD APU's USB controllers, the
+ * CPU's, beside its graphics). Counted as cards of their own, they would fill a rule's `count`
+ * and be taken as matched, the host's keyboard with them.
+ */
+function oneChip(units: readonly MatchUnit[]): MatchUnit[] | null {
+  const bySlot = new Map<string, MatchUnit[]>();
+  for (const unit of units) {
+    const first = unit.devices[0]!;
+    const address = first.physfn ?? first.address;
+    // On bus 00 every function is a device of its own (see cardOf).
+    if (unit.group === null || pciAddressParts(address).bus === 0) continue;
+    const key = `${unit.group}@${slotOf(address)}`;
+    bySlot.set(key, [...bySlot.get(key) ?? [], unit]);
+  }
+  return [...bySlot.values()].find((same) => same.length > 1) ?? null;
+}
+
+/** `ambiguous`: a rule counting the functions of two vendors in one chip ({@link oneChip}). */
+function oneChipIssue(rule: DeviceRule, chip: readonly MatchUnit[]): PlanIssue {
+  const first = chip[0]!.devices[0]!;
+  const devices = chip.flatMap((u) => u.devices);
+  return {
+    code: "ambiguous",
+    message:
+      `Rule "${rule.name}" of VM "${rule.vm}" counts functions of ${chip.length} vendors in slot ${
+        slotOf(first.physfn ?? first.address)
+      } (IOMMU group ${chip[0]!.group}) as ${chip.length} cards, but they are one chip: ${
+        chip.map((u) =>
+          `${u.devices.map((d) => d.address).join(" + ")} (vendor ${u.devices[0]!.vendorId})`
+        ).join(", ")
+      }; another vendor's functions in a card's slot are built in beside it (an AMD APU's USB controllers are the CPU's): narrow it with "vendor_id"`,
+    ...ruleBase(rule),
+    devices: devices.map((d) => d.address),
+    candidates: devices.map(toCandidate),
+  };
 }
 
 /** Where a rule's issue points: its VM, name and config location. */

@@ -123,21 +123,24 @@ for (const c of cases) {
   });
 }
 
-Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes the CPU's USB controllers in its slot", async () => {
-  // Renoir's internal bus, one IOMMU group: the iGPU and its HDMI audio are 1002's; the PSP, two
-  // USB controllers and the audio coprocessor in the same slot are the CPU's (1022).
+/**
+ * Renoir's internal bus, one IOMMU group, built at `base/sysfs` with a test-driver world holding
+ * vm1 and `rule` as vm1's one rule: the iGPU and its HDMI audio are 1002's; the PSP, two USB
+ * controllers and the audio coprocessor in the same slot are the CPU's (1022). Every function
+ * carries the board's subsystem IDs, as on an MSI board.
+ */
+function apuTree(base: string, rule: string): void {
   const fn = (bdf: string, vendor: string, device: string, cls: string, driver: string) => ({
     bdf,
     group: 7,
     class: cls,
     vendor,
     device,
-    subsystem_vendor: null,
-    subsystem_device: null,
+    subsystem_vendor: "0x1462",
+    subsystem_device: "0x7c95",
     driver,
     revision: null,
   });
-  const base = `${dir}/apu`;
   buildHostTree({
     host_use: [],
     devices: [
@@ -156,8 +159,13 @@ Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes 
   );
   Deno.writeTextFileSync(
     `${base}/config.yaml`,
-    'version: 1\nvms:\n  vm1:\n    devices:\n      - name: igpu\n        match: { vendor_device_id: "1002:1638" }\n',
+    `version: 1\nvms:\n  vm1:\n    devices:\n      - name: igpu\n        ${rule}\n`,
   );
+}
+
+Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes the CPU's USB controllers in its slot", async () => {
+  const base = `${dir}/apu`;
+  apuTree(base, 'match: { vendor_device_id: "1002:1638" }');
   const result = await planJson(base, `${base}/sysfs`);
   const plan = JSON.parse(result.stdout) as Plan;
   const vm = plan.vms.find((v) => v.name === "vm1");
@@ -165,6 +173,32 @@ Deno.test("plan --json on a built AMD APU tree refuses the iGPU rule that takes 
   assertEquals([result.code, vm?.changed, vm?.errors.map((e) => [e.code, e.devices])], [1, false, [
     ["group-contains-host-critical", ["0000:05:00.3", "0000:05:00.4"]],
   ]]);
+});
+
+Deno.test("plan --json on a built AMD APU tree does not count the CPU's functions in the iGPU's slot as a second card", async () => {
+  for (
+    const [name, rule] of [
+      ["two", 'count: 2\n        match: { subsystem_vendor_id: "1462" }'],
+      ["audio", "count: 2\n        match: { driver: snd_hda_intel }"],
+      ["all", 'all: true\n        match: { subsystem_vendor_id: "1462" }'],
+    ]
+  ) {
+    const base = `${dir}/apu-${name}`;
+    apuTree(base, rule!);
+    const result = await planJson(base, `${base}/sysfs`);
+    const vm = (JSON.parse(result.stdout) as Plan).vms.find((v) => v.name === "vm1");
+    // Before: planned, the iGPU's and the CPU's functions taken as two cards, the host's USB
+    // controllers among them as matched, with a note on their drivers.
+    assertEquals([result.code, vm?.changed, vm?.errors.map((e) => e.code)], [1, false, [
+      "ambiguous",
+    ]], name);
+  }
+  const base = `${dir}/apu-two`;
+  const vm = (JSON.parse((await planJson(base, `${base}/sysfs`)).stdout) as Plan).vms[0]!;
+  assertEquals(
+    vm.errors[0]!.message,
+    'Rule "igpu" of VM "vm1" counts functions of 2 vendors in slot 0000:05:00 (IOMMU group 7) as 2 cards, but they are one chip: 0000:05:00.0 + 0000:05:00.1 (vendor 1002), 0000:05:00.2 + 0000:05:00.3 + 0000:05:00.4 + 0000:05:00.6 (vendor 1022); another vendor\'s functions in a card\'s slot are built in beside it (an AMD APU\'s USB controllers are the CPU\'s): narrow it with "vendor_id"',
+  );
 });
 
 Deno.test("cases tree cleanup", () => {
