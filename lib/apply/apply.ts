@@ -604,9 +604,10 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
 function prune(vm: VmApplyResult, state: StateDir, keep: number): void {
   if (vm.status !== "changed" || vm.backup === null || keep <= 0) return;
   try {
-    const taken = listBackups(state, vm.vm).find((b) => b.path === vm.backup);
+    const listed = listBackups(state, vm.vm);
+    const taken = listed.find((b) => b.path === vm.backup);
     if (taken === undefined) return;
-    const { removed, error } = pruneBackups(state, vm.vm, {
+    const { removed, error } = pruneBackups(listed, {
       uuid: taken.uuid,
       uri: taken.uri,
       keep,

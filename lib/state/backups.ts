@@ -513,25 +513,24 @@ export interface PruneOutcome {
 }
 
 /**
- * Removes the backups of `vm` taken from the domain `uuid` of the connection `uri` beyond its
- * newest `keep` (`0`: none removed). The newest is what `rollback VM` restores, so `keep` is at
- * least 1 when anything goes. Only intact backups of that domain count and go: those of another
- * domain once named `vm` (undefined since), or of one with that uuid on another connection (a VM
- * migrated or defined there from one XML, whose apply this one's lock does not exclude), may be
- * the only way to define it again, and a damaged or incomplete file (an XML that no longer matches
- * its sidecar's sha256 too) is left for a person to look at.
+ * Removes, of `listed` (one VM's intact backups, newest first, as {@link listBackups} gives
+ * them), those taken from the domain `uuid` of the connection `uri` beyond its newest `keep` (`0`:
+ * none removed). The newest is what `rollback VM` restores, so `keep` is at least 1 when anything
+ * goes. Only intact backups of that domain count and go: those of another domain once named the
+ * same (undefined since), or of one with that uuid on another connection (a VM migrated or defined
+ * there from one XML, whose apply this one's lock does not exclude), may be the only way to define
+ * it again, and a damaged or incomplete file (an XML that no longer matches its sidecar's sha256
+ * too) is left for a person to look at. It takes the listing rather than reading the backups
+ * again: listing reads and hashes every one, and its caller has just done so.
  */
 export function pruneBackups(
-  stateDir: string | StateDir,
-  vm: string,
+  listed: readonly BackupEntry[],
   options: { uuid: string; uri: string; keep: number },
 ): PruneOutcome {
   const outcome: PruneOutcome = { removed: [], error: null };
   if (options.keep <= 0) return outcome;
   const uri = lockUri(options.uri);
-  const ours = listBackups(stateDir, vm).filter((e) =>
-    e.uuid === options.uuid && lockUri(e.uri) === uri
-  );
+  const ours = listed.filter((e) => e.uuid === options.uuid && lockUri(e.uri) === uri);
   for (const entry of ours.slice(options.keep)) {
     try {
       // The sidecar first: cut short here, the XML left is listed as incomplete, never restored.

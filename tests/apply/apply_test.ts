@@ -290,6 +290,43 @@ Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and rem
   assertEquals(listBackups(f.stateDir, "alpha").length, 4);
 });
 
+Deno.test("applyPlan() reads each backup of a changed VM once to check and prune them", async () => {
+  using f = fixture();
+  for (let second = 0; second < 3; second++) {
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid: UUIDS.alpha!,
+      xml: `<domain><name>alpha</name><uuid>${UUIDS.alpha}</uuid></domain>`,
+      reason: "apply",
+      uri: f.port.uri,
+      now: new Date(Date.UTC(2026, 0, 1, 0, 0, second)),
+    });
+  }
+  // Each read hashes the whole XML (up to 16 MiB): a second listing doubled apply's reading.
+  const reads = new Map<string, number>();
+  const open = Deno.openSync;
+  Deno.openSync = (path, options) => {
+    const name = String(path);
+    if (options?.write !== true && /\/backups\/alpha\/[^/.][^/]*\.xml$/.test(name)) {
+      reads.set(name, (reads.get(name) ?? 0) + 1);
+    }
+    return open(path, options);
+  };
+  let report;
+  try {
+    report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      confirm: yes,
+      keepBackups: 2,
+    });
+  } finally {
+    Deno.openSync = open;
+  }
+  assertEquals(report.vms[0]?.pruned.length, 2);
+  assertEquals([...reads.values()], [1, 1, 1, 1]);
+});
+
 Deno.test("applyPlan() keeps the backups another connection took of a domain with the same name and uuid", async () => {
   using f = fixture();
   // The same domain migrated to another host, or defined there from one XML: its backups are the

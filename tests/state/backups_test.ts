@@ -196,9 +196,19 @@ Deno.test("pruneBackups() keeps the newest by the order rollback reads, after a 
     const ahead = backupOf(state, "a", { second: 3600 });
     const stepped = backupOf(state, "a", { second: 1 });
     const twin = backupOf(state, "a", { second: 1 });
-    assertEquals(pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 0 }).removed, []);
-    assertEquals(pruneBackups(state, "a", { uuid: "other", uri: "u", keep: 1 }).removed, []);
-    const { removed, error } = pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 2 });
+    assertEquals(
+      pruneBackups(listBackups(state, "a"), { uuid: UUID, uri: "u", keep: 0 }).removed,
+      [],
+    );
+    assertEquals(
+      pruneBackups(listBackups(state, "a"), { uuid: "other", uri: "u", keep: 1 }).removed,
+      [],
+    );
+    const { removed, error } = pruneBackups(listBackups(state, "a"), {
+      uuid: UUID,
+      uri: "u",
+      keep: 2,
+    });
     assertEquals([removed.map((e) => e.id), error], [[ahead.id], null]);
     assertEquals(listBackups(state, "a").map((e) => e.id), [twin.id, stepped.id]);
     assertEquals(findBackup(state, "a").id, twin.id);
@@ -218,12 +228,16 @@ Deno.test("pruneBackups() neither counts nor removes a backup whose XML no longe
     const newest = backupOf(state, "a", { second: 3 });
     // Changed on disk since: `rollback --to` refuses it, so it is listed as damaged.
     Deno.writeTextFileSync(changed.path, "<domain/>\n");
-    const { removed, error } = pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 2 });
+    const { removed, error } = pruneBackups(listBackups(state, "a"), {
+      uuid: UUID,
+      uri: "u",
+      keep: 2,
+    });
     // The two usable ones are the newest and the oldest: nothing goes.
     assertEquals([removed, error], [[], null]);
     assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, good.id]);
     assertEquals(readBackupXml(findBackup(state, "a", good.id)), xmlOf("a"));
-    const one = pruneBackups(state, "a", { uuid: UUID, uri: "u", keep: 1 });
+    const one = pruneBackups(listBackups(state, "a"), { uuid: UUID, uri: "u", keep: 1 });
     // The damaged one stays for a person to look at.
     assertEquals(one.removed.map((e) => e.id), [good.id]);
     assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id]);
