@@ -39,10 +39,6 @@ import { deferSignals, keepIgnoredSignals } from "./signals.ts";
 export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<number> {
   // Before lspci runs: Deno then ends the process on a signal nohup asked to be ignored.
   keepIgnoredSignals();
-  if (!values.yes && !io.interactive) {
-    // A runtime error (exit 1): the command line is right, this run has no terminal.
-    throw new Error("No terminal to confirm on: pass --yes to apply without asking");
-  }
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
@@ -55,6 +51,13 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
   try {
     using computed = await computePlan(values, io, {
       command: "apply",
+      // Once a wrong command line (or one the config's host section contradicts) has been said.
+      beforeConnect: () => {
+        if (!values.yes && !io.interactive) {
+          // A runtime error (exit 1): the command line is right, this run has no terminal.
+          throw new Error("No terminal to confirm on: pass --yes to apply without asking");
+        }
+      },
       onConnect: (libvirt) => {
         const state = openStateDir(stateDir);
         held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });

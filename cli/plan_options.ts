@@ -242,14 +242,20 @@ async function discoverWhileConnecting(
 /**
  * Loads the config, picks this process's host, discovers it, opens libvirt and plans. The
  * connection stays open so `apply` can re-check and define through the same one (the test
- * driver keeps state per connection). `onConnect` runs once the connection is open, before
- * planning (`apply` takes the connection's lock there). `options.command` names the command in the
- * message of a libvirt that does not answer.
+ * driver keeps state per connection). `beforeConnect` runs once the command line and the config
+ * are checked, before the host is read or libvirt opened (`apply` refuses there to run without a
+ * terminal, after any usage error). `onConnect` runs once the connection is open, before planning
+ * (`apply` takes the connection's lock there). `options.command` names the command in the message
+ * of a libvirt that does not answer.
  */
 export async function computePlan(
   inputs: PlanInputs,
   io: CliIo,
-  options: { command: "plan" | "apply"; onConnect?: (libvirt: OpenLibvirtPort) => void },
+  options: {
+    command: "plan" | "apply";
+    beforeConnect?: () => void;
+    onConnect?: (libvirt: OpenLibvirtPort) => void;
+  },
 ): Promise<ComputedPlan> {
   const loaded = await loadConfig(configPath(inputs.config, io));
   const { config, sysfs, connect, section, connectOrigin, keepBackups } = hostInputs(
@@ -270,6 +276,7 @@ export async function computePlan(
   );
   // Checked before discovery when the URI is known; libvirt's own default only once open.
   if (target.uri !== null) checkRemoteHost(target.uri, sysfs, section);
+  options.beforeConnect?.();
   const { host, libvirt } = await discoverWhileConnecting(sysfs, target);
   try {
     checkRemoteHost(libvirt.uri, sysfs, section);

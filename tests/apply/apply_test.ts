@@ -912,6 +912,14 @@ Deno.test("passthrough apply keeps the number of backups its host section's keep
     both.stderr,
     /--keep-backups and hosts\.hv1\.keep_backups in .*config\.yaml both say how many backups to keep: keep one/,
   );
+  // Without a terminal, the wrong command line is what is said (and fixed) first.
+  const asking = args.filter((a) => a !== "--yes");
+  const unasked = await runCli(["apply", ...asking, "--keep-backups", "5"], { flags: ["-A"] });
+  assertEquals(unasked.code, 2, unasked.stderr);
+  assertMatch(unasked.stderr, /both say how many backups to keep: keep one/);
+  const ten = await runCli(["apply", ...asking, "--keep-backups", "ten"], { flags: ["-A"] });
+  assertEquals(ten.code, 2, ten.stderr);
+  assertMatch(ten.stderr, /--keep-backups takes a number of backups/);
 });
 
 Deno.test("passthrough apply --yes --json defines every VM and prints the report", async () => {
