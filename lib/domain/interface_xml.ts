@@ -13,6 +13,9 @@ import { canonicalPciAddress, pciAddressFromLibvirt, pciAddressToLibvirt } from 
 import {
   asText,
   attributeProperty,
+  elementProperty,
+  type GuestPciAddress,
+  guestPciAddress,
   onOff,
   readProperties,
   unsignedDecimal,
@@ -39,6 +42,8 @@ export interface DomainInterface {
   romBar: "on" | "off" | null;
   /** `<rom file>`, decoded, or `null`. */
   romFile: string | null;
+  /** Where the guest sees it (`<address type='pci'>` after `<source>`); `null`: libvirt chooses. */
+  guestAddress: GuestPciAddress | null;
   /** The element's exact original text. */
   xml: string;
 }
@@ -49,6 +54,7 @@ const INTERFACE_PROPERTIES = {
   bootOrder: attributeProperty("boot/@order", unsignedDecimal),
   romBar: attributeProperty("rom/@bar", onOff),
   romFile: attributeProperty("rom/@file", asText),
+  guestAddress: elementProperty("address", guestPciAddress),
 };
 
 /** The `<vlan>` of an interface element, or `null`. */
@@ -90,7 +96,7 @@ export function readInterface(
   if (address === undefined || (address.attributes.type ?? "pci") !== "pci") return null;
   const canonical = pciAddressFromLibvirt(address.attributes);
   if (canonical === null) return null;
-  const { managed, mac, bootOrder, romBar, romFile } = readProperties(
+  const { managed, mac, bootOrder, romBar, romFile, guestAddress } = readProperties(
     element,
     INTERFACE_PROPERTIES,
   );
@@ -103,6 +109,7 @@ export function readInterface(
     bootOrder,
     romBar,
     romFile,
+    guestAddress,
     xml,
   };
 }

@@ -139,8 +139,9 @@ function appliedCardSlots(
 
 /**
  * The function 0s the guest has after the edit apart from the cards being laid out, by host
- * address: hostdevs the edit keeps (a hand-added one kept as written, another rule's) and those
- * another rule adds. The value is the guest address, `null` where libvirt places it.
+ * address: hostdevs and `<interface type='hostdev'>`s the edit keeps (a hand-added one kept as
+ * written, another rule's) and those another rule adds. The value is the guest address, `null`
+ * where libvirt places it.
  */
 function functionZeroes(
   domain: ParsedDomain,
@@ -148,7 +149,7 @@ function functionZeroes(
   changes: HostdevChanges,
 ): Map<PciAddress, string | null> {
   const zeroes = new Map<PciAddress, string | null>();
-  for (const hostdev of domain.hostdevs) {
+  for (const hostdev of [...domain.hostdevs, ...domain.interfaces]) {
     if (pciAddressParts(hostdev.address).function !== 0) continue;
     if (changes.leaving.has(hostdev.address)) continue;
     zeroes.set(hostdev.address, hostdev.guestAddress?.address ?? null);

@@ -669,6 +669,40 @@ Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 
   );
 });
 
+Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 is a hand-written interface", () => {
+  // A dual-port NIC: port 0 given by hand as a guest NIC, port 1 by a rule. Port 1 alone at
+  // function 1 of a slot of its own would be a device the guest never finds.
+  const nic = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x020000", vendor: "0x8086", device: "0x1521" },
+      { bdf: "0000:01:00.1", group: 2, class: "0x020000", vendor: "0x8086", device: "0x1521" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "dual-port" });
+  const port1 = parseConfig(
+    `version: 1\nvms:\n  vm:\n    devices:\n      - name: port1\n` +
+      `        match: { vendor_device_id: "8086:1521", address: "01:00.1" }\n` +
+      `        multifunction: true\n`,
+    { file: "c.yaml" },
+  );
+  const handWritten = `    <interface type='hostdev' managed='yes'>
+      <mac address='52:54:00:6d:90:02'/>
+      <source><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+      ${pciAddress(0x07)}
+    </interface>`;
+  const [vm] =
+    planWorld({ config: port1, host: nic, world: dataWorld({ vm: domain(handWritten) }) })
+      .vms;
+  assertOk(vm);
+  assertEquals(vm.add.map((a) => [a.address, a.spec.guestAddress]), [["0000:01:00.1", undefined]]);
+  assertOk(
+    vm.reasoning.includes(
+      "0000:01:00: 1 function cannot join the card's function 0 (guest 0000:00:07.0): libvirt places it, so the guest sees it",
+    ),
+    vm.reasoning.join("\n"),
+  );
+  assertEquals(vm.reasoning.some((r) => r.includes("function 0 is not passed")), false);
+});
+
 Deno.test("planWorld() says when a card's function kept in its guest slot loses the slot's function 0", () => {
   // A firmware or ACS setting split the card's groups, and the rule now matches the audio alone.
   const split = topologyFromDescription({
