@@ -73,10 +73,16 @@ export function findConflicts(
   return out;
 }
 
-/** The `sriov-split` refusal of `vm` for the PF/VF pair `device`/`other` and its owner. */
+/**
+ * The `sriov-split` refusal of `vm` for the PF/VF pair `device`/`other` and its owner, at the
+ * rule of `vm` that takes `device`.
+ */
 function sriovSplit(
   vm: string,
-  device: { address: PciAddress; physfn: PciAddress | null },
+  { device, rule }: {
+    device: { address: PciAddress; physfn: PciAddress | null };
+    rule: DeviceRule;
+  },
   other: PciAddress,
   owner: { vm: string; heldNow: boolean },
 ): PlanIssue {
@@ -90,6 +96,8 @@ function sriovSplit(
         owner.heldNow ? ` ("${owner.vm}" holds it in its definition now)` : ""
       }: passing a physical function to a guest destroys its virtual functions; give both to one VM, or leave ${pf} with the host`,
     vm,
+    rule: rule.name,
+    location: rule.location,
     devices: [pf, vf],
     vms: [vm, owner.vm].sort(),
   };
@@ -115,13 +123,14 @@ function sriovConflicts(
   const out = new Map<string, PlanIssue[]>();
   for (const [vm, r] of resolved) {
     const seen = new Set<string>();
-    for (const { device } of r.closure.devices) {
+    for (const closed of r.closure.devices) {
+      const { device } = closed;
       const related = device.physfn !== null ? [device.physfn] : device.virtfns;
       for (const other of related) {
         for (const owner of owners.get(other) ?? []) {
           if (owner.vm === vm || seen.has(`${other} ${owner.vm}`)) continue;
           seen.add(`${other} ${owner.vm}`);
-          out.set(vm, [...(out.get(vm) ?? []), sriovSplit(vm, device, other, owner)]);
+          out.set(vm, [...(out.get(vm) ?? []), sriovSplit(vm, closed, other, owner)]);
         }
       }
     }

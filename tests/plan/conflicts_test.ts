@@ -111,6 +111,29 @@ Deno.test("resolveConfig() refuses a PF in one VM while another VM takes one of 
   assertEquals(held.get("router")!.errors.map((e) => e.code), ["sriov-split"]);
 });
 
+Deno.test("resolveConfig() names each VM's own rule and its location in an sriov-split refusal", () => {
+  const cfg = config(`  router:
+    devices:
+      - name: pf
+        match: { address: "01:00.0" }
+  guest:
+    devices:
+      - name: vf
+        match: { address: "01:10.0" }
+`);
+  const resolved = resolveConfig(cfg, sriovHost(), {
+    held: new Map([["other", ["0000:01:10.2"]]]),
+  });
+  const where = (vm: string) =>
+    resolved.get(vm)!.errors.map((e) => [e.code, e.rule, e.location?.replace(/^.*?:/, "")]);
+  // Its rule's line and column, as every other refusal of a rule: the PF's rule both times.
+  assertEquals(where("router"), [
+    ["sriov-split", "pf", "5:9"],
+    ["sriov-split", "pf", "5:9"],
+  ]);
+  assertEquals(where("guest"), [["sriov-split", "vf", "9:9"]]);
+});
+
 Deno.test("resolveConfig() refuses a PF whose VF another domain holds now", () => {
   const cfg = config(`  router:
     devices:
