@@ -308,9 +308,10 @@ export function assignGuestSlots(
 }
 
 /**
- * A note for each hostdev the edit keeps at a function other than 0 of a guest slot whose
- * function 0 it removes with nothing in its place (`remove`: the host addresses of the hostdevs
- * it removes; `specs`: those it adds): a guest finds a slot's functions only through function 0.
+ * A note for each hostdev or `<interface type='hostdev'>` the edit keeps at a function other than
+ * 0 of a guest slot whose function 0 it removes with nothing in its place (`remove`: the host
+ * addresses of those it removes; `specs`: those it adds): a guest finds a slot's functions only
+ * through function 0.
  */
 export function strandedFunctions(
   domain: ParsedDomain,
@@ -322,14 +323,14 @@ export function strandedFunctions(
   for (const { guestAddress: g } of specs.values()) {
     if (g?.domain === 0) after.get(slotKey(g.bus, g.slot))?.functions.add(g.function);
   }
-  return domain.hostdevs.flatMap((hostdev) => {
-    const at = hostdev.guestAddress === null ? null : inDomainZero(hostdev.guestAddress);
-    if (remove.has(hostdev.address) || at === null || at.fn === 0) return [];
+  return [...domain.hostdevs, ...domain.interfaces].flatMap((kept) => {
+    const at = kept.guestAddress === null ? null : inDomainZero(kept.guestAddress);
+    if (remove.has(kept.address) || at === null || at.fn === 0) return [];
     const key = slotKey(at.bus, at.slot);
     if (!before.get(key)?.functions.has(0) || after.get(key)?.functions.has(0)) return [];
     return [
-      `${hostdev.address} stays at guest ${
-        hostdev.guestAddress!.address
+      `${kept.address} stays at guest ${
+        kept.guestAddress!.address
       }, whose function 0 leaves: the guest may not see it until a function 0 is there again`,
     ];
   });

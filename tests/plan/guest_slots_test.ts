@@ -703,6 +703,42 @@ Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 
   assertEquals(vm.reasoning.some((r) => r.includes("function 0 is not passed")), false);
 });
 
+Deno.test("planWorld() says when a hand-written interface in a card's guest slot loses the slot's function 0", () => {
+  const card = topologyFromDescription({
+    devices: [
+      { bdf: "0000:01:00.0", group: 1, class: "0x030000", vendor: "0x10de", device: "0x2684" },
+      { bdf: "0000:01:00.1", group: 1, class: "0x040300", vendor: "0x10de", device: "0x22ba" },
+      { bdf: "0000:02:00.0", group: 2, class: "0x020000", vendor: "0x8086", device: "0x1533" },
+    ].map((d) => ({ ...d, ...BLANK_IDS })),
+  }, { source: "card-and-nic" });
+  const plan = (devices: string, xml: string) => {
+    const config = parseConfig(`version: 1\nvms:\n  vm:\n    devices:${devices}`, {
+      file: "c.yaml",
+    });
+    const [vm] = planWorld({ config, host: card, world: dataWorld({ vm: xml }) }).vms;
+    assertOk(vm);
+    return vm;
+  };
+  const gpu = `\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n` +
+    `        multifunction: true\n`;
+  const applied = plan(gpu, domain(""));
+  assertMatch(applied.desiredXml, /slot='0x10' function='0x1'\/>/);
+  // The NIC added by hand beside the card's functions, in the card's guest slot.
+  const nic = `    <interface type='hostdev' managed='yes'>
+      <source><address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></source>
+      ${pciAddress(0x10, 2)}
+    </interface>
+  </devices>`;
+  const released = plan(" []\n", applied.desiredXml.replace("  </devices>", nic));
+  assertEquals(released.remove, ["0000:01:00.0", "0000:01:00.1"]);
+  assertOk(
+    released.reasoning.includes(
+      "0000:02:00.0 stays at guest 0000:00:10.2, whose function 0 leaves: the guest may not see it until a function 0 is there again",
+    ),
+    released.reasoning.join("\n"),
+  );
+});
+
 Deno.test("planWorld() says when a card's function kept in its guest slot loses the slot's function 0", () => {
   // A firmware or ACS setting split the card's groups, and the rule now matches the audio alone.
   const split = topologyFromDescription({
