@@ -2,15 +2,15 @@
  * The libvirt URI a command opens, checked before libvirt sees it: a URI that would make libvirt
  * run a program it names (`qemu+ext:///system?command=...`, `command=` or `netcat=`) is refused
  * unless `--allow-uri-programs` is given, wherever it came from (`--connect`, a config's
- * `connect:`, `LIBVIRT_DEFAULT_URI`); a test-driver URI must name a regular file.
+ * `connect:`, `LIBVIRT_DEFAULT_URI`, libvirt.conf's `uri_default` or an alias); a test-driver URI
+ * must name a regular file.
  *
  * @module
  */
 
 import { type CliIo, UsageError } from "./context.ts";
-import { UriProgramError, uriProgramReason } from "../ffi/uri_check.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
-import { libvirtUriFor } from "../ffi/libvirt_conf.ts";
+import { libvirtUriFor, refuseUriPrograms } from "../ffi/libvirt_conf.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -99,18 +99,19 @@ export function checkConnectUri(
 ): ConnectTarget {
   const fromEnvironment = io.env("LIBVIRT_DEFAULT_URI");
   const requested = uri ?? (fromEnvironment === "" ? undefined : fromEnvironment);
-  if (requested === undefined) return { uri: null, options: { allowUriPrograms: allowed } };
+  if (requested === undefined) {
+    if (!allowed) refuseUriPrograms(null, { allow: ALLOW_HINT });
+    return { uri: null, options: { allowUriPrograms: allowed } };
+  }
   const from = uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin;
   checkTestDriverFile(requested, from);
   const target = { uri: requested, options: { allowUriPrograms: allowed, origin: from } };
-  if (allowed) return target;
-  const reason = uriProgramReason(requested);
-  if (reason === null) return target;
-  throw new UriProgramError(requested, reason, {
-    origin: from,
-    allow: `Pass --allow-uri-programs if that is meant (see README, "Security notes").`,
-  });
+  if (!allowed) refuseUriPrograms(requested, { origin: from, allow: ALLOW_HINT });
+  return target;
 }
+
+/** How a refused URI is allowed on the command line. */
+const ALLOW_HINT = `Pass --allow-uri-programs if that is meant (see README, "Security notes").`;
 
 /**
  * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:

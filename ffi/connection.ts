@@ -11,7 +11,7 @@ import { borrowCString, cString, libvirt, takeCString, valueKind } from "./libra
 import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
-import { UriProgramError, uriProgramReason } from "./uri_check.ts";
+import { refuseUriPrograms } from "./libvirt_conf.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
   VIR_DOMAIN_DEFINE_VALIDATE,
@@ -23,8 +23,9 @@ export interface ConnectionOpenOptions {
   readOnly?: boolean;
   /**
    * Open a URI that makes libvirt run a program it names (`qemu+ext:///system?command=...`,
-   * `?command=` or `?netcat=` on ssh; see `ffi/uri_check.ts`). Default `false`: refused with a
-   * `UriProgramError` before libvirt sees it.
+   * `?command=` or `?netcat=` on ssh; see `ffi/uri_check.ts`), given or made of the one given by
+   * libvirt.conf (its `uri_default`, an alias). Default `false`: refused with a `UriProgramError`
+   * before libvirt sees it.
    */
   allowUriPrograms?: boolean;
   /**
@@ -112,7 +113,7 @@ export class Connection {
     // Loaded first: a library that cannot load is reported before anything about the URI.
     libvirt();
     // libvirt's own first choice, read here so it is checked and named in errors like a URI
-    // given; its next choices (libvirt.conf's uri_default, aliases) are root's configuration.
+    // given; its next choices (libvirt.conf's uri_default, aliases) are checked where read.
     const given = uri ?? null;
     if (given !== null && typeof given !== "string") {
       throw new TypeError(`Expected a libvirt URI (a string) or null, got ${valueKind(given)}`);
@@ -120,12 +121,9 @@ export class Connection {
     const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
     const requested = given ?? fromEnvironment;
     const origin = fromEnvironment === null ? options.origin : DEFAULT_URI_ENV;
-    const reason = requested === null || options.allowUriPrograms === true
-      ? null
-      : uriProgramReason(requested);
-    if (reason !== null) {
-      throw new UriProgramError(requested!, reason, {
-        ...(origin === undefined ? {} : { origin }),
+    if (options.allowUriPrograms !== true) {
+      refuseUriPrograms(requested, {
+        origin,
         allow: "Open it with allowUriPrograms: true if that is meant.",
       });
     }

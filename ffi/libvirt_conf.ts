@@ -3,8 +3,8 @@
  * name takes `LIBVIRT_DEFAULT_URI`, else `uri_default` of the libvirt.conf it reads (root's
  * `/etc/libvirt/libvirt.conf`, another user's `$XDG_CONFIG_HOME/libvirt/libvirt.conf`, by default
  * `~/.config/libvirt/libvirt.conf`); a name that is an alias of that file's `uri_aliases` stands
- * for the URI it names. What a caller needs of the URI before the open (is it ssh?) holds then
- * for the ones named only there too.
+ * for the URI it names. What a caller needs of the URI before the open (is it ssh? would it run a
+ * program?) holds then for the ones named only there too.
  *
  * @module
  */
@@ -12,6 +12,7 @@
 import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
 import { libvirtConfUri } from "../lib/config/uri.ts";
+import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 
 /** The largest libvirt.conf libvirt reads (virconf.c's `MAX_CONFIG_FILE_SIZE`). */
 const MAX_CONF_BYTES = 10 * 1024 * 1024;
@@ -54,4 +55,38 @@ export function libvirtUriFor(uri: string | null): string | null {
     // None there, or not readable by this user: libvirt reads none either.
   }
   return libvirtConfUri(uri, environment("LIBVIRT_DEFAULT_URI"), text);
+}
+
+/**
+ * Throws a {@link UriProgramError} when opening `uri` (`null`: libvirt's default; given from
+ * `options.origin`) would make libvirt run a program (see `uri_check.ts`): `uri` itself, or the
+ * URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt runs all the same.
+ *
+ * @example
+ * ```ts
+ * import { refuseUriPrograms } from "./libvirt_conf.ts";
+ * refuseUriPrograms("test:///default", { allow: "Allow it." });
+ * ```
+ */
+export function refuseUriPrograms(
+  uri: string | null,
+  options: { origin?: string | undefined; allow: string },
+): void {
+  const given = uri === null ? null : uriProgramReason(uri);
+  if (given !== null) {
+    throw new UriProgramError(uri!, given, {
+      ...(options.origin === undefined ? {} : { origin: options.origin }),
+      allow: options.allow,
+    });
+  }
+  const opened = libvirtUriFor(uri);
+  const reason = opened === null || opened === uri ? null : uriProgramReason(opened);
+  if (reason === null) return;
+  const name = uri ?? environment("LIBVIRT_DEFAULT_URI");
+  const origin = name === null
+    ? `uri_default in ${confPath()}`
+    : `the alias ${JSON.stringify(name)}${
+      options.origin === undefined ? "" : ` of ${options.origin}`
+    } in ${confPath()}`;
+  throw new UriProgramError(opened!, reason, { origin, allow: options.allow });
 }

@@ -1,13 +1,14 @@
 /**
  * A libvirt URI must not run a program: libvirt's `ext` transport runs its `command`, and
  * `command=` / `netcat=` name the programs the ssh transports run. From `--connect`, a config's
- * `connect:` or `LIBVIRT_DEFAULT_URI`, such a URI is refused before libvirt sees it, for every
- * command that opens libvirt, unless `--allow-uri-programs`; the library refuses it too. A
+ * `connect:`, `LIBVIRT_DEFAULT_URI` or libvirt.conf (its `uri_default`, an alias), such a URI is
+ * refused before libvirt sees it, for every command that opens libvirt, unless
+ * `--allow-uri-programs`; the library refuses it too. A
  * test-driver URI naming a FIFO or a directory is refused before libvirt reads it (and blocks).
  */
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
+import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { Connection } from "../../ffi/connection.ts";
 import { UriProgramError, uriProgramReason } from "../../ffi/uri_check.ts";
@@ -165,6 +166,55 @@ Deno.test("every command that opens libvirt refuses a URI that runs a program", 
     outcome: "refused before libvirt sees it, nothing run",
     test: TEST,
   });
+});
+
+Deno.test({
+  name: "a URI that runs a program is refused when libvirt.conf names it (uri_default, an alias)",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    await using tree = await demoTree();
+    const { script, mark } = planted(tree.dir);
+    const uri = `qemu+ext:///system?command=${script}`;
+    const conf = `${tree.dir}/libvirt.conf`;
+    Deno.writeTextFileSync(conf, `uri_aliases = [ "lab=${uri}" ]\nuri_default = "${uri}"\n`);
+    // Root's libvirt.conf, as libvirt reads it, replaced in the run's own mount namespace.
+    const wrap = [
+      "unshare",
+      "-m",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      `mount --bind '${conf}' /etc/libvirt/libvirt.conf && exec "$@"`,
+      "sh",
+    ];
+    const config = `${tree.dir}/c.yaml`;
+    Deno.writeTextFileSync(config, "version: 1\nvms:\n  vm1: { devices: [] }\n");
+    const runs: [string, string[], RegExp, Record<string, string>?][] = [
+      [
+        "sources -c lab",
+        ["sources", "--sysfs", tree.sysfs, "-c", "lab"],
+        /the alias "lab" of --connect in \/etc\/libvirt\/libvirt\.conf\)/,
+      ],
+      ["plan, uri_default", ["plan", "-f", config, "--sysfs", tree.sysfs], /uri_default in /],
+      ["doctor, LIBVIRT_DEFAULT_URI=lab", ["doctor", "--sysfs", tree.sysfs], /the alias "lab"/, {
+        LIBVIRT_DEFAULT_URI: "lab",
+      }],
+    ];
+    for (const [label, args, origin, env] of runs) {
+      const run = await runCli(args, { wrap, ...(env === undefined ? {} : { env }) });
+      assertEquals(run.code, 1, `${label}: ${run.stdout}${run.stderr}`);
+      assertMatch(run.stdout + run.stderr, /Refusing libvirt URI "qemu\+ext:[^"]*" \(/, label);
+      assertMatch(run.stdout + run.stderr, origin, label);
+      assertMatch(run.stdout + run.stderr, /its "ext" transport runs the program/, label);
+      assertOk(!pathExists(mark), `${label} ran the program`);
+    }
+    const allowed = await runCli(["sources", "--sysfs", tree.sysfs, "--allow-uri-programs"], {
+      wrap,
+    });
+    assertEquals(allowed.code, 1, allowed.stderr);
+    assertOk(pathExists(mark), "--allow-uri-programs let libvirt run it");
+  },
 });
 
 Deno.test("a test-driver URI naming a FIFO or a directory is refused at once, never read", async () => {

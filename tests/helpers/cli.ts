@@ -71,13 +71,18 @@ export interface CliOptions {
   cwd?: string;
 }
 
-/** Runs `passthrough ARGS` with the documented flags, `stdin` as input, colour off. */
+/**
+ * Runs `passthrough ARGS` with the documented flags, `stdin` as input, colour off; `wrap`: a
+ * command the CLI's is the arguments of (`unshare -m ...`).
+ */
 export async function runCli(
   args: string[],
-  options: CliOptions & { stdin?: string } = {},
+  options: CliOptions & { stdin?: string; wrap?: string[] } = {},
 ): Promise<CliResult> {
-  const child = new Deno.Command(Deno.execPath(), {
+  const [program = Deno.execPath(), ...before] = [...(options.wrap ?? []), Deno.execPath()];
+  const child = new Deno.Command(program, {
     args: [
+      ...before,
       "run",
       "--quiet",
       ...(options.flags ?? documentedFlags()),
