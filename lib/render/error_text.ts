@@ -29,8 +29,9 @@ const ACCESS_CODES = new Set([
 /**
  * What to do when libvirt refused to open a connection to this user (the `LibvirtError` of
  * `virConnectOpen`, or a cause of `error` that is one), or `null` for any other error: the daemon's
- * socket let only its owner or group in (`Permission denied`), or polkit said no or could not be
- * asked (no D-Bus). Told by the error's fields, not its class: `lib/` does not import `ffi/`.
+ * socket let only its owner or group in (`Permission denied`), polkit said no or could not be
+ * asked (no D-Bus), or the daemon wants a SASL login, which no user or group here gives. Told by
+ * the error's fields, not its class: `lib/` does not import `ffi/`.
  *
  * @example
  * ```ts
@@ -57,6 +58,12 @@ export function libvirtAccessAdvice(error: unknown): string | null {
       fields.operation.startsWith("virConnectOpen") && typeof fields.libvirtMessage === "string"
     ) {
       const message = fields.libvirtMessage;
+      if (fields.code === 45 && /\bSASL\b/.test(message)) {
+        // Neither root nor a group helps: the daemon (often another machine's) wants a login,
+        // and virConnectOpen registers no credential callback, so SASL offers no mechanism
+        // needing one and libvirt never looks in auth.conf.
+        return "libvirt asks for a SASL login (a username and password), which passthrough cannot give: it answers no credential prompt, so libvirt's auth.conf is not read either; connect over ssh with a key instead (qemu+ssh://USER@HOST/system)";
+      }
       if (/Unable to get system bus connection/.test(message)) {
         // auth_unix_rw = "polkit" on a host where D-Bus (so polkit) is not running: no group helps.
         return "libvirt asks polkit whether this user may manage it, and polkit cannot be reached: run as root";

@@ -44,7 +44,10 @@ export interface LibvirtdOptions {
   hooksDir?: string;
   /** Also run `virtlogd` (starting a guest needs it; needs the private mount namespace). */
   virtlogd?: boolean;
-  /** More `libvirtd.conf` lines, such as `unix_sock_rw_perms = "0700"` (a socket only root may use). */
+  /**
+   * More `libvirtd.conf` lines, such as `unix_sock_rw_perms = "0700"` (a socket only root may use),
+   * written before the helper's own so that they win (libvirt takes a setting's first value).
+   */
   config?: string[];
 }
 
@@ -241,11 +244,11 @@ export async function startLibvirtd(options: LibvirtdOptions = {}): Promise<Libv
   await Deno.writeTextFile(
     conf,
     [
+      ...(options.config ?? []),
       `unix_sock_dir = "${dir}"`,
       `auth_unix_rw = "none"`,
       `auth_unix_ro = "none"`,
       `log_outputs = "3:file:${dir}/libvirtd.log"`,
-      ...(options.config ?? []),
       "",
     ].join("\n"),
   );
