@@ -28,7 +28,7 @@ import {
   type ParsedDomain,
 } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { pciAddressFromParts, pciAddressParts } from "../pci/address.ts";
+import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts";
 import { assignGuestSlots, specFor, strandedFunctions } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
@@ -196,6 +196,22 @@ function inMultifunctionSlot(hostdev: DomainHostdev): boolean {
 }
 
 /**
+ * Whether the card of `closed`, a function other than 0, has its function 0 in the guest apart
+ * from `closed`'s rule (added by hand, as an interface, by another rule): `assignGuestSlots` then
+ * leaves the function where libvirt places it, which is no `multifunction` turned on.
+ */
+function besideOtherFunctionZero(edit: Edit, closed: ClosedDevice): boolean {
+  const address = closed.device.address;
+  if (pciAddressParts(address).function === 0) return false;
+  const zero = `${slotOf(address)}.0`;
+  const wanted = edit.desired.get(zero);
+  return [...edit.domain.hostdevs, ...edit.domain.interfaces].some((d) =>
+    d.address === zero &&
+    (!d.owned || (wanted !== undefined && wanted.rule.name !== closed.rule.name))
+  );
+}
+
+/**
  * libvirt refuses per-device boot order next to `<os><boot dev=...>`, and one boot order on two
  * devices (`boot order '1' used for more than one device`): say so before apply, at the rule.
  */
@@ -281,7 +297,7 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   let why: string | null = null;
   if (settingsOfHostdev(have) !== settingsOfSpec(specFor(closed, edit.firstMatched))) {
     why = `${address}: settings of rule "${rule}" changed, rewritten`;
-  } else if (inMultifunctionSlot(have) !== on) {
+  } else if (inMultifunctionSlot(have) !== on && !(on && besideOtherFunctionZero(edit, closed))) {
     // `multifunction` turned on or off: the guest addresses are laid out again.
     why = `${address}: multifunction of rule "${rule}" turned ${
       on ? "on" : "off"

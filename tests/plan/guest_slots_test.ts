@@ -669,6 +669,29 @@ Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 
   );
 });
 
+Deno.test("planWorld() keeps a card's function where libvirt placed it beside a function 0 passed on its own", () => {
+  const handAdded = `    <hostdev mode='subsystem' type='pci' managed='no'>
+      <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+      ${pciAddress(0x07)}
+    </hostdev>`;
+  const first = planOne(domain(handAdded));
+  assertEquals(first.add.map((a) => [a.address, a.spec.guestAddress]), [[
+    "0000:01:00.1",
+    undefined,
+  ]]);
+  // libvirt gives the function a slot of its own as it stores the definition.
+  const source =
+    "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>\n      </source>";
+  assertOk(first.desiredXml.includes(source), first.desiredXml);
+  const placed = first.desiredXml.replace(source, `${source}\n      ${pciAddress(0x08)}`);
+  const again = planOne(placed);
+  assertEquals(
+    [again.changed, again.add, again.remove],
+    [false, [], []],
+    again.reasoning.join("\n"),
+  );
+});
+
 Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 is a hand-written interface", () => {
   // A dual-port NIC: port 0 given by hand as a guest NIC, port 1 by a rule. Port 1 alone at
   // function 1 of a slot of its own would be a device the guest never finds.
@@ -701,6 +724,13 @@ Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 
     vm.reasoning.join("\n"),
   );
   assertEquals(vm.reasoning.some((r) => r.includes("function 0 is not passed")), false);
+  // Where libvirt then places it, it stays.
+  const source =
+    "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>\n      </source>";
+  const placed = vm.desiredXml.replace(source, `${source}\n      ${pciAddress(0x08)}`);
+  assertOk(placed !== vm.desiredXml, vm.desiredXml);
+  const [again] = planWorld({ config: port1, host: nic, world: dataWorld({ vm: placed }) }).vms;
+  assertEquals(again?.changed, false, again?.reasoning.join("\n"));
 });
 
 Deno.test("planWorld() says when a hand-written interface in a card's guest slot loses the slot's function 0", () => {
