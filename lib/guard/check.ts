@@ -247,12 +247,14 @@ export function fixCommand(vm: string): string {
 
 /**
  * The fix for a hostdev passthrough did not write: removing it by hand works for any VM, and
- * `plan` offers it only for a VM its config names.
+ * `plan` offers it only for a device the host needs (`host-needed`) of a VM its config names;
+ * one whose device is gone may also come back.
  */
-function handAddedFix(vm: string): string {
-  return `remove it with virsh edit ${shellWord(vm)} (or ${
-    fixCommand(vm)
-  }, when the config names the VM)`;
+function handAddedFix(vm: string, kind: GuardRefusalKind): string {
+  const edit = `remove it with virsh edit ${shellWord(vm)}`;
+  return kind === "missing"
+    ? `${edit}, or bring its device back there`
+    : `${edit} (or ${fixCommand(vm)}, when the config names the VM)`;
 }
 
 /** What the guard shows of `device`; its slot where it was read to compare with `recorded`'s. */
@@ -432,7 +434,7 @@ function passedRefusal(
     fix: kind === "busy"
       ? busy?.reason === "vm-passed" ? VF_PASSED_FIX : BUSY_FIX
       : owner === null
-      ? handAddedFix(vm)
+      ? handAddedFix(vm, kind)
       : fixCommand(vm),
   };
   refusal.reason = vfWrong ?? describeRefusal(refusal, recorded === null ? vf?.index : undefined);

@@ -245,6 +245,8 @@ Deno.test("checkDomainStart() refuses an address that holds nothing, recorded or
   assertEquals(summary(refusals), [["missing", "0000:07:00.0"], ["missing", "0000:42:00.0"]]);
   assertMatch(refusals[0]!.reason, /holds no device now, not the recorded 1002:73df/);
   assertMatch(refusals[1]!.reason, /holds no device now \(hand-added: nothing recorded\)/);
+  // plan says nothing of a hand-added hostdev whose device is gone: it is no fix to offer.
+  assertEquals(refusals[1]!.fix, "remove it with virsh edit win11, or bring its device back there");
 });
 
 Deno.test("checkDomainStart() refuses a device the host needs, hand-added or recorded", async () => {
@@ -280,6 +282,11 @@ Deno.test("checkDomainStart() refuses a device the host needs, hand-added or rec
       "\\(hand-added: nothing recorded\\); the host needs it: in use by the host " +
         `\\(default-route: default route via enp10s0\\)${HAND}$`,
     ),
+  );
+  // plan refuses it too (host-needed), and says how to remove it.
+  assertEquals(
+    refusals[2]!.fix,
+    "remove it with virsh edit win11 (or passthrough plan --vm win11, when the config names the VM)",
   );
 });
 
@@ -442,7 +449,7 @@ Deno.test("checkDomainStart() survives hostile input and never echoes the XML", 
   }
   assertMatch(
     formatRefusal(refusals[1]!),
-    /fix: remove it with virsh edit 'we\?ird' \(or passthrough plan --vm 'we\?ird', when the config names the VM\)$/,
+    /fix: remove it with virsh edit 'we\?ird', or bring its device back there$/,
   );
 });
 
