@@ -6,12 +6,19 @@
 
 import { setLibvirtDeadline, setLibvirtDeadlineTarget, withDeadlineNote } from "./deadline.ts";
 import { Domain } from "./domain.ts";
-import { checkInt, checkPointer, ClosedHandleError } from "./errors.ts";
+import {
+  checkInt,
+  checkPointer,
+  ClosedHandleError,
+  lastLibvirtError,
+  LibvirtError,
+} from "./errors.ts";
 import { borrowCString, cString, libvirt, takeCString, valueKind } from "./library.ts";
 import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
-import { refuseUriPrograms } from "./libvirt_conf.ts";
+import { libvirtUriFor, refuseUriPrograms } from "./libvirt_conf.ts";
+import { redactUserPasswords, secretValues } from "../lib/domain/secrets.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
   VIR_DOMAIN_DEFINE_VALIDATE,
@@ -64,6 +71,24 @@ const DEFAULT_URI_ENV = "LIBVIRT_DEFAULT_URI";
 function defaultUriFromEnvironment(): string | null {
   const value = borrowCString(libc().getenv(cString(DEFAULT_URI_ENV)));
   return value === null || value === "" ? null : value;
+}
+
+/**
+ * `error` (of opening `uri`; `null`: libvirt's default) with the URI's password shown as `***`
+ * where libvirt's message quotes it as ssh does, `admin:PASSWORD@hv1`, without the URI's scheme
+ * (see `redactUserPasswords`); the URI libvirt.conf makes of `uri` (an alias, its `uri_default`)
+ * is the one ssh was given then.
+ */
+function withoutUriPasswords(error: LibvirtError, uri: string | null): LibvirtError {
+  const passwords = [uri, libvirtUriFor(uri)].flatMap((u) => u === null ? [] : secretValues(u));
+  if (passwords.length === 0) return error;
+  const hide = (text: string) => redactUserPasswords(text, passwords);
+  return new LibvirtError(hide(error.message), {
+    code: error.code,
+    domain: error.domain,
+    libvirtMessage: hide(error.libvirtMessage),
+    operation: error.operation,
+  });
 }
 
 /** Options for {@link Connection.listNodeDevices}. */
@@ -143,17 +168,20 @@ export class Connection {
     // Read after the deadline is set: these symbols are armed by it.
     const opener = libvirt();
     const readOnly = options.readOnly ?? false;
-    const handle = checkPointer(
-      readOnly ? opener.virConnectOpenReadOnly(name) : opener.virConnectOpen(name),
-      {
-        operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
-        context: requested === null
-          ? "Cannot connect to libvirt at its default URI"
-          : `Cannot connect to libvirt at "${requested}"${
-            origin === undefined ? "" : ` (${origin})`
-          }`,
-      },
-    );
+    const handle = readOnly ? opener.virConnectOpenReadOnly(name) : opener.virConnectOpen(name);
+    if (handle === null) {
+      throw withoutUriPasswords(
+        lastLibvirtError({
+          operation: readOnly ? "virConnectOpenReadOnly" : "virConnectOpen",
+          context: requested === null
+            ? "Cannot connect to libvirt at its default URI"
+            : `Cannot connect to libvirt at "${requested}"${
+              origin === undefined ? "" : ` (${origin})`
+            }`,
+        }),
+        requested,
+      );
+    }
     if (deadline?.afterOpen === true) bound(false);
     const lib = libvirt();
     let canonical: string;

@@ -123,3 +123,24 @@ export function redactSecrets(text: string, before?: readonly string[]): string 
 export function secretValues(text: string): string[] {
   return [...text.matchAll(SECRET)].map(valueOf);
 }
+
+/**
+ * `text` with each of `passwords` (a URI's, from {@link secretValues}) shown as `***` wherever it
+ * is quoted as user information, `:PASSWORD@`: libvirt gives a URI's `user:password` to ssh as its
+ * login name, and ssh's refusal (`admin:PASSWORD@hv1: Permission denied (publickey).`) quotes it
+ * with no scheme before it, where {@link redactSecrets} finds no URI.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   redactUserPasswords("admin:pw@hv1: Permission denied (publickey).", ["pw"]),
+ *   "admin:***@hv1: Permission denied (publickey).",
+ * );
+ * ```
+ */
+export function redactUserPasswords(text: string, passwords: readonly string[]): string {
+  // The longest first: a password that holds a shorter one is hidden whole.
+  const longestFirst = [...passwords].filter((p) => p !== "").sort((a, b) => b.length - a.length);
+  return longestFirst.reduce((done, password) => done.split(`:${password}@`).join(":***@"), text);
+}

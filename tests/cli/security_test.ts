@@ -592,6 +592,34 @@ Deno.test("a password written into a libvirt URI is shown as *** in messages and
   });
 });
 
+Deno.test("a password in an ssh URI is *** where ssh's refusal quotes it as the login name", async () => {
+  await using tree = await demoTree();
+  // libvirt runs `ssh -l admin:PASSWORD hv9`; refused, OpenSSH's ssh prints this line (as it
+  // does against a real sshd), which libvirt puts in its error.
+  await Deno.writeTextFile(
+    `${tree.dir}/ssh`,
+    `#!/bin/sh\necho "admin:${SECRET}@hv9: Permission denied (publickey)." >&2\nexit 255\n`,
+    { mode: 0o755 },
+  );
+  const uri = `qemu+ssh://admin:${SECRET}@hv9/system`;
+  const path = `${tree.dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`;
+  const ways: [string[], Record<string, string>][] = [
+    [["--connect", uri], { PATH: path }],
+    [[], { PATH: path, LIBVIRT_DEFAULT_URI: uri }],
+  ];
+  for (const json of [[], ["--json"]]) {
+    for (const [flags, env] of ways) {
+      for (const command of ["sources", "doctor"]) {
+        const args = [command, ...json, "--sysfs", tree.sysfs, ...flags];
+        const { stdout, stderr } = await runCli(args, { env });
+        const out = `${stdout}${stderr}`;
+        assertMatch(out, /admin:\*\*\*@hv9: Permission denied/, args.join(" "));
+        assertEquals(out.includes(SECRET), false, out);
+      }
+    }
+  }
+});
+
 Deno.test("a password in a libvirt URI is *** in a config error and a usage error, as text and as JSON", async () => {
   await using tree = await demoTree();
   const uri = `qemu+tcp://admin:${SECRET}@hv1/system`;
