@@ -65,6 +65,31 @@ const SECRET = new RegExp(
   "g",
 );
 
+/** A `passwd` attribute: what precedes its value, and the value in its quotes. */
+const PASSWD = /(\spasswd\s*=\s*)("[^"]*"|'[^']*')/g;
+
+/**
+ * `text` with the line breaks inside each `passwd` value shown as `&#10;` (`&#13;`), so that each
+ * value is on one line: libvirt writes a password's line break as it is, and a view line by line
+ * (a diff) would show each line's part of it, which {@link redactSecrets} of one line cannot find.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   passwordsOnOneLine("<graphics passwd='Top\nSecret'>\n</graphics>"),
+ *   "<graphics passwd='Top&#10;Secret'>\n</graphics>",
+ * );
+ * ```
+ */
+export function passwordsOnOneLine(text: string): string {
+  return text.replace(
+    PASSWD,
+    (_, head: string, value: string) =>
+      head + value.replaceAll("\r", "&#13;").replaceAll("\n", "&#10;"),
+  );
+}
+
 /** The value a `SECRET` match redacts. */
 function valueOf(match: RegExpMatchArray | string[]): string {
   return match[2] ?? match[3] ?? match[5] ?? match[7] ?? "";

@@ -13,7 +13,7 @@
 
 import { diffArrays } from "diff";
 import { normaliseXmlLine, normaliseXmlLines } from "../domain/lenient.ts";
-import { redactSecrets, secretValues } from "../domain/secrets.ts";
+import { passwordsOnOneLine, redactSecrets, secretValues } from "../domain/secrets.ts";
 import { painter } from "./colors.ts";
 
 /** Options of {@link renderDomainDiff}. */
@@ -92,8 +92,10 @@ export function renderDomainDiff(
     throw new RangeError(`Diff context must be a non-negative integer: "${context}"`);
   }
   if (before === after) return "";
-  const oldLines = splitLines(before);
-  const newLines = splitLines(after);
+  // Redacted line by line: a password spread over lines would show its parts.
+  const oneLine = options.showSecrets === true ? (text: string) => text : passwordsOnOneLine;
+  const oldLines = splitLines(oneLine(before));
+  const newLines = splitLines(oneLine(after));
   // Each line's key once: a `<description>` may hold hundreds of thousands of lines.
   const oldKeys = normaliseXmlLines(oldLines);
   const newKeys = normaliseXmlLines(newLines);

@@ -9,6 +9,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
 import { commandLspciRunner, lspciArgs } from "../../lib/host/lspci.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
@@ -225,6 +226,25 @@ Deno.test("renderDomainDiff() redacts passwords and marks one that changed", () 
   assertOk(!moved.includes("(changed)") && !moved.includes(SECRET), moved);
   const shown = renderDomainDiff(before, after, { vm: "vm", showSecrets: true });
   assertOk(shown.includes(SECRET) && shown.includes("0ld-pass"), shown);
+});
+
+Deno.test("renderDomainDiff() hides a password libvirt writes over two lines, and marks its change", () => {
+  // libvirt writes a line break in a password as it is (the test driver formats as the QEMU one).
+  using conn = Connection.open("test:///default");
+  using dom = conn.defineDomain(
+    `<domain type='test'><name>passwd-lines</name><memory>65536</memory>` +
+      `<os><type>hvm</type></os><devices>` +
+      `<graphics type='vnc' port='-1' passwd='Top&#10;${SECRET}'/></devices></domain>`,
+  );
+  const before = dom.xml({ inactive: true, secure: true });
+  assertOk(before.includes(`passwd='Top\n${SECRET}'`), before);
+  const diff = renderDomainDiff(before, before.replace(SECRET, "n3w-pass"), { vm: "vm" });
+  // Its lines showed: "passwd='Top", then "-pt-s3crt'>" and "+n3w-pass'>".
+  assertOk(!/Top|pt-s3crt|n3w-pass/.test(diff), diff);
+  assertMatch(
+    diff,
+    /\n\+ *<graphics type='vnc' port='-1' autoport='yes' passwd='\*\*\*' \(changed\)>\n/,
+  );
 });
 
 async function runWrapper(args: string[]): Promise<{ code: number; out: string }> {
