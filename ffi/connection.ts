@@ -18,6 +18,7 @@ import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
 import { libvirtUriFor, refuseUriPrograms } from "./libvirt_conf.ts";
+import { unescapeUriPart } from "./uri_check.ts";
 import { redactUserPasswords, secretValues } from "../lib/domain/secrets.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
@@ -75,12 +76,15 @@ function defaultUriFromEnvironment(): string | null {
 
 /**
  * `error` (of opening `uri`; `null`: libvirt's default) with the URI's password shown as `***`
- * where libvirt's message quotes it as ssh does, `admin:PASSWORD@hv1`, without the URI's scheme
+ * (as written, and decoded) where libvirt's message quotes it as ssh does, `admin:PASSWORD@hv1`,
+ * without the URI's scheme
  * (see `redactUserPasswords`); the URI libvirt.conf makes of `uri` (an alias, its `uri_default`)
  * is the one ssh was given then.
  */
 function withoutUriPasswords(error: LibvirtError, uri: string | null): LibvirtError {
-  const passwords = [uri, libvirtUriFor(uri)].flatMap((u) => u === null ? [] : secretValues(u));
+  // libvirt gives ssh the user information decoded (`p%40ss` as `p@ss`).
+  const passwords = [uri, libvirtUriFor(uri)].flatMap((u) => u === null ? [] : secretValues(u))
+    .flatMap((password) => [password, unescapeUriPart(password)]);
   if (passwords.length === 0) return error;
   const hide = (text: string) => redactUserPasswords(text, passwords);
   return new LibvirtError(hide(error.message), {

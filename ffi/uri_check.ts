@@ -16,8 +16,17 @@ const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
   netcat: "names the program libvirt runs on the remote host",
 };
 
-/** `%XX` escapes decoded byte-wise, leniently like libxml's unescaping (a stray `%` stays). */
-function unescape(text: string): string {
+/**
+ * `%XX` escapes decoded byte-wise, leniently like libxml's unescaping (a stray `%` stays): a URI's
+ * part as libvirt uses it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(unescapeUriPart("p%40ss%"), "p@ss%");
+ * ```
+ */
+export function unescapeUriPart(text: string): string {
   if (!text.includes("%")) return text;
   const bytes: number[] = [];
   const raw = new TextEncoder().encode(text);
@@ -56,8 +65,8 @@ export function uriProgramReason(uri: string, depth = 0): string | null {
   const parameters = query.split(/[&;]/).filter((p) => p !== "").map((part) => {
     const eq = part.indexOf("=");
     return {
-      name: unescape(eq < 0 ? part : part.slice(0, eq)).toLowerCase(),
-      value: eq < 0 ? "" : unescape(part.slice(eq + 1)),
+      name: unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase(),
+      value: eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1)),
     };
   });
   if (transport === "ext") {

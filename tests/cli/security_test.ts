@@ -614,18 +614,22 @@ Deno.test("a password written into a libvirt URI is shown as *** in messages and
 
 Deno.test("a password in an ssh URI is *** where ssh's refusal quotes it as the login name", async () => {
   await using tree = await demoTree();
-  // libvirt runs `ssh -l admin:PASSWORD hv9`; refused, OpenSSH's ssh prints this line (as it
-  // does against a real sshd), which libvirt puts in its error.
+  // libvirt runs `ssh -l admin:PASSWORD hv9` (the password decoded); refused, OpenSSH's ssh
+  // prints this line (as it does against a real sshd), which libvirt puts in its error.
   await Deno.writeTextFile(
     `${tree.dir}/ssh`,
-    `#!/bin/sh\necho "admin:${SECRET}@hv9: Permission denied (publickey)." >&2\nexit 255\n`,
+    `#!/bin/sh\nwhile [ "$1" != -l ]; do shift; done\n` +
+      `echo "$2@hv9: Permission denied (publickey)." >&2\nexit 255\n`,
     { mode: 0o755 },
   );
   const uri = `qemu+ssh://admin:${SECRET}@hv9/system`;
+  // Written encoded, as a password holding `@` or `:` must be: libvirt decodes it for ssh.
+  const encoded = `qemu+ssh://admin:${SECRET.replace("-", "%2D")}%40x@hv9/system`;
   const path = `${tree.dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`;
   const ways: [string[], Record<string, string>][] = [
     [["--connect", uri], { PATH: path }],
     [[], { PATH: path, LIBVIRT_DEFAULT_URI: uri }],
+    [["--connect", encoded], { PATH: path }],
   ];
   for (const json of [[], ["--json"]]) {
     for (const [flags, env] of ways) {
