@@ -24,6 +24,7 @@ import { DEFAULT_KEEP_BACKUPS, MAX_KEEP_BACKUPS } from "../lib/state/backups.ts"
 import type { Config } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import {
+  bindDomains,
   bindRecords,
   describePolicies,
   guardPolicies,
@@ -142,6 +143,7 @@ async function applyComputed(
   const recorded = recordGuardPolicies(config, {
     settled,
     applied: () => appliedRecords(plan, settled),
+    domains: () => ({ applied: appliedDomains(plan, settled), defined: definedDomains(libvirt) }),
     keeps: droppedKept(plan, report, values.vm !== undefined),
     recorded: () => recordedRules(libvirt, config),
     flag: values["state-dir"],
@@ -175,6 +177,28 @@ function droppedKept(
   const planned = new Set(plan.vms.map((vm) => vm.name));
   const released = new Set(report.vms.filter((r) => r.code === "applied").map((r) => r.vm));
   return (vm) => !released.has(vm) && (limited || planned.has(vm));
+}
+
+/** The `<uuid>` of each of the `settled` VMs' definitions as the apply left it (its plan's). */
+function appliedDomains(plan: Plan, settled: ReadonlySet<string>): Map<string, string | null> {
+  return new Map(
+    plan.vms.filter((vm) => settled.has(vm.name)).map((vm) => [
+      vm.name,
+      parseDomainXml(vm.desiredXml).uuid,
+    ]),
+  );
+}
+
+/**
+ * The uuid of each domain libvirt defines now, by name; none when they cannot be listed (the
+ * policies of a VM the previous file bound to none are then bound to none).
+ */
+function definedDomains(libvirt: LibvirtPort): Map<string, string> {
+  try {
+    return new Map(libvirt.listDomains().map((d) => [d.name, d.uuid]));
+  } catch {
+    return new Map();
+  }
 }
 
 /**
@@ -247,10 +271,15 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, applied, keeps, recorded, flag, uri, io, say }: {
+  { settled, applied, domains, keeps, recorded, flag, uri, io, say }: {
     settled: ReadonlySet<string>;
     /** The records the settled VMs' definitions hold as the apply left them. */
     applied: () => ReadonlyMap<string, Readonly<Record<PciAddress, DeviceIdentity>>>;
+    /** The uuids of the settled VMs' definitions as the apply left them, and of those defined. */
+    domains: () => {
+      applied: ReadonlyMap<string, string | null>;
+      defined: ReadonlyMap<string, string>;
+    };
     /** The rule names each VM's definition records now (read only for this host's hook). */
     recorded: () => ReadonlyMap<string, readonly string[]>;
     /** Whether a VM the config no longer names keeps its previous policies. */
@@ -293,9 +322,18 @@ function recordGuardPolicies(
     // What cannot be read keeps nothing: the hook enforces while it is there.
     const previous = readPolicyFile(stateDir).file;
     const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
-    const file = bindRecords(
-      keepStricterRulePolicies(policies, { config, previous, settled, kept, recorded: recorded() }),
-      { previous, applied: applied() },
+    const file = bindDomains(
+      bindRecords(
+        keepStricterRulePolicies(policies, {
+          config,
+          previous,
+          settled,
+          kept,
+          recorded: recorded(),
+        }),
+        { previous, applied: applied() },
+      ),
+      { previous, ...domains() },
     );
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {

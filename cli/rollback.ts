@@ -23,6 +23,7 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck, policed } from "../lib/guard/run.ts";
 import { readVmPolicy } from "../lib/guard/state.ts";
+import { readRecordsLeniently } from "../lib/domain/lenient.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
 import { libcSysfsReader } from "../ffi/libc_fs.ts";
@@ -111,7 +112,8 @@ function startCheck(
       // policies apply left in this state directory), is one the guard starts, as plan kept it:
       // judged as the hook judges it (only the record apply left there), the rules' warn and
       // off aside.
-      const { policy } = readVmPolicy(stateDir, vm);
+      // Those of the domain the backup defines: another of its name never lends its own.
+      const { policy } = readVmPolicy(stateDir, vm, readRecordsLeniently(xml).uuid);
       const found = policed(guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true }), {
         ...policy,
         guard: "enforce",

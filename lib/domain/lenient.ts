@@ -772,6 +772,11 @@ export interface LenientRecords {
    * libvirt writes is (empty, truncated or other input is not).
    */
   wellFormed: boolean;
+  /**
+   * The domain's `<uuid>` (trimmed, as the strict reader reads it) in a well-formed document that
+   * has one; `null` otherwise: the start guard binds the policies `apply` recorded to it.
+   */
+  uuid: string | null;
 }
 
 /**
@@ -924,6 +929,7 @@ export function canonicalMac(mac: string): string | null {
 interface WalkedRecords {
   records: DeviceIdentity[];
   vfRecords: VfIdentity[];
+  uuid: string | null;
 }
 
 /**
@@ -943,6 +949,7 @@ function walkRecords(text: string): WalkedRecords | string {
   /** Whether the records' element is open (it is then the third on `stack`). */
   let oursOpen = false;
   let seenRoot = false;
+  let uuid: string | null = null;
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
   while (at !== -1) {
@@ -986,6 +993,9 @@ function walkRecords(text: string): WalkedRecords | string {
       }
     }
     const next = text.indexOf("<", at + whole.length);
+    if (slash === "" && name === "uuid" && stack.length === 2 && uuid === null) {
+      uuid = text.slice(at + whole.length, next === -1 ? undefined : next).trim();
+    }
     // Outside the root only whitespace; after it, nothing but whitespace.
     if (
       stack.length === 0 && text.slice(at + whole.length, next === -1 ? undefined : next).trim()
@@ -1000,7 +1010,7 @@ function walkRecords(text: string): WalkedRecords | string {
   if (ours === null && text.includes(RECORDS_NAMESPACE)) {
     return "the records namespace is declared on another element than <hostdevs>";
   }
-  return { records, vfRecords };
+  return { records, vfRecords, uuid };
 }
 
 /**
@@ -1021,6 +1031,7 @@ function walkRecords(text: string): WalkedRecords | string {
  * assertEquals(readRecordsLeniently(xml).records.map((r) => [r.address, r.serial]), [
  *   ["0000:0b:00.0", null],
  * ]);
+ * assertEquals(readRecordsLeniently(xml.replace("</name>", "</name><uuid> ab-1 </uuid>")).uuid, "ab-1");
  * assertEquals(
  *   readRecordsLeniently(xml.replace("</domain>", "")).problem,
  *   "the domain XML holds passthrough records that cannot be read",
@@ -1034,7 +1045,7 @@ export function readRecordsLeniently(xml: string): LenientRecords {
   if (typeof walked !== "string") return { ...walked, problem: null, wellFormed: true };
   // Not well-formed: as the strict reader, no records, and a problem only where there may be some.
   if (walked === "" && !text.includes(RECORDS_NAMESPACE) && !RECORDS_TAG.test(blanked)) {
-    return { records: [], vfRecords: [], problem: null, wellFormed: false };
+    return { records: [], vfRecords: [], problem: null, wellFormed: false, uuid: null };
   }
   const problem = "the domain XML holds passthrough records that cannot be read";
   return {
@@ -1042,6 +1053,7 @@ export function readRecordsLeniently(xml: string): LenientRecords {
     vfRecords: [],
     problem: walked === "" ? problem : `${problem}: ${walked}`,
     wellFormed: false,
+    uuid: null,
   };
 }
 

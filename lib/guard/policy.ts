@@ -21,7 +21,7 @@
 import type { Config, GuardPolicy } from "../config/config.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DeviceIdentity } from "../plan/types.ts";
-import { followUpCommand, shellWord } from "../render/shell.ts";
+import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 
 /** A policy under which the hook still checks: what a refusal was judged by. */
 export type ActivePolicy = Exclude<GuardPolicy, "off">;
@@ -49,6 +49,13 @@ export interface VmGuardPolicy {
    * the VM until it is applied).
    */
   devices?: Record<PciAddress, DeviceIdentity>;
+  /**
+   * The `<uuid>` of the VM's definition the policies were recorded for (`null`: none of that name
+   * was defined then; absent: a file from before it). The file names VMs by name, and libvirt
+   * lets a VM be undefined and another defined under its name: that one is judged as `enforce`
+   * until an apply records the policies for it (see {@link policyForDomain}).
+   */
+  uuid?: string | null;
 }
 
 /** What `guard/policy.json` holds. */
@@ -245,6 +252,87 @@ export function bindRecords(
     ];
   });
   return { ...file, vms: Object.fromEntries(vms) };
+}
+
+/**
+ * `file` with each VM's {@link VmGuardPolicy.uuid}: for a VM in `applied` (its definition as this
+ * apply left it), that definition's; for any other (left out by `--vm`, declined, refused, or
+ * dropped from the config with its devices kept), the one `previous` bound, as the policies stay
+ * those of the VM they were recorded for; for one `previous` bound to none, the VM `defined`
+ * names now (`null` when none is defined).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const file = { version: 1 as const, config: "c.yaml",
+ *   vms: { a: { guard: "off" as const, rules: {} }, b: { guard: "warn" as const, rules: {} } } };
+ * const previous = { ...file, vms: { a: { ...file.vms.a, uuid: "u1" } } };
+ * const bound = bindDomains(file, {
+ *   previous,
+ *   applied: new Map(),
+ *   defined: new Map([["a", "u2"], ["b", "u3"]]),
+ * });
+ * assertEquals([bound.vms.a!.uuid, bound.vms.b!.uuid], ["u1", "u3"]);
+ * ```
+ */
+export function bindDomains(
+  file: GuardPolicyFile,
+  { previous, applied, defined }: {
+    previous: GuardPolicyFile | null;
+    applied: ReadonlyMap<string, string | null>;
+    defined: ReadonlyMap<string, string>;
+  },
+): GuardPolicyFile {
+  const vms = Object.entries(file.vms).map(([vm, policy]) => {
+    const before = previous !== null && Object.hasOwn(previous.vms, vm)
+      ? previous.vms[vm]!.uuid
+      : undefined;
+    const uuid = applied.has(vm)
+      ? applied.get(vm)!
+      : before !== undefined
+      ? before
+      : defined.get(vm) ?? null;
+    return [vm, { ...policy, uuid }];
+  });
+  return { ...file, vms: Object.fromEntries(vms) };
+}
+
+/**
+ * The policies of `policy` (those recorded for VM `vm`) for the domain whose `<uuid>` is `uuid`
+ * (`null`: it cannot be read): as recorded when they were recorded for that domain, or for no
+ * particular one (a file from before {@link VmGuardPolicy.uuid}); else {@link ENFORCE}, with why.
+ * A VM undefined and another defined under its name never inherits its `off`, `warn` or
+ * `allow_host_critical`.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertMatch } from "../../tests/helpers/assert.ts";
+ * const policy = { guard: "off" as const, rules: {}, uuid: "u1" };
+ * assertEquals(policyForDomain(policy, { vm: "a", uuid: "u1" }), { policy, problem: null });
+ * const other = policyForDomain(policy, { vm: "a", uuid: "u2" });
+ * assertEquals(other.policy, ENFORCE);
+ * assertMatch(other.problem!, /for the VM of UUID u1, not this one \(u2\)/);
+ * ```
+ */
+export function policyForDomain(
+  policy: VmGuardPolicy,
+  { vm, uuid }: { vm: string; uuid: string | null },
+): VmPolicyReading {
+  if (policy.uuid === undefined || (uuid !== null && policy.uuid === uuid)) {
+    return { policy, problem: null };
+  }
+  const name = JSON.stringify(vm);
+  const recordedFor = policy.uuid === null
+    ? `recorded while no VM ${name} was defined`
+    : `for the VM of UUID ${policy.uuid}`;
+  const self = uuid === null ? "whose UUID cannot be read" : `(${uuid})`;
+  return {
+    policy: ENFORCE,
+    problem: `the guard policies recorded for ${name} are ${recordedFor}, not this one ${self}: ` +
+      `they do not count, every device is checked as "enforce"; "passthrough apply ${
+        flagWord("--vm", vm)
+      }" records them for it`,
+  };
 }
 
 /**
@@ -470,6 +558,8 @@ export function parsePolicyFile(data: unknown): GuardPolicyFile | null {
       return null;
     }
     if (!isDeviceMap((entry as Partial<VmGuardPolicy>).devices)) return null;
+    const uuid = (entry as Partial<VmGuardPolicy>).uuid;
+    if (!(uuid === undefined || uuid === null || typeof uuid === "string")) return null;
   }
   return { version, config, vms };
 }

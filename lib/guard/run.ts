@@ -13,7 +13,7 @@ import type { HostUse, PciDevice } from "../host/types.ts";
 import { gpuInUse, readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
-import { scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
+import { readRecordsLeniently, scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
 import {
   checkDomainStart,
   formatRefusal,
@@ -280,7 +280,11 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   const listing = guardListing(options.stateDir);
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
-    : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm);
+    : (await import("./state.ts")).readVmPolicy(
+      options.stateDir,
+      options.vm,
+      options.xml === null ? null : readRecordsLeniently(options.xml).uuid,
+    );
   const found = checksNothing(policy) ? [] : guardCheck(options);
   // Every address empty may mean the tree is not there at all (a hook whose --sysfs is gone):
   // then nothing was checked, whatever the policy.
@@ -300,7 +304,8 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     return { code: 0, lines: [], refusals };
   }
   const { recordRefusals, takeAllowance } = await import("./state.ts");
-  // The policy file could not be read: said only when it matters, since everything enforced.
+  // The policy file could not be read, or was not recorded for this domain: said only when it
+  // matters, since everything enforced.
   const lines: string[] = problem !== null && refusals.length > 0
     ? [`passthrough guard: ${problem}`]
     : [];

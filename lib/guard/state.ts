@@ -27,6 +27,7 @@ import {
   MAX_POLICY_BYTES,
   parsePolicyFile,
   type PolicyFileReading,
+  policyForDomain,
   type VmPolicyReading,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
@@ -154,20 +155,28 @@ function policyFileKind(error: unknown, path: string): "replaceable" | "director
 }
 
 /**
- * The policy the hook applies to `vm`, from {@link readPolicyFile}: {@link ENFORCE} when the
- * file does not name it, is missing, or cannot be read (then with the problem).
+ * The policy the hook applies to `vm`, whose definition's `<uuid>` is `uuid` (`null`: it cannot
+ * be read), from {@link readPolicyFile}: {@link ENFORCE} when the file does not name it, is
+ * missing, or cannot be read (then with the problem), or when its policies were recorded for
+ * another domain of that name (then with why, see {@link policyForDomain}). Without `uuid`, the
+ * policies as recorded, whichever domain they were recorded for: for reports, never a check.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * import { ENFORCE } from "./policy.ts";
- * assertEquals(readVmPolicy("/nonexistent", "win11"), { policy: ENFORCE, problem: null });
+ * assertEquals(readVmPolicy("/nonexistent", "win11", null), { policy: ENFORCE, problem: null });
  * ```
  */
-export function readVmPolicy(stateDir: string, vm: string): VmPolicyReading {
+export function readVmPolicy(
+  stateDir: string,
+  vm: string,
+  uuid?: string | null,
+): VmPolicyReading {
   const { file, problem } = readPolicyFile(stateDir);
-  const policy = file !== null && Object.hasOwn(file.vms, vm) ? file.vms[vm]! : ENFORCE;
-  return { policy, problem };
+  if (file === null || !Object.hasOwn(file.vms, vm)) return { policy: ENFORCE, problem };
+  const policy = file.vms[vm]!;
+  return uuid === undefined ? { policy, problem } : policyForDomain(policy, { vm, uuid });
 }
 
 /** What {@link recordPolicies} did to `guard/policy.json`. */

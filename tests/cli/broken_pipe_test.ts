@@ -11,6 +11,9 @@ import { documentedFlags, hasScript } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 
+/** The demo world's win10: the policies apply records are bound to it. */
+const DEMO_WIN10_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 /** `a` quoted for a shell. */
@@ -157,7 +160,7 @@ Deno.test("apply --yes runs to its end when its standard output is closed", asyn
   // The start guard's policies were recorded, as an apply whose output is read records them.
   assertEquals(
     JSON.parse(await Deno.readTextFile(`${state}/guard/policy.json`)).vms,
-    { win10: { guard: "warn", rules: {} } },
+    { win10: { guard: "warn", rules: {}, uuid: DEMO_WIN10_UUID } },
   );
 });
 
@@ -243,7 +246,7 @@ Deno.test({
     assertEquals(pathExists(policy), true, "policies recorded");
     assertEquals(
       JSON.parse(await Deno.readTextFile(policy)).vms,
-      { win10: { guard: "warn", rules: {} } },
+      { win10: { guard: "warn", rules: {}, uuid: DEMO_WIN10_UUID } },
     );
     assertEquals(lock(), false, "lock released");
     assertEquals([...Deno.readDirSync(`${state}/backups`)].map((e) => e.name), ["win10"]);

@@ -15,6 +15,8 @@ import { listBackups } from "../../lib/state/backups.ts";
 import { readVmPolicy } from "../../lib/guard/state.ts";
 import { policyFor } from "../../lib/guard/policy.ts";
 import { Connection } from "../../ffi/mod.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -584,3 +586,69 @@ Deno.test({
     assertEquals(win10Guarded(s), [["0000:21:00.0", "0000:21:00.1"], "warn"]);
   },
 });
+
+Deno.test({
+  name:
+    "a VM undefined and another defined under its name does not inherit its recorded guard: off until apply records it",
+  ignore: unavailable !== null || !hasVirsh(),
+  async fn() {
+    await using s = await scene();
+    await appliedConfig(s, CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n"));
+    const before = parseDomainXml(s.xml("win10")).uuid;
+    assertEquals(readVmPolicy(s.stateDir, "win10", before).policy.guard, "off");
+    // Someone with libvirt access replaces win10 by a VM of their own with the host's device.
+    const virsh = (...args: string[]) =>
+      new Deno.Command("/usr/bin/virsh", { args: ["-c", s.daemon.uri, ...args], stdout: "null" })
+        .outputSync();
+    assertEquals(virsh("undefine", "win10").code, 0);
+    const other = qemuDomain("win10", "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11").replace(
+      "  <devices>\n",
+      "  <devices>\n    <hostdev mode='subsystem' type='pci' managed='yes'><source>" +
+        "<address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>\n",
+    );
+    {
+      using conn = Connection.open(s.daemon.uri);
+      conn.defineDomain(other).free();
+    }
+    const start = () =>
+      runGuard({
+        vm: "win10",
+        operation: "prepare",
+        subOperation: "begin",
+        xml: s.xml("win10"),
+        reader: denoFsReader(),
+        root: `${s.dir}/sysfs`,
+        live: false,
+        stateDir: s.stateDir,
+      });
+    // Before: the old win10's off checked nothing, and the start went on.
+    const refused = await start();
+    assertEquals(refused.code, 1, refused.lines.join("\n"));
+    assertMatch(
+      refused.lines.join("\n"),
+      new RegExp(
+        `the guard policies recorded for "win10" are for the VM of UUID ${before}, not this one ` +
+          `\\(0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\\): they do not count, every device is checked ` +
+          `as "enforce"; "passthrough apply --vm win10" records them for it`,
+      ),
+    );
+    // An apply of another VM leaves them bound to the old one; one of win10 binds them to it.
+    await appliedConfig(
+      s,
+      CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n"),
+      "--vm",
+      "gentoo",
+    );
+    assertEquals((await start()).code, 1);
+    await appliedConfig(s, CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n"));
+    assertEquals((await start()).code, 0);
+  },
+});
+
+function hasVirsh(): boolean {
+  try {
+    return Deno.statSync("/usr/bin/virsh").isFile;
+  } catch {
+    return false;
+  }
+}

@@ -34,7 +34,10 @@ import { testDomainXml } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 
-const MOVED = `<domain type='kvm'><name>win11</name>
+/** win11's `<uuid>`: the policies apply records hold only for the domain they were recorded for. */
+const WIN11_UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
+
+const MOVED = `<domain type='kvm'><name>win11</name><uuid>${WIN11_UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
     <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
   </pt:hostdevs></metadata>
@@ -807,7 +810,7 @@ Deno.test("apply records the config's guard policies, and the installed hook sta
     const state = `${dir}/state`;
     Deno.writeTextFileSync(
       `${dir}/world.xml`,
-      `<node>\n${testDomainXml("win11", { running: false })}\n</node>\n`,
+      `<node>\n${testDomainXml("win11", { running: false, uuid: WIN11_UUID })}\n</node>\n`,
     );
     const apply = (guard: string, rule = "") => {
       Deno.writeTextFileSync(

@@ -478,10 +478,10 @@ const OURS = `<pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
 const UNREADABLE = "the domain XML holds passthrough records that cannot be read";
 
 function assertReadsLikeStrict(xml: string, message?: string): void {
-  const { records, vfRecords } = parseDomainXml(xml);
+  const { records, vfRecords, uuid } = parseDomainXml(xml);
   assertEquals(
     readRecordsLeniently(xml),
-    { records, vfRecords, problem: null, wellFormed: true },
+    { records, vfRecords, problem: null, wellFormed: true, uuid },
     message,
   );
 }
@@ -582,6 +582,7 @@ Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake record
     vfRecords: [],
     problem: null,
     wellFormed: true,
+    uuid: parseDomainXml(commented).uuid,
   });
 });
 
@@ -705,7 +706,7 @@ Deno.test("readRecordsLeniently() says nothing about damaged XML that holds no r
   ) {
     assertEquals(
       readRecordsLeniently(xml),
-      { records: [], vfRecords: [], problem: null, wellFormed: false },
+      { records: [], vfRecords: [], problem: null, wellFormed: false, uuid: null },
       xml,
     );
   }
