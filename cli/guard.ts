@@ -21,8 +21,12 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
   const { allowance, path } = allowNextStart(stateDir, vm);
+  // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
+  // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
+  // the next refusal.
   io.out(
-    `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it ` +
+    `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it, and ` +
+      `uses this allowance up even if libvirt, QEMU or another hook then fails it ` +
       `(until ${allowance.expires}; ${path})\n`,
   );
   // The records only inform: once the allowance is written, the command has done what it says.

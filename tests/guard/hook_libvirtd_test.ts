@@ -13,7 +13,7 @@ import { livePciMissing, loadFixtureHost, tempHostTree } from "../helpers/hosts.
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
-import { readRefusalRecords, recordPolicies } from "../../lib/guard/state.ts";
+import { allowNextStart, readRefusalRecords, recordPolicies } from "../../lib/guard/state.ts";
 import { HOOK_FILE_NAME } from "../../lib/guard/hook_file.ts";
 import { findHookDaemons, reloadDaemons } from "../../lib/guard/daemon.ts";
 import { signalProcess } from "../../ffi/libc_fs.ts";
@@ -164,6 +164,22 @@ Deno.test({
           [moved, false, ["replaced"]],
         ]);
       });
+
+      await t.step(
+        "(a, allowed) an allowance lets the refused start past the hook, and a start libvirt " +
+          "then fails uses it up",
+        async () => {
+          allowNextStart(stateDir, moved);
+          const allowed = await virsh(daemon.uri, "start", moved);
+          console.log(`$ virsh start ${moved} (allowed)\n${allowed.out.trim()}`);
+          // The start fails later, in libvirt, for lack of VFIO: not in the hook.
+          assertEquals(allowed.code, 1, allowed.out);
+          assert.doesNotMatch(allowed.out, /Hook script execution failed|passthrough guard/);
+          // The hook cannot tell that the start failed after it: the next one is refused again.
+          const again = await virsh(daemon.uri, "start", moved);
+          assertMatch(again.out, /Hook script execution failed.*refusing to start/);
+        },
+      );
 
       await t.step(
         "(b) a recorded identity that matches a spare device: the hook passes",
