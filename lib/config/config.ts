@@ -1243,7 +1243,8 @@ function normaliseVf(rawRule: RawRule, at: Steps, rule: DeviceRule, ctx: Context
         ctx,
         [...at, "interface", "vlan", "tags"],
         "Empty VLAN tag list",
-        "give one tag or more",
+        // Only a VF takes an interface: here, and more than one tag is refused below as a trunk.
+        "give one tag: vlan: 20",
       );
     }
     settings.vlan = { tags: vlan.tags, trunk: vlan.trunk ?? vlan.tags.length > 1 };

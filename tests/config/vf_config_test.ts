@@ -79,6 +79,18 @@ Deno.test("parseConfig() reports vf:/interface: mistakes with their place and a 
   assertEquals(errors("        vf: 0\n        interface: { vlan: { tags: [7], trunk: true } }\n"), [
     `7:48 vms.vm.devices[0].interface.vlan.trunk: c.yaml:7:48: ${noTrunk}`,
   ]);
+  // An empty list: its hint asks for the one tag a VF takes, not for more, which is refused.
+  const empty = "        vf: 0\n        interface: { vlan: { tags: [] } }\n";
+  assertEquals(errors(empty), [
+    "7:36 vms.vm.devices[0].interface.vlan.tags: c.yaml:7:36: Empty VLAN tag list",
+  ]);
+  let hint = "";
+  try {
+    parse(empty);
+  } catch (error) {
+    hint = (error as ConfigErrors).errors[0]!.message;
+  }
+  assertEquals(hint.endsWith("(give one tag: vlan: 20)"), true, hint);
   assertEquals(errors('        vf: 0\n        interface: { vlan: "20" }\n'), [
     '7:28 vms.vm.devices[0].interface.vlan: c.yaml:7:28: Expected an integer or a mapping, found the string "20"',
   ]);
