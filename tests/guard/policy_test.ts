@@ -393,6 +393,16 @@ Deno.test("policy: a damaged or foreign policy file enforces, and says so with t
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", null)));
     const path = `${state}/guard/policy.json`;
+    const GPU = '{"address":"0000:0b:00.0","vendorId":"10de","deviceId":"2684",' +
+      '"classCode":"030000","rule":"gpu"}';
+    const noRule = GPU.replace(',"rule":"gpu"', "");
+    // The same file with a well-formed record is read: the cases below fail on their damage.
+    Deno.writeTextFileSync(
+      path,
+      `{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"devices":{"0000:0b:00.0":${GPU}}}}}`,
+    );
+    assertEquals(readPolicyFile(state).problem, null);
+    assertEquals(readVmPolicy(state, "win11").policy.guard, "off");
     for (
       const text of [
         "{",
@@ -406,6 +416,12 @@ Deno.test("policy: a damaged or foreign policy file enforces, and says so with t
         '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":null}}}',
         '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"allowHostCritical":"gpu"}}}',
         '{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"allowHostCritical":[1]}}}',
+        // The records apply bound to the rules' policies, of the wrong shape: a list, a record
+        // that is no object, one under an address not canonical, one without its rule.
+        ...["[]", '{"0000:0b:00.0":null}', `{"0b:00.0":${GPU}}`, `{"0000:0b:00.0":${noRule}}`].map(
+          (devices) =>
+            `{"version":1,"config":"c","vms":{"win11":{"guard":"off","rules":{},"devices":${devices}}}}`,
+        ),
       ]
     ) {
       Deno.writeTextFileSync(path, text);
