@@ -339,6 +339,15 @@ Deno.test("an allowance lasts 60 minutes; one written while the clock stood ahea
     assertEquals(takeAllowance(state, "win11", now), "expired");
     allowNextStart(state, "win11", at(-10));
     assertEquals(takeAllowance(state, "win11", now), "allowed");
+    // One copied from another VM's file (it names "win10"), or one that is not JSON: expired,
+    // and used up all the same.
+    const copied = allowNextStart(state, "win10", at(-10)).path;
+    Deno.renameSync(copied, copied.replace(/win10\.json$/, "win11.json"));
+    assertEquals(takeAllowance(state, "win11", now), "expired");
+    assertEquals(takeAllowance(state, "win11", now), "none");
+    Deno.writeTextFileSync(allowNextStart(state, "win11", at(-10)).path, "{");
+    assertEquals(takeAllowance(state, "win11", now), "expired");
+    assertEquals(takeAllowance(state, "win11", now), "none");
   } finally {
     Deno.removeSync(state, { recursive: true });
   }
