@@ -75,6 +75,29 @@ Deno.test("resolveRule() refuses IDs matching several groups and names subsystem
   assertEquals(result.issue?.location, "c.yaml:5:9");
 });
 
+Deno.test("resolveRule() takes the one card the subsystem IDs the ambiguity names narrow it to", () => {
+  const twoBrands = host([
+    dev({ bdf: "0000:01:00.0", group: 1, subsystem_vendor: "0x1043", subsystem_device: "0x88e2" }),
+    dev({ bdf: "0000:02:00.0", group: 2, subsystem_vendor: "0x1462", subsystem_device: "0x5103" }),
+  ]);
+  const take = (criteria: string) => {
+    const result = resolveRule(
+      rule(`match: { vendor_device_id: "10de:2684", ${criteria} }`),
+      twoBrands,
+    );
+    return [result.devices.map((d) => d.address), result.issue?.code ?? null];
+  };
+  assertEquals(take('subsystem_vendor_id: "1462", subsystem_device_id: "5103"'), [
+    ["0000:02:00.0"],
+    null,
+  ]);
+  // Either one alone, written as lspci prints it or with 0x.
+  assertEquals(take('subsystem_vendor_id: "0x1462"'), [["0000:02:00.0"], null]);
+  assertEquals(take('subsystem_device_id: "88E2"'), [["0000:01:00.0"], null]);
+  // One card's vendor with the other's device: neither card, never the first found.
+  assertEquals(take('subsystem_vendor_id: "1462", subsystem_device_id: "88e2"'), [[], "no-match"]);
+});
+
 Deno.test('resolveRule() does not offer "all: true" when one of the matches is a device the host uses', () => {
   const console = {
     address: "0000:01:00.0",
