@@ -135,6 +135,25 @@ Deno.test("parseDomainXml() refuses undeclared entity references", () => {
   assertEquals(error.line, 2);
 });
 
+Deno.test("parseDomainXml() refuses two records elements, at the second, rather than pick one", () => {
+  // A block pasted from another VM's <metadata>, under another prefix: which records hold is
+  // not guessed.
+  const xml = `<domain><name>d</name><metadata>
+  <pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'><pt:device address='0000:01:00.0' vendor='10de'
+    device='2684' class='030000' rule='gpu'/></pt:hostdevs>
+    <other:hostdevs xmlns:other='${METADATA_NAMESPACE}'/>
+</metadata></domain>`;
+  const error = assertThrowsDomainXmlError(xml);
+  assertEquals([error.line, error.column], [4, 5]);
+  assertEquals(
+    error.message,
+    "Domain metadata holds two passthrough records elements: at line 4, column 5",
+  );
+  // Another application's <hostdevs> (another namespace) is no second one.
+  const foreign = xml.replace(`xmlns:other='${METADATA_NAMESPACE}'`, "xmlns:other='urn:x'");
+  assertEquals(parseDomainXml(foreign).records.map((r) => r.rule), ["gpu"]);
+});
+
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
   assertMatch(assertThrowsDomainXmlError("<domain><uuid>u</uuid></domain>").message, /<name>/);
   assertMatch(assertThrowsDomainXmlError("<network><name>n</name></network>").message, /domain/);
