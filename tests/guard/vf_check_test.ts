@@ -116,6 +116,12 @@ Deno.test("guard: a recorded VF whose address is another index of its PF now is 
     refusal!.reason,
     /is not VF 1 of 0000:07:00\.0 \(virtfn1 leads to 0000:07:10\.1\)/,
   );
+  // One VF made again, at the recorded address as the PF's VF 0 (another VF offset): the PF has
+  // no VF 1 at all, which the refusal says rather than passing the VF found there.
+  const [onlyPf, onlyVf] = sriovNic("07", 1);
+  const [short] = await check(xml, [onlyPf!, { ...onlyVf!, bdf: "0000:07:10.2" }]);
+  assertEquals(short?.kind, "replaced");
+  assertMatch(short!.reason, /is not VF 1 of 0000:07:00\.0 \(virtfn1 leads to nothing\)/);
 });
 
 Deno.test("guard: a recorded VF address that holds no VF, or nothing, is refused", async () => {
