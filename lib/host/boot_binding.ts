@@ -394,3 +394,34 @@ export function vfioIdsBinding(
   if (twins.length > 0) return { kind: "twins", ids, twins: twins.map((d) => d.address) };
   return { kind: "ids", ids: `${ids}:${vendor}:${sub}` };
 }
+
+/** Where driverctl keeps the overrides it applies at every boot (`set-override` without `--nosave`). */
+export const DRIVERCTL_DIR = "/etc/driverctl.d";
+
+/** One override driverctl applies at boot: the driver it gives the device at `address`. */
+export interface DriverctlOverride {
+  /** The file it is kept in (`/etc/driverctl.d/pci-0000:0b:00.0`). */
+  source: string;
+  /** The address it names: driverctl binds whatever sits there, whichever card that is. */
+  address: PciAddress;
+  /** The driver it gives the device (`vfio-pci`). */
+  driver: string;
+}
+
+/**
+ * The PCI overrides kept in `dir` (driverctl names each file `pci-ADDRESS` and writes the driver
+ * in it), sorted by address; files of other buses, hidden ones and empty ones left out.
+ */
+export function driverctlOverrides(
+  reader: SysfsReader,
+  dir: string = DRIVERCTL_DIR,
+): DriverctlOverride[] {
+  return (reader.listDir(dir) ?? []).flatMap((name) => {
+    const address = /^pci-([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$/i.exec(name)?.[1];
+    if (address === undefined) return [];
+    const driver = (reader.readText(`${dir}/${name}`) ?? "").trim();
+    return driver === ""
+      ? []
+      : [{ source: `${dir}/${name}`, address: address.toLowerCase(), driver }];
+  }).sort((a, b) => a.address.localeCompare(b.address));
+}

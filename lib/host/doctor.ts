@@ -32,6 +32,7 @@ import {
   CMDLINE_SOURCE,
   cmdlineVfioIds,
   driverctlOverride,
+  driverctlOverrides,
   keptVfioIds,
   kernelParams,
   kernelTrue,
@@ -53,7 +54,7 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 export interface DoctorFinding {
   /**
    * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `boot-vga`,
-   * `host-driver-busy`, `reset`, `libvirt`, `hook`.
+   * `host-driver-busy`, `reset`, `libvirt`, `hook`, `boot-binding`, `driverctl`.
    */
   check: string;
   /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */
@@ -80,6 +81,8 @@ export interface DoctorOptions {
   modulesRoot?: string;
   /** Where modprobe's configuration is read on a live host. Default `MODPROBE_DIRS`. */
   modprobeDirs?: readonly string[];
+  /** Where driverctl keeps its overrides on a live host. Default `DRIVERCTL_DIR`. */
+  driverctlDir?: string;
   /** Opens libvirt and says how far it let this user in ({@link LibvirtReach}). */
   libvirtProbe?: () => LibvirtReach;
   /**
@@ -868,6 +871,57 @@ function entryRemedy(
   } instead of ${entry.text}`;
 }
 
+/**
+ * What driverctl's kept overrides bind at boot. They name an address, not a card: after a card
+ * moves, or where the host's device sits at an address that was a guest's, the override takes the
+ * host's device at the next boot (fail), and one whose address holds nothing takes the card put
+ * there later (warn). Live hosts only: a captured tree holds no `/etc`.
+ */
+function checkDriverctl(options: DoctorOptions): DoctorFinding | null {
+  if (!options.live) return null;
+  const overrides = driverctlOverrides(options.reader, options.driverctlDir);
+  if (overrides.length === 0) return null;
+  const uses = new Map((options.host.hostUse ?? []).map((u) => [u.address, u.detail]));
+  const device = (address: string) => options.host.devices.find((d) => d.address === address);
+  const said = (o: { address: string; driver: string; source: string }) =>
+    `driverctl gives ${o.address} to ${o.driver} at every boot (${o.source})`;
+  const needed = overrides.filter((o) =>
+    uses.has(o.address) && device(o.address)?.driver !== o.driver
+  );
+  const absent = overrides.filter((o) => device(o.address) === undefined);
+  // Without --noprobe, unset-override unbinds the device to probe it again: the host's disk too.
+  const unset = (o: { address: string }) => `driverctl --noprobe unset-override ${o.address}`;
+  if (needed.length > 0 || absent.length > 0) {
+    return {
+      check: "driverctl",
+      status: needed.length > 0 ? "fail" : "warn",
+      summary: [
+        ...needed.map((o) =>
+          `${said(o)}, but the host uses it (${uses.get(o.address)}): it loses it at the next boot`
+        ),
+        ...absent.map((o) =>
+          `${
+            said(o)
+          }, which holds no device here: a card put there later, the host's too, goes to ${o.driver} at boot`
+        ),
+      ].join("; "),
+      hint: `${
+        [...needed, ...absent].map(unset).join(", ")
+      } (--noprobe leaves the device with the driver it has now); a guest's card needs no override: libvirt detaches a managed hostdev from its host driver at start`,
+    };
+  }
+  return {
+    check: "driverctl",
+    status: "ok",
+    summary: overrides.map((o) =>
+      `driverctl gives ${o.address} (${
+        device(o.address)!.className ?? `class ${device(o.address)!.classCode}`
+      }) to ${o.driver} at every boot`
+    ).join("; "),
+    hint: null,
+  };
+}
+
 /** What makes a changed entry count at the next boot, by where entries are written. */
 function regenerate(sources: readonly string[]): string {
   const steps = [];
@@ -1177,6 +1231,7 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkVfioPci(options),
     checkAcsOverride(options.host),
     checkBootBindings(options),
+    checkDriverctl(options),
   ].filter((f) => f !== null);
   if (options.facts !== undefined) findings.push(...preflightFindings(options.host, options.facts));
   const reach = options.libvirtProbe === undefined ? undefined : reachOf(options.libvirtProbe);

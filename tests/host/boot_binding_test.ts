@@ -512,3 +512,66 @@ Deno.test("boot-binding: of two modprobe.d files the later one's ids= wins: the 
     /^give vfio-pci one ids= with every entry: "options vfio-pci ids=10de:10ef" in .*\/b\.conf, and remove the ids= from .*\/a\.conf; then rebuild the initramfs.*; and leave 10de:1b06 out of it: it would take every card of that model: 0000:0b:00\.0, 0000:0c:00\.0$/,
   );
 });
+
+/** doctor's `driverctl` finding on a live-looking X570 tree with `overrides` in driverctl.d. */
+async function driverctlFinding(description: HostDescription, overrides: Record<string, string>) {
+  return await withHost(description, ({ host, dir }) => {
+    Deno.mkdirSync(`${dir}/etc/driverctl.d`, { recursive: true });
+    for (const [name, text] of Object.entries(overrides)) {
+      Deno.writeTextFileSync(`${dir}/etc/driverctl.d/${name}`, text);
+    }
+    return runDoctor({
+      host,
+      reader: denoFsReader(),
+      live: true,
+      sysRoot: dir,
+      procRoot: `${dir}/proc`,
+      modulesRoot: `${dir}/lib/modules`,
+      modprobeDirs: [`${dir}/etc/modprobe.d`],
+      driverctlDir: `${dir}/etc/driverctl.d`,
+    }).find((f) => f.check === "driverctl");
+  });
+}
+
+Deno.test("driverctl: an override that gives vfio-pci a device the host uses fails, naming the device, its use and the file", async () => {
+  const finding = await driverctlFinding(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:01:00.0": { driver: "nvme" }, "0000:0b:00.0": { driver: "vfio-pci" } },
+      host: {
+        host_use: [{
+          address: "0000:01:00.0",
+          reason: "mounted-filesystem",
+          detail: "/ on nvme0n1p2",
+        }],
+      },
+    }),
+    { "pci-0000:01:00.0": "vfio-pci\n", "pci-0000:0b:00.0": "vfio-pci\n" },
+  );
+  assertEquals(finding?.status, "fail");
+  assertMatch(
+    finding!.summary,
+    /^driverctl gives 0000:01:00\.0 to vfio-pci at every boot \(.*\/etc\/driverctl\.d\/pci-0000:01:00\.0\), but the host uses it \(\/ on nvme0n1p2\)/,
+  );
+  assertMatch(
+    finding!.hint ?? "",
+    /^driverctl --noprobe unset-override 0000:01:00\.0 \(--noprobe leaves/,
+  );
+  assertEquals(finding!.hint!.includes("0000:0b:00.0"), false);
+});
+
+Deno.test("driverctl: an override of an address that holds no device warns (a card put there later is taken); one per guest card is ok", async () => {
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { driver: "vfio-pci" } },
+  });
+  const stale = await driverctlFinding(description, {
+    "pci-0000:2a:00.0": "vfio-pci\n",
+    "pci-0000:0b:00.0": "vfio-pci\n",
+  });
+  assertEquals(stale?.status, "warn");
+  assertMatch(stale!.summary, /0000:2a:00\.0 .*holds no device here/);
+  assertMatch(stale!.hint ?? "", /driverctl --noprobe unset-override 0000:2a:00\.0/);
+  const ok = await driverctlFinding(description, { "pci-0000:0b:00.0": "vfio-pci\n" });
+  assertEquals(ok?.status, "ok");
+  assertMatch(ok!.summary, /0000:0b:00\.0 \(.*\) to vfio-pci/);
+  assertEquals(await driverctlFinding(description, {}), undefined);
+});
