@@ -257,6 +257,18 @@ function handAddedFix(vm: string, kind: GuardRefusalKind): string {
     : `${edit} (or ${fixCommand(vm)}, when the config names the VM)`;
 }
 
+/**
+ * The fix for a recorded device whose address holds nothing: `plan` would remove the hostdev of a
+ * card it cannot find, which is no fix for one that appears late (behind Thunderbolt, after the
+ * daemon's autostart) or is put back; it is for one that moved or left.
+ */
+function missingFix(vm: string, address: PciAddress): string {
+  return `start it again once ${address} is there again (a card found after the VM's ` +
+    `autostart, such as behind Thunderbolt, or put back); if the card moved or left for good: ${
+      fixCommand(vm)
+    }`;
+}
+
 /** What the guard shows of `device`; its slot where it was read to compare with `recorded`'s. */
 function now(device: PciDevice, recorded: DeviceIdentity | null): GuardDevice {
   const { vendorId, deviceId, subsystemVendorId, subsystemDeviceId, classCode, serial, driver } =
@@ -435,6 +447,8 @@ function passedRefusal(
       ? busy?.reason === "vm-passed" ? VF_PASSED_FIX : BUSY_FIX
       : owner === null
       ? handAddedFix(vm, kind)
+      : kind === "missing" && recorded !== null
+      ? missingFix(vm, address)
       : fixCommand(vm),
   };
   refusal.reason = vfWrong ?? describeRefusal(refusal, recorded === null ? vf?.index : undefined);

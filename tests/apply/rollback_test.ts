@@ -882,7 +882,7 @@ Deno.test({
         return { world, stdout: result.stdout };
       };
       const warning = (world: string) =>
-        `the start guard would refuse to start "alpha" as restored: hostdev ${gone} holds no device now, not the recorded 10de:2684 (class 030000) of rule "gpu"; fix: passthrough plan --vm alpha -c test://${world}`;
+        `the start guard would refuse to start "alpha" as restored: hostdev ${gone} holds no device now, not the recorded 10de:2684 (class 030000) of rule "gpu"; fix: start it again once ${gone} is there again (a card found after the VM's autostart, such as behind Thunderbolt, or put back); if the card moved or left for good: passthrough plan --vm alpha -c test://${world}`;
       const json = await rollback("json", ["--json"]);
       const report = JSON.parse(json.stdout);
       assertEquals([report.status, report.warnings], ["restored", [warning(json.world)]]);

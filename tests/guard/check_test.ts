@@ -249,6 +249,18 @@ Deno.test("checkDomainStart() refuses an address that holds nothing, recorded or
   assertEquals(refusals[1]!.fix, "remove it with virsh edit win11, or bring its device back there");
 });
 
+Deno.test("checkDomainStart() tells a recorded device that holds nothing (a card not yet found at an autostart) to start again once it is there", async () => {
+  const gone = { ...GPU, address: "0000:07:00.0" };
+  const { refusals } = await check(domain("vm", [hostdev(gone.address)], [gone]));
+  // plan would remove the hostdev of a card it cannot find: no fix for a card found late.
+  assertEquals(
+    refusals[0]!.fix,
+    "start it again once 0000:07:00.0 is there again (a card found after the VM's autostart, " +
+      "such as behind Thunderbolt, or put back); if the card moved or left for good: " +
+      "passthrough plan --vm win11",
+  );
+});
+
 Deno.test("checkDomainStart() refuses a device the host needs, hand-added or recorded", async () => {
   const nvme: Rec = {
     address: "0000:05:00.0",
