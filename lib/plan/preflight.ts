@@ -25,10 +25,13 @@ import {
   resetVerdict,
 } from "../host/preflight.ts";
 import {
+  cmdlineVfioIds,
   driverctlOverride,
+  keptVfioIds,
   REBUILD_INITRAMFS,
   softdepLine,
   vfioIdsBinding,
+  vfioIdsMatch,
 } from "../host/boot_binding.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
@@ -146,15 +149,31 @@ function busyRemedies(
   if (binding.kind === "ids") {
     // vfio-pci.ids= binds only a device no driver has taken yet: the GPU's driver, often in the
     // initramfs, must load after vfio-pci.
-    return `${
-      remedies.join(", ")
-    }, or bind the GPU to vfio-pci at boot: vfio-pci.ids=${binding.ids}, and "${
+    return `${remedies.join(", ")}, or bind the GPU to vfio-pci at boot: ${
+      cmdlineEntry(device, binding.ids, context.host.kernelCmdline)
+    } "${
       softdepLine(module)
     }" in /etc/modprobe.d so that vfio-pci loads first; then ${REBUILD_INITRAMFS}`;
   }
   return `${remedies.join(", or ")}; not vfio-pci.ids=${binding.ids} at boot: it would bind ${
     binding.twins.join(", ")
   } too (the same IDs)`;
+}
+
+/**
+ * The `vfio-pci.ids=` that binds `device` at boot, as an addition to the one the kernel command
+ * line gives vfio-pci already: a second `ids=` would overwrite it (vfio-pci keeps the last), and
+ * the devices it binds for other guests would stay with their drivers.
+ */
+function cmdlineEntry(device: PciDevice, ids: string, cmdline: string | null): string {
+  const { kept } = keptVfioIds(cmdlineVfioIds(cmdline).filter((a) => !a.toInit));
+  if (kept === null) return `vfio-pci.ids=${ids}, and`;
+  if (kept.entries.some((e) => vfioIdsMatch(e, device))) {
+    return `the kernel command line's vfio-pci.ids=${kept.value} names it already: put`;
+  }
+  return `add ${ids} to the vfio-pci.ids= on the kernel command line, not as a second one (vfio-pci keeps only the last): vfio-pci.ids=${
+    [...kept.entries.map((e) => e.text), ids].join(",")
+  }, and`;
 }
 
 /** Why the device will not reset between guest boots, or `null` when it will. */

@@ -283,3 +283,29 @@ Deno.test("host-driver-busy: a GPU driver built into the kernel gets driverctl, 
     );
   });
 });
+
+Deno.test("host-driver-busy: with a vfio-pci.ids= on the command line already, the advice extends it rather than adding a second that would overwrite it", async () => {
+  // The GT 710 at 0c:00.0 is bound at boot for another guest; the 1080 Ti is busy with nvidia.
+  const description = (cmdline: string) =>
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "nvidia", console: true } },
+      host: { cmdline },
+    });
+  await withHost(description("quiet vfio-pci.ids=10de:128b,10de:0e0f"), (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const message = win.warnings.find((w) => w.code === "host-driver-busy")?.message ?? "";
+    assertMatch(
+      message,
+      /or bind the GPU to vfio-pci at boot: add 10de:1b06 to the vfio-pci\.ids= on the kernel command line, not as a second one \(vfio-pci keeps only the last\): vfio-pci\.ids=10de:128b,10de:0e0f,10de:1b06, and "softdep nvidia pre: vfio-pci"/,
+    );
+  });
+  // Already named there: only the load order is missing.
+  await withHost(description("quiet vfio-pci.ids=10de:1b06,10de:128b"), (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    const message = win.warnings.find((w) => w.code === "host-driver-busy")?.message ?? "";
+    assertMatch(
+      message,
+      /or bind the GPU to vfio-pci at boot: the kernel command line's vfio-pci\.ids=10de:1b06,10de:128b names it already: put "softdep nvidia pre: vfio-pci" in \/etc\/modprobe\.d/,
+    );
+  });
+});
