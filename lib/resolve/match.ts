@@ -166,7 +166,16 @@ export function deviceMatches(
   criteria: MatchCriteria,
   options: MatchOptions = {},
 ): boolean {
-  return !device.isBridge && criteriaHold(device, criteria, options);
+  return !device.isBridge && !behindVmd(device) && criteriaHold(device, criteria, options);
+}
+
+/**
+ * Whether `device` sits behind Intel VMD, in a PCI domain past the firmware's last (`ffff`), as
+ * VMD numbers the domain behind its controller (`10000` and up): the IOMMU sees its DMA as the
+ * controller's, so VFIO cannot assign it apart from the controller, whatever group it shows.
+ */
+function behindVmd(device: Pick<PciDevice, "address">): boolean {
+  return pciAddressParts(device.address).domain > 0xffff;
 }
 
 /** Whether `device` satisfies every criterion, bridge or not. */
@@ -201,6 +210,32 @@ function onlyBridgesIssue(
     rule: rule.name,
     location: rule.location,
     candidates: bridges.map(toCandidate),
+  };
+}
+
+/** The `no-match` of a rule whose criteria fit only devices behind Intel VMD ({@link behindVmd}). */
+function onlyBehindVmdIssue(
+  rule: DeviceRule,
+  hosted: readonly PciDevice[],
+  host: HostTopology,
+): PlanIssue {
+  const domains = [...new Set(hosted.map((d) => d.address.slice(0, d.address.indexOf(":"))))];
+  const controllers = host.devices.filter((d) => d.driver === "vmd").map((d) => d.address);
+  return {
+    code: "no-match",
+    message: `Rule "${rule.name}" of VM "${rule.vm}" matches no device it can take (${
+      describeCriteria(rule.match)
+    }): ${hosted.map((d) => d.address).join(", ")} ${
+      hosted.length === 1 ? "is" : "are"
+    } behind an Intel VMD controller (PCI domain ${
+      domains.join(", ")
+    }, past the firmware's last, ffff), whose DMA the IOMMU sees as the controller's: VFIO cannot assign ${
+      hosted.length === 1 ? "it" : "them"
+    } apart from the controller, which takes its whole domain${
+      controllers.length === 0 ? "" : ` (${controllers.join(", ")})`
+    }`,
+    ...ruleBase(rule),
+    candidates: hosted.map(toCandidate),
   };
 }
 
@@ -386,6 +421,10 @@ export function resolveRule(
       d.isBridge && criteriaHold(d, rule.match, options)
     );
     if (bridges.length > 0) return refused(onlyBridgesIssue(rule, bridges, options.run));
+    const hosted = possibleDevices(host, rule.match).filter((d) =>
+      behindVmd(d) && criteriaHold(d, rule.match, options)
+    );
+    if (hosted.length > 0) return refused(onlyBehindVmdIssue(rule, hosted, host));
   }
   if (units.length === 0 || units.length < wanted) {
     return refused(tooFewIssue(rule, host, { matched, units, wanted, options }));

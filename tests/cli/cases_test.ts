@@ -12,6 +12,7 @@ import { loadFixtureHost } from "../helpers/hosts.ts";
 import { runCli } from "../helpers/cli.ts";
 import { testDomainXml } from "../helpers/world.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import { nvmeDescription } from "../../lib/testing/host_generator.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 
 const cases = loadCases();
@@ -199,6 +200,44 @@ Deno.test("plan --json on a built AMD APU tree does not count the CPU's function
     vm.errors[0]!.message,
     'Rule "igpu" of VM "vm1" counts functions of 2 vendors in slot 0000:05:00 (IOMMU group 7) as 2 cards, but they are one chip: 0000:05:00.0 + 0000:05:00.1 (vendor 1002), 0000:05:00.2 + 0000:05:00.3 + 0000:05:00.4 + 0000:05:00.6 (vendor 1022); another vendor\'s functions in a card\'s slot are built in beside it (an AMD APU\'s USB controllers are the CPU\'s): narrow it with "vendor_id"',
   );
+});
+
+Deno.test("plan --json on a built tree refuses a drive behind Intel VMD with an IOMMU group of its own", async () => {
+  const base = `${dir}/vmd`;
+  const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
+  buildHostTree({
+    host_use: [],
+    devices: [
+      { bdf: "0000:00:0e.0", group: 5, class: "0x010400", vendor: "0x8086", device: "0x467f" },
+      nvmeDescription("10000:e1:00.0", 12),
+      nvmeDescription("0000:02:00.0", 13, { device: "0xa80a" }),
+    ].map((d) => ({ driver: "vmd", ...blank, ...d })),
+  }, `${base}/sysfs`);
+  Deno.writeTextFileSync(
+    `${base}/world.xml`,
+    `<node>\n${testDomainXml("vm1", { running: false })}\n</node>\n`,
+  );
+  const plan = async (match: string) => {
+    Deno.writeTextFileSync(
+      `${base}/config.yaml`,
+      `version: 1\nvms:\n  vm1:\n    devices:\n      - name: nvme\n        match: ${match}\n`,
+    );
+    const result = await planJson(base, `${base}/sysfs`);
+    const vm = (JSON.parse(result.stdout) as Plan).vms[0]!;
+    return { code: result.code, vm };
+  };
+  // Before: planned with a note on its driver, a hostdev VFIO cannot assign apart from VMD's.
+  const alone = await plan('{ vendor_device_id: "144d:a808" }');
+  assertEquals([alone.code, alone.vm.changed, alone.vm.errors.map((e) => e.code)], [1, false, [
+    "no-match",
+  ]]);
+  assertEquals(
+    alone.vm.errors[0]!.message,
+    'Rule "nvme" of VM "vm1" matches no device it can take (vendor_id "144d", device_id "a808"): 10000:e1:00.0 is behind an Intel VMD controller (PCI domain 10000, past the firmware\'s last, ffff), whose DMA the IOMMU sees as the controller\'s: VFIO cannot assign it apart from the controller, which takes its whole domain (0000:00:0e.0)',
+  );
+  // Before: ambiguous between the two drives; the one outside VMD is the one it can take.
+  const any = await plan('{ class: "nvme" }');
+  assertEquals([any.vm.errors, any.vm.hostdevs], [[], ["0000:02:00.0"]]);
 });
 
 Deno.test("cases tree cleanup", () => {
