@@ -176,12 +176,13 @@ async function checkThisStart(): Promise<number> {
 }
 
 if (import.meta.main) {
-  // Not awaited at the top level: this module's evaluation ends with the check's synchronous
-  // part, and Deno stores its code cache (for the next start) once an event loop turn follows.
-  void checkThisStart().then(async (code) => {
-    await Deno.stderr.write(new Uint8Array(0));
-    // Everything is written (synchronously): exit now rather than tear the runtime down, which
-    // takes longer than the check.
-    Deno.exit(code);
+  void checkThisStart().then((code) => {
+    Deno.exitCode = code;
+    // Deno stores the code cache of the modules it compiled (for the next start) in a turn of
+    // its event loop, which an exit from this promise chain can come before (an awaited write
+    // or stat may complete at once): then every start compiled the whole check again. Once the
+    // loop is idle, that turn has run: exit then rather than tear the runtime down, which takes
+    // longer than the check. Everything is written (synchronously).
+    addEventListener("beforeunload", () => Deno.exit(code));
   });
 }

@@ -1242,6 +1242,34 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
   }
 });
 
+Deno.test("the installed hook's first run stores the check's code cache in the hook's Deno cache", async () => {
+  // Until it is stored, every VM start compiles the whole check. Deno stores it in an event loop
+  // turn, which an exit straight from the check could come before: on most fresh caches it did.
+  await withShmTree("passthrough-hook-cache-", async (dir, tree) => {
+    Deno.mkdirSync(`${tree}/bus/pci/devices`, { recursive: true });
+    const hook = await installOnTree(dir, tree);
+    const check = new URL("../../cli/hook_check.ts", import.meta.url).href;
+    const cache = `${dir}/state/deno`;
+    // Each run on an empty cache, as after an install, a Deno upgrade or a changed check.
+    for (let run = 1; run <= 3; run++) {
+      for (const entry of Deno.readDirSync(cache)) {
+        Deno.removeSync(`${cache}/${entry.name}`, { recursive: true });
+      }
+      const started = await runHook(
+        hook,
+        ["plain", "prepare", "begin", "-"],
+        testDomainXml("plain"),
+      );
+      assertEquals(started, { code: 0, stdout: "", stderr: "" });
+      const stored = [...Deno.readDirSync(cache)]
+        .filter((e) => e.name.startsWith("v8_code_cache"))
+        .map((e) => new TextDecoder().decode(Deno.readFileSync(`${cache}/${e.name}`)))
+        .some((text) => text.includes(check));
+      assertOk(stored, `run ${run}: no code cache entry for ${check} in ${cache}`);
+    }
+  });
+});
+
 Deno.test("the installed hook runs whatever HOME libvirt passes: a file, or one with a .npmrc Deno cannot read", async () => {
   // Deno reads $HOME/.npmrc (with HOME unset, the passwd entry's: /root for libvirtd) before it
   // runs any code, and stops on one it cannot read: every start was refused with Deno's "Error
