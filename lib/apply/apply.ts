@@ -782,23 +782,36 @@ function applyUnit(
   return out;
 }
 
-/** `applied`'s define taken back (its previous definition defined again), because of `why`. */
+/**
+ * `applied`'s define taken back (its previous definition defined again), because of `why`; not
+ * when another client defined the VM since (`virsh edit` while the other VMs of the swap were
+ * applied): that definition is in no backup, and the undo would overwrite it.
+ */
 function undo(
   applied: Applied,
   { libvirt, run }: Pick<ApplyOptions, "libvirt" | "run">,
   why: string,
 ): Applied {
   const { result: done } = applied;
+  const { before, after } = done.definition!;
+  const rollback = followUpCommand(run, "passthrough rollback", { value: done.vm });
   let note: string;
   let restored = false;
   try {
-    libvirt.define(done.definition!.before);
-    restored = true;
-    note = `its previous definition was restored`;
+    const now = libvirt.getPersistentXml(done.vm, { secure: true });
+    if (now === after) {
+      libvirt.define(before);
+      restored = true;
+      note = `its previous definition was restored`;
+    } else {
+      note = `its previous definition was not restored: "${done.vm}" was defined again since (${
+        describeXmlChange(after, now)
+      }), and restoring it would overwrite that change, which no backup holds: check it, then run "${rollback}", or a device sits in two definitions`;
+    }
   } catch (error) {
-    note = `restoring its previous definition failed (${errorText(error)}): run "${
-      followUpCommand(run, "passthrough rollback", { value: done.vm })
-    }" now, or a device sits in two definitions`;
+    note = `restoring its previous definition failed (${
+      errorText(error)
+    }): run "${rollback}" now, or a device sits in two definitions`;
   }
   return {
     result: {

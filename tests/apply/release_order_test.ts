@@ -347,3 +347,34 @@ Deno.test("applyPlan() undoes a swap's first define when the second VM fails", a
     test: "tests/apply/release_order_test.ts",
   });
 });
+
+Deno.test("applyPlan() leaves a swap's first VM as it is when another client defined it before the undo", async () => {
+  using w = swapWorld();
+  const beta = w.plan.vms[1]!;
+  beta.desiredXml = beta.desiredXml.replace(/<memory unit='KiB'>\d+</, "<memory unit='KiB'>lots<");
+  // Another client (virsh edit) defines alpha after apply defined it, before beta's define fails.
+  const libvirt = Object.create(w.port);
+  libvirt.define = (xml: string) => {
+    if (xml.includes("<name>beta</name>") && !edited) {
+      edited = true;
+      const alpha = w.port.getPersistentXml("alpha", { secure: true });
+      w.port.define(alpha.replace("</uuid>", "</uuid><description>edited elsewhere</description>"));
+    }
+    return w.port.define(xml);
+  };
+  let edited = false;
+  const report = await applyPlan(w.plan, {
+    libvirt,
+    stateDir: `${w.root}/state`,
+    confirm: answering("yes", "yes").confirm,
+  });
+  const alpha = report.vms[0]!;
+  assertEquals([alpha.status, alpha.code, alpha.restored], ["failed", "undone", false]);
+  assertMatch(
+    alpha.message,
+    /then undone: "beta", .*; its previous definition was not restored: "alpha" was defined again since \(.*edited elsewhere.*\), and restoring it would overwrite that change, which no backup holds: check it, then run "passthrough rollback alpha", or a device sits in two definitions$/s,
+  );
+  // The other client's definition stands; apply's backup still holds the one before.
+  assertMatch(w.port.getPersistentXml("alpha"), /<description>edited elsewhere<\/description>/);
+  assertEquals(pciHostdevs(w.port, "alpha"), [NIC]);
+});
