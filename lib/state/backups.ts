@@ -276,10 +276,10 @@ function notBeforeNewest(dir: string, now: Date): Date {
 }
 
 /**
- * The order of two ids of one time (`STAMP-UUIDPREFIX[-N]`, {@link writeBackupFiles}): by the
- * stamp and prefix, then by the counter as a number (`-10` after `-9`), else as text.
+ * The order of two ids (`STAMP-UUIDPREFIX[-N]`, {@link writeBackupFiles}): by the stamp and
+ * prefix, then by the counter as a number (`-10` after `-9`), else as text.
  */
-function sameTimeOrder(a: string, b: string): number {
+function idOrder(a: string, b: string): number {
   const split = (id: string) => {
     const m = /^(.*?)(?:-(\d{1,2}))?$/.exec(id)!;
     return { base: m[1]!, counter: Number(m[2] ?? 0) };
@@ -484,7 +484,7 @@ export function inspectBackups(stateDir: string | StateDir, vm?: string): Backup
     }
   }
   listing.entries.sort((a, b) =>
-    a.time !== b.time ? (a.time < b.time ? 1 : -1) : sameTimeOrder(b.id, a.id)
+    a.time !== b.time ? (a.time < b.time ? 1 : -1) : idOrder(b.id, a.id)
   );
   listing.problems.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return listing;
@@ -599,8 +599,8 @@ export function findBackup(
     const newest = entries[0];
     // Only a name passthrough gives a backup tells its time: a stray `notes.json` is no newer.
     const newer = damaged.filter((p) =>
-      STAMPED.test(p.id!) && (newest === undefined || p.id! > newest.id)
-    ).at(-1);
+      STAMPED.test(p.id!) && (newest === undefined || idOrder(p.id!, newest.id) > 0)
+    ).sort((a, b) => idOrder(a.id!, b.id!)).at(-1);
     if (newer !== undefined) {
       throw new BackupIntegrityError(
         newer.path,

@@ -386,6 +386,26 @@ Deno.test("findBackup() picks the newest intact backup past a damaged file whose
   }
 });
 
+Deno.test("findBackup() orders a damaged backup's counter as a number against the newest intact one", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    // Eleven within one millisecond: "-9" (the tenth) is damaged, "-10" (the eleventh) is not.
+    const written = Array.from(
+      { length: 11 },
+      (_, i) => backupOf(state, "a", { second: 1, note: `${i}` }),
+    );
+    const [tenth, eleventh] = written.slice(-2);
+    Deno.writeTextFileSync(tenth!.path, xmlOf("a", "changed"));
+    assertEquals(findBackup(state, "a").id, eleventh!.id);
+    // And the newest damaged one is named when it is the newest of all.
+    Deno.writeTextFileSync(eleventh!.path, xmlOf("a", "changed"));
+    assertThrows(() => findBackup(state, "a"), BackupIntegrityError, `${eleventh!.id}.xml`);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("passthrough backups lists the other backups, reports the damaged ones and exits 1", async () => {
   const root = tempDir();
   try {
