@@ -9,6 +9,7 @@
  */
 
 import type { SysfsReader } from "./sysfs.ts";
+import { canonicalPciAddress } from "../pci/address.ts";
 import type { PciAddress, PciDevice } from "./types.ts";
 
 /** One entry of a vfio-pci `ids` list, as the kernel reads it. */
@@ -417,11 +418,11 @@ export function driverctlOverrides(
   dir: string = DRIVERCTL_DIR,
 ): DriverctlOverride[] {
   return (reader.listDir(dir) ?? []).flatMap((name) => {
-    const address = /^pci-([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$/i.exec(name)?.[1];
-    if (address === undefined) return [];
+    // Its domain as sysfs spells it: four hex digits, five behind Intel VMD (`10000`).
+    const named = /^pci-([0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$/i.exec(name)?.[1];
+    const address = named === undefined ? null : canonicalPciAddress(named);
+    if (address === null) return [];
     const driver = (reader.readText(`${dir}/${name}`) ?? "").trim();
-    return driver === ""
-      ? []
-      : [{ source: `${dir}/${name}`, address: address.toLowerCase(), driver }];
+    return driver === "" ? [] : [{ source: `${dir}/${name}`, address, driver }];
   }).sort((a, b) => a.address.localeCompare(b.address));
 }

@@ -12,6 +12,7 @@ import { modprobeVfioIds } from "../../lib/host/boot_binding.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { described, withHost } from "../preflight/trees.ts";
+import { nvmeDescription } from "../../lib/testing/host_generator.ts";
 
 /** The X570 with a second GTX 1080 Ti at 0c:00.0, subsystem devices as given, and `host`. */
 function twins(
@@ -574,4 +575,33 @@ Deno.test("driverctl: an override of an address that holds no device warns (a ca
   assertEquals(ok?.status, "ok");
   assertMatch(ok!.summary, /0000:0b:00\.0 \(.*\) to vfio-pci/);
   assertEquals(await driverctlFinding(description, {}), undefined);
+});
+
+Deno.test("driverctl: an override of a drive behind Intel VMD (domain 10000) the host uses fails too", async () => {
+  const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
+  const finding = await driverctlFinding({
+    host_use: [{
+      address: "10000:e1:00.0",
+      reason: "mounted-filesystem",
+      detail: "/ on nvme0n1p2",
+    }],
+    devices: [
+      {
+        bdf: "0000:00:0e.0",
+        group: 5,
+        class: "0x010400",
+        vendor: "0x8086",
+        device: "0x9a0b",
+        driver: "vmd",
+        ...blank,
+      },
+      { ...nvmeDescription("10000:e1:00.0", 1), group: null },
+    ],
+  }, { "pci-10000:e1:00.0": "vfio-pci\n" });
+  assertEquals(finding?.status, "fail");
+  assertMatch(
+    finding!.summary,
+    /^driverctl gives 10000:e1:00\.0 to vfio-pci at every boot \(.*\/pci-10000:e1:00\.0\), but the host uses it \(\/ on nvme0n1p2\)/,
+  );
+  assertMatch(finding!.hint ?? "", /^driverctl --noprobe unset-override 10000:e1:00\.0 /);
 });
