@@ -258,8 +258,9 @@ export function bindRecords(
  * `file` with each VM's {@link VmGuardPolicy.uuid}: for a VM in `applied` (its definition as this
  * apply left it), that definition's; for any other (left out by `--vm`, declined, refused, or
  * dropped from the config with its devices kept), the one `previous` bound, as the policies stay
- * those of the VM they were recorded for; for one `previous` bound to none, the VM `defined`
- * names now (`null` when none is defined).
+ * those of the VM they were recorded for (`null` stays `null`: judged as `enforce` until an apply
+ * of that VM binds it); for one `previous` did not list, or listed in a file from before UUIDs were
+ * recorded, the VM `defined` names now (`null` when none is defined).
  *
  * @example
  * ```ts
