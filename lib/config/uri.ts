@@ -23,15 +23,15 @@ export function isRemoteUri(uri: string): boolean {
   return authority !== "";
 }
 
-/** A value of a libvirt.conf setting: a string, a list of strings, or other (a number). */
-type ConfValue = string | string[] | null;
+/** A value of a libvirt.conf setting: a string, a list of values, or other (a number). */
+type ConfValue = string | ConfValue[] | null;
 
 /**
  * The settings of libvirt.conf's `text`, read as libvirt's virConf reads it: `name = value`
  * statements ended by a line's end or `;`; strings in `"..."`, `'...'` or `"""..."""` (several
- * lines), taken as written (no escapes); lists in `[...]` over any lines; `#` starts a comment
- * outside a string and a list. Reading stops where a statement is not understood: libvirt refuses
- * the whole file then. A setting given twice is its first.
+ * lines), taken as written (no escapes); numbers (`-1`, `+1`); lists of any of these in `[...]`
+ * over any lines; `#` starts a comment outside a string and a list. Reading stops where a statement
+ * is not understood: libvirt refuses the whole file then. A setting given twice is its first.
  */
 function confSettings(text: string): Map<string, ConfValue> {
   const settings = new Map<string, ConfValue>();
@@ -63,20 +63,22 @@ function confSettings(text: string): Map<string, ConfValue> {
     if (text[at] !== "[") {
       const s = string();
       if (s !== undefined) return s;
-      const number = /-?[0-9]+/y;
+      const number = /[-+]?[0-9]+/y;
       number.lastIndex = at;
       if (number.exec(text) === null) return undefined;
       at = number.lastIndex;
       return null;
     }
     at++;
-    const list: string[] = [];
+    // Any values, numbers and lists too, as libvirt reads them: one not understood here would end
+    // the reading before settings libvirt goes on to read (an alias that runs a program).
+    const list: ConfValue[] = [];
     for (;;) {
       skip(/[ \t\r\n]*/y);
       if (text[at] === "]") break;
-      const s = string();
-      if (s === undefined) return undefined;
-      list.push(s);
+      const item = value();
+      if (item === undefined) return undefined;
+      list.push(item);
       skip(/[ \t\r\n]*/y);
       if (text[at] === ",") at++;
       else if (text[at] !== "]") return undefined;
@@ -128,8 +130,8 @@ export function libvirtConfUri(
   if (name === null) return null;
   const aliases = settings.get("uri_aliases");
   // libvirt matches the whole alias, which has no `=`.
-  const alias = (Array.isArray(aliases) ? aliases : []).find((entry) =>
-    entry.includes("=") && entry.slice(0, entry.indexOf("=")) === name
+  const alias = (Array.isArray(aliases) ? aliases : []).find((entry): entry is string =>
+    typeof entry === "string" && entry.includes("=") && entry.slice(0, entry.indexOf("=")) === name
   );
   return alias === undefined ? name : alias.slice(name.length + 1);
 }

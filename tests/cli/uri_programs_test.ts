@@ -176,7 +176,11 @@ Deno.test({
     const { script, mark } = planted(tree.dir);
     const uri = `qemu+ext:///system?command=${script}`;
     const conf = `${tree.dir}/libvirt.conf`;
-    Deno.writeTextFileSync(conf, `uri_aliases = [ "lab=${uri}" ]\nuri_default = "${uri}"\n`);
+    // Settings before them that libvirt reads past: a number signed `+`, a list of numbers.
+    Deno.writeTextFileSync(
+      conf,
+      `max_x = +1\nx = [ 1, 2 ]\nuri_aliases = [ "lab=${uri}" ]\nuri_default = "${uri}"\n`,
+    );
     // Root's libvirt.conf, as libvirt reads it, replaced in the run's own mount namespace.
     const wrap = [
       "unshare",

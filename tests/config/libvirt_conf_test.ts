@@ -13,6 +13,10 @@ Deno.test("libvirt.conf's URIs are read as libvirt's virConf reads them", () => 
     // The first setting of two; an alias is matched whole.
     [null, `uri_default = "a"\nuri_default = "b"`, "a"],
     ["v", `uri_aliases = [ "v6=${ssh}" ]`, "v"],
+    // Numbers signed either way, lists of numbers and of lists: libvirt reads on past them.
+    ["v6", `max_a = +1\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
+    ["v6", `a = [ 1, -2 ]\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
+    ["v6", `a = [ [ "x" ], "y" ]\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
     // What libvirt refuses (a comment in a list, an unterminated string) is not read on from there.
     ["v6", `uri_aliases = [ # lab\n "v6=${ssh}" ]`, "v6"],
     [null, `uri_default = """${ssh}`, null],
