@@ -18,7 +18,7 @@ import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
 import { libvirtUriFor, refuseUriPrograms } from "./libvirt_conf.ts";
-import { unescapeUriPart } from "./uri_check.ts";
+import { unescapeUriBytes, unescapeUriPart } from "./uri_check.ts";
 import { redactUserPasswords, secretValues } from "../lib/domain/secrets.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,
@@ -82,9 +82,14 @@ function defaultUriFromEnvironment(): string | null {
  * is the one ssh was given then.
  */
 function withoutUriPasswords(error: LibvirtError, uri: string | null): LibvirtError {
-  // libvirt gives ssh the user information decoded (`p%40ss` as `p@ss`).
+  // libvirt gives ssh the user information decoded (`p%40ss` as `p@ss`), and ssh's refusal
+  // quotes it escaped as ssh escapes what it logs.
   const passwords = [uri, libvirtUriFor(uri)].flatMap((u) => u === null ? [] : secretValues(u))
-    .flatMap((password) => [password, unescapeUriPart(password)]);
+    .flatMap((password) => [
+      password,
+      unescapeUriPart(password),
+      sshLogged(unescapeUriBytes(password)),
+    ]);
   if (passwords.length === 0) return error;
   const hide = (text: string) => redactUserPasswords(text, passwords);
   return new LibvirtError(hide(error.message), {
@@ -93,6 +98,21 @@ function withoutUriPasswords(error: LibvirtError, uri: string | null): LibvirtEr
     libvirtMessage: hide(error.libvirtMessage),
     operation: error.operation,
   });
+}
+
+/**
+ * `bytes` as OpenSSH writes them in a message on stderr (log.c's `strnvis` with `VIS_SAFE |
+ * VIS_OCTAL`): a backslash doubled; printable ASCII, space, tab, line feed, backspace, bell and carriage
+ * return as they are; any other byte (a non-ASCII letter's) as `\ooo`.
+ */
+function sshLogged(bytes: Uint8Array): string {
+  return [...bytes].map((byte) => {
+    if (byte === 0x5c) return "\\\\";
+    if ((byte >= 0x20 && byte < 0x7f) || [0x07, 0x08, 0x09, 0x0a, 0x0d].includes(byte)) {
+      return String.fromCharCode(byte);
+    }
+    return `\\${byte.toString(8).padStart(3, "0")}`;
+  }).join("");
 }
 
 /** Options for {@link Connection.listNodeDevices}. */

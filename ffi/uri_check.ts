@@ -27,7 +27,19 @@ const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
  * ```
  */
 export function unescapeUriPart(text: string): string {
-  if (!text.includes("%")) return text;
+  return text.includes("%") ? new TextDecoder().decode(unescapeUriBytes(text)) : text;
+}
+
+/**
+ * The bytes of {@link unescapeUriPart}'s text, as libvirt passes them on (a `%FF` is the byte).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals([...unescapeUriBytes("a%FF")], [0x61, 0xff]);
+ * ```
+ */
+export function unescapeUriBytes(text: string): Uint8Array {
   const bytes: number[] = [];
   const raw = new TextEncoder().encode(text);
   for (let i = 0; i < raw.length; i++) {
@@ -39,7 +51,7 @@ export function unescapeUriPart(text: string): string {
       bytes.push(raw[i]!);
     }
   }
-  return new TextDecoder().decode(new Uint8Array(bytes));
+  return new Uint8Array(bytes);
 }
 
 /**

@@ -23,6 +23,7 @@ import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";
 import { shellQuote } from "../../lib/render/shell.ts";
 import { runCli } from "../helpers/cli.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { DEMO_HOST, demoTree, gpuConfig, planGpu, snapshotDir } from "../helpers/reliability.ts";
 
@@ -642,6 +643,68 @@ Deno.test("a password in an ssh URI is *** where ssh's refusal quotes it as the 
       }
     }
   }
+});
+
+Deno.test({
+  name: "a password in an ssh URI is *** where a real ssh's refusal quotes it escaped",
+  ignore: Deno.uid() !== 0 || !pathExists("/usr/sbin/sshd") || !pathExists("/usr/bin/ssh"),
+  async fn() {
+    await using tree = await demoTree();
+    // A real sshd on this host that takes keys only, and none: every login is refused.
+    await new Deno.Command("ssh-keygen", {
+      args: ["-q", "-t", "ed25519", "-N", "", "-f", `${tree.dir}/hostkey`],
+    }).output();
+    const port = (() => {
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      listener.close();
+      return (listener.addr as Deno.NetAddr).port;
+    })();
+    Deno.mkdirSync("/run/sshd", { recursive: true });
+    const sshd = new Deno.Command("/usr/sbin/sshd", {
+      args: [
+        "-D",
+        "-e",
+        ...["-o", `Port=${port}`, "-o", "ListenAddress=127.0.0.1"],
+        ...["-o", `HostKey=${tree.dir}/hostkey`, "-o", "AuthorizedKeysFile=/dev/null"],
+        ...["-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no"],
+        ...["-o", "UsePAM=no", "-o", `PidFile=${tree.dir}/sshd.pid`],
+        "-f",
+        "/dev/null",
+      ],
+      stderr: "null",
+    }).spawn();
+    try {
+      for (let i = 0; i < 100; i++) {
+        try {
+          (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+          break;
+        } catch {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
+      // The real ssh, kept from root's known_hosts.
+      await Deno.writeTextFile(
+        `${tree.dir}/ssh`,
+        `#!/bin/sh\nexec /usr/bin/ssh -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no "$@"\n`,
+        { mode: 0o755 },
+      );
+      const env = { PATH: `${tree.dir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}` };
+      // ssh writes `\` as `\\` and a byte outside ASCII as `\ooo` in what it logs
+      // ("admin:T\303\266pSecret@127.0.0.1: Permission denied (publickey).").
+      for (const password of ["Top%5CSecret", "T%C3%B6pSecret"]) {
+        const uri = `qemu+ssh://admin:${password}@127.0.0.1:${port}/system?no_tty=1`;
+        const { stdout, stderr } = await runCli(["sources", "--sysfs", tree.sysfs, "-c", uri], {
+          env,
+        });
+        const out = `${stdout}${stderr}`;
+        assertMatch(out, /admin:\*\*\*@127\.0\.0\.1: Permission denied/, password);
+        assertEquals(out.includes("Secret"), false, out);
+      }
+    } finally {
+      sshd.kill();
+      await sshd.status;
+    }
+  },
 });
 
 Deno.test("a password in a libvirt URI is *** in a config error and a usage error, as text and as JSON", async () => {
