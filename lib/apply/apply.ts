@@ -53,7 +53,7 @@ import {
 } from "../state/backups.ts";
 import { acquireConnectionLock, type LockHolder, lockUri, type StateLock } from "../state/lock.ts";
 import { openStateDir, type StateDir } from "../state/state_dir.ts";
-import { redactSecrets } from "../domain/secrets.ts";
+import { passwordsOnOneLine, redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
 import {
@@ -349,7 +349,10 @@ export function describeXmlChange(before: string, after: string): string {
   } catch {
     // Unparsable XML: the line summary below still says what changed.
   }
-  const changed = diffLines(before, after).flatMap((change) =>
+  // Compared line by line: a password over lines would show each line's part of it.
+  const changed = diffLines(passwordsOnOneLine(before), passwordsOnOneLine(after)).flatMap((
+    change,
+  ) =>
     change.added || change.removed
       ? change.value.split("\n").filter((line) => line.trim() !== "").map((line) => ({
         sign: change.added ? "+" : "-",
