@@ -329,7 +329,7 @@ const RULE_SCHEMA = {
     iommu_group: {
       type: "boolean",
       description:
-        "Also pass every other endpoint of the matched device's IOMMU group (default true); bridges never",
+        "Also pass every other endpoint of the matched device's IOMMU group (default true); bridges never. With false the VM starts only while those are unbound or on vfio-pci",
     },
     managed: {
       type: "boolean",

@@ -20,6 +20,7 @@ export type IssueCode =
   | "hostdev-network"
   | "sriov-split"
   | "group-contains-host-critical"
+  | "group-not-viable"
   | "group-inconsistent"
   | "no-iommu"
   | "host-use-unknown"

@@ -216,7 +216,7 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
           : "; no other endpoint in the group"),
     );
   } else if (endpoints.length > 0) {
-    const warning = leftBehindHostCritical(closing, rule, group, endpoints);
+    const warning = leftBehindBound(closing, rule, group, endpoints);
     if (warning !== null) result.warnings.push(warning);
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
@@ -236,33 +236,43 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
 }
 
 /**
- * With `iommu_group: false` nothing more is taken, but the VM only starts once the group's other
- * `endpoints` leave their host drivers: a warning when the host needs some of them, since the
- * reasoning tells the user to unbind them. `null` when it needs none.
+ * With `iommu_group: false` nothing more is taken, but VFIO opens a group only when none of its
+ * endpoints is bound to a host driver, and libvirt's managed='yes' detaches only the devices the
+ * definition names: the start fails ("group N is not viable") while any of `endpoints` keeps its
+ * host driver. A warning naming those, with their drivers and what the host uses them for:
+ * `group-contains-host-critical` when the host needs one of them, `group-not-viable` otherwise.
+ * `null` when every one is unbound or on vfio-pci or pci-stub.
  */
-function leftBehindHostCritical(
+function leftBehindBound(
   closing: Closing,
   rule: DeviceRule,
   group: number,
   endpoints: readonly PciDevice[],
 ): PlanIssue | null {
   const { vm, host, matchedCards } = closing;
-  const needed = endpoints.flatMap((m) => {
-    const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
-    return why === null ? [] : [{ address: m.address, why }];
-  });
-  if (needed.length === 0) return null;
+  const bound = endpoints.flatMap((m) =>
+    m.driver === null || VFIO_DRIVERS.has(m.driver) ? [] : [{
+      m,
+      driver: m.driver,
+      why: hostCriticalReason(m, { matchedCards, hostUse: host.hostUse }),
+    }]
+  );
+  if (bound.length === 0) return null;
+  const needed = bound.some((b) => b.why !== null);
   return {
-    code: "group-contains-host-critical",
+    code: needed ? "group-contains-host-critical" : "group-not-viable",
     message:
-      `Rule "${rule.name}" of VM "${vm}" shares IOMMU group ${group} with devices the host likely needs: ${
-        needed.map((n) => `${n.address} (${n.why})`).join(", ")
-      }: with iommu_group: false they stay with the host, and "${vm}" cannot start until they are unbound or on vfio-pci, which takes them from the host`,
+      `Rule "${rule.name}" of VM "${vm}" leaves the rest of IOMMU group ${group} with the host (iommu_group: false), and ${
+        bound.map((b) => `${b.m.address} is on ${b.driver}${b.why === null ? "" : ` (${b.why})`}`)
+          .join(", ")
+      }: libvirt detaches only the devices "${vm}" names, so its start fails ("group ${group} is not viable") until ${
+        bound.length === 1 ? "that one is" : "those are"
+      } unbound or on vfio-pci${needed ? ", which takes from the host what it needs" : ""}`,
     vm,
     rule: rule.name,
     location: rule.location,
     group,
-    devices: needed.map((n) => n.address),
+    devices: bound.map((b) => b.m.address),
   };
 }
 

@@ -2,13 +2,17 @@
  * Messages that must say the right thing: a shared state directory is not to be chmod-ed, the
  * system's EACCES is not Deno's permission set and its cause is said once, an unreadable config
  * names its path and why, a libvirt error names the URI `LIBVIRT_DEFAULT_URI` gave, and a VM
- * named twice with `--vm` is planned once.
+ * named twice with `--vm` is planned once, and a rule with `iommu_group: false` names the group
+ * members left on host drivers, which make its start fail.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../helpers/cli.ts";
 import { demoTree, gpuConfig } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { testDomainXml, writeTempWorld } from "../helpers/world.ts";
+import { nodeDeviceWorldXml } from "../../lib/testing/nodedev_world.ts";
 
 const TEST = "tests/cli/messages_test.ts";
 
@@ -341,4 +345,40 @@ Deno.test("a state file that cannot be replaced (chattr +i) says how to see and 
     chattr("-i");
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("plan warns, at the rule, of each member an iommu_group: false rule leaves on a host driver", async () => {
+  // The real X570 board, read by the real lspci: group 30 holds the GTX 1060 and its audio, and
+  // here also the root NVMe the host boots from (as a board without ACS would put it).
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  const drivers: Record<string, string> = {
+    "0000:0b:00.0": "nouveau",
+    "0000:0b:00.1": "snd_hda_intel",
+    "0000:01:00.0": "nvme",
+  };
+  host.devices = host.devices.map((d) => ({
+    ...d,
+    driver: drivers[d.bdf] ?? d.driver,
+    group: d.bdf === "0000:01:00.0" ? 30 : d.group,
+  }));
+  host.host_use = [{
+    address: "0000:01:00.0",
+    reason: "mounted-filesystem",
+    detail: "/ on nvme0n1p2",
+  }];
+  await using tree = await tempHostTree(host);
+  await using world = await writeTempWorld(
+    nodeDeviceWorldXml(host, { domains: [testDomainXml("win10", { running: false })] }),
+  );
+  const config = `${tree.dir}/c.yaml`;
+  await Deno.writeTextFile(
+    config,
+    'version: 1\nvms:\n  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:1b06" }\n        iommu_group: false\n',
+  );
+  const run = await runCli(["plan", "-f", config, "--sysfs", tree.dir, "-c", world.uri]);
+  assertEquals(run.code, 0, run.stderr);
+  assertMatch(
+    run.stdout,
+    /warning \[group-contains-host-critical\] .*c\.yaml:5:9: Rule "gpu" of VM "win10" leaves the rest of IOMMU group 30 with the host \(iommu_group: false\), and 0000:01:00\.0 is on nvme \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\), 0000:0b:00\.1 is on snd_hda_intel: libvirt detaches only the devices "win10" names, so its start fails \("group 30 is not viable"\)/,
+  );
 });

@@ -33,6 +33,7 @@ const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "device-assigned-twice",
   "sriov-split",
   "group-contains-host-critical",
+  "group-not-viable",
   "no-iommu",
   "acs-override",
   "no-flr",

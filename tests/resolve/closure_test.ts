@@ -338,6 +338,59 @@ Deno.test("closeOverGroups() with iommu_group: false passes only the matched dev
   assertMatch(closed.reasoning[0]!, /not added \(iommu_group: false\): 0000:0b:00\.1/);
 });
 
+Deno.test("closeOverGroups() with iommu_group: false warns of each member left on a host driver: the group is not viable", () => {
+  // The real X570 board's group 30: the GTX 1060 and its audio; the board's SMBus moved into it.
+  const description = JSON.parse(
+    Deno.readTextFileSync(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+  ) as HostDescription;
+  const withDrivers = (drivers: Record<string, string | null>) =>
+    topologyFromDescription({
+      ...description,
+      devices: description.devices.map((d) =>
+        d.bdf === "0000:00:14.0"
+          ? { ...d, group: 30, driver: drivers[d.bdf] ?? null }
+          : d.bdf in drivers
+          ? { ...d, driver: drivers[d.bdf]! }
+          : d
+      ),
+    }, { source: "x570" });
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:1b06" }
+        iommu_group: false
+`);
+  const gpu = { "0000:0b:00.0": "nouveau" };
+  // Its own audio on snd_hda_intel: nothing the host needs, but the start fails all the same.
+  const audio = closeVm(cfg, withDrivers({ ...gpu, "0000:0b:00.1": "snd_hda_intel" }));
+  assertEquals(audio.devices.map((d) => d.device.address), ["0000:0b:00.0"]);
+  const notViable = audio.warnings.filter((w) => w.code.startsWith("group-"));
+  assertEquals(notViable.map((w) => [w.code, w.group, w.devices]), [
+    ["group-not-viable", 30, ["0000:0b:00.1"]],
+  ]);
+  assertMatch(
+    notViable[0]!.message,
+    /^Rule "gpu" of VM "win10" leaves the rest of IOMMU group 30 with the host \(iommu_group: false\), and 0000:0b:00\.1 is on snd_hda_intel: libvirt detaches only the devices "win10" names, so its start fails \("group 30 is not viable"\) until that one is unbound or on vfio-pci$/,
+  );
+  assertEquals(notViable[0]!.location, cfg.vms[0]!.rules[0]!.location);
+  // The SMBus on its driver too: the host needs it, so the warning says what the fix takes.
+  const smbus = closeVm(
+    cfg,
+    withDrivers({ ...gpu, "0000:0b:00.1": "snd_hda_intel", "0000:00:14.0": "piix4_smbus" }),
+  );
+  const critical = smbus.warnings.filter((w) => w.code.startsWith("group-"));
+  assertEquals(critical.map((w) => [w.code, w.devices]), [
+    ["group-contains-host-critical", ["0000:00:14.0", "0000:0b:00.1"]],
+  ]);
+  assertMatch(
+    critical[0]!.message,
+    /0000:00:14\.0 is on piix4_smbus \(SMBus controller\), 0000:0b:00\.1 is on snd_hda_intel: .* until those are unbound or on vfio-pci, which takes from the host what it needs$/,
+  );
+  // Unbound SMBus, audio on vfio-pci: the group is viable, and the start takes nothing more.
+  const viable = closeVm(cfg, withDrivers({ ...gpu, "0000:0b:00.1": "vfio-pci" }));
+  assertEquals(viable.warnings.filter((w) => w.code.startsWith("group-")), []);
+});
+
 const BLANK_IDS = { subsystem_vendor: null, subsystem_device: null, revision: null };
 
 Deno.test("closeOverGroups() with iommu_group: false warns when the members left out are ones the host needs", () => {
@@ -374,7 +427,10 @@ Deno.test("closeOverGroups() with iommu_group: false warns when the members left
   assertEquals(resolved.errors, []);
   assertEquals(resolved.closure.devices.map((d) => d.device.address), ["0000:0b:00.0"]);
   const warning = resolved.warnings.find((w) => w.code === "group-contains-host-critical");
-  assertMatch(warning!.message, /0000:0c:00\.0 \(in use by the host \(mounted-filesystem/);
+  assertMatch(
+    warning!.message,
+    /0000:0c:00\.0 is on nvme \(in use by the host \(mounted-filesystem/,
+  );
   assertMatch(warning!.message, /Rule "gpu" of VM "win10"/);
 });
 
