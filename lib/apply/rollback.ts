@@ -610,10 +610,9 @@ function safetyBackupFailed(
  */
 export async function rollbackVm(vm: string, options: RollbackOptions): Promise<RollbackReport> {
   const { libvirt, run } = options;
-  const found = { run };
   // Looked up read-only first: opening the state directory creates it (and the lock), and a
   // missing backup (a mistyped state directory) must leave nothing behind.
-  findBackup(options.stateDir, vm, options.backup, found);
+  findBackup(options.stateDir, vm, options.backup, { run });
   const state = openStateDir(options.stateDir);
   using owned = options.lock === undefined
     ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })
@@ -622,12 +621,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (lock.uri !== lockUri(libvirt.uri)) {
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
-  const backup = findBackup(state, vm, options.backup, found);
-  const backupXml = readBackupXml(backup);
-  const parsed = parseDomainXml(backupXml);
-  const summary = libvirt.listDomains().find((d) => d.name === vm) ?? null;
-  // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
-  checkBackupIsOf(vm, backup, parsed, summary);
+  const { backup, backupXml, parsed, summary } = backupOf(state, vm, options);
   const active = summary?.active ?? false;
   // Set once the backup passed every check, before the question.
   let warnings: string[] = [];
@@ -701,6 +695,49 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run }) ??
     heldElsewhereNow(libvirt, restoring) ?? refusedNow();
   if (changed !== null) return report("failed", changed, null);
+  const done = restoreConfirmed(libvirt, state, { ...restoring, summary, run });
+  return report(done.status, done, done.safety);
+}
+
+/**
+ * Reads backup `options.backup` of `vm` under the lock (found again: another run may have pruned
+ * it since) and the domain it replaces; throws when they are not of one domain.
+ */
+function backupOf(
+  state: StateDir,
+  vm: string,
+  options: RollbackOptions,
+): {
+  backup: BackupEntry;
+  backupXml: string;
+  parsed: ReturnType<typeof parseDomainXml>;
+  summary: DomainSummary | null;
+} {
+  const backup = findBackup(state, vm, options.backup, { run: options.run });
+  const backupXml = readBackupXml(backup);
+  const parsed = parseDomainXml(backupXml);
+  const summary = options.libvirt.listDomains().find((d) => d.name === vm) ?? null;
+  // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
+  checkBackupIsOf(vm, backup, parsed, summary);
+  return { backup, backupXml, parsed, summary };
+}
+
+/**
+ * The confirmed rollback's writes: a safety backup of the definition replaced, one more look for
+ * an edit, the define and its check. The status, why, and the safety backup once written.
+ */
+function restoreConfirmed(
+  libvirt: LibvirtPort,
+  state: StateDir,
+  { vm, backup, backupXml, currentXml, summary, run }: {
+    vm: string;
+    backup: BackupEntry;
+    backupXml: string;
+    currentXml: string | null;
+    summary: DomainSummary | null;
+    run: RunFlags | undefined;
+  },
+): Stop & { status: RollbackStatus; safety: BackupEntry | null } {
   // Without a backup of what is replaced, the rollback itself could not be undone.
   let safety: BackupEntry | null = null;
   try {
@@ -712,22 +749,24 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
       uri: libvirt.uri,
     });
   } catch (error) {
-    return report("failed", safetyBackupFailed(state, vm, backup, error), null);
+    return { status: "failed", ...safetyBackupFailed(state, vm, backup, error), safety: null };
   }
   // The re-check and the synced safety backup take tens of milliseconds, in which a `virsh edit`
   // would be overwritten by the define, and be in no backup: look once more, just before it.
   const late = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run });
   // The safety backup is written by now: name it, as `apply` names its backup on a late `drift`.
-  if (late !== null) return report("failed", late, safety);
+  if (late !== null) return { status: "failed", ...late, safety };
   const failed = defineBackup(libvirt, { vm, backup, backupXml, currentXml, safety, run });
-  if (failed !== null) return report(failed.status, failed, safety);
-  const when = active
+  if (failed !== null) return { ...failed, safety };
+  const when = (summary?.active ?? false)
     ? "; it is running, so this takes effect at its next full power-off"
     : hasSavedState(libvirt, vm)
     ? savedStateNote(vm)
     : "";
-  return report("restored", {
+  return {
+    status: "restored",
     code: "restored",
     message: `Restored "${vm}" from backup "${backup.id}"${when}`,
-  }, safety);
+    safety,
+  };
 }
