@@ -671,3 +671,87 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "the playbook's --check stopped by Ctrl-C during the plan leaves no temporary directory once the plan ends",
+  ignore: which("ansible-playbook") === null || which("setsid") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-check-int-" });
+    try {
+      await Deno.mkdir(`${dir}/host-tmp`);
+      await Deno.writeTextFile(`${dir}/passthrough.js`, "");
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      await Deno.mkdir(`${dir}/hook`);
+      await Deno.writeTextFile(`${dir}/hook/check.js`, "");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      // A Deno whose plan waits (a slow libvirt) until the test ends it, saying where it waits.
+      const deno = `${dir}/deno`;
+      await Deno.writeTextFile(
+        deno,
+        `#!/bin/sh\nfor a in "$@"; do\n  if [ "$a" = plan ]; then echo $$ > ${dir}/planning; exec sleep 60; fi\ndone\nexec ${Deno.execPath()} "$@"\n`,
+      );
+      await Deno.chmod(deno, 0o755);
+      // In a session of its own, whose process group Ctrl-C at a terminal would signal.
+      const child = new Deno.Command("setsid", {
+        args: [
+          "ansible-playbook",
+          "-i",
+          `${dir}/hosts`,
+          PLAYBOOK,
+          "--check",
+          "-e",
+          JSON.stringify({
+            passthrough_bundle: `${dir}/passthrough.js`,
+            passthrough_guard: `${dir}/hook`,
+            passthrough_deno: deno,
+            passthrough_deno_version: "",
+            passthrough_dir: `${dir}/remote`,
+            passthrough_config: `${dir}/config.yaml`,
+            passthrough_state_dir: `${dir}/state`,
+          }),
+        ],
+        env: {
+          LC_ALL: "C.UTF-8",
+          ANSIBLE_NOCOLOR: "1",
+          ANSIBLE_LOCAL_TEMP: `${dir}/tmp`,
+          TMPDIR: `${dir}/host-tmp`,
+        },
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      let plan = 0;
+      for (let i = 0; i < 600 && plan === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        plan = Number(await Deno.readTextFile(`${dir}/planning`).catch(() => "0"));
+      }
+      const checkDirs = () =>
+        [...Deno.readDirSync(`${dir}/host-tmp`)].map((e) => e.name).filter((name) =>
+          name.startsWith("passthrough-check-")
+        );
+      const made = checkDirs();
+      if (plan === 0) {
+        const { stdout } = await child.output();
+        throw new Error(`the plan did not start:\n${new TextDecoder().decode(stdout)}`);
+      }
+      Deno.kill(-child.pid, "SIGINT");
+      const { stderr } = await child.output();
+      assertMatch(new TextDecoder().decode(stderr), /User interrupted execution/);
+      assertEquals(made.length, 1, "the plan's directory");
+      // The plan goes on without Ansible (timeout(1) runs it in a process group of its own); its
+      // end removes the directory.
+      Deno.kill(plan, "SIGTERM");
+      let left = made;
+      for (let i = 0; i < 100 && left.length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        left = checkDirs();
+      }
+      assertEquals(left, []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
