@@ -788,7 +788,7 @@ function applyUnit(
 /**
  * `applied`'s define taken back (its previous definition defined again), because of `why`; not
  * when another client defined the VM since (`virsh edit` while the other VMs of the swap were
- * applied): that definition is in no backup, and the undo would overwrite it.
+ * applied): see {@link restoreUnlessRedefined}.
  */
 function undo(
   applied: Applied,
@@ -801,16 +801,11 @@ function undo(
   let note: string;
   let restored = false;
   try {
-    const now = libvirt.getPersistentXml(done.vm, { secure: true });
-    if (now === after) {
-      libvirt.define(before);
-      restored = true;
-      note = `its previous definition was restored`;
-    } else {
-      note = `its previous definition was not restored: "${done.vm}" was defined again since (${
-        describeXmlChange(after, now)
-      }), and restoring it would overwrite that change, which no backup holds: check it, then run "${rollback}", or a device sits in two definitions`;
-    }
+    const changed = restoreUnlessRedefined(libvirt, done.vm, { before, expected: after });
+    restored = changed === null;
+    note = changed === null
+      ? `its previous definition was restored`
+      : `its previous definition was not restored: ${changed}, then run "${rollback}", or a device sits in two definitions`;
   } catch (error) {
     note = `restoring its previous definition failed (${
       errorText(error)
@@ -1164,13 +1159,14 @@ function recheckHolders(
 
 /**
  * The definition libvirt holds after the define, read back (`after`), why it is not the planned
- * one (`problem`), or why it could not be read back to be checked (`unread`).
+ * one (`problem`, with what it is: `text`), or why it could not be read back to be checked
+ * (`unread`).
  */
 function verifyDefined(
   libvirt: LibvirtPort,
   vm: VmPlan,
   desired: ParsedDomain,
-): { after: string } | { problem: string } | { unread: string } {
+): { after: string } | { problem: string; text: string } | { unread: string } {
   try {
     const text = libvirt.getPersistentXml(vm.name, { secure: true });
     const after = parseDomainXml(text);
@@ -1183,6 +1179,7 @@ function verifyDefined(
       problem: `expected hostdevs missing [${missing.join(", ")}], unexpected [${
         extra.join(", ")
       }]`,
+      text,
     };
   } catch (error) {
     return { unread: errorText(error) };
@@ -1190,8 +1187,9 @@ function verifyDefined(
 }
 
 /**
- * Defines `xml` for a backed-up VM, checks it, and restores the backup when the check fails:
- * the failed result, or the definition libvirt holds now.
+ * Defines `xml` for a backed-up VM, checks it, and restores the backup when the check fails
+ * (not over another client's define since: {@link restoreUnlessRedefined}): the failed result, or
+ * the definition libvirt holds now.
  */
 function defineAndVerify(
   vm: VmPlan,
@@ -1234,9 +1232,19 @@ function defineAndVerify(
   let restored = false;
   let restoreNote: string;
   try {
-    libvirt.define(secure);
-    restored = true;
-    restoreNote = "the previous definition was restored";
+    let changed: string | null = null;
+    if ("text" in check) {
+      changed = restoreUnlessRedefined(libvirt, vm.name, { before: secure, expected: check.text });
+    } else {
+      // Unread, there is nothing to tell another client's define from this one by.
+      libvirt.define(secure);
+    }
+    restored = changed === null;
+    restoreNote = changed === null
+      ? "the previous definition was restored"
+      : `the previous definition was not restored: ${changed}, then run "${
+        followUpCommand(run, "passthrough rollback", { value: vm.name })
+      }"`;
   } catch (error) {
     restoreNote = `restoring the backup "${base.backup}" failed too: ${errorText(error)}`;
   }
@@ -1252,6 +1260,26 @@ function defineAndVerify(
   return {
     failed: { ...base, status: "failed", code: "verify-failed", restored, message },
   };
+}
+
+/**
+ * Defines `before` over `vm` again, only while libvirt still holds `expected` (what this run
+ * defined, as read back): `null` when it did, else why not. Another client's define since
+ * (`virsh edit`) is in no backup, and restoring would overwrite it. Throws when libvirt fails.
+ */
+function restoreUnlessRedefined(
+  libvirt: LibvirtPort,
+  vm: string,
+  { before, expected }: { before: string; expected: string },
+): string | null {
+  const now = libvirt.getPersistentXml(vm, { secure: true });
+  if (now !== expected) {
+    return `"${vm}" was defined again since (${
+      describeXmlChange(expected, now)
+    }), and restoring it would overwrite that change, which no backup holds: check it`;
+  }
+  libvirt.define(before);
+  return null;
 }
 
 /** Defines the repair of a refused VM (see {@link repairView}); the result keeps its refusals. */

@@ -1591,3 +1591,36 @@ Deno.test("applyPlan() counts a moved card as moved in its message, as the repor
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
+  using f = fixture();
+  // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another
+  // client (virsh edit) defines alpha right after apply read it back, before the restore.
+  let faulty = false;
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    if (faulty) return f.port.define(xml);
+    faulty = true;
+    f.port.define(editDomainXml(xml, { remove: ["0000:01:00.0"], add: [], records: [] }));
+  };
+  port.getPersistentXml = (name, options) => {
+    const text = f.port.getPersistentXml(name, options);
+    if (faulty && !edited) {
+      edited = true;
+      f.port.define(text.replace("</uuid>", "</uuid><description>edited elsewhere</description>"));
+    }
+    return text;
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(
+    report.vms[0]!.message,
+    /missing \[0000:01:00\.0 managed owned\].*; the previous definition was not restored: "alpha" was defined again since \(.*edited elsewhere.*\), and restoring it would overwrite that change, which no backup holds: check it, then run "passthrough rollback alpha"$/s,
+  );
+  assertMatch(f.port.getPersistentXml("alpha"), /<description>edited elsewhere<\/description>/);
+});
