@@ -28,6 +28,7 @@ import {
   backupDir,
   type BackupEntry,
   findBackup,
+  listBackups,
   readBackupXml,
   writeBackup,
 } from "../state/backups.ts";
@@ -214,15 +215,25 @@ export class BackupMismatchError extends Error {
   /** The backup file. */
   readonly path: string;
 
-  /** Builds the error; the message names whichever of name and uuid differs. */
+  /**
+   * Builds the error; the message names whichever of name and uuid differs, then `advice` (what
+   * to do instead) when given.
+   */
   constructor(
     vm: string,
-    fields: { vmUuid: string; backupName: string; backupUuid: string; path: string },
+    fields: {
+      vmUuid: string;
+      backupName: string;
+      backupUuid: string;
+      path: string;
+      advice?: string;
+    },
   ) {
     super(
-      fields.backupName !== vm
+      (fields.backupName !== vm
         ? `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of domain "${fields.backupName}"`
-        : `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of uuid "${fields.backupUuid}", the VM has uuid "${fields.vmUuid}"`,
+        : `Refusing to restore "${fields.path}" into VM "${vm}": the backup is of uuid "${fields.backupUuid}", the VM has uuid "${fields.vmUuid}"`) +
+        (fields.advice === undefined ? "" : `: ${fields.advice}`),
     );
     this.vm = vm;
     this.vmUuid = fields.vmUuid;
@@ -242,25 +253,53 @@ function sameDefinition(a: string, b: string): boolean {
   return a === b || !hasSignificantChanges(controllersInOneOrder(a), controllersInOneOrder(b));
 }
 
-/** Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). */
+/**
+ * Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). A whole
+ * backup of `vm` under an older uuid means `vm` was undefined and defined again: the refusal then
+ * names the newest backup of the uuid it has now (`others`: `vm`'s backups), or says none is.
+ */
 function checkBackupIsOf(
   vm: string,
   backup: BackupEntry,
   parsed: { name: string; uuid: string | null },
-  summary: DomainSummary | null,
+  { summary, others, run }: {
+    summary: DomainSummary | null;
+    others: () => BackupEntry[];
+    run: RunFlags | undefined;
+  },
 ): void {
   const backupUuid = parsed.uuid ?? backup.uuid;
   if (
     parsed.name !== vm ||
     (summary !== null && (summary.uuid !== backup.uuid || backupUuid !== summary.uuid))
   ) {
+    const redefined = parsed.name === vm && backupUuid === backup.uuid;
     throw new BackupMismatchError(vm, {
       vmUuid: summary?.uuid ?? "",
       backupName: parsed.name,
       backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
       path: backup.path,
+      ...(redefined && summary !== null
+        ? { advice: redefinedAdvice(vm, summary.uuid, { others: others(), run }) }
+        : {}),
     });
   }
+}
+
+/** What to restore into `vm`, defined again since its backups with the uuid `uuid`. */
+function redefinedAdvice(
+  vm: string,
+  uuid: string,
+  { others, run }: { others: BackupEntry[]; run: RunFlags | undefined },
+): string {
+  const list = `"${followUpCommand(run, "passthrough backups", { value: vm })}" lists them`;
+  // Newest first, as listed.
+  const own = others.find((b) => b.uuid === uuid);
+  return own === undefined
+    ? `it was defined again since, and no backup of "${vm}" is of its uuid; ${list}`
+    : `it was defined again since: "${
+      followUpCommand(run, "passthrough rollback", { value: vm, options: [["--to", own.id]] })
+    }" restores the newest backup of its uuid; ${list}`;
 }
 
 /**
@@ -718,7 +757,11 @@ function backupOf(
   const parsed = parseDomainXml(backupXml);
   const summary = options.libvirt.listDomains().find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
-  checkBackupIsOf(vm, backup, parsed, summary);
+  checkBackupIsOf(vm, backup, parsed, {
+    summary,
+    others: () => listBackups(state, vm),
+    run: options.run,
+  });
   return { backup, backupXml, parsed, summary };
 }
 

@@ -1734,3 +1734,40 @@ Deno.test({
     await virsh("destroy", name);
   },
 });
+
+Deno.test("rollbackVm() of a VM defined again with a new uuid says which backup is of it, or that none is", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  // virsh undefine alpha; virsh define of a new alpha: the same name, another uuid.
+  const NEW = "77777777-7777-4777-8777-777777777777";
+  const old = f.port.getPersistentXml("alpha", { secure: true });
+  undefine(f, "alpha");
+  f.port.define(old.replace(UUID_A, NEW));
+  const refused = (advice: RegExp) => (e: unknown) =>
+    e instanceof BackupMismatchError && e.vmUuid === NEW && e.backupUuid === UUID_A &&
+    advice.test(e.message);
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    refused(
+      /the VM has uuid "7{8}-.*": it was defined again since, and no backup of "alpha" is of its uuid; "passthrough backups alpha" lists them$/,
+    ),
+  );
+  const mine = writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: NEW,
+    xml: old.replace(UUID_A, NEW).replace("1048576</memory>", "2097152</memory>"),
+    reason: "apply",
+    uri: f.port.uri,
+  });
+  // An old definition's backup asked for by name.
+  const oldId = listBackups(f.stateDir, "alpha").find((b) => b.uuid === UUID_A)!.id;
+  await assertRejects(
+    () =>
+      rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes, backup: oldId }),
+    refused(
+      new RegExp(
+        `it was defined again since: "passthrough rollback alpha --to ${mine.id}" restores the newest backup of its uuid; "passthrough backups alpha" lists them$`,
+      ),
+    ),
+  );
+});
