@@ -149,9 +149,9 @@ export type RollbackStatus = "restored" | "unchanged" | "declined" | "failed" | 
  * `renamed` (the VM is gone, and its uuid is another domain's now: `virsh domrename`),
  * `held-elsewhere` (a device, or one of its IOMMU group, another domain holds now),
  * `start-refused` (the start guard would refuse its hostdevs on this host now), `drift` (the
- * definition changed after it was shown); failures: `read-failed` (libvirt could not be read),
- * `backup-failed` (the definition it replaces could not be backed up: nothing defined),
- * `define-failed` (libvirt rejected the backup), `define-unknown` (status `unknown`) and
+ * definition changed after it was shown); failures: `read-failed` (libvirt, or the host's devices,
+ * could not be read), `backup-failed` (the definition it replaces could not be backed up: nothing
+ * defined), `define-failed` (libvirt rejected the backup), `define-unknown` (status `unknown`) and
  * `verify-failed` (libvirt holds another definition after the define, or it cannot be read back).
  */
 export type RollbackCode =
@@ -622,6 +622,24 @@ function startRefused(
 }
 
 /**
+ * `check`'s stop, or `read-failed` when it throws: the host's devices, groups or use could not be
+ * read (a sysfs read refused, a captured tree's `host_use.json` broken), and not read is not safe.
+ */
+function hostReadOr(vm: string, backup: BackupEntry, check: () => Stop | null): Stop | null {
+  try {
+    return check();
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message:
+        `Not restored: cannot read the host's devices to check what backup "${backup.id}" gives "${vm}" (${
+          errorText(error)
+        }): nothing was defined`,
+    };
+  }
+}
+
+/**
  * The stop when the definition a rollback replaces cannot be backed up. A full disk says only
  * "No space left on device": say whose backup, where, and that nothing changed.
  */
@@ -703,19 +721,21 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     devices: options.devices,
     readDevice: options.readDevice,
   };
-  const conflict = heldElsewhereNow(libvirt, restoring);
-  if (conflict !== null) return report("failed", conflict, null);
-  // The guard's refusals of the backup's own devices, and what their groups would take along.
-  const refusedNow = (): Stop | null => {
-    const refusals = [
-      ...(options.startRefusals?.(backupXml) ?? []),
-      ...(options.host === undefined
-        ? []
-        : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
-    ];
-    return refusals.length > 0 ? startRefused(vm, backup, refusals, run) : null;
-  };
-  const refused = refusedNow();
+  // The checks that read the host (its devices, groups and use): one it cannot make is no pass.
+  const checkedNow = (): Stop | null =>
+    hostReadOr(vm, backup, () => {
+      const conflict = heldElsewhereNow(libvirt, restoring);
+      if (conflict !== null) return conflict;
+      // The guard's refusals of the backup's own devices, and what their groups would take along.
+      const refusals = [
+        ...(options.startRefusals?.(backupXml) ?? []),
+        ...(options.host === undefined
+          ? []
+          : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
+      ];
+      return refusals.length > 0 ? startRefused(vm, backup, refusals, run) : null;
+    });
+  const refused = checkedNow();
   if (refused !== null) return report("failed", refused, null);
   warnings = options.startWarnings?.(backupXml) ?? [];
   const answer: unknown = await options.confirm({
@@ -732,7 +752,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   }
   // The question may stay open for minutes: look again.
   const changed = changedSinceShown(libvirt, { vm, backup, shown: currentXml, run }) ??
-    heldElsewhereNow(libvirt, restoring) ?? refusedNow();
+    checkedNow();
   if (changed !== null) return report("failed", changed, null);
   const done = restoreConfirmed(libvirt, state, { ...restoring, summary, run });
   return report(done.status, done, done.safety);

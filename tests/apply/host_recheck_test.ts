@@ -256,6 +256,23 @@ Deno.test("rollbackVm() does not restore a backup whose IOMMU group's listing ca
   );
 });
 
+Deno.test("rollbackVm() fails with read-failed when the host cannot be read, nothing defined", async () => {
+  const { report, xml, was } = await applyChangeRollback(
+    {
+      devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+    },
+    "before",
+    {},
+    (root) => Deno.writeTextFileSync(`${root}/host_use.json`, "[{"),
+  );
+  // Before: rollbackVm threw the SyntaxError, with no report and no word of the rollback.
+  assertEquals([report.status, report.code, xml], ["failed", "read-failed", was]);
+  assertMatch(
+    report.message,
+    /^Not restored: cannot read the host's devices to check what backup "[^"]+" gives "win10" \(Cannot parse "[^"]+\/host_use\.json": .+\): nothing was defined$/,
+  );
+});
+
 Deno.test("rollbackVm() looks at the IOMMU groups again after its question", async () => {
   const { report, xml, was } = await applyChangeRollback({
     devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
