@@ -18,7 +18,7 @@
 
 import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
-import { sameIdentityAsRead } from "../resolve/match.ts";
+import { behindVmd, sameIdentityAsRead } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
@@ -370,7 +370,8 @@ export function hostSincePlan(
     for (const mate of members) {
       if (taking.has(mate) || bound.has(mate)) continue;
       const other = read(mate);
-      if (other === null || other.isBridge) continue;
+      // A VMD domain's devices go with their controller, as the plan leaves them out.
+      if (other === null || other.isBridge || behindVmd(other)) continue;
       bound.set(mate, other);
       if (before.has(mate)) continue;
       problems.push(
@@ -455,7 +456,8 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
     for (const mate of members) {
       if (passing.has(mate) || mates.has(mate)) continue;
       const device = host.device(mate);
-      if (device !== null && !device.isBridge) mates.set(mate, { device, of: address, group });
+      if (device === null || device.isBridge || behindVmd(device)) continue;
+      mates.set(mate, { device, of: address, group });
     }
   }
   if (mates.size === 0) return problems;

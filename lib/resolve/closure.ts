@@ -10,7 +10,7 @@
 import type { DeviceRule } from "../config/config.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "./host_critical.ts";
 import type { RuleResolution } from "./match.ts";
-import { VFIO_DRIVERS } from "./match.ts";
+import { behindVmd, VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
@@ -203,7 +203,9 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
   const matchedHere = resolution.devices.filter((d) => d.iommuGroup === group);
   const others = members.filter((m) => !matchedHere.includes(m));
   const bridges = others.filter((m) => m.isBridge);
-  const endpoints = others.filter((m) => !m.isBridge);
+  // A VMD domain's devices go with their controller, never as hostdevs of their own.
+  const hosted = others.filter((m) => !m.isBridge && behindVmd(m));
+  const endpoints = others.filter((m) => !m.isBridge && !behindVmd(m));
   const head = `Group ${group} (rule "${rule.name}"): matched ${
     matchedHere.map((d) => d.address).join(", ")
   }`;
@@ -225,6 +227,15 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
     );
   } else {
     result.reasoning.push(`${head}; no other endpoint in the group`);
+  }
+  if (hosted.length > 0) {
+    result.reasoning.push(
+      `Group ${group}: left out ${
+        hosted.map((d) => d.address).join(", ")
+      }, behind Intel VMD: VFIO cannot assign ${
+        hosted.length > 1 ? "them" : "it"
+      } apart from the VMD controller, which takes its whole domain`,
+    );
   }
   if (bridges.length > 0) {
     result.reasoning.push(

@@ -172,9 +172,17 @@ export function deviceMatches(
 /**
  * Whether `device` sits behind Intel VMD, in a PCI domain past the firmware's last (`ffff`), as
  * VMD numbers the domain behind its controller (`10000` and up): the IOMMU sees its DMA as the
- * controller's, so VFIO cannot assign it apart from the controller, whatever group it shows.
+ * controller's, so VFIO cannot assign it apart from the controller, whatever group it shows, and
+ * a guest given the controller takes it along (the domain leaves the host with the vmd driver).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(behindVmd({ address: "10000:e1:00.0" }), true);
+ * assertEquals(behindVmd({ address: "0000:00:0e.0" }), false);
+ * ```
  */
-function behindVmd(device: Pick<PciDevice, "address">): boolean {
+export function behindVmd(device: Pick<PciDevice, "address">): boolean {
   return pciAddressParts(device.address).domain > 0xffff;
 }
 

@@ -27,6 +27,7 @@ import { listBackups, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir } from "../../lib/state/state_dir.ts";
 import { type RollbackOptions, type RollbackReport, rollbackVm } from "../../lib/apply/rollback.ts";
 import { hostDeviceReader, hostReader } from "../../cli/host_options.ts";
+import { groupMatesHostNeeds } from "../../lib/apply/recheck.ts";
 import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
@@ -254,6 +255,30 @@ Deno.test("rollbackVm() does not restore a backup whose IOMMU group's listing ca
     report.message,
     /: the members of IOMMU group 1 of "0000:01:00\.0" cannot be read now \(kernel\/iommu_groups\/1\/devices\), so what else a guest would take with it is unknown; /,
   );
+});
+
+Deno.test("groupMatesHostNeeds() counts no drive of a passed VMD controller's domain as a group mate", () => {
+  const [vmd, drive] = [
+    dev({
+      bdf: "0000:00:0e.0",
+      group: 5,
+      class: "0x010400",
+      vendor: "0x8086",
+      device: "0x467f",
+      driver: "vmd",
+    }),
+    dev({ bdf: "10000:e1:00.0", group: 5, class: "0x010802", driver: "nvme" }),
+  ];
+  const tree = { devices: [vmd, drive] };
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-host-recheck-" });
+  try {
+    buildHostTree(tree, dir);
+    // Before: the drive, which goes with the controller, was "a storage controller in another
+    // slot" the host needs, and the rollback was refused.
+    assertEquals(groupMatesHostNeeds(["0000:00:0e.0"], hostReader(dir)), []);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("rollbackVm() fails with read-failed when the host cannot be read, nothing defined", async () => {

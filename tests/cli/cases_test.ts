@@ -240,6 +240,38 @@ Deno.test("plan --json on a built tree refuses a drive behind Intel VMD with an 
   assertEquals([any.vm.errors, any.vm.hostdevs], [[], ["0000:02:00.0"]]);
 });
 
+Deno.test("plan --json on a built tree passes a VMD controller without its domain's drives, which share its group", async () => {
+  const base = `${dir}/vmd-group`;
+  Deno.mkdirSync(base);
+  const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
+  buildHostTree({
+    host_use: [],
+    devices: [
+      { bdf: "0000:00:0e.0", group: 5, class: "0x010400", vendor: "0x8086", device: "0x467f" },
+      nvmeDescription("10000:e1:00.0", 5),
+    ].map((d) => ({ driver: "vmd", ...blank, ...d })),
+  }, `${base}/sysfs`);
+  Deno.writeTextFileSync(
+    `${base}/world.xml`,
+    `<node>\n${testDomainXml("vm1", { running: false })}\n</node>\n`,
+  );
+  Deno.writeTextFileSync(
+    `${base}/config.yaml`,
+    `version: 1\nvms:\n  vm1:\n    devices:\n      - name: vmd\n        match: { vendor_device_id: "8086:467f" }\n`,
+  );
+  const result = await planJson(base, `${base}/sysfs`);
+  const vm = (JSON.parse(result.stdout) as Plan).vms[0]!;
+  // Before: 10000:e1:00.0 added as a hostdev of its own (a group mate), and the plan refused as
+  // host-critical: "storage controller in another slot", which moving no card can help.
+  assertEquals([result.code, vm.errors.map((e) => e.message), vm.hostdevs], [0, [], [
+    "0000:00:0e.0",
+  ]]);
+  assertEquals(
+    vm.reasoning.filter((r) => r.includes("10000:e1:00.0")),
+    ["Group 5: left out 10000:e1:00.0, behind Intel VMD: VFIO cannot assign it apart from the VMD controller, which takes its whole domain"],
+  );
+});
+
 Deno.test("cases tree cleanup", () => {
   Deno.removeSync(dir, { recursive: true });
 });
