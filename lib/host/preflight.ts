@@ -26,6 +26,7 @@ import {
   charDeviceControllers,
   type GpuHolder,
   gpuHolders,
+  hostInputDevices,
   mdevControllers,
   nicsUnder,
   readUsbDevices,
@@ -110,6 +111,12 @@ export interface HostFacts {
   consoleFramebuffers(address: PciAddress): string[];
   /** The bound framebuffer console's entry in `class/vtconsole` (`vtcon1`), or `null`. */
   frameBufferConsole(): string | null;
+  /**
+   * The names of the host's input devices under the device (`Logitech USB Receiver`, see
+   * `hostInputDevices`): its keyboard and mouse on a USB controller; none when there are none or
+   * they cannot be read.
+   */
+  inputDevices(address: PciAddress): string[];
   /** CPU number to NUMA node; `null` when the host says nothing about its nodes. */
   cpuNodes(): Map<number, number> | null;
   /** A node's CPU list as the kernel writes it (`16-31`), or `null`. */
@@ -376,11 +383,14 @@ function driverFacts(
   };
 }
 
-/** Who holds a GPU: processes, and the framebuffer console. */
+/** Who holds a GPU (processes, the framebuffer console), and the host's keyboard and mouse. */
 function consoleFacts(
   reader: SysfsReader,
   { sysRoot, procRoot }: HostFactsOptions,
-): Pick<HostFacts, "gpuHolders" | "consoleFramebuffers" | "frameBufferConsole"> {
+): Pick<
+  HostFacts,
+  "gpuHolders" | "consoleFramebuffers" | "frameBufferConsole" | "inputDevices"
+> {
   // fbcon draws on fb0 unless `fbcon=map:` maps consoles to other framebuffers (one digit each).
   // The command line where discovery reads it: the live `/proc`, or a captured tree's root.
   const consoleFramebufferNumbers = once(() => {
@@ -402,6 +412,8 @@ function consoleFacts(
     );
     return gpuHolders(reader, { sysRoot, procRoot }, addresses);
   });
+  // One listing of `class/input` for every controller asked about.
+  const allInputDevices = once(() => hostInputDevices(reader, sysRoot));
   return {
     gpuHolders: (address) => allGpuHolders().get(address) ?? [],
     consoleFramebuffers: byKey((address) => {
@@ -411,6 +423,7 @@ function consoleFacts(
       return fbs.length > 0 && frameBufferConsole() !== null ? fbs.sort() : [];
     }),
     frameBufferConsole,
+    inputDevices: (address) => allInputDevices().get(address) ?? [],
   };
 }
 

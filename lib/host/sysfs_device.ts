@@ -454,6 +454,49 @@ function linkedPciFunction(reader: SysfsReader, path: string): PciAddress[] | nu
 }
 
 /**
+ * The host's input devices (keyboards, mice, game controllers: `class/input/inputN`) by the PCI
+ * functions a guest given any of them takes them from ({@link pciFunctionsHolding}: a USB
+ * controller, an Intel VMD controller above one), each named once by its `name` file, in the
+ * kernel's order. A PS/2 keyboard, a power button or `uinput` hangs under none.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * const device = `${dir}/devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/input/input5`;
+ * Deno.mkdirSync(device, { recursive: true });
+ * Deno.writeTextFileSync(`${device}/name`, "Logitech USB Receiver\n");
+ * Deno.mkdirSync(`${dir}/class/input`, { recursive: true });
+ * Deno.symlinkSync("../../devices/pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0/input/input5",
+ *   `${dir}/class/input/input5`);
+ * assertEquals(hostInputDevices(denoFsReader(), dir), new Map([
+ *   ["0000:00:14.0", ["Logitech USB Receiver"]],
+ * ]));
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function hostInputDevices(reader: SysfsReader, sysRoot: string): Map<PciAddress, string[]> {
+  const byFunction = new Map<PciAddress, string[]>();
+  const entries = (reader.listDir(`${sysRoot}/class/input`) ?? [])
+    .filter((e) => /^input\d+$/.test(e))
+    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+  for (const entry of entries) {
+    // `event3` and `mouse0` are nodes of an `inputN`: each device is counted once, by it.
+    const path = `${sysRoot}/class/input/${entry}`;
+    const functions = linkedPciFunction(reader, path) ?? [];
+    if (functions.length === 0) continue;
+    const name = readAttribute(reader, `${path}/name`) || entry;
+    for (const address of functions) {
+      const names = byFunction.get(address) ?? [];
+      if (!names.includes(name)) names.push(name);
+      byFunction.set(address, names);
+    }
+  }
+  return byFunction;
+}
+
+/**
  * The PCI functions under `class/KIND/NAME`: its own, or, for a virtual device, those of the
  * devices it stands on, followed down: a device-mapper or md block device's `slaves`, a
  * multipath NVMe disk's controllers, and a bridge's, bond's, VLAN's or macvlan's `lower_*`

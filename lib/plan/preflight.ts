@@ -8,6 +8,8 @@
  * - `reset`: the device has no usable reset (replaces `no-flr` where `reset_method` is known).
  * - `rom-unreadable` (refusal): QEMU cannot use the rule's `rom.file`.
  * - `numa-mismatch`: the device's NUMA node is not where the VM is pinned.
+ * - `host-input`: the host's keyboard or mouse hangs under the device (a USB controller): the host
+ *   loses them while the VM runs. Not refused: a USB card with the guest's keyboard is common.
  *
  * Pure apart from the lazily read facts.
  *
@@ -68,6 +70,24 @@ function issue(
     location: rule.location,
     devices: closed.map((c) => c.device.address),
   };
+}
+
+/** `host-input`: a device the host's input devices (its keyboard, its mouse) hang under. */
+function hostInput(vm: string, closed: readonly ClosedDevice[], facts: HostFacts): PlanIssue[] {
+  return closed.flatMap((c) => {
+    const names = facts.inputDevices(c.device.address);
+    if (names.length === 0) return [];
+    return [issue(
+      "host-input",
+      vm,
+      [c],
+      `${named(c)} carries the host's input device${names.length === 1 ? "" : "s"} ${
+        names.map((n) => JSON.stringify(n)).join(", ")
+      } (/sys/class/input): the host loses ${
+        names.length === 1 ? "it" : "them"
+      } while "${vm}" runs; plug what the host needs into another controller`,
+    )];
+  });
 }
 
 /** `boot-vga`: the boot GPU whose BAR a firmware framebuffer holds. */
@@ -427,6 +447,7 @@ export function preflightIssues(
       ...driverBusy(vm, closed, context),
       ...reset.warnings,
       ...numaMismatch(vm, domain, closed, context.facts),
+      ...hostInput(vm, closed, context.facts),
     ],
     resetJudged: reset.judged,
   };

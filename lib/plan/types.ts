@@ -31,6 +31,7 @@ export type IssueCode =
   | "host-driver-busy"
   | "rom-unreadable"
   | "numa-mismatch"
+  | "host-input"
   | "host-driver-in-use"
   | "drift"
   | "moved"
