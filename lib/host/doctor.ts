@@ -54,7 +54,7 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 export interface DoctorFinding {
   /**
    * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `boot-vga`,
-   * `host-driver-busy`, `reset`, `libvirt`, `hook`, `boot-binding`, `driverctl`.
+   * `host-driver-busy`, `reset`, `host-input`, `libvirt`, `hook`, `boot-binding`, `driverctl`.
    */
   check: string;
   /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */
@@ -97,7 +97,8 @@ export interface DoctorOptions {
   bundle?: StaleBundle | null;
   /**
    * The host's pre-flight facts (`readHostFacts`): adds the host-wide `boot-vga`,
-   * `host-driver-busy` and `reset` findings, each left out when its facts are unknown.
+   * `host-driver-busy`, `reset` and `host-input` findings, each left out when its facts are
+   * unknown (`host-input` also when no input device hangs under a PCI function).
    */
   facts?: HostFacts;
 }
@@ -1021,10 +1022,34 @@ function checkReset(host: HostTopology, facts: HostFacts): DoctorFinding | null 
   };
 }
 
+/**
+ * The controllers the host's input devices hang under: a VM given one takes them from the host
+ * while it runs. Said, not warned: a controller with the guest's own keyboard is common.
+ */
+function checkHostInput(host: HostTopology, facts: HostFacts): DoctorFinding | null {
+  const carrying = host.devices.flatMap((d) => {
+    const names = facts.inputDevices(d.address);
+    return names.length === 0 ? [] : [`${d.address} (${names.map((n) => `"${n}"`).join(", ")})`];
+  });
+  if (carrying.length === 0) return null;
+  return {
+    check: "host-input",
+    status: "ok",
+    summary: `The host's input devices hang under ${carrying.join("; ")}: a VM given ${
+      carrying.length === 1 ? "it" : "one of them"
+    } takes them from the host while it runs (plan warns, host-input)`,
+    hint: null,
+  };
+}
+
 /** The host-wide view of the pre-flight findings `plan` gives per VM. */
 function preflightFindings(host: HostTopology, facts: HostFacts): DoctorFinding[] {
-  return [checkBootVga(host, facts), checkDriverBusy(host, facts), checkReset(host, facts)]
-    .filter((f) => f !== null);
+  return [
+    checkBootVga(host, facts),
+    checkDriverBusy(host, facts),
+    checkReset(host, facts),
+    checkHostInput(host, facts),
+  ].filter((f) => f !== null);
 }
 
 const SEVERITY: Record<DoctorStatus, number> = { ok: 0, warn: 1, fail: 2 };

@@ -7,9 +7,10 @@
 
 import { assertEquals } from "../helpers/assert.ts";
 import { readHostUse } from "../../lib/host/sysfs_device.ts";
+import { runDoctor } from "../../lib/host/doctor.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
-import { domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
+import { type BuiltHost, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
 
 const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
 
@@ -67,5 +68,23 @@ Deno.test("plan gives no host-input warning where no input device hangs under th
     assertEquals(warningCodes(vm(planOn(built, USB_RULE, { vm1: domain("vm1") }), "vm1")), []);
     addInput(built.dir, "input2", "platform/i8042/serio0/input", "AT Translated Set 2 keyboard");
     assertEquals(warningCodes(vm(planOn(built, USB_RULE, { vm1: domain("vm1") }), "vm1")), []);
+  });
+});
+
+Deno.test("doctor lists the controllers the host's input devices hang under", async () => {
+  const hostInput = (built: BuiltHost) =>
+    runDoctor({ host: built.host, reader: denoFsReader(), live: false, facts: built.facts })
+      .filter((f) => f.check === "host-input");
+  // None hangs under a PCI function: nothing to list.
+  await withHost(USB_CARD, (built) => assertEquals(hostInput(built), []));
+  await withHost(USB_CARD, (built) => {
+    addInput(built.dir, "input4", ON_CARD, "Logitech USB Receiver");
+    assertEquals(hostInput(built), [{
+      check: "host-input",
+      status: "ok",
+      summary:
+        'The host\'s input devices hang under 0000:05:00.0 ("Logitech USB Receiver"): a VM given it takes them from the host while it runs (plan warns, host-input)',
+      hint: null,
+    }]);
   });
 });
