@@ -30,8 +30,9 @@ type ConfValue = string | ConfValue[] | null;
  * The settings of libvirt.conf's `text`, read as libvirt's virConf reads it: `name = value`
  * statements ended by a line's end or `;`; strings in `"..."`, `'...'` or `"""..."""` (several
  * lines), taken as written (no escapes); numbers (`-1`, `+1`); lists of any of these in `[...]`
- * over any lines; `#` starts a comment outside a string and a list. Reading stops where a statement
- * is not understood: libvirt refuses the whole file then. A setting given twice is its first.
+ * over any lines; `#` starts a comment outside a string and a list, up to a line feed or a carriage
+ * return. Reading stops where a statement is not understood: libvirt refuses the whole file then.
+ * A setting given twice is its first.
  */
 function confSettings(text: string): Map<string, ConfValue> {
   const settings = new Map<string, ConfValue>();
@@ -47,7 +48,8 @@ function confSettings(text: string): Map<string, ConfValue> {
     for (let from = -1; from !== at;) {
       from = at;
       skip(/[ \t\r\n]*/y);
-      if (text[at] === "#") skip(/[^\n]*/y);
+      // A comment ends at a carriage return too: libvirt reads a statement after one.
+      if (text[at] === "#") skip(/[^\r\n]*/y);
     }
   };
   const string = (): string | undefined => {

@@ -176,10 +176,11 @@ Deno.test({
     const { script, mark } = planted(tree.dir);
     const uri = `qemu+ext:///system?command=${script}`;
     const conf = `${tree.dir}/libvirt.conf`;
-    // Settings before them that libvirt reads past: a number signed `+`, a list of numbers.
+    // Settings before them that libvirt reads past: a number signed `+`, a list of numbers, a
+    // comment ended by a carriage return.
     Deno.writeTextFileSync(
       conf,
-      `max_x = +1\nx = [ 1, 2 ]\nuri_aliases = [ "lab=${uri}" ]\nuri_default = "${uri}"\n`,
+      `max_x = +1\nx = [ 1, 2 ] # lab\ruri_aliases = [ "lab=${uri}" ]\n# default\ruri_default = "${uri}"\n`,
     );
     // Root's libvirt.conf, as libvirt reads it, replaced in the run's own mount namespace.
     const wrap = [

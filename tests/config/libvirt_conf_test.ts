@@ -17,6 +17,9 @@ Deno.test("libvirt.conf's URIs are read as libvirt's virConf reads them", () => 
     ["v6", `max_a = +1\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
     ["v6", `a = [ 1, -2 ]\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
     ["v6", `a = [ [ "x" ], "y" ]\nuri_aliases = [ "v6=${ssh}" ]`, ssh],
+    // A comment ends at a carriage return, as at a line feed.
+    ["v6", `# the lab\ruri_aliases = [ "v6=${ssh}" ]`, ssh],
+    ["v6", `a = 1 # the lab\ruri_aliases = [ "v6=${ssh}" ]`, ssh],
     // What libvirt refuses (a comment in a list, an unterminated string) is not read on from there.
     ["v6", `uri_aliases = [ # lab\n "v6=${ssh}" ]`, "v6"],
     [null, `uri_default = """${ssh}`, null],
