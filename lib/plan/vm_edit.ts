@@ -197,18 +197,24 @@ function inMultifunctionSlot(hostdev: DomainHostdev): boolean {
 
 /**
  * Whether the card of `closed`, a function other than 0, has its function 0 in the guest apart
- * from `closed`'s rule (added by hand, as an interface, by another rule): `assignGuestSlots` then
- * leaves the function where libvirt places it, which is no `multifunction` turned on.
+ * from `closed`'s rule (added by hand, as an interface, by another rule) and `assignGuestSlots`,
+ * laying `closed` out again, would leave it where libvirt places it (function 0's slot cannot take
+ * it): libvirt's placement is then no `multifunction` turned on.
  */
 function besideOtherFunctionZero(edit: Edit, closed: ClosedDevice): boolean {
   const address = closed.device.address;
   if (pciAddressParts(address).function === 0) return false;
   const zero = `${slotOf(address)}.0`;
   const wanted = edit.desired.get(zero);
-  return [...edit.domain.hostdevs, ...edit.domain.interfaces].some((d) =>
+  const apart = [...edit.domain.hostdevs, ...edit.domain.interfaces].some((d) =>
     d.address === zero &&
     (!d.owned || (wanted !== undefined && wanted.rule.name !== closed.rule.name))
   );
+  // Rewritten, it would join a function 0 whose slot is marked multifunction since.
+  return apart && assignGuestSlots([closed], edit.firstMatched, edit.domain, [], {
+        movedFrom: new Map(),
+        leaving: new Set([address]),
+      }).specs.get(address)?.guestAddress === undefined;
 }
 
 /**

@@ -692,6 +692,32 @@ Deno.test("planWorld() keeps a card's function where libvirt placed it beside a 
   );
 });
 
+Deno.test("planWorld() moves a function libvirt placed beside a function 0 passed on its own once that one's slot can take it", () => {
+  const handAdded = (on: string) =>
+    `    <hostdev mode='subsystem' type='pci' managed='no'>
+      <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+      ${pciAddress(0x07).replace("/>", `${on}/>`)}
+    </hostdev>`;
+  const multifunction = " multifunction='on'";
+  const first = planOne(domain(handAdded("")));
+  const source =
+    "<address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/>\n      </source>";
+  // libvirt's placement, then function 0's slot marked multifunction by hand: as a first plan
+  // beside it does, the function joins it there.
+  const placed = first.desiredXml.replace(source, `${source}\n      ${pciAddress(0x08)}`)
+    .replace(pciAddress(0x07), pciAddress(0x07).replace("/>", `${multifunction}/>`));
+  assertEquals(slots(domain(handAdded(multifunction))), ["7.1"]);
+  const again = planOne(placed);
+  assertEquals(
+    again.add.map((a) => a.spec.guestAddress?.slot),
+    [0x07],
+    again.reasoning.join("\n"),
+  );
+  assertEquals(again.remove, ["0000:01:00.1"]);
+  // Once there, it stays.
+  assertEquals(planOne(again.desiredXml).changed, false);
+});
+
 Deno.test("planWorld() leaves a card's functions to libvirt when its function 0 is a hand-written interface", () => {
   // A dual-port NIC: port 0 given by hand as a guest NIC, port 1 by a rule. Port 1 alone at
   // function 1 of a slot of its own would be a device the guest never finds.
