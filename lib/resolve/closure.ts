@@ -97,10 +97,18 @@ export function closeOverGroups(
     // What any of the VM's rules asked for: a card one rule names is no bystander in another's.
     matchedCards: new Set(resolutions.flatMap((r) => r.devices.map(cardOf))),
     result: { devices: [], reasoning: [], warnings: [], errors: [] },
+    leftBehind: [],
   };
   closing.result.errors.push(...matchedTwice(vm, resolutions));
   const resolved = resolutions.filter((r) => r.devices.length > 0);
   for (const resolution of resolved) closeRule(closing, resolution);
+  // Judged once every rule has taken its devices: a member another rule of the VM takes is no
+  // member left with the host.
+  for (const left of closing.leftBehind) {
+    const endpoints = left.endpoints.filter((m) => !closing.byAddress.has(m.address));
+    const warning = leftBehindBound(closing, left.rule, left.group, endpoints);
+    if (warning !== null) closing.result.warnings.push(warning);
+  }
   // Once every rule has taken its devices, each is judged under the rule it ended up with: the
   // one that matched it, else the first whose group brought it.
   for (const { rule } of resolved) checkRule(closing, rule, options);
@@ -120,6 +128,8 @@ interface Closing {
   /** The cards ({@link cardOf}) of the devices the VM's rules matched. */
   readonly matchedCards: ReadonlySet<string>;
   readonly result: ClosureResult;
+  /** The other endpoints of each group an `iommu_group: false` rule matched in. */
+  readonly leftBehind: { rule: DeviceRule; group: number; endpoints: PciDevice[] }[];
 }
 
 /** `device-assigned-twice` for every device two rules of `vm` match. */
@@ -218,8 +228,7 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
           : "; no other endpoint in the group"),
     );
   } else if (endpoints.length > 0) {
-    const warning = leftBehindBound(closing, rule, group, endpoints);
-    if (warning !== null) result.warnings.push(warning);
+    closing.leftBehind.push({ rule, group, endpoints });
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
         endpoints.map(label).join(", ")

@@ -391,6 +391,36 @@ Deno.test("closeOverGroups() with iommu_group: false warns of each member left o
   assertEquals(viable.warnings.filter((w) => w.code.startsWith("group-")), []);
 });
 
+Deno.test("closeOverGroups() with iommu_group: false says nothing of a member another rule of the VM takes", () => {
+  const description = JSON.parse(
+    Deno.readTextFileSync(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+  ) as HostDescription;
+  const drivers: Record<string, string> = {
+    "0000:0b:00.0": "nouveau",
+    "0000:0b:00.1": "snd_hda_intel",
+  };
+  const host = topologyFromDescription({
+    ...description,
+    devices: description.devices.map((d) =>
+      d.bdf in drivers ? { ...d, driver: drivers[d.bdf]! } : d
+    ),
+  }, { source: "x570" });
+  const gpu = `      - name: gpu
+        match: { vendor_device_id: "10de:1b06" }
+        iommu_group: false
+`;
+  const audio = `      - name: audio
+        match: { vendor_device_id: "10de:10ef" }
+        iommu_group: false
+`;
+  // The audio named by a rule of its own, before or after the GPU's: libvirt detaches both.
+  for (const rules of [gpu + audio, audio + gpu]) {
+    const closed = closeVm(config(`  win10:\n    devices:\n${rules}`), host);
+    assertEquals(closed.devices.map((d) => d.device.address), ["0000:0b:00.0", "0000:0b:00.1"]);
+    assertEquals(closed.warnings.filter((w) => w.code.startsWith("group-")), []);
+  }
+});
+
 const BLANK_IDS = { subsystem_vendor: null, subsystem_device: null, revision: null };
 
 Deno.test("closeOverGroups() with iommu_group: false warns when the members left out are ones the host needs", () => {
