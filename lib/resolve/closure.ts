@@ -232,7 +232,7 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
         endpoints.map(label).join(", ")
-      }: they must be unbound or on vfio-pci for "${closing.vm}" to start`,
+      }: unless another rule of "${closing.vm}" takes them, they must be unbound or on vfio-pci for it to start`,
     );
   } else {
     result.reasoning.push(`${head}; no other endpoint in the group`);

@@ -418,6 +418,11 @@ Deno.test("closeOverGroups() with iommu_group: false says nothing of a member an
     const closed = closeVm(config(`  win10:\n    devices:\n${rules}`), host);
     assertEquals(closed.devices.map((d) => d.device.address), ["0000:0b:00.0", "0000:0b:00.1"]);
     assertEquals(closed.warnings.filter((w) => w.code.startsWith("group-")), []);
+    // The reasoning, written as each rule closes its group, must not say the start fails either.
+    const leftLine = closed.reasoning.find((line) =>
+      line.includes("not added (iommu_group: false)")
+    );
+    assertMatch(leftLine ?? "", /unless another rule of "win10" takes them/);
   }
 });
 
