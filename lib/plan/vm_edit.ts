@@ -29,7 +29,7 @@ import {
 } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts";
-import { assignGuestSlots, specFor, strandedFunctions } from "./guest_slots.ts";
+import { assignGuestSlots, type GuestLayout, specFor, strandedFunctions } from "./guest_slots.ts";
 import { describe, driftWarning } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
@@ -101,6 +101,11 @@ interface Edit {
   readonly rules: ReadonlySet<string>;
   /** Kept hostdevs whose record names another rule now, by `"old\0new"` rule names. */
   readonly renamed: Map<string, PciAddress[]>;
+  /**
+   * Owned hostdevs rewritten only for their rule's `multifunction` turned on, with the reasoning
+   * line that says so: kept as they are when no guest slot is free for their card.
+   */
+  readonly relayout: Map<PciAddress, string>;
 }
 
 /**
@@ -308,11 +313,13 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
     why = `${address}: multifunction of rule "${rule}" turned ${
       on ? "on" : "off"
     }, rewritten with ${on ? "one guest slot per card" : "libvirt's own guest addresses"}`;
+    // Whether a slot is free is known once the cards are laid out (`keepUnplaced`).
+    if (on) edit.relayout.set(address, why);
   }
   if (why === null) return;
   edit.remove.add(address);
   edit.toAdd.push(closed);
-  plan.reasoning.push(why);
+  if (!edit.relayout.has(address)) plan.reasoning.push(why);
 }
 
 /** Every wanted device: added, kept as written (hand-added or an interface), kept or rewritten. */
@@ -612,10 +619,33 @@ function listOutcome(edit: Edit): void {
   edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
 }
 
-/** The lists, records and desired XML from the decisions taken. */
-function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
+/**
+ * The hostdevs rewritten only for `multifunction` turned on whose card found no guest slot
+ * (`specs` gives them none): libvirt would place them again where they are, so they are kept as
+ * they are, or every plan would rewrite them.
+ */
+function keepUnplaced(edit: Edit, specs: ReadonlyMap<PciAddress, HostdevSpec>): void {
+  for (const [address, why] of edit.relayout) {
+    if (specs.get(address)?.guestAddress !== undefined) {
+      edit.plan.reasoning.push(why);
+      continue;
+    }
+    edit.remove.delete(address);
+    const at = edit.toAdd.findIndex((c) => c.device.address === address);
+    if (at >= 0) edit.toAdd.splice(at, 1);
+    edit.plan.reasoning.push(
+      `${address}: multifunction is on, but its card has no guest slot: kept where libvirt placed it`,
+    );
+  }
+}
+
+/**
+ * The guest addresses of the hostdevs written: moved and rewritten ones keeping theirs,
+ * `multifunction` cards laid out (see `assignGuestSlots`), the rest left to libvirt. Returns
+ * each added device's spec, by address, and the controllers the layout adds.
+ */
+function layOut(edit: Edit): GuestLayout {
   const { plan, domain, toAdd, remove } = edit;
-  recordAdded(edit);
   const keeping = movesKeepingGuestAddress(plan, domain, toAdd);
   const rewrites = rewritesKeepingGuestAddress(edit);
   // Their guest slots stay taken: no card laid out now may be put there.
@@ -623,38 +653,31 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     ...keeping.map(({ move }) => move.from),
     ...rewrites.map(({ move }) => move.to),
   ]);
-  const { specs, controllers } = assignGuestSlots(
-    toAdd,
-    edit.firstMatched,
-    domain,
-    plan.reasoning,
-    {
-      movedFrom: new Map(plan.move.map((m) => [m.to, m.from])),
-      leaving: new Set([...remove].filter((a) => !kept.has(a))),
-    },
-  );
-  for (const closed of toAdd) specOf(edit, closed, specs.get(closed.device.address));
-  keepGuestAddresses(specs, [...keeping, ...rewrites]);
-  plan.reasoning.push(...strandedFunctions(domain, remove, specs));
+  const layout = assignGuestSlots(toAdd, edit.firstMatched, domain, plan.reasoning, {
+    movedFrom: new Map(plan.move.map((m) => [m.to, m.from])),
+    leaving: new Set([...remove].filter((a) => !kept.has(a))),
+  });
+  keepUnplaced(edit, layout.specs);
+  for (const closed of toAdd) specOf(edit, closed, layout.specs.get(closed.device.address));
+  keepGuestAddresses(layout.specs, [...keeping, ...rewrites]);
+  plan.reasoning.push(...strandedFunctions(domain, remove, layout.specs));
+  return layout;
+}
+
+/** The desired XML: the edit's removals, additions, rewrites and moves applied to `xml`. */
+function editedXml(edit: Edit, xml: string, { specs, controllers }: GuestLayout): string {
+  const { plan, domain, toAdd, remove } = edit;
   const movedTo = new Set(plan.move.map((m) => m.to));
   const movedFrom = new Set(plan.move.map((m) => m.from));
-  // New hostdevs first, then the rewritten ones (listed as both removed and added).
-  const fresh = toAdd.filter((c) =>
-    !movedTo.has(c.device.address) && !remove.has(c.device.address)
-  );
-  const rewritten = toAdd.filter((c) => remove.has(c.device.address));
-  for (const closed of [...fresh, ...rewritten]) {
-    plan.add.push(planned(closed, specs.get(closed.device.address)!, edit));
-  }
-  listOutcome(edit);
   const inPlace = movesInPlace(plan, domain, specs);
   const from = new Set(inPlace.map((m) => m.from));
   const to = new Set(inPlace.map((m) => m.to));
   // A hostdev or interface rewritten at the same address (its settings changed) is written again
   // where it is, keeping the user's own children (`<alias>`, `<acpi>`, a NIC's guest address...).
   const again = new Set(
-    rewritten.map((c) => c.device.address).filter((a) =>
-      !movedTo.has(a) && !movedFrom.has(a) && soleOwnedAt(domain, a, specs.get(a))
+    toAdd.map((c) => c.device.address).filter((a) =>
+      remove.has(a) && !movedTo.has(a) && !movedFrom.has(a) &&
+      soleOwnedAt(domain, a, specs.get(a))
     ),
   );
   // An interface whose VF moved with its PF, and a moved card whose settings changed too (not
@@ -675,7 +698,7 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     ...[...again].map((a) => specs.get(a)!),
     ...movedAgain.map(({ from: old, to: now }) => ({ ...specs.get(now)!, from: old })),
   ];
-  plan.desiredXml = editDomainXml(xml, {
+  return editDomainXml(xml, {
     ...(controllers.length > 0 ? { addControllers: controllers } : {}),
     remove: [...remove].filter((a) => !from.has(a) && !again.has(a) && !movedAgainFrom.has(a)),
     add: toAdd.filter((c) => {
@@ -687,6 +710,24 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
     vfRecords: edit.vfRecords,
     move: inPlace,
   });
+}
+
+/** The lists, records and desired XML from the decisions taken. */
+function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
+  const { plan, toAdd, remove } = edit;
+  recordAdded(edit);
+  const layout = layOut(edit);
+  const movedTo = new Set(plan.move.map((m) => m.to));
+  // New hostdevs first, then the rewritten ones (listed as both removed and added).
+  const fresh = toAdd.filter((c) =>
+    !movedTo.has(c.device.address) && !remove.has(c.device.address)
+  );
+  const rewritten = toAdd.filter((c) => remove.has(c.device.address));
+  for (const closed of [...fresh, ...rewritten]) {
+    plan.add.push(planned(closed, layout.specs.get(closed.device.address)!, edit));
+  }
+  listOutcome(edit);
+  plan.desiredXml = editedXml(edit, xml, layout);
   plan.changed = plan.desiredXml !== plan.currentXml;
   if (plan.changed && active === true) warnRunning(plan);
   return plan;
@@ -754,6 +795,7 @@ export function planVm(
     nicMoves: [],
     rules: new Set(resolution.rules.map((r) => r.rule.name)),
     renamed: new Map(),
+    relayout: new Map(),
   };
   takeWanted(edit);
   releaseUnwanted(edit, context);

@@ -212,6 +212,36 @@ Deno.test("planWorld() gives every slot up when guest bus 0 is full, leaving pla
   );
 });
 
+/** `xml` with each guest-address-less hostdev given slot `first`, `first + 1`... of guest bus 0. */
+function placedByLibvirt(xml: string, first: number): string {
+  let slot = first;
+  return xml.replace(/<\/source>(?!\s*<address)/g, () => `</source>\n      ${pciAddress(slot++)}`);
+}
+
+Deno.test("planWorld() keeps a card libvirt placed when guest bus 0 is still full, rewriting nothing", () => {
+  const full = Array.from(
+    { length: 0x10 },
+    (_, i) => `    <disk type='file'>${pciAddress(0x10 + i)}</disk>`,
+  ).join("\n");
+  const first = planOne(domain(full));
+  const placed = placedByLibvirt(first.desiredXml, 0x05);
+  const again = planOne(placed);
+  assertEquals([again.changed, again.add, again.remove, again.keep], [false, [], [], [
+    "0000:01:00.0",
+    "0000:01:00.1",
+  ]]);
+  assertOk(
+    again.reasoning.includes(
+      "0000:01:00.0: multifunction is on, but its card has no guest slot: kept where libvirt placed it",
+    ),
+    again.reasoning.join("\n"),
+  );
+  // A slot freed later takes the card: the rewrite the rule asks for then happens.
+  const freed = planOne(placed.replace(`<disk type='file'>${pciAddress(0x1f)}</disk>`, ""));
+  assertEquals(freed.add.map((a) => a.spec.guestAddress?.slot), [0x1f, 0x1f]);
+  assertOk(freed.reasoning.some((r) => /turned on, rewritten/.test(r)), freed.reasoning.join("\n"));
+});
+
 /** A q35 (or other `machine`) domain holding `devices`. */
 function machineDomain(machine: string, devices: string): string {
   return domain(devices, `\n  <os><type arch='x86_64' machine='${machine}'>hvm</type></os>`);
@@ -481,6 +511,57 @@ Deno.test({
       ),
     );
     assertMatch(fresh.desiredXml, /<controller type='pci' index='1' model='pcie-root-port'\/>/);
+  },
+});
+
+Deno.test({
+  name:
+    "a multifunction card a real QEMU libvirtd placed on a full guest bus 0 is kept, apply then plan shows no change" +
+    (noDaemon === null ? "" : ` (skipped: ${noDaemon})`),
+  ignore: noDaemon !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const name = `pt-full-bus-${crypto.randomUUID().slice(0, 8)}`;
+    using libvirt = openLibvirtPort(daemon.uri);
+    using _cleanup = {
+      [Symbol.dispose]() {
+        using conn = Connection.open(daemon.uri);
+        try {
+          using dom = conn.lookupDomainByName(name);
+          dom.undefine();
+        } catch {
+          // Never defined: nothing to clean up.
+        }
+      },
+    };
+    const disks = Array.from(
+      { length: 0x10 },
+      (_, i) =>
+        `    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/${name}-${i}.qcow2'/><target dev='vd${
+          String.fromCharCode(0x61 + i)
+        }' bus='virtio'/>${pciAddress(0x10 + i)}</disk>`,
+    ).join("\n");
+    libvirt.define(`<domain type='qemu'>
+  <name>${name}</name>
+  <memory unit='KiB'>131072</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+${disks}
+  </devices>
+</domain>
+`);
+    const cfg = config(`  ${name}:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        multifunction: true
+`);
+    const first = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals(first.add.map((a) => a.spec.guestAddress), [undefined, undefined]);
+    libvirt.define(first.desiredXml);
+    const second = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), name);
+    assertEquals([second.changed, second.add, second.remove], [false, [], []]);
   },
 });
 
