@@ -78,8 +78,8 @@ function usedSlots(domain: ParsedDomain): Map<number, UsedSlot> {
 
 /**
  * The guest slots once the edit is done, for joining: `used` without the functions of the
- * hostdevs the edit removes (`changes.leaving`), so a card rewritten or moved whole can take its
- * own functions' places again.
+ * hostdevs and owned `<interface type='hostdev'>`s the edit removes (`changes.leaving`), so a
+ * card rewritten or moved whole can take its own functions' places again.
  */
 function usedAfterEdit(
   domain: ParsedDomain,
@@ -89,7 +89,7 @@ function usedAfterEdit(
   const after = new Map(
     [...used].map(([key, entry]) => [key, { ...entry, functions: new Set(entry.functions) }]),
   );
-  for (const hostdev of domain.hostdevs) {
+  for (const hostdev of [...domain.hostdevs, ...domain.interfaces.filter((i) => i.owned)]) {
     if (!changes.leaving.has(hostdev.address) || hostdev.guestAddress === null) continue;
     const at = inDomainZero(hostdev.guestAddress);
     const entry = at === null ? undefined : after.get(slotKey(at.bus, at.slot));

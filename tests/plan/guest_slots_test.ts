@@ -26,6 +26,7 @@ import { planWorld } from "../../lib/plan/plan.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { Connection } from "../../ffi/connection.ts";
+import { sriovNic } from "../helpers/sriov.ts";
 
 Deno.test("planHostdevs() lays applied hostdevs out again when multifunction is turned on or off", async () => {
   const withMulti = (on: boolean) =>
@@ -924,4 +925,40 @@ Deno.test("planWorld() puts a card behind a pcie-root-port on any machine with a
       /<controller type='pci' index='1' model='pcie-root-port'\/>/,
     );
   }
+});
+
+Deno.test("planWorld() says when a kept function loses its slot's function 0 to a released interface", () => {
+  const nic = topologyFromDescription({ devices: sriovNic("07", 4) }, { source: "sriov" });
+  const plan = (devices: string, xml: string) => {
+    const config = parseConfig(`version: 1\nvms:\n  vm:\n    devices:${devices}`, {
+      file: "c.yaml",
+    });
+    const [vm] = planWorld({ config, host: nic, world: dataWorld({ vm: xml }) }).vms;
+    assertOk(vm);
+    return vm;
+  };
+  const uplink = `\n      - name: uplink\n        match: { vendor_device_id: "8086:10c9" }\n` +
+    `        vf: any\n        interface: { mac: auto }\n`;
+  const applied = plan(uplink, domain("")).desiredXml;
+  // The user put the VF's interface at function 0 of a slot, and a hostdev of their own beside it.
+  const laidOut = applied.replace(
+    "</interface>",
+    `  ${pciAddress(0x10).replace("/>", " multifunction='on'/>")}\n    </interface>`,
+  ).replace(
+    "  </devices>",
+    `    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x07' slot='0x10' function='0x2'/></source>
+      ${pciAddress(0x10, 1)}
+    </hostdev>
+  </devices>`,
+  );
+  assertOk(laidOut.includes("multifunction='on'") && laidOut.includes("function='0x2'"), laidOut);
+  const released = plan(" []\n", laidOut);
+  assertEquals(released.remove, ["0000:07:10.0"]);
+  assertOk(
+    released.reasoning.includes(
+      "0000:07:10.2 stays at guest 0000:00:10.1, whose function 0 leaves: the guest may not see it until a function 0 is there again",
+    ),
+    released.reasoning.join("\n"),
+  );
 });
