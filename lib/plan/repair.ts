@@ -343,7 +343,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     first.push(neededIssue(plan.name, needed, stand));
   }
   plan.errors.unshift(...first, ...nics.issues);
-  plan.hostdevs = domain.hostdevs.map((h) => h.address).sort();
+  plan.hostdevs = [...domain.hostdevs, ...domain.interfaces].map((d) => d.address).sort();
   plan.keep = [...plan.hostdevs];
   const move: MovedHostdev[] = stales.flatMap((s) =>
     s.card?.blocked === null

@@ -260,7 +260,10 @@ export interface VmPlan {
    * that still holds hostdevs this tool added (planned with no rules, so they are removed).
    */
   name: string;
-  /** Host addresses of every PCI hostdev the VM will have (managed and hand-added), sorted. */
+  /**
+   * Host addresses of every PCI device the VM will have as a `<hostdev>` or an
+   * `<interface type='hostdev'>`, ours and hand-written, sorted.
+   */
   hostdevs: PciAddress[];
   /**
    * Hostdevs written: new ones first, then rewritten ones (whose settings changed; their address
@@ -272,7 +275,10 @@ export interface VmPlan {
    * sorted; never a hand-added one, nor the old address of a moved card.
    */
   remove: PciAddress[];
-  /** Canonical addresses of the hostdevs the definition keeps as they are, sorted. */
+  /**
+   * Canonical addresses of the `<hostdev>`s and `<interface type='hostdev'>`s (ours and
+   * hand-written) the definition keeps as they are, sorted.
+   */
   keep: PciAddress[];
   /** Owned hostdevs whose card now sits at another host address. */
   move: MovedHostdev[];

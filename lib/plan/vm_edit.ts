@@ -610,10 +610,8 @@ function listOutcome(edit: Edit): void {
   const { plan, domain, toAdd, remove } = edit;
   const movedFrom = new Set(plan.move.map((m) => m.from));
   plan.remove = [...remove].filter((a) => !movedFrom.has(a)).sort();
-  plan.keep = [
-    ...domain.hostdevs.map((h) => h.address),
-    ...domain.interfaces.filter((i) => i.owned).map((i) => i.address),
-  ].filter((a) => !remove.has(a)).sort();
+  plan.keep = [...domain.hostdevs, ...domain.interfaces].map((d) => d.address)
+    .filter((a) => !remove.has(a)).sort();
   plan.hostdevs = [...new Set([...plan.keep, ...toAdd.map((c) => c.device.address)])].sort();
   edit.records.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
   edit.vfRecords.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));

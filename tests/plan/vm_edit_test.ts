@@ -1550,3 +1550,32 @@ Deno.test("planHostdevs() does not say a group split when a narrowed rule leaves
     ]);
   });
 });
+
+Deno.test("planWorld() warns of a hand-written interface's device a running VM holds, and lists it in hostdevs and keep", () => {
+  const applied = vmOf(
+    planWorld({ config: GPU_CONFIG, host: HOST, world: dataWorld({ win10: WIN10 }) }),
+    "win10",
+  ).desiredXml;
+  const both = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+  linux:
+    devices: []
+`);
+  // The GPU's function 0 given to linux by hand as an interface, while win10 runs with it.
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02").replace(
+    "</devices>",
+    `  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/><source><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></interface>
+  </devices>`,
+  );
+  const plan = planWorld({
+    config: both,
+    host: HOST,
+    world: dataWorld({ win10: { xml: applied, active: true }, linux }),
+  });
+  const got = vmOf(plan, "linux");
+  assertEquals([got.hostdevs, got.keep], [["0000:01:00.0"], ["0000:01:00.0"]]);
+  const held = got.warnings.filter((w) => w.code === "held-by-running-vm");
+  assertEquals(held.map((w) => w.devices), [["0000:01:00.0"]]);
+});
