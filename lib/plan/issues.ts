@@ -235,6 +235,28 @@ export function unreadLiveWarning(name: string, error: string): PlanIssue {
   };
 }
 
+/**
+ * The warning for a hand-written `<hostdev>` or `<interface type='hostdev'>` of `vm` whose host
+ * address holds no device: the plan never edits it, and the start guard refuses the VM's start
+ * while it is so (without the guard, libvirt fails to find the device), so `plan` says it first.
+ */
+export function handAddedMissingWarning(
+  vm: string,
+  element: "hostdev" | "interface",
+  { address, guest }: { address: PciAddress; guest: string | null },
+): PlanIssue {
+  const what = element === "hostdev" ? "<hostdev>" : "<interface type='hostdev'>";
+  const at = guest === null ? "" : ` (guest address ${guest})`;
+  return {
+    code: "hand-added-missing",
+    message: `Hand-added ${what} ${address}${at} of VM "${vm}" holds no device on this host: ` +
+      `"${vm}" cannot start while it is missing (the start guard refuses it): bring the device ` +
+      `back there, or remove the element with virsh edit ${shellWord(vm)}`,
+    vm,
+    devices: [address],
+  };
+}
+
 /** The warning for devices hot-plugged into a running guest beyond its persistent definition. */
 export function liveOnlyWarning(name: string, extra: readonly PciAddress[]): PlanIssue {
   const one = extra.length === 1;

@@ -46,7 +46,8 @@ export type IssueCode =
   | "guard-refused"
   | "host-needed"
   | "vf-unavailable"
-  | "mac-conflict";
+  | "mac-conflict"
+  | "hand-added-missing";
 
 /** A device that could have matched a rule, listed so the user can narrow the rule down. */
 export interface Candidate {

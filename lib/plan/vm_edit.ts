@@ -30,7 +30,7 @@ import {
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts";
 import { assignGuestSlots, type GuestLayout, specFor, strandedFunctions } from "./guest_slots.ts";
-import { describe, driftWarning } from "./issues.ts";
+import { describe, driftWarning, handAddedMissingWarning } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
@@ -741,6 +741,24 @@ function warnRunning(plan: VmPlan): void {
   });
 }
 
+/** A warning for each hand-written hostdev or interface whose host address holds no device. */
+function handAddedMissing(
+  vm: string,
+  domain: ParsedDomain,
+  byAddress: ReadonlyMap<PciAddress, PciDevice>,
+): PlanIssue[] {
+  const gone = (d: { address: PciAddress; owned: boolean }) =>
+    !d.owned && !byAddress.has(d.address);
+  const at = (d: { address: PciAddress; guestAddress: GuestPciAddress | null }) => ({
+    address: d.address,
+    guest: d.guestAddress?.address ?? null,
+  });
+  return [
+    ...domain.hostdevs.filter(gone).map((h) => handAddedMissingWarning(vm, "hostdev", at(h))),
+    ...domain.interfaces.filter(gone).map((i) => handAddedMissingWarning(vm, "interface", at(i))),
+  ];
+}
+
 /**
  * The plan of one VM: its definition (`xml`, parsed as `domain`) edited to hold what its rules
  * resolve to. A VM with any refusal (its own, a conflict, or plan-wide) keeps its definition.
@@ -774,6 +792,7 @@ export function planVm(
       deviceControllers: context.deviceControllers,
     }),
   );
+  plan.warnings.push(...handAddedMissing(vm, domain, context.byAddress));
   const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {
     return repairRefused(plan, domain, { resolution, context, needed });

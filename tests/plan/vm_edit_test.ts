@@ -1579,3 +1579,36 @@ Deno.test("planWorld() warns of a hand-written interface's device a running VM h
   const held = got.warnings.filter((w) => w.code === "held-by-running-vm");
   assertEquals(held.map((w) => w.devices), [["0000:01:00.0"]]);
 });
+
+Deno.test("planWorld() warns of a hand-added hostdev or interface whose device is gone, naming the VM, element and address", () => {
+  const elements = [
+    `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x0a' slot='0x00' function='0x0'/></source><address type='pci' domain='0x0000' bus='0x00' slot='0x07' function='0x0'/></hostdev>`,
+    `<interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/><source><address type='pci' domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source></interface>`,
+    // A hand-added hostdev whose device is there says nothing.
+    hostdevXml("0000:01:00.0"),
+  ];
+  const linux = domainXml("my linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02").replace(
+    "</devices>",
+    `  ${elements.join("\n    ")}\n  </devices>`,
+  );
+  const plan = planWorld({
+    config: config(`  my linux:\n    devices: []\n`),
+    host: HOST,
+    world: dataWorld({ "my linux": linux }),
+  });
+  const vm = vmOf(plan, "my linux");
+  assertEquals(vm.changed, false);
+  const gone = vm.warnings.filter((w) => w.code === "hand-added-missing");
+  assertEquals(gone.map((w) => [w.vm, w.devices]), [
+    ["my linux", ["0000:0a:00.0"]],
+    ["my linux", ["0000:0b:00.0"]],
+  ]);
+  assertEquals(
+    gone[0]!.message,
+    `Hand-added <hostdev> 0000:0a:00.0 (guest address 0000:00:07.0) of VM "my linux" holds no device on this host: "my linux" cannot start while it is missing (the start guard refuses it): bring the device back there, or remove the element with virsh edit 'my linux'`,
+  );
+  assertMatch(
+    gone[1]!.message,
+    /^Hand-added <interface type='hostdev'> 0000:0b:00\.0 of VM "my linux"/,
+  );
+});
