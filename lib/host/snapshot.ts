@@ -8,7 +8,8 @@
  *
  * The pre-flight facts (`lib/host/preflight.ts`) are captured too, so a snapshot plans with them:
  * each device's `reset_method`, DRM card and render nodes and console framebuffers, the processes
- * holding a GPU's nodes open, the bound consoles, the NUMA nodes' CPU lists, the AppArmor and
+ * holding a GPU's nodes open, the bound consoles, the input devices that hang under a PCI function
+ * (`class/input`), the NUMA nodes' CPU lists, the AppArmor and
  * SELinux switches, the drivers' modules, and under `proc/` the files the pre-flight reads from
  * `/proc`. Each is read bounded and only when it is a regular file (the reader's rule), and only
  * what the pre-flight reads is written: `/proc/modules` without the modules' kernel addresses
@@ -21,7 +22,7 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
-import { type GpuHolder, gpuHolders } from "./sysfs_device.ts";
+import { type GpuHolder, gpuHolders, pciFunctionsHolding } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { entryGone, firstInterface, HostChangedError } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
@@ -250,6 +251,7 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
     Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
   }
   copyHostFacts(facts, root, out);
+  copyInputDevices(facts, root, out);
   copyProcFacts(facts, procRoot, out);
   return { out, devices: host.devices.length, groups: host.groups.length, headerOnly };
 }
@@ -421,6 +423,29 @@ function copyHostFacts(reader: SysfsReader, root: string, out: string): void {
   }
   copy("module/apparmor/parameters/enabled");
   copy("fs/selinux/enforce");
+}
+
+/**
+ * The host's input devices that hang under a PCI function (`class/input/inputN`, a keyboard on a
+ * USB controller), as the link the kernel made and the device's `name`: a plan of the snapshot
+ * warns (`host-input`) as a plan on the host does. A link of another shape (one leaving the
+ * tree, a `..` inside it) is not copied, nor a name that is not one printable line.
+ */
+function copyInputDevices(reader: SysfsReader, root: string, out: string): void {
+  for (const entry of reader.listDir(`${root}/class/input`) ?? []) {
+    if (!/^input\d+$/.test(entry)) continue;
+    const link = reader.readLink(`${root}/class/input/${entry}`);
+    const device = link?.startsWith("../../devices/") ? link.slice("../../".length) : null;
+    if (
+      device === null || pciFunctionsHolding(device).length === 0 ||
+      !device.split("/").every((part) => /^[\w.:+-]+$/.test(part) && !/^\.\.?$/.test(part))
+    ) continue;
+    Deno.mkdirSync(`${out}/${device}`, { recursive: true });
+    Deno.mkdirSync(`${out}/class/input`, { recursive: true });
+    Deno.symlinkSync(link!, `${out}/class/input/${entry}`);
+    const name = reader.readText(`${root}/class/input/${entry}/name`);
+    if (name !== null && /^[\x20-\x7e]{1,128}\n?$/.test(name)) put(out, `${device}/name`, name);
+  }
 }
 
 /** A bounded read of a `/proc` text file; `null` when missing or not regular. */

@@ -9,6 +9,7 @@ import {
 import { discoverHost } from "../../lib/host/discover.ts";
 import { sharedCmdline, SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { hostInputDevices } from "../../lib/host/sysfs_device.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
@@ -392,6 +393,37 @@ Deno.test("writeSnapshot() keeps the pre-flight facts: reset_method, /proc, GPU 
       Deno.readTextFileSync(`${out}/proc/cpuinfo`),
       "processor\t: 0\nvendor_id\t: GenuineIntel\n",
     );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
+  }
+});
+
+Deno.test("writeSnapshot() keeps the input devices that hang under a PCI function (host-input)", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), root);
+    const link = (entry: string, under: string, name: string) => {
+      const device = `devices/${under}/${entry}`;
+      Deno.mkdirSync(`${root}/${device}`, { recursive: true });
+      Deno.writeTextFileSync(`${root}/${device}/name`, `${name}\n`);
+      Deno.mkdirSync(`${root}/class/input`, { recursive: true });
+      Deno.symlinkSync(`../../${device}`, `${root}/class/input/${entry}`);
+    };
+    link("input5", "pci0000:00/0000:00:07.1/0000:08:00.1/usb1/1-2/1-2:1.0/input", "USB Keyboard");
+    // The PS/2 keyboard hangs under no PCI function: nothing a plan reads.
+    link("input2", "platform/i8042/serio0/input", "AT Translated Set 2 keyboard");
+    // A link leaving the tree is not followed into the snapshot.
+    Deno.symlinkSync("../../../../etc", `${root}/class/input/input9`);
+    const host = await discoverHost({ root, lspci: null });
+    writeSnapshot(host, out, { root, reader: denoFsReader() });
+    const expected = new Map([["0000:08:00.1", ["USB Keyboard"]]]);
+    assertEquals(hostInputDevices(denoFsReader(), root), expected);
+    // Before: an empty map, so a plan of the snapshot gave no host-input warning.
+    assertEquals(hostInputDevices(denoFsReader(), out), expected);
+    assertEquals([...Deno.readDirSync(`${out}/class/input`)].map((e) => e.name), ["input5"]);
+    assertEquals(await discoverHost({ root: out, lspci: null }), { ...host, source: out });
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
