@@ -554,6 +554,11 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
     a.entries.filter((e, i) => a.entries.findIndex((o) => vfioIdsKey(o) === vfioIdsKey(e)) === i)
   ).filter((e) => kept?.entries.includes(e) || lost.includes(e) || unseen(e));
   if (entries.length === 0 && overwritten.length === 0) return null;
+  // What else binds at boot lives in /etc, which a captured tree does not hold: the finding
+  // covers the command line only, and says so.
+  const unread = options.live
+    ? ""
+    : "; /etc/modprobe.d and /etc/driverctl.d not read (a captured tree holds no /etc)";
   const uses = new Map((host.hostUse ?? []).map((u) => [u.address, u.detail]));
   const found = entries.map((entry) => {
     // vfio-pci binds endpoints only (a bridge's header type is refused).
@@ -594,7 +599,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
             f.taken.length === 0 ? "nothing here" : f.taken.map((d) => d.address).join(", ")
           }`
         ).join("; ")
-      }`,
+      }${unread}`,
       hint: null,
     };
   }
@@ -602,7 +607,7 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   return {
     check: "boot-binding",
     status: needed.length > 0 ? "fail" : "warn",
-    summary: bootBindingProblems(sorted, builtIn).join("; "),
+    summary: `${bootBindingProblems(sorted, builtIn).join("; ")}${unread}`,
     hint: bootBindingHints(sorted, options, builtIn).join("; and "),
   };
 }
@@ -1234,7 +1239,7 @@ function loaderNotes(facts: HookDoctorFacts, libvirtVersion: string | null): Hoo
 /**
  * Runs every check. The libvirt check runs only when a probe is given, the hook check only with
  * hook facts; on a captured tree, checks it cannot answer (IOMMU units, kernel modules) are
- * left out rather than reported as unknown. Hints name the CPU maker's IOMMU ({@link cpuVendor}).
+ * left out rather than reported as unknown, and `boot-binding` says it read no `/etc`. Hints name the CPU maker's IOMMU ({@link cpuVendor}).
  *
  * @example
  * ```ts
