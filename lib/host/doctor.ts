@@ -919,11 +919,17 @@ function checkDriverctl(options: DoctorOptions): DoctorFinding | null {
   return {
     check: "driverctl",
     status: "ok",
-    summary: overrides.map((o) =>
-      `driverctl gives ${o.address} (${
-        device(o.address)!.className ?? `class ${device(o.address)!.classCode}`
-      }) to ${o.driver} at every boot`
-    ).join("; "),
+    summary: overrides.map((o) => {
+      const d = device(o.address)!;
+      const named = `${o.address} (${d.className ?? `class ${d.classCode}`}) to ${o.driver}`;
+      // Another driver holds it now: the override was set with --nobind, or the device was bound
+      // again since boot; it takes effect at the next boot.
+      return d.driver === o.driver
+        ? `driverctl gives ${named} at every boot`
+        : `driverctl gives ${named} from the next boot; ${
+          d.driver === null ? "no driver" : `"${d.driver}"`
+        } holds it at this boot`;
+    }).join("; "),
     hint: null,
   };
 }

@@ -596,6 +596,21 @@ Deno.test("driverctl: an override of an address that holds no device warns (a ca
   assertEquals(await driverctlFinding(description, {}), undefined);
 });
 
+Deno.test("driverctl: an override whose device another driver holds at this boot says it takes effect from the next boot", async () => {
+  const finding = await driverctlFinding(
+    described("x570-aorus-pro-wifi", {
+      devices: { "0000:0b:00.0": { driver: "nvidia" }, "0000:0b:00.1": { driver: "vfio-pci" } },
+    }),
+    { "pci-0000:0b:00.0": "vfio-pci\n", "pci-0000:0b:00.1": "vfio-pci\n" },
+  );
+  assertEquals(finding?.status, "ok");
+  // Before: "driverctl gives 0000:0b:00.0 (...) to vfio-pci at every boot", untrue of this one.
+  assertMatch(
+    finding!.summary,
+    /^driverctl gives 0000:0b:00\.0 \([^)]*\) to vfio-pci from the next boot; "nvidia" holds it at this boot; driverctl gives 0000:0b:00\.1 \([^)]*\) to vfio-pci at every boot$/,
+  );
+});
+
 Deno.test("driverctl: an override of a drive behind Intel VMD (domain 10000) the host uses fails too", async () => {
   const blank = { subsystem_vendor: null, subsystem_device: null, revision: null };
   const finding = await driverctlFinding({
