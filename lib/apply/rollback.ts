@@ -595,6 +595,30 @@ function definitionRefusal(
   return null;
 }
 
+/**
+ * The definition `vm` holds now with its secrets (`null`: not defined), or why the backup is not
+ * restored over it: {@link definitionRefusal}'s reason, or `read-failed` when libvirt cannot be
+ * read (the connection lost): what is not read cannot be compared, backed up or checked.
+ */
+function currentDefinition(
+  libvirt: LibvirtPort,
+  options: Parameters<typeof definitionRefusal>[1],
+): { currentXml: string | null } | Stop {
+  const { vm, backup, summary } = options;
+  try {
+    const unfit = definitionRefusal(libvirt, options);
+    if (unfit !== null) return unfit;
+    return { currentXml: summary === null ? null : libvirt.getPersistentXml(vm, { secure: true }) };
+  } catch (error) {
+    return {
+      code: "read-failed",
+      message: `Not restored: cannot read "${vm}" to compare it with backup "${backup.id}": ${
+        errorText(error)
+      }; nothing was defined`,
+    };
+  }
+}
+
 /** Fails closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes. */
 function assertAnswer(vm: string, answer: unknown): asserts answer is boolean {
   if (typeof answer !== "boolean") {
@@ -697,15 +721,15 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     warnings,
     brokeStaleLock: lock.brokeStale,
   });
-  const unfit = definitionRefusal(libvirt, {
+  const current = currentDefinition(libvirt, {
     vm,
     backup,
     uuid: parsed.uuid ?? backup.uuid,
     summary,
     run,
   });
-  if (unfit !== null) return report("failed", unfit, null);
-  const currentXml = summary === null ? null : libvirt.getPersistentXml(vm, { secure: true });
+  if ("code" in current) return report("failed", current, null);
+  const { currentXml } = current;
 
   if (currentXml !== null && sameDefinition(currentXml, backupXml)) {
     return report("unchanged", {

@@ -1444,8 +1444,9 @@ Deno.test("rollbackVm() counts nothing for another domain's disk it cannot look 
 });
 
 /**
- * Fault injection (a failure libvirt gives only when its daemon goes away, which the test driver
- * cannot do): the fixture's real port, whose `method` throws from its `after`-th call on.
+ * A fake port for fault injection (a failure libvirt gives only when its daemon goes away, which
+ * the test driver cannot do): the fixture's real port, whose `method` throws from its `after`-th
+ * call on.
  */
 function failing(
   f: Fixture,
@@ -1505,6 +1506,31 @@ Deno.test("rollbackVm() restores nothing when libvirt cannot be read before or a
     blind.message,
     `Cannot read "alpha" back after the rollback: End of file while reading data: Input/output error; the replaced definition is in backup "${blind.safetyBackup.id}"`,
   );
+});
+
+Deno.test("rollbackVm() reports read-failed, defining nothing, when the VM cannot be read before its checks", async () => {
+  using f = fixture();
+  await addThenRelease(f, "alpha", "0000:01:00.0");
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const roll = (libvirt: LibvirtPort) =>
+    rollbackVm("alpha", { libvirt, stateDir: f.stateDir, confirm: yes });
+  // The first definition read is alpha's own, to compare with the backup.
+  const unread = await roll(failing(f, "getPersistentXml", 1));
+  assertEquals([unread.status, unread.code, unread.safetyBackup], ["failed", "read-failed", null]);
+  assertMatch(
+    unread.message,
+    /^Not restored: cannot read "alpha" to compare it with backup ".*": .*Input\/output error; nothing was defined$/,
+  );
+  assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
+  // Undefined, the second listing looks for its uuid under another name (renamed).
+  undefine(f, "alpha");
+  const unlisted = await roll(failing(f, "listDomains", 2));
+  assertEquals([unlisted.status, unlisted.code], ["failed", "read-failed"]);
+  assertMatch(
+    unlisted.message,
+    /^Not restored: cannot read "alpha" to compare it with backup ".*": .*Input\/output error; nothing was defined$/,
+  );
+  assertEquals(f.port.listDomains().some((d) => d.name === "alpha"), false);
 });
 
 Deno.test("passthrough rollback that fails after writing its safety backup names it as the definition shown", async () => {
