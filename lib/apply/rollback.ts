@@ -610,13 +610,18 @@ function currentDefinition(
     if (unfit !== null) return unfit;
     return { currentXml: summary === null ? null : libvirt.getPersistentXml(vm, { secure: true }) };
   } catch (error) {
-    return {
-      code: "read-failed",
-      message: `Not restored: cannot read "${vm}" to compare it with backup "${backup.id}": ${
-        errorText(error)
-      }; nothing was defined`,
-    };
+    return unreadable(vm, backup, error);
   }
+}
+
+/** The stop when libvirt cannot be read for `vm` before the checks (the connection lost). */
+function unreadable(vm: string, backup: BackupEntry, error: unknown): Stop {
+  return {
+    code: "read-failed",
+    message: `Not restored: cannot read "${vm}" to compare it with backup "${backup.id}": ${
+      errorText(error)
+    }; nothing was defined`,
+  };
 }
 
 /** Fails closed: a truthy answer of a script's own (applyPlan's "no", a prompt's "n") is no yes. */
@@ -702,7 +707,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   if (lock.uri !== lockUri(libvirt.uri)) {
     throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
   }
-  const { backup, backupXml, parsed, summary } = backupOf(state, vm, options);
+  const { backup, backupXml, parsed, summary, unread } = backupOf(state, vm, options);
   const active = summary?.active ?? false;
   // Set once the backup passed every check, before the question.
   let warnings: string[] = [];
@@ -721,6 +726,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     warnings,
     brokeStaleLock: lock.brokeStale,
   });
+  if (unread !== null) return report("failed", unread, null);
   const current = currentDefinition(libvirt, {
     vm,
     backup,
@@ -784,7 +790,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
 
 /**
  * Reads backup `options.backup` of `vm` under the lock (found again: another run may have pruned
- * it since) and the domain it replaces; throws when they are not of one domain.
+ * it since) and the domain it replaces (`unread` when libvirt cannot list it); throws when they
+ * are not of one domain.
  */
 function backupOf(
   state: StateDir,
@@ -795,18 +802,24 @@ function backupOf(
   backupXml: string;
   parsed: ReturnType<typeof parseDomainXml>;
   summary: DomainSummary | null;
+  unread: Stop | null;
 } {
   const backup = findBackup(state, vm, options.backup, { run: options.run });
   const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);
-  const summary = options.libvirt.listDomains().find((d) => d.name === vm) ?? null;
+  let summary: DomainSummary | null;
+  try {
+    summary = options.libvirt.listDomains().find((d) => d.name === vm) ?? null;
+  } catch (error) {
+    return { backup, backupXml, parsed, summary: null, unread: unreadable(vm, backup, error) };
+  }
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
   checkBackupIsOf(vm, backup, parsed, {
     summary,
     others: () => listBackups(state, vm),
     run: options.run,
   });
-  return { backup, backupXml, parsed, summary };
+  return { backup, backupXml, parsed, summary, unread: null };
 }
 
 /**

@@ -1514,6 +1514,13 @@ Deno.test("rollbackVm() reports read-failed, defining nothing, when the VM canno
   const before = f.port.getPersistentXml("alpha", { secure: true });
   const roll = (libvirt: LibvirtPort) =>
     rollbackVm("alpha", { libvirt, stateDir: f.stateDir, confirm: yes });
+  // The first listing finds alpha's domain, to check the backup is of it.
+  const unfound = await roll(failing(f, "listDomains", 1));
+  assertEquals([unfound.status, unfound.code, unfound.active], ["failed", "read-failed", false]);
+  assertMatch(
+    unfound.message,
+    /^Not restored: cannot read "alpha" to compare it with backup ".*": .*Input\/output error; nothing was defined$/,
+  );
   // The first definition read is alpha's own, to compare with the backup.
   const unread = await roll(failing(f, "getPersistentXml", 1));
   assertEquals([unread.status, unread.code, unread.safetyBackup], ["failed", "read-failed", null]);
