@@ -33,7 +33,7 @@ import { canUnshareMounts } from "../helpers/cli.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 import { runGuard } from "../../lib/guard/run.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { demoTree, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
+import { demoTree, killHard, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
 const UUID_A = "11111111-1111-4111-8111-111111111111";
 const UUID_B = "22222222-2222-4222-8222-222222222222";
@@ -1765,6 +1765,45 @@ Deno.test({
     assertOk(live.includes("<description>pt-saved-state</description>"), live);
     assertOk(!port.getPersistentXml(name).includes("pt-saved-state"));
     await virsh("destroy", name);
+  },
+});
+
+Deno.test({
+  name:
+    "rollbackVm() on a real libvirtd killed before it reads the VM: read-failed, nothing defined",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    const name = `pt-killed-${Deno.pid}`;
+    let port = openLibvirtPort(daemon.uri);
+    try {
+      port.define(qemuDomainXml(name));
+      const xml = port.getPersistentXml(name, { secure: true });
+      const uuid = parseDomainXml(xml).uuid!;
+      const backupXml = xml.replace("</name>", "</name><description>old</description>");
+      writeBackup(stateDir, { vm: name, uuid, xml: backupXml, reason: "apply", uri: port.uri });
+      await killHard(daemon.pid);
+      const report = await rollbackVm(name, { libvirt: port, stateDir, confirm: yes });
+      assertEquals([report.status, report.code, report.safetyBackup], [
+        "failed",
+        "read-failed",
+        null,
+      ]);
+      assertMatch(
+        report.message,
+        new RegExp(
+          `^Not restored: cannot read "${name}" to compare it with backup ".*": .*; nothing was defined$`,
+        ),
+      );
+      port.close();
+      await daemon.restart();
+      port = openLibvirtPort(daemon.uri);
+      assertEquals(port.getPersistentXml(name, { secure: true }), xml);
+    } finally {
+      port.close();
+    }
   },
 });
 
