@@ -23,10 +23,28 @@ function environment(name: string): string | null {
   return value === null || value === "" ? null : value;
 }
 
-/** The libvirt.conf libvirt reads for this user; `null` when it has no place to look. */
+/** Offset of `pw_dir` in glibc's `struct passwd` on 64-bit Linux (after 3 pointers, 2 ids). */
+const PW_DIR_OFFSET = 32;
+
+/**
+ * The home directory of the user passwd (or NSS) names for this process's uid, as GLib's
+ * `g_get_home_dir()` takes it when `HOME` is unset; `null` when there is no such entry.
+ */
+function passwdHome(): string | null {
+  const entry = libc().getpwuid(Deno.uid()!);
+  if (entry === null) return null;
+  const dir = borrowCString(new Deno.UnsafePointerView(entry).getPointer(PW_DIR_OFFSET));
+  return dir === null || dir === "" ? null : dir;
+}
+
+/**
+ * The libvirt.conf libvirt reads for this user; `null` when it has no place to look. Its
+ * directory is GLib's `g_get_user_config_dir()`: `XDG_CONFIG_HOME`, else `~/.config`, where `~`
+ * is `HOME` or, unset, the passwd entry's home (a service or `env -u HOME` still has a file there).
+ */
 function confPath(): string | null {
   if (Deno.uid() === 0) return "/etc/libvirt/libvirt.conf";
-  const home = environment("HOME");
+  const home = environment("HOME") ?? passwdHome();
   const config = environment("XDG_CONFIG_HOME") ?? (home === null ? null : `${home}/.config`);
   return config === null ? null : `${config}/libvirt/libvirt.conf`;
 }

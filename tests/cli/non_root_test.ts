@@ -17,6 +17,7 @@ import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.
 import { shellQuote } from "../../lib/render/shell.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { POLICY_FILE } from "../../lib/guard/layout.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -457,5 +458,41 @@ Deno.test({
       absent.stdout,
       /^Start guard policies recorded in .*\/user\/state: "gentoo" warn$/m,
     );
+  },
+});
+
+Deno.test({
+  name:
+    "a user with HOME unset: a URI that runs a program in the libvirt.conf of their passwd home is refused",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    await using user = await userHost();
+    const { dir } = user;
+    const mark = `${dir}/user/ran`;
+    const script = `${dir}/planted.sh`;
+    Deno.writeTextFileSync(script, `#!/bin/sh\ntouch ${shellQuote(mark)}\n`);
+    await Deno.chmod(script, 0o755);
+    const conf = `${dir}/user/.config/libvirt`;
+    await Deno.mkdir(conf, { recursive: true });
+    Deno.writeTextFileSync(
+      `${conf}/libvirt.conf`,
+      `uri_default = "qemu+ext:///system?command=${script}"\n`,
+    );
+    await openToAll(`${dir}/user/.config`, script);
+    // The user's passwd entry gives the home libvirt falls back to (GLib's g_get_home_dir()).
+    const passwd = Deno.readTextFileSync("/etc/passwd").replace(
+      /^(nobody:[^:]*:[^:]*:[^:]*:[^:]*:)[^:]*:/m,
+      `$1${dir}/user:`,
+    );
+    Deno.writeTextFileSync(`${dir}/passwd`, passwd);
+    await openToAll(`${dir}/passwd`);
+    const run = await user.asUser(
+      ["sources", "--sysfs", `${dir}/sysfs`],
+      `mount --bind ${shellQuote(`${dir}/passwd`)} /etc/passwd && unset HOME`,
+    );
+    assertEquals(run.code, 1, run.stdout + run.stderr);
+    assertMatch(run.stderr, /Refusing libvirt URI "qemu\+ext:[^"]*" \(uri_default in /);
+    assertMatch(run.stderr, new RegExp(`${dir}/user/\\.config/libvirt/libvirt\\.conf`));
+    assertEquals(pathExists(mark), false, "libvirt ran the program");
   },
 });
