@@ -14,18 +14,56 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
 import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
 import { errorText } from "../lib/render/error_text.ts";
+import { connectTarget } from "./connect.ts";
+import { openLibvirtPort } from "../ffi/port.ts";
+import { libvirtUriFor } from "../ffi/libvirt_conf.ts";
+import { isRemoteUri } from "../lib/config/uri.ts";
+
+/**
+ * The `<uuid>` of the VM libvirt defines as `vm` now, which the allowance is bound to (as the
+ * start guard's policies are): a VM undefined and another defined under its name within the hour
+ * does not take it. Only this host's libvirt: its hook is the one that reads the allowance.
+ */
+function definedUuid(values: Parsed<typeof GUARD>["values"], vm: string, io: CliIo): string {
+  const target = connectTarget(values, io, "guard allow");
+  // Refused before it is opened: ssh to another host would ask, or wait, for nothing.
+  const opened = libvirtUriFor(target.uri);
+  if (opened !== null && isRemoteUri(opened)) {
+    throw new Error(
+      `Cannot give an allowance through ${opened}: another host's start guard never reads ` +
+        "this host's state directory; run passthrough guard allow on that host",
+    );
+  }
+  using libvirt = openLibvirtPort(target.uri, target.options);
+  const domains = libvirt.listDomains();
+  const domain = domains.find((d) => d.name === vm);
+  if (domain === undefined) {
+    const names = domains.map((d) => d.name);
+    throw new Error(
+      `libvirt defines no VM ${JSON.stringify(vm)}${didYouMean(vm, names)} at ${libvirt.uri}: ` +
+        "an allowance is for the VM defined under that name now; define it first" +
+        ` (defined VMs: ${
+          names.length === 0 ? "none" : names.map((n) => JSON.stringify(n)).join(", ")
+        })`,
+    );
+  }
+  return domain.uuid;
+}
 
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
   const [vm] = positionals;
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
-  const { allowance, path } = allowNextStart(stateDir, vm);
+  const uuid = definedUuid(values, vm, io);
+  const { allowance, path } = allowNextStart(stateDir, vm, { uuid });
   // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
   // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
   // the next refusal.
   io.out(
-    `The next start of ${JSON.stringify(vm)} goes on once even if the guard refuses it, and ` +
+    `The next start of ${
+      JSON.stringify(vm)
+    } (UUID ${uuid}) goes on once even if the guard refuses it, and ` +
       `uses this allowance up even if libvirt, QEMU or another hook then fails it ` +
       `(until ${allowance.expires}; ${path})\n`,
   );

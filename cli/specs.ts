@@ -321,13 +321,16 @@ export const GUARD = {
             "else $PASSTHROUGH_STATE_DIR or /var/lib/passthrough)",
         },
         ...HOOKS_DIR_FLAG,
+        ...CONNECT_FLAG,
       },
     },
   ],
   about: `
 Lets the next start of VM go on once even if the start guard ('passthrough hook install')
 refuses it: 'virsh start' cannot pass a flag to a hook, so the allowance waits in the state
-directory the installed hook reads. The start still prints what the guard found.`.trim(),
+directory the installed hook reads. The allowance is for the VM libvirt defines under that name
+now (its UUID): another defined under the name later does not take it. The start still prints
+what the guard found.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough demo`. */

@@ -278,13 +278,11 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     return { code: 0, lines: [], refusals: [] };
   }
   const listing = guardListing(options.stateDir);
+  // The domain starting: policies and allowances count only for the one they were given for.
+  const uuid = () => options.xml === null ? null : readRecordsLeniently(options.xml).uuid;
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
-    : (await import("./state.ts")).readVmPolicy(
-      options.stateDir,
-      options.vm,
-      options.xml === null ? null : readRecordsLeniently(options.xml).uuid,
-    );
+    : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm, uuid());
   const found = checksNothing(policy) ? [] : guardCheck(options);
   // Every address empty may mean the tree is not there at all (a hook whose --sysfs is gone):
   // then nothing was checked, whatever the policy.
@@ -311,7 +309,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     : [];
   let allowance: AllowanceOutcome = "none";
   try {
-    allowance = takeAllowance(options.stateDir, options.vm, options.now);
+    allowance = takeAllowance(options.stateDir, options.vm, { uuid: uuid(), now: options.now });
   } catch (error) {
     lines.push(
       `passthrough guard: cannot use its allowance (it does not count): ${errorText(error)}`,
@@ -323,6 +321,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     allowed,
     allowance,
     vm: options.vm,
+    uuid: allowance === "other-domain" ? uuid() : null,
     stateDir: options.stateDir,
   }));
   try {
@@ -349,7 +348,7 @@ function hookStatusCommand(hooksDir: string | undefined): string {
 }
 
 /** What a start's allowance came to. */
-type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
+type AllowanceOutcome = "allowed" | "expired" | "future" | "other-domain" | "none";
 
 /**
  * The refusals `policy` keeps, each with the policy it is judged by. A rule's own policy and its
@@ -495,11 +494,13 @@ function verdict(
  */
 function verdictLines(
   refusals: readonly PolicedRefusal[],
-  { policy, allowed, allowance, vm, stateDir }: {
+  { policy, allowed, allowance, vm, uuid, stateDir }: {
     policy: VmGuardPolicy;
     allowed: boolean;
     allowance: AllowanceOutcome;
     vm: string;
+    /** The starting domain's `<uuid>`, when an allowance was given for another. */
+    uuid: string | null;
     stateDir: string;
   },
 ): string[] {
@@ -528,7 +529,7 @@ function verdictLines(
       }; the allowance is used up`,
     );
   }
-  if (enforced.length > 0 && (allowance === "expired" || allowance === "future")) {
+  if (enforced.length > 0 && allowance !== "allowed" && allowance !== "none") {
     // A new allowance lifts only identities that changed: with a device the host needs, or
     // what could not be read, among the refusals, it would not start the VM either.
     const allow = followUpCommand({ stateDir }, "passthrough guard allow", { value: vm });
@@ -536,6 +537,19 @@ function verdictLines(
     if (allowance === "expired") {
       const again = blocked ? "" : `: run "${allow}" again to start it anyway`;
       lines.push(`passthrough guard: an allowance for ${JSON.stringify(vm)} had expired${again}`);
+    } else if (allowance === "other-domain") {
+      // Given before the VM was undefined and another defined under its name, or by a
+      // passthrough that bound it to no definition: it was not meant for this one.
+      const again = blocked ? "" : `: run "${allow}" again to start this one anyway`;
+      lines.push(
+        uuid === null
+          ? `passthrough guard: an allowance for ${
+            JSON.stringify(vm)
+          } does not count: this definition's UUID cannot be read, to tell it is the VM the allowance was given for; it is used up${again}`
+          : `passthrough guard: an allowance for ${
+            JSON.stringify(vm)
+          } was given for another VM defined under that name, not this one (UUID ${uuid}); it does not count and is used up${again}`,
+      );
     } else {
       // Written later than this host's clock says it is now: not old, but dated ahead.
       const again = blocked

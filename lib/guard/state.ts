@@ -47,6 +47,11 @@ export const ALLOWANCE_LIFETIME_MS = 60 * 60 * 1000;
 export interface GuardAllowance {
   /** The VM it lets start. */
   vm: string;
+  /**
+   * The `<uuid>` of the VM's definition when it was given: only that domain's start takes it, not
+   * another defined under its name since (absent in files from before it: they count for none).
+   */
+  uuid?: string;
   /** ISO time it was given. */
   created: string;
   /** ISO time after which it no longer counts. */
@@ -241,9 +246,10 @@ export function recordPolicies(stateDir: string, file: GuardPolicyFile): PolicyR
 /**
  * What {@link takeAllowance} found: one that counts, one past its window (or damaged), one whose
  * window begins later than this host's clock allows for (`future`: the clock was set back since,
- * or the file came from another host), or none.
+ * or the file came from another host), one given for another domain of the VM's name than the one
+ * starting, or by a passthrough that bound it to none (`other-domain`), or none.
  */
-export type AllowanceOutcome = "allowed" | "expired" | "future" | "none";
+export type AllowanceOutcome = "allowed" | "expired" | "future" | "other-domain" | "none";
 
 function guardDir(state: StateDir, kind: GuardFolder): string {
   const guard = guardPath(state.path);
@@ -258,27 +264,31 @@ function fileName(vm: string): string {
 }
 
 /**
- * Lets the next start of `vm` go on once even if the guard refuses it, within
- * {@link ALLOWANCE_LIFETIME_MS}. Returns the allowance and where it was written.
+ * Lets the next start of `vm`, the domain whose `<uuid>` is `uuid` (the one defined now), go on
+ * once even if the guard refuses it, within {@link ALLOWANCE_LIFETIME_MS}. Returns the allowance
+ * and where it was written.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * const dir = Deno.makeTempDirSync();
- * allowNextStart(`${dir}/state`, "win11");
- * assertEquals(takeAllowance(`${dir}/state`, "win11"), "allowed");
- * assertEquals(takeAllowance(`${dir}/state`, "win11"), "none"); // one shot
+ * allowNextStart(`${dir}/state`, "win11", { uuid: "u1" });
+ * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u1" }), "allowed");
+ * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u1" }), "none"); // one shot
+ * allowNextStart(`${dir}/state`, "win11", { uuid: "u1" });
+ * assertEquals(takeAllowance(`${dir}/state`, "win11", { uuid: "u2" }), "other-domain");
  * Deno.removeSync(dir, { recursive: true });
  * ```
  */
 export function allowNextStart(
   stateDir: string,
   vm: string,
-  now: Date = new Date(),
+  { uuid, now = new Date() }: { uuid: string; now?: Date },
 ): { allowance: GuardAllowance; path: string } {
   const state = openStateDir(stateDir);
   const allowance: GuardAllowance = {
     vm,
+    uuid,
     created: now.toISOString(),
     expires: new Date(now.getTime() + ALLOWANCE_LIFETIME_MS).toISOString(),
   };
@@ -291,16 +301,17 @@ export function allowNextStart(
 }
 
 /**
- * Consumes `vm`'s allowance, if any: claimed by a rename, then read and removed, whether it
- * still counts, has expired or cannot be read. One that cannot be claimed does not count (it
- * would otherwise allow every start); a `guard allow` that writes a new one after the claim
- * leaves that one for the next start instead of seeing it removed unused. A claim an earlier
- * start of `vm` left (killed before it removed it) is removed first.
+ * Consumes `vm`'s allowance, if any, for the start of the domain whose `<uuid>` is `uuid`
+ * (`null`: it cannot be read): claimed by a rename, then read and removed, whether it still
+ * counts, has expired, was given for another domain or cannot be read. One that cannot be
+ * claimed does not count (it would otherwise allow every start); a `guard allow` that writes a
+ * new one after the claim leaves that one for the next start instead of seeing it removed unused.
+ * A claim an earlier start of `vm` left (killed before it removed it) is removed first.
  */
 export function takeAllowance(
   stateDir: string,
   vm: string,
-  now: Date = new Date(),
+  { uuid, now = new Date() }: { uuid: string | null; now?: Date | undefined },
 ): AllowanceOutcome {
   removeLeftovers(stateDir, "allow", vm);
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
@@ -329,6 +340,7 @@ export function takeAllowance(
   }
   if (text === null) return "none";
   let window = { created: NaN, expires: NaN };
+  let given: unknown = undefined;
   try {
     const data = JSON.parse(text) as Partial<GuardAllowance>;
     if (data.vm === vm) {
@@ -336,11 +348,14 @@ export function takeAllowance(
         created: Date.parse(String(data.created)),
         expires: Date.parse(String(data.expires)),
       };
+      given = data.uuid;
     }
   } catch {
     // A damaged allowance counts as expired.
   }
-  return allowanceOutcome(window, now.getTime());
+  const outcome = allowanceOutcome(window, now.getTime());
+  // Another domain defined under the name since the allowance was given never takes it.
+  return outcome === "allowed" && (uuid === null || given !== uuid) ? "other-domain" : outcome;
 }
 
 /** What a claimed allowance's name adds to the allowance's, before the claiming process's id. */

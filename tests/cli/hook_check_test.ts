@@ -156,7 +156,10 @@ Deno.test("every line the check's entry prints names the VM without a terminal's
     // libvirt takes C1 controls (U+009B starts an escape) and bidi controls in a domain's name,
     // which whoever may define a domain chooses; an expired allowance names the VM again.
     const vm = "vm\u009b31m\u202eevil";
-    allowNextStart(`${dir}/state`, vm, new Date(Date.now() - 2 * ALLOWANCE_LIFETIME_MS));
+    allowNextStart(`${dir}/state`, vm, {
+      uuid: "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11",
+      now: new Date(Date.now() - 2 * ALLOWANCE_LIFETIME_MS),
+    });
     const xml = `<domain type='kvm'><name>vm</name><devices>${
       hostdevXml("0000:0b:00.0")
     }</devices></domain>`;

@@ -30,9 +30,12 @@ import type { DoctorFinding } from "../../lib/host/doctor.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { testDomainXml } from "../helpers/world.ts";
+import { testDomainXml, worldUri } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
+
+/** The libvirt `guard allow` reads the VM it binds an allowance to from (win11 in it). */
+const GUARD_WORLD = worldUri("guard_allow");
 
 /** win11's `<uuid>`: the policies apply records hold only for the domain they were recorded for. */
 const WIN11_UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
@@ -681,7 +684,15 @@ Deno.test("guard allow never lets a start take a device the host needs, and says
       ["hook", "status", "--hooks-dir", hooks, "--json"],
     );
     assertEquals(JSON.parse(relative.stdout).settings.sysfs, tree.dir);
-    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", hooks]);
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      hooks,
+    ]);
     assertMatch(
       allow.stdout,
       /\nNote: its last refusal names 0000:0b:00\.0, which the host needs \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\): an allowance does not let a start take it/,
@@ -710,7 +721,15 @@ Deno.test("guard allow without an installed hook writes where its help says", as
       /--state-dir DIR where the allowance goes \(default: the installed hook's state directory, else \$PASSTHROUGH_STATE_DIR or \/var\/lib\/passthrough\)/,
     );
     Deno.mkdirSync(`${dir}/qemu.d`);
-    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", `${dir}/qemu.d`], {
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      `${dir}/qemu.d`,
+    ], {
       env: { PASSTHROUGH_STATE_DIR: `${dir}/env-state` },
     });
     assertEquals(allow.code, 0, allow.stderr);
@@ -732,6 +751,8 @@ Deno.test("guard allow exits 0 with its allowance given when the refusal records
       "guard",
       "allow",
       "win11",
+      "--connect",
+      GUARD_WORLD,
       "--hooks-dir",
       `${dir}/qemu.d`,
       "--state-dir",
@@ -739,7 +760,7 @@ Deno.test("guard allow exits 0 with its allowance given when the refusal records
     ]);
     assertEquals(allow.code, 0, allow.stderr);
     assertOk(pathExists(`${dir}/state/guard/allow/win11.json`), allow.stdout);
-    assertMatch(allow.stdout, /^The next start of "win11" goes on once/);
+    assertMatch(allow.stdout, /^The next start of "win11" \(UUID [0-9a-f-]+\) goes on once/);
     assertEquals(
       allow.stderr,
       `Note: cannot read the start guard's refusal records: Cannot use "${dir}/state/guard/refused": ` +
@@ -768,21 +789,67 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
     );
 
     // guard allow finds the hook's state directory by itself.
-    const allow = await runCli(["guard", "allow", "win11", "--hooks-dir", hooks]);
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      hooks,
+    ]);
     assertEquals(allow.code, 0, allow.stderr);
     assertMatch(
       allow.stdout,
-      /^The next start of "win11" goes on once even if the guard refuses it, and uses this allowance up even if libvirt, QEMU or another hook then fails it \(until /,
+      /^The next start of "win11" \(UUID 0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11\) goes on once even if the guard refuses it, and uses this allowance up even if libvirt, QEMU or another hook then fails it \(until /,
     );
     assertMatch(allow.stdout, new RegExp(`${dir}/state/guard/allow/win11\\.json\\)\\n$`));
-    // A name the guard refused no start of is allowed too, and said to be so.
-    const typo = await runCli(["guard", "allow", "win1", "--hooks-dir", hooks]);
-    assertEquals(typo.code, 0, typo.stderr);
+    // A name libvirt defines no VM under is refused: the allowance is for the VM defined now.
+    const typo = await runCli([
+      "guard",
+      "allow",
+      "win1",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      hooks,
+    ]);
+    assertEquals([typo.code, typo.stdout], [1, ""], typo.stderr);
     assertMatch(
-      typo.stdout,
-      /\nNote: the guard has no refusal recorded for "win1" \(did you mean "win11"\?\); it last refused "win11"\n$/,
+      typo.stderr,
+      /libvirt defines no VM "win1" \(did you mean "win11"\?\) at test:\/\/.*guard_allow\.xml: an allowance is for the VM defined under that name now; define it first/,
     );
-    Deno.removeSync(`${dir}/state/guard/allow/win1.json`);
+    assertEquals(pathExists(`${dir}/state/guard/allow/win1.json`), false);
+    // Another host's libvirt: its VM is not the one this host's hook starts.
+    const remote = await runCli(
+      [
+        "guard",
+        "allow",
+        "win11",
+        "--connect",
+        "qemu+ssh://hv1.invalid/system",
+        "--hooks-dir",
+        hooks,
+      ],
+    );
+    assertEquals(remote.code, 1, remote.stderr);
+    assertMatch(
+      remote.stderr,
+      /Cannot give an allowance through qemu\+ssh:\/\/hv1\.invalid\/system: another host's start guard never reads this host's state directory; run passthrough guard allow on that host\n$/,
+    );
+    // A VM defined under the name since (another <uuid>) does not take win11's allowance.
+    const other = MOVED.replace(WIN11_UUID, "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11");
+    const impostor = await runHook(hook, ["win11", "prepare", "begin", "-"], other);
+    assertEquals(impostor.code, 1, impostor.stderr);
+    assertMatch(
+      impostor.stderr,
+      /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 --state-dir \S+" again to start this one anyway\n$/,
+    );
+    assertEquals(
+      (await runCli(["guard", "allow", "win11", "--connect", GUARD_WORLD, "--hooks-dir", hooks]))
+        .code,
+      0,
+    );
     const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
     assertEquals([allowed.code, allowed.stdout], [0, ""]);
     assertMatch(allowed.stderr, /^passthrough guard: starting "win11" once despite this/);
@@ -1185,7 +1252,10 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     // A refusal recorded for win11, and an allowance for a VM with a name too long to keep.
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED, home)).code, 1);
     const long = "v".repeat(200);
-    assertEquals((await runCli(["guard", "allow", long, ...common])).code, 0);
+    assertEquals(
+      (await runCli(["guard", "allow", long, "--connect", GUARD_WORLD, ...common])).code,
+      0,
+    );
     const plain = testDomainXml("plain");
     assertEquals(
       await runHook(hook, ["plain", "prepare", "begin", "-"], plain, home),
@@ -1195,7 +1265,9 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     const allowed = await runHook(
       hook,
       [long, "prepare", "begin", "-"],
-      MOVED.replace("<name>win11</name>", `<name>${long}</name>`),
+      MOVED.replace("<name>win11</name>", `<name>${long}</name>`)
+        // Its UUID in tests/fixtures/worlds/guard_allow.xml.
+        .replace(WIN11_UUID, "5d2e9a41-8c3b-4f6e-a1d7-3b9c0e2f4a68"),
       home,
     );
     assertEquals(allowed.code, 0, allowed.stderr);
@@ -1210,7 +1282,7 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
     // A start refused for what the check could not read: guard allow says it will not help.
     const damaged = MOVED.replace('address="0000:0b:00.0"', 'address="not-an-address"');
     assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code, 1);
-    const allow = await runCli(["guard", "allow", "win11", ...common]);
+    const allow = await runCli(["guard", "allow", "win11", "--connect", GUARD_WORLD, ...common]);
     assertMatch(
       allow.stdout,
       /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
@@ -1221,6 +1293,8 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
       "guard",
       "allow",
       "win11",
+      "--connect",
+      GUARD_WORLD,
       ...common,
       "--state-dir",
       `${dir}/x`,
@@ -1231,7 +1305,15 @@ Deno.test("a hook installed from the sources runs with state under a HOME whose 
       elsewhere.stdout.endsWith(`\nNote: the installed hook reads ${dir}/state, not ${dir}/x\n`),
       elsewhere.stdout,
     );
-    const none = await runCli(["guard", "allow", "win11", "--hooks-dir", `${dir}/none`]);
+    const none = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--hooks-dir",
+      `${dir}/none`,
+    ]);
     assertEquals(none.code, 0, none.stderr);
     assertOk(
       none.stdout.endsWith(`\nNote: no start guard is installed in ${dir}/none\n`),

@@ -11,8 +11,11 @@ import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../hel
 import { demoTree, gpuConfig } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
-import { testDomainXml, writeTempWorld } from "../helpers/world.ts";
+import { testDomainXml, worldUri, writeTempWorld } from "../helpers/world.ts";
 import { nodeDeviceWorldXml } from "../../lib/testing/nodedev_world.ts";
+
+/** The libvirt `guard allow` reads the VM it binds an allowance to from (win11 in it). */
+const GUARD_WORLD = worldUri("guard_allow");
 
 const TEST = "tests/cli/messages_test.ts";
 
@@ -264,7 +267,16 @@ Deno.test({
       const out = await runInPrivateMounts(
         `mkdir ${mount} && mount -t tmpfs passthrough-test ${mount} && ` +
           `mkdir -m 700 ${mount}/state && mount -o remount,ro ${mount}`,
-        [...cliCommand(), "guard", "allow", "win11", "--state-dir", `${mount}/state`],
+        [
+          ...cliCommand(),
+          "guard",
+          "allow",
+          "win11",
+          "--connect",
+          GUARD_WORLD,
+          "--state-dir",
+          `${mount}/state`,
+        ],
         { NO_COLOR: "1" },
       );
       assertEquals(out.code, 1, out.stderr);
@@ -324,14 +336,30 @@ Deno.test("a state file that cannot be replaced (chattr +i) says how to see and 
     new Deno.Command("chattr", { args: [flags, allowance], stderr: "null" }).outputSync().success;
   try {
     assertEquals(
-      (await runCli(["guard", "allow", "win11", "--state-dir", `${dir}/state`])).code,
+      (await runCli([
+        "guard",
+        "allow",
+        "win11",
+        "--connect",
+        GUARD_WORLD,
+        "--state-dir",
+        `${dir}/state`,
+      ])).code,
       0,
     );
     if (!chattr("+i")) {
       await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
       return;
     }
-    const run = await runCli(["guard", "allow", "win11", "--state-dir", `${dir}/state`]);
+    const run = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      GUARD_WORLD,
+      "--state-dir",
+      `${dir}/state`,
+    ]);
     chattr("-i");
     assertEquals(run.code, 1, run.stderr);
     // It said "the system refused: check the owner and mode of that path, or run as root", to root.

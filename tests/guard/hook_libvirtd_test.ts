@@ -169,7 +169,8 @@ Deno.test({
         "(a, allowed) an allowance lets the refused start past the hook, and a start libvirt " +
           "then fails uses it up",
         async () => {
-          allowNextStart(stateDir, moved);
+          const uuid = (await virsh(daemon.uri, "domuuid", moved)).out.trim();
+          allowNextStart(stateDir, moved, { uuid });
           const allowed = await virsh(daemon.uri, "start", moved);
           console.log(`$ virsh start ${moved} (allowed)\n${allowed.out.trim()}`);
           // The start fails later, in libvirt, for lack of VFIO: not in the hook.

@@ -27,7 +27,10 @@ import { recordCase } from "../../scripts/reliability_report.ts";
 
 // 0b:00.0 holds a 10de:1b06 on this tree, not the recorded 10de:2684 of rule "gpu"; nothing sits
 // at 7f:1f.7, which a hand-added hostdev names.
-const XML = `<domain><name>win11</name>
+/** The domain allowances are given for in these tests. */
+const UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
+
+const XML = `<domain><name>win11</name><uuid>${UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
     <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
   </pt:hostdevs></metadata>
@@ -69,7 +72,7 @@ function mountedNvmeHost() {
 }
 
 /** win11 holding that NVMe, recorded under rule "disk". */
-const DISK_XML = `<domain><name>win11</name>
+const DISK_XML = `<domain><name>win11</name><uuid>${UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
     <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
   </pt:hostdevs></metadata>
@@ -206,7 +209,7 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
     assertEquals(await judged("off", "off"), [0, undefined, undefined]);
     // Nor does an allowance: it is used up, and says why it did not help.
     recordPolicies(`${state}/state`, guardPolicies(config(null, null)));
-    allowNextStart(`${state}/state`, "win11");
+    allowNextStart(`${state}/state`, "win11", { uuid: UUID });
     const allowed = await run(tree.dir, `${state}/state`);
     assertEquals(allowed.code, 1);
     assertMatch(
@@ -219,7 +222,7 @@ Deno.test("policy: warn, an allowance or a rule's off never lets a start take a 
       // let it either (it speaks for the recorded device), so the line does not offer it.
       /^passthrough guard: "passthrough guard allow" does not let "win11" take a device the host needs \(nothing does: follow the refusal's fix \(passthrough plan --vm win11\)\); the allowance is used up$/,
     );
-    assertEquals(takeAllowance(`${state}/state`, "win11"), "none");
+    assertEquals(takeAllowance(`${state}/state`, "win11", { uuid: UUID }), "none");
     // Replaced by a device the host does not need: the rule's policy alone, as before.
     host.host_use = [];
     await using free = await tempHostTree(host);
@@ -335,7 +338,7 @@ Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance let
       refusals: [["0000:0b:00.0", "replaced", "enforce"]],
       heads: [REFUSE],
     });
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const allowed = await run(root, state);
     assertEquals(allowed.code, 0);
     assertMatch(allowed.lines[0]!, /once despite this \(passthrough guard allow\)/);
@@ -346,11 +349,11 @@ Deno.test("policy: a rule's enforce overrides its VM's off, and an allowance let
 Deno.test("policy: an allowance is consumed by the next start even when it only warned", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("warn", null)));
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const result = await run(root, state);
     // Nothing was enforced, so the allowance let nothing through; it was still the next start.
     assertEquals([result.code, readRefusalRecords(state)[0]?.allowed], [0, false]);
-    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
   });
 });
 
@@ -358,23 +361,23 @@ Deno.test("policy: an allowance written while a start takes the old one stays fo
   const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-race-" });
   const open = Deno.openSync;
   try {
-    allowNextStart(state, "win11", new Date(Date.now() - 1000));
+    allowNextStart(state, "win11", { uuid: UUID, now: new Date(Date.now() - 1000) });
     // "passthrough guard allow win11" runs again just as the start reads the allowance it took.
     let written = false;
     Deno.openSync = (path, options) => {
       const file = open(path, options);
       if (!written && options?.write !== true && String(path).includes("/guard/allow/")) {
         written = true;
-        allowNextStart(state, "win11");
+        allowNextStart(state, "win11", { uuid: UUID });
       }
       return file;
     };
-    assertEquals(takeAllowance(state, "win11"), "allowed");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
     Deno.openSync = open;
     assertEquals(written, true);
     // The new one was not removed with the old: the next start has it.
-    assertEquals(takeAllowance(state, "win11"), "allowed");
-    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
     assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
     recordCase({
       area: "concurrency",
@@ -467,7 +470,7 @@ Deno.test("policy: another VM's policy does not apply, and names like __proto__ 
 // On the X570 tree with its NVMe (01:00.0) mounted and its Intel NIC (06:00.0) routing: the
 // NVMe recorded under rule "disk", a card recorded under "disk" that is not there any more
 // (0b:00.0 holds a 10de:1b06), and the NIC added by hand.
-const CRITICAL = `<domain><name>win11</name>
+const CRITICAL = `<domain><name>win11</name><uuid>${UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
     <pt:device address="0000:01:00.0" vendor="1cc1" device="5350" class="010800" rule="disk"/>
     <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="disk"/>
@@ -583,7 +586,7 @@ Deno.test("guardPolicies() takes a VM whose config object has no guard (a librar
 
 Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file is refused, never read", async () => {
   await withTree(async (root, state) => {
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     recordPolicies(state, guardPolicies(config("warn", null)));
     const allowance = `${state}/guard/allow/win11.json`;
     const policy = `${state}/guard/policy.json`;
@@ -623,7 +626,11 @@ Deno.test("the guard's state files: a FIFO, a link to /dev/zero or a huge file i
       // The start: the allowance cannot be read, so it does not count, and the check says so.
       clearIfThere(allowance);
       plant(allowance);
-      assertThrows(() => takeAllowance(state, "win11"), /Refusing ".*win11\.json": it /, what);
+      assertThrows(
+        () => takeAllowance(state, "win11", { uuid: UUID }),
+        /Refusing ".*win11\.json": it /,
+        what,
+      );
       // Taken (it counted for no start): planted again for the check.
       assertEquals(Deno.readDirSync(`${state}/guard/allow`).toArray(), [], what);
       plant(allowance);
@@ -738,15 +745,16 @@ Deno.test("policy: what the check cannot read is refused under warn, off rules a
       assertEquals([result.code, unreadable(result)], [1, ["enforce"]], `${vmGuard}/${gpuGuard}`);
     }
     recordPolicies(state, guardPolicies(config(null, null)));
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const allowed = await start(root, state);
     assertEquals(allowed.code, 1);
+    // Records that cannot be read leave the domain's UUID unread too: no allowance counts.
     assertMatch(
       allowed.lines.at(-1)!,
-      /^passthrough guard: "passthrough guard allow" does not let "win11" start while the check cannot read what it needs \(fix that first\); the allowance is used up$/,
+      /^passthrough guard: an allowance for "win11" does not count: this definition's UUID cannot be read, to tell it is the VM the allowance was given for; it is used up$/,
     );
     assertEquals(readRefusalRecords(state)[0]?.allowed, false);
-    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
     // The VM's off (every rule's too) still turns the guard off for it.
     recordPolicies(state, guardPolicies(config("off", null)));
     assertEquals((await start(root, state)).code, 0);
@@ -858,7 +866,7 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
         recorded: new Map([["win11", ["gpu"]]]),
       });
       recordPolicies(`${state}/state`, bindRecords(kept, { previous, applied: new Map() }));
-      if (allow) allowNextStart(`${state}/state`, "win11");
+      if (allow) allowNextStart(`${state}/state`, "win11", { uuid: UUID });
       const result = await run(tree.dir, `${state}/state`, xml);
       return [result.code, ...result.lines];
     } finally {

@@ -16,7 +16,10 @@ import {
 } from "../../lib/guard/state.ts";
 import { RELOAD_FILE } from "../../lib/guard/layout.ts";
 
-const MOVED = `<domain><name>win11</name>
+/** The domain allowances are given for in these tests. */
+const UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
+
+const MOVED = `<domain><name>win11</name><uuid>${UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
     <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
   </pt:hostdevs></metadata>
@@ -167,7 +170,7 @@ Deno.test("readRefusalRecords() skips a record of the wrong shape, as a damaged 
 
 Deno.test("runGuard() lets one start through with an allowance, then refuses again", async () => {
   await withTree(async (root, state) => {
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const allowed = await run(root, state, MOVED);
     assertEquals(allowed.code, 0);
     assertMatch(
@@ -176,6 +179,37 @@ Deno.test("runGuard() lets one start through with an allowance, then refuses aga
     );
     assertEquals(readRefusalRecords(state)[0]?.allowed, true);
     assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+Deno.test("runGuard() refuses a VM defined under the name since the allowance, and one from before UUIDs", async () => {
+  await withTree(async (root, state) => {
+    // win11 undefined and another defined under its name (another <uuid>) within the hour.
+    allowNextStart(state, "win11", { uuid: UUID });
+    const other = "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11";
+    const refused = await run(root, state, MOVED.replace(UUID, other));
+    assertEquals(refused.code, 1, refused.lines.join("\n"));
+    assertEquals(
+      refused.lines.at(-1),
+      `passthrough guard: an allowance for "win11" was given for another VM defined under that ` +
+        `name, not this one (UUID ${other}); it does not count and is used up: run ` +
+        `"passthrough guard allow win11 --state-dir ${state}" again to start this one anyway`,
+    );
+    assertEquals(readRefusalRecords(state)[0]?.allowed, false);
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
+    // An allowance a passthrough wrote before it bound them (no uuid) counts for no domain.
+    const { path } = allowNextStart(state, "win11", { uuid: UUID });
+    const { uuid: _uuid, ...old } = JSON.parse(Deno.readTextFileSync(path));
+    Deno.writeTextFileSync(path, JSON.stringify(old));
+    const unbound = await run(root, state, MOVED);
+    assertEquals(unbound.code, 1, unbound.lines.join("\n"));
+    assertMatch(
+      unbound.lines.at(-1)!,
+      /^passthrough guard: an allowance for "win11" was given for another VM/,
+    );
+    // Given for this one, it counts.
+    allowNextStart(state, "win11", { uuid: UUID });
+    assertEquals((await run(root, state, MOVED)).code, 0);
   });
 });
 
@@ -211,8 +245,8 @@ Deno.test("runGuard() prints commands a shell and passthrough read as the VM's, 
     const moved = await guard(MOVED);
     assertMatch(moved.lines[0]!, /; fix: passthrough plan --vm='-my lab'$/);
     // A hand-added hostdev on a PCI bridge, with an allowance, which says what else would do.
-    allowNextStart(state, vm);
-    const bridge = await guard(`<domain><name>x</name><devices>
+    allowNextStart(state, vm, { uuid: UUID });
+    const bridge = await guard(`<domain><name>x</name><uuid>${UUID}</uuid><devices>
       <hostdev mode='subsystem' type='pci'>
         <source><address domain='0x0000' bus='0x00' slot='0x01' function='0x0'/></source>
       </hostdev></devices></domain>`);
@@ -238,11 +272,11 @@ Deno.test("guard allow and apply in processes at the same moment each replace th
       JSON.stringify(new URL("../../lib/guard/state.ts", import.meta.url).href)
     };
       for (let i = 0; i < 60; i++) {
-        allowNextStart(${JSON.stringify(state)}, "win11");
+        allowNextStart(${JSON.stringify(state)}, "win11", { uuid: ${JSON.stringify(UUID)} });
         recordPolicies(${JSON.stringify(state)}, { version: 1, config: "c.yaml",
           vms: i % 3 === 2 ? {} : { win11: { guard: i % 3 === 0 ? "warn" : "off", rules: {} } } });
       }`;
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const outputs = await Promise.all(
       [1, 2, 3, 4].map(() =>
         new Deno.Command(Deno.execPath(), { args: ["eval", code], stdout: "null", stderr: "piped" })
@@ -251,7 +285,7 @@ Deno.test("guard allow and apply in processes at the same moment each replace th
     );
     const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
     assertEquals(outputs.map((o) => [o.code, decode(o.stderr)]), [1, 2, 3, 4].map(() => [0, ""]));
-    assertEquals(takeAllowance(state, "win11"), "allowed");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
     // Nothing left under a temporary name.
     assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
     const names = [...Deno.readDirSync(`${state}/guard`)].map((e) => e.name);
@@ -264,7 +298,7 @@ Deno.test("guard allow and apply in processes at the same moment each replace th
 Deno.test("runGuard() ignores an expired allowance and says so", async () => {
   await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
-    allowNextStart(state, "win11", given);
+    allowNextStart(state, "win11", { uuid: UUID, now: given });
     const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
     const result = await run(root, state, MOVED, later);
     assertEquals(result.code, 1);
@@ -273,7 +307,7 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
       // Into the state directory this hook reads, wherever the hook was installed.
       `passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11 --state-dir ${state}" again to start it anyway`,
     );
-    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
   });
 });
 
@@ -281,21 +315,24 @@ Deno.test("runGuard() tells an allowance dated ahead of the clock from an expire
   await withTree(async (root, state) => {
     const now = new Date("2026-01-01T00:00:00Z");
     // Written while the clock stood a day ahead (set back since), or on a host whose clock does.
-    allowNextStart(state, "win11", new Date(now.getTime() + 24 * 60 * 60 * 1000));
+    allowNextStart(state, "win11", {
+      uuid: UUID,
+      now: new Date(now.getTime() + 24 * 60 * 60 * 1000),
+    });
     const result = await run(root, state, MOVED, now);
     assertEquals(result.code, 1);
     assertEquals(
       result.lines.at(-1),
       `passthrough guard: an allowance for "win11" was dated ahead of this host's clock (the clock was set back since it was written, or it came from another host); it does not count and is used up; check the clock ("timedatectl"), then run "passthrough guard allow win11 --state-dir ${state}" on this host to start it anyway`,
     );
-    assertEquals(takeAllowance(state, "win11"), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
   });
 });
 
 Deno.test("runGuard() does not offer a new allowance where none would start the VM", async () => {
   await withTree(async (root, state) => {
     const given = new Date("2026-01-01T00:00:00Z");
-    allowNextStart(state, "win11", given);
+    allowNextStart(state, "win11", { uuid: UUID, now: given });
     const later = new Date(given.getTime() + ALLOWANCE_LIFETIME_MS + 1000);
     // A hand-added hostdev on the host bridge: the host needs it, which no allowance lifts.
     const bridge = `<domain><name>win11</name><devices>
@@ -318,36 +355,36 @@ Deno.test("an allowance lasts 60 minutes; one written while the clock stood ahea
     const now = new Date("2026-01-01T12:00:00Z");
     const at = (minutes: number) => new Date(now.getTime() + minutes * 60_000);
     // Written 30 days ahead (a clock put right since): its window has not begun.
-    allowNextStart(state, "win11", at(30 * 24 * 60));
-    assertEquals(takeAllowance(state, "win11", now), "future");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(30 * 24 * 60) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "future");
     // A few minutes ahead is a clock's usual drift: it counts.
-    allowNextStart(state, "win11", at(4));
-    assertEquals(takeAllowance(state, "win11", now), "allowed");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(4) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "allowed");
     // Ten minutes ahead is more than drift.
-    allowNextStart(state, "win11", at(10));
-    assertEquals(takeAllowance(state, "win11", now), "future");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(10) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "future");
     // The 60 minutes README promises: given 59 minutes ago it counts, 61 minutes ago not.
-    allowNextStart(state, "win11", at(-59));
-    assertEquals(takeAllowance(state, "win11", now), "allowed");
-    allowNextStart(state, "win11", at(-61));
-    assertEquals(takeAllowance(state, "win11", now), "expired");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(-59) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "allowed");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(-61) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "expired");
     // A window longer than an allowance lasts (the file edited): not trusted.
-    const { path } = allowNextStart(state, "win11", at(-10));
+    const { path } = allowNextStart(state, "win11", { uuid: UUID, now: at(-10) });
     const data = JSON.parse(Deno.readTextFileSync(path));
     data.expires = at(24 * 60).toISOString();
     Deno.writeTextFileSync(path, JSON.stringify(data));
-    assertEquals(takeAllowance(state, "win11", now), "expired");
-    allowNextStart(state, "win11", at(-10));
-    assertEquals(takeAllowance(state, "win11", now), "allowed");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "expired");
+    allowNextStart(state, "win11", { uuid: UUID, now: at(-10) });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "allowed");
     // One copied from another VM's file (it names "win10"), or one that is not JSON: expired,
     // and used up all the same.
-    const copied = allowNextStart(state, "win10", at(-10)).path;
+    const copied = allowNextStart(state, "win10", { uuid: UUID, now: at(-10) }).path;
     Deno.renameSync(copied, copied.replace(/win10\.json$/, "win11.json"));
-    assertEquals(takeAllowance(state, "win11", now), "expired");
-    assertEquals(takeAllowance(state, "win11", now), "none");
-    Deno.writeTextFileSync(allowNextStart(state, "win11", at(-10)).path, "{");
-    assertEquals(takeAllowance(state, "win11", now), "expired");
-    assertEquals(takeAllowance(state, "win11", now), "none");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "expired");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "none");
+    Deno.writeTextFileSync(allowNextStart(state, "win11", { uuid: UUID, now: at(-10) }).path, "{");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "expired");
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, now }), "none");
   } finally {
     Deno.removeSync(state, { recursive: true });
   }
@@ -355,7 +392,7 @@ Deno.test("an allowance lasts 60 minutes; one written while the clock stood ahea
 
 Deno.test("runGuard() consumes an allowance on a clean start too: it is for the next start only", async () => {
   await withTree(async (root, state) => {
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     assertEquals((await run(root, state, IN_PLACE)).code, 0);
     assertEquals((await run(root, state, MOVED)).code, 1);
   });
@@ -420,10 +457,10 @@ Deno.test("allowNextStart() keeps VM names that are not file names apart", async
   const dir = await Deno.makeTempDir();
   try {
     const state = `${dir}/state`;
-    const { path } = allowNextStart(state, "../etc/passwd");
+    const { path } = allowNextStart(state, "../etc/passwd", { uuid: UUID });
     assertOk(path.startsWith(`${state}/guard/allow/`), path);
-    assertEquals(takeAllowance(state, "../etc"), "none");
-    assertEquals(takeAllowance(state, "../etc/passwd"), "allowed");
+    assertEquals(takeAllowance(state, "../etc", { uuid: UUID }), "none");
+    assertEquals(takeAllowance(state, "../etc/passwd", { uuid: UUID }), "allowed");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -431,7 +468,7 @@ Deno.test("allowNextStart() keeps VM names that are not file names apart", async
 
 Deno.test("an allowance in a guard directory others may write to, or one that is a link, does not count", async () => {
   await withTree(async (root, state) => {
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     const allow = `${state}/guard/allow`;
     Deno.chmodSync(allow, 0o777);
     const open = await run(root, state, MOVED);
@@ -508,7 +545,7 @@ Deno.test("guardRefusalIssue() words an allowed start, joins every refusal and n
       "</hostdev><hostdev mode='subsystem' type='pci' managed='yes'><source><address " +
         "domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev></devices>",
     );
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     assertEquals((await run(root, state, two)).code, 0);
     const [allowed] = readRefusalRecords(state);
     const issue = guardRefusalIssue(allowed!);
@@ -543,7 +580,7 @@ Deno.test("readReloadRecords() takes a record with the daemon's name and pid, no
 
 Deno.test("a start killed between claiming its allowance and removing it leaves a claim the VM's next start removes", async () => {
   await withTree(async (root, state) => {
-    allowNextStart(state, "win11");
+    allowNextStart(state, "win11", { uuid: UUID });
     // The hook killed at that moment (its deadline, the OOM killer): SIGKILL instead of the removal.
     const code = `import { takeAllowance } from ${
       JSON.stringify(new URL("../../lib/guard/state.ts", import.meta.url).href)
@@ -553,7 +590,7 @@ Deno.test("a start killed between claiming its allowance and removing it leaves 
         if (String(path).includes(".taken-")) Deno.kill(Deno.pid, "SIGKILL");
         remove(path, options);
       };
-      takeAllowance(${JSON.stringify(state)}, "win11");`;
+      takeAllowance(${JSON.stringify(state)}, "win11", { uuid: ${JSON.stringify(UUID)} });`;
     await evalKilled(code);
     const allow = `${state}/guard/allow`;
     const names = () => [...Deno.readDirSync(allow)].map((e) => e.name);
@@ -605,7 +642,7 @@ Deno.test("a guard allow killed before renaming its allowance into place leaves 
         if (String(to).endsWith("/allow/win11.json")) Deno.kill(Deno.pid, "SIGKILL");
         rename(from, to);
       };
-      allowNextStart(${JSON.stringify(state)}, "win11");`;
+      allowNextStart(${JSON.stringify(state)}, "win11", { uuid: ${JSON.stringify(UUID)} });`;
     await evalKilled(code);
     const allow = `${state}/guard/allow`;
     assertMatch(
