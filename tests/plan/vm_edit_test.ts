@@ -1612,3 +1612,23 @@ Deno.test("planWorld() warns of a hand-added hostdev or interface whose device i
     /^Hand-added <interface type='hostdev'> 0000:0b:00\.0 of VM "my linux"/,
   );
 });
+
+Deno.test("planWorld() lists a refused VM's hand-written interface in hostdevs and keep", () => {
+  const refused = config(`  linux:
+    devices:
+      - name: gone
+        match: { vendor_device_id: "dead:beef" }
+`);
+  const linux = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e02").replace(
+    "</devices>",
+    `  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/><source><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></interface>
+  </devices>`,
+  );
+  const got = vmOf(
+    planWorld({ config: refused, host: HOST, world: dataWorld({ linux }) }),
+    "linux",
+  );
+  assertEquals(got.errors.map((e) => e.code), ["no-match"]);
+  // The definition is kept as it is: its interface stays, so `plan --json` lists it.
+  assertEquals([got.hostdevs, got.keep], [["0000:01:00.0"], ["0000:01:00.0"]]);
+});
