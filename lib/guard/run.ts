@@ -279,7 +279,10 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   }
   const listing = guardListing(options.stateDir);
   // The domain starting: policies and allowances count only for the one they were given for.
-  const uuid = () => options.xml === null ? null : readRecordsLeniently(options.xml).uuid;
+  // Read once, when first needed: each read scans the whole definition.
+  let known: { uuid: string | null } | undefined;
+  const uuid = () =>
+    (known ??= { uuid: options.xml === null ? null : readRecordsLeniently(options.xml).uuid }).uuid;
   const { policy, problem } = listing !== null && !listing.has(POLICY_FILE)
     ? { policy: ENFORCE, problem: null }
     : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm, uuid());
