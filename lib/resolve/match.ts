@@ -494,7 +494,7 @@ export function ruleBase(rule: DeviceRule) {
 
 /**
  * `no-match`: the rule matches no device, or fewer cards than it takes. With no match at all,
- * the devices that fail the fewest criteria are offered as the closest.
+ * the devices a rule could take that fail the fewest criteria are offered as the closest.
  */
 function tooFewIssue(
   rule: DeviceRule,
@@ -503,8 +503,9 @@ function tooFewIssue(
 ): PlanIssue {
   const { matched, wanted, options } = found;
   const units = found.units.length;
+  // What no rule takes is no way out: a bridge, a device behind VMD.
   const scored = host.devices
-    .filter((d) => !d.isBridge)
+    .filter((d) => !d.isBridge && !behindVmd(d))
     .map((d) => ({ d, failed: failedCriteria(d, rule.match, options) }))
     .filter((s) => s.failed.length > 0);
   const total = CRITERIA.filter(([field]) => rule.match[field] !== undefined).length;

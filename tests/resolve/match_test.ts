@@ -277,6 +277,29 @@ Deno.test("resolveRule() names the one bridge a rule by address matches", () => 
   );
 });
 
+Deno.test("resolveRule() offers no drive behind Intel VMD as the closest device to a rule", () => {
+  const drive = (bdf: string, group: number, device = "0xa808") =>
+    dev({ bdf, group, class: "0x010802", vendor: "0x144d", device, driver: "nvme" });
+  const host = topologyFromDescription({
+    devices: [
+      dev({ bdf: "0000:00:0e.0", group: 5, class: "0x010400", vendor: "0x8086", device: "0x467f" }),
+      drive("10000:e1:00.0", 12),
+      drive("10000:e2:00.0", 13),
+      drive("0000:02:00.0", 3, "0xa80a"),
+    ],
+  }, { source: "t" });
+  // No rule takes a device behind VMD: naming them sent the user to fit the rule to them.
+  const near = resolveRule(rule('match: { vendor_device_id: "144d:a809" }'), host);
+  assertEquals(near.issue?.candidates?.map((c) => c.address), ["0000:02:00.0"]);
+  assertMatch(near.issue?.message ?? "", /: closest is 0000:02:00\.0 \(device_id differs\)$/);
+  const none = resolveRule(
+    rule('match: { vendor_device_id: "144d:a808", subsystem_vendor_id: "1043" }'),
+    host,
+  );
+  assertEquals(none.issue?.candidates?.map((c) => c.address), ["0000:02:00.0"]);
+  assertEquals(none.issue?.message.includes("10000:"), false);
+});
+
 Deno.test('resolveRule() cuts a long closest list with "and N more"', () => {
   const devices = Array.from(
     { length: 10 },
