@@ -282,6 +282,10 @@ export async function computePlan(
     checkRemoteHost(libvirt.uri, sysfs, section);
     options.onConnect?.(libvirt);
     const facts = hostFactsFor(sysfs);
+    // Where the installed hook records them, whatever --state-dir says (it names the backups).
+    const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
+    // libvirt runs hooks from its own directory only; another host's tree says nothing of it.
+    const known = isLiveRoot(sysfs ?? LIVE_SYSFS) && guard.unreadable === null;
     const plan = planHostdevs({
       config,
       host,
@@ -289,9 +293,8 @@ export async function computePlan(
       facts,
       ...(inputs.vm ? { vms: inputs.vm } : {}),
       run: runFlags(inputs),
+      ...(known ? { guardHook: guard.hook !== null } : {}),
     });
-    // Where the installed hook records them, whatever --state-dir says (it names the backups).
-    const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
     await addGuardRefusals(plan, guard.stateDir);
     return {
       plan,

@@ -39,6 +39,8 @@ export interface SettleInput {
   facts?: HostFacts;
   /** The flags of this run that the `passthrough plan` a message advises repeats. */
   run?: RunFlags | undefined;
+  /** Whether the start guard is installed on the host planned; absent: unknown. */
+  guardHook?: boolean | undefined;
 }
 
 /** The VMs' plans once settled, and the resolution they were planned from. */
@@ -142,10 +144,12 @@ function planSelected(
     }, config);
   }
   const dropped = survey.orphans.includes(name);
+  const guard = input.effective.vms.find((v) => v.name === name)?.guard;
   const plan = planVm(entry.xml, entry.domain, resolution, {
     ...context,
     active: survey.active.get(name) ?? null,
     dropped,
+    ...(guard === undefined ? {} : { guard }),
     ...(config.section === undefined ? {} : { section: config.section.host }),
   });
   if (dropped) {
@@ -193,6 +197,7 @@ export function planUntilSettled(input: SettleInput): Settled {
     ...(input.facts === undefined ? {} : { facts: input.facts }),
     pools: input.pools,
     deviceControllers,
+    ...(input.guardHook === undefined ? {} : { guardHook: input.guardHook }),
   };
   const refused = new Set<string>();
   let previous = new Map<string, VmResolution>();

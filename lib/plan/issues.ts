@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Config } from "../config/config.ts";
+import type { Config, GuardPolicy } from "../config/config.ts";
 import type { LenientHostdevScan } from "../domain/lenient.ts";
 import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { DeviceIdentity, PlanIssue } from "./types.ts";
@@ -236,22 +236,42 @@ export function unreadLiveWarning(name: string, error: string): PlanIssue {
 }
 
 /**
+ * What stops a start of a VM whose `<hostdev>` names a missing device, under the VM's `guard:`
+ * `policy` (which judges hand-added elements) and `hook` (whether the start guard is installed;
+ * absent: unknown, as for a tree captured on another host). libvirt fails the start wherever the
+ * guard lets it go on.
+ */
+function missingStopper(policy: GuardPolicy, hook: boolean | undefined): string {
+  const libvirt = "libvirt fails to find the device";
+  if (hook === false) return `no start guard is installed: ${libvirt}`;
+  if (policy === "off") return `its "guard: off" has the start guard pass it, and ${libvirt}`;
+  if (policy === "warn") {
+    return `its "guard: warn" has the start guard warn and go on, and ${libvirt}`;
+  }
+  return hook === true
+    ? "the start guard refuses it"
+    : `the start guard refuses it; without the guard, ${libvirt}`;
+}
+
+/**
  * The warning for a hand-written `<hostdev>` or `<interface type='hostdev'>` of `vm` whose host
- * address holds no device: the plan never edits it, and the start guard refuses the VM's start
- * while it is so (without the guard, libvirt fails to find the device), so `plan` says it first.
+ * address holds no device: the plan never edits it, and the VM cannot start while it is so
+ * (what stops it: {@link missingStopper} of `start`), so `plan` says it first.
  */
 export function handAddedMissingWarning(
   vm: string,
   element: "hostdev" | "interface",
   { address, guest }: { address: PciAddress; guest: string | null },
+  start: { policy: GuardPolicy; hook?: boolean | undefined },
 ): PlanIssue {
   const what = element === "hostdev" ? "<hostdev>" : "<interface type='hostdev'>";
   const at = guest === null ? "" : ` (guest address ${guest})`;
   return {
     code: "hand-added-missing",
     message: `Hand-added ${what} ${address}${at} of VM "${vm}" holds no device on this host: ` +
-      `"${vm}" cannot start while it is missing (the start guard refuses it): bring the device ` +
-      `back there, or remove the element with virsh edit ${shellWord(vm)}`,
+      `"${vm}" cannot start while it is missing (${
+        missingStopper(start.policy, start.hook)
+      }): bring the device back there, or remove the element with virsh edit ${shellWord(vm)}`,
     vm,
     devices: [address],
   };

@@ -56,6 +56,12 @@ export interface PlanOptions {
    * libvirt. Default: none.
    */
   run?: RunFlags;
+  /**
+   * Whether the start guard's hook is installed on the host planned (`false`: libvirt runs none),
+   * for what stops the start of a VM whose hand-added hostdev's device is gone; absent: unknown
+   * (a tree captured on another host).
+   */
+  guardHook?: boolean;
 }
 
 /** Options of {@link planWorld}: those of {@link planHostdevs}, with the world read already. */
@@ -266,6 +272,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     pools,
     ...(options.facts === undefined ? {} : { facts: options.facts }),
     run: options.run,
+    guardHook: options.guardHook,
   };
   const settled = planUntilSettled(input);
   warnHeldByRunning(settled.vms, survey);

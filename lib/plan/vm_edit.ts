@@ -54,6 +54,7 @@ import type {
   VmPlan,
 } from "./types.ts";
 import type { VfChoice } from "../resolve/vf.ts";
+import type { GuardPolicy } from "../config/config.ts";
 
 /** What {@link planVm} needs besides the VM's definition and resolution. */
 export interface VmContext {
@@ -75,6 +76,10 @@ export interface VmContext {
   dropped?: boolean;
   /** The host section planned (`hosts:`), whose rules are the VM's here; absent: none. */
   section?: string;
+  /** The VM's `guard:` policy, which judges its hand-added hostdevs; absent: `enforce`. */
+  guard?: GuardPolicy;
+  /** Whether the start guard is installed on the host planned; absent: unknown. */
+  guardHook?: boolean;
 }
 
 /** The edit being built for one VM. */
@@ -742,11 +747,9 @@ function warnRunning(plan: VmPlan): void {
 }
 
 /** A warning for each hand-written hostdev or interface whose host address holds no device. */
-function handAddedMissing(
-  vm: string,
-  domain: ParsedDomain,
-  byAddress: ReadonlyMap<PciAddress, PciDevice>,
-): PlanIssue[] {
+function handAddedMissing(vm: string, domain: ParsedDomain, context: VmContext): PlanIssue[] {
+  const { byAddress } = context;
+  const start = { policy: context.guard ?? "enforce", hook: context.guardHook };
   const gone = (d: { address: PciAddress; owned: boolean }) =>
     !d.owned && !byAddress.has(d.address);
   const at = (d: { address: PciAddress; guestAddress: GuestPciAddress | null }) => ({
@@ -754,8 +757,12 @@ function handAddedMissing(
     guest: d.guestAddress?.address ?? null,
   });
   return [
-    ...domain.hostdevs.filter(gone).map((h) => handAddedMissingWarning(vm, "hostdev", at(h))),
-    ...domain.interfaces.filter(gone).map((i) => handAddedMissingWarning(vm, "interface", at(i))),
+    ...domain.hostdevs.filter(gone).map((h) =>
+      handAddedMissingWarning(vm, "hostdev", at(h), start)
+    ),
+    ...domain.interfaces.filter(gone).map((i) =>
+      handAddedMissingWarning(vm, "interface", at(i), start)
+    ),
   ];
 }
 
@@ -792,7 +799,7 @@ export function planVm(
       deviceControllers: context.deviceControllers,
     }),
   );
-  plan.warnings.push(...handAddedMissing(vm, domain, context.byAddress));
+  plan.warnings.push(...handAddedMissing(vm, domain, context));
   const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {
     return repairRefused(plan, domain, { resolution, context, needed });

@@ -1605,11 +1605,38 @@ Deno.test("planWorld() warns of a hand-added hostdev or interface whose device i
   ]);
   assertEquals(
     gone[0]!.message,
-    `Hand-added <hostdev> 0000:0a:00.0 (guest address 0000:00:07.0) of VM "my linux" holds no device on this host: "my linux" cannot start while it is missing (the start guard refuses it): bring the device back there, or remove the element with virsh edit 'my linux'`,
+    `Hand-added <hostdev> 0000:0a:00.0 (guest address 0000:00:07.0) of VM "my linux" holds no device on this host: "my linux" cannot start while it is missing (the start guard refuses it; without the guard, libvirt fails to find the device): bring the device back there, or remove the element with virsh edit 'my linux'`,
   );
   assertMatch(
     gone[1]!.message,
     /^Hand-added <interface type='hostdev'> 0000:0b:00\.0 of VM "my linux"/,
+  );
+  // What stops the start is what the VM's policy and the installed hook make of it.
+  const stopper = (policy: string, guardHook?: boolean) => {
+    const planned = planWorld({
+      config: config(`  my linux:\n    guard: ${policy}\n    devices: []\n`),
+      host: HOST,
+      world: dataWorld({ "my linux": linux }),
+      ...(guardHook === undefined ? {} : { guardHook }),
+    });
+    const warning = vmOf(planned, "my linux").warnings.find((w) => w.code === "hand-added-missing");
+    return /cannot start while it is missing \((.*)\): bring/.exec(warning?.message ?? "")?.[1];
+  };
+  assertEquals(
+    [
+      stopper("enforce", true),
+      stopper("warn", true),
+      stopper("warn"),
+      stopper("off", true),
+      stopper("enforce", false),
+    ],
+    [
+      "the start guard refuses it",
+      'its "guard: warn" has the start guard warn and go on, and libvirt fails to find the device',
+      'its "guard: warn" has the start guard warn and go on, and libvirt fails to find the device',
+      'its "guard: off" has the start guard pass it, and libvirt fails to find the device',
+      "no start guard is installed: libvirt fails to find the device",
+    ],
   );
 });
 
