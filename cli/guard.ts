@@ -13,6 +13,8 @@ import { allowNextStart, type GuardRefusalRecord, readRefusalRecords } from "../
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
 import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
+import { GUARD_URI } from "../lib/guard/layout.ts";
+import { followUpCommand } from "../lib/render/shell.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { connectTarget } from "./connect.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
@@ -44,10 +46,27 @@ function definedUuid(values: Parsed<typeof GUARD>["values"], vm: string, io: Cli
         "an allowance is for the VM defined under that name now; define it first" +
         ` (defined VMs: ${
           names.length === 0 ? "none" : names.map((n) => JSON.stringify(n)).join(", ")
-        })`,
+        })${elsewhere(vm, libvirt.uri, values)}`,
     );
   }
   return domain.uuid;
+}
+
+/**
+ * For a VM not found at `uri`, the command that reads it where the start guard's VMs are
+ * ({@link GUARD_URI}), when `uri` is another libvirt (the user's default, a session): empty
+ * otherwise.
+ */
+function elsewhere(vm: string, uri: string, values: Parsed<typeof GUARD>["values"]): string {
+  if (uri.replace(/\/$/, "") === GUARD_URI) return "";
+  const stateDir = values["state-dir"];
+  const hooksDir = values["hooks-dir"];
+  const again = followUpCommand(
+    { connect: GUARD_URI, ...(stateDir === undefined ? {} : { stateDir }) },
+    "passthrough guard allow",
+    { value: vm, ...(hooksDir === undefined ? {} : { options: [["--hooks-dir", hooksDir]] }) },
+  );
+  return `; the start guard's VMs are those of ${GUARD_URI}: "${again}" reads it there`;
 }
 
 /** Runs `passthrough guard allow VM`. */

@@ -25,6 +25,13 @@ import type { GuardRefusal } from "./check.ts";
  */
 export const DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks/qemu.d";
 
+/**
+ * The libvirt whose VMs the start guard's allowances are for: the system daemon, which runs the
+ * hook as root, who alone reads the state directory (a session daemon runs it as its user, who
+ * reads no allowance). `guard allow` reads the VM's UUID there, whatever the user's default URI.
+ */
+export const GUARD_URI = "qemu:///system";
+
 /** The guard's folder in the state directory. */
 export const GUARD_DIR = "guard";
 

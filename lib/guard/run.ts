@@ -38,6 +38,7 @@ import {
   DEFAULT_HOOKS_DIR,
   GUARD_DIR,
   GUARD_FOLDERS,
+  GUARD_URI,
   guardPath,
   listedRefusals,
   MAX_LISTED_REFUSALS,
@@ -535,7 +536,10 @@ function verdictLines(
   if (enforced.length > 0 && allowance !== "allowed" && allowance !== "none") {
     // A new allowance lifts only identities that changed: with a device the host needs, or
     // what could not be read, among the refusals, it would not start the VM either.
-    const allow = followUpCommand({ stateDir }, "passthrough guard allow", { value: vm });
+    // The user's default URI may be another libvirt, where the VM is not (or another one is).
+    const allow = followUpCommand({ stateDir, connect: GUARD_URI }, "passthrough guard allow", {
+      value: vm,
+    });
     const blocked = needed.length > 0 || unread.length > 0;
     if (allowance === "expired") {
       const again = blocked ? "" : `: run "${allow}" again to start it anyway`;

@@ -113,15 +113,15 @@ export type FollowUp =
 /**
  * The {@link RunFlags} that change what each follow-up does, so it must repeat them: the config,
  * tree and libvirt a plan reads, the tree `devices` lists, the state directory of backups and
- * of the start guard's allowances, the tree and libvirt `doctor` checks; and how long a libvirt
- * call may take, for each command that opens libvirt.
+ * of the start guard's allowances (and the libvirt its VM is read from), the tree and libvirt
+ * `doctor` checks; and how long a libvirt call may take, for each command that opens libvirt.
  */
 const FOLLOW_UP_FLAGS: Record<FollowUp, readonly (keyof RunFlags)[]> = {
   "passthrough plan": ["config", "host", "sysfs", "connect", "libvirtTimeout"],
   "passthrough devices": ["sysfs"],
   "passthrough backups": ["stateDir"],
   "passthrough rollback": ["connect", "libvirtTimeout", "stateDir"],
-  "passthrough guard allow": ["stateDir"],
+  "passthrough guard allow": ["connect", "stateDir"],
   "passthrough doctor": ["sysfs", "connect", "libvirtTimeout"],
 };
 

@@ -819,6 +819,14 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
       typo.stderr,
       /libvirt defines no VM "win1" \(did you mean "win11"\?\) at test:\/\/.*guard_allow\.xml: an allowance is for the VM defined under that name now; define it first/,
     );
+    // Read where the hook's VMs are, whatever the default URI is.
+    assertEquals(
+      typo.stderr.endsWith(
+        `; the start guard's VMs are those of qemu:///system: "passthrough guard allow win1 --hooks-dir ${hooks} -c qemu:///system" reads it there\n`,
+      ),
+      true,
+      typo.stderr,
+    );
     assertEquals(pathExists(`${dir}/state/guard/allow/win1.json`), false);
     // Another host's libvirt: its VM is not the one this host's hook starts.
     const remote = await runCli(
@@ -843,7 +851,7 @@ Deno.test("the installed hook refuses a moved card until guard allow lets one st
     assertEquals(impostor.code, 1, impostor.stderr);
     assertMatch(
       impostor.stderr,
-      /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 --state-dir \S+" again to start this one anyway\n$/,
+      /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 -c qemu:\/\/\/system --state-dir \S+" again to start this one anyway\n$/,
     );
     assertEquals(
       (await runCli(["guard", "allow", "win11", "--connect", GUARD_WORLD, "--hooks-dir", hooks]))

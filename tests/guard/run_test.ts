@@ -193,7 +193,7 @@ Deno.test("runGuard() refuses a VM defined under the name since the allowance, a
       refused.lines.at(-1),
       `passthrough guard: an allowance for "win11" was given for another VM defined under that ` +
         `name, not this one (UUID ${other}); it does not count and is used up: run ` +
-        `"passthrough guard allow win11 --state-dir ${state}" again to start this one anyway`,
+        `"passthrough guard allow win11 -c qemu:///system --state-dir ${state}" again to start this one anyway`,
     );
     assertEquals(readRefusalRecords(state)[0]?.allowed, false);
     assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
@@ -305,7 +305,7 @@ Deno.test("runGuard() ignores an expired allowance and says so", async () => {
     assertEquals(
       result.lines.at(-1),
       // Into the state directory this hook reads, wherever the hook was installed.
-      `passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11 --state-dir ${state}" again to start it anyway`,
+      `passthrough guard: an allowance for "win11" had expired: run "passthrough guard allow win11 -c qemu:///system --state-dir ${state}" again to start it anyway`,
     );
     assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
   });
@@ -323,7 +323,7 @@ Deno.test("runGuard() tells an allowance dated ahead of the clock from an expire
     assertEquals(result.code, 1);
     assertEquals(
       result.lines.at(-1),
-      `passthrough guard: an allowance for "win11" was dated ahead of this host's clock (the clock was set back since it was written, or it came from another host); it does not count and is used up; check the clock ("timedatectl"), then run "passthrough guard allow win11 --state-dir ${state}" on this host to start it anyway`,
+      `passthrough guard: an allowance for "win11" was dated ahead of this host's clock (the clock was set back since it was written, or it came from another host); it does not count and is used up; check the clock ("timedatectl"), then run "passthrough guard allow win11 -c qemu:///system --state-dir ${state}" on this host to start it anyway`,
     );
     assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
   });
