@@ -255,15 +255,18 @@ function sameDefinition(a: string, b: string): boolean {
 
 /**
  * Refuses a backup whose sidecar or XML names another domain than `vm` (name or uuid). A whole
- * backup of `vm` under an older uuid means `vm` was undefined and defined again: the refusal then
- * names the newest backup of the uuid it has now (`others`: `vm`'s backups), or says none is.
+ * backup of `vm` under an older uuid means `vm` was undefined and defined again, or renamed
+ * (`renamed`: the domain that holds the backup's uuid now, if any) and another defined under its
+ * name: the refusal then names the newest backup of the uuid it has now (`others`: `vm`'s
+ * backups), or says none is.
  */
 function checkBackupIsOf(
   vm: string,
   backup: BackupEntry,
   parsed: { name: string; uuid: string | null },
-  { summary, others, run }: {
+  { summary, renamed, others, run }: {
     summary: DomainSummary | null;
+    renamed: DomainSummary | null;
     others: () => BackupEntry[];
     run: RunFlags | undefined;
   },
@@ -280,24 +283,40 @@ function checkBackupIsOf(
       backupUuid: backupUuid !== summary?.uuid ? backupUuid : backup.uuid,
       path: backup.path,
       ...(redefined && summary !== null
-        ? { advice: redefinedAdvice(vm, summary.uuid, { others: others(), run }) }
+        ? {
+          advice: redefinedAdvice(vm, summary.uuid, {
+            others: others(),
+            renamed: renamed?.name ?? null,
+            run,
+          }),
+        }
         : {}),
     });
   }
 }
 
-/** What to restore into `vm`, defined again since its backups with the uuid `uuid`. */
+/**
+ * What to restore into `vm`, defined again since its backups with the uuid `uuid`; `renamed`:
+ * the name the backup's domain has now, when it was renamed rather than undefined.
+ */
 function redefinedAdvice(
   vm: string,
   uuid: string,
-  { others, run }: { others: BackupEntry[]; run: RunFlags | undefined },
+  { others, renamed, run }: {
+    others: BackupEntry[];
+    renamed: string | null;
+    run: RunFlags | undefined;
+  },
 ): string {
   const list = `"${followUpCommand(run, "passthrough backups", { value: vm })}" lists them`;
+  const since = renamed === null
+    ? "it was defined again since"
+    : `it is another VM, defined under that name since the backup's VM was renamed "${renamed}"`;
   // Newest first, as listed.
   const own = others.find((b) => b.uuid === uuid);
   return own === undefined
-    ? `it was defined again since, and no backup of "${vm}" is of its uuid; ${list}`
-    : `it was defined again since: "${
+    ? `${since}, and no backup of "${vm}" is of its uuid; ${list}`
+    : `${since}: "${
       followUpCommand(run, "passthrough rollback", { value: vm, options: [["--to", own.id]] })
     }" restores the newest backup of its uuid; ${list}`;
 }
@@ -807,15 +826,17 @@ function backupOf(
   const backup = findBackup(state, vm, options.backup, { run: options.run });
   const backupXml = readBackupXml(backup);
   const parsed = parseDomainXml(backupXml);
-  let summary: DomainSummary | null;
+  let domains: DomainSummary[];
   try {
-    summary = options.libvirt.listDomains().find((d) => d.name === vm) ?? null;
+    domains = options.libvirt.listDomains();
   } catch (error) {
     return { backup, backupXml, parsed, summary: null, unread: unreadable(vm, backup, error) };
   }
+  const summary = domains.find((d) => d.name === vm) ?? null;
   // The sidecar and the XML must both name this VM and its uuid: never redefine another domain.
   checkBackupIsOf(vm, backup, parsed, {
     summary,
+    renamed: domains.find((d) => d.name !== vm && d.uuid === backup.uuid) ?? null,
     others: () => listBackups(state, vm),
     run: options.run,
   });

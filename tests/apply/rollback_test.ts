@@ -1807,6 +1807,22 @@ Deno.test({
   },
 });
 
+Deno.test("rollbackVm() of a VM renamed and another defined under its name says it was renamed", async () => {
+  using f = fixture();
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  // virsh domrename alpha alpha-old (its uuid kept), then a new alpha with another uuid.
+  const NEW = "77777777-7777-4777-8777-777777777777";
+  const old = f.port.getPersistentXml("alpha", { secure: true });
+  undefine(f, "alpha");
+  f.port.define(old.replace("<name>alpha</name>", "<name>alpha-old</name>"));
+  f.port.define(old.replace(UUID_A, NEW));
+  await assertRejects(
+    () => rollbackVm("alpha", { libvirt: f.port, stateDir: f.stateDir, confirm: yes }),
+    BackupMismatchError,
+    `the VM has uuid "${NEW}": it is another VM, defined under that name since the backup's VM was renamed "alpha-old", and no backup of "alpha" is of its uuid; "passthrough backups alpha" lists them`,
+  );
+});
+
 Deno.test("rollbackVm() of a VM defined again with a new uuid says which backup is of it, or that none is", async () => {
   using f = fixture();
   await addHostdevs(f, "alpha", ["0000:01:00.0"]);
