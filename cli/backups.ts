@@ -9,7 +9,12 @@ import type { CliIo } from "./context.ts";
 import { type Parsed, runFlags } from "./flags.ts";
 import type { BACKUPS } from "./specs.ts";
 import { renderTable } from "./table.ts";
-import { type BackupListing, describeBackupProblem, inspectBackups } from "../lib/state/backups.ts";
+import {
+  type BackupEntry,
+  type BackupListing,
+  describeBackupProblem,
+  inspectBackups,
+} from "../lib/state/backups.ts";
 import {
   openStateDir,
   resolveStateDirPath,
@@ -18,7 +23,7 @@ import {
 } from "../lib/state/state_dir.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { redactedJson } from "../lib/render/redact.ts";
-import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
+import { followUpCommand, type RunFlags, shellWord } from "../lib/render/shell.ts";
 
 /**
  * For `backups VM` that lists none: the VM with backups whose name is closest, and how many
@@ -32,6 +37,24 @@ function otherVms(state: StateDir | null, vm: string | undefined, run: RunFlags)
   return `${didYouMean(vm, names)}; ${names.length} other VM${s} ha${
     s === "" ? "s" : "ve"
   } backups (${followUpCommand(run, "passthrough backups")} lists them)`;
+}
+
+/**
+ * A note for each VM whose backups are of several domains (UUIDs): it was undefined or renamed,
+ * and another defined under its name. `rollback` restores only a backup of the one defined now,
+ * which the listing cannot tell without libvirt.
+ */
+function uuidNotes(entries: readonly BackupEntry[]): string {
+  const byVm = new Map<string, string[]>();
+  for (const { vm, uuid } of entries) {
+    const uuids = byVm.get(vm) ?? [];
+    if (!uuids.includes(uuid)) byVm.set(vm, [...uuids, uuid]);
+  }
+  return [...byVm].filter(([, uuids]) => uuids.length > 1).map(([vm, uuids]) =>
+    `Note: the backups of ${JSON.stringify(vm)} are of ${uuids.length} VMs defined under that ` +
+    `name (UUIDs ${uuids.join(", ")}): rollback restores only those of the UUID it has now ` +
+    `(virsh domuuid ${shellWord(vm)})\n`
+  ).join("");
 }
 
 /** Runs `passthrough backups [VM]`; writes nothing. Exit 1 when a backup is damaged. */
@@ -74,6 +97,8 @@ export function run(
         ["#", "TIME", "VM", "REASON", "ID", "UUID"],
         entries.map((e) => [index(e.vm), e.time, e.vm, e.reason, e.id, e.uuid]),
       ));
+      const uuids = uuidNotes(entries);
+      if (uuids !== "") io.out(`\n${uuids}`);
     }
     if (notes !== "") io.out(`\n${notes}`);
   }

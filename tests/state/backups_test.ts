@@ -694,6 +694,34 @@ Deno.test("passthrough backups lists an incomplete backup below the table and st
   }
 });
 
+Deno.test("passthrough backups says when a VM's backups are of several VMs defined under its name", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    backupOf(state, "win 10", { second: 1 });
+    backupOf(state, "b", { second: 2 });
+    // virsh undefine, then a new "win 10": the same name, another uuid.
+    const NEW = "77777777-7777-4777-8777-777777777777";
+    writeBackup(state, {
+      vm: "win 10",
+      uuid: NEW,
+      xml: xmlOf("win 10").replace(UUID, NEW),
+      reason: "apply",
+      uri: "u",
+      now: at(3),
+    });
+    const human = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals([human.code, human.stderr], [0, ""]);
+    const [, notes] = human.stdout.split("\n\n");
+    assertEquals(
+      notes,
+      `Note: the backups of "win 10" are of 2 VMs defined under that name (UUIDs ${NEW}, ${UUID}): rollback restores only those of the UUID it has now (virsh domuuid 'win 10')\n`,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("passthrough backups --help says which backup rollback restores and how many apply keeps", async () => {
   const help = await runCli(["backups", "--help"]);
   assertEquals(help.code, 0);
