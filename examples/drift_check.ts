@@ -49,15 +49,16 @@ try {
   using libvirt = openLibvirtPort(uri ?? null, { readOnly: true });
   const plan = planHostdevs({ config, host, libvirt });
 
-  let status = 0;
+  // A refusal outranks pending changes, whichever VM comes first.
+  let refused = plan.errors.length > 0;
+  let pending = false;
   for (const issue of plan.errors) console.log(`host: refused [${issue.code}] ${issue.message}`);
-  if (plan.errors.length > 0) status = 1;
   for (const vm of plan.vms) {
     if (vm.errors.length > 0) {
-      status = 1;
+      refused = true;
       console.log(`${vm.name}: refused: ${vm.errors.map((e) => e.code).join(", ")}`);
     } else if (vm.changed) {
-      status = Math.max(status, 3);
+      pending = true;
       const moved = vm.move.map((m) => `${m.from}->${m.to}`);
       console.log(
         `${vm.name}: pending: +${vm.add.length} -${vm.remove.length}${
@@ -68,7 +69,7 @@ try {
       console.log(`${vm.name}: ok (${vm.hostdevs.join(", ") || "no hostdevs"})`);
     }
   }
-  Deno.exitCode = status === 3 ? 3 : status;
+  Deno.exitCode = refused ? 1 : pending ? 3 : 0;
 } catch (error) {
   // A missing config, an unreadable tree, libvirt down: one line, as a cron mail should say it,
   // without the password a URI given on the command line may hold.

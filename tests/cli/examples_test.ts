@@ -52,6 +52,25 @@ Deno.test("examples/drift_check.ts exits 1 when a VM is refused", async () => {
   }
 });
 
+Deno.test("examples/drift_check.ts exits 1 when a VM is refused and a VM after it has changes pending", async () => {
+  // A refusal (a card gone after a hardware change) read as "changes pending" (3) when a VM
+  // planned after the refused one had changes: the worse status must win.
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-mixed-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+    const mixed = demo.replace('"10de:1b80"', '"10de:ffff"');
+    assertMatch(mixed, /10de:ffff/);
+    Deno.writeTextFileSync(`${dir}/mixed.yaml`, mixed);
+    const out = await driftCheck(`${dir}/mixed.yaml`, `${dir}/sysfs`, `test://${DEMO}world.xml`);
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(stdout, "win10: refused: no-match\ngentoo: pending: +3 -0\n");
+    assertEquals(out.code, 1, new TextDecoder().decode(out.stderr));
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("examples/drift_check.ts checks this host's section of a config shared by hosts", async () => {
   const dir = Deno.makeTempDirSync({ prefix: "drift-check-fleet-" });
   try {
