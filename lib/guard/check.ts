@@ -246,15 +246,16 @@ export function fixCommand(vm: string): string {
 }
 
 /**
- * The fix for a hostdev passthrough did not write: removing it by hand works for any VM, and
- * `plan` offers it only for a device the host needs (`host-needed`) of a VM its config names;
- * one whose device is gone may also come back.
+ * The fix for a hostdev passthrough did not write: removing it by hand, for any VM. `plan` never
+ * removes it; for a device the host needs (`host-needed`) of a VM its config names, it says which
+ * element to delete. One whose device is gone may also come back.
  */
 function handAddedFix(vm: string, kind: GuardRefusalKind): string {
   const edit = `remove it with virsh edit ${shellWord(vm)}`;
   return kind === "missing"
     ? `${edit}, or bring its device back there`
-    : `${edit} (or ${fixCommand(vm)}, when the config names the VM)`;
+    : `${edit} (${fixCommand(vm)} says which element, when the config names the VM: ` +
+      "passthrough never removes a hostdev it did not add)";
 }
 
 /**

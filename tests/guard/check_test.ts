@@ -295,10 +295,12 @@ Deno.test("checkDomainStart() refuses a device the host needs, hand-added or rec
         `\\(default-route: default route via enp10s0\\)${HAND}$`,
     ),
   );
-  // plan refuses it too (host-needed), and says how to remove it.
+  // plan refuses it too (host-needed) and says which element to delete, but never removes it: no
+  // "or plan", which read as another way to remove it.
   assertEquals(
     refusals[2]!.fix,
-    "remove it with virsh edit win11 (or passthrough plan --vm win11, when the config names the VM)",
+    "remove it with virsh edit win11 (passthrough plan --vm win11 says which element, when the " +
+      "config names the VM: passthrough never removes a hostdev it did not add)",
   );
 });
 

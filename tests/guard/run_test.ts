@@ -253,7 +253,7 @@ Deno.test("runGuard() prints commands a shell and passthrough read as the VM's, 
     assertEquals(bridge.code, 1);
     assertMatch(
       bridge.lines[0]!,
-      / fix: remove it with virsh edit '-my lab' \(or passthrough plan --vm='-my lab', when/,
+      / fix: remove it with virsh edit '-my lab' \(passthrough plan --vm='-my lab' says which/,
     );
     assertMatch(
       bridge.lines.at(-1)!,
