@@ -11,7 +11,7 @@ import type { Config } from "../config/config.ts";
 import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
-import { heldNote } from "./issues.ts";
+import { driftWarning, heldNote } from "./issues.ts";
 import { followUpCommand, type RunFlags, shellQuote } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
@@ -225,8 +225,8 @@ export function planUntilSettled(input: SettleInput): Settled {
 
 /**
  * VMs left out by the selection are not changed, but a recorded card that is no longer where it
- * was, or a hostdev on a device the host needs now, is news about the host: their `drift` and
- * `host-needed` issues, to report plan-wide as warnings.
+ * was (moved too), or a hostdev on a device the host needs now, is news about the host: their
+ * `drift` and `host-needed` issues, to report plan-wide as warnings.
  */
 export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[] {
   const planned = new Set(input.selected);
@@ -254,7 +254,7 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
     ]);
     const planDoes = (w: PlanIssue) =>
       w.code === "drift" || (w.devices ?? []).some((d) => repaired.has(d));
-    return [...other.errors, ...other.warnings]
+    const drifted = [...other.errors, ...other.warnings]
       .filter((w) => w.code === "drift" || w.code === "host-needed")
       .map((w) => ({
         ...w,
@@ -263,6 +263,17 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
             ? `; "${name}" is left out of this plan: its own plan (${command}) does that`
             : `; "${name}" is left out of this plan (${command} plans it)`),
       }));
+    // An unrefused VM's moved card is an edit, not a warning, of its own plan: left out, its
+    // definition still names the old address, which may hold another device now.
+    const moved = other.move.flatMap((m) => {
+      const record = entry.domain.records.find((r) => r.address === m.from);
+      if (record === undefined) return [];
+      const outcome = `its card is now at ${m.to} (${m.evidence}); "${name}" is left out of ` +
+        `this plan: its own plan (${command}) follows it there`;
+      const issue = driftWarning(name, record, context.byAddress.get(m.from), outcome);
+      return [{ ...issue, devices: [m.from, m.to] }];
+    });
+    return [...drifted, ...moved];
   });
 }
 

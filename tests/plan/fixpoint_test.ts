@@ -9,6 +9,8 @@ import {
   config,
   dev,
   domainXml,
+  GPU,
+  GPU_AUDIO,
   HOST,
   host,
   LINUX,
@@ -134,6 +136,47 @@ Deno.test("planHostdevs() limited to some VMs reports the others' hostdevs on de
     assertMatch(
       hostNeeded[0]!.message,
       /mounted-filesystem: \/ on nvme0n1p2.*is left out of this plan/,
+    );
+  });
+});
+
+Deno.test("planHostdevs() limited to some VMs reports another VM's card that moved, plan-wide", async () => {
+  // A new NVMe drive took the GPU's bus: win10's definition names the drive now, and win10's own
+  // plan follows the card. `plan --vm linux` said nothing of it (a move is no drift warning).
+  const homeFs = {
+    address: GPU_ADDRESS,
+    reason: "mounted-filesystem" as const,
+    detail: "/home on nvme1n1p1",
+  };
+  const renumbered = topologyFromDescription({
+    devices: [
+      ...baseDevices(),
+      dev({ bdf: GPU_ADDRESS, group: 1, class: "0x010802", vendor: "0x144d", device: "0xa808" }),
+      { ...GPU, bdf: "0000:05:00.0", group: 5 },
+      { ...GPU_AUDIO, bdf: "0000:05:00.1", group: 5 },
+    ],
+    host_use: [homeFs],
+  }, { source: "test-host" });
+  await withPort([WIN10, LINUX], (libvirt) => {
+    const gpu = config(
+      '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+        "  linux:\n    devices: []\n",
+    );
+    libvirt.define(vmOf(planHostdevs({ config: gpu, host: HOST, libvirt }), "win10").desiredXml);
+    const own = vmOf(planHostdevs({ config: gpu, host: renumbered, libvirt }), "win10");
+    assertEquals(own.move.map((m) => [m.from, m.to]), [
+      [GPU_ADDRESS, "0000:05:00.0"],
+      ["0000:01:00.1", "0000:05:00.1"],
+    ]);
+    const limited = planHostdevs({ config: gpu, host: renumbered, libvirt, vms: ["linux"] });
+    const drift = limited.warnings.filter((w) => w.code === "drift");
+    assertEquals(drift.map((w) => [w.vm, w.devices]), [
+      ["win10", [GPU_ADDRESS, "0000:05:00.0"]],
+      ["win10", ["0000:01:00.1", "0000:05:00.1"]],
+    ]);
+    assertMatch(
+      drift[0]!.message,
+      /^Hostdev 0000:01:00\.0 of "win10" \(rule "gpu"\) was recorded as 10de:2684 .* but the address now holds 144d:a808 .*: its card is now at 0000:05:00\.0 \(same IDs and serial\); "win10" is left out of this plan: its own plan \(passthrough plan --vm win10\) follows it there$/,
     );
   });
 });
