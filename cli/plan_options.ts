@@ -332,7 +332,17 @@ async function addGuardRefusals(plan: Plan, stateDir: string): Promise<void> {
     return;
   }
   for (const record of records) {
-    plan.vms.find((vm) => vm.name === record.vm)?.warnings.unshift(guardRefusalIssue(record));
+    const vm = plan.vms.find((vm) => vm.name === record.vm);
+    if (vm === undefined) continue;
+    // What its definition names now, before this plan's changes (a refused VM's `keep` is all).
+    const named = new Set([
+      ...vm.keep,
+      ...vm.remove,
+      ...vm.move.map((m) => m.from),
+      ...vm.repair?.remove ?? [],
+      ...(vm.repair?.move ?? []).map((m) => m.from),
+    ]);
+    vm.warnings.unshift(guardRefusalIssue(record, named));
   }
 }
 

@@ -568,15 +568,30 @@ export function readReloadRecords(stateDir: string): ReloadRecord[] {
   }
 }
 
-/** The `plan` warning for the start guard's last recorded refusal of a VM's start. */
-export function guardRefusalIssue(record: GuardRefusalRecord): PlanIssue {
+/**
+ * The `plan` warning for the start guard's last recorded refusal of a VM's start. `named`: the
+ * host addresses the VM's definition names now; when it names none of the refused ones (an
+ * `apply` since followed the moved card), the warning says so, as the refusal is history.
+ */
+export function guardRefusalIssue(
+  record: GuardRefusalRecord,
+  named?: ReadonlySet<string>,
+): PlanIssue {
   const what = record.allowed ? "let it start once despite" : "refused it";
   const devices = record.refusals.flatMap((r) => r.address === null ? [] : [r.address]);
+  // Only hostdevs and interfaces: `named` holds no NVMe disk's controller nor pool entry.
+  const gone = named !== undefined && record.refusals.length > 0 && !(Number(record.more) > 0) &&
+    record.refusals.every((r) =>
+      (r.element === "hostdev" || r.element === "interface") && r.address !== null &&
+      !named.has(r.address)
+    );
   return {
     code: "guard-refused",
     message: `The start guard checked "${record.vm}" at ${record.time} and ${what}: ${
       record.refusals.map((r) => r.reason).join("; ")
-    }${typeof record.more === "number" && record.more > 0 ? `; and ${record.more} more` : ""}`,
+    }${typeof record.more === "number" && record.more > 0 ? `; and ${record.more} more` : ""}${
+      gone ? `; the definition of "${record.vm}" names none of them now` : ""
+    }`,
     vm: record.vm,
     ...(devices.length > 0 ? { devices } : {}),
   };

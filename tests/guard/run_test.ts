@@ -558,10 +558,17 @@ Deno.test("guardRefusalIssue() words an allowed start, joins every refusal and n
       issue.message,
       /^The start guard checked "win11" at \S+ and let it start once despite: hostdev 0000:0b:00\.0 [^;]+; hostdev 0000:7f:1f\.7 /,
     );
+    // Said to be history only when the definition names none of the refused addresses now.
+    const NONE = /names none of them now$/;
+    assertEquals(NONE.test(issue.message), false);
+    assertEquals(NONE.test(guardRefusalIssue(allowed!, new Set(["0000:0b:00.0"])).message), false);
+    assertMatch(guardRefusalIssue(allowed!, new Set(["0000:0c:00.0"])).message, NONE);
     // XML it cannot read names no device.
     assertEquals((await run(root, state, null)).code, 1);
-    const unreadable = guardRefusalIssue(readRefusalRecords(state)[0]!);
+    const unreadableRecord = readRefusalRecords(state)[0]!;
+    const unreadable = guardRefusalIssue(unreadableRecord);
     assertMatch(unreadable.message, / and refused it: /);
+    assertEquals(NONE.test(guardRefusalIssue(unreadableRecord, new Set()).message), false);
     assertEquals("devices" in unreadable, false);
   });
 });
