@@ -80,9 +80,9 @@ export class LibcFsError extends Error {
 }
 
 /**
- * A {@link SysfsReader} that reads through libc. Needs `--allow-ffi` only. With `fewCalls`, for
- * a process that reads a few dozen files in its whole life (the start hook), libc is bound
- * without compiling fast-call trampolines, which would cost more than the reads.
+ * A `SysfsReader` (exported by `lib/mod.ts`) that reads through libc. Needs `--allow-ffi` only.
+ * With `fewCalls`, for a process that reads a few dozen files in its whole life (the start hook),
+ * libc is bound without compiling fast-call trampolines, which would cost more than the reads.
  *
  * @example
  * ```ts

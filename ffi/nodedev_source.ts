@@ -9,7 +9,10 @@
 import type { NodeDeviceSource } from "../lib/host/nodedev.ts";
 import { Connection, type ConnectionOpenOptions } from "./connection.ts";
 
-/** A {@link NodeDeviceSource} that owns its connection: close it with `close()` or `using`. */
+/**
+ * A `NodeDeviceSource` (exported by `lib/mod.ts`) that owns its connection: close it with
+ * `close()` or `using`.
+ */
 export type OpenNodeDeviceSource = NodeDeviceSource & Disposable & { close(): void };
 
 /**

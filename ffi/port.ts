@@ -20,7 +20,10 @@ import {
 } from "./errors.ts";
 import type { Network } from "./network.ts";
 
-/** A {@link LibvirtPort} that owns its connection: close it with `close()` or `using`. */
+/**
+ * A `LibvirtPort` (exported by `lib/mod.ts`) that owns its connection: close it with `close()`
+ * or `using`.
+ */
 export type OpenLibvirtPort = LibvirtPort & Disposable & { close(): void };
 
 /**

@@ -522,7 +522,7 @@ function makeHooksDir(dir: string): void {
  * dot files too, and reads the directory at every call); what an interrupted install left there
  * is removed. A hook with the same content is rewritten when it
  * is owned by another user than `owners` (then that user could change it). Refuses to replace a
- * file that is not a passthrough hook ({@link foreignHookAdvice}).
+ * file that is not a passthrough hook.
  */
 export function installHook(
   dir: string,
@@ -832,7 +832,7 @@ export interface HookInspection {
   ours: boolean;
   /**
    * For a hook that is {@link HookInspection.ours} but whose settings this version cannot read:
-   * those {@link installCommand} still needs from it.
+   * those `hook install` still needs from it.
    */
   writtenWith?: InstallSettings;
   /** The programs and files its command names (timeout, deno, main module), with existence. */
@@ -844,9 +844,9 @@ export interface HookInspection {
    * line: `false` when anything in it was changed by hand (an `exit 0` would turn it off).
    */
   intact: boolean;
-  /** The script's revision ({@link HOOK_FORMAT}; 1 when it names none, 0 when absent). */
+  /** The script's revision (`hook install` writes the newest; 1 when it names none, 0: absent). */
   format: number;
-  /** Why another user than root could change what it runs ({@link unsafeHookPaths}). */
+  /** Why another user than root could change what it runs. */
   unsafe: UnsafePath[];
   /**
    * Temporary hook files an interrupted install left in the directory (libvirt runs them too

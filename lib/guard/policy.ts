@@ -53,7 +53,7 @@ export interface VmGuardPolicy {
    * The `<uuid>` of the VM's definition the policies were recorded for (`null`: none of that name
    * was defined then; absent: a file from before it). The file names VMs by name, and libvirt
    * lets a VM be undefined and another defined under its name: that one is judged as `enforce`
-   * until an apply records the policies for it (see {@link policyForDomain}).
+   * until an apply records the policies for it.
    */
   uuid?: string | null;
 }
@@ -575,8 +575,8 @@ export interface PolicyFileReading {
 
 /** What `readVmPolicy` (in `state.ts`) found. */
 export interface VmPolicyReading {
-  /** The VM's policy; {@link ENFORCE} when nothing names it or the file cannot be read. */
+  /** The VM's policy; `enforce` when nothing names it or the file cannot be read. */
   policy: VmGuardPolicy;
-  /** Why the file could not be read (the policy is then {@link ENFORCE}), or `null`. */
+  /** Why the file could not be read (the policy is then `enforce`), or `null`. */
   problem: string | null;
 }

@@ -78,12 +78,12 @@ export interface GuardRunOptions {
   procRoot?: string;
   /**
    * Where the status of running libvirt networks is read (their hostdev pools); default
-   * {@link NETWORK_STATUS_DIR} on the live host, none for a captured tree.
+   * `/run/libvirt/network` on the live host, none for a captured tree.
    */
   networkStatusDir?: string;
   /**
    * Where the status of running QEMU domains is read (their block disks, whose controllers the
-   * starting VM must not take); default {@link QEMU_STATUS_DIR} on the live host, none for a
+   * starting VM must not take); default `/run/libvirt/qemu` on the live host, none for a
    * captured tree.
    */
   qemuStatusDir?: string;

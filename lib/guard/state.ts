@@ -73,8 +73,7 @@ export interface GuardRefusalRecord {
    */
   refusals: (Omit<GuardRefusal, "vm" | "fix"> & { policy?: ActivePolicy })[];
   /**
-   * How many more the check found than `refusals` holds (at most {@link MAX_LISTED_REFUSALS}, see
-   * {@link listedRefusals});
+   * How many more the check found than `refusals` holds (it lists a bounded number);
    * absent when it holds them all.
    */
   more?: number;
@@ -161,9 +160,9 @@ function policyFileKind(error: unknown, path: string): "replaceable" | "director
 
 /**
  * The policy the hook applies to `vm`, whose definition's `<uuid>` is `uuid` (`null`: it cannot
- * be read), from {@link readPolicyFile}: {@link ENFORCE} when the file does not name it, is
+ * be read), from {@link readPolicyFile}: `enforce` when the file does not name it, is
  * missing, or cannot be read (then with the problem), or when its policies were recorded for
- * another domain of that name (then with why, see {@link policyForDomain}). Without `uuid`, the
+ * another domain of that name (then with why). Without `uuid`, the
  * policies as recorded, whichever domain they were recorded for: for reports, never a check.
  *
  * @example

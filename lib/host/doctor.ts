@@ -1245,7 +1245,8 @@ function loaderNotes(facts: HookDoctorFacts, libvirtVersion: string | null): Hoo
 /**
  * Runs every check. The libvirt check runs only when a probe is given, the hook check only with
  * hook facts; on a captured tree, checks it cannot answer (IOMMU units, kernel modules) are
- * left out rather than reported as unknown, and `boot-binding` says it read no `/etc`. Hints name the CPU maker's IOMMU ({@link cpuVendor}).
+ * left out rather than reported as unknown, and `boot-binding` says it read no `/etc`. Hints
+ * name the CPU maker's IOMMU (from `/proc/cpuinfo`).
  *
  * @example
  * ```ts

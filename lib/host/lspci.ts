@@ -68,7 +68,7 @@ const LSPCI_TIME_LIMIT_MS = 10_000;
 
 /**
  * The default runner: `Deno.Command("lspci", { args })`, an argument array, never a shell, with
- * {@link LSPCI_TIME_LIMIT_MS} to finish (see {@link runLspci}).
+ * 10 seconds to finish.
  */
 export function commandLspciRunner(program = "lspci"): LspciRunner {
   return (args) => runLspci(program, args, LSPCI_TIME_LIMIT_MS);

@@ -333,8 +333,8 @@ function checkGroups(
 
 /**
  * Discovers the host through libvirt's node-device API: lists the PCI node devices of `source`
- * (see `ffi/nodedev_source.ts` for the real one) and reads them with
- * {@link topologyFromNodeDevices}. The topology's `source` is the connection's URI.
+ * (see `ffi/nodedev_source.ts` for the real one) and reads each one's XML
+ * into the topology. The topology's `source` is the connection's URI.
  *
  * For comparing and listing only: libvirt cannot say what the host uses (its disks, routes,
  * console), so the topology's `hostUse` is unknown and every plan of it is refused

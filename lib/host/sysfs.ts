@@ -16,7 +16,7 @@ export interface SysfsReader {
   /**
    * Entries of a directory with their kinds as the listing gives them (links not followed), or
    * `null` when it is missing; optional, for the captured-tree check
-   * ({@link checkCapturedTree}), which lists every device's directory.
+   * (`snapshot --check`, `doctor --sysfs`), which lists every device's directory.
    */
   listEntries?(path: string): DirectoryEntry[] | null;
   /** A small text file's contents as is, or `null` when it is missing or unreadable. */
@@ -71,7 +71,7 @@ const TEXT_LIMIT = 65536;
  * Permission errors are thrown, not turned into `null`, so a missing flag is reported as such.
  *
  * Deno cannot open a file non-blocking, so each file's type is checked first (links followed):
- * only regular files are read, at most {@link TEXT_LIMIT} bytes of text or the bytes asked for.
+ * only regular files are read, at most 64 KiB of text or the bytes asked for.
  * A FIFO, device node or socket planted in a tree reads as unreadable (`null`): opening a FIFO
  * blocks until a writer appears, a terminal blocks on read, and `/dev/zero` never ends.
  *

@@ -132,10 +132,11 @@ const FLAG_NAMES: Partial<Record<keyof RunFlags, string>> = {
 };
 
 /**
- * `command` as the user should run it next: `VALUE` (one positional, as {@link positionalCommand}
- * writes it), `options` (`[FLAG, VALUE]` pairs), then those of `run`'s flags that `command` takes,
- * so it reads the same config, tree, libvirt and state directory as this run. A URI with a
- * password is never printed to re-run with: `-c URI` stands in for it, and the text says so.
+ * `command` as the user should run it next: `VALUE` (one positional, quoted for `sh`, last and
+ * after `--` when it starts with `-`), `options` (`[FLAG, VALUE]` pairs), then those of `run`'s
+ * flags that `command` takes, so it reads the same config, tree, libvirt and state directory as
+ * this run. A URI with a password is never printed to re-run with: `-c URI` stands in for it, and
+ * the text says so.
  *
  * @example
  * ```ts

@@ -304,8 +304,9 @@ export function toCandidate(device: PciDevice): Candidate {
 }
 
 /**
- * The functions of one card ({@link cardOf}; a VF's card is its PF's) that one rule matched
- * inside one IOMMU group: one card as far as `count` goes.
+ * The functions of one card (its vendor's functions at one slot, a function of its own on bus 0;
+ * a VF's card is its PF's) that one rule matched inside one IOMMU group: one card as far as
+ * `count` goes.
  */
 export interface MatchUnit {
   /** The IOMMU group, or `null` on a host without groups. */

@@ -44,8 +44,8 @@ export interface BackupEntry {
   /** The VM's uuid when the backup was taken. */
   uuid: string;
   /**
-   * When it was taken, ISO 8601 UTC; never before the VM's previous backup (see
-   * {@link writeBackup}), so it orders the VM's backups as they were written.
+   * When it was taken, ISO 8601 UTC; never before the VM's previous backup, so it
+   * orders the VM's backups as they were written.
    */
   time: string;
   /** Why the backup was taken. */

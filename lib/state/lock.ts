@@ -4,13 +4,13 @@
  * give one device to a different VM.
  *
  * Which lock: one per connection, named after a hash of its URI in a canonical form
- * ({@link lockUri}: scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
+ * (scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
  * without a user name, trailing slashes and every query parameter but `socket` dropped), so
  * `qemu:///system` and `qemu+unix:///system/` share a lock. Two spellings that reach one daemon
  * through different names (`qemu+ssh://host` and `qemu+ssh://alias`, or a socket path given
  * explicitly) cannot be recognised as one host and lock apart.
  *
- * Where: in {@link LOCK_DIR} (`/run/passthrough`, created 0700: on tmpfs, so gone at boot, and
+ * Where: in `/run/passthrough` (created 0700: on tmpfs, so gone at boot, and
  * writable by root only, so no other user can plant or hold the lock). A process that cannot use
  * it (not root) keeps the lock in its state directory instead: runs of that user sharing a state
  * directory still exclude each other, but not runs with another state directory; run `apply` as
@@ -55,7 +55,7 @@ export interface LockHolder {
   startedAt: string;
   /** `apply`, `rollback`, ... */
   command: string;
-  /** The libvirt connection locked ({@link lockUri}), for a connection lock. */
+  /** The libvirt connection locked (its URI in canonical form), for a connection lock. */
   uri?: string;
 }
 
@@ -90,7 +90,7 @@ export interface StateLock extends Disposable {
   readonly holder: LockHolder;
   /** The holder of a stale lock that was broken to get this one, else `null`. */
   readonly brokeStale: LockHolder | null;
-  /** The connection it serialises ({@link lockUri}). */
+  /** The connection it serialises (its URI in canonical form). */
   readonly uri: string;
   /** Releases the lock (idempotent). */
   release(): void;
@@ -100,7 +100,7 @@ export interface StateLock extends Disposable {
 export interface ConnectionLockOptions {
   /** Written into the lock for whoever finds it held: `apply`, `rollback`. */
   command: string;
-  /** The state directory, already opened: where the lock goes when {@link LOCK_DIR} cannot. */
+  /** The state directory, already opened: where the lock goes when `/run/passthrough` cannot. */
   stateDir: string;
 }
 
@@ -293,7 +293,7 @@ export function connectionLockPath(uri: string, stateDir: string): string {
 }
 
 /**
- * Takes the lock of the libvirt connection `uri` ({@link connectionLockPath}), or throws
+ * Takes the lock of the libvirt connection `uri`, or throws
  * {@link LockHeldError} at once (no waiting) naming its holder when a live process holds it. A
  * lock whose holder died is broken, and reported in `brokeStale`.
  *

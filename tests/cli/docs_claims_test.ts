@@ -508,3 +508,44 @@ Deno.test("README: every code it lists as what plans emit and apply reports is o
     [...new Set([...rollbackStatuses, ...rollbackCodes])].sort(),
   );
 });
+
+Deno.test("JSDoc: every {@link} of a deno.json export names a symbol that export documents", async () => {
+  // `deno doc --lint` passes a link to a name the module does not export, and `deno doc --html`
+  // then prints the bare name: a reader of that page finds nothing by it.
+  const exports = JSON.parse(read("deno.json")).exports as Record<string, string>;
+  const dangling: string[] = [];
+  for (const file of Object.values(exports)) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["doc", "--json", file],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    const nodes = JSON.parse(new TextDecoder().decode(out.stdout)).nodes;
+    const symbols: { name: string }[] = Object.values(nodes).flatMap((
+      node,
+    ) => (node as { symbols: { name: string }[] }).symbols);
+    const byName = new Map(symbols.map((symbol) => [symbol.name, JSON.stringify(symbol)]));
+    const visit = (value: unknown, where: string): void => {
+      if (Array.isArray(value)) return value.forEach((item) => visit(item, where));
+      if (typeof value !== "object" || value === null) return;
+      const record = value as Record<string, unknown>;
+      const location = record.location as { filename: string; line: number } | undefined;
+      const here = location
+        ? `${location.filename.replace(ROOT.href, "")}:${location.line}`
+        : where;
+      const doc = (record.jsDoc as { doc?: string } | undefined)?.doc ?? "";
+      for (const [, target] of doc.matchAll(/\{@link(?:code|plain)?\s+([^\s}|]+)/g)) {
+        const [name, member] = target!.split(".");
+        const symbol = byName.get(name!);
+        const found = symbol !== undefined &&
+          (member === undefined || symbol.includes(`"name":"${member}"`));
+        if (!found && !/^https?:/.test(target!)) dangling.push(`${file} ${here}: ${target}`);
+      }
+      for (const item of Object.values(record)) visit(item, here);
+    };
+    visit(symbols, file);
+  }
+  assertEquals([...new Set(dangling)], []);
+});
