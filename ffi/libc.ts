@@ -1,7 +1,7 @@
 /**
  * libc's functions, bound with `Deno.dlopen("libc.so.6")` in one place for the whole tool: the file
  * calls of the sysfs reader (`libc_fs.ts`), `free()` for what libvirt allocates, `getenv`,
- * `getpwuid`, `kill`, and `getrusage` for the benchmarks. Each is bound on first use, so importing needs nothing.
+ * `getpwuid`, `getuid`, `kill`, and `getrusage` for the benchmarks. Each is bound on first use, so importing needs nothing.
  *
  * @module
  */
@@ -42,6 +42,8 @@ const SIGNATURES = {
   getenv: { parameters: ["buffer"], result: "pointer" },
   // struct passwd *getpwuid(uid_t uid);
   getpwuid: { parameters: ["u32"], result: "pointer" },
+  // uid_t getuid(void);
+  getuid: { parameters: [], result: "u32" },
   // int getrusage(int who, struct rusage *usage);
   getrusage: { parameters: ["i32", "buffer"], result: "i32" },
 } as const;

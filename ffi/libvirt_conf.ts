@@ -11,6 +11,7 @@
 
 import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
+import { readRegularFile } from "./libc_fs.ts";
 import { libvirtConfUri } from "../lib/config/uri.ts";
 import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 
@@ -31,7 +32,7 @@ const PW_DIR_OFFSET = 32;
  * `g_get_home_dir()` takes it when `HOME` is unset; `null` when there is no such entry.
  */
 function passwdHome(): string | null {
-  const entry = libc().getpwuid(Deno.uid()!);
+  const entry = libc().getpwuid(libc().getuid());
   if (entry === null) return null;
   const dir = borrowCString(new Deno.UnsafePointerView(entry).getPointer(PW_DIR_OFFSET));
   return dir === null || dir === "" ? null : dir;
@@ -43,7 +44,7 @@ function passwdHome(): string | null {
  * is `HOME` or, unset, the passwd entry's home (a service or `env -u HOME` still has a file there).
  */
 function confPath(): string | null {
-  if (Deno.uid() === 0) return "/etc/libvirt/libvirt.conf";
+  if (libc().getuid() === 0) return "/etc/libvirt/libvirt.conf";
   const home = environment("HOME") ?? passwdHome();
   const config = environment("XDG_CONFIG_HOME") ?? (home === null ? null : `${home}/.config`);
   return config === null ? null : `${config}/libvirt/libvirt.conf`;
@@ -65,10 +66,8 @@ export function libvirtUriFor(uri: string | null): string | null {
     const path = confPath();
     // A file only, of the size libvirt reads at most: a FIFO no one writes, or a link to a
     // device, would hold this read with no deadline over it (libvirt's own read of it has one).
-    const info = path === null ? null : Deno.statSync(path);
-    if (path !== null && info?.isFile && info.size <= MAX_CONF_BYTES) {
-      text = Deno.readTextFileSync(path);
-    }
+    // Through libc, as libvirt reads it: Deno's calls need permissions a script may lack.
+    text = (path === null ? null : readRegularFile(path, MAX_CONF_BYTES)) ?? "";
   } catch {
     // None there, or not readable by this user: libvirt reads none either.
   }

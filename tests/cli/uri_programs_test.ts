@@ -222,6 +222,54 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "a library script refuses libvirt.conf's program URI with --allow-ffi alone",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    // libvirt reads libvirt.conf through C whatever Deno allows: the check must read it so too.
+    // It read the file with Deno's own calls and the uid with Deno.uid(), and took a refused
+    // permission for no file: docs/PERMISSIONS.md's set for a library script (no --allow-sys=uid)
+    // opened the URI and libvirt ran the program.
+    const dir = Deno.makeTempDirSync({ prefix: "passthrough-uri-library-" });
+    try {
+      const { script, mark } = planted(dir);
+      Deno.writeTextFileSync(
+        `${dir}/libvirt.conf`,
+        `uri_default = "qemu+ext:///system?command=${script}"\n`,
+      );
+      Deno.writeTextFileSync(
+        `${dir}/open.ts`,
+        `import { openLibvirtPort } from "${
+          new URL("../../ffi/mod.ts", import.meta.url).href
+        }";\n` +
+          `try { openLibvirtPort(null).close(); } catch (e) { console.log((e as Error).name); }\n`,
+      );
+      const permissionSets = [
+        ["--allow-ffi"],
+        ["--allow-ffi", "--allow-read", "--allow-sys=hostname"],
+      ];
+      for (const permissions of permissionSets) {
+        const out = await new Deno.Command("unshare", {
+          args: [
+            ...["-m", "--propagation", "private", "sh", "-c"],
+            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
+            ...["sh", Deno.execPath(), "run", "--quiet", "--no-prompt", ...permissions],
+            `${dir}/open.ts`,
+          ],
+          env: { NO_COLOR: "1" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const said = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+        assertEquals(said, "UriProgramError\n", permissions.join(" "));
+        assertOk(!pathExists(mark), `${permissions.join(" ")}: libvirt ran the program`);
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("a test-driver URI naming a FIFO or a directory is refused at once, never read", async () => {
   await using tree = await demoTree();
   const fifo = `${tree.dir}/world.fifo`;
