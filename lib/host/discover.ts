@@ -132,6 +132,28 @@ const READ_ATTEMPTS = 3;
  * ```
  */
 export async function discoverHost(options: DiscoverOptions = {}): Promise<HostTopology> {
+  try {
+    return await discover(options);
+  } catch (error) {
+    // Deno's message says to run with --allow-all; a script needs only libc's reader, which
+    // lib/ cannot default to (it binds no C).
+    if (
+      options.reader !== undefined || !(error instanceof Deno.errors.NotCapable) ||
+      !/ access to "\/(sys|proc)\//.test(error.message)
+    ) {
+      throw error;
+    }
+    throw new Deno.errors.NotCapable(
+      `${error.message}: Deno's file API, which discoverHost reads with unless given a reader, ` +
+        "cannot read /sys or /proc without it; pass `reader: libcSysfsReader()` " +
+        "(from passthrough's ./ffi), which needs --allow-ffi only",
+      { cause: error },
+    );
+  }
+}
+
+/** What {@link discoverHost} does, its errors as they come. */
+async function discover(options: DiscoverOptions): Promise<HostTopology> {
   const root = (options.root ?? "/sys").replace(/(.)\/+$/, "$1");
   const reader = options.reader ?? denoFsReader();
   const live = options.live ?? root === "/sys";

@@ -606,3 +606,30 @@ Deno.test("discoverHost() without lspci leaves names unknown and modules empty, 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("discoverHost() without a reader says to pass libcSysfsReader() when Deno refuses /sys", async () => {
+  // Deno's own message says to run with --allow-all, which the library never needs: the live
+  // /sys is read through libc, given as the reader.
+  const script = `import { discoverHost } from "${
+    new URL("../../lib/mod.ts", import.meta.url).href
+  }";\ntry { await discoverHost({ lspci: null }); } catch (e) { console.log(\`\${(e as Error).name}: \${(e as Error).message}\`); }\n`;
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-discover-reader-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/live.ts`, script);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        ...["run", "--quiet", "--no-prompt", "--allow-read", "--allow-ffi"],
+        ...["--config", new URL("../../deno.json", import.meta.url).pathname, `${dir}/live.ts`],
+      ],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const said = new TextDecoder().decode(out.stdout);
+    assertEquals(new TextDecoder().decode(out.stderr), "");
+    assertMatch(said, /^NotCapable: Requires all access to "\/sys\/bus\/pci\/devices"/);
+    assertMatch(said, /pass `reader: libcSysfsReader\(\)` \(from passthrough's \.\/ffi\)/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
