@@ -6,7 +6,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { main } from "../../main.ts";
+import { describeError, main } from "../../main.ts";
 import type { CliIo } from "../../cli/context.ts";
 import { applyPlan, discoverHost, loadConfig, planHostdevs, redactedJson } from "../../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/mod.ts";
@@ -252,6 +252,43 @@ Deno.test("docs/LIBRARY.md: a project in another directory links the checkout an
     const stderr = new TextDecoder().decode(out.stderr);
     assertEquals([out.code, stderr], [0, ""]);
     assertMatch(new TextDecoder().decode(out.stdout), /^\d+ PCI functions\n$/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("docs/LIBRARY.md: describeError() prints a library error as the CLI does, causes and all", async () => {
+  // An error's message alone leaves out its cause: a StateDirError says which directory, its
+  // cause why (the system's refusal), and the CLI prints both.
+  assertMatch(PROSE, /print one as the CLI does with `describeError\(error\)` \(from `\.\/cli`\)/);
+  const demo = new URL("demo/", ROOT).pathname;
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-error-" });
+  try {
+    buildHostTree(loadHostDescription(`${demo}host.json`), `${dir}/sysfs`);
+    // A directory no one can make, root included: its message names it, its cause says why.
+    const stateDir = "/proc/passthrough-library-error";
+    const uri = `test://${demo}world.xml`;
+    const config = `${demo}passthrough_config.yaml`;
+    let err = "";
+    const io: CliIo = {
+      out: () => {},
+      err: (text) => void (err += text),
+      color: false,
+      interactive: false,
+      readLine: () => Promise.resolve(null),
+      env: () => undefined,
+    };
+    const args = ["apply", "--yes", "--sysfs", `${dir}/sysfs`, "-f", config, "-c", uri];
+    assertEquals(await main([...args, "--state-dir", stateDir], io), 1);
+
+    const host = await discoverHost({ root: `${dir}/sysfs` });
+    using libvirt = openLibvirtPort(uri);
+    const plan = planHostdevs({ config: await loadConfig(config), host, libvirt });
+    const confirm = () => Promise.resolve("yes" as const);
+    const error = await applyPlan(plan, { libvirt, stateDir, confirm }).then(() => null, (e) => e);
+    assertOk(error instanceof Error);
+    assertEquals(`passthrough apply: ${describeError(error)}\n`, err);
+    assertOk(!err.includes(`: ${error.message}\n`), "the message alone is all the CLI says");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
