@@ -10,7 +10,7 @@
 
 import { type CliIo, UsageError } from "./context.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
-import { libvirtUriFor, refuseUriPrograms } from "../ffi/libvirt_conf.ts";
+import { checkTestDriverFile, libvirtUriFor, refuseUriPrograms } from "../ffi/libvirt_conf.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -112,36 +112,6 @@ export function checkConnectUri(
 
 /** How a refused URI is allowed on the command line. */
 const ALLOW_HINT = `Pass --allow-uri-programs if that is meant (see README, "Security notes").`;
-
-/**
- * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:
- * libvirt reads a FIFO until a writer comes (forever) and a directory or `/dev/zero` with parser
- * noise on stderr. A missing file is libvirt's to report.
- */
-function checkTestDriverFile(uri: string, origin: string): void {
-  const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
-  if (written === undefined || written === "/default") return;
-  let path = written;
-  try {
-    // libvirt reads the path percent-decoded (`%66ifo` is `fifo`).
-    path = decodeURIComponent(written);
-  } catch {
-    // Not decodable: libvirt refuses that URI itself.
-  }
-  let isFile: boolean;
-  try {
-    isFile = Deno.statSync(path).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return;
-    throw new Error(`Cannot use libvirt URI "${uri}" (${origin})`, { cause: error });
-  }
-  if (!isFile) {
-    throw new Error(
-      `Cannot use libvirt URI "${uri}" (${origin}): its test driver would read "${path}", ` +
-        "which is not a regular file; name a world XML file",
-    );
-  }
-}
 
 /**
  * The URI of `--connect` (else `LIBVIRT_DEFAULT_URI`, else `null`), checked (see above), with

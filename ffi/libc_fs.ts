@@ -304,6 +304,33 @@ class LibcFile implements SysfsFile {
 }
 
 /**
+ * What `path` is, links followed, asked through libc (with `--allow-ffi` alone, where Deno's own
+ * `stat` needs `--allow-read`): a regular file with its size, `"other"` (a directory, FIFO,
+ * device, socket), or `"missing"` (also when this user may not look).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * assertEquals(fileKind("/dev/null"), { kind: "other" });
+ * assertEquals(fileKind("/nonexistent/passthrough"), { kind: "missing" });
+ * ```
+ */
+export function fileKind(
+  path: string,
+): { kind: "file"; size: number } | { kind: "other" } | { kind: "missing" } {
+  const info = new Uint8Array(STATX_SIZE);
+  const mask = STATX_TYPE | STATX_SIZE_BIT;
+  if (libc().statx(AT_FDCWD, cPath(path), AT_STATX_DONT_SYNC, mask, info) !== 0) {
+    return { kind: "missing" };
+  }
+  const view = new DataView(info.buffer);
+  if ((view.getUint16(STATX_MODE_OFFSET, LITTLE_ENDIAN) & S_IFMT) !== S_IFREG) {
+    return { kind: "other" };
+  }
+  return { kind: "file", size: Number(view.getBigUint64(STATX_SIZE_OFFSET, LITTLE_ENDIAN)) };
+}
+
+/**
  * The text of `path` when it is a regular file (links followed) of at most `maxBytes`, else
  * `null`: missing, of another kind (a FIFO or device is never read, so never blocks) or larger.
  * Through libc, as a C library reads its config, so with `--allow-ffi` alone: Deno's own calls
@@ -317,16 +344,10 @@ class LibcFile implements SysfsFile {
  * ```
  */
 export function readRegularFile(path: string, maxBytes: number): string | null {
-  const lib = libc();
-  const info = new Uint8Array(STATX_SIZE);
-  const mask = STATX_TYPE | STATX_SIZE_BIT;
-  if (lib.statx(AT_FDCWD, cPath(path), AT_STATX_DONT_SYNC, mask, info) !== 0) return null;
-  const view = new DataView(info.buffer);
-  if ((view.getUint16(STATX_MODE_OFFSET, LITTLE_ENDIAN) & S_IFMT) !== S_IFREG) return null;
-  const size = Number(view.getBigUint64(STATX_SIZE_OFFSET, LITTLE_ENDIAN));
-  if (size > maxBytes) return null;
+  const found = fileKind(path);
+  if (found.kind !== "file" || found.size > maxBytes) return null;
   // Opened without blocking: a FIFO put in its place since reads as empty.
-  const bytes = new LibcReader(lib).readBytes(path, size);
+  const bytes = new LibcReader(libc()).readBytes(path, found.size);
   return bytes === null ? null : new TextDecoder().decode(bytes);
 }
 

@@ -11,7 +11,7 @@
 
 import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
-import { readRegularFile } from "./libc_fs.ts";
+import { fileKind, readRegularFile } from "./libc_fs.ts";
 import { libvirtConfUri } from "../lib/config/uri.ts";
 import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 
@@ -72,6 +72,43 @@ export function libvirtUriFor(uri: string | null): string | null {
     // None there, or not readable by this user: libvirt reads none either.
   }
   return libvirtConfUri(uri, environment("LIBVIRT_DEFAULT_URI"), text);
+}
+
+/**
+ * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:
+ * libvirt reads a FIFO until a writer comes (forever) and a directory or `/dev/zero` with parser
+ * noise on stderr. A missing file is libvirt's to report. `origin` is named beside the URI.
+ *
+ * @example
+ * ```ts
+ * import { checkTestDriverFile } from "./libvirt_conf.ts";
+ * checkTestDriverFile("test:///default");
+ * checkTestDriverFile("test:///nonexistent/world.xml");
+ * let refused = false;
+ * try {
+ *   checkTestDriverFile("test:///dev/null", "--connect");
+ * } catch {
+ *   refused = true;
+ * }
+ * if (!refused) throw new Error("a device was let through");
+ * ```
+ */
+export function checkTestDriverFile(uri: string, origin?: string): void {
+  const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
+  if (written === undefined || written === "/default") return;
+  let path = written;
+  try {
+    // libvirt reads the path percent-decoded (`%66ifo` is `fifo`).
+    path = decodeURIComponent(written);
+  } catch {
+    // Not decodable: libvirt refuses that URI itself.
+  }
+  if (fileKind(path).kind === "other") {
+    throw new Error(
+      `Cannot use libvirt URI "${uri}"${origin === undefined ? "" : ` (${origin})`}: ` +
+        `its test driver would read "${path}", which is not a regular file; name a world XML file`,
+    );
+  }
 }
 
 /**

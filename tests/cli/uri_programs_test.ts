@@ -312,3 +312,47 @@ Deno.test("a test-driver URI naming a FIFO or a directory is refused at once, ne
     }
   }
 });
+
+Deno.test("openLibvirtPort() refuses a test-driver URI naming a FIFO or a directory at once", async () => {
+  // The CLI checked it before opening; a library script opened it, and libvirt waited on the
+  // FIFO for a writer forever. Run with --allow-ffi alone: the check needs no read permission.
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-uri-fifo-" });
+  try {
+    const fifo = `${dir}/world.fifo`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const script = `${dir}/open.ts`;
+    Deno.writeTextFileSync(
+      script,
+      `import { openLibvirtPort } from "${new URL("../../ffi/mod.ts", import.meta.url).href}";\n` +
+        `try { openLibvirtPort(Deno.args[0]!).close(); console.log("opened"); }\n` +
+        `catch (e) { console.log((e as Error).message); }\n`,
+    );
+    for (const path of [fifo, dir]) {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--quiet", "--no-prompt", "--allow-ffi", script, `test://${path}`],
+        env: { NO_COLOR: "1" },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      const said = new TextDecoder().decode(out.stdout);
+      assertEquals(new TextDecoder().decode(out.stderr), "", path);
+      assertMatch(
+        said,
+        new RegExp(
+          `^Cannot use libvirt URI "test://${path}": its test driver would read "${path}", which is not a regular file`,
+        ),
+      );
+    }
+    // A world file opens, with --allow-ffi alone.
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const opened = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", "--no-prompt", "--allow-ffi", script, `test://${world}`],
+      stdout: "piped",
+    }).output();
+    assertEquals(new TextDecoder().decode(opened.stdout), "opened\n");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
