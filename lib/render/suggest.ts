@@ -37,6 +37,13 @@ function distance(a: string, b: string): number {
  * ```
  */
 export function closestName(word: string, candidates: readonly string[]): string | null {
+  // The same name written another way (é as one character or as e and an accent, a full-width
+  // letter, another case) shows the same, at any length: edit distance counts the code units.
+  const composed = word.normalize("NFC");
+  const folded = fold(word);
+  const same = candidates.find((c) => c.normalize("NFC") === composed) ??
+    candidates.find((c) => fold(c) === folded);
+  if (same !== undefined) return same;
   const lower = word.toLowerCase();
   let best: string | null = null;
   let bestDistance = Math.max(1, Math.floor(word.length / 3));
@@ -58,8 +65,53 @@ export function closestName(word: string, candidates: readonly string[]): string
     }) ?? null;
 }
 
-/** ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`. */
+/** `text` in compatibility form (NFKC: composed, full-width and ligatures made plain), lower case. */
+function fold(text: string): string {
+  return text.normalize("NFKC").toLowerCase();
+}
+
+/** `text` quoted as JSON, every character outside printable ASCII written as a `\uXXXX` escape. */
+function escapedQuote(text: string): string {
+  return JSON.stringify(text).replace(
+    /[^\x20-\x7e]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/**
+ * ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`. Where the two differ
+ * in a character outside ASCII, which may look like another one or like none (`café` composed and
+ * decomposed, a Cyrillic `і` for `i`), both are written escaped too, or the question shows two
+ * names that read the same.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(didYouMean("wn11", ["win11"]), ' (did you mean "win11"?)');
+ * assertEquals(
+ *   didYouMean("cafe\u0301", ["caf\u00e9"]),
+ *   ' (did you mean "caf\u00e9"? that is "caf\\u00e9", this is "cafe\\u0301")',
+ * );
+ * ```
+ */
 export function didYouMean(word: string, candidates: readonly string[]): string {
   const name = closestName(word, candidates);
-  return name === null ? "" : ` (did you mean "${name}"?)`;
+  if (name === null) return "";
+  if (!differsOutsideAscii(word, name)) return ` (did you mean "${name}"?)`;
+  return ` (did you mean "${name}"? that is ${escapedQuote(name)}, this is ${escapedQuote(word)})`;
+}
+
+/** Whether what differs between `a` and `b`, their common start and end cut, holds a non-ASCII character. */
+function differsOutsideAscii(a: string, b: string): boolean {
+  let start = 0;
+  while (start < a.length && start < b.length && a[start] === b[start]) start++;
+  let end = 0;
+  while (
+    end < a.length - start && end < b.length - start &&
+    a[a.length - 1 - end] === b[b.length - 1 - end]
+  ) end++;
+  // deno-lint-ignore no-control-regex
+  const outside = /[^\x00-\x7f]/;
+  return outside.test(a.slice(start, a.length - end)) ||
+    outside.test(b.slice(start, b.length - end));
 }

@@ -4,7 +4,7 @@
  */
 
 import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
-import { HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
+import { domainXml, HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
 import { config } from "../helpers/plan_world.ts";
 import { Connection, openLibvirtPort } from "../../ffi/mod.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -170,6 +170,27 @@ Deno.test("planHostdevs() reports a configured VM libvirt does not know as unkno
     // The closest name libvirt knows, for a typo in the config.
     assertMatch(vm.errors[0]!.message, /fix the name in the config \(did you mean "win10"\?\)$/);
     assertEquals(vm.errors[0]!.location, "passthrough_config.yaml:3:3");
+  });
+});
+
+Deno.test("planHostdevs() refuses a VM named as libvirt's but decomposed, and shows both escaped", async () => {
+  // libvirt compares names byte for byte: "café" with é as one character is another domain than
+  // "café" as e and an accent, and the two print the same.
+  const composed = "caf\u00e9";
+  const decomposed = "cafe\u0301";
+  await withPort([domainXml(composed, "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e09")], (libvirt) => {
+    const plan = planHostdevs({
+      config: config(`  ${decomposed}:\n    devices: []\n`),
+      host: HOST,
+      libvirt,
+    });
+    const vm = vmOf(plan, decomposed);
+    assertEquals(vm.errors.map((e) => e.code), ["unknown-vm"]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /\(did you mean "caf\u00e9"\? that is "caf\\u00e9", this is "cafe\\u0301"\)$/,
+    );
+    assertEquals(plan.vms.map((v) => v.name), [decomposed]);
   });
 });
 

@@ -29,3 +29,27 @@ Deno.test("didYouMean says the closest name, or nothing", () => {
   assertEquals(didYouMean("plna", ["plan"]), ` (did you mean "plan"?)`);
   assertEquals(didYouMean("xyz", ["plan"]), "");
 });
+
+Deno.test("closestName takes a name written another way (composed, full-width, another case) at any length", () => {
+  // Edit distance counts UTF-16 units: "é" as e and an accent is two edits from "é", too far in
+  // four letters, and a full-width name is every letter away.
+  assertEquals(closestName("cafe\u0301", ["router", "caf\u00e9"]), "caf\u00e9");
+  assertEquals(closestName("\uff57\uff49\uff4e\uff11\uff10", ["win10"]), "win10");
+  assertEquals(closestName("cafe", ["caf\u00e9"]), "caf\u00e9"); // still a typo away, as before
+  // The one written the same but for composition before one in another case.
+  assertEquals(closestName("cafe\u0301", ["Caf\u00e9", "caf\u00e9"]), "caf\u00e9");
+});
+
+Deno.test("didYouMean writes both names escaped where they differ outside ASCII", () => {
+  assertEquals(
+    didYouMean("cafe\u0301", ["caf\u00e9"]),
+    ' (did you mean "caf\u00e9"? that is "caf\\u00e9", this is "cafe\\u0301")',
+  );
+  // A Cyrillic "\u0456" for "i" reads the same.
+  assertEquals(
+    didYouMean("w\u0456n10", ["win10"]),
+    ' (did you mean "win10"? that is "win10", this is "w\\u0456n10")',
+  );
+  // Where the difference is ASCII it shows: a name holding other letters is not escaped for it.
+  assertEquals(didYouMean("caf\u00e9-vm", ["caf\u00e9-vn"]), ' (did you mean "caf\u00e9-vn"?)');
+});
