@@ -46,7 +46,7 @@ import {
   type StringSchema,
 } from "./schema.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
-import { closestName } from "../render/suggest.ts";
+import { suggestion } from "../render/suggest.ts";
 import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
 
@@ -694,13 +694,12 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   }
   if (schema.enum) {
     if (schema.enum.includes(value)) return value;
-    const near = closestName(value, schema.enum);
     const expected = schema.enum.map((e) => `"${e}"`).join(", ");
     return report(
       ctx,
       at,
       `Invalid value "${value}": expected one of ${expected}`,
-      near ? `did you mean "${near}"?` : null,
+      suggestion(value, schema.enum),
     );
   }
   if (schema.minLength !== undefined && value === "") {
@@ -711,12 +710,12 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   if (schema.format === undefined) return xmlCarriable(value, at, ctx);
   const normal = normaliseFormat(schema.format, value);
   if (normal !== null) return xmlCarriable(normal, at, ctx);
-  const near = schema.format === "class" ? closestName(value, Object.keys(CLASS_NAMES)) : null;
+  const near = schema.format === "class" ? suggestion(value, Object.keys(CLASS_NAMES)) : null;
   return report(
     ctx,
     at,
     `Invalid ${schema.format} "${value}"`,
-    near ? `did you mean "${near}"?` : FORMAT_HINTS[schema.format],
+    near ?? FORMAT_HINTS[schema.format],
   );
 }
 
@@ -832,8 +831,7 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
     } else if (schema.removed !== undefined && Object.hasOwn(schema.removed, key)) {
       report(ctx, [...at, key], `Key "${key}" was removed`, schema.removed[key]!, { key: true });
     } else if (!Object.hasOwn(schema.properties, key)) {
-      const near = closestName(key, known);
-      const hint = near ? `did you mean "${near}"?` : `expected one of ${known.join(", ")}`;
+      const hint = suggestion(key, known) ?? `expected one of ${known.join(", ")}`;
       report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });
     } else {
       out[key] = check(item, schema.properties[key]!, [...at, key], ctx);
@@ -912,14 +910,11 @@ function hostReferences(
   }
   names.forEach((name, i) => {
     if (declared.includes(name)) return;
-    const near = closestName(name, declared);
     report(
       ctx,
       raw.host !== undefined ? [...at, "host"] : [...at, "hosts", i],
       `Unknown host "${name}"`,
-      near
-        ? `did you mean "${near}"?`
-        : `declared hosts: ${declared.map((d) => `"${d}"`).join(", ")}`,
+      suggestion(name, declared) ?? `declared hosts: ${declared.map((d) => `"${d}"`).join(", ")}`,
     );
   });
   return [...new Set(names)];

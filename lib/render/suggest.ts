@@ -79,7 +79,7 @@ function escapedQuote(text: string): string {
 }
 
 /**
- * ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`. Where the two differ
+ * `did you mean "plan"?`, or `null` when no candidate is close to `word`. Where the two differ
  * in a character outside ASCII, which may look like another one or like none (`café` composed and
  * decomposed, a Cyrillic `і` for `i`), both are written escaped too, or the question shows two
  * names that read the same.
@@ -87,18 +87,25 @@ function escapedQuote(text: string): string {
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(didYouMean("wn11", ["win11"]), ' (did you mean "win11"?)');
+ * assertEquals(suggestion("wn11", ["win11"]), 'did you mean "win11"?');
  * assertEquals(
- *   didYouMean("cafe\u0301", ["caf\u00e9"]),
- *   ' (did you mean "caf\u00e9"? that is "caf\\u00e9", this is "cafe\\u0301")',
+ *   suggestion("cafe\u0301", ["caf\u00e9"]),
+ *   'did you mean "caf\u00e9"? that is "caf\\u00e9", this is "cafe\\u0301"',
  * );
+ * assertEquals(suggestion("xyz", ["plan"]), null);
  * ```
  */
-export function didYouMean(word: string, candidates: readonly string[]): string {
+export function suggestion(word: string, candidates: readonly string[]): string | null {
   const name = closestName(word, candidates);
-  if (name === null) return "";
-  if (!differsOutsideAscii(word, name)) return ` (did you mean "${name}"?)`;
-  return ` (did you mean "${name}"? that is ${escapedQuote(name)}, this is ${escapedQuote(word)})`;
+  if (name === null) return null;
+  if (!differsOutsideAscii(word, name)) return `did you mean "${name}"?`;
+  return `did you mean "${name}"? that is ${escapedQuote(name)}, this is ${escapedQuote(word)}`;
+}
+
+/** ` (did you mean "plan"?)`, the {@link suggestion} in brackets, or `""` without one. */
+export function didYouMean(word: string, candidates: readonly string[]): string {
+  const hint = suggestion(word, candidates);
+  return hint === null ? "" : ` (${hint})`;
 }
 
 /** Whether what differs between `a` and `b`, their common start and end cut, holds a non-ASCII character. */

@@ -147,6 +147,23 @@ Deno.test("parseConfig() reports an unknown key with its position and the neares
   );
 });
 
+Deno.test("parseConfig() writes a key or value escaped where it differs from the one meant by a look-alike", () => {
+  // A Cyrillic "\u0435" for "e" and "\u043e" for "o": the question showed two identical words.
+  const [key] = errorsOf("version: 1\nvms:\n  vm:\n    d\u0435vices: []\n");
+  assertEquals([key?.line, key?.column], [4, 5]);
+  assertEquals(key?.hint, 'did you mean "devices"? that is "devices", this is "d\\u0435vices"');
+  const [value] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - guard: "\u043eff"\n        match: { vendor_id: "10de" }\n',
+  );
+  assertEquals([value?.line, value?.column], [5, 16]);
+  assertEquals(value?.hint, 'did you mean "off"? that is "off", this is "\\u043eff"');
+  const [host] = errorsOf(
+    'version: 1\nhosts:\n  hv1: {}\nvms:\n  vm:\n    host: "\u04bbv1"\n    devices: []\n',
+  );
+  assertEquals([host?.line, host?.column], [6, 11]);
+  assertEquals(host?.hint, 'did you mean "hv1"? that is "hv1", this is "\\u04bbv1"');
+});
+
 Deno.test("parseConfig() says a host's discovery: was removed and what replaces it, not that it is unknown", () => {
   const [error] = errorsOf("version: 1\nhosts:\n  hv1:\n    discovery: libvirt\nvms: {}\n");
   assertEquals([error?.line, error?.column, error?.path], [4, 5, "hosts.hv1.discovery"]);
