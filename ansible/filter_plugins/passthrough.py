@@ -6,20 +6,28 @@
 # (lib/render/terminal.ts): C0 controls but tab and newline, DEL, C1 controls, line and paragraph
 # separators, Unicode's bidirectional controls (embeddings, overrides, isolates and marks), and the
 # characters that show nothing (soft hyphen, zero-width space, word joiner and invisible operators,
-# U+FEFF).
+# U+FEFF, and the rest of the default-ignorable ones but the joiners and the emoji and text
+# presentation selectors), a character past U+FFFF as its two UTF-16 units, as JSON writes it.
 import json
 import re
 
 _UNSAFE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\ufeff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    "\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0d"
+    "\ufeff\uffa0\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
+
+
+def _escape(char):
+    """`char` as `\\uXXXX` escapes of its UTF-16 units."""
+    units = char.encode("utf-16-be")
+    return "".join("\\u%02x%02x" % (units[i], units[i + 1]) for i in range(0, len(units), 2))
 
 
 def terminal_safe(value):
     """`value` with every string in it (keys too) safe to print on a terminal."""
     if isinstance(value, str):
-        return _UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), value)
+        return _UNSAFE.sub(lambda m: _escape(m.group()), value)
     if isinstance(value, dict):
         return {terminal_safe(k): terminal_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -15,13 +15,16 @@ import { PAINTER_SEQUENCES } from "./colors.ts";
  * (ALM, LRM, RLM), which reorder what a line shows too; and the characters that show nothing
  * (soft hyphen, zero-width space, word joiner and invisible operators, zero-width no-break space),
  * which a name pasted from a web page may carry: `VM "win10" is not defined (did you mean
- * "win10"?)` told nothing. Zero-width joiners (U+200C, U+200D) stay, as Persian and Indic text
- * and emoji need them. Global: for `replace` only (a global expression's `test` and `exec` carry
+ * "win10"?)` told nothing; and the rest of Unicode's default-ignorable characters, which show
+ * nothing either (the combining grapheme joiner, the Hangul fillers, Mongolian and plain variation
+ * selectors, the tag characters that carry hidden ASCII). Zero-width joiners (U+200C, U+200D) and
+ * the text and emoji presentation selectors (U+FE0E, U+FE0F) stay, as Persian and Indic text and
+ * emoji need them. Global: for `replace` only (a global expression's `test` and `exec` carry
  * their position from one call to the next).
  */
 export const UNSAFE_ON_TERMINAL: RegExp =
   // deno-lint-ignore no-control-regex
-  /[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+  /[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
 
 /** The longest painter sequence (`\x1b[22m`). */
 const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length));
@@ -48,6 +51,8 @@ export function terminalSafe(text: string, color: boolean): string {
         if (PAINTER_SEQUENCES.has(text.slice(offset, end + 1))) return char;
       }
     }
-    return `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`;
+    // One escape per UTF-16 unit: a tag character is a surrogate pair, as JSON writes it.
+    return char.split("").map((unit) => `\\u${unit.charCodeAt(0).toString(16).padStart(4, "0")}`)
+      .join("");
   });
 }

@@ -42,3 +42,17 @@ Deno.test("terminalSafe() shows the characters that show nothing, and keeps the 
   ];
   for (const [text, expected] of cases) assertEquals(terminalSafe(text, false), expected, text);
 });
+
+Deno.test("terminalSafe() shows the other default-ignorable characters, a tag as its surrogates", () => {
+  const cases: [string, string][] = [
+    // Tag characters carry hidden ASCII ("win10" then tags "g", "p", "u"), as JSON escapes them.
+    ["win10\u{e0067}\u{e0070}\u{e0075}", "win10\\udb40\\udc67\\udb40\\udc70\\udb40\\udc75"],
+    ["vm\u034fx\u3164y\u115fz", "vm\\u034fx\\u3164y\\u115fz"],
+    ["a\u180eb\ufe00c\u206ad", "a\\u180eb\\ufe00c\\u206ad"],
+    // The emoji presentation selector stays: "\u2764\ufe0f" is the red heart.
+    ["\u2764\ufe0f vm", "\u2764\ufe0f vm"],
+  ];
+  for (const [text, expected] of cases) assertEquals(terminalSafe(text, false), expected, text);
+  // Escaped once, never twice.
+  assertEquals(terminalSafe(terminalSafe("x\u{e0041}", false), false), "x\\udb40\\udc41");
+});
