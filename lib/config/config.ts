@@ -47,6 +47,7 @@ import {
 } from "./schema.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 import { suggestion } from "../render/suggest.ts";
+import { asciiQuote } from "../render/terminal.ts";
 import { dirname, isAbsolute, join } from "../state/paths.ts";
 import type { PciAddress } from "../host/types.ts";
 
@@ -711,12 +712,10 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   const normal = normaliseFormat(schema.format, value);
   if (normal !== null) return xmlCarriable(normal, at, ctx);
   const near = schema.format === "class" ? suggestion(value, Object.keys(CLASS_NAMES)) : null;
-  return report(
-    ctx,
-    at,
-    `Invalid ${schema.format} "${value}"`,
-    near ?? FORMAT_HINTS[schema.format],
-  );
+  // Escaped: every format but a path and a slot name is ASCII, and "10de:1b8О" (a Cyrillic "О")
+  // reads as a valid ID.
+  const shown = asciiQuote(value);
+  return report(ctx, at, `Invalid ${schema.format} ${shown}`, near ?? FORMAT_HINTS[schema.format]);
 }
 
 /**

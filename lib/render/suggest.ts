@@ -5,6 +5,8 @@
  * @module
  */
 
+import { asciiQuote } from "./terminal.ts";
+
 /** Edit distance between `a` and `b` (insertions, deletions, substitutions, transpositions). */
 function distance(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
@@ -70,14 +72,6 @@ function fold(text: string): string {
   return text.normalize("NFKC").toLowerCase();
 }
 
-/** `text` quoted as JSON, every character outside printable ASCII written as a `\uXXXX` escape. */
-function escapedQuote(text: string): string {
-  return JSON.stringify(text).replace(
-    /[^\x20-\x7e]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
-}
-
 /**
  * `did you mean "plan"?`, or `null` when no candidate is close to `word`. Where the two differ
  * in a character outside ASCII, which may look like another one or like none (`café` composed and
@@ -99,7 +93,7 @@ export function suggestion(word: string, candidates: readonly string[]): string 
   const name = closestName(word, candidates);
   if (name === null) return null;
   if (!differsOutsideAscii(word, name)) return `did you mean "${name}"?`;
-  return `did you mean "${name}"? that is ${escapedQuote(name)}, this is ${escapedQuote(word)}`;
+  return `did you mean "${name}"? that is ${asciiQuote(name)}, this is ${asciiQuote(word)}`;
 }
 
 /** ` (did you mean "plan"?)`, the {@link suggestion} in brackets, or `""` without one. */

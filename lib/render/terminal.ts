@@ -56,3 +56,21 @@ export function terminalSafe(text: string, color: boolean): string {
       .join("");
   });
 }
+
+/**
+ * `text` quoted as JSON, every character outside printable ASCII written as a `\uXXXX` escape:
+ * for a value that must be ASCII, or a name shown beside one it looks like, where `"10de:1b8О"`
+ * (a Cyrillic `О`) would read as valid.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(asciiQuote("10de:1b8\u041e"), '"10de:1b8\\u041e"');
+ * ```
+ */
+export function asciiQuote(text: string): string {
+  return JSON.stringify(text).replace(
+    /[^\x20-\x7e]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}

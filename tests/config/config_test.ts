@@ -164,6 +164,18 @@ Deno.test("parseConfig() writes a key or value escaped where it differs from the
   assertEquals(host?.hint, 'did you mean "hv1"? that is "hv1", this is "\\u04bbv1"');
 });
 
+Deno.test("parseConfig() quotes an invalid ID or address escaped, a look-alike letter shown", () => {
+  // A Cyrillic "\u041e" for the last "0" and a full-width colon: quoted as is, both read as valid.
+  const [id, address] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_device_id: "10de:1b8\u041e" }\n' +
+      '      - match: { address: "0000\uff1a23:00.3" }\n',
+  );
+  assertEquals([id?.line, id?.column], [5, 36]);
+  assertMatch(id?.message ?? "", /: Invalid vendor-device "10de:1b8\\u041e" at /);
+  assertEquals([address?.line, address?.column], [6, 27]);
+  assertMatch(address?.message ?? "", /: Invalid pci-address "0000\\uff1a23:00\.3" at /);
+});
+
 Deno.test("parseConfig() says a host's discovery: was removed and what replaces it, not that it is unknown", () => {
   const [error] = errorsOf("version: 1\nhosts:\n  hv1:\n    discovery: libvirt\nvms: {}\n");
   assertEquals([error?.line, error?.column, error?.path], [4, 5, "hosts.hv1.discovery"]);
