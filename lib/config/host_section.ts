@@ -7,6 +7,7 @@
  * @module
  */
 
+import { didYouMean } from "../render/suggest.ts";
 import type { Config, HostConfig, VmConfig } from "./config.ts";
 
 /** How the host section was chosen: by `--host NAME` or by this machine's host name. */
@@ -27,7 +28,9 @@ export class UnknownHostError extends Error {
   constructor(file: string, host: string, pick: HostPick, known: string[]) {
     const why = pick === "flag" ? "--host" : "this machine's host name";
     super(
-      `${file} has no section for host "${host}" (${why}) under "hosts:": it declares ${
+      `${file} has no section for host "${host}" (${why}) under "hosts:"${
+        didYouMean(host, known)
+      }: it declares ${
         known.map((k) => `"${k}"`).join(", ")
       }: pass --host NAME, or add a section named "${host}"`,
     );

@@ -261,6 +261,22 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
   );
 });
 
+Deno.test("pickHostSection() names the section a host name in another case or with a look-alike meant", () => {
+  const fleet = gpuOnHv1();
+  // /etc/hostname in capitals, and a Cyrillic "\u04bb" typed for "h": the list of declared
+  // hosts alone showed nothing amiss for the second.
+  assertThrows(
+    () => pickHostSection(fleet, { hostname: () => "HV1" }),
+    UnknownHostError,
+    'under "hosts:" (did you mean "hv1"?): it declares "hv1", "hv2"',
+  );
+  assertThrows(
+    () => pickHostSection(fleet, { flag: "\u04bbv2", hostname: () => "hv1" }),
+    UnknownHostError,
+    '(did you mean "hv2"? that is "hv2", this is "\\u04bbv2")',
+  );
+});
+
 Deno.test("planHostdevs() refuses a transient VM the config names, whose definition apply would make persistent", () => {
   // test:///default's running "test" domain, undefined, lives on as a transient domain (the
   // driver is shared by the process: it is defined again below).
