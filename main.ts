@@ -150,27 +150,9 @@ async function systemHint(error: unknown): Promise<{ systemHint: string | null }
       const { libcSysfsReader } = await import("./ffi/libc_fs.ts");
       mountInfo = libcSysfsReader({ fewCalls: true }).readText("/proc/self/mountinfo");
     }
-    return { systemHint: fileSystemHint(error, mountInfo, { realPath: realPathOfExisting }) };
+    return { systemHint: fileSystemHint(error, mountInfo) };
   } catch {
     return { systemHint: null };
-  }
-}
-
-/**
- * `path` with its deepest existing ancestor's links resolved and the rest as written (what a
- * failed mkdir or open names does not exist), or `null`.
- */
-function realPathOfExisting(path: string): string | null {
-  for (let at = path, rest = "";;) {
-    try {
-      return Deno.realPathSync(at) + rest;
-    } catch {
-      // Not there (or not readable): its parent then.
-    }
-    const slash = at.lastIndexOf("/");
-    if (slash <= 0) return null;
-    rest = at.slice(slash) + rest;
-    at = at.slice(0, slash);
   }
 }
 

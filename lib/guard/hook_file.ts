@@ -13,7 +13,7 @@
  * @module
  */
 
-import { dirname, join, resolve } from "../state/paths.ts";
+import { dirname, join, realPathOfExisting, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
 import {
   readOwnFileSync,
@@ -627,26 +627,6 @@ function changeableBy(
   if (lexical !== null) return lexical;
   const real = realPathOfExisting(path);
   return real === null || real === path ? null : along(real);
-}
-
-/**
- * `path` with its deepest existing ancestor's links resolved and the rest as written: where a
- * directory not made yet (a state directory `hook install` is about to create) would land.
- * `null` when not even `/` can be resolved.
- */
-function realPathOfExisting(path: string): string | null {
-  const missing: string[] = [];
-  for (let at = path;;) {
-    try {
-      return join(Deno.realPathSync(at), ...missing);
-    } catch {
-      const up = dirname(at);
-      if (up === at) return null;
-      const trimmed = at.replace(/\/+$/, "");
-      missing.unshift(trimmed.slice(trimmed.lastIndexOf("/") + 1));
-      at = up;
-    }
-  }
 }
 
 function componentReason(

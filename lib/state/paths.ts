@@ -165,3 +165,23 @@ export function pathExists(path: string): boolean {
     throw error;
   }
 }
+
+/**
+ * `path` with its deepest existing ancestor's links resolved and the rest as written: where a
+ * directory not made yet (a state directory `hook install` is about to create) would land, or
+ * what a failed mkdir or open names. `null` when not even `/` can be resolved.
+ */
+export function realPathOfExisting(path: string): string | null {
+  const missing: string[] = [];
+  for (let at = path;;) {
+    try {
+      return join(Deno.realPathSync(at), ...missing);
+    } catch {
+      const up = dirname(at);
+      if (up === at) return null;
+      const trimmed = at.replace(/\/+$/, "");
+      missing.unshift(trimmed.slice(trimmed.lastIndexOf("/") + 1));
+      at = up;
+    }
+  }
+}
