@@ -25,7 +25,7 @@ export interface ConnectValues {
  * for a busy domain's job lock (30 s, after which that call fails by itself), so a healthy but
  * busy daemon is waited for, and a stopped or deadlocked one is not waited for forever.
  */
-export const DEFAULT_LIBVIRT_TIMEOUT = 60;
+const DEFAULT_LIBVIRT_TIMEOUT = 60;
 
 /**
  * The seconds of `--libvirt-timeout` (its default when absent; `0`: no bound), or a

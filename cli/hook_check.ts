@@ -140,7 +140,7 @@ export async function checkStart(
  * Reads with Deno's own file system calls, which under `/sys` and `/proc` need `--allow-all`:
  * the hook runs this entry with it (see `checkPermissions` in `lib/guard/hook_file.ts`).
  */
-export function hookCheck(
+function hookCheck(
   args: readonly string[],
   err: (text: string) => void,
 ): Promise<number> {

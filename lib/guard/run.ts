@@ -49,7 +49,7 @@ import {
 export const MAX_XML_BYTES = 16 * 1024 * 1024;
 
 /** Where libvirt's network driver (system instance) keeps the status of running networks. */
-export const NETWORK_STATUS_DIR = "/run/libvirt/network";
+const NETWORK_STATUS_DIR = "/run/libvirt/network";
 
 /** Input of {@link runGuard}. */
 export interface GuardRunOptions {

@@ -669,7 +669,7 @@ const VENDOR_RESET_IDS: readonly [number, number, string][] = [
 ];
 
 /** The family name when `device` is an AMD GPU known to need vendor-reset, else `null`. */
-export function vendorResetFamily(
+function vendorResetFamily(
   device: Pick<PciDevice, "vendorId" | "deviceId" | "classCode">,
 ): string | null {
   if (device.vendorId !== "1002" || !device.classCode.startsWith("03")) return null;

@@ -13,7 +13,7 @@ import { realPathOfExisting } from "../state/paths.ts";
  * The `errno` of a system call Deno reports as `... (os error N): open '/path'`, in `error` or
  * its causes, with that message; `null` when there is none.
  */
-export function osErrorOf(error: unknown): { errno: number; message: string } | null {
+function osErrorOf(error: unknown): { errno: number; message: string } | null {
   for (let current = error, depth = 0; current instanceof Error && depth < 5; depth++) {
     const found = /\(os error (\d+)\)/.exec(current.message);
     if (found !== null) return { errno: Number(found[1]), message: current.message };
