@@ -25,6 +25,7 @@ import { LITTLE_ENDIAN } from "./libc.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { terminalSafe } from "../lib/render/terminal.ts";
 import { redactedJson } from "../lib/render/redact.ts";
+import { shellQuote } from "../lib/render/shell.ts";
 
 /**
  * libc's timer calls the watchdog needs, bound on first use. Only `timer_settime` and
@@ -165,11 +166,6 @@ function createWatchdog(): Watchdog | null {
   };
 }
 
-/** `'text'` for `sh`, whatever it holds. */
-function shellWord(text: string): string {
-  return `'${text.replaceAll("'", `'\\''`)}'`;
-}
-
 /** What a deadline's message says; see {@link deadlineMessage}. */
 export interface DeadlineMessageFields {
   /** Where libvirt is, as the message shows it (`"qemu:///system"`). */
@@ -234,14 +230,14 @@ function prepareCommand(dog: Watchdog): void {
  */
 function deadlineCommand(fields: DeadlineMessageFields, withOutput: boolean): string {
   message = deadlineMessage(fields);
-  const line = `printf '%s\\n' ${shellWord(message)} >&2`;
+  const line = `printf '%s\\n' ${shellQuote(message)} >&2`;
   // Under --json the failure is on standard output too, as every error is (`main.ts`).
   report = json
     ? redactedJson({ error: { kind: "runtime", message: deadlineReason(fields) } }).trimEnd()
     : null;
   shown = json || !withOutput || output === null ? null : output(deadlineReason(fields));
-  if (report !== null) return `printf '%s\\n' ${shellWord(report)}; ${line}`;
-  return shown === null ? line : `printf '%s' ${shellWord(shown)}; ${line}`;
+  if (report !== null) return `printf '%s\\n' ${shellQuote(report)}; ${line}`;
+  return shown === null ? line : `printf '%s' ${shellQuote(shown)}; ${line}`;
 }
 
 /**
