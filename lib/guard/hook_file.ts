@@ -15,6 +15,7 @@
 
 import { dirname, join, realPathOfExisting, resolve } from "../state/paths.ts";
 import { shellQuote, shellWord } from "../render/shell.ts";
+import { errorText } from "../render/error_text.ts";
 import {
   readOwnFileSync,
   resolveStateDirPath,
@@ -522,7 +523,8 @@ function makeHooksDir(dir: string): void {
  * dot files too, and reads the directory at every call); what an interrupted install left there
  * is removed. A hook with the same content is rewritten when it
  * is owned by another user than `owners` (then that user could change it). Refuses to replace a
- * file that is not a passthrough hook.
+ * file that is not a passthrough hook. A write that fails (a full or read-only file system) throws
+ * naming the hook's path and that the previous one, if any, stands.
  */
 export function installHook(
   dir: string,
@@ -540,6 +542,22 @@ export function installHook(
   }
   for (const name of leftoversIn(dir)) removeLeftover(dir, name);
   if (same) return { path, changed: false };
+  try {
+    stageHook(dir, script, path);
+  } catch (error) {
+    // A write's own error (ENOSPC, EIO) names no file, and none says what was left in place.
+    throw new Error(
+      `Cannot write the start guard "${path}": ${errorText(error)}; ${
+        current === null ? "no hook was installed" : "the hook there is unchanged"
+      }`,
+      { cause: error },
+    );
+  }
+  return { path, changed: true };
+}
+
+/** Stages `script` in a private subdirectory of `dir`, then renames it to `path` (see above). */
+function stageHook(dir: string, script: string, path: string): void {
   for (let attempt = 1;; attempt++) {
     makeHooksDir(dir);
     // Written in a directory of its own in `dir` (one file system, so the rename is atomic):
@@ -550,7 +568,7 @@ export function installHook(
     const temp = join(staging, HOOK_FILE_NAME);
     try {
       placeHook(temp, script, path);
-      return { path, changed: true };
+      return;
     } catch (error) {
       // Another install or a remove at the same moment took the staging directory for one an
       // interrupted install left, and removed it (its file first): staged again, the last
@@ -558,8 +576,8 @@ export function installHook(
       if (!(error instanceof Deno.errors.NotFound) || exists(temp)) throw error;
       if (attempt === STAGING_ATTEMPTS) {
         throw new Error(
-          `Cannot install the start guard in "${dir}": another "passthrough hook install" or ` +
-            `"hook remove" removed its temporary file ${attempt} times; run it again`,
+          `another "passthrough hook install" or "hook remove" removed its temporary file ` +
+            `${attempt} times; run it again`,
           { cause: error },
         );
       }

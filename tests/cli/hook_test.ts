@@ -532,6 +532,59 @@ Deno.test("hook install into a hooks directory that is a link to nothing says so
   }
 });
 
+Deno.test({
+  name:
+    "hook install on a full hooks directory says where and why, and leaves no file libvirt runs",
+  // A 64 KiB tmpfs over the hooks directory, in a private mount namespace.
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-full-" });
+    await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+    try {
+      const hooks = `${dir}/qemu.d`;
+      const hook = `${hooks}/${HOOK_FILE_NAME}`;
+      Deno.mkdirSync(hooks);
+      const install = (deadline: string) =>
+        `"$@" hook install --hooks-dir "$HOOKS" --state-dir "$OUT/state" --sysfs "$TREE" ` +
+        `--deadline ${deadline} >/dev/null 2>"$OUT/err" || echo $? >"$OUT/code"`;
+      const fill = `(dd if=/dev/zero of="$HOOKS/fill" bs=4k 2>/dev/null; true)`;
+      const out = await runInPrivateMounts(
+        `mount -t tmpfs -o size=64k,mode=755 tmpfs "$HOOKS"`,
+        [
+          "sh",
+          "-c",
+          // Full before any hook; then full again after one was installed, for its update.
+          `${fill} && ${
+            install("10")
+          } && mkdir "$OUT/first" && ls -A "$HOOKS" >"$OUT/first/ls" && ` +
+          `mv "$OUT/err" "$OUT/code" "$OUT/first" && rm "$HOOKS/fill" && ${install("10")} && ` +
+          `cp "$HOOKS/${HOOK_FILE_NAME}" "$OUT/before" && ${fill} && ${install("11")} && ` +
+          `ls -A "$HOOKS" >"$OUT/ls" && cp "$HOOKS/${HOOK_FILE_NAME}" "$OUT/after"`,
+          "sh",
+          ...cliCommand(),
+        ],
+        { NO_COLOR: "1", HOOKS: hooks, OUT: dir, TREE: tree.dir },
+      );
+      assertEquals(out.code, 0, out.stderr);
+      const read = (name: string) => Deno.readTextFileSync(`${dir}/${name}`);
+      // No write error names its file: the message does, and what was left in place.
+      assertEquals([read("first/code"), read("first/err")], [
+        "1\n",
+        `passthrough hook: Cannot write the start guard "${hook}": No space left on device (os error 28); no hook was installed\n`,
+      ]);
+      assertEquals(read("first/ls"), "fill\n");
+      assertEquals([read("code"), read("err")], [
+        "1\n",
+        `passthrough hook: Cannot write the start guard "${hook}": No space left on device (os error 28); the hook there is unchanged\n`,
+      ]);
+      assertEquals(read("ls"), `${HOOK_FILE_NAME}\nfill\n`);
+      assertEquals(read("after"), read("before"));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("hook status reports a state directory that became a symbolic link after install, and its fix works", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-state-moved-" });
   try {

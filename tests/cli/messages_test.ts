@@ -320,7 +320,7 @@ Deno.test({
       assertMatch(
         out.stderr,
         new RegExp(
-          `Read-only file system \\(os error 30\\): mkdir '${dir}/qemu.d/[^']+' \\(on the read-only mount "${mount}": make it writable \\("mount -o remount,rw ${mount}"\\), or use a directory elsewhere\\)\\n$`,
+          `Read-only file system \\(os error 30\\): mkdir '${dir}/qemu.d/[^']+'; no hook was installed \\(on the read-only mount "${mount}": make it writable \\("mount -o remount,rw ${mount}"\\), or use a directory elsewhere\\)\\n$`,
         ),
       );
     } finally {
