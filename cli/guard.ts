@@ -75,7 +75,19 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
   const uuid = definedUuid(values, vm, io);
-  const { allowance, path } = allowNextStart(stateDir, vm, { uuid });
+  let written: ReturnType<typeof allowNextStart>;
+  try {
+    written = allowNextStart(stateDir, vm, { uuid });
+  } catch (error) {
+    // A full or read-only disk: the system's words alone do not say that nothing was allowed.
+    throw new Error(
+      `Did not record the allowance for ${
+        JSON.stringify(vm)
+      } in ${stateDir}, so its next start is checked as any other: ${errorText(error)}`,
+      { cause: error },
+    );
+  }
+  const { allowance, path } = written;
   // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
   // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
   // the next refusal.

@@ -294,6 +294,43 @@ Deno.test({
 });
 
 Deno.test({
+  name: "guard allow on a full state directory says the allowance was not recorded, and where",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-full-allow-" });
+    try {
+      const mount = `${dir}/mnt`;
+      // A 64 KiB tmpfs, its state directory made, then filled to the last block.
+      const out = await runInPrivateMounts(
+        `mkdir ${mount} && mount -t tmpfs -o size=64k passthrough-test ${mount} && ` +
+          `mkdir -m 700 ${mount}/state && ` +
+          `(dd if=/dev/zero of=${mount}/fill bs=4k 2>/dev/null; true)`,
+        [
+          ...cliCommand(),
+          "guard",
+          "allow",
+          "win11",
+          "--connect",
+          GUARD_WORLD,
+          "--state-dir",
+          `${mount}/state`,
+        ],
+        { NO_COLOR: "1" },
+      );
+      assertEquals([out.code, out.stdout], [1, ""]);
+      // It said "State directory ... is not writable: No space left on device (os error 28)",
+      // not that no allowance was given.
+      assertEquals(
+        out.stderr,
+        `passthrough guard: Did not record the allowance for "win11" in ${mount}/state, so its next start is checked as any other: State directory "${mount}/state" is not writable: No space left on device (os error 28)\n`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "a hooks directory linked onto a read-only mount names that mount, not the link's",
   ignore: !canUnshareMounts(),
   fn: async () => {
