@@ -193,9 +193,13 @@ function createPrivateDir(path: string): void {
   try {
     Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
   } catch (error) {
-    throw new StateDirError(path, "unwritable", `Cannot create state directory "${path}"`, {
-      cause: error,
-    });
+    // With the system's reason: a report line (apply's backup-failed) shows no causes.
+    throw new StateDirError(
+      path,
+      "unwritable",
+      `Cannot create state directory "${path}": ${errorText(error)}`,
+      { cause: error },
+    );
   }
   // The umask can only remove bits, but be explicit: the directory will hold secrets.
   Deno.chmodSync(path, 0o700);

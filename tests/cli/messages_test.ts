@@ -294,6 +294,48 @@ Deno.test({
 });
 
 Deno.test({
+  name: "apply whose backups directory is read-only says why no backup could be made",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    await using tree = await demoTree();
+    const world = new URL("../../demo/world.xml", import.meta.url).pathname;
+    const config = new URL("../../demo/passthrough_config.yaml", import.meta.url).pathname;
+    const backups = `${tree.dir}/state/backups`;
+    Deno.mkdirSync(backups, { recursive: true, mode: 0o700 });
+    Deno.chmodSync(`${tree.dir}/state`, 0o700);
+    // The state directory writable, its backups/ a read-only bind mount of itself.
+    const out = await runInPrivateMounts(
+      `mount --bind ${backups} ${backups} && mount -o remount,bind,ro ${backups}`,
+      [
+        ...cliCommand(),
+        "apply",
+        "--yes",
+        "--vm",
+        "win10",
+        "-f",
+        config,
+        "--sysfs",
+        tree.sysfs,
+        "--connect",
+        `test://${world}`,
+        "--state-dir",
+        `${tree.dir}/state`,
+      ],
+      { NO_COLOR: "1" },
+    );
+    assertEquals(out.code, 1, `${out.stdout}${out.stderr}`);
+    // It said "Cannot create state directory ".../backups/win10"" and not why.
+    assertMatch(
+      out.stdout,
+      new RegExp(
+        `\nFAILED win10: Not applied to "win10": cannot write its backup in "${backups}/win10", so it was not defined: Cannot create state directory "${backups}/win10": Read-only file system \\(os error 30\\): mkdir '${backups}/win10'\n`,
+      ),
+    );
+    assertEquals([...Deno.readDirSync(backups)], []);
+  },
+});
+
+Deno.test({
   name: "guard allow on a full state directory says the allowance was not recorded, and where",
   ignore: !canUnshareMounts(),
   fn: async () => {
