@@ -323,7 +323,17 @@ export function acquireConnectionLock(uri: string, options: ConnectionLockOption
   let brokeStale: LockHolder | null = null;
   // A few rounds: each round either wins, finds a live holder, or removes a stale lock.
   for (let round = 0; round < 5; round++) {
-    const file = tryCreate(dir, path, holder);
+    let file: Deno.FsFile | null;
+    try {
+      file = tryCreate(dir, path, holder);
+    } catch (error) {
+      // A write's error names no file (a full /run: "No space left on device (os error 28)").
+      throw new Error(
+        `Cannot take the lock "${path}" (one apply or rollback at a time per libvirt ` +
+          `connection), so nothing was done: ${errorText(error)}`,
+        { cause: error },
+      );
+    }
     if (file !== null) return heldLock(path, file, { holder, brokeStale, uri: canonical });
     let existing: Deno.FsFile;
     try {

@@ -499,3 +499,43 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "acquireConnectionLock() that cannot create its lock says which lock, and that nothing was done",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = tempDir();
+    try {
+      const state = `${dir}/state`;
+      Deno.mkdirSync(state, { mode: 0o700 });
+      const code = `
+        import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
+        try {
+          acquireConnectionLock("qemu:///system?socket=/run/none", {
+            stateDir: ${JSON.stringify(state)},
+            command: "apply",
+          }).release();
+          console.log("locked");
+        } catch (error) {
+          console.log(error.message);
+        }
+      `;
+      // /run without room for the lock's file, past the look at /run/passthrough.
+      const out = await runInPrivateMounts(
+        "mount -t tmpfs -o size=64k tmpfs /run && mkdir -m 700 /run/passthrough && " +
+          "(dd if=/dev/zero of=/run/fill bs=4k 2>/dev/null; true)",
+        [Deno.execPath(), "eval", "--quiet", code],
+        { DENO_DIR: `${dir}/deno`, HOME: dir },
+      );
+      assertEquals(out.code, 0, out.stderr);
+      // It said "No space left on device (os error 28)", and nothing else.
+      assertMatch(
+        out.stdout,
+        /^Cannot take the lock "\/run\/passthrough\/connection-[0-9a-f]{32}\.lock" \(one apply or rollback at a time per libvirt connection\), so nothing was done: No space left on device \(os error 28\)\n$/,
+      );
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
