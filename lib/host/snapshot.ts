@@ -22,7 +22,14 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
-import { type GpuHolder, gpuHolders, pciFunctionsHolding } from "./sysfs_device.ts";
+import {
+  type GpuHolder,
+  gpuHolders,
+  inputDevicePath,
+  inputLinks,
+  pciFunctionsHolding,
+  readInputName,
+} from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { entryGone, firstInterface, HostChangedError } from "./discover.ts";
 import { redactSecrets } from "../domain/secrets.ts";
@@ -429,21 +436,17 @@ function copyHostFacts(reader: SysfsReader, root: string, out: string): void {
  * The host's input devices that hang under a PCI function (`class/input/inputN`, a keyboard on a
  * USB controller), as the link the kernel made and the device's `name`: a plan of the snapshot
  * warns (`host-input`) as a plan on the host does. A link of another shape (one leaving the
- * tree, a `..` inside it) is not copied, nor a name that is not one printable line.
+ * tree, a `..` inside it) is not copied, nor a name that is not one printable line or that lies
+ * outside the tree ({@link readInputName}).
  */
 function copyInputDevices(reader: SysfsReader, root: string, out: string): void {
-  for (const entry of reader.listDir(`${root}/class/input`) ?? []) {
-    if (!/^input\d+$/.test(entry)) continue;
-    const link = reader.readLink(`${root}/class/input/${entry}`);
-    const device = link?.startsWith("../../devices/") ? link.slice("../../".length) : null;
-    if (
-      device === null || pciFunctionsHolding(device).length === 0 ||
-      !device.split("/").every((part) => /^[\w.:+-]+$/.test(part) && !/^\.\.?$/.test(part))
-    ) continue;
+  for (const { entry, link } of inputLinks(reader, root)) {
+    const device = inputDevicePath(link);
+    if (device === null || pciFunctionsHolding(device).length === 0) continue;
     Deno.mkdirSync(`${out}/${device}`, { recursive: true });
     Deno.mkdirSync(`${out}/class/input`, { recursive: true });
-    Deno.symlinkSync(link!, `${out}/class/input/${entry}`);
-    const name = reader.readText(`${root}/class/input/${entry}/name`);
+    Deno.symlinkSync(link, `${out}/class/input/${entry}`);
+    const name = readInputName(reader, root, device);
     if (name !== null && /^[\x20-\x7e]{1,128}\n?$/.test(name)) put(out, `${device}/name`, name);
   }
 }

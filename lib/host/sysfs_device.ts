@@ -478,15 +478,11 @@ function linkedPciFunction(reader: SysfsReader, path: string): PciAddress[] | nu
  */
 export function hostInputDevices(reader: SysfsReader, sysRoot: string): Map<PciAddress, string[]> {
   const byFunction = new Map<PciAddress, string[]>();
-  const entries = (reader.listDir(`${sysRoot}/class/input`) ?? [])
-    .filter((e) => /^input\d+$/.test(e))
-    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
-  for (const entry of entries) {
-    // `event3` and `mouse0` are nodes of an `inputN`: each device is counted once, by it.
-    const path = `${sysRoot}/class/input/${entry}`;
-    const functions = linkedPciFunction(reader, path) ?? [];
+  for (const { entry, link } of inputLinks(reader, sysRoot)) {
+    const functions = pciFunctionsHolding(link);
     if (functions.length === 0) continue;
-    const name = readAttribute(reader, `${path}/name`) || entry;
+    const device = inputDevicePath(link);
+    const name = (device === null ? null : readInputName(reader, sysRoot, device))?.trim() || entry;
     for (const address of functions) {
       const names = byFunction.get(address) ?? [];
       if (!names.includes(name)) names.push(name);
@@ -494,6 +490,52 @@ export function hostInputDevices(reader: SysfsReader, sysRoot: string): Map<PciA
     }
   }
   return byFunction;
+}
+
+/**
+ * The links of `class/input` (`input5` to `../../devices/...`), in the kernel's order; none
+ * where `class` or `class/input` is itself a link (a captured tree's, to another tree's).
+ * `event3` and `mouse0` are nodes of an `inputN`: each device is listed once, by it.
+ */
+export function inputLinks(
+  reader: SysfsReader,
+  sysRoot: string,
+): { entry: string; link: string }[] {
+  if (["class", "class/input"].some((dir) => reader.readLink(`${sysRoot}/${dir}`) !== null)) {
+    return [];
+  }
+  return (reader.listDir(`${sysRoot}/class/input`) ?? [])
+    .filter((e) => /^input\d+$/.test(e))
+    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)))
+    .flatMap((entry) => {
+      const link = reader.readLink(`${sysRoot}/class/input/${entry}`);
+      return link === null ? [] : [{ entry, link }];
+    });
+}
+
+/**
+ * The directory, from the sysfs root, of the input device a `class/input/inputN` link leads to,
+ * when the link is the kernel's `../../devices/...` with no `.` or `..` in it; else `null`.
+ */
+export function inputDevicePath(link: string): string | null {
+  if (!link.startsWith("../../devices/")) return null;
+  const device = link.slice("../../".length);
+  return device.split("/").every((part) => /^[\w.:+-]+$/.test(part) && !/^\.\.?$/.test(part))
+    ? device
+    : null;
+}
+
+/**
+ * The `name` file of the input device at `device` ({@link inputDevicePath}), read only where it
+ * lies inside the tree: neither a directory on the way nor the file is a link. A
+ * captured tree is anyone's: a link in it (`devices/pci0000:00` to `/elsewhere`) had a file
+ * outside it read, printed and copied into its snapshot. `null` when it is not read.
+ */
+export function readInputName(reader: SysfsReader, sysRoot: string, device: string): string | null {
+  const parts = device.split("/");
+  const steps = [...parts.map((_, i) => parts.slice(0, i + 1).join("/")), `${device}/name`];
+  if (steps.some((step) => reader.readLink(`${sysRoot}/${step}`) !== null)) return null;
+  return reader.readText(`${sysRoot}/${device}/name`);
 }
 
 /**

@@ -430,6 +430,44 @@ Deno.test("writeSnapshot() keeps the input devices that hang under a PCI functio
   }
 });
 
+Deno.test("writeSnapshot() and hostInputDevices() read no input device's name outside the tree", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const outside = await Deno.makeTempDir({ prefix: "passthrough-snap-outside-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), root);
+    // A crafted tree: its links are the kernel's shape, but a directory on the way, or the
+    // name file, is a link out of it.
+    const usb = "devices/pci0000:00/0000:00:07.1/0000:08:00.1/usb1";
+    Deno.mkdirSync(`${root}/${usb.slice(0, usb.lastIndexOf("/"))}`, { recursive: true });
+    Deno.mkdirSync(`${outside}/1-2/1-2:1.0/input/input5`, { recursive: true });
+    Deno.writeTextFileSync(`${outside}/1-2/1-2:1.0/input/input5/name`, "Secret outside\n");
+    Deno.symlinkSync(outside, `${root}/${usb}`);
+    const mouse = "devices/pci0000:00/0000:00:08.1/0000:0e:00.3/usb3/3-1/3-1:1.0/input/input6";
+    Deno.mkdirSync(`${root}/${mouse}`, { recursive: true });
+    Deno.writeTextFileSync(`${outside}/name`, "Another secret\n");
+    Deno.symlinkSync(`${outside}/name`, `${root}/${mouse}/name`);
+    Deno.mkdirSync(`${root}/class/input`, { recursive: true });
+    Deno.symlinkSync(`../../${usb}/1-2/1-2:1.0/input/input5`, `${root}/class/input/input5`);
+    Deno.symlinkSync(`../../${mouse}`, `${root}/class/input/input6`);
+    // The devices still count (their links say where they hang), known by their entries.
+    const expected = new Map([["0000:08:00.1", ["input5"]], ["0000:0e:00.3", ["input6"]]]);
+    assertEquals(hostInputDevices(denoFsReader(), root), expected);
+    const host = await discoverHost({ root, lspci: null });
+    writeSnapshot(host, out, { root, reader: denoFsReader() });
+    assertEquals(hostInputDevices(denoFsReader(), out), expected);
+    const copied = new Deno.Command("grep", { args: ["-r", "-l", "ecret", out] }).outputSync();
+    assertEquals(new TextDecoder().decode(copied.stdout), "");
+    // Nor another tree's listing, through a `class` that is a link.
+    Deno.symlinkSync(`${root}/class`, `${outside}/class`);
+    assertEquals(hostInputDevices(denoFsReader(), outside), new Map());
+  } finally {
+    for (const dir of [root, outside, out.slice(0, -"/tree".length)]) {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
 Deno.test("writeSnapshot() copies no pre-flight file that is not one: a FIFO, a link to another file", async () => {
   const description = described("x570-aorus-pro-wifi", {
     host: { proc: { iomem: PREFLIGHT_IOMEM, cpuinfo_vendor: "AuthenticAMD" } },
