@@ -308,10 +308,10 @@ function writeDevice(
   if (device.modules.length > 0) {
     Deno.writeTextFileSync(`${to}/modules`, `${device.modules.join(",")}\n`);
   }
-  // A captured tree's uevent may name any "driver" (`../../../../x`): only a name that is one
-  // path component gets a directory under drivers/, else it would be made outside `out`. The
-  // copied uevent still names it.
-  if (device.driver !== null && /^(?!\.\.?$)[^/\0]+$/.test(device.driver)) {
+  // A captured tree's uevent may name any "driver" (`../../../../x`, 300 letters): only a name
+  // that can be one path component gets a directory under drivers/, else it would be made
+  // outside `out`, or stop the snapshot ("File name too long"). The copied uevent still names it.
+  if (device.driver !== null && isFileName(device.driver)) {
     copyDriverModule(facts, root, out, device.driver);
     Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
   }
@@ -334,6 +334,11 @@ function writeDevice(
     if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
   }
   return config !== null && config.length <= 64;
+}
+
+/** Whether `name` can name a file: not `.` or `..`, no `/` or NUL, 1 to 255 bytes (`NAME_MAX`). */
+function isFileName(name: string): boolean {
+  return /^(?!\.\.?$)[^/\0]+$/.test(name) && new TextEncoder().encode(name).length <= 255;
 }
 
 /** Writes `text` at `path` under `out`, making its directories. */

@@ -515,12 +515,14 @@ export function inputLinks(
 
 /**
  * The directory, from the sysfs root, of the input device a `class/input/inputN` link leads to,
- * when the link is the kernel's `../../devices/...` with no `.` or `..` in it; else `null`.
+ * when the link is the kernel's `../../devices/...` with no `.` or `..` in it and each part can
+ * be a file's name; else `null`.
  */
 export function inputDevicePath(link: string): string | null {
   if (!link.startsWith("../../devices/")) return null;
   const device = link.slice("../../".length);
-  return device.split("/").every((part) => /^[\w.:+-]+$/.test(part) && !/^\.\.?$/.test(part))
+  // A part over 255 characters names nothing in the tree, and stopped its snapshot.
+  return device.split("/").every((part) => /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part))
     ? device
     : null;
 }

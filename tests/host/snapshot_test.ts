@@ -555,6 +555,31 @@ Deno.test("snapshot of a tree whose sriov_numvfs is no count ends, as discovery 
   }
 });
 
+Deno.test("writeSnapshot() of a tree with a driver or input device name over 255 bytes", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  try {
+    buildHostTree(described("x570-aorus-pro-wifi"), root);
+    // No kernel names a driver or a device so (no directory could hold it): a crafted tree.
+    const long = "d".repeat(256);
+    const device = `${root}/bus/pci/devices/0000:0b:00.0`;
+    const uevent = Deno.readTextFileSync(`${device}/uevent`).replace(/^DRIVER=.*\n/m, "");
+    Deno.writeTextFileSync(`${device}/uevent`, `DRIVER=${long}\n${uevent}`);
+    Deno.mkdirSync(`${root}/class/input`, { recursive: true });
+    const input = `../../devices/pci0000:00/0000:00:08.1/0000:0e:00.3/${long}/input/input7`;
+    Deno.symlinkSync(input, `${root}/class/input/input7`);
+    const before = await discoverHost({ root, lspci: null });
+    // It stopped at "File name too long (os error 36): mkdir '.../bus/pci/drivers/ddd...'".
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    const after = await discoverHost({ root: out, lspci: null });
+    assertEquals({ ...after, source: root }, before);
+    assertEquals(after.devices.find((d) => d.address === "0000:0b:00.0")?.driver, long);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(out.slice(0, -"/tree".length), { recursive: true });
+  }
+});
+
 Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose driver name is a path", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
   const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-" });
