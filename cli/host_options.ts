@@ -14,7 +14,7 @@ import {
   readVirtualFunctions,
 } from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
-import { baseName, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import { baseName, confinedReader, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
@@ -27,15 +27,17 @@ export const LIVE_SYSFS = "/sys";
 /**
  * The reader for `root`: libc (Deno refuses `/sys` and `/proc` without `--allow-all`, and libc
  * is faster on trees too: docs/BENCHMARKS.md). A captured tree falls back to plain Deno reads when FFI is
- * not permitted, since `--allow-read` suffices there.
+ * not permitted, since `--allow-read` suffices there, and is read only inside itself
+ * ({@link confinedReader}).
  */
 export function readerFor(root: string): SysfsReader {
   if (isLiveRoot(root)) return libcSysfsReader();
+  // A captured tree is read only inside itself (`confinedReader`).
   try {
-    return libcSysfsReader();
+    return confinedReader(libcSysfsReader(), root);
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-      return denoFsReader();
+      return confinedReader(denoFsReader(), root);
     }
     throw error;
   }

@@ -316,19 +316,100 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
   return trimmed;
 }
 
-/** Raised for a captured tree with a FIFO, device node or socket where a file should be. */
+/**
+ * Raised for a captured tree with a FIFO, device node or socket where a file should be, or with
+ * a link out of it where discovery reads ({@link confinedReader}).
+ */
 export class SysfsTreeError extends Error {
   /** The error's name. */
   override name = "SysfsTreeError";
   /** The offending entry. */
   readonly path: string;
-  /** Builds the error for the entry at `path`, which is `kind` (`a FIFO`). */
-  constructor(path: string, kind: string) {
+  /**
+   * Builds the error for the entry at `path`, which is `kind` (`a FIFO`), or, with `leadsTo`,
+   * which leads there, outside the tree.
+   */
+  constructor(path: string, kind: string, leadsTo?: string) {
     super(
-      `Refusing to read a tree with ${kind} where a file should be: "${path}": lspci would block on it or read it without end, and opening a device can act on it; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`,
+      leadsTo === undefined
+        ? `Refusing to read a tree with ${kind} where a file should be: "${path}": lspci would block on it or read it without end, and opening a device can act on it; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`
+        : `Refusing to read a tree with ${kind}: "${path}" leads to "${leadsTo}", outside the tree; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`,
     );
     this.path = path;
   }
+}
+
+/**
+ * `reader` kept inside the captured tree at `root`: a path under `root` that a link leads out of
+ * it (a device's `uevent` to `/etc/passwd`, `bus/pci/devices/X` to `/sys/...`) is refused with
+ * {@link SysfsTreeError}, before it is read. A tree is anyone's (one attached to a bug report):
+ * what such a link led to was printed, and copied into its snapshot. Links read as links
+ * (`readLink`: their target's name is the fact) need only their directory inside; a dangling
+ * link or a loop is left to the read, which finds nothing. Paths outside `root` are the
+ * caller's own, and read as they are. `realPath` resolves links (default `Deno.realPathSync`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertThrows } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.writeTextFileSync(`${dir}/vendor`, "0x10de\n");
+ * Deno.symlinkSync("/etc/passwd", `${dir}/uevent`);
+ * const reader = confinedReader(denoFsReader(), dir);
+ * assertEquals(reader.readText(`${dir}/vendor`), "0x10de\n");
+ * assertThrows(() => reader.readText(`${dir}/uevent`), /leads to "\/etc\/passwd", outside/);
+ * assertEquals(reader.readLink(`${dir}/uevent`), "/etc/passwd");
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function confinedReader(
+  reader: SysfsReader,
+  root: string,
+  realPath: (path: string) => string = Deno.realPathSync,
+): SysfsReader {
+  const resolve = (path: string): string | null => {
+    try {
+      return realPath(path);
+    } catch {
+      // Missing, a loop, unreadable: the read itself finds nothing there, or says why.
+      return null;
+    }
+  };
+  const top = root.replace(/(.)\/+$/, "$1");
+  const realRoot = resolve(top);
+  if (realRoot === null) return reader;
+  const inside = (path: string) =>
+    realRoot === "/" || path === realRoot || path.startsWith(`${realRoot}/`);
+  const dirs = new Map<string, string | null>();
+  const checkDir = (dir: string) => {
+    let real = dirs.get(dir);
+    if (real === undefined) dirs.set(dir, real = resolve(dir));
+    if (real !== null && !inside(real)) throw new SysfsTreeError(dir, "a link out of it", real);
+  };
+  const under = (path: string) => path.startsWith(`${top}/`);
+  const check = (path: string) => {
+    if (!under(path)) return;
+    checkDir(path.slice(0, path.lastIndexOf("/")));
+    if (reader.readLink(path) === null) return;
+    const real = resolve(path);
+    if (real !== null && !inside(real)) throw new SysfsTreeError(path, "a link out of it", real);
+  };
+  const confined: SysfsReader = {
+    listDir: (path) => (check(path), reader.listDir(path)),
+    readText: (path) => (check(path), reader.readText(path)),
+    readBytes: (path, maxBytes) => (check(path), reader.readBytes(path, maxBytes)),
+    readLink: (path) => {
+      if (under(path)) checkDir(path.slice(0, path.lastIndexOf("/")));
+      return reader.readLink(path);
+    },
+    openFile: (path) => (check(path), reader.openFile(path)),
+  };
+  if (reader.listEntries !== undefined) {
+    confined.listEntries = (path) => (check(path), reader.listEntries!(path));
+  }
+  if (reader.deviceNumber !== undefined) {
+    confined.deviceNumber = (path) => (check(path), reader.deviceNumber!(path));
+  }
+  return confined;
 }
 
 /**

@@ -19,6 +19,7 @@ import {
 } from "../../lib/host/sysfs.ts";
 import { LibcFsError, libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
+import { pathExists } from "../../lib/state/paths.ts";
 
 const TEST = "tests/host/special_files_test.ts";
 const GPU = "0000:21:00.0";
@@ -279,6 +280,39 @@ Deno.test("devices --sysfs TREE with a FIFO config exits 1 naming the file, with
     outcome: "exit 1, the file named, no hang",
     test: TEST,
   });
+});
+
+Deno.test("--sysfs TREE reads nothing a link leads to outside the tree, naming the link", async () => {
+  await using tree = await demoTree();
+  const secret = `${tree.dir}/secret`;
+  Deno.writeTextFileSync(secret, "root:x:0:0:root:/root:/bin/bash\nvendor_id\t: GenuineIntel\n");
+  const uevent = replace(tree.sysfs, "uevent", (path) => Deno.symlinkSync(secret, path));
+  // `../..` out of the tree, and a captured /proc file to this host's own.
+  Deno.mkdirSync(`${tree.sysfs}/proc`);
+  Deno.symlinkSync("../../secret", `${tree.sysfs}/proc/cpuinfo`);
+  const withFfi = documentedFlags();
+  const withoutFfi = withFfi.filter((f) => f !== "--allow-ffi");
+  for (const flags of [withFfi, withoutFfi]) {
+    // doctor needs FFI for its other checks.
+    const commands = flags === withFfi ? ["devices", "groups", "doctor", "snapshot"] : ["devices"];
+    for (const command of commands) {
+      const out = `${tree.dir}/snap`;
+      const args = command === "snapshot" ? [out] : [];
+      const result = await runCli([command, "--sysfs", tree.sysfs, ...args], { flags });
+      // The snapshot copied the secret into its tree; the others read it as the device's uevent.
+      assertEquals(result.code, 1, result.stderr);
+      assertOk(
+        result.stderr.includes(`link out of it: "${uevent}" leads to "${secret}", outside`),
+        result.stderr,
+      );
+      assertEquals(Deno.statSync(tree.dir).isDirectory && !pathExists(out), true);
+    }
+  }
+  // With the uevent a file again, the snapshot is written without the /proc file that leads out.
+  replace(tree.sysfs, "uevent", (path) => Deno.writeTextFileSync(path, "DRIVER=nouveau\n"));
+  const result = await runCli(["snapshot", "--sysfs", tree.sysfs, `${tree.dir}/snap`]);
+  assertEquals(result.code, 0, result.stderr);
+  assertEquals(pathExists(`${tree.dir}/snap/proc/cpuinfo`), false);
 });
 
 Deno.test("the Deno reader with listings reads regular files and links to them, and nothing else", async () => {
