@@ -362,10 +362,24 @@ const HOST_USE_REASONS: readonly HostUseReason[] = [
   "console-vga",
 ];
 
+/**
+ * At most this much of a captured tree's `host_use.json` is read: a host's every mount is an
+ * entry (a Kubernetes node's bind mounts number hundreds), past the 64 KiB of an attribute.
+ */
+const HOST_USE_LIMIT = 16 << 20;
+
 /** A captured tree's `host_use.json` (written by `snapshot`), or `null` (unknown) when absent. */
 function treeHostUse(reader: SysfsReader, root: string): HostUse[] | null {
-  const text = reader.readText(`${root}/host_use.json`);
-  if (text === null) return null;
+  const path = `${root}/host_use.json`;
+  // The common small file in one read of an attribute's size; the reader's buffer grows to the
+  // limit only for a file that fills that.
+  let bytes = reader.readBytes(path, 65536);
+  if (bytes?.length === 65536) bytes = reader.readBytes(path, HOST_USE_LIMIT + 1);
+  if (bytes === null) return null;
+  if (bytes.length > HOST_USE_LIMIT) {
+    throw new SyntaxError(`Cannot parse "${root}/host_use.json": it is larger than 16 MiB`);
+  }
+  const text = new TextDecoder().decode(bytes);
   let data: unknown;
   try {
     data = JSON.parse(text);

@@ -519,6 +519,21 @@ Deno.test("writeSnapshot() holds the identifying facts README's Secrets part nam
   }
 });
 
+Deno.test("writeSnapshot() of a host with hundreds of mounts reads back: its host_use.json is over 64 KiB", async () => {
+  // A Kubernetes node: each pod's volumes are bind mounts from the root disk.
+  const description = described("x570-aorus-pro-wifi");
+  const disk = description.devices.find((d) => d.class.startsWith("0x0108"))!;
+  description.host_use = Array.from({ length: 600 }, (_, i) => ({
+    address: disk.bdf,
+    reason: "mounted-filesystem" as const,
+    detail:
+      `/var/lib/kubelet/pods/${crypto.randomUUID()}/volumes/kubernetes.io~secret/token-${i} on nvme0n1p2`,
+  }));
+  // It read the first 64 KiB alone: "Unterminated string in JSON at position 65536".
+  const after = await roundTrip(description, { lspci: null });
+  assertEquals(after.hostUse?.length, 600);
+});
+
 Deno.test("snapshot of a tree whose sriov_numvfs is no count ends, as discovery does", async () => {
   const host = generateHost(120, { vfsPerNic: 2 });
   const pf = host.devices.find((d) => d.device === "0x1572")!;
