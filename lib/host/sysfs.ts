@@ -386,10 +386,18 @@ export function confinedReader(
     if (real !== null && !inside(real)) throw new SysfsTreeError(dir, "a link out of it", real);
   };
   const under = (path: string) => path.startsWith(`${top}/`);
+  const isLink = (path: string) => {
+    try {
+      return reader.readLink(path) !== null;
+    } catch {
+      // A loop on the way, a denied directory: the read itself says so, as a read.
+      return false;
+    }
+  };
   const check = (path: string) => {
     if (!under(path)) return;
     checkDir(path.slice(0, path.lastIndexOf("/")));
-    if (reader.readLink(path) === null) return;
+    if (!isLink(path)) return;
     const real = resolve(path);
     if (real !== null && !inside(real)) throw new SysfsTreeError(path, "a link out of it", real);
   };

@@ -188,6 +188,23 @@ Deno.test("a --sysfs that is a loop of symbolic links is named as one by the lib
   assertMatch(error.message, /: ELOOP: a loop of symbolic links$/);
 });
 
+Deno.test("groups --sysfs TREE with a group directory that is a loop says it could not open it", async () => {
+  await using tree = await demoTree();
+  const groups = `${tree.sysfs}/kernel/iommu_groups`;
+  const group = [...Deno.readDirSync(groups)][0]!.name;
+  Deno.removeSync(`${groups}/${group}`, { recursive: true });
+  Deno.symlinkSync(group, `${groups}/${group}`);
+  const result = await runCli(["groups", "--sysfs", tree.sysfs]);
+  assertEquals(result.code, 1, result.stderr);
+  // It said "Cannot read link": the tree check's look for a link, not the listing, met the loop.
+  assertOk(
+    result.stderr.includes(
+      `Cannot open directory "${groups}/${group}/devices": ELOOP: a loop of symbolic links`,
+    ),
+    result.stderr,
+  );
+});
+
 Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear error, Deno's reads it as unreadable", async () => {
   await using tree = await demoTree();
   const path = replace(tree.sysfs, "uevent", mkfifo);
