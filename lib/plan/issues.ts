@@ -236,21 +236,48 @@ export function unreadLiveWarning(name: string, error: string): PlanIssue {
 }
 
 /**
- * What stops a start of a VM whose `<hostdev>` names a missing device, under the VM's `guard:`
- * `policy` (which judges hand-added elements) and `hook` (whether the start guard is installed;
- * absent: unknown, as for a tree captured on another host). libvirt fails the start wherever the
- * guard lets it go on.
+ * The start guard at a VM's start, as `plan` knows it: the VM's `guard:` `policy`, and `hook`,
+ * whether the guard is installed (absent: unknown, as for a tree captured on another host).
  */
-function missingStopper(policy: GuardPolicy, hook: boolean | undefined): string {
+export interface StartGuard {
+  policy: GuardPolicy;
+  hook?: boolean | undefined;
+}
+
+/** The start guard at a VM's start, from what a VM's plan knows (`guard`: absent, `enforce`). */
+export function startGuard(context: { guard?: GuardPolicy; guardHook?: boolean }): StartGuard {
+  return { policy: context.guard ?? "enforce", hook: context.guardHook };
+}
+
+/**
+ * What the start guard does with a reason of its own not to start a VM (an element it did not
+ * record: the VM's policy judges it): `off` passes it and `warn` lets the start go on, unless
+ * the host needs the device (`hostNeeds`), which `warn` never lets go; `refuses` when it is
+ * installed, `unknown` when that is; `none` when it is not.
+ */
+export function startGuardDoes(
+  { policy, hook }: StartGuard,
+  hostNeeds: boolean,
+): "none" | "off" | "warn" | "refuses" | "unknown" {
+  if (hook === false) return "none";
+  if (policy === "off") return "off";
+  if (policy === "warn" && !hostNeeds) return "warn";
+  return hook === true ? "refuses" : "unknown";
+}
+
+/**
+ * What stops a start of a VM whose `<hostdev>` names a missing device ({@link startGuardDoes}):
+ * libvirt fails the start wherever the guard lets it go on.
+ */
+function missingStopper(start: StartGuard): string {
   const libvirt = "libvirt fails to find the device";
-  if (hook === false) return `no start guard is installed: ${libvirt}`;
-  if (policy === "off") return `its "guard: off" has the start guard pass it, and ${libvirt}`;
-  if (policy === "warn") {
-    return `its "guard: warn" has the start guard warn and go on, and ${libvirt}`;
-  }
-  return hook === true
-    ? "the start guard refuses it"
-    : `the start guard refuses it; without the guard, ${libvirt}`;
+  return {
+    none: `no start guard is installed: ${libvirt}`,
+    off: `its "guard: off" has the start guard pass it, and ${libvirt}`,
+    warn: `its "guard: warn" has the start guard warn and go on, and ${libvirt}`,
+    refuses: "the start guard refuses it",
+    unknown: `the start guard refuses it; without the guard, ${libvirt}`,
+  }[startGuardDoes(start, false)];
 }
 
 /**
@@ -262,7 +289,7 @@ export function handAddedMissingWarning(
   vm: string,
   element: "hostdev" | "interface",
   { address, guest }: { address: PciAddress; guest: string | null },
-  start: { policy: GuardPolicy; hook?: boolean | undefined },
+  start: StartGuard,
 ): PlanIssue {
   const what = element === "hostdev" ? "<hostdev>" : "<interface type='hostdev'>";
   const at = guest === null ? "" : ` (guest address ${guest})`;
@@ -270,7 +297,7 @@ export function handAddedMissingWarning(
     code: "hand-added-missing",
     message: `Hand-added ${what} ${address}${at} of VM "${vm}" holds no device on this host: ` +
       `"${vm}" cannot start while it is missing (${
-        missingStopper(start.policy, start.hook)
+        missingStopper(start)
       }): bring the device back there, or remove the element with virsh edit ${shellWord(vm)}`,
     vm,
     devices: [address],

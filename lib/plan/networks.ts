@@ -8,8 +8,9 @@
  */
 
 import type { ClosureResult } from "../resolve/closure.ts";
-import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { describe } from "./issues.ts";
+import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
+import { describe, type StartGuard, startGuardDoes } from "./issues.ts";
+import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
 import type { PlanIssue } from "./types.ts";
 import { shellWord } from "../render/shell.ts";
 import type { HostdevNetwork, NetworksRead } from "./world.ts";
@@ -139,17 +140,44 @@ export function networkPoolErrors(
 
 /**
  * The refusal of VM `vm`, whose interface is on hostdev network `network`, for the pool entry at
- * `address`, which `holds` what makes it wrong: libvirt may hand it to the VM at its start.
+ * `address`, which `holds` what makes it wrong: libvirt may hand it to the VM at its start, and
+ * what the start guard does then ({@link startGuardDoes} of `start`; `hostNeeds`: whether the
+ * host needs what the entry holds).
  */
 export function poolEntryMessage(
   vm: string,
-  { network, address, holds }: { network: string; address: PciAddress; holds: string },
+  { network, address, holds, start, hostNeeds }: {
+    network: string;
+    address: PciAddress;
+    holds: string;
+    start: StartGuard;
+    hostNeeds: boolean;
+  },
 ): string {
+  const refuses = "the start guard refuses every start while the pool lists it";
+  const guard = {
+    none: "no start guard is installed to refuse it",
+    off: `its "guard: off" has the start guard let it`,
+    warn: `its "guard: warn" has the start guard warn and let it`,
+    refuses,
+    unknown: `${refuses}; without the guard, nothing stops it`,
+  }[startGuardDoes(start, hostNeeds)];
   return `Hostdev network ${
     JSON.stringify(network)
-  }, which an interface of "${vm}" is on, lists ${address}, which ${holds}: libvirt may hand any free entry of the pool to "${vm}" at its start, and the start guard refuses every start while the pool lists it: ${
+  }, which an interface of "${vm}" is on, lists ${address}, which ${holds}: libvirt may hand any free entry of the pool to "${vm}" at its start, and ${guard}: ${
     leaveOutOfPool(network)
   }, then plan again`;
+}
+
+/**
+ * Whether the start guard counts `device`, an entry of a pool, as one the host needs: what the
+ * host or a domain uses, a platform function, or a PF whose VF is used (it reads the entry's own
+ * card as asked for).
+ */
+function poolEntryNeeded(device: PciDevice, hostUse: readonly HostUse[] | null): boolean {
+  const matchedCards = new Set([cardOf(device)]);
+  return hostCriticalReason(device, { matchedCards, hostUse }) !== null ||
+    virtualFunctionInUse(device, hostUse) !== null;
 }
 
 /**
@@ -157,16 +185,20 @@ export function poolEntryMessage(
  * a network's pool that holds no device, or one that is not an SR-IOV VF (libvirt takes only VFs
  * into a pool: the buses moved under it), or a VF under a host device a domain uses
  * (`deviceControllers`: its netdev under a macvtap interface of this VM or another), as the start
- * guard refuses them (a `vm-device` use: handed to the guest, it pulls that device away).
+ * guard refuses them under `guard: enforce` (a `vm-device` use: handed to the guest, it pulls that
+ * device away); each says what the guard does under the VM's `start` policy.
  */
 export function poolEntryErrors(
   vm: string,
   networks: readonly string[],
   pools: readonly NetworkPool[],
   byAddress: ReadonlyMap<PciAddress, PciDevice>,
-  { deviceControllers }: {
+  { deviceControllers, hostUse = null, start }: {
     deviceControllers?: ReadonlyMap<string, ReadonlyMap<PciAddress, readonly string[]>> | undefined;
-  } = {},
+    /** What the host uses ({@link HostTopology.hostUse}). */
+    hostUse?: readonly HostUse[] | null;
+    start: StartGuard;
+  },
 ): PlanIssue[] {
   // This VM's own uses first, then the other domains' by name.
   const users = [...deviceControllers ?? []].sort(([a], [b]) =>
@@ -191,7 +223,14 @@ export function poolEntryErrors(
         }, not an SR-IOV virtual function (libvirt takes only VFs into a pool: the buses moved under it)`;
       return [{
         code: "hostdev-network",
-        message: poolEntryMessage(vm, { network: pool.name, address, holds }),
+        message: poolEntryMessage(vm, {
+          network: pool.name,
+          address,
+          holds,
+          start,
+          // A VF under a domain's device is a `vm-device` use: the guard counts it as the host's.
+          hostNeeds: device !== undefined && (used.length > 0 || poolEntryNeeded(device, hostUse)),
+        }),
         vm,
         devices: [address],
       }];

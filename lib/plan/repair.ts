@@ -24,7 +24,7 @@ import { editDomainXml, heldAddresses, type ParsedDomain } from "../domain/domai
 import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
-import { describe, driftWarning } from "./issues.ts";
+import { describe, driftWarning, type StartGuard, startGuard } from "./issues.ts";
 import { findMovedCard, movedRecord } from "../resolve/moves.ts";
 import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
@@ -58,7 +58,8 @@ export interface HostNeeded {
  * repair's in any case) and whose rule does not say `allow_host_critical: true`, and every
  * hand-added one: a rule taking it records nothing for it (hand-added hostdevs are never
  * taken over), so the start guard, which lifts only a recorded device's refusal, would refuse
- * it whatever the rule says. Each refuses the VM.
+ * it whatever the rule says (as `plan` does; only the VM's `guard: off` has the guard pass it).
+ * Each refuses the VM.
  */
 export function hostNeededHostdevs(
   domain: ParsedDomain,
@@ -105,10 +106,11 @@ export function hostNeededHostdevs(
     const vf = domain.vfRecords.find((r) => r.address === address);
     check(address, "interface", { rule: vf?.pf.rule ?? null });
   }
-  // Never written by passthrough: the start guard refuses it as it refuses a hand-added hostdev.
+  // Never written by passthrough: the start guard judges it as it judges a hand-added hostdev.
   for (const address of domain.nvmeDisks) check(address, "disk", { rule: null });
   // libvirt hands any free entry of a hostdev network's pool to an interface on it at start, so
-  // the start guard refuses the start while any entry is a device the host needs.
+  // the start guard refuses the start while any entry is a device the host needs (but under
+  // the VM's `guard: off`: the plan refuses it whatever the policy).
   for (const pool of pools.filter((p) => domain.networks.includes(p.name))) {
     for (const address of pool.vfs) check(address, "network", { rule: null, network: pool.name });
   }
@@ -265,7 +267,11 @@ function staleIssue(vm: string, stale: Stale, hostUse: HostUse | undefined, stan
 }
 
 /** The refusal of a hostdev on a device the host needs: removed, or to remove by hand. */
-function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
+function neededIssue(
+  vm: string,
+  needed: HostNeeded,
+  { stand, start }: { stand: string; start: StartGuard },
+): PlanIssue {
   const { address, device, use, kind, rule } = needed;
   const element = kind === "interface"
     ? "<interface type='hostdev'>"
@@ -286,7 +292,7 @@ function neededIssue(vm: string, needed: HostNeeded, stand: string): PlanIssue {
     shellWord(vm)
   }", delete the ${element} whose <source> has <address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>, then plan again`;
   const message = kind === "network"
-    ? poolEntryMessage(vm, { network: needed.network!, address, holds })
+    ? poolEntryMessage(vm, { network: needed.network!, address, holds, start, hostNeeds: true })
     : kind === "owned"
     ? `Hostdev ${address} of "${vm}"${ruled} ${holds}: the repair removes it${stand}, so that the next start cannot take it from the host`
     : rule !== null
@@ -330,6 +336,7 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
   const others = plan.errors.length + stales.length + nics.issues.length + input.needed.length - 1;
   const stand = others > 0 ? ` even while the other refusals of "${plan.name}" stand` : "";
   const first: PlanIssue[] = [];
+  const start = startGuard(input.context);
   for (const have of domain.hostdevs) {
     const stale = stales.find((s) => s.from === have.address);
     const use = host.hostUse?.find((u) => u.address === have.address);
@@ -337,10 +344,10 @@ export function repairRefused(plan: VmPlan, domain: ParsedDomain, input: RepairI
     const needed = input.needed.find((n) =>
       n.address === have.address && (n.kind === "owned" || n.kind === "hand-added")
     );
-    if (needed !== undefined) first.push(neededIssue(plan.name, needed, stand));
+    if (needed !== undefined) first.push(neededIssue(plan.name, needed, { stand, start }));
   }
   for (const needed of input.needed.filter((n) => n.kind !== "owned" && n.kind !== "hand-added")) {
-    first.push(neededIssue(plan.name, needed, stand));
+    first.push(neededIssue(plan.name, needed, { stand, start }));
   }
   plan.errors.unshift(...first, ...nics.issues);
   plan.hostdevs = [...domain.hostdevs, ...domain.interfaces].map((d) => d.address).sort();

@@ -30,7 +30,7 @@ import {
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts";
 import { assignGuestSlots, type GuestLayout, specFor, strandedFunctions } from "./guest_slots.ts";
-import { describe, driftWarning, handAddedMissingWarning } from "./issues.ts";
+import { describe, driftWarning, handAddedMissingWarning, startGuard } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
 import { hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
@@ -749,7 +749,7 @@ function warnRunning(plan: VmPlan): void {
 /** A warning for each hand-written hostdev or interface whose host address holds no device. */
 function handAddedMissing(vm: string, domain: ParsedDomain, context: VmContext): PlanIssue[] {
   const { byAddress } = context;
-  const start = { policy: context.guard ?? "enforce", hook: context.guardHook };
+  const start = startGuard(context);
   const gone = (d: { address: PciAddress; owned: boolean }) =>
     !d.owned && !byAddress.has(d.address);
   const at = (d: { address: PciAddress; guestAddress: GuestPciAddress | null }) => ({
@@ -797,6 +797,8 @@ export function planVm(
     ...preflight?.errors ?? [],
     ...poolEntryErrors(vm, domain.networks, context.pools ?? [], context.byAddress, {
       deviceControllers: context.deviceControllers,
+      hostUse: context.host.hostUse,
+      start: startGuard(context),
     }),
   );
   plan.warnings.push(...handAddedMissing(vm, domain, context));

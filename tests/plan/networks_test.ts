@@ -22,7 +22,10 @@ import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { AQUANTIA, linkBridgeOverAquantia } from "../helpers/demo_net.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { sriovNic } from "../helpers/sriov.ts";
-import { guardCheck } from "../../lib/guard/run.ts";
+import { guardCheck, runGuard } from "../../lib/guard/run.ts";
+import { guardPolicies } from "../../lib/guard/policy.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import type { GuardPolicy } from "../../lib/config/config.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const NIC = AQUANTIA;
@@ -233,7 +236,10 @@ const ROUTER = `<domain type='test' xmlns:test='http://libvirt.org/schemas/domai
 async function routerOnPool(
   pool: string[],
   hostUse: HostDescription["host_use"] = [],
-): Promise<{ errors: [string, string[] | undefined][]; messages: string[]; guard: unknown[] }> {
+  { guard, guardHook }: { guard?: GuardPolicy; guardHook?: boolean } = {},
+): Promise<
+  { errors: [string, string[] | undefined][]; messages: string[]; guard: unknown[]; code: number }
+> {
   const z690 = loadFixtureHost("z690-asus-adl");
   z690.devices.push(...sriovNic("40", 4));
   z690.host_use = hostUse;
@@ -247,12 +253,14 @@ async function routerOnPool(
   );
   const host = await discoverHost({ root: tree.dir, lspci: null });
   const libvirt = openLibvirtPort(`test://${tree.dir}/world.xml`);
-  const config = parseConfig("version: 1\nvms:\n  router:\n    devices: []\n", {
+  const policy = guard === undefined ? "" : `    guard: ${guard}\n`;
+  const config = parseConfig(`version: 1\nvms:\n  router:\n${policy}    devices: []\n`, {
     file: "router.yaml",
   });
   let vm;
   try {
-    vm = planHostdevs({ config, host, libvirt }).vms[0]!;
+    vm = planHostdevs({ config, host, libvirt, ...(guardHook === undefined ? {} : { guardHook }) })
+      .vms[0]!;
   } finally {
     libvirt.close();
   }
@@ -269,10 +277,26 @@ async function routerOnPool(
     live: false,
     networkStatusDir: `${tree.dir}/network`,
   });
+  // The hook's verdict at its start, under the policies an apply of this config records.
+  const stateDir = `${tree.dir}/state`;
+  Deno.mkdirSync(stateDir, { mode: 0o700 });
+  recordPolicies(stateDir, guardPolicies(config));
+  const { code } = await runGuard({
+    vm: "router",
+    operation: "prepare",
+    subOperation: "begin",
+    xml: ROUTER,
+    reader: denoFsReader(),
+    root: tree.dir,
+    live: false,
+    stateDir,
+    networkStatusDir: `${tree.dir}/network`,
+  });
   return {
     errors: vm.errors.map((e) => [e.code, e.devices]),
     messages: vm.errors.map((e) => e.message),
     guard: refusals.map((r) => [r.kind, r.address, r.network]),
+    code,
   };
 }
 
@@ -281,7 +305,7 @@ Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF the host
   const used = [
     { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
   ] as const satisfies HostDescription["host_use"];
-  const refused = await routerOnPool(["0000:40:10.0", "0000:40:10.2"], used);
+  const refused = await routerOnPool(["0000:40:10.0", "0000:40:10.2"], used, { guardHook: true });
   assertEquals(refused.errors, [["host-needed", ["0000:40:10.2"]]]);
   assertEquals(refused.messages, [
     `Hostdev network "sriov", which an interface of "router" is on, lists 0000:40:10.2, which holds 8086:10ca class 020000, which the host needs now (default-route: default route via enp64s0v1): libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`,
@@ -307,6 +331,34 @@ Deno.test("plan refuses a VM on a hostdev network whose pool lists an address ho
     ["replaced", "0000:40:00.0", "sriov"],
     ["missing", "0000:77:10.1", "sriov"],
   ]);
+});
+
+Deno.test("plan says what the start guard does with a pool entry, by the VM's policy and the hook, as the hook does", async () => {
+  const used = [
+    { address: "0000:40:10.2", reason: "default-route", detail: "default route via enp64s0v1" },
+  ] as const satisfies HostDescription["host_use"];
+  // An entry that holds nothing, one that is no VF, and a VF the host needs.
+  const entries = [[["0000:77:10.1"], []], [["0000:40:00.0"], []], [
+    ["0000:40:10.2"],
+    used,
+  ]] as const;
+  const clause = (message: string) => message.split(" at its start, and ")[1]!.split(": leave")[0];
+  for (const [pool, hostUse] of entries) {
+    for (const guard of ["enforce", "warn", "off"] as const) {
+      const found = await routerOnPool([...pool], [...hostUse], { guard, guardHook: true });
+      const refused = found.code === 1;
+      const expected = refused
+        ? "the start guard refuses every start while the pool lists it"
+        : `its "guard: ${guard}" has the start guard ${guard === "warn" ? "warn and " : ""}let it`;
+      assertEquals([pool[0], guard, found.messages.map(clause)], [pool[0], guard, [expected]]);
+    }
+    const none = await routerOnPool([...pool], [...hostUse], { guardHook: false });
+    assertEquals(none.messages.map(clause), ["no start guard is installed to refuse it"]);
+    const unknown = await routerOnPool([...pool], [...hostUse]);
+    assertEquals(unknown.messages.map(clause), [
+      "the start guard refuses every start while the pool lists it; without the guard, nothing stops it",
+    ]);
+  }
 });
 
 Deno.test("plan --vm: another VM on a hostdev network whose pool lists a VF the host uses is warned of, with no claim its plan edits the network", async () => {
@@ -406,7 +458,7 @@ Deno.test("plan refuses a VM on a hostdev network whose pool lists a VF under a 
       devRoot: `${dir}/dev`,
     }).map((r) => [r.kind, r.address, r.network]);
   const tail =
-    `: libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`;
+    `: libvirt may hand any free entry of the pool to "router" at its start, and the start guard refuses every start while the pool lists it; without the guard, nothing stops it: leave this one out of it (virsh net-edit sriov: a <pf> pool becomes a list of <address> entries; then, with the guests that use it shut down, virsh net-destroy sriov; virsh net-start sriov), then plan again`;
   const own = planOf(withMacvtap);
   assertEquals(own.map((e) => [e.code, e.devices, e.message]), [[
     "hostdev-network",
