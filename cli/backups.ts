@@ -23,6 +23,7 @@ import {
 } from "../lib/state/state_dir.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { redactedJson } from "../lib/render/redact.ts";
+import { lockUri } from "../lib/state/lock.ts";
 import { followUpCommand, type RunFlags, shellWord } from "../lib/render/shell.ts";
 
 /**
@@ -40,20 +41,24 @@ function otherVms(state: StateDir | null, vm: string | undefined, run: RunFlags)
 }
 
 /**
- * A note for each VM whose backups are of several domains (UUIDs): it was undefined or renamed,
- * and another defined under its name. `rollback` restores only a backup of the one defined now,
- * which the listing cannot tell without libvirt.
+ * A note for each VM whose backups from one libvirt are of several domains (UUIDs): it was
+ * undefined or renamed there, and another defined under its name. `rollback` restores only a
+ * backup of the one defined now, which the listing cannot tell without libvirt. Backups of one
+ * name from two libvirts (two hosts) are of two VMs that `rollback` tells apart by `--connect`.
  */
 function uuidNotes(entries: readonly BackupEntry[]): string {
-  const byVm = new Map<string, string[]>();
-  for (const { vm, uuid } of entries) {
-    const uuids = byVm.get(vm) ?? [];
-    if (!uuids.includes(uuid)) byVm.set(vm, [...uuids, uuid]);
+  const byVm = new Map<string, { vm: string; uri: string; uuids: string[] }>();
+  for (const { vm, uri, uuid } of entries) {
+    // The URI as the connection lock names it: no user or password, whatever the apply said.
+    const key = JSON.stringify([vm, lockUri(uri)]);
+    const seen = byVm.get(key) ?? { vm, uri: lockUri(uri), uuids: [] };
+    if (!seen.uuids.includes(uuid)) seen.uuids.push(uuid);
+    byVm.set(key, seen);
   }
-  return [...byVm].filter(([, uuids]) => uuids.length > 1).map(([vm, uuids]) =>
+  return [...byVm.values()].filter(({ uuids }) => uuids.length > 1).map(({ vm, uri, uuids }) =>
     `Note: the backups of ${JSON.stringify(vm)} are of ${uuids.length} VMs defined under that ` +
     `name (UUIDs ${uuids.join(", ")}): rollback restores only those of the UUID it has now ` +
-    `(virsh domuuid ${shellWord(vm)})\n`
+    `(virsh -c ${shellWord(uri)} domuuid ${shellWord(vm)})\n`
   ).join("");
 }
 

@@ -715,7 +715,38 @@ Deno.test("passthrough backups says when a VM's backups are of several VMs defin
     const [, notes] = human.stdout.split("\n\n");
     assertEquals(
       notes,
-      `Note: the backups of "win 10" are of 2 VMs defined under that name (UUIDs ${NEW}, ${UUID}): rollback restores only those of the UUID it has now (virsh domuuid 'win 10')\n`,
+      `Note: the backups of "win 10" are of 2 VMs defined under that name (UUIDs ${NEW}, ${UUID}): rollback restores only those of the UUID it has now (virsh -c u domuuid 'win 10')\n`,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("passthrough backups notes several UUIDs under one name only on one libvirt, which it names", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const OTHER = "77777777-7777-4777-8777-777777777777";
+    const take = (uuid: string, uri: string, second: number) =>
+      writeBackup(state, {
+        vm: "alpha",
+        uuid,
+        xml: xmlOf("alpha").replace(UUID, uuid),
+        reason: "apply",
+        uri,
+        now: at(second),
+      });
+    // One "alpha" on this host's system libvirt, another on host b's: two VMs, none redefined.
+    take(UUID, "qemu:///system", 1);
+    take(OTHER, "qemu+ssh://root@b/system", 2);
+    const apart = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals([apart.code, apart.stderr, apart.stdout.includes("Note:")], [0, "", false]);
+    // Redefined on this host: virsh asks the libvirt the backups came from.
+    take(OTHER, "qemu:///system", 3);
+    const human = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals(
+      human.stdout.split("\n\n")[1],
+      `Note: the backups of "alpha" are of 2 VMs defined under that name (UUIDs ${OTHER}, ${UUID}): rollback restores only those of the UUID it has now (virsh -c qemu:///system domuuid alpha)\n`,
     );
   } finally {
     Deno.removeSync(root, { recursive: true });
