@@ -114,18 +114,25 @@ function startCheck(
       // off aside.
       // Those of the domain the backup defines: another of its name never lends its own.
       const { policy } = readVmPolicy(stateDir, vm, readRecordsLeniently(xml).uuid);
-      const found = policed(guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true }), {
-        ...policy,
-        guard: "enforce",
-        rules: {},
-      });
+      const checked = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
+      const found = policed(checked, { ...policy, guard: "enforce", rules: {} });
+      // What the hook does with the rest, by the policies it reads: `warn` and `off` let a
+      // start go on past an address that holds nothing, and libvirt then fails it.
+      const judged = policed(checked, policy);
       const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
+      const stopper = (r: GuardRefusal) => {
+        const as = judged.find((j) => j.kind === r.kind && j.address === r.address);
+        const name = JSON.stringify(vm);
+        return as?.policy === "enforce"
+          ? `the start guard would refuse to start ${name} as restored`
+          : `${name} would not start as restored (the start guard, by its policy, would ${
+            as === undefined ? "pass it" : "warn and go on"
+          }, and libvirt fails to find the device)`;
+      };
       seen.set(xml, {
         refusals: found.filter(refused).map((r) => r.reason),
         warnings: found.filter((r) => !refused(r)).map((r) =>
-          `the start guard would refuse to start ${
-            JSON.stringify(vm)
-          } as restored: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
+          `${stopper(r)}: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
         ),
       });
     }

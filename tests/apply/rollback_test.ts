@@ -865,7 +865,7 @@ Deno.test({
     assertEquals(pathExists(`/sys/bus/pci/devices/${gone}`), false);
     const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
     try {
-      const rollback = async (dir: string, flags: string[]) => {
+      const rollback = async (dir: string, flags: string[], guard?: "warn" | "off") => {
         await Deno.mkdir(`${root}/${dir}`);
         const { world, stateDir } = await alphaWithBackup(
           `${root}/${dir}`,
@@ -876,6 +876,9 @@ Deno.test({
               records: [identity(gone)],
             }),
         );
+        // The policy an apply of alpha with `guard:` recorded, which the hook judges it by.
+        const vms = guard === undefined ? {} : { alpha: { guard, rules: {}, uuid: UUID_A } };
+        if (guard !== undefined) recordPolicies(stateDir, { version: 1, config: "c.yaml", vms });
         const args = ["--connect", `test://${world}`, "--state-dir", stateDir];
         const result = await cli(["rollback", "alpha", "--yes", ...flags, ...args]);
         assertEquals(result.code, 0, result.stderr);
@@ -892,6 +895,17 @@ Deno.test({
         text.stdout.includes(`\n </domain>\nWarning: ${warning(text.world)}\nRestored "alpha"`),
         text.stdout,
       );
+      // Under guard: warn or off the hook lets the start go on: libvirt fails it.
+      for (const guard of ["warn", "off"] as const) {
+        const lax = await rollback(guard, ["--json"], guard);
+        const lets = guard === "warn" ? "warn and go on" : "pass it";
+        assertEquals(JSON.parse(lax.stdout).warnings, [
+          warning(lax.world).replace(
+            'the start guard would refuse to start "alpha" as restored',
+            `"alpha" would not start as restored (the start guard, by its policy, would ${lets}, and libvirt fails to find the device)`,
+          ),
+        ]);
+      }
     } finally {
       await Deno.remove(root, { recursive: true });
     }
