@@ -11,7 +11,9 @@ import { join, pathExists } from "../state/paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,
+  openOwnFileSync,
   openStateDir,
+  readBoundedSync,
   readOwnFileSync,
   replaceFileSync,
   type StateDir,
@@ -301,8 +303,8 @@ export function allowNextStart(
 
 /**
  * Consumes `vm`'s allowance, if any, for the start of the domain whose `<uuid>` is `uuid`
- * (`null`: it cannot be read): claimed by a rename, then read and removed, whether it still
- * counts, has expired, was given for another domain or cannot be read. One that cannot be
+ * (`null`: it cannot be read): read, claimed by a rename, and removed, whether it still counts,
+ * has expired, was given for another domain or cannot be read. One that cannot be
  * claimed does not count (it would otherwise allow every start); a `guard allow` that writes a
  * new one after the claim leaves that one for the next start instead of seeing it removed unused.
  * A claim an earlier start of `vm` left (killed before it removed it) is removed first.
@@ -317,6 +319,7 @@ export function takeAllowance(
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
   const claimed = `${path}${CLAIM}${Deno.pid}`;
+  using early = readBeforeClaim(path);
   try {
     Deno.renameSync(path, claimed);
   } catch (error) {
@@ -325,7 +328,9 @@ export function takeAllowance(
   }
   let text: string | null;
   try {
-    text = readGuardFile(claimed);
+    text = early !== null && claimedWasRead(claimed, early.file)
+      ? early.text
+      : readGuardFile(claimed);
   } catch (error) {
     // Named by the path the user knows, not the claimed one.
     if (!(error instanceof StateDirError)) throw error;
@@ -357,6 +362,43 @@ export function takeAllowance(
   return outcome === "allowed" && (uuid === null || given !== uuid) ? "other-domain" : outcome;
 }
 
+/**
+ * The allowance at `path` read through a descriptor kept open, before it is claimed: a start of
+ * the VM by another daemon at the same moment removes every claim but its own as a killed start's
+ * leftover, and may remove ours between the claim and its read, losing the allowance for both.
+ * `null` when it cannot be read now (the read after the claim says why).
+ */
+function readBeforeClaim(path: string): (Disposable & { file: Deno.FsFile; text: string }) | null {
+  let file: Deno.FsFile;
+  try {
+    file = openOwnFileSync(path);
+  } catch {
+    return null;
+  }
+  try {
+    const text = new TextDecoder().decode(readBoundedSync(file, path, MAX_POLICY_BYTES));
+    return { file, text, [Symbol.dispose]: () => file.close() };
+  } catch {
+    file.close();
+    return null;
+  }
+}
+
+/**
+ * Whether the file claimed at `claimed` is the one read through `file`: the same, or gone (another
+ * start removed the claim since), unless `guard allow` replaced it between the read and the claim.
+ */
+function claimedWasRead(claimed: string, file: Deno.FsFile): boolean {
+  const read = file.statSync();
+  try {
+    const named = Deno.lstatSync(claimed);
+    return named.ino === read.ino && named.dev === read.dev;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return true;
+    throw error;
+  }
+}
+
 /** What a claimed allowance's name adds to the allowance's, before the claiming process's id. */
 const CLAIM = ".taken-";
 
@@ -364,8 +406,8 @@ const CLAIM = ".taken-";
  * Removes what a start of `vm` killed half-way (the hook's deadline, the OOM killer) left in
  * `kind`: a claim of its allowance (`allow/VM.json.taken-PID`, killed between the claim and its
  * removal) or a temporary refusal record (`refused/.VM.json.UUID.tmp`, killed before the rename).
- * Any but ours is such a leftover: libvirt runs one start of a domain at a time, and nothing else
- * writes those names. Left there, one would make every later start of every VM take the slow
+ * Any but ours is such a leftover: one daemon runs one start of a domain at a time, nothing else
+ * writes those names, and a claiming start has read its allowance before it claims it. Left there, one would make every later start of every VM take the slow
  * path (the guard keeps something), and nothing else ever removes it.
  */
 function removeLeftovers(stateDir: string, kind: GuardFolder, vm: string): void {

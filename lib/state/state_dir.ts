@@ -391,8 +391,9 @@ export function openOwnFileSync(path: string, options: { write?: boolean } = {})
 /**
  * Reads an open file from its current position, at most `maxBytes`: a {@link StateDirError}
  * (`unexpected-file`) when it holds more, so a huge file is refused without being read whole.
+ * `path` names it in that error.
  */
-function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
+export function readBoundedSync(file: Deno.FsFile, path: string, maxBytes: number): Uint8Array {
   // A regular file: "only regular files" would not say what is wrong with it.
   const tooLarge = () =>
     unexpectedFile(path, `it is larger than ${maxBytes} bytes`, "passthrough writes none so large");

@@ -359,21 +359,20 @@ Deno.test("policy: an allowance is consumed by the next start even when it only 
 
 Deno.test("policy: an allowance written while a start takes the old one stays for the next start", () => {
   const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-race-" });
-  const open = Deno.openSync;
+  const rename = Deno.renameSync;
   try {
     allowNextStart(state, "win11", { uuid: UUID, now: new Date(Date.now() - 1000) });
-    // "passthrough guard allow win11" runs again just as the start reads the allowance it took.
+    // "passthrough guard allow win11" runs again just as the start has claimed the old one.
     let written = false;
-    Deno.openSync = (path, options) => {
-      const file = open(path, options);
-      if (!written && options?.write !== true && String(path).includes("/guard/allow/")) {
+    Deno.renameSync = (from, to) => {
+      rename(from, to);
+      if (!written && String(to).includes(".taken-")) {
         written = true;
         allowNextStart(state, "win11", { uuid: UUID });
       }
-      return file;
     };
     assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
-    Deno.openSync = open;
+    Deno.renameSync = rename;
     assertEquals(written, true);
     // The new one was not removed with the old: the next start has it.
     assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
@@ -387,7 +386,39 @@ Deno.test("policy: an allowance written while a start takes the old one stays fo
       test: "tests/guard/policy_test.ts",
     });
   } finally {
-    Deno.openSync = open;
+    Deno.renameSync = rename;
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
+Deno.test("policy: an allowance another start of the VM removes as a leftover once claimed is still taken", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-claim-race-" });
+  const rename = Deno.renameSync;
+  try {
+    allowNextStart(state, "win11", { uuid: UUID });
+    // A start of win11 by a second daemon, at the same moment, removes the claim as a leftover of
+    // a killed start just after this one made it.
+    let removed = false;
+    Deno.renameSync = (from, to) => {
+      rename(from, to);
+      if (String(to).includes(".taken-")) {
+        Deno.removeSync(to);
+        removed = true;
+      }
+    };
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
+    Deno.renameSync = rename;
+    assertEquals(removed, true);
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "none");
+    recordCase({
+      area: "concurrency",
+      name: "two starts of one VM at once, one allowance",
+      count: 1,
+      outcome: "one start takes it even when the other removes its claim as a leftover",
+      test: "tests/guard/policy_test.ts",
+    });
+  } finally {
+    Deno.renameSync = rename;
     Deno.removeSync(state, { recursive: true });
   }
 });
