@@ -512,7 +512,12 @@ export function recordRefusals(
   removeLeftovers(stateDir, "refused", vm);
   if (refusals.length === 0) {
     const path = existingGuardFile(stateDir, "refused", vm);
-    if (path !== null) Deno.removeSync(path);
+    try {
+      if (path !== null) Deno.removeSync(path);
+    } catch (error) {
+      // Removed by another start of `vm` at the same moment (a second daemon's): as asked.
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
     return null;
   }
   const dir = guardDir(openStateDir(stateDir), "refused");
@@ -524,7 +529,16 @@ export function recordRefusals(
     refusals: listedRefusals(refusals).map(({ vm: _vm, fix: _fix, ...rest }) => rest),
     ...(more > 0 ? { more } : {}),
   };
-  return replaceFileSync(dir, fileName(vm), `${JSON.stringify(record, null, 2)}\n`);
+  const text = `${JSON.stringify(record, null, 2)}\n`;
+  // Another start of `vm` at the same moment (a second daemon's) removes our temporary record as
+  // a killed start's leftover before it writes its own: written again, it is not an error.
+  for (let attempt = 1;; attempt++) {
+    try {
+      return replaceFileSync(dir, fileName(vm), text);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound) || attempt === 3) throw error;
+    }
+  }
 }
 
 /**

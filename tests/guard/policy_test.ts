@@ -19,8 +19,10 @@ import {
   readRefusalRecords,
   readVmPolicy,
   recordPolicies,
+  recordRefusals,
   takeAllowance,
 } from "../../lib/guard/state.ts";
+import type { GuardRefusal } from "../../lib/guard/check.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -419,6 +421,49 @@ Deno.test("policy: an allowance another start of the VM removes as a leftover on
     });
   } finally {
     Deno.renameSync = rename;
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
+Deno.test("policy: a refusal record another start of the VM removes or clears at once is no error", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-record-race-" });
+  const [rename, remove] = [Deno.renameSync, Deno.removeSync];
+  const refusal = {
+    vm: "win11",
+    kind: "changed",
+    address: "0000:0b:00.0",
+    reason: "hostdev 0000:0b:00.0 holds 10de:1b06",
+    fix: "passthrough plan --vm win11",
+    hostNeeds: null,
+    recorded: null,
+  } as unknown as GuardRefusal;
+  try {
+    // A start of win11 by a second daemon, at the same moment, removes this one's temporary
+    // record as a killed start's leftover, then (its start let through) the record itself.
+    let taken = 0;
+    Deno.renameSync = (from, to) => {
+      if (taken++ === 0 && String(from).includes("/guard/refused/.")) remove(from);
+      rename(from, to);
+    };
+    recordRefusals(state, "win11", [refusal], { allowed: false });
+    Deno.renameSync = rename;
+    assertEquals([taken, readRefusalRecords(state).map((r) => r.vm)], [2, ["win11"]]);
+    Deno.removeSync = (path, options) => {
+      if (String(path).endsWith("/guard/refused/win11.json")) remove(path);
+      remove(path, options);
+    };
+    assertEquals(recordRefusals(state, "win11", [], { allowed: false }), null);
+    Deno.removeSync = remove;
+    assertEquals(readRefusalRecords(state), []);
+    recordCase({
+      area: "concurrency",
+      name: "two starts of one VM at once record or clear its refusal",
+      count: 1,
+      outcome: "no error; the record of one of them stands",
+      test: "tests/guard/policy_test.ts",
+    });
+  } finally {
+    [Deno.renameSync, Deno.removeSync] = [rename, remove];
     Deno.removeSync(state, { recursive: true });
   }
 });
