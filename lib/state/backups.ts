@@ -297,6 +297,16 @@ function removeIfEmpty(dir: string): void {
   }
 }
 
+/** What `lstat` says of `path`, `undefined` when there is nothing there. */
+function lstatOrUndefined(path: string): Deno.FileInfo | undefined {
+  try {
+    return Deno.lstatSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+}
+
 /** A backup file refused by {@link readOwnFileSync} (not a regular file, too large) as damaged. */
 function unreadable(path: string, error: unknown): unknown {
   if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return error;
@@ -380,9 +390,11 @@ export function describeBackupProblem(problem: BackupProblem): string {
 
 /** The backups of one VM directory, and its files that are not backups. */
 function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing): void {
+  // One listing: read twice, a backup written in between (by an apply of another connection,
+  // while `backups` reads) was in the second only, its XML or sidecar missing from the first.
   const names = new Map<string, Deno.DirEntry>();
   for (const file of Deno.readDirSync(dir)) names.set(file.name, file);
-  for (const file of Deno.readDirSync(dir)) {
+  for (const file of names.values()) {
     const path = join(dir, file.name);
     if (file.name.startsWith(".")) {
       if (file.name.endsWith(".tmp")) {
@@ -425,7 +437,8 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
       continue;
     }
     if (vm !== undefined && entry.vm !== vm) continue;
-    const xml = names.get(`${id}.xml`);
+    // A listing is no snapshot: the XML, written before its sidecar, may be missing from it.
+    const xml = names.get(`${id}.xml`) ?? lstatOrUndefined(join(dir, `${id}.xml`));
     if (xml === undefined) {
       damaged(id, `its XML file "${id}.xml" is missing`);
       continue;

@@ -781,3 +781,36 @@ Deno.test("passthrough backups VM that has none names the one other VM that has 
     Deno.removeSync(root, { recursive: true });
   }
 });
+
+Deno.test("inspectBackups() finds no damage in a backup written while it reads the VM's directory", () => {
+  const dir = tempDir();
+  const readDir = Deno.readDirSync;
+  try {
+    const first = backupOf(`${dir}/state`, "vm1");
+    // Another apply writes the VM's next backup just after this listing read the names.
+    let written: ReturnType<typeof backupOf> | null = null;
+    Deno.readDirSync = (path) => {
+      const entries = [...readDir(path)];
+      if (written === null && String(path).endsWith("/backups/vm1")) {
+        Deno.readDirSync = readDir;
+        written = backupOf(`${dir}/state`, "vm1", { second: 2 });
+      }
+      return entries.values();
+    };
+    const { entries, problems } = inspectBackups(`${dir}/state`, "vm1");
+    Deno.readDirSync = readDir;
+    // The listing read before it was written: it is not there, and nothing is said about it.
+    assertEquals(problems, []);
+    assertEquals([entries.map((e) => e.id), written !== null], [[first.id], true]);
+    recordCase({
+      area: "concurrency",
+      name: "backups listed while an apply writes one",
+      count: 1,
+      outcome: "no backup reported damaged or incomplete",
+      test: TEST,
+    });
+  } finally {
+    Deno.readDirSync = readDir;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
