@@ -318,7 +318,7 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
 
 /**
  * Raised for a captured tree with a FIFO, device node or socket where a file should be, or with
- * a link out of it where discovery reads ({@link confinedReader}).
+ * a link out of it where discovery reads (the reader a captured tree is read through).
  */
 export class SysfsTreeError extends Error {
   /** The error's name. */

@@ -96,7 +96,7 @@ export function suggestion(word: string, candidates: readonly string[]): string 
   return `did you mean "${name}"? that is ${asciiQuote(name)}, this is ${asciiQuote(word)}`;
 }
 
-/** ` (did you mean "plan"?)`, the {@link suggestion} in brackets, or `""` without one. */
+/** ` (did you mean "plan"?)`, the closest candidate's suggestion in brackets, or `""` without one. */
 export function didYouMean(word: string, candidates: readonly string[]): string {
   const hint = suggestion(word, candidates);
   return hint === null ? "" : ` (${hint})`;
