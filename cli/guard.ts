@@ -9,7 +9,12 @@
 import type { CliIo } from "./context.ts";
 import type { Parsed } from "./flags.ts";
 import type { GUARD } from "./specs.ts";
-import { allowNextStart, type GuardRefusalRecord, readRefusalRecords } from "../lib/guard/state.ts";
+import {
+  allowanceFile,
+  allowNextStart,
+  type GuardRefusalRecord,
+  readRefusalRecords,
+} from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
 import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
@@ -79,11 +84,15 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   try {
     written = allowNextStart(stateDir, vm, { uuid });
   } catch (error) {
-    // A full or read-only disk: the system's words alone do not say that nothing was allowed.
+    // A full or read-only disk: the system's words alone do not say that nothing was allowed,
+    // and an allowance given earlier (within the hour) still lets the next start go on.
+    const earlier = allowanceFile(stateDir, vm);
     throw new Error(
-      `Did not record the allowance for ${
-        JSON.stringify(vm)
-      } in ${stateDir}, so its next start is checked as any other: ${errorText(error)}`,
+      `Did not record the allowance for ${JSON.stringify(vm)} in ${stateDir}${
+        earlier === null
+          ? ", so its next start is checked as any other"
+          : `; the one given earlier is unchanged (${earlier})`
+      }: ${errorText(error)}`,
       { cause: error },
     );
   }

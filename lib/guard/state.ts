@@ -499,6 +499,18 @@ function existingGuardFile(stateDir: string, kind: GuardFolder, vm: string): str
 }
 
 /**
+ * `vm`'s allowance file when one is there, not yet taken by a start (it may have expired); `null`
+ * when there is none or it cannot be told: what stands when writing a new one failed.
+ */
+export function allowanceFile(stateDir: string, vm: string): string | null {
+  try {
+    return existingGuardFile(stateDir, "allow", vm);
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Records the refusals of `vm`'s start (replacing the previous record), or removes the record
  * when `refusals` is empty: the record says what stopped the last start, not history. A
  * temporary record an earlier start of `vm` left (killed before its rename) is removed first.

@@ -373,6 +373,43 @@ Deno.test({
 });
 
 Deno.test({
+  name: "guard allow on a full state directory says an allowance given earlier is unchanged",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-full-allow-again-" });
+    try {
+      const mount = `${dir}/mnt`;
+      // The same "guard allow" run once with room (its allowance written), then on a full disk.
+      const out = await runInPrivateMounts(
+        `mkdir ${mount} && mount -t tmpfs -o size=64k passthrough-test ${mount} && ` +
+          `mkdir -m 700 ${mount}/state && "$@" >/dev/null && ` +
+          `(dd if=/dev/zero of=${mount}/fill bs=4k 2>/dev/null; true)`,
+        [
+          ...cliCommand(),
+          "guard",
+          "allow",
+          "win11",
+          "--connect",
+          GUARD_WORLD,
+          "--state-dir",
+          `${mount}/state`,
+        ],
+        { NO_COLOR: "1" },
+      );
+      assertEquals([out.code, out.stdout], [1, ""]);
+      // It said "so its next start is checked as any other", while the first allowance lets it
+      // go on.
+      assertEquals(
+        out.stderr,
+        `passthrough guard: Did not record the allowance for "win11" in ${mount}/state; the one given earlier is unchanged (${mount}/state/guard/allow/win11.json): State directory "${mount}/state" is not writable: No space left on device (os error 28)\n`,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "a hooks directory linked onto a read-only mount names that mount, not the link's",
   ignore: !canUnshareMounts(),
   fn: async () => {
