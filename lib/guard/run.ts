@@ -305,7 +305,7 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   if (refusals.length === 0 && !holdsGuardState(options.stateDir, listing)) {
     return { code: 0, lines: [], refusals };
   }
-  const { recordRefusals, takeAllowance } = await import("./state.ts");
+  const { recordRefusals, refusalRecordPath, takeAllowance } = await import("./state.ts");
   // The policy file could not be read, or was not recorded for this domain: said only when it
   // matters, since everything enforced.
   const lines: string[] = problem !== null && refusals.length > 0
@@ -334,7 +334,11 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
       ...(options.now === undefined ? {} : { now: options.now }),
     });
   } catch (error) {
-    lines.push(`passthrough guard: cannot record the refusal: ${errorText(error)}`);
+    // A write's error (the disk filled since the state directory's probe) names no file.
+    const record = refusalRecordPath(options.stateDir, options.vm);
+    lines.push(
+      `passthrough guard: cannot record the refusal in "${record}": ${errorText(error)}`,
+    );
   }
   // Each line as a refusal's: the VM's name in them is the definer's choice.
   return { code: enforced && !allowed ? 1 : 0, lines: lines.map(guardLine), refusals };

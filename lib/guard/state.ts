@@ -510,6 +510,11 @@ export function allowanceFile(stateDir: string, vm: string): string | null {
   }
 }
 
+/** Where {@link recordRefusals} keeps `vm`'s record: what a note that it failed names. */
+export function refusalRecordPath(stateDir: string, vm: string): string {
+  return guardPath(stateDir, "refused", fileName(vm));
+}
+
 /**
  * Records the refusals of `vm`'s start (replacing the previous record), or removes the record
  * when `refusals` is empty: the record says what stopped the last start, not history. A

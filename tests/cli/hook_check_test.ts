@@ -5,8 +5,13 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { runCli, runHook } from "../helpers/cli.ts";
-import { liveDefaultRouteNic, livePciMissing } from "../helpers/hosts.ts";
+import { canUnshareMounts, runCli, runHook, runInPrivateMounts } from "../helpers/cli.ts";
+import {
+  liveDefaultRouteNic,
+  livePciMissing,
+  loadFixtureHost,
+  tempHostTree,
+} from "../helpers/hosts.ts";
 import { parseHookCheckArgs } from "../../cli/hook_check.ts";
 import { MAX_XML_BYTES } from "../../lib/guard/run.ts";
 import { hostdevXml } from "../helpers/plan_world.ts";
@@ -338,4 +343,65 @@ Deno.test("the check's entry needs no environment, network, program or FFI, and 
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name: "a refusal the check cannot record for a full disk says where it is not recorded",
+  ignore: !canUnshareMounts(),
+  fn: async () => {
+    await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-full-refused-" });
+    try {
+      const state = `${dir}/state`;
+      const refused = `${state}/guard/refused`;
+      Deno.mkdirSync(refused, { recursive: true, mode: 0o700 });
+      Deno.chmodSync(state, 0o700);
+      Deno.chmodSync(`${state}/guard`, 0o700);
+      const xml = `${dir}/win11.xml`;
+      // What the guard recorded 0000:0b:00.0 as, where the tree now has another device.
+      Deno.writeTextFileSync(
+        xml,
+        `<domain><name>win11</name><uuid>0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11</uuid>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`,
+      );
+      // The state directory's probe passes; guard/refused/, a full tmpfs, takes no record: the
+      // disk filled between the two.
+      const out = await runInPrivateMounts(
+        `mount -t tmpfs -o size=64k,mode=700 passthrough-test ${refused} && ` +
+          `(dd if=/dev/zero of=${refused}/fill bs=4k 2>/dev/null; true) && exec <${xml}`,
+        [
+          Deno.execPath(),
+          "run",
+          "--quiet",
+          "--allow-all",
+          CHECK,
+          "--state-dir",
+          state,
+          "--sysfs",
+          tree.dir,
+          "--",
+          "win11",
+          "prepare",
+          "begin",
+          "-",
+        ],
+        { NO_COLOR: "1" },
+      );
+      assertEquals([out.code, out.stdout], [1, ""], out.stderr);
+      // It said "cannot record the refusal: No space left on device (os error 28)": no path.
+      assertMatch(
+        out.stderr,
+        new RegExp(
+          `\npassthrough guard: cannot record the refusal in "${refused}/win11\\.json": No space left on device \\(os error 28\\)\n$`,
+        ),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
