@@ -145,12 +145,13 @@ async function systemHint(error: unknown): Promise<{ systemHint: string | null }
   if (found === undefined) return { systemHint: null };
   try {
     const { fileSystemHint } = await import("./lib/render/fs_hint.ts");
+    const { realPathOfExisting } = await import("./lib/state/paths.ts");
     let mountInfo: string | null = null;
     if (found === "30") {
       const { libcSysfsReader } = await import("./ffi/libc_fs.ts");
       mountInfo = libcSysfsReader({ fewCalls: true }).readText("/proc/self/mountinfo");
     }
-    return { systemHint: fileSystemHint(error, mountInfo) };
+    return { systemHint: fileSystemHint(error, mountInfo, { realPath: realPathOfExisting }) };
   } catch {
     return { systemHint: null };
   }

@@ -7,7 +7,6 @@
 
 import { shellWord } from "./shell.ts";
 import { unescapeProcPath } from "../host/sysfs_device.ts";
-import { realPathOfExisting } from "../state/paths.ts";
 
 /**
  * The `errno` of a system call Deno reports as `... (os error N): open '/path'`, in `error` or
@@ -46,7 +45,8 @@ function mountOf(path: string, mountInfo: string): string | null {
  * `mountInfo`, the text of `/proc/self/mountinfo`, when given), EPERM the immutable or
  * append-only attribute that makes root's rename, unlink or write fail whatever the owner and
  * mode say (`chattr +i`), with the commands that show and clear it. The path is the last one the
- * system call's message quotes (`rename 'A' -> 'B'`: B), its links resolved to find the mount.
+ * system call's message quotes (`rename 'A' -> 'B'`: B); `realPath` gives where its links lead
+ * (`realPathOfExisting` in `lib/state/paths.ts`), the path as written when absent.
  *
  * @example
  * ```ts
@@ -58,7 +58,11 @@ function mountOf(path: string, mountInfo: string): string | null {
  * );
  * ```
  */
-export function fileSystemHint(error: unknown, mountInfo: string | null): string | null {
+export function fileSystemHint(
+  error: unknown,
+  mountInfo: string | null,
+  options: { realPath?: (path: string) => string | null } = {},
+): string | null {
   const os = osErrorOf(error);
   if (os === null || (os.errno !== 30 && os.errno !== 1)) return null;
   const paths = [...os.message.matchAll(/'([^']+)'/g)].map((m) => m[1]!);
@@ -66,7 +70,7 @@ export function fileSystemHint(error: unknown, mountInfo: string | null): string
   if (path === undefined || !path.startsWith("/")) return null;
   if (os.errno === 30) {
     // The mount is where the path leads: a hooks or state directory may be a link onto another.
-    const where = realPathOfExisting(path) ?? path;
+    const where = options.realPath?.(path) ?? path;
     const mount = mountInfo === null ? null : mountOf(where, mountInfo);
     if (mount === null) {
       return `on a read-only mount ("findmnt -T ${
