@@ -7,7 +7,7 @@
  * @module
  */
 
-import { didYouMean } from "../render/suggest.ts";
+import { sameNameSuggestion } from "../render/suggest.ts";
 import type { Config, HostConfig, VmConfig } from "./config.ts";
 
 /** How the host section was chosen: by `--host NAME` or by this machine's host name. */
@@ -27,9 +27,10 @@ export class UnknownHostError extends Error {
   /** Builds the error for `file`, which declares the hosts `known` but not `host`. */
   constructor(file: string, host: string, pick: HostPick, known: string[]) {
     const why = pick === "flag" ? "--host" : "this machine's host name";
+    const hint = sameNameSuggestion(host, known);
     super(
       `${file} has no section for host "${host}" (${why}) under "hosts:"${
-        didYouMean(host, known)
+        hint === null ? "" : ` (${hint})`
       }: it declares ${
         known.map((k) => `"${k}"`).join(", ")
       }: pass --host NAME, or add a section named "${host}"`,

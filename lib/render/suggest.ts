@@ -96,6 +96,24 @@ export function suggestion(word: string, candidates: readonly string[]): string 
   return `did you mean "${name}"? that is ${asciiQuote(name)}, this is ${asciiQuote(word)}`;
 }
 
+/**
+ * The `suggestion` of a candidate that is `word` written another way (another case or
+ * width, a look-alike letter), never one a typo away: a fleet's host names are numbered, and
+ * "hv3" asked `did you mean "hv1"?` names another machine.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(sameNameSuggestion("HV1", ["hv1", "hv2"]), 'did you mean "hv1"?');
+ * assertEquals(sameNameSuggestion("hv3", ["hv1", "hv2"]), null);
+ * ```
+ */
+export function sameNameSuggestion(word: string, candidates: readonly string[]): string | null {
+  const name = closestName(word, candidates);
+  if (name === null || (fold(name) !== fold(word) && !differsOutsideAscii(word, name))) return null;
+  return suggestion(word, [name]);
+}
+
 /** ` (did you mean "plan"?)`, the closest candidate's suggestion in brackets, or `""` without one. */
 export function didYouMean(word: string, candidates: readonly string[]): string {
   const hint = suggestion(word, candidates);

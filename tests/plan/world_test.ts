@@ -277,6 +277,36 @@ Deno.test("pickHostSection() names the section a host name in another case or wi
   );
 });
 
+Deno.test("pickHostSection() suggests no other machine for a host name one digit or letter off", () => {
+  // A fleet's names are numbered: "hv3" is a machine of its own, not a typo for "hv1", and
+  // `did you mean "hv1"?` beside "pass --host NAME" points at another machine's section.
+  const fleet = parseConfig(
+    `version: 1\nhosts: { ${
+      Array.from({ length: 50 }, (_, i) => `hv${i + 1}: {}`).join(", ")
+    } }\n` +
+      "vms: {}\n",
+    { file: "fleet.yaml" },
+  );
+  for (const name of ["hv51", "hv100", "hv3x", "hvl"]) {
+    assertThrows(
+      () => pickHostSection(fleet, { hostname: () => name }),
+      UnknownHostError,
+      `fleet.yaml has no section for host "${name}" (this machine's host name) under "hosts:": it`,
+    );
+  }
+  assertThrows(
+    () => pickHostSection(gpuOnHv1(), { hostname: () => "hv3" }),
+    UnknownHostError,
+    'fleet.yaml has no section for host "hv3" (this machine\'s host name) under "hosts:": it declares',
+  );
+  // Another case or a look-alike letter is still the same name written another way.
+  assertThrows(
+    () => pickHostSection(fleet, { hostname: () => "\u04bbv7" }),
+    UnknownHostError,
+    '(did you mean "hv7"? that is "hv7", this is "\\u04bbv7")',
+  );
+});
+
 Deno.test("planHostdevs() refuses a transient VM the config names, whose definition apply would make persistent", () => {
   // test:///default's running "test" domain, undefined, lives on as a transient domain (the
   // driver is shared by the process: it is defined again below).
