@@ -114,7 +114,11 @@ export function sameNameSuggestion(word: string, candidates: readonly string[]):
   return suggestion(word, [name]);
 }
 
-/** ` (did you mean "plan"?)`, the closest candidate's suggestion in brackets, or `""` without one. */
+/**
+ * ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`; a name told apart from
+ * `word` by characters outside ASCII is followed by both written escaped
+ * (` (did you mean "café"? that is "caf\u00e9", this is "cafe\u0301")`).
+ */
 export function didYouMean(word: string, candidates: readonly string[]): string {
   const hint = suggestion(word, candidates);
   return hint === null ? "" : ` (${hint})`;
