@@ -712,9 +712,10 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   const normal = normaliseFormat(schema.format, value);
   if (normal !== null) return xmlCarriable(normal, at, ctx);
   const near = schema.format === "class" ? suggestion(value, Object.keys(CLASS_NAMES)) : null;
-  // Escaped: every format but a path and a slot name is ASCII, and "10de:1b8О" (a Cyrillic "О")
-  // reads as a valid ID.
-  const shown = asciiQuote(value);
+  // Escaped where the format is ASCII: "10de:1b8О" (a Cyrillic "О") reads as a valid ID. A path
+  // or a slot name may hold any letters, which read as the user wrote them.
+  const anyText = schema.format === "absolute-path" || schema.format === "slot";
+  const shown = anyText ? JSON.stringify(value) : asciiQuote(value);
   return report(ctx, at, `Invalid ${schema.format} ${shown}`, near ?? FORMAT_HINTS[schema.format]);
 }
 

@@ -176,6 +176,19 @@ Deno.test("parseConfig() quotes an invalid ID or address escaped, a look-alike l
   assertMatch(address?.message ?? "", /: Invalid pci-address "0000\\uff1a23:00\.3" at /);
 });
 
+Deno.test("parseConfig() quotes an invalid path readably: a path may hold any letters", () => {
+  // Relative, not misspelt: its "\u00fc" and Japanese are what the user wrote, and read as such.
+  const [rom] = errorsOf(
+    'version: 1\nvms:\n  vm:\n    devices:\n      - match: { vendor_id: "10de" }\n' +
+      '        rom: { file: "roms/M\u00fcller-\u65e5\u672c.rom" }\n',
+  );
+  assertEquals([rom?.line, rom?.column], [6, 22]);
+  assertMatch(
+    rom?.message ?? "",
+    /: Invalid absolute-path "roms\/M\u00fcller-\u65e5\u672c\.rom" at /,
+  );
+});
+
 Deno.test("parseConfig() says a host's discovery: was removed and what replaces it, not that it is unknown", () => {
   const [error] = errorsOf("version: 1\nhosts:\n  hv1:\n    discovery: libvirt\nvms: {}\n");
   assertEquals([error?.line, error?.column, error?.path], [4, 5, "hosts.hv1.discovery"]);
