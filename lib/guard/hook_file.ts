@@ -90,7 +90,7 @@ const SETTINGS_PREFIX = "# passthrough-hook: ";
  * without one is revision 1): a hook whose text differs from what this version writes for its
  * settings was written by an older passthrough when its revision is lower, else changed by hand.
  */
-export const HOOK_FORMAT = 8;
+export const HOOK_FORMAT = 9;
 const FORMAT_LINE = /^# passthrough-hook-format: (\d+)$/m;
 
 /**
@@ -134,12 +134,19 @@ status=$?
 [ $status -eq 0 ] && exit 0
 # The lines below name the VM: not one with a terminal's controls, C0 or, as UTF-8 bytes, C1, the
 # line separators, the bidirectional controls and the characters that show nothing (soft hyphen,
-# zero-width space, word joiner, U+FEFF), all of which terminalSafe escapes in the CLI.
+# zero-width space, word joiner, U+FEFF, the combining grapheme joiner, Hangul fillers, variation
+# selectors but the emoji and text ones, tags), all of which terminalSafe escapes in the CLI.
 LC_ALL=C
 c1=$(printf '\\302[\\200-\\237\\255]') bidi=$(printf '\\342\\200[\\213\\216\\217\\250-\\256]')
-isolate=$(printf '\\342\\201[\\240-\\244\\246-\\251]') alm=$(printf '\\330\\234')
-bom=$(printf '\\357\\273\\277')
-case $1 in *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm* | *$bom*)
+isolate=$(printf '\\342\\201[\\240-\\244\\246-\\257]') alm=$(printf '\\330\\234')
+bom=$(printf '\\357\\273\\277') cgj=$(printf '\\315\\217') tag=$(printf '\\363\\240')
+fill=$(printf '\\341\\205[\\237\\240]') khmer=$(printf '\\341\\236[\\264\\265]')
+mongol=$(printf '\\341\\240[\\213-\\217]') fill2=$(printf '\\343\\205\\244')
+vs=$(printf '\\357\\270[\\200-\\215]') fill3=$(printf '\\357\\276\\240')
+short=$(printf '\\360\\233\\262[\\240-\\243]') music=$(printf '\\360\\235\\205[\\263-\\272]')
+case $1 in
+  *[[:cntrl:]]* | *$c1* | *$bidi* | *$isolate* | *$alm* | *$bom* | *$cgj* | *$tag* | *$fill* | \\
+    *$khmer* | *$mongol* | *$fill2* | *$vs* | *$fill3* | *$short* | *$music*)
   set -- "(a name with control characters)" ;;
 esac
 # Quotes $1 for sh into $quoted, by the shell alone (no sed: libvirt's PATH may have none).

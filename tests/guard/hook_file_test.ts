@@ -250,6 +250,23 @@ Deno.test({
           "a\u2060b",
           "a\u2064b",
           "\ufeffwin10",
+          // The rest of the default-ignorable characters: tags (hidden ASCII), the combining
+          // grapheme joiner, Hangul fillers, variation selectors but the emoji and text ones.
+          "win10\u{e0067}\u{e0070}",
+          "a\u034fb",
+          "a\u115fb",
+          "a\u1160b",
+          "a\u17b5b",
+          "a\u180eb",
+          "a\u206ab",
+          "a\u206fb",
+          "a\u3164b",
+          "a\ufe00b",
+          "a\ufe0db",
+          "a\uffa0b",
+          "a\u{1bca3}b",
+          "a\u{1d173}b",
+          "a\u{e0fff}b",
         ]
       ) {
         const hidden = await runScript(missing.path, [name, "prepare", "begin", "-"]);
@@ -257,6 +274,11 @@ Deno.test({
       }
       const accented = await runScript(missing.path, ["données", "prepare", "begin", "-"]);
       assertMatch(accented.stderr, /refusing to start "données": .* is missing/);
+      // Letters beyond U+FFFF, a heart with its emoji selector and a joined emoji are printed.
+      for (const name of ["\u{20000}vm", "\u2764\ufe0f", "\u{1f468}\u200d\u{1f4bb}", "\u{e1000}"]) {
+        const shown = await runScript(missing.path, [name, "prepare", "begin", "-"]);
+        assertEquals(shown.stderr.includes(`refusing to start "${name}": `), true, name);
+      }
     });
   },
 });
