@@ -18,10 +18,13 @@ import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 /** The largest libvirt.conf libvirt reads (virconf.c's `MAX_CONFIG_FILE_SIZE`). */
 const MAX_CONF_BYTES = 10 * 1024 * 1024;
 
-/** The environment as libvirt reads it (libc's `getenv`: no Deno permission needed). */
-function environment(name: string): string | null {
+/**
+ * The environment as libvirt reads it (libc's `getenv`: no Deno permission needed); `null` when
+ * unset or, unless `keepEmpty`, empty.
+ */
+function environment(name: string, { keepEmpty = false } = {}): string | null {
   const value = borrowCString(libc().getenv(cString(name)));
-  return value === null || value === "" ? null : value;
+  return value === null || (value === "" && !keepEmpty) ? null : value;
 }
 
 /** Offset of `pw_dir` in glibc's `struct passwd` on 64-bit Linux (after 3 pointers, 2 ids). */
@@ -41,12 +44,16 @@ function passwdHome(): string | null {
 /**
  * The libvirt.conf libvirt reads for this user; `null` when it has no place to look. Its
  * directory is GLib's `g_get_user_config_dir()`: `XDG_CONFIG_HOME`, else `~/.config`, where `~`
- * is `HOME` or, unset, the passwd entry's home (a service or `env -u HOME` still has a file there).
+ * is `HOME` (set empty: the working directory) or, unset, the passwd entry's home (a service or
+ * `env -u HOME` still has a file there).
  */
 function confPath(): string | null {
   if (libc().getuid() === 0) return "/etc/libvirt/libvirt.conf";
-  const home = environment("HOME") ?? passwdHome();
-  const config = environment("XDG_CONFIG_HOME") ?? (home === null ? null : `${home}/.config`);
+  // GLib takes a `HOME` set empty as it is: its `.config` is then relative to the working
+  // directory, and libvirt reads the file there.
+  const home = environment("HOME", { keepEmpty: true }) ?? passwdHome();
+  const userConfig = home === null ? null : home === "" ? ".config" : `${home}/.config`;
+  const config = environment("XDG_CONFIG_HOME") ?? userConfig;
   return config === null ? null : `${config}/libvirt/libvirt.conf`;
 }
 

@@ -496,3 +496,36 @@ Deno.test({
     assertEquals(pathExists(mark), false, "libvirt ran the program");
   },
 });
+
+Deno.test({
+  name:
+    "a user with HOME set empty: the URI in .config/libvirt/libvirt.conf of the working directory is refused",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    await using user = await userHost();
+    const { dir } = user;
+    const mark = `${dir}/user/ran`;
+    const script = `${dir}/planted.sh`;
+    Deno.writeTextFileSync(script, `#!/bin/sh\ntouch ${shellQuote(mark)}\n`);
+    await Deno.chmod(script, 0o755);
+    const conf = `${dir}/user/.config/libvirt`;
+    await Deno.mkdir(conf, { recursive: true });
+    Deno.writeTextFileSync(
+      `${conf}/libvirt.conf`,
+      `uri_default = "qemu+ext:///system?command=${script}"\n`,
+    );
+    await openToAll(`${dir}/user/.config`, script);
+    // GLib's home is then "", its config directory ".config": libvirt reads the file there. The
+    // check took the empty HOME for unset and read the passwd home's (nobody's /nonexistent).
+    const run = await user.asUser(
+      ["sources", "--sysfs", `${dir}/sysfs`],
+      `cd ${shellQuote(`${dir}/user`)} && export HOME=`,
+    );
+    assertEquals(run.code, 1, run.stdout + run.stderr);
+    assertMatch(
+      run.stderr,
+      /Refusing libvirt URI "qemu\+ext:[^"]*" \(uri_default in \.config\/libvirt\/libvirt\.conf\)/,
+    );
+    assertEquals(pathExists(mark), false, "libvirt ran the program");
+  },
+});
