@@ -426,7 +426,12 @@ Deno.test({
  * tmpfs prepared by the shell command `setup`, as root or as uid 65534 with state directory
  * `stateDir`: the lock's path, or the error's name and problem.
  */
-async function lockWithRun(setup: string, stateDir: string, uid?: number): Promise<string> {
+async function lockWithRun(
+  setup: string,
+  stateDir: string,
+  uid?: number,
+  permissions?: string[],
+): Promise<string> {
   const code = `
     import { acquireConnectionLock } from ${JSON.stringify(LOCK_MODULE)};
     try {
@@ -442,9 +447,15 @@ async function lockWithRun(setup: string, stateDir: string, uid?: number): Promi
   const as = uid === undefined
     ? []
     : ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups"];
+  // `deno eval` allows everything; a script run with `permissions` has only those.
+  const script = `${stateDir}/../lock.ts`;
+  if (permissions !== undefined) Deno.writeTextFileSync(script, code, { mode: 0o644 });
+  const run = permissions === undefined
+    ? ["eval", "--quiet", code]
+    : ["run", "--quiet", "--no-prompt", ...permissions, script];
   const out = await runInPrivateMounts(
     `mount -t tmpfs tmpfs /run && ${setup}`,
-    [...as, Deno.execPath(), "eval", "--quiet", code],
+    [...as, Deno.execPath(), ...run],
     { DENO_DIR: `${stateDir}/../deno`, HOME: stateDir },
   );
   const text = out.stdout.trim();
@@ -494,6 +505,15 @@ Deno.test({
           setup,
         );
       }
+      // A library script without --allow-sys=uid: it did not see root's directory was not its
+      // own, and stopped on a bare "Permission denied (os error 13)" making the lock there.
+      assertEquals(
+        (await lockWithRun("mkdir -m 700 /run/passthrough", theirs, 65534, [
+          "--allow-read",
+          "--allow-write",
+        ])).replace(/[0-9a-f]{32}/, "H"),
+        `locked ${theirs}/connection-H.lock`,
+      );
     } finally {
       Deno.removeSync(dir, { recursive: true });
     }
