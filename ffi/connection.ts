@@ -170,7 +170,7 @@ export class Connection {
     const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
     const requested = given ?? fromEnvironment;
     const origin = fromEnvironment === null ? options.origin : DEFAULT_URI_ENV;
-    if (requested !== null) checkTestDriverFile(requested, origin);
+    checkTestDriverFile(requested, origin);
     if (options.allowUriPrograms !== true) {
       refuseUriPrograms(requested, {
         origin,

@@ -84,7 +84,9 @@ export function libvirtUriFor(uri: string | null): string | null {
 /**
  * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:
  * libvirt reads a FIFO until a writer comes (forever) and a directory or `/dev/zero` with parser
- * noise on stderr. A missing file is libvirt's to report. `origin` is named beside the URI.
+ * noise on stderr. A missing file is libvirt's to report. `uri` (`null`: libvirt's default) is
+ * checked, and the URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt
+ * reads all the same. `origin` is named beside the URI.
  *
  * @example
  * ```ts
@@ -100,7 +102,14 @@ export function libvirtUriFor(uri: string | null): string | null {
  * if (!refused) throw new Error("a device was let through");
  * ```
  */
-export function checkTestDriverFile(uri: string, origin?: string): void {
+export function checkTestDriverFile(uri: string | null, origin?: string): void {
+  if (uri !== null) refuseTestDriverNonFile(uri, origin);
+  const opened = libvirtUriFor(uri);
+  if (opened !== null && opened !== uri) refuseTestDriverNonFile(opened, confOrigin(uri, origin));
+}
+
+/** {@link checkTestDriverFile} of one URI, as written. */
+function refuseTestDriverNonFile(uri: string, origin: string | undefined): void {
   const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
   if (written === undefined || written === "/default") return;
   let path = written;
@@ -116,6 +125,19 @@ export function checkTestDriverFile(uri: string, origin?: string): void {
         `its test driver would read "${path}", which is not a regular file; name a world XML file`,
     );
   }
+}
+
+/**
+ * Where libvirt.conf made another URI of `uri` (`null`: the default; given from `origin`): its
+ * `uri_default`, or the alias `uri` (or `LIBVIRT_DEFAULT_URI`) names.
+ */
+function confOrigin(uri: string | null, origin: string | undefined): string {
+  const name = uri ?? environment("LIBVIRT_DEFAULT_URI");
+  return name === null
+    ? `uri_default in ${confPath()}`
+    : `the alias ${JSON.stringify(name)}${
+      origin === undefined ? "" : ` of ${origin}`
+    } in ${confPath()}`;
 }
 
 /**
@@ -143,11 +165,8 @@ export function refuseUriPrograms(
   const opened = libvirtUriFor(uri);
   const reason = opened === null || opened === uri ? null : uriProgramReason(opened);
   if (reason === null) return;
-  const name = uri ?? environment("LIBVIRT_DEFAULT_URI");
-  const origin = name === null
-    ? `uri_default in ${confPath()}`
-    : `the alias ${JSON.stringify(name)}${
-      options.origin === undefined ? "" : ` of ${options.origin}`
-    } in ${confPath()}`;
-  throw new UriProgramError(opened!, reason, { origin, allow: options.allow });
+  throw new UriProgramError(opened!, reason, {
+    origin: confOrigin(uri, options.origin),
+    allow: options.allow,
+  });
 }

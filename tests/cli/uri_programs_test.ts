@@ -356,3 +356,57 @@ Deno.test("openLibvirtPort() refuses a test-driver URI naming a FIFO or a direct
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "openLibvirtPort() refuses a FIFO that libvirt.conf's uri_default or an alias names",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    // Only the URI given was looked at: the one libvirt.conf makes of it was opened, and libvirt
+    // waited on the FIFO for a writer forever.
+    const dir = Deno.makeTempDirSync({ prefix: "passthrough-uri-conf-fifo-" });
+    try {
+      const fifo = `${dir}/world.fifo`;
+      await new Deno.Command("mkfifo", { args: [fifo] }).output();
+      Deno.writeTextFileSync(
+        `${dir}/libvirt.conf`,
+        `uri_aliases = [ "lab=test://${fifo}" ]\nuri_default = "test://${fifo}"\n`,
+      );
+      const script = `${dir}/open.ts`;
+      Deno.writeTextFileSync(
+        script,
+        `import { openLibvirtPort } from "${
+          new URL("../../ffi/mod.ts", import.meta.url).href
+        }";\n` +
+          `try { openLibvirtPort(Deno.args[0] ?? null).close(); console.log("opened"); }\n` +
+          `catch (e) { console.log((e as Error).message); }\n`,
+      );
+      const runs: [string | null, string][] = [
+        [null, "uri_default in"],
+        ["lab", `the alias "lab" in`],
+      ];
+      for (const [name, origin] of runs) {
+        const out = await new Deno.Command("unshare", {
+          args: [
+            ...["-m", "--propagation", "private", "sh", "-c"],
+            `mount --bind '${dir}/libvirt.conf' /etc/libvirt/libvirt.conf && exec "$@"`,
+            ...["sh", Deno.execPath(), "run", "--quiet", "--no-prompt", "--allow-ffi", script],
+            ...(name === null ? [] : [name]),
+          ],
+          env: { NO_COLOR: "1" },
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+          signal: AbortSignal.timeout(20_000),
+        }).output();
+        assertEquals(
+          new TextDecoder().decode(out.stdout),
+          `Cannot use libvirt URI "test://${fifo}" (${origin} /etc/libvirt/libvirt.conf): ` +
+            `its test driver would read "${fifo}", which is not a regular file; name a world XML file\n`,
+          String(name),
+        );
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
