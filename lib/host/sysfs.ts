@@ -426,8 +426,9 @@ export function confinedReader(
  * opens most of them) and the snapshot's own `cmdline` and `host_use.json`. A FIFO or a terminal
  * blocks `open` or `read`, a device such as `/dev/zero` never ends, and opening some devices acts
  * on them. Dangling links and link loops are harmless (opening them fails). Throws
- * {@link SysfsTreeError} naming the first one found; what cannot be listed (`/sys`, `/proc`
- * without `--allow-all`) is not checked. Lists through `reader` when it can tell kinds
+ * {@link SysfsTreeError} naming the first one found, or the link out of the tree that `reader`
+ * refuses to list ({@link confinedReader}); what cannot be listed (`/sys`, `/proc` without
+ * `--allow-all`) is not checked. Lists through `reader` when it can tell kinds
  * ({@link SysfsReader.listEntries}: libc's listing is the cheaper), else through Deno.
  *
  * @example
@@ -446,7 +447,10 @@ export function checkCapturedTree(root: string, reader?: SysfsReader): void {
   const list = reader?.listEntries === undefined ? entries : (path: string) => {
     try {
       return reader.listEntries?.(path) ?? [];
-    } catch {
+    } catch (error) {
+      // A link out of the tree (`confinedReader`): lspci, which reads the tree unconfined,
+      // must not start.
+      if (error instanceof SysfsTreeError) throw error;
       // As `entries`: what cannot be listed here is not checked (discovery then reports it).
       return [];
     }

@@ -332,6 +332,32 @@ Deno.test("--sysfs TREE reads nothing a link leads to outside the tree, naming t
   assertEquals(pathExists(`${tree.dir}/snap/proc/cpuinfo`), false);
 });
 
+Deno.test("--sysfs TREE whose device directory links out to a FIFO is refused before lspci opens it", async () => {
+  await using tree = await demoTree();
+  // A device's directory that a link leads out of the tree, to one with a FIFO as its config.
+  const device = `${tree.sysfs}/bus/pci/devices/${GPU}`;
+  const outside = `${tree.dir}/outside`;
+  Deno.renameSync(device, outside);
+  Deno.removeSync(`${outside}/config`);
+  mkfifo(`${outside}/config`);
+  Deno.symlinkSync(outside, device);
+  const withFfi = documentedFlags();
+  const withoutFfi = withFfi.filter((f) => f !== "--allow-ffi");
+  for (const flags of [withFfi, withoutFfi]) {
+    const started = performance.now();
+    const result = await runCli(["devices", "--sysfs", tree.sysfs], { flags });
+    assertEquals(result.code, 1, result.stderr);
+    // The tree check skipped the directory its confined reader refused: lspci blocked on the
+    // FIFO until it was killed 10 s later.
+    assertOk(performance.now() - started < 5000, `took ${performance.now() - started} ms`);
+    // Without FFI the check lists with Deno, unconfined, and names the FIFO instead.
+    const named = flags === withFfi
+      ? `a link out of it: "${device}" leads to "${outside}", outside`
+      : `a FIFO where a file should be: "${device}/config"`;
+    assertOk(result.stderr.includes(named), result.stderr);
+  }
+});
+
 Deno.test("the Deno reader with listings reads regular files and links to them, and nothing else", async () => {
   await using tree = await demoTree();
   const dir = `${tree.sysfs}/bus/pci/devices/${GPU}`;
