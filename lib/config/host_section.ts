@@ -19,21 +19,22 @@ export class UnknownHostError extends Error {
   override name = "UnknownHostError";
   /** The name looked for. */
   host: string;
-  /** How that name was chosen. */
-  pick: HostPick;
+  /** How that name was chosen; `null` when a library caller named it ({@link configForHost}). */
+  pick: HostPick | null;
   /** The hosts the config declares, in file order. */
   known: string[];
 
   /** Builds the error for `file`, which declares the hosts `known` but not `host`. */
-  constructor(file: string, host: string, pick: HostPick, known: string[]) {
-    const why = pick === "flag" ? "--host" : "this machine's host name";
+  constructor(file: string, host: string, pick: HostPick | null, known: string[]) {
+    // Only a process that picked the name itself can be told to pass --host instead.
+    const why = pick === null ? "" : pick === "flag" ? " (--host)" : " (this machine's host name)";
     const hint = sameNameSuggestion(host, known);
     super(
-      `${file} has no section for host "${host}" (${why}) under "hosts:"${
+      `${file} has no section for host "${host}"${why} under "hosts:"${
         hint === null ? "" : ` (${hint})`
-      }: it declares ${
-        known.map((k) => `"${k}"`).join(", ")
-      }: pass --host NAME, or add a section named "${host}"`,
+      }: it declares ${known.map((k) => `"${k}"`).join(", ")}: ${
+        pick === null ? "" : "pass --host NAME, or "
+      }add a section named "${host}"`,
     );
     this.host = host;
     this.pick = pick;
@@ -111,7 +112,7 @@ export function configForHost(config: Config, host: string): Config {
   // A name `hosts:` does not declare (a typo) would keep the VMs that name no host with none of
   // their rules for the declared hosts, and a plan of that removes their hostdevs.
   if (config.hosts !== undefined && !config.hosts.some((h) => h.name === host)) {
-    throw new UnknownHostError(config.file, host, "flag", config.hosts.map((h) => h.name));
+    throw new UnknownHostError(config.file, host, null, config.hosts.map((h) => h.name));
   }
   const vms: VmConfig[] = config.vms
     .filter((vm) => onHost(vm, host))

@@ -254,10 +254,12 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
   const world = fleetWorld(fleetDomain("win10"));
   assertEquals(planWorld({ config: onHv1, host: GPU_HOST, world }).vms[0]?.add.length, 1);
   // "hvl" for "hv1": win10 was kept with no rule, a plan that removes what hv1 added.
+  // Named by the caller, not by --host: the message does not send a library script to a flag.
   assertThrows(
     () => configForHost(fleet, "hvl"),
     UnknownHostError,
-    'fleet.yaml has no section for host "hvl"',
+    'fleet.yaml has no section for host "hvl" under "hosts:" (did you mean "hv1"?): ' +
+      'it declares "hv1", "hv2": add a section named "hvl"',
   );
 });
 
