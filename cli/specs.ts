@@ -124,9 +124,15 @@ export const SOURCES = {
   about: `
 Discovers PCI devices and IOMMU groups through sysfs + lspci and through libvirt's node-device
 API (on the same host: a local URI), and lists every difference: devices missing on one side,
-IOMMU groups, IDs, class, bridge flag, driver, SR-IOV links. libvirt does not report subsystem
-IDs, slots, serials or FLR, so those are not compared; libvirt's test driver drops drivers.`.trim(),
-  notes: "Exit codes: 0 the sources agree, 1 they differ or one failed, 2 usage error.",
+IOMMU groups, IDs, class, bridge flag, driver, SR-IOV links, and IOMMU group data a side
+disagrees with itself on (libvirt naming a group member it does not list). libvirt does not
+report subsystem IDs, slots, serials or FLR, so those are not compared; libvirt's test driver
+drops drivers.`.trim(),
+  notes: `
+JSON differences, "a" meaning sysfs and "b" libvirt: { "kind": "iommu", "a", "b" },
+{ "kind": "inconsistent", "source", "groups", "devices", "detail" }, { "kind": "missing",
+"address", "missingFrom" }, { "kind": "field", "address", "field", "a", "b" }.
+Exit codes: 0 the sources agree, 1 they differ or one failed, 2 usage error.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough plan`. */

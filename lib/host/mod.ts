@@ -59,12 +59,7 @@ export {
   resetVerdict,
   type RomFileFacts,
 } from "./preflight.ts";
-export {
-  discoverViaLibvirt,
-  NodeDeviceGroupError,
-  type NodeDeviceSource,
-  NodeDeviceXmlError,
-} from "./nodedev.ts";
+export { discoverViaLibvirt, type NodeDeviceSource, NodeDeviceXmlError } from "./nodedev.ts";
 export {
   COMPARED_FIELDS,
   type ComparedField,

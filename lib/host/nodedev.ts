@@ -13,7 +13,7 @@
  * @module
  */
 
-import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
+import type { GroupInconsistency, HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { comparePciAddress, pciAddressFromLibvirt } from "../pci/address.ts";
 import { checkWellFormed, readXmlElement, type XmlElement } from "../domain/xml.ts";
 import { groupDevices, parseGroupNumber } from "./iommu_groups.ts";
@@ -45,25 +45,6 @@ export class NodeDeviceXmlError extends SyntaxError {
     );
     this.device = where.device;
     this.index = where.index;
-  }
-}
-
-/**
- * The `<iommuGroup>` elements disagree with each other or name a device the source did not list.
- * Planning on such data could leave a group member out of a VM, so discovery refuses it.
- */
-export class NodeDeviceGroupError extends Error {
-  /** The error's name. */
-  override name = "NodeDeviceGroupError";
-  /** The IOMMU group number concerned. */
-  readonly group: number;
-  /** The device whose XML shows the problem. */
-  readonly address: PciAddress;
-  /** Builds the error; `detail` says what disagrees. */
-  constructor(detail: string, where: { group: number; address: PciAddress }) {
-    super(`Inconsistent IOMMU group ${where.group} at "${where.address}": ${detail}`);
-    this.group = where.group;
-    this.address = where.address;
   }
 }
 
@@ -241,9 +222,10 @@ function sriovOf(pci: XmlElement, fail: Fail): {
 /**
  * Turns the XML of libvirt's PCI node devices into a {@link HostTopology}. Devices without a PCI
  * capability are skipped. Throws {@link NodeDeviceXmlError} for unreadable XML or a duplicate
- * address, and {@link NodeDeviceGroupError} when the `<iommuGroup>` elements disagree (a device
- * missing from its own group, two devices of one group listing different members, or a member
- * the list does not contain).
+ * address. `<iommuGroup>` elements that disagree (a device missing from its own group, two devices
+ * of one group listing different members, a member the list does not contain, as while libvirt
+ * has not yet seen a new VF) are the topology's `groupInconsistencies`, as sysfs discovery
+ * reports its own: planning refuses the devices concerned, and `sources` shows them.
  *
  * @example
  * ```ts
@@ -276,7 +258,7 @@ export function topologyFromNodeDevices(
     byAddress.set(one.device.address, one);
     parsed.push(one);
   });
-  checkGroups(parsed, byAddress);
+  const groupInconsistencies = checkGroups(parsed, byAddress);
   const devices = parsed.map((p) => p.device).sort((a, b) =>
     comparePciAddress(a.address, b.address)
   );
@@ -286,8 +268,7 @@ export function topologyFromNodeDevices(
     iommu: groups.length > 0 ? "enabled" : "absent",
     devices,
     groups,
-    // checkGroups has refused any disagreement already.
-    groupInconsistencies: [],
+    groupInconsistencies,
     // Neither is visible through libvirt.
     kernelCmdline: null,
     hostUse: null,
@@ -297,38 +278,49 @@ export function topologyFromNodeDevices(
 function checkGroups(
   parsed: readonly ParsedNodeDevice[],
   byAddress: ReadonlyMap<PciAddress, ParsedNodeDevice>,
-): void {
+): GroupInconsistency[] {
+  const problems: GroupInconsistency[] = [];
   const claimed = new Map<number, { members: string; by: PciAddress }>();
+  const unseen = new Set<string>();
   for (const { device, groupMembers } of parsed) {
     if (device.iommuGroup === null || groupMembers === null) continue;
-    const where = { group: device.iommuGroup, address: device.address };
+    const group = device.iommuGroup;
+    const flag = (detail: string, devices: PciAddress[] = [device.address]) =>
+      problems.push({
+        groups: [group],
+        devices: [...new Set(devices)].sort(comparePciAddress),
+        detail: `IOMMU group ${group} at "${device.address}": ${detail}`,
+      });
     if (!groupMembers.includes(device.address)) {
-      throw new NodeDeviceGroupError("the device is not listed in its own group", where);
+      flag("the device is not listed in its own group");
     }
     const members = groupMembers.join(" ");
-    const earlier = claimed.get(device.iommuGroup);
+    const earlier = claimed.get(group);
     if (earlier !== undefined && earlier.members !== members) {
-      throw new NodeDeviceGroupError(
-        `it lists "${members}", "${earlier.by}" lists "${earlier.members}"`,
-        where,
-      );
+      flag(`it lists "${members}", "${earlier.by}" lists "${earlier.members}"`, [
+        device.address,
+        earlier.by,
+      ]);
     }
-    claimed.set(device.iommuGroup, { members, by: device.address });
+    claimed.set(group, { members, by: device.address });
     for (const member of groupMembers) {
       const other = byAddress.get(member);
       if (other === undefined) {
-        // A member libvirt did not list (a race with hot-unplug, or a filtered list): the group
-        // is not fully known, so no closure computed from it would be safe.
-        throw new NodeDeviceGroupError(`member "${member}" is not among the node devices`, where);
-      }
-      if (other.device.iommuGroup !== device.iommuGroup) {
-        throw new NodeDeviceGroupError(
-          `member "${member}" reports group ${other.device.iommuGroup ?? "none"}`,
-          where,
-        );
+        // A member libvirt did not list (a race with hot-unplug, a VF it has not seen yet): the
+        // group is not fully known, so no closure computed from it would be safe. Said once per
+        // group, not by every member listing it.
+        if (unseen.has(`${group} ${member}`)) continue;
+        unseen.add(`${group} ${member}`);
+        flag(`member "${member}" is not among the node devices`, [device.address, member]);
+      } else if (other.device.iommuGroup !== group) {
+        flag(`member "${member}" reports group ${other.device.iommuGroup ?? "none"}`, [
+          device.address,
+          member,
+        ]);
       }
     }
   }
+  return problems;
 }
 
 /**

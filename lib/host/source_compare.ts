@@ -52,9 +52,19 @@ export const OPTIONAL_FIELDS: readonly ComparedField[] = [
 /** A value of a compared field, as printed (`virtfns` joined with spaces). */
 export type FieldValue = string | number | boolean | null;
 
-/** One way two topologies of a host disagree. `a` and `b` follow the arguments' order. */
+/**
+ * One way two topologies of a host disagree, or one disagrees with itself (`inconsistent`: an
+ * entry of that side's `groupInconsistencies`). `a` and `b` follow the arguments' order.
+ */
 export type SourceDifference =
   | { kind: "iommu"; a: IommuState; b: IommuState }
+  | {
+    kind: "inconsistent";
+    source: "a" | "b";
+    groups: number[];
+    devices: PciAddress[];
+    detail: string;
+  }
   | { kind: "missing"; address: PciAddress; missingFrom: "a" | "b" }
   | { kind: "field"; address: PciAddress; field: ComparedField; a: FieldValue; b: FieldValue };
 
@@ -64,10 +74,11 @@ function fieldValue(device: PciDevice, field: ComparedField): FieldValue {
 }
 
 /**
- * Lists the differences between two topologies of one host: IOMMU state, devices present on one
- * side only, and per device the group, IDs, class, bridge flag, driver and SR-IOV links (see
- * {@link OPTIONAL_FIELDS} for fields compared only when both sides know them). Sorted by address,
- * fields in {@link COMPARED_FIELDS} order; empty when the sources agree.
+ * Lists the differences between two topologies of one host: IOMMU state, each side's IOMMU group
+ * data that disagrees with itself (its `groupInconsistencies`), devices present on one side only,
+ * and per device the group, IDs, class, bridge flag, driver and SR-IOV links (see
+ * {@link OPTIONAL_FIELDS} for fields compared only when both sides know them). Devices sorted by
+ * address, fields in {@link COMPARED_FIELDS} order; empty when the sources agree.
  *
  * @example
  * ```ts
@@ -86,6 +97,11 @@ function fieldValue(device: PciDevice, field: ComparedField): FieldValue {
 export function compareTopologies(a: HostTopology, b: HostTopology): SourceDifference[] {
   const differences: SourceDifference[] = [];
   if (a.iommu !== b.iommu) differences.push({ kind: "iommu", a: a.iommu, b: b.iommu });
+  for (const [source, topology] of [["a", a], ["b", b]] as const) {
+    for (const { groups, devices, detail } of topology.groupInconsistencies) {
+      differences.push({ kind: "inconsistent", source, groups, devices, detail });
+    }
+  }
   const inA = new Map(a.devices.map((d) => [d.address, d]));
   const inB = new Map(b.devices.map((d) => [d.address, d]));
   const addresses = [...new Set([...inA.keys(), ...inB.keys()])].sort(comparePciAddress);
@@ -132,6 +148,8 @@ export function formatSourceDifference(
   switch (difference.kind) {
     case "iommu":
       return `IOMMU is ${difference.a} in ${labels.a}, ${difference.b} in ${labels.b}`;
+    case "inconsistent":
+      return `${labels[difference.source]} disagrees with itself: ${difference.detail}`;
     case "missing": {
       const [has, lacks] = difference.missingFrom === "a"
         ? [labels.b, labels.a]

@@ -110,6 +110,46 @@ Deno.test("passthrough sources prints both counts, every difference and how many
   }
 });
 
+Deno.test("passthrough sources reports a group member libvirt's node devices lack, and compares the rest", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-sources-" });
+  try {
+    // The ConnectX-4 Lx's six functions share group 1. libvirt reads <iommuGroup> from sysfs when
+    // it prints a device, but lists the devices udev told it of: 01:00.1 not yet (or no more).
+    const full = loadHostDescription(new URL("c246-cx4lx-sriov.json", HOST));
+    const description = { ...full, devices: full.devices.map((d) => ({ ...d, driver: null })) };
+    buildHostTree(description, `${dir}/sysfs`);
+    const world = nodeDeviceWorldXml(description).replace(
+      /  <device>\n    <name>pci_0000_01_00_1<\/name>[\s\S]*?<\/device>\n/,
+      "",
+    );
+    await Deno.writeTextFile(`${dir}/world.xml`, world);
+    const uri = `test://${dir}/world.xml`;
+    const args = ["sources", "--sysfs", `${dir}/sysfs`, "--connect", uri];
+    const text = await runCli(args);
+    assertEquals([text.code, text.stderr, text.stdout], [
+      1,
+      "",
+      `sysfs (${dir}/sysfs): 6 functions, 1 IOMMU groups\n` +
+      `libvirt (${uri}): 5 functions, 1 IOMMU groups\n` +
+      `  libvirt disagrees with itself: IOMMU group 1 at "0000:01:00.0": member "0000:01:00.1" ` +
+      "is not among the node devices\n" +
+      "  0000:01:00.1: in sysfs only, missing from libvirt\n" +
+      "2 differences\n",
+    ]);
+    const json = await runCli([...args, "--json"]);
+    assertEquals(JSON.parse(json.stdout).differences[0], {
+      kind: "inconsistent",
+      source: "b",
+      groups: [1],
+      devices: ["0000:01:00.0", "0000:01:00.1"],
+      detail:
+        'IOMMU group 1 at "0000:01:00.0": member "0000:01:00.1" is not among the node devices',
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("passthrough sources --allow-uri-programs opens a URI that runs a program", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-sources-" });
   try {

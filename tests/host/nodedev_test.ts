@@ -1,12 +1,11 @@
 // Discovery through libvirt's node-device API: parsing, test-driver worlds built from the eight
 // real hosts (compared with sysfs discovery over trees built from the same files), and a real
 // libvirtd on this machine compared with /sys.
-import { assertEquals, assertOk, assertThrows } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { testDomainXml, writeTempWorld } from "../helpers/world.ts";
 import {
   discoverViaLibvirt,
-  NodeDeviceGroupError,
   NodeDeviceXmlError,
   topologyFromNodeDevices,
 } from "../../lib/host/nodedev.ts";
@@ -260,12 +259,13 @@ Deno.test("topologyFromNodeDevices() reads IDs however libvirt spells them, and 
   );
 });
 
-Deno.test("topologyFromNodeDevices() refuses IOMMU groups that disagree or name unseen devices", () => {
-  const cases: [string, string[], RegExp][] = [
+Deno.test("topologyFromNodeDevices() reports IOMMU groups that disagree or name unseen devices", () => {
+  const cases: [string, string[], RegExp, string[]][] = [
     [
       "not in its own group",
       [pciXml({ bus: 1, slot: 0, fn: 0 }, { extra: groupXml(3, [[1, 0, 1]]) })],
-      /^Inconsistent IOMMU group 3 at "0000:01:00.0": the device is not listed in its own group$/,
+      /^IOMMU group 3 at "0000:01:00.0": the device is not listed in its own group$/,
+      ["0000:01:00.0"],
     ],
     [
       "member lists differ",
@@ -274,11 +274,13 @@ Deno.test("topologyFromNodeDevices() refuses IOMMU groups that disagree or name 
         pciXml({ bus: 1, slot: 0, fn: 1 }, { extra: groupXml(3, [[1, 0, 1]]) }),
       ],
       /it lists "0000:01:00.1", "0000:01:00.0" lists "0000:01:00.0 0000:01:00.1"/,
+      ["0000:01:00.0", "0000:01:00.1"],
     ],
     [
       "member not listed",
       [pciXml({ bus: 1, slot: 0, fn: 0 }, { extra: groupXml(3, [[1, 0, 0], [1, 0, 1]]) })],
       /member "0000:01:00.1" is not among the node devices/,
+      ["0000:01:00.0", "0000:01:00.1"],
     ],
     [
       "member in another group",
@@ -287,15 +289,25 @@ Deno.test("topologyFromNodeDevices() refuses IOMMU groups that disagree or name 
         pciXml({ bus: 1, slot: 0, fn: 1 }),
       ],
       /member "0000:01:00.1" reports group none/,
+      ["0000:01:00.0", "0000:01:00.1"],
     ],
   ];
-  for (const [label, xmls, pattern] of cases) {
-    assertThrows(
-      () => topologyFromNodeDevices(xmls, { source: "test" }),
-      (e: unknown) => e instanceof NodeDeviceGroupError && e.group === 3 && pattern.test(e.message),
-      label,
-    );
+  for (const [label, xmls, pattern, devices] of cases) {
+    const problems = topologyFromNodeDevices(xmls, { source: "test" }).groupInconsistencies;
+    // The first problem found (the first case's missing member is a second one).
+    assertEquals([problems[0]?.groups, problems[0]?.devices], [[3], devices], label);
+    assertMatch(problems[0]?.detail ?? "", pattern, label);
   }
+  // Every member listing one libvirt did not list says so once for the group.
+  const both = [[1, 0, 0], [1, 0, 1], [1, 0, 2]] as [number, number, number][];
+  const unseen = topologyFromNodeDevices([
+    pciXml({ bus: 1, slot: 0, fn: 0 }, { extra: groupXml(3, both) }),
+    pciXml({ bus: 1, slot: 0, fn: 1 }, { extra: groupXml(3, both) }),
+  ], { source: "test" });
+  assertEquals(unseen.groupInconsistencies.map((p) => p.devices), [[
+    "0000:01:00.0",
+    "0000:01:00.2",
+  ]]);
 });
 
 async function sysfsTopology(description: HostDescription) {
