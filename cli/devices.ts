@@ -214,6 +214,12 @@ export async function run(
     return 0;
   }
   const paint = painter(io.color);
+  if (devices.length === 0 && values.class !== undefined) {
+    // A table of headers alone read as if the filter had not been applied, or had failed.
+    const at = positionals.length === 0 ? "" : ` at ${positionals.join(", ")}`;
+    io.out(`No device of class "${values.class}"${at} on ${host.source}\n`);
+    return 0;
+  }
   const twins = sameIds(host.devices, devices);
   const rows = devices.map((d) => {
     const notes = [deviceNotes(d, host, paint, twins), criticalNote(d, host, paint)];

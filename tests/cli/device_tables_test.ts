@@ -259,6 +259,14 @@ Deno.test("devices ADDRESS... and --class narrow the list; a wrong one is one li
     JSON.parse(vga.out).map((d: { classCode: string }) => d.classCode.slice(0, 4)),
     ["0300", "0300", "0300"],
   );
+  // Nothing of that class there: said, not a table of headers alone (JSON: an empty list).
+  const none = await run(["devices", ...HOST, "21:00", "--class", "nvme"]);
+  assertEquals(
+    [none.code, none.out],
+    [0, `No device of class "nvme" at 21:00 on ${dir}/sysfs\n`],
+  );
+  const noneJson = await run(["devices", ...HOST, "21:00", "--class", "nvme", "--json"]);
+  assertEquals([noneJson.code, noneJson.out], [0, "[]\n"]);
   const missing = await run(["devices", ...HOST, "99:00.0"]);
   assertEquals(missing.code, 1);
   assertEquals(
