@@ -143,8 +143,10 @@ export function formatSourceDifference(
   difference: SourceDifference,
   labels: { a: string; b: string } = { a: "a", b: "b" },
 ): string {
+  // Fields a side may not know are compared only when both know them (OPTIONAL_FIELDS), so a
+  // null or an empty list printed here is a side saying "none": no driver, group, PF or VFs.
   const show = (v: FieldValue) =>
-    v === null ? "unknown" : typeof v === "string" ? `"${v}"` : `${v}`;
+    v === null || v === "" ? "none" : typeof v === "string" ? `"${v}"` : `${v}`;
   switch (difference.kind) {
     case "iommu":
       return `IOMMU is ${difference.a} in ${labels.a}, ${difference.b} in ${labels.b}`;

@@ -104,13 +104,18 @@ Deno.test("formatSourceDifference() names the sources and quotes strings", () =>
     { kind: "missing", address: "0000:03:00.0", missingFrom: "a" },
     { kind: "field", address: "0000:01:00.0", field: "driver", a: "vfio-pci", b: null },
     { kind: "field", address: "0000:01:00.0", field: "isBridge", a: false, b: true },
+    { kind: "field", address: "0000:01:00.0", field: "virtfns", a: "0000:01:00.2", b: "" },
+    { kind: "field", address: "0000:01:00.2", field: "physfn", a: "0000:01:00.0", b: null },
   ] satisfies SourceDifference[]).map((d) => formatSourceDifference(d, labels));
   assertEquals(lines, [
     "IOMMU is enabled in sysfs, absent in libvirt",
     "0000:02:00.0: in sysfs only, missing from libvirt",
     "0000:03:00.0: in libvirt only, missing from sysfs",
-    `0000:01:00.0: driver is "vfio-pci" in sysfs, unknown in libvirt`,
+    // Not "unknown": libvirt said the device has no driver, no VFs, no PF.
+    `0000:01:00.0: driver is "vfio-pci" in sysfs, none in libvirt`,
     "0000:01:00.0: isBridge is false in sysfs, true in libvirt",
+    `0000:01:00.0: virtfns is "0000:01:00.2" in sysfs, none in libvirt`,
+    `0000:01:00.2: physfn is "0000:01:00.0" in sysfs, none in libvirt`,
   ]);
 });
 
