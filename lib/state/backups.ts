@@ -432,6 +432,8 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
     try {
       entry = readSidecar(dir, file.name);
     } catch (error) {
+      // Removed since the listing, by an apply pruning the VM's backups: no backup to report.
+      if (error instanceof Deno.errors.NotFound) continue;
       if (!(error instanceof BackupIntegrityError)) throw error;
       damaged(id, error.detail);
       continue;
@@ -439,8 +441,12 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
     if (vm !== undefined && entry.vm !== vm) continue;
     // A listing is no snapshot: the XML, written before its sidecar, may be missing from it.
     const xml = names.get(`${id}.xml`) ?? lstatOrUndefined(join(dir, `${id}.xml`));
+    // A prune removes the sidecar, then the XML: with both gone since, the backup is no more.
+    const missing = () => {
+      if (lstatOrUndefined(path) !== undefined) damaged(id, `its XML file "${id}.xml" is missing`);
+    };
     if (xml === undefined) {
-      damaged(id, `its XML file "${id}.xml" is missing`);
+      missing();
       continue;
     }
     if (!xml.isFile) {
@@ -458,6 +464,10 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
     try {
       readBackupXml(entry);
     } catch (error) {
+      if (error instanceof Deno.errors.NotFound) {
+        missing();
+        continue;
+      }
       if (!(error instanceof BackupIntegrityError)) throw error;
       into.problems.push({ kind: "damaged", id, path: entry.path, detail: error.detail });
       continue;

@@ -814,3 +814,49 @@ Deno.test("inspectBackups() finds no damage in a backup written while it reads t
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("inspectBackups() skips a backup an apply prunes while it reads the VM's directory", () => {
+  const dir = tempDir();
+  const readDir = Deno.readDirSync;
+  const open = Deno.openSync;
+  try {
+    const oldest = backupOf(`${dir}/state`, "vm1", { second: 1 });
+    const older = backupOf(`${dir}/state`, "vm1", { second: 2 });
+    const newest = backupOf(`${dir}/state`, "vm1", { second: 3 });
+    // As pruneBackups removes one: the sidecar, then the XML.
+    const prune = (entry: typeof oldest) => {
+      Deno.removeSync(entry.path.replace(/\.xml$/, ".json"));
+      Deno.removeSync(entry.path);
+    };
+    // One pruned just after the listing read its names, one just after its sidecar was opened.
+    Deno.readDirSync = (path) => {
+      const entries = [...readDir(path)];
+      if (String(path).endsWith("/backups/vm1")) {
+        Deno.readDirSync = readDir;
+        prune(oldest);
+      }
+      return entries.values();
+    };
+    Deno.openSync = (path, options) => {
+      const file = open(path, options);
+      if (String(path).endsWith(`${older.id}.json`)) {
+        Deno.openSync = open;
+        prune(older);
+      }
+      return file;
+    };
+    const { entries, problems } = inspectBackups(`${dir}/state`, "vm1");
+    assertEquals([entries.map((e) => e.id), problems], [[newest.id], []]);
+    recordCase({
+      area: "concurrency",
+      name: "backups listed while an apply prunes one",
+      count: 1,
+      outcome: "the pruned backups are left out, nothing reported damaged, no error",
+      test: TEST,
+    });
+  } finally {
+    Deno.readDirSync = readDir;
+    Deno.openSync = open;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
