@@ -860,3 +860,25 @@ Deno.test("inspectBackups() skips a backup an apply prunes while it reads the VM
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("inspectBackups() finds the XML of a sidecar its listing had not reached yet", () => {
+  const dir = tempDir();
+  const readDir = Deno.readDirSync;
+  try {
+    const older = backupOf(`${dir}/state`, "vm1", { second: 1 });
+    const newest = backupOf(`${dir}/state`, "vm1", { second: 2 });
+    // A listing is no snapshot: a backup written while it runs can show its sidecar, which is
+    // written last, and not its XML, when the XML's place in the directory was already read.
+    Deno.readDirSync = (path) => {
+      const entries = [...readDir(path)];
+      if (!String(path).endsWith("/backups/vm1")) return entries.values();
+      Deno.readDirSync = readDir;
+      return entries.filter((e) => e.name !== `${newest.id}.xml`).values();
+    };
+    const { entries, problems } = inspectBackups(`${dir}/state`, "vm1");
+    assertEquals([entries.map((e) => e.id), problems], [[newest.id, older.id], []]);
+  } finally {
+    Deno.readDirSync = readDir;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
