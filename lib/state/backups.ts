@@ -307,6 +307,20 @@ function lstatOrUndefined(path: string): Deno.FileInfo | undefined {
   }
 }
 
+/** How long after its last write a temporary file or an XML without a sidecar may be in writing. */
+const WRITING_MS = 60 * 1000;
+
+/**
+ * Whether the file at `path` was written too lately to call it left by an interrupted run (an
+ * apply of another connection may be writing that backup as it is listed); `null` when it is gone
+ * since the listing (its write ended).
+ */
+function writtenLately(path: string): boolean | null {
+  const info = lstatOrUndefined(path);
+  if (info === undefined) return null;
+  return info.mtime !== null && Date.now() - info.mtime.getTime() < WRITING_MS;
+}
+
 /** A backup file refused by {@link readOwnFileSync} (not a regular file, too large) as damaged. */
 function unreadable(path: string, error: unknown): unknown {
   if (!(error instanceof StateDirError && error.problem === "unexpected-file")) return error;
@@ -361,8 +375,8 @@ function readSidecar(dir: string, fileName: string): BackupEntry {
  *   file), a sidecar whose XML file is gone or no longer matches its sha256, or a VM directory
  *   that is unsafe to read.
  * - `incomplete`: an XML file without its sidecar, or a temporary file: what a run killed while
- *   writing a backup leaves. Such a run defined nothing after it, since every define waits for
- *   the whole backup.
+ *   writing a backup leaves (or, written a moment ago, a backup another run is writing). Such a
+ *   run defined nothing after it, since every define waits for the whole backup.
  */
 export interface BackupProblem {
   /** What is wrong, as above. */
@@ -397,12 +411,15 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
   for (const file of names.values()) {
     const path = join(dir, file.name);
     if (file.name.startsWith(".")) {
-      if (file.name.endsWith(".tmp")) {
+      const lately = file.name.endsWith(".tmp") ? writtenLately(path) : null;
+      if (lately !== null) {
         into.problems.push({
           kind: "incomplete",
           id: null,
           path,
-          detail: "a temporary file left by a run interrupted while writing a backup",
+          detail: lately
+            ? "a temporary file of a backup a run may be writing now (or one interrupted moments ago)"
+            : "a temporary file left by a run interrupted while writing a backup",
         });
       }
       continue;
@@ -411,13 +428,18 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
       into.problems.push({ kind: "damaged", id, path, detail });
     if (file.name.endsWith(".xml")) {
       const id = file.name.slice(0, -".xml".length);
-      if (!names.has(`${id}.json`)) {
+      // Its sidecar written since the listing: a backup this listing began before, not a problem.
+      const lately = names.has(`${id}.json`) || lstatOrUndefined(join(dir, `${id}.json`))
+        ? null
+        : writtenLately(path);
+      if (lately !== null) {
         into.problems.push({
           kind: "incomplete",
           id,
           path,
-          detail:
-            "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
+          detail: lately
+            ? "its sidecar is missing (a run may be writing this backup now, or was killed moments ago between the two writes); it cannot be restored"
+            : "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
         });
       }
       continue;

@@ -260,6 +260,8 @@ Deno.test("inspectBackups() lists an XML left without its sidecar, and a tempora
     Deno.writeTextFileSync(orphan, "<x/>");
     const temp = `${state.backupsPath}/a/.20991231T000001.000Z-deadbeef.xml.1234.tmp`;
     Deno.writeTextFileSync(temp, "<x");
+    const killed = new Date(Date.now() - 3600 * 1000);
+    for (const path of [orphan, temp]) Deno.utimeSync(path, killed, killed);
     assertEquals(listBackups(state, "a").map((e) => e.id), [entry.id]);
     const { entries, problems } = inspectBackups(state);
     assertEquals(entries.map((e) => e.id), [entry.id]);
@@ -267,7 +269,8 @@ Deno.test("inspectBackups() lists an XML left without its sidecar, and a tempora
       ["incomplete", null, temp],
       ["incomplete", "20991231T000000.000Z-deadbeef", orphan],
     ]);
-    assertMatch(describeBackupProblem(problems[1]!), /is incomplete: its sidecar is missing/);
+    assertMatch(describeBackupProblem(problems[0]!), /left by a run interrupted/);
+    assertMatch(describeBackupProblem(problems[1]!), /its sidecar is missing \(a run killed/);
     // Never chosen: the newest intact backup is.
     assertEquals(findBackup(state, "a").id, entry.id);
     recordCase({
@@ -880,5 +883,34 @@ Deno.test("inspectBackups() finds the XML of a sidecar its listing had not reach
   } finally {
     Deno.readDirSync = readDir;
     Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("inspectBackups() says a backup written a moment ago may be in writing, not left by a killed run", () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const entry = backupOf(state, "a");
+    // What an apply of another connection writing a backup of "a" shows at this instant.
+    const xml = `${state.backupsPath}/a/20991231T000000.000Z-deadbeef.xml`;
+    Deno.writeTextFileSync(xml, "<x/>");
+    const temp = `${state.backupsPath}/a/.20991231T000000.000Z-deadbeef.json.1234.tmp`;
+    Deno.writeTextFileSync(temp, "{");
+    const { entries, problems } = inspectBackups(state, "a");
+    assertEquals(entries.map((e) => e.id), [entry.id]);
+    assertEquals(problems.map((p) => [p.kind, p.path, p.detail]), [
+      [
+        "incomplete",
+        temp,
+        "a temporary file of a backup a run may be writing now (or one interrupted moments ago)",
+      ],
+      [
+        "incomplete",
+        xml,
+        "its sidecar is missing (a run may be writing this backup now, or was killed moments ago between the two writes); it cannot be restored",
+      ],
+    ]);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
   }
 });
