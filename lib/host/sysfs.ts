@@ -342,7 +342,7 @@ export class SysfsTreeError extends Error {
 /**
  * `reader` kept inside the captured tree at `root`: a path under `root` that a link leads out of
  * it (a device's `uevent` to `/etc/passwd`, `bus/pci/devices/X` to `/sys/...`) is refused with
- * {@link SysfsTreeError}, before it is read. A tree is anyone's (one attached to a bug report):
+ * {@link SysfsTreeError}, before it is read, as is one whose `..` steps out of it. A tree is anyone's (one attached to a bug report):
  * what such a link led to was printed, and copied into its snapshot. Links read as links
  * (`readLink`: their target's name is the fact) need only their directory inside; a dangling
  * link or a loop is left to the read, which finds nothing. Paths outside `root` are the
@@ -386,6 +386,12 @@ export function confinedReader(
     if (real !== null && !inside(real)) throw new SysfsTreeError(dir, "a link out of it", real);
   };
   const under = (path: string) => path.startsWith(`${top}/`);
+  // A ".." step leaves `root` without a link (`${root}/..`): where it leads is what is read.
+  const dotted = (path: string) => {
+    if (!under(path) || !/\/\.\.(\/|$)/.test(path)) return;
+    const real = resolve(path.endsWith("/..") ? path : path.slice(0, path.lastIndexOf("/")));
+    if (real !== null && !inside(real)) throw new SysfsTreeError(path, 'a ".." out of it', real);
+  };
   const isLink = (path: string) => {
     try {
       return reader.readLink(path) !== null;
@@ -395,6 +401,7 @@ export function confinedReader(
     }
   };
   const check = (path: string) => {
+    dotted(path);
     if (!under(path)) return;
     checkDir(path.slice(0, path.lastIndexOf("/")));
     if (!isLink(path)) return;
@@ -406,6 +413,7 @@ export function confinedReader(
     readText: (path) => (check(path), reader.readText(path)),
     readBytes: (path, maxBytes) => (check(path), reader.readBytes(path, maxBytes)),
     readLink: (path) => {
+      dotted(path);
       if (under(path)) checkDir(path.slice(0, path.lastIndexOf("/")));
       return reader.readLink(path);
     },

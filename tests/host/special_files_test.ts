@@ -13,6 +13,7 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { LspciError, runLspci } from "../../lib/host/lspci.ts";
 import {
   checkCapturedTree,
+  confinedReader,
   denoFsReader,
   type SysfsReader,
   SysfsTreeError,
@@ -330,6 +331,32 @@ Deno.test("--sysfs TREE reads nothing a link leads to outside the tree, naming t
   const result = await runCli(["snapshot", "--sysfs", tree.sysfs, `${tree.dir}/snap`]);
   assertEquals(result.code, 0, result.stderr);
   assertEquals(pathExists(`${tree.dir}/snap/proc/cpuinfo`), false);
+});
+
+Deno.test('confinedReader refuses a path whose ".." steps out of the tree, and reads one that stays in', () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const root = `${dir}/tree`;
+    Deno.mkdirSync(`${root}/bus`, { recursive: true });
+    Deno.writeTextFileSync(`${root}/cmdline`, "quiet\n");
+    Deno.writeTextFileSync(`${dir}/secret`, "root:x:0:0\n");
+    const reader = confinedReader(denoFsReader(), root);
+    const real = Deno.realPathSync(dir);
+    for (
+      const [path, read] of [
+        [`${root}/..`, (p: string) => reader.listDir(p)],
+        [`${root}/bus/../..`, (p: string) => reader.listDir(p)],
+        [`${root}/../secret`, (p: string) => reader.readText(p)],
+        [`${root}/../secret`, (p: string) => reader.readLink(p)],
+      ] as const
+    ) {
+      assertThrows(() => read(path), SysfsTreeError, `"${path}" leads to "${real}`);
+    }
+    assertEquals(reader.readText(`${root}/bus/../cmdline`), "quiet\n");
+    assertEquals(reader.listDir(`${root}/bus/..`)?.sort(), ["bus", "cmdline"]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("--sysfs TREE whose device directory links out to a FIFO is refused before lspci opens it", async () => {
