@@ -42,19 +42,24 @@ function passwdHome(): string | null {
 }
 
 /**
- * The libvirt.conf libvirt reads for this user; `null` when it has no place to look. Its
- * directory is GLib's `g_get_user_config_dir()`: `XDG_CONFIG_HOME`, else `~/.config`, where `~`
- * is `HOME` (set empty: the working directory) or, unset, the passwd entry's home (a service or
- * `env -u HOME` still has a file there).
+ * The libvirt.conf libvirt reads for this user. Its directory is GLib's
+ * `g_get_user_config_dir()`: `XDG_CONFIG_HOME`, else `~/.config`, where `~` is `HOME` (set empty:
+ * the working directory) or, unset, the passwd entry's home (a service or `env -u HOME` still has
+ * a file there), or, with no entry either, `/`, as GLib falls back to.
+ *
+ * @example
+ * ```ts
+ * import { libvirtConfPath } from "./libvirt_conf.ts";
+ * if (!libvirtConfPath().endsWith("/libvirt.conf")) throw new Error("not a libvirt.conf");
+ * ```
  */
-function confPath(): string | null {
+export function libvirtConfPath(): string {
   if (libc().getuid() === 0) return "/etc/libvirt/libvirt.conf";
   // GLib takes a `HOME` set empty as it is: its `.config` is then relative to the working
   // directory, and libvirt reads the file there.
-  const home = environment("HOME", { keepEmpty: true }) ?? passwdHome();
-  const userConfig = home === null ? null : home === "" ? ".config" : `${home}/.config`;
-  const config = environment("XDG_CONFIG_HOME") ?? userConfig;
-  return config === null ? null : `${config}/libvirt/libvirt.conf`;
+  const home = environment("HOME", { keepEmpty: true }) ?? passwdHome() ?? "/";
+  const userConfig = home === "" ? ".config" : `${home.replace(/\/+$/, "")}/.config`;
+  return `${environment("XDG_CONFIG_HOME") ?? userConfig}/libvirt/libvirt.conf`;
 }
 
 /**
@@ -70,11 +75,10 @@ function confPath(): string | null {
 export function libvirtUriFor(uri: string | null): string | null {
   let text = "";
   try {
-    const path = confPath();
     // A file only, of the size libvirt reads at most: a FIFO no one writes, or a link to a
     // device, would hold this read with no deadline over it (libvirt's own read of it has one).
     // Through libc, as libvirt reads it: Deno's calls need permissions a script may lack.
-    text = (path === null ? null : readRegularFile(path, MAX_CONF_BYTES)) ?? "";
+    text = readRegularFile(libvirtConfPath(), MAX_CONF_BYTES) ?? "";
   } catch {
     // None there, or not readable by this user: libvirt reads none either.
   }
@@ -134,10 +138,10 @@ function refuseTestDriverNonFile(uri: string, origin: string | undefined): void 
 function confOrigin(uri: string | null, origin: string | undefined): string {
   const name = uri ?? environment("LIBVIRT_DEFAULT_URI");
   return name === null
-    ? `uri_default in ${confPath()}`
+    ? `uri_default in ${libvirtConfPath()}`
     : `the alias ${JSON.stringify(name)}${
       origin === undefined ? "" : ` of ${origin}`
-    } in ${confPath()}`;
+    } in ${libvirtConfPath()}`;
 }
 
 /**
