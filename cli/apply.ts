@@ -90,7 +90,8 @@ function keepBackupsOf(value: string | undefined): number | null {
 
 /** Shows the plan, applies it under `lock`, prints the report; the exit code. */
 async function applyComputed(
-  { plan: computed, libvirt, config, facts, hardware, hostNow, keepBackups: section }: ComputedPlan,
+  { plan: computed, libvirt, config, facts, hardware, hostNow, keepBackups: section, startGuard }:
+    ComputedPlan,
   { values, io, stateDir, keepBackups, lock }: {
     values: Parsed<typeof APPLY>["values"];
     io: CliIo;
@@ -129,6 +130,7 @@ async function applyComputed(
     hostNow,
     interrupted: () => signals.check(),
     run: runFlags(values),
+    startGuard,
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);

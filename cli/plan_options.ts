@@ -15,6 +15,7 @@ import { type Config, loadConfig } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
+import { type StartGuard, startGuard } from "../lib/plan/issues.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
@@ -110,6 +111,8 @@ export interface ComputedPlan extends Disposable {
   hostNow: HostNow;
   /** The host section's `keep_backups:`, else `null`. */
   keepBackups: number | null;
+  /** The start guard at a VM's start, as the plan knew it, for `apply`'s messages. */
+  startGuard: (vm: string) => StartGuard;
 }
 
 /** The config, tree and URI of the one host this process plans. */
@@ -304,6 +307,13 @@ export async function computePlan(
       hardware: hostDeviceReader(sysfs),
       hostNow: { planned: host, ...hostReader(sysfs) },
       keepBackups,
+      startGuard: (vm) => {
+        const policy = config.vms.find((v) => v.name === vm)?.guard;
+        return startGuard({
+          ...(policy === undefined ? {} : { guard: policy }),
+          ...(known ? { guardHook: guard.hook !== null } : {}),
+        });
+      },
       [Symbol.dispose]: () => libvirt.close(),
     };
   } catch (error) {

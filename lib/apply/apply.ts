@@ -56,6 +56,7 @@ import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { passwordsOnOneLine, redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
+import { type StartGuard, startGuardDoes } from "../plan/issues.ts";
 import {
   hardwareSincePlan,
   heldSincePlan,
@@ -312,6 +313,11 @@ export interface ApplyOptions {
    * config, tree, libvirt and backups. Default: none.
    */
   run?: RunFlags;
+  /**
+   * The start guard at a VM's start (its `guard:` policy, whether the hook is installed), which a
+   * message about that start names. Default: `enforce`, the hook unknown.
+   */
+  startGuard?: (vm: string) => StartGuard;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -413,6 +419,8 @@ interface PendingLive {
    * attach comes after every later VM's question, minutes after the define.
    */
   changed: () => string[];
+  /** The start guard at the VM's next start. */
+  start: StartGuard;
   /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
   detach: Pick<DomainHostdev, "address" | "xml">[];
   attach: Pick<DomainHostdev, "address" | "xml">[];
@@ -878,7 +886,9 @@ function runLive(
         refused.set(item, why);
         live.refused = true;
         live.errors.push(
-          `Not attached: ${why.detail}: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "${
+          `Not attached: ${why.detail}: its definition holds them even so, and its next start would take them as they are now (${
+            nextStart(item.start)
+          }): run "${
             followUpCommand(run, "passthrough rollback", { value: item.result.vm })
           }" to restore the definition it had, or the plan again`,
         );
@@ -922,6 +932,21 @@ function runLive(
         `${item.result.message}; hot-plug failed, the change takes effect at the next full power-off`;
     }
   }
+}
+
+/**
+ * What the start guard does at the next start of a VM whose devices changed since its plan
+ * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs.
+ */
+function nextStart(start: StartGuard): string {
+  return {
+    none: "no start guard is installed to refuse that start",
+    off: `its "guard: off" has the start guard let that start go on`,
+    warn:
+      `its "guard: warn" has the start guard warn and let that start go on, unless the host needs a device`,
+    refuses: "the start guard refuses that start",
+    unknown: "where the start guard is installed, it refuses that start",
+  }[startGuardDoes(start, false)];
 }
 
 /** Why a re-check refused an attach: the host's devices `unread`, else changed; in words. */
@@ -1414,6 +1439,7 @@ function applyVm(
       detach: removed,
       attach: added,
       changed: () => hardwareChanged(vm, plan, options),
+      start: options.startGuard?.(vm.name) ?? { policy: "enforce" },
     },
   };
 }

@@ -235,12 +235,11 @@ export function unreadLiveWarning(name: string, error: string): PlanIssue {
   };
 }
 
-/**
- * The start guard at a VM's start, as `plan` knows it: the VM's `guard:` `policy`, and `hook`,
- * whether the guard is installed (absent: unknown, as for a tree captured on another host).
- */
+/** The start guard at a VM's start, as `plan` knows it. */
 export interface StartGuard {
+  /** The VM's `guard:` policy. */
   policy: GuardPolicy;
+  /** Whether the guard is installed; absent: unknown, as for a tree captured on another host. */
   hook?: boolean | undefined;
 }
 

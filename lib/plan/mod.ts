@@ -18,6 +18,7 @@ export {
   withNetworks,
 } from "./used_devices.ts";
 export type { NetworkPool } from "./networks.ts";
+export type { StartGuard } from "./issues.ts";
 export {
   type BridgedNetwork,
   type DefinitionRead,

@@ -6,7 +6,7 @@
  * test driver.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
   baseDevices,
   config,
@@ -31,6 +31,7 @@ import { groupMatesHostNeeds } from "../../lib/apply/recheck.ts";
 import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
+import type { StartGuard } from "../../lib/plan/issues.ts";
 
 /** An NVMe drive hot-added into the GPU's group 1, a function of the GPU's card (its vendor's). */
 const NVME_IN_GROUP = dev({
@@ -324,6 +325,7 @@ Deno.test("rollbackVm() asks the start guard again after its question", async ()
 /** Applies win10, running, with `--live`; `afterDefine` changes the tree just after its define. */
 async function applyLive(
   afterDefine: (root: string) => void,
+  startGuard?: (vm: string) => StartGuard,
 ): Promise<{ report: ApplyReport; attached: string[] }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
@@ -348,6 +350,7 @@ async function applyLive(
         live: true,
         hardware: hostDeviceReader(root),
         hostNow: { planned: host, ...hostReader(root) },
+        ...(startGuard === undefined ? {} : { startGuard }),
       });
       return { report, attached };
     });
@@ -387,6 +390,31 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
     renderApplyReport(report, { color: false }).trimEnd().split("\n").at(-1),
     "Changed: win10. Skipped: none. Failed: none. Not hot-plugged: win10 (not safe to start as defined).",
   );
+});
+
+Deno.test("applyPlan() --live says what the start guard does at the next start, by the VM's policy and the hook", async () => {
+  const console = (root: string) => {
+    Deno.removeSync(root, { recursive: true });
+    buildHostTree({
+      ...PLANNED,
+      host_use: [{ address: GPU.bdf, reason: "console-vga", detail: "the boot console" }],
+    }, root);
+  };
+  const cases: [StartGuard, string][] = [
+    [{ policy: "enforce", hook: true }, "(the start guard refuses that start)"],
+    [{ policy: "off", hook: true }, `(its "guard: off" has the start guard let that start go on)`],
+    [
+      { policy: "warn", hook: true },
+      `(its "guard: warn" has the start guard warn and let that start go on, unless the host needs a device)`,
+    ],
+    [{ policy: "enforce", hook: false }, "(no start guard is installed to refuse that start)"],
+  ];
+  for (const [start, said] of cases) {
+    const { report } = await applyLive(console, (vm) => (assertEquals(vm, "win10"), start));
+    // Before: "(where the start guard is installed, it refuses that start)", whatever the policy.
+    const error = report.vms[0]!.live!.errors[0]!;
+    assertOk(error.includes(`as they are now ${said}: run "passthrough rollback win10"`), error);
+  }
 });
 
 Deno.test("applyPlan() --live attaches nothing, and reports, when the host cannot be read again", async () => {
