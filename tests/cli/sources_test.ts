@@ -119,7 +119,7 @@ Deno.test("passthrough sources reports a group member libvirt's node devices lac
     const description = { ...full, devices: full.devices.map((d) => ({ ...d, driver: null })) };
     buildHostTree(description, `${dir}/sysfs`);
     const world = nodeDeviceWorldXml(description).replace(
-      /  <device>\n    <name>pci_0000_01_00_1<\/name>[\s\S]*?<\/device>\n/,
+      / {2}<device>\n {4}<name>pci_0000_01_00_1<\/name>[\s\S]*?<\/device>\n/,
       "",
     );
     await Deno.writeTextFile(`${dir}/world.xml`, world);
