@@ -936,16 +936,19 @@ function runLive(
 
 /**
  * What the start guard does at the next start of a VM whose devices changed since its plan
- * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs.
+ * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard reads
+ * only the devices passed, not their IOMMU groups: a group that changed is no refusal of its.
  */
 function nextStart(start: StartGuard): string {
+  const only =
+    "only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups";
   return {
     none: "no start guard is installed to refuse that start",
     off: `its "guard: off" has the start guard let that start go on`,
     warn:
       `its "guard: warn" has the start guard warn and let that start go on, unless the host needs a device`,
-    refuses: "the start guard refuses that start",
-    unknown: "where the start guard is installed, it refuses that start",
+    refuses: `the start guard refuses that start ${only}`,
+    unknown: `where the start guard is installed, it refuses that start ${only}`,
   }[startGuardDoes(start, false)];
 }
 

@@ -32,6 +32,11 @@ import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import type { StartGuard } from "../../lib/plan/issues.ts";
+import { runGuard } from "../../lib/guard/run.ts";
+import { type GuardPolicyFile, guardPolicies } from "../../lib/guard/policy.ts";
+import { recordPolicies } from "../../lib/guard/state.ts";
+import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 /** An NVMe drive hot-added into the GPU's group 1, a function of the GPU's card (its vendor's). */
 const NVME_IN_GROUP = dev({
@@ -326,7 +331,8 @@ Deno.test("rollbackVm() asks the start guard again after its question", async ()
 async function applyLive(
   afterDefine: (root: string) => void,
   startGuard?: (vm: string) => StartGuard,
-): Promise<{ report: ApplyReport; attached: string[] }> {
+  policies?: GuardPolicyFile,
+): Promise<{ report: ApplyReport; attached: string[]; starts: boolean }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
     const root = `${dir}/sysfs`;
@@ -352,7 +358,31 @@ async function applyLive(
         hostNow: { planned: host, ...hostReader(root) },
         ...(startGuard === undefined ? {} : { startGuard }),
       });
-      return { report, attached };
+      // The real start guard at the next start of the definition as defined, under `policies`
+      // recorded as apply records them (with the records the definition holds).
+      const xml = port.getPersistentXml("win10");
+      const stateDir = `${dir}/guard`;
+      Deno.mkdirSync(stateDir, { mode: 0o700 });
+      if (policies !== undefined) {
+        const devices = Object.fromEntries(
+          parseDomainXml(xml).records.map((r) => [r.address, r]),
+        );
+        const vms = Object.fromEntries(
+          Object.entries(policies.vms).map(([vm, p]) => [vm, { ...p, devices }]),
+        );
+        recordPolicies(stateDir, { ...policies, vms });
+      }
+      const { code } = await runGuard({
+        vm: "win10",
+        operation: "prepare",
+        subOperation: "begin",
+        xml,
+        reader: denoFsReader(),
+        root,
+        live: false,
+        stateDir,
+      });
+      return { report, attached, starts: code === 0 };
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -376,7 +406,7 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
     ["win10"],
   ]);
   assertEquals(result.live?.errors, [
-    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
+    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
   ]);
   // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
   // definition were safe to start.
@@ -401,7 +431,10 @@ Deno.test("applyPlan() --live says what the start guard does at the next start, 
     }, root);
   };
   const cases: [StartGuard, string][] = [
-    [{ policy: "enforce", hook: true }, "(the start guard refuses that start)"],
+    [
+      { policy: "enforce", hook: true },
+      "(the start guard refuses that start only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups)",
+    ],
     [{ policy: "off", hook: true }, `(its "guard: off" has the start guard let that start go on)`],
     [
       { policy: "warn", hook: true },
@@ -415,6 +448,21 @@ Deno.test("applyPlan() --live says what the start guard does at the next start, 
     const error = report.vms[0]!.live!.errors[0]!;
     assertOk(error.includes(`as they are now ${said}: run "passthrough rollback win10"`), error);
   }
+});
+
+Deno.test("applyPlan() --live does not say the start guard refuses a start it lets go on", async () => {
+  // A drive hot-added into the GPU's group after the define: the re-check refuses the attach, but
+  // the start guard reads only the addresses passed, not their IOMMU groups.
+  const joined = (root: string) => {
+    Deno.removeSync(root, { recursive: true });
+    buildHostTree({ ...PLANNED, devices: [...PLANNED.devices, NVME_IN_GROUP] }, root);
+  };
+  const { report, starts } = await applyLive(joined, () => ({ policy: "enforce", hook: true }));
+  const error = report.vms[0]!.live!.errors[0]!;
+  assertMatch(error, /now also holds "0000:01:00.2"/);
+  assertEquals(starts, true);
+  // Before: "(the start guard refuses that start)", which it does not.
+  assertOk(error.includes("it does not read IOMMU groups"), error);
 });
 
 Deno.test("applyPlan() --live attaches nothing, and reports, when the host cannot be read again", async () => {
