@@ -15,7 +15,7 @@ import { type Config, loadConfig } from "../lib/config/config.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
-import { type StartGuard, startGuard } from "../lib/plan/issues.ts";
+import { rulesStartGuard, type StartGuard } from "../lib/plan/issues.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
@@ -307,13 +307,11 @@ export async function computePlan(
       hardware: hostDeviceReader(sysfs),
       hostNow: { planned: host, ...hostReader(sysfs) },
       keepBackups,
-      startGuard: (vm) => {
-        const policy = config.vms.find((v) => v.name === vm)?.guard;
-        return startGuard({
-          ...(policy === undefined ? {} : { guard: policy }),
-          ...(known ? { guardHook: guard.hook !== null } : {}),
-        });
-      },
+      startGuard: (vm) =>
+        rulesStartGuard(
+          config.vms.find((v) => v.name === vm) ?? { rules: [] },
+          known ? guard.hook !== null : undefined,
+        ),
       [Symbol.dispose]: () => libvirt.close(),
     };
   } catch (error) {

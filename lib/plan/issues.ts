@@ -249,6 +249,21 @@ export function startGuard(context: { guard?: GuardPolicy; guardHook?: boolean }
 }
 
 /**
+ * The start guard at `vm`'s start for the devices its rules pass, which the guard judges each by
+ * its rule's `guard:`: the laxest of the VM's and its rules' policies, so that no message says
+ * the guard refuses a start a rule's policy lets go on.
+ */
+export function rulesStartGuard(
+  vm: { guard?: GuardPolicy; rules: readonly { guard: GuardPolicy }[] },
+  guardHook?: boolean,
+): StartGuard {
+  const order: readonly GuardPolicy[] = ["enforce", "warn", "off"];
+  const policy = [vm.guard ?? "enforce", ...vm.rules.map((r) => r.guard)]
+    .reduce((a, b) => order.indexOf(a) >= order.indexOf(b) ? a : b);
+  return { policy, hook: guardHook };
+}
+
+/**
  * What the start guard does with a reason of its own not to start a VM (an element it did not
  * record: the VM's policy judges it): `off` passes it and `warn` lets the start go on, unless
  * the host needs the device (`hostNeeds`), which `warn` never lets go; `refuses` when it is

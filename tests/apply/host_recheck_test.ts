@@ -31,9 +31,9 @@ import { groupMatesHostNeeds } from "../../lib/apply/recheck.ts";
 import { renderApplyReport } from "../../cli/render_apply.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import type { HostUse } from "../../lib/host/types.ts";
-import type { StartGuard } from "../../lib/plan/issues.ts";
+import { rulesStartGuard, type StartGuard } from "../../lib/plan/issues.ts";
 import { runGuard } from "../../lib/guard/run.ts";
-import { type GuardPolicyFile, guardPolicies } from "../../lib/guard/policy.ts";
+import { guardPolicies, type GuardPolicyFile } from "../../lib/guard/policy.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
@@ -463,6 +463,30 @@ Deno.test("applyPlan() --live does not say the start guard refuses a start it le
   assertEquals(starts, true);
   // Before: "(the start guard refuses that start)", which it does not.
   assertOk(error.includes("it does not read IOMMU groups"), error);
+});
+
+Deno.test("applyPlan() --live does not say the guard refuses a start its rule's guard: off lets go on", async () => {
+  // win10 enforces, its gpu rule is "guard: off": the guard judges the GPU by its rule's policy.
+  const ruleOff = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        guard: off
+`);
+  const replaced = (root: string) => {
+    Deno.removeSync(root, { recursive: true });
+    buildHostTree({ devices: [...baseDevices(), { ...GPU, device: "0x2704" }, GPU_AUDIO] }, root);
+  };
+  const { report, starts } = await applyLive(
+    replaced,
+    // Before: startGuard({ guard: "enforce", guardHook: true }), the VM's policy alone.
+    () => rulesStartGuard(ruleOff.vms[0]!, true),
+    guardPolicies(ruleOff),
+  );
+  const error = report.vms[0]!.live!.errors[0]!;
+  assertMatch(error, /"0000:01:00.0" \(rule "gpu"\) is now another device/);
+  assertEquals(starts, true);
+  assertOk(!error.includes("the start guard refuses that start"), error);
 });
 
 Deno.test("applyPlan() --live attaches nothing, and reports, when the host cannot be read again", async () => {
