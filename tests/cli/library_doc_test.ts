@@ -258,8 +258,8 @@ Deno.test("docs/LIBRARY.md: a project in another directory links the checkout an
 });
 
 Deno.test("docs/LIBRARY.md: describeError() prints a library error as the CLI does, causes and all", async () => {
-  // An error's message alone leaves out its cause: a StateDirError says which directory, its
-  // cause why (the system's refusal), and the CLI prints both.
+  // describeError() is what the CLI prints for an error: its message, the causes the message
+  // does not already hold, secrets hidden.
   assertMatch(PROSE, /print one as the CLI does with `describeError\(error\)` \(from `\.\/cli`\)/);
   const demo = new URL("demo/", ROOT).pathname;
   const dir = Deno.makeTempDirSync({ prefix: "passthrough-library-error-" });
@@ -288,7 +288,6 @@ Deno.test("docs/LIBRARY.md: describeError() prints a library error as the CLI do
     const error = await applyPlan(plan, { libvirt, stateDir, confirm }).then(() => null, (e) => e);
     assertOk(error instanceof Error);
     assertEquals(`passthrough apply: ${describeError(error)}\n`, err);
-    assertOk(!err.includes(`: ${error.message}\n`), "the message alone is all the CLI says");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
