@@ -254,11 +254,12 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
   const world = fleetWorld(fleetDomain("win10"));
   assertEquals(planWorld({ config: onHv1, host: GPU_HOST, world }).vms[0]?.add.length, 1);
   // "hvl" for "hv1": win10 was kept with no rule, a plan that removes what hv1 added.
-  // Named by the caller, not by --host: the message does not send a library script to a flag.
+  // Named by the caller, not by --host: the message does not send a library script to a flag (and
+  // suggests no other host a typo away, which names another machine).
   assertThrows(
     () => configForHost(fleet, "hvl"),
     UnknownHostError,
-    'fleet.yaml has no section for host "hvl" under "hosts:" (did you mean "hv1"?): ' +
+    'fleet.yaml has no section for host "hvl" under "hosts:": ' +
       'it declares "hv1", "hv2": add a section named "hvl"',
   );
 });
