@@ -346,7 +346,10 @@ export class SysfsTreeError extends Error {
  * what such a link led to was printed, and copied into its snapshot. Links read as links
  * (`readLink`: their target's name is the fact) need only their directory inside; a dangling
  * link or a loop is left to the read, which finds nothing. Paths outside `root` are the
- * caller's own, and read as they are. `realPath` resolves links (default `Deno.realPathSync`).
+ * caller's own, and read as they are. A tree is taken to be at rest: each path is resolved once
+ * for the reader's life, one link at a time from its directory's resolution, as realpath(3)
+ * does; `realPath` (default `Deno.realPathSync`) resolves only the root and what leaves it (a
+ * link to an absolute path or above the root, a loop).
  *
  * @example
  * ```ts
@@ -379,12 +382,6 @@ export function confinedReader(
   if (realRoot === null) return reader;
   const inside = (path: string) =>
     realRoot === "/" || path === realRoot || path.startsWith(`${realRoot}/`);
-  const dirs = new Map<string, string | null>();
-  const checkDir = (dir: string) => {
-    let real = dirs.get(dir);
-    if (real === undefined) dirs.set(dir, real = resolve(dir));
-    if (real !== null && !inside(real)) throw new SysfsTreeError(dir, "a link out of it", real);
-  };
   const under = (path: string) => path.startsWith(`${top}/`);
   // A ".." step leaves `root` without a link (`${root}/..`): where it leads is what is read.
   const dotted = (path: string) => {
@@ -392,21 +389,56 @@ export function confinedReader(
     const real = resolve(path.endsWith("/..") ? path : path.slice(0, path.lastIndexOf("/")));
     if (real !== null && !inside(real)) throw new SysfsTreeError(path, 'a ".." out of it', real);
   };
-  const isLink = (path: string) => {
+  const underReal = (path: string) => path.startsWith(`${realRoot}/`);
+  // A realpath per directory walked the whole path again each time; here each name is read as a
+  // link once, and a link's target walked from its directory's resolution.
+  const resolved = new Map<string, string | null>([[top, realRoot], [realRoot, realRoot]]);
+  const real = (path: string, depth = 0): string | null => {
+    let known = resolved.get(path);
+    if (known === undefined) resolved.set(path, known = resolveIn(path, depth));
+    return known;
+  };
+  const resolveIn = (path: string, depth: number): string | null => {
+    // Outside the tree, or a name that is not a step down (`..`): resolved whole.
+    if (!under(path) && !underReal(path)) return resolve(path);
+    const slash = path.lastIndexOf("/");
+    const name = path.slice(slash + 1);
+    if (name === "" || name === "." || name === "..") return resolve(path);
+    const dir = real(path.slice(0, slash), depth);
+    if (dir === null) return null;
+    let target: string | null;
     try {
-      return reader.readLink(path) !== null;
+      target = reader.readLink(path);
     } catch {
-      // A loop on the way, a denied directory: the read itself says so, as a read.
-      return false;
+      // A denied directory, a loop on the way: resolved whole, which finds nothing or says why.
+      return resolve(path);
     }
+    if (target === null) return `${dir}/${name}`;
+    // To an absolute path, or deeper than the kernel follows links: resolved whole.
+    if (target.startsWith("/") || depth >= 40) return resolve(path);
+    let at = dir;
+    for (const part of target.split("/")) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") at = at.slice(0, at.lastIndexOf("/")) || "/";
+      // Above the root, perhaps to come back into it: resolved whole.
+      else if (!underReal(at) && at !== realRoot) return resolve(path);
+      else {
+        const next = real(`${at}/${part}`, depth + 1);
+        if (next === null) return null;
+        at = next;
+      }
+    }
+    return at;
+  };
+  const refuseOutside = (path: string) => {
+    const at = real(path);
+    if (at !== null && !inside(at)) throw new SysfsTreeError(path, "a link out of it", at);
   };
   const check = (path: string) => {
     dotted(path);
     if (!under(path)) return;
-    checkDir(path.slice(0, path.lastIndexOf("/")));
-    if (!isLink(path)) return;
-    const real = resolve(path);
-    if (real !== null && !inside(real)) throw new SysfsTreeError(path, "a link out of it", real);
+    refuseOutside(path.slice(0, path.lastIndexOf("/")));
+    refuseOutside(path);
   };
   const confined: SysfsReader = {
     listDir: (path) => (check(path), reader.listDir(path)),
@@ -414,7 +446,7 @@ export function confinedReader(
     readBytes: (path, maxBytes) => (check(path), reader.readBytes(path, maxBytes)),
     readLink: (path) => {
       dotted(path);
-      if (under(path)) checkDir(path.slice(0, path.lastIndexOf("/")));
+      if (under(path)) refuseOutside(path.slice(0, path.lastIndexOf("/")));
       return reader.readLink(path);
     },
     openFile: (path) => (check(path), reader.openFile(path)),

@@ -333,6 +333,62 @@ Deno.test("--sysfs TREE reads nothing a link leads to outside the tree, naming t
   assertEquals(pathExists(`${tree.dir}/snap/proc/cpuinfo`), false);
 });
 
+Deno.test("a confined reader resolves a tree's links as realpath does, and realpath only its root", async () => {
+  await using tree = await demoTree();
+  const root = tree.sysfs;
+  const resolved: string[] = [];
+  const realPath = (path: string) => (resolved.push(path), Deno.realPathSync(path));
+  // Discovery resolves each device's directory and link from its parent's, not with a realpath.
+  await discoverHost({
+    root,
+    reader: confinedReader(libcSysfsReader(), root, realPath),
+    lspci: null,
+  });
+  assertEquals(resolved, [root]);
+  Deno.writeTextFileSync(`${tree.dir}/secret`, "secret\n");
+  Deno.mkdirSync(`${root}/a/b`, { recursive: true });
+  Deno.writeTextFileSync(`${root}/a/b/file`, "inside\n");
+  Deno.writeTextFileSync(`${root}/file`, "inside\n");
+  const links: [string, string][] = [
+    ["in", "a/b"],
+    ["chain", "in/file"],
+    ["up", "in/../../file"], // `..` after a link is its target's parent: inside
+    ["out", "in/../../../secret"],
+    ["through", "a/../in/../../../secret"],
+    ["back", `../${root.slice(root.lastIndexOf("/") + 1)}/file`],
+    ["absolute", `${root}/a/b/file`],
+    ["absoluteOut", `${tree.dir}/secret`],
+    ["outDir", tree.dir],
+    ["loop1", "loop2/file"],
+    ["loop2", "loop1"],
+    ["dangling", "missing/file"],
+  ];
+  for (const [name, target] of links) Deno.symlinkSync(target, `${root}/${name}`);
+  resolved.length = 0;
+  const reader = confinedReader(libcSysfsReader(), root, realPath);
+  const refused = (path: string) => {
+    try {
+      reader.readText(path);
+    } catch (error) {
+      return error instanceof SysfsTreeError;
+    }
+    return false;
+  };
+  for (const path of [...links.map(([name]) => name), "outDir/secret", "in/file", "chain"]) {
+    let outside = false;
+    try {
+      const real = Deno.realPathSync(`${root}/${path}`);
+      outside = !real.startsWith(`${Deno.realPathSync(root)}/`);
+    } catch {
+      // A loop or a dangling link: the read finds nothing.
+    }
+    assertEquals(refused(`${root}/${path}`), outside, path);
+  }
+  // Only links to absolute paths, above the tree's root, or in a loop were resolved whole.
+  const whole = ["out", "through", "back", "absolute", "absoluteOut", "outDir", "loop1"];
+  assertEquals(resolved, [root, ...whole.map((name) => `${root}/${name}`)]);
+});
+
 Deno.test('confinedReader refuses a path whose ".." steps out of the tree, and reads one that stays in', () => {
   const dir = Deno.makeTempDirSync();
   try {
