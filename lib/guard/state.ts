@@ -407,8 +407,9 @@ const CLAIM = ".taken-";
  * `kind`: a claim of its allowance (`allow/VM.json.taken-PID`, killed between the claim and its
  * removal) or a temporary refusal record (`refused/.VM.json.UUID.tmp`, killed before the rename).
  * Any but ours is such a leftover: one daemon runs one start of a domain at a time, nothing else
- * writes those names, and a claiming start has read its allowance before it claims it. Left there, one would make every later start of every VM take the slow
- * path (the guard keeps something), and nothing else ever removes it.
+ * writes those names, and a claiming start has read its allowance before it claims it. Left
+ * there, one would make every later start of every VM take the slow path (the guard keeps
+ * something), and nothing else ever removes it.
  */
 function removeLeftovers(stateDir: string, kind: GuardFolder, vm: string): void {
   const dir = guardPath(stateDir, kind);
