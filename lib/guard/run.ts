@@ -313,7 +313,13 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     : [];
   let allowance: AllowanceOutcome = "none";
   try {
-    allowance = takeAllowance(options.stateDir, options.vm, { uuid: uuid(), now: options.now });
+    const procRoot = options.procRoot ?? "/proc";
+    allowance = takeAllowance(options.stateDir, options.vm, {
+      uuid: uuid(),
+      now: options.now,
+      // A second daemon's start of the VM may hold a claim of its allowance now.
+      alive: (pid) => options.reader.listDir(`${procRoot}/${pid}`) !== null,
+    });
   } catch (error) {
     lines.push(
       `passthrough guard: cannot use its allowance (it does not count): ${errorText(error)}`,

@@ -307,14 +307,20 @@ export function allowNextStart(
  * has expired, was given for another domain or cannot be read. One that cannot be
  * claimed does not count (it would otherwise allow every start); a `guard allow` that writes a
  * new one after the claim leaves that one for the next start instead of seeing it removed unused.
- * A claim an earlier start of `vm` left (killed before it removed it) is removed first.
+ * A claim an earlier start of `vm` left (killed before it removed it) is removed first: one whose
+ * process `alive` says is gone. Without `alive`, every claim is left to its process.
  */
 export function takeAllowance(
   stateDir: string,
   vm: string,
-  { uuid, now = new Date() }: { uuid: string | null; now?: Date | undefined },
+  { uuid, now = new Date(), alive = () => true }: {
+    uuid: string | null;
+    now?: Date | undefined;
+    /** Whether the process with this id is running (`/proc/PID` exists). */
+    alive?: (pid: number) => boolean;
+  },
 ): AllowanceOutcome {
-  removeLeftovers(stateDir, "allow", vm);
+  removeLeftovers(stateDir, "allow", vm, alive);
   // Read-only until an allowance is found: a start without one writes (and syncs) nothing.
   const path = existingGuardFile(stateDir, "allow", vm);
   if (path === null) return "none";
@@ -364,9 +370,10 @@ export function takeAllowance(
 
 /**
  * The allowance at `path` read through a descriptor kept open, before it is claimed: a start of
- * the VM by another daemon at the same moment removes every claim but its own as a killed start's
- * leftover, and may remove ours between the claim and its read, losing the allowance for both.
- * `null` when it cannot be read now (the read after the claim says why).
+ * the VM by another daemon at the same moment that cannot see this process (another PID
+ * namespace) takes our claim for a killed start's leftover, and may remove it between the claim
+ * and its read, losing the allowance for both. `null` when it cannot be read now (the read after
+ * the claim says why).
  */
 function readBeforeClaim(path: string): (Disposable & { file: Deno.FsFile; text: string }) | null {
   let file: Deno.FsFile;
@@ -406,18 +413,26 @@ const CLAIM = ".taken-";
  * Removes what a start of `vm` killed half-way (the hook's deadline, the OOM killer) left in
  * `kind`: a claim of its allowance (`allow/VM.json.taken-PID`, killed between the claim and its
  * removal) or a temporary refusal record (`refused/.VM.json.UUID.tmp`, killed before the rename).
- * Any but ours is such a leftover: one daemon runs one start of a domain at a time, nothing else
- * writes those names, and a claiming start has read its allowance before it claims it. Left
- * there, one would make every later start of every VM take the slow path (the guard keeps
- * something), and nothing else ever removes it.
+ * A claim is one when `alive` says its process is gone: a start of the VM in another daemon
+ * (libvirtd and virtqemud, both with the hook) may hold one now, and removed under it, the
+ * allowance it claimed would be lost to both, or the start would go on by the one it read before a
+ * `guard allow` replaced it. Any temporary record but ours is one: nothing else writes those
+ * names, and a second daemon's start that finds its own removed writes it again. Left there, one
+ * would make every later start of every VM take the slow path (the guard keeps something), and
+ * nothing else ever removes it.
  */
-function removeLeftovers(stateDir: string, kind: GuardFolder, vm: string): void {
+function removeLeftovers(
+  stateDir: string,
+  kind: GuardFolder,
+  vm: string,
+  alive: (pid: number) => boolean = () => true,
+): void {
   const dir = guardPath(stateDir, kind);
   const leftover = kind === "allow"
     ? (name: string) => {
       const prefix = `${fileName(vm)}${CLAIM}`;
-      return name.startsWith(prefix) && /^[0-9]+$/.test(name.slice(prefix.length)) &&
-        name !== `${prefix}${Deno.pid}`;
+      const pid = name.slice(prefix.length);
+      return name.startsWith(prefix) && /^[0-9]+$/.test(pid) && !claimHeld(Number(pid), alive);
     }
     : (name: string) => {
       const prefix = `.${fileName(vm)}.`;
@@ -443,6 +458,16 @@ function removeLeftovers(stateDir: string, kind: GuardFolder, vm: string): void 
     } catch {
       // Gone meanwhile: never read as an allowance or a record anyway.
     }
+  }
+}
+
+/** Whether process `pid`'s claim may still be read by it: ours, running, or not known to be gone. */
+function claimHeld(pid: number, alive: (pid: number) => boolean): boolean {
+  if (pid === Deno.pid) return true;
+  try {
+    return alive(pid);
+  } catch {
+    return true;
   }
 }
 

@@ -15,6 +15,7 @@ import {
   takeAllowance,
 } from "../../lib/guard/state.ts";
 import { RELOAD_FILE } from "../../lib/guard/layout.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
 
 /** The domain allowances are given for in these tests. */
 const UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
@@ -610,6 +611,82 @@ Deno.test("a start killed between claiming its allowance and removing it leaves 
     assertEquals(names(), []);
     // The killed start consumed the allowance: the next one is refused.
     assertEquals((await run(root, state, MOVED)).code, 1);
+  });
+});
+
+/** The state letter of process `pid` (`T`: stopped), from `/proc/PID/stat`. */
+function processState(pid: number): string {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+}
+
+/** Waits until process `pid` has stopped itself (`SIGSTOP`). */
+async function untilStopped(pid: number): Promise<void> {
+  for (let i = 0; processState(pid) !== "T"; i++) {
+    if (i === 500) throw new Error(`process ${pid} never stopped`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+Deno.test("a start of the VM in another daemon leaves the claim of a start still running", async () => {
+  await withTree(async (root, state) => {
+    allowNextStart(state, "win11", { uuid: UUID });
+    // A start (in one daemon) that stops just before it claims the allowance and just after.
+    const code = `import { runGuard } from ${
+      JSON.stringify(new URL("../../lib/guard/run.ts", import.meta.url).href)
+    };
+      import { denoFsReader } from ${
+      JSON.stringify(new URL("../../lib/host/sysfs.ts", import.meta.url).href)
+    };
+      const rename = Deno.renameSync;
+      Deno.renameSync = (from, to) => {
+        if (!String(to).includes(".taken-")) return rename(from, to);
+        Deno.kill(Deno.pid, "SIGSTOP");
+        rename(from, to);
+        Deno.kill(Deno.pid, "SIGSTOP");
+      };
+      const result = await runGuard({ vm: "win11", operation: "prepare", subOperation: "begin",
+        xml: ${JSON.stringify(MOVED)}, reader: denoFsReader(), root: ${JSON.stringify(root)},
+        live: false, stateDir: ${JSON.stringify(state)} });
+      console.error(result.lines.join("\\n"));
+      Deno.exit(result.code);`;
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", code],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const output = child.output();
+    try {
+      await untilStopped(child.pid);
+      // `guard allow` for another domain defined under the name since replaces the one it read.
+      const other = "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11";
+      allowNextStart(state, "win11", { uuid: other });
+      Deno.kill(child.pid, "SIGCONT");
+      await untilStopped(child.pid);
+      // A start of the VM in a second daemon now: refused, and the claim left to its start.
+      assertEquals((await run(root, state, MOVED)).code, 1);
+      Deno.kill(child.pid, "SIGCONT");
+    } catch (error) {
+      child.kill("SIGKILL");
+      await output;
+      throw error;
+    }
+    const { code: exit, stderr: lines } = await output;
+    // The replaced allowance does not let it start: the one it claimed was given for the other.
+    assertEquals(exit, 1, new TextDecoder().decode(lines));
+    assertMatch(
+      new TextDecoder().decode(lines),
+      /was given for another VM defined under that name/,
+    );
+    assertEquals([...Deno.readDirSync(`${state}/guard/allow`)], []);
+    recordCase({
+      area: "concurrency",
+      name: "a start of one VM in each of two daemons while guard allow replaces its allowance",
+      count: 1,
+      outcome:
+        "the claim of the running start is left to it; it judges by the allowance it claimed",
+      test: "tests/guard/run_test.ts",
+    });
   });
 });
 
