@@ -13,7 +13,7 @@
 
 import { MAX_XML_BYTES, runGuard } from "../lib/guard/run.ts";
 import { guardLine } from "../lib/guard/check.ts";
-import { denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import { confinedReader, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { writeAllSync } from "./io.ts";
 import { errorText } from "../lib/render/error_text.ts";
 
@@ -109,7 +109,9 @@ function isLiveSysfs(root: string): boolean {
  * Runs the check for the hook's arguments, reading sysfs and `/proc` with `reader`, writing
  * refusals to `err`; returns the exit code. Every operation but `prepare begin` returns 0 before
  * anything is read. `live` says whether `args.sysfs` is this host's sysfs, when the caller can
- * tell better (through libc) than this module.
+ * tell better (through libc) than this module. A captured tree is read only inside itself
+ * (`confinedReader`), as the commands' `--sysfs` reads one; the live `/sys`, read at every VM
+ * start, as it is.
  */
 export async function checkStart(
   args: HookCheckArgs,
@@ -120,14 +122,15 @@ export async function checkStart(
   if (args.operation !== "prepare" || args.subOperation !== "begin") return 0;
   const bytes = readStdin(MAX_XML_BYTES);
   const root = args.sysfs.replace(/(.)\/+$/, "$1");
+  const isLive = live ?? isLiveSysfs(root);
   const result = await runGuard({
     vm: args.vm,
     operation: args.operation,
     subOperation: args.subOperation,
     xml: bytes === null ? null : new TextDecoder().decode(bytes),
-    reader,
+    reader: isLive ? reader : confinedReader(reader, root),
     root,
-    live: live ?? isLiveSysfs(root),
+    live: isLive,
     stateDir: args.stateDir,
     ...(args.hooksDir === undefined ? {} : { hooksDir: args.hooksDir }),
   });

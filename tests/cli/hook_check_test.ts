@@ -405,3 +405,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test("the check on a captured tree refuses a link out of it, through both entries, before reading what it leads to", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-check-link-" });
+  try {
+    // What the guard recorded at 0000:0b:00.0, where the tree has a 10de:1b06 now.
+    const xml = `<domain><name>vm</name><uuid>0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11</uuid>
+  <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata>
+  <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+    <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+  </hostdev></devices></domain>`;
+    const args = ["--state-dir", `${dir}/state`, "--sysfs", tree.dir, ...HOOK_ARGS];
+    const refused = await runCheck(args, xml);
+    assertEquals(refused.code, 1, refused.stderr);
+    assertMatch(refused.stderr, /holds 10de:1b06 .* now, not the recorded 10de:2684/);
+    // The tree's `uevent` of that function made a link to a file outside it, which says 2684.
+    const uevent = Deno.realPathSync(`${tree.dir}/bus/pci/devices/0000:0b:00.0/uevent`);
+    Deno.writeTextFileSync(
+      `${dir}/uevent`,
+      Deno.readTextFileSync(uevent).replace(":1B06", ":2684"),
+    );
+    Deno.removeSync(uevent);
+    Deno.symlinkSync(`${dir}/uevent`, uevent);
+    const outside = new RegExp(
+      `^passthrough guard: refusing to start "vm": the check failed: Refusing to read a tree ` +
+        `with a link out of it: ` +
+        `"${tree.dir}/bus/pci/devices/0000:0b:00\\.0/uevent" leads to "${dir}/uevent", outside`,
+    );
+    const lean = await runCheck(args, xml);
+    assertEquals([lean.code, lean.stdout], [1, ""], lean.stderr);
+    assertMatch(lean.stderr, outside);
+    const cli = await runCli(["hook", "run", ...args], { stdin: xml });
+    assertEquals([cli.code, cli.stdout], [1, ""], cli.stderr);
+    assertMatch(cli.stderr, outside);
+    // Not a changed device but a tree not to be read: no allowance lets the start go on.
+    allowNextStart(`${dir}/state`, "vm", { uuid: "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11" });
+    assertEquals((await runCheck(args, xml)).code, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
