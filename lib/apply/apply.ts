@@ -315,7 +315,7 @@ export interface ApplyOptions {
   run?: RunFlags;
   /**
    * The start guard at a VM's start (its `guard:` policy, whether the hook is installed), which a
-   * message about that start names. Default: `enforce`, the hook unknown.
+   * message about that start names. Default: unknown; the message says what `enforce` does.
    */
   startGuard?: (vm: string) => StartGuard;
 }
@@ -419,8 +419,8 @@ interface PendingLive {
    * attach comes after every later VM's question, minutes after the define.
    */
   changed: () => string[];
-  /** The start guard at the VM's next start. */
-  start: StartGuard;
+  /** The start guard at the VM's next start; `null`: its policies were not given. */
+  start: StartGuard | null;
   /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
   detach: Pick<DomainHostdev, "address" | "xml">[];
   attach: Pick<DomainHostdev, "address" | "xml">[];
@@ -938,10 +938,14 @@ function runLive(
  * What the start guard does at the next start of a VM whose devices changed since its plan
  * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard reads
  * only the devices passed, not their IOMMU groups: a group that changed is no refusal of its.
+ * `null`: the policies are not known (a library caller gave none), so what `enforce` does.
  */
-function nextStart(start: StartGuard): string {
+function nextStart(start: StartGuard | null): string {
   const only =
     "only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups";
+  if (start === null) {
+    return `whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it ${only}`;
+  }
   return {
     none: "no start guard is installed to refuse that start",
     off: `its "guard: off" has the start guard let that start go on`,
@@ -1442,7 +1446,7 @@ function applyVm(
       detach: removed,
       attach: added,
       changed: () => hardwareChanged(vm, plan, options),
-      start: options.startGuard?.(vm.name) ?? { policy: "enforce" },
+      start: options.startGuard?.(vm.name) ?? null,
     },
   };
 }

@@ -406,7 +406,7 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
     ["win10"],
   ]);
   assertEquals(result.live?.errors, [
-    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (where the start guard is installed, it refuses that start only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
+    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
   ]);
   // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
   // definition were safe to start.
@@ -487,6 +487,32 @@ Deno.test("applyPlan() --live does not say the guard refuses a start its rule's 
   assertMatch(error, /"0000:01:00.0" \(rule "gpu"\) is now another device/);
   assertEquals(starts, true);
   assertOk(!error.includes("the start guard refuses that start"), error);
+});
+
+Deno.test("applyPlan() --live without the start guard's policies does not say the guard refuses the start", async () => {
+  // A library caller that passes no startGuard, on a host whose guard has win10's GPU under a
+  // rule's "guard: off": the guard lets the next start go on.
+  const ruleOff = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+        guard: off
+`);
+  const replaced = (root: string) => {
+    Deno.removeSync(root, { recursive: true });
+    buildHostTree({ devices: [...baseDevices(), { ...GPU, device: "0x2704" }, GPU_AUDIO] }, root);
+  };
+  const { report, starts } = await applyLive(replaced, undefined, guardPolicies(ruleOff));
+  const error = report.vms[0]!.live!.errors[0]!;
+  assertEquals(starts, true);
+  // Before: "(where the start guard is installed, it refuses that start only for a device it
+  // passes that is gone, another one, ...)", the policy taken for "enforce".
+  assertOk(
+    error.includes(
+      `as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run`,
+    ),
+    error,
+  );
 });
 
 Deno.test("applyPlan() --live attaches nothing, and reports, when the host cannot be read again", async () => {
