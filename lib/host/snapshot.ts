@@ -32,6 +32,7 @@ import {
 } from "./sysfs_device.ts";
 import { unknownOnError } from "./preflight.ts";
 import { entryGone, firstInterface, HostChangedError } from "./discover.ts";
+import { readGroupListings } from "./iommu_groups.ts";
 import { redactSecrets } from "../domain/secrets.ts";
 import { errorText } from "../render/error_text.ts";
 import { join, pathExists } from "../state/paths.ts";
@@ -257,6 +258,7 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
   if (host.hostUse !== null) {
     Deno.writeTextFileSync(`${out}/host_use.json`, `${JSON.stringify(host.hostUse, null, 2)}\n`);
   }
+  copyGroupListings(reader, root, out);
   copyHostFacts(facts, root, out);
   copyInputDevices(facts, root, out);
   copyProcFacts(facts, procRoot, out);
@@ -315,14 +317,12 @@ function writeDevice(
     copyDriverModule(facts, root, out, device.driver);
     Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
   }
-  if (device.iommuGroup !== null) {
-    const groupDir = `${out}/kernel/iommu_groups/${device.iommuGroup}/devices`;
-    Deno.mkdirSync(groupDir, { recursive: true });
-    Deno.symlinkSync(`../../../../kernel/iommu_groups/${device.iommuGroup}`, `${to}/iommu_group`);
-    Deno.symlinkSync(
-      `../../../../bus/pci/devices/${device.address}`,
-      `${groupDir}/${device.address}`,
-    );
+  // The link as read, not the group discovery settled on: one naming a group whose listing
+  // leaves the device out, or no group number, made a group of its own in the snapshot, whose
+  // plan then left the device out of its group unrefused (see copyGroupListings).
+  const group = reader.readLink(`${from}/iommu_group`);
+  if (group !== null) {
+    Deno.symlinkSync(`../../../../kernel/iommu_groups/${baseName(group)}`, `${to}/iommu_group`);
   }
   if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
   if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
@@ -334,6 +334,22 @@ function writeDevice(
     if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
   }
   return config !== null && config.length <= 64;
+}
+
+/**
+ * Each `kernel/iommu_groups/N/devices` listing as read, with the devices' own `iommu_group` links
+ * (writeDevice) the evidence discovery settles groups from (`settleGroups`): a snapshot's group
+ * data agrees or disagrees with itself as the tree's did. A member's entry is a link to its
+ * device, which discovery reads by name alone.
+ */
+function copyGroupListings(reader: SysfsReader, root: string, out: string): void {
+  for (const [name, members] of readGroupListings(reader, root)) {
+    const dir = `${out}/kernel/iommu_groups/${name}`;
+    Deno.mkdirSync(members === null ? dir : `${dir}/devices`, { recursive: true });
+    for (const entry of members ?? []) {
+      Deno.symlinkSync(`../../../../bus/pci/devices/${entry}`, `${dir}/devices/${entry}`);
+    }
+  }
 }
 
 /** Whether `name` can name a file: not `.` or `..`, no `/` or NUL, 1 to 255 bytes (`NAME_MAX`). */

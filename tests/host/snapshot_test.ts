@@ -28,12 +28,18 @@ const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 /** Snapshots the tree of `description`, discovers it again, and lets `inspect` look at both. */
 async function roundTrip(
   description: HostDescription,
-  options: { lspci?: null; inspect?: (root: string, out: string) => void } = {},
+  options: {
+    lspci?: null;
+    /** Changes the built tree before it is snapshotted (a damaged tree). */
+    edit?: (root: string) => void;
+    inspect?: (root: string, out: string) => void;
+  } = {},
 ): Promise<HostTopology> {
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
   const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
   try {
     buildHostTree(description, root);
+    options.edit?.(root);
     // Without lspci when asked: discovery then reads what only the tree holds.
     const lspci = options.lspci === null ? { lspci: null } : {};
     const before = await discoverHost({ root, ...lspci });
@@ -621,5 +627,24 @@ Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose driver na
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeSnapshot() keeps an iommu_group link that names another group or none: the snapshot's group data disagrees as the tree's does", async () => {
+  const x570 = loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS));
+  // 0000:0b:00.1, the GPU's audio function, is in group 30 with the GPU.
+  for (const target of ["99", "thirty", ".."]) {
+    await roundTrip(x570, {
+      lspci: null,
+      edit: (root) => {
+        const link = `${root}/bus/pci/devices/0000:0b:00.1/iommu_group`;
+        Deno.removeSync(link);
+        Deno.symlinkSync(`../../../../kernel/iommu_groups/${target}`, link);
+      },
+      inspect: (_root, out) => {
+        // Before: a link to a group 99 the snapshot made, which listed the function.
+        assertEquals(pathExists(`${out}/kernel/iommu_groups/99`), false);
+      },
+    });
   }
 });
