@@ -456,20 +456,37 @@ function copyHostFacts(reader: SysfsReader, root: string, out: string): void {
 /**
  * The host's input devices that hang under a PCI function (`class/input/inputN`, a keyboard on a
  * USB controller), as the link the kernel made and the device's `name`: a plan of the snapshot
- * warns (`host-input`) as a plan on the host does. A link of another shape (one leaving the
- * tree, a `..` inside it) is not copied, nor a name that is not one printable line or that lies
- * outside the tree ({@link readInputName}).
+ * warns (`host-input`) as a plan on the host does. A link of another shape (an absolute one, a
+ * `..` inside it), whose device discovery does not read, becomes one of the kernel's shape under
+ * the same functions ({@link kernelInputLink}), without a name; nor is a name copied that is not
+ * one printable line or that lies outside the tree ({@link readInputName}).
  */
 function copyInputDevices(reader: SysfsReader, root: string, out: string): void {
   for (const { entry, link } of inputLinks(reader, root)) {
-    const device = inputDevicePath(link);
-    if (device === null || pciFunctionsHolding(device).length === 0) continue;
+    const functions = pciFunctionsHolding(link);
+    if (functions.length === 0) continue;
+    const known = inputDevicePath(link);
+    const written = known === null ? kernelInputLink(entry, functions) : link;
+    const device = inputDevicePath(written)!;
     Deno.mkdirSync(`${out}/${device}`, { recursive: true });
     Deno.mkdirSync(`${out}/class/input`, { recursive: true });
-    Deno.symlinkSync(link, `${out}/class/input/${entry}`);
-    const name = readInputName(reader, root, device);
+    Deno.symlinkSync(written, `${out}/class/input/${entry}`);
+    const name = known === null ? null : readInputName(reader, root, known);
     if (name !== null && /^[\x20-\x7e]{1,128}\n?$/.test(name)) put(out, `${device}/name`, name);
   }
+}
+
+/**
+ * A `class/input` link of the kernel's shape under the PCI functions `functions` (as
+ * {@link pciFunctionsHolding} gives them: the one the device hangs under, then each above it that
+ * hosts a PCI domain), each below a PCI root of its own bus; the bridges between are not known.
+ */
+function kernelInputLink(entry: string, functions: readonly PciAddress[]): string {
+  const path = [...functions].reverse().flatMap((address) => [
+    `pci${address.slice(0, address.lastIndexOf(":"))}`,
+    address,
+  ]);
+  return `../../devices/${path.join("/")}/${entry}`;
 }
 
 /** A bounded read of a `/proc` text file; `null` when missing or not regular. */

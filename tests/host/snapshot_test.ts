@@ -648,3 +648,47 @@ Deno.test("writeSnapshot() keeps an iommu_group link that names another group or
     });
   }
 });
+
+Deno.test("writeSnapshot() keeps an input device whose class/input link is absolute or has a '..': a plan of the snapshot warns (host-input) as one of the tree does", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const out = `${await Deno.makeTempDir({ prefix: "passthrough-snap-" })}/tree`;
+  const again = `${out}-again`;
+  try {
+    buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), root);
+    Deno.mkdirSync(`${root}/class/input`, { recursive: true });
+    // A tree copied with its links made absolute, and one a tool wrote with a step back.
+    const usb = "pci0000:00/0000:00:07.1/0000:08:00.1/usb1/1-2/1-2:1.0/input/input5";
+    Deno.symlinkSync(`/sys/devices/${usb}`, `${root}/class/input/input5`);
+    const mouse = "pci0000:00/0000:00:08.1/0000:0e:00.3/usb3/3-1/../3-1/3-1:1.0/input/input6";
+    Deno.symlinkSync(`../../devices/${mouse}`, `${root}/class/input/input6`);
+    // A step back that makes 0000:00:08.1 no host of a PCI domain: not rewritten into one.
+    Deno.symlinkSync(
+      "../../devices/pci0000:00/0000:00:08.1/../pci10000:e0/10000:e0:00.0/usb4/input/input7",
+      `${root}/class/input/input7`,
+    );
+    const expected = new Map([
+      ["0000:08:00.1", ["input5"]],
+      ["0000:0e:00.3", ["input6"]],
+      ["10000:e0:00.0", ["input7"]],
+    ]);
+    assertEquals(hostInputDevices(denoFsReader(), root), expected);
+    const host = await discoverHost({ root, lspci: null });
+    writeSnapshot(host, out, { root, reader: denoFsReader() });
+    // Before: input5 and input6 were left out, and a plan of the snapshot gave no warning.
+    assertEquals(hostInputDevices(denoFsReader(), out), expected);
+    writeSnapshot(await discoverHost({ root: out, lspci: null }), again, {
+      root: out,
+      reader: denoFsReader(),
+    });
+    assertEquals(hostInputDevices(denoFsReader(), again), expected);
+    // Each as the kernel writes it: nothing in the snapshot leads out of it.
+    for (const entry of Deno.readDirSync(`${out}/class/input`)) {
+      const link = Deno.readLinkSync(`${out}/class/input/${entry.name}`);
+      assertOk(link.startsWith("../../devices/pci") && !/\/\.\.?\//.test(link.slice(6)), link);
+    }
+  } finally {
+    for (const dir of [root, out.slice(0, -"/tree".length)]) {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
