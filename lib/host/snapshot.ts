@@ -1,7 +1,8 @@
 /**
  * Captures a host's PCI/IOMMU topology (the live `/sys` or a captured tree) into a portable
  * sysfs-shaped tree that discovery and `lspci -O sysfs.path=` read back as the same host: attribute
- * files and `config` bytes are copied as read, links are rewritten relative to the new tree, and
+ * files and `config` bytes are copied as read, links are rewritten relative to the new tree (a
+ * device where sysfs keeps it, below the PCI functions it hangs under, when the tree shows that), and
  * what only a live host knows is written beside them (`cmdline`, with any URI password as `***`
  * ({@link sharedCmdline}), `host_use.json`, and lspci's module list as a `modules` file per
  * device).
@@ -284,7 +285,16 @@ function writeDevice(
   const devicesDir = `${out}/bus/pci/devices`;
   const from = `${root}/bus/pci/devices/${device.address}`;
   const to = `${devicesDir}/${device.address}`;
-  Deno.mkdirSync(to);
+  // Where sysfs keeps the device, below the PCI functions it hangs under, which discovery reads
+  // from the entry's link (a VMD controller above an NVMe drive); a directory where it has none.
+  const place = devicePlace(reader.readLink(from), device.address);
+  if (place === null) Deno.mkdirSync(to);
+  else {
+    Deno.mkdirSync(`${out}/${place}`, { recursive: true });
+    Deno.symlinkSync(`../../../${place}`, to);
+  }
+  // The links below lead from where the directory is, as the kernel's do.
+  const up = "../".repeat((place ?? "bus/pci/devices/x").split("/").length);
   let uevent = false;
   for (const name of ATTRIBUTES) {
     const bytes = reader.readBytes(`${from}/${name}`, 65536);
@@ -315,14 +325,14 @@ function writeDevice(
   // outside `out`, or stop the snapshot ("File name too long"). The copied uevent still names it.
   if (device.driver !== null && isFileName(device.driver)) {
     copyDriverModule(facts, root, out, device.driver);
-    Deno.symlinkSync(`../../drivers/${device.driver}`, `${to}/driver`);
+    Deno.symlinkSync(`${up}bus/pci/drivers/${device.driver}`, `${to}/driver`);
   }
   // The link as read, not the group discovery settled on: one naming a group whose listing
   // leaves the device out, or no group number, made a group of its own in the snapshot, whose
   // plan then left the device out of its group unrefused (see copyGroupListings).
   const group = reader.readLink(`${from}/iommu_group`);
   if (group !== null) {
-    Deno.symlinkSync(`../../../../kernel/iommu_groups/${baseName(group)}`, `${to}/iommu_group`);
+    Deno.symlinkSync(`${up}kernel/iommu_groups/${baseName(group)}`, `${to}/iommu_group`);
   }
   if (device.macAddress !== undefined) copyInterfaceMac(reader, from, to);
   if (device.physfn !== null) Deno.symlinkSync(`../${device.physfn}`, `${to}/physfn`);
@@ -334,6 +344,22 @@ function writeDevice(
     if (link !== null) Deno.symlinkSync(`../${baseName(link)}`, `${to}/${name}`);
   }
   return config !== null && config.length <= 64;
+}
+
+/**
+ * Where the link of a `bus/pci/devices` entry leads, from the tree's root, when it has the
+ * kernel's shape (`../../../devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:06.0/ADDRESS`):
+ * from a PCI root on, each part one plain name, ending in `address`. `null` for another link (one
+ * from elsewhere, with a `..` inside it) or none: the snapshot then keeps the device as a
+ * directory in `bus/pci/devices`, and no PCI function above it.
+ */
+function devicePlace(link: string | null, address: PciAddress): string | null {
+  const place = /^\.\.\/\.\.\/\.\.\/(devices\/pci[0-9a-f]{4,8}:[0-9a-f]{2}\/.+)$/i.exec(link ?? "")
+    ?.[1];
+  const plain = place?.split("/").every((part) =>
+    /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part)
+  );
+  return plain && place!.endsWith(`/${address}`) ? place! : null;
 }
 
 /**

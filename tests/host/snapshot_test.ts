@@ -692,3 +692,77 @@ Deno.test("writeSnapshot() keeps an input device whose class/input link is absol
     }
   }
 });
+
+/**
+ * Lays the devices of the tree at `root` out as sysfs does: each directory moved to
+ * `devices/PLACE` (`placeOf` its address) with a `bus/pci/devices` link to it, and its own links
+ * made to lead from there.
+ */
+function nestDevices(root: string, placeOf: (address: string) => string): void {
+  const addresses = [...Deno.readDirSync(`${root}/bus/pci/devices`)].map((e) => e.name);
+  // Parents first: a child is moved into its parent's new directory.
+  for (const address of addresses.sort((a, b) => placeOf(a).length - placeOf(b).length)) {
+    const place = `devices/${placeOf(address)}`;
+    const to = `${root}/${place}`;
+    Deno.mkdirSync(to.slice(0, to.lastIndexOf("/")), { recursive: true });
+    Deno.renameSync(`${root}/bus/pci/devices/${address}`, to);
+    Deno.symlinkSync(`../../../${place}`, `${root}/bus/pci/devices/${address}`);
+    for (const entry of Deno.readDirSync(to)) {
+      if (!entry.isSymlink || entry.name === "physfn" || entry.name.startsWith("virtfn")) continue;
+      // Led from bus/pci/devices/ADDRESS: `../../drivers/x`, `../../../../kernel/...`.
+      const target = Deno.readLinkSync(`${to}/${entry.name}`);
+      const ups = target.match(/^(\.\.\/)*/)![0].length / 3;
+      const from = ["bus", "pci", "devices", address].slice(0, 4 - ups).join("/");
+      const fromRoot = `${from}${from === "" ? "" : "/"}${target.slice(ups * 3)}`;
+      Deno.removeSync(`${to}/${entry.name}`);
+      Deno.symlinkSync(
+        `${"../".repeat(place.split("/").length)}${fromRoot}`,
+        `${to}/${entry.name}`,
+      );
+    }
+  }
+}
+
+Deno.test("writeSnapshot() lays devices out as sysfs does: a plan of the snapshot refuses a VM taking a VMD controller as one of the tree does", async () => {
+  const z690 = loadHostDescription(new URL("z690-asus-adl.json", HOSTS));
+  // Its VMD controller, 0000:00:0e.0 in group 6, with a root port and an NVMe drive behind it:
+  // the IOMMU gives these no group, and discovery finds the controller above them in their
+  // entries' links.
+  const behind = (bdf: string, cls: string, driver: string) => ({
+    bdf,
+    group: null,
+    class: cls,
+    vendor: "0x8086",
+    device: "0x0001",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver,
+    revision: null,
+  });
+  const host = {
+    ...z690,
+    devices: [
+      ...z690.devices,
+      behind("10000:e0:06.0", "0x060400", "pcieport"),
+      behind("10000:e1:00.0", "0x010802", "nvme"),
+    ],
+  };
+  const after = await roundTrip(host, {
+    edit: (root) =>
+      nestDevices(
+        root,
+        (address) =>
+          address.startsWith("10000:")
+            ? `pci0000:00/0000:00:0e.0/pci10000:e0/${
+              address === "10000:e0:06.0" ? "" : "10000:e0:06.0/"
+            }${address}`
+            : `pci0000:00/${address}`,
+      ),
+  });
+  // Before: the snapshot's entries were directories, so nothing named the controller above the
+  // drive, and a plan taking group 6 went on.
+  assertEquals(
+    after.groupInconsistencies.map((p) => [p.groups, p.devices]),
+    [[[6], ["10000:e0:06.0"]], [[6], ["10000:e1:00.0"]]],
+  );
+});
