@@ -10,21 +10,20 @@
 import { PAINTER_SEQUENCES } from "./colors.ts";
 
 /**
- * C0 controls but tab and newline, DEL, C1 controls, line and paragraph separators, and Unicode's
- * bidirectional controls (Bidi_Control): the embeddings, overrides and isolates, and the marks
- * (ALM, LRM, RLM), which reorder what a line shows too; and the characters that show nothing
- * (soft hyphen, zero-width space, word joiner and invisible operators, zero-width no-break space),
- * which a name pasted from a web page may carry: `VM "win10" is not defined (did you mean
- * "win10"?)` told nothing; and the rest of Unicode's default-ignorable characters, which show
- * nothing either (the combining grapheme joiner, the Hangul fillers, Mongolian and plain variation
- * selectors, the tag characters that carry hidden ASCII). Zero-width joiners (U+200C, U+200D) and
- * the text and emoji presentation selectors (U+FE0E, U+FE0F) stay, as Persian and Indic text and
- * emoji need them. Global: for `replace` only (a global expression's `test` and `exec` carry
- * their position from one call to the next).
+ * Control characters (C0 but tab and newline, DEL, C1), line and paragraph separators, and
+ * Unicode's default-ignorable characters, which show nothing or reorder what a line shows: the
+ * bidirectional controls (embeddings, overrides, isolates, the ALM, LRM and RLM marks), the soft
+ * hyphen, zero-width space, word joiner and invisible operators, zero-width no-break space, the
+ * combining grapheme joiner, the Hangul fillers, Mongolian and plain variation selectors, the tag
+ * characters that carry hidden ASCII, and the code points Unicode reserves as default-ignorable
+ * (U+2065, U+FFF0 to U+FFF8), which a terminal shows as nothing too. A name pasted from a web page
+ * may carry them: `VM "win10" is not defined (did you mean "win10"?)` told nothing. Zero-width
+ * joiners (U+200C, U+200D) and the text and emoji presentation selectors (U+FE0E, U+FE0F) stay, as
+ * Persian and Indic text and emoji need them. Global: for `replace` only (a global expression's
+ * `test` and `exec` carry their position from one call to the next).
  */
 export const UNSAFE_ON_TERMINAL: RegExp =
-  // deno-lint-ignore no-control-regex
-  /[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0d\ufeff\uffa0\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/gu;
+  /[[\p{Cc}\p{Default_Ignorable_Code_Point}\u2028\u2029]--[\t\n\u200c\u200d\ufe0e\ufe0f]]/gv;
 
 /** The longest painter sequence (`\x1b[22m`). */
 const LONGEST_SEQUENCE = Math.max(...[...PAINTER_SEQUENCES].map((s) => s.length));

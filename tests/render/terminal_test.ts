@@ -56,3 +56,16 @@ Deno.test("terminalSafe() shows the other default-ignorable characters, a tag as
   // Escaped once, never twice.
   assertEquals(terminalSafe(terminalSafe("x\u{e0041}", false), false), "x\\udb40\\udc41");
 });
+
+Deno.test("terminalSafe() shows the code points Unicode reserves as default-ignorable", () => {
+  // Unassigned, yet terminals show them as nothing: "win10\u2065" printed as "win10".
+  const cases: [string, string][] = [
+    ["win10\u2065", "win10\\u2065"],
+    ["gpu\ufff0x\ufff8", "gpu\\ufff0x\\ufff8"],
+  ];
+  for (const [text, expected] of cases) assertEquals(terminalSafe(text, false), expected, text);
+  for (let point = 0xfff0; point <= 0xfff8; point++) {
+    const char = String.fromCodePoint(point);
+    assertEquals(terminalSafe(char, false), `\\u${point.toString(16)}`);
+  }
+});
