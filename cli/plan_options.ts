@@ -135,7 +135,11 @@ interface HostInputs {
  * usage error.
  */
 function hostInputs(config: Config, inputs: PlanInputs, io: CliIo): HostInputs {
-  const picked = pickHostSection(config, { flag: inputs.host, hostname: () => Deno.hostname() });
+  const picked = pickHostSection(config, {
+    flag: inputs.host,
+    hostname: () => Deno.hostname(),
+    option: "--host",
+  });
   if (picked === null) {
     if (inputs.host !== undefined) {
       throw new UsageError(

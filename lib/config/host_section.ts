@@ -21,23 +21,39 @@ export class UnknownHostError extends Error {
   host: string;
   /** How that name was chosen; `null` when a library caller named it ({@link configForHost}). */
   pick: HostPick | null;
+  /** The command-line option that names a host (`--host`); `null` where none does (a library script). */
+  option: string | null;
   /** The hosts the config declares, in file order. */
   known: string[];
 
-  /** Builds the error for `file`, which declares the hosts `known` but not `host`. */
-  constructor(file: string, host: string, pick: HostPick | null, known: string[]) {
-    // Only a process that picked the name itself can be told to pass --host instead.
-    const why = pick === null ? "" : pick === "flag" ? " (--host)" : " (this machine's host name)";
+  /**
+   * Builds the error for `file`, which declares the hosts `known` but not `host`; `option`: the
+   * command-line option that names a host, which the message then names.
+   */
+  constructor(
+    file: string,
+    host: string,
+    pick: HostPick | null,
+    known: string[],
+    option: string | null = null,
+  ) {
+    // Only a process with an option to pass can be told to pass it instead.
+    const why = pick === "hostname"
+      ? " (this machine's host name)"
+      : pick === "flag" && option !== null
+      ? ` (${option})`
+      : "";
     const hint = sameNameSuggestion(host, known);
     super(
       `${file} has no section for host "${host}"${why} under "hosts:"${
         hint === null ? "" : ` (${hint})`
       }: it declares ${known.map((k) => `"${k}"`).join(", ")}: ${
-        pick === null ? "" : "pass --host NAME, or "
+        option === null ? "" : `pass ${option} NAME, or `
       }add a section named "${host}"`,
     );
     this.host = host;
     this.pick = pick;
+    this.option = option;
     this.known = known;
   }
 }
@@ -55,7 +71,8 @@ export interface PickedHost {
 /**
  * The section of `config` for this process: the one named `flag` when given, else the one named
  * `hostname()` (called only then). `null` for a config without `hosts:`. Throws
- * {@link UnknownHostError} when no section has that name.
+ * {@link UnknownHostError} when no section has that name, which names `option` (the command-line
+ * option `flag` comes from, `--host`) where given.
  *
  * @example
  * ```ts
@@ -72,14 +89,15 @@ export interface PickedHost {
  */
 export function pickHostSection(
   config: Config,
-  options: { flag?: string | undefined; hostname: () => string },
+  options: { flag?: string | undefined; hostname: () => string; option?: string },
 ): PickedHost | null {
   if (config.hosts === undefined) return null;
   const pick: HostPick = options.flag !== undefined ? "flag" : "hostname";
   const name = options.flag ?? options.hostname();
   const host = config.hosts.find((h) => h.name === name);
   if (host === undefined) {
-    throw new UnknownHostError(config.file, name, pick, config.hosts.map((h) => h.name));
+    const known = config.hosts.map((h) => h.name);
+    throw new UnknownHostError(config.file, name, pick, known, options.option ?? null);
   }
   return { host, pick, config: configForHost(config, name) };
 }

@@ -264,6 +264,28 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
   );
 });
 
+Deno.test("pickHostSection() from a library script sends it to no --host", () => {
+  // The name came from the script (its own argument, a file), not from passthrough's --host.
+  assertThrows(
+    () => pickHostSection(gpuOnHv1(), { flag: "hv3", hostname: () => "hv1" }),
+    UnknownHostError,
+    'fleet.yaml has no section for host "hv3" under "hosts:": ' +
+      'it declares "hv1", "hv2": add a section named "hv3"',
+  );
+  assertThrows(
+    () => pickHostSection(gpuOnHv1(), { hostname: () => "hv3" }),
+    UnknownHostError,
+    'fleet.yaml has no section for host "hv3" (this machine\'s host name) under "hosts:": ' +
+      'it declares "hv1", "hv2": add a section named "hv3"',
+  );
+  assertThrows(
+    () => pickHostSection(gpuOnHv1(), { flag: "hv3", hostname: () => "hv1", option: "--host" }),
+    UnknownHostError,
+    'fleet.yaml has no section for host "hv3" (--host) under "hosts:": ' +
+      'it declares "hv1", "hv2": pass --host NAME, or add a section named "hv3"',
+  );
+});
+
 Deno.test("pickHostSection() names the section a host name in another case or with a look-alike meant", () => {
   const fleet = gpuOnHv1();
   // /etc/hostname in capitals, and a Cyrillic "\u04bb" typed for "h": the list of declared
