@@ -108,7 +108,7 @@ async function applyComputed(
         `and name it with --config or $PASSTHROUGH_CONFIG`,
     );
   }
-  const render = { color: io.color, live: values.live };
+  const render = { color: io.color, live: values.live, names: plan.vms.map((vm) => vm.name) };
   if (!values.json) io.out(`${renderPlan(plan, render)}\n`);
   // From the first question to the guard's policies recorded: a stop asked for (Ctrl-C, kill, a
   // closed session) takes effect between VMs, never inside a define or a swap, and the report

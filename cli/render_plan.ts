@@ -10,6 +10,8 @@ import type { Candidate, MovedHostdev, Plan, PlanIssue, VmPlan } from "../lib/pl
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
+import { printAlike } from "../lib/render/suggest.ts";
+import { asciiQuote } from "../lib/render/terminal.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
 /** Options for {@link renderPlan}. */
@@ -17,6 +19,11 @@ export interface RenderPlanOptions {
   color: boolean;
   /** `apply --live`: a running VM's hostdevs are hot-plugged, not left for its next power-off. */
   live?: boolean;
+  /**
+   * The names of the plan's VMs: a heading whose name prints like another's (a look-alike letter,
+   * a joiner) shows its escaped form beside it, or two sections would read as one VM's.
+   */
+  names?: readonly string[];
 }
 
 function plural(n: number, one: string): string {
@@ -192,7 +199,10 @@ function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
 /** Renders one VM's section. */
 export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
-  const lines: string[] = [paint("bold", `VM ${vm.name}${vmState(vm, options.live === true)}`)];
+  const name = printAlike(options.names ?? []).has(vm.name)
+    ? `${vm.name} (${asciiQuote(vm.name)})`
+    : vm.name;
+  const lines: string[] = [paint("bold", `VM ${name}${vmState(vm, options.live === true)}`)];
   if (vm.errors.length > 0 && vm.repair !== undefined) {
     lines.push(
       "  only the repair after the refusals below will change this VM until they are resolved",
@@ -240,7 +250,8 @@ export function renderPlan(plan: Plan, options: RenderPlanOptions): string {
   const sections: string[] = [configLine(plan)];
   const global = renderIssues(plan.errors, plan.warnings, paint);
   if (global.length > 0) sections.push(global.join("\n") + "\n");
-  for (const vm of plan.vms) sections.push(renderVmPlan(vm, options));
+  const names = plan.vms.map((vm) => vm.name);
+  for (const vm of plan.vms) sections.push(renderVmPlan(vm, { ...options, names }));
   sections.push(paint("bold", summaryLine(summarizePlan(plan))) + "\n");
   return redactSecrets(sections.join("\n"));
 }

@@ -124,6 +124,46 @@ export function didYouMean(word: string, candidates: readonly string[]): string 
   return hint === null ? "" : ` (${hint})`;
 }
 
+/**
+ * The names among `names` that print like another of them: the same written another way (another
+ * width, composed or not), or told apart only by joiners and presentation selectors (which show
+ * nothing and which the terminal boundary keeps) or by one character outside ASCII (a Cyrillic `і`
+ * for `i`). Each such name is to be shown with its escaped form beside it ({@link asciiQuote}).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(printAlike(["win10", "w\u0456n10", "gentoo"]), new Set(["win10", "w\u0456n10"]));
+ * assertEquals(printAlike(["win10", "win10\u200d", "win11"]), new Set(["win10", "win10\u200d"]));
+ * assertEquals(printAlike(["win10", "win11", "\u6d4b\u8bd5", "\u5f00\u53d1"]), new Set());
+ * ```
+ */
+export function printAlike(names: readonly string[]): Set<string> {
+  const alike = new Set<string>();
+  for (const [i, a] of names.entries()) {
+    for (const b of names.slice(i + 1)) {
+      if (a !== b && readsAs(a, b)) alike.add(a).add(b);
+    }
+  }
+  return alike;
+}
+
+/** Whether `a` and `b` (not equal) may read as one name on a terminal ({@link printAlike}). */
+function readsAs(a: string, b: string): boolean {
+  const shown = (text: string) => fold(text.replace(/[\u200c\u200d\ufe0e\ufe0f]/g, ""));
+  if (shown(a) === shown(b)) return true;
+  const [x, y] = [[...a], [...b]];
+  let start = 0;
+  while (start < x.length && start < y.length && x[start] === y[start]) start++;
+  let end = 0;
+  while (
+    end < x.length - start && end < y.length - start && x.at(-1 - end) === y.at(-1 - end)
+  ) end++;
+  const middles = [x.slice(start, x.length - end), y.slice(start, y.length - end)];
+  return middles.every((m) => m.length <= 1) &&
+    middles.some((m) => m.some((c) => c.codePointAt(0)! > 0x7f));
+}
+
 /** Whether what differs between `a` and `b`, their common start and end cut, holds a non-ASCII character. */
 function differsOutsideAscii(a: string, b: string): boolean {
   let start = 0;

@@ -4,13 +4,13 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { renderVmPlan, summaryLine } from "../../cli/render_plan.ts";
+import { renderPlan, renderVmPlan, summaryLine } from "../../cli/render_plan.ts";
 import { summarizePlan } from "../../cli/plan_summary.ts";
 import type { Plan, PlanIssue, PlannedHostdev, VmPlan } from "../../lib/plan/types.ts";
 import { applyJson, renderApplyReport } from "../../cli/render_apply.ts";
 import { gpuIdentity } from "../helpers/devices.ts";
 import type { ApplyReport, VmApplyResult } from "../../lib/apply/apply.ts";
-import { config, domainXml, vmOf } from "../helpers/plan_world.ts";
+import { config, domainXml, HOST, vmOf } from "../helpers/plan_world.ts";
 import { dataWorld } from "../helpers/world.ts";
 import { sriovNic } from "../helpers/sriov.ts";
 import { topologyFromDescription } from "../../lib/testing/host_description.ts";
@@ -525,4 +525,28 @@ Deno.test("renderVmPlan() says a VF follows its moved PF: it has no moved line o
     text,
     /\n {2}note \[moved\] VF 1 of "a" \(rule "uplink"\) moved with its physical function from 0000:07:00\.0 to 0000:09:00\.0: the interface follows it, 0000:07:10\.2 becomes 0000:09:10\.2\n/,
   );
+});
+
+Deno.test("renderPlan() tells apart the headings of two VMs whose names print alike", () => {
+  // A Cyrillic "\u0456" for "i", and a zero-width joiner, which the terminal keeps and shows as
+  // nothing: three sections headed "VM win10 (shut off)" read as one VM's.
+  const names = ["win10", "w\u0456n10", "win10\u200d", "gentoo"];
+  const world = dataWorld(Object.fromEntries(names.map((name, i) => [
+    name,
+    domainXml(name, `6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e1${i}`),
+  ])));
+  const plan = planWorld({
+    config: config(names.map((name) => `  ${JSON.stringify(name)}: { devices: [] }\n`).join("")),
+    host: HOST,
+    world,
+  });
+  const headings = renderPlan(plan, { color: false }).split("\n").filter((l) =>
+    l.startsWith("VM ")
+  );
+  assertEquals(headings, [
+    'VM win10 ("win10") (shut off)',
+    'VM w\u0456n10 ("w\\u0456n10") (shut off)',
+    'VM win10\u200d ("win10\\u200d") (shut off)',
+    "VM gentoo (shut off)",
+  ]);
 });
