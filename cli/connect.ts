@@ -10,7 +10,7 @@
 
 import { type CliIo, UsageError } from "./context.ts";
 import type { ConnectionOpenOptions } from "../ffi/connection.ts";
-import { checkTestDriverFile, libvirtUriFor, refuseUriPrograms } from "../ffi/libvirt_conf.ts";
+import { checkUriToOpen, libvirtUriFor } from "../ffi/libvirt_conf.ts";
 
 /** The `CONNECT_FLAG` values a command passes on. */
 export interface ConnectValues {
@@ -99,15 +99,14 @@ export function checkConnectUri(
 ): ConnectTarget {
   const fromEnvironment = io.env("LIBVIRT_DEFAULT_URI");
   const requested = uri ?? (fromEnvironment === "" ? undefined : fromEnvironment);
+  const allow = allowed ? null : ALLOW_HINT;
   if (requested === undefined) {
-    if (!allowed) refuseUriPrograms(null, { allow: ALLOW_HINT });
+    checkUriToOpen(null, { allow });
     return { uri: null, options: { allowUriPrograms: allowed } };
   }
   const from = uri === undefined ? "LIBVIRT_DEFAULT_URI" : origin;
-  checkTestDriverFile(requested, from);
-  const target = { uri: requested, options: { allowUriPrograms: allowed, origin: from } };
-  if (!allowed) refuseUriPrograms(requested, { origin: from, allow: ALLOW_HINT });
-  return target;
+  checkUriToOpen(requested, { origin: from, allow });
+  return { uri: requested, options: { allowUriPrograms: allowed, origin: from } };
 }
 
 /** How a refused URI is allowed on the command line. */

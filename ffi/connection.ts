@@ -17,7 +17,7 @@ import { borrowCString, cString, libvirt, takeCString, valueKind } from "./libra
 import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
-import { checkTestDriverFile, libvirtUriFor, refuseUriPrograms } from "./libvirt_conf.ts";
+import { checkUriToOpen, libvirtUriFor } from "./libvirt_conf.ts";
 import { unescapeUriBytes, unescapeUriPart } from "./uri_check.ts";
 import { redactUserPasswords, secretValues } from "../lib/domain/secrets.ts";
 import {
@@ -170,13 +170,12 @@ export class Connection {
     const fromEnvironment = given === null ? defaultUriFromEnvironment() : null;
     const requested = given ?? fromEnvironment;
     const origin = fromEnvironment === null ? options.origin : DEFAULT_URI_ENV;
-    checkTestDriverFile(requested, origin);
-    if (options.allowUriPrograms !== true) {
-      refuseUriPrograms(requested, {
-        origin,
-        allow: "Open it with allowUriPrograms: true if that is meant.",
-      });
-    }
+    checkUriToOpen(requested, {
+      origin,
+      allow: options.allowUriPrograms === true
+        ? null
+        : "Open it with allowUriPrograms: true if that is meant.",
+    });
     const name = requested === null ? null : cString(requested);
     const deadline = options.deadline;
     const bound = (open: boolean) => {

@@ -86,33 +86,49 @@ export function libvirtUriFor(uri: string | null): string | null {
 }
 
 /**
- * Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something that is not a regular file:
- * libvirt reads a FIFO until a writer comes (forever) and a directory or `/dev/zero` with parser
- * noise on stderr. A missing file is libvirt's to report. `uri` (`null`: libvirt's default) is
- * checked, and the URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt
- * reads all the same. `origin` is named beside the URI.
+ * Checks `uri` (`null`: libvirt's default; given from `origin`) before libvirt opens it, and the
+ * URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt opens all the same,
+ * read once for both checks. Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something
+ * that is not a regular file: libvirt reads a FIFO until a writer comes (forever) and a directory
+ * or `/dev/zero` with parser noise on stderr (a missing file is libvirt's to report). Then, unless
+ * `allow` is `null` (URIs that run a program are allowed), throws a {@link UriProgramError} for
+ * one that would make libvirt run a program (see `uri_check.ts`), with `allow` as its hint.
  *
  * @example
  * ```ts
- * import { checkTestDriverFile } from "./libvirt_conf.ts";
- * checkTestDriverFile("test:///default");
- * checkTestDriverFile("test:///nonexistent/world.xml");
+ * import { checkUriToOpen } from "./libvirt_conf.ts";
+ * checkUriToOpen("test:///default", { allow: "Allow it." });
+ * checkUriToOpen("test:///nonexistent/world.xml", { allow: null });
  * let refused = false;
  * try {
- *   checkTestDriverFile("test:///dev/null", "--connect");
+ *   checkUriToOpen("test:///dev/null", { origin: "--connect", allow: null });
  * } catch {
  *   refused = true;
  * }
  * if (!refused) throw new Error("a device was let through");
  * ```
  */
-export function checkTestDriverFile(uri: string | null, origin?: string): void {
+export function checkUriToOpen(
+  uri: string | null,
+  options: { origin?: string | undefined; allow: string | null },
+): void {
+  const { origin, allow } = options;
   if (uri !== null) refuseTestDriverNonFile(uri, origin);
   const opened = libvirtUriFor(uri);
-  if (opened !== null && opened !== uri) refuseTestDriverNonFile(opened, confOrigin(uri, origin));
+  const other = opened !== null && opened !== uri ? opened : null;
+  if (other !== null) refuseTestDriverNonFile(other, confOrigin(uri, origin));
+  if (allow === null) return;
+  const given = uri === null ? null : uriProgramReason(uri);
+  if (given !== null) {
+    throw new UriProgramError(uri!, given, { ...(origin === undefined ? {} : { origin }), allow });
+  }
+  const reason = other === null ? null : uriProgramReason(other);
+  if (reason !== null) {
+    throw new UriProgramError(other!, reason, { origin: confOrigin(uri, origin), allow });
+  }
 }
 
-/** {@link checkTestDriverFile} of one URI, as written. */
+/** The test-driver check of {@link checkUriToOpen} for one URI, as written. */
 function refuseTestDriverNonFile(uri: string, origin: string | undefined): void {
   const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
   if (written === undefined || written === "/default") return;
@@ -142,35 +158,4 @@ function confOrigin(uri: string | null, origin: string | undefined): string {
     : `the alias ${JSON.stringify(name)}${
       origin === undefined ? "" : ` of ${origin}`
     } in ${libvirtConfPath()}`;
-}
-
-/**
- * Throws a {@link UriProgramError} when opening `uri` (`null`: libvirt's default; given from
- * `options.origin`) would make libvirt run a program (see `uri_check.ts`): `uri` itself, or the
- * URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt runs all the same.
- *
- * @example
- * ```ts
- * import { refuseUriPrograms } from "./libvirt_conf.ts";
- * refuseUriPrograms("test:///default", { allow: "Allow it." });
- * ```
- */
-export function refuseUriPrograms(
-  uri: string | null,
-  options: { origin?: string | undefined; allow: string },
-): void {
-  const given = uri === null ? null : uriProgramReason(uri);
-  if (given !== null) {
-    throw new UriProgramError(uri!, given, {
-      ...(options.origin === undefined ? {} : { origin: options.origin }),
-      allow: options.allow,
-    });
-  }
-  const opened = libvirtUriFor(uri);
-  const reason = opened === null || opened === uri ? null : uriProgramReason(opened);
-  if (reason === null) return;
-  throw new UriProgramError(opened!, reason, {
-    origin: confOrigin(uri, options.origin),
-    allow: options.allow,
-  });
 }
