@@ -75,8 +75,8 @@ function fold(text: string): string {
 /**
  * `did you mean "plan"?`, or `null` when no candidate is close to `word`. Where the two differ
  * in a character outside ASCII, which may look like another one or like none (`café` composed and
- * decomposed, a Cyrillic `і` for `i`), both are written escaped too, or the question shows two
- * names that read the same.
+ * decomposed, a Cyrillic `і` for `i`), both are written again with what differs escaped, or the
+ * question shows two names that read the same.
  *
  * @example
  * ```ts
@@ -93,7 +93,30 @@ export function suggestion(word: string, candidates: readonly string[]): string 
   const name = closestName(word, candidates);
   if (name === null) return null;
   if (!differsOutsideAscii(word, name)) return `did you mean "${name}"?`;
-  return `did you mean "${name}"? that is ${asciiQuote(name)}, this is ${asciiQuote(word)}`;
+  return `did you mean "${name}"? that is ${quoteDiffering(name, word)}, this is ${
+    quoteDiffering(word, name)
+  }`;
+}
+
+/**
+ * `text` quoted as JSON, with the characters outside ASCII escaped ({@link asciiQuote}) where it
+ * differs from `other` only (their common start and end cut, by code point): what the two share
+ * reads the same in both, and a name in another script stays readable around the escape
+ * (`"测\u8bd5机"`, not `"\u6d4b\u8bd5\u673a"`).
+ */
+function quoteDiffering(text: string, other: string): string {
+  const [x, y] = [[...text], [...other]];
+  let start = 0;
+  while (start < x.length && start < y.length && x[start] === y[start]) start++;
+  let end = 0;
+  while (end < x.length - start && end < y.length - start && x.at(-1 - end) === y.at(-1 - end)) {
+    end++;
+  }
+  const part = (from: number, to: number) =>
+    JSON.stringify(x.slice(from, to).join("")).slice(1, -1);
+  return `"${part(0, start)}${asciiQuote(x.slice(start, x.length - end).join("")).slice(1, -1)}${
+    part(x.length - end, x.length)
+  }"`;
 }
 
 /**
@@ -116,7 +139,7 @@ export function sameNameSuggestion(word: string, candidates: readonly string[]):
 
 /**
  * ` (did you mean "plan"?)`, or `""` when no candidate is close to `word`; a name told apart from
- * `word` by characters outside ASCII is followed by both written escaped
+ * `word` by characters outside ASCII is followed by both with what differs escaped
  * (` (did you mean "café"? that is "caf\u00e9", this is "cafe\u0301")`).
  */
 export function didYouMean(word: string, candidates: readonly string[]): string {

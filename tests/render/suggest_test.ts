@@ -53,3 +53,21 @@ Deno.test("didYouMean writes both names escaped where they differ outside ASCII"
   // Where the difference is ASCII it shows: a name holding other letters is not escaped for it.
   assertEquals(didYouMean("caf\u00e9-vm", ["caf\u00e9-vn"]), ' (did you mean "caf\u00e9-vn"?)');
 });
+
+Deno.test("didYouMean escapes only where the names differ: a CJK name stays readable around it", () => {
+  // A typed "式" for "试": the whole names as escapes told a reader of Chinese nothing.
+  assertEquals(
+    didYouMean("\u6d4b\u5f0f\u673a", ["\u6d4b\u8bd5\u673a", "gentoo"]),
+    ' (did you mean "\u6d4b\u8bd5\u673a"? that is "\u6d4b\\u8bd5\u673a", this is "\u6d4b\\u5f0f\u673a")',
+  );
+  // A full-width typo of a CJK name: its digit alone is escaped.
+  assertEquals(
+    didYouMean("\u6d4b\u8bd5\u673a\uff11", ["\u6d4b\u8bd5\u673a1"]),
+    ' (did you mean "\u6d4b\u8bd5\u673a1"? that is "\u6d4b\u8bd5\u673a1", this is "\u6d4b\u8bd5\u673a\\uff11")',
+  );
+  // A look-alike in a Latin name reads as before.
+  assertEquals(
+    didYouMean("w\u0456n10", ["win10"]),
+    ' (did you mean "win10"? that is "win10", this is "w\\u0456n10")',
+  );
+});
