@@ -32,7 +32,8 @@ import {
 import { checkConnectUri, type ConnectTarget, withLibvirtTimeout } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
-import { guardPath } from "../lib/guard/layout.ts";
+import { guardPath, POLICY_FILE } from "../lib/guard/layout.ts";
+import type { GuardPolicyFile } from "../lib/guard/policy.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
 /** Environment variable naming the config file when `--config` is absent. */
@@ -293,6 +294,7 @@ export async function computePlan(
     const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
     // libvirt runs hooks from its own directory only; another host's tree says nothing of it.
     const known = isLiveRoot(sysfs ?? LIVE_SYSFS) && guard.unreadable === null;
+    const guardPolicies = await recordedPolicies(guard.stateDir);
     const plan = planHostdevs({
       config,
       host,
@@ -301,6 +303,7 @@ export async function computePlan(
       ...(inputs.vm ? { vms: inputs.vm } : {}),
       run: runFlags(inputs),
       ...(known ? { guardHook: guard.hook !== null } : {}),
+      ...(guardPolicies === null ? {} : { guardPolicies }),
     });
     await addGuardRefusals(plan, guard.stateDir);
     return {
@@ -322,6 +325,22 @@ export async function computePlan(
     libvirt.close();
     throw error;
   }
+}
+
+/**
+ * The start guard's policies as the last apply recorded them in `stateDir` (the hook's), which it
+ * judges a VM dropped from the config by; `null` when none are recorded or they cannot be read
+ * (the guard then enforces).
+ */
+async function recordedPolicies(stateDir: string): Promise<GuardPolicyFile | null> {
+  // The guard's state module only when there is a file: `plan` loads no more than it reads.
+  try {
+    if (!Deno.statSync(guardPath(stateDir, POLICY_FILE)).isFile) return null;
+  } catch {
+    return null;
+  }
+  const { readPolicyFile } = await import("../lib/guard/state.ts");
+  return readPolicyFile(stateDir).file;
 }
 
 /**

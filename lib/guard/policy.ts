@@ -400,6 +400,30 @@ export function droppedVmPolicy(policy: VmGuardPolicy): VmGuardPolicy {
 }
 
 /**
+ * The `guard:` the start guard judges VM `vm` (its definition's `<uuid>`: `uuid`), which the
+ * config no longer names, by once an apply has recorded it ({@link droppedVmPolicy} of what
+ * `file` recorded for that definition; `enforce` where nothing is recorded for it): what `plan`
+ * says stops a start of such a VM, where the config has no `guard:` of it to say.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const file = { version: 1 as const, config: "c.yaml",
+ *   vms: { old: { guard: "off" as const, rules: {}, uuid: "u1" } } };
+ * assertEquals(droppedVmGuard(file, { vm: "old", uuid: "u1" }), "warn");
+ * assertEquals(droppedVmGuard(file, { vm: "old", uuid: "u2" }), "enforce");
+ * assertEquals(droppedVmGuard(null, { vm: "old", uuid: "u1" }), "enforce");
+ * ```
+ */
+export function droppedVmGuard(
+  file: GuardPolicyFile | null,
+  { vm, uuid }: { vm: string; uuid: string | null },
+): GuardPolicy {
+  if (file === null || !Object.hasOwn(file.vms, vm)) return "enforce";
+  return droppedVmPolicy(policyForDomain(file.vms[vm]!, { vm, uuid }).policy).guard;
+}
+
+/**
  * Each VM of `file` in words: `"win11" warn, rule "gpu" enforce, rule "hba" allow_host_critical`.
  *
  * @example

@@ -12,6 +12,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { driftWarning, heldNote } from "./issues.ts";
+import { droppedVmGuard, type GuardPolicyFile } from "../guard/policy.ts";
 import { followUpCommand, type RunFlags, shellQuote } from "../render/shell.ts";
 import { resolveConfig, type VmResolution } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
@@ -41,6 +42,8 @@ export interface SettleInput {
   run?: RunFlags | undefined;
   /** Whether the start guard is installed on the host planned; absent: unknown. */
   guardHook?: boolean | undefined;
+  /** The start guard's recorded policies, which judge a VM dropped from the config. */
+  guardPolicies?: GuardPolicyFile | undefined;
 }
 
 /** The VMs' plans once settled, and the resolution they were planned from. */
@@ -144,7 +147,10 @@ function planSelected(
     }, config);
   }
   const dropped = survey.orphans.includes(name);
-  const guard = input.effective.vms.find((v) => v.name === name)?.guard;
+  // A dropped VM's policy is no longer in the config, but the guard keeps what it recorded.
+  const guard = dropped
+    ? droppedVmGuard(input.guardPolicies ?? null, { vm: name, uuid: entry.domain.uuid })
+    : input.effective.vms.find((v) => v.name === name)?.guard;
   const plan = planVm(entry.xml, entry.domain, resolution, {
     ...context,
     active: survey.active.get(name) ?? null,

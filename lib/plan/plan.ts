@@ -19,6 +19,7 @@
  */
 
 import type { Config } from "../config/config.ts";
+import type { GuardPolicyFile } from "../guard/policy.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { driftOfOthers, planUntilSettled, type SettleInput } from "./fixpoint.ts";
@@ -62,6 +63,12 @@ export interface PlanOptions {
    * (a tree captured on another host).
    */
   guardHook?: boolean;
+  /**
+   * The start guard's policies as `apply` recorded them (`guard/policy.json` of the hook's state
+   * directory), which judge a VM dropped from the config, whose devices stay, where the config
+   * says nothing of it; absent: none recorded (such a VM enforces).
+   */
+  guardPolicies?: GuardPolicyFile;
 }
 
 /** Options of {@link planWorld}: those of {@link planHostdevs}, with the world read already. */
@@ -273,6 +280,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     ...(options.facts === undefined ? {} : { facts: options.facts }),
     run: options.run,
     guardHook: options.guardHook,
+    guardPolicies: options.guardPolicies,
   };
   const settled = planUntilSettled(input);
   warnHeldByRunning(settled.vms, survey);

@@ -17,6 +17,7 @@ import { shellQuote } from "../../lib/render/shell.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
+import { guardStartOnTree } from "../helpers/guard_run.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -256,4 +257,72 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("plan says what the start guard does with a VM dropped from the config: the policy recorded for it", async () => {
+  const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-dropped-" }));
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), dir);
+    // win10 as an apply left it (the GPU recorded), with a hostdev added by hand whose device is
+    // gone (the test driver keeps no define from one process to the next).
+    const world = Deno.readTextFileSync(`${DEMO}world.xml`).replace(
+      "<description>Gaming VM: the GTX 1080 goes here</description>",
+      `<description>Gaming VM</description>
+    <metadata>
+      <passthrough:hostdevs xmlns:passthrough='urn:passthrough:hostdevs:1' created='metadata'>
+        <passthrough:device address='0000:21:00.0' vendor='10de' device='1b80' class='030000' driver='vfio-pci' rule='gtx1080'/>
+      </passthrough:hostdevs>
+    </metadata>`,
+    ).replace(
+      "<!-- A hand-added USB keyboard",
+      `<hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x21' slot='0x00' function='0x0'/></source>
+      </hostdev>
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0xee' slot='0x00' function='0x0'/></source>
+      </hostdev>
+      <!-- A hand-added USB keyboard`,
+    );
+    Deno.writeTextFileSync(`${dir}/world.xml`, world);
+    const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+    Deno.writeTextFileSync(
+      `${dir}/warn.yaml`,
+      demo.replace("  win10:\n", "  win10:\n    guard: warn\n"),
+    );
+    // win10 taken out of the config: its devices stay until it is named with none.
+    Deno.writeTextFileSync(`${dir}/dropped.yaml`, demo.replace(/ {2}win10:\n(?: {4}.*\n)*/, ""));
+    const run = (args: string[], config: string) =>
+      runCli([
+        ...args,
+        "--config",
+        `${dir}/${config}`,
+        "--sysfs",
+        dir,
+        "--connect",
+        `test://${dir}/world.xml`,
+      ], {
+        env: { PASSTHROUGH_STATE_DIR: `${dir}/state` },
+      });
+    // An apply under "guard: warn", then one of gentoo only under the config without win10.
+    await run(["apply", "--yes"], "warn.yaml");
+    await run(["apply", "--yes", "--vm", "gentoo"], "dropped.yaml");
+    const policies = JSON.parse(Deno.readTextFileSync(`${dir}/state/guard/policy.json`));
+    assertEquals(policies.vms.win10.guard, "warn");
+    const plan = await run(["plan"], "dropped.yaml");
+    const missing = plan.stdout.split("\n").find((l) => l.includes("[hand-added-missing]"));
+    assertMatch(
+      missing ?? plan.stdout,
+      /"win10" cannot start while it is missing \(its "guard: warn" has the start guard warn and go on, and libvirt fails to find the device\)/,
+    );
+    // As the guard does: it warns of the missing device and lets the start go on.
+    const start = await guardStartOnTree({
+      vm: "win10",
+      xml: world.slice(world.indexOf("<domain"), world.indexOf("</domain>") + 9),
+      dir,
+      live: false,
+    });
+    assertEquals([start.code, start.refusals.length > 0], [0, true]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
