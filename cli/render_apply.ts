@@ -8,6 +8,7 @@
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type ApplyReport, hostdevCounts, type VmApplyResult } from "../lib/apply/apply.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
+import { nameApart, printAlike } from "../lib/render/suggest.ts";
 import type { Plan } from "../lib/plan/types.ts";
 import { repairView } from "../lib/plan/repair.ts";
 import { redactedJson } from "../lib/render/redact.ts";
@@ -146,6 +147,7 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
   if (report.brokeStaleLock !== null) {
     lines.push(paint("yellow", `Broke a stale lock left by pid ${report.brokeStaleLock.pid}`));
   }
+  const alike = printAlike(report.vms.map((result) => result.vm));
   for (const result of report.vms) {
     const changed = result.status === "changed" ? counts(result, options.plan) : "";
     // The engine's message already says when a running VM's change lands (a define alone, or
@@ -153,7 +155,8 @@ export function renderApplyReport(report: ApplyReport, options: RenderApplyOptio
     const effect = result.effect !== null && !/takes effect|running guest/.test(result.message)
       ? `; ${EFFECT[result.effect] ?? result.effect}`
       : "";
-    lines.push(`${statusWord(result, paint)} ${result.vm}${changed}: ${result.message}${effect}`);
+    const vm = nameApart(result.vm, alike);
+    lines.push(`${statusWord(result, paint)} ${vm}${changed}: ${result.message}${effect}`);
     if (result.backup !== null) lines.push(`  backup: ${result.backup}`);
     const pruned = prunedLine(result, report.keepBackups);
     if (pruned !== null) lines.push(`  ${pruned}`);

@@ -10,8 +10,7 @@ import type { Candidate, MovedHostdev, Plan, PlanIssue, VmPlan } from "../lib/pl
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
-import { printAlike } from "../lib/render/suggest.ts";
-import { asciiQuote } from "../lib/render/terminal.ts";
+import { nameApart, printAlike } from "../lib/render/suggest.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
 /** Options for {@link renderPlan}. */
@@ -199,9 +198,7 @@ function renderRepair(vm: VmPlan, options: RenderPlanOptions): string[] {
 /** Renders one VM's section. */
 export function renderVmPlan(vm: VmPlan, options: RenderPlanOptions): string {
   const paint = painter(options.color);
-  const name = printAlike(options.names ?? []).has(vm.name)
-    ? `${vm.name} (${asciiQuote(vm.name)})`
-    : vm.name;
+  const name = nameApart(vm.name, printAlike(options.names ?? []));
   const lines: string[] = [paint("bold", `VM ${name}${vmState(vm, options.live === true)}`)];
   if (vm.errors.length > 0 && vm.repair !== undefined) {
     lines.push(

@@ -171,6 +171,22 @@ export function printAlike(names: readonly string[]): Set<string> {
   return alike;
 }
 
+/**
+ * `name` as a heading shows it: followed by its escaped form ({@link asciiQuote}) where it is
+ * among `alike` ({@link printAlike}), so two names that print alike read apart.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const alike = printAlike(["win10", "w\u0456n10"]);
+ * assertEquals(nameApart("w\u0456n10", alike), 'w\u0456n10 ("w\\u0456n10")');
+ * assertEquals(nameApart("gentoo", alike), "gentoo");
+ * ```
+ */
+export function nameApart(name: string, alike: ReadonlySet<string>): string {
+  return alike.has(name) ? `${name} (${asciiQuote(name)})` : name;
+}
+
 /** Whether `a` and `b` (not equal) may read as one name on a terminal ({@link printAlike}). */
 function readsAs(a: string, b: string): boolean {
   const shown = (text: string) => fold(text.replace(/[\u200c\u200d\ufe0e\ufe0f]/g, ""));

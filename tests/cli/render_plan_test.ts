@@ -550,3 +550,41 @@ Deno.test("renderPlan() tells apart the headings of two VMs whose names print al
     "VM gentoo (shut off)",
   ]);
 });
+
+Deno.test("apply's report tells apart two VMs whose names print alike", () => {
+  const result = (vm: string): VmApplyResult => ({
+    vm,
+    status: "unchanged",
+    code: "no-changes",
+    message: "No changes",
+    added: [],
+    removed: [],
+    active: false,
+    effect: null,
+    backup: null,
+    pruned: [],
+    pruneError: null,
+    restored: false,
+    live: null,
+    definition: null,
+  });
+  const report: ApplyReport = {
+    uri: "test:///default",
+    stateDir: "/tmp/s",
+    keepBackups: 10,
+    brokeStaleLock: null,
+    vms: [result("win10"), result("w\u0456n10"), result("gentoo")],
+    changed: [],
+    unchanged: ["win10", "w\u0456n10", "gentoo"],
+    skipped: [],
+    failed: [],
+    liveFailed: [],
+    ok: true,
+  };
+  const lines = renderApplyReport(report, { color: false }).split("\n");
+  assertEquals(lines.slice(0, 3), [
+    'unchanged win10 ("win10"): No changes',
+    'unchanged w\u0456n10 ("w\\u0456n10"): No changes',
+    "unchanged gentoo: No changes",
+  ]);
+});
