@@ -115,7 +115,9 @@ function startCheck(
       // Those of the domain the backup defines: another of its name never lends its own.
       const { policy } = readVmPolicy(stateDir, vm, readRecordsLeniently(xml).uuid);
       const checked = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
-      const found = policed(checked, { ...policy, guard: "enforce", rules: {} });
+      // A group member the host needs is groupMatesHostNeeds' refusal (the `host` option).
+      const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
+        .filter((r) => r.group === undefined || r.hostNeeds === null);
       // What the hook does with the rest, by the policies it reads: `warn` and `off` let a
       // start go on past an address that holds nothing, and libvirt then fails it.
       const judged = policed(checked, policy);

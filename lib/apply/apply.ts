@@ -936,13 +936,14 @@ function runLive(
 
 /**
  * What the start guard does at the next start of a VM whose devices changed since its plan
- * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard reads
- * only the devices passed, not their IOMMU groups: a group that changed is no refusal of its.
- * `null`: the policies are not known (a library caller gave none), so what `enforce` does.
+ * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard judges
+ * a group's other functions only where the host needs one or one is on a host driver: an unbound
+ * function that joined a group is no refusal of its. `null`: the policies are not known (a
+ * library caller gave none), so what `enforce` does.
  */
 function nextStart(start: StartGuard | null): string {
-  const only =
-    "only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups";
+  const only = "only for a device it passes that is gone, another one, or one the host needs, " +
+    "or another function of their IOMMU groups that the host needs or that is on a host driver";
   if (start === null) {
     return `whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it ${only}`;
   }

@@ -20,6 +20,7 @@ import { heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { behindVmd, sameIdentityAsRead } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
+import { groupMates } from "../resolve/group_mates.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
@@ -441,27 +442,14 @@ export function hostSincePlan(
  */
 export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRead): string[] {
   const passing = new Set(passed);
-  const mates = new Map<PciAddress, { device: PciDevice; of: PciAddress; group: number }>();
-  const seen = new Set<number>();
-  const problems: string[] = [];
-  for (const address of passing) {
-    const group = host.device(address)?.iommuGroup ?? null;
-    if (group === null || seen.has(group)) continue;
-    seen.add(group);
-    const members = host.groupMembers(group);
-    if (members === null) {
-      problems.push(unlistedGroup(group, `"${address}"`));
-      continue;
-    }
-    for (const mate of members) {
-      if (passing.has(mate) || mates.has(mate)) continue;
-      const device = host.device(mate);
-      if (device === null || device.isBridge || behindVmd(device)) continue;
-      mates.set(mate, { device, of: address, group });
-    }
-  }
-  if (mates.size === 0) return problems;
-  const hostUse = host.hostUse([...mates.values()].map((m) => m.device));
+  const { mates, unlisted } = groupMates(passing, {
+    device: host.device,
+    group: (address) => host.device(address)?.iommuGroup ?? null,
+    members: host.groupMembers,
+  });
+  const problems = unlisted.map(({ group, of }) => unlistedGroup(group, `"${of}"`));
+  if (mates.length === 0) return problems;
+  const hostUse = host.hostUse(mates.map((m) => m.device));
   if (hostUse === null) {
     return [
       ...problems,
@@ -478,10 +466,10 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
   );
   return [
     ...problems,
-    ...[...mates].flatMap(([address, { device, of, group }]) => {
+    ...mates.flatMap(({ device, of, group }) => {
       const why = hostCriticalReason(device, { matchedCards, hostUse });
       return why === null ? [] : [
-        `IOMMU group ${group} of "${of}" also holds "${address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,
+        `IOMMU group ${group} of "${of}" also holds "${device.address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,
       ];
     }),
   ];

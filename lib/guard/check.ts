@@ -8,10 +8,14 @@
  * device recorded under a rule with `allow_host_critical: true`). An `<interface type='network'>`
  * whose network is a pool of VFs (`<forward mode='hostdev'>`) gets any free entry at start, so
  * every entry of the running pool is read too, and refused when it holds nothing, no VF (libvirt
- * takes only VFs into a pool: the buses moved), or a device the host needs.
+ * takes only VFs into a pool: the buses moved), or a device the host needs. VFIO hands a guest
+ * whole IOMMU groups while libvirt detaches only the hostdevs named, so a group merged since
+ * `apply` (a BIOS, kernel or ACS change) is refused where another of its functions is one the
+ * host needs or sits on a host driver (the start would fail, "group N is not viable").
  *
- * Only the addressed functions are read (no discovery of the whole host, no lspci), so the
- * check stays fast at every VM start. Unreadable XML fails closed.
+ * Only the addressed functions and the other members of their groups are read (no discovery of
+ * the whole host, no lspci), so the check stays fast at every VM start. Unreadable XML fails
+ * closed.
  *
  * @module
  */
@@ -29,10 +33,12 @@ import {
   scanHostdevPoolLeniently,
   scanPassedDevicesLeniently,
 } from "../domain/lenient.ts";
-import { sameIdentity } from "../resolve/match.ts";
+import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
-import { followUpCommand, shellWord } from "../render/shell.ts";
+import { type GroupMate, groupMates } from "../resolve/group_mates.ts";
+import { baseName } from "../host/sysfs.ts";
+import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
 /** Why the guard refuses one address. */
@@ -49,6 +55,12 @@ export type GuardRefusalKind =
    * need it: a state that passes, which no `allow_host_critical` lifts.
    */
   | "busy"
+  /**
+   * The address's IOMMU group also holds a function on a host driver that the domain does not
+   * pass: libvirt detaches only the devices it names, so VFIO refuses the group ("group N is not
+   * viable"), and unbinding that function would take it from the host.
+   */
+  | "not-viable"
   /** The domain XML names a host device whose address or record cannot be read. */
   | "unreadable";
 
@@ -100,9 +112,16 @@ export interface GuardRefusal {
   recorded: DeviceIdentity | null;
   /**
    * Why the host needs the device there (`in use by the host (default-route: ...)`), or `null`.
-   * Set whatever the kind: a replaced device can be one the host needs as well.
+   * Set whatever the kind: a replaced device can be one the host needs as well. For a refusal of
+   * its IOMMU group ({@link GuardRefusal.group}), why the host needs the member named there.
    */
   hostNeeds: string | null;
+  /**
+   * Set when what is refused is another function of the address's IOMMU group, which the domain
+   * does not pass and VFIO would hand the guest along (`host-needs`), or which stays on a host
+   * driver (`not-viable`): the group, that member, and its driver.
+   */
+  group?: { number: number; member: PciAddress; driver: string | null };
   /** The whole reason in words, as {@link formatRefusal} prints it after the VM's name. */
   reason: string;
   /** The command that fixes it. */
@@ -319,8 +338,11 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...p,
     device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
   }));
+  const groups = readGroupMates(input, facts.passed);
   const devices = new Map<PciAddress, PciDevice>();
-  for (const { device } of [...found, ...pooled]) if (device) devices.set(device.address, device);
+  for (const { device } of [...found, ...pooled, ...groups.mates]) {
+    if (device) devices.set(device.address, device);
+  }
   // A PF's VFs go when it leaves its driver: what the host or another VM uses on them counts.
   for (const vf of found.flatMap(({ device }) => virtualFunctionsOf(input, device))) {
     if (!devices.has(vf.address)) devices.set(vf.address, vf);
@@ -353,7 +375,95 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
+    ...groups.unlisted.map(({ group, of }) =>
+      unreadableRefusal(
+        vm,
+        `the members of IOMMU group ${group} of ${of} cannot be read ` +
+          `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`,
+      )
+    ),
+    ...groups.mates.flatMap((mate) =>
+      groupRefusal(mate, {
+        vm,
+        passed: found.find((f) => f.address === mate.of)!,
+        hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
+      })
+    ),
   ];
+}
+
+/**
+ * The other endpoints of the IOMMU groups of the addresses `passed`, which VFIO hands the guest
+ * along: read from each address's `iommu_group` link and its group's listing, and each member's
+ * identity and driver alone (its `uevent`).
+ */
+function readGroupMates(input: GuardCheckInput, passed: readonly Passed[]) {
+  const { reader, root } = input;
+  return groupMates(passed.map((p) => p.address), {
+    group: (address) => {
+      const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
+      // As parseGroupNumber reads it; iommu_groups.ts (discovery's) is not loaded at every start.
+      const name = link === null ? "" : baseName(link);
+      return /^(0|[1-9][0-9]{0,9})$/.test(name) && Number(name) <= 0x7fffffff ? Number(name) : null;
+    },
+    // Sorted: a listing's order is the file system's, and the refusals follow it.
+    members: (group) =>
+      reader.listDir(`${root}/kernel/iommu_groups/${group}/devices`)?.sort() ?? null,
+    device: (address) =>
+      readDeviceAt(reader, root, address, { details: false, physfn: false, configSpace: false }),
+  });
+}
+
+/**
+ * The refusal for a member of a passed device's IOMMU group that the domain does not pass, as
+ * `plan` judges a group's members (`group-contains-host-critical`, `group-not-viable`): on a host
+ * driver, the start fails ("group N is not viable"), and unbinding it would take from the host
+ * what it needs, if it does (`not-viable`); unbound or on vfio-pci, the guest takes it along,
+ * refused where the host needs it (`host-needs`, which the recording rule's
+ * `allow_host_critical` lifts). None for an unbound member the host does not need.
+ */
+function groupRefusal(
+  { device: member, of, group }: GroupMate,
+  { vm, passed, hostNeeds }: { vm: string; passed: PassedDevice; hostNeeds: string | null },
+): GuardRefusal[] {
+  const bound = member.driver !== null && !VFIO_DRIVERS.has(member.driver);
+  if (!bound && hostNeeds === null) return [];
+  const owner = passed.recorded ?? passed.vf?.pf ?? null;
+  const holds = `${
+    elementWords(passed.element)
+  } ${of}'s IOMMU group ${group} also holds ${member.address}, ${
+    describeIdentity({ ...member, driver: member.driver ?? "none" })
+  }, which ${JSON.stringify(vm)} does not pass`;
+  const needs = hostNeeds === null ? "" : `; the host needs it: ${hostNeeds}`;
+  const outcome = bound
+    ? `: libvirt detaches only the devices ${
+      JSON.stringify(vm)
+    } names, so its start fails ("group ${group} is not viable") until it is unbound or on ` +
+      `vfio-pci${hostNeeds === null ? "" : ", which takes from the host what it needs"}`
+    : `: VFIO hands the guest the whole group${
+      owner === null
+        ? "; hand-added, so no allow_host_critical lets it start"
+        : hostNeedsOverride(owner.rule)
+    }`;
+  return [{
+    vm,
+    kind: bound ? "not-viable" : "host-needs",
+    address: of,
+    element: passed.element,
+    now: passed.device === null ? null : now(passed.device, passed.recorded),
+    recorded: owner,
+    hostNeeds: hostNeeds === null
+      ? null
+      : `its IOMMU group ${group} also holds ${member.address}: ${hostNeeds}`,
+    group: { number: group, member: member.address, driver: member.driver },
+    reason: `${holds}${needs}${outcome}`,
+    fix: owner === null
+      ? `remove the hostdev with virsh edit ${shellWord(vm)}, or give ${of} an IOMMU group ` +
+        "of its own again (the firmware's ACS or the kernel command line)"
+      : `${fixCommand(vm)} (it judges the group as it is now), then passthrough apply ${
+        flagWord("--vm", vm)
+      }`,
+  }];
 }
 
 /**
@@ -534,11 +644,7 @@ const VF_PASSED_FIX = "shut down the VM the virtual function was given to, or un
  * record is the PF's of a recorded VF (VF `vfIndex` of it).
  */
 function describeRefusal(refusal: GuardRefusal, vfIndex?: number): string {
-  const element = refusal.element === "interface"
-    ? "hostdev interface"
-    : refusal.element === "disk"
-    ? "NVMe disk"
-    : "hostdev";
+  const element = elementWords(refusal.element);
   const holds = refusal.now === null ? "no device" : describeIdentity(refusal.now);
   const recorded = refusal.recorded === null
     ? " (hand-added: nothing recorded)"
@@ -563,6 +669,15 @@ function describeRefusal(refusal: GuardRefusal, vfIndex?: number): string {
     ? "; hand-added, so no allow_host_critical lets it start"
     : hostNeedsOverride(refusal.recorded.rule);
   return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}${override}`;
+}
+
+/** How a refusal names the element that passes a device. */
+function elementWords(element: GuardElement | null): string {
+  return element === "interface"
+    ? "hostdev interface"
+    : element === "disk"
+    ? "NVMe disk"
+    : "hostdev";
 }
 
 /** What a refusal of a device the host needs, recorded under `rule`, says lifts it. */

@@ -406,7 +406,7 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
     ["win10"],
   ]);
   assertEquals(result.live?.errors, [
-    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
+    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
   ]);
   // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
   // definition were safe to start.
@@ -433,7 +433,7 @@ Deno.test("applyPlan() --live says what the start guard does at the next start, 
   const cases: [StartGuard, string][] = [
     [
       { policy: "enforce", hook: true },
-      "(the start guard refuses that start only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups)",
+      "(the start guard refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver)",
     ],
     [{ policy: "off", hook: true }, `(its "guard: off" has the start guard let that start go on)`],
     [
@@ -450,19 +450,22 @@ Deno.test("applyPlan() --live says what the start guard does at the next start, 
   }
 });
 
-Deno.test("applyPlan() --live does not say the start guard refuses a start it lets go on", async () => {
-  // A drive hot-added into the GPU's group after the define: the re-check refuses the attach, but
-  // the start guard reads only the addresses passed, not their IOMMU groups.
-  const joined = (root: string) => {
-    Deno.removeSync(root, { recursive: true });
-    buildHostTree({ ...PLANNED, devices: [...PLANNED.devices, NVME_IN_GROUP] }, root);
-  };
-  const { report, starts } = await applyLive(joined, () => ({ policy: "enforce", hook: true }));
-  const error = report.vms[0]!.live!.errors[0]!;
-  assertMatch(error, /now also holds "0000:01:00.2"/);
-  assertEquals(starts, true);
-  // Before: "(the start guard refuses that start)", which it does not.
-  assertOk(error.includes("it does not read IOMMU groups"), error);
+Deno.test("applyPlan() --live says which group changes the start guard refuses, and lets an unbound one go on", async () => {
+  // A drive hot-added into the GPU's group after the define: the re-check refuses the attach, and
+  // the start guard refuses the start while the drive is on its host driver (libvirt would fail
+  // it, "group 1 is not viable"), not once it is unbound.
+  for (const driver of ["nvme", null]) {
+    const joined = (root: string) => {
+      Deno.removeSync(root, { recursive: true });
+      const member = { ...NVME_IN_GROUP, driver };
+      buildHostTree({ ...PLANNED, devices: [...PLANNED.devices, member] }, root);
+    };
+    const { report, starts } = await applyLive(joined, () => ({ policy: "enforce", hook: true }));
+    const error = report.vms[0]!.live!.errors[0]!;
+    assertMatch(error, /now also holds "0000:01:00.2"/);
+    assertEquals(starts, driver === null);
+    assertOk(error.includes("that the host needs or that is on a host driver)"), error);
+  }
 });
 
 Deno.test("applyPlan() --live does not say the guard refuses a start its rule's guard: off lets go on", async () => {

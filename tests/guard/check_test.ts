@@ -279,6 +279,9 @@ Deno.test("checkDomainStart() refuses a device the host needs, hand-added or rec
     ["host-needs", "0000:00:1f.0"],
     ["host-needs", "0000:05:00.0"],
     ["host-needs", "0000:0a:00.0"],
+    // The LPC bridge's group holds its audio and SMBus functions, on their host drivers.
+    ["not-viable", "0000:00:1f.0"],
+    ["not-viable", "0000:00:1f.0"],
   ]);
   // Each says what would let it start: the recording rule's override, and for a hand-added
   // hostdev nothing.
@@ -355,12 +358,13 @@ Deno.test("checkDomainStart() fails closed on a hostdev interface whose source i
   );
 });
 
-Deno.test("checkDomainStart() reads only the addressed functions and the host-use facts", async () => {
+Deno.test("checkDomainStart() reads only the addressed functions, their groups' listings and the host-use facts", async () => {
   const { paths } = await check(domain("vm", [hostdev(GPU.address)], [GPU]));
   const outside = paths.filter((p) =>
     !p.startsWith(`/bus/pci/devices/${GPU.address}`) && p !== "/host_use.json"
   );
-  assertEquals(outside, []);
+  // Its group 21 holds it alone: no other function is read.
+  assertEquals(outside, ["/kernel/iommu_groups/21/devices"]);
   // Of the SR-IOV files, only whether VFs are enabled (a PF's VFs go with it): the hook's reader
   // knows a missing file from the directory's listing, with no system call.
   assertEquals(paths.filter((p) => p.includes("sriov_") || p.includes("virtfn")), [
@@ -565,4 +569,94 @@ Deno.test("checkDomainStart() calls a GPU held open busy, whichever of its uses 
     });
     assertEquals(summary(refusals), [["busy", GPU.address]]);
   }
+});
+
+/** The Z690 host with `moves` put in the GPU's IOMMU group 21 (an ACS or BIOS change). */
+function mergedInto21(moves: Record<string, { driver?: string | null }>): HostDescription {
+  const host = z690();
+  for (const d of host.devices) {
+    const move = moves[d.bdf];
+    if (move === undefined) continue;
+    d.group = 21;
+    if (move.driver !== undefined) d.driver = move.driver;
+  }
+  return host;
+}
+
+Deno.test("checkDomainStart() refuses a group merged with a function the host needs, on its driver or not", async () => {
+  const xml = domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]);
+  // The default route's NIC, on igc: the start fails ("not viable") and unbinding it would cut
+  // the host off; an unbound NVMe drive, which VFIO would hand the guest along.
+  const host = mergedInto21({ "0000:0a:00.0": {}, "0000:06:00.0": { driver: null } });
+  const { refusals } = await check(xml, { host });
+  assertEquals(summary(refusals), [["host-needs", GPU.address], ["not-viable", GPU.address]]);
+  assertEquals(refusals.map((r) => r.group), [
+    { number: 21, member: "0000:06:00.0", driver: null },
+    { number: 21, member: "0000:0a:00.0", driver: "igc" },
+  ]);
+  assertEquals(
+    refusals.map((r) => formatRefusal(r)),
+    [
+      'passthrough guard: refusing to start "win11": hostdev 0000:03:00.0\'s IOMMU group 21 also ' +
+      "holds 0000:06:00.0, 144d:a808 (subsystem 144d:a801, class 010800, driver none), which " +
+      '"win11" does not pass; the host needs it: storage controller in another slot: VFIO hands ' +
+      'the guest the whole group; only "allow_host_critical: true" on rule "gpu" (then ' +
+      "passthrough apply) lets it start; fix: passthrough plan --vm win11 (it judges the group " +
+      "as it is now), then passthrough apply --vm win11",
+      'passthrough guard: refusing to start "win11": hostdev 0000:03:00.0\'s IOMMU group 21 also ' +
+      "holds 0000:0a:00.0, 8086:15f3 (subsystem 1043:87d2, class 020000, driver igc), which " +
+      '"win11" does not pass; the host needs it: in use by the host (default-route: default ' +
+      'route via enp10s0): libvirt detaches only the devices "win11" names, so its start fails ' +
+      '("group 21 is not viable") until it is unbound or on vfio-pci, which takes from the host ' +
+      "what it needs; fix: passthrough plan --vm win11 (it judges the group as it is now), then " +
+      "passthrough apply --vm win11",
+    ],
+  );
+  assertEquals(
+    refusals[1]!.hostNeeds,
+    "its IOMMU group 21 also holds 0000:0a:00.0: in use by the host (default-route: default route via enp10s0)",
+  );
+});
+
+Deno.test("checkDomainStart() refuses a group member left on a host driver, and no bridge or unbound bystander", async () => {
+  // The chipset's audio, on snd_hda_intel: a function the host does not need, still bound.
+  const host = mergedInto21({
+    "0000:00:1f.3": {},
+    "0000:02:00.0": {}, // the GPU's own upstream bridge: bridges stay with the host
+    "0000:00:14.2": {}, // no driver, and nothing the host needs
+  });
+  const { refusals } = await check(
+    domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]),
+    { host },
+  );
+  assertEquals(summary(refusals), [["not-viable", GPU.address]]);
+  assertEquals(refusals[0]!.hostNeeds, null);
+  assertMatch(
+    refusals[0]!.reason,
+    /also holds 0000:00:1f\.3, 8086:7ad0 \(.*driver snd_hda_intel\), which "win11" does not pass: libvirt detaches only the devices "win11" names, so its start fails \("group 21 is not viable"\) until it is unbound or on vfio-pci$/,
+  );
+  // A hand-added hostdev: nothing is recorded for plan to judge again.
+  const hand = await check(domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)]), {
+    host,
+  });
+  assertEquals(
+    hand.refusals[0]!.fix,
+    "remove the hostdev with virsh edit win11, or give 0000:03:00.0 an IOMMU group of its own " +
+      "again (the firmware's ACS or the kernel command line)",
+  );
+});
+
+Deno.test("checkDomainStart() fails closed on a passed device's group whose listing cannot be read", async () => {
+  await using tree = await tempHostTree(z690());
+  Deno.removeSync(`${tree.dir}/kernel/iommu_groups/21`, { recursive: true });
+  Deno.mkdirSync(`${tree.dir}/kernel/iommu_groups/21`);
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+  });
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertMatch(refusals[0]!.reason, /members of IOMMU group 21 of 0000:03:00\.0 cannot be read/);
 });

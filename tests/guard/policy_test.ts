@@ -994,3 +994,56 @@ Deno.test("policy: a rule renamed and loosened before its VM is applied: the ref
       '"allow_host_critical: true", does); the allowance is used up',
   );
 });
+
+Deno.test("policy: a merged IOMMU group's members are judged as the devices are, allow_host_critical lifting only one VFIO would hand over", async () => {
+  // The NVMe of rule "disk" (group 17) now shares its group with an unbound SATA controller
+  // (which VFIO would hand the guest), a NIC on igb and an audio function on snd_hda_intel (on
+  // which the start fails, "group 17 is not viable").
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  const drivers: Record<string, string | null> = {
+    "0000:04:00.0": null,
+    "0000:06:00.0": "igb",
+    "0000:0e:00.4": "snd_hda_intel",
+  };
+  for (const d of host.devices) {
+    if (Object.hasOwn(drivers, d.bdf)) [d.group, d.driver] = [17, drivers[d.bdf]!];
+  }
+  const diskConfig = (vmGuard: string | null, allow: boolean) =>
+    parseConfig(
+      `version: 1\nvms:\n  win11:\n${vmGuard === null ? "" : `    guard: ${vmGuard}\n`}` +
+        "    devices:\n      - name: disk\n        match: { vendor_id: 1cc1 }\n" +
+        (allow ? "        allow_host_critical: true\n" : ""),
+      { file: "c.yaml" },
+    );
+  await withTree(async (root, state) => {
+    const judged = async (vmGuard: string | null, allow = false) => {
+      recordPolicies(state, applied(guardPolicies(diskConfig(vmGuard, allow)), DISK_XML));
+      const result = await run(root, state, DISK_XML);
+      return [
+        result.code,
+        ...result.refusals.map((r) => `${r.group?.member} ${r.kind} ${r.policy}`),
+      ];
+    };
+    assertEquals(await judged(null), [
+      1,
+      "0000:04:00.0 host-needs enforce",
+      "0000:06:00.0 not-viable enforce",
+      "0000:0e:00.4 not-viable enforce",
+    ]);
+    // The host's network controller is never taken on a warning; the audio function only warns.
+    assertEquals(await judged("warn"), [
+      1,
+      "0000:04:00.0 host-needs enforce",
+      "0000:06:00.0 not-viable enforce",
+      "0000:0e:00.4 not-viable warn",
+    ]);
+    // allow_host_critical lets the guest take the unbound controller, as plan would; the NIC
+    // stays on igb whatever it says, and the start would fail.
+    assertEquals(await judged("warn", true), [
+      1,
+      "0000:06:00.0 not-viable enforce",
+      "0000:0e:00.4 not-viable warn",
+    ]);
+    assertEquals(await judged("off"), [0]);
+  }, host);
+});

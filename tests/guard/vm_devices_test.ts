@@ -196,9 +196,10 @@ Deno.test("guard: a running VM's status too large to read fails closed, only whe
   const refused = await start([hostdev(NVME)], { nas: huge });
   assertEquals([refused.code, refused.refusals], [1, [["unreadable", null]]]);
   assertMatch(refused.line, /the check failed: the status of running VM "nas" .* is larger than/);
-  // Not read at all for a start that takes a device with nothing a VM can use under it (the
-  // third LPSS function here).
-  const idle = await start([hostdev("0000:00:15.2")], { nas: huge });
+  // Not read at all for a start that takes a device with nothing a VM can use under it, nor in
+  // its IOMMU group (the Radeon in a group of its own; an LPSS function's group holds the I2C
+  // controllers).
+  const idle = await start([hostdev("0000:03:00.0")], { nas: huge });
   assertEquals([idle.code, idle.refusals], [0, []]);
 });
 
@@ -306,7 +307,12 @@ Deno.test("guard: taking the controller under an evdev input or a serial port th
   const touchpad = `<input type='passthrough' bus='virtio'><source evdev='/dev/input/event12'/>
     </input>`;
   const i2c = await start([hostdev(I2C)], { lap: status("lap", [touchpad]) });
-  assertEquals([i2c.code, i2c.refusals], [1, [["host-needs", I2C]]]);
+  // Its IOMMU group holds the other two I2C controllers, on intel-lpss: not viable either.
+  assertEquals([i2c.code, i2c.refusals], [1, [
+    ["host-needs", I2C],
+    ["not-viable", I2C],
+    ["not-viable", I2C],
+  ]]);
   assertMatch(
     i2c.line,
     /\(vm-device: character device \/dev\/input\/event12 of running VM "lap"\)/,
@@ -314,7 +320,12 @@ Deno.test("guard: taking the controller under an evdev input or a serial port th
   // A parallel port on a PCI card, in another running VM.
   const parallel = `<parallel type='dev'><source path='/dev/parport0'/></parallel>`;
   const lpt = await start([hostdev(PARALLEL)], { old: status("old", [parallel]) });
-  assertEquals([lpt.code, lpt.refusals], [1, [["host-needs", PARALLEL]]]);
+  // Its IOMMU group holds the other two I2C controllers, on intel-lpss: not viable either.
+  assertEquals([lpt.code, lpt.refusals], [1, [
+    ["host-needs", PARALLEL],
+    ["not-viable", PARALLEL],
+    ["not-viable", PARALLEL],
+  ]]);
   // Another device taken, or a port on no PCI function (the ISA ttyS0): nothing to lose.
   const gpu = await start([hostdev(GPU), evdev], { bmc: status("bmc", [serial]) });
   assertEquals([gpu.code, gpu.refusals], [0, []]);
