@@ -757,6 +757,24 @@ Deno.test("applyPlan() fails fast while another apply holds the lock", async () 
   assertEquals(hostdevs(f.port, "alpha"), []);
 });
 
+Deno.test("applyPlan() refuses a lock taken for another connection, before any backup or define", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]);
+  Deno.mkdirSync(f.stateDir, { mode: 0o700 });
+  // It would not keep out another apply of this connection, which takes this connection's lock.
+  using lock = acquireConnectionLock("test:///elsewhere.xml", {
+    stateDir: f.stateDir,
+    command: "apply",
+  });
+  await assertRejects(
+    () => applyPlan(plan, { libvirt: f.port, stateDir: f.stateDir, confirm: yes, lock }),
+    TypeError,
+    `is not the lock of "${f.port.uri}"`,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), []);
+  assertEquals(listBackups(f.stateDir, "alpha"), []);
+});
+
 /** An in-memory terminal that answers from `lines`. */
 function scriptedIo(lines: string[], interactive = true): CliIo & { output: string[] } {
   const output: string[] = [];
