@@ -236,6 +236,39 @@ Deno.test("the connection lock reports a lock taken while it looked at a stale o
   }
 });
 
+Deno.test("the connection lock leaves a lock taken while it read the stale one it opened", () => {
+  // The race made certain one step later: this process opened the stale lock, and as it reads the
+  // holder a racing process breaks that lock and links its own, which it holds. The flock this
+  // process then gets is of the stale file, no longer the lock's: removing the name would remove
+  // the racer's lock and let two runs hold it.
+  const dir = tempDir();
+  const path = lockFile(dir);
+  plantDeadLock(URI, dir);
+  const readSync = Deno.FsFile.prototype.readSync;
+  let winner: Deno.FsFile | null = null;
+  Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, buffer: Uint8Array) {
+    if (winner === null) {
+      const taken = { ...DEAD_HOLDER, pid: Deno.pid, host: "racer" };
+      Deno.writeTextFileSync(`${path}.racer`, JSON.stringify(taken), { mode: 0o600 });
+      winner = Deno.openSync(`${path}.racer`, { read: true, write: true });
+      assertOk(winner.tryLockSync(true));
+      Deno.removeSync(path);
+      Deno.linkSync(`${path}.racer`, path);
+      Deno.removeSync(`${path}.racer`);
+    }
+    return readSync.call(this, buffer);
+  };
+  try {
+    const error = heldError(() => acquireLock(dir, { command: "apply" }));
+    assertEquals(error.holder?.host, "racer");
+    assertEquals(JSON.parse(Deno.readTextFileSync(path)).host, "racer");
+  } finally {
+    Deno.FsFile.prototype.readSync = readSync;
+    (winner as Deno.FsFile | null)?.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("the connection lock lets exactly one of many racing processes break a stale lock", async () => {
   const dir = tempDir();
   plantDeadLock(URI, dir);
