@@ -223,6 +223,27 @@ Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt reject
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
 });
 
+Deno.test("applyPlan() prunes no backup of a VM whose define failed: the older ones are what puts it right", async () => {
+  using f = fixture();
+  const older = writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUIDS.alpha!,
+    xml: f.port.getPersistentXml("alpha", { secure: true }),
+    reason: "apply",
+    uri: f.port.uri,
+    now: new Date(Date.UTC(2026, 0, 1)),
+  });
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  const invalid = before.replace("</devices>", "  <bogus-device/>\n  </devices>");
+  const report = await applyPlan(
+    planOf(f.port, [planVm(f.port, "alpha", [], { desiredXml: invalid })]),
+    { libvirt: f.port, stateDir: f.stateDir, confirm: yes, keepBackups: 1 },
+  );
+  const [alpha] = report.vms;
+  assertEquals([alpha?.status, alpha?.code, alpha?.pruned], ["failed", "define-failed", []]);
+  assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [alpha!.backup, older.path]);
+});
+
 Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and removes the older ones", async () => {
   using f = fixture();
   const old = (uuid: string, second: number) =>
