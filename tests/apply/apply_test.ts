@@ -44,6 +44,7 @@ import {
   LINUX,
   vmOf,
   WIN10,
+  withFault,
   withPort,
 } from "../helpers/plan_world.ts";
 import { demoTree, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
@@ -221,6 +222,27 @@ Deno.test("applyPlan() keeps the VM unchanged and the backup when libvirt reject
   assertMatch(report.vms[0]!.message, /libvirt rejected the new definition of "alpha"/);
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), before);
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [report.vms[0]!.backup]);
+});
+
+Deno.test("applyPlan() reports a define that failed but changed the definition as unknown, not rejected", async () => {
+  using f = fixture();
+  // libvirt committed the define, and the error came after (its reply lost): "rejected, which is
+  // unchanged" would be false, and the user would not look.
+  const lost = withFault(f.port, () => {}, () => {
+    throw new Error("the reply was lost");
+  });
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: lost,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  const [alpha] = report.vms;
+  assertEquals([alpha?.status, alpha?.code], ["failed", "define-unknown"]);
+  assertMatch(
+    alpha!.message,
+    /^The define of "alpha" may or may not have taken effect: the reply was lost; its definition reads back changed: /,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), ["0000:01:00.0"]);
 });
 
 Deno.test("applyPlan() prunes no backup of a VM whose define failed: the older ones are what puts it right", async () => {
