@@ -477,6 +477,47 @@ Deno.test({
 });
 
 Deno.test({
+  name: "passthrough rollback exits 1 when it cannot tell whether the restore took effect",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const stateDir = `${daemon.dir}/state`;
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(A));
+    const original = port.getPersistentXml(A, { secure: true });
+    writeBackup(stateDir, {
+      vm: A,
+      uuid: parseDomainXml(original).uuid!,
+      xml: original,
+      reason: "apply",
+      uri: daemon.uri,
+    });
+    port.define(original.replace("</name>", "</name>\n  <description>edited</description>"));
+    {
+      // The define's reply is dropped and the connection closed: nothing can be read back.
+      await using cut = await startRpcHook({
+        socket: `${daemon.dir}/libvirt-sock`,
+        dir: daemon.dir,
+        proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+        command: ["true"],
+        cut: true,
+      });
+      const result = await runCli(
+        ["rollback", A, "--yes", "-c", cut.uri, "--state-dir", stateDir],
+        { flags: ["-A"] },
+      );
+      await cut.ran;
+      // A script must not take "may or may not have taken effect" for a restore.
+      assertMatch(
+        result.stdout,
+        new RegExp(`The rollback of "${A}" to backup ".*" may or may not`),
+      );
+      assertEquals(result.code, 1, result.stdout + result.stderr);
+    }
+  },
+});
+
+Deno.test({
   name:
     "a define (or rollback) the daemon committed before dying is reported as unknown, naming the backup, not as rejected",
   ignore: daemonMissing !== null,
