@@ -474,6 +474,28 @@ Deno.test("passthrough backups lists the other backups, reports the damaged ones
   }
 });
 
+Deno.test("passthrough backups numbers each VM's backups from its newest, as rollback --to takes them", async () => {
+  const root = tempDir();
+  try {
+    const state = openStateDir(`${root}/state`);
+    const [a1, b2, a3, b4] = [["a", 1], ["b", 2], ["a", 3], ["b", 4]].map(([vm, second]) =>
+      backupOf(state, vm as string, { second: second as number })
+    );
+    const { code, stdout, stderr } = await runCli(["backups", "--state-dir", state.path]);
+    assertEquals(code, 0, stderr);
+    const rows = stdout.split("\n").slice(1, 5).map((line) => line.split(/\s+/));
+    assertEquals(rows.map(([n, , vm, , id]) => [n, vm, id]), [
+      ["1", "b", b4!.id],
+      ["1", "a", a3!.id],
+      ["2", "b", b2!.id],
+      ["2", "a", a1!.id],
+    ]);
+    assertEquals(findBackup(state, "a", "2").id, a1!.id);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("findBackup() picks the newest by default, or the one named, and nothing outside", () => {
   const root = tempDir();
   try {
