@@ -266,6 +266,26 @@ Deno.test("applyPlan() prunes no backup of a VM whose define failed: the older o
   assertEquals(listBackups(f.stateDir, "alpha").map((b) => b.path), [alpha!.backup, older.path]);
 });
 
+Deno.test("applyPlan() keeps a changed VM's newest 10 backups when told no number", async () => {
+  using f = fixture();
+  const older = Array.from({ length: 10 }, (_, i) =>
+    writeBackup(f.stateDir, {
+      vm: "alpha",
+      uuid: UUIDS.alpha!,
+      xml: "<domain/>",
+      reason: "apply",
+      uri: f.port.uri,
+      now: new Date(Date.UTC(2026, 0, 1, 0, 0, i)),
+    }));
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.keepBackups, report.vms[0]?.pruned], [10, [older[0]!.path]]);
+  assertEquals(listBackups(f.stateDir, "alpha").length, 10);
+});
+
 Deno.test("applyPlan() keeps a changed VM's newest backups of its domain and removes the older ones", async () => {
   using f = fixture();
   const old = (uuid: string, second: number) =>
