@@ -970,6 +970,9 @@ Deno.test("passthrough apply --keep-backups N keeps each changed VM's newest N b
   const huge = await apply("--keep-backups", "1000000");
   assertEquals(huge.code, 2);
   assertMatch(huge.stderr, /from 0 \(keep all\) to 999999, not "1000000"/);
+  // The bound itself is taken, as `keep_backups: 999999` is.
+  const most = await apply("--json", "--keep-backups", "999999");
+  assertEquals([most.code, JSON.parse(most.stdout).keepBackups], [0, 999999], most.stderr);
 });
 
 Deno.test("passthrough apply keeps the number of backups its host section's keep_backups: says", async () => {
