@@ -973,6 +973,16 @@ Deno.test("passthrough apply --keep-backups N keeps each changed VM's newest N b
   // The bound itself is taken, as `keep_backups: 999999` is.
   const most = await apply("--json", "--keep-backups", "999999");
   assertEquals([most.code, JSON.parse(most.stdout).keepBackups], [0, 999999], most.stderr);
+  // Told no number, it keeps 10.
+  const [taken] = listBackups(state, "win10");
+  for (let i = 0; i < 12; i++) {
+    const { vm, uuid, uri } = taken!;
+    const now = new Date(Date.UTC(2026, 0, 1, 0, i));
+    writeBackup(state, { vm, uuid, uri, reason: "apply", xml: "<domain/>", now });
+  }
+  const plain = await apply("--json");
+  assertEquals([plain.code, JSON.parse(plain.stdout).keepBackups], [0, 10], plain.stderr);
+  assertEquals(listBackups(state, "win10").length, 10);
 });
 
 Deno.test("passthrough apply keeps the number of backups its host section's keep_backups: says", async () => {
