@@ -409,93 +409,111 @@ function inspectVmDir(dir: string, vm: string | undefined, into: BackupListing):
   const names = new Map<string, Deno.DirEntry>();
   for (const file of Deno.readDirSync(dir)) names.set(file.name, file);
   for (const file of names.values()) {
-    const path = join(dir, file.name);
     if (file.name.startsWith(".")) {
-      const lately = file.name.endsWith(".tmp") ? writtenLately(path) : null;
-      if (lately !== null) {
-        into.problems.push({
-          kind: "incomplete",
-          id: null,
-          path,
-          detail: lately
-            ? "a temporary file of a backup a run may be writing now (or one interrupted moments ago)"
-            : "a temporary file left by a run interrupted while writing a backup",
-        });
-      }
-      continue;
+      const problem = temporaryFileProblem(join(dir, file.name));
+      if (problem !== null) into.problems.push(problem);
+    } else if (file.name.endsWith(".xml")) {
+      const problem = sidecarMissingProblem(dir, file.name, names);
+      if (problem !== null) into.problems.push(problem);
+    } else if (file.name.endsWith(".json")) {
+      inspectSidecar(dir, file, { vm, names, into });
     }
-    const damaged = (id: string, detail: string) =>
-      into.problems.push({ kind: "damaged", id, path, detail });
-    if (file.name.endsWith(".xml")) {
-      const id = file.name.slice(0, -".xml".length);
-      // Its sidecar written since the listing: a backup this listing began before, not a problem.
-      const lately = names.has(`${id}.json`) || lstatOrUndefined(join(dir, `${id}.json`))
-        ? null
-        : writtenLately(path);
-      if (lately !== null) {
-        into.problems.push({
-          kind: "incomplete",
-          id,
-          path,
-          detail: lately
-            ? "its sidecar is missing (a run may be writing this backup now, or was killed moments ago between the two writes); it cannot be restored"
-            : "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
-        });
-      }
-      continue;
-    }
-    if (!file.name.endsWith(".json")) continue;
-    const id = file.name.slice(0, -".json".length);
-    if (!file.isFile) {
-      damaged(id, "the sidecar is not a regular file");
-      continue;
-    }
-    let entry: BackupEntry;
-    try {
-      entry = readSidecar(dir, file.name);
-    } catch (error) {
-      // Removed since the listing, by an apply pruning the VM's backups: no backup to report.
-      if (error instanceof Deno.errors.NotFound) continue;
-      if (!(error instanceof BackupIntegrityError)) throw error;
-      damaged(id, error.detail);
-      continue;
-    }
-    if (vm !== undefined && entry.vm !== vm) continue;
-    // A listing is no snapshot: the XML, written before its sidecar, may be missing from it.
-    const xml = names.get(`${id}.xml`) ?? lstatOrUndefined(join(dir, `${id}.xml`));
-    // A prune removes the sidecar, then the XML: with both gone since, the backup is no more.
-    const missing = () => {
-      if (lstatOrUndefined(path) !== undefined) damaged(id, `its XML file "${id}.xml" is missing`);
-    };
-    if (xml === undefined) {
-      missing();
-      continue;
-    }
-    if (!xml.isFile) {
-      // Listed as intact, it would be the one `rollback` picks, and then refuses.
-      const kind = xml.isSymlink
-        ? "a symbolic link"
-        : xml.isDirectory
-        ? "a directory"
-        : "not a regular file";
-      damaged(id, `its XML file "${id}.xml" is ${kind}`);
-      continue;
-    }
-    // Listed as intact, an XML changed since would be numbered for `rollback --to N`, which
-    // refuses it, and counted among the backups `apply` keeps.
-    try {
-      readBackupXml(entry);
-    } catch (error) {
-      if (error instanceof Deno.errors.NotFound) {
-        missing();
-        continue;
-      }
-      if (!(error instanceof BackupIntegrityError)) throw error;
-      into.problems.push({ kind: "damaged", id, path: entry.path, detail: error.detail });
-      continue;
-    }
-    into.entries.push(entry);
   }
+}
+
+/** A backup's temporary file as a problem; `null` for another hidden file, or one gone since. */
+function temporaryFileProblem(path: string): BackupProblem | null {
+  const lately = path.endsWith(".tmp") ? writtenLately(path) : null;
+  if (lately === null) return null;
+  return {
+    kind: "incomplete",
+    id: null,
+    path,
+    detail: lately
+      ? "a temporary file of a backup a run may be writing now (or one interrupted moments ago)"
+      : "a temporary file left by a run interrupted while writing a backup",
+  };
+}
+
+/** The XML file `name` as a problem when it has no sidecar; `null` when it has (or is gone). */
+function sidecarMissingProblem(
+  dir: string,
+  name: string,
+  names: ReadonlyMap<string, Deno.DirEntry>,
+): BackupProblem | null {
+  const path = join(dir, name);
+  const id = name.slice(0, -".xml".length);
+  // Its sidecar written since the listing: a backup this listing began before, not a problem.
+  const lately = names.has(`${id}.json`) || lstatOrUndefined(join(dir, `${id}.json`))
+    ? null
+    : writtenLately(path);
+  if (lately === null) return null;
+  return {
+    kind: "incomplete",
+    id,
+    path,
+    detail: lately
+      ? "its sidecar is missing (a run may be writing this backup now, or was killed moments ago between the two writes); it cannot be restored"
+      : "its sidecar is missing (a run killed between the two writes leaves this, and defined nothing after it); it cannot be restored",
+  };
+}
+
+/**
+ * The backup the sidecar `file` describes into `into.entries` when it and its XML are intact,
+ * else what is wrong into `into.problems`; nothing for another VM's (`vm`), or one pruned since
+ * the listing.
+ */
+function inspectSidecar(
+  dir: string,
+  file: Deno.DirEntry,
+  { vm, names, into }: {
+    vm: string | undefined;
+    names: ReadonlyMap<string, Deno.DirEntry>;
+    into: BackupListing;
+  },
+): void {
+  const path = join(dir, file.name);
+  const id = file.name.slice(0, -".json".length);
+  const damaged = (detail: string, at = path): void => {
+    into.problems.push({ kind: "damaged", id, path: at, detail });
+  };
+  if (!file.isFile) return damaged("the sidecar is not a regular file");
+  let entry: BackupEntry;
+  try {
+    entry = readSidecar(dir, file.name);
+  } catch (error) {
+    // Removed since the listing, by an apply pruning the VM's backups: no backup to report.
+    if (error instanceof Deno.errors.NotFound) return;
+    if (!(error instanceof BackupIntegrityError)) throw error;
+    return damaged(error.detail);
+  }
+  if (vm !== undefined && entry.vm !== vm) return;
+  // A listing is no snapshot: the XML, written before its sidecar, may be missing from it.
+  const xml = names.get(`${id}.xml`) ?? lstatOrUndefined(join(dir, `${id}.xml`));
+  // A prune removes the sidecar, then the XML: with both gone since, the backup is no more.
+  const missing = () => {
+    if (lstatOrUndefined(path) !== undefined) damaged(`its XML file "${id}.xml" is missing`);
+  };
+  if (xml === undefined) return missing();
+  if (!xml.isFile) {
+    // Listed as intact, it would be the one `rollback` picks, and then refuses.
+    const kind = xml.isSymlink
+      ? "a symbolic link"
+      : xml.isDirectory
+      ? "a directory"
+      : "not a regular file";
+    return damaged(`its XML file "${id}.xml" is ${kind}`);
+  }
+  // Listed as intact, an XML changed since would be numbered for `rollback --to N`, which
+  // refuses it, and counted among the backups `apply` keeps.
+  try {
+    readBackupXml(entry);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return missing();
+    if (!(error instanceof BackupIntegrityError)) throw error;
+    return damaged(error.detail, entry.path);
+  }
+  into.entries.push(entry);
 }
 
 /**
