@@ -707,6 +707,51 @@ function safetyBackupFailed(
 }
 
 /**
+ * The lock of `libvirt`'s connection to take here (released by the caller), or `null` when the
+ * caller holds it (`held`): a lock of another connection is a `TypeError`.
+ */
+function lockToTake(
+  libvirt: LibvirtPort,
+  state: StateDir,
+  held: StateLock | undefined,
+): StateLock | null {
+  if (held === undefined) {
+    return acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
+  }
+  if (held.uri !== lockUri(libvirt.uri)) {
+    throw new TypeError(`The lock "${held.path}" is not the lock of "${libvirt.uri}"`);
+  }
+  return null;
+}
+
+/**
+ * Why the backup `restoring` gives back may not be restored now, by the checks that read the
+ * host (its devices, groups and use): a device another domain holds, the guard's refusals of the
+ * backup's own devices, and what their groups would take along. One it cannot make is no pass.
+ */
+function hostRefusal(
+  libvirt: LibvirtPort,
+  restoring: Parameters<typeof heldElsewhereNow>[1],
+  { parsed, options }: {
+    parsed: ReturnType<typeof parseDomainXml>;
+    options: Pick<RollbackOptions, "startRefusals" | "host" | "run">;
+  },
+): Stop | null {
+  const { vm, backup, backupXml } = restoring;
+  return hostReadOr(vm, backup, () => {
+    const conflict = heldElsewhereNow(libvirt, restoring);
+    if (conflict !== null) return conflict;
+    const refusals = [
+      ...(options.startRefusals?.(backupXml) ?? []),
+      ...(options.host === undefined
+        ? []
+        : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
+    ];
+    return refusals.length > 0 ? startRefused(vm, backup, refusals, options.run) : null;
+  });
+}
+
+/**
  * Restores `vm` from a backup. Throws before anything is written when the state directory is
  * unusable, the lock is held, no such backup exists, it is damaged (`BackupIntegrityError`), it
  * belongs to another domain ({@link BackupMismatchError}), or `confirm` answers no boolean
@@ -719,13 +764,8 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
   // missing backup (a mistyped state directory) must leave nothing behind.
   findBackup(options.stateDir, vm, options.backup, { run });
   const state = openStateDir(options.stateDir);
-  using owned = options.lock === undefined
-    ? acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" })
-    : null;
+  using owned = lockToTake(libvirt, state, options.lock);
   const lock = options.lock ?? owned!;
-  if (lock.uri !== lockUri(libvirt.uri)) {
-    throw new TypeError(`The lock "${lock.path}" is not the lock of "${libvirt.uri}"`);
-  }
   const { backup, backupXml, parsed, summary, unread } = backupOf(state, vm, options);
   const active = summary?.active ?? false;
   // Set once the backup passed every check, before the question.
@@ -770,20 +810,7 @@ export async function rollbackVm(vm: string, options: RollbackOptions): Promise<
     devices: options.devices,
     readDevice: options.readDevice,
   };
-  // The checks that read the host (its devices, groups and use): one it cannot make is no pass.
-  const checkedNow = (): Stop | null =>
-    hostReadOr(vm, backup, () => {
-      const conflict = heldElsewhereNow(libvirt, restoring);
-      if (conflict !== null) return conflict;
-      // The guard's refusals of the backup's own devices, and what their groups would take along.
-      const refusals = [
-        ...(options.startRefusals?.(backupXml) ?? []),
-        ...(options.host === undefined
-          ? []
-          : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
-      ];
-      return refusals.length > 0 ? startRefused(vm, backup, refusals, run) : null;
-    });
+  const checkedNow = () => hostRefusal(libvirt, restoring, { parsed, options });
   const refused = checkedNow();
   if (refused !== null) return report("failed", refused, null);
   warnings = options.startWarnings?.(backupXml) ?? [];
