@@ -1176,30 +1176,8 @@ export function hookFileProblems(
       }, then ${install}`,
     );
   }
-  const stateDir = inspection.settings?.stateDir;
-  const target = inspection.stateDirLink;
-  if (stateDir !== undefined && target !== null) {
-    const [s, t] = [shellWord(stateDir), shellWord(target)];
-    fail(
-      `its state directory ${stateDir} is a symbolic link${
-        target === "" ? " that leads nowhere" : ` to ${target}`
-      }, which the check refuses: it reads no allowance and records no refusal`,
-      target === "" ? `rm ${s}, then ${install}` : `rm ${s} && mv ${t} ${s}`,
-    );
-  }
-  const settings = inspection.settings;
-  if (settings !== null && inspection.sysfsMissing) {
-    // Installing again with the same --sysfs is refused: a tree there, or this host's /sys.
-    const live = installCommand({
-      path: inspection.path,
-      settings: { ...settings, sysfs: "/sys" },
-    });
-    fail(
-      `it reads the captured tree ${settings.sysfs}, which has no bus/pci/devices now: every VM ` +
-        `start is refused, with nothing checked`,
-      `put the tree back at ${shellWord(settings.sysfs)}, or guard this host's /sys: ${live}`,
-    );
-  }
+  problems.push(...stateDirLinkProblem(inspection, install));
+  problems.push(...sysfsMissingProblem(inspection));
   for (const program of inspection.programs.filter((p) => !p.exists)) {
     fail(
       `it runs ${program.path}, which is missing: every VM start would be refused`,
@@ -1214,22 +1192,57 @@ export function hookFileProblems(
       fix: install,
     });
   }
-  const stale = options.staleBundle;
-  if (stale !== undefined && stale !== null) {
-    // Not a hook that runs the sources: the bundle is what setup.sh and Ansible keep current.
-    problems.push({
-      severity: "warn",
-      text: `it runs the bundle in ${stale.bundle}, ${
-        stale.why === "older"
-          ? "which is older than the sources beside it (bin/passthrough runs the sources meanwhile)"
-          : "which was built from other sources than those beside it, though none is newer (an " +
-            "update that kept the files' times, as tar, rsync -a or cp -p do), so " +
-            "bin/passthrough runs that bundle too"
-      }: build it again with ${stale.setup}`,
-      fix: stale.setup,
-    });
-  }
+  problems.push(...staleBundleProblem(options.staleBundle));
   return problems;
+}
+
+/** The hook's state directory as a symbolic link, which the check refuses; `[]` when it is none. */
+function stateDirLinkProblem(
+  { settings, stateDirLink: target }: Pick<HookInspection, "settings" | "stateDirLink">,
+  install: string,
+): HookFileProblem[] {
+  const stateDir = settings?.stateDir;
+  if (stateDir === undefined || target === null) return [];
+  const [s, t] = [shellWord(stateDir), shellWord(target)];
+  return [{
+    severity: "fail",
+    text: `its state directory ${stateDir} is a symbolic link${
+      target === "" ? " that leads nowhere" : ` to ${target}`
+    }, which the check refuses: it reads no allowance and records no refusal`,
+    fix: target === "" ? `rm ${s}, then ${install}` : `rm ${s} && mv ${t} ${s}`,
+  }];
+}
+
+/** The hook's captured tree gone, so every start is refused; `[]` when it is there. */
+function sysfsMissingProblem(
+  { path, settings, sysfsMissing }: Pick<HookInspection, "path" | "settings" | "sysfsMissing">,
+): HookFileProblem[] {
+  if (settings === null || !sysfsMissing) return [];
+  // Installing again with the same --sysfs is refused: a tree there, or this host's /sys.
+  const live = installCommand({ path, settings: { ...settings, sysfs: "/sys" } });
+  return [{
+    severity: "fail",
+    text: `it reads the captured tree ${settings.sysfs}, which has no bus/pci/devices now: every ` +
+      `VM start is refused, with nothing checked`,
+    fix: `put the tree back at ${shellWord(settings.sysfs)}, or guard this host's /sys: ${live}`,
+  }];
+}
+
+/** The hook running a bundle older than, or built from other than, its sources; `[]` if not. */
+function staleBundleProblem(stale: StaleBundle | null | undefined): HookFileProblem[] {
+  if (stale === undefined || stale === null) return [];
+  // Not a hook that runs the sources: the bundle is what setup.sh and Ansible keep current.
+  return [{
+    severity: "warn",
+    text: `it runs the bundle in ${stale.bundle}, ${
+      stale.why === "older"
+        ? "which is older than the sources beside it (bin/passthrough runs the sources meanwhile)"
+        : "which was built from other sources than those beside it, though none is newer (an " +
+          "update that kept the files' times, as tar, rsync -a or cp -p do), so " +
+          "bin/passthrough runs that bundle too"
+    }: build it again with ${stale.setup}`,
+    fix: stale.setup,
+  }];
 }
 
 /**
