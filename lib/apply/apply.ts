@@ -1379,16 +1379,8 @@ function applyVm(
   if (typeof xml !== "string") return fail(xml);
   const conflict = recheckHolders(vm, plan, options);
   if (conflict !== null) return fail(conflict);
-  const changed = hardwareChangedOr(vm, plan, options);
-  if (!Array.isArray(changed)) return fail(changed);
-  if (changed.length > 0) {
-    return fail({
-      code: "hardware-changed",
-      message: `Not applied to "${vm.name}": since the plan was made, the host's devices changed: ${
-        changed.join("; ")
-      }: run the plan again`,
-    });
-  }
+  const changed = hardwareRecheck(vm, plan, options);
+  if (changed !== null) return fail(changed);
   const backup = backupBefore(vm, now, options);
   if (isFailure(backup)) return fail(backup);
   // The re-check and the synced backup take tens of milliseconds, in which a `virsh edit` or
@@ -1417,6 +1409,25 @@ function applyVm(
   });
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
+  return whenItTakesEffect(vm, plan, { base, now, added, removed, options });
+}
+
+/**
+ * The result of the define of `vm` (`base`), by when the change takes effect: at its next start,
+ * at its next full power-off, or now, hot-plugged (`live`) when `--live` asks and there is
+ * anything to plug.
+ */
+function whenItTakesEffect(
+  vm: VmPlan,
+  plan: Plan,
+  { base, now, added, removed, options }: {
+    base: VmApplyResult;
+    now: Now;
+    added: PendingLive["attach"];
+    removed: PendingLive["detach"];
+    options: ApplyOptions;
+  },
+): Applied {
   const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
   const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
     n.moved > 0 ? `, ${n.moved} moved` : ""
@@ -1465,16 +1476,18 @@ function hardwareChanged(
 }
 
 /**
- * {@link hardwareChanged}, or a failure when the host cannot be read again: not read is not
- * unchanged, and a throw would end the whole apply, the VMs defined before this one unreported.
+ * The failure when {@link hardwareChanged} finds a change, or when the host cannot be read again:
+ * not read is not unchanged, and a throw would end the whole apply, the VMs defined before this
+ * one unreported. `null` when the devices are as planned.
  */
-function hardwareChangedOr(
+function hardwareRecheck(
   vm: VmPlan,
   plan: Plan,
   options: Pick<ApplyOptions, "hardware" | "hostNow">,
-): string[] | Failure {
+): Failure | null {
+  let changed: string[];
   try {
-    return hardwareChanged(vm, plan, options);
+    changed = hardwareChanged(vm, plan, options);
   } catch (error) {
     return {
       code: "read-failed",
@@ -1484,6 +1497,13 @@ function hardwareChangedOr(
         }): run the plan again`,
     };
   }
+  if (changed.length === 0) return null;
+  return {
+    code: "hardware-changed",
+    message: `Not applied to "${vm.name}": since the plan was made, the host's devices changed: ${
+      changed.join("; ")
+    }: run the plan again`,
+  };
 }
 
 /** The backup of the definition about to be replaced; a failure when it cannot be written. */
