@@ -28,6 +28,7 @@ import {
   bindRecords,
   describePolicies,
   guardPolicies,
+  type GuardPolicyFile,
   keepStricterRulePolicies,
 } from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
@@ -265,6 +266,22 @@ function diffBeforeQuestion(
   };
 }
 
+/** What the policies to record are bound to, read only when this host's hook records them. */
+interface PolicySources {
+  settled: ReadonlySet<string>;
+  /** The records the settled VMs' definitions hold as the apply left them. */
+  applied: () => ReadonlyMap<string, Readonly<Record<PciAddress, DeviceIdentity>>>;
+  /** The uuids of the settled VMs' definitions as the apply left them, and of those defined. */
+  domains: () => {
+    applied: ReadonlyMap<string, string | null>;
+    defined: ReadonlyMap<string, string>;
+  };
+  /** The rule names each VM's definition records now. */
+  recorded: () => ReadonlyMap<string, readonly string[]>;
+  /** Whether a VM the config no longer names keeps its previous policies. */
+  keeps: (vm: string) => boolean;
+}
+
 /**
  * Records the config's start guard policies (`guard:`) where the installed hook reads them, for
  * every VM of the config whatever `--vm` says: they are settings of the hook, not domain edits,
@@ -273,19 +290,7 @@ function diffBeforeQuestion(
  */
 function recordGuardPolicies(
   config: Config,
-  { settled, applied, domains, keeps, recorded, flag, uri, io, say }: {
-    settled: ReadonlySet<string>;
-    /** The records the settled VMs' definitions hold as the apply left them. */
-    applied: () => ReadonlyMap<string, Readonly<Record<PciAddress, DeviceIdentity>>>;
-    /** The uuids of the settled VMs' definitions as the apply left them, and of those defined. */
-    domains: () => {
-      applied: ReadonlyMap<string, string | null>;
-      defined: ReadonlyMap<string, string>;
-    };
-    /** The rule names each VM's definition records now (read only for this host's hook). */
-    recorded: () => ReadonlyMap<string, readonly string[]>;
-    /** Whether a VM the config no longer names keeps its previous policies. */
-    keeps: (vm: string) => boolean;
+  { flag, uri, io, say, ...sources }: PolicySources & {
     flag: string | undefined;
     uri: string;
     io: CliIo;
@@ -321,22 +326,7 @@ function recordGuardPolicies(
     ? `${stateDir} (the installed hook's state directory, not --state-dir)`
     : stateDir;
   try {
-    // What cannot be read keeps nothing: the hook enforces while it is there.
-    const previous = readPolicyFile(stateDir).file;
-    const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
-    const file = bindDomains(
-      bindRecords(
-        keepStricterRulePolicies(policies, {
-          config,
-          previous,
-          settled,
-          kept,
-          recorded: recorded(),
-        }),
-        { previous, applied: applied() },
-      ),
-      { previous, ...domains() },
-    );
+    const file = policiesToRecord(policies, { config, stateDir, ...sources });
     const outcome = recordPolicies(stateDir, file);
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);
@@ -345,30 +335,65 @@ function recordGuardPolicies(
     }
     return true;
   } catch (error) {
-    const why = errorText(error);
     if (named.length === 0 && hook !== null && notOurs(error)) {
-      // Nothing to record, in the root-only directory of a hook root installed. Policies that
-      // can be read there and that this config no longer has are a failure (the hook still
-      // relaxes them); what cannot be read is said, and the apply stands.
-      const recorded = readPolicyFile(stateDir).file;
-      const stale = recorded === null ? [] : describePolicies(recorded);
-      if (stale.length > 0) {
-        io.err(
-          `Cannot remove the start guard policies in ${stateDir} (${why}): the hook still obeys ` +
-            `${stale.join("; ")} (from ${recorded!.config}); run passthrough apply as root\n`,
-        );
-        return false;
-      }
-      io.err(
-        `Note: start guard policies not checked: the installed hook's state directory ` +
-          `${stateDir} is not this user's (${why}); any policies recorded there still apply: ` +
-          `run passthrough apply as root to record this config's\n`,
-      );
-      return true;
+      return nothingToRecord(stateDir, error, io);
     }
-    io.err(`Cannot record the start guard policies in ${stateDir}: ${why}\n`);
+    io.err(`Cannot record the start guard policies in ${stateDir}: ${errorText(error)}\n`);
     return false;
   }
+}
+
+/**
+ * The file to record in `stateDir`: the config's `policies`, with those of the file there now
+ * kept where they are stricter or their VM keeps them, bound to the VMs' records and uuids.
+ */
+function policiesToRecord(
+  policies: GuardPolicyFile,
+  { config, stateDir, settled, applied, domains, recorded, keeps }: PolicySources & {
+    config: Config;
+    stateDir: string;
+  },
+): GuardPolicyFile {
+  // What cannot be read keeps nothing: the hook enforces while it is there.
+  const previous = readPolicyFile(stateDir).file;
+  const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
+  return bindDomains(
+    bindRecords(
+      keepStricterRulePolicies(policies, {
+        config,
+        previous,
+        settled,
+        kept,
+        recorded: recorded(),
+      }),
+      { previous, applied: applied() },
+    ),
+    { previous, ...domains() },
+  );
+}
+
+/**
+ * A config without policies whose hook's root-only state directory this user cannot write
+ * (`error`): policies that can be read there are a failure (the hook still relaxes them); what
+ * cannot be read is said, and the apply stands.
+ */
+function nothingToRecord(stateDir: string, error: unknown, io: CliIo): boolean {
+  const why = errorText(error);
+  const recorded = readPolicyFile(stateDir).file;
+  const stale = recorded === null ? [] : describePolicies(recorded);
+  if (stale.length > 0) {
+    io.err(
+      `Cannot remove the start guard policies in ${stateDir} (${why}): the hook still obeys ` +
+        `${stale.join("; ")} (from ${recorded!.config}); run passthrough apply as root\n`,
+    );
+    return false;
+  }
+  io.err(
+    `Note: start guard policies not checked: the installed hook's state directory ` +
+      `${stateDir} is not this user's (${why}); any policies recorded there still apply: ` +
+      `run passthrough apply as root to record this config's\n`,
+  );
+  return true;
 }
 
 /** Whether `error` says the state directory belongs to another user (the hook's, root's). */
