@@ -660,3 +660,19 @@ Deno.test("checkDomainStart() fails closed on a passed device's group whose list
   assertEquals(summary(refusals), [["unreadable", null]]);
   assertMatch(refusals[0]!.reason, /members of IOMMU group 21 of 0000:03:00\.0 cannot be read/);
 });
+
+Deno.test("checkDomainStart() refuses a card that differs from its record in subsystem device or vendor ID alone", async () => {
+  // Two models one maker builds on one chip (a TUF and a Strix RX 6600) share the vendor, device
+  // and subsystem vendor IDs: only the subsystem device ID says which card sits there now.
+  const otherModel = { ...GPU, sub: ["1002", "0e37"] as [string, string] };
+  assertEquals(
+    summary((await check(domain("vm", [hostdev(GPU.address)], [otherModel]))).refusals),
+    [["replaced", GPU.address]],
+  );
+  // Device IDs are the vendor's own: the same one under another vendor ID is another chip.
+  const otherVendor = { ...GPU, vendor: "1022" };
+  assertEquals(
+    summary((await check(domain("vm", [hostdev(GPU.address)], [otherVendor]))).refusals),
+    [["replaced", GPU.address]],
+  );
+});
