@@ -999,3 +999,27 @@ Deno.test("vf: a VF a running VM still holds is to be unplugged as the interface
     /\(virsh detach-device a FILE --live, FILE holding its <hostdev> element \(a VF's <interface type='hostdev'>\) from virsh dumpxml a\)$/,
   );
 });
+
+Deno.test("a rule taking a PF whose VF the host routes through is refused: the VF goes with the PF", async () => {
+  // The host's default route runs over VF 0 (a VF given to the host's own network driver):
+  // passing the PF to a guest unbinds its driver, which destroys every VF and the route with it.
+  await using tree = await tempHostTree({
+    devices: sriovNic("07", 2),
+    host_use: [{ address: "0000:07:10.0", reason: "default-route", detail: "default via eth9" }],
+  });
+  const host = await discoverHost({ root: tree.dir });
+  const pf = `  a:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "8086:10c9" }
+`;
+  const a = vmOf(plan(config(pf), host, { a: A }), "a");
+  assertEquals(a.errors.map((e) => [e.code, e.devices]), [
+    ["group-contains-host-critical", ["0000:07:00.0"]],
+  ]);
+  assertMatch(
+    a.errors[0]!.message,
+    /0000:07:00\.0 \(its virtual function 0000:07:10\.0 is in use by the host \(default-route: default via eth9\)\)/,
+  );
+  assertEquals(a.changed, false);
+});
