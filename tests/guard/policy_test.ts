@@ -1047,3 +1047,33 @@ Deno.test("policy: a merged IOMMU group's members are judged as the devices are,
     assertEquals(await judged("off"), [0]);
   }, host);
 });
+
+Deno.test("policy: a rule's enforce in a warn VM still refuses its records after a rename, until the VM is applied", async () => {
+  // win11 warns, its rule "gpu" enforces; the config renames "gpu" to "nvidia" (the VM's warn
+  // now) and another VM is applied: win11's record still names "gpu", whose enforce must hold.
+  const before = parseConfig(
+    "version: 1\nvms:\n  win11:\n    guard: warn\n    devices:\n" +
+      "      - { name: gpu, match: { vendor_id: 10de }, guard: enforce }\n",
+    { file: "c.yaml" },
+  );
+  const after = parseConfig(
+    "version: 1\nvms:\n  win11:\n    guard: warn\n    devices:\n" +
+      "      - { name: nvidia, match: { vendor_id: 10de } }\n",
+    { file: "c.yaml" },
+  );
+  await withTree(async (root, state) => {
+    const previous = applied(guardPolicies(before));
+    const kept = keepStricterRulePolicies(guardPolicies(after), {
+      config: after,
+      previous,
+      settled: new Set(),
+      recorded: new Map([["win11", ["gpu"]]]),
+    });
+    recordPolicies(state, bindRecords(kept, { previous, applied: new Map() }));
+    const result = summary(await run(root, state));
+    assertEquals([result.code, result.refusals], [1, [
+      ["0000:0b:00.0", "replaced", "enforce"],
+      ["0000:7f:1f.7", "missing", "warn"],
+    ]]);
+  });
+});
