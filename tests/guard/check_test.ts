@@ -9,6 +9,7 @@ import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { readDeviceAt, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
 import { nvmeDiskXml } from "../helpers/devices.ts";
+import { sriovNic } from "../helpers/sriov.ts";
 
 /** The Z690 host (subsystem IDs everywhere), its boot NVMe mounted and its NIC routing. */
 function z690(): HostDescription {
@@ -675,4 +676,36 @@ Deno.test("checkDomainStart() refuses a card that differs from its record in sub
     summary((await check(domain("vm", [hostdev(GPU.address)], [otherVendor]))).refusals),
     [["replaced", GPU.address]],
   );
+});
+
+Deno.test("checkDomainStart() names the VF another running VM holds before one the host uses, whichever comes first", async () => {
+  // The PF's VF 0 carries the host's default route, VF 1 is in a running guest: that guest's is
+  // the refusal no override lifts, so the reason names it, as the fix does.
+  await using tree = await tempHostTree({ devices: sriovNic("07", 2) });
+  const pf: Rec = {
+    address: "0000:07:00.0",
+    vendor: "8086",
+    device: "10c9",
+    sub: ["8086", "a03c"],
+    klass: "020000",
+    rule: "nic",
+  };
+  const uses: HostUse[] = [
+    { address: "0000:07:10.0", reason: "default-route", detail: "default route via eth9" },
+    { address: "0000:07:10.2", reason: "vm-passed", detail: 'hostdev of running VM "router"' },
+  ];
+  for (const hostUse of [uses, [...uses].reverse()]) {
+    const refusals = checkDomainStart({
+      vm: "desktop",
+      xml: domain("desktop", [hostdev(pf.address)], [pf]),
+      reader: denoFsReader(),
+      root: tree.dir,
+      hostUse: () => hostUse,
+    });
+    assertEquals(summary(refusals), [["busy", pf.address]]);
+    assertMatch(
+      refusals[0]!.reason,
+      /; its virtual function 0000:07:10\.2 is in use \(vm-passed: hostdev of running VM "router"\): unbinding it now would take that VF from the running guest$/,
+    );
+  }
 });
