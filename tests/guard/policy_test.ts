@@ -1077,3 +1077,14 @@ Deno.test("policy: a rule's enforce in a warn VM still refuses its records after
     ]]);
   });
 });
+
+Deno.test("policy: a rule's off does not speak for a record apply did not bind (edited in, or from before binding)", async () => {
+  // The record naming "gpu" was not left by an apply: it is judged as strictly as the VM.
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config(null, "off")));
+    assertEquals(summary(await run(root, state)).refusals, [
+      ["0000:0b:00.0", "replaced", "enforce"],
+      ["0000:7f:1f.7", "missing", "enforce"],
+    ]);
+  });
+});
