@@ -482,3 +482,20 @@ Deno.test("readHostUse(): a disk behind Intel VMD makes the VMD controller the h
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("readHostUse(): a mount with no optional fields (private, as without systemd) or several", async () => {
+  // OpenRC hosts (Alpine) mount privately: no `shared:N` before the separator. A slave mount of
+  // a container runtime lists two.
+  assertEquals(
+    await storageUse({
+      mounts: [
+        "22 1 259:2 / / rw,relatime - ext4 /dev/nvme0n1p2 rw",
+        "40 22 259:5 / /srv rw,relatime shared:7 master:1 - xfs /dev/nvme1n1p1 rw",
+      ],
+    }),
+    [
+      [NVME[0], "mounted-filesystem", "/ on nvme0n1p2"],
+      [NVME[1], "mounted-filesystem", "/srv on nvme1n1p1"],
+    ],
+  );
+});
