@@ -16,7 +16,7 @@ import {
 import { slotOf } from "../lib/pci/address.ts";
 import { baseName, confinedReader, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
-import { libcSysfsReader, libcTreeReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
+import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
 import { keepIgnoredSignals } from "./signals.ts";
 import type { HostRead } from "../lib/apply/recheck.ts";
@@ -32,11 +32,9 @@ export const LIVE_SYSFS = "/sys";
  */
 export function readerFor(root: string): SysfsReader {
   if (isLiveRoot(root)) return libcSysfsReader();
-  // A captured tree is read only inside itself: the kernel keeps reads in (`libcTreeReader`),
-  // and `confinedReader` names the link out that it refuses, or reads where it cannot.
+  // A captured tree is read only inside itself (`confinedReader`).
   try {
-    const confined = confinedReader(libcSysfsReader(), root);
-    return libcTreeReader(root, confined) ?? confined;
+    return confinedReader(libcSysfsReader(), root);
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
       return confinedReader(denoFsReader(), root);

@@ -1,8 +1,7 @@
 /**
  * libc's functions, bound with `Deno.dlopen("libc.so.6")` in one place for the whole tool: the file
  * calls of the sysfs reader (`libc_fs.ts`), `free()` for what libvirt allocates, `getenv`,
- * `getpwuid`, `getuid`, `kill`, `syscall` (for `openat2`), and `getrusage` for the benchmarks.
- * Each is bound on first use, so importing needs nothing.
+ * `getpwuid`, `getuid`, `kill`, and `getrusage` for the benchmarks. Each is bound on first use, so importing needs nothing.
  *
  * @module
  */
@@ -21,15 +20,10 @@ const SIGNATURES = {
   readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
   // DIR *opendir(const char *name);
   opendir: { parameters: ["buffer"], result: "pointer" },
-  // DIR *fdopendir(int fd);
-  fdopendir: { parameters: ["i32"], result: "pointer" },
   // struct dirent *readdir(DIR *dirp);
   readdir: { parameters: ["pointer"], result: "pointer" },
   // int closedir(DIR *dirp);
   closedir: { parameters: ["pointer"], result: "i32" },
-  // long syscall(long number, ...); bound for openat2(2), which glibc does not wrap:
-  // (SYS_openat2, int dirfd, const char *path, struct open_how *how, size_t size).
-  syscall: { parameters: ["i64", "i64", "buffer", "buffer", "usize"], result: "isize" },
   // int *__errno_location(void);
   __errno_location: { parameters: [], result: "pointer" },
   // ssize_t getxattr(const char *path, const char *name, void *value, size_t size);
@@ -73,7 +67,6 @@ export const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 
 const GROUPS: readonly (readonly Name[])[] = [
   ["__errno_location", "openat", "read", "pread", "close", "readlinkat"],
   ["opendir", "readdir", "closedir"],
-  ["syscall", "fdopendir"],
 ];
 
 /**

@@ -3,8 +3,6 @@
  * `readdir`/`closedir`/`statx`, bound with `Deno.dlopen("libc.so.6")`. Deno 2.x refuses
  * `Deno.readFile` under `/sys` and `/proc` without `--allow-all` (denoland/deno#27564); going
  * through libc needs only `--allow-ffi`, so the documented permission set can read the real host.
- * A captured tree's files are opened with `openat2` (through `syscall`) beneath the tree's root,
- * its directories listed through `fdopendir`.
  * Also `getxattr` (a file's SELinux label) and `kill` (`Deno.kill` needs an unrestricted
  * `--allow-run`).
  *
@@ -21,15 +19,6 @@ const O_CLOEXEC = 0o2000000;
 const O_NONBLOCK = 0o4000;
 /** How every file is opened. */
 const FILE_FLAGS = O_RDONLY | O_NONBLOCK | O_CLOEXEC;
-const O_DIRECTORY = 0o200000;
-const O_NOFOLLOW = 0o400000;
-const O_PATH = 0o10000000;
-/** `SYS_openat2`: the same number on x86_64 and aarch64 (Linux 5.6). */
-const SYS_OPENAT2 = 437n;
-/** `sizeof(struct open_how)`: flags, mode, resolve, each a u64. */
-const OPEN_HOW_SIZE = 24n;
-/** openat2's `RESOLVE_BENEATH`: every step of the walk stays under `dirfd`, or it fails (EXDEV). */
-const RESOLVE_BENEATH = 0x08;
 /** `dirfd` meaning "relative to the working directory" (absolute paths ignore it anyway). */
 const AT_FDCWD = -100;
 /** `struct dirent` on x86_64/aarch64 glibc: d_ino@0, d_off@8, d_reclen@16, d_type@18, d_name@19. */
@@ -120,104 +109,6 @@ export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsRead
   };
 }
 
-/** openat2's `struct open_how` (flags, mode, resolve: three u64), and the flags alone. */
-interface OpenHow {
-  flags: number;
-  struct: Uint8Array;
-}
-
-function openHow(flags: number, resolve: number): OpenHow {
-  return {
-    flags,
-    struct: new Uint8Array(new BigUint64Array([BigInt(flags), 0n, BigInt(resolve)]).buffer),
-  };
-}
-
-const FILE_HOW = openHow(FILE_FLAGS, RESOLVE_BENEATH);
-const DIRECTORY_HOW = openHow(O_RDONLY | O_DIRECTORY | O_CLOEXEC, RESOLVE_BENEATH);
-const LINK_HOW = openHow(O_PATH | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH);
-const ROOT_HOW = openHow(O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
-/** The empty C string: with a descriptor of `O_PATH`, `readlinkat` reads that link itself. */
-const EMPTY_PATH = new Uint8Array(1);
-
-/** `openat2(dirfd, path, how)`: a descriptor, or -1 with errno set (ENOSYS before Linux 5.6). */
-function openat2(
-  lib: ReturnType<typeof libc>,
-  dirfd: number,
-  path: Uint8Array,
-  how: OpenHow,
-): number {
-  return Number(lib.syscall(SYS_OPENAT2, BigInt(dirfd), path, how.struct, OPEN_HOW_SIZE));
-}
-
-/** Closes a tree reader's root descriptor once nothing can read through it. */
-const rootClosing = new FinalizationRegistry<number>((fd) => libc().close(fd));
-
-/**
- * A `SysfsReader` for the captured tree at `root` that the kernel keeps inside it: each path
- * under `root` is opened with openat2(2) and `RESOLVE_BENEATH` relative to a descriptor of the
- * root, so a link or `..` that would leave it fails in the kernel, with no link read per path.
- * What the kernel refuses (EXDEV: a step out, or any absolute link, even one back into the tree;
- * ELOOP), what fails otherwise, and paths elsewhere are read through `outside` instead, the
- * tree's `confinedReader` (`lib/host/sysfs.ts`), which names the link that leads out, reads what
- * stays in, or says why the read failed. `null` where openat2 is missing (before Linux 5.6, or
- * refused by a seccomp filter) or the root cannot be opened: `outside` is the reader then.
- *
- * @example
- * ```ts
- * import { assertEquals, assertThrows } from "../tests/helpers/assert.ts";
- * import { confinedReader } from "../lib/host/sysfs.ts";
- * const dir = Deno.makeTempDirSync();
- * Deno.writeTextFileSync(`${dir}/vendor`, "0x10de\n");
- * Deno.symlinkSync("/etc/passwd", `${dir}/uevent`);
- * const reader = libcTreeReader(dir, confinedReader(libcSysfsReader(), dir))!;
- * assertEquals(reader.readText(`${dir}/vendor`), "0x10de\n");
- * assertThrows(() => reader.readText(`${dir}/uevent`), /leads to "\/etc\/passwd", outside/);
- * assertEquals(reader.readLink(`${dir}/uevent`), "/etc/passwd");
- * Deno.removeSync(dir, { recursive: true });
- * ```
- */
-export function libcTreeReader(root: string, outside: SysfsReader): SysfsReader | null {
-  const top = root.replace(/(.)\/+$/, "$1");
-  if (top === "/" || top.includes("\0")) return null;
-  const lib = libc();
-  const fd = openat2(lib, AT_FDCWD, new TextEncoder().encode(`${top}\0`), ROOT_HOW);
-  if (fd < 0) return null;
-  const prefix = `${top}/`;
-  const beneath = new LibcReader(lib, { fd, prefix: prefix.length });
-  rootClosing.register(beneath, fd);
-  const read = <T>(path: string, inTree: (path: string) => T, elsewhere: () => T): T => {
-    // Not under the root (or the root itself), or a path the kernel would take as absolute.
-    if (
-      !path.startsWith(prefix) || path.length === prefix.length || path[prefix.length] === "/" ||
-      path.includes("\0")
-    ) return elsewhere();
-    try {
-      return inTree(path);
-    } catch (error) {
-      if (error instanceof LibcFsError) return elsewhere();
-      throw error;
-    }
-  };
-  const reader: SysfsReader = {
-    listDir: (path) => read(path, (p) => beneath.listDir(p), () => outside.listDir(path)),
-    readText: (path) => read(path, (p) => beneath.readText(p), () => outside.readText(path)),
-    readBytes: (path, maxBytes) =>
-      read(path, (p) => beneath.readBytes(p, maxBytes), () => outside.readBytes(path, maxBytes)),
-    readLink: (path) => read(path, (p) => beneath.readLink(p), () => outside.readLink(path)),
-    openFile: (path) => read(path, (p) => beneath.openFile(p), () => outside.openFile(path)),
-  };
-  if (outside.listEntries !== undefined) {
-    reader.listEntries = (path) =>
-      read(path, (p) => beneath.listEntries(p), () => outside.listEntries!(path));
-  }
-  // Rare (a captured process's `fd/N` links): read as `outside` reads it.
-  if (outside.deviceNumber !== undefined) {
-    reader.deviceNumber = (path) => outside.deviceNumber!(path);
-  }
-  return reader;
-}
-
 /** How often a call that failed with a {@link TRANSIENT_ERRNO} is tried again. */
 const RETRIES = 8;
 
@@ -232,19 +123,13 @@ class LibcReader {
   #buffer = new Uint8Array(16384);
   readonly #linkBuffer = new Uint8Array(4096);
   #pathBuffer = new Uint8Array(4096);
-  /**
-   * The tree's root ({@link libcTreeReader}): its descriptor, which paths are opened beneath, and
-   * the length of the `ROOT/` that starts each path; or `null`.
-   */
-  readonly #root: { fd: number; prefix: number } | null;
   // errno is read after the call returns; a signal handler running in between (Deno's SIGCHLD
   // handling while lspci runs) can leave EAGAIN or EINTR there. Those never mean "missing" for
   // open/read/readlink on files, so the call is simply repeated.
   #lastErrno = 0;
 
-  constructor(lib: ReturnType<typeof libc>, root: { fd: number; prefix: number } | null = null) {
+  constructor(lib: ReturnType<typeof libc>) {
     this.#lib = lib;
-    this.#root = root;
   }
 
   listDir(path: string): string[] | null {
@@ -271,20 +156,11 @@ class LibcReader {
   }
 
   readLink(path: string): string | null {
-    // Beneath a root, the link itself is opened (its directories resolved by the kernel, the
-    // link not followed) and read through its descriptor: the empty path names the fd itself.
-    const fd = this.#root === null ? AT_FDCWD : this.#openFd(path, LINK_HOW);
-    if (fd === -1) return this.#fail("open", path);
-    try {
-      const name = fd === AT_FDCWD ? this.#cString(path) : EMPTY_PATH;
-      const size = BigInt(this.#linkBuffer.length);
-      for (let attempt = 0;; attempt++) {
-        const n = Number(this.#lib.readlinkat(fd, name, this.#linkBuffer, size));
-        if (n >= 0) return this.#decoder.decode(this.#linkBuffer.subarray(0, n));
-        if (!this.#retry(attempt)) return this.#fail("read link", path);
-      }
-    } finally {
-      if (fd !== AT_FDCWD) this.#lib.close(fd);
+    const size = BigInt(this.#linkBuffer.length);
+    for (let attempt = 0;; attempt++) {
+      const n = Number(this.#lib.readlinkat(AT_FDCWD, this.#cString(path), this.#linkBuffer, size));
+      if (n >= 0) return this.#decoder.decode(this.#linkBuffer.subarray(0, n));
+      if (!this.#retry(attempt)) return this.#fail("read link", path);
     }
   }
 
@@ -347,12 +223,9 @@ class LibcReader {
     return this.#pathBuffer;
   }
 
-  /** `path` opened as `how` says (beneath the root, if any), or -1 (see the errno). */
-  #openFd(path: string, how = FILE_HOW): number {
+  #openFd(path: string): number {
     for (let attempt = 0;; attempt++) {
-      const fd = this.#root === null
-        ? this.#lib.openat(AT_FDCWD, this.#cString(path), how.flags)
-        : openat2(this.#lib, this.#root.fd, this.#cString(path.slice(this.#root.prefix)), how);
+      const fd = this.#lib.openat(AT_FDCWD, this.#cString(path), FILE_FLAGS);
       if (fd >= 0 || !this.#retry(attempt)) return fd;
     }
   }
@@ -394,28 +267,12 @@ class LibcReader {
     }
   }
 
-  /** `opendir(path)`, or beneath the root `fdopendir` of it opened as a directory. */
-  #openDirectory(path: string): Deno.PointerValue {
-    if (this.#root === null) {
-      let dir = this.#lib.opendir(this.#cString(path));
-      for (let attempt = 0; dir === null && this.#retry(attempt); attempt++) {
-        dir = this.#lib.opendir(this.#cString(path));
-      }
-      return dir;
-    }
-    const fd = this.#openFd(path, DIRECTORY_HOW);
-    if (fd === -1) return null;
-    const dir = this.#lib.fdopendir(fd);
-    if (dir === null) {
-      this.#lastErrno = errno();
-      this.#lib.close(fd);
-    }
-    return dir;
-  }
-
   /** Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing. */
   #readDirectory(path: string, each: (name: string, type: number) => void): boolean {
-    const dir = this.#openDirectory(path);
+    let dir = this.#lib.opendir(this.#cString(path));
+    for (let attempt = 0; dir === null && this.#retry(attempt); attempt++) {
+      dir = this.#lib.opendir(this.#cString(path));
+    }
     if (dir === null) return this.#fail("open directory", path) ?? false;
     try {
       for (;;) {
