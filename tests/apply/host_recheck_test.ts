@@ -512,7 +512,7 @@ Deno.test("applyPlan() --live without the start guard's policies does not say th
   // passes that is gone, another one, ...)", the policy taken for "enforce".
   assertOk(
     error.includes(
-      `as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs: it does not read IOMMU groups): run`,
+      `as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver): run`,
     ),
     error,
   );
