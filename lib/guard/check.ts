@@ -375,6 +375,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
+    ...groups.unnamed.map((reason) => unreadableRefusal(vm, reason)),
     ...groups.unlisted.map(({ group, of }) =>
       unreadableRefusal(
         vm,
@@ -399,12 +400,21 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
  */
 function readGroupMates(input: GuardCheckInput, passed: readonly Passed[]) {
   const { reader, root } = input;
-  return groupMates(passed.map((p) => p.address), {
+  // A link that names no group fails closed: read as none, its group's members would go unjudged.
+  const unnamed: string[] = [];
+  const found = groupMates(passed.map((p) => p.address), {
     group: (address) => {
       const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
+      if (link === null) return null;
       // As parseGroupNumber reads it; iommu_groups.ts (discovery's) is not loaded at every start.
-      const name = link === null ? "" : baseName(link);
-      return /^(0|[1-9][0-9]{0,9})$/.test(name) && Number(name) <= 0x7fffffff ? Number(name) : null;
+      const name = baseName(link);
+      if (/^(0|[1-9][0-9]{0,9})$/.test(name) && Number(name) <= 0x7fffffff) return Number(name);
+      unnamed.push(
+        `${address}'s iommu_group link names ${
+          JSON.stringify(name)
+        }, not an IOMMU group number, so what else VFIO would hand the guest is unknown`,
+      );
+      return null;
     },
     // Sorted: a listing's order is the file system's, and the refusals follow it.
     members: (group) =>
@@ -412,6 +422,7 @@ function readGroupMates(input: GuardCheckInput, passed: readonly Passed[]) {
     device: (address) =>
       readDeviceAt(reader, root, address, { details: false, physfn: false, configSpace: false }),
   });
+  return { ...found, unnamed };
 }
 
 /**

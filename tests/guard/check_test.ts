@@ -662,6 +662,26 @@ Deno.test("checkDomainStart() fails closed on a passed device's group whose list
   assertMatch(refusals[0]!.reason, /members of IOMMU group 21 of 0000:03:00\.0 cannot be read/);
 });
 
+Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group link names no group", async () => {
+  // Its group 21 merged with the default route's NIC, which the link no longer lets be found.
+  await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
+  const link = `${tree.dir}/bus/pci/devices/${GPU.address}/iommu_group`;
+  const target = Deno.readLinkSync(link);
+  Deno.removeSync(link);
+  Deno.symlinkSync(target.replace(/21$/, "twenty-one"), link);
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+  });
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /0000:03:00\.0's iommu_group link names "twenty-one", not an IOMMU group number/,
+  );
+});
 Deno.test("checkDomainStart() refuses a card that differs from its record in subsystem device or vendor ID alone", async () => {
   // Two models one maker builds on one chip (a TUF and a Strix RX 6600) share the vendor, device
   // and subsystem vendor IDs: only the subsystem device ID says which card sits there now.
