@@ -338,9 +338,13 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...p,
     device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
   }));
-  const groups = readGroupMates(input, facts.passed);
+  const groups = readGroupMates(input, facts.passed.map((p) => p.address));
+  // Whichever entry libvirt hands the guest, VFIO hands it that entry's group along.
+  const poolGroups = readGroupMates(input, pooled.map((p) => p.address));
+  const passedHere = new Set(facts.passed.map((p) => p.address));
+  const poolMates = poolGroups.mates.filter((m) => !passedHere.has(m.device.address));
   const devices = new Map<PciAddress, PciDevice>();
-  for (const { device } of [...found, ...pooled, ...groups.mates]) {
+  for (const { device } of [...found, ...pooled, ...groups.mates, ...poolMates]) {
     if (device) devices.set(device.address, device);
   }
   // A PF's VFs go when it leaves its driver: what the host or another VM uses on them counts.
@@ -375,14 +379,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
-    ...groups.unnamed.map((reason) => unreadableRefusal(vm, reason)),
-    ...groups.unlisted.map(({ group, of }) =>
-      unreadableRefusal(
-        vm,
-        `the members of IOMMU group ${group} of ${of} cannot be read ` +
-          `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`,
-      )
-    ),
+    ...[groups, poolGroups].flatMap((g) => unreadableGroups(vm, g)),
     ...groups.mates.flatMap((mate) =>
       groupRefusal(mate, {
         vm,
@@ -390,6 +387,15 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
         hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
       })
     ),
+    ...poolMates.flatMap((mate) => {
+      const { network, device } = pooled.find((p) => p.address === mate.of)!;
+      const entry = { address: mate.of, element: "network" as const, device, recorded: null };
+      return groupRefusal(mate, {
+        vm,
+        passed: { ...entry, vf: undefined, network },
+        hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
+      });
+    }),
   ];
 }
 
@@ -398,11 +404,11 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
  * along: read from each address's `iommu_group` link and its group's listing, and each member's
  * identity and driver alone (its `uevent`).
  */
-function readGroupMates(input: GuardCheckInput, passed: readonly Passed[]) {
+function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
   const { reader, root } = input;
   // A link that names no group fails closed: read as none, its group's members would go unjudged.
   const unnamed: string[] = [];
-  const found = groupMates(passed.map((p) => p.address), {
+  const found = groupMates(passed, {
     group: (address) => {
       const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
       if (link === null) return null;
@@ -425,24 +431,45 @@ function readGroupMates(input: GuardCheckInput, passed: readonly Passed[]) {
   return { ...found, unnamed };
 }
 
+/** The refusals for the groups {@link readGroupMates} could not read: each fails closed. */
+function unreadableGroups(vm: string, read: ReturnType<typeof readGroupMates>): GuardRefusal[] {
+  return [
+    ...read.unnamed.map((reason) => unreadableRefusal(vm, reason)),
+    ...read.unlisted.map(({ group, of }) =>
+      unreadableRefusal(
+        vm,
+        `the members of IOMMU group ${group} of ${of} cannot be read ` +
+          `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`,
+      )
+    ),
+  ];
+}
+
 /**
  * The refusal for a member of a passed device's IOMMU group that the domain does not pass, as
  * `plan` judges a group's members (`group-contains-host-critical`, `group-not-viable`): on a host
  * driver, the start fails ("group N is not viable"), and unbinding it would take from the host
  * what it needs, if it does (`not-viable`); unbound or on vfio-pci, the guest takes it along,
  * refused where the host needs it (`host-needs`, which the recording rule's
- * `allow_host_critical` lifts). None for an unbound member the host does not need.
+ * `allow_host_critical` lifts). None for an unbound member the host does not need. For an entry
+ * of a hostdev network's pool (`network`), the network's fix.
  */
 function groupRefusal(
   { device: member, of, group }: GroupMate,
-  { vm, passed, hostNeeds }: { vm: string; passed: PassedDevice; hostNeeds: string | null },
+  { vm, passed, hostNeeds }: {
+    vm: string;
+    passed: PassedDevice & { network?: string };
+    hostNeeds: string | null;
+  },
 ): GuardRefusal[] {
   const bound = member.driver !== null && !VFIO_DRIVERS.has(member.driver);
   if (!bound && hostNeeds === null) return [];
   const owner = passed.recorded ?? passed.vf?.pf ?? null;
-  const holds = `${
-    elementWords(passed.element)
-  } ${of}'s IOMMU group ${group} also holds ${member.address}, ${
+  const { network } = passed;
+  const entry = network === undefined
+    ? `${elementWords(passed.element)} ${of}'s`
+    : `hostdev network ${JSON.stringify(network)} lists ${of}, whose`;
+  const holds = `${entry} IOMMU group ${group} also holds ${member.address}, ${
     describeIdentity({ ...member, driver: member.driver ?? "none" })
   }, which ${JSON.stringify(vm)} does not pass`;
   const needs = hostNeeds === null ? "" : `; the host needs it: ${hostNeeds}`;
@@ -452,23 +479,31 @@ function groupRefusal(
     } names, so its start fails ("group ${group} is not viable") until it is unbound or on ` +
       `vfio-pci${hostNeeds === null ? "" : ", which takes from the host what it needs"}`
     : `: VFIO hands the guest the whole group${
-      owner === null
+      network !== undefined
+        ? ""
+        : owner === null
         ? "; hand-added, so no allow_host_critical lets it start"
         : hostNeedsOverride(owner.rule)
     }`;
+  const pool = network === undefined
+    ? ""
+    : "; libvirt may hand any free entry of the pool to this VM";
   return [{
     vm,
     kind: bound ? "not-viable" : "host-needs",
     address: of,
     element: passed.element,
+    ...(network === undefined ? {} : { network }),
     now: passed.device === null ? null : now(passed.device, passed.recorded),
     recorded: owner,
     hostNeeds: hostNeeds === null
       ? null
       : `its IOMMU group ${group} also holds ${member.address}: ${hostNeeds}`,
     group: { number: group, member: member.address, driver: member.driver },
-    reason: `${holds}${needs}${outcome}`,
-    fix: owner === null
+    reason: `${holds}${needs}${outcome}${pool}`,
+    fix: network !== undefined
+      ? networkFixCommand(network)
+      : owner === null
       ? `remove the hostdev with virsh edit ${shellWord(vm)}, or give ${of} an IOMMU group ` +
         "of its own again (the firmware's ACS or the kernel command line)"
       : `${fixCommand(vm)} (it judges the group as it is now), then passthrough apply ${

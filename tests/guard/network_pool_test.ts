@@ -266,3 +266,34 @@ Deno.test("guard: on the live host, a pool VF that carries the host's default ro
     /lists 0000:40:10\.2, which holds 8086:10ca \(.*\) now; the host needs it: in use by the host \(default-route: default route via enp64s0v1\)/,
   );
 });
+
+Deno.test("guard: a pool entry whose IOMMU group now holds a function the host needs refuses the start", async () => {
+  // The first VF's group 30 merged with the unbound NVMe drive at 06:00.0 (an ACS change): VFIO
+  // would hand it to the guest along with that VF.
+  const merged = host();
+  for (const d of merged.devices) {
+    if (d.bdf === "0000:06:00.0") Object.assign(d, { group: 30, driver: null });
+  }
+  await using tree = await tempHostTree(merged);
+  const reader: SysfsReader = denoFsReader();
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]),
+    reader,
+    root: tree.dir,
+    hostUse: (devices) => readHostUse(reader, { root: tree.dir, live: false, devices }),
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(summary(refusals), [["host-needs", VFS[0]!, "sriov"]]);
+  assertEquals(refusals[0]!.group, { number: 30, member: "0000:06:00.0", driver: null });
+  assertMatch(
+    formatRefusal(refusals[0]!),
+    new RegExp(
+      String.raw`refusing to start "router": hostdev network "sriov" lists 0000:40:10\.0, whose ` +
+        String.raw`IOMMU group 30 also holds 0000:06:00\.0, 144d:a808 \(.*driver none\), which ` +
+        String.raw`"router" does not pass; the host needs it: storage controller in another ` +
+        String.raw`slot: VFIO hands the guest the whole group; libvirt may hand any free entry ` +
+        String.raw`of the pool to this VM; fix: correct the pool \(virsh net-edit sriov\)`,
+    ),
+  );
+});
