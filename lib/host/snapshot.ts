@@ -287,12 +287,12 @@ function writeDevice(
   const to = `${devicesDir}/${device.address}`;
   // Where sysfs keeps the device, below the PCI functions it hangs under, which discovery reads
   // from the entry's link (a VMD controller above an NVMe drive); a directory where it has none.
-  const place = devicePlace(reader.readLink(from), device.address);
+  // A place through a link written before (another device's `virtfn0` to `../..`) would put the
+  // device elsewhere, its links' `../` counted from the wrong depth, and files outside `out`.
+  let place = devicePlace(reader.readLink(from), device.address);
+  if (place !== null && !makeDirectoriesBelow(out, place)) place = null;
   if (place === null) Deno.mkdirSync(to);
-  else {
-    Deno.mkdirSync(`${out}/${place}`, { recursive: true });
-    Deno.symlinkSync(`../../../${place}`, to);
-  }
+  else Deno.symlinkSync(`../../../${place}`, to);
   // The links below lead from where the directory is, as the kernel's do.
   const up = "../".repeat((place ?? "bus/pci/devices/x").split("/").length);
   let uevent = false;
@@ -360,6 +360,25 @@ function devicePlace(link: string | null, address: PciAddress): string | null {
     /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part)
   );
   return plain && place!.endsWith(`/${address}`) ? place! : null;
+}
+
+/**
+ * Makes the directories of `path` below `out`, as `mkdir -p` does but through no link or file: a
+ * snapshot's links lead anywhere in it, so a directory made through one is not where `path` says.
+ * `false` (and nothing more made) at the first part that is not a directory of its own.
+ */
+function makeDirectoriesBelow(out: string, path: string): boolean {
+  let at = out;
+  for (const part of path.split("/")) {
+    at = `${at}/${part}`;
+    try {
+      if (!Deno.lstatSync(at).isDirectory) return false;
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      Deno.mkdirSync(at);
+    }
+  }
+  return true;
 }
 
 /**

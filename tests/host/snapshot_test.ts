@@ -766,3 +766,45 @@ Deno.test("writeSnapshot() lays devices out as sysfs does: a plan of the snapsho
     [[[6], ["10000:e0:06.0"]], [[6], ["10000:e1:00.0"]]],
   );
 });
+
+Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose devices' links lead through another's virtfn link", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-" });
+  const out = `${dir}/a/tree`;
+  try {
+    buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), root);
+    nestDevices(root, (address) => `pci0000:00/${address}`);
+    // A hostile tree: each of the first devices has a `virtfn0` to `..`, and the next one's entry
+    // leads through it, which in the tree is its own directory beside the others. In the
+    // snapshot each such link climbed two levels from one level higher than the last.
+    const chain = [...Deno.readDirSync(`${root}/bus/pci/devices`)].map((e) => e.name).sort()
+      .slice(0, 5);
+    let place = `devices/pci0000:00/${chain[0]}`;
+    for (const [i, address] of chain.slice(1).entries()) {
+      Deno.symlinkSync("..", `${root}/devices/pci0000:00/${chain[i]}/virtfn0`);
+      place = `${place}/virtfn0/${address}`;
+      Deno.removeSync(`${root}/bus/pci/devices/${address}`);
+      Deno.symlinkSync(`../../../${place}`, `${root}/bus/pci/devices/${address}`);
+    }
+    const before = await discoverHost({ root, lspci: null });
+    Deno.mkdirSync(`${dir}/a`);
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    // The last device's files were written in a/, beside OUT.
+    const outside: string[] = [];
+    const walk = (at: string) => {
+      for (const entry of Deno.readDirSync(at)) {
+        const path = `${at}/${entry.name}`;
+        if (path === out) continue;
+        outside.push(path.slice(dir.length + 1));
+        if (entry.isDirectory) walk(path);
+      }
+    };
+    walk(dir);
+    assertEquals(outside, ["a"]);
+    const after = await discoverHost({ root: out, lspci: null });
+    assertEquals(after.devices.map((d) => d.address), before.devices.map((d) => d.address));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
