@@ -151,7 +151,7 @@ export function settleGroups(
       );
     }
   }
-  flagGroupless(devices, evidence, flag);
+  flagGroupless(devices, evidence, listedIn, flag);
   return problems.sort((a, b) =>
     (a.groups[0] ?? -1) - (b.groups[0] ?? -1) ||
     comparePciAddress(a.devices[0] ?? "", b.devices[0] ?? "") || a.detail.localeCompare(b.detail)
@@ -196,6 +196,7 @@ function readListings(
 function flagGroupless(
   devices: readonly PciDevice[],
   evidence: GroupEvidence,
+  listedIn: ReadonlyMap<PciAddress, readonly number[]>,
   flag: Flag,
 ): void {
   if (!devices.some((d) => d.iommuGroup !== null) && evidence.listings.size === 0) return;
@@ -209,12 +210,21 @@ function flagGroupless(
     flag(
       [...mates.map((d) => d.iommuGroup), ancestor === undefined ? null : groupOf.get(ancestor)!],
       [device.address],
-      `${device.address} has no IOMMU group on a host that has groups (no iommu_group link, and no kernel/iommu_groups/N/devices lists it): ${
+      `${device.address} has no IOMMU group on a host that has groups (${
+        groupless(evidence.links.get(device.address) ?? null, listedIn.get(device.address) ?? [])
+      }): ${
         vmdDomainNote(device.address, ancestors) ??
           "VFIO cannot assign it, and the group it belongs to if it should have one (an entry that vanished while discovery read it, a damaged tree) is unknown"
       }`,
     );
   }
+}
+
+/** Why the evidence gives a device no group: its link names none, several listings, or nothing. */
+function groupless(link: string | null, listed: readonly number[]): string {
+  if (link !== null) return "its iommu_group link names no group number";
+  if (listed.length > 1) return "more than one kernel/iommu_groups/N/devices lists it";
+  return "no iommu_group link, and no kernel/iommu_groups/N/devices lists it";
 }
 
 /**

@@ -306,6 +306,33 @@ Deno.test("each disagreement says what it is: a link naming no group number, a g
   assertEquals(badName, [[[AUDIO], "kernel/iommu_groups/abc is not a group number"]]);
 });
 
+Deno.test("a device left without a group says why: its link names no number, or two listings name it", async () => {
+  const groupless = async (damage: (root: string) => void) => {
+    await using tree = await demoTree();
+    damage(tree.sysfs);
+    const host = await discoverHost({ root: tree.sysfs, lspci: null });
+    return host.groupInconsistencies.map((p) => p.detail).filter((d) =>
+      d.includes("no IOMMU group")
+    )
+      .map((d) => d.slice(0, d.indexOf(":", d.indexOf("(")) + 1));
+  };
+  const has = `${AUDIO} has no IOMMU group on a host that has groups`;
+  // Group 26 lists it: it was said to have no link and no listing.
+  assertEquals(await groupless((root) => relink(root, AUDIO, "twenty-six")), [
+    `${has} (its iommu_group link names no group number):`,
+  ]);
+  assertEquals(
+    await groupless((root) => {
+      Deno.removeSync(`${devices(root)}/${AUDIO}/iommu_group`);
+      Deno.symlinkSync(
+        Deno.readLinkSync(`${listing(root, 26)}/${AUDIO}`),
+        `${listing(root, 59)}/${AUDIO}`,
+      );
+    }),
+    [`${has} (more than one kernel/iommu_groups/N/devices lists it):`],
+  );
+});
+
 Deno.test("a tree with iommu_group links and no kernel/iommu_groups listings takes the links' groups", async () => {
   await using tree = await demoTree();
   Deno.removeSync(`${tree.sysfs}/kernel/iommu_groups`, { recursive: true });
