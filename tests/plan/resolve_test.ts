@@ -21,6 +21,7 @@ import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import { sriovHost } from "../helpers/plan_world.ts";
 import { resolveConfig } from "../../lib/plan/resolve.ts";
+import { loadFixtureHost } from "../helpers/hosts.ts";
 
 Deno.test("planHostdevs() refuses everything on a host without IOMMU groups", async () => {
   const flat = topologyFromDescription(
@@ -263,4 +264,28 @@ Deno.test("planHostdevs(): the key that keeps the VM's NIC is its serial when on
       /; "win10" holds 0000:05:00\.0 now: add serial: "a0-36-9f-ff-ff-00-00-01" to the rule to keep it$/,
     );
   });
+});
+
+Deno.test("resolveConfig() on the Z690 host passes its VMD controller without the drive behind it in its group", () => {
+  // The drive goes with the controller (the domain leaves the host with the vmd driver): taken
+  // as a group mate, it was a hostdev of its own and the VM was refused as taking a storage
+  // controller the host needs.
+  const z690 = loadFixtureHost("z690-asus-adl");
+  const samsung = z690.devices.find((d) => d.bdf === "0000:06:00.0")!;
+  const topology = topologyFromDescription(
+    { ...z690, devices: [...z690.devices, { ...samsung, bdf: "10000:e1:00.0", group: 6 }] },
+    { source: "z690 with a drive behind VMD" },
+  );
+  const cfg = config(`  vm1:
+    devices:
+      - name: vmd
+        match: { vendor_device_id: "8086:467f" }
+`);
+  const vm = resolveConfig(cfg, topology).get("vm1")!;
+  assertEquals([vm.errors, vm.closure.devices.map((d) => d.device.address)], [[], [
+    "0000:00:0e.0",
+  ]]);
+  assertEquals(vm.closure.reasoning.filter((r) => r.includes("10000:e1:00.0")), [
+    "Group 6: left out 10000:e1:00.0, behind Intel VMD: VFIO cannot assign it apart from the VMD controller, which takes its whole domain",
+  ]);
 });

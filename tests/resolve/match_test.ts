@@ -579,3 +579,28 @@ Deno.test("resolveRule() of dual-port NICs with a serial on function 0 alone nam
   );
   assertEquals([one.issue, one.units.map((u) => u.group)], [null, [15]]);
 });
+
+/** The Z690 host with a Samsung drive behind its Intel VMD controller (0000:00:0e.0). */
+function z690WithVmdDrive(group: number): HostTopology {
+  const z690 = loadFixtureHost("z690-asus-adl");
+  const samsung = z690.devices.find((d) => d.bdf === "0000:06:00.0")!;
+  return topologyFromDescription(
+    { ...z690, devices: [...z690.devices, { ...samsung, bdf: "10000:e1:00.0", group }] },
+    { source: "z690 with a drive behind VMD" },
+  );
+}
+
+Deno.test("resolveRule() on the Z690 host takes the drive outside Intel VMD, never its twin behind it", () => {
+  // The same Samsung model at 06:00.0 and behind VMD: counted, the one behind VMD made the rule
+  // ambiguous, and taken alone it is a hostdev VFIO cannot assign apart from the controller.
+  const host = z690WithVmdDrive(30);
+  const model = resolveRule(rule('match: { vendor_device_id: "144d:a808" }'), host);
+  assertEquals([model.issue, model.devices.map((d) => d.address)], [null, ["0000:06:00.0"]]);
+  const behind = resolveRule(rule('match: { address: "10000:e1:00.0" }'), host);
+  assertEquals([behind.issue?.code, behind.devices], ["no-match", []]);
+  assertMatch(
+    behind.issue?.message ?? "",
+    /: 10000:e1:00\.0 is behind an Intel VMD controller \(PCI domain 10000, .*, which takes its whole domain \(0000:00:0e\.0\)$/,
+  );
+  assertEquals(deviceMatches(host.devices.find((d) => d.address === "10000:e1:00.0")!, {}), false);
+});
