@@ -56,7 +56,7 @@ import { openStateDir, type StateDir } from "../state/state_dir.ts";
 import { passwordsOnOneLine, redactSecrets } from "../domain/secrets.ts";
 import { readWorld, type World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
-import { type StartGuard, startGuardDoes } from "../plan/issues.ts";
+import { ruleStartGuard, type StartGuard, startGuardDoes } from "../plan/issues.ts";
 import {
   hardwareSincePlan,
   heldSincePlan,
@@ -421,6 +421,8 @@ interface PendingLive {
   changed: () => string[];
   /** The start guard at the VM's next start; `null`: its policies were not given. */
   start: StartGuard | null;
+  /** The rules whose devices the attach takes, each judged by its own policy at that start. */
+  rules: string[];
   /** Hostdevs and `vf:` interfaces, each by its host address and element text. */
   detach: Pick<DomainHostdev, "address" | "xml">[];
   attach: Pick<DomainHostdev, "address" | "xml">[];
@@ -887,7 +889,7 @@ function runLive(
         live.refused = true;
         live.errors.push(
           `Not attached: ${why.detail}: its definition holds them even so, and its next start would take them as they are now (${
-            nextStart(item.start)
+            nextStart(item.start, item.rules)
           }): run "${
             followUpCommand(run, "passthrough rollback", { value: item.result.vm })
           }" to restore the definition it had, or the plan again`,
@@ -938,24 +940,46 @@ function runLive(
  * What the start guard does at the next start of a VM whose devices changed since its plan
  * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard judges
  * a group's other functions only where the host needs one or one is on a host driver: an unbound
- * function that joined a group is no refusal of its. `null`: the policies are not known (a
+ * function that joined a group is no refusal of its. It judges each device by its rule's policy:
+ * `rules` that differ in what it does are named each. `null`: the policies are not known (a
  * library caller gave none), so what `enforce` does.
  */
-function nextStart(start: StartGuard | null): string {
-  const only = "only for a device it passes that is gone, another one, or one the host needs, " +
-    "or another function of their IOMMU groups that the host needs or that is on a host driver";
+function nextStart(start: StartGuard | null, rules: readonly string[]): string {
   if (start === null) {
-    return `whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it ${only}`;
+    return `whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it ${REFUSED_ONLY}`;
   }
-  return {
-    none: "no start guard is installed to refuse that start",
-    off: `its "guard: off" has the start guard let that start go on`,
-    warn:
-      `its "guard: warn" has the start guard warn and let that start go on, unless the host needs a device`,
-    refuses: `the start guard refuses that start ${only}`,
-    unknown: `where the start guard is installed, it refuses that start ${only}`,
-  }[startGuardDoes(start, false)];
+  const byWhat = new Map<ReturnType<typeof startGuardDoes>, string[]>();
+  for (const rule of rules) {
+    const does = startGuardDoes(ruleStartGuard(start, rule), false);
+    byWhat.set(does, [...byWhat.get(does) ?? [], rule]);
+  }
+  if (byWhat.size <= 1) {
+    return {
+      none: "no start guard is installed to refuse that start",
+      off: `its "guard: off" has the start guard let that start go on`,
+      warn:
+        `its "guard: warn" has the start guard warn and let that start go on, unless the host needs a device`,
+      refuses: `the start guard refuses that start ${REFUSED_ONLY}`,
+      unknown: `where the start guard is installed, it refuses that start ${REFUSED_ONLY}`,
+    }[startGuardDoes(rules.length === 0 ? start : ruleStartGuard(start, rules[0]!), false)];
+  }
+  const each = [...byWhat].map(([does, named]) =>
+    `for rule${named.length === 1 ? "" : "s"} ${named.map((r) => `"${r}"`).join(", ")} ${
+      {
+        none: "no start guard is installed",
+        off: `("guard: off") it lets that start go on`,
+        warn: `("guard: warn") it warns and lets that start go on, unless the host needs a device`,
+        refuses: `it refuses that start ${REFUSED_ONLY}`,
+        unknown: `where it is installed, it refuses that start ${REFUSED_ONLY}`,
+      }[does]
+    }`
+  );
+  return `the start guard judges each device by its rule's "guard:": ${each.join("; ")}`;
 }
+
+/** When the start guard, where it refuses, refuses a start of a VM whose devices changed. */
+const REFUSED_ONLY = "only for a device it passes that is gone, another one, or one the host " +
+  "needs, or another function of their IOMMU groups that the host needs or that is on a host driver";
 
 /** Why a re-check refused an attach: the host's devices `unread`, else changed; in words. */
 interface Refused {
@@ -1459,6 +1483,7 @@ function whenItTakesEffect(
       attach: added,
       changed: () => hardwareChanged(vm, plan, options),
       start: options.startGuard?.(vm.name) ?? null,
+      rules: [...new Set([...vm.add, ...vm.move].map((h) => h.rule))],
     },
   };
 }

@@ -239,6 +239,8 @@ export function unreadLiveWarning(name: string, error: string): PlanIssue {
 export interface StartGuard {
   /** The VM's `guard:` policy. */
   policy: GuardPolicy;
+  /** Each rule's `guard:` by rule name, which judges the devices the rule passes. */
+  rules?: Readonly<Record<string, GuardPolicy>> | undefined;
   /** Whether the guard is installed; absent: unknown, as for a tree captured on another host. */
   hook?: boolean | undefined;
 }
@@ -249,18 +251,20 @@ export function startGuard(context: { guard?: GuardPolicy; guardHook?: boolean }
 }
 
 /**
- * The start guard at `vm`'s start for the devices its rules pass, which the guard judges each by
- * its rule's `guard:`: the laxest of the VM's and its rules' policies, so that no message says
- * the guard refuses a start a rule's policy lets go on.
+ * The start guard at `vm`'s start: its policy, and each rule's, which the guard judges the
+ * devices the rule passes by ({@link ruleStartGuard}).
  */
 export function rulesStartGuard(
-  vm: { guard?: GuardPolicy; rules: readonly { guard: GuardPolicy }[] },
+  vm: { guard?: GuardPolicy; rules: readonly { name: string; guard: GuardPolicy }[] },
   guardHook?: boolean,
 ): StartGuard {
-  const order: readonly GuardPolicy[] = ["enforce", "warn", "off"];
-  const policy = [vm.guard ?? "enforce", ...vm.rules.map((r) => r.guard)]
-    .reduce((a, b) => order.indexOf(a) >= order.indexOf(b) ? a : b);
-  return { policy, hook: guardHook };
+  const rules = Object.fromEntries(vm.rules.map((r) => [r.name, r.guard]));
+  return { policy: vm.guard ?? "enforce", rules, hook: guardHook };
+}
+
+/** The start guard for the devices `rule` passes: its own `guard:`, else the VM's. */
+export function ruleStartGuard(start: StartGuard, rule: string): StartGuard {
+  return { policy: start.rules?.[rule] ?? start.policy, hook: start.hook };
 }
 
 /**

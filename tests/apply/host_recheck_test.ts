@@ -332,6 +332,7 @@ async function applyLive(
   afterDefine: (root: string) => void,
   startGuard?: (vm: string) => StartGuard,
   policies?: GuardPolicyFile,
+  planned = GPU_CONFIG,
 ): Promise<{ report: ApplyReport; attached: string[]; starts: boolean }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-host-recheck-" });
   try {
@@ -340,7 +341,7 @@ async function applyLive(
     const host = await discoverHost({ root, lspci: null });
     const running = domainXml("win10", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e01", "", true);
     return await withPort([running], async (port) => {
-      const plan = planHostdevs({ config: GPU_CONFIG, host, libvirt: port });
+      const plan = planHostdevs({ config: planned, host, libvirt: port });
       const attached: string[] = [];
       // Real libvirt underneath; the host changes just after the define, as while a later VM is
       // asked about, before the hot-plug.
@@ -490,6 +491,41 @@ Deno.test("applyPlan() --live does not say the guard refuses a start its rule's 
   assertMatch(error, /"0000:01:00.0" \(rule "gpu"\) is now another device/);
   assertEquals(starts, true);
   assertOk(!error.includes("the start guard refuses that start"), error);
+});
+
+Deno.test("applyPlan() --live says the guard refuses a start for a rule that enforces beside one that is off", async () => {
+  // win10's gpu rule enforces, its nic rule is "guard: off"; the GPU is replaced after the define.
+  const twoRules = config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:2684", driver: nvidia }
+      - name: nic
+        match: { address: "02:00.0" }
+        guard: off
+`);
+  // In place: the re-check's reader holds the tree's root open.
+  const replaced = (root: string) => {
+    const gpu = `${root}/bus/pci/devices/${GPU.bdf}`;
+    Deno.writeTextFileSync(`${gpu}/device`, "0x2704\n");
+    const uevent = Deno.readTextFileSync(`${gpu}/uevent`);
+    Deno.writeTextFileSync(`${gpu}/uevent`, uevent.replace(/:2684$/im, ":2704"));
+  };
+  const { report, starts } = await applyLive(
+    replaced,
+    () => rulesStartGuard(twoRules.vms[0]!, true),
+    guardPolicies(twoRules),
+    twoRules,
+  );
+  const error = report.vms[0]!.live!.errors[0]!;
+  assertMatch(error, /"0000:01:00.0" \(rule "gpu"\) is now another device/);
+  assertEquals(starts, false);
+  // Before: "(its "guard: off" has the start guard let that start go on)", the laxest rule's.
+  assertOk(
+    error.includes(
+      `as they are now (the start guard judges each device by its rule's "guard:": for rule "gpu" it refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver; for rule "nic" ("guard: off") it lets that start go on): run`,
+    ),
+    error,
+  );
 });
 
 Deno.test("applyPlan() --live without the start guard's policies does not say the guard refuses the start", async () => {
