@@ -160,6 +160,7 @@ async function discover(options: DiscoverOptions): Promise<HostTopology> {
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
   // Before lspci or the reader opens anything: a FIFO or device planted in a tree blocks them.
   if (!live && runner !== null) checkCapturedTree(root, reader);
+  if (!live) checkEntryNames(reader, root);
   // Start lspci first so it runs while sysfs is read.
   const lspciText = runner === null ? Promise.resolve(null) : runner(lspciArgs(root));
   // If sysfs fails first, lspci's own failure must not surface as an unhandled rejection.
@@ -412,6 +413,26 @@ function linkVirtualFunctions(devices: PciDevice[]): void {
     const pf = byAddress.get(device.physfn);
     // A VF never has VFs of its own: a damaged tree's link to one is not followed.
     if (pf !== undefined && pf.physfn === null) pf.virtfns.push(device.address);
+  }
+}
+
+/**
+ * Refuses a captured tree's `bus/pci/devices` entry that names a function otherwise than the
+ * kernel does (`0000:0D:00.0`, `0d:00.0`), unless it is a second name of an entry so named
+ * (reported as two entries): lspci reads a function at the name it makes of its address
+ * (`Cannot open .../0000:0d:00.0/config`, taken for a function that vanished), and cannot parse
+ * one without a domain; apply's re-check and the start guard read it there too.
+ */
+function checkEntryNames(reader: SysfsReader, root: string): void {
+  const names = listSysfsDevices(reader, root);
+  const listed = new Set(names);
+  for (const name of names) {
+    const address = canonicalPciAddress(name);
+    if (address === null || address === name) continue;
+    if (name.split(":").length === 3 && listed.has(address)) continue;
+    throw new Error(
+      `Not a sysfs tree entry: "${root}/bus/pci/devices/${name}": the kernel names each PCI function by its address with its domain, in lower-case hex ("${address}"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
+    );
   }
 }
 

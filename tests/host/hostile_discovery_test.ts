@@ -26,6 +26,7 @@ import { openLibvirtPort } from "../../ffi/port.ts";
 import type { HostTopology, PciDevice } from "../../lib/host/types.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { demoTree, gpuConfig } from "../helpers/reliability.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 
 const TEST = "tests/host/hostile_discovery_test.ts";
 
@@ -329,4 +330,30 @@ Deno.test("planHostdevs() still gives a GPU's whole group when its audio functio
     outcome: "whole group planned (from kernel/iommu_groups)",
     test: TEST,
   });
+});
+
+Deno.test("discoverHost() refuses a tree entry not named as the kernel names a function, before lspci runs", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("z690-asus-adl"));
+  const devices = `${tree.dir}/bus/pci/devices`;
+  const calls: string[][] = [];
+  const lspci = (args: string[]) => (calls.push(args), commandLspciRunner()(args));
+  for (const name of ["0000:0D:00.0", "0d:00.0"]) {
+    Deno.renameSync(
+      `${devices}/${Deno.readDirSync(devices).find((e) => /0d:00\.0$/i.test(e.name))!.name}`,
+      `${devices}/${name}`,
+    );
+    // Before: "changed while they were read (0000:0d:00.0 vanished)" from lspci's "Cannot open
+    // .../0000:0d:00.0/config", or lspci's "Couldn't parse entry name 0d:00.0".
+    await assertRejects(
+      () => discoverHost({ root: tree.dir, lspci }),
+      Error,
+      `Not a sysfs tree entry: "${devices}/${name}": the kernel names each PCI function by its address with its domain, in lower-case hex ("0000:0d:00.0"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
+    );
+  }
+  assertEquals(calls, []);
+  // A second name beside the kernel's is no reason to refuse (it is reported as two entries).
+  Deno.renameSync(`${devices}/0d:00.0`, `${devices}/0000:0d:00.0`);
+  Deno.symlinkSync("0000:0d:00.0", `${devices}/00000000:0d:00.0`);
+  const host = await discoverHost({ root: tree.dir, lspci });
+  assertEquals(host.devices.filter((d) => d.address === "0000:0d:00.0").length, 1);
 });
