@@ -304,6 +304,8 @@ export interface Config {
    * absent: the file is for whichever host runs it.
    */
   hosts?: HostConfig[];
+  /** `file:line:col` of the top-level `hosts:` key, with {@link Config.hosts}. */
+  hostsLocation?: string;
   /**
    * Set on the config one host is planned with (`configForHost`): that host's section name, and
    * the hosts of each VM of the file planned only elsewhere (for messages about a VM dropped here
@@ -1095,6 +1097,7 @@ function normaliseConfig(raw: RawConfig | undefined, ctx: Context): Config {
   let declared: string[] | null = null;
   if (raw?.hosts !== undefined) {
     config.hosts = normaliseHosts(raw.hosts as Record<string, RawHostConfig | undefined>, ctx);
+    config.hostsLocation = location(ctx, ["hosts"], true);
     declared = Object.keys(raw.hosts);
     // Names refused (`"a b":`) were reported: the list is empty only when nothing is under it.
     const written = nodeAt(ctx, ["hosts"]);

@@ -27,25 +27,27 @@ export class UnknownHostError extends Error {
   known: string[];
 
   /**
-   * Builds the error for `file`, which declares the hosts `known` but not `host`; `option`: the
+   * Builds the error for `config`, whose `hosts:` does not declare `host`; `option`: the
    * command-line option that names a host, which the message then names.
    */
   constructor(
-    file: string,
+    config: Pick<Config, "file" | "hosts" | "hostsLocation">,
     host: string,
-    pick: HostPick | null,
-    known: string[],
-    option: string | null = null,
+    options: { pick: HostPick | null; option?: string | null },
   ) {
-    // Only a process with an option to pass can be told to pass it instead.
+    const { pick, option = null } = options;
+    const known = (config.hosts ?? []).map((h) => h.name);
+    // Only a process with an option to pass can be told to pass it instead. The kernel's node
+    // name is what `uname -n` prints, and what a user checks against the section's name.
     const why = pick === "hostname"
-      ? " (this machine's host name)"
+      ? " (this machine's host name, as uname -n prints it)"
       : pick === "flag" && option !== null
       ? ` (${option})`
       : "";
-    const hint = sameNameSuggestion(host, known);
+    const at = config.hostsLocation === undefined ? "" : ` at ${config.hostsLocation}`;
+    const hint = sameNameSuggestion(host, known) ?? domainSuggestion(host, known);
     super(
-      `${file} has no section for host "${host}"${why} under "hosts:"${
+      `${config.file} has no section for host "${host}"${why} under "hosts:"${at}${
         hint === null ? "" : ` (${hint})`
       }: it declares ${known.map((k) => `"${k}"`).join(", ")}: ${
         option === null ? "" : `pass ${option} NAME, or `
@@ -56,6 +58,26 @@ export class UnknownHostError extends Error {
     this.option = option;
     this.known = known;
   }
+}
+
+function firstLabel(name: string): string {
+  return name.slice(0, (name + ".").indexOf(".")).toLowerCase();
+}
+
+/**
+ * The one declared section that is `host` with its domain cut off or added (`hv1` for
+ * `hv1.example.com`, `hv1.example.com` for `hv1`, `hv1` for `hv1.`): the same machine named two
+ * ways, which a name matched whole never picks. A section of another domain (`hv1.lab.example`
+ * for `hv1.example.com`) may be another machine, and is not suggested.
+ */
+function domainSuggestion(host: string, known: string[]): string | null {
+  const label = firstLabel(host);
+  const same = known.filter((k) =>
+    firstLabel(k) === label && k.includes(".") !== host.includes(".")
+  );
+  return same.length === 1
+    ? `did you mean "${same[0]}"? a host name matches a section only whole, with its domain`
+    : null;
 }
 
 /** The host section a process plans, and the config as it applies on that host. */
@@ -96,8 +118,7 @@ export function pickHostSection(
   const name = options.flag ?? options.hostname();
   const host = config.hosts.find((h) => h.name === name);
   if (host === undefined) {
-    const known = config.hosts.map((h) => h.name);
-    throw new UnknownHostError(config.file, name, pick, known, options.option ?? null);
+    throw new UnknownHostError(config, name, { pick, option: options.option ?? null });
   }
   return { host, pick, config: configForHost(config, name) };
 }
@@ -130,7 +151,7 @@ export function configForHost(config: Config, host: string): Config {
   // A name `hosts:` does not declare (a typo) would keep the VMs that name no host with none of
   // their rules for the declared hosts, and a plan of that removes their hostdevs.
   if (config.hosts !== undefined && !config.hosts.some((h) => h.name === host)) {
-    throw new UnknownHostError(config.file, host, null, config.hosts.map((h) => h.name));
+    throw new UnknownHostError(config, host, { pick: null });
   }
   const vms: VmConfig[] = config.vms
     .filter((vm) => onHost(vm, host))
@@ -139,6 +160,6 @@ export function configForHost(config: Config, host: string): Config {
   const elsewhere = Object.fromEntries(
     config.vms.flatMap((vm) => onHost(vm, host) ? [] : [[vm.name, vm.hosts ?? []] as const]),
   );
-  const { hosts: _hosts, ...rest } = config;
+  const { hosts: _hosts, hostsLocation: _at, ...rest } = config;
   return { ...rest, vms, section: { host, elsewhere } };
 }

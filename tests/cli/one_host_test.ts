@@ -178,7 +178,7 @@ Deno.test("a shared config without this host's section, and flags that clash wit
     assertEquals([none.code, none.stdout], [1, ""]);
     assertMatch(
       none.stderr,
-      /has no section for host ".*" \(this machine's host name\) under "hosts:": it declares "hv1", "hv2": pass --host NAME/,
+      /has no section for host ".*" \(this machine's host name, as uname -n prints it\) under "hosts:" at .*shared\.yaml:2:1: it declares "hv1", "hv2": pass --host NAME/,
     );
     const wrong = await run("--host", "hv3");
     assertEquals(wrong.code, 1);
@@ -235,4 +235,80 @@ Deno.test("a shared config without this host's section, and flags that clash wit
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** Runs the CLI in a UTS namespace of its own whose host name is `name` (`uname -n`): needs root. */
+function asHost(name: string): string[] {
+  return [
+    "unshare",
+    "--uts",
+    "sh",
+    "-c",
+    'printf %s "$0" >/proc/sys/kernel/hostname && exec "$@"',
+    name,
+  ];
+}
+
+Deno.test({
+  name:
+    "a host named with its domain, or without, finds no section of the other form and is told which",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-one-host-" });
+    await using world = await writeTempWorld(WORLD);
+    try {
+      buildHostTree(HV1, `${dir}/hv1`);
+      const config = `${dir}/shared.yaml`;
+      await Deno.writeTextFile(config, sharedConfig("  hv1: { sysfs: hv1 }\n  hv2: {}"));
+      const args = ["-f", config, "-c", world.uri];
+      // The kernel's name as RHEL's hostnamectl sets it: the section is "hv1", never picked by
+      // a guess, and the message says where "hosts:" is and which section was meant.
+      for (
+        const [name, command] of [["hv1.example.com", ["plan"]], ["HV1.Example.COM", [
+          "apply",
+          "--yes",
+        ]]] as const
+      ) {
+        const run = await runCli([...command, ...args], { wrap: asHost(name) });
+        assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+        assertEquals(
+          run.stderr,
+          `passthrough ${
+            command[0]
+          }: ${config} has no section for host "${name}" (this machine's host name, as uname -n prints it) under "hosts:" at ${config}:2:1 (did you mean "hv1"? a host name matches a section only whole, with its domain): it declares "hv1", "hv2": pass --host NAME, or add a section named "${name}"\n`,
+        );
+      }
+      // The reverse: a short kernel name, sections named with their domain.
+      await Deno.writeTextFile(
+        config,
+        sharedConfig("  hv1.example.com: { sysfs: hv1 }\n  hv2.example.com: {}")
+          .replaceAll("host: hv1", "host: hv1.example.com").replaceAll(
+            "host: hv2",
+            "host: hv2.example.com",
+          ),
+      );
+      const short = await runCli(["plan", ...args], { wrap: asHost("hv2") });
+      assertEquals(short.code, 1, short.stderr);
+      assertMatch(
+        short.stderr,
+        /\(did you mean "hv2\.example\.com"\? a host name matches a section only whole/,
+      );
+      // Another domain's "hv1" may be another machine: nothing is suggested.
+      const other = await runCli(["plan", ...args], { wrap: asHost("hv1.lab.example.com") });
+      assertEquals(other.code, 1, other.stderr);
+      assertMatch(
+        other.stderr,
+        /under "hosts:" at .*:2:1: it declares "hv1\.example\.com", "hv2\.example\.com"/,
+      );
+      // Named whole, it is picked.
+      const exact = await runCli(["plan", "--json", ...args], { wrap: asHost("hv1.example.com") });
+      assertEquals(exact.code, 0, exact.stderr);
+      assertMatch(
+        exact.stderr,
+        /^Host section "hv1\.example\.com" of .* \(this machine's host name\), declared at .*:3:3\n$/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });

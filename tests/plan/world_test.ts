@@ -259,7 +259,7 @@ Deno.test("configForHost() refuses a host hosts: does not declare, whose plan re
   assertThrows(
     () => configForHost(fleet, "hvl"),
     UnknownHostError,
-    'fleet.yaml has no section for host "hvl" under "hosts:": ' +
+    'fleet.yaml has no section for host "hvl" under "hosts:" at fleet.yaml:2:1: ' +
       'it declares "hv1", "hv2": add a section named "hvl"',
   );
 });
@@ -269,19 +269,19 @@ Deno.test("pickHostSection() from a library script sends it to no --host", () =>
   assertThrows(
     () => pickHostSection(gpuOnHv1(), { flag: "hv3", hostname: () => "hv1" }),
     UnknownHostError,
-    'fleet.yaml has no section for host "hv3" under "hosts:": ' +
+    'fleet.yaml has no section for host "hv3" under "hosts:" at fleet.yaml:2:1: ' +
       'it declares "hv1", "hv2": add a section named "hv3"',
   );
   assertThrows(
     () => pickHostSection(gpuOnHv1(), { hostname: () => "hv3" }),
     UnknownHostError,
-    'fleet.yaml has no section for host "hv3" (this machine\'s host name) under "hosts:": ' +
+    'fleet.yaml has no section for host "hv3" (this machine\'s host name, as uname -n prints it) under "hosts:" at fleet.yaml:2:1: ' +
       'it declares "hv1", "hv2": add a section named "hv3"',
   );
   assertThrows(
     () => pickHostSection(gpuOnHv1(), { flag: "hv3", hostname: () => "hv1", option: "--host" }),
     UnknownHostError,
-    'fleet.yaml has no section for host "hv3" (--host) under "hosts:": ' +
+    'fleet.yaml has no section for host "hv3" (--host) under "hosts:" at fleet.yaml:2:1: ' +
       'it declares "hv1", "hv2": pass --host NAME, or add a section named "hv3"',
   );
 });
@@ -293,7 +293,7 @@ Deno.test("pickHostSection() names the section a host name in another case or wi
   assertThrows(
     () => pickHostSection(fleet, { hostname: () => "HV1" }),
     UnknownHostError,
-    'under "hosts:" (did you mean "hv1"?): it declares "hv1", "hv2"',
+    'under "hosts:" at fleet.yaml:2:1 (did you mean "hv1"?): it declares "hv1", "hv2"',
   );
   assertThrows(
     () => pickHostSection(fleet, { flag: "\u04bbv2", hostname: () => "hv1" }),
@@ -316,13 +316,13 @@ Deno.test("pickHostSection() suggests no other machine for a host name one digit
     assertThrows(
       () => pickHostSection(fleet, { hostname: () => name }),
       UnknownHostError,
-      `fleet.yaml has no section for host "${name}" (this machine's host name) under "hosts:": it`,
+      `fleet.yaml has no section for host "${name}" (this machine's host name, as uname -n prints it) under "hosts:" at fleet.yaml:2:1: it`,
     );
   }
   assertThrows(
     () => pickHostSection(gpuOnHv1(), { hostname: () => "hv3" }),
     UnknownHostError,
-    'fleet.yaml has no section for host "hv3" (this machine\'s host name) under "hosts:": it declares',
+    'fleet.yaml has no section for host "hv3" (this machine\'s host name, as uname -n prints it) under "hosts:" at fleet.yaml:2:1: it declares',
   );
   // Another case or a look-alike letter is still the same name written another way.
   assertThrows(
@@ -449,4 +449,34 @@ Deno.test("a VM moved to another host by hosts: is released here, and the refusa
     gone.vms.find((vm) => vm.name === "win10")!.errors[0]!.message,
     /To release them, list "win10: \{ host: hv1, devices: \[\] \}" under vms:$/,
   );
+});
+
+Deno.test("pickHostSection() names the section a host name with its domain cut off or added meant, and picks none", () => {
+  const fleet = gpuOnHv1();
+  // A kernel name with its domain (hostnamectl on RHEL), or with DNS's trailing dot.
+  for (const name of ["hv1.example.com", "HV1.example.com", "hv1."]) {
+    assertThrows(
+      () => pickHostSection(fleet, { hostname: () => name }),
+      UnknownHostError,
+      'under "hosts:" at fleet.yaml:2:1 (did you mean "hv1"? a host name matches a section ' +
+        'only whole, with its domain): it declares "hv1", "hv2"',
+    );
+  }
+  const long = parseConfig(
+    "version: 1\nhosts: { hv1.a.example: {}, hv2.a.example: {}, hv2.b.example: {} }\nvms: {}\n",
+    { file: "fleet.yaml" },
+  );
+  assertThrows(
+    () => pickHostSection(long, { flag: "hv1", hostname: () => "x" }),
+    UnknownHostError,
+    '(did you mean "hv1.a.example"?',
+  );
+  // Two sections of that name in two domains, or another domain: either may be another machine.
+  for (const name of ["hv2", "hv1.c.example"]) {
+    assertThrows(
+      () => pickHostSection(long, { flag: name, hostname: () => "x" }),
+      UnknownHostError,
+      `no section for host "${name}" under "hosts:" at fleet.yaml:2:1: it declares`,
+    );
+  }
 });
