@@ -648,6 +648,56 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "the playbook fails a host with no section of a shared config naming passthrough_host, not --host",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-section-" });
+    try {
+      await bundleAsTask(dir);
+      const config = `${dir}/fleet.yaml`;
+      await Deno.writeTextFile(config, "version: 1\nhosts:\n  hv1: {}\n  hv2: {}\nvms: {}\n");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const vars = {
+        passthrough_config: config,
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_connect: "test:///default",
+      };
+      // By this machine's host name (no section), then by passthrough_host in another case: the
+      // playbook runs --host itself, so the way out is its variable.
+      for (
+        const [extra, named] of [
+          [["--check"], `"${Deno.hostname()}" (this machine's host name, as uname -n prints it)`],
+          [["--check", "-e", "passthrough_host=HV1"], '"HV1" (passthrough_host)'],
+        ] as const
+      ) {
+        const { code, out } = await playbookIn(dir, vars, [...extra]);
+        assertEquals(code, 2, out);
+        assertEquals(taskStatus(out, "Passthrough failed"), "fatal", out);
+        const said = JSON.parse(
+          /FAILED! => (\{.*\})\n/.exec(taskOutput(out, "Passthrough failed"))?.[1] ?? "{}",
+        ).msg as string[];
+        assertEquals(said.length, 1, out);
+        assertMatch(
+          said[0]!,
+          new RegExp(
+            `^${config} has no section for host ${
+              named.replace(/[()]/g, "\\$&")
+            } under "hosts:" at ${config}:2:1.*: it declares "hv1", "hv2": set passthrough_host, or add a section named`,
+          ),
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "the playbook's --check leaves no temporary directory on the host when a task fails",
   ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
   async fn() {
