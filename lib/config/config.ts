@@ -876,6 +876,18 @@ function normaliseHosts(
       : isAbsolute(rawHost.sysfs)
       ? rawHost.sysfs
       : join(dirname(ctx.file), rawHost.sysfs);
+    // Host names ignore case (DNS, Ansible's inventory), the match of a section does not: two
+    // sections of one machine, and which one it plans hangs on how its kernel spells the name.
+    const same = hosts.find((h) => h.name.toLowerCase() === name.toLowerCase());
+    if (same !== undefined) {
+      report(
+        ctx,
+        ["hosts", name],
+        `Host "${name}" is "${same.name}" (${same.location}) in another case`,
+        "a machine plans only the section spelled as uname -n prints its name: merge the two",
+        { key: true },
+      );
+    }
     hosts.push({
       name,
       location: location(ctx, ["hosts", name], true),

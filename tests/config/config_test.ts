@@ -368,6 +368,27 @@ vms:
   assertEquals(rule?.bootOrder, 2147483647);
 });
 
+Deno.test("parseConfig() refuses two host sections whose names differ only in case", () => {
+  // One machine in DNS and in Ansible's inventory: which section it plans would hang on how its
+  // kernel spells the name, and the other's rules would never apply.
+  assertEquals(
+    errorsOf("version: 1\nhosts:\n  hv1: {}\n  hv2: {}\n  HV1: {}\nvms: {}\n").map((e) =>
+      e.message
+    ),
+    [
+      'c.yaml:5:3: Host "HV1" is "hv1" (c.yaml:3:3) in another case at "hosts.HV1" ' +
+      "(a machine plans only the section spelled as uname -n prints its name: merge the two)",
+    ],
+  );
+  assertEquals(
+    parseConfig("version: 1\nhosts: { hv1: {}, hv1.example.com: {} }\nvms: {}\n", {
+      file: "c.yaml",
+    })
+      .hosts?.map((h) => h.name),
+    ["hv1", "hv1.example.com"],
+  );
+});
+
 Deno.test("parseConfig() refuses two rules of one VM with the same name", () => {
   const [error] = errorsOf(`version: 1
 vms:
