@@ -9,6 +9,7 @@
 
 import { sameNameSuggestion } from "../render/suggest.ts";
 import type { Config, HostConfig, VmConfig } from "./config.ts";
+import { CONFIG_SCHEMA } from "./schema.ts";
 
 /** How the host section was chosen: by `--host NAME` or by this machine's host name. */
 export type HostPick = "flag" | "hostname";
@@ -49,15 +50,26 @@ export class UnknownHostError extends Error {
     super(
       `${config.file} has no section for host "${host}"${why} under "hosts:"${at}${
         hint === null ? "" : ` (${hint})`
-      }: it declares ${known.map((k) => `"${k}"`).join(", ")}: ${
-        option === null ? "" : `pass ${option} NAME, or `
-      }add a section named "${host}"`,
+      }: it declares ${known.map((k) => `"${k}"`).join(", ")}: ${addSection(host, option)}`,
     );
     this.host = host;
     this.pick = pick;
     this.option = option;
     this.known = known;
   }
+}
+
+const { keyPattern, keyHint } = CONFIG_SCHEMA.properties.hosts;
+
+/** The way out: `option`, or a section named `host` where the config takes that name. */
+function addSection(host: string, option: string | null): string {
+  const pass = option === null ? "" : `pass ${option} NAME`;
+  // A name with a space or a slash (a shell variable's trailing space) is no section's: the
+  // config would refuse the section this would tell the user to add.
+  if (!new RegExp(keyPattern).test(host)) {
+    return `${pass}${pass === "" ? "" : "; "}"${host}" cannot name a section (${keyHint})`;
+  }
+  return `${pass}${pass === "" ? "" : ", or "}add a section named "${host}"`;
 }
 
 function firstLabel(name: string): string {

@@ -480,3 +480,19 @@ Deno.test("pickHostSection() names the section a host name with its domain cut o
     );
   }
 });
+
+Deno.test("pickHostSection() tells no one to add a section of a name the config refuses", () => {
+  // A shell variable's trailing space, a path: the section this would have said to add is
+  // refused by the config ("Invalid name").
+  for (const name of ["hv1 ", "hv1/x", "-hv1"]) {
+    assertThrows(
+      () => pickHostSection(gpuOnHv1(), { flag: name, hostname: () => "x", option: "--host" }),
+      UnknownHostError,
+      `it declares "hv1", "hv2": pass --host NAME; "${name}" cannot name a section (use letters, ` +
+        "digits, dots, dashes and underscores, starting with a letter or digit)",
+    );
+    assertThrows(() =>
+      parseConfig(`version: 1\nhosts: { "${name}": {} }\nvms: {}\n`, { file: "c.yaml" })
+    );
+  }
+});
