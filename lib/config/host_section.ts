@@ -72,21 +72,29 @@ function addSection(host: string, option: string | null): string {
   return `${pass}${pass === "" ? "" : ", or "}add a section named "${host}"`;
 }
 
+/** `name` as DNS compares it: without the root's trailing dot, in one case. */
+function bare(name: string): string {
+  return name.replace(/\.$/, "").toLowerCase();
+}
+
 function firstLabel(name: string): string {
-  return name.slice(0, (name + ".").indexOf(".")).toLowerCase();
+  return name.slice(0, (name + ".").indexOf("."));
 }
 
 /**
  * The one declared section that is `host` with its domain cut off or added (`hv1` for
- * `hv1.example.com`, `hv1.example.com` for `hv1`, `hv1` for `hv1.`): the same machine named two
- * ways, which a name matched whole never picks. A section of another domain (`hv1.lab.example`
- * for `hv1.example.com`) may be another machine, and is not suggested.
+ * `hv1.example.com`, `hv1.example.com` for `hv1`), or with DNS's trailing dot (`hv1.example.com`
+ * for `hv1.example.com.`): the same machine named two ways, which a name matched whole never
+ * picks. A section of another domain (`hv1.lab.example` for `hv1.example.com`) may be another
+ * machine, and is not suggested.
  */
 function domainSuggestion(host: string, known: string[]): string | null {
-  const label = firstLabel(host);
-  const same = known.filter((k) =>
-    firstLabel(k) === label && k.includes(".") !== host.includes(".")
-  );
+  const name = bare(host);
+  const same = known.filter((k) => {
+    const section = bare(k);
+    return section === name ||
+      (firstLabel(section) === firstLabel(name) && section.includes(".") !== name.includes("."));
+  });
   return same.length === 1
     ? `did you mean "${same[0]}"? a host name matches a section only whole, with its domain`
     : null;

@@ -466,11 +466,15 @@ Deno.test("pickHostSection() names the section a host name with its domain cut o
     "version: 1\nhosts: { hv1.a.example: {}, hv2.a.example: {}, hv2.b.example: {} }\nvms: {}\n",
     { file: "fleet.yaml" },
   );
-  assertThrows(
-    () => pickHostSection(long, { flag: "hv1", hostname: () => "x" }),
-    UnknownHostError,
-    '(did you mean "hv1.a.example"?',
-  );
+  // The short name, and the FQDN with DNS's trailing dot (`hostname hv1.a.example.` is refused,
+  // the kernel takes it from a boot script).
+  for (const name of ["hv1", "hv1.a.example.", "HV1.A.example."]) {
+    assertThrows(
+      () => pickHostSection(long, { flag: name, hostname: () => "x" }),
+      UnknownHostError,
+      '(did you mean "hv1.a.example"?',
+    );
+  }
   // Two sections of that name in two domains, or another domain: either may be another machine.
   for (const name of ["hv2", "hv1.c.example"]) {
     assertThrows(
