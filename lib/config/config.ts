@@ -821,7 +821,10 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
 function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Context): unknown {
   const known = Object.keys(schema.properties);
   if (!(value instanceof Map)) {
-    const hint = `write "key: value" pairs: ${known.join(", ")}`;
+    // A key with nothing after it (`hv1:` declaring a host with no settings) is null in YAML.
+    const empty = value === null && (schema.required ?? []).length === 0 &&
+      (schema.minProperties ?? 0) === 0;
+    const hint = `write ${empty ? "{} for none, or " : ""}"key: value" pairs: ${known.join(", ")}`;
     return wrongType(ctx, at, "a mapping", value, hint);
   }
   const out: Record<string, unknown> = {};

@@ -389,6 +389,17 @@ Deno.test("parseConfig() refuses two host sections whose names differ only in ca
   );
 });
 
+Deno.test("parseConfig() tells a host declared with nothing after it to write {}", () => {
+  // A list of names as a mapping's keys, the natural way to declare hosts with no settings.
+  assertEquals(
+    errorsOf("version: 1\nhosts:\n  hv1:\n  hv2: {}\nvms: {}\n").map((e) => [e.message, e.hint]),
+    [[
+      'c.yaml:3:7: Expected a mapping, found null at "hosts.hv1" (write {} for none, or "key: value" pairs: connect, sysfs, keep_backups)',
+      'write {} for none, or "key: value" pairs: connect, sysfs, keep_backups',
+    ]],
+  );
+});
+
 Deno.test("parseConfig() refuses two rules of one VM with the same name", () => {
   const [error] = errorsOf(`version: 1
 vms:
