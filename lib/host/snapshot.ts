@@ -243,8 +243,17 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
   const devicesDir = `${out}/bus/pci/devices`;
   Deno.mkdirSync(devicesDir, { recursive: true });
   Deno.mkdirSync(`${out}/bus/pci/drivers`, { recursive: true });
-  for (const device of host.devices) {
-    if (writeDevice(device, { root, out, reader, facts, live, holders })) headerOnly++;
+  // Where sysfs keeps each device (see writeDevice), shallowest first: a place that leads through
+  // another device's directory is made after that directory's links, so through none of them.
+  const placed = host.devices.map((device) => ({
+    device,
+    place: devicePlace(
+      reader.readLink(`${root}/bus/pci/devices/${device.address}`),
+      device.address,
+    ),
+  })).sort((a, b) => depth(a.place) - depth(b.place));
+  for (const { device, place } of placed) {
+    if (writeDevice(device, place, { root, out, reader, facts, live, holders })) headerOnly++;
   }
   for (const slot of reader.listDir(`${root}/bus/pci/slots`) ?? []) {
     const address = reader.readText(`${root}/bus/pci/slots/${slot}/address`);
@@ -268,10 +277,12 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
 
 /**
  * Writes one device's directory under `out` (its attributes, config space, driver, IOMMU group
- * and SR-IOV links); whether only its 64-byte header could be read.
+ * and SR-IOV links), at its place `found` (devicePlace) where that can be made; whether
+ * only its 64-byte header could be read.
  */
 function writeDevice(
   device: PciDevice,
+  found: string | null,
   options: {
     root: string;
     out: string;
@@ -285,12 +296,12 @@ function writeDevice(
   const devicesDir = `${out}/bus/pci/devices`;
   const from = `${root}/bus/pci/devices/${device.address}`;
   const to = `${devicesDir}/${device.address}`;
-  // Where sysfs keeps the device, below the PCI functions it hangs under, which discovery reads
-  // from the entry's link (a VMD controller above an NVMe drive); a directory where it has none.
-  // A place through a link written before (another device's `virtfn0` to `../..`) would put the
-  // device elsewhere, its links' `../` counted from the wrong depth, and files outside `out`.
-  let place = devicePlace(reader.readLink(from), device.address);
-  if (place !== null && !makeDirectoriesBelow(out, place)) place = null;
+  // Where sysfs keeps the device (`found`), below the PCI functions it hangs under, which
+  // discovery reads from the entry's link (a VMD controller above an NVMe drive); a directory
+  // where it has none. A place through a link written before (another device's `virtfn0` to
+  // `../..`) would put the device elsewhere, its links' `../` counted from the wrong depth, and
+  // files outside `out`.
+  const place = found !== null && makeDirectoriesBelow(out, found) ? found : null;
   if (place === null) Deno.mkdirSync(to);
   else Deno.symlinkSync(`../../../${place}`, to);
   // The links below lead from where the directory is, as the kernel's do.
@@ -360,6 +371,11 @@ function devicePlace(link: string | null, address: PciAddress): string | null {
     /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part)
   );
   return plain && place!.endsWith(`/${address}`) ? place! : null;
+}
+
+/** How many directories down a device's place is; 0 for none (a directory in bus/pci/devices). */
+function depth(place: string | null): number {
+  return place === null ? 0 : place.split("/").length;
 }
 
 /**

@@ -808,3 +808,30 @@ Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose devices' 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writeSnapshot() keeps a tree whose device's entry leads through a later device's virtfn link", async () => {
+  const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-" });
+  const out = `${dir}/tree`;
+  try {
+    buildHostTree(loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)), root);
+    nestDevices(root, (address) => `pci0000:00/${address}`);
+    // The first device by address leads through the last's `virtfn0` (to `..`): written in
+    // address order, its place was made a directory where the last one's link then belonged.
+    const addresses = [...Deno.readDirSync(`${root}/bus/pci/devices`)].map((e) => e.name).sort();
+    const [first, last] = [addresses[0]!, addresses.at(-1)!];
+    Deno.symlinkSync("..", `${root}/devices/pci0000:00/${last}/virtfn0`);
+    Deno.removeSync(`${root}/bus/pci/devices/${first}`);
+    Deno.symlinkSync(
+      `../../../devices/pci0000:00/${last}/virtfn0/${first}`,
+      `${root}/bus/pci/devices/${first}`,
+    );
+    const before = await discoverHost({ root, lspci: null });
+    writeSnapshot(before, out, { root, reader: denoFsReader() });
+    const after = await discoverHost({ root: out, lspci: null });
+    assertEquals(after.devices.map((d) => d.address), before.devices.map((d) => d.address));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
