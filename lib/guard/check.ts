@@ -379,7 +379,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
-    ...[groups, poolGroups].flatMap((g) => unreadableGroups(vm, g)),
+    ...unreadableGroups(vm, [groups, poolGroups]),
     ...groups.mates.flatMap((mate) =>
       groupRefusal(mate, {
         vm,
@@ -431,18 +431,22 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
   return { ...found, unnamed };
 }
 
-/** The refusals for the groups {@link readGroupMates} could not read: each fails closed. */
-function unreadableGroups(vm: string, read: ReturnType<typeof readGroupMates>): GuardRefusal[] {
-  return [
-    ...read.unnamed.map((reason) => unreadableRefusal(vm, reason)),
+/**
+ * The refusals for the groups {@link readGroupMates} could not read, each once: each fails closed.
+ * An address the domain passes that its network's pool lists too is read in both `reads`.
+ */
+function unreadableGroups(
+  vm: string,
+  reads: readonly ReturnType<typeof readGroupMates>[],
+): GuardRefusal[] {
+  const reasons = new Set(reads.flatMap((read) => [
+    ...read.unnamed,
     ...read.unlisted.map(({ group, of }) =>
-      unreadableRefusal(
-        vm,
-        `the members of IOMMU group ${group} of ${of} cannot be read ` +
-          `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`,
-      )
+      `the members of IOMMU group ${group} of ${of} cannot be read ` +
+      `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`
     ),
-  ];
+  ]));
+  return [...reasons].map((reason) => unreadableRefusal(vm, reason));
 }
 
 /**

@@ -297,3 +297,28 @@ Deno.test("guard: a pool entry whose IOMMU group now holds a function the host n
     ),
   );
 });
+
+Deno.test("guard: an address the domain passes and its network's pool lists, whose group cannot be told, is refused once", async () => {
+  // Read for the hostdev and again for the pool entry: the same refusal twice, word for word.
+  await using tree = await tempHostTree(host());
+  const link = `${tree.dir}/bus/pci/devices/${VFS[0]}/iommu_group`;
+  const target = Deno.readLinkSync(link);
+  Deno.removeSync(link);
+  Deno.symlinkSync(target.replace(/[0-9]+$/, "thirty"), link);
+  const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source>${
+    libvirtAddress(VFS[0]!)
+  }</source></hostdev>`;
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]).replace("<devices>", `<devices>${hostdev}`),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(refusals.map((r) => [r.kind, r.reason]), [[
+    "unreadable",
+    `${VFS[0]}'s iommu_group link names "thirty", not an IOMMU group number, so what else ` +
+    "VFIO would hand the guest is unknown",
+  ]]);
+});
