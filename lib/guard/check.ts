@@ -379,7 +379,10 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
     ...found.flatMap((f) => passedRefusal(f, { input, hostNeeds: hostNeedsOf(f.device), busy })),
     ...pooled.flatMap((p) => pooledRefusal(vm, p, hostNeedsOf(p.device))),
-    ...unreadableGroups(vm, [groups, poolGroups]),
+    ...unreadableGroups(vm, [
+      { read: groups },
+      { read: poolGroups, network: (a) => pooled.find((p) => p.address === a)!.network },
+    ]),
     ...groups.mates.flatMap((mate) =>
       groupRefusal(mate, {
         vm,
@@ -407,7 +410,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
 function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
   const { reader, root } = input;
   // A link that names no group fails closed: read as none, its group's members would go unjudged.
-  const unnamed: string[] = [];
+  const unnamed: { of: PciAddress; name: string }[] = [];
   const found = groupMates(passed, {
     group: (address) => {
       const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
@@ -415,11 +418,7 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
       // As parseGroupNumber reads it; iommu_groups.ts (discovery's) is not loaded at every start.
       const name = baseName(link);
       if (/^(0|[1-9][0-9]{0,9})$/.test(name) && Number(name) <= 0x7fffffff) return Number(name);
-      unnamed.push(
-        `${address}'s iommu_group link names ${
-          JSON.stringify(name)
-        }, not an IOMMU group number, so what else VFIO would hand the guest is unknown`,
-      );
+      unnamed.push({ of: address, name });
       return null;
     },
     // Sorted: a listing's order is the file system's, and the refusals follow it.
@@ -433,20 +432,46 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
 
 /**
  * The refusals for the groups {@link readGroupMates} could not read, each once: each fails closed.
- * An address the domain passes that its network's pool lists too is read in both `reads`.
+ * A pool's entry (`network` names its network) is refused as the pool's, with the network's fix;
+ * an address the domain passes that the pool lists too, as the domain's hostdev.
  */
 function unreadableGroups(
   vm: string,
-  reads: readonly ReturnType<typeof readGroupMates>[],
+  reads: readonly {
+    read: ReturnType<typeof readGroupMates>;
+    network?: (address: PciAddress) => string;
+  }[],
 ): GuardRefusal[] {
-  const reasons = new Set(reads.flatMap((read) => [
-    ...read.unnamed,
-    ...read.unlisted.map(({ group, of }) =>
-      `the members of IOMMU group ${group} of ${of} cannot be read ` +
-      `(kernel/iommu_groups/${group}/devices), so what else VFIO would hand the guest is unknown`
-    ),
-  ]));
-  return [...reasons].map((reason) => unreadableRefusal(vm, reason));
+  const unknown = "so what else VFIO would hand the guest is unknown";
+  const seen = new Set<PciAddress>();
+  return reads.flatMap(({ read, network }) =>
+    [
+      ...read.unnamed.map(({ of, name }) => ({
+        of,
+        hostdev: `${of}'s iommu_group link names ${JSON.stringify(name)}`,
+        entry: `whose iommu_group link names ${JSON.stringify(name)}`,
+        tail: ", not an IOMMU group number",
+      })),
+      ...read.unlisted.map(({ group, of }) => ({
+        of,
+        hostdev: `the members of IOMMU group ${group} of ${of}`,
+        entry: `the members of whose IOMMU group ${group}`,
+        tail: ` cannot be read (kernel/iommu_groups/${group}/devices)`,
+      })),
+    ].flatMap(({ of, hostdev, entry, tail }) => {
+      if (seen.has(of)) return [];
+      seen.add(of);
+      const pool = network?.(of);
+      return pool === undefined
+        ? [unreadableRefusal(vm, `${hostdev}${tail}, ${unknown}`)]
+        : [unreadableRefusal(
+          vm,
+          `hostdev network ${JSON.stringify(pool)} lists ${of}, ${entry}${tail}: libvirt may ` +
+            `hand any free entry of the pool to this VM, ${unknown}`,
+          pool,
+        )];
+    })
+  );
 }
 
 /**

@@ -322,3 +322,29 @@ Deno.test("guard: an address the domain passes and its network's pool lists, who
     "VFIO would hand the guest is unknown",
   ]]);
 });
+
+Deno.test("guard: a pool entry whose group cannot be told is refused as the network's, with its fix", async () => {
+  // The address is in no <hostdev> of the domain: the refusal says where it comes from.
+  await using tree = await tempHostTree(host());
+  const link = `${tree.dir}/bus/pci/devices/${VFS[1]}/iommu_group`;
+  const target = Deno.readLinkSync(link);
+  Deno.removeSync(link);
+  Deno.symlinkSync(target.replace(/[0-9]+$/, "thirty"), link);
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(summary(refusals), [["unreadable", null, "sriov"]]);
+  assertEquals(
+    formatRefusal(refusals[0]!),
+    `passthrough guard: refusing to start "router": hostdev network "sriov" lists ${VFS[1]}, ` +
+      `whose iommu_group link names "thirty", not an IOMMU group number: libvirt may hand any ` +
+      "free entry of the pool to this VM, so what else VFIO would hand the guest is unknown; " +
+      "fix: correct the pool (virsh net-edit sriov), then, with the guests that use it shut " +
+      "down, virsh net-destroy sriov; virsh net-start sriov",
+  );
+});
