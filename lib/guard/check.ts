@@ -140,18 +140,31 @@ export interface GuardCheckInput {
   root: string;
   /**
    * The devices the host uses among those read (see `readHostUse` in `lib/host/discover.ts`).
-   * Called once with every device found at the domain's addresses, and the host devices the
-   * domain itself uses (its block disks, USB and SCSI hostdevs, interfaces' and networks' NICs
-   * and character devices, whose controllers it must keep: see `vmDeviceUses`). `null` (a
-   * captured tree without host-use facts) marks nothing; the live host always knows.
+   * Called once with every device found at the domain's addresses and in their IOMMU groups,
+   * and what else the start takes ({@link StartTakes}). `null` (a captured tree without host-use
+   * facts) marks nothing; the live host always knows.
    */
-  hostUse: (devices: PciDevice[], own: UsedDevices) => readonly HostUse[] | null;
+  hostUse: (devices: PciDevice[], takes: StartTakes) => readonly HostUse[] | null;
   /**
    * The status XML of the running libvirt network `name` (libvirt keeps it in
    * `/run/libvirt/network/NAME.xml`), `null` when no such network runs; may throw when it
    * cannot be read. Without it, hostdev networks are not checked.
    */
   networkStatus?: (name: string) => string | null;
+}
+
+/** What a start takes besides the functions it names, which {@link GuardCheckInput.hostUse} judges. */
+export interface StartTakes {
+  /**
+   * The host devices the domain itself uses (its block disks, USB and SCSI hostdevs, interfaces'
+   * and networks' NICs and character devices, whose controllers it must keep: see `vmDeviceUses`).
+   */
+  own: UsedDevices;
+  /**
+   * The other functions of the IOMMU groups of the functions it names, which VFIO hands the guest
+   * along: one another running VM passes is in use (`vm-passed`).
+   */
+  groupMates: PciAddress[];
 }
 
 /** A host address the domain passes through, and which element names it. */
@@ -351,7 +364,11 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   for (const vf of found.flatMap(({ device }) => virtualFunctionsOf(input, device))) {
     if (!devices.has(vf.address)) devices.set(vf.address, vf);
   }
-  const hostUse = input.hostUse([...devices.values()], facts.used);
+  const mates = [...groups.mates, ...poolMates];
+  const hostUse = input.hostUse([...devices.values()], {
+    own: facts.used,
+    groupMates: mates.map((m) => m.device.address),
+  });
   // The domain's own cards (and its networks' VFs) were asked for: a storage or network
   // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
   // or the platform needs is.
@@ -365,6 +382,15 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       (u.address === device.address && u.reason === "gpu-in-use") ||
       (u.reason === "vm-passed" && device.virtfns.includes(u.address))
     ) ?? null;
+  // A group goes to one guest at a time: libvirt refuses this start while another has a member.
+  const mateNeeds = (mate: GroupMate) => {
+    const held = hostUse?.find((u) =>
+      u.address === mate.device.address && u.reason === "vm-passed"
+    );
+    return held === undefined
+      ? { held: false, hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }) }
+      : { held: true, hostNeeds: `in use (${held.reason}: ${held.detail})` };
+  };
   const hostNeedsOf = (device: PciDevice | null) =>
     device === null ? null : device.isBridge
       // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
@@ -387,7 +413,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       groupRefusal(mate, {
         vm,
         passed: found.find((f) => f.address === mate.of)!,
-        hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
+        ...mateNeeds(mate),
       })
     ),
     ...poolMates.flatMap((mate) => {
@@ -396,7 +422,7 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       return groupRefusal(mate, {
         vm,
         passed: { ...entry, vf: undefined, network },
-        hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
+        ...mateNeeds(mate),
       });
     }),
   ];
@@ -476,23 +502,26 @@ function unreadableGroups(
 
 /**
  * The refusal for a member of a passed device's IOMMU group that the domain does not pass, as
- * `plan` judges a group's members (`group-contains-host-critical`, `group-not-viable`): on a host
- * driver, the start fails ("group N is not viable"), and unbinding it would take from the host
- * what it needs, if it does (`not-viable`); unbound or on vfio-pci, the guest takes it along,
- * refused where the host needs it (`host-needs`, which the recording rule's
- * `allow_host_critical` lifts). None for an unbound member the host does not need. For an entry
- * of a hostdev network's pool (`network`), the network's fix.
+ * `plan` judges a group's members (`group-contains-host-critical`, `group-not-viable`,
+ * `group-shared-with-other-vm`): another running VM's (`held`), libvirt refuses the start while
+ * that VM runs (`busy`, which nothing lifts); on a host driver, the start fails ("group N is not
+ * viable"), and unbinding it would take from the host what it needs, if it does (`not-viable`);
+ * unbound or on vfio-pci, the guest takes it along, refused where the host needs it
+ * (`host-needs`, which the recording rule's `allow_host_critical` lifts). None for an unbound
+ * member the host does not need. For an entry of a hostdev network's pool (`network`), the
+ * network's fix.
  */
 function groupRefusal(
   { device: member, of, group }: GroupMate,
-  { vm, passed, hostNeeds }: {
+  { vm, passed, hostNeeds, held }: {
     vm: string;
     passed: PassedDevice & { network?: string };
     hostNeeds: string | null;
+    held: boolean;
   },
 ): GuardRefusal[] {
   const bound = member.driver !== null && !VFIO_DRIVERS.has(member.driver);
-  if (!bound && hostNeeds === null) return [];
+  if (!held && !bound && hostNeeds === null) return [];
   const owner = passed.recorded ?? passed.vf?.pf ?? null;
   const { network } = passed;
   const entry = network === undefined
@@ -501,8 +530,11 @@ function groupRefusal(
   const holds = `${entry} IOMMU group ${group} also holds ${member.address}, ${
     describeIdentity({ ...member, driver: member.driver ?? "none" })
   }, which ${JSON.stringify(vm)} does not pass`;
-  const needs = hostNeeds === null ? "" : `; the host needs it: ${hostNeeds}`;
-  const outcome = bound
+  const needs = hostNeeds === null ? "" : `; ${held ? "it is" : "the host needs it:"} ${hostNeeds}`;
+  const outcome = held
+    ? ": VFIO hands a group to one guest at a time, so libvirt refuses this start while that " +
+      "guest runs"
+    : bound
     ? `: libvirt detaches only the devices ${
       JSON.stringify(vm)
     } names, so its start fails ("group ${group} is not viable") until it is unbound or on ` +
@@ -519,7 +551,7 @@ function groupRefusal(
     : "; libvirt may hand any free entry of the pool to this VM";
   return [{
     vm,
-    kind: bound ? "not-viable" : "host-needs",
+    kind: held ? "busy" : bound ? "not-viable" : "host-needs",
     address: of,
     element: passed.element,
     ...(network === undefined ? {} : { network }),

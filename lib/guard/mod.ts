@@ -17,6 +17,7 @@ export {
   type GuardElement,
   type GuardRefusal,
   type GuardRefusalKind,
+  type StartTakes,
 } from "./check.ts";
 export { type DescribedIdentity, describeIdentity } from "../plan/issues.ts";
 export {

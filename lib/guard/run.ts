@@ -12,7 +12,6 @@ import type { SysfsReader } from "../host/sysfs.ts";
 import type { HostUse, PciDevice } from "../host/types.ts";
 import { gpuInUse, readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
-import type { UsedDevices } from "../plan/used_devices.ts";
 import { readRecordsLeniently, scanNetworkInterfacesLeniently } from "../domain/lenient.ts";
 import {
   checkDomainStart,
@@ -20,6 +19,7 @@ import {
   guardLine,
   type GuardRefusal,
   hostNeedsOverride,
+  type StartTakes,
   unreadableRefusal,
 } from "./check.ts";
 import {
@@ -135,8 +135,9 @@ function networkStatusReader(
 function hostUseOf(
   options: GuardCheckOptions,
   devices: PciDevice[],
-  own: UsedDevices,
-  networkStatus: (name: string) => string | null,
+  { own, groupMates, networkStatus }: StartTakes & {
+    networkStatus: (name: string) => string | null;
+  },
 ): HostUse[] | null {
   const procRoot = options.procRoot ?? "/proc";
   const uses = readHostUse(options.reader, {
@@ -166,7 +167,13 @@ function hostUseOf(
   };
   return [
     ...uses,
-    ...vmDeviceUses(options.reader, roots, { vm: options.vm, devices, own, networkInterfaces }),
+    ...vmDeviceUses(options.reader, roots, {
+      vm: options.vm,
+      devices,
+      own,
+      networkInterfaces,
+      groupMates,
+    }),
   ];
 }
 
@@ -197,7 +204,7 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
       reader: options.reader,
       root: options.root,
       networkStatus,
-      hostUse: (devices, own) => hostUseOf(options, devices, own, networkStatus),
+      hostUse: (devices, takes) => hostUseOf(options, devices, { ...takes, networkStatus }),
     });
   } catch (error) {
     // Deno refusing a read is no fault of the VM or its config: the hook's command lacks a

@@ -126,10 +126,11 @@ function linkedFunctions(reader: SysfsReader, dir: string, entry: RegExp): PciAd
  * The devices among `devices` under a host device the starting VM itself uses (`own`: resolved
  * directly, a few links each; its USB devices only when a device taken is a USB controller with
  * devices plugged in) or another running VM uses (`vm` is the one starting, whose own status is
- * skipped): as host use, reason `vm-device`; and the VFs among `devices` of a PF among them that
- * another running VM was given, reason `vm-passed`. The other VMs' status files are read only when
- * one runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network interface
- * or a character device under it, or is such a VF. Throws
+ * skipped): as host use, reason `vm-device`; and the VFs among `devices` of a PF among them, and
+ * the `groupMates` (what VFIO hands the guest along with the IOMMU groups it takes), that another
+ * running VM was given, reason `vm-passed`. The other VMs' status files are read only when one
+ * runs and one of `devices` has a disk, a USB device, a SCSI host adapter, a network interface or
+ * a character device under it, or is such a VF, or there are group mates. Throws
  * when a status file is larger than 32 MiB, a disk's or character device's path cannot be read,
  * or `networkInterfaces` throws (the check then fails closed).
  *
@@ -166,6 +167,11 @@ export function vmDeviceUses(
     own: UsedDevices;
     /** The host interfaces a running libvirt network puts guests on (none: not resolved). */
     networkInterfaces?: (name: string) => readonly string[];
+    /**
+     * The other functions of the IOMMU groups the start takes, which it does not name: libvirt
+     * refuses a start whose group holds one another guest has, and no policy lifts that.
+     */
+    groupMates?: readonly PciAddress[];
   },
 ): HostUse[] {
   const uses: HostUse[] = [];
@@ -217,8 +223,8 @@ export function vmDeviceUses(
   const others = otherRunningVms(reader, roots.statusDir, options.vm);
   if (others.length === 0) return uses;
   const candidates = withHostDevices(reader, roots.sysRoot, options.devices);
-  const vfs = vfsOfTakenPfs(options.devices);
-  if (candidates.size === 0 && vfs.size === 0) return uses;
+  const along = new Set([...vfsOfTakenPfs(options.devices), ...options.groupMates ?? []]);
+  if (candidates.size === 0 && along.size === 0) return uses;
   for (const name of others) {
     const xml = readOtherStatus(reader, roots.statusDir, name);
     // Gone since the listing: that VM stopped.
@@ -226,7 +232,7 @@ export function vmDeviceUses(
     const whose = `running VM ${JSON.stringify(name)}`;
     const scan = scanPassedDevicesLeniently(xml);
     for (const { address, element } of scan.devices) {
-      if (!vfs.has(address)) continue;
+      if (!along.has(address)) continue;
       const what = element === "interface" ? "hostdev interface" : element;
       uses.push({ address, reason: "vm-passed", detail: `${what} of ${whose}` });
     }

@@ -163,10 +163,11 @@ export type HostUseReason =
    */
   | "vm-device"
   /**
-   * An SR-IOV virtual function another running VM was given (a `<hostdev>`, an
-   * `<interface type='hostdev'>` or a hostdev network's entry): the start guard only, asked about
-   * the VFs of a PF the starting VM takes, since unbinding the PF removes them (`plan` refuses the
-   * pair from definitions, `sriov-split`).
+   * A PCI function another running VM was given (a `<hostdev>`, an `<interface type='hostdev'>`
+   * or a hostdev network's entry): the start guard only, asked about the VFs of a PF the starting
+   * VM takes, since unbinding the PF removes them (`plan` refuses the pair from definitions,
+   * `sriov-split`), and about the other functions of the IOMMU groups it takes, which go to one
+   * guest at a time (`plan`: `group-shared-with-other-vm`).
    */
   | "vm-passed";
 

@@ -584,3 +584,69 @@ Deno.test("guard: taking the Intel VMD controller over a USB controller behind i
   const outside = await start([hostdev(VMD), usbHostdev("ids")], {}, {}, behindVmd);
   assertEquals([outside.code, outside.refusals], [0, []]);
 });
+
+Deno.test("guard: a function of the taken IOMMU group that a running VM was given refuses the start, naming that VM, whatever the policies", async () => {
+  // The GPU's group 21 merged (an ACS or BIOS change) with the NVMe drive, a storage controller
+  // the host needs from another slot, and the chipset's audio, which it does not: both on
+  // vfio-pci, either one passed to the running "nas".
+  const GPU_21 = "0000:03:00.0";
+  const AUDIO = "0000:00:1f.3";
+  const start = async (
+    { held, guard, allowHostCritical }: {
+      held: string | null;
+      guard: "enforce" | "warn";
+      allowHostCritical: string[];
+    },
+  ) => {
+    const host = loadFixtureHost("z690-asus-adl");
+    host.host_use = [];
+    for (const d of host.devices) {
+      if (d.bdf === NVME || d.bdf === AUDIO) Object.assign(d, { group: 21, driver: "vfio-pci" });
+    }
+    await using tree = await tempHostTree(host);
+    const dir = tree.dir;
+    Deno.mkdirSync(`${dir}/qemu`);
+    Deno.mkdirSync(`${dir}/state`);
+    if (held !== null) {
+      Deno.writeTextFileSync(`${dir}/qemu/nas.xml`, status("nas", [hostdev(held)]));
+    }
+    const gpu = {
+      address: GPU_21,
+      vendorId: "1002",
+      deviceId: "73df",
+      subsystemVendorId: "1002",
+      subsystemDeviceId: "0e36",
+      classCode: "030000",
+      serial: null,
+      driver: null,
+      rule: "gpu",
+    };
+    // As the apply that wrote the record bound it.
+    const vms = { desktop: { guard, rules: {}, allowHostCritical, devices: { [GPU_21]: gpu } } };
+    recordPolicies(`${dir}/state`, { version: 1, config: "c.yaml", vms });
+    const xml = `<domain type='kvm'><name>desktop</name><metadata>
+  <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="${GPU_21}" vendor="1002" device="73df" subsystem-vendor="1002"
+      subsystem-device="0e36" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata><devices>${hostdev(GPU_21)}</devices></domain>`;
+    return await guardStartOnTree({ vm: "desktop", xml, dir, live: false });
+  };
+  for (const held of [NVME, AUDIO]) {
+    for (const guard of ["enforce", "warn"] as const) {
+      const refused = await start({ held, guard, allowHostCritical: ["gpu"] });
+      assertEquals([refused.code, refused.refusals], [1, [["busy", GPU_21]]], `${held} ${guard}`);
+      assertMatch(
+        refused.line,
+        new RegExp(
+          `^passthrough guard: refusing to start "desktop": hostdev 0000:03:00\\.0's IOMMU group 21 also holds ${
+            held.replaceAll(".", "\\.")
+          }, .*driver vfio-pci\\), which "desktop" does not pass; it is in use \\(vm-passed: hostdev of running VM "nas"\\): VFIO hands a group to one guest at a time, so libvirt refuses this start while that guest runs; fix: passthrough plan --vm desktop`,
+        ),
+      );
+    }
+  }
+  // With "nas" shut down: the drive is the rule's allow_host_critical to lift, the audio nothing.
+  const free = await start({ held: null, guard: "enforce", allowHostCritical: [] });
+  assertEquals([free.code, free.refusals], [1, [["host-needs", GPU_21]]]);
+  assertEquals((await start({ held: null, guard: "enforce", allowHostCritical: ["gpu"] })).code, 0);
+});
