@@ -23,6 +23,7 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck, policed } from "../lib/guard/run.ts";
 import { readVmPolicy } from "../lib/guard/state.ts";
+import type { VmGuardPolicy } from "../lib/guard/policy.ts";
 import { readRecordsLeniently } from "../lib/domain/lenient.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
@@ -92,10 +93,8 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
 }
 
 /**
- * What the guard would say of `xml` on this host, split: `refusals`, why the restore is refused
- * (a recorded device replaced, or one the host needs); `warnings`, the rest (an address that
- * holds nothing, a record that cannot be read): nothing can be taken from the host there, but
- * the VM will not start as restored. Checked once per definition, unless `fresh` asks again.
+ * What the guard would say of `xml` on this host ({@link startVerdict}). Checked once per
+ * definition, unless `fresh` asks again.
  */
 function startCheck(
   vm: string,
@@ -108,37 +107,51 @@ function startCheck(
   return (xml, fresh = false) => {
     if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
-      // A device the host needs, recorded under a rule with allow_host_critical: true (in the
-      // policies apply left in this state directory), is one the guard starts, as plan kept it:
-      // judged as the hook judges it (only the record apply left there), the rules' warn and
-      // off aside.
       // Those of the domain the backup defines: another of its name never lends its own.
       const { policy } = readVmPolicy(stateDir, vm, readRecordsLeniently(xml).uuid);
       const checked = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
-      // A group member the host needs is groupMatesHostNeeds' refusal (the `host` option).
-      const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
-        .filter((r) => r.group === undefined || r.hostNeeds === null);
-      // What the hook does with the rest, by the policies it reads: `warn` and `off` let a
-      // start go on past an address that holds nothing, and libvirt then fails it.
-      const judged = policed(checked, policy);
-      const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
-      const stopper = (r: GuardRefusal) => {
-        const as = judged.find((j) => j.kind === r.kind && j.address === r.address);
-        const name = JSON.stringify(vm);
-        return as?.policy === "enforce"
-          ? `the start guard would refuse to start ${name} as restored`
-          : `${name} would not start as restored (the start guard, by its policy, would ${
-            as === undefined ? "pass it" : "warn and go on"
-          }, and libvirt fails to find the device)`;
-      };
-      seen.set(xml, {
-        refusals: found.filter(refused).map((r) => r.reason),
-        warnings: found.filter((r) => !refused(r)).map((r) =>
-          `${stopper(r)}: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
-        ),
-      });
+      seen.set(xml, startVerdict(checked, { vm, policy, plan }));
     }
     return seen.get(xml)!;
+  };
+}
+
+/**
+ * The start guard's refusals `checked` of a backup of `vm`, split: `refusals`, why the restore is
+ * refused (a recorded device replaced, or one the host needs or another running VM has);
+ * `warnings`, the rest (an address that holds nothing, a group left on a host driver, a record
+ * that cannot be read): nothing can be taken from the host there, but the VM will not start as
+ * restored. A device the host needs, recorded under a rule with allow_host_critical: true (in
+ * `policy`, which apply left), is one the guard starts, as plan kept it: judged as the hook
+ * judges it (only the record apply left there), the rules' warn and off aside. `plan`: the
+ * command the guard's fix names, with this run's flags.
+ */
+export function startVerdict(
+  checked: readonly GuardRefusal[],
+  { vm, policy, plan }: { vm: string; policy: VmGuardPolicy; plan: string },
+): { refusals: string[]; warnings: string[] } {
+  // A group member the host needs is groupMatesHostNeeds' refusal (the `host` option); one
+  // another running VM has (`busy`) is not: that check reads no running VM.
+  const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
+    .filter((r) => r.group === undefined || r.hostNeeds === null || r.kind === "busy");
+  // What the hook does with the rest, by the policies it reads: `warn` and `off` let a
+  // start go on past an address that holds nothing, and libvirt then fails it.
+  const judged = policed(checked, policy);
+  const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
+  const stopper = (r: GuardRefusal) => {
+    const as = judged.find((j) => j.kind === r.kind && j.address === r.address);
+    const name = JSON.stringify(vm);
+    return as?.policy === "enforce"
+      ? `the start guard would refuse to start ${name} as restored`
+      : `${name} would not start as restored (the start guard, by its policy, would ${
+        as === undefined ? "pass it" : "warn and go on"
+      }, and libvirt fails to find the device)`;
+  };
+  return {
+    refusals: found.filter(refused).map((r) => r.reason),
+    warnings: found.filter((r) => !refused(r)).map((r) =>
+      `${stopper(r)}: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
+    ),
   };
 }
 

@@ -27,11 +27,20 @@ import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
-import { liveDefaultRouteNic, livePciMissing, liveSpareFunction } from "../helpers/hosts.ts";
+import {
+  liveDefaultRouteNic,
+  livePciMissing,
+  liveSpareFunction,
+  loadFixtureHost,
+  tempHostTree,
+} from "../helpers/hosts.ts";
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { canUnshareMounts } from "../helpers/cli.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
-import { runGuard } from "../../lib/guard/run.ts";
+import { guardCheck, runGuard } from "../../lib/guard/run.ts";
+import { ENFORCE, type VmGuardPolicy } from "../../lib/guard/policy.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { startVerdict } from "../../cli/rollback.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { demoTree, killHard, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
@@ -1872,4 +1881,64 @@ Deno.test("rollbackVm() of a VM defined again with a new uuid says which backup 
       ),
     ),
   );
+});
+
+/**
+ * What `rollback` makes of the start guard's check of a backup of "win11" passing the Z690 GPU
+ * (0000:03:00.0, recorded under rule "gpu") on that tree with the chipset's audio 0000:00:1f.3
+ * moved into its IOMMU group 21 on `driver`, given to running VM "nas" when `held`.
+ */
+async function groupVerdict(
+  { driver, held, policy }: { driver: string; held: boolean; policy: VmGuardPolicy },
+) {
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [];
+  for (const d of host.devices) {
+    if (d.bdf === "0000:00:1f.3") Object.assign(d, { group: 21, driver });
+  }
+  await using tree = await tempHostTree(host);
+  Deno.mkdirSync(`${tree.dir}/qemu`);
+  if (held) {
+    Deno.writeTextFileSync(
+      `${tree.dir}/qemu/nas.xml`,
+      `<domstatus state='running' pid='4242'><domain type='kvm' id='3'><name>nas</name><devices>${
+        hostdevXml("0000:00:1f.3")
+      }</devices></domain></domstatus>`,
+    );
+  }
+  const xml = `<domain type='kvm'><name>win11</name><metadata>
+  <pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+    <pt:device address="0000:03:00.0" vendor="1002" device="73df" subsystem-vendor="1002"
+      subsystem-device="0e36" class="030000" rule="gpu"/>
+  </pt:hostdevs></metadata><devices>${hostdevXml("0000:03:00.0")}</devices></domain>`;
+  const checked = guardCheck({
+    vm: "win11",
+    xml,
+    reader: denoFsReader(),
+    root: tree.dir,
+    live: false,
+    qemuStatusDir: `${tree.dir}/qemu`,
+  });
+  return startVerdict(checked, { vm: "win11", policy, plan: "passthrough plan --vm win11 -c URI" });
+}
+
+Deno.test("startVerdict() refuses a backup whose IOMMU group holds a function a running VM was given, which rollback's own group check does not see", async () => {
+  // The audio is no class the host needs (groupMatesHostNeeds passes it), and the backup adds no
+  // device to the current definition (so the held-elsewhere check asks nothing of its group).
+  const { refusals, warnings } = await groupVerdict({
+    driver: "vfio-pci",
+    held: true,
+    policy: ENFORCE,
+  });
+  assertEquals(warnings, []);
+  assertEquals(refusals.length, 1);
+  assertMatch(
+    refusals[0]!,
+    /^hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:00:1f\.3, .*; it is in use \(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at a time/,
+  );
+  // Once "nas" is shut down, nothing is left to refuse: an unbound function the host does not need.
+  assertEquals(await groupVerdict({ driver: "vfio-pci", held: false, policy: ENFORCE }), {
+    refusals: [],
+    warnings: [],
+  });
 });
