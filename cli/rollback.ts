@@ -134,18 +134,22 @@ export function startVerdict(
   // another running VM has (`busy`) is not: that check reads no running VM.
   const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
     .filter((r) => r.group === undefined || r.hostNeeds === null || r.kind === "busy");
-  // What the hook does with the rest, by the policies it reads: `warn` and `off` let a
-  // start go on past an address that holds nothing, and libvirt then fails it.
+  // What the hook does with the rest, by the policies it reads: `warn` and `off` let a start go
+  // on past an address that holds nothing, or a group left on a host driver, and libvirt then
+  // fails it.
   const judged = policed(checked, policy);
   const refused = (r: GuardRefusal) => r.kind === "replaced" || r.hostNeeds !== null;
   const stopper = (r: GuardRefusal) => {
     const as = judged.find((j) => j.kind === r.kind && j.address === r.address);
     const name = JSON.stringify(vm);
+    const libvirt = r.group === undefined
+      ? "libvirt fails to find the device"
+      : `libvirt fails it: group ${r.group.number} is not viable`;
     return as?.policy === "enforce"
       ? `the start guard would refuse to start ${name} as restored`
       : `${name} would not start as restored (the start guard, by its policy, would ${
         as === undefined ? "pass it" : "warn and go on"
-      }, and libvirt fails to find the device)`;
+      }, and ${libvirt})`;
   };
   return {
     refusals: found.filter(refused).map((r) => r.reason),

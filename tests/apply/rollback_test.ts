@@ -1942,3 +1942,26 @@ Deno.test("startVerdict() refuses a backup whose IOMMU group holds a function a 
     warnings: [],
   });
 });
+
+Deno.test("startVerdict() warns that libvirt fails a restored VM whose IOMMU group holds a function on a host driver, whatever the guard's policy", async () => {
+  const lines = [];
+  for (const guard of ["enforce", "warn", "off"] as const) {
+    const { refusals, warnings } = await groupVerdict({
+      driver: "snd_hda_intel",
+      held: false,
+      policy: { guard, rules: {} },
+    });
+    assertEquals(refusals, []);
+    assertEquals(warnings.length, 1);
+    assertMatch(
+      warnings[0]!,
+      /: hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:00:1f\.3, .*driver snd_hda_intel\), which "win11" does not pass: .*; fix: passthrough plan --vm win11 -c URI \(it judges the group as it is now\)/,
+    );
+    lines.push(warnings[0]!.slice(0, warnings[0]!.indexOf(": hostdev")));
+  }
+  assertEquals(lines, [
+    'the start guard would refuse to start "win11" as restored',
+    '"win11" would not start as restored (the start guard, by its policy, would warn and go on, and libvirt fails it: group 21 is not viable)',
+    '"win11" would not start as restored (the start guard, by its policy, would pass it, and libvirt fails it: group 21 is not viable)',
+  ]);
+});
