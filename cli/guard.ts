@@ -116,9 +116,14 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   }
   const last = records?.find((r) => r.vm === vm)?.refusals ?? [];
   for (const refusal of last.filter((r) => r.hostNeeds !== null)) {
+    // What another function of the device makes it needed for (its IOMMU group's, a VF of it,
+    // which may be another running VM's) is said of that function, not of the device.
+    const needs = refusal.hostNeeds!.startsWith("its ")
+      ? `, whose ${refusal.hostNeeds!.slice(4)}`
+      : `, which the host needs (${refusal.hostNeeds})`;
     io.out(
-      `Note: its last refusal names ${refusal.address}, which the host needs (${refusal.hostNeeds}): ` +
-        `an allowance does not let a start take it; ${hostNeedsRemedy(refusal, vm)}\n`,
+      `Note: its last refusal names ${refusal.address}${needs}: an allowance does not let a ` +
+        `start take it; ${hostNeedsRemedy(refusal, vm)}\n`,
     );
   }
   for (const refusal of last.filter((r) => r.kind === "unreadable")) {

@@ -27,7 +27,9 @@ import {
   renderHookScript,
 } from "../../lib/guard/hook_file.ts";
 import type { DoctorFinding } from "../../lib/host/doctor.ts";
-import { recordPolicies } from "../../lib/guard/state.ts";
+import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
+import { guardCheck } from "../../lib/guard/run.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { guardPolicies } from "../../lib/guard/policy.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml, worldUri } from "../helpers/world.ts";
@@ -1772,4 +1774,53 @@ Deno.test("a hook started on a deleted state directory makes it again root's alo
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("guard allow says a refusal of another function of the IOMMU group names that function, not the passed device as one the host needs", async () => {
+  // The Z690 GPU's group 21 merged with the chipset's audio, on vfio-pci and given to running VM
+  // "nas": the refusal is of the audio, which the host does not need.
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [];
+  for (const d of host.devices) {
+    if (d.bdf === "0000:00:1f.3") Object.assign(d, { group: 21, driver: "vfio-pci" });
+  }
+  await using tree = await tempHostTree(host);
+  const source = (bus: string, fn: string) =>
+    `<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' ` +
+    `bus='0x${bus}' slot='0x${bus === "00" ? "1f" : "00"}' function='0x${fn}'/></source></hostdev>`;
+  Deno.mkdirSync(`${tree.dir}/qemu`);
+  Deno.writeTextFileSync(
+    `${tree.dir}/qemu/nas.xml`,
+    `<domstatus state='running'><domain type='kvm'><name>nas</name><devices>${
+      source("00", "3")
+    }</devices></domain></domstatus>`,
+  );
+  const refusals = guardCheck({
+    vm: "win11",
+    xml: `<domain type='kvm'><name>win11</name><uuid>${WIN11_UUID}</uuid><devices>${
+      source("03", "0")
+    }</devices></domain>`,
+    reader: denoFsReader(),
+    root: tree.dir,
+    live: false,
+    qemuStatusDir: `${tree.dir}/qemu`,
+  });
+  assertEquals(refusals.map((r) => [r.kind, r.address]), [["busy", "0000:03:00.0"]]);
+  const stateDir = `${tree.dir}/state`;
+  Deno.mkdirSync(stateDir);
+  recordRefusals(stateDir, "win11", refusals, { allowed: false });
+  const allow = await runCli([
+    "guard",
+    "allow",
+    "win11",
+    "--connect",
+    GUARD_WORLD,
+    "--state-dir",
+    stateDir,
+  ]);
+  assertEquals(allow.code, 0, allow.stderr);
+  assertMatch(
+    allow.stdout,
+    /\nNote: its last refusal names 0000:03:00\.0, whose IOMMU group 21 also holds 0000:00:1f\.3: in use \(vm-passed: hostdev of running VM "nas"\): an allowance does not let a start take it; nothing does: follow the refusal's fix\n/,
+  );
 });
