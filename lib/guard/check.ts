@@ -778,8 +778,8 @@ function describeRefusal(refusal: GuardRefusal, vfIndex?: number): string {
   return `${element} ${refusal.address} holds ${holds} now${recorded}${needs}${override}`;
 }
 
-/** How a refusal names the element that passes a device. */
-function elementWords(element: GuardElement | null): string {
+/** How the guard names the element that passes a device (a refusal's, another running VM's). */
+export function elementWords(element: GuardElement | null): string {
   return element === "interface"
     ? "hostdev interface"
     : element === "disk"

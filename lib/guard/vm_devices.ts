@@ -29,6 +29,7 @@ import {
   usbDeviceControllers,
 } from "../host/sysfs_device.ts";
 import { scanPassedDevicesLeniently } from "../domain/lenient.ts";
+import { elementWords } from "./check.ts";
 import { describeUsbSource } from "../domain/usb_source.ts";
 import type { UsedDevices } from "../plan/used_devices.ts";
 
@@ -233,8 +234,7 @@ export function vmDeviceUses(
     const scan = scanPassedDevicesLeniently(xml);
     for (const { address, element } of scan.devices) {
       if (!along.has(address)) continue;
-      const what = element === "interface" ? "hostdev interface" : element;
-      uses.push({ address, reason: "vm-passed", detail: `${what} of ${whose}` });
+      uses.push({ address, reason: "vm-passed", detail: `${elementWords(element)} of ${whose}` });
     }
     useAll(scan, whose, candidates);
   }

@@ -12,6 +12,7 @@ import { guardStartOnTree } from "../helpers/guard_run.ts";
 import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
 import { hostdevXml as pciHostdev } from "../helpers/plan_world.ts";
 import { sriovNic } from "../helpers/sriov.ts";
+import { nvmeDiskXml } from "../helpers/devices.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
 
 const NVME = "0000:06:00.0";
@@ -649,4 +650,21 @@ Deno.test("guard: a function of the taken IOMMU group that a running VM was give
   const free = await start({ held: null, guard: "enforce", allowHostCritical: [] });
   assertEquals([free.code, free.refusals], [1, [["host-needs", GPU_21]]]);
   assertEquals((await start({ held: null, guard: "enforce", allowHostCritical: ["gpu"] })).code, 0);
+});
+
+Deno.test("guard: a function of the taken IOMMU group a running VM was given as an NVMe disk is named as one", async () => {
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [];
+  for (const d of host.devices) {
+    if (d.bdf === NVME) Object.assign(d, { group: 21, driver: "vfio-pci" });
+  }
+  await using tree = await tempHostTree(host);
+  const dir = tree.dir;
+  Deno.mkdirSync(`${dir}/qemu`);
+  Deno.mkdirSync(`${dir}/state`);
+  Deno.writeTextFileSync(`${dir}/qemu/nas.xml`, status("nas", [nvmeDiskXml("06", "vdb")]));
+  const xml = domain("desktop", [hostdev("0000:03:00.0")]);
+  const refused = await guardStartOnTree({ vm: "desktop", xml, dir, live: false });
+  assertEquals([refused.code, refused.refusals], [1, [["busy", "0000:03:00.0"]]]);
+  assertMatch(refused.line, /; it is in use \(vm-passed: NVMe disk of running VM "nas"\): /);
 });
