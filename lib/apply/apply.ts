@@ -939,10 +939,10 @@ function runLive(
 /**
  * What the start guard does at the next start of a VM whose devices changed since its plan
  * ({@link startGuardDoes}): `warn` refuses it only for a device the host needs. The guard judges
- * a group's other functions only where the host needs one or one is on a host driver: an unbound
- * function that joined a group is no refusal of its. It judges each device by its rule's policy:
- * `rules` that differ in what it does are named each. `null`: the policies are not known (a
- * library caller gave none), so what `enforce` does.
+ * a group's other functions only where the host needs one, one is on a host driver, or a running
+ * VM was given one: an unbound function that joined a group is no refusal of its. It judges each
+ * device by its rule's policy: `rules` that differ in what it does are named each. `null`: the
+ * policies are not known (a library caller gave none), so what `enforce` does.
  */
 function nextStart(start: StartGuard | null, rules: readonly string[]): string {
   if (start === null) {
@@ -979,7 +979,8 @@ function nextStart(start: StartGuard | null, rules: readonly string[]): string {
 
 /** When the start guard, where it refuses, refuses a start of a VM whose devices changed. */
 const REFUSED_ONLY = "only for a device it passes that is gone, another one, or one the host " +
-  "needs, or another function of their IOMMU groups that the host needs or that is on a host driver";
+  "needs, or another function of their IOMMU groups that the host needs, that is on a host driver, " +
+  "or that a running VM was given";
 
 /** Why a re-check refused an attach: the host's devices `unread`, else changed; in words. */
 interface Refused {

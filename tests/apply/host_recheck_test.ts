@@ -407,7 +407,7 @@ Deno.test("applyPlan() --live does not attach a device the host came to use afte
     ["win10"],
   ]);
   assertEquals(result.live?.errors, [
-    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
+    `Not attached: since the plan was made, the host's devices changed: "0000:01:00.0" (rule "gpu") is now in use by the host (console-vga: the boot console), which it was not at the plan: its definition holds them even so, and its next start would take them as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs, that is on a host driver, or that a running VM was given): run "passthrough rollback win10" to restore the definition it had, or the plan again`,
   ]);
   // Before: "hot-plug failed, the change takes effect at the next full power-off", as if the
   // definition were safe to start.
@@ -434,7 +434,7 @@ Deno.test("applyPlan() --live says what the start guard does at the next start, 
   const cases: [StartGuard, string][] = [
     [
       { policy: "enforce", hook: true },
-      "(the start guard refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver)",
+      "(the start guard refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs, that is on a host driver, or that a running VM was given)",
     ],
     [{ policy: "off", hook: true }, `(its "guard: off" has the start guard let that start go on)`],
     [
@@ -465,7 +465,7 @@ Deno.test("applyPlan() --live says which group changes the start guard refuses, 
     const error = report.vms[0]!.live!.errors[0]!;
     assertMatch(error, /now also holds "0000:01:00.2"/);
     assertEquals(starts, driver === null);
-    assertOk(error.includes("that the host needs or that is on a host driver)"), error);
+    assertOk(error.includes("that is on a host driver, or that a running VM was given)"), error);
   }
 });
 
@@ -522,7 +522,7 @@ Deno.test("applyPlan() --live says the guard refuses a start for a rule that enf
   // Before: "(its "guard: off" has the start guard let that start go on)", the laxest rule's.
   assertOk(
     error.includes(
-      `as they are now (the start guard judges each device by its rule's "guard:": for rule "gpu" it refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver; for rule "nic" ("guard: off") it lets that start go on): run`,
+      `as they are now (the start guard judges each device by its rule's "guard:": for rule "gpu" it refuses that start only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs, that is on a host driver, or that a running VM was given; for rule "nic" ("guard: off") it lets that start go on): run`,
     ),
     error,
   );
@@ -548,7 +548,7 @@ Deno.test("applyPlan() --live without the start guard's policies does not say th
   // passes that is gone, another one, ...)", the policy taken for "enforce".
   assertOk(
     error.includes(
-      `as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs or that is on a host driver): run`,
+      `as they are now (whether the start guard refuses that start depends on its "guard:" policies, which this apply was not given: under "guard: enforce", where it is installed, it refuses it only for a device it passes that is gone, another one, or one the host needs, or another function of their IOMMU groups that the host needs, that is on a host driver, or that a running VM was given): run`,
     ),
     error,
   );
