@@ -10,7 +10,7 @@ import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { readHostUse } from "../../lib/host/sysfs_device.ts";
 import { checkDomainStart, formatRefusal, type GuardRefusal } from "../../lib/guard/check.ts";
-import { runGuard } from "../../lib/guard/run.ts";
+import { guardCheck, runGuard } from "../../lib/guard/run.ts";
 
 /** The Z690 host, its NIC on the default route, with an igb PF at 40:00.0 and 4 VFs. */
 function host(): HostDescription {
@@ -346,5 +346,45 @@ Deno.test("guard: a pool entry whose group cannot be told is refused as the netw
       "free entry of the pool to this VM, so what else VFIO would hand the guest is unknown; " +
       "fix: correct the pool (virsh net-edit sriov), then, with the guests that use it shut " +
       "down, virsh net-destroy sriov; virsh net-start sriov",
+  );
+});
+
+Deno.test("guard: a pool entry whose IOMMU group now holds a function a running VM was given refuses the start, naming that VM", async () => {
+  // The first VF's group 30 merged with the NVMe drive at 06:00.0, on vfio-pci in running "nas".
+  const merged = host();
+  for (const d of merged.devices) {
+    if (d.bdf === "0000:06:00.0") Object.assign(d, { group: 30, driver: "vfio-pci" });
+  }
+  await using tree = await tempHostTree(merged);
+  for (const dir of ["qemu", "network"]) Deno.mkdirSync(`${tree.dir}/${dir}`);
+  Deno.writeTextFileSync(`${tree.dir}/network/sriov.xml`, status("sriov", pool(VFS)));
+  Deno.writeTextFileSync(
+    `${tree.dir}/qemu/nas.xml`,
+    `<domstatus state='running'><domain type='kvm'><name>nas</name><devices>
+      <hostdev mode='subsystem' type='pci' managed='yes'><source>${
+      libvirtAddress("0000:06:00.0")
+    }</source></hostdev></devices></domain></domstatus>`,
+  );
+  const refusals = guardCheck({
+    vm: "router",
+    xml: domain(["sriov"]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    live: false,
+    qemuStatusDir: `${tree.dir}/qemu`,
+    networkStatusDir: `${tree.dir}/network`,
+  });
+  assertEquals(summary(refusals), [["busy", VFS[0]!, "sriov"]]);
+  assertMatch(
+    formatRefusal(refusals[0]!),
+    new RegExp(
+      String.raw`hostdev network "sriov" lists 0000:40:10\.0, whose IOMMU group 30 also holds ` +
+        String
+          .raw`0000:06:00\.0, .*driver vfio-pci\), which "router" does not pass; it is in use ` +
+        String
+          .raw`\(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at ` +
+        String.raw`a time, so libvirt refuses this start while that guest runs; libvirt may hand ` +
+        String.raw`any free entry of the pool to this VM; fix: correct the pool`,
+    ),
   );
 });
