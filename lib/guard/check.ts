@@ -51,8 +51,9 @@ export type GuardRefusalKind =
   | "host-needs"
   /**
    * A program holds the device open (a GPU's DRM or NVIDIA node, `gpu-in-use`), or another
-   * running VM was given a VF of it (an SR-IOV PF, `vm-passed`), whatever else makes the host
-   * need it: a state that passes, which no `allow_host_critical` lifts.
+   * running VM was given a VF of it (an SR-IOV PF, `vm-passed`) or another function of its IOMMU
+   * group ({@link GuardRefusal.group}), whatever else makes the host need it: a state that
+   * passes, which no `allow_host_critical` lifts.
    */
   | "busy"
   /**
@@ -118,8 +119,9 @@ export interface GuardRefusal {
   hostNeeds: string | null;
   /**
    * Set when what is refused is another function of the address's IOMMU group, which the domain
-   * does not pass and VFIO would hand the guest along (`host-needs`), or which stays on a host
-   * driver (`not-viable`): the group, that member, and its driver.
+   * does not pass and VFIO would hand the guest along (`host-needs`), which stays on a host
+   * driver (`not-viable`), or which another running VM has (`busy`): the group, that member, and
+   * its driver.
    */
   group?: { number: number; member: PciAddress; driver: string | null };
   /** The whole reason in words, as {@link formatRefusal} prints it after the VM's name. */
