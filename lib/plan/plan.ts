@@ -295,6 +295,7 @@ export function planWorld(options: PlanWorldOptions): Plan {
     ...(config.example ? { example: true as const } : {}),
     ...(unplanned.length > 0 ? { unplanned } : {}),
     host: host.source,
+    ...(config.section === undefined ? {} : { section: config.section.host }),
     uri: world.uri,
     vms: settled.vms,
     errors,

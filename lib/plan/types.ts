@@ -324,6 +324,11 @@ export interface Plan {
   unplanned?: string[];
   /** Where the host data came from: `/sys`, a captured tree's path, or a libvirt URI. */
   host: string;
+  /**
+   * The section of a shared config's `hosts:` planned (`--host` or the host name); absent for a
+   * config without `hosts:`.
+   */
+  section?: string;
   /** The libvirt connection URI (`qemu:///system`, `test:///default`). */
   uri: string;
   /**

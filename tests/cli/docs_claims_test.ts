@@ -271,8 +271,8 @@ Deno.test("README: the fields plan --json and apply --json are said to print are
     ...keyPaths(goldenJson("plan_repair_json")),
   ]);
   const apply = keyPaths(await demoApplyJson());
-  // README's outline of `plan --json`, as paths; `example` and `unplanned` are printed only for
-  // the shipped example and with --vm, which the types say (below).
+  // README's outline of `plan --json`, as paths; `example`, `unplanned` and `section` are printed
+  // only for the shipped example, with --vm and with `hosts:`, which the types say (below).
   const readme = read("README.md").replaceAll(/\s+/g, " ");
   const outline = /`(\{ "config", [^`]*\})`/.exec(readme)?.[1];
   assertOk(outline, "README's plan --json outline");
@@ -285,7 +285,7 @@ Deno.test("README: the fields plan --json and apply --json are said to print are
   assertOk(/ move: MovedHostdev\[\];/.test(types) && /move\?: MovedHostdev\[\];/.test(types));
   const missing = documented.filter((path) =>
     !printed(path) &&
-    !(/^(example|unplanned)$/.test(path) && new RegExp(`\\b${path}\\?:`).test(types))
+    !(/^(example|unplanned|section)$/.test(path) && new RegExp(`\\b${path}\\?:`).test(types))
   );
   assertEquals(missing, []);
   // The rest of the section names these, each where it says.

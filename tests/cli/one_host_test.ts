@@ -43,6 +43,7 @@ const WORLD = nodeDeviceWorldXml(HV1, {
 
 interface JsonPlan {
   host: string;
+  section?: string;
   errors: { code: string; message: string }[];
   vms: { name: string; add: { address: string }[]; errors: { code: string }[] }[];
 }
@@ -126,7 +127,7 @@ Deno.test("a shared config plans only the section of --host, or of this machine'
     assertEquals(picked.code, 0, picked.stderr);
     const plan = JSON.parse(picked.stdout) as JsonPlan;
     // Only hv1's VMs and rules, against hv1's tree: "store" is limited to hv2.
-    assertEquals(plan.host, `${dir}/hv1`);
+    assertEquals([plan.host, plan.section], [`${dir}/hv1`, "hv1"]);
     assertEquals(
       plan.vms.map((vm) => [vm.name, vm.add.map((a) => a.address)]),
       [["render", ["0000:0b:00.0", "0000:0b:00.1"]]],
@@ -147,6 +148,7 @@ Deno.test("a shared config plans only the section of --host, or of this machine'
     );
     const mine = await runCli(["plan", "--json", "-f", config, "-c", world.uri]);
     assertEquals(mine.code, 0, mine.stderr);
+    assertEquals((JSON.parse(mine.stdout) as JsonPlan).section, own);
     assertEquals(
       mine.stderr,
       `Host section "${own}" of ${config} (this machine's host name), declared at ${config}:4:3\n`,
