@@ -12,7 +12,8 @@
  * With no arguments it checks the bundled demo (demo/, built in a temporary directory: hence
  * --allow-write), which has pending changes. A config shared by several hosts (`hosts:`) is
  * checked for this machine's section, found by its host name (hence --allow-sys=hostname), as
- * `passthrough plan` does.
+ * `passthrough plan` does, reading the tree and libvirt that section's `sysfs:` and `connect:`
+ * name, in place of SYSFS and URI.
  *
  * @module
  */
@@ -41,12 +42,28 @@ if (configPath === undefined) {
 }
 
 try {
+  const loaded = await loadConfig(configPath);
+  const picked = pickHostSection(loaded, { hostname: () => Deno.hostname() });
+  // The section's `sysfs:` and `connect:` stand in for SYSFS and URI, as for --sysfs and
+  // --connect of `passthrough plan`, which refuses both given: which one it read would be a guess.
+  for (
+    const [arg, given, key, value] of [
+      ["SYSFS", sysfs, "sysfs", picked?.host.sysfs],
+      ["URI", uri, "connect", picked?.host.uri],
+    ] as const
+  ) {
+    if (given !== undefined && value != null) {
+      throw new Error(
+        `${arg} and hosts.${picked?.host.name}.${key} in ${loaded.file} both say where to look: keep one`,
+      );
+    }
+  }
+  const config = picked?.config ?? loaded;
   // Read through libc: Deno refuses the live /sys (however spelled: `/sys/`) without
   // --allow-all. discoverHost tells the live /sys from a captured tree.
-  const host = await discoverHost({ root: sysfs ?? "/sys", reader: libcSysfsReader() });
-  const loaded = await loadConfig(configPath);
-  const config = pickHostSection(loaded, { hostname: () => Deno.hostname() })?.config ?? loaded;
-  using libvirt = openLibvirtPort(uri ?? null, { readOnly: true });
+  const root = picked?.host.sysfs ?? sysfs ?? "/sys";
+  const host = await discoverHost({ root, reader: libcSysfsReader() });
+  using libvirt = openLibvirtPort(picked?.host.uri ?? uri ?? null, { readOnly: true });
   const plan = planHostdevs({ config, host, libvirt });
 
   // A refusal outranks pending changes, whichever VM comes first.

@@ -91,6 +91,35 @@ Deno.test("examples/drift_check.ts checks this host's section of a config shared
   }
 });
 
+Deno.test("examples/drift_check.ts reads the tree and libvirt its host section names, as plan does", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-section-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // The section's tree is relative to the config's folder, as the CLI reads it.
+    const section = `{ sysfs: sysfs, connect: "test://${DEMO}world.xml" }`;
+    const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+    const fleet = demo.replace(
+      "vms:\n",
+      `hosts: { ${JSON.stringify(Deno.hostname())}: ${section}, elsewhere: {} }\nvms:\n`,
+    );
+    Deno.writeTextFileSync(`${dir}/fleet.yaml`, fleet);
+    // This machine's /sys and libvirt's default were read instead: a refusal, or no libvirt.
+    const out = await driftCheck(`${dir}/fleet.yaml`);
+    const stdout = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
+    assertEquals(stdout, "win10: pending: +3 -0\ngentoo: pending: +3 -0\n");
+    // A tree or URI given as well is one too many, as --sysfs or --connect is to plan.
+    const both = await driftCheck(`${dir}/fleet.yaml`, `${dir}/sysfs`);
+    assertEquals(both.code, 1);
+    assertMatch(
+      new TextDecoder().decode(both.stderr),
+      /^drift_check: SYSFS and hosts\..*\.sysfs in .*fleet\.yaml both say where to look: keep one\n$/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("examples/drift_check.ts reads the live sysfs given as /sys/ as it reads /sys", async () => {
   const uri = `test://${DEMO}world.xml`;
   const config = `${DEMO}passthrough_config.yaml`;
