@@ -13,6 +13,7 @@ import { recordCase } from "../../scripts/reliability_report.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { testDomainXml, worldUri, writeTempWorld } from "../helpers/world.ts";
 import { nodeDeviceWorldXml } from "../../lib/testing/nodedev_world.ts";
+import { chattr, immutableUnavailable } from "../helpers/immutable.ts";
 
 /** The libvirt `guard allow` reads the VM it binds an allowance to from (win11 in it). */
 const GUARD_WORLD = worldUri("guard_allow");
@@ -445,14 +446,28 @@ Deno.test({
   },
 });
 
-Deno.test("a state file that cannot be replaced (chattr +i) says how to see and clear the attribute", async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-immutable-" });
-  const allowance = `${dir}/state/guard/allow/win11.json`;
-  const chattr = (flags: string) =>
-    new Deno.Command("chattr", { args: [flags, allowance], stderr: "null" }).outputSync().success;
-  try {
-    assertEquals(
-      (await runCli([
+Deno.test({
+  name: "a state file that cannot be replaced (chattr +i) says how to see and clear the attribute",
+  ignore: immutableUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-immutable-" });
+    const allowance = `${dir}/state/guard/allow/win11.json`;
+    const immutable = (flags: string) => chattr(flags, allowance);
+    try {
+      assertEquals(
+        (await runCli([
+          "guard",
+          "allow",
+          "win11",
+          "--connect",
+          GUARD_WORLD,
+          "--state-dir",
+          `${dir}/state`,
+        ])).code,
+        0,
+      );
+      assertOk(immutable("+i"), `chattr +i ${allowance}`);
+      const run = await runCli([
         "guard",
         "allow",
         "win11",
@@ -460,35 +475,21 @@ Deno.test("a state file that cannot be replaced (chattr +i) says how to see and 
         GUARD_WORLD,
         "--state-dir",
         `${dir}/state`,
-      ])).code,
-      0,
-    );
-    if (!chattr("+i")) {
-      await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
-      return;
+      ]);
+      immutable("-i");
+      assertEquals(run.code, 1, run.stderr);
+      // It said "the system refused: check the owner and mode of that path, or run as root", to root.
+      assertOk(
+        run.stderr.endsWith(
+          ` -> '${allowance}' (the system refused whatever the owner and mode: where "lsattr -d ${dir}/state/guard/allow ${allowance}" shows "i" (immutable) or "a" (append-only), "chattr -i -a" on that path clears it; else check the owner and mode, or run as root)\n`,
+        ),
+        run.stderr,
+      );
+    } finally {
+      immutable("-i");
+      await Deno.remove(dir, { recursive: true });
     }
-    const run = await runCli([
-      "guard",
-      "allow",
-      "win11",
-      "--connect",
-      GUARD_WORLD,
-      "--state-dir",
-      `${dir}/state`,
-    ]);
-    chattr("-i");
-    assertEquals(run.code, 1, run.stderr);
-    // It said "the system refused: check the owner and mode of that path, or run as root", to root.
-    assertOk(
-      run.stderr.endsWith(
-        ` -> '${allowance}' (the system refused whatever the owner and mode: where "lsattr -d ${dir}/state/guard/allow ${allowance}" shows "i" (immutable) or "a" (append-only), "chattr -i -a" on that path clears it; else check the owner and mode, or run as root)\n`,
-      ),
-      run.stderr,
-    );
-  } finally {
-    chattr("-i");
-    await Deno.remove(dir, { recursive: true });
-  }
+  },
 });
 
 Deno.test("plan warns, at the rule, of each member an iommu_group: false rule leaves on a host driver", async () => {

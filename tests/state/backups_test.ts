@@ -15,6 +15,7 @@ import {
 import { sha256Hex } from "../../lib/state/sha256.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { runCli } from "../helpers/cli.ts";
+import { chattr, immutableUnavailable } from "../helpers/immutable.ts";
 import { describeError } from "../../main.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 
@@ -250,36 +251,34 @@ Deno.test("pruneBackups() neither counts nor removes a backup whose XML no longe
   }
 });
 
-function chattr(flags: string, path: string): boolean {
-  return new Deno.Command("chattr", { args: [flags, path], stderr: "null" }).outputSync().success;
-}
-
-Deno.test("pruneBackups() that cannot remove a sidecar keeps its XML and stops, so nothing is left damaged", async (t) => {
-  const root = tempDir();
-  try {
-    const state = openStateDir(`${root}/state`);
-    const oldest = backupOf(state, "a", { second: 1 });
-    const older = backupOf(state, "a", { second: 2 });
-    const newest = backupOf(state, "a", { second: 3 });
-    const sidecar = older.path.replace(/\.xml$/, ".json");
-    if (!chattr("+i", sidecar)) {
-      await t.step({ name: "skipped: chattr +i does not work here", ignore: true, fn: () => {} });
-      return;
-    }
-    let outcome;
+Deno.test({
+  name:
+    "pruneBackups() that cannot remove a sidecar keeps its XML and stops, so nothing is left damaged",
+  ignore: immutableUnavailable() !== null,
+  fn() {
+    const root = tempDir();
     try {
-      outcome = pruneBackups(listBackups(state, "a"), { uuid: UUID, uri: "u", keep: 1 });
+      const state = openStateDir(`${root}/state`);
+      const oldest = backupOf(state, "a", { second: 1 });
+      const older = backupOf(state, "a", { second: 2 });
+      const newest = backupOf(state, "a", { second: 3 });
+      const sidecar = older.path.replace(/\.xml$/, ".json");
+      assertOk(chattr("+i", sidecar), `chattr +i ${sidecar}`);
+      let outcome;
+      try {
+        outcome = pruneBackups(listBackups(state, "a"), { uuid: UUID, uri: "u", keep: 1 });
+      } finally {
+        chattr("-i", sidecar);
+      }
+      // The sidecar goes first: a backup cut short there is whole, never one without its XML.
+      assertEquals(outcome.removed, []);
+      assertMatch(outcome.error ?? "", new RegExp(`^cannot remove "${older.path}": `));
+      assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, older.id, oldest.id]);
+      assertEquals(inspectBackups(state, "a").problems, []);
     } finally {
-      chattr("-i", sidecar);
+      Deno.removeSync(root, { recursive: true });
     }
-    // The sidecar goes first: a backup cut short there is whole, never one without its XML.
-    assertEquals(outcome.removed, []);
-    assertMatch(outcome.error ?? "", new RegExp(`^cannot remove "${older.path}": `));
-    assertEquals(listBackups(state, "a").map((e) => e.id), [newest.id, older.id, oldest.id]);
-    assertEquals(inspectBackups(state, "a").problems, []);
-  } finally {
-    Deno.removeSync(root, { recursive: true });
-  }
+  },
 });
 
 Deno.test("inspectBackups() lists an XML left without its sidecar, and a temporary file, as incomplete", () => {
