@@ -1,4 +1,4 @@
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { bundleAsTask, runCli } from "../helpers/cli.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
@@ -101,6 +101,28 @@ function taskStatus(output: string, task: string): string | null {
   const m = /\n(ok|changed|fatal|skipping): \[localhost\]/.exec(output.slice(at));
   return m?.[1] ?? null;
 }
+
+Deno.test({
+  name: "the Ansible playbook passes ansible-lint",
+  ignore: which("ansible-lint") === null,
+  async fn() {
+    // Its own config and cache: the user's would change which rules run.
+    const home = await Deno.makeTempDir({ prefix: "passthrough-ansible-lint-" });
+    try {
+      const lint = await new Deno.Command("ansible-lint", {
+        args: ["--nocolor", "--offline", "passthrough.yml"],
+        cwd: `${ROOT}ansible`,
+        env: { LC_ALL: "C.UTF-8", HOME: home, XDG_CACHE_HOME: `${home}/cache` },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const out = new TextDecoder().decode(lint.stdout) + new TextDecoder().decode(lint.stderr);
+      assertEquals(lint.code, 0, out);
+    } finally {
+      await Deno.remove(home, { recursive: true });
+    }
+  },
+});
 
 Deno.test({
   name:
@@ -299,8 +321,12 @@ vms:
         taskOutput(first.out, "Passthrough report"),
         new RegExp(`"msg": "changed: ${vm}; skipped: none"`),
       );
-      // The start guard: installed once, running the bundled check copied beside the CLI.
+      // The start guard: installed once, running the bundled check copied beside the CLI, and
+      // what it did shown there, before the plan runs, not at the play's end.
       assertEquals(taskStatus(first.out, "Passthrough start guard"), "changed", first.out);
+      const report = first.out.indexOf("RUNNING HANDLER [Passthrough start guard report]");
+      assertOk(report > 0 && report < first.out.indexOf("TASK [Passthrough apply]"), first.out);
+      assertMatch(first.out.slice(report), /^ok: \[localhost\] => \{\n *"msg": /m);
       const hook = await Deno.readTextFile(`${dir}/hooks/50-passthrough-guard`);
       assertMatch(
         hook,
@@ -319,6 +345,7 @@ vms:
       assertEquals(taskStatus(second.out, "Passthrough definitions"), "ok", second.out);
       assertEquals(taskStatus(second.out, "Passthrough apply"), "ok", second.out);
       assertEquals(taskStatus(second.out, "Passthrough start guard"), "ok", second.out);
+      assertEquals(second.out.includes("RUNNING HANDLER"), false, second.out);
       assertMatch(second.out, /localhost\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0/);
 
       const badCheck = await playbook(refused, ["--check"]);
