@@ -87,7 +87,7 @@ function applyCounts(report: ApplyReport, plan: Plan): ChangeCounts & {
 
 /**
  * The report as `apply --json` prints it, secrets shown as `***`: the {@link ApplyReport} with
- * the names `plan --json` uses added beside its own (`config`; per VM `name`, the same as `vm`,
+ * the names `plan --json` uses added beside its own (`config`, `section`; per VM `name`, the same as `vm`,
  * and the plan's `move` list of a changed VM), and its counts under `summary`.
  */
 export function applyJson(report: ApplyReport, plan: Plan): string {
@@ -97,6 +97,7 @@ export function applyJson(report: ApplyReport, plan: Plan): string {
   };
   return redactedJson({
     config: plan.config,
+    ...(plan.section === undefined ? {} : { section: plan.section }),
     ...report,
     vms: report.vms.map((r) => ({ name: r.vm, ...r, move: moves(r) })),
     summary: applyCounts(report, plan),

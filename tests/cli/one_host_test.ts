@@ -136,6 +136,22 @@ Deno.test("a shared config plans only the section of --host, or of this machine'
       picked.stderr,
       `Host section "hv1" of ${config} (--host), declared at ${config}:3:3\n`,
     );
+    // apply --json names it too, as plan --json does.
+    const applied = await runCli([
+      "apply",
+      "--yes",
+      "--json",
+      "-f",
+      config,
+      "--host",
+      "hv1",
+      "-c",
+      world.uri,
+      "--state-dir",
+      `${dir}/state`,
+    ]);
+    assertEquals(applied.code, 0, applied.stderr);
+    assertEquals((JSON.parse(applied.stdout) as JsonPlan).section, "hv1");
 
     // Without --host, the section named after this machine (here in hv2's place).
     const own = Deno.hostname();
