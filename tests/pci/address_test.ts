@@ -3,7 +3,7 @@
  * same segment in config criteria, sysfs names, slot addresses and libvirt XML.
  */
 
-import { assertEquals } from "../helpers/assert.ts";
+import { assertEquals, assertRejects } from "../helpers/assert.ts";
 import { demoTree } from "../helpers/reliability.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import {
@@ -43,14 +43,12 @@ Deno.test("canonicalPciAddress() reads a domain as a number: 4 to 8 digits, one 
   );
 });
 
-Deno.test("an 8-digit zero domain in a sysfs name, a slot address and a config criterion names the device", async () => {
+Deno.test("an 8-digit zero domain in a slot address and a config criterion names the device", async () => {
   await using tree = await demoTree();
   const devices = `${tree.sysfs}/bus/pci/devices`;
-  // A tree whose entries are spelled with 8-digit domains, as some tools write them.
-  Deno.renameSync(`${devices}/0000:21:00.0`, `${devices}/00000000:21:00.0`);
+  // A slot address and a criterion spelled with 8-digit domains, as some tools write them.
   Deno.mkdirSync(`${tree.sysfs}/bus/pci/slots/7`, { recursive: true });
   Deno.writeTextFileSync(`${tree.sysfs}/bus/pci/slots/7/address`, "00000000:21:00\n");
-  // lspci cannot read such a tree (it rebuilds paths with 4-digit domains): sysfs alone.
   const host = await discoverHost({ root: tree.sysfs, lspci: null });
   const gpu = host.devices.find((d) => d.deviceId === "1b80");
   assertEquals([gpu?.address, gpu?.physicalSlot, gpu?.iommuGroup], ["0000:21:00.0", "7", 26]);
@@ -68,11 +66,18 @@ Deno.test("an 8-digit zero domain in a sysfs name, a slot address and a config c
   assertEquals(vm.errors, []);
   // The audio function the VM holds is recognised as the GPU's group mate, not a stranger.
   assertEquals([vm.add.map((a) => a.address), vm.keep], [["0000:21:00.0"], ["0000:21:00.1"]]);
+  // An entry so named is refused: lspci, apply's re-check and the guard read the kernel's name.
+  Deno.renameSync(`${devices}/0000:21:00.0`, `${devices}/00000000:21:00.0`);
+  await assertRejects(
+    () => discoverHost({ root: tree.sysfs, lspci: null }),
+    Error,
+    'Not a sysfs tree entry: "' + `${devices}/00000000:21:00.0"`,
+  );
   recordCase({
     area: "config",
-    name: "address criterion, sysfs name and slot address with an 8-digit zero domain",
+    name: "address criterion and slot address with an 8-digit zero domain",
     count: 1,
-    outcome: "normalised to 0000: the device matches and merges with lspci",
+    outcome: "normalised to 0000: the device matches and its slot is named",
     test: TEST,
   });
 });
