@@ -37,7 +37,7 @@ import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
 import { type GroupMate, groupMates } from "../resolve/group_mates.ts";
-import { baseName } from "../host/sysfs.ts";
+import { baseName, parseGroupNumber } from "../host/sysfs.ts";
 import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
@@ -443,9 +443,9 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
     group: (address) => {
       const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
       if (link === null) return null;
-      // As parseGroupNumber reads it; iommu_groups.ts (discovery's) is not loaded at every start.
       const name = baseName(link);
-      if (/^(0|[1-9][0-9]{0,9})$/.test(name) && Number(name) <= 0x7fffffff) return Number(name);
+      const group = parseGroupNumber(name);
+      if (group !== null) return group;
       unnamed.push({ of: address, name });
       return null;
     },

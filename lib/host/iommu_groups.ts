@@ -8,7 +8,7 @@
  */
 
 import type { GroupInconsistency, IommuGroup, PciAddress, PciDevice } from "./types.ts";
-import type { SysfsReader } from "./sysfs.ts";
+import { parseGroupNumber, type SysfsReader } from "./sysfs.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressParts } from "../pci/address.ts";
 
 /**
@@ -39,27 +39,9 @@ export function groupDevices(devices: readonly PciDevice[]): IommuGroup[] {
   }));
 }
 
-/** The largest group number: the kernel numbers groups with a non-negative `int`. */
-const MAX_GROUP = 0x7fffffff;
-
-/**
- * A group number as the kernel writes one (decimal, no sign, no leading zero, at most
- * 2147483647), or `null`. `Number()` would read `99999999999999999999` as an integer and `007`
- * as 7, so two spellings could name one group or a number could lose its last digits.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(parseGroupNumber("26"), 26);
- * assertEquals(["99999999999999999999", "007", "-1", "1.0", ""].map(parseGroupNumber),
- *   [null, null, null, null, null]);
- * ```
- */
-export function parseGroupNumber(text: string): number | null {
-  if (!/^(0|[1-9][0-9]{0,9})$/.test(text)) return null;
-  const n = Number(text);
-  return n <= MAX_GROUP ? n : null;
-}
+// Discovery's callers take the group number's reading from here; it lives with the reader, which
+// the start guard loads without this module.
+export { parseGroupNumber } from "./sysfs.ts";
 
 /** What sysfs says about membership, read but not yet judged (see {@link settleGroups}). */
 export interface GroupEvidence {

@@ -555,3 +555,25 @@ export function specialFileKind(info: Deno.FileInfo): string | null {
     ? "a socket"
     : null;
 }
+
+/** The largest group number: the kernel numbers groups with a non-negative `int`. */
+const MAX_GROUP = 0x7fffffff;
+
+/**
+ * A group number as the kernel writes one (decimal, no sign, no leading zero, at most
+ * 2147483647), or `null`. `Number()` would read `99999999999999999999` as an integer and `007`
+ * as 7, so two spellings could name one group or a number could lose its last digits.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(parseGroupNumber("26"), 26);
+ * assertEquals(["99999999999999999999", "007", "-1", "1.0", ""].map(parseGroupNumber),
+ *   [null, null, null, null, null]);
+ * ```
+ */
+export function parseGroupNumber(text: string): number | null {
+  if (!/^(0|[1-9][0-9]{0,9})$/.test(text)) return null;
+  const n = Number(text);
+  return n <= MAX_GROUP ? n : null;
+}
