@@ -42,6 +42,7 @@ import {
   heldAddresses,
   type ParsedDomain,
   parseDomainXml,
+  sameBesidesHostdevs,
 } from "../domain/domain_xml.ts";
 import {
   backupDir,
@@ -106,7 +107,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
  *   effect, and the backup is named (`failed`);
  * - `verify-failed`: the defined hostdevs are not the planned ones, or could not be read back to
- *   be checked; the backup was redefined when possible (`failed`);
+ *   be checked; the backup was redefined when possible, never over another client's define read
+ *   back in its place (`failed`);
  * - `undone`: defined, then its previous definition restored because a VM it swaps devices with
  *   failed (`failed`);
  * - `interrupted`: not asked nor applied, because the run was told to stop (`skipped`).
@@ -1287,6 +1289,23 @@ function defineAndVerify(
   // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
   const check = verifyDefined(libvirt, vm, desired);
   if ("after" in check) return check;
+  if ("text" in check && !definedHere(xml, check.text)) {
+    // Another client defined it between the define and the read-back (a `virsh edit` opened
+    // before this run, saved now): restoring the backup over it would lose that edit.
+    const rollback = followUpCommand(run, "passthrough rollback", { value: vm.name });
+    return {
+      failed: {
+        ...base,
+        status: "failed",
+        code: "verify-failed",
+        restored: false,
+        message:
+          `"${vm.name}" was defined again by another client right after this define, and its definition no longer holds the planned hostdevs (${check.problem}); it was left as that client defined it (${
+            describeXmlChange(secure, check.text)
+          } since the plan), not restored over that change, which no backup holds: check it with "${plan}"; "${rollback}" restores its previous definition from backup "${base.backup}"`,
+      },
+    };
+  }
   let restored = false;
   let restoreNote: string;
   try {
@@ -1318,6 +1337,19 @@ function defineAndVerify(
   return {
     failed: { ...base, status: "failed", code: "verify-failed", restored, message },
   };
+}
+
+/**
+ * Whether `readBack` is libvirt's rendering of the define of `defined` ({@link sameBesidesHostdevs});
+ * one that cannot be compared is taken for ours, and the restore still looks for a define since
+ * ({@link restoreUnlessRedefined}).
+ */
+function definedHere(defined: string, readBack: string): boolean {
+  try {
+    return sameBesidesHostdevs(defined, readBack);
+  } catch {
+    return true;
+  }
 }
 
 /**

@@ -1523,3 +1523,48 @@ function metadataSplices(
   }
   return [insertAfter(xml, { sibling: anchor, lines, newline })];
 }
+
+/**
+ * Whether `readBack`, a definition libvirt returned, reads as `defined` (what a define sent)
+ * outside what an edit of {@link editDomainXml} changes: PCI hostdevs, `<interface
+ * type='hostdev'>`s, PCI controllers (libvirt adds root ports for new hostdevs) and our metadata
+ * element. libvirt's rendering is allowed for: attribute quotes, indentation, the order of
+ * `<devices>`' children, an empty `<metadata>`, and guest addresses of those elements. `false`
+ * means another client defined the domain since: restoring a backup over it would lose that.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const sent = "<domain><name>a</name><devices><hostdev/><memballoon/></devices></domain>";
+ * const echo = '<domain>\n  <name>a</name>\n  <devices>\n    <memballoon/>\n  </devices>\n</domain>';
+ * assertEquals(sameBesidesHostdevs(sent, echo), true);
+ * assertEquals(sameBesidesHostdevs(sent, echo.replace("<memballoon/>", "<watchdog/>")), false);
+ * ```
+ */
+export function sameBesidesHostdevs(defined: string, readBack: string): boolean {
+  return canonicalBesidesHostdevs(readXmlElement(defined), null) ===
+    canonicalBesidesHostdevs(readXmlElement(readBack), null);
+}
+
+/** One string per element for {@link sameBesidesHostdevs}, `null` for what it leaves out. */
+function canonicalBesidesHostdevs(element: XmlElement, parent: string | null): string | null {
+  const { name, attributes } = element;
+  if (
+    parent === "devices" &&
+    (name === "hostdev" || (name === "interface" && attributes.type === "hostdev") ||
+      (name === "controller" && attributes.type === "pci"))
+  ) {
+    return null;
+  }
+  if (parent === "metadata" && Object.values(attributes).includes(METADATA_NAMESPACE)) return null;
+  const children = element.children.flatMap((child) => {
+    const text = canonicalBesidesHostdevs(child, name);
+    return text === null ? [] : [text];
+  });
+  // libvirt writes a domain's devices grouped by kind, whatever order a define gave.
+  if (name === "devices") children.sort();
+  const text = element.text.trim();
+  if (name === "metadata" && children.length === 0 && text === "") return null;
+  const attrs = Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify([name, attrs, text, children]);
+}

@@ -23,6 +23,7 @@ export {
   parseDomainXml,
   type PciController,
   type PciControllerSpec,
+  sameBesidesHostdevs,
 } from "./domain_xml.ts";
 export {
   type LenientHostdevPool,

@@ -1686,6 +1686,32 @@ Deno.test("applyPlan() counts a moved card as moved in its message, as the repor
   }
 });
 
+Deno.test("applyPlan() leaves a VM another client defined right after its define as it is", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Real libvirt underneath; another client saves a `virsh edit` opened before the apply right
+  // after apply's define, before its read-back.
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(before.replace("</uuid>", "</uuid><description>edited elsewhere</description>"));
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(
+    report.vms[0]!.message,
+    /^"alpha" was defined again by another client right after this define, .*missing \[0000:01:00\.0 managed owned\].*; it was left as that client defined it \(.*edited elsewhere.* since the plan\), not restored over that change/s,
+  );
+  assertMatch(f.port.getPersistentXml("alpha"), /<description>edited elsewhere<\/description>/);
+});
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another

@@ -6,7 +6,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
@@ -14,7 +14,7 @@ import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import { type Config, parseConfig } from "../../lib/config/config.ts";
-import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
+import { parseDomainXml, sameBesidesHostdevs } from "../../lib/domain/domain_xml.ts";
 import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { loadHost } from "../../cli/host_options.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
@@ -840,5 +840,52 @@ Deno.test({
       outcome: "failed, nothing defined; the user's edit stands",
       test: TEST,
     });
+  },
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd leaves a VM another client defined between its define and the read-back as that client defined it",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const port = openLibvirtPort(daemon.uri);
+    const names = ["pt-fault-echo-pc", "pt-fault-echo-q35"];
+    try {
+      for (const machine of ["pc", "q35"]) {
+        const vm = `pt-fault-echo-${machine}`;
+        port.define(qemuDomainXml(vm).replace("machine='pc'", `machine='${machine}'`));
+        const plan = await planGpu(vm, { sysfs: tree.sysfs, libvirt: port });
+        const before = port.getPersistentXml(vm, { secure: true });
+        // Another client: a `virsh edit` opened before the apply, saved right after its define.
+        const racing: LibvirtPort = Object.create(port);
+        let echoed: boolean | null = null;
+        racing.define = (xml) => {
+          port.define(xml);
+          if (echoed !== null) return;
+          // libvirt's own rendering of this define (quotes, order, addresses, root ports) is ours.
+          echoed = sameBesidesHostdevs(xml, port.getPersistentXml(vm, { secure: true }));
+          port.define(
+            before.replace("</uuid>", "</uuid>\n  <description>edited elsewhere</description>"),
+          );
+        };
+        const report = await applyPlan(plan, {
+          libvirt: racing,
+          stateDir: `${tree.dir}/state`,
+          confirm: yes,
+        });
+        assertEquals([machine, echoed], [machine, true]);
+        assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+        assertMatch(
+          report.vms[0]!.message,
+          /^".*" was defined again by another client right after this define, and its definition no longer holds the planned hostdevs \(expected hostdevs missing \[0000:21:00\.0 .*\]\); it was left as that client defined it \(1 changed line \("\+<description>edited elsewhere<\/description>"\) since the plan\), not restored over that change, which no backup holds: check it with "passthrough plan"; "passthrough rollback pt-fault-echo-.*" restores its previous definition from backup ".*"$/,
+        );
+        assertMatch(port.getPersistentXml(vm), /<description>edited elsewhere<\/description>/);
+      }
+    } finally {
+      port.close();
+      await undefineUnlessIsolated(daemon, names);
+    }
   },
 });
