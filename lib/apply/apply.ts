@@ -107,8 +107,8 @@ export type ApplyStatus = "changed" | "unchanged" | "skipped" | "failed";
  * - `define-unknown`: the define's reply was lost (the daemon died): it may or may not have taken
  *   effect, and the backup is named (`failed`);
  * - `verify-failed`: the defined hostdevs are not the planned ones, or could not be read back to
- *   be checked; the backup was redefined when possible, never over another client's define read
- *   back in its place (`failed`);
+ *   be checked; the backup was redefined when possible, never over another client's define or
+ *   undefine read back in its place (`failed`);
  * - `undone`: defined, then its previous definition restored because a VM it swaps devices with
  *   failed (`failed`);
  * - `interrupted`: not asked nor applied, because the run was told to stop (`skipped`).
@@ -1289,23 +1289,8 @@ function defineAndVerify(
   // The check: the definition libvirt now holds must carry exactly the planned hostdevs.
   const check = verifyDefined(libvirt, vm, desired);
   if ("after" in check) return check;
-  if ("text" in check && !definedHere(xml, check.text)) {
-    // Another client defined it between the define and the read-back (a `virsh edit` opened
-    // before this run, saved now): restoring the backup over it would lose that edit.
-    const rollback = followUpCommand(run, "passthrough rollback", { value: vm.name });
-    return {
-      failed: {
-        ...base,
-        status: "failed",
-        code: "verify-failed",
-        restored: false,
-        message:
-          `"${vm.name}" was defined again by another client right after this define, and its definition no longer holds the planned hostdevs (${check.problem}); it was left as that client defined it (${
-            describeXmlChange(secure, check.text)
-          } since the plan), not restored over that change, which no backup holds: check it with "${plan}"; "${rollback}" restores its previous definition from backup "${base.backup}"`,
-      },
-    };
-  }
+  const elsewhere = changedElsewhere(libvirt, vm, { xml, secure, check, base, run });
+  if (elsewhere !== null) return { failed: elsewhere };
   let restored = false;
   let restoreNote: string;
   try {
@@ -1337,6 +1322,50 @@ function defineAndVerify(
   return {
     failed: { ...base, status: "failed", code: "verify-failed", restored, message },
   };
+}
+
+/**
+ * The failure of a define another client acted on before its read-back, which restoring the
+ * backup must not undo: a define of the VM since (a `virsh edit` opened before this run, saved
+ * now), lost if the backup went over it, or its undefine, which the restore would undo. `null`
+ * when the read-back shows neither.
+ */
+function changedElsewhere(
+  libvirt: LibvirtPort,
+  vm: VmPlan,
+  { xml, secure, check, base, run }: {
+    xml: string;
+    secure: string;
+    check: { problem: string; text: string } | { unread: string };
+    base: VmApplyResult;
+    run: RunFlags | undefined;
+  },
+): VmApplyResult | null {
+  const rollback = followUpCommand(run, "passthrough rollback", { value: vm.name });
+  let message: string;
+  if ("text" in check) {
+    if (definedHere(xml, check.text)) return null;
+    message =
+      `"${vm.name}" was defined again by another client right after this define, and its definition no longer holds the planned hostdevs (${check.problem}); it was left as that client defined it (${
+        describeXmlChange(secure, check.text)
+      } since the plan), not restored over that change, which no backup holds: check it with "${
+        followUpCommand(run, "passthrough plan")
+      }"; "${rollback}" restores its previous definition from backup "${base.backup}"`;
+  } else {
+    if (!undefinedSince(libvirt, vm.name)) return null;
+    message =
+      `"${vm.name}" was undefined by another client right after this define (${check.unread}); it was left undefined, not defined again from its backup: "${rollback}" defines its previous definition again from backup "${base.backup}"`;
+  }
+  return { ...base, status: "failed", code: "verify-failed", restored: false, message };
+}
+
+/** Whether libvirt lists no domain named `vm`; `false` when it cannot be listed. */
+function undefinedSince(libvirt: LibvirtPort, vm: string): boolean {
+  try {
+    return !libvirt.listDomains().some((d) => d.name === vm);
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -9,6 +9,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
+import { Connection } from "../../ffi/connection.ts";
 import type { LibvirtPort } from "../../lib/plan/libvirt_port.ts";
 import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
@@ -886,6 +887,47 @@ Deno.test({
     } finally {
       port.close();
       await undefineUnlessIsolated(daemon, names);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd leaves a VM another client undefined between its define and the read-back undefined",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const port = openLibvirtPort(daemon.uri);
+    const vm = "pt-fault-undefined";
+    try {
+      port.define(qemuDomainXml(vm));
+      const plan = await planGpu(vm, { sysfs: tree.sysfs, libvirt: port });
+      // Another client (`virsh undefine`) right after apply's define.
+      const racing: LibvirtPort = Object.create(port);
+      let gone = false;
+      racing.define = (xml) => {
+        port.define(xml);
+        if (gone) return;
+        gone = true;
+        using conn = Connection.open(daemon.uri);
+        using domain = conn.lookupDomainByName(vm);
+        domain.undefine();
+      };
+      const report = await applyPlan(plan, {
+        libvirt: racing,
+        stateDir: `${tree.dir}/state`,
+        confirm: yes,
+      });
+      assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+      assertMatch(
+        report.vms[0]!.message,
+        /^"pt-fault-undefined" was undefined by another client right after this define \(.*Domain not found.*\); it was left undefined, not defined again from its backup: "passthrough rollback pt-fault-undefined" defines its previous definition again from backup ".*"$/,
+      );
+      assertEquals(port.listDomains().some((d) => d.name === vm), false);
+    } finally {
+      port.close();
+      await undefineUnlessIsolated(daemon, [vm]);
     }
   },
 });
