@@ -418,20 +418,23 @@ function linkVirtualFunctions(devices: PciDevice[]): void {
 
 /**
  * Refuses a captured tree's `bus/pci/devices` entry that names a function otherwise than the
- * kernel does (`0000:0D:00.0`, `0d:00.0`), unless it is a second name of an entry so named
+ * kernel does (`0000:0D:00.0`, `0d:00.0`, `foo`), unless it is a second name of an entry so named
  * (reported as two entries): lspci reads a function at the name it makes of its address
  * (`Cannot open .../0000:0d:00.0/config`, taken for a function that vanished), and cannot parse
- * one without a domain; apply's re-check and the start guard read it there too.
+ * one without a domain or without an address; apply's re-check and the start guard read it there
+ * too.
  */
 function checkEntryNames(reader: SysfsReader, root: string): void {
   const names = listSysfsDevices(reader, root);
   const listed = new Set(names);
   for (const name of names) {
     const address = canonicalPciAddress(name);
-    if (address === null || address === name) continue;
-    if (name.split(":").length === 3 && listed.has(address)) continue;
+    if (address === name) continue;
+    if (address !== null && name.split(":").length === 3 && listed.has(address)) continue;
     throw new Error(
-      `Not a sysfs tree entry: "${root}/bus/pci/devices/${name}": the kernel names each PCI function by its address with its domain, in lower-case hex ("${address}"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
+      `Not a sysfs tree entry: "${root}/bus/pci/devices/${name}": the kernel names each PCI function by its address with its domain, in lower-case hex ("${
+        address ?? "0000:01:00.0"
+      }"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
     );
   }
 }

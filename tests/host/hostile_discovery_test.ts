@@ -237,10 +237,10 @@ const SYSFS_DAMAGE: {
     },
   },
   {
-    name: "a device entry that is a regular file and one with a non-PCI name",
+    // One with a name that is no address is refused (see the test of entry names below).
+    name: "a device entry that is a regular file",
     damage: (_, devices) => {
       Deno.writeTextFileSync(`${devices}/0000:fe:00.0`, "");
-      Deno.mkdirSync(`${devices}/not-a-device`);
     },
     expect: (host, baseline) => {
       assertEquals(host.devices.length, baseline.devices.length + 1);
@@ -350,9 +350,16 @@ Deno.test("discoverHost() refuses a tree entry not named as the kernel names a f
       `Not a sysfs tree entry: "${devices}/${name}": the kernel names each PCI function by its address with its domain, in lower-case hex ("0000:0d:00.0"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
     );
   }
+  // Nor is an entry that names no address at all read: lspci said "Couldn't parse entry name".
+  Deno.renameSync(`${devices}/0d:00.0`, `${devices}/foo`);
+  await assertRejects(
+    () => discoverHost({ root: tree.dir, lspci }),
+    Error,
+    `Not a sysfs tree entry: "${devices}/foo": the kernel names each PCI function by its address with its domain, in lower-case hex ("0000:01:00.0"), where lspci and passthrough read it: rename the entry, or capture the tree again with 'passthrough snapshot'`,
+  );
   assertEquals(calls, []);
   // A second name beside the kernel's is no reason to refuse (it is reported as two entries).
-  Deno.renameSync(`${devices}/0d:00.0`, `${devices}/0000:0d:00.0`);
+  Deno.renameSync(`${devices}/foo`, `${devices}/0000:0d:00.0`);
   Deno.symlinkSync("0000:0d:00.0", `${devices}/00000000:0d:00.0`);
   const host = await discoverHost({ root: tree.dir, lspci });
   assertEquals(host.devices.filter((d) => d.address === "0000:0d:00.0").length, 1);
