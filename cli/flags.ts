@@ -551,6 +551,38 @@ function parseCommandLine<S extends CommandSpec | SubcommandSpec>(
 }
 
 /**
+ * `args` parsed against `spec`'s flags and arguments, by the rules and with the usage errors
+ * ({@link UsageError}) of every command's line, for a script that takes some of the CLI's flags
+ * (`examples/drift_check.ts`: `--sysfs` and `--connect`). Neither `--help` nor
+ * `--color` is added; a spec with subcommands is refused.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertThrows } from "../tests/helpers/assert.ts";
+ * import { UsageError } from "./context.ts";
+ * import { HOST_FLAGS, parseCommand } from "./flags.ts";
+ *
+ * const spec = {
+ *   name: "check",
+ *   summary: "check a tree",
+ *   flags: { ...HOST_FLAGS },
+ *   positionals: [{ name: "CONFIG" }],
+ *   about: "Checks CONFIG against a tree.",
+ * } as const;
+ * const { values, positionals } = parseCommand(spec, ["c.yaml", "--sysfs=/tmp/tree"]);
+ * assertEquals([values.sysfs, positionals[0]], ["/tmp/tree", "c.yaml"]);
+ * assertThrows(() => parseCommand(spec, ["c.yaml", "/tmp/tree"]), UsageError);
+ * ```
+ */
+export function parseCommand<S extends CommandSpec>(spec: S, args: string[]): Parsed<S> {
+  if (spec.subcommands !== undefined) {
+    throw new TypeError(`"${spec.name}" has subcommands: parse it with defineCommand`);
+  }
+  // As in defineCommand: the parse follows the spec, so it is the spec's Parsed.
+  return parseCommandLine(spec, spec.flags, args) as Parsed<S>;
+}
+
+/**
  * Parses `args` against the subcommand its first argument names. Flags before any subcommand are
  * parsed against every subcommand's, so an unknown one is reported as such.
  */

@@ -2,18 +2,20 @@
  * A nightly drift check built on the passthrough library: plans the config against the host and
  * libvirt, prints one line per VM, and exits 0 when every VM matches, 3 when changes are pending,
  * 1 when something is refused (a card moved, a group became unsafe, a rule became ambiguous) or
- * cannot be checked (a missing config, libvirt unreachable: one line on stderr).
- * Suitable for cron or a monitoring check; it changes nothing.
+ * cannot be checked (a missing config, libvirt unreachable: one line on stderr), 2 when its
+ * command line is wrong. Suitable for cron or a monitoring check; it changes nothing.
  *
  *   deno run --no-prompt --allow-ffi --allow-run=lspci --allow-read --allow-write \
  *     --allow-sys=hostname --allow-env=LOG_TOKENS,LOG_STREAM \
- *     examples/drift_check.ts CONFIG [SYSFS] [URI]
+ *     examples/drift_check.ts CONFIG [--sysfs DIR] [-c, --connect URI]
  *
+ * `--sysfs` and `--connect` are `passthrough plan`'s, parsed as it parses them: a tree captured
+ * with `passthrough snapshot` instead of `/sys`, and the libvirt URI (default: libvirt's).
  * With no arguments it checks the bundled demo (demo/, built in a temporary directory: hence
  * --allow-write), which has pending changes. A config shared by several hosts (`hosts:`) is
  * checked for this machine's section, found by its host name (hence --allow-sys=hostname), as
  * `passthrough plan` does, reading the tree and libvirt that section's `sysfs:` and `connect:`
- * name, in place of SYSFS and URI.
+ * name; either flag is refused where the section names its own, as `plan` refuses it.
  *
  * @module
  */
@@ -27,34 +29,47 @@ import {
 } from "../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../lib/testing/mod.ts";
 import { libcSysfsReader, openLibvirtPort } from "../ffi/mod.ts";
+import { CONNECT_FLAG, HOST_FLAGS, parseCommand } from "../cli/flags.ts";
+import { UsageError } from "../cli/context.ts";
+
+const SPEC = {
+  name: "drift_check",
+  summary: "check the config against the host and libvirt",
+  flags: { ...HOST_FLAGS, connect: CONNECT_FLAG.connect },
+  positionals: [{ name: "CONFIG" }],
+  about: "Plans CONFIG against the host and libvirt and prints one line per VM.",
+} as const;
 
 const demo = new URL("../demo/", import.meta.url).pathname;
-let [configPath, sysfs, uri] = Deno.args;
 let tmp: string | undefined;
-if (configPath === undefined) {
-  tmp = Deno.makeTempDirSync({ prefix: "drift-check-" });
-  buildHostTree(loadHostDescription(`${demo}host.json`), `${tmp}/sysfs`);
-  [configPath, sysfs, uri] = [
-    `${demo}passthrough_config.yaml`,
-    `${tmp}/sysfs`,
-    `test://${demo}world.xml`,
-  ];
-}
 
 try {
+  let { positionals: [configPath], values: { sysfs, connect: uri } } = parseCommand(
+    SPEC,
+    Deno.args,
+  );
+  if (configPath === undefined) {
+    configPath = `${demo}passthrough_config.yaml`;
+    uri ??= `test://${demo}world.xml`;
+    if (sysfs === undefined) {
+      tmp = Deno.makeTempDirSync({ prefix: "drift-check-" });
+      sysfs = `${tmp}/sysfs`;
+      buildHostTree(loadHostDescription(`${demo}host.json`), sysfs);
+    }
+  }
   const loaded = await loadConfig(configPath);
   const picked = pickHostSection(loaded, { hostname: () => Deno.hostname() });
-  // The section's `sysfs:` and `connect:` stand in for SYSFS and URI, as for --sysfs and
-  // --connect of `passthrough plan`, which refuses both given: which one it read would be a guess.
+  // The section's `sysfs:` and `connect:` stand in for --sysfs and --connect, as for
+  // `passthrough plan`, which refuses both given: which one it read would be a guess.
   for (
-    const [arg, given, key, value] of [
-      ["SYSFS", sysfs, "sysfs", picked?.host.sysfs],
-      ["URI", uri, "connect", picked?.host.uri],
+    const [flag, given, value] of [
+      ["sysfs", sysfs, picked?.host.sysfs],
+      ["connect", uri, picked?.host.uri],
     ] as const
   ) {
     if (given !== undefined && value != null) {
-      throw new Error(
-        `${arg} and hosts.${picked?.host.name}.${key} in ${loaded.file} both say where to look: keep one`,
+      throw new UsageError(
+        `--${flag} and hosts.${picked?.host.name}.${flag} in ${loaded.file} both say where to look: keep one`,
       );
     }
   }
@@ -93,7 +108,7 @@ try {
   console.error(
     `drift_check: ${redactSecrets(error instanceof Error ? error.message : String(error))}`,
   );
-  Deno.exitCode = 1;
+  Deno.exitCode = error instanceof UsageError ? 2 : 1;
 } finally {
   if (tmp !== undefined) Deno.removeSync(tmp, { recursive: true });
 }

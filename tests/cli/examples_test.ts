@@ -41,7 +41,9 @@ Deno.test("examples/drift_check.ts exits 1 when a VM is refused", async () => {
     buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
     const out = await driftCheck(
       `${DEMO}refused_config.yaml`,
+      "--sysfs",
       `${dir}/sysfs`,
+      "--connect",
       `test://${DEMO}world.xml`,
     );
     const stdout = new TextDecoder().decode(out.stdout);
@@ -62,7 +64,11 @@ Deno.test("examples/drift_check.ts exits 1 when a VM is refused and a VM after i
     const mixed = demo.replace('"10de:1b80"', '"10de:ffff"');
     assertMatch(mixed, /10de:ffff/);
     Deno.writeTextFileSync(`${dir}/mixed.yaml`, mixed);
-    const out = await driftCheck(`${dir}/mixed.yaml`, `${dir}/sysfs`, `test://${DEMO}world.xml`);
+    const out = await driftCheck(
+      `${dir}/mixed.yaml`,
+      `--sysfs=${dir}/sysfs`,
+      `--connect=test://${DEMO}world.xml`,
+    );
     const stdout = new TextDecoder().decode(out.stdout);
     assertEquals(stdout, "win10: refused: no-match\ngentoo: pending: +3 -0\n");
     assertEquals(out.code, 1, new TextDecoder().decode(out.stderr));
@@ -82,7 +88,12 @@ Deno.test("examples/drift_check.ts checks this host's section of a config shared
       .replace("  gentoo:\n", "  gentoo:\n    host: elsewhere\n");
     assertMatch(fleet, /host: elsewhere/);
     Deno.writeTextFileSync(`${dir}/fleet.yaml`, fleet);
-    const out = await driftCheck(`${dir}/fleet.yaml`, `${dir}/sysfs`, `test://${DEMO}world.xml`);
+    const out = await driftCheck(
+      `${dir}/fleet.yaml`,
+      `--sysfs=${dir}/sysfs`,
+      `-c`,
+      `test://${DEMO}world.xml`,
+    );
     const stdout = new TextDecoder().decode(out.stdout);
     assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
     assertEquals(stdout, "win10: pending: +3 -0\n");
@@ -109,11 +120,41 @@ Deno.test("examples/drift_check.ts reads the tree and libvirt its host section n
     assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
     assertEquals(stdout, "win10: pending: +3 -0\ngentoo: pending: +3 -0\n");
     // A tree or URI given as well is one too many, as --sysfs or --connect is to plan.
-    const both = await driftCheck(`${dir}/fleet.yaml`, `${dir}/sysfs`);
-    assertEquals(both.code, 1);
+    const both = await driftCheck(`${dir}/fleet.yaml`, "--sysfs", `${dir}/sysfs`);
+    assertEquals(both.code, 2);
     assertMatch(
       new TextDecoder().decode(both.stderr),
-      /^drift_check: SYSFS and hosts\..*\.sysfs in .*fleet\.yaml both say where to look: keep one\n$/,
+      /^drift_check: --sysfs and hosts\..*\.sysfs in .*fleet\.yaml both say where to look: keep one\n$/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("examples/drift_check.ts takes --connect beside a host section that names only its tree", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-connect-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+    const fleet = demo.replace(
+      "vms:\n",
+      `hosts: { ${JSON.stringify(Deno.hostname())}: { sysfs: sysfs }, elsewhere: {} }\nvms:\n`,
+    );
+    Deno.writeTextFileSync(`${dir}/fleet.yaml`, fleet);
+    // By position the URI could only follow a tree, which the section's `sysfs:` then refused.
+    const out = await driftCheck(`${dir}/fleet.yaml`, "--connect", `test://${DEMO}world.xml`);
+    assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
+    assertEquals(
+      new TextDecoder().decode(out.stdout),
+      "win10: pending: +3 -0\ngentoo: pending: +3 -0\n",
+    );
+    // Parsed as the CLI parses it: `-c URI`, `--connect=URI`, and a stray argument refused.
+    const short = await driftCheck(`${dir}/fleet.yaml`, "-c", `test://${DEMO}world.xml`);
+    assertEquals(short.code, 3, new TextDecoder().decode(short.stderr));
+    const stray = await driftCheck(`${dir}/fleet.yaml`, `test://${DEMO}world.xml`);
+    assertEquals(
+      [stray.code, new TextDecoder().decode(stray.stderr)],
+      [2, `drift_check: Unexpected argument "test://${DEMO}world.xml"\n`],
     );
   } finally {
     Deno.removeSync(dir, { recursive: true });
@@ -123,9 +164,9 @@ Deno.test("examples/drift_check.ts reads the tree and libvirt its host section n
 Deno.test("examples/drift_check.ts reads the live sysfs given as /sys/ as it reads /sys", async () => {
   const uri = `test://${DEMO}world.xml`;
   const config = `${DEMO}passthrough_config.yaml`;
-  const plain = await driftCheck(config, "/sys", uri);
+  const plain = await driftCheck(config, "--sysfs", "/sys", "--connect", uri);
   // "/sys/" was read with Deno's own reads, which refuse /sys: an uncaught NotCapable.
-  const slash = await driftCheck(config, "/sys/", uri);
+  const slash = await driftCheck(config, "--sysfs", "/sys/", "--connect", uri);
   const text = (out: Deno.CommandOutput) => new TextDecoder().decode(out.stdout);
   assertEquals(new TextDecoder().decode(slash.stderr), "");
   assertEquals([slash.code, text(slash)], [plain.code, text(plain)]);
