@@ -105,18 +105,31 @@ export function suggestion(word: string, candidates: readonly string[]): string 
  * (`"测\u8bd5机"`, not `"\u6d4b\u8bd5\u673a"`).
  */
 function quoteDiffering(text: string, other: string): string {
-  const [x, y] = [[...text], [...other]];
+  const { head, middle, tail } = splitCommon(text, other);
+  const plain = (part: string) => JSON.stringify(part).slice(1, -1);
+  return `"${plain(head)}${asciiQuote(middle[0]).slice(1, -1)}${plain(tail)}"`;
+}
+
+/**
+ * `a` and `b` cut by code point into what they share at their start (`head`), what differs
+ * (`middle`: `a`'s, then `b`'s) and what they share after that at their end (`tail`).
+ */
+function splitCommon(
+  a: string,
+  b: string,
+): { head: string; middle: [string, string]; tail: string } {
+  const [x, y] = [[...a], [...b]];
   let start = 0;
   while (start < x.length && start < y.length && x[start] === y[start]) start++;
   let end = 0;
   while (end < x.length - start && end < y.length - start && x.at(-1 - end) === y.at(-1 - end)) {
     end++;
   }
-  const part = (from: number, to: number) =>
-    JSON.stringify(x.slice(from, to).join("")).slice(1, -1);
-  return `"${part(0, start)}${asciiQuote(x.slice(start, x.length - end).join("")).slice(1, -1)}${
-    part(x.length - end, x.length)
-  }"`;
+  return {
+    head: x.slice(0, start).join(""),
+    middle: [x.slice(start, x.length - end).join(""), y.slice(start, y.length - end).join("")],
+    tail: x.slice(x.length - end).join(""),
+  };
 }
 
 /**
@@ -191,29 +204,13 @@ export function nameApart(name: string, alike: ReadonlySet<string>): string {
 function readsAs(a: string, b: string): boolean {
   const shown = (text: string) => fold(text.replace(/[\u200c\u200d\ufe0e\ufe0f]/g, ""));
   if (shown(a) === shown(b)) return true;
-  const [x, y] = [[...a], [...b]];
-  let start = 0;
-  while (start < x.length && start < y.length && x[start] === y[start]) start++;
-  let end = 0;
-  while (
-    end < x.length - start && end < y.length - start && x.at(-1 - end) === y.at(-1 - end)
-  ) end++;
-  const middles = [x.slice(start, x.length - end), y.slice(start, y.length - end)];
+  const middles = splitCommon(a, b).middle.map((m) => [...m]);
   return middles.every((m) => m.length <= 1) &&
     middles.some((m) => m.some((c) => c.codePointAt(0)! > 0x7f));
 }
 
 /** Whether what differs between `a` and `b`, their common start and end cut, holds a non-ASCII character. */
 function differsOutsideAscii(a: string, b: string): boolean {
-  let start = 0;
-  while (start < a.length && start < b.length && a[start] === b[start]) start++;
-  let end = 0;
-  while (
-    end < a.length - start && end < b.length - start &&
-    a[a.length - 1 - end] === b[b.length - 1 - end]
-  ) end++;
   // deno-lint-ignore no-control-regex
-  const outside = /[^\x00-\x7f]/;
-  return outside.test(a.slice(start, a.length - end)) ||
-    outside.test(b.slice(start, b.length - end));
+  return splitCommon(a, b).middle.some((m) => /[^\x00-\x7f]/.test(m));
 }

@@ -71,3 +71,11 @@ Deno.test("didYouMean escapes only where the names differ: a CJK name stays read
     ' (did you mean "win10"? that is "win10", this is "w\\u0456n10")',
   );
 });
+
+Deno.test("didYouMean escapes a whole character where two names differ in the second half of a surrogate pair", () => {
+  // U+1F600 and U+1F601 share their first UTF-16 unit: what differs is cut by code point.
+  assertEquals(
+    didYouMean("vm\u{1F600}", ["vm\u{1F601}"]),
+    ' (did you mean "vm\u{1F601}"? that is "vm\\ud83d\\ude01", this is "vm\\ud83d\\ude00")',
+  );
+});
