@@ -162,16 +162,20 @@ export function didYouMean(word: string, candidates: readonly string[]): string 
 
 /**
  * The names among `names` that print like another of them: the same written another way (another
- * width, composed or not), or told apart only by joiners and presentation selectors (which show
- * nothing and which the terminal boundary keeps) or by one character outside ASCII (a Cyrillic `і`
- * for `i`). Each such name is to be shown with its escaped form beside it ({@link asciiQuote}).
+ * width, composed or not), or told apart only by characters that show nothing (joiners,
+ * presentation selectors, which the terminal boundary keeps, and the zero-width and bidirectional
+ * controls it escapes) or by one blank, or by one character for one of another script or one outside ASCII for
+ * one inside (a Cyrillic `і` for `i`, a Katakana `ロ` for a Han `口`). Not a name in another case,
+ * nor one with another character of the same script (`测试`, `测验`): those show apart, and an
+ * ASCII name's escaped form is itself. Each such name is to be shown with its escaped form beside
+ * it ({@link asciiQuote}).
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(printAlike(["win10", "w\u0456n10", "gentoo"]), new Set(["win10", "w\u0456n10"]));
  * assertEquals(printAlike(["win10", "win10\u200d", "win11"]), new Set(["win10", "win10\u200d"]));
- * assertEquals(printAlike(["win10", "win11", "\u6d4b\u8bd5", "\u5f00\u53d1"]), new Set());
+ * assertEquals(printAlike(["win10", "Win10", "\u6d4b\u8bd5", "\u6d4b\u9a8c"]), new Set());
  * ```
  */
 export function printAlike(names: readonly string[]): Set<string> {
@@ -200,13 +204,39 @@ export function nameApart(name: string, alike: ReadonlySet<string>): string {
   return alike.has(name) ? `${name} (${asciiQuote(name)})` : name;
 }
 
+/** Characters that show nothing: default-ignorable (joiners, selectors, bidirectional controls). */
+const INVISIBLE = /\p{Default_Ignorable_Code_Point}/gv;
+
+/**
+ * Scripts whose letters another of them draws alike. Two characters outside ASCII and outside
+ * them all (two emoji, two Thai letters) count as of one script: they show apart.
+ */
+const SCRIPTS = [
+  "Latin",
+  "Greek",
+  "Cyrillic",
+  "Armenian",
+  "Cherokee",
+  "Han",
+  "Hiragana",
+  "Katakana",
+]
+  .map((script) => new RegExp(`^\\p{Script=${script}}$`, "v"));
+
 /** Whether `a` and `b` (not equal) may read as one name on a terminal ({@link printAlike}). */
 function readsAs(a: string, b: string): boolean {
-  const shown = (text: string) => fold(text.replace(/[\u200c\u200d\ufe0e\ufe0f]/g, ""));
-  if (shown(a) === shown(b)) return true;
-  const middles = splitCommon(a, b).middle.map((m) => [...m]);
-  return middles.every((m) => m.length <= 1) &&
-    middles.some((m) => m.some((c) => c.codePointAt(0)! > 0x7f));
+  const shown = (text: string) => text.replace(INVISIBLE, "").normalize("NFKC");
+  const [x, y] = [shown(a), shown(b)];
+  if (x === y) return true;
+  const [c, d] = splitCommon(x, y).middle;
+  // A blank more shows as nothing at a line's end, or as a space where one is expected.
+  if ((c === "" || d === "") && /^[\p{White_Space}\u2800]$/v.test(c! + d!)) return true;
+  if ([...c!].length !== 1 || [...d!].length !== 1) return false;
+  // deno-lint-ignore no-control-regex
+  const ascii = (char: string) => /^[\x00-\x7f]$/.test(char);
+  if (ascii(c!) !== ascii(d!)) return true;
+  const script = (char: string) => SCRIPTS.findIndex((re) => re.test(char));
+  return script(c!) !== script(d!);
 }
 
 /** Whether what differs between `a` and `b`, their common start and end cut, holds a non-ASCII character. */

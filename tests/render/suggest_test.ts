@@ -1,7 +1,7 @@
 // "Did you mean": which typed name is taken for which, and which is too far from every one.
 
 import { assertEquals } from "../helpers/assert.ts";
-import { closestName, didYouMean } from "../../lib/render/suggest.ts";
+import { closestName, didYouMean, printAlike } from "../../lib/render/suggest.ts";
 
 Deno.test("closestName forgives a typo or two by the word's length, in any case, and a prefix either way", () => {
   const cases: [string, string[], string | null][] = [
@@ -78,4 +78,26 @@ Deno.test("didYouMean escapes a whole character where two names differ in the se
     didYouMean("vm\u{1F600}", ["vm\u{1F601}"]),
     ' (did you mean "vm\u{1F601}"? that is "vm\\ud83d\\ude01", this is "vm\\ud83d\\ude00")',
   );
+});
+
+Deno.test("printAlike() flags names that show alike, not names that show apart", () => {
+  const alike = (a: string, b: string) => printAlike([a, b]).size === 2;
+  // Shown alike: a look-alike letter of another script (Cyrillic, Greek for Latin; a Katakana
+  // "\u30ed" for a Han "\u53e3"), another width, another composition, a character shown as nothing.
+  assertEquals(alike("win10", "w\u0456n10"), true);
+  assertEquals(alike("pc-\u03bfne", "pc-\u043ene"), true);
+  assertEquals(alike("\u5165\u53e3", "\u5165\u30ed"), true);
+  assertEquals(alike("win10", "\uff57in10"), true);
+  assertEquals(alike("caf\u00e9", "cafe\u0301"), true);
+  assertEquals(alike("win10", "win10\u200d"), true);
+  assertEquals(alike("win10", "win\u200b10"), true);
+  assertEquals(alike("win10", "win\u202e10"), true);
+  assertEquals(alike("win10", "win10\u2800"), true);
+  assertEquals(alike("win10", "win10\u00a0"), true);
+  // Shown apart, where the escaped form beside each told nothing more: another case (an ASCII
+  // name's escape is itself), one Han character for another, one emoji for another.
+  assertEquals(alike("Win10", "win10"), false);
+  assertEquals(alike("WIN10", "win10"), false);
+  assertEquals(alike("\u6d4b\u8bd5", "\u6d4b\u9a8c"), false);
+  assertEquals(alike("vm\u{1F600}", "vm\u{1F601}"), false);
 });
