@@ -168,6 +168,8 @@ export interface RawSysfsDevice {
   numaNode: string | null;
   physfnLink: string | null;
   modules: string | null;
+  /** The link that is the entry itself (`../../../devices/pci0000:00/...`); `null` for a directory. */
+  entryLink: string | null;
 }
 
 /** Which of a device's entries beyond its identity to read (all by default). */
@@ -210,6 +212,7 @@ export function readRawDevice(
   // Not a kernel attribute: captured trees keep lspci's module list here (see host_tree.ts), so
   // the live /sys is not asked for it.
   const modules = live || !details ? null : reader.readText(`${path}/modules`);
+  const entryLink = reader.readLink(path);
   return {
     name,
     path,
@@ -220,6 +223,7 @@ export function readRawDevice(
     numaNode,
     physfnLink,
     modules,
+    entryLink,
   };
 }
 
@@ -294,7 +298,18 @@ export function parseRawDevice(reader: SysfsReader, raw: RawSysfsDevice): PciDev
     bootVga: bootVga === null ? null : bootVga === "1",
     flr: config?.flr ?? null,
     serial: config?.serial ?? null,
+    ...rootBusOf(raw.entryLink),
   };
+}
+
+/**
+ * `rootBus` from an entry's link: whether what holds the function is a PCI root
+ * (`pci0000:20`) rather than a bridge (`0000:00:03.1`); nothing for no link or another shape.
+ */
+function rootBusOf(link: string | null): Pick<PciDevice, "rootBus"> {
+  const parent = link?.split("/").at(-2) ?? "";
+  if (/^pci[0-9a-f]{4,8}:[0-9a-f]{2}$/i.test(parent)) return { rootBus: true };
+  return canonicalPciAddress(parent) === null ? {} : { rootBus: false };
 }
 
 /**

@@ -8,7 +8,7 @@
  */
 
 import type { DeviceRule } from "../config/config.ts";
-import { cardOf, hostCriticalReason, virtualFunctionInUse } from "./host_critical.ts";
+import { cardOf, hostCriticalReason, onRootBus, virtualFunctionInUse } from "./host_critical.ts";
 import type { RuleResolution } from "./match.ts";
 import { behindVmd, VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
@@ -370,13 +370,12 @@ function takenHostCritical(
  * vendor's function in a matched device's slot from it ({@link hostCriticalReason}).
  */
 function moveAdvice(taken: readonly ClosedDevice[], critical: readonly PciDevice[]): string {
-  const matched = taken.filter((c) => c.reason === "matched").map((c) => c.device.address);
+  const matchedDevices = taken.filter((c) => c.reason === "matched").map((c) => c.device);
+  const matched = matchedDevices.map((d) => d.address);
   // Another vendor's function in a matched function's slot is in the same chip (an APU's USB
   // controllers beside its iGPU): moving a card cannot part them.
   const slots = new Set(matched.map(slotOf));
-  const mates = critical.filter((d) =>
-    pciAddressParts(d.address).bus !== 0 && slots.has(slotOf(d.address))
-  );
+  const mates = critical.filter((d) => !onRootBus(d) && slots.has(slotOf(d.address)));
   if (mates.length > 0) {
     const chips = matched.filter((a) => mates.some((d) => slotOf(d.address) === slotOf(a)));
     return `${mates.map((d) => d.address).join(", ")} share${
@@ -385,10 +384,13 @@ function moveAdvice(taken: readonly ClosedDevice[], critical: readonly PciDevice
       chips.join(", ")
     }, and no slot moves them apart: pass a card in a slot with a group of its own instead`;
   }
-  return matched.length > 0 && matched.every((a) => pciAddressParts(a).bus === 0)
-    ? `${matched.join(", ")} ${
-      matched.length === 1 ? "is" : "are"
-    } on bus 00, built into the chipset or CPU (or, on a virtual machine, on its root bus), where no slot moves ${
+  const buses = [
+    ...new Set(matched.map((a) => pciAddressParts(a).bus.toString(16).padStart(2, "0"))),
+  ];
+  return matched.length > 0 && matchedDevices.every((d) => onRootBus(d))
+    ? `${matched.join(", ")} ${matched.length === 1 ? "is" : "are"} on ${
+      buses.join(", ") === "00" ? "bus 00" : `root bus ${buses.join(", ")}`
+    }, built into the chipset or CPU (or, on a virtual machine, on its root bus), where no slot moves ${
       matched.length === 1 ? "it" : "them"
     } to another IOMMU group: pass a card in a slot with a group of its own instead`
     : "move the card to another slot (another IOMMU group)";

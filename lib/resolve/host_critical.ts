@@ -29,10 +29,10 @@ const HOST_CLASSES: readonly (readonly [string, string])[] = [
 
 /**
  * The card a function belongs to: the functions of its slot (`0000:0b:00`) made by its vendor,
- * which are one device (a GPU's video and audio, its USB-C port), except on bus 00, where it is
- * the function itself (`0000:00:14.3`). Bus 0 is a root bus (a bridge's secondary bus is never 0):
- * what sits there is built into the chipset or CPU, and one slot holds unrelated devices (Intel's
- * USB controller at `00:14.0`, its SRAM at `00:14.2`, CNVi Wi-Fi at `00:14.3`). Another vendor's
+ * which are one device (a GPU's video and audio, its USB-C port), except on a root bus
+ * ({@link onRootBus}), where it is the function itself (`0000:00:14.3`): what sits there is built
+ * into the chipset or CPU, and one slot holds unrelated devices (Intel's USB controller at
+ * `00:14.0`, its SRAM at `00:14.2`, CNVi Wi-Fi at `00:14.3`). Another vendor's
  * function in a slot is another device built into the same chip: an AMD APU's iGPU (1002) shares
  * its slot with the CPU's USB controllers (1022), and HP's iLO (103c) its USB controller, the
  * remote console's keyboard, with the Matrox VGA (102b) it carries.
@@ -44,9 +44,26 @@ const HOST_CLASSES: readonly (readonly [string, string])[] = [
  * assertEquals(cardOf({ address: "0000:00:14.3", vendorId: "8086" }), "0000:00:14.3");
  * ```
  */
-export function cardOf(device: Pick<PciDevice, "address" | "vendorId">): string {
+export function cardOf(device: Pick<PciDevice, "address" | "vendorId" | "rootBus">): string {
   const { address, vendorId } = device;
-  return pciAddressParts(address).bus === 0 ? address : `${slotOf(address)} ${vendorId}`;
+  return onRootBus(device) ? address : `${slotOf(address)} ${vendorId}`;
+}
+
+/**
+ * Whether `device` sits on a PCI root bus: as its sysfs entry showed ({@link PciDevice.rootBus}),
+ * else when on bus 0, a root bus on every host (a bridge's secondary bus is never 0). A host with
+ * several host bridges has more (`pci0000:20`, `pci0000:40`), which only the entry shows.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(onRootBus({ address: "0000:00:14.3" }), true);
+ * assertEquals(onRootBus({ address: "0000:20:00.2", rootBus: true }), true);
+ * assertEquals(onRootBus({ address: "0000:21:00.0" }), false);
+ * ```
+ */
+export function onRootBus(device: Pick<PciDevice, "address" | "rootBus">): boolean {
+  return device.rootBus ?? pciAddressParts(device.address).bus === 0;
 }
 
 /**
@@ -62,7 +79,7 @@ export function cardOf(device: Pick<PciDevice, "address" | "vendorId">): string 
  * ```
  */
 export function hostCriticalReason(
-  device: Pick<PciDevice, "address" | "vendorId" | "classCode">,
+  device: Pick<PciDevice, "address" | "vendorId" | "classCode" | "rootBus">,
   options: { matchedCards: ReadonlySet<string>; hostUse: readonly HostUse[] | null },
 ): string | null {
   // Unknown use (`null`) marks nothing here: planning refuses such a host as a whole.
@@ -78,7 +95,7 @@ export function hostCriticalReason(
   if (![...options.matchedCards].some((card) => card.startsWith(slot))) {
     return `${what} in another slot`;
   }
-  return pciAddressParts(device.address).bus === 0
+  return onRootBus(device)
     ? `${what} in the same root-bus slot, not part of the device asked for`
     : `${what} of another vendor (${device.vendorId}) in the same slot, not part of the device asked for`;
 }

@@ -10,7 +10,7 @@
 import type { DeviceRule, MatchCriteria } from "../config/config.ts";
 import type { Candidate, DeviceIdentity, PlanIssue } from "../plan/types.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
-import { cardOf } from "./host_critical.ts";
+import { cardOf, onRootBus } from "./host_critical.ts";
 import { followUpCommand, type RunFlags } from "../render/shell.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
 
@@ -461,7 +461,7 @@ function oneChip(units: readonly MatchUnit[]): MatchUnit[] | null {
     const first = unit.devices[0]!;
     const address = first.physfn ?? first.address;
     // On bus 00 every function is a device of its own (see cardOf).
-    if (unit.group === null || pciAddressParts(address).bus === 0) continue;
+    if (unit.group === null || onRootBus({ ...first, address })) continue;
     const key = `${unit.group}@${slotOf(address)}`;
     bySlot.set(key, [...bySlot.get(key) ?? [], unit]);
   }

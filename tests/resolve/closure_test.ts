@@ -7,6 +7,10 @@ import type { HostDescription, HostDeviceDescription } from "../../lib/testing/h
 import { resolveRule } from "../../lib/resolve/match.ts";
 import { resolveConfig } from "../../lib/plan/resolve.ts";
 import type { HostTopology, HostUse } from "../../lib/host/types.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { readDeviceAt } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
 
 const HOSTS = new URL("../fixtures/hosts/", import.meta.url);
 
@@ -688,4 +692,62 @@ Deno.test("closeOverGroups() on every real host: whole groups, never a bridge, m
     ),
     { numRuns: 300 },
   );
+});
+
+Deno.test("closeOverGroups(): on a root bus other than 00, as the tree's links show, a slot's other functions are other devices", async () => {
+  // A host with two host bridges (pci0000:00, pci0000:80): a NIC at 80:03.0 and, in its slot
+  // and group, the host's disk controller at 80:03.1, both integrated endpoints of one vendor.
+  const fn = (bdf: string, cls: string, device: string): HostDeviceDescription => ({
+    bdf,
+    group: 7,
+    class: cls,
+    vendor: "0x1af4",
+    device,
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: null,
+  });
+  const functions = ["0000:80:03.0", "0000:80:03.1"];
+  const closeOn = async (place: string) => {
+    await using tree = await tempHostTree({
+      devices: [
+        { ...fn("0000:00:01.0", "0x060400", "0x0001"), group: 0, vendor: "0x8086" },
+        fn(functions[0]!, "0x020000", "0x1041"),
+        fn(functions[1]!, "0x010000", "0x1042"),
+      ],
+    });
+    // As the kernel lays them out: each entry of bus/pci/devices a link to where it sits.
+    for (const address of functions) {
+      Deno.mkdirSync(`${tree.dir}/${place}`, { recursive: true });
+      Deno.renameSync(`${tree.dir}/bus/pci/devices/${address}`, `${tree.dir}/${place}/${address}`);
+      Deno.symlinkSync(`../../../${place}/${address}`, `${tree.dir}/bus/pci/devices/${address}`);
+    }
+    const host = await discoverHost({ root: tree.dir, lspci: null });
+    // The start guard reads one device at a time, the same way.
+    const one = readDeviceAt(denoFsReader(), tree.dir, functions[1]!, { details: false });
+    assertEquals(one?.rootBus, host.devices.at(-1)?.rootBus);
+    const cfg = config(`  vm:
+    devices:
+      - name: nic
+        match: { vendor_device_id: "1af4:1041" }
+`);
+    return { host, closed: closeVm(cfg, host) };
+  };
+  const root = await closeOn("devices/pci0000:80");
+  assertEquals(root.host.devices.map((d) => [d.address, d.rootBus]), [
+    ["0000:00:01.0", undefined],
+    ["0000:80:03.0", true],
+    ["0000:80:03.1", true],
+  ]);
+  const [error] = root.closed.errors;
+  assertEquals([error?.code, error?.devices], ["group-contains-host-critical", ["0000:80:03.1"]]);
+  assertMatch(
+    error?.message ?? "",
+    /0000:80:03\.1 \(storage controller in the same root-bus slot, not part of the device asked for\): 0000:80:03\.0 is on root bus 80, built into the chipset or CPU/,
+  );
+  // Behind a bridge the two are one card, its storage function what was asked for.
+  const card = await closeOn("devices/pci0000:00/0000:00:01.0");
+  assertEquals(card.host.devices.map((d) => d.rootBus), [undefined, false, false]);
+  assertEquals(card.closed.errors, []);
 });
