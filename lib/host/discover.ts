@@ -371,7 +371,7 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
   const groupInconsistencies = settleGroups(devices, {
     links,
     listings: readGroupListings(reader, root),
-    ancestors: (address) => ancestorsOf(reader, names.get(address)?.path),
+    ancestors: (address) => ancestorsOf(names.get(address)?.entryLink ?? null),
   });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   linkVirtualFunctions(devices);
@@ -386,11 +386,11 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
 }
 
 /**
- * The PCI ancestors of the device entry at `path`, nearest first, from the link the kernel
- * makes it (`../../../devices/pci0000:00/0000:00:03.1/0000:0b:00.0`); `[]` for a directory.
+ * The PCI ancestors of a device entry, nearest first, from the link the kernel makes it
+ * (`../../../devices/pci0000:00/0000:00:03.1/0000:0b:00.0`, read with the entry); `[]` for a
+ * directory.
  */
-function ancestorsOf(reader: SysfsReader, path: string | undefined): PciAddress[] {
-  const link = path === undefined ? null : reader.readLink(path);
+function ancestorsOf(link: string | null): PciAddress[] {
   if (link === null) return [];
   const parts = link.split("/").slice(0, -1).reverse();
   return parts.flatMap((part) => {
