@@ -15,6 +15,7 @@ import { charSourceAttribute } from "./char_source.ts";
 import { type UsbSource, usbSourceFrom } from "./usb_source.ts";
 import {
   deviceRecordFrom,
+  isOtherRecordsVersion,
   normaliseXmlLines,
   RECORD_ATTRIBUTES,
   RECORDS_NAMESPACE,
@@ -320,13 +321,16 @@ function attribute(xml: string, span: XmlSpan, name: string): string | undefined
   }
 }
 
+/** The namespace `span` declares for its own prefix (or the default one), if it does. */
+function ownNamespace(xml: string, span: XmlSpan): string | undefined {
+  const colon = span.name.indexOf(":");
+  return attribute(xml, span, colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`);
+}
+
 /** Whether `span` is our `<hostdevs>` element: declared with our namespace, on any prefix. */
 function isOurElement(xml: string, span: XmlSpan): boolean {
-  const colon = span.name.indexOf(":");
-  const local = colon === -1 ? span.name : span.name.slice(colon + 1);
-  if (local !== "hostdevs") return false;
-  const declaration = colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`;
-  return attribute(xml, span, declaration) === METADATA_NAMESPACE;
+  const local = span.name.slice(span.name.indexOf(":") + 1);
+  return local === "hostdevs" && ownNamespace(xml, span) === METADATA_NAMESPACE;
 }
 
 function locate(xml: string): Located {
@@ -499,6 +503,15 @@ function readOurMetadata(
   let records: DeviceIdentity[] = [];
   let vfRecords: VfIdentity[] = [];
   for (const candidate of metadata?.children ?? []) {
+    const namespace = ownNamespace(xml, candidate);
+    if (isOtherRecordsVersion(namespace)) {
+      throw errorAt(
+        xml,
+        candidate.start,
+        `Passthrough records in namespace "${namespace}" are another version's, which this one ` +
+          `(namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that wrote them`,
+      );
+    }
     if (!isOurElement(xml, candidate)) continue;
     if (ours !== null) {
       throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");

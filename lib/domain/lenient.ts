@@ -756,6 +756,24 @@ export function scanNetworkInterfacesLeniently(xml: string): NetworkInterfacesSc
 /** The namespace of passthrough's records in `<metadata>` (`domain_xml.ts` writes them). */
 export const RECORDS_NAMESPACE = "urn:passthrough:hostdevs:1";
 
+/**
+ * Whether `namespace` is that of another version's records (`urn:passthrough:hostdevs:2`): read
+ * as none, their devices would start without the check they were recorded for, and `plan` would
+ * take them for hand-added ones.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(isOtherRecordsVersion("urn:passthrough:hostdevs:2"), true);
+ * assertEquals(isOtherRecordsVersion(RECORDS_NAMESPACE), false);
+ * assertEquals(isOtherRecordsVersion("urn:app:hostdevs:1"), false);
+ * ```
+ */
+export function isOtherRecordsVersion(namespace: string | undefined): boolean {
+  return namespace !== undefined && namespace !== RECORDS_NAMESPACE &&
+    namespace.startsWith("urn:passthrough:hostdevs:");
+}
+
 /** What {@link readRecordsLeniently} finds. */
 export interface LenientRecords {
   /** The records in document order; `[]` when there are none or when they cannot be trusted. */
@@ -967,6 +985,11 @@ function walkRecords(text: string): WalkedRecords | string {
       // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
       const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
       if (attributes === null) return "";
+      for (const [key, value] of attributes) {
+        if ((key === "xmlns" || key.startsWith("xmlns:")) && isOtherRecordsVersion(value)) {
+          return "a records element is of another version of passthrough";
+        }
+      }
       const colon = name.indexOf(":");
       const local = colon === -1 ? name : name.slice(colon + 1);
       const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
@@ -1018,8 +1041,9 @@ function walkRecords(text: string): WalkedRecords | string {
  * hostdevs:1"><pt:device address=… vendor=…/>`), read as the strict reader reads them (any
  * prefix, either quote, entities, comments and CDATA skipped) without an XML library, for the
  * start guard. Fails closed: records in a document that is not well-formed, a record without a
- * required attribute or with a bad address, two records elements, one outside `<metadata>`, or
- * the namespace declared elsewhere give no records and a `problem`. Never throws.
+ * required attribute or with a bad address, two records elements, one outside `<metadata>`, the
+ * namespace declared elsewhere, or another version's namespace anywhere give no records and a
+ * `problem`. Never throws.
  *
  * @example
  * ```ts

@@ -154,6 +154,26 @@ Deno.test("parseDomainXml() refuses two records elements, at the second, rather 
   assertEquals(parseDomainXml(foreign).records.map((r) => r.rule), ["gpu"]);
 });
 
+Deno.test("parseDomainXml() refuses records of another version rather than take their hostdevs for hand-added", () => {
+  const xml = `<domain><name>d</name><metadata>
+  <pt:hostdevs xmlns:pt='urn:passthrough:hostdevs:2'><pt:device address='0000:01:00.0'
+    vendor='10de' device='2684' class='030000' rule='gpu'/></pt:hostdevs>
+</metadata><devices><hostdev mode='subsystem' type='pci' managed='yes'>
+  <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source>
+</hostdev></devices></domain>`;
+  const error = assertThrowsDomainXmlError(xml);
+  assertEquals([error.line, error.column], [2, 3]);
+  assertEquals(
+    error.message,
+    `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
+      `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
+      "wrote them: at line 2, column 3",
+  );
+  // Another application's namespace that merely ends alike is no version of ours.
+  const foreign = xml.replace("urn:passthrough:hostdevs:2", "urn:app:hostdevs:2");
+  assertEquals(parseDomainXml(foreign).records, []);
+});
+
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
   assertMatch(assertThrowsDomainXmlError("<domain><uuid>u</uuid></domain>").message, /<name>/);
   assertMatch(assertThrowsDomainXmlError("<network><name>n</name></network>").message, /domain/);

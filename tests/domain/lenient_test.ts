@@ -646,6 +646,11 @@ Deno.test("readRecordsLeniently() fails closed on records it cannot read", () =>
     ["a missing attribute", withMetadata(OURS.replace(' vendor="10de"', ""))],
     ["a bad address", withMetadata(OURS.replace("0000:0b:00.0", "0000:0b:00"))],
     ["two records elements", withMetadata(`${OURS}\n${OURS}`)],
+    ["another version's records", withMetadata(OURS.replace("hostdevs:1", "hostdevs:2"))],
+    [
+      "another version's records beside these",
+      withMetadata(`${OURS}\n${OURS.replaceAll("pt", "v2").replace("hostdevs:1", "hostdevs:2")}`),
+    ],
     [
       "an unquoted attribute",
       withMetadata(OURS.replace("serial", "x").replace('driver="nouveau"', "driver=nouveau")),
