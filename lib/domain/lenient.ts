@@ -967,6 +967,8 @@ function walkRecords(text: string): WalkedRecords | string {
   /** Whether the records' element is open (it is then the third on `stack`). */
   let oursOpen = false;
   let seenRoot = false;
+  /** Whether a tag declares the records' namespace (text that only mentions it does not). */
+  let namespaceDeclared = false;
   let uuid: string | null = null;
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
@@ -986,9 +988,11 @@ function walkRecords(text: string): WalkedRecords | string {
       const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
       if (attributes === null) return "";
       for (const [key, value] of attributes) {
-        if ((key === "xmlns" || key.startsWith("xmlns:")) && isOtherRecordsVersion(value)) {
+        if (key !== "xmlns" && !key.startsWith("xmlns:")) continue;
+        if (isOtherRecordsVersion(value)) {
           return "a records element is of another version of passthrough";
         }
+        namespaceDeclared ||= value === RECORDS_NAMESPACE;
       }
       const colon = name.indexOf(":");
       const local = colon === -1 ? name : name.slice(colon + 1);
@@ -1029,8 +1033,8 @@ function walkRecords(text: string): WalkedRecords | string {
     at = next;
   }
   if (stack.length !== 0 || !seenRoot) return "";
-  // The namespace named anywhere but on the records' element: records passthrough cannot find.
-  if (ours === null && text.includes(RECORDS_NAMESPACE)) {
+  // The namespace declared anywhere but on the records' element: records passthrough cannot find.
+  if (ours === null && namespaceDeclared) {
     return "the records namespace is declared on another element than <hostdevs>";
   }
   return { records, vfRecords, uuid };

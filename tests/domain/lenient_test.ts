@@ -640,6 +640,18 @@ Deno.test("readRecordsLeniently() reads only the records element's children as r
   }
 });
 
+Deno.test("readRecordsLeniently() takes the records' namespace in text for no records, as the strict reader does", () => {
+  // A description, and another application's copy of a definition kept as text: neither
+  // declares the namespace, and the domain (passed by hand) holds no records to read.
+  const xml = withMetadata(
+    `<app:copy xmlns:app="urn:app">${
+      OURS.replaceAll("<", "&lt;").replaceAll(">", "&gt;")
+    }</app:copy>`,
+  ).replace("</name>", `</name>\n  <description>records: ${RECORDS_NAMESPACE}</description>`);
+  assertEquals(readRecordsLeniently(xml).problem, null);
+  assertReadsLikeStrict(xml);
+});
+
 Deno.test("readRecordsLeniently() fails closed on records it cannot read", () => {
   const cases: [string, string][] = [
     ["truncated", withMetadata(OURS).slice(0, -12)],
