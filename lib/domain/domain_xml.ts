@@ -19,6 +19,7 @@ import {
   normaliseXmlLines,
   RECORD_ATTRIBUTES,
   RECORDS_NAMESPACE,
+  repeatedRecordAddress,
 } from "./lenient.ts";
 import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
 import type { DeviceIdentity, HostdevSpec, VfIdentity } from "../plan/types.ts";
@@ -519,6 +520,10 @@ function readOurMetadata(
     ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
     records = readRecords(xml, candidate);
     vfRecords = readVfRecords(xml, candidate);
+    const twice = repeatedRecordAddress(records) ?? repeatedRecordAddress(vfRecords);
+    if (twice !== null) {
+      throw errorAt(xml, candidate.start, `Passthrough records name "${twice}" twice`);
+    }
   }
   return { ours, records, vfRecords };
 }

@@ -943,6 +943,29 @@ export function canonicalMac(mac: string): string | null {
   return /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(canonical) ? canonical : null;
 }
 
+/**
+ * The first address two of `records` name, or `null`: every reader looks a record up by its
+ * address and would take the first, so which identity the device is held to would depend on
+ * the order (the strict reader and this one refuse them, as they refuse two records elements).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const a = { address: "0000:0b:00.0" }, b = { address: "0000:0b:00.1" };
+ * assertEquals([repeatedRecordAddress([a, b]), repeatedRecordAddress([a, b, a])], [null, a.address]);
+ * ```
+ */
+export function repeatedRecordAddress(
+  records: readonly { address: PciAddress }[],
+): PciAddress | null {
+  const seen = new Set<PciAddress>();
+  for (const { address } of records) {
+    if (seen.has(address)) return address;
+    seen.add(address);
+  }
+  return null;
+}
+
 /** What {@link walkRecords} returns for a well-formed document. */
 interface WalkedRecords {
   records: DeviceIdentity[];
@@ -1037,6 +1060,9 @@ function walkRecords(text: string): WalkedRecords | string {
   if (ours === null && namespaceDeclared) {
     return "the records namespace is declared on another element than <hostdevs>";
   }
+  if (repeatedRecordAddress(records) !== null || repeatedRecordAddress(vfRecords) !== null) {
+    return "two records name one address";
+  }
   return { records, vfRecords, uuid };
 }
 
@@ -1045,9 +1071,9 @@ function walkRecords(text: string): WalkedRecords | string {
  * hostdevs:1"><pt:device address=… vendor=…/>`), read as the strict reader reads them (any
  * prefix, either quote, entities, comments and CDATA skipped) without an XML library, for the
  * start guard. Fails closed: records in a document that is not well-formed, a record without a
- * required attribute or with a bad address, two records elements, one outside `<metadata>`, the
- * namespace declared elsewhere, or another version's namespace anywhere give no records and a
- * `problem`. Never throws.
+ * required attribute or with a bad address, two records of one address, two records elements, one
+ * outside `<metadata>`, the namespace declared elsewhere, or another version's namespace anywhere
+ * give no records and a `problem`. Never throws.
  *
  * @example
  * ```ts

@@ -154,6 +154,19 @@ Deno.test("parseDomainXml() refuses two records elements, at the second, rather 
   assertEquals(parseDomainXml(foreign).records.map((r) => r.rule), ["gpu"]);
 });
 
+Deno.test("parseDomainXml() refuses two records of one address rather than take the first", () => {
+  const record = (device: string) =>
+    `<pt:device address='0000:01:00.0' vendor='10de' device='${device}' class='030000' rule='gpu'/>`;
+  const xml = `<domain><name>d</name><metadata>
+  <pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${record("2684")}${record("1b06")}</pt:hostdevs>
+</metadata></domain>`;
+  const error = assertThrowsDomainXmlError(xml);
+  assertEquals(
+    error.message,
+    `Passthrough records name "0000:01:00.0" twice: at line 2, column 3`,
+  );
+});
+
 Deno.test("parseDomainXml() refuses records of another version rather than take their hostdevs for hand-added", () => {
   const xml = `<domain><name>d</name><metadata>
   <pt:hostdevs xmlns:pt='urn:passthrough:hostdevs:2'><pt:device address='0000:01:00.0'

@@ -660,6 +660,23 @@ Deno.test("readRecordsLeniently() fails closed on records it cannot read", () =>
     ["two records elements", withMetadata(`${OURS}\n${OURS}`)],
     ["another version's records", withMetadata(OURS.replace("hostdevs:1", "hostdevs:2"))],
     [
+      "two records of one address",
+      withMetadata(OURS.replace(
+        'rule="gpu"/>',
+        'rule="gpu"/><pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="x"/>',
+      )),
+    ],
+    [
+      "two interface records of one address",
+      withMetadata(OURS.replace(
+        'rule="gpu"/>',
+        `rule="gpu"/>${
+          `<pt:interface address="0000:0b:02.0" vf="0" mac="52:54:00:00:00:01" pf-address="0000:0b:00.0" vendor="10de" device="2684" class="020000" rule="x"/>`
+            .repeat(2)
+        }`,
+      )),
+    ],
+    [
       "another version's records beside these",
       withMetadata(`${OURS}\n${OURS.replaceAll("pt", "v2").replace("hostdevs:1", "hostdevs:2")}`),
     ],
