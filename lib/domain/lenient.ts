@@ -1011,16 +1011,18 @@ function walkRecords(text: string): WalkedRecords | string {
       const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
       if (attributes === null) return "";
       for (const [key, value] of attributes) {
-        if (key !== "xmlns" && !key.startsWith("xmlns:")) continue;
-        if (isOtherRecordsVersion(value)) {
-          return "a records element is of another version of passthrough";
+        if (key === "xmlns" || key.startsWith("xmlns:")) {
+          namespaceDeclared ||= value === RECORDS_NAMESPACE;
         }
-        namespaceDeclared ||= value === RECORDS_NAMESPACE;
       }
       const colon = name.indexOf(":");
       const local = colon === -1 ? name : name.slice(colon + 1);
       const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
       const declared = attributes.get(prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`);
+      // An element in it, as the strict reader reads it: a declaration alone holds no records.
+      if (isOtherRecordsVersion(declared)) {
+        return "a records element is of another version of passthrough";
+      }
       const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
       if (opensOurs) {
         if (stack.length !== 2 || stack[1] !== "metadata") {
@@ -1072,8 +1074,8 @@ function walkRecords(text: string): WalkedRecords | string {
  * prefix, either quote, entities, comments and CDATA skipped) without an XML library, for the
  * start guard. Fails closed: records in a document that is not well-formed, a record without a
  * required attribute or with a bad address, two records of one address, two records elements, one
- * outside `<metadata>`, the namespace declared elsewhere, or another version's namespace anywhere
- * give no records and a `problem`. Never throws.
+ * outside `<metadata>`, the namespace declared elsewhere, or an element in another version's
+ * namespace give no records and a `problem`. Never throws.
  *
  * @example
  * ```ts

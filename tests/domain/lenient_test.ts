@@ -640,7 +640,7 @@ Deno.test("readRecordsLeniently() reads only the records element's children as r
   }
 });
 
-Deno.test("readRecordsLeniently() takes the records' namespace in text for no records, as the strict reader does", () => {
+Deno.test("readRecordsLeniently() finds no problem in a namespace only named in text or declared, as the strict reader", () => {
   // A description, and another application's copy of a definition kept as text: neither
   // declares the namespace, and the domain (passed by hand) holds no records to read.
   const xml = withMetadata(
@@ -650,6 +650,12 @@ Deno.test("readRecordsLeniently() takes the records' namespace in text for no re
   ).replace("</name>", `</name>\n  <description>records: ${RECORDS_NAMESPACE}</description>`);
   assertEquals(readRecordsLeniently(xml).problem, null);
   assertReadsLikeStrict(xml);
+  // Nor does another version's namespace declared by an element that is not in it.
+  const unused = withMetadata(
+    `<app:x xmlns:app="urn:app" xmlns:v2="urn:passthrough:hostdevs:2"/>\n    ${OURS}`,
+  );
+  assertEquals(readRecordsLeniently(unused).problem, null);
+  assertReadsLikeStrict(unused);
 });
 
 Deno.test("readRecordsLeniently() fails closed on records it cannot read", () => {
