@@ -232,6 +232,40 @@ Deno.test("rollbackVm() restores an older backup named with a backup id", async 
   assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
 });
 
+Deno.test("rollbackVm() run again with the same id finds the VM restored; with the same number, it restores another", async () => {
+  using f = fixture();
+  const original = f.port.getPersistentXml("alpha", { secure: true });
+  await addHostdevs(f, "alpha", ["0000:01:00.0"]);
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  // README: a script names the backup it restores by id, so that a second run changes nothing.
+  const oldest = listBackups(f.stateDir, "alpha").at(-1)!;
+  for (const status of ["restored", "unchanged"]) {
+    const report = await rollbackVm("alpha", {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      backup: oldest.id,
+      confirm: yes,
+    });
+    assertEquals(report.status, status, report.message);
+    assertEquals(f.port.getPersistentXml("alpha", { secure: true }), original);
+  }
+  // A number counts from the newest backup, and each rollback adds one: "2" is another now.
+  await addHostdevs(f, "alpha", ["0000:02:00.0"]);
+  assertEquals(hostdevs(f, "alpha"), ["0000:02:00.0"]);
+  const restored: string[][] = [];
+  for (let run = 0; run < 2; run++) {
+    const report = await rollbackVm("alpha", {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      backup: "2",
+      confirm: yes,
+    });
+    assertEquals(report.status, "restored", report.message);
+    restored.push(hostdevs(f, "alpha"));
+  }
+  assertEquals(restored, [["0000:01:00.0", "0000:02:00.0"], []]);
+});
+
 Deno.test("rollbackVm() undoes the last apply after the clock stepped back between two", async () => {
   using f = fixture();
   const real = new Date();
