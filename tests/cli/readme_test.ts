@@ -86,3 +86,17 @@ Deno.test("README: every code apply --json gives a VM is explained, as ApplyCode
     .flatMap((m) => m.slice(1).filter((c) => c !== undefined));
   assertEquals([...documented].sort(), [...codes].sort());
 });
+
+Deno.test("README: the example config's schema line it quotes is the example's first, and says where a copy finds the schema", () => {
+  const example = Deno.readTextFileSync(new URL("../../passthrough_config.yaml", import.meta.url));
+  const first = example.slice(0, example.indexOf("\n"));
+  const config = section("The config");
+  assertOk(config.includes(`(\`${first}\`)`), `README does not quote "${first}"`);
+  // The path is relative to the config: the clone's schema for the example, none in a copy.
+  const schema = /\$schema=(\S+)$/.exec(first)![1]!;
+  Deno.statSync(new URL(`../../${schema}`, import.meta.url));
+  assertMatch(
+    config,
+    /in a copy elsewhere .*name the clone's \(`\$schema=\/opt\/passthrough\/\S+`\)/s,
+  );
+});
