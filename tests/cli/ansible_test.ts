@@ -95,6 +95,27 @@ function taskOutput(output: string, task: string): string {
   return output.slice(at, next < 0 ? undefined : next);
 }
 
+/** The counts of a `PLAY RECAP` line of `host` in `output`, but `changed`. */
+function recap(output: string, host: string): Record<string, number> | null {
+  const line = new RegExp(`^${host} +: (.*)$`, "m").exec(output)?.[1];
+  if (line === undefined) return null;
+  const counts = [...line.matchAll(/(\w+)=(\d+)/g)].filter((m) => m[1] !== "changed");
+  return Object.fromEntries(counts.map((m) => [m[1]!, Number(m[2])]));
+}
+
+/** docs/FLEET.md's "What a refusal looks like": its console sample. */
+function fleetRefusalSample(): string {
+  const doc = Deno.readTextFileSync(`${ROOT}docs/FLEET.md`);
+  const at = doc.indexOf("```console", doc.indexOf("## What a refusal looks like"));
+  return doc.slice(at, doc.indexOf("```\n", at + 1));
+}
+
+/** The tasks named in `output` from `TASK [first]` on, in order. */
+function tasksFrom(output: string, first: string): string[] {
+  const from = output.slice(output.indexOf(`TASK [${first}]`));
+  return [...from.matchAll(/^TASK \[(.*)\]/gm)].map((m) => m[1]!);
+}
+
 function taskStatus(output: string, task: string): string | null {
   const at = output.indexOf(`TASK [${task}]`);
   if (at < 0) return null;
@@ -364,6 +385,11 @@ vms:
       assertMatch(bad.out, /localhost\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=1/);
       assertEquals(taskStatus(bad.out, "Passthrough failed"), "fatal", bad.out);
       assertMatch(bad.out, /Rule \\+"beef\\+u009b2J\\+" of VM/);
+      // docs/FLEET.md shows this run: its tasks from the apply on, and its recap's counts (a
+      // refused host, hv1; an applied one, hv2, as the fixed run below).
+      const sample = fleetRefusalSample();
+      assertEquals(tasksFrom(sample, "Passthrough apply"), tasksFrom(bad.out, "Passthrough apply"));
+      assertEquals(recap(sample, "hv1"), recap(bad.out, "localhost"), bad.out);
       for (const out of [badCheck.out, bad.out]) {
         assertEquals(
           /[\u0080-\u009f]/.test(out),
@@ -375,6 +401,7 @@ vms:
       // copy (which still held the refused config) is not counted as a change.
       const fixed = await playbook(good);
       assertEquals(fixed.code, 0, fixed.out);
+      assertEquals(recap(sample, "hv2"), recap(fixed.out, "localhost"), fixed.out);
       assertEquals(taskStatus(fixed.out, "Passthrough apply"), "ok", fixed.out);
       const drift = await playbook(good, ["--check"]);
       assertEquals(drift.code, 0, drift.out);
