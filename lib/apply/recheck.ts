@@ -422,7 +422,9 @@ export function hostSincePlan(
  * host a device it needs, one sentence per such device: VFIO hands a guest the whole IOMMU group,
  * so a function that joined a passed device's group (a hot-added one, groups merged by a kernel
  * command line without the ACS override), or one the host uses now, goes too, or the guest does
- * not start. A PCI bridge stays with the host. The device's own use is the start guard's.
+ * not start. A PCI bridge stays with the host. The device's own use is the start guard's. A member
+ * a group's listing names that cannot be read (and a second read still names) is one sentence too:
+ * what it is, and so what the guest would take, is unknown.
  *
  * @example
  * ```ts
@@ -442,12 +444,19 @@ export function hostSincePlan(
  */
 export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRead): string[] {
   const passing = new Set(passed);
-  const { mates, unlisted } = groupMates(passing, {
+  const { mates, unlisted, unread } = groupMates(passing, {
     device: host.device,
     group: (address) => host.device(address)?.iommuGroup ?? null,
     members: host.groupMembers,
   });
-  const problems = unlisted.map(({ group, of }) => unlistedGroup(group, `"${of}"`));
+  const problems = [
+    ...unlisted.map(({ group, of }) => unlistedGroup(group, `"${of}"`)),
+    ...unread.map(({ group, of, member }) =>
+      `IOMMU group ${group} of "${of}" lists ${
+        JSON.stringify(member)
+      }, which cannot be read in bus/pci/devices now, so what else a guest would take with it is unknown`
+    ),
+  ];
   if (mates.length === 0) return problems;
   const hostUse = host.hostUse(mates.map((m) => m.device));
   if (hostUse === null) {

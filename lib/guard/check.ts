@@ -486,6 +486,12 @@ function unreadableGroups(
         entry: `the members of whose IOMMU group ${group}`,
         tail: ` cannot be read (kernel/iommu_groups/${group}/devices)`,
       })),
+      ...read.unread.map(({ group, of, member }) => ({
+        of,
+        hostdev: `${of}'s IOMMU group ${group} lists ${JSON.stringify(member)}`,
+        entry: `whose IOMMU group ${group} lists ${JSON.stringify(member)}`,
+        tail: ", which cannot be read in bus/pci/devices",
+      })),
     ].flatMap(({ of, hostdev, entry, tail }) => {
       if (seen.has(of)) return [];
       seen.add(of);

@@ -30,11 +30,23 @@ export interface GroupMate {
   group: number;
 }
 
+/** A member a group's listing names that cannot be read as a PCI function ({@link groupMates}). */
+export interface UnreadMate {
+  /** The name the listing gives it. */
+  member: string;
+  /** The passed device whose group lists it. */
+  of: PciAddress;
+  /** The IOMMU group. */
+  group: number;
+}
+
 /**
  * The endpoints of the IOMMU groups of `passed` that `passed` does not name, each once, in the
- * order of `passed` and then of the group's listing; and the groups whose listing cannot be read
+ * order of `passed` and then of the group's listing; the groups whose listing cannot be read
  * (`unlisted`, with the passed device they hold): read as empty, such a group would pass as one
- * without mates.
+ * without mates; and the members a listing names that cannot be read as a PCI function and that
+ * a second read of the listing still names (`unread`): skipped, what VFIO would hand the guest
+ * with them would go unjudged. One the second read no longer lists was hot-removed meanwhile.
  *
  * @example
  * ```ts
@@ -55,10 +67,15 @@ export interface GroupMate {
 export function groupMates(
   passed: Iterable<PciAddress>,
   read: GroupMatesRead,
-): { mates: GroupMate[]; unlisted: { group: number; of: PciAddress }[] } {
+): {
+  mates: GroupMate[];
+  unlisted: { group: number; of: PciAddress }[];
+  unread: UnreadMate[];
+} {
   const passing = new Set(passed);
   const mates = new Map<PciAddress, GroupMate>();
   const unlisted: { group: number; of: PciAddress }[] = [];
+  const unread: UnreadMate[] = [];
   const seen = new Set<number>();
   for (const of of passing) {
     const group = read.group(of);
@@ -72,9 +89,15 @@ export function groupMates(
     for (const address of members) {
       if (passing.has(address) || mates.has(address)) continue;
       const device = read.device(address);
-      if (device === null || device.isBridge || behindVmd(device)) continue;
+      if (device === null) {
+        if (read.members(group)?.includes(address) ?? true) {
+          unread.push({ member: address, of, group });
+        }
+        continue;
+      }
+      if (device.isBridge || behindVmd(device)) continue;
       mates.set(address, { device, of, group });
     }
   }
-  return { mates: [...mates.values()], unlisted };
+  return { mates: [...mates.values()], unlisted, unread };
 }

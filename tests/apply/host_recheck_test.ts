@@ -263,6 +263,26 @@ Deno.test("rollbackVm() does not restore a backup whose IOMMU group's listing ca
   );
 });
 
+Deno.test("rollbackVm() does not restore a backup whose IOMMU group lists a member bus/pci/devices lacks", async () => {
+  const { report, xml, was } = await applyChangeRollback(
+    {
+      devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+      host_use: [{ address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/srv" }],
+    },
+    "before",
+    {},
+    (root) => {
+      Deno.removeSync(`${root}/bus/pci/devices/0000:05:00.0`, { recursive: true });
+    },
+  );
+  // Before: restored, the mounted drive's group read as one without it.
+  assertEquals([report.status, report.code, xml], ["failed", "start-refused", was]);
+  assertMatch(
+    report.message,
+    /: IOMMU group 1 of "0000:01:00\.0" lists "0000:05:00\.0", which cannot be read in bus\/pci\/devices now, so what else a guest would take with it is unknown; /,
+  );
+});
+
 Deno.test("groupMatesHostNeeds() counts no drive of a passed VMD controller's domain as a group mate", () => {
   const [vmd, drive] = [
     dev({

@@ -662,6 +662,42 @@ Deno.test("checkDomainStart() fails closed on a passed device's group whose list
   assertMatch(refusals[0]!.reason, /members of IOMMU group 21 of 0000:03:00\.0 cannot be read/);
 });
 
+Deno.test("checkDomainStart() fails closed on a group member listed but not in bus/pci/devices, and passes one hot-removed meanwhile", async () => {
+  // Group 21 merged with the default route's NIC, on igc: a start that fails ("not viable").
+  await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
+  const nic = `${tree.dir}/bus/pci/devices/0000:0a:00.0`;
+  const listed = `${tree.dir}/kernel/iommu_groups/21/devices/0000:0a:00.0`;
+  const start = (reader: SysfsReader) =>
+    checkDomainStart({
+      vm: "win11",
+      xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+      reader,
+      root: tree.dir,
+      hostUse: () => [],
+    });
+  assertEquals(summary(start(denoFsReader())), [["not-viable", GPU.address]]);
+  Deno.renameSync(nic, `${tree.dir}/nic-aside`);
+  // Before: skipped, and the start went on.
+  const refusals = start(denoFsReader());
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertEquals(
+    formatRefusal(refusals[0]!),
+    'passthrough guard: refusing to start "win11": 0000:03:00.0\'s IOMMU group 21 lists ' +
+      '"0000:0a:00.0", which cannot be read in bus/pci/devices, so what else VFIO would hand ' +
+      "the guest is unknown; fix: passthrough plan --vm win11",
+  );
+  // Removed from the listing as well while its entry was read: gone, nothing to judge.
+  const base = denoFsReader();
+  const racing: SysfsReader = {
+    ...base,
+    readText: (path) => {
+      if (path.startsWith(`${nic}/`)) Deno.removeSync(listed);
+      return base.readText(path);
+    },
+  };
+  assertEquals(start(racing), []);
+});
+
 Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group link names no group", async () => {
   // Its group 21 merged with the default route's NIC, which the link no longer lets be found.
   await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
