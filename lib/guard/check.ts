@@ -433,16 +433,28 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
 /**
  * The other endpoints of the IOMMU groups of the addresses `passed`, which VFIO hands the guest
  * along: read from each address's `iommu_group` link and its group's listing, and each member's
- * identity and driver alone (its `uevent`).
+ * identity and driver alone (its `uevent`). A link that names no group (`unnamed`) and an
+ * `iommu_group` that is no link (`notLink`) are what {@link unreadableGroups} refuses.
  */
 function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
   const { reader, root } = input;
   // A link that names no group fails closed: read as none, its group's members would go unjudged.
   const unnamed: { of: PciAddress; name: string }[] = [];
+  // So does an `iommu_group` that is no link (the kernel makes a link, or nothing): a damaged tree.
+  const notLink: { of: PciAddress; kind: string }[] = [];
   const found = groupMates(passed, {
     group: (address) => {
-      const link = reader.readLink(`${root}/bus/pci/devices/${address}/iommu_group`);
-      if (link === null) return null;
+      const path = `${root}/bus/pci/devices/${address}/iommu_group`;
+      const link = reader.readLink(path);
+      if (link === null) {
+        const kind = reader.listDir(path) !== null
+          ? "a directory"
+          : reader.readText(path) !== null
+          ? "a file"
+          : null;
+        if (kind !== null) notLink.push({ of: address, kind });
+        return null;
+      }
       const name = baseName(link);
       const group = parseGroupNumber(name);
       if (group !== null) return group;
@@ -455,7 +467,7 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
     device: (address) =>
       readDeviceAt(reader, root, address, { details: false, physfn: false, configSpace: false }),
   });
-  return { ...found, unnamed };
+  return { ...found, unnamed, notLink };
 }
 
 /**
@@ -479,6 +491,12 @@ function unreadableGroups(
         hostdev: `${of}'s iommu_group link names ${JSON.stringify(name)}`,
         entry: `whose iommu_group link names ${JSON.stringify(name)}`,
         tail: ", not an IOMMU group number",
+      })),
+      ...read.notLink.map(({ of, kind }) => ({
+        of,
+        hostdev: `${of}'s iommu_group`,
+        entry: "whose iommu_group",
+        tail: ` is ${kind}, not a link to an IOMMU group: the tree is damaged`,
       })),
       ...read.unlisted.map(({ group, of }) => ({
         of,

@@ -718,6 +718,34 @@ Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group 
     /0000:03:00\.0's iommu_group link names "twenty-one", not an IOMMU group number/,
   );
 });
+Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group is a directory or a file", async () => {
+  for (
+    const [kind, make] of [
+      ["a directory", (path: string) => Deno.mkdirSync(path)],
+      ["a file", (path: string) => Deno.writeTextFileSync(path, "21\n")],
+    ] as const
+  ) {
+    await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
+    const link = `${tree.dir}/bus/pci/devices/${GPU.address}/iommu_group`;
+    Deno.removeSync(link);
+    make(link);
+    // Before: read as no group, and the merged group's NIC on igc went unjudged.
+    const refusals = checkDomainStart({
+      vm: "win11",
+      xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+      reader: denoFsReader({ listings: tree.dir }),
+      root: tree.dir,
+      hostUse: () => [],
+    });
+    assertEquals(summary(refusals), [["unreadable", null]]);
+    assertEquals(
+      refusals[0]!.reason,
+      `0000:03:00.0's iommu_group is ${kind}, not a link to an IOMMU group: the tree is damaged, ` +
+        "so what else VFIO would hand the guest is unknown",
+    );
+  }
+});
+
 Deno.test("checkDomainStart() refuses a card that differs from its record in subsystem device or vendor ID alone", async () => {
   // Two models one maker builds on one chip (a TUF and a Strix RX 6600) share the vendor, device
   // and subsystem vendor IDs: only the subsystem device ID says which card sits there now.
