@@ -144,7 +144,8 @@ export function hostFactsFor(root: string | undefined): HostFacts {
  * Reads one PCI function of the host at `root` (default `/sys`) as it is now, with its IOMMU
  * group (its `iommu_group` link, else the one group listing it, as discovery reads it) and its
  * physical slot, or `null` when none is at the address: `apply` checks with it before each define
- * that the devices planned are still there, the same, in the same group.
+ * that the devices planned are still there, the same, in the same group. Throws for a link that
+ * names no group number (see `ReadHostDevice`).
  */
 export function hostDeviceReader(
   root: string | undefined,
@@ -161,6 +162,14 @@ export function hostDeviceReader(
     if (device === null) return null;
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/iommu_group`);
     device.iommuGroup = link === null ? null : parseGroupNumber(baseName(link));
+    // Read as in no group, its group's other functions would go unjudged (as the guard has it).
+    if (link !== null && device.iommuGroup === null) {
+      throw new Error(
+        `Cannot read the IOMMU group of "${address}": its iommu_group link names ${
+          JSON.stringify(baseName(link))
+        }, not an IOMMU group number`,
+      );
+    }
     // As discovery does: a device without a link (a partly copied tree) is in the one group
     // whose listing names it; else a plan over such a tree was refused as a group change.
     if (link === null) {

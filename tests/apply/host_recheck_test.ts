@@ -283,6 +283,31 @@ Deno.test("rollbackVm() does not restore a backup whose IOMMU group lists a memb
   );
 });
 
+Deno.test("rollbackVm() does not restore a backup whose device's iommu_group link names no group", async () => {
+  const { report, xml, was } = await applyChangeRollback(
+    {
+      devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+      host_use: [{ address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/srv" }],
+    },
+    "before",
+    {},
+    (root) => {
+      for (const address of ["0000:01:00.0", "0000:01:00.1"]) {
+        const link = `${root}/bus/pci/devices/${address}/iommu_group`;
+        const target = Deno.readLinkSync(link);
+        Deno.removeSync(link);
+        Deno.symlinkSync(target.replace(/1$/, "one"), link);
+      }
+    },
+  );
+  // Before: restored, the GPU read as in no group and the mounted drive's group unjudged.
+  assertEquals([report.status, report.code, xml], ["failed", "read-failed", was]);
+  assertMatch(
+    report.message,
+    /\(Cannot read the IOMMU group of "0000:01:00\.0": its iommu_group link names "one", not an IOMMU group number\): nothing was defined$/,
+  );
+});
+
 Deno.test("groupMatesHostNeeds() counts no drive of a passed VMD controller's domain as a group mate", () => {
   const [vmd, drive] = [
     dev({
