@@ -15,7 +15,7 @@ import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
-import { type RollbackPreview, rollbackVm } from "../lib/apply/rollback.ts";
+import { type RollbackPreview, rollbackVm, type StartRefusal } from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { pathExists } from "../lib/state/paths.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
@@ -100,10 +100,10 @@ function startCheck(
   vm: string,
   run: RunFlags,
   stateDir: string,
-): (xml: string, fresh?: boolean) => { refusals: string[]; warnings: string[] } {
+): (xml: string, fresh?: boolean) => { refusals: StartRefusal[]; warnings: string[] } {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
-  const seen = new Map<string, { refusals: string[]; warnings: string[] }>();
+  const seen = new Map<string, { refusals: StartRefusal[]; warnings: string[] }>();
   return (xml, fresh = false) => {
     if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
@@ -124,12 +124,13 @@ function startCheck(
  * restored. A device the host needs, recorded under a rule with allow_host_critical: true (in
  * `policy`, which apply left), is one the guard starts, as plan kept it: judged as the hook
  * judges it (only the record apply left there), the rules' warn and off aside. `plan`: the
- * command the guard's fix names, with this run's flags.
+ * command the guard's fix names, with this run's flags. A refusal of another function of a
+ * hostdev's group names it (`groupMember`), so rollback's own group check does not say it again.
  */
 export function startVerdict(
   checked: readonly GuardRefusal[],
   { vm, policy, plan }: { vm: string; policy: VmGuardPolicy; plan: string },
-): { refusals: string[]; warnings: string[] } {
+): { refusals: StartRefusal[]; warnings: string[] } {
   // A group member the host needs is groupMatesHostNeeds' refusal (the `host` option); one
   // another running VM has (`busy`) is not: that check reads no running VM.
   const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
@@ -152,7 +153,11 @@ export function startVerdict(
       }, and ${libvirt})`;
   };
   return {
-    refusals: found.filter(refused).map((r) => r.reason),
+    refusals: found.filter(refused).map((r) =>
+      r.group === undefined
+        ? { reason: r.reason }
+        : { reason: r.reason, groupMember: r.group.member }
+    ),
     warnings: found.filter((r) => !refused(r)).map((r) =>
       `${stopper(r)}: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
     ),

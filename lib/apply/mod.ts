@@ -26,4 +26,5 @@ export {
   type RollbackReport,
   type RollbackStatus,
   rollbackVm,
+  type StartRefusal,
 } from "./rollback.ts";

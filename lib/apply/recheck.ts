@@ -426,7 +426,8 @@ export function hostSincePlan(
  * command line without the ACS override), or one the host uses now, goes too, or the guest does
  * not start. A PCI bridge stays with the host. The device's own use is the start guard's. A member
  * a group's listing names that cannot be read (and a second read still names) is one sentence too:
- * what it is, and so what the guest would take, is unknown.
+ * what it is, and so what the guest would take, is unknown. A member in `options.refused` is
+ * left to the caller, which refused it already (the start guard's line on one a running VM has).
  *
  * @example
  * ```ts
@@ -444,7 +445,11 @@ export function hostSincePlan(
  * ]);
  * ```
  */
-export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRead): string[] {
+export function groupMatesHostNeeds(
+  passed: readonly PciAddress[],
+  host: HostRead,
+  options: { refused?: ReadonlySet<PciAddress> } = {},
+): string[] {
   const passing = new Set(passed);
   const { mates, unlisted, unread } = groupMates(passing, {
     device: host.device,
@@ -478,6 +483,7 @@ export function groupMatesHostNeeds(passed: readonly PciAddress[], host: HostRea
   return [
     ...problems,
     ...mates.flatMap(({ device, of, group }) => {
+      if (options.refused?.has(device.address)) return [];
       const why = hostCriticalReason(device, { matchedCards, hostUse });
       return why === null ? [] : [
         `IOMMU group ${group} of "${of}" also holds "${device.address}", which it does not pass and the host needs (${why}): VFIO hands a guest the whole group`,

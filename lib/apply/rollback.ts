@@ -71,6 +71,14 @@ export interface RollbackPreview {
 /** What the held-elsewhere checks read of a host device: its IOMMU group and SR-IOV links. */
 export type HostDeviceNow = Pick<PciDevice, "iommuGroup" | "physfn" | "virtfns">;
 
+/** One of {@link RollbackOptions.startRefusals}: why, and the group member it concerns. */
+export interface StartRefusal {
+  /** The sentence. */
+  reason: string;
+  /** The other function of a hostdev's IOMMU group it refuses (one a running VM was given). */
+  groupMember?: PciAddress;
+}
+
 /** Options for {@link rollbackVm}. */
 export interface RollbackOptions {
   /** The libvirt connection to read and define through. */
@@ -101,9 +109,11 @@ export interface RollbackOptions {
    * Why the backup's hostdevs may not be started on this host now, as the start guard sees them
    * (a recorded device replaced by another, or one the host needs that no `allow_host_critical`
    * lets it start): such a backup is not restored. Asked before the question and again after it.
+   * A refusal of another function of a hostdev's IOMMU group names it
+   * ({@link StartRefusal.groupMember}): the `host` check then says nothing more of it.
    * Default: not asked (libvirt on another host).
    */
-  startRefusals?: (xml: string) => string[];
+  startRefusals?: (xml: string) => (string | StartRefusal)[];
   /**
    * What the start guard would refuse of the backup's hostdevs on this host now that does not
    * hold the restore back (an address that holds no device: nothing can be taken from the host,
@@ -741,11 +751,16 @@ function hostRefusal(
   return hostReadOr(vm, backup, () => {
     const conflict = heldElsewhereNow(libvirt, restoring);
     if (conflict !== null) return conflict;
+    const start = options.startRefusals?.(backupXml) ?? [];
+    // One sentence per member: the guard's names the running VM that has it.
+    const refused = new Set(
+      start.flatMap((r) => typeof r === "string" ? [] : r.groupMember ?? []),
+    );
     const refusals = [
-      ...(options.startRefusals?.(backupXml) ?? []),
+      ...start.map((r) => typeof r === "string" ? r : r.reason),
       ...(options.host === undefined
         ? []
-        : groupMatesHostNeeds(heldAddresses(parsed), options.host)),
+        : groupMatesHostNeeds(heldAddresses(parsed), options.host, { refused })),
     ];
     return refusals.length > 0 ? startRefused(vm, backup, refusals, options.run) : null;
   });

@@ -41,6 +41,7 @@ import { guardCheck, runGuard } from "../../lib/guard/run.ts";
 import { ENFORCE, type VmGuardPolicy } from "../../lib/guard/policy.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { startVerdict } from "../../cli/rollback.ts";
+import { hostReader } from "../../cli/host_options.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { demoTree, killHard, planGpu, qemuDomainXml } from "../helpers/reliability.ts";
 
@@ -1966,8 +1967,9 @@ Deno.test("startVerdict() refuses a backup whose IOMMU group holds a function a 
   });
   assertEquals(warnings, []);
   assertEquals(refusals.length, 1);
+  assertEquals(refusals[0]!.groupMember, "0000:00:1f.3");
   assertMatch(
-    refusals[0]!,
+    refusals[0]!.reason,
     /^hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:00:1f\.3, .*; it is in use \(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at a time/,
   );
   // Once "nas" is shut down, nothing is left to refuse: an unbound function the host does not need.
@@ -1998,4 +2000,61 @@ Deno.test("startVerdict() warns that libvirt fails a restored VM whose IOMMU gro
     '"win11" would not start as restored (the start guard, by its policy, would warn and go on, and libvirt fails it: group 21 is not viable)',
     '"win11" would not start as restored (the start guard, by its policy, would pass it, and libvirt fails it: group 21 is not viable)',
   ]);
+});
+
+Deno.test("rollbackVm() says once why a storage function of its group that a running VM has keeps it from restoring", async () => {
+  // The chipset NVMe 0000:06:00.0 moved into the GPU's group 21 on vfio-pci, given to "nas".
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [];
+  for (const d of host.devices) {
+    if (d.bdf === "0000:06:00.0") Object.assign(d, { group: 21, driver: "vfio-pci" });
+  }
+  await using tree = await tempHostTree(host);
+  Deno.mkdirSync(`${tree.dir}/qemu`);
+  Deno.writeTextFileSync(
+    `${tree.dir}/qemu/nas.xml`,
+    `<domstatus state='running' pid='4242'><domain type='kvm' id='3'><name>nas</name><devices>${
+      hostdevXml("0000:06:00.0")
+    }</devices></domain></domstatus>`,
+  );
+  using f = fixture();
+  f.port.define(
+    f.port.getPersistentXml("alpha", { secure: true }).replace(
+      "</devices>",
+      `${hostdevXml("0000:03:00.0")}\n</devices>`,
+    ),
+  );
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    reason: "apply",
+    uri: f.port.uri,
+    xml: xml.replace("1048576</memory>", "2097152</memory>"),
+  });
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    host: hostReader(tree.dir),
+    startRefusals: (xml) =>
+      startVerdict(
+        guardCheck({
+          vm: "alpha",
+          xml,
+          reader: denoFsReader(),
+          root: tree.dir,
+          live: false,
+          qemuStatusDir: `${tree.dir}/qemu`,
+        }),
+        { vm: "alpha", policy: ENFORCE, plan: "passthrough plan --vm alpha" },
+      ).refusals,
+  });
+  assertEquals(report.code, "start-refused");
+  // Before: a second sentence on the same member, "the host needs (storage controller in
+  // another slot)", which the host does not use: "nas" has it.
+  assertMatch(
+    report.message,
+    /^Refusing to restore backup "[^"]+" into "alpha": hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:06:00\.0, [^;]+; it is in use \(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at a time, so libvirt refuses this start while that guest runs; "passthrough plan --vm alpha" shows /,
+  );
 });
