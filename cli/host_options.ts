@@ -145,7 +145,8 @@ export function hostFactsFor(root: string | undefined): HostFacts {
  * group (its `iommu_group` link, else the one group listing it, as discovery reads it) and its
  * physical slot, or `null` when none is at the address: `apply` checks with it before each define
  * that the devices planned are still there, the same, in the same group. Throws for a link that
- * names no group number (see `ReadHostDevice`).
+ * names no group number, and for an `iommu_group` that is no link where no listing names the
+ * device (see `ReadHostDevice`).
  */
 export function hostDeviceReader(
   root: string | undefined,
@@ -174,6 +175,20 @@ export function hostDeviceReader(
     // whose listing names it; else a plan over such a tree was refused as a group change.
     if (link === null) {
       settleGroups([device], { links: new Map(), listings: readGroupListings(reader, sysRoot) });
+      // The kernel makes a link or nothing: anything else there is a damaged tree, whose group,
+      // unless a listing names it as discovery takes it, is unknown, not none.
+      const path = `${sysRoot}/bus/pci/devices/${address}/iommu_group`;
+      const kind = reader.listDir(path) !== null
+        ? "a directory"
+        : reader.readText(path) !== null
+        ? "a file"
+        : null;
+      if (device.iommuGroup === null && kind !== null) {
+        throw new Error(
+          `Cannot read the IOMMU group of "${address}": its iommu_group is ${kind}, not a link ` +
+            "to an IOMMU group, and no kernel/iommu_groups/N/devices lists it",
+        );
+      }
     }
     // The plan records a card's named slot, and compares it: a card in a slot read without it
     // would be another card.

@@ -210,8 +210,8 @@ export function heldElsewhere(
 /**
  * One PCI function of the host as it is now, its `iommuGroup` read too, or `null` when nothing is
  * at `address` (see `hostDeviceReader` in `cli/host_options.ts`). It throws where the group cannot
- * be told (an `iommu_group` link that names no group number): read as in none, the device's group
- * would go unjudged, and the checks that read it fail closed on the throw.
+ * be told (an `iommu_group` link that names no group number, one that is no link): read as in
+ * none, the device's group would go unjudged, and the checks that read it fail closed on the throw.
  */
 export type ReadHostDevice = (address: PciAddress) => PciDevice | null;
 

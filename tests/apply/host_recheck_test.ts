@@ -308,6 +308,30 @@ Deno.test("rollbackVm() does not restore a backup whose device's iommu_group lin
   );
 });
 
+Deno.test("rollbackVm() does not restore a backup whose device's iommu_group is a directory no listing confirms", async () => {
+  const { report, xml, was } = await applyChangeRollback(
+    {
+      devices: [...PLANNED.devices, { ...NVME_IN_GROUP, bdf: "0000:05:00.0" }],
+      host_use: [{ address: "0000:05:00.0", reason: "mounted-filesystem", detail: "/srv" }],
+    },
+    "before",
+    {},
+    (root) => {
+      for (const address of ["0000:01:00.0", "0000:01:00.1"]) {
+        Deno.removeSync(`${root}/bus/pci/devices/${address}/iommu_group`);
+        Deno.mkdirSync(`${root}/bus/pci/devices/${address}/iommu_group`);
+        Deno.removeSync(`${root}/kernel/iommu_groups/1/devices/${address}`);
+      }
+    },
+  );
+  // Before: restored, the GPU read as in no group and the mounted drive's group unjudged.
+  assertEquals([report.status, report.code, xml], ["failed", "read-failed", was]);
+  assertMatch(
+    report.message,
+    /\(Cannot read the IOMMU group of "0000:01:00\.0": its iommu_group is a directory, not a link to an IOMMU group, and no kernel\/iommu_groups\/N\/devices lists it\): nothing was defined$/,
+  );
+});
+
 Deno.test("groupMatesHostNeeds() counts no drive of a passed VMD controller's domain as a group mate", () => {
   const [vmd, drive] = [
     dev({
