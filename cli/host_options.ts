@@ -14,7 +14,13 @@ import {
   readVirtualFunctions,
 } from "../lib/host/sysfs_device.ts";
 import { slotOf } from "../lib/pci/address.ts";
-import { baseName, confinedReader, denoFsReader, type SysfsReader } from "../lib/host/sysfs.ts";
+import {
+  baseName,
+  confinedReader,
+  denoFsReader,
+  notLinkKind,
+  type SysfsReader,
+} from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
 import { libcSysfsReader, readXattr, resolvePath } from "../ffi/libc_fs.ts";
 import { type HostFacts, readHostFacts } from "../lib/host/preflight.ts";
@@ -177,13 +183,10 @@ export function hostDeviceReader(
       settleGroups([device], { links: new Map(), listings: readGroupListings(reader, sysRoot) });
       // The kernel makes a link or nothing: anything else there is a damaged tree, whose group,
       // unless a listing names it as discovery takes it, is unknown, not none.
-      const path = `${sysRoot}/bus/pci/devices/${address}/iommu_group`;
-      const kind = reader.listDir(path) !== null
-        ? "a directory"
-        : reader.readText(path) !== null
-        ? "a file"
+      const kind = device.iommuGroup === null
+        ? notLinkKind(reader, `${sysRoot}/bus/pci/devices/${address}/iommu_group`)
         : null;
-      if (device.iommuGroup === null && kind !== null) {
+      if (kind !== null) {
         throw new Error(
           `Cannot read the IOMMU group of "${address}": its iommu_group is ${kind}, not a link ` +
             "to an IOMMU group, and no kernel/iommu_groups/N/devices lists it",

@@ -37,7 +37,7 @@ import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
 import { type GroupMate, groupMates } from "../resolve/group_mates.ts";
-import { baseName, parseGroupNumber } from "../host/sysfs.ts";
+import { baseName, notLinkKind, parseGroupNumber } from "../host/sysfs.ts";
 import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
@@ -447,11 +447,7 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
       const path = `${root}/bus/pci/devices/${address}/iommu_group`;
       const link = reader.readLink(path);
       if (link === null) {
-        const kind = reader.listDir(path) !== null
-          ? "a directory"
-          : reader.readText(path) !== null
-          ? "a file"
-          : null;
+        const kind = notLinkKind(reader, path);
         if (kind !== null) notLink.push({ of: address, kind });
         return null;
       }

@@ -308,6 +308,31 @@ export function baseName(path: string): string {
   return trimmed.slice(trimmed.lastIndexOf("/") + 1);
 }
 
+/**
+ * What the entry at `path` is when it is a directory or a file rather than a link (`a
+ * directory`, `a file`), or `null` for a link or nothing: where the kernel makes a link (a
+ * device's `iommu_group`), either is a damaged tree, which `readLink` alone reads as nothing.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/iommu_group`);
+ * const reader = denoFsReader();
+ * assertEquals([notLinkKind(reader, `${dir}/iommu_group`), notLinkKind(reader, `${dir}/x`)],
+ *   ["a directory", null]);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function notLinkKind(reader: SysfsReader, path: string): string | null {
+  if (reader.readLink(path) !== null) return null;
+  return reader.listDir(path) !== null
+    ? "a directory"
+    : reader.readText(path) !== null
+    ? "a file"
+    : null;
+}
+
 /** The text of a sysfs attribute without its trailing newline, or `null`. */
 export function readAttribute(reader: SysfsReader, path: string): string | null {
   const text = reader.readText(path);
