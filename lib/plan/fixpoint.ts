@@ -14,7 +14,7 @@ import type { HostFacts } from "../host/preflight.ts";
 import { driftWarning, heldNote } from "./issues.ts";
 import { droppedVmGuard, type GuardPolicyFile } from "../guard/policy.ts";
 import { followUpCommand, type RunFlags, shellQuote } from "../render/shell.ts";
-import { resolveConfig, type VmResolution } from "./resolve.ts";
+import { resolveEach, type VmResolution, withConflicts } from "./resolve.ts";
 import type { Survey } from "./survey.ts";
 import type { NetworkPool } from "./networks.ts";
 import type { PlanIssue, VmPlan } from "./types.ts";
@@ -207,21 +207,36 @@ export function planUntilSettled(input: SettleInput): Settled {
   };
   const refused = new Set<string>();
   let previous = new Map<string, VmResolution>();
+  // A round changes a VM's resolution only by the conflicts found with what refused VMs hold
+  // (`held` reaches nothing else): each VM's rules are resolved once, and a VM whose errors are
+  // those of the last round plans as it did then: only the VMs a new refusal reaches are planned
+  // again. A chain of refusals
+  // (each VM wanting the device a refused one keeps) takes a round per VM.
+  const last = new Map<string, { errors: string; plan: VmPlan }>();
+  const plan = (name: string, resolved: ReadonlyMap<string, VmResolution>) => {
+    const errors = JSON.stringify(resolved.get(name)?.errors ?? null);
+    const known = last.get(name);
+    if (known?.errors === errors) return known.plan;
+    const fresh = planSelected(name, input, resolved, context);
+    last.set(name, { errors, plan: fresh });
+    return fresh;
+  };
+  const options = {
+    records,
+    current,
+    occupied,
+    macs,
+    vfRecords,
+    deviceControllers,
+    runningOnly,
+    pools: input.pools,
+    run: input.run,
+  };
+  const each = resolveEach(input.effective, host, options);
   for (;;) {
     const held = heldDevices(survey, planned, refused, previous);
-    const resolved = resolveConfig(input.effective, host, {
-      records,
-      current,
-      held,
-      occupied,
-      macs,
-      vfRecords,
-      deviceControllers,
-      runningOnly,
-      pools: input.pools,
-      run: input.run,
-    });
-    const vms = input.selected.map((name) => planSelected(name, input, resolved, context));
+    const resolved = withConflicts(each, host, { ...options, held });
+    const vms = input.selected.map((name) => plan(name, resolved));
     previous = resolved;
     const now = vms.filter((vm) => vm.errors.length > 0).map((vm) => vm.name);
     if (now.every((name) => refused.has(name))) return { vms, resolved };

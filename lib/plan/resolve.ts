@@ -347,6 +347,18 @@ export function resolveConfig(
   host: HostTopology,
   options: ResolveOptions = {},
 ): Map<string, VmResolution> {
+  return withConflicts(resolveEach(config, host, options), host, options);
+}
+
+/**
+ * Every VM's rules resolved against `host` and closed over IOMMU groups, each VM alone: without
+ * the conflicts {@link withConflicts} adds. `options.held` is not read.
+ */
+export function resolveEach(
+  config: Config,
+  host: HostTopology,
+  options: ResolveOptions = {},
+): Map<string, VmResolution> {
   // One context for every VM: two `vf: any` rules never take the same VF or MAC, nor one a
   // hostdev network hands out.
   const pools = new Map((options.pools ?? []).flatMap((p) => p.vfs.map((vf) => [vf, p.name])));
@@ -356,7 +368,20 @@ export function resolveConfig(
     ...(options.macs ? { macs: options.macs } : {}),
     ...(options.vfRecords ? { records: options.vfRecords } : {}),
   });
-  const out = new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
+  return new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
+}
+
+/**
+ * `resolved` (each VM resolved alone) with the conflicts of the VMs against each other and
+ * against what domains hold (`options.held`) added to copies of their errors: the planner's
+ * rounds differ only in what is held, so each VM's rules are resolved once.
+ */
+export function withConflicts(
+  resolved: ReadonlyMap<string, VmResolution>,
+  host: HostTopology,
+  options: ResolveOptions,
+): Map<string, VmResolution> {
+  const out = new Map([...resolved].map(([vm, r]) => [vm, { ...r, errors: [...r.errors] }]));
   for (const [vm, issues] of findConflicts(out, heldForConflicts(out, options), host)) {
     out.get(vm)?.errors.push(...issues.map((i) => withUses(i, vm, options.deviceControllers)));
   }

@@ -28,6 +28,8 @@ import type { DeviceIdentity } from "../../lib/plan/types.ts";
 import { dataWorld } from "../helpers/world.ts";
 import { tempHostTree } from "../helpers/hosts.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
+import { readHostFacts } from "../../lib/host/preflight.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
 
 const BLANK = { subsystem_vendor: null, subsystem_device: null, revision: null };
 const GPU_ADDRESS = "0000:01:00.0";
@@ -398,4 +400,60 @@ Deno.test("planHostdevs() run with --sysfs points a bridge rule's refusal at the
       issue?.message,
     );
   });
+});
+
+Deno.test("planWorld() plans each VM of a chain of refusals at most twice, however long the chain", () => {
+  // vm0's rule matches nothing; each later VM wants the card the one before holds. Each round
+  // refuses one more VM, so the chain takes a round per VM: a VM whose conflicts did not change
+  // is not planned again.
+  const length = 24;
+  const cards = Array.from({ length }, (_, i) => ({
+    bdf: `0000:${(i + 1).toString(16).padStart(2, "0")}:00.0`,
+    group: i + 1,
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa808",
+    ...BLANK,
+    driver: "vfio-pci",
+  }));
+  const chain = topologyFromDescription({ devices: cards }, { source: "nvme-chain" });
+  const identity = (address: string): DeviceIdentity => ({
+    ...gpuIdentity(address, { driver: "vfio-pci", rule: "disk" }),
+    vendorId: "144d",
+    deviceId: "a808",
+    classCode: "010802",
+  });
+  const world = dataWorld(Object.fromEntries(
+    cards.map((c, i) => [`vm${i}`, owning(`vm${i}`, [identity(c.bdf)])]),
+  ));
+  const cfg = config(
+    cards.map((_, i) =>
+      `  vm${i}:\n    devices:\n      - name: disk\n        match: { vendor_device_id: "144d:a808", address: "${
+        i === 0 ? "0000:ff:00.0" : cards[i - 1]!.bdf
+      }" }\n`
+    ).join(""),
+  );
+  const tree = Deno.makeTempDirSync({ prefix: "passthrough-chain-" });
+  try {
+    const real = readHostFacts({ reader: denoFsReader(), sysRoot: tree, procRoot: `${tree}/proc` });
+    const planned = new Map<string, number>();
+    const facts = {
+      ...real,
+      resetMethods: (address: string) => {
+        planned.set(address, (planned.get(address) ?? 0) + 1);
+        return real.resetMethods(address);
+      },
+    };
+    const plan = planWorld({ config: cfg, host: chain, world, facts });
+    assertEquals(
+      plan.vms.map((vm) => vm.errors.map((e) => e.code)),
+      cards.map((_, i) => [i === 0 ? "no-match" : "device-assigned-twice"]),
+    );
+    assertEquals(plan.vms.map((vm) => vm.keep), cards.map((c) => [c.bdf]));
+    // Each card is judged once when its VM is first planned, once more when it is refused.
+    assertEquals(planned.size, length - 1);
+    assertOk([...planned.values()].every((n) => n <= 2), JSON.stringify([...planned]));
+  } finally {
+    Deno.removeSync(tree, { recursive: true });
+  }
 });
