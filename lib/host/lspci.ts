@@ -110,22 +110,15 @@ export async function runLspci(
     }
     throw error;
   }
-  let timedOut = false;
-  // Not setTimeout: in Deno that loads its Node compatibility layer (timers) at every start.
-  const limit = AbortSignal.timeout(timeLimitMs);
-  const kill = () => {
-    timedOut = true;
-    child.kill("SIGKILL");
-  };
-  limit.addEventListener("abort", kill);
+  const limit = killWhenHung(child, timeLimitMs);
   let output: Deno.CommandOutput;
   try {
     output = await child.output();
   } finally {
-    limit.removeEventListener("abort", kill);
+    limit.stop();
   }
   const command = [program, ...args].join(" ");
-  if (timedOut) {
+  if (limit.killed()) {
     throw new LspciError(
       `"${command}" did not finish within ${timeLimitMs} ms and was killed: a file it reads blocks (a FIFO or device in a captured tree) or the host's PCI access hangs`,
       args,
@@ -143,6 +136,38 @@ export async function runLspci(
     );
   }
   return new TextDecoder().decode(output.stdout);
+}
+
+/**
+ * Kills `child` once it has run `timeLimitMs` while this thread could read its output. While the
+ * thread is blocked (opening libvirt, reading a large tree) the child finishes or waits on a
+ * full pipe, and no timer fires. So the limit runs as ten ticks of a tenth each: a tick that
+ * fires late counts once, not for the time the thread was away, so that wait is not blamed on the
+ * child. A child that hangs while this thread waits on it is killed on time.
+ */
+function killWhenHung(
+  child: Deno.ChildProcess,
+  timeLimitMs: number,
+): { killed(): boolean; stop(): void } {
+  let killed = false;
+  let ticks = 0;
+  let signal: AbortSignal;
+  const expire = () => {
+    if (++ticks < 10) return arm();
+    try {
+      child.kill("SIGKILL");
+      killed = true;
+    } catch {
+      // It ended before the kill (not yet collected): its own outcome stands.
+    }
+  };
+  // Not setTimeout: in Deno that loads its Node compatibility layer (timers) at every start.
+  const arm = () => {
+    signal = AbortSignal.timeout(timeLimitMs / 10);
+    signal.addEventListener("abort", expire);
+  };
+  arm();
+  return { killed: () => killed, stop: () => signal.removeEventListener("abort", expire) };
 }
 
 const HEADER =

@@ -106,6 +106,18 @@ Deno.test("runLspci() kills a run past its time limit and says so", async () => 
   assertEquals(Date.now() - started < 20_000, true);
 });
 
+Deno.test("runLspci() does not count time this thread was blocked against the run", async () => {
+  // Opening libvirt or reading a large tree blocks the thread while lspci runs: lspci then
+  // finishes, or waits on a full pipe, and the late timer is no sign that it hangs.
+  const block = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  const short = runLspci("true", [], 200);
+  block(600);
+  assertEquals(await short, "");
+  const long = runLspci("seq", ["1", "100000"], 200);
+  block(600);
+  assertEquals((await long).split("\n").length, 100_001);
+});
+
 Deno.test("runLspci() says when a failed run printed nothing, and names the signal that ended one", async () => {
   const message = async (program: string, args: string[]) => {
     let text = "";
