@@ -364,29 +364,57 @@ Deno.test("a confined reader resolves a tree's links as realpath does, and realp
     ["dangling", "missing/file"],
   ];
   for (const [name, target] of links) Deno.symlinkSync(target, `${root}/${name}`);
-  resolved.length = 0;
-  const reader = confinedReader(libcSysfsReader(), root, realPath);
-  const refused = (path: string) => {
-    try {
-      reader.readText(path);
-    } catch (error) {
-      return error instanceof SysfsTreeError;
+  // The commands' reader, and the start guard's (links known from its directories' listings).
+  for (const inner of [libcSysfsReader(), denoFsReader({ listings: root })]) {
+    resolved.length = 0;
+    const reader = confinedReader(inner, root, realPath);
+    const refused = (path: string) => {
+      try {
+        reader.readText(path);
+      } catch (error) {
+        return error instanceof SysfsTreeError;
+      }
+      return false;
+    };
+    for (const path of [...links.map(([name]) => name), "outDir/secret", "in/file", "chain"]) {
+      let outside = false;
+      try {
+        const real = Deno.realPathSync(`${root}/${path}`);
+        outside = !real.startsWith(`${Deno.realPathSync(root)}/`);
+      } catch {
+        // A loop or a dangling link: the read finds nothing.
+      }
+      assertEquals(refused(`${root}/${path}`), outside, path);
     }
-    return false;
-  };
-  for (const path of [...links.map(([name]) => name), "outDir/secret", "in/file", "chain"]) {
-    let outside = false;
-    try {
-      const real = Deno.realPathSync(`${root}/${path}`);
-      outside = !real.startsWith(`${Deno.realPathSync(root)}/`);
-    } catch {
-      // A loop or a dangling link: the read finds nothing.
-    }
-    assertEquals(refused(`${root}/${path}`), outside, path);
+    // Only links to absolute paths, above the tree's root, or in a loop were resolved whole.
+    const whole = ["out", "through", "back", "absolute", "absoluteOut", "outDir", "loop1"];
+    assertEquals(resolved, [root, ...whole.map((name) => `${root}/${name}`)]);
   }
-  // Only links to absolute paths, above the tree's root, or in a loop were resolved whole.
-  const whole = ["out", "through", "back", "absolute", "absoluteOut", "outDir", "loop1"];
-  assertEquals(resolved, [root, ...whole.map((name) => `${root}/${name}`)]);
+});
+
+Deno.test("the start guard's confined reader reads as a link only what its directory lists as one", async () => {
+  await using tree = await demoTree();
+  const root = tree.sysfs;
+  const dir = `${root}/bus/pci/devices/${GPU}`;
+  const readLinkSync = Deno.readLinkSync;
+  const asked: string[] = [];
+  Deno.readLinkSync = (path) => (asked.push(String(path)), readLinkSync(path));
+  try {
+    const reader = confinedReader(denoFsReader({ listings: root }), root);
+    assertOk(reader.readText(`${dir}/uevent`)?.includes("PCI_SLOT_NAME"));
+    assertEquals(reader.readText(`${dir}/missing`), null);
+    const group = reader.readLink(`${dir}/iommu_group`)!;
+    const devices = `${root}/kernel/iommu_groups/${
+      group.slice(group.lastIndexOf("/") + 1)
+    }/devices`;
+    assertOk(reader.listDir(devices)?.includes(GPU));
+  } finally {
+    Deno.readLinkSync = readLinkSync;
+  }
+  // Only links were read as links, for the confinement or the caller: the files and
+  // directories on the way (`bus`, `uevent`, `devices`) are known from their listings.
+  assertOk(asked.length > 0);
+  for (const path of asked) assertOk(Deno.lstatSync(path).isSymlink, path);
 });
 
 Deno.test('confinedReader refuses a path whose ".." steps out of the tree, and reads one that stays in', () => {
