@@ -158,13 +158,11 @@ export function hostDeviceReader(
   root: string | undefined,
 ): (address: PciAddress) => PciDevice | null {
   // Nothing is resolved or opened until apply asks: `plan` builds this too.
-  let read: { reader: SysfsReader; sysRoot: string } | undefined;
+  let at: { sysRoot: string } | undefined;
   return (address) => {
-    if (read === undefined) {
-      const { sysRoot } = sysfsRootOf(root);
-      read = { reader: readerFor(sysRoot), sysRoot };
-    }
-    const { reader, sysRoot } = read;
+    const { sysRoot } = at ??= sysfsRootOf(root);
+    // A reader per read (see hostReader).
+    const reader = readerFor(sysRoot);
     const device = readDeviceAt(reader, sysRoot, address);
     if (device === null) return null;
     const link = reader.readLink(`${sysRoot}/bus/pci/devices/${address}/iommu_group`);
@@ -210,13 +208,13 @@ export function hostDeviceReader(
  */
 export function hostReader(root: string | undefined): HostRead {
   // Nothing is resolved or opened until apply or rollback asks: `plan` builds this too.
-  let read: { reader: SysfsReader; sysRoot: string; live: boolean } | undefined;
+  let at: { sysRoot: string; live: boolean } | undefined;
+  // A reader per read: a tree's reader resolves each path once for its life (`confinedReader`),
+  // and a tree replaced at its path since (at apply's or rollback's question) is another tree,
+  // whose links out are refused only when resolved again.
   const opened = () => {
-    if (read === undefined) {
-      const { sysRoot, live } = sysfsRootOf(root);
-      read = { reader: readerFor(sysRoot), sysRoot, live };
-    }
-    return read;
+    at ??= sysfsRootOf(root);
+    return { ...at, reader: readerFor(at.sysRoot) };
   };
   return {
     device: hostDeviceReader(root),

@@ -686,3 +686,18 @@ Deno.test("applyPlan() refuses the VM whose host cannot be read again, and goes 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("rollbackVm() refuses a link out of a tree replaced at its question, which its first read did not have", async () => {
+  const { report, xml, was } = await applyChangeRollback(PLANNED, "at-question", {}, (root) => {
+    // A file that the read before the question found is now a link out of the tree, to a file
+    // that says what it said.
+    const uevent = `${root}/bus/pci/devices/0000:01:00.0/uevent`;
+    Deno.writeTextFileSync(`${root}/../outside`, Deno.readTextFileSync(uevent));
+    Deno.removeSync(uevent);
+    Deno.symlinkSync("../../../../../outside", uevent);
+  });
+  // Before: the read after the question took the path for the file the first read resolved,
+  // read the file outside, and restored.
+  assertEquals([report.status, report.code, xml], ["failed", "read-failed", was]);
+  assertMatch(report.message, /link out of it: "[^"]+\/uevent" leads to "[^"]+\/outside"/);
+});
