@@ -2,7 +2,7 @@
 // through the real file-system reader: what it refuses, what it lets through, what it reads.
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
+import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
@@ -617,6 +617,49 @@ Deno.test("checkDomainStart() refuses a group merged with a function the host ne
     refusals[1]!.hostNeeds,
     "its IOMMU group 21 also holds 0000:0a:00.0: in use by the host (default-route: default route via enp10s0)",
   );
+  // Hand-added: no rule recorded it, so none's allow_host_critical lifts it.
+  const hand = await check(domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)]), {
+    host,
+  });
+  assertMatch(
+    hand.refusals[0]!.reason,
+    /the whole group; hand-added, so no allow_host_critical lets it start$/,
+  );
+});
+
+Deno.test("checkDomainStart() on the live host reads what the host uses among its groups' other functions", async () => {
+  // The NIC at 0a:00.0, which carries the default route, merged into the GPU's group 21: on the
+  // live host, routes are read for the devices asked about alone.
+  await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
+  const nic = Deno.realPathSync(`${tree.dir}/bus/pci/devices/0000:0a:00.0`);
+  Deno.mkdirSync(`${tree.dir}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../..${nic.slice(Deno.realPathSync(tree.dir).length)}/net/enp10s0`,
+    `${tree.dir}/class/net/enp10s0`,
+  );
+  Deno.mkdirSync(`${tree.dir}/proc/net`, { recursive: true });
+  Deno.mkdirSync(`${tree.dir}/proc/self`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.dir}/proc/self/mountinfo`, "");
+  Deno.writeTextFileSync(
+    `${tree.dir}/proc/net/route`,
+    ROUTE_HEADER + "enp10s0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
+  );
+  Deno.writeTextFileSync(`${tree.dir}/proc/net/ipv6_route`, "");
+  const reader = denoFsReader();
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml: domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]),
+    reader,
+    root: tree.dir,
+    hostUse: (devices) =>
+      readHostUse(reader, { root: tree.dir, live: true, devices, procRoot: `${tree.dir}/proc` }),
+  });
+  assertEquals(refusals.map((r) => [r.kind, r.group?.member, r.hostNeeds]), [[
+    "not-viable",
+    "0000:0a:00.0",
+    "its IOMMU group 21 also holds 0000:0a:00.0: in use by the host (default-route: default " +
+    "route via enp10s0)",
+  ]]);
 });
 
 Deno.test("checkDomainStart() refuses a group member left on a host driver, and no bridge or unbound bystander", async () => {
@@ -696,6 +739,21 @@ Deno.test("checkDomainStart() fails closed on a group member listed but not in b
     },
   };
   assertEquals(start(racing), []);
+});
+
+Deno.test("checkDomainStart() refuses a group whose listing cannot be read once, however many of its functions the domain passes", async () => {
+  await using tree = await tempHostTree(mergedInto21({ [AUDIO.address]: {} }));
+  Deno.removeSync(`${tree.dir}/kernel/iommu_groups/21`, { recursive: true });
+  Deno.mkdirSync(`${tree.dir}/kernel/iommu_groups/21`);
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml: domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+  });
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertMatch(refusals[0]!.reason, /members of IOMMU group 21 of 0000:03:00\.0 cannot be read/);
 });
 
 Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group link names no group", async () => {

@@ -298,6 +298,68 @@ Deno.test("guard: a pool entry whose IOMMU group now holds a function the host n
   );
 });
 
+Deno.test("guard: on the live host, a pool entry whose group now holds the default route's NIC refuses the start, saying so", async () => {
+  // The NIC at 0a:00.0 merged into the first VF's group 30: routes are read for the devices
+  // asked about alone, so the entry's group mates must be among them.
+  const merged = host();
+  for (const d of merged.devices) if (d.bdf === "0000:0a:00.0") d.group = 30;
+  await using tree = await tempHostTree(merged);
+  const nic = Deno.realPathSync(`${tree.dir}/bus/pci/devices/0000:0a:00.0`);
+  Deno.mkdirSync(`${tree.dir}/class/net`, { recursive: true });
+  Deno.symlinkSync(
+    `../..${nic.slice(Deno.realPathSync(tree.dir).length)}/net/enp10s0`,
+    `${tree.dir}/class/net/enp10s0`,
+  );
+  Deno.mkdirSync(`${tree.dir}/proc/net`, { recursive: true });
+  Deno.mkdirSync(`${tree.dir}/proc/self`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.dir}/proc/self/mountinfo`, "");
+  Deno.writeTextFileSync(
+    `${tree.dir}/proc/net/route`,
+    ROUTE_HEADER + "enp10s0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
+  );
+  Deno.writeTextFileSync(`${tree.dir}/proc/net/ipv6_route`, "");
+  const reader = denoFsReader();
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]),
+    reader,
+    root: tree.dir,
+    hostUse: (devices) =>
+      readHostUse(reader, { root: tree.dir, live: true, devices, procRoot: `${tree.dir}/proc` }),
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(summary(refusals), [["not-viable", VFS[0]!, "sriov"]]);
+  assertEquals(
+    refusals[0]!.hostNeeds,
+    "its IOMMU group 30 also holds 0000:0a:00.0: in use by the host (default-route: default " +
+      "route via enp10s0)",
+  );
+});
+
+Deno.test("guard: a pool entry's group mate that the domain passes itself is the domain's, not left on its driver", async () => {
+  // The NVMe drive at 06:00.0 merged into the first VF's group 30, and the domain passes it: its
+  // managed hostdev leaves nvme at start, so the pool's entry hands the guest nothing more.
+  const merged = host();
+  for (const d of merged.devices) {
+    if (d.bdf === "0000:06:00.0") d.group = 30;
+    if (d.bdf === VFS[0]) d.driver = "vfio-pci";
+  }
+  await using tree = await tempHostTree(merged);
+  const reader: SysfsReader = denoFsReader();
+  const hostdev = `<hostdev mode='subsystem' type='pci' managed='yes'><source>${
+    libvirtAddress("0000:06:00.0")
+  }</source></hostdev>`;
+  const refusals = checkDomainStart({
+    vm: "router",
+    xml: domain(["sriov"]).replace("<devices>", `<devices>${hostdev}`),
+    reader,
+    root: tree.dir,
+    hostUse: (devices) => readHostUse(reader, { root: tree.dir, live: false, devices }),
+    networkStatus: () => status("sriov", pool(VFS)),
+  });
+  assertEquals(summary(refusals), []);
+});
+
 Deno.test("guard: an address the domain passes and its network's pool lists, whose group cannot be told, is refused once", async () => {
   // Read for the hostdev and again for the pool entry: the same refusal twice, word for word.
   await using tree = await tempHostTree(host());

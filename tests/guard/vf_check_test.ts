@@ -225,3 +225,31 @@ Deno.test("guard: a recorded VF the host uses is its vf: rule's, whose allow_hos
     /holds 8086:10ca .* now, as VF 1 of the recorded 8086:10c9 .* of rule "uplink"; the host needs it: in use by the host \(default-route: via x\); only "allow_host_critical: true" on rule "uplink" \(then passthrough apply\) lets it start; fix: passthrough plan --vm a$/,
   );
 });
+
+Deno.test("guard: a recorded VF's group merged with a function the host needs is its vf: rule's to lift", async () => {
+  const xml = await plannedXml(sriovNic("07", 4));
+  // VF 1's group 31 now also holds an unbound NVMe drive, which VFIO would hand the guest along.
+  const drive: HostDeviceDescription = {
+    bdf: "0000:09:00.0",
+    group: 31,
+    class: "0x010802",
+    vendor: "0x144d",
+    device: "0xa808",
+    subsystem_vendor: "0x144d",
+    subsystem_device: "0xa801",
+    driver: null,
+    revision: null,
+  };
+  const refusals = await check(xml, [...sriovNic("07", 4), drive]);
+  assertEquals(
+    refusals.map((r) => [r.kind, r.address, r.group?.member, r.recorded?.rule, r.fix]),
+    [[
+      "host-needs",
+      "0000:07:10.2",
+      "0000:09:00.0",
+      "uplink",
+      "passthrough plan --vm a (it judges the group as it is now), then passthrough apply --vm a",
+    ]],
+  );
+  assertMatch(refusals[0]!.reason, /only "allow_host_critical: true" on rule "uplink"/);
+});
