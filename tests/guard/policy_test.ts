@@ -425,6 +425,37 @@ Deno.test("policy: an allowance another start of the VM removes as a leftover on
   }
 });
 
+Deno.test("policy: a start removes no allowance of another VM whose name begins as a claim of its own", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-claim-name-" });
+  try {
+    // Its file, win11.json.taken-7.json, starts as a claim of win11's would, but names no process.
+    allowNextStart(state, "win11.json.taken-7", { uuid: UUID });
+    assertEquals(takeAllowance(state, "win11", { uuid: UUID, alive: () => false }), "none");
+    assertEquals(takeAllowance(state, "win11.json.taken-7", { uuid: UUID }), "allowed");
+  } finally {
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
+Deno.test("policy: a killed start's claim is left where others may write to the allowances", () => {
+  const state = Deno.makeTempDirSync({ prefix: "passthrough-allow-claim-open-" });
+  try {
+    allowNextStart(state, "win11", { uuid: UUID });
+    const claim = `${state}/guard/allow/win11.json.taken-7`;
+    Deno.renameSync(`${state}/guard/allow/win11.json`, claim);
+    Deno.chmodSync(`${state}/guard/allow`, 0o777);
+    // Whatever the start makes of the directory, it removes nothing from one it does not trust.
+    try {
+      takeAllowance(state, "win11", { uuid: UUID, alive: () => false });
+    } catch {
+      // Refused as untrusted: the hook says so.
+    }
+    assertEquals(Deno.statSync(claim).isFile, true);
+  } finally {
+    Deno.removeSync(state, { recursive: true });
+  }
+});
+
 Deno.test("policy: a refusal record another start of the VM removes or clears at once is no error", () => {
   const state = Deno.makeTempDirSync({ prefix: "passthrough-record-race-" });
   const [rename, remove] = [Deno.renameSync, Deno.removeSync];
