@@ -35,11 +35,8 @@ export interface LenientHostdevScan {
   unresolved: number;
 }
 
-/**
- * A start tag from `<` to `>`; quoted values may hold `>`. Callers pass text that ends at the
- * next `<` (libvirt escapes `<` in values), so a damaged tag costs no more than its own length.
- */
-const START_TAG = /^<([A-Za-z_][\w.:-]*)((?:[^>'"]|'[^']*'|"[^"]*")*)>/;
+/** A start tag's `<` and name; {@link tagClose} finds its `>`. */
+const START_TAG_NAME = /<[A-Za-z_][\w.:-]*/y;
 /** One attribute in either quote: its name, then its value in group 2 (`'`) or 3 (`"`). */
 // A name starts after whitespace: without that, a long run of name characters with no `=` is
 // tried from each of its positions (time growing with the square of its length).
@@ -94,12 +91,33 @@ function findEndTag(
   return null;
 }
 
+/**
+ * The index of the `>` that ends a tag whose name ends at `from`, past quoted values (which may
+ * hold `>`), or -1 when none does before the next `<` (libvirt escapes `<` in values). Scanned by
+ * hand: a regular expression repeating a group over a tag of a few MB overflows the stack.
+ */
+function tagClose(text: string, from: number): number {
+  const stop = text.indexOf("<", from);
+  const limit = stop === -1 ? text.length : stop;
+  for (let i = from; i < limit; i++) {
+    const c = text[i];
+    if (c === ">") return i;
+    if (c === "'" || c === '"') {
+      i = text.indexOf(c, i + 1);
+      if (i === -1 || i > limit) return -1;
+    }
+  }
+  return -1;
+}
+
 /** The start tag at `index` of `text`, or `null` when no complete tag starts there. */
 function lenientTag(text: string, index: number): LenientTag | null {
-  const stop = text.indexOf("<", index + 1);
-  const match = START_TAG.exec(text.slice(index, stop === -1 ? text.length : stop));
-  if (match === null) return null;
-  const raw = match[2]!;
+  START_TAG_NAME.lastIndex = index;
+  if (!START_TAG_NAME.test(text)) return null;
+  const from = START_TAG_NAME.lastIndex;
+  const close = tagClose(text, from);
+  if (close === -1) return null;
+  const raw = text.slice(from, close);
   const attributes: Record<string, string> = {};
   for (const a of raw.matchAll(ATTRIBUTE)) {
     const name = a[1]!;
@@ -112,7 +130,7 @@ function lenientTag(text: string, index: number): LenientTag | null {
     attributes,
     raw,
     selfClosing: raw.trimEnd().endsWith("/"),
-    end: index + match[0].length,
+    end: close + 1,
   };
 }
 
@@ -837,10 +855,20 @@ const NAME_START =
   String.raw`\u200C\u200D\u2070-\u218F\u2C00-\u2FEF\u3001-\uD7FF\uF900-\uFDCF\uFDF0-\uFFFD` +
   String.raw`\u{10000}-\u{EFFFF}`;
 const NAME = String.raw`[${NAME_START}][${NAME_START}\-.0-9\u00B7\u0300-\u036F\u203F\u2040]*`;
-/** A start or end tag at the sticky index: the `/` of an end tag, the name, the rest up to `>`. */
-const TAG_AT = new RegExp(String.raw`<(\/?)(${NAME})((?:[^<>'"]|'[^'<]*'|"[^"<]*")*)>`, "uy");
-/** What may follow a start tag's name: attributes, each after whitespace and quoted, then `/`. */
-const ATTRIBUTES_ONLY = /^(?:\s+[^\s=<>/"']+\s*=\s*(?:'[^'<]*'|"[^"<]*"))*\s*\/?$/;
+/** A start or end tag's `<` at the sticky index: the `/` of an end tag, the name. */
+const TAG_NAME_AT = new RegExp(String.raw`<(\/?)(${NAME})`, "uy");
+/** One attribute after whitespace, quoted, at the sticky index. */
+const ONE_ATTRIBUTE = /\s+[^\s=<>/"']+\s*=\s*(?:'[^'<]*'|"[^"<]*")/y;
+/** What may end a start tag after its attributes. */
+const TAG_TAIL = /\s*\/?$/y;
+
+/** Whether `raw`, what follows a start tag's name, is attributes, each after whitespace and quoted, then `/`. */
+function attributesOnly(raw: string): boolean {
+  let at = 0;
+  for (ONE_ATTRIBUTE.lastIndex = 0; ONE_ATTRIBUTE.test(raw);) at = ONE_ATTRIBUTE.lastIndex;
+  TAG_TAIL.lastIndex = at;
+  return TAG_TAIL.test(raw);
+}
 const CHARACTER_REFERENCE = /&#(?:([0-9]+)|x([0-9a-fA-F]+));/g;
 /** A start tag whose local name is that of the records' element. */
 const RECORDS_TAG = /<(?:[A-Za-z_][\w.-]*:)?hostdevs(?=[\s/>]|$)/;
@@ -996,15 +1024,18 @@ function walkRecords(text: string): WalkedRecords | string {
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
   while (at !== -1) {
-    TAG_AT.lastIndex = at;
-    const tag = TAG_AT.exec(text);
-    if (tag === null) return "";
-    const [whole, slash, name, raw] = tag as unknown as [string, string, string, string];
+    TAG_NAME_AT.lastIndex = at;
+    const tag = TAG_NAME_AT.exec(text);
+    const close = tag === null ? -1 : tagClose(text, TAG_NAME_AT.lastIndex);
+    if (tag === null || close === -1) return "";
+    const [start, slash, name] = tag as unknown as [string, string, string];
+    const raw = text.slice(at + start.length, close);
+    const after = close + 1;
     if (slash === "/") {
       if (raw.trim() !== "" || stack.pop() !== name) return "";
       if (stack.length === 2) oursOpen = false;
     } else {
-      if (!ATTRIBUTES_ONLY.test(raw)) return "";
+      if (!attributesOnly(raw)) return "";
       if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
       seenRoot = true;
       // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
@@ -1044,13 +1075,13 @@ function walkRecords(text: string): WalkedRecords | string {
         oursOpen ||= opensOurs;
       }
     }
-    const next = text.indexOf("<", at + whole.length);
+    const next = text.indexOf("<", after);
     if (slash === "" && name === "uuid" && stack.length === 2 && uuid === null) {
-      uuid = text.slice(at + whole.length, next === -1 ? undefined : next).trim();
+      uuid = text.slice(after, next === -1 ? undefined : next).trim();
     }
     // Outside the root only whitespace; after it, nothing but whitespace.
     if (
-      stack.length === 0 && text.slice(at + whole.length, next === -1 ? undefined : next).trim()
+      stack.length === 0 && text.slice(after, next === -1 ? undefined : next).trim()
     ) {
       return "";
     }

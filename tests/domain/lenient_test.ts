@@ -896,6 +896,27 @@ Deno.test("scanPassedDevicesLeniently() reads a start tag with a long run of nam
   ]);
 });
 
+Deno.test("the lenient readers read a start tag of several MB or of a million attributes without throwing", () => {
+  // Each overflowed the regular expressions' stack: the start guard refused with "the check
+  // failed: Maximum call stack size exceeded", which no allowance lifted.
+  const unquoted = `<domain><name>v</name><devices><hostdev ${"a =b ".repeat(3_000_000)}>`;
+  const text = `<domain><name>v</name><devices><hostdev ${"x".repeat(15_000_000)}>`;
+  for (const xml of [unquoted, text]) {
+    assertEquals(scanHostdevsLeniently(xml), { addresses: [], unresolved: 1 });
+    assertEquals(scanPassedDevicesLeniently(xml).unresolved, 1);
+    assertEquals(readRecordsLeniently(xml).wellFormed, false);
+  }
+  const records = `<domain><name>v</name><metadata>
+    <pt:hostdevs xmlns:pt="${RECORDS_NAMESPACE}">
+      <pt:device address="0000:0b:00.0" vendor="10de" device="1b06" class="030000" rule="gpu"
+        ${Array.from({ length: 1_000_000 }, (_, i) => `x${i}='1'`).join(" ")}/>
+    </pt:hostdevs></metadata></domain>`;
+  const read = readRecordsLeniently(records);
+  assertEquals([read.problem, read.records.map((r) => r.address)], [null, ["0000:0b:00.0"]]);
+  const unclosed = records.replace("x1='1'", "x1='1");
+  assertEquals(readRecordsLeniently(unclosed).records, []);
+});
+
 Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, not other disks", () => {
   const xml = broken(`
     <disk type='nvme' device='disk'><source type='pci' managed='yes' namespace='1'>
