@@ -35,19 +35,32 @@ import { UsageError } from "../cli/context.ts";
 const SPEC = {
   name: "drift_check",
   summary: "check the config against the host and libvirt",
-  flags: { ...HOST_FLAGS, connect: CONNECT_FLAG.connect },
+  flags: {
+    ...HOST_FLAGS,
+    connect: CONNECT_FLAG.connect,
+    help: { type: "boolean", short: "h", help: "show this help" },
+  },
   positionals: [{ name: "CONFIG" }],
   about: "Plans CONFIG against the host and libvirt and prints one line per VM.",
 } as const;
+
+/** Printed for `--help`, and after a usage error. */
+const USAGE = "Usage: drift_check.ts [CONFIG] [--sysfs DIR] [-c, --connect URI]\n" +
+  "Without CONFIG, checks the bundled demo. Exit 0: every VM matches, 3: changes pending,\n" +
+  "1: refused or cannot be checked, 2: wrong command line.";
 
 const demo = new URL("../demo/", import.meta.url).pathname;
 let tmp: string | undefined;
 
 try {
-  let { positionals: [configPath], values: { sysfs, connect: uri } } = parseCommand(
+  let { positionals: [configPath], values: { sysfs, connect: uri, help } } = parseCommand(
     SPEC,
     Deno.args,
   );
+  if (help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
   if (configPath === undefined) {
     configPath = `${demo}passthrough_config.yaml`;
     uri ??= `test://${demo}world.xml`;
@@ -105,10 +118,13 @@ try {
 } catch (error) {
   // A missing config, an unreadable tree, libvirt down: one line, as a cron mail should say it,
   // without the password a URI given on the command line may hold.
+  const usage = error instanceof UsageError;
   console.error(
-    `drift_check: ${redactSecrets(error instanceof Error ? error.message : String(error))}`,
+    `drift_check: ${redactSecrets(error instanceof Error ? error.message : String(error))}${
+      usage ? `\n${USAGE}` : ""
+    }`,
   );
-  Deno.exitCode = error instanceof UsageError ? 2 : 1;
+  Deno.exitCode = usage ? 2 : 1;
 } finally {
   if (tmp !== undefined) Deno.removeSync(tmp, { recursive: true });
 }
