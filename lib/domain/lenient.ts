@@ -304,6 +304,23 @@ export interface LenientPassedScan extends UsedDevices {
   devices: LenientPassedDevice[];
   /** As in {@link LenientHostdevScan}. */
   unresolved: number;
+  /**
+   * The elements counted in `unresolved`, each once, for a user to find in `virsh dumpxml`: the
+   * element's name and its number among the elements of that name, then its start tag, cut.
+   */
+  unresolvedElements: string[];
+}
+
+/** How much of an unresolved element's start tag its description shows. */
+const SHOWN_TAG = 80;
+
+/** `<hostdev> #2 <hostdev mode='subsystem' type='pci'>` for the second `<hostdev>` at `element`. */
+function elementLabel(name: string, number: number, element: string): string {
+  const stop = element.indexOf("<", 1);
+  const close = element.indexOf(">");
+  const end = Math.min(stop === -1 ? element.length : stop, close === -1 ? Infinity : close + 1);
+  const tag = element.slice(0, end).replace(/\s+/g, " ");
+  return `<${name}> #${number} ${tag.length > SHOWN_TAG ? `${tag.slice(0, SHOWN_TAG)}...` : tag}`;
 }
 
 /**
@@ -319,6 +336,7 @@ export interface LenientPassedScan extends UsedDevices {
  * assertEquals(scanPassedDevicesLeniently(xml), {
  *   devices: [{ address: "0000:01:10.2", element: "interface" }],
  *   unresolved: 0,
+ *   unresolvedElements: [],
  *   networks: [],
  *   networkDevices: [],
  *   blockDisks: [],
@@ -344,34 +362,23 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     networkDevices: new Map(),
     unresolved: 0,
   };
+  const numbers = new Map<string, number>();
+  const unresolvedElements: string[] = [];
   starts.forEach((start, n) => {
     const name = start[1] as PassedElement;
+    const number = (numbers.get(name) ?? 0) + 1;
+    numbers.set(name, number);
     // An element ends at its end tag or, when that is missing, where the next device starts.
     const element = text.slice(start.index, starts[n + 1]?.index ?? text.length);
-    const tag = lenientTag(element, 0);
-    if (tag === null) {
-      // A start tag that does not even close: count it when it may be a PCI device.
-      const stop = element.indexOf("<", 1);
-      const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
-      if (name === "hostdev" || head.includes("hostdev") || head.includes("nvme")) {
-        scan.unresolved++;
-      }
-      return;
-    }
-    const { type, mode } = tag.attributes;
-    // An interface whose type cannot be read but that says hostdev is taken to be one.
-    const hostdevInterface = type === "hostdev" ||
-      (type === undefined && tag.raw.includes("hostdev"));
-    if (name === "disk") scanDisk(tag, element, scan);
-    else if (name === "interface" && !hostdevInterface) scanNetInterface(tag, element, scan);
-    else if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
-      scanOtherHostdev(tag, element, scan);
-    } else scanPciSource(name, tag, element, scan);
+    const before = scan.unresolved;
+    scanElement(name, element, scan);
+    if (scan.unresolved > before) unresolvedElements.push(elementLabel(name, number, element));
   });
   const devices = [...scan.found].map(([address, element]) => ({ address, element }));
   return {
     devices: devices.sort((a, b) => comparePciAddress(a.address, b.address)),
     unresolved: scan.unresolved,
+    unresolvedElements,
     networks: [...scan.networks].sort(),
     networkDevices: [...scan.networkDevices.values()],
     blockDisks: [...scan.blockDisks].sort(),
@@ -381,6 +388,29 @@ export function scanPassedDevicesLeniently(xml: string): LenientPassedScan {
     netDevices: [...scan.netDevices].sort(),
     charDevices: charDeviceSources(text, starts.map((s) => s.index)),
   };
+}
+
+/** One `<hostdev>`, `<interface>` or `<disk>` whose text, to the next such element, is `element`. */
+function scanElement(name: PassedElement, element: string, scan: PassedScanState): void {
+  const tag = lenientTag(element, 0);
+  if (tag === null) {
+    // A start tag that does not even close: count it when it may be a PCI device.
+    const stop = element.indexOf("<", 1);
+    const head = element.slice(name.length + 1, stop === -1 ? element.length : stop);
+    if (name === "hostdev" || head.includes("hostdev") || head.includes("nvme")) {
+      scan.unresolved++;
+    }
+    return;
+  }
+  const { type, mode } = tag.attributes;
+  // An interface whose type cannot be read but that says hostdev is taken to be one.
+  const hostdevInterface = type === "hostdev" ||
+    (type === undefined && tag.raw.includes("hostdev"));
+  if (name === "disk") scanDisk(tag, element, scan);
+  else if (name === "interface" && !hostdevInterface) scanNetInterface(tag, element, scan);
+  else if (name === "hostdev" && (mode === "capabilities" || NOT_PCI_TYPES.has(type ?? ""))) {
+    scanOtherHostdev(tag, element, scan);
+  } else scanPciSource(name, tag, element, scan);
 }
 
 /** What {@link scanPassedDevicesLeniently} has found so far. */

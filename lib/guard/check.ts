@@ -200,9 +200,11 @@ function readDomain(xml: string): DomainFacts {
   const unreadable: string[] = [];
   const lenient = scanPassedDevicesLeniently(xml);
   if (lenient.unresolved > 0) {
+    // Each named as `virsh dumpxml` shows it, quoted: the line is made safe for a terminal later.
+    const named = lenient.unresolvedElements.map((e) => JSON.stringify(e)).join(", ");
     unreadable.push(
       `${lenient.unresolved} passed-through device(s) in the domain XML name no readable host ` +
-        "address",
+        `address: ${named}`,
     );
   }
   // The problem names no value from the XML, which can hold secrets.

@@ -814,6 +814,7 @@ Deno.test("scanPassedDevicesLeniently() says which element names each address", 
       { address: "0000:02:00.0", element: "interface" },
     ],
     unresolved: 0,
+    unresolvedElements: [],
     ...noDevices(),
   });
   // The <hostdev> is named whichever comes first.
@@ -930,6 +931,7 @@ Deno.test("scanPassedDevicesLeniently() counts an NVMe disk's PCI controller, no
   assertEquals(scanPassedDevicesLeniently(xml), {
     devices: [{ address: "0001:01:00.0", element: "disk" }],
     unresolved: 1,
+    unresolvedElements: ["<disk> #3 <disk type='nvme' device='disk'>"],
     ...noDevices(),
   });
 });

@@ -353,10 +353,21 @@ Deno.test("checkDomainStart() fails closed on a hostdev interface whose source i
   );
   // The USB source is no PCI device; the interface without a source may be one.
   assertEquals(summary(refusals), [["unreadable", null]]);
+  // Named, so a user finds it in `virsh dumpxml`: its number among the interfaces, its tag.
   assertEquals(
     refusals[0]!.reason,
-    "1 passed-through device(s) in the domain XML name no readable host address",
+    `1 passed-through device(s) in the domain XML name no readable host address: "<interface> #1 <interface type='hostdev'>"`,
   );
+  // A long start tag is cut, on one line, quoted.
+  const long = await check(
+    domain("vm", [`<hostdev mode='subsystem' type='pci' x='${'\n"'.repeat(50)}'/>`], []),
+  );
+  const reason = long.refusals[0]!.reason;
+  assertMatch(
+    reason,
+    /: "<hostdev> #1 <hostdev mode='subsystem' type='pci' x=' \\" \\" .*\.\.\."$/,
+  );
+  assertOk(reason.length < 200 && !reason.includes("\n"), reason);
 });
 
 Deno.test("checkDomainStart() reads only the addressed functions, their groups' listings and the host-use facts", async () => {
@@ -396,7 +407,7 @@ Deno.test("checkDomainStart() fails closed on XML it cannot read strictly", asyn
   const { refusals } = await check(xml);
   assertEquals(summary(refusals), [["unreadable", null], ["unreadable", null]]);
   assertEquals(refusals.map((r) => r.reason), [
-    "1 passed-through device(s) in the domain XML name no readable host address",
+    `1 passed-through device(s) in the domain XML name no readable host address: "<hostdev> #2 <hostdev mode='subsystem' type='pci'>"`,
     "the domain XML holds passthrough records that cannot be read",
   ]);
   // The address it could read is still checked (here: it holds a device, nothing recorded).
