@@ -1495,7 +1495,15 @@ function applyVm(
   });
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
-  return whenItTakesEffect(vm, plan, { base, now, added, removed, options });
+  // Another client may have started it since it was read shut off (libvirt has no
+  // define-if-stopped): it then runs the old definition. Not read is taken as still shut off.
+  let startedSince = false;
+  try {
+    startedSince = !now.active && libvirt.isActive(vm.name);
+  } catch {
+    // The define and its read-back succeeded; only this report's wording is at stake.
+  }
+  return whenItTakesEffect(vm, plan, { base, now, added, removed, options, startedSince });
 }
 
 /**
@@ -1506,18 +1514,26 @@ function applyVm(
 function whenItTakesEffect(
   vm: VmPlan,
   plan: Plan,
-  { base, now, added, removed, options }: {
+  { base, now, added, removed, options, startedSince }: {
     base: VmApplyResult;
     now: Now;
     added: PendingLive["attach"];
     removed: PendingLive["detach"];
     options: ApplyOptions;
+    /** Whether it runs now, read shut off before the define. */
+    startedSince: boolean;
   },
 ): Applied {
   const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
   const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
     n.moved > 0 ? `, ${n.moved} moved` : ""
   })`;
+  if (startedSince) {
+    // Not hot-plugged even with --live: the plan was made for a VM that was shut off.
+    const message =
+      `${summary}; it was started while this apply ran, so it runs without the change until its next full power-off`;
+    return { result: { ...base, active: true, effect: "next-power-off", message }, live: null };
+  }
   if (!now.active && now.saved) {
     return {
       result: { ...base, effect: "next-power-off", message: summary + savedStateNote(vm.name) },

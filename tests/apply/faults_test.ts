@@ -794,6 +794,53 @@ Deno.test({
 
 Deno.test({
   name:
+    "applyPlan() on a real libvirtd: a VM another client starts after apply read it shut off is reported running, not as changed at its next start",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+    const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    let started = false;
+    // `virsh start` lands right after apply asked whether A runs (it did not).
+    const racing: LibvirtPort = {
+      ...withFault(port, () => {}),
+      isActive: (name) => {
+        const active = port.isActive(name);
+        if (!started) {
+          started = true;
+          const out = new Deno.Command("virsh", {
+            args: ["-c", daemon.uri, "start", A],
+            stdout: "null",
+            stderr: "piped",
+          }).outputSync();
+          assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        }
+        return active;
+      },
+    };
+    const report = await applyPlan(plan, {
+      libvirt: racing,
+      stateDir: `${tree.dir}/state`,
+      confirm: yes,
+    });
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.effect, result.active], [
+      "changed",
+      "next-power-off",
+      true,
+    ]);
+    assertMatch(
+      result.message,
+      /; it was started while this apply ran, so it runs without the change until its next full power-off$/,
+    );
+    assertEquals(port.isActive(A), true);
+  },
+});
+
+Deno.test({
+  name:
     "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
   ignore: daemonMissing !== null,
   async fn() {
