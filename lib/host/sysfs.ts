@@ -96,23 +96,18 @@ const TEXT_LIMIT = 65536;
  * With `listings: ROOT`, the type of a file under ROOT comes from its directory's listing, read
  * once for the reader's life, instead of a `stat` per file (links are still followed with one):
  * for a short-lived reader of a few small directories, such as the start guard's, which reads a
- * handful of files in each device's directory of a sysfs tree at every VM start. `readLink` reads
- * only what the listing has as a link. Files and links that appear after their directory was
- * listed read as missing. Elsewhere (`/proc`, whose listing
+ * handful of files in each device's directory of a sysfs tree at every VM start. Files that
+ * appear after their directory was listed read as missing. Elsewhere (`/proc`, whose listing
  * holds every process), each file is still `stat`ed.
  */
 export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
   const decoder = new TextDecoder();
   const under = options.listings === undefined ? null : `${options.listings.replace(/\/+$/, "")}/`;
-  const listed = listedEntry();
-  const regular = (path: string) => {
-    const entry = listed(path);
-    if (entry === undefined) return false;
-    return entry.isSymlink ? regularFileSize(path) !== null : entry.isFile;
-  };
-  const isListed = (path: string) => under !== null && path.startsWith(under);
+  const regular = listedRegularFile();
   const readRegularFile = (path: string, maxBytes: number) =>
-    isListed(path) ? readListedFile(path, maxBytes, regular) : readStatedFile(path, maxBytes);
+    under === null || !path.startsWith(under)
+      ? readStatedFile(path, maxBytes)
+      : readListedFile(path, maxBytes, regular);
   return {
     listDir(path) {
       try {
@@ -132,9 +127,6 @@ export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
       return readRegularFile(path, maxBytes);
     },
     readLink(path) {
-      // A name its directory lists as no link is none: no call, and no error thrown and caught,
-      // which a confined tree's reader asks of every name it reads (`confinedReader`).
-      if (isListed(path) && listed(path)?.isSymlink !== true) return null;
       try {
         return Deno.readLinkSync(path);
       } catch (error) {
@@ -153,7 +145,8 @@ export function denoFsReader(options: { listings?: string } = {}): SysfsReader {
     },
     openFile(path) {
       try {
-        if (!(isListed(path) ? regular(path) : regularFileSize(path) !== null)) return null;
+        const listed = under !== null && path.startsWith(under);
+        if (!(listed ? regular(path) : regularFileSize(path) !== null)) return null;
         return new DenoFile(path, Deno.openSync(path, { read: true }));
       } catch (error) {
         if (isMissing(error)) return null;
@@ -194,10 +187,10 @@ function regularFileSize(path: string): number | null {
 }
 
 /**
- * The entry at a path as its directory's listing has it, listed once (see {@link denoFsReader});
- * `undefined` for nothing there.
+ * Whether the entry at a path is a regular file (links followed), from its directory's listing,
+ * listed once (see {@link denoFsReader}); `false` for anything else or nothing.
  */
-function listedEntry(): (path: string) => Deno.DirEntry | undefined {
+function listedRegularFile(): (path: string) => boolean {
   const listings = new Map<string, Map<string, Deno.DirEntry> | null>();
   const list = (dir: string): Map<string, Deno.DirEntry> | null => {
     try {
@@ -214,7 +207,9 @@ function listedEntry(): (path: string) => Deno.DirEntry | undefined {
     const dir = slash <= 0 ? "/" : path.slice(0, slash);
     let listing = listings.get(dir);
     if (listing === undefined) listings.set(dir, listing = list(dir));
-    return listing?.get(path.slice(slash + 1));
+    const entry = listing?.get(path.slice(slash + 1));
+    if (entry === undefined) return false;
+    return entry.isSymlink ? regularFileSize(path) !== null : entry.isFile;
   };
 }
 
