@@ -309,8 +309,8 @@ export function baseName(path: string): string {
 }
 
 /**
- * What the entry at `path` is when it is a directory or a file rather than a link (`a
- * directory`, `a file`), or `null` for a link or nothing: where the kernel makes a link (a
+ * What the entry at `path` is when it is a directory, a file or anything else rather than a link
+ * (`a directory`, `a file`, or a FIFO, device node or socket), or `null` for a link or nothing: where the kernel makes a link (a
  * device's `iommu_group`), either is a damaged tree, which `readLink` alone reads as nothing.
  *
  * @example
@@ -326,10 +326,12 @@ export function baseName(path: string): string {
  */
 export function notLinkKind(reader: SysfsReader, path: string): string | null {
   if (reader.readLink(path) !== null) return null;
-  return reader.listDir(path) !== null
-    ? "a directory"
-    : reader.readText(path) !== null
-    ? "a file"
+  if (reader.listDir(path) !== null) return "a directory";
+  if (reader.readText(path) !== null) return "a file";
+  // A FIFO, device node or socket reads as nothing above, and so would pass as no entry.
+  const slash = path.lastIndexOf("/");
+  return reader.listDir(path.slice(0, slash))?.includes(path.slice(slash + 1))
+    ? "a special file or an unreadable one"
     : null;
 }
 

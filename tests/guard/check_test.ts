@@ -787,11 +787,15 @@ Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group 
     /0000:03:00\.0's iommu_group link names "twenty-one", not an IOMMU group number/,
   );
 });
-Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group is a directory or a file", async () => {
+Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group is a directory, a file or a FIFO", async () => {
   for (
     const [kind, make] of [
       ["a directory", (path: string) => Deno.mkdirSync(path)],
       ["a file", (path: string) => Deno.writeTextFileSync(path, "21\n")],
+      [
+        "a special file or an unreadable one",
+        (path: string) => void new Deno.Command("mkfifo", { args: [path] }).outputSync(),
+      ],
     ] as const
   ) {
     await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
