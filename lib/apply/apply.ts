@@ -1369,16 +1369,24 @@ function undefinedSince(libvirt: LibvirtPort, vm: string): boolean {
 }
 
 /**
- * Whether `readBack` is libvirt's rendering of the define of `defined` ({@link sameBesidesHostdevs});
- * one that cannot be compared is taken for ours, and the restore still looks for a define since
- * ({@link restoreUnlessRedefined}).
+ * Whether `readBack` is libvirt's rendering of the define of `defined` ({@link sameBesidesHostdevs})
+ * holding no PCI device `defined` did not: libvirt may lose a hostdev, never make one up, so one it
+ * gained is another client's. One that cannot be compared is taken for ours, and the restore still
+ * looks for a define since ({@link restoreUnlessRedefined}).
  */
 function definedHere(defined: string, readBack: string): boolean {
   try {
-    return sameBesidesHostdevs(defined, readBack);
+    const sent = new Set(pciAddresses(parseDomainXml(defined)));
+    return sameBesidesHostdevs(defined, readBack) &&
+      pciAddresses(parseDomainXml(readBack)).every((a) => sent.has(a));
   } catch {
     return true;
   }
+}
+
+/** The host addresses of a domain's PCI hostdevs and hostdev interfaces. */
+function pciAddresses(domain: ParsedDomain): string[] {
+  return [...domain.hostdevs, ...domain.interfaces].map((d) => d.address);
 }
 
 /**

@@ -1712,6 +1712,38 @@ Deno.test("applyPlan() leaves a VM another client defined right after its define
   assertMatch(f.port.getPersistentXml("alpha"), /<description>edited elsewhere<\/description>/);
 });
 
+Deno.test("applyPlan() leaves a VM another client gave a hostdev right after its define as it is", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Another client's `virsh edit`, opened before the apply, changes only hostdevs: it hands the
+  // VM 0000:02:00.0 by hand. libvirt never renders a hostdev a define did not send, so the
+  // read-back is not this run's define, and restoring the backup would lose that edit.
+  const hand = editDomainXml(before, {
+    remove: [],
+    add: [{ address: "0000:02:00.0", managed: true }],
+    records: [],
+  });
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(hand);
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(
+    report.vms[0]!.message,
+    /^"alpha" was defined again by another client right after this define, .*unexpected \[0000:02:00\.0 managed hand-added\].*; it was left as that client defined it \(hostdevs added "0000:02:00\.0".* since the plan\)/s,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), ["0000:02:00.0"]);
+});
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another
