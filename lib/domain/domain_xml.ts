@@ -1553,7 +1553,7 @@ function metadataSplices(
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * const sent = "<domain><name>a</name><devices><hostdev/><memballoon/></devices></domain>";
+ * const sent = "<domain><name>a</name><devices><hostdev type='pci'/><memballoon/></devices></domain>";
  * const echo = '<domain>\n  <name>a</name>\n  <devices>\n    <memballoon/>\n  </devices>\n</domain>';
  * assertEquals(sameBesidesHostdevs(sent, echo), true);
  * assertEquals(sameBesidesHostdevs(sent, echo.replace("<memballoon/>", "<watchdog/>")), false);
@@ -1569,7 +1569,8 @@ function canonicalBesidesHostdevs(element: XmlElement, parent: string | null): s
   const { name, attributes } = element;
   if (
     parent === "devices" &&
-    (name === "hostdev" || (name === "interface" && attributes.type === "hostdev") ||
+    ((name === "hostdev" && attributes.type === "pci") ||
+      (name === "interface" && attributes.type === "hostdev") ||
       (name === "controller" && attributes.type === "pci"))
   ) {
     return null;

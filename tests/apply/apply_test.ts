@@ -1744,6 +1744,31 @@ Deno.test("applyPlan() leaves a VM another client gave a hostdev right after its
   assertEquals(hostdevs(f.port, "alpha"), ["0000:02:00.0"]);
 });
 
+Deno.test("applyPlan() leaves a VM another client gave a USB device right after its define as it is", async () => {
+  using f = fixture();
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  // Only PCI hostdevs are apply's: a USB hostdev another client's `virsh edit` (opened before
+  // the apply) added is that client's change, which restoring the backup would lose.
+  const usb =
+    "<hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x046d'/><product id='0xc52b'/></source></hostdev>";
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(before.replace("</devices>", `${usb}</devices>`));
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(report.vms[0]!.message, /it was left as that client defined it/);
+  assertMatch(f.port.getPersistentXml("alpha"), /<hostdev mode='subsystem' type='usb'/);
+});
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another
