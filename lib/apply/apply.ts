@@ -1344,7 +1344,7 @@ function changedElsewhere(
   const rollback = followUpCommand(run, "passthrough rollback", { value: vm.name });
   let message: string;
   if ("text" in check) {
-    if (definedHere(xml, check.text)) return null;
+    if (definedHere({ before: secure, defined: xml }, check.text)) return null;
     message =
       `"${vm.name}" was defined again by another client right after this define, and its definition no longer holds the planned hostdevs (${check.problem}); it was left as that client defined it (${
         describeXmlChange(secure, check.text)
@@ -1369,16 +1369,22 @@ function undefinedSince(libvirt: LibvirtPort, vm: string): boolean {
 }
 
 /**
- * Whether `readBack` is libvirt's rendering of the define of `defined` ({@link sameBesidesHostdevs})
- * holding no PCI device `defined` did not: libvirt may lose a hostdev, never make one up, so one it
- * gained is another client's. One that cannot be compared is taken for ours, and the restore still
- * looks for a define since ({@link restoreUnlessRedefined}).
+ * Whether `readBack` is libvirt's rendering of the define of `defined` over `before`
+ * ({@link sameBesidesHostdevs}) with no PCI device `defined` did not hold and none it kept from
+ * `before` gone: libvirt may lose a hostdev this define added, but never makes one up nor drops one
+ * it held already, so such a change is another client's. One that cannot be compared is taken for
+ * ours, and the restore still looks for a define since ({@link restoreUnlessRedefined}).
  */
-function definedHere(defined: string, readBack: string): boolean {
+function definedHere(
+  { before, defined }: { before: string; defined: string },
+  readBack: string,
+): boolean {
   try {
-    const sent = new Set(pciAddresses(parseDomainXml(defined)));
-    return sameBesidesHostdevs(defined, readBack) &&
-      pciAddresses(parseDomainXml(readBack)).every((a) => sent.has(a));
+    const sent = pciAddresses(parseDomainXml(defined));
+    const held = new Set(pciAddresses(parseDomainXml(before)));
+    const got = pciAddresses(parseDomainXml(readBack));
+    return sameBesidesHostdevs(defined, readBack) && got.every((a) => sent.includes(a)) &&
+      sent.every((a) => !held.has(a) || got.includes(a));
   } catch {
     return true;
   }

@@ -1769,6 +1769,37 @@ Deno.test("applyPlan() leaves a VM another client gave a USB device right after 
   assertMatch(f.port.getPersistentXml("alpha"), /<hostdev mode='subsystem' type='usb'/);
 });
 
+Deno.test("applyPlan() leaves a VM another client took a kept hostdev from right after its define as it is", async () => {
+  using f = fixture();
+  // alpha holds a hand-added 0000:02:00.0; another client's `virsh edit`, opened before the apply,
+  // removes it. libvirt may lose the hostdev a define adds, not one the VM held before it.
+  f.port.define(editDomainXml(f.port.getPersistentXml("alpha", { secure: true }), {
+    remove: [],
+    add: [{ address: "0000:02:00.0", managed: true }],
+    records: [],
+  }));
+  const before = f.port.getPersistentXml("alpha", { secure: true });
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(before.replace(/<hostdev [^]*?<\/hostdev>/, ""));
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(
+    report.vms[0]!.message,
+    /it was left as that client defined it \(hostdevs removed "0000:02:00\.0".* since the plan\)/s,
+  );
+  assertEquals(hostdevs(f.port, "alpha"), []);
+});
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another
