@@ -43,6 +43,7 @@ import {
   type ParsedDomain,
   parseDomainXml,
   sameBesidesHostdevs,
+  samePciDevice,
 } from "../domain/domain_xml.ts";
 import {
   backupDir,
@@ -1370,29 +1371,36 @@ function undefinedSince(libvirt: LibvirtPort, vm: string): boolean {
 
 /**
  * Whether `readBack` is libvirt's rendering of the define of `defined` over `before`
- * ({@link sameBesidesHostdevs}) with no PCI device `defined` did not hold and none it kept from
- * `before` gone: libvirt may lose a hostdev this define added, but never makes one up nor drops one
- * it held already, so such a change is another client's. One that cannot be compared is taken for
- * ours, and the restore still looks for a define since ({@link restoreUnlessRedefined}).
+ * ({@link sameBesidesHostdevs}) with no PCI device `defined` did not hold, none it kept from
+ * `before` gone, and none it kept untouched changed ({@link samePciDevice}): libvirt may lose a
+ * hostdev this define added, but never makes one up nor drops or rewrites one it held already, so
+ * such a change (a `<rom>` line, another `managed`) is another client's. One that cannot be
+ * compared is taken for ours, and the restore still looks for a define since
+ * ({@link restoreUnlessRedefined}).
  */
 function definedHere(
   { before, defined }: { before: string; defined: string },
   readBack: string,
 ): boolean {
   try {
-    const sent = pciAddresses(parseDomainXml(defined));
-    const held = new Set(pciAddresses(parseDomainXml(before)));
-    const got = pciAddresses(parseDomainXml(readBack));
-    return sameBesidesHostdevs(defined, readBack) && got.every((a) => sent.includes(a)) &&
-      sent.every((a) => !held.has(a) || got.includes(a));
+    const sent = pciDevices(parseDomainXml(defined));
+    const held = pciDevices(parseDomainXml(before));
+    const got = pciDevices(parseDomainXml(readBack));
+    return sameBesidesHostdevs(defined, readBack) && [...got.keys()].every((a) => sent.has(a)) &&
+      [...sent].every(([address, xml]) => {
+        const was = held.get(address);
+        const now = got.get(address);
+        if (was === undefined) return true;
+        return now !== undefined && (!samePciDevice(was, xml) || samePciDevice(xml, now));
+      });
   } catch {
     return true;
   }
 }
 
-/** The host addresses of a domain's PCI hostdevs and hostdev interfaces. */
-function pciAddresses(domain: ParsedDomain): string[] {
-  return [...domain.hostdevs, ...domain.interfaces].map((d) => d.address);
+/** The text of a domain's PCI hostdevs and hostdev interfaces by host address. */
+function pciDevices(domain: ParsedDomain): Map<PciAddress, string> {
+  return new Map([...domain.hostdevs, ...domain.interfaces].map((d) => [d.address, d.xml]));
 }
 
 /**

@@ -1564,6 +1564,32 @@ export function sameBesidesHostdevs(defined: string, readBack: string): boolean 
     canonicalBesidesHostdevs(readXmlElement(readBack), null);
 }
 
+/**
+ * Whether `readBack` is libvirt's rendering of `defined`, the text of one PCI `<hostdev>` or
+ * `<interface type='hostdev'>`: the same besides attribute quotes, indentation, an `<alias>`, and
+ * a guest `<address>` where `defined` has none, which libvirt fills in. Any other change, such as
+ * a `<rom>` or `<driver>` line or another `managed`, is not libvirt's.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const sent = "<hostdev mode='subsystem' type='pci'><source/></hostdev>";
+ * const echo = "<hostdev mode='subsystem' type='pci'>\n  <source/>\n  <address type='pci'/>\n</hostdev>";
+ * assertEquals(samePciDevice(sent, echo), true);
+ * assertEquals(samePciDevice(sent, echo.replace("<source/>", "<source/><rom bar='off'/>")), false);
+ * ```
+ */
+export function samePciDevice(defined: string, readBack: string): boolean {
+  const sent = readXmlElement(defined);
+  const filled = sent.children.some((c) => c.name === "address") ? ["alias"] : ["alias", "address"];
+  const text = (element: XmlElement) =>
+    canonicalBesidesHostdevs(
+      { ...element, children: element.children.filter((c) => !filled.includes(c.name)) },
+      null,
+    );
+  return text(sent) === text(readXmlElement(readBack));
+}
+
 /** One string per element for {@link sameBesidesHostdevs}, `null` for what it leaves out. */
 function canonicalBesidesHostdevs(element: XmlElement, parent: string | null): string | null {
   const { name, attributes } = element;

@@ -24,6 +24,7 @@ export {
   type PciController,
   type PciControllerSpec,
   sameBesidesHostdevs,
+  samePciDevice,
 } from "./domain_xml.ts";
 export {
   type LenientHostdevPool,

@@ -1800,6 +1800,50 @@ Deno.test("applyPlan() leaves a VM another client took a kept hostdev from right
   assertEquals(hostdevs(f.port, "alpha"), []);
 });
 
+for (
+  const [what, edit] of [
+    [
+      "gave a kept hostdev a rom line",
+      (x: string) => x.replace("</source>", "</source>\n      <rom bar='off'/>"),
+    ],
+    ["made a kept hostdev unmanaged", (x: string) => x.replace("managed='yes'", "managed='no'")],
+  ] as const
+) {
+  Deno.test(`applyPlan() leaves a VM another client ${what} right after its define as it is`, async () => {
+    using f = fixture();
+    // alpha holds a hand-added 0000:02:00.0; another client's `virsh edit`, opened before the
+    // apply, changes it. libvirt renders a hostdev it kept as it was, so the change is that client's.
+    f.port.define(editDomainXml(f.port.getPersistentXml("alpha", { secure: true }), {
+      remove: [],
+      add: [{ address: "0000:02:00.0", managed: true }],
+      records: [],
+    }));
+    const before = f.port.getPersistentXml("alpha", { secure: true });
+    const theirs = edit(before);
+    assertOk(theirs !== before);
+    let edited = false;
+    const port: LibvirtPort = Object.create(f.port);
+    port.define = (xml) => {
+      f.port.define(xml);
+      if (edited) return;
+      edited = true;
+      f.port.define(theirs);
+    };
+    const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+      libvirt: port,
+      stateDir: f.stateDir,
+      confirm: yes,
+    });
+    assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+    assertMatch(report.vms[0]!.message, /it was left as that client defined it/);
+    assertEquals(hostdevs(f.port, "alpha"), ["0000:02:00.0"]);
+    assertMatch(
+      f.port.getPersistentXml("alpha", { secure: true }),
+      what.includes("rom") ? /<rom bar='off'\/>/ : /managed='no'/,
+    );
+  });
+}
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another

@@ -15,7 +15,7 @@ import { applyPlan, type ConfirmAnswer } from "../../lib/apply/apply.ts";
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import type { Plan, VmPlan } from "../../lib/plan/types.ts";
 import { type Config, parseConfig } from "../../lib/config/config.ts";
-import { parseDomainXml, sameBesidesHostdevs } from "../../lib/domain/domain_xml.ts";
+import { parseDomainXml, sameBesidesHostdevs, samePciDevice } from "../../lib/domain/domain_xml.ts";
 import { listBackups, readBackupXml, writeBackup } from "../../lib/state/backups.ts";
 import { loadHost } from "../../cli/host_options.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
@@ -934,6 +934,54 @@ Deno.test({
     } finally {
       port.close();
       await undefineUnlessIsolated(daemon, names);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd leaves a VM another client changed a kept hostdev of between its define and the read-back as that client defined it",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    await using tree = await demoTree();
+    const port = openLibvirtPort(daemon.uri);
+    const vm = "pt-fault-kept-rom";
+    try {
+      // A hand-added hostdev without a guest address or driver: libvirt fills in what it fills in.
+      port.define(qemuDomainXml(
+        vm,
+        "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x03' slot='0x00' function='0x0'/></source></hostdev>",
+      ));
+      const plan = await planGpu(vm, { sysfs: tree.sysfs, libvirt: port });
+      const before = port.getPersistentXml(vm, { secure: true });
+      const kept = (xml: string) =>
+        parseDomainXml(xml).hostdevs.find((h) => h.address === "0000:03:00.0")!.xml;
+      const racing: LibvirtPort = Object.create(port);
+      let echoed: boolean | null = null;
+      racing.define = (xml) => {
+        port.define(xml);
+        if (echoed !== null) return;
+        // libvirt's own rendering of the kept hostdev, sent as it was read, is ours.
+        echoed = samePciDevice(kept(xml), kept(port.getPersistentXml(vm, { secure: true })));
+        // Another client: a `virsh edit` opened before the apply, saved right after its define.
+        port.define(before.replace("</source>", "</source>\n      <rom bar='off'/>"));
+      };
+      const report = await applyPlan(plan, {
+        libvirt: racing,
+        stateDir: `${tree.dir}/state`,
+        confirm: yes,
+      });
+      assertEquals(echoed, true);
+      assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+      assertMatch(
+        report.vms[0]!.message,
+        /it was left as that client defined it \(1 changed line \("\+<rom bar='off'\/>"\) since the plan\)/,
+      );
+      assertMatch(kept(port.getPersistentXml(vm)), /<rom bar='off'\/>/);
+    } finally {
+      port.close();
+      await undefineUnlessIsolated(daemon, [vm]);
     }
   },
 });

@@ -188,6 +188,41 @@ Deno.test("applyPlan() restores the backup when the defined XML lacks the planne
   }
 });
 
+Deno.test("applyPlan() leaves a VM another client changed a kept interface of right after its define as it is", async () => {
+  // A hand-written interface on a VF; another client's `virsh edit`, opened before the apply,
+  // gives it a VLAN, saved right after apply's define (which then lacks the planned interface).
+  const hand = `
+      <interface type='hostdev' managed='yes'>
+        <mac address='52:54:00:aa:bb:cc'/>
+        <source>
+          <address type='pci' domain='0x0000' bus='0x07' slot='0x10' function='0x4'/>
+        </source>
+      </interface>`;
+  const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a", hand);
+  await using w = await writeTempWorld(world([a]));
+  using port = openLibvirtPort(w.uri);
+  const stateDir = `${w.path}.state`;
+  const theirs = port.getPersistentXml("a", { secure: true })
+    .replace("</source>", "</source>\n      <vlan><tag id='30'/></vlan>");
+  let edited = false;
+  const racing: LibvirtPort = Object.create(port);
+  racing.define = (xml) => {
+    port.define(xml);
+    if (edited) return;
+    edited = true;
+    port.define(theirs);
+  };
+  try {
+    const plan = planHostdevs({ config: RULES(["a"]), host: HOST, libvirt: port });
+    const report = await applyPlan(plan, { libvirt: racing, stateDir, confirm: yes });
+    assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+    assertMatch(report.vms[0]!.message, /it was left as that client defined it/);
+    assertMatch(port.getPersistentXml("a"), /<tag id='30'\/>/);
+  } finally {
+    await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("applyPlan() --live hot-plugs a vf: interface into a running guest as an interface", async () => {
   const a = domainXml("a", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0a", "", true);
   await using w = await writeTempWorld(world([a]));
