@@ -199,11 +199,13 @@ interface DomainFacts {
 function readDomain(xml: string): DomainFacts {
   const unreadable: string[] = [];
   const lenient = scanPassedDevicesLeniently(xml);
-  if (lenient.unresolved > 0) {
+  const elements = lenient.unresolvedElements;
+  if (elements.length > 0) {
     // Each named as `virsh dumpxml` shows it, quoted: the line is made safe for a terminal later.
-    const named = lenient.unresolvedElements.map((e) => JSON.stringify(e)).join(", ");
+    // Counted by element: a <disk> with two unreadable NVMe sources is one device to find.
+    const named = elements.map((e) => JSON.stringify(e)).join(", ");
     unreadable.push(
-      `${lenient.unresolved} passed-through device(s) in the domain XML name no readable host ` +
+      `${elements.length} passed-through device(s) in the domain XML name no readable host ` +
         `address: ${named}`,
     );
   }

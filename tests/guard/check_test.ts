@@ -384,6 +384,18 @@ Deno.test("checkDomainStart() reads only the addressed functions, their groups' 
   ]);
 });
 
+Deno.test("checkDomainStart() counts the elements it names as unreadable, once each", async () => {
+  // One <disk> whose source and backing store are both NVMe with no readable address.
+  const disk = `<disk type='nvme' device='disk'><source type='pci'/>
+    <backingStore type='nvme'><source type='pci'/></backingStore><target dev='vda'/></disk>`;
+  const { refusals } = await check(domain("vm", [hostdev(GPU.address), disk], [GPU]));
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertEquals(
+    refusals[0]!.reason,
+    `1 passed-through device(s) in the domain XML name no readable host address: "<disk> #1 <disk type='nvme' device='disk'>"`,
+  );
+});
+
 Deno.test("checkDomainStart() reads a configuration space only to compare a recorded serial", async () => {
   // Reading config resumes a suspended bridge, and a device in D3cold: only a serial needs it.
   const config = (address: string) => `/bus/pci/devices/${address}/config`;
