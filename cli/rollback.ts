@@ -15,7 +15,12 @@ import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
-import { type RollbackPreview, rollbackVm, type StartRefusal } from "../lib/apply/rollback.ts";
+import {
+  type RollbackPreview,
+  rollbackVm,
+  type StartAllowance,
+  type StartRefusal,
+} from "../lib/apply/rollback.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { pathExists } from "../lib/state/paths.ts";
 import { BackupNotFoundError } from "../lib/state/backups.ts";
@@ -92,6 +97,12 @@ function unknownVmError(vm: string, stateDir: string, defined: string[]): Error 
   );
 }
 
+/** What {@link startVerdict} makes of the start guard's check of a backup. */
+interface StartVerdict {
+  refusals: (StartRefusal | StartAllowance)[];
+  warnings: string[];
+}
+
 /**
  * What the guard would say of `xml` on this host ({@link startVerdict}). Checked once per
  * definition, unless `fresh` asks again.
@@ -100,10 +111,10 @@ function startCheck(
   vm: string,
   run: RunFlags,
   stateDir: string,
-): (xml: string, fresh?: boolean) => { refusals: StartRefusal[]; warnings: string[] } {
+): (xml: string, fresh?: boolean) => StartVerdict {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
-  const seen = new Map<string, { refusals: StartRefusal[]; warnings: string[] }>();
+  const seen = new Map<string, StartVerdict>();
   return (xml, fresh = false) => {
     if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
@@ -125,16 +136,26 @@ function startCheck(
  * `policy`, which apply left), is one the guard starts, as plan kept it: judged as the hook
  * judges it (only the record apply left there), the rules' warn and off aside. `plan`: the
  * command the guard's fix names, with this run's flags. A refusal of another function of a
- * hostdev's group names it (`groupMember`), so rollback's own group check does not say it again.
+ * hostdev's group names it (`groupMember`), so rollback's own group check does not say it again;
+ * so does one such function the host needs that the guard lets the guest take by the rule's
+ * allow_host_critical (`allowedMember`), so that check does not refuse what the guard starts.
  */
 export function startVerdict(
   checked: readonly GuardRefusal[],
   { vm, policy, plan }: { vm: string; policy: VmGuardPolicy; plan: string },
-): { refusals: StartRefusal[]; warnings: string[] } {
+): StartVerdict {
   // A group member the host needs is groupMatesHostNeeds' refusal (the `host` option); one
-  // another running VM has (`busy`) is not: that check reads no running VM.
-  const found = policed(checked, { ...policy, guard: "enforce", rules: {} })
+  // another running VM has (`busy`) is not: that check reads no running VM. One the guard lets
+  // the guest take by its rule's allow_host_critical is no refusal there either.
+  const enforced = policed(checked, { ...policy, guard: "enforce", rules: {} });
+  const found = enforced
     .filter((r) => r.group === undefined || r.hostNeeds === null || r.kind === "busy");
+  const allowed = checked.filter((r) =>
+    r.group !== undefined && r.hostNeeds !== null &&
+    !enforced.some((e) =>
+      e.kind === r.kind && e.address === r.address && e.group?.member === r.group!.member
+    )
+  ).map((r): StartAllowance => ({ allowedMember: r.group!.member }));
   // What the hook does with the rest, by the policies it reads: `warn` and `off` let a start go
   // on past an address that holds nothing, or a group left on a host driver, and libvirt then
   // fails it.
@@ -153,11 +174,14 @@ export function startVerdict(
       }, and ${libvirt})`;
   };
   return {
-    refusals: found.filter(refused).map((r) =>
-      r.group === undefined
-        ? { reason: r.reason }
-        : { reason: r.reason, groupMember: r.group.member }
-    ),
+    refusals: [
+      ...found.filter(refused).map((r) =>
+        r.group === undefined
+          ? { reason: r.reason }
+          : { reason: r.reason, groupMember: r.group.member }
+      ),
+      ...allowed,
+    ],
     warnings: found.filter((r) => !refused(r)).map((r) =>
       `${stopper(r)}: ${r.reason}; fix: ${r.fix.replace(fixCommand(vm), plan)}`
     ),

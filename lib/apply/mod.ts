@@ -26,5 +26,6 @@ export {
   type RollbackReport,
   type RollbackStatus,
   rollbackVm,
+  type StartAllowance,
   type StartRefusal,
 } from "./rollback.ts";

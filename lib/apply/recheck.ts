@@ -427,7 +427,8 @@ export function hostSincePlan(
  * not start. A PCI bridge stays with the host. The device's own use is the start guard's. A member
  * a group's listing names that cannot be read (and a second read still names) is one sentence too:
  * what it is, and so what the guest would take, is unknown. A member in `options.refused` is
- * left to the caller, which refused it already (the start guard's line on one a running VM has).
+ * left to the caller, which judged it already (the start guard's line on one a running VM has, or
+ * its pass of one a rule's `allow_host_critical: true` lets the guest take).
  *
  * @example
  * ```ts

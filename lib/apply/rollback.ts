@@ -79,6 +79,17 @@ export interface StartRefusal {
   groupMember?: PciAddress;
 }
 
+/**
+ * One of {@link RollbackOptions.startRefusals} that refuses nothing: a function of a hostdev's
+ * IOMMU group that the host needs and that the start guard lets the VM take along
+ * (`allow_host_critical: true` on the rule of the record apply left), so the `host` check lets
+ * it too, as `plan` did.
+ */
+export interface StartAllowance {
+  /** The group's other function. */
+  allowedMember: PciAddress;
+}
+
 /** Options for {@link rollbackVm}. */
 export interface RollbackOptions {
   /** The libvirt connection to read and define through. */
@@ -110,10 +121,11 @@ export interface RollbackOptions {
    * (a recorded device replaced by another, or one the host needs that no `allow_host_critical`
    * lets it start): such a backup is not restored. Asked before the question and again after it.
    * A refusal of another function of a hostdev's IOMMU group names it
-   * ({@link StartRefusal.groupMember}): the `host` check then says nothing more of it.
+   * ({@link StartRefusal.groupMember}): the `host` check then says nothing more of it, nor of
+   * one the guard lets the VM take ({@link StartAllowance}).
    * Default: not asked (libvirt on another host).
    */
-  startRefusals?: (xml: string) => (string | StartRefusal)[];
+  startRefusals?: (xml: string) => (string | StartRefusal | StartAllowance)[];
   /**
    * What the start guard would refuse of the backup's hostdevs on this host now that does not
    * hold the restore back (an address that holds no device: nothing can be taken from the host,
@@ -752,15 +764,18 @@ function hostRefusal(
     const conflict = heldElsewhereNow(libvirt, restoring);
     if (conflict !== null) return conflict;
     const start = options.startRefusals?.(backupXml) ?? [];
-    // One sentence per member: the guard's names the running VM that has it.
-    const refused = new Set(
-      start.flatMap((r) => typeof r === "string" ? [] : r.groupMember ?? []),
+    // One sentence per member: the guard's names the running VM that has it. One the guard
+    // starts by its rule's allow_host_critical is no refusal of the host check either.
+    const judged = new Set(
+      start.flatMap((r) =>
+        typeof r === "string" ? [] : "allowedMember" in r ? r.allowedMember : r.groupMember ?? []
+      ),
     );
     const refusals = [
-      ...start.map((r) => typeof r === "string" ? r : r.reason),
+      ...start.flatMap((r) => typeof r === "string" ? r : "reason" in r ? r.reason : []),
       ...(options.host === undefined
         ? []
-        : groupMatesHostNeeds(heldAddresses(parsed), options.host, { refused })),
+        : groupMatesHostNeeds(heldAddresses(parsed), options.host, { refused: judged })),
     ];
     return refusals.length > 0 ? startRefused(vm, backup, refusals, options.run) : null;
   });

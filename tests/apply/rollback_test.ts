@@ -22,6 +22,7 @@ import {
   type RollbackPreview,
   type RollbackReport,
   rollbackVm,
+  type StartRefusal,
 } from "../../lib/apply/rollback.ts";
 import type { DeviceResolvers } from "../../lib/plan/used_devices.ts";
 import type { VmPlan } from "../../lib/plan/types.ts";
@@ -37,7 +38,7 @@ import {
 import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { canUnshareMounts } from "../helpers/cli.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
-import { guardCheck, runGuard } from "../../lib/guard/run.ts";
+import { guardCheck, policed, runGuard } from "../../lib/guard/run.ts";
 import { ENFORCE, type VmGuardPolicy } from "../../lib/guard/policy.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { startVerdict } from "../../cli/rollback.ts";
@@ -1967,9 +1968,10 @@ Deno.test("startVerdict() refuses a backup whose IOMMU group holds a function a 
   });
   assertEquals(warnings, []);
   assertEquals(refusals.length, 1);
-  assertEquals(refusals[0]!.groupMember, "0000:00:1f.3");
+  const refusal = refusals[0] as StartRefusal;
+  assertEquals(refusal.groupMember, "0000:00:1f.3");
   assertMatch(
-    refusals[0]!.reason,
+    refusal.reason,
     /^hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:00:1f\.3, .*; it is in use \(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at a time/,
   );
   // Once "nas" is shut down, nothing is left to refuse: an unbound function the host does not need.
@@ -2057,4 +2059,57 @@ Deno.test("rollbackVm() says once why a storage function of its group that a run
     report.message,
     /^Refusing to restore backup "[^"]+" into "alpha": hostdev 0000:03:00\.0's IOMMU group 21 also holds 0000:06:00\.0, [^;]+; it is in use \(vm-passed: hostdev of running VM "nas"\): VFIO hands a group to one guest at a time, so libvirt refuses this start while that guest runs; "passthrough plan --vm alpha" shows /,
   );
+});
+
+Deno.test("rollbackVm() restores a backup whose group member the host needs when the guard starts it by its rule's allow_host_critical", async () => {
+  // The chipset NVMe 0000:06:00.0 moved into the GPU's group 21 on vfio-pci: a storage function
+  // of another slot, which the host needs unless rule "gpu" says allow_host_critical: true.
+  const host = loadFixtureHost("z690-asus-adl");
+  host.host_use = [];
+  for (const d of host.devices) {
+    if (d.bdf === "0000:06:00.0") Object.assign(d, { group: 21, driver: "vfio-pci" });
+  }
+  await using tree = await tempHostTree(host);
+  const record = `<metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1"><pt:device ` +
+    `address="0000:03:00.0" vendor="1002" device="73df" subsystem-vendor="1002" ` +
+    `subsystem-device="0e36" class="030000" rule="gpu"/></pt:hostdevs></metadata>`;
+  using f = fixture();
+  f.port.define(
+    f.port.getPersistentXml("alpha", { secure: true })
+      .replace("</devices>", `${hostdevXml("0000:03:00.0")}\n</devices>`)
+      .replace("</domain>", `${record}\n</domain>`),
+  );
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    reason: "apply",
+    uri: f.port.uri,
+    xml: xml.replace("1048576</memory>", "2097152</memory>"),
+  });
+  // As apply leaves it: the record it wrote, under a rule that allows what the host needs.
+  const devices = Object.fromEntries(parseDomainXml(xml).records.map((r) => [r.address, r]));
+  const rollback = (policy: VmGuardPolicy) =>
+    rollbackVm("alpha", {
+      libvirt: f.port,
+      stateDir: f.stateDir,
+      confirm: yes,
+      host: hostReader(tree.dir),
+      startRefusals: (xml) =>
+        startVerdict(
+          guardCheck({ vm: "alpha", xml, reader: denoFsReader(), root: tree.dir, live: false }),
+          { vm: "alpha", policy, plan: "passthrough plan --vm alpha" },
+        ).refusals,
+    });
+  const strict = await rollback({ ...ENFORCE, devices });
+  assertEquals(strict.code, "start-refused");
+  assertMatch(strict.message, /also holds "?0000:06:00\.0"?, .*the host needs/);
+  const allowed = { ...ENFORCE, allowHostCritical: ["gpu"], devices };
+  // The guard starts it: nothing of the group is refused.
+  const guard = policed(
+    guardCheck({ vm: "alpha", xml, reader: denoFsReader(), root: tree.dir, live: false }),
+    allowed,
+  );
+  assertEquals(guard, []);
+  assertEquals((await rollback(allowed)).code, "restored");
 });
