@@ -343,6 +343,7 @@ function locate(xml: string): Located {
   const uuidSpan = child("uuid");
   const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
   const metadata = child("metadata");
+  refuseOtherVersions(xml, root);
   const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
   const devices = child("devices");
   const found = locateDevices(xml, devices, {
@@ -495,6 +496,29 @@ function locateHostdev(
   if (mdev !== null) found.mdevs.add(mdev);
 }
 
+/**
+ * Refuses an element anywhere under `root` in another version's records namespace, as the start
+ * guard's reader does: one nested in our records element or in another application's metadata
+ * would otherwise be read as no records, and the guard refuses every start of the VM.
+ */
+function refuseOtherVersions(xml: string, root: XmlSpan): void {
+  // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
+  for (const stack = [root]; stack.length > 0;) {
+    const span = stack.pop()!;
+    const namespace = ownNamespace(xml, span);
+    if (isOtherRecordsVersion(namespace)) {
+      throw errorAt(
+        xml,
+        span.start,
+        `Passthrough records in namespace "${namespace}" are another version's, which this one ` +
+          `(namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that wrote them`,
+      );
+    }
+    // The first in document order is named: children pushed last to first.
+    for (let i = span.children.length - 1; i >= 0; i--) stack.push(span.children[i]!);
+  }
+}
+
 /** Our records element in `<metadata>` (at most one) and the records it holds. */
 function readOurMetadata(
   xml: string,
@@ -504,15 +528,6 @@ function readOurMetadata(
   let records: DeviceIdentity[] = [];
   let vfRecords: VfIdentity[] = [];
   for (const candidate of metadata?.children ?? []) {
-    const namespace = ownNamespace(xml, candidate);
-    if (isOtherRecordsVersion(namespace)) {
-      throw errorAt(
-        xml,
-        candidate.start,
-        `Passthrough records in namespace "${namespace}" are another version's, which this one ` +
-          `(namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that wrote them`,
-      );
-    }
     if (!isOurElement(xml, candidate)) continue;
     if (ours !== null) {
       throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");

@@ -8,6 +8,7 @@ import {
   parseDomainXml,
 } from "../../lib/domain/domain_xml.ts";
 import type { DeviceIdentity, HostdevSpec } from "../../lib/plan/types.ts";
+import { readRecordsLeniently } from "../../lib/domain/lenient.ts";
 
 const FIXTURES = new URL("../fixtures/domains/", import.meta.url);
 
@@ -185,6 +186,29 @@ Deno.test("parseDomainXml() refuses records of another version rather than take 
   // Another application's namespace that merely ends alike is no version of ours.
   const foreign = xml.replace("urn:passthrough:hostdevs:2", "urn:app:hostdevs:2");
   assertEquals(parseDomainXml(foreign).records, []);
+});
+
+Deno.test("parseDomainXml() refuses an element of another version's records at any depth, as the start guard does", () => {
+  const v2 = "<v2:hostdevs xmlns:v2='urn:passthrough:hostdevs:2'/>";
+  const record =
+    "<pt:device address='0000:01:00.0' vendor='10de' device='2684' class='030000' rule='gpu'/>";
+  for (
+    const nested of [
+      `<pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${record}\n${v2}</pt:hostdevs>`,
+      `<app:x xmlns:app='urn:app'>\n${v2}</app:x>\n<pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${record}</pt:hostdevs>`,
+    ]
+  ) {
+    const xml = `<domain><name>d</name><metadata>\n${nested}\n</metadata></domain>`;
+    // The guard refuses every start of it: plan says so, where it is.
+    assertMatch(readRecordsLeniently(xml).problem ?? "", /another version of passthrough/);
+    const error = assertThrowsDomainXmlError(xml);
+    assertEquals(
+      error.message,
+      `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
+        `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
+        "wrote them: at line 3, column 1",
+    );
+  }
 });
 
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
