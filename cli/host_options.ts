@@ -19,6 +19,7 @@ import {
   confinedReader,
   denoFsReader,
   notLinkKind,
+  readNonPciMember,
   type SysfsReader,
 } from "../lib/host/sysfs.ts";
 import { parseGroupNumber, readGroupListings, settleGroups } from "../lib/host/iommu_groups.ts";
@@ -225,6 +226,10 @@ export function hostReader(root: string | undefined): HostRead {
     hostUse: (devices) => {
       const { reader, sysRoot, live } = opened();
       return readHostUse(reader, { root: sysRoot, live, devices });
+    },
+    otherMember: (group, name) => {
+      const { reader, sysRoot } = opened();
+      return readNonPciMember(reader, sysRoot, group, name);
     },
   };
 }

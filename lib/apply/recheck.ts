@@ -21,6 +21,7 @@ import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types
 import { behindVmd, sameIdentityAsRead } from "../resolve/match.ts";
 import { cardOf, hostCriticalReason } from "../resolve/host_critical.ts";
 import { groupMates } from "../resolve/group_mates.ts";
+import type { NonPciMember } from "../host/sysfs.ts";
 import type { Plan, VmPlan } from "../plan/types.ts";
 import type { DefinitionRead, DomainSnapshot, World } from "../plan/world.ts";
 import { repairView } from "../plan/repair.ts";
@@ -304,6 +305,11 @@ export interface HostRead {
   groupMembers: (group: number) => PciAddress[] | null;
   /** What the host uses now of `devices`, or `null` when that cannot be told. */
   hostUse: (devices: PciDevice[]) => readonly HostUse[] | null;
+  /**
+   * The non-PCI device (ACPI, platform) group `group`'s listing names as `name`, or `null` when
+   * it cannot be read as one. Default: none is read, and such a member is unread.
+   */
+  otherMember?: (group: number, name: string) => NonPciMember | null;
 }
 
 /** {@link HostRead} beside the host the plan was computed from. */
@@ -456,6 +462,9 @@ export function groupMatesHostNeeds(
     device: host.device,
     group: (address) => host.device(address)?.iommuGroup ?? null,
     members: host.groupMembers,
+    // A non-PCI member is no device the guest takes from the host; one on a host driver makes
+    // the group not viable, which the start guard's check says (no refusal of the restore).
+    ...(host.otherMember === undefined ? {} : { other: host.otherMember }),
   });
   const problems = [
     ...unlisted.map(({ group, of }) => unlistedGroup(group, `"${of}"`)),

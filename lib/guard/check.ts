@@ -36,8 +36,14 @@ import {
 import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
-import { type GroupMate, groupMates } from "../resolve/group_mates.ts";
-import { baseName, notLinkKind, parseGroupNumber } from "../host/sysfs.ts";
+import { type GroupMate, groupMates, type OtherMate } from "../resolve/group_mates.ts";
+import {
+  baseName,
+  hostDriverOf,
+  notLinkKind,
+  parseGroupNumber,
+  readNonPciMember,
+} from "../host/sysfs.ts";
 import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
 
@@ -422,6 +428,14 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
         ...mateNeeds(mate),
       })
     ),
+    ...groups.others.flatMap((other) =>
+      otherMemberRefusal(other, { vm, passed: found.find((f) => f.address === other.of)! })
+    ),
+    ...poolGroups.others.flatMap((other) => {
+      const { network, device } = pooled.find((p) => p.address === other.of)!;
+      const entry = { address: other.of, element: "network" as const, device, recorded: null };
+      return otherMemberRefusal(other, { vm, passed: { ...entry, vf: undefined, network } });
+    }),
     ...poolMates.flatMap((mate) => {
       const { network, device } = pooled.find((p) => p.address === mate.of)!;
       const entry = { address: mate.of, element: "network" as const, device, recorded: null };
@@ -466,6 +480,7 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
       reader.listDir(`${root}/kernel/iommu_groups/${group}/devices`)?.sort() ?? null,
     device: (address) =>
       readDeviceAt(reader, root, address, { details: false, physfn: false, configSpace: false }),
+    other: (group, name) => readNonPciMember(reader, root, group, name),
   });
   return { ...found, unnamed, notLink };
 }
@@ -596,6 +611,41 @@ function groupRefusal(
       : `${fixCommand(vm)} (it judges the group as it is now), then passthrough apply ${
         flagWord("--vm", vm)
       }`,
+  }];
+}
+
+/**
+ * The refusal for a non-PCI member of a passed device's group (an ACPI or platform device) on a
+ * host driver ({@link hostDriverOf}): libvirt's start fails. An unbound one is none of the guest's.
+ */
+function otherMemberRefusal(
+  { member, of, group }: OtherMate,
+  { vm, passed }: { vm: string; passed: PassedDevice & { network?: string } },
+): GuardRefusal[] {
+  const { name, bus } = member;
+  const driver = hostDriverOf(member);
+  if (driver === null) return [];
+  const { network } = passed;
+  const entry = network === undefined
+    ? `${elementWords(passed.element)} ${of}'s`
+    : `hostdev network ${JSON.stringify(network)} lists ${of}, whose`;
+  return [{
+    vm,
+    kind: "not-viable",
+    address: of,
+    element: passed.element,
+    ...(network === undefined ? {} : { network }),
+    now: passed.device === null ? null : now(passed.device, passed.recorded),
+    recorded: passed.recorded ?? passed.vf?.pf ?? null,
+    hostNeeds: null,
+    group: { number: group, member: name, driver },
+    reason: `${entry} IOMMU group ${group} also holds ${name} (bus ${bus}, driver ${driver}), ` +
+      `no PCI device: VFIO hands a guest none, but the start fails ("group ${group} is not ` +
+      `viable") while a host driver holds it`,
+    fix: network !== undefined
+      ? networkFixCommand(network)
+      : `unbind ${name} from ${driver} (/sys/bus/${bus}/drivers/${driver}/unbind), or give ` +
+        `${of} an IOMMU group of its own (the firmware's ACS or the kernel command line)`,
   }];
 }
 

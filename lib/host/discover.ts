@@ -15,6 +15,7 @@ import {
   checkCapturedTree,
   denoFsReader,
   readAttribute,
+  readNonPciMember,
   type SysfsReader,
 } from "./sysfs.ts";
 import { groupDevices, parseGroupNumber, readGroupListings, settleGroups } from "./iommu_groups.ts";
@@ -372,6 +373,7 @@ function finishDevices(reader: SysfsReader, root: string, raw: RawSysfsDevice[])
     links,
     listings: readGroupListings(reader, root),
     ancestors: (address) => ancestorsOf(names.get(address)?.entryLink ?? null),
+    other: (group, name) => readNonPciMember(reader, root, group, name),
   });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));
   linkVirtualFunctions(devices);

@@ -8,7 +8,7 @@
  */
 
 import type { GroupInconsistency, IommuGroup, PciAddress, PciDevice } from "./types.ts";
-import { parseGroupNumber, type SysfsReader } from "./sysfs.ts";
+import { hostDriverOf, type NonPciMember, parseGroupNumber, type SysfsReader } from "./sysfs.ts";
 import { canonicalPciAddress, comparePciAddress, pciAddressParts } from "../pci/address.ts";
 
 /**
@@ -54,6 +54,11 @@ export interface GroupEvidence {
   listings: ReadonlyMap<string, readonly string[] | null>;
   /** The device's PCI ancestors, nearest first, when the tree records them (else `[]`). */
   ancestors?: (address: PciAddress) => PciAddress[];
+  /**
+   * The non-PCI device (ACPI, platform) listing `group` names as `name`, or `null` when it cannot
+   * be read as one (`readNonPciMember`). Default: none is read.
+   */
+  other?: (group: number, name: string) => NonPciMember | null;
 }
 
 /**
@@ -109,7 +114,7 @@ export function settleGroups(
       detail,
     });
   };
-  const listedIn = readListings(devices, evidence.listings, flag);
+  const listedIn = readListings(devices, evidence, flag);
   for (const device of devices) {
     const address = device.address;
     const link = evidence.links.get(address) ?? null;
@@ -145,7 +150,7 @@ type Flag = (groups: (number | null)[], addresses: PciAddress[], detail: string)
 /** The groups listing each known device; flags listings that are not groups of known devices. */
 function readListings(
   devices: readonly PciDevice[],
-  listings: GroupEvidence["listings"],
+  { listings, other }: GroupEvidence,
   flag: Flag,
 ): Map<PciAddress, number[]> {
   const known = new Set(devices.map((d) => d.address));
@@ -159,8 +164,22 @@ function readListings(
     }
     for (const entry of members ?? []) {
       const address = canonicalPciAddress(entry);
+      const nonPci = address !== null && known.has(address) ? null : other?.(group, entry) ?? null;
+      if (nonPci !== null) {
+        // No guest takes it; only a host driver on it keeps VFIO from taking the group.
+        const driver = hostDriverOf(nonPci);
+        if (driver !== null) {
+          flag(
+            [group],
+            [],
+            `kernel/iommu_groups/${group}/devices lists "${entry}" (bus ${nonPci.bus}, driver ${driver}), no PCI device: VFIO takes a group only while no host driver holds any of its devices`,
+          );
+        }
+        continue;
+      }
       if (address === null || !known.has(address)) {
-        // A member discovery cannot see (hot-added, or not a PCI function) would be left behind.
+        // A member discovery cannot see (hot-added, or a device of no bus that can be read) would
+        // be left behind.
         flag(
           [group],
           [],

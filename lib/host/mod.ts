@@ -23,6 +23,7 @@ export {
   denoFsReader,
   type DirectoryEntry,
   type EntryKind,
+  type NonPciMember,
   type SysfsFile,
   type SysfsReader,
   SysfsTreeError,

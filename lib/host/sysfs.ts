@@ -335,6 +335,68 @@ export function notLinkKind(reader: SysfsReader, path: string): string | null {
     : null;
 }
 
+/** A device an IOMMU group's listing names that is no PCI function (ACPI, platform). */
+export interface NonPciMember {
+  /** Its name in the listing (`AMDI0020:00`). */
+  name: string;
+  /** Its bus (`platform`, `acpi`), the last component of its `subsystem` link. */
+  bus: string;
+  /** Its driver, or `null` when it is bound to none. */
+  driver: string | null;
+}
+
+/**
+ * The non-PCI device `kernel/iommu_groups/GROUP/devices/NAME` names under `root` (an AMD IVRS
+ * ACPI device, an Intel ACPI namespace device, a platform device), read through the listing's
+ * link: its bus and driver. `null` when it cannot be read as one (no bus link, a driver entry that
+ * is no link) or is a PCI function, which bus/pci/devices should show: it then stays unread.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/devices/platform/AMDI0020:00`, { recursive: true });
+ * Deno.symlinkSync("../../../bus/platform", `${dir}/devices/platform/AMDI0020:00/subsystem`);
+ * Deno.mkdirSync(`${dir}/kernel/iommu_groups/3/devices`, { recursive: true });
+ * Deno.symlinkSync("../../../../devices/platform/AMDI0020:00",
+ *   `${dir}/kernel/iommu_groups/3/devices/AMDI0020:00`);
+ * assertEquals(readNonPciMember(denoFsReader(), dir, 3, "AMDI0020:00"),
+ *   { name: "AMDI0020:00", bus: "platform", driver: null });
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function readNonPciMember(
+  reader: SysfsReader,
+  root: string,
+  group: number,
+  name: string,
+): NonPciMember | null {
+  const entry = `${root}/kernel/iommu_groups/${group}/devices/${name}`;
+  const subsystem = reader.readLink(`${entry}/subsystem`);
+  if (subsystem === null || baseName(subsystem) === "pci") return null;
+  const driver = reader.readLink(`${entry}/driver`);
+  // A driver entry that is no link may hide a driver: read as unbound, the group would pass.
+  if (driver === null && notLinkKind(reader, `${entry}/driver`) !== null) return null;
+  return { name, bus: baseName(subsystem), driver: driver === null ? null : baseName(driver) };
+}
+
+/** The VFIO drivers of non-PCI devices, which leave their group viable as vfio-pci does. */
+const NON_PCI_VFIO_DRIVERS: ReadonlySet<string> = new Set([
+  "vfio-platform",
+  "vfio-amba",
+  "vfio-fsl-mc",
+]);
+
+/**
+ * The host driver holding `member`, or `null` when none does (unbound, or on a VFIO driver).
+ * VFIO hands a guest no non-PCI device, but takes a group only while no host driver holds any
+ * of its devices: one that does makes the group not viable, and libvirt's start fails.
+ */
+export function hostDriverOf(member: NonPciMember): string | null {
+  const { driver } = member;
+  return driver === null || NON_PCI_VFIO_DRIVERS.has(driver) ? null : driver;
+}
+
 /** The text of a sysfs attribute without its trailing newline, or `null`. */
 export function readAttribute(reader: SysfsReader, path: string): string | null {
   const text = reader.readText(path);

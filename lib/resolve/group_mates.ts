@@ -8,6 +8,7 @@
  */
 
 import type { PciAddress, PciDevice } from "../host/types.ts";
+import type { NonPciMember } from "../host/sysfs.ts";
 import { behindVmd } from "./match.ts";
 
 /** How {@link groupMates} reads the host. */
@@ -18,6 +19,21 @@ export interface GroupMatesRead {
   group: (address: PciAddress) => number | null;
   /** The addresses IOMMU group `group` lists now, or `null` when the listing cannot be read. */
   members: (group: number) => PciAddress[] | null;
+  /**
+   * The non-PCI device (ACPI, platform) a listing names as `name` in `group`, or `null` when it
+   * cannot be read as one. Default: none is read, and such a member is unread.
+   */
+  other?: (group: number, name: string) => NonPciMember | null;
+}
+
+/** A non-PCI member of a passed device's IOMMU group ({@link groupMates}). */
+export interface OtherMate {
+  /** The device, as read now. */
+  member: NonPciMember;
+  /** The passed device whose group lists it. */
+  of: PciAddress;
+  /** The IOMMU group. */
+  group: number;
 }
 
 /** A function of a passed device's IOMMU group that the definition does not pass. */
@@ -47,6 +63,8 @@ export interface UnreadMate {
  * without mates; and the members a listing names that cannot be read as a PCI function and that
  * a second read of the listing still names (`unread`): skipped, what VFIO would hand the guest
  * with them would go unjudged. One the second read no longer lists was hot-removed meanwhile.
+ * A member `read.other` reads as a non-PCI device is in `others`, for its driver to be judged:
+ * VFIO hands a guest no such device, but one on a host driver makes the group not viable.
  *
  * @example
  * ```ts
@@ -71,11 +89,13 @@ export function groupMates(
   mates: GroupMate[];
   unlisted: { group: number; of: PciAddress }[];
   unread: UnreadMate[];
+  others: OtherMate[];
 } {
   const passing = new Set(passed);
   const mates = new Map<PciAddress, GroupMate>();
   const unlisted: { group: number; of: PciAddress }[] = [];
   const unread: UnreadMate[] = [];
+  const others: OtherMate[] = [];
   const seen = new Set<number>();
   for (const of of passing) {
     const group = read.group(of);
@@ -89,6 +109,11 @@ export function groupMates(
     for (const address of members) {
       if (passing.has(address) || mates.has(address)) continue;
       const device = read.device(address);
+      const other = device === null ? read.other?.(group, address) ?? null : null;
+      if (other !== null) {
+        others.push({ member: other, of, group });
+        continue;
+      }
       if (device === null) {
         if (read.members(group)?.includes(address) ?? true) {
           unread.push({ member: address, of, group });
@@ -99,5 +124,5 @@ export function groupMates(
       mates.set(address, { device, of, group });
     }
   }
-  return { mates: [...mates.values()], unlisted, unread };
+  return { mates: [...mates.values()], unlisted, unread, others };
 }

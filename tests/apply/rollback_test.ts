@@ -29,6 +29,7 @@ import type { VmPlan } from "../../lib/plan/types.ts";
 import { emptyVmPlan } from "../../lib/plan/vm_edit.ts";
 import { gpuIdentity as identity } from "../helpers/devices.ts";
 import {
+  addNonPciGroupMember,
   liveDefaultRouteNic,
   livePciMissing,
   liveSpareFunction,
@@ -2112,4 +2113,40 @@ Deno.test("rollbackVm() restores a backup whose group member the host needs when
   );
   assertEquals(guard, []);
   assertEquals((await rollback(allowed)).code, "restored");
+});
+
+Deno.test("rollbackVm() restores a backup whose hostdev's group holds an unbound non-PCI device, as the start guard starts it", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("z690-asus-adl"));
+  // An ACPI device the firmware's IVRS puts in the GPU's group 21, bound to no driver.
+  addNonPciGroupMember(tree.dir, 21, "AMDI0020:00", "platform", null);
+  using f = fixture();
+  f.port.define(
+    f.port.getPersistentXml("alpha", { secure: true }).replace(
+      "</devices>",
+      `${hostdevXml("0000:03:00.0")}\n</devices>`,
+    ),
+  );
+  const xml = f.port.getPersistentXml("alpha", { secure: true });
+  writeBackup(f.stateDir, {
+    vm: "alpha",
+    uuid: UUID_A,
+    reason: "apply",
+    uri: f.port.uri,
+    xml: xml.replace("1048576</memory>", "2097152</memory>"),
+  });
+  const check = (xml: string) =>
+    startVerdict(
+      guardCheck({ vm: "alpha", xml, reader: denoFsReader(), root: tree.dir, live: false }),
+      { vm: "alpha", policy: ENFORCE, plan: "passthrough plan --vm alpha" },
+    );
+  const report = await rollbackVm("alpha", {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm: yes,
+    host: hostReader(tree.dir),
+    startRefusals: (xml) => check(xml).refusals,
+    startWarnings: (xml) => check(xml).warnings,
+  });
+  // Before: refused, "lists "AMDI0020:00", which cannot be read in bus/pci/devices now".
+  assertEquals([report.code, report.warnings], ["restored", []], report.message);
 });

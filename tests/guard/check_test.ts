@@ -2,7 +2,12 @@
 // through the real file-system reader: what it refuses, what it lets through, what it reads.
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { loadFixtureHost, ROUTE_HEADER, tempHostTree } from "../helpers/hosts.ts";
+import {
+  addNonPciGroupMember,
+  loadFixtureHost,
+  ROUTE_HEADER,
+  tempHostTree,
+} from "../helpers/hosts.ts";
 import type { HostDescription } from "../../lib/testing/host_tree.ts";
 import type { HostUse } from "../../lib/host/types.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
@@ -762,6 +767,29 @@ Deno.test("checkDomainStart() fails closed on a group member listed but not in b
     },
   };
   assertEquals(start(racing), []);
+});
+
+Deno.test("checkDomainStart() judges a non-PCI member of a group by its driver", async () => {
+  await using tree = await tempHostTree(z690());
+  const start = () =>
+    checkDomainStart({
+      vm: "win11",
+      xml: domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]),
+      reader: denoFsReader(),
+      root: tree.dir,
+      hostUse: () => [],
+    });
+  // Unbound: VFIO takes the group's ownership past it, and hands the guest no such device.
+  addNonPciGroupMember(tree.dir, 21, "AMDI0020:00", "platform", null);
+  assertEquals(start(), []);
+  // On a host driver: the group is not viable, and libvirt fails the start.
+  addNonPciGroupMember(tree.dir, 21, "INT33C2:00", "acpi", "i2c_designware");
+  const refusals = start();
+  assertEquals(summary(refusals), [["not-viable", GPU.address]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /^hostdev 0000:03:00\.0's IOMMU group 21 also holds INT33C2:00 \(bus acpi, driver i2c_designware\), no PCI device: .*\("group 21 is not viable"\)/,
+  );
 });
 
 Deno.test("checkDomainStart() refuses a group whose listing cannot be read once, however many of its functions the domain passes", async () => {

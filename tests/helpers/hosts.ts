@@ -101,3 +101,28 @@ export function livePciMissing(): string | null {
 /** `/proc/net/route` with no route: the header line alone. */
 export const ROUTE_HEADER =
   "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+
+/**
+ * Puts the non-PCI device `name` on `bus` into IOMMU group `group` of the tree at `dir`, as the
+ * kernel lists an AMD IVRS or Intel ACPI namespace device: a link in the group's listing to its
+ * directory under `devices/`, which links its bus (`subsystem`) and, when bound, its `driver`.
+ */
+export function addNonPciGroupMember(
+  dir: string,
+  group: number,
+  name: string,
+  bus: string,
+  driver: string | null,
+): void {
+  const device = `${dir}/devices/${bus}/${name}`;
+  Deno.mkdirSync(device, { recursive: true });
+  Deno.mkdirSync(`${dir}/bus/${bus}/drivers/${driver ?? "none"}`, { recursive: true });
+  Deno.symlinkSync(`../../../bus/${bus}`, `${device}/subsystem`);
+  if (driver !== null) {
+    Deno.symlinkSync(`../../../bus/${bus}/drivers/${driver}`, `${device}/driver`);
+  }
+  Deno.symlinkSync(
+    `../../../../devices/${bus}/${name}`,
+    `${dir}/kernel/iommu_groups/${group}/devices/${name}`,
+  );
+}

@@ -8,6 +8,7 @@
 
 import { assertEquals, assertOk } from "../helpers/assert.ts";
 import { demoTree } from "../helpers/reliability.ts";
+import { addNonPciGroupMember } from "../helpers/hosts.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
@@ -437,4 +438,34 @@ Deno.test("a device behind Intel VMD without a group is said to be VMD's, with t
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a non-PCI member of a group is judged by its driver: none is harmless, a host driver refuses", async () => {
+  await using tree = await demoTree();
+  await using world = await writeTempWorld(WORLD);
+  using port = openLibvirtPort(world.uri);
+  const plan = async () => {
+    const host = await discoverHost({ root: tree.sysfs, lspci: null });
+    const config = parseConfig(CONFIG, { file: "c.yaml" });
+    return { host, plan: planHostdevs({ config, host, libvirt: port }) };
+  };
+  // Unbound (AMD IVRS lists such ACPI devices): VFIO takes the group past it.
+  addNonPciGroupMember(tree.sysfs, 26, "AMDI0020:00", "platform", null);
+  const free = await plan();
+  assertEquals(free.host.groupInconsistencies, []);
+  assertEquals(free.plan.vms.map((vm) => [vm.name, vm.errors, vm.add.length]), [
+    ["a", [], 2],
+    ["b", [], 2],
+  ]);
+  // On a host driver: group 26 is not viable, and only the VM taking it is refused.
+  addNonPciGroupMember(tree.sysfs, 26, "INT33C2:00", "acpi", "i2c_designware");
+  const bound = await plan();
+  assertEquals(bound.host.groupInconsistencies.map((p) => [p.groups, p.detail]), [[
+    [26],
+    'kernel/iommu_groups/26/devices lists "INT33C2:00" (bus acpi, driver i2c_designware), no PCI device: VFIO takes a group only while no host driver holds any of its devices',
+  ]]);
+  assertEquals(bound.plan.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code)]), [
+    ["a", ["group-inconsistent"]],
+    ["b", []],
+  ]);
 });
