@@ -343,7 +343,7 @@ function locate(xml: string): Located {
   const uuidSpan = child("uuid");
   const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
   const metadata = child("metadata");
-  refuseOtherVersions(xml, root);
+  refuseMisplacedRecords(xml, root, metadata);
   const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
   const devices = child("devices");
   const found = locateDevices(xml, devices, {
@@ -497,14 +497,16 @@ function locateHostdev(
 }
 
 /**
- * Refuses an element anywhere under `root` in another version's records namespace, as the start
- * guard's reader does: one nested in our records element or in another application's metadata
- * would otherwise be read as no records, and the guard refuses every start of the VM.
+ * Refuses, anywhere under `root`, what the start guard's reader refuses: an element in another
+ * version's records namespace (nested in our records element or in another application's
+ * metadata, it would otherwise be read as no records), and our records element anywhere but as
+ * a child of `<metadata>` (read as none here, while the guard refuses every start of the VM).
  */
-function refuseOtherVersions(xml: string, root: XmlSpan): void {
+function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | null): void {
   // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
-  for (const stack = [root]; stack.length > 0;) {
-    const span = stack.pop()!;
+  const stack: { span: XmlSpan; parent: XmlSpan | null }[] = [{ span: root, parent: null }];
+  while (stack.length > 0) {
+    const { span, parent } = stack.pop()!;
     const namespace = ownNamespace(xml, span);
     if (isOtherRecordsVersion(namespace)) {
       throw errorAt(
@@ -514,8 +516,18 @@ function refuseOtherVersions(xml: string, root: XmlSpan): void {
           `(namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that wrote them`,
       );
     }
+    if (parent !== metadata && isOurElement(xml, span)) {
+      throw errorAt(
+        xml,
+        span.start,
+        "Passthrough records element is not a child of <metadata>, where passthrough reads " +
+          "records: the start guard refuses every start of the VM until it is moved there or removed",
+      );
+    }
     // The first in document order is named: children pushed last to first.
-    for (let i = span.children.length - 1; i >= 0; i--) stack.push(span.children[i]!);
+    for (let i = span.children.length - 1; i >= 0; i--) {
+      stack.push({ span: span.children[i]!, parent: span });
+    }
   }
 }
 

@@ -211,6 +211,25 @@ Deno.test("parseDomainXml() refuses an element of another version's records at a
   }
 });
 
+Deno.test("parseDomainXml() refuses a records element that is no child of <metadata>, as the start guard does", () => {
+  const ours =
+    `<pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'><pt:device address='0000:01:00.0' vendor='10de' device='2684' class='030000' rule='gpu'/></pt:hostdevs>`;
+  for (
+    const xml of [
+      `<domain><name>d</name><metadata><app:x xmlns:app='urn:app'>\n${ours}</app:x></metadata></domain>`,
+      `<domain><name>d</name><metadata/><devices>\n${ours}</devices></domain>`,
+    ]
+  ) {
+    assertMatch(readRecordsLeniently(xml).problem ?? "", /not a child of <metadata>/);
+    assertEquals(
+      assertThrowsDomainXmlError(xml).message,
+      "Passthrough records element is not a child of <metadata>, where passthrough reads " +
+        "records: the start guard refuses every start of the VM until it is moved there or " +
+        "removed: at line 2, column 1",
+    );
+  }
+});
+
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
   assertMatch(assertThrowsDomainXmlError("<domain><uuid>u</uuid></domain>").message, /<name>/);
   assertMatch(assertThrowsDomainXmlError("<network><name>n</name></network>").message, /domain/);
