@@ -19,8 +19,8 @@
  * Usage: deno run -A bench/hook_process.ts [--runs 21] [--baseline DIR] [--live]
  *
  * `--baseline DIR` adds the hook as another checkout installs it from its `bin/passthrough`'s
- * bundle (`DIR/dist/bin/main.js`, built by its `scripts/bundle_bin.sh`): before and after, in the
- * same rounds.
+ * bundle (`DIR/dist/bin/main.js`, built by its `scripts/bundle_bin.sh`), given the minimal and
+ * the desktop domain: before and after, in the same rounds.
  *
  * `--live` adds the bin hook (and the baseline's) installed for this machine's own `/sys`, as
  * `hook install` installs it on a host: a VM with hand-added hostdevs on up to three functions
@@ -306,11 +306,19 @@ try {
     }
   }
   if (values.baseline !== undefined) {
+    const baselineHook = await install(`${values.baseline}/dist/bin/main.js`, "baseline");
     cases.push({
       name: "hook prepare begin (baseline bin)",
-      cmd: await install(`${values.baseline}/dist/bin/main.js`, "baseline"),
+      cmd: baselineHook,
       args: ["bench", "prepare", "begin", "-"],
       stdin: xml,
+      code: 0,
+    });
+    cases.push({
+      name: `hook (baseline bin), ${(fullXml.length / 1024).toFixed(1)} KB domain`,
+      cmd: baselineHook,
+      args: ["bench", "prepare", "begin", "-"],
+      stdin: fullXml,
       code: 0,
     });
   }
