@@ -310,8 +310,9 @@ export function baseName(path: string): string {
 
 /**
  * What the entry at `path` is when it is a directory, a file or anything else rather than a link
- * (`a directory`, `a file`, or a FIFO, device node or socket), or `null` for a link or nothing: where the kernel makes a link (a
- * device's `iommu_group`), either is a damaged tree, which `readLink` alone reads as nothing.
+ * (`a directory`, `a file`, or a FIFO, device node or socket), or `null` for a link or nothing:
+ * where the kernel makes a link (a device's `iommu_group`), any of them is a damaged tree, which
+ * `readLink` alone reads as nothing.
  *
  * @example
  * ```ts
