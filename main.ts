@@ -38,6 +38,27 @@ function usage(): string {
 }
 
 /**
+ * What a command line that names no command gets. An option written first (virsh's habit:
+ * `virsh -c URI list`) is no misspelt command: say where options go, naming the command that
+ * follows it when there is one.
+ */
+function unknownCommandText(name: string, rest: readonly string[]): string {
+  if (name.startsWith("-")) {
+    const later = rest.find((arg) => COMMANDS.some((c) => c.name === arg));
+    return later === undefined
+      ? `passthrough: Option "${name}" needs a command first\n\n${usage()}`
+      : `passthrough: Option "${name}" comes before the command "${later}": options go after ` +
+        `it (passthrough ${later} [options])\n` +
+        `Run 'passthrough ${later} --help' for its options.\n`;
+  }
+  const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
+  return suggestion === ""
+    ? `passthrough: unknown command "${name}"\n\n${usage()}`
+    : `passthrough: unknown command "${name}"${suggestion}\n` +
+      "Run 'passthrough --help' for the list of commands.\n";
+}
+
+/**
  * Runs the CLI with `args` (without the program name) and returns the exit code instead of
  * exiting: 0 ok, 1 runtime error, 2 usage error (with `--detailed-exitcode`: 2 changes pending,
  * 1 usage error). A runtime error is one line on stderr, a usage error its message and the
@@ -72,15 +93,7 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   }
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
-    const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
-    outputTo(terminal, terminal.color).err(
-      errorText(
-        suggestion === ""
-          ? `passthrough: unknown command "${name}"\n\n${usage()}`
-          : `passthrough: unknown command "${name}"${suggestion}\n` +
-            "Run 'passthrough --help' for the list of commands.\n",
-      ),
-    );
+    outputTo(terminal, terminal.color).err(errorText(unknownCommandText(name, rest)));
     return 2;
   }
   // Help wins over any other flag, and needs nothing but the command table. Arguments after

@@ -80,6 +80,23 @@ Deno.test("an unknown command gets a did-you-mean in one line, exit 2", async ()
   assertMatch((await run(["zzzzzz"])).err, /Commands:\n/);
 });
 
+Deno.test("an option written before the command says options go after it, exit 2", async () => {
+  // virsh's habit (`virsh -c URI list`): it read as an unknown command named "-c".
+  const before = await run(["-c", "qemu:///system", "plan", "--vm", "win10"]);
+  assertEquals(before.code, 2);
+  assertEquals(
+    before.err,
+    `passthrough: Option "-c" comes before the command "plan": options go after it ` +
+      `(passthrough plan [options])\n` +
+      "Run 'passthrough plan --help' for its options.\n",
+  );
+  assertMatch((await run(["--color=never", "devices"])).err, /Option "--color=never" comes/);
+  // No command at all: the list of commands, after the line that says so.
+  const alone = await run(["--json"]);
+  assertEquals(alone.code, 2);
+  assertMatch(alone.err, /^passthrough: Option "--json" needs a command first\n\n.*Commands:\n/s);
+});
+
 Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)", async () => {
   const bad = await run(["plan", "--detailed-exitcode", "--bogus"]);
   assertEquals(bad.code, 1);
