@@ -61,7 +61,7 @@ function isMissing(path: string, unseen = false): boolean {
 /**
  * The config path: `--config`, else `$PASSTHROUGH_CONFIG`, else the first of
  * {@link DEFAULT_CONFIG} and {@link HOST_CONFIG} that exists. None there: one line naming every
- * path tried and how to name another.
+ * path tried and what to do (check a path the user named, else name one).
  */
 export function configPath(flag: string | undefined, io: CliIo): string {
   // Empty is unset, as for $PASSTHROUGH_STATE_DIR (an empty path names no file).
@@ -73,9 +73,13 @@ export function configPath(flag: string | undefined, io: CliIo): string {
     : [[DEFAULT_CONFIG, "current directory"], [HOST_CONFIG, "host config"]];
   const found = tried.find(([path, why]) => !isMissing(path, why === "current directory"));
   if (found !== undefined) return found[0];
+  // A file the user named is mistyped or gone: naming one with --config is what they did.
+  const fix = flag !== undefined || env !== undefined
+    ? "nothing is there: check the path"
+    : `name one with --config FILE or $${CONFIG_ENV}`;
   throw new Error(
     `No config file: tried ${tried.map(([path, why]) => `${path} (${why})`).join(", ")}: ` +
-      `name one with --config FILE or $${CONFIG_ENV}; a host keeps it in ${HOST_CONFIG}`,
+      `${fix}; a host keeps it in ${HOST_CONFIG}`,
   );
 }
 

@@ -63,9 +63,15 @@ Deno.test("unreadable, missing and looping configs name the path and the reason"
   const missing = await runCli(["plan", "-f", `${tree.dir}/none.yaml`]);
   assertEquals(
     missing.stderr,
-    // Issue 16: one line naming the path tried and where a host keeps its config.
-    `passthrough plan: No config file: tried ${tree.dir}/none.yaml (--config): name one with ` +
-      `--config FILE or $PASSTHROUGH_CONFIG; a host keeps it in /etc/passthrough/passthrough_config.yaml\n`,
+    // Issue 16: one line naming the path tried and where a host keeps its config. The file was
+    // named, so the fix is the path, not naming one with --config (which it said).
+    `passthrough plan: No config file: tried ${tree.dir}/none.yaml (--config): nothing is ` +
+      `there: check the path; a host keeps it in /etc/passthrough/passthrough_config.yaml\n`,
+  );
+  const named = await runCli(["plan"], { env: { PASSTHROUGH_CONFIG: `${tree.dir}/none.yaml` } });
+  assertMatch(
+    named.stderr,
+    /none\.yaml \(\$PASSTHROUGH_CONFIG\): nothing is there: check the path;/,
   );
   // An empty $PASSTHROUGH_CONFIG is unset, as an empty $PASSTHROUGH_STATE_DIR is: the defaults
   // are tried, not an empty path.
