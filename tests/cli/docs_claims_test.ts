@@ -14,6 +14,8 @@ import { assertEquals, assertOk } from "../helpers/assert.ts";
 import { documentedFlags, runCli } from "../helpers/cli.ts";
 import { parse } from "yaml";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
+import { nvmeDescription } from "../../lib/testing/host_generator.ts";
+import { checkPermissions } from "../../lib/guard/hook_file.ts";
 import * as SPECS from "../../cli/specs.ts";
 import type { CommandSpec, Flags } from "../../cli/flags.ts";
 
@@ -548,4 +550,36 @@ Deno.test("JSDoc: every {@link} of a deno.json export names a symbol that export
     visit(symbols, file);
   }
   assertEquals([...new Set(dangling)], []);
+});
+
+Deno.test("README: the start guard's sample refusal is what the check prints for that start", async () => {
+  // The sample: win11's GPU recorded at 0000:0b:00.0, where a Samsung NVMe drive sits now.
+  const sample = read("README.md").match(
+    /```text\nerror: Hook script execution failed: \.\.\. unexpected exit status 1: (.*)\n```/,
+  )?.[1];
+  assertOk(sample !== undefined, "README's start guard sample is gone");
+  const host = loadHostDescription(new URL("tests/fixtures/hosts/x570-aorus-pro-wifi.json", ROOT));
+  const group = host.devices.find((d) => d.bdf === "0000:0b:00.0")!.group;
+  host.devices = host.devices.filter((d) => !d.bdf.startsWith("0000:0b:00."));
+  host.devices.push(nvmeDescription("0000:0b:00.0", group ?? 30));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-docs-guard-" });
+  try {
+    buildHostTree(host, `${dir}/sysfs`);
+    const xml = `<domain type='kvm'><name>win11</name>
+      <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
+        <pt:device address="0000:0b:00.0" vendor="10de" device="2684" class="030000" rule="gpu"/>
+      </pt:hostdevs></metadata>
+      <devices><hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x0b' slot='0x00' function='0x0'/></source>
+      </hostdev></devices></domain>`;
+    const state = `${dir}/state`;
+    const args = ["--state-dir", state, "--sysfs", `${dir}/sysfs`, "--", "win11", "prepare"];
+    const check = await runCli(["hook", "run", ...args, "begin", "-"], {
+      flags: ["--no-prompt", ...checkPermissions(state)],
+      stdin: xml,
+    });
+    assertEquals([check.code, check.stdout, check.stderr], [1, "", `${sample}\n`]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
