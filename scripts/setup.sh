@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
+# A mistyped profile (`tests`) would otherwise go on as runtime, the test packages left out unsaid.
+case "$profile" in
+  runtime | test) ;;
+  *)
+    echo "setup: unknown profile \"$profile\": usage: scripts/setup.sh [runtime|test]" >&2
+    exit 2
+    ;;
+esac
 
 # The pinned version, from the lock's own entry for the deno package.
 pinned=$(awk '/"node_modules\/deno"/ { found = 1 } found && /"version"/ { gsub(/[",]/, "", $2); print $2; exit }' \

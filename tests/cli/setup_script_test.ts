@@ -202,3 +202,25 @@ Deno.test("setup.sh keeps the installed Deno, which the start guard runs, when n
   });
   assertEquals(done.code, 0, done.stderr);
 });
+
+Deno.test("setup.sh refuses a profile it does not know before installing anything", async () => {
+  // `setup.sh tests` (for `test`) went on as `runtime`: no test packages, and nothing said.
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-setup-" });
+  try {
+    await Deno.mkdir(`${dir}/scripts`);
+    await Deno.copyFile(`${ROOT}scripts/setup.sh`, `${dir}/scripts/setup.sh`);
+    const output = await new Deno.Command("bash", {
+      args: [`${dir}/scripts/setup.sh`, "tests"],
+      env: { PATH: "/usr/bin:/bin" },
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(
+      [output.code, new TextDecoder().decode(output.stderr)],
+      [2, 'setup: unknown profile "tests": usage: scripts/setup.sh [runtime|test]\n'],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
