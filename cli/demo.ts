@@ -50,15 +50,37 @@ function keptNote(tmp: string): string {
   const options = flagWord("--sysfs", `${tmp}/sysfs`);
   const config = flagWord("--config", `${tmp}/demo/passthrough_config.yaml`);
   const world = flagWord("--connect", testDriverUri(`${tmp}/demo/world.xml`));
+  const program = wrapperBeside(Deno.mainModule) ?? "passthrough";
   return [
     "",
     `Kept ${shellWord(tmp)}; look at it with:`,
-    `  passthrough groups ${options}`,
-    `  passthrough devices ${options}`,
-    `  passthrough plan ${options} ${config} ${world}`,
+    `  ${program} groups ${options}`,
+    `  ${program} devices ${options}`,
+    `  ${program} plan ${options} ${config} ${world}`,
     "(libvirt's test driver reads world.xml again in each process: the apply above is not in it)",
     "",
   ].join("\n");
+}
+
+/**
+ * The clone's `bin/passthrough`, shell-quoted, when `main` (`Deno.mainModule`) is its `main.ts` or
+ * the bundle `setup.sh` built (`dist/bin/main.js`): the README's first run (`bin/passthrough demo
+ * --keep`) comes before `passthrough` is on PATH, where the commands printed would not be found.
+ * `null` elsewhere (a bundle copied alone to a host), where `passthrough` is the name to use.
+ */
+function wrapperBeside(main: string): string | null {
+  if (!main.startsWith("file:")) return null;
+  const path = decodeURIComponent(new URL(main).pathname);
+  const root = path.endsWith("/dist/bin/main.js")
+    ? path.slice(0, -"/dist/bin/main.js".length)
+    : path.slice(0, path.lastIndexOf("/"));
+  try {
+    return Deno.statSync(`${root}/bin/passthrough`).isFile
+      ? shellWord(`${root}/bin/passthrough`)
+      : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

@@ -52,8 +52,18 @@ async function keepAndLook(tmpdir?: string): Promise<void> {
   try {
     assertMatch(String(kept), /passthrough-demo-/);
     assertOk(kept!.startsWith(tmpdir ?? ""), `${kept} is in ${tmpdir}`);
-    const commands = [...result.stdout.matchAll(/^ {2}(passthrough (\S+).*)$/gm)];
-    assertEquals(commands.map((m) => m[2]), ["groups", "devices", "plan"]);
+    // The checkout's wrapper, as README's first run comes before `passthrough` is on PATH: the
+    // commands named `passthrough`, which a clone alone does not put there.
+    const commands = [
+      ...result.stdout.matchAll(/^ {2}((\S+) (groups|devices|plan) --sysfs .*)$/gm),
+    ];
+    assertEquals(
+      commands.map((m) => [m[2], m[3]]),
+      ["groups", "devices", "plan"].map((c) => [
+        new URL("../../bin/passthrough", import.meta.url).pathname,
+        c,
+      ]),
+    );
     const groups = await runAsTyped(commands[0]![1]!);
     assertEquals(groups.code, 0, groups.stderr);
     assertMatch(groups.stdout, /^26 .* 0000:21:00\.0 /m);
