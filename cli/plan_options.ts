@@ -29,7 +29,12 @@ import {
   LIVE_SYSFS,
   loadHost,
 } from "./host_options.ts";
-import { checkConnectUri, type ConnectTarget, withLibvirtTimeout } from "./connect.ts";
+import {
+  checkConnectUri,
+  type ConnectTarget,
+  libvirtTimeout,
+  withLibvirtTimeout,
+} from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
 import { guardStateDir } from "../lib/guard/hook_file.ts";
 import { guardPath, POLICY_FILE } from "../lib/guard/layout.ts";
@@ -269,6 +274,8 @@ export async function computePlan(
     onConnect?: (libvirt: OpenLibvirtPort) => void;
   },
 ): Promise<ComputedPlan> {
+  // A wrong command line before anything is read: a missing config (exit 1) would hide it.
+  libvirtTimeout(inputs["libvirt-timeout"]);
   const loaded = await loadConfig(configPath(inputs.config, io));
   const { config, sysfs, connect, section, connectOrigin, keepBackups } = hostInputs(
     loaded,

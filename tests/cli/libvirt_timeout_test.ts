@@ -191,6 +191,15 @@ Deno.test("--libvirt-timeout refuses what is not a number of seconds (exit 2)", 
     run.stderr,
     /--libvirt-timeout takes a number of seconds \(0 for no limit\), not "soon"/,
   );
+  // A wrong command line is said first: plan and apply reported the missing config (exit 1),
+  // and the wrong value only once that was fixed.
+  for (const command of ["plan", "apply"]) {
+    const first = await runBounded(
+      [command, "--libvirt-timeout", "soon", "--config", "/nonexistent/passthrough_config.yaml"],
+    );
+    assertEquals(first.code, 2, first.stderr);
+    assertMatch(first.stderr, /^passthrough \w+: --libvirt-timeout takes a number of seconds/);
+  }
 });
 
 /** A libvirt that takes connections and never answers (a socket that only listens), on a port. */
