@@ -195,14 +195,15 @@ export async function run(
 ): Promise<number> {
   // Before lspci runs: Deno then ends the process on a signal nohup asked to be ignored.
   keepIgnoredSignals();
-  if (!values.yes && !io.interactive) {
-    // A runtime error (exit 1): the command line is right, this run has no terminal.
-    throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
-  }
+  // A wrong command line first (exit 2), as `apply` says it.
   if (!values.yes && values.json) {
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
   const target = connectTarget(values, io, "rollback");
+  if (!values.yes && !io.interactive) {
+    // A runtime error (exit 1): the command line is right, this run has no terminal.
+    throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
+  }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const exists = pathExists(stateDir);
   using libvirt = openLibvirtPort(target.uri, target.options);

@@ -97,6 +97,20 @@ Deno.test("an option written before the command says options go after it, exit 2
   assertMatch(alone.err, /^passthrough: Option "--json" needs a command first\n\n.*Commands:\n/s);
 });
 
+Deno.test("rollback without a terminal says a wrong command line first, as apply does", async () => {
+  // It said "No terminal to confirm on" (exit 1), and the usage error only once --yes was given.
+  const json = await run(["rollback", "win10", "--json"]);
+  assertEquals(json.code, 2, json.err);
+  assertEquals(JSON.parse(json.out).error, {
+    kind: "usage",
+    message: "--json needs --yes: questions would mix with the JSON",
+  });
+  const timeout = await run(["rollback", "win10", "--libvirt-timeout", "soon"]);
+  assertEquals(timeout.code, 2, timeout.err);
+  assertMatch(timeout.err, /^passthrough rollback: --libvirt-timeout takes a number of seconds/);
+  assertEquals((await run(["apply", "--json"])).code, 2);
+});
+
 Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)", async () => {
   const bad = await run(["plan", "--detailed-exitcode", "--bogus"]);
   assertEquals(bad.code, 1);
