@@ -583,6 +583,33 @@ export function parseCommand<S extends CommandSpec>(spec: S, args: string[]): Pa
 }
 
 /**
+ * The usage error of a flag in `args` that another subcommand of `spec` takes but `sub` does not
+ * (`hook remove --json`), naming those that take it; `null` when there is none, or when `args`
+ * does not parse even against every subcommand's flags (`sub`'s own parse says why).
+ */
+function otherSubcommandsFlag(
+  spec: CommandSpec,
+  sub: SubcommandSpec,
+  all: Flags,
+  args: readonly string[],
+): string | null {
+  let given: Record<string, unknown>;
+  try {
+    given = parseFlags(all, args).values;
+  } catch {
+    return null;
+  }
+  const name = Object.keys(given).find((key) =>
+    given[key] !== false && !Object.hasOwn(sub.flags, key) && !Object.hasOwn(COLOR_FLAG, key) &&
+    !Object.hasOwn(HELP_FLAG, key)
+  );
+  if (name === undefined) return null;
+  const takers = (spec.subcommands ?? []).filter((c) => Object.hasOwn(c.flags, name))
+    .map((c) => `${spec.name} ${c.name}`);
+  return `Option '--${name}' is for ${takers.join(" and ")}, not ${spec.name} ${sub.name}`;
+}
+
+/**
  * Parses `args` against the subcommand its first argument names. Flags before any subcommand are
  * parsed against every subcommand's, so an unknown one is reported as such.
  */
@@ -603,6 +630,10 @@ function parseSubcommandLine(
   }
   const sub = subcommands.find((c) => c.name === name);
   if (sub === undefined) throw new UsageError(`Unknown subcommand "${name}": ${list}`);
+  // The run's line comes from a hook, whose own hint says what to do; a user's line is told
+  // which subcommands take a flag the help lists.
+  const elsewhere = sub.usageHint === undefined ? otherSubcommandsFlag(spec, sub, all, rest) : null;
+  if (elsewhere !== null) throw new UsageError(elsewhere);
   try {
     const line = parseCommandLine(sub, { ...sub.flags, ...COLOR_FLAG }, rest);
     return { subcommand: sub.name, ...line };
