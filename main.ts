@@ -53,8 +53,8 @@ function unknownCommandText(name: string, rest: readonly string[]): string {
   }
   const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
   return suggestion === ""
-    ? `passthrough: unknown command "${name}"\n\n${usage()}`
-    : `passthrough: unknown command "${name}"${suggestion}\n` +
+    ? `passthrough: Unknown command "${name}"\n\n${usage()}`
+    : `passthrough: Unknown command "${name}"${suggestion}\n` +
       "Run 'passthrough --help' for the list of commands.\n";
 }
 

@@ -72,12 +72,15 @@ Deno.test("an unknown command gets a did-you-mean in one line, exit 2", async ()
   assertEquals(typo.code, 2);
   assertEquals(
     typo.err,
-    `passthrough: unknown command "plna" (did you mean "plan"?)\n` +
+    `passthrough: Unknown command "plna" (did you mean "plan"?)\n` +
       "Run 'passthrough --help' for the list of commands.\n",
   );
   assertMatch((await run(["help", "grops"])).err, /did you mean "groups"\?/);
-  // Nothing close: the list of commands.
-  assertMatch((await run(["zzzzzz"])).err, /Commands:\n/);
+  // Nothing close: the list of commands, after a line in sentence case as every other message.
+  assertMatch(
+    (await run(["zzzzzz"])).err,
+    /^passthrough: Unknown command "zzzzzz"\n\n.*Commands:\n/s,
+  );
 });
 
 Deno.test("an option written before the command says options go after it, exit 2", async () => {
