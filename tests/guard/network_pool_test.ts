@@ -132,6 +132,17 @@ Deno.test("guard: a pool entry that now holds the default route's NIC refuses th
   );
 });
 
+Deno.test("README: the sample refusal of a hostdev network's pool is what the guard prints", async () => {
+  // README's sample is this test's host: the Z690's I225-V on the default route, in the pool.
+  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+  const sample = readme.match(/```text\n(passthrough guard: refusing to start "router": .*)\n```/)
+    ?.[1];
+  const { refusals } = await check(domain(["sriov"]), {
+    sriov: status("sriov", pool([VFS[0]!, "0000:0a:00.0"])),
+  });
+  assertEquals(refusals.map((r) => formatRefusal(r)), [sample]);
+});
+
 Deno.test("guard: a pool entry that holds nothing, or a PF, refuses the start", async () => {
   const { refusals } = await check(domain(["sriov"]), {
     sriov: status("sriov", pool([...VFS, "0000:40:00.0", "0000:77:10.1"])),
