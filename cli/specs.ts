@@ -106,10 +106,14 @@ export const DOCTOR = {
     ...HOOKS_DIR_FLAG,
   },
   about: `
-Checks that this host can pass PCI devices through: IOMMU on, interrupt remapping,
-vfio-pci available, no ACS override, libvirt reachable, and the start guard's hook installed,
-runnable and seen by the daemon. Exit 1 when a check fails. With --sysfs, the checks only this
-host can answer become warnings, and the hook is not checked.`.trim(),
+Checks that this host can pass PCI devices through, each finding named by its check: iommu
+(on), interrupt-remapping, vfio-pci (available), acs-override (none on the kernel command line),
+boot-binding (what vfio-pci.ids takes at boot), driverctl (its overrides), boot-vga,
+host-driver-busy (a GPU's driver in use), reset (devices without one), host-input (the
+controllers the host's keyboard and mouse hang under), libvirt (reachable read-write), hook (the
+start guard installed, runnable and seen by the daemon) and bundle (what bin/passthrough runs is
+as new as the sources). Exit 1 when a check fails. With --sysfs, the checks only this host can
+answer become warnings, and the hook is not checked.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough sources`. */

@@ -54,7 +54,8 @@ export type DoctorStatus = "ok" | "warn" | "fail";
 export interface DoctorFinding {
   /**
    * Stable identifier: `iommu`, `interrupt-remapping`, `vfio-pci`, `acs-override`, `boot-vga`,
-   * `host-driver-busy`, `reset`, `host-input`, `libvirt`, `hook`, `boot-binding`, `driverctl`.
+   * `host-driver-busy`, `reset`, `host-input`, `libvirt`, `hook`, `boot-binding`, `driverctl`,
+   * `bundle`.
    */
   check: string;
   /** How the check came out: `fail` blocks passthrough, `warn` needs the user's judgement. */

@@ -583,3 +583,14 @@ Deno.test("README: the start guard's sample refusal is what the check prints for
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("doctor --help names every check doctor reports, as --json's check field does", () => {
+  // Its help named six of thirteen: vfio-pci.ids, driverctl, the boot VGA, busy GPU drivers,
+  // resets, input devices and the bundle were checked unsaid.
+  const source = read("lib/host/doctor.ts");
+  const checks = new Set([...source.matchAll(/\bcheck: "([a-z-]+)"/g)].map((m) => m[1]!));
+  assertOk(checks.size > 10, [...checks].join(" "));
+  const help = COMMANDS.get("doctor")!.about;
+  const missing = [...checks].filter((check) => !new RegExp(`(^|\\W)${check}\\b`).test(help));
+  assertEquals(missing, []);
+});
