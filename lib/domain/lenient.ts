@@ -887,32 +887,56 @@ const NAME_START =
 const NAME = String.raw`[${NAME_START}][${NAME_START}\-.0-9\u00B7\u0300-\u036F\u203F\u2040]*`;
 /** A start or end tag's `<` at the sticky index: the `/` of an end tag, the name. */
 const TAG_NAME_AT = new RegExp(String.raw`<(\/?)(${NAME})`, "uy");
-/** One attribute after whitespace, quoted, at the sticky index. */
-const ONE_ATTRIBUTE = /\s+[^\s=<>/"']+\s*=\s*(?:'[^'<]*'|"[^"<]*")/y;
-/** What may end a start tag after its attributes. */
-const TAG_TAIL = /\s*\/?$/y;
+/** One attribute after whitespace, quoted, at the sticky index: its name, its value in 2 or 3. */
+const ONE_ATTRIBUTE = /\s+([^\s=<>/"']+)\s*=\s*(?:'([^'<]*)'|"([^"<]*)")/y;
+/** What ends a start tag after its attributes, at the sticky index: `/` (in group 1) or not, `>`. */
+const START_TAG_END = /\s*(\/?)>/y;
+/** What ends an end tag after its name, at the sticky index. */
+const END_TAG_END = /\s*>/y;
 
-/** Whether `raw`, what follows a start tag's name, is attributes, each after whitespace and quoted, then `/`. */
-function attributesOnly(raw: string): boolean {
-  let at = 0;
-  for (ONE_ATTRIBUTE.lastIndex = 0; ONE_ATTRIBUTE.test(raw);) at = ONE_ATTRIBUTE.lastIndex;
-  TAG_TAIL.lastIndex = at;
-  return TAG_TAIL.test(raw);
+/** The rest of a start tag after its name ({@link startTagRest}). */
+interface StartTagRest {
+  /** Its attributes, decoded. */
+  attributes: Map<string, string>;
+  /** Whether it ends with `/>`. */
+  selfClosing: boolean;
+  /** The index just after its `>`. */
+  end: number;
 }
-const CHARACTER_REFERENCE = /&#(?:([0-9]+)|x([0-9a-fA-F]+));/g;
-/** A start tag whose local name is that of the records' element. */
-const RECORDS_TAG = /<(?:[A-Za-z_][\w.-]*:)?hostdevs(?=[\s/>]|$)/;
 
-/** A start tag's attributes, decoded; `null` when one repeats or holds a bad entity. */
-function tagAttributes(raw: string): Map<string, string> | null {
+/**
+ * The start tag whose name ends at `from` in `text`, when attributes alone follow (each after
+ * whitespace and quoted, no `<` in a value), then `/` or nothing and its `>`; `null` when they do
+ * not (an unquoted value, a `<` before the `>`, none), or when an attribute repeats or holds a bad
+ * entity. Read in place with sticky expressions, one per attribute: the walk reads every tag of
+ * a definition at every VM start, and a loop per character costs more.
+ */
+function startTagRest(text: string, from: number): StartTagRest | null {
   const attributes = new Map<string, string>();
-  for (const a of raw.matchAll(ATTRIBUTE)) {
+  let at = from;
+  for (;;) {
+    ONE_ATTRIBUTE.lastIndex = at;
+    const a = ONE_ATTRIBUTE.exec(text);
+    if (a === null) break;
+    at = ONE_ATTRIBUTE.lastIndex;
     const value = decodeEntities(a[2] ?? a[3] ?? "");
     if (attributes.has(a[1]!) || value === null) return null;
     attributes.set(a[1]!, value);
   }
-  return attributes;
+  START_TAG_END.lastIndex = at;
+  const tail = START_TAG_END.exec(text);
+  if (tail === null) return null;
+  return { attributes, selfClosing: tail[1] === "/", end: START_TAG_END.lastIndex };
 }
+
+/** The index just after the `>` of the end tag whose name ends at `from`, or -1 when more is there. */
+function endTagEnd(text: string, from: number): number {
+  END_TAG_END.lastIndex = from;
+  return END_TAG_END.test(text) ? END_TAG_END.lastIndex : -1;
+}
+const CHARACTER_REFERENCE = /&#(?:([0-9]+)|x([0-9a-fA-F]+));/g;
+/** A start tag whose local name is that of the records' element. */
+const RECORDS_TAG = /<(?:[A-Za-z_][\w.-]*:)?hostdevs(?=[\s/>]|$)/;
 
 /** Whether every entity and character reference of `text` is one XML defines without a DTD. */
 function entitiesAreValid(text: string): boolean {
@@ -1056,21 +1080,21 @@ function walkRecords(text: string): WalkedRecords | string {
   while (at !== -1) {
     TAG_NAME_AT.lastIndex = at;
     const tag = TAG_NAME_AT.exec(text);
-    const close = tag === null ? -1 : tagClose(text, TAG_NAME_AT.lastIndex);
-    if (tag === null || close === -1) return "";
-    const [start, slash, name] = tag as unknown as [string, string, string];
-    const raw = text.slice(at + start.length, close);
-    const after = close + 1;
+    if (tag === null) return "";
+    const [, slash, name] = tag as unknown as [string, string, string];
+    let after: number;
     if (slash === "/") {
-      if (raw.trim() !== "" || stack.pop() !== name) return "";
+      after = endTagEnd(text, TAG_NAME_AT.lastIndex);
+      if (after === -1 || stack.pop() !== name) return "";
       if (stack.length === 2) oursOpen = false;
     } else {
-      if (!attributesOnly(raw)) return "";
+      // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
+      const rest = startTagRest(text, TAG_NAME_AT.lastIndex);
+      if (rest === null) return "";
       if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
       seenRoot = true;
-      // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
-      const attributes = raw.includes("=") ? tagAttributes(raw) : new Map<string, string>();
-      if (attributes === null) return "";
+      const { attributes } = rest;
+      after = rest.end;
       for (const [key, value] of attributes) {
         if (key === "xmlns" || key.startsWith("xmlns:")) {
           namespaceDeclared ||= value === RECORDS_NAMESPACE;
@@ -1100,7 +1124,7 @@ function walkRecords(text: string): WalkedRecords | string {
         if (typeof record === "string") return record;
         vfRecords.push(record);
       }
-      if (!raw.endsWith("/")) {
+      if (!rest.selfClosing) {
         stack.push(name);
         oursOpen ||= opensOurs;
       }

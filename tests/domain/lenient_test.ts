@@ -586,6 +586,57 @@ Deno.test("readRecordsLeniently() skips comments and CDATA that hold fake record
   });
 });
 
+Deno.test("readRecordsLeniently() reads a record's tag however its attributes and end are spelled, as the strict reader", () => {
+  // The walk reads each tag in place, attribute by attribute: what separates them, either quote,
+  // a `>` or `<` in a value, what ends the tag (`/>`, `>` and an end tag, with spaces or not).
+  const space = fc.constantFrom("", " ", "\n  ", "\t");
+  const value = fc.constantFrom("gpu", "a>b", "a<b", "it's", 'say "x"', "&amp;", "&bad;", "");
+  const attribute = fc.tuple(
+    fc.constantFrom("rule", "x", "rule"),
+    space,
+    space,
+    value,
+    fc.boolean(),
+  )
+    .map(([name, before, after, v, single]) => {
+      const quote = single ? "'" : '"';
+      return { name, text: `${name}${before}=${after}${quote}${v}${quote}` };
+    });
+  const end = fc.constantFrom(
+    "/>",
+    " />",
+    "/ >",
+    ">",
+    " >",
+    "></pt:device>",
+    "></pt:device >",
+    "></pt:device x='1'>",
+    "> </pt:device\n>",
+  );
+  fc.assert(
+    fc.property(fc.array(fc.tuple(space, attribute), { maxLength: 3 }), end, (extra, close) => {
+      const base = 'pt:device address="0000:0b:00.0" vendor="10de" device="1b06" class="030000"';
+      const attributes = extra.map(([before, a]) => `${before === "" ? " " : before}${a.text}`);
+      const tag = `<${base}${attributes.join("")}${close}`;
+      const xml = withMetadata(OURS.replace(/<pt:device [^]*?\/>/, tag));
+      let strict: ReturnType<typeof parseDomainXml> | null;
+      try {
+        strict = parseDomainXml(xml);
+      } catch {
+        strict = null;
+      }
+      const lenient = readRecordsLeniently(xml);
+      if (strict === null) {
+        assertEquals([lenient.records, lenient.wellFormed], [[], false], tag);
+        assertOk(lenient.problem?.startsWith(UNREADABLE), tag);
+      } else {
+        assertReadsLikeStrict(xml, tag);
+      }
+    }),
+    { numRuns: 300 },
+  );
+});
+
 Deno.test("readRecordsLeniently() reads the records of every domain editDomainXml() writes", () => {
   const base = Deno.readTextFileSync(new URL("metadata.xml", FIXTURES));
   const hex4 = fc.stringMatching(/^[0-9a-f]{4}$/);
