@@ -191,7 +191,8 @@ or of this machine's host name, as for plan. Several hosts: run passthrough on e
 (ansible/passthrough.yml, docs/FLEET.md).
 
 Exit codes: 0 ok, 1 a VM failed or was refused, a hot-plug (--live) failed, or a runtime error,
-2 usage error.`.trim(),
+2 usage error, 128 + N when a signal N stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): the VM
+being defined is finished and checked, the rest skipped.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough rollback VM`. */
@@ -219,7 +220,10 @@ Restores VM's persistent definition from a backup taken by 'apply' or 'rollback'
 (the newest unless --to names one; see 'passthrough backups VM'). Shows the diff and
 asks first, backs up the definition it replaces, refuses a backup of another domain
 (uuid), and checks the definition libvirt holds afterwards.`.trim(),
-  notes: "Exit codes: 0 restored, already equal or declined, 1 failed, 2 usage error.",
+  notes: `
+Exit codes: 0 restored, already equal or declined, 1 failed, 2 usage error, 128 + N when a
+signal N stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): a define under way is finished and
+checked first.`.trim(),
 } as const satisfies CommandSpec;
 
 /** `passthrough backups [VM]`. */

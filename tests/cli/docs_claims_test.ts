@@ -594,3 +594,16 @@ Deno.test("doctor --help names every check doctor reports, as --json's check fie
   const missing = [...checks].filter((check) => !new RegExp(`(^|\\W)${check}\\b`).test(help));
   assertEquals(missing, []);
 });
+
+Deno.test("apply and rollback --help give the exit code of a stop by a signal, as README does", () => {
+  // README: "an apply or rollback stopped by a signal exits 128 + its number"; their help's exit
+  // codes stopped at 2, so a script reading 130 had only README to tell it what happened.
+  assertOk(/stopped by a signal exits 128 \+ its number/.test(read("README.md")));
+  for (const name of ["apply", "rollback"]) {
+    const notes = (COMMANDS.get(name)!.notes ?? "").replaceAll(/\s+/g, " ");
+    assertOk(
+      /128 \+ N when a signal N stopped it \(130 Ctrl-C, 143 SIGTERM, 129 SIGHUP\)/.test(notes),
+      notes,
+    );
+  }
+});
