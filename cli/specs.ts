@@ -20,7 +20,7 @@ import {
 
 /** `--wide` of the device tables. */
 const TABLE_FLAGS = {
-  wide: { type: "boolean", help: "do not cut device names to fit the terminal" },
+  wide: { type: "boolean", help: "do not cut device names and notes to fit the terminal" },
 } as const satisfies Flags;
 
 /** The JSON keys of `devices` and `groups`, with the config's spelling where it has one. */

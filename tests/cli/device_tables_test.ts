@@ -59,6 +59,24 @@ Deno.test("devices and groups fit the terminal, cutting names; --wide and pipes 
   }
 });
 
+Deno.test("README: on a narrow terminal names are cut to the width it says, and lines then wrap", async () => {
+  // It said "Tables fit the terminal": at 80 columns the demo's lines are wider, as a name cut
+  // shorter would say nothing.
+  const readme = Deno.readTextFileSync(new URL("../../README.md", import.meta.url));
+  const least = Number(
+    /cut device names, then notes, to no less than (\d+) columns each/.exec(
+      readme.replaceAll(/\s+/g, " "),
+    )?.[1],
+  );
+  for (const command of ["devices", "groups"]) {
+    const narrow = await run([command, ...HOST], 40);
+    const cut = narrow.out.split("\n").flatMap((line) => line.match(/\S[^ ]*(?: [^ ]+)*…/g) ?? []);
+    assertOk(cut.length > 0, `${command}: no name was cut`);
+    assertEquals([...new Set(cut.map((cell) => cell.length))], [least], cut.join("\n"));
+    assertOk(narrow.out.split("\n").some((line) => line.length > 40), command);
+  }
+});
+
 Deno.test("devices shows subsystem, slot and NUMA, and marks devices with the same IDs", async () => {
   const table = await run(["devices", ...HOST]);
   const header = table.out.split("\n")[0]!.split(/ {2,}/);
