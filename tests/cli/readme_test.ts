@@ -51,6 +51,8 @@ Deno.test("README: troubleshooting answers the first failures", () => {
     const symptom of [
       /no IOMMU groups/,
       /No config file/,
+      // The line for a file the user named (-f, $PASSTHROUGH_CONFIG) that is not there.
+      /nothing is there: check the path/,
       /Cannot connect to libvirt/,
       /Cannot reach libvirt/,
       /No terminal to confirm on/,
