@@ -21,6 +21,7 @@
 import type { Config, GuardPolicy } from "../config/config.ts";
 import type { PciAddress } from "../host/types.ts";
 import type { DeviceIdentity } from "../plan/types.ts";
+import { canonicalPciAddress } from "../pci/address.ts";
 import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 
 /** A policy under which the hook still checks: what a refusal was judged by. */
@@ -554,7 +555,8 @@ function isDeviceMap(value: unknown): boolean {
   return Object.entries(value).every(([address, record]) => {
     if (typeof record !== "object" || record === null) return false;
     const fields = record as Record<string, unknown>;
-    return /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(address) &&
+    // Canonical as apply writes it, a VMD domain's five hex digits (`10000:e1:00.0`) too.
+    return canonicalPciAddress(address) === address &&
       RECORD_FIELDS.every((field) =>
         typeof fields[field] === "string" ||
         ((fields[field] ?? null) === null && !REQUIRED_FIELDS.includes(field))

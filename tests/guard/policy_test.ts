@@ -684,6 +684,20 @@ Deno.test("recordPolicies() writes only non-default policies, and removes the fi
   });
 });
 
+Deno.test("policy: a record of a device in a VMD domain (10000:e1:00.0) keeps the file readable", async () => {
+  await withTree((_root, state) => {
+    // Intel VMD puts the drives behind it in a PCI domain of five hex digits.
+    const vmd = XML.replace('address="0000:0b:00.0"', 'address="10000:e1:00.0"');
+    assertEquals(
+      recordPolicies(state, applied(guardPolicies(config("warn", "off")), vmd)),
+      "written",
+    );
+    assertEquals(readPolicyFile(state).problem, null);
+    assertEquals(readVmPolicy(state, "win11").policy.guard, "warn");
+    assertEquals(Object.keys(readVmPolicy(state, "win11").policy.devices ?? {}), ["10000:e1:00.0"]);
+  });
+});
+
 Deno.test("guardPolicies() takes a VM whose config object has no guard (a library caller's) as enforce", () => {
   // parseConfig always fills in the VM's guard; a config built in code may leave it out.
   const parsed = config(null, "warn");
