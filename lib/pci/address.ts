@@ -99,6 +99,19 @@ export function slotOf(address: PciAddress): string {
   return address.slice(0, address.lastIndexOf("."));
 }
 
+/**
+ * The `DDDD:BB` part of an address (`0000:20`): its bus, as sysfs names a root bus (`pci0000:20`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(busOf("0000:20:03.1"), "0000:20");
+ * ```
+ */
+export function busOf(address: PciAddress): string {
+  return address.slice(0, address.lastIndexOf(":"));
+}
+
 /** Splits a canonical address into numbers. Throws `TypeError` when it is not an address. */
 export function pciAddressParts(address: PciAddress): PciAddressParts {
   const canonical = canonicalPciAddress(address);

@@ -6,9 +6,9 @@
  * @module
  */
 
-import { canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
+import { busOf, canonicalPciAddress, comparePciAddress } from "../pci/address.ts";
 import type { HostTopology, PciDevice } from "../host/types.ts";
-import type { HostDescription } from "./host_tree.ts";
+import { type HostDescription, rootBusesOf } from "./host_tree.ts";
 import { groupDevices, parseGroupNumber } from "../host/iommu_groups.ts";
 import { isBridgeClass } from "../pci/class.ts";
 
@@ -37,6 +37,7 @@ export function topologyFromDescription(
   description: HostDescription,
   options: { source: string },
 ): HostTopology {
+  const rootBuses = rootBusesOf(description);
   const devices: PciDevice[] = description.devices.map((d) => {
     const address = canonicalPciAddress(d.bdf);
     if (address === null) {
@@ -70,6 +71,8 @@ export function topologyFromDescription(
       bootVga: d.boot_vga ?? null,
       flr: d.flr ?? null,
       serial: d.serial ?? null,
+      // What discovery reads from the tree built of it: only a listed root bus is known.
+      ...(rootBuses.has(busOf(address)) ? { rootBus: true } : {}),
     };
   });
   devices.sort((a, b) => comparePciAddress(a.address, b.address));

@@ -8,6 +8,8 @@
  * - `driver` `null`: no `driver` link (unbound).
  * - `group` `null` on every device: no `kernel/iommu_groups` (a host without IOMMU).
  * - `numa_node` absent or null: `-1` (unknown). `boot_vga` absent: no file (`bootVga: null`).
+ * - `root_buses` absent: every `bus/pci/devices` entry a directory (no `rootBus`); given, a
+ *   function on one of them a link to `devices/pciDDDD:BB/ADDRESS`.
  * - `slot`: a `bus/pci/slots/NAME/address` file. `cmdline`: a `cmdline` file at the root.
  * - `host_use`: a `host_use.json` at the root, `[]` when absent (the description is the whole
  *   truth about its host), so planning from the tree knows the host's use.
@@ -31,7 +33,7 @@
  */
 
 import type { HostUse, PciAddress } from "../host/types.ts";
-import { canonicalPciAddress, pciAddressParts } from "../pci/address.ts";
+import { busOf, canonicalPciAddress, pciAddressParts } from "../pci/address.ts";
 import { headerTypeOfClass } from "../pci/class.ts";
 
 /**
@@ -119,6 +121,13 @@ export interface HostDescription {
   notes?: string;
   /** Every PCI function, in any order. */
   devices: HostDeviceDescription[];
+  /**
+   * The host's PCI root buses (`0000:00`, `0000:20`: each `[0000:20]` of `lspci -t`), on a host
+   * with several host bridges. A function on one sits under `devices/pciDDDD:BB/`, its
+   * `bus/pci/devices` entry a link there, as the kernel keeps it, so discovery reads it as on a
+   * root bus (`rootBus`). Absent: every entry a directory, and bus 00 taken for the only root bus.
+   */
+  root_buses?: string[] | null;
   /** Written as `cmdline` at the tree root (discovery's `kernelCmdline`). */
   cmdline?: string | null;
   /** Written as `host_use.json` at the tree root (`[]` when absent). */
@@ -302,6 +311,7 @@ export function buildHostTree(
   const vfsOf = new Map<PciAddress, PciAddress[]>();
   const groups = new Set<number>();
   const consoles = { count: 0 };
+  const rootBuses = rootBusesOf(description);
   for (const d of description.devices) {
     const address = canonicalPciAddress(d.bdf);
     if (address === null) throw new HostDescriptionError(`Invalid address "${d.bdf}"`, d.bdf);
@@ -315,7 +325,10 @@ export function buildHostTree(
     const revision = d.revision == null ? 0 : hexNumber(d.revision, d.bdf, "revision", 0xff);
     const header = headerTypeOfClass(classCode);
     const path = `${devicesDir}/${address}`;
-    Deno.mkdirSync(path, { recursive: true });
+    const place = placeDevice(dir, address, rootBuses);
+    // Each link leads from where the directory is, as the kernel's do.
+    const link = (target: string, name: string) =>
+      Deno.symlinkSync(relativePath(place, target), `${path}/${name}`);
     const write = (name: string, text: string) => Deno.writeTextFileSync(`${path}/${name}`, text);
     write("vendor", `${hex(vendor, 4)}\n`);
     write("device", `${hex(device, 4)}\n`);
@@ -372,13 +385,13 @@ export function buildHostTree(
     );
     if (d.driver != null) {
       Deno.mkdirSync(`${dir}/bus/pci/drivers/${d.driver}`, { recursive: true });
-      Deno.symlinkSync(`../../drivers/${d.driver}`, `${path}/driver`);
+      link(`bus/pci/drivers/${d.driver}`, "driver");
     }
     if (d.group !== null) {
       const groupDir = `${dir}/kernel/iommu_groups/${d.group}/devices`;
       if (!groups.has(d.group)) Deno.mkdirSync(groupDir, { recursive: true });
       groups.add(d.group);
-      Deno.symlinkSync(`../../../../kernel/iommu_groups/${d.group}`, `${path}/iommu_group`);
+      link(`kernel/iommu_groups/${d.group}`, "iommu_group");
       Deno.symlinkSync(`../../../../bus/pci/devices/${address}`, `${groupDir}/${address}`);
     }
     if (d.net != null) {
@@ -392,7 +405,7 @@ export function buildHostTree(
     }
     if (d.physfn != null) {
       const pf = canonicalPciAddress(d.physfn)!; // checkPhysfns
-      Deno.symlinkSync(`../${pf}`, `${path}/physfn`);
+      link(placeOf(pf, rootBuses), "physfn");
       vfsOf.set(pf, [...(vfsOf.get(pf) ?? []), address]);
     }
   }
@@ -403,7 +416,12 @@ export function buildHostTree(
   for (const pf of new Set([...vfsOf.keys(), ...totals.keys()])) {
     const path = `${devicesDir}/${pf}`;
     const vfs = (vfsOf.get(pf) ?? []).sort();
-    vfs.forEach((vf, i) => Deno.symlinkSync(`../${vf}`, `${path}/virtfn${i}`));
+    vfs.forEach((vf, i) =>
+      Deno.symlinkSync(
+        relativePath(placeOf(pf, rootBuses), placeOf(vf, rootBuses)),
+        `${path}/virtfn${i}`,
+      )
+    );
     Deno.writeTextFileSync(`${path}/sriov_numvfs`, `${vfs.length}\n`);
     Deno.writeTextFileSync(`${path}/sriov_totalvfs`, `${totals.get(pf) ?? vfs.length}\n`);
   }
@@ -417,6 +435,53 @@ export function buildHostTree(
     `${JSON.stringify(description.host_use ?? [], null, 2)}\n`,
   );
   return addresses.sort();
+}
+
+/**
+ * The description's {@link HostDescription.root_buses}, canonical (`0000:20`, as {@link busOf}
+ * writes them). Throws {@link HostDescriptionError} on one that is no bus.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(rootBusesOf({ devices: [], root_buses: ["00", "0000:20"] }), new Set(["0000:00", "0000:20"]));
+ * ```
+ */
+export function rootBusesOf(description: HostDescription): Set<string> {
+  return new Set((description.root_buses ?? []).map((bus) => {
+    const address = canonicalPciAddress(`${bus}:00.0`);
+    if (address === null) throw new HostDescriptionError(`Invalid root bus "${bus}"`);
+    return busOf(address);
+  }));
+}
+
+/**
+ * Where the directory of the function at `address` is, from the tree's root: on one of
+ * `rootBuses`, `devices/pciDDDD:BB/ADDRESS`, as the kernel keeps it (discovery reads `rootBus`
+ * from the entry's link there); else `bus/pci/devices/ADDRESS`, a directory, as the PCI functions
+ * above it are not described.
+ */
+function placeOf(address: PciAddress, rootBuses: ReadonlySet<string>): string {
+  const bus = busOf(address);
+  return rootBuses.has(bus) ? `devices/pci${bus}/${address}` : `bus/pci/devices/${address}`;
+}
+
+/** Makes the directory of `address` at its {@link placeOf}, and its entry's link there; the place. */
+function placeDevice(dir: string, address: PciAddress, rootBuses: ReadonlySet<string>): string {
+  const entry = `bus/pci/devices/${address}`;
+  const place = placeOf(address, rootBuses);
+  Deno.mkdirSync(`${dir}/${place}`, { recursive: true });
+  if (place !== entry) Deno.symlinkSync(relativePath("bus/pci/devices", place), `${dir}/${entry}`);
+  return place;
+}
+
+/** The relative link from directory `from` to `to`, both paths from the tree's root. */
+function relativePath(from: string, to: string): string {
+  const a = from.split("/");
+  const b = to.split("/");
+  let common = 0;
+  while (common < a.length && common < b.length && a[common] === b[common]) common++;
+  return [...a.slice(common).map(() => ".."), ...b.slice(common)].join("/");
 }
 
 /** A device's DRM card, the processes with it open and its console framebuffer, when described. */

@@ -9,6 +9,11 @@ import {
 import { commandLspciRunner } from "../../lib/host/lspci.ts";
 import { nodeDeviceWorldXml } from "../../lib/testing/nodedev_world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { readDeviceAt } from "../../lib/host/sysfs_device.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import { loadFixtureHost } from "../helpers/hosts.ts";
 
 function dev(bdf: string, extra: Partial<HostDeviceDescription> = {}): HostDeviceDescription {
   return {
@@ -127,6 +132,62 @@ Deno.test(
     assertEquals(
       Deno.readLinkSync(`${dir}/bus/pci/devices/0000:01:00.2/physfn`),
       "../0000:01:00.0",
+    );
+  }),
+);
+
+Deno.test(
+  "buildHostTree() keeps a function on a listed root bus under devices/pciDDDD:BB, where discovery, the guard and lspci read it",
+  withDir(async (dir) => {
+    // TRX40: four root complexes, whose bridges on buses 20, 40 and 60 sit on root buses too.
+    const description = {
+      ...loadFixtureHost("trx40-creator"),
+      root_buses: ["00", "0000:20", "0000:40", "0000:60"],
+    };
+    // An SR-IOV NIC built into root bus 80, a VF beside its PF.
+    description.devices.push(
+      dev("0000:80:03.0", { class: "0x020000", driver: "ixgbe", group: 90 }),
+      dev("0000:80:03.1", { class: "0x020000", physfn: "0000:80:03.0", group: 91 }),
+    );
+    description.root_buses.push("80");
+    buildHostTree(description, dir);
+    const entry = (address: string) => `${dir}/bus/pci/devices/${address}`;
+    assertEquals(
+      Deno.readLinkSync(entry("0000:20:03.1")),
+      "../../../devices/pci0000:20/0000:20:03.1",
+    );
+    assertEquals(Deno.readLinkSync(`${entry("0000:80:03.0")}/virtfn0`), "../0000:80:03.1");
+    assertEquals(
+      Deno.readLinkSync(`${entry("0000:80:03.0")}/driver`),
+      "../../../bus/pci/drivers/ixgbe",
+    );
+    const host = await discoverHost({ root: dir, lspci: commandLspciRunner() });
+    const at = (address: string) => host.devices.find((d) => d.address === address)!;
+    assertEquals(
+      ["0000:00:01.1", "0000:20:03.1", "0000:21:00.0", "0000:80:03.0"].map((a) => {
+        const d = at(a);
+        return [a, d.rootBus, d.driver, d.iommuGroup, d.deviceName !== null];
+      }),
+      [
+        ["0000:00:01.1", true, "pcieport", 1, true],
+        ["0000:20:03.1", true, "pcieport", 19, true],
+        ["0000:21:00.0", undefined, "vfio-pci", 26, true],
+        ["0000:80:03.0", true, "ixgbe", 90, true],
+      ],
+    );
+    assertEquals([at("0000:80:03.0").virtfns, at("0000:80:03.1").physfn], [
+      ["0000:80:03.1"],
+      "0000:80:03.0",
+    ]);
+    // The description read without a tree says the same.
+    const described = topologyFromDescription(description, { source: "trx40" });
+    assertEquals(
+      described.devices.map((d) => [d.address, d.rootBus]),
+      host.devices.map((d) => [d.address, d.rootBus]),
+    );
+    assertEquals(
+      readDeviceAt(denoFsReader(), dir, "0000:40:01.1", { details: false })?.rootBus,
+      true,
     );
   }),
 );
