@@ -360,13 +360,16 @@ function writeDevice(
 /**
  * Where the link of a `bus/pci/devices` entry leads, from the tree's root, when it has the
  * kernel's shape (`../../../devices/pci0000:00/0000:00:0e.0/pci10000:e0/10000:e0:06.0/ADDRESS`):
- * from a PCI root on, each part one plain name, ending in `address`. `null` for another link (one
- * from elsewhere, with a `..` inside it) or none: the snapshot then keeps the device as a
- * directory in `bus/pci/devices`, and no PCI function above it.
+ * through a PCI root, each part one plain name, ending in `address`. The root may hang under
+ * another device (an ARM host's PCIe controller, `devices/platform/soc/fe150000.pcie/pci0000:80`;
+ * Hyper-V's VMBus): kept, the snapshot still shows a function on a root bus other than 00 as one
+ * (`rootBus`). `null` for another link (one from elsewhere, with a `..` inside it) or none: the
+ * snapshot then keeps the device as a directory in `bus/pci/devices`, and no PCI function or root
+ * bus above it.
  */
 function devicePlace(link: string | null, address: PciAddress): string | null {
-  const place = /^\.\.\/\.\.\/\.\.\/(devices\/pci[0-9a-f]{4,8}:[0-9a-f]{2}\/.+)$/i.exec(link ?? "")
-    ?.[1];
+  const place = /^\.\.\/\.\.\/\.\.\/(devices\/(?:[^/]+\/)*?pci[0-9a-f]{4,8}:[0-9a-f]{2}\/.+)$/i
+    .exec(link ?? "")?.[1];
   const plain = place?.split("/").every((part) =>
     /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part)
   );

@@ -4,6 +4,7 @@ import { pathExists } from "../../lib/state/paths.ts";
 import {
   buildHostTree,
   type HostDescription,
+  type HostDeviceDescription,
   loadHostDescription,
 } from "../../lib/testing/host_tree.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
@@ -14,6 +15,7 @@ import type { HostTopology } from "../../lib/host/types.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
 import { cpuVendor } from "../../lib/host/doctor.ts";
+import { cardOf } from "../../lib/resolve/host_critical.ts";
 import { described } from "../preflight/trees.ts";
 import {
   canUnshareMounts,
@@ -765,6 +767,43 @@ Deno.test("writeSnapshot() lays devices out as sysfs does: a plan of the snapsho
     after.groupInconsistencies.map((p) => [p.groups, p.devices]),
     [[[6], ["10000:e0:06.0"]], [[6], ["10000:e1:00.0"]]],
   );
+});
+
+Deno.test("writeSnapshot() keeps a root bus under a platform device (an ARM host's PCIe controller): a function on root bus 80 stays a device of its own", async () => {
+  const x570 = loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS));
+  // A second PCIe controller, its root bus 80 holding a NIC and, in its slot and IOMMU group,
+  // the host's disk controller: two devices built into the SoC, as the root bus shows.
+  const fn = (bdf: string, cls: string): HostDeviceDescription => ({
+    bdf,
+    group: 90,
+    class: cls,
+    vendor: "0x1af4",
+    device: "0x1041",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: null,
+  });
+  const host = {
+    ...x570,
+    devices: [...x570.devices, fn("0000:80:03.0", "0x020000"), fn("0000:80:03.1", "0x010601")],
+  };
+  const after = await roundTrip(host, {
+    lspci: null,
+    // Where a device tree's kernel keeps them: below the controller's platform device.
+    edit: (root) =>
+      nestDevices(
+        root,
+        (address) =>
+          address.startsWith("0000:80:")
+            ? `platform/soc/fe150000.pcie/pci0000:80/${address}`
+            : `pci0000:00/${address}`,
+      ),
+  });
+  const disk = after.devices.find((d) => d.address === "0000:80:03.1")!;
+  // Before: the snapshot kept it as a directory, read back as part of the NIC's card, which a
+  // plan taking the NIC took it with unrefused.
+  assertEquals([disk.rootBus, cardOf(disk)], [true, "0000:80:03.1"]);
 });
 
 Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose devices' links lead through another's virtfn link", async () => {
