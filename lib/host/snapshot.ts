@@ -23,6 +23,7 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
 import { baseName, type SysfsReader } from "./sysfs.ts";
+import { busOf } from "../pci/address.ts";
 import {
   type GpuHolder,
   gpuHolders,
@@ -250,7 +251,7 @@ function writeTree(host: HostTopology, out: string, options: SnapshotOptions): S
     place: devicePlace(
       reader.readLink(`${root}/bus/pci/devices/${device.address}`),
       device.address,
-    ),
+    ) ?? rootBusPlace(device),
   })).sort((a, b) => depth(a.place) - depth(b.place));
   for (const { device, place } of placed) {
     if (writeDevice(device, place, { root, out, reader, facts, live, holders })) headerOnly++;
@@ -374,6 +375,17 @@ function devicePlace(link: string | null, address: PciAddress): string | null {
     /^[\w.:+-]{1,255}$/.test(part) && !/^\.\.?$/.test(part)
   );
   return plain && place!.endsWith(`/${address}`) ? place! : null;
+}
+
+/**
+ * A place for a function discovery read on a root bus ({@link PciDevice.rootBus}) from a link the
+ * snapshot does not follow (see {@link devicePlace}): right below its root
+ * (`devices/pci0000:80/ADDRESS`), the rest of that link unknown. As a directory in
+ * `bus/pci/devices` a function on a bus other than 00 was read back as on a bridge's bus, another
+ * card's part. `null` for any other device.
+ */
+function rootBusPlace(device: PciDevice): string | null {
+  return device.rootBus === true ? `devices/pci${busOf(device.address)}/${device.address}` : null;
 }
 
 /** How many directories down a device's place is; 0 for none (a directory in bus/pci/devices). */

@@ -806,6 +806,39 @@ Deno.test("writeSnapshot() keeps a root bus under a platform device (an ARM host
   assertEquals([disk.rootBus, cardOf(disk)], [true, "0000:80:03.1"]);
 });
 
+Deno.test("writeSnapshot() keeps a function on a root bus other than 00 on one where its entry's link is not the kernel's shape", async () => {
+  const x570 = loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS));
+  const fn = (bdf: string, cls: string): HostDeviceDescription => ({
+    bdf,
+    group: 90,
+    class: cls,
+    vendor: "0x1af4",
+    device: "0x1041",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: null,
+    revision: null,
+  });
+  const host = {
+    ...x570,
+    root_buses: ["0000:80"],
+    devices: [...x570.devices, fn("0000:80:03.0", "0x020000"), fn("0000:80:03.1", "0x010601")],
+  };
+  const after = await roundTrip(host, {
+    lspci: null,
+    // A link with a `..` inside, which the snapshot does not follow: its device was written as a
+    // directory, no root bus above it.
+    edit: (root) => {
+      const entry = `${root}/bus/pci/devices/0000:80:03.1`;
+      Deno.removeSync(entry);
+      Deno.mkdirSync(`${root}/devices/x`);
+      Deno.symlinkSync("../../../devices/x/../pci0000:80/0000:80:03.1", entry);
+    },
+  });
+  const disk = after.devices.find((d) => d.address === "0000:80:03.1")!;
+  assertEquals([disk.rootBus, cardOf(disk)], [true, "0000:80:03.1"]);
+});
+
 Deno.test("writeSnapshot() writes nothing outside OUT for a tree whose devices' links lead through another's virtfn link", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-snap-src-" });
   const dir = await Deno.makeTempDir({ prefix: "passthrough-snap-" });
