@@ -10,7 +10,7 @@
 
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { sameIdentity, sameIdentityAsRead } from "./match.ts";
-import { slotOf } from "../pci/address.ts";
+import { cardOf } from "./host_critical.ts";
 import type { DeviceIdentity } from "../plan/types.ts";
 
 /** The candidate a recorded card was found as, and what proved it is the same card. */
@@ -92,8 +92,8 @@ export function findMovedCard<T extends { device: PciDevice }>(
       evidence: `${ids}, the only such device on the host`,
     };
   }
-  const oneCard = elsewhere.length > 1 &&
-    new Set(elsewhere.map((d) => slotOf(d.address))).size === 1;
+  // One card as {@link cardOf} tells it: a root bus's slot holds devices of their own.
+  const oneCard = elsewhere.length > 1 && new Set(elsewhere.map(cardOf)).size === 1;
   const same = oneCard ? targets.find(atFunction) : undefined;
   return same && {
     found: same,

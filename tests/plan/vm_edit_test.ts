@@ -426,6 +426,36 @@ Deno.test("planHostdevs() moves one port of a dual-port NIC to the same function
   });
 });
 
+Deno.test("planHostdevs() does not call two functions of one slot on a root bus a moved card", async () => {
+  // The VM had port 1 of a card at 05:00; now the only ports with its IDs are two functions in
+  // one slot of root bus 80: built into the chip, each a device of its own, no card that moved.
+  const all = config(
+    '  win10:\n    devices:\n      - name: nic\n        match: { vendor_device_id: "8086:1521" }\n        all: true\n',
+  );
+  const portOne = config(
+    "  win10:\n    devices:\n      - name: nic\n" +
+      '        match: { vendor_device_id: "8086:1521", address: "0000:05:00.1" }\n',
+  );
+  const before = host([
+    ...baseDevices(),
+    i350Port("0000:05:00.0", 9),
+    i350Port("0000:05:00.1", 10),
+  ]);
+  const after = host([...baseDevices(), i350Port("0000:80:03.0", 9), i350Port("0000:80:03.1", 10)]);
+  for (const d of after.devices.filter((d) => d.address.startsWith("0000:80:"))) d.rootBus = true;
+  await withPort([WIN10], (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: portOne, host: before, libvirt }), "win10").desiredXml,
+    );
+    const vm = vmOf(planHostdevs({ config: all, host: after, libvirt }), "win10");
+    assertEquals(vm.move, []);
+    assertEquals([vm.remove, vm.add.map((a) => a.address)], [["0000:05:00.1"], [
+      "0000:80:03.0",
+      "0000:80:03.1",
+    ]]);
+  });
+});
+
 Deno.test("planHostdevs() moves two functions with one serial to two addresses, and only by their own rule", async () => {
   // A dual-port NIC whose functions carry the same device serial number, moved from bus 05 to 0c.
   const port = (bdf: string) => i350Port(bdf, 9, "a0-36-9f-ff-ff-12-34-56");
