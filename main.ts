@@ -91,22 +91,24 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   if (name === "--version" || name === "-V" || name === "version") {
     return print(terminal, "passthrough", `passthrough ${VERSION}\n`, 0);
   }
+  // Arguments after "--" are data (the hook passes VM names there), never flags.
+  const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
+  // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
+  const asked = (flag: string) =>
+    [name, ...flags].some((f) => f === flag || f.startsWith(`${flag}=`));
+  // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that,
+  // an option written before the command (`--detailed-exitcode plan`) included.
+  const usageCode = asked("--detailed-exitcode") ? 1 : 2;
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
     outputTo(terminal, terminal.color).err(errorText(unknownCommandText(name, rest)));
-    return 2;
+    return usageCode;
   }
-  // Help wins over any other flag, and needs nothing but the command table. Arguments after
-  // "--" are data (the hook passes VM names there), never a request for help.
-  const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+  // Help wins over any other flag, and needs nothing but the command table.
   if (first === "help" || flags.includes("--help") || flags.includes("-h")) {
     return print(terminal, `passthrough ${command.name}`, command.help, 0);
   }
-  // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
-  // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
-  const asked = (flag: string) => flags.some((f) => f === flag || f.startsWith(`${flag}=`));
-  // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that.
-  const usageCode = asked("--detailed-exitcode") ? 1 : 2;
   // A script reading --json gets every failure as JSON on stdout, its command line's too: it
   // parses stdout, and would otherwise find nothing there. Only where the command has JSON output
   // (`hook`'s counts for each subcommand: the script asked one of them for JSON).

@@ -124,6 +124,14 @@ Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)
   const valued = await run(["plan", "--detailed-exitcode=true"]);
   assertEquals(valued.code, 1, valued.err);
   assertMatch(valued.err, /Option '--detailed-exitcode' does not take an argument/);
+  // Written before the command (virsh's order), or after one misspelt: a usage error all the same.
+  const before = await run(["--detailed-exitcode", "plan"]);
+  assertEquals(before.code, 1, before.err);
+  assertMatch(before.err, /Option "--detailed-exitcode" comes before the command "plan"/);
+  assertEquals((await run(["plna", "--detailed-exitcode=true"])).code, 1);
+  assertEquals((await run(["--detailed-exitcode"])).code, 1);
+  // After "--", words are data, not flags.
+  assertEquals((await run(["plna", "--", "--detailed-exitcode"])).code, 2);
   // And --json=true printed no JSON: the script that asked for it found nothing on stdout.
   const json = await run(["plan", "--json=true"]);
   assertEquals(json.code, 2, json.err);
