@@ -38,24 +38,33 @@ function usage(): string {
 }
 
 /**
- * What a command line that names no command gets. An option written first (virsh's habit:
- * `virsh -c URI list`) is no misspelt command: say where options go, naming the command that
- * follows it when there is one.
+ * What a command line that names no command gets: one line, then what follows it. An option
+ * written first (virsh's habit: `virsh -c URI list`) is no misspelt command: say where options
+ * go, naming the command that follows it (`later`) when there is one.
  */
-function unknownCommandText(name: string, rest: readonly string[]): string {
+function unknownCommand(
+  name: string,
+  rest: readonly string[],
+): { message: string; more: string; later?: Command } {
   if (name.startsWith("-")) {
-    const later = rest.find((arg) => COMMANDS.some((c) => c.name === arg));
+    const word = rest.find((arg) => COMMANDS.some((c) => c.name === arg));
+    const later = COMMANDS.find((c) => c.name === word);
     return later === undefined
-      ? `passthrough: Option "${name}" needs a command first\n\n${usage()}`
-      : `passthrough: Option "${name}" comes before the command "${later}": options go after ` +
-        `it (passthrough ${later} [options])\n` +
-        `Run 'passthrough ${later} --help' for its options.\n`;
+      ? { message: `Option "${name}" needs a command first`, more: `\n${usage()}` }
+      : {
+        message: `Option "${name}" comes before the command "${later.name}": options go after ` +
+          `it (passthrough ${later.name} [options])`,
+        more: `Run 'passthrough ${later.name} --help' for its options.\n`,
+        later,
+      };
   }
   const suggestion = didYouMean(name, COMMANDS.map((c) => c.name));
-  return suggestion === ""
-    ? `passthrough: Unknown command "${name}"\n\n${usage()}`
-    : `passthrough: Unknown command "${name}"${suggestion}\n` +
-      "Run 'passthrough --help' for the list of commands.\n";
+  return {
+    message: `Unknown command "${name}"${suggestion}`,
+    more: suggestion === ""
+      ? `\n${usage()}`
+      : "Run 'passthrough --help' for the list of commands.\n",
+  };
 }
 
 /**
@@ -102,7 +111,17 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   const usageCode = asked("--detailed-exitcode") ? 1 : 2;
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
-    outputTo(terminal, terminal.color).err(errorText(unknownCommandText(name, rest)));
+    const { message, more, later } = unknownCommand(name, rest);
+    const io = outputTo(terminal, terminal.color);
+    // The script asked the command it names for JSON, and parses stdout (as below).
+    if (asked("--json") && later !== undefined && Object.hasOwn(later.flags, "json")) {
+      try {
+        io.out(errorJson("usage", message));
+      } catch {
+        // Standard output itself failed: the line on stderr says what was wrong.
+      }
+    }
+    io.err(errorText(`passthrough: ${message}\n${more}`));
     return usageCode;
   }
   // Help wins over any other flag, and needs nothing but the command table.

@@ -94,6 +94,19 @@ Deno.test("an option written before the command says options go after it, exit 2
       "Run 'passthrough plan --help' for its options.\n",
   );
   assertMatch((await run(["--color=never", "devices"])).err, /Option "--color=never" comes/);
+  // A script that asked that command for JSON parses stdout: the usage error is there too, as
+  // for an option written after the command.
+  for (const args of [["-c", "qemu:///system", "plan", "--json"], ["--json", "devices"]]) {
+    const json = await run(args);
+    assertEquals(json.code, 2, json.err);
+    assertEquals(JSON.parse(json.out).error, {
+      kind: "usage",
+      message: json.err.split("\n")[0]!.replace("passthrough: ", ""),
+    });
+    assertMatch(json.out, /comes before the command/);
+  }
+  // Only where the command has JSON output.
+  assertEquals((await run(["--json", "demo"])).out, "");
   // No command at all: the list of commands, after the line that says so.
   const alone = await run(["--json"]);
   assertEquals(alone.code, 2);
