@@ -249,8 +249,9 @@ const GUARD_STATE_FLAG = {
   "state-dir": {
     type: "string",
     value: "DIR",
-    help: "the guard's state: allowances, refusals (default: $PASSTHROUGH_STATE_DIR or " +
-      "/var/lib/passthrough)",
+    // `hook run` reads no environment (the check's rule): the hook's line names the directory.
+    help: "the guard's state: allowances, refusals (install's default: $PASSTHROUGH_STATE_DIR " +
+      "or /var/lib/passthrough; run needs it)",
   },
 } as const satisfies Flags;
 

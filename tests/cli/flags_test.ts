@@ -121,6 +121,14 @@ Deno.test("every command refuses a stray argument and a missing one", async () =
     /: Option '--state-dir' is for hook install and hook run, not hook status\n/,
   );
   assertMatch((await runMain(["hook", "remove", "--bogus"])).err, /: Unknown option '--bogus'\n/);
+  // The help gave --state-dir a default for run too, which refuses to run without it.
+  const run = await runMain(["hook", "run", "--", "vm", "prepare", "begin"]);
+  assertMatch(run.err, /: Missing --state-dir DIR\n/);
+  const help = (await runMain(["hook", "--help"])).out.replaceAll(/\s+/g, " ");
+  assertMatch(
+    help,
+    / --state-dir DIR [^-]*\(install's default: \$PASSTHROUGH_STATE_DIR or \/var\/lib\/passthrough; run needs it\)/,
+  );
 });
 
 Deno.test("-h in a bundle of short flags shows the help and runs nothing", async () => {
