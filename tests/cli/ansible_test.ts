@@ -863,3 +863,112 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "the playbook puts a new start guard check in place only once the chunks it imports are there",
+  ignore: which("ansible-playbook") === null || Deno.uid() !== 0,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-ansible-guard-update-" });
+    try {
+      await bundleAsTask(dir);
+      await Deno.writeTextFile(`${dir}/config.yaml`, "version: 1\nvms: {}\n");
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        "[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=/usr/bin/python3\n",
+      );
+      const vars = {
+        passthrough_config: `${dir}/config.yaml`,
+        passthrough_hooks_dir: `${dir}/hooks`,
+        passthrough_state_dir: `${dir}/state`,
+        passthrough_connect: "test:///default",
+        passthrough_sysfs: `${dir}/sysfs`,
+      };
+      buildHostTree(
+        loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS)),
+        `${dir}/sysfs`,
+      );
+      const first = await playbookIn(dir, vars);
+      assertEquals(first.code, 0, first.out);
+      // The next version's check: its shared chunk (imported by the entry at load) named anew,
+      // as a change to the code they share names it. Ansible copies a directory's files in the
+      // order the directory lists them: the name tried here lists the entry before that chunk.
+      const entry = await Deno.readTextFile(`${dir}/hook/hook_check.js`);
+      const shared = /from"\.\/(chunk-[A-Za-z0-9]+\.js)"/.exec(entry)?.[1];
+      assertOk(shared !== undefined, entry);
+      const next = `${dir}/hook2`;
+      let renamed = "";
+      for (let n = 0; renamed === ""; n++) {
+        await Deno.remove(next, { recursive: true }).catch(() => {});
+        await Deno.mkdir(next);
+        const name = `chunk-NEXT${n}.js`;
+        for await (const file of Deno.readDir(`${dir}/hook`)) {
+          const text = await Deno.readTextFile(`${dir}/hook/${file.name}`);
+          const to = file.name === shared ? name : file.name;
+          await Deno.writeTextFile(`${next}/${to}`, text.replaceAll(shared!, name));
+        }
+        const order = [...Deno.readDirSync(next)].map((e) => e.name);
+        if (order.indexOf("hook_check.js") < order.indexOf(name)) renamed = name;
+      }
+      // Every module Ansible runs on the host waits, before it starts, for this test to look at
+      // the host: through two FIFOs its Python interpreter, a script, opens in turn.
+      for (const fifo of ["step", "go"]) {
+        await new Deno.Command("mkfifo", { args: [`${dir}/${fifo}`] }).output();
+      }
+      await Deno.writeTextFile(
+        `${dir}/python`,
+        `#!/bin/sh\necho >'${dir}/step'\nread _ <'${dir}/go'\nexec /usr/bin/python3 "$@"\n`,
+        { mode: 0o755 },
+      );
+      await Deno.writeTextFile(
+        `${dir}/hosts`,
+        `[passthrough_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter=${dir}/python\n`,
+      );
+      const startVm = async () => {
+        const child = new Deno.Command(`${dir}/hooks/50-passthrough-guard`, {
+          args: ["vm", "prepare", "begin", "-"],
+          stdin: "piped",
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        const writer = child.stdin.getWriter();
+        await writer.write(new TextEncoder().encode("<domain><name>vm</name><devices/></domain>"));
+        await writer.close();
+        const { code, stderr } = await child.output();
+        return { code, stderr: new TextDecoder().decode(stderr) };
+      };
+      const playing = playbookIn(dir, { ...vars, passthrough_guard: next });
+      // What a VM start gets each time the check in place is another than at the step before.
+      const starts: { code: number; stderr: string }[] = [];
+      let placed = entry;
+      for (;;) {
+        const step = Deno.readTextFile(`${dir}/step`);
+        if (await Promise.race([step.then(() => false), playing.then(() => true)])) {
+          // Nothing will write the FIFO any more: written here, the read above ends.
+          await Deno.writeTextFile(`${dir}/step`, "\n");
+          await step;
+          break;
+        }
+        const now = await Deno.readTextFile(`${dir}/remote/hook/hook_check.js`);
+        if (now !== placed) starts.push(await startVm());
+        placed = now;
+        await Deno.writeTextFile(`${dir}/go`, "\n");
+      }
+      const second = await playing;
+      assertEquals(second.code, 0, second.out);
+      assertEquals(placed, await Deno.readTextFile(`${next}/hook_check.js`));
+      // It said: exit 1, 'Module not found ".../remote/hook/chunk-NEXT0.js"': the new check was
+      // in place before the chunk it imports, and every VM start in between was refused.
+      assertEquals(starts, [{ code: 0, stderr: "" }]);
+      recordCase({
+        area: "concurrency",
+        name: "a VM starts while the playbook copies a new start guard check",
+        count: 1,
+        outcome: "the start runs the previous check whole; the new one is placed after its chunks",
+        test: TEST,
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
