@@ -8,7 +8,8 @@
  * the VM takes is now held by one of them beyond what the plan counted on (`conflict-changed`, see
  * `recheck.ts`); write a backup (no backup, no define); define `desiredXml` (libvirt validates
  * it); re-read and check that the PCI hostdevs (address, managed, owned) are exactly the planned
- * ones, restoring the backup when they are not.
+ * ones, each as libvirt renders what was defined, restoring the backup when they are not (unless
+ * another client's define since is what differs).
  *
  * Secrets: the plan is computed from the definition read with `VIR_DOMAIN_XML_SECURE`, so the
  * backup, the comparison before the define and the define itself all use the XML with its
@@ -1233,15 +1234,20 @@ function verifyDefined(
     const after = parseDomainXml(text);
     const want = [...hostdevKeys(desired.hostdevs), ...interfaceKeys(desired)];
     const got = [...hostdevKeys(after.hostdevs), ...interfaceKeys(after)];
-    if (want.join("\n") === got.join("\n")) return { after: text };
+    const altered = alteredDevices(desired, after);
+    const same = want.join("\n") === got.join("\n");
+    if (same && altered.length === 0) return { after: text };
     const missing = want.filter((k) => !got.includes(k));
     const extra = got.filter((k) => !want.includes(k));
-    return {
-      problem: `expected hostdevs missing [${missing.join(", ")}], unexpected [${
-        extra.join(", ")
-      }]`,
-      text,
-    };
+    const problems = [
+      ...(same ? [] : [
+        `expected hostdevs missing [${missing.join(", ")}], unexpected [${extra.join(", ")}]`,
+      ]),
+      ...(altered.length === 0 ? [] : [
+        `${altered.map((a) => `"${a}"`).join(", ")} read back other than defined`,
+      ]),
+    ];
+    return { problem: problems.join("; "), text };
   } catch (error) {
     return { unread: errorText(error) };
   }
@@ -1370,29 +1376,40 @@ function undefinedSince(libvirt: LibvirtPort, vm: string): boolean {
 }
 
 /**
+ * Host addresses of the PCI hostdevs and hostdev interfaces `defined` sent that `readBack` holds
+ * other than libvirt renders them ({@link samePciDevice}): another client's change since the
+ * define (a `<rom>` line, another `managed` or `<driver>`), whether this define added the device,
+ * rewrote it or kept it. Sorted.
+ */
+function alteredDevices(defined: ParsedDomain, readBack: ParsedDomain): PciAddress[] {
+  const got = pciDevices(readBack);
+  return [...pciDevices(defined)]
+    .filter(([address, xml]) => got.has(address) && !samePciDevice(xml, got.get(address)!))
+    .map(([address]) => address)
+    .sort();
+}
+
+/**
  * Whether `readBack` is libvirt's rendering of the define of `defined` over `before`
  * ({@link sameBesidesHostdevs}) with no PCI device `defined` did not hold, none it kept from
- * `before` gone, and none it kept untouched changed ({@link samePciDevice}): libvirt may lose a
- * hostdev this define added, but never makes one up nor drops or rewrites one it held already, so
- * such a change (a `<rom>` line, another `managed`) is another client's. One that cannot be
- * compared is taken for ours, and the restore still looks for a define since
- * ({@link restoreUnlessRedefined}).
+ * `before` gone, and none it sent read back changed ({@link alteredDevices}): libvirt may lose a
+ * hostdev this define added, but never makes one up, drops one the VM held already, nor changes
+ * one it keeps, so such a change is another client's. One that cannot be compared is taken for
+ * ours, and the restore still looks for a define since ({@link restoreUnlessRedefined}).
  */
 function definedHere(
   { before, defined }: { before: string; defined: string },
   readBack: string,
 ): boolean {
   try {
-    const sent = pciDevices(parseDomainXml(defined));
+    const sentDomain = parseDomainXml(defined);
+    const gotDomain = parseDomainXml(readBack);
+    const sent = pciDevices(sentDomain);
     const held = pciDevices(parseDomainXml(before));
-    const got = pciDevices(parseDomainXml(readBack));
+    const got = pciDevices(gotDomain);
     return sameBesidesHostdevs(defined, readBack) && [...got.keys()].every((a) => sent.has(a)) &&
-      [...sent].every(([address, xml]) => {
-        const was = held.get(address);
-        const now = got.get(address);
-        if (was === undefined) return true;
-        return now !== undefined && (!samePciDevice(was, xml) || samePciDevice(xml, now));
-      });
+      [...sent.keys()].every((a) => got.has(a) || !held.has(a)) &&
+      alteredDevices(sentDomain, gotDomain).length === 0;
   } catch {
     return true;
   }

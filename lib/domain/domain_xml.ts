@@ -1594,8 +1594,10 @@ export function sameBesidesHostdevs(defined: string, readBack: string): boolean 
 /**
  * Whether `readBack` is libvirt's rendering of `defined`, the text of one PCI `<hostdev>` or
  * `<interface type='hostdev'>`: the same besides attribute quotes, indentation, an `<alias>`, and
- * a guest `<address>` where `defined` has none, which libvirt fills in. Any other change, such as
- * a `<rom>` or `<driver>` line or another `managed`, is not libvirt's.
+ * what libvirt fills in where `defined` has none: a guest `<address>`, the default backend
+ * (`<driver name='vfio'/>` on a QEMU host with VFIO, `<driver name='xen'/>` on Xen) and an
+ * interface's generated `<target>` device name (the test driver's `testnet0`). Any other change,
+ * such as a `<rom>` line, another `<driver>` or another `managed`, is not libvirt's.
  *
  * @example
  * ```ts
@@ -1603,18 +1605,34 @@ export function sameBesidesHostdevs(defined: string, readBack: string): boolean 
  * const sent = "<hostdev mode='subsystem' type='pci'><source/></hostdev>";
  * const echo = "<hostdev mode='subsystem' type='pci'>\n  <source/>\n  <address type='pci'/>\n</hostdev>";
  * assertEquals(samePciDevice(sent, echo), true);
+ * assertEquals(samePciDevice(sent, echo.replace("<source/>", "<driver name='vfio'/><source/>")), true);
  * assertEquals(samePciDevice(sent, echo.replace("<source/>", "<source/><rom bar='off'/>")), false);
+ * assertEquals(samePciDevice(sent, echo.replace("<source/>", "<driver name='kvm'/><source/>")), false);
  * ```
  */
 export function samePciDevice(defined: string, readBack: string): boolean {
   const sent = readXmlElement(defined);
-  const filled = sent.children.some((c) => c.name === "address") ? ["alias"] : ["alias", "address"];
-  const text = (element: XmlElement) =>
-    canonicalBesidesHostdevs(
-      { ...element, children: element.children.filter((c) => !filled.includes(c.name)) },
-      null,
-    );
+  const has = (name: string) => sent.children.some((c) => c.name === name);
+  const filled = (c: XmlElement) =>
+    c.name === "alias" || (!has(c.name) && ["address", "target"].includes(c.name)) ||
+    (c.name === "driver" && !has("driver") && isDefaultBackend(c));
+  // Compared in any order of its children: libvirt writes them in its own order, and an element
+  // apply rewrote keeps the user's children where they were.
+  const text = ({ name, attributes, text, children }: XmlElement) =>
+    JSON.stringify([
+      name,
+      Object.entries(attributes).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+      text.trim(),
+      children.filter((c) => !filled(c)).map((c) => canonicalBesidesHostdevs(c, name)).sort(),
+    ]);
   return text(sent) === text(readXmlElement(readBack));
+}
+
+/** Whether `driver` is only a backend libvirt picks for a PCI device given none. */
+function isDefaultBackend(driver: XmlElement): boolean {
+  const names = Object.keys(driver.attributes);
+  return driver.children.length === 0 && names.length === 1 && names[0] === "name" &&
+    ["vfio", "xen"].includes(driver.attributes.name ?? "");
 }
 
 /** One string per element for {@link sameBesidesHostdevs}, `null` for what it leaves out. */

@@ -1844,6 +1844,49 @@ for (
   });
 }
 
+Deno.test("applyPlan() leaves a VM another client changed a rewritten hostdev of right after its define as it is", async () => {
+  using f = fixture();
+  // alpha holds an owned 0000:01:00.0; the plan rewrites it in place (its rule now turns the ROM
+  // BAR off), and another client makes it unmanaged right after the define (a `virsh edit` of
+  // the new definition). The hostdev's address is the planned one, its settings are not apply's.
+  f.port.define(editDomainXml(f.port.getPersistentXml("alpha", { secure: true }), {
+    remove: [],
+    add: [{ address: "0000:01:00.0", managed: true }],
+    records: [identity("0000:01:00.0")],
+  }));
+  const current = f.port.getPersistentXml("alpha", { secure: true });
+  const desiredXml = editDomainXml(current, {
+    remove: [],
+    add: [],
+    records: [identity("0000:01:00.0")],
+    rewrite: [{ address: "0000:01:00.0", managed: true, rom: { bar: "off" } }],
+  });
+  assertMatch(desiredXml, /<rom bar='off'\/>/);
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(
+      f.port.getPersistentXml("alpha", { secure: true }).replace("managed='yes'", "managed='no'"),
+    );
+  };
+  const vm = { ...planVm(f.port, "alpha", [], { desiredXml }), hostdevs: ["0000:01:00.0"] };
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+  assertMatch(
+    report.vms[0]!.message,
+    /"0000:01:00\.0" read back other than defined.*; it was left as that client defined it/s,
+  );
+  assertMatch(f.port.getPersistentXml("alpha"), /managed='no'/);
+  assertMatch(f.port.getPersistentXml("alpha"), /<rom bar='off'\/>/);
+});
+
 Deno.test("applyPlan() leaves a VM another client defined after the failed check as it is", async () => {
   using f = fixture();
   // Real libvirt underneath; the fault: the define silently loses the new hostdev, and another

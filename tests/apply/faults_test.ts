@@ -986,6 +986,68 @@ Deno.test({
   },
 });
 
+for (
+  const [what, edit, left] of [
+    [
+      "gave an added hostdev a rom line",
+      (x: string) => x.replace("</source>", "</source>\n      <rom bar='off'/>"),
+      /<rom bar='off'\/>/,
+    ],
+    [
+      "made an added hostdev unmanaged",
+      (x: string) => x.replace("managed='yes'", "managed='no'"),
+      /managed='no'/,
+    ],
+  ] as const
+) {
+  Deno.test({
+    name:
+      `applyPlan() on a real libvirtd leaves a VM another client ${what} between its define and the read-back as that client defined it`,
+    ignore: daemonMissing !== null,
+    async fn() {
+      await using daemon = await startLibvirtd();
+      await using tree = await demoTree();
+      const port = openLibvirtPort(daemon.uri);
+      const vm = "pt-fault-added-edit";
+      try {
+        port.define(qemuDomainXml(vm));
+        const plan = await planGpu(vm, { sysfs: tree.sysfs, libvirt: port });
+        const added = (xml: string) =>
+          parseDomainXml(xml).hostdevs.find((h) => h.address === "0000:21:00.0")!.xml;
+        const racing: LibvirtPort = Object.create(port);
+        let echoed: boolean | null = null;
+        racing.define = (xml) => {
+          port.define(xml);
+          if (echoed !== null) return;
+          const echo = port.getPersistentXml(vm, { secure: true });
+          // libvirt's own rendering of the added hostdev (a guest address filled in) is ours.
+          echoed = samePciDevice(added(xml), added(echo));
+          // Another client changes the hostdev this define added, right after the define (a
+          // `virsh edit` of the new definition, a script's `virt-xml --edit`).
+          const theirs = echo.replace(added(echo), edit(added(echo)));
+          assertOk(theirs !== echo);
+          port.define(theirs);
+        };
+        const report = await applyPlan(plan, {
+          libvirt: racing,
+          stateDir: `${tree.dir}/state`,
+          confirm: yes,
+        });
+        assertEquals(echoed, true);
+        assertEquals([report.vms[0]?.code, report.vms[0]?.restored], ["verify-failed", false]);
+        assertMatch(
+          report.vms[0]!.message,
+          /^".*" was defined again by another client right after this define, .*"0000:21:00\.0" .*; it was left as that client defined it/s,
+        );
+        assertMatch(added(port.getPersistentXml(vm)), left);
+      } finally {
+        port.close();
+        await undefineUnlessIsolated(daemon, [vm]);
+      }
+    },
+  });
+}
+
 Deno.test({
   name:
     "applyPlan() on a real libvirtd leaves a VM another client undefined between its define and the read-back undefined",
