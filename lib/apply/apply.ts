@@ -142,7 +142,7 @@ export type ApplyCode =
  * When a defined change reaches the guest: at its `next-start` (it was shut off), at its
  * `next-power-off` (it is running: a reboot inside the guest is not enough; or it has a managed
  * save image, which its next start resumes as saved), or `now` (hot-plugged into the running
- * guest with `live: true`).
+ * guest with `live: true`, or another client started it from the new definition while apply ran).
  */
 export type ApplyEffect = "next-start" | "next-power-off" | "now";
 
@@ -1535,14 +1535,49 @@ function applyVm(
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
   // Another client may have started it since it was read shut off (libvirt has no
-  // define-if-stopped): it then runs the old definition. Not read is taken as still shut off.
-  let startedSince = false;
+  // define-if-stopped): before the define it runs the old definition, after it the new one. Not
+  // read is taken as still shut off.
+  let startedSince: StartedWith | null = null;
   try {
-    startedSince = !now.active && libvirt.isActive(vm.name);
+    if (!now.active && libvirt.isActive(vm.name)) startedSince = startedWith(libvirt, vm, planned);
   } catch {
     // The define and its read-back succeeded; only this report's wording is at stake.
   }
   return whenItTakesEffect(vm, plan, { base, now, added, removed, options, startedSince });
+}
+
+/**
+ * Which definition a VM started by another client while this apply ran runs: the one this apply
+ * defined (`new`: started after the define), the one it replaced (`old`: started before), or why
+ * that cannot be told.
+ */
+type StartedWith = "new" | "old" | { unknown: string };
+
+/**
+ * Which definition `vm`, found running after its define, was started with: told by the PCI
+ * hostdevs and hostdev interfaces of the running guest ({@link samePciDevice}), the only part of
+ * the definition the plan changes that a running guest shows.
+ */
+function startedWith(
+  libvirt: LibvirtPort,
+  vm: VmPlan,
+  planned: { current: ParsedDomain; desired: ParsedDomain },
+): StartedWith {
+  let live: Map<PciAddress, string>;
+  try {
+    if (libvirt.getLiveXml === undefined) return { unknown: "its running definition is not read" };
+    live = pciDevices(parseDomainXml(libvirt.getLiveXml(vm.name)));
+  } catch (error) {
+    return { unknown: `its running definition cannot be read: ${errorText(error)}` };
+  }
+  const runs = (domain: ParsedDomain) => {
+    const devices = pciDevices(domain);
+    return devices.size === live.size &&
+      [...devices].every(([a, xml]) => live.has(a) && samePciDevice(xml, live.get(a)!));
+  };
+  if (runs(planned.desired)) return "new";
+  if (runs(planned.current)) return "old";
+  return { unknown: "its running hostdevs are neither the old nor the new definition's" };
 }
 
 /**
@@ -1559,19 +1594,29 @@ function whenItTakesEffect(
     added: PendingLive["attach"];
     removed: PendingLive["detach"];
     options: ApplyOptions;
-    /** Whether it runs now, read shut off before the define. */
-    startedSince: boolean;
+    /** What it runs, when it runs now, read shut off before the define; else `null`. */
+    startedSince: StartedWith | null;
   },
 ): Applied {
   const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
   const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
     n.moved > 0 ? `, ${n.moved} moved` : ""
   })`;
-  if (startedSince) {
+  if (startedSince !== null) {
     // Not hot-plugged even with --live: the plan was made for a VM that was shut off.
-    const message =
-      `${summary}; it was started while this apply ran, so it runs without the change until its next full power-off`;
-    return { result: { ...base, active: true, effect: "next-power-off", message }, live: null };
+    const started = `${summary}; it was started while this apply ran`;
+    const [effect, message]: [ApplyEffect, string] = startedSince === "new"
+      ? ["now", `${started}, after the define, so the running guest has the change already`]
+      : startedSince === "old"
+      ? [
+        "next-power-off",
+        `${started}, so it runs without the change until its next full power-off`,
+      ]
+      : [
+        "next-power-off",
+        `${started}, before or after the define cannot be told (${startedSince.unknown}): the change takes effect at its next full power-off at the latest`,
+      ];
+    return { result: { ...base, active: true, effect, message }, live: null };
   }
   if (!now.active && now.saved) {
     return {

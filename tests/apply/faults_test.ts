@@ -806,6 +806,7 @@ Deno.test({
     // `virsh start` lands right after apply asked whether A runs (it did not).
     const racing: LibvirtPort = {
       ...withFault(port, () => {}),
+      getLiveXml: (name) => port.getLiveXml!(name),
       isActive: (name) => {
         const active = port.isActive(name);
         if (!started) {
@@ -836,6 +837,54 @@ Deno.test({
       /; it was started while this apply ran, so it runs without the change until its next full power-off$/,
     );
     assertEquals(port.isActive(A), true);
+  },
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: a VM another client starts right after apply's define is reported running with the change, not without it",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const stateDir = `${tree.dir}/state`;
+    port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+    const gpu = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertEquals((await applyPlan(gpu, { libvirt: port, stateDir, confirm: yes })).changed, [A]);
+    // The GPU leaves A's config: apply removes its hostdevs, and without them A can start on this
+    // host (no VFIO here), so the start shows which definition it took.
+    const plan = planHostdevs({
+      config: parseConfig(`version: 1\nvms:\n  ${A}:\n    devices: []\n`, { file: "c.yaml" }),
+      host: await loadHost(tree.sysfs),
+      libvirt: port,
+    });
+    assertEquals(plan.vms[0]!.remove.length, 2);
+    // `virsh start` lands right after apply's define, before apply asks whether A runs.
+    const racing: LibvirtPort = Object.create(port);
+    let started = false;
+    racing.define = (xml) => {
+      port.define(xml);
+      if (started) return;
+      started = true;
+      const out = new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, "start", A],
+        stdout: "null",
+        stderr: "piped",
+      }).outputSync();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    };
+    const report = await applyPlan(plan, { libvirt: racing, stateDir, confirm: yes });
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.effect, result.active], ["changed", "now", true]);
+    assertMatch(
+      result.message,
+      /; it was started while this apply ran, after the define, so the running guest has the change already$/,
+    );
+    // Why: the guest runs without the hostdevs the define removed.
+    assertEquals(parseDomainXml(port.getLiveXml!(A)).hostdevs, []);
+    new Deno.Command("virsh", { args: ["-c", daemon.uri, "destroy", A], stdout: "null" })
+      .outputSync();
   },
 });
 
