@@ -1535,15 +1535,27 @@ function applyVm(
   if ("failed" in defined) return { result: defined.failed, live: null };
   base.definition = { before: now.secure, after: defined.after };
   // Another client may have started it since it was read shut off (libvirt has no
-  // define-if-stopped): before the define it runs the old definition, after it the new one. Not
-  // read is taken as still shut off.
+  // define-if-stopped): before the define it runs the old definition, after it the new one. Or
+  // shut it off since it was read running: there is no guest left to hot-plug into. Not read is
+  // taken as unchanged.
   let startedSince: StartedWith | null = null;
+  let stoppedSince = false;
   try {
-    if (!now.active && libvirt.isActive(vm.name)) startedSince = startedWith(libvirt, vm, planned);
+    const active = libvirt.isActive(vm.name);
+    if (!now.active && active) startedSince = startedWith(libvirt, vm, planned);
+    stoppedSince = now.active && !active;
   } catch {
     // The define and its read-back succeeded; only this report's wording is at stake.
   }
-  return whenItTakesEffect(vm, plan, { base, now, added, removed, options, startedSince });
+  return whenItTakesEffect(vm, plan, {
+    base,
+    now,
+    added,
+    removed,
+    options,
+    startedSince,
+    stoppedSince,
+  });
 }
 
 /**
@@ -1588,7 +1600,7 @@ function startedWith(
 function whenItTakesEffect(
   vm: VmPlan,
   plan: Plan,
-  { base, now, added, removed, options, startedSince }: {
+  { base, now, added, removed, options, startedSince, stoppedSince }: {
     base: VmApplyResult;
     now: Now;
     added: PendingLive["attach"];
@@ -1596,28 +1608,16 @@ function whenItTakesEffect(
     options: ApplyOptions;
     /** What it runs, when it runs now, read shut off before the define; else `null`. */
     startedSince: StartedWith | null;
+    /** Whether it is shut off now, read running before the define. */
+    stoppedSince: boolean;
   },
 ): Applied {
   const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
   const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
     n.moved > 0 ? `, ${n.moved} moved` : ""
   })`;
-  if (startedSince !== null) {
-    // Not hot-plugged even with --live: the plan was made for a VM that was shut off.
-    const started = `${summary}; it was started while this apply ran`;
-    const [effect, message]: [ApplyEffect, string] = startedSince === "new"
-      ? ["now", `${started}, after the define, so the running guest has the change already`]
-      : startedSince === "old"
-      ? [
-        "next-power-off",
-        `${started}, so it runs without the change until its next full power-off`,
-      ]
-      : [
-        "next-power-off",
-        `${started}, before or after the define cannot be told (${startedSince.unknown}): the change takes effect at its next full power-off at the latest`,
-      ];
-    return { result: { ...base, active: true, effect, message }, live: null };
-  }
+  const raced = stateChangedSince(vm, { base, summary, startedSince, stoppedSince, options });
+  if (raced !== null) return { result: raced, live: null };
   if (!now.active && now.saved) {
     return {
       result: { ...base, effect: "next-power-off", message: summary + savedStateNote(vm.name) },
@@ -1648,6 +1648,53 @@ function whenItTakesEffect(
       rules: [...new Set([...vm.add, ...vm.move].map((h) => h.rule))],
     },
   };
+}
+
+/**
+ * The result of the define of `vm` (`base`, `summary`) when another client started or shut it off
+ * while this apply ran, else `null`. Never hot-plugged, even with `--live`: the plan was made for
+ * a guest that was shut off, or there is no guest left to take the devices.
+ */
+function stateChangedSince(
+  vm: VmPlan,
+  { base, summary, startedSince, stoppedSince, options }: {
+    base: VmApplyResult;
+    summary: string;
+    startedSince: StartedWith | null;
+    stoppedSince: boolean;
+    options: ApplyOptions;
+  },
+): VmApplyResult | null {
+  if (startedSince !== null) {
+    const started = `${summary}; it was started while this apply ran`;
+    const [effect, message]: [ApplyEffect, string] = startedSince === "new"
+      ? ["now", `${started}, after the define, so the running guest has the change already`]
+      : startedSince === "old"
+      ? [
+        "next-power-off",
+        `${started}, so it runs without the change until its next full power-off`,
+      ]
+      : [
+        "next-power-off",
+        `${started}, before or after the define cannot be told (${startedSince.unknown}): the change takes effect at its next full power-off at the latest`,
+      ];
+    return { ...base, active: true, effect, message };
+  }
+  if (!stoppedSince) return null;
+  const stopped = `${summary}; it was shut off while this apply ran`;
+  return hasSavedState(options.libvirt, vm.name)
+    ? {
+      ...base,
+      active: false,
+      effect: "next-power-off",
+      message: stopped + savedStateNote(vm.name),
+    }
+    : {
+      ...base,
+      active: false,
+      effect: "next-start",
+      message: `${stopped}, so the change takes effect at its next start`,
+    };
 }
 
 /** Why the devices `vm` takes are not as `plan` read them (see `recheck.ts`), one sentence each. */

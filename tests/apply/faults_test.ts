@@ -888,6 +888,70 @@ Deno.test({
   },
 });
 
+for (
+  const [how, effect, note] of [
+    [
+      "destroy",
+      "next-start",
+      /; it was shut off while this apply ran, so the change takes effect at its next start$/,
+    ],
+    [
+      "managedsave",
+      "next-power-off",
+      /; it was shut off while this apply ran; it has a saved state \(virsh managedsave\), which its next start resumes without this change/,
+    ],
+  ] as const
+) {
+  Deno.test({
+    name:
+      `applyPlan() on a real libvirtd: a running VM another client shuts off while apply runs (virsh ${how}) is reported shut off, and nothing is hot-plugged`,
+    ignore: daemonMissing !== null,
+    async fn() {
+      await using daemon = await startLibvirtd({ virtlogd: true });
+      await using tree = await demoTree();
+      using port = openLibvirtPort(daemon.uri);
+      const virsh = (...args: string[]) => {
+        const out = new Deno.Command("virsh", {
+          args: ["-c", daemon.uri, ...args],
+          stdout: "null",
+          stderr: "piped",
+        }).outputSync();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      };
+      port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+      virsh("start", A);
+      const plan = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+      assertEquals(plan.vms[0]!.active, true);
+      // The guest is shut off (or saved) right after apply's define.
+      const racing: LibvirtPort = Object.create(port);
+      let stopped = false;
+      racing.define = (xml) => {
+        port.define(xml);
+        if (stopped) return;
+        stopped = true;
+        virsh(how, A);
+      };
+      const report = await applyPlan(plan, {
+        libvirt: racing,
+        stateDir: `${tree.dir}/state`,
+        confirm: yes,
+        live: true,
+      });
+      const result = report.vms[0]!;
+      assertEquals([result.status, result.effect, result.active, result.live, report.ok], [
+        "changed",
+        effect,
+        false,
+        null,
+        true,
+      ]);
+      assertMatch(result.message, note);
+      assertEquals(port.isActive(A), false);
+      if (how === "managedsave") virsh("managedsave-remove", A);
+    },
+  });
+}
+
 Deno.test({
   name:
     "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
