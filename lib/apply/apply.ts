@@ -605,6 +605,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   if (options.live === true) runLive(options, pendingLive);
   const keepBackups = options.keepBackups ?? DEFAULT_KEEP_BACKUPS;
   for (const vm of done.values()) prune(vm, state, keepBackups);
+  for (const vm of done.values()) lastLook(vm, options.libvirt);
   return report(plan.vms.map((vm) => done.get(vm)!), {
     uri: options.libvirt.uri,
     stateDir: state.path,
@@ -612,6 +613,28 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
     brokeStaleLock: lock.brokeStale,
   });
 }
+
+/**
+ * A VM defined while shut off, looked at once more just before the report: one started since its
+ * look after the define (while later VMs were asked about, say) runs the new definition, which
+ * the report says instead of "at the next start". A start after this look is seen by no one,
+ * and the next start it waits for is then that one. Not read is taken as still shut off.
+ */
+function lastLook(vm: VmApplyResult, libvirt: LibvirtPort): void {
+  if (vm.status !== "changed" || vm.effect !== "next-start") return;
+  try {
+    if (!libvirt.isActive(vm.vm)) return;
+  } catch {
+    return;
+  }
+  vm.active = true;
+  vm.effect = "now";
+  vm.message += `; ${STARTED_WITH_CHANGE}`;
+}
+
+/** What a VM started by another client from the definition apply made is told. */
+const STARTED_WITH_CHANGE =
+  "it was started while this apply ran, after the define, so the running guest has the change already";
 
 /**
  * Removes the older backups of a VM whose change held (not one undone, failed or skipped: its
@@ -1668,7 +1691,7 @@ function stateChangedSince(
   if (startedSince !== null) {
     const started = `${summary}; it was started while this apply ran`;
     const [effect, message]: [ApplyEffect, string] = startedSince === "new"
-      ? ["now", `${started}, after the define, so the running guest has the change already`]
+      ? ["now", `${summary}; ${STARTED_WITH_CHANGE}`]
       : startedSince === "old"
       ? [
         "next-power-off",

@@ -954,6 +954,57 @@ for (
 
 Deno.test({
   name:
+    "applyPlan() on a real libvirtd: a VM another client starts while a later VM is asked about is reported running with the change, not as changed at its next start",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const stateDir = `${tree.dir}/state`;
+    port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+    port.define(qemuDomainXml(B));
+    const gpu = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+    assertEquals((await applyPlan(gpu, { libvirt: port, stateDir, confirm: yes })).changed, [A]);
+    // The GPU moves from A to B: A loses its hostdevs first, and without them A can start on
+    // this host (no VFIO here).
+    const plan = planHostdevs({
+      config: parseConfig(
+        `version: 1\nvms:\n  ${A}:\n    devices: []\n  ${B}:\n    devices:\n` +
+          `      - { name: gpu, match: { vendor_device_id: "10de:1b80" } }\n`,
+        { file: "c.yaml" },
+      ),
+      host: await loadHost(tree.sysfs),
+      libvirt: port,
+    });
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.changed]), [[A, true], [B, true]]);
+    // `virsh start A` lands while apply asks about B, long after its look at A.
+    const confirm = (vm: VmPlan): Promise<ConfirmAnswer> => {
+      if (vm.name === B) {
+        const out = new Deno.Command("virsh", {
+          args: ["-c", daemon.uri, "start", A],
+          stdout: "null",
+          stderr: "piped",
+        }).outputSync();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+      }
+      return Promise.resolve("yes");
+    };
+    const report = await applyPlan(plan, { libvirt: port, stateDir, confirm });
+    assertEquals(report.changed, [A, B]);
+    const result = report.vms[0]!;
+    assertEquals([result.effect, result.active], ["now", true]);
+    assertMatch(
+      result.message,
+      /; it was started while this apply ran, after the define, so the running guest has the change already$/,
+    );
+    assertEquals(parseDomainXml(port.getLiveXml!(A)).hostdevs, []);
+    new Deno.Command("virsh", { args: ["-c", daemon.uri, "destroy", A], stdout: "null" })
+      .outputSync();
+  },
+});
+
+Deno.test({
+  name:
     "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
   ignore: daemonMissing !== null,
   async fn() {
