@@ -51,8 +51,8 @@ export interface PciDevice {
   /**
    * Whether the function sits directly on a PCI root bus, as the kernel's link to its entry
    * shows (`devices/pci0000:20/0000:20:00.2`, on a host with several host bridges); absent where
-   * the source does not say (a tree of plain directories, a description): bus 0 is then taken for
-   * the only root bus.
+   * the source does not say (a tree of plain directories, a description without `root_buses`):
+   * bus 0 is then taken for the only root bus.
    */
   rootBus?: boolean;
   /** For an SR-IOV virtual function: the address of its physical function. */
