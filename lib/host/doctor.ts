@@ -14,6 +14,7 @@
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
 import { slotOf } from "../pci/address.ts";
+import { cardOf } from "../resolve/host_critical.ts";
 import {
   foreignHookAdvice,
   GUARD_SCOPE,
@@ -564,7 +565,8 @@ function checkBootBindings(options: DoctorOptions): DoctorFinding | null {
   const found = entries.map((entry) => {
     // vfio-pci binds endpoints only (a bridge's header type is refused).
     const taken = host.devices.filter((d) => !d.isBridge && vfioIdsMatch(entry, d));
-    const cards = new Set(taken.map((d) => slotOf(d.address)));
+    // Cards as plan tells them: on a root bus, a slot's functions are devices of their own.
+    const cards = new Set(taken.map(cardOf));
     const said = `vfio-pci.ids=${entry.text} (${entry.source})`;
     return { entry, taken, cards, said, needed: taken.filter((d) => uses.has(d.address)) };
   });
@@ -618,7 +620,7 @@ interface BootEntry {
   entry: VfioIdsEntry;
   /** The devices of the host it matches (endpoints only). */
   taken: PciDevice[];
-  /** The cards (slots) of those devices. */
+  /** The cards of those devices ({@link cardOf}). */
   cards: Set<string>;
   /** How messages name it: the entry and where it is written. */
   said: string;

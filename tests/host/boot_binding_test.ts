@@ -68,6 +68,34 @@ Deno.test("boot-binding: an entry that takes every card of the model warns and n
   assertMatch(finding!.hint ?? "", /^remove 10de:1b06 \(libvirt detaches a managed hostdev/);
 });
 
+Deno.test("boot-binding: an entry that takes two functions of one slot on a root bus other than 00 takes two devices", async () => {
+  // Two identical accelerators built into root bus 80's slot 03: each a device of its own (not
+  // one card's functions), so the entry takes both where one may be all the user meant.
+  const accelerator = (bdf: string, group: number) => ({
+    bdf,
+    group,
+    class: "0x120000",
+    vendor: "0x8086",
+    device: "0x4940",
+    subsystem_vendor: null,
+    subsystem_device: null,
+    driver: "vfio-pci",
+    revision: null,
+  });
+  const x570 = described("x570-aorus-pro-wifi");
+  const finding = await bootBinding({
+    ...x570,
+    cmdline: "BOOT_IMAGE=/vmlinuz amd_iommu=on vfio-pci.ids=8086:4940",
+    root_buses: ["0000:00", "0000:80"],
+    devices: [...x570.devices, accelerator("0000:80:03.0", 90), accelerator("0000:80:03.1", 91)],
+  });
+  assertEquals(finding?.status, "warn");
+  assertMatch(
+    finding!.summary,
+    /^vfio-pci\.ids=8086:4940 \(kernel command line\) takes every card of that model: 0000:80:03\.0, 0000:80:03\.1; /,
+  );
+});
+
 Deno.test("boot-binding: boards that differ in subsystem IDs get the entries that take one each", async () => {
   const finding = await bootBinding(twins(["3752", "3702"], { cmdline: CMDLINE }));
   assertEquals(finding?.status, "warn");
