@@ -155,10 +155,15 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
     : resolve(values.sysfs);
   // A hook over no tree would refuse every start, having checked nothing.
   // Through libc: the CLI's Deno stats nothing under /dev (a tree in /dev/shm), the check can.
-  if (!sysfsTreePresent(sysfs, libcSysfsReader({ fewCalls: true }))) {
+  const reader = libcSysfsReader({ fewCalls: true });
+  if (!sysfsTreePresent(sysfs, reader)) {
+    // A mistyped path is said to be one, as discovery's SysfsRootError says it.
+    const lacks = reader.listDir(sysfs) === null
+      ? "no such directory"
+      : "no bus/pci/devices directory";
     throw new Error(
-      `Not a sysfs tree: "${sysfs}": no bus/pci/devices directory (the hook would refuse every ` +
-        `VM start, checking nothing)`,
+      `Not a sysfs tree: "${sysfs}": ${lacks} (the hook would refuse every VM start, checking ` +
+        `nothing)`,
     );
   }
   const settings = settingsFor({ stateDir, sysfs, deadline, timeout });

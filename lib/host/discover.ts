@@ -67,10 +67,20 @@ export class SysfsRootError extends Error {
   override name = "SysfsRootError";
   /** The root that was given. */
   readonly root: string;
-  /** Builds the error for the `root` that has no `bus/pci/devices`. */
-  constructor(root: string) {
-    super(`Not a sysfs tree: "${root}": no bus/pci/devices directory`);
+  /** Whether `root` itself is no directory (a mistyped path), rather than one without PCI devices. */
+  readonly missing: boolean;
+  /**
+   * Builds the error for the `root` that has no `bus/pci/devices`; `missing` when `root` is no
+   * directory at all, so a mistyped path is not taken for a tree that lacks its PCI devices.
+   */
+  constructor(root: string, { missing = false }: { missing?: boolean } = {}) {
+    super(
+      `Not a sysfs tree: "${root}": ${
+        missing ? "no such directory" : "no bus/pci/devices directory"
+      }`,
+    );
     this.root = root;
+    this.missing = missing;
   }
 }
 
@@ -443,7 +453,7 @@ function checkEntryNames(reader: SysfsReader, root: string): void {
 
 function listSysfsDevices(reader: SysfsReader, root: string): string[] {
   const names = reader.listDir(`${root}/bus/pci/devices`);
-  if (names === null) throw new SysfsRootError(root);
+  if (names === null) throw new SysfsRootError(root, { missing: reader.listDir(root) === null });
   return names;
 }
 

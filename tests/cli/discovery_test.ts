@@ -90,7 +90,7 @@ Deno.test("devices --sysfs of a path that does not exist says so, and lists noth
   assertEquals([run.code, run.stdout], [1, ""]);
   assertEquals(
     run.stderr,
-    `passthrough devices: Not a sysfs tree: "/nonexistent/tree": no bus/pci/devices directory\n`,
+    `passthrough devices: Not a sysfs tree: "/nonexistent/tree": no such directory\n`,
   );
 });
 

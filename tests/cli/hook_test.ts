@@ -703,9 +703,14 @@ Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", 
     assertEquals(install.code, 1);
     assertEquals(
       install.stderr,
-      `passthrough hook: Not a sysfs tree: "${dir}/none": no bus/pci/devices directory (the hook ` +
-        `would refuse every VM start, checking nothing)\n`,
+      `passthrough hook: Not a sysfs tree: "${dir}/none": no such directory (the hook would ` +
+        `refuse every VM start, checking nothing)\n`,
     );
+    // A directory that lacks only the PCI devices is said to lack them.
+    await Deno.mkdir(`${dir}/empty`);
+    const empty = await runCli(installArgs(dir, `${dir}/empty`));
+    assertEquals(empty.code, 1);
+    assertMatch(empty.stderr, /Not a sysfs tree: ".*\/empty": no bus\/pci\/devices directory \(/);
     assertEquals(pathExists(`${hooks}/${HOOK_FILE_NAME}`), false);
   } finally {
     await Deno.remove(dir, { recursive: true });
