@@ -200,10 +200,6 @@ export async function run(
     throw new UsageError("--json needs --yes: questions would mix with the JSON");
   }
   const target = connectTarget(values, io, "rollback");
-  if (!values.yes && !io.interactive) {
-    // A runtime error (exit 1): the command line is right, this run has no terminal.
-    throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
-  }
   const stateDir = resolveStateDirPath({ flag: values["state-dir"], env: io.env });
   const exists = pathExists(stateDir);
   using libvirt = openLibvirtPort(target.uri, target.options);
@@ -240,7 +236,15 @@ export async function run(
         if (!values.json) showRollback(io, preview, values["show-secrets"]);
         return Promise.resolve(true);
       }
-      : (preview) => askRollback(io, preview, values["show-secrets"]),
+      : (preview) => {
+        // Only once there is a question: a VM with no backup, or one that already has the
+        // backup's definition, is said so without a terminal, and --yes would change nothing.
+        if (!io.interactive) {
+          // A runtime error (exit 1): the command line is right, this run has no terminal.
+          throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
+        }
+        return askRollback(io, preview, values["show-secrets"]);
+      },
   }).catch((error) => {
     throw error instanceof BackupNotFoundError && error.ref === null
       ? unknownVmError(vm, state.path, libvirt.listDomains().map((d) => d.name))

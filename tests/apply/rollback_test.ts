@@ -958,6 +958,33 @@ Deno.test({
   },
 });
 
+Deno.test("passthrough rollback without a terminal says first that a VM has no backup", async () => {
+  // It said "No terminal to confirm on: pass --yes", and with --yes that there was nothing to
+  // roll back: the user learnt it only once they had given what no question needed.
+  const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
+  try {
+    const { world, stateDir: backedUp } = await alphaWithBackup(root, (xml) => xml);
+    await Deno.mkdir(`${root}/empty`);
+    for (
+      const [stateDir, where] of [[`${root}/empty`, "empty"], [`${root}/none`, "none \\(which"]]
+    ) {
+      const args = ["rollback", "alpha", "--connect", `test://${world}`, "--state-dir", stateDir!];
+      const result = await cli(args);
+      assertEquals([result.code, result.stdout], [1, ""], result.stderr);
+      assertMatch(
+        result.stderr,
+        new RegExp(`^passthrough rollback: No backup of VM "alpha" in .*/${where}`),
+      );
+    }
+    // Nor is a question needed for a VM that already has its backup's definition.
+    const same = await cli(["rollback", "alpha", "-c", `test://${world}`, "--state-dir", backedUp]);
+    assertEquals(same.code, 0, same.stderr);
+    assertMatch(same.stdout, /^VM "alpha" already has the definition of backup "/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("passthrough rollback --yes restores a backup, and backups lists both", async () => {
   const root = await Deno.makeTempDir({ prefix: "passthrough-rollback-cli-" });
   try {
