@@ -392,7 +392,17 @@ function moduleBuiltIn(options: DoctorOptions, module: string): boolean {
   );
 }
 
-function checkAcsOverride(host: HostTopology): DoctorFinding {
+/**
+ * Where the unknown kernel command line can be found. Not 'passthrough snapshot' of what doctor
+ * read: it records the command line from the same place, so its capture has none either.
+ */
+function unknownCmdlineHint(host: HostTopology, live: boolean): string {
+  return live
+    ? `Run doctor where "/proc/cmdline" can be read (with /proc mounted): the kernel gives its command line there`
+    : `Copy the host's /proc/cmdline to "${host.source}/cmdline", or run 'passthrough snapshot' on that host itself, which records it`;
+}
+
+function checkAcsOverride(host: HostTopology, live: boolean): DoctorFinding {
   const word = cmdlineHas(host.kernelCmdline, /^pcie_acs_override=/);
   if (word !== null) {
     return {
@@ -408,7 +418,7 @@ function checkAcsOverride(host: HostTopology): DoctorFinding {
       check: "acs-override",
       status: "warn",
       summary: "Kernel command line unknown, so an ACS override cannot be ruled out",
-      hint: "Capture the host with 'passthrough snapshot' (it records the command line)",
+      hint: unknownCmdlineHint(host, live),
     };
   }
   return { check: "acs-override", status: "ok", summary: "No ACS override", hint: null };
@@ -1269,7 +1279,7 @@ export function runDoctor(options: DoctorOptions): DoctorFinding[] {
     checkIommu(options.host, vendor),
     checkInterruptRemapping(options, vendor),
     checkVfioPci(options),
-    checkAcsOverride(options.host),
+    checkAcsOverride(options.host, options.live),
     checkBootBindings(options),
     checkDriverctl(options),
   ].filter((f) => f !== null);

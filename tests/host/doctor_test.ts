@@ -278,6 +278,25 @@ Deno.test("runDoctor() warns that an ACS override makes groups meaningless", asy
   });
 });
 
+Deno.test("runDoctor() says where to find an unknown kernel command line, live or captured", async () => {
+  // It sent both to 'passthrough snapshot', whose capture of a tree without a `cmdline` file has
+  // none either, and which on a host without a readable /proc/cmdline records none.
+  await withRoot({}, (options) => {
+    const unknown = { kernelCmdline: null };
+    const live = find(runDoctor({ ...options, host: host(unknown) }), "acs-override");
+    assertEquals(live.status, "warn");
+    assertMatch(live.hint ?? "", /"\/proc\/cmdline"/);
+    assertEquals(live.hint?.includes("snapshot"), false, live.hint ?? "");
+    const captured = find(
+      runDoctor({ ...options, live: false, host: host({ ...unknown, source: "/tmp/tree" }) }),
+      "acs-override",
+    );
+    assertEquals(captured.status, "warn");
+    assertMatch(captured.hint ?? "", /"\/tmp\/tree\/cmdline"/);
+    assertMatch(captured.hint ?? "", /'passthrough snapshot' on that host itself/);
+  });
+});
+
 Deno.test("runDoctor() fails without IOMMU and names the AMD parameter on AMD hosts", async () => {
   await withRoot({}, (options) => {
     const amd = host({ iommu: "absent", groups: [] });
