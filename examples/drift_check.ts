@@ -21,6 +21,7 @@
  */
 
 import {
+  confinedReader,
   discoverHost,
   loadConfig,
   pickHostSection,
@@ -88,9 +89,12 @@ try {
   }
   const config = picked?.config ?? loaded;
   // Read through libc: Deno refuses the live /sys (however spelled: `/sys/`) without
-  // --allow-all. discoverHost tells the live /sys from a captured tree.
+  // --allow-all. discoverHost tells the live /sys from a captured tree, which, as `plan` reads
+  // one, is read only inside itself: a tree shared with a bug report may link anywhere.
   const root = picked?.host.sysfs ?? sysfs ?? "/sys";
-  const host = await discoverHost({ root, reader: libcSysfsReader() });
+  const live = root.replace(/(.)\/+$/, "$1") === "/sys";
+  const reader = live ? libcSysfsReader() : confinedReader(libcSysfsReader(), root);
+  const host = await discoverHost({ root, reader });
   using libvirt = openLibvirtPort(picked?.host.uri ?? uri ?? null, { readOnly: true });
   const plan = planHostdevs({ config, host, libvirt });
 

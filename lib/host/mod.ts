@@ -20,6 +20,7 @@ export {
   readHostUse,
 } from "./sysfs_device.ts";
 export {
+  confinedReader,
   denoFsReader,
   type DirectoryEntry,
   type EntryKind,

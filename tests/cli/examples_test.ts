@@ -197,3 +197,30 @@ Deno.test("examples/drift_check.ts says in one line that the config is missing, 
   );
   assertEquals(new TextDecoder().decode(out.stdout), "");
 });
+
+Deno.test("examples/drift_check.ts refuses a tree with a link out of it, as plan does", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-link-out-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // The GPU's uevent read from a file outside the tree: a shared tree may point anywhere.
+    const uevent = `${dir}/sysfs/bus/pci/devices/0000:21:00.0/uevent`;
+    Deno.renameSync(uevent, `${dir}/outside`);
+    Deno.symlinkSync(`${dir}/outside`, uevent);
+    const out = await driftCheck(
+      `${DEMO}passthrough_config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      `test://${DEMO}world.xml`,
+    );
+    const stderr = new TextDecoder().decode(out.stderr);
+    // It read the file and reported the demo's pending changes (exit 3).
+    assertEquals([out.code, new TextDecoder().decode(out.stdout)], [1, ""], stderr);
+    assertMatch(
+      stderr,
+      /^drift_check: Refusing to read a tree with a link out of it: .*\/uevent" leads to ".*\/outside", outside the tree/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
