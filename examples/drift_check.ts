@@ -27,6 +27,7 @@ import {
   pickHostSection,
   planHostdevs,
   redactSecrets,
+  terminalSafe,
 } from "../lib/mod.ts";
 import { buildHostTree, loadHostDescription } from "../lib/testing/mod.ts";
 import { libcSysfsReader, openLibvirtPort } from "../ffi/mod.ts";
@@ -51,6 +52,15 @@ const USAGE = "Usage: drift_check.ts [CONFIG] [--sysfs DIR] [-c, --connect URI]\
   "1: refused or cannot be checked, 2: wrong command line.";
 
 const demo = new URL("../demo/", import.meta.url).pathname;
+
+/**
+ * Prints a line as the CLI prints every line (`main.ts`), control characters escaped: names come
+ * from the tree (a driver, a slot, an entry), libvirt (a domain) and lspci, and a terminal runs
+ * the controls they may hold (retitle the window, clear the screen, reverse the line).
+ */
+function say(line: string, stream: "out" | "err" = "out"): void {
+  (stream === "out" ? console.log : console.error)(terminalSafe(line, false));
+}
 let tmp: string | undefined;
 
 try {
@@ -59,7 +69,7 @@ try {
     Deno.args,
   );
   if (help) {
-    console.log(USAGE);
+    say(USAGE);
     Deno.exit(0);
   }
   if (configPath === undefined) {
@@ -101,21 +111,21 @@ try {
   // A refusal outranks pending changes, whichever VM comes first.
   let refused = plan.errors.length > 0;
   let pending = false;
-  for (const issue of plan.errors) console.log(`host: refused [${issue.code}] ${issue.message}`);
+  for (const issue of plan.errors) say(`host: refused [${issue.code}] ${issue.message}`);
   for (const vm of plan.vms) {
     if (vm.errors.length > 0) {
       refused = true;
-      console.log(`${vm.name}: refused: ${vm.errors.map((e) => e.code).join(", ")}`);
+      say(`${vm.name}: refused: ${vm.errors.map((e) => e.code).join(", ")}`);
     } else if (vm.changed) {
       pending = true;
       const moved = vm.move.map((m) => `${m.from}->${m.to}`);
-      console.log(
+      say(
         `${vm.name}: pending: +${vm.add.length} -${vm.remove.length}${
           moved.length ? ` moved ${moved.join(" ")}` : ""
         }`,
       );
     } else {
-      console.log(`${vm.name}: ok (${vm.hostdevs.join(", ") || "no hostdevs"})`);
+      say(`${vm.name}: ok (${vm.hostdevs.join(", ") || "no hostdevs"})`);
     }
   }
   Deno.exitCode = refused ? 1 : pending ? 3 : 0;
@@ -123,10 +133,11 @@ try {
   // A missing config, an unreadable tree, libvirt down: one line, as a cron mail should say it,
   // without the password a URI given on the command line may hold.
   const usage = error instanceof UsageError;
-  console.error(
+  say(
     `drift_check: ${redactSecrets(error instanceof Error ? error.message : String(error))}${
       usage ? `\n${USAGE}` : ""
     }`,
+    "err",
   );
   Deno.exitCode = usage ? 2 : 1;
 } finally {

@@ -224,3 +224,30 @@ Deno.test("examples/drift_check.ts refuses a tree with a link out of it, as plan
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("examples/drift_check.ts prints what a tree names escaped, as the CLI does", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "drift-check-escape-" });
+  try {
+    buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+    // An entry that retitles the window, clears the screen (C1 CSI) and reverses the line.
+    Deno.mkdirSync(`${dir}/sysfs/bus/pci/devices/x\x1b]0;pwned\x07\x9b2J\u202eevil`);
+    const out = await driftCheck(
+      `${DEMO}passthrough_config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      `test://${DEMO}world.xml`,
+    );
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 1, stderr);
+    // It printed them raw: the terminal ran them.
+    assertMatch(
+      stderr,
+      /^drift_check: Not a sysfs tree entry: ".*\/x\\u001b\]0;pwned\\u0007\\u009b2J\\u202eevil"/,
+    );
+    // deno-lint-ignore no-control-regex
+    assertEquals(stderr.match(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]/g), null);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
