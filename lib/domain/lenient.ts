@@ -1201,15 +1201,21 @@ export function readRecordsLeniently(xml: string): LenientRecords {
 // ---------------------------------------------------------------------------------------------
 // Lines
 
-/** An attribute with the whitespace before it, which a line's key writes as one space. */
-const SPACED_ATTRIBUTE = new RegExp(String.raw`\s+` + ATTRIBUTE_SOURCE, "g");
+// A line's keys are taken from any text a definition holds, another application's comment in
+// <metadata> too, which libvirt keeps as written: no expression below tries a run of whitespace
+// from each of its positions, nor a tag's name or attributes past the next `<`, whose time grew
+// with the square of the line (`<!-- <<<<…` of 80 KB held `plan` for a minute).
+/** An attribute with the whitespace before it (from its start), which a key writes as one space. */
+const SPACED_ATTRIBUTE = new RegExp(String.raw`(?<!\s)\s+` + ATTRIBUTE_SOURCE, "g");
+/** The whitespace before a tag's closing `>` or `/>`, from its start. */
+const SPACE_BEFORE_CLOSE = /(?<!\s)\s+(\/?>)$/;
 /**
  * A start, end or empty-element tag (not a comment, PI or declaration), or the beginning of a
  * start tag that continues on the next line.
  */
 const TAG = /<[^!?][^>]*(?:>|$)/g;
-/** `<a attrs></a>` on one line. */
-const EMPTY_PAIR = /<([^\s/>!?]+)((?:\s[^>]*)?)><\/\1\s*>/g;
+/** `<a attrs></a>` on one line (libvirt escapes `<` in values: none is in a tag). */
+const EMPTY_PAIR = /<([^\s/>!?<]+)((?:\s[^<>]*)?)><\/\1\s*>/g;
 
 function requote(value: string): string {
   const decoded = value.replace(/&(?:quot|#34|#x22);/g, '"').replace(/&(?:apos|#39|#x27);/g, "'");
@@ -1235,8 +1241,8 @@ export function normaliseXmlLine(line: string): string {
       tag
         .replace(SPACED_ATTRIBUTE, (_m, name: string, sq?: string, dq?: string) =>
           ` ${name}=${requote(sq ?? dq ?? "")}`)
-        .replace(/\s+(\/?>)$/, "$1")
-        .replace(/\s+$/, ""))
+        .replace(SPACE_BEFORE_CLOSE, "$1")
+        .trimEnd())
     .replace(EMPTY_PAIR, "<$1$2/>");
 }
 
