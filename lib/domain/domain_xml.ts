@@ -504,10 +504,25 @@ function locateHostdev(
  */
 function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | null): void {
   // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
-  const stack: { span: XmlSpan; parent: XmlSpan | null }[] = [{ span: root, parent: null }];
+  // `scope`: the namespace declarations in force (`xmlns`, `xmlns:pt`), from the ancestors.
+  type Entry = { span: XmlSpan; parent: XmlSpan | null; scope: ReadonlyMap<string, string> };
+  const stack: Entry[] = [{ span: root, parent: null, scope: new Map() }];
   while (stack.length > 0) {
-    const { span, parent } = stack.pop()!;
+    const { span, parent, scope } = stack.pop()!;
     const namespace = ownNamespace(xml, span);
+    const colon = span.name.indexOf(":");
+    const inherited = namespace === undefined
+      ? scope.get(colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`)
+      : undefined;
+    if (span.name.slice(colon + 1) === "hostdevs" && inherited === METADATA_NAMESPACE) {
+      throw errorAt(
+        xml,
+        span.start,
+        "Passthrough records element takes its namespace from an enclosing element, not from a " +
+          "declaration of its own, where passthrough reads records: the start guard refuses " +
+          "every start of the VM until the records element declares it or is removed",
+      );
+    }
     if (isOtherRecordsVersion(namespace)) {
       throw errorAt(
         xml,
@@ -524,9 +539,14 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
           "records: the start guard refuses every start of the VM until it is moved there or removed",
       );
     }
+    const declared = span.rawAttributes.filter(([key]) => /^xmlns(:|$)/.test(key));
+    const inScope = declared.length === 0 ? scope : new Map([
+      ...scope,
+      ...declared.map(([key]) => [key, attribute(xml, span, key) ?? ""] as const),
+    ]);
     // The first in document order is named: children pushed last to first.
     for (let i = span.children.length - 1; i >= 0; i--) {
-      stack.push({ span: span.children[i]!, parent: span });
+      stack.push({ span: span.children[i]!, parent: span, scope: inScope });
     }
   }
 }

@@ -230,6 +230,42 @@ Deno.test("parseDomainXml() refuses a records element that is no child of <metad
   }
 });
 
+Deno.test("parseDomainXml() refuses a records element whose namespace an enclosing element declares, as the start guard does", () => {
+  // The guard refuses every start of such a VM; plan read no records, so it took the VM's
+  // hostdevs for hand-added ones.
+  const device =
+    "<pt:device address='0000:01:00.0' vendor='10de' device='2684' class='030000' rule='gpu'/>";
+  for (
+    const [xml, at] of [
+      [
+        `<domain><name>d</name><metadata><app:x xmlns:app='urn:app' xmlns:pt='${METADATA_NAMESPACE}'>\n<pt:hostdevs>${device}</pt:hostdevs></app:x></metadata></domain>`,
+        "line 2, column 1",
+      ],
+      [
+        `<domain><name>d</name><metadata xmlns:pt='${METADATA_NAMESPACE}'>\n<pt:hostdevs>${device}</pt:hostdevs></metadata></domain>`,
+        "line 2, column 1",
+      ],
+      [
+        `<domain><name>d</name><metadata><x xmlns='${METADATA_NAMESPACE}'>\n<hostdevs/></x></metadata></domain>`,
+        "line 2, column 1",
+      ],
+    ]
+  ) {
+    assertMatch(readRecordsLeniently(xml!).problem ?? "", /declared on another element/);
+    assertEquals(
+      assertThrowsDomainXmlError(xml!).message,
+      "Passthrough records element takes its namespace from an enclosing element, not from a " +
+        "declaration of its own, where passthrough reads records: the start guard refuses " +
+        `every start of the VM until the records element declares it or is removed: at ${at}`,
+    );
+  }
+  // Declared on the records element itself, and again on an enclosing one: read.
+  const again =
+    `<domain><name>d</name><metadata xmlns:pt='${METADATA_NAMESPACE}'><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs></metadata></domain>`;
+  assertEquals(parseDomainXml(again).records.map((r) => r.address), ["0000:01:00.0"]);
+  assertEquals(readRecordsLeniently(again).problem, null);
+});
+
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
   assertMatch(assertThrowsDomainXmlError("<domain><uuid>u</uuid></domain>").message, /<name>/);
   assertMatch(assertThrowsDomainXmlError("<network><name>n</name></network>").message, /domain/);
