@@ -22,7 +22,13 @@
  */
 
 import type { HostTopology, PciAddress, PciDevice } from "./types.ts";
-import { baseName, type SysfsReader } from "./sysfs.ts";
+import {
+  baseName,
+  type NonPciMember,
+  parseGroupNumber,
+  readNonPciMember,
+  type SysfsReader,
+} from "./sysfs.ts";
 import { busOf } from "../pci/address.ts";
 import {
   type GpuHolder,
@@ -415,17 +421,46 @@ function makeDirectoriesBelow(out: string, path: string): boolean {
 /**
  * Each `kernel/iommu_groups/N/devices` listing as read, with the devices' own `iommu_group` links
  * (writeDevice) the evidence discovery settles groups from (`settleGroups`): a snapshot's group
- * data agrees or disagrees with itself as the tree's did. A member's entry is a link to its
- * device, which discovery reads by name alone.
+ * data agrees or disagrees with itself as the tree's did. A PCI member's entry is a link to its
+ * device, which discovery reads by name alone; a non-PCI one's (an ACPI or platform device) is a
+ * link to its directory under `devices/BUS/`, with its `subsystem` and `driver` links, which
+ * discovery judges it by (`readNonPciMember`): as a link to bus/pci/devices, where it is not, a
+ * plan of the snapshot refused its group where one of the tree passed it.
  */
 function copyGroupListings(reader: SysfsReader, root: string, out: string): void {
   for (const [name, members] of readGroupListings(reader, root)) {
     const dir = `${out}/kernel/iommu_groups/${name}`;
     Deno.mkdirSync(members === null ? dir : `${dir}/devices`, { recursive: true });
+    const group = parseGroupNumber(name);
     for (const entry of members ?? []) {
-      Deno.symlinkSync(`../../../../bus/pci/devices/${entry}`, `${dir}/devices/${entry}`);
+      const other = group === null ? null : readNonPciMember(reader, root, group, entry);
+      const device = other === null ? null : copyNonPciMember(other, out);
+      Deno.symlinkSync(
+        `../../../../${device ?? `bus/pci/devices/${entry}`}`,
+        `${dir}/devices/${entry}`,
+      );
     }
   }
+}
+
+/**
+ * Writes a non-PCI group member's directory (`devices/BUS/NAME`, its `subsystem` and `driver`
+ * links) under `out` and returns its path there, or `null` when a name could not name a file.
+ */
+function copyNonPciMember(member: NonPciMember, out: string): string | null {
+  const { name, bus, driver } = member;
+  if (!isFileName(name) || !isFileName(bus) || (driver !== null && !isFileName(driver))) {
+    return null;
+  }
+  const device = `devices/${bus}/${name}`;
+  // Listed by two groups (a damaged tree): written once, both listings link to it.
+  if (pathExists(`${out}/${device}`)) return device;
+  Deno.mkdirSync(`${out}/${device}`, { recursive: true });
+  Deno.symlinkSync(`../../../bus/${bus}`, `${out}/${device}/subsystem`);
+  if (driver !== null) {
+    Deno.symlinkSync(`../../../bus/${bus}/drivers/${driver}`, `${out}/${device}/driver`);
+  }
+  return device;
 }
 
 /** Whether `name` can name a file: not `.` or `..`, no `/` or NUL, 1 to 255 bytes (`NAME_MAX`). */

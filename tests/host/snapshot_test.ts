@@ -11,6 +11,7 @@ import { discoverHost } from "../../lib/host/discover.ts";
 import { sharedCmdline, SnapshotTargetError, writeSnapshot } from "../../lib/host/snapshot.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { hostInputDevices } from "../../lib/host/sysfs_device.ts";
+import { addNonPciGroupMember } from "../helpers/hosts.ts";
 import type { HostTopology } from "../../lib/host/types.ts";
 import { generateHost } from "../../lib/testing/host_generator.ts";
 import { readHostFacts } from "../../lib/host/preflight.ts";
@@ -649,6 +650,23 @@ Deno.test("writeSnapshot() keeps an iommu_group link that names another group or
       },
     });
   }
+});
+
+Deno.test("writeSnapshot() keeps a group's non-PCI members, their bus and driver: a plan of the snapshot judges them as one of the tree does", async () => {
+  const x570 = loadHostDescription(new URL("x570-aorus-pro-wifi.json", HOSTS));
+  // The GPU's group 30 lists an unbound AMD IVRS ACPI device and one on a host driver.
+  const host = await roundTrip(x570, {
+    lspci: null,
+    edit: (root) => {
+      addNonPciGroupMember(root, 30, "AMDI0020:00", "platform", null);
+      addNonPciGroupMember(root, 30, "INT33C2:00", "acpi", "i2c_designware");
+    },
+  });
+  // Before: the snapshot listed both as links to bus/pci/devices, where neither is, and its
+  // plan refused every group holding one as "not in bus/pci/devices".
+  assertEquals(host.groupInconsistencies.map((p) => p.detail), [
+    'kernel/iommu_groups/30/devices lists "INT33C2:00" (bus acpi, driver i2c_designware), no PCI device: VFIO takes a group only while no host driver holds any of its devices',
+  ]);
 });
 
 Deno.test("writeSnapshot() keeps an input device whose class/input link is absolute or has a '..': a plan of the snapshot warns (host-input) as one of the tree does", async () => {
