@@ -504,17 +504,35 @@ function locateHostdev(
  */
 function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | null): void {
   // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
-  // `scope`: the namespace declarations in force (`xmlns`, `xmlns:pt`), from the ancestors.
-  type Entry = { span: XmlSpan; parent: XmlSpan | null; scope: ReadonlyMap<string, string> };
-  const stack: Entry[] = [{ span: root, parent: null, scope: new Map() }];
+  // `inScope`: per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost
+  // last; an element's `exit` entry, popped after its children, takes back what it declared (a
+  // copy of the declarations per element grew with the depth).
+  const inScope = new Map<string, string[]>();
+  type Entry = { span: XmlSpan; parent: XmlSpan | null } | { exit: string[] };
+  const stack: Entry[] = [{ span: root, parent: null }];
   while (stack.length > 0) {
-    const { span, parent, scope } = stack.pop()!;
-    const namespace = ownNamespace(xml, span);
+    const entry = stack.pop()!;
+    if ("exit" in entry) {
+      for (const key of entry.exit) inScope.get(key)!.pop();
+      continue;
+    }
+    const { span, parent } = entry;
+    const declared = span.rawAttributes.map(([key]) => key).filter((key) =>
+      /^xmlns(:|$)/.test(key)
+    );
+    for (const key of declared) {
+      const values = inScope.get(key) ?? [];
+      values.push(attribute(xml, span, key) ?? "");
+      inScope.set(key, values);
+    }
     const colon = span.name.indexOf(":");
-    const inherited = namespace === undefined
-      ? scope.get(colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`)
-      : undefined;
-    if (span.name.slice(colon + 1) === "hostdevs" && inherited === METADATA_NAMESPACE) {
+    const key = colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`;
+    // The element's namespace, declared on it or on an enclosing element, as XML reads it.
+    const namespace = inScope.get(key)?.at(-1);
+    if (
+      span.name.slice(colon + 1) === "hostdevs" && namespace === METADATA_NAMESPACE &&
+      !declared.includes(key)
+    ) {
       throw errorAt(
         xml,
         span.start,
@@ -539,14 +557,10 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
           "records: the start guard refuses every start of the VM until it is moved there or removed",
       );
     }
-    const declared = span.rawAttributes.filter(([key]) => /^xmlns(:|$)/.test(key));
-    const inScope = declared.length === 0 ? scope : new Map([
-      ...scope,
-      ...declared.map(([key]) => [key, attribute(xml, span, key) ?? ""] as const),
-    ]);
+    stack.push({ exit: declared });
     // The first in document order is named: children pushed last to first.
     for (let i = span.children.length - 1; i >= 0; i--) {
-      stack.push({ span: span.children[i]!, parent: span, scope: inScope });
+      stack.push({ span: span.children[i]!, parent: span });
     }
   }
 }

@@ -1074,6 +1074,10 @@ function walkRecords(text: string): WalkedRecords | string {
   let seenRoot = false;
   /** Whether a tag declares the records' namespace (text that only mentions it does not). */
   let namespaceDeclared = false;
+  /** Per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost last. */
+  const inScope = new Map<string, string[]>();
+  /** Parallel to `stack`: the prefixes each open element declared, taken back at its end. */
+  const declaredBy: string[][] = [];
   let uuid: string | null = null;
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
@@ -1086,6 +1090,7 @@ function walkRecords(text: string): WalkedRecords | string {
     if (slash === "/") {
       after = endTagEnd(text, TAG_NAME_AT.lastIndex);
       if (after === -1 || stack.pop() !== name) return "";
+      for (const key of declaredBy.pop()!) inScope.get(key)!.pop();
       if (stack.length === 2) oursOpen = false;
     } else {
       // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
@@ -1095,17 +1100,22 @@ function walkRecords(text: string): WalkedRecords | string {
       seenRoot = true;
       const { attributes } = rest;
       after = rest.end;
-      for (const [key, value] of attributes) {
-        if (key === "xmlns" || key.startsWith("xmlns:")) {
-          namespaceDeclared ||= value === RECORDS_NAMESPACE;
-        }
+      const declarations = [...attributes.keys()].filter((key) => /^xmlns(:|$)/.test(key));
+      for (const key of declarations) {
+        const value = attributes.get(key)!;
+        namespaceDeclared ||= value === RECORDS_NAMESPACE;
+        const values = inScope.get(key) ?? [];
+        values.push(value);
+        inScope.set(key, values);
       }
       const colon = name.indexOf(":");
       const local = colon === -1 ? name : name.slice(colon + 1);
       const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
-      const declared = attributes.get(prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`);
-      // An element in it, as the strict reader reads it: a declaration alone holds no records.
-      if (isOtherRecordsVersion(declared)) {
+      const key = prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`;
+      const declared = attributes.get(key);
+      // An element in it, declared on it or on an enclosing element, as the strict reader reads
+      // it: a declaration alone holds no records.
+      if (isOtherRecordsVersion(inScope.get(key)?.at(-1))) {
         return "a records element is of another version of passthrough";
       }
       const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
@@ -1126,7 +1136,11 @@ function walkRecords(text: string): WalkedRecords | string {
       }
       if (!rest.selfClosing) {
         stack.push(name);
+        declaredBy.push(declarations);
         oursOpen ||= opensOurs;
+      } else {
+        // A self-closing element's declarations end with it.
+        for (const key of declarations) inScope.get(key)!.pop();
       }
     }
     const next = text.indexOf("<", after);

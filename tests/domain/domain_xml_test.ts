@@ -1,4 +1,10 @@
-import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
+import {
+  assertCpuWithin,
+  assertEquals,
+  assertMatch,
+  assertOk,
+  assertThrows,
+} from "../helpers/assert.ts";
 import {
   DomainEditError,
   DomainXmlError,
@@ -209,6 +215,41 @@ Deno.test("parseDomainXml() refuses an element of another version's records at a
         "wrote them: at line 3, column 1",
     );
   }
+});
+
+Deno.test("parseDomainXml() and the start guard refuse an element of another version's records whose namespace an enclosing element declares", () => {
+  // Both read no records and no problem: the guard started the devices without the check their
+  // records were written for, and plan took them for hand-added ones.
+  const record =
+    "<device address='0000:01:00.0' vendor='10de' device='2684' class='030000' rule='gpu'/>";
+  for (
+    const nested of [
+      `<app:x xmlns:app='urn:app' xmlns:v2='urn:passthrough:hostdevs:2'>\n<v2:hostdevs>${
+        record.replace("<device", "<v2:device")
+      }</v2:hostdevs></app:x>`,
+      `<app:x xmlns:app='urn:app' xmlns='urn:passthrough:hostdevs:2'>\n<hostdevs>${record}</hostdevs></app:x>`,
+    ]
+  ) {
+    const xml = `<domain><name>d</name><metadata>\n${nested}\n</metadata></domain>`;
+    assertMatch(readRecordsLeniently(xml).problem ?? "", /another version of passthrough/);
+    assertEquals(
+      assertThrowsDomainXmlError(xml).message,
+      `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
+        `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
+        "wrote them: at line 3, column 1",
+    );
+  }
+  // Declared and unused, or rebound before use: nothing of it is read, nothing refused.
+  const unused =
+    `<domain><name>d</name><metadata><app:x xmlns:app='urn:app' xmlns:v2='urn:passthrough:hostdevs:2'><app:y/></app:x></metadata></domain>`;
+  assertEquals(readRecordsLeniently(unused).problem, null);
+  assertEquals(parseDomainXml(unused).records, []);
+  // The declarations in force are kept once, not copied per element: nested elements each
+  // declaring a prefix of their own are read in time linear in the document.
+  const deep = `<domain><name>d</name><metadata>${
+    Array.from({ length: 20_000 }, (_, i) => `<x xmlns:p${i}='urn:a'>`).join("")
+  }${"</x>".repeat(20_000)}</metadata></domain>`;
+  assertCpuWithin(5_000, () => [parseDomainXml(deep), readRecordsLeniently(deep)], "20,000 deep");
 });
 
 Deno.test("parseDomainXml() refuses a records element that is no child of <metadata>, as the start guard does", () => {
