@@ -1393,6 +1393,7 @@ export function gpuHolders(
   addresses: readonly PciAddress[],
 ): Map<PciAddress, GpuHolder[]> {
   const nodes: (DeviceNode & { address: PciAddress })[] = [];
+  const nvidia = nvidiaGpus(reader, roots.procRoot);
   for (const address of addresses) {
     const drm = `${roots.sysRoot}/bus/pci/devices/${address}/drm`;
     const names = (reader.listDir(drm) ?? []).filter((n) => /^(card|renderD)[0-9]+$/.test(n));
@@ -1401,9 +1402,9 @@ export function gpuHolders(
       const known = number !== null && /^[0-9]+:[0-9]+$/.test(number);
       nodes.push({ path: `/dev/dri/${name}`, number: known ? number : null, address });
     }
-    const information = reader.readText(
-      `${roots.procRoot}/driver/nvidia/gpus/${address}/information`,
-    );
+    const information = nvidia === null || nvidia.has(address)
+      ? reader.readText(`${roots.procRoot}/driver/nvidia/gpus/${address}/information`)
+      : null;
     const minor = /^Device Minor:\s*([0-9]+)\s*$/m.exec(information ?? "")?.[1];
     if (minor !== undefined) {
       const number = `${NVIDIA_MAJOR}:${Number(minor)}`;
@@ -1429,6 +1430,19 @@ export function gpuHolders(
       return [address, holders];
     }),
   );
+}
+
+/**
+ * The names in NVIDIA's `driver/nvidia/gpus/` (one per GPU its driver holds; none without the
+ * driver), so `information` is read for those alone, not tried for every function of the host;
+ * `null` when the listing is refused: each GPU's file is then tried, as it may still be readable.
+ */
+function nvidiaGpus(reader: SysfsReader, procRoot: string): Set<string> | null {
+  try {
+    return new Set(reader.listDir(`${procRoot}/driver/nvidia/gpus`) ?? []);
+  } catch {
+    return null;
+  }
 }
 
 /**

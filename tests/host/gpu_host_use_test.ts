@@ -437,3 +437,27 @@ Deno.test("gpuHolders(): NVIDIA's node under another name counts by its number (
   });
   assertEquals(found, [[GUEST_GPU, [{ pid: 1200, command: "python3", nodes: ["/dev/nvidia0"] }]]]);
 });
+
+Deno.test("gpuHolders(): NVIDIA's information is read for the GPUs its driver lists, not for every function", async () => {
+  const persistenced: Processes[number] = [977, "nvidia-persiste", ["/dev/nvidia0"]];
+  for (const nvidia of [false, true]) {
+    const { found, reads } = await withTree([persistenced], nvidia, (dir) => {
+      const reads: string[] = [];
+      const inner = denoFsReader();
+      const reader: SysfsReader = {
+        ...inner,
+        readText: (path) => {
+          if (path.includes("/driver/nvidia/")) reads.push(path.slice(dir.length));
+          return inner.readText(path);
+        },
+      };
+      const roots = { sysRoot: dir, procRoot: `${dir}/proc` };
+      const found = [...gpuHolders(reader, roots, [HOST_GPU, GUEST_GPU, GUEST_AUDIO])];
+      return { found, reads };
+    });
+    const info = `/proc/driver/nvidia/gpus/${GUEST_GPU}/information`;
+    assertEquals(reads, nvidia ? [info] : []);
+    const held = [[GUEST_GPU, [{ pid: 977, command: "nvidia-persiste", nodes: ["/dev/nvidia0"] }]]];
+    assertEquals(found, nvidia ? held : []);
+  }
+});
