@@ -28,6 +28,7 @@ export interface DeviceNode {
  * The processes under `procRoot` that hold any of `nodes` open, by node path, in process-ID
  * order; a node no process holds is absent. A process that exits meanwhile, or whose descriptors
  * cannot be read here (another user's, when not run as root; one an LSM hides), holds nothing.
+ * `pids`: the processes to look at, when the caller has listed them ({@link processIds}).
  *
  * With the reader's {@link SysfsReader.deviceNumber} and a node's number known, a descriptor holds
  * the node when its link leads to a character device of that number, whatever the path; else
@@ -63,6 +64,7 @@ export function openBy(
   reader: SysfsReader,
   procRoot: string,
   nodes: readonly DeviceNode[],
+  options: { pids?: readonly number[] } = {},
 ): Map<string, NodeHolder[]> {
   const holders = new Map<string, NodeHolder[]>();
   if (nodes.length === 0) return holders;
@@ -70,9 +72,7 @@ export function openBy(
     byPath: new Map(nodes.map((n) => [n.path, n.number])),
     byNumber: new Map(nodes.flatMap((n) => n.number === null ? [] : [[n.number, n.path]])),
   };
-  const pids = (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
-    .map(Number).sort((a, b) => a - b);
-  for (const pid of pids) {
+  for (const pid of options.pids ?? processIds(reader, procRoot)) {
     const held = heldBy(reader, `${procRoot}/${pid}`, wanted);
     if (held.size === 0) continue;
     const command = commandOf(reader, `${procRoot}/${pid}`);
@@ -83,6 +83,24 @@ export function openBy(
     }
   }
   return holders;
+}
+
+/**
+ * The process IDs under `procRoot`, in order; none when it is missing.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const proc = Deno.makeTempDirSync();
+ * for (const name of ["812", "self", "77"]) Deno.mkdirSync(`${proc}/${name}`);
+ * assertEquals(processIds(denoFsReader(), proc), [77, 812]);
+ * Deno.removeSync(proc, { recursive: true });
+ * ```
+ */
+export function processIds(reader: SysfsReader, procRoot: string): number[] {
+  return (reader.listDir(procRoot) ?? []).filter((e) => /^[1-9][0-9]*$/.test(e))
+    .map(Number).sort((a, b) => a - b);
 }
 
 /** The nodes asked about: by path (to the number), and by device number (to the path). */

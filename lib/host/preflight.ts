@@ -34,6 +34,7 @@ import {
   usbDeviceControllers,
 } from "./sysfs_device.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
+import { processIds } from "./open_files.ts";
 
 /** One line of `/proc/modules`. */
 export interface KernelModule {
@@ -406,11 +407,15 @@ function consoleFacts(
     ) ?? null
   );
   // One scan of `/proc` for every GPU of the host, however many the plan or `doctor` ask about.
+  // No process, no holder: a captured tree's `proc/` keeps only its GPUs' holders, often none,
+  // and then no function's `drm/` is listed.
   const allGpuHolders = once(() => {
+    const pids = processIds(reader, procRoot);
+    if (pids.length === 0) return new Map<PciAddress, GpuHolder[]>();
     const addresses = (reader.listDir(`${sysRoot}/bus/pci/devices`) ?? []).flatMap((name) =>
       canonicalPciAddress(name) ?? []
     );
-    return gpuHolders(reader, { sysRoot, procRoot }, addresses);
+    return gpuHolders(reader, { sysRoot, procRoot }, addresses, { pids });
   });
   // One listing of `class/input` for every controller asked about.
   const allInputDevices = once(() => hostInputDevices(reader, sysRoot));

@@ -1384,13 +1384,14 @@ export interface GpuHolder {
  * compositor, Xorg, any OpenGL or Vulkan program) and NVIDIA's `/dev/nvidiaN` (the minor from the
  * driver's `driver/nvidia/gpus/ADDRESS/information`). Detaching such a GPU pulls it from under
  * them: NVIDIA's driver waits for them to let go, so the start hangs; others crash them or the
- * session. Read from `/proc/PID/fd` (see {@link openBy}): as a user, other users' processes are
- * not seen.
+ * session. Read from `/proc/PID/fd` (see {@link openBy}; `pids`: the processes to look at, when
+ * the caller has listed them): as a user, other users' processes are not seen.
  */
 export function gpuHolders(
   reader: SysfsReader,
   roots: { sysRoot: string; procRoot: string },
   addresses: readonly PciAddress[],
+  options: { pids?: readonly number[] } = {},
 ): Map<PciAddress, GpuHolder[]> {
   const nodes: (DeviceNode & { address: PciAddress })[] = [];
   const nvidia = nvidiaGpus(reader, roots.procRoot);
@@ -1413,7 +1414,7 @@ export function gpuHolders(
   }
   const addressOf = new Map(nodes.map((n) => [n.path, n.address]));
   const byAddress = new Map<PciAddress, Map<number, GpuHolder>>();
-  for (const [node, holders] of openBy(reader, roots.procRoot, nodes)) {
+  for (const [node, holders] of openBy(reader, roots.procRoot, nodes, options)) {
     const address = addressOf.get(node)!;
     const processes = byAddress.get(address) ?? new Map<number, GpuHolder>();
     for (const { pid, command } of holders) {

@@ -13,7 +13,7 @@ import { buildHostTree } from "../../lib/testing/host_tree.ts";
 import { gpuHolders, gpuInUse, readHostUse } from "../../lib/host/sysfs_device.ts";
 import { denoFsReader, type SysfsReader } from "../../lib/host/sysfs.ts";
 import { libcSysfsReader } from "../../ffi/libc_fs.ts";
-import { unknownOnError } from "../../lib/host/preflight.ts";
+import { readHostFacts, unknownOnError } from "../../lib/host/preflight.ts";
 import type { PciDevice } from "../../lib/host/types.ts";
 import { hostNeedsAllowed } from "../../lib/guard/policy.ts";
 import { recordPolicies } from "../../lib/guard/state.ts";
@@ -459,5 +459,27 @@ Deno.test("gpuHolders(): NVIDIA's information is read for the GPUs its driver li
     assertEquals(reads, nvidia ? [info] : []);
     const held = [[GUEST_GPU, [{ pid: 977, command: "nvidia-persiste", nodes: ["/dev/nvidia0"] }]]];
     assertEquals(found, nvidia ? held : []);
+  }
+});
+
+Deno.test("readHostFacts(): a /proc with no process lists no function's DRM nodes, and one with a process does", async () => {
+  for (const processes of [[], [COMPOSITOR]] as Processes[]) {
+    const { held, listed } = await withTree(processes, false, (dir) => {
+      const listed: string[] = [];
+      const inner = denoFsReader();
+      const reader: SysfsReader = {
+        ...inner,
+        listDir: (path) => {
+          if (path.endsWith("/drm")) listed.push(path.slice(dir.length));
+          return inner.listDir(path);
+        },
+      };
+      const facts = readHostFacts({ reader, sysRoot: dir, procRoot: `${dir}/proc` });
+      const held = [HOST_GPU, GUEST_GPU].map((a) => facts.gpuHolders(a).map((h) => h.command));
+      return { held, listed };
+    });
+    const drm = [HOST_GPU, GUEST_GPU, GUEST_AUDIO].map((a) => `/bus/pci/devices/${a}/drm`);
+    assertEquals(listed.sort(), processes.length === 0 ? [] : drm);
+    assertEquals(held, processes.length === 0 ? [[], []] : [["kwin_wayland"], []]);
   }
 });
