@@ -21,6 +21,30 @@ pinned=$(awk '/"node_modules\/deno"/ { found = 1 } found && /"version"/ { gsub(/
 on_path=$(command -v deno 2>/dev/null || true)
 installed=tools/deno/node_modules/.bin/deno
 version_of() { "$1" --version 2>/dev/null | awk 'NR == 1 { print $2 }'; }
+# Makes the directory $2 hold the tree $1, never missing a file that a process may run: an
+# installed start guard runs the deno binary under tools/deno/node_modules by its own path (the
+# real one, which no symbolic link swap would keep) at every VM start, and refuses the start when
+# it is missing. A directory cannot be replaced at once (renaming the old one aside and the new one
+# in leaves an instant with neither), a file can: each file is renamed over its old self, then
+# what the new tree does not have goes.
+replace_tree() {
+  local new=$1 old=$2 path kept
+  kept=$(cd "$new" && find . -mindepth 1 | LC_ALL=C sort)
+  while IFS= read -r path; do
+    if [ -d "$new/$path" ] && [ ! -L "$new/$path" ]; then
+      if [ -e "$old/$path" ] && { [ -L "$old/$path" ] || [ ! -d "$old/$path" ]; }; then
+        rm -f "$old/$path"
+      fi
+      mkdir -p "$old/$path"
+    else
+      if [ -d "$old/$path" ] && [ ! -L "$old/$path" ]; then rm -rf "$old/$path"; fi
+      mv -fT "$new/$path" "$old/$path"
+    fi
+  done <<<"$kept"
+  (cd "$old" && find . -mindepth 1 -depth) | while IFS= read -r path; do
+    if ! printf '%s\n' "$kept" | grep -qxF -- "$path"; then rm -rf "$old/$path"; fi
+  done
+}
 if [ -x "$installed" ] && [ "$(version_of "$installed")" = "$pinned" ]; then
   : # installed by an earlier run
 elif [ ! -x "$installed" ] && [ -n "$on_path" ] && [ "$(version_of "$on_path")" = "$pinned" ]; then
@@ -43,9 +67,14 @@ else
   mkdir "$staging"
   cp tools/deno/package.json tools/deno/package-lock.json "$staging/"
   npm ci --prefix "$staging" --no-audit --no-fund --loglevel=error >&2
-  # Two renames: the old one is missing only between them, not for the length of an install.
-  if [ -e tools/deno/node_modules ]; then mv -T tools/deno/node_modules "$previous"; fi
-  mv -T "$staging/node_modules" tools/deno/node_modules
+  if [ -d tools/deno/node_modules ] && [ ! -L tools/deno/node_modules ]; then
+    replace_tree "$staging/node_modules" tools/deno/node_modules
+  else
+    # Nothing installed here that a start could be running (a symbolic link, as a shared checkout
+    # has, is replaced, not written through).
+    if [ -L tools/deno/node_modules ]; then mv -T tools/deno/node_modules "$previous"; fi
+    mv -T "$staging/node_modules" tools/deno/node_modules
+  fi
 fi
 
 runtime_pkgs=(libvirt0 pciutils)

@@ -19,19 +19,32 @@ function denoStub(version: string): string {
  * `--prefix` first; then installs a `deno` stand-in of `installs`, or fails (no network).
  */
 function npmStub(installs: string | null): string {
-  const install = installs === null
-    ? "exit 1"
-    : `mkdir -p "$3/node_modules/.bin" && printf '%s' '${
-      denoStub(installs)
-    }' >"$3/node_modules/.bin/deno" && chmod +x "$3/node_modules/.bin/deno"`;
+  const install = installs === null ? "exit 1" : `${installDeno('"$3/node_modules"', installs)}`;
   return `echo "npm called: $*" >&2\n[ "$2" = --prefix ] && rm -rf "$3/node_modules"\n${install}`;
+}
+
+/**
+ * Shell commands laying out a `deno` stand-in of `version` in the node_modules `into` as npm does:
+ * the binary in the package's directory (the path `Deno.execPath()` gives, which an installed
+ * hook runs) and `.bin/deno` a link to it (which bin/passthrough runs).
+ */
+function installDeno(into: string, version: string): string {
+  return `mkdir -p ${into}/.bin ${into}/deno && printf '%s' '${
+    denoStub(version)
+  }' >${into}/deno/deno` +
+    ` && chmod +x ${into}/deno/deno && ln -s ../deno/deno ${into}/.bin/deno`;
 }
 
 async function setup(
   denoVersion: string,
   installed?: string,
   bundle?: { built: string | null },
-  options: { npmInstalls?: string | null; after?: (dir: string) => void } = {},
+  options: {
+    npmInstalls?: string | null;
+    after?: (dir: string) => void;
+    /** Stubs (`mv`, `rm`) that run the real command, then this shell command, from the checkout. */
+    eachChange?: string;
+  } = {},
 ): Promise<{ code: number; stderr: string; touched: boolean }> {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-setup-" });
   try {
@@ -49,10 +62,16 @@ async function setup(
     await stub("deno", `echo "deno ${denoVersion} (stable, release, x86_64-unknown-linux-gnu)"`);
     if (installed !== undefined) {
       // What an earlier run installed under tools/deno.
-      const bin = `${dir}/tools/deno/node_modules/.bin`;
-      await Deno.mkdir(bin, { recursive: true });
-      await Deno.writeTextFile(`${bin}/deno`, denoStub(installed));
-      await Deno.chmod(`${bin}/deno`, 0o755);
+      const laid = new Deno.Command("sh", {
+        args: ["-c", installDeno(`${dir}/tools/deno/node_modules`, installed)],
+      }).outputSync();
+      assertOk(laid.success, new TextDecoder().decode(laid.stderr));
+    }
+    for (const command of options.eachChange === undefined ? [] : ["mv", "rm"]) {
+      await stub(
+        command,
+        `/bin/${command} "$@"; rc=$?\n(cd "${dir}" && ${options.eachChange})\nexit $rc`,
+      );
     }
     await stub("npm", npmStub(options.npmInstalls === undefined ? "0.0.0" : options.npmInstalls));
     await stub("dpkg-query", `printf 'install ok installed'`);
@@ -197,10 +216,45 @@ Deno.test("setup.sh keeps the installed Deno, which the start guard runs, when n
     after: (dir) => {
       assertEquals(version(dir), pinned);
       assertEquals(entries(`${dir}/tools`), ["deno"]);
-      assertEquals(entries(`${dir}/tools/deno/node_modules`), [".bin"]);
+      assertEquals(entries(`${dir}/tools/deno/node_modules`), [".bin", "deno"]);
     },
   });
   assertEquals(done.code, 0, done.stderr);
+});
+
+Deno.test("setup.sh replaces the installed Deno with no instant where a VM start finds none", async () => {
+  const lock = JSON.parse(await Deno.readTextFile(`${ROOT}tools/deno/package-lock.json`));
+  const pinned: string = lock.packages["node_modules/deno"].version;
+  // After every file moved or removed, both paths that run deno: the binary's own path, which an
+  // installed hook names (`Deno.execPath()` resolves links), and `.bin/deno`, which
+  // bin/passthrough runs. A failing run is recorded.
+  const probe = ["tools/deno/node_modules/deno/deno", "tools/deno/node_modules/.bin/deno"]
+    .map((path) =>
+      `${path} --version >/dev/null 2>&1 || echo "${path} missing after: $*" >>probe.log`
+    )
+    .join("; ");
+  const replaced = await setup("1.46.3", "2.0.0", undefined, {
+    npmInstalls: pinned,
+    eachChange: probe,
+    after: (dir) => {
+      let log = "";
+      try {
+        log = Deno.readTextFileSync(`${dir}/probe.log`);
+      } catch (error) {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }
+      assertEquals(log, "");
+      const version = new Deno.Command(`${dir}/tools/deno/node_modules/deno/deno`, {
+        args: ["--version"],
+      }).outputSync();
+      assertMatch(new TextDecoder().decode(version.stdout), new RegExp(`^deno ${pinned} `));
+      assertEquals(
+        [...Deno.readDirSync(`${dir}/tools`)].map((e) => e.name),
+        ["deno"],
+      );
+    },
+  });
+  assertEquals(replaced.code, 0, replaced.stderr);
 });
 
 Deno.test("setup.sh refuses a profile it does not know before installing anything", async () => {
