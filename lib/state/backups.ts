@@ -18,7 +18,7 @@
 import { sha256Hex } from "./sha256.ts";
 import { lockUri } from "./lock.ts";
 import { followUpCommand, type RunFlags } from "../render/shell.ts";
-import { join, pathExists } from "./paths.ts";
+import { dirname, join, pathExists } from "./paths.ts";
 import {
   checkPrivateDir,
   ensurePrivateDir,
@@ -435,6 +435,14 @@ function temporaryFileProblem(path: string): BackupProblem | null {
   };
 }
 
+/**
+ * Where {@link pruneBackups} renames the sidecar of the backup `id` in `dir` while it removes that
+ * backup: a hidden name, which listings skip.
+ */
+function pruningPath(dir: string, id: string): string {
+  return join(dir, `.${id}.json.pruning`);
+}
+
 /** The XML file `name` as a problem when it has no sidecar; `null` when it has (or is gone). */
 function sidecarMissingProblem(
   dir: string,
@@ -444,7 +452,9 @@ function sidecarMissingProblem(
   const path = join(dir, name);
   const id = name.slice(0, -".xml".length);
   // Its sidecar written since the listing: a backup this listing began before, not a problem.
-  const lately = names.has(`${id}.json`) || lstatOrUndefined(join(dir, `${id}.json`))
+  // Or renamed aside by a prune, which removes the XML before that: one being removed.
+  const lately = names.has(`${id}.json`) || lstatOrUndefined(join(dir, `${id}.json`)) ||
+      lstatOrUndefined(pruningPath(dir, id))
     ? null
     : writtenLately(path);
   if (lately === null) return null;
@@ -596,9 +606,13 @@ export function pruneBackups(
   const ours = listed.filter((e) => e.uuid === options.uuid && lockUri(e.uri) === uri);
   for (const entry of ours.slice(options.keep)) {
     try {
-      // The sidecar first: cut short here, the XML left is listed as incomplete, never restored.
-      Deno.removeSync(entry.path.replace(/\.xml$/, ".json"));
+      // The sidecar first, renamed aside in one step (a listing reads the XML left beside the
+      // renamed sidecar as a backup being removed, not as one left incomplete), then the XML,
+      // then the sidecar: cut short, nothing left is ever restored.
+      const pruning = pruningPath(dirname(entry.path), entry.id);
+      Deno.renameSync(entry.path.replace(/\.xml$/, ".json"), pruning);
       Deno.removeSync(entry.path);
+      Deno.removeSync(pruning);
     } catch (error) {
       outcome.error = `cannot remove "${entry.path}": ${
         error instanceof Error ? error.message : String(error)

@@ -879,10 +879,9 @@ Deno.test("inspectBackups() skips a backup an apply prunes while it reads the VM
     const oldest = backupOf(`${dir}/state`, "vm1", { second: 1 });
     const older = backupOf(`${dir}/state`, "vm1", { second: 2 });
     const newest = backupOf(`${dir}/state`, "vm1", { second: 3 });
-    // As pruneBackups removes one: the sidecar, then the XML.
     const prune = (entry: typeof oldest) => {
-      Deno.removeSync(entry.path.replace(/\.xml$/, ".json"));
-      Deno.removeSync(entry.path);
+      const outcome = pruneBackups([newest, entry], { uuid: UUID, uri: "u", keep: 1 });
+      assertEquals(outcome.removed, [entry]);
     };
     // One pruned just after the listing read its names, one just after its sidecar was opened.
     Deno.readDirSync = (path) => {
@@ -913,6 +912,49 @@ Deno.test("inspectBackups() skips a backup an apply prunes while it reads the VM
   } finally {
     Deno.readDirSync = readDir;
     Deno.openSync = open;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("inspectBackups() between any two steps of a prune reports nothing, the backup whole or gone", () => {
+  const dir = tempDir();
+  const remove = Deno.removeSync;
+  const rename = Deno.renameSync;
+  try {
+    const older = backupOf(`${dir}/state`, "vm1", { second: 1 });
+    const newest = backupOf(`${dir}/state`, "vm1", { second: 2 });
+    // A `backups` listing run after each file the prune removes or renames, as another process
+    // may list at any instant.
+    const seen: unknown[] = [];
+    const listed = () => {
+      const { entries, problems } = inspectBackups(`${dir}/state`, "vm1");
+      seen.push([entries.map((e) => e.id), problems]);
+    };
+    Deno.removeSync = (path, options) => {
+      remove(path, options);
+      listed();
+    };
+    Deno.renameSync = (from, to) => {
+      rename(from, to);
+      listed();
+    };
+    const outcome = pruneBackups([newest, older], { uuid: UUID, uri: "u", keep: 1 });
+    Deno.removeSync = remove;
+    Deno.renameSync = rename;
+    assertEquals(outcome.removed.map((e) => e.id), [older.id]);
+    assertOk(seen.length > 0);
+    for (const step of seen) {
+      assertOk(
+        JSON.stringify(step) === JSON.stringify([[newest.id, older.id], []]) ||
+          JSON.stringify(step) === JSON.stringify([[newest.id], []]),
+        JSON.stringify(step),
+      );
+    }
+    assertEquals(seen.at(-1), [[newest.id], []]);
+    assertEquals([...Deno.readDirSync(`${dir}/state/backups/vm1`)].length, 2);
+  } finally {
+    Deno.removeSync = remove;
+    Deno.renameSync = rename;
     Deno.removeSync(dir, { recursive: true });
   }
 });
