@@ -64,11 +64,13 @@ touch -d "@$started" "$out/main.js"
 # the new build's; chunk names carry a hash of their content.
 own_chunks() { (cd "$1" && find . -name '*-*.js' -type f | LC_ALL=C sort); }
 own_chunks "$out" >"$out/.chunks"
-if [ ! -d "$dest" ]; then
-  # The first build: nothing runs it yet.
-  mv -T "$out" "$dest"
-  exit 0
-fi
+# Two builds at once (setup.sh run twice, a build by hand meanwhile) put theirs in place one after
+# the other, each holding a lock on DEST: otherwise the second, reading DEST's chunks before the
+# first had put its own in, deleted them, and the first's entries were left importing chunks that
+# are gone (every VM start refused).
+mkdir -p "$dest"
+exec 9<"$dest"
+flock 9
 # A bundle from before .chunks existed: its chunks are all its own.
 previous=$(if [ -f "$dest/.chunks" ]; then cat "$dest/.chunks"; else own_chunks "$dest"; fi)
 # Put in place in DEST itself, never missing: a VM start's check loads DEST/hook/hook_check.js

@@ -285,3 +285,79 @@ Deno.test("scripts/bundle_bin.sh builds again with the start guard's check never
     await Deno.remove(work, { recursive: true });
   }
 });
+
+Deno.test("scripts/bundle_bin.sh run twice at once leaves every chunk its entries import in DEST", async () => {
+  const work = await Deno.makeTempDir({ prefix: "passthrough-bundle-twice-" });
+  try {
+    // A checkout of its own, whose deno is a stand-in writing an entry and one chunk named after
+    // the build ($BUILD), as sources of another content would be named.
+    const root = `${work}/clone`;
+    for (const dir of ["scripts", "tools/deno", "cli", "lib", "ffi", "demo", "bin"]) {
+      await Deno.mkdir(`${root}/${dir}`, { recursive: true });
+    }
+    for (const file of ["main.ts", "deno.json", "deno.lock", "tools/deno/package-lock.json"]) {
+      await Deno.writeTextFile(`${root}/${file}`, "");
+    }
+    await Deno.copyFile(`${ROOT.pathname}scripts/bundle_bin.sh`, `${root}/scripts/bundle_bin.sh`);
+    const stub = (name: string, body: string) =>
+      Deno.writeTextFile(`${work}/bin/${name}`, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+    await Deno.mkdir(`${work}/bin`);
+    await stub(
+      "deno",
+      `out= last=
+for arg; do [ "$last" = --outdir ] && out=$arg; last=$arg; done
+name=chunk; [ "$last" = main.ts ] || name=check
+entry=main; [ "$last" = main.ts ] || entry=hook_check
+mkdir -p "$out" && echo "import(\\"./$name-$BUILD.js\\");" >"$out/$entry.js" && echo "$BUILD" >"$out/$name-$BUILD.js"`,
+    );
+    // Build "a" stops once it has put its first chunk in DEST, until the test lets it go on.
+    await stub(
+      "mv",
+      `/bin/mv "$@" || exit
+case "$BUILD $*" in "a "*/chunk-a.js*) echo >"${work}/a-paused"; cat "${work}/a-go" >/dev/null ;; esac`,
+    );
+    // Says when a build waits for another: such a wait is the way out of "a" stopping.
+    await stub("flock", `[ "$BUILD" = b ] && echo >"${work}/b-waits"\nexec /usr/bin/flock "$@"`);
+    for (const fifo of ["a-paused", "a-go", "b-waits"]) {
+      const made = await new Deno.Command("mkfifo", { args: [`${work}/${fifo}`] }).output();
+      assertOk(made.success);
+    }
+    const build = (id: string) =>
+      new Deno.Command(`${root}/scripts/bundle_bin.sh`, {
+        env: { PATH: `${work}/bin:${Deno.env.get("PATH")}`, BUILD: id },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+    const first = await build("o").output();
+    assertEquals(first.code, 0, new TextDecoder().decode(first.stderr));
+    const a = build("a");
+    await Deno.readTextFile(`${work}/a-paused`);
+    // "b" runs while "a" is halfway through putting its build in place: to its end, or until it
+    // waits for "a".
+    const b = build("b");
+    let waited = false;
+    const waits = Deno.readTextFile(`${work}/b-waits`).then(() => waited = true);
+    await Promise.race([b.status, waits]);
+    await Deno.writeTextFile(`${work}/a-go`, "go\n");
+    const [aDone, bDone] = await Promise.all([a.output(), b.output()]);
+    if (!waited) {
+      await Deno.writeTextFile(`${work}/b-waits`, "");
+      await waits;
+    }
+    assertEquals(aDone.code, 0, new TextDecoder().decode(aDone.stderr));
+    assertEquals(bDone.code, 0, new TextDecoder().decode(bDone.stderr));
+    // Whichever build's entries DEST holds, the chunks they import are there.
+    const dest = `${root}/dist/bin`;
+    for (const entry of ["main.js", "hook/hook_check.js"]) {
+      const text = await Deno.readTextFile(`${dest}/${entry}`);
+      const chunks = [...text.matchAll(/import\(String\("\.\/([^"]+)"\)\)/g)].map((m) => m[1]!);
+      assertEquals(chunks.length, 1, text);
+      const dir = entry.includes("/") ? `${dest}/hook` : dest;
+      for (const chunk of chunks) {
+        assertOk(Deno.statSync(`${dir}/${chunk}`).isFile, `${entry} imports ${chunk}`);
+      }
+    }
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
