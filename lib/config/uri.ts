@@ -23,6 +23,32 @@ export function isRemoteUri(uri: string): boolean {
   return authority !== "";
 }
 
+/**
+ * Whether a libvirt URI reaches this host's system QEMU daemon (`qemu:///system`, also through
+ * `+unix` or another `socket=`), whose VM starts run the start guard's hook; a session, the test
+ * driver or another driver's VMs never do.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(isSystemQemuUri("qemu+unix:///system/?socket=/tmp/s"), true);
+ * assertEquals(isSystemQemuUri("qemu:///session"), false);
+ * assertEquals(isSystemQemuUri("test:///default"), false);
+ * assertEquals(isSystemQemuUri("qemu+ssh://hv1/system"), false);
+ * ```
+ */
+export function isSystemQemuUri(uri: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return false;
+  }
+  const [driver, transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
+  return driver === "qemu" && (transport === undefined || transport === "unix") &&
+    url.host === "" && url.pathname.replace(/\/+$/, "") === "/system";
+}
+
 /** A value of a libvirt.conf setting: a string, a list of values, or other (a number). */
 type ConfValue = string | ConfValue[] | null;
 

@@ -18,6 +18,7 @@ import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
+import { libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -132,9 +133,10 @@ async function inHooksNamespace(
 
 Deno.test({
   name: "plan and apply use the installed hook's state directory: its refusals, its policies",
-  ignore: !canUnshareMounts(),
+  ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
   async fn() {
     const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-dir-" }));
+    await using daemon = await startDemoDaemon();
     try {
       buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
       // The hook libvirt would run, in a private copy of /etc/libvirt/hooks; it reads hookstate.
@@ -156,7 +158,7 @@ Deno.test({
           "--sysfs",
           `${dir}/sysfs`,
           "--connect",
-          `test://${DEMO}world.xml`,
+          daemon.uri,
         ], { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` });
       const plan = await run(["plan"]);
       assertEquals(plan.code, 0, plan.stderr);
@@ -180,10 +182,71 @@ Deno.test({
 
 Deno.test({
   name:
-    "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
+    "apply on the test driver leaves the installed hook's policies alone: its world's go to --state-dir",
   ignore: !canUnshareMounts(),
   async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-test-" }));
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // The host's hook reads hookstate, where win10 starts with a warning.
+      installRootHook(dir);
+      recordPolicies(`${dir}/hookstate`, {
+        version: 1,
+        config: "host.yaml",
+        vms: { win10: { guard: "warn", rules: {} } },
+      });
+      const before = Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`);
+      const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+      const apply = (config: string, state: string[], env: Record<string, string> = {}) => {
+        Deno.writeTextFileSync(`${dir}/config.yaml`, config);
+        return inHooksNamespace(dir, [
+          ...cliCommand(),
+          "apply",
+          "--yes",
+          ...state,
+          "--config",
+          `${dir}/config.yaml`,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          `test://${DEMO}world.xml`,
+        ], { NO_COLOR: "1", ...env });
+      };
+      // A rehearsal without win10's policy: the host's win10 still warns (it enforced).
+      const plain = await apply(demo, ["--state-dir", `${dir}/rehearsal`]);
+      assertEquals(plain.code, 0, plain.stderr);
+      assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
+      // One with policies: recorded with the rehearsal's state, not where the hook reads.
+      const off = demo.replace("  gentoo:\n", "  gentoo:\n    guard: off\n");
+      const guarded = await apply(off, ["--state-dir", `${dir}/rehearsal`]);
+      assertEquals(guarded.code, 0, guarded.stderr);
+      assertMatch(
+        guarded.stdout,
+        new RegExp(`Start guard policies recorded in ${dir}/rehearsal: "gentoo" off\n`),
+      );
+      assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
+      // Its state directory the hook's: not recorded, and said so.
+      const there = await apply(off, [], { PASSTHROUGH_STATE_DIR: `${dir}/hookstate` });
+      assertEquals(there.code, 0, there.stderr);
+      assertMatch(
+        there.stderr,
+        /Note: start guard policies not recorded: the start guard guards the VMs of qemu:\/\/\/system, not those of "test:\/\/\//,
+      );
+      assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
+  ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
+  async fn() {
     const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-user-" }));
+    // The system daemon's VMs, whose starts the hook guards.
+    await using daemon = await startDemoDaemon();
     try {
       buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
       // The bundle bin/passthrough runs: it needs no npm cache, which this user has none of.
@@ -226,7 +289,7 @@ Deno.test({
           "--sysfs",
           `${dir}/sysfs`,
           "--connect",
-          `test://${DEMO}world.xml`,
+          daemon.uri,
         ], { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` });
       };
       const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);

@@ -12,7 +12,12 @@ import {
   openToAll,
   runInPrivateMounts,
 } from "../helpers/cli.ts";
-import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import {
+  type Libvirtd,
+  libvirtdUnavailable,
+  startDemoDaemon,
+  startLibvirtd,
+} from "../helpers/libvirtd.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { shellQuote } from "../../lib/render/shell.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
@@ -398,9 +403,11 @@ Deno.test({
 Deno.test({
   name:
     "apply by a user who may not read the hooks directory says the guard policies were not recorded",
-  ignore: Deno.uid() !== 0 || !canUnshareMounts(),
+  ignore: Deno.uid() !== 0 || !canUnshareMounts() || libvirtdUnavailable() !== null,
   async fn() {
     await using user = await userHost({ config: true });
+    // The system daemon's VMs, whose starts the hook guards.
+    await using daemon = await startDemoDaemon();
     const { dir, asUser } = user;
     Deno.writeTextFileSync(
       `${dir}/config.yaml`,
@@ -431,7 +438,7 @@ Deno.test({
       "--sysfs",
       `${dir}/sysfs`,
       "--connect",
-      `test://${DEMO}world.xml`,
+      daemon.uri,
       "--state-dir",
       `${dir}/user/state`,
     ];

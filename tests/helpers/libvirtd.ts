@@ -18,6 +18,7 @@
 
 import { shellQuote } from "../../lib/render/shell.ts";
 import { canUnshareMounts } from "./cli.ts";
+import { Connection } from "../../ffi/mod.ts";
 
 const LIBVIRTD = "/usr/sbin/libvirtd";
 const VIRTLOGD = "/usr/sbin/virtlogd";
@@ -367,4 +368,26 @@ export async function undefineUnlessIsolated(daemon: Libvirtd, names: string[]):
       // Never defined (the test failed before).
     }
   }
+}
+
+/**
+ * A private daemon reached as `qemu:///system?socket=...` (the VMs the hook guards), any user
+ * may use, defining demo/world.xml's VMs shut off under their uuids (without devices).
+ */
+export async function startDemoDaemon(): Promise<Libvirtd> {
+  const daemon = await startLibvirtd({ config: [`unix_sock_rw_perms = "0777"`] });
+  await Deno.chmod(daemon.dir, 0o755);
+  using conn = Connection.open(daemon.uri);
+  const vms = {
+    win10: "6695eb01-f6a4-8304-79aa-97f2502e193f",
+    gentoo: "4dea22b3-1d52-d8f3-2516-782e98a23fa0",
+  };
+  for (const [name, uuid] of Object.entries(vms)) {
+    conn.defineDomain(
+      `<domain type='qemu'><name>${name}</name><uuid>${uuid}</uuid>` +
+        "<memory unit='KiB'>65536</memory><vcpu>1</vcpu>" +
+        "<os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
+    ).free();
+  }
+  return daemon;
 }
