@@ -22,7 +22,7 @@ import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/s
 import { resolve } from "../lib/state/paths.ts";
 import { DEFAULT_KEEP_BACKUPS, MAX_KEEP_BACKUPS } from "../lib/state/backups.ts";
 import type { Config } from "../lib/config/config.ts";
-import { isRemoteUri, isSystemQemuUri } from "../lib/config/uri.ts";
+import { isRemoteUri } from "../lib/config/uri.ts";
 import {
   bindDomains,
   bindRecords,
@@ -32,7 +32,7 @@ import {
   keepStricterRulePolicies,
 } from "../lib/guard/policy.ts";
 import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
-import { guardStateDir } from "../lib/guard/hook_file.ts";
+import { guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { GUARD_URI } from "../lib/guard/layout.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
@@ -313,7 +313,7 @@ function recordGuardPolicies(
     }
     return true;
   }
-  const target = policyTarget(uri, flag, io.env);
+  const target = guardStateDirFor(uri, flag, io.env);
   if (target === null) {
     if (named.length > 0) {
       io.err(
@@ -354,26 +354,6 @@ function recordGuardPolicies(
     io.err(`Cannot record the start guard policies in ${stateDir}: ${errorText(error)}\n`);
     return false;
   }
-}
-
-/**
- * Where to record the policies of the VMs of `uri`: for the system daemon's, whose starts run
- * the installed hook, where that hook reads them whatever `--state-dir` says (it names the
- * backups); for others' (the test driver, a session), which no hook guards, the state directory
- * this run was given, unless that is the hook's (or may be, the hook being unreadable): `null`
- * then, as a rehearsal's policies there would relax or tighten the host's VMs' starts.
- */
-function policyTarget(
-  uri: string,
-  flag: string | undefined,
-  env: (name: string) => string | undefined,
-): ReturnType<typeof guardStateDir> | null {
-  if (isSystemQemuUri(uri)) return guardStateDir(flag, env, { hookFirst: true });
-  const { hook, unreadable } = guardStateDir(flag, env);
-  const stateDir = resolveStateDirPath({ flag, env });
-  if (hook !== null && resolve(hook.stateDir) === stateDir) return null;
-  if (unreadable !== null && flag === undefined) return null;
-  return { stateDir, hook: null, unreadable: null };
 }
 
 /**

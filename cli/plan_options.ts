@@ -36,7 +36,7 @@ import {
   withLibvirtTimeout,
 } from "./connect.ts";
 import type { GuardRefusalRecord } from "../lib/guard/state.ts";
-import { guardStateDir } from "../lib/guard/hook_file.ts";
+import { guardStateDir, guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { guardPath, POLICY_FILE } from "../lib/guard/layout.ts";
 import type { GuardPolicyFile } from "../lib/guard/policy.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
@@ -301,11 +301,13 @@ export async function computePlan(
     checkRemoteHost(libvirt.uri, sysfs, section);
     options.onConnect?.(libvirt);
     const facts = hostFactsFor(sysfs);
-    // Where the installed hook records them, whatever --state-dir says (it names the backups).
+    // Whether a hook is installed, and where it reads, whatever --state-dir says.
     const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
     // libvirt runs hooks from its own directory only; another host's tree says nothing of it.
     const known = isLiveRoot(sysfs ?? LIVE_SYSFS) && guard.unreadable === null;
-    const guardPolicies = await recordedPolicies(guard.stateDir);
+    // The policies and refusals of these VMs: a test world's or a session's are not the hook's.
+    const guardDir = guardStateDirFor(libvirt.uri, inputs["state-dir"], io.env)?.stateDir ?? null;
+    const guardPolicies = guardDir === null ? null : await recordedPolicies(guardDir);
     const plan = planHostdevs({
       config,
       host,
@@ -316,7 +318,7 @@ export async function computePlan(
       ...(known ? { guardHook: guard.hook !== null } : {}),
       ...(guardPolicies === null ? {} : { guardPolicies }),
     });
-    await addGuardRefusals(plan, guard.stateDir);
+    if (guardDir !== null) await addGuardRefusals(plan, guardDir);
     return {
       plan,
       libvirt,

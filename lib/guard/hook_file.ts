@@ -26,6 +26,7 @@ import {
 import { sha256Hex } from "../state/sha256.ts";
 import type { SysfsReader } from "../host/sysfs.ts";
 import { DEFAULT_HOOKS_DIR } from "./layout.ts";
+import { isSystemQemuUri } from "../config/uri.ts";
 
 export { DEFAULT_HOOKS_DIR };
 
@@ -907,6 +908,26 @@ export function guardStateDir(
     ? hook.stateDir
     : resolveStateDirPath({ flag, env });
   return { stateDir, hook, unreadable };
+}
+
+/**
+ * Where the start guard's files for the VMs of the local `uri` are: for the system daemon's, whose
+ * starts run the installed hook, where that hook reads them whatever `--state-dir` says; for
+ * others' (the test driver, a session), which no hook guards, the state directory this run was
+ * given, unless that is the hook's (or may be, the hook being unreadable): `null` then, as a
+ * rehearsal's policies there would change the host's VMs' starts, and its refusals are theirs.
+ */
+export function guardStateDirFor(
+  uri: string,
+  flag: string | undefined,
+  env: (name: string) => string | undefined,
+): ReturnType<typeof guardStateDir> | null {
+  if (isSystemQemuUri(uri)) return guardStateDir(flag, env, { hookFirst: true });
+  const { hook, unreadable } = guardStateDir(flag, env);
+  const stateDir = resolveStateDirPath({ flag, env });
+  if (hook !== null && resolve(hook.stateDir) === stateDir) return null;
+  if (unreadable !== null && flag === undefined) return null;
+  return { stateDir, hook: null, unreadable: null };
 }
 
 /**

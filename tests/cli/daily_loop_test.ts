@@ -240,6 +240,44 @@ Deno.test({
 });
 
 Deno.test({
+  name: "plan over the test driver shows its own state's refusals, not the installed hook's",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-plan-" }));
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // The host's hook refused its own win10, which the test world's win10 is not.
+      installRootHook(dir);
+      recordMovedCardRefusal(`${dir}/hookstate`);
+      const plan = (env: Record<string, string>) =>
+        inHooksNamespace(dir, [
+          ...cliCommand(),
+          "plan",
+          "--config",
+          `${DEMO}passthrough_config.yaml`,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          `test://${DEMO}world.xml`,
+        ], { NO_COLOR: "1", ...env });
+      const own = await plan({ PASSTHROUGH_STATE_DIR: `${dir}/rehearsal` });
+      assertEquals(own.code, 0, own.stderr);
+      assertEquals(own.stdout.includes("[guard-refused]"), false, own.stdout);
+      // Its state directory the hook's: still the host's VMs' records, not the test world's.
+      const there = await plan({ PASSTHROUGH_STATE_DIR: `${dir}/hookstate` });
+      assertEquals(there.code, 0, there.stderr);
+      assertEquals(there.stdout.includes("[guard-refused]"), false, there.stdout);
+      // Its own state's refusals it shows.
+      recordMovedCardRefusal(`${dir}/rehearsal`);
+      const recorded = await plan({ PASSTHROUGH_STATE_DIR: `${dir}/rehearsal` });
+      assertMatch(recorded.stdout, /warning \[guard-refused\] The start guard checked "win10" at /);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name:
     "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
   ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
