@@ -616,25 +616,34 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
 
 /**
  * A VM defined while shut off, looked at once more just before the report: one started since its
- * look after the define (while later VMs were asked about, say) runs the new definition, which
- * the report says instead of "at the next start". A start after this look is seen by no one,
- * and the next start it waits for is then that one. Not read is taken as still shut off.
+ * look after the define (while later VMs were asked about, say) is told by its running hostdevs
+ * ({@link startedWith}), as one caught right after the define is: a start runs the new
+ * definition, but a `virsh restore` of a save file made before runs the old one as saved. A
+ * start after this look is seen by no one, and the next start it waits for is then that one. Not
+ * read is taken as still shut off.
  */
 function lastLook(vm: VmApplyResult, libvirt: LibvirtPort): void {
-  if (vm.status !== "changed" || vm.effect !== "next-start") return;
+  if (vm.status !== "changed" || vm.effect !== "next-start" || vm.definition === null) return;
   try {
     if (!libvirt.isActive(vm.vm)) return;
   } catch {
     return;
   }
+  const { before, after } = vm.definition;
+  let started: StartedWith;
+  try {
+    started = startedWith(libvirt, vm.vm, {
+      current: parseDomainXml(before),
+      desired: parseDomainXml(after),
+    });
+  } catch (error) {
+    started = { unknown: `its definitions cannot be read: ${errorText(error)}` };
+  }
+  const [effect, clause] = startedReport(started);
   vm.active = true;
-  vm.effect = "now";
-  vm.message += `; ${STARTED_WITH_CHANGE}`;
+  vm.effect = effect;
+  vm.message += `; ${clause}`;
 }
-
-/** What a VM started by another client from the definition apply made is told. */
-const STARTED_WITH_CHANGE =
-  "it was started while this apply ran, after the define, so the running guest has the change already";
 
 /**
  * Removes the older backups of a VM whose change held (not one undone, failed or skipped: its
@@ -1565,7 +1574,7 @@ function applyVm(
   let stoppedSince = false;
   try {
     const active = libvirt.isActive(vm.name);
-    if (!now.active && active) startedSince = startedWith(libvirt, vm, planned);
+    if (!now.active && active) startedSince = startedWith(libvirt, vm.name, planned);
     stoppedSince = now.active && !active;
   } catch {
     // The define and its read-back succeeded; only this report's wording is at stake.
@@ -1595,13 +1604,13 @@ type StartedWith = "new" | "old" | { unknown: string };
  */
 function startedWith(
   libvirt: LibvirtPort,
-  vm: VmPlan,
+  vm: string,
   planned: { current: ParsedDomain; desired: ParsedDomain },
 ): StartedWith {
   let live: Map<PciAddress, string>;
   try {
     if (libvirt.getLiveXml === undefined) return { unknown: "its running definition is not read" };
-    live = pciDevices(parseDomainXml(libvirt.getLiveXml(vm.name)));
+    live = pciDevices(parseDomainXml(libvirt.getLiveXml(vm)));
   } catch (error) {
     return { unknown: `its running definition cannot be read: ${errorText(error)}` };
   }
@@ -1613,6 +1622,27 @@ function startedWith(
   if (runs(planned.desired)) return "new";
   if (runs(planned.current)) return "old";
   return { unknown: "its running hostdevs are neither the old nor the new definition's" };
+}
+
+/**
+ * When the change reaches a VM another client started while this apply ran (`started`, see
+ * {@link startedWith}), and the clause that says so.
+ */
+function startedReport(started: StartedWith): [ApplyEffect, string] {
+  const clause = "it was started while this apply ran";
+  if (started === "new") {
+    return ["now", `${clause}, after the define, so the running guest has the change already`];
+  }
+  if (started === "old") {
+    return [
+      "next-power-off",
+      `${clause}, so it runs without the change until its next full power-off`,
+    ];
+  }
+  return [
+    "next-power-off",
+    `${clause}, before or after the define cannot be told (${started.unknown}): the change takes effect at its next full power-off at the latest`,
+  ];
 }
 
 /**
@@ -1689,19 +1719,8 @@ function stateChangedSince(
   },
 ): VmApplyResult | null {
   if (startedSince !== null) {
-    const started = `${summary}; it was started while this apply ran`;
-    const [effect, message]: [ApplyEffect, string] = startedSince === "new"
-      ? ["now", `${summary}; ${STARTED_WITH_CHANGE}`]
-      : startedSince === "old"
-      ? [
-        "next-power-off",
-        `${started}, so it runs without the change until its next full power-off`,
-      ]
-      : [
-        "next-power-off",
-        `${started}, before or after the define cannot be told (${startedSince.unknown}): the change takes effect at its next full power-off at the latest`,
-      ];
-    return { ...base, active: true, effect, message };
+    const [effect, clause] = startedReport(startedSince);
+    return { ...base, active: true, effect, message: `${summary}; ${clause}` };
   }
   if (!stoppedSince) return null;
   const stopped = `${summary}; it was shut off while this apply ran`;

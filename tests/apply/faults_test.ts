@@ -1005,6 +1005,54 @@ Deno.test({
 
 Deno.test({
   name:
+    "applyPlan() on a real libvirtd: a VM another client restores from a save file while a later VM is asked about is reported running without the change",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    using port = openLibvirtPort(daemon.uri);
+    const virsh = (...args: string[]) => {
+      const out = new Deno.Command("virsh", {
+        args: ["-c", daemon.uri, ...args],
+        stdout: "null",
+        stderr: "piped",
+      }).outputSync();
+      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    };
+    // A runs without hostdevs and is saved to a file (`virsh save`, no managed save image): shut
+    // off, and a `virsh restore` runs it again as saved, from the definition it had then.
+    port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+    port.define(qemuDomainXml(B));
+    virsh("start", A);
+    const saved = `${tree.dir}/a.save`;
+    virsh("save", A, saved);
+    const plan = planHostdevs({
+      config: twoVmConfig(),
+      host: await loadHost(tree.sysfs),
+      libvirt: port,
+    });
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.changed]), [[A, true], [B, true]]);
+    // `virsh restore` lands while apply asks about B, after its look at A found A shut off.
+    const confirm = (vm: VmPlan): Promise<ConfirmAnswer> => {
+      if (vm.name === B) virsh("restore", saved);
+      return Promise.resolve("yes");
+    };
+    const report = await applyPlan(plan, { libvirt: port, stateDir: `${tree.dir}/state`, confirm });
+    assertEquals(report.changed, [A, B]);
+    const result = report.vms[0]!;
+    // Why: the guest runs as saved, without the GPU the define gave A.
+    assertEquals(parseDomainXml(port.getLiveXml!(A)).hostdevs, []);
+    assertEquals([result.effect, result.active], ["next-power-off", true]);
+    assertMatch(
+      result.message,
+      /; it was started while this apply ran, so it runs without the change until its next full power-off$/,
+    );
+    virsh("destroy", A);
+  },
+});
+
+Deno.test({
+  name:
     "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
   ignore: daemonMissing !== null,
   async fn() {
