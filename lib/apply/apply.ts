@@ -1600,7 +1600,7 @@ type StartedWith = "new" | "old" | { unknown: string };
 /**
  * Which definition `vm`, found running after its define, was started with: told by the PCI
  * hostdevs and hostdev interfaces of the running guest ({@link samePciDevice}), the only part of
- * the definition the plan changes that a running guest shows.
+ * the definition the plan changes that a running guest shows; not told when they fit both.
  */
 function startedWith(
   libvirt: LibvirtPort,
@@ -1619,8 +1619,14 @@ function startedWith(
     return devices.size === live.size &&
       [...devices].every(([a, xml]) => live.has(a) && samePciDevice(xml, live.get(a)!));
   };
-  if (runs(planned.desired)) return "new";
-  if (runs(planned.current)) return "old";
+  const [isNew, isOld] = [runs(planned.desired), runs(planned.current)];
+  // Both: what tells them apart is what libvirt fills in, such as the guest address of a card
+  // the define wrote without one (its multifunction turned off), which the old one had.
+  if (isNew && isOld) {
+    return { unknown: "its running hostdevs fit both the old and the new definition" };
+  }
+  if (isNew) return "new";
+  if (isOld) return "old";
   return { unknown: "its running hostdevs are neither the old nor the new definition's" };
 }
 

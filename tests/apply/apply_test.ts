@@ -697,6 +697,73 @@ Deno.test("applyPlan() says a running VM changes at its next power-off, and repo
   assertMatch(recordOnly.vms[0]!.message, /next full power-off/);
 });
 
+Deno.test("applyPlan() does not take a guest started before the define for the new definition when only guest addresses tell them apart", async () => {
+  // "web" runs (a real test-driver guest) with a card kept in one guest slot (multifunction);
+  // the rule's multifunction turned off, so the planner writes the card again without its guest
+  // address for libvirt to place. apply read it shut off: it was started by another client
+  // after that read, before the define, so it runs the old layout.
+  const slot = { domain: 0, bus: 0, slot: 5, function: 0, multifunction: true };
+  const card = { address: "0000:01:00.0", managed: true, guestAddress: slot };
+  const root = Deno.makeTempDirSync({ prefix: "passthrough-apply-test-" });
+  Deno.writeTextFileSync(
+    `${root}/world.xml`,
+    `<?xml version="1.0"?>\n<node>\n${
+      editDomainXml(domain("web", { running: true }), {
+        remove: [],
+        add: [card],
+        records: [identity(card.address)],
+      })
+    }\n</node>\n`,
+  );
+  using port = openLibvirtPort(`test://${root}/world.xml`);
+  try {
+    const currentXml = port.getPersistentXml("web", { secure: true });
+    const desiredXml = editDomainXml(currentXml, {
+      remove: [],
+      add: [],
+      records: [identity(card.address)],
+      rewrite: [{ address: card.address, managed: true }],
+    });
+    assertOk(!/<address type='pci'/.test(parseDomainXml(desiredXml).hostdevs[0]!.xml));
+    let defined = false;
+    const racing: LibvirtPort = {
+      get uri() {
+        return port.uri;
+      },
+      listDomains: () => port.listDomains(),
+      getPersistentXml: (name, options) => port.getPersistentXml(name, options),
+      getLiveXml: (name) => port.getLiveXml!(name),
+      isActive: (name) => defined && port.isActive(name),
+      define: (xml) => {
+        port.define(xml);
+        defined = true;
+      },
+      attachDevice: (name, xml, change) => port.attachDevice(name, xml, change),
+      detachDevice: (name, xml, change) => port.detachDevice(name, xml, change),
+    };
+    const vm = { ...planVm(port, "web", [], { desiredXml }), active: false };
+    const report = await applyPlan(planOf(port, [vm]), {
+      libvirt: racing,
+      stateDir: `${root}/state`,
+      confirm: yes,
+    });
+    // The running guest keeps the slot the old definition gave the card.
+    assertMatch(parseDomainXml(port.getLiveXml!("web")).hostdevs[0]!.xml, /slot='0x05'/);
+    const result = report.vms[0]!;
+    assertEquals([result.status, result.effect, result.active], [
+      "changed",
+      "next-power-off",
+      true,
+    ]);
+    assertMatch(
+      result.message,
+      /; it was started while this apply ran, before or after the define cannot be told \(.*both.*\): the change takes effect at its next full power-off at the latest$/,
+    );
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("applyPlan() --live does not call a guest stopped since the define as planned", async () => {
   using f = fixture();
   // Real libvirt underneath; "alpha" (shut off) read as running until apply's look right after
