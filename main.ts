@@ -40,13 +40,15 @@ function usage(): string {
 /**
  * What a command line that names no command gets: one line, then what follows it. An option
  * written first (virsh's habit: `virsh -c URI list`) is no misspelt command: say where options
- * go, naming the command that follows it (`later`) when there is one.
+ * go, naming the command that follows it (`later`) when there is one. A word after a leading `--`
+ * (`operand`) is no option, however it is spelt: an unknown command.
  */
 function unknownCommand(
   name: string,
   rest: readonly string[],
+  operand: boolean,
 ): { message: string; more: string; later?: Command } {
-  if (name.startsWith("-")) {
+  if (name.startsWith("-") && !operand) {
     const word = rest.find((arg) => COMMANDS.some((c) => c.name === arg));
     const later = COMMANDS.find((c) => c.name === word);
     return later === undefined
@@ -91,13 +93,17 @@ function unknownCommand(
  * ```
  */
 export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
-  const [first, ...rest] = args;
+  // A "--" first ends the options, as POSIX has it (a wrapper's `passthrough -- "$@"`): the word
+  // after it is the command, even one spelt like an option (`-- --help` is no request for help).
+  const operand = args[0] === "--";
+  const [first, ...rest] = operand ? args.slice(1) : args;
   // `help CMD` is `CMD --help`.
   const name = first === "help" && rest[0] !== undefined ? rest[0] : first;
-  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+  const option = (...spellings: string[]) => !operand && spellings.includes(name ?? "");
+  if (name === undefined || name === "help" || option("--help", "-h")) {
     return print(terminal, "passthrough", usage(), name === undefined ? 2 : 0);
   }
-  if (name === "--version" || name === "-V" || name === "version") {
+  if (name === "version" || option("--version", "-V")) {
     return print(terminal, "passthrough", `passthrough ${VERSION}\n`, 0);
   }
   // Arguments after "--" are data (the hook passes VM names there), never flags.
@@ -105,13 +111,13 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
   // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
   const asked = (flag: string) =>
-    [name, ...flags].some((f) => f === flag || f.startsWith(`${flag}=`));
+    [...(operand ? [] : [name]), ...flags].some((f) => f === flag || f.startsWith(`${flag}=`));
   // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that,
   // an option written before the command (`--detailed-exitcode plan`) included.
   const usageCode = asked("--detailed-exitcode") ? 1 : 2;
   const command: Command | undefined = COMMANDS.find((c) => c.name === name);
   if (command === undefined) {
-    const { message, more, later } = unknownCommand(name, rest);
+    const { message, more, later } = unknownCommand(name, rest, operand);
     const io = outputTo(terminal, terminal.color);
     // The script asked the command it names for JSON, and parses stdout (as below).
     if (asked("--json") && later !== undefined && Object.hasOwn(later.flags, "json")) {

@@ -113,6 +113,26 @@ Deno.test("an option written before the command says options go after it, exit 2
   assertMatch(alone.err, /^passthrough: Option "--json" needs a command first\n\n.*Commands:\n/s);
 });
 
+Deno.test('a "--" before the command ends the options: the next word is the command', async () => {
+  // It said `Option "--" comes before the command "plan"`: "--" is no option (POSIX), and a
+  // wrapper's `passthrough -- "$@"` writes it there.
+  const help = await run(["--", "plan", "--help"]);
+  assertEquals([help.code, help.err], [0, ""]);
+  assertMatch(help.out, /^Usage: passthrough plan /);
+  const bad = await run(["--", "plan", "--bogus", "--detailed-exitcode"]);
+  assertEquals(bad.code, 1, bad.err);
+  assertMatch(bad.err, /^passthrough plan: Unknown option '--bogus'/);
+  // After it, a word spelt like an option is data: no version, help or JSON asked for.
+  const version = await run(["--", "--version"]);
+  assertEquals([version.code, version.out], [2, ""]);
+  assertMatch(version.err, /^passthrough: Unknown command "--version"/);
+  assertEquals((await run(["--", "--detailed-exitcode", "plan"])).code, 2);
+  assertEquals((await run(["--", "--json", "plan"])).out, "");
+  const alone = await run(["--"]);
+  assertEquals(alone.code, 2);
+  assertMatch(alone.out, /^passthrough .*\n\nUsage: passthrough <command>/);
+});
+
 Deno.test("rollback without a terminal says a wrong command line first, as apply does", async () => {
   // It said "No terminal to confirm on" (exit 1), and the usage error only once --yes was given.
   const json = await run(["rollback", "win10", "--json"]);
