@@ -13,7 +13,7 @@ import { stripAnsi } from "./lib/render/colors.ts";
 import { libvirtAccessAdvice } from "./lib/render/error_text.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
-import { colorChoice } from "./cli/flags.ts";
+import { colorChoice, takesNextArgument } from "./cli/flags.ts";
 import { didYouMean } from "./lib/render/suggest.ts";
 import { defaultIo } from "./cli/io.ts";
 import { VERSION } from "./cli/version.ts";
@@ -38,6 +38,24 @@ function usage(): string {
 }
 
 /**
+ * The first word of `args` that names a command, past the values of the options before it: in
+ * `--vm plan apply`, "plan" is the VM `--vm` names, and the command is `apply`.
+ */
+function commandIn(args: readonly string[]): Command | undefined {
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg.startsWith("-")) {
+      // A flag takes a value in every command or in none (flags_test): any command's table tells.
+      if (COMMANDS.some((c) => takesNextArgument(c.flags, arg))) i++;
+      continue;
+    }
+    const command = COMMANDS.find((c) => c.name === arg);
+    if (command !== undefined) return command;
+  }
+  return undefined;
+}
+
+/**
  * What a command line that names no command gets: one line, then what follows it. An option
  * written first (virsh's habit: `virsh -c URI list`) is no misspelt command: say where options
  * go, naming the command that follows it (`later`) when there is one. A word after a leading `--`
@@ -49,8 +67,7 @@ function unknownCommand(
   operand: boolean,
 ): { message: string; more: string; later?: Command } {
   if (name.startsWith("-") && !operand) {
-    const word = rest.find((arg) => COMMANDS.some((c) => c.name === arg));
-    const later = COMMANDS.find((c) => c.name === word);
+    const later = commandIn([name, ...rest]);
     return later === undefined
       ? { message: `Option "${name}" needs a command first`, more: `\n${usage()}` }
       : {

@@ -463,6 +463,26 @@ function tokenize(flags: Flags, args: readonly string[]): (FlagToken | string)[]
   return tokens;
 }
 
+/**
+ * Whether the option `arg` takes the argument after it as its value under `flags`, as the parser
+ * reads it: `--vm` and `-c` do, `--vm=NAME`, `--json` and an unknown option do not.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { CONNECT_FLAG, takesNextArgument } from "./flags.ts";
+ * assertEquals(takesNextArgument(CONNECT_FLAG, "-c"), true);
+ * assertEquals(takesNextArgument(CONNECT_FLAG, "--connect=test:///default"), false);
+ * assertEquals(takesNextArgument(CONNECT_FLAG, "--allow-uri-programs"), false);
+ * ```
+ */
+export function takesNextArgument(flags: Flags, arg: string): boolean {
+  // The empty string stands for the next argument: an inline value is never taken from it.
+  return tokenize(flags, [arg, ""]).some((token) =>
+    typeof token !== "string" && !token.inline && token.value === ""
+  );
+}
+
 /** The usage error of a flag `parseArgs`'s strict mode refuses, or nothing. */
 function checkFlag(flags: Flags, token: FlagToken): void {
   if (!Object.hasOwn(flags, token.name)) {

@@ -105,6 +105,15 @@ Deno.test("an option written before the command says options go after it, exit 2
     });
     assertMatch(json.out, /comes before the command/);
   }
+  // An option's value is no command: in `--vm plan apply`, "plan" is the VM and the command
+  // `apply`; it named "plan" as the command.
+  const valued = await run(["--vm", "plan", "apply", "--yes"]);
+  assertEquals(valued.code, 2);
+  assertMatch(valued.err, /^passthrough: Option "--vm" comes before the command "apply"/);
+  assertMatch((await run(["-c", "devices", "--json", "groups"])).err, /command "groups"/);
+  assertMatch((await run(["--vm=plan", "apply"])).err, /command "apply"/);
+  const only = await run(["--vm", "plan"]);
+  assertMatch(only.err, /^passthrough: Option "--vm" needs a command first\n/);
   // Only where the command has JSON output.
   assertEquals((await run(["--json", "demo"])).out, "");
   // No command at all: the list of commands, after the line that says so.

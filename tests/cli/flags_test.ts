@@ -61,6 +61,22 @@ Deno.test("every command's help lists exactly the flags it parses, within 100 co
   }
 });
 
+Deno.test("a flag, or its letter, takes a value in every command or in none", () => {
+  // An option written before the command is read through any command's table (main.ts): one
+  // flag taking a value in one command and none in another would make that reading a guess.
+  const kinds = new Map<string, string>();
+  for (const command of COMMANDS) {
+    for (const [name, flag] of Object.entries(command.flags)) {
+      for (const key of [`--${name}`, ...(flag.short === undefined ? [] : [`-${flag.short}`])]) {
+        const kind = `${flag.type} (${command.name})`;
+        const seen = kinds.get(key) ?? kind;
+        assertEquals(seen.split(" ")[0], flag.type, `${key}: ${seen}, ${kind}`);
+        kinds.set(key, seen);
+      }
+    }
+  }
+});
+
 Deno.test("every command refuses an unknown flag with its help, exit 2", async () => {
   for (const command of COMMANDS) {
     const run = await runMain([command.name, "--bogus"]);
