@@ -31,7 +31,7 @@ import { hookStaleBundle, runningStaleBundle } from "./hook.ts";
 import { hostFactsFor, isLiveRoot, LIVE_SYSFS, loadHost, readerFor } from "./host_options.ts";
 import { painter } from "../lib/render/colors.ts";
 import { Connection, type ConnectionOpenOptions } from "../ffi/connection.ts";
-import { connectTarget } from "./connect.ts";
+import { connectTarget, libvirtTimeout } from "./connect.ts";
 import { withDeadlineOutput } from "../ffi/deadline.ts";
 import { terminalSafe } from "../lib/render/terminal.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
@@ -121,6 +121,8 @@ export function renderFindings(findings: DoctorFinding[], color: boolean): strin
 /** Runs `passthrough doctor`: exit 1 when a check fails. */
 export async function run({ values }: Parsed<typeof DOCTOR>, io: CliIo): Promise<number> {
   const root = values.sysfs ?? LIVE_SYSFS;
+  // A --libvirt-timeout that is no number is a wrong command line, libvirt looked at or not.
+  libvirtTimeout(values["libvirt-timeout"]);
   const target = values["no-libvirt"] ? null : connectTarget(values, io, "doctor");
   const host = await loadHost(root);
   const reader = readerFor(root);

@@ -156,6 +156,14 @@ Deno.test("rollback without a terminal says a wrong command line first, as apply
   assertEquals((await run(["apply", "--json"])).code, 2);
 });
 
+Deno.test("doctor --no-libvirt still refuses a --libvirt-timeout that is no number, exit 2", async () => {
+  // It ran every check but libvirt's, exit 0 or 1, and never said the value was wrong.
+  const json = await run(["doctor", "--no-libvirt", "--libvirt-timeout", "soon", "--json"]);
+  assertEquals(json.code, 2, json.err);
+  assertEquals(JSON.parse(json.out).error.kind, "usage");
+  assertMatch(json.err, /^passthrough doctor: --libvirt-timeout takes a number of seconds/);
+});
+
 Deno.test("--detailed-exitcode: a usage error exits 1, never 2 (changes pending)", async () => {
   const bad = await run(["plan", "--detailed-exitcode", "--bogus"]);
   assertEquals(bad.code, 1);
