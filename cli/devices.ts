@@ -139,21 +139,31 @@ function matchesAddress(address: string, wanted: string): boolean {
   return address === wanted || slotOf(address) === wanted;
 }
 
-/**
- * The devices `addresses` and `--class` name (all when neither is given); throws on a typo,
- * pointing at the `devices` of the same tree (`run`'s `--sysfs`).
- */
-function selected(
-  host: HostTopology,
-  { addresses, klass, run }: { addresses: string[]; klass: string | undefined; run: RunFlags },
-): PciDevice[] {
+/** The addresses given, as typed and parsed: a usage error for one that is none, before any read. */
+function wantedAddresses(addresses: string[]): WantedDevice[] {
   const malformed = addresses.find((a) => wantedAddress(a) === null);
   if (malformed !== undefined) {
     throw new UsageError(
       `"${malformed}" is not a PCI address (0000:44:00.0, 44:00.0, or 44:00 for a whole card)`,
     );
   }
-  const wanted = addresses.map((a) => ({ text: a, address: wantedAddress(a)! }));
+  return addresses.map((a) => ({ text: a, address: wantedAddress(a)! }));
+}
+
+/** An address given on the command line, as typed and parsed. */
+interface WantedDevice {
+  text: string;
+  address: string;
+}
+
+/**
+ * The devices `wanted` and `--class` name (all when neither is given); throws on a typo,
+ * pointing at the `devices` of the same tree (`run`'s `--sysfs`).
+ */
+function selected(
+  host: HostTopology,
+  { wanted, klass, run }: { wanted: WantedDevice[]; klass: string | undefined; run: RunFlags },
+): PciDevice[] {
   let devices = host.devices;
   if (wanted.length > 0) {
     const unknown = wanted.filter((w) =>
@@ -201,10 +211,12 @@ export async function run(
   { values, positionals }: Parsed<typeof DEVICES>,
   io: CliIo,
 ): Promise<number> {
+  // A wrong command line is said whatever the tree: one that cannot be read is not said first.
   checkClass(values.class);
+  const wanted = wantedAddresses(positionals);
   const host = await loadHost(values.sysfs);
   const devices = selected(host, {
-    addresses: positionals,
+    wanted,
     klass: values.class,
     run: runFlags(values),
   });

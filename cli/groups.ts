@@ -24,12 +24,16 @@ import {
   sameIds,
 } from "./devices.ts";
 
-/** The groups `wanted` names (all when none is); throws on a group the host does not have. */
-function selected(host: HostTopology, wanted: string[]): IommuGroup[] {
+/** A usage error for a group given that is no number, before any read. */
+function checkGroupNumbers(wanted: string[]): void {
   const malformed = wanted.find((w) => !/^\d+$/.test(w));
   if (malformed !== undefined) {
     throw new UsageError(`"${malformed}" is not an IOMMU group number`);
   }
+}
+
+/** The groups `wanted` names (all when none is); throws on a group the host does not have. */
+function selected(host: HostTopology, wanted: string[]): IommuGroup[] {
   const unknown = wanted.filter((w) => !host.groups.some((g) => String(g.group) === w));
   if (unknown.length > 0) {
     const numbers = host.groups.map((g) => g.group);
@@ -51,6 +55,8 @@ export async function run(
   { values, positionals }: Parsed<typeof GROUPS>,
   io: CliIo,
 ): Promise<number> {
+  // A wrong command line is said whatever the tree: one that cannot be read is not said first.
+  checkGroupNumbers(positionals);
   const host = await loadHost(values.sysfs);
   const groups = selected(host, positionals);
   if (values.json) {

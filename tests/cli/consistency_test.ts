@@ -156,6 +156,18 @@ Deno.test("rollback without a terminal says a wrong command line first, as apply
   assertEquals((await run(["apply", "--json"])).code, 2);
 });
 
+Deno.test("devices and groups say a malformed argument before a tree they cannot read", async () => {
+  // It said the tree was missing (exit 1), and the wrong argument only once --sysfs was right.
+  const missing = "/nonexistent/passthrough-tree";
+  const devices = await run(["devices", "--sysfs", missing, "44:00.x"]);
+  assertEquals(devices.code, 2, devices.err);
+  assertMatch(devices.err, /^passthrough devices: "44:00.x" is not a PCI address/);
+  const groups = await run(["groups", "--sysfs", missing, "two", "--json"]);
+  assertEquals(groups.code, 2, groups.err);
+  assertEquals(JSON.parse(groups.out).error.kind, "usage");
+  assertMatch(groups.err, /^passthrough groups: "two" is not an IOMMU group number/);
+});
+
 Deno.test("doctor --no-libvirt still refuses a --libvirt-timeout that is no number, exit 2", async () => {
   // It ran every check but libvirt's, exit 0 or 1, and never said the value was wrong.
   const json = await run(["doctor", "--no-libvirt", "--libvirt-timeout", "soon", "--json"]);
