@@ -35,7 +35,12 @@ import {
 } from "../domain/lenient.ts";
 import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
-import { cardOf, hostCriticalReason, virtualFunctionInUse } from "../resolve/host_critical.ts";
+import {
+  cardOf,
+  hostCriticalReason,
+  passedDeviceHostNeeds,
+  virtualFunctionInUse,
+} from "../resolve/host_critical.ts";
 import { type GroupMate, groupMates, type OtherMate } from "../resolve/group_mates.ts";
 import {
   baseName,
@@ -403,15 +408,13 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       ? { held: false, hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }) }
       : { held: true, hostNeeds: `in use (${held.reason}: ${held.detail})` };
   };
+  // As `plan` judges what a definition keeps; the refusal names what makes it busy: the VF
+  // another VM was given before the host's use.
   const hostNeedsOf = (device: PciDevice | null) =>
-    device === null ? null : device.isBridge
-      // No rule passes a bridge; a hand-added one would have libvirt unbind its port driver
-      // (hot-plug, error reporting and power management of everything behind it) at start.
-      ? "a PCI bridge, with the devices behind it"
-      // The refusal names what makes it busy: the VF another VM was given before the host's use.
+    device === null
+      ? null
       : (busy(device)?.reason === "vm-passed" ? virtualFunctionInUse(device, hostUse) : null) ??
-        hostCriticalReason(device, { matchedCards, hostUse }) ??
-        virtualFunctionInUse(device, hostUse);
+        passedDeviceHostNeeds(device, hostUse);
   return [
     ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),

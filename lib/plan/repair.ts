@@ -26,6 +26,7 @@ import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning, type StartGuard, startGuard } from "./issues.ts";
 import { findMovedCard, movedRecord } from "../resolve/moves.ts";
+import { passedDeviceHostNeeds } from "../resolve/host_critical.ts";
 import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
@@ -38,8 +39,11 @@ export interface HostNeeded {
   address: PciAddress;
   /** The device there now. */
   device: PciDevice;
-  /** What the host uses it for. */
-  use: HostUse;
+  /**
+   * Why the host needs it: what the host uses it for (`default-route: eth0`), or what it is (`a
+   * PCI bridge, with the devices behind it`), as the start guard says it.
+   */
+  why: string;
   /**
    * An `owned` hostdev, a `hand-added` one, an `<interface type='hostdev'>` (`interface`), a
    * `<disk type='nvme'>` (`disk`: libvirt detaches its controller at start as a hostdev's), or
@@ -53,8 +57,9 @@ export interface HostNeeded {
 }
 
 /**
- * The hostdevs of `domain` whose device the host needs now (`host.hostUse`), in the domain's
- * order, interfaces and then NVMe disks last: owned ones whose recorded card is still there (a stale one is the
+ * The hostdevs of `domain` whose device the host needs now (`host.hostUse`; for one the domain
+ * names itself, not owned, also a bridge or platform function: {@link passedDeviceHostNeeds}),
+ * in the domain's order, interfaces and then NVMe disks last: owned ones whose recorded card is still there (a stale one is the
  * repair's in any case) and whose rule does not say `allow_host_critical: true`, and every
  * hand-added one: a rule taking it records nothing for it (hand-added hostdevs are never
  * taken over), so the start guard, which lifts only a recorded device's refusal, would refuse
@@ -69,7 +74,6 @@ export function hostNeededHostdevs(
 ): HostNeeded[] {
   const out: HostNeeded[] = [];
   const uses = host.hostUse;
-  if (uses === null || uses.length === 0) return out;
   // Only an owned hostdev or interface, whose record apply writes again under the rule taking it.
   const allowedBy = (address: PciAddress, rule: string | null) =>
     rule !== null && (
@@ -83,13 +87,21 @@ export function hostNeededHostdevs(
     kind: HostNeeded["kind"],
     owner: { record?: DeviceIdentity; rule: string | null; network?: string },
   ) => {
-    const use = uses.find((u) => u.address === address);
     const device = host.devices.find((d) => d.address === address);
-    if (use === undefined || device === undefined) return;
+    if (device === undefined) return;
+    const use = uses?.find((u) => u.address === address);
+    // An owned device is judged by its rule's resolution; one the definition names itself (the
+    // start guard reads each such address alone) by what it is, as the guard judges it.
+    const why = use !== undefined
+      ? `${use.reason}: ${use.detail}`
+      : kind === "owned"
+      ? null
+      : passedDeviceHostNeeds(device, uses);
+    if (why === null) return;
     if (owner.record !== undefined && !sameIdentityAsRead(owner.record, device)) return;
     const { rule, network } = owner;
     if (allowedBy(address, rule)) return;
-    out.push({ address, device, use, kind, rule, ...(network === undefined ? {} : { network }) });
+    out.push({ address, device, why, kind, rule, ...(network === undefined ? {} : { network }) });
   };
   for (const have of domain.hostdevs) {
     if (!have.owned) check(have.address, "hand-added", { rule: null });
@@ -272,15 +284,13 @@ function neededIssue(
   needed: HostNeeded,
   { stand, start }: { stand: string; start: StartGuard },
 ): PlanIssue {
-  const { address, device, use, kind, rule } = needed;
+  const { address, device, why, kind, rule } = needed;
   const element = kind === "interface"
     ? "<interface type='hostdev'>"
     : kind === "disk"
     ? "<disk type='nvme'>"
     : "<hostdev>";
-  const holds = `holds ${
-    describe(device)
-  }, which the host needs now (${use.reason}: ${use.detail})`;
+  const holds = `holds ${describe(device)}, which the host needs now (${why})`;
   const head = kind === "interface"
     ? "Hostdev interface"
     : kind === "disk"

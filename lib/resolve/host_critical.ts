@@ -133,3 +133,31 @@ export function hostCriticalOnItsOwn(
   return hostCriticalReason(device, { matchedCards: own, hostUse: host.hostUse }) ??
     virtualFunctionInUse(device, host.hostUse);
 }
+
+/**
+ * Why the host needs `device` where a domain names its address itself (a hand-added hostdev, an
+ * interface, a hostdev network's entry), which `plan` judges for the definition it keeps and the
+ * start guard at its start alike: as {@link hostCriticalOnItsOwn}, and a bridge, which no rule
+ * passes and whose port driver (hot-plug, error reporting and power management of everything
+ * behind it) libvirt would unbind at start.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const port = { address: "0000:01:00.0", vendorId: "8086", classCode: "060400", isBridge: true,
+ *   virtfns: [] };
+ * assertEquals(passedDeviceHostNeeds(port, []), "a PCI bridge, with the devices behind it");
+ * assertEquals(passedDeviceHostNeeds({ ...port, classCode: "030000", isBridge: false }, []), null);
+ * ```
+ */
+export function passedDeviceHostNeeds(
+  device: Pick<
+    PciDevice,
+    "address" | "vendorId" | "classCode" | "rootBus" | "isBridge" | "virtfns"
+  >,
+  hostUse: readonly HostUse[] | null,
+): string | null {
+  if (device.isBridge) return "a PCI bridge, with the devices behind it";
+  return hostCriticalReason(device, { matchedCards: new Set([cardOf(device)]), hostUse }) ??
+    virtualFunctionInUse(device, hostUse);
+}

@@ -45,6 +45,7 @@ const CODES: ReadonlySet<IssueCode> = new Set<IssueCode>([
   "vm-running",
   "boot-order-conflict",
   "vf-unavailable",
+  "host-needed",
   "mac-conflict",
 ]);
 

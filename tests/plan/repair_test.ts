@@ -279,6 +279,42 @@ Deno.test("a hand-added hostdev on a device the host needs now is a refusal sayi
   });
 });
 
+Deno.test("a hand-added hostdev on a PCI bridge or a platform function is refused, as the start guard refuses it", async () => {
+  await using tree = await tempHostTree({ devices: baseDevices() });
+  const host = await discoverHost({ root: tree.dir });
+  // The root port and the LPC bridge by hand: no host use names them, what they are does.
+  const xml = domainXml(
+    "linux",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e05",
+    hostdevXml("0000:00:01.0") + hostdevXml("0000:00:1f.0"),
+  );
+  await withPort([xml], async (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: config("  linux:\n    devices: []\n"), host, libvirt }),
+      "linux",
+    );
+    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [
+      ["host-needed", ["0000:00:01.0"]],
+      ["host-needed", ["0000:00:1f.0"]],
+    ]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /^Hostdev 0000:00:01\.0 of "linux" was added by hand and holds 8086:.*, which the host needs now \(a PCI bridge, with the devices behind it\): passthrough never edits/,
+    );
+    assertMatch(vm.errors[1]!.message, /which the host needs now \(ISA\/LPC bridge\)/);
+    const start = await guardStartOnTree({
+      vm: "linux",
+      xml: libvirt.getPersistentXml("linux"),
+      dir: tree.dir,
+      live: false,
+    });
+    assertEquals(start.refusals.slice(0, 2), [
+      ["host-needs", "0000:00:01.0"],
+      ["host-needs", "0000:00:1f.0"],
+    ]);
+  });
+});
+
 Deno.test("a hand-added hostdev the host needs is refused, as the start guard refuses it, even where a rule with allow_host_critical takes it", async () => {
   const route: HostUse = { address: "0000:02:00.0", reason: "default-route", detail: "via enp2s0" };
   await using tree = await tempHostTree({ devices: baseDevices(), host_use: [route] });
