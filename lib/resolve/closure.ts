@@ -108,6 +108,10 @@ export function closeOverGroups(
     const endpoints = left.endpoints.filter((m) => !closing.byAddress.has(m.address));
     const warning = leftBehindBound(closing, left.rule, left.group, endpoints);
     if (warning !== null) closing.result.warnings.push(warning);
+    const needed = leftBehindNeeded(closing, left.rule, left.group, endpoints);
+    if (needed !== null) {
+      (left.rule.allowHostCritical ? closing.result.warnings : closing.result.errors).push(needed);
+    }
   }
   // Once every rule has taken its devices, each is judged under the rule it ended up with: the
   // one that matched it, else the first whose group brought it.
@@ -293,6 +297,46 @@ function leftBehindBound(
     location: rule.location,
     group,
     devices: bound.map((b) => b.m.address),
+  };
+}
+
+/**
+ * With `iommu_group: false`, the group's other endpoints that are unbound or on a VFIO driver
+ * (which {@link leftBehindBound} lets pass) but that the host likely needs: VFIO takes the whole
+ * group from the host at start, and the start guard refuses it as it refuses a device the host
+ * needs, unless the rule's `allow_host_critical: true` (a warning then, a refusal otherwise).
+ * `null` when there is none.
+ */
+function leftBehindNeeded(
+  closing: Closing,
+  rule: DeviceRule,
+  group: number,
+  endpoints: readonly PciDevice[],
+): PlanIssue | null {
+  const { vm, host, matchedCards } = closing;
+  const needed = endpoints.flatMap((m) => {
+    if (m.driver !== null && !VFIO_DRIVERS.has(m.driver)) return [];
+    const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
+    return why === null ? [] : [{ m, why }];
+  });
+  if (needed.length === 0) return null;
+  const outcome = rule.allowHostCritical
+    ? " (allowed by allow_host_critical: true)"
+    : `: the start guard refuses its start; move the card to a slot with a group of its own, or, ` +
+      `only if the host no longer needs ${needed.length === 1 ? "it" : "them"}, set ` +
+      `"allow_host_critical: true" on the rule`;
+  return {
+    code: "group-contains-host-critical",
+    message:
+      `Rule "${rule.name}" of VM "${vm}" leaves the rest of IOMMU group ${group} with the host (iommu_group: false), but VFIO hands the guest the whole group, with devices the host likely needs: ${
+        needed.map(({ m, why }) => `${m.address} (${why}, driver ${m.driver ?? "none"})`)
+          .join(", ")
+      }${outcome}`,
+    vm,
+    rule: rule.name,
+    location: rule.location,
+    group,
+    devices: needed.map(({ m }) => m.address),
   };
 }
 

@@ -390,9 +390,51 @@ Deno.test("closeOverGroups() with iommu_group: false warns of each member left o
     critical[0]!.message,
     /0000:00:14\.0 is on piix4_smbus \(SMBus controller\), 0000:0b:00\.1 is on snd_hda_intel: .* until those are unbound or on vfio-pci, which takes from the host what it needs$/,
   );
-  // Unbound SMBus, audio on vfio-pci: the group is viable, and the start takes nothing more.
+  // Unbound SMBus, audio on vfio-pci: the group is viable, but VFIO takes the host's SMBus along.
   const viable = closeVm(cfg, withDrivers({ ...gpu, "0000:0b:00.1": "vfio-pci" }));
   assertEquals(viable.warnings.filter((w) => w.code.startsWith("group-")), []);
+  assertEquals(viable.errors.map((e) => [e.code, e.devices]), [
+    ["group-contains-host-critical", ["0000:00:14.0"]],
+  ]);
+});
+
+Deno.test("closeOverGroups() with iommu_group: false refuses a member left out that is unbound or on vfio-pci but one the host needs, as the start guard refuses its start", () => {
+  const gpu = {
+    bdf: "0000:0b:00.0",
+    group: 7,
+    class: "0x030000",
+    vendor: "0x10de",
+    device: "0x1b06",
+    driver: "nouveau",
+    ...BLANK_IDS,
+  };
+  // Another vendor's USB controller in the GPU's slot, unbound; the audio on vfio-pci.
+  const usb = { ...gpu, bdf: "0000:0b:00.2", class: "0x0c0330", vendor: "0x1022", driver: null };
+  const audio = { ...gpu, bdf: "0000:0b:00.1", class: "0x040300", driver: "vfio-pci" };
+  const host = topologyFromDescription({ devices: [gpu, audio, usb] }, { source: "usb-mate" });
+  const rule = (allow: string) =>
+    config(`  win10:
+    devices:
+      - name: gpu
+        match: { vendor_device_id: "10de:1b06", address: 0000:0b:00.0 }
+        iommu_group: false
+${allow}`);
+  const refused = closeVm(rule(""), host);
+  assertEquals(refused.devices.map((d) => d.device.address), ["0000:0b:00.0"]);
+  assertEquals(refused.errors.map((e) => [e.code, e.group, e.devices]), [
+    ["group-contains-host-critical", 7, ["0000:0b:00.2"]],
+  ]);
+  assertMatch(
+    refused.errors[0]!.message,
+    /^Rule "gpu" of VM "win10" leaves the rest of IOMMU group 7 with the host \(iommu_group: false\), but VFIO hands the guest the whole group, with devices the host likely needs: 0000:0b:00\.2 \(USB controller of another vendor \(1022\) in the same slot, not part of the device asked for, driver none\): the start guard refuses its start; .*"allow_host_critical: true" on the rule$/,
+  );
+  // The override makes it a warning, as it has the guard start it.
+  const allowed = closeVm(rule("        allow_host_critical: true\n"), host);
+  assertEquals(allowed.errors, []);
+  assertEquals(
+    allowed.warnings.filter((w) => w.code.startsWith("group-")).map((w) => w.code),
+    ["group-contains-host-critical"],
+  );
 });
 
 Deno.test("closeOverGroups() with iommu_group: false says nothing of a member another rule of the VM takes", () => {
