@@ -19,14 +19,15 @@
  */
 
 import type { ClosedDevice } from "../resolve/closure.ts";
-import { sameIdentityAsRead } from "../resolve/match.ts";
+import { sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
 import { editDomainXml, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
 import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
 import { describe, driftWarning, type StartGuard, startGuard } from "./issues.ts";
 import { findMovedCard, movedRecord } from "../resolve/moves.ts";
-import { passedDeviceHostNeeds } from "../resolve/host_critical.ts";
+import { cardOf, hostCriticalReason, passedDeviceHostNeeds } from "../resolve/host_critical.ts";
+import { groupMates } from "../resolve/group_mates.ts";
 import { shellWord } from "../render/shell.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { DeviceIdentity, MovedHostdev, PlanIssue, VmPlan } from "./types.ts";
@@ -425,4 +426,65 @@ export function repairView(vm: VmPlan): VmPlan {
     desiredXml: vm.repair.desiredXml,
     changed: true,
   };
+}
+
+/**
+ * The refusals for the IOMMU groups of the devices `domain` passes that no rule of it takes (a
+ * hand-added hostdev, an `<interface type='hostdev'>` no `vf:` rule recorded, a `<disk
+ * type='nvme'>`): VFIO hands the guest each such group whole, and libvirt detaches only what the
+ * definition names, so the start guard refuses the start while another endpoint of the group is
+ * one the host needs (`group-contains-host-critical`, which no `allow_host_critical` lifts: nothing
+ * records a rule for such a device) or sits on a host driver (`group-not-viable`, a warning: the
+ * start fails in any case). A group a rule of the VM takes is the closure's to judge.
+ */
+export function handAddedGroupIssues(
+  vm: string,
+  domain: ParsedDomain,
+  { resolution, host }: { resolution: VmResolution; host: HostTopology },
+): { errors: PlanIssue[]; warnings: PlanIssue[] } {
+  const byAddress = new Map(host.devices.map((d) => [d.address, d]));
+  const ruled = new Set(resolution.closure.devices.map((c) => c.device.address));
+  const hand = [
+    ...domain.hostdevs.filter((h) => !h.owned).map((h) => h.address),
+    ...domain.interfaceHostdevs.filter((a) => !domain.vfRecords.some((r) => r.address === a)),
+    ...domain.nvmeDisks,
+  ].filter((a) => !ruled.has(a));
+  const groupOf = (address: PciAddress) => byAddress.get(address)?.iommuGroup ?? null;
+  const ruledGroups = new Set([...ruled].map(groupOf));
+  const handGroups = new Set(hand.map(groupOf).filter((g) => g !== null && !ruledGroups.has(g)));
+  const passing = [...heldAddresses(domain), ...ruled];
+  const { mates } = groupMates(passing, {
+    device: (address) => byAddress.get(address) ?? null,
+    group: groupOf,
+    members: (group) =>
+      host.groups.find((g) => g.group === group)?.devices.map((d) => d.address) ?? null,
+  });
+  const matchedCards = new Set(
+    passing.flatMap((a) => byAddress.has(a) ? [cardOf(byAddress.get(a)!)] : []),
+  );
+  const errors: PlanIssue[] = [];
+  const warnings: PlanIssue[] = [];
+  for (const { device, group } of mates.filter((m) => handGroups.has(m.group))) {
+    const bound = device.driver !== null && !VFIO_DRIVERS.has(device.driver);
+    const why = hostCriticalReason(device, { matchedCards, hostUse: host.hostUse });
+    if (!bound && why === null) continue;
+    const holds = `IOMMU group ${group} of what "${vm}" was given by hand also holds ${
+      describe(device)
+    } at ${device.address}, which it does not pass${
+      why === null ? "" : ` and the host needs (${why})`
+    }`;
+    const issue: PlanIssue = {
+      code: why === null ? "group-not-viable" : "group-contains-host-critical",
+      message: why === null
+        ? `${holds}: libvirt detaches only the devices "${vm}" names, so its start fails ("group ${group} is not viable") until it is unbound or on vfio-pci`
+        : `${holds}: VFIO hands the guest the whole group, so the start guard refuses the start, and no allow_host_critical lifts it for a device added by hand; remove that element (virsh edit ${
+          shellWord(vm)
+        }), or give it an IOMMU group of its own (the firmware's ACS or the kernel command line)`,
+      vm,
+      group,
+      devices: [device.address],
+    };
+    (why === null ? warnings : errors).push(issue);
+  }
+  return { errors, warnings };
 }

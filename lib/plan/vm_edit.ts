@@ -32,7 +32,7 @@ import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts"
 import { assignGuestSlots, type GuestLayout, specFor, strandedFunctions } from "./guest_slots.ts";
 import { describe, driftWarning, handAddedMissingWarning, startGuard } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
-import { hostNeededHostdevs, repairRefused } from "./repair.ts";
+import { handAddedGroupIssues, hostNeededHostdevs, repairRefused } from "./repair.ts";
 import { preflightIssues } from "./preflight.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { type NetworkPool, poolEntryErrors } from "./networks.ts";
@@ -802,6 +802,9 @@ export function planVm(
     }),
   );
   plan.warnings.push(...handAddedMissing(vm, domain, context));
+  const handGroups = handAddedGroupIssues(vm, domain, { resolution, host: context.host });
+  plan.errors.push(...handGroups.errors);
+  plan.warnings.push(...handGroups.warnings);
   const needed = hostNeededHostdevs(domain, resolution, context.host, context.pools);
   if (plan.errors.length > 0 || needed.length > 0) {
     return repairRefused(plan, domain, { resolution, context, needed });

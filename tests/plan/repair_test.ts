@@ -296,6 +296,8 @@ Deno.test("a hand-added hostdev on a PCI bridge or a platform function is refuse
     assertEquals(vm.errors.map((e) => [e.code, e.devices]), [
       ["host-needed", ["0000:00:01.0"]],
       ["host-needed", ["0000:00:1f.0"]],
+      // The SMBus in the LPC bridge's group, which the guard refuses too (below).
+      ["group-contains-host-critical", ["0000:00:1f.4"]],
     ]);
     assertMatch(
       vm.errors[0]!.message,
@@ -308,10 +310,44 @@ Deno.test("a hand-added hostdev on a PCI bridge or a platform function is refuse
       dir: tree.dir,
       live: false,
     });
-    assertEquals(start.refusals.slice(0, 2), [
+    assertEquals(start.refusals, [
       ["host-needs", "0000:00:01.0"],
       ["host-needs", "0000:00:1f.0"],
+      ["host-needs", "0000:00:1f.0"],
     ]);
+  });
+});
+
+Deno.test("a hand-added hostdev whose IOMMU group holds a function the host needs is refused, as the start guard refuses it", async () => {
+  // A SATA controller beside the LPC bridge (unbound) and the SMBus (unbound) in group 4.
+  const sata = dev({ bdf: "0000:00:1f.2", group: 4, class: "0x010601", driver: "vfio-pci" });
+  await using tree = await tempHostTree({ devices: [...baseDevices(), sata] });
+  const host = await discoverHost({ root: tree.dir });
+  const xml = domainXml(
+    "linux",
+    "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e06",
+    hostdevXml("0000:00:1f.2"),
+  );
+  await withPort([xml], async (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: config("  linux:\n    devices: []\n"), host, libvirt }),
+      "linux",
+    );
+    assertEquals(vm.errors.map((e) => [e.code, e.group, e.devices]), [
+      ["group-contains-host-critical", 4, ["0000:00:1f.0"]],
+      ["group-contains-host-critical", 4, ["0000:00:1f.4"]],
+    ]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /^IOMMU group 4 of what "linux" was given by hand also holds .* at 0000:00:1f\.0, which it does not pass and the host needs \(ISA\/LPC bridge\): VFIO hands the guest the whole group, so the start guard refuses the start, and no allow_host_critical lifts it for a device added by hand; remove that element \(virsh edit linux\)/,
+    );
+    const start = await guardStartOnTree({
+      vm: "linux",
+      xml: libvirt.getPersistentXml("linux"),
+      dir: tree.dir,
+      live: false,
+    });
+    assertEquals(start.refusals, [["host-needs", "0000:00:1f.2"], ["host-needs", "0000:00:1f.2"]]);
   });
 });
 
