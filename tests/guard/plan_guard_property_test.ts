@@ -1,0 +1,216 @@
+/**
+ * Property: `plan` and the start guard agree on one host. For random hosts, configs and worlds
+ * (`tests/helpers/plan_scenarios.ts`, shared with `tests/plan/property_plan_test.ts`), each host is built as a sysfs tree,
+ * read by discovery as `plan` reads a host, planned, and every definition `apply` would define
+ * from a plan that passed is handed to the guard's check over the same tree, under the policies
+ * `apply` records: the guard refuses none of them, but what a warning of the plan names (no false
+ * refusal, no silent pass). Then the tree changes under the applied definitions (a recorded card
+ * swapped or removed, an unbound group mate bound to a host driver) and is planned again: the guard
+ * refuses every swapped or removed card, and nothing of a VM that plan neither refuses nor warns
+ * of. Seeded; `PASSTHROUGH_PROPERTY_SEED` replays a failure.
+ */
+
+import fc from "fast-check";
+import { assertEquals, assertOk } from "../helpers/assert.ts";
+import { writeTempWorld } from "../helpers/world.ts";
+import { tempHostTree } from "../helpers/hosts.ts";
+import { type Scenario, scenarioArb, worldXml } from "../helpers/plan_scenarios.ts";
+import { openLibvirtPort } from "../../ffi/port.ts";
+import { parseConfig } from "../../lib/config/config.ts";
+import type { Config } from "../../lib/config/config.ts";
+import { discoverHost } from "../../lib/host/discover.ts";
+import { denoFsReader } from "../../lib/host/sysfs.ts";
+import { planHostdevs } from "../../lib/plan/plan.ts";
+import type { Plan, PlanIssue } from "../../lib/plan/types.ts";
+import { readRecordsLeniently } from "../../lib/domain/lenient.ts";
+import { guardCheck, policed, type PolicedRefusal } from "../../lib/guard/run.ts";
+import { bindRecords, ENFORCE, guardPolicies } from "../../lib/guard/policy.ts";
+import { formatRefusal } from "../../lib/guard/check.ts";
+import { recordCase } from "../../scripts/reliability_report.ts";
+import type { HostDescription, HostDeviceDescription } from "../../lib/testing/host_tree.ts";
+import type { PciAddress } from "../../lib/host/types.ts";
+
+const TEST = "tests/guard/plan_guard_property_test.ts";
+const SEED = Number(Deno.env.get("PASSTHROUGH_PROPERTY_SEED") ?? "20261207");
+const RUNS = 100;
+/** Runs of the mutation property that change a host (the others are skipped). */
+const MUTATION_RUNS = 40;
+
+/** The definitions `apply` would define from `plan`: none when it refuses. */
+function applied(plan: Plan, s: Scenario): { vm: string; xml: string }[] {
+  if (plan.errors.length > 0) return [];
+  return plan.vms.flatMap((vm) =>
+    vm.errors.length === 0 && s.domains.includes(vm.name)
+      ? [{ vm: vm.name, xml: vm.desiredXml }]
+      : []
+  );
+}
+
+/** The refusals the hook would act on for `xml`, under the policies `apply` records for `config`. */
+function guardRefusals(
+  config: Config,
+  { vm, xml, root }: { vm: string; xml: string; root: string },
+): PolicedRefusal[] {
+  const records = Object.fromEntries(
+    readRecordsLeniently(xml).records.map((r) => [r.address, r]),
+  );
+  const file = bindRecords(guardPolicies(config), {
+    previous: null,
+    applied: new Map([[vm, records]]),
+  });
+  const found = guardCheck({ vm, xml, reader: denoFsReader(), root, live: false });
+  return policed(found, file.vms[vm] ?? ENFORCE);
+}
+
+/**
+ * The refusals `plan` did not warn of: a refusal is foreseen when a warning of the VM names the
+ * device it refuses (the group's member, for a group's refusal).
+ */
+function unforeseen(refusals: readonly PolicedRefusal[], warnings: readonly PlanIssue[]): string[] {
+  return refusals.flatMap((r) => {
+    const named = r.group?.member ?? r.address;
+    return warnings.some((w) => named !== null && (w.devices ?? []).includes(named))
+      ? []
+      : [formatRefusal(r)];
+  });
+}
+
+Deno.test("the start guard refuses no definition apply writes from a plan that passed, on the same host", async () => {
+  let checked = 0;
+  let foreseen = 0;
+  const property = fc.asyncProperty(scenarioArb, async (s) => {
+    const config = parseConfig(JSON.stringify(s.config), { file: "random.yaml" });
+    await using tree = await tempHostTree(s.description, { prefix: "passthrough-agree-" });
+    const host = await discoverHost({ root: tree.dir, lspci: null, live: false });
+    await using world = await writeTempWorld(worldXml(s));
+    using port = openLibvirtPort(world.uri);
+    const plan = planHostdevs({ config, host, libvirt: port });
+    for (const { vm, xml } of applied(plan, s)) {
+      checked++;
+      const warnings = plan.vms.find((v) => v.name === vm)!.warnings;
+      const refusals = guardRefusals(config, { vm, xml, root: tree.dir });
+      foreseen += refusals.length;
+      assertEquals(unforeseen(refusals, warnings), [], `${vm}: ${xml}`);
+    }
+  });
+  const details = await fc.check(property, { seed: SEED, numRuns: RUNS });
+  if (details.failed) {
+    throw new Error(
+      `Property failed with PASSTHROUGH_PROPERTY_SEED=${SEED} (path ${details.counterexamplePath}): ${
+        fc.stringify(details.counterexample)
+      }: ${details.errorInstance}`,
+    );
+  }
+  assertOk(checked > 0, "no definition reached the guard");
+  recordCase({
+    area: "property",
+    name: "random configs x random hosts x random worlds: the start guard agrees with plan",
+    count: RUNS,
+    outcome: `held (${checked} applied definitions checked at start, ${foreseen} refusals ` +
+      "each foreseen by a warning of the plan)",
+    test: TEST,
+  });
+});
+
+/** How the host changes after `apply`: a passed card swapped or gone, a group mate bound. */
+type Mutation = { kind: "swap" | "remove" | "bind"; pick: number };
+
+const mutationArb: fc.Arbitrary<Mutation> = fc.record({
+  kind: fc.constantFrom<Mutation["kind"]>("swap", "remove", "bind"),
+  pick: fc.nat(),
+});
+
+/**
+ * `description` changed by `mutation` at one of `passed` (the addresses the applied definitions
+ * pass), and the address it changed; `null` when nothing fits (a VF or PF stays: its links must
+ * hold).
+ */
+function mutate(
+  description: HostDescription,
+  passed: readonly PciAddress[],
+  mutation: Mutation,
+): { description: HostDescription; address: PciAddress } | null {
+  const devices = description.devices;
+  const sriov = (d: HostDeviceDescription) =>
+    d.physfn != null || devices.some((o) => o.physfn === d.bdf);
+  const candidates = mutation.kind === "bind"
+    // A function in a passed device's group that no definition passes, left unbound.
+    ? devices.filter((d) =>
+      d.group !== null && !passed.includes(d.bdf) && d.driver === null &&
+      !d.class.startsWith("0x0604") &&
+      devices.some((p) => passed.includes(p.bdf) && p.group === d.group)
+    )
+    : devices.filter((d) => passed.includes(d.bdf) && !sriov(d));
+  const target = candidates[mutation.pick % Math.max(candidates.length, 1)];
+  if (target === undefined) return null;
+  const changed = mutation.kind === "remove"
+    ? devices.filter((d) => d !== target)
+    : devices.map((d) =>
+      d !== target
+        ? d
+        : mutation.kind === "swap"
+        ? { ...d, vendor: "0x1af4", device: "0x1042", class: "0x010000", serial: null }
+        : { ...d, driver: "xhci_hcd" }
+    );
+  return { description: { ...description, devices: changed }, address: target.bdf };
+}
+
+Deno.test("after the host changes under an applied definition, the start guard refuses what plan refuses or warns of, and a swapped or removed card always", async () => {
+  let mutated = 0;
+  let refused = 0;
+  const property = fc.asyncProperty(scenarioArb, mutationArb, async (s, mutation) => {
+    const config = parseConfig(JSON.stringify(s.config), { file: "random.yaml" });
+    await using world = await writeTempWorld(worldXml(s));
+    using port = openLibvirtPort(world.uri);
+    // Most scenarios apply nothing passthrough records: skipped before any tree is built.
+    const planned = applied(planHostdevs({ config, host: s.host, libvirt: port }), s);
+    fc.pre(planned.some(({ xml }) => readRecordsLeniently(xml).records.length > 0));
+    await using tree = await tempHostTree(s.description, { prefix: "passthrough-agree-" });
+    const host = await discoverHost({ root: tree.dir, lspci: null, live: false });
+    const definitions = applied(planHostdevs({ config, host, libvirt: port }), s);
+    for (const { xml } of definitions) port.define(xml);
+    // Only the devices passthrough recorded: a hand-added hostdev has no identity to check.
+    const passed = definitions.flatMap(({ xml }) =>
+      readRecordsLeniently(xml).records.map((r) => r.address)
+    );
+    const change = mutate(s.description, passed, mutation);
+    fc.pre(change !== null);
+    if (change === null) return;
+    mutated++;
+    await using after = await tempHostTree(change.description, { prefix: "passthrough-agree-" });
+    const changedHost = await discoverHost({ root: after.dir, lspci: null, live: false });
+    const again = planHostdevs({ config, host: changedHost, libvirt: port });
+    for (const { vm, xml } of definitions) {
+      const refusals = guardRefusals(config, { vm, xml, root: after.dir });
+      refused += refusals.length;
+      const records = readRecordsLeniently(xml).records;
+      if (mutation.kind !== "bind" && records.some((r) => r.address === change.address)) {
+        assertOk(
+          refusals.some((r) => r.address === change.address),
+          `${mutation.kind} of ${change.address} not refused for "${vm}"`,
+        );
+      }
+      const vmPlan = again.vms.find((v) => v.name === vm)!;
+      // A refused VM is refused whole; else each refusal is one plan warned of.
+      if (again.errors.length > 0 || vmPlan.errors.length > 0) continue;
+      assertEquals(unforeseen(refusals, vmPlan.warnings), [], `${vm} after ${mutation.kind}`);
+    }
+  });
+  const details = await fc.check(property, { seed: SEED, numRuns: MUTATION_RUNS });
+  if (details.failed) {
+    throw new Error(
+      `Property failed with PASSTHROUGH_PROPERTY_SEED=${SEED} (path ${details.counterexamplePath}): ${
+        fc.stringify(details.counterexample)
+      }: ${details.errorInstance}`,
+    );
+  }
+  assertOk(mutated > 0 && refused > 0, `mutated ${mutated}, refused ${refused}`);
+  recordCase({
+    area: "property",
+    name: "random hosts changed after apply (a card swapped or removed, a group mate bound): " +
+      "the start guard refuses what plan refuses",
+    count: mutated,
+    outcome: `held (${mutated} hosts changed, ${refused} refusals checked)`,
+    test: TEST,
+  });
+});
