@@ -19,6 +19,7 @@ import {
   normaliseXmlLines,
   RECORD_ATTRIBUTES,
   RECORDS_NAMESPACE,
+  RECORDS_PROBLEMS,
   repeatedRecordAddress,
 } from "./lenient.ts";
 import type { NetworkDevice, UsedDevices } from "./device_uses.ts";
@@ -545,16 +546,16 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
       throw errorAt(
         xml,
         span.start,
-        `Passthrough records in namespace "${namespace}" are another version's, which this one ` +
-          `(namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that wrote them`,
+        `${sentence(RECORDS_PROBLEMS.otherVersion)} (namespace "${namespace}"; this one reads ` +
+          `"${METADATA_NAMESPACE}"): plan with the passthrough that wrote them`,
       );
     }
     if (parent !== metadata && isOurElement(xml, span)) {
       throw errorAt(
         xml,
         span.start,
-        "Passthrough records element is not a child of <metadata>, where passthrough reads " +
-          "records: the start guard refuses every start of the VM until it is moved there or removed",
+        `${sentence(RECORDS_PROBLEMS.notInMetadata)}, where passthrough reads records: the ` +
+          "start guard refuses every start of the VM until it is moved there or removed",
       );
     }
     stack.push({ exit: declared });
@@ -563,6 +564,11 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
       stack.push({ span: span.children[i]!, parent: span });
     }
   }
+}
+
+/** `problem` as a message begins: its first letter upper case. */
+function sentence(problem: string): string {
+  return problem.charAt(0).toUpperCase() + problem.slice(1);
 }
 
 /** Our records element in `<metadata>` (at most one) and the records it holds. */
@@ -576,14 +582,14 @@ function readOurMetadata(
   for (const candidate of metadata?.children ?? []) {
     if (!isOurElement(xml, candidate)) continue;
     if (ours !== null) {
-      throw errorAt(xml, candidate.start, "Domain metadata holds two passthrough records elements");
+      throw errorAt(xml, candidate.start, sentence(RECORDS_PROBLEMS.twoElements));
     }
     ours = { span: candidate, created: attribute(xml, candidate, "created") ?? null };
     records = readRecords(xml, candidate);
     vfRecords = readVfRecords(xml, candidate);
     const twice = repeatedRecordAddress(records) ?? repeatedRecordAddress(vfRecords);
     if (twice !== null) {
-      throw errorAt(xml, candidate.start, `Passthrough records name "${twice}" twice`);
+      throw errorAt(xml, candidate.start, `${sentence(RECORDS_PROBLEMS.twoAddresses)}: "${twice}"`);
     }
   }
   return { ours, records, vfRecords };

@@ -822,6 +822,23 @@ export function isOtherRecordsVersion(namespace: string | undefined): boolean {
     namespace.startsWith("urn:passthrough:hostdevs:");
 }
 
+/**
+ * What is wrong with records that the start guard's reader ({@link readRecordsLeniently}) and
+ * `plan`'s strict reader both refuse, in the words both say it: the guard after "the domain XML
+ * holds passthrough records that cannot be read: ", `plan` with its location and what to do.
+ * None names a value from the XML (the guard's line must not print one).
+ */
+export const RECORDS_PROBLEMS = {
+  /** An element in another version's records namespace, at any depth. */
+  otherVersion: "an element of the passthrough records is of another version of passthrough",
+  /** The records element nested in another application's metadata, or anywhere else. */
+  notInMetadata: "the passthrough records element is not a child of <metadata>",
+  /** Two records elements in `<metadata>`. */
+  twoElements: "the domain metadata holds two passthrough records elements",
+  /** Two records of one host address. */
+  twoAddresses: "two passthrough records name one address",
+} as const;
+
 /** What {@link readRecordsLeniently} finds. */
 export interface LenientRecords {
   /** The records in document order; `[]` when there are none or when they cannot be trusted. */
@@ -1116,14 +1133,14 @@ function walkRecords(text: string): WalkedRecords | string {
       // An element in it, declared on it or on an enclosing element, as the strict reader reads
       // it: a declaration alone holds no records.
       if (isOtherRecordsVersion(inScope.get(key)?.at(-1))) {
-        return "a records element is of another version of passthrough";
+        return RECORDS_PROBLEMS.otherVersion;
       }
       const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
       if (opensOurs) {
         if (stack.length !== 2 || stack[1] !== "metadata") {
-          return "a records element is not a child of <metadata>";
+          return RECORDS_PROBLEMS.notInMetadata;
         }
-        if (ours !== null) return "the domain metadata holds two records elements";
+        if (ours !== null) return RECORDS_PROBLEMS.twoElements;
         ours = prefix;
       } else if (oursOpen && stack.length === 3 && name === `${ours}device`) {
         const record = deviceRecordFrom(attributes);
@@ -1162,7 +1179,7 @@ function walkRecords(text: string): WalkedRecords | string {
     return "the records namespace is declared on another element than <hostdevs>";
   }
   if (repeatedRecordAddress(records) !== null || repeatedRecordAddress(vfRecords) !== null) {
-    return "two records name one address";
+    return RECORDS_PROBLEMS.twoAddresses;
   }
   return { records, vfRecords, uuid };
 }

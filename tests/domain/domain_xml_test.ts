@@ -154,7 +154,7 @@ Deno.test("parseDomainXml() refuses two records elements, at the second, rather 
   assertEquals([error.line, error.column], [4, 5]);
   assertEquals(
     error.message,
-    "Domain metadata holds two passthrough records elements: at line 4, column 5",
+    "The domain metadata holds two passthrough records elements: at line 4, column 5",
   );
   // Another application's <hostdevs> (another namespace) is no second one.
   const foreign = xml.replace(`xmlns:other='${METADATA_NAMESPACE}'`, "xmlns:other='urn:x'");
@@ -170,7 +170,7 @@ Deno.test("parseDomainXml() refuses two records of one address rather than take 
   const error = assertThrowsDomainXmlError(xml);
   assertEquals(
     error.message,
-    `Passthrough records name "0000:01:00.0" twice: at line 2, column 3`,
+    `Two passthrough records name one address: "0000:01:00.0": at line 2, column 3`,
   );
 });
 
@@ -185,9 +185,9 @@ Deno.test("parseDomainXml() refuses records of another version rather than take 
   assertEquals([error.line, error.column], [2, 3]);
   assertEquals(
     error.message,
-    `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
-      `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
-      "wrote them: at line 2, column 3",
+    "An element of the passthrough records is of another version of passthrough (namespace " +
+      `"urn:passthrough:hostdevs:2"; this one reads "${METADATA_NAMESPACE}"): plan with the ` +
+      "passthrough that wrote them: at line 2, column 3",
   );
   // Another application's namespace that merely ends alike is no version of ours.
   const foreign = xml.replace("urn:passthrough:hostdevs:2", "urn:app:hostdevs:2");
@@ -210,9 +210,9 @@ Deno.test("parseDomainXml() refuses an element of another version's records at a
     const error = assertThrowsDomainXmlError(xml);
     assertEquals(
       error.message,
-      `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
-        `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
-        "wrote them: at line 3, column 1",
+      "An element of the passthrough records is of another version of passthrough (namespace " +
+        `"urn:passthrough:hostdevs:2"; this one reads "${METADATA_NAMESPACE}"): plan with the ` +
+        "passthrough that wrote them: at line 3, column 1",
     );
   }
 });
@@ -264,7 +264,7 @@ Deno.test("parseDomainXml() refuses a records element that is no child of <metad
     assertMatch(readRecordsLeniently(xml).problem ?? "", /not a child of <metadata>/);
     assertEquals(
       assertThrowsDomainXmlError(xml).message,
-      "Passthrough records element is not a child of <metadata>, where passthrough reads " +
+      "The passthrough records element is not a child of <metadata>, where passthrough reads " +
         "records: the start guard refuses every start of the VM until it is moved there or " +
         "removed: at line 2, column 1",
     );
@@ -305,6 +305,32 @@ Deno.test("parseDomainXml() refuses a records element whose namespace an enclosi
     `<domain><name>d</name><metadata xmlns:pt='${METADATA_NAMESPACE}'><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs></metadata></domain>`;
   assertEquals(parseDomainXml(again).records.map((r) => r.address), ["0000:01:00.0"]);
   assertEquals(readRecordsLeniently(again).problem, null);
+});
+
+Deno.test("parseDomainXml() says what is wrong with records it refuses in the start guard's words", () => {
+  const record = (rule: string) =>
+    `<pt:device address='0000:01:00.0' vendor='10de' device='2684' class='030000' rule='${rule}'/>`;
+  const ours = (inner: string) =>
+    `<pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${inner}</pt:hostdevs>`;
+  const metadata = (inner: string) =>
+    `<domain><name>d</name><metadata>${inner}</metadata></domain>`;
+  for (
+    const xml of [
+      metadata(ours(`${record("gpu")}<v2:x xmlns:v2='urn:passthrough:hostdevs:2'/>`)),
+      metadata(`<app:x xmlns:app='urn:app'>${ours(record("gpu"))}</app:x>`),
+      metadata(ours(record("gpu")) + ours("")),
+      metadata(ours(record("gpu") + record("audio"))),
+    ]
+  ) {
+    const problem = readRecordsLeniently(xml).problem ?? "";
+    const words = problem.replace(
+      /^the domain XML holds passthrough records that cannot be read: /,
+      "",
+    );
+    assertOk(words !== problem, problem);
+    const message = assertThrowsDomainXmlError(xml).message;
+    assertOk(message.toLowerCase().startsWith(words), `${message} | ${words}`);
+  }
 });
 
 Deno.test("parseDomainXml() refuses a domain without a name, or another root", () => {
