@@ -1271,10 +1271,21 @@ const SPEC_CHILDREN = {
 };
 
 /**
+ * Children libvirt's schema interleaves with a PCI hostdev's `<source>` in a group of their own
+ * (`hostdevsubsyspci`), apart from `<boot>`, `<rom>` and `<address>`: libxml2 accepts that nested
+ * group only unbroken, so a `<rom>` between `<source>` and `<teaming>` fails validation. An
+ * interface's children are one flat interleave, in any order.
+ */
+const SOURCE_GROUP = {
+  hostdev: new Set(["driver", "teaming"]),
+  interface: new Set<string>(),
+};
+
+/**
  * Splices writing each rewritten `<hostdev>` (or `<interface type='hostdev'>`, for a spec with
  * `interface`) again from its spec where it is, with the children its spec does not describe
- * kept as written (those before `<source>` after the start tag, the others before the guest
- * address, else at the end); refusing one the domain lacks, has more than once, did not get
+ * kept as written (those before `<source>` after the start tag, those of its schema group after
+ * it, the others before the guest address, else at the end); refusing one the domain lacks, has more than once, did not get
  * from us, or also removes or moves.
  */
 function rewriteSplices(
@@ -1323,6 +1334,7 @@ function rewriteSplices(
       moved.present.add(to);
     }
     const described = SPEC_CHILDREN[nic ? "interface" : "hostdev"];
+    const beside = SOURCE_GROUP[nic ? "interface" : "hostdev"];
     const indent = lineIndent(xml, span.start) ?? "";
     const source = span.children.find((c) => c.name === "source");
     // The user's comments directly inside the element are theirs as its other children are; one
@@ -1331,9 +1343,15 @@ function rewriteSplices(
       ...span.children.filter((c) => !described.has(c.name)),
       ...commentsBetween(xml, span),
     ].sort((a, b) => a.start - b.start);
-    const kept = (before: boolean) =>
+    const place = (c: { start: number; name?: string }) =>
+      source !== undefined && c.start < source.start
+        ? "before"
+        : c.name !== undefined && beside.has(c.name)
+        ? "beside"
+        : "after";
+    const kept = (where: "before" | "beside" | "after") =>
       ownChildren
-        .filter((c) => (source !== undefined && c.start < source.start) === before)
+        .filter((c) => place(c) === where)
         .flatMap((c) =>
           xml.slice(c.start, c.end).split(/\r?\n/).map((line, i) =>
             i === 0 ? `  ${line}` : line.startsWith(indent) ? line.slice(indent.length) : line
@@ -1342,11 +1360,14 @@ function rewriteSplices(
     const lines = nic ? interfaceLines(spec) : hostdevLines(spec);
     const guest = lines.findIndex((l) => l.startsWith("  <address "));
     const tail = guest === -1 ? lines.length - 1 : guest;
+    const sourceEnd = lines.indexOf("  </source>") + 1;
     const text = [
       lines[0]!,
-      ...kept(true),
-      ...lines.slice(1, tail),
-      ...kept(false),
+      ...kept("before"),
+      ...lines.slice(1, sourceEnd),
+      ...kept("beside"),
+      ...lines.slice(sourceEnd, tail),
+      ...kept("after"),
       ...lines.slice(tail),
     ];
     return { start: span.start, end: span.end, text: indentLines(text, indent, newline) };

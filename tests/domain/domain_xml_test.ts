@@ -778,6 +778,45 @@ Deno.test("editDomainXml() output survives libvirt's test driver define and re-r
   roundTripThroughLibvirt(conn, libvirtDomain("test", name));
 });
 
+Deno.test("editDomainXml() rewrites an owned hostdev with <teaming> into a definition libvirt's schema accepts", () => {
+  // libvirt's schema takes a PCI hostdev's <driver>, <teaming> and <source> as one group that
+  // libxml2 wants unbroken: a <rom> or <boot> between <source> and <teaming> fails to validate.
+  using conn = Connection.open("test:///default");
+  const name = `pt-dx-${crypto.randomUUID().slice(0, 8)}`;
+  const xml = libvirtDomain("test", name).replace(
+    "  </devices>",
+    `    <interface type='user'>
+      <mac address='52:54:00:00:00:01'/>
+      <model type='virtio'/>
+      <teaming type='persistent'/>
+      <alias name='ua-backup0'/>
+    </interface>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source>
+        <address domain='0x0000' bus='0x03' slot='0x07' function='0x1'/>
+      </source>
+      <teaming type='transient' persistent='ua-backup0'/>
+    </hostdev>
+  </devices>`,
+  );
+  const owned = editDomainXml(xml, { remove: [], add: [], records: [record("0000:03:07.1")] });
+  let stored: string;
+  {
+    using dom = conn.defineDomain(owned);
+    stored = dom.xml({ inactive: true });
+  }
+  const rewritten = editDomainXml(stored, {
+    remove: [],
+    add: [],
+    records: parseDomainXml(stored).records,
+    rewrite: [{ address: "0000:03:07.1", managed: true, rom: { bar: "off" } }],
+  });
+  using dom = conn.defineDomain(rewritten);
+  const [hostdev] = parseDomainXml(dom.xml({ inactive: true })).hostdevs;
+  assertEquals([hostdev?.owned, hostdev?.romBar], [true, "off"]);
+  assertMatch(hostdev?.xml ?? "", /<teaming type='transient' persistent='ua-backup0'\/>/);
+});
+
 const unavailable = libvirtdUnavailable();
 
 Deno.test({
