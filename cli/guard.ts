@@ -17,21 +17,26 @@ import {
 } from "../lib/guard/state.ts";
 import { didYouMean } from "../lib/render/suggest.ts";
 import { hostNeedsRemedy } from "../lib/guard/policy.ts";
-import { DEFAULT_HOOKS_DIR, guardStateDir } from "../lib/guard/hook_file.ts";
+import { DEFAULT_HOOKS_DIR, guardStateDir, guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { GUARD_URI } from "../lib/guard/layout.ts";
 import { followUpCommand } from "../lib/render/shell.ts";
 import { errorText } from "../lib/render/error_text.ts";
 import { connectTarget } from "./connect.ts";
 import { openLibvirtPort } from "../ffi/port.ts";
 import { libvirtUriFor } from "../ffi/libvirt_conf.ts";
-import { isRemoteUri } from "../lib/config/uri.ts";
+import { isRemoteUri, isSystemQemuUri } from "../lib/config/uri.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 
 /**
  * The `<uuid>` of the VM libvirt defines as `vm` now, which the allowance is bound to (as the
  * start guard's policies are): a VM undefined and another defined under its name within the hour
  * does not take it. Only this host's libvirt: its hook is the one that reads the allowance.
  */
-function definedUuid(values: Parsed<typeof GUARD>["values"], vm: string, io: CliIo): string {
+function definedUuid(
+  values: Parsed<typeof GUARD>["values"],
+  vm: string,
+  io: CliIo,
+): { uuid: string; uri: string } {
   const target = connectTarget(values, io, "guard allow");
   // Refused before it is opened: ssh to another host would ask, or wait, for nothing.
   const opened = libvirtUriFor(target.uri);
@@ -54,7 +59,7 @@ function definedUuid(values: Parsed<typeof GUARD>["values"], vm: string, io: Cli
         })${elsewhere(vm, libvirt.uri, values)}`,
     );
   }
-  return domain.uuid;
+  return { uuid: domain.uuid, uri: libvirt.uri };
 }
 
 /**
@@ -74,12 +79,40 @@ function elsewhere(vm: string, uri: string, values: Parsed<typeof GUARD>["values
   return `; the start guard's VMs are those of ${GUARD_URI}: "${again}" reads it there`;
 }
 
+/**
+ * Where the allowance for the VM `uuid` of `uri` goes, with the hook installed in `hooksDir`: for
+ * the system daemon's VMs, whose starts run the hook, where `--state-dir` says, else where the hook
+ * reads; for others' (the test driver, a session) their own state directory, never the hook's: a
+ * test world copied from the host's definitions has the host's UUIDs, so its allowance there would
+ * let the host's VM start unchecked.
+ */
+function allowanceDir(
+  values: Parsed<typeof GUARD>["values"],
+  target: { uri: string; uuid: string; hooksDir: string },
+  io: CliIo,
+): ReturnType<typeof guardStateDir> {
+  const { uri, uuid, hooksDir } = target;
+  const installed = guardStateDir(values["state-dir"], io.env, { hooksDir });
+  if (isSystemQemuUri(uri)) return installed;
+  const own = guardStateDirFor(uri, values["state-dir"], io.env, { hooksDir });
+  if (own !== null) return { ...own, hook: installed.hook };
+  const reads = installed.unreadable === null
+    ? "reads it there"
+    : `may read it there (this user cannot read ${installed.unreadable})`;
+  throw new Error(
+    `Cannot give an allowance for the VMs of "${redactSecrets(uri)}" in ${installed.stateDir}: ` +
+      `the start guard ${reads} for the VMs of ${GUARD_URI}, whose VM with UUID ${uuid} would ` +
+      `start unchecked; --state-dir DIR gives it in DIR, "-c ${GUARD_URI}" to the host's VM`,
+  );
+}
+
 /** Runs `passthrough guard allow VM`. */
 export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): Promise<number> {
   const [vm] = positionals;
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
-  const { stateDir, hook } = guardStateDir(values["state-dir"], io.env, { hooksDir });
-  const uuid = definedUuid(values, vm, io);
+  const { uuid, uri } = definedUuid(values, vm, io);
+  const system = isSystemQemuUri(uri);
+  const { stateDir, hook } = allowanceDir(values, { uri, uuid, hooksDir }, io);
   let written: ReturnType<typeof allowNextStart>;
   try {
     written = allowNextStart(stateDir, vm, { uuid });
@@ -147,7 +180,11 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   if (hook === null) {
     io.out(`Note: no start guard is installed in ${hooksDir}\n`);
   } else if (hook.stateDir !== stateDir) {
-    io.out(`Note: the installed hook reads ${hook.stateDir}, not ${stateDir}\n`);
+    io.out(
+      `Note: the installed hook reads ${hook.stateDir}, not ${stateDir}${
+        system ? "" : `, and guards the VMs of ${GUARD_URI}, not those of "${redactSecrets(uri)}"`
+      }\n`,
+    );
   }
   return Promise.resolve(0);
 }

@@ -921,9 +921,10 @@ export function guardStateDirFor(
   uri: string,
   flag: string | undefined,
   env: (name: string) => string | undefined,
+  options: { hooksDir?: string } = {},
 ): ReturnType<typeof guardStateDir> | null {
-  if (isSystemQemuUri(uri)) return guardStateDir(flag, env, { hookFirst: true });
-  const { hook, unreadable } = guardStateDir(flag, env);
+  if (isSystemQemuUri(uri)) return guardStateDir(flag, env, { ...options, hookFirst: true });
+  const { hook, unreadable } = guardStateDir(flag, env, options);
   const stateDir = resolveStateDirPath({ flag, env });
   if (hook !== null && resolve(hook.stateDir) === stateDir) return null;
   if (unreadable !== null && flag === undefined) return null;

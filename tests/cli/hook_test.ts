@@ -35,12 +35,24 @@ import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml, worldUri } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
+import { libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
 
 /** The libvirt `guard allow` reads the VM it binds an allowance to from (win11 in it). */
 const GUARD_WORLD = worldUri("guard_allow");
 
 /** win11's `<uuid>`: the policies apply records hold only for the domain they were recorded for. */
 const WIN11_UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
+
+/**
+ * A private system daemon defining {@link GUARD_WORLD}'s VMs under their UUIDs: `guard allow`
+ * gives an allowance where the installed hook reads only for the VMs whose starts run it.
+ */
+function startGuardDaemon() {
+  return startDemoDaemon({
+    win11: WIN11_UUID,
+    ["v".repeat(200)]: "5d2e9a41-8c3b-4f6e-a1d7-3b9c0e2f4a68",
+  });
+}
 
 const MOVED = `<domain type='kvm'><name>win11</name><uuid>${WIN11_UUID}</uuid>
   <metadata><pt:hostdevs xmlns:pt="urn:passthrough:hostdevs:1">
@@ -717,59 +729,65 @@ Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", 
   }
 });
 
-Deno.test("guard allow never lets a start take a device the host needs, and says so", async () => {
-  const host = loadFixtureHost("x570-aorus-pro-wifi");
-  host.host_use = [
-    { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
-  ];
-  await using tree = await tempHostTree(host);
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
-  try {
-    const hooks = `${dir}/qemu.d`;
-    const state = ["--state-dir", `${dir}/state`];
-    // The tree named relative to where install runs.
-    const [parent, name] = [
-      tree.dir.slice(0, tree.dir.lastIndexOf("/")),
-      tree.dir.split("/").at(-1)!,
+Deno.test({
+  name: "guard allow never lets a start take a device the host needs, and says so",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    // The system daemon's VMs, whose starts the hook guards.
+    await using daemon = await startGuardDaemon();
+    const host = loadFixtureHost("x570-aorus-pro-wifi");
+    host.host_use = [
+      { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
     ];
-    const installed = await runCli(
-      ["hook", "install", "--hooks-dir", hooks, ...state, "--sysfs", name],
-      { cwd: parent },
-    );
-    assertEquals(installed.code, 0, installed.stderr);
-    const hook = `${hooks}/${HOOK_FILE_NAME}`;
-    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
-    // A tree named relative to here is written by its absolute path (libvirt runs hooks from /).
-    const relative = await runCli(
-      ["hook", "status", "--hooks-dir", hooks, "--json"],
-    );
-    assertEquals(JSON.parse(relative.stdout).settings.sysfs, tree.dir);
-    const allow = await runCli([
-      "guard",
-      "allow",
-      "win11",
-      "--connect",
-      GUARD_WORLD,
-      "--hooks-dir",
-      hooks,
-    ]);
-    assertMatch(
-      allow.stdout,
-      /\nNote: its last refusal names 0000:0b:00\.0, which the host needs \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\): an allowance does not let a start take it/,
-    );
-    const again = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
-    assertEquals(again.code, 1);
-    assertMatch(
-      again.stderr,
-      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/,
-    );
-    assertMatch(
-      again.stderr,
-      /"passthrough guard allow" does not let "win11" take a device the host needs/,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+    await using tree = await tempHostTree(host);
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+    try {
+      const hooks = `${dir}/qemu.d`;
+      const state = ["--state-dir", `${dir}/state`];
+      // The tree named relative to where install runs.
+      const [parent, name] = [
+        tree.dir.slice(0, tree.dir.lastIndexOf("/")),
+        tree.dir.split("/").at(-1)!,
+      ];
+      const installed = await runCli(
+        ["hook", "install", "--hooks-dir", hooks, ...state, "--sysfs", name],
+        { cwd: parent },
+      );
+      assertEquals(installed.code, 0, installed.stderr);
+      const hook = `${hooks}/${HOOK_FILE_NAME}`;
+      assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+      // A tree named relative to here is written by its absolute path (libvirt runs hooks from /).
+      const relative = await runCli(
+        ["hook", "status", "--hooks-dir", hooks, "--json"],
+      );
+      assertEquals(JSON.parse(relative.stdout).settings.sysfs, tree.dir);
+      const allow = await runCli([
+        "guard",
+        "allow",
+        "win11",
+        "--connect",
+        daemon.uri,
+        "--hooks-dir",
+        hooks,
+      ]);
+      assertMatch(
+        allow.stdout,
+        /\nNote: its last refusal names 0000:0b:00\.0, which the host needs \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\): an allowance does not let a start take it/,
+      );
+      const again = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+      assertEquals(again.code, 1);
+      assertMatch(
+        again.stderr,
+        /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0/,
+      );
+      assertMatch(
+        again.stderr,
+        /"passthrough guard allow" does not let "win11" take a device the host needs/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("guard allow without an installed hook writes where its help says", async () => {
@@ -795,6 +813,53 @@ Deno.test("guard allow without an installed hook writes where its help says", as
     assertEquals(allow.code, 0, allow.stderr);
     assertOk(pathExists(`${dir}/env-state/guard/allow/win11.json`), allow.stdout);
     assertMatch(allow.stdout, /\nNote: no start guard is installed in /);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("guard allow over a test world never writes where the installed hook reads", async () => {
+  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+  try {
+    const hooks = `${dir}/qemu.d`;
+    // The host's hook reads DIR/state; the test world's win11 has the host's win11's UUID.
+    const hook = await installOnTree(dir, tree.dir);
+    const allow = (state: string[], env: Record<string, string> = {}) =>
+      runCli(
+        ["guard", "allow", "win11", "--connect", GUARD_WORLD, "--hooks-dir", hooks, ...state],
+        { env },
+      );
+    // Its state directory the hook's, by the flag or by the environment: refused.
+    for (
+      const [state, env] of [
+        [["--state-dir", `${dir}/state`], {}],
+        [[], { PASSTHROUGH_STATE_DIR: `${dir}/state` }],
+      ] as const
+    ) {
+      const refused = await allow([...state], env);
+      assertEquals([refused.code, refused.stdout], [1, ""], refused.stderr);
+      assertMatch(
+        refused.stderr,
+        new RegExp(
+          `Cannot give an allowance for the VMs of "test://.*guard_allow\\.xml" in ${dir}/state: the start guard reads it there for the VMs of qemu:///system, whose VM with UUID ${WIN11_UUID} would start unchecked; --state-dir DIR gives it in DIR, "-c qemu:///system" to the host's VM\n$`,
+        ),
+      );
+      assertEquals(pathExists(`${dir}/state/guard/allow/win11.json`), false);
+    }
+    // The host's win11 still starts refused.
+    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+    // Its own state directory: the allowance goes there, and it says the hook does not read it.
+    const own = await allow(["--state-dir", `${dir}/rehearsal`]);
+    assertEquals(own.code, 0, own.stderr);
+    assertOk(pathExists(`${dir}/rehearsal/guard/allow/win11.json`), own.stdout);
+    assertOk(
+      own.stdout.endsWith(
+        `\nNote: the installed hook reads ${dir}/state, not ${dir}/rehearsal, and guards the VMs of qemu:///system, not those of "${GUARD_WORLD}"\n`,
+      ),
+      own.stdout,
+    );
+    assertEquals(pathExists(`${dir}/state/guard/allow/win11.json`), false);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -833,105 +898,111 @@ Deno.test("guard allow exits 0 with its allowance given when the refusal records
   }
 });
 
-Deno.test("the installed hook refuses a moved card until guard allow lets one start through", async () => {
-  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
-  try {
-    const hooks = `${dir}/qemu.d`;
-    const hook = await installOnTree(dir, tree.dir);
-    const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
-    assertEquals([refused.code, refused.stdout], [1, ""]);
-    assertEquals(
-      refused.stderr,
-      'passthrough guard: refusing to start "win11": hostdev 0000:0b:00.0 holds 10de:1b06 ' +
-        '(class 030000) now, not the recorded 10de:2684 (class 030000) of rule "gpu"; ' +
-        "fix: passthrough plan --vm win11\n",
-    );
+Deno.test({
+  name: "the installed hook refuses a moved card until guard allow lets one start through",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    // The system daemon's VMs, whose starts the hook guards.
+    await using daemon = await startGuardDaemon();
+    await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+    try {
+      const hooks = `${dir}/qemu.d`;
+      const hook = await installOnTree(dir, tree.dir);
+      const refused = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+      assertEquals([refused.code, refused.stdout], [1, ""]);
+      assertEquals(
+        refused.stderr,
+        'passthrough guard: refusing to start "win11": hostdev 0000:0b:00.0 holds 10de:1b06 ' +
+          '(class 030000) now, not the recorded 10de:2684 (class 030000) of rule "gpu"; ' +
+          "fix: passthrough plan --vm win11\n",
+      );
 
-    // guard allow finds the hook's state directory by itself.
-    const allow = await runCli([
-      "guard",
-      "allow",
-      "win11",
-      "--connect",
-      GUARD_WORLD,
-      "--hooks-dir",
-      hooks,
-    ]);
-    assertEquals(allow.code, 0, allow.stderr);
-    assertMatch(
-      allow.stdout,
-      /^The next start of "win11" \(UUID 0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11\) goes on once even if the guard refuses it, and uses this allowance up even if libvirt, QEMU or another hook then fails it \(until /,
-    );
-    assertMatch(allow.stdout, new RegExp(`${dir}/state/guard/allow/win11\\.json\\)\\n$`));
-    // A name libvirt defines no VM under is refused: the allowance is for the VM defined now.
-    const typo = await runCli([
-      "guard",
-      "allow",
-      "win1",
-      "--connect",
-      GUARD_WORLD,
-      "--hooks-dir",
-      hooks,
-    ]);
-    assertEquals([typo.code, typo.stdout], [1, ""], typo.stderr);
-    assertMatch(
-      typo.stderr,
-      /libvirt defines no VM "win1" \(did you mean "win11"\?\) at test:\/\/.*guard_allow\.xml: an allowance is for the VM defined under that name now; define it first/,
-    );
-    // Read where the hook's VMs are, whatever the default URI is.
-    assertEquals(
-      typo.stderr.endsWith(
-        `; the start guard's VMs are those of qemu:///system: "passthrough guard allow win1 --hooks-dir ${hooks} -c qemu:///system" reads it there\n`,
-      ),
-      true,
-      typo.stderr,
-    );
-    assertEquals(pathExists(`${dir}/state/guard/allow/win1.json`), false);
-    // Another host's libvirt: its VM is not the one this host's hook starts.
-    const remote = await runCli(
-      [
+      // guard allow finds the hook's state directory by itself.
+      const allow = await runCli([
         "guard",
         "allow",
         "win11",
         "--connect",
-        "qemu+ssh://hv1.invalid/system",
+        daemon.uri,
         "--hooks-dir",
         hooks,
-      ],
-    );
-    assertEquals(remote.code, 1, remote.stderr);
-    assertMatch(
-      remote.stderr,
-      /Cannot give an allowance through qemu\+ssh:\/\/hv1\.invalid\/system: another host's start guard never reads this host's state directory; run passthrough guard allow on that host\n$/,
-    );
-    // A VM defined under the name since (another <uuid>) does not take win11's allowance.
-    const other = MOVED.replace(WIN11_UUID, "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11");
-    const impostor = await runHook(hook, ["win11", "prepare", "begin", "-"], other);
-    assertEquals(impostor.code, 1, impostor.stderr);
-    assertMatch(
-      impostor.stderr,
-      /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 -c qemu:\/\/\/system --state-dir \S+" again to start this one anyway\n$/,
-    );
-    assertEquals(
-      (await runCli(["guard", "allow", "win11", "--connect", GUARD_WORLD, "--hooks-dir", hooks]))
-        .code,
-      0,
-    );
-    const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
-    assertEquals([allowed.code, allowed.stdout], [0, ""]);
-    assertMatch(allowed.stderr, /^passthrough guard: starting "win11" once despite this/);
-    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+      ]);
+      assertEquals(allow.code, 0, allow.stderr);
+      assertMatch(
+        allow.stdout,
+        /^The next start of "win11" \(UUID 0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11\) goes on once even if the guard refuses it, and uses this allowance up even if libvirt, QEMU or another hook then fails it \(until /,
+      );
+      assertMatch(allow.stdout, new RegExp(`${dir}/state/guard/allow/win11\\.json\\)\\n$`));
+      // A name libvirt defines no VM under is refused: the allowance is for the VM defined now.
+      const typo = await runCli([
+        "guard",
+        "allow",
+        "win1",
+        "--connect",
+        GUARD_WORLD,
+        "--hooks-dir",
+        hooks,
+      ]);
+      assertEquals([typo.code, typo.stdout], [1, ""], typo.stderr);
+      assertMatch(
+        typo.stderr,
+        /libvirt defines no VM "win1" \(did you mean "win11"\?\) at test:\/\/.*guard_allow\.xml: an allowance is for the VM defined under that name now; define it first/,
+      );
+      // Read where the hook's VMs are, whatever the default URI is.
+      assertEquals(
+        typo.stderr.endsWith(
+          `; the start guard's VMs are those of qemu:///system: "passthrough guard allow win1 --hooks-dir ${hooks} -c qemu:///system" reads it there\n`,
+        ),
+        true,
+        typo.stderr,
+      );
+      assertEquals(pathExists(`${dir}/state/guard/allow/win1.json`), false);
+      // Another host's libvirt: its VM is not the one this host's hook starts.
+      const remote = await runCli(
+        [
+          "guard",
+          "allow",
+          "win11",
+          "--connect",
+          "qemu+ssh://hv1.invalid/system",
+          "--hooks-dir",
+          hooks,
+        ],
+      );
+      assertEquals(remote.code, 1, remote.stderr);
+      assertMatch(
+        remote.stderr,
+        /Cannot give an allowance through qemu\+ssh:\/\/hv1\.invalid\/system: another host's start guard never reads this host's state directory; run passthrough guard allow on that host\n$/,
+      );
+      // A VM defined under the name since (another <uuid>) does not take win11's allowance.
+      const other = MOVED.replace(WIN11_UUID, "0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11");
+      const impostor = await runHook(hook, ["win11", "prepare", "begin", "-"], other);
+      assertEquals(impostor.code, 1, impostor.stderr);
+      assertMatch(
+        impostor.stderr,
+        /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 -c qemu:\/\/\/system --state-dir \S+" again to start this one anyway\n$/,
+      );
+      assertEquals(
+        (await runCli(["guard", "allow", "win11", "--connect", daemon.uri, "--hooks-dir", hooks]))
+          .code,
+        0,
+      );
+      const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+      assertEquals([allowed.code, allowed.stdout], [0, ""]);
+      assertMatch(allowed.stderr, /^passthrough guard: starting "win11" once despite this/);
+      assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
 
-    const record = JSON.parse(await Deno.readTextFile(`${dir}/state/guard/refused/win11.json`));
-    assertEquals([record.vm, record.allowed, record.refusals[0].address], [
-      "win11",
-      false,
-      "0000:0b:00.0",
-    ]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+      const record = JSON.parse(await Deno.readTextFile(`${dir}/state/guard/refused/win11.json`));
+      assertEquals([record.vm, record.allowed, record.refusals[0].address], [
+        "win11",
+        false,
+        "0000:0b:00.0",
+      ]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("apply records the config's guard policies, and the installed hook starts with a warning", async () => {
@@ -1306,90 +1377,99 @@ Deno.test({
   },
 });
 
-Deno.test("a hook installed from the sources runs with state under a HOME whose Deno cache is empty", async () => {
-  // libvirt gives hooks its own HOME: the npm cache there may hold nothing. With an allowance or a
-  // refusal record in the state directory the check loads the state code, which loaded an npm
-  // package, so every start (a VM without a hostdev too) failed with "npm package not found".
-  await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
-  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-home-" });
-  try {
-    const common = ["--hooks-dir", `${dir}/qemu.d`];
-    const hook = await installOnTree(dir, tree.dir);
-    const home = { HOME: `${dir}/home` };
-    Deno.mkdirSync(home.HOME);
-    // A refusal recorded for win11, and an allowance for a VM with a name too long to keep.
-    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED, home)).code, 1);
-    const long = "v".repeat(200);
-    assertEquals(
-      (await runCli(["guard", "allow", long, "--connect", GUARD_WORLD, ...common])).code,
-      0,
-    );
-    const plain = testDomainXml("plain");
-    assertEquals(
-      await runHook(hook, ["plain", "prepare", "begin", "-"], plain, home),
-      { code: 0, stdout: "", stderr: "" },
-    );
-    // The allowance is found by the same (hashed) file name the CLI wrote, and used up.
-    const allowed = await runHook(
-      hook,
-      [long, "prepare", "begin", "-"],
-      MOVED.replace("<name>win11</name>", `<name>${long}</name>`)
-        // Its UUID in tests/fixtures/worlds/guard_allow.xml.
-        .replace(WIN11_UUID, "5d2e9a41-8c3b-4f6e-a1d7-3b9c0e2f4a68"),
-      home,
-    );
-    assertEquals(allowed.code, 0, allowed.stderr);
-    assertMatch(allowed.stderr, /starting "v+" once despite this \(passthrough guard allow\)/);
-    assertEquals([...Deno.readDirSync(`${dir}/state/guard/allow`)], []);
-    // Deno's cache is the one the hook names, in its private state directory: nothing in the
-    // HOME libvirt passes (which may be another user's) is read or written.
-    assertMatch(Deno.readTextFileSync(hook), new RegExp(`DENO_DIR='${dir}/state/deno' `));
-    assertEquals([...Deno.readDirSync(home.HOME)], []);
-    assertOk([...Deno.readDirSync(`${dir}/state/deno`)].length > 0);
-    assertEquals(Deno.statSync(`${dir}/state/deno`).mode! & 0o777, 0o700);
-    // A start refused for what the check could not read: guard allow says it will not help.
-    const damaged = MOVED.replace('address="0000:0b:00.0"', 'address="not-an-address"');
-    assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code, 1);
-    const allow = await runCli(["guard", "allow", "win11", "--connect", GUARD_WORLD, ...common]);
-    assertMatch(
-      allow.stdout,
-      /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
-    );
-    // Told another state directory, guard allow writes there and says the hook does not read it;
-    // with no hook in the directory it is told, it says so.
-    const elsewhere = await runCli([
-      "guard",
-      "allow",
-      "win11",
-      "--connect",
-      GUARD_WORLD,
-      ...common,
-      "--state-dir",
-      `${dir}/x`,
-    ]);
-    assertEquals(elsewhere.code, 0, elsewhere.stderr);
-    assertMatch(elsewhere.stdout, /\(until \S+; .*\/x\/guard\/allow\/win11\.json\)\n/);
-    assertOk(
-      elsewhere.stdout.endsWith(`\nNote: the installed hook reads ${dir}/state, not ${dir}/x\n`),
-      elsewhere.stdout,
-    );
-    const none = await runCli([
-      "guard",
-      "allow",
-      "win11",
-      "--connect",
-      GUARD_WORLD,
-      "--hooks-dir",
-      `${dir}/none`,
-    ]);
-    assertEquals(none.code, 0, none.stderr);
-    assertOk(
-      none.stdout.endsWith(`\nNote: no start guard is installed in ${dir}/none\n`),
-      none.stdout,
-    );
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+Deno.test({
+  name: "a hook installed from the sources runs with state under a HOME whose Deno cache is empty",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    // The system daemon's VMs, whose starts the hook guards.
+    await using daemon = await startGuardDaemon();
+    // libvirt gives hooks its own HOME: the npm cache there may hold nothing. With an allowance or a
+    // refusal record in the state directory the check loads the state code, which loaded an npm
+    // package, so every start (a VM without a hostdev too) failed with "npm package not found".
+    await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-home-" });
+    try {
+      const common = ["--hooks-dir", `${dir}/qemu.d`];
+      const hook = await installOnTree(dir, tree.dir);
+      const home = { HOME: `${dir}/home` };
+      Deno.mkdirSync(home.HOME);
+      // A refusal recorded for win11, and an allowance for a VM with a name too long to keep.
+      assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED, home)).code, 1);
+      const long = "v".repeat(200);
+      assertEquals(
+        (await runCli(["guard", "allow", long, "--connect", daemon.uri, ...common])).code,
+        0,
+      );
+      const plain = testDomainXml("plain");
+      assertEquals(
+        await runHook(hook, ["plain", "prepare", "begin", "-"], plain, home),
+        { code: 0, stdout: "", stderr: "" },
+      );
+      // The allowance is found by the same (hashed) file name the CLI wrote, and used up.
+      const allowed = await runHook(
+        hook,
+        [long, "prepare", "begin", "-"],
+        MOVED.replace("<name>win11</name>", `<name>${long}</name>`)
+          // Its UUID in tests/fixtures/worlds/guard_allow.xml.
+          .replace(WIN11_UUID, "5d2e9a41-8c3b-4f6e-a1d7-3b9c0e2f4a68"),
+        home,
+      );
+      assertEquals(allowed.code, 0, allowed.stderr);
+      assertMatch(allowed.stderr, /starting "v+" once despite this \(passthrough guard allow\)/);
+      assertEquals([...Deno.readDirSync(`${dir}/state/guard/allow`)], []);
+      // Deno's cache is the one the hook names, in its private state directory: nothing in the
+      // HOME libvirt passes (which may be another user's) is read or written.
+      assertMatch(Deno.readTextFileSync(hook), new RegExp(`DENO_DIR='${dir}/state/deno' `));
+      assertEquals([...Deno.readDirSync(home.HOME)], []);
+      assertOk([...Deno.readDirSync(`${dir}/state/deno`)].length > 0);
+      assertEquals(Deno.statSync(`${dir}/state/deno`).mode! & 0o777, 0o700);
+      // A start refused for what the check could not read: guard allow says it will not help.
+      const damaged = MOVED.replace('address="0000:0b:00.0"', 'address="not-an-address"');
+      assertEquals(
+        (await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code,
+        1,
+      );
+      const allow = await runCli(["guard", "allow", "win11", "--connect", daemon.uri, ...common]);
+      assertMatch(
+        allow.stdout,
+        /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
+      );
+      // Told another state directory, guard allow writes there and says the hook does not read it;
+      // with no hook in the directory it is told, it says so.
+      const elsewhere = await runCli([
+        "guard",
+        "allow",
+        "win11",
+        "--connect",
+        daemon.uri,
+        ...common,
+        "--state-dir",
+        `${dir}/x`,
+      ]);
+      assertEquals(elsewhere.code, 0, elsewhere.stderr);
+      assertMatch(elsewhere.stdout, /\(until \S+; .*\/x\/guard\/allow\/win11\.json\)\n/);
+      assertOk(
+        elsewhere.stdout.endsWith(`\nNote: the installed hook reads ${dir}/state, not ${dir}/x\n`),
+        elsewhere.stdout,
+      );
+      const none = await runCli([
+        "guard",
+        "allow",
+        "win11",
+        "--connect",
+        GUARD_WORLD,
+        "--hooks-dir",
+        `${dir}/none`,
+      ]);
+      assertEquals(none.code, 0, none.stderr);
+      assertOk(
+        none.stdout.endsWith(`\nNote: no start guard is installed in ${dir}/none\n`),
+        none.stdout,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
 
 Deno.test("the installed hook's first run stores the check's code cache in the hook's Deno cache", async () => {

@@ -372,16 +372,17 @@ export async function undefineUnlessIsolated(daemon: Libvirtd, names: string[]):
 
 /**
  * A private daemon reached as `qemu:///system?socket=...` (the VMs the hook guards), any user
- * may use, defining demo/world.xml's VMs shut off under their uuids (without devices).
+ * may use, defining `vms` (name to uuid; demo/world.xml's by default) shut off, without devices.
  */
-export async function startDemoDaemon(): Promise<Libvirtd> {
+export async function startDemoDaemon(
+  vms: Record<string, string> = {
+    win10: "6695eb01-f6a4-8304-79aa-97f2502e193f",
+    gentoo: "4dea22b3-1d52-d8f3-2516-782e98a23fa0",
+  },
+): Promise<Libvirtd> {
   const daemon = await startLibvirtd({ config: [`unix_sock_rw_perms = "0777"`] });
   await Deno.chmod(daemon.dir, 0o755);
   using conn = Connection.open(daemon.uri);
-  const vms = {
-    win10: "6695eb01-f6a4-8304-79aa-97f2502e193f",
-    gentoo: "4dea22b3-1d52-d8f3-2516-782e98a23fa0",
-  };
   for (const [name, uuid] of Object.entries(vms)) {
     conn.defineDomain(
       `<domain type='qemu'><name>${name}</name><uuid>${uuid}</uuid>` +
