@@ -28,7 +28,8 @@ import { didYouMean } from "../lib/render/suggest.ts";
 import { isRemoteUri } from "../lib/config/uri.ts";
 import { guardCheck, policed } from "../lib/guard/run.ts";
 import { readVmPolicy } from "../lib/guard/state.ts";
-import type { VmGuardPolicy } from "../lib/guard/policy.ts";
+import { ENFORCE, type VmGuardPolicy } from "../lib/guard/policy.ts";
+import { guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { readRecordsLeniently } from "../lib/domain/lenient.ts";
 import { fixCommand, type GuardRefusal } from "../lib/guard/check.ts";
 import { followUpCommand, type RunFlags } from "../lib/render/shell.ts";
@@ -104,13 +105,14 @@ interface StartVerdict {
 }
 
 /**
- * What the guard would say of `xml` on this host ({@link startVerdict}). Checked once per
- * definition, unless `fresh` asks again.
+ * What the guard would say of `xml` on this host ({@link startVerdict}), by the policies in
+ * `guardDir` (`null`: none, every VM enforces). Checked once per definition, unless `fresh` asks
+ * again.
  */
 function startCheck(
   vm: string,
   run: RunFlags,
-  stateDir: string,
+  guardDir: string | null,
 ): (xml: string, fresh?: boolean) => StartVerdict {
   // The guard's fix names no flags (the hook has none); this run's libvirt and state directory.
   const plan = followUpCommand(run, "passthrough plan", { options: [["--vm", vm]] });
@@ -119,7 +121,9 @@ function startCheck(
     if (fresh || !seen.has(xml)) {
       const reader = libcSysfsReader();
       // Those of the domain the backup defines: another of its name never lends its own.
-      const { policy } = readVmPolicy(stateDir, vm, readRecordsLeniently(xml).uuid);
+      const { policy } = guardDir === null
+        ? { policy: ENFORCE }
+        : readVmPolicy(guardDir, vm, readRecordsLeniently(xml).uuid);
       const checked = guardCheck({ vm, xml, reader, root: LIVE_SYSFS, live: true });
       seen.set(xml, startVerdict(checked, { vm, policy, plan }));
     }
@@ -213,7 +217,9 @@ export async function run(
   // From the question to the report: a stop asked for (Ctrl-C, kill, a closed session) waits for
   // the define and its read-back check, so the report still says whether the VM was restored.
   using signals = deferSignals();
-  const check = startCheck(vm, runFlags(values), stateDir);
+  // The policies the installed hook reads for these VMs' starts, not --state-dir's (the backups').
+  const guardDir = guardStateDirFor(libvirt.uri, values["state-dir"], io.env)?.stateDir ?? null;
+  const check = startCheck(vm, runFlags(values), guardDir);
   const report = await rollbackVm(vm, {
     libvirt,
     stateDir,

@@ -240,6 +240,62 @@ Deno.test({
 });
 
 Deno.test({
+  name: "rollback judges a restore by the policies the installed hook reads, not --state-dir's",
+  ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-back-" }));
+    await using daemon = await startDemoDaemon();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      // The hook reads hookstate; --state-dir (the backups) is another directory.
+      installRootHook(dir);
+      const config = `${dir}/config.yaml`;
+      const warn = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`)
+        .replace("  win10:\n", "  win10:\n    guard: warn\n");
+      const run = (args: string[]) =>
+        inHooksNamespace(dir, [
+          ...cliCommand(),
+          ...args,
+          "--connect",
+          daemon.uri,
+          "--state-dir",
+          `${dir}/backups`,
+        ], { NO_COLOR: "1" });
+      const apply = (text: string) => {
+        Deno.writeTextFileSync(config, text);
+        return run([
+          "apply",
+          "--yes",
+          "--vm",
+          "win10",
+          "--config",
+          config,
+          "--sysfs",
+          `${dir}/sysfs`,
+        ]);
+      };
+      // win10 given the demo host's cards (none of them on this host), then its USB rule dropped:
+      // the backup holds the cards, which the start guard of this host finds missing.
+      const first = await apply(warn);
+      assertEquals(first.code, 0, `${first.stdout}${first.stderr}`);
+      assertEquals(Deno.statSync(`${dir}/hookstate/guard/policy.json`).isFile, true);
+      const second = await apply(warn.replace(/\n {6}- name: usb-rear\n[^\n]*\n/, "\n"));
+      assertEquals(second.code, 0, `${second.stdout}${second.stderr}`);
+      const back = await run(["rollback", "win10", "--yes"]);
+      const out = `${back.stdout}${back.stderr}`;
+      // The hook's "guard: warn" warns and goes on; it said the guard would refuse (enforce).
+      assertMatch(
+        out,
+        /"win10" would not start as restored \(the start guard, by its policy, would warn and go on, and libvirt fails to find the device\)/,
+      );
+      assertEquals(out.includes("the start guard would refuse"), false, out);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "plan over the test driver shows its own state's refusals, not the installed hook's",
   ignore: !canUnshareMounts(),
   async fn() {
