@@ -234,9 +234,9 @@ Deno.test("parseDomainXml() and the start guard refuse an element of another ver
     assertMatch(readRecordsLeniently(xml).problem ?? "", /another version of passthrough/);
     assertEquals(
       assertThrowsDomainXmlError(xml).message,
-      `Passthrough records in namespace "urn:passthrough:hostdevs:2" are another version's, which ` +
-        `this one (namespace "${METADATA_NAMESPACE}") cannot read: plan with the passthrough that ` +
-        "wrote them: at line 3, column 1",
+      "An element of the passthrough records is of another version of passthrough (namespace " +
+        `"urn:passthrough:hostdevs:2"; this one reads "${METADATA_NAMESPACE}"): plan with the ` +
+        "passthrough that wrote them: at line 3, column 1",
     );
   }
   // Declared and unused, or rebound before use: nothing of it is read, nothing refused.
