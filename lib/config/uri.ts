@@ -23,15 +23,20 @@ export function isRemoteUri(uri: string): boolean {
   return authority !== "";
 }
 
+/** Transports that reach this host when the URI names none (libvirt connects to localhost). */
+const LOCAL_TRANSPORTS = new Set(["unix", "tcp", "tls", "ssh", "libssh", "libssh2"]);
+
 /**
  * Whether a libvirt URI reaches this host's system QEMU daemon (`qemu:///system`, also through
- * `+unix` or another `socket=`), whose VM starts run the start guard's hook; a session, the test
- * driver or another driver's VMs never do.
+ * `+unix` or another `socket=`, or `+tcp`, `+tls` or `+ssh` with no host, which libvirt takes
+ * to localhost), whose VM starts run the start guard's hook; a session, the test driver or
+ * another driver's VMs never do.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(isSystemQemuUri("qemu+unix:///system/?socket=/tmp/s"), true);
+ * assertEquals(isSystemQemuUri("qemu+tls:///system"), true);
  * assertEquals(isSystemQemuUri("qemu:///session"), false);
  * assertEquals(isSystemQemuUri("test:///default"), false);
  * assertEquals(isSystemQemuUri("qemu+ssh://hv1/system"), false);
@@ -45,7 +50,7 @@ export function isSystemQemuUri(uri: string): boolean {
     return false;
   }
   const [driver, transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
-  return driver === "qemu" && (transport === undefined || transport === "unix") &&
+  return driver === "qemu" && (transport === undefined || LOCAL_TRANSPORTS.has(transport)) &&
     url.host === "" && url.pathname.replace(/\/+$/, "") === "/system";
 }
 
