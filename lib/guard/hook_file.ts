@@ -35,6 +35,11 @@ export { DEFAULT_HOOKS_DIR };
  * spelling or link (a hook elsewhere guards nothing, though it may look installed).
  */
 export function readByLibvirt(dir: string): boolean {
+  return samePath(dir, DEFAULT_HOOKS_DIR);
+}
+
+/** Whether two paths name one file by any spelling or link (lexically, where one is missing). */
+function samePath(a: string, b: string): boolean {
   const real = (path: string) => {
     try {
       return Deno.realPathSync(path);
@@ -42,7 +47,7 @@ export function readByLibvirt(dir: string): boolean {
       return resolve(path);
     }
   };
-  return real(dir) === real(DEFAULT_HOOKS_DIR);
+  return real(a) === real(b);
 }
 
 /** The hook's file name: libvirt runs the directory's executables in name order. */
@@ -914,8 +919,9 @@ export function guardStateDir(
  * Where the start guard's files for the VMs of the local `uri` are: for the system daemon's, whose
  * starts run the installed hook, where that hook reads them whatever `--state-dir` says; for
  * others' (the test driver, a session), which no hook guards, the state directory this run was
- * given, unless that is the hook's (or may be, the hook being unreadable): `null` then, as a
- * rehearsal's policies there would change the host's VMs' starts, and its refusals are theirs.
+ * given, unless that is the hook's by any spelling or link (or may be, the hook being unreadable):
+ * `null` then, as a rehearsal's policies there would change the host's VMs' starts, and its
+ * refusals are theirs.
  */
 export function guardStateDirFor(
   uri: string,
@@ -926,7 +932,7 @@ export function guardStateDirFor(
   if (isSystemQemuUri(uri)) return guardStateDir(flag, env, { ...options, hookFirst: true });
   const { hook, unreadable } = guardStateDir(flag, env, options);
   const stateDir = resolveStateDirPath({ flag, env });
-  if (hook !== null && resolve(hook.stateDir) === stateDir) return null;
+  if (hook !== null && samePath(hook.stateDir, stateDir)) return null;
   if (unreadable !== null && flag === undefined) return null;
   return { stateDir, hook: null, unreadable: null };
 }

@@ -233,6 +233,14 @@ Deno.test({
         /Note: start guard policies not recorded: the start guard guards the VMs of qemu:\/\/\/system, not those of "test:\/\/\//,
       );
       assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
+      // Named another way (a trailing slash, a linked parent): still the hook's.
+      Deno.symlinkSync(dir, `${dir}/alias`);
+      for (const named of [`${dir}/hookstate/`, `${dir}/alias/hookstate`]) {
+        const again = await apply(off, ["--state-dir", named]);
+        assertEquals(again.code, 0, again.stderr);
+        assertMatch(again.stderr, /Note: start guard policies not recorded: /);
+        assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
+      }
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
