@@ -1136,6 +1136,11 @@ function walkRecords(text: string): WalkedRecords | string {
         return RECORDS_PROBLEMS.otherVersion;
       }
       const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
+      // One in it by an enclosing element's declaration, beside records of its own: the strict
+      // reader refuses it wherever it is, so plan and the guard read the same definition alike.
+      if (local === "hostdevs" && !opensOurs && inScope.get(key)?.at(-1) === RECORDS_NAMESPACE) {
+        return "the records namespace is declared on another element than <hostdevs>";
+      }
       if (opensOurs) {
         if (stack.length !== 2 || stack[1] !== "metadata") {
           return RECORDS_PROBLEMS.notInMetadata;

@@ -290,6 +290,11 @@ Deno.test("parseDomainXml() refuses a records element whose namespace an enclosi
         `<domain><name>d</name><metadata><x xmlns='${METADATA_NAMESPACE}'>\n<hostdevs/></x></metadata></domain>`,
         "line 2, column 1",
       ],
+      // Beside a records element of its own: the guard read those and started the VM.
+      [
+        `<domain><name>d</name><metadata><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs><app:x xmlns:app='urn:app' xmlns:q='${METADATA_NAMESPACE}'>\n<q:hostdevs/></app:x></metadata></domain>`,
+        "line 2, column 1",
+      ],
     ]
   ) {
     assertMatch(readRecordsLeniently(xml!).problem ?? "", /declared on another element/);
