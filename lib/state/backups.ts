@@ -604,6 +604,9 @@ export function pruneBackups(
   if (options.keep <= 0) return outcome;
   const uri = lockUri(options.uri);
   const ours = listed.filter((e) => e.uuid === options.uuid && lockUri(e.uri) === uri);
+  for (const dir of new Set(ours.map((e) => dirname(e.path)))) {
+    finishInterruptedPrunes(dir, { uuid: options.uuid, uri });
+  }
   for (const entry of ours.slice(options.keep)) {
     try {
       // The sidecar first, renamed aside in one step (a listing reads the XML left beside the
@@ -622,6 +625,36 @@ export function pruneBackups(
     outcome.removed.push(entry);
   }
   return outcome;
+}
+
+/**
+ * Removes what a prune of this domain's backups in `dir` left when it was cut short (the XML
+ * beside its sidecar renamed aside, or that sidecar alone), which listings skip as being removed:
+ * this run holds the lock that prune held, so none of these is one being removed now. Another
+ * domain's, or another connection's, may be; those are left. A file that cannot be read or
+ * removed is left too, for the next prune.
+ */
+function finishInterruptedPrunes(dir: string, owner: { uuid: string; uri: string }): void {
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].map((e) => e.name);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const id = /^\.(.+)\.json\.pruning$/.exec(name)?.[1];
+    if (id === undefined) continue;
+    try {
+      const sidecar = readSidecar(dir, name);
+      if (sidecar.uuid !== owner.uuid || lockUri(sidecar.uri) !== owner.uri) continue;
+      if (lstatOrUndefined(join(dir, `${id}.xml`)) !== undefined) {
+        Deno.removeSync(join(dir, `${id}.xml`));
+      }
+      Deno.removeSync(join(dir, name));
+    } catch {
+      continue;
+    }
+  }
 }
 
 /**

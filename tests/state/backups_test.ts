@@ -959,6 +959,35 @@ Deno.test("inspectBackups() between any two steps of a prune reports nothing, th
   }
 });
 
+Deno.test("pruneBackups() finishes a prune cut short, which listings skip as being removed", () => {
+  const dir = tempDir();
+  const remove = Deno.removeSync;
+  try {
+    const oldest = backupOf(`${dir}/state`, "vm1", { second: 1 });
+    const older = backupOf(`${dir}/state`, "vm1", { second: 2 });
+    const newest = backupOf(`${dir}/state`, "vm1", { second: 3 });
+    // Killed after the sidecar was renamed aside: the XML and the hidden sidecar stay.
+    Deno.removeSync = () => {
+      throw new Error("killed");
+    };
+    const cut = pruneBackups([newest, older, oldest], { uuid: UUID, uri: "u", keep: 2 });
+    Deno.removeSync = remove;
+    assertOk(cut.error !== null);
+    assertEquals(inspectBackups(`${dir}/state`, "vm1").problems, []);
+    assertEquals([...Deno.readDirSync(`${dir}/state/backups/vm1`)].length, 6);
+    // The next prune (the same domain's, under the same lock) removes them, and its own.
+    const next = pruneBackups([newest, older], { uuid: UUID, uri: "u", keep: 1 });
+    assertEquals(next.removed.map((e) => e.id), [older.id]);
+    assertEquals(
+      [...Deno.readDirSync(`${dir}/state/backups/vm1`)].map((e) => e.name).sort(),
+      [`${newest.id}.json`, `${newest.id}.xml`],
+    );
+  } finally {
+    Deno.removeSync = remove;
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("inspectBackups() finds the XML of a sidecar its listing had not reached yet", () => {
   const dir = tempDir();
   const readDir = Deno.readDirSync;
