@@ -51,6 +51,7 @@ import {
 } from "../host/sysfs.ts";
 import { flagWord, followUpCommand, shellWord } from "../render/shell.ts";
 import { UNSAFE_ON_TERMINAL } from "../render/terminal.ts";
+import { someOf } from "../render/error_text.ts";
 
 /** Why the guard refuses one address. */
 export type GuardRefusalKind =
@@ -201,6 +202,9 @@ interface DomainFacts {
   unreadable: string[];
 }
 
+/** How many elements with no readable host address a refusal names before "and N more". */
+const NAMED_UNREADABLE = 5;
+
 /**
  * Reads the passed-through addresses and the records with the lenient reader alone (no XML
  * library to load at every start): every PCI `<hostdev>` and `<interface type='hostdev'>`
@@ -214,7 +218,8 @@ function readDomain(xml: string): DomainFacts {
   if (elements.length > 0) {
     // Each named as `virsh dumpxml` shows it, quoted: the line is made safe for a terminal later.
     // Counted by element: a <disk> with two unreadable NVMe sources is one device to find.
-    const named = elements.map((e) => JSON.stringify(e)).join(", ");
+    // The first few only: the line is the hook's stderr, which virsh start prints whole.
+    const named = someOf(elements.map((e) => JSON.stringify(e)), NAMED_UNREADABLE);
     unreadable.push(
       `${elements.length} passed-through device(s) in the domain XML name no readable host ` +
         `address: ${named}`,

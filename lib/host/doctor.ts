@@ -25,7 +25,7 @@ import {
   unreadableHookReason,
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
-import { libvirtAccessAdvice } from "../render/error_text.ts";
+import { libvirtAccessAdvice, someOf } from "../render/error_text.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
@@ -505,13 +505,6 @@ function checkLibvirt(reach: LibvirtReach): DoctorFinding {
     };
   }
   return { check: "libvirt", status: "ok", summary: `libvirt reachable: ${result}`, hint: null };
-}
-
-/** `0000:0b:00.0, 0000:0c:00.0 and 3 more`. */
-function someOf(items: readonly string[], shown = 4): string {
-  return items.length <= shown
-    ? items.join(", ")
-    : `${items.slice(0, shown).join(", ")} and ${items.length - shown} more`;
 }
 
 /** Which GPUs are the boot VGA, and whether a firmware framebuffer holds one. */

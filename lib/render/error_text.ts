@@ -18,6 +18,23 @@ export function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/**
+ * The first `shown` of `items`, then how many more: a message stays one readable line however
+ * long the list.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(someOf(["a", "b", "c"], 2), "a, b and 1 more");
+ * assertEquals(someOf(["a", "b"], 2), "a, b");
+ * ```
+ */
+export function someOf(items: readonly string[], shown = 4): string {
+  return items.length <= shown
+    ? items.join(", ")
+    : `${items.slice(0, shown).join(", ")} and ${items.length - shown} more`;
+}
+
 /** `virErrorNumber`s of a connection libvirt's daemon refused to this user. */
 const ACCESS_CODES = new Set([
   45, // VIR_ERR_AUTH_FAILED

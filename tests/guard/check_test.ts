@@ -906,3 +906,27 @@ Deno.test("checkDomainStart() names the VF another running VM holds before one t
     );
   }
 });
+
+Deno.test("checkDomainStart() names the first few unreadable elements and counts the rest", async () => {
+  // Thousands of them made one line of hundreds of kilobytes, which virsh start prints whole.
+  const unread = `<hostdev mode='subsystem' type='pci'><source/></hostdev>`;
+  const { refusals } = await check(domain("vm", Array(3000).fill(unread), []));
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  const named = [1, 2, 3, 4, 5].map((n) =>
+    `"<hostdev> #${n} <hostdev mode='subsystem' type='pci'>"`
+  );
+  assertEquals(
+    refusals[0]!.reason,
+    `3000 passed-through device(s) in the domain XML name no readable host address: ${
+      named.join(", ")
+    } and 2995 more`,
+  );
+  // Up to the cap, each is named.
+  const few = await check(domain("vm", Array(5).fill(unread), []));
+  assertEquals(
+    few.refusals[0]!.reason,
+    `5 passed-through device(s) in the domain XML name no readable host address: ${
+      named.join(", ")
+    }`,
+  );
+});
