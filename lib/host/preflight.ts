@@ -16,6 +16,7 @@ import type { PciAddress, PciDevice } from "./types.ts";
 import {
   baseName,
   denoFsReader,
+  isLinkLoop,
   readAttribute,
   specialFileKind,
   type SysfsReader,
@@ -588,9 +589,7 @@ function inspectRomFile(
     info = Deno.statSync(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return { kind: "missing" };
-    if (error instanceof Error && /ELOOP|too many levels of symbolic links/i.test(error.message)) {
-      return { kind: "loop" };
-    }
+    if (isLinkLoop(error)) return { kind: "loop" };
     if (error instanceof Deno.errors.PermissionDenied) {
       return { kind: "unchecked", detail: `this user cannot look at it (${error.message})` };
     }

@@ -406,9 +406,28 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
   return trimmed;
 }
 
+/** The `kind` of a {@link SysfsTreeError} for a loop of symbolic links. */
+const LINK_LOOP = "a loop of symbolic links";
+
 /**
- * Raised for a captured tree with a FIFO, device node or socket where a file should be, or with
- * a link out of it where discovery reads (the reader a captured tree is read through).
+ * Whether `error` is the system's `ELOOP` (a loop of symbolic links), from libc's reader or
+ * Deno's: told by its message, as `lib/` imports neither `ffi/` nor a Deno error class for it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(isLinkLoop(new Error("Too many levels of symbolic links (os error 40)")), true);
+ * assertEquals(isLinkLoop(new Error("No such file or directory (os error 2)")), false);
+ * ```
+ */
+export function isLinkLoop(error: unknown): boolean {
+  return error instanceof Error && /ELOOP|too many levels of symbolic links/i.test(error.message);
+}
+
+/**
+ * Raised for a captured tree with a FIFO, device node or socket where a file should be, with a
+ * loop of symbolic links, or with a link out of it where discovery reads (the reader a captured
+ * tree is read through).
  */
 export class SysfsTreeError extends Error {
   /** The error's name. */
@@ -416,12 +435,14 @@ export class SysfsTreeError extends Error {
   /** The offending entry. */
   readonly path: string;
   /**
-   * Builds the error for the entry at `path`, which is `kind` (`a FIFO`), or, with `leadsTo`,
-   * which leads there, outside the tree.
+   * Builds the error for the entry at `path`, which is `kind` (`a FIFO`, `a loop of symbolic
+   * links`), or, with `leadsTo`, which leads there, outside the tree.
    */
   constructor(path: string, kind: string, leadsTo?: string) {
     super(
-      leadsTo === undefined
+      kind === LINK_LOOP
+        ? `Refusing to read a tree with a loop of symbolic links at "${path}": the tree is damaged: capture it again with 'passthrough snapshot'`
+        : leadsTo === undefined
         ? `Refusing to read a tree with ${kind} where a file should be: "${path}": lspci would block on it or read it without end, and opening a device can act on it; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`
         : `Refusing to read a tree with ${kind}: "${path}" leads to "${leadsTo}", outside the tree; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`,
     );
@@ -435,8 +456,10 @@ export class SysfsTreeError extends Error {
  * {@link SysfsTreeError}, before it is read, as is one whose `..` steps out of it. A tree is anyone's (one attached to a bug report):
  * what such a link led to was printed, and copied into its snapshot. Links read as links
  * (`readLink`: their target's name is the fact) need only their directory inside; a dangling
- * link or a loop is left to the read, which finds nothing. Paths outside `root` are the
- * caller's own, and read as they are. A tree is taken to be at rest: each path is resolved once
+ * link is left to the read, which finds nothing. A loop of symbolic links at a path or on the way
+ * to it is refused with {@link SysfsTreeError} naming the entry that loops: the tree is damaged,
+ * and read as nothing there, a device's group or driver would be taken for none, not unknown.
+ * Paths outside `root` are the caller's own, and read as they are. A tree is taken to be at rest: each path is resolved once
  * for the reader's life, one link at a time from its directory's resolution, as realpath(3)
  * does; `realPath` (default `Deno.realPathSync`) resolves only the root and what leaves it (a
  * link to an absolute path or above the root, a loop).
@@ -530,22 +553,47 @@ export function confinedReader(
     refuseOutside(path.slice(0, path.lastIndexOf("/")));
     refuseOutside(path);
   };
+  // The first entry from the root down that is a loop, else `path` (a loop the walk cannot see).
+  const loopAt = (path: string): string => {
+    for (let at = top.length; at !== -1;) {
+      at = path.indexOf("/", at + 1);
+      const prefix = at === -1 ? path : path.slice(0, at);
+      try {
+        realPath(prefix);
+      } catch (error) {
+        if (isLinkLoop(error)) return prefix;
+      }
+    }
+    return path;
+  };
+  // Inside the tree a loop is damage, never "nothing there".
+  const read = <T>(path: string, run: () => T): T => {
+    try {
+      return run();
+    } catch (error) {
+      if (!under(path) || !isLinkLoop(error)) throw error;
+      throw new SysfsTreeError(loopAt(path), LINK_LOOP);
+    }
+  };
   const confined: SysfsReader = {
-    listDir: (path) => (check(path), reader.listDir(path)),
-    readText: (path) => (check(path), reader.readText(path)),
-    readBytes: (path, maxBytes) => (check(path), reader.readBytes(path, maxBytes)),
+    listDir: (path) => (check(path), read(path, () => reader.listDir(path))),
+    readText: (path) => (check(path), read(path, () => reader.readText(path))),
+    readBytes: (path, maxBytes) => {
+      check(path);
+      return read(path, () => reader.readBytes(path, maxBytes));
+    },
     readLink: (path) => {
       dotted(path);
       if (under(path)) refuseOutside(path.slice(0, path.lastIndexOf("/")));
-      return reader.readLink(path);
+      return read(path, () => reader.readLink(path));
     },
-    openFile: (path) => (check(path), reader.openFile(path)),
+    openFile: (path) => (check(path), read(path, () => reader.openFile(path))),
   };
   if (reader.listEntries !== undefined) {
-    confined.listEntries = (path) => (check(path), reader.listEntries!(path));
+    confined.listEntries = (path) => (check(path), read(path, () => reader.listEntries!(path)));
   }
   if (reader.deviceNumber !== undefined) {
-    confined.deviceNumber = (path) => (check(path), reader.deviceNumber!(path));
+    confined.deviceNumber = (path) => (check(path), read(path, () => reader.deviceNumber!(path)));
   }
   return confined;
 }
@@ -555,7 +603,8 @@ export function confinedReader(
  * discovery or lspci opens files: every entry of `bus/pci/devices/*` and `bus/pci/slots/*` (lspci
  * opens most of them) and the snapshot's own `cmdline` and `host_use.json`. A FIFO or a terminal
  * blocks `open` or `read`, a device such as `/dev/zero` never ends, and opening some devices acts
- * on them. Dangling links and link loops are harmless (opening them fails). Throws
+ * on them. Dangling links are harmless (opening them fails); a loop of symbolic links there is a
+ * damaged tree, which lspci would stop on with its own message. Throws
  * {@link SysfsTreeError} naming the first one found, or the link out of the tree that `reader`
  * refuses to list ({@link confinedReader}); what cannot be listed (`/sys`, `/proc` without
  * `--allow-all`) is not checked. Lists through `reader` when it can tell kinds
@@ -616,17 +665,21 @@ function entries(path: string): DirectoryEntry[] {
       name: e.name,
       kind: e.isFile ? "file" : e.isDirectory ? "directory" : e.isSymlink ? "symlink" : "other",
     }));
-  } catch {
+  } catch (error) {
+    if (isLinkLoop(error)) throw new SysfsTreeError(path, LINK_LOOP);
     return [];
   }
 }
 
-/** What the entry at `path` is (links followed) when it is not a file or directory, or `null`. */
+/**
+ * What the entry at `path` is (links followed) when it is not a file or directory (a loop of
+ * symbolic links among them), or `null`.
+ */
 function specialKindAt(path: string): string | null {
   try {
     return specialFileKind(Deno.statSync(path));
-  } catch {
-    return null;
+  } catch (error) {
+    return isLinkLoop(error) ? LINK_LOOP : null;
   }
 }
 

@@ -7,7 +7,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
-import { demoTree } from "../helpers/reliability.ts";
+import { demoTree, gpuConfig } from "../helpers/reliability.ts";
 import { documentedFlags, runCli } from "../helpers/cli.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { LspciError, runLspci } from "../../lib/host/lspci.ts";
@@ -189,21 +189,65 @@ Deno.test("a --sysfs that is a loop of symbolic links is named as one by the lib
   assertMatch(error.message, /: ELOOP: a loop of symbolic links$/);
 });
 
-Deno.test("groups --sysfs TREE with a group directory that is a loop says it could not open it", async () => {
+/** Replaces the entry at `path` with a symbolic link to itself. */
+function loopAt(path: string): void {
+  Deno.removeSync(path, { recursive: true });
+  Deno.symlinkSync(path.slice(path.lastIndexOf("/") + 1), path);
+}
+
+const LOOPS: [string, (sysfs: string) => string][] = [
+  ["a device's config", (sysfs) => `${sysfs}/bus/pci/devices/${GPU}/config`],
+  ["a device's entry", (sysfs) => `${sysfs}/bus/pci/devices/${GPU}`],
+  ["a device's IOMMU group", (sysfs) => `${sysfs}/kernel/iommu_groups/26`],
+];
+
+Deno.test("discovery refuses a captured tree with a loop of symbolic links, naming the loop", async () => {
+  for (const [name, where] of LOOPS) {
+    await using tree = await demoTree();
+    const path = where(tree.sysfs);
+    loopAt(path);
+    for (const [label, reader] of READERS) {
+      for (const lspci of [undefined, null]) {
+        const error = await rejection(
+          () =>
+            discoverHost({
+              root: tree.sysfs,
+              reader: confinedReader(reader(), tree.sysfs),
+              ...(lspci === null ? { lspci } : {}),
+            }),
+          SysfsTreeError,
+        );
+        assertEquals(
+          [error.path, error.message],
+          [
+            path,
+            `Refusing to read a tree with a loop of symbolic links at "${path}": the tree is damaged: capture it again with 'passthrough snapshot'`,
+          ],
+          `${name} (${label}, ${lspci === null ? "no lspci" : "lspci"})`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("groups, doctor and plan --sysfs TREE with a loop stop on one line naming it and what to do", async () => {
   await using tree = await demoTree();
   const groups = `${tree.sysfs}/kernel/iommu_groups`;
-  const group = [...Deno.readDirSync(groups)][0]!.name;
-  Deno.removeSync(`${groups}/${group}`, { recursive: true });
-  Deno.symlinkSync(group, `${groups}/${group}`);
-  const result = await runCli(["groups", "--sysfs", tree.sysfs]);
-  assertEquals(result.code, 1, result.stderr);
-  // It said "Cannot read link": the tree check's look for a link, not the listing, met the loop.
-  assertOk(
-    result.stderr.includes(
-      `Cannot open directory "${groups}/${group}/devices": ELOOP: a loop of symbolic links`,
-    ),
-    result.stderr,
-  );
+  // The GPU's group: read as "no such group", its device would look alone in it.
+  loopAt(`${groups}/26`);
+  Deno.writeTextFileSync(`${tree.dir}/c.yaml`, gpuConfig("test"));
+  const plan = ["plan", "-f", `${tree.dir}/c.yaml`, "-c", "test:///default"];
+  for (const command of [["groups"], ["doctor"], plan]) {
+    const result = await runCli([...command, "--sysfs", tree.sysfs]);
+    assertEquals(result.code, 1, result.stderr);
+    // It said `Cannot open directory ".../26/devices": ELOOP: a loop of symbolic links`.
+    assertEquals(
+      result.stderr,
+      `passthrough ${
+        command[0]
+      }: Refusing to read a tree with a loop of symbolic links at "${groups}/26": the tree is damaged: capture it again with 'passthrough snapshot'\n`,
+    );
+  }
 });
 
 Deno.test("a FIFO whose writer never writes: the libc reader stops with a clear error, Deno's reads it as unreadable", async () => {
@@ -381,14 +425,17 @@ Deno.test("a confined reader resolves a tree's links as realpath does, and realp
       try {
         const real = Deno.realPathSync(`${root}/${path}`);
         outside = !real.startsWith(`${Deno.realPathSync(root)}/`);
-      } catch {
-        // A loop or a dangling link: the read finds nothing.
+      } catch (error) {
+        // A dangling link: the read finds nothing. A loop: the tree is damaged, and refused.
+        outside = error instanceof Deno.errors.FilesystemLoop;
       }
       assertEquals(refused(`${root}/${path}`), outside, path);
     }
     // Only links to absolute paths, above the tree's root, or in a loop were resolved whole.
     const whole = ["out", "through", "back", "absolute", "absoluteOut", "outDir", "loop1"];
-    assertEquals(resolved, [root, ...whole.map((name) => `${root}/${name}`)]);
+    // And, refusing a loop, each loop's path to name the entry that loops.
+    const loops = ["loop1", "loop2"];
+    assertEquals(resolved, [root, ...[...whole, ...loops].map((name) => `${root}/${name}`)]);
   }
 });
 
