@@ -537,9 +537,9 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
       throw errorAt(
         xml,
         span.start,
-        "Passthrough records element takes its namespace from an enclosing element, not from a " +
-          "declaration of its own, where passthrough reads records: the start guard refuses " +
-          "every start of the VM until the records element declares it or is removed",
+        `${sentence(RECORDS_PROBLEMS.namespaceElsewhere)} (an enclosing element declares it ` +
+          "for this records element): the start guard refuses every start of the VM until the " +
+          "records element declares it itself or is removed",
       );
     }
     if (isOtherRecordsVersion(namespace)) {

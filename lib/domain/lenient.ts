@@ -837,6 +837,12 @@ export const RECORDS_PROBLEMS = {
   twoElements: "the domain metadata holds two passthrough records elements",
   /** Two records of one host address. */
   twoAddresses: "two passthrough records name one address",
+  /**
+   * The records' namespace declared on another element while no records element in `<metadata>`
+   * declares it on itself (an enclosing element declaring it for `<pt:hostdevs>`, another
+   * application's element in it): records, or what may be records, that passthrough cannot read.
+   */
+  namespaceElsewhere: "the records namespace is declared on another element than <hostdevs>",
 } as const;
 
 /** What {@link readRecordsLeniently} finds. */
@@ -1181,7 +1187,7 @@ function walkRecords(text: string): WalkedRecords | string {
   if (stack.length !== 0 || !seenRoot) return "";
   // The namespace declared anywhere but on the records' element: records passthrough cannot find.
   if (ours === null && namespaceDeclared) {
-    return "the records namespace is declared on another element than <hostdevs>";
+    return RECORDS_PROBLEMS.namespaceElsewhere;
   }
   if (repeatedRecordAddress(records) !== null || repeatedRecordAddress(vfRecords) !== null) {
     return RECORDS_PROBLEMS.twoAddresses;

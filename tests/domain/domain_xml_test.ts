@@ -300,9 +300,9 @@ Deno.test("parseDomainXml() refuses a records element whose namespace an enclosi
     assertMatch(readRecordsLeniently(xml!).problem ?? "", /declared on another element/);
     assertEquals(
       assertThrowsDomainXmlError(xml!).message,
-      "Passthrough records element takes its namespace from an enclosing element, not from a " +
-        "declaration of its own, where passthrough reads records: the start guard refuses " +
-        `every start of the VM until the records element declares it or is removed: at ${at}`,
+      "The records namespace is declared on another element than <hostdevs> (an enclosing " +
+        "element declares it for this records element): the start guard refuses every start " +
+        `of the VM until the records element declares it itself or is removed: at ${at}`,
     );
   }
   // Declared on the records element itself, and again on an enclosing one: read.
@@ -325,6 +325,9 @@ Deno.test("parseDomainXml() says what is wrong with records it refuses in the st
       metadata(`<app:x xmlns:app='urn:app'>${ours(record("gpu"))}</app:x>`),
       metadata(ours(record("gpu")) + ours("")),
       metadata(ours(record("gpu") + record("audio"))),
+      metadata(
+        `<app:x xmlns:app='urn:app' xmlns:pt='${METADATA_NAMESPACE}'><pt:hostdevs/></app:x>`,
+      ),
     ]
   ) {
     const problem = readRecordsLeniently(xml).problem ?? "";
