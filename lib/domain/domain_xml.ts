@@ -344,8 +344,19 @@ function locate(xml: string): Located {
   const uuidSpan = child("uuid");
   const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
   const metadata = child("metadata");
-  refuseMisplacedRecords(xml, root, metadata);
+  const declaring = refuseMisplacedRecords(xml, root, metadata);
   const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
+  // Another element in the records' namespace (`<zz:other xmlns:zz=…>`) is nothing this version
+  // writes: records in a form it does not read may be there, so the guard refuses the VM's starts.
+  if (ours === null && declaring !== null) {
+    throw errorAt(
+      xml,
+      declaring.start,
+      `${sentence(RECORDS_PROBLEMS.namespaceElsewhere)}, and no records element declares it: ` +
+        "the start guard refuses every start of the VM until this declaration is removed, with " +
+        "any element in that namespace",
+    );
+  }
   const devices = child("devices");
   const found = locateDevices(xml, devices, {
     owned: new Set(records.map((r) => r.address)),
@@ -502,8 +513,14 @@ function locateHostdev(
  * version's records namespace (nested in our records element or in another application's
  * metadata, it would otherwise be read as no records), and our records element anywhere but as
  * a child of `<metadata>` (read as none here, while the guard refuses every start of the VM).
+ * Returns the first element in document order that declares the records' namespace, or `null`.
  */
-function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | null): void {
+function refuseMisplacedRecords(
+  xml: string,
+  root: XmlSpan,
+  metadata: XmlSpan | null,
+): XmlSpan | null {
+  let declaring: XmlSpan | null = null;
   // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
   // `inScope`: per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost
   // last; an element's `exit` entry, popped after its children, takes back what it declared (a
@@ -525,6 +542,7 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
       const values = inScope.get(key) ?? [];
       values.push(attribute(xml, span, key) ?? "");
       inScope.set(key, values);
+      if (values.at(-1) === METADATA_NAMESPACE) declaring ??= span;
     }
     const colon = span.name.indexOf(":");
     const key = colon === -1 ? "xmlns" : `xmlns:${span.name.slice(0, colon)}`;
@@ -564,6 +582,7 @@ function refuseMisplacedRecords(xml: string, root: XmlSpan, metadata: XmlSpan | 
       stack.push({ span: span.children[i]!, parent: span });
     }
   }
+  return declaring;
 }
 
 /** `problem` as a message begins: its first letter upper case. */
