@@ -838,9 +838,10 @@ export const RECORDS_PROBLEMS = {
   /** Two records of one host address. */
   twoAddresses: "two passthrough records name one address",
   /**
-   * The records' namespace declared on another element while no records element in `<metadata>`
-   * declares it on itself (an enclosing element declaring it for `<pt:hostdevs>`, another
-   * application's element in it): records, or what may be records, that passthrough cannot read.
+   * The records' namespace declared on another element: an enclosing one for a records element
+   * (`<metadata xmlns:pt=…><pt:hostdevs>`), wherever it is, or any one when no records element
+   * declares it on itself (another application's element in it): records, or what may be
+   * records, that passthrough cannot read.
    */
   namespaceElsewhere: "the records namespace is declared on another element than <hostdevs>",
 } as const;
@@ -1141,12 +1142,15 @@ function walkRecords(text: string): WalkedRecords | string {
       if (isOtherRecordsVersion(inScope.get(key)?.at(-1))) {
         return RECORDS_PROBLEMS.otherVersion;
       }
-      const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
-      // One in it by an enclosing element's declaration, beside records of its own: the strict
-      // reader refuses it wherever it is, so plan and the guard read the same definition alike.
-      if (local === "hostdevs" && !opensOurs && inScope.get(key)?.at(-1) === RECORDS_NAMESPACE) {
-        return "the records namespace is declared on another element than <hostdevs>";
+      // A records element in it by an enclosing element's declaration, next to our records element
+      // or not: the strict reader refuses it wherever it is, and so does this one.
+      if (
+        local === "hostdevs" && declared === undefined &&
+        inScope.get(key)?.at(-1) === RECORDS_NAMESPACE
+      ) {
+        return RECORDS_PROBLEMS.namespaceElsewhere;
       }
+      const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
       if (opensOurs) {
         if (stack.length !== 2 || stack[1] !== "metadata") {
           return RECORDS_PROBLEMS.notInMetadata;

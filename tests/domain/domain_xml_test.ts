@@ -295,6 +295,17 @@ Deno.test("parseDomainXml() refuses a records element whose namespace an enclosi
         `<domain><name>d</name><metadata><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs><app:x xmlns:app='urn:app' xmlns:q='${METADATA_NAMESPACE}'>\n<q:hostdevs/></app:x></metadata></domain>`,
         "line 2, column 1",
       ],
+      // Next to our records element, before or after it: the guard read only that one.
+      [
+        `<domain><name>d</name><metadata><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs><x xmlns='${METADATA_NAMESPACE}'>\n<hostdevs/></x></metadata></domain>`,
+        "line 2, column 1",
+      ],
+      [
+        `<domain><name>d</name><metadata><app:x xmlns:app='urn:app' xmlns:pt='${METADATA_NAMESPACE}'>\n<pt:hostdevs>${
+          device.replace("01:00.0", "02:00.0")
+        }</pt:hostdevs></app:x><pt:hostdevs xmlns:pt='${METADATA_NAMESPACE}'>${device}</pt:hostdevs></metadata></domain>`,
+        "line 2, column 1",
+      ],
     ]
   ) {
     assertMatch(readRecordsLeniently(xml!).problem ?? "", /declared on another element/);
