@@ -831,7 +831,10 @@ export function isOtherRecordsVersion(namespace: string | undefined): boolean {
 export const RECORDS_PROBLEMS = {
   /** An element in another version's records namespace, at any depth. */
   otherVersion: "an element of the passthrough records is of another version of passthrough",
-  /** The records element nested in another application's metadata, or anywhere else. */
+  /**
+   * The records element nested in another application's metadata, anywhere else, or in a second
+   * `<metadata>` (libvirt writes one; the strict reader reads the first).
+   */
   notInMetadata: "the passthrough records element is not a child of <metadata>",
   /** Two records elements in `<metadata>`. */
   twoElements: "the domain metadata holds two passthrough records elements",
@@ -1096,6 +1099,8 @@ function walkRecords(text: string): WalkedRecords | string {
   /** Whether the records' element is open (it is then the third on `stack`). */
   let oursOpen = false;
   let seenRoot = false;
+  /** How many `<metadata>` the root has opened: the strict reader reads records in the first. */
+  let metadataSeen = 0;
   /** Whether a tag declares the records' namespace (text that only mentions it does not). */
   let namespaceDeclared = false;
   /** Per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost last. */
@@ -1122,6 +1127,7 @@ function walkRecords(text: string): WalkedRecords | string {
       if (rest === null) return "";
       if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
       seenRoot = true;
+      if (stack.length === 1 && name === "metadata") metadataSeen++;
       const { attributes } = rest;
       after = rest.end;
       const declarations = [...attributes.keys()].filter((key) => /^xmlns(:|$)/.test(key));
@@ -1152,7 +1158,7 @@ function walkRecords(text: string): WalkedRecords | string {
       }
       const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
       if (opensOurs) {
-        if (stack.length !== 2 || stack[1] !== "metadata") {
+        if (stack.length !== 2 || stack[1] !== "metadata" || metadataSeen !== 1) {
           return RECORDS_PROBLEMS.notInMetadata;
         }
         if (ours !== null) return RECORDS_PROBLEMS.twoElements;

@@ -259,6 +259,8 @@ Deno.test("parseDomainXml() refuses a records element that is no child of <metad
     const xml of [
       `<domain><name>d</name><metadata><app:x xmlns:app='urn:app'>\n${ours}</app:x></metadata></domain>`,
       `<domain><name>d</name><metadata/><devices>\n${ours}</devices></domain>`,
+      // In a second <metadata>, which libvirt never writes: plan reads the first alone.
+      `<domain><name>d</name><metadata/><metadata>\n${ours}</metadata></domain>`,
     ]
   ) {
     assertMatch(readRecordsLeniently(xml).problem ?? "", /not a child of <metadata>/);
