@@ -65,10 +65,10 @@ function definedUuid(
 /**
  * For a VM not found at `uri`, the command that reads it where the start guard's VMs are
  * ({@link GUARD_URI}), when `uri` is another libvirt (the user's default, a session): empty
- * otherwise.
+ * when it is the system daemon by any spelling (`+unix`, `socket=`), which was just read.
  */
 function elsewhere(vm: string, uri: string, values: Parsed<typeof GUARD>["values"]): string {
-  if (uri.replace(/\/$/, "") === GUARD_URI) return "";
+  if (isSystemQemuUri(uri)) return "";
   const stateDir = values["state-dir"];
   const hooksDir = values["hooks-dir"];
   const again = followUpCommand(

@@ -865,6 +865,32 @@ Deno.test("guard allow over a test world never writes where the installed hook r
   }
 });
 
+Deno.test({
+  name:
+    "guard allow for a VM the system daemon does not define, by any spelling of its URI, sends the user nowhere else",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    await using daemon = await startGuardDaemon();
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+    try {
+      const socket = daemon.uri.split("socket=")[1]!;
+      for (const uri of [daemon.uri, `qemu+unix:///system?socket=${socket}`]) {
+        const run = await runCli(
+          ["guard", "allow", "win1", "-c", uri, "--hooks-dir", `${dir}/qemu.d`],
+          { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } },
+        );
+        assertEquals([run.code, run.stdout], [1, ""], run.stderr);
+        assertMatch(run.stderr, /libvirt defines no VM "win1" \(did you mean "win11"\?\)/);
+        // It said: '; the start guard's VMs are those of qemu:///system: "... -c qemu:///system"
+        // reads it there', for the very daemon it had read.
+        assertEquals(run.stderr.includes("the start guard's VMs are those of"), false, run.stderr);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("guard allow exits 0 with its allowance given when the refusal records cannot be read", async () => {
   const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
   try {
