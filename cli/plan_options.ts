@@ -17,6 +17,7 @@ import { pickHostSection } from "../lib/config/host_section.ts";
 import { planHostdevs } from "../lib/plan/plan.ts";
 import { rulesStartGuard, type StartGuard } from "../lib/plan/issues.ts";
 import { redactedJson } from "../lib/render/redact.ts";
+import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type OpenLibvirtPort, openLibvirtPort } from "../ffi/port.ts";
 import { type CliIo, UsageError } from "./context.ts";
 import { runFlags } from "./flags.ts";
@@ -305,8 +306,11 @@ export async function computePlan(
     const guard = guardStateDir(inputs["state-dir"], io.env, { hookFirst: true });
     // libvirt runs hooks from its own directory only; another host's tree says nothing of it.
     const known = isLiveRoot(sysfs ?? LIVE_SYSFS) && guard.unreadable === null;
-    // The policies and refusals of these VMs: a test world's or a session's are not the hook's.
-    const guardDir = guardStateDirFor(libvirt.uri, inputs["state-dir"], io.env)?.stateDir ?? null;
+    // The policies and refusals of these VMs: a test world's or a session's are not the hook's,
+    // and another machine's are on it: this host's records are of this host's VMs.
+    const guardDir = isRemoteUri(libvirt.uri)
+      ? remoteGuardNote(libvirt.uri, options.command, io)
+      : guardStateDirFor(libvirt.uri, inputs["state-dir"], io.env)?.stateDir ?? null;
     const guardPolicies = guardDir === null ? null : await recordedPolicies(guardDir);
     const plan = planHostdevs({
       config,
@@ -338,6 +342,22 @@ export async function computePlan(
     libvirt.close();
     throw error;
   }
+}
+
+/**
+ * For another machine's libvirt, whose start guard keeps its refusals and policies there: says so
+ * once for `plan` (`apply` says it of the policies it would record), and gives no directory.
+ */
+function remoteGuardNote(uri: string, command: "plan" | "apply", io: CliIo): null {
+  if (command === "plan") {
+    io.err(
+      redactSecrets(
+        `Note: the start guard's refusals and policies for the VMs of "${uri}" are on that ` +
+          "machine, not shown here: run passthrough plan there to see them\n",
+      ),
+    );
+  }
+  return null;
 }
 
 /**

@@ -18,7 +18,7 @@ import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
-import { libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
+import { libvirtdUnavailable, relayedRemoteUri, startDemoDaemon } from "../helpers/libvirtd.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -241,6 +241,43 @@ Deno.test({
         assertMatch(again.stderr, /Note: start guard policies not recorded: /);
         assertEquals(Deno.readTextFileSync(`${dir}/hookstate/guard/policy.json`), before);
       }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "plan of another machine's libvirt shows none of this host's guard refusals, and says once where its are",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-plan-" }));
+    await using daemon = await startDemoDaemon();
+    try {
+      // A tree captured on that machine, and this host's own guard state where plan reads it.
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      recordMovedCardRefusal(`${dir}/state`);
+      const uri = relayedRemoteUri(daemon, dir, "hv9.invalid");
+      const plan = await runCli([
+        "plan",
+        "--config",
+        `${DEMO}passthrough_config.yaml`,
+        "--sysfs",
+        `${dir}/sysfs`,
+        "--connect",
+        uri,
+        "--allow-uri-programs",
+      ], { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } });
+      assertEquals(plan.code, 0, plan.stderr);
+      // It showed this host's win10's refusal as the other machine's win10's.
+      assertEquals(plan.stdout.includes("[guard-refused]"), false, plan.stdout);
+      const notes = plan.stderr.split("\n").filter((line) => line.includes("start guard"));
+      assertEquals(notes.length, 1, plan.stderr);
+      assertMatch(
+        notes[0]!,
+        /^Note: the start guard's refusals and policies for the VMs of "qemu\+ext:\/\/hv9\.invalid\/system\?command=[^"]*" are on that machine, not shown here: /,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

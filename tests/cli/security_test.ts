@@ -6,7 +6,7 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
+import { libvirtdUnavailable, relayedRemoteUri, startLibvirtd } from "../helpers/libvirtd.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { Connection } from "../../ffi/connection.ts";
@@ -21,7 +21,6 @@ import { renderDomainDiff } from "../../lib/render/diff.ts";
 import { encodeVmName, writeBackup } from "../../lib/state/backups.ts";
 import { openStateDir, StateDirError } from "../../lib/state/state_dir.ts";
 import { main } from "../../main.ts";
-import { shellQuote } from "../../lib/render/shell.ts";
 import { runCli } from "../helpers/cli.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -792,23 +791,8 @@ Deno.test({
   async fn() {
     await using daemon = await startLibvirtd();
     await using tree = await demoTree();
-    // A URI with a host that still reaches the private daemon: the ext transport runs a program
-    // that relays its standard input and output to the daemon's socket.
-    const relay = `${tree.dir}/relay.sh`;
-    const socket = daemon.uri.split("socket=")[1]!;
-    Deno.writeTextFileSync(
-      `${tree.dir}/relay.ts`,
-      `const conn = await Deno.connect({ transport: "unix", path: ${JSON.stringify(socket)} });
-      await Promise.all([Deno.stdin.readable.pipeTo(conn.writable), conn.readable.pipeTo(Deno.stdout.writable)]);`,
-    );
-    Deno.writeTextFileSync(
-      relay,
-      `#!/bin/sh\nexec ${shellQuote(Deno.execPath())} run -A ${
-        shellQuote(`${tree.dir}/relay.ts`)
-      }\n`,
-      { mode: 0o755 },
-    );
-    const uri = `qemu+ext://admin:${SECRET}@hv9.invalid/system?command=${relay}`;
+    // A URI with a host that still reaches the private daemon.
+    const uri = relayedRemoteUri(daemon, tree.dir, `admin:${SECRET}@hv9.invalid`);
     const config = `${tree.dir}/c.yaml`;
     // A guard policy: the note says it is not recorded for another machine, naming the URI.
     await Deno.writeTextFile(

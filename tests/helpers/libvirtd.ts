@@ -371,6 +371,28 @@ export async function undefineUnlessIsolated(daemon: Libvirtd, names: string[]):
 }
 
 /**
+ * A URI naming another machine (`qemu+ext://AUTHORITY/system`, `AUTHORITY` such as
+ * `hv9.invalid`) that still reaches `daemon`: the ext transport runs a program, written into
+ * `dir`, that relays its standard input and output to the daemon's socket. Opening it needs
+ * `--allow-uri-programs`.
+ */
+export function relayedRemoteUri(daemon: Libvirtd, dir: string, authority: string): string {
+  const relay = `${dir}/relay.sh`;
+  const socket = daemon.uri.split("socket=")[1]!;
+  Deno.writeTextFileSync(
+    `${dir}/relay.ts`,
+    `const conn = await Deno.connect({ transport: "unix", path: ${JSON.stringify(socket)} });
+    await Promise.all([Deno.stdin.readable.pipeTo(conn.writable), conn.readable.pipeTo(Deno.stdout.writable)]);`,
+  );
+  Deno.writeTextFileSync(
+    relay,
+    `#!/bin/sh\nexec ${shellQuote(Deno.execPath())} run -A ${shellQuote(`${dir}/relay.ts`)}\n`,
+    { mode: 0o755 },
+  );
+  return `qemu+ext://${authority}/system?command=${relay}`;
+}
+
+/**
  * A private daemon reached as `qemu:///system?socket=...` (the VMs the hook guards), any user
  * may use, defining `vms` (name to uuid; demo/world.xml's by default) shut off, without devices.
  */
