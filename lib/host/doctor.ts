@@ -26,6 +26,7 @@ import {
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import { libvirtAccessAdvice, someOf } from "../render/error_text.ts";
+import { isRemoteUri } from "../config/uri.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
@@ -463,7 +464,7 @@ function describeConnection(connected: LibvirtConnected): string {
 function localLibvirtVersion(reach: LibvirtReach | undefined): string | null {
   if (reach === undefined || reach instanceof Error) return null;
   const connected = "readOnly" in reach ? reach.readOnly : reach;
-  return /^[a-z0-9+]+:\/\/\//i.test(connected.uri) ? connected.version : null;
+  return isRemoteUri(connected.uri) ? null : connected.version;
 }
 
 function checkLibvirt(reach: LibvirtReach): DoctorFinding {

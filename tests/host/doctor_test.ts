@@ -484,6 +484,8 @@ Deno.test("doctor's hook finding: a libvirt older than 6.5, which reads no qemu.
   assertEquals((await finding("qemu:///system", "6.5.0")).status, "ok");
   // Another host's libvirt says nothing of this one's.
   assertEquals((await finding("qemu+ssh://far/system", "6.0.0")).status, "ok");
+  // A user and no host is this host (libvirt's ssh goes to localhost): it said nothing of it.
+  assertEquals((await finding("qemu+ssh://root@/system", "6.0.0")).status, "warn");
 });
 
 Deno.test("doctor's hook finding: a hook changed by hand, one another user can change, an interrupted install", async () => {
