@@ -913,6 +913,31 @@ export function heldAddresses(
 }
 
 /**
+ * The host PCI addresses a parsed domain passes that passthrough did not write, and never removes:
+ * its hand-added hostdevs, its hostdev interfaces no `vf:` rule recorded, its NVMe disks'
+ * controllers. They stay passed whatever a plan does, so VFIO hands them to the guest at start.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const xml = `<domain type='kvm'><name>vm</name><devices>
+ *   <hostdev mode='subsystem' type='pci' managed='yes'><source>
+ *     <address domain='0x0000' bus='0x06' slot='0x00' function='0x0'/></source></hostdev>
+ * </devices></domain>`;
+ * assertEquals(handPassedAddresses(parseDomainXml(xml)), ["0000:06:00.0"]);
+ * ```
+ */
+export function handPassedAddresses(
+  domain: Pick<ParsedDomain, "hostdevs" | "interfaceHostdevs" | "vfRecords" | "nvmeDisks">,
+): PciAddress[] {
+  return [
+    ...domain.hostdevs.filter((h) => !h.owned).map((h) => h.address),
+    ...domain.interfaceHostdevs.filter((a) => !domain.vfRecords.some((r) => r.address === a)),
+    ...domain.nvmeDisks,
+  ];
+}
+
+/**
  * `xml` with the `<controller>` children of its `<devices>` in one order, each sorted by its
  * lines' keys ({@link normaliseXmlLines}, so layout does not move it) into the places controllers
  * held: libvirt orders controllers itself as it stores a definition (a USB companion controller

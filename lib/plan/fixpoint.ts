@@ -8,7 +8,7 @@
 
 import { didYouMean } from "../render/suggest.ts";
 import type { Config } from "../config/config.ts";
-import { heldAddresses } from "../domain/domain_xml.ts";
+import { handPassedAddresses, heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
 import { driftWarning, heldNote } from "./issues.ts";
@@ -187,6 +187,7 @@ export function planUntilSettled(input: SettleInput): Settled {
   const editable = [...survey.editable];
   const records = new Map(editable.map(([n, e]) => [n, e.domain.records]));
   const current = new Map(editable.map(([n, e]) => [n, new Set(heldAddresses(e.domain))]));
+  const handPassed = new Map(editable.map(([n, e]) => [n, new Set(handPassedAddresses(e.domain))]));
   const vfRecords = new Map(editable.map(([n, e]) => [n, e.domain.vfRecords]));
   const holdings = [...survey.holdings];
   const occupied = new Map(holdings.map(([n, h]) => [
@@ -224,6 +225,7 @@ export function planUntilSettled(input: SettleInput): Settled {
   const options = {
     records,
     current,
+    handPassed,
     occupied,
     macs,
     vfRecords,

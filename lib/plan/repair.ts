@@ -20,7 +20,12 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
-import { editDomainXml, heldAddresses, type ParsedDomain } from "../domain/domain_xml.ts";
+import {
+  editDomainXml,
+  handPassedAddresses,
+  heldAddresses,
+  type ParsedDomain,
+} from "../domain/domain_xml.ts";
 import { staleInterfaces } from "./interfaces.ts";
 import type { HostTopology, HostUse, PciAddress, PciDevice } from "../host/types.ts";
 import { comparePciAddress, pciAddressToLibvirt } from "../pci/address.ts";
@@ -444,11 +449,7 @@ export function handAddedGroupIssues(
 ): { errors: PlanIssue[]; warnings: PlanIssue[] } {
   const byAddress = new Map(host.devices.map((d) => [d.address, d]));
   const ruled = new Set(resolution.closure.devices.map((c) => c.device.address));
-  const hand = [
-    ...domain.hostdevs.filter((h) => !h.owned).map((h) => h.address),
-    ...domain.interfaceHostdevs.filter((a) => !domain.vfRecords.some((r) => r.address === a)),
-    ...domain.nvmeDisks,
-  ].filter((a) => !ruled.has(a));
+  const hand = handPassedAddresses(domain).filter((a) => !ruled.has(a));
   const groupOf = (address: PciAddress) => byAddress.get(address)?.iommuGroup ?? null;
   const ruledGroups = new Set([...ruled].map(groupOf));
   const handGroups = new Set(hand.map(groupOf).filter((g) => g !== null && !ruledGroups.has(g)));

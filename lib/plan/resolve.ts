@@ -46,6 +46,8 @@ export interface ResolveOptions {
   records?: ReadonlyMap<string, readonly DeviceIdentity[]>;
   /** Per VM: the host addresses its definition holds now. */
   current?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
+  /** Per VM: the host addresses its definition passes by hand, which no plan removes. */
+  handPassed?: ReadonlyMap<string, ReadonlySet<PciAddress>>;
   /**
    * Devices that stay where they are whatever this plan does, per domain: every hostdev of a
    * domain the config does not name or the plan leaves out, and the hand-added hostdevs of the
@@ -138,7 +140,11 @@ function resolveVm(
     if (choice !== null) vfs.set(choice.vf.address, choice);
     return resolution;
   });
-  const closure = closeOverGroups(vm.name, rules, host, current ? { current } : {});
+  const handPassed = options.handPassed?.get(vm.name);
+  const closure = closeOverGroups(vm.name, rules, host, {
+    ...(current === undefined ? {} : { current }),
+    ...(handPassed === undefined ? {} : { handPassed }),
+  });
   closure.reasoning.unshift(...[...vfs.values()].map((c) => c.why));
   const own = ownDeviceIssues(
     vm.name,

@@ -41,6 +41,12 @@ export interface ClosureResult {
 export interface ClosureOptions {
   /** Addresses the VM holds now (a device it already has is not "in use by the host"). */
   current?: ReadonlySet<PciAddress>;
+  /**
+   * Addresses the VM's definition passes by hand (a hand-added hostdev, an interface no `vf:` rule
+   * recorded, an NVMe disk): they stay passed whatever the plan does, so an `iommu_group: false`
+   * rule leaves none of them with the host.
+   */
+  handPassed?: ReadonlySet<PciAddress>;
 }
 
 function label(device: PciDevice): string {
@@ -102,10 +108,12 @@ export function closeOverGroups(
   closing.result.errors.push(...matchedTwice(vm, resolutions));
   const resolved = resolutions.filter((r) => r.devices.length > 0);
   for (const resolution of resolved) closeRule(closing, resolution);
-  // Judged once every rule has taken its devices: a member another rule of the VM takes is no
-  // member left with the host.
+  // Judged once every rule has taken its devices: a member another rule of the VM takes, or one
+  // its definition passes by hand, is no member left with the host.
   for (const left of closing.leftBehind) {
-    const endpoints = left.endpoints.filter((m) => !closing.byAddress.has(m.address));
+    const endpoints = left.endpoints.filter((m) =>
+      !closing.byAddress.has(m.address) && !options.handPassed?.has(m.address)
+    );
     const warning = leftBehindBound(closing, left.rule, left.group, endpoints);
     if (warning !== null) closing.result.warnings.push(warning);
     const needed = leftBehindNeeded(closing, left.rule, left.group, endpoints);

@@ -351,6 +351,35 @@ Deno.test("a hand-added hostdev whose IOMMU group holds a function the host need
   });
 });
 
+Deno.test("an iommu_group: false rule's group member the VM passes by hand is not refused as left with the host, as the start guard starts it", async () => {
+  // Group 1: the GPU (taken by the rule alone), its audio and another vendor's USB controller on
+  // vfio-pci; the VM passes the USB controller by hand, so VFIO hands the guest nothing more.
+  const usb = dev({ bdf: "0000:05:00.0", group: 1, class: "0x0c0330", vendor: "0x1b21" });
+  const audio = { ...GPU_AUDIO, driver: "vfio-pci" };
+  await using tree = await tempHostTree({
+    devices: [...baseDevices(), GPU, audio, { ...usb, driver: "vfio-pci" }],
+  });
+  const host = await discoverHost({ root: tree.dir });
+  const cfg = config(
+    '  linux:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      "        iommu_group: false\n",
+  );
+  const xml = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e07", hostdevXml(usb.bdf));
+  await withPort([xml], async (libvirt) => {
+    const vm = vmOf(planHostdevs({ config: cfg, host, libvirt }), "linux");
+    assertEquals(vm.errors, []);
+    libvirt.define(vm.desiredXml);
+    recordPolicies(`${tree.dir}/state`, guardPolicies(cfg));
+    const start = await guardStartOnTree({
+      vm: "linux",
+      xml: libvirt.getPersistentXml("linux"),
+      dir: tree.dir,
+      live: false,
+    });
+    assertEquals([start.code, start.refusals], [0, []]);
+  });
+});
+
 Deno.test("a hand-added hostdev the host needs is refused, as the start guard refuses it, even where a rule with allow_host_critical takes it", async () => {
   const route: HostUse = { address: "0000:02:00.0", reason: "default-route", detail: "via enp2s0" };
   await using tree = await tempHostTree({ devices: baseDevices(), host_use: [route] });
