@@ -471,14 +471,21 @@ export function handAddedGroupIssues(
     if (!bound && why === null) continue;
     const holds = `IOMMU group ${group} of what "${vm}" was given by hand also holds ${
       describe(device)
-    } at ${device.address}, which it does not pass${
+    } at ${device.address}${bound ? ` (driver ${device.driver})` : ""}, which it does not pass${
       why === null ? "" : ` and the host needs (${why})`
     }`;
+    // On a host driver, the start fails before VFIO takes anything: what the guard says then.
+    const outcome = bound
+      ? `libvirt detaches only the devices "${vm}" names, so its start fails ("group ${group} is not viable") until it is unbound or on vfio-pci${
+        why === null ? "" : ", which takes from the host what it needs"
+      }`
+      : "VFIO hands the guest the whole group, so the start guard refuses the start, and no " +
+        "allow_host_critical lifts it for a device added by hand";
     const issue: PlanIssue = {
       code: why === null ? "group-not-viable" : "group-contains-host-critical",
       message: why === null
-        ? `${holds}: libvirt detaches only the devices "${vm}" names, so its start fails ("group ${group} is not viable") until it is unbound or on vfio-pci`
-        : `${holds}: VFIO hands the guest the whole group, so the start guard refuses the start, and no allow_host_critical lifts it for a device added by hand; remove that element (virsh edit ${
+        ? `${holds}: ${outcome}`
+        : `${holds}: ${outcome}; remove that element (virsh edit ${
           shellWord(vm)
         }), or give it an IOMMU group of its own (the firmware's ACS or the kernel command line)`,
       vm,

@@ -22,7 +22,7 @@ import {
   WIN10,
   withPort,
 } from "../helpers/plan_world.ts";
-import { tempHostTree } from "../helpers/hosts.ts";
+import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
 import { discoverHost } from "../../lib/host/discover.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import type { HostDeviceDescription } from "../../lib/testing/host_tree.ts";
@@ -348,6 +348,30 @@ Deno.test("a hand-added hostdev whose IOMMU group holds a function the host need
       live: false,
     });
     assertEquals(start.refusals, [["host-needs", "0000:00:1f.2"], ["host-needs", "0000:00:1f.2"]]);
+  });
+});
+
+Deno.test("a hand-added hostdev whose IOMMU group holds a function the host needs on its driver is refused for the group not being viable, as the start guard says", async () => {
+  // The Supermicro's shared SRAM by hand: its group holds the chipset's USB controller on xhci_hcd.
+  await using tree = await tempHostTree({ ...loadFixtureHost("supermicro-cfl"), host_use: [] });
+  const host = await discoverHost({ root: tree.dir });
+  const sram = "0000:00:14.2";
+  const xml = domainXml("linux", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e08", hostdevXml(sram));
+  await withPort([xml], async (libvirt) => {
+    const vm = vmOf(
+      planHostdevs({ config: config("  linux:\n    devices: []\n"), host, libvirt }),
+      "linux",
+    );
+    assertEquals(vm.errors.map((e) => [e.code, e.devices]), [
+      ["group-contains-host-critical", ["0000:00:14.0"]],
+    ]);
+    assertMatch(
+      vm.errors[0]!.message,
+      /at 0000:00:14\.0 \(driver xhci_hcd\), which it does not pass and the host needs \(USB controller [^)]*\): libvirt detaches only the devices "linux" names, so its start fails \("group 4 is not viable"\) until it is unbound or on vfio-pci, which takes from the host what it needs; remove that element \(virsh edit linux\)/,
+    );
+    const start = await guardStartOnTree({ vm: "linux", xml, dir: tree.dir, live: false });
+    assertEquals(start.refusals, [["not-viable", sram]]);
+    assertMatch(start.line, /libvirt detaches only the devices "linux" names, so its start fails/);
   });
 });
 
