@@ -112,10 +112,14 @@ function unknownCommand(
 export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
   // A "--" first ends the options, as POSIX has it (a wrapper's `passthrough -- "$@"`): the word
   // after it is the command, even one spelt like an option (`-- --help` is no request for help).
-  const operand = args[0] === "--";
-  const [first, ...rest] = operand ? args.slice(1) : args;
-  // `help CMD` is `CMD --help`.
-  const name = first === "help" && rest[0] !== undefined ? rest[0] : first;
+  const leading = args[0] === "--";
+  const [first, ...rest] = leading ? args.slice(1) : args;
+  // `help CMD` is `CMD --help`, and so is `help -- CMD`: a "--" after help ends its options too,
+  // and the word after it is data as after a leading one (`help -- --version` asks no version).
+  const helpEnds = first === "help" && rest[0] === "--";
+  const operand = leading || helpEnds;
+  const topic = helpEnds ? rest[1] : rest[0];
+  const name = first === "help" && topic !== undefined ? topic : first;
   const option = (...spellings: string[]) => !operand && spellings.includes(name ?? "");
   if (name === undefined || name === "help" || option("--help", "-h")) {
     return print(terminal, "passthrough", usage(), name === undefined ? 2 : 0);

@@ -142,6 +142,18 @@ Deno.test('a "--" before the command ends the options: the next word is the comm
   assertMatch(alone.out, /^passthrough .*\n\nUsage: passthrough <command>/);
 });
 
+Deno.test('help -- CMD is help CMD: the "--" after help ends its options too', async () => {
+  // It said `Option "--" comes before the command "plan"`, as `passthrough -- plan` once did.
+  assertEquals(await run(["help", "--", "plan"]), await run(["help", "plan"]));
+  assertEquals(await run(["--", "help", "--", "plan"]), await run(["help", "plan"]));
+  assertEquals(await run(["help", "--"]), await run(["help"]));
+  // After it, a word spelt like an option is data, as after a leading "--".
+  const option = await run(["help", "--", "--version"]);
+  assertEquals([option.code, option.out], [2, ""]);
+  assertMatch(option.err, /^passthrough: Unknown command "--version"/);
+  assertMatch((await run(["help", "--", "plna"])).err, /^passthrough: Unknown command "plna"/);
+});
+
 Deno.test("rollback without a terminal says a wrong command line first, as apply does", async () => {
   // It said "No terminal to confirm on" (exit 1), and the usage error only once --yes was given.
   const json = await run(["rollback", "win10", "--json"]);
