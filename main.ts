@@ -13,7 +13,7 @@ import { stripAnsi } from "./lib/render/colors.ts";
 import { libvirtAccessAdvice } from "./lib/render/error_text.ts";
 import { type CliIo, type Command, UsageError } from "./cli/context.ts";
 import { COMMANDS } from "./cli/commands.ts";
-import { colorChoice, takesNextArgument } from "./cli/flags.ts";
+import { colorChoice, isColorWhen, takesNextArgument } from "./cli/flags.ts";
 import { didYouMean } from "./lib/render/suggest.ts";
 import { defaultIo } from "./cli/io.ts";
 import { VERSION } from "./cli/version.ts";
@@ -46,7 +46,11 @@ function commandIn(args: readonly string[]): Command | undefined {
     const arg = args[i]!;
     if (arg.startsWith("-")) {
       // A flag takes a value in every command or in none (flags_test): any command's table tells.
-      if (COMMANDS.some((c) => takesNextArgument(c.flags, arg))) i++;
+      // `--color` takes only when to colour: in `--color plan`, "plan" is the command.
+      const valued = arg === "--color"
+        ? isColorWhen(args[i + 1] ?? "")
+        : COMMANDS.some((c) => takesNextArgument(c.flags, arg));
+      if (valued) i++;
       continue;
     }
     const command = COMMANDS.find((c) => c.name === arg);

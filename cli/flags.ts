@@ -147,6 +147,29 @@ const COLOR_FLAG = {
   },
 } as const satisfies Flags;
 
+/** What `--color` takes, and nothing else: when to colour. */
+const COLOR_WHEN: Readonly<Record<string, (auto: boolean) => boolean>> = {
+  auto: (auto) => auto,
+  always: () => true,
+  never: () => false,
+};
+
+/**
+ * Whether `word`, after `--color`, is its value: auto, always or never. No other word is, so in
+ * `--color plan` "plan" is a command (written after an option that goes after it).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../tests/helpers/assert.ts";
+ * import { isColorWhen } from "./flags.ts";
+ * assertEquals(isColorWhen("never"), true);
+ * assertEquals(isColorWhen("plan"), false);
+ * ```
+ */
+export function isColorWhen(word: string): boolean {
+  return Object.hasOwn(COLOR_WHEN, word);
+}
+
 /**
  * Whether to colour, from the last `--color WHEN` (or `--color=WHEN`) in `args`, the arguments of
  * a command (none after `--`); `auto` when there is none. A {@link UsageError} for another value.
@@ -165,9 +188,7 @@ export function colorChoice(args: readonly string[], auto: boolean): boolean {
     if (arg === "--color") when = args[i + 1] ?? "";
     else if (arg.startsWith("--color=")) when = arg.slice("--color=".length);
   });
-  if (when === "always") return true;
-  if (when === "never") return false;
-  if (when === "auto") return auto;
+  if (isColorWhen(when)) return COLOR_WHEN[when]!(auto);
   throw new UsageError(`--color takes auto, always or never, not "${when}"`);
 }
 

@@ -114,6 +114,14 @@ Deno.test("an option written before the command says options go after it, exit 2
   assertMatch((await run(["--vm=plan", "apply"])).err, /command "apply"/);
   const only = await run(["--vm", "plan"]);
   assertMatch(only.err, /^passthrough: Option "--vm" needs a command first\n/);
+  // `--color` takes auto, always or never alone: a command's name after it is no value. It said
+  // `Option "--color" needs a command first`.
+  assertMatch(
+    (await run(["--color", "plan"])).err,
+    /^passthrough: Option "--color" comes before the command "plan"/,
+  );
+  assertMatch((await run(["--color", "never", "plan"])).err, /command "plan"/);
+  assertMatch((await run(["--color", "devices", "--vm", "x", "plan"])).err, /command "devices"/);
   // Only where the command has JSON output.
   assertEquals((await run(["--json", "demo"])).out, "");
   // No command at all: the list of commands, after the line that says so.
