@@ -27,6 +27,23 @@ export function isRemoteUri(uri: string): boolean {
 const LOCAL_TRANSPORTS = new Set(["unix", "tcp", "tls", "ssh", "libssh", "libssh2"]);
 
 /**
+ * The driver and instance (`/system`, `/session`) of a daemon on this host that `uri` reaches:
+ * no host part, and no transport or one libvirt takes to localhost; `?socket=` only picks the
+ * socket. `null`: another machine, or not a URI.
+ */
+function localDaemon(uri: string): { driver: string; instance: string } | null {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return null;
+  }
+  const [driver = "", transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
+  if (url.host !== "" || (transport !== undefined && !LOCAL_TRANSPORTS.has(transport))) return null;
+  return { driver, instance: url.pathname.replace(/\/+$/, "") };
+}
+
+/**
  * Whether a libvirt URI reaches this host's system QEMU daemon (`qemu:///system`, also through
  * `+unix` or another `socket=`, or `+tcp`, `+tls` or `+ssh` with no host, which libvirt takes
  * to localhost), whose VM starts run the start guard's hook; a session, the test driver or
@@ -43,15 +60,28 @@ const LOCAL_TRANSPORTS = new Set(["unix", "tcp", "tls", "ssh", "libssh", "libssh
  * ```
  */
 export function isSystemQemuUri(uri: string): boolean {
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    return false;
-  }
-  const [driver, transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
-  return driver === "qemu" && (transport === undefined || LOCAL_TRANSPORTS.has(transport)) &&
-    url.host === "" && url.pathname.replace(/\/+$/, "") === "/system";
+  const daemon = localDaemon(uri);
+  return daemon?.driver === "qemu" && daemon.instance === "/system";
+}
+
+/**
+ * The driver (`qemu`) of this host's session daemon that a libvirt URI reaches: the connecting
+ * user's own libvirt (`qemu:///session`, libvirt's default for a user other than root; also
+ * through `+unix` or another `socket=`, or `+tcp`, `+tls` or `+ssh` with no host), which holds
+ * none of the host's VMs. `null`: any other URI.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(sessionDriver("qemu+ssh:///session"), "qemu");
+ * assertEquals(sessionDriver("qemu:///session?socket=/run/user/1000/libvirt/virtqemud-sock"), "qemu");
+ * assertEquals(sessionDriver("qemu:///system"), null);
+ * assertEquals(sessionDriver("qemu+ssh://hv1/session"), null);
+ * ```
+ */
+export function sessionDriver(uri: string): string | null {
+  const daemon = localDaemon(uri);
+  return daemon?.instance === "/session" && daemon.driver !== "" ? daemon.driver : null;
 }
 
 /** A value of a libvirt.conf setting: a string, a list of values, or other (a number). */

@@ -26,7 +26,7 @@ import {
 } from "../guard/hook_file.ts";
 import { dirname } from "../state/paths.ts";
 import { libvirtAccessAdvice, someOf } from "../render/error_text.ts";
-import { isRemoteUri } from "../config/uri.ts";
+import { isRemoteUri, sessionDriver } from "../config/uri.ts";
 import type { RunningDaemon } from "../guard/daemon.ts";
 import type { ReloadRecord } from "../guard/state.ts";
 import { driverUsers, type HostFacts, resetVerdict } from "./preflight.ts";
@@ -493,8 +493,8 @@ function checkLibvirt(reach: LibvirtReach): DoctorFinding {
     };
   }
   const result = describeConnection(reach);
-  const session = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/? /i.exec(result)?.[1];
-  if (session !== undefined) {
+  const session = sessionDriver(reach.uri);
+  if (session !== null) {
     // libvirt's default for a user other than root: their own libvirt, without the host's VMs.
     return {
       check: "libvirt",

@@ -8,6 +8,7 @@
 
 import { didYouMean } from "../render/suggest.ts";
 import type { Config } from "../config/config.ts";
+import { sessionDriver } from "../config/uri.ts";
 import { handPassedAddresses, heldAddresses } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress } from "../host/types.ts";
 import type { HostFacts } from "../host/preflight.ts";
@@ -306,8 +307,8 @@ export function driftOfOthers(input: SettleInput, settled: Settled): PlanIssue[]
  * defined", and defining it there is not the fix.
  */
 function sessionNote(uri: string): string {
-  const driver = /^([a-z0-9]+)(\+unix)?:\/\/\/session\/?$/i.exec(uri)?.[1];
-  if (driver === undefined) return "";
+  const driver = sessionDriver(uri);
+  if (driver === null) return "";
   const system = `${driver}:///system`;
   return `; "${uri}" is this user's own libvirt, not the host's: for the host's VMs connect to "${system}" (--connect, or connect: in the config) as root or a member of the "libvirt" group`;
 }

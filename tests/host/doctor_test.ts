@@ -334,6 +334,33 @@ Deno.test("runDoctor() on a captured tree leaves out what a tree cannot tell", a
   });
 });
 
+Deno.test("doctor warns of a session reached by ssh, tcp or socket= as the user's own libvirt", async () => {
+  await withRoot({}, (options) => {
+    for (
+      const uri of [
+        "qemu:///session",
+        "qemu+ssh:///session",
+        "qemu+tcp:///session",
+        "qemu+unix:///session?socket=/run/user/1000/libvirt/virtqemud-sock",
+      ]
+    ) {
+      const probe = () => ({ uri, version: "10.0.0" });
+      const found = find(runDoctor({ ...options, host: host(), libvirtProbe: probe }), "libvirt");
+      assertEquals(found.status, "warn", uri);
+      assertMatch(
+        found.summary,
+        /this user's own libvirt, not the host's: the host's VMs are in qemu:\/\/\/system$/,
+      );
+      assertMatch(found.hint ?? "", /^pass --connect qemu:\/\/\/system /);
+    }
+    const far = () => ({ uri: "qemu+ssh://hv1/session", version: "10.0.0" });
+    assertEquals(
+      find(runDoctor({ ...options, host: host(), libvirtProbe: far }), "libvirt").status,
+      "ok",
+    );
+  });
+});
+
 Deno.test("libvirtProbe() reaches the real libvirt test driver and reports a bad URI", async () => {
   await withRoot({}, (options) => {
     const ok = find(

@@ -4,7 +4,7 @@
  */
 
 import { assertEquals, assertMatch, assertThrows } from "../helpers/assert.ts";
-import { domainXml, HOST, vmOf, WIN10, withPort } from "../helpers/plan_world.ts";
+import { domainXml, HOST, vmOf, WIN10, withFault, withPort } from "../helpers/plan_world.ts";
 import { config } from "../helpers/plan_world.ts";
 import { Connection, openLibvirtPort } from "../../ffi/mod.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -159,6 +159,34 @@ Deno.test("planWorld() refuses a VM whose definition libvirt did not return, and
   assertEquals(outside.vms.map((vm) => [vm.name, vm.errors.map((e) => e.code), vm.changed]), [
     ["win10", ["unreadable-definition"], false],
   ]);
+});
+
+Deno.test("planHostdevs() tells a VM undefined in a session reached by ssh, tcp or socket= it is the user's own libvirt", async () => {
+  await withPort([WIN10], (port) => {
+    for (
+      const uri of [
+        "qemu+ssh:///session",
+        "qemu+tcp:///session",
+        "qemu:///session?socket=/run/user/1000/libvirt/virtqemud-sock",
+      ]
+    ) {
+      // The real port, seen under the URI a user would have connected with.
+      const libvirt: LibvirtPort = { ...withFault(port, () => {}), uri };
+      const cfg = config("  win11:\n    devices: []\n");
+      const vm = vmOf(planHostdevs({ config: cfg, host: HOST, libvirt }), "win11");
+      assertMatch(
+        vm.errors[0]!.message,
+        /; ".*" is this user's own libvirt, not the host's: for the host's VMs connect to "qemu:\/\/\/system"/,
+        uri,
+      );
+    }
+    const system: LibvirtPort = { ...withFault(port, () => {}), uri: "qemu+ssh:///system" };
+    const vm = vmOf(
+      planHostdevs({ config: config("  win11:\n    devices: []\n"), host: HOST, libvirt: system }),
+      "win11",
+    );
+    assertEquals(vm.errors[0]!.message.includes("own libvirt"), false);
+  });
 });
 
 Deno.test("planHostdevs() reports a configured VM libvirt does not know as unknown-vm", async () => {
