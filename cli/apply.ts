@@ -300,19 +300,8 @@ function recordGuardPolicies(
 ): boolean {
   const policies = guardPolicies(config);
   const named = describePolicies(policies);
-  if (isRemoteUri(uri)) {
-    // The hook of that machine reads that machine's state directory.
-    if (named.length > 0) {
-      // The URI as libvirt gives it back, which keeps a password written into --connect.
-      io.err(
-        redactSecrets(
-          `Note: start guard policies not recorded: libvirt at "${uri}" is another machine; ` +
-            "run passthrough apply on it\n",
-        ),
-      );
-    }
-    return true;
-  }
+  // The hook of that machine reads that machine's state directory: computePlan said so.
+  if (isRemoteUri(uri)) return true;
   const target = guardStateDirFor(uri, flag, io.env);
   if (target === null) {
     if (named.length > 0) {

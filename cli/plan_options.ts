@@ -346,17 +346,19 @@ export async function computePlan(
 
 /**
  * For another machine's libvirt, whose start guard keeps its refusals and policies there: says so
- * once for `plan` (`apply` says it of the policies it would record), and gives no directory.
+ * once (for `apply`, also that the config's policies are not recorded here, with or without any),
+ * and gives no directory.
  */
 function remoteGuardNote(uri: string, command: "plan" | "apply", io: CliIo): null {
-  if (command === "plan") {
-    io.err(
-      redactSecrets(
-        `Note: the start guard's refusals and policies for the VMs of "${uri}" are on that ` +
-          "machine, not shown here: run passthrough plan there to see them\n",
-      ),
-    );
-  }
+  const [here, there] = command === "plan"
+    ? ["not shown here", "plan there to see them"]
+    : ["neither shown nor recorded here", "apply there to record them"];
+  io.err(
+    redactSecrets(
+      `Note: the start guard's refusals and policies for the VMs of "${uri}" are on that ` +
+        `machine, ${here}: run passthrough ${there}\n`,
+    ),
+  );
   return null;
 }
 

@@ -285,6 +285,48 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "apply to another machine's libvirt says once, with or without policies, that its guard state is on that machine",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-apply-" }));
+    await using daemon = await startDemoDaemon();
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      const uri = relayedRemoteUri(daemon, dir, "hv9.invalid");
+      const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+      // The demo's config records no policies; the second one does.
+      for (const config of [demo, demo.replace("  gentoo:\n", "  gentoo:\n    guard: off\n")]) {
+        Deno.writeTextFileSync(`${dir}/config.yaml`, config);
+        const apply = await runCli([
+          "apply",
+          "--yes",
+          "--config",
+          `${dir}/config.yaml`,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          uri,
+          "--allow-uri-programs",
+          "--state-dir",
+          `${dir}/state`,
+        ]);
+        assertEquals(apply.code, 0, apply.stderr);
+        // Without policies it said nothing of the guard; with them, only that they were not recorded.
+        const notes = apply.stderr.split("\n").filter((line) => line.includes("start guard"));
+        assertEquals(notes.length, 1, apply.stderr);
+        assertMatch(
+          notes[0]!,
+          /^Note: the start guard's refusals and policies for the VMs of "qemu\+ext:\/\/hv9\.invalid\/system\?command=[^"]*" are on that machine, neither shown nor recorded here: run passthrough apply there to record them$/,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: "rollback judges a restore by the policies the installed hook reads, not --state-dir's",
   ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
   async fn() {

@@ -794,7 +794,7 @@ Deno.test({
     // A URI with a host that still reaches the private daemon.
     const uri = relayedRemoteUri(daemon, tree.dir, `admin:${SECRET}@hv9.invalid`);
     const config = `${tree.dir}/c.yaml`;
-    // A guard policy: the note says it is not recorded for another machine, naming the URI.
+    // A guard policy: the note says the guard state is on that machine, naming the URI.
     await Deno.writeTextFile(
       config,
       gpuConfig("pt-absent").replace("devices:", "guard: warn\n    devices:"),
@@ -814,7 +814,7 @@ Deno.test({
     ]);
     assertMatch(
       stderr,
-      /start guard policies not recorded: libvirt at "qemu\+ext:\/\/admin:\*\*\*@hv9\.invalid\/system/,
+      /the start guard's refusals and policies for the VMs of "qemu\+ext:\/\/admin:\*\*\*@hv9\.invalid\/system/,
     );
     // It printed the URI as libvirt gave it back, password and all.
     assertEquals(`${stdout}${stderr}`.includes(SECRET), false, `${stdout}${stderr}`);
