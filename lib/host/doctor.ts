@@ -13,7 +13,7 @@
 
 import type { HostTopology, PciDevice } from "./types.ts";
 import { readAttribute, type SysfsReader } from "./sysfs.ts";
-import { slotOf } from "../pci/address.ts";
+import { busOf, slotOf } from "../pci/address.ts";
 import { cardOf } from "../resolve/host_critical.ts";
 import {
   foreignHookAdvice,
@@ -988,7 +988,7 @@ function checkDriverBusy(host: HostTopology, facts: HostFacts): DoctorFinding | 
  * VFIO makes go to one VM together). Empty: the bus reset touches nothing else.
  */
 function busResetBystanders(device: PciDevice, host: HostTopology): PciDevice[] {
-  const bus = device.address.slice(0, device.address.lastIndexOf(":"));
+  const bus = busOf(device.address);
   const slot = slotOf(device.address);
   return host.devices.filter((d) =>
     d.address !== device.address && d.address.startsWith(`${bus}:`) &&

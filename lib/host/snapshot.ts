@@ -594,7 +594,7 @@ function copyInputDevices(reader: SysfsReader, root: string, out: string): void 
  */
 function kernelInputLink(entry: string, functions: readonly PciAddress[]): string {
   const path = [...functions].reverse().flatMap((address) => [
-    `pci${address.slice(0, address.lastIndexOf(":"))}`,
+    `pci${busOf(address)}`,
     address,
   ]);
   return `../../devices/${path.join("/")}/${entry}`;

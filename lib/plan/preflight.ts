@@ -38,6 +38,7 @@ import {
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import type { VmResolution } from "./resolve.ts";
 import type { PlanIssue } from "./types.ts";
+import { busOf } from "../pci/address.ts";
 
 /** What {@link preflightIssues} found for one VM. */
 export interface PreflightIssues {
@@ -216,7 +217,7 @@ function resetProblem(
       loaded ? "vendor-reset is loaded: " : "install and load vendor-reset, then "
     }echo device_specific > /sys/bus/pci/devices/${address}/reset_method (a udev rule keeps it), or the guest finds a hung GPU after its first reboot`;
   }
-  const bus = address.slice(0, address.lastIndexOf(":"));
+  const bus = busOf(address);
   // The device itself is among `taken`.
   const others = context.host.devices.filter((d) =>
     d.address.startsWith(`${bus}:`) && !context.taken.has(d.address)
