@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { HostTopology, HostUse, PciDevice } from "../host/types.ts";
+import type { HostUse, PciDevice } from "../host/types.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
 
 /** Platform functions no guest should ever take: the host cannot run without them. */
@@ -124,8 +124,8 @@ export function virtualFunctionInUse(
  * and `groups` show.
  */
 export function hostCriticalOnItsOwn(
-  device: PciDevice,
-  host: Pick<HostTopology, "hostUse">,
+  device: Pick<PciDevice, "address" | "vendorId" | "classCode" | "rootBus" | "virtfns">,
+  host: { hostUse: readonly HostUse[] | null },
 ): string | null {
   // Its own card counts as asked for: only platform functions and the host's use are left.
   const own = new Set([cardOf(device)]);
@@ -158,6 +158,5 @@ export function passedDeviceHostNeeds(
   hostUse: readonly HostUse[] | null,
 ): string | null {
   if (device.isBridge) return "a PCI bridge, with the devices behind it";
-  return hostCriticalReason(device, { matchedCards: new Set([cardOf(device)]), hostUse }) ??
-    virtualFunctionInUse(device, hostUse);
+  return hostCriticalOnItsOwn(device, { hostUse });
 }
