@@ -37,9 +37,9 @@ export class LibvirtLoadError extends Error {
 }
 
 /**
- * Opens libvirt from `path` and installs a no-op error callback, so libvirt never prints errors to
- * stderr itself (they come back as exceptions instead). Not memoised: most callers want
- * {@link libvirt}.
+ * Opens libvirt from `path` and installs a no-op error callback, so libvirt (and libxml2, which it
+ * reads XML with) never prints errors to stderr itself (they come back as exceptions instead). Not
+ * memoised: most callers want {@link libvirt}.
  *
  * @example
  * ```ts
@@ -68,7 +68,41 @@ export function openLibvirtLibrary(path: string): LibvirtSymbols {
   // The callback dies with this isolate, libvirt lives on in the process (a test or bench runner
   // runs several isolates in one): it must not keep pointing at freed code.
   globalThis.addEventListener("unload", () => library.symbols.virSetErrorFunc(null, null));
+  silenceLibxml2();
   return library.symbols;
+}
+
+/** The libxml2 that libvirt links and reads every XML document with. */
+const LIBXML2 = "libxml2.so.2";
+
+const LIBXML2_SYMBOLS = {
+  // void xmlSetGenericErrorFunc(void *ctx, xmlGenericErrorFunc handler);
+  xmlSetGenericErrorFunc: { parameters: ["pointer", "function"], result: "void" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/**
+ * Points libxml2's generic error channel at a no-op, as `virSetErrorFunc` does libvirt's. libvirt
+ * catches libxml2's parse errors into its own error, but not what libxml2 reports on that channel:
+ * a test-driver world file that cannot be opened printed `I/O warning : failed to load external
+ * entity "PATH"` on stderr beside the `LibvirtError` naming the same file. libxml2 keeps the
+ * channel per thread, and libvirt is only called on this one. Best effort, like
+ * {@link initialiseOpenSslWithoutAtExit}: without libxml2 here, nothing changes.
+ */
+function silenceLibxml2(): void {
+  if (Deno.permissions.querySync({ name: "ffi", path: LIBXML2 }).state !== "granted") return;
+  let xml: Deno.DynamicLibrary<typeof LIBXML2_SYMBOLS>;
+  try {
+    // Never closed: libvirt, which links it, stays loaded until the process ends.
+    xml = Deno.dlopen(LIBXML2, LIBXML2_SYMBOLS);
+  } catch {
+    return;
+  }
+  // `void (*xmlGenericErrorFunc)(void *ctx, const char *msg, ...)`: the variadic rest is never
+  // read, so a two-pointer callback is called correctly.
+  const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
+  xml.symbols.xmlSetGenericErrorFunc(null, silence.pointer);
+  // A NULL handler is libxml2's default again, before this isolate frees the callback.
+  globalThis.addEventListener("unload", () => xml.symbols.xmlSetGenericErrorFunc(null, null));
 }
 
 /** `OPENSSL_INIT_NO_ATEXIT` (OpenSSL 1.1.1b and later): register no `OPENSSL_cleanup()` at exit. */

@@ -204,6 +204,30 @@ Deno.test("libvirt prints nothing to stderr when a call fails", async () => {
   assertEquals(new TextDecoder().decode(output.stderr), "");
 });
 
+Deno.test("opening a test-driver world file that is missing prints nothing to stderr", async () => {
+  // libvirt's no-op error callback does not reach libxml2, which libvirt reads the file with: its
+  // own "I/O warning : failed to load external entity" went to stderr beside the LibvirtError.
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-missing-world-" });
+  const script = `
+    import { Connection } from ${JSON.stringify(new URL("../../ffi/mod.ts", import.meta.url).href)};
+    try { Connection.open(${JSON.stringify(`test://${dir}/missing.xml`)}); } catch (e) {
+      console.log(e.name);
+    }
+  `;
+  try {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", script],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(new TextDecoder().decode(output.stdout), "LibvirtError\n");
+    assertEquals(new TextDecoder().decode(output.stderr), "");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
