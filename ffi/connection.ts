@@ -154,7 +154,8 @@ export class Connection {
   }
 
   /**
-   * Opens `uri`; `null` or omitted opens `LIBVIRT_DEFAULT_URI` when set, else libvirt's default.
+   * Opens `uri`; `null`, `""` or omitted opens `LIBVIRT_DEFAULT_URI` when set, else libvirt's
+   * default.
    * Throws `UriProgramError` for a URI that would run a program (unless allowed), and
    * `LibvirtError` when the driver or daemon is unreachable.
    */
@@ -163,7 +164,9 @@ export class Connection {
     libvirt();
     // libvirt's own first choice, read here so it is checked and named in errors like a URI
     // given; its next choices (libvirt.conf's uri_default, aliases) are checked where read.
-    const given = uri ?? null;
+    // An empty name is no name to libvirt (its default, `LIBVIRT_DEFAULT_URI` first): checked
+    // as such, or the default's program would run unchecked.
+    const given = uri === "" ? null : uri ?? null;
     if (given !== null && typeof given !== "string") {
       throw new TypeError(`Expected a libvirt URI (a string) or null, got ${valueKind(given)}`);
     }

@@ -90,6 +90,25 @@ Deno.test("Connection.open() refuses a URI that runs a program, given or from LI
   assertOk(pathExists(mark), "allowed, the program runs");
 });
 
+Deno.test("Connection.open(\"\") is libvirt's default URI, so LIBVIRT_DEFAULT_URI's program is refused", async () => {
+  // libvirt opens an empty name as no name at all: its default, LIBVIRT_DEFAULT_URI first. Taken
+  // as a URI of its own, "" ran nothing by itself and so passed unchecked, and libvirt ran the
+  // program the environment's URI names.
+  await using tree = await demoTree();
+  const { script, mark } = planted(tree.dir);
+  const previous = Deno.env.get("LIBVIRT_DEFAULT_URI");
+  Deno.env.set("LIBVIRT_DEFAULT_URI", `test+ext:///default?command=${script}`);
+  try {
+    const error = thrown(() => Connection.open(""));
+    assertOk(error instanceof UriProgramError, String(error));
+    assertMatch(error.message, /\(LIBVIRT_DEFAULT_URI\)/);
+  } finally {
+    if (previous === undefined) Deno.env.delete("LIBVIRT_DEFAULT_URI");
+    else Deno.env.set("LIBVIRT_DEFAULT_URI", previous);
+  }
+  assertOk(!pathExists(mark), "the program ran");
+});
+
 Deno.test("every command that opens libvirt refuses a URI that runs a program", async () => {
   await using tree = await demoTree();
   const { script, mark } = planted(tree.dir);
