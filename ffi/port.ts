@@ -73,15 +73,17 @@ export function connectionPort(conn: Connection): LibvirtPort {
       return conn.uri;
     },
     listDomains(): DomainSummary[] {
+      // Every handle freed when this returns, also those after a domain whose reading throws.
+      using owned = new DisposableStack();
+      const domains = conn.listDomains().map((dom) => owned.use(dom));
       const out: DomainSummary[] = [];
-      for (const dom of conn.listDomains()) {
-        using owned = dom;
+      for (const dom of domains) {
         try {
           out.push({
-            name: owned.name,
-            uuid: owned.uuid,
-            active: owned.isActive(),
-            persistent: owned.isPersistent(),
+            name: dom.name,
+            uuid: dom.uuid,
+            active: dom.isActive(),
+            persistent: dom.isPersistent(),
           });
         } catch (error) {
           // Undefined (or a transient guest stopped) since it was listed: as if listed a moment

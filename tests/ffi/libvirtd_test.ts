@@ -259,6 +259,51 @@ Deno.test({
 });
 
 Deno.test({
+  name: "openLibvirtPort().listDomains() frees every listed domain when reading one fails" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const tag = crypto.randomUUID().slice(0, 8);
+    const names = [`pt-free-a-${tag}`, `pt-free-b-${tag}`];
+    {
+      using conn = Connection.open(daemon.uri);
+      for (const name of names) {
+        using _dom = conn.defineDomain(qemuDomainXml(name));
+      }
+    }
+    // Each domain handle holds a reference on its connection, so the connection outlives its
+    // close() while the port left one unfreed (virConnectClose returns 0 once it is freed).
+    const raw = Deno.dlopen("libvirt.so.0", {
+      virConnectRef: { parameters: ["pointer"], result: "i32" },
+      virConnectClose: { parameters: ["pointer"], result: "i32" },
+    });
+    try {
+      // The daemon dies once it has listed the domains: reading the first one's state fails.
+      await using hook = await startRpcHook({
+        socket: `${daemon.dir}/libvirt-sock`,
+        dir: daemon.dir,
+        proc: PROC_CONNECT_LIST_ALL_DOMAINS,
+        command: ["kill", "-9", String(daemon.pid)],
+      });
+      using conn = Connection.open(hook.uri);
+      const error = catchLibvirt(() => connectionPort(conn).listDomains());
+      assert.notEqual(error.code, VIR_ERR_NO_DOMAIN, error.message);
+      assertMatch(await hook.ran, /^ran 0 /);
+      // With the connection closed, only this test's own reference is left, unless handles are.
+      const handle = conn.unsafeHandle;
+      raw.symbols.virConnectRef(handle);
+      conn.close();
+      assertEquals(raw.symbols.virConnectClose(handle), 0, "domain handles were left unfreed");
+    } finally {
+      raw.close();
+      await daemon.restart();
+      await undefineUnlessIsolated(daemon, names);
+    }
+  },
+});
+
+Deno.test({
   name: "plan's warning that the networks cannot be listed says what failed once" +
     (unavailable === null ? "" : ` (skipped: ${unavailable})`),
   ignore: unavailable !== null,
