@@ -306,7 +306,8 @@ class LibcFile implements SysfsFile {
 /**
  * What `path` is, links followed, asked through libc (with `--allow-ffi` alone, where Deno's own
  * `stat` needs `--allow-read`): a regular file with its size, `"other"` (a directory, FIFO,
- * device, socket), or `"missing"` (also when this user may not look).
+ * device, socket), or `"missing"` (also when this user may not look). `path` may be given as
+ * bytes, for a name no UTF-8 text spells (a URI's `%FF`).
  *
  * @example
  * ```ts
@@ -316,7 +317,7 @@ class LibcFile implements SysfsFile {
  * ```
  */
 export function fileKind(
-  path: string,
+  path: string | Uint8Array,
 ): { kind: "file"; size: number } | { kind: "other" } | { kind: "missing" } {
   const info = new Uint8Array(STATX_SIZE);
   const mask = STATX_TYPE | STATX_SIZE_BIT;
@@ -389,10 +390,16 @@ export function resolvePath(path: string): ResolvedPath | null {
   return { path: canonical, sysfs: ok && info[0] === BigInt(SYSFS_MAGIC) };
 }
 
-/** NUL-terminated UTF-8, for the calls below (not the reader's hot path). */
-function cPath(text: string): Uint8Array<ArrayBuffer> {
-  refuseNul(text);
-  return new TextEncoder().encode(`${text}\0`);
+/** NUL-terminated UTF-8 (or the bytes as given), for the calls below (not the reader's hot path). */
+function cPath(text: string | Uint8Array): Uint8Array<ArrayBuffer> {
+  if (typeof text === "string") {
+    refuseNul(text);
+    return new TextEncoder().encode(`${text}\0`);
+  }
+  if (text.includes(0)) refuseNul(new TextDecoder().decode(text));
+  const bytes = new Uint8Array(text.length + 1);
+  bytes.set(text);
+  return bytes;
 }
 
 /**

@@ -13,7 +13,7 @@ import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
 import { fileKind, readRegularFile } from "./libc_fs.ts";
 import { libvirtConfUri } from "../lib/config/uri.ts";
-import { UriProgramError, uriProgramReason } from "./uri_check.ts";
+import { unescapeUriBytes, UriProgramError, uriProgramReason } from "./uri_check.ts";
 
 /** The largest libvirt.conf libvirt reads (virconf.c's `MAX_CONFIG_FILE_SIZE`). */
 const MAX_CONF_BYTES = 10 * 1024 * 1024;
@@ -132,14 +132,11 @@ export function checkUriToOpen(
 function refuseTestDriverNonFile(uri: string, origin: string | undefined): void {
   const written = /^test:\/\/(\/[^?#]*)/i.exec(uri)?.[1];
   if (written === undefined || written === "/default") return;
-  let path = written;
-  try {
-    // libvirt reads the path percent-decoded (`%66ifo` is `fifo`).
-    path = decodeURIComponent(written);
-  } catch {
-    // Not decodable: libvirt refuses that URI itself.
-  }
-  if (fileKind(path).kind === "other") {
+  // libvirt reads the path percent-decoded byte by byte (`%66ifo` is `fifo`; `%FF` the byte 0xFF,
+  // which no UTF-8 text spells, so it is looked up as bytes).
+  const bytes = unescapeUriBytes(written);
+  if (fileKind(bytes).kind === "other") {
+    const path = new TextDecoder().decode(bytes);
     throw new Error(
       `Cannot use libvirt URI "${uri}"${origin === undefined ? "" : ` (${origin})`}: ` +
         `its test driver would read "${path}", which is not a regular file; name a world XML file`,

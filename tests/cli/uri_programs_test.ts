@@ -376,6 +376,41 @@ Deno.test("openLibvirtPort() refuses a test-driver URI naming a FIFO or a direct
   }
 });
 
+Deno.test("a test-driver URI naming a FIFO by a byte no UTF-8 spells (%FF) is refused at once", async () => {
+  // libvirt unescapes the path byte by byte; read as UTF-8 text, "%FF" was no path at all, so
+  // the check let it through and libvirt waited on the FIFO for a writer forever (the test
+  // driver has no --libvirt-timeout).
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-uri-fifo-byte-" });
+  try {
+    await new Deno.Command("sh", {
+      args: ["-c", `mkfifo "$1/$(printf '\\377').fifo"`, "sh", dir],
+    }).output();
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { openLibvirtPort } from "${
+          new URL("../../ffi/mod.ts", import.meta.url).href
+        }";\n` +
+        `try { openLibvirtPort(Deno.args[0]).close(); console.log("opened"); }\n` +
+        `catch (e) { console.log(e.message); }\n`,
+        `test://${dir}/%FF.fifo`,
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(20_000),
+    }).output();
+    assertEquals(out.success, true, new TextDecoder().decode(out.stderr));
+    assertMatch(
+      new TextDecoder().decode(out.stdout),
+      /its test driver would read ".*\.fifo", which is not a regular file/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "openLibvirtPort() refuses a FIFO that libvirt.conf's uri_default or an alias names",
   ignore: !canUnshareMounts(),
