@@ -90,7 +90,8 @@ export function libvirtUriFor(uri: string | null): string | null {
  * URI libvirt.conf makes of it (its `uri_default`, an alias), which libvirt opens all the same,
  * read once for both checks. Refuses a test-driver URI (`test:///ABS/PATH.xml`) naming something
  * that is not a regular file: libvirt reads a FIFO until a writer comes (forever) and a directory
- * or `/dev/zero` with parser noise on stderr (a missing file is libvirt's to report). Then, unless
+ * or `/dev/zero` with parser noise on stderr (a missing file is libvirt's to report), or a world
+ * naming such a file for libvirt to read (`<domain file='...'/>`). Then, unless
  * `allow` is `null` (URIs that run a program are allowed), throws a {@link UriProgramError} for
  * one that would make libvirt run a program (see `uri_check.ts`), with `allow` as its hint.
  *
@@ -135,14 +136,51 @@ function refuseTestDriverNonFile(uri: string, origin: string | undefined): void 
   // libvirt reads the path percent-decoded byte by byte (`%66ifo` is `fifo`; `%FF` the byte 0xFF,
   // which no UTF-8 text spells, so it is looked up as bytes).
   const bytes = unescapeUriBytes(written);
-  if (fileKind(bytes).kind === "other") {
-    const path = new TextDecoder().decode(bytes);
-    throw new Error(
+  const path = new TextDecoder().decode(bytes);
+  const refuse = (read: string, fix: string) =>
+    new Error(
       `Cannot use libvirt URI "${uri}"${origin === undefined ? "" : ` (${origin})`}: ` +
-        `its test driver would read "${path}", which is not a regular file; name a world XML file`,
+        `its test driver would read "${read}", which is not a regular file; ${fix}`,
     );
-  }
+  const kind = fileKind(bytes).kind;
+  if (kind === "other") throw refuse(path, "name a world XML file");
+  if (kind !== "file") return;
+  const named = worldFiles(path).find((file) => fileKind(file).kind === "other");
+  if (named !== undefined) throw refuse(named, `name a regular file in ${path}`);
 }
+
+/**
+ * The files a test-driver world at `path` names for libvirt to read as it opens it: the `file`
+ * attribute of its `<domain>`, `<network>`, `<interface>`, `<pool>`, `<volume>` and `<device>`
+ * elements (libvirt's `testParseXMLDocFromFile`), relative ones from the world's directory. Found
+ * by a plain scan, wherever such an element is (a comment's too): the library (`ffi/mod.ts`)
+ * loads no XML parser, and naming one file too many only costs a look at it. None when the world
+ * cannot be read: libvirt reports that.
+ */
+function worldFiles(path: string): string[] {
+  let text: string | null = null;
+  try {
+    text = readRegularFile(path, MAX_WORLD_BYTES);
+  } catch {
+    // Not readable by this user: libvirt cannot read it either.
+  }
+  if (text === null) return [];
+  const directory = path.slice(0, path.lastIndexOf("/") + 1);
+  return [...text.matchAll(WORLD_FILE_ATTRIBUTE)].map((match) => {
+    const file = (match[2] ?? match[3] ?? "").replace(
+      /&(lt|gt|amp|quot|apos);/g,
+      (_m, name: string) => ({ lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" })[name] ?? "",
+    );
+    return file.startsWith("/") ? file : `${directory}${file}`;
+  }).filter((file) => file !== directory);
+}
+
+/** The largest world scanned for the files it names (a larger one is not scanned). */
+const MAX_WORLD_BYTES = 16 * 1024 * 1024;
+
+/** A `file` attribute of an element whose file libvirt's test driver reads (see above). */
+const WORLD_FILE_ATTRIBUTE =
+  /<(domain|network|interface|pool|volume|device)\b[^>]*?\sfile\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
 
 /**
  * Where libvirt.conf made another URI of `uri` (`null`: the default; given from `origin`): its

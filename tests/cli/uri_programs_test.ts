@@ -10,6 +10,7 @@
 import { assertEquals, assertMatch, assertOk, assertThrows } from "../helpers/assert.ts";
 import { canUnshareMounts, documentedFlags, MAIN, runCli } from "../helpers/cli.ts";
 import { demoTree } from "../helpers/reliability.ts";
+import { COMPUTER_DEVICE } from "../helpers/world.ts";
 import { Connection } from "../../ffi/connection.ts";
 import { UriProgramError, uriProgramReason } from "../../ffi/uri_check.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
@@ -406,6 +407,53 @@ Deno.test("a test-driver URI naming a FIFO by a byte no UTF-8 spells (%FF) is re
       new TextDecoder().decode(out.stdout),
       /its test driver would read ".*\.fifo", which is not a regular file/,
     );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("a test-driver world naming a FIFO in a file attribute is refused at once, never read", async () => {
+  // libvirt's test driver reads the file a world's <domain file='...'/> (or network, interface,
+  // pool, volume, device) names as it opens the world: a FIFO there waited for a writer forever,
+  // with no --libvirt-timeout over the test driver. Disk sources inside a domain are not read.
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-uri-world-fifo-" });
+  try {
+    await new Deno.Command("mkfifo", { args: [`${dir}/vm.fifo`] }).output();
+    const world = (inner: string) => `<node>\n  ${COMPUTER_DEVICE}\n  ${inner}\n</node>\n`;
+    Deno.writeTextFileSync(`${dir}/fifo.xml`, world(`<domain file='vm.fifo'/>`));
+    Deno.writeTextFileSync(
+      `${dir}/disk.xml`,
+      world(
+        `<domain type='test'><name>vm</name><memory>1024</memory><os><type>hvm</type></os>` +
+          `<devices><disk type='file'><source file='${dir}/vm.fifo'/>` +
+          `<target dev='vda'/></disk></devices></domain>`,
+      ),
+    );
+    const open = async (file: string) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          `import { openLibvirtPort } from "${
+            new URL("../../ffi/mod.ts", import.meta.url).href
+          }";\n` +
+          `try { openLibvirtPort(Deno.args[0]).close(); console.log("opened"); }\n` +
+          `catch (e) { console.log(e.message); }\n`,
+          `test://${dir}/${file}`,
+        ],
+        env: { NO_COLOR: "1" },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      assertEquals(out.success, true, new TextDecoder().decode(out.stderr));
+      return new TextDecoder().decode(out.stdout);
+    };
+    assertMatch(
+      await open("fifo.xml"),
+      new RegExp(`its test driver would read "${dir}/vm.fifo", which is not a regular file`),
+    );
+    assertEquals(await open("disk.xml"), "opened\n");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
