@@ -60,6 +60,23 @@ function commandIn(args: readonly string[]): Command | undefined {
 }
 
 /**
+ * Where the options every command takes (`--color`, `--help`) end at the start of `args`. As
+ * before a command, only auto, always or never after `--color` is its value: in `--color plan`,
+ * "plan" is the topic. Help wins over a wrong value, as in `plan --color=red --help`.
+ */
+function pastEveryCommandsOptions(args: readonly string[]): number {
+  let i = 0;
+  for (; i < args.length; i++) {
+    const arg = args[i]!;
+    if (arg === "--color" && isColorWhen(args[i + 1] ?? "")) i++;
+    else if (arg !== "--color" && !arg.startsWith("--color=") && arg !== "--help" && arg !== "-h") {
+      break;
+    }
+  }
+  return i;
+}
+
+/**
  * What a command line that names no command gets: one line, then what follows it. An option
  * written first (virsh's habit: `virsh -c URI list`) is no misspelt command: say where options
  * go, naming the command that follows it (`later`) when there is one. A word after a leading `--`
@@ -120,9 +137,11 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   const [first, ...rest] = leading ? args.slice(1) : args;
   // `help CMD` is `CMD --help`, and so is `help -- CMD`: a "--" after help ends its options too,
   // and the word after it is data as after a leading one (`help -- --version` asks no version).
-  const helpEnds = first === "help" && rest[0] === "--";
+  // Before its topic, help takes the options every command takes (`help --color never plan`).
+  const topicAt = first === "help" ? pastEveryCommandsOptions(rest) : 0;
+  const helpEnds = first === "help" && rest[topicAt] === "--";
   const operand = leading || helpEnds;
-  const topic = helpEnds ? rest[1] : rest[0];
+  const topic = rest[topicAt + (helpEnds ? 1 : 0)];
   const name = first === "help" && topic !== undefined ? topic : first;
   const option = (...spellings: string[]) => !operand && spellings.includes(name ?? "");
   if (name === undefined || name === "help" || option("--help", "-h")) {

@@ -162,6 +162,20 @@ Deno.test('help -- CMD is help CMD: the "--" after help ends its options too', a
   assertMatch((await run(["help", "--", "plna"])).err, /^passthrough: Unknown command "plna"/);
 });
 
+Deno.test("help takes --color and --help before its topic, as every command does", async () => {
+  // `help --color plan` said `Option "--color" comes before the command "plan"` (exit 2), and
+  // `help --color` that the option needs a command first: help is the command there.
+  const plan = await run(["help", "plan"]);
+  assertEquals(await run(["help", "--color", "plan"]), plan);
+  assertEquals(await run(["help", "--color", "never", "plan"]), plan);
+  assertEquals(await run(["help", "--color=always", "-h", "plan"]), plan);
+  assertEquals(await run(["help", "--color", "never", "--", "plan"]), plan);
+  assertEquals(await run(["help", "--color"]), await run(["help"]));
+  assertEquals(await run(["help", "--color", "always"]), await run(["help"]));
+  // Only auto, always or never is its value, as before a command: "plna" is the topic.
+  assertMatch((await run(["help", "--color", "plna"])).err, /^passthrough: Unknown command "plna"/);
+});
+
 Deno.test("rollback without a terminal says a wrong command line first, as apply does", async () => {
   // It said "No terminal to confirm on" (exit 1), and the usage error only once --yes was given.
   const json = await run(["rollback", "win10", "--json"]);
