@@ -11,6 +11,7 @@ import type { Parsed } from "./flags.ts";
 import type { HOOK } from "./specs.ts";
 import { VERSION } from "./version.ts";
 import { LIVE_SYSFS, liveSysfsRoot } from "./host_options.ts";
+import { sysfsRootError } from "../lib/host/discover.ts";
 import { checkStart } from "./hook_check.ts";
 import { openStateDir, resolveStateDirPath } from "../lib/state/state_dir.ts";
 import { dirname, join, resolve } from "../lib/state/paths.ts";
@@ -157,12 +158,9 @@ function install({ values }: HookLine<"install">, io: CliIo): number {
   // Through libc: the CLI's Deno stats nothing under /dev (a tree in /dev/shm), the check can.
   const reader = libcSysfsReader({ fewCalls: true });
   if (!sysfsTreePresent(sysfs, reader)) {
-    // A mistyped path is said to be one, as discovery's SysfsRootError says it.
-    const lacks = reader.listDir(sysfs) === null
-      ? "no such directory"
-      : "no bus/pci/devices directory";
+    // A mistyped path or a loop is said to be one, in discovery's words.
     throw new Error(
-      `Not a sysfs tree: "${sysfs}": ${lacks} (the hook would refuse every VM start, checking ` +
+      `${sysfsRootError(sysfs, reader).message} (the hook would refuse every VM start, checking ` +
         `nothing)`,
     );
   }

@@ -14,6 +14,7 @@ import {
   baseName,
   checkCapturedTree,
   denoFsReader,
+  isLinkLoop,
   readAttribute,
   readNonPciMember,
   type SysfsReader,
@@ -69,18 +70,62 @@ export class SysfsRootError extends Error {
   readonly root: string;
   /** Whether `root` itself is no directory (a mistyped path), rather than one without PCI devices. */
   readonly missing: boolean;
+  /** Whether `root` itself is a loop of symbolic links (and so no directory either). */
+  readonly loop: boolean;
   /**
    * Builds the error for the `root` that has no `bus/pci/devices`; `missing` when `root` is no
-   * directory at all, so a mistyped path is not taken for a tree that lacks its PCI devices.
+   * directory at all, so a mistyped path is not taken for a tree that lacks its PCI devices, and
+   * `loop` when it is a loop of symbolic links, which no entry under it is to be named as.
    */
-  constructor(root: string, { missing = false }: { missing?: boolean } = {}) {
+  constructor(
+    root: string,
+    { missing = false, loop = false }: { missing?: boolean; loop?: boolean } = {},
+  ) {
     super(
       `Not a sysfs tree: "${root}": ${
-        missing ? "no such directory" : "no bus/pci/devices directory"
+        loop
+          ? "a loop of symbolic links"
+          : missing
+          ? "no such directory"
+          : "no bus/pci/devices directory"
       }`,
     );
     this.root = root;
-    this.missing = missing;
+    this.missing = missing || loop;
+    this.loop = loop;
+  }
+}
+
+/**
+ * The {@link SysfsRootError} for `root`, read through `reader`, which has no `bus/pci/devices`:
+ * a loop of symbolic links, no directory, or one without PCI devices.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * import { denoFsReader } from "./sysfs.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.symlinkSync("loop", `${dir}/loop`);
+ * assertEquals(sysfsRootError(`${dir}/loop`, denoFsReader()).loop, true);
+ * assertEquals(sysfsRootError(dir, denoFsReader()).missing, false);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function sysfsRootError(
+  root: string,
+  reader: Pick<SysfsReader, "listDir">,
+): SysfsRootError {
+  if (rootIsLinkLoop(root, reader)) return new SysfsRootError(root, { loop: true });
+  return new SysfsRootError(root, { missing: reader.listDir(root) === null });
+}
+
+/** Whether listing `root` fails on a loop of symbolic links; other failures are left to reads. */
+function rootIsLinkLoop(root: string, reader: Pick<SysfsReader, "listDir">): boolean {
+  try {
+    reader.listDir(root);
+    return false;
+  } catch (error) {
+    return isLinkLoop(error);
   }
 }
 
@@ -169,6 +214,9 @@ async function discover(options: DiscoverOptions): Promise<HostTopology> {
   const reader = options.reader ?? denoFsReader();
   const live = options.live ?? root === "/sys";
   const runner = options.lspci === undefined ? commandLspciRunner() : options.lspci;
+  // A root that is a loop is said to be one, as a missing root is, before an entry under it is
+  // named as the loop by the checks below.
+  if (!live && rootIsLinkLoop(root, reader)) throw new SysfsRootError(root, { loop: true });
   // Before lspci or the reader opens anything: a FIFO or device planted in a tree blocks them.
   if (!live && runner !== null) checkCapturedTree(root, reader);
   if (!live) checkEntryNames(reader, root);
@@ -453,7 +501,7 @@ function checkEntryNames(reader: SysfsReader, root: string): void {
 
 function listSysfsDevices(reader: SysfsReader, root: string): string[] {
   const names = reader.listDir(`${root}/bus/pci/devices`);
-  if (names === null) throw new SysfsRootError(root, { missing: reader.listDir(root) === null });
+  if (names === null) throw sysfsRootError(root, reader);
   return names;
 }
 

@@ -94,6 +94,27 @@ Deno.test("devices --sysfs of a path that does not exist says so, and lists noth
   );
 });
 
+Deno.test("a --sysfs that is itself a loop of symbolic links is said to be one, as a missing one is", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-cli-loop-" });
+  try {
+    const loop = `${dir}/loop`;
+    Deno.symlinkSync("loop", loop);
+    // It named a file under it as the loop ("…/loop/cmdline"; without FFI "…/loop/bus/pci/devices").
+    const said = (command: string) =>
+      `passthrough ${command}: Not a sysfs tree: "${loop}": a loop of symbolic links\n`;
+    for (const command of ["devices", "groups", "doctor"]) {
+      const run = await cli([command, "--sysfs", loop]);
+      assertEquals([run.code, run.stdout, run.stderr], [1, "", said(command)]);
+    }
+    const snapshot = await cli(["snapshot", "--sysfs", loop, `${dir}/out`]);
+    assertEquals([snapshot.code, snapshot.stderr], [1, said("snapshot")]);
+    const noFfi = await cli(["devices", "--sysfs", loop], FLAGS.filter((f) => f !== "--allow-ffi"));
+    assertEquals([noFfi.code, noFfi.stderr], [1, said("devices")]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("groups --json --sysfs TREE matches every shared host file", async () => {
   for (const name of HOST_NAMES) {
     const description = loadFixtureHost(name);

@@ -723,6 +723,17 @@ Deno.test("hook install refuses a --sysfs that is no tree, and writes no hook", 
     const empty = await runCli(installArgs(dir, `${dir}/empty`));
     assertEquals(empty.code, 1);
     assertMatch(empty.stderr, /Not a sysfs tree: ".*\/empty": no bus\/pci\/devices directory \(/);
+    // A loop of symbolic links, in those words: it said `Cannot open directory ...: ELOOP`.
+    Deno.symlinkSync("loop", `${dir}/loop`);
+    const loop = await runCli(installArgs(dir, `${dir}/loop`));
+    assertEquals(
+      [loop.code, loop.stderr],
+      [
+        1,
+        `passthrough hook: Not a sysfs tree: "${dir}/loop": a loop of symbolic links (the hook ` +
+        `would refuse every VM start, checking nothing)\n`,
+      ],
+    );
     assertEquals(pathExists(`${hooks}/${HOOK_FILE_NAME}`), false);
   } finally {
     await Deno.remove(dir, { recursive: true });
