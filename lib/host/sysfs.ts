@@ -425,6 +425,88 @@ export function isLinkLoop(error: unknown): boolean {
 }
 
 /**
+ * The entry of the tree at `root` that is a loop of symbolic links, on the way to `path`, where
+ * the system met one: the first from the root down that the system cannot resolve, or, when that
+ * is a link into another entry that loops (`bus/pci/devices/X` into a looping `devices`), that
+ * entry, as the user would find it. `path` itself when the walk finds none.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.mkdirSync(`${dir}/bus`);
+ * Deno.symlinkSync("devices", `${dir}/devices`);
+ * Deno.symlinkSync("../devices/x", `${dir}/bus/x`);
+ * assertEquals(linkLoopAt(dir, `${dir}/bus/x/config`), `${dir}/devices`);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function linkLoopAt(
+  root: string,
+  path: string,
+  { realPath = Deno.realPathSync, readLink = Deno.readLinkSync }: {
+    realPath?: (path: string) => string;
+    readLink?: (path: string) => string;
+  } = {},
+): string {
+  const top = root.replace(/(.)\/+$/, "$1");
+  // Each path resolved once (`null`: a loop; `undefined`: another failure): a loop's links lead
+  // the walk back where it has been.
+  const known = new Map<string, string | null>();
+  const real = (at: string): string | null | undefined => {
+    if (!known.has(at)) {
+      try {
+        known.set(at, realPath(at));
+      } catch (error) {
+        if (!isLinkLoop(error)) return undefined;
+        known.set(at, null);
+      }
+    }
+    return known.get(at);
+  };
+  // The first entry below the root, on the way to `at`, that the system cannot resolve.
+  const firstLoop = (at: string): string | null => {
+    for (let end = top.length; end !== -1;) {
+      end = at.indexOf("/", end + 1);
+      const prefix = end === -1 ? at : at.slice(0, end);
+      if (real(prefix) === null) return prefix;
+    }
+    return null;
+  };
+  // Where the link `at` leads, spelt from the root as `at` is; `null` out of the tree's names
+  // (an absolute target, above the root, a ".." after a name, which a link may turn around).
+  const targetOf = (at: string): string | null => {
+    let target: string;
+    try {
+      target = readLink(at);
+    } catch {
+      return null;
+    }
+    const realRoot = real(top);
+    const dir = real(at.slice(0, at.lastIndexOf("/")));
+    if (typeof realRoot !== "string" || typeof dir !== "string" || target.startsWith("/")) {
+      return null;
+    }
+    if (dir !== realRoot && !dir.startsWith(`${realRoot}/`)) return null;
+    const ups = /^(\.\.\/)*/.exec(target)![0].length / 3;
+    const rest = target.slice(ups * 3);
+    const steps = dir.slice(realRoot.length).split("/").filter((p) => p !== "");
+    if (ups > steps.length || /(^|\/)\.\.(\/|$)/.test(rest)) return null;
+    return [top, ...steps.slice(0, steps.length - ups), rest].join("/");
+  };
+  const seen = new Set<string>();
+  let at = firstLoop(path);
+  while (at !== null && !seen.has(at)) {
+    seen.add(at);
+    const target = targetOf(at);
+    const next = target === null ? null : firstLoop(target);
+    if (next === null) return at;
+    at = next;
+  }
+  return at ?? path;
+}
+
+/**
  * Raised for a captured tree with a FIFO, device node or socket where a file should be, with a
  * loop of symbolic links, or with a link out of it where discovery reads (the reader a captured
  * tree is read through).
@@ -553,26 +635,13 @@ export function confinedReader(
     refuseOutside(path.slice(0, path.lastIndexOf("/")));
     refuseOutside(path);
   };
-  // The first entry from the root down that is a loop, else `path` (a loop the walk cannot see).
-  const loopAt = (path: string): string => {
-    for (let at = top.length; at !== -1;) {
-      at = path.indexOf("/", at + 1);
-      const prefix = at === -1 ? path : path.slice(0, at);
-      try {
-        realPath(prefix);
-      } catch (error) {
-        if (isLinkLoop(error)) return prefix;
-      }
-    }
-    return path;
-  };
   // Inside the tree a loop is damage, never "nothing there".
   const read = <T>(path: string, run: () => T): T => {
     try {
       return run();
     } catch (error) {
       if (!under(path) || !isLinkLoop(error)) throw error;
-      throw new SysfsTreeError(loopAt(path), LINK_LOOP);
+      throw new SysfsTreeError(linkLoopAt(top, path, { realPath }), LINK_LOOP);
     }
   };
   const confined: SysfsReader = {
@@ -623,7 +692,9 @@ export function confinedReader(
  * ```
  */
 export function checkCapturedTree(root: string, reader?: SysfsReader): void {
-  const list = reader?.listEntries === undefined ? entries : (path: string) => {
+  const list = reader?.listEntries === undefined ? (path: string) => entries(root, path) : (
+    path: string,
+  ) => {
     try {
       return reader.listEntries?.(path) ?? [];
     } catch (error) {
@@ -648,7 +719,9 @@ export function checkCapturedTree(root: string, reader?: SysfsReader): void {
   }
   for (const path of files) {
     const kind = specialKindAt(path);
-    if (kind !== null) throw new SysfsTreeError(path, kind);
+    if (kind !== null) {
+      throw new SysfsTreeError(kind === LINK_LOOP ? linkLoopAt(root, path) : path, kind);
+    }
   }
 }
 
@@ -657,16 +730,17 @@ const LINK_ONLY = /^(driver|iommu_group|physfn|subsystem|firmware_node|virtfn[0-
 
 /**
  * A directory's entries (their kinds come from the listing, without a `stat` each), or none
- * when it is missing, not a directory or not readable here.
+ * when it is missing, not a directory or not readable here; a loop of symbolic links on the way
+ * is refused, named where it loops in the tree at `root`.
  */
-function entries(path: string): DirectoryEntry[] {
+function entries(root: string, path: string): DirectoryEntry[] {
   try {
     return [...Deno.readDirSync(path)].map((e) => ({
       name: e.name,
       kind: e.isFile ? "file" : e.isDirectory ? "directory" : e.isSymlink ? "symlink" : "other",
     }));
   } catch (error) {
-    if (isLinkLoop(error)) throw new SysfsTreeError(path, LINK_LOOP);
+    if (isLinkLoop(error)) throw new SysfsTreeError(linkLoopAt(root, path), LINK_LOOP);
     return [];
   }
 }

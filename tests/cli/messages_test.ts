@@ -3,11 +3,18 @@
  * system's EACCES is not Deno's permission set and its cause is said once, an unreadable config
  * names its path and why, a libvirt error names the URI `LIBVIRT_DEFAULT_URI` gave, and a VM
  * named twice with `--vm` is planned once, and a rule with `iommu_group: false` names the group
- * members left on host drivers, which make its start fail.
+ * members left on host drivers, which make its start fail, and a loop of symbolic links at a
+ * captured tree's top level is named where it loops.
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { canUnshareMounts, cliCommand, runCli, runInPrivateMounts } from "../helpers/cli.ts";
+import {
+  canUnshareMounts,
+  cliCommand,
+  documentedFlags,
+  runCli,
+  runInPrivateMounts,
+} from "../helpers/cli.ts";
 import { demoTree, gpuConfig } from "../helpers/reliability.ts";
 import { recordCase } from "../../scripts/reliability_report.ts";
 import { loadFixtureHost, tempHostTree } from "../helpers/hosts.ts";
@@ -532,4 +539,31 @@ Deno.test("plan warns, at the rule, of each member an iommu_group: false rule le
     run.stdout,
     /warning \[group-contains-host-critical\] .*c\.yaml:5:9: Rule "gpu" of VM "win10" leaves the rest of IOMMU group 30 with the host \(iommu_group: false\), and 0000:01:00\.0 is on nvme \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\), 0000:0b:00\.1 is on snd_hda_intel: libvirt detaches only the devices "win10" names, so its start fails \("group 30 is not viable"\)/,
   );
+});
+
+Deno.test("a loop of symbolic links at a captured tree's top level is named where it loops", async () => {
+  // `bus` as a loop was named `bus/pci/devices` without --allow-ffi, and `devices` (which each
+  // bus/pci/devices entry links into) as the first entry linking there, with either reader.
+  const withoutFfi = documentedFlags().filter((f) => f !== "--allow-ffi");
+  for (const entry of ["bus", "devices", "kernel"]) {
+    await using tree = await demoTree();
+    const loop = `${tree.sysfs}/${entry}`;
+    Deno.removeSync(loop, { recursive: true });
+    Deno.symlinkSync(entry, loop);
+    for (const flags of [documentedFlags(), withoutFfi]) {
+      for (const command of [["groups"], ["snapshot", `${tree.dir}/snapshot`]]) {
+        const run = await runCli([...command, "--sysfs", tree.sysfs], { flags });
+        assertEquals(
+          [run.code, run.stderr],
+          [
+            1,
+            `passthrough ${
+              command[0]
+            }: Refusing to read a tree with a loop of symbolic links at "${loop}": the tree is damaged: capture it again with 'passthrough snapshot'\n`,
+          ],
+          `${entry}, ${command[0]}${flags === withoutFfi ? " without FFI" : ""}`,
+        );
+      }
+    }
+  }
 });

@@ -439,9 +439,13 @@ Deno.test("a confined reader resolves a tree's links as realpath does, and realp
     }
     // Only links to absolute paths, above the tree's root, or in a loop were resolved whole.
     const whole = ["out", "through", "back", "absolute", "absoluteOut", "outDir", "loop1"];
-    // And, refusing a loop, each loop's path to name the entry that loops.
-    const loops = ["loop1", "loop2"];
-    assertEquals(resolved, [root, ...[...whole, ...loops].map((name) => `${root}/${name}`)]);
+    // And, refusing a loop, each loop's path, then the root and the links it leads through, to
+    // name the entry that loops (loop1 leads into loop2, which leads back).
+    const loops = ["loop1", "", "loop2", "loop2", "", "loop1"];
+    assertEquals(
+      resolved,
+      [root, ...[...whole, ...loops].map((name) => name === "" ? root : `${root}/${name}`)],
+    );
   }
 });
 
