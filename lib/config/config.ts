@@ -925,8 +925,9 @@ function hostReferences(
     report(ctx, [...at, key], "Empty host list", "name at least one host");
     return undefined;
   }
-  names.forEach((name, i) => {
-    if (declared.includes(name)) return;
+  // An item that is no string (`hosts: [hv1, {}]`) was reported by the schema check: no name.
+  (names as (string | undefined)[]).forEach((name, i) => {
+    if (name === undefined || declared.includes(name)) return;
     report(
       ctx,
       raw.host !== undefined ? [...at, "host"] : [...at, "hosts", i],

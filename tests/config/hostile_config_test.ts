@@ -192,6 +192,14 @@ const CASES: HostileConfig[] = [
     error: /:3:5: Invalid UTF-8 at byte 20 \(save the file as UTF-8\)/,
   },
   {
+    // Crashed plan and apply with "Cannot read properties of undefined (reading 'normalize')".
+    name: "a host list item that is no name (hosts: [hv1, {}])",
+    bytes: enc(
+      `version: 1\nhosts:\n  hv1: {}\nvms:\n  ${VM}:\n    hosts: [hv1, {}]\n    devices: []\n`,
+    ),
+    error: /:6:18: Expected a string, found a mapping at "vms\.pt-hostile-config\.hosts\[1\]"/,
+  },
+  {
     name: "100 KB config",
     bytes: enc(`version: 1\nvms: {}\n${"#".repeat(100_000)}\n`),
     error: new RegExp(`:1:1: File too large: \\d+ bytes, the limit is ${MAX_CONFIG_BYTES}`),
