@@ -495,6 +495,18 @@ function prepare(ctx: Context): void {
     Map(_, map) {
       // Each key's value, and whether one of its uses was an alias.
       const seen = new Map<unknown, boolean>();
+      // yaml takes a second merge key without a word and keeps the first one's keys: the second
+      // (`<<: *gpu` then `<<: { device_id: "5678" }`) changed nothing.
+      const merges = map.items.filter(({ key }) => isScalar(key) && typeof key.value === "symbol");
+      for (const { key } of merges.slice(1)) {
+        errorAt(
+          ctx,
+          key as Node,
+          "",
+          'Duplicate merge key ("<<"): a mapping takes one',
+          "merge a list instead: <<: [*first, *second], the first one's keys win",
+        );
+      }
       for (const { key } of map.items) {
         const written = isAlias(key) ? ctx.aliases.get(key) : key;
         if (!isScalar(written)) continue;

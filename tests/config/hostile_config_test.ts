@@ -200,6 +200,16 @@ const CASES: HostileConfig[] = [
     error: /:6:18: Expected a string, found a mapping at "vms\.pt-hostile-config\.hosts\[1\]"/,
   },
   {
+    // The second merge key was ignored: rule "b" matched device 1234, not 5678.
+    name: "two merge keys in one mapping",
+    bytes: enc(
+      `version: 1\nvms:\n  ${VM}:\n    devices:\n` +
+        `      - name: a\n        match: &m { vendor_id: "8086", device_id: "1234" }\n` +
+        `      - name: b\n        match:\n          <<: *m\n          <<: { device_id: "5678" }\n`,
+    ),
+    error: /:10:11: Duplicate merge key \("<<"\): a mapping takes one \(merge a list instead/,
+  },
+  {
     name: "100 KB config",
     bytes: enc(`version: 1\nvms: {}\n${"#".repeat(100_000)}\n`),
     error: new RegExp(`:1:1: File too large: \\d+ bytes, the limit is ${MAX_CONFIG_BYTES}`),
