@@ -20,6 +20,7 @@ import {
   isSeq,
   LineCounter,
   type Node,
+  type Pair,
   parseDocument,
   visit,
   type YAMLMap,
@@ -431,10 +432,19 @@ function isNameKey(ancestors: readonly unknown[]): boolean {
 }
 
 /**
+ * Whether a pair with these ancestors (as `visit()` gives them) is a VM's or rule's `host:` or
+ * `hosts:`: below the root, where the top-level `hosts:` declares them.
+ */
+function isHostReference(pair: Pair, ancestors: readonly unknown[]): boolean {
+  return ancestors.length > 2 && isScalar(pair.key) &&
+    (pair.key.value === "host" || pair.key.value === "hosts");
+}
+
+/**
  * Prepares the parsed document for {@link Document.toJS}: takes IDs, classes and slots, and the
- * names of VMs and hosts, as written (YAML reads `vendor_id: 0x10de` as 4318, `class: 0300` as 300
- * and a VM named `100:` as a number), indexes what each alias
- * points to (for positions) and reports aliases without an anchor.
+ * names of VMs and hosts (declared or named by `host:`/`hosts:`), as written (YAML reads
+ * `vendor_id: 0x10de` as 4318, `class: 0300` as 300 and a VM named `100:` as a number), indexes
+ * what each alias points to (for positions) and reports aliases without an anchor.
  */
 function prepare(ctx: Context): void {
   const anchors = new Map<string, Node>();
@@ -470,6 +480,15 @@ function prepare(ctx: Context): void {
         isScalar(key) && FORMATTED_KEYS.has(key.value as string)
       ) {
         value.value = value.source;
+      }
+      if (isHostReference(pair, ancestors)) {
+        // `host: 101` names the host declared as `101:`, which is "101" (below), not the number.
+        const names = isSeq(value) ? value.items : [value];
+        for (const name of names) {
+          if (isScalar(name) && ["number", "boolean"].includes(typeof name.value)) {
+            name.value = name.source;
+          }
+        }
       }
       // A VM or host named `100:` is "100" (YAML reads the number 100, `1e3` as 1000, `true` as a
       // boolean): a libvirt domain may have such a name, and JSON's keys are strings anyway.

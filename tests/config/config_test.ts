@@ -848,6 +848,23 @@ Deno.test("parseConfig() takes a VM or host named by a number or a boolean as wr
   );
 });
 
+Deno.test("parseConfig() takes host: and hosts: naming a host by a number or a boolean as written", () => {
+  // `101:` declares the host "101": `host: 101` names it, as it would quoted.
+  const config = parseConfig(
+    "version: 1\nhosts:\n  101: {}\n  0x1f: {}\n  true: {}\nvms:\n  vm:\n    hosts: [0x1f, true, 101]\n" +
+      '    devices:\n      - match: { vendor_id: "10de" }\n        host: 101\n',
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms[0]?.hosts, ["0x1f", "true", "101"]);
+  assertEquals(config.vms[0]?.rules[0]?.hosts, ["101"]);
+  // A host list item that names nothing is still refused where it stands.
+  assertEquals(
+    errorsOf("version: 1\nhosts:\n  hv1: {}\nvms:\n  vm:\n    hosts: [hv1, ~]\n    devices: []\n")
+      .map((e) => e.message.split(" (")[0]),
+    ['c.yaml:6:18: Expected a string, found null at "vms.vm.hosts[1]"'],
+  );
+});
+
 Deno.test("parseConfig() refuses an empty connect: or sysfs:, which would mean a default silently", () => {
   assertEquals(
     errorsOf('version: 1\nhosts:\n  hv1: { connect: "", sysfs: "" }\nvms:\n  vm: { devices: [] }\n')
