@@ -716,12 +716,14 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
     if (schema.enum) {
       // Quoted, `guard: false` or `bar: 0` is no value of the field either: name its values.
       const values = schema.enum.map((e) => `"${e}"`).join(", ");
-      return report(
-        ctx,
-        at,
-        `Expected one of ${values}, found ${describe(value)}`,
-        single ? "write a single value" : null,
-      );
+      // `bar: false`, or `guard: off` under `%YAML 1.1`, which reads it as false.
+      const word = value === false ? "off" : value === true ? "on" : null;
+      const hint = single
+        ? "write a single value"
+        : word !== null && schema.enum.includes(word)
+        ? `write "${word}"`
+        : null;
+      return report(ctx, at, `Expected one of ${values}, found ${describe(value)}`, hint);
     }
     const hint = single ? 'write a single value, quoted: "..."' : 'quote the value: "..."';
     return wrongType(ctx, at, "a string", value, hint);
@@ -819,12 +821,37 @@ function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Con
 /** `true` or `false`, or only the schema's `const`. */
 function checkBoolean(value: unknown, schema: BooleanSchema, at: Steps, ctx: Context): unknown {
   if (typeof value !== "boolean") {
-    return wrongType(ctx, at, "true or false", value, "write true or false without quotes");
+    return wrongType(ctx, at, "true or false", value, booleanHint(value));
   }
   if (schema.const !== undefined && value !== schema.const) {
     return report(ctx, at, `Unsupported value ${value}: expected ${schema.const}`, "omit the key");
   }
   return value;
+}
+
+/**
+ * The words YAML 1.1 read as booleans (as Ansible and PyYAML still do), each with the boolean it
+ * meant: YAML 1.2 reads them as text, so `managed: no` is the word "no".
+ */
+const YAML_11_BOOLEANS: Readonly<Record<string, boolean>> = {
+  y: true,
+  yes: true,
+  true: true,
+  on: true,
+  n: false,
+  no: false,
+  false: false,
+  off: false,
+};
+
+/** What to write for `value`, which is no boolean, where a boolean is expected. */
+function booleanHint(value: unknown): string {
+  const word = typeof value === "string" ? value.toLowerCase() : "";
+  if (!Object.hasOwn(YAML_11_BOOLEANS, word)) return "write true or false without quotes";
+  const meant = YAML_11_BOOLEANS[word];
+  return word === String(meant)
+    ? `write ${meant} without quotes`
+    : `write ${meant}: YAML 1.2 reads "${value}" as text`;
 }
 
 /** A mapping of free-form names: each name must fit the key pattern, each value the schema. */

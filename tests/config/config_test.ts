@@ -279,7 +279,7 @@ Deno.test("loadConfig() collects every problem of a file, in source order", asyn
     ],
     [10, 16, "vms.win10.devices[0].count", "use 1 or more"],
     [11, 25, "vms.win10.devices[1].match.class", 'did you mean "vga"?'],
-    [12, 18, "vms.win10.devices[1].managed", "write true or false without quotes"],
+    [12, 18, "vms.win10.devices[1].managed", 'write true: YAML 1.2 reads "yes" as text'],
     [15, 9, "vms.linux.devices[0]", "keep one of them"],
   ]);
   assertMatch(error.message, /^Invalid config ".*typos\.yaml": 6 problems\n/);
@@ -791,12 +791,12 @@ vms:
   assertEquals(errors.map((e) => [e.line, e.column, e.path, e.hint]), [
     [4, 12, "vms.win11.guard", 'did you mean "enforce"?'],
     [7, 16, "vms.win11.devices[0].guard", 'did you mean "warn"?'],
-    [9, 16, "vms.win11.devices[1].guard", null],
+    [9, 16, "vms.win11.devices[1].guard", 'write "off"'],
   ]);
   // Quoted, false is no guard value either: the values it takes are named, not "quote the value".
   assertMatch(
     errors[2]!.message,
-    /^c\.yaml:9:16: Expected one of "enforce", "warn", "off", found boolean false at "vms\.win11\.devices\[1\]\.guard"$/,
+    /^c\.yaml:9:16: Expected one of "enforce", "warn", "off", found boolean false at "vms\.win11\.devices\[1\]\.guard" \(write "off"\)$/,
   );
   assertMatch(
     errors[0]!.message,
@@ -874,6 +874,30 @@ Deno.test("parseConfig() refuses an empty connect: or sysfs:, which would mean a
       'c.yaml:3:30: Empty value at "hosts.hv1.sysfs" (give a value, or remove the key for the default)',
     ],
   );
+});
+
+Deno.test("parseConfig() names the boolean a YAML 1.1 yes, no, on or off meant, and the word a boolean meant", () => {
+  // YAML 1.2 reads `managed: no` as the word "no": the hint said to write it "without quotes".
+  const errors = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - match: { class: vga }
+        managed: no
+        multifunction: On
+        allow_no_flr: "true"
+        iommu_group: 0
+        rom: { bar: false }
+        guard: false
+`);
+  assertEquals(errors.map((e) => [e.path, e.hint]), [
+    ["vms.vm.devices[0].managed", 'write false: YAML 1.2 reads "no" as text'],
+    ["vms.vm.devices[0].multifunction", 'write true: YAML 1.2 reads "On" as text'],
+    ["vms.vm.devices[0].allow_no_flr", "write true without quotes"],
+    ["vms.vm.devices[0].iommu_group", "write true or false without quotes"],
+    ["vms.vm.devices[0].rom.bar", 'write "off"'],
+    ["vms.vm.devices[0].guard", 'write "off"'],
+  ]);
 });
 
 Deno.test("parseConfig() names the values of a rom bar: written as a number or a boolean", () => {
