@@ -1153,7 +1153,10 @@ function readDocument(written: string, file: string): { ctx: Context; data: unkn
   };
   yamlErrors(ctx, text);
   stopOnErrors();
-  if (doc.contents === null) {
+  // A "---" or "..." line with nothing after it but comments is a null written as nothing.
+  const nothing = doc.contents === null ||
+    (isScalar(doc.contents) && doc.contents.value === null && doc.contents.source === "");
+  if (nothing) {
     errorAt(ctx, null, "", "Empty config", 'start with "version: 1" and "vms:"');
     stopOnErrors();
   }

@@ -131,6 +131,12 @@ const CASES: HostileConfig[] = [
     error: /:1:1: Empty config/,
   },
   {
+    // Said "Expected a mapping, found null" at 1:4, the end of the "---".
+    name: "a document start line and comments only",
+    bytes: enc("---\n# passthrough config: nothing yet\n"),
+    error: /:1:1: Empty config/,
+  },
+  {
     name: "VM name with quote, markup and newline",
     bytes: enc(
       `version: 1\nvms:\n  "a'<b>&\\n": { devices: [ { match: { vendor_id: "10de" } } ] }\n`,
