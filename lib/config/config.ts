@@ -167,7 +167,8 @@ export type GuardPolicy = "enforce" | "warn" | "off";
 /** One rule of a VM, normalised: every optional setting of the file filled with its default. */
 export interface DeviceRule {
   /**
-   * `name:` as written, else derived from the match (`"10de:2684"`, `"vga"`, `"10de:*-nvidia"`).
+   * `name:` as written (spaces and line ends at either end dropped), else derived from the match
+   * (`"10de:2684"`, `"vga"`, `"10de:*-nvidia"`).
    * Unique within its VM on any one host: unnamed rules whose derived names clash get `#2`,
    * `#3`, ... in file order.
    */
@@ -610,6 +611,7 @@ function normaliseFormat(format: StringFormat, text: string): string | null {
       return digits.match(/../g)!.join("-");
     }
     case "absolute-path":
+    case "name":
       return value;
     case "mac":
       return value === "auto" ? value : value.replace(/-/g, ":").toLowerCase();
@@ -626,6 +628,7 @@ const FORMAT_HINTS: Record<StringFormat, string> = {
   "pci-address": 'expected a PCI address such as "0000:0b:00.0" or "0b:00.0"',
   "serial": 'expected a device serial number such as "00-11-22-ff-ff-33-44-55"',
   "slot": "expected a non-empty slot name",
+  "name": "expected a rule name on one line, with no tab",
   "absolute-path": 'expected an absolute path such as "/usr/share/vgabios/gpu.rom"',
   "mac": 'expected "auto" or a MAC address such as "52:54:00:12:34:56"',
 };
@@ -749,7 +752,8 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
   const near = schema.format === "class" ? suggestion(value, Object.keys(CLASS_NAMES)) : null;
   // Escaped where the format is ASCII: "10de:1b8О" (a Cyrillic "О") reads as a valid ID. A path
   // or a slot name may hold any letters, which read as the user wrote them.
-  const anyText = schema.format === "absolute-path" || schema.format === "slot";
+  const anyText = schema.format === "absolute-path" || schema.format === "slot" ||
+    schema.format === "name";
   const shown = anyText ? JSON.stringify(value) : asciiQuote(value);
   return report(ctx, at, `Invalid ${schema.format} ${shown}`, near ?? FORMAT_HINTS[schema.format]);
 }

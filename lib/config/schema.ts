@@ -20,6 +20,7 @@ export type StringFormat =
   | "pci-address"
   | "serial"
   | "slot"
+  | "name"
   | "absolute-path"
   | "mac";
 
@@ -312,7 +313,9 @@ const RULE_SCHEMA = {
     hosts: HOST_LIST_SCHEMA,
     name: {
       type: "string",
-      description: "Name of the rule (unique within the VM); derived from the match when omitted",
+      format: "name",
+      description:
+        "Name of the rule (unique within the VM), on one line; derived from the match when omitted",
     },
     match: MATCH_SCHEMA,
     count: {
@@ -487,6 +490,9 @@ export const FORMAT_PATTERNS: Readonly<Record<StringFormat, string>> = {
   "pci-address": "^([0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]$",
   "serial": "^[0-9a-fA-F]{2}([-:]?[0-9a-fA-F]{2}){7}$",
   "slot": "^\\S(.*\\S)?$",
+  // A rule's name is printed in one line of plan's output: no line end or tab (other control
+  // characters are refused as no string of the config may hold them).
+  "name": "^\\S([^\\t\\n\\r]*\\S)?$",
   // What libvirt's schema takes for <rom file> (absFilePath, its Unix form).
   "absolute-path": "^/.+$",
   "mac": "^(auto|[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5})$",
@@ -531,7 +537,10 @@ function toJsonSchema(schema: Schema): JsonSchema {
       const out: JsonSchema = { type: "string", description: schema.description };
       if (schema.format) out.pattern = FORMAT_PATTERNS[schema.format];
       // A format of hex digits holds no control character already.
-      if (schema.format === undefined || schema.format === "absolute-path") {
+      if (
+        schema.format === undefined || schema.format === "absolute-path" ||
+        schema.format === "name"
+      ) {
         out.not = { pattern: NOT_IN_XML_CHARS };
       }
       if (schema.minLength !== undefined) out.minLength = schema.minLength;

@@ -900,6 +900,35 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() takes a rule name from a block scalar without its line end, and refuses an empty or multi-line one", () => {
+  // `name: |` keeps a line end: plan printed 'Rule "gpu\n" of VM "vm"' over two lines.
+  const named = rules(
+    '      - name: |\n          gpu\n        match: { class: vga }\n      - name: " usb "\n' +
+      "        match: { class: usb }\n",
+  );
+  assertEquals(named.map((r) => r.name), ["gpu", "usb"]);
+  const errors = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - name: ""
+        match: { class: vga }
+      - name: "gtx\\n1080"
+        match: { class: usb }
+      - name: "a\\tb"
+        match: { class: nvme }
+`);
+  assertEquals(errors.map((e) => e.message.split(" (")[0]), [
+    'c.yaml:5:15: Invalid name "" at "vms.vm.devices[0].name"',
+    'c.yaml:7:15: Invalid name "gtx\\n1080" at "vms.vm.devices[1].name"',
+    'c.yaml:9:15: Invalid name "a\\tb" at "vms.vm.devices[2].name"',
+  ]);
+  assertEquals(
+    errors[0]?.hint,
+    "expected a rule name on one line, with no tab",
+  );
+});
+
 Deno.test("parseConfig() names the values of a rom bar: written as a number or a boolean", () => {
   const errors = errorsOf(`version: 1
 vms:
