@@ -11,6 +11,7 @@ import {
   ConfigErrors,
   loadConfig,
   MAX_CONFIG_BYTES,
+  parseConfig,
 } from "../../lib/config/config.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { openStateDir } from "../../lib/state/state_dir.ts";
@@ -216,6 +217,16 @@ const CASES: HostileConfig[] = [
     error: /:10:11: Duplicate merge key \("<<"\): a mapping takes one \(merge a list instead/,
   },
   {
+    name: "YAML 1.1 boolean (managed: no)",
+    bytes: rule(`{ vendor_id: "10de" }`, `        managed: no\n`),
+    error: /:6:18: Expected true or false, found the string "no" .*\(write false: YAML 1\.2 reads/,
+  },
+  {
+    name: "rule name over two lines",
+    bytes: rule(`{ vendor_id: "10de" }`, `        name: "gtx\\n1080"\n`),
+    error: /:6:15: Invalid name "gtx\\n1080" at "vms\.pt-hostile-config\.devices\[0\]\.name"/,
+  },
+  {
     name: "100 KB config",
     bytes: enc(`version: 1\nvms: {}\n${"#".repeat(100_000)}\n`),
     error: new RegExp(`:1:1: File too large: \\d+ bytes, the limit is ${MAX_CONFIG_BYTES}`),
@@ -256,6 +267,72 @@ Deno.test("loadConfig() refuses every hostile config with a located error", asyn
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/**
+ * Awkward but valid spellings of {@link gpuConfig}: each must read as exactly that config, rule
+ * locations aside (the lines differ).
+ */
+const AWKWARD: { name: string; text: string }[] = [
+  {
+    name: "byte order mark and CRLF line ends",
+    text: `\ufeff${gpuConfig(VM)}`.replaceAll("\n", "\r\n"),
+  },
+  { name: "CR-only line ends (classic Mac OS)", text: gpuConfig(VM).replaceAll("\n", "\r") },
+  { name: "a --- line before and a ... line after", text: `---\n${gpuConfig(VM)}...\n` },
+  { name: "%YAML 1.2 directive", text: `%YAML 1.2\n---\n${gpuConfig(VM)}` },
+  {
+    name: "all in flow style, one line",
+    text:
+      `{version: 1, vms: {${VM}: {devices: [{name: gpu, match: {vendor_device_id: 10de:1b80}}]}}}\n`,
+  },
+  {
+    name: "JSON",
+    text: JSON.stringify({
+      version: 1,
+      vms: { [VM]: { devices: [{ name: "gpu", match: { vendor_device_id: "10de:1b80" } }] } },
+    }),
+  },
+  {
+    name: "hex numbers (0x10de, 0x1B80)",
+    text:
+      `version: 1\nvms:\n  ${VM}:\n    devices:\n      - name: gpu\n        match: { vendor_id: 0x10de, device_id: 0x1B80 }\n`,
+  },
+  {
+    name: "tab after a colon, comment after a tab",
+    text:
+      `version:\t1\nvms:\n  ${VM}:\n    devices:\n      - name:\tgpu\t# the GTX\n        match: { vendor_device_id: "10de:1b80" }\n`,
+  },
+  {
+    name: "merge key from an anchored rule (<<: *base)",
+    text:
+      `version: 1\nvms:\n  ${VM}:\n    devices:\n      - <<: &base { name: gpu, managed: true }\n        match: { vendor_device_id: "10de:1b80" }\n`,
+  },
+  {
+    // YAML 1.1 reads yes as true, and 1b80 stays text; 0x10de is hex under both.
+    name: "%YAML 1.1 document with managed: yes",
+    text: `%YAML 1.1\n---\nversion: 1\nvms:\n  ${VM}:\n    devices:\n      - name: gpu\n` +
+      `        match: { vendor_id: 0x10de, device_id: 1b80 }\n        managed: yes\n`,
+  },
+  {
+    name: "rule name as a block scalar (name: |)",
+    text:
+      `version: 1\nvms:\n  ${VM}:\n    devices:\n      - name: |\n          gpu\n        match: { vendor_device_id: "10de:1b80" }\n`,
+  },
+];
+
+Deno.test("parseConfig() reads awkward but valid YAML as the config it spells", () => {
+  const plain = (text: string) =>
+    parseConfig(text, { file: "c.yaml" }).vms.map((vm) => ({
+      ...vm,
+      location: "",
+      rules: vm.rules.map((r) => ({ ...r, location: "" })),
+    }));
+  const expected = plain(gpuConfig(VM));
+  for (const c of AWKWARD) {
+    assertEquals(plain(c.text), expected, c.name);
+    recordCase({ area: "config", name: c.name, count: 1, outcome: "read as meant", test: TEST });
   }
 });
 
