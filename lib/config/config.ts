@@ -576,9 +576,8 @@ function describe(value: unknown): string {
   if (value instanceof Map) return "a mapping";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "string") return `the string "${value}"`;
-  if (typeof value === "number" || typeof value === "boolean") {
-    return `${typeof value} ${JSON.stringify(value)}`;
-  }
+  // String, not JSON: `.inf` and `.nan` are numbers to YAML, and null to JSON.
+  if (typeof value === "number" || typeof value === "boolean") return `${typeof value} ${value}`;
   return "an unsupported value";
 }
 

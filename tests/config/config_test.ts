@@ -929,6 +929,25 @@ vms:
   );
 });
 
+Deno.test("parseConfig() names an infinite or not-a-number value as such, not as null", () => {
+  // JSON has no Infinity or NaN: the messages said "found number null".
+  const errors = errorsOf(`version: 1
+vms:
+  vm:
+    devices:
+      - match: { numa_node: .nan }
+        count: .inf
+        boot_order: 1e400
+        guard: -.Inf
+`);
+  assertEquals(errors.map((e) => e.message.split(" at ")[0]), [
+    "c.yaml:5:29: Expected an integer, found number NaN",
+    "c.yaml:6:16: Expected an integer, found number Infinity",
+    "c.yaml:7:21: Expected an integer, found number Infinity",
+    'c.yaml:8:16: Expected one of "enforce", "warn", "off", found number -Infinity',
+  ]);
+});
+
 Deno.test("parseConfig() names the values of a rom bar: written as a number or a boolean", () => {
   const errors = errorsOf(`version: 1
 vms:
