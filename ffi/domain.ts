@@ -25,6 +25,9 @@ export type DomainState =
   | "crashed"
   | "pmsuspended";
 
+/** What `virDomainGetID` returns for a domain that is shut off: `(unsigned int)-1`. */
+const NO_DOMAIN_ID = 0xffffffff;
+
 const STATES: readonly DomainState[] = [
   "nostate",
   "running",
@@ -125,6 +128,15 @@ export class Domain {
       context: `Cannot read the state of domain "${this.#name}"`,
     });
     return STATES[state[0] ?? 0] ?? "nostate";
+  }
+
+  /**
+   * The ID libvirt gave the running guest, new at each start, as of this handle's lookup; `null`
+   * when it is shut off.
+   */
+  id(): number | null {
+    const id = libvirt().virDomainGetID(this.#live("id"));
+    return id === NO_DOMAIN_ID ? null : id;
   }
 
   /** Whether the domain is running (or paused) now. */

@@ -102,6 +102,10 @@ export function connectionPort(conn: Connection): LibvirtPort {
       using dom = conn.lookupDomainByName(name);
       return dom.xml({ inactive: false, secure: false });
     },
+    runId(name: string): number | null {
+      using dom = conn.lookupDomainByName(name);
+      return dom.id();
+    },
     isActive(name: string): boolean {
       using dom = conn.lookupDomainByName(name);
       return dom.isActive();

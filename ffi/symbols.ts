@@ -41,6 +41,8 @@ export const LIBVIRT_SYMBOLS = {
   virDomainGetUUIDString: { parameters: ["pointer", "buffer"], result: "i32" },
   // int virDomainGetState(virDomainPtr domain, int *state, int *reason, unsigned int flags);
   virDomainGetState: { parameters: ["pointer", "buffer", "buffer", "u32"], result: "i32" },
+  // unsigned int virDomainGetID(virDomainPtr domain);  ((unsigned int)-1 when shut off)
+  virDomainGetID: { parameters: ["pointer"], result: "u32" },
   // int virDomainIsActive(virDomainPtr dom);
   virDomainIsActive: { parameters: ["pointer"], result: "i32" },
   // int virDomainIsPersistent(virDomainPtr dom);

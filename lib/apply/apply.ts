@@ -576,6 +576,7 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
   }
   checkWritable(plan, options.libvirt);
   const done = new Map<VmPlan, VmApplyResult>();
+  const runningAfterDefine = new Map<VmApplyResult, RunningAfterDefine>();
   const pendingLive: PendingLive[] = [];
   const answers: Answers = { all: false, quit: false };
   for (const unit of releaseUnits(plan.vms, plan.groupOf)) {
@@ -599,13 +600,14 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
     const applied = applyUnit(unit, plan, { ...options, state });
     for (const [vm, outcome] of applied) {
       done.set(vm, outcome.result);
+      if (outcome.running !== undefined) runningAfterDefine.set(outcome.result, outcome.running);
       if (outcome.live !== null) pendingLive.push(outcome.live);
     }
   }
   if (options.live === true) runLive(options, pendingLive);
   const keepBackups = options.keepBackups ?? DEFAULT_KEEP_BACKUPS;
   for (const vm of done.values()) prune(vm, state, keepBackups);
-  for (const vm of done.values()) lastLook(vm, options.libvirt);
+  for (const vm of done.values()) lastLook(vm, options.libvirt, runningAfterDefine.get(vm));
   return report(plan.vms.map((vm) => done.get(vm)!), {
     uri: options.libvirt.uri,
     stateDir: state.path,
@@ -620,12 +622,22 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
  * ({@link startedWith}), as one caught right after the define is: a start runs the new
  * definition, but a `virsh restore` of a save file made before runs the old one as saved. A
  * start after this look is seen by no one, and the next start it waits for is then that one. Not
- * read is taken as still shut off.
+ * read is taken as still shut off. So is one found running after the define (`running`), told
+ * shut off and started again since by its guest's ID: not read is taken as the same guest.
  */
-function lastLook(vm: VmApplyResult, libvirt: LibvirtPort): void {
-  if (vm.status !== "changed" || vm.effect !== "next-start" || vm.definition === null) return;
+function lastLook(
+  vm: VmApplyResult,
+  libvirt: LibvirtPort,
+  running: RunningAfterDefine | undefined,
+): void {
+  if (vm.status !== "changed" || vm.definition === null) return;
+  if (vm.effect !== "next-start" && (vm.effect !== "next-power-off" || running === undefined)) {
+    return;
+  }
   try {
     if (!libvirt.isActive(vm.vm)) return;
+    const runId = running === undefined ? null : readRunId(libvirt, vm.vm);
+    if (running !== undefined && (runId === null || runId === running.runId)) return;
   } catch {
     return;
   }
@@ -639,10 +651,19 @@ function lastLook(vm: VmApplyResult, libvirt: LibvirtPort): void {
   } catch (error) {
     started = { unknown: `its definitions cannot be read: ${errorText(error)}` };
   }
-  const [effect, clause] = startedReport(started);
+  const [effect, clause] = startedReport(started, running !== undefined);
   vm.active = true;
   vm.effect = effect;
-  vm.message += `; ${clause}`;
+  vm.message = `${running?.summary ?? vm.message}; ${clause}`;
+}
+
+/** The ID of the running guest `vm` ({@link LibvirtPort.runId}); `null` when not told. */
+function readRunId(libvirt: LibvirtPort, vm: string): number | null {
+  try {
+    return libvirt.runId?.(vm) ?? null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -787,6 +808,17 @@ async function skipOrAsk(
 interface Applied {
   result: VmApplyResult;
   live: PendingLive | null;
+  /**
+   * For a VM found running after its define and left to its next full power-off: the running
+   * guest's ID then and the define's summary, for {@link lastLook} to tell a restart since.
+   */
+  running?: RunningAfterDefine;
+}
+
+/** See {@link Applied.running}. */
+interface RunningAfterDefine {
+  runId: number;
+  summary: string;
 }
 
 /**
@@ -1084,6 +1116,8 @@ interface Now {
   /** Whether it has a managed save image, which its next start resumes instead of booting. */
   saved: boolean;
   uuid: string;
+  /** The running guest's ID, which tells a restart since (`null`: shut off, or not told). */
+  runId: number | null;
 }
 
 /** Reads `vm` from libvirt again, refusing a transient domain. */
@@ -1092,7 +1126,13 @@ function readNow(vm: VmPlan, libvirt: LibvirtPort): Now | Failure {
   try {
     const secure = libvirt.getPersistentXml(vm.name, { secure: true });
     const active = libvirt.isActive(vm.name);
-    now = { secure, active, saved: false, uuid: parseDomainXml(secure).uuid ?? "" };
+    now = {
+      secure,
+      active,
+      saved: false,
+      uuid: parseDomainXml(secure).uuid ?? "",
+      runId: active ? readRunId(libvirt, vm.name) : null,
+    };
   } catch (error) {
     return {
       code: "read-failed",
@@ -1568,13 +1608,18 @@ function applyVm(
   base.definition = { before: now.secure, after: defined.after };
   // Another client may have started it since it was read shut off (libvirt has no
   // define-if-stopped): before the define it runs the old definition, after it the new one. Or
-  // shut it off since it was read running: there is no guest left to hot-plug into. Not read is
-  // taken as unchanged.
-  let startedSince: StartedWith | null = null;
+  // shut it off since it was read running: there is no guest left to hot-plug into. Or shut it
+  // off and started it again (another guest ID): as started. Not read is taken as unchanged.
+  let startedSince: StartedSince | null = null;
   let stoppedSince = false;
+  let runId: number | null = null;
   try {
     const active = libvirt.isActive(vm.name);
-    if (!now.active && active) startedSince = startedWith(libvirt, vm.name, planned);
+    runId = active ? readRunId(libvirt, vm.name) : null;
+    const restarted = now.active && now.runId !== null && runId !== null && runId !== now.runId;
+    if ((!now.active && active) || restarted) {
+      startedSince = { runs: startedWith(libvirt, vm.name, planned), restarted };
+    }
     stoppedSince = now.active && !active;
   } catch {
     // The define and its read-back succeeded; only this report's wording is at stake.
@@ -1587,6 +1632,7 @@ function applyVm(
     options,
     startedSince,
     stoppedSince,
+    runId,
   });
 }
 
@@ -1596,6 +1642,13 @@ function applyVm(
  * that cannot be told.
  */
 type StartedWith = "new" | "old" | { unknown: string };
+
+/** What a VM started by another client since apply read it runs, and whether it ran then too. */
+interface StartedSince {
+  runs: StartedWith;
+  /** Read running, and shut off and started again since (another guest ID). */
+  restarted: boolean;
+}
 
 /**
  * Which definition `vm`, found running after its define, was started with: told by the PCI
@@ -1631,11 +1684,13 @@ function startedWith(
 }
 
 /**
- * When the change reaches a VM another client started while this apply ran (`started`, see
- * {@link startedWith}), and the clause that says so.
+ * When the change reaches a VM another client started (or, `restarted`, shut off and started
+ * again) while this apply ran (`started`, see {@link startedWith}), and the clause that says so.
  */
-function startedReport(started: StartedWith): [ApplyEffect, string] {
-  const clause = "it was started while this apply ran";
+function startedReport(started: StartedWith, restarted: boolean): [ApplyEffect, string] {
+  const clause = `it was ${
+    restarted ? "shut off and started again" : "started"
+  } while this apply ran`;
   if (started === "new") {
     return ["now", `${clause}, after the define, so the running guest has the change already`];
   }
@@ -1659,16 +1714,18 @@ function startedReport(started: StartedWith): [ApplyEffect, string] {
 function whenItTakesEffect(
   vm: VmPlan,
   plan: Plan,
-  { base, now, added, removed, options, startedSince, stoppedSince }: {
+  { base, now, added, removed, options, startedSince, stoppedSince, runId }: {
     base: VmApplyResult;
     now: Now;
     added: PendingLive["attach"];
     removed: PendingLive["detach"];
     options: ApplyOptions;
-    /** What it runs, when it runs now, read shut off before the define; else `null`. */
-    startedSince: StartedWith | null;
+    /** What it runs, when started (or restarted) since it was read; else `null`. */
+    startedSince: StartedSince | null;
     /** Whether it is shut off now, read running before the define. */
     stoppedSince: boolean;
+    /** The running guest's ID read after the define, when told. */
+    runId: number | null;
   },
 ): Applied {
   const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
@@ -1692,7 +1749,11 @@ function whenItTakesEffect(
     message: `${summary}; it is running, so the change takes effect at its next full power-off`,
   };
   if (options.live !== true || (added.length === 0 && removed.length === 0)) {
-    return { result: running, live: null };
+    return {
+      result: running,
+      live: null,
+      ...(runId === null ? {} : { running: { runId, summary } }),
+    };
   }
   running.live = { detached: [], attached: [], errors: [], refused: false };
   running.message = summary;
@@ -1719,13 +1780,13 @@ function stateChangedSince(
   { base, summary, startedSince, stoppedSince, options }: {
     base: VmApplyResult;
     summary: string;
-    startedSince: StartedWith | null;
+    startedSince: StartedSince | null;
     stoppedSince: boolean;
     options: ApplyOptions;
   },
 ): VmApplyResult | null {
   if (startedSince !== null) {
-    const [effect, clause] = startedReport(startedSince);
+    const [effect, clause] = startedReport(startedSince.runs, startedSince.restarted);
     return { ...base, active: true, effect, message: `${summary}; ${clause}` };
   }
   if (!stoppedSince) return null;

@@ -57,6 +57,11 @@ export interface LibvirtPort {
   /** Whether the domain is running now. */
   isActive(name: string): boolean;
   /**
+   * Optional: the ID of the running guest (`virDomainGetID`), which each start gives anew, so a
+   * guest shut off and started again between two reads has another; `null` when shut off.
+   */
+  runId?(name: string): number | null;
+  /**
    * Optional: whether the domain has a managed save image (`virsh managedsave`), which its next
    * start resumes, with the devices it was saved with, instead of booting its definition.
    */

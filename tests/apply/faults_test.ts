@@ -6,7 +6,12 @@
  */
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
-import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
+import {
+  type Libvirtd,
+  libvirtdUnavailable,
+  startLibvirtd,
+  undefineUnlessIsolated,
+} from "../helpers/libvirtd.ts";
 import { writeTempWorld } from "../helpers/world.ts";
 import { openLibvirtPort } from "../../ffi/port.ts";
 import { Connection } from "../../ffi/connection.ts";
@@ -1046,6 +1051,120 @@ Deno.test({
     assertMatch(
       result.message,
       /; it was started while this apply ran, so it runs without the change until its next full power-off$/,
+    );
+    virsh("destroy", A);
+  },
+});
+
+/**
+ * A daemon whose running `pt-fault-a` holds no hostdev while its definition holds the GTX 1080
+ * (applied while it ran), and a plan that takes the GPU from it, giving it to `pt-fault-b` when
+ * `withB`: the new definition can start on this host (no VFIO here), so a restart shows that the
+ * guest runs it.
+ */
+async function runningWithGpuDefined(
+  daemon: Libvirtd,
+  tree: { sysfs: string },
+  options: { stateDir: string; withB: boolean },
+): Promise<
+  { port: ReturnType<typeof openLibvirtPort>; plan: Plan; virsh: (...args: string[]) => void }
+> {
+  const port = openLibvirtPort(daemon.uri);
+  const virsh = (...args: string[]) => {
+    const out = new Deno.Command("virsh", {
+      args: ["-c", daemon.uri, ...args],
+      stdout: "null",
+      stderr: "piped",
+    }).outputSync();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  };
+  port.define(qemuDomainXml(A).replace(/<graphics[^>]*\/>/, ""));
+  if (options.withB) port.define(qemuDomainXml(B));
+  virsh("start", A);
+  const gpu = await planGpu(A, { sysfs: tree.sysfs, libvirt: port });
+  const given = await applyPlan(gpu, { libvirt: port, stateDir: options.stateDir, confirm: yes });
+  assertEquals([given.changed, given.vms[0]!.effect], [[A], "next-power-off"]);
+  const plan = planHostdevs({
+    config: parseConfig(
+      `version: 1\nvms:\n  ${A}:\n    devices: []\n` +
+        (options.withB
+          ? `  ${B}:\n    devices:\n      - { name: gpu, match: { vendor_device_id: "10de:1b80" } }\n`
+          : ""),
+      { file: "c.yaml" },
+    ),
+    host: await loadHost(tree.sysfs),
+    libvirt: port,
+  });
+  assertEquals([plan.vms[0]!.active, plan.vms[0]!.remove.length], [true, 2]);
+  return { port, plan, virsh };
+}
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: a running VM another client shuts off and starts again right after apply's define is reported running with the change, not at its next full power-off",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    const { port, plan, virsh } = await runningWithGpuDefined(daemon, tree, {
+      stateDir,
+      withB: false,
+    });
+    using _port = port;
+    // `virsh destroy` and `virsh start` land right after apply's define, before its look at A.
+    const racing: LibvirtPort = Object.create(port);
+    let restarted = false;
+    racing.define = (xml) => {
+      port.define(xml);
+      if (restarted) return;
+      restarted = true;
+      virsh("destroy", A);
+      virsh("start", A);
+    };
+    const report = await applyPlan(plan, { libvirt: racing, stateDir, confirm: yes });
+    const result = report.vms[0]!;
+    // Why: the guest now runs the new definition, without the GPU it still had defined before.
+    assertEquals(parseDomainXml(port.getLiveXml!(A)).hostdevs, []);
+    assertEquals([result.status, result.effect, result.active], ["changed", "now", true]);
+    assertMatch(
+      result.message,
+      /\(0 added, 2 removed\); it was shut off and started again while this apply ran, after the define, so the running guest has the change already$/,
+    );
+    virsh("destroy", A);
+  },
+});
+
+Deno.test({
+  name:
+    "applyPlan() on a real libvirtd: a running VM another client shuts off and starts again while a later VM is asked about is reported running with the change, not at its next full power-off",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    const { port, plan, virsh } = await runningWithGpuDefined(daemon, tree, {
+      stateDir,
+      withB: true,
+    });
+    using _port = port;
+    assertEquals(plan.vms.map((vm) => [vm.name, vm.changed]), [[A, true], [B, true]]);
+    // The restart lands while apply asks about B, after its look at A right after A's define.
+    const confirm = (vm: VmPlan): Promise<ConfirmAnswer> => {
+      if (vm.name === B) {
+        virsh("destroy", A);
+        virsh("start", A);
+      }
+      return Promise.resolve("yes");
+    };
+    const report = await applyPlan(plan, { libvirt: port, stateDir, confirm });
+    assertEquals(report.changed, [A, B]);
+    const result = report.vms[0]!;
+    assertEquals(parseDomainXml(port.getLiveXml!(A)).hostdevs, []);
+    assertEquals([result.effect, result.active], ["now", true]);
+    assertMatch(
+      result.message,
+      /\(0 added, 2 removed\); it was shut off and started again while this apply ran, after the define, so the running guest has the change already$/,
     );
     virsh("destroy", A);
   },

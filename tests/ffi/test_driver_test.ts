@@ -68,6 +68,11 @@ Deno.test("Connection.listDomains() lists running and shut-off domains sorted by
     assertEquals(domains.map((d) => d.name), ["gentoo", "win11"]);
     assertEquals(domains.map((d) => d.state()), ["running", "shutoff"]);
     assertEquals(domains.map((d) => d.isActive()), [true, false]);
+    // The running guest's ID is the one its live XML carries; a shut-off domain has none.
+    assertEquals(domains.map((d) => d.id()), [
+      Number(/ id='(\d+)'/.exec(domains[0]!.xml())![1]),
+      null,
+    ]);
     assertEquals(domains.map((d) => d.isPersistent()), [true, true]);
   } finally {
     for (const d of domains) d.free();
@@ -232,6 +237,7 @@ Deno.test("openLibvirtPort() implements LibvirtPort over the test driver", () =>
     { name: "win11", uuid: WIN11_UUID, active: false, persistent: true },
   ]);
   assertEquals(port.isActive("gentoo"), true);
+  assertEquals([typeof port.runId!("gentoo"), port.runId!("win11")], ["number", null]);
   const xml = port.getPersistentXml("win11", { secure: true });
   assertMatch(xml, /passwd='s3cret'/);
   assertEquals(port.getPersistentXml("win11").includes("s3cret"), false);
