@@ -1988,3 +1988,74 @@ Deno.test("applyPlan() leaves a VM another client defined after the failed check
   );
   assertMatch(f.port.getPersistentXml("alpha"), /<description>edited elsewhere<\/description>/);
 });
+
+Deno.test("applyPlan() takes a guest address another client gives an added hostdev sent without one right after its define for libvirt's", async () => {
+  using f = fixture();
+  // The planner sent 0000:01:00.0 without a guest address, for libvirt to place; another client
+  // (a `virsh edit` of the new definition) puts it in slot 9 before apply reads it back. Any
+  // slot is one libvirt could have chosen, and the device is passed as planned: nothing to undo.
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(
+      f.port.getPersistentXml("alpha", { secure: true }).replace(
+        "</source>",
+        "</source><address type='pci' domain='0x0000' bus='0x00' slot='0x09' function='0x0'/>",
+      ),
+    );
+  };
+  const report = await applyPlan(planOf(f.port, [planVm(f.port, "alpha", ["0000:01:00.0"])]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.status, report.vms[0]?.code, report.ok], [
+    "changed",
+    "applied",
+    true,
+  ]);
+  assertEquals(report.vms[0]?.message, `Defined "alpha" (1 added, 0 removed)`);
+  assertMatch(parseDomainXml(f.port.getPersistentXml("alpha")).hostdevs[0]!.xml, /slot='0x09'/);
+});
+
+Deno.test("applyPlan() leaves a VM another client moved a planned guest address of right after its define as it is, and says so", async () => {
+  using f = fixture();
+  // The planner put 0000:01:00.0 in guest slot 5 (function 0 of a multifunction card); another
+  // client moves it to slot 9 before apply reads it back: not the layout planned, and restoring
+  // the backup would lose that client's edit.
+  const guestAddress = { domain: 0, bus: 0, slot: 5, function: 0, multifunction: true };
+  const desiredXml = editDomainXml(f.port.getPersistentXml("alpha", { secure: true }), {
+    remove: [],
+    add: [{ address: "0000:01:00.0", managed: true, guestAddress }],
+    records: [identity("0000:01:00.0")],
+  });
+  let edited = false;
+  const port: LibvirtPort = Object.create(f.port);
+  port.define = (xml) => {
+    f.port.define(xml);
+    if (edited) return;
+    edited = true;
+    f.port.define(
+      f.port.getPersistentXml("alpha", { secure: true }).replace("slot='0x05'", "slot='0x09'"),
+    );
+  };
+  const vm = planVm(f.port, "alpha", ["0000:01:00.0"], { desiredXml });
+  const report = await applyPlan(planOf(f.port, [vm]), {
+    libvirt: port,
+    stateDir: f.stateDir,
+    confirm: yes,
+  });
+  assertEquals([report.vms[0]?.code, report.vms[0]?.restored, report.ok], [
+    "verify-failed",
+    false,
+    false,
+  ]);
+  assertMatch(
+    report.vms[0]!.message,
+    /"0000:01:00\.0" read back other than defined.*; it was left as that client defined it/s,
+  );
+  assertMatch(parseDomainXml(f.port.getPersistentXml("alpha")).hostdevs[0]!.xml, /slot='0x09'/);
+});
