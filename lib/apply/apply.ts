@@ -622,8 +622,9 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
  * ({@link startedWith}), as one caught right after the define is: a start runs the new
  * definition, but a `virsh restore` of a save file made before runs the old one as saved. A
  * start after this look is seen by no one, and the next start it waits for is then that one. Not
- * read is taken as still shut off. So is one found running after the define (`running`), told
- * shut off and started again since by its guest's ID: not read is taken as the same guest.
+ * read is taken as still shut off. One found running after the define (`running`) is looked at
+ * too: shut off since, or shut off and started again (told by its guest's ID; not read is taken
+ * as the same guest).
  */
 function lastLook(
   vm: VmApplyResult,
@@ -635,7 +636,10 @@ function lastLook(
     return;
   }
   try {
-    if (!libvirt.isActive(vm.vm)) return;
+    if (!libvirt.isActive(vm.vm)) {
+      if (running !== undefined) Object.assign(vm, shutOffSince(libvirt, vm.vm, running.summary));
+      return;
+    }
     const runId = running === undefined ? null : readRunId(libvirt, vm.vm);
     if (running !== undefined && (runId === null || runId === running.runId)) return;
   } catch {
@@ -1789,17 +1793,23 @@ function stateChangedSince(
     const [effect, clause] = startedReport(startedSince.runs, startedSince.restarted);
     return { ...base, active: true, effect, message: `${summary}; ${clause}` };
   }
-  if (!stoppedSince) return null;
+  return stoppedSince ? { ...base, ...shutOffSince(options.libvirt, vm.name, summary) } : null;
+}
+
+/**
+ * The report of `vm`, read running and found shut off since (`summary`: its define's): the change
+ * takes effect at its next start, or, when that start resumes a saved state, its next full
+ * power-off.
+ */
+function shutOffSince(
+  libvirt: LibvirtPort,
+  vm: string,
+  summary: string,
+): Pick<VmApplyResult, "active" | "effect" | "message"> {
   const stopped = `${summary}; it was shut off while this apply ran`;
-  return hasSavedState(options.libvirt, vm.name)
-    ? {
-      ...base,
-      active: false,
-      effect: "next-power-off",
-      message: stopped + savedStateNote(vm.name),
-    }
+  return hasSavedState(libvirt, vm)
+    ? { active: false, effect: "next-power-off", message: stopped + savedStateNote(vm) }
     : {
-      ...base,
       active: false,
       effect: "next-start",
       message: `${stopped}, so the change takes effect at its next start`,

@@ -1172,6 +1172,36 @@ Deno.test({
 
 Deno.test({
   name:
+    "applyPlan() on a real libvirtd: a running VM another client shuts off while a later VM is asked about is reported shut off, the change at its next start",
+  ignore: daemonMissing !== null,
+  async fn() {
+    await using daemon = await startLibvirtd({ virtlogd: true });
+    await using tree = await demoTree();
+    const stateDir = `${tree.dir}/state`;
+    const { port, plan, virsh } = await runningWithGpuDefined(daemon, tree, {
+      stateDir,
+      withB: true,
+    });
+    using _port = port;
+    // `virsh destroy A` lands while apply asks about B, after its look at A right after A's define.
+    const confirm = (vm: VmPlan): Promise<ConfirmAnswer> => {
+      if (vm.name === B) virsh("destroy", A);
+      return Promise.resolve("yes");
+    };
+    const report = await applyPlan(plan, { libvirt: port, stateDir, confirm });
+    assertEquals(report.changed, [A, B]);
+    const result = report.vms[0]!;
+    assertEquals([result.effect, result.active], ["next-start", false]);
+    assertMatch(
+      result.message,
+      /\(0 added, 2 removed\); it was shut off while this apply ran, so the change takes effect at its next start$/,
+    );
+    assertEquals(port.isActive(A), false);
+  },
+});
+
+Deno.test({
+  name:
     "rollbackVm() on a real libvirtd: an edit (virsh desc) landing after its last look at the definition, before its define, is not overwritten",
   ignore: daemonMissing !== null,
   async fn() {
