@@ -64,8 +64,9 @@ function definedUuid(
 
 /**
  * For a VM not found at `uri`, the command that reads it where the start guard's VMs are
- * ({@link GUARD_URI}), when `uri` is another libvirt (the user's default, a session): empty
- * when it is the system daemon by any spelling (`+unix`, `socket=`), which was just read.
+ * ({@link GUARD_URI}), when `uri` is another libvirt (the user's default, a session, a private
+ * daemon's socket): empty when it is the system daemon by any spelling (`+unix`, its own socket
+ * named by `socket=`), which was just read.
  */
 function elsewhere(vm: string, uri: string, values: Parsed<typeof GUARD>["values"]): string {
   if (isSystemQemuUri(uri)) return "";

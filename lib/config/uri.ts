@@ -44,15 +44,45 @@ function localDaemon(uri: string): { driver: string; instance: string } | null {
 }
 
 /**
+ * The sockets a system QEMU daemon of this host listens on (libvirt's `remote_sockets.c`:
+ * virtqemud's, or libvirtd's and virtproxyd's, read-write and read-only) under `/run/libvirt` or
+ * its `/var/run` spelling (libvirt's own); the `-admin-sock`s answer no QEMU URI.
+ */
+const SYSTEM_SOCKETS = new Set(
+  ["/run/libvirt", "/var/run/libvirt"].flatMap((dir) =>
+    ["libvirt-sock", "libvirt-sock-ro", "virtqemud-sock", "virtqemud-sock-ro"].map((name) =>
+      `${dir}/${name}`
+    )
+  ),
+);
+
+/**
+ * `path` with its `.`, `..` and repeated slashes taken out, as the kernel reads it when no
+ * component is a link (the sockets' directories are not).
+ */
+function lexicalPath(path: string): string {
+  const parts: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "..") parts.pop();
+    else if (part !== "" && part !== ".") parts.push(part);
+  }
+  return `/${parts.join("/")}`;
+}
+
+/**
  * Whether a libvirt URI reaches this host's system QEMU daemon (`qemu:///system`, also through
- * `+unix` or another `socket=`, or `+tcp`, `+tls` or `+ssh` with no host, which libvirt takes
- * to localhost), whose VM starts run the start guard's hook; a session, the test driver or
- * another driver's VMs never do.
+ * `+unix`, or `+tcp`, `+tls` or `+ssh` with no host, which libvirt takes to localhost), whose VM
+ * starts run the start guard's hook; a session, the test driver or another driver's VMs never do.
+ * A `socket=` (libvirt takes the last, by any case) counts only when it is one of the system
+ * daemon's own: any other is a private daemon's (a container's, a test's), whose hooks directory
+ * and definitions may be its own, and whose policies or allowance in the host hook's state
+ * directory would let the host's VM of the same UUID start unchecked.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(isSystemQemuUri("qemu+unix:///system/?socket=/tmp/s"), true);
+ * assertEquals(isSystemQemuUri("qemu+unix:///system/?socket=/var/run/libvirt/virtqemud-sock"), true);
+ * assertEquals(isSystemQemuUri("qemu+unix:///system/?socket=/tmp/s"), false);
  * assertEquals(isSystemQemuUri("qemu+tls:///system"), true);
  * assertEquals(isSystemQemuUri("qemu:///session"), false);
  * assertEquals(isSystemQemuUri("test:///default"), false);
@@ -61,7 +91,14 @@ function localDaemon(uri: string): { driver: string; instance: string } | null {
  */
 export function isSystemQemuUri(uri: string): boolean {
   const daemon = localDaemon(uri);
-  return daemon?.driver === "qemu" && daemon.instance === "/system";
+  if (daemon?.driver !== "qemu" || daemon.instance !== "/system") return false;
+  const sockets = [...new URL(uri).searchParams].filter(([name]) =>
+    name.toLowerCase() === "socket"
+  );
+  const socket = sockets.at(-1)?.[1];
+  // A relative one is under the directory the program runs in, whichever that is.
+  return socket === undefined ||
+    (socket.startsWith("/") && SYSTEM_SOCKETS.has(lexicalPath(socket)));
 }
 
 /**

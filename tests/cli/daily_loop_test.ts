@@ -18,7 +18,13 @@ import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { recordPolicies, recordRefusals } from "../../lib/guard/state.ts";
 import { guardStartOnTree } from "../helpers/guard_run.ts";
-import { libvirtdUnavailable, relayedRemoteUri, startDemoDaemon } from "../helpers/libvirtd.ts";
+import {
+  asSystemDaemon,
+  type Libvirtd,
+  libvirtdUnavailable,
+  relayedRemoteUri,
+  startDemoDaemon,
+} from "../helpers/libvirtd.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -117,15 +123,20 @@ function installRootHook(dir: string): void {
   );
 }
 
-/** Runs `command` in a private mount namespace whose /etc/libvirt/hooks is `DIR/hooks`. */
+/**
+ * Runs `command` in a private mount namespace whose /etc/libvirt/hooks is `DIR/hooks`, and whose
+ * system daemon (`qemu:///system`) is `daemon` when given.
+ */
 async function inHooksNamespace(
   dir: string,
   command: string[],
   env: Record<string, string>,
+  daemon?: Libvirtd,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   await Deno.mkdir("/etc/libvirt/hooks", { recursive: true });
+  const system = daemon === undefined ? "" : ` && ${asSystemDaemon(daemon).setup}`;
   return await runInPrivateMounts(
-    `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks`,
+    `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks${system}`,
     command,
     env,
   );
@@ -150,16 +161,21 @@ Deno.test({
       );
       // Run as root would, with the hooks directory of its own; --state-dir names the backups.
       const run = (args: string[]) =>
-        inHooksNamespace(dir, [
-          ...cliCommand(),
-          ...args,
-          "--config",
-          config,
-          "--sysfs",
-          `${dir}/sysfs`,
-          "--connect",
-          daemon.uri,
-        ], { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` });
+        inHooksNamespace(
+          dir,
+          [
+            ...cliCommand(),
+            ...args,
+            "--config",
+            config,
+            "--sysfs",
+            `${dir}/sysfs`,
+            "--connect",
+            asSystemDaemon(daemon).uri,
+          ],
+          { NO_COLOR: "1", PASSTHROUGH_STATE_DIR: `${dir}/other` },
+          daemon,
+        );
       const plan = await run(["plan"]);
       assertEquals(plan.code, 0, plan.stderr);
       assertMatch(plan.stdout, /warning \[guard-refused\] The start guard checked "win10" at /);
@@ -340,14 +356,19 @@ Deno.test({
       const warn = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`)
         .replace("  win10:\n", "  win10:\n    guard: warn\n");
       const run = (args: string[]) =>
-        inHooksNamespace(dir, [
-          ...cliCommand(),
-          ...args,
-          "--connect",
-          daemon.uri,
-          "--state-dir",
-          `${dir}/backups`,
-        ], { NO_COLOR: "1" });
+        inHooksNamespace(
+          dir,
+          [
+            ...cliCommand(),
+            ...args,
+            "--connect",
+            asSystemDaemon(daemon).uri,
+            "--state-dir",
+            `${dir}/backups`,
+          ],
+          { NO_COLOR: "1" },
+          daemon,
+        );
       const apply = (text: string) => {
         Deno.writeTextFileSync(config, text);
         return run([
@@ -450,28 +471,33 @@ Deno.test({
       const apply = async (config: string) => {
         Deno.writeTextFileSync(`${dir}/config.yaml`, config);
         await openToAll(`${dir}/config.yaml`);
-        return await inHooksNamespace(dir, [
-          "setpriv",
-          "--reuid=65534",
-          "--regid=65534",
-          "--clear-groups",
-          Deno.execPath(),
-          "run",
-          "--quiet",
-          "--cached-only",
-          ...documentedFlags(),
-          `${dir}/bin/main.js`,
-          "apply",
-          "--yes",
-          "--state-dir",
-          `${dir}/user/state`,
-          "--config",
-          `${dir}/config.yaml`,
-          "--sysfs",
-          `${dir}/sysfs`,
-          "--connect",
-          daemon.uri,
-        ], { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` });
+        return await inHooksNamespace(
+          dir,
+          [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            Deno.execPath(),
+            "run",
+            "--quiet",
+            "--cached-only",
+            ...documentedFlags(),
+            `${dir}/bin/main.js`,
+            "apply",
+            "--yes",
+            "--state-dir",
+            `${dir}/user/state`,
+            "--config",
+            `${dir}/config.yaml`,
+            "--sysfs",
+            `${dir}/sysfs`,
+            "--connect",
+            asSystemDaemon(daemon).uri,
+          ],
+          { NO_COLOR: "1", HOME: `${dir}/user`, DENO_DIR: `${dir}/user/deno` },
+          daemon,
+        );
       };
       const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
       // Nothing to record: applied, with a note that the hook's policies went unchecked.

@@ -35,7 +35,7 @@ import { parseConfig } from "../../lib/config/config.ts";
 import { testDomainXml, worldUri } from "../helpers/world.ts";
 import { pathExists } from "../../lib/state/paths.ts";
 import { buildHostTree } from "../../lib/testing/host_tree.ts";
-import { libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
+import { asSystemDaemon, libvirtdUnavailable, startDemoDaemon } from "../helpers/libvirtd.ts";
 
 /** The libvirt `guard allow` reads the VM it binds an allowance to from (win11 in it). */
 const GUARD_WORLD = worldUri("guard_allow");
@@ -44,8 +44,9 @@ const GUARD_WORLD = worldUri("guard_allow");
 const WIN11_UUID = "0f3c1a52-7d4e-4b8a-9c61-2e5f8a9b0c11";
 
 /**
- * A private system daemon defining {@link GUARD_WORLD}'s VMs under their UUIDs: `guard allow`
- * gives an allowance where the installed hook reads only for the VMs whose starts run it.
+ * A private daemon defining {@link GUARD_WORLD}'s VMs under their UUIDs, reached as the system
+ * daemon through {@link asSystemDaemon}: `guard allow` gives an allowance where the installed hook
+ * reads only for the VMs whose starts run it.
  */
 function startGuardDaemon() {
   return startDemoDaemon({
@@ -746,6 +747,7 @@ Deno.test({
   async fn() {
     // The system daemon's VMs, whose starts the hook guards.
     await using daemon = await startGuardDaemon();
+    const system = asSystemDaemon(daemon);
     const host = loadFixtureHost("x570-aorus-pro-wifi");
     host.host_use = [
       { address: "0000:0b:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" },
@@ -777,10 +779,10 @@ Deno.test({
         "allow",
         "win11",
         "--connect",
-        daemon.uri,
+        system.uri,
         "--hooks-dir",
         hooks,
-      ]);
+      ], { wrap: system.wrap });
       assertMatch(
         allow.stdout,
         /\nNote: its last refusal names 0000:0b:00\.0, which the host needs \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\): an allowance does not let a start take it/,
@@ -882,13 +884,19 @@ Deno.test({
   ignore: libvirtdUnavailable() !== null,
   async fn() {
     await using daemon = await startGuardDaemon();
+    const system = asSystemDaemon(daemon);
     const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
     try {
-      const socket = daemon.uri.split("socket=")[1]!;
-      for (const uri of [daemon.uri, `qemu+unix:///system?socket=${socket}`]) {
+      for (
+        const uri of [
+          system.uri,
+          "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+          "qemu:///system?socket=/var/run/libvirt/libvirt-sock",
+        ]
+      ) {
         const run = await runCli(
           ["guard", "allow", "win1", "-c", uri, "--hooks-dir", `${dir}/qemu.d`],
-          { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } },
+          { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` }, wrap: system.wrap },
         );
         assertEquals([run.code, run.stdout], [1, ""], run.stderr);
         assertMatch(run.stderr, /libvirt defines no VM "win1" \(did you mean "win11"\?\)/);
@@ -896,6 +904,45 @@ Deno.test({
         // reads it there', for the very daemon it had read.
         assertEquals(run.stderr.includes("the start guard's VMs are those of"), false, run.stderr);
       }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "guard allow through a private daemon's socket= never writes where the installed hook reads",
+  ignore: libvirtdUnavailable() !== null,
+  async fn() {
+    // Not the system daemon's socket: its hooks and definitions may be its own (a container's),
+    // and its win11 has the host's win11's UUID.
+    await using daemon = await startGuardDaemon();
+    await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
+    const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
+    try {
+      const hook = await installOnTree(dir, tree.dir);
+      const allow = await runCli(
+        ["guard", "allow", "win11", "-c", daemon.uri, "--hooks-dir", `${dir}/qemu.d`],
+        { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } },
+      );
+      assertEquals([allow.code, allow.stdout], [1, ""], allow.stderr);
+      assertMatch(
+        allow.stderr,
+        new RegExp(
+          `Cannot give an allowance for the VMs of "qemu:///system\\?socket=${daemon.dir}/libvirt-sock" in ${dir}/state: the start guard reads it there for the VMs of qemu:///system, whose VM with UUID ${WIN11_UUID} would start unchecked`,
+        ),
+      );
+      assertEquals(pathExists(`${dir}/state/guard/allow/win11.json`), false);
+      // The host's win11 still starts refused.
+      assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED)).code, 1);
+      // Nor is this daemon's VM sent to the system daemon as if it had been read there.
+      const typo = await runCli(
+        ["guard", "allow", "win1", "-c", daemon.uri, "--hooks-dir", `${dir}/qemu.d`],
+        { env: { PASSTHROUGH_STATE_DIR: `${dir}/state` } },
+      );
+      assertEquals(typo.code, 1, typo.stderr);
+      assertMatch(typo.stderr, /; the start guard's VMs are those of qemu:\/\/\/system: "/);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -941,6 +988,7 @@ Deno.test({
   async fn() {
     // The system daemon's VMs, whose starts the hook guards.
     await using daemon = await startGuardDaemon();
+    const system = asSystemDaemon(daemon);
     await using tree = await tempHostTree(loadFixtureHost("x570-aorus-pro-wifi"));
     const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-cli-" });
     try {
@@ -961,10 +1009,10 @@ Deno.test({
         "allow",
         "win11",
         "--connect",
-        daemon.uri,
+        system.uri,
         "--hooks-dir",
         hooks,
-      ]);
+      ], { wrap: system.wrap });
       assertEquals(allow.code, 0, allow.stderr);
       assertMatch(
         allow.stdout,
@@ -1021,8 +1069,10 @@ Deno.test({
         /\npassthrough guard: an allowance for "win11" was given for another VM defined under that name, not this one \(UUID 0b5c8b0e-3a55-4bd6-9a0c-5c4f5d7e2f11\); it does not count and is used up: run "passthrough guard allow win11 -c qemu:\/\/\/system --state-dir \S+" again to start this one anyway\n$/,
       );
       assertEquals(
-        (await runCli(["guard", "allow", "win11", "--connect", daemon.uri, "--hooks-dir", hooks]))
-          .code,
+        (await runCli(
+          ["guard", "allow", "win11", "--connect", system.uri, "--hooks-dir", hooks],
+          { wrap: system.wrap },
+        )).code,
         0,
       );
       const allowed = await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
@@ -1420,6 +1470,8 @@ Deno.test({
   async fn() {
     // The system daemon's VMs, whose starts the hook guards.
     await using daemon = await startGuardDaemon();
+    const system = asSystemDaemon(daemon);
+    const onSystem = { wrap: system.wrap };
     // libvirt gives hooks its own HOME: the npm cache there may hold nothing. With an allowance or a
     // refusal record in the state directory the check loads the state code, which loaded an npm
     // package, so every start (a VM without a hostdev too) failed with "npm package not found".
@@ -1434,7 +1486,7 @@ Deno.test({
       assertEquals((await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED, home)).code, 1);
       const long = "v".repeat(200);
       assertEquals(
-        (await runCli(["guard", "allow", long, "--connect", daemon.uri, ...common])).code,
+        (await runCli(["guard", "allow", long, "--connect", system.uri, ...common], onSystem)).code,
         0,
       );
       const plain = testDomainXml("plain");
@@ -1466,7 +1518,10 @@ Deno.test({
         (await runHook(hook, ["win11", "prepare", "begin", "-"], damaged, home)).code,
         1,
       );
-      const allow = await runCli(["guard", "allow", "win11", "--connect", daemon.uri, ...common]);
+      const allow = await runCli(
+        ["guard", "allow", "win11", "--connect", system.uri, ...common],
+        onSystem,
+      );
       assertMatch(
         allow.stdout,
         /\nNote: its last start was refused because the domain XML holds passthrough records that cannot be read: a record has a bad address: an allowance does not let a start go on past that \(what could not be read may be a device the host needs\); fix it first\n/,
@@ -1478,11 +1533,11 @@ Deno.test({
         "allow",
         "win11",
         "--connect",
-        daemon.uri,
+        system.uri,
         ...common,
         "--state-dir",
         `${dir}/x`,
-      ]);
+      ], onSystem);
       assertEquals(elsewhere.code, 0, elsewhere.stderr);
       assertMatch(elsewhere.stdout, /\(until \S+; .*\/x\/guard\/allow\/win11\.json\)\n/);
       assertOk(

@@ -13,6 +13,7 @@ import {
   runInPrivateMounts,
 } from "../helpers/cli.ts";
 import {
+  asSystemDaemon,
   type Libvirtd,
   libvirtdUnavailable,
   startDemoDaemon,
@@ -408,6 +409,7 @@ Deno.test({
     await using user = await userHost({ config: true });
     // The system daemon's VMs, whose starts the hook guards.
     await using daemon = await startDemoDaemon();
+    const system = asSystemDaemon(daemon);
     const { dir, asUser } = user;
     Deno.writeTextFileSync(
       `${dir}/config.yaml`,
@@ -438,11 +440,11 @@ Deno.test({
       "--sysfs",
       `${dir}/sysfs`,
       "--connect",
-      daemon.uri,
+      system.uri,
       "--state-dir",
       `${dir}/user/state`,
     ];
-    const bind = `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks`;
+    const bind = `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks && ${system.setup}`;
     const apply = await asUser(args, bind);
     // It said: Start guard policies recorded in …/user/state, where the hook never looks.
     assertEquals(apply.code, 0, apply.stderr);

@@ -26,3 +26,25 @@ Deno.test("a session reached by any local transport or socket is this user's own
     assertEquals(sessionDriver(uri), null, uri);
   }
 });
+
+Deno.test("isSystemQemuUri() counts a socket= only when it is one the system daemon listens on", () => {
+  // Its hooks directory, definitions and state are this host's only on its own sockets.
+  for (
+    const uri of [
+      "qemu:///system?socket=/run/libvirt/libvirt-sock",
+      "qemu+unix:///system?socket=/var/run/libvirt/virtqemud-sock-ro",
+      "qemu:///system?socket=/run//libvirt/./virtqemud-sock",
+      "qemu:///system?socket=%2Frun%2Flibvirt%2Flibvirt-sock-ro",
+      "qemu:///system?socket=/tmp/s&SOCKET=/run/libvirt/libvirt-sock",
+    ]
+  ) assertEquals(isSystemQemuUri(uri), true, uri);
+  for (
+    const uri of [
+      "qemu:///system?socket=/tmp/passthrough-libvirtd-1/libvirt-sock",
+      "qemu+unix:///system?socket=/run/libvirt/libvirt-admin-sock",
+      "qemu:///system?socket=/run/libvirt/x/../../private/libvirt-sock",
+      "qemu:///system?socket=run/libvirt/libvirt-sock",
+      "qemu:///system?Socket=/run/libvirt/libvirt-sock&socket=/srv/ct/libvirt-sock",
+    ]
+  ) assertEquals(isSystemQemuUri(uri), false, uri);
+});

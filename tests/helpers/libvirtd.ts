@@ -393,7 +393,22 @@ export function relayedRemoteUri(daemon: Libvirtd, dir: string, authority: strin
 }
 
 /**
- * A private daemon reached as `qemu:///system?socket=...` (the VMs the hook guards), any user
+ * How a test reaches `daemon` as this host's system daemon, on the system daemon's own socket
+ * (a private daemon's `socket=` is not that, see isSystemQemuUri): in a private mount namespace
+ * whose `/run/libvirt` is the daemon's directory, `qemu:///system`. `setup`: the `sh` command
+ * making it (for runInPrivateMounts, after others); `wrap`: runCli's, running the CLI there.
+ */
+export function asSystemDaemon(daemon: Libvirtd): { uri: string; setup: string; wrap: string[] } {
+  const setup = `mkdir -p /run/libvirt && mount --bind ${shellQuote(daemon.dir)} /run/libvirt`;
+  return {
+    uri: "qemu:///system",
+    setup,
+    wrap: ["unshare", "-m", "--propagation", "private", "sh", "-c", `${setup} && exec "$@"`, "sh"],
+  };
+}
+
+/**
+ * A private daemon reached as `qemu:///system?socket=...` (asSystemDaemon: as the system's), any user
  * may use, defining `vms` (name to uuid; demo/world.xml's by default) shut off, without devices.
  */
 export async function startDemoDaemon(
