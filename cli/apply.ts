@@ -17,7 +17,12 @@ import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan/types.ts";
 import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
 import type { PciAddress } from "../lib/host/types.ts";
 import { parseDomainXml } from "../lib/domain/domain_xml.ts";
-import { acquireConnectionLock, describeHolder, type StateLock } from "../lib/state/lock.ts";
+import {
+  acquireConnectionLock,
+  describeHolder,
+  lockScopeNote,
+  type StateLock,
+} from "../lib/state/lock.ts";
 import { openStateDir, resolveStateDirPath, StateDirError } from "../lib/state/state_dir.ts";
 import { resolve } from "../lib/state/paths.ts";
 import { DEFAULT_KEEP_BACKUPS, MAX_KEEP_BACKUPS } from "../lib/state/backups.ts";
@@ -64,6 +69,8 @@ export async function run({ values }: Parsed<typeof APPLY>, io: CliIo): Promise<
       onConnect: (libvirt) => {
         const state = openStateDir(stateDir);
         held.lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "apply" });
+        const scope = lockScopeNote(held.lock);
+        if (scope !== null) io.err(`${scope}\n`);
       },
     });
     return await applyComputed(computed, {

@@ -14,7 +14,7 @@ import { openLibvirtPort } from "../ffi/port.ts";
 import { connectTarget } from "./connect.ts";
 import { redactedJson } from "../lib/render/redact.ts";
 import { renderDomainDiff } from "../lib/render/diff.ts";
-import { acquireConnectionLock, describeHolder } from "../lib/state/lock.ts";
+import { acquireConnectionLock, describeHolder, lockScopeNote } from "../lib/state/lock.ts";
 import {
   type RollbackPreview,
   rollbackVm,
@@ -214,6 +214,8 @@ export async function run(
   }
   const state = openStateDir(stateDir);
   using lock = acquireConnectionLock(libvirt.uri, { stateDir: state.path, command: "rollback" });
+  const scope = lockScopeNote(lock);
+  if (scope !== null) io.err(`${scope}\n`);
   // From the question to the report: a stop asked for (Ctrl-C, kill, a closed session) waits for
   // the define and its read-back check, so the report still says whether the VM was restored.
   using signals = deferSignals();

@@ -104,6 +104,29 @@ export interface ConnectionLockOptions {
   stateDir: string;
 }
 
+/**
+ * What a run holding `lock` should know of the runs it does not keep out: a lock in the state
+ * directory of a user other than root (who cannot use {@link LOCK_DIR}) excludes neither root's
+ * runs nor those with another state directory on the same libvirt, which may give one device to
+ * two VMs meanwhile. No lock both can take is safe: one any user may open, any user may hold
+ * (`flock` needs only a read), and so keep root's runs out. `null`: a host-wide lock, or the test
+ * driver's (its world is the process's own).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(lockScopeNote({ path: "/run/passthrough/connection-0.lock", uri: "qemu:///system" }), null);
+ * assertEquals(lockScopeNote({ path: "/s/connection-0.lock", uri: "test:///default" }), null);
+ * ```
+ */
+export function lockScopeNote(lock: Pick<StateLock, "path" | "uri">): string | null {
+  if (lock.path.startsWith(`${LOCK_DIR}/`) || lock.uri.startsWith("test:")) return null;
+  const dir = lock.path.slice(0, lock.path.lastIndexOf("/"));
+  return `Note: this run locks ${JSON.stringify(lock.uri)} in ${dir}, not in ${LOCK_DIR} ` +
+    "(root's alone): an apply or rollback by root, or with another state directory, is not kept " +
+    "out meanwhile; run it as root to lock that libvirt for the whole host";
+}
+
 /** `pid 123 on "host" (apply, started ...)`. */
 export function describeHolder(holder: LockHolder | null): string {
   if (holder === null) return "an unknown process";

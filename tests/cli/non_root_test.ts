@@ -5,7 +5,7 @@
  * default. What such a user is told, by `plan` and by `doctor`.
  */
 
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
   canUnshareMounts,
   documentedFlags,
@@ -24,6 +24,7 @@ import { shellQuote } from "../../lib/render/shell.ts";
 import { installHook, renderHookScript } from "../../lib/guard/hook_file.ts";
 import { POLICY_FILE } from "../../lib/guard/layout.ts";
 import { pathExists } from "../../lib/state/paths.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 
 const DEMO = new URL("../../demo/", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -446,10 +447,12 @@ Deno.test({
     ];
     const bind = `mount --bind ${shellQuote(`${dir}/hooks`)} /etc/libvirt/hooks && ${system.setup}`;
     const apply = await asUser(args, bind);
+    // Besides the note that its lock is its state directory's alone.
+    const guardNotes = (stderr: string) => stderr.replace(/^Note: this run locks .*\n/m, "");
     // It said: Start guard policies recorded in …/user/state, where the hook never looks.
     assertEquals(apply.code, 0, apply.stderr);
     assertEquals(
-      apply.stderr,
+      guardNotes(apply.stderr),
       "Note: cannot read the installed hook /etc/libvirt/hooks/qemu.d/50-passthrough-guard " +
         "(permission denied): start guard policies not recorded where it reads them; run " +
         "passthrough apply as root\n",
@@ -458,11 +461,11 @@ Deno.test({
       [...Deno.readDirSync(`${dir}/user/state`)].some((e) => e.name === POLICY_FILE),
       false,
     );
-    // No hook at all: the usual state directory, silently.
+    // No hook at all: the usual state directory, with no note of the guard.
     await Deno.remove(`${dir}/hooks/qemu.d`, { recursive: true });
     const absent = await asUser(args, bind);
     assertEquals(absent.code, 0, absent.stderr);
-    assertEquals(absent.stderr, "");
+    assertEquals(guardNotes(absent.stderr), "");
     assertMatch(
       absent.stdout,
       /^Start guard policies recorded in .*\/user\/state: "gentoo" warn$/m,
@@ -536,5 +539,37 @@ Deno.test({
       /Refusing libvirt URI "qemu\+ext:[^"]*" \(uri_default in \.config\/libvirt\/libvirt\.conf\)/,
     );
     assertEquals(pathExists(mark), false, "libvirt ran the program");
+  },
+});
+
+Deno.test({
+  name:
+    "apply and rollback by a user say that root's runs and other state directories are not locked out",
+  ignore: Deno.uid() !== 0 || !canUnshareMounts() || libvirtdUnavailable() !== null,
+  async fn() {
+    await using user = await userHost({ config: true });
+    // A daemon any user may manage: the user's lock is in its state directory.
+    await using daemon = await startDemoDaemon();
+    const { dir, asUser } = user;
+    const state = ["--state-dir", `${dir}/user/state`];
+    const apply = await asUser([
+      "apply",
+      "--yes",
+      ...state,
+      "--config",
+      `${dir}/config.yaml`,
+      "--sysfs",
+      `${dir}/sysfs`,
+      "--connect",
+      daemon.uri,
+    ]);
+    // It said nothing: root's apply could change the same VMs while this one ran.
+    const note = `Note: this run locks "${lockUri(daemon.uri)}" in ${dir}/user/state, not in ` +
+      "/run/passthrough (root's alone): an apply or rollback by root, or with another state " +
+      "directory, is not kept out meanwhile; run it as root to lock that libvirt for the whole " +
+      "host\n";
+    assertOk(apply.stderr.startsWith(note), apply.stderr);
+    const back = await asUser(["rollback", "win10", "--yes", ...state, "--connect", daemon.uri]);
+    assertOk(back.stderr.startsWith(note), back.stderr);
   },
 });
