@@ -70,6 +70,27 @@ function lexicalPath(path: string): string {
 }
 
 /**
+ * The socket a libvirt URI names with `socket=`, as libvirt reads it: the last one, the name in
+ * any case. `undefined`: none, or not a URI.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(uriSocket("qemu:///system?socket=/a&SOCKET=/b"), "/b");
+ * assertEquals(uriSocket("qemu:///system"), undefined);
+ * ```
+ */
+export function uriSocket(uri: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return undefined;
+  }
+  return [...url.searchParams].filter(([name]) => name.toLowerCase() === "socket").at(-1)?.[1];
+}
+
+/**
  * Whether a libvirt URI reaches this host's system QEMU daemon (`qemu:///system`, also through
  * `+unix`, or `+tcp`, `+tls` or `+ssh` with no host, which libvirt takes to localhost), whose VM
  * starts run the start guard's hook; a session, the test driver or another driver's VMs never do.
@@ -92,10 +113,7 @@ function lexicalPath(path: string): string {
 export function isSystemQemuUri(uri: string): boolean {
   const daemon = localDaemon(uri);
   if (daemon?.driver !== "qemu" || daemon.instance !== "/system") return false;
-  const sockets = [...new URL(uri).searchParams].filter(([name]) =>
-    name.toLowerCase() === "socket"
-  );
-  const socket = sockets.at(-1)?.[1];
+  const socket = uriSocket(uri);
   // A relative one is under the directory the program runs in, whichever that is.
   return socket === undefined ||
     (socket.startsWith("/") && SYSTEM_SOCKETS.has(lexicalPath(socket)));

@@ -6,9 +6,10 @@
  * Which lock: one per connection, named after a hash of its URI in a canonical form
  * (scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
  * without a user name, trailing slashes and every query parameter but `socket` dropped), so
- * `qemu:///system` and `qemu+unix:///system/` share a lock. Two spellings that reach one daemon
- * through different names (`qemu+ssh://host` and `qemu+ssh://alias`, or a socket path given
- * explicitly) cannot be recognised as one host and lock apart.
+ * `qemu:///system` and `qemu+unix:///system/` share a lock, as do `qemu:///system` and a
+ * `socket=` naming one of the system daemon's own sockets. Two spellings that reach one daemon
+ * through different names (`qemu+ssh://host` and `qemu+ssh://alias`, or a socket through a link)
+ * cannot be recognised as one host and lock apart.
  *
  * Where: in `/run/passthrough` (created 0700: on tmpfs, so gone at boot, and
  * writable by root only, so no other user can plant or hold the lock). A process that cannot use
@@ -37,6 +38,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
+import { isSystemQemuUri, uriSocket } from "../config/uri.ts";
 import { errorText } from "../render/error_text.ts";
 import { shellWord } from "../render/shell.ts";
 import { join } from "./paths.ts";
@@ -247,7 +249,8 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
 /**
  * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
  * from a local URI (it is the default transport), host lower-cased without user name, trailing
- * slashes and every query parameter but `socket` (which names another daemon) dropped.
+ * slashes and every query parameter but `socket` (which names another daemon, see
+ * {@link uriSocket}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
  *
  * @example
  * ```ts
@@ -255,6 +258,7 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
  * assertEquals(lockUri("QEMU+unix:///system/"), "qemu:///system");
  * assertEquals(lockUri("qemu+ssh://root@Host:22/system?keyfile=/k"), "qemu+ssh://host:22/system");
  * assertEquals(lockUri("qemu:///system?no_verify=1&socket=/s"), "qemu:///system?socket=/s");
+ * assertEquals(lockUri("qemu:///system?socket=/run/libvirt/libvirt-sock"), "qemu:///system");
  * ```
  */
 export function lockUri(uri: string): string {
@@ -270,9 +274,11 @@ export function lockUri(uri: string): string {
     ? driver
     : `${driver}+${transport}`;
   const path = url.pathname.replace(/\/+$/, "");
-  const socket = url.searchParams.get("socket");
+  // Any of them reaches the one system QEMU driver of this host (libvirtd's, or virtqemud's
+  // through virtproxyd), which two runs by different spellings would otherwise both change.
+  const socket = isSystemQemuUri(uri) ? undefined : uriSocket(uri);
   return `${scheme}://${host}${url.port === "" ? "" : `:${url.port}`}${path}${
-    socket === null ? "" : `?socket=${socket}`
+    socket === undefined ? "" : `?socket=${socket}`
   }`;
 }
 

@@ -589,3 +589,17 @@ Deno.test({
     }
   },
 });
+
+Deno.test("lockUri() is one lock for the system daemon by any of its own sockets, and takes the socket libvirt takes", () => {
+  // Each reaches the one system QEMU driver: two applies by two of them each took a lock.
+  for (
+    const uri of [
+      "qemu:///system?socket=/run/libvirt/libvirt-sock",
+      "qemu+unix:///system?socket=/var/run/libvirt/virtqemud-sock",
+      "qemu:///system?socket=/tmp/private&SOCKET=/run/libvirt/virtqemud-sock",
+    ]
+  ) assertEquals(lockUri(uri), "qemu:///system", uri);
+  // libvirt connects to the last socket= by any case: the lock is that daemon's.
+  assertEquals(lockUri("qemu:///system?socket=/a&socket=/b"), "qemu:///system?socket=/b");
+  assertEquals(lockUri("qemu:///system?Socket=/s"), "qemu:///system?socket=/s");
+});
