@@ -1082,6 +1082,25 @@ interface WalkedRecords {
   uuid: string | null;
 }
 
+/** What {@link walkRecords} knows between two tags. */
+interface RecordsWalk extends WalkedRecords {
+  /** The names of the open elements, the root first. */
+  stack: string[];
+  /** Parallel to `stack`: the prefixes each open element declared, taken back at its end. */
+  declaredBy: string[][];
+  /** Per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost last. */
+  inScope: Map<string, string[]>;
+  /** The records' element's prefix with its colon (`pt:`, or `""`) once found. */
+  ours: string | null;
+  /** Whether the records' element is open (it is then the third on `stack`). */
+  oursOpen: boolean;
+  seenRoot: boolean;
+  /** How many `<metadata>` the root has opened: the strict reader reads records in the first. */
+  metadataSeen: number;
+  /** Whether a tag declares the records' namespace (text that only mentions it does not). */
+  namespaceDeclared: boolean;
+}
+
 /**
  * Walks every tag of `text` (comments, CDATA and processing instructions blanked) and checks
  * that the document is well-formed as far as records depend on it: every `<` starts a tag whose
@@ -1091,23 +1110,19 @@ interface WalkedRecords {
  */
 function walkRecords(text: string): WalkedRecords | string {
   if (!entitiesAreValid(text)) return "";
-  const stack: string[] = [];
-  const records: DeviceIdentity[] = [];
-  const vfRecords: VfIdentity[] = [];
-  /** The records' element's prefix with its colon (`pt:`, or `""`) once found. */
-  let ours: string | null = null;
-  /** Whether the records' element is open (it is then the third on `stack`). */
-  let oursOpen = false;
-  let seenRoot = false;
-  /** How many `<metadata>` the root has opened: the strict reader reads records in the first. */
-  let metadataSeen = 0;
-  /** Whether a tag declares the records' namespace (text that only mentions it does not). */
-  let namespaceDeclared = false;
-  /** Per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost last. */
-  const inScope = new Map<string, string[]>();
-  /** Parallel to `stack`: the prefixes each open element declared, taken back at its end. */
-  const declaredBy: string[][] = [];
-  let uuid: string | null = null;
+  const walk: RecordsWalk = {
+    records: [],
+    vfRecords: [],
+    uuid: null,
+    stack: [],
+    declaredBy: [],
+    inScope: new Map(),
+    ours: null,
+    oursOpen: false,
+    seenRoot: false,
+    metadataSeen: 0,
+    namespaceDeclared: false,
+  };
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
   while (at !== -1) {
@@ -1115,94 +1130,127 @@ function walkRecords(text: string): WalkedRecords | string {
     const tag = TAG_NAME_AT.exec(text);
     if (tag === null) return "";
     const [, slash, name] = tag as unknown as [string, string, string];
-    let after: number;
-    if (slash === "/") {
-      after = endTagEnd(text, TAG_NAME_AT.lastIndex);
-      if (after === -1 || stack.pop() !== name) return "";
-      for (const key of declaredBy.pop()!) inScope.get(key)!.pop();
-      if (stack.length === 2) oursOpen = false;
-    } else {
-      // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
-      const rest = startTagRest(text, TAG_NAME_AT.lastIndex);
-      if (rest === null) return "";
-      if (stack.length === 0 && (seenRoot || name !== "domain")) return "";
-      seenRoot = true;
-      if (stack.length === 1 && name === "metadata") metadataSeen++;
-      const { attributes } = rest;
-      after = rest.end;
-      const declarations = [...attributes.keys()].filter((key) => /^xmlns(:|$)/.test(key));
-      for (const key of declarations) {
-        const value = attributes.get(key)!;
-        namespaceDeclared ||= value === RECORDS_NAMESPACE;
-        const values = inScope.get(key) ?? [];
-        values.push(value);
-        inScope.set(key, values);
-      }
-      const colon = name.indexOf(":");
-      const local = colon === -1 ? name : name.slice(colon + 1);
-      const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
-      const key = prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`;
-      const declared = attributes.get(key);
-      // An element in it, declared on it or on an enclosing element, as the strict reader reads
-      // it: a declaration alone holds no records.
-      if (isOtherRecordsVersion(inScope.get(key)?.at(-1))) {
-        return RECORDS_PROBLEMS.otherVersion;
-      }
-      // A records element in it by an enclosing element's declaration, next to our records element
-      // or not: the strict reader refuses it wherever it is, and so does this one.
-      if (
-        local === "hostdevs" && declared === undefined &&
-        inScope.get(key)?.at(-1) === RECORDS_NAMESPACE
-      ) {
-        return RECORDS_PROBLEMS.namespaceElsewhere;
-      }
-      const opensOurs = local === "hostdevs" && declared === RECORDS_NAMESPACE;
-      if (opensOurs) {
-        if (stack.length !== 2 || stack[1] !== "metadata" || metadataSeen !== 1) {
-          return RECORDS_PROBLEMS.notInMetadata;
-        }
-        if (ours !== null) return RECORDS_PROBLEMS.twoElements;
-        ours = prefix;
-      } else if (oursOpen && stack.length === 3 && name === `${ours}device`) {
-        const record = deviceRecordFrom(attributes);
-        if (typeof record === "string") return record;
-        records.push(record);
-      } else if (oursOpen && stack.length === 3 && name === `${ours}interface`) {
-        const record = vfRecordFrom(attributes);
-        if (typeof record === "string") return record;
-        vfRecords.push(record);
-      }
-      if (!rest.selfClosing) {
-        stack.push(name);
-        declaredBy.push(declarations);
-        oursOpen ||= opensOurs;
-      } else {
-        // A self-closing element's declarations end with it.
-        for (const key of declarations) inScope.get(key)!.pop();
-      }
-    }
+    const after = slash === "/"
+      ? closeTag(walk, text, name, TAG_NAME_AT.lastIndex)
+      : openTag(walk, text, name, TAG_NAME_AT.lastIndex);
+    if (typeof after === "string") return after;
     const next = text.indexOf("<", after);
-    if (slash === "" && name === "uuid" && stack.length === 2 && uuid === null) {
-      uuid = text.slice(after, next === -1 ? undefined : next).trim();
+    const between = text.slice(after, next === -1 ? undefined : next);
+    if (slash === "" && name === "uuid" && walk.stack.length === 2 && walk.uuid === null) {
+      walk.uuid = between.trim();
     }
     // Outside the root only whitespace; after it, nothing but whitespace.
-    if (
-      stack.length === 0 && text.slice(after, next === -1 ? undefined : next).trim()
-    ) {
-      return "";
-    }
-    if (stack.length === 0 && next !== -1) return "";
+    if (walk.stack.length === 0 && (between.trim() || next !== -1)) return "";
     at = next;
   }
-  if (stack.length !== 0 || !seenRoot) return "";
-  // The namespace declared anywhere but on the records' element: records passthrough cannot find.
-  if (ours === null && namespaceDeclared) {
+  if (walk.stack.length !== 0 || !walk.seenRoot) return "";
+  return walkedRecords(walk);
+}
+
+/** The index after the end tag of `name` whose name ends at `from`, or `""` when it does not match. */
+function closeTag(walk: RecordsWalk, text: string, name: string, from: number): number | string {
+  const after = endTagEnd(text, from);
+  if (after === -1 || walk.stack.pop() !== name) return "";
+  for (const key of walk.declaredBy.pop()!) walk.inScope.get(key)!.pop();
+  if (walk.stack.length === 2) walk.oursOpen = false;
+  return after;
+}
+
+/**
+ * The index after the start tag of `name` whose name ends at `from`, its element opened and its
+ * record taken; or why the records cannot be read (`""`: not well-formed).
+ */
+function openTag(walk: RecordsWalk, text: string, name: string, from: number): number | string {
+  // Every tag's attributes are read: a repeated one or a bad entity is not XML either.
+  const rest = startTagRest(text, from);
+  if (rest === null) return "";
+  if (walk.stack.length === 0 && (walk.seenRoot || name !== "domain")) return "";
+  walk.seenRoot = true;
+  if (walk.stack.length === 1 && name === "metadata") walk.metadataSeen++;
+  const declarations = declareNamespaces(walk, rest.attributes);
+  const opensOurs = readRecordsTag(walk, name, rest.attributes);
+  if (typeof opensOurs === "string") return opensOurs;
+  if (!rest.selfClosing) {
+    walk.stack.push(name);
+    walk.declaredBy.push(declarations);
+    walk.oursOpen ||= opensOurs;
+  } else {
+    // A self-closing element's declarations end with it.
+    for (const key of declarations) walk.inScope.get(key)!.pop();
+  }
+  return rest.end;
+}
+
+/** Puts the namespaces a start tag's `attributes` declare in scope; returns their keys. */
+function declareNamespaces(walk: RecordsWalk, attributes: ReadonlyMap<string, string>): string[] {
+  const declarations = [...attributes.keys()].filter((key) => /^xmlns(:|$)/.test(key));
+  for (const key of declarations) {
+    const value = attributes.get(key)!;
+    walk.namespaceDeclared ||= value === RECORDS_NAMESPACE;
+    const values = walk.inScope.get(key) ?? [];
+    values.push(value);
+    walk.inScope.set(key, values);
+  }
+  return declarations;
+}
+
+/**
+ * Reads a start tag as the records see it (its namespaces already in scope): whether it opens the
+ * records' element, having taken the record it is, or why the records cannot be read.
+ */
+function readRecordsTag(
+  walk: RecordsWalk,
+  name: string,
+  attributes: ReadonlyMap<string, string>,
+): boolean | string {
+  const colon = name.indexOf(":");
+  const local = colon === -1 ? name : name.slice(colon + 1);
+  const prefix = colon === -1 ? "" : name.slice(0, colon + 1);
+  const key = prefix === "" ? "xmlns" : `xmlns:${prefix.slice(0, -1)}`;
+  const declared = attributes.get(key);
+  const inForce = walk.inScope.get(key)?.at(-1);
+  // An element in it, declared on it or on an enclosing element, as the strict reader reads
+  // it: a declaration alone holds no records.
+  if (isOtherRecordsVersion(inForce)) return RECORDS_PROBLEMS.otherVersion;
+  // A records element in it by an enclosing element's declaration, next to our records element
+  // or not: the strict reader refuses it wherever it is, and so does this one.
+  if (local === "hostdevs" && declared === undefined && inForce === RECORDS_NAMESPACE) {
     return RECORDS_PROBLEMS.namespaceElsewhere;
   }
-  if (repeatedRecordAddress(records) !== null || repeatedRecordAddress(vfRecords) !== null) {
+  if (local === "hostdevs" && declared === RECORDS_NAMESPACE) {
+    const { stack } = walk;
+    if (stack.length !== 2 || stack[1] !== "metadata" || walk.metadataSeen !== 1) {
+      return RECORDS_PROBLEMS.notInMetadata;
+    }
+    if (walk.ours !== null) return RECORDS_PROBLEMS.twoElements;
+    walk.ours = prefix;
+    return true;
+  }
+  if (!walk.oursOpen || walk.stack.length !== 3) return false;
+  if (name === `${walk.ours}device`) {
+    const record = deviceRecordFrom(attributes);
+    if (typeof record === "string") return record;
+    walk.records.push(record);
+  } else if (name === `${walk.ours}interface`) {
+    const record = vfRecordFrom(attributes);
+    if (typeof record === "string") return record;
+    walk.vfRecords.push(record);
+  }
+  return false;
+}
+
+/** The records of a walk that reached the root's end, or why they cannot be read. */
+function walkedRecords(walk: RecordsWalk): WalkedRecords | string {
+  // The namespace declared anywhere but on the records' element: records passthrough cannot find.
+  if (walk.ours === null && walk.namespaceDeclared) {
+    return RECORDS_PROBLEMS.namespaceElsewhere;
+  }
+  if (
+    repeatedRecordAddress(walk.records) !== null || repeatedRecordAddress(walk.vfRecords) !== null
+  ) {
     return RECORDS_PROBLEMS.twoAddresses;
   }
-  return { records, vfRecords, uuid };
+  return { records: walk.records, vfRecords: walk.vfRecords, uuid: walk.uuid };
 }
 
 /**
