@@ -366,60 +366,9 @@ function now(device: PciDevice, recorded: DeviceIdentity | null): GuardDevice {
  */
 export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
   const { vm } = input;
-  const facts = readDomain(input.xml);
-  const pools = readPools(facts.used.networks, input.networkStatus);
-  const found = readPassed(input, facts);
-  const pooled = pools.pooled.map((p) => ({
-    ...p,
-    device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
-  }));
-  const groups = readGroupMates(input, facts.passed.map((p) => p.address));
-  // Whichever entry libvirt hands the guest, VFIO hands it that entry's group along.
-  const poolGroups = readGroupMates(input, pooled.map((p) => p.address));
-  const passedHere = new Set(facts.passed.map((p) => p.address));
-  const poolMates = poolGroups.mates.filter((m) => !passedHere.has(m.device.address));
-  const devices = new Map<PciAddress, PciDevice>();
-  for (const { device } of [...found, ...pooled, ...groups.mates, ...poolMates]) {
-    if (device) devices.set(device.address, device);
-  }
-  // A PF's VFs go when it leaves its driver: what the host or another VM uses on them counts.
-  for (const vf of found.flatMap(({ device }) => virtualFunctionsOf(input, device))) {
-    if (!devices.has(vf.address)) devices.set(vf.address, vf);
-  }
-  const mates = [...groups.mates, ...poolMates];
-  const hostUse = input.hostUse([...devices.values()], {
-    own: facts.used,
-    groupMates: mates.map((m) => m.device.address),
-  });
-  // The domain's own cards (and its networks' VFs) were asked for: a storage or network
-  // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
-  // or the platform needs is.
-  const matchedCards = new Set(
-    [...found, ...pooled].flatMap(({ device }) => device === null ? [] : [cardOf(device)]),
-  );
-  // Held open by a program, or a VF of it another running VM's, whatever else the host uses it
-  // for: no override lifts that (`plan` refuses the VF's pair with no override, `sriov-split`).
-  const busy = (device: PciDevice) =>
-    hostUse?.find((u) =>
-      (u.address === device.address && u.reason === "gpu-in-use") ||
-      (u.reason === "vm-passed" && device.virtfns.includes(u.address))
-    ) ?? null;
-  // A group goes to one guest at a time: libvirt refuses this start while another has a member.
-  const mateNeeds = (mate: GroupMate) => {
-    const held = hostUse?.find((u) =>
-      u.address === mate.device.address && u.reason === "vm-passed"
-    );
-    return held === undefined
-      ? { held: false, hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }) }
-      : { held: true, hostNeeds: `in use (${held.reason}: ${held.detail})` };
-  };
-  // As `plan` judges what a definition keeps; the refusal names what makes it busy: the VF
-  // another VM was given before the host's use.
-  const hostNeedsOf = (device: PciDevice | null) =>
-    device === null
-      ? null
-      : (busy(device)?.reason === "vm-passed" ? virtualFunctionInUse(device, hostUse) : null) ??
-        passedDeviceHostNeeds(device, hostUse);
+  const read = readStart(input);
+  const { facts, pools, found, pooled, groups, poolGroups, poolMates } = read;
+  const { busy, mateNeeds, hostNeedsOf } = startJudges(read);
   return [
     ...facts.unreadable.map((reason) => unreadableRefusal(vm, reason)),
     ...pools.unreadable.map(({ network, reason }) => unreadableRefusal(vm, reason, network)),
@@ -454,6 +403,90 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
       });
     }),
   ];
+}
+
+/** What {@link checkDomainStart} reads before it judges the start. */
+interface StartReading {
+  facts: DomainFacts;
+  pools: ReturnType<typeof readPools>;
+  /** The devices the domain passes, as they are now. */
+  found: PassedDevice[];
+  /** The entries of its hostdev networks' pools, as they are now. */
+  pooled: (Pooled & { device: PciDevice | null })[];
+  groups: ReturnType<typeof readGroupMates>;
+  poolGroups: ReturnType<typeof readGroupMates>;
+  /** The group mates of pool entries that the domain does not pass itself. */
+  poolMates: GroupMate[];
+  hostUse: readonly HostUse[] | null;
+  /** The cards of the devices the domain asked for ({@link cardOf}). */
+  matchedCards: Set<string>;
+}
+
+/**
+ * Reads the domain, its pools, the functions at their addresses with their groups' mates and
+ * VFs, and what the host uses of all of them.
+ */
+function readStart(input: GuardCheckInput): StartReading {
+  const facts = readDomain(input.xml);
+  const pools = readPools(facts.used.networks, input.networkStatus);
+  const found = readPassed(input, facts);
+  const pooled = pools.pooled.map((p) => ({
+    ...p,
+    device: readDeviceAt(input.reader, input.root, p.address, { details: false, physfn: true }),
+  }));
+  const groups = readGroupMates(input, facts.passed.map((p) => p.address));
+  // Whichever entry libvirt hands the guest, VFIO hands it that entry's group along.
+  const poolGroups = readGroupMates(input, pooled.map((p) => p.address));
+  const passedHere = new Set(facts.passed.map((p) => p.address));
+  const poolMates = poolGroups.mates.filter((m) => !passedHere.has(m.device.address));
+  const devices = new Map<PciAddress, PciDevice>();
+  for (const { device } of [...found, ...pooled, ...groups.mates, ...poolMates]) {
+    if (device) devices.set(device.address, device);
+  }
+  // A PF's VFs go when it leaves its driver: what the host or another VM uses on them counts.
+  for (const vf of found.flatMap(({ device }) => virtualFunctionsOf(input, device))) {
+    if (!devices.has(vf.address)) devices.set(vf.address, vf);
+  }
+  const mates = [...groups.mates, ...poolMates];
+  const hostUse = input.hostUse([...devices.values()], {
+    own: facts.used,
+    groupMates: mates.map((m) => m.device.address),
+  });
+  // The domain's own cards (and its networks' VFs) were asked for: a storage or network
+  // function among them is not "another slot's" (hostCriticalReason's rule); what the host uses
+  // or the platform needs is.
+  const matchedCards = new Set(
+    [...found, ...pooled].flatMap(({ device }) => device === null ? [] : [cardOf(device)]),
+  );
+  return { facts, pools, found, pooled, groups, poolGroups, poolMates, hostUse, matchedCards };
+}
+
+/** How {@link checkDomainStart} judges what it read: what makes a device busy or needed. */
+function startJudges({ hostUse, matchedCards }: StartReading) {
+  // Held open by a program, or a VF of it another running VM's, whatever else the host uses it
+  // for: no override lifts that (`plan` refuses the VF's pair with no override, `sriov-split`).
+  const busy = (device: PciDevice) =>
+    hostUse?.find((u) =>
+      (u.address === device.address && u.reason === "gpu-in-use") ||
+      (u.reason === "vm-passed" && device.virtfns.includes(u.address))
+    ) ?? null;
+  // A group goes to one guest at a time: libvirt refuses this start while another has a member.
+  const mateNeeds = (mate: GroupMate) => {
+    const held = hostUse?.find((u) =>
+      u.address === mate.device.address && u.reason === "vm-passed"
+    );
+    return held === undefined
+      ? { held: false, hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }) }
+      : { held: true, hostNeeds: `in use (${held.reason}: ${held.detail})` };
+  };
+  // As `plan` judges what a definition keeps; the refusal names what makes it busy: the VF
+  // another VM was given before the host's use.
+  const hostNeedsOf = (device: PciDevice | null) =>
+    device === null
+      ? null
+      : (busy(device)?.reason === "vm-passed" ? virtualFunctionInUse(device, hostUse) : null) ??
+        passedDeviceHostNeeds(device, hostUse);
+  return { busy, mateNeeds, hostNeedsOf };
 }
 
 /**
