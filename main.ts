@@ -131,6 +131,53 @@ function unknownCommand(
  * ```
  */
 export async function main(args: string[], terminal: CliIo = defaultIo()): Promise<number> {
+  const line = commandLine(args);
+  const { first, rest, name, operand, flags } = line;
+  const option = (...spellings: string[]) => !operand && spellings.includes(name ?? "");
+  if (name === undefined || name === "help" || option("--help", "-h")) {
+    return print(terminal, "passthrough", usage(), name === undefined ? 2 : 0);
+  }
+  if (name === "version" || option("--version", "-V")) {
+    return print(terminal, "passthrough", `passthrough ${VERSION}\n`, 0);
+  }
+  // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that,
+  // an option written before the command (`--detailed-exitcode plan`) included.
+  const usageCode = asks(line, "--detailed-exitcode") ? 1 : 2;
+  const command: Command | undefined = COMMANDS.find((c) => c.name === name);
+  if (command === undefined) return refuseUnknownCommand(terminal, line, usageCode);
+  // Help wins over any other flag, and needs nothing but the command table.
+  if (first === "help" || flags.includes("--help") || flags.includes("-h")) {
+    return print(terminal, `passthrough ${command.name}`, command.help, 0);
+  }
+  // A script reading --json gets every failure as JSON on stdout, its command line's too: it
+  // parses stdout, and would otherwise find nothing there. Only where the command has JSON output
+  // (`hook`'s counts for each subcommand: the script asked one of them for JSON).
+  const json = asks(line, "--json") && Object.hasOwn(command.flags, "json");
+  let io = outputTo(terminal, terminal.color);
+  try {
+    io = outputTo(terminal, colorChoice(flags, terminal.color));
+    return await command.run(rest, io);
+  } catch (error) {
+    return await reportFailure(error, { command, io, json, usageCode });
+  }
+}
+
+/** The words of a command line as {@link main} reads them, before any command parses its own. */
+interface CommandLine {
+  /** The first word, past a leading "--". */
+  first: string | undefined;
+  /** The words after `first`. */
+  rest: string[];
+  /** The command it names: `first`, or help's topic. */
+  name: string | undefined;
+  /** Whether `name` came after a "--": data, never an option. */
+  operand: boolean;
+  /** The words of `rest` before a "--": the command's flags. */
+  flags: string[];
+}
+
+/** Reads which command `args` names, and which of its words are flags. */
+function commandLine(args: string[]): CommandLine {
   // A "--" first ends the options, as POSIX has it (a wrapper's `passthrough -- "$@"`): the word
   // after it is the command, even one spelt like an option (`-- --help` is no request for help).
   const leading = args[0] === "--";
@@ -140,78 +187,74 @@ export async function main(args: string[], terminal: CliIo = defaultIo()): Promi
   // Before its topic, help takes the options every command takes (`help --color never plan`).
   const topicAt = first === "help" ? pastEveryCommandsOptions(rest) : 0;
   const helpEnds = first === "help" && rest[topicAt] === "--";
-  const operand = leading || helpEnds;
   const topic = rest[topicAt + (helpEnds ? 1 : 0)];
   const name = first === "help" && topic !== undefined ? topic : first;
-  const option = (...spellings: string[]) => !operand && spellings.includes(name ?? "");
-  if (name === undefined || name === "help" || option("--help", "-h")) {
-    return print(terminal, "passthrough", usage(), name === undefined ? 2 : 0);
-  }
-  if (name === "version" || option("--version", "-V")) {
-    return print(terminal, "passthrough", `passthrough ${VERSION}\n`, 0);
-  }
   // Arguments after "--" are data (the hook passes VM names there), never flags.
   const flags = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
-  // Asked for, also written with a value the parser then refuses (`--json=true`, as terraform's
-  // `-detailed-exitcode=true` is written): that script still reads the answer as it asked.
-  const asked = (flag: string) =>
-    [...(operand ? [] : [name]), ...flags].some((f) => f === flag || f.startsWith(`${flag}=`));
-  // Under --detailed-exitcode, 2 means "changes pending": a usage error must not read as that,
-  // an option written before the command (`--detailed-exitcode plan`) included.
-  const usageCode = asked("--detailed-exitcode") ? 1 : 2;
-  const command: Command | undefined = COMMANDS.find((c) => c.name === name);
-  if (command === undefined) {
-    const { message, more, later } = unknownCommand(name, rest, operand);
-    const io = outputTo(terminal, terminal.color);
-    // The script asked the command it names for JSON, and parses stdout (as below).
-    if (asked("--json") && later !== undefined && Object.hasOwn(later.flags, "json")) {
-      try {
-        io.out(errorJson("usage", message));
-      } catch {
-        // Standard output itself failed: the line on stderr says what was wrong.
-      }
+  return { first, rest, name, operand: leading || helpEnds, flags };
+}
+
+/**
+ * Whether `line` asks for `flag`, also written with a value the parser then refuses (`--json=true`,
+ * as terraform's `-detailed-exitcode=true` is written): that script still reads the answer as it
+ * asked.
+ */
+function asks({ name, operand, flags }: CommandLine, flag: string): boolean {
+  return [...(operand || name === undefined ? [] : [name]), ...flags]
+    .some((f) => f === flag || f.startsWith(`${flag}=`));
+}
+
+/** Says that `line` names no command (as JSON too where a script asked for it); returns `code`. */
+function refuseUnknownCommand(terminal: CliIo, line: CommandLine, code: number): number {
+  const { message, more, later } = unknownCommand(line.name!, line.rest, line.operand);
+  const io = outputTo(terminal, terminal.color);
+  // The script asked the command it names for JSON, and parses stdout (as below).
+  if (asks(line, "--json") && later !== undefined && Object.hasOwn(later.flags, "json")) {
+    try {
+      io.out(errorJson("usage", message));
+    } catch {
+      // Standard output itself failed: the line on stderr says what was wrong.
     }
-    io.err(errorText(`passthrough: ${message}\n${more}`));
+  }
+  io.err(errorText(`passthrough: ${message}\n${more}`));
+  return code;
+}
+
+/**
+ * Reports a command's failure: a usage error with the command's help, anything else in one line;
+ * under `--json` (`json`), as JSON on stdout too. Returns the exit code.
+ */
+async function reportFailure(
+  error: unknown,
+  { command, io, json, usageCode }: {
+    command: Command;
+    io: CliIo;
+    json: boolean;
+    usageCode: number;
+  },
+): Promise<number> {
+  const usage = error instanceof UsageError;
+  const system = usage ? { systemHint: null } : await systemHint(error);
+  if (json) {
+    try {
+      io.out(
+        usage
+          ? errorJson("usage", error.message)
+          : isConfigError(error)
+          ? configErrorJson(error)
+          : errorJson("runtime", describeError(error, system)),
+      );
+    } catch {
+      // Standard output itself failed (`> /dev/full`): the line on stderr below says so, where
+      // a second throw would end the process with a stack trace.
+    }
+  }
+  if (usage) {
+    io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
     return usageCode;
   }
-  // Help wins over any other flag, and needs nothing but the command table.
-  if (first === "help" || flags.includes("--help") || flags.includes("-h")) {
-    return print(terminal, `passthrough ${command.name}`, command.help, 0);
-  }
-  // A script reading --json gets every failure as JSON on stdout, its command line's too: it
-  // parses stdout, and would otherwise find nothing there. Only where the command has JSON output
-  // (`hook`'s counts for each subcommand: the script asked one of them for JSON).
-  const json = asked("--json") && Object.hasOwn(command.flags, "json");
-  let io = outputTo(terminal, terminal.color);
-  try {
-    io = outputTo(terminal, colorChoice(flags, terminal.color));
-    return await command.run(rest, io);
-  } catch (error) {
-    const usage = error instanceof UsageError;
-    const system = usage ? { systemHint: null } : await systemHint(error);
-    if (json) {
-      try {
-        io.out(
-          usage
-            ? errorJson("usage", error.message)
-            : isConfigError(error)
-            ? configErrorJson(error)
-            : errorJson("runtime", describeError(error, system)),
-        );
-      } catch {
-        // Standard output itself failed (`> /dev/full`): the line on stderr below says so, where
-        // a second throw would end the process with a stack trace.
-      }
-    }
-    if (usage) {
-      io.err(errorText(`passthrough ${command.name}: ${error.message}\n\n${command.help}`));
-      return usageCode;
-    }
-    io.err(
-      errorText(`passthrough ${command.name}: ${describeError(error, system)}\n`),
-    );
-    return 1;
-  }
+  io.err(errorText(`passthrough ${command.name}: ${describeError(error, system)}\n`));
+  return 1;
 }
 
 /**
