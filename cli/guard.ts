@@ -112,11 +112,41 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
   const [vm] = positionals;
   const hooksDir = values["hooks-dir"] ?? DEFAULT_HOOKS_DIR;
   const { uuid, uri } = definedUuid(values, vm, io);
-  const system = isSystemQemuUri(uri);
   const { stateDir, hook } = allowanceDir(values, { uri, uuid, hooksDir }, io);
-  let written: ReturnType<typeof allowNextStart>;
+  const { allowance, path } = writeAllowance(stateDir, vm, uuid);
+  // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
+  // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
+  // the next refusal.
+  io.out(
+    `The next start of ${
+      JSON.stringify(vm)
+    } (UUID ${uuid}) goes on once even if the guard refuses it, and ` +
+      `uses this allowance up even if libvirt, QEMU or another hook then fails it ` +
+      `(until ${allowance.expires}; ${path})\n`,
+  );
+  noteLastRefusals(io, stateDir, vm);
+  if (hook === null) {
+    io.out(`Note: no start guard is installed in ${hooksDir}\n`);
+  } else if (hook.stateDir !== stateDir) {
+    io.out(
+      `Note: the installed hook reads ${hook.stateDir}, not ${stateDir}${
+        isSystemQemuUri(uri)
+          ? ""
+          : `, and guards the VMs of ${GUARD_URI}, not those of "${redactSecrets(uri)}"`
+      }\n`,
+    );
+  }
+  return Promise.resolve(0);
+}
+
+/** Records the allowance for the next start of `vm` (UUID `uuid`) in `stateDir`. */
+function writeAllowance(
+  stateDir: string,
+  vm: string,
+  uuid: string,
+): ReturnType<typeof allowNextStart> {
   try {
-    written = allowNextStart(stateDir, vm, { uuid });
+    return allowNextStart(stateDir, vm, { uuid });
   } catch (error) {
     // A full or read-only disk: the system's words alone do not say that nothing was allowed,
     // and an allowance given earlier (within the hour) still lets the next start go on.
@@ -130,17 +160,13 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
       { cause: error },
     );
   }
-  const { allowance, path } = written;
-  // The hook takes it at prepare begin and cannot learn what comes after: a start libvirt,
-  // QEMU or a later hook then fails has used it, which the user would otherwise learn only from
-  // the next refusal.
-  io.out(
-    `The next start of ${
-      JSON.stringify(vm)
-    } (UUID ${uuid}) goes on once even if the guard refuses it, and ` +
-      `uses this allowance up even if libvirt, QEMU or another hook then fails it ` +
-      `(until ${allowance.expires}; ${path})\n`,
-  );
+}
+
+/**
+ * Notes what an allowance does not lift in the guard's last refusal of `vm` (a device the host
+ * needs, something it could not read), or that the guard recorded none for it.
+ */
+function noteLastRefusals(io: CliIo, stateDir: string, vm: string): void {
   // The records only inform: once the allowance is written, the command has done what it says.
   let records: GuardRefusalRecord[] | null = null;
   try {
@@ -178,14 +204,4 @@ export function run({ values, positionals }: Parsed<typeof GUARD>, io: CliIo): P
       }\n`,
     );
   }
-  if (hook === null) {
-    io.out(`Note: no start guard is installed in ${hooksDir}\n`);
-  } else if (hook.stateDir !== stateDir) {
-    io.out(
-      `Note: the installed hook reads ${hook.stateDir}, not ${stateDir}${
-        system ? "" : `, and guards the VMs of ${GUARD_URI}, not those of "${redactSecrets(uri)}"`
-      }\n`,
-    );
-  }
-  return Promise.resolve(0);
 }
