@@ -388,21 +388,22 @@ export function checkDomainStart(input: GuardCheckInput): GuardRefusal[] {
     ...groups.others.flatMap((other) =>
       otherMemberRefusal(other, { vm, passed: found.find((f) => f.address === other.of)! })
     ),
-    ...poolGroups.others.flatMap((other) => {
-      const { network, device } = pooled.find((p) => p.address === other.of)!;
-      const entry = { address: other.of, element: "network" as const, device, recorded: null };
-      return otherMemberRefusal(other, { vm, passed: { ...entry, vf: undefined, network } });
-    }),
-    ...poolMates.flatMap((mate) => {
-      const { network, device } = pooled.find((p) => p.address === mate.of)!;
-      const entry = { address: mate.of, element: "network" as const, device, recorded: null };
-      return groupRefusal(mate, {
-        vm,
-        passed: { ...entry, vf: undefined, network },
-        ...mateNeeds(mate),
-      });
-    }),
+    ...poolGroups.others.flatMap((other) =>
+      otherMemberRefusal(other, { vm, passed: poolEntry(pooled, other.of) })
+    ),
+    ...poolMates.flatMap((mate) =>
+      groupRefusal(mate, { vm, passed: poolEntry(pooled, mate.of), ...mateNeeds(mate) })
+    ),
   ];
+}
+
+/** The pool entry at `address` as a passed device: its network's, recorded by no record. */
+function poolEntry(
+  pooled: StartReading["pooled"],
+  address: PciAddress,
+): PassedDevice & { network: string } {
+  const { network, device } = pooled.find((p) => p.address === address)!;
+  return { address, element: "network", device, recorded: null, vf: undefined, network };
 }
 
 /** What {@link checkDomainStart} reads before it judges the start. */
@@ -606,10 +607,8 @@ function groupRefusal(
   if (!held && !bound && hostNeeds === null) return [];
   const owner = passed.recorded ?? passed.vf?.pf ?? null;
   const { network } = passed;
-  const entry = network === undefined
-    ? `${elementWords(passed.element)} ${of}'s`
-    : `hostdev network ${JSON.stringify(network)} lists ${of}, whose`;
-  const holds = `${entry} IOMMU group ${group} also holds ${member.address}, ${
+  const whose = groupOwnerWords(passed, of);
+  const holds = `${whose} IOMMU group ${group} also holds ${member.address}, ${
     describeIdentity({ ...member, driver: member.driver ?? "none" })
   }, which ${JSON.stringify(vm)} does not pass`;
   const needs = hostNeeds === null ? "" : `; ${held ? "it is" : "the host needs it:"} ${hostNeeds}`;
@@ -655,6 +654,13 @@ function groupRefusal(
   }];
 }
 
+/** Whose IOMMU group a group refusal names: the element's at `of`, or its hostdev network's. */
+function groupOwnerWords(passed: PassedDevice & { network?: string }, of: PciAddress): string {
+  return passed.network === undefined
+    ? `${elementWords(passed.element)} ${of}'s`
+    : `hostdev network ${JSON.stringify(passed.network)} lists ${of}, whose`;
+}
+
 /**
  * The refusal for a non-PCI member of a passed device's group (an ACPI or platform device) on a
  * host driver ({@link hostDriverOf}): libvirt's start fails. An unbound one is none of the guest's.
@@ -667,9 +673,7 @@ function otherMemberRefusal(
   const driver = hostDriverOf(member);
   if (driver === null) return [];
   const { network } = passed;
-  const entry = network === undefined
-    ? `${elementWords(passed.element)} ${of}'s`
-    : `hostdev network ${JSON.stringify(network)} lists ${of}, whose`;
+  const whose = groupOwnerWords(passed, of);
   return [{
     vm,
     kind: "not-viable",
@@ -680,7 +684,7 @@ function otherMemberRefusal(
     recorded: passed.recorded ?? passed.vf?.pf ?? null,
     hostNeeds: null,
     group: { number: group, member: name, driver },
-    reason: `${entry} IOMMU group ${group} also holds ${name} (bus ${bus}, driver ${driver}), ` +
+    reason: `${whose} IOMMU group ${group} also holds ${name} (bus ${bus}, driver ${driver}), ` +
       `no PCI device: VFIO hands a guest none, but the start fails ("group ${group} is not ` +
       `viable") while a host driver holds it`,
     fix: network !== undefined
