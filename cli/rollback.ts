@@ -17,6 +17,7 @@ import { renderDomainDiff } from "../lib/render/diff.ts";
 import { acquireConnectionLock, describeHolder, lockScopeNote } from "../lib/state/lock.ts";
 import {
   type RollbackPreview,
+  type RollbackReport,
   rollbackVm,
   type StartAllowance,
   type StartRefusal,
@@ -239,20 +240,7 @@ export async function run(
       // Through the reader `apply`'s hardware re-check uses (its group as discovery reads it).
       readDevice: hostDeviceReader(undefined),
     }),
-    confirm: values.yes
-      ? (preview) => {
-        if (!values.json) showRollback(io, preview, values["show-secrets"]);
-        return Promise.resolve(true);
-      }
-      : (preview) => {
-        // Only once there is a question: a VM with no backup, or one that already has the
-        // backup's definition, is said so without a terminal, and --yes would change nothing.
-        if (!io.interactive) {
-          // A runtime error (exit 1): the command line is right, this run has no terminal.
-          throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
-        }
-        return askRollback(io, preview, values["show-secrets"]);
-      },
+    confirm: rollbackConfirm(values, io),
   }).catch((error) => {
     throw error instanceof BackupNotFoundError && error.ref === null
       ? unknownVmError(vm, state.path, libvirt.listDomains().map((d) => d.name))
@@ -261,18 +249,7 @@ export async function run(
   if (report.brokeStaleLock !== null) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
   }
-  if (values.json) {
-    io.out(values["show-secrets"] ? `${JSON.stringify(report, null, 2)}\n` : redactedJson(report));
-  } else {
-    io.out(`${report.message}\n`);
-    if (report.safetyBackup !== null) {
-      // Written before a failed define too: then it may have replaced nothing.
-      const which = report.status === "restored"
-        ? "The replaced definition"
-        : "The definition shown";
-      io.out(`${which} was backed up as "${report.safetyBackup.id}"\n`);
-    }
-  }
+  printReport(io, report, values);
   // Also one that came during the define, seen only now.
   const stop = await signals.check(true);
   if (stop !== null) {
@@ -280,4 +257,47 @@ export async function run(
     return signals.status;
   }
   return report.status === "failed" || report.status === "unknown" ? 1 : 0;
+}
+
+/**
+ * How the rollback is confirmed: with `--yes`, by showing what it changes (not under `--json`);
+ * else by asking on the terminal.
+ */
+function rollbackConfirm(
+  values: Parsed<typeof ROLLBACK>["values"],
+  io: CliIo,
+): (preview: RollbackPreview) => Promise<boolean> {
+  const showSecrets = values["show-secrets"];
+  return values.yes
+    ? (preview) => {
+      if (!values.json) showRollback(io, preview, showSecrets);
+      return Promise.resolve(true);
+    }
+    : (preview) => {
+      // Only once there is a question: a VM with no backup, or one that already has the
+      // backup's definition, is said so without a terminal, and --yes would change nothing.
+      if (!io.interactive) {
+        // A runtime error (exit 1): the command line is right, this run has no terminal.
+        throw new Error("No terminal to confirm on: pass --yes to roll back without asking");
+      }
+      return askRollback(io, preview, showSecrets);
+    };
+}
+
+/** Prints `report`: as JSON under `--json`, else its message and the safety backup written. */
+function printReport(
+  io: CliIo,
+  report: RollbackReport,
+  values: Parsed<typeof ROLLBACK>["values"],
+): void {
+  if (values.json) {
+    io.out(values["show-secrets"] ? `${JSON.stringify(report, null, 2)}\n` : redactedJson(report));
+    return;
+  }
+  io.out(`${report.message}\n`);
+  if (report.safetyBackup !== null) {
+    // Written before a failed define too: then it may have replaced nothing.
+    const which = report.status === "restored" ? "The replaced definition" : "The definition shown";
+    io.out(`${which} was backed up as "${report.safetyBackup.id}"\n`);
+  }
 }
