@@ -159,23 +159,27 @@ function planSelected(
     ...(guard === undefined ? {} : { guard }),
     ...(config.section === undefined ? {} : { section: config.section.host }),
   });
-  if (dropped) {
-    const hosts = config.section !== undefined && Object.hasOwn(config.section.elsewhere, name)
-      ? config.section.elsewhere[name]!
-      : null;
-    plan.reasoning.unshift(
-      hosts === null
-        ? `VM "${name}" is no longer in config "${config.file}"${
-          config.section === undefined ? "" : ` for host "${config.section.host}"`
-        }: the hostdevs passthrough added are removed (hand-added ones stay)`
-        : `VM "${name}" is planned only on ${
-          hosts.map((h) => `"${h}"`).join(", ")
-        } in config "${config.file}", not on "${
-          config.section!.host
-        }": the hostdevs passthrough added here are removed (hand-added ones stay)`,
-    );
-  }
+  if (dropped) plan.reasoning.unshift(droppedReason(name, config));
   return plan;
+}
+
+/**
+ * Why VM `name`, defined but not in `config` (for this host), is planned: the hostdevs passthrough
+ * added are removed, whether it left the config or is planned on other hosts only.
+ */
+function droppedReason(name: string, config: SettleInput["config"]): string {
+  const hosts = config.section !== undefined && Object.hasOwn(config.section.elsewhere, name)
+    ? config.section.elsewhere[name]!
+    : null;
+  return hosts === null
+    ? `VM "${name}" is no longer in config "${config.file}"${
+      config.section === undefined ? "" : ` for host "${config.section.host}"`
+    }: the hostdevs passthrough added are removed (hand-added ones stay)`
+    : `VM "${name}" is planned only on ${
+      hosts.map((h) => `"${h}"`).join(", ")
+    } in config "${config.file}", not on "${
+      config.section!.host
+    }": the hostdevs passthrough added here are removed (hand-added ones stay)`;
 }
 
 /**
