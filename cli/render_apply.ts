@@ -47,8 +47,8 @@ function vmCounts(
   plan: Plan | undefined,
 ): { add: number; remove: number; moved: number } {
   const vm = plan?.vms.find((v) => v.name === result.vm);
-  const moves = vm === undefined ? 0 : repairView(vm).move.length;
-  return hostdevCounts(moves, result.added.length, result.removed.length);
+  const moves = vm === undefined ? [] : repairView(vm).move;
+  return hostdevCounts(moves, result.added, result.removed);
 }
 
 /** `(+1 -0 hostdevs, 2 moved)`. */

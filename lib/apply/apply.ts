@@ -1553,12 +1553,22 @@ function applyRepair(
  * The report's line and the define's message both count with this.
  */
 export function hostdevCounts(
-  moves: number,
-  added: number,
-  removed: number,
+  moves: readonly { from: PciAddress; to: PciAddress }[],
+  added: readonly PciAddress[],
+  removed: readonly PciAddress[],
 ): { add: number; remove: number; moved: number } {
-  const moved = Math.min(moves, added, removed);
-  return { add: added - moved, remove: removed - moved, moved };
+  // Of cards moved one bus on, each came to the address the next one left: only the ends of the
+  // chain are an address added and one removed.
+  const froms = new Set(moves.map((m) => m.from));
+  const tos = new Set(moves.map((m) => m.to));
+  const done = moves.filter((m) =>
+    (added.includes(m.to) || froms.has(m.to)) && (removed.includes(m.from) || tos.has(m.from))
+  );
+  return {
+    add: added.filter((a) => !done.some((m) => m.to === a)).length,
+    remove: removed.filter((a) => !done.some((m) => m.from === a)).length,
+    moved: done.length,
+  };
 }
 
 /** Defines one confirmed VM of `plan`; never throws. */
@@ -1732,7 +1742,7 @@ function whenItTakesEffect(
     runId: number | null;
   },
 ): Applied {
-  const n = hostdevCounts(vm.move.length, base.added.length, base.removed.length);
+  const n = hostdevCounts(vm.move, base.added, base.removed);
   const summary = `Defined "${vm.name}" (${n.add} added, ${n.remove} removed${
     n.moved > 0 ? `, ${n.moved} moved` : ""
   })`;

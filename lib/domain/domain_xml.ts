@@ -1479,6 +1479,10 @@ function moveSplices(
   const held = heldAddresses({ ...located, hostdevs: located.hostdevs.map((s) => s.hostdev) });
   const present = new Set(held.filter((a) => !removing.has(a)));
   const splices: Splice[] = [];
+  // Moves happen at once: a card may move to the address another card moves away from (new
+  // hardware shifting the buses moves each card one bus on).
+  const targets: [PciAddress, (why: string, address: PciAddress) => DomainEditError, PciAddress][] =
+    [];
   for (const move of moves) {
     const from = canonicalPciAddress(move.from);
     const to = canonicalPciAddress(move.to);
@@ -1491,13 +1495,11 @@ function moveSplices(
         `Cannot move hostdev "${from}" of "${located.name}" to "${to}": ${why}`,
         address,
       );
-    if (sites.length !== 1 || !present.has(from)) {
+    if (sites.length !== 1 || !present.has(from) || targets.some(([, , f]) => f === from)) {
       throw refuse("the domain does not have it once, or it is also removed", from);
     }
     if (!sites[0]!.hostdev.owned) throw refuse("it was not added by passthrough", from);
-    if (present.has(to)) throw refuse("the domain already has that address", to);
-    present.delete(from);
-    present.add(to);
+    targets.push([to, refuse, from]);
     const source = sites[0]!.span.children.find((c) => c.name === "source");
     const address = source?.children.find((c) => c.name === "address");
     if (address === undefined) throw refuse("it has no <source><address>", from);
@@ -1508,6 +1510,11 @@ function moveSplices(
       text:
         `<address domain='${a.domain}' bus='${a.bus}' slot='${a.slot}' function='${a.function}'/>`,
     });
+  }
+  for (const move of moves) present.delete(canonicalPciAddress(move.from)!);
+  for (const [to, refuse] of targets) {
+    if (present.has(to)) throw refuse("the domain already has that address", to);
+    present.add(to);
   }
   return { splices, present };
 }

@@ -107,6 +107,11 @@ interface Edit {
   /** Kept hostdevs whose record names another rule now, by `"old\0new"` rule names. */
   readonly renamed: Map<string, PciAddress[]>;
   /**
+   * Owned hostdevs whose recorded card moved on while another wanted card moved in (new hardware
+   * shifted the buses): each follows its own card, not the address.
+   */
+  readonly displaced: Set<PciAddress>;
+  /**
    * Owned hostdevs rewritten only for their rule's `multifunction` turned on, with the reasoning
    * line that says so: kept as they are when no guest slot is free for their card.
    */
@@ -327,8 +332,24 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
   if (!edit.relayout.has(address)) plan.reasoning.push(why);
 }
 
+/**
+ * Whether the card recorded at `have`'s address, now holding another wanted device, is proven to
+ * sit at another address its rule wants ({@link findMovedCard}): a card added before it shifted
+ * the buses, so each card moved one bus on. Keeping the hostdev for the device now there would
+ * hand it the guest address of the card that left, and show the moves as drift.
+ */
+function cardMovedOn(edit: Edit, have: DomainHostdev, context: VmContext): boolean {
+  const record = edit.domain.records.find((r) => r.address === have.address);
+  const now = context.byAddress.get(have.address);
+  if (record === undefined || now === undefined || sameIdentityAsRead(record, now)) return false;
+  const candidates = [...edit.desired.values()].filter((c) =>
+    c.rule.name === record.rule && c.device.address !== have.address
+  );
+  return findMovedCard(record, have.address, candidates, context.host) !== undefined;
+}
+
 /** Every wanted device: added, kept as written (hand-added or an interface), kept or rewritten. */
-function takeWanted(edit: Edit): void {
+function takeWanted(edit: Edit, context: VmContext): void {
   const { plan, domain } = edit;
   const existing = new Map(domain.hostdevs.map((h) => [h.address, h]));
   for (const [address, closed] of edit.desired) {
@@ -359,7 +380,13 @@ function takeWanted(edit: Edit): void {
       kept("a <disk type='nvme'>", "not added twice");
     } else if (have === undefined) edit.toAdd.push(closed);
     else if (!have.owned) kept("a hand-added hostdev", "not taken over");
-    else keepOrRewrite(edit, have, closed);
+    else if (cardMovedOn(edit, have, context)) {
+      // Written again from its rule; `releaseUnwanted` follows the card recorded here.
+      edit.displaced.add(address);
+      edit.remove.add(address);
+      edit.toAdd.push(closed);
+      edit.records.push(identityOf(closed.device, closed.rule.name, domain.records));
+    } else keepOrRewrite(edit, have, closed);
   }
   for (const [key, addresses] of edit.renamed) {
     const [was, now] = key.split("\0");
@@ -392,7 +419,9 @@ function releaseUnwanted(edit: Edit, context: VmContext): void {
   // Hostdevs removed although their card is still there, by the rule that recorded them.
   const dropped = new Map<string, PciAddress[]>();
   for (const have of domain.hostdevs) {
-    if (!have.owned || edit.desired.has(have.address)) continue;
+    if (!have.owned || (edit.desired.has(have.address) && !edit.displaced.has(have.address))) {
+      continue;
+    }
     edit.remove.add(have.address);
     const record = domain.records.find((r) => r.address === have.address);
     if (record === undefined) continue;
@@ -725,7 +754,9 @@ function finishEdit(edit: Edit, xml: string, active: boolean | null): VmPlan {
   const fresh = toAdd.filter((c) =>
     !movedTo.has(c.device.address) && !remove.has(c.device.address)
   );
-  const rewritten = toAdd.filter((c) => remove.has(c.device.address));
+  const rewritten = toAdd.filter((c) =>
+    remove.has(c.device.address) && !movedTo.has(c.device.address)
+  );
   for (const closed of [...fresh, ...rewritten]) {
     plan.add.push(planned(closed, layout.specs.get(closed.device.address)!, edit));
   }
@@ -825,8 +856,9 @@ export function planVm(
     rules: new Set(resolution.rules.map((r) => r.rule.name)),
     renamed: new Map(),
     relayout: new Map(),
+    displaced: new Set(),
   };
-  takeWanted(edit);
+  takeWanted(edit, context);
   releaseUnwanted(edit, context);
   return finishEdit(edit, xml, context.active);
 }

@@ -515,8 +515,8 @@ function renumbered() {
 }
 
 Deno.test("planHostdevs() follows each port of a dual-port NIC with one serial to its own function", async () => {
-  // Port 0's old address now holds the drive, so port 1's hostdev is followed first: it must
-  // find port 1 (09:00.1), not the first function with the serial (09:00.0).
+  // Port 0's old address now holds the drive: each card is followed from where it was, port 1
+  // to port 1 (09:00.1), not to the first function with the serial (09:00.0).
   const { before, after } = renumbered();
   await withPort([WIN10], (libvirt) => {
     const applied = vmOf(planHostdevs({ config: diskAndNic(), host: before, libvirt }), "win10");
@@ -525,15 +525,18 @@ Deno.test("planHostdevs() follows each port of a dual-port NIC with one serial t
     const vm = vmOf(planHostdevs({ config: diskAndNic(), host: after, libvirt }), "win10");
     assertEquals(vm.errors, []);
     assertEquals(vm.move.map((m) => [m.from, m.to, m.evidence]), [
+      ["0000:07:00.0", "0000:08:00.0", "same IDs and serial"],
+      ["0000:08:00.0", "0000:09:00.0", "same IDs and serial"],
       ["0000:08:00.1", "0000:09:00.1", "same IDs and serial"],
     ]);
-    assertEquals(vm.add.map((a) => a.address), ["0000:09:00.0"]);
+    assertEquals([vm.add, vm.remove], [[], []]);
   });
 });
 
 Deno.test("planHostdevs() keeps a moved multifunction card whole in its guest slot when a port's old address holds another device", async () => {
-  // Port 0's old address holds the drive now: port 1 is followed, port 0 is new to the plan.
-  // Both take the slot the card had, at their function numbers, function 0 marked multifunction.
+  // Port 0's old address holds the drive now: each card is followed from where it was.
+  // Both ports take the slot the card had, at their function numbers, function 0 marked
+  // multifunction.
   const { before, after } = renumbered();
   const together = diskAndNic("        multifunction: true\n");
   await withPort([WIN10], (libvirt) => {
