@@ -476,9 +476,14 @@ function startJudges({ hostUse, matchedCards }: StartReading) {
     const held = hostUse?.find((u) =>
       u.address === mate.device.address && u.reason === "vm-passed"
     );
+    const used = hostUse?.some((u) => u.address === mate.device.address) ?? false;
     return held === undefined
-      ? { held: false, hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }) }
-      : { held: true, hostNeeds: `in use (${held.reason}: ${held.detail})` };
+      ? {
+        held: false,
+        used,
+        hostNeeds: hostCriticalReason(mate.device, { matchedCards, hostUse }),
+      }
+      : { held: true, used, hostNeeds: `in use (${held.reason}: ${held.detail})` };
   };
   // As `plan` judges what a definition keeps; the refusal names what makes it busy: the VF
   // another VM was given before the host's use.
@@ -596,14 +601,20 @@ function unreadableGroups(
  */
 function groupRefusal(
   { device: member, of, group }: GroupMate,
-  { vm, passed, hostNeeds, held }: {
+  { vm, passed, hostNeeds, held, used }: {
     vm: string;
     passed: PassedDevice & { network?: string };
     hostNeeds: string | null;
     held: boolean;
+    /** Whether the host uses the member (a mount, a route): not only its class says so. */
+    used: boolean;
   },
 ): GuardRefusal[] {
   const bound = member.driver !== null && !VFIO_DRIVERS.has(member.driver);
+  // Bound to VFIO and unused, a storage or display controller is most likely another VM's (a
+  // group merged by a kernel or ACS change): "the host needs it" would send the user looking for
+  // a host use that is not there.
+  const forVm = !held && !used && member.driver !== null && VFIO_DRIVERS.has(member.driver);
   if (!held && !bound && hostNeeds === null) return [];
   const owner = passed.recorded ?? passed.vf?.pf ?? null;
   const { network } = passed;
@@ -611,7 +622,12 @@ function groupRefusal(
   const holds = `${whose} IOMMU group ${group} also holds ${member.address}, ${
     describeIdentity({ ...member, driver: member.driver ?? "none" })
   }, which ${JSON.stringify(vm)} does not pass`;
-  const needs = hostNeeds === null ? "" : `; ${held ? "it is" : "the host needs it:"} ${hostNeeds}`;
+  const needs = hostNeeds === null
+    ? ""
+    : forVm
+    ? `; a ${hostNeeds}, which the host does not use but binds to ${member.driver} for a VM: ` +
+      "another VM's, if one passes it (a group goes to one VM)"
+    : `; ${held ? "it is" : "the host needs it:"} ${hostNeeds}`;
   const outcome = held
     ? ": VFIO hands a group to one guest at a time, so libvirt refuses this start while that " +
       "guest runs"

@@ -286,3 +286,59 @@ Deno.test({
     }
   },
 });
+
+/** `devices` with the functions at `bdfs` changed by `change`. */
+function changed(
+  devices: HostDeviceDescription[],
+  bdfs: string[],
+  change: Partial<HostDeviceDescription>,
+): HostDeviceDescription[] {
+  return devices.map((d) => bdfs.includes(d.bdf) ? { ...d, ...change } : d);
+}
+
+Deno.test({
+  name: "home lab: a kernel update merging the GPU's IOMMU group with the NIC's or the NAS " +
+    "drive's refuses the start: the host needs the NIC, not the other VM's drive; plan refuses the VMs",
+  ignore: unavailable !== null,
+  async fn() {
+    await using l = await applied();
+    // With the NIC the host routes through: it needs it.
+    l.rebuild(changed(homeLab(), ["0000:05:00.0"], { group: 6 }));
+    const nic = await l.start("win11");
+    assertEquals(nic.code, 1);
+    assertMatch(
+      nic.stderr,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0's IOMMU group 6 also holds 0000:05:00\.0, 8086:15f3 \(class 020000, driver igc\), which "win11" does not pass; the host needs it: in use by the host \(default-route: default route via enp5s0\): .*; fix: passthrough plan --vm win11 /,
+    );
+    assertEquals((await l.start("nas")).code, 0);
+    const planNic = await l.cli("plan", "--vm", "win11");
+    assertEquals(planNic.code, 1, planNic.stderr);
+    assertMatch(
+      planNic.stdout,
+      /refused \[group-contains-host-critical\] .*0000:05:00\.0 \(in use by the host \(default-route/,
+    );
+
+    // With the NAS VM's drive, on vfio-pci: the host does not use it, the other VM does.
+    l.rebuild(changed(homeLab(), ["0000:0a:00.0"], { group: 6 }));
+    const win11 = await l.start("win11");
+    assertEquals(win11.code, 1);
+    assertMatch(
+      win11.stderr,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0's IOMMU group 6 also holds 0000:0a:00\.0, 144d:a80a \(class 010802, driver vfio-pci\), which "win11" does not pass; a storage controller in another slot, which the host does not use but binds to vfio-pci for a VM: another VM's, if one passes it \(a group goes to one VM\): VFIO hands the guest the whole group; .*fix: passthrough plan --vm win11 /,
+    );
+    const nas = await l.start("nas");
+    assertEquals(nas.code, 1);
+    assertMatch(
+      nas.stderr,
+      /which "nas" does not pass; a display controller in another slot, which the host does not use but binds to vfio-pci for a VM: another VM's, if one passes it/,
+    );
+    // Nowhere does it say the host needs the other VM's device.
+    assertEquals([win11.stderr, nas.stderr].some((e) => e.includes("the host needs it")), false);
+    const plan = await l.cli("plan");
+    assertEquals(plan.code, 1, plan.stderr);
+    assertMatch(
+      plan.stdout,
+      /refused \[group-shared-with-other-vm\] .*IOMMU group 6 \(0000:0a:00\.0, 0000:0b:00\.0, 0000:0b:00\.1\) is split between VMs "nas"/,
+    );
+  },
+});
