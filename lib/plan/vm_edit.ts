@@ -313,7 +313,21 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
     const key = `${record.rule}\0${rule}`;
     edit.renamed.set(key, [...edit.renamed.get(key) ?? [], address]);
   }
-  edit.records.push(identityOf(closed.device, rule, domain.records));
+  const identity = identityOf(closed.device, rule, domain.records);
+  edit.records.push(identity);
+  if (
+    record !== undefined && sameIdentityAsRead(record, closed.device) &&
+    record.driver !== identity.driver
+  ) {
+    // Bound otherwise since (driverctl's override dropped, a vfio-pci.ids= entry removed): only
+    // the metadata changes, so say why, or `plan --detailed-exitcode` reports a change unexplained.
+    const named = (driver: string | null) => driver ?? "no driver";
+    plan.reasoning.push(
+      `${address}: on ${named(identity.driver)} now, not the recorded ${
+        named(record.driver)
+      } (rule "${rule}"): only its record changes`,
+    );
+  }
   const on = closed.rule.multifunction;
   let why: string | null = null;
   if (settingsOfHostdev(have) !== settingsOfSpec(specFor(closed, edit.firstMatched))) {

@@ -342,3 +342,28 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "home lab: the GPU back on its host driver (driverctl's override dropped) starts, and " +
+    "plan says why it rewrites the GPU's record",
+  ignore: unavailable !== null,
+  async fn() {
+    await using l = await applied();
+    l.rebuild(changed(homeLab(), ["0000:0b:00.0"], { driver: "nvidia" }));
+    // libvirt detaches a managed hostdev from its host driver itself: nothing to refuse.
+    const start = await l.start("win11");
+    assertEquals([start.code, start.stderr], [0, ""]);
+    const plan = await l.cli("plan", "--vm", "win11");
+    assertEquals(plan.code, 0, plan.stderr);
+    assertMatch(plan.stdout, /driver='nvidia' rule='gpu'/);
+    assertMatch(
+      plan.stdout,
+      /- 0000:0b:00\.0: on nvidia now, not the recorded vfio-pci \(rule "gpu"\): only its record changes\n/,
+    );
+    const apply = await l.cli("apply", "--yes", "--vm", "win11");
+    assertEquals(apply.code, 0, apply.stderr + apply.stdout);
+    // Applied, the plan is quiet again.
+    const again = await l.cli("plan", "--vm", "win11", "--detailed-exitcode");
+    assertEquals(again.code, 0, again.stdout);
+  },
+});
