@@ -367,3 +367,34 @@ Deno.test({
     assertEquals(again.code, 0, again.stdout);
   },
 });
+
+Deno.test({
+  name: "home lab: a GPU swapped for the same model is refused until apply takes it; another " +
+    "model is refused, and plan's repair removes it",
+  ignore: unavailable !== null,
+  async fn() {
+    await using l = await applied();
+    const gpu = ["0000:0b:00.0", "0000:0b:00.1"];
+    l.rebuild(changed(homeLab(), gpu, { subsystem_device: "0x8900" }));
+    const same = await l.start("win11");
+    assertEquals(same.code, 1);
+    assertMatch(
+      same.stderr,
+      /^passthrough guard: refusing to start "win11": hostdev 0000:0b:00\.0 holds 10de:2684 \(subsystem 1043:8900, .*not the recorded 10de:2684 \(subsystem 1043:88e2, .*; fix: passthrough plan --vm win11\n/,
+    );
+    const plan = await l.cli("plan", "--vm", "win11");
+    assertMatch(
+      plan.stdout,
+      /rule "gpu" matches the new device, so it stays and its record is updated/,
+    );
+    assertEquals((await l.cli("apply", "--yes", "--vm", "win11")).code, 0);
+    assertEquals((await l.start("win11")).code, 0);
+
+    l.rebuild(changed(homeLab(), gpu, { device: "0x2704" }));
+    assertEquals((await l.start("win11")).code, 1);
+    const other = await l.cli("plan", "--vm", "win11");
+    assertEquals(other.code, 1);
+    assertMatch(other.stdout, /refused \[no-match\] .*Rule "gpu" of VM "win11" matches no device/);
+    assertMatch(other.stdout, /repair removes hostdev 0000:0b:00\.0 \(refusal above\)/);
+  },
+});
