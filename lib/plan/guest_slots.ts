@@ -13,9 +13,12 @@
 import type { ClosedDevice } from "../resolve/closure.ts";
 import type { GuestPciAddress, ParsedDomain, PciControllerSpec } from "../domain/domain_xml.ts";
 import { pciAddressParts, slotOf } from "../pci/address.ts";
-import type { PciAddress } from "../host/types.ts";
+import type { PciAddress, PciDevice } from "../host/types.ts";
 import type { HostdevSpec } from "./types.ts";
+import { cardOf, onRootBus } from "../resolve/host_critical.ts";
 
+/** Why a root bus's function gets no card layout ({@link cardOf}). */
+export const ROOT_BUS_DEVICE = "a device of its own on a root bus, not a card's function";
 /** Slots from here up leave the low ones to the devices libvirt places itself. */
 const FIRST_SLOT = 0x10;
 const LAST_SLOT = 0x1f;
@@ -160,12 +163,25 @@ function functionZeroes(
   return zeroes;
 }
 
-/** The functions being added, grouped by card and rule, for rules with `multifunction: true`. */
+/**
+ * The card whose functions share a guest slot: on a root bus the function itself ({@link cardOf}),
+ * a device of its own; elsewhere its host slot, whatever vendors its functions report: behind its
+ * bridge a slot is one device, whose other functions the guest finds through its function 0 (an
+ * APU's iGPU and the USB controllers it carries, which `cardOf` tells apart for the host's sake).
+ */
+function guestCardOf(device: PciDevice): string {
+  return onRootBus(device) ? cardOf(device) : slotOf(device.address);
+}
+
+/**
+ * The functions being added, grouped by card ({@link guestCardOf}) and rule, for rules with
+ * `multifunction: true`.
+ */
 function multifunctionCards(adding: readonly ClosedDevice[]): ClosedDevice[][] {
   const cards = new Map<string, ClosedDevice[]>();
   for (const c of adding) {
     if (!c.rule.multifunction) continue;
-    const key = `${c.rule.name}@${slotOf(c.device.address)}`;
+    const key = `${c.rule.name}@${guestCardOf(c.device)}`;
     cards.set(key, [...(cards.get(key) ?? []), c]);
   }
   return [...cards.values()];
@@ -269,6 +285,12 @@ export function assignGuestSlots(
   const after = usedAfterEdit(domain, used, changes);
   const zeroes = functionZeroes(domain, new Set(specs.keys()), changes);
   for (const members of cards) {
+    if (onRootBus(members[0]!.device)) {
+      // A device of its own: function 0 of a slot of its own, as libvirt places it, is where the
+      // guest finds it; `multifunction='on'` would show a card that is not there.
+      reasoning.push(`${members[0]!.device.address}: ${ROOT_BUS_DEVICE}: libvirt places it`);
+      continue;
+    }
     const card = slotOf(members[0]!.device.address);
     const functions = members.map((m) => pciAddressParts(m.device.address).function);
     const joined = applied.get(card);

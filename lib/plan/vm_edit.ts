@@ -20,7 +20,7 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordOf, sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
-import { cardOf } from "../resolve/host_critical.ts";
+import { cardOf, onRootBus } from "../resolve/host_critical.ts";
 import {
   type DomainHostdev,
   editDomainXml,
@@ -29,7 +29,13 @@ import {
 } from "../domain/domain_xml.ts";
 import type { HostTopology, PciAddress, PciDevice } from "../host/types.ts";
 import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts";
-import { assignGuestSlots, type GuestLayout, specFor, strandedFunctions } from "./guest_slots.ts";
+import {
+  assignGuestSlots,
+  type GuestLayout,
+  ROOT_BUS_DEVICE,
+  specFor,
+  strandedFunctions,
+} from "./guest_slots.ts";
 import { describe, driftWarning, handAddedMissingWarning, startGuard } from "./issues.ts";
 import { findMovedCard } from "../resolve/moves.ts";
 import { handAddedGroupIssues, hostNeededHostdevs, repairRefused } from "./repair.ts";
@@ -328,15 +334,19 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
       } (rule "${rule}"): only its record changes`,
     );
   }
-  const on = closed.rule.multifunction;
+  // A root bus's function is no card's: libvirt's placement is its layout (`assignGuestSlots`).
+  const rootBus = onRootBus(closed.device);
+  const on = closed.rule.multifunction && !rootBus;
   let why: string | null = null;
   if (settingsOfHostdev(have) !== settingsOfSpec(specFor(closed, edit.firstMatched))) {
     why = `${address}: settings of rule "${rule}" changed, rewritten`;
   } else if (inMultifunctionSlot(have) !== on && !(on && besideOtherFunctionZero(edit, closed))) {
     // `multifunction` turned on or off: the guest addresses are laid out again.
-    why = `${address}: multifunction of rule "${rule}" turned ${
-      on ? "on" : "off"
-    }, rewritten with ${on ? "one guest slot per card" : "libvirt's own guest addresses"}`;
+    why = closed.rule.multifunction && rootBus
+      ? `${address}: ${ROOT_BUS_DEVICE}, rewritten with libvirt's own guest address`
+      : `${address}: multifunction of rule "${rule}" turned ${on ? "on" : "off"}, rewritten with ${
+        on ? "one guest slot per card" : "libvirt's own guest addresses"
+      }`;
     // Whether a slot is free is known once the cards are laid out (`keepUnplaced`).
     if (on) edit.relayout.set(address, why);
   }

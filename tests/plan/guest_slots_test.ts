@@ -10,6 +10,7 @@ import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
   baseDevices,
   config,
+  dev,
   GPU,
   HOST,
   host,
@@ -961,4 +962,105 @@ Deno.test("planWorld() says when a kept function loses its slot's function 0 to 
     ),
     released.reasoning.join("\n"),
   );
+});
+
+Deno.test("planWorld() leaves two root-bus devices sharing a device number to libvirt, not one card's slot", () => {
+  // On root bus 40 (a second host bridge, as on TRX40), 40:00.0 and 40:00.2 are two devices
+  // built into the CPU, not one card's functions: one multifunction guest slot would show the
+  // guest a card that does not exist, so each is a device of its own, where libvirt puts it.
+  const onRoot = topologyFromDescription({
+    root_buses: ["00", "40"],
+    devices: [
+      ...baseDevices(),
+      dev({
+        bdf: "0000:40:00.0",
+        group: 40,
+        class: "0x088000",
+        vendor: "0x1022",
+        device: "0x14a4",
+      }),
+      dev({
+        bdf: "0000:40:00.2",
+        group: 40,
+        class: "0x108000",
+        vendor: "0x1022",
+        device: "0x1486",
+      }),
+    ],
+  }, { source: "test-host" });
+  const cfg = parseConfig(
+    `version: 1\nvms:\n  vm:\n    devices:\n      - name: dummy\n` +
+      `        match: { vendor_device_id: "1022:14a4" }\n        multifunction: true\n`,
+    { file: "c.yaml" },
+  );
+  const plan = (xml: string) =>
+    planWorld({ config: cfg, host: onRoot, world: dataWorld({ vm: xml }) }).vms[0]!;
+  const vm = plan(domain(""));
+  assertEquals(vm.add.map((a) => [a.address, a.spec.guestAddress]), [
+    ["0000:40:00.0", undefined],
+    ["0000:40:00.2", undefined],
+  ]);
+  assertEquals(vm.desiredXml.includes("multifunction"), false);
+  assertOk(
+    vm.reasoning.includes(
+      "0000:40:00.2: a device of its own on a root bus, not a card's function: libvirt places it",
+    ),
+    vm.reasoning.join("\n"),
+  );
+  // Applied where libvirt put them (function 0 of a slot each), they stay: nothing to lay out.
+  const placed = vm.desiredXml.replace(
+    /(<address domain='0x0000' bus='0x40' slot='0x00' function='0x([02])'\/>\s*<\/source>)/g,
+    (_, source, fn) => `${source}\n      ${pciAddress(0x07 + Number(fn))}`,
+  );
+  assertEquals(placed.match(/slot='0x0[79]'/g)?.length, 2);
+  const again = plan(placed);
+  assertEquals([again.changed, again.reasoning.filter((r) => r.includes("multifunction"))], [
+    false,
+    [],
+  ]);
+  // Laid out as one card by an earlier plan: rewritten where libvirt places them.
+  const asCard = vm.desiredXml.replace(
+    /(<address domain='0x0000' bus='0x40' slot='0x00' function='0x([02])'\/>\s*<\/source>)/g,
+    (_, source, fn) =>
+      `${source}\n      ${
+        pciAddress(0x10, Number(fn)).replace("/>", fn === "0" ? " multifunction='on'/>" : "/>")
+      }`,
+  );
+  const undone = plan(asCard);
+  assertEquals(undone.add.map((a) => [a.address, a.spec.guestAddress]), [
+    ["0000:40:00.0", undefined],
+    ["0000:40:00.2", undefined],
+  ]);
+  assertOk(
+    undone.reasoning.includes(
+      "0000:40:00.0: a device of its own on a root bus, not a card's function, rewritten with libvirt's own guest address",
+    ),
+    undone.reasoning.join("\n"),
+  );
+});
+
+Deno.test("planWorld() keeps an APU's functions of two vendors in one guest slot, and keeps it there", () => {
+  // Behind a bridge a slot is one device: an AMD APU's iGPU (1002) and the USB controller (1022)
+  // it carries are one device's functions, found by the guest through function 0.
+  const apu = host([
+    ...baseDevices(),
+    dev({ bdf: "0000:0b:00.0", group: 9, class: "0x030000", vendor: "0x1002", device: "0x1638" }),
+    dev({ bdf: "0000:0b:00.1", group: 9, class: "0x040300", vendor: "0x1002", device: "0x1637" }),
+    dev({ bdf: "0000:0b:00.3", group: 9, class: "0x0c0330", vendor: "0x1022", device: "0x1639" }),
+  ]);
+  const cfg = parseConfig(
+    `version: 1\nvms:\n  vm:\n    devices:\n      - name: igpu\n` +
+      `        match: { vendor_device_id: "1002:1638" }\n        multifunction: true\n` +
+      `        allow_host_critical: true\n`,
+    { file: "c.yaml" },
+  );
+  const plan = (xml: string) =>
+    planWorld({ config: cfg, host: apu, world: dataWorld({ vm: xml }) }).vms[0]!;
+  const vm = plan(domain(""));
+  assertEquals(vm.add.map((a) => `${a.spec.guestAddress?.slot}.${a.spec.guestAddress?.function}`), [
+    "16.0",
+    "16.1",
+    "16.3",
+  ]);
+  assertEquals(plan(vm.desiredXml).changed, false);
 });
