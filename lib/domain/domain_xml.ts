@@ -18,6 +18,7 @@ import {
   isOtherRecordsVersion,
   normaliseXmlLines,
   RECORD_ATTRIBUTES,
+  RECORD_NAMES,
   RECORDS_NAMESPACE,
   RECORDS_PROBLEMS,
   repeatedRecordAddress,
@@ -344,7 +345,7 @@ function locate(xml: string): Located {
   const uuidSpan = child("uuid");
   const uuid = uuidSpan ? textOf(xml, uuidSpan).trim() : null;
   const metadata = child("metadata");
-  const declaring = refuseMisplacedRecords(xml, root, metadata);
+  const { declaring, notARecord } = refuseMisplacedRecords(xml, root, metadata);
   const { ours, records, vfRecords } = readOurMetadata(xml, metadata);
   // Another element in the records' namespace (`<zz:other xmlns:zz=…>`) is nothing this version
   // writes: records in a form it does not read may be there, so the guard refuses the VM's starts.
@@ -355,6 +356,14 @@ function locate(xml: string): Located {
       `${sentence(RECORDS_PROBLEMS.namespaceElsewhere)}, and no records element declares it: ` +
         "the start guard refuses every start of the VM until this declaration is removed, with " +
         "any element in that namespace",
+    );
+  }
+  if (notARecord !== null) {
+    throw errorAt(
+      xml,
+      notARecord.start,
+      `${sentence(RECORDS_PROBLEMS.notARecord)}: the start guard refuses every start of the VM ` +
+        "until it is removed",
     );
   }
   const devices = child("devices");
@@ -513,19 +522,24 @@ function locateHostdev(
  * version's records namespace (nested in our records element or in another application's
  * metadata, it would otherwise be read as no records), and our records element anywhere but as
  * a child of `<metadata>` (read as none here, while the guard refuses every start of the VM).
- * Returns the first element in document order that declares the records' namespace, or `null`.
+ * Returns the first element in document order that declares the records' namespace, and the
+ * first that is in it but no record, or a record's name in another one
+ * (`RECORDS_PROBLEMS.notARecord`, refused by the caller once nothing else is wrong), or `null`s.
  */
 function refuseMisplacedRecords(
   xml: string,
   root: XmlSpan,
   metadata: XmlSpan | null,
-): XmlSpan | null {
+): { declaring: XmlSpan | null; notARecord: XmlSpan | null } {
   let declaring: XmlSpan | null = null;
   // A stack, not recursion: libvirt keeps other applications' metadata nested at any depth.
   // `inScope`: per declared prefix (`xmlns`, `xmlns:pt`), the namespaces in force, innermost
   // last; an element's `exit` entry, popped after its children, takes back what it declared (a
   // copy of the declarations per element grew with the depth).
   const inScope = new Map<string, string[]>();
+  /** Our records elements in `<metadata>` (a second is refused later): their children are read. */
+  const recordsElements = new Set<XmlSpan>();
+  let notARecord: XmlSpan | null = null;
   type Entry = { span: XmlSpan; parent: XmlSpan | null } | { exit: string[] };
   const stack: Entry[] = [{ span: root, parent: null }];
   while (stack.length > 0) {
@@ -576,13 +590,20 @@ function refuseMisplacedRecords(
           "start guard refuses every start of the VM until it is moved there or removed",
       );
     }
+    const ours = parent === metadata && isOurElement(xml, span);
+    if (ours) recordsElements.add(span);
+    // Read by the records element's prefix (`readRecords`), so a record in its namespace by
+    // another, or one of its names in another namespace, would be passed over: refused instead.
+    const recordName = parent !== null && recordsElements.has(parent) &&
+      RECORD_NAMES.some((local) => span.name === prefixOf(parent) + local);
+    if (!ours && (recordName !== (namespace === METADATA_NAMESPACE))) notARecord ??= span;
     stack.push({ exit: declared });
     // The first in document order is named: children pushed last to first.
     for (let i = span.children.length - 1; i >= 0; i--) {
       stack.push({ span: span.children[i]!, parent: span });
     }
   }
-  return declaring;
+  return { declaring, notARecord };
 }
 
 /** `problem` as a message begins: its first letter upper case. */
@@ -794,9 +815,14 @@ function pciControllers(xml: string, devices: XmlSpan | null): PciController[] {
   });
 }
 
+/** The prefix of `span`'s name with its colon (`pt:`), or `""`. */
+function prefixOf(span: XmlSpan): string {
+  return span.name.slice(0, span.name.indexOf(":") + 1);
+}
+
 /** The decoded attributes of each child of our element named `local` (with its prefix). */
 function recordAttributes(xml: string, ours: XmlSpan, local: string): Record<string, string>[] {
-  const prefix = ours.name.includes(":") ? ours.name.slice(0, ours.name.indexOf(":") + 1) : "";
+  const prefix = prefixOf(ours);
   return ours.children.filter((c) => c.name === `${prefix}${local}`).map((record) => {
     try {
       return spanAttributes(record);

@@ -847,6 +847,13 @@ export const RECORDS_PROBLEMS = {
    * records, that passthrough cannot read.
    */
   namespaceElsewhere: "the records namespace is declared on another element than <hostdevs>",
+  /**
+   * An element in the records' namespace that is neither the records element nor one of its
+   * records (`<q:device>` by another prefix or the default namespace, `<pt:note>`, a record
+   * inside a record or anywhere else), or a record's name taken to another namespace
+   * (`<pt:device xmlns:pt="urn:app">`): what may be a record in a form neither reader counts.
+   */
+  notARecord: "an element in the records namespace is not a record passthrough reads",
 } as const;
 
 /** What {@link readRecordsLeniently} finds. */
@@ -900,6 +907,9 @@ export const VF_RECORD_ATTRIBUTES = {
   mac: "mac",
   pfAddress: "pf-address",
 } as const;
+
+/** The local names of the records element's children that are records: devices and VFs. */
+export const RECORD_NAMES = ["device", "interface"] as const;
 
 const REQUIRED_FIELDS = ["address", "vendorId", "deviceId", "classCode", "rule"] as const;
 
@@ -1075,6 +1085,13 @@ export function repeatedRecordAddress(
   return null;
 }
 
+/** Adds `record` to `to`, or returns why it cannot be read. */
+function pushRecord<T>(to: T[], record: T | string): string | null {
+  if (typeof record === "string") return record;
+  to.push(record);
+  return null;
+}
+
 /** What {@link walkRecords} returns for a well-formed document. */
 interface WalkedRecords {
   records: DeviceIdentity[];
@@ -1099,6 +1116,8 @@ interface RecordsWalk extends WalkedRecords {
   metadataSeen: number;
   /** Whether a tag declares the records' namespace (text that only mentions it does not). */
   namespaceDeclared: boolean;
+  /** Whether an element is in the namespace but no record, said when nothing else is wrong. */
+  notARecord: boolean;
 }
 
 /**
@@ -1122,6 +1141,7 @@ function walkRecords(text: string): WalkedRecords | string {
     seenRoot: false,
     metadataSeen: 0,
     namespaceDeclared: false,
+    notARecord: false,
   };
   let at = text.indexOf("<");
   if (at === -1 || text.slice(0, at).trim() !== "") return "";
@@ -1226,15 +1246,20 @@ function readRecordsTag(
     walk.ours = prefix;
     return true;
   }
-  if (!walk.oursOpen || walk.stack.length !== 3) return false;
-  if (name === `${walk.ours}device`) {
-    const record = deviceRecordFrom(attributes);
-    if (typeof record === "string") return record;
-    walk.records.push(record);
-  } else if (name === `${walk.ours}interface`) {
-    const record = vfRecordFrom(attributes);
-    if (typeof record === "string") return record;
-    walk.vfRecords.push(record);
+  const { ours } = walk;
+  if (walk.oursOpen && walk.stack.length === 3 && RECORD_NAMES.some((n) => name === ours + n)) {
+    // Read by the records element's prefix, as the strict reader; one whose prefix its own
+    // declaration binds to another namespace is no record, and refused, not passed over.
+    if (inForce !== RECORDS_NAMESPACE) {
+      walk.notARecord = true;
+      return false;
+    }
+    const why = local === "device"
+      ? pushRecord(walk.records, deviceRecordFrom(attributes))
+      : pushRecord(walk.vfRecords, vfRecordFrom(attributes));
+    if (why !== null) return why;
+  } else if (inForce === RECORDS_NAMESPACE) {
+    walk.notARecord = true;
   }
   return false;
 }
@@ -1250,6 +1275,7 @@ function walkedRecords(walk: RecordsWalk): WalkedRecords | string {
   ) {
     return RECORDS_PROBLEMS.twoAddresses;
   }
+  if (walk.notARecord) return RECORDS_PROBLEMS.notARecord;
   return { records: walk.records, vfRecords: walk.vfRecords, uuid: walk.uuid };
 }
 
@@ -1259,8 +1285,9 @@ function walkedRecords(walk: RecordsWalk): WalkedRecords | string {
  * prefix, either quote, entities, comments and CDATA skipped) without an XML library, for the
  * start guard. Fails closed: records in a document that is not well-formed, a record without a
  * required attribute or with a bad address, two records of one address, two records elements, one
- * outside `<metadata>`, the namespace declared elsewhere, or an element in another version's
- * namespace give no records and a `problem`. Never throws.
+ * outside `<metadata>`, the namespace declared elsewhere, an element in another version's
+ * namespace, or one in this namespace that is not a record (another prefix's `<q:device>`)
+ * give no records and a `problem`. Never throws.
  *
  * @example
  * ```ts

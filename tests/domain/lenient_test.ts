@@ -22,6 +22,7 @@ import {
   normaliseXmlLines,
   readRecordsLeniently,
   RECORDS_NAMESPACE,
+  RECORDS_PROBLEMS,
   scanHostdevPoolLeniently,
   scanHostdevsLeniently,
   scanNetworkInterfacesLeniently,
@@ -703,7 +704,8 @@ Deno.test("readRecordsLeniently() reads only the records element's children as r
   const read = readRecordsLeniently(xml);
   assertEquals([read.problem, read.records.map((r) => r.address)], [null, ["0000:0b:00.0"]]);
   assertReadsLikeStrict(xml);
-  // Elements inside a record are not records either, whatever their name, as for the strict one.
+  // An element of the records' namespace inside a record is refused by both, whatever its name:
+  // a record there would be passed over.
   const record = OURS.split("\n")[1]!.trim().replace("/>", ">");
   for (
     const inner of [
@@ -714,8 +716,107 @@ Deno.test("readRecordsLeniently() reads only the records element's children as r
     const nested = withMetadata(
       `<pt:hostdevs xmlns:pt="${RECORDS_NAMESPACE}">${record}${inner}</pt:device></pt:hostdevs>`,
     );
-    assertEquals(readRecordsLeniently(nested).records.map((r) => r.address), ["0000:0b:00.0"]);
-    assertReadsLikeStrict(nested, inner);
+    assertEquals(readRecordsLeniently(nested).records, [], inner);
+    assertEquals(
+      readRecordsLeniently(nested).problem,
+      `${UNREADABLE}: ${RECORDS_PROBLEMS.notARecord}`,
+      inner,
+    );
+    assertOk(strictRefuses(nested), inner);
+  }
+});
+
+/** Whether parseDomainXml() refuses `xml`. */
+function strictRefuses(xml: string): boolean {
+  try {
+    parseDomainXml(xml);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+Deno.test("parseDomainXml() and readRecordsLeniently() reach one verdict on every element beside the records", () => {
+  const ns = RECORDS_NAMESPACE;
+  const device = (prefix: string, address: string, declare = "") =>
+    `<${prefix}device${declare} address="${address}" vendor="10de" device="10ef" class="040300" rule="gpu"/>`;
+  const beside = (inside: string) =>
+    OURS.replace("</pt:hostdevs>", `  ${inside}\n    </pt:hostdevs>`);
+  // `null`: both refuse; else the addresses both read. An element in the records' namespace that
+  // neither reads as a record is refused, not ignored: a record in a form this version does not
+  // read would leave its device unchecked at start and taken for a hand-added one by `plan`.
+  const cases: [string, string, string[] | null][] = [
+    ["only the records", OURS, ["0000:0b:00.0"]],
+    ["a second records element", `${OURS}\n${OURS}`, null],
+    [
+      "a second records element, another prefix",
+      `${OURS}\n${OURS.replaceAll("pt:", "q:").replace("xmlns:pt=", "xmlns:q=")}`,
+      null,
+    ],
+    [
+      "a record under another prefix declared on it",
+      beside(device("q:", "0000:0b:00.1", ` xmlns:q="${ns}"`)),
+      null,
+    ],
+    [
+      "a record under another prefix declared on the records element",
+      beside(device("q:", "0000:0b:00.1")).replace(
+        "<pt:hostdevs ",
+        `<pt:hostdevs xmlns:q="${ns}" `,
+      ),
+      null,
+    ],
+    [
+      "a record in the default namespace",
+      beside(device("", "0000:0b:00.1", ` xmlns="${ns}"`)),
+      null,
+    ],
+    [
+      "a record's name in another namespace",
+      beside(device("pt:", "0000:0b:00.1", ' xmlns:pt="urn:app"')),
+      null,
+    ],
+    ["an unknown element in the namespace", beside("<pt:note/>"), null],
+    [
+      "a record inside a record",
+      OURS.replace('rule="gpu"/>', `rule="gpu">${device("pt:", "0000:0c:00.0")}</pt:device>`),
+      null,
+    ],
+    [
+      "an element in the namespace beside the records",
+      `${OURS}\n<pt:extra xmlns:pt="${ns}"/>`,
+      null,
+    ],
+    [
+      "a record in another application's metadata",
+      `${OURS}\n<app:x xmlns:app="urn:app">${
+        device("pt:", "0000:0c:00.0", ` xmlns:pt="${ns}"`)
+      }</app:x>`,
+      null,
+    ],
+    ["another application's element in the records", beside('<app:x xmlns:app="urn:app"/>'), [
+      "0000:0b:00.0",
+    ]],
+    ["a device in no namespace in the records", beside(device("", "0000:0c:00.0")), [
+      "0000:0b:00.0",
+    ]],
+    [
+      "records in the default namespace",
+      OURS.replaceAll("pt:", "").replace("xmlns:pt=", "xmlns="),
+      ["0000:0b:00.0"],
+    ],
+  ];
+  for (const [what, metadata, addresses] of cases) {
+    const xml = withMetadata(metadata);
+    const lenient = readRecordsLeniently(xml);
+    if (addresses === null) {
+      assertOk(strictRefuses(xml), `${what}: parseDomainXml() reads it`);
+      assertOk(lenient.problem?.startsWith(UNREADABLE), `${what}: ${lenient.problem}`);
+      assertEquals(lenient.records, [], what);
+    } else {
+      assertReadsLikeStrict(xml, what);
+      assertEquals(lenient.records.map((r) => r.address), addresses, what);
+    }
   }
 });
 
