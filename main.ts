@@ -276,7 +276,9 @@ async function systemHint(error: unknown): Promise<{ systemHint: string | null }
     let mountInfo: string | null = null;
     if (found === "30") {
       const { libcSysfsReader } = await import("./ffi/libc_fs.ts");
-      mountInfo = libcSysfsReader({ fewCalls: true }).readText("/proc/self/mountinfo");
+      const { readWholeText } = await import("./lib/host/sysfs.ts");
+      // Whole: a container host's table is megabytes, and its head may not hold the mount.
+      mountInfo = readWholeText(libcSysfsReader({ fewCalls: true }), "/proc/self/mountinfo");
     }
     return { systemHint: fileSystemHint(error, mountInfo, { realPath: realPathOfExisting }) };
   } catch {

@@ -241,16 +241,18 @@ class LibcReader {
   /**
    * Reads up to `maxBytes` into the buffer and closes `fd`: the length, or -1 (see the errno). A
    * short read is the end of a sysfs attribute or a regular file, which saves one syscall per
-   * file; /proc files are read until 0 as usual, because seq_file hands them out in pieces.
+   * file; /proc files are read until 0 as usual, because seq_file hands them out in pieces. The
+   * buffer grows as the file fills it, not to `maxBytes` at once: a caller that reads a table
+   * whole asks for a cap of megabytes, and the table is most often a few KiB.
    */
   #readFd(fd: number, maxBytes: number, untilZero: boolean): number {
     try {
-      if (this.#buffer.length < maxBytes) this.#buffer = new Uint8Array(maxBytes);
       let length = 0;
       // A FIFO whose writer never writes answers EAGAIN forever: retries are counted.
       let retries = 0;
       while (length < maxBytes) {
-        const want = maxBytes - length;
+        if (length === this.#buffer.length) this.#grow(Math.min(maxBytes, length * 4));
+        const want = Math.min(maxBytes, this.#buffer.length) - length;
         const into = length === 0 ? this.#buffer : this.#buffer.subarray(length);
         const n = Number(this.#lib.read(fd, into, BigInt(want)));
         if (n < 0) {
@@ -265,6 +267,13 @@ class LibcReader {
     } finally {
       this.#lib.close(fd);
     }
+  }
+
+  /** The buffer made `size` bytes long, what it holds kept. */
+  #grow(size: number): void {
+    const bigger = new Uint8Array(size);
+    bigger.set(this.#buffer);
+    this.#buffer = bigger;
   }
 
   /** Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing. */

@@ -8,7 +8,7 @@
  */
 
 import type { SysfsReader } from "../host/sysfs.ts";
-import { readAttribute } from "../host/sysfs.ts";
+import { readAttribute, readWholeText } from "../host/sysfs.ts";
 import { errorText } from "../render/error_text.ts";
 
 /** The daemons that run QEMU hooks, with the pidfile each writes when it runs as root. */
@@ -33,7 +33,8 @@ const USER_HZ = 100;
 /** When process `pid` started (seconds since the epoch), from `/proc`. */
 function startTime(reader: SysfsReader, pid: number, procRoot: string): number | null {
   const stat = readAttribute(reader, `${procRoot}/${pid}/stat`);
-  const boot = /^btime (\d+)$/m.exec(reader.readText(`${procRoot}/stat`) ?? "");
+  // btime follows a line per CPU and the interrupt counts, far past 64 KiB on a big server.
+  const boot = /^btime (\d+)$/m.exec(readWholeText(reader, `${procRoot}/stat`) ?? "");
   if (stat === null || boot === null) return null;
   // The command name (field 2) may hold spaces and parentheses: count fields after the last ")".
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");

@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { SysfsReader } from "./sysfs.ts";
+import { readWholeText, type SysfsReader } from "./sysfs.ts";
 import { canonicalPciAddress } from "../pci/address.ts";
 import type { PciAddress, PciDevice } from "./types.ts";
 
@@ -249,7 +249,7 @@ export function modprobeOptions(
   const wanted = module.replaceAll("-", "_");
   return [...files.keys()].sort().flatMap((name) => {
     const path = files.get(name)!;
-    const text = reader.readText(path) ?? "";
+    const text = readWholeText(reader, path) ?? "";
     // modprobe joins a line ending in a backslash to the next as it is, without a space, and
     // hands the rest of an options line to the kernel, which reads it as it reads its command
     // line (quotes, a parameter given twice).

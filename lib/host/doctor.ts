@@ -12,7 +12,7 @@
  */
 
 import type { HostTopology, PciDevice } from "./types.ts";
-import { readAttribute, type SysfsReader } from "./sysfs.ts";
+import { readAttribute, readWholeText, type SysfsReader } from "./sysfs.ts";
 import { busOf, slotOf } from "../pci/address.ts";
 import { cardOf } from "../resolve/host_critical.ts";
 import {
@@ -142,6 +142,7 @@ export type CpuVendor = "intel" | "amd" | null;
  */
 export function cpuVendor(options: DoctorOptions): CpuVendor {
   const procRoot = options.procRoot ?? (options.live ? "/proc" : `${options.host.source}/proc`);
+  // The head is enough: the first CPU's block names the vendor, and every CPU's is the same.
   const cpuinfo = options.reader.readText(`${procRoot}/cpuinfo`) ?? "";
   const id = /^vendor_id\s*:\s*(\S+)/m.exec(cpuinfo)?.[1];
   if (id === "GenuineIntel") return "intel";
@@ -384,7 +385,8 @@ function kernelRelease(options: DoctorOptions): string | null {
 function moduleBuiltIn(options: DoctorOptions, module: string): boolean {
   const release = kernelRelease(options);
   if (release === null) return false;
-  const builtin = options.reader.readText(
+  const builtin = readWholeText(
+    options.reader,
     `${options.modulesRoot ?? "/lib/modules"}/${release}/modules.builtin`,
   ) ?? "";
   const wanted = `${module.replaceAll("-", "_")}.ko`;

@@ -18,6 +18,7 @@ import {
   denoFsReader,
   isLinkLoop,
   readAttribute,
+  readWholeText,
   specialFileKind,
   type SysfsReader,
 } from "./sysfs.ts";
@@ -370,12 +371,14 @@ function driverFacts(
       // without a writer, a damaged tree) says nothing.
       return methods.length === 0 ? null : methods;
     }),
+    // Both tables read whole: a big server's outgrow an attribute's 64 KiB, and what a head
+    // leaves out (the framebuffer in the highest BAR) would read as not there.
     firmwareFramebuffers: once(() => {
-      const text = reader.readText(`${procRoot}/iomem`);
+      const text = wholeOrUnknown(reader, `${procRoot}/iomem`);
       return text === null ? null : parseIomemFramebuffers(text);
     }),
     modules: once(() => {
-      const text = reader.readText(`${procRoot}/modules`);
+      const text = wholeOrUnknown(reader, `${procRoot}/modules`);
       return text === null ? null : parseProcModules(text);
     }),
     moduleOfDriver: byKey((driver) => {
@@ -552,6 +555,18 @@ export function unknownOnError(reader: SysfsReader): SysfsReader {
       ? {}
       : { deviceNumber: safe((path: string) => reader.deviceNumber!(path)) }),
   };
+}
+
+/**
+ * {@link readWholeText} of a pre-flight table, `null` (unknown) when it is larger than the limit
+ * too (`/dev/zero` in a captured tree), as when it cannot be read at all.
+ */
+function wholeOrUnknown(reader: SysfsReader, path: string): string | null {
+  try {
+    return readWholeText(reader, path);
+  } catch {
+    return null;
+  }
 }
 
 /** QEMU's user from a password database: `libvirt-qemu` first, then `qemu`. */

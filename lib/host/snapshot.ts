@@ -27,6 +27,7 @@ import {
   type NonPciMember,
   parseGroupNumber,
   readNonPciMember,
+  readWholeText,
   type SysfsReader,
 } from "./sysfs.ts";
 import { busOf } from "../pci/address.ts";
@@ -85,9 +86,6 @@ const ATTRIBUTES = [
   "sriov_totalvfs",
   "reset_method",
 ];
-
-/** At most this much of a captured `/proc` file is read. */
-const PROC_LIMIT = 1 << 20;
 
 /** Options of {@link writeSnapshot}. */
 export interface SnapshotOptions {
@@ -600,10 +598,13 @@ function kernelInputLink(entry: string, functions: readonly PciAddress[]): strin
   return `../../devices/${path.join("/")}/${entry}`;
 }
 
-/** A bounded read of a `/proc` text file; `null` when missing or not regular. */
+/**
+ * A `/proc` text file whole, `null` when missing or not regular; refused past its limit (it was
+ * cut at 1 MiB): a table cut short would be captured as the host's, and read later as all it
+ * holds.
+ */
 function readProcText(reader: SysfsReader, path: string): string | null {
-  const bytes = reader.readBytes(path, PROC_LIMIT);
-  return bytes === null ? null : new TextDecoder().decode(bytes);
+  return readWholeText(reader, path);
 }
 
 /** `proc/iomem` without the kernel image's ranges, `proc/modules` without addresses, `proc/cpuinfo`'s vendor alone. */

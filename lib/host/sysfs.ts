@@ -406,6 +406,44 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
   return trimmed;
 }
 
+/**
+ * The most {@link readWholeText} reads (16 MiB): far over the largest `/proc` table a big server
+ * writes (`/proc/cpuinfo` of 1,024 CPUs is some 1.5 MiB), far under what would hurt to hold.
+ */
+export const WHOLE_TEXT_LIMIT = 16 << 20;
+
+/**
+ * The whole text of a file that can outgrow the 64 KiB `readText` reads of an attribute (a
+ * `/proc/iomem`, `/proc/modules` or `/proc/stat` of a big server), or `null` when it is missing.
+ * Throws `RangeError` when it is larger than `maxBytes`: a table read in part would leave out
+ * whatever comes last (the framebuffer in the highest BAR), and read as "not there". The read
+ * itself stops at `maxBytes` and a byte, so `/dev/zero` in its place ends too.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals, assertThrows } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.writeTextFileSync(`${dir}/iomem`, "x".repeat(70000) + "\nBOOTFB\n");
+ * const reader = denoFsReader();
+ * assertEquals(readWholeText(reader, `${dir}/iomem`)?.endsWith("BOOTFB\n"), true);
+ * assertEquals(readWholeText(reader, `${dir}/missing`), null);
+ * assertThrows(() => readWholeText(reader, `${dir}/iomem`, 1000), RangeError, "larger than 1000");
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function readWholeText(
+  reader: SysfsReader,
+  path: string,
+  maxBytes: number = WHOLE_TEXT_LIMIT,
+): string | null {
+  const bytes = reader.readBytes(path, maxBytes + 1);
+  if (bytes === null) return null;
+  if (bytes.length > maxBytes) {
+    throw new RangeError(`Cannot read "${path}" whole: it is larger than ${maxBytes} bytes`);
+  }
+  return new TextDecoder().decode(bytes);
+}
+
 /** The `kind` of a {@link SysfsTreeError} for a loop of symbolic links. */
 const LINK_LOOP = "a loop of symbolic links";
 

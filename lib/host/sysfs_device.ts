@@ -14,7 +14,7 @@ import {
   comparePciAddress,
   libvirtNumber,
 } from "../pci/address.ts";
-import { baseName, readAttribute, type SysfsReader } from "./sysfs.ts";
+import { baseName, readAttribute, readWholeText, type SysfsReader } from "./sysfs.ts";
 import { isFileName, join } from "../state/paths.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
@@ -1136,15 +1136,12 @@ const MAX_MOUNTINFO_BYTES = 64 * 1024 * 1024;
 function mountUses(reader: SysfsReader, roots: LiveRoots): HostUse[] {
   const { sysRoot, procRoot } = roots;
   const path = `${procRoot}/self/mountinfo`;
-  const bytes = reader.readBytes(path, MAX_MOUNTINFO_BYTES + 1);
-  if (bytes === null) throw new Error(`Cannot read ${path}: what the host has mounted is unknown`);
-  if (bytes.length > MAX_MOUNTINFO_BYTES) {
-    throw new Error(`${path} is larger than ${MAX_MOUNTINFO_BYTES} bytes`);
-  }
+  const text = readWholeText(reader, path, MAX_MOUNTINFO_BYTES);
+  if (text === null) throw new Error(`Cannot read ${path}: what the host has mounted is unknown`);
   const seen = new Set<string>();
   // Each block device's name, with the first mount point it was seen at.
   const mounted = new Map<string, string>();
-  for (const line of new TextDecoder().decode(bytes).split("\n")) {
+  for (const line of text.split("\n")) {
     // ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
     const fields = line.split(" ");
     const separator = fields.indexOf("-", 6);
@@ -1199,7 +1196,8 @@ function btrfsUses(reader: SysfsReader, sysRoot: string): HostUse[] {
  */
 function swapUses(reader: SysfsReader, { sysRoot, procRoot }: LiveRoots): HostUse[] {
   const uses: HostUse[] = [];
-  const swaps = reader.readText(`${procRoot}/swaps`) ?? "";
+  // Whole, or refused: a swap partition listed past a head would read as the host's no more.
+  const swaps = readWholeText(reader, `${procRoot}/swaps`) ?? "";
   for (const line of swaps.split("\n").slice(1)) {
     const [source, type] = line.trim().split(/\s+/);
     if (source === undefined || type !== "partition") continue;
@@ -1271,7 +1269,7 @@ function zfsPoolUses(
     // A hidden disk (a path of a multipath NVMe drive) has no number, nor a `/dev` node to open.
     const number = readAttribute(reader, `${sysRoot}/class/block/${name}/dev`);
     if (number === null || !/^\d+:\d+$/.test(number)) continue;
-    const record = reader.readText(`${udevDataDir}/b${number}`);
+    const record = readWholeText(reader, `${udevDataDir}/b${number}`);
     const detail = record === null
       ? (unprobed ??= unprobedDetail(reader, udevDataDir, pools))(name)
       : memberDetail(udevProperties(record), pools, name);

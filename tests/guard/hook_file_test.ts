@@ -731,6 +731,16 @@ Deno.test("findHookDaemons() trusts a pidfile only when /proc names the daemon",
         { name: "libvirtd", pid: 4242, started: null },
       ],
     );
+    // A big server's /proc/stat: a line per CPU and the interrupt counts before btime, far past
+    // 64 KiB.
+    const cpus = Array.from({ length: 512 }, (_, i) => `cpu${i} 1 2 3 4 5 6 7 8 9 10\n`).join("");
+    const intr = `intr ${Array.from({ length: 12000 }, (_, i) => i).join(" ")}\n`;
+    Deno.writeTextFileSync(`${dir}/proc/stat`, `cpu 1 2 3\n${cpus}${intr}btime 1700000000\n`);
+    assertEquals(Deno.statSync(`${dir}/proc/stat`).size > 65536, true);
+    assertEquals(
+      findHookDaemons(denoFsReader(), { runDir: `${dir}/run`, procRoot: `${dir}/proc` }),
+      [{ name: "libvirtd", pid: 4242, started: 1700000123.45 }],
+    );
     assertEquals(
       noDaemonMessage(),
       "No running libvirtd or virtqemud found (pidfiles /run/libvirtd.pid, /run/virtqemud.pid): " +

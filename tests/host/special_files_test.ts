@@ -15,6 +15,7 @@ import {
   checkCapturedTree,
   confinedReader,
   denoFsReader,
+  readWholeText,
   type SysfsReader,
   SysfsTreeError,
 } from "../../lib/host/sysfs.ts";
@@ -588,6 +589,26 @@ Deno.test("the libc reader's listing tells files, directories and links from FIF
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readWholeText() reads a table whole through both readers, and refuses /dev/zero and a huge file at its cap", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "passthrough-whole-" });
+  try {
+    // Lines of differing lengths: a byte misplaced where the libc reader's buffer grows shows.
+    const table = Array.from({ length: 20000 }, (_, i) => `${i} ${"x".repeat(i % 97)}\n`).join("");
+    Deno.writeTextFileSync(`${dir}/iomem`, table);
+    Deno.symlinkSync("/dev/zero", `${dir}/zero`);
+    Deno.writeTextFileSync(`${dir}/huge`, "0x10de\n");
+    Deno.truncateSync(`${dir}/huge`, 2 ** 40);
+    for (const reader of [denoFsReader(), denoFsReader({ listings: dir }), libcSysfsReader()]) {
+      assertEquals(readWholeText(reader, `${dir}/iomem`), table);
+      assertThrows(() => readWholeText(reader, `${dir}/huge`), RangeError, "larger than 16777216");
+    }
+    // The Deno readers never open a device; libc's reads it to the cap and a byte, no further.
+    assertThrows(() => readWholeText(libcSysfsReader(), `${dir}/zero`), RangeError, "larger than");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

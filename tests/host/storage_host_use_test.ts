@@ -190,6 +190,15 @@ Deno.test("readHostUse(): a swap partition's controller; a swap file is its file
   );
 });
 
+Deno.test("readHostUse(): a swap partition listed past the first 64 KiB of /proc/swaps is still the host's", async () => {
+  // Thousands of swap files (a host that adds one per tenant) before the partition.
+  const files = Array.from({ length: 2000 }, (_, i) => swap(`/var/swap/tenant-${i}`, "file"));
+  assertEquals(files.join("\n").length > 65536, true);
+  assertEquals(await storageUse({ swaps: [...files, swap("/dev/nvme1n1p3")] }), [
+    [NVME[1], "swap", "swap on nvme1n1p3"],
+  ]);
+});
+
 Deno.test("readHostUse(): a controller with a mounted filesystem is named by the mount alone", async () => {
   assertEquals(
     await storageUse({
@@ -361,7 +370,7 @@ Deno.test("readHostUse(): a mount table over 64 MiB is an error, not the part of
     mounts: [...lines, mount("259:2", "/", "ext4", "/dev/nvme0n1p2")],
   })
     .catch((e: Error) => e);
-  assertMatch(String(error), /\/proc\/self\/mountinfo is larger than 67108864 bytes/);
+  assertMatch(String(error), /\/proc\/self\/mountinfo" whole: it is larger than 67108864 bytes/);
 });
 
 Deno.test("readHostUse(): a live host whose IPv4 routing table cannot be read is an error, not no routes", async () => {

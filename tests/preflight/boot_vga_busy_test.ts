@@ -5,6 +5,7 @@
  */
 
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { libcSysfsReader } from "../../ffi/libc_fs.ts";
 import { parseIomemFramebuffers, readHostFacts } from "../../lib/host/preflight.ts";
 import { denoFsReader } from "../../lib/host/sysfs.ts";
 import { described, domain, planOn, vm, warningCodes, withHost } from "./trees.ts";
@@ -56,6 +57,28 @@ Deno.test("boot-vga: no warning for a secondary GPU, nor for the boot GPU once n
   });
   await withHost(released, (built) => {
     assertEquals(warningCodes(vm(planOn(built, GPU_RULE, { win: domain("win") }), "win")), []);
+  });
+});
+
+Deno.test("boot-vga: BOOTFB in a BAR listed past the first 64 KiB of /proc/iomem is still found, through both readers", async () => {
+  // A big server's table: thousands of reserved and PCI ranges before the GPU's BAR.
+  const filler = Array.from(
+    { length: 3000 },
+    (_, i) => `${(i * 0x1000).toString(16).padStart(8, "0")}-00000fff : Reserved\n`,
+  ).join("");
+  const iomem = filler + IOMEM.slice(IOMEM.indexOf("e0000000"));
+  assertEquals(iomem.length > 65536 && iomem.indexOf("BOOTFB") > 65536, true);
+  const description = described("x570-aorus-pro-wifi", {
+    devices: { "0000:0b:00.0": { boot_vga: true }, "0000:0c:00.0": { boot_vga: false } },
+    host: { proc: { iomem } },
+  });
+  await withHost(description, (built) => {
+    const win = vm(planOn(built, GPU_RULE, { win: domain("win") }), "win");
+    assertEquals(warningCodes(win).includes("boot-vga"), true);
+    for (const reader of [denoFsReader(), libcSysfsReader()]) {
+      const facts = readHostFacts({ reader, sysRoot: built.dir, procRoot: `${built.dir}/proc` });
+      assertEquals([...facts.firmwareFramebuffers() ?? []], [["0000:0b:00.0", ["BOOTFB"]]]);
+    }
   });
 });
 
