@@ -116,7 +116,7 @@ function lazyLibc(compiled: boolean): Libc {
     Object.defineProperty(lib, name, {
       configurable: true,
       get() {
-        if (errnoView === undefined && name !== "__errno_location") errno();
+        if (errnoCell === undefined && name !== "__errno_location") errno();
         const group = (GROUPS.find((g) => g.includes(name)) ?? [name])
           .filter((n) => !compiled || n !== "__errno_location");
         const functions = bind(group, compiled);
@@ -132,22 +132,33 @@ function lazyLibc(compiled: boolean): Libc {
 
 const compiledLibc = lazyLibc(true);
 const plainLibc = lazyLibc(false);
-let errnoView: Deno.UnsafePointerView | null | undefined;
+let errnoCell: Int32Array | null | undefined;
 
 /** The libc functions: with fast-call trampolines, or (`fewCalls`) without; see `bind`. */
 export function libc(fewCalls = false): Libc {
-  if (errnoView === undefined) errno();
+  if (errnoCell === undefined) errno();
   return fewCalls ? plainLibc : compiledLibc;
 }
 
 /** This thread's `errno`, as the last libc call left it. */
 export function errno(): number {
-  if (errnoView === undefined) {
+  if (errnoCell === undefined) {
     // errno lives in thread-local storage at an address fixed for the thread; FFI calls without
     // `nonblocking` run on this one, so the view is made once: a failed lookup per device is
     // common in discovery.
     const pointer = plainLibc.__errno_location();
-    errnoView = pointer === null ? null : new Deno.UnsafePointerView(pointer);
+    errnoCell = pointer === null
+      ? null
+      : new Int32Array(Deno.UnsafePointerView.getArrayBuffer(pointer, 4));
   }
-  return errnoView === null ? 0 : errnoView.getInt32(0);
+  return errnoCell === null ? 0 : errnoCell[0]!;
+}
+
+/**
+ * Sets this thread's `errno` to 0, before a call whose failure only errno tells apart from its
+ * ordinary end: `readdir` returns NULL both at a directory's end and when listing it failed.
+ */
+export function clearErrno(): void {
+  errno();
+  if (errnoCell) errnoCell[0] = 0;
 }

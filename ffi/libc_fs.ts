@@ -10,7 +10,7 @@
  */
 
 import type { DirectoryEntry, EntryKind, SysfsFile, SysfsReader } from "../lib/host/sysfs.ts";
-import { errno, libc, LITTLE_ENDIAN } from "./libc.ts";
+import { clearErrno, errno, libc, LITTLE_ENDIAN } from "./libc.ts";
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
@@ -96,7 +96,15 @@ export class LibcFsError extends Error {
  * ```
  */
 export function libcSysfsReader(options: { fewCalls?: boolean } = {}): SysfsReader {
-  const reader = new LibcReader(libc(options.fewCalls));
+  return libcReaderOver(libc(options.fewCalls));
+}
+
+/**
+ * {@link libcSysfsReader} calling the functions of `lib`, not of the package's exports: a test
+ * injects there a failure the kernel gives too rarely to provoke (a listing that fails midway).
+ */
+export function libcReaderOver(lib: ReturnType<typeof libc>): SysfsReader {
+  const reader = new LibcReader(lib);
   // A plain object, as every reader is: a caller may spread it to replace one method.
   return {
     listDir: (path) => reader.listDir(path),
@@ -276,7 +284,12 @@ class LibcReader {
     this.#buffer = bigger;
   }
 
-  /** Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing. */
+  /**
+   * Calls `each` for each entry of a directory but `.` and `..`; `false` when it is missing.
+   * Throws {@link LibcFsError} when the listing fails midway, whatever the errno: `readdir`
+   * returns NULL at the end and on a failure alike, and a listing cut short (no holders, a group
+   * of one) would read as all there is.
+   */
   #readDirectory(path: string, each: (name: string, type: number) => void): boolean {
     let dir = this.#lib.opendir(this.#cString(path));
     for (let attempt = 0; dir === null && this.#retry(attempt); attempt++) {
@@ -285,8 +298,14 @@ class LibcReader {
     if (dir === null) return this.#fail("open directory", path) ?? false;
     try {
       for (;;) {
+        // Only errno tells a failure from the end, and the end leaves it as it was.
+        clearErrno();
         const entry = this.#lib.readdir(dir);
-        if (entry === null) break;
+        if (entry === null) {
+          const code = errno();
+          if (code !== 0) throw new LibcFsError("list directory", path, code);
+          break;
+        }
         const view = new Deno.UnsafePointerView(entry);
         const name = view.getCString(DIRENT_NAME_OFFSET);
         if (name !== "." && name !== "..") each(name, view.getUint8(DIRENT_TYPE_OFFSET));
