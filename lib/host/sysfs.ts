@@ -19,7 +19,12 @@ export interface SysfsReader {
    * (`snapshot --check`, `doctor --sysfs`), which lists every device's directory.
    */
   listEntries?(path: string): DirectoryEntry[] | null;
-  /** A small text file's contents as is, or `null` when it is missing or unreadable. */
+  /**
+   * A small text file's contents as is, or `null` when it is missing or unreadable: at most its
+   * first 64 KiB, which holds any kernel attribute (a page at most). A table that can be longer
+   * (`/proc/iomem`, `/proc/swaps`), where what comes last counts, is read with
+   * {@link readWholeText}, which refuses rather than cuts.
+   */
   readText(path: string): string | null;
   /** Up to `maxBytes` bytes of a file (e.g. PCI `config`), or `null` when it is missing. */
   readBytes(path: string, maxBytes: number): Uint8Array | null;
