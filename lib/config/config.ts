@@ -658,9 +658,9 @@ function check(value: unknown, schema: Schema, at: Steps, ctx: Context): unknown
   }
 }
 
-/** The option of `schema` for the kind of `value`, checked; reported when no option fits. */
-function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context): unknown {
-  const kinds = typeof value === "string"
+/** The schema types a value of this kind (from {@link toData}) may fit. */
+function kindsOf(value: unknown): Schema["type"][] {
+  return typeof value === "string"
     ? ["string"]
     : typeof value === "number"
     ? ["integer"]
@@ -671,6 +671,22 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
     : value instanceof Map
     ? ["object", "map"]
     : [];
+}
+
+/** The kind of value `schema` takes, as an error names it: "an integer", "a list". */
+function expectedKind(schema: Schema): string {
+  return schema.type === "integer"
+    ? "an integer"
+    : schema.type === "object" || schema.type === "map"
+    ? "a mapping"
+    : schema.type === "array"
+    ? "a list"
+    : `a ${schema.type}`;
+}
+
+/** The option of `schema` for the kind of `value`, checked; reported when no option fits. */
+function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context): unknown {
+  const kinds = kindsOf(value);
   const option = schema.options.find((o) => kinds.includes(o.type));
   // A quoted number (`vf: "0"`, `"-1"`, `"1.5"`) is a string to YAML: the string option alone
   // ("any") would be named as expected, as if no index could be given.
@@ -679,15 +695,7 @@ function checkOneOf(value: unknown, schema: OneOfSchema, at: Steps, ctx: Context
     !option.enum.includes(value) && schema.options.some((o) => o.type === "integer");
   if (option !== undefined && !quotedNumber) return check(value, option, at, ctx);
   const expected = schema.options.map((o) =>
-    o.type === "string" && o.enum
-      ? o.enum.map((e) => `"${e}"`).join(" or ")
-      : o.type === "integer"
-      ? "an integer"
-      : o.type === "object" || o.type === "map"
-      ? "a mapping"
-      : o.type === "array"
-      ? "a list"
-      : `a ${o.type}`
+    o.type === "string" && o.enum ? o.enum.map((e) => `"${e}"`).join(" or ") : expectedKind(o)
   );
   return wrongType(
     ctx,
@@ -900,11 +908,35 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
       const hint = suggestion(key, known) ?? `expected one of ${known.join(", ")}`;
       report(ctx, [...at, key], `Unknown key "${key}"`, hint, { key: true });
     } else {
-      out[key] = check(item, schema.properties[key]!, [...at, key], ctx);
+      const moved = misplaced(item, key, schema);
+      out[key] = moved === null
+        ? check(item, schema.properties[key]!, [...at, key], ctx)
+        : wrongType(ctx, [...at, key], expectedKind(schema.properties[key]!), item, moved);
     }
   }
   checkKeySet(value, schema, at, ctx);
   return out;
+}
+
+/**
+ * What to write when `value` does not fit `key` but belongs to the key it excludes: `count: all`
+ * means `all: true`, `host: [a, b]` is a list for `hosts:`, `hosts: hv1` one name for `host:`.
+ * The schema's own hint ("write a whole number") led away from the key that takes it.
+ */
+function misplaced(value: unknown, key: string, schema: ObjectSchema): string | null {
+  const pair = schema.exclusive?.find((p) => p.includes(key));
+  const other = pair?.find((k) => k !== key);
+  if (other === undefined) return null;
+  const own = schema.properties[key]!;
+  const theirs = schema.properties[other]!;
+  if (theirs.type === "boolean" && value === other) {
+    return `write ${other}: true in place of ${key}: ${other}`;
+  }
+  const kinds = kindsOf(value);
+  if (kinds.includes(own.type) || !kinds.includes(theirs.type)) return null;
+  return typeof value === "string"
+    ? `one value goes under "${other}:": write ${other}: ${value}, or ${key}: [${value}]`
+    : `a list goes under "${other}:": write ${other}: in place of ${key}:`;
 }
 
 /** Reports required keys missing, too few keys, and keys that exclude each other. */

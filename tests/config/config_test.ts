@@ -900,6 +900,35 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() names the key a value written under the key it excludes belongs to", () => {
+  // The hints said "write a whole number", "quote the value" and "start each item with -".
+  const errors = errorsOf(`version: 1
+hosts: { a: {}, b: {}, hv1: {} }
+vms:
+  vm:
+    host: [a, b]
+    devices:
+      - match: { class: vga }
+        count: all
+      - match: { class: usb }
+        hosts: hv1
+`);
+  assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
+    [
+      "c.yaml:5:11: Expected a string, found a list",
+      'a list goes under "hosts:": write hosts: in place of host:',
+    ],
+    [
+      'c.yaml:8:16: Expected an integer, found the string "all"',
+      "write all: true in place of count: all",
+    ],
+    [
+      'c.yaml:10:16: Expected a list, found the string "hv1"',
+      'one value goes under "host:": write host: hv1, or hosts: [hv1]',
+    ],
+  ]);
+});
+
 Deno.test("parseConfig() takes a rule name from a block scalar without its line end, and refuses an empty or multi-line one", () => {
   // `name: |` keeps a line end: plan printed 'Rule "gpu\n" of VM "vm"' over two lines.
   const named = rules(
