@@ -788,16 +788,27 @@ function xmlCarriable(value: string, at: Steps, ctx: Context): string | undefine
   );
 }
 
+/**
+ * A number as written at `at`: `123456789012345678901234567890` read as a float printed as
+ * `1.2345678901234568e+29`, a number the user never wrote.
+ */
+function writtenNumber(ctx: Context, at: Steps, value: number): string {
+  const node = nodeAt(ctx, at);
+  return isScalar(node) && node.value === value && node.source ? node.source : String(value);
+}
+
 /** An integer within the schema's bounds and {@link MAX_INTEGER}. */
 function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Context): unknown {
   if (typeof value !== "number" || !Number.isInteger(value)) {
     return wrongType(ctx, at, "an integer", value, "write a whole number without quotes, e.g. 1");
   }
+  // Looked up only for a refusal: finding the node walks the document.
+  const shown = () => writtenNumber(ctx, at, value);
   if (schema.const !== undefined && value !== schema.const) {
     return report(
       ctx,
       at,
-      `Unsupported value ${value}: expected ${schema.const}`,
+      `Unsupported value ${shown()}: expected ${schema.const}`,
       `write ${schema.const}`,
     );
   }
@@ -806,7 +817,7 @@ function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Con
     return report(
       ctx,
       at,
-      `Value ${value} is too large: the maximum is ${MAX_INTEGER}`,
+      `Value ${shown()} is too large: the maximum is ${MAX_INTEGER}`,
       `use ${MAX_INTEGER} or less`,
     );
   }
@@ -814,7 +825,7 @@ function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Con
     return report(
       ctx,
       at,
-      `Value ${value} is too large: the maximum is ${schema.maximum}`,
+      `Value ${shown()} is too large: the maximum is ${schema.maximum}`,
       `use ${schema.maximum} or less`,
     );
   }
@@ -822,7 +833,7 @@ function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Con
     return report(
       ctx,
       at,
-      `Value ${value} is too small: the minimum is ${schema.minimum}`,
+      `Value ${shown()} is too small: the minimum is ${schema.minimum}`,
       `use ${schema.minimum} or more`,
     );
   }

@@ -977,6 +977,26 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() echoes a number out of bounds as written, not as the float YAML read", () => {
+  // 123456789012345678901234567890 was echoed as 1.2345678901234568e+29.
+  const errors = errorsOf(`version: 0x2
+vms:
+  vm:
+    devices:
+      - match: { class: vga }
+        count: 123456789012345678901234567890
+        boot_order: 0o0
+        interface: { vlan: 0x1000 }
+        vf: 0
+`);
+  assertEquals(errors.map((e) => e.message.split(" at ")[0]), [
+    "c.yaml:1:10: Unsupported value 0x2: expected 1",
+    "c.yaml:6:16: Value 123456789012345678901234567890 is too large: the maximum is 2147483647",
+    "c.yaml:7:21: Value 0o0 is too small: the minimum is 1",
+    "c.yaml:8:28: Value 0x1000 is too large: the maximum is 4095",
+  ]);
+});
+
 Deno.test("parseConfig() names the values of a rom bar: written as a number or a boolean", () => {
   const errors = errorsOf(`version: 1
 vms:
