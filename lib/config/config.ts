@@ -735,7 +735,9 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
         : null;
       return report(ctx, at, `Expected one of ${values}, found ${describe(value)}`, hint);
     }
-    const hint = single ? 'write a single value, quoted: "..."' : 'quote the value: "..."';
+    const hint = single
+      ? 'write a single value, quoted: "..."'
+      : misread(ctx, at, value) ?? 'quote the value: "..."';
     return wrongType(ctx, at, "a string", value, hint);
   }
   if (schema.enum) {
@@ -795,6 +797,24 @@ function xmlCarriable(value: string, at: Steps, ctx: Context): string | undefine
 function writtenNumber(ctx: Context, at: Steps, value: number): string {
   const node = nodeAt(ctx, at);
   return isScalar(node) && node.value === value && node.source ? node.source : String(value);
+}
+
+/**
+ * How YAML read the text written at `at` as `value`, a number or a boolean, and how to keep the
+ * text: `%YAML 1.1` reads `52:54:00:12:34:56` as the base-60 number 41135085296 and `yes` as true,
+ * which "found number 41135085296" left the user to work out.
+ */
+function misread(ctx: Context, at: Steps, value: unknown): string | null {
+  const node = nodeAt(ctx, at);
+  if (!isScalar(node) || node.value !== value || !node.source) return null;
+  if (node.source === String(value)) return null;
+  const spec = ctx.doc.directives?.yaml.version === "1.1" ? "YAML 1.1" : "YAML";
+  const kind = typeof value === "boolean"
+    ? "the boolean"
+    : node.source.includes(":")
+    ? "the sexagesimal (base 60) number"
+    : "the number";
+  return `${spec} reads ${node.source} as ${kind} ${value}: quote it, "${node.source}"`;
 }
 
 /** An integer within the schema's bounds and {@link MAX_INTEGER}. */

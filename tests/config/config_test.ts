@@ -929,6 +929,40 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() says what YAML read a text as where a string goes, and to quote it", () => {
+  // "found number 41135085296 (quote the value)" did not say the MAC was read as base 60.
+  const errors = errorsOf(`%YAML 1.1
+---
+version: 1
+vms:
+  vm:
+    devices:
+      - match: { class: ethernet }
+        vf: 0
+        interface: { mac: 52:54:00:12:34:56 }
+        name: yes
+`);
+  assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
+    [
+      "c.yaml:9:27: Expected a string, found number 41135085296",
+      'YAML 1.1 reads 52:54:00:12:34:56 as the sexagesimal (base 60) number 41135085296: quote it, "52:54:00:12:34:56"',
+    ],
+    [
+      "c.yaml:10:15: Expected a string, found boolean true",
+      'YAML 1.1 reads yes as the boolean true: quote it, "yes"',
+    ],
+  ]);
+  // YAML 1.2 reads hex too; a number written as it prints needs no explaining.
+  const hex = errorsOf(
+    "version: 1\nvms:\n  vm:\n    devices:\n      - { match: { class: vga }, name: 0x10 }\n" +
+      "      - { match: { class: usb }, name: 12 }\n",
+  );
+  assertEquals(hex.map((e) => e.hint), [
+    'YAML reads 0x10 as the number 16: quote it, "0x10"',
+    'quote the value: "..."',
+  ]);
+});
+
 Deno.test("parseConfig() takes a rule name from a block scalar without its line end, and refuses an empty or multi-line one", () => {
   // `name: |` keeps a line end: plan printed 'Rule "gpu\n" of VM "vm"' over two lines.
   const named = rules(
