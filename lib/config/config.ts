@@ -1212,7 +1212,12 @@ function readDocument(written: string, file: string): { ctx: Context; data: unkn
   // yaml refuses duplicate keys itself (`uniqueKeys`, on by default). Merge keys (`<<: *base`)
   // merge under YAML 1.2 too, as under `%YAML 1.1` and in editors checking the schema: else `<<`
   // was an unknown key ("did you mean vf?") and, under `vms:`, a VM named "<<".
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true });
+  const doc = parseDocument(text, {
+    lineCounter: lines,
+    prettyErrors: false,
+    merge: true,
+    uniqueKeys: sameKey,
+  });
   const ctx: Context = { file, doc, lines, aliases: new Map(), errors: [] };
   const stopOnErrors = () => {
     if (ctx.errors.length > 0) throw new ConfigErrors(ctx.file, ctx.errors);
@@ -1231,6 +1236,18 @@ function readDocument(written: string, file: string): { ctx: Context; data: unkn
   const data = toData(ctx);
   stopOnErrors();
   return { ctx, data };
+}
+
+/**
+ * Whether two keys of one mapping are one key to yaml's duplicate check: as yaml compares them (by
+ * the value read), but a number, boolean or null written two ways is two keys. A VM or host name
+ * is taken as written ({@link prepare}), so `yes:` and `on:` are two VMs: under `%YAML 1.1` yaml
+ * read both as true and refused the second as a duplicate. Elsewhere such keys are refused anyway.
+ */
+function sameKey(a: Node, b: Node): boolean {
+  if (a === b) return true;
+  if (!isScalar(a) || !isScalar(b) || a.value !== b.value) return false;
+  return typeof a.value === "string" || typeof a.value === "symbol" || a.source === b.source;
 }
 
 /** The checked config normalised: hosts, then each VM with its rules, in file order. */

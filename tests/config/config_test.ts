@@ -848,6 +848,29 @@ Deno.test("parseConfig() takes a VM or host named by a number or a boolean as wr
   );
 });
 
+Deno.test("parseConfig() takes two VMs or hosts YAML reads as one value as the two names written", () => {
+  // Under %YAML 1.1 yes and on are both true: "Duplicate key" at the second, which is a name here.
+  const config = parseConfig(
+    "%YAML 1.1\n---\nversion: 1\nhosts: { yes: {}, on: {} }\nvms:\n" +
+      "  yes: { host: on, devices: [] }\n  on: { devices: [] }\n  0x64: { devices: [] }\n" +
+      "  100.0: { devices: [] }\n",
+    { file: "c.yaml" },
+  );
+  assertEquals(config.hosts?.map((h) => h.name), ["yes", "on"]);
+  assertEquals(config.vms.map((vm) => [vm.name, vm.hosts]), [
+    ["yes", ["on"]],
+    ["on", undefined],
+    ["0x64", undefined],
+    ["100.0", undefined],
+  ]);
+  // Written alike they are one key still, and so are two keys elsewhere read as one value.
+  assertEquals(
+    errorsOf("%YAML 1.1\n---\nversion: 1\nvms:\n  yes: { devices: [] }\n  yes: { devices: [] }\n")
+      .map((e) => e.message),
+    ["c.yaml:6:3: Duplicate key: each key may appear once (merge the two entries)"],
+  );
+});
+
 Deno.test("parseConfig() takes host: and hosts: naming a host by a number or a boolean as written", () => {
   // `101:` declares the host "101": `host: 101` names it, as it would quoted.
   const config = parseConfig(
