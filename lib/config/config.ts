@@ -902,10 +902,12 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
     return wrongType(ctx, at, "a mapping", value, "write NAME: followed by indented keys");
   }
   const pattern = new RegExp(schema.keyPattern);
-  const entries: [string, unknown][] = [];
+  // A Map, not an object: an object lists a VM named "100" before "web" written above it (integer
+  // keys first), and a Map takes a VM named "__proto__" as an entry, not the prototype.
+  const entries = new Map<string, unknown>();
   for (const [index, [key, item]] of [...value].entries()) {
     if (typeof key === "string" && pattern.test(key)) {
-      entries.push([key, check(item, schema.values, [...at, key], ctx)]);
+      entries.set(key, check(item, schema.values, [...at, key], ctx));
     } else {
       const hint = schema.keyHint ?? "use the libvirt domain name";
       const name = typeof key === "string" ? ` ${JSON.stringify(key)}` : `: ${describe(key)}`;
@@ -913,8 +915,7 @@ function checkMap(value: unknown, schema: MapSchema, at: Steps, ctx: Context): u
       report(ctx, [...at, step], `Invalid name${name}`, hint, { key: true, path: at });
     }
   }
-  // `fromEntries` makes a VM named "__proto__" an entry, not the prototype.
-  return Object.fromEntries(entries);
+  return entries;
 }
 
 /** A mapping of known keys: each key checked, then the required, minimum and exclusive keys. */
@@ -992,11 +993,11 @@ function checkKeySet(
 }
 
 function normaliseHosts(
-  raw: Record<string, RawHostConfig | undefined>,
+  raw: ReadonlyMap<string, RawHostConfig | undefined>,
   ctx: Context,
 ): HostConfig[] {
   const hosts: HostConfig[] = [];
-  for (const [name, rawHost] of Object.entries(raw)) {
+  for (const [name, rawHost] of raw) {
     if (rawHost === undefined) continue;
     const sysfs = rawHost.sysfs === undefined
       ? null
@@ -1256,16 +1257,16 @@ function normaliseConfig(raw: RawConfig | undefined, ctx: Context): Config {
   if (raw?.example === true) config.example = true;
   let declared: string[] | null = null;
   if (raw?.hosts !== undefined) {
-    config.hosts = normaliseHosts(raw.hosts as Record<string, RawHostConfig | undefined>, ctx);
+    config.hosts = normaliseHosts(raw.hosts, ctx);
     config.hostsLocation = location(ctx, ["hosts"], true);
-    declared = Object.keys(raw.hosts);
+    declared = [...raw.hosts.keys()];
     // Names refused (`"a b":`) were reported: the list is empty only when nothing is under it.
     const written = nodeAt(ctx, ["hosts"]);
     if (isMap(written) && written.items.length === 0) {
       report(ctx, ["hosts"], "Empty host list", 'declare at least one host, or remove "hosts:"');
     }
   }
-  for (const [name, rawVm] of Object.entries(raw?.vms ?? {})) {
+  for (const [name, rawVm] of raw?.vms ?? []) {
     config.vms.push(normaliseVm(name, rawVm, declared, ctx));
   }
   return config;

@@ -118,7 +118,7 @@ export type Infer<S> = S extends { type: "string"; enum: readonly (infer E)[] } 
   : S extends { type: "integer" } ? number
   : S extends { type: "boolean" } ? boolean
   : S extends { type: "array"; items: infer I } ? Infer<I>[]
-  : S extends { type: "map"; values: infer V } ? Record<string, Infer<V>>
+  : S extends { type: "map"; values: infer V } ? ReadonlyMap<string, Infer<V> | undefined>
   : S extends { type: "oneOf"; options: readonly (infer O)[] } ? Infer<O>
   : S extends { type: "object"; properties: infer P; required: readonly (infer R extends string)[] }
     ? InferObject<P, R>

@@ -848,6 +848,21 @@ Deno.test("parseConfig() takes a VM or host named by a number or a boolean as wr
   );
 });
 
+Deno.test("parseConfig() keeps VMs and hosts named like list indexes in file order", () => {
+  // An object lists the keys "100" and "7" first: plan showed VM "100" before "web" above it.
+  const config = parseConfig(
+    "version: 1\nhosts: { b: {}, 7: {} }\nvms:\n  web: { devices: [] }\n  100: { devices: [] }\n" +
+      '  "42": { devices: [] }\n',
+    { file: "c.yaml" },
+  );
+  assertEquals(config.hosts?.map((h) => h.name), ["b", "7"]);
+  assertEquals(config.vms.map((vm) => [vm.name, vm.location]), [
+    ["web", "c.yaml:4:3"],
+    ["100", "c.yaml:5:3"],
+    ["42", "c.yaml:6:3"],
+  ]);
+});
+
 Deno.test("parseConfig() takes two VMs or hosts YAML reads as one value as the two names written", () => {
   // Under %YAML 1.1 yes and on are both true: "Duplicate key" at the second, which is a name here.
   const config = parseConfig(
