@@ -677,6 +677,8 @@ function kindsOf(value: unknown): Schema["type"][] {
 function expectedKind(schema: Schema): string {
   return schema.type === "integer"
     ? "an integer"
+    : schema.type === "boolean"
+    ? "true or false"
     : schema.type === "object" || schema.type === "map"
     ? "a mapping"
     : schema.type === "array"
@@ -952,7 +954,8 @@ function checkObject(value: unknown, schema: ObjectSchema, at: Steps, ctx: Conte
 
 /**
  * What to write when `value` does not fit `key` but belongs to the key it excludes: `count: all`
- * means `all: true`, `host: [a, b]` is a list for `hosts:`, `hosts: hv1` one name for `host:`.
+ * means `all: true`, `all: 3` is `count: 3`, `host: [a, b]` is a list for `hosts:`, `hosts: hv1`
+ * one name for `host:`.
  * The schema's own hint ("write a whole number") led away from the key that takes it.
  */
 function misplaced(value: unknown, key: string, schema: ObjectSchema): string | null {
@@ -961,14 +964,20 @@ function misplaced(value: unknown, key: string, schema: ObjectSchema): string | 
   if (other === undefined) return null;
   const own = schema.properties[key]!;
   const theirs = schema.properties[other]!;
-  if (theirs.type === "boolean" && value === other) {
-    return `write ${other}: true in place of ${key}: ${other}`;
+  if (theirs.type === "boolean") {
+    // `count: all` and `count: true` mean `all: true`; `count: false` means no such thing.
+    return value === other || value === true
+      ? `write ${other}: true in place of ${key}: ${value}`
+      : null;
   }
   const kinds = kindsOf(value);
   if (kinds.includes(own.type) || !kinds.includes(theirs.type)) return null;
+  if (Array.isArray(value)) {
+    return `a list goes under "${other}:": write ${other}: in place of ${key}:`;
+  }
   return typeof value === "string"
     ? `one value goes under "${other}:": write ${other}: ${value}, or ${key}: [${value}]`
-    : `a list goes under "${other}:": write ${other}: in place of ${key}:`;
+    : `write ${other}: ${value} in place of ${key}: ${value}`;
 }
 
 /** Reports required keys missing, too few keys, and keys that exclude each other. */

@@ -950,6 +950,9 @@ vms:
         count: all
       - match: { class: usb }
         hosts: hv1
+      - { match: { class: nvme }, count: true }
+      - { match: { class: sata }, all: 3 }
+      - { match: { class: audio }, count: false }
 `);
   assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
     [
@@ -963,6 +966,15 @@ vms:
     [
       'c.yaml:10:16: Expected a list, found the string "hv1"',
       'one value goes under "host:": write host: hv1, or hosts: [hv1]',
+    ],
+    [
+      "c.yaml:11:42: Expected an integer, found boolean true",
+      "write all: true in place of count: true",
+    ],
+    ["c.yaml:12:40: Expected true or false, found number 3", "write count: 3 in place of all: 3"],
+    [
+      "c.yaml:13:43: Expected an integer, found boolean false",
+      "write a whole number without quotes, e.g. 1",
     ],
   ]);
 });
