@@ -739,7 +739,7 @@ function checkString(value: unknown, schema: StringSchema, at: Steps, ctx: Conte
     }
     const hint = single
       ? 'write a single value, quoted: "..."'
-      : misread(ctx, at, value) ?? 'quote the value: "..."';
+      : quoteMisread(misread(ctx, at, value)) ?? 'quote the value: "..."';
     return wrongType(ctx, at, "a string", value, hint);
   }
   if (schema.enum) {
@@ -801,28 +801,60 @@ function writtenNumber(ctx: Context, at: Steps, value: number): string {
   return isScalar(node) && node.value === value && node.source ? node.source : String(value);
 }
 
+/** How YAML read a plain scalar written otherwise, from {@link misread}. */
+interface Misreading {
+  /** The text as written: `52:54:00:12:34:56`. */
+  source: string;
+  /** What YAML made of it: `YAML 1.1 reads 1:30 as the sexagesimal (base 60) number 90`. */
+  reading: string;
+  /** Base 60 (`1:30`) and base 8 (`010`) are YAML 1.1's alone: YAML 1.2 reads other values. */
+  only11: boolean;
+}
+
 /**
- * How YAML read the text written at `at` as `value`, a number or a boolean, and how to keep the
- * text: `%YAML 1.1` reads `52:54:00:12:34:56` as the base-60 number 41135085296 and `yes` as true,
- * which "found number 41135085296" left the user to work out.
+ * How YAML read the text written at `at` as `value`, a number or a boolean: `%YAML 1.1` reads
+ * `52:54:00:12:34:56` as the base-60 number 41135085296 and `yes` as true, which "found number
+ * 41135085296" left the user to work out.
  */
-function misread(ctx: Context, at: Steps, value: unknown): string | null {
+function misread(ctx: Context, at: Steps, value: unknown): Misreading | null {
   const node = nodeAt(ctx, at);
   if (!isScalar(node) || node.value !== value || !node.source) return null;
-  if (node.source === String(value)) return null;
-  const spec = ctx.doc.directives?.yaml.version === "1.1" ? "YAML 1.1" : "YAML";
+  const source = node.source;
+  if (source === String(value)) return null;
+  const yaml11 = ctx.doc.directives?.yaml.version === "1.1";
+  const sexagesimal = typeof value === "number" && source.includes(":");
+  const octal = yaml11 && typeof value === "number" && /^[-+]?0[0-7_]+$/.test(source);
   const kind = typeof value === "boolean"
     ? "the boolean"
-    : node.source.includes(":")
+    : sexagesimal
     ? "the sexagesimal (base 60) number"
+    : octal
+    ? "the octal number"
     : "the number";
-  return `${spec} reads ${node.source} as ${kind} ${value}: quote it, "${node.source}"`;
+  const reading = `${yaml11 ? "YAML 1.1" : "YAML"} reads ${source} as ${kind} ${value}`;
+  return { source, reading, only11: sexagesimal || octal };
+}
+
+/** What to write for a text YAML misread where a string goes: the text, quoted. */
+function quoteMisread(misreading: Misreading | null): string | null {
+  return misreading && `${misreading.reading}: quote it, "${misreading.source}"`;
 }
 
 /** An integer within the schema's bounds and {@link MAX_INTEGER}. */
 function checkInteger(value: unknown, schema: IntegerSchema, at: Steps, ctx: Context): unknown {
   if (typeof value !== "number" || !Number.isInteger(value)) {
     return wrongType(ctx, at, "an integer", value, "write a whole number without quotes, e.g. 1");
+  }
+  // `vf: 1:2` passed VF 62, `boot_order: 010` was 8: a number YAML 1.2 reads otherwise, or not
+  // at all, is a guess at what was meant. Looked up only under 1.1, the only YAML that does it.
+  const misreading = ctx.doc.directives?.yaml.version === "1.1" ? misread(ctx, at, value) : null;
+  if (misreading?.only11) {
+    return report(
+      ctx,
+      at,
+      `Ambiguous number ${misreading.source}`,
+      `${misreading.reading}: write the number meant in decimal`,
+    );
   }
   // Looked up only for a refusal: finding the node walks the document.
   const shown = () => writtenNumber(ctx, at, value);

@@ -1013,6 +1013,31 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() refuses a YAML 1.1 base-60 or octal number where a number goes", () => {
+  // `vf: 1:2` passed VF 62 and `boot_order: 010` was 8, where YAML 1.2 reads "1:2" and 10.
+  const errors = errorsOf(`%YAML 1.1
+---
+version: 1
+vms:
+  vm:
+    devices:
+      - match: { class: ethernet }
+        vf: 1:2
+        boot_order: 010
+        interface: { vlan: 0x10 }
+`);
+  assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
+    [
+      "c.yaml:8:13: Ambiguous number 1:2",
+      "YAML 1.1 reads 1:2 as the sexagesimal (base 60) number 62: write the number meant in decimal",
+    ],
+    [
+      "c.yaml:9:21: Ambiguous number 010",
+      "YAML 1.1 reads 010 as the octal number 8: write the number meant in decimal",
+    ],
+  ]);
+});
+
 Deno.test("parseConfig() takes a rule name from a block scalar without its line end, and refuses an empty or multi-line one", () => {
   // `name: |` keeps a line end: plan printed 'Rule "gpu\n" of VM "vm"' over two lines.
   const named = rules(
