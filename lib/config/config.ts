@@ -997,8 +997,8 @@ function misplaced(value: unknown, key: string, schema: ObjectSchema): string | 
   const own = schema.properties[key]!;
   const theirs = schema.properties[other]!;
   if (theirs.type === "boolean") {
-    // `count: all` and `count: true` mean `all: true`; `count: false` means no such thing.
-    return value === other || value === true
+    // `count: all` (or `All`) and `count: true` mean `all: true`; `count: false` means nothing.
+    return value === true || (typeof value === "string" && value.toLowerCase() === other)
       ? `write ${other}: true in place of ${key}: ${value}`
       : null;
   }

@@ -953,6 +953,7 @@ vms:
       - { match: { class: nvme }, count: true }
       - { match: { class: sata }, all: 3 }
       - { match: { class: audio }, count: false }
+      - { match: { class: wifi }, count: ALL }
 `);
   assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
     [
@@ -975,6 +976,10 @@ vms:
     [
       "c.yaml:13:43: Expected an integer, found boolean false",
       "write a whole number without quotes, e.g. 1",
+    ],
+    [
+      'c.yaml:14:42: Expected an integer, found the string "ALL"',
+      "write all: true in place of count: ALL",
     ],
   ]);
 });
