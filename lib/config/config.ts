@@ -812,9 +812,9 @@ interface Misreading {
 }
 
 /**
- * How YAML read the text written at `at` as `value`, a number or a boolean: `%YAML 1.1` reads
- * `52:54:00:12:34:56` as the base-60 number 41135085296 and `yes` as true, which "found number
- * 41135085296" left the user to work out.
+ * How YAML read the text written at `at` as `value`, a number, a boolean, null or a date not
+ * written as it prints: `%YAML 1.1` reads `52:54:00:12:34:56` as the base-60 number 41135085296
+ * and `yes` as true, which "found number 41135085296" left the user to work out.
  */
 function misread(ctx: Context, at: Steps, value: unknown): Misreading | null {
   const node = nodeAt(ctx, at);
@@ -824,14 +824,21 @@ function misread(ctx: Context, at: Steps, value: unknown): Misreading | null {
   const yaml11 = ctx.doc.directives?.yaml.version === "1.1";
   const sexagesimal = typeof value === "number" && source.includes(":");
   const octal = yaml11 && typeof value === "number" && /^[-+]?0[0-7_]+$/.test(source);
-  const kind = typeof value === "boolean"
-    ? "the boolean"
+  const read = value === null
+    ? "null"
+    : value instanceof Date
+    ? "a date"
+    : typeof value === "boolean"
+    ? `the boolean ${value}`
+    : typeof value !== "number"
+    ? null
     : sexagesimal
-    ? "the sexagesimal (base 60) number"
+    ? `the sexagesimal (base 60) number ${value}`
     : octal
-    ? "the octal number"
-    : "the number";
-  const reading = `${yaml11 ? "YAML 1.1" : "YAML"} reads ${source} as ${kind} ${value}`;
+    ? `the octal number ${value}`
+    : `the number ${value}`;
+  if (read === null) return null;
+  const reading = `${yaml11 ? "YAML 1.1" : "YAML"} reads ${source} as ${read}`;
   return { source, reading, only11: sexagesimal || octal };
 }
 

@@ -996,6 +996,8 @@ vms:
         vf: 0
         interface: { mac: 52:54:00:12:34:56 }
         name: yes
+      - { match: { class: usb }, name: 2026-12-07 }
+      - { match: { class: vga }, name: ~ }
 `);
   assertEquals(errors.map((e) => [e.message.split(" at ")[0], e.hint]), [
     [
@@ -1006,6 +1008,11 @@ vms:
       "c.yaml:10:15: Expected a string, found boolean true",
       'YAML 1.1 reads yes as the boolean true: quote it, "yes"',
     ],
+    [
+      "c.yaml:11:40: Expected a string, found an unsupported value",
+      'YAML 1.1 reads 2026-12-07 as a date: quote it, "2026-12-07"',
+    ],
+    ["c.yaml:12:40: Expected a string, found null", 'YAML 1.1 reads ~ as null: quote it, "~"'],
   ]);
   // YAML 1.2 reads hex too; a number written as it prints needs no explaining.
   const hex = errorsOf(
