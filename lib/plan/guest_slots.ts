@@ -174,6 +174,14 @@ function guestCardOf(device: PciDevice): string {
 }
 
 /**
+ * Whether `closed` is laid out as a card's function by `multifunction: true`: a root bus's
+ * function is a device of its own, where libvirt places it, as under a rule without it.
+ */
+export function laidOutAsCard(closed: Pick<ClosedDevice, "device" | "rule">): boolean {
+  return closed.rule.multifunction && !onRootBus(closed.device);
+}
+
+/**
  * The functions being added, grouped by card ({@link guestCardOf}) and rule, for rules with
  * `multifunction: true`.
  */

@@ -20,7 +20,7 @@
 
 import type { ClosedDevice } from "../resolve/closure.ts";
 import { recordOf, sameIdentityAsRead, VFIO_DRIVERS } from "../resolve/match.ts";
-import { cardOf, onRootBus } from "../resolve/host_critical.ts";
+import { cardOf } from "../resolve/host_critical.ts";
 import {
   type DomainHostdev,
   editDomainXml,
@@ -32,6 +32,7 @@ import { pciAddressFromParts, pciAddressParts, slotOf } from "../pci/address.ts"
 import {
   assignGuestSlots,
   type GuestLayout,
+  laidOutAsCard,
   ROOT_BUS_DEVICE,
   specFor,
   strandedFunctions,
@@ -335,14 +336,13 @@ function keepOrRewrite(edit: Edit, have: DomainHostdev, closed: ClosedDevice): v
     );
   }
   // A root bus's function is no card's: libvirt's placement is its layout (`assignGuestSlots`).
-  const rootBus = onRootBus(closed.device);
-  const on = closed.rule.multifunction && !rootBus;
+  const on = laidOutAsCard(closed);
   let why: string | null = null;
   if (settingsOfHostdev(have) !== settingsOfSpec(specFor(closed, edit.firstMatched))) {
     why = `${address}: settings of rule "${rule}" changed, rewritten`;
   } else if (inMultifunctionSlot(have) !== on && !(on && besideOtherFunctionZero(edit, closed))) {
     // `multifunction` turned on or off: the guest addresses are laid out again.
-    why = closed.rule.multifunction && rootBus
+    why = closed.rule.multifunction && !on
       ? `${address}: ${ROOT_BUS_DEVICE}, rewritten with libvirt's own guest address`
       : `${address}: multifunction of rule "${rule}" turned ${on ? "on" : "off"}, rewritten with ${
         on ? "one guest slot per card" : "libvirt's own guest addresses"
@@ -548,8 +548,8 @@ function planned(closed: ClosedDevice, spec: HostdevSpec, edit: Edit): PlannedHo
 /**
  * The moves whose hostdev keeps its old guest address as it is, so the guest sees the same device
  * where it was (no new driver install) and the diff shows the source address change at the same
- * guest address, not one device becoming another: those libvirt placed, of a rule without
- * `multifunction`. A `multifunction: true` card is laid out whole by `assignGuestSlots`, in the
+ * guest address, not one device becoming another: those libvirt placed, not laid out as a card
+ * ({@link laidOutAsCard}: a root bus's function is not). A `multifunction: true` card is laid out whole by `assignGuestSlots`, in the
  * slot its hostdevs had when its functions are free there (else a port whose sibling's old
  * address now holds another device would keep its place and leave the card split); one whose
  * rule's `multifunction` turned on or off with the move takes the new layout, as a card that
@@ -563,9 +563,9 @@ function movesKeepingGuestAddress(
   return plan.move.flatMap((move) => {
     const old = domain.hostdevs.find((h) => h.address === move.from);
     const guest = old?.guestAddress ?? null;
-    const rule = toAdd.find((c) => c.device.address === move.to)?.rule;
-    if (old === undefined || guest === null || rule === undefined) return [];
-    return rule.multifunction || inMultifunctionSlot(old) ? [] : [{ move, guest }];
+    const closed = toAdd.find((c) => c.device.address === move.to);
+    if (old === undefined || guest === null || closed === undefined) return [];
+    return laidOutAsCard(closed) || inMultifunctionSlot(old) ? [] : [{ move, guest }];
   });
 }
 
@@ -573,7 +573,7 @@ function movesKeepingGuestAddress(
  * The owned hostdevs rewritten where they are (a changed `managed`, `rom` or `boot_order`) that
  * keep their guest address, as a moved card does: the guest must not see its GPU or NIC at a new
  * place (a new driver install, a renamed interface) because its boot order changed. Those libvirt
- * placed, of a rule without `multifunction`, and not rewritten as an interface; a
+ * placed, not laid out as a card ({@link laidOutAsCard}), and not rewritten as an interface; a
  * `multifunction` card is laid out by `assignGuestSlots`, and one whose `multifunction` turned on
  * or off takes the new layout.
  */
@@ -582,7 +582,7 @@ function rewritesKeepingGuestAddress(
 ): { move: Pick<MovedHostdev, "to">; guest: GuestPciAddress }[] {
   return edit.toAdd.flatMap((closed) => {
     const address = closed.device.address;
-    if (!edit.remove.has(address) || edit.vfs.has(address) || closed.rule.multifunction) return [];
+    if (!edit.remove.has(address) || edit.vfs.has(address) || laidOutAsCard(closed)) return [];
     // A card moved here keeps the guest address it had (`movesKeepingGuestAddress`).
     if (edit.plan.move.some((m) => m.to === address || m.from === address)) return [];
     const old = edit.domain.hostdevs.find((h) => h.address === address && h.owned);

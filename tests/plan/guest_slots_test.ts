@@ -1064,3 +1064,64 @@ Deno.test("planWorld() keeps an APU's functions of two vendors in one guest slot
   ]);
   assertEquals(plan(vm.desiredXml).changed, false);
 });
+
+Deno.test("planWorld() keeps the guest address of a root-bus device of a multifunction rule rewritten or moved", () => {
+  // Under `multifunction: true` a root bus's function is a device of its own, placed by libvirt:
+  // a changed boot_order or a move must not put it in a new guest slot (Windows would see a new
+  // device), as neither does under a rule without `multifunction`.
+  const onRoot = topologyFromDescription({
+    root_buses: ["00", "40"],
+    devices: [
+      ...baseDevices(),
+      dev({
+        bdf: "0000:40:00.0",
+        group: 40,
+        class: "0x088000",
+        vendor: "0x1022",
+        device: "0x14a4",
+      }),
+    ],
+  }, { source: "test-host" });
+  const cfg = (extra: string) =>
+    parseConfig(
+      `version: 1\nvms:\n  vm:\n    devices:\n      - name: dummy\n` +
+        `        match: { vendor_device_id: "1022:14a4" }\n        multifunction: true\n${extra}`,
+      { file: "c.yaml" },
+    );
+  const plan = (xml: string, extra = "") =>
+    planWorld({ config: cfg(extra), host: onRoot, world: dataWorld({ vm: xml }) }).vms[0]!;
+  const placed = plan(domain("")).desiredXml.replace(
+    /(<address domain='0x0000' bus='0x40' slot='0x00' function='0x0'\/>\s*<\/source>)/,
+    `$1\n      ${pciAddress(0x07)}`,
+  );
+  assertEquals(plan(placed).changed, false);
+  const booting = plan(placed, "        boot_order: 2\n");
+  assertEquals(booting.errors, []);
+  assertEquals(booting.remove, ["0000:40:00.0"]);
+  assertEquals(
+    parseDomainXml(booting.desiredXml).hostdevs.map((h) => [h.bootOrder, h.guestAddress?.address]),
+    [[2, "0000:00:07.0"]],
+  );
+  assertEquals(plan(booting.desiredXml, "        boot_order: 2\n").changed, false);
+  // Found at a new address (a firmware update renumbered it), it keeps its guest address too.
+  const renumbered = topologyFromDescription({
+    root_buses: ["00", "40"],
+    devices: [
+      ...baseDevices(),
+      dev({
+        bdf: "0000:40:01.0",
+        group: 40,
+        class: "0x088000",
+        vendor: "0x1022",
+        device: "0x14a4",
+      }),
+    ],
+  }, { source: "test-host" });
+  const moved = planWorld({ config: cfg(""), host: renumbered, world: dataWorld({ vm: placed }) })
+    .vms[0]!;
+  assertEquals(moved.move.map((m) => [m.from, m.to]), [["0000:40:00.0", "0000:40:01.0"]]);
+  assertEquals(
+    parseDomainXml(moved.desiredXml).hostdevs.map((h) => [h.address, h.guestAddress?.address]),
+    [["0000:40:01.0", "0000:00:07.0"]],
+  );
+});
