@@ -1357,3 +1357,78 @@ Deno.test("both readers read the UUID of a mediated device's hostdev", () => {
   assertEquals(scanPassedDevicesLeniently(xml).mdevs, expected);
   assertEquals(scanPassedDevicesLeniently(broken(devices)).mdevs, expected);
 });
+
+Deno.test("readRecordsLeniently() agrees with parseDomainXml() on generated metadata of any namespaces and nesting", () => {
+  // Prefixes, default namespaces, redeclarations, nesting and self-closing elements as another
+  // tool may write them: the guard (lenient) and plan (strict) must read the same records, and
+  // refuse the same documents, or a start is let through that plan would refuse.
+  const record = (bus: string) =>
+    ` address="0000:${bus}:00.0" vendor="10de" device="1b06" class="030000" rule="gpu"`;
+  const vf = ` address="0000:0b:02.0" vf="0" mac="52:54:00:00:00:01" pf-address="0000:0b:00.0"` +
+    ` vendor="10de" device="2684" class="020000" rule="x"`;
+  const prefix = fc.constantFrom("", "pt:", "q:");
+  const declaration = (p: string, ns: string) =>
+    ` xmlns${p === "" ? "" : `:${p.slice(0, -1)}`}="${ns}"`;
+  const declarations = fc.oneof(
+    { weight: 3, arbitrary: fc.constant("") },
+    {
+      weight: 1,
+      arbitrary: fc.tuple(prefix, fc.constantFrom(RECORDS_NAMESPACE, "urn:app")).map(([p, ns]) =>
+        declaration(p, ns)
+      ),
+    },
+  );
+  type Element = { name: string; attributes: string; kids: Element[] };
+  const element: fc.Memo<Element> = fc.memo((depth) =>
+    fc.record({
+      name: fc.tuple(prefix, fc.constantFrom("device", "device", "interface", "note", "hostdevs"))
+        .map(([p, local]) => p + local),
+      attributes: fc.tuple(
+        declarations,
+        fc.constantFrom("", record("0b"), record("0c"), record("0d"), vf),
+      ).map(([d, a]) => d + a),
+      kids: depth <= 1 ? fc.constant([]) : fc.array(element(depth - 1), { maxLength: 2 }),
+    })
+  );
+  const write = (e: Element): string =>
+    e.kids.length === 0
+      ? `<${e.name}${e.attributes}/>`
+      : `<${e.name}${e.attributes}>${e.kids.map(write).join("")}</${e.name}>`;
+  // Our records element, by any prefix, holding generated children, among generated elements.
+  const records = fc.tuple(prefix, declarations, fc.array(element(2), { maxLength: 4 })).map((
+    [p, other, kids],
+  ) =>
+    write({ name: `${p}hostdevs`, attributes: declaration(p, RECORDS_NAMESPACE) + other, kids })
+  );
+  const metadata = fc.tuple(fc.array(element(2), { maxLength: 2 }), records, fc.boolean()).map((
+    [others, ours, first],
+  ) => (first ? [ours, ...others.map(write)] : [...others.map(write), ours]).join(""));
+  fc.assert(
+    fc.property(metadata, (inner) => {
+      const xml = withMetadata(inner);
+      let strict;
+      try {
+        strict = parseDomainXml(xml);
+      } catch (error) {
+        strict = (error as Error).message;
+      }
+      const lenient = readRecordsLeniently(xml);
+      if (typeof strict === "string") {
+        assertEquals([lenient.problem !== null, lenient.records, lenient.vfRecords], [
+          true,
+          [],
+          [],
+        ], `${xml}\nstrict: ${strict}`);
+      } else {
+        assertEquals(lenient, {
+          records: strict.records,
+          vfRecords: strict.vfRecords,
+          problem: null,
+          wellFormed: true,
+          uuid: strict.uuid,
+        }, xml);
+      }
+    }),
+    { seed: 20261207, numRuns: 1500 },
+  );
+});
