@@ -22,8 +22,8 @@ export interface SysfsReader {
   /**
    * A small text file's contents as is, or `null` when it is missing or unreadable: at most its
    * first 64 KiB, which holds any kernel attribute (a page at most). A table that can be longer
-   * (`/proc/iomem`, `/proc/swaps`), where what comes last counts, is read with
-   * {@link readWholeText}, which refuses rather than cuts.
+   * (`/proc/iomem`, `/proc/swaps`), where what comes last counts, passthrough reads whole with
+   * one `readBytes` one byte past its cap, refusing rather than cutting one over it.
    */
   readText(path: string): string | null;
   /** Up to `maxBytes` bytes of a file (e.g. PCI `config`), or `null` when it is missing. */
