@@ -18,7 +18,7 @@ import { libc } from "./libc.ts";
 import { Network } from "./network.ts";
 import { NodeDevice } from "./node_device.ts";
 import { checkUriToOpen, libvirtUriFor } from "./libvirt_conf.ts";
-import { unescapeUriBytes, unescapeUriPart } from "./uri_check.ts";
+import { unescapeUriBytes, unescapeUriPart } from "../lib/config/uri.ts";
 import { redactUserPasswords, secretValues } from "../lib/domain/secrets.ts";
 import {
   VIR_CONNECT_LIST_NODE_DEVICES_CAP_PCI_DEV,

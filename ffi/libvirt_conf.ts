@@ -12,8 +12,8 @@
 import { borrowCString, cString } from "./library.ts";
 import { libc } from "./libc.ts";
 import { fileKind, readRegularFile } from "./libc_fs.ts";
-import { libvirtConfUri } from "../lib/config/uri.ts";
-import { unescapeUriBytes, UriProgramError, uriProgramReason } from "./uri_check.ts";
+import { libvirtConfUri, unescapeUriBytes } from "../lib/config/uri.ts";
+import { UriProgramError, uriProgramReason } from "./uri_check.ts";
 
 /** The largest libvirt.conf libvirt reads (virconf.c's `MAX_CONFIG_FILE_SIZE`). */
 const MAX_CONF_BYTES = 10 * 1024 * 1024;

@@ -10,49 +10,13 @@
  * @module
  */
 
+import { unescapeUriPart } from "../lib/config/uri.ts";
+
 /** The remote driver's parameters that name a program to run (matched case-insensitively). */
 const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
   command: "names the program libvirt runs to reach the daemon (the ext tunnel, or ssh's binary)",
   netcat: "names the program libvirt runs on the remote host",
 };
-
-/**
- * `%XX` escapes decoded byte-wise, leniently like libxml's unescaping (a stray `%` stays): a URI's
- * part as libvirt uses it.
- *
- * @example
- * ```ts
- * import { assertEquals } from "../tests/helpers/assert.ts";
- * assertEquals(unescapeUriPart("p%40ss%"), "p@ss%");
- * ```
- */
-export function unescapeUriPart(text: string): string {
-  return text.includes("%") ? new TextDecoder().decode(unescapeUriBytes(text)) : text;
-}
-
-/**
- * The bytes of {@link unescapeUriPart}'s text, as libvirt passes them on (a `%FF` is the byte).
- *
- * @example
- * ```ts
- * import { assertEquals } from "../tests/helpers/assert.ts";
- * assertEquals([...unescapeUriBytes("a%FF")], [0x61, 0xff]);
- * ```
- */
-export function unescapeUriBytes(text: string): Uint8Array {
-  const bytes: number[] = [];
-  const raw = new TextEncoder().encode(text);
-  for (let i = 0; i < raw.length; i++) {
-    const hex = String.fromCharCode(raw[i + 1] ?? 0, raw[i + 2] ?? 0);
-    if (raw[i] === 0x25 && /^[0-9a-fA-F]{2}$/.test(hex)) {
-      bytes.push(parseInt(hex, 16));
-      i += 2;
-    } else {
-      bytes.push(raw[i]!);
-    }
-  }
-  return new Uint8Array(bytes);
-}
 
 /**
  * Why libvirt would run a program `uri` names, or `null` when it would not. The query is split

@@ -70,24 +70,76 @@ function lexicalPath(path: string): string {
 }
 
 /**
- * The socket a libvirt URI names with `socket=`, as libvirt reads it: the last one, the name in
- * any case. `undefined`: none, or not a URI.
+ * `%XX` escapes decoded byte-wise, leniently like libxml's unescaping (a stray `%` stays, a `+`
+ * is a `+`): a URI's part as libvirt uses it.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(unescapeUriPart("p%40ss%+"), "p@ss%+");
+ * ```
+ */
+export function unescapeUriPart(text: string): string {
+  return text.includes("%") ? new TextDecoder().decode(unescapeUriBytes(text)) : text;
+}
+
+/**
+ * The bytes of {@link unescapeUriPart}'s text, as libvirt passes them on (a `%FF` is the byte).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals([...unescapeUriBytes("a%FF")], [0x61, 0xff]);
+ * ```
+ */
+export function unescapeUriBytes(text: string): Uint8Array {
+  const bytes: number[] = [];
+  const raw = new TextEncoder().encode(text);
+  for (let i = 0; i < raw.length; i++) {
+    const hex = String.fromCharCode(raw[i + 1] ?? 0, raw[i + 2] ?? 0);
+    if (raw[i] === 0x25 && /^[0-9a-fA-F]{2}$/.test(hex)) {
+      bytes.push(parseInt(hex, 16));
+      i += 2;
+    } else {
+      bytes.push(raw[i]!);
+    }
+  }
+  return new Uint8Array(bytes);
+}
+
+/**
+ * The socket a libvirt URI names with `socket=`, as libvirt reads it (`viruri.c`): the query split
+ * at each `&`, or at a `;` where no `&` follows (so `?a=1;socket=/s` names `/s`, and in
+ * `?socket=/s;a=1&b=2` the socket is `/s;a=1`), unescaped, the last `socket` in any case.
+ * `undefined`: none, or not a URI.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
  * assertEquals(uriSocket("qemu:///system?socket=/a&SOCKET=/b"), "/b");
+ * assertEquals(uriSocket("qemu:///system?no_tty=1;socket=/c"), "/c");
  * assertEquals(uriSocket("qemu:///system"), undefined);
  * ```
  */
 export function uriSocket(uri: string): string | undefined {
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    return undefined;
+  if (!URL.canParse(uri)) return undefined;
+  const query = uri.includes("?") ? uri.slice(uri.indexOf("?") + 1).split("#")[0]! : "";
+  let socket: string | undefined;
+  for (let rest = query; rest !== "";) {
+    const end = rest.includes("&")
+      ? rest.indexOf("&")
+      : rest.includes(";")
+      ? rest.indexOf(";")
+      : rest.length;
+    const part = rest.slice(0, end);
+    const eq = part.indexOf("=");
+    // A part starting with `=` is skipped by libvirt; one without `=` is a name with no value.
+    if (eq !== 0 && unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase() === "socket") {
+      socket = eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1));
+    }
+    rest = rest.slice(end + 1);
   }
-  return [...url.searchParams].filter(([name]) => name.toLowerCase() === "socket").at(-1)?.[1];
+  return socket;
 }
 
 /**

@@ -1,5 +1,10 @@
 import { assertEquals } from "../helpers/assert.ts";
 import { isRemoteUri, isSystemQemuUri, sessionDriver } from "../../lib/config/uri.ts";
+import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
+import { qemuDomainXml } from "../helpers/reliability.ts";
+import { Connection } from "../../ffi/mod.ts";
+
+const unavailable = libvirtdUnavailable();
 
 Deno.test("a transport with no host reaches this host's system daemon, whose starts run the hook", () => {
   // libvirt connects a tcp, tls or ssh transport without a host to localhost.
@@ -47,4 +52,45 @@ Deno.test("isSystemQemuUri() counts a socket= only when it is one the system dae
       "qemu:///system?Socket=/run/libvirt/libvirt-sock&socket=/srv/ct/libvirt-sock",
     ]
   ) assertEquals(isSystemQemuUri(uri), false, uri);
+});
+
+Deno.test({
+  name:
+    "isSystemQemuUri() reads socket= after a ; as libvirt does, which reaches that private daemon" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const socket = `${daemon.dir}/libvirt-sock`;
+    const name = `pt-semicolon-${crypto.randomUUID().slice(0, 8)}`;
+    {
+      using conn = Connection.open(daemon.uri);
+      using _dom = conn.defineDomain(qemuDomainXml(name));
+    }
+    try {
+      // libvirt splits the query at `&`, or at `;` where no `&` follows (viruri.c).
+      for (
+        const uri of [
+          `qemu:///system?no_tty=1;socket=${socket}`,
+          `qemu:///system?socket=/run/libvirt/libvirt-sock&no_tty=1;socket=${socket}`,
+        ]
+      ) {
+        // The private daemon's VM is found there: libvirt took the socket after the `;`.
+        using conn = Connection.open(uri);
+        using _dom = conn.lookupDomainByName(name);
+        assertEquals(isSystemQemuUri(uri), false, uri);
+      }
+      // With an `&` after it, a `;` is part of the value: the socket is "/run/...-sock;x=1".
+      assertEquals(
+        isSystemQemuUri("qemu:///system?socket=/run/libvirt/libvirt-sock;x=1&y=2"),
+        false,
+      );
+      assertEquals(
+        isSystemQemuUri(`qemu:///system?socket=${socket};socket=/run/libvirt/libvirt-sock&y=2`),
+        false,
+      );
+    } finally {
+      await undefineUnlessIsolated(daemon, [name]);
+    }
+  },
 });
