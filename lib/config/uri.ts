@@ -108,23 +108,23 @@ export function unescapeUriBytes(text: string): Uint8Array {
 }
 
 /**
- * The socket a libvirt URI names with `socket=`, as libvirt reads it (`viruri.c`): the query split
- * at each `&`, or at a `;` where no `&` follows (so `?a=1;socket=/s` names `/s`, and in
- * `?socket=/s;a=1&b=2` the socket is `/s;a=1`), unescaped, the last `socket` in any case.
- * `undefined`: none, or not a URI.
+ * The value a libvirt URI gives its parameter `wanted` (`socket`, `name`), as libvirt reads it
+ * (`viruri.c`): the query split at each `&`, or at a `;` where no `&` follows (so `?a=1;socket=/s`
+ * names `/s`, and in `?socket=/s;a=1&b=2` the socket is `/s;a=1`), unescaped, the last of that
+ * name in any case (the remote driver's choice). `undefined`: none, or not a URI.
  *
  * @example
  * ```ts
  * import { assertEquals } from "../../tests/helpers/assert.ts";
- * assertEquals(uriSocket("qemu:///system?socket=/a&SOCKET=/b"), "/b");
- * assertEquals(uriSocket("qemu:///system?no_tty=1;socket=/c"), "/c");
- * assertEquals(uriSocket("qemu:///system"), undefined);
+ * assertEquals(uriParameter("qemu:///system?socket=/a&SOCKET=/b", "socket"), "/b");
+ * assertEquals(uriParameter("qemu:///system?no_tty=1;socket=/c", "socket"), "/c");
+ * assertEquals(uriParameter("qemu:///system", "socket"), undefined);
  * ```
  */
-export function uriSocket(uri: string): string | undefined {
+export function uriParameter(uri: string, wanted: string): string | undefined {
   if (!URL.canParse(uri)) return undefined;
   const query = uri.includes("?") ? uri.slice(uri.indexOf("?") + 1).split("#")[0]! : "";
-  let socket: string | undefined;
+  let value: string | undefined;
   for (let rest = query; rest !== "";) {
     const end = rest.includes("&")
       ? rest.indexOf("&")
@@ -134,12 +134,12 @@ export function uriSocket(uri: string): string | undefined {
     const part = rest.slice(0, end);
     const eq = part.indexOf("=");
     // A part starting with `=` is skipped by libvirt; one without `=` is a name with no value.
-    if (eq !== 0 && unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase() === "socket") {
-      socket = eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1));
+    if (eq !== 0 && unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase() === wanted) {
+      value = eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1));
     }
     rest = rest.slice(end + 1);
   }
-  return socket;
+  return value;
 }
 
 /**
@@ -149,7 +149,9 @@ export function uriSocket(uri: string): string | undefined {
  * A `socket=` (libvirt takes the last, by any case) counts only when it is one of the system
  * daemon's own: any other is a private daemon's (a container's, a test's), whose hooks directory
  * and definitions may be its own, and whose policies or allowance in the host hook's state
- * directory would let the host's VM of the same UUID start unchecked.
+ * directory would let the host's VM of the same UUID start unchecked. A `name=` is the URI the
+ * daemon opens in its place (`name=test:///default` lists the test driver's VMs): it counts only
+ * when that URI is the system QEMU driver's.
  *
  * @example
  * ```ts
@@ -160,12 +162,16 @@ export function uriSocket(uri: string): string | undefined {
  * assertEquals(isSystemQemuUri("qemu:///session"), false);
  * assertEquals(isSystemQemuUri("test:///default"), false);
  * assertEquals(isSystemQemuUri("qemu+ssh://hv1/system"), false);
+ * assertEquals(isSystemQemuUri("qemu:///system?name=test:///default"), false);
  * ```
  */
 export function isSystemQemuUri(uri: string): boolean {
   const daemon = localDaemon(uri);
   if (daemon?.driver !== "qemu" || daemon.instance !== "/system") return false;
-  const socket = uriSocket(uri);
+  const name = uriParameter(uri, "name");
+  // Each name is shorter than the URI holding it: this ends.
+  if (name !== undefined && !isSystemQemuUri(name)) return false;
+  const socket = uriParameter(uri, "socket");
   // A relative one is under the directory the program runs in, whichever that is.
   return socket === undefined ||
     (socket.startsWith("/") && SYSTEM_SOCKETS.has(lexicalPath(socket)));

@@ -38,7 +38,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
-import { isSystemQemuUri, uriSocket } from "../config/uri.ts";
+import { isSystemQemuUri, uriParameter } from "../config/uri.ts";
 import { errorText } from "../render/error_text.ts";
 import { shellWord } from "../render/shell.ts";
 import { join } from "./paths.ts";
@@ -250,7 +250,7 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
  * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
  * from a local URI (it is the default transport), host lower-cased without user name, trailing
  * slashes and every query parameter but `socket` (which names another daemon, see
- * {@link uriSocket}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
+ * {@link uriParameter}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
  *
  * @example
  * ```ts
@@ -276,7 +276,7 @@ export function lockUri(uri: string): string {
   const path = url.pathname.replace(/\/+$/, "");
   // Any of them reaches the one system QEMU driver of this host (libvirtd's, or virtqemud's
   // through virtproxyd), which two runs by different spellings would otherwise both change.
-  const socket = isSystemQemuUri(uri) ? undefined : uriSocket(uri);
+  const socket = isSystemQemuUri(uri) ? undefined : uriParameter(uri, "socket");
   return `${scheme}://${host}${url.port === "" ? "" : `:${url.port}`}${path}${
     socket === undefined ? "" : `?socket=${socket}`
   }`;

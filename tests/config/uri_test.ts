@@ -94,3 +94,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "isSystemQemuUri() is false for a name= the daemon opens in the system driver's place" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    // The daemon opens `name` for the client: the test driver's world, not its QEMU VMs.
+    {
+      using conn = Connection.open(`${daemon.uri}&name=test:///default`);
+      assertEquals(conn.listDomains().map((domain) => domain.name), ["test"]);
+    }
+    for (
+      const uri of [
+        "qemu:///system?name=test:///default",
+        "qemu:///system?socket=/run/libvirt/libvirt-sock&NAME=qemu:///session",
+        "qemu:///system?name=qemu:///system&name=qemu:///embed?root=/tmp/e",
+      ]
+    ) assertEquals(isSystemQemuUri(uri), false, uri);
+    for (
+      const uri of [
+        "qemu:///system?name=qemu:///system",
+        "qemu+unix:///system?name=qemu%3A%2F%2F%2Fsystem%2F",
+      ]
+    ) assertEquals(isSystemQemuUri(uri), true, uri);
+  },
+});
