@@ -78,7 +78,41 @@ const LIBXML2 = "libxml2.so.2";
 const LIBXML2_SYMBOLS = {
   // void xmlSetGenericErrorFunc(void *ctx, xmlGenericErrorFunc handler);
   xmlSetGenericErrorFunc: { parameters: ["pointer", "function"], result: "void" },
+  // xmlDocPtr xmlReadFile(const char *filename, const char *encoding, int options);
+  xmlReadFile: { parameters: ["buffer", "pointer", "i32"], result: "pointer" },
+  // void xmlFreeDoc(xmlDocPtr cur);
+  xmlFreeDoc: { parameters: ["pointer"], result: "void" },
+  // xmlXPathContextPtr xmlXPathNewContext(xmlDocPtr doc);
+  xmlXPathNewContext: { parameters: ["pointer"], result: "pointer" },
+  // void xmlXPathFreeContext(xmlXPathContextPtr ctxt);
+  xmlXPathFreeContext: { parameters: ["pointer"], result: "void" },
+  // xmlXPathObjectPtr xmlXPathEvalExpression(const xmlChar *str, xmlXPathContextPtr ctxt);
+  xmlXPathEvalExpression: { parameters: ["buffer", "pointer"], result: "pointer" },
+  // void xmlXPathFreeObject(xmlXPathObjectPtr obj);
+  xmlXPathFreeObject: { parameters: ["pointer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
+
+/** The bound libxml2 functions. */
+export type Libxml2Symbols = Deno.DynamicLibrary<typeof LIBXML2_SYMBOLS>["symbols"];
+
+let cachedLibxml2: Libxml2Symbols | null | undefined;
+
+/**
+ * libxml2, opened once (never closed: libvirt, which links it, stays loaded until the process
+ * ends); `null` without the permission or the library (then libvirt, which links it, cannot load
+ * either).
+ */
+export function libxml2(): Libxml2Symbols | null {
+  if (cachedLibxml2 !== undefined) return cachedLibxml2;
+  cachedLibxml2 = null;
+  if (Deno.permissions.querySync({ name: "ffi", path: LIBXML2 }).state !== "granted") return null;
+  try {
+    cachedLibxml2 = Deno.dlopen(LIBXML2, LIBXML2_SYMBOLS).symbols;
+  } catch {
+    // Not here: callers fall back as documented.
+  }
+  return cachedLibxml2;
+}
 
 /**
  * Points libxml2's generic error channel at a no-op, as `virSetErrorFunc` does libvirt's. libvirt
@@ -89,20 +123,14 @@ const LIBXML2_SYMBOLS = {
  * {@link initialiseOpenSslWithoutAtExit}: without libxml2 here, nothing changes.
  */
 function silenceLibxml2(): void {
-  if (Deno.permissions.querySync({ name: "ffi", path: LIBXML2 }).state !== "granted") return;
-  let xml: Deno.DynamicLibrary<typeof LIBXML2_SYMBOLS>;
-  try {
-    // Never closed: libvirt, which links it, stays loaded until the process ends.
-    xml = Deno.dlopen(LIBXML2, LIBXML2_SYMBOLS);
-  } catch {
-    return;
-  }
+  const xml = libxml2();
+  if (xml === null) return;
   // `void (*xmlGenericErrorFunc)(void *ctx, const char *msg, ...)`: the variadic rest is never
   // read, so a two-pointer callback is called correctly.
   const silence = new Deno.UnsafeCallback(ERROR_FUNC_DEFINITION, () => {});
-  xml.symbols.xmlSetGenericErrorFunc(null, silence.pointer);
+  xml.xmlSetGenericErrorFunc(null, silence.pointer);
   // A NULL handler is libxml2's default again, before this isolate frees the callback.
-  globalThis.addEventListener("unload", () => xml.symbols.xmlSetGenericErrorFunc(null, null));
+  globalThis.addEventListener("unload", () => xml.xmlSetGenericErrorFunc(null, null));
 }
 
 /** `OPENSSL_INIT_NO_ATEXIT` (OpenSSL 1.1.1b and later): register no `OPENSSL_cleanup()` at exit. */

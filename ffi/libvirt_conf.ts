@@ -9,7 +9,7 @@
  * @module
  */
 
-import { borrowCString, cString } from "./library.ts";
+import { borrowCString, cString, libxml2, type Libxml2Symbols } from "./library.ts";
 import { libc } from "./libc.ts";
 import { fileKind, readRegularFile } from "./libc_fs.ts";
 import { libvirtConfUri, unescapeUriBytes } from "../lib/config/uri.ts";
@@ -145,42 +145,74 @@ function refuseTestDriverNonFile(uri: string, origin: string | undefined): void 
   const kind = fileKind(bytes).kind;
   if (kind === "other") throw refuse(path, "name a world XML file");
   if (kind !== "file") return;
-  const named = worldFiles(path).find((file) => fileKind(file).kind === "other");
+  const named = worldFiles(path, bytes).find((file) => fileKind(file).kind === "other");
   if (named !== undefined) throw refuse(named, `name a regular file in ${path}`);
 }
 
 /**
- * The files a test-driver world at `path` names for libvirt to read as it opens it: the `file`
- * attribute of its `<domain>`, `<network>`, `<interface>`, `<pool>`, `<volume>` and `<device>`
- * elements (libvirt's `testParseXMLDocFromFile`), relative ones from the world's directory. Found
- * by a plain scan, wherever such an element is (a comment's too): the library (`ffi/mod.ts`)
- * loads no XML parser, and naming one file too many only costs a look at it. None when the world
- * cannot be read: libvirt reports that.
+ * The files a test-driver world at `path` (`bytes`, as libvirt opens it) names for libvirt to read
+ * as it opens it: the `file` attribute of its `<domain>`, `<network>`, `<interface>`, `<pool>`,
+ * its pools' `<volume>` and its `<device>` elements (libvirt's `testParseXMLDocFromFile`, on the
+ * nodes its XPaths pick), relative ones from the world's directory. Read with libxml2 as libvirt
+ * reads the world, so its encoding, character and entity references and attribute syntax are
+ * taken as libvirt takes them (a text scan missed a `>` in an earlier attribute, `&#102;`, a DTD
+ * entity and a UTF-16 world). None when the world cannot be parsed: libvirt reports that.
  */
-function worldFiles(path: string): string[] {
-  let text: string | null = null;
+function worldFiles(path: string, bytes: Uint8Array): string[] {
+  const xml = libxml2();
+  if (xml === null) return [];
+  const file = new Uint8Array(bytes.length + 1);
+  file.set(bytes);
+  const doc = xml.xmlReadFile(
+    file,
+    null,
+    XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NONET,
+  );
+  if (doc === null) return [];
+  const context = xml.xmlXPathNewContext(doc);
   try {
-    text = readRegularFile(path, MAX_WORLD_BYTES);
-  } catch {
-    // Not readable by this user: libvirt cannot read it either.
+    if (context === null) return [];
+    const count = xpathValue(xml, context, `count(${WORLD_FILE_ATTRIBUTES})`).number;
+    const directory = path.slice(0, path.lastIndexOf("/") + 1);
+    const files: string[] = [];
+    for (let i = 1; i <= count; i++) {
+      const name = xpathValue(xml, context, `string((${WORLD_FILE_ATTRIBUTES})[${i}])`).text;
+      if (name !== "") files.push(name.startsWith("/") ? name : `${directory}${name}`);
+    }
+    return files;
+  } finally {
+    if (context !== null) xml.xmlXPathFreeContext(context);
+    xml.xmlFreeDoc(doc);
   }
-  if (text === null) return [];
-  const directory = path.slice(0, path.lastIndexOf("/") + 1);
-  return [...text.matchAll(WORLD_FILE_ATTRIBUTE)].map((match) => {
-    const file = (match[2] ?? match[3] ?? "").replace(
-      /&(lt|gt|amp|quot|apos);/g,
-      (_m, name: string) => ({ lt: "<", gt: ">", amp: "&", quot: '"', apos: "'" })[name] ?? "",
-    );
-    return file.startsWith("/") ? file : `${directory}${file}`;
-  }).filter((file) => file !== directory);
 }
 
-/** The largest world scanned for the files it names (a larger one is not scanned). */
-const MAX_WORLD_BYTES = 16 * 1024 * 1024;
+/** `XML_PARSE_NOERROR`, `XML_PARSE_NOWARNING`, `XML_PARSE_NONET` (libxml2's `parser.h`). */
+const XML_PARSE_NOERROR = 32;
+const XML_PARSE_NOWARNING = 64;
+const XML_PARSE_NONET = 2048;
 
-/** A `file` attribute of an element whose file libvirt's test driver reads (see above). */
-const WORLD_FILE_ATTRIBUTE =
-  /<(domain|network|interface|pool|volume|device)\b[^>]*?\sfile\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
+/** The `file` attributes libvirt's test driver reads files by (`test_driver.c`'s XPaths). */
+const WORLD_FILE_ATTRIBUTES = ["domain", "network", "interface", "pool", "pool/volume", "device"]
+  .map((element) => `/node/${element}/@file`).join(" | ");
+
+/**
+ * A number or string XPath `expression` yields (`xmlXPathObject`: `floatval` at 24, `stringval`
+ * at 32 on 64-bit libxml2 2.9 and later).
+ */
+function xpathValue(
+  xml: Libxml2Symbols,
+  context: Deno.PointerObject,
+  expression: string,
+): { number: number; text: string } {
+  const result = xml.xmlXPathEvalExpression(cString(expression), context);
+  if (result === null) return { number: 0, text: "" };
+  try {
+    const view = new Deno.UnsafePointerView(result);
+    return { number: view.getFloat64(24), text: borrowCString(view.getPointer(32)) ?? "" };
+  } finally {
+    xml.xmlXPathFreeObject(result);
+  }
+}
 
 /**
  * Where libvirt.conf made another URI of `uri` (`null`: the default; given from `origin`): its

@@ -454,6 +454,30 @@ Deno.test("a test-driver world naming a FIFO in a file attribute is refused at o
       new RegExp(`its test driver would read "${dir}/vm.fifo", which is not a regular file`),
     );
     assertEquals(await open("disk.xml"), "opened\n");
+    // Spellings libxml2 reads as that same file, which a text scan missed.
+    const utf16 = (text: string) =>
+      new Uint8Array([0xff, 0xfe, ...[...text].flatMap((c) => [c.charCodeAt(0), 0])]);
+    const spellings: [string, string | Uint8Array][] = [
+      ["gt.xml", world(`<domain note='a>b' file='vm.fifo'/>`)],
+      ["charref.xml", world(`<domain file='vm.&#102;i&#x66;o'/>`)],
+      ["entity.xml", `<!DOCTYPE node [<!ENTITY f "vm.fifo">]>\n${world(`<domain file='&f;'/>`)}`],
+      [
+        "utf16.xml",
+        utf16(`<?xml version="1.0" encoding="UTF-16"?>\n${world(`<pool file='vm.fifo'/>`)}`),
+      ],
+    ];
+    for (const [file, text] of spellings) {
+      if (typeof text === "string") Deno.writeTextFileSync(`${dir}/${file}`, text);
+      else Deno.writeFileSync(`${dir}/${file}`, text);
+      assertMatch(
+        await open(file),
+        new RegExp(`its test driver would read "${dir}/vm.fifo", which is not a regular file`),
+        file,
+      );
+    }
+    // A commented-out element is no file libvirt reads.
+    Deno.writeTextFileSync(`${dir}/comment.xml`, world(`<!-- <domain file='vm.fifo'/> -->`));
+    assertEquals(await open("comment.xml"), "opened\n");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
