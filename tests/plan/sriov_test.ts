@@ -1023,3 +1023,27 @@ Deno.test("a rule taking a PF whose VF the host routes through is refused: the V
   );
   assertEquals(a.changed, false);
 });
+
+Deno.test("vf: a VF recorded under a rule name with a line end (before names were trimmed) keeps its MAC", () => {
+  // `name: |` read as "uplink\n" before rule names were trimmed: the interface was recorded under
+  // that name, with the auto MAC derived from it, as here (that version's output).
+  const cfg = config(
+    '  a:\n    devices:\n      - name: uplink\n        match: { vendor_device_id: "8086:10c9" }\n' +
+      "        vf: any\n        interface: { mac: auto }\n",
+  );
+  const now = vmOf(plan(cfg, sriovHost(), { a: A }), "a").desiredXml;
+  const mac = now.match(/<mac address='([^']+)'/)![1]!;
+  const before = now.replace("rule='uplink'", "rule='uplink&#10;'").replaceAll(
+    mac,
+    "0a:d4:00:97:8e:6b",
+  );
+  assertOk(before.includes("rule='uplink&#10;'") && mac !== "0a:d4:00:97:8e:6b");
+  const again = vmOf(plan(cfg, sriovHost(), { a: before }), "a");
+  assertEquals(again.errors, []);
+  const nic = parseDomainXml(again.desiredXml);
+  assertEquals(nic.interfaces.map((i) => [i.address, i.mac]), [[
+    "0000:07:10.0",
+    "0a:d4:00:97:8e:6b",
+  ]]);
+  assertEquals(nic.vfRecords.map((r) => [r.mac, r.pf.rule]), [["0a:d4:00:97:8e:6b", "uplink"]]);
+});
