@@ -29,7 +29,7 @@ const LOCAL_TRANSPORTS = new Set(["unix", "tcp", "tls", "ssh", "libssh", "libssh
 /**
  * The driver and instance (`/system`, `/session`) of a daemon on this host that `uri` reaches:
  * no host part, and no transport or one libvirt takes to localhost; `?socket=` only picks the
- * socket. `null`: another machine, or not a URI.
+ * socket. The instance is unescaped, as libvirt reads it. `null`: another machine, or not a URI.
  */
 function localDaemon(uri: string): { driver: string; instance: string } | null {
   let url: URL;
@@ -40,7 +40,8 @@ function localDaemon(uri: string): { driver: string; instance: string } | null {
   }
   const [driver = "", transport] = url.protocol.slice(0, -1).toLowerCase().split("+", 2);
   if (url.host !== "" || (transport !== undefined && !LOCAL_TRANSPORTS.has(transport))) return null;
-  return { driver, instance: url.pathname.replace(/\/+$/, "") };
+  // libvirt unescapes the path (`/%73ystem` is `/system`, which its QEMU driver opens).
+  return { driver, instance: unescapeUriPart(url.pathname).replace(/\/+$/, "") };
 }
 
 /**

@@ -5,11 +5,11 @@
  *
  * Which lock: one per connection, named after a hash of its URI in a canonical form
  * (scheme lower-cased, `+unix` dropped from a local URI, the host lower-cased and
- * without a user name, trailing slashes and every query parameter but `socket` dropped), so
- * `qemu:///system` and `qemu+unix:///system/` share a lock, as do `qemu:///system` and a
- * `socket=` naming one of the system daemon's own sockets. Two spellings that reach one daemon
- * through different names (`qemu+ssh://host` and `qemu+ssh://alias`, or a socket through a link)
- * cannot be recognised as one host and lock apart.
+ * without a user name, the path unescaped, trailing slashes and every query parameter but
+ * `socket` dropped), so `qemu:///system` and `qemu+unix:///system/` share a lock, as do
+ * `qemu:///system`, `qemu:///%73ystem` and a `socket=` naming one of the system daemon's own
+ * sockets. Two spellings that reach one daemon through different names (`qemu+ssh://host` and
+ * `qemu+ssh://alias`, or a socket through a link) cannot be recognised as one host and lock apart.
  *
  * Where: in `/run/passthrough` (created 0700: on tmpfs, so gone at boot, and
  * writable by root only, so no other user can plant or hold the lock). A process that cannot use
@@ -38,7 +38,7 @@
  */
 
 import { sha256Hex } from "./sha256.ts";
-import { isSystemQemuUri, uriParameter } from "../config/uri.ts";
+import { isSystemQemuUri, unescapeUriPart, uriParameter } from "../config/uri.ts";
 import { errorText } from "../render/error_text.ts";
 import { shellWord } from "../render/shell.ts";
 import { join } from "./paths.ts";
@@ -248,9 +248,9 @@ function tryCreate(dir: string, path: string, holder: LockHolder): Deno.FsFile |
 
 /**
  * The canonical form of a libvirt URI that names its lock: scheme lower-cased, `+unix` dropped
- * from a local URI (it is the default transport), host lower-cased without user name, trailing
- * slashes and every query parameter but `socket` (which names another daemon, see
- * {@link uriParameter}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
+ * from a local URI (it is the default transport), host lower-cased without user name, path
+ * unescaped, trailing slashes and every query parameter but `socket` (which names another daemon,
+ * see {@link uriParameter}) dropped; the system daemon's own sockets are that daemon, `qemu:///system`.
  *
  * @example
  * ```ts
@@ -273,7 +273,8 @@ export function lockUri(uri: string): string {
   const scheme = transport === undefined || (host === "" && transport === "unix")
     ? driver
     : `${driver}+${transport}`;
-  const path = url.pathname.replace(/\/+$/, "");
+  // Unescaped, as libvirt reads it: `/%73ystem` is `/system`.
+  const path = unescapeUriPart(url.pathname).replace(/\/+$/, "");
   // Any of them reaches the one system QEMU driver of this host (libvirtd's, or virtqemud's
   // through virtproxyd), which two runs by different spellings would otherwise both change.
   const socket = isSystemQemuUri(uri) ? undefined : uriParameter(uri, "socket");

@@ -1,5 +1,6 @@
 import { assertEquals } from "../helpers/assert.ts";
 import { isRemoteUri, isSystemQemuUri, sessionDriver } from "../../lib/config/uri.ts";
+import { lockUri } from "../../lib/state/lock.ts";
 import { libvirtdUnavailable, startLibvirtd, undefineUnlessIsolated } from "../helpers/libvirtd.ts";
 import { qemuDomainXml } from "../helpers/reliability.ts";
 import { Connection } from "../../ffi/mod.ts";
@@ -119,5 +120,34 @@ Deno.test({
         "qemu+unix:///system?name=qemu%3A%2F%2F%2Fsystem%2F",
       ]
     ) assertEquals(isSystemQemuUri(uri), true, uri);
+  },
+});
+
+Deno.test({
+  name:
+    "a percent-escaped path (qemu:///%73ystem) is the system QEMU driver libvirt opens, and its lock" +
+    (unavailable === null ? "" : ` (skipped: ${unavailable})`),
+  ignore: unavailable !== null,
+  async fn() {
+    await using daemon = await startLibvirtd();
+    const socket = `socket=${daemon.dir}/libvirt-sock`;
+    const name = `pt-escaped-${crypto.randomUUID().slice(0, 8)}`;
+    {
+      using conn = Connection.open(daemon.uri);
+      using _dom = conn.defineDomain(qemuDomainXml(name));
+    }
+    try {
+      // libvirt unescapes the path: the daemon's QEMU driver, its VM there.
+      using conn = Connection.open(`qemu:///%73ystem?${socket}`);
+      using _dom = conn.lookupDomainByName(name);
+    } finally {
+      await undefineUnlessIsolated(daemon, [name]);
+    }
+    assertEquals(lockUri(`qemu:///%73ystem?${socket}`), lockUri(`qemu:///system?${socket}`));
+    // Two applies on the system daemon, one of each spelling, must exclude each other.
+    assertEquals(lockUri("qemu:///%73yst%65m"), "qemu:///system");
+    assertEquals(isSystemQemuUri("qemu:///%73ystem"), true);
+    assertEquals(isSystemQemuUri("qemu+unix:///syst%65m/"), true);
+    assertEquals(isSystemQemuUri("qemu:///s%2fystem"), false);
   },
 });
