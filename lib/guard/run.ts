@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { SysfsReader } from "../host/sysfs.ts";
+import { isLinkLoop, linkLoopAt, type SysfsReader, SysfsTreeError } from "../host/sysfs.ts";
 import type { HostUse, PciDevice } from "../host/types.ts";
 import { gpuInUse, readHostUse } from "../host/sysfs_device.ts";
 import { QEMU_STATUS_DIR, readStatusXml, vmDeviceUses } from "./vm_devices.ts";
@@ -295,15 +295,17 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
     ? { policy: ENFORCE, problem: null }
     : (await import("./state.ts")).readVmPolicy(options.stateDir, options.vm, uuid());
   const found = checksNothing(policy) ? [] : guardCheck(options);
-  // Every address empty may mean the tree is not there at all (a hook whose --sysfs is gone):
-  // then nothing was checked, whatever the policy.
-  if (
-    found.some((r) => r.kind === "missing") &&
-    options.reader.listDir(`${options.root}/bus/pci/devices`) === null
-  ) {
+  // Every address empty, or the check failing, may mean the tree is not there at all (a hook
+  // whose --sysfs is gone) or loops: then nothing was checked, whatever the policy.
+  // What could not be read is the domain's own (its XML too large, say) unless the tree loops.
+  const missing = found.some((r) => r.kind === "missing");
+  const unread = missing || found.some((r) => r.kind === "unreadable")
+    ? unreadDevices(options.reader, options.root)
+    : null;
+  if (unread !== null && (missing || unread !== "")) {
     const line = `passthrough guard: refusing to start ${
       JSON.stringify(options.vm)
-    }: cannot read ${options.root}/bus/pci/devices, so nothing was checked; see "${
+    }: cannot read ${options.root}/bus/pci/devices${unread}, so nothing was checked; see "${
       hookStatusCommand(options.hooksDir)
     }"`;
     return { code: 1, lines: [guardLine(line)], refusals: [] };
@@ -355,6 +357,23 @@ export async function runGuard(options: GuardRunOptions): Promise<GuardRunResult
   }
   // Each line as a refusal's: the VM's name in them is the definer's choice.
   return { code: enforced && !allowed ? 1 : 0, lines: lines.map(guardLine), refusals };
+}
+
+/**
+ * Why the tree at `root` lists no PCI devices: `""` when `bus/pci/devices` is not there,
+ * ` (a loop of symbolic links at "PATH")` when a loop on the way stops the listing; `null` when
+ * they list, or another failure (a read Deno refuses) is left to the check's own refusal.
+ */
+function unreadDevices(reader: SysfsReader, root: string): string | null {
+  const devices = `${root}/bus/pci/devices`;
+  try {
+    return reader.listDir(devices) === null ? "" : null;
+  } catch (error) {
+    // The captured tree's reader names the loop itself (its SysfsTreeError), libc's and Deno's
+    // say ELOOP; either way it is named where it loops, as discovery names it.
+    const loop = isLinkLoop(error) || (error instanceof SysfsTreeError && error.loop);
+    return loop ? ` (a loop of symbolic links at "${linkLoopAt(root, devices)}")` : null;
+  }
 }
 
 /**

@@ -469,7 +469,7 @@ export function isLinkLoop(error: unknown): boolean {
 
 /**
  * The entry of the tree at `root` that is a loop of symbolic links, on the way to `path`, where
- * the system met one: the first from the root down that the system cannot resolve, or, when that
+ * the system met one: the first from the root down (the root included) that the system cannot resolve, or, when that
  * is a link into another entry that loops (`bus/pci/devices/X` into a looping `devices`), that
  * entry, as the user would find it. `path` itself when the walk finds none.
  *
@@ -507,12 +507,13 @@ export function linkLoopAt(
     }
     return known.get(at);
   };
-  // The first entry below the root, on the way to `at`, that the system cannot resolve.
+  // The first entry below the root, on the way to `at`, that the system cannot resolve; the root
+  // itself when it loops, as then no name under it resolves either.
   const firstLoop = (at: string): string | null => {
     for (let end = top.length; end !== -1;) {
       end = at.indexOf("/", end + 1);
       const prefix = end === -1 ? at : at.slice(0, end);
-      if (real(prefix) === null) return prefix;
+      if (real(prefix) === null) return real(top) === null ? top : prefix;
     }
     return null;
   };
@@ -559,6 +560,8 @@ export class SysfsTreeError extends Error {
   override name = "SysfsTreeError";
   /** The offending entry. */
   readonly path: string;
+  /** Whether the entry is a loop of symbolic links (the tree damaged, not hostile). */
+  readonly loop: boolean;
   /**
    * Builds the error for the entry at `path`, which is `kind` (`a FIFO`, `a loop of symbolic
    * links`), or, with `leadsTo`, which leads there, outside the tree.
@@ -572,6 +575,7 @@ export class SysfsTreeError extends Error {
         : `Refusing to read a tree with ${kind}: "${path}" leads to "${leadsTo}", outside the tree; the tree is damaged or hostile: capture it again with 'passthrough snapshot'`,
     );
     this.path = path;
+    this.loop = kind === LINK_LOOP;
   }
 }
 

@@ -665,6 +665,41 @@ Deno.test("hook status reports the captured tree its hook reads gone, as the ref
   }
 });
 
+Deno.test("the hook refuses every start over a captured tree that became a loop of symbolic links, as over one gone, whatever the policy", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-tree-loop-" });
+  try {
+    const [hooks, state, tree] = [`${dir}/qemu.d`, `${dir}/state`, `${dir}/tree`];
+    buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
+    const hook = await installOnTree(dir, tree);
+    const see = `so nothing was checked; see "passthrough hook status --hooks-dir ${hooks}"\n`;
+    const start = () => runHook(hook, ["win11", "prepare", "begin", "-"], MOVED);
+    // The tree itself, then its devices' directory, a link to itself.
+    for (const loop of [tree, `${tree}/bus/pci/devices`]) {
+      Deno.renameSync(loop, `${dir}/aside`);
+      Deno.symlinkSync(loop.slice(loop.lastIndexOf("/") + 1), loop);
+      for (const policy of ["enforce", "warn"]) {
+        const config = `version: 1\nvms:\n  win11:\n    guard: ${policy}\n    devices:\n` +
+          `      - name: gpu\n        match: { vendor_id: 10de }\n`;
+        recordPolicies(state, guardPolicies(parseConfig(config, { file: "c.yaml" })));
+        // It said "the check failed: Cannot open ...: ELOOP" with "passthrough plan" as its fix.
+        assertEquals(await start(), {
+          code: 1,
+          stdout: "",
+          stderr: `passthrough guard: refusing to start "win11": cannot read ${tree}/bus/pci/` +
+            `devices (a loop of symbolic links at "${loop}"), ${see}`,
+        });
+      }
+      // hook status says it, as it says a tree gone.
+      const status = await runCli(["hook", "status", "--hooks-dir", hooks, "--json"]);
+      assertMatch(JSON.parse(status.stdout).problems[0], /which has no bus\/pci\/devices now/);
+      Deno.removeSync(loop);
+      Deno.renameSync(`${dir}/aside`, loop);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name:
     "hook install takes a captured tree Deno reads only with --allow-all (/dev/shm), and hook status finds it there",

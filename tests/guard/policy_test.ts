@@ -153,6 +153,36 @@ Deno.test("policy: a sysfs tree that is not there refuses the start whatever the
   });
 });
 
+Deno.test("policy: a sysfs tree that is a loop of symbolic links refuses the start as a missing one does, whatever the policy", async () => {
+  await withTree(async (root, state) => {
+    // Where the loop is: the root itself, a directory on the way, the devices' directory.
+    const loops = [root, `${root}/bus`, `${root}/bus/pci/devices`];
+    for (
+      const [policy, allow] of [["enforce", false], ["warn", false], ["enforce", true]] as const
+    ) {
+      recordPolicies(state, guardPolicies(config(policy, policy)));
+      for (const loop of loops) {
+        // Moved aside, a link to itself in its place, then put back.
+        Deno.renameSync(loop, `${state}.aside`);
+        Deno.symlinkSync(loop.slice(loop.lastIndexOf("/") + 1), loop);
+        if (allow) allowNextStart(state, "win11", { uuid: UUID });
+        // It said "the check failed: Cannot open ...: ELOOP", as a refusal of the domain's.
+        const looped = await run(root, state);
+        assertEquals([looped.code, looped.lines, looped.refusals], [1, [
+          `passthrough guard: refusing to start "win11": cannot read ${root}/bus/pci/devices ` +
+          `(a loop of symbolic links at "${loop}"), so nothing was checked; see ` +
+          `"passthrough hook status"`,
+        ], []], `${policy} ${loop}`);
+        // As over a missing tree, the allowance is left for a start that is checked.
+        if (allow) assertEquals(takeAllowance(state, "win11", { uuid: UUID }), "allowed");
+        Deno.removeSync(loop);
+        Deno.renameSync(`${state}.aside`, loop);
+      }
+    }
+    assertEquals(readRefusalRecords(state), []);
+  });
+});
+
 Deno.test("policy: a VM's off checks nothing, records nothing and creates nothing", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", null)));
