@@ -181,7 +181,14 @@ function commandLine(args: string[]): CommandLine {
   // A "--" first ends the options, as POSIX has it (a wrapper's `passthrough -- "$@"`): the word
   // after it is the command, even one spelt like an option (`-- --help` is no request for help).
   const leading = args[0] === "--";
-  const [first, ...rest] = leading ? args.slice(1) : args;
+  // Help is the command after the options every command takes too, which are then its own:
+  // `--color never help plan` is `help --color never plan`, not an option before "plan".
+  const helpAt = leading ? 0 : pastEveryCommandsOptions(args);
+  const [first, ...rest] = leading
+    ? args.slice(1)
+    : helpAt > 0 && args[helpAt] === "help"
+    ? ["help", ...args.slice(0, helpAt), ...args.slice(helpAt + 1)]
+    : args;
   // `help CMD` is `CMD --help`, and so is `help -- CMD`: a "--" after help ends its options too,
   // and the word after it is data as after a leading one (`help -- --version` asks no version).
   // Before its topic, help takes the options every command takes (`help --color never plan`).

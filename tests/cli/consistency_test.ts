@@ -176,6 +176,21 @@ Deno.test("help takes --color and --help before its topic, as every command does
   assertMatch((await run(["help", "--color", "plna"])).err, /^passthrough: Unknown command "plna"/);
 });
 
+Deno.test("help after the options every command takes is still the command, and prints its topic's help", async () => {
+  // `--color never help plan` said `Option "--color" comes before the command "plan"` (exit 2):
+  // help is the command there, and the options are its own, as in `help --color never plan`.
+  const plan = await run(["help", "plan"]);
+  assertEquals(await run(["--color", "never", "help", "plan"]), plan);
+  assertEquals(await run(["--color", "help", "plan"]), plan);
+  assertEquals(await run(["--color=always", "-h", "help", "--", "plan"]), plan);
+  assertEquals(await run(["--color", "never", "help"]), await run(["help"]));
+  // An option before a command is still said to go after it.
+  assertMatch(
+    (await run(["--color", "never", "plan"])).err,
+    /^passthrough: Option "--color" comes before the command "plan"/,
+  );
+});
+
 Deno.test("rollback without a terminal says a wrong command line first, as apply does", async () => {
   // It said "No terminal to confirm on" (exit 1), and the usage error only once --yes was given.
   const json = await run(["rollback", "win10", "--json"]);
