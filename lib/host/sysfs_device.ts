@@ -116,7 +116,8 @@ export function readPhysicalSlots(reader: SysfsReader, root: string): Map<string
  * (mounted filesystems, swap partitions, block devices under device-mapper, md or bcache, imported
  * ZFS pools' disks), the default route's NIC and the console's boot VGA, read from `/proc`, sysfs
  * and udev's database (`udevDataDir`, only for ZFS);
- * for a captured tree, its `host_use.json` (`null` when it has none: unknown). The same rules as
+ * for a captured tree, its `host_use.json` (`null` when it has none: unknown). None among no
+ * devices, whatever the tree holds (a VM without a PCI device to check). The same rules as
  * {@link discoverHost}, for callers that read only some devices ({@link readDeviceAt}).
  */
 export function readHostUse(
@@ -130,8 +131,9 @@ export function readHostUse(
   },
 ): HostUse[] | null {
   const root = options.root.replace(/(.)\/+$/, "$1");
-  // The host's use of nothing is nothing (a VM without passthrough, at every start).
-  if (options.live && options.devices.length === 0) return [];
+  // The host's use of nothing is nothing (a VM without passthrough, at every start), in a
+  // captured tree too, however damaged: its host_use.json says only what uses which devices.
+  if (options.devices.length === 0) return [];
   return options.live
     ? liveHostUse(reader, {
       sysRoot: root,

@@ -183,6 +183,24 @@ Deno.test("policy: a sysfs tree that is a loop of symbolic links refuses the sta
   });
 });
 
+Deno.test("policy: a VM without a PCI device to check starts over a tree that loops, as over one gone", async () => {
+  await withTree(async (root, state) => {
+    const none = `<domain><name>win11</name><uuid>${UUID}</uuid><devices/></domain>`;
+    assertEquals(await run(`${state}/no-such-tree`, state, none), {
+      code: 0,
+      lines: [],
+      refusals: [],
+    });
+    // It was refused: "the check failed: Cannot open ".../host_use.json": ELOOP", or nothing
+    // was checked, over a tree that loops; nothing there is the VM's to check.
+    Deno.removeSync(root, { recursive: true });
+    Deno.symlinkSync(root.slice(root.lastIndexOf("/") + 1), root);
+    assertEquals(await run(root, state, none), { code: 0, lines: [], refusals: [] });
+    Deno.removeSync(root);
+    Deno.mkdirSync(root);
+  });
+});
+
 Deno.test("policy: a VM's off checks nothing, records nothing and creates nothing", async () => {
   await withTree(async (root, state) => {
     recordPolicies(state, guardPolicies(config("off", null)));
