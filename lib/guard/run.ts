@@ -218,6 +218,15 @@ export function guardCheck(options: GuardCheckOptions): GuardRefusal[] {
         }" says: its command lacks a permission the check needs (a hook written by an older passthrough)`,
       }];
     }
+    // A damaged captured tree is no fault of the VM's definition either: a plan of the VM would
+    // read the same tree, and fail as the check did.
+    if (error instanceof SysfsTreeError) {
+      return [{
+        ...unreadableRefusal(vm, `the check failed: ${errorText(error)}`),
+        fix: `capture the tree at ${options.root} again (passthrough snapshot DIR, as root, on ` +
+          `the host it describes); see "${hookStatusCommand(options.hooksDir)}"`,
+      }];
+    }
     return unreadable(`the check failed: ${errorText(error)}`);
   }
 }

@@ -700,6 +700,40 @@ Deno.test("the hook refuses every start over a captured tree that became a loop 
   }
 });
 
+Deno.test("the hook refuses a start over a captured tree with a device entry that loops, whatever the policy, with the tree's fix", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "passthrough-hook-device-loop-" });
+  try {
+    const [hooks, state, tree] = [`${dir}/qemu.d`, `${dir}/state`, `${dir}/tree`];
+    buildHostTree(loadFixtureHost("x570-aorus-pro-wifi"), tree);
+    const hook = await installOnTree(dir, tree);
+    const device = `${tree}/bus/pci/devices/0000:0b:00.0`;
+    // The device itself, then its uevent (what its identity is read from), a link to itself.
+    for (const loop of [device, `${device}/uevent`]) {
+      Deno.renameSync(loop, `${dir}/aside`);
+      Deno.symlinkSync(loop.slice(loop.lastIndexOf("/") + 1), loop);
+      for (const policy of ["enforce", "warn"]) {
+        const config = `version: 1\nvms:\n  win11:\n    guard: ${policy}\n    devices:\n` +
+          `      - name: gpu\n        match: { vendor_id: 10de }\n`;
+        recordPolicies(state, guardPolicies(parseConfig(config, { file: "c.yaml" })));
+        // Its fix was "passthrough plan --vm win11", which reads the same tree.
+        assertEquals(await runHook(hook, ["win11", "prepare", "begin", "-"], MOVED), {
+          code: 1,
+          stdout: "",
+          stderr: `passthrough guard: refusing to start "win11": the check failed: Refusing to ` +
+            `read a tree with a loop of symbolic links at "${loop}": the tree is damaged: ` +
+            `capture it again with 'passthrough snapshot'; fix: capture the tree at ${tree} ` +
+            `again (passthrough snapshot DIR, as root, on the host it describes); see ` +
+            `"passthrough hook status --hooks-dir ${hooks}"\n`,
+        });
+      }
+      Deno.removeSync(loop);
+      Deno.renameSync(`${dir}/aside`, loop);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test({
   name:
     "hook install takes a captured tree Deno reads only with --allow-all (/dev/shm), and hook status finds it there",
