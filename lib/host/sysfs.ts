@@ -717,7 +717,8 @@ export function confinedReader(
 /**
  * Refuses a captured tree that has a FIFO, a device node or a socket, or a link to one, where
  * discovery or lspci opens files: every entry of `bus/pci/devices/*` and `bus/pci/slots/*` (lspci
- * opens most of them) and the snapshot's own `cmdline` and `host_use.json`. A FIFO or a terminal
+ * opens most of them), the snapshot's own `cmdline` and `host_use.json`, and the `/proc` tables
+ * the pre-flight and `snapshot` read from its `proc/` ({@link CAPTURED_PROC_FILES}). A FIFO or a terminal
  * blocks `open` or `read`, a device such as `/dev/zero` never ends, and opening some devices acts
  * on them. Dangling links are harmless (opening them fails); a loop of symbolic links there is a
  * damaged tree, which lspci would stop on with its own message. Throws
@@ -755,7 +756,11 @@ export function checkCapturedTree(root: string, reader?: SysfsReader): void {
   const dirs = ["devices", "slots"].flatMap((sub) =>
     list(`${root}/bus/pci/${sub}`).map((e) => `${root}/bus/pci/${sub}/${e.name}`)
   );
-  const files = [`${root}/cmdline`, `${root}/host_use.json`];
+  const files = [
+    `${root}/cmdline`,
+    `${root}/host_use.json`,
+    ...CAPTURED_PROC_FILES.map((name) => `${root}/proc/${name}`),
+  ];
   for (const dir of dirs) {
     for (const entry of list(dir)) {
       if (entry.kind === "file" || entry.kind === "directory") continue;
@@ -771,6 +776,14 @@ export function checkCapturedTree(root: string, reader?: SysfsReader): void {
     }
   }
 }
+
+/**
+ * The files of a captured tree's `proc/` that are opened: the pre-flight reads `iomem` and
+ * `modules` whole and `cmdline`, `snapshot` copies `iomem`, `modules` and `cpuinfo`. The libc
+ * reader opens a FIFO there without blocking and reads it as empty, a table then taken as the
+ * host's (no module loaded, no framebuffer).
+ */
+const CAPTURED_PROC_FILES = ["iomem", "modules", "cpuinfo", "cmdline"];
 
 /** Entries of a device directory that discovery and lspci read with `readlink`, never open. */
 const LINK_ONLY = /^(driver|iommu_group|physfn|subsystem|firmware_node|virtfn[0-9]+)$/;

@@ -108,6 +108,17 @@ const SPECIAL: {
     kind: "a FIFO",
   },
   {
+    // Read whole by the pre-flight and copied by snapshot: a FIFO there read as an empty table.
+    name: "the tree's proc/iomem a FIFO",
+    plant: (root) => {
+      Deno.mkdirSync(`${root}/proc`, { recursive: true });
+      const path = `${root}/proc/iomem`;
+      mkfifo(path);
+      return path;
+    },
+    kind: "a FIFO",
+  },
+  {
     name: "a socket as a device's class",
     plant: (root) =>
       replace(root, "class", (p) => {
@@ -347,6 +358,26 @@ Deno.test("devices --sysfs TREE with a FIFO config exits 1 naming the file, with
     name: "devices --sysfs on a tree with a FIFO config",
     count: 2,
     outcome: "exit 1, the file named, no hang",
+    test: TEST,
+  });
+});
+
+Deno.test("snapshot --sysfs TREE with a FIFO as proc/modules exits 1 naming it, and writes nothing", async () => {
+  await using tree = await demoTree();
+  Deno.mkdirSync(`${tree.sysfs}/proc`);
+  const path = `${tree.sysfs}/proc/modules`;
+  mkfifo(path);
+  const out = `${tree.dir}/snapshot`;
+  const result = await runCli(["snapshot", out, "--sysfs", tree.sysfs]);
+  // It was copied as an empty table: no module loaded, read later as the host's.
+  assertEquals(result.code, 1, result.stderr);
+  assertOk(result.stderr.includes(`a FIFO where a file should be: "${path}"`), result.stderr);
+  assertEquals(await pathExists(out), false);
+  recordCase({
+    area: "sysfs",
+    name: "snapshot --sysfs on a tree with a FIFO proc/modules",
+    count: 1,
+    outcome: "exit 1, the file named, nothing written",
     test: TEST,
   });
 });
