@@ -283,9 +283,10 @@ async function systemHint(error: unknown): Promise<{ systemHint: string | null }
     let mountInfo: string | null = null;
     if (found === "30") {
       const { libcSysfsReader } = await import("./ffi/libc_fs.ts");
-      const { readWholeText } = await import("./lib/host/sysfs.ts");
+      const { MAX_MOUNTINFO_BYTES, readWholeText } = await import("./lib/host/sysfs.ts");
       // Whole: a container host's table is megabytes, and its head may not hold the mount.
-      mountInfo = readWholeText(libcSysfsReader({ fewCalls: true }), "/proc/self/mountinfo");
+      const reader = libcSysfsReader({ fewCalls: true });
+      mountInfo = readWholeText(reader, "/proc/self/mountinfo", MAX_MOUNTINFO_BYTES);
     }
     return { systemHint: fileSystemHint(error, mountInfo, { realPath: realPathOfExisting }) };
   } catch {

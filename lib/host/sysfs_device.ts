@@ -14,7 +14,13 @@ import {
   comparePciAddress,
   libvirtNumber,
 } from "../pci/address.ts";
-import { baseName, readAttribute, readWholeText, type SysfsReader } from "./sysfs.ts";
+import {
+  baseName,
+  MAX_MOUNTINFO_BYTES,
+  readAttribute,
+  readWholeText,
+  type SysfsReader,
+} from "./sysfs.ts";
 import { isFileName, join } from "../state/paths.ts";
 import { type DeviceNode, openBy } from "./open_files.ts";
 import type { UsbSource } from "../domain/usb_source.ts";
@@ -1123,9 +1129,6 @@ export function unescapeProcPath(text: string): string {
     (_, octal: string) => String.fromCharCode(parseInt(octal, 8)),
   );
 }
-
-/** The most of `/proc/self/mountinfo` read: 64 MiB is some 250,000 container mounts. */
-const MAX_MOUNTINFO_BYTES = 64 * 1024 * 1024;
 
 /**
  * The controllers under each mounted filesystem's block devices, from `/proc/self/mountinfo`:
