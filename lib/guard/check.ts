@@ -641,6 +641,8 @@ function groupRefusal(
         ? ""
         : owner === null
         ? "; hand-added, so no allow_host_critical lets it start"
+        : forVm
+        ? vmMemberOverride(vm, owner.rule)
         : hostNeedsOverride(owner.rule)
     }`;
   const pool = network === undefined
@@ -668,6 +670,33 @@ function groupRefusal(
         flagWord("--vm", vm)
       }`,
   }];
+}
+
+/**
+ * The way out for a group mate bound to VFIO for a VM: `allow_host_critical` lifts no split of a
+ * group between two VMs (`plan` refuses `group-shared-with-other-vm` whatever the rule says), so
+ * it is offered only for a member no VM passes; the hook cannot read the other definitions to
+ * tell which.
+ */
+function vmMemberOverride(vm: string, rule: string): string {
+  return `; if another VM passes it, only giving the group's devices to one of the two lets it ` +
+    `start (${fixCommand(vm)} names that VM)${unpassedOverride(rule)}`;
+}
+
+/**
+ * The `allow_host_critical` advice for a group mate bound to VFIO that no VM passes
+ * ({@link hostNeedsOverride}'s words for such a member).
+ *
+ * @example
+ * ```ts
+ * import { assertMatch } from "../../tests/helpers/assert.ts";
+ * assertMatch(unpassedOverride("gpu"), /^; if none does, "allow_host_critical: true" on rule "gpu"/);
+ * ```
+ */
+export function unpassedOverride(rule: string): string {
+  return `; if none does, "allow_host_critical: true" on rule ${
+    JSON.stringify(rule)
+  } (then passthrough apply) lets it start`;
 }
 
 /** Whose IOMMU group a group refusal names: the element's at `of`, or its hostdev network's. */

@@ -20,6 +20,7 @@ import {
   type GuardRefusal,
   hostNeedsOverride,
   type StartTakes,
+  unpassedOverride,
   unreadableRefusal,
 } from "./check.ts";
 import {
@@ -423,7 +424,7 @@ export function policed(
     // The rule already says allow_host_critical, or may have a new name that does: its advice
     // would send the user in a circle, or to a rule the config no longer has.
     const override = withdrawn
-      ? refusal.reason.replace(hostNeedsOverride(rule!), "")
+      ? refusal.reason.replace(hostNeedsOverride(rule!), "").replace(unpassedOverride(rule!), "")
       : refusal.reason;
     const reason = unapplied
       ? `${override}; ${unappliedNote(refusal, policy)}`

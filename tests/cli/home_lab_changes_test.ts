@@ -334,6 +334,23 @@ Deno.test({
     );
     // Nowhere does it say the host needs the other VM's device.
     assertEquals([win11.stderr, nas.stderr].some((e) => e.includes("the host needs it")), false);
+    // Nor that allow_host_critical alone lets it start: plan refuses a split group whatever the
+    // rule says. The plan it names instead names the other VM.
+    for (const [vm, e] of [["win11", win11.stderr], ["nas", nas.stderr]] as const) {
+      assertEquals(e.includes('only "allow_host_critical'), false, e);
+      assertMatch(
+        e,
+        new RegExp(
+          `; if another VM passes it, only giving the group's devices to one of the two lets it start \\(passthrough plan --vm ${vm} names that VM\\); if none does, "allow_host_critical: true" on rule`,
+        ),
+      );
+    }
+    const followed = await l.cli("plan", "--vm", "win11");
+    assertEquals(followed.code, 1, followed.stderr);
+    assertMatch(
+      followed.stdout,
+      /refused \[group-shared-with-other-vm\] .*split between VMs .*"nas"/,
+    );
     const plan = await l.cli("plan");
     assertEquals(plan.code, 1, plan.stderr);
     assertMatch(
