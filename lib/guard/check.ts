@@ -135,7 +135,16 @@ export interface GuardRefusal {
    * driver (`not-viable`), or which another running VM has (`busy`): the group, that member, and
    * its driver.
    */
-  group?: { number: number; member: PciAddress; driver: string | null };
+  group?: {
+    number: number;
+    member: PciAddress;
+    driver: string | null;
+    /**
+     * Set when the member is on a VFIO driver and the host does not use it: bound for a VM,
+     * perhaps another VM's, whose split of the group no `allow_host_critical` lifts.
+     */
+    forVm?: boolean;
+  };
   /** The whole reason in words, as {@link formatRefusal} prints it after the VM's name. */
   reason: string;
   /** The command that fixes it. */
@@ -659,7 +668,12 @@ function groupRefusal(
     hostNeeds: hostNeeds === null
       ? null
       : `its IOMMU group ${group} also holds ${member.address}: ${hostNeeds}`,
-    group: { number: group, member: member.address, driver: member.driver },
+    group: {
+      number: group,
+      member: member.address,
+      driver: member.driver,
+      ...(forVm && hostNeeds !== null ? { forVm: true } : {}),
+    },
     reason: `${holds}${needs}${outcome}${pool}`,
     fix: network !== undefined
       ? networkFixCommand(network)

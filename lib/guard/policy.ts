@@ -475,8 +475,9 @@ export function hostNeedsAllowed(
 
 /**
  * What lets a start take a device the host needs that a refusal names (an allowance does not):
- * `allow_host_critical: true` on the rule that recorded it, for a `host-needs` refusal only; for
- * anything else (a hand-added hostdev, a replaced device, a GPU in use) nothing does but its fix.
+ * `allow_host_critical: true` on the rule that recorded it, for a `host-needs` refusal only (for
+ * a group mate bound for a VM, giving the group to one VM, or the rule's override if no VM
+ * passes it); for anything else (a hand-added hostdev, a replaced device, a GPU in use) nothing does but its fix.
  *
  * @example
  * ```ts
@@ -486,10 +487,23 @@ export function hostNeedsAllowed(
  * ```
  */
 export function hostNeedsRemedy(
-  refusal: { kind: string; recorded: { rule: string | null } | null },
+  refusal: {
+    kind: string;
+    recorded: { rule: string | null } | null;
+    group?: { forVm?: boolean };
+  },
   vm: string,
 ): string {
   const rule = refusal.recorded?.rule ?? null;
+  // A group split between two VMs is refused by plan whatever the rule says: the rule's override
+  // only helps where no other VM passes the member.
+  if (refusal.kind === "host-needs" && rule !== null && refusal.group?.forVm === true) {
+    return `only giving the group's devices to one VM (${
+      followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] })
+    } names the other), or, if no VM passes the member, "allow_host_critical: true" on rule ${
+      JSON.stringify(rule)
+    }, then passthrough apply, does`;
+  }
   if (refusal.kind === "host-needs" && rule !== null) {
     return `only "allow_host_critical: true" on rule ${
       JSON.stringify(rule)

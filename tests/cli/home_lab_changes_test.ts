@@ -345,6 +345,27 @@ Deno.test({
         ),
       );
     }
+    // An allowance lifts no group split either: neither its note nor the allowed start's line
+    // sends the user to allow_host_critical alone.
+    const allow = await runCli([
+      "guard",
+      "allow",
+      "win11",
+      "--connect",
+      l.daemon.uri,
+      "--state-dir",
+      `${l.dir}/state`,
+    ]);
+    assertEquals(allow.code, 0, allow.stderr);
+    const allowed = await l.start("win11");
+    assertEquals(allowed.code, 1);
+    for (const said of [allow.stdout, allowed.stderr]) {
+      assertEquals(said.includes('only "allow_host_critical: true" on rule "gpu"'), false, said);
+      assertMatch(
+        said,
+        /only giving the group's devices to one VM \(passthrough plan --vm win11 names the other\), or, if no VM passes the member, "allow_host_critical: true" on rule "gpu", then passthrough apply, does/,
+      );
+    }
     const followed = await l.cli("plan", "--vm", "win11");
     assertEquals(followed.code, 1, followed.stderr);
     assertMatch(
