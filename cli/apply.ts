@@ -12,7 +12,7 @@ import { type ComputedPlan, computePlan, HOST_CONFIG, planHasErrors } from "./pl
 import { renderPlan, type RenderPlanOptions, renderVmPlan } from "./render_plan.ts";
 import { makeConfirm } from "./confirm.ts";
 import { applyJson, renderApplyReport } from "./render_apply.ts";
-import { applyPlan, type ApplyReport, livePlan } from "../lib/apply/apply.ts";
+import { applyPlan, livePlan, type VmApplyResult } from "../lib/apply/apply.ts";
 import type { DeviceIdentity, Plan, VmPlan } from "../lib/plan/types.ts";
 import type { LibvirtPort } from "../lib/plan/libvirt_port.ts";
 import type { PciAddress } from "../lib/host/types.ts";
@@ -35,8 +35,9 @@ import {
   guardPolicies,
   type GuardPolicyFile,
   keepStricterRulePolicies,
+  stricterWhileApplying,
 } from "../lib/guard/policy.ts";
-import { readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
+import { type PolicyRecordOutcome, readPolicyFile, recordPolicies } from "../lib/guard/state.ts";
 import { guardStateDirFor } from "../lib/guard/hook_file.ts";
 import { GUARD_URI } from "../lib/guard/layout.ts";
 import { errorText } from "../lib/render/error_text.ts";
@@ -123,6 +124,13 @@ async function applyComputed(
   // closed session) takes effect between VMs, never inside a define or a swap, and the report
   // still says what was done.
   using signals = deferSignals();
+  const guard = guardRecording(config, {
+    plan,
+    libvirt,
+    limited: values.vm !== undefined,
+    flag: values["state-dir"],
+    env: io.env,
+  });
   const report = await applyPlan(plan, {
     libvirt,
     stateDir,
@@ -140,6 +148,7 @@ async function applyComputed(
     interrupted: () => signals.check(),
     run: runFlags(values),
     startGuard,
+    checkpoint: (done) => recordWhileApplying(guard, done),
   });
   if (report.brokeStaleLock !== null && values.json) {
     io.err(`Note: removed a stale lock left by ${describeHolder(report.brokeStaleLock)}\n`);
@@ -147,16 +156,8 @@ async function applyComputed(
   io.out(
     values.json ? applyJson(report, plan) : renderApplyReport(report, { color: io.color, plan }),
   );
-  // Their definitions hold the config's rule names now.
-  const settled = new Set(
-    report.vms.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
-  );
-  const recorded = recordGuardPolicies(config, {
-    settled,
-    applied: () => appliedRecords(plan, settled),
-    domains: () => ({ applied: appliedDomains(plan, settled), defined: definedDomains(libvirt) }),
-    keeps: droppedKept(plan, report, values.vm !== undefined),
-    recorded: () => recordedRules(libvirt, config),
+  const recorded = recordGuardPolicies(guard, {
+    ...policySources(guard, report.vms),
     flag: values["state-dir"],
     uri: libvirt.uri,
     io,
@@ -182,11 +183,11 @@ async function applyComputed(
  */
 function droppedKept(
   plan: Plan,
-  report: ApplyReport,
+  results: readonly VmApplyResult[],
   limited: boolean,
 ): (vm: string) => boolean {
   const planned = new Set(plan.vms.map((vm) => vm.name));
-  const released = new Set(report.vms.filter((r) => r.code === "applied").map((r) => r.vm));
+  const released = new Set(results.filter((r) => r.code === "applied").map((r) => r.vm));
   return (vm) => !released.has(vm) && (limited || planned.has(vm));
 }
 
@@ -290,14 +291,93 @@ interface PolicySources {
   keeps: (vm: string) => boolean;
 }
 
+/** What this apply records the start guard's policies from, and where. */
+interface GuardRecording {
+  config: Config;
+  plan: Plan;
+  libvirt: LibvirtPort;
+  /** Whether `--vm` left VMs out of the plan. */
+  limited: boolean;
+  /** Where this host's hook reads them ({@link guardStateDirFor}); `null` for none. */
+  target: ReturnType<typeof guardStateDirFor>;
+  /** The policies recorded before this apply (`null`: none, or unreadable), read before any define. */
+  previous: GuardPolicyFile | null;
+  /** Whether a record while the apply ran changed the file. */
+  touched: boolean;
+}
+
+/** Where this apply records the guard's policies, and what was recorded there before it. */
+function guardRecording(
+  config: Config,
+  { plan, libvirt, limited, flag, env }: {
+    plan: Plan;
+    libvirt: LibvirtPort;
+    limited: boolean;
+    flag: string | undefined;
+    env: CliIo["env"];
+  },
+): GuardRecording {
+  // The hook of that machine reads that machine's state directory: computePlan said so.
+  const target = isRemoteUri(libvirt.uri) ? null : guardStateDirFor(libvirt.uri, flag, env);
+  const previous = target === null || target.unreadable !== null
+    ? null
+    : readPolicyFile(target.stateDir).file;
+  return { config, plan, libvirt, limited, target, previous, touched: false };
+}
+
+/**
+ * What the policies to record are bound to once the VMs of `results` are done: those applied or
+ * found unchanged are settled (their definitions hold the config's rule names now).
+ */
+function policySources(
+  { config, plan, libvirt, limited }: GuardRecording,
+  results: readonly VmApplyResult[],
+): PolicySources {
+  const settled = new Set(
+    results.filter((r) => r.code === "applied" || r.code === "no-changes").map((r) => r.vm),
+  );
+  return {
+    settled,
+    applied: () => appliedRecords(plan, settled),
+    domains: () => ({ applied: appliedDomains(plan, settled), defined: definedDomains(libvirt) }),
+    keeps: droppedKept(plan, results, limited),
+    recorded: () => recordedRules(libvirt, config),
+  };
+}
+
+/**
+ * Records, just before each define and right after it, what the start guard judges each VM by
+ * while the apply runs ({@link stricterWhileApplying}): a settled VM its new policies, any other
+ * the stricter of its old and new ones, so a start between a define and the end of the apply
+ * (or after the apply was killed) is never judged by laxer policies than either config gives.
+ * Says nothing: a failure is met again, and said, by the record at the end.
+ */
+function recordWhileApplying(recording: GuardRecording, done: readonly VmApplyResult[]): void {
+  const { target, config, previous } = recording;
+  if (target === null || target.unreadable !== null) return;
+  // Nothing recorded before nor now: every VM enforces throughout, and libvirt is not read.
+  if (previous === null && Object.keys(guardPolicies(config).vms).length === 0) return;
+  try {
+    const sources = policySources(recording, done);
+    const file = stricterWhileApplying(
+      policiesToRecord(guardPolicies(config), { config, previous, ...sources }),
+      { previous, settled: sources.settled },
+    );
+    if (recordPolicies(target.stateDir, file) !== "unchanged") recording.touched = true;
+  } catch {
+    // Said by the record at the end.
+  }
+}
+
 /**
  * Records the config's start guard policies (`guard:`) where the installed hook reads them, for
  * every VM of the config whatever `--vm` says: they are settings of the hook, not domain edits,
- * so they do not wait for a confirmed change. Says what changed; nothing when nothing did (a
- * config without `guard:` keys writes nothing). `false` when they could not be recorded.
+ * so they do not wait for a confirmed change. Says what changed since before the apply; nothing
+ * when nothing did (a config without `guard:` keys writes nothing). `false` when they could not
+ * be recorded.
  */
 function recordGuardPolicies(
-  config: Config,
+  recording: GuardRecording,
   { flag, uri, io, say, ...sources }: PolicySources & {
     flag: string | undefined;
     uri: string;
@@ -305,11 +385,10 @@ function recordGuardPolicies(
     say: (text: string) => void;
   },
 ): boolean {
+  const { config, previous, target } = recording;
   const policies = guardPolicies(config);
   const named = describePolicies(policies);
-  // The hook of that machine reads that machine's state directory: computePlan said so.
   if (isRemoteUri(uri)) return true;
-  const target = guardStateDirFor(uri, flag, io.env);
   if (target === null) {
     if (named.length > 0) {
       io.err(
@@ -335,8 +414,8 @@ function recordGuardPolicies(
     ? `${stateDir} (the installed hook's state directory, not --state-dir)`
     : stateDir;
   try {
-    const file = policiesToRecord(policies, { config, stateDir, ...sources });
-    const outcome = recordPolicies(stateDir, file);
+    const file = policiesToRecord(policies, { config, previous, ...sources });
+    const outcome = sinceBefore(recordPolicies(stateDir, file), { recording, file });
     if (outcome === "written") {
       say(`Start guard policies recorded in ${where}: ${describePolicies(file).join("; ")}\n`);
     } else if (outcome === "removed") {
@@ -358,13 +437,12 @@ function recordGuardPolicies(
  */
 function policiesToRecord(
   policies: GuardPolicyFile,
-  { config, stateDir, settled, applied, domains, recorded, keeps }: PolicySources & {
+  { config, previous, settled, applied, domains, recorded, keeps }: PolicySources & {
     config: Config;
-    stateDir: string;
+    /** The file from before the apply; what could not be read keeps nothing (it enforced). */
+    previous: GuardPolicyFile | null;
   },
 ): GuardPolicyFile {
-  // What cannot be read keeps nothing: the hook enforces while it is there.
-  const previous = readPolicyFile(stateDir).file;
   const kept = new Set(Object.keys(previous?.vms ?? {}).filter(keeps));
   return bindDomains(
     bindRecords(
@@ -379,6 +457,20 @@ function policiesToRecord(
     ),
     { previous, ...domains() },
   );
+}
+
+/**
+ * What recording `file` at the end of the apply did to the file from before it: `outcome` (what
+ * it did to the file the records during the apply left), unless those already made the change.
+ */
+function sinceBefore(
+  outcome: PolicyRecordOutcome,
+  { recording: { previous, touched }, file }: { recording: GuardRecording; file: GuardPolicyFile },
+): PolicyRecordOutcome {
+  if (outcome !== "unchanged" || !touched) return outcome;
+  const empty = Object.keys(file.vms).length === 0;
+  const same = previous === null ? empty : JSON.stringify(previous) === JSON.stringify(file);
+  return same ? "unchanged" : empty ? "removed" : "written";
 }
 
 /**

@@ -322,6 +322,13 @@ export interface ApplyOptions {
    * message about that start names. Default: unknown; the message says what `enforce` does.
    */
   startGuard?: (vm: string) => StartGuard;
+  /**
+   * Called just before each VM (or each set of VMs swapping devices) is defined and right after,
+   * with the results so far (those being defined among them after): the CLI records the start
+   * guard's policies there, so a start during the apply is judged by the policies of the
+   * definition it may run, not by those from before the apply. Must not throw. Default: none.
+   */
+  checkpoint?: (done: readonly VmApplyResult[]) => void;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -597,12 +604,14 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       for (const [vm, outcome] of skipped) done.set(vm, outcome);
       continue;
     }
+    options.checkpoint?.([...done.values()]);
     const applied = applyUnit(unit, plan, { ...options, state });
     for (const [vm, outcome] of applied) {
       done.set(vm, outcome.result);
       if (outcome.running !== undefined) runningAfterDefine.set(outcome.result, outcome.running);
       if (outcome.live !== null) pendingLive.push(outcome.live);
     }
+    options.checkpoint?.([...done.values()]);
   }
   if (options.live === true) runLive(options, pendingLive);
   const keepBackups = options.keepBackups ?? DEFAULT_KEEP_BACKUPS;

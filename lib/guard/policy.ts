@@ -300,6 +300,103 @@ export function bindDomains(
 }
 
 /**
+ * What the start guard judges each VM by while `apply` runs: `file` (the policies the apply
+ * records once it ends, for `settled` the VMs whose definitions it has settled so far) for the
+ * VMs of `settled`, and for every other VM the stricter of its entry in `file` and the one
+ * `previous` (the file from before the apply) recorded ({@link stricterVmPolicy}). Recorded before
+ * each define, so a start between a VM's define and the end of the apply (while later VMs are
+ * asked about, or after the apply was killed) is never judged laxer than either config says,
+ * whichever definition it runs; a VM's new policy alone holds once its define has settled.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const previous = { version: 1 as const, config: "c.yaml",
+ *   vms: { a: { guard: "off" as const, rules: {} } } };
+ * const file = { version: 1 as const, config: "c.yaml",
+ *   vms: { b: { guard: "warn" as const, rules: {} } } };
+ * // a goes from off to enforce, b from enforce to warn: both enforce until settled.
+ * assertEquals(stricterWhileApplying(file, { previous, settled: new Set() }).vms, {});
+ * assertEquals(stricterWhileApplying(file, { previous, settled: new Set(["a", "b"]) }), file);
+ * ```
+ */
+export function stricterWhileApplying(
+  file: GuardPolicyFile,
+  { previous, settled }: { previous: GuardPolicyFile | null; settled: ReadonlySet<string> },
+): GuardPolicyFile {
+  const entry = (f: GuardPolicyFile | null, vm: string) =>
+    f !== null && Object.hasOwn(f.vms, vm) ? f.vms[vm]! : ENFORCE;
+  const names = new Set([...Object.keys(file.vms), ...Object.keys(previous?.vms ?? {})]);
+  const vms = [...names].flatMap((vm) => {
+    const policy = settled.has(vm)
+      ? (Object.hasOwn(file.vms, vm) ? file.vms[vm]! : null)
+      : stricterVmPolicy(entry(previous, vm), entry(file, vm));
+    return policy === null ? [] : [[vm, policy] as const];
+  });
+  return { ...file, vms: Object.fromEntries(vms) };
+}
+
+/**
+ * The policies that are never laxer than `a` nor `b` (two entries for one VM), `null` when that
+ * is every default (`enforce`): the stricter guard and rule policies, `allow_host_critical` only
+ * where both grant it, a rule's policy only for the records neither judges more strictly than by
+ * it, and no domain unless both are for the same one (or one names none, from before UUIDs were
+ * recorded).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(
+ *   stricterVmPolicy(
+ *     { guard: "off", rules: { gpu: "enforce" }, allowHostCritical: ["hba"] },
+ *     { guard: "warn", rules: { nic: "off" }, allowHostCritical: ["hba"] },
+ *   ),
+ *   { guard: "warn", rules: { gpu: "enforce", nic: "off" }, allowHostCritical: ["hba"] },
+ * );
+ * assertEquals(stricterVmPolicy({ guard: "off", rules: {} }, ENFORCE), null);
+ * ```
+ */
+export function stricterVmPolicy(a: VmGuardPolicy, b: VmGuardPolicy): VmGuardPolicy | null {
+  const stricter = (x: GuardPolicy, y: GuardPolicy) =>
+    POLICIES.indexOf(x) <= POLICIES.indexOf(y) ? x : y;
+  const guard = stricter(a.guard, b.guard);
+  const rules = Object.fromEntries(
+    [...new Set([...Object.keys(a.rules), ...Object.keys(b.rules)])].flatMap((rule) => {
+      const policy = stricter(policyFor(a, rule), policyFor(b, rule));
+      return policy === guard ? [] : [[rule, policy] as const];
+    }),
+  );
+  const critical = (a.allowHostCritical ?? []).filter((rule) =>
+    (b.allowHostCritical ?? []).includes(rule)
+  );
+  if (guard === "enforce" && Object.keys(rules).length === 0 && critical.length === 0) return null;
+  // A record is bound where each entry judges it by its rule's policy: bound there too, or its
+  // rule no laxer than that VM's, which then judges it the same bound or not. A rule's
+  // allow_host_critical counts only for a record both bound.
+  const judgedByRule = (p: VmGuardPolicy, address: PciAddress, record: DeviceIdentity) =>
+    appliedRecord(p, address, record) ||
+    (!critical.includes(record.rule) &&
+      policyFor(p, record.rule) === policyFor(p, record.rule, { hostNeeds: true }));
+  const devices = [...Object.entries(a.devices ?? {}), ...Object.entries(b.devices ?? {})]
+    .filter(([address, record]) =>
+      (Object.hasOwn(rules, record.rule) || critical.includes(record.rule)) &&
+      judgedByRule(a, address, record) && judgedByRule(b, address, record)
+    );
+  const uuid = a.uuid === undefined
+    ? b.uuid
+    : b.uuid === undefined || b.uuid === a.uuid
+    ? a.uuid
+    : null;
+  return {
+    guard,
+    rules,
+    ...(critical.length > 0 ? { allowHostCritical: critical } : {}),
+    ...(devices.length > 0 ? { devices: Object.fromEntries(devices) } : {}),
+    ...(uuid !== undefined ? { uuid } : {}),
+  };
+}
+
+/**
  * The policies of `policy` (those recorded for VM `vm`) for the domain whose `<uuid>` is `uuid`
  * (`null`: it cannot be read): as recorded when they were recorded for that domain, or for no
  * particular one (a file from before {@link VmGuardPolicy.uuid}); else {@link ENFORCE}, with why.

@@ -2059,3 +2059,25 @@ Deno.test("applyPlan() leaves a VM another client moved a planned guest address 
   );
   assertMatch(parseDomainXml(f.port.getPersistentXml("alpha")).hostdevs[0]!.xml, /slot='0x09'/);
 });
+
+Deno.test("applyPlan() calls checkpoint just before each define with the VMs done so far, and right after with it", async () => {
+  using f = fixture();
+  const plan = planOf(f.port, [
+    planVm(f.port, "alpha", ["0000:01:00.0"]),
+    planVm(f.port, "beta", ["0000:02:00.0"]),
+  ]);
+  const seen: string[] = [];
+  const { confirm } = answers("yes", "no");
+  await applyPlan(plan, {
+    libvirt: f.port,
+    stateDir: f.stateDir,
+    confirm,
+    checkpoint: (done) => {
+      seen.push(
+        `${done.map((r) => `${r.vm}:${r.code}`).join(",")} alpha=${hostdevs(f.port, "alpha")}`,
+      );
+    },
+  });
+  // beta, declined, is not defined: no checkpoint for it.
+  assertEquals(seen, [" alpha=", "alpha:applied alpha=0000:01:00.0"]);
+});

@@ -5,14 +5,19 @@
  * Prompts are answered on a real pseudo-terminal. Skipped when no daemon can run here.
  */
 
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import { type Libvirtd, libvirtdUnavailable, startLibvirtd } from "../helpers/libvirtd.ts";
 import { documentedFlags, hasScript, runCli, runCliOnPty } from "../helpers/cli.ts";
 import { PROC_DOMAIN_DEFINE_XML_FLAGS, startRpcHook } from "../helpers/rpc_hook.ts";
 import { buildHostTree, loadHostDescription } from "../../lib/testing/host_tree.ts";
 import { parseDomainXml } from "../../lib/domain/domain_xml.ts";
 import { listBackups } from "../../lib/state/backups.ts";
-import { readVmPolicy } from "../../lib/guard/state.ts";
+import {
+  allowanceFile,
+  allowNextStart,
+  readRefusalRecords,
+  readVmPolicy,
+} from "../../lib/guard/state.ts";
 import { policyFor } from "../../lib/guard/policy.ts";
 import { Connection } from "../../ffi/mod.ts";
 import { runGuard } from "../../lib/guard/run.ts";
@@ -652,3 +657,75 @@ function hasVirsh(): boolean {
     return false;
   }
 }
+
+/** `runGuard` at `vm`'s start as the hook runs it, on `xml` (its definition by default). */
+function startOf(s: Scene, vm: string, xml = s.xml(vm)) {
+  return runGuard({
+    vm,
+    operation: "prepare",
+    subOperation: "begin",
+    xml,
+    reader: denoFsReader(),
+    root: `${s.dir}/sysfs`,
+    live: false,
+    stateDir: s.stateDir,
+  });
+}
+
+/** `xml` with a hand-added hostdev of a device the host does not have: what enforce refuses. */
+function withGoneDevice(xml: string): string {
+  return xml.replace(
+    "<devices>\n",
+    "<devices>\n<hostdev mode='subsystem' type='pci' managed='yes'><source>" +
+      "<address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>\n",
+  );
+}
+
+Deno.test({
+  name:
+    "a VM's new guard policy holds from its define on: enforce over an old off while apply asks about the next VM, off over an old enforce only once defined",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const OFF = CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n");
+    // The old config's off recorded for win10 (bound to it), neither VM changed yet.
+    await appliedConfig(s, OFF, "--vm", "gentoo");
+    assertEquals((await rollbackYes(s, "gentoo")).code, 0);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "off");
+    allowNextStart(s.stateDir, "gentoo", { uuid: parseDomainXml(s.xml("gentoo")).uuid! });
+    {
+      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, CONFIG);
+      await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+      await pty.waitFor(/Apply the changes to "win10"\?/);
+      await pty.type("y\n");
+      await pty.waitFor(/Apply the changes to "gentoo"\?/);
+      // win10 is defined with the new config's devices: its start is judged by its new enforce.
+      assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+      const started = await startOf(s, "win10", withGoneDevice(s.xml("win10")));
+      assertEquals(started.code, 1, started.lines.join("\n"));
+      await pty.type("n\n");
+      const { code, screen } = await pty.finish();
+      assertEquals(code, 0, screen);
+    }
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+    // The records written while it ran leave the allowance and the refusal record as they were.
+    assertOk(allowanceFile(s.stateDir, "gentoo") !== null);
+    assertEquals(readRefusalRecords(s.stateDir).map((r) => [r.vm, r.allowed]), [["win10", false]]);
+    assertEquals((await rollbackYes(s, "win10")).code, 0);
+    {
+      // The reverse: off replaces enforce once win10 is defined, not before its answer.
+      await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, OFF);
+      await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+      await pty.waitFor(/Apply the changes to "win10"\?/);
+      assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+      await pty.type("y\n");
+      await pty.waitFor(/Apply the changes to "gentoo"\?/);
+      const started = await startOf(s, "win10", withGoneDevice(s.xml("win10")));
+      assertEquals(started.code, 0, started.lines.join("\n"));
+      await pty.type("q\n");
+      const { code, screen } = await pty.finish();
+      assertEquals(code, 0, screen);
+      assertMatch(screen, /Start guard policies recorded in .*: "win10" off\r?\n/);
+    }
+  },
+});

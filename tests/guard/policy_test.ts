@@ -12,6 +12,7 @@ import {
   type GuardPolicyFile,
   keepStricterRulePolicies,
   policyFor,
+  stricterWhileApplying,
 } from "../../lib/guard/policy.ts";
 import {
   allowNextStart,
@@ -1178,6 +1179,37 @@ Deno.test("policy: a rule's off does not speak for a record apply did not bind (
     assertEquals(summary(await run(root, state)).refusals, [
       ["0000:0b:00.0", "replaced", "enforce"],
       ["0000:7f:1f.7", "missing", "enforce"],
+    ]);
+  });
+});
+
+Deno.test("stricterWhileApplying(): a start while apply runs is judged device by device by the stricter of the old and new policies", async () => {
+  await withTree(async (root, state) => {
+    const meet = (before: GuardPolicyFile, after: GuardPolicyFile) => {
+      recordPolicies(state, stricterWhileApplying(after, { previous: before, settled: new Set() }));
+      return run(root, state);
+    };
+    const vmOff = applied(guardPolicies(config("off", null)));
+    const gpuOff = applied(guardPolicies(config(null, "off")));
+    const vmWarn = applied(guardPolicies(config("warn", null)));
+    // The VM's off turned enforce, its rule off: the GPU both leave unchecked, the hand-added
+    // hostdev the new enforce refuses.
+    assertEquals(summary(await meet(vmOff, gpuOff)).refusals, [
+      ["0000:7f:1f.7", "missing", "enforce"],
+    ]);
+    // The rule's off turned its VM's warn: the GPU warns, the hand-added hostdev is refused.
+    assertEquals(summary(await meet(gpuOff, vmWarn)).refusals, [
+      ["0000:0b:00.0", "replaced", "warn"],
+      ["0000:7f:1f.7", "missing", "enforce"],
+    ]);
+    // Settled, the new policies alone.
+    recordPolicies(
+      state,
+      stricterWhileApplying(vmWarn, { previous: gpuOff, settled: new Set(["win11"]) }),
+    );
+    assertEquals(summary(await run(root, state)).refusals, [
+      ["0000:0b:00.0", "replaced", "warn"],
+      ["0000:7f:1f.7", "missing", "warn"],
     ]);
   });
 });
