@@ -1011,7 +1011,9 @@ export function deviceRecordFrom(attributes: ReadonlyMap<string, string>): Devic
     // Records written before slots were recorded have none: nothing to compare.
     ...(slot === undefined ? {} : { slot }),
     driver: optional(RECORD_ATTRIBUTES.driver),
-    rule: attributes.get(RECORD_ATTRIBUTES.rule)!,
+    // As the config reads a rule's name: trimmed. A record from before names the same rule
+    // (`name: |` wrote "uplink\n"), or a `vf: any` rule lost the VF and MAC it holds.
+    rule: attributes.get(RECORD_ATTRIBUTES.rule)!.trim(),
   };
 }
 

@@ -87,6 +87,23 @@ Deno.test("vf: the VF and MAC stay the same across plans and after applying", ()
   assertEquals(applied(second), applied(first));
 });
 
+Deno.test("vf: any keeps its VF and MAC when the record names the rule as a block scalar wrote it", () => {
+  const first = plan(config(UPLINK("a") + UPLINK("b")), sriovHost(), { a: A, b: B });
+  // `name: |` wrote "uplink\n" into the records; the config reads that rule as "uplink" now.
+  const before = applied(first).b!.replaceAll("rule='uplink'", "rule='uplink&#10;'");
+  const block = UPLINK("b").replace("name: uplink", "name: |\n          uplink");
+  const second = plan(config(UPLINK("a") + block), sriovHost(), {
+    a: applied(first).a!,
+    b: before,
+  });
+  const b = vmOf(second, "b");
+  assertEquals([b.errors, b.changed, b.keep, b.add], [[], false, ["0000:07:10.2"], []]);
+  assertEquals(
+    parseDomainXml(b.desiredXml).interfaces[0]?.mac,
+    parseDomainXml(before).interfaces[0]?.mac,
+  );
+});
+
 Deno.test("vf: any keeps the VF it holds when a lower one becomes free", () => {
   const z = (extra: string) => domainXml("z", "6f1c5a3e-1d2b-4c3d-8e4f-5a6b7c8d9e0f", extra);
   const first = plan(config(UPLINK("a")), sriovHost(), { a: A, z: z(HAND_WRITTEN) });
