@@ -807,7 +807,7 @@ interface Misreading {
   source: string;
   /** What YAML made of it: `YAML 1.1 reads 1:30 as the sexagesimal (base 60) number 90`. */
   reading: string;
-  /** Base 60 (`1:30`) and base 8 (`010`) are YAML 1.1's alone: YAML 1.2 reads other values. */
+  /** Base 60 (`1:30`) and base 8 (`010`, not `07`) are YAML 1.1's alone: YAML 1.2 reads others. */
   only11: boolean;
 }
 
@@ -839,7 +839,8 @@ function misread(ctx: Context, at: Steps, value: unknown): Misreading | null {
     : `the number ${value}`;
   if (read === null) return null;
   const reading = `${yaml11 ? "YAML 1.1" : "YAML"} reads ${source} as ${read}`;
-  return { source, reading, only11: sexagesimal || octal };
+  // `07` is 7 to YAML 1.2 too: only an octal it reads otherwise (`010`, `0_7`) is ambiguous.
+  return { source, reading, only11: sexagesimal || (octal && Number(source) !== value) };
 }
 
 /** What to write for a text YAML misread where a string goes: the text, quoted. */

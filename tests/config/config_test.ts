@@ -1050,6 +1050,17 @@ vms:
   ]);
 });
 
+Deno.test("parseConfig() takes a YAML 1.1 octal number that YAML 1.2 reads as the same number", () => {
+  // `boot_order: 07` is 7 to both: nothing is ambiguous, only `010` (8 or 10) is.
+  const config = parseConfig(
+    "%YAML 1.1\n---\nversion: 1\nvms:\n  vm:\n    devices:\n" +
+      "      - { match: { class: vga }, boot_order: 07 }\n" +
+      "      - { match: { class: usb }, count: 02 }\n",
+    { file: "c.yaml" },
+  );
+  assertEquals(config.vms[0]?.rules.map((r) => [r.bootOrder, r.count]), [[7, 1], [undefined, 2]]);
+});
+
 Deno.test("parseConfig() takes a rule name from a block scalar without its line end, and refuses an empty or multi-line one", () => {
   // `name: |` keeps a line end: plan printed 'Rule "gpu\n" of VM "vm"' over two lines.
   const named = rules(
