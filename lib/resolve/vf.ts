@@ -155,15 +155,6 @@ function holderOf(
 }
 
 /**
- * Whether a VF recorded under the rule name `recorded` is `rule`'s: one recorded before rule names
- * were trimmed (`name: |` read as `"uplink\n"`) is the rule of its trimmed name, or its VF and
- * auto MAC would move to another VF and MAC.
- */
-function recordedBy(recorded: string, rule: DeviceRule): boolean {
-  return recorded === rule.name || recorded.trim() === rule.name;
-}
-
-/**
  * The recorded VF of this rule whose PF is `pf`: the same identity, and the same address, or the
  * recorded PF left its address and `pf` is proven to be it ({@link findMovedCard}: the PF moved,
  * its VF is re-derived). A serial alone proves nothing while the recorded PF is still there: the
@@ -176,7 +167,7 @@ function recordFor(
   context: VfContext,
 ): VfIdentity | undefined {
   return (context.records.get(rule.vm) ?? []).find((r) =>
-    recordedBy(r.pf.rule, rule) && sameIdentityAsRead(r.pf, pf) &&
+    r.pf.rule === rule.name && sameIdentityAsRead(r.pf, pf) &&
     (r.pf.address === pf.address ||
       findMovedCard(r.pf, r.pf.address, [{ device: pf }], host) !== undefined)
   );
@@ -301,7 +292,7 @@ function chooseMac(
   context: VfContext,
   host: HostTopology,
 ): string | PlanIssue {
-  const record = (context.records.get(rule.vm) ?? []).find((r) => recordedBy(r.pf.rule, rule));
+  const record = (context.records.get(rule.vm) ?? []).find((r) => r.pf.rule === rule.name);
   const taken = (mac: string): string | null => {
     const claimed = context.claimedMacs.get(mac);
     if (claimed !== undefined) return claimed;
