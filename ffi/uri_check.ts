@@ -10,7 +10,7 @@
  * @module
  */
 
-import { unescapeUriPart } from "../lib/config/uri.ts";
+import { uriParameters } from "../lib/config/uri.ts";
 
 /** The remote driver's parameters that name a program to run (matched case-insensitively). */
 const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
@@ -19,9 +19,10 @@ const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
 };
 
 /**
- * Why libvirt would run a program `uri` names, or `null` when it would not. The query is split
- * and unescaped as libvirt does (`&` or `;` between parameters, names compared without case);
- * a `name` parameter, the URI the remote side opens, is checked the same way.
+ * Why libvirt would run a program `uri` names, or `null` when it would not. The parameters are
+ * read as libvirt reads them ({@link uriParameters}), and the value named is the one libvirt
+ * runs, the last of its name; a `name` parameter, the URI the remote side opens, is checked the
+ * same way.
  *
  * @example
  * ```ts
@@ -37,23 +38,23 @@ export function uriProgramReason(uri: string, depth = 0): string | null {
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(uri)?.[1] ?? "";
   const plus = scheme.indexOf("+");
   const transport = plus < 0 ? "" : scheme.slice(plus + 1).toLowerCase();
-  const query = uri.includes("?") ? uri.slice(uri.indexOf("?") + 1).split("#")[0]! : "";
-  const parameters = query.split(/[&;]/).filter((p) => p !== "").map((part) => {
-    const eq = part.indexOf("=");
-    return {
-      name: unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase(),
-      value: eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1)),
-    };
-  });
+  const read = uriParameters(uri);
+  // Erring toward refusing: the parameters a split at every `;` finds are checked too, so a
+  // program hidden in another parameter's value (`?keyfile=/k;command=/x&no_tty=1`) is refused.
+  const parameters = [...read, ...uriParameters(uri.replaceAll(";", "&"))];
+  const valueOf = (name: string) =>
+    (read.findLast((p) => p.name === name) ?? parameters.find((p) => p.name === name))?.value;
   if (transport === "ext") {
-    const command = parameters.find((p) => p.name === "command");
+    const command = valueOf("command");
     return `its "ext" transport runs the program its "command" parameter names${
-      command === undefined ? "" : ` (${JSON.stringify(command.value)})`
+      command === undefined ? "" : ` (${JSON.stringify(command)})`
     }`;
   }
   for (const { name, value } of parameters) {
     const why = PROGRAM_PARAMETERS[name];
-    if (why !== undefined) return `its "${name}" parameter ${why} (${JSON.stringify(value)})`;
+    if (why !== undefined) {
+      return `its "${name}" parameter ${why} (${JSON.stringify(valueOf(name))})`;
+    }
     if (name === "name" && depth < 4) {
       const inner = uriProgramReason(value, depth + 1);
       if (inner !== null) return `its "name" parameter is a URI that would run a program: ${inner}`;

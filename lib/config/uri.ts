@@ -108,11 +108,56 @@ export function unescapeUriBytes(text: string): Uint8Array {
   return new Uint8Array(bytes);
 }
 
+/** One parameter of a libvirt URI's query: its name (lowercased) and its value, both unescaped. */
+export interface UriParameter {
+  /** The name, unescaped and lowercased: libvirt's drivers compare names without case. */
+  name: string;
+  /** The value, unescaped; `""` for a name with no `=`. */
+  value: string;
+}
+
+/**
+ * The parameters of a libvirt URI's query, in order, as libvirt reads them (`viruri.c`): the
+ * query split at each `&`, or at a `;` where no `&` follows (so `?a=1;socket=/s` has a `socket`
+ * of `/s`, and in `?socket=/s;a=1&b=2` the socket is `/s;a=1`), each part unescaped. A part
+ * starting with `=` is skipped by libvirt; one without `=` is a name with no value. Any text is
+ * read, URI or not.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(uriParameters("qemu:///system?%53ocket=/s;a=1&no_tty"), [
+ *   { name: "socket", value: "/s;a=1" },
+ *   { name: "no_tty", value: "" },
+ * ]);
+ * ```
+ */
+export function uriParameters(uri: string): UriParameter[] {
+  const query = uri.includes("?") ? uri.slice(uri.indexOf("?") + 1).split("#")[0]! : "";
+  const parameters: UriParameter[] = [];
+  for (let rest = query; rest !== "";) {
+    const end = rest.includes("&")
+      ? rest.indexOf("&")
+      : rest.includes(";")
+      ? rest.indexOf(";")
+      : rest.length;
+    const part = rest.slice(0, end);
+    const eq = part.indexOf("=");
+    if (eq !== 0) {
+      parameters.push({
+        name: unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase(),
+        value: eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1)),
+      });
+    }
+    rest = rest.slice(end + 1);
+  }
+  return parameters;
+}
+
 /**
  * The value a libvirt URI gives its parameter `wanted` (`socket`, `name`), as libvirt reads it
- * (`viruri.c`): the query split at each `&`, or at a `;` where no `&` follows (so `?a=1;socket=/s`
- * names `/s`, and in `?socket=/s;a=1&b=2` the socket is `/s;a=1`), unescaped, the last of that
- * name in any case (the remote driver's choice). `undefined`: none, or not a URI.
+ * ({@link uriParameters}), the last of that name in any case (the remote driver's choice).
+ * `undefined`: none, or not a URI.
  *
  * @example
  * ```ts
@@ -124,23 +169,7 @@ export function unescapeUriBytes(text: string): Uint8Array {
  */
 export function uriParameter(uri: string, wanted: string): string | undefined {
   if (!URL.canParse(uri)) return undefined;
-  const query = uri.includes("?") ? uri.slice(uri.indexOf("?") + 1).split("#")[0]! : "";
-  let value: string | undefined;
-  for (let rest = query; rest !== "";) {
-    const end = rest.includes("&")
-      ? rest.indexOf("&")
-      : rest.includes(";")
-      ? rest.indexOf(";")
-      : rest.length;
-    const part = rest.slice(0, end);
-    const eq = part.indexOf("=");
-    // A part starting with `=` is skipped by libvirt; one without `=` is a name with no value.
-    if (eq !== 0 && unescapeUriPart(eq < 0 ? part : part.slice(0, eq)).toLowerCase() === wanted) {
-      value = eq < 0 ? "" : unescapeUriPart(part.slice(eq + 1));
-    }
-    rest = rest.slice(end + 1);
-  }
-  return value;
+  return uriParameters(uri).findLast((p) => p.name === wanted)?.value;
 }
 
 /**

@@ -27,6 +27,9 @@ Deno.test("uriProgramReason() finds the program however the URI spells it, and n
     "qemu+ssh://hv1/system?COMMAND=/tmp/x",
     "qemu+ssh://hv1/system?%63ommand=/tmp/x",
     "qemu+ssh://hv1/system?keyfile=/k;command=/tmp/x",
+    "qemu+ssh://hv1/system?keyfile=/k;command=/tmp/x&no_tty=1",
+    "qemu+ssh://hv1/system?x;command=/tmp/x&no_tty=1",
+    "qemu+ssh://hv1/system?no_tty=1&keyfile=/k%23;netcat=/tmp/nc",
     "qemu+ssh://hv1/system?no_tty=1&netcat=/tmp/nc",
     "qemu+libssh2://hv1/system?netcat=/tmp/nc",
     "qemu+tcp://hv1/system?name=qemu%2Bext%3A%2F%2F%2Fsystem%3Fcommand%3D%2Ftmp%2Fx",
@@ -47,6 +50,15 @@ Deno.test("uriProgramReason() finds the program however the URI spells it, and n
   assertEquals(
     uriProgramReason("qemu+ssh://hv1/system?netcat=/tmp/nc"),
     `its "netcat" parameter names the program libvirt runs on the remote host ("/tmp/nc")`,
+  );
+  // The program named is the one libvirt runs: the last of its name, split as libvirt splits.
+  assertEquals(
+    uriProgramReason("qemu+ext:///system?command=/a&COMMAND=/b;x&no_tty=1"),
+    `its "ext" transport runs the program its "command" parameter names ("/b;x")`,
+  );
+  assertEquals(
+    uriProgramReason("qemu+ssh://hv1/system?netcat=/a;netcat=/b&no_tty=1"),
+    `its "netcat" parameter names the program libvirt runs on the remote host ("/a;netcat=/b")`,
   );
 });
 
