@@ -45,6 +45,7 @@ import { type GroupMate, groupMates, type OtherMate } from "../resolve/group_mat
 import {
   baseName,
   hostDriverOf,
+  leadsToLoop,
   notLinkKind,
   parseGroupNumber,
   readNonPciMember,
@@ -528,7 +529,10 @@ function readGroupMates(input: GuardCheckInput, passed: readonly PciAddress[]) {
       const name = baseName(link);
       const group = parseGroupNumber(name);
       if (group !== null) return group;
-      unnamed.push({ of: address, name });
+      // A looping link names whatever its last hop spells (often "iommu_group" itself).
+      if (leadsToLoop(reader, path)) {
+        notLink.push({ of: address, kind: "a loop of symbolic links" });
+      } else unnamed.push({ of: address, name });
       return null;
     },
     // Sorted: a listing's order is the file system's, and the refusals follow it.

@@ -341,6 +341,32 @@ export function notLinkKind(reader: SysfsReader, path: string): string | null {
     : null;
 }
 
+/**
+ * Whether following the entry at `path` meets a loop of symbolic links: the system's ELOOP, or a
+ * captured tree's reader naming one (its {@link SysfsTreeError}). A link the kernel made never
+ * loops; one that does is a damaged tree, to be named as such rather than by its target's name.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * const dir = Deno.makeTempDirSync();
+ * Deno.symlinkSync("iommu_group", `${dir}/iommu_group`);
+ * Deno.symlinkSync("missing", `${dir}/dangling`);
+ * const reader = denoFsReader();
+ * assertEquals([leadsToLoop(reader, `${dir}/iommu_group`), leadsToLoop(reader, `${dir}/dangling`)],
+ *   [true, false]);
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
+export function leadsToLoop(reader: SysfsReader, path: string): boolean {
+  try {
+    reader.listDir(path);
+    return false;
+  } catch (error) {
+    return isLinkLoop(error) || (error instanceof SysfsTreeError && error.loop);
+  }
+}
+
 /** A device an IOMMU group's listing names that is no PCI function (ACPI, platform). */
 export interface NonPciMember {
   /** Its name in the listing (`AMDI0020:00`). */

@@ -827,6 +827,24 @@ Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group 
     /0000:03:00\.0's iommu_group link names "twenty-one", not an IOMMU group number/,
   );
 });
+Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group link loops, naming the loop", async () => {
+  await using tree = await tempHostTree(mergedInto21({ "0000:0a:00.0": {} }));
+  const link = `${tree.dir}/bus/pci/devices/${GPU.address}/iommu_group`;
+  Deno.removeSync(link);
+  Deno.symlinkSync("iommu_group", link);
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml: domain("win11", [hostdev(GPU.address)], [GPU]),
+    reader: denoFsReader(),
+    root: tree.dir,
+    hostUse: () => [],
+  });
+  assertEquals(summary(refusals), [["unreadable", null]]);
+  assertMatch(
+    refusals[0]!.reason,
+    /0000:03:00\.0's iommu_group is a loop of symbolic links, not a link to an IOMMU group/,
+  );
+});
 Deno.test("checkDomainStart() fails closed on a passed device whose iommu_group is a directory, a file or a FIFO", async () => {
   for (
     const [kind, make] of [

@@ -184,6 +184,22 @@ Deno.test("policy: a sysfs tree that is a loop of symbolic links refuses the sta
   });
 });
 
+Deno.test("policy: a passed device whose iommu_group link loops is refused as a loop, not as a group's name", async () => {
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config("enforce", "enforce")));
+    const link = `${root}/bus/pci/devices/0000:01:00.0/iommu_group`;
+    Deno.removeSync(link);
+    Deno.symlinkSync("iommu_group", link);
+    const looped = await run(root, state, DISK_XML);
+    assertEquals(looped.code, 1);
+    // It said: its iommu_group link names "iommu_group", not an IOMMU group number.
+    assertMatch(
+      looped.lines.join("\n"),
+      /0000:01:00\.0's iommu_group is a loop of symbolic links, not a link to an IOMMU group/,
+    );
+  });
+});
+
 Deno.test("policy: a VM without a PCI device to check starts over a tree that loops, as over one gone", async () => {
   await withTree(async (root, state) => {
     const none = `<domain><name>win11</name><uuid>${UUID}</uuid><devices/></domain>`;
