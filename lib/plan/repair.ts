@@ -202,10 +202,12 @@ function locateCards(
   plan: VmPlan,
   stales: Stale[],
   input: RepairInput,
-  held: { names: Set<PciAddress>; accounted: ReadonlySet<PciAddress> },
+  held: { names: ReadonlySet<PciAddress>; accounted: ReadonlySet<PciAddress> },
 ) {
   const { host } = input.context;
-  const { names } = held;
+  // A stale hostdev's address is left by the repair (followed or removed), so another stale
+  // card may take it: a new card shifted each card one bus on, each into the next one's address.
+  const names = new Set([...held.names].filter((a) => !stales.some((s) => s.from === a)));
   const claimed = new Set<PciAddress>();
   for (const stale of stales) {
     // An address the VM names already stays a candidate, so that the refusal can say the card

@@ -916,3 +916,63 @@ Deno.test("a repair does not say a removed card went to its twin that the VM hol
     assertEquals(vm.repair?.move, []);
   });
 });
+
+Deno.test("a refused VM's repair follows each card a new card shifted one bus on, as an unrefused VM's plan does", async () => {
+  const rules = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1912:0014" }\n',
+  );
+  const refused = config(
+    '  win10:\n    devices:\n      - name: gpu\n        match: { vendor_device_id: "10de:2684" }\n' +
+      '      - name: usb\n        match: { vendor_device_id: "1912:0014" }\n' +
+      '      - name: typo\n        match: { vendor_device_id: "1234:5678" }\n',
+  );
+  const before = await treeHost([
+    ...movedGpu(),
+    usbController("0000:0c:00.0", 8),
+  ]);
+  // A SATA controller added before the GPU: the GPU moved to 0c, the USB controller to 0d.
+  const sata = dev({ bdf: "0000:0b:00.0", group: 9, class: "0x010601", driver: "ahci" });
+  const after = await treeHost([
+    ...baseDevices(),
+    sata,
+    { ...GPU, bdf: "0000:0c:00.0", group: 7 },
+    { ...GPU_AUDIO, bdf: "0000:0c:00.1", group: 7 },
+    usbController("0000:0d:00.0", 8),
+  ]);
+  await withPort([WIN10], async (libvirt) => {
+    libvirt.define(
+      vmOf(planHostdevs({ config: rules, host: before, libvirt }), "win10").desiredXml,
+    );
+    const moves = (m: { from: string; to: string }[] | undefined) =>
+      (m ?? []).map((x) => [x.from, x.to]);
+    const plain = vmOf(planHostdevs({ config: rules, host: after, libvirt }), "win10");
+    const shifted = [
+      ["0000:0b:00.0", "0000:0c:00.0"],
+      ["0000:0b:00.1", "0000:0c:00.1"],
+      ["0000:0c:00.0", "0000:0d:00.0"],
+    ];
+    assertEquals(moves(plain.move), shifted);
+    const vm = vmOf(planHostdevs({ config: refused, host: after, libvirt }), "win10");
+    assertEquals([moves(vm.repair?.move), vm.repair?.remove], [shifted, []]);
+    const repaired = parseDomainXml(vm.repair?.desiredXml ?? "");
+    assertEquals(repaired.records.map((r) => [r.address, r.rule]), [
+      ["0000:0c:00.0", "gpu"],
+      ["0000:0c:00.1", "gpu"],
+      ["0000:0d:00.0", "usb"],
+    ]);
+    // Two cards that swapped slots: each follows its card into the address the other leaves.
+    const swapped = await treeHost([
+      ...baseDevices(),
+      usbController("0000:0b:00.0", 8),
+      { ...GPU, bdf: "0000:0c:00.0", group: 7 },
+      { ...GPU_AUDIO, bdf: "0000:0c:00.1", group: 7 },
+    ]);
+    const swap = vmOf(planHostdevs({ config: refused, host: swapped, libvirt }), "win10");
+    assertEquals([moves(swap.repair?.move), swap.repair?.remove], [[
+      ["0000:0b:00.0", "0000:0c:00.0"],
+      ["0000:0b:00.1", "0000:0c:00.1"],
+      ["0000:0c:00.0", "0000:0b:00.0"],
+    ], []]);
+  });
+});
