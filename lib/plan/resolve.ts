@@ -123,13 +123,19 @@ export function hostIssues(host: HostTopology): { errors: PlanIssue[]; warnings:
   return { errors, warnings };
 }
 
-/** One VM's rules resolved and closed over IOMMU groups, with its own issues. */
-function resolveVm(
+/** One VM's rules resolved against the host, before closure. */
+interface VmMatches {
+  rules: RuleResolution[];
+  vfs: Map<PciAddress, VfChoice>;
+}
+
+/** One VM's rules resolved against the host (the VF each `vf:` rule takes from `vfContext`). */
+function matchVm(
   vm: VmConfig,
   host: HostTopology,
   options: ResolveOptions,
   vfContext: VfContext,
-): VmResolution {
+): VmMatches {
   const records = options.records?.get(vm.name) ?? [];
   const current = options.current?.get(vm.name);
   const match = { records, run: options.run, ...(current === undefined ? {} : { current }) };
@@ -140,10 +146,39 @@ function resolveVm(
     if (choice !== null) vfs.set(choice.vf.address, choice);
     return resolution;
   });
+  return { rules, vfs };
+}
+
+/**
+ * The devices each VM's own rules match, by address, to the VM's name (the first in config
+ * order): a group mate one of them matches is that VM's, not the host's. A `vf:` rule's match
+ * names the PF, which the VF's VM does not pass: left out.
+ */
+function matchedByVm(matches: ReadonlyMap<string, VmMatches>): Map<PciAddress, string> {
+  const out = new Map<PciAddress, string>();
+  for (const [vm, { rules }] of matches) {
+    for (const { rule, devices } of rules) {
+      if (rule.vf !== undefined) continue;
+      for (const d of devices) if (!out.has(d.address)) out.set(d.address, vm);
+    }
+  }
+  return out;
+}
+
+/** One VM's matched rules closed over IOMMU groups, with its own issues. */
+function resolveVm(
+  vm: VmConfig,
+  host: HostTopology,
+  options: ResolveOptions,
+  { rules, vfs }: VmMatches,
+  matchedBy: ReadonlyMap<PciAddress, string>,
+): VmResolution {
+  const current = options.current?.get(vm.name);
   const handPassed = options.handPassed?.get(vm.name);
   const closure = closeOverGroups(vm.name, rules, host, {
     ...(current === undefined ? {} : { current }),
     ...(handPassed === undefined ? {} : { handPassed }),
+    matchedBy,
   });
   closure.reasoning.unshift(...[...vfs.values()].map((c) => c.why));
   const own = ownDeviceIssues(
@@ -374,7 +409,15 @@ export function resolveEach(
     ...(options.macs ? { macs: options.macs } : {}),
     ...(options.vfRecords ? { records: options.vfRecords } : {}),
   });
-  return new Map(config.vms.map((vm) => [vm.name, resolveVm(vm, host, options, vf)]));
+  // Every VM matched first (in config order, as the VFs are taken), then each closed: a group
+  // mate another VM's rule matches is judged as that VM's device, not the host's.
+  const matches = new Map(config.vms.map((vm) => [vm.name, matchVm(vm, host, options, vf)]));
+  const matchedBy = matchedByVm(matches);
+  return new Map(
+    config.vms.map((
+      vm,
+    ) => [vm.name, resolveVm(vm, host, options, matches.get(vm.name)!, matchedBy)]),
+  );
 }
 
 /**

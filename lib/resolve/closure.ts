@@ -8,7 +8,13 @@
  */
 
 import type { DeviceRule } from "../config/config.ts";
-import { cardOf, hostCriticalReason, onRootBus, virtualFunctionInUse } from "./host_critical.ts";
+import {
+  cardOf,
+  hostCriticalOnItsOwn,
+  hostCriticalReason,
+  onRootBus,
+  virtualFunctionInUse,
+} from "./host_critical.ts";
 import type { RuleResolution } from "./match.ts";
 import { behindVmd, VFIO_DRIVERS } from "./match.ts";
 import type { InclusionReason, PlanIssue } from "../plan/types.ts";
@@ -47,11 +53,18 @@ export interface ClosureOptions {
    * rule leaves none of them with the host.
    */
   handPassed?: ReadonlySet<PciAddress>;
+  /**
+   * The devices VMs' own rules match, by address, to the VM: a group mate another VM's rule
+   * matches is that VM's device, which the host needs only as {@link hostCriticalOnItsOwn} says
+   * (plan refuses the split group itself, `group-shared-with-other-vm`, which no
+   * `allow_host_critical` lifts).
+   */
+  matchedBy?: ReadonlyMap<PciAddress, string>;
 }
 
-function label(device: PciDevice): string {
+function label(device: PciDevice, note = ""): string {
   const what = device.className ?? `class ${device.classCode}`;
-  return `${device.address} (${device.vendorId}:${device.deviceId} ${what})`;
+  return `${device.address} (${device.vendorId}:${device.deviceId} ${what}${note})`;
 }
 
 // Built once per host: closure runs once per VM against the same topology.
@@ -104,6 +117,7 @@ export function closeOverGroups(
     matchedCards: new Set(resolutions.flatMap((r) => r.devices.map(cardOf))),
     result: { devices: [], reasoning: [], warnings: [], errors: [] },
     leftBehind: [],
+    matchedBy: options.matchedBy ?? new Map(),
   };
   closing.result.errors.push(...matchedTwice(vm, resolutions));
   const resolved = resolutions.filter((r) => r.devices.length > 0);
@@ -142,6 +156,14 @@ interface Closing {
   readonly result: ClosureResult;
   /** The other endpoints of each group an `iommu_group: false` rule matched in. */
   readonly leftBehind: { rule: DeviceRule; group: number; endpoints: PciDevice[] }[];
+  /** {@link ClosureOptions.matchedBy}. */
+  readonly matchedBy: ReadonlyMap<PciAddress, string>;
+}
+
+/** The other VM whose rules match `device`, or `undefined`. */
+function otherVmOf(closing: Closing, device: PciDevice): string | undefined {
+  const vm = closing.matchedBy.get(device.address);
+  return vm === closing.vm ? undefined : vm;
 }
 
 /** `device-assigned-twice` for every device two rules of `vm` match. */
@@ -236,14 +258,19 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
     result.reasoning.push(
       head +
         (endpoints.length > 0
-          ? `; added ${endpoints.map(label).join(", ")}: VFIO assigns the whole group`
+          ? `; added ${
+            endpoints.map((m) => {
+              const other = otherVmOf(closing, m);
+              return label(m, other === undefined ? "" : `, which VM "${other}" passes`);
+            }).join(", ")
+          }: VFIO assigns the whole group`
           : "; no other endpoint in the group"),
     );
   } else if (endpoints.length > 0) {
     closing.leftBehind.push({ rule, group, endpoints });
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
-        endpoints.map(label).join(", ")
+        endpoints.map((m) => label(m)).join(", ")
       }: unless another rule of "${closing.vm}" takes them, they must be unbound or on vfio-pci for it to start`,
     );
   } else {
@@ -360,6 +387,13 @@ function takenHostCritical(
 ): PlanIssue | null {
   const { vm, host, matchedCards } = closing;
   const critical = taken
+    // A group mate another VM passes is that VM's, not the host's, unless the host needs it
+    // whichever card is asked for: "allow_host_critical" lifts nothing there (the split refusal
+    // stays), and moving this VM's card is not the only way out.
+    .filter((c) =>
+      c.reason === "matched" || otherVmOf(closing, c.device) === undefined ||
+      hostCriticalOnItsOwn(c.device, host) !== null
+    )
     .map((c) => ({
       c,
       why: hostCriticalReason(c.device, { matchedCards, hostUse: host.hostUse }) ??

@@ -378,6 +378,26 @@ Deno.test({
       plan.stdout,
       /refused \[group-shared-with-other-vm\] .*IOMMU group 6 \(0000:0a:00\.0, 0000:0b:00\.0, 0000:0b:00\.1\) is split between VMs "nas"/,
     );
+    // Each VM's refusal names the other's device as that VM's: neither says the host needs it
+    // nor offers allow_host_critical, which would lift nothing while the group is split.
+    const apply = await l.cli("apply", "--yes");
+    assertEquals(apply.code, 1, apply.stderr);
+    for (const out of [plan.stdout, apply.stdout]) {
+      assertEquals(out.includes("group-contains-host-critical"), false, out);
+      assertEquals(out.includes("override: allow_host_critical"), false, out);
+      assertMatch(
+        out,
+        /added 0000:0b:00\.0 \(10de:2684 VGA compatible controller, which VM "win11" passes\)/,
+      );
+      assertMatch(
+        out,
+        /added 0000:0a:00\.0 \(144d:a80a Non-Volatile memory controller, which VM "nas" passes\)/,
+      );
+      assertMatch(
+        out,
+        /refused \[group-shared-with-other-vm\] .*split between VMs "nas" \(rule "nvme"\) and "win11"/,
+      );
+    }
   },
 });
 

@@ -6,8 +6,11 @@
 
 import { assertEquals, assertMatch, assertOk } from "../helpers/assert.ts";
 import {
+  baseDevices,
   config,
   domainXml,
+  GPU,
+  GPU_AUDIO,
   GPU_CONFIG,
   HOST,
   LINUX,
@@ -18,6 +21,8 @@ import {
 import { planHostdevs } from "../../lib/plan/plan.ts";
 import { sriovHost } from "../helpers/plan_world.ts";
 import { resolveConfig } from "../../lib/plan/resolve.ts";
+import { topologyFromDescription } from "../../lib/testing/host_description.ts";
+import type { HostUse } from "../../lib/host/types.ts";
 
 Deno.test("planHostdevs() refuses a group another domain holds and leaves the XML unchanged", async () => {
   const other = domainXml(
@@ -172,4 +177,43 @@ Deno.test("resolveConfig() lets one VM take a PF and its own VF, and two VMs tak
     sriovHost(),
   );
   assertEquals(same.get("a")!.errors, []);
+});
+
+Deno.test("resolveConfig() judges a group mate another VM's rule matches as that VM's, unless the host uses it", () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { address: "01:00.0" }
+  nas:
+    devices:
+      - name: nvme
+        match: { address: "03:00.0" }
+`);
+  // A kernel update merged the NVMe drive into the GPU's group.
+  const merged = (hostUse: HostUse[]) =>
+    topologyFromDescription({
+      devices: [...baseDevices(), GPU, GPU_AUDIO].map((d) =>
+        d.bdf === "0000:03:00.0" ? { ...d, group: 1 } : d
+      ),
+      host_use: hostUse,
+    }, { source: "test-host" });
+  const resolved = resolveConfig(cfg, merged([]));
+  for (const vm of ["win10", "nas"]) {
+    assertEquals(resolved.get(vm)!.errors.map((e) => e.code), ["group-shared-with-other-vm"], vm);
+  }
+  assertMatch(
+    resolved.get("nas")!.closure.reasoning.join("\n"),
+    /added 0000:01:00\.0 \(10de:2684 VGA compatible controller, which VM "win10" passes\)/,
+  );
+  // The host mounts its root from that drive: it needs it whoever else asks for it.
+  const used = resolveConfig(
+    cfg,
+    merged([{ address: "0000:03:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" }]),
+  );
+  const critical = used.get("win10")!.errors.find((e) => e.code === "group-contains-host-critical");
+  assertOk(critical, JSON.stringify(used.get("win10")!.errors));
+  assertMatch(
+    critical.message,
+    /0000:03:00\.0 \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\)/,
+  );
 });
