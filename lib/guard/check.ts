@@ -486,7 +486,8 @@ function startJudges({ hostUse, matchedCards }: StartReading) {
     const held = hostUse?.find((u) =>
       u.address === mate.device.address && u.reason === "vm-passed"
     );
-    const used = hostUse?.some((u) => u.address === mate.device.address) ?? false;
+    // Unknown use (a captured tree without host_use.json) is no proof the host does not use it.
+    const used = hostUse?.some((u) => u.address === mate.device.address) ?? true;
     return held === undefined
       ? {
         held: false,
@@ -619,7 +620,7 @@ function groupRefusal(
     passed: PassedDevice & { network?: string };
     hostNeeds: string | null;
     held: boolean;
-    /** Whether the host uses the member (a mount, a route): not only its class says so. */
+    /** Whether the host uses the member (a mount, a route), or may (its use unknown). */
     used: boolean;
   },
 ): GuardRefusal[] {

@@ -655,6 +655,28 @@ Deno.test("checkDomainStart() refuses a group merged with a function the host ne
   );
 });
 
+Deno.test("checkDomainStart() names a group mate on vfio-pci as bound for a VM only where the tree says what the host uses", async () => {
+  const xml = domain("win11", [hostdev(GPU.address), hostdev(AUDIO.address)], [GPU, AUDIO]);
+  const host = mergedInto21({ "0000:0e:00.0": { driver: "vfio-pci" } });
+  // A tree captured without host_use.json: what the host uses of the drive is unknown.
+  await using tree = await tempHostTree(host);
+  await Deno.remove(`${tree.dir}/host_use.json`);
+  const reader = denoFsReader();
+  const refusals = checkDomainStart({
+    vm: "win11",
+    xml,
+    reader,
+    root: tree.dir,
+    hostUse: (devices) => readHostUse(reader, { root: tree.dir, live: false, devices }),
+  });
+  assertEquals(summary(refusals), [["host-needs", GPU.address]]);
+  assertEquals(refusals[0]!.group, { number: 21, member: "0000:0e:00.0", driver: "vfio-pci" });
+  assertMatch(
+    refusals[0]!.reason,
+    /does not pass; the host needs it: storage controller in another slot: VFIO hands the guest the whole group; only "allow_host_critical: true" on rule "gpu"/,
+  );
+});
+
 Deno.test("checkDomainStart() on the live host reads what the host uses among its groups' other functions", async () => {
   // The NIC at 0a:00.0, which carries the default route, merged into the GPU's group 21: on the
   // live host, routes are read for the devices asked about alone.
