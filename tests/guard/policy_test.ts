@@ -353,6 +353,32 @@ Deno.test("policy: a file from before records were bound lifts nothing until the
   }, mountedNvmeHost());
 });
 
+Deno.test("policy: a group mate bound for a VM is not offered the allow_host_critical its rule already has where it does not count", async () => {
+  // The SATA controller on vfio-pci for some VM, merged into the NVMe's group 17; the rule says
+  // allow_host_critical, but no apply bound win11's record to it.
+  const host = loadFixtureHost("x570-aorus-pro-wifi");
+  const sata = host.devices.find((d) => d.bdf === "0000:04:00.0")!;
+  Object.assign(sata, { group: 17, driver: "vfio-pci" });
+  const config = parseConfig(
+    "version: 1\nvms:\n  win11:\n    devices:\n      - name: disk\n" +
+      "        match: { vendor_id: 1cc1 }\n        allow_host_critical: true\n",
+    { file: "c.yaml" },
+  );
+  await withTree(async (root, state) => {
+    recordPolicies(state, guardPolicies(config));
+    const refused = await run(root, state, DISK_XML);
+    assertEquals(refused.refusals.map((r) => [r.kind, r.group?.forVm]), [["host-needs", true]]);
+    const line = refused.lines.join("\n");
+    assertMatch(
+      line,
+      /binds to vfio-pci for a VM: .*names that VM\); rule "disk"'s allow_host_critical does not count here/,
+    );
+    assertEquals(line.includes('if none does, "allow_host_critical: true" on rule "disk"'), false);
+    recordPolicies(state, applied(guardPolicies(config), DISK_XML));
+    assertEquals((await run(root, state, DISK_XML)).code, 0);
+  }, host);
+});
+
 Deno.test("policy: a VM dropped from the config keeps its warn, never its off or allow_host_critical, for the host's device", async () => {
   // win11 had `guard: off`, or `allow_host_critical: true` on rule "disk"; the config now names
   // no VM, so the plan keeps its devices (vm-not-in-config) and apply keeps its policies: the
