@@ -729,3 +729,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "apply killed (SIGKILL) right as a VM's define lands leaves its start judged by the stricter of its old off and new enforce",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const OFF = CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n");
+    await appliedConfig(s, OFF, "--vm", "gentoo");
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "off");
+    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, CONFIG);
+    // The define's reply is held back while apply is killed: the define is made, nothing after it.
+    const pidFile = `${s.dir}/apply.pid`;
+    await using hook = await startRpcHook({
+      socket: `${s.daemon.dir}/libvirt-sock`,
+      dir: s.daemon.dir,
+      proc: PROC_DOMAIN_DEFINE_XML_FLAGS,
+      command: ["sh", "-c", `kill -KILL "$(cat '${pidFile}')"`],
+    });
+    const args = s.args.map((a) => a === s.daemon.uri ? hook.uri : a);
+    const child = spawnCli(["apply", ...args, "--vm", "win10", "--state-dir", s.stateDir, "--yes"]);
+    await Deno.writeTextFile(pidFile, String(child.pid));
+    const { code } = await child.output();
+    assertMatch(await hook.ran, /^ran 0 /);
+    assertEquals(code, 137);
+    assertEquals(pciSources(s.xml("win10")), ["0000:21:00.0", "0000:21:00.1"]);
+    // Neither the old off nor the new enforce alone: the stricter, enforce.
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+    const started = await startOf(s, "win10", withGoneDevice(s.xml("win10")));
+    assertEquals(started.code, 1, started.lines.join("\n"));
+  },
+});

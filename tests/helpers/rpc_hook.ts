@@ -139,6 +139,13 @@ if (import.meta.main) {
   const listener = Deno.listen({ transport: "unix", path: listen! });
   console.log("ready");
   for await (const client of listener) {
-    relay(client, Number(proc), JSON.parse(command!), mode === "cut").catch(() => client.close());
+    relay(client, Number(proc), JSON.parse(command!), mode === "cut").catch(() => {
+      // A client killed mid-call (SIGKILL) has its connection closed already.
+      try {
+        client.close();
+      } catch {
+        // Closed: nothing left to end.
+      }
+    });
   }
 }
