@@ -346,8 +346,9 @@ function policySources(
 }
 
 /**
- * Records, just before each define and right after it, what the start guard judges each VM by
- * while the apply runs ({@link stricterWhileApplying}): a settled VM its new policies, any other
+ * Records, before each question (so before each define) and right after each define, what the
+ * start guard judges each VM by while the apply runs ({@link stricterWhileApplying}): a settled
+ * VM (one found unchanged among them) its new policies, any other
  * the stricter of its old and new ones, so a start between a define and the end of the apply
  * (or after the apply was killed) is never judged by laxer policies than either config gives.
  * Says nothing: a failure is met again, and said, by the record at the end.

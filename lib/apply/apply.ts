@@ -323,10 +323,11 @@ export interface ApplyOptions {
    */
   startGuard?: (vm: string) => StartGuard;
   /**
-   * Called just before each VM (or each set of VMs swapping devices) is defined and right after,
-   * with the results so far (those being defined among them after): the CLI records the start
-   * guard's policies there, so a start during the apply is judged by the policies of the
-   * definition it may run, not by those from before the apply. Must not throw. Default: none.
+   * Called before each VM (or each set of VMs swapping devices) is asked about (or found to need
+   * no question), so also before it is defined, and right after its define, with the results so
+   * far (those being defined among them after): the CLI records the start guard's policies there,
+   * so a start during the apply is judged by the policies of the definition it may run, not by
+   * those from before the apply. Must not throw. Default: none.
    */
   checkpoint?: (done: readonly VmApplyResult[]) => void;
 }
@@ -599,12 +600,14 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
       }
       continue;
     }
+    // Before the question too: a VM found unchanged before it is judged by its new policies
+    // while the user answers, not by those from before the apply.
+    options.checkpoint?.([...done.values()]);
     const skipped = await skipOrAsk(unit, plan, done, answers, options.confirm);
     if (skipped !== null) {
       for (const [vm, outcome] of skipped) done.set(vm, outcome);
       continue;
     }
-    options.checkpoint?.([...done.values()]);
     const applied = applyUnit(unit, plan, { ...options, state });
     for (const [vm, outcome] of applied) {
       done.set(vm, outcome.result);

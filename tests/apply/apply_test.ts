@@ -2060,7 +2060,7 @@ Deno.test("applyPlan() leaves a VM another client moved a planned guest address 
   assertMatch(parseDomainXml(f.port.getPersistentXml("alpha")).hostdevs[0]!.xml, /slot='0x09'/);
 });
 
-Deno.test("applyPlan() calls checkpoint just before each define with the VMs done so far, and right after with it", async () => {
+Deno.test("applyPlan() calls checkpoint before each question with the VMs done so far, and right after each define with it", async () => {
   using f = fixture();
   const plan = planOf(f.port, [
     planVm(f.port, "alpha", ["0000:01:00.0"]),
@@ -2078,6 +2078,10 @@ Deno.test("applyPlan() calls checkpoint just before each define with the VMs don
       );
     },
   });
-  // beta, declined, is not defined: no checkpoint for it.
-  assertEquals(seen, [" alpha=", "alpha:applied alpha=0000:01:00.0"]);
+  // beta is asked about (a checkpoint before it), declined, not defined: none after it.
+  assertEquals(seen, [
+    " alpha=",
+    "alpha:applied alpha=0000:01:00.0",
+    "alpha:applied alpha=0000:01:00.0",
+  ]);
 });

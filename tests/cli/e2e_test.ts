@@ -761,3 +761,28 @@ Deno.test({
     assertEquals(started.code, 1, started.lines.join("\n"));
   },
 });
+
+Deno.test({
+  name:
+    "a VM found unchanged is judged by its new guard policy while apply asks about the next VM, not by its old off",
+  ignore: unavailable !== null || !hasScript(),
+  async fn() {
+    await using s = await scene();
+    const OFF = CONFIG.replace("  win10:\n", "  win10:\n    guard: off\n");
+    // Both VMs applied under the old config, win10 off; gentoo back to its old devices.
+    await appliedConfig(s, OFF);
+    assertEquals((await rollbackYes(s, "gentoo")).code, 0);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "off");
+    await Deno.writeTextFile(`${s.dir}/passthrough_config.yaml`, CONFIG);
+    await using pty = runCliOnPty(["apply", ...s.args, "--state-dir", s.stateDir]);
+    // win10's definition is the new config's already: it is not asked about.
+    await pty.waitFor(/Apply the changes to "gentoo"\?/);
+    assertEquals(readVmPolicy(s.stateDir, "win10").policy.guard, "enforce");
+    const started = await startOf(s, "win10", withGoneDevice(s.xml("win10")));
+    assertEquals(started.code, 1, started.lines.join("\n"));
+    await pty.type("n\n");
+    const { code, screen } = await pty.finish();
+    assertEquals(code, 0, screen);
+    assertMatch(screen, /Start guard policies removed from .*: every VM enforces\r?\n/);
+  },
+});
