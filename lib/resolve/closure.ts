@@ -166,6 +166,25 @@ function otherVmOf(closing: Closing, device: PciDevice): string | undefined {
   return vm === closing.vm ? undefined : vm;
 }
 
+/** {@link label}, naming the other VM whose rules match `device`, if one does. */
+function ownedLabel(closing: Closing, device: PciDevice): string {
+  const other = otherVmOf(closing, device);
+  return label(device, other === undefined ? "" : `, which VM "${other}" passes`);
+}
+
+/**
+ * Whether the host needs `device`, a group mate a rule of the VM does not match, as
+ * {@link hostCriticalReason} says; one another VM's rules match is that VM's, needed by the host
+ * only as {@link hostCriticalOnItsOwn} says: `allow_host_critical` lifts nothing there (the split
+ * refusal, `group-shared-with-other-vm`, stays), and moving this VM's card is not the only way out.
+ */
+function mateHostNeeds(closing: Closing, device: PciDevice): string | null {
+  const { host, matchedCards } = closing;
+  return otherVmOf(closing, device) === undefined
+    ? hostCriticalReason(device, { matchedCards, hostUse: host.hostUse })
+    : hostCriticalOnItsOwn(device, host);
+}
+
 /** `device-assigned-twice` for every device two rules of `vm` match. */
 function matchedTwice(vm: string, resolutions: readonly RuleResolution[]): PlanIssue[] {
   const matchedBy = new Map<PciAddress, DeviceRule>();
@@ -259,10 +278,7 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
       head +
         (endpoints.length > 0
           ? `; added ${
-            endpoints.map((m) => {
-              const other = otherVmOf(closing, m);
-              return label(m, other === undefined ? "" : `, which VM "${other}" passes`);
-            }).join(", ")
+            endpoints.map((m) => ownedLabel(closing, m)).join(", ")
           }: VFIO assigns the whole group`
           : "; no other endpoint in the group"),
     );
@@ -270,7 +286,7 @@ function closeGroup(closing: Closing, resolution: RuleResolution, group: number)
     closing.leftBehind.push({ rule, group, endpoints });
     result.reasoning.push(
       `${head}; not added (iommu_group: false): ${
-        endpoints.map((m) => label(m)).join(", ")
+        endpoints.map((m) => ownedLabel(closing, m)).join(", ")
       }: unless another rule of "${closing.vm}" takes them, they must be unbound or on vfio-pci for it to start`,
     );
   } else {
@@ -348,10 +364,10 @@ function leftBehindNeeded(
   group: number,
   endpoints: readonly PciDevice[],
 ): PlanIssue | null {
-  const { vm, host, matchedCards } = closing;
+  const { vm } = closing;
   const needed = endpoints.flatMap((m) => {
     if (m.driver !== null && !VFIO_DRIVERS.has(m.driver)) return [];
-    const why = hostCriticalReason(m, { matchedCards, hostUse: host.hostUse });
+    const why = mateHostNeeds(closing, m);
     return why === null ? [] : [{ m, why }];
   });
   if (needed.length === 0) return null;

@@ -217,3 +217,44 @@ Deno.test("resolveConfig() judges a group mate another VM's rule matches as that
     /0000:03:00\.0 \(in use by the host \(mounted-filesystem: \/ on nvme0n1p2\)\)/,
   );
 });
+
+Deno.test("resolveConfig() does not call a group mate another VM's rule matches one the host needs when an iommu_group: false rule leaves it", () => {
+  const cfg = config(`  win10:
+    devices:
+      - name: gpu
+        match: { address: "01:00.0" }
+        iommu_group: false
+  nas:
+    devices:
+      - name: nvme
+        match: { address: "03:00.0" }
+`);
+  // A kernel update merged the NAS VM's NVMe drive, bound to vfio-pci for it, into the GPU's group.
+  const merged = (hostUse: HostUse[]) =>
+    topologyFromDescription({
+      devices: [...baseDevices(), GPU, GPU_AUDIO].map((d) =>
+        d.bdf === "0000:03:00.0" ? { ...d, group: 1, driver: "vfio-pci" } : d
+      ),
+      host_use: hostUse,
+    }, { source: "test-host" });
+  const resolved = resolveConfig(cfg, merged([])).get("win10")!;
+  const issues = [...resolved.errors, ...resolved.warnings];
+  assertEquals(
+    issues.filter((e) => e.code === "group-contains-host-critical"),
+    [],
+    JSON.stringify(issues),
+  );
+  assertEquals(issues.some((e) => e.override === "allow_host_critical: true"), false);
+  assertMatch(
+    resolved.closure.reasoning.join("\n"),
+    /not added \(iommu_group: false\): 0000:01:00\.1 \([^)]*\), 0000:03:00\.0 \(144d:[0-9a-f]{4} Non-Volatile memory controller, which VM "nas" passes\)/,
+  );
+  // The host mounts its root from that drive: it needs it whoever else asks for it.
+  const used = resolveConfig(
+    cfg,
+    merged([{ address: "0000:03:00.0", reason: "mounted-filesystem", detail: "/ on nvme0n1p2" }]),
+  ).get("win10")!;
+  const critical = used.errors.find((e) => e.code === "group-contains-host-critical");
+  assertOk(critical, JSON.stringify(used.errors));
+  assertMatch(critical.message, /0000:03:00\.0 \(in use by the host \(mounted-filesystem/);
+});
