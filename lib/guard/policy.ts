@@ -595,11 +595,10 @@ export function hostNeedsRemedy(
   // A group split between two VMs is refused by plan whatever the rule says: the rule's override
   // only helps where no other VM passes the member.
   if (refusal.kind === "host-needs" && rule !== null && refusal.group?.forVm === true) {
-    return `only giving the group's devices to one VM (${
-      followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] })
-    } names the other), or, if no VM passes the member, "allow_host_critical: true" on rule ${
-      JSON.stringify(rule)
-    }, then passthrough apply, does`;
+    return vmMemberRemedy(
+      vm,
+      `"allow_host_critical: true" on rule ${JSON.stringify(rule)}, then passthrough apply, does`,
+    );
   }
   if (refusal.kind === "host-needs" && rule !== null) {
     return `only "allow_host_critical: true" on rule ${
@@ -613,6 +612,23 @@ export function hostNeedsRemedy(
     : `nothing does: follow the refusal's fix (${
       followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] })
     })`;
+}
+
+/**
+ * What lets a start take a group mate bound to VFIO for a VM, worded as its refusal is: giving
+ * the group to one VM if another passes the member (`plan` refuses the split whatever a rule
+ * says, so an apply alone would not help), else `unpassed`.
+ *
+ * @example
+ * ```ts
+ * import { assertMatch } from "../../tests/helpers/assert.ts";
+ * assertMatch(vmMemberRemedy("win", "X does"), /^if another VM passes the member, .*; if none does, X does$/);
+ * ```
+ */
+export function vmMemberRemedy(vm: string, unpassed: string): string {
+  return `if another VM passes the member, only giving the group's devices to one of the two does (${
+    followUpCommand(undefined, "passthrough plan", { options: [["--vm", vm]] })
+  } names that VM); if none does, ${unpassed}`;
 }
 
 // The schema's list (GUARD_POLICIES) is not imported: the hook would load the config schema.

@@ -32,6 +32,7 @@ import {
   hostNeedsRemedy,
   policyFor,
   type VmGuardPolicy,
+  vmMemberRemedy,
 } from "./policy.ts";
 import { errorText } from "../render/error_text.ts";
 import { flagWord, followUpCommand } from "../render/shell.ts";
@@ -514,9 +515,10 @@ function remedyOf(refusal: PolicedRefusal, policy: VmGuardPolicy): string {
   if (refusal.kind !== "host-needs" || !unboundRule(refusal, policy).withdrawn) {
     return hostNeedsRemedy(refusal, refusal.vm);
   }
-  return `only "passthrough apply ${
+  const apply = `"passthrough apply ${
     flagWord("--vm", refusal.vm)
   }", recording it under a rule with "allow_host_critical: true", does`;
+  return refusal.group?.forVm === true ? vmMemberRemedy(refusal.vm, apply) : `only ${apply}`;
 }
 
 /**

@@ -363,7 +363,7 @@ Deno.test({
       assertEquals(said.includes('only "allow_host_critical: true" on rule "gpu"'), false, said);
       assertMatch(
         said,
-        /only giving the group's devices to one VM \(passthrough plan --vm win11 names the other\), or, if no VM passes the member, "allow_host_critical: true" on rule "gpu", then passthrough apply, does/,
+        /if another VM passes the member, only giving the group's devices to one of the two does \(passthrough plan --vm win11 names that VM\); if none does, "allow_host_critical: true" on rule "gpu", then passthrough apply, does/,
       );
     }
     const followed = await l.cli("plan", "--vm", "win11");

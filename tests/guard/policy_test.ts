@@ -374,6 +374,13 @@ Deno.test("policy: a group mate bound for a VM is not offered the allow_host_cri
       /binds to vfio-pci for a VM: .*names that VM\); rule "disk"'s allow_host_critical does not count here/,
     );
     assertEquals(line.includes('if none does, "allow_host_critical: true" on rule "disk"'), false);
+    // Nor does an allowance's line send the user to an apply alone: plan refuses the split if
+    // another VM passes the member, so it says what the refusal says.
+    allowNextStart(state, "win11", { uuid: UUID });
+    assertMatch(
+      (await run(root, state, DISK_XML)).lines.at(-1)!,
+      /take a device the host needs \(if another VM passes the member, only giving the group's devices to one of the two does \(passthrough plan --vm win11 names that VM\); if none does, "passthrough apply --vm win11", recording it under a rule with "allow_host_critical: true", does\); the allowance is used up$/,
+    );
     recordPolicies(state, applied(guardPolicies(config), DISK_XML));
     assertEquals((await run(root, state, DISK_XML)).code, 0);
   }, host);
