@@ -37,6 +37,7 @@ import { sameIdentity, VFIO_DRIVERS } from "../resolve/match.ts";
 import { describeIdentity } from "../plan/issues.ts";
 import {
   cardOf,
+  hostCriticalOnItsOwn,
   hostCriticalReason,
   passedDeviceHostNeeds,
   virtualFunctionInUse,
@@ -486,8 +487,11 @@ function startJudges({ hostUse, matchedCards }: StartReading) {
     const held = hostUse?.find((u) =>
       u.address === mate.device.address && u.reason === "vm-passed"
     );
-    // Unknown use (a captured tree without host_use.json) is no proof the host does not use it.
-    const used = hostUse?.some((u) => u.address === mate.device.address) ?? true;
+    // Unknown use (a captured tree without host_use.json) is no proof the host does not use it;
+    // a platform function (an SMBus controller, an ISA/LPC bridge) the host needs whoever bound
+    // it, as `plan` judges another VM's member (hostCriticalOnItsOwn).
+    const used = (hostUse?.some((u) => u.address === mate.device.address) ?? true) ||
+      hostCriticalOnItsOwn(mate.device, { hostUse }) !== null;
     return held === undefined
       ? {
         held: false,
@@ -620,7 +624,10 @@ function groupRefusal(
     passed: PassedDevice & { network?: string };
     hostNeeds: string | null;
     held: boolean;
-    /** Whether the host uses the member (a mount, a route), or may (its use unknown). */
+    /**
+     * Whether the host uses the member (a mount, a route), may (its use unknown), or needs it
+     * whoever bound it (a platform function).
+     */
     used: boolean;
   },
 ): GuardRefusal[] {
@@ -636,6 +643,8 @@ function groupRefusal(
   const holds = `${whose} IOMMU group ${group} also holds ${member.address}, ${
     describeIdentity({ ...member, driver: member.driver ?? "none" })
   }, which ${JSON.stringify(vm)} does not pass`;
+  // Bound for a VM, it is a storage, network, display or USB controller: "a" fits each (platform
+  // functions, whose names may take "an", are the host's, never bound for a VM).
   const needs = hostNeeds === null
     ? ""
     : forVm

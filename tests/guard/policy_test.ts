@@ -386,6 +386,37 @@ Deno.test("policy: a group mate bound for a VM is not offered the allow_host_cri
   }, host);
 });
 
+Deno.test("policy: a platform function on vfio-pci in a passed device's group is one the host needs, not one bound for a VM", async () => {
+  // The chipset's SMBus controller and ISA/LPC bridge merged into the NVMe's group 17 on vfio-pci:
+  // the host cannot run without them whoever bound them, as plan judges another VM's member.
+  for (
+    const [bdf, what] of [["0000:00:14.0", "SMBus controller"], ["0000:00:14.3", "ISA/LPC bridge"]]
+  ) {
+    const host = loadFixtureHost("x570-aorus-pro-wifi");
+    host.host_use = [];
+    Object.assign(host.devices.find((d) => d.bdf === bdf)!, { group: 17, driver: "vfio-pci" });
+    const config = parseConfig(
+      "version: 1\nvms:\n  win11:\n    devices:\n      - name: disk\n" +
+        "        match: { vendor_id: 1cc1 }\n",
+      { file: "c.yaml" },
+    );
+    await withTree(async (root, state) => {
+      recordPolicies(state, applied(guardPolicies(config), DISK_XML));
+      const refused = await run(root, state, DISK_XML);
+      assertEquals(refused.refusals.map((r) => [r.kind, r.group?.forVm]), [[
+        "host-needs",
+        undefined,
+      ]]);
+      const line = refused.lines.join("\n");
+      assertMatch(
+        line,
+        new RegExp(`; the host needs it: ${what}: VFIO hands the guest the whole group`),
+      );
+      assertEquals(line.includes("does not use"), false, line);
+    }, host);
+  }
+});
+
 Deno.test("policy: a VM dropped from the config keeps its warn, never its off or allow_host_critical, for the host's device", async () => {
   // win11 had `guard: off`, or `allow_host_critical: true` on rule "disk"; the config now names
   // no VM, so the plan keeps its devices (vm-not-in-config) and apply keeps its policies: the
