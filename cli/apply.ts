@@ -304,6 +304,8 @@ interface GuardRecording {
   previous: GuardPolicyFile | null;
   /** Whether a record while the apply ran changed the file. */
   touched: boolean;
+  /** What the hook reads as far as this apply knows: `previous`, then each file it recorded. */
+  recorded: GuardPolicyFile | null;
 }
 
 /** Where this apply records the guard's policies, and what was recorded there before it. */
@@ -322,7 +324,7 @@ function guardRecording(
   const previous = target === null || target.unreadable !== null
     ? null
     : readPolicyFile(target.stateDir).file;
-  return { config, plan, libvirt, limited, target, previous, touched: false };
+  return { config, plan, libvirt, limited, target, previous, touched: false, recorded: previous };
 }
 
 /**
@@ -351,22 +353,41 @@ function policySources(
  * VM (one found unchanged among them) its new policies, any other
  * the stricter of its old and new ones, so a start between a define and the end of the apply
  * (or after the apply was killed) is never judged by laxer policies than either config gives.
- * Says nothing: a failure is met again, and said, by the record at the end.
+ * Returns the VMs whose entry could not be recorded, each with why: they are not defined then,
+ * since the hook would judge their starts by what it holds, maybe laxer (`guard: off`) than the
+ * config's; the record at the end says the failure again.
  */
-function recordWhileApplying(recording: GuardRecording, done: readonly VmApplyResult[]): void {
+function recordWhileApplying(
+  recording: GuardRecording,
+  done: readonly VmApplyResult[],
+): ReadonlyMap<string, string> {
   const { target, config, previous } = recording;
-  if (target === null || target.unreadable !== null) return;
+  if (target === null || target.unreadable !== null) return new Map();
   // Nothing recorded before nor now: every VM enforces throughout, and libvirt is not read.
-  if (previous === null && Object.keys(guardPolicies(config).vms).length === 0) return;
+  if (previous === null && Object.keys(guardPolicies(config).vms).length === 0) return new Map();
+  let file: GuardPolicyFile | null = null;
   try {
     const sources = policySources(recording, done);
-    const file = stricterWhileApplying(
+    file = stricterWhileApplying(
       policiesToRecord(guardPolicies(config), { config, previous, ...sources }),
       { previous, settled: sources.settled },
     );
     if (recordPolicies(target.stateDir, file) !== "unchanged") recording.touched = true;
-  } catch {
-    // Said by the record at the end.
+    recording.recorded = file;
+    return new Map();
+  } catch (error) {
+    const why = `the start guard's policies could not be recorded in ${target.stateDir} ` +
+      `(${errorText(error)}), so its starts would be judged by those from before; make that ` +
+      "directory writable and run passthrough apply again";
+    // Unknown what to record: every VM waits. Known: those whose entry the hook holds already go.
+    const held = (vm: string) => JSON.stringify(recording.recorded?.vms[vm] ?? null);
+    const wanted = (vm: string) => file === null ? "?" : JSON.stringify(file.vms[vm] ?? null);
+    return new Map(
+      recording.plan.vms.filter((vm) => held(vm.name) !== wanted(vm.name)).map((vm) => [
+        vm.name,
+        why,
+      ]),
+    );
   }
 }
 

@@ -327,9 +327,11 @@ export interface ApplyOptions {
    * no question), so also before it is defined, and right after its define, with the results so
    * far (those being defined among them after): the CLI records the start guard's policies there,
    * so a start during the apply is judged by the policies of the definition it may run, not by
-   * those from before the apply. Must not throw. Default: none.
+   * those from before the apply. Must not throw. Returns the VMs whose policies could not be
+   * recorded, each with why: they (and the VMs they swap devices with) are not defined (skipped,
+   * `blocked`), since their starts would still be judged by laxer policies. Default: none.
    */
-  checkpoint?: (done: readonly VmApplyResult[]) => void;
+  checkpoint?: (done: readonly VmApplyResult[]) => ReadonlyMap<string, string>;
 }
 
 /** Host addresses in `b` and not in `a`. */
@@ -602,7 +604,18 @@ export async function applyPlan(plan: Plan, options: ApplyOptions): Promise<Appl
     }
     // Before the question too: a VM found unchanged before it is judged by its new policies
     // while the user answers, not by those from before the apply.
-    options.checkpoint?.([...done.values()]);
+    const unrecorded = options.checkpoint?.([...done.values()]);
+    const why = unit.map((vm) => unrecorded?.get(vm.name)).find((w) => w !== undefined);
+    if (why !== undefined) {
+      for (const vm of unit) {
+        done.set(
+          vm,
+          skipWithoutAsking(vm, plan, done) ??
+            result(vm, "skipped", "blocked", `Not applied: ${why}`),
+        );
+      }
+      continue;
+    }
     const skipped = await skipOrAsk(unit, plan, done, answers, options.confirm);
     if (skipped !== null) {
       for (const [vm, outcome] of skipped) done.set(vm, outcome);

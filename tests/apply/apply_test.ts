@@ -2076,6 +2076,7 @@ Deno.test("applyPlan() calls checkpoint before each question with the VMs done s
       seen.push(
         `${done.map((r) => `${r.vm}:${r.code}`).join(",")} alpha=${hostdevs(f.port, "alpha")}`,
       );
+      return new Map();
     },
   });
   // beta is asked about (a checkpoint before it), declined, not defined: none after it.

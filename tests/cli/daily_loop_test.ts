@@ -443,6 +443,57 @@ Deno.test({
 
 Deno.test({
   name:
+    "apply whose guard policies cannot be written does not define the VM its old policy (off) would still judge, only the others",
+  ignore: !canUnshareMounts(),
+  async fn() {
+    const dir = await Deno.realPath(await Deno.makeTempDir({ prefix: "passthrough-guard-ro-" }));
+    try {
+      buildHostTree(loadHostDescription(`${DEMO}host.json`), `${dir}/sysfs`);
+      const demo = Deno.readTextFileSync(`${DEMO}passthrough_config.yaml`);
+      const state = `${dir}/state`;
+      const apply = (config: string, setup: string) => {
+        Deno.writeTextFileSync(`${dir}/config.yaml`, config);
+        return runInPrivateMounts(setup, [
+          ...cliCommand(),
+          "apply",
+          "--yes",
+          "--state-dir",
+          state,
+          "--config",
+          `${dir}/config.yaml`,
+          "--sysfs",
+          `${dir}/sysfs`,
+          "--connect",
+          `test://${DEMO}world.xml`,
+        ], { NO_COLOR: "1" });
+      };
+      // An earlier apply recorded win10's guard: off where its starts are judged.
+      const off = await apply(demo.replace("  win10:\n", "  win10:\n    guard: off\n"), "true");
+      assertEquals(off.code, 0, off.stderr);
+      const before = Deno.readTextFileSync(`${state}/guard/policy.json`);
+      // Now enforce, with the guard directory read-only: win10's off would judge its new devices.
+      const guard = shellQuote(`${state}/guard`);
+      const ro = await apply(
+        demo,
+        `mount --bind ${guard} ${guard} && mount -o remount,bind,ro ${guard}`,
+      );
+      assertEquals(ro.code, 1, ro.stderr);
+      assertMatch(
+        ro.stdout,
+        /^skipped win10: Not applied: the start guard's policies could not be recorded in .*; make that directory writable and run passthrough apply again$/m,
+      );
+      // gentoo's policy (enforce) is the one the hook holds: defined.
+      assertMatch(ro.stdout, /^changed gentoo /m);
+      assertEquals(/^changed win10 /m.test(ro.stdout), false, ro.stdout);
+      assertEquals(Deno.readTextFileSync(`${state}/guard/policy.json`), before);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "apply by another user than the hook's (a libvirt group member) does not fail on the hook's root-only state",
   ignore: !canUnshareMounts() || libvirtdUnavailable() !== null,
   async fn() {
