@@ -20,9 +20,9 @@ const PROGRAM_PARAMETERS: Readonly<Record<string, string>> = {
 
 /**
  * Why libvirt would run a program `uri` names, or `null` when it would not. The parameters are
- * read as libvirt reads them ({@link uriParameters}), and the value named is the one libvirt
- * runs, the last of its name; a `name` parameter, the URI the remote side opens, is checked the
- * same way.
+ * read as libvirt reads them (with the config module's `uriParameters`), and the value named is
+ * the one libvirt runs, the last of its name; a `name` parameter, the URI the remote side opens,
+ * is checked the same way.
  *
  * @example
  * ```ts
