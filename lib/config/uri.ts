@@ -5,6 +5,8 @@
  * @module
  */
 
+import { resolve } from "../state/paths.ts";
+
 /**
  * Whether a libvirt URI names another machine (`qemu+ssh://hv1/system`) rather than this one
  * (`qemu:///system`, `test:///default`): a URI with a host part is remote.
@@ -56,19 +58,6 @@ const SYSTEM_SOCKETS = new Set(
     )
   ),
 );
-
-/**
- * `path` with its `.`, `..` and repeated slashes taken out, as the kernel reads it when no
- * component is a link (the sockets' directories are not).
- */
-function lexicalPath(path: string): string {
-  const parts: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "..") parts.pop();
-    else if (part !== "" && part !== ".") parts.push(part);
-  }
-  return `/${parts.join("/")}`;
-}
 
 /**
  * `%XX` escapes decoded byte-wise, leniently like libxml's unescaping (a stray `%` stays, a `+`
@@ -204,7 +193,9 @@ export function isSystemQemuUri(uri: string): boolean {
   const socket = uriParameter(uri, "socket");
   // A relative one is under the directory the program runs in, whichever that is.
   return socket === undefined ||
-    (socket.startsWith("/") && SYSTEM_SOCKETS.has(lexicalPath(socket)));
+    // Its `.`, `..` and repeated slashes read as the kernel reads them where no component is a
+    // link (the sockets' directories are not).
+    (socket.startsWith("/") && SYSTEM_SOCKETS.has(resolve(socket)));
 }
 
 /**

@@ -444,7 +444,7 @@ export function readAttribute(reader: SysfsReader, path: string): string | null 
 export const WHOLE_TEXT_LIMIT = 16 << 20;
 
 /** The most of `/proc/self/mountinfo` read: 64 MiB is some 250,000 container mounts. */
-export const MAX_MOUNTINFO_BYTES = 64 * 1024 * 1024;
+export const MAX_MOUNTINFO_BYTES = 64 << 20;
 
 /**
  * The whole text of a file that can outgrow the 64 KiB `readText` reads of an attribute (a
