@@ -242,16 +242,43 @@ function appliedRecords(
 function recordedRules(libvirt: LibvirtPort, config: Config): Map<string, string[]> {
   const recorded = new Map<string, string[]>();
   for (const vm of config.vms) {
-    try {
-      const domain = parseDomainXml(libvirt.getPersistentXml(vm.name));
-      const rules = [
-        ...domain.records.map((r) => r.rule),
-        ...domain.vfRecords.map((v) => v.pf.rule),
-      ];
-      recorded.set(vm.name, [...new Set(rules)]);
-    } catch {
-      // Not there, or unreadable: the names the previous file listed stand in.
+    const rules = rulesRecordedBy(libvirt, vm.name);
+    if (rules !== null) recorded.set(vm.name, rules);
+  }
+  return recorded;
+}
+
+/** The rule names `vm`'s persistent definition records; `null` when it cannot be read. */
+function rulesRecordedBy(libvirt: LibvirtPort, vm: string): string[] | null {
+  try {
+    const domain = parseDomainXml(libvirt.getPersistentXml(vm));
+    return [
+      ...new Set([...domain.records, ...domain.vfRecords.map((v) => v.pf)].map((r) => r.rule)),
+    ];
+  } catch {
+    // Not there, or unreadable: the names the previous file listed stand in.
+    return null;
+  }
+}
+
+/**
+ * {@link recordedRules} at a checkpoint of the apply: each VM's definition is read once before the
+ * apply reaches it and once after (its define, or its skip), not again at every checkpoint, as
+ * nothing else of this apply changes it (the record at the end reads them all again).
+ */
+function recordedRulesSoFar(
+  recording: GuardRecording,
+  done: readonly VmApplyResult[],
+): Map<string, string[]> {
+  const reached = new Set(done.map((r) => r.vm));
+  const recorded = new Map<string, string[]>();
+  for (const { name } of recording.config.vms) {
+    let read = recording.rulesRead.get(name);
+    if (read === undefined || (reached.has(name) && !read.reached)) {
+      read = { reached: reached.has(name), rules: rulesRecordedBy(recording.libvirt, name) };
+      recording.rulesRead.set(name, read);
     }
+    if (read.rules !== null) recorded.set(name, read.rules);
   }
   return recorded;
 }
@@ -300,12 +327,14 @@ interface GuardRecording {
   limited: boolean;
   /** Where this host's hook reads them ({@link guardStateDirFor}); `null` for none. */
   target: ReturnType<typeof guardStateDirFor>;
-  /** The policies recorded before this apply (`null`: none, or unreadable), read before any define. */
+  /** The policies recorded before this apply (`null`: none, or unreadable), read first. */
   previous: GuardPolicyFile | null;
   /** Whether a record while the apply ran changed the file. */
   touched: boolean;
   /** What the hook reads as far as this apply knows: `previous`, then each file it recorded. */
   recorded: GuardPolicyFile | null;
+  /** Each VM's recorded rule names as a checkpoint last read them, and whether apply reached it. */
+  rulesRead: Map<string, { reached: boolean; rules: string[] | null }>;
 }
 
 /** Where this apply records the guard's policies, and what was recorded there before it. */
@@ -324,7 +353,17 @@ function guardRecording(
   const previous = target === null || target.unreadable !== null
     ? null
     : readPolicyFile(target.stateDir).file;
-  return { config, plan, libvirt, limited, target, previous, touched: false, recorded: previous };
+  return {
+    config,
+    plan,
+    libvirt,
+    limited,
+    target,
+    previous,
+    touched: false,
+    recorded: previous,
+    rulesRead: new Map(),
+  };
 }
 
 /**
@@ -367,7 +406,10 @@ function recordWhileApplying(
   if (previous === null && Object.keys(guardPolicies(config).vms).length === 0) return new Map();
   let file: GuardPolicyFile | null = null;
   try {
-    const sources = policySources(recording, done);
+    const sources = {
+      ...policySources(recording, done),
+      recorded: () => recordedRulesSoFar(recording, done),
+    };
     file = stricterWhileApplying(
       policiesToRecord(guardPolicies(config), { config, previous, ...sources }),
       { previous, settled: sources.settled },
