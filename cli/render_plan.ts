@@ -11,6 +11,7 @@ import { renderDomainDiff } from "../lib/render/diff.ts";
 import { redactSecrets } from "../lib/domain/secrets.ts";
 import { type Paint, painter } from "../lib/render/colors.ts";
 import { nameApart, printAlike } from "../lib/render/suggest.ts";
+import { oneLine } from "../lib/render/terminal.ts";
 import { type PlanSummary, summarizePlan } from "./plan_summary.ts";
 
 /** Options for {@link renderPlan}. */
@@ -57,6 +58,7 @@ export function summaryLine(summary: PlanSummary): string {
   return parts.join(", ") + others;
 }
 
+/** One candidate's row; a slot or driver name holding a newline stays in it ({@link oneLine}). */
 function candidateRow(c: Candidate): string {
   const subsystem = c.subsystemVendorId !== null
     ? `${c.subsystemVendorId}:${c.subsystemDeviceId ?? "????"}`
@@ -66,10 +68,10 @@ function candidateRow(c: Candidate): string {
     `${c.vendorId}:${c.deviceId}`,
     `subsys ${subsystem}`,
     `class ${c.classCode}`,
-    `slot ${c.physicalSlot ?? "-"}`,
+    `slot ${oneLine(c.physicalSlot ?? "-", false)}`,
     `serial ${c.serial ?? "-"}`,
     `group ${c.iommuGroup ?? "-"}`,
-    `driver ${c.driver ?? "-"}`,
+    `driver ${oneLine(c.driver ?? "-", false)}`,
   ].join("  ");
 }
 

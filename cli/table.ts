@@ -1,13 +1,14 @@
 /**
  * Aligned plain-text tables for `devices`, `groups` and `backups`. Column widths ignore ANSI
  * escapes, so a painted cell lines up like a plain one, and cells are escaped for the terminal
- * here (as `main` would print them), so a control character in a name cannot skew the columns.
+ * here (as `main` would print them, and tab and newline too), so a control character in a name
+ * cannot skew the columns nor start a row of its own.
  *
  * @module
  */
 
 import { stripAnsi } from "../lib/render/colors.ts";
-import { terminalSafe } from "../lib/render/terminal.ts";
+import { oneLine } from "../lib/render/terminal.ts";
 
 /** The narrowest a fitted column gets: a name cut shorter says nothing. */
 const MIN_FIT = 16;
@@ -54,7 +55,7 @@ export function renderTable(
 
 function layout(header: string[], rows: string[][], color: boolean, fit: TableFit | null): string {
   // Painted cells keep the painter's sequences (when colour is on); any other escape is written out.
-  let all = [header, ...rows].map((row) => row.map((cell) => terminalSafe(cell, color)));
+  let all = [header, ...rows].map((row) => row.map((cell) => oneLine(cell, color)));
   const widths = header.map((_, i) => Math.max(...all.map((r) => stripAnsi(r[i] ?? "").length)));
   // The names give way first, then the notes (the last column), each down to MIN_FIT.
   for (const column of fit === null ? [] : [fit.column, widths.length - 1]) {

@@ -57,6 +57,24 @@ export function terminalSafe(text: string, color: boolean): string {
 }
 
 /**
+ * `text` as one cell of a table row or one field of a line: {@link terminalSafe}, with tab and
+ * newline escaped too. A slot or driver name read from a captured tree is a file name, which may
+ * hold both: kept, a newline started what read as another device's row.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "../../tests/helpers/assert.ts";
+ * assertEquals(oneLine("PCIE1\n0000:99:00.0\t1", false), "PCIE1\\u000a0000:99:00.0\\u00091");
+ * ```
+ */
+export function oneLine(text: string, color: boolean): string {
+  return terminalSafe(text, color).replace(
+    /[\t\n]/g,
+    (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
+
+/**
  * `text` quoted as JSON, every character outside printable ASCII written as a `\uXXXX` escape:
  * for a value that must be ASCII, or a name shown beside one it looks like, where `"10de:1b8О"`
  * (a Cyrillic `О`) would read as valid.

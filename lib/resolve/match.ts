@@ -712,7 +712,8 @@ export function narrowWith(units: readonly MatchUnit[], host?: HostTopology): st
       const v = values[i];
       const shared = units.some((other, j) => j !== i && other.devices.some((d) => value(d) === v));
       if (v === null || v === undefined || shared) return;
-      parts.push(`${unit.devices[0]!.address} alone with ${key.slice(1, -1)} "${v}"`);
+      // Quoted as JSON, which YAML reads back: a slot name is a file name, newlines and all.
+      parts.push(`${unit.devices[0]!.address} alone with ${key.slice(1, -1)} ${JSON.stringify(v)}`);
     });
   }
   const unread = host !== undefined

@@ -127,3 +127,40 @@ Deno.test("with colour on, an error quotes a value's colour codes escaped too", 
   assertMatch(runs[1]!.stderr, /Unknown class "\\u001b\[31m10de:1b80\\u001b\[39m"/);
   for (const run of runs) assertOk(!run.stderr.includes("\x1b"), run.stderr);
 });
+
+Deno.test("a newline or tab in a captured tree's slot or driver name stays in its row", async () => {
+  await using tree = await demoTree();
+  // Looks like a row of its own: a second GTX 1080 in group 99 with no driver.
+  const forged = "PCIE1\n0000:99:00.0  99\t10de:1b80";
+  const device = `${tree.sysfs}/bus/pci/devices/${GPU}`;
+  Deno.removeSync(`${device}/driver`);
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/drivers/${forged}`);
+  Deno.symlinkSync(`../../drivers/${forged}`, `${device}/driver`);
+  const uevent = Deno.readTextFileSync(`${device}/uevent`);
+  Deno.writeTextFileSync(`${device}/uevent`, uevent.replace(/^DRIVER=.*$/m, `DRIVER=${forged}`));
+  Deno.mkdirSync(`${tree.sysfs}/bus/pci/slots/${forged}`, { recursive: true });
+  Deno.writeTextFileSync(`${tree.sysfs}/bus/pci/slots/${forged}/address`, "0000:21:00\n");
+  const config = `${tree.dir}/c.yaml`;
+  Deno.writeTextFileSync(
+    config,
+    "version: 1\nvms:\n  win10:\n    devices:\n      - match: { vendor_id: 10de }\n",
+  );
+  const world = `test://${new URL("../../demo/world.xml", import.meta.url).pathname}`;
+  const devices = await runCli(["devices", "--sysfs", tree.sysfs, "--wide"]);
+  const groups = await runCli(["groups", "--sysfs", tree.sysfs, "--wide", "26"]);
+  const plan = await runCli(["plan", "-f", config, "--sysfs", tree.sysfs, "-c", world]);
+  for (const run of [devices, groups, plan]) {
+    const text = run.stdout + run.stderr;
+    assertOk(!/^\s*0000:99:00\.0/m.test(text), text);
+    assertOk(!text.includes("\t"), text);
+    assertOk(text.includes("PCIE1\\u000a0000:99:00.0  99\\u000910de:1b80"), text);
+  }
+  // The rule's way out names the slot as YAML reads it back.
+  assertOk(
+    plan.stdout.includes('0000:21:00.0 alone with slot "PCIE1\\n0000:99:00.0  99\\t10de:1b80"'),
+    plan.stdout,
+  );
+  // Every row of the table is one device's: the demo host has 89.
+  assertEquals(devices.stdout.trimEnd().split("\n").length, 1 + 89, devices.stdout);
+  assertEquals(groups.stdout.trimEnd().split("\n").length, 1 + 2, groups.stdout);
+});
